@@ -1,0 +1,42 @@
+"""The ``vmstats`` command.
+
+Sub-commands live beside the stage they drive (``vmstats/<stage>/command.py``)
+and are imported only when invoked, so ``vmstats agent`` never pays for
+pandas and ``vmstats report`` never imports Twisted.
+"""
+
+import importlib
+
+import click
+
+from vmstats import __version__
+
+#: sub-command name -> "module:attribute" of its click command.
+COMMANDS = {
+    "serve": "vmstats.server.command:serve",
+    "agent": "vmstats.client.command:agent",
+    "agent-bundle": "vmstats.client.command:agent_bundle",
+    "simulate": "vmstats.simulator.command:simulate",
+    "replay": "vmstats.simulator.command:replay",
+    "report": "vmstats.report.command:report",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vmstats")
+def main() -> None:
+    """Push-model VM usage stats aggregator and reclamation reporter."""

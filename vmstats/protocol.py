@@ -1,0 +1,450 @@
+"""The vmstats wire format: one module shared by the agent and the aggregator.
+
+The agent is baked into VM images that may carry an old interpreter, so this
+module uses only the standard library and stays Python 3.6 compatible (no
+dataclasses, no walrus, no ``from __future__ import annotations``).
+
+A record is one line of InfluxDB line protocol::
+
+    vmstats,vm=10.0.0.5,host=web1 cpu=3.2,mem=41.0,cpu_max=9.1,disk_r=0i,... 1732262400
+
+Lines are separated by ``\\n``; a datagram or TCP stream carries several.
+Lines starting with ``#`` are comments to other line-protocol readers; vmstats
+uses ``#!`` lines for its own control frames (signatures, TCP sync), so a plain
+InfluxDB/Telegraf receiver ignores them.  docs/PROTOCOL.md is the reference.
+"""
+
+import hashlib
+import hmac
+import ipaddress
+import math
+import os
+import re
+from collections import namedtuple
+
+MEASUREMENT = "vmstats"
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 8899
+#: Senders keep datagrams at or below this size so they never fragment.
+SAFE_DATAGRAM_SIZE = 1400
+#: The server accepts datagrams (and TCP lines) up to this size.
+MAX_DATAGRAM_SIZE = 65536
+MAX_VM_ID_LENGTH = 64
+#: Records stamped further than this in the future are rejected (seconds).
+DEFAULT_MAX_FUTURE = 300
+#: Records stamped further than this in the past are rejected (seconds); the
+#: agent's spool and trace replay legitimately send old records, so the
+#: default is generous and the server makes it configurable (0 = no limit).
+DEFAULT_MAX_PAST = 0
+
+#: Field name -> (is_integer, minimum, maximum, required).  Ranges are closed.
+#: One place for what a record may hold; the log layout follows this order.
+FIELDS = (
+    ("cpu", False, 0.0, 100.0, True),
+    ("cpu_max", False, 0.0, 100.0, False),
+    ("mem", False, 0.0, 100.0, True),
+    ("disk_r", False, 0.0, 1e15, False),
+    ("disk_w", False, 0.0, 1e15, False),
+    ("net_rx", False, 0.0, 1e15, False),
+    ("net_tx", False, 0.0, 1e15, False),
+    ("vcpus", True, 1, 4096, False),
+    ("mem_mb", True, 1, 1 << 32, False),
+    ("seq", True, 0, (1 << 63) - 1, False),
+)
+FIELD_NAMES = tuple(f[0] for f in FIELDS)
+REQUIRED_FIELDS = tuple(f[0] for f in FIELDS if f[4])
+TAG_NAMES = ("vm", "host")
+
+#: The record type.  Optional fields that were not sent are ``None``
+#: (unknown), never zero.  ``ts`` is integer Unix seconds.
+Record = namedtuple("Record", ("vm", "ts") + FIELD_NAMES + ("host",))
+Record.__new__.__defaults__ = (None,) * (len(FIELD_NAMES) - len(REQUIRED_FIELDS) + 1)
+
+# Reject reasons: every rejected line is counted under exactly one of these.
+R_SYNTAX = "syntax"
+R_MEASUREMENT = "measurement"
+R_MISSING = "missing_field"
+R_UNKNOWN = "unknown_key"
+R_NON_NUMERIC = "non_numeric"
+R_NON_FINITE = "non_finite"
+R_RANGE = "out_of_range"
+R_FUTURE = "future_timestamp"
+R_PAST = "past_timestamp"
+R_BAD_VM = "bad_vm_id"
+R_UTF8 = "bad_utf8"
+R_TOO_LONG = "too_long"
+REJECT_REASONS = (
+    R_SYNTAX, R_MEASUREMENT, R_MISSING, R_UNKNOWN, R_NON_NUMERIC, R_NON_FINITE,
+    R_RANGE, R_FUTURE, R_PAST, R_BAD_VM, R_UTF8, R_TOO_LONG,
+)
+
+
+class DecodeError(ValueError):
+    """The only exception the decoder raises; ``reason`` is one of REJECT_REASONS."""
+
+    def __init__(self, reason, detail):
+        ValueError.__init__(self, "%s: %s" % (reason, detail))
+        self.reason = reason
+        self.detail = detail
+
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_FIELD_SPEC = dict((f[0], f[1:4]) for f in FIELDS)
+
+
+def normalize_vm_id(value):
+    """Return the canonical VM id or raise DecodeError.
+
+    The id becomes a directory name under the data dir, so only IP addresses
+    (canonical form, so one VM maps to one directory) and hostname-like tokens
+    without ``..`` are allowed.
+    """
+    if not value or len(value) > MAX_VM_ID_LENGTH:
+        raise DecodeError(R_BAD_VM, "vm id must be 1-%d characters" % MAX_VM_ID_LENGTH)
+    if ":" in value or value[0].isdigit():
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            if ":" in value:
+                raise DecodeError(R_BAD_VM, "invalid IP address %r" % value[:80])
+    if not _TOKEN_RE.match(value) or ".." in value:
+        raise DecodeError(R_BAD_VM, "vm id %r is not an IP or a safe name" % value[:80])
+    return value
+
+
+def normalize_timestamp(value):
+    """Unix seconds from seconds, ms, us or ns, told apart by magnitude.
+
+    Up to 1e11 is seconds (until year 5138), up to 1e14 milliseconds, up to
+    1e17 microseconds, beyond that nanoseconds (Telegraf's default).
+    """
+    if value < 100000000000:
+        return value
+    if value < 100000000000000:
+        return value // 1000
+    if value < 100000000000000000:
+        return value // 1000000
+    return value // 1000000000
+
+
+def _parse_number(name, text, is_int, lo, hi):
+    if not text or "_" in text:
+        raise DecodeError(R_NON_NUMERIC, "%s=%r is not a number" % (name, text[:40]))
+    last = text[-1]
+    if last in "iu":
+        try:
+            value = int(text[:-1])
+        except ValueError:
+            raise DecodeError(R_NON_NUMERIC, "%s=%r is not an integer" % (name, text[:40]))
+    else:
+        try:
+            value = float(text)
+        except ValueError:
+            raise DecodeError(R_NON_NUMERIC, "%s=%r is not a number" % (name, text[:40]))
+        if value != value or value in (math.inf, -math.inf):
+            raise DecodeError(R_NON_FINITE, "%s=%r is not finite" % (name, text[:40]))
+        if is_int:
+            if value != int(value):
+                raise DecodeError(R_NON_NUMERIC, "%s=%r must be an integer" % (name, text[:40]))
+            value = int(value)
+    if not lo <= value <= hi:
+        raise DecodeError(R_RANGE, "%s=%s outside [%s, %s]" % (name, text[:40], lo, hi))
+    return value
+
+
+class Decoder(object):
+    """Parses and validates record lines.
+
+    Holds the time window and a bounded cache of already-validated VM ids, so
+    the hot path does not re-run IP parsing for every record of a known VM.
+    """
+
+    def __init__(self, max_future=DEFAULT_MAX_FUTURE, max_past=DEFAULT_MAX_PAST,
+                 clock=None, vm_cache_size=65536):
+        import time
+        self.max_future = max_future
+        self.max_past = max_past
+        self.clock = clock or time.time
+        self._vm_cache = {}
+        self._vm_cache_size = vm_cache_size
+
+    def vm_id(self, raw):
+        """Canonical VM id for ``raw`` (cached)."""
+        vm = self._vm_cache.get(raw)
+        if vm is None:
+            vm = normalize_vm_id(raw)
+            if len(self._vm_cache) >= self._vm_cache_size:
+                self._vm_cache.clear()
+            self._vm_cache[raw] = vm
+        return vm
+
+    def decode_line(self, line, now=None):
+        """Decode one line (``str`` or ``bytes``, no newline) into a Record.
+
+        Raises only DecodeError, whatever the input.
+        """
+        if isinstance(line, (bytes, bytearray)):
+            if len(line) > MAX_DATAGRAM_SIZE:
+                raise DecodeError(R_TOO_LONG, "line of %d bytes" % len(line))
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DecodeError(R_UTF8, "invalid UTF-8 at byte %d" % exc.start)
+        elif len(line) > MAX_DATAGRAM_SIZE:
+            raise DecodeError(R_TOO_LONG, "line of %d characters" % len(line))
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line.isprintable():
+            raise DecodeError(R_SYNTAX, "control characters in line")
+        parts = line.split(" ")
+        if len(parts) != 3:
+            if len(parts) < 3:
+                raise DecodeError(R_MISSING if len(parts) == 2 else R_SYNTAX,
+                                  "expected 'measurement,tags fields timestamp'")
+            raise DecodeError(R_SYNTAX, "unexpected spaces (escaping is not supported)")
+        head, body, stamp = parts
+        tags = head.split(",")
+        if tags[0] != MEASUREMENT:
+            raise DecodeError(R_MEASUREMENT, "measurement %r is not %r" % (tags[0][:40], MEASUREMENT))
+        vm = host = None
+        for tag in tags[1:]:
+            key, sep, value = tag.partition("=")
+            if not sep or not value:
+                raise DecodeError(R_SYNTAX, "tag %r is not key=value" % tag[:40])
+            if key == "vm":
+                vm = self.vm_id(value)
+            elif key == "host":
+                if len(value) > 255 or not _TOKEN_RE.match(value):
+                    raise DecodeError(R_SYNTAX, "host tag %r is not a safe name" % value[:40])
+                host = value
+            else:
+                raise DecodeError(R_UNKNOWN, "unknown tag %r" % key[:40])
+        if vm is None:
+            raise DecodeError(R_MISSING, "no vm tag")
+        values = {}
+        for field in body.split(","):
+            key, sep, text = field.partition("=")
+            spec = _FIELD_SPEC.get(key)
+            if spec is None:
+                if not sep:
+                    raise DecodeError(R_SYNTAX, "field %r is not key=value" % field[:40])
+                raise DecodeError(R_UNKNOWN, "unknown field %r" % key[:40])
+            values[key] = _parse_number(key, text, *spec)
+        for name in REQUIRED_FIELDS:
+            if name not in values:
+                raise DecodeError(R_MISSING, "no %s field" % name)
+        if not stamp.isdigit() or len(stamp) > 20:
+            raise DecodeError(R_SYNTAX if stamp else R_MISSING, "timestamp %r is not an integer" % stamp[:40])
+        ts = normalize_timestamp(int(stamp))
+        if now is None:
+            now = self.clock()
+        if ts > now + self.max_future:
+            raise DecodeError(R_FUTURE, "timestamp %d is %ds ahead" % (ts, ts - now))
+        if self.max_past and ts < now - self.max_past:
+            raise DecodeError(R_PAST, "timestamp %d is %ds old" % (ts, now - ts))
+        values["vm"] = vm
+        values["ts"] = ts
+        values["host"] = host
+        return Record(**values)
+
+    def decode_payload(self, data, now=None):
+        """Decode every line of a datagram or batch.
+
+        Returns ``(records, rejects)`` where rejects is a list of DecodeError;
+        one bad line never costs the good lines around it.  Comment and
+        control lines (``#``) are skipped here: callers that understand
+        control frames handle them before.
+        """
+        records = []
+        rejects = []
+        if now is None:
+            now = self.clock()
+        for line in data.split(b"\n") if isinstance(data, (bytes, bytearray)) else data.split("\n"):
+            if not line or line[:1] in (b"#", "#"):
+                continue
+            try:
+                records.append(self.decode_line(line, now))
+            except DecodeError as exc:
+                rejects.append(exc)
+        return records, rejects
+
+
+def _format_number(value, is_int):
+    if is_int:
+        return "%di" % value
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def encode_record(record):
+    """One line (``str``, no newline) for a Record; the inverse of decode_line."""
+    parts = []
+    for name, is_int, _lo, _hi, _req in FIELDS:
+        value = getattr(record, name)
+        if value is not None:
+            parts.append("%s=%s" % (name, _format_number(value, is_int)))
+    head = "%s,vm=%s" % (MEASUREMENT, record.vm)
+    if record.host:
+        head += ",host=%s" % record.host
+    return "%s %s %d" % (head, ",".join(parts), record.ts)
+
+
+def pack_lines(lines, limit=SAFE_DATAGRAM_SIZE):
+    """Group encoded lines (``bytes`` each, no newline) into payloads <= limit bytes.
+
+    A single line longer than the limit travels alone (the server accepts up
+    to MAX_DATAGRAM_SIZE), so nothing is silently dropped here.
+    """
+    batch = []
+    size = 0
+    for line in lines:
+        extra = len(line) + (1 if batch else 0)
+        if batch and size + extra > limit:
+            yield b"\n".join(batch)
+            batch = []
+            size = 0
+            extra = len(line)
+        batch.append(line)
+        size += extra
+    if batch:
+        yield b"\n".join(batch)
+
+
+# ---------------------------------------------------------------------------
+# Control frames: signatures and TCP acknowledgement (docs/PROTOCOL.md)
+# ---------------------------------------------------------------------------
+
+SIG_PREFIX = b"#!sig1 "
+SYNC_PREFIX = b"#!sync "
+ACK_PREFIX = b"#!ack "
+#: A signed frame's timestamp may differ from the server clock by this much.
+DEFAULT_SIG_WINDOW = 300
+
+
+class SignatureError(ValueError):
+    """A signed frame that cannot be accepted; ``reason`` names the cause."""
+
+    def __init__(self, reason, detail):
+        ValueError.__init__(self, "%s: %s" % (reason, detail))
+        self.reason = reason
+        self.detail = detail
+
+
+S_MALFORMED = "sig_malformed"
+S_UNSIGNED = "sig_missing"
+S_UNKNOWN_KEY = "sig_unknown_key"
+S_BAD = "sig_bad"
+S_STALE = "sig_stale"
+S_REPLAY = "sig_replay"
+SIGNATURE_REASONS = (S_MALFORMED, S_UNSIGNED, S_UNKNOWN_KEY, S_BAD, S_STALE, S_REPLAY)
+
+
+def _sig_message(key_id, ts, nonce, payload):
+    return b"sig1 " + key_id + b" " + ts + b" " + nonce + b"\n" + payload
+
+
+def sign_payload(key_id, secret, payload, now=None, nonce=None):
+    """Wrap ``payload`` (bytes) in a signed frame.
+
+    Frame: ``#!sig1 <key_id> <unix_ts> <nonce> <length> <hmac_hex>\\n`` then
+    exactly ``length`` payload bytes.  The HMAC-SHA256 covers key id,
+    timestamp, nonce and the payload, so none can be altered or replayed
+    outside the window.
+    """
+    import time
+    if isinstance(key_id, str):
+        key_id = key_id.encode("ascii")
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    ts = str(int(now if now is not None else time.time())).encode("ascii")
+    nonce = nonce or os.urandom(8).hex().encode("ascii")
+    mac = hmac.new(secret, _sig_message(key_id, ts, nonce, payload), hashlib.sha256).hexdigest()
+    header = b" ".join((SIG_PREFIX.rstrip(), key_id, ts, nonce, str(len(payload)).encode("ascii"),
+                        mac.encode("ascii")))
+    return header + b"\n" + payload
+
+
+def split_signed(data):
+    """Split a signed frame into ``(key_id, ts, nonce, mac, payload, rest)``.
+
+    ``rest`` is what follows the frame (more stream data over TCP).  Raises
+    SignatureError(S_MALFORMED) on a broken header; returns ``None`` when the
+    data does not start with a signature header (an unsigned payload), and
+    ``False`` when the header is complete but the payload is not yet (TCP).
+    """
+    if not data.startswith(SIG_PREFIX):
+        return None
+    end = data.find(b"\n")
+    if end < 0:
+        if len(data) > 512:
+            raise SignatureError(S_MALFORMED, "signature header too long")
+        return False
+    parts = data[:end].split(b" ")
+    if len(parts) != 6 or not parts[2].isdigit() or not parts[4].isdigit() or len(parts[5]) != 64:
+        raise SignatureError(S_MALFORMED, "bad signature header")
+    length = int(parts[4])
+    if length > MAX_DATAGRAM_SIZE:
+        raise SignatureError(S_MALFORMED, "signed payload of %d bytes is too large" % length)
+    start = end + 1
+    if len(data) < start + length:
+        return False
+    return (parts[1], parts[2], parts[3], parts[5], data[start:start + length],
+            data[start + length:])
+
+
+class SignatureVerifier(object):
+    """Checks signed frames against a key table, with a time window and replay cache."""
+
+    def __init__(self, keys, window=DEFAULT_SIG_WINDOW, clock=None):
+        import time
+        self.keys = dict((k.encode("ascii") if isinstance(k, str) else k,
+                          v.encode("utf-8") if isinstance(v, str) else v) for k, v in keys.items())
+        self.window = window
+        self.clock = clock or time.time
+        self._seen = {}
+
+    def verify(self, key_id, ts, nonce, mac, payload, now=None):
+        """Return None if the frame is authentic and fresh, else raise SignatureError."""
+        secret = self.keys.get(key_id)
+        if secret is None:
+            raise SignatureError(S_UNKNOWN_KEY, "unknown key id %r" % key_id[:40])
+        expected = hmac.new(secret, _sig_message(key_id, ts, nonce, payload),
+                            hashlib.sha256).hexdigest().encode("ascii")
+        if not hmac.compare_digest(expected, mac):
+            raise SignatureError(S_BAD, "signature does not match")
+        if now is None:
+            now = self.clock()
+        stamp = int(ts)
+        if abs(stamp - now) > self.window:
+            raise SignatureError(S_STALE, "signed %ds from server time" % (stamp - now))
+        token = (key_id, nonce)
+        if token in self._seen:
+            raise SignatureError(S_REPLAY, "nonce already used")
+        if len(self._seen) > 1000000:
+            self._expire(now)
+        self._seen[token] = stamp
+        return None
+
+    def _expire(self, now):
+        horizon = now - self.window
+        self._seen = dict((k, v) for k, v in self._seen.items() if v >= horizon)
+
+
+def load_keys(path):
+    """Read a key file: one ``key_id secret`` pair per line, ``#`` comments.
+
+    Raises ValueError with a readable message on a malformed file.
+    """
+    keys = {}
+    with open(path, "r") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not _TOKEN_RE.match(parts[0]):
+                raise ValueError("%s:%d: expected 'key_id secret'" % (path, number))
+            keys[parts[0]] = parts[1]
+    if not keys:
+        raise ValueError("%s: no keys" % path)
+    return keys

@@ -1,0 +1,1 @@
+"""The reclamation report: loading per-VM logs, statistics, policy, savings, rendering."""

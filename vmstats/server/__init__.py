@@ -1,0 +1,1 @@
+"""The aggregator: Twisted listeners, the buffer, the scheduled pooled flusher, self-metrics."""

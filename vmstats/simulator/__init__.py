@@ -1,0 +1,1 @@
+"""Simulated fleets and trace replay, sent through the real protocol to a real server."""
