@@ -18,6 +18,7 @@ COMMANDS = {
     "agent-bundle": "vmstats.client.command:agent_bundle",
     "simulate": "vmstats.simulator.command:simulate",
     "replay": "vmstats.simulator.command:replay",
+    "score": "vmstats.simulator.command:score",
     "report": "vmstats.report.command:report",
 }
 
