@@ -57,8 +57,24 @@ TAG_NAMES = ("vm", "host")
 
 #: The record type.  Optional fields that were not sent are ``None``
 #: (unknown), never zero.  ``ts`` is integer Unix seconds.
-Record = namedtuple("Record", ("vm", "ts") + FIELD_NAMES + ("host",))
-Record.__new__.__defaults__ = (None,) * (len(FIELD_NAMES) - len(REQUIRED_FIELDS) + 1)
+_OPTIONAL_NAMES = frozenset(f[0] for f in FIELDS if not f[4]) | frozenset(["host"])
+_RecordBase = namedtuple("Record", ("vm", "ts") + FIELD_NAMES + ("host",))
+
+
+class Record(_RecordBase):
+    """A namedtuple whose optional fields default to None wherever they sit.
+
+    namedtuple defaults only cover trailing fields, and optional ``cpu_max``
+    sits between the required ``cpu`` and ``mem``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, *args, **kwargs):
+        for name in _RecordBase._fields[len(args):]:
+            if name in _OPTIONAL_NAMES and name not in kwargs:
+                kwargs[name] = None
+        return _RecordBase.__new__(cls, *args, **kwargs)
 
 # Reject reasons: every rejected line is counted under exactly one of these.
 R_SYNTAX = "syntax"
@@ -317,6 +333,10 @@ def pack_lines(lines, limit=SAFE_DATAGRAM_SIZE):
 SIG_PREFIX = b"#!sig1 "
 SYNC_PREFIX = b"#!sync "
 ACK_PREFIX = b"#!ack "
+#: The server's refusal of a TCP batch: ``#!nak <token> <reason>`` (busy or auth); resend it.
+NAK_PREFIX = b"#!nak "
+NAK_BUSY = "busy"
+NAK_AUTH = "auth"
 #: A signed frame's timestamp may differ from the server clock by this much.
 DEFAULT_SIG_WINDOW = 300
 
