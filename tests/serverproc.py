@@ -1,0 +1,186 @@
+"""Run the real ``vmstats serve`` as a subprocess on loopback, for tests and benchmarks.
+
+    with ServerProcess(tmp_path, "--flush-interval", "0.5") as server:
+        server.send_udp(b"vmstats,vm=10.0.0.1 cpu=1,mem=2 1732262400")
+        ...
+    server.returncode, server.output   # after the block: SIGTERM, then wait
+
+Everything binds 127.0.0.1 with ephemeral ports; the ports come from the
+server's status file, so there is no race on choosing them.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """The server did not start, or did not stop, as expected."""
+
+
+class ServerProcess:
+    """A started ``vmstats serve``; use as a context manager or call start()/stop()."""
+
+    def __init__(self, workdir, *args: str, data_dir=None, start_timeout: float = 20.0,
+                 stop_timeout: float = 30.0, env=None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
+        self.status_file = self.workdir / "server-status.json"
+        self.args = list(args)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.env = dict(os.environ, **(env or {}))
+        self.env["PYTHONPATH"] = str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
+        self.proc = None
+        self.status = {}
+        self.returncode = None
+        self.output = ""
+        self._log = self.workdir / "server-output.txt"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def command(self) -> list:
+        base = [sys.executable, "-m", "vmstats", "serve", "--bind", LOOPBACK, "--udp-port", "0",
+                "--tcp-port", "0", "--status-file", str(self.status_file),
+                "--data-dir", str(self.data_dir)]
+        if "--no-http" not in self.args and "--http-port" not in self.args:
+            base += ["--http-port", "0"]
+        return base + self.args
+
+    def start(self) -> "ServerProcess":
+        if self.status_file.exists():
+            self.status_file.unlink()
+        self._out = open(self._log, "wb")
+        self.proc = subprocess.Popen(self.command(), cwd=str(self.workdir), env=self.env,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._collect()
+                raise ServerError("server exited with %s before listening:\n%s"
+                                  % (self.proc.returncode, self.output))
+            if self.status_file.exists():
+                self.status = json.loads(self.status_file.read_text())
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise ServerError("server did not write its status file in %.0fs:\n%s"
+                          % (self.start_timeout, self.output))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the server and wait for it; returns its exit code (output in .output)."""
+        if self.proc is None:
+            return self.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ServerError("server did not stop within %.0fs:\n%s"
+                              % (self.stop_timeout, self.output)) from None
+        return self._collect()
+
+    def wait(self, timeout: float) -> int:
+        """Wait for a server that stops by itself (--duration)."""
+        self.proc.wait(timeout)
+        return self._collect()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._collect()
+
+    def _collect(self) -> int:
+        self.returncode = self.proc.returncode
+        self._out.close()
+        self.output = self._log.read_text(errors="replace")
+        return self.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.returncode is None:
+            try:
+                self.stop()
+            finally:
+                self.kill()
+
+    # -- talking to it -------------------------------------------------------------------------
+    @property
+    def udp_port(self) -> int:
+        return self.status["udp_port"]
+
+    @property
+    def tcp_port(self) -> int:
+        return self.status["tcp_port"]
+
+    @property
+    def http_port(self):
+        return self.status.get("http_port")
+
+    @property
+    def pid(self) -> int:
+        return self.status["pid"]
+
+    def send_udp(self, *payloads: bytes) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for payload in payloads:
+                sock.sendto(payload, (LOOPBACK, self.udp_port))
+
+    def tcp(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection((LOOPBACK, self.tcp_port), timeout=timeout)
+
+    def http(self, path: str, timeout: float = 10.0) -> str:
+        url = "http://%s:%d%s" % (LOOPBACK, self.http_port, path)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read().decode("utf-8")
+
+    def status_json(self) -> dict:
+        return json.loads(self.http("/status"))
+
+    def metrics(self) -> dict:
+        """/metrics as ``{'name{labels}': value}``."""
+        samples = {}
+        for line in self.http("/metrics").splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05):
+        """Poll ``predicate(self)`` until truthy; returns its value or raises ServerError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate(self)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise ServerError("condition not met within %.0fs" % timeout)
+            time.sleep(interval)
+
+    def wait_received(self, count: int, timeout: float = 10.0) -> dict:
+        """Wait until the server counts ``count`` accepted + rejected + dropped records."""
+        def seen(server):
+            m = server.metrics()
+            total = (m.get("vmstats_records_received_total", 0)
+                     + sum(v for k, v in m.items() if k.startswith("vmstats_rejected_total"))
+                     + sum(v for k, v in m.items() if k.startswith("vmstats_dropped_total")))
+            return m if total >= count else None
+        return self.wait_for(seen, timeout)
+
+
+def serve(workdir, *args: str, **kwargs) -> ServerProcess:
+    """Shorthand: ``with serve(tmp_path, "--flush-interval", "0.5") as server: ...``."""
+    return ServerProcess(workdir, *args, **kwargs)

@@ -1,0 +1,94 @@
+"""The real server on loopback: what is sent over UDP is exactly what lands in the logs."""
+
+import time
+
+from serverproc import serve
+
+from vmstats import logstore, protocol
+from vmstats.protocol import Record
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def logged(data_dir, vm):
+    """The log rows of one VM as a list of dicts (via the layout's own reader)."""
+    frame, bad = logstore.read_rows(path for _day, path in logstore.day_files(str(data_dir), vm))
+    assert bad == 0
+    return frame
+
+
+def line(record: Record) -> bytes:
+    return protocol.encode_record(record).encode()
+
+
+def test_records_land_exactly_with_values_and_timestamps(tmp_path):
+    t0 = now() - 600
+    sent = [Record(vm="10.0.0.%d" % (i % 3 + 1), ts=t0 + 60 * i, cpu=1.5 + i, mem=40.25,
+                   cpu_max=99.5, disk_r=1024.0, disk_w=0.0, net_rx=812.5, net_tx=300.0, vcpus=2,
+                   mem_mb=4096, seq=i, host="web%d" % (i % 3)) for i in range(9)]
+    sparse = Record(vm="db-1.example", ts=t0, cpu=0.0, mem=100.0)  # optional fields unknown
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        server.send_udp(b"\n".join(line(r) for r in sent[:5]))  # packed
+        for record in sent[5:] + [sparse]:
+            server.send_udp(line(record))  # one per datagram
+        server.wait_received(10)
+    assert server.returncode == 0
+    for vm in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        frame = logged(tmp_path / "data", vm)
+        expected = [r for r in sent if r.vm == vm]
+        assert list(frame["ts"]) == [r.ts for r in expected]
+        for column in ("cpu", "cpu_max", "mem", "disk_r", "disk_w", "net_rx", "net_tx", "vcpus",
+                       "mem_mb", "seq"):
+            assert list(frame[column]) == [getattr(r, column) for r in expected], column
+        assert list(frame["host"]) == [r.host for r in expected]
+    frame = logged(tmp_path / "data", "db-1.example")
+    assert len(frame) == 1 and frame["cpu"][0] == 0.0 and frame["mem"][0] == 100.0
+    assert frame["cpu_max"].isna().all() and frame["vcpus"].isna().all()
+
+
+def test_duplicates_are_replaced_not_repeated(tmp_path):
+    t0 = now() - 120
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        server.send_udp(line(Record(vm="10.1.0.1", ts=t0, cpu=1.0, mem=1.0)))
+        server.send_udp(line(Record(vm="10.1.0.1", ts=t0, cpu=2.0, mem=2.0)))  # same (vm, ts)
+        server.wait_received(2)
+        # A retransmit after a flush lands again; the reader keeps the last one.
+        time.sleep(0.8)
+        server.send_udp(line(Record(vm="10.1.0.1", ts=t0, cpu=3.0, mem=3.0)))
+        server.wait_received(3)
+    frame = logged(tmp_path / "data", "10.1.0.1")
+    assert list(frame["ts"]) == [t0]
+    assert list(frame["cpu"]) == [3.0]
+    raw = next(iter(logstore.day_files(str(tmp_path / "data"), "10.1.0.1")))[1]
+    rows = open(raw, "rb").read().splitlines()[1:]
+    assert [r.split(b",")[1] for r in rows] == [b"2", b"3"]  # in-memory duplicate replaced
+
+
+def test_malformed_records_are_counted_by_cause_and_the_good_ones_still_land(tmp_path):
+    t = now() - 60
+    good = line(Record(vm="10.2.0.1", ts=t, cpu=5.0, mem=6.0))
+    good2 = line(Record(vm="10.2.0.2", ts=t, cpu=7.0, mem=8.0))
+    bad = [
+        b"vmstats,vm=10.2.0.9 cpu=101,mem=1 %d" % t,          # out_of_range
+        b"vmstats,vm=10.2.0.9 cpu=nan,mem=1 %d" % t,          # non_finite
+        b"vmstats,vm=10.2.0.9 cpu=abc,mem=1 %d" % t,          # non_numeric
+        b"vmstats,vm=10.2.0.9 mem=1 %d" % t,                  # missing_field
+        b"cpu,vm=10.2.0.9 cpu=1,mem=1 %d" % t,                # measurement
+        b"vmstats,vm=10.2.0.9 cpu=1,mem=1,foo=2 %d" % t,      # unknown_key
+        b"vmstats,vm=10.2.0.9 cpu=1,mem=1 %d" % (t + 3600),   # future_timestamp
+        b"vmstats,vm=../../etc cpu=1,mem=1 %d" % t,           # bad_vm_id
+        b"vmstats,vm=10.2.0.9 cpu=1,mem=\xff %d" % t,         # bad_utf8
+        b"garbage",                                           # syntax
+    ]
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        server.send_udp(b"\n".join([good] + bad + [good2]))
+        metrics = server.wait_received(12)
+    assert metrics["vmstats_records_received_total"] == 2
+    for reason in ("out_of_range", "non_finite", "non_numeric", "missing_field", "measurement",
+                   "unknown_key", "future_timestamp", "bad_vm_id", "bad_utf8", "syntax"):
+        assert metrics['vmstats_rejected_total{reason="%s"}' % reason] == 1, reason
+    assert server.returncode == 0
+    assert sorted(logstore.iter_vms(str(tmp_path / "data"))) == ["10.2.0.1", "10.2.0.2"]
+    assert "rejected          10" in server.output

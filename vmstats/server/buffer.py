@@ -1,0 +1,80 @@
+"""The in-memory table the receive path fills and the flusher empties.
+
+``vm -> {ts: row bytes}``: a retransmit of the same (vm, ts) replaces the
+row, and a compact bytes row (~60-90 bytes) is what keeps a held record
+under 200 bytes of memory.  Both caps bound memory whatever senders do.
+"""
+
+import time
+from collections.abc import Callable
+
+from vmstats.server.metrics import Metrics
+
+Table = dict[str, dict[int, bytes]]
+
+
+class Buffer:
+    """Bounded, idempotent record table with per-VM sequence-gap accounting."""
+
+    def __init__(self, metrics: Metrics, max_buffered: int, max_per_vm: int,
+                 on_full: Callable[[], None] | None = None, clock: Callable[[], float] = time.time):
+        self.metrics = metrics
+        self.max_buffered = max_buffered
+        self.max_per_vm = max_per_vm
+        self.on_full = on_full
+        self.clock = clock
+        self.table: Table = {}
+        self.count = 0
+        #: Per-VM bookkeeping (last seq, last receive time) is trimmed beyond this many VMs.
+        self.max_tracked = 200_000
+        self.last_seq: dict[str, int] = {}
+        self.last_seen: dict[str, float] = {}
+
+    def put(self, vm: str, ts: int, row: bytes, seq: int | None = None) -> bool:
+        """Hold one record; False (and counted) when a cap leaves no room."""
+        rows = self.table.get(vm)
+        if rows is None:
+            rows = self.table[vm] = {}
+        if ts not in rows:
+            if len(rows) >= self.max_per_vm:
+                self.metrics.drop("per_vm_cap")
+                return False
+            if self.count >= self.max_buffered:
+                self.metrics.drop("global_cap")
+                return False
+            self.count += 1
+            if self.count == self.max_buffered and self.on_full is not None:
+                self.on_full()
+        rows[ts] = row
+        if seq is not None:
+            self._sequence(vm, seq)
+        return True
+
+    def _sequence(self, vm: str, seq: int) -> None:
+        """Estimate lost UDP records from gaps in an agent's counter.
+
+        A counter that goes backwards far is an agent restart (start over);
+        a repeat or a small step back is a resend or reordering (no loss).
+        """
+        last = self.last_seq.get(vm)
+        self.last_seq[vm] = seq if last is None or seq > last or seq + 1000 < last else last
+        if last is not None and seq > last + 1:
+            self.metrics.seq_lost += seq - last - 1
+
+    def swap(self) -> Table:
+        """Take everything held, leaving an empty table (the flusher owns the result)."""
+        table, self.table, self.count = self.table, {}, 0
+        if len(self.last_seen) > self.max_tracked:  # hostile senders inventing VM ids
+            keep = sorted(self.last_seen.items(), key=lambda item: -item[1])[: self.max_tracked // 2]
+            self.last_seen = dict(keep)
+            self.last_seq = {vm: self.last_seq[vm] for vm in self.last_seen if vm in self.last_seq}
+        return {vm: rows for vm, rows in table.items() if rows}
+
+    def restore(self, vm: str, rows: dict[int, bytes]) -> None:
+        """Put back rows whose write failed; rows received since then win."""
+        current = self.table.get(vm)
+        merged = dict(rows)
+        if current:
+            merged.update(current)
+        self.count += len(merged) - len(current or ())
+        self.table[vm] = merged

@@ -1,0 +1,99 @@
+"""``vmstats serve``: the click front end of the aggregator."""
+
+import logging
+import sys
+
+import click
+
+from vmstats import protocol
+from vmstats.server.config import DEFAULT_HTTP_PORT, ServerConfig, parse_duration
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+
+
+@click.command()
+@click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--udp-port", type=click.IntRange(0, 65535), default=protocol.DEFAULT_PORT,
+              show_default=True, help="UDP port (0 = ephemeral).")
+@click.option("--tcp-port", type=click.IntRange(0, 65535), default=protocol.DEFAULT_PORT,
+              show_default=True, help="TCP port (0 = ephemeral).")
+@click.option("--http-port", type=click.IntRange(-1, 65535), default=DEFAULT_HTTP_PORT,
+              show_default=True, help="HTTP port for /metrics and /status (0 = ephemeral, -1 = off).")
+@click.option("--no-http", is_flag=True, help="Do not serve /metrics and /status.")
+@click.option("--data-dir", default="vmstats-data", show_default=True, type=click.Path(),
+              help="Where the per-VM logs go.")
+@click.option("--flush-interval", type=DURATION, default="60s", show_default=True,
+              help="How often the buffer is written to the logs.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Writer processes (default: number of cores).")
+@click.option("--duration", type=DURATION, default=None,
+              help="Stop after this long (90s, 5m, 1h); default: until SIGINT/SIGTERM.")
+@click.option("--status-file", type=click.Path(), default=None,
+              help="Write ports and pid here as JSON once listening.")
+@click.option("--auth-keys", type=click.Path(), default=None,
+              help="Key file ('key_id secret' per line): require signed frames.")
+@click.option("--sig-window", type=click.IntRange(1), default=protocol.DEFAULT_SIG_WINDOW,
+              show_default=True, help="Seconds a signed frame's time may differ from ours.")
+@click.option("--max-buffered", type=click.IntRange(1), default=2_000_000, show_default=True,
+              help="Global cap on buffered records (reaching it flushes early).")
+@click.option("--max-per-vm", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Cap on buffered records of one VM.")
+@click.option("--max-past", type=DURATION, default="0", show_default=True,
+              help="Reject records older than this (0 = no limit).")
+@click.option("--max-future", type=DURATION, default="%ds" % protocol.DEFAULT_MAX_FUTURE,
+              show_default=True, help="Reject records stamped further ahead than this.")
+@click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
+              help="Deadline for the final flush at shutdown (missed: exit 1).")
+@click.option("--rcvbuf", type=click.IntRange(4096), default=8 << 20, show_default=True,
+              help="UDP socket receive buffer in bytes.")
+@click.option("--max-line", type=click.IntRange(64, protocol.MAX_DATAGRAM_SIZE),
+              default=protocol.MAX_DATAGRAM_SIZE, show_default=True,
+              help="Longest TCP line accepted.")
+@click.option("--max-connections", type=click.IntRange(1), default=1024, show_default=True,
+              help="Open TCP connections allowed.")
+@click.option("--idle-timeout", type=DURATION, default="300s", show_default=True,
+              help="Close TCP connections silent this long (0 = never).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def serve(**options) -> None:
+    """Receive VM records over UDP and TCP and append them to per-VM logs."""
+    logging.basicConfig(level=options.pop("log_level").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per scheduled flush would drown the useful messages.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if options.pop("no_http"):
+        options["http_port"] = -1
+    keys_path = options.pop("auth_keys")
+    if keys_path:
+        try:
+            options["auth_keys"] = {k.encode("ascii"): v.encode("utf-8")
+                                    for k, v in protocol.load_keys(keys_path).items()}
+        except (OSError, ValueError, UnicodeError) as exc:
+            raise click.ClickException("cannot read --auth-keys: %s" % exc) from None
+    if options["workers"] is None:
+        options.pop("workers")
+    for name in ("max_past", "max_future"):
+        options[name] = int(options[name])
+    config = ServerConfig(**options)
+    from vmstats.server.service import run
+
+    try:
+        code = run(config)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # CannotListenError and friends: one readable line
+        raise click.ClickException("%s: %s" % (type(exc).__name__, exc)) from None
+    sys.exit(code)

@@ -1,0 +1,50 @@
+"""The aggregator's settings, in one place, so the CLI, the services and the tests agree."""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT, DEFAULT_SIG_WINDOW
+
+DEFAULT_HTTP_PORT = 8898
+#: 8 MiB absorbs about 100,000 small datagrams while the reactor is busy elsewhere.
+DEFAULT_RCVBUF = 8 << 20
+
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``1h`` (what operators type); ValueError otherwise."""
+    match = _DURATION_RE.match(text or "")
+    if not match:
+        raise ValueError("%r is not a duration like 90s, 5m or 1h" % text)
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``vmstats serve`` can be told; defaults are the documented ones."""
+
+    bind: str = "0.0.0.0"
+    udp_port: int = DEFAULT_PORT
+    tcp_port: int = DEFAULT_PORT
+    #: -1 disables the HTTP endpoint.
+    http_port: int = DEFAULT_HTTP_PORT
+    data_dir: str = "vmstats-data"
+    flush_interval: float = 60.0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    duration: float | None = None
+    status_file: str | None = None
+    auth_keys: dict[bytes, bytes] | None = None
+    sig_window: int = DEFAULT_SIG_WINDOW
+    max_buffered: int = 2_000_000
+    max_per_vm: int = 10_000
+    max_past: int = DEFAULT_MAX_PAST
+    max_future: int = DEFAULT_MAX_FUTURE
+    drain_timeout: float = 30.0
+    rcvbuf: int = DEFAULT_RCVBUF
+    max_line: int = 65536
+    max_connections: int = 1024
+    idle_timeout: float = 300.0
+    log_level: str = "info"

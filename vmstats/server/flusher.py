@@ -1,0 +1,179 @@
+"""The scheduled flush: swap the table, write it through a process pool, retry failures.
+
+APScheduler's TwistedScheduler wakes the job on the reactor; the job only
+swaps the table and hands shares to the pool.  Pool results come back in the
+pool's result thread and are delivered into Deferreds with
+``reactor.callFromThread``, so the reactor never waits on the disk.  One flush
+is in flight at a time, so two writes of the same VM never race and the log
+order follows the receive order.
+"""
+
+import logging
+import multiprocessing
+import time
+
+from apscheduler.executors.debug import DebugExecutor
+from apscheduler.schedulers.twisted import TwistedScheduler
+from twisted.application import service
+from twisted.internet import defer
+
+from vmstats.server.buffer import Buffer, Table
+from vmstats.server.metrics import Metrics
+from vmstats.server.writer import write_share
+
+log = logging.getLogger(__name__)
+
+
+def split_shares(table: Table, workers: int) -> list[list[tuple[str, dict[int, bytes]]]]:
+    """Divide the VMs among the workers, balancing records rather than VM counts."""
+    shares: list[list] = [[] for _ in range(max(1, workers))]
+    loads = [0] * len(shares)
+    for vm, rows in sorted(table.items(), key=lambda item: -len(item[1])):
+        lightest = loads.index(min(loads))
+        shares[lightest].append((vm, rows))
+        loads[lightest] += len(rows)
+    return [share for share in shares if share]
+
+
+class FlusherService(service.Service):
+    """Owns the writer pool and the flush schedule."""
+
+    name = "flusher"
+
+    def __init__(self, reactor, buffer: Buffer, metrics: Metrics, data_dir: str,
+                 interval: float, workers: int, drain_timeout: float):
+        self.reactor = reactor
+        self.buffer = buffer
+        self.metrics = metrics
+        self.data_dir = data_dir
+        self.interval = interval
+        self.workers = max(1, workers)
+        self.drain_timeout = drain_timeout
+        self.pool = None
+        self.scheduler: TwistedScheduler | None = None
+        self.in_flight: defer.Deferred | None = None
+        self.in_flight_records = 0
+        self.pending = False
+        self.deadline_missed = False
+        self.unwritten = 0
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        # Forking a process that runs the reactor is unsafe: workers come from a forkserver.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["vmstats.server.writer"])
+        self.pool = context.Pool(self.workers)
+        # The debug executor runs the job inline, i.e. on the reactor thread, which owns the buffer.
+        self.scheduler = TwistedScheduler(reactor=self.reactor,
+                                          executors={"default": DebugExecutor()})
+        self.scheduler.add_job(self.flush, "interval", seconds=self.interval, id="flush",
+                               max_instances=1, coalesce=True)
+        self.scheduler.start()
+
+    def request_flush(self) -> None:
+        """Flush soon (the buffer hit its global cap); never re-entrantly."""
+        self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> defer.Deferred:
+        """Write everything held now; fires when the writes (and retries) are settled."""
+        if self.in_flight is not None:
+            self.pending = True
+            return self.in_flight
+        table = self.buffer.swap()
+        if not table:
+            return defer.succeed(0)
+        self.in_flight_records = sum(len(rows) for rows in table.values())
+        started = time.monotonic()
+        shares = split_shares(table, self.workers)
+        waits = [self._submit(share) for share in shares]
+        done = defer.gatherResults(waits, consumeErrors=True)
+        done.addCallback(self._settle, table, started)
+        done.addErrback(self._pool_failed, table)
+        self.in_flight = done
+        done.addBoth(self._finished)
+        return done
+
+    def _submit(self, share) -> defer.Deferred:
+        result = defer.Deferred()
+        self.pool.apply_async(
+            write_share, (self.data_dir, share),
+            callback=lambda value: self.reactor.callFromThread(result.callback, value),
+            error_callback=lambda exc: self.reactor.callFromThread(result.errback, exc))
+        return result
+
+    def _settle(self, shares, table: Table, started: float) -> int:
+        written = 0
+        for results in shares:
+            for vm, count, error in results:
+                if error is None:
+                    written += count
+                    continue
+                self.metrics.write_failures += 1
+                log.error("writing %d records of vm %s failed (will retry): %s",
+                          len(table[vm]), vm, error)
+                self.buffer.restore(vm, table[vm])
+        self.metrics.flushes += 1
+        self.metrics.flushed_records += written
+        self.metrics.flush_seconds += time.monotonic() - started
+        log.debug("flushed %d records of %d vms in %.3fs", written, len(table),
+                  time.monotonic() - started)
+        return written
+
+    def _pool_failed(self, failure, table: Table) -> int:
+        # A worker died or could not unpickle: keep every record for the next flush.
+        self.metrics.write_failures += len(table)
+        log.error("writer pool failed (records kept for retry): %s", failure.getErrorMessage())
+        for vm, rows in table.items():
+            self.buffer.restore(vm, rows)
+        return 0
+
+    def _finished(self, result):
+        self.in_flight = None
+        self.in_flight_records = 0
+        if self.pending and self.running:
+            self.pending = False
+            self.reactor.callLater(0, self.flush)
+        return result
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Final flush (everything received), then the pool, all within the drain deadline."""
+        service.Service.stopService(self)
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + self.drain_timeout
+        try:
+            # Drain: the in-flight flush, then what arrived meanwhile, then any retries once.
+            for _attempt in range(3):
+                if self.in_flight is not None:
+                    yield self._within(self.in_flight, deadline)
+                if not self.buffer.count:
+                    break
+                yield self._within(self.flush(), deadline)
+        except defer.TimeoutError:
+            self.deadline_missed = True
+            log.error("the writers missed the %.1fs drain deadline", self.drain_timeout)
+        self.unwritten = self.buffer.count + self.in_flight_records
+        if self.deadline_missed:
+            self.pool.terminate()
+        else:
+            self.pool.close()
+
+    def _within(self, waiting: defer.Deferred, deadline: float) -> defer.Deferred:
+        """Wait for ``waiting`` without cancelling it, up to the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return defer.fail(defer.TimeoutError())
+        mirror = defer.Deferred()
+        waiting.addBoth(lambda result: (mirror.called or mirror.callback(None), result)[1])
+        timer = self.reactor.callLater(remaining, lambda: mirror.called
+                                       or mirror.errback(defer.TimeoutError()))
+        mirror.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return mirror
+
+    def join(self) -> None:
+        """Reap the worker processes once the reactor has stopped."""
+        if self.pool is not None:
+            if self.deadline_missed:
+                self.pool.terminate()
+            self.pool.join()

@@ -1,0 +1,200 @@
+"""The receive path: payload bytes in, buffered log rows out, every reject counted.
+
+Per-field Python code costs tens of microseconds per record on this
+interpreter, far above the ingest budget.  So the common case -- lines exactly
+as ``protocol.encode_record`` writes them -- is matched for a whole payload by
+one compiled regex built from ``protocol.FIELDS`` and turned into the log row
+(``logstore.COLUMNS`` order) by one bytes %-format.  The regex only admits
+values whose range and finiteness it can prove, so no float() is needed.
+Anything else (reordered tags, exponents, ms/ns timestamps, bad input) goes
+through ``protocol.Decoder`` and ``logstore.format_row``: identical rows,
+just slower, and the decoder names the reason for every reject.
+"""
+
+import logging
+import operator
+import re
+import time
+from collections.abc import Callable
+
+from vmstats import logstore, protocol
+from vmstats.server.buffer import Buffer
+from vmstats.server.metrics import Metrics, RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+_FRACTION = r"(?:\.\d{1,17})?"
+
+
+def _int_digits(hi: int) -> int:
+    """The most decimal digits whose every value is <= hi."""
+    digits = len(str(hi))
+    return digits if hi >= 10 ** digits - 1 else digits - 1
+
+
+def _int_pattern(lo: int, hi: int) -> str:
+    """Canonical (no leading zero) integers provably in [lo, hi]; narrower is fine."""
+    if lo not in (0, 1):
+        raise ValueError("the fast path only handles ranges starting at 0 or 1")
+    body = r"[1-9]\d{0,%d}" % (_int_digits(hi) - 1)
+    return "0|" + body if lo == 0 else body
+
+
+def _float_pattern(lo: float, hi: float) -> tuple[str, str]:
+    """(integer form with ``i``, decimal form) patterns provably in [lo, hi]."""
+    if lo != 0:
+        raise ValueError("the fast path only handles float ranges starting at 0")
+    top = int(hi)
+    digits = _int_digits(top)
+    decimal = r"\d{1,%d}%s" % (digits, _FRACTION)
+    if top == 10 ** digits:  # e.g. 100: "100" and "100.000" are in range, "100.5" is not
+        decimal = r"%d(?:\.0{1,17})?|%s" % (top, decimal)
+    return _int_pattern(0, top), decimal
+
+
+def build_fast_path() -> tuple["re.Pattern[bytes]", bytes, Callable, int, int, int]:
+    """The canonical-line regex, the row template and how to feed one from the other.
+
+    Returns ``(regex, row_format, reorder, vm_group, ts_group, seq_group)``:
+    ``row_format % reorder(groups)`` is the log row; group numbers index the
+    tuples that ``regex.findall`` yields (seq_group is -1 without a seq field).
+    """
+    parts = [r"^%s,vm=([A-Za-z0-9._:-]{1,%d})" % (protocol.MEASUREMENT, protocol.MAX_VM_ID_LENGTH),
+             r"(?:,host=([A-Za-z0-9][A-Za-z0-9._-]{0,254}))?"]
+    cells = {}  # column -> group indices whose concatenation is the cell
+    groups = 2
+    for position, (name, is_int, lo, hi, required) in enumerate(protocol.FIELDS):
+        sep = " " if position == 0 else ","
+        if position == 0 and not required:
+            raise ValueError("the first field must be required for the fast path")
+        if is_int:
+            value = r"(%s)i" % _int_pattern(lo, hi)
+            cells[name] = [groups]
+            groups += 1
+        else:
+            as_int, as_float = _float_pattern(lo, hi)
+            value = r"(?:(%s)i|(%s))" % (as_int, as_float)
+            cells[name] = [groups, groups + 1]
+            groups += 2
+        piece = r"%s%s=%s" % (re.escape(sep), re.escape(name), value)
+        parts.append(piece if required else "(?:%s)?" % piece)
+    parts.append(r" ([1-9]\d{9})\r?$")
+    ts_group = groups
+    cells["ts"] = [ts_group]
+    cells["host"] = [1]
+    order = []
+    template = []
+    for column in logstore.COLUMNS:
+        order.extend(cells[column])
+        template.append("%s" * len(cells[column]))
+    regex = re.compile("".join(parts).encode("ascii"), re.MULTILINE)
+    seq_group = cells["seq"][0] if "seq" in cells else -1
+    return (regex, ",".join(template).encode("ascii"), operator.itemgetter(*order), 0, ts_group,
+            seq_group)
+
+
+class Ingest:
+    """Decodes payloads into the buffer; shared by the UDP and TCP listeners.
+
+    ``payload`` returns ``(accepted, rejected, dropped)`` so the TCP listener
+    can acknowledge exactly what it holds.
+    """
+
+    def __init__(self, buffer: Buffer, metrics: Metrics, max_future: int, max_past: int,
+                 clock: Callable[[], float] = time.time):
+        self.buffer = buffer
+        self.metrics = metrics
+        self.max_future = max_future
+        self.max_past = max_past
+        self.clock = clock
+        self.decoder = protocol.Decoder(max_future=max_future, max_past=max_past, clock=clock)
+        (self._regex, self._row, self._reorder, self._vm_group, self._ts_group,
+         self._seq_group) = build_fast_path()
+        self._vm_ids: dict[bytes, str] = {}
+        self._bad_log = RateLimitedLog(log, "rejected record")
+
+    def _vm_id(self, raw: bytes) -> str:
+        vm = self._vm_ids.get(raw)
+        if vm is None:
+            vm = self.decoder.vm_id(raw.decode("ascii"))  # the regex admits ASCII only
+            if len(self._vm_ids) >= 65536:
+                self._vm_ids.clear()
+            self._vm_ids[raw] = vm
+        return vm
+
+    def reject(self, reason: str, detail: str, count: int = 1) -> None:
+        """Count (and rate-limited log) rejects that happen outside the decoder."""
+        self.metrics.reject(reason, count)
+        self._bad_log.emit("%s: %s", reason, detail)
+
+    def payload(self, data: bytes) -> tuple[int, int, int]:
+        """Buffer every valid record of one datagram or TCP batch."""
+        now = self.clock()
+        matches = self._regex.findall(data)
+        lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        if len(matches) == lines:
+            return self._store(matches, [], now)
+        # Mixed payload: match line by line, the decoder decides the rest.
+        matches = []
+        records = []
+        rejected = 0
+        fullmatch = self._regex.fullmatch
+        for line in data.split(b"\n"):
+            if not line or line[:1] == b"#":
+                continue
+            found = fullmatch(line)
+            if found is not None:
+                matches.append(found.groups(b""))
+                continue
+            try:
+                records.append(self.decoder.decode_line(line, now))
+            except protocol.DecodeError as exc:
+                rejected += 1
+                self.metrics.reject(exc.reason)
+                self._bad_log.emit("%s", exc)
+        accepted, more_rejected, dropped = self._store(matches, records, now)
+        return accepted, rejected + more_rejected, dropped
+
+    def _store(self, matches: list, records: list, now: float) -> tuple[int, int, int]:
+        buffer = self.buffer
+        metrics = self.metrics
+        hi = int(now) + self.max_future
+        lo = int(now) - self.max_past if self.max_past else 0
+        row_format = self._row
+        reorder = self._reorder
+        vm_ids = self._vm_ids
+        vm_group, ts_group, seq_group = self._vm_group, self._ts_group, self._seq_group
+        put = buffer.put
+        seen = buffer.last_seen
+        accepted = rejected = dropped = 0
+        for groups in matches:
+            vm = vm_ids.get(groups[vm_group])
+            if vm is None:
+                try:
+                    vm = self._vm_id(groups[vm_group])
+                except protocol.DecodeError as exc:
+                    rejected += 1
+                    metrics.reject(exc.reason)
+                    self._bad_log.emit("%s", exc)
+                    continue
+            ts = int(groups[ts_group])
+            if ts > hi or ts < lo:
+                reason = protocol.R_FUTURE if ts > hi else protocol.R_PAST
+                rejected += 1
+                metrics.reject(reason)
+                self._bad_log.emit("%s: vm %s timestamp %d (server time %d)", reason, vm, ts, now)
+                continue
+            seen[vm] = now
+            seq = groups[seq_group]
+            if put(vm, ts, row_format % reorder(groups), int(seq) if seq else None):
+                accepted += 1
+            else:
+                dropped += 1
+        for record in records:
+            seen[record.vm] = now
+            if put(record.vm, record.ts, logstore.format_row(record), record.seq):
+                accepted += 1
+            else:
+                dropped += 1
+        metrics.records += accepted
+        return accepted, rejected, dropped

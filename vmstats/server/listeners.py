@@ -1,0 +1,308 @@
+"""UDP and TCP listeners: frames in, Ingest calls out, acknowledgements back.
+
+The listeners know the framing (signed frames, ``#!sync`` control lines, line
+limits); the records themselves are Ingest's business.  Signature rejects are
+counted per frame (a UDP datagram or a signed TCP batch) and, for unsigned
+data when signatures are required, per line.
+"""
+
+import logging
+import re
+import socket
+
+from twisted.application import service
+from twisted.internet import protocol as tx_protocol
+from twisted.protocols.policies import TimeoutMixin
+
+from vmstats import protocol
+from vmstats.server.ingest import Ingest
+from vmstats.server.metrics import Metrics, RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+_TOKEN = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
+
+
+class Authenticator:
+    """Unwraps signed frames and, when keys are configured, insists on them."""
+
+    def __init__(self, ingest: Ingest, keys: dict[bytes, bytes] | None, window: int):
+        self.ingest = ingest
+        self.required = bool(keys)
+        self.verifier = protocol.SignatureVerifier(keys, window, ingest.clock) if keys else None
+
+    def frame(self, key_id, ts, nonce, mac, payload) -> bytes | None:
+        """The payload of a signed frame if it may be ingested, else None (counted)."""
+        if self.verifier is None:
+            return payload  # signatures are optional without --auth-keys: not checked
+        try:
+            self.verifier.verify(key_id, ts, nonce, mac, payload)
+        except protocol.SignatureError as exc:
+            self.ingest.reject(exc.reason, exc.detail)
+            return None
+        return payload
+
+    def unsigned(self, data: bytes) -> bool:
+        """May unsigned data be ingested?  Counts its lines as sig_missing if not."""
+        if not self.required:
+            return True
+        lines = sum(1 for line in data.split(b"\n") if line and line[:1] != b"#")
+        if lines:
+            self.ingest.reject(protocol.S_UNSIGNED, "%d unsigned lines" % lines, lines)
+        return False
+
+
+class UDPReceiver(tx_protocol.DatagramProtocol):
+    """One datagram is one payload (or one signed frame)."""
+
+    def __init__(self, ingest: Ingest, auth: Authenticator, metrics: Metrics):
+        self.ingest = ingest
+        self.auth = auth
+        self.metrics = metrics
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        metrics = self.metrics
+        metrics.datagrams += 1
+        metrics.bytes += len(data)
+        if data[:2] == b"#!":
+            data = self._unwrap(data)
+            if data is None:
+                return
+        elif not self.auth.unsigned(data):
+            return
+        self.ingest.payload(data)
+
+    def _unwrap(self, data: bytes) -> bytes | None:
+        try:
+            parts = protocol.split_signed(data)
+        except protocol.SignatureError as exc:
+            self.ingest.reject(exc.reason, exc.detail)
+            return None
+        if parts is None:  # another control or comment line: the lines after it still count
+            return data if self.auth.unsigned(data) else None
+        if parts is False or parts[5]:
+            self.ingest.reject(protocol.S_MALFORMED, "datagram length does not match its frame")
+            return None
+        return self.auth.frame(*parts[:5])
+
+
+class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
+    """A newline-delimited stream with optional signed frames and ``#!sync`` acknowledgements.
+
+    Accepted/rejected counts and trouble flags accumulate from one sync to the
+    next; the reply to a sync covers exactly that batch.
+    """
+
+    def __init__(self, factory: "TCPFactory"):
+        self.factory = factory
+        self.ingest = factory.ingest
+        self.auth = factory.auth
+        self.metrics = factory.metrics
+        self.buffer = b""
+        self.skipping = False  # discarding the rest of an over-long line
+        self.accepted = self.rejected = 0
+        self.busy = self.auth_failed = False
+
+    def connectionMade(self) -> None:
+        self.metrics.tcp_connections += 1
+        self.metrics.tcp_open += 1
+        self.factory.open += 1
+        self.setTimeout(self.factory.idle_timeout)
+
+    def connectionLost(self, reason=None) -> None:
+        self.setTimeout(None)
+        self.metrics.tcp_open -= 1
+        self.factory.open -= 1
+
+    def timeoutConnection(self) -> None:
+        self.metrics.tcp_idle_closed += 1
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.metrics.bytes += len(data)
+        if self.skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self.skipping = False
+            data = data[end + 1:]
+        self.buffer = self._consume(self.buffer + data if self.buffer else data)
+
+    def _consume(self, buf: bytes) -> bytes:
+        """Handle every complete line or frame in ``buf``; return the incomplete rest."""
+        max_line = self.factory.max_line
+        while buf:
+            if buf[:2] == b"#!":
+                if buf.startswith(protocol.SIG_PREFIX):
+                    try:
+                        parts = protocol.split_signed(buf)
+                    except protocol.SignatureError as exc:
+                        self._auth_trouble(exc.reason, exc.detail)
+                        buf = self._skip_line(buf)
+                        continue
+                    if parts is False:
+                        return buf  # wait for the rest of the frame
+                    payload = self.auth.frame(*parts[:5])
+                    if payload is None:
+                        self.auth_failed = True
+                    else:
+                        self._ingest(payload)
+                    buf = parts[5]
+                    continue
+                end = buf.find(b"\n")
+                if end < 0:
+                    return self._incomplete(buf, max_line)
+                line, buf = buf[:end].rstrip(b"\r"), buf[end + 1:]
+                if line.startswith(protocol.SYNC_PREFIX):
+                    self._sync(line[len(protocol.SYNC_PREFIX):])
+                continue  # other control lines are for other readers
+            # Plain lines up to the next control line (or the last complete line).
+            cut = buf.find(b"\n#!")
+            end = cut + 1 if cut >= 0 else buf.rfind(b"\n") + 1
+            if end <= 0:
+                return self._incomplete(buf, max_line)
+            block, buf = buf[:end], buf[end:]
+            if max_line < protocol.MAX_DATAGRAM_SIZE and len(block) > max_line:
+                block = self._drop_long_lines(block, max_line)
+            if self.auth.unsigned(block):
+                self._ingest(block)
+            else:
+                self.auth_failed = True
+        return buf
+
+    def _ingest(self, payload: bytes) -> None:
+        accepted, rejected, dropped = self.ingest.payload(payload)
+        self.accepted += accepted
+        self.rejected += rejected
+        if dropped:
+            self.busy = True
+
+    def _auth_trouble(self, reason: str, detail: str) -> None:
+        self.ingest.reject(reason, detail)
+        self.auth_failed = True
+
+    def _skip_line(self, buf: bytes) -> bytes:
+        end = buf.find(b"\n")
+        if end < 0:
+            self.skipping = True
+            return b""
+        return buf[end + 1:]
+
+    def _incomplete(self, buf: bytes, max_line: int) -> bytes:
+        if len(buf) > max_line:
+            self.ingest.reject(protocol.R_TOO_LONG, "TCP line over %d bytes" % max_line)
+            self.rejected += 1
+            self.skipping = True
+            return b""
+        return buf
+
+    def _drop_long_lines(self, block: bytes, max_line: int) -> bytes:
+        lines = block.split(b"\n")
+        kept = [line for line in lines if len(line) <= max_line]
+        if len(kept) != len(lines):
+            count = len(lines) - len(kept)
+            self.ingest.reject(protocol.R_TOO_LONG, "%d TCP lines over %d bytes" % (count, max_line),
+                               count)
+            self.rejected += count
+        return b"\n".join(kept)
+
+    def _sync(self, token: bytes) -> None:
+        token = token.strip()
+        if not _TOKEN.match(token):
+            self.ingest.reject(protocol.R_SYNTAX, "bad sync token %r" % token[:70])
+            return
+        if self.auth_failed or self.busy:
+            reason = protocol.NAK_AUTH if self.auth_failed else protocol.NAK_BUSY
+            reply = b"%s%s %s\n" % (protocol.NAK_PREFIX, token, reason.encode("ascii"))
+            self.metrics.naks += 1
+        else:
+            reply = b"%s%s %d %d\n" % (protocol.ACK_PREFIX, token, self.accepted, self.rejected)
+            self.metrics.acks += 1
+        self.accepted = self.rejected = 0
+        self.busy = self.auth_failed = False
+        self.transport.write(reply)
+
+
+class TCPFactory(tx_protocol.Factory):
+    """Builds receivers and enforces the connection limit."""
+
+    def __init__(self, ingest: Ingest, auth: Authenticator, metrics: Metrics, max_line: int,
+                 max_connections: int, idle_timeout: float):
+        self.ingest = ingest
+        self.auth = auth
+        self.metrics = metrics
+        self.max_line = max_line
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout if idle_timeout > 0 else None
+        self.open = 0
+        self.protocols: set = set()
+        self._refusals = RateLimitedLog(log, "connection refusal")
+
+    def buildProtocol(self, addr):
+        if self.open >= self.max_connections:
+            self.metrics.tcp_refused += 1
+            self._refusals.emit("refusing TCP connection from %s: %d open", addr.host, self.open)
+            return None
+        receiver = _TrackedReceiver(self)
+        return receiver
+
+
+class _TrackedReceiver(TCPReceiver):
+    """A receiver the factory can find again at shutdown."""
+
+    def connectionMade(self) -> None:
+        self.factory.protocols.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason=None) -> None:
+        self.factory.protocols.discard(self)
+        super().connectionLost(reason)
+
+
+class ListenerService(service.Service):
+    """The UDP and TCP ports; stopping it means nothing more is received."""
+
+    name = "listeners"
+
+    def __init__(self, reactor, bind: str, udp_port: int, tcp_port: int, ingest: Ingest,
+                 auth: Authenticator, metrics: Metrics, rcvbuf: int, max_line: int,
+                 max_connections: int, idle_timeout: float):
+        self.reactor = reactor
+        self.bind = bind
+        self.udp_port = udp_port
+        self.tcp_port = tcp_port
+        self.udp = UDPReceiver(ingest, auth, metrics)
+        self.factory = TCPFactory(ingest, auth, metrics, max_line, max_connections, idle_timeout)
+        self.rcvbuf = rcvbuf
+        self.ports: list = []
+        self.rcvbuf_granted = 0
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        udp = self.reactor.listenUDP(self.udp_port, self.udp, interface=self.bind,
+                                     maxPacketSize=protocol.MAX_DATAGRAM_SIZE)
+        self.ports.append(udp)
+        self.udp_port = udp.getHost().port
+        self._set_rcvbuf(udp.socket)
+        tcp = self.reactor.listenTCP(self.tcp_port, self.factory, interface=self.bind)
+        self.ports.append(tcp)
+        self.tcp_port = tcp.getHost().port
+
+    def _set_rcvbuf(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        # Linux reports twice the usable size it granted.
+        self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        if self.rcvbuf_granted < self.rcvbuf:
+            log.warning("UDP receive buffer capped at %d bytes (asked %d): raise "
+                        "net.core.rmem_max to absorb bursts", self.rcvbuf_granted, self.rcvbuf)
+
+    def stopService(self):
+        """Stop both ports and end open TCP connections (their unacknowledged batches get resent)."""
+        service.Service.stopService(self)
+        from twisted.internet import defer
+        waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        self.ports = []
+        for receiver in list(self.factory.protocols):
+            receiver.transport.loseConnection()
+        return defer.gatherResults(waits, consumeErrors=True)

@@ -1,0 +1,143 @@
+"""Counters of everything the aggregator did, rendered for /metrics, /status and the summary.
+
+One instance per server (no module-level state); the receive path only
+increments integers, the rendering happens when someone asks.
+"""
+
+import logging
+import time
+from collections import Counter
+
+from vmstats import protocol
+
+_PREFIX = "vmstats_"
+
+
+class RateLimitedLog:
+    """Logs at most ``burst`` messages per ``period`` seconds, then says how many it skipped.
+
+    A flood of malformed input must not turn into a flood of log lines that
+    stalls the reactor or fills the disk.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str, burst: int = 10, period: float = 10.0):
+        self.logger = logger
+        self.what = what
+        self.burst = burst
+        self.period = period
+        self.window_start = 0.0
+        self.emitted = 0
+        self.suppressed = 0
+
+    def emit(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self.window_start >= self.period:
+            if self.suppressed:
+                self.logger.warning("%d more %s messages suppressed", self.suppressed, self.what)
+            self.window_start = now
+            self.emitted = 0
+            self.suppressed = 0
+        if self.emitted < self.burst:
+            self.emitted += 1
+            self.logger.warning(message, *args)
+        else:
+            self.suppressed += 1
+
+
+class Metrics:
+    """The server's counters (monotonic) plus a few gauges read from their owners."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.records = 0  # accepted into the buffer (a replacing retransmit counts)
+        self.datagrams = 0
+        self.bytes = 0
+        self.rejects: Counter[str] = Counter({r: 0 for r in protocol.REJECT_REASONS
+                                              + protocol.SIGNATURE_REASONS})
+        self.drops: Counter[str] = Counter({"per_vm_cap": 0, "global_cap": 0})
+        self.seq_lost = 0
+        self.tcp_connections = 0
+        self.tcp_open = 0
+        self.tcp_refused = 0
+        self.tcp_idle_closed = 0
+        self.acks = 0
+        self.naks = 0
+        self.flushes = 0
+        self.flushed_records = 0
+        self.write_failures = 0
+        self.flush_seconds = 0.0
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejects[reason] += count
+
+    def drop(self, cause: str, count: int = 1) -> None:
+        self.drops[cause] += count
+
+    def snapshot(self, buffered: int, vms: int, in_flight: int) -> dict:
+        """Plain numbers for /status and the shutdown summary."""
+        return {
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "records_received": self.records,
+            "datagrams_received": self.datagrams,
+            "bytes_received": self.bytes,
+            "rejected": dict(self.rejects),
+            "rejected_total": sum(self.rejects.values()),
+            "dropped": dict(self.drops),
+            "dropped_total": sum(self.drops.values()),
+            "estimated_lost_records": self.seq_lost,
+            "buffered_records": buffered,
+            "in_flight_records": in_flight,
+            "vms_buffered": vms,
+            "tcp": {"connections_total": self.tcp_connections, "open": self.tcp_open,
+                    "refused": self.tcp_refused, "idle_closed": self.tcp_idle_closed,
+                    "acks": self.acks, "naks": self.naks},
+            "flushes": self.flushes,
+            "flushed_records": self.flushed_records,
+            "write_failures": self.write_failures,
+        }
+
+    def prometheus(self, buffered: int, vms: int, in_flight: int, vms_seen: int) -> str:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        out = []
+
+        def metric(name, kind, help_text, samples):
+            out.append("# HELP %s%s %s" % (_PREFIX, name, help_text))
+            out.append("# TYPE %s%s %s" % (_PREFIX, name, kind))
+            for labels, value in samples:
+                label = "{%s}" % ",".join('%s="%s"' % kv for kv in labels) if labels else ""
+                out.append("%s%s%s %s" % (_PREFIX, name, label, value))
+
+        metric("records_received_total", "counter", "Records accepted into the buffer.",
+               [((), self.records)])
+        metric("datagrams_received_total", "counter", "UDP datagrams received.",
+               [((), self.datagrams)])
+        metric("bytes_received_total", "counter", "Payload bytes received (UDP and TCP).",
+               [((), self.bytes)])
+        metric("rejected_total", "counter", "Records or frames rejected, by reason.",
+               [((("reason", r),), n) for r, n in sorted(self.rejects.items())])
+        metric("dropped_total", "counter", "Valid records dropped for lack of room, by cause.",
+               [((("cause", c),), n) for c, n in sorted(self.drops.items())])
+        metric("estimated_lost_records_total", "counter",
+               "Records missing from agents' seq counters (UDP loss).", [((), self.seq_lost)])
+        metric("tcp_connections_total", "counter", "TCP connections accepted.",
+               [((), self.tcp_connections)])
+        metric("tcp_connections_refused_total", "counter", "TCP connections over the limit.",
+               [((), self.tcp_refused)])
+        metric("tcp_idle_closed_total", "counter", "TCP connections closed for idleness.",
+               [((), self.tcp_idle_closed)])
+        metric("tcp_connections_open", "gauge", "TCP connections open now.", [((), self.tcp_open)])
+        metric("acks_total", "counter", "TCP batches acknowledged.", [((), self.acks)])
+        metric("naks_total", "counter", "TCP batches refused (to be resent).", [((), self.naks)])
+        metric("flushes_total", "counter", "Flushes of the buffer to the logs.", [((), self.flushes)])
+        metric("flushed_records_total", "counter", "Records written to the per-VM logs.",
+               [((), self.flushed_records)])
+        metric("write_failures_total", "counter", "Per-VM log writes that failed (retried).",
+               [((), self.write_failures)])
+        metric("buffered_records", "gauge", "Records held in memory.", [((), buffered)])
+        metric("in_flight_records", "gauge", "Records handed to writers, not yet confirmed.",
+               [((), in_flight)])
+        metric("buffered_vms", "gauge", "VMs with records held in memory.", [((), vms)])
+        metric("vms_seen", "gauge", "VMs heard from since start.", [((), vms_seen)])
+        metric("uptime_seconds", "gauge", "Seconds since start.",
+               [((), round(time.time() - self.started, 3))])
+        return "\n".join(out) + "\n"

@@ -1,0 +1,164 @@
+"""Assembly and lifecycle of the aggregator: services, status file, shutdown, summary."""
+
+import json
+import logging
+import os
+import sys
+import tempfile
+
+from twisted.application import service
+from twisted.internet import defer
+
+from vmstats.server.buffer import Buffer
+from vmstats.server.config import ServerConfig
+from vmstats.server.flusher import FlusherService
+from vmstats.server.http import HTTPService, last_seen_table
+from vmstats.server.ingest import Ingest
+from vmstats.server.listeners import Authenticator, ListenerService
+from vmstats.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Aggregator(service.MultiService):
+    """Listeners, flusher and HTTP endpoint, stopped in the order that loses nothing.
+
+    MultiService stops its children all at once; the aggregator must stop
+    listening first, then flush, then close the HTTP endpoint (so /status can
+    be read during the drain).
+    """
+
+    def __init__(self, config: ServerConfig, reactor):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.metrics = Metrics()
+        self.buffer = Buffer(self.metrics, config.max_buffered, config.max_per_vm)
+        self.ingest = Ingest(self.buffer, self.metrics, config.max_future, config.max_past)
+        self.auth = Authenticator(self.ingest, config.auth_keys, config.sig_window)
+        self.listeners = ListenerService(
+            reactor, config.bind, config.udp_port, config.tcp_port, self.ingest, self.auth,
+            self.metrics, config.rcvbuf, config.max_line, config.max_connections,
+            config.idle_timeout)
+        self.flusher = FlusherService(reactor, self.buffer, self.metrics, config.data_dir,
+                                      config.flush_interval, config.workers, config.drain_timeout)
+        self.buffer.on_full = self.flusher.request_flush
+        self.listeners.setServiceParent(self)
+        self.flusher.setServiceParent(self)
+        self.http = None
+        if config.http_port >= 0:
+            self.http = HTTPService(reactor, config.bind, config.http_port, self.metrics_text,
+                                    self.status)
+            self.http.setServiceParent(self)
+
+    def startService(self) -> None:
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        super().startService()
+        self._announce()
+
+    def ports(self) -> dict:
+        return {"udp_port": self.listeners.udp_port, "tcp_port": self.listeners.tcp_port,
+                "http_port": self.http.port if self.http else None}
+
+    def _announce(self) -> None:
+        ports = self.ports()
+        print("vmstats serve: listening on %s udp %d tcp %d http %s; data in %s"
+              % (self.config.bind, ports["udp_port"], ports["tcp_port"],
+                 ports["http_port"] if ports["http_port"] is not None else "off",
+                 self.config.data_dir), flush=True)
+        if self.config.status_file:
+            status = dict(ports, pid=os.getpid(), data_dir=os.path.abspath(self.config.data_dir),
+                          bind=self.config.bind, rcvbuf=self.listeners.rcvbuf_granted)
+            write_atomically(self.config.status_file, json.dumps(status, indent=1) + "\n")
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        log.info("stopping: closing listeners, then the final flush")
+        service.Service.stopService(self)
+        yield defer.maybeDeferred(self.listeners.stopService)
+        yield defer.maybeDeferred(self.flusher.stopService)
+        if self.http is not None:
+            yield defer.maybeDeferred(self.http.stopService)
+
+    def in_flight(self) -> int:
+        return self.flusher.in_flight_records
+
+    def metrics_text(self) -> str:
+        return self.metrics.prometheus(self.buffer.count, len(self.buffer.table), self.in_flight(),
+                                       len(self.buffer.last_seen))
+
+    def status(self) -> dict:
+        status = self.metrics.snapshot(self.buffer.count, len(self.buffer.table), self.in_flight())
+        status.update(self.ports())
+        status["data_dir"] = os.path.abspath(self.config.data_dir)
+        status["vms_seen"] = len(self.buffer.last_seen)
+        status["last_seen"] = last_seen_table(self.buffer.last_seen)
+        return status
+
+    def summary(self) -> str:
+        """The one-screen account printed at exit."""
+        s = self.metrics.snapshot(self.buffer.count, len(self.buffer.table), self.in_flight())
+        lines = [
+            "vmstats serve: summary after %.1fs" % s["uptime_seconds"],
+            "  records received  %d (%d datagrams, %d bytes)" % (
+                s["records_received"], s["datagrams_received"], s["bytes_received"]),
+            "  records written   %d in %d flushes (write failures %d)" % (
+                s["flushed_records"], s["flushes"], s["write_failures"]),
+            "  VMs seen          %d" % len(self.buffer.last_seen),
+            "  rejected          %d" % s["rejected_total"],
+        ]
+        lines += ["    %-22s %d" % (k, v) for k, v in sorted(s["rejected"].items()) if v]
+        lines.append("  dropped           %d" % s["dropped_total"])
+        lines += ["    %-22s %d" % (k, v) for k, v in sorted(s["dropped"].items()) if v]
+        lines.append("  est. lost (seq)   %d" % s["estimated_lost_records"])
+        tcp = s["tcp"]
+        lines.append("  tcp               %d connections, %d refused, %d acks, %d naks" % (
+            tcp["connections_total"], tcp["refused"], tcp["acks"], tcp["naks"]))
+        if self.flusher.unwritten:
+            lines.append("  NOT WRITTEN       %d records" % self.flusher.unwritten)
+        if self.flusher.deadline_missed:
+            lines.append("  drain deadline of %.1fs MISSED" % self.config.drain_timeout)
+        return "\n".join(lines)
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Readers polling for the file see nothing or all of it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=".status-")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    os.replace(temp, path)
+
+
+def run(config: ServerConfig) -> int:
+    """Run the aggregator until --duration elapses or a signal arrives; return the exit code."""
+    from twisted.internet import reactor
+
+    aggregator = Aggregator(config, reactor)
+    failure = []
+
+    def start():
+        try:
+            aggregator.startService()
+        except Exception as exc:  # a port in use, an unwritable data dir: one line, then exit
+            failure.append(exc)
+            reactor.stop()
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", aggregator.stopService)
+        if config.duration is not None:
+            reactor.callLater(config.duration, reactor.stop)
+
+    # SIGTERM and SIGINT stop the reactor, which runs the shutdown trigger above.
+    reactor.callWhenRunning(start)
+    reactor.run(installSignalHandlers=True)
+    if failure:
+        if aggregator.flusher.pool is not None:
+            aggregator.flusher.deadline_missed = True  # nothing to drain: just end the workers
+            aggregator.flusher.join()
+        raise failure[0]
+    aggregator.flusher.join()
+    print(aggregator.summary(), file=sys.stdout, flush=True)
+    if aggregator.flusher.deadline_missed or aggregator.flusher.unwritten:
+        return 1
+    return 0
+

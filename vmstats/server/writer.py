@@ -1,0 +1,21 @@
+"""What a pool worker runs: append a share of the VMs' rows to their logs.
+
+Kept free of Twisted and of the server's state so a worker process imports
+only this and the log layout.  Failures are returned per VM, not raised, so
+one bad VM directory never costs the others their write and the server can
+retry exactly the VMs that failed.
+"""
+
+from vmstats import logstore
+
+
+def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
+                ) -> list[tuple[str, int, str | None]]:
+    """``[(vm, rows written, error or None)]`` for each VM of the share."""
+    results = []
+    for vm, rows in share:
+        try:
+            results.append((vm, logstore.append_rows(data_dir, vm, rows), None))
+        except (OSError, ValueError) as exc:
+            results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc)))
+    return results
