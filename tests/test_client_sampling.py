@@ -1,0 +1,145 @@
+"""Agent sampling against fixture /proc snapshots, with hand-computed expectations.
+
+tests/data/proc/{a,b,c,d} are four snapshots of one 2-vCPU VM: a, b and c are
+5 s apart, d is 10 s after c.  Expected values below are worked out from the
+files' counters in the comments, not taken from the code under test.
+"""
+
+import os
+import shutil
+
+import pytest
+
+from vmstats.client import procfs, sampler
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "proc")
+
+
+def snap(name):
+    return os.path.join(DATA, name)
+
+
+def test_stat_reads_all_cpu_jiffies_and_counts_vcpus():
+    cpu, vcpus = procfs.read_stat(snap("a"))
+    assert vcpus == 2
+    assert cpu == procfs.CpuTimes(10000, 200, 3000, 80000, 500, 100, 200, 300, 1000, 50)
+
+
+def test_guest_is_not_counted_twice_and_steal_counts_as_busy():
+    a, _ = procfs.read_stat(snap("a"))
+    c, _ = procfs.read_stat(snap("c"))
+    # a -> c: user +600 (of which guest +100), system +200, idle +1000,
+    # iowait +100, irq +20, softirq +30, steal +50.
+    # busy = 600 + 200 + 20 + 30 + 50 = 900; total = 900 + 1000 + 100 = 2000.
+    assert sampler.cpu_busy_total(a, c) == (900, 2000)
+
+
+def test_iowait_stepping_back_gives_no_negative_time():
+    c, _ = procfs.read_stat(snap("c"))
+    d, _ = procfs.read_stat(snap("d"))
+    # c -> d: user +100, system +100, idle +1800, iowait -5 (counted as 0).
+    assert sampler.cpu_busy_total(c, d) == (200, 2000)
+
+
+def test_memory_used_is_total_minus_available():
+    # c: MemTotal 4194304 kB, MemAvailable 3145728 kB -> 25 % used, 4096 MiB.
+    assert sampler.memory(procfs.read_meminfo(snap("c"))) == (25.0, 4096)
+    # Without MemAvailable (kernel < 3.14): free + buffers + cached + reclaimable.
+    info = {"MemTotal": 1000, "MemFree": 100, "Buffers": 50, "Cached": 300, "SReclaimable": 50}
+    assert sampler.memory(info) == (50.0, 1)
+
+
+def test_diskstats_keeps_whole_disks_only():
+    disks = procfs.read_diskstats(snap("a"))
+    # loop0, ram0, sr0, md0, dm-0 are virtual; sda1, sda2, nvme0n1p1 are partitions.
+    assert disks == {"sda": (20000, 40000), "nvme0n1": (7000, 9000)}
+
+
+def test_netdev_skips_loopback():
+    assert procfs.read_netdev(snap("a")) == {"eth0": (4294910000, 100000), "eth1": (500000, 200000)}
+
+
+def test_interval_metrics_from_three_snapshots():
+    start = sampler.Snapshot.read(snap("a"))
+    middle = sampler.Snapshot.read(snap("b"))
+    end = sampler.Snapshot.read(snap("c"))
+    slices = [sampler.cpu_busy_total(start.cpu, middle.cpu), sampler.cpu_busy_total(middle.cpu, end.cpu)]
+    # a -> b: busy 500+100+10+15+25 = 650 of 1000; b -> c: busy 250 of 1000.
+    assert slices == [(650, 1000), (250, 1000)]
+    metrics = sampler.measure(start, end, slices, procfs.read_meminfo(snap("c")), 10.0)
+    assert metrics == sampler.Metrics(
+        cpu=45.0,            # 900 / 2000
+        cpu_max=65.0,        # the a -> b sub-sample
+        mem=25.0,
+        disk_r=153600.0,     # (sda +2000 + nvme0n1 +1000 sectors) * 512 B / 10 s
+        disk_w=307200.0,     # (sda +4000 + nvme0n1 +2000 sectors) * 512 B / 10 s
+        net_rx=8000.0,       # (eth0 +50000 + eth1 +30000) / 10 s; lo ignored
+        net_tx=3000.0,       # (eth0 +20000 + eth1 +10000) / 10 s
+        vcpus=2, mem_mb=4096)
+
+
+def test_counter_wrap_reset_and_vanished_devices():
+    start = sampler.Snapshot.read(snap("c"))
+    end = sampler.Snapshot.read(snap("d"))
+    metrics = sampler.measure(start, end, [sampler.cpu_busy_total(start.cpu, end.cpu)],
+                              procfs.read_meminfo(snap("d")), 10.0)
+    # eth0 rx wraps at 2**32: 4294960000 -> 2704 is 10000 bytes; eth0 tx resets
+    # 120000 -> 5000, counted from zero: 5000 bytes; eth1 vanished and eth2
+    # appeared: no baseline, left out.  Disks: sda +100 sectors read.
+    assert metrics == sampler.Metrics(cpu=10.0, cpu_max=10.0, mem=12.5, disk_r=5120.0, disk_w=0.0,
+                                      net_rx=1000.0, net_tx=500.0, vcpus=2, mem_mb=4096)
+
+
+@pytest.mark.parametrize("previous, current, expected", [
+    (10, 25, 15),
+    (4294967000, 200, 496),              # 32-bit wrap
+    (1000, 400, 400),                    # reset: counted from zero
+    (2 ** 40, 5, 5),                     # 64-bit counter reset
+    (3000000000, 2000000000, 2000000000),  # big drop is a reset, not a wrap
+])
+def test_counter_delta_is_never_negative(previous, current, expected):
+    assert sampler.counter_delta(previous, current) == expected
+
+
+def test_interval_sampler_follows_changing_snapshots(tmp_path):
+    """The stateful sampler over a /proc root whose files change between reads."""
+    root = tmp_path / "proc"
+
+    def show(name):
+        if root.exists():
+            shutil.rmtree(root)
+        shutil.copytree(snap(name), root)
+
+    now = [100.0]
+    show("a")
+    probe = sampler.IntervalSampler(str(root), clock=lambda: now[0])
+    probe.begin()
+    show("b")
+    probe.sub_sample()
+    show("c")
+    now[0] += 10.0
+    first = probe.finish()
+    assert (first.cpu, first.cpu_max, first.disk_r, first.net_rx) == (45.0, 65.0, 153600.0, 8000.0)
+    show("d")
+    now[0] += 10.0
+    second = probe.finish()
+    assert (second.cpu, second.cpu_max, second.net_rx, second.net_tx) == (10.0, 10.0, 1000.0, 500.0)
+
+
+def test_missing_proc_file_is_a_clear_error(tmp_path):
+    with pytest.raises(procfs.ProcError, match="cannot read .*stat"):
+        procfs.read_stat(str(tmp_path))
+
+
+def test_real_proc_smoke():
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc on this system")
+    probe = sampler.IntervalSampler("/proc")
+    probe.begin()
+    probe.sub_sample()
+    metrics = probe.finish()
+    assert 0.0 <= metrics.cpu <= metrics.cpu_max <= 100.0
+    assert 0.0 < metrics.mem < 100.0
+    assert metrics.vcpus == os.cpu_count()
+    assert metrics.mem_mb > 0
+    assert min(metrics.disk_r, metrics.disk_w, metrics.net_rx, metrics.net_tx) >= 0.0

@@ -1,0 +1,258 @@
+"""The agent's loop: sample every sub-interval, push one record per interval.
+
+Timing: intervals are laid on the monotonic clock from one anchor, so they
+do not drift however long a send takes, and each record is stamped with its
+interval's scheduled end in wall-clock seconds, so consecutive records of a
+VM never share a timestamp (the server keeps one record per (vm, ts)).
+Before the first interval the agent waits a random part of ``--jitter``, so a
+fleet booted together does not send in the same second.
+
+Sleeping is a select() on a self-pipe that SIGTERM/SIGINT write to, so a
+stop request is answered at once without polling; a TCP agent then makes one
+last delivery attempt and anything still unacknowledged stays in the spool
+for the next start.
+
+Standard library only, Python 3.6+.
+"""
+
+import logging
+import os
+import random
+import re
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+from vmstats import protocol
+from vmstats.client import procfs, sampler, spool, transport
+
+LOG = logging.getLogger("vmstats.agent")
+#: Where ``--once`` without ``--server`` looks for a route to pick the VM id
+#: (TEST-NET-1: never contacted, only used to ask for the default route).
+_ROUTE_PROBE = "192.0.2.1"
+
+
+class AgentError(Exception):
+    """The agent cannot start (one readable line)."""
+
+
+def host_tag(name=None):
+    """The host name as a tag value the protocol accepts, or None."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name if name is not None else socket.gethostname())
+    name = name.lstrip("._-")[:255]
+    return name or None
+
+
+def vm_identity(config):
+    """``(vm_id, host)``, validated as the server will validate them."""
+    if config.vm_id:
+        raw = config.vm_id
+    elif config.server:
+        host, port = transport.parse_server(config.server)
+        raw = transport.local_address(host, port)
+    else:
+        try:
+            raw = transport.local_address(_ROUTE_PROBE, protocol.DEFAULT_PORT)
+        except transport.TransportError:
+            raw = host_tag() or "localhost"
+    try:
+        vm = protocol.normalize_vm_id(raw)
+    except protocol.DecodeError as exc:
+        raise AgentError("bad VM id: %s" % exc.detail)
+    host = host_tag(config.host)
+    return vm, host
+
+
+def make_sender(config):
+    """The UDP or TCP sender for the settings; AgentError on unusable ones."""
+    try:
+        host, port = transport.parse_server(config.server)
+        signer = transport.Signer.from_file(config.key_file) if config.key_file else None
+        if config.transport == "udp":
+            return transport.UdpSender(host, port, signer)
+        # Resolve now so a bad name fails at start, not at the first send.
+        transport.resolve(host, port, socket.SOCK_STREAM)
+        store = spool.Spool(config.spool_dir, config.spool_max)
+        return transport.TcpSender(host, port, store, signer, timeout=config.timeout,
+                                   backoff=transport.Backoff(maximum=config.backoff_max))
+    except (transport.TransportError, spool.SpoolError) as exc:
+        raise AgentError(str(exc))
+
+
+class Sleeper(object):
+    """Sleeps until a deadline or a stop signal, whichever comes first."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.stopped = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.set_wakeup_fd(self._write)
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, self._on_signal)
+
+    def _on_signal(self, number, _frame):
+        if not self.stopped:
+            LOG.info("stopping on signal %d", number)
+        self.stopped = True
+
+    def stop(self):
+        self.stopped = True
+        try:
+            os.write(self._write, b"x")
+        except OSError:
+            pass
+
+    def until(self, deadline):
+        """False if stopped before ``deadline`` (monotonic seconds)."""
+        while not self.stopped:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return True
+            ready, _w, _x = select.select([self._read], [], [], remaining)
+            if ready:
+                try:
+                    os.read(self._read, 512)
+                except OSError:
+                    pass
+        return False
+
+    def close(self):
+        if self._previous is not None:
+            signal.set_wakeup_fd(self._previous)
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, signal.SIG_DFL)
+        os.close(self._read)
+        os.close(self._write)
+
+
+class Agent(object):
+    """Samples and sends; ``run()`` returns the number of records produced."""
+
+    def __init__(self, config, sender, vm, host, sleeper=None, rng=None,
+                 clock=time.monotonic, wall=time.time):
+        self.config = config
+        self.sender = sender
+        self.vm = vm
+        self.host = host
+        self.sleeper = sleeper or Sleeper(clock)
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.wall = wall
+        self.sampler = sampler.IntervalSampler(config.proc_root, clock)
+        self.seq = 0
+
+    def record(self, metrics, ts):
+        values = metrics._asdict()
+        record = protocol.Record(vm=self.vm, ts=ts, seq=self.seq, host=self.host, **values)
+        self.seq += 1
+        return record
+
+    def run(self):
+        interval = self.config.interval
+        sub = min(self.config.sub_interval, interval)
+        offset = self.rng.uniform(0, self.config.jitter) if self.config.jitter else 0.0
+        LOG.info("vm %s: one record every %gs to %s over %s, first in %.1fs",
+                 self.vm, interval, self.config.server, self.config.transport, offset + interval)
+        if offset and not self.sleeper.until(self.clock() + offset):
+            return self._stop(0)
+        produced = 0
+        self.sampler.begin()
+        anchor, anchor_wall, k = self.clock(), self.wall(), 0
+        while True:
+            start = anchor + k * interval
+            end = start + interval
+            j = 1
+            while start + j * sub < end - sub / 100:
+                if not self.sleeper.until(start + j * sub):
+                    return self._stop(produced)
+                self.sampler.sub_sample()
+                j += 1
+            if not self.sleeper.until(end):
+                return self._stop(produced)
+            k += 1
+            record = self.record(self.sampler.finish(), int(anchor_wall + k * interval))
+            self.sender.send([protocol.encode_record(record).encode("utf-8")])
+            produced += 1
+            if self.config.count and produced >= self.config.count:
+                return self._stop(produced)
+            if self.clock() > anchor + (k + 1) * interval:
+                # Suspended or starved for more than an interval: start afresh
+                # rather than emit a burst of records for time not sampled.
+                LOG.warning("fell behind by more than one interval; re-synchronising")
+                self.sampler.begin()
+                anchor, anchor_wall, k = self.clock(), self.wall(), 0
+            elif not self.sleeper.stopped:
+                self.sender.flush()
+
+    def _stop(self, produced):
+        if not self.sender.flush(force=True):
+            LOG.warning("%d records left in the spool for the next start", len(self.sender.spool))
+        return produced
+
+
+def sample_once(config):
+    """One record over one second, for checking a VM by hand."""
+    vm, host = vm_identity(config)
+    probe = sampler.IntervalSampler(config.proc_root)
+    probe.begin()
+    time.sleep(1.0)
+    metrics = probe.finish()
+    return protocol.Record(vm=vm, ts=int(time.time()), seq=0, host=host, **metrics._asdict())
+
+
+def setup_logging(level):
+    """Log lines to stderr; under systemd, prefixed with the syslog priority.
+
+    journald reads ``<N>`` prefixes (it sets JOURNAL_STREAM for services whose
+    stderr it collects), so ``journalctl -p warning`` works for the agent.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        priorities = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+        class JournalFormatter(logging.Formatter):
+            def format(self, record):
+                return "<%d>%s" % (priorities.get(record.levelname, 6),
+                                   logging.Formatter.format(self, record))
+
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("vmstats-agent %(levelname)s: %(message)s"))
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(level.upper())
+    LOG.propagate = False
+
+
+def main(config):
+    """Run the agent with loaded settings; returns the exit status."""
+    setup_logging(config.log_level)
+    try:
+        if config.once:
+            record = sample_once(config)
+            sys.stdout.write(protocol.encode_record(record) + "\n")
+            return 0
+        vm, host = vm_identity(config)
+        # Fail at start, not one jittered interval later, if /proc is unusable.
+        sampler.Snapshot.read(config.proc_root)
+        procfs.read_meminfo(config.proc_root)
+        sender = make_sender(config)
+    except (AgentError, transport.TransportError, procfs.ProcError) as exc:
+        LOG.error("%s", exc)
+        return 1
+    agent = Agent(config, sender, vm, host)
+    try:
+        agent.run()
+    except procfs.ProcError as exc:
+        LOG.error("%s", exc)
+        return 1
+    finally:
+        agent.sleeper.close()
+        sender.close()
+    return 0

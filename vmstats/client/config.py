@@ -1,0 +1,163 @@
+"""The agent's settings: command-line flags, environment variables, a config file.
+
+Precedence is flag > environment (``VMSTATS_<NAME>``, e.g. ``VMSTATS_SERVER``)
+> config file (``--config``, ``VMSTATS_CONFIG``, else /etc/vmstats/agent.conf
+if it exists) > built-in default.  Images usually set the environment or
+drop a config file; flags are for trying things by hand.  Every setting is
+declared once, in OPTIONS, and every source goes through the same converter,
+so a bad value reads the same wherever it came from.
+
+The config file holds ``name = value`` lines (names as the long flags,
+without dashes or with underscores), ``#`` comments and blank lines.
+
+Standard library only, Python 3.6+.
+"""
+
+import argparse
+import os
+
+from vmstats import __version__
+
+DEFAULT_CONFIG = "/etc/vmstats/agent.conf"
+ENV_PREFIX = "VMSTATS_"
+
+
+class ConfigError(Exception):
+    """A setting is invalid (one readable line)."""
+
+
+def _number(kind, minimum, strict):
+    def convert(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise ValueError("%r is not a%s number" % (text, "n integer" if kind is int else ""))
+        if value != value or (value <= minimum if strict else value < minimum) \
+                or value == float("inf"):
+            raise ValueError("%r must be %s %s" % (text, ">" if strict else ">=", minimum))
+        return value
+    return convert
+
+
+def _choice(*allowed):
+    def convert(text):
+        value = str(text).strip().lower()
+        if value not in allowed:
+            raise ValueError("%r is not one of %s" % (text, ", ".join(allowed)))
+        return value
+    return convert
+
+
+def _text(text):
+    value = str(text).strip()
+    if not value:
+        raise ValueError("empty value")
+    return value
+
+
+def _default_spool():
+    # systemd's StateDirectory= exports the directory it created for the unit.
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return os.path.join(state, "spool") if state else "/var/lib/vmstats-agent/spool"
+
+
+#: name -> (converter, default, metavar, help).  One place for every setting.
+OPTIONS = (
+    ("server", _text, None, "HOST:PORT", "aggregator address (port defaults to 8899)"),
+    ("transport", _choice("udp", "tcp"), "udp", "udp|tcp",
+     "udp: fire-and-forget; tcp: spooled on disk until acknowledged"),
+    ("interval", _number(float, 0, True), 60.0, "SECONDS", "one record per interval"),
+    ("sub_interval", _number(float, 0, True), 5.0, "SECONDS",
+     "CPU sub-sample period; the record's cpu_max is the busiest sub-sample"),
+    ("jitter", _number(float, 0, False), None, "SECONDS",
+     "random delay before the first interval, so a fleet spreads its sends "
+     "(default: up to one interval; 0 disables)"),
+    ("count", _number(int, 0, True), None, "N", "stop after N records (default: run until stopped)"),
+    ("vm_id", _text, None, "ID",
+     "VM id (default: the local address used to reach the server)"),
+    ("host", _text, None, "NAME", "host name tag (default: this machine's host name)"),
+    ("proc_root", _text, "/proc", "DIR", "where to read the kernel's counters"),
+    ("spool_dir", _text, None, "DIR",
+     "TCP spool (default: $STATE_DIRECTORY/spool or /var/lib/vmstats-agent/spool)"),
+    ("spool_max", _number(int, 0, True), 10080, "N",
+     "most records kept while the server is unreachable; the oldest go first"),
+    ("key_file", _text, None, "FILE", "sign records with the key in FILE ('key_id secret')"),
+    ("timeout", _number(float, 0, True), 10.0, "SECONDS", "TCP connect and acknowledgement timeout"),
+    ("backoff_max", _number(float, 0, True), 60.0, "SECONDS", "longest TCP reconnect delay"),
+    ("log_level", _choice("debug", "info", "warning", "error"), "info", "LEVEL", "stderr log level"),
+)
+
+
+def build_parser(prog="vmstats agent"):
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Sample this VM's CPU, memory, disk and network usage from /proc "
+        "and push one record per interval to a vmstats aggregator.",
+        epilog="Every option can also be set as VMSTATS_<NAME> in the environment "
+        "(e.g. VMSTATS_SERVER) or as 'name = value' in the config file.")
+    for name, _convert, _default, metavar, text in OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar, help=text)
+    parser.add_argument("--once", action="store_true",
+                        help="sample one second, print the record and exit (sends nothing)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (default: $VMSTATS_CONFIG, else %s if present)"
+                        % DEFAULT_CONFIG)
+    parser.add_argument("--version", action="version", version="vmstats-agent " + __version__)
+    return parser
+
+
+def read_config_file(path):
+    """``{name: text}`` from a config file; ConfigError if unreadable or malformed."""
+    known = dict((o[0], o) for o in OPTIONS)
+    values = {}
+    try:
+        with open(path, "r") as handle:
+            lines = handle.read().splitlines()
+    except (IOError, OSError, UnicodeError) as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, getattr(exc, "strerror", exc)))
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise ConfigError("%s:%d: expected 'name = value' with a known name, got %r"
+                              % (path, number, line[:60]))
+        values[name] = value.strip()
+    return values
+
+
+def load(argv=None, environ=None, prog="vmstats agent"):
+    """The agent's settings as an argparse Namespace; raises ConfigError.
+
+    argparse itself exits with status 2 and a usage line on unknown flags.
+    """
+    environ = os.environ if environ is None else environ
+    args = build_parser(prog).parse_args(argv)
+    path = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    if not path and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    from_file = read_config_file(path) if path else {}
+    for name, convert, default, _metavar, _text in OPTIONS:
+        flag = getattr(args, name)
+        env_name = ENV_PREFIX + name.upper()
+        if flag is not None:
+            raw, source = flag, "--" + name.replace("_", "-")
+        elif environ.get(env_name):
+            raw, source = environ[env_name], env_name
+        elif name in from_file:
+            raw, source = from_file[name], "%s in %s" % (name, path)
+        else:
+            setattr(args, name, default)
+            continue
+        try:
+            setattr(args, name, convert(raw))
+        except ValueError as exc:
+            raise ConfigError("%s: %s" % (source, exc))
+    if args.spool_dir is None:
+        args.spool_dir = _default_spool()
+    if args.jitter is None:
+        args.jitter = args.interval
+    if args.server is None and not args.once:
+        raise ConfigError("no server address (use --server HOST:PORT or VMSTATS_SERVER)")
+    return args

@@ -1,0 +1,177 @@
+"""Turning cumulative /proc counters into one interval's usage figures.
+
+CPU accounting (Linux /proc/stat, in jiffies):
+
+* ``guest`` and ``guest_nice`` (time this VM spent running nested guests) are
+  already included in ``user`` and ``nice``; adding them again would count
+  that time twice, so they are ignored.
+* ``steal`` is time a vCPU was runnable but the hypervisor ran someone else.
+  It is counted as *busy*: the VM wanted that CPU.  A reclamation report must
+  never see a CPU-starved VM on a crowded host as idle, and an idle VM
+  accrues no steal, so this only ever errs towards keeping a VM.
+* ``iowait`` is idle time (the CPU was free to run anything else).
+* busy = user + nice + system + irq + softirq + steal; total = busy + idle +
+  iowait; CPU % = 100 * busy / total, which covers all vCPUs (100 % means
+  every vCPU busy all the time).
+
+The interval's average is the ratio of the summed busy and total jiffies, so
+it is consistent with the maximum, which is the busiest sub-sample.
+
+Counters only grow, except when they wrap (32-bit counters on old kernels) or
+reset (a re-created interface, a hot-unplugged CPU, ``iowait`` which may step
+back on tickless kernels).  counter_delta() never returns a negative number.
+
+Standard library only, Python 3.6+.
+"""
+
+import time
+from collections import namedtuple
+
+from vmstats.client import procfs
+
+#: The usage figures of one interval; names match the record's fields.
+Metrics = namedtuple("Metrics", ("cpu", "cpu_max", "mem", "disk_r", "disk_w", "net_rx", "net_tx",
+                                 "vcpus", "mem_mb"))
+
+_WRAP32 = 1 << 32
+
+
+def counter_delta(previous, current):
+    """How much a cumulative counter grew, never negative.
+
+    A decrease from the upper half of the 32-bit range to a small value is a
+    32-bit wrap; any other decrease is a reset, after which the counter
+    counted ``current`` from zero (the rule Prometheus' rate() applies).
+    """
+    if current >= previous:
+        return current - previous
+    if _WRAP32 // 2 <= previous < _WRAP32 and current + _WRAP32 - previous < _WRAP32 // 2:
+        return current + _WRAP32 - previous
+    return current
+
+
+def cpu_busy_total(previous, current):
+    """``(busy, total)`` jiffies between two CpuTimes (see the module notes)."""
+    d = procfs.CpuTimes(*[max(0, current[i] - previous[i]) for i in range(len(current))])
+    busy = d.user + d.nice + d.system + d.irq + d.softirq + d.steal
+    return busy, busy + d.idle + d.iowait
+
+
+def percent(part, whole):
+    """``part`` as a % of ``whole``, 0 when nothing elapsed, clamped to [0, 100]."""
+    if whole <= 0:
+        return 0.0
+    return min(100.0, max(0.0, 100.0 * part / whole))
+
+
+def memory(meminfo):
+    """``(used %, total MiB)`` from meminfo: used is MemTotal - MemAvailable.
+
+    Kernels older than 3.14 have no MemAvailable; the estimate they would
+    give is free + buffers + page cache + reclaimable slab.
+    """
+    total = meminfo["MemTotal"]
+    available = meminfo.get("MemAvailable")
+    if available is None:
+        available = sum(meminfo.get(name, 0) for name in ("MemFree", "Buffers", "Cached",
+                                                          "SReclaimable"))
+    available = min(available, total)
+    return percent(total - available, total), max(1, total // 1024)
+
+
+def traffic(previous, current):
+    """Summed ``(a, b)`` growth over the devices present in both snapshots.
+
+    A device that appeared or vanished during the interval has no baseline
+    and is left out for this interval rather than guessed.
+    """
+    first = second = 0
+    for name, (a, b) in current.items():
+        before = previous.get(name)
+        if before is not None:
+            first += counter_delta(before[0], a)
+            second += counter_delta(before[1], b)
+    return first, second
+
+
+def rate(amount, seconds):
+    """Per-second rate, rounded to a tenth; 0 when no time elapsed."""
+    if seconds <= 0:
+        return 0.0
+    return round(amount / seconds, 1)
+
+
+class Snapshot(namedtuple("Snapshot", ("cpu", "vcpus", "disks", "nics"))):
+    """The cumulative counters of one moment (CPU, whole disks, interfaces)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def read(cls, root):
+        cpu, vcpus = procfs.read_stat(root)
+        return cls(cpu, vcpus, procfs.read_diskstats(root), procfs.read_netdev(root))
+
+
+def measure(start, end, cpu_slices, meminfo, seconds):
+    """The Metrics of an interval from its first and last snapshots.
+
+    ``cpu_slices`` are the ``(busy, total)`` jiffies of each sub-sample in
+    the interval; the average is their summed ratio and the maximum the
+    busiest one.  Memory is read at the end of the interval.
+    """
+    busy = sum(s[0] for s in cpu_slices)
+    total = sum(s[1] for s in cpu_slices)
+    cpu = percent(busy, total)
+    cpu_max = max([percent(b, t) for b, t in cpu_slices if t > 0] or [cpu])
+    mem, mem_mb = memory(meminfo)
+    read_sectors, written_sectors = traffic(start.disks, end.disks)
+    rx, tx = traffic(start.nics, end.nics)
+    return Metrics(
+        cpu=round(cpu, 2), cpu_max=round(max(cpu_max, cpu), 2), mem=round(mem, 2),
+        disk_r=rate(read_sectors * procfs.SECTOR_BYTES, seconds),
+        disk_w=rate(written_sectors * procfs.SECTOR_BYTES, seconds),
+        net_rx=rate(rx, seconds), net_tx=rate(tx, seconds),
+        vcpus=end.vcpus, mem_mb=mem_mb)
+
+
+class IntervalSampler(object):
+    """Reads /proc at interval and sub-interval boundaries.
+
+    One interval's end is the next one's start, so no jiffy or byte falls
+    between two records.  ``clock`` is monotonic: rates divide by the time
+    that really elapsed, even if a sub-sample or a send ran late.
+    """
+
+    def __init__(self, root="/proc", clock=time.monotonic):
+        self.root = root
+        self.clock = clock
+        self._start = None
+        self._started_at = None
+        self._last_cpu = None
+        self._slices = []
+
+    def begin(self):
+        """Start an interval now (also re-syncs after a long pause)."""
+        self._start = Snapshot.read(self.root)
+        self._started_at = self.clock()
+        self._last_cpu = self._start.cpu
+        self._slices = []
+
+    def sub_sample(self):
+        """Close one CPU sub-sample; its busy share may become the interval's max."""
+        cpu, _vcpus = procfs.read_stat(self.root)
+        self._slices.append(cpu_busy_total(self._last_cpu, cpu))
+        self._last_cpu = cpu
+
+    def finish(self):
+        """The Metrics of the interval since begin()/the last finish(); starts the next."""
+        end = Snapshot.read(self.root)
+        now = self.clock()
+        self._slices.append(cpu_busy_total(self._last_cpu, end.cpu))
+        metrics = measure(self._start, end, self._slices, procfs.read_meminfo(self.root),
+                          now - self._started_at)
+        self._start = end
+        self._started_at = now
+        self._last_cpu = end.cpu
+        self._slices = []
+        return metrics

@@ -1,0 +1,136 @@
+"""The agent's bounded on-disk spool of records not yet acknowledged.
+
+One file per record, named by an increasing number, so adding is one small
+atomic write (temporary file + rename: a crash leaves either the whole record
+or nothing), removing acknowledged records is an unlink, and the oldest are
+simply the smallest names.  A week of minute records is ~10 000 small files,
+which any file system lists in milliseconds; record bodies are read only when
+they are sent, so the agent's memory does not grow while the server is down.
+
+A lock file keeps two agents from sharing (and double-sending) one spool.
+
+Standard library only, Python 3.6+.
+"""
+
+import errno
+import fcntl
+import logging
+import os
+
+LOG = logging.getLogger("vmstats.agent")
+SUFFIX = ".rec"
+_NAME_DIGITS = 16
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used (one readable line)."""
+
+
+class Spool(object):
+    """Records (encoded lines, bytes) waiting for the server's acknowledgement."""
+
+    def __init__(self, path, max_records):
+        if max_records < 1:
+            raise SpoolError("spool size must be at least 1 record")
+        self.path = path
+        self.max_records = max_records
+        #: Records dropped because the spool was full (oldest first).
+        self.dropped = 0
+        try:
+            os.makedirs(path, exist_ok=True)
+            self._lock = open(os.path.join(path, "lock"), "a")
+        except (IOError, OSError) as exc:
+            raise SpoolError("spool directory %s is not writable: %s" % (path, exc.strerror or exc))
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (IOError, OSError) as exc:
+            self._lock.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise SpoolError("spool directory %s is in use by another agent" % path)
+            raise SpoolError("cannot lock spool directory %s: %s" % (path, exc.strerror or exc))
+        self._names = self._scan()
+        self._next = int(self._names[-1][:_NAME_DIGITS]) + 1 if self._names else 0
+        if self._names:
+            LOG.info("spool %s holds %d unacknowledged records", path, len(self._names))
+        self._trim()
+
+    def _scan(self):
+        names = []
+        for name in os.listdir(self.path):
+            if name.endswith(".tmp"):
+                self._unlink(name)
+            elif name.endswith(SUFFIX) and name[:_NAME_DIGITS].isdigit():
+                names.append(name)
+        names.sort()
+        return names
+
+    def __len__(self):
+        return len(self._names)
+
+    def add(self, line):
+        """Keep one record (bytes, no newline); drops the oldest if the spool is full."""
+        name = "%0*d%s" % (_NAME_DIGITS, self._next, SUFFIX)
+        self._next += 1
+        final = os.path.join(self.path, name)
+        temporary = final + ".tmp"
+        with open(temporary, "wb") as handle:
+            handle.write(line)
+        os.rename(temporary, final)
+        self._names.append(name)
+        self._trim()
+
+    def _trim(self):
+        excess = len(self._names) - self.max_records
+        if excess <= 0:
+            return
+        for name in self._names[:excess]:
+            self._unlink(name)
+        del self._names[:excess]
+        self.dropped += excess
+        LOG.warning("spool full (%d records): dropped the %d oldest, %d dropped so far",
+                    self.max_records, excess, self.dropped)
+
+    def oldest(self, max_records, max_bytes):
+        """``[(name, line)]`` of the oldest records, within both limits (at least one).
+
+        A file that vanished or is empty (a crash between create and write)
+        is discarded rather than sent.
+        """
+        batch = []
+        size = 0
+        broken = []
+        for name in self._names:
+            if len(batch) >= max_records:
+                break
+            try:
+                with open(os.path.join(self.path, name), "rb") as handle:
+                    line = handle.read().strip()
+            except (IOError, OSError):
+                line = b""
+            if not line:
+                broken.append(name)
+                continue
+            if batch and size + len(line) + 1 > max_bytes:
+                break
+            batch.append((name, line))
+            size += len(line) + 1
+        if broken:
+            LOG.warning("spool: discarded %d unreadable record files", len(broken))
+            self.remove(broken)
+        return batch
+
+    def remove(self, names):
+        """Forget records the server acknowledged."""
+        gone = set(names)
+        for name in gone:
+            self._unlink(name)
+        self._names = [n for n in self._names if n not in gone]
+
+    def _unlink(self, name):
+        try:
+            os.unlink(os.path.join(self.path, name))
+        except OSError:
+            pass
+
+    def close(self):
+        self._lock.close()

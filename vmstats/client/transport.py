@@ -1,0 +1,309 @@
+"""Getting records to the aggregator: UDP datagrams or acknowledged TCP batches.
+
+UDP is fire-and-forget: records are packed into datagrams that never
+fragment, and the ``seq`` field lets the server estimate what was lost.
+
+TCP is reliable end to end (docs/PROTOCOL.md, "TCP acknowledgement"): every
+record goes to the on-disk spool first; the oldest records are sent as a
+batch followed by ``#!sync <token>``; only ``#!ack <token> ...`` removes them
+from the spool.  ``#!nak``, a timeout or a lost connection keep the batch for
+a later resend, which is harmless because the server keeps one record per
+(vm, timestamp).  Reconnection backs off exponentially with jitter so a
+fleet does not reconnect in lock-step after a server restart.
+
+Standard library only, Python 3.6+.
+"""
+
+import logging
+import os
+import random
+import socket
+import time
+
+from vmstats import protocol
+
+LOG = logging.getLogger("vmstats.agent")
+
+#: The server's negative acknowledgement (``#!nak <token> <reason>``).
+NAK_PREFIX = b"#!nak "
+#: A TCP batch stays well inside the largest payload the server accepts.
+TCP_BATCH_BYTES = 32768
+TCP_BATCH_RECORDS = 200
+#: Room a signature header takes in a datagram: prefix, ts, nonce, length,
+#: 64 hex digits and separators, plus the key id.
+_SIG_OVERHEAD = 112
+
+
+class TransportError(Exception):
+    """The server address or key cannot be used (one readable line)."""
+
+
+class DeliveryError(Exception):
+    """A batch was not acknowledged; it stays in the spool."""
+
+
+def parse_server(text):
+    """``(host, port)`` from ``HOST:PORT``, ``[IPv6]:PORT`` or ``HOST`` (default port)."""
+    text = (text or "").strip()
+    if not text:
+        raise TransportError("no server address (use --server HOST:PORT)")
+    host, port = text, str(protocol.DEFAULT_PORT)
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+            raise TransportError("bad server address %r: expected [IPv6]:PORT" % text)
+        host, port = text[1:end], text[end + 2:] or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TransportError("bad server address %r: expected HOST:PORT with a port 1-65535" % text)
+    return host, int(port)
+
+
+def resolve(host, port, kind):
+    """The socket address of the server (first answer of the resolver)."""
+    try:
+        answers = socket.getaddrinfo(host, port, 0, kind)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TransportError("cannot resolve server %s: %s" % (host, getattr(exc, "strerror", exc)))
+    family, _type, _proto, _name, address = answers[0]
+    return family, address
+
+
+def local_address(host, port):
+    """The source address the kernel would use to reach ``host``.
+
+    Connecting a UDP socket only chooses a route; no packet is sent.  This is
+    the VM's id by default because the aggregator keys VMs by address.
+    """
+    family, address = resolve(host, port, socket.SOCK_DGRAM)
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        probe.connect(address)
+        return probe.getsockname()[0]
+    except OSError as exc:
+        raise TransportError("no route to server %s: %s" % (host, exc.strerror or exc))
+    finally:
+        probe.close()
+
+
+class Signer(object):
+    """Signs payloads with the one key of an agent's key file."""
+
+    def __init__(self, key_id, secret):
+        self.key_id = key_id
+        self.secret = secret
+
+    @classmethod
+    def from_file(cls, path):
+        try:
+            keys = protocol.load_keys(path)
+        except (IOError, OSError) as exc:
+            raise TransportError("cannot read key file %s: %s" % (path, exc.strerror or exc))
+        except (ValueError, UnicodeError) as exc:
+            raise TransportError("bad key file: %s" % exc)
+        if len(keys) != 1:
+            raise TransportError("key file %s must hold exactly one key for the agent, not %d"
+                                 % (path, len(keys)))
+        key_id, secret = list(keys.items())[0]
+        return cls(key_id, secret)
+
+    @property
+    def overhead(self):
+        return _SIG_OVERHEAD + len(self.key_id)
+
+    def sign(self, payload):
+        return protocol.sign_payload(self.key_id, self.secret, payload)
+
+
+class UdpSender(object):
+    """Fire-and-forget datagrams of packed records."""
+
+    def __init__(self, host, port, signer=None):
+        family, self.address = resolve(host, port, socket.SOCK_DGRAM)
+        self.signer = signer
+        self.limit = protocol.SAFE_DATAGRAM_SIZE - (signer.overhead if signer else 0)
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sent = 0
+        self.failed = 0
+
+    def send(self, lines):
+        """Send encoded lines now; a failure is logged and the records are lost."""
+        for payload in protocol.pack_lines(lines, self.limit):
+            if self.signer:
+                payload = self.signer.sign(payload)
+            try:
+                self.sock.sendto(payload, self.address)
+                self.sent += 1
+            except OSError as exc:
+                self.failed += 1
+                LOG.warning("UDP send to %s failed: %s", self.address[0], exc.strerror or exc)
+
+    def flush(self, force=False):
+        """Nothing is ever pending over UDP."""
+        return True
+
+    def close(self):
+        self.sock.close()
+
+
+class Backoff(object):
+    """Exponential reconnect delay with jitter: 1 s, 2 s, 4 s ... up to ``maximum``.
+
+    Each delay is drawn between half and all of the step ("equal jitter"),
+    so agents that lost the same server spread their reconnects.
+    """
+
+    def __init__(self, initial=1.0, maximum=60.0, rng=None):
+        self.initial = initial
+        self.maximum = maximum
+        self.failures = 0
+        self.rng = rng or random.Random()
+
+    def next_delay(self):
+        step = min(self.maximum, self.initial * (2 ** min(self.failures, 30)))
+        self.failures += 1
+        return step / 2 + self.rng.uniform(0, step / 2)
+
+    def reset(self):
+        self.failures = 0
+
+
+class TcpSender(object):
+    """Acknowledged delivery of the spool's records over one TCP connection."""
+
+    def __init__(self, host, port, spool, signer=None, timeout=10.0, backoff=None,
+                 clock=time.monotonic):
+        self.host = host
+        self.port = port
+        self.spool = spool
+        self.signer = signer
+        self.timeout = timeout
+        self.backoff = backoff or Backoff()
+        self.clock = clock
+        self.sock = None
+        self._pending = b""
+        self._tokens = 0
+        self._prefix = os.urandom(3).hex()
+        self.retry_at = 0.0
+        self.acked = 0
+        self.rejected = 0
+
+    def send(self, lines):
+        """Spool the records, then deliver what the backoff allows."""
+        for line in lines:
+            self.spool.add(line)
+        self.flush()
+
+    def flush(self, force=False):
+        """Send spooled batches until the spool is empty or delivery fails.
+
+        Returns True when the spool is empty.  Before the backoff delay has
+        passed this does nothing, unless ``force`` (a last try at exit).
+        """
+        if not len(self.spool):
+            return True
+        if not force and self.clock() < self.retry_at:
+            return False
+        fresh = self.sock is None
+        while len(self.spool):
+            try:
+                if self.sock is None:
+                    self._connect()
+                    fresh = True
+                self._deliver(self.spool.oldest(TCP_BATCH_RECORDS, TCP_BATCH_BYTES))
+            except (DeliveryError, OSError) as exc:
+                reason = getattr(exc, "strerror", None) or exc
+                self._disconnect()
+                if not fresh:
+                    # A connection idle since the last interval may have been
+                    # closed by a restarted server: one retry on a new one.
+                    fresh = True
+                    continue
+                delay = self.backoff.next_delay()
+                self.retry_at = self.clock() + delay
+                LOG.warning("TCP delivery to %s:%d failed (%s); %d records spooled, retry in %.1fs",
+                            self.host, self.port, reason, len(self.spool), delay)
+                return False
+        return True
+
+    def _connect(self):
+        family, address = resolve(self.host, self.port, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(address)
+        except (OSError, socket.timeout):
+            sock.close()
+            raise
+        self.sock = sock
+        self._pending = b""
+        if self.backoff.failures:
+            LOG.info("connected to %s:%d", self.host, self.port)
+
+    def _disconnect(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self._pending = b""
+
+    def _deliver(self, batch):
+        payload = b"\n".join(line for _name, line in batch) + b"\n"
+        if self.signer:
+            payload = self.signer.sign(payload)
+        self._tokens += 1
+        token = ("%s-%d" % (self._prefix, self._tokens)).encode("ascii")
+        self.sock.sendall(payload + protocol.SYNC_PREFIX + token + b"\n")
+        reply = self._await_reply(token)
+        if reply[0] == NAK_PREFIX:
+            raise DeliveryError("server refused the batch: %s" % reply[1].decode("ascii", "replace"))
+        accepted, rejected = reply[1], reply[2]
+        self.spool.remove([name for name, _line in batch])
+        self.backoff.reset()
+        self.retry_at = 0.0
+        self.acked += accepted
+        self.rejected += rejected
+        if rejected:
+            LOG.warning("server rejected %d of %d records as invalid (not resent)",
+                        rejected, len(batch))
+
+    def _await_reply(self, token):
+        """``(ACK_PREFIX, accepted, rejected)`` or ``(NAK_PREFIX, reason)`` for ``token``.
+
+        Replies to older tokens (a batch given up on after a timeout) are skipped.
+        """
+        deadline = self.clock() + self.timeout
+        while True:
+            end = self._pending.find(b"\n")
+            while end >= 0:
+                line, self._pending = self._pending[:end], self._pending[end + 1:]
+                parts = line.split(b" ")
+                if len(parts) >= 3 and parts[1] == token:
+                    if line.startswith(protocol.ACK_PREFIX) and len(parts) == 4 \
+                            and parts[2].isdigit() and parts[3].isdigit():
+                        return protocol.ACK_PREFIX, int(parts[2]), int(parts[3])
+                    if line.startswith(NAK_PREFIX):
+                        return NAK_PREFIX, b" ".join(parts[2:])
+                    raise DeliveryError("unexpected reply %r" % line[:80])
+                end = self._pending.find(b"\n")
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise DeliveryError("no acknowledgement within %.1fs" % self.timeout)
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                raise DeliveryError("no acknowledgement within %.1fs" % self.timeout)
+            if not data:
+                raise DeliveryError("connection closed by the server")
+            if len(self._pending) > 65536:
+                raise DeliveryError("oversized reply")
+            self._pending += data
+
+    def close(self):
+        self._disconnect()
+        self.spool.close()
+
