@@ -24,8 +24,6 @@ from vmstats import protocol
 
 LOG = logging.getLogger("vmstats.agent")
 
-#: The server's negative acknowledgement (``#!nak <token> <reason>``).
-NAK_PREFIX = b"#!nak "
 #: A TCP batch stays well inside the largest payload the server accepts.
 TCP_BATCH_BYTES = 32768
 TCP_BATCH_RECORDS = 200
@@ -40,6 +38,10 @@ class TransportError(Exception):
 
 class DeliveryError(Exception):
     """A batch was not acknowledged; it stays in the spool."""
+
+
+class Refused(DeliveryError):
+    """The server answered ``#!nak``: the connection is fine, the batch waits."""
 
 
 def parse_server(text):
@@ -212,20 +214,25 @@ class TcpSender(object):
                     self._connect()
                     fresh = True
                 self._deliver(self.spool.oldest(TCP_BATCH_RECORDS, TCP_BATCH_BYTES))
+            except Refused as exc:
+                return self._later(exc)
             except (DeliveryError, OSError) as exc:
-                reason = getattr(exc, "strerror", None) or exc
                 self._disconnect()
                 if not fresh:
                     # A connection idle since the last interval may have been
                     # closed by a restarted server: one retry on a new one.
                     fresh = True
                     continue
-                delay = self.backoff.next_delay()
-                self.retry_at = self.clock() + delay
-                LOG.warning("TCP delivery to %s:%d failed (%s); %d records spooled, retry in %.1fs",
-                            self.host, self.port, reason, len(self.spool), delay)
-                return False
+                return self._later(exc)
         return True
+
+    def _later(self, exc):
+        delay = self.backoff.next_delay()
+        self.retry_at = self.clock() + delay
+        LOG.warning("TCP delivery to %s:%d failed (%s); %d records spooled, retry in %.1fs",
+                    self.host, self.port, getattr(exc, "strerror", None) or exc, len(self.spool),
+                    delay)
+        return False
 
     def _connect(self):
         family, address = resolve(self.host, self.port, socket.SOCK_STREAM)
@@ -258,8 +265,8 @@ class TcpSender(object):
         token = ("%s-%d" % (self._prefix, self._tokens)).encode("ascii")
         self.sock.sendall(payload + protocol.SYNC_PREFIX + token + b"\n")
         reply = self._await_reply(token)
-        if reply[0] == NAK_PREFIX:
-            raise DeliveryError("server refused the batch: %s" % reply[1].decode("ascii", "replace"))
+        if reply[0] == protocol.NAK_PREFIX:
+            raise Refused("server refused the batch: %s" % reply[1].decode("ascii", "replace"))
         accepted, rejected = reply[1], reply[2]
         self.spool.remove([name for name, _line in batch])
         self.backoff.reset()
@@ -285,8 +292,8 @@ class TcpSender(object):
                     if line.startswith(protocol.ACK_PREFIX) and len(parts) == 4 \
                             and parts[2].isdigit() and parts[3].isdigit():
                         return protocol.ACK_PREFIX, int(parts[2]), int(parts[3])
-                    if line.startswith(NAK_PREFIX):
-                        return NAK_PREFIX, b" ".join(parts[2:])
+                    if line.startswith(protocol.NAK_PREFIX):
+                        return protocol.NAK_PREFIX, b" ".join(parts[2:])
                     raise DeliveryError("unexpected reply %r" % line[:80])
                 end = self._pending.find(b"\n")
             remaining = deadline - self.clock()
