@@ -57,7 +57,8 @@ class Buffer:
         a repeat or a small step back is a resend or reordering (no loss).
         """
         last = self.last_seq.get(vm)
-        self.last_seq[vm] = seq if last is None or seq > last or seq + 1000 < last else last
+        restarted = last is not None and (seq == 0 or seq + 1000 < last)
+        self.last_seq[vm] = seq if last is None or seq > last or restarted else last
         if last is not None and seq > last + 1:
             self.metrics.seq_lost += seq - last - 1
 

@@ -104,14 +104,18 @@ class FlusherService(service.Service):
     def _settle(self, shares, table: Table, started: float) -> int:
         written = 0
         for results in shares:
-            for vm, count, error in results:
+            for vm, count, error, retry in results:
                 if error is None:
                     written += count
                     continue
                 self.metrics.write_failures += 1
-                log.error("writing %d records of vm %s failed (will retry): %s",
-                          len(table[vm]), vm, error)
-                self.buffer.restore(vm, table[vm])
+                if retry:
+                    log.error("writing %d records of vm %s failed (will retry): %s",
+                              len(table[vm]), vm, error)
+                    self.buffer.restore(vm, table[vm])
+                else:
+                    log.error("dropping %d records of vm %s: %s", len(table[vm]), vm, error)
+                    self.metrics.drop("unwritable", len(table[vm]))
         self.metrics.flushes += 1
         self.metrics.flushed_records += written
         self.metrics.flush_seconds += time.monotonic() - started

@@ -54,7 +54,7 @@ class Metrics:
         self.bytes = 0
         self.rejects: Counter[str] = Counter({r: 0 for r in protocol.REJECT_REASONS
                                               + protocol.SIGNATURE_REASONS})
-        self.drops: Counter[str] = Counter({"per_vm_cap": 0, "global_cap": 0})
+        self.drops: Counter[str] = Counter({"per_vm_cap": 0, "global_cap": 0, "unwritable": 0})
         self.seq_lost = 0
         self.tcp_connections = 0
         self.tcp_open = 0

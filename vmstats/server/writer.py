@@ -10,12 +10,18 @@ from vmstats import logstore
 
 
 def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
-                ) -> list[tuple[str, int, str | None]]:
-    """``[(vm, rows written, error or None)]`` for each VM of the share."""
+                ) -> list[tuple[str, int, str | None, bool]]:
+    """``[(vm, rows written, error or None, worth retrying)]`` for each VM of the share.
+
+    An OSError (full disk, permissions, a file in the way) may go away and is
+    retried; a ValueError means the layout refused the VM id, which no retry fixes.
+    """
     results = []
     for vm, rows in share:
         try:
-            results.append((vm, logstore.append_rows(data_dir, vm, rows), None))
-        except (OSError, ValueError) as exc:
-            results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc)))
+            results.append((vm, logstore.append_rows(data_dir, vm, rows), None, False))
+        except OSError as exc:
+            results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), True))
+        except ValueError as exc:
+            results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), False))
     return results

@@ -1,0 +1,150 @@
+"""The wire format's decoder: never raises anything but DecodeError, and round-trips records."""
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vmstats import protocol
+from vmstats.protocol import DecodeError, Decoder, Record
+
+NOW = 1_732_262_400
+
+
+def decoder() -> Decoder:
+    return Decoder(max_future=300, max_past=0, clock=lambda: NOW)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_line_raises_only_decode_error_on_arbitrary_bytes(data):
+    try:
+        decoder().decode_line(data)
+    except DecodeError as exc:
+        assert exc.reason in protocol.REJECT_REASONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_decode_payload_never_raises(data):
+    records, rejects = decoder().decode_payload(data)
+    assert all(isinstance(r, Record) for r in records)
+    assert all(e.reason in protocol.REJECT_REASONS for e in rejects)
+
+
+# Near-valid lines reach far deeper into the decoder than random bytes.
+_pieces = st.sampled_from([
+    "vmstats", "vm=", "host=", "cpu=", "mem=", "cpu_max=", "seq=", "vcpus=", "10.0.0.1", "::1",
+    "web-1", "..", "/", ",", " ", "=", "i", "u", "1", "0", "-1", "1e309", "nan", "inf", "100.5",
+    "99.9", "4096i", "1.5i", "_1", "\r", "\x00", "\u00e9", str(NOW), str(NOW * 1000),
+    str(NOW * 10 ** 9), "99999999999999999999999",
+])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_pieces, max_size=25).map("".join))
+def test_decode_line_raises_only_decode_error_on_near_valid_text(text):
+    for line in (text, text.encode("utf-8")):
+        try:
+            record = decoder().decode_line(line)
+        except DecodeError as exc:
+            assert exc.reason in protocol.REJECT_REASONS
+            continue
+        assert record.ts <= NOW + 300
+        assert 0 <= record.cpu <= 100 and 0 <= record.mem <= 100
+
+
+def _optional(strategy):
+    return st.one_of(st.none(), strategy)
+
+
+percent = st.floats(0, 100, allow_nan=False)
+rate = st.floats(0, 1e15, allow_nan=False)
+records = st.builds(
+    Record,
+    vm=st.one_of(st.ip_addresses().map(str), st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)),
+    ts=st.integers(0, NOW + 300),
+    cpu=percent, mem=percent, cpu_max=_optional(percent),
+    disk_r=_optional(rate), disk_w=_optional(rate), net_rx=_optional(rate), net_tx=_optional(rate),
+    vcpus=_optional(st.integers(1, 4096)), mem_mb=_optional(st.integers(1, 1 << 32)),
+    seq=_optional(st.integers(0, (1 << 63) - 1)),
+    host=_optional(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", fullmatch=True)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(records)
+def test_encode_then_decode_is_the_identity(record):
+    decoded = decoder().decode_line(protocol.encode_record(record))
+    assert decoded == record._replace(vm=protocol.normalize_vm_id(record.vm))
+
+
+def test_record_optional_fields_default_to_none():
+    record = Record(vm="10.0.0.1", ts=NOW, cpu=1.0, mem=2.0)
+    assert record.cpu_max is None and record.seq is None and record.host is None
+    assert decoder().decode_line(b"vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % NOW) == record
+
+
+@pytest.mark.parametrize("stamp, expected", [
+    (NOW, NOW), (NOW * 1000 + 999, NOW), (NOW * 10 ** 6, NOW), (NOW * 10 ** 9 + 5, NOW),
+])
+def test_timestamps_are_recognised_by_magnitude(stamp, expected):
+    line = "vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % stamp
+    assert decoder().decode_line(line).ts == expected
+
+
+@pytest.mark.parametrize("line, reason", [
+    ("vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % (NOW + 301), protocol.R_FUTURE),
+    ("vmstats,vm=10.0.0.1 cpu=inf,mem=2 %d" % NOW, protocol.R_NON_FINITE),
+    ("vmstats,vm=10.0.0.1 cpu=1,mem=2,vcpus=0i %d" % NOW, protocol.R_RANGE),
+    ("vmstats,vm=a/b cpu=1,mem=2 %d" % NOW, protocol.R_BAD_VM),
+    ("vmstats,vm=.. cpu=1,mem=2 %d" % NOW, protocol.R_BAD_VM),
+    ("vmstats,vm=%s cpu=1,mem=2 %d" % ("a" * 65, NOW), protocol.R_BAD_VM),
+    ("vmstats,vm=10.0.0.1 cpu=1 %d" % NOW, protocol.R_MISSING),
+    ("vmstats,vm=10.0.0.1 cpu=1,mem=2", protocol.R_MISSING),
+])
+def test_rejects_name_their_reason(line, reason):
+    with pytest.raises(DecodeError) as caught:
+        decoder().decode_line(line)
+    assert caught.value.reason == reason
+
+
+def test_past_limit_is_configurable():
+    old = "vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % (NOW - 7200)
+    assert decoder().decode_line(old).ts == NOW - 7200
+    strict = Decoder(max_past=3600, clock=lambda: NOW)
+    with pytest.raises(DecodeError) as caught:
+        strict.decode_line(old)
+    assert caught.value.reason == protocol.R_PAST
+
+
+def test_signed_frames_verify_and_reject_by_cause():
+    keys = {"k1": "secret-one"}
+    payload = b"vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % NOW
+    frame = protocol.sign_payload("k1", "secret-one", payload, now=NOW)
+    key_id, ts, nonce, mac, body, rest = protocol.split_signed(frame + b"tail")
+    assert body == payload and rest == b"tail"
+    verifier = protocol.SignatureVerifier(keys, clock=lambda: NOW)
+    assert verifier.verify(key_id, ts, nonce, mac, body) is None
+
+    def cause(*parts):
+        with pytest.raises(protocol.SignatureError) as caught:
+            verifier.verify(*parts)
+        return caught.value.reason
+
+    assert cause(key_id, ts, nonce, mac, body) == protocol.S_REPLAY
+    assert cause(b"k2", ts, nonce, mac, body) == protocol.S_UNKNOWN_KEY
+    assert cause(key_id, ts, b"other", mac, body + b"0") == protocol.S_BAD
+    stale = protocol.sign_payload("k1", "secret-one", payload, now=NOW - 1000)
+    assert cause(*protocol.split_signed(stale)[:5]) == protocol.S_STALE
+    assert protocol.split_signed(frame[:-3]) is False
+    with pytest.raises(protocol.SignatureError):
+        protocol.split_signed(b"#!sig1 k1 x y 5 abc\nhello")
+    assert protocol.split_signed(payload) is None
+
+
+def test_encode_never_writes_non_finite_numbers():
+    line = protocol.encode_record(Record(vm="10.0.0.1", ts=NOW, cpu=0.1, mem=100.0, net_rx=1e15))
+    assert "nan" not in line and "inf" not in line
+    assert math.isclose(decoder().decode_line(line).net_rx, 1e15)

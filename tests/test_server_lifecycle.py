@@ -1,0 +1,183 @@
+"""Lifecycle and safety: shutdown loses nothing, --duration, HTTP, hostile ids, failed writes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from serverproc import ROOT, serve
+from test_server_tcp import read_reply
+from test_server_udp import line, logged, now
+
+from vmstats import logstore
+from vmstats.protocol import Record
+
+
+def all_rows(data_dir) -> int:
+    return sum(len(logged(data_dir, vm)) for vm in logstore.iter_vms(str(data_dir)))
+
+
+def test_sigterm_mid_stream_loses_nothing_received(tmp_path):
+    """Everything acknowledged over TCP, and everything the server counted over UDP, is logged."""
+    start = now() - 20 * 86400
+    acked = []
+    stop = threading.Event()
+
+    def tcp_sender(port):
+        i = 0
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                while not stop.is_set():
+                    batch = [Record(vm="10.4.0.%d" % (j % 50), ts=start + 60 * (i + j), cpu=1.0,
+                                    mem=2.0) for j in range(100)]
+                    sock.sendall(b"\n".join(line(r) for r in batch) + b"\n#!sync b%d\n" % i)
+                    if not read_reply(sock).startswith(b"#!ack"):
+                        break
+                    acked.extend(batch)
+                    i += 100
+        except OSError:
+            pass  # the server went away mid-batch: that batch was never acknowledged
+
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        sender = threading.Thread(target=tcp_sender, args=(server.tcp_port,))
+        sender.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for i in range(3000):
+                udp.sendto(line(Record(vm="10.5.0.%d" % (i % 20), ts=start + 60 * i, cpu=3.0,
+                                       mem=4.0)), ("127.0.0.1", server.udp_port))
+        server.wait_for(lambda _s: len(acked) >= 2000, timeout=20)
+        code = server.stop()
+        stop.set()
+        sender.join(10)
+    assert code == 0, server.output
+    received = int(server.output.split("records received")[1].split()[0])
+    data = tmp_path / "data"
+    assert all_rows(data) == received  # every record the server held reached the logs
+    logged_tcp = {(vm, ts) for vm in logstore.iter_vms(str(data)) if vm.startswith("10.4.")
+                  for ts in logged(data, vm)["ts"]}
+    assert {(r.vm, r.ts) for r in acked} <= logged_tcp
+
+
+def test_duration_stops_on_time_and_flushes(tmp_path):
+    server = serve(tmp_path, "--duration", "2s", "--flush-interval", "60").start()
+    started = time.monotonic()
+    server.send_udp(line(Record(vm="10.6.0.1", ts=now() - 5, cpu=1.0, mem=2.0)))
+    server.wait_received(1)
+    code = server.wait(15)
+    elapsed = time.monotonic() - started
+    assert code == 0, server.output
+    assert 1.5 <= elapsed < 6
+    assert len(logged(tmp_path / "data", "10.6.0.1")) == 1  # the final flush, not the interval
+
+
+def test_metrics_and_status_agree_with_what_was_sent(tmp_path):
+    t = now() - 300
+    with serve(tmp_path, "--flush-interval", "60") as server:
+        server.send_udp(b"\n".join(line(Record(vm="10.7.0.%d" % i, ts=t, cpu=1.0, mem=2.0,
+                                                 seq=i)) for i in range(1, 4)),
+                        b"vmstats,vm=10.7.0.1 cpu=1,mem=2,seq=9i %d" % (t + 60),  # 5 lost
+                        b"vmstats,vm=10.7.0.9 cpu=200,mem=1 %d" % t)
+        metrics = server.wait_received(5)
+        status = server.status_json()
+        text = server.http("/metrics")
+    assert metrics["vmstats_records_received_total"] == 4
+    assert metrics["vmstats_datagrams_received_total"] == 3
+    assert metrics["vmstats_buffered_records"] == 4
+    assert metrics["vmstats_vms_seen"] == 3
+    assert metrics["vmstats_estimated_lost_records_total"] == 7
+    assert metrics['vmstats_rejected_total{reason="out_of_range"}'] == 1
+    assert "# TYPE vmstats_rejected_total counter" in text
+    assert status["records_received"] == 4 and status["buffered_records"] == 4
+    assert status["rejected"]["out_of_range"] == 1 and status["rejected_total"] == 1
+    assert sorted(status["last_seen"]) == ["10.7.0.1", "10.7.0.2", "10.7.0.3"]
+    assert status["udp_port"] == server.udp_port
+    assert server.returncode == 0
+    assert "flushes" in server.output and all_rows(tmp_path / "data") == 4
+
+
+def test_hostile_vm_ids_never_escape_the_data_dir(tmp_path):
+    t = now() - 60
+    hostile = [b"../../escape", b"/etc/passwd", b"..", b"a/../../b", b".hidden", b"x%2f..",
+               b"fe80::1%../../x", b"-rf", b"a" * 65, b"10.0.0.1\x00", b"a\\b", b"~root"]
+    payload = b"\n".join(b"vmstats,vm=%s cpu=1,mem=2 %d" % (vm, t) for vm in hostile)
+    outside = set(os.listdir(tmp_path))
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        server.send_udp(payload)
+        metrics = server.wait_received(len(hostile))
+    assert metrics['vmstats_rejected_total{reason="bad_vm_id"}'] >= len(hostile) - 1
+    assert metrics["vmstats_records_received_total"] == 0
+    created = set(os.listdir(tmp_path)) - outside
+    assert created <= {"data", "server-status.json", "server-output.txt"}
+    assert list(logstore.iter_vms(str(tmp_path / "data"))) == []
+    for _root, _dirs, files in os.walk(tmp_path.parent):
+        assert "escape" not in files
+
+
+def test_a_failed_write_is_counted_and_retried_once_fixed(tmp_path):
+    data = tmp_path / "data"
+    (data / "vms").mkdir(parents=True)
+    blocker = data / "vms" / "10.8.0.1"
+    blocker.write_text("a file where the VM's folder should be")
+    t = now() - 120
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        server.send_udp(line(Record(vm="10.8.0.1", ts=t, cpu=1.0, mem=2.0)),
+                        line(Record(vm="10.8.0.2", ts=t, cpu=3.0, mem=4.0)))
+        server.wait_for(lambda s: s.metrics()["vmstats_write_failures_total"] >= 2)
+        assert len(logged(data, "10.8.0.2")) == 1  # the healthy VM was not held back
+        assert server.metrics()["vmstats_buffered_records"] == 1  # kept for retry
+        blocker.unlink()
+        server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] == 2)
+    assert list(logged(data, "10.8.0.1")["cpu"]) == [1.0]
+    assert server.returncode == 0
+    assert "will retry" in server.output
+
+
+def test_unwritable_at_shutdown_exits_non_zero_with_a_summary(tmp_path):
+    data = tmp_path / "data"
+    (data / "vms").mkdir(parents=True)
+    (data / "vms" / "10.8.1.1").write_text("in the way")
+    with serve(tmp_path, "--flush-interval", "60", "--drain-timeout", "5s") as server:
+        server.send_udp(line(Record(vm="10.8.1.1", ts=now() - 60, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+    assert server.returncode == 1
+    assert "NOT WRITTEN       1 records" in server.output
+
+
+def run_cli(*args, timeout=20):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "vmstats", "serve", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_bad_command_line_gives_one_readable_line(tmp_path):
+    result = run_cli("--duration", "soon")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "duration" in result.stderr
+    keys = tmp_path / "keys"
+    keys.write_text("only-an-id\n")
+    result = run_cli("--auth-keys", str(keys), "--bind", "127.0.0.1")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "auth-keys" in result.stderr
+
+
+def test_a_port_in_use_is_one_line_and_no_leftover_processes(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("--bind", "127.0.0.1", "--udp-port", "0", "--tcp-port", "0",
+                         "--http-port", str(port), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert str(port) in result.stderr.strip().splitlines()[-1]
+
+
+def test_sigint_also_drains(tmp_path):
+    with serve(tmp_path, "--flush-interval", "60") as server:
+        server.send_udp(line(Record(vm="10.9.0.1", ts=now() - 60, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+        assert server.stop(signal.SIGINT) == 0
+    assert len(logged(tmp_path / "data", "10.9.0.1")) == 1

@@ -1,0 +1,121 @@
+"""TCP: plain line protocol, the #!sync acknowledgement contract, signatures and limits."""
+
+import time
+
+from serverproc import serve
+from test_server_udp import line, logged, now
+
+from vmstats import protocol
+from vmstats.protocol import Record
+
+
+def read_reply(sock) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def records(vm, count, start):
+    return [Record(vm=vm, ts=start + 60 * i, cpu=float(i % 100), mem=50.5, seq=i) for i in range(count)]
+
+
+def test_plain_lines_without_sync_land_and_get_no_reply(tmp_path):
+    sent = records("10.3.0.1", 300, now() - 86400)
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        with server.tcp() as sock:
+            payload = b"\n".join(line(r) for r in sent) + b"\n"
+            for i in range(0, len(payload), 777):  # lines split across segments
+                sock.sendall(payload[i:i + 777])
+            server.wait_received(300)
+            sock.settimeout(0.2)
+            try:
+                assert sock.recv(100) == b""
+            except TimeoutError:
+                pass
+    frame = logged(tmp_path / "data", "10.3.0.1")
+    assert list(frame["ts"]) == [r.ts for r in sent]
+    assert list(frame["cpu"]) == [r.cpu for r in sent]
+
+
+def test_sync_is_acknowledged_with_exact_counts(tmp_path):
+    sent = records("10.3.0.2", 50, now() - 3600)
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        with server.tcp() as sock:
+            batch = b"\n".join(line(r) for r in sent[:40]) + b"\nnot a record\n"
+            sock.sendall(batch + b"#!sync batch-1\n")
+            assert read_reply(sock) == b"#!ack batch-1 40 1\n"
+            sock.sendall(b"\n".join(line(r) for r in sent[35:]) + b"\n#!sync b2\n")
+            assert read_reply(sock) == b"#!ack b2 15 0\n"  # resends are accepted (replaced)
+            sock.sendall(b"#!sync empty.3\n")
+            assert read_reply(sock) == b"#!ack empty.3 0 0\n"
+        assert server.metrics()["vmstats_acks_total"] == 3
+    frame = logged(tmp_path / "data", "10.3.0.2")
+    assert list(frame["ts"]) == [r.ts for r in sent]  # nothing duplicated
+
+
+def test_nak_busy_when_records_were_dropped_and_ack_once_there_is_room(tmp_path):
+    sent = records("10.3.0.3", 8, now() - 3600)
+    with serve(tmp_path, "--flush-interval", "30", "--max-per-vm", "5") as server:
+        with server.tcp() as sock:
+            sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync t1\n")
+            assert read_reply(sock) == b"#!nak t1 busy\n"
+            sock.sendall(b"#!sync t2\n")
+            assert read_reply(sock) == b"#!ack t2 0 0\n"  # the nak covered only its batch
+        assert server.metrics()['vmstats_dropped_total{cause="per_vm_cap"}'] == 3
+    assert len(logged(tmp_path / "data", "10.3.0.3")) == 5
+
+
+def test_signed_batches_over_tcp_and_nak_auth(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# rotation: both keys valid\nold s3cret-old\nnew s3cret-new\n")
+    sent = records("10.3.0.4", 6, now() - 3600)
+    with serve(tmp_path, "--flush-interval", "0.3", "--auth-keys", str(keys)) as server:
+        with server.tcp() as sock:
+            first = b"\n".join(line(r) for r in sent[:3])
+            second = b"\n".join(line(r) for r in sent[3:])
+            sock.sendall(protocol.sign_payload("old", "s3cret-old", first)
+                         + protocol.sign_payload("new", "s3cret-new", second) + b"#!sync s1\n")
+            assert read_reply(sock) == b"#!ack s1 6 0\n"
+            forged = protocol.sign_payload("new", "wrong-secret", first)
+            sock.sendall(forged + b"\n#!sync s2\n")
+            assert read_reply(sock) == b"#!nak s2 auth\n"
+            sock.sendall(first + b"\n#!sync s3\n")  # unsigned
+            assert read_reply(sock) == b"#!nak s3 auth\n"
+        metrics = server.metrics()
+    assert metrics['vmstats_rejected_total{reason="sig_bad"}'] == 1
+    assert metrics['vmstats_rejected_total{reason="sig_missing"}'] == 3
+    assert list(logged(tmp_path / "data", "10.3.0.4")["ts"]) == [r.ts for r in sent]
+
+
+def test_line_limit_connection_limit_and_idle_timeout(tmp_path):
+    t = now() - 60
+    args = ("--max-line", "200", "--max-connections", "2", "--idle-timeout", "1s")
+    with serve(tmp_path, "--flush-interval", "0.3", *args) as server:
+        with server.tcp() as sock:
+            long_line = b"vmstats,vm=10.3.0.5 cpu=1,mem=1" + b"0" * 300 + b" %d\n" % t
+            sock.sendall(long_line + line(Record(vm="10.3.0.5", ts=t, cpu=1.0, mem=2.0))
+                         + b"\n#!sync x\n")
+            assert read_reply(sock) == b"#!ack x 1 1\n"
+            sock.sendall(b"y" * 5000)  # an endless line is cut off, the connection survives
+            sock.sendall(b"\n" + line(Record(vm="10.3.0.5", ts=t + 1, cpu=1.0, mem=2.0))
+                         + b"\n#!sync y\n")
+            assert read_reply(sock) == b"#!ack y 1 1\n"
+        metrics = server.metrics()
+        assert metrics['vmstats_rejected_total{reason="too_long"}'] == 2
+        first, second = server.tcp(), server.tcp()
+        server.wait_for(lambda s: s.metrics()["vmstats_tcp_connections_open"] == 2)
+        third = server.tcp()
+        third.settimeout(5)
+        assert third.recv(10) == b""  # refused: closed at once
+        server.wait_for(lambda s: s.metrics()["vmstats_tcp_connections_refused_total"] == 1)
+        started = time.monotonic()
+        first.settimeout(5)
+        assert first.recv(10) == b""  # idle for 1 s: closed by the server
+        assert time.monotonic() - started < 4
+        for sock in (first, second, third):
+            sock.close()
+        server.wait_for(lambda s: s.metrics()["vmstats_tcp_idle_closed_total"] >= 1)
