@@ -1,0 +1,55 @@
+"""--auth-keys: signed UDP frames accepted; every kind of bad frame rejected and counted by cause."""
+
+import time
+
+from serverproc import serve
+from test_server_udp import line, logged, now
+
+from vmstats import logstore, protocol
+from vmstats.protocol import Record
+
+
+def test_udp_signatures_accept_valid_and_reject_each_cause(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("k1 first-secret\nk2 second-secret\n")
+    t = now() - 120
+    good = [line(Record(vm="10.10.0.%d" % i, ts=t, cpu=float(i), mem=1.0)) for i in range(1, 4)]
+    evil = line(Record(vm="10.10.0.66", ts=t, cpu=66.0, mem=66.0))
+    replayed = protocol.sign_payload("k2", "second-secret", good[2])
+    tampered = protocol.sign_payload("k1", "first-secret", evil).replace(b"cpu=66", b"cpu=67")
+    frames = {
+        "accepted": [protocol.sign_payload("k1", "first-secret", good[0]),
+                     protocol.sign_payload("k2", "second-secret", good[1]), replayed],
+        "sig_missing": [evil],
+        "sig_unknown_key": [protocol.sign_payload("k9", "first-secret", evil)],
+        "sig_bad": [protocol.sign_payload("k1", "second-secret", evil), tampered],
+        "sig_stale": [protocol.sign_payload("k1", "first-secret", evil, now=time.time() - 3600)],
+        "sig_replay": [replayed],
+        "sig_malformed": [b"#!sig1 k1 notanumber n 5 " + b"0" * 64 + b"\nhello",
+                          protocol.sign_payload("k1", "first-secret", evil)[:-4]],
+    }
+    with serve(tmp_path, "--flush-interval", "0.3", "--auth-keys", str(keys)) as server:
+        for batch in frames.values():
+            server.send_udp(*batch)
+        metrics = server.wait_for(
+            lambda s: (lambda m: m if m["vmstats_datagrams_received_total"] >= 11 else None)(
+                s.metrics()))
+        server.wait_received(3)
+    assert metrics["vmstats_records_received_total"] == 3
+    for cause in ("sig_missing", "sig_unknown_key", "sig_bad", "sig_stale", "sig_replay",
+                  "sig_malformed"):
+        assert metrics['vmstats_rejected_total{reason="%s"}' % cause] == len(frames[cause]), cause
+    data = tmp_path / "data"
+    for i in range(1, 4):
+        assert list(logged(data, "10.10.0.%d" % i)["cpu"]) == [float(i)]
+    assert "10.10.0.66" not in list(logstore.iter_vms(str(data)))
+
+
+def test_without_keys_signed_frames_are_unwrapped_and_unsigned_accepted(tmp_path):
+    t = now() - 60
+    record = line(Record(vm="10.11.0.1", ts=t, cpu=1.0, mem=2.0))
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        server.send_udp(protocol.sign_payload("any", "secret", record),
+                        line(Record(vm="10.11.0.1", ts=t + 60, cpu=1.0, mem=2.0)))
+        server.wait_received(2)
+    assert list(logged(tmp_path / "data", "10.11.0.1")["ts"]) == [t, t + 60]
