@@ -1,0 +1,292 @@
+"""The agent against the real aggregator on loopback: UDP, TCP, the zipapp, reliability, auth.
+
+Every test runs the agent as a separate process with a 1 s interval and a
+record count, and asserts on the per-VM logs the server wrote.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from serverproc import LOOPBACK, ServerProcess
+
+from vmstats import logstore, protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+FAST = ["--interval", "1", "--sub-interval", "0.25", "--jitter", "0", "--log-level", "debug"]
+KEYS = "# rotation: both keys valid\nk1 secret-one\nk2 secret-two\n"
+
+
+def agent_command(*args, python=sys.executable):
+    return [python, "-m", "vmstats.client", *FAST, *args]
+
+
+def run_agent(*args, timeout=60):
+    result = subprocess.run(agent_command(*args), env=ENV, capture_output=True, text=True,
+                            timeout=timeout)
+    return result
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def raw_rows(data_dir, vm):
+    """Every row written for ``vm``, as dicts, in file order (duplicates kept)."""
+    folder = Path(data_dir) / logstore.VMS_DIR / vm
+    rows = []
+    for path in sorted(folder.glob("*" + logstore.SUFFIX)) if folder.exists() else []:
+        for line in path.read_text().splitlines():
+            if line + "\n" != logstore.HEADER.decode():
+                rows.append(dict(zip(logstore.COLUMNS, line.split(","), strict=True)))
+    return rows
+
+
+def wait_rows(data_dir, vm, count, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = raw_rows(data_dir, vm)
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def assert_each_once(rows, count):
+    """``count`` consecutive records, each written exactly once."""
+    assert [int(r["seq"]) for r in rows] == list(range(count)), rows
+    stamps = [int(r["ts"]) for r in rows]
+    assert len(set(stamps)) == count and stamps == sorted(stamps)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("server"), "--flush-interval", "0.5") as running:
+        yield running
+
+
+def test_udp_records_land_in_the_log_keyed_by_the_local_address(server):
+    result = run_agent("--server", "%s:%d" % (LOOPBACK, server.udp_port), "--count", "3")
+    assert result.returncode == 0, result.stderr
+    rows = wait_rows(server.data_dir, "127.0.0.1", 3)
+    assert_each_once(rows, 3)
+    for row in rows:
+        assert 0 <= float(row["cpu"]) <= float(row["cpu_max"]) <= 100
+        assert 0 < float(row["mem"]) < 100
+        assert int(row["vcpus"]) == os.cpu_count() and int(row["mem_mb"]) > 0
+        assert row["host"]
+    stamps = [int(r["ts"]) for r in rows]
+    assert stamps[2] - stamps[0] == 2          # one record per 1 s interval
+    assert abs(stamps[-1] - time.time()) < 30
+
+
+def test_tcp_records_are_acknowledged_and_leave_the_spool(server, tmp_path):
+    spool_dir = tmp_path / "spool"
+    result = run_agent("--server", "%s:%d" % (LOOPBACK, server.tcp_port), "--transport", "tcp",
+                       "--count", "3", "--vm-id", "tcp-vm", "--spool-dir", str(spool_dir))
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(str(spool_dir)) == ["lock"]
+    assert "failed" not in result.stderr
+    assert_each_once(wait_rows(server.data_dir, "tcp-vm", 3), 3)
+
+
+def test_the_click_command_runs_the_same_agent(server):
+    result = subprocess.run([sys.executable, "-m", "vmstats", "agent", *FAST, "--count", "1",
+                             "--server", "%s:%d" % (LOOPBACK, server.udp_port), "--vm-id", "click-vm"],
+                            env=ENV, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert_each_once(wait_rows(server.data_dir, "click-vm", 1), 1)
+
+
+def plain_python():
+    """A python3 outside the project's virtualenv."""
+    if os.path.exists("/usr/bin/python3"):
+        return "/usr/bin/python3"
+    venv = str(ROOT / ".venv")
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder, "python3")
+        if os.access(candidate, os.X_OK) and not candidate.startswith(venv):
+            return candidate
+    pytest.skip("no python3 outside the virtualenv")
+
+
+def test_zipapp_runs_with_a_plain_python(server, tmp_path):
+    bundle = tmp_path / "vmstats-agent.pyz"
+    built = subprocess.run([sys.executable, "-m", "vmstats", "agent-bundle", "-o", str(bundle)],
+                           env=ENV, capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    with zipfile.ZipFile(str(bundle)) as archive:
+        names = sorted(archive.namelist())
+    assert names[:3] == ["__main__.py", "vmstats/__init__.py", "vmstats/client/__init__.py"]
+    assert "vmstats/protocol.py" in names and "vmstats/client/agent.py" in names
+    assert all(n == "__main__.py" or n == "vmstats/__init__.py" or n == "vmstats/protocol.py"
+               or n.startswith("vmstats/client/") for n in names)
+    assert "vmstats/client/command.py" not in names            # needs click
+    # Run from an empty folder, isolated (-I), with no PYTHONPATH: only the bundle.
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}
+    workdir = tmp_path / "vm"
+    workdir.mkdir()
+    python = plain_python()
+    once = subprocess.run([python, "-I", str(bundle), "--once", "--vm-id", "zip-vm"], cwd=str(workdir),
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    record = protocol.Decoder().decode_line(once.stdout.strip())
+    assert record.vm == "zip-vm" and record.vcpus == os.cpu_count()
+    pushed = subprocess.run([python, "-I", str(bundle), *FAST, "--count", "2", "--vm-id", "zip-vm",
+                             "--server", "%s:%d" % (LOOPBACK, server.udp_port)],
+                            cwd=str(workdir), env=env, capture_output=True, text=True, timeout=60)
+    assert pushed.returncode == 0, pushed.stderr
+    assert_each_once(wait_rows(server.data_dir, "zip-vm", 2), 2)
+    # The same sources give the same bytes.
+    again = tmp_path / "again.pyz"
+    subprocess.run([sys.executable, "-m", "vmstats", "agent-bundle", "-o", str(again)], env=ENV,
+                   check=True, capture_output=True, timeout=60)
+    assert again.read_bytes() == bundle.read_bytes()
+
+
+def test_server_down_at_start_then_every_spooled_record_arrives_once(tmp_path):
+    port = free_port()
+    spool_dir = tmp_path / "spool"
+    agent = subprocess.Popen(agent_command("--server", "%s:%d" % (LOOPBACK, port), "--transport", "tcp",
+                                           "--count", "6", "--vm-id", "late-vm", "--backoff-max", "0.5",
+                                           "--timeout", "5", "--spool-dir", str(spool_dir)),
+                             env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3.2)                       # three records spooled with nobody listening
+        assert len(os.listdir(str(spool_dir))) >= 3
+        with ServerProcess(tmp_path / "server", "--tcp-port", str(port),
+                           "--flush-interval", "0.5") as server:
+            _out, err = agent.communicate(timeout=30)
+            assert agent.returncode == 0, err
+        assert server.returncode == 0, server.output
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert "failed" in err                    # it did notice the server was away
+    assert os.listdir(str(spool_dir)) == ["lock"]
+    assert_each_once(raw_rows(server.data_dir, "late-vm"), 6)
+
+
+def test_server_restart_mid_stream_loses_and_duplicates_nothing(tmp_path):
+    port = free_port()
+    data = tmp_path / "data"
+    spool_dir = tmp_path / "spool"
+    first = ServerProcess(tmp_path / "first", "--tcp-port", str(port), "--flush-interval", "0.5",
+                          data_dir=data).start()
+    agent = subprocess.Popen(agent_command("--server", "%s:%d" % (LOOPBACK, port), "--transport", "tcp",
+                                           "--count", "8", "--vm-id", "restart-vm", "--backoff-max", "0.5",
+                                           "--timeout", "5", "--spool-dir", str(spool_dir)),
+                             env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        assert len(wait_rows(data, "restart-vm", 3)) >= 3
+        assert first.stop() == 0, first.output
+        time.sleep(1.5)                       # at least one record spooled while it is down
+        with ServerProcess(tmp_path / "second", "--tcp-port", str(port), "--flush-interval", "0.5",
+                           data_dir=data) as second:
+            _out, err = agent.communicate(timeout=30)
+            assert agent.returncode == 0, err
+        assert second.returncode == 0, second.output
+    finally:
+        first.kill()
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert_each_once(raw_rows(data, "restart-vm"), 8)
+
+
+def test_agent_stops_promptly_on_sigterm(server, tmp_path):
+    agent = subprocess.Popen([sys.executable, "-m", "vmstats.client", "--interval", "60", "--jitter", "0",
+                              "--server", "%s:%d" % (LOOPBACK, server.udp_port)],
+                             env=ENV, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    started = time.monotonic()
+    agent.send_signal(signal.SIGTERM)
+    _out, err = agent.communicate(timeout=10)
+    assert agent.returncode == 0, err
+    assert time.monotonic() - started < 3
+    assert "stopping on signal" in err
+
+
+# -- signed records ---------------------------------------------------------------------------
+
+@pytest.fixture()
+def auth_server(tmp_path):
+    keys = tmp_path / "server-keys"
+    keys.write_text(KEYS)
+    with ServerProcess(tmp_path / "auth", "--flush-interval", "0.5", "--auth-keys", str(keys)) as running:
+        yield running
+
+
+def key_file(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def rejected(server, reason):
+    return server.metrics().get('vmstats_rejected_total{reason="%s"}' % reason, 0)
+
+
+def test_signed_udp_accepted_and_forgeries_rejected_by_cause(auth_server, tmp_path):
+    target = "%s:%d" % (LOOPBACK, auth_server.udp_port)
+    good = subprocess.Popen(agent_command("--server", target, "--count", "3", "--vm-id", "signed-vm",
+                                          "--key-file", key_file(tmp_path, "k2", "k2 secret-two\n")),
+                            env=ENV, stderr=subprocess.PIPE, text=True)
+    now = time.time()
+
+    def line(vm):
+        return ("vmstats,vm=%s cpu=5,mem=10 %d" % (vm, now)).encode()
+
+    valid = protocol.sign_payload("k1", "secret-one", line("replayed-vm"))
+    tampered = protocol.sign_payload("k1", "secret-one", line("tampered-vm")).replace(b"cpu=5", b"cpu=9")
+    auth_server.send_udp(
+        line("unsigned-vm"),                                                    # sig_missing
+        protocol.sign_payload("k1", "wrong-secret", line("wrongkey-vm")),       # sig_bad
+        tampered,                                                               # sig_bad
+        protocol.sign_payload("k9", "secret-one", line("unknown-vm")),          # sig_unknown_key
+        protocol.sign_payload("k1", "secret-one", line("stale-vm"), now=now - 3600),  # sig_stale
+        valid, valid)                                                           # sig_replay
+    unsigned_agent = run_agent("--server", target, "--count", "1", "--vm-id", "nokey-vm")
+    assert unsigned_agent.returncode == 0, unsigned_agent.stderr
+    _out, err = good.communicate(timeout=30)
+    assert good.returncode == 0, err
+    assert_each_once(wait_rows(auth_server.data_dir, "signed-vm", 3), 3)
+    assert len(wait_rows(auth_server.data_dir, "replayed-vm", 1)) == 1
+    auth_server.wait_for(lambda s: rejected(s, "sig_replay") >= 1)
+    assert rejected(auth_server, "sig_missing") == 2
+    assert rejected(auth_server, "sig_bad") == 2
+    assert rejected(auth_server, "sig_unknown_key") == 1
+    assert rejected(auth_server, "sig_stale") == 1
+    assert rejected(auth_server, "sig_replay") == 1
+    time.sleep(1.0)                           # a flush after the last datagram
+    for vm in ("unsigned-vm", "wrongkey-vm", "tampered-vm", "unknown-vm", "stale-vm", "nokey-vm"):
+        assert raw_rows(auth_server.data_dir, vm) == []
+
+
+def test_tcp_batch_with_a_wrong_key_stays_spooled_until_the_key_is_fixed(auth_server, tmp_path):
+    target = "%s:%d" % (LOOPBACK, auth_server.tcp_port)
+    spool_dir = tmp_path / "spool"
+    common = ["--server", target, "--transport", "tcp", "--vm-id", "tcp-signed", "--backoff-max", "0.5",
+              "--timeout", "5", "--spool-dir", str(spool_dir)]
+    wrong = run_agent(*common, "--count", "2", "--key-file", key_file(tmp_path, "bad", "k1 not-it\n"))
+    assert wrong.returncode == 0, wrong.stderr
+    assert "refused the batch: auth" in wrong.stderr
+    assert len(os.listdir(str(spool_dir))) == 3       # two records and the lock
+    assert rejected(auth_server, "sig_bad") >= 1
+    right = run_agent(*common, "--count", "1", "--key-file", key_file(tmp_path, "good", "k1 secret-one\n"))
+    assert right.returncode == 0, right.stderr
+    assert os.listdir(str(spool_dir)) == ["lock"]
+    rows = wait_rows(auth_server.data_dir, "tcp-signed", 3)
+    # Two records from the first run (seq 0, 1), one from the second (seq restarts).
+    assert sorted(int(r["seq"]) for r in rows) == [0, 0, 1]
+    assert len(set(r["ts"] for r in rows)) == 3
+
