@@ -1,0 +1,80 @@
+"""The agent's command line: --once, and one readable line for every bad setting."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmstats import protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "data" / "proc" / "c"
+
+
+def agent(*args, env=None, via_click=False):
+    base = [sys.executable, "-m"] + (["vmstats", "agent"] if via_click else ["vmstats.client"])
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), VMSTATS_CONFIG="")
+    environment.update(env or {})
+    return subprocess.run(base + list(args), env=environment, capture_output=True, text=True, timeout=60)
+
+
+def test_once_prints_one_valid_record_from_the_given_proc_root():
+    result = agent("--once", "--proc-root", str(FIXTURE), "--vm-id", "10.1.2.3", "--host", "web 1")
+    assert result.returncode == 0, result.stderr
+    record = protocol.Decoder().decode_line(result.stdout.strip())
+    # One snapshot read twice: nothing moved, memory and size from the fixture.
+    assert (record.vm, record.host, record.cpu, record.mem, record.vcpus, record.mem_mb) == \
+        ("10.1.2.3", "web-1", 0.0, 25.0, 2, 4096)
+
+
+def test_settings_come_from_the_environment_and_a_config_file(tmp_path):
+    conf = tmp_path / "agent.conf"
+    conf.write_text("vm-id = 10.9.9.9\nproc_root = %s\n" % FIXTURE)
+    result = agent("--once", env={"VMSTATS_CONFIG": str(conf), "VMSTATS_HOST": "from-env"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("vmstats,vm=10.9.9.9,host=from-env ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--server", "127.0.0.1:99999"], "bad server address"),
+    (["--server", "no-such-host.invalid:8899"], "cannot resolve server"),
+    (["--server", "127.0.0.1:8899", "--key-file", "/nonexistent/key"], "cannot read key file"),
+    (["--server", "127.0.0.1:8899", "--vm-id", "../etc"], "bad VM id"),
+    (["--server", "127.0.0.1:8899", "--proc-root", "/nonexistent"], "cannot read /nonexistent/stat"),
+    (["--server", "127.0.0.1:8899", "--interval", "0"], "--interval: '0' must be > 0"),
+    (["--transport", "tcp"], "no server address"),
+])
+def test_bad_settings_exit_non_zero_with_one_line(args, message):
+    result = agent(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_key_file_and_unwritable_spool(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("k1 one\nk2 two\n")
+    result = agent("--server", "127.0.0.1:8899", "--key-file", str(keys))
+    assert result.returncode == 1 and "exactly one key" in result.stderr
+    keys.write_text("just-one-word\n")
+    result = agent("--server", "127.0.0.1:8899", "--key-file", str(keys))
+    assert result.returncode == 1 and "expected 'key_id secret'" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = agent("--server", "127.0.0.1:8899", "--transport", "tcp", "--spool-dir", str(blocker / "spool"),
+                   via_click=True)
+    assert result.returncode == 1
+    assert "spool directory" in result.stderr and "not writable" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_help_lists_every_setting_through_both_entry_points():
+    for via_click in (False, True):
+        result = agent("--help", via_click=via_click)
+        assert result.returncode == 0
+        for flag in ("--server", "--transport", "--interval", "--sub-interval", "--spool-max",
+                     "--key-file", "--vm-id", "--once", "VMSTATS_SERVER"):
+            assert flag in result.stdout
