@@ -1,0 +1,46 @@
+"""protocol.encode_records (the simulator's batch encoder) writes exactly what encode_record writes."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmstats.protocol import FIELDS, Decoder, Record, encode_record, encode_records
+
+_floats = st.one_of(
+    st.floats(min_value=0, max_value=1e15, allow_nan=False),
+    st.sampled_from([0.0, 1.0, 100.0, 5120.0, 3.21, 1e-05, 1e15, 123456789012345.0, 0.1 + 0.2]),
+    st.integers(min_value=0, max_value=10**17),  # ints in float fields go through float()
+    st.builds(np.float64, st.floats(min_value=0, max_value=100)),
+    st.builds(np.float32, st.floats(min_value=0, max_value=100, width=32)),
+    st.just(True),
+)
+_ints = st.one_of(st.integers(min_value=0, max_value=1 << 40), st.builds(np.int64, st.integers(0, 1 << 40)))
+
+
+@st.composite
+def records(draw):
+    values = {}
+    for name, is_int, _lo, _hi, required in FIELDS:
+        if required or draw(st.booleans()):
+            values[name] = draw(_ints if is_int else _floats)
+    vm = draw(st.sampled_from(["10.0.0.1", "web-1.0", "a.0", "::1"]))
+    host = draw(st.sampled_from([None, "", "h1", "rack.0"]))
+    return Record(vm=vm, ts=draw(st.integers(0, 10**12)), host=host, **values)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(records(), max_size=20))
+def test_batch_encoder_is_byte_identical_to_encode_record(batch):
+    assert encode_records(batch) == [encode_record(r).encode("utf-8") for r in batch]
+
+
+def test_batch_encoder_on_a_simulated_series_round_trips():
+    rng = np.random.default_rng(3)
+    cpu = np.round(rng.uniform(0, 100, 500), 2).tolist()
+    disk = np.round(rng.uniform(0, 1e6, 500), 0).tolist()
+    batch = [Record("10.0.0.9", 1732262400 + 60 * i, c, min(100.0, c + 1), 50.0, d, d, 0.0, 1.0, 2, 4096)
+             for i, (c, d) in enumerate(zip(cpu, disk, strict=True))]
+    lines = encode_records(batch)
+    assert lines == [encode_record(r).encode("utf-8") for r in batch]
+    decoder = Decoder(clock=lambda: 1732262400 + 60 * 600)
+    assert [decoder.decode_line(line) for line in lines] == batch
