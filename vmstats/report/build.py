@@ -1,0 +1,271 @@
+"""From data dirs to a ranked report: window, statistics, policy, money, exclusions.
+
+The ranking (docs/REPORT.md): candidates (reclaim, schedule, downsize) first,
+by expected saving (monthly saving x confidence), then saving, then VM id;
+then the VMs to look at (stopped, insufficient-data), then keep, then
+excluded, each by provisioned monthly cost, highest first.
+"""
+
+import datetime
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vmstats.report import exclusions as exclusions_mod
+from vmstats.report import load as load_mod
+from vmstats.report import stats as stats_mod
+from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
+from vmstats.report.prices import PriceBook
+from vmstats.report.settings import Policy, ReportError
+
+#: Settings that statistics need as one value per VM (groups may differ).
+_PER_VM = (
+    "idle_percentile",
+    "cpu_idle",
+    "disk_idle",
+    "net_idle",
+    "idle_day_cpu",
+    "idle_day_net_mb",
+    "schedule_hour_min_minutes",
+    "utc_offset_hours",
+)
+_ORDER_AFTER = {"stopped": 1, "insufficient-data": 2, "keep": 3, "excluded": 4}
+
+
+@dataclass
+class Report:
+    rows: list[dict[str, Any]]
+    window: stats_mod.Window
+    meta: dict[str, Any]
+    fleet: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_day(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return load_mod.day_number(value)
+    except ValueError:
+        raise ReportError("%s %r is not a YYYY-MM-DD date" % (option, value)) from None
+
+
+def iso(ts: float) -> str:
+    if not ts or ts != ts or ts >= np.iinfo(np.int64).max:
+        return ""
+    return datetime.datetime.fromtimestamp(int(ts), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build(
+    data_dirs: Sequence[str],
+    policy: Policy,
+    prices: PriceBook,
+    exclusions_path: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    cache_dir: str | None = None,
+    today: datetime.date | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int = 2,
+) -> Report:
+    today = today or datetime.datetime.now(datetime.UTC).date()
+    active, expired = exclusions_mod.load(exclusions_path, today)
+    units = load_mod.discover(data_dirs)
+    since_day, until_day = parse_day(since, "--since"), parse_day(until, "--until")
+    if since_day is not None and until_day is not None and since_day > until_day:
+        raise ReportError("--since %s is after --until %s" % (since, until))
+    latest_day = max(day for _vm, day in units)
+    last_day = until_day if until_day is not None else latest_day
+    first_day = since_day if since_day is not None else last_day - int(policy.base["days"]) + 1
+    table = load_mod.load(units, cache_dir, first_day, last_day, progress=progress, workers=workers)
+    d = table.data
+    inside = (table.day >= first_day) & (table.day <= last_day) & (d["n"] > 0)
+    if not inside.any():
+        raise ReportError(
+            "no records between %s and %s" % (load_mod.day_name(first_day), load_mod.day_name(last_day))
+        )
+    end_ts = int(d["last_ts"][inside].max())
+    earlier = any(day < first_day for _vm, day in units)
+    start_ts = first_day * 86400 if earlier else int(d["first_ts"][inside].min())
+    window = stats_mod.Window(first_day, last_day, start_ts, end_ts)
+
+    vm_settings = [policy.for_vm(vm) for vm in table.vms]
+    per_vm = {name: np.array([s[name] for _g, s in vm_settings], dtype=float) for name in _PER_VM}
+    st = stats_mod.compute(table, window, per_vm)
+
+    rows = []
+    for i, vm in enumerate(table.vms):
+        group, settings = vm_settings[i]
+        values = {
+            name: (array[i] if array.ndim == 1 else array[i])
+            for name, array in st.items()
+            if name != "spark_step_hours"
+        }
+        vcpus, mem_mb = values["vcpus"], values["mem_mb"]
+        mem_gb = mem_mb / 1024.0 if mem_mb == mem_mb else math.nan
+        values["mem_gb"] = mem_gb
+        values["monthly_cost"] = prices.monthly(vcpus, mem_gb)
+        values["usage_cost"] = prices.usage_monthly(
+            vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
+        )
+        decision = decide(values, settings, end_ts, prices)
+        excluded = exclusions_mod.find(active, vm)
+        if excluded is not None:
+            decision = Decision(
+                "excluded",
+                "excluded: %s" % excluded.reason,
+                1.0,
+                recommendation="(would be %s: %s)" % (decision.category, decision.reason),
+                evidence={
+                    "would_be": decision.category,
+                    "would_save": decision.monthly_saving,
+                    "exclusion": excluded.selector,
+                    "expires": excluded.expires.isoformat() if excluded.expires else None,
+                },
+            )
+        rows.append(_row(vm, group, values, decision, excluded))
+
+    rows.sort(key=_rank_key)
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    meta = _meta(
+        data_dirs,
+        policy,
+        prices,
+        window,
+        rows,
+        table,
+        active,
+        expired,
+        exclusions_path,
+        int(st["spark_step_hours"]),
+    )
+    fleet = _fleet(rows)
+    return Report(rows, window, meta, fleet)
+
+
+def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -> dict[str, Any]:
+    return {
+        "rank": 0,
+        "vm": vm,
+        "category": decision.category,
+        "monthly_saving": decision.monthly_saving,
+        "confidence": decision.confidence,
+        "confidence_label": confidence_label(decision.confidence),
+        "reason": decision.reason,
+        "recommendation": decision.recommendation,
+        "group": group,
+        "excluded_reason": excluded.reason if excluded else "",
+        "monthly_cost": _r(v["monthly_cost"], 2),
+        "usage_cost": _r(v["usage_cost"], 2),
+        "vcpus": _r(v["vcpus"], 0),
+        "mem_gb": _r(v["mem_gb"], 3),
+        "recommended_vcpus": _r(decision.recommended_vcpus, 3),
+        "recommended_mem_gb": _r(decision.recommended_mem_gb, 3),
+        "recommended_size": decision.recommended_size,
+        "off_hours_per_week": decision.off_hours_per_week,
+        "coverage": _r(v["coverage"], 4),
+        "first_seen": iso(v["first_seen"]),
+        "last_seen": iso(v["last_seen"]),
+        "records": int(v["records"]),
+        "cpu_avg": _r(v["cpu_avg"], 2),
+        "cpu_p50": _r(v["cpu_p50"], 1),
+        "cpu_p95": _r(v["cpu_p95"], 1),
+        "cpu_p99": _r(v["cpu_p99"], 1),
+        "cpu_max": _r(v["cpu_max"], 1),
+        "cpu_peak": _r(v["cpu_peak"], 1),
+        "mem_avg": _r(v["mem_avg"], 2),
+        "mem_p95": _r(v["mem_p95"], 1),
+        "mem_max": _r(v["mem_max"], 1),
+        "disk_avg": _r(v["disk_avg"], 1),
+        "disk_p95": _r(v["disk_p95"], 1),
+        "net_avg": _r(v["net_avg"], 1),
+        "net_p95": _r(v["net_p95"], 1),
+        "idle_share": _r(v["idle_share"], 4),
+        "idle_days": int(v["idle_days"]),
+        "days_with_data": int(v["days_with_data"]),
+        "cpu_trend": _r(v["cpu_trend"], 2),
+        "mem_trend": _r(v["mem_trend"], 2),
+        "bad_lines": int(v["bad_lines"]),
+        # Not CSV columns: for JSON and HTML.
+        "evidence": decision.evidence,
+        "hour_of_week_cpu": [_r(x, 1) for x in v["how_cpu"]],
+        "hour_of_week_mem": [_r(x, 1) for x in v["how_mem"]],
+        "spark_cpu": [_r(x, 1) for x in v["spark_cpu"]],
+        "spark_mem": [_r(x, 1) for x in v["spark_mem"]],
+    }
+
+
+def _r(value: float, digits: int) -> float | None:
+    if value is None or value != value:
+        return None
+    value = float(value)
+    return int(round(value)) if digits == 0 else round(value, digits)
+
+
+def _rank_key(row: dict[str, Any]):
+    cost = row["monthly_cost"] or 0.0
+    if row["category"] in CANDIDATES:
+        return (0, -row["monthly_saving"] * row["confidence"], -row["monthly_saving"], row["vm"])
+    return (_ORDER_AFTER[row["category"]], -cost, 0.0, row["vm"])
+
+
+def _meta(data_dirs, policy, prices, window, rows, table, active, expired, exclusions_path, spark_step):
+    categories = {c: {"vms": 0, "monthly_saving": 0.0} for c in CATEGORIES}
+    for row in rows:
+        entry = categories[row["category"]]
+        entry["vms"] += 1
+        entry["monthly_saving"] = round(entry["monthly_saving"] + row["monthly_saving"], 2)
+    return {
+        "data_dirs": list(data_dirs),
+        "window": {
+            "first_day": load_mod.day_name(window.first_day),
+            "last_day": load_mod.day_name(window.last_day),
+            "start": iso(window.start_ts),
+            "end": iso(window.end_ts),
+            "expected_minutes": window.expected_minutes,
+        },
+        "policy": {
+            "source": policy.source,
+            "settings": policy.base,
+            "groups": [{"name": g.name, "overrides": g.overrides} for g in policy.groups],
+        },
+        "prices": {
+            "source": prices.source,
+            "is_example": prices.is_example,
+            "currency": prices.currency,
+            "hours_per_month": prices.hours_per_month,
+        },
+        "exclusions": {
+            "source": exclusions_path,
+            "active": len(active),
+            "expired": [
+                {"vm": e.selector, "reason": e.reason, "expires": e.expires.isoformat()} for e in expired
+            ],
+        },
+        "totals": {
+            "vms": len(rows),
+            "monthly_cost": round(sum(r["monthly_cost"] or 0.0 for r in rows), 2),
+            "monthly_saving": round(sum(r["monthly_saving"] for r in rows), 2),
+            "candidates": sum(1 for r in rows if r["category"] in CANDIDATES),
+            "bad_lines": sum(r["bad_lines"] for r in rows),
+        },
+        "categories": categories,
+        "cache": {"parsed_vm_days": table.parsed_units, "cached_vm_days": table.cached_units},
+        "sparkline_step_hours": spark_step,
+    }
+
+
+def _fleet(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Utilisation distribution: VMs per 10-point band of CPU p95 and memory p95."""
+    out = {}
+    for metric in ("cpu_p95", "mem_p95"):
+        counts = [0] * 10
+        for row in rows:
+            value = row[metric]
+            if value is not None and row["category"] not in ("stopped", "insufficient-data"):
+                counts[min(9, int(value // 10))] += 1
+        out[metric] = counts
+    return out

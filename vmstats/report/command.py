@@ -1,0 +1,167 @@
+"""``vmstats report``: the click command."""
+
+import os
+import sys
+import time
+
+import click
+
+from vmstats.report.settings import DEFAULTS, ReportError
+
+#: Threshold flags (the policy's main knobs); any other setting goes through --set.
+_FLAGS = (
+    "coverage_min",
+    "idle_percentile",
+    "cpu_idle",
+    "disk_idle",
+    "net_idle",
+    "stopped_after_hours",
+    "headroom",
+    "schedule_min_off_hours",
+    "utc_offset_hours",
+)
+
+
+class _OneLineErrors(click.Command):
+    """Usage errors as one ``Error: ...`` line, like every other input error of the report."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise click.ClickException(exc.format_message().replace("\n", " ")) from None
+
+
+def _threshold_options(function):
+    for name in reversed(_FLAGS):
+        function = click.option(
+            "--" + name.replace("_", "-"),
+            name,
+            type=float,
+            default=None,
+            help="Override %s (default %s)." % (name, DEFAULTS[name]),
+        )(function)
+    return function
+
+
+class _Progress:
+    """Progress of log parsing on stderr: live on a terminal, one closing line otherwise."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.total = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.total = total
+        if self.live and total >= 100:
+            sys.stderr.write("\rparsing logs: %d/%d VM-days" % (done, total))
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.total >= 100:
+            sys.stderr.write(
+                "%sparsed %d VM-days in %.1f s\n"
+                % ("\r" if self.live else "", self.total, time.monotonic() - self.started)
+            )
+
+
+@click.command(cls=_OneLineErrors)
+@click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
+@click.option(
+    "-o", "--out", "out_dir", required=True, help="Folder for report.html, report.csv, report.json."
+)
+@click.option(
+    "--days", type=click.IntRange(1, 3660), default=None, help="Look-back in whole days (default 14)."
+)
+@click.option("--since", default=None, metavar="YYYY-MM-DD", help="First day of the window (UTC).")
+@click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC).")
+@click.option(
+    "--policy", "policy_path", default=None, metavar="FILE", help="Policy TOML (thresholds, groups)."
+)
+@click.option(
+    "--prices",
+    "prices_path",
+    default=None,
+    metavar="FILE",
+    help="Price book TOML (default: the shipped example, and the report says so).",
+)
+@click.option(
+    "--exclusions",
+    "exclusions_path",
+    default=None,
+    metavar="FILE",
+    help="Exclusions TOML: [[exclude]] vm, reason, expires.",
+)
+@_threshold_options
+@click.option("--set", "extra", multiple=True, metavar="KEY=VALUE", help="Override any policy setting.")
+@click.option("--cache-dir", default=None, metavar="DIR", help="Statistics cache (default OUT/.cache).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Parsing processes (default: CPUs, <= 4)."
+)
+@click.option("--top", type=click.IntRange(0, 1000), default=10, help="Candidates listed on the terminal.")
+def report(
+    data_dirs,
+    out_dir,
+    days,
+    since,
+    until,
+    policy_path,
+    prices_path,
+    exclusions_path,
+    extra,
+    cache_dir,
+    no_cache,
+    workers,
+    top,
+    **thresholds,
+):
+    """Rank idle and oversized VMs for reclamation, with savings, from DATA_DIR logs.
+
+    Several DATA_DIRs (aggregators behind a load balancer) give one report;
+    a VM present in several is merged and duplicate records dropped.
+    """
+    from vmstats.report.build import build
+    from vmstats.report.outputs import terminal_summary, write_csv, write_json
+    from vmstats.report.prices import PriceBook
+    from vmstats.report.render import render
+    from vmstats.report.settings import Policy
+
+    overrides = {k: v for k, v in thresholds.items() if v is not None}
+    if days is not None:
+        overrides["days"] = days
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.ClickException("--set expects KEY=VALUE, got %r" % item)
+        overrides[key.strip()] = value.strip()
+    progress = _Progress()
+    try:
+        policy = Policy.load(policy_path, overrides)
+        prices = PriceBook.load(prices_path)
+        if not no_cache and cache_dir is None:
+            cache_dir = os.path.join(out_dir, ".cache")
+        result = build(
+            data_dirs,
+            policy,
+            prices,
+            exclusions_path,
+            since=since,
+            until=until,
+            cache_dir=None if no_cache else cache_dir,
+            progress=progress,
+            workers=workers or min(4, os.cpu_count() or 1),
+        )
+        progress.close()
+        os.makedirs(out_dir, exist_ok=True)
+        write_csv(result, os.path.join(out_dir, "report.csv"))
+        write_json(result, os.path.join(out_dir, "report.json"))
+        render(result, os.path.join(out_dir, "report.html"))
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            "cannot write the report to %s: %s" % (out_dir, exc.strerror or exc)
+        ) from None
+    terminal_summary(result, out_dir, sys.stdout, top=top)

@@ -1,0 +1,368 @@
+"""Loading per-VM logs into per-VM-day aggregates, with a cache that survives re-runs.
+
+Logs are read only through vmstats.logstore.  The unit of work and of caching
+is one VM-day: all files of that VM and UTC day across every data dir given
+(several aggregators behind a load balancer), merged with duplicates by
+timestamp dropped (last written wins, as in logstore.read_rows).  Each unit
+is reduced to a fixed-size aggregate: counts, sums and maxima, per-hour
+figures and value histograms (see histogram.py for why histograms).
+
+The cache is one pickle file of those aggregates, keyed per unit by the
+(path, size, mtime) of its files: a unit whose files did not change is never
+parsed again; a unit whose file grew (today's, while the aggregator runs) is.
+Re-running over unchanged data therefore reads one file and stats the logs.
+"""
+
+import datetime
+import os
+import pickle
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from vmstats import logstore
+from vmstats.report.histogram import PCT_BINS, RATE_BINS, pct_bin, rate_bin
+from vmstats.report.settings import ReportError
+
+CACHE_VERSION = 2
+CACHE_NAME = "report-cache-v%d.pickle" % CACHE_VERSION
+_EPOCH = datetime.date(1970, 1, 1)
+#: Units parsed per worker task: big enough to amortise pandas calls.
+_TASK_UNITS = 64
+
+#: Scalar aggregates per VM-day and their dtypes.  ``n`` counts records after
+#: de-duplication, ``minutes`` distinct minutes; sums skip unknown values and
+#: ``*_n`` counts the known ones; maxima are NaN when nothing was known.
+SCALARS = {
+    "n": np.int32,
+    "minutes": np.int32,
+    "first_ts": np.int64,
+    "last_ts": np.int64,
+    "cpu_sum": np.float64,
+    "mem_sum": np.float64,
+    "disk_sum": np.float64,
+    "net_sum": np.float64,
+    "disk_n": np.int32,
+    "net_n": np.int32,
+    "cpu_max": np.float32,
+    "cpu_peak": np.float32,
+    "mem_max": np.float32,
+    "disk_max": np.float64,
+    "net_max": np.float64,
+    "vcpus": np.float32,
+    "mem_mb": np.float64,
+    "bad": np.int32,
+}
+#: Per-hour (24 columns) aggregates: records, sums and maxima, for schedules and sparklines.
+HOURLY = {
+    "h_n": np.int16,
+    "h_cpu_sum": np.float32,
+    "h_mem_sum": np.float32,
+    "h_cpu_max": np.float32,
+    "h_disk_sum": np.float32,
+    "h_net_sum": np.float32,
+}
+HISTOGRAMS = {"hist_cpu": PCT_BINS, "hist_mem": PCT_BINS, "hist_disk": RATE_BINS, "hist_net": RATE_BINS}
+_READ = ["cpu", "cpu_max", "mem", "disk_r", "disk_w", "net_rx", "net_tx", "vcpus", "mem_mb"]
+
+
+def day_number(day: str) -> int:
+    return (datetime.date.fromisoformat(day) - _EPOCH).days
+
+
+def day_name(number: int) -> str:
+    return (_EPOCH + datetime.timedelta(days=int(number))).isoformat()
+
+
+@dataclass
+class Unit:
+    vm: str
+    day: int
+    files: tuple  # ((path, size, mtime_ns), ...)
+
+
+def discover(data_dirs: Sequence[str]) -> dict[tuple[str, int], list[str]]:
+    """``{(vm, day): [paths]}`` over every data dir; ReportError when a dir is unusable."""
+    units: dict[tuple[str, int], list[str]] = {}
+    for data_dir in data_dirs:
+        if not os.path.isdir(data_dir):
+            raise ReportError("data dir %s does not exist or is not a directory" % data_dir)
+        found = 0
+        try:
+            for vm in logstore.iter_vms(data_dir):
+                for day, path in logstore.day_files(data_dir, vm):
+                    try:
+                        number = day_number(day)
+                    except ValueError:
+                        continue
+                    units.setdefault((vm, number), []).append(path)
+                    found += 1
+        except (OSError, ValueError) as exc:
+            raise ReportError("cannot list logs in %s: %s" % (data_dir, exc)) from None
+        if not found:
+            raise ReportError(
+                "data dir %s holds no VM logs (expected %s/<vm>/<day>%s)"
+                % (data_dir, logstore.VMS_DIR, logstore.SUFFIX)
+            )
+    return units
+
+
+def _signature(paths: list[str]) -> tuple:
+    out = []
+    for path in sorted(paths):
+        stat = os.stat(path)
+        out.append((path, stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+def empty_table(rows: int) -> dict[str, np.ndarray]:
+    table: dict[str, np.ndarray] = {name: np.zeros(rows, dtype) for name, dtype in SCALARS.items()}
+    for name, dtype in HOURLY.items():
+        table[name] = np.zeros((rows, 24), dtype)
+    for name, bins in HISTOGRAMS.items():
+        table[name] = np.zeros((rows, bins), np.uint16)
+    return table
+
+
+def aggregate_units(paths_per_unit: list[list[str]]) -> dict[str, np.ndarray]:
+    """Parse the files of several units and reduce each unit to its aggregates."""
+    paths = [p for group in paths_per_unit for p in group]
+    owner = np.repeat(np.arange(len(paths_per_unit), dtype=np.int64), [len(g) for g in paths_per_unit])
+    frame, bad = logstore.read_columns(paths, _READ, as_float=True)
+    out = empty_table(len(paths_per_unit))
+    np.add.at(out["bad"], owner, np.asarray(bad, dtype=np.int32))
+    if not len(frame):
+        return out
+    unit = owner[frame["file"].to_numpy()]
+    ts = frame["ts"].to_numpy()
+    order = np.lexsort((np.arange(len(ts)), ts, unit))
+    unit, ts = unit[order], ts[order]
+    last = np.ones(len(ts), bool)
+    last[:-1] = (unit[1:] != unit[:-1]) | (ts[1:] != ts[:-1])
+    keep = order[last]
+    unit, ts = unit[last], ts[last]
+    col = {name: frame[name].to_numpy()[keep] for name in _READ}
+    disk = _sum_known(col["disk_r"], col["disk_w"])
+    net = _sum_known(col["net_rx"], col["net_tx"])
+
+    starts = np.flatnonzero(np.r_[True, unit[1:] != unit[:-1]])
+    units = unit[starts]
+    out["n"][units] = np.diff(np.r_[starts, len(unit)])
+    minute = ts // 60
+    new_minute = np.r_[True, (unit[1:] != unit[:-1]) | (minute[1:] != minute[:-1])]
+    out["minutes"][units] = np.add.reduceat(new_minute.astype(np.int32), starts)
+    out["first_ts"][units] = ts[starts]
+    out["last_ts"][units] = ts[np.r_[starts[1:], len(ts)] - 1]
+    cpu = np.nan_to_num(col["cpu"])
+    mem = np.nan_to_num(col["mem"])
+    out["cpu_sum"][units] = np.add.reduceat(cpu, starts)
+    out["mem_sum"][units] = np.add.reduceat(mem, starts)
+    out["disk_sum"][units] = np.add.reduceat(np.nan_to_num(disk), starts)
+    out["net_sum"][units] = np.add.reduceat(np.nan_to_num(net), starts)
+    out["disk_n"][units] = np.add.reduceat((~np.isnan(disk)).astype(np.int32), starts)
+    out["net_n"][units] = np.add.reduceat((~np.isnan(net)).astype(np.int32), starts)
+    out["cpu_max"][units] = np.fmax.reduceat(col["cpu"], starts)
+    out["cpu_peak"][units] = np.fmax.reduceat(col["cpu_max"], starts)
+    out["mem_max"][units] = np.fmax.reduceat(col["mem"], starts)
+    out["disk_max"][units] = np.fmax.reduceat(disk, starts)
+    out["net_max"][units] = np.fmax.reduceat(net, starts)
+    for name in ("vcpus", "mem_mb"):
+        out[name][units] = _last_known(col[name], unit, len(paths_per_unit))[units]
+
+    hour = (ts // 3600) % 24
+    cell = unit * 24 + hour
+    cells = len(paths_per_unit) * 24
+    cell_starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    where = cell[cell_starts]
+    counts = np.diff(np.r_[cell_starts, len(cell)])
+    out["h_n"].reshape(cells)[where] = np.minimum(counts, np.iinfo(np.int16).max)
+    out["h_cpu_sum"].reshape(cells)[where] = np.add.reduceat(cpu, cell_starts)
+    out["h_mem_sum"].reshape(cells)[where] = np.add.reduceat(mem, cell_starts)
+    out["h_cpu_max"].reshape(cells)[where] = np.fmax.reduceat(col["cpu"], cell_starts)
+    out["h_disk_sum"].reshape(cells)[where] = np.add.reduceat(np.nan_to_num(disk), cell_starts)
+    out["h_net_sum"].reshape(cells)[where] = np.add.reduceat(np.nan_to_num(net), cell_starts)
+
+    rows = len(paths_per_unit)
+    for name, values, binner, bins in (
+        ("hist_cpu", col["cpu"], pct_bin, PCT_BINS),
+        ("hist_mem", col["mem"], pct_bin, PCT_BINS),
+        ("hist_disk", disk, rate_bin, RATE_BINS),
+        ("hist_net", net, rate_bin, RATE_BINS),
+    ):
+        known = ~np.isnan(values)
+        flat = np.bincount(unit[known] * bins + binner(values[known]), minlength=rows * bins)
+        if flat.max(initial=0) > np.iinfo(np.uint16).max:
+            out[name] = out[name].astype(np.uint32)
+        out[name][:] = flat.reshape(rows, bins)
+    return out
+
+
+def _sum_known(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b where either is known; NaN only when both are unknown."""
+    both_missing = np.isnan(a) & np.isnan(b)
+    total = np.nan_to_num(a) + np.nan_to_num(b)
+    total[both_missing] = np.nan
+    return total
+
+
+def _last_known(values: np.ndarray, unit: np.ndarray, rows: int) -> np.ndarray:
+    """The last non-NaN value of each unit (NaN if none): the VM's size that day."""
+    out = np.full(rows, np.nan)
+    known = ~np.isnan(values)
+    out[unit[known]] = values[known]  # later rows overwrite earlier ones
+    return out
+
+
+def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out = {}
+    for name in tables[0]:
+        parts = [t[name] for t in tables]
+        dtype = np.result_type(*[p.dtype for p in parts])
+        out[name] = np.concatenate([p.astype(dtype, copy=False) for p in parts])
+    return out
+
+
+@dataclass
+class DayTable:
+    """Aggregates of every loaded VM-day, sorted by VM then day."""
+
+    vms: list[str]
+    vm_index: np.ndarray
+    day: np.ndarray
+    data: dict[str, np.ndarray]
+    parsed_units: int
+    cached_units: int
+
+
+def load(
+    units: dict[tuple[str, int], list[str]],
+    cache_dir: str | None,
+    first_day: int,
+    last_day: int,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int = 2,
+) -> DayTable:
+    """Aggregates of the VM-days of ``units`` in ``[first_day, last_day]``.
+
+    VMs whose logs all predate ``first_day`` contribute their last day, so the
+    report can call them stopped with a real last-seen time.
+    """
+    wanted = {}
+    last_before: dict[str, int] = {}
+    for (vm, day), paths in units.items():
+        if day > last_day:
+            continue
+        if day < first_day:
+            last_before[vm] = max(day, last_before.get(vm, day))
+            continue
+        wanted[(vm, day)] = paths
+    in_window = {vm for vm, _day in wanted}
+    for vm, day in last_before.items():
+        if vm not in in_window:
+            wanted[(vm, day)] = units[(vm, day)]
+    keys = sorted(wanted)
+    try:
+        signatures = [_signature(wanted[k]) for k in keys]
+    except OSError as exc:
+        raise ReportError("cannot read log file: %s" % exc) from None
+
+    cache = _read_cache(cache_dir)
+    position = {key: i for i, key in enumerate(cache["keys"])} if cache else {}
+    reuse, stale = [], []
+    for i, (key, sig) in enumerate(zip(keys, signatures, strict=True)):
+        j = position.get(key)
+        if j is not None and cache["sigs"][j] == sig:
+            reuse.append((i, j))
+        else:
+            stale.append(i)
+
+    parts = []
+    order = []
+    if reuse:
+        rows = np.array([j for _i, j in reuse])
+        parts.append({name: values[rows] for name, values in cache["data"].items()})
+        order.extend(i for i, _j in reuse)
+    if stale:
+        parts.extend(_parse(keys, wanted, stale, progress, workers))
+        order.extend(stale)
+    data = concat_tables(parts) if parts else empty_table(0)
+    if parts:
+        inverse = np.empty(len(order), np.int64)
+        inverse[np.array(order)] = np.arange(len(order))
+        data = {name: values[inverse] for name, values in data.items()}
+    if cache_dir and (stale or not cache or len(cache["keys"]) != len(keys)):
+        _write_cache(cache_dir, {"version": CACHE_VERSION, "keys": keys, "sigs": signatures, "data": data})
+
+    vms = sorted({vm for vm, _day in keys})
+    index = {vm: i for i, vm in enumerate(vms)}
+    return DayTable(
+        vms,
+        np.array([index[vm] for vm, _day in keys], dtype=np.int32),
+        np.array([day for _vm, day in keys], dtype=np.int32),
+        data,
+        parsed_units=len(stale),
+        cached_units=len(reuse),
+    )
+
+
+def _parse(keys, wanted, stale, progress, workers) -> list[dict[str, np.ndarray]]:
+    tasks = [[wanted[keys[i]] for i in stale[s : s + _TASK_UNITS]] for s in range(0, len(stale), _TASK_UNITS)]
+    results = []
+    done = 0
+    if workers > 1 and len(tasks) > 1 and "fork" in _start_methods():
+        import multiprocessing
+
+        import pandas  # noqa: F401  (imported once here, inherited by the forked workers)
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for task, result in zip(tasks, pool.map(aggregate_units, tasks), strict=True):
+                results.append(result)
+                done += len(task)
+                if progress:
+                    progress(done, len(stale))
+    else:
+        for task in tasks:
+            results.append(aggregate_units(task))
+            done += len(task)
+            if progress:
+                progress(done, len(stale))
+    return results
+
+
+def _start_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()
+
+
+def _read_cache(cache_dir: str | None) -> dict | None:
+    if not cache_dir:
+        return None
+    try:
+        with open(os.path.join(cache_dir, CACHE_NAME), "rb") as handle:
+            cache = pickle.load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        return None
+    if not isinstance(cache, dict) or cache.get("version") != CACHE_VERSION:
+        return None
+    return cache
+
+
+def _write_cache(cache_dir: str, cache: dict) -> None:
+    """Write atomically; a cache that cannot be written only costs time next run."""
+    path = os.path.join(cache_dir, CACHE_NAME)
+    temporary = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            pickle.dump(cache, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temporary, path)
+    except OSError as exc:
+        print("vmstats report: cache not written (%s)" % exc, file=sys.stderr)
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass

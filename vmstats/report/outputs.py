@@ -1,0 +1,160 @@
+"""report.csv, report.json and the terminal summary.
+
+CSV_COLUMNS is the one list of CSV columns; docs/REPORT.md documents each,
+in this order, and a test holds the two together.  JSON rows carry the same
+columns with the same values (null where the CSV cell is empty), plus the
+evidence, hour-of-week profiles and sparklines the CSV cannot hold.
+"""
+
+import csv
+import json
+import math
+import os
+from typing import Any, TextIO
+
+from vmstats.report.build import Report
+from vmstats.report.policy import CANDIDATES
+
+CSV_COLUMNS = (
+    "rank",
+    "vm",
+    "category",
+    "monthly_saving",
+    "confidence",
+    "confidence_label",
+    "reason",
+    "recommendation",
+    "group",
+    "excluded_reason",
+    "monthly_cost",
+    "usage_cost",
+    "vcpus",
+    "mem_gb",
+    "recommended_vcpus",
+    "recommended_mem_gb",
+    "recommended_size",
+    "off_hours_per_week",
+    "coverage",
+    "first_seen",
+    "last_seen",
+    "records",
+    "cpu_avg",
+    "cpu_p50",
+    "cpu_p95",
+    "cpu_p99",
+    "cpu_max",
+    "cpu_peak",
+    "mem_avg",
+    "mem_p95",
+    "mem_max",
+    "disk_avg",
+    "disk_p95",
+    "net_avg",
+    "net_p95",
+    "idle_share",
+    "idle_days",
+    "days_with_data",
+    "cpu_trend",
+    "mem_trend",
+    "bad_lines",
+)
+JSON_EXTRA = ("evidence", "hour_of_week_cpu", "hour_of_week_mem", "spark_cpu", "spark_mem")
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
+def write_csv(report: Report, path: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for row in report.rows:
+            writer.writerow([_cell(row[c]) for c in CSV_COLUMNS])
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(report: Report, path: str) -> None:
+    document = {
+        "meta": report.meta,
+        "fleet": report.fleet,
+        "columns": list(CSV_COLUMNS),
+        "vms": [{c: row[c] for c in CSV_COLUMNS + JSON_EXTRA} for row in report.rows],
+    }
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(_clean(document), handle, indent=1, allow_nan=False)
+        handle.write("\n")
+
+
+def money(value: float, currency: str) -> str:
+    return "%s %s" % (currency, format(value, ",.2f"))
+
+
+def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10) -> None:
+    meta = report.meta
+    window = meta["window"]
+    currency = meta["prices"]["currency"]
+    totals = meta["totals"]
+    print(
+        "vmstats report: %d VMs, window %s .. %s (%d expected minutes)"
+        % (totals["vms"], window["start"], window["end"], window["expected_minutes"]),
+        file=stream,
+    )
+    if meta["prices"]["is_example"]:
+        print("prices: the shipped EXAMPLE price book (pass --prices FILE for your own)", file=stream)
+    else:
+        print("prices: %s" % meta["prices"]["source"], file=stream)
+    parts = []
+    for name, entry in meta["categories"].items():
+        if entry["vms"]:
+            parts.append("%s %d" % (name, entry["vms"]))
+    print("categories: " + ", ".join(parts), file=stream)
+    print(
+        "monthly cost %s; saving %s from %d candidates"
+        % (
+            money(totals["monthly_cost"], currency),
+            money(totals["monthly_saving"], currency),
+            totals["candidates"],
+        ),
+        file=stream,
+    )
+    if totals["bad_lines"]:
+        print("malformed log lines skipped: %d" % totals["bad_lines"], file=stream)
+    candidates = [r for r in report.rows if r["category"] in CANDIDATES][:top]
+    if candidates:
+        print("", file=stream)
+        print(
+            "%4s  %-22s %-9s %12s %5s  %s"
+            % ("rank", "vm", "category", "saving/mo", "conf", "recommendation"),
+            file=stream,
+        )
+        for row in candidates:
+            print(
+                "%4d  %-22s %-9s %12s %5.2f  %s"
+                % (
+                    row["rank"],
+                    row["vm"][:22],
+                    row["category"],
+                    format(row["monthly_saving"], ",.2f"),
+                    row["confidence"],
+                    row["recommendation"][:60],
+                ),
+                file=stream,
+            )
+    print("", file=stream)
+    print(
+        "written: %s"
+        % ", ".join(os.path.join(out_dir, n) for n in ("report.html", "report.csv", "report.json")),
+        file=stream,
+    )

@@ -1,0 +1,258 @@
+"""The reclamation policy: exactly one category per VM, with evidence and confidence.
+
+Rules are tried in this order and the first that fires decides (so savings
+are never counted twice):
+
+1. ``stopped``            no record for ``stopped_after_hours`` before the window's end
+2. ``insufficient-data``  coverage below ``coverage_min`` (missing data is not idle)
+3. ``reclaim``            CPU, disk and network below their idle limits at the
+                          ``idle_percentile`` and memory not being worked
+4. ``schedule``           steadily idle in recurring hour slots, busy in others
+5. ``downsize``           a smaller shape holds p95/p99 use plus headroom, use not rising
+6. ``keep``
+
+Exclusions are applied last: an excluded VM shows what it would have been.
+Thresholds come from settings.py; docs/POLICY.md explains each rule.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmstats.report.prices import PriceBook
+
+CATEGORIES = ("stopped", "insufficient-data", "reclaim", "schedule", "downsize", "keep", "excluded")
+CANDIDATES = ("reclaim", "schedule", "downsize")
+DAYS = ("Mon-Fri", "Sat-Sun")
+
+
+@dataclass
+class Decision:
+    category: str
+    reason: str
+    confidence: float
+    monthly_saving: float = 0.0
+    recommendation: str = ""
+    recommended_vcpus: float = math.nan
+    recommended_mem_gb: float = math.nan
+    recommended_size: str = ""
+    off_hours_per_week: float = 0.0
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def _clip(value: float, low: float = 0.0, high: float = 1.0) -> float:
+    if value != value:
+        return low
+    return min(high, max(low, value))
+
+
+def _known(value: float) -> bool:
+    return value == value
+
+
+def confidence_label(value: float) -> str:
+    return "high" if value >= 0.7 else "medium" if value >= 0.4 else "low"
+
+
+def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceBook) -> Decision:
+    """The category of one VM from its statistics ``vm`` and its settings ``s``."""
+    gap_hours = (window_end - vm["last_seen"]) / 3600.0
+    if gap_hours > s["stopped_after_hours"]:
+        return Decision(
+            "stopped",
+            "no record for %.1f h before the window's end (limit %g h)"
+            % (gap_hours, s["stopped_after_hours"]),
+            round(_clip(0.5 + 0.5 * gap_hours / (4 * s["stopped_after_hours"])), 2),
+            recommendation="check whether the VM still exists and still costs",
+            evidence={"hours_since_last_record": round(gap_hours, 1)},
+        )
+    coverage = vm["coverage"]
+    if coverage < s["coverage_min"]:
+        return Decision(
+            "insufficient-data",
+            "coverage %.0f%% below the %.0f%% gate" % (100 * coverage, 100 * s["coverage_min"]),
+            1.0,
+            recommendation="collect more data before deciding",
+            evidence={"coverage": round(coverage, 3)},
+        )
+    coverage_f = 0.5 + 0.5 * _clip((coverage - s["coverage_min"]) / max(1e-9, 1 - s["coverage_min"]))
+    stability_f = 1.0 - _clip(vm["cpu_p95_daily_std"] / max(vm["cpu_p95_daily_mean"], 5.0), 0, 0.5)
+    cost = vm["monthly_cost"]
+
+    idle = _reclaim(vm, s)
+    if idle is not None:
+        margin = min(idle.values())
+        conf = coverage_f * (0.5 + 0.5 * margin) * stability_f
+        q = s["idle_percentile"]
+        return Decision(
+            "reclaim",
+            "idle: CPU p%g %.1f%% < %g%%, disk p%g %s < %s, net p%g %s < %s, "
+            "memory swing %.1f < %g pts"
+            % (
+                q,
+                vm["cpu_idle_pct"],
+                s["cpu_idle"],
+                q,
+                rate(vm["disk_idle_pct"]),
+                rate(s["disk_idle"]),
+                q,
+                rate(vm["net_idle_pct"]),
+                rate(s["net_idle"]),
+                vm["mem_p95"] - vm["mem_p05"],
+                s["mem_idle_swing"],
+            ),
+            round(conf, 2),
+            monthly_saving=_money(cost),
+            recommendation="stop and remove (snapshot first)",
+            recommended_vcpus=0,
+            recommended_mem_gb=0,
+            evidence={
+                "margins": {k: round(v, 3) for k, v in idle.items()},
+                "idle_days": int(vm["idle_days"]),
+            },
+        )
+
+    plan = _schedule(vm, s)
+    if plan is not None:
+        off_hours, irregular, text = plan
+        # Day-to-day swings are the point of a schedule: no stability factor here.
+        conf = coverage_f * (0.5 + 0.5 * (1 - irregular / max(s["schedule_max_irregular"], 1e-9)))
+        return Decision(
+            "schedule",
+            "idle %.0f of 168 hours a week in recurring slots, busy otherwise" % off_hours,
+            round(_clip(conf), 2),
+            monthly_saving=_money(cost * off_hours / 168.0),
+            recommendation=text,
+            off_hours_per_week=off_hours,
+            evidence={"off_hours_per_week": off_hours, "irregular_share": round(irregular, 3)},
+        )
+
+    return _downsize(vm, s, prices, coverage_f, stability_f)
+
+
+def rate(value: float) -> str:
+    """A byte rate for people."""
+    if not _known(value):
+        return "n/a"
+    for unit, size in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if value >= size:
+            return "%.1f %s" % (value / size, unit)
+    return "%.0f B/s" % value
+
+
+def _money(value: float) -> float:
+    return round(value, 2) if _known(value) else 0.0
+
+
+def _reclaim(vm: dict[str, Any], s: dict[str, Any]) -> dict[str, float] | None:
+    """Margins below each idle limit when every one holds, else None.
+
+    A metric that was never reported cannot prove idleness: it blocks reclaim.
+    """
+    checks = {
+        "cpu": (vm["cpu_idle_pct"], s["cpu_idle"]),
+        "disk": (vm["disk_idle_pct"], s["disk_idle"]),
+        "net": (vm["net_idle_pct"], s["net_idle"]),
+        "mem": (vm["mem_p95"] - vm["mem_p05"], s["mem_idle_swing"]),
+    }
+    margins = {}
+    for name, (value, limit) in checks.items():
+        if not _known(value) or value >= limit:
+            return None
+        margins[name] = 1.0 - value / limit if limit > 0 else 0.0
+    return margins
+
+
+def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> tuple[float, float, str] | None:
+    hours, busy = vm["slot_hours"], vm["slot_busy"]
+    weight = [5.0] * 24 + [2.0] * 24  # hours a week each slot stands for
+    idle_slots = [hours[i] > 0 and busy[i] == 0 for i in range(48)]
+    busy_slots = [hours[i] > 0 and busy[i] / hours[i] >= s["schedule_busy_share"] for i in range(48)]
+    off = sum(w for w, i in zip(weight, idle_slots, strict=True) if i)
+    on = sum(w for w, b in zip(weight, busy_slots, strict=True) if b)
+    irregular = (168.0 - off - on) / 168.0
+    if off < s["schedule_min_off_hours"] or on <= 0 or irregular > s["schedule_max_irregular"]:
+        return None
+    parts = []
+    for d, label in enumerate(DAYS):
+        text = _hour_ranges(idle_slots[24 * d : 24 * d + 24])
+        if text:
+            parts.append("%s %s" % (label, text))
+    offset = s["utc_offset_hours"]
+    zone = "UTC" if not offset else "UTC%+g" % offset
+    return off, irregular, "off %s (%s)" % ("; ".join(parts), zone)
+
+
+def _hour_ranges(idle: list[bool]) -> str:
+    """``18:00-08:00`` style ranges of idle hours in a day, wrapping past midnight."""
+    if all(idle):
+        return "all day"
+    start = idle.index(False)  # rotate so the scan starts in a busy hour
+    ranges = []
+    run = None
+    for k in range(1, 25):
+        h = (start + k) % 24
+        if idle[h] and run is None:
+            run = h
+        elif not idle[h] and run is not None:
+            ranges.append("%02d:00-%02d:00" % (run, h))
+            run = None
+    return ", ".join(ranges)
+
+
+def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> Decision:
+    vcpus, mem_gb, cost = vm["vcpus"], vm["mem_gb"], vm["monthly_cost"]
+    if not (_known(vcpus) and _known(mem_gb) and _known(cost)):
+        return Decision("keep", "size not reported: cannot size down", round(coverage_f * 0.5, 2))
+    cpu_use = max(vm["cpu_p95"] * (1 + s["headroom"]), vm["cpu_p99"])
+    mem_use = max(vm["mem_p95"] * (1 + s["headroom"]), vm["mem_max"])
+    need_vcpus = vcpus * cpu_use / 100.0
+    need_gb = mem_gb * mem_use / 100.0
+    name, new_vcpus, new_gb, new_cost = prices.smaller(
+        need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"]
+    )
+    saving = cost - new_cost
+    evidence = {
+        "need_vcpus": round(need_vcpus, 2),
+        "need_mem_gb": round(need_gb, 2),
+        "cpu_trend": _round(vm["cpu_trend"]),
+        "mem_trend": _round(vm["mem_trend"]),
+    }
+    if not (saving > cost * s["downsize_min_saving"] and new_vcpus <= vcpus and new_gb <= mem_gb):
+        return Decision(
+            "keep",
+            "in use: needs %.2f vCPU and %.1f GB of %g vCPU / %g GB" % (need_vcpus, need_gb, vcpus, mem_gb),
+            round(coverage_f * stability_f, 2),
+            evidence=evidence,
+        )
+    rising = max(
+        vm["cpu_trend"] if _known(vm["cpu_trend"]) else 0.0,
+        vm["mem_trend"] if _known(vm["mem_trend"]) else 0.0,
+    )
+    if rising >= s["trend_rising"]:
+        return Decision(
+            "keep",
+            "oversized but use is rising %.1f points/week (limit %g)" % (rising, s["trend_rising"]),
+            round(coverage_f * stability_f, 2),
+            evidence=evidence,
+        )
+    room = min(1.0 - need_vcpus / new_vcpus, 1.0 - need_gb / new_gb)
+    trend_f = 1.0 - 0.5 * _clip(rising / max(s["trend_rising"], 1e-9))
+    conf = coverage_f * (0.5 + 0.5 * _clip(room)) * stability_f * trend_f
+    target = "%g vCPU / %g GB" % (new_vcpus, new_gb) + (" (%s)" % name if name else "")
+    return Decision(
+        "downsize",
+        "CPU p95 %.1f%% p99 %.1f%%, memory p95 %.1f%% max %.1f%% of %g vCPU / %g GB"
+        % (vm["cpu_p95"], vm["cpu_p99"], vm["mem_p95"], vm["mem_max"], vcpus, mem_gb),
+        round(_clip(conf), 2),
+        monthly_saving=_money(saving),
+        recommendation="resize to " + target,
+        recommended_vcpus=new_vcpus,
+        recommended_mem_gb=new_gb,
+        recommended_size=name,
+        evidence=evidence,
+    )
+
+
+def _round(value: float, digits: int = 2) -> float | None:
+    return round(value, digits) if _known(value) else None

@@ -1,0 +1,132 @@
+"""The price book: what a VM costs as provisioned, by use, and after a recommendation.
+
+Prices are the operator's own (a TOML file); the shipped example is only a
+starting point and the report says when it was used.  Named sizes, when the
+book has them, price a VM whose shape matches one and are what a downsize
+picks from; otherwise unit prices per vCPU-hour and GB-RAM-hour apply and a
+downsize picks from the policy's size ladders.
+"""
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from vmstats.report.settings import ReportError, load_toml
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "examples", "pricebook.toml")
+BYTES_PER_GB = 1e9
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    vcpus: float
+    memory_gb: float
+    hourly: float
+
+
+@dataclass
+class PriceBook:
+    source: str
+    is_example: bool
+    currency: str
+    hours_per_month: float
+    vcpu_hour: float
+    gb_ram_hour: float
+    disk_gb: float = 0.0
+    network_gb: float = 0.0
+    sizes: list[Size] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | None) -> "PriceBook":
+        source = path or EXAMPLE
+        data = load_toml(source, "price book")
+
+        def number(key: str, default: float | None = None) -> float:
+            value = data.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ReportError("price book %s: %s must be a non-negative number" % (source, key))
+            return float(value)
+
+        unknown = set(data) - {
+            "currency",
+            "hours_per_month",
+            "vcpu_hour",
+            "gb_ram_hour",
+            "disk_gb",
+            "network_gb",
+            "sizes",
+        }
+        if unknown:
+            raise ReportError("price book %s: unknown key %s" % (source, sorted(unknown)[0]))
+        sizes = []
+        for i, item in enumerate(data.get("sizes", [])):
+            try:
+                sizes.append(
+                    Size(
+                        str(item["name"]),
+                        float(item["vcpus"]),
+                        float(item["memory_gb"]),
+                        float(item["hourly"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                raise ReportError(
+                    "price book %s: size %d needs name, vcpus, memory_gb and hourly" % (source, i + 1)
+                ) from None
+        return cls(
+            source=source,
+            is_example=path is None,
+            currency=str(data.get("currency", "USD")),
+            hours_per_month=number("hours_per_month", 730.0),
+            vcpu_hour=number("vcpu_hour"),
+            gb_ram_hour=number("gb_ram_hour"),
+            disk_gb=number("disk_gb", 0.0),
+            network_gb=number("network_gb", 0.0),
+            sizes=sorted(sizes, key=lambda s: s.hourly),
+        )
+
+    def hourly(self, vcpus: float, memory_gb: float) -> float:
+        """Hourly price of a shape: its named size when one matches exactly, else unit prices."""
+        for size in self.sizes:
+            if size.vcpus == vcpus and size.memory_gb == memory_gb:
+                return size.hourly
+        return vcpus * self.vcpu_hour + memory_gb * self.gb_ram_hour
+
+    def monthly(self, vcpus: float, memory_gb: float) -> float:
+        if not (vcpus > 0 and memory_gb > 0):
+            return math.nan
+        return self.hourly(vcpus, memory_gb) * self.hours_per_month
+
+    def usage_monthly(
+        self, vcpus: float, memory_gb: float, cpu_avg: float, mem_avg: float, disk_avg: float, net_avg: float
+    ) -> float:
+        """The usage-based billing view: what was actually used, times unit prices."""
+        if not (vcpus > 0 and memory_gb > 0):
+            return math.nan
+        seconds = self.hours_per_month * 3600.0
+        compute = (
+            _known(cpu_avg) / 100.0 * vcpus * self.vcpu_hour
+            + _known(mem_avg) / 100.0 * memory_gb * self.gb_ram_hour
+        ) * self.hours_per_month
+        transfer = (
+            _known(disk_avg) * seconds / BYTES_PER_GB * self.disk_gb
+            + _known(net_avg) * seconds / BYTES_PER_GB * self.network_gb
+        )
+        return compute + transfer
+
+    def smaller(
+        self, need_vcpus: float, need_gb: float, vcpu_ladder: list[float], memory_ladder: list[float]
+    ) -> tuple[str, float, float, float]:
+        """The cheapest shape holding the need: ``(name, vcpus, memory_gb, monthly)``."""
+        fitting = [s for s in self.sizes if s.vcpus >= need_vcpus and s.memory_gb >= need_gb]
+        if fitting:
+            best = fitting[0]
+            return best.name, best.vcpus, best.memory_gb, best.hourly * self.hours_per_month
+        vcpus = next((v for v in vcpu_ladder if v >= need_vcpus), math.ceil(need_vcpus))
+        memory = next((m for m in memory_ladder if m >= need_gb), math.ceil(need_gb))
+        return "", vcpus, memory, self.monthly(vcpus, memory)
+
+
+def _known(value: float) -> float:
+    return 0.0 if value != value else value

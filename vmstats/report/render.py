@@ -1,0 +1,152 @@
+"""report.html: one self-contained page (inline CSS, SVG and a few lines of JS).
+
+Charts are drawn here as SVG strings so the page needs no network and no
+charting library; the template only lays them out.
+"""
+
+import html
+import os
+from typing import Any
+
+import jinja2
+
+from vmstats.report.build import Report
+from vmstats.report.policy import CANDIDATES, CATEGORIES, rate
+
+TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
+COLOURS = {
+    "stopped": "#7f7f7f",
+    "insufficient-data": "#bcbd22",
+    "reclaim": "#d62728",
+    "schedule": "#9467bd",
+    "downsize": "#ff7f0e",
+    "keep": "#2ca02c",
+    "excluded": "#17becf",
+}
+SPARK_W, SPARK_H = 140, 30
+
+
+def sparkline(cpu: list, mem: list) -> str:
+    """CPU (blue) and memory (orange) over the window, 0-100%; gaps where no data."""
+    count = max(len(cpu), 1)
+    step = SPARK_W / max(count - 1, 1)
+    lines = []
+    for values, colour in ((mem, "#f28e2b"), (cpu, "#4e79a7")):
+        runs, current = [], []
+        for i, value in enumerate(values):
+            if value is None:
+                if current:
+                    runs.append(current)
+                current = []
+                continue
+            current.append("%.1f,%.1f" % (i * step, SPARK_H - 1 - value / 100.0 * (SPARK_H - 2)))
+        if current:
+            runs.append(current)
+        for run in runs:
+            if len(run) == 1:
+                x, y = run[0].split(",")
+                lines.append('<circle cx="%s" cy="%s" r="1" fill="%s"/>' % (x, y, colour))
+            else:
+                lines.append(
+                    '<polyline fill="none" stroke="%s" stroke-width="1.2" points="%s"/>'
+                    % (colour, " ".join(run))
+                )
+    return (
+        '<svg class="spark" width="%d" height="%d" viewBox="0 0 %d %d" role="img" '
+        'aria-label="CPU and memory over the window"><rect width="%d" height="%d" fill="#f7f7f7"/>%s</svg>'
+        % (SPARK_W, SPARK_H, SPARK_W, SPARK_H, SPARK_W, SPARK_H, "".join(lines))
+    )
+
+
+def distribution_chart(fleet: dict[str, list[int]]) -> str:
+    """Grouped bars: VMs per 10-point band of CPU p95 and of memory p95."""
+    width, height, left, bottom = 520, 200, 36, 34
+    top = max([1] + fleet["cpu_p95"] + fleet["mem_p95"])
+    band = (width - left - 10) / 10.0
+    parts = [
+        '<svg width="%d" height="%d" viewBox="0 0 %d %d" role="img" '
+        'aria-label="VMs by CPU and memory p95">' % (width, height, width, height)
+    ]
+    plot_h = height - bottom - 10
+    for k in range(5):
+        y = 10 + plot_h * k / 4.0
+        value = top * (4 - k) / 4.0
+        parts.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/>' % (left, width - 10, y, y))
+        parts.append(
+            '<text x="%d" y="%.1f" font-size="10" text-anchor="end">%d</text>' % (left - 4, y + 3, value)
+        )
+    for i in range(10):
+        x = left + i * band
+        for j, (metric, colour) in enumerate((("cpu_p95", "#4e79a7"), ("mem_p95", "#f28e2b"))):
+            count = fleet[metric][i]
+            h = plot_h * count / top
+            parts.append(
+                '<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %d-%d%%: %d VMs'
+                "</title></rect>"
+                % (
+                    x + 3 + j * (band - 6) / 2,
+                    10 + plot_h - h,
+                    (band - 6) / 2,
+                    h,
+                    colour,
+                    metric,
+                    i * 10,
+                    i * 10 + 10,
+                    count,
+                )
+            )
+        parts.append(
+            '<text x="%.1f" y="%d" font-size="10" text-anchor="middle">%d-%d</text>'
+            % (x + band / 2, height - bottom + 14, i * 10, i * 10 + 10)
+        )
+    parts.append(
+        '<text x="%d" y="%d" font-size="11" text-anchor="middle">p95 utilisation over the window, %%'
+        "</text>" % (left + (width - left) / 2, height - 4)
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def category_bar(categories: dict[str, dict[str, Any]], total: int) -> str:
+    width = 520
+    x = 0.0
+    parts = ['<svg width="%d" height="18" role="img" aria-label="VMs by category">' % width]
+    for name in CATEGORIES:
+        count = categories[name]["vms"]
+        if not count:
+            continue
+        w = width * count / max(total, 1)
+        parts.append(
+            '<rect x="%.1f" y="0" width="%.1f" height="18" fill="%s"><title>%s: %d</title></rect>'
+            % (x, w, COLOURS[name], html.escape(name), count)
+        )
+        x += w
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render(report: Report, path: str) -> None:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["rate"] = rate
+    env.filters["num"] = lambda v, fmt="%.1f": "" if v is None else fmt % v
+    template = env.get_template("report.html.j2")
+    meta = report.meta
+    rows = []
+    for row in report.rows:
+        rows.append(
+            dict(row, spark=sparkline(row["spark_cpu"], row["spark_mem"]), colour=COLOURS[row["category"]])
+        )
+    text = template.render(
+        meta=meta,
+        rows=rows,
+        categories=CATEGORIES,
+        colours=COLOURS,
+        candidates=CANDIDATES,
+        currency=meta["prices"]["currency"],
+        distribution=distribution_chart(report.fleet),
+        category_bar=category_bar(meta["categories"], meta["totals"]["vms"]),
+    )
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)

@@ -1,0 +1,184 @@
+"""Every threshold of the report in one place, and how overrides reach a VM.
+
+Defaults live in SETTINGS (docs/POLICY.md explains each and the published
+rule it is modelled on).  A policy TOML file overrides them at its top level
+and per group; CLI flags override the file.  Groups select VMs by id glob
+pattern (``web-*``) or CIDR (``10.1.0.0/16``); the first matching group wins,
+so specific groups go first.
+"""
+
+import fnmatch
+import ipaddress
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ReportError(ValueError):
+    """A problem with the operator's input: reported as one line, never a traceback."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    unit: str
+    meaning: str
+
+
+SETTINGS = (
+    Setting("days", 14, "days", "look-back window, whole UTC days ending with the latest record's day"),
+    Setting("stopped_after_hours", 24.0, "hours", "no record for this long before the window's end: stopped"),
+    Setting("coverage_min", 0.5, "share", "below this share of expected minutes: insufficient-data"),
+    Setting("idle_percentile", 99.0, "percentile", "percentile of CPU, disk, net held to idle limits"),
+    Setting("cpu_idle", 5.0, "% of vCPUs", "CPU below this at idle_percentile counts as idle"),
+    Setting("disk_idle", 102400.0, "bytes/s", "disk read+write below this at idle_percentile counts as idle"),
+    Setting("net_idle", 2048.0, "bytes/s", "network rx+tx below this at idle_percentile counts as idle"),
+    Setting("mem_idle_swing", 10.0, "points", "memory p95 minus p5 below this: memory is not being worked"),
+    Setting("idle_day_cpu", 10.0, "% of vCPUs", "a day is idle when its CPU p95 is at most this ..."),
+    Setting("idle_day_net_mb", 5.0, "MB", "... and its network traffic at most this (Trusted Advisor's day)"),
+    Setting("schedule_min_off_hours", 40.0, "hours/week", "fewest idle hours a week worth a schedule"),
+    Setting("schedule_busy_share", 0.5, "share", "a slot is busy when busy in this share of weeks"),
+    Setting("schedule_max_irregular", 0.1, "share", "most slots neither steadily idle nor busy"),
+    Setting("schedule_hour_min_minutes", 30, "minutes", "an hour with fewer records proves nothing"),
+    Setting("utc_offset_hours", 0.0, "hours", "local time of the VM's users, for schedules"),
+    Setting("headroom", 0.3, "share", "room kept above p95 use when sizing down"),
+    Setting("downsize_min_saving", 0.1, "share", "smallest saving (share of cost) worth a resize"),
+    Setting("trend_rising", 5.0, "points/week", "daily p95 rising this fast blocks downsizing"),
+    Setting("vcpu_ladder", [1, 2, 4, 8, 16, 32, 48, 64, 96, 128], "vCPUs", "sizes a downsize may pick"),
+    Setting("memory_ladder_gb", [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512], "GB", "memory sizes to pick"),
+)
+DEFAULTS = {s.name: s.default for s in SETTINGS}
+#: Settings a group may not change: they define the fleet-wide window.
+FLEET_ONLY = ("days",)
+
+
+def coerce(name: str, value: Any, origin: str) -> Any:
+    """Check one override against the default's type; ReportError names the origin."""
+    if name not in DEFAULTS:
+        raise ReportError("%s: unknown setting %r (known: %s)" % (origin, name, ", ".join(DEFAULTS)))
+    default = DEFAULTS[name]
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        try:
+            items = sorted(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ReportError("%s: %s must be a list of numbers" % (origin, name)) from None
+        if not items or items[0] <= 0:
+            raise ReportError("%s: %s must list positive numbers" % (origin, name))
+        return items
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ReportError("%s: %s must be a number" % (origin, name))
+    try:
+        number = float(value)
+    except ValueError:
+        raise ReportError("%s: %s=%r is not a number" % (origin, name, value)) from None
+    if number < 0 and name != "utc_offset_hours" or number != number:
+        raise ReportError("%s: %s must not be negative" % (origin, name))
+    if name in ("coverage_min", "schedule_busy_share", "schedule_max_irregular") and number > 1:
+        raise ReportError("%s: %s is a share between 0 and 1" % (origin, name))
+    if name == "idle_percentile" and not 0 < number <= 100:
+        raise ReportError("%s: idle_percentile must be in (0, 100]" % origin)
+    return int(number) if isinstance(default, int) else number
+
+
+@dataclass
+class Group:
+    name: str
+    patterns: list[str]
+    networks: list[Any]
+    overrides: dict[str, Any]
+
+    def matches(self, vm: str) -> bool:
+        if any(fnmatch.fnmatchcase(vm, p) for p in self.patterns):
+            return True
+        if self.networks:
+            try:
+                address = ipaddress.ip_address(vm)
+            except ValueError:
+                return False
+            return any(address in net for net in self.networks)
+        return False
+
+
+def parse_selector(values: Iterable[str], origin: str) -> tuple[list[str], list[Any]]:
+    """Split VM selectors into glob patterns and networks (anything with a ``/`` is a CIDR)."""
+    patterns, networks = [], []
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise ReportError("%s: a VM selector must be a non-empty string" % origin)
+        if "/" in value:
+            try:
+                networks.append(ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                raise ReportError("%s: %r is not a CIDR network" % (origin, value)) from None
+        else:
+            patterns.append(value)
+    return patterns, networks
+
+
+def load_toml(path: str, what: str) -> dict:
+    """Read a TOML file or raise ReportError with one readable line."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ReportError("%s file %s does not exist" % (what, path)) from None
+    except OSError as exc:
+        raise ReportError("cannot read %s file %s: %s" % (what, path, exc.strerror)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ReportError("%s file %s is not valid TOML: %s" % (what, path, exc)) from None
+
+
+@dataclass
+class Policy:
+    """The effective settings: defaults, then the policy file, then CLI flags, then groups."""
+
+    base: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    groups: list[Group] = field(default_factory=list)
+    source: str = "built-in defaults"
+
+    @classmethod
+    def load(cls, path: str | None = None, overrides: dict[str, Any] | None = None) -> "Policy":
+        policy = cls()
+        if path:
+            data = load_toml(path, "policy")
+            policy.source = path
+            for key, value in data.items():
+                if key == "groups":
+                    policy.groups = [
+                        _group(g, "%s: group %d" % (path, i + 1))
+                        for i, g in enumerate(value if isinstance(value, list) else [None])
+                    ]
+                else:
+                    policy.base[key] = coerce(key, value, path)
+        for key, value in (overrides or {}).items():
+            policy.base[key] = coerce(key, value, "option --%s" % key.replace("_", "-"))
+        return policy
+
+    def for_vm(self, vm: str) -> tuple[str, dict[str, Any]]:
+        """``(group name, settings)`` of one VM: its group's overrides over the base."""
+        for group in self.groups:
+            if group.matches(vm):
+                merged = dict(self.base)
+                merged.update(group.overrides)
+                return group.name, merged
+        return "", self.base
+
+
+def _group(data: Any, origin: str) -> Group:
+    if not isinstance(data, dict) or "match" not in data:
+        raise ReportError("%s: each [[groups]] table needs a 'match' list of VM patterns or CIDRs" % origin)
+    match = data["match"]
+    patterns, networks = parse_selector([match] if isinstance(match, str) else match, origin)
+    name = str(data.get("name", ",".join(match if isinstance(match, list) else [match])))
+    overrides = {}
+    for key, value in data.items():
+        if key in ("match", "name"):
+            continue
+        if key in FLEET_ONLY:
+            raise ReportError("%s: %s applies to the whole fleet, not a group" % (origin, key))
+        overrides[key] = coerce(key, value, origin)
+    return Group(name, patterns, networks, overrides)
