@@ -1,0 +1,314 @@
+"""``vmstats simulate``, ``vmstats replay`` and ``vmstats score``."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from collections import Counter
+
+import click
+
+from vmstats.protocol import encode_records
+
+TRANSPORT = click.Choice(["udp", "tcp"])
+#: UDP has no flow control; this pace keeps a loopback server's socket buffer from overflowing.
+DEFAULT_UDP_RATE = 20000
+
+
+def _moment(text: str | None) -> int | None:
+    """Unix seconds from ``1732262400``, ``2024-05-01`` or ``2024-05-01T09:00:00Z`` (UTC by default)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("%r is neither Unix seconds nor an ISO 8601 time" % text) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp())
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.BadParameter("--speed is 'max' or a factor such as 60, got %r" % text) from None
+    if not value > 0:
+        raise click.BadParameter("--speed factor must be positive")
+    return value
+
+
+def _open(transport: str, server: str, rate: float | None, timeout: float):
+    from vmstats.simulator.sender import SendError, open_sender
+
+    if transport == "udp" and rate is None:
+        rate = DEFAULT_UDP_RATE
+    try:
+        return open_sender(transport, server, rate=rate or None,
+                           **({"timeout": timeout} if transport == "tcp" else {}))
+    except (ValueError, SendError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _finish(sender, summary: dict, json_path: str | None, timeout: float) -> None:
+    """Wait for acknowledgements, print and save the summary, and fail loudly on any loss."""
+    stats = sender.close(timeout)
+    summary.update(stats.as_dict())
+    rate = stats.records / stats.elapsed if stats.elapsed else 0.0
+    line = "sent %d records over %s in %.1f s (%.0f records/s)" % (stats.records, stats.transport,
+                                                                  stats.elapsed, rate)
+    if stats.transport == "tcp":
+        line += "; server accepted %d, rejected %d" % (stats.accepted, stats.rejected)
+        if stats.resent_batches or stats.reconnects:
+            line += "; %d batches resent (naks %s, reconnects %d)" % (
+                stats.resent_batches, dict(stats.naks) or "none", stats.reconnects)
+    click.echo(line)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2, sort_keys=True)
+    if stats.unacknowledged:
+        raise click.ClickException("%d records were not acknowledged by the server within %.0f s"
+                                   % (stats.unacknowledged, timeout))
+    if stats.rejected:
+        raise click.ClickException("the server rejected %d records (see its /metrics for the reasons)"
+                                   % stats.rejected)
+
+
+_common = [
+    click.option("--server", default="127.0.0.1:8899", show_default=True, help="HOST:PORT of vmstats serve."),
+    click.option("--transport", type=TRANSPORT, default="tcp", show_default=True,
+                 help="tcp: acknowledged, resent on nak or disconnect. udp: packed datagrams, paced."),
+    click.option("--rate", type=click.FloatRange(0), default=None,
+                 help="Cap in records/s (0 = none). Default: none over tcp, %d over udp." % DEFAULT_UDP_RATE),
+    click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
+                 help="Give up when the server acknowledges nothing for this many seconds."),
+    click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+                 help="Also write the run's summary here as JSON."),
+]
+
+
+def common_options(func):
+    for option in reversed(_common):
+        func = option(func)
+    return func
+
+
+@click.command()
+@click.option("--vms", type=click.IntRange(1, 1_000_000), default=200, show_default=True, help="Fleet size.")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
+              help="Simulated days of 1-minute records, ending at the current minute.")
+@click.option("--seed", type=int, default=1, show_default=True, help="The same seed gives the same fleet.")
+@click.option("--mix", default=None,
+              help="Profile weights, e.g. 'idle=30,oversized=20,steady_busy=50' (unnamed: none). "
+                   "Default: a typical private cloud (see docs/SIMULATOR.md).")
+@click.option("--speed", default="max", show_default=True,
+              help="'max', or simulated seconds per real second (60: a simulated minute each second).")
+@click.option("--truth", type=click.Path(dir_okay=False), default=None,
+              help="Write each VM's size, profile and expected report category here (CSV).")
+@click.option("--end", default=None,
+              help="Last minute of the period (Unix seconds or ISO 8601). Default: now.")
+@click.option("--dry-run", is_flag=True,
+              help="Generate and encode everything, send nothing (measures the simulator).")
+@common_options
+def simulate(vms, days, seed, mix, speed, truth, end, dry_run, server, transport, rate, timeout, json_path):
+    """Push a simulated fleet's 1-minute records to a server, through the real encoder and sockets.
+
+    Each VM gets a size and a usage profile (idle, low_steady, business_hours,
+    nightly_batch, bursty_web, steady_busy, memory_heavy, network_heavy,
+    growing, oversized, stopped). Time is simulated: the period ends at the
+    current minute, so the server's future-timestamp check passes.
+    """
+    from vmstats.simulator import fleet as fleets
+
+    factor = _speed(speed)
+    try:
+        weights = fleets.parse_mix(mix)
+    except fleets.MixError as exc:
+        raise click.BadParameter(str(exc), param_hint="--mix") from None
+    start, stop = fleets.period(_moment(end) or time.time(), days)
+    fleet = fleets.make_fleet(vms, seed, weights, start, stop)
+    if truth:
+        try:
+            with open(truth, "w", encoding="utf-8") as handle:
+                handle.write(fleets.truth_csv(fleet))
+        except OSError as exc:
+            raise click.ClickException("cannot write --truth %s: %s" % (truth, exc.strerror)) from None
+    counts = Counter(vm.profile for vm in fleet)
+    click.echo("fleet of %d VMs, seed %d, %s to %s UTC: %s" % (
+        vms, seed, datetime.datetime.fromtimestamp(start, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        datetime.datetime.fromtimestamp(stop, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        ", ".join("%s %d" % (name, counts[name]) for name in fleets.PROFILES if counts[name])))
+    summary = {"vms": vms, "days": days, "seed": seed, "start": start, "end": stop, "profiles": dict(counts)}
+    slice_minutes = 60 if factor is None else max(1, min(60, int(factor // 60)))
+    if dry_run:
+        began = time.monotonic()
+        total = sum(len(encode_records(records))
+                    for _t, records in fleets.generate(fleet, seed, start, stop, slice_minutes))
+        spent = time.monotonic() - began
+        click.echo("generated and encoded %d records in %.1f s (%.0f records/s), sent nothing"
+                   % (total, spent, total / spent if spent else 0.0))
+        return
+    from vmstats.simulator.sender import SendError
+
+    sender = _open(transport, server, rate, timeout)
+    began = time.monotonic()
+    try:
+        for slice_start, records in fleets.generate(fleet, seed, start, stop, slice_minutes):
+            if factor is not None:
+                due = began + (slice_start - start) / factor
+                if due > time.monotonic():
+                    time.sleep(due - time.monotonic())
+            sender.send(encode_records(records))
+    except SendError as exc:
+        raise click.ClickException(str(exc)) from None
+    _finish(sender, summary, json_path, timeout)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["bitbrains", "planetlab", "csv"]), required=True,
+              help="bitbrains (GWA-T-12 files), planetlab (CoMon CPU files) or csv "
+                   "(header vm,timestamp,cpu,mem; optional cpu_max,disk_r,disk_w,net_rx,net_tx,"
+                   "vcpus,mem_mb).")
+@click.option("--vm-map", type=click.Path(dir_okay=False), default=None,
+              help="CSV 'source,vm': the id each source (file name or csv vm) is sent as. "
+                   "Default: bitbrains-<file>, planetlab-<file>, the csv's own vm.")
+@click.option("--start", default=None,
+              help="planetlab only: time of the first 5-minute slot (Unix seconds or ISO 8601). "
+                   "Default: 2011-03-06T00:00Z, the day the sample was recorded.")
+@click.option("--interval", type=click.IntRange(60), default=None,
+              help="Seconds per trace row (a multiple of 60). "
+                   "Default: 300 for bitbrains and planetlab, 60 for csv.")
+@click.option("--fill-mem", type=click.FloatRange(0, 100), default=None,
+              help="Memory %% to send when the trace has none "
+                   "(planetlab is CPU only; the protocol requires mem).")
+@click.option("--fill-size", default=None, metavar="VCPUS:MEM_MB",
+              help="Size to send when the trace has none (planetlab), e.g. 2:4096.")
+@common_options
+def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, server, transport, rate, timeout,
+           json_path):
+    """Replay recorded traces (files or folders, .gz accepted) through the encoder and sockets to a server.
+
+    Rows coarser than a minute are held: each 5-minute row becomes five
+    1-minute records with the row's values (stamped t, t+60, ..., never past
+    the next row), so the values stay exactly as recorded and the clock real.
+    Rows where the VM was off send nothing (missing is not idle); CPU above
+    100 % is clamped; duplicates keep the last row; every quirk is counted in
+    the summary. Records keep their original (past) timestamps.
+    """
+    from vmstats.simulator import traces
+
+    fill = {}
+    if fill_mem is not None:
+        fill["mem"] = float(fill_mem)
+    if fill_size:
+        try:
+            vcpus, mem_mb = (int(part) for part in fill_size.split(":"))
+        except ValueError:
+            raise click.BadParameter("expected VCPUS:MEM_MB such as 2:4096",
+                                     param_hint="--fill-size") from None
+        fill.update(vcpus=vcpus, mem_mb=mem_mb)
+    if fmt == "planetlab" and "mem" not in fill:
+        raise click.UsageError("planetlab traces hold CPU only and every record needs mem: "
+                               "pass --fill-mem PCT to state the memory use to assume")
+    quirks: Counter = Counter()
+    try:
+        mapping = traces.load_vm_map(vm_map) if vm_map else None
+        files = traces.find_trace_files(paths)
+        if not files:
+            raise traces.TraceError("no trace files under %s" % ", ".join(paths))
+        found = [traces.read_trace(path, fmt, vm_map=mapping, start=_moment(start), interval=interval,
+                                   fill=fill, quirks=quirks) for path in files]
+    except traces.TraceError as exc:
+        raise click.ClickException(str(exc)) from None
+    sender = _open(transport, server, rate, timeout)
+    vms = set()
+    from vmstats.simulator.sender import SendError
+
+    try:
+        for batch in interleave(found):
+            if any(record.mem is None for record in batch):
+                raise click.ClickException("%s has no memory values and the protocol requires mem: pass "
+                                           "--fill-mem PCT" % batch[0].vm)
+            vms.add(batch[0].vm)
+            sender.send(encode_records(batch))
+    except (traces.TraceError, SendError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("replayed %d files (%d VMs), format %s" % (len(files), len(vms), fmt))
+    click.echo(render_quirks(quirks))
+    _finish(sender, {"files": len(files), "vms": len(vms), "quirks": dict(quirks)}, json_path, timeout)
+
+
+def interleave(found, chunk: int = 60, group: int = 64):
+    """Batches of ``chunk`` records taking turns across up to ``group`` traces at a time.
+
+    A real fleet reports all VMs each minute; sending one VM's month in one
+    burst would instead fill that VM's buffer on the server.  Groups bound how
+    many traces are held in memory at once.
+    """
+    from itertools import islice
+
+    for first in range(0, len(found), group):
+        iterators = [iter(trace) for trace in found[first:first + group]]
+        while iterators:
+            alive = []
+            for iterator in iterators:
+                batch = list(islice(iterator, chunk))
+                if batch:
+                    # A csv file may hold several VMs: one batch, one VM.
+                    yield from _split_by_vm(batch)
+                    alive.append(iterator)
+            iterators = alive
+
+
+def _split_by_vm(batch):
+    if batch[0].vm == batch[-1].vm:
+        yield batch
+        return
+    current = [batch[0]]
+    for record in batch[1:]:
+        if record.vm != current[-1].vm:
+            yield current
+            current = []
+        current.append(record)
+    yield current
+
+
+def render_quirks(quirks: Counter) -> str:
+    from vmstats.simulator.traces import QUIRKS
+
+    lines = ["trace quirks (handled, never fatal):"]
+    for name, meaning in QUIRKS.items():
+        if name == "rows" or quirks.get(name):
+            lines.append("  %-20s %9d  %s" % (name, quirks.get(name, 0), meaning))
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--truth", type=click.Path(dir_okay=False), required=True,
+              help="The truth file of vmstats simulate.")
+@click.option("--report", "report_path", type=click.Path(), required=True,
+              help="The report's report.csv (or the folder holding it).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the score here as JSON.")
+@click.option("--max-wrong", type=click.IntRange(0), default=30, show_default=True,
+              help="List at most this many wrong verdicts.")
+def score(truth, report_path, json_path, max_wrong):
+    """Grade a reclamation report against a simulated fleet's truth: accuracy, confusion, misses."""
+    from vmstats.simulator import score as scoring
+
+    try:
+        result = scoring.score(scoring.load_truth(truth), scoring.load_report(report_path))
+    except scoring.ScoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(scoring.render(result, max_wrong))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(result.as_dict(), handle, indent=2, sort_keys=True)
+    sys.stdout.flush()

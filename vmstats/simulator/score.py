@@ -1,0 +1,166 @@
+"""Grading a reclamation report against the simulator's truth.
+
+A report is only as good as its verdicts on VMs whose right answer is known.
+The simulator writes that answer (the truth file); this module joins it with
+the report's ``report.csv`` and says, per expected category, how often the
+report agreed, where it went wrong, and how much of the savings it claims
+rest on correct verdicts.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from vmstats.simulator.fleet import TRUTH_COLUMNS
+from vmstats.simulator.profiles import EXPECTED
+
+#: Report categories in display order; a VM absent from the report is "missing".
+REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "keep", "stopped", "insufficient-data", "excluded")
+MISSING = "missing"
+
+
+class ScoreError(ValueError):
+    """A truth or report file that cannot be read or lacks its columns."""
+
+
+@dataclass
+class TruthRow:
+    vm: str
+    vcpus: int
+    mem_mb: int
+    profile: str
+    expected: str
+
+
+@dataclass
+class Score:
+    """The outcome of grading: counts, confusion, the VMs the report got wrong, savings."""
+
+    total: int = 0
+    correct: int = 0
+    per_expected: dict = field(default_factory=dict)  # expected -> (n, correct)
+    confusion: dict = field(default_factory=dict)  # expected -> Counter(got)
+    wrong: list = field(default_factory=list)  # (vm, profile, expected, got)
+    extra: int = 0  # report rows for VMs the truth does not know
+    saving_total: float = 0.0
+    saving_correct: float = 0.0
+    saving_wrong: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "total": self.total, "correct": self.correct, "accuracy": self.accuracy,
+            "per_expected": {k: {"vms": n, "correct": c} for k, (n, c) in self.per_expected.items()},
+            "confusion": {k: dict(v) for k, v in self.confusion.items()},
+            "wrong": [dict(zip(("vm", "profile", "expected", "got"), w, strict=True)) for w in self.wrong],
+            "extra": self.extra, "saving_total": self.saving_total,
+            "saving_correct": self.saving_correct, "saving_wrong": self.saving_wrong,
+        }
+
+
+def _rows(path: str, needed: tuple[str, ...], what: str) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in needed if c not in (reader.fieldnames or ())]
+            if missing:
+                raise ScoreError("%s %s lacks column(s) %s" % (what, path, ", ".join(missing)))
+            return list(reader)
+    except OSError as exc:
+        raise ScoreError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ScoreError("%s %s is not valid CSV: %s" % (what, path, exc)) from None
+
+
+def load_truth(path: str) -> dict[str, TruthRow]:
+    truth = {}
+    for number, row in enumerate(_rows(path, TRUTH_COLUMNS, "truth file"), 2):
+        try:
+            item = TruthRow(row["vm"], int(row["vcpus"]), int(row["mem_mb"]), row["profile"], row["expected"])
+        except (TypeError, ValueError):
+            raise ScoreError("truth file %s:%d: vcpus and mem_mb must be integers" % (path, number)) from None
+        if item.expected not in EXPECTED:
+            raise ScoreError("truth file %s:%d: expected %r is not one of %s"
+                             % (path, number, item.expected, ", ".join(EXPECTED)))
+        truth[item.vm] = item
+    return truth
+
+
+def report_csv_path(path: str) -> str:
+    """A report folder means its ``report.csv``."""
+    return os.path.join(path, "report.csv") if os.path.isdir(path) else path
+
+
+def load_report(path: str) -> dict[str, tuple[str, float]]:
+    """vm -> (category, monthly_saving) from a report CSV."""
+    path = report_csv_path(path)
+    report = {}
+    for number, row in enumerate(_rows(path, ("vm", "category", "monthly_saving"), "report"), 2):
+        text = (row["monthly_saving"] or "").strip()
+        try:
+            saving = float(text) if text else 0.0
+        except ValueError:
+            raise ScoreError("report %s:%d: monthly_saving %r is not a number"
+                             % (path, number, text)) from None
+        report[row["vm"]] = ((row["category"] or "").strip(), saving)
+    return report
+
+
+def score(truth: dict[str, TruthRow], report: dict[str, tuple[str, float]]) -> Score:
+    result = Score()
+    for name in EXPECTED:
+        result.per_expected[name] = (0, 0)
+        result.confusion[name] = Counter()
+    for vm, item in truth.items():
+        got, saving = report.get(vm, (MISSING, 0.0))
+        n, c = result.per_expected[item.expected]
+        right = got == item.expected
+        result.per_expected[item.expected] = (n + 1, c + right)
+        result.confusion[item.expected][got] += 1
+        result.total += 1
+        result.correct += right
+        result.saving_total += saving
+        if right:
+            result.saving_correct += saving
+        else:
+            result.saving_wrong += saving
+            result.wrong.append((vm, item.profile, item.expected, got))
+    result.extra = sum(1 for vm in report if vm not in truth)
+    result.saving_total += sum(s for vm, (_c, s) in report.items() if vm not in truth)
+    result.wrong.sort(key=lambda w: (w[2], w[3], w[0]))
+    return result
+
+
+def render(result: Score, max_wrong: int = 30) -> str:
+    """The terminal summary: accuracy per expected category, the confusion table, the misses."""
+    lines = ["Score against the simulator's truth: %d of %d VMs right (%.1f %%)"
+             % (result.correct, result.total, 100.0 * result.accuracy), ""]
+    lines.append("%-10s %5s %7s %9s" % ("expected", "VMs", "right", "accuracy"))
+    for name, (n, c) in result.per_expected.items():
+        if n:
+            lines.append("%-10s %5d %7d %8.1f%%" % (name, n, c, 100.0 * c / n))
+    seen = [c for c in REPORT_CATEGORIES + (MISSING,)
+            if any(result.confusion[e][c] for e in result.confusion)]
+    seen += sorted({c for e in result.confusion.values() for c in e} - set(seen))
+    lines += ["", "Confusion (rows: expected, columns: report's category)",
+              "%-10s " % "" + " ".join("%9s" % c[:9] for c in seen)]
+    for name in EXPECTED:
+        if result.per_expected[name][0]:
+            lines.append("%-10s " % name + " ".join("%9d" % result.confusion[name][c] for c in seen))
+    if result.wrong:
+        lines += ["", "Wrong verdicts (%d):" % len(result.wrong)]
+        for vm, profile, expected, got in result.wrong[:max_wrong]:
+            lines.append("  %-18s %-15s expected %-9s got %s" % (vm, profile, expected, got))
+        if len(result.wrong) > max_wrong:
+            lines.append("  ... and %d more" % (len(result.wrong) - max_wrong))
+    if result.extra:
+        lines.append("\n%d VMs in the report are not in the truth file (not scored)." % result.extra)
+    lines += ["", "Savings claimed: %.2f per month; %.2f on correct verdicts, %.2f on wrong ones."
+              % (result.saving_total, result.saving_correct, result.saving_wrong)]
+    return "\n".join(lines)
