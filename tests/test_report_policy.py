@@ -1,0 +1,195 @@
+"""Each policy rule on constructed series: exactly one category per VM, with the rule's numbers."""
+
+import numpy as np
+import pytest
+from test_report_stats import DAY, T0, run, series, write_records
+
+from vmstats.report.policy import CATEGORIES
+from vmstats.report.prices import PriceBook
+from vmstats.report.settings import Policy, ReportError
+
+MINUTES = 14 * 1440
+TS = T0 + 60 * np.arange(MINUTES)
+HOUR = (TS // 3600) % 24
+WEEKDAY = ((TS // DAY) + 3) % 7  # 0 = Monday
+RNG = np.random.default_rng(3)
+NOISE = RNG.random(MINUTES)
+
+
+def flat(value):
+    return np.full(MINUTES, float(value))
+
+
+def build_fleet(data):
+    """One VM per rule; returns {vm: expected category}."""
+    quiet_disk, quiet_net = 500 + 500 * NOISE, 200 + 200 * NOISE
+    fleet = {}
+
+    def add(vm, expected, cpu, mem, disk=quiet_disk, net=quiet_net, ts=TS, **kw):
+        write_records(data, series(vm, ts, np.round(cpu, 1), np.round(mem, 1), disk, net, **kw))
+        fleet[vm] = expected
+
+    add("idle", "reclaim", 0.5 + NOISE, 30 + NOISE, vcpus=2, mem_mb=4096)
+    batch = HOUR == 2
+    add(
+        "nightly-batch",
+        "schedule",
+        np.where(batch, 85.0, 1.0),
+        np.where(batch, 60.0, 30.0),
+        disk=np.where(batch, 5e6, 500.0),
+        net=np.where(batch, 1e6, 200.0),
+        vcpus=4,
+        mem_mb=8192,
+    )
+    office = (WEEKDAY < 5) & (HOUR >= 9) & (HOUR < 17)
+    add(
+        "business-hours",
+        "schedule",
+        np.where(office, 40 + 20 * NOISE, 1.0),
+        np.where(office, 60.0, 35.0),
+        disk=np.where(office, 1e6, 500.0),
+        net=np.where(office, 5e5, 200.0),
+        vcpus=4,
+        mem_mb=16384,
+    )
+    # Memory-only: CPU, disk and network quiet, memory worked every hour: never idle, and a
+    # resize may only take away CPUs.
+    add("memory-only", "downsize", 1.0 + NOISE, 30 + 30 * (np.sin(TS / 1800.0) ** 2), vcpus=8, mem_mb=16384)
+    # Network-only: a quiet CPU forwarding a steady stream.
+    add("network-only", "downsize", 1.0 + NOISE, flat(30), net=8e5 + 1e5 * NOISE, vcpus=8, mem_mb=16384)
+    day = (TS - T0) // DAY
+    add(
+        "growing",
+        "keep",
+        5 + 1.0 * day + NOISE,
+        20 + NOISE,
+        vcpus=8,
+        mem_mb=32768,
+        disk=flat(5e5),
+        net=flat(5e5),
+    )
+    add(
+        "oversized",
+        "downsize",
+        8 + 4 * NOISE,
+        15 + 5 * NOISE,
+        disk=flat(5e5),
+        net=flat(5e5),
+        vcpus=8,
+        mem_mb=32768,
+    )
+    add("busy", "keep", 60 + 30 * NOISE, 70 + 10 * NOISE, disk=flat(5e5), net=flat(5e5), vcpus=4, mem_mb=8192)
+    early = TS < T0 + 10 * DAY
+    add(
+        "stopped",
+        "stopped",
+        flat(40)[early],
+        flat(50)[early],
+        disk=quiet_disk[early],
+        net=quiet_net[early],
+        ts=TS[early],
+    )
+    sparse = RNG.random(MINUTES) < 0.3
+    add(
+        "sparse",
+        "insufficient-data",
+        flat(1)[sparse],
+        flat(30)[sparse],
+        disk=quiet_disk[sparse],
+        net=quiet_net[sparse],
+        ts=TS[sparse],
+    )
+    return fleet
+
+
+@pytest.fixture(scope="module")
+def decided(tmp_path_factory):
+    data = tmp_path_factory.mktemp("policy") / "data"
+    expected = build_fleet(data)
+    report, rows = run([data])
+    return data, expected, report, rows
+
+
+def test_each_rule_gives_its_category(decided):
+    _data, expected, _report, rows = decided
+    assert {vm: rows[vm]["category"] for vm in expected} == expected
+    for row in rows.values():
+        assert row["category"] in CATEGORIES
+        assert 0 <= row["confidence"] <= 1 and row["reason"]
+
+
+def test_evidence_and_savings(decided):
+    _data, _expected, report, rows = decided
+    prices = PriceBook.load(None)
+    idle = rows["idle"]
+    assert idle["monthly_saving"] == idle["monthly_cost"] == pytest.approx(prices.monthly(2, 4), abs=0.01)
+    assert "CPU p99" in idle["reason"] and idle["confidence_label"] == "high"
+
+    office = rows["business-hours"]
+    assert office["off_hours_per_week"] == 128.0
+    assert office["monthly_saving"] == pytest.approx(office["monthly_cost"] * 128 / 168, abs=0.01)
+    assert office["recommendation"] == "off Mon-Fri 17:00-09:00; Sat-Sun all day (UTC)"
+
+    night = rows["nightly-batch"]
+    assert night["recommendation"] == "off Mon-Fri 03:00-02:00; Sat-Sun 03:00-02:00 (UTC)"
+    assert night["cpu_p99"] > 5  # the percentile sees the nightly job: not idle
+
+    memory = rows["memory-only"]
+    assert memory["mem_p95"] > 55 and memory["recommended_mem_gb"] == 16
+    assert memory["recommended_vcpus"] < 8
+
+    big = rows["oversized"]
+    assert big["recommended_vcpus"] < 8 and big["recommended_mem_gb"] < 32
+    new_cost = prices.monthly(big["recommended_vcpus"], big["recommended_mem_gb"])
+    assert big["monthly_saving"] == pytest.approx(big["monthly_cost"] - new_cost, abs=0.01)
+
+    assert "rising" in rows["growing"]["reason"] and rows["growing"]["cpu_trend"] > 5
+    assert "coverage" in rows["sparse"]["reason"] and rows["sparse"]["coverage"] < 0.5
+    assert rows["stopped"]["monthly_saving"] == 0
+
+    # Totals count each VM once, in its one category.
+    assert report.meta["totals"]["monthly_saving"] == pytest.approx(
+        sum(r["monthly_saving"] for r in rows.values())
+    )
+
+
+def test_ranking_puts_most_money_with_most_confidence_first(decided):
+    _data, _expected, report, _rows = decided
+    ranked = [r for r in report.rows if r["category"] in ("reclaim", "schedule", "downsize")]
+    assert ranked == report.rows[: len(ranked)]
+    keys = [r["monthly_saving"] * r["confidence"] for r in ranked]
+    assert keys == sorted(keys, reverse=True)
+    assert [r["rank"] for r in report.rows] == list(range(1, len(report.rows) + 1))
+
+
+def test_group_overrides_and_flags(decided, tmp_path):
+    data, _expected, _report, _rows = decided
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(
+        "cpu_idle = 5.0\n"
+        '[[groups]]\nname = "batch"\nmatch = ["nightly-*", "10.200.0.0/16"]\nidle_percentile = 95\n'
+        "disk_idle = 1e7\nnet_idle = 2e6\n"
+    )
+    _report, rows = run([data], policy=Policy.load(str(policy_file)))
+    # At p95 a one-hour nightly job is invisible: this group's own rule calls it idle.
+    assert rows["nightly-batch"]["category"] == "reclaim" and rows["nightly-batch"]["group"] == "batch"
+    assert rows["idle"]["group"] == "" and rows["idle"]["category"] == "reclaim"
+    # A CLI flag beats the file.
+    _report, rows = run([data], policy=Policy.load(str(policy_file), {"cpu_idle": 0.1}))
+    assert rows["idle"]["category"] != "reclaim"
+
+
+def test_bad_policy_files_are_readable_errors(tmp_path):
+    cases = {
+        "unknown.toml": ("cpu_idel = 3\n", "unknown setting 'cpu_idel'"),
+        "type.toml": ('cpu_idle = "lots"\n', "not a number"),
+        "syntax.toml": ("cpu_idle = = 3\n", "not valid TOML"),
+        "group.toml": ("[[groups]]\ncpu_idle = 3\n", "needs a 'match'"),
+        "cidr.toml": ('[[groups]]\nmatch = "10.0.0.0/33"\n', "not a CIDR"),
+        "share.toml": ("coverage_min = 3\n", "between 0 and 1"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ReportError, match=message):
+            Policy.load(str(path))
