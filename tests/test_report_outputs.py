@@ -1,0 +1,204 @@
+"""The `vmstats report` command end to end: files written, their agreement, exclusions, errors."""
+
+import csv
+import datetime
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from test_report_policy import build_fleet
+
+from vmstats.report.outputs import CSV_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def vmstats(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "vmstats", "report", *map(str, args)],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    base = tmp_path_factory.mktemp("outputs")
+    data = base / "data"
+    expected = build_fleet(data)
+    today = datetime.date.today()
+    exclusions = base / "exclusions.toml"
+    exclusions.write_text(
+        '[[exclude]]\nvm = "idle"\nreason = "DR standby, idle by design"\nexpires = %s\n\n'
+        '[[exclude]]\nvm = "oversized*"\nreason = "old freeze"\nexpires = %s\n'
+        % (today + datetime.timedelta(days=30), today - datetime.timedelta(days=1))
+    )
+    out = base / "out"
+    result = vmstats(data, "-o", out, "--exclusions", exclusions)
+    assert result.returncode == 0, result.stderr
+    return data, expected, out, result
+
+
+class _Table(HTMLParser):
+    """Collects the text of every cell of the VM table and every external reference."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_table = False
+        self.cells = []
+        self.external = []
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id") == "vms":
+            self.in_table = True
+        if self.in_table and tag == "td":
+            self._cell = []
+        for name in ("src", "href"):
+            if attrs.get(name, "").startswith(("http:", "https:", "//")):
+                self.external.append(attrs[name])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.in_table = False
+        if tag == "td" and self._cell is not None:
+            self.cells.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_html_is_self_contained_and_lists_every_vm(fleet):
+    _data, expected, out, _result = fleet
+    page = (out / "report.html").read_text()
+    parser = _Table()
+    parser.feed(page)
+    parser.close()
+    assert parser.external == [] and "<script src" not in page
+    vms = [cell.split(" group ")[0] for cell in parser.cells[1::11]]
+    assert sorted(vms) == sorted(expected)
+    assert "example price book" in page
+    assert page.count('<svg class="spark"') == len(expected)
+
+
+def test_csv_columns_are_exactly_the_documented_ones(fleet):
+    _data, expected, out, _result = fleet
+    documented = re.findall(r"^\| `([a-z_0-9]+)` \|", (ROOT / "docs/REPORT.md").read_text(), re.M)
+    with open(out / "report.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == documented == list(CSV_COLUMNS)
+    assert len(rows) == len(expected) + 1
+
+
+def test_json_holds_the_same_data_as_csv(fleet):
+    _data, _expected, out, _result = fleet
+    document = json.loads((out / "report.json").read_text())
+    with open(out / "report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["vm"] for r in rows] == [v["vm"] for v in document["vms"]]
+    for row, item in zip(rows, document["vms"], strict=True):
+        for column in CSV_COLUMNS:
+            value = item[column]
+            if value is None:
+                assert row[column] == "", column
+            elif isinstance(value, (int, float)):
+                assert float(row[column]) == pytest.approx(value), column
+            else:
+                assert row[column] == value, column
+        assert len(item["hour_of_week_cpu"]) == 168
+    totals = document["meta"]["totals"]
+    assert totals["monthly_saving"] == pytest.approx(sum(float(r["monthly_saving"]) for r in rows), abs=0.01)
+    assert document["meta"]["prices"]["is_example"] is True
+
+
+def test_exclusions_and_expiry(fleet):
+    _data, _expected, out, result = fleet
+    document = json.loads((out / "report.json").read_text())
+    by_vm = {v["vm"]: v for v in document["vms"]}
+    assert by_vm["idle"]["category"] == "excluded"
+    assert by_vm["idle"]["excluded_reason"] == "DR standby, idle by design"
+    assert by_vm["idle"]["evidence"]["would_be"] == "reclaim" and by_vm["idle"]["monthly_saving"] == 0
+    # The expired exclusion does not apply, and the report says it expired.
+    assert by_vm["oversized"]["category"] == "downsize"
+    assert [e["vm"] for e in document["meta"]["exclusions"]["expired"]] == ["oversized*"]
+    assert "old freeze" in (out / "report.html").read_text()
+
+
+def test_terminal_summary(fleet):
+    _data, expected, _out, result = fleet
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("vmstats report: %d VMs, window 2026-01-01T00:00:00Z" % len(expected))
+    assert any("EXAMPLE price book" in line for line in lines)
+    assert any(re.match(r"\s+1\s+\S+\s+(reclaim|schedule|downsize)\s", line) for line in lines)
+    assert "Traceback" not in result.stderr
+
+
+def test_rerun_uses_the_cache_and_gives_the_same_report(fleet, tmp_path):
+    data, _expected, out, _result = fleet
+    again = vmstats(data, "-o", out)
+    assert again.returncode == 0, again.stderr
+    first = json.loads((out / "report.json").read_text())
+    assert first["meta"]["cache"]["parsed_vm_days"] == 0
+    fresh = vmstats(data, "-o", tmp_path / "fresh", "--no-cache")
+    assert fresh.returncode == 0
+    second = json.loads((tmp_path / "fresh" / "report.json").read_text())
+    assert first["vms"] == second["vms"]
+
+
+def test_custom_prices_and_threshold_flags(fleet, tmp_path):
+    data, _expected, _out, _result = fleet
+    prices = tmp_path / "prices.toml"
+    prices.write_text('currency = "EUR"\nhours_per_month = 700\nvcpu_hour = 0.01\ngb_ram_hour = 0.001\n')
+    result = vmstats(data, "-o", tmp_path / "o", "--prices", prices, "--cpu-idle", "0.1", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "o" / "report.json").read_text())
+    by_vm = {v["vm"]: v for v in document["vms"]}
+    assert by_vm["idle"]["monthly_cost"] == pytest.approx((2 * 0.01 + 4 * 0.001) * 700, abs=0.01)
+    assert by_vm["idle"]["category"] != "reclaim"  # 0.1% CPU is stricter than its ~1.5%
+    assert document["meta"]["prices"]["is_example"] is False and "EUR" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d, t: [t / "missing", "-o", t / "o"], "does not exist"),
+        (lambda d, t: [t, "-o", t / "o"], "holds no VM logs"),
+        (lambda d, t: [d, "-o", t / "o", "--policy", t / "nope.toml"], "policy file"),
+        (lambda d, t: [d, "-o", t / "o", "--policy", _write(t / "p.toml", "days = [")], "not valid TOML"),
+        (
+            lambda d, t: [d, "-o", t / "o", "--prices", _write(t / "pr.toml", "vcpu_hour = -1\n")],
+            "non-negative",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--exclusions", _write(t / "e.toml", '[[exclude]]\nvm = "x"\n')],
+            "needs a reason",
+        ),
+        (lambda d, t: [d, "-o", t / "o", "--since", "yesterday"], "not a YYYY-MM-DD date"),
+        (lambda d, t: [d, "-o", t / "o", "--set", "cpu_idle"], "KEY=VALUE"),
+        (lambda d, t: [d, "-o", t / "o", "--set", "nonsense=1"], "unknown setting"),
+        (lambda d, t: [d, "-o", t / "o", "--cpu-idle", "lots"], "not a valid float"),
+        (lambda d, t: [d], "Missing option"),
+        (lambda d, t: [d, "-o", t / "o", "--since", "2030-01-01"], "no records between"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(fleet, tmp_path, make_args, message):
+    data, _expected, _out, _result = fleet
+    result = vmstats(*make_args(data, tmp_path))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
