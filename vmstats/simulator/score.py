@@ -145,8 +145,9 @@ def render(result: Score, max_wrong: int = 30) -> str:
     for name, (n, c) in result.per_expected.items():
         if n:
             lines.append("%-10s %5d %7d %8.1f%%" % (name, n, c, 100.0 * c / n))
+    # Columns: every category expected of some VM (so the diagonal is whole), plus any the report used.
     seen = [c for c in REPORT_CATEGORIES + (MISSING,)
-            if any(result.confusion[e][c] for e in result.confusion)]
+            if result.per_expected.get(c, (0, 0))[0] or any(result.confusion[e][c] for e in result.confusion)]
     seen += sorted({c for e in result.confusion.values() for c in e} - set(seen))
     lines += ["", "Confusion (rows: expected, columns: report's category)",
               "%-10s " % "" + " ".join("%9s" % c[:9] for c in seen)]

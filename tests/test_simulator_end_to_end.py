@@ -1,0 +1,178 @@
+"""Simulated fleets and replayed traces through the real server: the logs hold exactly what was sent."""
+
+import csv
+import gzip
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from serverproc import ROOT, serve
+
+from vmstats import logstore
+from vmstats.protocol import Record
+from vmstats.simulator import fleet as fleets
+from vmstats.simulator import traces
+
+DATA = Path(__file__).resolve().parent / "data" / "traces"
+BITBRAINS = DATA / "bitbrains"
+QUIRKS_FILE = DATA / "quirks" / "bitbrains-quirks.csv"
+
+
+def vmstats(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "vmstats", *args], cwd=str(ROOT), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def logged_rows(data_dir) -> dict:
+    """vm -> the raw rows of its log files, sorted by time.
+
+    A batch resent after a busy nak may land in a later flush than part of
+    its first attempt, so a (vm, ts) can be written twice; like the report's
+    reader (logstore.read_rows), the last row written wins.
+    """
+    out = {}
+    for vm in logstore.iter_vms(str(data_dir)):
+        rows = {}
+        for _day, path in logstore.day_files(str(data_dir), vm):
+            lines = Path(path).read_bytes().split(b"\n")
+            assert lines[0] + b"\n" == logstore.HEADER
+            for line in lines[1:]:
+                if line:
+                    rows[int(line.split(b",", 1)[0])] = line
+        out[vm] = [rows[ts] for ts in sorted(rows)]
+    return out
+
+
+def expected_rows(records) -> dict:
+    out = {}
+    for record in sorted(records, key=lambda r: (r.vm, r.ts)):
+        out.setdefault(record.vm, []).append(logstore.format_row(record))
+    return out
+
+
+def simulate_and_compare(tmp_path, transport, vms, days, mix=None):
+    end = int(time.time()) // 60 * 60
+    truth = tmp_path / "truth.csv"
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        port = server.tcp_port if transport == "tcp" else server.udp_port
+        args = ["simulate", "--vms", str(vms), "--days", str(days), "--seed", "7", "--end", str(end),
+                "--server", "127.0.0.1:%d" % port, "--transport", transport, "--truth", str(truth)]
+        if mix:
+            args += ["--mix", mix]
+        result = vmstats(*args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        start, stop = fleets.period(end, days)
+        fleet = fleets.make_fleet(vms, 7, fleets.parse_mix(mix), start, stop)
+        sent = [r for _t, batch in fleets.generate(fleet, 7, start, stop) for r in batch]
+        server.wait_received(len(sent), timeout=30)
+    assert server.returncode == 0, server.output
+    assert "sent %d records over %s" % (len(sent), transport) in result.stdout
+    assert logged_rows(tmp_path / "data") == expected_rows(sent)
+    return fleet, sent, truth, result
+
+
+def test_fleet_over_tcp_lands_exactly_and_truth_matches(tmp_path):
+    fleet, sent, truth, result = simulate_and_compare(tmp_path, "tcp", vms=12, days=1)
+    assert "server accepted %d, rejected 0" % len(sent) in result.stdout
+    with open(truth, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["vm"], int(r["vcpus"]), int(r["mem_mb"]), r["profile"], r["expected"]) for r in rows] == [
+        (vm.vm, vm.vcpus, vm.mem_mb, vm.profile, vm.expected) for vm in fleet]
+    now = time.time()
+    assert max(r.ts for r in sent) <= now and min(r.ts for r in sent) >= now - 86400 - 120
+
+
+def test_fleet_over_udp_paced_lands_exactly(tmp_path):
+    fleet, sent, _truth, result = simulate_and_compare(tmp_path, "udp", vms=5, days=0.5,
+                                                       mix="stopped=1,bursty_web=1,idle=1")
+    stopped = [vm for vm in fleet if vm.profile == "stopped"]
+    assert stopped and all(r.ts < vm.stop_at for vm in stopped for r in sent if r.vm == vm.vm)
+    assert "over udp" in result.stdout
+
+
+def _source_rows(path):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as handle:
+        return [line.split(";") for line in handle.read().splitlines()[1:]]
+
+
+def test_replay_bitbrains_logs_hold_the_source_values_held_five_minutes(tmp_path):
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        result = vmstats("replay", "--format", "bitbrains", str(BITBRAINS), str(QUIRKS_FILE),
+                         "--server", "127.0.0.1:%d" % server.tcp_port, "--json", str(tmp_path / "r.json"))
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert server.returncode == 0, server.output
+    logged = logged_rows(tmp_path / "data")
+    assert sorted(logged) == ["bitbrains-410", "bitbrains-429", "bitbrains-bitbrains-quirks"]
+    # Independently of the reader: every valid source row appears five times, a minute apart.
+    for name in ("410", "429"):
+        rows = {int(r.split(b",")[0]): r.split(b",") for r in logged["bitbrains-" + name]}
+        source = _source_rows(BITBRAINS / ("%s.csv.gz" % name))
+        stamps = sorted(int(row[0]) for row in source)
+        for row in source:
+            stamp = int(row[0])
+            following = [s for s in stamps if s > stamp]
+            limit = following[0] if following else stamp + 300
+            held = [stamp + 60 * k for k in range(5) if stamp + 60 * k < limit]
+            for ts in held:
+                cells = rows[ts]
+                assert float(cells[1]) == min(float(row[4]), 100.0)  # cpu %
+                assert float(cells[3]) == min(float(row[6]) / float(row[5]) * 100.0, 100.0)  # mem %
+                assert [float(c) for c in cells[4:8]] == [float(v) * 1024 for v in row[7:11]]
+                assert int(cells[8]) == int(row[1])  # vcpus
+        assert len(rows) == len(logged["bitbrains-" + name])
+    # And exactly what the reader produced, byte for byte.
+    produced = [r for path in sorted(BITBRAINS.iterdir()) for r in traces.read_trace(str(path), "bitbrains")]
+    produced += list(traces.read_trace(str(QUIRKS_FILE), "bitbrains"))
+    assert logged == expected_rows(produced)
+    for quirk in ("cpu_clamped", "duplicate_timestamp", "vm_off", "gap", "mem_capacity_change", "bad_row",
+                  "out_of_order", "short_hold", "mem_clamped"):
+        assert quirk in result.stdout
+    summary = (tmp_path / "r.json").read_text()
+    assert '"duplicate_timestamp": 1' in summary and '"vm_off": 2' in summary
+
+
+def test_replay_planetlab_and_csv_over_udp(tmp_path):
+    csv_trace = tmp_path / "fleet.csv"
+    csv_trace.write_text("vm,timestamp,cpu,mem,vcpus\nweb1,2024-05-01T00:00:00Z,12.5,40,2\n"
+                         "web1,2024-05-01T00:01:00Z,150,41.5,2\n10.9.9.9,1714521600,3,4,1\n")
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        address = "127.0.0.1:%d" % server.udp_port
+        result = vmstats("replay", "--format", "planetlab", str(DATA / "planetlab"), "--fill-mem", "35",
+                         "--fill-size", "1:2048", "--start", "2024-05-02", "--server", address,
+                         "--transport", "udp")
+        assert result.returncode == 0, result.stdout + result.stderr
+        other = vmstats("replay", "--format", "csv", str(csv_trace), "--server", address,
+                        "--transport", "udp")
+        assert other.returncode == 0, other.stdout + other.stderr
+        server.wait_received(3 * 1440 + 3, timeout=20)
+    logged = logged_rows(tmp_path / "data")
+    start = 1714608000  # 2024-05-02T00:00Z
+    for path in sorted((DATA / "planetlab").iterdir()):
+        vm = traces.default_vm_id("planetlab", path.name)
+        values = [int(v) for v in path.read_text().split()]
+        want = [Record(vm, start + 60 * k, float(values[k // 5]), None, 35.0, vcpus=1, mem_mb=2048)
+                for k in range(5 * len(values))]
+        assert logged[vm] == [logstore.format_row(r) for r in want]
+    assert logged["web1"] == [logstore.format_row(Record("web1", 1714521600, 12.5, None, 40.0, vcpus=2)),
+                              logstore.format_row(Record("web1", 1714521660, 100.0, None, 41.5, vcpus=2))]
+    assert logged["10.9.9.9"] == [
+        logstore.format_row(Record("10.9.9.9", 1714521600, 3.0, None, 4.0, vcpus=1))]
+    assert "cpu_clamped" in other.stdout
+
+
+def test_bad_inputs_fail_with_one_readable_line(tmp_path):
+    cases = [
+        ("simulate", "--mix", "idle=1,gpu=3", "--server", "127.0.0.1:9"),
+        ("simulate", "--server", "nonsense", "--vms", "1", "--days", "0.01"),
+        ("simulate", "--vms", "1", "--days", "0.01", "--server", "127.0.0.1:9"),  # nothing listens
+        ("replay", "--format", "planetlab", str(DATA / "planetlab"), "--server", "127.0.0.1:9"),
+        ("replay", "--format", "bitbrains", str(tmp_path / "missing"), "--server", "127.0.0.1:9"),
+    ]
+    for args in cases:
+        result = vmstats(*args, timeout=60)
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr, result.stderr
+        assert len([x for x in result.stderr.splitlines() if x.startswith("Error")]) == 1, result.stderr
+

@@ -1,0 +1,82 @@
+"""vmstats score: a small constructed report graded against a truth file."""
+
+import json
+import subprocess
+import sys
+
+from serverproc import ROOT
+
+from vmstats.simulator import score as scoring
+
+TRUTH = """vm,vcpus,mem_mb,profile,expected
+10.0.0.1,2,4096,idle,reclaim
+10.0.0.2,16,65536,oversized,downsize
+10.0.0.3,4,8192,business_hours,schedule
+10.0.0.4,2,8192,steady_busy,keep
+10.0.0.5,1,1024,stopped,stopped
+10.0.0.6,8,32768,idle,reclaim
+"""
+REPORT = """vm,category,monthly_saving,confidence
+10.0.0.1,reclaim,40.5,high
+10.0.0.2,reclaim,300,high
+10.0.0.3,schedule,25.25,medium
+10.0.0.4,keep,,high
+10.0.0.5,insufficient-data,0,low
+10.9.9.9,reclaim,10,high
+"""
+
+
+def write(tmp_path):
+    (tmp_path / "truth.csv").write_text(TRUTH)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.csv").write_text(REPORT)
+
+
+def vmstats(*args):
+    return subprocess.run([sys.executable, "-m", "vmstats", *args], cwd=str(ROOT), capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_score_counts_confusion_misses_and_savings(tmp_path):
+    write(tmp_path)
+    result = scoring.score(scoring.load_truth(str(tmp_path / "truth.csv")),
+                           scoring.load_report(str(tmp_path / "out")))
+    assert (result.total, result.correct) == (6, 3)
+    assert result.per_expected == {"reclaim": (2, 1), "schedule": (1, 1), "downsize": (1, 0), "keep": (1, 1),
+                                   "stopped": (1, 0)}
+    assert result.confusion["downsize"] == {"reclaim": 1}
+    assert result.confusion["reclaim"] == {"reclaim": 1, "missing": 1}
+    assert result.wrong == [("10.0.0.2", "oversized", "downsize", "reclaim"),
+                            ("10.0.0.6", "idle", "reclaim", "missing"),
+                            ("10.0.0.5", "stopped", "stopped", "insufficient-data")]
+    assert result.extra == 1
+    assert (result.saving_total, result.saving_correct, result.saving_wrong) == (375.75, 65.75, 300.0)
+
+
+def test_score_command_prints_the_table_and_writes_json(tmp_path):
+    write(tmp_path)
+    out = vmstats("score", "--truth", str(tmp_path / "truth.csv"),
+                  "--report", str(tmp_path / "out/report.csv"), "--json", str(tmp_path / "score.json"))
+    assert out.returncode == 0, out.stderr
+    assert "3 of 6 VMs right (50.0 %)" in out.stdout
+    assert "10.0.0.2" in out.stdout and "expected downsize  got reclaim" in out.stdout
+    header = next(line for line in out.stdout.splitlines() if "reclaim" in line and "downsize" in line
+                  and "insuffici" in line)
+    assert header.split()[:3] == ["reclaim", "schedule", "downsize"]
+    saved = json.loads((tmp_path / "score.json").read_text())
+    assert saved["accuracy"] == 0.5 and saved["per_expected"]["downsize"] == {"vms": 1, "correct": 0}
+
+
+def test_score_bad_inputs_are_one_readable_line(tmp_path):
+    write(tmp_path)
+    (tmp_path / "bad.csv").write_text("vm,category\n10.0.0.1,reclaim\n")
+    (tmp_path / "badtruth.csv").write_text(TRUTH.replace("reclaim\n10.0.0.2", "gone\n10.0.0.2"))
+    cases = [
+        ("--truth", str(tmp_path / "truth.csv"), "--report", str(tmp_path / "bad.csv"), "monthly_saving"),
+        ("--truth", str(tmp_path / "nope.csv"), "--report", str(tmp_path / "out"), "cannot read"),
+        ("--truth", str(tmp_path / "badtruth.csv"), "--report", str(tmp_path / "out"), "'gone'"),
+    ]
+    for *args, needle in cases:
+        out = vmstats("score", *args)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
