@@ -85,7 +85,7 @@ def test_caps_drop_and_count_and_the_global_cap_asks_for_a_flush():
     lines = [b"vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % (NOW - i) for i in range(3)]
     lines += [b"vmstats,vm=10.0.0.2 cpu=1,mem=2 %d" % (NOW - i) for i in range(3)]
     assert ingest.payload(b"\n".join(lines)) == (3, 0, 3)
-    assert ingest.metrics.drops == {"per_vm_cap": 1, "global_cap": 2}
+    assert (ingest.metrics.drops["per_vm_cap"], ingest.metrics.drops["global_cap"]) == (1, 2)
     assert asked == [True]
 
 
@@ -100,3 +100,11 @@ def test_the_regex_is_built_from_the_field_table():
     for name in protocol.FIELD_NAMES:
         assert re.escape(name).encode() in REGEX.pattern
     assert ROW.count(b",") == len(logstore.COLUMNS) - 1
+
+
+def test_only_whole_lines_match_the_fast_path():
+    good = b"vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % NOW
+    ingest = make_ingest()
+    assert ingest.payload(b"\n".join([b"x" + good, good + b"x", good + b" 1", good])) == (1, 3, 0)
+    assert REGEX.findall(b"x" + good) == [] and REGEX.findall(good + b"0") == []
+    assert len(REGEX.findall(good + b"\r\n" + good + b"\n")) == 2

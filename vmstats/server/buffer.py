@@ -47,10 +47,10 @@ class Buffer:
                 self.on_full()
         rows[ts] = row
         if seq is not None:
-            self._sequence(vm, seq)
+            self.sequence(vm, seq)
         return True
 
-    def _sequence(self, vm: str, seq: int) -> None:
+    def sequence(self, vm: str, seq: int) -> None:
         """Estimate lost UDP records from gaps in an agent's counter.
 
         A counter that goes backwards far is an agent restart (start over);

@@ -23,9 +23,6 @@ from vmstats.server.metrics import Metrics, RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-_FRACTION = r"(?:\.\d{1,17})?"
-
-
 def _int_digits(hi: int) -> int:
     """The most decimal digits whose every value is <= hi."""
     digits = len(str(hi))
@@ -40,16 +37,25 @@ def _int_pattern(lo: int, hi: int) -> str:
     return "0|" + body if lo == 0 else body
 
 
-def _float_pattern(lo: float, hi: float) -> tuple[str, str]:
-    """(integer form with ``i``, decimal form) patterns provably in [lo, hi]."""
+def _float_pattern(lo: float, hi: float) -> str:
+    """Decimals provably in [lo, hi] (no sign, no exponent: the decoder handles those).
+
+    A digit lookahead after the integer part stands in for an optional fraction
+    group: sre runs optional groups slowly, single-character repeats fast.
+    """
     if lo != 0:
         raise ValueError("the fast path only handles float ranges starting at 0")
     top = int(hi)
     digits = _int_digits(top)
-    decimal = r"\d{1,%d}%s" % (digits, _FRACTION)
+    pattern = r"\d{1,%d}(?!\d)\.?\d{0,17}" % digits
     if top == 10 ** digits:  # e.g. 100: "100" and "100.000" are in range, "100.5" is not
-        decimal = r"%d(?:\.0{1,17})?|%s" % (top, decimal)
-    return _int_pattern(0, top), decimal
+        pattern += r"|%d(?!\d)\.?0{0,17}" % top
+    return pattern
+
+
+def _optional(piece: str) -> str:
+    # An empty alternative is markedly cheaper in sre than ``(?:...)?``.
+    return "(?:%s|)" % piece
 
 
 def build_fast_path() -> tuple["re.Pattern[bytes]", bytes, Callable, int, int, int]:
@@ -59,38 +65,27 @@ def build_fast_path() -> tuple["re.Pattern[bytes]", bytes, Callable, int, int, i
     ``row_format % reorder(groups)`` is the log row; group numbers index the
     tuples that ``regex.findall`` yields (seq_group is -1 without a seq field).
     """
-    parts = [r"^%s,vm=([A-Za-z0-9._:-]{1,%d})" % (protocol.MEASUREMENT, protocol.MAX_VM_ID_LENGTH),
-             r"(?:,host=([A-Za-z0-9][A-Za-z0-9._-]{0,254}))?"]
-    cells = {}  # column -> group indices whose concatenation is the cell
-    groups = 2
+    # Anchored to whole lines by a lookbehind after the literal head and a lookahead at the
+    # end rather than ^/$ with MULTILINE: a leading literal lets sre skip ahead to candidate
+    # lines, which makes findall over a batch about a quarter faster.
+    head = "%s,vm=" % protocol.MEASUREMENT
+    parts = [r"%s(?<![^\n]%s)([A-Za-z0-9._:-]{1,%d})" % (re.escape(head), re.escape(head),
+                                                         protocol.MAX_VM_ID_LENGTH),
+             _optional(r",host=([A-Za-z0-9][A-Za-z0-9._-]{0,254})")]
+    groups = {"host": 1}
     for position, (name, is_int, lo, hi, required) in enumerate(protocol.FIELDS):
-        sep = " " if position == 0 else ","
         if position == 0 and not required:
             raise ValueError("the first field must be required for the fast path")
-        if is_int:
-            value = r"(%s)i" % _int_pattern(lo, hi)
-            cells[name] = [groups]
-            groups += 1
-        else:
-            as_int, as_float = _float_pattern(lo, hi)
-            value = r"(?:(%s)i|(%s))" % (as_int, as_float)
-            cells[name] = [groups, groups + 1]
-            groups += 2
-        piece = r"%s%s=%s" % (re.escape(sep), re.escape(name), value)
-        parts.append(piece if required else "(?:%s)?" % piece)
-    parts.append(r" ([1-9]\d{9})\r?$")
-    ts_group = groups
-    cells["ts"] = [ts_group]
-    cells["host"] = [1]
-    order = []
-    template = []
-    for column in logstore.COLUMNS:
-        order.extend(cells[column])
-        template.append("%s" * len(cells[column]))
-    regex = re.compile("".join(parts).encode("ascii"), re.MULTILINE)
-    seq_group = cells["seq"][0] if "seq" in cells else -1
-    return (regex, ",".join(template).encode("ascii"), operator.itemgetter(*order), 0, ts_group,
-            seq_group)
+        value = r"(%s)i" % _int_pattern(lo, hi) if is_int else "(%s)" % _float_pattern(lo, hi)
+        piece = r"%s%s=%s" % (" " if position == 0 else ",", re.escape(name), value)
+        parts.append(piece if required else _optional(piece))
+        groups[name] = position + 2
+    parts.append(r" ([1-9]\d{9})\r?(?![^\n])")
+    groups["ts"] = len(protocol.FIELDS) + 2
+    regex = re.compile("".join(parts).encode("ascii"))
+    row_format = ",".join("%s" for _column in logstore.COLUMNS).encode("ascii")
+    reorder = operator.itemgetter(*(groups[column] for column in logstore.COLUMNS))
+    return regex, row_format, reorder, 0, groups["ts"], groups.get("seq", -1)
 
 
 class Ingest:
@@ -112,6 +107,7 @@ class Ingest:
          self._seq_group) = build_fast_path()
         self._vm_ids: dict[bytes, str] = {}
         self._bad_log = RateLimitedLog(log, "rejected record")
+        self.payload = self._make_payload()
 
     def _vm_id(self, raw: bytes) -> str:
         vm = self._vm_ids.get(raw)
@@ -127,14 +123,69 @@ class Ingest:
         self.metrics.reject(reason, count)
         self._bad_log.emit("%s: %s", reason, detail)
 
-    def payload(self, data: bytes) -> tuple[int, int, int]:
-        """Buffer every valid record of one datagram or TCP batch."""
-        now = self.clock()
-        matches = self._regex.findall(data)
-        lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-        if len(matches) == lines:
-            return self._store(matches, [], now)
-        # Mixed payload: match line by line, the decoder decides the rest.
+    def _make_payload(self) -> Callable[[bytes], tuple[int, int, int]]:
+        """Build ``payload``: the hot path as one closure over local names.
+
+        A datagram of one record spends more time in Python call overhead
+        and attribute lookups than in the regex, so the common case (known VM,
+        timestamp in the window, room in the buffer, next seq) is handled here
+        with everything inlined; the first record that is anything else hands
+        the rest of the payload to ``_store``, which checks each record fully.
+        """
+        findall = self._regex.findall
+        row_format, reorder = self._row, self._reorder
+        ts_group, seq_group = self._ts_group, self._seq_group
+        vm_ids = self._vm_ids
+        buffer, metrics, clock = self.buffer, self.metrics, self.clock
+        max_future, max_past = self.max_future, self.max_past
+        max_per_vm = buffer.max_per_vm
+        store, mixed = self._store, self._mixed
+
+        def payload(data: bytes) -> tuple[int, int, int]:
+            """Buffer every valid record of one datagram or TCP batch."""
+            now = clock()
+            matches = findall(data)
+            if len(matches) != data.count(b"\n") + (data[-1:] != b"\n"):
+                return mixed(data, now)
+            if buffer.count + len(matches) >= buffer.max_buffered:
+                return store(matches, [], now)
+            table, last_seen, last_seq = buffer.table, buffer.last_seen, buffer.last_seq
+            hi = int(now) + max_future
+            lo = int(now) - max_past if max_past else 0
+            accepted = new = 0
+            for groups in matches:
+                vm = vm_ids.get(groups[0])
+                ts = int(groups[ts_group])
+                if vm is None or ts > hi or ts < lo:
+                    break
+                rows = table.get(vm)
+                if rows is None:
+                    break
+                if ts not in rows:
+                    if len(rows) >= max_per_vm:
+                        break
+                    new += 1
+                rows[ts] = row_format % reorder(groups)
+                last_seen[vm] = now
+                seq = groups[seq_group]
+                if seq:
+                    seq = int(seq)
+                    if last_seq.get(vm, -2) + 1 == seq:
+                        last_seq[vm] = seq
+                    else:
+                        buffer.sequence(vm, seq)
+                accepted += 1
+            buffer.count += new
+            metrics.records += accepted
+            if accepted == len(matches):
+                return accepted, 0, 0
+            more, rejected, dropped = store(matches[accepted:], [], now)
+            return accepted + more, rejected, dropped
+
+        return payload
+
+    def _mixed(self, data: bytes, now: float) -> tuple[int, int, int]:
+        """A payload the regex did not cover whole: line by line, the decoder decides the rest."""
         matches = []
         records = []
         rejected = 0

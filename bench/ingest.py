@@ -1,0 +1,380 @@
+"""Ingest benchmark: vmstats serve against a bare Twisted receiver, in the same run.
+
+    .venv/bin/python bench/ingest.py            # full run (about two minutes)
+    .venv/bin/python bench/ingest.py --quick    # smoke run (about 30 s)
+
+A sender pinned to one core pushes records from 10,000 VM ids over loopback:
+UDP one record per datagram and packed to 1400 bytes, at stepped rates, and
+TCP as fast as the connection takes them.  The receivers (pinned to the other
+core) are the real ``vmstats serve`` flushing to disk, and a reference
+Twisted receiver that only counts lines.  Loss is what the receiver's own
+counters did not see (and, for vmstats, what did not reach the logs).  Then a
+separate run holds 1M records in memory to measure RSS per buffered record.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from serverproc import ServerProcess  # noqa: E402
+
+from vmstats import logstore, protocol  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+VMS = 10_000
+#: The sender gets one core to itself; receivers are not pinned (as in production, the
+#: writer pool may use the other core), so the kernel keeps them off the sender's core.
+SENDER_CPU = 1
+_TEMPLATE = (b"vmstats,vm=10.%d.%d.%d,host=vm%d cpu=%d.%d,cpu_max=%d.5,mem=%d.25,disk_r=%d,"
+             b"disk_w=%d.5,net_rx=%d,net_tx=%d,vcpus=2i,mem_mb=4096i,seq=%di %d")
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference: a bare Twisted receiver that counts lines (run as a subprocess of this file).
+# ---------------------------------------------------------------------------------------------
+def reference_main(status_file: str, rcvbuf: int) -> None:
+    from twisted.internet import protocol as tx
+    from twisted.internet import reactor
+
+    counts = {"lines": 0}
+
+    class Udp(tx.DatagramProtocol):
+        def datagramReceived(self, data, addr):
+            counts["lines"] += data.count(b"\n") + 1
+
+    class Tcp(tx.Protocol):
+        rest = b""
+
+        def dataReceived(self, data):
+            data = self.rest + data
+            end = data.rfind(b"\n") + 1
+            block, self.rest = data[:end], data[end:]
+            syncs = block.count(b"#!sync ")
+            counts["lines"] += block.count(b"\n") - syncs
+            if syncs:
+                self.transport.write(b"#!ack x %d 0\n" % counts["lines"])
+
+    class Count(tx.Protocol):
+        def connectionMade(self):
+            self.transport.write(b"%d\n" % counts["lines"])
+            self.transport.loseConnection()
+
+    udp = reactor.listenUDP(0, Udp(), interface=LOOPBACK, maxPacketSize=protocol.MAX_DATAGRAM_SIZE)
+    udp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    tcp = reactor.listenTCP(0, tx.Factory.forProtocol(Tcp), interface=LOOPBACK)
+    control = reactor.listenTCP(0, tx.Factory.forProtocol(Count), interface=LOOPBACK)
+    status = {"udp_port": udp.getHost().port, "tcp_port": tcp.getHost().port,
+              "count_port": control.getHost().port, "pid": os.getpid()}
+    Path(status_file).write_text(json.dumps(status))
+    reactor.run()
+
+
+class Reference:
+    """The reference receiver as a subprocess with the same counters interface as vmstats."""
+
+    def __init__(self, workdir: Path, rcvbuf: int):
+        self.status_file = workdir / "reference.json"
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--reference-server", str(self.status_file),
+             "--rcvbuf", str(rcvbuf)])
+        deadline = time.monotonic() + 20
+        while not self.status_file.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("reference receiver did not start")
+            time.sleep(0.05)
+        time.sleep(0.05)
+        self.status = json.loads(self.status_file.read_text())
+        self.udp_port, self.tcp_port, self.pid = (self.status["udp_port"], self.status["tcp_port"],
+                                                  self.status["pid"])
+
+    def seen(self) -> int:
+        with socket.create_connection((LOOPBACK, self.status["count_port"]), timeout=5) as sock:
+            return int(sock.makefile().readline())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Vmstats:
+    """vmstats serve (flushing to disk) with the counters the benchmark needs."""
+
+    def __init__(self, workdir: Path, *args: str, flush_interval: str = "10s"):
+        self.server = ServerProcess(workdir, "--flush-interval", flush_interval,
+                                    "--log-level", "warning", *args, stop_timeout=120)
+        self.server.start()
+        self.udp_port, self.tcp_port, self.pid = (self.server.udp_port, self.server.tcp_port,
+                                                  self.server.pid)
+
+    def seen(self) -> int:
+        m = self.server.metrics()
+        return int(sum(v for k, v in m.items() if k.startswith(("vmstats_records_received_total",
+                                                                   "vmstats_rejected_total",
+                                                                   "vmstats_dropped_total"))))
+
+    def stop(self) -> tuple[int, int]:
+        """Stop; return (records the server says it received, rows found in the logs)."""
+        self.server.stop()
+        received = int(self.server.output.split("records received")[1].split()[0])
+        rows = 0
+        data = str(self.server.data_dir)
+        for vm in logstore.iter_vms(data):
+            for _day, path in logstore.day_files(data, vm):
+                with open(path, "rb") as handle:
+                    rows += handle.read().count(b"\n") - 1
+        return received, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process and all its descendants (the writer pool included)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path("/proc/%s/stat" % entry).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats.get(current, 0.0)
+        todo.extend(children.get(current, []))
+    return total
+
+
+def rss(pid: int, field: str = "VmHWM") -> int:
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Lines:
+    """Distinct (vm, ts) record lines from 10,000 VM ids, made fast enough not to matter."""
+
+    def __init__(self):
+        self.next = 0
+        self.base = int(time.time()) - 30 * 86400
+
+    def take(self, count: int) -> list[bytes]:
+        start, self.next = self.next, self.next + count
+        out = []
+        for i in range(start, start + count):
+            vm = i % VMS
+            k = i // VMS
+            out.append(_TEMPLATE % (vm >> 16, (vm >> 8) & 255, vm & 255, vm, i % 97, i % 10, i % 100,
+                                    i % 99, i * 7 % 100000, i % 65536, i * 13 % 900000,
+                                    i % 4096, k, self.base + 60 * k))
+        return out
+
+
+def settle(receiver, previous: int, expected: int, timeout: float = 10.0) -> int:
+    """The receiver's count once it stops moving (or reaches what was sent)."""
+    deadline = time.monotonic() + timeout
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        seen = receiver.seen() - previous
+        if seen >= expected:
+            return seen
+        if seen != last:
+            last, stable_since = seen, time.monotonic()
+        elif time.monotonic() - stable_since > 0.5:
+            return seen
+        time.sleep(0.1)
+    return last
+
+
+def send_paced(sock, port: int, payloads: list[bytes], per_second: float) -> float:
+    """Send datagrams at a target rate in 2 ms slices; returns the achieved datagram rate."""
+    slice_len = 0.002
+    per_slice = max(1, int(per_second * slice_len))
+    address = (LOOPBACK, port)
+    sendto = sock.sendto
+    started = time.perf_counter()
+    for offset in range(0, len(payloads), per_slice):
+        for payload in payloads[offset:offset + per_slice]:
+            sendto(payload, address)
+        target = started + (offset + per_slice) / per_second
+        delay = target - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    return len(payloads) / (time.perf_counter() - started)
+
+
+def udp_steps(receiver, lines: Lines, rates: list[int], seconds: float, packed: bool) -> dict:
+    """Stepped rates (records/s); the highest with zero loss, and CPU per record there."""
+    results = []
+    best = None
+    lossy = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        for rate in rates:
+            records = lines.take(int(rate * seconds))
+            payloads = list(protocol.pack_lines(records)) if packed else records
+            per_datagram = len(records) / len(payloads)
+            before, cpu_before = receiver.seen(), cpu_seconds(receiver.pid)
+            achieved = send_paced(sock, receiver.udp_port, payloads, rate / per_datagram) * per_datagram
+            seen = settle(receiver, before, len(records))
+            cpu = cpu_seconds(receiver.pid) - cpu_before
+            step = {"target": rate, "achieved": round(achieved), "sent": len(records), "seen": seen,
+                    "lost": len(records) - seen, "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2)}
+            results.append(step)
+            print("    %7d rec/s target, %7d achieved: %7d sent, %7d lost, %5.2f CPU us/record"
+                  % (rate, achieved, len(records), step["lost"], step["cpu_us_per_record"]), flush=True)
+            if step["lost"] == 0 and achieved >= 0.9 * rate:
+                best, lossy = step, 0
+            else:
+                lossy += 1
+                if lossy >= 2 or achieved < 0.9 * rate:
+                    break
+    return {"best": best, "steps": results}
+
+
+def tcp_throughput(receiver, lines: Lines, count: int) -> dict:
+    """Records/s over one connection, timed to the acknowledgement of the last batch."""
+    records = lines.take(count)
+    chunks = []
+    for offset in range(0, count, 500):
+        chunks.append(b"\n".join(records[offset:offset + 500]) + b"\n")
+    before, cpu_before = receiver.seen(), cpu_seconds(receiver.pid)
+    with socket.create_connection((LOOPBACK, receiver.tcp_port), timeout=60) as sock:
+        started = time.perf_counter()
+        for chunk in chunks:
+            sock.sendall(chunk)
+        sock.sendall(b"#!sync end\n")
+        reply = sock.makefile("rb").readline()
+        elapsed = time.perf_counter() - started
+    seen = settle(receiver, before, count)
+    cpu = cpu_seconds(receiver.pid) - cpu_before
+    assert reply.startswith(b"#!ack"), reply
+    return {"records": count, "seen": seen, "lost": count - seen, "rate": round(count / elapsed),
+            "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2)}
+
+
+def memory_per_record(workdir: Path, lines: Lines, count: int) -> dict:
+    """RSS growth per buffered record with ``count`` records held (no flush meanwhile)."""
+    server = Vmstats(workdir, "--flush-interval", "1h", "--max-buffered", str(count + 10),
+                     "--max-per-vm", str(count // VMS + 10), "--drain-timeout", "120s")
+    warm = lines.take(VMS)  # every VM id known and every code path warm before the baseline
+    with socket.create_connection((LOOPBACK, server.tcp_port), timeout=120) as sock:
+        sock.sendall(b"\n".join(warm) + b"\n#!sync warm\n")
+        sock.makefile("rb").readline()
+        base = rss(server.pid, "VmRSS")
+        for offset in range(0, count - VMS, 100_000):
+            batch = lines.take(min(100_000, count - VMS - offset))
+            sock.sendall(b"\n".join(batch) + b"\n#!sync m%d\n" % offset)
+            reply = sock.makefile("rb").readline()
+            assert reply.startswith(b"#!ack"), reply
+    held = server.server.metrics()["vmstats_buffered_records"]
+    grown = rss(server.pid, "VmRSS") - base
+    peak = rss(server.pid)
+    received, rows = server.stop()
+    return {"held": int(held), "rss_growth": grown, "bytes_per_record": round(grown / (held - VMS), 1),
+            "peak_rss_mib": round(peak / 2 ** 20, 1), "logged_after_stop": rows,
+            "received": received}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--reference-server", help=argparse.SUPPRESS)
+    parser.add_argument("--rcvbuf", type=int, default=8 << 20, help=argparse.SUPPRESS)
+    parser.add_argument("--flush-interval", default="10s",
+                        help="vmstats serve's flush interval during the rate steps")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    if args.reference_server:
+        reference_main(args.reference_server, args.rcvbuf)
+        return 0
+    if len(os.sched_getaffinity(0)) < 2:
+        print("needs 2 cores", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, {SENDER_CPU})
+    quick = args.quick
+    seconds = 0.5 if quick else 1.0
+    single_rates = [20_000, 40_000, 60_000, 80_000, 100_000, 120_000, 150_000]
+    packed_rates = [50_000, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000]
+    tcp_records = 100_000 if quick else 400_000
+    held = 200_000 if quick else 1_000_000
+    workdir = Path(tempfile.mkdtemp(prefix="vmstats-bench-"))
+    results = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:]),
+               "flush_interval": args.flush_interval}
+    try:
+        for name, factory in (("reference", lambda: Reference(workdir, 8 << 20)),
+                              ("vmstats", lambda: Vmstats(workdir / "vmstats",
+                                                       flush_interval=args.flush_interval))):
+            print("%s:" % name, flush=True)
+            receiver = factory()
+            lines = Lines()
+            out = results[name] = {}
+            try:
+                print("  UDP, 1 record/datagram", flush=True)
+                out["udp_single"] = udp_steps(receiver, lines, single_rates, seconds, packed=False)
+                print("  UDP, packed to %d bytes" % protocol.SAFE_DATAGRAM_SIZE, flush=True)
+                out["udp_packed"] = udp_steps(receiver, lines, packed_rates, seconds, packed=True)
+                out["tcp"] = tcp_throughput(receiver, lines, tcp_records)
+                print("  TCP: %(rate)d records/s, %(lost)d lost, %(cpu_us_per_record).2f CPU us/record"
+                      % out["tcp"], flush=True)
+                out["peak_rss_mib"] = round(rss(receiver.pid) / 2 ** 20, 1)
+            finally:
+                if name == "vmstats":
+                    received, rows = receiver.stop()
+                    out["received"], out["logged"] = received, rows
+                    print("  server counted %d records, logs hold %d rows" % (received, rows))
+                else:
+                    receiver.stop()
+        print("memory: %d records held" % held, flush=True)
+        results["memory"] = memory_per_record(workdir / "memory", Lines(), held)
+        print("  %(bytes_per_record).1f bytes RSS per buffered record (%(held)d held, peak "
+              "%(peak_rss_mib).1f MiB), %(logged_after_stop)d logged at shutdown" % results["memory"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    summarize(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def summarize(results: dict) -> None:
+    ref, vms = results["reference"], results["vmstats"]
+
+    def best(side, kind):
+        step = side[kind]["best"]
+        return step["target"] if step else 0
+
+    print("\nsummary (records/s with zero loss; ratio to the reference in the same run)")
+    for kind, label in (("udp_single", "UDP 1 record/datagram"), ("udp_packed", "UDP packed")):
+        r, v = best(ref, kind), best(vms, kind)
+        cpu = vms[kind]["best"]["cpu_us_per_record"] if vms[kind]["best"] else float("nan")
+        print("  %-22s vmstats %7d  reference %7d  ratio %.2f  vmstats CPU %.2f us/record"
+              % (label, v, r, v / r if r else float("nan"), cpu))
+    print("  %-22s vmstats %7d  reference %7d  ratio %.2f  vmstats CPU %.2f us/record"
+          % ("TCP", vms["tcp"]["rate"], ref["tcp"]["rate"], vms["tcp"]["rate"] / ref["tcp"]["rate"],
+             vms["tcp"]["cpu_us_per_record"]))
+    print("  peak RSS: vmstats %.1f MiB, reference %.1f MiB; logs hold %d of %d received"
+          % (vms["peak_rss_mib"], ref["peak_rss_mib"], vms["logged"], vms["received"]))
+    print("  memory: %.1f bytes per buffered record with %d held"
+          % (results["memory"]["bytes_per_record"], results["memory"]["held"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
