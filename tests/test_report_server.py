@@ -1,0 +1,75 @@
+"""From agents' datagrams to the report: the real server on loopback writes the logs it reads."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from serverproc import serve
+
+from vmstats import protocol
+from vmstats.protocol import Record
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_records_sent_over_udp_are_reported(tmp_path):
+    end = int(time.time()) // 60 * 60 - 60
+    start = end - 1440 * 60
+    records = []
+    for k, ts in enumerate(range(start, end, 60)):
+        busy = 60.0 + (k % 7)
+        records.append(
+            Record(
+                vm="10.0.0.1",
+                ts=ts,
+                cpu=0.5,
+                mem=30.0,
+                disk_r=100.0,
+                disk_w=100.0,
+                net_rx=50.0,
+                net_tx=50.0,
+                vcpus=2,
+                mem_mb=4096,
+            )
+        )
+        records.append(
+            Record(
+                vm="10.0.0.2",
+                ts=ts,
+                cpu=busy,
+                mem=70.0,
+                disk_r=5e5,
+                disk_w=5e5,
+                net_rx=2e5,
+                net_tx=2e5,
+                vcpus=2,
+                mem_mb=4096,
+            )
+        )
+    lines = [protocol.encode_record(r).encode() for r in records]
+    payloads = list(protocol.pack_lines(lines))
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        for i in range(0, len(payloads), 50):  # paced: loopback UDP still has a socket buffer
+            server.send_udp(*payloads[i : i + 50])
+            time.sleep(0.01)
+        server.wait_received(len(records), timeout=30)
+    assert server.returncode == 0, server.output
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "vmstats", "report", str(tmp_path / "data"), "-o", str(out), "--days", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "report.json").read_text())
+    by_vm = {v["vm"]: v for v in document["vms"]}
+    assert set(by_vm) == {"10.0.0.1", "10.0.0.2"}
+    for vm in by_vm.values():
+        assert vm["records"] == 1440 and vm["coverage"] == 1.0 and vm["bad_lines"] == 0
+    assert by_vm["10.0.0.1"]["category"] == "reclaim"
+    assert by_vm["10.0.0.2"]["category"] == "keep" and by_vm["10.0.0.2"]["cpu_max"] == 66.0
+    assert document["meta"]["window"]["start"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
