@@ -6,7 +6,6 @@ files' counters in the comments, not taken from the code under test.
 """
 
 import os
-import shutil
 
 import pytest
 
@@ -106,9 +105,15 @@ def test_interval_sampler_follows_changing_snapshots(tmp_path):
     root = tmp_path / "proc"
 
     def show(name):
-        if root.exists():
-            shutil.rmtree(root)
-        shutil.copytree(snap(name), root)
+        # Rewritten in place, as the kernel does: the sampler keeps its files open.
+        for relative in ("stat", "meminfo", "diskstats", os.path.join("net", "dev")):
+            target = root / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(os.path.join(snap(name), relative), "rb") as source:
+                data = source.read()
+            with open(target, "r+b" if target.exists() else "wb") as out:
+                out.write(data)
+                out.truncate()
 
     now = [100.0]
     show("a")

@@ -204,6 +204,7 @@ def sample_once(config):
     probe.begin()
     time.sleep(1.0)
     metrics = probe.finish()
+    probe.close()
     return protocol.Record(vm=vm, ts=int(time.time()), seq=0, host=host, **metrics._asdict())
 
 
@@ -253,6 +254,7 @@ def main(config):
         LOG.error("%s", exc)
         return 1
     finally:
+        agent.sampler.close()
         agent.sleeper.close()
         sender.close()
     return 0

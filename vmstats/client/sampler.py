@@ -107,9 +107,9 @@ class Snapshot(namedtuple("Snapshot", ("cpu", "vcpus", "disks", "nics"))):
     __slots__ = ()
 
     @classmethod
-    def read(cls, root):
-        cpu, vcpus = procfs.read_stat(root)
-        return cls(cpu, vcpus, procfs.read_diskstats(root), procfs.read_netdev(root))
+    def read(cls, source):
+        cpu, vcpus = procfs.read_stat(source)
+        return cls(cpu, vcpus, procfs.read_diskstats(source), procfs.read_netdev(source))
 
 
 def measure(start, end, cpu_slices, meminfo, seconds):
@@ -143,7 +143,7 @@ class IntervalSampler(object):
     """
 
     def __init__(self, root="/proc", clock=time.monotonic):
-        self.root = root
+        self.proc = procfs.ProcFiles(root)
         self.clock = clock
         self._start = None
         self._started_at = None
@@ -152,26 +152,29 @@ class IntervalSampler(object):
 
     def begin(self):
         """Start an interval now (also re-syncs after a long pause)."""
-        self._start = Snapshot.read(self.root)
+        self._start = Snapshot.read(self.proc)
         self._started_at = self.clock()
         self._last_cpu = self._start.cpu
         self._slices = []
 
     def sub_sample(self):
         """Close one CPU sub-sample; its busy share may become the interval's max."""
-        cpu, _vcpus = procfs.read_stat(self.root)
+        cpu = procfs.read_cpu(self.proc)
         self._slices.append(cpu_busy_total(self._last_cpu, cpu))
         self._last_cpu = cpu
 
     def finish(self):
         """The Metrics of the interval since begin()/the last finish(); starts the next."""
-        end = Snapshot.read(self.root)
+        end = Snapshot.read(self.proc)
         now = self.clock()
         self._slices.append(cpu_busy_total(self._last_cpu, end.cpu))
-        metrics = measure(self._start, end, self._slices, procfs.read_meminfo(self.root),
+        metrics = measure(self._start, end, self._slices, procfs.read_meminfo(self.proc),
                           now - self._started_at)
         self._start = end
         self._started_at = now
         self._last_cpu = end.cpu
         self._slices = []
         return metrics
+
+    def close(self):
+        self.proc.close()
