@@ -17,7 +17,7 @@ from itertools import repeat
 import numpy as np
 
 from vmstats.protocol import Record
-from vmstats.simulator.profiles import GIB, PROFILES, local_clock
+from vmstats.simulator.profiles import GIB, PROFILES, background, local_clock
 
 MINUTE = 60
 DAY_MINUTES = 1440
@@ -107,7 +107,7 @@ def make_fleet(n: int, seed: int, mix: dict[str, float] | None = None, start: in
         rng = np.random.default_rng([seed, index])
         vcpus, mem_gib = profile.sizes[int(rng.integers(len(profile.sizes)))]
         params = profile.draw(rng)
-        params.update(t0=start, t1=end)
+        params.update(background(rng), t0=start, t1=end)
         stop_at = None
         if "stop" in params:
             stop_at = start + int((end - start) * (1.0 - params["stop"])) // MINUTE * MINUTE

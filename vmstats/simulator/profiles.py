@@ -51,9 +51,14 @@ def local_clock(ts: np.ndarray, tz_hours: float) -> tuple[np.ndarray, np.ndarray
     return hour, weekday
 
 
-def _traffic(rng: np.random.Generator, activity: np.ndarray, level: float) -> np.ndarray:
-    """Bytes/s that follow ``activity`` (0..1) with lognormal jitter around ``level``."""
-    return level * (0.1 + activity) * rng.lognormal(0.0, 0.35, activity.shape[0])
+def _traffic(rng: np.random.Generator, activity: np.ndarray, level: float, floor: float) -> np.ndarray:
+    """Bytes/s: an idle guest's background ``floor`` plus ``level`` x ``activity`` (0..1), jittered.
+
+    The floor is absolute, not a share of the level: a VM idle at night
+    moves as few bytes as an idle VM (a little NTP, ARP, its own agent),
+    which is what makes its nights look idle to a report.
+    """
+    return (floor + level * activity) * rng.lognormal(0.0, 0.35, activity.shape[0])
 
 
 def _common(rng: np.random.Generator, cpu: np.ndarray, mem: np.ndarray, activity: np.ndarray,
@@ -66,10 +71,10 @@ def _common(rng: np.random.Generator, cpu: np.ndarray, mem: np.ndarray, activity
         "cpu": cpu,
         "cpu_max": cpu_max,
         "mem": np.clip(mem, 0.5, 99.5),
-        "disk_r": _traffic(rng, activity, p.get("disk", 20 * KIB) * 0.4),
-        "disk_w": _traffic(rng, activity, p.get("disk", 20 * KIB)),
-        "net_rx": _traffic(rng, activity, p.get("net", 5 * KIB)),
-        "net_tx": _traffic(rng, activity, p.get("net", 5 * KIB) * 0.6),
+        "disk_r": _traffic(rng, activity, p["disk"] * 0.4, p["disk_floor"] * 0.2),
+        "disk_w": _traffic(rng, activity, p["disk"], p["disk_floor"]),
+        "net_rx": _traffic(rng, activity, p["net"], p["net_floor"]),
+        "net_tx": _traffic(rng, activity, p["net"] * 0.6, p["net_floor"] * 0.6),
     }
 
 
@@ -77,9 +82,13 @@ def _common(rng: np.random.Generator, cpu: np.ndarray, mem: np.ndarray, activity
 # draw(rng) -> per-VM levels; series(p, ts, hour, weekday, rng) -> arrays for those minutes.
 
 
+def background(rng: np.random.Generator) -> dict:
+    """Per-VM background I/O every profile has: what an idle guest writes and sends (bytes/s)."""
+    return {"disk_floor": rng.uniform(1, 8) * KIB, "net_floor": rng.uniform(150, 600)}
+
+
 def _idle_draw(rng):
-    return {"base": rng.uniform(0.3, 1.0), "mem": rng.uniform(5.0, 15.0),
-            "disk": rng.uniform(2, 15) * KIB, "net": rng.uniform(0.5, 4) * KIB}
+    return {"base": rng.uniform(0.3, 1.0), "mem": rng.uniform(5.0, 15.0), "disk": 0.0, "net": 0.0}
 
 
 def _idle(p, ts, hour, weekday, rng):
