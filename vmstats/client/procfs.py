@@ -31,6 +31,8 @@ _VIRTUAL_DISK_RE = re.compile(r"(loop|ram|zram|dm-|md|sr|fd)\d")
 _PARTITION_SUFFIX_RE = re.compile(r"p?\d+\Z")
 
 LOOPBACK_INTERFACES = ("lo",)
+#: Longest possible aggregate cpu line: 10 counters of up to 20 digits.
+CPU_LINE_MAX = 256
 
 
 class ProcError(Exception):
@@ -50,30 +52,33 @@ class ProcFiles(object):
 
     def __init__(self, root="/proc"):
         self.root = root
-        self._fds = {}
-        self._sizes = {}
+        self._open = {}  # name -> [fd, buffer size that held the whole file]
 
-    def read(self, name):
-        fd = self._fds.get(name)
-        path = os.path.join(self.root, name)
+    def read(self, name, head=0):
+        """The file's text; with ``head``, only its first ``head`` bytes (one read)."""
+        entry = self._open.get(name)
         try:
-            if fd is None:
-                fd = self._fds[name] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            size = self._sizes.get(name, 16384)
-            data = os.pread(fd, size, 0)
-            while len(data) >= size:
-                size *= 4
-                data = os.pread(fd, size, 0)
+            if entry is None:
+                path = os.path.join(self.root, name)
+                entry = self._open[name] = [os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)),
+                                            4096]
+            if head:
+                data = os.pread(entry[0], head, 0)
+            else:
+                data = os.pread(entry[0], entry[1], 0)
+                while len(data) >= entry[1]:
+                    entry[1] *= 4
+                    data = os.pread(entry[0], entry[1], 0)
         except OSError as exc:
-            raise ProcError("cannot read %s: %s" % (path, exc.strerror or exc))
-        self._sizes[name] = size
+            raise ProcError("cannot read %s: %s" % (os.path.join(self.root, name),
+                                                    exc.strerror or exc))
         # Interface names may hold any byte but "/"; latin-1 decodes them all.
         return data.decode("latin-1")
 
     def close(self):
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
+        for entry in self._open.values():
+            os.close(entry[0])
+        self._open = {}
 
 
 def _read(source, name):
@@ -107,7 +112,11 @@ def _cpu_line(source, line):
 
 def read_cpu(source):
     """The all-CPU CpuTimes: the first line of ``stat``, all a sub-sample needs."""
-    return _cpu_line(source, _read(source, "stat").partition("\n")[0])
+    if isinstance(source, ProcFiles):
+        text = source.read("stat", head=CPU_LINE_MAX)
+    else:
+        text = _read(source, "stat")
+    return _cpu_line(source, text.partition("\n")[0])
 
 
 def read_stat(source):
