@@ -19,7 +19,7 @@ from twisted.internet import defer
 
 from vmstats.server.buffer import Buffer, Table
 from vmstats.server.metrics import Metrics
-from vmstats.server.writer import write_share
+from vmstats.server.writer import lower_priority, write_share
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class FlusherService(service.Service):
         # Forking a process that runs the reactor is unsafe: workers come from a forkserver.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["vmstats.server.writer"])
-        self.pool = context.Pool(self.workers)
+        self.pool = context.Pool(self.workers, initializer=lower_priority)
         # The debug executor runs the job inline, i.e. on the reactor thread, which owns the buffer.
         self.scheduler = TwistedScheduler(reactor=self.reactor,
                                           executors={"default": DebugExecutor()})

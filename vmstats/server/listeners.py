@@ -6,13 +6,16 @@ counted per frame (a UDP datagram or a signed TCP batch) and, for unsigned
 data when signatures are required, per line.
 """
 
+import errno
 import logging
 import re
 import socket
 
 from twisted.application import service
 from twisted.internet import protocol as tx_protocol
+from twisted.internet import udp
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python import log as twisted_log
 
 from vmstats import protocol
 from vmstats.server.ingest import Ingest
@@ -64,19 +67,32 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         self._plain = not auth.required
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        self.datagramsReceived([data])
+
+    def datagramsReceived(self, batch: list[bytes]) -> None:
+        """Ingest datagrams read in one go.
+
+        Plain datagrams are joined with newlines and go through the parser as
+        one payload: one regex pass and one call for many datagrams instead of
+        one each, which is most of the per-datagram cost.  Lines never span
+        datagrams, so the result is the same.  Frames (``#!``) and everything
+        under --auth-keys are handled one datagram at a time.
+        """
         metrics = self.metrics
-        metrics.datagrams += 1
-        metrics.bytes += len(data)
-        if self._plain and data[:2] != b"#!":
+        metrics.datagrams += len(batch)
+        joined = b"\n".join(batch)
+        metrics.bytes += len(joined) - len(batch) + 1
+        if self._plain and joined[:2] != b"#!" and b"\n#!" not in joined:
+            self._payload(joined)
+            return
+        for data in batch:
+            if data[:2] == b"#!":
+                data = self._unwrap(data)
+                if data is None:
+                    continue
+            elif not self.auth.unsigned(data):
+                continue
             self._payload(data)
-            return
-        if data[:2] == b"#!":
-            data = self._unwrap(data)
-            if data is None:
-                return
-        elif not self.auth.unsigned(data):
-            return
-        self._payload(data)
 
     def _unwrap(self, data: bytes) -> bytes | None:
         try:
@@ -90,6 +106,44 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
             self.ingest.reject(protocol.S_MALFORMED, "datagram length does not match its frame")
             return None
         return self.auth.frame(*parts[:5])
+
+
+class BatchingUDPPort(udp.Port):
+    """Twisted's UDP port, reading every waiting datagram before handing them over as a batch.
+
+    The stock ``doRead`` calls ``recvfrom`` and ``datagramReceived`` per
+    datagram; building the address tuple and the call per datagram cost more
+    than parsing a one-record datagram.  The receiver never uses the source
+    address (the VM id comes from the payload), so this reads with ``recv``.
+    """
+
+    batch_size = 512
+
+    def doRead(self) -> None:
+        recv = self.socket.recv
+        size = self.maxPacketSize
+        batch: list[bytes] = []
+        read = 0
+        try:
+            while read < self.maxThroughput:
+                data = recv(size)
+                read += len(data)
+                batch.append(data)
+                if len(batch) >= self.batch_size:
+                    self._deliver(batch)
+                    batch = []
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED):
+                raise
+        finally:
+            if batch:
+                self._deliver(batch)
+
+    def _deliver(self, batch: list[bytes]) -> None:
+        try:
+            self.protocol.datagramsReceived(batch)
+        except BaseException:
+            twisted_log.err()  # as Twisted does: a bug in one batch must not stop the port
 
 
 class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
@@ -286,11 +340,12 @@ class ListenerService(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
-        udp = self.reactor.listenUDP(self.udp_port, self.udp, interface=self.bind,
-                                     maxPacketSize=protocol.MAX_DATAGRAM_SIZE)
-        self.ports.append(udp)
-        self.udp_port = udp.getHost().port
-        self._set_rcvbuf(udp.socket)
+        udp_port = BatchingUDPPort(self.udp_port, self.udp, self.bind, protocol.MAX_DATAGRAM_SIZE,
+                                   self.reactor)
+        udp_port.startListening()
+        self.ports.append(udp_port)
+        self.udp_port = udp_port.getHost().port
+        self._set_rcvbuf(udp_port.socket)
         tcp = self.reactor.listenTCP(self.tcp_port, self.factory, interface=self.bind)
         self.ports.append(tcp)
         self.tcp_port = tcp.getHost().port
