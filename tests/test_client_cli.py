@@ -1,6 +1,7 @@
 """The agent's command line: --once, and one readable line for every bad setting."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,18 +38,19 @@ def test_settings_come_from_the_environment_and_a_config_file(tmp_path):
     assert result.stdout.startswith("vmstats,vm=10.9.9.9,host=from-env ")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--server", "127.0.0.1:99999"], "bad server address"),
-    (["--server", "no-such-host.invalid:8899"], "cannot resolve server"),
-    (["--server", "127.0.0.1:8899", "--key-file", "/nonexistent/key"], "cannot read key file"),
-    (["--server", "127.0.0.1:8899", "--vm-id", "../etc"], "bad VM id"),
-    (["--server", "127.0.0.1:8899", "--proc-root", "/nonexistent"], "cannot read /nonexistent/stat"),
-    (["--server", "127.0.0.1:8899", "--interval", "0"], "--interval: '0' must be > 0"),
-    (["--transport", "tcp"], "no server address"),
+# Status 2: a malformed setting (restarting cannot help); 1: the setting may start working later.
+@pytest.mark.parametrize("args, status, message", [
+    (["--server", "127.0.0.1:99999"], 2, "--server: bad server address"),
+    (["--server", "no-such-host.invalid:8899"], 1, "cannot resolve server"),
+    (["--server", "127.0.0.1:8899", "--key-file", "/nonexistent/key"], 1, "cannot read key file"),
+    (["--server", "127.0.0.1:8899", "--vm-id", "../etc"], 2, "--vm-id: vm id '../etc' is not an IP"),
+    (["--server", "127.0.0.1:8899", "--proc-root", "/nonexistent"], 1, "cannot read /nonexistent/stat"),
+    (["--server", "127.0.0.1:8899", "--interval", "0"], 2, "--interval: '0' must be > 0"),
+    (["--transport", "tcp"], 2, "no server address"),
 ])
-def test_bad_settings_exit_non_zero_with_one_line(args, message):
+def test_bad_settings_exit_non_zero_with_one_line(args, status, message):
     result = agent(*args)
-    assert result.returncode != 0
+    assert result.returncode == status
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -78,3 +80,19 @@ def test_help_lists_every_setting_through_both_entry_points():
         for flag in ("--server", "--transport", "--interval", "--sub-interval", "--spool-max",
                      "--key-file", "--vm-id", "--once", "VMSTATS_SERVER"):
             assert flag in result.stdout
+
+
+def test_systemd_unit_runs_the_bundle_unprivileged_and_restarts_on_failure(tmp_path):
+    unit = (ROOT / "packaging" / "vmstats-agent.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines()
+                    if "=" in line and not line.startswith("#"))
+    assert settings["ExecStart"].endswith("vmstats-agent.pyz")
+    assert settings["DynamicUser"] == "yes" and "User" not in settings
+    assert settings["Restart"] == "on-failure" and settings["RestartPreventExitStatus"] == "2"
+    assert settings["StateDirectory"] == "vmstats-agent"
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        copy = tmp_path / "vmstats-agent.service"
+        copy.write_text(unit)
+        result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+        assert "vmstats-agent.service" not in result.stderr, result.stderr

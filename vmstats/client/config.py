@@ -55,6 +55,23 @@ def _text(text):
     return value
 
 
+def _server(text):
+    from vmstats.client.transport import TransportError, parse_server
+    try:
+        parse_server(text)
+    except TransportError as exc:
+        raise ValueError(str(exc))
+    return text.strip()
+
+
+def _vm_id(text):
+    from vmstats.protocol import DecodeError, normalize_vm_id
+    try:
+        return normalize_vm_id(str(text).strip())
+    except DecodeError as exc:
+        raise ValueError(exc.detail)
+
+
 def _default_spool():
     # systemd's StateDirectory= exports the directory it created for the unit.
     state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
@@ -63,7 +80,7 @@ def _default_spool():
 
 #: name -> (converter, default, metavar, help).  One place for every setting.
 OPTIONS = (
-    ("server", _text, None, "HOST:PORT", "aggregator address (port defaults to 8899)"),
+    ("server", _server, None, "HOST:PORT", "aggregator address (port defaults to 8899)"),
     ("transport", _choice("udp", "tcp"), "udp", "udp|tcp",
      "udp: fire-and-forget; tcp: spooled on disk until acknowledged"),
     ("interval", _number(float, 0, True), 60.0, "SECONDS", "one record per interval"),
@@ -73,7 +90,7 @@ OPTIONS = (
      "random delay before the first interval, so a fleet spreads its sends "
      "(default: up to one interval; 0 disables)"),
     ("count", _number(int, 0, True), None, "N", "stop after N records (default: run until stopped)"),
-    ("vm_id", _text, None, "ID",
+    ("vm_id", _vm_id, None, "ID",
      "VM id (default: the local address used to reach the server)"),
     ("host", _text, None, "NAME", "host name tag (default: this machine's host name)"),
     ("proc_root", _text, "/proc", "DIR", "where to read the kernel's counters"),
