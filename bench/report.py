@@ -206,7 +206,9 @@ GROUP BY 1
 
 DUCKDB_SCRIPT = """
 import sys, duckdb
-rows = duckdb.sql(sys.argv[1]).fetchall()
+con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
+rows = con.sql(sys.argv[1]).fetchall()
 print(len(rows))
 """
 

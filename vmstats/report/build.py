@@ -191,11 +191,16 @@ def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -
         "bad_lines": int(v["bad_lines"]),
         # Not CSV columns: for JSON and HTML.
         "evidence": decision.evidence,
-        "hour_of_week_cpu": [_r(x, 1) for x in v["how_cpu"]],
-        "hour_of_week_mem": [_r(x, 1) for x in v["how_mem"]],
-        "spark_cpu": [_r(x, 1) for x in v["spark_cpu"]],
-        "spark_mem": [_r(x, 1) for x in v["spark_mem"]],
+        "hour_of_week_cpu": _profile(v["how_cpu"]),
+        "hour_of_week_mem": _profile(v["how_mem"]),
+        "spark_cpu": _profile(v["spark_cpu"]),
+        "spark_mem": _profile(v["spark_mem"]),
     }
+
+
+def _profile(values: np.ndarray) -> list[float | None]:
+    """A series rounded to 0.1, unknown points as None (one numpy pass, not a call per point)."""
+    return [None if x != x else x for x in np.round(values, 1).tolist()]
 
 
 def _r(value: float, digits: int) -> float | None:

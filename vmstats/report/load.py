@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmstats import logstore
-from vmstats.report.histogram import PCT_BINS, RATE_BINS, pct_bin, rate_bin
+from vmstats.report.histogram import PCT_BINS, PCT_VALUES, RATE_BINS, pct_bin, percentiles, rate_bin
 from vmstats.report.settings import ReportError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 CACHE_NAME = "report-cache-v%d.pickle" % CACHE_VERSION
 _EPOCH = datetime.date(1970, 1, 1)
 #: Units parsed per worker task: big enough to amortise pandas calls.
@@ -55,6 +55,8 @@ SCALARS = {
     "vcpus": np.float32,
     "mem_mb": np.float64,
     "bad": np.int32,
+    "cpu_p95": np.float32,
+    "mem_p95": np.float32,
 }
 #: Per-hour (24 columns) aggregates: records, sums and maxima, for schedules and sparklines.
 HOURLY = {
@@ -88,6 +90,8 @@ def discover(data_dirs: Sequence[str]) -> dict[tuple[str, int], list[str]]:
     """``{(vm, day): [paths]}`` over every data dir; ReportError when a dir is unusable."""
     units: dict[tuple[str, int], list[str]] = {}
     for data_dir in data_dirs:
+        # Absolute paths key the cache, so a re-run from another folder still finds it.
+        data_dir = os.path.abspath(data_dir)
         if not os.path.isdir(data_dir):
             raise ReportError("data dir %s does not exist or is not a directory" % data_dir)
         found = 0
@@ -197,6 +201,9 @@ def aggregate_units(paths_per_unit: list[list[str]]) -> dict[str, np.ndarray]:
         if flat.max(initial=0) > np.iinfo(np.uint16).max:
             out[name] = out[name].astype(np.uint32)
         out[name][:] = flat.reshape(rows, bins)
+    # Daily p95s (for trends and idle days) do not depend on the policy: computed once here.
+    out["cpu_p95"][:] = percentiles(out["hist_cpu"], 95, PCT_VALUES)
+    out["mem_p95"][:] = percentiles(out["hist_mem"], 95, PCT_VALUES)
     return out
 
 
@@ -279,6 +286,9 @@ def load(
         else:
             stale.append(i)
 
+    if cache and not stale and cache["keys"] == keys:
+        # Nothing changed since the cache was written: use its arrays as they are (no copies).
+        return _table(keys, cache["data"], 0, len(keys))
     parts = []
     order = []
     if reuse:
@@ -296,6 +306,10 @@ def load(
     if cache_dir and (stale or not cache or len(cache["keys"]) != len(keys)):
         _write_cache(cache_dir, {"version": CACHE_VERSION, "keys": keys, "sigs": signatures, "data": data})
 
+    return _table(keys, data, len(stale), len(reuse))
+
+
+def _table(keys, data, parsed: int, cached: int) -> DayTable:
     vms = sorted({vm for vm, _day in keys})
     index = {vm: i for i, vm in enumerate(vms)}
     return DayTable(
@@ -303,8 +317,8 @@ def load(
         np.array([index[vm] for vm, _day in keys], dtype=np.int32),
         np.array([day for _vm, day in keys], dtype=np.int32),
         data,
-        parsed_units=len(stale),
-        cached_units=len(reuse),
+        parsed_units=parsed,
+        cached_units=cached,
     )
 
 

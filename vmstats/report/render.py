@@ -30,16 +30,18 @@ def sparkline(cpu: list, mem: list) -> str:
     """CPU (blue) and memory (orange) over the window, 0-100%; gaps where no data."""
     count = max(len(cpu), 1)
     step = SPARK_W / max(count - 1, 1)
+    xs = ["%.1f," % (i * step) for i in range(count)]
+    scale = (SPARK_H - 2) / 100.0
     lines = []
     for values, colour in ((mem, "#f28e2b"), (cpu, "#4e79a7")):
         runs, current = [], []
-        for i, value in enumerate(values):
+        for x, value in zip(xs, values, strict=False):
             if value is None:
                 if current:
                     runs.append(current)
                 current = []
                 continue
-            current.append("%.1f,%.1f" % (i * step, SPARK_H - 1 - value / 100.0 * (SPARK_H - 2)))
+            current.append(x + "%.1f" % (SPARK_H - 1 - value * scale))
         if current:
             runs.append(current)
         for run in runs:

@@ -48,13 +48,30 @@ def _group_max(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray
     return out
 
 
-def _hist_sum(hist: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
-    """Sum of histogram rows per VM; rows are sorted by VM, so reduceat over segments."""
+#: Cells (VMs x days x bins) up to which histograms are summed through a dense array.
+_DENSE_CELLS = 64 << 20
+
+
+def _hist_sum(hist: np.ndarray, group: np.ndarray, offset: np.ndarray, groups: int) -> np.ndarray:
+    """Sum of histogram rows per VM (rows sorted by VM; ``offset``: day within the window).
+
+    Scattering rows into a dense VMs x days x bins array and summing the
+    middle axis is ~20 times faster than ``reduceat`` along rows; windows too
+    long for that fall back to ``reduceat``.
+    """
     out = np.zeros((groups, hist.shape[1]), np.int64)
     if not len(group):
         return out
+    span = int(offset.max()) + 1
+    if groups * span * hist.shape[1] <= _DENSE_CELLS:
+        dense = np.zeros((groups, span, hist.shape[1]), hist.dtype)
+        dense[group, offset] = hist
+        return dense.sum(axis=1, dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    out[group[starts]] = np.add.reduceat(hist.astype(np.int64), starts, axis=0)
+    out[group[starts]] = np.add.reduceat(hist, starts, axis=0, dtype=np.int64)
+    return out
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    out[group[starts]] = np.add.reduceat(hist, starts, axis=0, dtype=np.int64)
     return out
 
 
@@ -94,7 +111,10 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     for name in ("cpu_max", "cpu_peak", "mem_max", "disk_max", "net_max"):
         s[name] = _group_max(rows[name], group, vms)
 
-    hist = {name: _hist_sum(rows["hist_" + name], group, vms) for name in ("cpu", "mem", "disk", "net")}
+    offset = days - window.first_day
+    hist = {
+        name: _hist_sum(rows["hist_" + name], group, offset, vms) for name in ("cpu", "mem", "disk", "net")
+    }
     q = settings["idle_percentile"]
     s["cpu_p50"] = percentiles(hist["cpu"], 50, PCT_VALUES)
     s["cpu_p95"] = percentiles(hist["cpu"], 95, PCT_VALUES)
@@ -109,8 +129,8 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     s["idle_share"] = share_below(hist["cpu"], settings["cpu_idle"], PCT_VALUES)
 
     # Daily figures: idle days (Trusted Advisor's count) and the trend of daily p95.
-    day_cpu_p95 = percentiles(rows["hist_cpu"], 95, PCT_VALUES) if len(group) else np.zeros(0)
-    day_mem_p95 = percentiles(rows["hist_mem"], 95, PCT_VALUES) if len(group) else np.zeros(0)
+    day_cpu_p95 = rows["cpu_p95"].astype(np.float64)
+    day_mem_p95 = rows["mem_p95"].astype(np.float64)
     counted = rows["minutes"] >= DAY_MIN_COVERAGE * 1440
     day_net_mb = rows["net_sum"] * 60.0 / 1e6 * (1440.0 / np.maximum(rows["minutes"], 1))
     vm_q = settings["idle_day_cpu"][group]
