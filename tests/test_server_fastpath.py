@@ -108,3 +108,16 @@ def test_only_whole_lines_match_the_fast_path():
     assert ingest.payload(b"\n".join([b"x" + good, good + b"x", good + b" 1", good])) == (1, 3, 0)
     assert REGEX.findall(b"x" + good) == [] and REGEX.findall(good + b"0") == []
     assert len(REGEX.findall(good + b"\r\n" + good + b"\n")) == 2
+
+
+def test_reject_logging_is_rate_limited(caplog):
+    import logging
+
+    from vmstats.server.metrics import RateLimitedLog
+
+    limited = RateLimitedLog(logging.getLogger("test.limited"), "rejected record", burst=3,
+                             period=3600)
+    with caplog.at_level(logging.WARNING, logger="test.limited"):
+        for i in range(1000):
+            limited.emit("bad line %d", i)
+    assert len(caplog.records) == 3 and limited.suppressed == 997

@@ -181,3 +181,17 @@ def test_sigint_also_drains(tmp_path):
         server.wait_received(1)
         assert server.stop(signal.SIGINT) == 0
     assert len(logged(tmp_path / "data", "10.9.0.1")) == 1
+
+
+def test_reaching_the_global_cap_flushes_early_and_beyond_it_drops_are_counted(tmp_path):
+    t = now() - 3600
+    with serve(tmp_path, "--flush-interval", "1h", "--max-buffered", "50") as server:
+        server.send_udp(b"\n".join(line(Record(vm="10.12.0.%d" % (i % 5), ts=t + i, cpu=1.0,
+                                                 mem=2.0)) for i in range(50)))
+        # No interval flush for an hour: only the cap can have written these.
+        server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] == 50)
+        server.send_udp(b"\n".join(line(Record(vm="10.12.1.1", ts=t + i, cpu=1.0, mem=2.0))
+                                   for i in range(60)))
+        metrics = server.wait_received(110)
+    assert metrics['vmstats_dropped_total{cause="global_cap"}'] == 10
+    assert all_rows(tmp_path / "data") == 100
