@@ -84,7 +84,7 @@ def test_udp_records_land_in_the_log_keyed_by_the_local_address(server):
         assert int(row["vcpus"]) == os.cpu_count() and int(row["mem_mb"]) > 0
         assert row["host"]
     stamps = [int(r["ts"]) for r in rows]
-    assert stamps[2] - stamps[0] == 2          # one record per 1 s interval
+    assert 2 <= stamps[2] - stamps[0] <= 3     # one record per 1 s interval (stamps rounded)
     assert abs(stamps[-1] - time.time()) < 30
 
 

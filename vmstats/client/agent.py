@@ -1,9 +1,11 @@
 """The agent's loop: sample every sub-interval, push one record per interval.
 
 Timing: intervals are laid on the monotonic clock from one anchor, so they
-do not drift however long a send takes, and each record is stamped with its
-interval's scheduled end in wall-clock seconds, so consecutive records of a
-VM never share a timestamp (the server keeps one record per (vm, ts)).
+do not drift however long a send takes.  Each record is stamped with the
+wall clock when its interval ends, read afresh every time so an NTP step at
+boot does not leave every later record off by the step; a stamp that would
+not move forward (rounding, a small step back) becomes the previous one plus
+one second, because the server keeps one record per (vm, ts).
 Before the first interval the agent waits a random part of ``--jitter``, so a
 fleet booted together does not send in the same second.
 
@@ -33,6 +35,8 @@ LOG = logging.getLogger("vmstats.agent")
 #: Where ``--once`` without ``--server`` looks for a route to pick the VM id
 #: (TEST-NET-1: never contacted, only used to ask for the default route).
 _ROUTE_PROBE = "192.0.2.1"
+#: A wall clock this far (s) behind the monotonic clock's progress was stepped back.
+CLOCK_STEP = 5.0
 
 
 class AgentError(Exception):
@@ -93,9 +97,9 @@ class Sleeper(object):
         os.set_blocking(self._write, False)
         self._previous = None
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.set_wakeup_fd(self._write)
-            for number in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(number, self._on_signal)
+            self._previous = (signal.set_wakeup_fd(self._write),
+                              [(n, signal.signal(n, self._on_signal))
+                               for n in (signal.SIGTERM, signal.SIGINT)])
 
     def _on_signal(self, number, _frame):
         if not self.stopped:
@@ -125,9 +129,11 @@ class Sleeper(object):
 
     def close(self):
         if self._previous is not None:
-            signal.set_wakeup_fd(self._previous)
-            for number in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(number, signal.SIG_DFL)
+            wakeup_fd, handlers = self._previous
+            signal.set_wakeup_fd(wakeup_fd)
+            for number, handler in handlers:
+                signal.signal(number, handler)
+            self._previous = None
         os.close(self._read)
         os.close(self._write)
 
@@ -147,6 +153,29 @@ class Agent(object):
         self.wall = wall
         self.sampler = sampler.IntervalSampler(config.proc_root, clock)
         self.seq = 0
+        self.last_ts = None
+        self._last_clocks = None
+
+    def stamp(self):
+        """The wall-clock second of an interval's end, increasing record to record.
+
+        The wall clock is compared with the monotonic one: falling behind it
+        by more than CLOCK_STEP is a step back (NTP correcting a fast clock),
+        and the new time is taken; otherwise a stamp that would not move
+        forward becomes the previous one plus one.
+        """
+        wall, mono = self.wall(), self.clock()
+        ts = int(round(wall))
+        if self._last_clocks is not None:
+            expected = self._last_clocks[0] + (mono - self._last_clocks[1])
+            if wall < expected - CLOCK_STEP:
+                LOG.warning("wall clock stepped back by %ds; stamping records by the new time",
+                            expected - wall)
+            elif ts <= self.last_ts:
+                ts = self.last_ts + 1
+        self.last_ts = ts
+        self._last_clocks = (wall, mono)
+        return ts
 
     def record(self, metrics, ts):
         values = metrics._asdict()
@@ -164,7 +193,7 @@ class Agent(object):
             return self._stop(0)
         produced = 0
         self.sampler.begin()
-        anchor, anchor_wall, k = self.clock(), self.wall(), 0
+        anchor, k = self.clock(), 0
         while True:
             start = anchor + k * interval
             end = start + interval
@@ -177,7 +206,7 @@ class Agent(object):
             if not self.sleeper.until(end):
                 return self._stop(produced)
             k += 1
-            record = self.record(self.sampler.finish(), int(anchor_wall + k * interval))
+            record = self.record(self.sampler.finish(), self.stamp())
             self.sender.send([protocol.encode_record(record).encode("utf-8")])
             produced += 1
             if self.config.count and produced >= self.config.count:
@@ -187,7 +216,7 @@ class Agent(object):
                 # rather than emit a burst of records for time not sampled.
                 LOG.warning("fell behind by more than one interval; re-synchronising")
                 self.sampler.begin()
-                anchor, anchor_wall, k = self.clock(), self.wall(), 0
+                anchor, k = self.clock(), 0
             elif not self.sleeper.stopped:
                 self.sender.flush()
 
