@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import socket
 import threading
 
@@ -234,3 +235,13 @@ def test_bad_config_file_line_is_located(tmp_path):
     conf.write_text("server = h:1\nspeed = 3\n")
     with pytest.raises(config.ConfigError, match="agent.conf:2: expected"):
         config.load(["--config", str(conf)], environ={})
+
+
+def test_a_record_the_spool_cannot_store_is_counted_not_fatal(tmp_path, caplog):
+    store = spool.Spool(str(tmp_path / "spool"), 10)
+    sender = transport.TcpSender("127.0.0.1", 9, store, timeout=1)
+    shutil.rmtree(str(tmp_path / "spool"))    # as good as a full or failed disk
+    sender.send(lines(2))
+    assert sender.lost == 2 and len(store) == 0
+    assert "cannot spool a record" in caplog.text
+    sender.close()

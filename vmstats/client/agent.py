@@ -92,6 +92,7 @@ class Sleeper(object):
     def __init__(self, clock=time.monotonic):
         self.clock = clock
         self.stopped = False
+        self.signal = None
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
@@ -102,8 +103,8 @@ class Sleeper(object):
                                for n in (signal.SIGTERM, signal.SIGINT)])
 
     def _on_signal(self, number, _frame):
-        if not self.stopped:
-            LOG.info("stopping on signal %d", number)
+        # No logging here: the handler may run while the logging lock is held.
+        self.signal = number
         self.stopped = True
 
     def stop(self):
@@ -199,10 +200,13 @@ class Agent(object):
             end = start + interval
             j = 1
             while start + j * sub < end - sub / 100:
-                if not self.sleeper.until(start + j * sub):
+                due = start + j * sub
+                j += 1
+                if self.clock() - due > sub / 2:
+                    continue  # late after a slow send: a sliver of a sub-sample is only noise
+                if not self.sleeper.until(due):
                     return self._stop(produced)
                 self.sampler.sub_sample()
-                j += 1
             if not self.sleeper.until(end):
                 return self._stop(produced)
             k += 1
@@ -221,6 +225,8 @@ class Agent(object):
                 self.sender.flush()
 
     def _stop(self, produced):
+        if getattr(self.sleeper, "signal", None):
+            LOG.info("stopping on signal %d", self.sleeper.signal)
         if not self.sender.flush(force=True):
             LOG.warning("%d records left in the spool for the next start", len(self.sender.spool))
         return produced

@@ -190,11 +190,20 @@ class TcpSender(object):
         self.retry_at = 0.0
         self.acked = 0
         self.rejected = 0
+        self.lost = 0
 
     def send(self, lines):
-        """Spool the records, then deliver what the backoff allows."""
+        """Spool the records, then deliver what the backoff allows.
+
+        A record the spool cannot store (disk full) is logged and lost: the
+        agent keeps running and keeps delivering what the spool holds.
+        """
         for line in lines:
-            self.spool.add(line)
+            try:
+                self.spool.add(line)
+            except (IOError, OSError) as exc:
+                self.lost += 1
+                LOG.error("cannot spool a record (%s): lost, %d so far", exc.strerror or exc, self.lost)
         self.flush()
 
     def flush(self, force=False):
