@@ -242,8 +242,14 @@ def main() -> None:
         glob=data_dir / logstore.VMS_DIR / "*" / "*.csv",
         columns="{%s}" % ", ".join("'%s': '%s'" % kv for kv in types.items()),
     )
-    duck_s, duck_rss, out = run_measured([sys.executable, "-c", DUCKDB_SCRIPT, query])
-    print("duckdb: %.2f s, peak %.0f MiB, %s VMs" % (duck_s, duck_rss / 2**20, out.strip()))
+    # Shared machines are noisy: the best of two DuckDB runs and of three re-runs (the cold
+    # run cannot be repeated without rebuilding the cache, so it is taken once).
+    duck = [run_measured([sys.executable, "-c", DUCKDB_SCRIPT, query]) for _ in range(2)]
+    duck_s, duck_rss, out = min(duck)
+    print(
+        "duckdb: %.2f s (runs: %s), peak %.0f MiB, %s VMs"
+        % (duck_s, ", ".join("%.2f" % d[0] for d in duck), duck_rss / 2**20, out.strip())
+    )
 
     report_out = OUT / "report-output"
     shutil.rmtree(report_out, ignore_errors=True)
@@ -253,10 +259,11 @@ def main() -> None:
         "vmstats report cold: %.2f s (%.2fx duckdb), peak %.0f MiB"
         % (cold_s, cold_s / duck_s, cold_rss / 2**20)
     )
-    warm_s, warm_rss, _ = run_measured(command)
+    warm = [run_measured(command) for _ in range(3)]
+    warm_s, warm_rss, _ = min(warm)
     print(
-        "vmstats report re-run: %.2f s (%.3fx duckdb), peak %.0f MiB"
-        % (warm_s, warm_s / duck_s, warm_rss / 2**20)
+        "vmstats report re-run: %.2f s (%.3fx duckdb; runs: %s), peak %.0f MiB"
+        % (warm_s, warm_s / duck_s, ", ".join("%.2f" % w[0] for w in warm), warm_rss / 2**20)
     )
     verdict = (cold_s <= 1.5 * duck_s, warm_s <= 0.1 * duck_s, cold_rss <= 2 * 2**30)
     print(
