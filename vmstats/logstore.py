@@ -131,7 +131,7 @@ def _read_body(path: str) -> bytes:
 
 
 def _clean_body(body: bytes) -> Tuple[Optional[bytes], int]:
-    """``(body, 0)`` when every line of a file is well-formed, else ``(None, lines)``.
+    """``(body, lines)`` when every line of a file is well-formed, else ``(None, lines)``.
 
     Counting bytes is C-speed, so the common case (a file the flusher wrote
     whole) costs no Python loop per line; only a file with a suspicious line

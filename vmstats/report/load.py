@@ -142,13 +142,18 @@ def aggregate_units(paths_per_unit: list[list[str]]) -> dict[str, np.ndarray]:
         return out
     unit = owner[frame["file"].to_numpy()]
     ts = frame["ts"].to_numpy()
-    order = np.lexsort((np.arange(len(ts)), ts, unit))
-    unit, ts = unit[order], ts[order]
-    last = np.ones(len(ts), bool)
-    last[:-1] = (unit[1:] != unit[:-1]) | (ts[1:] != ts[:-1])
-    keep = order[last]
-    unit, ts = unit[last], ts[last]
-    col = {name: frame[name].to_numpy()[keep] for name in _READ}
+    same = unit[1:] == unit[:-1]
+    if np.all(~same | (ts[1:] > ts[:-1])):
+        # Already in (unit, time) order without duplicates: the usual case, no sort or copies.
+        col = {name: frame[name].to_numpy() for name in _READ}
+    else:
+        order = np.lexsort((np.arange(len(ts)), ts, unit))
+        unit, ts = unit[order], ts[order]
+        last = np.ones(len(ts), bool)
+        last[:-1] = (unit[1:] != unit[:-1]) | (ts[1:] != ts[:-1])
+        keep = order[last]
+        unit, ts = unit[last], ts[last]
+        col = {name: frame[name].to_numpy()[keep] for name in _READ}
     disk = _sum_known(col["disk_r"], col["disk_w"])
     net = _sum_known(col["net_rx"], col["net_tx"])
 
