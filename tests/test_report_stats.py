@@ -4,6 +4,8 @@ Also home of the helpers the other report tests use to write logs through
 the real layout module (logstore.format_row / append_rows).
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -197,3 +199,25 @@ def test_window_days_since_until(tmp_path):
     report, rows = run([tmp_path], policy=Policy.load(overrides={"days": 30}))
     assert report.meta["window"]["start"] == "2026-01-01T00:00:00Z"
     assert rows["10.0.0.1"]["coverage"] == 1.0
+
+
+def test_vm_silent_since_before_the_window_is_stopped_with_its_last_record(tmp_path):
+    ts = T0 + 60 * np.arange(10 * 1440)
+    write_records(tmp_path, series("10.0.0.1", ts, np.full(len(ts), 3.0), np.full(len(ts), 30.0)))
+    old = ts[: 2 * 1440]
+    write_records(tmp_path, series("10.0.0.2", old, np.full(len(old), 50.0), np.full(len(old), 30.0)))
+    # A VM whose only log line is junk: listed, never taken for idle.
+    path = logstore.day_path(str(tmp_path), "10.0.0.3", logstore.day_of(T0 + 9 * DAY))
+    Path(path).parent.mkdir(parents=True)
+    Path(path).write_bytes(logstore.HEADER + b"not,a,record\n")
+    report, rows = run([tmp_path], policy=Policy.load(overrides={"days": 4}))
+    assert report.meta["window"]["first_day"] == "2026-01-07"
+    stopped = rows["10.0.0.2"]
+    assert stopped["category"] == "stopped" and stopped["records"] == 0
+    assert stopped["last_seen"] == "2026-01-02T23:59:00Z"
+    assert "192.0 h" in stopped["reason"]
+    assert rows["10.0.0.3"]["category"] == "stopped" and rows["10.0.0.3"]["bad_lines"] == 1
+    assert rows["10.0.0.3"]["last_seen"] == ""
+    assert rows["10.0.0.3"]["reason"] == "no valid record in its logs"
+    # No disk or network figures at all: never called idle, only sized down.
+    assert rows["10.0.0.1"]["category"] == "downsize"

@@ -56,6 +56,14 @@ def confidence_label(value: float) -> str:
 
 def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceBook) -> Decision:
     """The category of one VM from its statistics ``vm`` and its settings ``s``."""
+    if vm["last_seen"] <= 0:
+        return Decision(
+            "stopped",
+            "no valid record in its logs",
+            1.0,
+            recommendation="check the VM's agent and logs",
+            evidence={"bad_lines": int(vm["bad_lines"])},
+        )
     gap_hours = (window_end - vm["last_seen"]) / 3600.0
     if gap_hours > s["stopped_after_hours"]:
         return Decision(
