@@ -245,3 +245,12 @@ def test_a_record_the_spool_cannot_store_is_counted_not_fatal(tmp_path, caplog):
     assert sender.lost == 2 and len(store) == 0
     assert "cannot spool a record" in caplog.text
     sender.close()
+
+
+def test_a_server_name_that_stops_resolving_is_retried_later(tmp_path, caplog):
+    store = spool.Spool(str(tmp_path), 10)
+    sender = transport.TcpSender("no-such-host.invalid", 8899, store, timeout=1)
+    sender.send(lines(1))
+    assert len(store) == 1 and sender.retry_at > 0
+    assert "cannot resolve server" in caplog.text
+    sender.close()

@@ -225,7 +225,7 @@ class TcpSender(object):
                 self._deliver(self.spool.oldest(TCP_BATCH_RECORDS, TCP_BATCH_BYTES))
             except Refused as exc:
                 return self._later(exc)
-            except (DeliveryError, OSError) as exc:
+            except (DeliveryError, TransportError, OSError) as exc:
                 self._disconnect()
                 if not fresh:
                     # A connection idle since the last interval may have been
