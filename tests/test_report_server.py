@@ -48,13 +48,17 @@ def test_records_sent_over_udp_are_reported(tmp_path):
                 mem_mb=4096,
             )
         )
-    lines = [protocol.encode_record(r).encode() for r in records]
-    payloads = list(protocol.pack_lines(lines))
+    payload = b"".join(protocol.encode_record(r).encode() + b"\n" for r in records)
     with serve(tmp_path, "--flush-interval", "0.5") as server:
-        for i in range(0, len(payloads), 50):  # paced: loopback UDP still has a socket buffer
-            server.send_udp(*payloads[i : i + 50])
-            time.sleep(0.01)
-        server.wait_received(len(records), timeout=30)
+        # Over TCP with a sync: the server's ack says every record is held (UDP may drop under load).
+        with server.tcp(timeout=30) as sock:
+            sock.sendall(payload + b"#!sync day1\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                assert chunk, "server closed the connection"
+                reply += chunk
+        assert reply.decode().split() == ["#!ack", "day1", str(len(records)), "0"]
     assert server.returncode == 0, server.output
     out = tmp_path / "out"
     result = subprocess.run(

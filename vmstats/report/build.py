@@ -115,9 +115,15 @@ def build(
         if excluded is not None:
             decision = Decision(
                 "excluded",
-                "excluded: %s" % excluded.reason,
+                "excluded: %s%s; would be %s: %s"
+                % (
+                    excluded.reason,
+                    " (until %s)" % excluded.expires.isoformat() if excluded.expires else "",
+                    decision.category,
+                    decision.reason,
+                ),
                 1.0,
-                recommendation="(would be %s: %s)" % (decision.category, decision.reason),
+                recommendation="none (excluded)",
                 evidence={
                     "would_be": decision.category,
                     "would_save": decision.monthly_saving,
@@ -256,6 +262,7 @@ def _meta(data_dirs, policy, prices, window, rows, table, active, expired, exclu
             "monthly_saving": round(sum(r["monthly_saving"] for r in rows), 2),
             "candidates": sum(1 for r in rows if r["category"] in CANDIDATES),
             "bad_lines": sum(r["bad_lines"] for r in rows),
+            "unpriced_vms": sum(1 for r in rows if r["monthly_cost"] is None),
         },
         "categories": categories,
         "cache": {"parsed_vm_days": table.parsed_units, "cached_vm_days": table.cached_units},

@@ -136,6 +136,11 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
         ),
         file=stream,
     )
+    if totals["unpriced_vms"]:
+        print(
+            "%d VMs never reported their size: no cost or saving for them" % totals["unpriced_vms"],
+            file=stream,
+        )
     if totals["bad_lines"]:
         print("malformed log lines skipped: %d" % totals["bad_lines"], file=stream)
     candidates = [r for r in report.rows if r["category"] in CANDIDATES][:top]
