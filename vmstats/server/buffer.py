@@ -1,8 +1,8 @@
 """The in-memory table the receive path fills and the flusher empties.
 
-``vm -> {ts: row bytes}``: a retransmit of the same (vm, ts) replaces the
-row, and a compact bytes row (~60-90 bytes) is what keeps a held record
-under 200 bytes of memory.  Both caps bound memory whatever senders do.
+``vm -> {ts: held row bytes}`` (rows.py): a retransmit of the same (vm, ts)
+replaces the row, and a compact bytes row (~50-80 bytes) is what keeps a
+held record under 200 bytes of memory.  Both caps bound memory whatever senders do.
 """
 
 import time

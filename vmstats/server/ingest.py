@@ -3,23 +3,23 @@
 Per-field Python code costs tens of microseconds per record on this
 interpreter, far above the ingest budget.  So the common case -- lines exactly
 as ``protocol.encode_record`` writes them -- is matched for a whole payload by
-one compiled regex built from ``protocol.FIELDS`` and turned into the log row
-(``logstore.COLUMNS`` order) by one bytes %-format.  The regex only admits
+one compiled regex built from ``protocol.FIELDS`` and turned into the held row
+(``rows.py``) by one bytes join.  The regex only admits
 values whose range and finiteness it can prove, so no float() is needed.
 Anything else (reordered tags, exponents, ms/ns timestamps, bad input) goes
-through ``protocol.Decoder`` and ``logstore.format_row``: identical rows,
+through ``protocol.Decoder`` (and ``rows.held_from_record``): identical rows,
 just slower, and the decoder names the reason for every reject.
 """
 
 import logging
-import operator
 import re
 import time
 from collections.abc import Callable
 
-from vmstats import logstore, protocol
+from vmstats import protocol
 from vmstats.server.buffer import Buffer
 from vmstats.server.metrics import Metrics, RateLimitedLog
+from vmstats.server.rows import held_from_record
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,12 @@ def _optional(piece: str) -> str:
     return "(?:%s|)" % piece
 
 
-def build_fast_path() -> tuple["re.Pattern[bytes]", bytes, Callable, int, int, int]:
-    """The canonical-line regex, the row template and how to feed one from the other.
+def build_fast_path() -> tuple["re.Pattern[bytes]", int, int]:
+    """The canonical-line regex and where the timestamp and seq are among its groups.
 
-    Returns ``(regex, row_format, reorder, vm_group, ts_group, seq_group)``:
-    ``row_format % reorder(groups)`` is the log row; group numbers index the
-    tuples that ``regex.findall`` yields (seq_group is -1 without a seq field).
+    Returns ``(regex, ts_group, seq_group)`` indexing the tuples that
+    ``regex.findall`` yields: group 0 is the VM id, the last one the
+    timestamp, and ``b",".join(groups[1:-1])`` is the held row (rows.py).
     """
     # Anchored to whole lines by a lookbehind after the literal head and a lookahead at the
     # end rather than ^/$ with MULTILINE: a leading literal lets sre skip ahead to candidate
@@ -72,20 +72,18 @@ def build_fast_path() -> tuple["re.Pattern[bytes]", bytes, Callable, int, int, i
     parts = [r"%s(?<![^\n]%s)([A-Za-z0-9._:-]{1,%d})" % (re.escape(head), re.escape(head),
                                                          protocol.MAX_VM_ID_LENGTH),
              _optional(r",host=([A-Za-z0-9][A-Za-z0-9._-]{0,254})")]
-    groups = {"host": 1}
+    seq_group = -1
     for position, (name, is_int, lo, hi, required) in enumerate(protocol.FIELDS):
         if position == 0 and not required:
             raise ValueError("the first field must be required for the fast path")
         value = r"(%s)i" % _int_pattern(lo, hi) if is_int else "(%s)" % _float_pattern(lo, hi)
         piece = r"%s%s=%s" % (" " if position == 0 else ",", re.escape(name), value)
         parts.append(piece if required else _optional(piece))
-        groups[name] = position + 2
+        if name == "seq":
+            seq_group = position + 2
     parts.append(r" ([1-9]\d{9})\r?(?![^\n])")
-    groups["ts"] = len(protocol.FIELDS) + 2
     regex = re.compile("".join(parts).encode("ascii"))
-    row_format = ",".join("%s" for _column in logstore.COLUMNS).encode("ascii")
-    reorder = operator.itemgetter(*(groups[column] for column in logstore.COLUMNS))
-    return regex, row_format, reorder, 0, groups["ts"], groups.get("seq", -1)
+    return regex, len(protocol.FIELDS) + 2, seq_group
 
 
 class Ingest:
@@ -103,8 +101,7 @@ class Ingest:
         self.max_past = max_past
         self.clock = clock
         self.decoder = protocol.Decoder(max_future=max_future, max_past=max_past, clock=clock)
-        (self._regex, self._row, self._reorder, self._vm_group, self._ts_group,
-         self._seq_group) = build_fast_path()
+        self._regex, self._ts_group, self._seq_group = build_fast_path()
         self._vm_ids: dict[bytes, str] = {}
         self._bad_log = RateLimitedLog(log, "rejected record")
         self.payload = self._make_payload()
@@ -133,7 +130,7 @@ class Ingest:
         the rest of the payload to ``_store``, which checks each record fully.
         """
         findall = self._regex.findall
-        row_format, reorder = self._row, self._reorder
+        join = b",".join
         ts_group, seq_group = self._ts_group, self._seq_group
         vm_ids = self._vm_ids
         buffer, metrics, clock = self.buffer, self.metrics, self.clock
@@ -165,7 +162,7 @@ class Ingest:
                     if len(rows) >= max_per_vm:
                         break
                     new += 1
-                rows[ts] = row_format % reorder(groups)
+                rows[ts] = join(groups[1:-1])
                 last_seen[vm] = now
                 seq = groups[seq_group]
                 if seq:
@@ -211,18 +208,17 @@ class Ingest:
         metrics = self.metrics
         hi = int(now) + self.max_future
         lo = int(now) - self.max_past if self.max_past else 0
-        row_format = self._row
-        reorder = self._reorder
+        join = b",".join
         vm_ids = self._vm_ids
-        vm_group, ts_group, seq_group = self._vm_group, self._ts_group, self._seq_group
+        ts_group, seq_group = self._ts_group, self._seq_group
         put = buffer.put
         seen = buffer.last_seen
         accepted = rejected = dropped = 0
         for groups in matches:
-            vm = vm_ids.get(groups[vm_group])
+            vm = vm_ids.get(groups[0])
             if vm is None:
                 try:
-                    vm = self._vm_id(groups[vm_group])
+                    vm = self._vm_id(groups[0])
                 except protocol.DecodeError as exc:
                     rejected += 1
                     metrics.reject(exc.reason)
@@ -237,13 +233,13 @@ class Ingest:
                 continue
             seen[vm] = now
             seq = groups[seq_group]
-            if put(vm, ts, row_format % reorder(groups), int(seq) if seq else None):
+            if put(vm, ts, join(groups[1:-1]), int(seq) if seq else None):
                 accepted += 1
             else:
                 dropped += 1
         for record in records:
             seen[record.vm] = now
-            if put(record.vm, record.ts, logstore.format_row(record), record.seq):
+            if put(record.vm, record.ts, held_from_record(record), record.seq):
                 accepted += 1
             else:
                 dropped += 1

@@ -9,6 +9,7 @@ retry exactly the VMs that failed.
 import os
 
 from vmstats import logstore
+from vmstats.server.rows import log_rows
 
 #: Writers yield the CPU to the receiving process: a late write costs nothing, a late read of
 #: the UDP socket loses datagrams.
@@ -27,13 +28,15 @@ def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
                 ) -> list[tuple[str, int, str | None, bool]]:
     """``[(vm, rows written, error or None, worth retrying)]`` for each VM of the share.
 
+    ``share`` holds each VM's rows in the held form (rows.py).
+
     An OSError (full disk, permissions, a file in the way) may go away and is
     retried; a ValueError means the layout refused the VM id, which no retry fixes.
     """
     results = []
     for vm, rows in share:
         try:
-            results.append((vm, logstore.append_rows(data_dir, vm, rows), None, False))
+            results.append((vm, logstore.append_rows(data_dir, vm, log_rows(rows)), None, False))
         except OSError as exc:
             results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), True))
         except ValueError as exc:
