@@ -4,7 +4,9 @@ Every test runs the agent as a separate process with a 1 s interval and a
 record count, and asserts on the per-VM logs the server wrote.
 """
 
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,6 +152,38 @@ def test_zipapp_runs_with_a_plain_python(server, tmp_path):
     subprocess.run([sys.executable, "-m", "vmstats", "agent-bundle", "-o", str(again)], env=ENV,
                    check=True, capture_output=True, timeout=60)
     assert again.read_bytes() == bundle.read_bytes()
+
+
+def oldest_python():
+    """The oldest Python 3.6/3.7 that runs here (on PATH or installed by pyenv), else None."""
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    for version in ("3.6", "3.7"):
+        candidates = [shutil.which("python" + version)]
+        candidates += sorted(glob.glob(os.path.join(pyenv, "versions", version + ".*", "bin",
+                                                    "python" + version)))
+        for candidate in filter(None, candidates):
+            probe = subprocess.run([candidate, "-I", "-c", "import sys; print(sys.version_info[1])"],
+                                   capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+            if probe.returncode == 0 and probe.stdout.strip() == version[2:]:
+                return candidate
+    return None
+
+
+def test_zipapp_runs_on_the_oldest_supported_python(server, tmp_path):
+    python = oldest_python()
+    if python is None:
+        pytest.skip("no Python 3.6 or 3.7 interpreter here (vermin still checks the syntax)")
+    bundle = tmp_path / "vmstats-agent.pyz"
+    subprocess.run([sys.executable, "-m", "vmstats", "agent-bundle", "-o", str(bundle)], env=ENV,
+                   check=True, capture_output=True, timeout=60)
+    result = subprocess.run([python, "-I", str(bundle), *FAST, "--count", "2", "--vm-id", "old-python",
+                             "--transport", "tcp", "--spool-dir", str(tmp_path / "spool"),
+                             "--key-file", key_file(tmp_path, "key", "k1 secret-one\n"),
+                             "--server", "%s:%d" % (LOOPBACK, server.tcp_port)],
+                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(str(tmp_path / "spool")) == ["lock"]
+    assert_each_once(wait_rows(server.data_dir, "old-python", 2), 2)
 
 
 def test_server_down_at_start_then_every_spooled_record_arrives_once(tmp_path):
