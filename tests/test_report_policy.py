@@ -79,6 +79,18 @@ def build_fleet(data):
         mem_mb=32768,
     )
     add("busy", "keep", 60 + 30 * NOISE, 70 + 10 * NOISE, disk=flat(5e5), net=flat(5e5), vcpus=4, mem_mb=8192)
+    # Busy in random hours: no recurring off-hours, so no schedule, and not idle.
+    burst = np.repeat(np.random.default_rng(5).random(14 * 24) < 0.15, 60)
+    add(
+        "random-bursts",
+        "keep",
+        np.where(burst, 70.0, 1.0),
+        np.where(burst, 50.0, 30.0),
+        disk=np.where(burst, 1e6, 500.0),
+        net=np.where(burst, 1e5, 200.0),
+        vcpus=4,
+        mem_mb=8192,
+    )
     early = TS < T0 + 10 * DAY
     add(
         "stopped",
