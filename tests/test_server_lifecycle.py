@@ -195,3 +195,18 @@ def test_reaching_the_global_cap_flushes_early_and_beyond_it_drops_are_counted(t
         metrics = server.wait_received(110)
     assert metrics['vmstats_dropped_total{cause="global_cap"}'] == 10
     assert all_rows(tmp_path / "data") == 100
+
+
+def test_a_hung_writer_misses_the_drain_deadline_and_the_exit_code_says_so(tmp_path):
+    t = now() - 60
+    folder = tmp_path / "data" / "vms" / "10.13.0.1"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / (logstore.day_of(t) + logstore.SUFFIX))  # open() blocks: no reader
+    with serve(tmp_path, "--flush-interval", "1h", "--drain-timeout", "1s") as server:
+        server.send_udp(line(Record(vm="10.13.0.1", ts=t, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+        started = time.monotonic()
+    assert time.monotonic() - started < 10
+    assert server.returncode == 1
+    assert "drain deadline of 1.0s MISSED" in server.output
+    assert "NOT WRITTEN       1 records" in server.output
