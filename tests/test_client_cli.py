@@ -96,3 +96,14 @@ def test_systemd_unit_runs_the_bundle_unprivileged_and_restarts_on_failure(tmp_p
         copy.write_text(unit)
         result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
         assert "vmstats-agent.service" not in result.stderr, result.stderr
+
+
+def test_bundle_to_an_unwritable_place_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = subprocess.run([sys.executable, "-m", "vmstats", "agent-bundle", "-o", str(blocker / "a.pyz")],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not list(tmp_path.glob("**/*.tmp"))

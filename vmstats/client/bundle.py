@@ -48,16 +48,21 @@ def build(output):
     """
     temporary = output + ".tmp"
     names = []
-    with open(temporary, "wb") as handle:
-        handle.write(SHEBANG)
-        with zipfile.ZipFile(handle, "w") as archive:
-            _add(archive, "__main__.py", ENTRY)
-            names.append("__main__.py")
-            for name, path in bundle_sources():
-                with open(path, "rb") as source:
-                    _add(archive, name, source.read())
-                names.append(name)
-    mode = os.stat(temporary).st_mode
-    os.chmod(temporary, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    os.replace(temporary, output)
+    handle = open(temporary, "wb")
+    try:
+        with handle:
+            handle.write(SHEBANG)
+            with zipfile.ZipFile(handle, "w") as archive:
+                _add(archive, "__main__.py", ENTRY)
+                names.append("__main__.py")
+                for name, path in bundle_sources():
+                    with open(path, "rb") as source:
+                        _add(archive, name, source.read())
+                    names.append(name)
+        mode = os.stat(temporary).st_mode
+        os.chmod(temporary, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        os.replace(temporary, output)
+    except BaseException:
+        os.unlink(temporary)
+        raise
     return names
