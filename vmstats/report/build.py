@@ -149,6 +149,13 @@ def build(
         int(st["spark_step_hours"]),
     )
     fleet = _fleet(rows)
+    with np.errstate(invalid="ignore"):
+        # Fleet-wide mean CPU per hour of the week: when the fleet works, at a glance.
+        how = st["how_cpu"]
+        counts = np.sum(~np.isnan(how), axis=0)
+        fleet["hour_of_week_cpu"] = _profile(
+            np.where(counts > 0, np.nansum(how, axis=0) / np.maximum(counts, 1), np.nan)
+        )
     return Report(rows, window, meta, fleet)
 
 

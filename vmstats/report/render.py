@@ -93,6 +93,42 @@ def distribution_chart(fleet: dict[str, list[int]]) -> str:
     return "".join(parts)
 
 
+def week_heatmap(profile: list) -> str:
+    """Fleet mean CPU per hour of the week: 7 rows (Monday first) x 24 hours (UTC)."""
+    cell, left, top = 14, 34, 14
+    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+    known = [v for v in profile if v is not None]
+    most = max(known) if known else 1.0
+    parts = [
+        '<svg width="%d" height="%d" role="img" aria-label="fleet CPU by hour of week">'
+        % (left + 24 * cell + 4, top + 7 * cell + 4)
+    ]
+    for hour in range(0, 24, 3):
+        parts.append(
+            '<text x="%d" y="10" font-size="9" text-anchor="middle">%02d</text>'
+            % (left + hour * cell + cell / 2, hour)
+        )
+    for d, label in enumerate(days):
+        parts.append(
+            '<text x="%d" y="%d" font-size="10" text-anchor="end">%s</text>'
+            % (left - 4, top + d * cell + 11, label)
+        )
+        for hour in range(24):
+            value = profile[d * 24 + hour]
+            if value is None:
+                fill, title = "#eee", "no data"
+            else:
+                shade = int(235 - 180 * (value / most if most > 0 else 0))
+                fill, title = "rgb(%d,%d,255)" % (shade, shade), "%.1f%%" % value
+            parts.append(
+                '<rect x="%d" y="%d" width="%d" height="%d" fill="%s"><title>%s %02d:00 UTC: %s'
+                "</title></rect>"
+                % (left + hour * cell, top + d * cell, cell - 1, cell - 1, fill, label, hour, title)
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def category_bar(categories: dict[str, dict[str, Any]], total: int) -> str:
     width = 520
     x = 0.0
@@ -133,6 +169,8 @@ def render(report: Report, path: str) -> None:
         candidates=CANDIDATES,
         currency=meta["prices"]["currency"],
         distribution=distribution_chart(report.fleet),
+        heatmap=week_heatmap(report.fleet["hour_of_week_cpu"]),
+        meta_how_max=max([v for v in report.fleet["hour_of_week_cpu"] if v is not None] or [0.0]),
         category_bar=category_bar(meta["categories"], meta["totals"]["vms"]),
     )
     with open(path, "w", encoding="utf-8") as handle:
