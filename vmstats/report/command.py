@@ -6,7 +6,10 @@ import time
 
 import click
 
-from vmstats.report.settings import DEFAULTS, ReportError
+from vmstats.report.settings import DEFAULTS, SETTINGS, ReportError
+
+_MEANING = {s.name: s.meaning for s in SETTINGS}
+_UNIT = {s.name: s.unit for s in SETTINGS}
 
 #: Threshold flags (the policy's main knobs); any other setting goes through --set.
 _FLAGS = (
@@ -39,7 +42,8 @@ def _threshold_options(function):
             name,
             type=float,
             default=None,
-            help="Override %s (default %s)." % (name, DEFAULTS[name]),
+            help="%s (default %g %s)."
+            % (_MEANING[name][:1].upper() + _MEANING[name][1:], DEFAULTS[name], _UNIT[name]),
         )(function)
     return function
 
