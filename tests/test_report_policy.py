@@ -205,3 +205,30 @@ def test_bad_policy_files_are_readable_errors(tmp_path):
         path.write_text(text)
         with pytest.raises(ReportError, match=message):
             Policy.load(str(path))
+
+
+def test_groups_and_exclusions_select_by_pattern_or_cidr(tmp_path):
+    import datetime
+
+    from vmstats.report import exclusions
+
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(
+        '[[groups]]\nname = "lab"\nmatch = "10.200.0.0/16"\ncpu_idle = 1.5\n'
+        '[[groups]]\nname = "web"\nmatch = ["web-*", "10.0.0.0/8"]\ncpu_idle = 7\n'
+    )
+    policy = Policy.load(str(policy_file), {"cpu_idle": 3})
+    assert policy.for_vm("10.200.3.4") == ("lab", dict(policy.base, cpu_idle=1.5))  # first match wins
+    assert policy.for_vm("10.9.0.1")[0] == "web" and policy.for_vm("web-12")[1]["cpu_idle"] == 7
+    assert policy.for_vm("db-1") == ("", policy.base) and policy.base["cpu_idle"] == 3
+    path = tmp_path / "exclusions.toml"
+    path.write_text(
+        '[[exclude]]\nvm = "192.168.0.0/24"\nreason = "lab"\n'
+        '[[exclude]]\nvm = "db-*"\nreason = "old"\nexpires = 2026-01-31\n'
+    )
+    active, expired = exclusions.load(str(path), datetime.date(2026, 2, 1))
+    assert exclusions.find(active, "192.168.0.77").reason == "lab"
+    assert exclusions.find(active, "192.168.1.1") is None and exclusions.find(active, "db-1") is None
+    assert [e.selector for e in expired] == ["db-*"]
+    active, expired = exclusions.load(str(path), datetime.date(2026, 1, 31))  # the expiry day still counts
+    assert exclusions.find(active, "db-1").reason == "old" and expired == []
