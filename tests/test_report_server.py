@@ -1,4 +1,4 @@
-"""From agents' datagrams to the report: the real server on loopback writes the logs it reads."""
+"""From records sent to the real server (loopback, TCP with sync) to the report that reads its logs."""
 
 import json
 import subprocess
@@ -14,7 +14,7 @@ from vmstats.protocol import Record
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_records_sent_over_udp_are_reported(tmp_path):
+def test_records_sent_to_the_server_are_reported(tmp_path):
     end = int(time.time()) // 60 * 60 - 60
     start = end - 1440 * 60
     records = []
