@@ -51,7 +51,7 @@ def expected_rows(records) -> dict:
     return out
 
 
-def simulate_and_compare(tmp_path, transport, vms, days, mix=None):
+def simulate_and_compare(tmp_path, transport, vms, days, mix=None, extra=()):
     end = int(time.time()) // 60 * 60
     truth = tmp_path / "truth.csv"
     with serve(tmp_path, "--flush-interval", "0.5") as server:
@@ -60,7 +60,7 @@ def simulate_and_compare(tmp_path, transport, vms, days, mix=None):
                 "--server", "127.0.0.1:%d" % port, "--transport", transport, "--truth", str(truth)]
         if mix:
             args += ["--mix", mix]
-        result = vmstats(*args)
+        result = vmstats(*args, *extra)
         assert result.returncode == 0, result.stdout + result.stderr
         start, stop = fleets.period(end, days)
         fleet = fleets.make_fleet(vms, 7, fleets.parse_mix(mix), start, stop)
@@ -81,6 +81,12 @@ def test_fleet_over_tcp_lands_exactly_and_truth_matches(tmp_path):
         (vm.vm, vm.vcpus, vm.mem_mb, vm.profile, vm.expected) for vm in fleet]
     now = time.time()
     assert max(r.ts for r in sent) <= now and min(r.ts for r in sent) >= now - 86400 - 120
+
+
+def test_parallel_preloaded_fleet_lands_exactly_the_same_records(tmp_path):
+    _fleet, sent, _truth, result = simulate_and_compare(tmp_path, "tcp", vms=30, days=0.25,
+                                                        extra=("--workers", "2", "--preload"))
+    assert "generated and encoded %d records" % len(sent) in result.stdout
 
 
 def test_fleet_over_udp_paced_lands_exactly(tmp_path):

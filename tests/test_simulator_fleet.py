@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from vmstats.protocol import FIELD_NAMES
 from vmstats.simulator import fleet as fleets
 from vmstats.simulator.profiles import EXPECTED, PROFILES
 
@@ -116,3 +117,16 @@ def test_stopped_vms_go_silent_for_good_part_way_through():
         assert vm.stop_at is not None
         assert start + 0.5 * (stop - start) <= vm.stop_at <= start + 0.85 * (stop - start)
         assert s["ts"].max() < vm.stop_at and s["ts"].max() >= vm.stop_at - 60
+
+
+def test_records_carry_each_series_in_its_own_field():
+    start, stop = fleets.period(END, 0.1)
+    vm = fleets.make_fleet(1, 2, {"network_heavy": 1}, start, stop)[0]
+    arrays = fleets.vm_day(vm, 2, start, 0, 144)
+    records = fleets.vm_records(vm, arrays)
+    assert fleets.SERIES_FIELDS + ("vcpus", "mem_mb", "seq") == FIELD_NAMES
+    for name in fleets.SERIES_FIELDS:
+        assert [getattr(r, name) for r in records] == arrays[name].tolist()
+    constant = {(r.vm, r.vcpus, r.mem_mb, r.seq, r.host) for r in records}
+    assert constant == {(vm.vm, vm.vcpus, vm.mem_mb, None, None)}
+    assert [r.ts for r in records] == arrays["ts"].tolist()

@@ -307,7 +307,7 @@ def encode_record(record):
 
 
 def _batch_template(record, kinds):
-    """``(head, body_format, pick_values)`` for records shaped like ``record``, or None.
+    """``(head, body_format, pick_values, last_is_float)`` for records shaped like ``record``, or None.
 
     None means "use encode_record": a value whose exact type is not the plain
     float/int the template formats (numpy scalars, bools, ints in float
@@ -328,13 +328,10 @@ def _batch_template(record, kinds):
     head = "%s,vm=%s" % (MEASUREMENT, record.vm)
     if record.host:
         head += ",host=%s" % record.host
-    if present == list(range(present[0], present[-1] + 1)):
-        pick = slice(present[0], present[-1] + 1)
-        return head + " ", ",".join(parts) + ",", lambda record: record[pick]
-    pick = operator.itemgetter(*present)
-    if len(present) == 1:
-        return head + " ", ",".join(parts) + ",", lambda record: (pick(record),)
-    return head + " ", ",".join(parts) + ",", pick
+    last_is_float = parts[-1].endswith("%r")
+    # Every float is followed by a comma (the last one too), so one replace strips ".0".
+    body = ",".join(parts) + ("," if last_is_float else "") + " %d"
+    return head + " ", body, operator.itemgetter(*(present + [1])), last_is_float
 
 
 def encode_records(records):
@@ -344,7 +341,7 @@ def encode_records(records):
     per-field work of encode_record dominates: records of one VM and shape
     share one format string, so each line is a single ``%`` operation.  A
     float's ``%r`` ends in ``.0`` exactly when encode_record strips it, and
-    the comma that follows every field in the template makes that strip one
+    the comma that follows every float in the template makes that strip one
     ``replace``.
     """
     templates = {}
@@ -359,9 +356,11 @@ def encode_records(records):
         if template is None:
             append(encode_record(record).encode("utf-8"))
             continue
-        head, body, pick = template
-        fields = (body % pick(record)).replace(".0,", ",")[:-1]
-        append(("%s%s %d" % (head, fields, record[1])).encode("utf-8"))
+        head, body, pick, last_is_float = template
+        line = (body % pick(record)).replace(".0,", ",")
+        if last_is_float:
+            line = line.replace(", ", " ")
+        append((head + line).encode("utf-8"))
     return lines
 
 

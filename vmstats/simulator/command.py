@@ -113,10 +113,17 @@ def common_options(func):
               help="Write each VM's size, profile and expected report category here (CSV).")
 @click.option("--end", default=None,
               help="Last minute of the period (Unix seconds or ISO 8601). Default: now.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes generating and encoding in parallel (for servers on other cores; "
+                   "records then go out one group of VMs and day at a time).")
+@click.option("--preload", is_flag=True,
+              help="Generate and encode the whole run before sending (about 150 bytes of memory a record), "
+                   "so sending runs at socket speed and shows the server's limit.")
 @click.option("--dry-run", is_flag=True,
               help="Generate and encode everything, send nothing (measures the simulator).")
 @common_options
-def simulate(vms, days, seed, mix, speed, truth, end, dry_run, server, transport, rate, timeout, json_path):
+def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run, server, transport, rate,
+             timeout, json_path):
     """Push a simulated fleet's 1-minute records to a server, through the real encoder and sockets.
 
     Each VM gets a size and a usage profile (idle, low_steady, business_hours,
@@ -145,26 +152,38 @@ def simulate(vms, days, seed, mix, speed, truth, end, dry_run, server, transport
         datetime.datetime.fromtimestamp(stop, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         ", ".join("%s %d" % (name, counts[name]) for name in fleets.PROFILES if counts[name])))
     summary = {"vms": vms, "days": days, "seed": seed, "start": start, "end": stop, "profiles": dict(counts)}
-    slice_minutes = 60 if factor is None else max(1, min(60, int(factor // 60)))
-    if dry_run:
-        began = time.monotonic()
-        total = sum(len(encode_records(records))
-                    for _t, records in fleets.generate(fleet, seed, start, stop, slice_minutes))
-        spent = time.monotonic() - began
-        click.echo("generated and encoded %d records in %.1f s (%.0f records/s), sent nothing"
-                   % (total, spent, total / spent if spent else 0.0))
-        return
-    from vmstats.simulator.sender import SendError
+    if workers > 1 and factor is not None:
+        raise click.UsageError("--workers sends each VM group's day in turn: it needs --speed max")
+    from vmstats.simulator.sender import SendError, cut_payloads
 
+    # Units of sending: (simulated time it is due, [(payload, records), ...]).
+    if workers > 1:
+        parts = fleets.parallel_payloads(fleet, seed, start, stop, transport, workers)
+        units = ((None, pairs) for pairs in parts)
+    else:
+        slice_minutes = 60 if factor is None else max(1, min(60, int(factor // 60)))
+        units = ((t, cut_payloads(encode_records(records), transport))
+                 for t, records in fleets.generate(fleet, seed, start, stop, slice_minutes))
+    if dry_run or preload:
+        began = time.monotonic()
+        units = list(units)
+        spent = time.monotonic() - began
+        total = sum(count for _t, pairs in units for _p, count in pairs)
+        summary["prepare_seconds"] = spent
+        click.echo("generated and encoded %d records in %.1f s (%.0f records/s)%s"
+                   % (total, spent, total / spent if spent else 0.0, ", sent nothing" if dry_run else ""))
+        if dry_run:
+            return
     sender = _open(transport, server, rate, timeout)
     began = time.monotonic()
     try:
-        for slice_start, records in fleets.generate(fleet, seed, start, stop, slice_minutes):
+        for due, pairs in units:
             if factor is not None:
-                due = began + (slice_start - start) / factor
-                if due > time.monotonic():
-                    time.sleep(due - time.monotonic())
-            sender.send(encode_records(records))
+                wait = began + (due - start) / factor - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            for payload, count in pairs:
+                sender.send_payload(payload, count)
     except SendError as exc:
         raise click.ClickException(str(exc)) from None
     _finish(sender, summary, json_path, timeout)

@@ -144,10 +144,16 @@ def vm_day(vm: SimVM, seed: int, start: int, day: int, minutes: int) -> dict[str
 
 
 def vm_records(vm: SimVM, arrays: dict[str, np.ndarray]) -> list[Record]:
-    """Records of one VM from its arrays, built in C loops (``map``), not per-record Python."""
-    return list(map(Record, repeat(vm.vm), arrays["ts"].tolist(),
-                    *(arrays[name].tolist() for name in SERIES_FIELDS),
-                    repeat(vm.vcpus), repeat(vm.mem_mb), repeat(None), repeat(None)))
+    """Records of one VM from its arrays.
+
+    Built in C loops (``zip`` and ``tuple.__new__``) with every field given
+    in Record's order, so no per-record Python runs: Record's own ``__new__``
+    (which fills in omitted optional fields) would cost more than the rest of
+    the generation.
+    """
+    return list(map(tuple.__new__, repeat(Record), zip(
+        repeat(vm.vm), arrays["ts"].tolist(), *(arrays[name].tolist() for name in SERIES_FIELDS),
+        repeat(vm.vcpus), repeat(vm.mem_mb), repeat(None), repeat(None))))
 
 
 def period(end: int, days: float) -> tuple[int, int]:
@@ -178,3 +184,50 @@ def generate(fleet: list[SimVM], seed: int, start: int, end: int,
                 lo, hi = np.searchsorted(ts, [low, high])
                 batch.extend(records[lo:hi])
             yield low, batch
+
+
+def job_payloads(job: tuple) -> list[tuple[bytes, int]]:
+    """One worker's share: a group of VMs for one simulated day, encoded and cut into payloads.
+
+    ``job`` is ``(vms, seed, start, day, minutes, transport, batch)``; the
+    result is sender.cut_payloads of the group's lines.
+    """
+    from vmstats.protocol import encode_records
+    from vmstats.simulator.sender import cut_payloads
+
+    vms, seed, start, day, minutes, transport, batch = job
+    lines: list[bytes] = []
+    for vm in vms:
+        lines += encode_records(vm_records(vm, vm_day(vm, seed, start, day, minutes)))
+    return cut_payloads(lines, transport, batch)
+
+
+def jobs(fleet: list[SimVM], seed: int, start: int, end: int, transport: str, batch: int = 1000,
+         group: int = 25) -> Iterator[tuple]:
+    """The work of a parallel run in time order: each day, the fleet in groups of ``group`` VMs."""
+    total = (end - start) // MINUTE
+    for day in range(-(-total // DAY_MINUTES)):
+        minutes = min(DAY_MINUTES, total - day * DAY_MINUTES)
+        for first in range(0, len(fleet), group):
+            yield fleet[first:first + group], seed, start, day, minutes, transport, batch
+
+
+def parallel_payloads(fleet: list[SimVM], seed: int, start: int, end: int, transport: str,
+                      workers: int, batch: int = 1000) -> Iterator[list[tuple[bytes, int]]]:
+    """``job_payloads`` of every job, computed by ``workers`` processes, yielded in job order.
+
+    At most two jobs per worker are in flight, so memory stays bounded
+    whatever the fleet's size or the period's length.
+    """
+    import multiprocessing
+    from collections import deque
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        pending: deque = deque()
+        for job in jobs(fleet, seed, start, end, transport, batch):
+            pending.append(pool.apply_async(job_payloads, (job,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()

@@ -90,25 +90,27 @@ class UdpSender:
         self._started = time.monotonic()
 
     def send(self, lines: list[bytes]) -> None:
-        send = self.sock.send
         for payload in pack_lines(lines, self.limit):
-            count = payload.count(b"\n") + 1
-            self.pacer.wait(count)
-            while True:
-                try:
-                    send(payload)
-                    break
-                except OSError as exc:
-                    if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
-                        time.sleep(0.001)
-                        continue
-                    if exc.errno == errno.ECONNREFUSED:  # an earlier datagram met a closed port
-                        raise SendError("UDP %s:%d: connection refused (no server listening)"
-                                        % self.address) from None
-                    raise SendError("UDP %s:%d: %s" % (self.address + (exc.strerror,))) from None
-            self.stats.records += count
-            self.stats.payloads += 1
-            self.stats.bytes += len(payload)
+            self.send_payload(payload, payload.count(b"\n") + 1)
+
+    def send_payload(self, payload: bytes, records: int) -> None:
+        """One datagram already packed (at most the safe size) holding ``records`` lines."""
+        self.pacer.wait(records)
+        while True:
+            try:
+                self.sock.send(payload)
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
+                    time.sleep(0.001)
+                    continue
+                if exc.errno == errno.ECONNREFUSED:  # an earlier datagram met a closed port
+                    raise SendError("UDP %s:%d: connection refused (no server listening)"
+                                    % self.address) from None
+                raise SendError("UDP %s:%d: %s" % (self.address + (exc.strerror,))) from None
+        self.stats.records += records
+        self.stats.payloads += 1
+        self.stats.bytes += len(payload)
 
     def close(self, timeout: float = 0.0) -> SendStats:
         self.sock.close()
@@ -145,13 +147,17 @@ class TcpSender:
     def send(self, lines: list[bytes]) -> None:
         for start in range(0, len(lines), self.batch):
             chunk = lines[start:start + self.batch]
-            self._serial += 1
-            self._queue.append((self._serial, b"\n".join(chunk) + b"\n", len(chunk)))
-            self.stats.records += len(chunk)
-            self.pacer.wait(len(chunk))
-            self._pump(0.0)
-            while len(self._queue) + len(self._flight) >= self.window:
-                self._pump(0.5)
+            self.send_payload(b"\n".join(chunk) + b"\n", len(chunk))
+
+    def send_payload(self, payload: bytes, records: int) -> None:
+        """One batch already joined (newline-terminated lines) holding ``records`` records."""
+        self._serial += 1
+        self._queue.append((self._serial, payload, records))
+        self.stats.records += records
+        self.pacer.wait(records)
+        self._pump(0.0)
+        while len(self._queue) + len(self._flight) >= self.window:
+            self._pump(0.5)
 
     def close(self, timeout: float | None = None) -> SendStats:
         """Wait until every batch is acknowledged (or ``timeout``), then disconnect."""
@@ -264,6 +270,14 @@ class TcpSender:
                 pass
             self._sock.close()
             self._sock = None
+
+
+def cut_payloads(lines: list[bytes], transport: str, batch: int = 1000) -> list[tuple[bytes, int]]:
+    """``(payload, records)`` of encoded lines: packed datagrams (UDP) or ``batch``-line batches (TCP)."""
+    if transport == "udp":
+        return [(payload, payload.count(b"\n") + 1) for payload in pack_lines(lines)]
+    return [(b"\n".join(lines[i:i + batch]) + b"\n", min(batch, len(lines) - i))
+            for i in range(0, len(lines), batch)]
 
 
 def open_sender(transport: str, server: str, rate: float | None = None, **options):
