@@ -47,4 +47,3 @@ class ServerConfig:
     max_line: int = 65536
     max_connections: int = 1024
     idle_timeout: float = 300.0
-    log_level: str = "info"

@@ -23,6 +23,7 @@ from vmstats.server.rows import held_from_record
 
 log = logging.getLogger(__name__)
 
+
 def _int_digits(hi: int) -> int:
     """The most decimal digits whose every value is <= hi."""
     digits = len(str(hi))
