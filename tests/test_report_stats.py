@@ -180,7 +180,7 @@ def test_cache_is_reused_and_invalidated_when_a_log_changes(tmp_path):
     assert rows3["10.0.0.1"]["cpu_max"] == 90.0
     # A cache from elsewhere (corrupt file) is ignored, never trusted.
     for path in cache.iterdir():
-        path.write_bytes(b"not a pickle")
+        path.write_bytes(b"not a cache")
     _again, rows4 = run([data], cache)
     assert rows4 == rows3
 

@@ -7,7 +7,8 @@ timestamp dropped (last written wins, as in logstore.read_rows).  Each unit
 is reduced to a fixed-size aggregate: counts, sums and maxima, per-hour
 figures and value histograms (see histogram.py for why histograms).
 
-The cache is one pickle file of those aggregates, keyed per unit by the
+The cache is one .npz file of those aggregates (plain arrays, loaded without
+pickle so a planted cache file cannot run code), keyed per unit by the
 (path, size, mtime) of its files: a unit whose files did not change is never
 parsed again; a unit whose file grew (today's, while the aggregator runs) is.
 Re-running over unchanged data therefore reads one file and stats the logs.
@@ -15,8 +16,8 @@ Re-running over unchanged data therefore reads one file and stats the logs.
 
 import datetime
 import os
-import pickle
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from vmstats import logstore
 from vmstats.report.histogram import PCT_BINS, PCT_VALUES, RATE_BINS, pct_bin, percentiles, rate_bin
 from vmstats.report.settings import ReportError
 
-CACHE_VERSION = 3
-CACHE_NAME = "report-cache-v%d.pickle" % CACHE_VERSION
+CACHE_VERSION = 4
+CACHE_NAME = "report-cache-v%d.npz" % CACHE_VERSION
 _EPOCH = datetime.date(1970, 1, 1)
 #: Units parsed per worker task: big enough to amortise pandas calls.
 _TASK_UNITS = 64
@@ -114,12 +115,13 @@ def discover(data_dirs: Sequence[str]) -> dict[tuple[str, int], list[str]]:
     return units
 
 
-def _signature(paths: list[str]) -> tuple:
+def _signature(paths: list[str]) -> str:
+    """What identifies a unit's files: path, size and mtime of each, as one string."""
     out = []
     for path in sorted(paths):
         stat = os.stat(path)
-        out.append((path, stat.st_size, stat.st_mtime_ns))
-    return tuple(out)
+        out.append("%s\0%d\0%d" % (path, stat.st_size, stat.st_mtime_ns))
+    return "\n".join(out)
 
 
 def empty_table(rows: int) -> dict[str, np.ndarray]:
@@ -309,7 +311,7 @@ def load(
         inverse[np.array(order)] = np.arange(len(order))
         data = {name: values[inverse] for name, values in data.items()}
     if cache_dir and (stale or not cache or len(cache["keys"]) != len(keys)):
-        _write_cache(cache_dir, {"version": CACHE_VERSION, "keys": keys, "sigs": signatures, "data": data})
+        _write_cache(cache_dir, {"keys": keys, "sigs": signatures, "data": data})
 
     return _table(keys, data, len(stale), len(reuse))
 
@@ -361,23 +363,36 @@ def _read_cache(cache_dir: str | None) -> dict | None:
     if not cache_dir:
         return None
     try:
-        with open(os.path.join(cache_dir, CACHE_NAME), "rb") as handle:
-            cache = pickle.load(handle)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        with np.load(os.path.join(cache_dir, CACHE_NAME), allow_pickle=False) as archive:
+            if int(archive["version"]) != CACHE_VERSION:
+                return None
+            keys = list(zip(archive["vm"].tolist(), archive["day"].tolist(), strict=True))
+            sigs = archive["sig"].tolist()
+            data = {name[2:]: archive[name] for name in archive.files if name.startswith("d_")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    if not isinstance(cache, dict) or cache.get("version") != CACHE_VERSION:
+    if set(data) != set(empty_table(0)) or any(len(v) != len(keys) for v in data.values()):
         return None
-    return cache
+    return {"keys": keys, "sigs": sigs, "data": data}
 
 
 def _write_cache(cache_dir: str, cache: dict) -> None:
     """Write atomically; a cache that cannot be written only costs time next run."""
     path = os.path.join(cache_dir, CACHE_NAME)
     temporary = "%s.%d.tmp" % (path, os.getpid())
+    keys = cache["keys"]
+    arrays = {"d_" + name: values for name, values in cache["data"].items()}
     try:
         os.makedirs(cache_dir, exist_ok=True)
         with open(temporary, "wb") as handle:
-            pickle.dump(cache, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            np.savez(
+                handle,
+                version=np.array(CACHE_VERSION),
+                vm=np.array([k[0] for k in keys], dtype=str),
+                day=np.array([k[1] for k in keys], dtype=np.int64),
+                sig=np.array(cache["sigs"], dtype=str),
+                **arrays,
+            )
         os.replace(temporary, path)
     except OSError as exc:
         print("vmstats report: cache not written (%s)" % exc, file=sys.stderr)
