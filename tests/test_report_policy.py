@@ -232,3 +232,18 @@ def test_groups_and_exclusions_select_by_pattern_or_cidr(tmp_path):
     assert [e.selector for e in expired] == ["db-*"]
     active, expired = exclusions.load(str(path), datetime.date(2026, 1, 31))  # the expiry day still counts
     assert exclusions.find(active, "db-1").reason == "old" and expired == []
+
+
+def test_shipped_examples_load_and_document_every_setting():
+    from pathlib import Path
+
+    from vmstats.report.settings import SETTINGS
+
+    root = Path(__file__).resolve().parent.parent
+    policy = Policy.load(str(root / "vmstats/report/examples/policy.toml"))
+    assert [g.name for g in policy.groups] == ["batch", "office"]
+    book = PriceBook.load(None)
+    assert book.is_example and book.sizes and book.monthly(1, 2) == pytest.approx(0.023 * 730)
+    doc = (root / "docs/POLICY.md").read_text()
+    for setting in SETTINGS:
+        assert "| `%s` |" % setting.name in doc, setting.name
