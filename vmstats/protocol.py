@@ -14,8 +14,6 @@ uses ``#!`` lines for its own control frames (signatures, TCP sync), so a plain
 InfluxDB/Telegraf receiver ignores them.  docs/PROTOCOL.md is the reference.
 """
 
-import hashlib
-import hmac
 import ipaddress
 import math
 import operator
@@ -430,6 +428,10 @@ def sign_payload(key_id, secret, payload, now=None, nonce=None):
     timestamp, nonce and the payload, so none can be altered or replayed
     outside the window.
     """
+    # hashlib/hmac load OpenSSL (~4 MiB resident): imported only by those who
+    # sign or verify, so an agent without a key stays small (bench/agent.py).
+    import hashlib
+    import hmac
     import time
     if isinstance(key_id, str):
         key_id = key_id.encode("ascii")
@@ -475,7 +477,11 @@ class SignatureVerifier(object):
     """Checks signed frames against a key table, with a time window and replay cache."""
 
     def __init__(self, keys, window=DEFAULT_SIG_WINDOW, clock=None):
+        import hashlib
+        import hmac
         import time
+        self._hmac = hmac
+        self._sha256 = hashlib.sha256
         self.keys = dict((k.encode("ascii") if isinstance(k, str) else k,
                           v.encode("utf-8") if isinstance(v, str) else v) for k, v in keys.items())
         self.window = window
@@ -487,9 +493,9 @@ class SignatureVerifier(object):
         secret = self.keys.get(key_id)
         if secret is None:
             raise SignatureError(S_UNKNOWN_KEY, "unknown key id %r" % key_id[:40])
-        expected = hmac.new(secret, _sig_message(key_id, ts, nonce, payload),
-                            hashlib.sha256).hexdigest().encode("ascii")
-        if not hmac.compare_digest(expected, mac):
+        expected = self._hmac.new(secret, _sig_message(key_id, ts, nonce, payload),
+                                  self._sha256).hexdigest().encode("ascii")
+        if not self._hmac.compare_digest(expected, mac):
             raise SignatureError(S_BAD, "signature does not match")
         if now is None:
             now = self.clock()
