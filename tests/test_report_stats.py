@@ -221,3 +221,18 @@ def test_vm_silent_since_before_the_window_is_stopped_with_its_last_record(tmp_p
     assert rows["10.0.0.3"]["reason"] == "no valid record in its logs"
     # No disk or network figures at all: never called idle, only sized down.
     assert rows["10.0.0.1"]["category"] == "downsize"
+
+
+def test_newest_day_without_valid_records_does_not_move_the_window(tmp_path):
+    import os
+
+    ts = T0 + 60 * np.arange(3 * 1440)
+    write_records(tmp_path, series("10.0.0.1", ts, np.full(len(ts), 3.0), np.full(len(ts), 30.0)))
+    folder = Path(logstore.vm_dir(str(tmp_path), "10.0.0.1"))
+    (folder / "2026-01-04.csv").write_bytes(logstore.HEADER + b"torn,li")  # junk only
+    (folder / "2026-01-05.csv").mkdir()  # a folder named like a log
+    os.symlink(tmp_path / "nowhere", folder / "2026-01-06.csv")  # a dangling link
+    report, rows = run([tmp_path])
+    assert report.meta["window"]["last_day"] == "2026-01-03"
+    assert report.window.end_ts == int(ts[-1])
+    assert rows["10.0.0.1"]["coverage"] == 1.0 and rows["10.0.0.1"]["category"] != "stopped"

@@ -80,6 +80,15 @@ def build(
     last_day = until_day if until_day is not None else latest_day
     first_day = since_day if since_day is not None else last_day - int(policy.base["days"]) + 1
     table = load_mod.load(units, cache_dir, first_day, last_day, progress=progress, workers=workers)
+    if until_day is None:
+        # The newest day file may hold no valid record (torn, junk, not a file): the window
+        # ends with the last day that has data, as the contract says, not with a file name.
+        with_data = table.day[table.data["n"] > 0]
+        if len(with_data) and int(with_data.max()) < last_day:
+            last_day = int(with_data.max())
+            if since_day is None:
+                first_day = last_day - int(policy.base["days"]) + 1
+            table = load_mod.load(units, cache_dir, first_day, last_day, progress=progress, workers=workers)
     d = table.data
     inside = (table.day >= first_day) & (table.day <= last_day) & (d["n"] > 0)
     if not inside.any():

@@ -16,10 +16,12 @@ Re-running over unchanged data therefore reads one file and stats the logs.
 
 import datetime
 import os
+import stat
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,8 +121,13 @@ def _signature(paths: list[str]) -> str:
     """What identifies a unit's files: path, size and mtime of each, as one string."""
     out = []
     for path in sorted(paths):
-        stat = os.stat(path)
-        out.append("%s\0%d\0%d" % (path, stat.st_size, stat.st_mtime_ns))
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:  # removed by retention since it was listed, or a dangling link
+            continue
+        if not stat.S_ISREG(info.st_mode):  # a folder or device named like a log is not one
+            continue
+        out.append("%s\0%d\0%d" % (path, info.st_size, info.st_mtime_ns))
     return "\n".join(out)
 
 
@@ -135,6 +142,7 @@ def empty_table(rows: int) -> dict[str, np.ndarray]:
 
 def aggregate_units(paths_per_unit: list[list[str]]) -> dict[str, np.ndarray]:
     """Parse the files of several units and reduce each unit to its aggregates."""
+    paths_per_unit = [[p for p in group if os.path.isfile(p)] for group in paths_per_unit]
     paths = [p for group in paths_per_unit for p in group]
     owner = np.repeat(np.arange(len(paths_per_unit), dtype=np.int64), [len(g) for g in paths_per_unit])
     frame, bad = logstore.read_columns(paths, _READ, as_float=True)
@@ -303,7 +311,12 @@ def load(
         parts.append({name: values[rows] for name, values in cache["data"].items()})
         order.extend(i for i, _j in reuse)
     if stale:
-        parts.extend(_parse(keys, wanted, stale, progress, workers))
+        try:
+            parts.extend(_parse(keys, wanted, stale, progress, workers))
+        except OSError as exc:  # a log removed or unreadable while the report ran
+            raise ReportError("cannot read log file: %s" % exc) from None
+        except BrokenProcessPool:
+            raise ReportError("a log-parsing process died (out of memory?); retry with --workers 1") from None
         order.extend(stale)
     data = concat_tables(parts) if parts else empty_table(0)
     if parts:
