@@ -97,6 +97,17 @@ def test_fleet_over_udp_paced_lands_exactly(tmp_path):
     assert "over udp" in result.stdout
 
 
+def test_speed_factor_paces_simulated_time(tmp_path):
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        began = time.monotonic()
+        result = vmstats("simulate", "--vms", "2", "--days", str(40 / 1440), "--speed", "1200",
+                         "--server", "127.0.0.1:%d" % server.tcp_port)
+        spent = time.monotonic() - began
+        assert result.returncode == 0, result.stdout + result.stderr
+    # 40 simulated minutes at 1200x go out in two 20-minute steps, the second 1 s after the first.
+    assert spent >= 1.0 and "sent 80 records over tcp" in result.stdout
+
+
 def _source_rows(path):
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt") as handle:

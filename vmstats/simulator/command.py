@@ -108,7 +108,8 @@ def common_options(func):
               help="Profile weights, e.g. 'idle=30,oversized=20,steady_busy=50' (unnamed: none). "
                    "Default: a typical private cloud (see docs/SIMULATOR.md).")
 @click.option("--speed", default="max", show_default=True,
-              help="'max', or simulated seconds per real second (60: a simulated minute each second).")
+              help="'max', or simulated seconds per real second (60: a simulated minute each second); "
+                   "records go out in time order, in steps of at most a real second.")
 @click.option("--truth", type=click.Path(dir_okay=False), default=None,
               help="Write each VM's size, profile and expected report category here (CSV).")
 @click.option("--end", default=None,
