@@ -20,12 +20,14 @@ Figures:
   in between (start-up excluded);
 * total CPU above bare: whole-life CPU (getrusage of the child) minus the
   bare interpreter's, per record (start-up amortised);
-* peak RSS (VmHWM) of each, and the agent's excess over the bare one.
+* peak RSS (VmHWM from /proc/<pid>/status, read just before stopping) of
+  each, and the agent's excess over the bare one.
 """
 
 import argparse
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -41,9 +43,10 @@ from vmstats.client import bundle  # noqa: E402
 TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_CPU_MS = 2.0
 TARGET_RSS_MIB = 8.0
-#: Agent variants run side by side: name -> CPU sub-samples per record.
-VARIANTS = (("production density (12 sub-samples per record)", 12),
-            ("no sub-samples", 1))
+#: Agent variants run side by side: (name, CPU sub-samples per record, signed).
+VARIANTS = (("production density (12 sub-samples per record)", 12, False),
+            ("no sub-samples", 1, False),
+            ("12 sub-samples, signed (--key-file: HMAC loads OpenSSL)", 12, True))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -57,36 +60,59 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def reap(proc: subprocess.Popen):
-    """Wait for a child and return its resource usage (CPU s, peak RSS KiB)."""
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM of a live process.
+
+    Not ru_maxrss after wait4: the kernel folds the pre-exec high-water mark
+    (the forked copy of this script) into it, which would put a floor of this
+    script's size under every child and understate the agent's excess.
+    """
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM for pid %d" % pid)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM without Popen.terminate(), whose poll() would reap the child before wait4 can."""
+    os.kill(proc.pid, signal.SIGTERM)
+
+
+def reap(proc: subprocess.Popen) -> float:
+    """Wait for a child and return its whole-life CPU seconds."""
     _pid, _status, usage = os.wait4(proc.pid, 0)
     proc.returncode = 0
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+    return usage.ru_utime + usage.ru_stime
 
 
 class Variant:
     """One agent process and the socket it sends to."""
 
-    def __init__(self, name, sub_samples, python, pyz, interval, env):
+    def __init__(self, name, sub_samples, key_file, python, pyz, interval, env):
         self.name = name
         self.sub_samples = sub_samples
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.received = 0
         self.first_cpu = self.last_cpu = 0.0
+        self.rss = 0
         self.proc = subprocess.Popen(
             [python, "-I", pyz, "--server", "127.0.0.1:%d" % self.sock.getsockname()[1],
              "--interval", str(interval), "--sub-interval", str(interval / sub_samples),
-             "--jitter", "0", "--vm-id", "bench-%d" % sub_samples, "--log-level", "warning"], env=env)
+             "--jitter", "0", "--vm-id", "bench-%d" % sub_samples, "--log-level", "warning"]
+            + (["--key-file", key_file] if key_file else []), env=env)
 
     def on_datagram(self, wanted):
         data = self.sock.recv(65536)
-        self.received += data.count(b"\n") + 1
-        if self.received == 1:
+        before = self.received
+        self.received += sum(1 for line in data.split(b"\n") if line and line[:1] != b"#")
+        if before == 0:
             self.first_cpu = cpu_seconds(self.proc.pid)
-        elif self.received == wanted:
+        elif before < wanted <= self.received:
             self.last_cpu = cpu_seconds(self.proc.pid)
-            self.proc.terminate()
+            self.rss = peak_rss_kib(self.proc.pid)
+            stop(self.proc)
 
 
 def main() -> int:
@@ -104,9 +130,14 @@ def main() -> int:
         runtime = args.interval * (wanted + 3) + 10
         bare = subprocess.Popen([args.python, "-I", "-c", "import time; time.sleep(%f)" % runtime],
                                 env=env)
-        variants = [Variant(name, n, args.python, pyz, args.interval, env) for name, n in VARIANTS]
+        key_file = os.path.join(tmp, "agent.key")
+        with open(key_file, "w") as handle:
+            handle.write("bench %s\n" % os.urandom(32).hex())
+        variants = [Variant(name, n, key_file if signed else None, args.python, pyz, args.interval, env)
+                    for name, n, signed in VARIANTS]
         started = time.monotonic()
         deadline = started + runtime
+        bare_rss = 0
         try:
             while any(v.received < wanted for v in variants):
                 if time.monotonic() > deadline:
@@ -115,13 +146,14 @@ def main() -> int:
                 for variant in variants:
                     if variant.sock in ready:
                         variant.on_datagram(wanted)
+            bare_rss = peak_rss_kib(bare.pid)
         finally:
             for variant in variants:
-                variant.proc.terminate()
-            bare.terminate()
+                stop(variant.proc)
+            stop(bare)
         elapsed = time.monotonic() - started
-        usage = [reap(v.proc) for v in variants]
-        bare_cpu, bare_rss = reap(bare)
+        usage = [(reap(v.proc), v.rss) for v in variants]
+        bare_cpu = reap(bare)
 
     version = subprocess.run([args.python, "-c", "import platform; print(platform.python_version())"],
                              capture_output=True, text=True).stdout.strip()
