@@ -147,3 +147,11 @@ def test_safe_vm_ids_are_stable_distinct_and_valid():
     assert traces.safe_vm_id("web 1/../x") .startswith("web-1")
     assert quirks["renamed_vm"] == 2
     assert traces.safe_vm_id("10.0.0.5") == "10.0.0.5"
+
+
+def test_a_trace_is_a_one_pass_iterator_that_reads_lazily(tmp_path):
+    path = tmp_path / "late.csv"
+    path.write_text("vm,timestamp,cpu,mem\nweb1,1714521600,1,2\n")
+    trace = read_trace(str(path), "csv")
+    path.write_text("vm,timestamp,cpu,mem\nweb2,1714521600,3,4\n")  # nothing read before next()
+    assert next(trace).vm == "web2" and list(trace) == [] and trace.quirks["rows"] == 1

@@ -317,7 +317,7 @@ def _timestamp(text: str) -> int:
 
 
 class Trace:
-    """One trace file as an iterator of Records, counting quirks as it goes.
+    """One trace file as an iterator of Records (one pass), counting quirks as it goes.
 
     ``quirks`` (a Counter, see QUIRKS) is complete once iteration ends; pass
     one Counter to several traces to total them.
@@ -340,6 +340,7 @@ class Trace:
             raise TraceError("interval must be a whole number of minutes, got %ss" % self.interval)
         self.fill = dict(fill or {})
         self.quirks = Counter() if quirks is None else quirks
+        self._records: Iterator[Record] | None = None
 
     def _vm_for(self, name: str) -> str:
         if self.vm is not None:
@@ -349,6 +350,14 @@ class Trace:
         return default_vm_id(self.fmt, name, self.quirks)
 
     def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        if self._records is None:  # the file is read on the first record asked for
+            self._records = self._read()
+        return next(self._records)
+
+    def _read(self) -> Iterator[Record]:
         if self.fmt == "csv":
             for name, rows in _csv_rows(self.path, self.quirks).items():
                 if self.fill:
