@@ -133,12 +133,19 @@ def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run,
     current minute, so the server's future-timestamp check passes.
     """
     from vmstats.simulator import fleet as fleets
+    from vmstats.simulator.sender import SendError, cut_payloads, parse_server
 
     factor = _speed(speed)
+    if workers > 1 and factor is not None:
+        raise click.UsageError("--workers sends each VM group's day in turn: it needs --speed max")
     try:
         weights = fleets.parse_mix(mix)
+        if not dry_run:
+            parse_server(server)
     except fleets.MixError as exc:
         raise click.BadParameter(str(exc), param_hint="--mix") from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--server") from None
     start, stop = fleets.period(_moment(end) or time.time(), days)
     fleet = fleets.make_fleet(vms, seed, weights, start, stop)
     if truth:
@@ -153,10 +160,6 @@ def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run,
         datetime.datetime.fromtimestamp(stop, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         ", ".join("%s %d" % (name, counts[name]) for name in fleets.PROFILES if counts[name])))
     summary = {"vms": vms, "days": days, "seed": seed, "start": start, "end": stop, "profiles": dict(counts)}
-    if workers > 1 and factor is not None:
-        raise click.UsageError("--workers sends each VM group's day in turn: it needs --speed max")
-    from vmstats.simulator.sender import SendError, cut_payloads
-
     # Units of sending: (simulated time it is due, [(payload, records), ...]).
     if workers > 1:
         parts = fleets.parallel_payloads(fleet, seed, start, stop, transport, workers)
