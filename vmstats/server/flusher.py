@@ -24,15 +24,31 @@ from vmstats.server.writer import lower_priority, write_share
 log = logging.getLogger(__name__)
 
 
-def split_shares(table: Table, workers: int) -> list[list[tuple[str, dict[int, bytes]]]]:
-    """Divide the VMs among the workers, balancing records rather than VM counts."""
-    shares: list[list] = [[] for _ in range(max(1, workers))]
-    loads = [0] * len(shares)
-    for vm, rows in sorted(table.items(), key=lambda item: -len(item[1])):
-        lightest = loads.index(min(loads))
-        shares[lightest].append((vm, rows))
-        loads[lightest] += len(rows)
-    return [share for share in shares if share]
+#: Records per pool task.  The pool pickles each task in a thread of this process, holding
+#: the GIL for the whole ``pickle.dumps``: a million records in one task stall the reactor for
+#: half a second (and the UDP socket overflows); 20,000 keep each stall to a few milliseconds.
+TASK_RECORDS = 20_000
+
+
+def split_tasks(table: Table, max_records: int = TASK_RECORDS) -> list[list[tuple[str, dict[int, bytes]]]]:
+    """Divide the VMs into pool tasks of at most ``max_records`` records (a VM is never split).
+
+    The pool hands tasks to whichever worker is free, so the work spreads over
+    the workers; keeping each VM in one task means two workers never append
+    to the same log at once.
+    """
+    tasks: list[list] = []
+    current: list = []
+    size = 0
+    for vm, rows in table.items():
+        if current and size + len(rows) > max_records:
+            tasks.append(current)
+            current, size = [], 0
+        current.append((vm, rows))
+        size += len(rows)
+    if current:
+        tasks.append(current)
+    return tasks
 
 
 class FlusherService(service.Service):
@@ -84,8 +100,7 @@ class FlusherService(service.Service):
             return defer.succeed(0)
         self.in_flight_records = sum(len(rows) for rows in table.values())
         started = time.monotonic()
-        shares = split_shares(table, self.workers)
-        waits = [self._submit(share) for share in shares]
+        waits = [self._submit(task) for task in split_tasks(table)]
         done = defer.gatherResults(waits, consumeErrors=True)
         done.addCallback(self._settle, table, started)
         done.addErrback(self._pool_failed, table)
