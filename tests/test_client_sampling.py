@@ -148,3 +148,16 @@ def test_real_proc_smoke():
     assert metrics.vcpus == os.cpu_count()
     assert metrics.mem_mb > 0
     assert min(metrics.disk_r, metrics.disk_w, metrics.net_rx, metrics.net_tx) >= 0.0
+
+
+def test_sub_sample_reader_agrees_with_the_full_parser(tmp_path):
+    files = procfs.ProcFiles(snap("b"))
+    try:
+        assert procfs.read_cpu(files) == procfs.read_stat(snap("b"))[0]
+    finally:
+        files.close()
+    (tmp_path / "stat").write_text("intr 1 2 3\n")
+    broken = procfs.ProcFiles(str(tmp_path))
+    with pytest.raises(procfs.ProcError, match="no cpu line first"):
+        procfs.read_cpu(broken)
+    broken.close()
