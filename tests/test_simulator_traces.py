@@ -155,3 +155,21 @@ def test_a_trace_is_a_one_pass_iterator_that_reads_lazily(tmp_path):
     trace = read_trace(str(path), "csv")
     path.write_text("vm,timestamp,cpu,mem\nweb2,1714521600,3,4\n")  # nothing read before next()
     assert next(trace).vm == "web2" and list(trace) == [] and trace.quirks["rows"] == 1
+
+
+def test_broken_files_keep_what_was_readable_or_fail_readably(tmp_path):
+    whole = (DATA / "bitbrains" / "429.csv.gz").read_bytes()
+    truncated = tmp_path / "429.csv.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    trace = read_trace(str(truncated), "bitbrains")
+    records = list(trace)
+    assert trace.quirks["unreadable_rest"] == 1 and 1000 < len(records) < 5 * 8617
+    notgz = tmp_path / "401.csv.gz"
+    notgz.write_bytes(b"this is not gzip\n")
+    with pytest.raises(TraceError, match="cannot read"):
+        list(read_trace(str(notgz), "bitbrains"))
+    odd = tmp_path / "odd.csv"
+    odd.write_bytes(b"vm,timestamp,cpu,mem\nweb1,1714521600,1,2\nweb1,17145216\x0060,1,2\n"
+                    b"web1,inf,1,2\nweb1,1714521720,1,2\n")
+    trace = read_trace(str(odd), "csv")
+    assert [r.ts for r in trace] == [1714521600, 1714521720] and trace.quirks["bad_row"] == 2

@@ -32,6 +32,7 @@ import io
 import math
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
@@ -68,6 +69,7 @@ QUIRKS = {
     "bad_row": "rows that do not parse (wrong cells, non-numeric, negative): skipped",
     "short_trace": "VMs with less than a day of data",
     "renamed_vm": "source names that are not valid VM ids: mapped to a safe, stable id",
+    "unreadable_rest": "files that broke part way (truncated gzip): the rows before the break kept",
 }
 
 _CSV_FIELDS = tuple(f[0] for f in FIELDS if f[0] != "seq")
@@ -85,6 +87,25 @@ def _open_text(path: str):
     if path.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
     return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+def _lines(path: str, quirks: Counter) -> Iterator[str]:
+    """The lines of a trace file, plain or gzipped.
+
+    A file that cannot be read at all is a TraceError; one that breaks part
+    way (a truncated download) keeps the lines read so far and counts
+    ``unreadable_rest``, like any other quirk.
+    """
+    started = False
+    try:
+        with _open_text(path) as handle:
+            for line in handle:
+                started = True
+                yield line
+    except (OSError, EOFError, zlib.error) as exc:
+        if not started:
+            raise TraceError("cannot read %s: %s" % (path, getattr(exc, "strerror", None) or exc)) from None
+        quirks["unreadable_rest"] += 1
 
 
 def source_name(path: str) -> str:
@@ -198,111 +219,117 @@ def _records(vm: str, rows: list[tuple[int, dict]], interval: int, quirks: Count
 def _bitbrains_rows(path: str, quirks: Counter) -> list[tuple[int, dict]]:
     rows = []
     last_capacity = None
-    with _open_text(path) as handle:
-        header = handle.readline()
-        if "Timestamp" not in header or "CPU" not in header:
-            raise TraceError("%s: not a bitbrains file (no 'Timestamp ... CPU' header)" % path)
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            quirks["rows"] += 1
-            cells = [c.strip() for c in line.split(";")]
-            try:
-                if len(cells) != 11:
-                    raise ValueError(line)
-                stamp = int(float(cells[0]))
-                (cores, cpu_capacity, _cpu_mhz, cpu, mem_capacity, mem_used,
-                 disk_r, disk_w, net_rx, net_tx) = (_finite(c) for c in cells[1:])
-            except ValueError:
-                quirks["bad_row"] += 1
-                continue
-            if cores == 0 or cpu_capacity == 0 or mem_capacity == 0:
-                quirks["vm_off"] += 1
-                continue
-            if last_capacity is not None and mem_capacity != last_capacity:
-                quirks["mem_capacity_change"] += 1
-            last_capacity = mem_capacity
-            if cpu > 100:
-                quirks["cpu_clamped"] += 1
-                cpu = 100.0
-            mem = mem_used / mem_capacity * 100.0
-            if mem > 100:
-                quirks["mem_clamped"] += 1
-                mem = 100.0
-            rows.append((normalize_timestamp(stamp), {
-                "cpu": cpu, "mem": mem,
-                # KB/s in the trace, bytes/s on the wire.
-                "disk_r": disk_r * 1024, "disk_w": disk_w * 1024,
-                "net_rx": net_rx * 1024, "net_tx": net_tx * 1024,
-                "vcpus": int(cores), "mem_mb": max(1, int(round(mem_capacity / 1024))),
-            }))
+    lines = _lines(path, quirks)
+    header = next(lines, "")
+    if "Timestamp" not in header or "CPU" not in header:
+        raise TraceError("%s: not a bitbrains file (no 'Timestamp ... CPU' header)" % path)
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        quirks["rows"] += 1
+        cells = [c.strip() for c in line.split(";")]
+        try:
+            if len(cells) != 11:
+                raise ValueError(line)
+            stamp = int(_finite(cells[0]))
+            (cores, cpu_capacity, _cpu_mhz, cpu, mem_capacity, mem_used,
+             disk_r, disk_w, net_rx, net_tx) = (_finite(c) for c in cells[1:])
+        except ValueError:
+            quirks["bad_row"] += 1
+            continue
+        if cores == 0 or cpu_capacity == 0 or mem_capacity == 0:
+            quirks["vm_off"] += 1
+            continue
+        if last_capacity is not None and mem_capacity != last_capacity:
+            quirks["mem_capacity_change"] += 1
+        last_capacity = mem_capacity
+        if cpu > 100:
+            quirks["cpu_clamped"] += 1
+            cpu = 100.0
+        mem = mem_used / mem_capacity * 100.0
+        if mem > 100:
+            quirks["mem_clamped"] += 1
+            mem = 100.0
+        rows.append((normalize_timestamp(stamp), {
+            "cpu": cpu, "mem": mem,
+            # KB/s in the trace, bytes/s on the wire.
+            "disk_r": disk_r * 1024, "disk_w": disk_w * 1024,
+            "net_rx": net_rx * 1024, "net_tx": net_tx * 1024,
+            "vcpus": int(cores), "mem_mb": max(1, int(round(mem_capacity / 1024))),
+        }))
     return rows
 
 
 def _planetlab_rows(path: str, start: int, interval: int, quirks: Counter,
                     fill: dict) -> list[tuple[int, dict]]:
     rows = []
-    with _open_text(path) as handle:
-        for slot, line in enumerate(handle):
-            line = line.strip()
-            if not line:
-                continue
-            quirks["rows"] += 1
-            try:
-                cpu = _finite(line)
-            except ValueError:
-                quirks["bad_row"] += 1
-                continue
-            if cpu > 100:
-                quirks["cpu_clamped"] += 1
-                cpu = 100.0
-            rows.append((start + slot * interval, dict(fill, cpu=cpu)))
+    for slot, line in enumerate(_lines(path, quirks)):
+        line = line.strip()
+        if not line:
+            continue
+        quirks["rows"] += 1
+        try:
+            cpu = _finite(line)
+        except ValueError:
+            quirks["bad_row"] += 1
+            continue
+        if cpu > 100:
+            quirks["cpu_clamped"] += 1
+            cpu = 100.0
+        rows.append((start + slot * interval, dict(fill, cpu=cpu)))
     return rows
 
 
 def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
     by_vm: dict[str, list[tuple[int, dict]]] = {}
-    with _open_text(path) as handle:
-        reader = csv.reader(handle)
-        header = [h.strip().lower() for h in next(reader, [])]
-        missing = [c for c in ("vm", "timestamp", "cpu") if c not in header]
-        if missing:
-            raise TraceError("%s: csv header lacks %s (needs vm,timestamp,cpu and usually mem)"
-                             % (path, ",".join(missing)))
-        unknown = [h for h in header if h not in _CSV_FIELDS + ("vm", "timestamp")]
-        if unknown:
-            raise TraceError("%s: unknown csv column(s) %s" % (path, ",".join(unknown)))
-        columns = [(i, h) for i, h in enumerate(header) if h in _CSV_FIELDS]
-        vm_col = header.index("vm")
-        ts_col = header.index("timestamp")
-        for row in reader:
-            if not row or not "".join(row).strip():
-                continue
+    reader = csv.reader(_lines(path, quirks))
+    header = [h.strip().lower() for h in next(reader, [])]
+    missing = [c for c in ("vm", "timestamp", "cpu") if c not in header]
+    if missing:
+        raise TraceError("%s: csv header lacks %s (needs vm,timestamp,cpu and usually mem)"
+                         % (path, ",".join(missing)))
+    unknown = [h for h in header if h not in _CSV_FIELDS + ("vm", "timestamp")]
+    if unknown:
+        raise TraceError("%s: unknown csv column(s) %s" % (path, ",".join(unknown)))
+    columns = [(i, h) for i, h in enumerate(header) if h in _CSV_FIELDS]
+    vm_col = header.index("vm")
+    ts_col = header.index("timestamp")
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:  # a NUL byte, an unterminated quote: this line only
             quirks["rows"] += 1
-            try:
-                if len(row) != len(header):
-                    raise ValueError(row)
-                stamp = _timestamp(row[ts_col].strip())
-                values = {}
-                for i, name in columns:
-                    text = row[i].strip()
-                    if text:
-                        values[name] = int(_finite(text)) if name in _CSV_INT else _finite(text)
-                if "cpu" not in values:
-                    raise ValueError(row)
-            except ValueError:
-                quirks["bad_row"] += 1
-                continue
-            if values["cpu"] > 100:
-                quirks["cpu_clamped"] += 1
-                values["cpu"] = 100.0
-            if values.get("cpu_max", 0) > 100:
-                values["cpu_max"] = 100.0
-            if values.get("mem", 0) > 100:
-                quirks["mem_clamped"] += 1
-                values["mem"] = 100.0
-            by_vm.setdefault(row[vm_col].strip(), []).append((stamp, values))
+            quirks["bad_row"] += 1
+            continue
+        if not row or not "".join(row).strip():
+            continue
+        quirks["rows"] += 1
+        try:
+            if len(row) != len(header):
+                raise ValueError(row)
+            stamp = _timestamp(row[ts_col].strip())
+            values = {}
+            for i, name in columns:
+                text = row[i].strip()
+                if text:
+                    values[name] = int(_finite(text)) if name in _CSV_INT else _finite(text)
+            if "cpu" not in values:
+                raise ValueError(row)
+        except ValueError:
+            quirks["bad_row"] += 1
+            continue
+        if values["cpu"] > 100:
+            quirks["cpu_clamped"] += 1
+            values["cpu"] = 100.0
+        if values.get("cpu_max", 0) > 100:
+            values["cpu_max"] = 100.0
+        if values.get("mem", 0) > 100:
+            quirks["mem_clamped"] += 1
+            values["mem"] = 100.0
+        by_vm.setdefault(row[vm_col].strip(), []).append((stamp, values))
     return by_vm
 
 
