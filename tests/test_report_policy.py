@@ -31,9 +31,10 @@ def build_fleet(data):
 
     add("idle", "reclaim", 0.5 + NOISE, 30 + NOISE, vcpus=2, mem_mb=4096)
     batch = HOUR == 2
+    # A nightly batch is busy at night: no schedule can switch it off then, and its job needs the size.
     add(
         "nightly-batch",
-        "schedule",
+        "keep",
         np.where(batch, 85.0, 1.0),
         np.where(batch, 60.0, 30.0),
         disk=np.where(batch, 5e6, 500.0),
@@ -52,6 +53,35 @@ def build_fleet(data):
         vcpus=4,
         mem_mb=16384,
     )
+    # Two busy hours every morning (a job on some clock): not a schedule either.
+    job = (HOUR >= 7) & (HOUR < 9)
+    add(
+        "morning-job",
+        "keep",
+        np.where(job, 90.0, 1.0),
+        np.where(job, 70.0, 30.0),
+        disk=np.where(job, 5e6, 500.0),
+        net=np.where(job, 1e6, 200.0),
+        vcpus=4,
+        mem_mb=8192,
+    )
+    # Busy every day from 8 to 20, weekends too: idle nights alone make a schedule.
+    daytime = (HOUR >= 8) & (HOUR < 20)
+    add(
+        "daytime",
+        "schedule",
+        np.where(daytime, 50 + 10 * NOISE, 1.0),
+        flat(40),
+        disk=np.where(daytime, 1e6, 500.0),
+        net=np.where(daytime, 5e5, 200.0),
+        vcpus=4,
+        mem_mb=8192,
+    )
+    # A cache: memory full, CPU quiet, serving a trickle of requests; memory per vCPU is already
+    # at the ratio real shapes allow, so there is nothing to take away.
+    add("memory-heavy", "keep", 3 + NOISE, 85 + 5 * NOISE, net=2e5 + 1e4 * NOISE, vcpus=2, mem_mb=16384)
+    # A proxy: quiet CPU, 50 MB/s of traffic; cloud bandwidth comes with the size.
+    add("network-heavy", "keep", 6 + 2 * NOISE, flat(30), net=5e7 + 1e6 * NOISE, vcpus=4, mem_mb=16384)
     # Memory-only: CPU, disk and network quiet, memory worked every hour: never idle, and a
     # resize may only take away CPUs.
     add("memory-only", "downsize", 1.0 + NOISE, 30 + 30 * (np.sin(TS / 1800.0) ** 2), vcpus=8, mem_mb=16384)
@@ -143,8 +173,11 @@ def test_evidence_and_savings(decided):
     assert office["recommendation"] == "off Mon-Fri 17:00-09:00; Sat-Sun all day (UTC)"
 
     night = rows["nightly-batch"]
-    assert night["recommendation"] == "off Mon-Fri 03:00-02:00; Sat-Sun 03:00-02:00 (UTC)"
     assert night["cpu_p99"] > 5  # the percentile sees the nightly job: not idle
+    assert night["reason"].startswith("in use")
+    assert rows["daytime"]["recommendation"] == "off Mon-Fri 20:00-08:00; Sat-Sun 20:00-08:00 (UTC)"
+    assert "bandwidth" in rows["network-heavy"]["reason"]
+    assert rows["memory-heavy"]["reason"].startswith("in use")
 
     memory = rows["memory-only"]
     assert memory["mem_p95"] > 55 and memory["recommended_mem_gb"] == 16

@@ -179,7 +179,17 @@ def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> tuple[float, float, str]
     off = sum(w for w, i in zip(weight, idle_slots, strict=True) if i)
     on = sum(w for w, b in zip(weight, busy_slots, strict=True) if b)
     irregular = (168.0 - off - on) / 168.0
-    if off < s["schedule_min_off_hours"] or on <= 0 or irregular > s["schedule_max_irregular"]:
+    # A VM busy only an hour or two a day is a job on a clock the report cannot see (it may be
+    # started from inside the VM): schedules are for VMs used through a working day or more.
+    if (
+        off < s["schedule_min_off_hours"]
+        or on < s["schedule_min_on_hours"]
+        or irregular > s["schedule_max_irregular"]
+    ):
+        return None
+    # Off-hours are nights or weekends: a VM busy at night (a batch) keeps running.
+    night = [h % 24 for h in range(int(s["schedule_night_start"]), int(s["schedule_night_end"]))]
+    if not (all(idle_slots[h] for h in night) or all(idle_slots[24:])):
         return None
     parts = []
     for d, label in enumerate(DAYS):
@@ -217,7 +227,7 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
     need_vcpus = vcpus * cpu_use / 100.0
     need_gb = mem_gb * mem_use / 100.0
     name, new_vcpus, new_gb, new_cost = prices.smaller(
-        need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"]
+        need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"]
     )
     saving = cost - new_cost
     evidence = {
@@ -230,6 +240,14 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
         return Decision(
             "keep",
             "in use: needs %.2f vCPU and %.1f GB of %g vCPU / %g GB" % (need_vcpus, need_gb, vcpus, mem_gb),
+            round(coverage_f * stability_f, 2),
+            evidence=evidence,
+        )
+    if _known(vm["net_p95"]) and vm["net_p95"] > s["downsize_max_net"]:
+        return Decision(
+            "keep",
+            "network p95 %s above %s: bandwidth grows with size"
+            % (rate(vm["net_p95"]), rate(s["downsize_max_net"])),
             round(coverage_f * stability_f, 2),
             evidence=evidence,
         )

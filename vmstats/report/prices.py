@@ -116,15 +116,22 @@ class PriceBook:
         return compute + transfer
 
     def smaller(
-        self, need_vcpus: float, need_gb: float, vcpu_ladder: list[float], memory_ladder: list[float]
+        self,
+        need_vcpus: float,
+        need_gb: float,
+        vcpu_ladder: list[float],
+        memory_ladder: list[float],
+        max_gb_per_vcpu: float = 8.0,
     ) -> tuple[str, float, float, float]:
         """The cheapest shape holding the need: ``(name, vcpus, memory_gb, monthly)``."""
         fitting = [s for s in self.sizes if s.vcpus >= need_vcpus and s.memory_gb >= need_gb]
         if fitting:
             best = fitting[0]
             return best.name, best.vcpus, best.memory_gb, best.hourly * self.hours_per_month
-        vcpus = next((v for v in vcpu_ladder if v >= need_vcpus), math.ceil(need_vcpus))
         memory = next((m for m in memory_ladder if m >= need_gb), math.ceil(need_gb))
+        # Real shapes have a bounded memory per vCPU (memory-optimised families ~8 GB).
+        need_vcpus = max(need_vcpus, memory / max_gb_per_vcpu)
+        vcpus = next((v for v in vcpu_ladder if v >= need_vcpus), math.ceil(need_vcpus))
         return "", vcpus, memory, self.monthly(vcpus, memory)
 
 

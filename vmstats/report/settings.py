@@ -39,13 +39,20 @@ SETTINGS = (
     Setting("idle_day_cpu", 10.0, "% of vCPUs", "a day is idle when its CPU p95 is at most this ..."),
     Setting("idle_day_net_mb", 5.0, "MB", "... and its network traffic at most this (Trusted Advisor's day)"),
     Setting("schedule_min_off_hours", 40.0, "hours/week", "fewest idle hours a week worth a schedule"),
+    Setting("schedule_min_on_hours", 25.0, "hours/week", "fewest busy hours a week of a scheduled VM"),
     Setting("schedule_busy_share", 0.5, "share", "a slot is busy when busy in this share of weeks"),
     Setting("schedule_max_irregular", 0.1, "share", "most slots neither steadily idle nor busy"),
     Setting("schedule_hour_min_minutes", 30, "minutes", "an hour with fewer records proves nothing"),
+    Setting(
+        "schedule_night_start", 0, "hour", "a schedule needs weekday nights idle from this local hour ..."
+    ),
+    Setting("schedule_night_end", 6, "hour", "... to this one (or the whole weekend idle)"),
     Setting("utc_offset_hours", 0.0, "hours", "local time of the VM's users, for schedules"),
     Setting("headroom", 0.3, "share", "room kept above p95 use when sizing down"),
     Setting("downsize_min_saving", 0.1, "share", "smallest saving (share of cost) worth a resize"),
     Setting("trend_rising", 5.0, "points/week", "daily p95 rising this fast blocks downsizing"),
+    Setting("downsize_max_net", 10e6, "bytes/s", "network p95 above this keeps the size (bandwidth)"),
+    Setting("max_gb_per_vcpu", 8.0, "GB/vCPU", "no recommended shape has more memory per vCPU"),
     Setting("vcpu_ladder", [1, 2, 4, 8, 16, 32, 48, 64, 96, 128], "vCPUs", "sizes a downsize may pick"),
     Setting("memory_ladder_gb", [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512], "GB", "memory sizes to pick"),
 )
@@ -79,6 +86,10 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         raise ReportError("%s: %s must not be negative" % (origin, name))
     if name in ("coverage_min", "schedule_busy_share", "schedule_max_irregular") and number > 1:
         raise ReportError("%s: %s is a share between 0 and 1" % (origin, name))
+    if name == "max_gb_per_vcpu" and number <= 0:
+        raise ReportError("%s: max_gb_per_vcpu must be positive" % origin)
+    if name in ("schedule_night_start", "schedule_night_end") and number > 24:
+        raise ReportError("%s: %s is an hour of the day (0-24)" % (origin, name))
     if name == "idle_percentile" and not 0 < number <= 100:
         raise ReportError("%s: idle_percentile must be in (0, 100]" % origin)
     return int(number) if isinstance(default, int) else number
