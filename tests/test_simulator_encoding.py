@@ -44,3 +44,37 @@ def test_batch_encoder_on_a_simulated_series_round_trips():
     assert lines == [encode_record(r).encode("utf-8") for r in batch]
     decoder = Decoder(clock=lambda: 1732262400 + 60 * 600)
     assert [decoder.decode_line(line) for line in lines] == batch
+
+
+@st.composite
+def clean_records(draw):
+    """Plain float and int values only, the shape the batch template formats."""
+    values = {}
+    present = draw(st.sets(st.sampled_from([f[0] for f in FIELDS if not f[4]])))
+    for name, is_int, _lo, _hi, required in FIELDS:
+        if required or name in present:
+            values[name] = draw(st.integers(0, 1 << 40) if is_int else st.one_of(
+                st.floats(min_value=0, max_value=1e17, allow_nan=False),
+                st.sampled_from([0.0, 1.0, 100.0, 12648.0, 0.84, 1e-05, 1e16, 2.5e-7])))
+    return Record(vm="v", ts=draw(st.integers(0, 10**12)), **values)
+
+
+@st.composite
+def runs(draw):
+    """Runs of one VM and host, most with one shape (the batch path), some mixed (the fallback)."""
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        vm = draw(st.sampled_from(["10.0.0.1", "a.0", "x%d", "web-1"]))
+        host = draw(st.sampled_from([None, "", "h.0", "rack1"]))
+        base = draw(clean_records()) if draw(st.integers(0, 3)) else draw(records())
+        for i in range(draw(st.integers(1, 12))):
+            record = draw(records()) if draw(st.integers(0, 9)) == 0 else base._replace(
+                cpu=draw(st.floats(0, 100)), ts=base.ts + 60 * i)
+            out.append(record._replace(vm=vm, host=host))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(runs())
+def test_batch_encoder_on_runs_of_one_vm_is_byte_identical(batch):
+    assert encode_records(batch) == [encode_record(r).encode("utf-8") for r in batch]
