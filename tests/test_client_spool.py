@@ -254,3 +254,39 @@ def test_a_server_name_that_stops_resolving_is_retried_later(tmp_path, caplog):
     assert len(store) == 1 and sender.retry_at > 0
     assert "cannot resolve server" in caplog.text
     sender.close()
+
+
+def test_udp_sender_follows_a_server_that_moved(monkeypatch):
+    """DNS cannot be changed here, so resolve() answers from a table the test edits."""
+    first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for sock in (first, second):
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+    answers = {"agg.example": first.getsockname()}
+    real = transport.resolve
+
+    def fake(host, port, kind):
+        if host not in answers:
+            raise transport.TransportError("cannot resolve server %s" % host)
+        return real(answers[host][0], answers[host][1], kind)
+
+    monkeypatch.setattr(transport, "resolve", fake)
+    now = [0.0]
+    sender = transport.UdpSender("agg.example", 1, clock=lambda: now[0])
+    sender.send(lines(1))
+    assert first.recv(2048) == lines(1)[0]
+    answers["agg.example"] = second.getsockname()
+    now[0] = transport.UdpSender.RESOLVE_EVERY - 1
+    sender.send(lines(1, start=1))                    # not yet looked up again
+    assert first.recv(2048) == lines(1, start=1)[0]
+    now[0] = transport.UdpSender.RESOLVE_EVERY + 1
+    sender.send(lines(1, start=2))
+    assert second.recv(2048) == lines(1, start=2)[0]
+    del answers["agg.example"]                        # lookups fail: keep the last address
+    now[0] = 3 * transport.UdpSender.RESOLVE_EVERY
+    sender.send(lines(1, start=3))
+    assert second.recv(2048) == lines(1, start=3)[0]
+    sender.close()
+    first.close()
+    second.close()

@@ -119,18 +119,45 @@ class Signer(object):
 
 
 class UdpSender(object):
-    """Fire-and-forget datagrams of packed records."""
+    """Fire-and-forget datagrams of packed records.
 
-    def __init__(self, host, port, signer=None):
-        family, self.address = resolve(host, port, socket.SOCK_DGRAM)
+    The server's name is resolved again every RESOLVE_EVERY seconds, so
+    agents follow an aggregator that moved to a new address without a
+    restart; a failed lookup keeps the last known address.
+    """
+
+    RESOLVE_EVERY = 300.0
+
+    def __init__(self, host, port, signer=None, clock=time.monotonic):
+        self.host = host
+        self.port = port
+        self.clock = clock
+        self.family, self.address = resolve(host, port, socket.SOCK_DGRAM)
+        self.resolved_at = clock()
         self.signer = signer
         self.limit = protocol.SAFE_DATAGRAM_SIZE - (signer.overhead if signer else 0)
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
         self.sent = 0
         self.failed = 0
 
+    def _refresh(self):
+        self.resolved_at = self.clock()
+        try:
+            family, address = resolve(self.host, self.port, socket.SOCK_DGRAM)
+        except TransportError as exc:
+            LOG.debug("%s; still sending to %s", exc, self.address[0])
+            return
+        if address != self.address:
+            LOG.info("server %s moved from %s to %s", self.host, self.address[0], address[0])
+            if family != self.family:
+                self.sock.close()
+                self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            self.family, self.address = family, address
+
     def send(self, lines):
         """Send encoded lines now; a failure is logged and the records are lost."""
+        if self.clock() - self.resolved_at >= self.RESOLVE_EVERY:
+            self._refresh()
         for payload in protocol.pack_lines(lines, self.limit):
             if self.signer:
                 payload = self.signer.sign(payload)
