@@ -6,7 +6,7 @@ import sys
 import click
 
 from vmstats import protocol
-from vmstats.server.config import DEFAULT_HTTP_PORT, ServerConfig, parse_duration
+from vmstats.server.config import ServerConfig, parse_duration
 
 
 class _Duration(click.ParamType):
@@ -22,20 +22,26 @@ class _Duration(click.ParamType):
 
 
 DURATION = _Duration()
+#: The defaults live in ServerConfig; the options show them.
+D = ServerConfig()
+
+
+def _seconds(value: float) -> str:
+    return "%gs" % value
 
 
 @click.command()
-@click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--udp-port", type=click.IntRange(0, 65535), default=protocol.DEFAULT_PORT,
+@click.option("--bind", default=D.bind, show_default=True, help="Address to listen on.")
+@click.option("--udp-port", type=click.IntRange(0, 65535), default=D.udp_port,
               show_default=True, help="UDP port (0 = ephemeral).")
-@click.option("--tcp-port", type=click.IntRange(0, 65535), default=protocol.DEFAULT_PORT,
+@click.option("--tcp-port", type=click.IntRange(0, 65535), default=D.tcp_port,
               show_default=True, help="TCP port (0 = ephemeral).")
-@click.option("--http-port", type=click.IntRange(-1, 65535), default=DEFAULT_HTTP_PORT,
+@click.option("--http-port", type=click.IntRange(-1, 65535), default=D.http_port,
               show_default=True, help="HTTP port for /metrics and /status (0 = ephemeral, -1 = off).")
 @click.option("--no-http", is_flag=True, help="Do not serve /metrics and /status.")
-@click.option("--data-dir", default="vmstats-data", show_default=True, type=click.Path(),
+@click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
               help="Where the per-VM logs go.")
-@click.option("--flush-interval", type=DURATION, default="60s", show_default=True,
+@click.option("--flush-interval", type=DURATION, default=_seconds(D.flush_interval), show_default=True,
               help="How often the buffer is written to the logs.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Writer processes (default: number of cores).")
@@ -45,26 +51,26 @@ DURATION = _Duration()
               help="Write ports and pid here as JSON once listening.")
 @click.option("--auth-keys", type=click.Path(), default=None,
               help="Key file ('key_id secret' per line): require signed frames.")
-@click.option("--sig-window", type=click.IntRange(1), default=protocol.DEFAULT_SIG_WINDOW,
+@click.option("--sig-window", type=click.IntRange(1), default=D.sig_window,
               show_default=True, help="Seconds a signed frame's time may differ from ours.")
-@click.option("--max-buffered", type=click.IntRange(1), default=2_000_000, show_default=True,
+@click.option("--max-buffered", type=click.IntRange(1), default=D.max_buffered, show_default=True,
               help="Global cap on buffered records (reaching it flushes early).")
-@click.option("--max-per-vm", type=click.IntRange(1), default=10_000, show_default=True,
+@click.option("--max-per-vm", type=click.IntRange(1), default=D.max_per_vm, show_default=True,
               help="Cap on buffered records of one VM.")
-@click.option("--max-past", type=DURATION, default="0", show_default=True,
+@click.option("--max-past", type=DURATION, default=_seconds(D.max_past), show_default=True,
               help="Reject records older than this (0 = no limit).")
-@click.option("--max-future", type=DURATION, default="%ds" % protocol.DEFAULT_MAX_FUTURE,
+@click.option("--max-future", type=DURATION, default=_seconds(D.max_future),
               show_default=True, help="Reject records stamped further ahead than this.")
-@click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
+@click.option("--drain-timeout", type=DURATION, default=_seconds(D.drain_timeout), show_default=True,
               help="Deadline for the final flush at shutdown (missed: exit 1).")
-@click.option("--rcvbuf", type=click.IntRange(4096), default=8 << 20, show_default=True,
+@click.option("--rcvbuf", type=click.IntRange(4096), default=D.rcvbuf, show_default=True,
               help="UDP socket receive buffer in bytes.")
 @click.option("--max-line", type=click.IntRange(64, protocol.MAX_DATAGRAM_SIZE),
-              default=protocol.MAX_DATAGRAM_SIZE, show_default=True,
+              default=D.max_line, show_default=True,
               help="Longest TCP line accepted.")
-@click.option("--max-connections", type=click.IntRange(1), default=1024, show_default=True,
+@click.option("--max-connections", type=click.IntRange(1), default=D.max_connections, show_default=True,
               help="Open TCP connections allowed.")
-@click.option("--idle-timeout", type=DURATION, default="300s", show_default=True,
+@click.option("--idle-timeout", type=DURATION, default=_seconds(D.idle_timeout), show_default=True,
               help="Close TCP connections silent this long (0 = never).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
