@@ -1,0 +1,68 @@
+"""The listeners never raise on any input, and account for every record line they are given."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import StringTransport
+
+from vmstats import protocol
+from vmstats.server.buffer import Buffer
+from vmstats.server.ingest import Ingest
+from vmstats.server.listeners import Authenticator, TCPFactory, UDPReceiver
+from vmstats.server.metrics import Metrics
+
+NOW = 1_732_262_400
+GOOD = b"vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % NOW
+
+
+def parts(keys=None):
+    metrics = Metrics()
+    ingest = Ingest(Buffer(metrics, 1000, 100), metrics, 300, 0, clock=lambda: NOW)
+    return metrics, ingest, Authenticator(ingest, keys, 300)
+
+
+# Fragments that reach every branch of the framing code.
+fragments = st.sampled_from([
+    GOOD, b"\n", b"\r\n", b"#!sync t1\n", b"#!sync bad token!\n", b"#!sig1 ", b"#!sig1 k 1 n 5 "
+    + b"0" * 64 + b"\n", b"#!ack x 1 1\n", b"# comment\n", b"vmstats,vm=", b"cpu=1,mem=2", b" ",
+    b"\xff\x00", b"x" * 300, protocol.sign_payload("k", "s", GOOD, now=NOW),
+])
+streams = st.one_of(st.binary(max_size=600), st.lists(fragments, max_size=30).map(b"".join))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(streams, max_size=5), st.booleans())
+def test_udp_receiver_survives_any_datagrams(batch, signed):
+    metrics, ingest, auth = parts({b"k": b"s"} if signed else None)
+    receiver = UDPReceiver(ingest, auth, metrics)
+    receiver.datagramsReceived(batch)
+    assert metrics.datagrams == len(batch)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams, st.lists(st.integers(1, 50), max_size=20), st.booleans())
+def test_tcp_receiver_survives_any_stream_cut_anywhere(stream, cuts, signed):
+    metrics, ingest, auth = parts({b"k": b"s"} if signed else None)
+    factory = TCPFactory(ingest, auth, metrics, max_line=256, max_connections=10, idle_timeout=0)
+    receiver = factory.buildProtocol(None)
+    transport = StringTransport()
+    receiver.makeConnection(transport)
+    offset = 0
+    for size in cuts + [len(stream)]:
+        receiver.dataReceived(stream[offset:offset + size])
+        offset += size
+    for reply in transport.value().splitlines():
+        assert reply.startswith((protocol.ACK_PREFIX, protocol.NAK_PREFIX))
+    receiver.connectionLost(None)
+    assert metrics.tcp_open == 0
+
+
+def test_tcp_replies_once_per_sync_in_order_whatever_the_segmentation():
+    stream = b"".join([GOOD, b"\n#!sync a\n", b"junk\n", b"#!sync b\n", GOOD, b"\n#!sync c\n"])
+    for size in range(1, len(stream) + 1):
+        metrics, ingest, auth = parts()
+        receiver = TCPFactory(ingest, auth, metrics, 65536, 10, 0).buildProtocol(None)
+        transport = StringTransport()
+        receiver.makeConnection(transport)
+        for offset in range(0, len(stream), size):
+            receiver.dataReceived(stream[offset:offset + size])
+        assert transport.value() == b"#!ack a 1 0\n#!ack b 0 1\n#!ack c 1 0\n", size
