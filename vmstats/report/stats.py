@@ -86,7 +86,9 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     d = table.data
     inside = (table.day >= window.first_day) & (table.day <= window.last_day)
     group = table.vm_index[inside]
-    rows = {name: values[inside] for name, values in d.items()}
+    # Usually every loaded day is inside (only stopped VMs bring one from before): then the
+    # arrays are used as they are, sparing a copy of ~100 MB of histograms on a large fleet.
+    rows = d if inside.all() else {name: values[inside] for name, values in d.items()}
     days = table.day[inside]
     s: dict[str, np.ndarray] = {}
 
