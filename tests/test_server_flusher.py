@@ -13,3 +13,23 @@ def test_tasks_are_bounded_and_never_split_a_vm():
         size = sum(len(rows) for _vm, rows in task)
         assert size <= 20 or len(task) == 1  # only a VM bigger than a task travels alone
     assert split_tasks({}) == []
+
+
+def test_a_failed_task_keeps_only_its_own_vms_for_the_retry():
+    from twisted.python.failure import Failure
+
+    from vmstats.server.buffer import Buffer
+    from vmstats.server.flusher import FlusherService
+    from vmstats.server.metrics import Metrics
+
+    metrics = Metrics()
+    buffer = Buffer(metrics, 100, 100)
+    flusher = FlusherService(None, buffer, metrics, "unused", 60, 1, 5)
+    lost_task = [("10.0.0.1", {1: b"a"}), ("10.0.0.2", {1: b"b", 2: b"c"})]
+    ok_task = [("10.0.0.3", {1: b"d"}), ("10.0.0.4", {1: b"e"})]
+    outcomes = [(False, Failure(RuntimeError("worker died"))),
+                (True, [("10.0.0.3", 1, None, False), ("10.0.0.4", 0, "OSError: full", True)])]
+    assert flusher._settle(outcomes, [lost_task, ok_task], 0.0) == 1
+    assert sorted(buffer.table) == ["10.0.0.1", "10.0.0.2", "10.0.0.4"]  # not 10.0.0.3
+    assert buffer.count == 4
+    assert metrics.write_failures == 3 and metrics.flushed_records == 1

@@ -100,10 +100,9 @@ class FlusherService(service.Service):
             return defer.succeed(0)
         self.in_flight_records = sum(len(rows) for rows in table.values())
         started = time.monotonic()
-        waits = [self._submit(task) for task in split_tasks(table)]
-        done = defer.gatherResults(waits, consumeErrors=True)
-        done.addCallback(self._settle, table, started)
-        done.addErrback(self._pool_failed, table)
+        tasks = split_tasks(table)
+        done = defer.DeferredList([self._submit(task) for task in tasks], consumeErrors=True)
+        done.addCallback(self._settle, tasks, started)
         self.in_flight = done
         done.addBoth(self._finished)
         return done
@@ -116,9 +115,20 @@ class FlusherService(service.Service):
             error_callback=lambda exc: self.reactor.callFromThread(result.errback, exc))
         return result
 
-    def _settle(self, shares, table: Table, started: float) -> int:
-        written = 0
-        for results in shares:
+    def _settle(self, outcomes, tasks, started: float) -> int:
+        written = vms = 0
+        for (ok, results), task in zip(outcomes, tasks, strict=True):
+            vms += len(task)
+            if not ok:
+                # The task never ran to the end (a worker died, a pickling error): every VM of
+                # this task is kept for the next flush; the other tasks' writes stand.
+                self.metrics.write_failures += len(task)
+                log.error("writer task of %d vms failed (records kept for retry): %s", len(task),
+                          results.getErrorMessage())
+                for vm, rows in task:
+                    self.buffer.restore(vm, rows)
+                continue
+            rows_of = dict(task)
             for vm, count, error, retry in results:
                 if error is None:
                     written += count
@@ -126,25 +136,16 @@ class FlusherService(service.Service):
                 self.metrics.write_failures += 1
                 if retry:
                     log.error("writing %d records of vm %s failed (will retry): %s",
-                              len(table[vm]), vm, error)
-                    self.buffer.restore(vm, table[vm])
+                              len(rows_of[vm]), vm, error)
+                    self.buffer.restore(vm, rows_of[vm])
                 else:
-                    log.error("dropping %d records of vm %s: %s", len(table[vm]), vm, error)
-                    self.metrics.drop("unwritable", len(table[vm]))
+                    log.error("dropping %d records of vm %s: %s", len(rows_of[vm]), vm, error)
+                    self.metrics.drop("unwritable", len(rows_of[vm]))
         self.metrics.flushes += 1
         self.metrics.flushed_records += written
         self.metrics.flush_seconds += time.monotonic() - started
-        log.debug("flushed %d records of %d vms in %.3fs", written, len(table),
-                  time.monotonic() - started)
+        log.debug("flushed %d records of %d vms in %.3fs", written, vms, time.monotonic() - started)
         return written
-
-    def _pool_failed(self, failure, table: Table) -> int:
-        # A worker died or could not unpickle: keep every record for the next flush.
-        self.metrics.write_failures += len(table)
-        log.error("writer pool failed (records kept for retry): %s", failure.getErrorMessage())
-        for vm, rows in table.items():
-            self.buffer.restore(vm, rows)
-        return 0
 
     def _finished(self, result):
         self.in_flight = None
