@@ -255,12 +255,17 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, server, tra
     from vmstats.simulator.sender import SendError
 
     try:
+        pending: list = []  # turns of several VMs, sent together as one acknowledged batch
         for batch in interleave(found):
             if any(record.mem is None for record in batch):
                 raise click.ClickException("%s has no memory values and the protocol requires mem: pass "
                                            "--fill-mem PCT" % batch[0].vm)
             vms.add(batch[0].vm)
-            sender.send(encode_records(batch))
+            pending += encode_records(batch)
+            if len(pending) >= 1000:
+                sender.send(pending)
+                pending = []
+        sender.send(pending)
     except (traces.TraceError, SendError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("replayed %d files (%d VMs), format %s" % (len(files), len(vms), fmt))

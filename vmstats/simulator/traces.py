@@ -212,8 +212,12 @@ def _sorted_rows(rows: list[tuple[int, dict]], quirks: Counter) -> list[tuple[in
 
 
 def _records(vm: str, rows: list[tuple[int, dict]], interval: int, quirks: Counter) -> Iterator[Record]:
+    last = tail = None
     for ts, values in hold(_sorted_rows(rows, quirks), interval, quirks):
-        yield Record(vm=vm, ts=ts, **dict(_UNKNOWN, **values))
+        if values is not last:  # a held row repeats its fields: build them once
+            last = values
+            tail = tuple(Record(vm=vm, ts=ts, **dict(_UNKNOWN, **values)))[2:]
+        yield tuple.__new__(Record, (vm, ts) + tail)
 
 
 def _bitbrains_rows(path: str, quirks: Counter) -> list[tuple[int, dict]]:
