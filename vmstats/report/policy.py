@@ -239,7 +239,8 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
     if not (saving > cost * s["downsize_min_saving"] and new_vcpus <= vcpus and new_gb <= mem_gb):
         return Decision(
             "keep",
-            "in use: needs %.2f vCPU and %.1f GB of %g vCPU / %g GB" % (need_vcpus, need_gb, vcpus, mem_gb),
+            "in use: needs %.2f vCPU and %.1f GB of %g vCPU / %s GB"
+            % (need_vcpus, need_gb, vcpus, _gb(mem_gb)),
             round(coverage_f * stability_f, 2),
             evidence=evidence,
         )
@@ -265,11 +266,11 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
     room = min(1.0 - need_vcpus / new_vcpus, 1.0 - need_gb / new_gb)
     trend_f = 1.0 - 0.5 * _clip(rising / max(s["trend_rising"], 1e-9))
     conf = coverage_f * (0.5 + 0.5 * _clip(room)) * stability_f * trend_f
-    target = "%g vCPU / %g GB" % (new_vcpus, new_gb) + (" (%s)" % name if name else "")
+    target = "%g vCPU / %s GB" % (new_vcpus, _gb(new_gb)) + (" (%s)" % name if name else "")
     return Decision(
         "downsize",
-        "CPU p95 %.1f%% p99 %.1f%%, memory p95 %.1f%% max %.1f%% of %g vCPU / %g GB"
-        % (vm["cpu_p95"], vm["cpu_p99"], vm["mem_p95"], vm["mem_max"], vcpus, mem_gb),
+        "CPU p95 %.1f%% p99 %.1f%%, memory p95 %.1f%% max %.1f%% of %g vCPU / %s GB"
+        % (vm["cpu_p95"], vm["cpu_p99"], vm["mem_p95"], vm["mem_max"], vcpus, _gb(mem_gb)),
         round(_clip(conf), 2),
         monthly_saving=_money(saving),
         recommendation="resize to " + target,
@@ -278,6 +279,11 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
         recommended_size=name,
         evidence=evidence,
     )
+
+
+def _gb(value: float) -> str:
+    """Memory for people: agents report MB, so sizes are rarely whole GB (7.87305 -> 7.9)."""
+    return "%g" % round(value, 1 if value < 100 else 0)
 
 
 def _round(value: float, digits: int = 2) -> float | None:

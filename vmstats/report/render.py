@@ -152,7 +152,7 @@ def render(report: Report, path: str) -> None:
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )
     env.filters["rate"] = rate
-    env.filters["when"] = lambda text: text.replace("T", " ").replace(":00Z", " UTC")
+    env.filters["when"] = lambda text: text[:16].replace("T", " ") + " UTC"  # to the minute
     env.filters["num"] = lambda v, fmt="%.1f": "" if v is None else fmt % v
     template = env.get_template("report.html.j2")
     meta = report.meta
