@@ -54,6 +54,9 @@ class ServerProcess:
                 "--data-dir", str(self.data_dir)]
         if "--no-http" not in self.args and "--http-port" not in self.args:
             base += ["--http-port", "0"]
+        if "--duration" not in self.args:
+            # A safety bound: a test run that is killed must not leave servers running.
+            base += ["--duration", "15m"]
         return base + self.args
 
     def start(self) -> "ServerProcess":
