@@ -7,6 +7,7 @@ import click
 
 from vmstats import protocol
 from vmstats.server.config import ServerConfig, parse_duration
+from vmstats.server.journal import FSYNC_POLICIES
 
 
 class _Duration(click.ParamType):
@@ -72,6 +73,17 @@ def _seconds(value: float) -> str:
               help="Open TCP connections allowed.")
 @click.option("--idle-timeout", type=DURATION, default=_seconds(D.idle_timeout), show_default=True,
               help="Close TCP connections silent this long (0 = never).")
+@click.option("--journal-dir", type=click.Path(), default=None,
+              help="Where accepted records are journaled until they are in the logs "
+                   "(default: DATA_DIR/journal).")
+@click.option("--no-journal", is_flag=True,
+              help="Keep records only in memory until flushed (a crash loses them).")
+@click.option("--fsync", type=click.Choice(FSYNC_POLICIES), default=D.fsync, show_default=True,
+              help="When the journal is forced to disk: off (a machine crash may lose what the "
+                   "page cache held), interval (every --fsync-interval), batch (before each TCP "
+                   "ack; slowest).")
+@click.option("--fsync-interval", type=DURATION, default=_seconds(D.fsync_interval),
+              show_default=True, help="Seconds between journal fsyncs with --fsync interval.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(**options) -> None:
@@ -80,6 +92,8 @@ def serve(**options) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per scheduled flush would drown the useful messages.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if options.pop("no_journal"):
+        options["journal_dir"] = ""
     if options.pop("no_http"):
         options["http_port"] = -1
     keys_path = options.pop("auth_keys")

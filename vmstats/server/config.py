@@ -47,3 +47,9 @@ class ServerConfig:
     max_line: int = 65536
     max_connections: int = 1024
     idle_timeout: float = 300.0
+    #: None: DATA_DIR/journal; "" disables the journal.
+    journal_dir: str | None = None
+    #: off: never (a crash of the machine can lose what the page cache held);
+    #: interval: every fsync_interval seconds; batch: before every TCP ack.
+    fsync: str = "interval"
+    fsync_interval: float = 1.0

@@ -16,12 +16,21 @@ from apscheduler.executors.debug import DebugExecutor
 from apscheduler.schedulers.twisted import TwistedScheduler
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 
 from vmstats.server.buffer import Buffer, Table
-from vmstats.server.metrics import Metrics
+from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.writer import lower_priority, write_share
 
 log = logging.getLogger(__name__)
+
+
+#: How often the pool's worker processes are checked while a flush is in flight.
+WATCH_INTERVAL = 0.5
+
+
+class WriterDied(RuntimeError):
+    """A pool worker exited while a flush was in flight: its task's result will never come."""
 
 
 #: Records per pool task.  The pool pickles each task in a thread of this process, holding
@@ -57,8 +66,9 @@ class FlusherService(service.Service):
     name = "flusher"
 
     def __init__(self, reactor, buffer: Buffer, metrics: Metrics, data_dir: str,
-                 interval: float, workers: int, drain_timeout: float):
+                 interval: float, workers: int, drain_timeout: float, journal=None):
         self.reactor = reactor
+        self.journal = journal
         self.buffer = buffer
         self.metrics = metrics
         self.data_dir = data_dir
@@ -72,19 +82,58 @@ class FlusherService(service.Service):
         self.pending = False
         self.deadline_missed = False
         self.unwritten = 0
+        #: VMs whose last write failed (a gauge: disk full, permissions).
+        self.failing_vms = 0
+        self._trouble = RateLimitedLog(log, "write failure", burst=1, period=max(interval, 10.0))
+        self._context = None
+        self._watched: list = []  # the worker processes of the in-flight flush
+        self._waiting: list[defer.Deferred] = []
+        self._watchdog: LoopingCall | None = None
 
     def startService(self) -> None:
         service.Service.startService(self)
         # Forking a process that runs the reactor is unsafe: workers come from a forkserver.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["vmstats.server.writer"])
-        self.pool = context.Pool(self.workers, initializer=lower_priority)
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["vmstats.server.writer"])
+        self.pool = self._new_pool()
+        self._watchdog = LoopingCall(self._check_writers)
+        self._watchdog.clock = self.reactor
+        self._watchdog.start(WATCH_INTERVAL, now=False)
         # The debug executor runs the job inline, i.e. on the reactor thread, which owns the buffer.
         self.scheduler = TwistedScheduler(reactor=self.reactor,
                                           executors={"default": DebugExecutor()})
         self.scheduler.add_job(self.flush, "interval", seconds=self.interval, id="flush",
                                max_instances=1, coalesce=True)
         self.scheduler.start()
+
+    def _new_pool(self):
+        return self._context.Pool(self.workers, initializer=lower_priority)
+
+    def _check_writers(self) -> None:
+        """Abandon the in-flight flush if a worker died, and rebuild the pool.
+
+        ``multiprocessing.Pool`` replaces a dead worker but never answers for
+        the task it was running, so without this the flush would wait forever
+        and nothing would be written again.  The unanswered tasks' VMs go
+        back into the buffer (rows another worker did write are skipped by
+        the writer's check for rows already logged) and the next flush writes
+        them with a fresh pool.
+        """
+        if self.in_flight is None or not self._watched:
+            return
+        dead = [p.pid for p in self._watched if p.exitcode is not None]
+        if not dead:
+            return
+        self.metrics.writer_deaths += 1
+        log.error("writer process %s died during a flush: rebuilding the pool; its records "
+                  "are kept for the next flush", ", ".join(map(str, dead)))
+        old, self.pool = self.pool, self._new_pool()
+        self._watched = []
+        waiting, self._waiting = self._waiting, []
+        for result in waiting:
+            if not result.called:
+                result.errback(WriterDied("writer process %s died" % dead[0]))
+        old.terminate()
 
     def request_flush(self) -> None:
         """Flush soon (the buffer hit its global cap); never re-entrantly."""
@@ -96,13 +145,19 @@ class FlusherService(service.Service):
             self.pending = True
             return self.in_flight
         table = self.buffer.swap()
+        # Every record journaled so far is in this table or was written before.
+        mark = self.journal.seal() if self.journal is not None else None
         if not table:
+            if mark is not None:
+                self.journal.retire(mark)
             return defer.succeed(0)
         self.in_flight_records = sum(len(rows) for rows in table.values())
         started = time.monotonic()
         tasks = split_tasks(table)
-        done = defer.DeferredList([self._submit(task) for task in tasks], consumeErrors=True)
-        done.addCallback(self._settle, tasks, started)
+        self._watched = list(getattr(self.pool, "_pool", ()))
+        self._waiting = [self._submit(share) for share in tasks]
+        done = defer.DeferredList(self._waiting, consumeErrors=True)
+        done.addCallback(self._settle, tasks, started, mark)
         self.in_flight = done
         done.addBoth(self._finished)
         return done
@@ -111,22 +166,26 @@ class FlusherService(service.Service):
         result = defer.Deferred()
         self.pool.apply_async(
             write_share, (self.data_dir, share),
-            callback=lambda value: self.reactor.callFromThread(result.callback, value),
-            error_callback=lambda exc: self.reactor.callFromThread(result.errback, exc))
+            callback=lambda value: self.reactor.callFromThread(_fire, result.callback, result,
+                                                               value),
+            error_callback=lambda exc: self.reactor.callFromThread(_fire, result.errback, result,
+                                                                   exc))
         return result
 
-    def _settle(self, outcomes, tasks, started: float) -> int:
+    def _settle(self, outcomes, tasks, started: float, mark: int | None = None) -> int:
         written = vms = 0
+        kept: list[str] = []  # VMs whose rows went back into the buffer
+        first_error = None
         for (ok, results), task in zip(outcomes, tasks, strict=True):
             vms += len(task)
             if not ok:
                 # The task never ran to the end (a worker died, a pickling error): every VM of
                 # this task is kept for the next flush; the other tasks' writes stand.
                 self.metrics.write_failures += len(task)
-                log.error("writer task of %d vms failed (records kept for retry): %s", len(task),
-                          results.getErrorMessage())
+                first_error = first_error or "writer task failed: %s" % results.getErrorMessage()
                 for vm, rows in task:
                     self.buffer.restore(vm, rows)
+                    kept.append(vm)
                 continue
             rows_of = dict(task)
             for vm, count, error, retry in results:
@@ -135,12 +194,19 @@ class FlusherService(service.Service):
                     continue
                 self.metrics.write_failures += 1
                 if retry:
-                    log.error("writing %d records of vm %s failed (will retry): %s",
-                              len(rows_of[vm]), vm, error)
+                    first_error = first_error or "vm %s: %s" % (vm, error)
                     self.buffer.restore(vm, rows_of[vm])
+                    kept.append(vm)
                 else:
                     log.error("dropping %d records of vm %s: %s", len(rows_of[vm]), vm, error)
                     self.metrics.drop("unwritable", len(rows_of[vm]))
+        self.failing_vms = len(kept)
+        if kept:
+            # Once per period, not once per VM: a full disk fails every VM of every flush.
+            self._trouble.emit("writing the records of %d vms failed (will retry; %d records "
+                               "held): %s", len(kept), self.buffer.count, first_error)
+        elif mark is not None:
+            self.journal.retire(mark)  # everything the flush took is in the logs
         self.metrics.flushes += 1
         self.metrics.flushed_records += written
         self.metrics.flush_seconds += time.monotonic() - started
@@ -148,6 +214,8 @@ class FlusherService(service.Service):
         return written
 
     def _finished(self, result):
+        self._watched = []
+        self._waiting = []
         self.in_flight = None
         self.in_flight_records = 0
         if self.pending and self.running:
@@ -174,6 +242,8 @@ class FlusherService(service.Service):
             self.deadline_missed = True
             log.error("the writers missed the %.1fs drain deadline", self.drain_timeout)
         self.unwritten = self.buffer.count + self.in_flight_records
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         if self.deadline_missed:
             self.pool.terminate()
         else:
@@ -197,3 +267,9 @@ class FlusherService(service.Service):
             if self.deadline_missed:
                 self.pool.terminate()
             self.pool.join()
+
+
+def _fire(fire, result: defer.Deferred, value) -> None:
+    """Deliver a pool result unless the flush already gave up on it (its writer died)."""
+    if not result.called:
+        fire(value)

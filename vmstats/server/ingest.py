@@ -95,8 +95,9 @@ class Ingest:
     """
 
     def __init__(self, buffer: Buffer, metrics: Metrics, max_future: int, max_past: int,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, journal=None):
         self.buffer = buffer
+        self.journal = journal
         self.metrics = metrics
         self.max_future = max_future
         self.max_past = max_past
@@ -106,6 +107,24 @@ class Ingest:
         self._vm_ids: dict[bytes, str] = {}
         self._bad_log = RateLimitedLog(log, "rejected record")
         self.payload = self._make_payload()
+        if journal is not None:
+            self.payload = self._journaled(self.payload, journal.append)
+
+    @staticmethod
+    def _journaled(payload: Callable[[bytes], tuple[int, int, int]],
+                   append: Callable[[bytes], None]) -> Callable[[bytes], tuple[int, int, int]]:
+        """``payload`` that also queues, for the journal, every payload that added a record.
+
+        The payload bytes are journaled as they are (replay parses them the same way), so the
+        cost on the receive path is one call and one list append per payload, not per record.
+        """
+        def journaled(data: bytes) -> tuple[int, int, int]:
+            result = payload(data)
+            if result[0]:
+                append(data)
+            return result
+
+        return journaled
 
     def _vm_id(self, raw: bytes) -> str:
         vm = self._vm_ids.get(raw)

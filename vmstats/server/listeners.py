@@ -272,16 +272,26 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
         if not _TOKEN.match(token):
             self.ingest.reject(protocol.R_SYNTAX, "bad sync token %r" % token[:70])
             return
-        if self.auth_failed or self.busy:
-            reason = protocol.NAK_AUTH if self.auth_failed else protocol.NAK_BUSY
+        batch = (token, self.accepted, self.rejected, self.busy, self.auth_failed)
+        self.accepted = self.rejected = 0
+        self.busy = self.auth_failed = False
+        journal = self.ingest.journal
+        if journal is None:
+            self._reply(batch, True)
+        else:  # the ack promises the batch is on disk: reply once the journal write is done
+            journal.when_durable(lambda journaled: self._reply(batch, journaled))
+
+    def _reply(self, batch: tuple, journaled: bool) -> None:
+        token, accepted, rejected, busy, auth_failed = batch
+        if auth_failed or busy or not journaled:
+            reason = protocol.NAK_AUTH if auth_failed else protocol.NAK_BUSY
             reply = b"%s%s %s\n" % (protocol.NAK_PREFIX, token, reason.encode("ascii"))
             self.metrics.naks += 1
         else:
-            reply = b"%s%s %d %d\n" % (protocol.ACK_PREFIX, token, self.accepted, self.rejected)
+            reply = b"%s%s %d %d\n" % (protocol.ACK_PREFIX, token, accepted, rejected)
             self.metrics.acks += 1
-        self.accepted = self.rejected = 0
-        self.busy = self.auth_failed = False
-        self.transport.write(reply)
+        if self.transport is not None:  # writing to a closed connection is a no-op
+            self.transport.write(reply)
 
 
 class TCPFactory(tx_protocol.Factory):

@@ -66,6 +66,14 @@ class Metrics:
         self.flushed_records = 0
         self.write_failures = 0
         self.flush_seconds = 0.0
+        self.journal_bytes = 0
+        self.journal_syncs = 0
+        self.journal_errors = 0
+        self.journal_retired = 0
+        self.replayed_records = 0
+        self.writer_deaths = 0
+        #: Gauges owned elsewhere (journal, flusher): name -> (help, read function).
+        self.gauges: dict = {}
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejects[reason] += count
@@ -94,6 +102,11 @@ class Metrics:
             "flushes": self.flushes,
             "flushed_records": self.flushed_records,
             "write_failures": self.write_failures,
+            "journal": {"bytes": self.journal_bytes, "syncs": self.journal_syncs,
+                        "errors": self.journal_errors, "segments_retired": self.journal_retired,
+                        "replayed_records": self.replayed_records},
+            "writer_deaths": self.writer_deaths,
+            **{name: read() for name, (_help, read) in self.gauges.items()},
         }
 
     def prometheus(self, buffered: int, vms: int, in_flight: int, vms_seen: int) -> str:
@@ -133,6 +146,23 @@ class Metrics:
                [((), self.flushed_records)])
         metric("write_failures_total", "counter", "Per-VM log writes that failed (retried).",
                [((), self.write_failures)])
+        metric("journal_bytes_total", "counter", "Bytes appended to the journal.",
+               [((), self.journal_bytes)])
+        metric("journal_syncs_total", "counter", "fsync calls on journal segments.",
+               [((), self.journal_syncs)])
+        metric("journal_errors_total", "counter", "Journal writes or syncs that failed.",
+               [((), self.journal_errors)])
+        metric("journal_segments_retired_total", "counter",
+               "Journal segments deleted once their records were logged.",
+               [((), self.journal_retired)])
+        metric("replayed_records_total", "counter",
+               "Records replayed from journal segments left by a crash.",
+               [((), self.replayed_records)])
+        metric("writer_deaths_total", "counter",
+               "Flushes abandoned because a writer process died (pool rebuilt, records kept).",
+               [((), self.writer_deaths)])
+        for name, (help_text, read) in sorted(self.gauges.items()):
+            metric(name, "gauge", help_text, [((), int(read()))])
         metric("buffered_records", "gauge", "Records held in memory.", [((), buffered)])
         metric("in_flight_records", "gauge", "Records handed to writers, not yet confirmed.",
                [((), in_flight)])

@@ -14,8 +14,10 @@ from vmstats.server.config import ServerConfig
 from vmstats.server.flusher import FlusherService
 from vmstats.server.http import HTTPService, last_seen_table
 from vmstats.server.ingest import Ingest
+from vmstats.server.journal import Journal
 from vmstats.server.listeners import Authenticator, ListenerService
 from vmstats.server.metrics import Metrics
+from vmstats.server.replay import replay
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +36,31 @@ class Aggregator(service.MultiService):
         self.reactor = reactor
         self.metrics = Metrics()
         self.buffer = Buffer(self.metrics, config.max_buffered, config.max_per_vm)
-        self.ingest = Ingest(self.buffer, self.metrics, config.max_future, config.max_past)
+        self.journal = None
+        if config.journal_dir != "":
+            self.journal = Journal(reactor, journal_dir(config), self.metrics, config.fsync,
+                                   config.fsync_interval)
+        self.ingest = Ingest(self.buffer, self.metrics, config.max_future, config.max_past,
+                             journal=self.journal)
         self.auth = Authenticator(self.ingest, config.auth_keys, config.sig_window)
         self.listeners = ListenerService(
             reactor, config.bind, config.udp_port, config.tcp_port, self.ingest, self.auth,
             self.metrics, config.rcvbuf, config.max_line, config.max_connections,
             config.idle_timeout)
         self.flusher = FlusherService(reactor, self.buffer, self.metrics, config.data_dir,
-                                      config.flush_interval, config.workers, config.drain_timeout)
+                                      config.flush_interval, config.workers, config.drain_timeout,
+                                      self.journal)
         self.buffer.on_full = self.flusher.request_flush
+        self.metrics.gauges["write_failing_vms"] = (
+            "VMs whose last log write failed (disk full, permissions): retried each flush.",
+            lambda: self.flusher.failing_vms)
+        if self.journal is not None:
+            self.metrics.gauges["journal_segments"] = (
+                "Journal segments on disk (records not yet confirmed in the logs).",
+                self.journal.segments)
+            self.metrics.gauges["journal_failing"] = (
+                "1 while journal writes fail (TCP batches are refused with busy).",
+                lambda: int(self.journal.failing))
         self.listeners.setServiceParent(self)
         self.flusher.setServiceParent(self)
         self.http = None
@@ -53,6 +71,10 @@ class Aggregator(service.MultiService):
 
     def startService(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
+        if self.journal is not None:
+            # Leftovers of a crash reach the logs before anything new is accepted.
+            self.journal.open()
+            replay(self.journal, self.config.data_dir, self.buffer, self.metrics)
         super().startService()
         self._announce()
 
@@ -77,6 +99,8 @@ class Aggregator(service.MultiService):
         service.Service.stopService(self)
         yield defer.maybeDeferred(self.listeners.stopService)
         yield defer.maybeDeferred(self.flusher.stopService)
+        if self.journal is not None:
+            self.journal.close()
         if self.http is not None:
             yield defer.maybeDeferred(self.http.stopService)
 
@@ -119,6 +143,11 @@ class Aggregator(service.MultiService):
         if self.flusher.deadline_missed:
             lines.append("  drain deadline of %.1fs MISSED" % self.config.drain_timeout)
         return "\n".join(lines)
+
+
+def journal_dir(config: ServerConfig) -> str:
+    """Where the journal lives: beside the logs unless told otherwise (same disk, same fate)."""
+    return config.journal_dir or os.path.join(config.data_dir, "journal")
 
 
 def write_atomically(path: str, text: str) -> None:

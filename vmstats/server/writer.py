@@ -7,6 +7,7 @@ retry exactly the VMs that failed.
 """
 
 import os
+import stat
 
 from vmstats import logstore
 from vmstats.server.rows import log_rows
@@ -24,6 +25,38 @@ def lower_priority() -> None:
         pass  # not permitted here: writers simply run at normal priority
 
 
+def unlogged(data_dir: str, vm: str, rows: dict[int, bytes]) -> dict[int, bytes]:
+    """The rows not already in their day file, byte for byte.
+
+    A record can reach the writer twice: a TCP batch resent because its ack
+    was lost when the server died after logging it, or a journal segment
+    replayed after a crash that came after its flush.  Appending only what
+    the day file lacks makes both harmless.  It costs one read of each day
+    file appended to (usually one, of at most 1,440 rows, from the page
+    cache; BENCHMARKS.md); a corrected record (same timestamp, other values)
+    is still appended, and the last row for a timestamp still wins.
+    """
+    by_day: dict[int, list[int]] = {}
+    for ts in rows:
+        by_day.setdefault(ts // 86400, []).append(ts)
+    fresh = rows
+    for stamps in by_day.values():
+        path = logstore.day_path(data_dir, vm, logstore.day_of(stamps[0]))
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue  # not a log file: appending will report what is wrong
+            with open(path, "rb") as handle:
+                present = set(handle.read().split(b"\n"))
+        except FileNotFoundError:
+            continue
+        for ts in stamps:
+            if rows[ts] in present:
+                if fresh is rows:
+                    fresh = dict(rows)
+                del fresh[ts]
+    return fresh
+
+
 def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
                 ) -> list[tuple[str, int, str | None, bool]]:
     """``[(vm, rows written, error or None, worth retrying)]`` for each VM of the share.
@@ -36,7 +69,9 @@ def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
     results = []
     for vm, rows in share:
         try:
-            results.append((vm, logstore.append_rows(data_dir, vm, log_rows(rows)), None, False))
+            fresh = unlogged(data_dir, vm, log_rows(rows))
+            results.append((vm, logstore.append_rows(data_dir, vm, fresh) if fresh else 0,
+                            None, False))
         except OSError as exc:
             results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), True))
         except ValueError as exc:

@@ -1,0 +1,190 @@
+"""The journal: an acknowledged record survives SIGKILL, replay adds no duplicate rows."""
+
+import os
+import shutil
+import signal
+import socket
+from collections import Counter
+
+import pytest
+from serverproc import serve
+from test_server_tcp import read_reply
+from test_server_udp import line, now
+from twisted.internet.task import Clock
+
+from vmstats import logstore
+from vmstats.protocol import Record
+from vmstats.server import replay as replay_module
+from vmstats.server.journal import Journal, list_segments
+from vmstats.server.metrics import Metrics
+
+
+def raw_rows(data_dir) -> Counter:
+    """``Counter((vm, ts))`` of every row physically in the logs (no last-row-wins folding)."""
+    rows: Counter = Counter()
+    for vm in logstore.iter_vms(str(data_dir)):
+        for _day, path in logstore.day_files(str(data_dir), vm):
+            with open(path, "rb") as handle:
+                lines = handle.read().split(b"\n")
+            assert lines[0] + b"\n" == logstore.HEADER
+            for row in lines[1:]:
+                if row:
+                    rows[(vm, int(row.split(b",", 1)[0]))] += 1
+    return rows
+
+
+def send_acked(port: int, batch: list, token: str) -> bytes:
+    """Send one batch and its sync over a fresh connection; the server's reply line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\n".join(line(r) for r in batch) + b"\n#!sync %s\n" % token.encode())
+        return read_reply(sock)
+
+
+def batch_of(vm_prefix: str, count: int, start: int) -> list:
+    return [Record(vm="%s.%d" % (vm_prefix, i % 7), ts=start + 60 * (i // 7), cpu=1.0 + i % 50,
+                   mem=30.5, seq=i) for i in range(count)]
+
+
+def journal_files(data_dir) -> list:
+    return list_segments(os.path.join(str(data_dir), "journal"))
+
+
+def test_an_acked_batch_survives_sigkill_and_is_replayed_before_listening(tmp_path):
+    sent = batch_of("10.20.0", 700, now() - 7200)
+    server = serve(tmp_path, "--flush-interval", "1h").start()
+    try:
+        assert send_acked(server.tcp_port, sent, "k1") == b"#!ack k1 700 0\n"
+        server.proc.send_signal(signal.SIGKILL)  # right after the ack: nothing was flushed
+        server.proc.wait(10)
+    finally:
+        server.kill()
+    assert raw_rows(tmp_path / "data") == Counter()
+    assert journal_files(tmp_path / "data")  # the records are only in the journal
+    with serve(tmp_path, "--flush-interval", "1h") as again:
+        # Replayed before the status file appeared, i.e. before listening.
+        assert raw_rows(tmp_path / "data") == Counter((r.vm, r.ts) for r in sent)
+        status = again.status_json()
+        assert status["journal"]["replayed_records"] == 700
+    assert again.returncode == 0
+    assert journal_files(tmp_path / "data") == []
+
+
+def test_replaying_segments_already_logged_adds_no_rows_however_often(tmp_path):
+    """A crash between a flush and the deletion of its segments, several times over."""
+    data = tmp_path / "data"
+    first = batch_of("10.21.0", 350, now() - 3 * 86400)  # spans several day files
+    second = batch_of("10.21.1", 350, now() - 3600)
+    with serve(tmp_path, "--flush-interval", "1h") as server:
+        assert send_acked(server.tcp_port, first, "a").startswith(b"#!ack a 350")
+        assert send_acked(server.tcp_port, second, "b").startswith(b"#!ack b 350")
+        server.wait_for(lambda s: s.status_json()["journal"]["bytes"] > 0)
+        copy = tmp_path / "saved-journal"
+        # The open segment holds both batches (one write per reactor turn, each already done).
+        shutil.copytree(data / "journal", copy)
+    assert server.returncode == 0  # SIGTERM: flushed, then the segments were retired
+    expected = Counter((r.vm, r.ts) for r in first + second)
+    assert raw_rows(data) == expected and journal_files(data) == []
+    for attempt in range(3):
+        for name in os.listdir(copy):
+            shutil.copy(copy / name, data / "journal" / name)
+        with serve(tmp_path / ("run%d" % attempt), "--flush-interval", "1h",
+                   data_dir=data) as again:
+            assert again.status_json()["journal"]["replayed_records"] == 700
+        assert raw_rows(data) == expected  # every (vm, ts) exactly once
+        assert journal_files(data) == []
+
+
+def test_a_torn_journal_tail_is_ignored_and_the_whole_lines_replayed(tmp_path):
+    data = tmp_path / "data"
+    folder = data / "journal"
+    folder.mkdir(parents=True)
+    t = now() - 600
+    good = b"".join(line(Record(vm="10.22.0.1", ts=t + 60 * i, cpu=2.0, mem=3.0)) + b"\n"
+                    for i in range(5))
+    torn = line(Record(vm="10.22.0.1", ts=t + 600, cpu=2.0, mem=3.0))[:-4]  # no newline
+    (folder / "0000000007.journal").write_bytes(good + torn)
+    with serve(tmp_path, "--flush-interval", "1h") as server:
+        assert server.status_json()["journal"]["replayed_records"] == 5
+    assert raw_rows(data) == Counter(("10.22.0.1", t + 60 * i) for i in range(5))
+
+
+def test_fsync_batch_syncs_before_each_ack_and_no_journal_means_none(tmp_path):
+    t = now() - 600
+    with serve(tmp_path / "batch", "--flush-interval", "1h", "--fsync", "batch") as server:
+        for i in range(3):
+            assert send_acked(server.tcp_port, batch_of("10.23.%d" % i, 20, t), "s%d" % i
+                              ).startswith(b"#!ack s%d 20 0" % i)
+        assert server.metrics()["vmstats_journal_syncs_total"] >= 3
+    with serve(tmp_path / "none", "--flush-interval", "1h", "--no-journal") as server:
+        assert send_acked(server.tcp_port, batch_of("10.23.9", 20, t), "n") == b"#!ack n 20 0\n"
+        assert "vmstats_journal_segments" not in server.metrics()
+    assert not (tmp_path / "none" / "data" / "journal").exists()
+
+
+# -- the Journal on a simulated reactor ----------------------------------------------------------
+def make_journal(tmp_path, **kwargs) -> tuple:
+    clock = Clock()
+    journal = Journal(clock, str(tmp_path / "j"), Metrics(), **kwargs)
+    journal.open()
+    return clock, journal
+
+
+def test_one_write_per_reactor_turn_and_replies_wait_for_it(tmp_path, monkeypatch):
+    clock, journal = make_journal(tmp_path, fsync="off")
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(len(data)) or real_write(fd, data))
+    order = []
+    journal.append(b"a 1")
+    journal.when_durable(lambda ok: order.append(("first", ok)))
+    journal.append(b"b 2\n")
+    journal.when_durable(lambda ok: order.append(("second", ok)))
+    assert order == [] and writes == []
+    clock.advance(0)
+    assert writes == [8] and order == [("first", True), ("second", True)]
+    journal.when_durable(lambda ok: order.append(("idle", ok)))  # nothing queued: at once
+    assert order[-1] == ("idle", True)
+    journal.close()
+    assert open(list_segments(journal.directory)[0][1], "rb").read() == b"a 1\nb 2\n"
+
+
+def test_a_failed_write_refuses_its_waiters_and_the_next_write_starts_a_new_segment(
+        tmp_path, monkeypatch):
+    clock, journal = make_journal(tmp_path, fsync="off")
+    journal.append(b"x 1\n")
+    clock.advance(0)
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        if len(data) > 3:
+            return real_write(fd, bytes(data[:3]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    results = []
+    journal.append(b"y 2\n")
+    journal.when_durable(results.append)
+    clock.advance(0)
+    assert results == [False] and journal.failing and journal.metrics.journal_errors == 1
+    monkeypatch.setattr(os, "write", real_write)
+    journal.append(b"z 3\n")
+    journal.when_durable(results.append)
+    clock.advance(0)
+    assert results == [False, True] and not journal.failing
+    journal.close()
+    contents = [open(path, "rb").read() for _n, path in list_segments(journal.directory)]
+    assert contents == [b"x 1\ny 2", b"z 3\n"]  # the torn segment ends there
+    assert list(replay_module.chunks(contents[0])) == [b"x 1\n"]
+
+
+def test_chunks_cut_at_line_ends_only():
+    data = b"".join(b"line %d\n" % i for i in range(1000)) + b"torn"
+    pieces = list(replay_module.chunks(data, size=100))
+    assert b"".join(pieces) == data[:-4]
+    assert all(piece.endswith(b"\n") and len(piece) <= 100 for piece in pieces)
+    assert list(replay_module.chunks(b"x" * 300 + b"\n", size=100)) == [b"x" * 300 + b"\n"]
+
+
+def test_an_unknown_fsync_policy_is_refused(tmp_path):
+    with pytest.raises(ValueError):
+        Journal(Clock(), str(tmp_path), Metrics(), fsync="sometimes")

@@ -1,0 +1,238 @@
+"""The write-ahead journal: what the server accepted, on disk before it is acknowledged.
+
+Without it, everything buffered between two flushes dies with the process.
+The journal holds the accepted payloads themselves (line protocol, as the
+listeners handed them to Ingest after unwrapping signed frames), not the
+parsed rows: appending the bytes already in hand is one list append per
+payload on the receive path, and the parse on replay is the same
+deterministic parse (the decoder never invents a timestamp), so replay
+rebuilds exactly the rows that were buffered.
+
+Writes are batched: ``append`` only queues, and one ``os.write`` per reactor
+turn (``callLater(0)``) covers every payload of that turn.  A TCP reply waits
+for that write (``when_durable``), and for its fsync when the policy is
+``batch``.
+
+Segments: ``DIR/<number>.journal``.  The flusher seals the open segment when
+it swaps the buffer (every record in a sealed segment is then in that flush or
+an earlier one) and retires sealed segments once a flush wrote everything it
+took.  Segments found at start are leftovers of a crash or of a drain that
+missed its deadline: ``replay`` writes them to the logs before the server
+listens.  The per-VM writer skips rows already in the log (writer.py), so a
+replay after any number of crashes adds no duplicate rows.
+"""
+
+import logging
+import os
+import re
+from collections.abc import Callable
+
+from twisted.internet import task
+
+from vmstats.server.metrics import Metrics, RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+FSYNC_POLICIES = ("off", "interval", "batch")
+SUFFIX = ".journal"
+_SEGMENT = re.compile(r"(\d{10})\.journal\Z")
+#: A segment is sealed at each flush anyway; this only bounds one segment's size (and what
+#: replay reads at once) when flushes are far apart or keep failing.
+SEGMENT_BYTES = 64 << 20
+
+
+def segment_name(number: int) -> str:
+    return "%010d%s" % (number, SUFFIX)
+
+
+def list_segments(directory: str) -> list[tuple[int, str]]:
+    """``(number, path)`` of the segments in ``directory``, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        match = _SEGMENT.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+class Journal:
+    """Append-only segments of accepted payloads, written once per reactor turn.
+
+    Failure to write (disk full, permissions) never stops the receive path:
+    the records stay in memory, the write error is counted and logged once
+    per period, TCP batches that depended on it are refused with ``busy`` so
+    their senders keep them, and the next write starts a fresh segment (so a
+    torn write never runs into the next good one).
+    """
+
+    def __init__(self, reactor, directory: str, metrics: Metrics, fsync: str = "interval",
+                 fsync_interval: float = 1.0, segment_bytes: int = SEGMENT_BYTES):
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError("fsync policy must be one of %s" % ", ".join(FSYNC_POLICIES))
+        self.reactor = reactor
+        self.directory = directory
+        self.metrics = metrics
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self.segment_bytes = segment_bytes
+        self.pending: list[bytes] = []
+        self.waiters: list[Callable[[bool], None]] = []
+        self.scheduled = False
+        self.fd: int | None = None
+        self.number = 0  # the open (or next) segment
+        self.size = 0
+        self.unsynced = False
+        self.sealed: list[tuple[int, str]] = []
+        self.leftover: list[tuple[int, str]] = []
+        self.failing = False
+        self._syncer: task.LoopingCall | None = None
+        self._trouble = RateLimitedLog(log, "journal error", burst=1, period=10.0)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def open(self) -> list[tuple[int, str]]:
+        """Create the directory; returns the leftover segments (to replay), oldest first."""
+        os.makedirs(self.directory, exist_ok=True)
+        self.leftover = list_segments(self.directory)
+        self.sealed = list(self.leftover)
+        self.number = self.leftover[-1][0] + 1 if self.leftover else 1
+        if self.fsync == "interval":
+            self._syncer = task.LoopingCall(self.sync)
+            self._syncer.clock = self.reactor
+            self._syncer.start(self.fsync_interval, now=False)
+        return self.leftover
+
+    def close(self) -> None:
+        """Write what is queued and close the open segment (it stays until a flush retires it)."""
+        if self._syncer is not None and self._syncer.running:
+            self._syncer.stop()
+        self.write()
+        self.sync()
+        self._close_segment()
+
+    # -- receive path ----------------------------------------------------------------------------
+    def append(self, data: bytes) -> None:
+        """Queue one accepted payload for this turn's write."""
+        self.pending.append(data if data[-1:] == b"\n" else data + b"\n")
+        if not self.scheduled:
+            self.scheduled = True
+            self.reactor.callLater(0, self.write)
+
+    def when_durable(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(ok)`` once everything appended so far is written (and synced if the
+        policy is ``batch``); ``ok`` is False if that write failed."""
+        if self.pending or self.waiters:
+            self.waiters.append(callback)
+        else:
+            callback(not self.failing)
+
+    def write(self) -> None:
+        """Write everything queued with one system call (the reactor turn's batch)."""
+        self.scheduled = False
+        ok = True
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending = []
+            ok = self._write(data)
+        if ok and self.fsync == "batch" and self.unsynced:
+            ok = self.sync()
+        waiters, self.waiters = self.waiters, []
+        for callback in waiters:
+            callback(ok)
+
+    def _write(self, data: bytes) -> bool:
+        written = 0
+        try:
+            if self.fd is None:
+                path = os.path.join(self.directory, segment_name(self.number))
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                self.size = 0
+            view = memoryview(data)
+            while written < len(data):
+                written += os.write(self.fd, view[written:])
+        except OSError as exc:
+            self.size += written
+            self._failed("writing the journal", exc)
+            if written:
+                self._close_segment()  # a torn write ends its segment: the next one starts clean
+            return False
+        self.size += written
+        self.unsynced = True
+        self.metrics.journal_bytes += len(data)
+        if self.failing:
+            self.failing = False
+            log.warning("journal writes work again (%s)", self.directory)
+        if self.size >= self.segment_bytes:
+            self._close_segment()
+        return True
+
+    def sync(self) -> bool:
+        """fsync the open segment if anything was written since the last one."""
+        if self.fd is None or not self.unsynced:
+            return not self.failing
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            self._failed("syncing the journal", exc)
+            self._close_segment()
+            return False
+        self.unsynced = False
+        self.metrics.journal_syncs += 1
+        return True
+
+    def _failed(self, what: str, exc: OSError) -> None:
+        self.failing = True
+        self.metrics.journal_errors += 1
+        self._trouble.emit("%s in %s failed (records kept in memory; TCP batches refused "
+                           "until it works): %s", what, self.directory, exc)
+
+    def _close_segment(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.close(self.fd)
+        except OSError as exc:
+            log.warning("closing journal segment %d: %s", self.number, exc)
+        self.fd = None
+        self.sealed.append((self.number, os.path.join(self.directory, segment_name(self.number))))
+        self.number += 1
+        self.size = 0
+        self.unsynced = False
+
+    # -- flusher ---------------------------------------------------------------------------------
+    def seal(self) -> int:
+        """End the open segment; returns the newest sealed segment number.
+
+        Called as the buffer is swapped: every record in a segment up to the
+        returned number is in the swapped table or was written before.
+        """
+        self.write()
+        self.sync()
+        self._close_segment()
+        return self.number - 1
+
+    def retire(self, upto: int, only: bool = False) -> int:
+        """Delete sealed segments up to ``upto`` (or ``only`` that one): their records are logged."""
+        keep, retired = [], 0
+        for number, path in self.sealed:
+            if number > upto or (only and number != upto):
+                keep.append((number, path))
+                continue
+            try:
+                os.unlink(path)
+                retired += 1
+            except FileNotFoundError:
+                retired += 1
+            except OSError as exc:
+                keep.append((number, path))
+                log.warning("cannot retire journal segment %s: %s", path, exc)
+        self.sealed = keep
+        self.metrics.journal_retired += retired
+        return retired
+
+    def segments(self) -> int:
+        """Segments on disk (sealed plus the open one)."""
+        return len(self.sealed) + (self.fd is not None)

@@ -1,0 +1,85 @@
+"""Start-up replay: journal segments left by a crash are written to the logs before listening.
+
+Each segment is parsed by the receive path's own Ingest (so the rows are the
+ones that were buffered) without its time window (a record was in the window
+when it was accepted; it may be old now), one bounded chunk at a time, and
+written in this process with the pool writer's function (which skips rows
+already logged: replay is idempotent).  A segment is deleted once all its
+rows are written; rows that cannot be written now (disk still full) go into
+the live buffer instead and their segment stays until a flush retires it.
+"""
+
+import logging
+import time
+
+from vmstats.server.buffer import Buffer
+from vmstats.server.ingest import Ingest
+from vmstats.server.journal import Journal
+from vmstats.server.metrics import Metrics
+from vmstats.server.writer import write_share
+
+log = logging.getLogger(__name__)
+
+#: Bytes of a segment parsed and written at once: bounds replay's memory (~3x this).
+CHUNK_BYTES = 8 << 20
+_NO_LIMIT = 1 << 40
+
+
+def chunks(data: bytes, size: int = CHUNK_BYTES):
+    """Whole-line pieces of ``data`` of about ``size`` bytes; a torn last line is left out."""
+    end = data.rfind(b"\n") + 1
+    start = 0
+    while start < end:
+        cut = data.rfind(b"\n", start, min(start + size, end)) + 1
+        if cut <= start:  # one line longer than size
+            cut = data.find(b"\n", start + size) + 1
+        yield data[start:cut]
+        start = cut
+
+
+def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics) -> int:
+    """Write every leftover segment's records to the logs; returns the records replayed."""
+    if not journal.leftover:
+        return 0
+    started = time.monotonic()
+    scratch = Buffer(Metrics(), _NO_LIMIT, _NO_LIMIT)
+    ingest = Ingest(scratch, scratch.metrics, _NO_LIMIT, 0)
+    replayed = appended = 0
+    kept = []
+    for number, path in journal.leftover:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            log.error("cannot read journal segment %s (left in place): %s", path, exc)
+            kept.append(number)
+            continue
+        complete = True
+        for chunk in chunks(data):
+            ingest.payload(chunk)
+            table = scratch.swap()
+            replayed += sum(len(rows) for rows in table.values())
+            for vm, count, error, retry in write_share(data_dir, list(table.items())):
+                appended += count
+                if error is None:
+                    continue
+                if retry:
+                    complete = False
+                    live.restore(vm, table[vm])
+                    log.error("replay: %d records of vm %s kept in memory: %s",
+                              len(table[vm]), vm, error)
+                else:
+                    metrics.drop("unwritable", len(table[vm]))
+                    log.error("replay: dropping %d records of vm %s: %s", len(table[vm]), vm, error)
+        if complete:
+            journal.retire(number, only=True)
+        else:
+            kept.append(number)
+    metrics.replayed_records += replayed
+    log.info("replayed %d records from %d journal segments in %.2fs: %d appended, %d already "
+             "in the logs%s", replayed, len(journal.leftover), time.monotonic() - started,
+             appended, replayed - appended,
+             "; %d segments kept until their records are written" % len(kept) if kept else "")
+    journal.leftover = []
+    return replayed
+
