@@ -7,18 +7,18 @@ timestamp dropped (last written wins, as in logstore.read_rows).  Each unit
 is reduced to a fixed-size aggregate: counts, sums and maxima, per-hour
 figures and value histograms (see histogram.py for why histograms).
 
-The cache is one .npz file of those aggregates (plain arrays, loaded without
-pickle so a planted cache file cannot run code), keyed per unit by the
+The cache is one file of those aggregates (plain arrays behind a JSON header,
+no pickle, so a planted cache file cannot run code), keyed per unit by the
 (path, size, mtime) of its files: a unit whose files did not change is never
 parsed again; a unit whose file grew (today's, while the aggregator runs) is.
 Re-running over unchanged data therefore reads one file and stats the logs.
 """
 
 import datetime
+import json
 import os
 import stat
 import sys
-import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,8 +30,8 @@ from vmstats import logstore
 from vmstats.report.histogram import PCT_BINS, PCT_VALUES, RATE_BINS, pct_bin, percentiles, rate_bin
 from vmstats.report.settings import ReportError
 
-CACHE_VERSION = 4
-CACHE_NAME = "report-cache-v%d.npz" % CACHE_VERSION
+CACHE_VERSION = 5
+CACHE_NAME = "report-cache-v%d.bin" % CACHE_VERSION
 _EPOCH = datetime.date(1970, 1, 1)
 #: Units parsed per worker task: big enough to amortise pandas calls.
 _TASK_UNITS = 64
@@ -372,21 +372,38 @@ def _start_methods() -> list[str]:
     return multiprocessing.get_all_start_methods()
 
 
+_MAGIC = b"vmstats report cache\n"
+
+
 def _read_cache(cache_dir: str | None) -> dict | None:
+    """The cache file: a magic line, a JSON header (keys, signatures, array layout), raw arrays.
+
+    Plain bytes read into numpy views: no pickle (a planted file cannot run
+    code) and no zip checksums to compute on every run.
+    """
     if not cache_dir:
         return None
     try:
-        with np.load(os.path.join(cache_dir, CACHE_NAME), allow_pickle=False) as archive:
-            if int(archive["version"]) != CACHE_VERSION:
-                return None
-            keys = list(zip(archive["vm"].tolist(), archive["day"].tolist(), strict=True))
-            sigs = archive["sig"].tolist()
-            data = {name[2:]: archive[name] for name in archive.files if name.startswith("d_")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        with open(os.path.join(cache_dir, CACHE_NAME), "rb") as handle:
+            blob = handle.read()
+        if not blob.startswith(_MAGIC):
+            return None
+        start = len(_MAGIC) + 8
+        size = int.from_bytes(blob[len(_MAGIC) : start], "little")
+        header = json.loads(blob[start : start + size])
+        if header.get("version") != CACHE_VERSION:
+            return None
+        base = start + size + (-(start + size) % 64)
+        keys = list(zip(header["vm"], header["day"], strict=True))
+        data = {}
+        for name, dtype, shape, offset in header["arrays"]:
+            count = int(np.prod(shape))
+            data[name] = np.frombuffer(blob, np.dtype(dtype), count, base + offset).reshape(shape)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     if set(data) != set(empty_table(0)) or any(len(v) != len(keys) for v in data.values()):
         return None
-    return {"keys": keys, "sigs": sigs, "data": data}
+    return {"keys": keys, "sigs": header["sig"], "data": data}
 
 
 def _write_cache(cache_dir: str, cache: dict) -> None:
@@ -394,19 +411,30 @@ def _write_cache(cache_dir: str, cache: dict) -> None:
     path = os.path.join(cache_dir, CACHE_NAME)
     temporary = "%s.%d.tmp" % (path, os.getpid())
     keys = cache["keys"]
-    arrays = {"d_" + name: values for name, values in cache["data"].items()}
+    arrays = [(name, np.ascontiguousarray(values)) for name, values in cache["data"].items()]
+    layout, offset = [], 0
+    for name, values in arrays:
+        layout.append([name, values.dtype.str, list(values.shape), offset])  # from the data start
+        offset += values.nbytes
+    header = {
+        "version": CACHE_VERSION,
+        "vm": [k[0] for k in keys],
+        "day": [int(k[1]) for k in keys],
+        "sig": list(cache["sigs"]),
+        "arrays": layout,
+    }
+    encoded = json.dumps(header).encode("utf-8")
+    head = _MAGIC + len(encoded).to_bytes(8, "little") + encoded
     try:
         os.makedirs(cache_dir, exist_ok=True)
         with open(temporary, "wb") as handle:
-            np.savez(
-                handle,
-                version=np.array(CACHE_VERSION),
-                vm=np.array([k[0] for k in keys], dtype=str),
-                day=np.array([k[1] for k in keys], dtype=np.int64),
-                sig=np.array(cache["sigs"], dtype=str),
-                **arrays,
-            )
+            handle.write(head + b"\0" * (-len(head) % 64))  # arrays start 64-byte aligned
+            for _name, values in arrays:
+                handle.write(values.data)
         os.replace(temporary, path)
+        for name in os.listdir(cache_dir):  # caches of older versions are dead weight
+            if name.startswith("report-cache-v") and name != CACHE_NAME and not name.endswith(".tmp"):
+                os.unlink(os.path.join(cache_dir, name))
     except OSError as exc:
         print("vmstats report: cache not written (%s)" % exc, file=sys.stderr)
         try:
