@@ -1,0 +1,367 @@
+"""Faults that must lose nothing: SIGKILL and SIGTERM under load, a full disk, a dead writer,
+an agent whose server is gone.  Each test prints a ``RELIABILITY`` line with its figures."""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+
+import pytest
+from serverproc import serve
+from test_reliability_journal import raw_rows
+from test_server_udp import line, now
+
+from vmstats import logstore
+from vmstats.client.spool import Spool
+from vmstats.client.transport import Backoff, TcpSender
+from vmstats.protocol import Record
+
+
+def report(scenario: str, **figures) -> None:
+    """One line per scenario for RELIABILITY.md (``pytest -s`` shows it)."""
+    print("RELIABILITY %s: %s" % (scenario, ", ".join("%s=%s" % kv for kv in figures.items())))
+
+
+class Agent(threading.Thread):
+    """The agent's own spool and acknowledged TCP sender, producing one record every ``period``.
+
+    Each produced record is remembered; ``finish`` delivers the backlog.
+    """
+
+    def __init__(self, index: int, port: int, spool_dir, period: float, start_ts: int):
+        super().__init__(daemon=True)
+        self.vm = "10.40.0.%d" % index
+        self.spool = Spool(str(spool_dir), 100_000)
+        self.sender = TcpSender("127.0.0.1", port, self.spool, timeout=3.0,
+                                backoff=Backoff(initial=0.05, maximum=0.3))
+        self.period = period
+        self.start_ts = start_ts
+        self.produced: list[int] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stopping.is_set():
+            ts = self.start_ts + 60 * i
+            self.sender.send([line(Record(vm=self.vm, ts=ts, cpu=float(i % 97), mem=20.5, seq=i))])
+            self.produced.append(ts)
+            i += 1
+            self.stopping.wait(self.period)
+
+    def finish(self, timeout: float) -> bool:
+        """Stop producing; deliver everything spooled (True when the spool is empty)."""
+        self.stopping.set()
+        self.join(10)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sender.flush(force=True):
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def expected_rows(agents) -> Counter:
+    return Counter((agent.vm, ts) for agent in agents for ts in agent.produced)
+
+
+def test_sigkill_at_random_moments_under_tcp_load_loses_and_duplicates_nothing(tmp_path):
+    rng = random.Random(6)
+    data = tmp_path / "data"
+    server = serve(tmp_path / "run0", "--flush-interval", "0.5", data_dir=data).start()
+    port = server.tcp_port
+    agents = [Agent(i, port, tmp_path / ("spool%d" % i), 0.004, now() - 5 * 86400)
+              for i in range(4)]
+    kills = 4
+    received_before_kill = []
+    try:
+        for agent in agents:
+            agent.start()
+        for kill in range(kills):
+            time.sleep(rng.uniform(0.8, 1.6))
+            received_before_kill.append(server.metrics()["vmstats_records_received_total"])
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait(10)
+            server.kill()
+            time.sleep(rng.uniform(0.0, 0.3))  # the agents find nobody listening
+            server = serve(tmp_path / ("run%d" % (kill + 1)), "--flush-interval", "0.5",
+                           "--tcp-port", str(port), data_dir=data).start()
+        time.sleep(1.0)
+        delivered = [agent.finish(timeout=30) for agent in agents]
+        final = server.status_json()
+        code = server.stop()
+    finally:
+        for agent in agents:
+            agent.stopping.set()
+        server.kill()
+    assert all(delivered) and code == 0, server.output
+    expected = expected_rows(agents)
+    logged = raw_rows(data)
+    duplicates = sum(n - 1 for n in logged.values() if n > 1)
+    missing = sum(1 for key in expected if key not in logged)
+    report("sigkill", agents=len(agents), kills=kills, produced=sum(expected.values()),
+           logged_rows=sum(logged.values()), missing=missing, duplicates=duplicates,
+           replayed_in_last_start=final["journal"]["replayed_records"],
+           received_before_each_kill="/".join(str(int(n)) for n in received_before_kill))
+    assert missing == 0 and duplicates == 0 and set(logged) == set(expected)
+    assert os.listdir(data / "journal") == []
+
+
+def test_sigterm_under_load_drains_in_seconds_and_loses_nothing(tmp_path):
+    """A large buffer (long flush interval) and agents still sending when SIGTERM arrives."""
+    data = tmp_path / "data"
+    start = now() - 86400
+    held = 60_000
+    server = serve(tmp_path / "a", "--flush-interval", "1h", data_dir=data).start()
+    port = server.tcp_port
+    try:
+        with server.tcp() as sock:  # fill the buffer: 60,000 records from 600 VMs
+            for first in range(0, held, 2000):
+                sock.sendall(b"".join(line(Record(vm="10.41.%d.%d" % (i // 250 % 4, i % 250),
+                                                  ts=start + 60 * (i // 1000), cpu=1.0, mem=2.0))
+                                      + b"\n" for i in range(first, first + 2000)))
+            sock.sendall(b"#!sync fill\n")
+            sock.settimeout(20)
+            assert sock.recv(100) == b"#!ack fill %d 0\n" % held
+        server.wait_received(held, timeout=30)
+        agents = [Agent(i, port, tmp_path / ("spool%d" % i), 0.004, start) for i in range(3)]
+        for agent in agents:
+            agent.start()
+        time.sleep(1.0)
+        signalled = time.monotonic()
+        code = server.stop(signal.SIGTERM)
+        drain = time.monotonic() - signalled
+        server = serve(tmp_path / "b", "--flush-interval", "0.5", "--tcp-port", str(port),
+                       data_dir=data).start()
+        delivered = [agent.finish(timeout=30) for agent in agents]
+        code_b = server.stop()
+    finally:
+        server.kill()
+    assert code == 0 and code_b == 0 and all(delivered)
+    logged = raw_rows(data)
+    fill = Counter(("10.41.%d.%d" % (i // 250 % 4, i % 250), start + 60 * (i // 1000))
+                   for i in range(held))
+    expected = expected_rows(agents) + fill
+    duplicates = sum(n - 1 for n in logged.values() if n > 1)
+    report("sigterm", buffered_at_signal=held, agents=len(agents),
+           produced=sum(expected.values()), drain_seconds="%.2f" % drain,
+           logged_rows=sum(logged.values()), duplicates=duplicates,
+           missing=sum(1 for key in expected if key not in logged))
+    assert drain < 10
+    assert set(logged) == set(expected) and duplicates == 0
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB tmpfs (needs root); skipped where mounting is not permitted."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (%s)" % result.stderr.strip()[:100])
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def fill_up(folder) -> list:
+    """Fill the filesystem of ``folder`` to the last byte; returns the files made."""
+    path = os.path.join(folder, "ballast")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"x" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return [path]
+
+
+def test_a_full_disk_keeps_receiving_reports_it_and_writes_everything_once_space_returns(
+        tmp_path, small_disk):
+    data = small_disk / "data"
+    t = now() - 4 * 86400  # every record below is in the past
+    with serve(tmp_path, "--flush-interval", "0.3", "--max-buffered", "20000",
+               data_dir=data) as server:
+        server.send_udp(line(Record(vm="10.42.0.1", ts=t - 60, cpu=1.0, mem=2.0)))
+        server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] == 1)
+        ballast = fill_up(small_disk)
+        # UDP first: it also uses up the slack in the journal file's last page.
+        udp = [Record(vm="10.42.2.%d" % (i % 10), ts=t + 60 * i, cpu=5.0, mem=6.0)
+               for i in range(3000)]
+        for first in range(0, len(udp), 10):
+            server.send_udp(b"\n".join(line(r) for r in udp[first:first + 10]))
+        server.wait_received(1 + len(udp), timeout=20)
+        acked = nak = 0
+        sent = []
+        with server.tcp() as sock:
+            for batch in range(20):  # TCP: refused (busy) while the journal cannot be written
+                records = [Record(vm="10.42.1.%d" % (i % 10), ts=t + 60 * (batch * 50 + i),
+                                  cpu=3.0, mem=4.0) for i in range(50)]
+                sock.sendall(b"\n".join(line(r) for r in records) + b"\n#!sync t%d\n" % batch)
+                reply = sock.recv(200)
+                acked += reply.startswith(b"#!ack")
+                nak += reply.startswith(b"#!nak t%d busy" % batch)
+                sent += records
+        full = server.wait_for(lambda s: (lambda m: m if m["vmstats_write_failing_vms"] >= 1
+                                          and m["vmstats_journal_failing"] == 1 else None)(
+            s.metrics()), timeout=10)
+        received = server.wait_received(1 + len(sent) + len(udp), timeout=20)
+        time.sleep(1.5)  # several failing flushes
+        rss_kib = int(open("/proc/%d/status" % server.pid).read().split("VmRSS:")[1].split()[0])
+        for path in ballast:
+            os.unlink(path)
+        server.wait_for(lambda s: s.metrics()["vmstats_write_failing_vms"] == 0
+                        and s.metrics()["vmstats_buffered_records"] == 0, timeout=20)
+        with server.tcp() as sock:  # the refused batches, resent, are now acknowledged
+            sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync again\n")
+            assert sock.recv(200).startswith(b"#!ack again %d 0" % len(sent))
+        server.wait_for(lambda s: s.metrics()["vmstats_buffered_records"] == 0, timeout=20)
+    assert server.returncode == 0, server.output
+    logged = raw_rows(data)
+    expected = Counter([("10.42.0.1", t - 60)] + [(r.vm, r.ts) for r in sent + udp])
+    # Failures are logged once per period, not once per VM and flush.
+    write_errors = server.output.count("failed (will retry")
+    journal_errors = server.output.count("journal in")
+    report("disk_full", filesystem="tmpfs 2 MiB", tcp_batches=20, acked_while_full=acked,
+           naked_busy=nak, udp_records=len(udp), received=int(received[
+               "vmstats_records_received_total"]), rss_mib_while_full=round(rss_kib / 1024, 1),
+           write_failures=int(full["vmstats_write_failures_total"]),
+           log_lines_write=write_errors, log_lines_journal=journal_errors,
+           logged_rows=sum(logged.values()), missing=sum(1 for k in expected if k not in logged))
+    assert nak == 20 and acked == 0
+    assert logged == expected  # everything, exactly once
+    assert 1 <= write_errors <= 3 and 1 <= journal_errors <= 3
+    assert rss_kib < 200 * 1024
+
+
+def test_an_unwritable_data_dir_is_reported_and_written_once_fixed(tmp_path):
+    """No log can be written (a file where DATA_DIR/vms should be), the journal elsewhere works:
+    TCP batches are still acknowledged, and everything lands once the way is clear."""
+    data = tmp_path / "data"
+    data.mkdir()
+    blocker = data / logstore.VMS_DIR
+    blocker.write_text("in the way of every VM's folder")
+    t = now() - 7200
+    sent = [Record(vm="10.45.0.%d" % (i % 20), ts=t + 60 * (i // 20), cpu=1.0, mem=2.0)
+            for i in range(400)]
+    with serve(tmp_path, "--flush-interval", "0.3", "--journal-dir",
+               str(tmp_path / "journal")) as server:
+        with server.tcp() as sock:
+            sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync u\n")
+            assert sock.recv(100) == b"#!ack u 400 0\n"
+        failing = server.wait_for(lambda s: (lambda m: m if m["vmstats_write_failing_vms"] == 20
+                                             else None)(s.metrics()), timeout=10)
+        time.sleep(1.0)  # a few more failing flushes
+        assert server.metrics()["vmstats_journal_segments"] >= 1
+        blocker.unlink()
+        server.wait_for(lambda s: s.metrics()["vmstats_write_failing_vms"] == 0
+                        and s.metrics()["vmstats_buffered_records"] == 0, timeout=10)
+        server.wait_for(lambda s: s.metrics()["vmstats_journal_segments"] == 0, timeout=10)
+    assert server.returncode == 0, server.output
+    logged = raw_rows(data)
+    report("data_dir_unwritable", records=len(sent), acked=len(sent),
+           write_failures=int(failing["vmstats_write_failures_total"]),
+           log_lines=server.output.count("failed (will retry"), logged_rows=sum(logged.values()))
+    assert logged == Counter((r.vm, r.ts) for r in sent)
+    assert 1 <= server.output.count("failed (will retry") <= 2
+
+
+# -- a dead writer -------------------------------------------------------------------------------
+def children(pid: int) -> list:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open("/proc/%s/stat" % entry).read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def blocked_writer(server_pid: int, timeout: float = 10.0) -> int:
+    """The pool worker that is stuck opening the FIFO (the kernel function it sleeps in)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children(server_pid):
+            for worker in children(child):
+                try:
+                    wchan = open("/proc/%d/wchan" % worker).read()
+                except OSError:
+                    continue
+                if wchan in ("wait_for_partner", "fifo_open"):  # open() of a FIFO, no reader
+                    return worker
+        time.sleep(0.05)
+    raise AssertionError("no writer blocked on the FIFO")
+
+
+def test_a_writer_killed_mid_flush_is_detected_the_pool_rebuilt_and_its_records_written(tmp_path):
+    t = now() - 600
+    data = tmp_path / "data"
+    folder = data / "vms" / "10.43.0.1"
+    folder.mkdir(parents=True)
+    fifo = folder / (logstore.day_of(t) + logstore.SUFFIX)
+    os.mkfifo(fifo)  # the writer's open() blocks: it is mid-flush for as long as we like
+    with serve(tmp_path, "--flush-interval", "0.3", "--workers", "2", "--drain-timeout", "5s") as server:
+        server.send_udp(line(Record(vm="10.43.0.1", ts=t, cpu=1.0, mem=2.0)),
+                        line(Record(vm="10.43.0.2", ts=t, cpu=3.0, mem=4.0)))
+        server.wait_received(2)
+        worker = blocked_writer(server.pid)
+        fifo.unlink()  # the next writer finds a plain path
+        os.kill(worker, signal.SIGKILL)
+        metrics = server.wait_for(lambda s: (lambda m: m if m["vmstats_writer_deaths_total"] >= 1
+                                             and m["vmstats_buffered_records"] == 0
+                                             and m["vmstats_in_flight_records"] == 0 else None)(
+            s.metrics()), timeout=15)
+        # A later flush goes through the rebuilt pool.
+        server.send_udp(line(Record(vm="10.43.0.3", ts=t, cpu=5.0, mem=6.0)))
+        server.wait_for(lambda s: s.metrics()["vmstats_buffered_records"] == 0
+                        and (data / "vms" / "10.43.0.3").exists(), timeout=10)
+    assert server.returncode == 0, server.output
+    logged = raw_rows(data)
+    report("writer_killed", records=3, writer_deaths=int(metrics["vmstats_writer_deaths_total"]),
+           logged_rows=sum(logged.values()))
+    assert logged == Counter({("10.43.0.1", t): 1, ("10.43.0.2", t): 1, ("10.43.0.3", t): 1})
+    assert "died during a flush" in server.output
+
+
+# -- the agent side ------------------------------------------------------------------------------
+def test_an_agent_without_a_server_drops_its_oldest_records_counted_and_stays_bounded(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on (yet)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spool = Spool(str(tmp_path / "spool"), 200)
+    sender = TcpSender("127.0.0.1", port, spool, timeout=1.0,
+                       backoff=Backoff(initial=0.01, maximum=0.02))
+    start = now() - 86400
+    produced = [line(Record(vm="10.44.0.1", ts=start + 60 * i, cpu=1.0, mem=2.0, seq=i))
+                for i in range(1000)]
+    peak_files = 0
+    for i, record in enumerate(produced):
+        sender.send([record])
+        if i % 50 == 0:
+            time.sleep(0.02)  # let the backoff expire now and then: real reconnect attempts
+        peak_files = max(peak_files, len(os.listdir(spool.path)))
+    assert len(spool) == 200 and spool.dropped == 800
+    assert peak_files <= 201 + 1  # 200 records and the lock file (+1 being renamed)
+    with serve(tmp_path, "--flush-interval", "0.3", "--tcp-port", str(port)) as server:
+        assert sender.flush(force=True) and len(spool) == 0
+        server.wait_for(lambda s: s.metrics()["vmstats_buffered_records"] == 0
+                        and s.metrics()["vmstats_flushed_records_total"] == 200)
+    sender.close()
+    logged = raw_rows(tmp_path / "data")
+    report("agent_spool_full", produced=1000, spool_max=200, dropped_oldest=spool.dropped,
+           peak_spool_files=peak_files, delivered=sum(logged.values()))
+    # The newest 200 arrived, exactly once; the 800 oldest were the ones dropped.
+    assert logged == Counter(("10.44.0.1", start + 60 * i) for i in range(800, 1000))
