@@ -175,7 +175,7 @@ def test_evidence_and_savings(decided):
     night = rows["nightly-batch"]
     assert night["cpu_p99"] > 5  # the percentile sees the nightly job: not idle
     assert night["reason"].startswith("in use")
-    assert rows["daytime"]["recommendation"] == "off Mon-Fri 20:00-08:00; Sat-Sun 20:00-08:00 (UTC)"
+    assert rows["daytime"]["recommendation"] == "off daily 20:00-08:00 (UTC)"
     assert "bandwidth" in rows["network-heavy"]["reason"]
     assert rows["memory-heavy"]["reason"].startswith("in use")
 
@@ -196,6 +196,105 @@ def test_evidence_and_savings(decided):
     assert report.meta["totals"]["monthly_saving"] == pytest.approx(
         sum(r["monthly_saving"] for r in rows.values())
     )
+
+
+def _local(offset_hours):
+    """Hour of the day and weekday (0 = Monday) of TS in a zone ``offset_hours`` from UTC."""
+    local = TS + int(offset_hours * 3600)
+    return (local // 3600) % 24, ((local // DAY) + 3) % 7
+
+
+def _office(offset_hours):
+    hour, weekday = _local(offset_hours)
+    return (weekday < 5) & (hour >= 9) & (hour < 18)
+
+
+@pytest.fixture(scope="module")
+def zoned(tmp_path_factory):
+    """Office VMs busy weekdays 9-18 in UTC, UTC-8 and UTC+9; one-hour and 2.75-hour (four hour slots a day)
+    nightly jobs at several UTC hours."""
+    data = tmp_path_factory.mktemp("zones") / "data"
+    records = []
+    for name, zone in (("office-utc", 0), ("office-utc-8", -8), ("office-utc+9", 9)):
+        busy = _office(zone)
+        records += series(
+            name,
+            TS,
+            np.round(np.where(busy, 35 + 20 * NOISE, 0.5 + NOISE), 1),
+            np.where(busy, 55.0, 25.0),
+            np.where(busy, 8e5, 500.0),
+            np.where(busy, 4e5, 200.0),
+            vcpus=4,
+            mem_mb=16384,
+        )
+    for start, hours in ((0, 1), (2, 1), (8, 1), (13, 1), (17, 1), (22, 1), (3.5, 2.75), (15.5, 2.75)):
+        minute = (TS // 60) % 1440
+        run_ = (minute - start * 60) % 1440 < hours * 60
+        records += series(
+            "batch-%g-%gh" % (start, hours),
+            TS,
+            np.round(np.where(run_, 90 + 5 * NOISE, 0.5 + NOISE), 1),
+            np.where(run_, 70.0, 25.0),
+            np.where(run_, 5e6, 500.0),
+            np.where(run_, 1e6, 200.0),
+            vcpus=8,
+            mem_mb=16384,
+        )
+    write_records(data, records)
+    return data, run([data])[1]
+
+
+def test_schedule_is_found_in_each_vms_own_time_zone(zoned):
+    _data, rows = zoned
+    expected = {
+        "office-utc": (0, "off Mon-Fri 18:00-09:00; Sat-Sun all day (UTC)"),
+        "office-utc-8": (
+            -8,
+            "off Mon-Fri 18:00-09:00; Sat-Sun all day (UTC-8) = in UTC: off Mon 00:00-17:00; "
+            "Tue-Fri 02:00-17:00; Sat 02:00-24:00; Sun all day",
+        ),
+        "office-utc+9": (
+            9,
+            "off Mon-Fri 18:00-09:00; Sat-Sun all day (UTC+9) = in UTC: off Mon-Fri 09:00-24:00; "
+            "Sat-Sun all day",
+        ),
+    }
+    for vm, (zone, text) in expected.items():
+        row = rows[vm]
+        assert row["category"] == "schedule", (vm, row["reason"])
+        # 15 idle hours on each of 5 weekdays and the whole weekend.
+        assert row["off_hours_per_week"] == 5 * 15 + 48
+        assert row["evidence"]["utc_offset_hours"] == zone
+        assert row["evidence"]["utc_offset_source"] == "inferred"
+        assert row["recommendation"] == text
+        assert zone == 0 or "local time UTC%+d (found from its busy hours)" % zone in row["reason"]
+        assert row["monthly_saving"] == pytest.approx(row["monthly_cost"] * 123 / 168, abs=0.01)
+
+
+def test_nightly_jobs_at_any_hour_are_kept(zoned):
+    _data, rows = zoned
+    batches = [vm for vm in rows if vm.startswith("batch-")]
+    assert len(batches) == 8
+    for vm in batches:
+        # Some offset would make any daily job look like a short working day: the job is
+        # still a job, and the VM keeps its size and its hours.
+        assert rows[vm]["category"] == "keep", (vm, rows[vm]["reason"])
+        assert rows[vm]["cpu_p99"] > 80
+
+
+def test_a_set_utc_offset_is_used_as_is(zoned):
+    data, _rows = zoned
+    policy = Policy.load(None, {"utc_offset_hours": -8})
+    _report, rows = run([data], policy=policy)
+    assert rows["office-utc-8"]["category"] == "schedule"
+    assert rows["office-utc-8"]["evidence"]["utc_offset_source"] == "policy"
+    # In UTC+9's local night the UTC-8 office is at work, and neither night nor weekend is free.
+    _report, rows = run([data], policy=Policy.load(None, {"utc_offset_hours": 9}))
+    assert rows["office-utc-8"]["category"] == "keep"
+    assert rows["office-utc+9"]["category"] == "schedule"
+    with pytest.raises(ReportError, match="-12 to 14"):
+        Policy.load(None, {"utc_offset_hours": 15})
+    assert Policy.load(None, {"utc_offset_hours": "auto"}).base["utc_offset_hours"] is None
 
 
 def test_ranking_puts_most_money_with_most_confidence_first(decided):

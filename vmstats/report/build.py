@@ -30,7 +30,6 @@ _PER_VM = (
     "idle_day_cpu",
     "idle_day_net_mb",
     "schedule_hour_min_minutes",
-    "utc_offset_hours",
 )
 _ORDER_AFTER = {"stopped": 1, "insufficient-data": 2, "keep": 3, "excluded": 4}
 

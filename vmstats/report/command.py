@@ -42,8 +42,12 @@ def _threshold_options(function):
             name,
             type=float,
             default=None,
-            help="%s (default %g %s)."
-            % (_MEANING[name][:1].upper() + _MEANING[name][1:], DEFAULTS[name], _UNIT[name]),
+            help="%s (default %s %s)."
+            % (
+                _MEANING[name][:1].upper() + _MEANING[name][1:],
+                "auto" if DEFAULTS[name] is None else "%g" % DEFAULTS[name],
+                _UNIT[name],
+            ),
         )(function)
     return function
 

@@ -19,11 +19,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from vmstats.report.prices import PriceBook
 
 CATEGORIES = ("stopped", "insufficient-data", "reclaim", "schedule", "downsize", "keep", "excluded")
 CANDIDATES = ("reclaim", "schedule", "downsize")
 DAYS = ("Mon-Fri", "Sat-Sun")
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 @dataclass
@@ -122,17 +125,32 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
 
     plan = _schedule(vm, s)
     if plan is not None:
-        off_hours, irregular, text = plan
         # Day-to-day swings are the point of a schedule: no stability factor here.
-        conf = coverage_f * (0.5 + 0.5 * (1 - irregular / max(s["schedule_max_irregular"], 1e-9)))
+        share = 1 - plan.irregular / max(s["schedule_max_irregular"], 1e-9)
+        conf = coverage_f * (0.5 + 0.5 * share)
+        local = "off %s (%s)" % (_local_text(plan.idle), zone(plan.offset))
+        utc = _utc_text(plan.utc_idle)
+        if plan.offset:
+            text = "%s = in UTC: off %s" % (local, utc)
+        else:
+            text = local
+        found = "found from its busy hours" if plan.inferred else "set by policy"
         return Decision(
             "schedule",
-            "idle %.0f of 168 hours a week in recurring slots, busy otherwise" % off_hours,
+            "idle %.0f of 168 hours a week in recurring slots, busy otherwise; local time %s (%s)"
+            % (plan.off, zone(plan.offset), found),
             round(_clip(conf), 2),
-            monthly_saving=_money(cost * off_hours / 168.0),
+            monthly_saving=_money(cost * plan.off / 168.0),
             recommendation=text,
-            off_hours_per_week=off_hours,
-            evidence={"off_hours_per_week": off_hours, "irregular_share": round(irregular, 3)},
+            off_hours_per_week=plan.off,
+            evidence={
+                "off_hours_per_week": plan.off,
+                "irregular_share": round(plan.irregular, 3),
+                "utc_offset_hours": plan.offset,
+                "utc_offset_source": "inferred" if plan.inferred else "policy",
+                "off_local": local,
+                "off_utc": "off %s (UTC)" % utc,
+            },
         )
 
     return _downsize(vm, s, prices, coverage_f, stability_f)
@@ -171,40 +189,145 @@ def _reclaim(vm: dict[str, Any], s: dict[str, Any]) -> dict[str, float] | None:
     return margins
 
 
-def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> tuple[float, float, str] | None:
-    hours, busy = vm["slot_hours"], vm["slot_busy"]
-    weight = [5.0] * 24 + [2.0] * 24  # hours a week each slot stands for
-    idle_slots = [hours[i] > 0 and busy[i] == 0 for i in range(48)]
-    busy_slots = [hours[i] > 0 and busy[i] / hours[i] >= s["schedule_busy_share"] for i in range(48)]
-    off = sum(w for w, i in zip(weight, idle_slots, strict=True) if i)
-    on = sum(w for w, b in zip(weight, busy_slots, strict=True) if b)
+#: Offsets from UTC a VM's users may live at (whole hours; half-hour zones land on a neighbour).
+OFFSETS = np.arange(-12, 15)
+#: The middle of a 9-to-18 working day, local time: where a schedule's busy hours are centred.
+WORKDAY_CENTRE = 13.5
+#: Hours a week each local slot (weekday hour 0-23, weekend hour 0-23) stands for.
+_SLOT_WEIGHT = np.array([5.0] * 24 + [2.0] * 24)
+
+
+def _folds() -> np.ndarray:
+    """For each offset, the local slot (0-47) of each UTC hour of the week (Monday 00:00 UTC first)."""
+    local = (np.arange(168)[None, :] + OFFSETS[:, None]) % 168
+    folds = (local // 24 >= 5) * 24 + local % 24
+    folds.setflags(write=False)
+    return folds
+
+
+_FOLDS = _folds()
+
+
+@dataclass
+class _Plan:
+    offset: int
+    inferred: bool
+    off: float
+    irregular: float
+    idle: np.ndarray  # 48 local slots
+    utc_idle: np.ndarray  # 168 UTC hours of the week
+
+
+def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> _Plan | None:
+    """The VM's recurring off-hours, in the local time that best explains its busy hours.
+
+    Each candidate offset folds the 168 UTC hours of the week into 48 local
+    slots (weekday or weekend x hour); a slot is idle when none of its hours
+    was busy, busy when at least ``schedule_busy_share`` of them were.  Of the
+    offsets under which every safeguard holds, the one that puts the busy
+    hours' centre nearest the middle of a working day is the VM's local time
+    (unless ``utc_offset_hours`` fixes it).
+    """
+    hours = np.asarray(vm["how_hours"], dtype=np.float64)
+    busy = np.asarray(vm["how_busy"], dtype=np.float64)
+    fixed = s["utc_offset_hours"]
+    if fixed is None:
+        rows = np.arange(len(OFFSETS))
+    else:
+        rows = np.flatnonzero(OFFSETS == int(round(fixed)))
+    folds = _FOLDS[rows]
+    key = (np.arange(len(rows))[:, None] * 48 + folds).ravel()
+    occ = np.bincount(key, weights=np.tile(hours, len(rows)), minlength=48 * len(rows)).reshape(-1, 48)
+    hot = np.bincount(key, weights=np.tile(busy, len(rows)), minlength=48 * len(rows)).reshape(-1, 48)
+    seen = occ > 0
+    idle = seen & (hot == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        on_slot = seen & (hot / occ >= s["schedule_busy_share"])
+    off = idle @ _SLOT_WEIGHT
+    on = on_slot @ _SLOT_WEIGHT
     irregular = (168.0 - off - on) / 168.0
-    # A VM busy only an hour or two a day is a job on a clock the report cannot see (it may be
-    # started from inside the VM): schedules are for VMs used through a working day or more.
-    if (
-        off < s["schedule_min_off_hours"]
-        or on < s["schedule_min_on_hours"]
-        or irregular > s["schedule_max_irregular"]
-    ):
-        return None
-    # Off-hours are nights or weekends: a VM busy at night (a batch) keeps running.
+    # Hours in a day the VM is used: a VM busy an hour or two a day runs a job on a clock the
+    # report cannot see (it may be started from inside the VM), so it keeps running; a working
+    # day or a shift is what a schedule is for.  Without this, some offset always turns a
+    # nightly job into a short "working day".
+    used_days = 5.0 * on_slot[:, :24].any(axis=1) + 2.0 * on_slot[:, 24:].any(axis=1)
+    day_hours = on / np.maximum(used_days, 1.0)
+    # Off-hours are nights or weekends, in the VM's local time.
     night = [h % 24 for h in range(int(s["schedule_night_start"]), int(s["schedule_night_end"]))]
-    if not (all(idle_slots[h] for h in night) or all(idle_slots[24:])):
+    nights_off = idle[:, night].all(axis=1) | idle[:, 24:].all(axis=1)
+    fits = (
+        (off >= s["schedule_min_off_hours"])
+        & (on >= s["schedule_min_on_hours"])
+        & (irregular <= s["schedule_max_irregular"])
+        & (day_hours >= s["schedule_min_day_hours"])
+        & nights_off
+    )
+    if not fits.any():
         return None
+    centre = _busy_centre(hours, busy)
+    distance = np.abs((centre + OFFSETS[rows] - WORKDAY_CENTRE + 12.0) % 24.0 - 12.0)
+    best = min(
+        np.flatnonzero(fits),
+        key=lambda i: (round(float(distance[i]), 2), float(irregular[i]), abs(int(OFFSETS[rows[i]]))),
+    )
+    return _Plan(
+        offset=int(OFFSETS[rows[best]]),
+        inferred=fixed is None,
+        off=float(off[best]),
+        irregular=float(irregular[best]),
+        idle=idle[best],
+        utc_idle=idle[best][folds[best]],
+    )
+
+
+def _busy_centre(hours: np.ndarray, busy: np.ndarray) -> float:
+    """UTC hour of the day (0-24) around which the VM is busy: a circular mean of its busy share."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(hours > 0, busy / np.maximum(hours, 1.0), 0.0)
+    per_hour = share.reshape(7, 24).sum(axis=0)
+    angle = 2 * np.pi * (np.arange(24) + 0.5) / 24
+    x, y = float(per_hour @ np.cos(angle)), float(per_hour @ np.sin(angle))
+    if x == 0 and y == 0:
+        return 0.0
+    return (math.atan2(y, x) * 24 / (2 * math.pi)) % 24
+
+
+def zone(offset: float) -> str:
+    return "UTC" if not offset else "UTC%+g" % offset
+
+
+def _local_text(idle: np.ndarray) -> str:
+    """``Mon-Fri 18:00-09:00; Sat-Sun all day`` (ranges wrap past midnight)."""
+    parts = [_hour_ranges(list(idle[24 * d : 24 * d + 24])) for d in range(2)]
+    if parts[0] == parts[1]:
+        return "daily " + parts[0]
+    return "; ".join("%s %s" % (label, text) for label, text in zip(DAYS, parts, strict=True) if text)
+
+
+def _utc_text(idle: np.ndarray) -> str:
+    """UTC off-hours day by day (``Mon 00:00-17:00; Tue-Fri 02:00-17:00; ...``), for a UTC scheduler."""
+    days = [_day_ranges(list(idle[24 * d : 24 * d + 24])) for d in range(7)]
+    if len(set(days)) == 1:
+        return "daily " + days[0]
     parts = []
-    for d, label in enumerate(DAYS):
-        text = _hour_ranges(idle_slots[24 * d : 24 * d + 24])
-        if text:
-            parts.append("%s %s" % (label, text))
-    offset = s["utc_offset_hours"]
-    zone = "UTC" if not offset else "UTC%+g" % offset
-    return off, irregular, "off %s (%s)" % ("; ".join(parts), zone)
+    d = 0
+    while d < 7:
+        e = d
+        while e + 1 < 7 and days[e + 1] == days[d]:
+            e += 1
+        if days[d]:
+            label = WEEKDAYS[d] if e == d else "%s-%s" % (WEEKDAYS[d], WEEKDAYS[e])
+            parts.append("%s %s" % (label, days[d]))
+        d = e + 1
+    return "; ".join(parts)
 
 
 def _hour_ranges(idle: list[bool]) -> str:
     """``18:00-08:00`` style ranges of idle hours in a day, wrapping past midnight."""
     if all(idle):
         return "all day"
+    if not any(idle):
+        return ""
     start = idle.index(False)  # rotate so the scan starts in a busy hour
     ranges = []
     run = None
@@ -213,6 +336,23 @@ def _hour_ranges(idle: list[bool]) -> str:
         if idle[h] and run is None:
             run = h
         elif not idle[h] and run is not None:
+            ranges.append("%02d:00-%02d:00" % (run, h))
+            run = None
+    return ", ".join(ranges)
+
+
+def _day_ranges(idle: list[bool]) -> str:
+    """``02:00-17:00`` style ranges of idle hours within one day (no wrapping)."""
+    if all(idle):
+        return "all day"
+    if not any(idle):
+        return ""
+    ranges = []
+    run = None
+    for h in range(25):
+        if h < 24 and idle[h] and run is None:
+            run = h
+        elif (h == 24 or not idle[h]) and run is not None:
             ranges.append("%02d:00-%02d:00" % (run, h))
             run = None
     return ", ".join(ranges)

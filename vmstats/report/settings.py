@@ -47,7 +47,13 @@ SETTINGS = (
         "schedule_night_start", 0, "hour", "a schedule needs weekday nights idle from this local hour ..."
     ),
     Setting("schedule_night_end", 6, "hour", "... to this one (or the whole weekend idle)"),
-    Setting("utc_offset_hours", 0.0, "hours", "local time of the VM's users, for schedules"),
+    Setting("schedule_min_day_hours", 6.0, "hours/day", "fewest busy hours in a used day of a scheduled VM"),
+    Setting(
+        "utc_offset_hours",
+        None,
+        "hours",
+        "local time of the VM's users for schedules; auto: found per VM from its busy hours",
+    ),
     Setting("headroom", 0.3, "share", "room kept above p95 use when sizing down"),
     Setting("downsize_min_saving", 0.1, "share", "smallest saving (share of cost) worth a resize"),
     Setting("trend_rising", 5.0, "points/week", "daily p95 rising this fast blocks downsizing"),
@@ -78,6 +84,8 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         return items
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ReportError("%s: %s must be a number" % (origin, name))
+    if name == "utc_offset_hours" and isinstance(value, str) and value.strip().lower() == "auto":
+        return None
     try:
         number = float(value)
     except ValueError:
@@ -90,6 +98,10 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         raise ReportError("%s: max_gb_per_vcpu must be positive" % origin)
     if name in ("schedule_night_start", "schedule_night_end") and number > 24:
         raise ReportError("%s: %s is an hour of the day (0-24)" % (origin, name))
+    if name == "utc_offset_hours" and not -12 <= number <= 14:
+        raise ReportError("%s: utc_offset_hours is an offset from -12 to 14 hours, or auto" % origin)
+    if name == "schedule_min_day_hours" and number > 24:
+        raise ReportError("%s: schedule_min_day_hours is hours of a day (0-24)" % origin)
     if name == "idle_percentile" and not 0 < number <= 100:
         raise ReportError("%s: idle_percentile must be in (0, 100]" % origin)
     return int(number) if isinstance(default, int) else number

@@ -70,9 +70,6 @@ def _hist_sum(hist: np.ndarray, group: np.ndarray, offset: np.ndarray, groups: i
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     out[group[starts]] = np.add.reduceat(hist, starts, axis=0, dtype=np.int64)
     return out
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    out[group[starts]] = np.add.reduceat(hist, starts, axis=0, dtype=np.int64)
-    return out
 
 
 def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -176,10 +173,12 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
 
 
 def _schedule_slots(rows, days, group, vms, settings) -> dict[str, np.ndarray]:
-    """Per VM and local (weekday or weekend) x hour slot: hours observed and hours busy.
+    """Per VM and UTC hour of the week (Monday 00:00 first): hours observed and hours busy.
 
-    An hour is busy when its mean CPU, disk or network reaches the idle
-    limit; an hour with too few records is neither (missing is not idle).
+    Kept in UTC, not folded into one time zone: the policy finds each VM's
+    own local time from where its busy hours fall (policy._schedule).  An
+    hour is busy when its mean CPU, disk or network reaches the idle limit;
+    an hour with too few records is neither (missing is not idle).
     """
     h_n = rows["h_n"].astype(np.float64)
     g = group[:, None]
@@ -191,12 +190,10 @@ def _schedule_slots(rows, days, group, vms, settings) -> dict[str, np.ndarray]:
         )
     observed = h_n >= settings["schedule_hour_min_minutes"][g]
     utc_how = ((days + 3) % 7)[:, None] * 24 + np.arange(24)[None, :]
-    local = (utc_how + np.rint(settings["utc_offset_hours"][g]).astype(np.int64)) % 168
-    slot = (local // 24 >= 5) * 24 + local % 24
-    key = (g * 48 + slot).ravel()
-    occ = np.bincount(key, weights=observed.ravel(), minlength=vms * 48).reshape(vms, 48)
-    hot = np.bincount(key, weights=(observed & busy).ravel(), minlength=vms * 48).reshape(vms, 48)
-    return {"slot_hours": occ, "slot_busy": hot}
+    key = (g * 168 + utc_how).ravel()
+    occ = np.bincount(key, weights=observed.ravel(), minlength=vms * 168).reshape(vms, 168)
+    hot = np.bincount(key, weights=(observed & busy).ravel(), minlength=vms * 168).reshape(vms, 168)
+    return {"how_hours": occ, "how_busy": hot}
 
 
 def _slope(x: np.ndarray, y: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
