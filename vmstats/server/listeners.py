@@ -24,6 +24,8 @@ from vmstats.server.metrics import Metrics, RateLimitedLog
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
+#: Seconds an idle connection closed by the timeout may take to read its last replies.
+ABORT_GRACE = 5.0
 
 
 class Authenticator:
@@ -162,21 +164,30 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
         self.skipping = False  # discarding the rest of an over-long line
         self.accepted = self.rejected = 0
         self.busy = self.auth_failed = False
+        self._abort_call = None
 
     def connectionMade(self) -> None:
         self.metrics.tcp_connections += 1
         self.metrics.tcp_open += 1
         self.factory.open += 1
         self.setTimeout(self.factory.idle_timeout)
+        # A client that sends syncs but never reads the replies would make us buffer replies
+        # without end: once ~64 KiB of replies wait, stop reading from it until they drain.
+        self.transport.registerProducer(self.transport, True)
 
     def connectionLost(self, reason=None) -> None:
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         self.metrics.tcp_open -= 1
         self.factory.open -= 1
 
     def timeoutConnection(self) -> None:
         self.metrics.tcp_idle_closed += 1
         self.transport.loseConnection()
+        # A graceful close waits until the replies are read, which a client that stopped
+        # reading never does: its connection slot would stay taken.  Abort it after a grace.
+        self._abort_call = self.callLater(ABORT_GRACE, self.transport.abortConnection)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
