@@ -110,7 +110,8 @@ class Journal:
         if self._syncer is not None and self._syncer.running:
             self._syncer.stop()
         self.write()
-        self.sync()
+        if self.fsync != "off":
+            self.sync()
         self._close_segment()
 
     # -- receive path ----------------------------------------------------------------------------
@@ -210,7 +211,8 @@ class Journal:
         returned number is in the swapped table or was written before.
         """
         self.write()
-        self.sync()
+        if self.fsync != "off":
+            self.sync()
         self._close_segment()
         return self.number - 1
 
