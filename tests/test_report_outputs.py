@@ -13,6 +13,7 @@ import pytest
 from test_report_policy import build_fleet
 
 from vmstats.report.outputs import CSV_COLUMNS
+from vmstats.report.render import week_heatmap
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,6 +89,34 @@ def test_html_is_self_contained_and_lists_every_vm(fleet):
     assert sorted(vms) == sorted(expected)
     assert "example price book" in page
     assert page.count('<svg class="spark"') == len(expected)
+
+
+def test_page_fits_its_window_and_says_what_window_it_analysed(fleet):
+    _data, _expected, out, _result = fleet
+    page = (out / "report.html").read_text()
+    # The wide table scrolls in its own box, not the page.
+    assert re.search(r'<div class="tablebox">\s*<table id="vms">', page)
+    assert ".tablebox { overflow: auto" in page
+    # 14 days of data and a 14-day look-back: nothing to explain.
+    assert "Analysed 14.0 days: 2026-01-01 00:00 UTC to 2026-01-14 23:59 UTC" in page
+    assert "Window: the last 14 UTC days (--days 14) up to the latest record." in page
+    assert "shortened" not in page
+    # The heat map's scale is the fleet's own range, said in the caption.
+    profile = json.loads((out / "report.json").read_text())["meta"]
+    assert "quietest hour" in page and "not 0-100%" in page and profile["window"]["clipped"] is False
+
+
+def test_heatmap_colours_span_the_fleets_quietest_to_busiest_hour():
+    profile = [10.0 + (h % 24) / 23.0 * 2.0 for h in range(168)]  # 10% at midnight .. 12% at 23:00
+    profile[5] = None
+    svg = week_heatmap(profile)
+    fills = re.findall(r'fill="(rgb\(\d+,\d+,255\))"><title>(\w+) (\d\d):00 UTC: ([\d.]+)%', svg)
+    assert len(fills) == 167
+    by_value = {float(value): fill for fill, _day, _hour, value in fills}
+    assert by_value[10.0] == "rgb(240,240,255)" and by_value[12.0] == "rgb(40,40,255)"
+    assert "no data" in svg and "10.0%" in svg and "12.0%" in svg  # the scale's ends
+    # A flat fleet gets one mid colour, not a division by zero.
+    assert set(re.findall(r'fill="(rgb[^"]+)"><title>', week_heatmap([3.0] * 168))) == {"rgb(140,140,255)"}
 
 
 def test_csv_columns_are_exactly_the_documented_ones(fleet):

@@ -29,27 +29,44 @@ def write_records(data_dir, records):
 
 
 def series(vm, ts, cpu, mem, disk=None, net=None, vcpus=2, mem_mb=4096, cpu_max=None):
-    """Records of one VM from arrays (disk/net split in halves between read/write, rx/tx)."""
-    out = []
-    for i, t in enumerate(ts):
-        d = None if disk is None or np.isnan(disk[i]) else float(disk[i])
-        n = None if net is None or np.isnan(net[i]) else float(net[i])
-        out.append(
-            Record(
-                vm=vm,
-                ts=int(t),
-                cpu=float(cpu[i]),
-                mem=float(mem[i]),
-                cpu_max=None if cpu_max is None else float(cpu_max[i]),
-                disk_r=None if d is None else d / 2,
-                disk_w=None if d is None else d / 2,
-                net_rx=None if n is None else n / 2,
-                net_tx=None if n is None else n / 2,
-                vcpus=vcpus,
-                mem_mb=mem_mb,
-            )
+    """Records of one VM from arrays (disk/net split in halves between read/write, rx/tx).
+
+    Values past the length of ``ts`` are ignored; plain lists, not numpy scalars, keep
+    building two weeks of records quick.
+    """
+    count = len(ts)
+
+    def halves(values):
+        if values is None:
+            return [None] * count
+        return [None if x != x else x / 2 for x in np.asarray(values, dtype=float)[:count].tolist()]
+
+    disk_half, net_half = halves(disk), halves(net)
+    peaks = [None] * count if cpu_max is None else np.asarray(cpu_max, dtype=float)[:count].tolist()
+    return [
+        Record(
+            vm=vm,
+            ts=t,
+            cpu=c,
+            mem=m,
+            cpu_max=p,
+            disk_r=d,
+            disk_w=d,
+            net_rx=n,
+            net_tx=n,
+            vcpus=vcpus,
+            mem_mb=mem_mb,
         )
-    return out
+        for t, c, m, p, d, n in zip(
+            np.asarray(ts).astype(np.int64).tolist(),
+            np.asarray(cpu, dtype=float)[:count].tolist(),
+            np.asarray(mem, dtype=float)[:count].tolist(),
+            peaks,
+            disk_half,
+            net_half,
+            strict=True,
+        )
+    ]
 
 
 def run(data_dirs, cache_dir=None, policy=None, prices=None, **kwargs):
@@ -199,6 +216,26 @@ def test_window_days_since_until(tmp_path):
     report, rows = run([tmp_path], policy=Policy.load(overrides={"days": 30}))
     assert report.meta["window"]["start"] == "2026-01-01T00:00:00Z"
     assert rows["10.0.0.1"]["coverage"] == 1.0
+
+
+def test_window_shorter_than_asked_says_why(tmp_path):
+    # A fleet that started reporting at 06:30 on its third day: a 14-day look-back covers it all.
+    ts = T0 + 2 * DAY + 6 * 3600 + 1800 + 60 * np.arange(3 * 1440)
+    write_records(tmp_path, series("10.0.0.9", ts, np.full(len(ts), 20.0), np.full(len(ts), 30.0)))
+    report, rows = run([tmp_path])
+    window = report.meta["window"]
+    assert window["clipped"] is True and window["days"] == 3.0
+    assert window["start"] == "2026-01-03T06:30:00Z" and window["first_day"] == "2025-12-24"
+    assert window["why"] == (
+        "the last 14 UTC days (--days 14) up to the latest record, shortened to start at the "
+        "fleet's first record: there is no older data"
+    )
+    assert rows["10.0.0.9"]["coverage"] == 1.0
+    # A look-back inside the data is not shortened.
+    report, _rows = run([tmp_path], policy=Policy.load(None, {"days": 2}))
+    assert report.meta["window"]["clipped"] is False and report.meta["window"]["days"] < 2
+    report, _rows = run([tmp_path], since="2026-01-04", until="2026-01-05")
+    assert report.meta["window"]["why"] == "the UTC days asked for (2026-01-04 to 2026-01-05)"
 
 
 def test_vm_silent_since_before_the_window_is_stopped_with_its_last_record(tmp_path):

@@ -145,10 +145,10 @@ def build(
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     meta = _meta(
+        _window_meta(window, int(policy.base["days"]), since, until, earlier),
         data_dirs,
         policy,
         prices,
-        window,
         rows,
         table,
         active,
@@ -238,7 +238,34 @@ def _rank_key(row: dict[str, Any]):
     return (_ORDER_AFTER[row["category"]], -cost, 0.0, row["vm"])
 
 
-def _meta(data_dirs, policy, prices, window, rows, table, active, expired, exclusions_path, spark_step):
+def _window_meta(window, days: int, since: str | None, until: str | None, earlier: bool) -> dict[str, Any]:
+    """The window analysed, what was asked for, and in plain words why they differ."""
+    length = (window.end_ts - window.start_ts + 60) / 86400.0
+    first, last = load_mod.day_name(window.first_day), load_mod.day_name(window.last_day)
+    if since is not None or until is not None:
+        asked = "%s to %s" % (first, last)
+        because = "the UTC days asked for (%s)" % asked
+    else:
+        asked = "--days %d" % days
+        because = "the last %d UTC days (%s) up to the latest record" % (days, asked)
+    clipped = not earlier and window.start_ts > window.first_day * 86400
+    why = because
+    if clipped:
+        why += ", shortened to start at the fleet's first record: there is no older data"
+    return {
+        "first_day": first,
+        "last_day": last,
+        "start": iso(window.start_ts),
+        "end": iso(window.end_ts),
+        "expected_minutes": window.expected_minutes,
+        "days": round(length, 1),
+        "asked": asked,
+        "clipped": clipped,
+        "why": why,
+    }
+
+
+def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, exclusions_path, spark_step):
     categories = {c: {"vms": 0, "monthly_saving": 0.0} for c in CATEGORIES}
     for row in rows:
         entry = categories[row["category"]]
@@ -246,13 +273,7 @@ def _meta(data_dirs, policy, prices, window, rows, table, active, expired, exclu
         entry["monthly_saving"] = round(entry["monthly_saving"] + row["monthly_saving"], 2)
     return {
         "data_dirs": list(data_dirs),
-        "window": {
-            "first_day": load_mod.day_name(window.first_day),
-            "last_day": load_mod.day_name(window.last_day),
-            "start": iso(window.start_ts),
-            "end": iso(window.end_ts),
-            "expected_minutes": window.expected_minutes,
-        },
+        "window": window_meta,
         "policy": {
             "source": policy.source,
             "settings": policy.base,

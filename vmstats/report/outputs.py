@@ -114,8 +114,15 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     currency = meta["prices"]["currency"]
     totals = meta["totals"]
     print(
-        "vmstats report: %d VMs, window %s .. %s (%d expected minutes)"
-        % (totals["vms"], window["start"], window["end"], window["expected_minutes"]),
+        "vmstats report: %d VMs, window %s .. %s (%.1f days, %d expected minutes%s)"
+        % (
+            totals["vms"],
+            window["start"],
+            window["end"],
+            window["days"],
+            window["expected_minutes"],
+            "; starts at the fleet's first record, no older data" if window["clipped"] else "",
+        ),
         file=stream,
     )
     if meta["prices"]["is_example"]:

@@ -95,15 +95,31 @@ def distribution_chart(fleet: dict[str, list[int]]) -> str:
     return "".join(parts)
 
 
+def heat_range(profile: list) -> tuple[float, float]:
+    """The fleet's quietest and busiest hour: the colour scale's ends.
+
+    A fleet's mean CPU moves within a few points over the week; a scale from
+    0 would paint every hour the same blue and hide when the fleet works.
+    """
+    known = [v for v in profile if v is not None]
+    return (min(known), max(known)) if known else (0.0, 0.0)
+
+
+def _heat_fill(value: float, low: float, high: float) -> str:
+    share = (value - low) / (high - low) if high > low else 0.5
+    shade = int(round(240 - 200 * share))
+    return "rgb(%d,%d,255)" % (shade, shade)
+
+
 def week_heatmap(profile: list) -> str:
-    """Fleet mean CPU per hour of the week: 7 rows (Monday first) x 24 hours (UTC)."""
+    """Fleet mean CPU per hour of the week: 7 rows (Monday first) x 24 hours (UTC), with its scale."""
     cell, left, top = 14, 34, 14
     days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-    known = [v for v in profile if v is not None]
-    most = max(known) if known else 1.0
+    low, high = heat_range(profile)
+    legend_y = top + 7 * cell + 8
     parts = [
         '<svg width="%d" height="%d" role="img" aria-label="fleet CPU by hour of week">'
-        % (left + 24 * cell + 4, top + 7 * cell + 4)
+        % (left + 24 * cell + 4, legend_y + 22)
     ]
     for hour in range(0, 24, 3):
         parts.append(
@@ -120,13 +136,32 @@ def week_heatmap(profile: list) -> str:
             if value is None:
                 fill, title = "#eee", "no data"
             else:
-                shade = int(235 - 180 * (value / most if most > 0 else 0))
-                fill, title = "rgb(%d,%d,255)" % (shade, shade), "%.1f%%" % value
+                fill, title = _heat_fill(value, low, high), "%.1f%%" % value
             parts.append(
                 '<rect x="%d" y="%d" width="%d" height="%d" fill="%s"><title>%s %02d:00 UTC: %s'
                 "</title></rect>"
                 % (left + hour * cell, top + d * cell, cell - 1, cell - 1, fill, label, hour, title)
             )
+    # The scale: quietest hour to busiest hour of the fleet.
+    steps = 12
+    width = 24 * cell / 2.0
+    for k in range(steps):
+        parts.append(
+            '<rect x="%.1f" y="%d" width="%.1f" height="8" fill="%s"/>'
+            % (
+                left + width / 2 + k * width / steps,
+                legend_y,
+                width / steps + 0.5,
+                _heat_fill(low + (high - low) * k / (steps - 1), low, high),
+            )
+        )
+    parts.append(
+        '<text x="%.1f" y="%d" font-size="9" text-anchor="end">%.1f%%</text>'
+        % (left + width / 2 - 3, legend_y + 8, low)
+    )
+    parts.append(
+        '<text x="%.1f" y="%d" font-size="9">%.1f%%</text>' % (left + width * 1.5 + 3, legend_y + 8, high)
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -172,7 +207,7 @@ def render(report: Report, path: str) -> None:
         currency=meta["prices"]["currency"],
         distribution=distribution_chart(report.fleet),
         heatmap=week_heatmap(report.fleet["hour_of_week_cpu"]),
-        meta_how_max=max([v for v in report.fleet["hour_of_week_cpu"] if v is not None] or [0.0]),
+        heat_range=heat_range(report.fleet["hour_of_week_cpu"]),
         category_bar=category_bar(meta["categories"], meta["totals"]["vms"]),
     )
     with open(path, "w", encoding="utf-8") as handle:
