@@ -42,11 +42,10 @@ def _threshold_options(function):
             name,
             type=float,
             default=None,
-            help="%s (default %s %s)."
+            help="%s (default %s)."
             % (
                 _MEANING[name][:1].upper() + _MEANING[name][1:],
-                "auto" if DEFAULTS[name] is None else "%g" % DEFAULTS[name],
-                _UNIT[name],
+                "auto" if DEFAULTS[name] is None else "%g %s" % (DEFAULTS[name], _UNIT[name]),
             ),
         )(function)
     return function

@@ -7,7 +7,7 @@ are never counted twice):
 2. ``insufficient-data``  coverage below ``coverage_min`` (missing data is not idle)
 3. ``reclaim``            CPU, disk and network below their idle limits at the
                           ``idle_percentile`` and memory not being worked
-4. ``schedule``           steadily idle in recurring hour slots, busy in others
+4. ``schedule``           steadily idle in recurring hour slots of its own local time, busy in others
 5. ``downsize``           a smaller shape holds p95/p99 use plus headroom, use not rising
 6. ``keep``
 
