@@ -17,6 +17,8 @@ from vmstats.protocol import Record
 from vmstats.server import replay as replay_module
 from vmstats.server.journal import Journal, list_segments
 from vmstats.server.metrics import Metrics
+from vmstats.server.rows import held_from_record
+from vmstats.server.writer import write_share
 
 
 def raw_rows(data_dir) -> Counter:
@@ -28,7 +30,7 @@ def raw_rows(data_dir) -> Counter:
                 lines = handle.read().split(b"\n")
             assert lines[0] + b"\n" == logstore.HEADER
             for row in lines[1:]:
-                if row:
+                if row.count(b",") == len(logstore.COLUMNS) - 1:  # not a torn piece
                     rows[(vm, int(row.split(b",", 1)[0]))] += 1
     return rows
 
@@ -188,3 +190,22 @@ def test_chunks_cut_at_line_ends_only():
 def test_an_unknown_fsync_policy_is_refused(tmp_path):
     with pytest.raises(ValueError):
         Journal(Clock(), str(tmp_path), Metrics(), fsync="sometimes")
+
+
+def test_the_writer_appends_only_missing_rows_and_ends_a_torn_line_first(tmp_path):
+    data = str(tmp_path)
+    t = now() - now() % 86400 - 86400  # a whole past day
+    held = {t + 60 * i: held_from_record(Record(vm="10.24.0.1", ts=t + 60 * i, cpu=float(i),
+                                                mem=1.0)) for i in range(5)}
+    first = {ts: held[ts] for ts in list(held)[:3]}
+    assert write_share(data, [("10.24.0.1", first)]) == [("10.24.0.1", 3, None, False)]
+    again = {ts: held[ts] for ts in list(held)[:4]}
+    assert write_share(data, [("10.24.0.1", again)]) == [("10.24.0.1", 1, None, False)]
+    path = logstore.day_path(data, "10.24.0.1", logstore.day_of(t))
+    with open(path, "rb+") as handle:  # a writer killed mid-write: the last row is cut short
+        handle.truncate(os.path.getsize(path) - 5)
+    assert write_share(data, [("10.24.0.1", held)]) == [("10.24.0.1", 2, None, False)]
+    frame, bad = logstore.read_rows([path])
+    assert bad == 1  # the torn piece, on a line of its own
+    assert list(frame["ts"]) == list(held) and list(frame["cpu"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert raw_rows(tmp_path) == Counter(("10.24.0.1", ts) for ts in held)

@@ -35,6 +35,11 @@ def unlogged(data_dir: str, vm: str, rows: dict[int, bytes]) -> dict[int, bytes]
     file appended to (usually one, of at most 1,440 rows, from the page
     cache; BENCHMARKS.md); a corrected record (same timestamp, other values)
     is still appended, and the last row for a timestamp still wins.
+
+    A day file that does not end with a newline was torn by a writer killed
+    mid-write (the pool is terminated when a writer dies or the drain
+    deadline passes): it gets its newline first, so the torn piece stays one
+    bad line that readers skip instead of swallowing the next row appended.
     """
     by_day: dict[int, list[int]] = {}
     for ts in rows:
@@ -46,9 +51,13 @@ def unlogged(data_dir: str, vm: str, rows: dict[int, bytes]) -> dict[int, bytes]
             if not stat.S_ISREG(os.stat(path).st_mode):
                 continue  # not a log file: appending will report what is wrong
             with open(path, "rb") as handle:
-                present = set(handle.read().split(b"\n"))
+                body = handle.read()
         except FileNotFoundError:
             continue
+        if body[-1:] not in (b"\n", b""):
+            with open(path, "ab") as handle:
+                handle.write(b"\n")
+        present = set(body.split(b"\n"))
         for ts in stamps:
             if rows[ts] in present:
                 if fresh is rows:
