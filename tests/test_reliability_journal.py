@@ -209,3 +209,23 @@ def test_the_writer_appends_only_missing_rows_and_ends_a_torn_line_first(tmp_pat
     assert bad == 1  # the torn piece, on a line of its own
     assert list(frame["ts"]) == list(held) and list(frame["cpu"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert raw_rows(tmp_path) == Counter(("10.24.0.1", ts) for ts in held)
+
+
+def test_records_a_missed_drain_deadline_left_behind_are_written_at_the_next_start(tmp_path):
+    t = now() - 60
+    data = tmp_path / "data"
+    folder = data / "vms" / "10.25.0.1"
+    folder.mkdir(parents=True)
+    fifo = folder / (logstore.day_of(t) + logstore.SUFFIX)
+    os.mkfifo(fifo)  # the writer's open() blocks until the drain deadline passes
+    sent = [Record(vm="10.25.0.1", ts=t, cpu=1.0, mem=2.0),
+            Record(vm="10.25.0.2", ts=t, cpu=3.0, mem=4.0)]
+    with serve(tmp_path / "a", "--flush-interval", "1h", "--drain-timeout", "1s",
+               data_dir=data) as server:
+        assert send_acked(server.tcp_port, sent, "d") == b"#!ack d 2 0\n"
+    assert server.returncode == 1
+    assert "journal           1 segments kept" in server.output
+    fifo.unlink()
+    with serve(tmp_path / "b", "--flush-interval", "1h", data_dir=data) as again:
+        assert again.status_json()["journal"]["replayed_records"] == 2
+    assert raw_rows(data) == Counter((r.vm, r.ts) for r in sent)

@@ -140,6 +140,9 @@ class Aggregator(service.MultiService):
             tcp["connections_total"], tcp["refused"], tcp["acks"], tcp["naks"]))
         if self.flusher.unwritten:
             lines.append("  NOT WRITTEN       %d records" % self.flusher.unwritten)
+        if self.journal is not None and self.journal.segments():
+            lines.append("  journal           %d segments kept in %s: written at the next start"
+                         % (self.journal.segments(), self.journal.directory))
         if self.flusher.deadline_missed:
             lines.append("  drain deadline of %.1fs MISSED" % self.config.drain_timeout)
         return "\n".join(lines)
