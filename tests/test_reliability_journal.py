@@ -138,13 +138,13 @@ def test_one_write_per_reactor_turn_and_replies_wait_for_it(tmp_path, monkeypatc
     monkeypatch.setattr(os, "write", lambda fd, data: writes.append(len(data)) or real_write(fd, data))
     order = []
     journal.append(b"a 1")
-    journal.when_durable(lambda ok: order.append(("first", ok)))
+    journal.when_durable(lambda ok: order.append(("first", ok)), journal.next_write())
     journal.append(b"b 2\n")
-    journal.when_durable(lambda ok: order.append(("second", ok)))
+    journal.when_durable(lambda ok: order.append(("second", ok)), journal.next_write())
     assert order == [] and writes == []
     clock.advance(0)
     assert writes == [8] and order == [("first", True), ("second", True)]
-    journal.when_durable(lambda ok: order.append(("idle", ok)))  # nothing queued: at once
+    journal.when_durable(lambda ok: order.append(("idle", ok)), None)  # nothing queued: at once
     assert order[-1] == ("idle", True)
     journal.close()
     assert open(list_segments(journal.directory)[0][1], "rb").read() == b"a 1\nb 2\n"
@@ -165,14 +165,18 @@ def test_a_failed_write_refuses_its_waiters_and_the_next_write_starts_a_new_segm
     monkeypatch.setattr(os, "write", half_then_full)
     results = []
     journal.append(b"y 2\n")
-    journal.when_durable(results.append)
+    spread = journal.next_write()  # a TCP batch whose first records are in the failing write
+    journal.when_durable(results.append, journal.next_write())
     clock.advance(0)
     assert results == [False] and journal.failing and journal.metrics.journal_errors == 1
+    journal.when_durable(results.append, None)  # a batch of rejects only: nothing to lose
+    assert results == [False, True]
     monkeypatch.setattr(os, "write", real_write)
     journal.append(b"z 3\n")
-    journal.when_durable(results.append)
+    journal.when_durable(results.append, journal.next_write())
+    journal.when_durable(results.append, spread)  # ... and its last ones in the good write
     clock.advance(0)
-    assert results == [False, True] and not journal.failing
+    assert results == [False, True, True, False] and not journal.failing
     journal.close()
     contents = [open(path, "rb").read() for _n, path in list_segments(journal.directory)]
     assert contents == [b"x 1\ny 2", b"z 3\n"]  # the torn segment ends there

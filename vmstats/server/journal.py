@@ -80,7 +80,9 @@ class Journal:
         self.fsync_interval = fsync_interval
         self.segment_bytes = segment_bytes
         self.pending: list[bytes] = []
-        self.waiters: list[Callable[[bool], None]] = []
+        self.waiters: list[Callable[[], None]] = []
+        self.writes = 0  # write() calls that had something to write
+        self.last_failed = 0  # the number of the last write that failed (or was not synced)
         self.scheduled = False
         self.fd: int | None = None
         self.number = 0  # the open (or next) segment
@@ -122,27 +124,36 @@ class Journal:
             self.scheduled = True
             self.reactor.callLater(0, self.write)
 
-    def when_durable(self, callback: Callable[[bool], None]) -> None:
+    def next_write(self) -> int:
+        """The number of the write that will hold what is appended now."""
+        return self.writes + 1
+
+    def when_durable(self, callback: Callable[[bool], None], since: int | None) -> None:
         """Call ``callback(ok)`` once everything appended so far is written (and synced if the
-        policy is ``batch``); ``ok`` is False if that write failed."""
+        policy is ``batch``).  ``ok`` is False if any write from number ``since`` on failed
+        (``since`` None: nothing of the caller's was appended, so nothing could fail); a TCP
+        batch spread over several reactor turns is in several writes.  Callbacks run in the
+        order they were registered."""
+        def fire() -> None:
+            callback(since is None or self.last_failed < since)
+
         if self.pending or self.waiters:
-            self.waiters.append(callback)
+            self.waiters.append(fire)
         else:
-            callback(not self.failing)
+            fire()
 
     def write(self) -> None:
         """Write everything queued with one system call (the reactor turn's batch)."""
         self.scheduled = False
-        ok = True
         if self.pending:
             data = b"".join(self.pending)
             self.pending = []
-            ok = self._write(data)
-        if ok and self.fsync == "batch" and self.unsynced:
-            ok = self.sync()
+            self.writes += 1
+            if self._write(data) and self.fsync == "batch":
+                self.sync()
         waiters, self.waiters = self.waiters, []
-        for callback in waiters:
-            callback(ok)
+        for fire in waiters:
+            fire()
 
     def _write(self, data: bytes) -> bool:
         written = 0
@@ -186,6 +197,7 @@ class Journal:
 
     def _failed(self, what: str, exc: OSError) -> None:
         self.failing = True
+        self.last_failed = self.writes
         self.metrics.journal_errors += 1
         self._trouble.emit("%s in %s failed (records kept in memory; TCP batches refused "
                            "until it works): %s", what, self.directory, exc)

@@ -164,6 +164,7 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
         self.skipping = False  # discarding the rest of an over-long line
         self.accepted = self.rejected = 0
         self.busy = self.auth_failed = False
+        self.first_write: int | None = None  # the journal write holding this batch's first records
         self._abort_call = None
 
     def connectionMade(self) -> None:
@@ -244,6 +245,8 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
 
     def _ingest(self, payload: bytes) -> None:
         accepted, rejected, dropped = self.ingest.payload(payload)
+        if accepted and self.first_write is None and self.ingest.journal is not None:
+            self.first_write = self.ingest.journal.next_write()  # where this batch starts
         self.accepted += accepted
         self.rejected += rejected
         if dropped:
@@ -284,13 +287,14 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
             self.ingest.reject(protocol.R_SYNTAX, "bad sync token %r" % token[:70])
             return
         batch = (token, self.accepted, self.rejected, self.busy, self.auth_failed)
+        first_write, self.first_write = self.first_write, None
         self.accepted = self.rejected = 0
         self.busy = self.auth_failed = False
         journal = self.ingest.journal
         if journal is None:
             self._reply(batch, True)
         else:  # the ack promises the batch is on disk: reply once the journal write is done
-            journal.when_durable(lambda journaled: self._reply(batch, journaled))
+            journal.when_durable(lambda journaled: self._reply(batch, journaled), first_write)
 
     def _reply(self, batch: tuple, journaled: bool) -> None:
         token, accepted, rejected, busy, auth_failed = batch
