@@ -14,7 +14,7 @@ from vmstats.server.config import ServerConfig
 from vmstats.server.flusher import FlusherService
 from vmstats.server.http import HTTPService, last_seen_table
 from vmstats.server.ingest import Ingest
-from vmstats.server.journal import Journal
+from vmstats.server.journal import Journal, list_segments
 from vmstats.server.listeners import Authenticator, ListenerService
 from vmstats.server.metrics import Metrics
 from vmstats.server.replay import replay
@@ -75,6 +75,9 @@ class Aggregator(service.MultiService):
             # Leftovers of a crash reach the logs before anything new is accepted.
             self.journal.open()
             replay(self.journal, self.config.data_dir, self.buffer, self.metrics)
+        elif list_segments(journal_dir(self.config)):
+            log.warning("%s holds journal segments that --no-journal leaves unreplayed: start "
+                        "once without --no-journal to write them", journal_dir(self.config))
         super().startService()
         self._announce()
 
