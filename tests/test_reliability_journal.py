@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 from serverproc import serve
+from test_server_lifecycle import run_cli
 from test_server_tcp import read_reply
 from test_server_udp import line, now
 from twisted.internet.task import Clock
@@ -233,3 +234,12 @@ def test_records_a_missed_drain_deadline_left_behind_are_written_at_the_next_sta
     with serve(tmp_path / "b", "--flush-interval", "1h", data_dir=data) as again:
         assert again.status_json()["journal"]["replayed_records"] == 2
     assert raw_rows(data) == Counter((r.vm, r.ts) for r in sent)
+
+
+def test_an_unusable_journal_directory_is_one_readable_line(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    result = run_cli("--bind", "127.0.0.1", "--udp-port", "0", "--tcp-port", "0", "--no-http",
+                     "--data-dir", str(tmp_path / "data"),
+                     "--journal-dir", str(tmp_path / "a-file" / "journal"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "journal directory" in result.stderr

@@ -97,7 +97,11 @@ class Journal:
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> list[tuple[int, str]]:
         """Create the directory; returns the leftover segments (to replay), oldest first."""
-        os.makedirs(self.directory, exist_ok=True)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, "cannot use the journal directory %s: %s"
+                          % (self.directory, exc.strerror)) from None
         self.leftover = list_segments(self.directory)
         self.sealed = list(self.leftover)
         self.number = self.leftover[-1][0] + 1 if self.leftover else 1
