@@ -87,6 +87,20 @@ def background(rng: np.random.Generator) -> dict:
     return {"disk_floor": rng.uniform(1, 8) * KIB, "net_floor": rng.uniform(150, 600)}
 
 
+def _steady(cpu_noise: float, mem_noise: float, activity: float) -> Callable[..., Series]:
+    """A level held all day and week, each kind of VM with noise and I/O of its own size.
+
+    Low steady, steady busy, memory-heavy, network-heavy and oversized VMs differ only in
+    their levels (drawn per VM) and in these three figures, so one generator serves them.
+    """
+    def series(p, ts, hour, weekday, rng):
+        n = ts.shape[0]
+        cpu = p["level"] + smooth_noise(rng, n, cpu_noise)
+        mem = p["mem"] + smooth_noise(rng, n, mem_noise)
+        return _common(rng, cpu, mem, np.full(n, activity), p)
+    return series
+
+
 def _idle_draw(rng):
     return {"base": rng.uniform(0.3, 1.0), "mem": rng.uniform(5.0, 15.0), "disk": 0.0, "net": 0.0}
 
@@ -103,11 +117,7 @@ def _low_steady_draw(rng):
             "disk": rng.uniform(20, 100) * KIB, "net": rng.uniform(20, 200) * KIB}
 
 
-def _low_steady(p, ts, hour, weekday, rng):
-    n = ts.shape[0]
-    cpu = p["level"] + smooth_noise(rng, n, 2.5)
-    mem = p["mem"] + smooth_noise(rng, n, 1.0)
-    return _common(rng, cpu, mem, np.full(n, 0.5), p)
+_low_steady = _steady(cpu_noise=2.5, mem_noise=1.0, activity=0.5)
 
 
 def _business_draw(rng):
@@ -166,11 +176,7 @@ def _busy_draw(rng):
             "disk": rng.uniform(0.5, 10) * MIB, "net": rng.uniform(0.5, 10) * MIB}
 
 
-def _busy(p, ts, hour, weekday, rng):
-    n = ts.shape[0]
-    cpu = p["level"] + smooth_noise(rng, n, 5.0)
-    mem = p["mem"] + smooth_noise(rng, n, 1.5)
-    return _common(rng, cpu, mem, np.full(n, 0.8), p)
+_busy = _steady(cpu_noise=5.0, mem_noise=1.5, activity=0.8)
 
 
 def _memory_draw(rng):
@@ -178,11 +184,7 @@ def _memory_draw(rng):
             "disk": rng.uniform(10, 80) * KIB, "net": rng.uniform(100, 800) * KIB}
 
 
-def _memory(p, ts, hour, weekday, rng):
-    n = ts.shape[0]
-    cpu = p["level"] + smooth_noise(rng, n, 0.8)
-    mem = p["mem"] + smooth_noise(rng, n, 0.5)
-    return _common(rng, cpu, mem, np.full(n, 0.5), p)
+_memory = _steady(cpu_noise=0.8, mem_noise=0.5, activity=0.5)
 
 
 def _network_draw(rng):
@@ -190,11 +192,7 @@ def _network_draw(rng):
             "disk": rng.uniform(10, 50) * KIB, "net": rng.uniform(20, 100) * MIB}
 
 
-def _network(p, ts, hour, weekday, rng):
-    n = ts.shape[0]
-    cpu = p["level"] + smooth_noise(rng, n, 1.0)
-    mem = p["mem"] + smooth_noise(rng, n, 0.8)
-    return _common(rng, cpu, mem, np.full(n, 0.9), p)
+_network = _steady(cpu_noise=1.0, mem_noise=0.8, activity=0.9)
 
 
 def _growing_draw(rng):
