@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmstats import logstore
+from vmstats.protocol import FIELD_NAMES
 from vmstats.report.histogram import PCT_BINS, PCT_VALUES, RATE_BINS, pct_bin, percentiles, rate_bin
 from vmstats.report.settings import ReportError
 
@@ -71,7 +72,8 @@ HOURLY = {
     "h_net_sum": np.float32,
 }
 HISTOGRAMS = {"hist_cpu": PCT_BINS, "hist_mem": PCT_BINS, "hist_disk": RATE_BINS, "hist_net": RATE_BINS}
-_READ = ["cpu", "cpu_max", "mem", "disk_r", "disk_w", "net_rx", "net_tx", "vcpus", "mem_mb"]
+#: Every field the statistics use: all of the wire format's but the agent's sequence counter.
+_READ = [name for name in FIELD_NAMES if name != "seq"]
 
 
 def day_number(day: str) -> int:
