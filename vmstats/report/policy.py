@@ -298,7 +298,7 @@ def zone(offset: float) -> str:
 
 def _local_text(idle: np.ndarray) -> str:
     """``Mon-Fri 18:00-09:00; Sat-Sun all day`` (ranges wrap past midnight)."""
-    parts = [_hour_ranges(list(idle[24 * d : 24 * d + 24])) for d in range(2)]
+    parts = [_hour_ranges(list(idle[24 * d : 24 * d + 24]), wrap=True) for d in range(2)]
     if parts[0] == parts[1]:
         return "daily " + parts[0]
     return "; ".join("%s %s" % (label, text) for label, text in zip(DAYS, parts, strict=True) if text)
@@ -306,7 +306,7 @@ def _local_text(idle: np.ndarray) -> str:
 
 def _utc_text(idle: np.ndarray) -> str:
     """UTC off-hours day by day (``Mon 00:00-17:00; Tue-Fri 02:00-17:00; ...``), for a UTC scheduler."""
-    days = [_day_ranges(list(idle[24 * d : 24 * d + 24])) for d in range(7)]
+    days = [_hour_ranges(list(idle[24 * d : 24 * d + 24]), wrap=False) for d in range(7)]
     if len(set(days)) == 1:
         return "daily " + days[0]
     parts = []
@@ -322,37 +322,28 @@ def _utc_text(idle: np.ndarray) -> str:
     return "; ".join(parts)
 
 
-def _hour_ranges(idle: list[bool]) -> str:
-    """``18:00-08:00`` style ranges of idle hours in a day, wrapping past midnight."""
+def _hour_ranges(idle: list[bool], wrap: bool) -> str:
+    """``18:00-08:00`` style ranges of the idle hours in a day.
+
+    With ``wrap`` a range may run past midnight (a daily pattern); without it
+    the day ends at 24:00 (one weekday of a weekly pattern).
+    """
     if all(idle):
         return "all day"
     if not any(idle):
         return ""
-    start = idle.index(False)  # rotate so the scan starts in a busy hour
+    if wrap:
+        first_busy = idle.index(False)  # scan from there, so a run over midnight stays whole
+        hours = [(first_busy + k) % 24 for k in range(1, 25)]
+    else:
+        hours = list(range(25))  # 24 is a busy hour that closes the day
     ranges = []
     run = None
-    for k in range(1, 25):
-        h = (start + k) % 24
-        if idle[h] and run is None:
-            run = h
-        elif not idle[h] and run is not None:
-            ranges.append("%02d:00-%02d:00" % (run, h))
-            run = None
-    return ", ".join(ranges)
-
-
-def _day_ranges(idle: list[bool]) -> str:
-    """``02:00-17:00`` style ranges of idle hours within one day (no wrapping)."""
-    if all(idle):
-        return "all day"
-    if not any(idle):
-        return ""
-    ranges = []
-    run = None
-    for h in range(25):
-        if h < 24 and idle[h] and run is None:
-            run = h
-        elif (h == 24 or not idle[h]) and run is not None:
+    for h in hours:
+        if h < 24 and idle[h]:
+            if run is None:
+                run = h
+        elif run is not None:
             ranges.append("%02d:00-%02d:00" % (run, h))
             run = None
     return ", ".join(ranges)
