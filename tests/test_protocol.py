@@ -148,3 +148,12 @@ def test_encode_never_writes_non_finite_numbers():
     line = protocol.encode_record(Record(vm="10.0.0.1", ts=NOW, cpu=0.1, mem=100.0, net_rx=1e15))
     assert "nan" not in line and "inf" not in line
     assert math.isclose(decoder().decode_line(line).net_rx, 1e15)
+
+
+def test_sync_replies_round_trip_and_noise_is_not_a_reply():
+    assert protocol.parse_reply(protocol.format_reply(b"a-1", 7, 2).rstrip(b"\n")) == (b"a-1", 7, 2, None)
+    nak = protocol.format_reply(b"a-2", refused=protocol.NAK_BUSY)
+    assert nak == b"#!nak a-2 busy\n"
+    assert protocol.parse_reply(nak.rstrip(b"\n")) == (b"a-2", 0, 0, "busy")
+    for noise in (b"", b"#!ack", b"#!ack a-1 7", b"#!ack a-1 x 2", b"#!nak ", b"vmstats,vm=a cpu=1,mem=2 1"):
+        assert protocol.parse_reply(noise) is None

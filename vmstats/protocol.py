@@ -394,6 +394,30 @@ ACK_PREFIX = b"#!ack "
 NAK_PREFIX = b"#!nak "
 NAK_BUSY = "busy"
 NAK_AUTH = "auth"
+
+
+def format_reply(token, accepted=0, rejected=0, refused=None):
+    """The server's answer to ``#!sync <token>``: an ack, or a nak when ``refused`` names why."""
+    if refused:
+        return NAK_PREFIX + token + b" " + refused.encode("ascii") + b"\n"
+    return ACK_PREFIX + token + (" %d %d\n" % (accepted, rejected)).encode("ascii")
+
+
+def parse_reply(line):
+    """``(token, accepted, rejected, refused)`` from one reply line (no newline), else None.
+
+    An ack gives ``refused`` None; a nak gives the reason (``str``) and zero counts.
+    Anything else (noise, a truncated line) is None, never an exception.
+    """
+    if line.startswith(ACK_PREFIX):
+        parts = line[len(ACK_PREFIX):].split(b" ")
+        if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
+            return parts[0], int(parts[1]), int(parts[2]), None
+    elif line.startswith(NAK_PREFIX):
+        token, _sep, reason = line[len(NAK_PREFIX):].partition(b" ")
+        if token:
+            return token, 0, 0, reason.decode("ascii", "replace") or "unknown"
+    return None
 #: A signed frame's timestamp may differ from the server clock by this much.
 DEFAULT_SIG_WINDOW = 300
 

@@ -32,7 +32,7 @@ TCP_BATCH_RECORDS = 200
 _SIG_OVERHEAD = 112
 
 
-class TransportError(Exception):
+class TransportError(ValueError):
     """The server address or key cannot be used (one readable line)."""
 
 
@@ -300,10 +300,9 @@ class TcpSender(object):
         self._tokens += 1
         token = ("%s-%d" % (self._prefix, self._tokens)).encode("ascii")
         self.sock.sendall(payload + protocol.SYNC_PREFIX + token + b"\n")
-        reply = self._await_reply(token)
-        if reply[0] == protocol.NAK_PREFIX:
-            raise Refused("server refused the batch: %s" % reply[1].decode("ascii", "replace"))
-        accepted, rejected = reply[1], reply[2]
+        accepted, rejected, refused = self._await_reply(token)
+        if refused is not None:
+            raise Refused("server refused the batch: %s" % refused)
         self.spool.remove([name for name, _line in batch])
         self.backoff.reset()
         self.retry_at = 0.0
@@ -314,7 +313,7 @@ class TcpSender(object):
                         rejected, len(batch))
 
     def _await_reply(self, token):
-        """``(ACK_PREFIX, accepted, rejected)`` or ``(NAK_PREFIX, reason)`` for ``token``.
+        """``(accepted, rejected, refused)`` for ``token``; ``refused`` is None for an ack.
 
         Replies to older tokens (a batch given up on after a timeout) are skipped.
         """
@@ -323,13 +322,10 @@ class TcpSender(object):
             end = self._pending.find(b"\n")
             while end >= 0:
                 line, self._pending = self._pending[:end], self._pending[end + 1:]
-                parts = line.split(b" ")
-                if len(parts) >= 3 and parts[1] == token:
-                    if line.startswith(protocol.ACK_PREFIX) and len(parts) == 4 \
-                            and parts[2].isdigit() and parts[3].isdigit():
-                        return protocol.ACK_PREFIX, int(parts[2]), int(parts[3])
-                    if line.startswith(protocol.NAK_PREFIX):
-                        return protocol.NAK_PREFIX, b" ".join(parts[2:])
+                reply = protocol.parse_reply(line)
+                if reply is not None and reply[0] == token:
+                    return reply[1:]
+                if reply is None and token in line:
                     raise DeliveryError("unexpected reply %r" % line[:80])
                 end = self._pending.find(b"\n")
             remaining = deadline - self.clock()

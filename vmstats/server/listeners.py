@@ -300,10 +300,10 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
         token, accepted, rejected, busy, auth_failed = batch
         if auth_failed or busy or not journaled:
             reason = protocol.NAK_AUTH if auth_failed else protocol.NAK_BUSY
-            reply = b"%s%s %s\n" % (protocol.NAK_PREFIX, token, reason.encode("ascii"))
+            reply = protocol.format_reply(token, refused=reason)
             self.metrics.naks += 1
         else:
-            reply = b"%s%s %d %d\n" % (protocol.ACK_PREFIX, token, accepted, rejected)
+            reply = protocol.format_reply(token, accepted, rejected)
             self.metrics.acks += 1
         if self.transport is not None:  # writing to a closed connection is a no-op
             self.transport.write(reply)

@@ -132,8 +132,9 @@ def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run,
     growing, oversized, stopped). Time is simulated: the period ends at the
     current minute, so the server's future-timestamp check passes.
     """
+    from vmstats.client.transport import parse_server
     from vmstats.simulator import fleet as fleets
-    from vmstats.simulator.sender import SendError, cut_payloads, parse_server
+    from vmstats.simulator.sender import SendError, cut_payloads
 
     factor = _speed(speed)
     if workers > 1 and factor is not None:

@@ -22,7 +22,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vmstats.protocol import ACK_PREFIX, NAK_PREFIX, SAFE_DATAGRAM_SIZE, SYNC_PREFIX, pack_lines
+from vmstats.client.transport import parse_server
+from vmstats.protocol import SAFE_DATAGRAM_SIZE, SYNC_PREFIX, pack_lines, parse_reply
 
 TRANSPORTS = ("udp", "tcp")
 
@@ -49,14 +50,6 @@ class SendStats:
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def parse_server(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); ValueError with a readable message."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("server must be HOST:PORT, got %r" % text)
-    return host.strip("[]"), int(port)
 
 
 class Pacer:
@@ -213,24 +206,24 @@ class TcpSender:
         self._in += data
         *lines, self._in = self._in.split(b"\n")
         for line in lines:
-            if line.startswith(ACK_PREFIX):
-                parts = line[len(ACK_PREFIX):].split(b" ")
-                entry = self._flight.pop(parts[0], None)
-                if entry is not None and len(parts) == 3:
-                    self.stats.accepted += int(parts[1])
-                    self.stats.rejected += int(parts[2])
-                    self.stats.payloads += 1
-                    self._progress = time.monotonic()
-                    self._backoff = 0.05
-            elif line.startswith(NAK_PREFIX):
-                token, _, reason = line[len(NAK_PREFIX):].partition(b" ")
-                entry = self._flight.pop(token, None)
-                if entry is not None:
-                    name = reason.decode("ascii", "replace") or "unknown"
-                    self.stats.naks[name] = self.stats.naks.get(name, 0) + 1
-                    self._requeue([entry])
-                    self._resume_at = time.monotonic() + self._backoff
-                    self._backoff = min(2.0, self._backoff * 2)
+            reply = parse_reply(line)
+            if reply is None:
+                continue
+            token, accepted, rejected, refused = reply
+            entry = self._flight.pop(token, None)
+            if entry is None:
+                continue
+            if refused is None:
+                self.stats.accepted += accepted
+                self.stats.rejected += rejected
+                self.stats.payloads += 1
+                self._progress = time.monotonic()
+                self._backoff = 0.05
+            else:
+                self.stats.naks[refused] = self.stats.naks.get(refused, 0) + 1
+                self._requeue([entry])
+                self._resume_at = time.monotonic() + self._backoff
+                self._backoff = min(2.0, self._backoff * 2)
 
     def _requeue(self, entries: Iterable[tuple]) -> None:
         """Put batches back in front of the queue, oldest first, to be sent again."""
