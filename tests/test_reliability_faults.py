@@ -336,6 +336,56 @@ def test_a_writer_killed_mid_flush_is_detected_the_pool_rebuilt_and_its_records_
     assert "died during a flush" in server.output
 
 
+# -- a dead parser -------------------------------------------------------------------------------
+def parsers_of(server_pid: int) -> list:
+    found = []
+    for child in children(server_pid):
+        try:
+            if b"parseworker" in open("/proc/%d/cmdline" % child, "rb").read():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def test_parsers_killed_under_tcp_load_lose_nothing_and_are_restarted(tmp_path):
+    """Payloads a dead parser held are parsed by the reactor; acknowledged means logged."""
+    data = tmp_path / "data"
+    server = serve(tmp_path / "run", "--flush-interval", "0.5", "--parsers", "2",
+                   data_dir=data).start()
+    agents = [Agent(i, server.tcp_port, tmp_path / ("spool%d" % i), 0.002, now() - 3 * 86400)
+              for i in range(3)]
+    killed = 0
+    try:
+        for agent in agents:
+            agent.start()
+        for _ in range(3):
+            time.sleep(0.7)
+            victims = parsers_of(server.pid)
+            assert victims, "no parser processes found"
+            os.kill(victims[0], signal.SIGKILL)
+            killed += 1
+        time.sleep(0.5)
+        delivered = [agent.finish(timeout=30) for agent in agents]
+        metrics = server.wait_for(lambda s: (lambda m: m if m["vmstats_parsers_running"] == 2
+                                             else None)(s.metrics()), timeout=10)
+        code = server.stop()
+    finally:
+        for agent in agents:
+            agent.stopping.set()
+        server.kill()
+    assert all(delivered) and code == 0, server.output
+    expected = expected_rows(agents)
+    logged = raw_rows(data)
+    duplicates = sum(n - 1 for n in logged.values() if n > 1)
+    report("parser_killed", kills=killed, produced=sum(expected.values()),
+           logged_rows=sum(logged.values()), duplicates=duplicates,
+           parser_deaths=int(metrics["vmstats_parser_deaths_total"]),
+           parsed_by_reactor=int(metrics['vmstats_parsed_payloads_total{where="here"}']))
+    assert metrics["vmstats_parser_deaths_total"] == killed
+    assert set(logged) == set(expected) and duplicates == 0
+
+
 # -- the agent side ------------------------------------------------------------------------------
 def test_an_agent_without_a_server_drops_its_oldest_records_counted_and_stays_bounded(tmp_path):
     with socket.socket() as probe:  # a port nobody listens on (yet)

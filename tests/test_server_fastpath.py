@@ -8,8 +8,9 @@ from test_protocol import NOW, records
 
 from vmstats import logstore, protocol
 from vmstats.server.buffer import Buffer
-from vmstats.server.ingest import Ingest, build_fast_path
+from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
+from vmstats.server.parse import build_fast_path
 from vmstats.server.rows import held_from_record, log_row
 
 REGEX, TS, SEQ = build_fast_path()

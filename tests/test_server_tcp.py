@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 from serverproc import serve
 from test_server_udp import line, logged, now
 
@@ -41,9 +42,11 @@ def test_plain_lines_without_sync_land_and_get_no_reply(tmp_path):
     assert list(frame["cpu"]) == [r.cpu for r in sent]
 
 
-def test_sync_is_acknowledged_with_exact_counts(tmp_path):
+@pytest.mark.parametrize("parsers", ["0", "2"])
+def test_sync_is_acknowledged_with_exact_counts(tmp_path, parsers):
+    """The same counts whether the reactor parses or parser processes do."""
     sent = records("10.3.0.2", 50, now() - 3600)
-    with serve(tmp_path, "--flush-interval", "0.3") as server:
+    with serve(tmp_path, "--flush-interval", "0.3", "--parsers", parsers) as server:
         with server.tcp() as sock:
             batch = b"\n".join(line(r) for r in sent[:40]) + b"\nnot a record\n"
             sock.sendall(batch + b"#!sync batch-1\n")

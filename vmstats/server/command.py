@@ -46,6 +46,9 @@ def _seconds(value: float) -> str:
               help="How often the buffer is written to the logs.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Writer processes (default: number of cores).")
+@click.option("--parsers", type=click.IntRange(0, 256), default=None,
+              help="Parser processes that take the regex work off the reactor "
+                   "(default: number of cores; 0 = parse in the reactor).")
 @click.option("--duration", type=DURATION, default=None,
               help="Stop after this long (90s, 5m, 1h); default: until SIGINT/SIGTERM.")
 @click.option("--status-file", type=click.Path(), default=None,
@@ -103,8 +106,9 @@ def serve(**options) -> None:
                                     for k, v in protocol.load_keys(keys_path).items()}
         except (OSError, ValueError, UnicodeError) as exc:
             raise click.ClickException("cannot read --auth-keys: %s" % exc) from None
-    if options["workers"] is None:
-        options.pop("workers")
+    for name in ("workers", "parsers"):
+        if options[name] is None:
+            options.pop(name)
     for name in ("max_past", "max_future"):
         options[name] = int(options[name])
     config = ServerConfig(**options)

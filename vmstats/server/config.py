@@ -34,6 +34,8 @@ class ServerConfig:
     data_dir: str = "vmstats-data"
     flush_interval: float = 60.0
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Parser processes (0: the reactor parses everything itself).
+    parsers: int = field(default_factory=lambda: os.cpu_count() or 1)
     duration: float | None = None
     status_file: str | None = None
     auth_keys: dict[bytes, bytes] | None = None

@@ -1,267 +1,179 @@
-"""The receive path: payload bytes in, buffered log rows out, every reject counted.
+"""The receive path's reactor half: parsed columns into the buffer, in arrival order.
 
-Per-field Python code costs tens of microseconds per record on this
-interpreter, far above the ingest budget.  So the common case -- lines exactly
-as ``protocol.encode_record`` writes them -- is matched for a whole payload by
-one compiled regex built from ``protocol.FIELDS`` and turned into the held row
-(``rows.py``) by one bytes join.  The regex only admits
-values whose range and finiteness it can prove, so no float() is needed.
-Anything else (reordered tags, exponents, ms/ns timestamps, bad input) goes
-through ``protocol.Decoder`` (and ``rows.held_from_record``): identical rows,
-just slower, and the decoder names the reason for every reject.
+Parsing (``parse.py``) needs no server state, so under load it runs in parser
+processes (``parsers.py``) on the other cores while the reactor only reads
+sockets and files the results.  Results come back out of order; they are
+applied in the order the payloads arrived, so a later record for the same
+(vm, ts) still replaces an earlier one and a TCP ``#!sync`` (queued with
+``after``) is answered once everything before it, and nothing after it, is
+counted.  Filing is C-level ``map`` calls over the columns, no Python loop per
+record, unless a cap or a sequence gap needs the careful path.
 """
 
 import logging
-import re
 import time
+from collections import deque
 from collections.abc import Callable
+from itertools import repeat
+from operator import setitem, sub
 
-from vmstats import protocol
+from twisted.internet import defer
+
 from vmstats.server.buffer import Buffer
 from vmstats.server.metrics import Metrics, RateLimitedLog
-from vmstats.server.rows import held_from_record
+from vmstats.server.parse import Parsed, Parser
 
 log = logging.getLogger(__name__)
 
-
-def _int_digits(hi: int) -> int:
-    """The most decimal digits whose every value is <= hi."""
-    digits = len(str(hi))
-    return digits if hi >= 10 ** digits - 1 else digits - 1
-
-
-def _int_pattern(lo: int, hi: int) -> str:
-    """Canonical (no leading zero) integers provably in [lo, hi]; narrower is fine."""
-    if lo not in (0, 1):
-        raise ValueError("the fast path only handles ranges starting at 0 or 1")
-    body = r"[1-9]\d{0,%d}" % (_int_digits(hi) - 1)
-    return "0|" + body if lo == 0 else body
-
-
-def _float_pattern(lo: float, hi: float) -> str:
-    """Decimals provably in [lo, hi] (no sign, no exponent: the decoder handles those).
-
-    A digit lookahead after the integer part stands in for an optional fraction
-    group: sre runs optional groups slowly, single-character repeats fast.
-    """
-    if lo != 0:
-        raise ValueError("the fast path only handles float ranges starting at 0")
-    top = int(hi)
-    digits = _int_digits(top)
-    pattern = r"\d{1,%d}(?!\d)\.?\d{0,17}" % digits
-    if top == 10 ** digits:  # e.g. 100: "100" and "100.000" are in range, "100.5" is not
-        pattern += r"|%d(?!\d)\.?0{0,17}" % top
-    return pattern
-
-
-def _optional(piece: str) -> str:
-    # An empty alternative is markedly cheaper in sre than ``(?:...)?``.
-    return "(?:%s|)" % piece
-
-
-def build_fast_path() -> tuple["re.Pattern[bytes]", int, int]:
-    """The canonical-line regex and where the timestamp and seq are among its groups.
-
-    Returns ``(regex, ts_group, seq_group)`` indexing the tuples that
-    ``regex.findall`` yields: group 0 is the VM id, the last one the
-    timestamp, and ``b",".join(groups[1:-1])`` is the held row (rows.py).
-    """
-    # Anchored to whole lines by a lookbehind after the literal head and a lookahead at the
-    # end rather than ^/$ with MULTILINE: a leading literal lets sre skip ahead to candidate
-    # lines, which makes findall over a batch about a quarter faster.
-    head = "%s,vm=" % protocol.MEASUREMENT
-    parts = [r"%s(?<![^\n]%s)([A-Za-z0-9._:-]{1,%d})" % (re.escape(head), re.escape(head),
-                                                         protocol.MAX_VM_ID_LENGTH),
-             _optional(r",host=([A-Za-z0-9][A-Za-z0-9._-]{0,254})")]
-    seq_group = -1
-    for position, (name, is_int, lo, hi, required) in enumerate(protocol.FIELDS):
-        if position == 0 and not required:
-            raise ValueError("the first field must be required for the fast path")
-        value = r"(%s)i" % _int_pattern(lo, hi) if is_int else "(%s)" % _float_pattern(lo, hi)
-        piece = r"%s%s=%s" % (" " if position == 0 else ",", re.escape(name), value)
-        parts.append(piece if required else _optional(piece))
-        if name == "seq":
-            seq_group = position + 2
-    parts.append(r" ([1-9]\d{9})\r?(?![^\n])")
-    regex = re.compile("".join(parts).encode("ascii"))
-    return regex, len(protocol.FIELDS) + 2, seq_group
+Done = Callable[[int, int, int], None] | None
 
 
 class Ingest:
-    """Decodes payloads into the buffer; shared by the UDP and TCP listeners.
+    """Files payloads into the buffer; shared by the UDP and TCP listeners.
 
-    ``payload`` returns ``(accepted, rejected, dropped)`` so the TCP listener
-    can acknowledge exactly what it holds.
+    ``payload`` parses and files at once and returns ``(accepted, rejected,
+    dropped)``; ``submit`` may parse elsewhere and calls ``done`` with the same
+    triple when the payload's turn to be filed comes.
     """
 
     def __init__(self, buffer: Buffer, metrics: Metrics, max_future: int, max_past: int,
-                 clock: Callable[[], float] = time.time, journal=None):
+                 clock: Callable[[], float] = time.time, journal=None, parsers=None):
         self.buffer = buffer
         self.journal = journal
         self.metrics = metrics
-        self.max_future = max_future
-        self.max_past = max_past
         self.clock = clock
-        self.decoder = protocol.Decoder(max_future=max_future, max_past=max_past, clock=clock)
-        self._regex, self._ts_group, self._seq_group = build_fast_path()
-        self._vm_ids: dict[bytes, str] = {}
+        self.parser = Parser(max_future, max_past)
+        self.parsers = parsers
+        #: Payloads submitted and not yet filed, oldest first: [data, parsed, done]; a marker
+        #: from ``after`` is [None, True, callback].
+        self.queue: deque[list] = deque()
+        self._idle: list[defer.Deferred] = []
         self._bad_log = RateLimitedLog(log, "rejected record")
-        self.payload = self._make_payload()
-        if journal is not None:
-            self.payload = self._journaled(self.payload, journal.append)
-
-    @staticmethod
-    def _journaled(payload: Callable[[bytes], tuple[int, int, int]],
-                   append: Callable[[bytes], None]) -> Callable[[bytes], tuple[int, int, int]]:
-        """``payload`` that also queues, for the journal, every payload that added a record.
-
-        The payload bytes are journaled as they are (replay parses them the same way), so the
-        cost on the receive path is one call and one list append per payload, not per record.
-        """
-        def journaled(data: bytes) -> tuple[int, int, int]:
-            result = payload(data)
-            if result[0]:
-                append(data)
-            return result
-
-        return journaled
-
-    def _vm_id(self, raw: bytes) -> str:
-        vm = self._vm_ids.get(raw)
-        if vm is None:
-            vm = self.decoder.vm_id(raw.decode("ascii"))  # the regex admits ASCII only
-            if len(self._vm_ids) >= 65536:
-                self._vm_ids.clear()
-            self._vm_ids[raw] = vm
-        return vm
 
     def reject(self, reason: str, detail: str, count: int = 1) -> None:
-        """Count (and rate-limited log) rejects that happen outside the decoder."""
+        """Count (and rate-limited log) rejects that happen outside the parser."""
         self.metrics.reject(reason, count)
         self._bad_log.emit("%s: %s", reason, detail)
 
-    def _make_payload(self) -> Callable[[bytes], tuple[int, int, int]]:
-        """Build ``payload``: the hot path as one closure over local names.
+    # -- arrival order ---------------------------------------------------------------------------
+    def payload(self, data: bytes) -> tuple[int, int, int]:
+        """Parse and file one payload now (nothing may be waiting: that would reorder)."""
+        return self.file(data, self.parser.parse(data, self.clock()))
 
-        A datagram of one record spends more time in Python call overhead
-        and attribute lookups than in the regex, so the common case (known VM,
-        timestamp in the window, room in the buffer, next seq) is handled here
-        with everything inlined; the first record that is anything else hands
-        the rest of the payload to ``_store``, which checks each record fully.
-        """
-        findall = self._regex.findall
-        join = b",".join
-        ts_group, seq_group = self._ts_group, self._seq_group
-        vm_ids = self._vm_ids
-        buffer, metrics, clock = self.buffer, self.metrics, self.clock
-        max_future, max_past = self.max_future, self.max_past
-        max_per_vm = buffer.max_per_vm
-        store, mixed = self._store, self._mixed
+    def submit(self, data: bytes, done: Done = None) -> None:
+        """Parse ``data`` where there is room (a parser process, else here) and file it in turn."""
+        parsers = self.parsers
+        if parsers is None or not parsers.has_room():
+            if not self.queue:
+                result = self.payload(data)
+                if done is not None:
+                    done(*result)
+                return
+            entry = [data, self.parser.parse(data, self.clock()), done]
+            self.queue.append(entry)
+            self.metrics.parsed_here += 1
+            return
+        entry = [data, None, done]
+        self.queue.append(entry)
+        parsers.parse(data, self.clock()).addBoth(self._parsed, entry)
 
-        def payload(data: bytes) -> tuple[int, int, int]:
-            """Buffer every valid record of one datagram or TCP batch."""
-            now = clock()
-            matches = findall(data)
-            if len(matches) != data.count(b"\n") + (data[-1:] != b"\n"):
-                return mixed(data, now)
-            if buffer.count + len(matches) >= buffer.max_buffered:
-                return store(matches, [], now)
-            table, last_seen, last_seq = buffer.table, buffer.last_seen, buffer.last_seq
-            hi = int(now) + max_future
-            lo = int(now) - max_past if max_past else 0
-            accepted = new = 0
-            for groups in matches:
-                vm = vm_ids.get(groups[0])
-                ts = int(groups[ts_group])
-                if vm is None or ts > hi or ts < lo:
-                    break
-                rows = table.get(vm)
-                if rows is None:
-                    break
-                if ts not in rows:
-                    if len(rows) >= max_per_vm:
-                        break
-                    new += 1
-                rows[ts] = join(groups[1:-1])
-                last_seen[vm] = now
-                seq = groups[seq_group]
-                if seq:
-                    seq = int(seq)
-                    if last_seq.get(vm, -2) + 1 == seq:
-                        last_seq[vm] = seq
-                    else:
-                        buffer.sequence(vm, seq)
-                accepted += 1
-            buffer.count += new
-            metrics.records += accepted
-            if accepted == len(matches):
-                return accepted, 0, 0
-            more, rejected, dropped = store(matches[accepted:], [], now)
-            return accepted + more, rejected, dropped
+    def after(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once everything submitted so far is filed."""
+        if self.queue:
+            self.queue.append([None, True, callback])
+        else:
+            callback()
 
-        return payload
+    def idle(self) -> defer.Deferred:
+        """Fires when nothing submitted is waiting to be filed (the drain before a final flush)."""
+        if not self.queue:
+            return defer.succeed(None)
+        waiting: defer.Deferred = defer.Deferred()
+        self._idle.append(waiting)
+        return waiting
 
-    def _mixed(self, data: bytes, now: float) -> tuple[int, int, int]:
-        """A payload the regex did not cover whole: line by line, the decoder decides the rest."""
-        matches = []
-        records = []
-        rejected = 0
-        fullmatch = self._regex.fullmatch
-        for line in data.split(b"\n"):
-            if not line or line[:1] == b"#":
+    def _parsed(self, parsed, entry: list) -> None:
+        if isinstance(parsed, tuple):
+            self.metrics.parsed_remote += 1
+        else:  # the parser process died or failed (a Failure or None): parse it here
+            self.metrics.parsed_here += 1
+            parsed = self.parser.parse(entry[0], self.clock())
+        entry[1] = parsed
+        queue = self.queue
+        while queue and queue[0][1] is not None:
+            data, parsed, done = queue.popleft()
+            if data is None:
+                done()
                 continue
-            found = fullmatch(line)
-            if found is not None:
-                matches.append(found.groups(b""))
-                continue
-            try:
-                records.append(self.decoder.decode_line(line, now))
-            except protocol.DecodeError as exc:
-                rejected += 1
-                self.metrics.reject(exc.reason)
-                self._bad_log.emit("%s", exc)
-        accepted, more_rejected, dropped = self._store(matches, records, now)
-        return accepted, rejected + more_rejected, dropped
+            result = self.file(data, parsed)
+            if done is not None:
+                done(*result)
+        if not queue and self._idle:
+            waiting, self._idle = self._idle, []
+            for one in waiting:
+                one.callback(None)
 
-    def _store(self, matches: list, records: list, now: float) -> tuple[int, int, int]:
-        buffer = self.buffer
+    # -- filing ----------------------------------------------------------------------------------
+    def file(self, data: bytes, parsed: Parsed) -> tuple[int, int, int]:
+        """Put one payload's parsed records in the buffer and journal the payload if any held."""
+        vms, tss, rows, seqs, rejects, details = parsed
         metrics = self.metrics
-        hi = int(now) + self.max_future
-        lo = int(now) - self.max_past if self.max_past else 0
-        join = b",".join
-        vm_ids = self._vm_ids
-        ts_group, seq_group = self._ts_group, self._seq_group
-        put = buffer.put
-        seen = buffer.last_seen
-        accepted = rejected = dropped = 0
-        for groups in matches:
-            vm = vm_ids.get(groups[0])
-            if vm is None:
-                try:
-                    vm = self._vm_id(groups[0])
-                except protocol.DecodeError as exc:
-                    rejected += 1
-                    metrics.reject(exc.reason)
-                    self._bad_log.emit("%s", exc)
-                    continue
-            ts = int(groups[ts_group])
-            if ts > hi or ts < lo:
-                reason = protocol.R_FUTURE if ts > hi else protocol.R_PAST
-                rejected += 1
-                metrics.reject(reason)
-                self._bad_log.emit("%s: vm %s timestamp %d (server time %d)", reason, vm, ts, now)
-                continue
-            seen[vm] = now
-            seq = groups[seq_group]
-            if put(vm, ts, join(groups[1:-1]), int(seq) if seq else None):
-                accepted += 1
+        rejected = 0
+        if rejects:
+            for reason, count in rejects:
+                metrics.reject(reason, count)
+                rejected += count
+            for detail in details:
+                self._bad_log.emit("%s", detail)
+        count = len(vms)
+        if not count:
+            return 0, rejected, 0
+        buffer = self.buffer
+        now = self.clock()
+        table = buffer.table
+        dropped = 0
+        if buffer.count + count >= buffer.max_buffered:
+            accepted, dropped = self._file_each(parsed, now)
+        else:
+            vm_set = set(vms)
+            for vm in vm_set.difference(table):
+                table[vm] = {}
+            rows_of = table.__getitem__
+            sizes = list(map(len, map(rows_of, vm_set)))
+            if max(sizes) + count > buffer.max_per_vm:
+                accepted, dropped = self._file_each(parsed, now)
             else:
-                dropped += 1
-        for record in records:
-            seen[record.vm] = now
-            if put(record.vm, record.ts, held_from_record(record), record.seq):
-                accepted += 1
-            else:
-                dropped += 1
+                deque(map(setitem, map(rows_of, vms), tss, rows), 0)
+                buffer.count += sum(map(len, map(rows_of, vm_set))) - sum(sizes)
+                buffer.last_seen.update(zip(vm_set, repeat(now)))
+                self._sequence(vms, seqs, len(vm_set) == count)
+                accepted = count
         metrics.records += accepted
+        if accepted and self.journal is not None:
+            self.journal.append(data)
         return accepted, rejected, dropped
+
+    def _sequence(self, vms: list, seqs: list, distinct: bool) -> None:
+        """Count seq gaps; when every VM's seq is its last one plus one, without a loop."""
+        last_seq = self.buffer.last_seq
+        if distinct and None not in seqs:
+            steps = set(map(sub, seqs, map(last_seq.get, vms, repeat(-2))))
+            if steps == {1}:
+                last_seq.update(zip(vms, seqs, strict=True))
+                return
+        sequence = self.buffer.sequence
+        for vm, seq in zip(vms, seqs, strict=True):
+            if seq is not None:
+                sequence(vm, seq)
+
+    def _file_each(self, parsed: Parsed, now: float) -> tuple[int, int]:
+        """One record at a time, for payloads that meet a cap: each drop is counted by cause."""
+        put, seen = self.buffer.put, self.buffer.last_seen
+        accepted = dropped = 0
+        for vm, ts, row, seq in zip(*parsed[:4], strict=True):
+            seen[vm] = now
+            if put(vm, ts, row, seq):
+                accepted += 1
+            else:
+                dropped += 1
+        return accepted, dropped

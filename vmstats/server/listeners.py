@@ -65,7 +65,7 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         self.auth = auth
         self.metrics = metrics
         # Looked up once: this runs once per datagram, up to ~100,000 times a second.
-        self._payload = ingest.payload
+        self._submit = ingest.submit
         self._plain = not auth.required
 
     def datagramReceived(self, data: bytes, addr) -> None:
@@ -85,7 +85,7 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         joined = b"\n".join(batch)
         metrics.bytes += len(joined) - len(batch) + 1
         if self._plain and joined[:2] != b"#!" and b"\n#!" not in joined:
-            self._payload(joined)
+            self._submit(joined)
             return
         for data in batch:
             if data[:2] == b"#!":
@@ -94,7 +94,7 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
                     continue
             elif not self.auth.unsigned(data):
                 continue
-            self._payload(data)
+            self._submit(data)
 
     def _unwrap(self, data: bytes) -> bytes | None:
         try:
@@ -152,7 +152,10 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
     """A newline-delimited stream with optional signed frames and ``#!sync`` acknowledgements.
 
     Accepted/rejected counts and trouble flags accumulate from one sync to the
-    next; the reply to a sync covers exactly that batch.
+    next; the reply to a sync covers exactly that batch.  Payloads may be
+    parsed elsewhere and are counted when Ingest files them, so everything
+    that counts toward a batch (and the sync itself) goes through Ingest's
+    arrival order: ``submit`` for payloads, ``after`` for the rest.
     """
 
     def __init__(self, factory: "TCPFactory"):
@@ -217,7 +220,7 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
                         return buf  # wait for the rest of the frame
                     payload = self.auth.frame(*parts[:5])
                     if payload is None:
-                        self.auth_failed = True
+                        self.ingest.after(self._auth_failed)
                     else:
                         self._ingest(payload)
                     buf = parts[5]
@@ -240,11 +243,13 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
             if self.auth.unsigned(block):
                 self._ingest(block)
             else:
-                self.auth_failed = True
+                self.ingest.after(self._auth_failed)
         return buf
 
     def _ingest(self, payload: bytes) -> None:
-        accepted, rejected, dropped = self.ingest.payload(payload)
+        self.ingest.submit(payload, self._filed)
+
+    def _filed(self, accepted: int, rejected: int, dropped: int) -> None:
         if accepted and self.first_write is None and self.ingest.journal is not None:
             self.first_write = self.ingest.journal.next_write()  # where this batch starts
         self.accepted += accepted
@@ -254,7 +259,14 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
 
     def _auth_trouble(self, reason: str, detail: str) -> None:
         self.ingest.reject(reason, detail)
+        self.ingest.after(self._auth_failed)
+
+    def _auth_failed(self) -> None:
         self.auth_failed = True
+
+    def _rejected(self, count: int) -> None:
+        """Count rejects the listener itself made, in arrival order with the payloads."""
+        self.ingest.after(lambda: self._filed(0, count, 0))
 
     def _skip_line(self, buf: bytes) -> bytes:
         end = buf.find(b"\n")
@@ -266,7 +278,7 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
     def _incomplete(self, buf: bytes, max_line: int) -> bytes:
         if len(buf) > max_line:
             self.ingest.reject(protocol.R_TOO_LONG, "TCP line over %d bytes" % max_line)
-            self.rejected += 1
+            self._rejected(1)
             self.skipping = True
             return b""
         return buf
@@ -278,7 +290,7 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
             count = len(lines) - len(kept)
             self.ingest.reject(protocol.R_TOO_LONG, "%d TCP lines over %d bytes" % (count, max_line),
                                count)
-            self.rejected += count
+            self._rejected(count)
         return b"\n".join(kept)
 
     def _sync(self, token: bytes) -> None:
@@ -286,6 +298,10 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
         if not _TOKEN.match(token):
             self.ingest.reject(protocol.R_SYNTAX, "bad sync token %r" % token[:70])
             return
+        self.ingest.after(lambda: self._end_batch(token))
+
+    def _end_batch(self, token: bytes) -> None:
+        """Everything before the sync is filed and nothing after it: the batch is complete."""
         batch = (token, self.accepted, self.rejected, self.busy, self.auth_failed)
         first_write, self.first_write = self.first_write, None
         self.accepted = self.rejected = 0

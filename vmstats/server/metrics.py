@@ -72,6 +72,9 @@ class Metrics:
         self.journal_retired = 0
         self.replayed_records = 0
         self.writer_deaths = 0
+        self.parsed_remote = 0  # payloads parsed by parser processes
+        self.parsed_here = 0  # payloads parsed by the reactor while parsers were busy or down
+        self.parser_deaths = 0
         #: Gauges owned elsewhere (journal, flusher): name -> (help, read function).
         self.gauges: dict = {}
 
@@ -106,6 +109,8 @@ class Metrics:
                         "errors": self.journal_errors, "segments_retired": self.journal_retired,
                         "replayed_records": self.replayed_records},
             "writer_deaths": self.writer_deaths,
+            "parsing": {"remote": self.parsed_remote, "here": self.parsed_here,
+                        "parser_deaths": self.parser_deaths},
             **{name: read() for name, (_help, read) in self.gauges.items()},
         }
 
@@ -161,6 +166,13 @@ class Metrics:
         metric("writer_deaths_total", "counter",
                "Flushes abandoned because a writer process died (pool rebuilt, records kept).",
                [((), self.writer_deaths)])
+        metric("parsed_payloads_total", "counter",
+               "Payloads parsed, by where: parser processes, or the reactor when they were busy.",
+               [((("where", "remote"),), self.parsed_remote),
+                ((("where", "here"),), self.parsed_here)])
+        metric("parser_deaths_total", "counter",
+               "Parser processes that died (restarted; their payloads parsed by the reactor).",
+               [((), self.parser_deaths)])
         for name, (help_text, read) in sorted(self.gauges.items()):
             metric(name, "gauge", help_text, [((), int(read()))])
         metric("buffered_records", "gauge", "Records held in memory.", [((), buffered)])

@@ -17,6 +17,7 @@ from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, list_segments
 from vmstats.server.listeners import Authenticator, ListenerService
 from vmstats.server.metrics import Metrics
+from vmstats.server.parsers import ParserService
 from vmstats.server.replay import replay
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,9 @@ class Aggregator(service.MultiService):
     """Listeners, flusher and HTTP endpoint, stopped in the order that loses nothing.
 
     MultiService stops its children all at once; the aggregator must stop
-    listening first, then flush, then close the HTTP endpoint (so /status can
-    be read during the drain).
+    listening first, file what the parsers still hold, then flush, then end
+    the parsers and close the HTTP endpoint (so /status can be read during
+    the drain).
     """
 
     def __init__(self, config: ServerConfig, reactor):
@@ -40,8 +42,15 @@ class Aggregator(service.MultiService):
         if config.journal_dir != "":
             self.journal = Journal(reactor, journal_dir(config), self.metrics, config.fsync,
                                    config.fsync_interval)
+        self.parsers = None
+        if config.parsers > 0:
+            self.parsers = ParserService(reactor, config.parsers, config.max_future,
+                                         config.max_past, self.metrics)
+            self.metrics.gauges["parsers_running"] = (
+                "Parser processes running (payloads they cannot take are parsed by the reactor).",
+                lambda: len(self.parsers.pids()))
         self.ingest = Ingest(self.buffer, self.metrics, config.max_future, config.max_past,
-                             journal=self.journal)
+                             journal=self.journal, parsers=self.parsers)
         self.auth = Authenticator(self.ingest, config.auth_keys, config.sig_window)
         self.listeners = ListenerService(
             reactor, config.bind, config.udp_port, config.tcp_port, self.ingest, self.auth,
@@ -61,6 +70,8 @@ class Aggregator(service.MultiService):
             self.metrics.gauges["journal_failing"] = (
                 "1 while journal writes fail (TCP batches are refused with busy).",
                 lambda: int(self.journal.failing))
+        if self.parsers is not None:
+            self.parsers.setServiceParent(self)
         self.listeners.setServiceParent(self)
         self.flusher.setServiceParent(self)
         self.http = None
@@ -101,7 +112,10 @@ class Aggregator(service.MultiService):
         log.info("stopping: closing listeners, then the final flush")
         service.Service.stopService(self)
         yield defer.maybeDeferred(self.listeners.stopService)
+        yield self.ingest.idle()
         yield defer.maybeDeferred(self.flusher.stopService)
+        if self.parsers is not None:
+            yield defer.maybeDeferred(self.parsers.stopService)
         if self.journal is not None:
             self.journal.close()
         if self.http is not None:

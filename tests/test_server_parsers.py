@@ -1,0 +1,125 @@
+"""Parsing elsewhere changes nothing that is filed: arrival order, counts, failures."""
+
+import marshal
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from vmstats.server.buffer import Buffer
+from vmstats.server.ingest import Ingest
+from vmstats.server.metrics import Metrics
+from vmstats.server.parse import Parser
+from vmstats.server.parsers import ParserDied, _Parser
+from vmstats.server.parseworker import REPLY
+
+NOW = 1_732_262_400
+
+
+class HeldParsers:
+    """Parser processes whose answers the test releases, in any order it likes."""
+
+    def __init__(self, room: bool = True):
+        self.room = room
+        self.calls: list[tuple[bytes, defer.Deferred]] = []
+
+    def has_room(self) -> bool:
+        return self.room
+
+    def parse(self, data: bytes, now: float) -> defer.Deferred:
+        waiting: defer.Deferred = defer.Deferred()
+        self.calls.append((data, waiting))
+        return waiting
+
+
+def make(parsers) -> Ingest:
+    metrics = Metrics()
+    return Ingest(Buffer(metrics, 10 ** 6, 10 ** 6), metrics, 300, 0, clock=lambda: NOW,
+                  parsers=parsers)
+
+
+def rec(cpu: int, ts: int = NOW - 60, vm: str = "10.0.0.1") -> bytes:
+    return b"vmstats,vm=%s cpu=%d,mem=1 %d\n" % (vm.encode(), cpu, ts)
+
+
+def test_answers_out_of_order_are_filed_in_arrival_order():
+    parsers = HeldParsers()
+    ingest = make(parsers)
+    done = []
+    ingest.submit(rec(1), lambda *r: done.append(("first", r)))
+    ingest.submit(rec(2) + b"junk\n", lambda *r: done.append(("second", r)))
+    ingest.after(lambda: done.append("sync"))
+    ingest.submit(rec(3, vm="10.0.0.2"), lambda *r: done.append(("third", r)))
+    parser = Parser(300, 0)
+    answers = [parser.parse(data, NOW) for data, _ in parsers.calls]
+    parsers.calls[2][1].callback(answers[2])
+    parsers.calls[1][1].callback(answers[1])
+    assert done == [] and ingest.buffer.count == 0  # the first payload is still out
+    parsers.calls[0][1].callback(answers[0])
+    assert done == [("first", (1, 0, 0)), ("second", (1, 1, 0)), "sync", ("third", (1, 0, 0))]
+    # The later record for the same (vm, ts) replaced the earlier one.
+    [(ts, held)] = ingest.buffer.table["10.0.0.1"].items()
+    assert ts == NOW - 60 and held.split(b",")[1] == b"2"  # host, cpu, ...
+    assert ingest.buffer.count == 2 and ingest.metrics.records == 3
+    assert ingest.metrics.rejects["syntax"] == 1 and ingest.metrics.parsed_remote == 3
+    assert ingest.idle().called
+
+
+def test_a_dead_parsers_payloads_are_parsed_by_the_reactor():
+    parsers = HeldParsers()
+    ingest = make(parsers)
+    done = []
+    ingest.submit(rec(5), lambda *r: done.append(r))
+    waiting = ingest.idle()
+    assert not waiting.called
+    parsers.calls[0][1].errback(Failure(ParserDied("parser 123 ended")))
+    assert done == [(1, 0, 0)] and waiting.called
+    assert ingest.metrics.parsed_here == 1 and ingest.buffer.count == 1
+
+
+def test_without_room_the_reactor_parses_and_still_keeps_the_order():
+    parsers = HeldParsers()
+    ingest = make(parsers)
+    done = []
+    ingest.submit(rec(1), lambda *r: done.append("remote"))
+    parsers.room = False
+    ingest.submit(rec(2), lambda *r: done.append("here"))
+    assert len(parsers.calls) == 1 and done == []  # parsed already, but waits its turn
+    parsers.calls[0][1].callback(Parser(300, 0).parse(parsers.calls[0][0], NOW))
+    assert done == ["remote", "here"]
+    assert ingest.buffer.table["10.0.0.1"][NOW - 60].split(b",")[1] == b"2"
+
+
+class _Transport:
+    pid = 4242
+
+    def __init__(self):
+        self.signals = []
+        self.written = []
+
+    def signalProcess(self, name):
+        self.signals.append(name)
+
+    def writeSequence(self, parts):
+        self.written.append(b"".join(parts))
+
+
+def test_a_parser_that_answers_nonsense_is_stopped_and_nothing_is_lost():
+    class Pool:
+        stderr = None
+
+    parser = _Parser(Pool())
+    parser.transport = _Transport()
+    parser.connectionMade()
+    first = parser.send(rec(1), NOW)
+    second = parser.send(rec(2), NOW)
+    results = []
+    first.addCallback(results.append)
+    good = marshal.dumps(Parser(300, 0).parse(rec(1), NOW))
+    # A reply split across reads is reassembled; then one for a payload never sent.
+    frame = REPLY.pack(0, len(good)) + good
+    parser.outReceived(frame[:7])
+    parser.outReceived(frame[7:])
+    assert results and results[0][0] == ["10.0.0.1"] and parser.transport.signals == []
+    parser.outReceived(REPLY.pack(99, 0))
+    assert parser.transport.signals == ["KILL"]
+    assert not second.called  # failed when the process ends, then parsed by the reactor

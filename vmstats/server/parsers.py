@@ -1,0 +1,178 @@
+"""Parser processes: the regex work of the receive path on the other cores.
+
+On CPython one core parses about 250,000 canonical records a second at
+best, and the reactor also has the sockets, the journal and the buffer to
+look after.  So payloads are handed to a few long-lived parser processes
+(``parseworker.py``) over their stdin, framed, and the ``Parsed`` columns come
+back over stdout as ``marshal`` data; Twisted's process transport does all of
+the I/O, so the reactor never blocks and no thread is involved.
+
+A parser that dies, or answers with something other than a frame, fails its
+outstanding payloads (the reactor parses those itself: nothing is lost) and
+is started again.  While every parser already has ``MAX_IN_FLIGHT`` payloads
+the reactor parses the next one itself, so a saturated pool slows the
+reactor's reads (and TCP senders) instead of growing a queue without bound.
+"""
+
+import logging
+import marshal
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet import defer, error, protocol
+
+from vmstats.server.metrics import Metrics, RateLimitedLog
+from vmstats.server.parseworker import REPLY, REQUEST
+
+log = logging.getLogger(__name__)
+
+#: Payloads waiting in one parser before the reactor parses the next one itself.
+MAX_IN_FLIGHT = 8
+#: Seconds before a parser that died is started again (a crash loop costs little).
+RESTART_DELAY = 1.0
+#: Seconds a parser gets to exit after its stdin closes at shutdown.
+STOP_GRACE = 5.0
+
+
+class ParserDied(RuntimeError):
+    """The parser process ended with payloads outstanding; the reactor parses them."""
+
+
+class _Parser(protocol.ProcessProtocol):
+    """One parser process: requests out on stdin, replies in on stdout, in order."""
+
+    def __init__(self, pool: "ParserService"):
+        self.pool = pool
+        self.waiting: dict[int, tuple[defer.Deferred, int]] = {}
+        self.in_flight_bytes = 0
+        self.next_seq = 0
+        self.buf = bytearray()
+        self.ended: defer.Deferred = defer.Deferred()
+        self.pid = None
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def send(self, data: bytes, now: float) -> defer.Deferred:
+        seq = self.next_seq
+        self.next_seq += 1
+        waiting: defer.Deferred = defer.Deferred()
+        self.waiting[seq] = (waiting, len(data))
+        self.in_flight_bytes += len(data)
+        self.transport.writeSequence([REQUEST.pack(seq, now, len(data)), data])
+        return waiting
+
+    def outReceived(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos, size = 0, len(buf)
+        header = REPLY.size
+        while size - pos >= header:
+            seq, length = REPLY.unpack_from(buf, pos)
+            if size - pos - header < length:
+                break
+            start = pos + header
+            pos = start + length
+            entry = self.waiting.pop(seq, None)
+            if entry is None:
+                self._broken("a reply to payload %d that was not sent" % seq)
+                return
+            self.in_flight_bytes -= entry[1]
+            try:
+                parsed = marshal.loads(buf[start:pos]) if length else None
+            except (ValueError, EOFError, TypeError) as exc:
+                self._broken("an unreadable reply (%s)" % exc)
+                entry[0].callback(None)
+                return
+            entry[0].callback(parsed)
+        del buf[:pos]
+
+    def errReceived(self, data: bytes) -> None:
+        self.pool.stderr.emit("parser %s: %s", self.pid, data.decode("utf-8", "replace").rstrip())
+
+    def _broken(self, what: str) -> None:
+        log.error("parser %s sent %s: stopping it", self.pid, what)
+        self.transport.signalProcess("KILL")
+
+    def processEnded(self, reason) -> None:
+        waiting, self.waiting = self.waiting, {}
+        self.in_flight_bytes = 0
+        for entry, _size in waiting.values():
+            entry.errback(ParserDied("parser %s ended" % self.pid))
+        self.pool.ended(self, reason)
+        self.ended.callback(None)
+
+
+class ParserService(service.Service):
+    """A fixed number of parser processes, kept running while the service runs."""
+
+    name = "parsers"
+
+    def __init__(self, reactor, count: int, max_future: int, max_past: int, metrics: Metrics):
+        self.reactor = reactor
+        self.count = count
+        self.args = [sys.executable, "-m", "vmstats.server.parseworker", str(max_future),
+                     str(max_past)]
+        self.metrics = metrics
+        self.parsers: list[_Parser] = []
+        self.stderr = RateLimitedLog(log, "parser message")
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        for _ in range(self.count):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        if not self.running:
+            return
+        env = dict(os.environ)
+        # The parser imports this very package, installed or not.
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        parser = _Parser(self)
+        self.reactor.spawnProcess(parser, self.args[0], self.args, env=env)
+        self.parsers.append(parser)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.parsers if p.pid is not None]
+
+    def has_room(self) -> bool:
+        """Is some parser below its share?  (Otherwise the caller parses the payload itself.)"""
+        for parser in self.parsers:
+            if len(parser.waiting) < MAX_IN_FLIGHT:
+                return True
+        return False
+
+    def parse(self, data: bytes, now: float) -> defer.Deferred:
+        """``Parsed`` columns of ``data`` from the least busy parser (None: parse it yourself)."""
+        parser = min(self.parsers, key=lambda p: len(p.waiting))
+        return parser.send(data, now)
+
+    def ended(self, parser: _Parser, reason) -> None:
+        if parser in self.parsers:
+            self.parsers.remove(parser)
+        if not self.running:
+            return
+        self.metrics.parser_deaths += 1
+        log.error("parser %s ended (%s); starting another in %.0fs", parser.pid,
+                  reason.value, RESTART_DELAY)
+        self.reactor.callLater(RESTART_DELAY, self._spawn)
+
+    def stopService(self) -> defer.Deferred:
+        """Close the parsers' stdin (they exit at end of input); kill any that linger."""
+        service.Service.stopService(self)
+        ends = []
+        for parser in list(self.parsers):
+            ends.append(parser.ended)
+            parser.transport.closeStdin()
+            self.reactor.callLater(STOP_GRACE, _kill, parser)
+        return defer.gatherResults(ends, consumeErrors=True)
+
+
+def _kill(parser: _Parser) -> None:
+    if not parser.ended.called:
+        try:
+            parser.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
