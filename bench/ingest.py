@@ -5,8 +5,9 @@
 
 A sender pinned to one core pushes records from 10,000 VM ids over loopback:
 UDP one record per datagram and packed to 1400 bytes, at stepped rates, and
-TCP as fast as the connection takes them.  The receivers (pinned to the other
-core) are the real ``vmstats serve`` flushing to disk, and a reference
+TCP as fast as the connection takes them.  The receivers (not pinned; the
+kernel keeps them off the sender's core) are the real ``vmstats serve``
+flushing to disk, and a reference
 Twisted receiver that only counts lines.  Loss is what the receiver's own
 counters did not see (and, for vmstats, what did not reach the logs).  Then a
 separate run holds 1M records in memory to measure RSS per buffered record.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from serverproc import ServerProcess  # noqa: E402
 
 from vmstats import logstore, protocol  # noqa: E402
+from vmstats.server.listeners import set_rcvbuf  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 VMS = 10_000
@@ -71,7 +73,7 @@ def reference_main(status_file: str, rcvbuf: int) -> None:
             self.transport.loseConnection()
 
     udp = reactor.listenUDP(0, Udp(), interface=LOOPBACK, maxPacketSize=protocol.MAX_DATAGRAM_SIZE)
-    udp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    set_rcvbuf(udp.socket, rcvbuf)  # the buffer vmstats gets, got the same way
     tcp = reactor.listenTCP(0, tx.Factory.forProtocol(Tcp), interface=LOOPBACK)
     control = reactor.listenTCP(0, tx.Factory.forProtocol(Count), interface=LOOPBACK)
     status = {"udp_port": udp.getHost().port, "tcp_port": tcp.getHost().port,

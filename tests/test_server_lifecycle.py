@@ -210,3 +210,16 @@ def test_a_hung_writer_misses_the_drain_deadline_and_the_exit_code_says_so(tmp_p
     assert server.returncode == 1
     assert "drain deadline of 1.0s MISSED" in server.output
     assert "NOT WRITTEN       1 records" in server.output
+
+
+def test_the_udp_receive_buffer_is_what_was_asked_when_privileged(tmp_path):
+    """Past net.core.rmem_max with CAP_NET_ADMIN (root here); else the cap and a warning."""
+    asked = 16 << 20
+    cap = int(open("/proc/sys/net/core/rmem_max").read())
+    with serve(tmp_path, "--rcvbuf", str(asked)) as server:
+        granted = server.status["rcvbuf"]
+    if os.geteuid() == 0:
+        assert granted == asked
+    else:
+        assert granted == min(asked, cap)
+        assert granted == asked or "raise net.core.rmem_max" in server.output

@@ -68,7 +68,8 @@ def _seconds(value: float) -> str:
 @click.option("--drain-timeout", type=DURATION, default=_seconds(D.drain_timeout), show_default=True,
               help="Deadline for the final flush at shutdown (missed: exit 1).")
 @click.option("--rcvbuf", type=click.IntRange(4096), default=D.rcvbuf, show_default=True,
-              help="UDP socket receive buffer in bytes.")
+              help="UDP socket receive buffer in bytes (beyond net.core.rmem_max only "
+                   "with CAP_NET_ADMIN).")
 @click.option("--max-line", type=click.IntRange(64, protocol.MAX_DATAGRAM_SIZE),
               default=D.max_line, show_default=True,
               help="Longest TCP line accepted.")

@@ -10,6 +10,7 @@ import errno
 import logging
 import re
 import socket
+import sys
 
 from twisted.application import service
 from twisted.internet import protocol as tx_protocol
@@ -361,6 +362,30 @@ class _TrackedReceiver(TCPReceiver):
         super().connectionLost(reason)
 
 
+#: Linux's SO_RCVBUFFORCE (the socket module does not name it): like SO_RCVBUF, but past
+#: net.core.rmem_max for a process with CAP_NET_ADMIN.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Ask for a ``size``-byte receive buffer; returns the usable size granted.
+
+    The buffer is what absorbs a burst while the reactor is busy (a flush, a
+    collection), and distributions cap SO_RCVBUF at a few hundred KiB to 4 MiB
+    (net.core.rmem_max).  A privileged server gets what it asks for; any
+    other gets the cap and a warning.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except OSError:  # EPERM without CAP_NET_ADMIN
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    # Linux reports twice the usable size it granted.
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+
 class ListenerService(service.Service):
     """The UDP and TCP ports; stopping it means nothing more is received."""
 
@@ -392,9 +417,7 @@ class ListenerService(service.Service):
         self.tcp_port = tcp.getHost().port
 
     def _set_rcvbuf(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        # Linux reports twice the usable size it granted.
-        self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        self.rcvbuf_granted = set_rcvbuf(sock, self.rcvbuf)
         if self.rcvbuf_granted < self.rcvbuf:
             log.warning("UDP receive buffer capped at %d bytes (asked %d): raise "
                         "net.core.rmem_max to absorb bursts", self.rcvbuf_granted, self.rcvbuf)
