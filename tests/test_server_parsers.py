@@ -91,6 +91,7 @@ def test_without_room_the_reactor_parses_and_still_keeps_the_order():
 
 class _Transport:
     pid = 4242
+    pipes: dict = {}
 
     def __init__(self):
         self.signals = []

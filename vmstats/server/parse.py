@@ -17,6 +17,7 @@ plain lists that ``marshal`` carries between them.
 """
 
 import re
+import sys
 from collections.abc import Callable
 from operator import itemgetter
 
@@ -138,7 +139,9 @@ class Parser:
     def _vm_id(self, raw: bytes) -> str:
         vm = self._vm_ids.get(raw)
         if vm is None:
-            vm = self.decoder.vm_id(raw.decode("ascii"))  # the regex admits ASCII only
+            # Interned, so marshal carries it as interned and the reactor's copy is the very
+            # object its tables are keyed by: lookups compare pointers, not strings.
+            vm = sys.intern(self.decoder.vm_id(raw.decode("ascii")))  # the regex admits ASCII
             if len(self._vm_ids) >= 65536:
                 self._vm_ids.clear()
             self._vm_ids[raw] = vm
@@ -179,7 +182,7 @@ class Parser:
 
         def add(groups: tuple | None, record: protocol.Record | None) -> None:
             if record is not None:  # the decoder checked everything
-                vms.append(record.vm)
+                vms.append(sys.intern(record.vm))
                 tss.append(record.ts)
                 rows.append(held_from_record(record))
                 seqs.append(record.seq)
