@@ -9,8 +9,8 @@ the I/O, so the reactor never blocks and no thread is involved.
 
 A parser that dies, or answers with something other than a frame, fails its
 outstanding payloads (the reactor parses those itself: nothing is lost) and
-is started again.  While every parser already has ``MAX_IN_FLIGHT`` payloads
-the reactor parses the next one itself, so a saturated pool slows the
+is started again.  While every parser already has ``MAX_IN_FLIGHT`` bytes to
+parse the reactor parses the next payload itself, so a saturated pool slows the
 reactor's reads (and TCP senders) instead of growing a queue without bound.
 """
 
@@ -21,15 +21,16 @@ import os
 import sys
 
 from twisted.application import service
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error, main, protocol
 
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parseworker import REPLY, REQUEST
 
 log = logging.getLogger(__name__)
 
-#: Payloads waiting in one parser before the reactor parses the next one itself.
-MAX_IN_FLIGHT = 8
+#: Payload bytes waiting in one parser before the reactor parses the next payload itself:
+#: about 7,000 canonical records, some 25 ms of a parser's work.
+MAX_IN_FLIGHT = 1 << 20
 #: Bytes each pipe to and from a parser holds (Linux's default limit for unprivileged users).
 PIPE_BYTES = 1 << 20
 #: Seconds before a parser that died is started again (a crash loop costs little).
@@ -63,6 +64,29 @@ class _Parser(protocol.ProcessProtocol):
                 fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
             except (OSError, ValueError):
                 pass  # not Linux, or past fs.pipe-max-size: the default pipe works, slower
+        reader = self.transport.pipes.get(1)
+        if reader is not None:
+            reader.doRead = lambda: self.pull(reader)
+
+    def pull(self, reader=None):
+        """Read every answer waiting in the pipe; what ``FileDescriptor.doRead`` returns.
+
+        Twisted's process reader takes 8 KiB a reactor turn, 30 turns for the
+        answer to a 256 KiB TCP read; this takes what the pipe holds at once.
+        """
+        reader = reader or self.transport.pipes.get(1)
+        if reader is None:
+            return None
+        try:
+            data = os.read(reader.fileno(), PIPE_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        reader.dataReceived(data)
+        return None
 
     def send(self, data: bytes, now: float) -> defer.Deferred:
         seq = self.next_seq
@@ -148,15 +172,28 @@ class ParserService(service.Service):
         return [p.pid for p in self.parsers if p.pid is not None]
 
     def has_room(self) -> bool:
-        """Is some parser below its share?  (Otherwise the caller parses the payload itself.)"""
+        """Is some parser below its share?  (Otherwise the caller parses the payload itself.)
+
+        Answers that already wait in the pipes are read first: the reactor may
+        have been busy, and parsing here while a parser sits idle with its
+        answer unread would waste the other core.
+        """
+        if self._room():
+            return True
+        for parser in list(self.parsers):
+            if parser.waiting and parser.transport is not None:
+                parser.pull()  # nothing there: no harm; an end of file is seen again by the reactor
+        return self._room()
+
+    def _room(self) -> bool:
         for parser in self.parsers:
-            if len(parser.waiting) < MAX_IN_FLIGHT:
+            if parser.in_flight_bytes < MAX_IN_FLIGHT:
                 return True
         return False
 
     def parse(self, data: bytes, now: float) -> defer.Deferred:
         """``Parsed`` columns of ``data`` from the least busy parser (None: parse it yourself)."""
-        parser = min(self.parsers, key=lambda p: len(p.waiting))
+        parser = min(self.parsers, key=lambda p: p.in_flight_bytes)
         return parser.send(data, now)
 
     def ended(self, parser: _Parser, reason) -> None:
