@@ -1,5 +1,6 @@
 """The wire format's decoder: never raises anything but DecodeError, and round-trips records."""
 
+import ipaddress
 import math
 
 import pytest
@@ -157,3 +158,23 @@ def test_sync_replies_round_trip_and_noise_is_not_a_reply():
     assert protocol.parse_reply(nak.rstrip(b"\n")) == (b"a-2", 0, 0, "busy")
     for noise in (b"", b"#!ack", b"#!ack a-1 7", b"#!ack a-1 x 2", b"#!nak ", b"vmstats,vm=a cpu=1,mem=2 1"):
         assert protocol.parse_reply(noise) is None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(["0", "00", "1", "01", "9", "10", "99", "100", "199", "200",
+                                 "249", "250", "255", "256", "260", "300", "999", "1000", ""]),
+                min_size=3, max_size=5).map(".".join))
+def test_dotted_quads_are_judged_as_the_ipaddress_module_judges_them(text):
+    """The canonical-IPv4 shortcut never accepts, or rewrites, what ipaddress would not."""
+    try:
+        expected = str(ipaddress.ip_address(text))
+    except ValueError:
+        expected = None
+    try:
+        got = protocol.normalize_vm_id(text)
+    except DecodeError:
+        got = None
+    if expected is not None:
+        assert got == expected
+    else:  # not an address: at most a safe name, kept as it is
+        assert got is None or got == text

@@ -104,6 +104,10 @@ class DecodeError(ValueError):
 
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+# A dotted quad already in canonical form (no leading zeros, each part <= 255): what agents send
+# by default, accepted without the ipaddress module's ~30 us per new id.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4_RE = re.compile(r"%s(?:\.%s){3}\Z" % (_OCTET, _OCTET))
 _FIELD_SPEC = dict((f[0], f[1:4]) for f in FIELDS)
 
 
@@ -116,6 +120,8 @@ def normalize_vm_id(value):
     """
     if not value or len(value) > MAX_VM_ID_LENGTH:
         raise DecodeError(R_BAD_VM, "vm id must be 1-%d characters" % MAX_VM_ID_LENGTH)
+    if _CANONICAL_IPV4_RE.match(value):
+        return value
     if ":" in value or value[0].isdigit():
         try:
             return str(ipaddress.ip_address(value))
