@@ -1,17 +1,21 @@
-"""The log write path: appends to the per-VM day files.
+"""The log write path: appends and the check for rows already logged.
 
-What appends must keep doing is what the plain version did (kept below as
-the reference: group by day with ``day_of``, ``makedirs`` per VM, a buffered
-append); the cheaper one computes each day once per batch, builds paths
-without ``os.path.join`` and makes a VM's folder only when the open finds it
-missing, so the tests are about those: midnight, deleted folders, failures.
+What they must keep doing is what the plain versions did (kept below as the
+reference: group by day with ``day_of``, ``makedirs`` per VM, a buffered
+append, read the whole day file for the rows it holds); the cheaper versions
+read only a day file's new bytes when this process remembers its end, so most
+tests here are about a remembered end going stale: another writer appending,
+the file truncated, rewritten or deleted, rows arriving out of order.
 """
 
 import datetime
 import os
 import shutil
+import stat
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vmstats import logstore
 from vmstats.server.writer import unlogged, write_share
@@ -25,7 +29,7 @@ def row(ts: int, tag: int = 0) -> bytes:
     return b"%d,1.5,,40.25,,,,,,,%d,web1" % (ts, tag)
 
 
-# -- the reference: the append as it was, byte for byte -----------------------------------
+# -- the reference: the write path as it was, byte for byte -----------------------------------
 def reference_append(data_dir: str, vm: str, rows: dict) -> int:
     by_day: dict = {}
     for ts in sorted(rows):
@@ -42,6 +46,30 @@ def reference_append(data_dir: str, vm: str, rows: dict) -> int:
     return len(rows)
 
 
+def reference_unlogged(data_dir: str, vm: str, rows: dict) -> dict:
+    by_day: dict = {}
+    for ts in rows:
+        by_day.setdefault(ts // DAY, []).append(ts)
+    fresh = dict(rows)
+    for stamps in by_day.values():
+        path = logstore.day_path(data_dir, vm, logstore.day_of(stamps[0]))
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue
+            with open(path, "rb") as handle:
+                body = handle.read()
+        except FileNotFoundError:
+            continue
+        if body[-1:] not in (b"\n", b""):
+            with open(path, "ab") as handle:
+                handle.write(b"\n")
+        present = set(body.split(b"\n"))
+        for ts in stamps:
+            if rows[ts] in present:
+                del fresh[ts]
+    return fresh
+
+
 def files(data_dir) -> dict:
     """Every file under ``data_dir``, relative path -> bytes."""
     found = {}
@@ -50,6 +78,12 @@ def files(data_dir) -> dict:
             path = os.path.join(folder, name)
             found[os.path.relpath(path, data_dir)] = open(path, "rb").read()
     return found
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory(monkeypatch):
+    """Each test starts as a new writer process: no remembered file ends."""
+    monkeypatch.setattr(logstore, "_ends", {})
 
 
 def logged(data_dir: str, rows: dict) -> int:
@@ -143,6 +177,187 @@ def test_a_short_write_is_continued_and_a_write_of_nothing_is_an_error(tmp_path,
     monkeypatch.setattr(logstore.os, "write", lambda fd, data: 0)
     with pytest.raises(OSError):
         logstore.append_rows(str(tmp_path / "new"), VM, {T0 + DAY: row(T0 + DAY)})
-    # Nothing is written twice after it.
+    # The failed append is not remembered as written: the next check reads the file.
     monkeypatch.setattr(logstore.os, "write", real_write)
     assert logged(str(tmp_path / "new"), rows) == 0
+
+
+# -- the check for rows already logged ---------------------------------------------------------
+def test_a_resent_row_is_found_even_after_a_later_write_of_an_older_row(tmp_path):
+    """A row newer than the file's last line can still be in it when the file is out of order;
+    only rows newer than every row logged may skip the comparison."""
+    data = str(tmp_path)
+    assert logged(data, {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120)}) == 2
+    assert logged(data, {T0: row(T0)}) == 1  # late: the file ends with its oldest row
+    resent = {T0 + 120: row(T0 + 120), T0 + 180: row(T0 + 180)}
+    assert logstore.missing_rows(data, VM, resent) == {T0 + 180: row(T0 + 180)}
+    logstore._ends.clear()  # the same from a process that has not seen the file
+    assert logstore.missing_rows(data, VM, resent) == {T0 + 180: row(T0 + 180)}
+
+
+def test_rows_another_writer_appended_since_are_read_and_found(tmp_path):
+    data = str(tmp_path)
+    assert logged(data, {T0: row(T0)}) == 1
+    with open(logstore.day_path(data, VM, logstore.day_of(T0)), "ab") as other:  # another process
+        other.write(row(T0 + 60) + b"\n" + row(T0 + 120) + b"\n")
+    rows = {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120, tag=9), T0 + 180: row(T0 + 180)}
+    assert logstore.missing_rows(data, VM, rows) == {T0 + 120: row(T0 + 120, tag=9),
+                                                     T0 + 180: row(T0 + 180)}
+
+
+def test_an_append_after_another_writers_append_does_not_vouch_for_its_rows(tmp_path):
+    """An append without a check first (append_rows alone) cannot know what another writer
+    added since this process last saw the file: it must not remember the end as complete."""
+    data = str(tmp_path)
+    assert logged(data, {T0: row(T0)}) == 1
+    with open(logstore.day_path(data, VM, logstore.day_of(T0)), "ab") as other:
+        other.write(row(T0 + 180) + b"\n")
+    assert logstore.append_rows(data, VM, {T0 + 120: row(T0 + 120)}) == 1
+    assert logstore.missing_rows(data, VM, {T0 + 180: row(T0 + 180)}) == {}
+
+
+def test_only_the_new_bytes_are_read_when_the_end_is_remembered(tmp_path, monkeypatch):
+    data = str(tmp_path)
+    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(1000)}) == 1000
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(logstore.os, "pread", lambda fd, n, at: reads.append(n) or real_pread(fd, n, at))
+    assert logged(data, {T0 + 60_000: row(T0 + 60_000)}) == 1
+    assert reads == [logstore._TAIL]
+    logstore._ends.clear()
+    size = len(body(data, T0))
+    assert logged(data, {T0 + 60_060: row(T0 + 60_060)}) == 1
+    assert reads[-1] == size  # not remembered: the whole file
+
+
+@pytest.mark.parametrize("change", ["truncated", "rewritten in place", "replaced"])
+def test_a_file_changed_behind_the_writers_back_is_read_whole_again(tmp_path, change):
+    data = str(tmp_path)
+    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}) == 3
+    path = logstore.day_path(data, VM, logstore.day_of(T0))
+    original = open(path, "rb").read()
+    # The change puts in a row newer than any this process wrote, and keeps the file's size.
+    hidden = row(T0 + 600, 7)
+    changed = original.replace(row(T0 + 120, 2), hidden)
+    assert len(changed) == len(original) and changed != original
+    if change == "truncated":
+        os.truncate(path, len(original) - 5)
+        with open(path, "ab") as handle:
+            handle.write(b"\n" + hidden + b"\n")
+    elif change == "rewritten in place":
+        with open(path, "r+b") as handle:
+            handle.write(changed)
+    else:
+        os.unlink(path)
+        with open(path, "wb") as handle:
+            handle.write(changed)
+    assert logstore.missing_rows(data, VM, {T0 + 600: hidden, T0 + 660: row(T0 + 660)}) == {
+        T0 + 660: row(T0 + 660)}
+
+
+def test_a_file_replaced_with_the_same_size_and_end_is_read_whole_again(tmp_path):
+    """Only the inode tells this one apart (an editor's or ``sed -i``'s rename over the file)."""
+    data = str(tmp_path)
+    assert logged(data, {T0: row(T0, 0), T0 + 60: row(T0 + 60, 1)}) == 2
+    path = logstore.day_path(data, VM, logstore.day_of(T0))
+    hidden = row(T0 + 600, 7)
+    with open(path + ".tmp", "wb") as handle:
+        handle.write(logstore.HEADER + hidden + b"\n" + row(T0 + 60, 1) + b"\n")
+    assert os.path.getsize(path + ".tmp") == os.path.getsize(path)
+    os.rename(path + ".tmp", path)
+    assert logstore.missing_rows(data, VM, {T0 + 600: hidden}) == {}
+
+
+def test_a_torn_line_another_writer_left_is_ended_before_the_next_append(tmp_path):
+    data = str(tmp_path)
+    assert logged(data, {T0: row(T0)}) == 1
+    path = logstore.day_path(data, VM, logstore.day_of(T0))
+    with open(path, "ab") as other:  # a writer killed mid-write, after this one remembered the end
+        other.write(row(T0 + 60)[:-5])
+    assert logged(data, {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120)}) == 2
+    assert open(path, "rb").read() == (logstore.HEADER + row(T0) + b"\n" + row(T0 + 60)[:-5] + b"\n"
+                                       + row(T0 + 60) + b"\n" + row(T0 + 120) + b"\n")
+    frame, bad = logstore.read_rows([path])
+    assert bad == 1 and list(frame["ts"]) == [T0, T0 + 60, T0 + 120]
+
+
+def test_a_fifo_in_the_way_does_not_block_the_check(tmp_path):
+    path = logstore.day_path(str(tmp_path), VM, logstore.day_of(T0))
+    os.makedirs(os.path.dirname(path))
+    os.mkfifo(path)
+    rows = {T0: row(T0)}
+    assert logstore.missing_rows(str(tmp_path), VM, rows) is rows  # the append reports the FIFO
+
+
+@pytest.mark.parametrize("start", [0, 60, 999_999_999 - 600])  # days whose stamps vary in length
+def test_days_whose_timestamps_change_length_are_checked_too(tmp_path, start):
+    data = str(tmp_path)
+    rows = {start + 60 * i: row(start + 60 * i, i) for i in range(12)}
+    assert logged(data, rows) == 12
+    assert logged(data, rows) == 0
+    logstore._ends.clear()
+    assert logged(data, rows) == 0
+
+
+@pytest.mark.parametrize("junk", [logstore.HEADER, b"99999999999,x\n", b"9,x\n", b"1732233600x\n"])
+def test_a_line_sorting_after_every_row_does_not_hide_a_logged_row(tmp_path, junk):
+    """The largest row is found as the largest line; a line that is not a row of the day (a
+    header repeated, hand-edited junk) sorting after it makes the check parse every line."""
+    data = str(tmp_path)
+    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}) == 3
+    path = logstore.day_path(data, VM, logstore.day_of(T0))
+    with open(path, "ab") as other:
+        other.write(junk + row(T0 + 900) + b"\n")
+    for process in ("this one", "another"):
+        if process == "another":
+            logstore._ends.clear()
+        assert logstore.missing_rows(data, VM, {T0 + 900: row(T0 + 900)}) == {}
+
+
+def test_the_remembered_ends_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(logstore, "KNOWN_ENDS", 4)
+    data = str(tmp_path)
+    for day in range(10):
+        assert logged(data, {T0 + day * DAY: row(T0 + day * DAY)}) == 1
+    assert len(logstore._ends) == 4
+    for day in range(10):  # forgotten or not, nothing is written twice
+        assert logged(data, {T0 + day * DAY: row(T0 + day * DAY)}) == 0
+
+
+# -- the same files as before, whatever happens ------------------------------------------------
+STEP = st.one_of(
+    # a flush of one VM: rows of a few minutes around midnight, some resent with other values
+    st.tuples(st.just("flush"), st.sampled_from(["a", "b"]),
+              st.lists(st.tuples(st.integers(-8, 8), st.integers(0, 1)), min_size=1, max_size=6)),
+    st.tuples(st.just("torn"), st.integers(1, 20), st.integers(-1, 0)),  # a writer killed mid-write
+    st.tuples(st.just("retention"), st.integers(-1, 0), st.just(0)),  # yesterday's or today's file
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(STEP, max_size=14))
+def test_any_sequence_of_flushes_leaves_the_same_files_as_the_plain_write_path(tmp_path, steps):
+    """Two writer processes (their own remembered ends) share the flushes, as the pool does."""
+    new, old = str(tmp_path / "new"), str(tmp_path / "old")
+    for folder in (new, old):
+        shutil.rmtree(folder, ignore_errors=True)
+    memories = {"a": {}, "b": {}}
+    for kind, first, second in steps:
+        if kind == "flush":
+            logstore._ends = memories[first]
+            rows = {T0 + 60 * minute: row(T0 + 60 * minute, tag) for minute, tag in second}
+            fresh = logstore.missing_rows(new, VM, rows)
+            written = logstore.append_rows(new, VM, fresh) if fresh else 0
+            fresh_old = reference_unlogged(old, VM, rows)
+            assert written == (reference_append(old, VM, fresh_old) if fresh_old else 0)
+        else:
+            for folder in (new, old):
+                path = logstore.day_path(folder, VM, logstore.day_of(T0 + second * DAY))
+                if not os.path.exists(path):
+                    continue
+                if kind == "torn":
+                    with open(path, "ab") as handle:
+                        handle.write(row(T0 + 60 * first)[:first])
+                else:
+                    os.unlink(path)
+        assert files(new) == files(old)

@@ -18,6 +18,7 @@ import datetime
 import errno
 import functools
 import os
+import stat
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from vmstats.protocol import FIELD_NAMES, FIELDS, Record
@@ -119,6 +120,33 @@ def format_row(record: Record) -> bytes:
 #: Flags of an append, as ``open(path, "ab")`` uses them.  No O_NONBLOCK: a FIFO in the way
 #: blocks the writer, which the server detects (drain deadline, dead writer) and reports.
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+#: Flags of the read for rows already logged.  O_NONBLOCK so that opening a FIFO in the
+#: way does not block; it is then seen not to be a regular file and left to the append.
+_PROBE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+#: Bytes of a day file's end remembered (see _ends): enough to notice a rewritten end.
+_TAIL = 32
+#: Day files whose end a process remembers (about 400 bytes each, so at most ~13 MiB);
+#: past it the least recently used are forgotten, which costs them one whole read at
+#: their next check, nothing else.
+KNOWN_ENDS = 1 << 15
+
+#: What this process last saw at the end of each day file it checked or appended to:
+#: ``path -> (st_dev, st_ino, size, last, tail)``, where ``size`` is just after a newline,
+#: ``last`` the largest timestamp of the rows in the first ``size`` bytes (-1: none) and
+#: ``tail`` the bytes just before ``size``.  It lets missing_rows read only what was
+#: appended since instead of the whole file; the tail is checked against the file so a
+#: file truncated, replaced or rewritten since is read whole again.
+_ends: Dict[str, Tuple[int, int, int, int, bytes]] = {}
+
+
+def _remember(path: str, end: Tuple[int, int, int, int, bytes]) -> None:
+    """Remember a day file's end, the least recently used forgotten past KNOWN_ENDS."""
+    _ends.pop(path, None)
+    if len(_ends) >= KNOWN_ENDS:
+        del _ends[next(iter(_ends))]
+    _ends[path] = end
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of ``data``: one ``write`` unless the kernel takes less (a nearly full disk,
     a signal); the error that stops it is raised, never swallowed."""
@@ -133,8 +161,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[done:]
 
 
-def _append(folder: str, path: str, payload: bytes) -> None:
-    """Append ``payload`` (whole rows) to one day file, header first if the file is new.
+def _append(folder: str, path: str, payload: bytes, last: int) -> None:
+    """Append ``payload`` (whole rows, newest ``last``) to one day file, header first if new.
 
     The directory is made only when the open says it is missing (a new VM, or
     its folder deleted since, e.g. by retention): an open that succeeds proves
@@ -146,12 +174,23 @@ def _append(folder: str, path: str, payload: bytes) -> None:
     except FileNotFoundError:
         os.makedirs(folder, exist_ok=True)
         fd = os.open(path, _APPEND_FLAGS, 0o666)
+    known = _ends.pop(path, None)
     try:
-        if os.fstat(fd).st_size == 0:
+        st = os.fstat(fd)
+        size = st.st_size
+        if size == 0:
             payload = HEADER + payload
+            before, tail = -1, b""
+        elif known is not None and known[:3] == (st.st_dev, st.st_ino, size):
+            before, tail = known[3], known[4]
+        else:
+            known = None  # written by someone else since: the next check reads it whole
         _write_all(fd, payload)
     finally:
         os.close(fd)
+    if size == 0 or known is not None:
+        _remember(path, (st.st_dev, st.st_ino, size + len(payload), max(before, last),
+                         (tail + payload)[-_TAIL:]))
 
 
 def append_rows(data_dir: str, vm: str, rows: Mapping[int, bytes]) -> int:
@@ -169,9 +208,119 @@ def append_rows(data_dir: str, vm: str, rows: Mapping[int, bytes]) -> int:
     written = 0
     for day, stamps in split_days(rows):
         _append(folder, _day_file(folder, day_name(day)),
-                b"\n".join([rows[ts] for ts in stamps]) + b"\n")
+                b"\n".join([rows[ts] for ts in stamps]) + b"\n", stamps[-1])
         written += len(stamps)
     return written
+
+
+def _last_stamp(lines: List[bytes], day: int) -> int:
+    """The largest timestamp of day ``day`` that starts one of ``lines``; -1 if none.
+
+    Only lines that could equal a row of that day count: a decimal timestamp of
+    the day, then a comma.  When all the day's timestamps have the same number
+    of digits (every day but the few in which they reach a power of ten, such
+    as 2001-09-09), the largest such line is also the largest in byte order, so
+    ``max`` (C speed) finds it; otherwise, or when the byte-order maximum is
+    not such a line (a header repeated, a torn line), every line is parsed.
+    """
+    low = day * DAY_SECONDS
+    high = low + DAY_SECONDS - 1
+    digits = len(str(low))
+    if low > 0 and len(str(high)) == digits:
+        head, comma, _ = max(lines).partition(b",")
+        if comma and len(head) == digits and head.isdigit() and int(head) <= high:
+            return int(head)
+    best = -1
+    for line in lines:
+        head, comma, _ = line.partition(b",")
+        if comma and head.isdigit() and low <= int(head) <= high:
+            best = max(best, int(head))
+    return best
+
+
+def _end_torn_line(path: str) -> None:
+    """End a day file's torn last line (a writer killed mid-write) with a newline, so the
+    torn piece stays one bad line that readers skip instead of swallowing the next row."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        _write_all(fd, b"\n")
+    finally:
+        os.close(fd)
+
+
+def _logged_lines(path: str, day: int, first: int) -> Tuple[List[bytes], int]:
+    """``(lines, last)``: the lines of a day file that a row stamped ``first`` or later may
+    equal, and the largest timestamp of day ``day`` that any line of the file starts with.
+
+    A row newer than ``last`` cannot be in the file, which settles the usual
+    flush without comparing rows.  Usually this process remembers the file's
+    end (_ends) and ``first`` is newer than every row before it: only the
+    bytes appended since (by another writer process; usually none) are read,
+    with the remembered tail of the file before them to prove it unchanged.
+    Otherwise (a file this process has not seen, rewritten since, or a row as
+    old as one logged) the whole file is read, as the check always did.  A torn
+    last line gets its newline first.  ``([], -1)`` for a missing file or one
+    that is not a regular file (the append reports what is wrong with it).
+    """
+    try:
+        fd = os.open(path, _PROBE_FLAGS)
+    except FileNotFoundError:
+        _ends.pop(path, None)
+        return [], -1
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return [], -1
+        known = _ends.get(path)
+        data = None
+        if (known is not None and known[0] == st.st_dev and known[1] == st.st_ino
+                and known[2] <= st.st_size and first > known[3]):
+            start = known[2] - len(known[4])
+            data = os.pread(fd, st.st_size - start, start)
+            if data.startswith(known[4]):
+                new = data[len(known[4]):]
+                last = known[3]
+            else:
+                data = None
+        if data is None:
+            start = 0
+            data = os.pread(fd, st.st_size, 0) if st.st_size else b""
+            new = data[len(HEADER):] if data.startswith(HEADER) else data
+            last = -1
+    finally:
+        os.close(fd)
+    if new and not new.endswith(b"\n"):
+        _end_torn_line(path)
+        new += b"\n"
+        data += b"\n"
+    lines = new.split(b"\n") if new else []
+    if lines:
+        last = max(last, _last_stamp(lines, day))
+    _remember(path, (st.st_dev, st.st_ino, start + len(data), last, data[-_TAIL:]))
+    return lines, last
+
+
+def missing_rows(data_dir: str, vm: str, rows: Dict[int, bytes]) -> Dict[int, bytes]:
+    """The rows (``{ts: row}``) that their day file does not already hold, byte for byte.
+
+    ``rows`` itself when none is already there (the usual case, no copy).  A
+    row is assumed to start with its own timestamp, as format_row and the
+    server's rows write it.  A torn last line of a day file is ended first
+    (_end_torn_line).  Raises OSError when a day file cannot be read.
+    """
+    folder = vm_dir(data_dir, vm)
+    fresh = rows
+    for day, stamps in split_days(rows):
+        lines, last = _logged_lines(_day_file(folder, day_name(day)), day, stamps[0])
+        if stamps[0] > last:
+            continue  # newer than every row logged: none of them is there
+        present = set(lines) if len(lines) > 8 else lines
+        for ts in stamps:
+            if ts <= last and rows[ts] in present:
+                if fresh is rows:
+                    fresh = dict(rows)
+                del fresh[ts]
+    return fresh
 
 
 def iter_vms(data_dir: str) -> Iterator[str]:

@@ -7,7 +7,6 @@ retry exactly the VMs that failed.
 """
 
 import os
-import stat
 
 from vmstats import logstore
 from vmstats.server.rows import log_rows
@@ -26,44 +25,27 @@ def lower_priority() -> None:
 
 
 def unlogged(data_dir: str, vm: str, rows: dict[int, bytes]) -> dict[int, bytes]:
-    """The rows not already in their day file, byte for byte.
+    """The rows not already in their day file, byte for byte (``logstore.missing_rows``).
 
     A record can reach the writer twice: a TCP batch resent because its ack
     was lost when the server died after logging it, or a journal segment
     replayed after a crash that came after its flush.  Appending only what
-    the day file lacks makes both harmless.  It costs one read of each day
-    file appended to (usually one, of at most 1,440 rows, from the page
-    cache; BENCHMARKS.md); a corrected record (same timestamp, other values)
-    is still appended, and the last row for a timestamp still wins.
+    the day file lacks makes both harmless.  A corrected record (same
+    timestamp, other values) is still appended, and the last row for a
+    timestamp still wins.
+
+    It usually costs reading nothing but the file's last bytes: this writer
+    process remembers the end of each day file it wrote or read, and new rows
+    newer than everything logged cannot be there already.  A file it has not
+    seen, or rows as old as some logged, cost one read of the whole day file
+    (at most 1,440 rows, from the page cache), as this check always did.
 
     A day file that does not end with a newline was torn by a writer killed
     mid-write (the pool is terminated when a writer dies or the drain
     deadline passes): it gets its newline first, so the torn piece stays one
     bad line that readers skip instead of swallowing the next row appended.
     """
-    by_day: dict[int, list[int]] = {}
-    for ts in rows:
-        by_day.setdefault(ts // 86400, []).append(ts)
-    fresh = rows
-    for stamps in by_day.values():
-        path = logstore.day_path(data_dir, vm, logstore.day_of(stamps[0]))
-        try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                continue  # not a log file: appending will report what is wrong
-            with open(path, "rb") as handle:
-                body = handle.read()
-        except FileNotFoundError:
-            continue
-        if body[-1:] not in (b"\n", b""):
-            with open(path, "ab") as handle:
-                handle.write(b"\n")
-        present = set(body.split(b"\n"))
-        for ts in stamps:
-            if rows[ts] in present:
-                if fresh is rows:
-                    fresh = dict(rows)
-                del fresh[ts]
-    return fresh
+    return logstore.missing_rows(data_dir, vm, rows)
 
 
 def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
