@@ -25,6 +25,9 @@ from vmstats.server.metrics import Metrics, RateLimitedLog
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
+#: A UDP payload is submitted once this much has gathered, or this long after its first datagram.
+COALESCE_BYTES = 64 << 10
+COALESCE_SECONDS = 0.002
 #: Bytes read from a TCP connection at once (Twisted's default is 64 KiB).
 TCP_READ_BYTES = 256 << 10
 #: Seconds an idle connection closed by the timeout may take to read its last replies.
@@ -61,15 +64,26 @@ class Authenticator:
 
 
 class UDPReceiver(tx_protocol.DatagramProtocol):
-    """One datagram is one payload (or one signed frame)."""
+    """Plain datagrams are gathered into payloads; a signed datagram is one frame.
 
-    def __init__(self, ingest: Ingest, auth: Authenticator, metrics: Metrics):
+    Each payload has a fixed cost (a hand-off to a parser, one filing, one
+    journal entry), so datagrams that arrive a few at a time are held for up
+    to ``COALESCE_SECONDS`` until ``COALESCE_BYTES`` have gathered: at 100,000
+    one-record datagrams a second that is ~200 records a payload instead of
+    the ~25 one socket read finds.  UDP has no acknowledgement to delay.
+    """
+
+    def __init__(self, ingest: Ingest, auth: Authenticator, metrics: Metrics, reactor=None):
         self.ingest = ingest
         self.auth = auth
         self.metrics = metrics
+        self.reactor = reactor
         # Looked up once: this runs once per datagram, up to ~100,000 times a second.
         self._submit = ingest.submit
         self._plain = not auth.required
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._timer = None
 
     def datagramReceived(self, data: bytes, addr) -> None:
         self.datagramsReceived([data])
@@ -88,8 +102,14 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         joined = b"\n".join(batch)
         metrics.bytes += len(joined) - len(batch) + 1
         if self._plain and joined[:2] != b"#!" and b"\n#!" not in joined:
-            self._submit(joined)
+            self._held.append(joined)
+            self._held_bytes += len(joined)
+            if self._held_bytes >= COALESCE_BYTES or self.reactor is None:
+                self.release()
+            elif self._timer is None:
+                self._timer = self.reactor.callLater(COALESCE_SECONDS, self.release)
             return
+        self.release()  # what came before these frames is filed before them
         for data in batch:
             if data[:2] == b"#!":
                 data = self._unwrap(data)
@@ -98,6 +118,21 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
             elif not self.auth.unsigned(data):
                 continue
             self._submit(data)
+
+    def release(self) -> None:
+        """Submit the datagrams held so far as one payload."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if not self._held:
+            return
+        data = b"\n".join(self._held) if len(self._held) > 1 else self._held[0]
+        self._held = []
+        self._held_bytes = 0
+        if b"\n\n" in data:  # datagrams that end with a newline (Telegraf's do): no empty lines
+            data = data.replace(b"\n\n", b"\n")
+        self._submit(data)
 
     def _unwrap(self, data: bytes) -> bytes | None:
         try:
@@ -403,7 +438,7 @@ class ListenerService(service.Service):
         self.bind = bind
         self.udp_port = udp_port
         self.tcp_port = tcp_port
-        self.udp = UDPReceiver(ingest, auth, metrics)
+        self.udp = UDPReceiver(ingest, auth, metrics, reactor)
         self.factory = TCPFactory(ingest, auth, metrics, max_line, max_connections, idle_timeout)
         self.rcvbuf = rcvbuf
         self.ports: list = []
@@ -432,6 +467,7 @@ class ListenerService(service.Service):
         service.Service.stopService(self)
         from twisted.internet import defer
         waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        self.udp.release()
         self.ports = []
         for receiver in list(self.factory.protocols):
             receiver.transport.loseConnection()
