@@ -207,11 +207,25 @@ class FlusherService(service.Service):
                                "held): %s", len(kept), self.buffer.count, first_error)
         elif mark is not None:
             self.journal.retire(mark)  # everything the flush took is in the logs
+        self._free(tasks)
         self.metrics.flushes += 1
         self.metrics.flushed_records += written
         self.metrics.flush_seconds += time.monotonic() - started
         log.debug("flushed %d records of %d vms in %.3fs", written, vms, time.monotonic() - started)
         return written
+
+    def _free(self, tasks: list) -> None:
+        """Let go of a flush's rows one task (<= TASK_RECORDS) per reactor turn.
+
+        The tasks hold the last references to every row the flush took, and
+        freeing a million rows at once kept the reactor busy for half a
+        second (measured: 0.6 s for 1.2M), long enough to overflow the UDP
+        socket at 200,000 records/s.
+        """
+        if tasks:
+            tasks.pop()
+            if tasks:
+                self.reactor.callLater(0, self._free, tasks)
 
     def _finished(self, result):
         self._watched = []
