@@ -28,7 +28,7 @@ def fast_row(line: bytes):
     if found is None:
         return None
     groups = found.groups(b"")
-    return log_row(int(groups[TS]), b",".join(groups[1:-1]))
+    return log_row(int(groups[TS]), b",".join(groups[2:-1] + groups[1:2]))  # fields, host
 
 
 def parsed(row: bytes) -> list:

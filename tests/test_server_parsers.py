@@ -58,7 +58,7 @@ def test_answers_out_of_order_are_filed_in_arrival_order():
     assert done == [("first", (1, 0, 0)), ("second", (1, 1, 0)), "sync", ("third", (1, 0, 0))]
     # The later record for the same (vm, ts) replaced the earlier one.
     [(ts, held)] = ingest.buffer.table["10.0.0.1"].items()
-    assert ts == NOW - 60 and held.split(b",")[1] == b"2"  # host, cpu, ...
+    assert ts == NOW - 60 and held.split(b",")[0] == b"2"  # cpu, ..., host
     assert ingest.buffer.count == 2 and ingest.metrics.records == 3
     assert ingest.metrics.rejects["syntax"] == 1 and ingest.metrics.parsed_remote == 3
     assert ingest.idle().called
@@ -86,7 +86,7 @@ def test_without_room_the_reactor_parses_and_still_keeps_the_order():
     assert len(parsers.calls) == 1 and done == []  # parsed already, but waits its turn
     parsers.calls[0][1].callback(Parser(300, 0).parse(parsers.calls[0][0], NOW))
     assert done == ["remote", "here"]
-    assert ingest.buffer.table["10.0.0.1"][NOW - 60].split(b",")[1] == b"2"
+    assert ingest.buffer.table["10.0.0.1"][NOW - 60].split(b",")[0] == b"2"
 
 
 class _Transport:

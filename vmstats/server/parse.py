@@ -70,7 +70,7 @@ def build_fast_path() -> tuple["re.Pattern[bytes]", int, int]:
 
     Returns ``(regex, ts_group, seq_group)`` indexing the tuples that
     ``regex.findall`` yields: group 0 is the VM id, the last one the
-    timestamp, and ``b",".join(groups[1:-1])`` is the held row (rows.py).
+    timestamp; the fields then the host, joined with commas, are the held row (rows.py).
     """
     # Anchored to whole lines by a lookbehind after the literal head and a lookahead at the
     # end rather than ^/$ with MULTILINE: a leading literal lets sre skip ahead to candidate
@@ -106,7 +106,8 @@ class Parser:
         self._vm_of = itemgetter(0)
         self._ts_of = itemgetter(ts_group)
         self._seq_of = itemgetter(seq_group)
-        self._row_of = itemgetter(slice(1, -1))
+        # Held row (rows.py): the fields, then the host tag.
+        self._row_of = itemgetter(*range(2, ts_group), 1)
         self._vm_ids: dict[bytes, str] = {}
 
     def parse(self, data: bytes, now: float) -> Parsed:
