@@ -100,21 +100,23 @@ def fsync_latency(work: list, scratch: str, per_sync: int, syncs: int = 8) -> li
 
 
 def dedupe_cost(scratch: str, vms: int, rows_per_day: int) -> tuple:
-    """Microseconds per VM to append one row to day files already holding ``rows_per_day``,
-    with and without the writer's check for rows already logged."""
+    """Microseconds per VM to append one row to the day file that already holds
+    ``rows_per_day - 1`` rows (its last minute), with and without the writer's check for
+    rows already logged."""
     data_dir = os.path.join(scratch, "dedupe")
     day_start = START_NOW - START_NOW % 86400 - 86400
+    last_minute = day_start + 60 * (rows_per_day - 1)  # the same day file as the rows before it
     for v in range(vms):
         vm = "10.9.%d.%d" % (v >> 8, v & 255)
         logstore.append_rows(data_dir, vm, {day_start + 60 * i: b"%d,1,,2,,,,,,,%d," % (
-            day_start + 60 * i, i) for i in range(rows_per_day)})
+            day_start + 60 * i, i) for i in range(rows_per_day - 1)})
     results = {"checked": [], "unchecked": []}
     original = writer.unlogged
     for attempt in range(4):
         for variant in ("checked", "unchecked"):
             share = [("10.9.%d.%d" % (v >> 8, v & 255),
-                      {day_start + 60 * rows_per_day + attempt * 2 + (variant == "unchecked"):
-                       b",1,2,,,,,,,,,"}) for v in range(vms)]
+                      {last_minute + attempt * 2 + (variant == "unchecked"): b"1,,2,,,,,,,,"})
+                     for v in range(vms)]
             writer.unlogged = original if variant == "checked" else (lambda _d, _v, rows: rows)
             started = time.perf_counter()
             outcome = writer.write_share(data_dir, share)
@@ -183,8 +185,8 @@ def main() -> int:
         print("fsync of 1 s of journal at 100k rec/s (%.1f MiB): median %.1f ms, max %.1f ms"
               % (sync_every * len(work[0]) / 2 ** 20, statistics.median(latencies), max(latencies)))
         checked, unchecked = dedupe_cost(scratch, 300 if args.quick else 1000, 1440)
-        print("writer, one row appended to a full day file (1,440 rows): %.0f us/VM with the "
-              "check for rows already logged, %.0f us/VM without (+%.0f us)"
+        print("writer, the last row of a day appended to its file (1,439 rows in it): %.0f us/VM "
+              "with the check for rows already logged, %.0f us/VM without (+%.0f us)"
               % (checked, unchecked, checked - unchecked))
         timing = replay_speed(work, scratch)
         print("replay of %(records)d records of %(vms)d VMs: %(empty).2f s into empty logs, "
