@@ -68,6 +68,19 @@ def expected_rows(agents) -> Counter:
     return Counter((agent.vm, ts) for agent in agents for ts in agent.produced)
 
 
+def halt(agents, server) -> None:
+    """Stop the agents' threads and make sure no server is left running."""
+    for agent in agents:
+        agent.stopping.set()
+    server.kill()
+
+
+def tally(agents, data) -> tuple[Counter, Counter, int]:
+    """What the agents produced, what the logs hold, and how many rows were logged twice."""
+    logged = raw_rows(data)
+    return expected_rows(agents), logged, sum(n - 1 for n in logged.values() if n > 1)
+
+
 def test_sigkill_at_random_moments_under_tcp_load_loses_and_duplicates_nothing(tmp_path):
     rng = random.Random(6)
     data = tmp_path / "data"
@@ -94,13 +107,9 @@ def test_sigkill_at_random_moments_under_tcp_load_loses_and_duplicates_nothing(t
         final = server.status_json()
         code = server.stop()
     finally:
-        for agent in agents:
-            agent.stopping.set()
-        server.kill()
+        halt(agents, server)
     assert all(delivered) and code == 0, server.output
-    expected = expected_rows(agents)
-    logged = raw_rows(data)
-    duplicates = sum(n - 1 for n in logged.values() if n > 1)
+    expected, logged, duplicates = tally(agents, data)
     missing = sum(1 for key in expected if key not in logged)
     report("sigkill", agents=len(agents), kills=kills, produced=sum(expected.values()),
            logged_rows=sum(logged.values()), missing=missing, duplicates=duplicates,
@@ -371,13 +380,9 @@ def test_parsers_killed_under_tcp_load_lose_nothing_and_are_restarted(tmp_path):
                                              else None)(s.metrics()), timeout=10)
         code = server.stop()
     finally:
-        for agent in agents:
-            agent.stopping.set()
-        server.kill()
+        halt(agents, server)
     assert all(delivered) and code == 0, server.output
-    expected = expected_rows(agents)
-    logged = raw_rows(data)
-    duplicates = sum(n - 1 for n in logged.values() if n > 1)
+    expected, logged, duplicates = tally(agents, data)
     report("parser_killed", kills=killed, produced=sum(expected.values()),
            logged_rows=sum(logged.values()), duplicates=duplicates,
            parser_deaths=int(metrics["vmstats_parser_deaths_total"]),

@@ -16,6 +16,7 @@ def test_tasks_are_bounded_and_never_split_a_vm():
 
 
 def test_a_failed_task_keeps_only_its_own_vms_for_the_retry():
+    from twisted.internet.task import Clock
     from twisted.python.failure import Failure
 
     from vmstats.server.buffer import Buffer
@@ -24,12 +25,19 @@ def test_a_failed_task_keeps_only_its_own_vms_for_the_retry():
 
     metrics = Metrics()
     buffer = Buffer(metrics, 100, 100)
-    flusher = FlusherService(None, buffer, metrics, "unused", 60, 1, 5)
+    clock = Clock()
+    flusher = FlusherService(clock, buffer, metrics, "unused", 60, 1, 5)
     lost_task = [("10.0.0.1", {1: b"a"}), ("10.0.0.2", {1: b"b", 2: b"c"})]
     ok_task = [("10.0.0.3", {1: b"d"}), ("10.0.0.4", {1: b"e"})]
     outcomes = [(False, Failure(RuntimeError("worker died"))),
                 (True, [("10.0.0.3", 1, None, False), ("10.0.0.4", 0, "OSError: full", True)])]
-    assert flusher._settle(outcomes, [lost_task, ok_task], 0.0) == 1
+    tasks = [lost_task, ok_task]
+    assert flusher._settle(outcomes, tasks, 0.0) == 1
     assert sorted(buffer.table) == ["10.0.0.1", "10.0.0.2", "10.0.0.4"]  # not 10.0.0.3
     assert buffer.count == 4
     assert metrics.write_failures == 3 and metrics.flushed_records == 1
+    # The flush's rows are let go one task per reactor turn, not all at once.
+    assert tasks == [lost_task]
+    clock.advance(0)
+    assert tasks == []
+    assert buffer.table["10.0.0.2"] == {1: b"b", 2: b"c"}  # restored rows are the buffer's now
