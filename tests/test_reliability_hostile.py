@@ -178,9 +178,11 @@ def test_random_and_mutated_input_over_udp_and_tcp_while_valid_traffic_flows(tmp
     assert metrics["vmstats_records_received_total"] == accepted_junk + len(valid_udp) + len(acked)
     logged = raw_rows(tmp_path / "data")
     valid = Counter((r.vm, r.ts) for r in valid_udp + acked)
-    assert {key: n for key, n in logged.items() if key[0].startswith("10.50.")} == valid
-    # Junk that the decoder finds valid (an edit that kept the record well-formed) lands too.
-    assert {key for key in logged if not key[0].startswith("10.50.")} == junk_kept
+    # Every valid record is logged once, and so is junk that the decoder finds valid (an edit
+    # that kept the record well-formed: it may even turn a 10.52.* id into a 10.50.* one).
+    # (Junk may repeat a (vm, ts) with other values: a correction, logged again by design.)
+    assert set(logged) == set(valid) | junk_kept
+    assert all(logged[key] == 1 for key in valid)
     report("blaster", seconds=duration, udp_junk=len(junk_udp), tcp_junk=len(junk_tcp),
            valid_udp=len(valid_udp), valid_tcp_acked=len(acked), junk_that_stayed_valid=accepted_junk,
            rejected=sum(expected.values()), causes=len(expected),
