@@ -2,13 +2,15 @@
 
 import marshal
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
-from vmstats.server.parse import Parser
+from vmstats.server.parse import Parser, _lines
 from vmstats.server.parsers import ParserDied, _Parser
 from vmstats.server.parseworker import REPLY
 
@@ -124,3 +126,26 @@ def test_a_parser_that_answers_nonsense_is_stopped_and_nothing_is_lost():
     parser.outReceived(REPLY.pack(99, 0))
     assert parser.transport.signals == ["KILL"]
     assert not second.called  # failed when the process ends, then parsed by the reactor
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="a\n\r#", max_size=40).map(str.encode))
+def test_lines_counts_the_non_empty_lines(data):
+    assert _lines(data) == sum(1 for line in data.split(b"\n") if line)
+
+
+def test_blank_lines_keep_a_payload_on_the_column_path(monkeypatch):
+    """Datagrams ending in a newline, joined with newlines, leave blank lines between records."""
+    parser = Parser(300, 0)
+    datagrams = [rec(cpu, vm="10.0.0.%d" % cpu) for cpu in range(1, 5)]  # each ends in "\n"
+    parser.parse(datagrams[0], NOW)  # the first sight of a VM id takes the checked path
+    parser.parse(b"".join(datagrams), NOW)
+
+    def slow(*_args):
+        raise AssertionError("line-by-line path taken")
+
+    monkeypatch.setattr(parser, "_line_by_line", slow)
+    monkeypatch.setattr(parser, "_checked", slow)
+    parsed = parser.parse(b"\n" + b"\n".join(datagrams) + b"\n\n", NOW)
+    assert parsed[0] == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert [row.split(b",")[0] for row in parsed[2]] == [b"1", b"2", b"3", b"4"]

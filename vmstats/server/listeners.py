@@ -130,8 +130,6 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         data = b"\n".join(self._held) if len(self._held) > 1 else self._held[0]
         self._held = []
         self._held_bytes = 0
-        if b"\n\n" in data:  # datagrams that end with a newline (Telegraf's do): no empty lines
-            data = data.replace(b"\n\n", b"\n")
         self._submit(data)
 
     def _unwrap(self, data: bytes) -> bytes | None:
