@@ -89,6 +89,9 @@ def test_without_room_the_reactor_parses_and_still_keeps_the_order():
     parsers.calls[0][1].callback(Parser(300, 0).parse(parsers.calls[0][0], NOW))
     assert done == ["remote", "here"]
     assert ingest.buffer.table["10.0.0.1"][NOW - 60].split(b",")[0] == b"2"
+    ingest.submit(rec(3), lambda *r: done.append("here, at once"))  # nothing waits: filed now
+    assert done[-1] == "here, at once" and len(parsers.calls) == 1
+    assert (ingest.metrics.parsed_remote, ingest.metrics.parsed_here) == (1, 2)
 
 
 class _Transport:

@@ -64,14 +64,13 @@ class Ingest:
         """Parse ``data`` where there is room (a parser process, else here) and file it in turn."""
         parsers = self.parsers
         if parsers is None or not parsers.has_room():
+            self.metrics.parsed_here += 1
             if not self.queue:
                 result = self.payload(data)
                 if done is not None:
                     done(*result)
                 return
-            entry = [data, self.parser.parse(data, self.clock()), done]
-            self.queue.append(entry)
-            self.metrics.parsed_here += 1
+            self.queue.append([data, self.parser.parse(data, self.clock()), done])
             return
         entry = [data, None, done]
         self.queue.append(entry)

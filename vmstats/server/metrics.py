@@ -73,7 +73,7 @@ class Metrics:
         self.replayed_records = 0
         self.writer_deaths = 0
         self.parsed_remote = 0  # payloads parsed by parser processes
-        self.parsed_here = 0  # payloads parsed by the reactor while parsers were busy or down
+        self.parsed_here = 0  # payloads parsed by the reactor (parsers busy or down, or none)
         self.parser_deaths = 0
         #: Gauges owned elsewhere (journal, flusher): name -> (help, read function).
         self.gauges: dict = {}
@@ -167,7 +167,8 @@ class Metrics:
                "Flushes abandoned because a writer process died (pool rebuilt, records kept).",
                [((), self.writer_deaths)])
         metric("parsed_payloads_total", "counter",
-               "Payloads parsed, by where: parser processes, or the reactor when they were busy.",
+               "Payloads parsed, by where: parser processes, or the reactor (parsers busy or down, "
+               "or --parsers 0).",
                [((("where", "remote"),), self.parsed_remote),
                 ((("where", "here"),), self.parsed_here)])
         metric("parser_deaths_total", "counter",
