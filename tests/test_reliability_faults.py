@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 from serverproc import serve
 from test_reliability_journal import raw_rows
+from test_server_lifecycle import fifo_in_the_way
 from test_server_udp import line, now
 
 from vmstats import logstore
@@ -318,10 +319,7 @@ def blocked_writer(server_pid: int, timeout: float = 10.0) -> int:
 def test_a_writer_killed_mid_flush_is_detected_the_pool_rebuilt_and_its_records_written(tmp_path):
     t = now() - 600
     data = tmp_path / "data"
-    folder = data / "vms" / "10.43.0.1"
-    folder.mkdir(parents=True)
-    fifo = folder / (logstore.day_of(t) + logstore.SUFFIX)
-    os.mkfifo(fifo)  # the writer's open() blocks: it is mid-flush for as long as we like
+    fifo = fifo_in_the_way(data, "10.43.0.1", t)  # a writer is mid-flush for as long as we like
     with serve(tmp_path, "--flush-interval", "0.3", "--workers", "2", "--drain-timeout", "5s") as server:
         server.send_udp(line(Record(vm="10.43.0.1", ts=t, cpu=1.0, mem=2.0)),
                         line(Record(vm="10.43.0.2", ts=t, cpu=3.0, mem=4.0)))

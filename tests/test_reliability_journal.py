@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 from serverproc import serve
-from test_server_lifecycle import run_cli
+from test_server_lifecycle import fifo_in_the_way, run_cli
 from test_server_tcp import read_reply
 from test_server_udp import line, now
 from twisted.internet.task import Clock
@@ -219,10 +219,7 @@ def test_the_writer_appends_only_missing_rows_and_ends_a_torn_line_first(tmp_pat
 def test_records_a_missed_drain_deadline_left_behind_are_written_at_the_next_start(tmp_path):
     t = now() - 60
     data = tmp_path / "data"
-    folder = data / "vms" / "10.25.0.1"
-    folder.mkdir(parents=True)
-    fifo = folder / (logstore.day_of(t) + logstore.SUFFIX)
-    os.mkfifo(fifo)  # the writer's open() blocks until the drain deadline passes
+    fifo = fifo_in_the_way(data, "10.25.0.1", t)  # the writer blocks until the drain deadline
     sent = [Record(vm="10.25.0.1", ts=t, cpu=1.0, mem=2.0),
             Record(vm="10.25.0.2", ts=t, cpu=3.0, mem=4.0)]
     with serve(tmp_path / "a", "--flush-interval", "1h", "--drain-timeout", "1s",

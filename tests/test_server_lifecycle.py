@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from serverproc import ROOT, serve
 from test_server_tcp import read_reply
@@ -197,11 +198,18 @@ def test_reaching_the_global_cap_flushes_early_and_beyond_it_drops_are_counted(t
     assert all_rows(tmp_path / "data") == 100
 
 
+def fifo_in_the_way(data, vm: str, ts: int) -> Path:
+    """A FIFO where the day file of ``vm`` at ``ts`` goes: a writer's open() of it blocks (no
+    reader) for as long as the test likes; unlink it and the next writer finds a plain path."""
+    path = Path(logstore.day_path(str(data), vm, logstore.day_of(ts)))
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    return path
+
+
 def test_a_hung_writer_misses_the_drain_deadline_and_the_exit_code_says_so(tmp_path):
     t = now() - 60
-    folder = tmp_path / "data" / "vms" / "10.13.0.1"
-    folder.mkdir(parents=True)
-    os.mkfifo(folder / (logstore.day_of(t) + logstore.SUFFIX))  # open() blocks: no reader
+    fifo_in_the_way(tmp_path / "data", "10.13.0.1", t)
     with serve(tmp_path, "--flush-interval", "1h", "--drain-timeout", "1s") as server:
         server.send_udp(line(Record(vm="10.13.0.1", ts=t, cpu=1.0, mem=2.0)))
         server.wait_received(1)
