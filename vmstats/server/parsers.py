@@ -192,7 +192,11 @@ class ParserService(service.Service):
         return False
 
     def parse(self, data: bytes, now: float) -> defer.Deferred:
-        """``Parsed`` columns of ``data`` from the least busy parser (None: parse it yourself)."""
+        """``Parsed`` columns of ``data`` from the least busy parser.
+
+        The Deferred fires with None if the parser failed on the payload, and
+        fails with ParserDied if the process ended first: the caller parses it.
+        """
         parser = min(self.parsers, key=lambda p: p.in_flight_bytes)
         return parser.send(data, now)
 
