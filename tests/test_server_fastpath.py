@@ -4,13 +4,13 @@ import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_protocol import NOW, records
+from test_protocol import NOW, percent, rate, records
 
 from vmstats import logstore, protocol
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
-from vmstats.server.parse import build_fast_path
+from vmstats.server.parse import FIELD_NAME_BYTES, Parser, build_fast_path
 from vmstats.server.rows import held_from_record, log_row
 
 REGEX, TS, SEQ = build_fast_path()
@@ -29,6 +29,52 @@ def fast_row(line: bytes):
         return None
     groups = found.groups(b"")
     return log_row(int(groups[TS]), b",".join(groups[2:-1] + groups[1:2]))  # fields, host
+
+
+#: Records with every field, as the agent sends them: the compact regex's column path.
+complete = st.builds(
+    protocol.Record, vm=st.ip_addresses(v=4).map(str), ts=st.integers(NOW - 10 ** 6, NOW + 300),
+    cpu=percent, mem=percent, cpu_max=percent, disk_r=rate, disk_w=rate, net_rx=rate, net_tx=rate,
+    vcpus=st.integers(1, 4096), mem_mb=st.integers(1, 1 << 32), seq=st.integers(0, (1 << 63) - 1),
+    host=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", fullmatch=True))
+#: ...and with some of the optional ones left out: the path with a group per field.
+partial = st.tuples(complete, st.sets(st.sampled_from(
+    [name for name in protocol.FIELD_NAMES + ("host",) if name not in protocol.REQUIRED_FIELDS]),
+    min_size=1)).map(lambda pair: pair[0]._replace(**dict.fromkeys(pair[1])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(complete, partial, records), min_size=1, max_size=6))
+def test_a_payload_parses_to_the_decoders_records_in_order_whatever_the_path(batch):
+    payload = b"\n".join(protocol.encode_record(r).encode() for r in batch)
+    decoder = protocol.Decoder(clock=lambda: NOW)
+    expected, rejects = [], 0
+    for line in payload.split(b"\n"):
+        try:
+            record = decoder.decode_line(line)
+        except protocol.DecodeError:
+            rejects += 1
+            continue
+        expected.append((record.vm, record.ts, held_from_record(record), record.seq))
+    parser = Parser(max_future=300, max_past=0)
+    for _ in range(2):  # the first pass meets the VM ids, the second takes the column path
+        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        assert list(zip(vms, tss, rows, seqs, strict=True)) == expected
+        assert sum(count for _reason, count in reasons) == rejects
+
+
+def test_the_compact_regex_admits_the_same_lines_and_names_only_deletes_field_names():
+    compact, ts, seq = build_fast_path(compact=True)
+    assert compact.groups == 5 and (ts, seq) == (4, 3)
+    line = protocol.encode_record(protocol.Record(
+        vm="10.0.0.1", ts=NOW, cpu=1.5, cpu_max=100.0, mem=2.25, disk_r=1.0, disk_w=2.0, net_rx=3.0,
+        net_tx=4.0, vcpus=2, mem_mb=4096, seq=7, host="h-1")).encode()
+    [groups] = compact.findall(line)
+    assert groups[2].translate(None, FIELD_NAME_BYTES) + b"," + groups[1] == \
+        b",".join(REGEX.fullmatch(line).groups()[2:-1] + (b"h-1",))
+    assert not set(FIELD_NAME_BYTES) & set(b"0123456789.,")
+    for bad in (line + b"x", line.replace(b"cpu=1.5", b"cpu=101"), line.replace(b"2i", b"2")):
+        assert compact.fullmatch(bad) is None and REGEX.fullmatch(bad) is None
 
 
 def parsed(row: bytes) -> list:

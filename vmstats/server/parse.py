@@ -5,7 +5,9 @@ interpreter, far above the ingest budget.  So the common case -- lines exactly
 as ``protocol.encode_record`` writes them -- is matched for a whole payload by
 one compiled regex built from ``protocol.FIELDS``, and its groups are turned
 into columns (VM ids, timestamps, held rows, seqs) by C-level ``map`` calls,
-with no Python loop per record.  The regex only admits values whose range and
+with no Python loop per record.  Lines with every field, as the agent sends
+them, need only a compact form of the regex with five groups; the held row is
+then their field section with the names deleted.  The regex only admits values whose range and
 finiteness it can prove, so no float() is needed.  Anything else (reordered
 tags, exponents, ms/ns timestamps, bad input) goes through ``protocol.Decoder``
 (and ``rows.held_from_record``) line by line: identical rows, just slower, and
@@ -20,6 +22,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable
+from itertools import repeat
 from operator import itemgetter
 
 from vmstats import protocol
@@ -66,12 +69,18 @@ def _optional(piece: str) -> str:
     return "(?:%s|)" % piece
 
 
-def build_fast_path() -> tuple["re.Pattern[bytes]", int, int]:
+def build_fast_path(compact: bool = False) -> tuple["re.Pattern[bytes]", int, int]:
     """The canonical-line regex and where the timestamp and seq are among its groups.
 
     Returns ``(regex, ts_group, seq_group)`` indexing the tuples that
-    ``regex.findall`` yields: group 0 is the VM id, the last one the
-    timestamp; the fields then the host, joined with commas, are the held row (rows.py).
+    ``regex.findall`` yields: group 0 is the VM id, group 1 the host, the last
+    one the timestamp.  By default every field is a group of its own: the
+    fields then the host, joined with commas, are the held row (rows.py).
+    ``compact`` admits the same lines with the whole field section as group 2
+    and only the seq (3) captured inside it: sre is about a quarter faster
+    with fewer groups to mark, and when a line has every field, deleting the
+    field names (``FIELD_NAME_BYTES``) from that section leaves the held row's
+    fields as they are.
     """
     # Anchored to whole lines by a lookbehind after the literal head and a lookahead at the
     # end rather than ^/$ with MULTILINE: a leading literal lets sre skip ahead to candidate
@@ -79,19 +88,28 @@ def build_fast_path() -> tuple["re.Pattern[bytes]", int, int]:
     head = "%s,vm=" % protocol.MEASUREMENT
     parts = [r"%s(?<![^\n]%s)([A-Za-z0-9._:-]{1,%d})" % (re.escape(head), re.escape(head),
                                                          protocol.MAX_VM_ID_LENGTH),
-             _optional(r",host=([A-Za-z0-9][A-Za-z0-9._-]{0,254})")]
+             _optional(r",host=([A-Za-z0-9][A-Za-z0-9._-]{0,254})"), " (" if compact else " "]
     seq_group = -1
     for position, (name, is_int, lo, hi, required) in enumerate(protocol.FIELDS):
         if position == 0 and not required:
             raise ValueError("the first field must be required for the fast path")
-        value = r"(%s)i" % _int_pattern(lo, hi) if is_int else "(%s)" % _float_pattern(lo, hi)
-        piece = r"%s%s=%s" % (" " if position == 0 else ",", re.escape(name), value)
+        group = "(%s)" if not compact or name == "seq" else "(?:%s)"
+        value = group % _int_pattern(lo, hi) + "i" if is_int else group % _float_pattern(lo, hi)
+        piece = r"%s%s=%s" % ("" if position == 0 else ",", re.escape(name), value)
         parts.append(piece if required else _optional(piece))
         if name == "seq":
-            seq_group = position + 2
-    parts.append(r" ([1-9]\d{9})\r?(?![^\n])")
+            seq_group = 3 if compact else position + 2
+    parts.append(r"%s ([1-9]\d{9})\r?(?![^\n])" % (")" if compact else ""))
     regex = re.compile("".join(parts).encode("ascii"))
-    return regex, len(protocol.FIELDS) + 2, seq_group
+    return regex, regex.groups - 1, seq_group
+
+
+#: What deleting from a compact field section leaves the comma-separated values: the field
+#: names' letters, ``=`` and the ``i`` of integers (values are digits and a point).
+FIELD_NAME_BYTES = bytes(sorted(set("".join(protocol.FIELD_NAMES).encode("ascii") + b"=i")))
+#: Commas among the values of a line that has every field.
+_ALL_FIELDS_COMMAS = len(protocol.FIELDS) - 1
+_VM_OF, _HOST_OF, _SECTION_OF = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 class Parser:
@@ -104,11 +122,14 @@ class Parser:
         regex, ts_group, seq_group = build_fast_path()
         self._findall = regex.findall
         self._fullmatch = regex.fullmatch
-        self._vm_of = itemgetter(0)
         self._ts_of = itemgetter(ts_group)
         self._seq_of = itemgetter(seq_group)
         # Held row (rows.py): the fields, then the host tag.
         self._row_of = itemgetter(*range(2, ts_group), 1)
+        compact, compact_ts, compact_seq = build_fast_path(compact=True)
+        self._compact_findall = compact.findall
+        self._compact_ts_of = itemgetter(compact_ts)
+        self._compact_seq_of = itemgetter(compact_seq)
         self._vm_ids: dict[bytes, str] = {}
 
     def parse(self, data: bytes, now: float) -> Parsed:
@@ -116,21 +137,28 @@ class Parser:
 
         The whole payload takes the column path when every line matched the
         regex, every VM id is known and every timestamp is in the window
-        (one min/max); otherwise the lines are checked one by one.
+        (one min/max); otherwise the lines are checked one by one.  Lines
+        with every field (what the agent sends) need only the compact regex.
         """
-        matches = self._findall(data)
+        matches = self._compact_findall(data)
         if len(matches) != _lines(data):
-            return self._line_by_line(data, now)
+            return self._line_by_line(data, now)  # the compact regex admits the same lines
         if not matches:
             return [], [], [], [], [], []
-        vms = list(map(self._vm_ids.get, map(self._vm_of, matches)))
-        tss = list(map(int, map(self._ts_of, matches)))
+        vms = list(map(self._vm_ids.get, map(_VM_OF, matches)))
+        tss = list(map(int, map(self._compact_ts_of, matches)))
         hi = int(now) + self.max_future
         lo = int(now) - self.max_past if self.max_past else 0
         if None in vms or min(tss) < lo or max(tss) > hi:
-            return self._checked(matches, now)
-        join = b",".join
-        rows = list(map(join, map(self._row_of, matches)))
+            return self._checked(self._findall(data), now)
+        values = list(map(bytes.translate, map(_SECTION_OF, matches), repeat(None),
+                          repeat(FIELD_NAME_BYTES)))
+        if set(map(bytes.count, values, repeat(b","))) == {_ALL_FIELDS_COMMAS}:
+            rows = list(map(b",".join, zip(values, map(_HOST_OF, matches), strict=True)))
+            return vms, tss, rows, list(map(int, map(self._compact_seq_of, matches))), [], []
+        # Some line lacks a field, so its values do not sit in their columns: one group each.
+        matches = self._findall(data)
+        rows = list(map(b",".join, map(self._row_of, matches)))
         raw_seqs = list(map(self._seq_of, matches))
         if b"" in raw_seqs:
             seqs = [int(s) if s else None for s in raw_seqs]
