@@ -7,9 +7,10 @@ one compiled regex built from ``protocol.FIELDS``, and its groups are turned
 into columns (VM ids, timestamps, held rows, seqs) by C-level ``map`` calls,
 with no Python loop per record.  Lines with every field, as the agent sends
 them, need only a compact form of the regex with five groups; the held row is
-then their field section with the names deleted.  The regex only admits values whose range and
-finiteness it can prove, so no float() is needed.  Anything else (reordered
-tags, exponents, ms/ns timestamps, bad input) goes through ``protocol.Decoder``
+then their field section with the names deleted.  The regex only admits
+values whose range and finiteness it can prove, so no float() is needed.
+Anything else (reordered tags, exponents, ms/ns timestamps, bad input) goes
+through ``protocol.Decoder``
 (and ``rows.held_from_record``) line by line: identical rows, just slower, and
 the decoder names the reason for every reject.
 
@@ -77,8 +78,8 @@ def build_fast_path(compact: bool = False) -> tuple["re.Pattern[bytes]", int, in
     one the timestamp.  By default every field is a group of its own: the
     fields then the host, joined with commas, are the held row (rows.py).
     ``compact`` admits the same lines with the whole field section as group 2
-    and only the seq (3) captured inside it: sre is about a quarter faster
-    with fewer groups to mark, and when a line has every field, deleting the
+    and only the seq (3) captured inside it: with fewer groups to mark sre is
+    about a sixth faster (1.8 against 2.1 us a line, measured), and when a line has every field, deleting the
     field names (``FIELD_NAME_BYTES``) from that section leaves the held row's
     fields as they are.
     """
