@@ -1,4 +1,4 @@
-"""How a flush divides the table into pool tasks and hands them to the pool."""
+"""How a flush divides the table into pool tasks."""
 
 from vmstats.server.flusher import split_tasks
 
@@ -41,52 +41,3 @@ def test_a_failed_task_keeps_only_its_own_vms_for_the_retry():
     clock.advance(0)
     assert tasks == []
     assert buffer.table["10.0.0.2"] == {1: b"b", 2: b"c"}  # restored rows are the buffer's now
-
-
-def test_a_flush_hands_the_pool_a_few_tasks_per_worker_and_the_rest_as_they_finish():
-    """The pool pickles what it is given back to back, starving the reactor of the GIL."""
-    from twisted.internet.task import Clock
-
-    from vmstats.server.buffer import Buffer
-    from vmstats.server.flusher import TASK_RECORDS, WRITE_AHEAD, FlusherService
-    from vmstats.server.metrics import Metrics
-
-    class Reactor(Clock):
-        def callFromThread(self, call, *args):
-            call(*args)
-
-    class RecordingPool:
-        """Stands in for the pool so the test decides when each task finishes."""
-
-        def __init__(self):
-            self.given = []
-
-        def apply_async(self, func, args, callback, error_callback):
-            self.given.append((args[1], callback, error_callback))
-
-    metrics = Metrics()
-    buffer = Buffer(metrics, 10 ** 6, 10 ** 6)
-    per_vm = TASK_RECORDS // 4
-    for vm in range(30):  # 30 VMs of a quarter task each: 8 tasks
-        for ts in range(per_vm):
-            buffer.put("10.0.0.%d" % vm, ts, b"row")
-    workers = 2
-    flusher = FlusherService(Reactor(), buffer, metrics, "unused", 60, workers, 5)
-    flusher.pool = pool = RecordingPool()
-    settled = []
-    flusher.flush().addCallback(settled.append)
-    assert len(pool.given) == WRITE_AHEAD * workers
-    share, done, _failed = pool.given[0]
-    done([(vm, len(rows), None, False) for vm, rows in share])
-    assert len(pool.given) == WRITE_AHEAD * workers + 1  # one finished, one more handed over
-    lost, _done, failed = pool.given[1]
-    failed(RuntimeError("worker died"))  # a failure frees a place too
-    assert len(pool.given) == WRITE_AHEAD * workers + 2
-    position = 2
-    while position < len(pool.given):
-        share, done, _failed = pool.given[position]
-        done([(vm, len(rows), None, False) for vm, rows in share])
-        position += 1
-    assert position == 8 and not flusher.buffer.table.keys() - {vm for vm, _rows in lost}
-    assert settled == [30 * per_vm - sum(len(rows) for _vm, rows in lost)]
-    assert buffer.count == sum(len(rows) for _vm, rows in lost)  # kept for the next flush

@@ -11,7 +11,6 @@ order follows the receive order.
 import logging
 import multiprocessing
 import time
-from collections import deque
 
 from apscheduler.executors.debug import DebugExecutor
 from apscheduler.schedulers.twisted import TwistedScheduler
@@ -38,10 +37,6 @@ class WriterDied(RuntimeError):
 #: the GIL for the whole ``pickle.dumps``: a million records in one task stall the reactor for
 #: half a second (and the UDP socket overflows); 20,000 keep each stall to a few milliseconds.
 TASK_RECORDS = 20_000
-#: Tasks handed to the pool per worker before one comes back.  The pool pickles whatever it
-#: is given at once, back to back, and the reactor then gets the GIL between pickles only:
-#: handing tasks over as workers finish spreads that pickling over the flush.
-WRITE_AHEAD = 2
 
 
 def split_tasks(table: Table, max_records: int = TASK_RECORDS) -> list[list[tuple[str, dict[int, bytes]]]]:
@@ -160,31 +155,22 @@ class FlusherService(service.Service):
         started = time.monotonic()
         tasks = split_tasks(table)
         self._watched = list(getattr(self.pool, "_pool", ()))
-        waiting = self._waiting = [defer.Deferred() for _ in tasks]
-        queue = deque(zip(tasks, waiting, strict=True))
-
-        def feed(result=None):
-            if queue and self._waiting is waiting:  # not once the flush is abandoned
-                self._submit(*queue.popleft())
-            return result
-
-        for result in waiting:
-            result.addBoth(feed)
-        for _ in range(WRITE_AHEAD * self.workers):
-            feed()
-        done = defer.DeferredList(waiting, consumeErrors=True)
+        self._waiting = [self._submit(share) for share in tasks]
+        done = defer.DeferredList(self._waiting, consumeErrors=True)
         done.addCallback(self._settle, tasks, started, mark)
         self.in_flight = done
         done.addBoth(self._finished)
         return done
 
-    def _submit(self, share, result: defer.Deferred) -> None:
+    def _submit(self, share) -> defer.Deferred:
+        result = defer.Deferred()
         self.pool.apply_async(
             write_share, (self.data_dir, share),
             callback=lambda value: self.reactor.callFromThread(_fire, result.callback, result,
                                                                value),
             error_callback=lambda exc: self.reactor.callFromThread(_fire, result.errback, result,
                                                                    exc))
+        return result
 
     def _settle(self, outcomes, tasks, started: float, mark: int | None = None) -> int:
         written = vms = 0
