@@ -111,18 +111,19 @@ def dedupe_cost(scratch: str, vms: int, rows_per_day: int) -> tuple:
         logstore.append_rows(data_dir, vm, {day_start + 60 * i: b"%d,1,,2,,,,,,,%d," % (
             day_start + 60 * i, i) for i in range(rows_per_day - 1)})
     results = {"checked": [], "unchecked": []}
-    original = writer.unlogged
+    original = logstore.missing_rows
     for attempt in range(4):
         for variant in ("checked", "unchecked"):
             share = [("10.9.%d.%d" % (v >> 8, v & 255),
                       {last_minute + attempt * 2 + (variant == "unchecked"): b"1,,2,,,,,,,,"})
                      for v in range(vms)]
-            writer.unlogged = original if variant == "checked" else (lambda _d, _v, rows: rows)
+            logstore.missing_rows = (original if variant == "checked"
+                                     else (lambda _d, _v, rows, _ends=None: rows))
             started = time.perf_counter()
             outcome = writer.write_share(data_dir, share)
             results[variant].append((time.perf_counter() - started) / vms * 1e6)
             assert all(error is None for _vm, _n, error, _r in outcome)
-    writer.unlogged = original
+    logstore.missing_rows = original
     shutil.rmtree(data_dir)
     return min(results["checked"]), min(results["unchecked"])
 

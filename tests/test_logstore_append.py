@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmstats import logstore
-from vmstats.server.writer import unlogged, write_share
+from vmstats.server.writer import write_share
 
 DAY = 86400
 T0 = 1_732_233_600  # 2024-11-22 00:00:00 UTC
@@ -80,16 +80,16 @@ def files(data_dir) -> dict:
     return found
 
 
-@pytest.fixture(autouse=True)
-def fresh_memory(monkeypatch):
-    """Each test starts as a new writer process: no remembered file ends."""
-    monkeypatch.setattr(logstore, "_ends", {})
+@pytest.fixture
+def memory() -> logstore.DayFileEnds:
+    """What one writer process remembers of the day files' ends; each test starts a new one."""
+    return logstore.DayFileEnds()
 
 
-def logged(data_dir: str, rows: dict) -> int:
+def logged(data_dir: str, rows: dict, memory: logstore.DayFileEnds) -> int:
     """What a writer does with one VM's rows: the missing ones appended; the count written."""
-    fresh = unlogged(data_dir, VM, rows)
-    return logstore.append_rows(data_dir, VM, fresh) if fresh else 0
+    fresh = logstore.missing_rows(data_dir, VM, rows, memory)
+    return logstore.append_rows(data_dir, VM, fresh, memory) if fresh else 0
 
 
 def body(data_dir: str, day_start: int) -> bytes:
@@ -139,16 +139,16 @@ def test_an_empty_append_still_makes_the_vm_folder(tmp_path):
 
 
 @pytest.mark.parametrize("removed", ["vm folder", "vms folder", "day file"])
-def test_a_folder_or_file_deleted_since_the_last_write_is_made_again(tmp_path, removed):
+def test_a_folder_or_file_deleted_since_the_last_write_is_made_again(tmp_path, removed, memory):
     data = str(tmp_path)
-    assert logged(data, {T0: row(T0)}) == 1
+    assert logged(data, {T0: row(T0)}, memory) == 1
     target = {"vm folder": logstore.vm_dir(data, VM), "vms folder": os.path.join(data, "vms"),
               "day file": logstore.day_path(data, VM, logstore.day_of(T0))}[removed]
     shutil.rmtree(target) if os.path.isdir(target) else os.unlink(target)
     # The same row again: the file that held it is gone, so it is written again, with a header.
-    assert logged(data, {T0: row(T0), T0 + 60: row(T0 + 60)}) == 2
+    assert logged(data, {T0: row(T0), T0 + 60: row(T0 + 60)}, memory) == 2
     assert body(data, T0) == logstore.HEADER + row(T0) + b"\n" + row(T0 + 60) + b"\n"
-    assert logged(data, {T0 + 60: row(T0 + 60)}) == 0
+    assert logged(data, {T0 + 60: row(T0 + 60)}, memory) == 0
 
 
 @pytest.mark.parametrize("in_the_way", ["day file", "vm folder"])
@@ -167,73 +167,73 @@ def test_a_failed_write_is_reported_for_a_retry(tmp_path, in_the_way):
         "IsADirectoryError", "NotADirectoryError")
 
 
-def test_a_short_write_is_continued_and_a_write_of_nothing_is_an_error(tmp_path, monkeypatch):
+def test_a_short_write_is_continued_and_a_write_of_nothing_is_an_error(tmp_path, monkeypatch, memory):
     real_write = os.write
     monkeypatch.setattr(logstore.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
     rows = {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}
-    assert logstore.append_rows(str(tmp_path / "new"), VM, rows) == 3
+    assert logstore.append_rows(str(tmp_path / "new"), VM, rows, memory) == 3
     reference_append(str(tmp_path / "old"), VM, rows)
     assert files(tmp_path / "new") == files(tmp_path / "old")
     monkeypatch.setattr(logstore.os, "write", lambda fd, data: 0)
     with pytest.raises(OSError):
-        logstore.append_rows(str(tmp_path / "new"), VM, {T0 + DAY: row(T0 + DAY)})
+        logstore.append_rows(str(tmp_path / "new"), VM, {T0 + DAY: row(T0 + DAY)}, memory)
     # The failed append is not remembered as written: the next check reads the file.
     monkeypatch.setattr(logstore.os, "write", real_write)
-    assert logged(str(tmp_path / "new"), rows) == 0
+    assert logged(str(tmp_path / "new"), rows, memory) == 0
 
 
 # -- the check for rows already logged ---------------------------------------------------------
-def test_a_resent_row_is_found_even_after_a_later_write_of_an_older_row(tmp_path):
+def test_a_resent_row_is_found_even_after_a_later_write_of_an_older_row(tmp_path, memory):
     """A row newer than the file's last line can still be in it when the file is out of order;
     only rows newer than every row logged may skip the comparison."""
     data = str(tmp_path)
-    assert logged(data, {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120)}) == 2
-    assert logged(data, {T0: row(T0)}) == 1  # late: the file ends with its oldest row
+    assert logged(data, {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120)}, memory) == 2
+    assert logged(data, {T0: row(T0)}, memory) == 1  # late: the file ends with its oldest row
     resent = {T0 + 120: row(T0 + 120), T0 + 180: row(T0 + 180)}
-    assert logstore.missing_rows(data, VM, resent) == {T0 + 180: row(T0 + 180)}
-    logstore._ends.clear()  # the same from a process that has not seen the file
-    assert logstore.missing_rows(data, VM, resent) == {T0 + 180: row(T0 + 180)}
+    assert logstore.missing_rows(data, VM, resent, memory) == {T0 + 180: row(T0 + 180)}
+    memory = logstore.DayFileEnds()  # the same from a process that has not seen the file
+    assert logstore.missing_rows(data, VM, resent, memory) == {T0 + 180: row(T0 + 180)}
 
 
-def test_rows_another_writer_appended_since_are_read_and_found(tmp_path):
+def test_rows_another_writer_appended_since_are_read_and_found(tmp_path, memory):
     data = str(tmp_path)
-    assert logged(data, {T0: row(T0)}) == 1
+    assert logged(data, {T0: row(T0)}, memory) == 1
     with open(logstore.day_path(data, VM, logstore.day_of(T0)), "ab") as other:  # another process
         other.write(row(T0 + 60) + b"\n" + row(T0 + 120) + b"\n")
     rows = {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120, tag=9), T0 + 180: row(T0 + 180)}
-    assert logstore.missing_rows(data, VM, rows) == {T0 + 120: row(T0 + 120, tag=9),
+    assert logstore.missing_rows(data, VM, rows, memory) == {T0 + 120: row(T0 + 120, tag=9),
                                                      T0 + 180: row(T0 + 180)}
 
 
-def test_an_append_after_another_writers_append_does_not_vouch_for_its_rows(tmp_path):
+def test_an_append_after_another_writers_append_does_not_vouch_for_its_rows(tmp_path, memory):
     """An append without a check first (append_rows alone) cannot know what another writer
     added since this process last saw the file: it must not remember the end as complete."""
     data = str(tmp_path)
-    assert logged(data, {T0: row(T0)}) == 1
+    assert logged(data, {T0: row(T0)}, memory) == 1
     with open(logstore.day_path(data, VM, logstore.day_of(T0)), "ab") as other:
         other.write(row(T0 + 180) + b"\n")
-    assert logstore.append_rows(data, VM, {T0 + 120: row(T0 + 120)}) == 1
-    assert logstore.missing_rows(data, VM, {T0 + 180: row(T0 + 180)}) == {}
+    assert logstore.append_rows(data, VM, {T0 + 120: row(T0 + 120)}, memory) == 1
+    assert logstore.missing_rows(data, VM, {T0 + 180: row(T0 + 180)}, memory) == {}
 
 
-def test_only_the_new_bytes_are_read_when_the_end_is_remembered(tmp_path, monkeypatch):
+def test_only_the_new_bytes_are_read_when_the_end_is_remembered(tmp_path, monkeypatch, memory):
     data = str(tmp_path)
-    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(1000)}) == 1000
+    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(1000)}, memory) == 1000
     reads = []
     real_pread = os.pread
     monkeypatch.setattr(logstore.os, "pread", lambda fd, n, at: reads.append(n) or real_pread(fd, n, at))
-    assert logged(data, {T0 + 60_000: row(T0 + 60_000)}) == 1
+    assert logged(data, {T0 + 60_000: row(T0 + 60_000)}, memory) == 1
     assert reads == [logstore._TAIL]
-    logstore._ends.clear()
+    memory = logstore.DayFileEnds()
     size = len(body(data, T0))
-    assert logged(data, {T0 + 60_060: row(T0 + 60_060)}) == 1
+    assert logged(data, {T0 + 60_060: row(T0 + 60_060)}, memory) == 1
     assert reads[-1] == size  # not remembered: the whole file
 
 
 @pytest.mark.parametrize("change", ["truncated", "rewritten in place", "replaced"])
-def test_a_file_changed_behind_the_writers_back_is_read_whole_again(tmp_path, change):
+def test_a_file_changed_behind_the_writers_back_is_read_whole_again(tmp_path, change, memory):
     data = str(tmp_path)
-    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}) == 3
+    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}, memory) == 3
     path = logstore.day_path(data, VM, logstore.day_of(T0))
     original = open(path, "rb").read()
     # The change puts in a row newer than any this process wrote, and keeps the file's size.
@@ -251,77 +251,77 @@ def test_a_file_changed_behind_the_writers_back_is_read_whole_again(tmp_path, ch
         os.unlink(path)
         with open(path, "wb") as handle:
             handle.write(changed)
-    assert logstore.missing_rows(data, VM, {T0 + 600: hidden, T0 + 660: row(T0 + 660)}) == {
+    assert logstore.missing_rows(data, VM, {T0 + 600: hidden, T0 + 660: row(T0 + 660)}, memory) == {
         T0 + 660: row(T0 + 660)}
 
 
-def test_a_file_replaced_with_the_same_size_and_end_is_read_whole_again(tmp_path):
+def test_a_file_replaced_with_the_same_size_and_end_is_read_whole_again(tmp_path, memory):
     """Only the inode tells this one apart (an editor's or ``sed -i``'s rename over the file)."""
     data = str(tmp_path)
-    assert logged(data, {T0: row(T0, 0), T0 + 60: row(T0 + 60, 1)}) == 2
+    assert logged(data, {T0: row(T0, 0), T0 + 60: row(T0 + 60, 1)}, memory) == 2
     path = logstore.day_path(data, VM, logstore.day_of(T0))
     hidden = row(T0 + 600, 7)
     with open(path + ".tmp", "wb") as handle:
         handle.write(logstore.HEADER + hidden + b"\n" + row(T0 + 60, 1) + b"\n")
     assert os.path.getsize(path + ".tmp") == os.path.getsize(path)
     os.rename(path + ".tmp", path)
-    assert logstore.missing_rows(data, VM, {T0 + 600: hidden}) == {}
+    assert logstore.missing_rows(data, VM, {T0 + 600: hidden}, memory) == {}
 
 
-def test_a_torn_line_another_writer_left_is_ended_before_the_next_append(tmp_path):
+def test_a_torn_line_another_writer_left_is_ended_before_the_next_append(tmp_path, memory):
     data = str(tmp_path)
-    assert logged(data, {T0: row(T0)}) == 1
+    assert logged(data, {T0: row(T0)}, memory) == 1
     path = logstore.day_path(data, VM, logstore.day_of(T0))
     with open(path, "ab") as other:  # a writer killed mid-write, after this one remembered the end
         other.write(row(T0 + 60)[:-5])
-    assert logged(data, {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120)}) == 2
+    assert logged(data, {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120)}, memory) == 2
     assert open(path, "rb").read() == (logstore.HEADER + row(T0) + b"\n" + row(T0 + 60)[:-5] + b"\n"
                                        + row(T0 + 60) + b"\n" + row(T0 + 120) + b"\n")
     frame, bad = logstore.read_rows([path])
     assert bad == 1 and list(frame["ts"]) == [T0, T0 + 60, T0 + 120]
 
 
-def test_a_fifo_in_the_way_does_not_block_the_check(tmp_path):
+def test_a_fifo_in_the_way_does_not_block_the_check(tmp_path, memory):
     path = logstore.day_path(str(tmp_path), VM, logstore.day_of(T0))
     os.makedirs(os.path.dirname(path))
     os.mkfifo(path)
     rows = {T0: row(T0)}
-    assert logstore.missing_rows(str(tmp_path), VM, rows) is rows  # the append reports the FIFO
+    assert logstore.missing_rows(str(tmp_path), VM, rows, memory) is rows  # the append reports the FIFO
 
 
 @pytest.mark.parametrize("start", [0, 60, 999_999_999 - 600])  # days whose stamps vary in length
-def test_days_whose_timestamps_change_length_are_checked_too(tmp_path, start):
+def test_days_whose_timestamps_change_length_are_checked_too(tmp_path, start, memory):
     data = str(tmp_path)
     rows = {start + 60 * i: row(start + 60 * i, i) for i in range(12)}
-    assert logged(data, rows) == 12
-    assert logged(data, rows) == 0
-    logstore._ends.clear()
-    assert logged(data, rows) == 0
+    assert logged(data, rows, memory) == 12
+    assert logged(data, rows, memory) == 0
+    memory = logstore.DayFileEnds()
+    assert logged(data, rows, memory) == 0
 
 
 @pytest.mark.parametrize("junk", [logstore.HEADER, b"99999999999,x\n", b"9,x\n", b"1732233600x\n"])
-def test_a_line_sorting_after_every_row_does_not_hide_a_logged_row(tmp_path, junk):
+def test_a_line_sorting_after_every_row_does_not_hide_a_logged_row(tmp_path, junk, memory):
     """The largest row is found as the largest line; a line that is not a row of the day (a
     header repeated, hand-edited junk) sorting after it makes the check parse every line."""
     data = str(tmp_path)
-    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}) == 3
+    assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}, memory) == 3
     path = logstore.day_path(data, VM, logstore.day_of(T0))
     with open(path, "ab") as other:
         other.write(junk + row(T0 + 900) + b"\n")
     for process in ("this one", "another"):
         if process == "another":
-            logstore._ends.clear()
-        assert logstore.missing_rows(data, VM, {T0 + 900: row(T0 + 900)}) == {}
+            memory = logstore.DayFileEnds()
+        assert logstore.missing_rows(data, VM, {T0 + 900: row(T0 + 900)}, memory) == {}
 
 
-def test_the_remembered_ends_are_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(logstore, "KNOWN_ENDS", 4)
+def test_the_remembered_ends_are_bounded(tmp_path):
+    memory = logstore.DayFileEnds(capacity=4)
     data = str(tmp_path)
     for day in range(10):
-        assert logged(data, {T0 + day * DAY: row(T0 + day * DAY)}) == 1
-    assert len(logstore._ends) == 4
+        assert logged(data, {T0 + day * DAY: row(T0 + day * DAY)}, memory) == 1
+    assert len(memory) == 4
     for day in range(10):  # forgotten or not, nothing is written twice
-        assert logged(data, {T0 + day * DAY: row(T0 + day * DAY)}) == 0
+        assert logged(data, {T0 + day * DAY: row(T0 + day * DAY)}, memory) == 0
 
 
 # -- the same files as before, whatever happens ------------------------------------------------
@@ -341,13 +341,13 @@ def test_any_sequence_of_flushes_leaves_the_same_files_as_the_plain_write_path(t
     new, old = str(tmp_path / "new"), str(tmp_path / "old")
     for folder in (new, old):
         shutil.rmtree(folder, ignore_errors=True)
-    memories = {"a": {}, "b": {}}
+    memories = {"a": logstore.DayFileEnds(), "b": logstore.DayFileEnds()}
     for kind, first, second in steps:
         if kind == "flush":
-            logstore._ends = memories[first]
+            memory = memories[first]
             rows = {T0 + 60 * minute: row(T0 + 60 * minute, tag) for minute, tag in second}
-            fresh = logstore.missing_rows(new, VM, rows)
-            written = logstore.append_rows(new, VM, fresh) if fresh else 0
+            fresh = logstore.missing_rows(new, VM, rows, memory)
+            written = logstore.append_rows(new, VM, fresh, memory) if fresh else 0
             fresh_old = reference_unlogged(old, VM, rows)
             assert written == (reference_append(old, VM, fresh_old) if fresh_old else 0)
         else:

@@ -123,28 +123,49 @@ _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 #: Flags of the read for rows already logged.  O_NONBLOCK so that opening a FIFO in the
 #: way does not block; it is then seen not to be a regular file and left to the append.
 _PROBE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-#: Bytes of a day file's end remembered (see _ends): enough to notice a rewritten end.
+#: Bytes of a day file's end remembered (see DayFileEnds): enough to notice a rewritten end.
 _TAIL = 32
 #: Day files whose end a process remembers (about 400 bytes each, so at most ~13 MiB);
 #: past it the least recently used are forgotten, which costs them one whole read at
 #: their next check, nothing else.
 KNOWN_ENDS = 1 << 15
 
-#: What this process last saw at the end of each day file it checked or appended to:
-#: ``path -> (st_dev, st_ino, size, last, tail)``, where ``size`` is just after a newline,
-#: ``last`` the largest timestamp of the rows in the first ``size`` bytes (-1: none) and
-#: ``tail`` the bytes just before ``size``.  It lets missing_rows read only what was
-#: appended since instead of the whole file; the tail is checked against the file so a
-#: file truncated, replaced or rewritten since is read whole again.
-_ends: Dict[str, Tuple[int, int, int, int, bytes]] = {}
+End = Tuple[int, int, int, int, bytes]
 
 
-def _remember(path: str, end: Tuple[int, int, int, int, bytes]) -> None:
-    """Remember a day file's end, the least recently used forgotten past KNOWN_ENDS."""
-    _ends.pop(path, None)
-    if len(_ends) >= KNOWN_ENDS:
-        del _ends[next(iter(_ends))]
-    _ends[path] = end
+class DayFileEnds:
+    """What one process last saw at the end of each day file it checked or appended to.
+
+    ``path -> (st_dev, st_ino, size, last, tail)``, where ``size`` is just
+    after a newline, ``last`` the largest timestamp of the rows in the first
+    ``size`` bytes (-1: none) and ``tail`` the bytes just before ``size``.  It
+    lets missing_rows read only what was appended since instead of the whole
+    file; the tail is checked against the file, so a file truncated, replaced
+    or rewritten since is read whole again.  A writer process keeps one for
+    its life; without one every check reads the whole day file.
+    """
+
+    def __init__(self, capacity: int = KNOWN_ENDS):
+        self.capacity = capacity
+        self._ends: Dict[str, End] = {}
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def get(self, path: str) -> Optional[End]:
+        return self._ends.get(path)
+
+    def forget(self, path: str) -> Optional[End]:
+        """Forget a file's end; returns what was remembered."""
+        return self._ends.pop(path, None)
+
+    def remember(self, path: str, end: End) -> None:
+        """Remember a day file's end, the least recently used forgotten past ``capacity``."""
+        ends = self._ends
+        ends.pop(path, None)
+        if len(ends) >= self.capacity:
+            del ends[next(iter(ends))]
+        ends[path] = end
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -161,7 +182,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[done:]
 
 
-def _append(folder: str, path: str, payload: bytes, last: int) -> None:
+def _append(folder: str, path: str, payload: bytes, last: int, ends: DayFileEnds) -> None:
     """Append ``payload`` (whole rows, newest ``last``) to one day file, header first if new.
 
     The directory is made only when the open says it is missing (a new VM, or
@@ -174,7 +195,7 @@ def _append(folder: str, path: str, payload: bytes, last: int) -> None:
     except FileNotFoundError:
         os.makedirs(folder, exist_ok=True)
         fd = os.open(path, _APPEND_FLAGS, 0o666)
-    known = _ends.pop(path, None)
+    known = ends.forget(path)
     try:
         st = os.fstat(fd)
         size = st.st_size
@@ -189,26 +210,29 @@ def _append(folder: str, path: str, payload: bytes, last: int) -> None:
     finally:
         os.close(fd)
     if size == 0 or known is not None:
-        _remember(path, (st.st_dev, st.st_ino, size + len(payload), max(before, last),
-                         (tail + payload)[-_TAIL:]))
+        ends.remember(path, (st.st_dev, st.st_ino, size + len(payload), max(before, last),
+                             (tail + payload)[-_TAIL:]))
 
 
-def append_rows(data_dir: str, vm: str, rows: Mapping[int, bytes]) -> int:
+def append_rows(data_dir: str, vm: str, rows: Mapping[int, bytes],
+                ends: Optional[DayFileEnds] = None) -> int:
     """Append one VM's buffered rows (``{ts: row}``) to its day files.
 
     Rows are sorted by time and written with one ``write`` per day file, so a
     reader never sees half a batch from a single flush; a new file gets the
     header in the same write.  Returns the number of rows written; raises
-    OSError on any failure (the caller keeps the rows and retries).
+    OSError on any failure (the caller keeps the rows and retries).  ``ends``
+    learns the new end of each file (DayFileEnds).
     """
     folder = vm_dir(data_dir, vm)
     if not rows:
         os.makedirs(folder, exist_ok=True)
         return 0
     written = 0
+    ends = ends if ends is not None else DayFileEnds()
     for day, stamps in split_days(rows):
         _append(folder, _day_file(folder, day_name(day)),
-                b"\n".join([rows[ts] for ts in stamps]) + b"\n", stamps[-1])
+                b"\n".join([rows[ts] for ts in stamps]) + b"\n", stamps[-1], ends)
         written += len(stamps)
     return written
 
@@ -248,13 +272,14 @@ def _end_torn_line(path: str) -> None:
         os.close(fd)
 
 
-def _logged_lines(path: str, day: int, first: int) -> Tuple[List[bytes], int]:
+def _logged_lines(path: str, day: int, first: int,
+                  ends: DayFileEnds) -> Tuple[List[bytes], int]:
     """``(lines, last)``: the lines of a day file that a row stamped ``first`` or later may
     equal, and the largest timestamp of day ``day`` that any line of the file starts with.
 
     A row newer than ``last`` cannot be in the file, which settles the usual
     flush without comparing rows.  Usually this process remembers the file's
-    end (_ends) and ``first`` is newer than every row before it: only the
+    end (``ends``) and ``first`` is newer than every row before it: only the
     bytes appended since (by another writer process; usually none) are read,
     with the remembered tail of the file before them to prove it unchanged.
     Otherwise (a file this process has not seen, rewritten since, or a row as
@@ -265,13 +290,13 @@ def _logged_lines(path: str, day: int, first: int) -> Tuple[List[bytes], int]:
     try:
         fd = os.open(path, _PROBE_FLAGS)
     except FileNotFoundError:
-        _ends.pop(path, None)
+        ends.forget(path)
         return [], -1
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return [], -1
-        known = _ends.get(path)
+        known = ends.get(path)
         data = None
         if (known is not None and known[0] == st.st_dev and known[1] == st.st_ino
                 and known[2] <= st.st_size and first > known[3]):
@@ -296,22 +321,38 @@ def _logged_lines(path: str, day: int, first: int) -> Tuple[List[bytes], int]:
     lines = new.split(b"\n") if new else []
     if lines:
         last = max(last, _last_stamp(lines, day))
-    _remember(path, (st.st_dev, st.st_ino, start + len(data), last, data[-_TAIL:]))
+    ends.remember(path, (st.st_dev, st.st_ino, start + len(data), last, data[-_TAIL:]))
     return lines, last
 
 
-def missing_rows(data_dir: str, vm: str, rows: Dict[int, bytes]) -> Dict[int, bytes]:
+def missing_rows(data_dir: str, vm: str, rows: Dict[int, bytes],
+                 ends: Optional[DayFileEnds] = None) -> Dict[int, bytes]:
     """The rows (``{ts: row}``) that their day file does not already hold, byte for byte.
+
+    A record can reach the writer twice: a TCP batch resent because its ack
+    was lost when the server died after logging it, or a journal segment
+    replayed after a crash that came after its flush.  Appending only what
+    the day file lacks makes both harmless.  A corrected record (same
+    timestamp, other values) is still appended, and the last row for a
+    timestamp still wins.
 
     ``rows`` itself when none is already there (the usual case, no copy).  A
     row is assumed to start with its own timestamp, as format_row and the
-    server's rows write it.  A torn last line of a day file is ended first
-    (_end_torn_line).  Raises OSError when a day file cannot be read.
+    server's rows write it.  With the ``ends`` a process remembers, the check
+    usually reads nothing but a file's last bytes: rows newer than everything
+    logged cannot be there already.  A file not remembered, or rows as old as
+    some logged, cost one read of the whole day file (at most 1,440 rows).
+
+    A day file that does not end with a newline was torn by a writer killed
+    mid-write: it gets its newline first (_end_torn_line), so the torn piece
+    stays one bad line that readers skip instead of swallowing the next row
+    appended.  Raises OSError when a day file cannot be read.
     """
+    ends = ends if ends is not None else DayFileEnds()
     folder = vm_dir(data_dir, vm)
     fresh = rows
     for day, stamps in split_days(rows):
-        lines, last = _logged_lines(_day_file(folder, day_name(day)), day, stamps[0])
+        lines, last = _logged_lines(_day_file(folder, day_name(day)), day, stamps[0], ends)
         if stamps[0] > last:
             continue  # newer than every row logged: none of them is there
         present = set(lines) if len(lines) > 8 else lines
