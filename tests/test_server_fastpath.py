@@ -174,3 +174,22 @@ def test_reject_logging_is_rate_limited(caplog):
         for i in range(1000):
             limited.emit("bad line %d", i)
     assert len(caplog.records) == 3 and limited.suppressed == 997
+
+
+def test_each_payload_runs_one_regex_pass_when_its_lines_share_a_shape():
+    parser = Parser(max_future=300, max_past=0)
+    passes = []
+    for name in ("_findall", "_compact_findall"):
+        run = getattr(parser, name)
+        setattr(parser, name, lambda data, run=run, name=name: passes.append(name) or run(data))
+    full = protocol.Record(vm="10.0.0.1", ts=NOW, cpu=1.5, cpu_max=2.0, mem=2.25, disk_r=1.0,
+                           disk_w=2.0, net_rx=3.0, net_tx=4.0, vcpus=2, mem_mb=4096, seq=7)
+    shapes = {"every field": full, "some fields": full._replace(disk_r=None, seq=None)}
+    for shape, record in shapes.items():
+        payload = b"\n".join(protocol.encode_record(record._replace(ts=NOW - i)).encode()
+                             for i in range(3))
+        parser.parse(payload, NOW)  # meets the VM id
+        del passes[:]
+        vms, _tss, rows, _seqs, _rejects, _details = parser.parse(payload, NOW)
+        assert vms == ["10.0.0.1"] * 3 and rows[0] == held_from_record(record)
+        assert passes == (["_compact_findall"] if shape == "every field" else ["_findall"])
