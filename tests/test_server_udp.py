@@ -92,3 +92,41 @@ def test_malformed_records_are_counted_by_cause_and_the_good_ones_still_land(tmp
     assert server.returncode == 0
     assert sorted(logstore.iter_vms(str(tmp_path / "data"))) == ["10.2.0.1", "10.2.0.2"]
     assert "rejected          10" in server.output
+
+
+def test_stopping_the_port_takes_the_datagrams_already_queued():
+    """Datagrams the kernel holds for the socket when the port stops are delivered, not lost.
+
+    The port is bound on a reactor that never runs, so nothing is read until
+    the stop: everything delivered was read by ``stopListening`` itself.
+    """
+    import socket
+
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.protocol import DatagramProtocol
+
+    from vmstats.server.listeners import BatchingUDPPort, set_rcvbuf
+
+    class Collect(DatagramProtocol):
+        def __init__(self):
+            self.got: list[bytes] = []
+
+        def datagramsReceived(self, batch):
+            self.got.extend(batch)
+
+    reactor = EPollReactor()
+    collect = Collect()
+    port = BatchingUDPPort(0, collect, "127.0.0.1", protocol.MAX_DATAGRAM_SIZE, reactor)
+    port.startListening()
+    assert set_rcvbuf(port.socket, 4 << 20) >= 1 << 20  # room for all of them, queued
+    sent = [line(Record(vm="10.9.0.%d" % (i % 7), ts=now() - 60 * i, cpu=1.0, mem=2.0))
+            for i in range(2000)]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for datagram in sent:
+                sock.sendto(datagram, port.socket.getsockname())
+        port.stopListening()
+        assert collect.got == sent
+    finally:
+        port.connectionLost()
+        reactor._poller.close()

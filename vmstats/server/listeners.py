@@ -158,12 +158,16 @@ class BatchingUDPPort(udp.Port):
     batch_size = 512
 
     def doRead(self) -> None:
+        self._read(self.maxThroughput)
+
+    def _read(self, limit: float) -> bool:
+        """Read and deliver up to ``limit`` bytes of datagrams; True once the socket is empty."""
         recv = self.socket.recv
         size = self.maxPacketSize
         batch: list[bytes] = []
         read = 0
         try:
-            while read < self.maxThroughput:
+            while read < limit:
                 data = recv(size)
                 read += len(data)
                 batch.append(data)
@@ -173,9 +177,28 @@ class BatchingUDPPort(udp.Port):
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED):
                 raise
+            return exc.errno != errno.EINTR
         finally:
             if batch:
                 self._deliver(batch)
+        return False
+
+    def stopListening(self):
+        """Read what the socket already holds, then close it.
+
+        Datagrams the kernel queued before the stop were received by this
+        host; closing the socket with them unread would lose them silently,
+        up to a whole receive buffer when the stop comes while the reactor is
+        behind.  The read is bounded by what the buffer can hold (each
+        datagram takes more of it than its payload), so senders that keep
+        sending cannot hold the stop up.
+        """
+        if self.connected:
+            try:
+                self._read(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            except OSError as exc:
+                log.error("reading the UDP socket before closing it: %s", exc)
+        return super().stopListening()
 
     def _deliver(self, batch: list[bytes]) -> None:
         try:
