@@ -88,9 +88,12 @@ class ServerProcess:
         try:
             self.proc.wait(self.stop_timeout)
         except subprocess.TimeoutExpired:
+            # Where it is stuck: the server prints every thread's stack on SIGUSR1.
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
             self.kill()
-            raise ServerError("server did not stop within %.0fs:\n%s"
-                              % (self.stop_timeout, self.output)) from None
+            raise ServerError("server did not stop within %.0fs (its threads' stacks at the end):"
+                              "\n%s" % (self.stop_timeout, self.output)) from None
         return self._collect()
 
     def wait(self, timeout: float) -> int:

@@ -231,3 +231,18 @@ def test_the_udp_receive_buffer_is_what_was_asked_when_privileged(tmp_path):
     else:
         assert granted == min(asked, cap)
         assert granted == asked or "raise net.core.rmem_max" in server.output
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_server_carries_on(tmp_path):
+    """What to ask a server that seems stuck; the test helper asks it when a stop times out."""
+    with serve(tmp_path, "--flush-interval", "60") as server:
+        server.proc.send_signal(signal.SIGUSR1)
+        output = tmp_path / "server-output.txt"
+        server.wait_for(lambda _s: "most recent call first" in output.read_text(errors="replace"),
+                        timeout=10)
+        server.send_udp(line(Record(vm="10.9.0.2", ts=now() - 60, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+        assert server.stop() == 0
+    dump = server.output
+    assert "Current thread" in dump and "service.py" in dump  # the reactor thread, in run()
+    assert len(logged(tmp_path / "data", "10.9.0.2")) == 1

@@ -1,8 +1,10 @@
 """Assembly and lifecycle of the aggregator: services, status file, shutdown, summary."""
 
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 
@@ -197,7 +199,9 @@ def run(config: ServerConfig) -> int:
         if config.duration is not None:
             reactor.callLater(config.duration, reactor.stop)
 
-    # SIGTERM and SIGINT stop the reactor, which runs the shutdown trigger above.
+    # SIGTERM and SIGINT stop the reactor, which runs the shutdown trigger above.  SIGUSR1 prints
+    # every thread's stack to stderr and carries on: what to ask a server that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=True)
     if failure:
