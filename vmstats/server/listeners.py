@@ -160,8 +160,8 @@ class BatchingUDPPort(udp.Port):
     def doRead(self) -> None:
         self._read(self.maxThroughput)
 
-    def _read(self, limit: float) -> bool:
-        """Read and deliver up to ``limit`` bytes of datagrams; True once the socket is empty."""
+    def _read(self, limit: int) -> None:
+        """Read and deliver up to ``limit`` bytes of datagrams, or until the socket is empty."""
         recv = self.socket.recv
         size = self.maxPacketSize
         batch: list[bytes] = []
@@ -177,11 +177,9 @@ class BatchingUDPPort(udp.Port):
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED):
                 raise
-            return exc.errno != errno.EINTR
         finally:
             if batch:
                 self._deliver(batch)
-        return False
 
     def stopListening(self):
         """Read what the socket already holds, then close it.

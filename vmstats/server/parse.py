@@ -79,9 +79,9 @@ def build_fast_path(compact: bool = False) -> tuple["re.Pattern[bytes]", int, in
     fields then the host, joined with commas, are the held row (rows.py).
     ``compact`` admits the same lines with the whole field section as group 2
     and only the seq (3) captured inside it: with fewer groups to mark sre is
-    about a sixth faster (1.8 against 2.1 us a line, measured), and when a line has every field, deleting the
-    field names (``FIELD_NAME_BYTES``) from that section leaves the held row's
-    fields as they are.
+    about a sixth faster (1.8 against 2.1 us a line, measured), and when a
+    line has every field, deleting the field names (``FIELD_NAME_BYTES``) from
+    that section leaves the held row's fields as they are.
     """
     # Anchored to whole lines by a lookbehind after the literal head and a lookahead at the
     # end rather than ^/$ with MULTILINE: a leading literal lets sre skip ahead to candidate

@@ -22,11 +22,6 @@ def held_from_record(record: Record) -> bytes:
     return logstore.format_row(record).split(b",", 1)[1]
 
 
-def log_row(ts: int, held: bytes) -> bytes:
-    """The log row of one held record."""
-    return _LOG_ROW % (ts, held)
-
-
 def log_rows(rows: dict[int, bytes]) -> dict[int, bytes]:
     """``{ts: held}`` to ``{ts: log row}`` for ``logstore.append_rows``."""
     return dict(zip(rows, map(_LOG_ROW.__mod__, rows.items()), strict=True))
