@@ -187,6 +187,32 @@ class ServerProcess:
         return self.wait_for(seen, timeout)
 
 
+def children(pid: int) -> list:
+    """The process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open("/proc/%s/stat" % entry).read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def parsers_of(server_pid: int) -> list:
+    """The server's parser processes."""
+    found = []
+    for child in children(server_pid):
+        try:
+            if b"parseworker" in open("/proc/%d/cmdline" % child, "rb").read():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
 def serve(workdir, *args: str, **kwargs) -> ServerProcess:
     """Shorthand: ``with serve(tmp_path, "--flush-interval", "0.5") as server: ...``."""
     return ServerProcess(workdir, *args, **kwargs)

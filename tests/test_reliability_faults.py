@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 import pytest
-from serverproc import serve
+from serverproc import children, parsers_of, serve
 from test_reliability_journal import raw_rows
 from test_server_lifecycle import fifo_in_the_way
 from test_server_udp import line, now
@@ -287,19 +287,6 @@ def test_an_unwritable_data_dir_is_reported_and_written_once_fixed(tmp_path):
 
 
 # -- a dead writer -------------------------------------------------------------------------------
-def children(pid: int) -> list:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open("/proc/%s/stat" % entry).read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def blocked_writer(server_pid: int, timeout: float = 10.0) -> int:
     """The pool worker that is stuck opening the FIFO (the kernel function it sleeps in)."""
     deadline = time.monotonic() + timeout
@@ -344,17 +331,6 @@ def test_a_writer_killed_mid_flush_is_detected_the_pool_rebuilt_and_its_records_
 
 
 # -- a dead parser -------------------------------------------------------------------------------
-def parsers_of(server_pid: int) -> list:
-    found = []
-    for child in children(server_pid):
-        try:
-            if b"parseworker" in open("/proc/%d/cmdline" % child, "rb").read():
-                found.append(child)
-        except OSError:
-            continue
-    return found
-
-
 def test_parsers_killed_under_tcp_load_lose_nothing_and_are_restarted(tmp_path):
     """Payloads a dead parser held are parsed by the reactor; acknowledged means logged."""
     data = tmp_path / "data"

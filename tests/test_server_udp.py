@@ -1,8 +1,11 @@
 """The real server on loopback: what is sent over UDP is exactly what lands in the logs."""
 
+import os
+import signal
+import threading
 import time
 
-from serverproc import serve
+from serverproc import parsers_of, serve
 
 from vmstats import logstore, protocol
 from vmstats.protocol import Record
@@ -52,6 +55,8 @@ def test_duplicates_are_replaced_not_repeated(tmp_path):
     t0 = now() - 120
     with serve(tmp_path, "--flush-interval", "0.3") as server:
         server.send_udp(line(Record(vm="10.1.0.1", ts=t0, cpu=1.0, mem=1.0)))
+        # Held first: two parsers may read datagrams sent together and file either first.
+        server.wait_received(1)
         server.send_udp(line(Record(vm="10.1.0.1", ts=t0, cpu=2.0, mem=2.0)))  # same (vm, ts)
         server.wait_received(2)
         # A retransmit after a flush lands again; the reader keeps the last one.
@@ -130,3 +135,86 @@ def test_stopping_the_port_takes_the_datagrams_already_queued():
     finally:
         port.connectionLost()
         reactor._poller.close()
+
+
+# -- parser processes reading the socket --------------------------------------------------------
+def reading_udp(server, count: int) -> dict:
+    """Wait until ``count`` parser processes say they read the UDP socket."""
+    return server.wait_for(lambda s: (lambda m: m if m["vmstats_parsers_reading_udp"] == count
+                                      else None)(s.metrics()), timeout=20)
+
+
+def test_parsers_read_the_socket_and_file_exactly_what_the_reactor_would(tmp_path):
+    """The reactor stops reading once the parsers do; logs and counters come out the same."""
+    t0 = now() - 86400
+    sent = [Record(vm="10.8.0.%d" % (i % 5), ts=t0 + 60 * (i // 5), cpu=float(i % 100),
+                   mem=50.5, seq=i // 5) for i in range(1000)]
+    late = Record(vm="10.8.0.9", ts=t0, cpu=9.0, mem=9.0)
+    datagrams = [line(r) for r in sent] + [
+        b"vmstats,vm=10.8.0.1 cpu=abc,mem=1 %d" % t0,  # non_numeric, alone in its datagram
+        b"#!a control line for other readers",
+        b"#!another\n" + line(late),  # a frame-like datagram: the lines after it still count
+    ]
+    with serve(tmp_path, "--flush-interval", "60", "--parsers", "2") as server:
+        reading_udp(server, 2)
+        server.send_udp(*datagrams)
+        metrics = server.wait_received(len(sent) + 2)
+    assert server.returncode == 0, server.output
+    for vm in sorted({r.vm for r in sent}):
+        frame = logged(tmp_path / "data", vm)
+        expected = sorted((r.ts, r.cpu, r.seq) for r in sent if r.vm == vm)
+        assert list(zip(frame["ts"], frame["cpu"], frame["seq"], strict=True)) == expected
+    assert list(logged(tmp_path / "data", "10.8.0.9")["cpu"]) == [9.0]
+    assert metrics["vmstats_records_received_total"] == len(sent) + 1
+    assert metrics['vmstats_rejected_total{reason="non_numeric"}'] == 1
+    assert metrics["vmstats_datagrams_received_total"] == len(datagrams)
+    assert metrics["vmstats_bytes_received_total"] == sum(map(len, datagrams))
+    assert metrics['vmstats_parsed_payloads_total{where="remote"}'] >= 1
+    assert metrics['vmstats_parsed_payloads_total{where="here"}'] == 0  # the reactor read none
+
+
+def test_a_stop_takes_the_datagrams_the_parsers_have_not_read_yet(tmp_path):
+    """Stopped parsers leave datagrams queued in the socket; the stop still files them all."""
+    t0 = now() - 86400
+    sent = [line(Record(vm="10.8.1.%d" % (i % 10), ts=t0 + 60 * (i // 10), cpu=1.0, mem=2.0))
+            for i in range(2000)]
+    with serve(tmp_path, "--flush-interval", "60", "--parsers", "2") as server:
+        reading_udp(server, 2)
+        parsers = parsers_of(server.pid)
+        for pid in parsers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            server.send_udp(*sent)
+            assert server.metrics()["vmstats_datagrams_received_total"] == 0  # nobody read them
+        finally:
+            # Resumed only once the stop has asked them for what they hold.
+            threading.Timer(0.5, lambda: [os.kill(pid, signal.SIGCONT) for pid in parsers]).start()
+        code = server.stop()
+    assert code == 0, server.output
+    rows = sum(len(logged(tmp_path / "data", vm)) for vm in logstore.iter_vms(str(tmp_path / "data")))
+    assert rows == len(sent)
+    assert "records received  %d (%d datagrams" % (len(sent), len(sent)) in server.output
+
+
+def test_when_the_parsers_die_the_reactor_reads_the_socket_until_they_are_back(tmp_path):
+    t0 = now() - 3600
+    first = [line(Record(vm="10.8.2.%d" % (i % 10), ts=t0 + 60 * (i // 10), cpu=1.0, mem=2.0))
+             for i in range(500)]
+    second = [line(Record(vm="10.8.3.%d" % (i % 10), ts=t0 + 60 * (i // 10), cpu=1.0, mem=2.0))
+              for i in range(500)]
+    with serve(tmp_path, "--flush-interval", "60", "--parsers", "2") as server:
+        reading_udp(server, 2)
+        for pid in parsers_of(server.pid):
+            os.kill(pid, signal.SIGKILL)
+        reading_udp(server, 0)
+        server.send_udp(*first)
+        here = server.wait_received(len(first))['vmstats_parsed_payloads_total{where="here"}']
+        assert here >= 1  # the reactor read them: the parsers are not back yet
+        reading_udp(server, 2)  # restarted, and reading again
+        server.send_udp(*second)
+        metrics = server.wait_received(len(first) + len(second))
+        assert metrics['vmstats_parsed_payloads_total{where="here"}'] == here
+        assert metrics["vmstats_parser_deaths_total"] == 2
+    assert server.returncode == 0, server.output
+    rows = sum(len(logged(tmp_path / "data", vm)) for vm in logstore.iter_vms(str(tmp_path / "data")))
+    assert rows == len(first) + len(second)

@@ -76,6 +76,15 @@ class Ingest:
         self.queue.append(entry)
         parsers.parse(data, self.clock()).addBoth(self._parsed, entry)
 
+    def parsed_elsewhere(self, data: bytes, parsed: Parsed | None) -> None:
+        """File a payload a parser process read and parsed itself (UDP), after what is queued.
+
+        ``parsed`` is None when the parser failed on it: it is parsed here.
+        """
+        entry = [data, None, None]
+        self.queue.append(entry)
+        self._parsed(parsed, entry)
+
     def after(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once everything submitted so far is filed."""
         if self.queue:

@@ -9,12 +9,13 @@ data when signatures are required, per line.
 import errno
 import logging
 import re
+import select
 import socket
 import sys
 
 from twisted.application import service
+from twisted.internet import defer, udp
 from twisted.internet import protocol as tx_protocol
-from twisted.internet import udp
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log as twisted_log
 
@@ -118,6 +119,20 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
             elif not self.auth.unsigned(data):
                 continue
             self._submit(data)
+
+    def parsed_elsewhere(self, parsed, payload: bytes, datagrams: int, size: int,
+                         frames: list[bytes]) -> None:
+        """Datagrams a parser process read from the socket itself (parsers.py).
+
+        Plain ones come joined and parsed; frames (``#!``) come as they are
+        and are handled here like any frame.
+        """
+        if datagrams:
+            self.metrics.datagrams += datagrams
+            self.metrics.bytes += size
+            self.ingest.parsed_elsewhere(payload, parsed)
+        if frames:
+            self.datagramsReceived(frames)
 
     def release(self) -> None:
         """Submit the datagrams held so far as one payload."""
@@ -460,20 +475,29 @@ class ListenerService(service.Service):
         self.udp = UDPReceiver(ingest, auth, metrics, reactor)
         self.factory = TCPFactory(ingest, auth, metrics, max_line, max_connections, idle_timeout)
         self.rcvbuf = rcvbuf
-        self.ports: list = []
+        self.udp_listening: BatchingUDPPort | None = None
+        self.tcp_listening = None
         self.rcvbuf_granted = 0
+        #: The parser processes that read the UDP socket too, if they do (parsers.py).
+        self.shared_with = None
 
     def startService(self) -> None:
         service.Service.startService(self)
         udp_port = BatchingUDPPort(self.udp_port, self.udp, self.bind, protocol.MAX_DATAGRAM_SIZE,
                                    self.reactor)
         udp_port.startListening()
-        self.ports.append(udp_port)
+        self.udp_listening = udp_port
         self.udp_port = udp_port.getHost().port
         self._set_rcvbuf(udp_port.socket)
         tcp = self.reactor.listenTCP(self.tcp_port, self.factory, interface=self.bind)
-        self.ports.append(tcp)
+        self.tcp_listening = tcp
         self.tcp_port = tcp.getHost().port
+        parsers = self.udp.ingest.parsers
+        # Signed frames need the verifier's memory of nonces, which lives here: with
+        # --auth-keys every datagram is the reactor's.  EPOLLEXCLUSIVE is Linux's.
+        if parsers is not None and not self.udp.auth.required and hasattr(select, "EPOLLEXCLUSIVE"):
+            parsers.share_udp(udp_port, self.udp.parsed_elsewhere)
+            self.shared_with = parsers
 
     def _set_rcvbuf(self, sock: socket.socket) -> None:
         self.rcvbuf_granted = set_rcvbuf(sock, self.rcvbuf)
@@ -482,12 +506,26 @@ class ListenerService(service.Service):
                         "net.core.rmem_max to absorb bursts", self.rcvbuf_granted, self.rcvbuf)
 
     def stopService(self):
-        """Stop both ports and end open TCP connections (their unacknowledged batches get resent)."""
+        """Stop both ports and end open TCP connections (their unacknowledged batches get resent).
+
+        The parsers that read the UDP socket hand over what they read and what
+        it still holds first; then the port reads whatever is left and closes.
+        """
         service.Service.stopService(self)
-        from twisted.internet import defer
-        waits = [defer.maybeDeferred(port.stopListening) for port in self.ports]
-        self.udp.release()
-        self.ports = []
+        udp_port, self.udp_listening = self.udp_listening, None
+        tcp_port, self.tcp_listening = self.tcp_listening, None
+        shared, self.shared_with = self.shared_with, None
+
+        def close_udp(_=None):
+            closed = defer.maybeDeferred(udp_port.stopListening)
+            self.udp.release()
+            return closed
+
+        waits = []
+        if tcp_port is not None:
+            waits.append(defer.maybeDeferred(tcp_port.stopListening))
+        if udp_port is not None:
+            waits.append(shared.stop_udp().addCallback(close_udp) if shared else close_udp())
         for receiver in list(self.factory.protocols):
             receiver.transport.loseConnection()
         return defer.gatherResults(waits, consumeErrors=True)

@@ -12,6 +12,11 @@ outstanding payloads (the reactor parses those itself: nothing is lost) and
 is started again.  While every parser already has ``MAX_IN_FLIGHT`` bytes to
 parse the reactor parses the next payload itself, so a saturated pool slows the
 reactor's reads (and TCP senders) instead of growing a queue without bound.
+
+The parsers also read the UDP socket themselves once the listener shares it
+(``share_udp``): the reactor then only files what they send.  It stops
+reading the socket when the first parser says it reads it, and starts again
+when the last one ends, so datagrams are read while any process can.
 """
 
 import fcntl
@@ -19,12 +24,14 @@ import logging
 import marshal
 import os
 import sys
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer, error, main, protocol
 
 from vmstats.server.metrics import Metrics, RateLimitedLog
-from vmstats.server.parseworker import REPLY, REQUEST
+from vmstats.server.parse import Parsed
+from vmstats.server.parseworker import READY, REPLY, REQUEST, STOP_UDP, UDP_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,8 @@ MAX_IN_FLIGHT = 1 << 20
 PIPE_BYTES = 1 << 20
 #: Seconds before a parser that died is started again (a crash loop costs little).
 RESTART_DELAY = 1.0
-#: Seconds a parser gets to exit after its stdin closes at shutdown.
+#: Seconds a parser gets to exit after its stdin closes at shutdown, and to hand over what the
+#: UDP socket holds when the listener stops.
 STOP_GRACE = 5.0
 
 
@@ -89,12 +97,23 @@ class _Parser(protocol.ProcessProtocol):
         return None
 
     def send(self, data: bytes, now: float) -> defer.Deferred:
+        return self._ask(now, data)
+
+    def stop_udp(self) -> defer.Deferred:
+        """Ask the process to stop reading the UDP socket; fires after what it read is in."""
+        return self._ask(0.0, None)
+
+    def _ask(self, now: float, data: bytes | None) -> defer.Deferred:
         seq = self.next_seq
         self.next_seq += 1
         waiting: defer.Deferred = defer.Deferred()
-        self.waiting[seq] = (waiting, len(data))
-        self.in_flight_bytes += len(data)
-        self.transport.writeSequence([REQUEST.pack(seq, now, len(data)), data])
+        size = 0 if data is None else len(data)
+        self.waiting[seq] = (waiting, size)
+        self.in_flight_bytes += size
+        if data is None:
+            self.transport.write(REQUEST.pack(seq, now, STOP_UDP))
+        else:
+            self.transport.writeSequence([REQUEST.pack(seq, now, size), data])
         return waiting
 
     def outReceived(self, data: bytes) -> None:
@@ -108,6 +127,10 @@ class _Parser(protocol.ProcessProtocol):
                 break
             start = pos + header
             pos = start + length
+            if seq >= READY:
+                if not self._unrequested(seq, buf[start:pos]):
+                    return
+                continue
             entry = self.waiting.pop(seq, None)
             if entry is None:
                 self._broken("a reply to payload %d that was not sent" % seq)
@@ -121,6 +144,25 @@ class _Parser(protocol.ProcessProtocol):
                 return
             entry[0].callback(parsed)
         del buf[:pos]
+
+    def _unrequested(self, seq: int, body: bytearray) -> bool:
+        """Datagrams the parser read, or its word that it reads them; False if unreadable."""
+        if seq == READY:
+            self.pool.reading_udp(self)
+            return True
+        if seq != UDP_BATCH:
+            self._broken("a reply to payload %d that was not sent" % seq)
+            return False
+        try:
+            parsed, payload, datagrams, size, frames = marshal.loads(body)
+        except (ValueError, EOFError, TypeError) as exc:
+            self._broken("unreadable datagrams (%s)" % exc)
+            return False
+        try:
+            self.pool.deliver(parsed, payload, datagrams, size, frames)
+        except Exception:  # a bug in filing: say so, and keep reading this parser's replies
+            log.exception("filing datagrams from parser %s", self.pid)
+        return True
 
     def errReceived(self, data: bytes) -> None:
         self.pool.stderr.emit("parser %s: %s", self.pid, data.decode("utf-8", "replace").rstrip())
@@ -151,6 +193,38 @@ class ParserService(service.Service):
         self.metrics = metrics
         self.parsers: list[_Parser] = []
         self.stderr = RateLimitedLog(log, "parser message")
+        #: The UDP port the parsers read while it listens, what files their datagrams, and the
+        #: parsers that said they read it.
+        self.udp = None
+        self.deliver: Callable[[Parsed | None, bytes, int, int, list[bytes]], None] | None = None
+        self.udp_readers: set[_Parser] = set()
+
+    def share_udp(self, port, deliver: Callable) -> None:
+        """Let parsers started from now on read ``port``'s socket and ``deliver`` what they read."""
+        self.udp, self.deliver = port, deliver
+
+    def reading_udp(self, parser: _Parser) -> None:
+        if self.udp is None or parser not in self.parsers:
+            return
+        if not self.udp_readers:
+            self.udp.stopReading()
+        self.udp_readers.add(parser)
+
+    def stop_udp(self) -> defer.Deferred:
+        """Stop the parsers reading the socket; fires once they sent what it held.
+
+        A parser that does not answer within ``STOP_GRACE`` is left to the
+        parsers' own stop (its datagrams are lost with it: it was stuck).
+        """
+        self.udp = None
+        self.udp_readers.clear()
+        asked = [parser.stop_udp() for parser in self.parsers if parser.transport is not None]
+        done = defer.DeferredList(asked, consumeErrors=True)
+        return done.addTimeout(STOP_GRACE, self.reactor).addErrback(self._stuck)
+
+    def _stuck(self, failure) -> None:
+        failure.trap(defer.TimeoutError)
+        log.error("a parser did not hand over its UDP datagrams within %.0fs", STOP_GRACE)
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -165,7 +239,12 @@ class ParserService(service.Service):
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         parser = _Parser(self)
-        self.reactor.spawnProcess(parser, self.args[0], self.args, env=env)
+        if self.udp is None:
+            self.reactor.spawnProcess(parser, self.args[0], self.args, env=env)
+        else:
+            udp_fd = self.udp.fileno()
+            self.reactor.spawnProcess(parser, self.args[0], self.args + ["--udp-fd", "3"], env=env,
+                                      childFDs={0: "w", 1: "r", 2: "r", 3: udp_fd})
         self.parsers.append(parser)
 
     def pids(self) -> list[int]:
@@ -203,6 +282,10 @@ class ParserService(service.Service):
     def ended(self, parser: _Parser, reason) -> None:
         if parser in self.parsers:
             self.parsers.remove(parser)
+        if parser in self.udp_readers:
+            self.udp_readers.discard(parser)
+            if not self.udp_readers and self.udp is not None:
+                self.udp.startReading()  # no parser reads it now: the reactor does
         if not self.running:
             return
         self.metrics.parser_deaths += 1

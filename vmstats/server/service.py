@@ -51,6 +51,9 @@ class Aggregator(service.MultiService):
             self.metrics.gauges["parsers_running"] = (
                 "Parser processes running (payloads they cannot take are parsed by the reactor).",
                 lambda: len(self.parsers.pids()))
+            self.metrics.gauges["parsers_reading_udp"] = (
+                "Parser processes reading the UDP socket themselves (0: the reactor reads it).",
+                lambda: len(self.parsers.udp_readers))
         self.ingest = Ingest(self.buffer, self.metrics, config.max_future, config.max_past,
                              journal=self.journal, parsers=self.parsers)
         self.auth = Authenticator(self.ingest, config.auth_keys, config.sig_window)
@@ -72,9 +75,10 @@ class Aggregator(service.MultiService):
             self.metrics.gauges["journal_failing"] = (
                 "1 while journal writes fail (TCP batches are refused with busy).",
                 lambda: int(self.journal.failing))
+        # The listeners start first: the parsers are handed the UDP socket they bound.
+        self.listeners.setServiceParent(self)
         if self.parsers is not None:
             self.parsers.setServiceParent(self)
-        self.listeners.setServiceParent(self)
         self.flusher.setServiceParent(self)
         self.http = None
         if config.http_port >= 0:
