@@ -15,7 +15,6 @@ is spread over the parser processes, which the kernel wakes one at a time
 (``EPOLLEXCLUSIVE``) as datagrams arrive.
 """
 
-import errno
 import marshal
 import os
 import select
@@ -118,8 +117,7 @@ class Worker:
         per datagram: a datagram that arrives meanwhile is the other parsers' to take.
         """
         recv = self.udp.recv
-        plain: list[bytes] = []
-        frames: list[bytes] = []
+        batch: list[bytes] = []
         size = 0
         waited = window <= 0
         started = time.monotonic()
@@ -135,22 +133,26 @@ class Worker:
                 continue
             except ConnectionRefusedError:  # an ICMP error for an earlier send: not ours
                 continue
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    break
-                raise
             size += len(data)
-            (frames if data[:2] == b"#!" else plain).append(data)
-        if not plain and not frames:
-            return
-        payload = b"\n".join(plain)
+            batch.append(data)
+        if batch:
+            self.send_datagrams(batch)
+
+    def send_datagrams(self, batch: list[bytes]) -> None:
+        """Plain datagrams joined and parsed as one payload; frames (``#!``) as they are."""
+        payload = b"\n".join(batch)
+        frames: list[bytes] = []
+        if payload[:2] == b"#!" or b"\n#!" in payload:  # one scan, not a test per datagram
+            frames = [data for data in batch if data[:2] == b"#!"]
+            batch = [data for data in batch if data[:2] != b"#!"]
+            payload = b"\n".join(batch)
         parsed = None
-        if plain:
+        if batch:
             try:
                 parsed = self.parser.parse(payload, time.time())
             except Exception as exc:  # a bug: the reactor parses this payload itself
                 print("datagrams: %r" % (exc,), file=sys.stderr, flush=True)
-        self.reply(UDP_BATCH, marshal.dumps((parsed, payload, len(plain), sum(map(len, plain)),
+        self.reply(UDP_BATCH, marshal.dumps((parsed, payload, len(batch), sum(map(len, batch)),
                                              frames)))
 
     def reply(self, seq: int, body: bytes) -> None:
