@@ -8,10 +8,10 @@ when its stdin closes (the aggregator is done, or died).
 Given the aggregator's UDP socket (``--udp-fd``), it also reads datagrams
 itself, parses them and sends the columns with the payload (the journal
 needs it) as unrequested replies.  Reading a datagram costs ~1 us of
-``recv`` and handing it over a pipe to a parser as much again: at 100,000
-one-record datagrams a second the reactor spent about 40% of its time on
-those alone, on the one core that also files every record.  Here the work
-is spread over the parser processes, which the kernel wakes one at a time
+``recv`` and handing it over a pipe to a parser nearly as much: with one
+record per datagram the reactor spent about 30% of its time on those alone,
+on the one core that also files every record.  Here the work is spread over
+the parser processes, which the kernel wakes one at a time
 (``EPOLLEXCLUSIVE``) as datagrams arrive.
 """
 
