@@ -37,6 +37,8 @@ def test_udp_signatures_accept_valid_and_reject_each_cause(tmp_path):
         server.wait_received(3)  # records are counted once parsed, which may lag the datagrams
         metrics = server.metrics()
     assert metrics["vmstats_records_received_total"] == 3
+    # Every datagram must be checked for its signature where the nonces are remembered.
+    assert metrics["vmstats_parsers_running"] >= 1 and metrics["vmstats_parsers_reading_udp"] == 0
     for cause in ("sig_missing", "sig_unknown_key", "sig_bad", "sig_stale", "sig_replay",
                   "sig_malformed"):
         assert metrics['vmstats_rejected_total{reason="%s"}' % cause] == len(frames[cause]), cause

@@ -493,8 +493,9 @@ class ListenerService(service.Service):
         self.tcp_listening = tcp
         self.tcp_port = tcp.getHost().port
         parsers = self.udp.ingest.parsers
-        # Signed frames need the verifier's memory of nonces, which lives here: with
-        # --auth-keys every datagram is the reactor's.  EPOLLEXCLUSIVE is Linux's.
+        # With --auth-keys every datagram must be a signed frame, checked here against the
+        # verifier's memory of nonces: parsers would only pass them on, so the reactor reads
+        # them itself.  EPOLLEXCLUSIVE is Linux's.
         if parsers is not None and not self.udp.auth.required and hasattr(select, "EPOLLEXCLUSIVE"):
             parsers.share_udp(udp_port, self.udp.parsed_elsewhere)
             self.shared_with = parsers
