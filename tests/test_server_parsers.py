@@ -66,6 +66,24 @@ def test_answers_out_of_order_are_filed_in_arrival_order():
     assert ingest.idle().called
 
 
+def test_datagrams_a_parser_read_itself_wait_behind_earlier_payloads_and_a_failure_is_reparsed():
+    """UDP a parser read and parsed is filed after what was submitted before it; when the
+    parser failed on it (None), the reactor parses the payload it came with."""
+    parsers = HeldParsers()
+    ingest = make(parsers)
+    done = []
+    ingest.submit(rec(1), lambda *r: done.append("tcp"))
+    ingest.parsed_elsewhere(rec(2), Parser(300, 0).parse(rec(2), NOW))
+    ingest.parsed_elsewhere(rec(3, vm="10.0.0.2"), None)
+    assert done == [] and ingest.buffer.count == 0  # the submitted payload is still out
+    parsers.calls[0][1].callback(Parser(300, 0).parse(rec(1), NOW))
+    assert done == ["tcp"]
+    assert ingest.buffer.table["10.0.0.1"][NOW - 60].split(b",")[0] == b"2"  # the later one won
+    assert ingest.buffer.table["10.0.0.2"][NOW - 60].split(b",")[0] == b"3"
+    assert (ingest.metrics.parsed_remote, ingest.metrics.parsed_here) == (2, 1)
+    assert ingest.metrics.records == 3 and ingest.idle().called
+
+
 def test_a_dead_parsers_payloads_are_parsed_by_the_reactor():
     parsers = HeldParsers()
     ingest = make(parsers)

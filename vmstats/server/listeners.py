@@ -22,13 +22,11 @@ from twisted.python import log as twisted_log
 from vmstats import protocol
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics, RateLimitedLog
+from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
 
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
-#: A UDP payload is submitted once this much has gathered, or this long after its first datagram.
-COALESCE_BYTES = 64 << 10
-COALESCE_SECONDS = 0.002
 #: Bytes read from a TCP connection at once (Twisted's default is 64 KiB).
 TCP_READ_BYTES = 256 << 10
 #: Seconds an idle connection closed by the timeout may take to read its last replies.

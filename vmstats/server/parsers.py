@@ -31,7 +31,7 @@ from twisted.internet import defer, error, main, protocol
 
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import Parsed
-from vmstats.server.parseworker import READY, REPLY, REQUEST, STOP_UDP, UDP_BATCH
+from vmstats.server.parseworker import READY, REPLY, REQUEST, STOP_UDP
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class _Parser(protocol.ProcessProtocol):
                 break
             start = pos + header
             pos = start + length
-            if seq >= READY:
+            if seq >= READY:  # READY or UDP_BATCH: no request waits for these
                 if not self._unrequested(seq, buf[start:pos]):
                     return
                 continue
@@ -146,13 +146,13 @@ class _Parser(protocol.ProcessProtocol):
         del buf[:pos]
 
     def _unrequested(self, seq: int, body: bytearray) -> bool:
-        """Datagrams the parser read, or its word that it reads them; False if unreadable."""
+        """Datagrams the parser read (UDP_BATCH), or its word that it reads them (READY).
+
+        False if the datagrams are unreadable (the parser is then stopped).
+        """
         if seq == READY:
             self.pool.reading_udp(self)
             return True
-        if seq != UDP_BATCH:
-            self._broken("a reply to payload %d that was not sent" % seq)
-            return False
         try:
             parsed, payload, datagrams, size, frames = marshal.loads(body)
         except (ValueError, EOFError, TypeError) as exc:

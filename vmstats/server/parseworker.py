@@ -39,8 +39,8 @@ STOP_UDP = 0xFFFFFFFF
 #: UDP socket from now on, so the reactor need not.
 UDP_BATCH = (1 << 64) - 1
 READY = (1 << 64) - 2
-#: A batch of datagrams becomes one payload once this much has gathered, or this long after
-#: the first one: the same trade as the reactor's own coalescing (listeners.py).
+#: A batch of UDP datagrams becomes one payload once this much has gathered, or this long
+#: after the first one, whichever process reads them (here, or the reactor: listeners.py).
 COALESCE_BYTES = 64 << 10
 COALESCE_SECONDS = 0.002
 
