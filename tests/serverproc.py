@@ -176,6 +176,11 @@ class ServerProcess:
                 raise ServerError("condition not met within %.0fs" % timeout)
             time.sleep(interval)
 
+    def wait_metrics(self, test, timeout: float = 10.0) -> dict:
+        """Poll /metrics until ``test(metrics)`` holds; returns those metrics, the ones it judged."""
+        return self.wait_for(lambda server: (lambda m: m if test(m) else None)(server.metrics()),
+                             timeout)
+
     def wait_received(self, count: int, timeout: float = 10.0) -> dict:
         """Wait until the server counts ``count`` accepted + rejected + dropped records."""
         def seen(server):

@@ -222,9 +222,8 @@ def test_a_full_disk_keeps_receiving_reports_it_and_writes_everything_once_space
                 acked += reply.startswith(b"#!ack")
                 nak += reply.startswith(b"#!nak t%d busy" % batch)
                 sent += records
-        full = server.wait_for(lambda s: (lambda m: m if m["vmstats_write_failing_vms"] >= 1
-                                          and m["vmstats_journal_failing"] == 1 else None)(
-            s.metrics()), timeout=10)
+        full = server.wait_metrics(lambda m: m["vmstats_write_failing_vms"] >= 1
+                                  and m["vmstats_journal_failing"] == 1, timeout=10)
         received = server.wait_received(1 + len(sent) + len(udp), timeout=20)
         time.sleep(1.5)  # several failing flushes
         rss_kib = int(open("/proc/%d/status" % server.pid).read().split("VmRSS:")[1].split()[0])
@@ -269,8 +268,7 @@ def test_an_unwritable_data_dir_is_reported_and_written_once_fixed(tmp_path):
         with server.tcp() as sock:
             sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync u\n")
             assert sock.recv(100) == b"#!ack u 400 0\n"
-        failing = server.wait_for(lambda s: (lambda m: m if m["vmstats_write_failing_vms"] == 20
-                                             else None)(s.metrics()), timeout=10)
+        failing = server.wait_metrics(lambda m: m["vmstats_write_failing_vms"] == 20, timeout=10)
         time.sleep(1.0)  # a few more failing flushes
         assert server.metrics()["vmstats_journal_segments"] >= 1
         blocker.unlink()
@@ -314,10 +312,9 @@ def test_a_writer_killed_mid_flush_is_detected_the_pool_rebuilt_and_its_records_
         worker = blocked_writer(server.pid)
         fifo.unlink()  # the next writer finds a plain path
         os.kill(worker, signal.SIGKILL)
-        metrics = server.wait_for(lambda s: (lambda m: m if m["vmstats_writer_deaths_total"] >= 1
-                                             and m["vmstats_buffered_records"] == 0
-                                             and m["vmstats_in_flight_records"] == 0 else None)(
-            s.metrics()), timeout=15)
+        metrics = server.wait_metrics(lambda m: m["vmstats_writer_deaths_total"] >= 1
+                                     and m["vmstats_buffered_records"] == 0
+                                     and m["vmstats_in_flight_records"] == 0, timeout=15)
         # A later flush goes through the rebuilt pool.
         server.send_udp(line(Record(vm="10.43.0.3", ts=t, cpu=5.0, mem=6.0)))
         server.wait_for(lambda s: s.metrics()["vmstats_buffered_records"] == 0
@@ -350,8 +347,7 @@ def test_parsers_killed_under_tcp_load_lose_nothing_and_are_restarted(tmp_path):
             killed += 1
         time.sleep(0.5)
         delivered = [agent.finish(timeout=30) for agent in agents]
-        metrics = server.wait_for(lambda s: (lambda m: m if m["vmstats_parsers_running"] == 2
-                                             else None)(s.metrics()), timeout=10)
+        metrics = server.wait_metrics(lambda m: m["vmstats_parsers_running"] == 2, timeout=10)
         code = server.stop()
     finally:
         halt(agents, server)

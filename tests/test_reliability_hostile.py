@@ -235,8 +235,7 @@ def test_idle_crowds_endless_lines_and_slow_readers_are_bounded(tmp_path):
             assert read_reply(honest) == b"#!ack h 50 0\n"
         grown = rss_kib(server.pid) - base_rss
         # The crowd and the reader that stopped reading are all closed by the idle timeout.
-        metrics = server.wait_for(lambda s: (lambda m: m if m["vmstats_tcp_idle_closed_total"]
-                                             >= 301 else None)(s.metrics()), timeout=10)
+        metrics = server.wait_metrics(lambda m: m["vmstats_tcp_idle_closed_total"] >= 301, timeout=10)
         # ... including the one that never reads its replies (aborted after a grace period).
         server.wait_for(lambda s: s.metrics()["vmstats_tcp_connections_open"] == 0, timeout=15)
         assert all(closed_by_server(sock) for sock in idle + [slow])
@@ -360,8 +359,7 @@ def test_forged_replayed_and_stale_frames_are_rejected_over_tcp_and_udp(tmp_path
         captured = protocol.sign_payload("k1", "first-secret",
                                          line(Record(vm="10.55.0.2", ts=t, cpu=1.0, mem=2.0)))
         server.send_udp(*[captured] * 501)
-        metrics = server.wait_for(lambda s: (lambda m: m if m[
-            'vmstats_rejected_total{reason="sig_replay"}'] >= 501 else None)(s.metrics()))
+        metrics = server.wait_metrics(lambda m: m['vmstats_rejected_total{reason="sig_replay"}'] >= 501)
         server.wait_for(lambda s: s.metrics()["vmstats_buffered_records"] == 0)
     assert server.returncode == 0
     rejected = rejected_by_cause(metrics)

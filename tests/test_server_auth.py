@@ -31,14 +31,10 @@ def test_udp_signatures_accept_valid_and_reject_each_cause(tmp_path):
     with serve(tmp_path, "--flush-interval", "0.3", "--auth-keys", str(keys)) as server:
         for batch in frames.values():
             server.send_udp(*batch)
-        server.wait_for(
-            lambda s: (lambda m: m if m["vmstats_datagrams_received_total"] >= 11 else None)(
-                s.metrics()))
+        server.wait_metrics(lambda m: m["vmstats_datagrams_received_total"] >= 11)
         # Signature rejects are counted as each frame is checked; the accepted records only once
         # a parser process has parsed them, later: wait for the records themselves.
-        metrics = server.wait_for(
-            lambda s: (lambda m: m if m["vmstats_records_received_total"] >= 3 else None)(
-                s.metrics()))
+        metrics = server.wait_metrics(lambda m: m["vmstats_records_received_total"] >= 3)
     assert metrics["vmstats_records_received_total"] == 3
     # Every datagram must be checked for its signature where the nonces are remembered.
     assert metrics["vmstats_parsers_running"] >= 1 and metrics["vmstats_parsers_reading_udp"] == 0

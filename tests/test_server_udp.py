@@ -140,8 +140,7 @@ def test_stopping_the_port_takes_the_datagrams_already_queued():
 # -- parser processes reading the socket --------------------------------------------------------
 def reading_udp(server, count: int) -> dict:
     """Wait until ``count`` parser processes say they read the UDP socket."""
-    return server.wait_for(lambda s: (lambda m: m if m["vmstats_parsers_reading_udp"] == count
-                                      else None)(s.metrics()), timeout=20)
+    return server.wait_metrics(lambda m: m["vmstats_parsers_reading_udp"] == count, timeout=20)
 
 
 def test_parsers_read_the_socket_and_file_exactly_what_the_reactor_would(tmp_path):
