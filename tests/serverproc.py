@@ -182,14 +182,17 @@ class ServerProcess:
                              timeout)
 
     def wait_received(self, count: int, timeout: float = 10.0) -> dict:
-        """Wait until the server counts ``count`` accepted + rejected + dropped records."""
-        def seen(server):
-            m = server.metrics()
-            total = (m.get("vmstats_records_received_total", 0)
-                     + sum(v for k, v in m.items() if k.startswith("vmstats_rejected_total"))
-                     + sum(v for k, v in m.items() if k.startswith("vmstats_dropped_total")))
-            return m if total >= count else None
-        return self.wait_for(seen, timeout)
+        """Wait until the server counts ``count`` accepted + rejected + dropped records.
+
+        Rejects made before parsing (signatures, over-long TCP lines) are counted
+        before the records beside them: to wait for accepted records, wait on
+        ``vmstats_records_received_total`` itself (``wait_metrics``).
+        """
+        return self.wait_metrics(
+            lambda m: m.get("vmstats_records_received_total", 0)
+            + sum(v for k, v in m.items() if k.startswith(("vmstats_rejected_total",
+                                                           "vmstats_dropped_total"))) >= count,
+            timeout)
 
 
 def children(pid: int) -> list:
@@ -198,7 +201,7 @@ def children(pid: int) -> list:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = open("/proc/%s/stat" % entry).read()
+                stat = Path("/proc/%s/stat" % entry).read_text()
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
@@ -211,7 +214,7 @@ def parsers_of(server_pid: int) -> list:
     found = []
     for child in children(server_pid):
         try:
-            if b"parseworker" in open("/proc/%d/cmdline" % child, "rb").read():
+            if b"parseworker" in Path("/proc/%d/cmdline" % child).read_bytes():
                 found.append(child)
         except OSError:
             continue

@@ -96,14 +96,12 @@ class _Parser(protocol.ProcessProtocol):
         reader.dataReceived(data)
         return None
 
-    def send(self, data: bytes, now: float) -> defer.Deferred:
-        return self._ask(now, data)
-
     def stop_udp(self) -> defer.Deferred:
         """Ask the process to stop reading the UDP socket; fires after what it read is in."""
-        return self._ask(0.0, None)
+        return self.send(None, 0.0)
 
-    def _ask(self, now: float, data: bytes | None) -> defer.Deferred:
+    def send(self, data: bytes | None, now: float) -> defer.Deferred:
+        """A request: a payload to parse, or (None) the word to stop reading the UDP socket."""
         seq = self.next_seq
         self.next_seq += 1
         waiting: defer.Deferred = defer.Deferred()
