@@ -29,6 +29,11 @@ def row(ts: int, tag: int = 0) -> bytes:
     return b"%d,1.5,,40.25,,,,,,,%d,web1" % (ts, tag)
 
 
+def tails(rows: dict) -> dict:
+    """``{ts: log row}`` as append_missing takes it: each row without its leading ``ts,``."""
+    return {ts: line.split(b",", 1)[1] for ts, line in rows.items()}
+
+
 # -- the reference: the write path as it was, byte for byte -----------------------------------
 def reference_append(data_dir: str, vm: str, rows: dict) -> int:
     by_day: dict = {}
@@ -87,9 +92,9 @@ def memory() -> logstore.DayFileEnds:
 
 
 def logged(data_dir: str, rows: dict, memory: logstore.DayFileEnds) -> int:
-    """What a writer does with one VM's rows: the missing ones appended; the count written."""
-    fresh = logstore.missing_rows(data_dir, VM, rows, memory)
-    return logstore.append_rows(data_dir, VM, fresh, memory) if fresh else 0
+    """What a writer does with one VM's rows (``{ts: log row}``): the missing ones appended;
+    the count written."""
+    return logstore.append_missing(data_dir, VM, tails(rows), memory)
 
 
 def body(data_dir: str, day_start: int) -> bytes:
@@ -125,7 +130,7 @@ def test_paths_are_what_os_path_join_builds():
 # -- appends -----------------------------------------------------------------------------------
 def test_rows_spanning_midnight_go_to_two_day_files_each_with_its_header(tmp_path):
     rows = {T0 - 120 + 60 * i: row(T0 - 120 + 60 * i, i) for i in range(5)}  # 2 before, 3 after
-    assert logstore.append_rows(str(tmp_path / "new"), VM, rows) == 5
+    assert logstore.append_missing(str(tmp_path / "new"), VM, tails(rows)) == 5
     reference_append(str(tmp_path / "old"), VM, rows)
     assert files(tmp_path / "new") == files(tmp_path / "old")
     assert body(str(tmp_path / "new"), T0 - DAY) == logstore.HEADER + row(T0 - 120, 0) + b"\n" + row(
@@ -134,7 +139,7 @@ def test_rows_spanning_midnight_go_to_two_day_files_each_with_its_header(tmp_pat
 
 
 def test_an_empty_append_still_makes_the_vm_folder(tmp_path):
-    assert logstore.append_rows(str(tmp_path), VM, {}) == 0
+    assert logstore.append_missing(str(tmp_path), VM, {}) == 0
     assert os.path.isdir(logstore.vm_dir(str(tmp_path), VM))
 
 
@@ -161,7 +166,7 @@ def test_a_failed_write_is_reported_for_a_retry(tmp_path, in_the_way):
         os.makedirs(os.path.dirname(folder))
         open(folder, "w").close()
     with pytest.raises(OSError):
-        logstore.append_rows(data, VM, {T0: row(T0)})
+        logstore.append_missing(data, VM, tails({T0: row(T0)}))
     [(vm, count, error, retry)] = write_share(data, [(VM, {T0: b"web1,1.5,,,,,,,,,"})])
     assert (vm, count, retry) == (VM, 0, True) and error.split(":")[0] in (
         "IsADirectoryError", "NotADirectoryError")
@@ -171,28 +176,30 @@ def test_a_short_write_is_continued_and_a_write_of_nothing_is_an_error(tmp_path,
     real_write = os.write
     monkeypatch.setattr(logstore.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
     rows = {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}
-    assert logstore.append_rows(str(tmp_path / "new"), VM, rows, memory) == 3
+    assert logged(str(tmp_path / "new"), rows, memory) == 3
     reference_append(str(tmp_path / "old"), VM, rows)
     assert files(tmp_path / "new") == files(tmp_path / "old")
     monkeypatch.setattr(logstore.os, "write", lambda fd, data: 0)
     with pytest.raises(OSError):
-        logstore.append_rows(str(tmp_path / "new"), VM, {T0 + DAY: row(T0 + DAY)}, memory)
+        logged(str(tmp_path / "new"), {T0 + DAY: row(T0 + DAY)}, memory)
     # The failed append is not remembered as written: the next check reads the file.
     monkeypatch.setattr(logstore.os, "write", real_write)
     assert logged(str(tmp_path / "new"), rows, memory) == 0
 
 
 # -- the check for rows already logged ---------------------------------------------------------
-def test_a_resent_row_is_found_even_after_a_later_write_of_an_older_row(tmp_path, memory):
+@pytest.mark.parametrize("process", ["this one", "another"])
+def test_a_resent_row_is_found_even_after_a_later_write_of_an_older_row(tmp_path, memory, process):
     """A row newer than the file's last line can still be in it when the file is out of order;
     only rows newer than every row logged may skip the comparison."""
     data = str(tmp_path)
     assert logged(data, {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120)}, memory) == 2
     assert logged(data, {T0: row(T0)}, memory) == 1  # late: the file ends with its oldest row
-    resent = {T0 + 120: row(T0 + 120), T0 + 180: row(T0 + 180)}
-    assert logstore.missing_rows(data, VM, resent, memory) == {T0 + 180: row(T0 + 180)}
-    memory = logstore.DayFileEnds()  # the same from a process that has not seen the file
-    assert logstore.missing_rows(data, VM, resent, memory) == {T0 + 180: row(T0 + 180)}
+    if process == "another":  # one that has not seen the file
+        memory = logstore.DayFileEnds()
+    assert logged(data, {T0 + 120: row(T0 + 120), T0 + 180: row(T0 + 180)}, memory) == 1
+    assert body(data, T0) == logstore.HEADER + b"".join(
+        row(t) + b"\n" for t in (T0 + 60, T0 + 120, T0, T0 + 180))
 
 
 def test_rows_another_writer_appended_since_are_read_and_found(tmp_path, memory):
@@ -201,19 +208,20 @@ def test_rows_another_writer_appended_since_are_read_and_found(tmp_path, memory)
     with open(logstore.day_path(data, VM, logstore.day_of(T0)), "ab") as other:  # another process
         other.write(row(T0 + 60) + b"\n" + row(T0 + 120) + b"\n")
     rows = {T0 + 60: row(T0 + 60), T0 + 120: row(T0 + 120, tag=9), T0 + 180: row(T0 + 180)}
-    assert logstore.missing_rows(data, VM, rows, memory) == {T0 + 120: row(T0 + 120, tag=9),
-                                                     T0 + 180: row(T0 + 180)}
+    assert logged(data, rows, memory) == 2  # the corrected row, and the new one
+    assert body(data, T0) == logstore.HEADER + b"".join(line + b"\n" for line in (
+        row(T0), row(T0 + 60), row(T0 + 120), row(T0 + 120, tag=9), row(T0 + 180)))
 
 
-def test_an_append_after_another_writers_append_does_not_vouch_for_its_rows(tmp_path, memory):
-    """An append without a check first (append_rows alone) cannot know what another writer
-    added since this process last saw the file: it must not remember the end as complete."""
+def test_an_end_remembered_after_another_writers_append_vouches_for_its_rows(tmp_path, memory):
+    """What another writer added since this process last saw the file is read before this
+    one appends, so the end it then remembers covers those rows too."""
     data = str(tmp_path)
     assert logged(data, {T0: row(T0)}, memory) == 1
     with open(logstore.day_path(data, VM, logstore.day_of(T0)), "ab") as other:
         other.write(row(T0 + 180) + b"\n")
-    assert logstore.append_rows(data, VM, {T0 + 120: row(T0 + 120)}, memory) == 1
-    assert logstore.missing_rows(data, VM, {T0 + 180: row(T0 + 180)}, memory) == {}
+    assert logged(data, {T0 + 120: row(T0 + 120)}, memory) == 1
+    assert logged(data, {T0 + 180: row(T0 + 180)}, memory) == 0
 
 
 def test_only_the_new_bytes_are_read_when_the_end_is_remembered(tmp_path, monkeypatch, memory):
@@ -251,8 +259,8 @@ def test_a_file_changed_behind_the_writers_back_is_read_whole_again(tmp_path, ch
         os.unlink(path)
         with open(path, "wb") as handle:
             handle.write(changed)
-    assert logstore.missing_rows(data, VM, {T0 + 600: hidden, T0 + 660: row(T0 + 660)}, memory) == {
-        T0 + 660: row(T0 + 660)}
+    assert logged(data, {T0 + 600: hidden, T0 + 660: row(T0 + 660)}, memory) == 1
+    assert body(data, T0).count(hidden) == 1 and body(data, T0).endswith(b"\n" + row(T0 + 660) + b"\n")
 
 
 def test_a_file_replaced_with_the_same_size_and_end_is_read_whole_again(tmp_path, memory):
@@ -265,7 +273,7 @@ def test_a_file_replaced_with_the_same_size_and_end_is_read_whole_again(tmp_path
         handle.write(logstore.HEADER + hidden + b"\n" + row(T0 + 60, 1) + b"\n")
     assert os.path.getsize(path + ".tmp") == os.path.getsize(path)
     os.rename(path + ".tmp", path)
-    assert logstore.missing_rows(data, VM, {T0 + 600: hidden}, memory) == {}
+    assert logged(data, {T0 + 600: hidden}, memory) == 0
 
 
 def test_a_torn_line_another_writer_left_is_ended_before_the_next_append(tmp_path, memory):
@@ -281,12 +289,19 @@ def test_a_torn_line_another_writer_left_is_ended_before_the_next_append(tmp_pat
     assert bad == 1 and list(frame["ts"]) == [T0, T0 + 60, T0 + 120]
 
 
-def test_a_fifo_in_the_way_does_not_block_the_check(tmp_path, memory):
+def test_a_fifo_in_the_way_is_appended_to_unchecked_as_open_ab_would(tmp_path, memory):
+    """It cannot be read for rows already logged; the append that follows blocks while the
+    FIFO has no reader, which the server reports (test_server_lifecycle's hung writer)."""
     path = logstore.day_path(str(tmp_path), VM, logstore.day_of(T0))
     os.makedirs(os.path.dirname(path))
     os.mkfifo(path)
-    rows = {T0: row(T0)}
-    assert logstore.missing_rows(str(tmp_path), VM, rows, memory) is rows  # the append reports the FIFO
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert logged(str(tmp_path), {T0: row(T0), T0 + 60: row(T0 + 60)}, memory) == 2
+        assert os.read(reader, 4096) == row(T0) + b"\n" + row(T0 + 60) + b"\n"
+    finally:
+        os.close(reader)
+    assert len(memory) == 0
 
 
 @pytest.mark.parametrize("start", [0, 60, 999_999_999 - 600])  # days whose stamps vary in length
@@ -311,7 +326,7 @@ def test_a_line_sorting_after_every_row_does_not_hide_a_logged_row(tmp_path, jun
     for process in ("this one", "another"):
         if process == "another":
             memory = logstore.DayFileEnds()
-        assert logstore.missing_rows(data, VM, {T0 + 900: row(T0 + 900)}, memory) == {}
+        assert logged(data, {T0 + 900: row(T0 + 900)}, memory) == 0
 
 
 def test_the_remembered_ends_are_bounded(tmp_path):
@@ -346,8 +361,7 @@ def test_any_sequence_of_flushes_leaves_the_same_files_as_the_plain_write_path(t
         if kind == "flush":
             memory = memories[first]
             rows = {T0 + 60 * minute: row(T0 + 60 * minute, tag) for minute, tag in second}
-            fresh = logstore.missing_rows(new, VM, rows, memory)
-            written = logstore.append_rows(new, VM, fresh, memory) if fresh else 0
+            written = logged(new, rows, memory)
             fresh_old = reference_unlogged(old, VM, rows)
             assert written == (reference_append(old, VM, fresh_old) if fresh_old else 0)
         else:

@@ -1,7 +1,7 @@
 """Per-VM statistics of the report against an independent numpy computation.
 
 Also home of the helpers the other report tests use to write logs through
-the real layout module (logstore.format_row / append_rows).
+the real layout module (logstore.format_tail / append_missing).
 """
 
 from pathlib import Path
@@ -23,9 +23,9 @@ def write_records(data_dir, records):
     """Append Records to their VMs' logs the way the flusher does (one batch per VM)."""
     by_vm = {}
     for record in records:
-        by_vm.setdefault(record.vm, {})[record.ts] = logstore.format_row(record)
+        by_vm.setdefault(record.vm, {})[record.ts] = logstore.format_tail(record)
     for vm, rows in by_vm.items():
-        logstore.append_rows(str(data_dir), vm, rows)
+        logstore.append_missing(str(data_dir), vm, rows)
 
 
 def series(vm, ts, cpu, mem, disk=None, net=None, vcpus=2, mem_mb=4096, cpu_max=None):

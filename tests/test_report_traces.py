@@ -23,8 +23,8 @@ def convert(paths, fmt, data_dir, **options):
         vm = None
         for record in read_trace(str(path), fmt, **options):
             vm = record.vm
-            rows[record.ts] = logstore.format_row(record)
-        logstore.append_rows(str(data_dir), vm, rows)
+            rows[record.ts] = logstore.format_tail(record)
+        logstore.append_missing(str(data_dir), vm, rows)
         vms.append(vm)
     return vms
 

@@ -111,18 +111,31 @@ def _cell(value) -> str:
     return str(value)
 
 
-def format_row(record: Record) -> bytes:
-    """One log row (no newline) for a Record, columns in COLUMNS order."""
-    return ",".join([str(record.ts)] + [_cell(getattr(record, name)) for name in FIELD_NAMES]
+def format_tail(record: Record) -> bytes:
+    """A Record's log row without its leading ``ts,``: what append_missing is given.
+
+    The server holds records in this form under their timestamp (so it is not
+    stored twice), and the row is completed only as it is written.
+    """
+    return ",".join([_cell(getattr(record, name)) for name in FIELD_NAMES]
                     + [record.host or ""]).encode("utf-8")
 
 
-#: Flags of an append, as ``open(path, "ab")`` uses them.  No O_NONBLOCK: a FIFO in the way
-#: blocks the writer, which the server detects (drain deadline, dead writer) and reports.
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-#: Flags of the read for rows already logged.  O_NONBLOCK so that opening a FIFO in the
-#: way does not block; it is then seen not to be a regular file and left to the append.
-_PROBE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+def format_row(record: Record) -> bytes:
+    """One log row (no newline) for a Record, columns in COLUMNS order."""
+    return b"%d,%s" % (record.ts, format_tail(record))
+
+
+#: A row as written: its timestamp, then its tail (format_tail), then the newline.
+_ROW = b"%d,%s\n"
+#: Flags of the one open that both checks a day file for rows already logged and appends to
+#: it.  O_NONBLOCK so that a FIFO in the way does not block the open (it is then seen not to
+#: be a regular file, see _append_blind); a regular file's reads and writes ignore it.
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+#: Flags of an append to a day file that is not a regular file, as ``open(path, "ab")`` uses
+#: them.  No O_NONBLOCK: a FIFO in the way blocks the writer, which the server detects (drain
+#: deadline, dead writer) and reports.
+_BLIND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
 #: Bytes of a day file's end remembered (see DayFileEnds): enough to notice a rewritten end.
 _TAIL = 32
 #: Day files whose end a process remembers (about 400 bytes each, so at most ~13 MiB);
@@ -139,10 +152,10 @@ class DayFileEnds:
     ``path -> (st_dev, st_ino, size, last, tail)``, where ``size`` is just
     after a newline, ``last`` the largest timestamp of the rows in the first
     ``size`` bytes (-1: none) and ``tail`` the bytes just before ``size``.  It
-    lets missing_rows read only what was appended since instead of the whole
-    file; the tail is checked against the file, so a file truncated, replaced
-    or rewritten since is read whole again.  A writer process keeps one for
-    its life; without one every check reads the whole day file.
+    lets append_missing read only what was appended since instead of the
+    whole file; the tail is checked against the file, so a file truncated,
+    replaced or rewritten since is read whole again.  A writer process keeps
+    one for its life; without one every append reads the whole day file.
     """
 
     def __init__(self, capacity: int = KNOWN_ENDS):
@@ -182,59 +195,146 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[done:]
 
 
-def _append(folder: str, path: str, payload: bytes, last: int, ends: DayFileEnds) -> None:
-    """Append ``payload`` (whole rows, newest ``last``) to one day file, header first if new.
-
-    The directory is made only when the open says it is missing (a new VM, or
-    its folder deleted since, e.g. by retention): an open that succeeds proves
-    it exists, which costs nothing, where ``os.makedirs`` costs three system
-    calls and most of the old per-VM time.
-    """
-    try:
-        fd = os.open(path, _APPEND_FLAGS, 0o666)
-    except FileNotFoundError:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(path, _APPEND_FLAGS, 0o666)
-    known = ends.forget(path)
-    try:
-        st = os.fstat(fd)
-        size = st.st_size
-        if size == 0:
-            payload = HEADER + payload
-            before, tail = -1, b""
-        elif known is not None and known[:3] == (st.st_dev, st.st_ino, size):
-            before, tail = known[3], known[4]
-        else:
-            known = None  # written by someone else since: the next check reads it whole
-        _write_all(fd, payload)
-    finally:
-        os.close(fd)
-    if size == 0 or known is not None:
-        ends.remember(path, (st.st_dev, st.st_ino, size + len(payload), max(before, last),
-                             (tail + payload)[-_TAIL:]))
-
-
-def append_rows(data_dir: str, vm: str, rows: Mapping[int, bytes],
-                ends: Optional[DayFileEnds] = None) -> int:
-    """Append one VM's buffered rows (``{ts: row}``) to its day files.
+def append_missing(data_dir: str, vm: str, rows: Mapping[int, bytes],
+                   ends: Optional[DayFileEnds] = None) -> int:
+    """Append one VM's rows (``{ts: tail}``, format_tail) that its day files lack.
 
     Rows are sorted by time and written with one ``write`` per day file, so a
     reader never sees half a batch from a single flush; a new file gets the
     header in the same write.  Returns the number of rows written; raises
-    OSError on any failure (the caller keeps the rows and retries).  ``ends``
-    learns the new end of each file (DayFileEnds).
+    OSError on any failure (the caller keeps the rows and retries).
+
+    A record can reach the writer twice: a TCP batch resent because its ack
+    was lost when the server died after logging it, or a journal segment
+    replayed after a crash that came after its flush.  Appending only the
+    rows their day file does not already hold, byte for byte, makes both
+    harmless.  A corrected record (same timestamp, other values) is still
+    appended, and the last row for a timestamp still wins.
+
+    The check and the append share one open of each day file (_append_day).
+    With the ``ends`` a process remembers (DayFileEnds), the check usually
+    reads nothing but the file's last bytes: rows newer than everything
+    logged cannot be there already.  A file not remembered, or rows as old as
+    some logged, cost one read of the whole day file (at most 1,440 rows).
     """
     folder = vm_dir(data_dir, vm)
     if not rows:
         os.makedirs(folder, exist_ok=True)
         return 0
-    written = 0
     ends = ends if ends is not None else DayFileEnds()
+    written = 0
     for day, stamps in split_days(rows):
-        _append(folder, _day_file(folder, day_name(day)),
-                b"\n".join([rows[ts] for ts in stamps]) + b"\n", stamps[-1], ends)
-        written += len(stamps)
+        written += _append_day(folder, _day_file(folder, day_name(day)), day, stamps, rows, ends)
     return written
+
+
+def _append_day(folder: str, path: str, day: int, stamps: List[int], rows: Mapping[int, bytes],
+                ends: DayFileEnds) -> int:
+    """Append the rows at ``stamps`` (sorted, all of UTC day ``day``) that ``path`` lacks.
+
+    The directory is made only when the open says it is missing (a new VM, or
+    its folder deleted since, e.g. by retention): an open that succeeds proves
+    it exists, which costs nothing, where ``os.makedirs`` costs three system
+    calls.  Five system calls in all for the usual flush (open, fstat, a read
+    of the remembered tail, write, close).
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o666)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, _OPEN_FLAGS, 0o666)
+    try:
+        st = os.fstat(fd)
+        regular = stat.S_ISREG(st.st_mode)
+        if regular:
+            size, lines, last, tail = _logged_since(fd, st, path, day, stamps[0], ends)
+            if stamps[0] <= last:
+                stamps = _not_logged(stamps, rows, lines, last)
+            payload = _rows_bytes(stamps, rows)
+            if stamps:
+                if size == 0:
+                    payload = HEADER + payload
+                _write_all(fd, payload)
+    finally:
+        os.close(fd)
+    if not regular:
+        ends.forget(path)
+        return _append_blind(path, stamps, rows)
+    ends.remember(path, (st.st_dev, st.st_ino, size + len(payload),
+                         max(last, stamps[-1]) if stamps else last, (tail + payload)[-_TAIL:]))
+    return len(stamps)
+
+
+def _logged_since(fd: int, st: os.stat_result, path: str, day: int, first: int,
+                  ends: DayFileEnds) -> Tuple[int, List[bytes], int, bytes]:
+    """``(size, lines, last, tail)`` of the open day file ``fd``: its size once read, the
+    lines a row stamped ``first`` or later may equal, the largest timestamp of day ``day``
+    that any line starts with (-1: none) and the file's last bytes.
+
+    A row newer than ``last`` cannot be in the file, which settles the usual
+    flush without comparing rows.  Usually this process remembers the file's
+    end (``ends``) and ``first`` is newer than every row before it: only the
+    bytes appended since (by another writer process; usually none) are read,
+    with the remembered tail of the file before them to prove it unchanged.
+    Otherwise (a file this process has not seen, rewritten since, or a row as
+    old as one logged) the whole file is read.  A file that does not end with
+    a newline was torn by a writer killed mid-write: it gets its newline
+    first, so the torn piece stays one bad line that readers skip instead of
+    swallowing the next row appended.
+    """
+    known = ends.get(path)
+    data = None
+    if (known is not None and known[0] == st.st_dev and known[1] == st.st_ino
+            and known[2] <= st.st_size and first > known[3]):
+        start = known[2] - len(known[4])
+        data = os.pread(fd, st.st_size - start, start)
+        if data.startswith(known[4]):
+            new = data[len(known[4]):]
+            last = known[3]
+        else:
+            data = None
+    if data is None:
+        start = 0
+        data = os.pread(fd, st.st_size, 0) if st.st_size else b""
+        new = data[len(HEADER):] if data.startswith(HEADER) else data
+        last = -1
+    if new and not new.endswith(b"\n"):
+        _write_all(fd, b"\n")
+        new += b"\n"
+        data += b"\n"
+    if new:
+        lines = new.split(b"\n")
+        last = max(last, _last_stamp(lines, day))
+    else:
+        lines = []
+    return start + len(data), lines, last, data[-_TAIL:]
+
+
+def _rows_bytes(stamps: List[int], rows: Mapping[int, bytes]) -> bytes:
+    """The rows at ``stamps`` as written, one ``%`` each mapped in C: no Python loop per row."""
+    return b"".join(map(_ROW.__mod__, zip(stamps, map(rows.__getitem__, stamps), strict=True)))
+
+
+def _not_logged(stamps: List[int], rows: Mapping[int, bytes], lines: List[bytes],
+                last: int) -> List[int]:
+    """The ``stamps`` whose row (``rows``: tails) is not one of ``lines``, byte for byte.
+
+    Only rows at or before ``last`` can be there; a row is assumed to start
+    with its own timestamp, as every row written does.
+    """
+    present = set(lines) if len(lines) > 8 else lines
+    return [ts for ts in stamps if ts > last or b"%d,%s" % (ts, rows[ts]) not in present]
+
+
+def _append_blind(path: str, stamps: List[int], rows: Mapping[int, bytes]) -> int:
+    """Append to a day file that is not a regular file (it cannot be checked), as
+    ``open(path, "ab")`` would: a FIFO without a reader blocks, a directory is an error."""
+    fd = os.open(path, _BLIND_FLAGS)
+    try:
+        _write_all(fd, _rows_bytes(stamps, rows))
+    finally:
+        os.close(fd)
+    return len(stamps)
 
 
 def _last_stamp(lines: List[bytes], day: int) -> int:
@@ -260,108 +360,6 @@ def _last_stamp(lines: List[bytes], day: int) -> int:
         if comma and head.isdigit() and low <= int(head) <= high:
             best = max(best, int(head))
     return best
-
-
-def _end_torn_line(path: str) -> None:
-    """End a day file's torn last line (a writer killed mid-write) with a newline, so the
-    torn piece stays one bad line that readers skip instead of swallowing the next row."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    try:
-        _write_all(fd, b"\n")
-    finally:
-        os.close(fd)
-
-
-def _logged_lines(path: str, day: int, first: int,
-                  ends: DayFileEnds) -> Tuple[List[bytes], int]:
-    """``(lines, last)``: the lines of a day file that a row stamped ``first`` or later may
-    equal, and the largest timestamp of day ``day`` that any line of the file starts with.
-
-    A row newer than ``last`` cannot be in the file, which settles the usual
-    flush without comparing rows.  Usually this process remembers the file's
-    end (``ends``) and ``first`` is newer than every row before it: only the
-    bytes appended since (by another writer process; usually none) are read,
-    with the remembered tail of the file before them to prove it unchanged.
-    Otherwise (a file this process has not seen, rewritten since, or a row as
-    old as one logged) the whole file is read, as the check always did.  A torn
-    last line gets its newline first.  ``([], -1)`` for a missing file or one
-    that is not a regular file (the append reports what is wrong with it).
-    """
-    try:
-        fd = os.open(path, _PROBE_FLAGS)
-    except FileNotFoundError:
-        ends.forget(path)
-        return [], -1
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return [], -1
-        known = ends.get(path)
-        data = None
-        if (known is not None and known[0] == st.st_dev and known[1] == st.st_ino
-                and known[2] <= st.st_size and first > known[3]):
-            start = known[2] - len(known[4])
-            data = os.pread(fd, st.st_size - start, start)
-            if data.startswith(known[4]):
-                new = data[len(known[4]):]
-                last = known[3]
-            else:
-                data = None
-        if data is None:
-            start = 0
-            data = os.pread(fd, st.st_size, 0) if st.st_size else b""
-            new = data[len(HEADER):] if data.startswith(HEADER) else data
-            last = -1
-    finally:
-        os.close(fd)
-    if new and not new.endswith(b"\n"):
-        _end_torn_line(path)
-        new += b"\n"
-        data += b"\n"
-    lines = new.split(b"\n") if new else []
-    if lines:
-        last = max(last, _last_stamp(lines, day))
-    ends.remember(path, (st.st_dev, st.st_ino, start + len(data), last, data[-_TAIL:]))
-    return lines, last
-
-
-def missing_rows(data_dir: str, vm: str, rows: Dict[int, bytes],
-                 ends: Optional[DayFileEnds] = None) -> Dict[int, bytes]:
-    """The rows (``{ts: row}``) that their day file does not already hold, byte for byte.
-
-    A record can reach the writer twice: a TCP batch resent because its ack
-    was lost when the server died after logging it, or a journal segment
-    replayed after a crash that came after its flush.  Appending only what
-    the day file lacks makes both harmless.  A corrected record (same
-    timestamp, other values) is still appended, and the last row for a
-    timestamp still wins.
-
-    ``rows`` itself when none is already there (the usual case, no copy).  A
-    row is assumed to start with its own timestamp, as format_row and the
-    server's rows write it.  With the ``ends`` a process remembers, the check
-    usually reads nothing but a file's last bytes: rows newer than everything
-    logged cannot be there already.  A file not remembered, or rows as old as
-    some logged, cost one read of the whole day file (at most 1,440 rows).
-
-    A day file that does not end with a newline was torn by a writer killed
-    mid-write: it gets its newline first (_end_torn_line), so the torn piece
-    stays one bad line that readers skip instead of swallowing the next row
-    appended.  Raises OSError when a day file cannot be read.
-    """
-    ends = ends if ends is not None else DayFileEnds()
-    folder = vm_dir(data_dir, vm)
-    fresh = rows
-    for day, stamps in split_days(rows):
-        lines, last = _logged_lines(_day_file(folder, day_name(day)), day, stamps[0], ends)
-        if stamps[0] > last:
-            continue  # newer than every row logged: none of them is there
-        present = set(lines) if len(lines) > 8 else lines
-        for ts in stamps:
-            if ts <= last and rows[ts] in present:
-                if fresh is rows:
-                    fresh = dict(rows)
-                del fresh[ts]
-    return fresh
 
 
 def iter_vms(data_dir: str) -> Iterator[str]:

@@ -9,7 +9,6 @@ retry exactly the VMs that failed.
 import os
 
 from vmstats import logstore
-from vmstats.server.rows import log_rows
 
 #: What this writer process has seen of the day files' ends (logstore.DayFileEnds): a pool
 #: worker lives as long as the server, and remembering saves re-reading a whole day file to
@@ -33,9 +32,9 @@ def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
                 ) -> list[tuple[str, int, str | None, bool]]:
     """``[(vm, rows written, error or None, worth retrying)]`` for each VM of the share.
 
-    ``share`` holds each VM's rows in the held form (rows.py).  Only the rows
-    their day file lacks are appended (``logstore.missing_rows``), so a
-    record resent or replayed after a crash is logged once.
+    ``share`` holds each VM's rows in the held form (rows.py), which is what
+    ``logstore.append_missing`` takes.  Only the rows their day file lacks are
+    appended, so a record resent or replayed after a crash is logged once.
 
     An OSError (full disk, permissions, a file in the way) may go away and is
     retried; a ValueError means the layout refused the VM id, which no retry fixes.
@@ -43,8 +42,7 @@ def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
     results = []
     for vm, rows in share:
         try:
-            fresh = logstore.missing_rows(data_dir, vm, log_rows(rows), DAY_FILE_ENDS)
-            written = logstore.append_rows(data_dir, vm, fresh, DAY_FILE_ENDS) if fresh else 0
+            written = logstore.append_missing(data_dir, vm, rows, DAY_FILE_ENDS)
             results.append((vm, written, None, False))
         except OSError as exc:
             results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), True))
