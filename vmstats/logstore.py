@@ -327,8 +327,8 @@ def _not_logged(stamps: List[int], rows: Mapping[int, bytes], lines: List[bytes]
 
 
 def _append_blind(path: str, stamps: List[int], rows: Mapping[int, bytes]) -> int:
-    """Append to a day file that is not a regular file (it cannot be checked), as
-    ``open(path, "ab")`` would: a FIFO without a reader blocks, a directory is an error."""
+    """Append to a day file that is not a regular file (a FIFO, a device: it cannot be
+    checked) as ``open(path, "ab")`` would, so a FIFO without a reader blocks the writer."""
     fd = os.open(path, _BLIND_FLAGS)
     try:
         _write_all(fd, _rows_bytes(stamps, rows))
