@@ -18,7 +18,6 @@ from vmstats.protocol import Record
 from vmstats.server import replay as replay_module
 from vmstats.server.journal import Journal, list_segments
 from vmstats.server.metrics import Metrics
-from vmstats.server.rows import held_from_record
 from vmstats.server.writer import write_share
 
 
@@ -200,7 +199,7 @@ def test_an_unknown_fsync_policy_is_refused(tmp_path):
 def test_the_writer_appends_only_missing_rows_and_ends_a_torn_line_first(tmp_path):
     data = str(tmp_path)
     t = now() - now() % 86400 - 86400  # a whole past day
-    held = {t + 60 * i: held_from_record(Record(vm="10.24.0.1", ts=t + 60 * i, cpu=float(i),
+    held = {t + 60 * i: logstore.format_tail(Record(vm="10.24.0.1", ts=t + 60 * i, cpu=float(i),
                                                 mem=1.0)) for i in range(5)}
     first = {ts: held[ts] for ts in list(held)[:3]}
     assert write_share(data, [("10.24.0.1", first)]) == [("10.24.0.1", 3, None, False)]

@@ -11,7 +11,6 @@ from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import FIELD_NAME_BYTES, Parser, build_fast_path
-from vmstats.server.rows import held_from_record
 
 REGEX, TS, SEQ = build_fast_path()
 
@@ -56,7 +55,7 @@ def test_a_payload_parses_to_the_decoders_records_in_order_whatever_the_path(bat
         except protocol.DecodeError:
             rejects += 1
             continue
-        expected.append((record.vm, record.ts, held_from_record(record), record.seq))
+        expected.append((record.vm, record.ts, logstore.format_tail(record), record.seq))
     parser = Parser(max_future=300, max_past=0)
     for _ in range(2):  # the first pass meets the VM ids, the second takes the column path
         vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
@@ -191,5 +190,5 @@ def test_each_payload_runs_one_regex_pass_when_its_lines_share_a_shape():
         parser.parse(payload, NOW)  # meets the VM id
         del passes[:]
         vms, _tss, rows, _seqs, _rejects, _details = parser.parse(payload, NOW)
-        assert vms == ["10.0.0.1"] * 3 and rows[0] == held_from_record(record)
+        assert vms == ["10.0.0.1"] * 3 and rows[0] == logstore.format_tail(record)
         assert passes == (["_compact_findall"] if shape == "every field" else ["_findall"])

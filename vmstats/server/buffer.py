@@ -1,8 +1,11 @@
 """The in-memory table the receive path fills and the flusher empties.
 
-``vm -> {ts: held row bytes}`` (rows.py): a retransmit of the same (vm, ts)
-replaces the row, and a compact bytes row (~50-80 bytes) is what keeps a
-held record under 200 bytes of memory.  Both caps bound memory whatever senders do.
+``vm -> {ts: held row bytes}``: a retransmit of the same (vm, ts) replaces
+the row.  A held row is the log row without its leading ``ts,``
+(``logstore.format_tail``): the timestamp is the key, so it is not stored
+twice (~11 bytes per record), and the writer completes each row as it
+writes it.  That compact bytes row (~50-80 bytes) is what keeps a held
+record under 200 bytes of memory.  Both caps bound memory whatever senders do.
 """
 
 import time

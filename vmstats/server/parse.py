@@ -11,7 +11,7 @@ then their field section with the names deleted.  The regex only admits
 values whose range and finiteness it can prove, so no float() is needed.
 Anything else (reordered tags, exponents, ms/ns timestamps, bad input) goes
 through ``protocol.Decoder``
-(and ``rows.held_from_record``) line by line: identical rows, just slower, and
+(and ``logstore.format_tail``) line by line: identical rows, just slower, and
 the decoder names the reason for every reject.
 
 Parsing needs nothing but the payload and the time, so it can run in a parser
@@ -27,7 +27,7 @@ from itertools import repeat
 from operator import itemgetter
 
 from vmstats import protocol
-from vmstats.server.rows import held_from_record
+from vmstats.logstore import format_tail
 
 #: (vms, timestamps, held rows, seqs (None: none sent), [(reject reason, count)], [detail])
 Parsed = tuple[list, list, list, list, list, list]
@@ -76,7 +76,7 @@ def build_fast_path(compact: bool = False) -> tuple["re.Pattern[bytes]", int, in
     Returns ``(regex, ts_group, seq_group)`` indexing the tuples that
     ``regex.findall`` yields: group 0 is the VM id, group 1 the host, the last
     one the timestamp.  By default every field is a group of its own: the
-    fields then the host, joined with commas, are the held row (rows.py).
+    fields then the host, joined with commas, are the held row (buffer.py).
     ``compact`` admits the same lines with the whole field section as group 2
     and only the seq (3) captured inside it: with fewer groups to mark sre is
     about a sixth faster (1.8 against 2.1 us a line, measured), and when a
@@ -125,7 +125,7 @@ class Parser:
         self._fullmatch = regex.fullmatch
         self._ts_of = itemgetter(ts_group)
         self._seq_of = itemgetter(seq_group)
-        # Held row (rows.py): the fields, then the host tag.
+        # Held row (buffer.py): the fields, then the host tag, as logstore.format_tail.
         self._row_of = itemgetter(*range(2, ts_group), 1)
         compact, compact_ts, compact_seq = build_fast_path(compact=True)
         self._compact_findall = compact.findall
@@ -218,7 +218,7 @@ class Parser:
             if record is not None:  # the decoder checked everything
                 vms.append(sys.intern(record.vm))
                 tss.append(record.ts)
-                rows.append(held_from_record(record))
+                rows.append(format_tail(record))
                 seqs.append(record.seq)
                 return
             try:

@@ -32,7 +32,7 @@ def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
                 ) -> list[tuple[str, int, str | None, bool]]:
     """``[(vm, rows written, error or None, worth retrying)]`` for each VM of the share.
 
-    ``share`` holds each VM's rows in the held form (rows.py), which is what
+    ``share`` holds each VM's rows in the held form (buffer.py), which is what
     ``logstore.append_missing`` takes.  Only the rows their day file lacks are
     appended, so a record resent or replayed after a crash is logged once.
 
