@@ -14,6 +14,12 @@ records and no backlog of earlier ones; TCP sends 2M records, about two
 flushes' worth at 200,000 records/s.  Loss is what the receiver's own
 counters did not see (and, for vmstats, what did not reach the logs).  Then a
 separate run holds 1M records in memory to measure RSS per buffered record.
+
+The host's speed is not constant (``bench/hostspeed.py``), and only a
+receiver that spends CPU per record feels it: each step and the TCP phase
+also print a probe of the host as they begin (median ms of a fixed workload
+on every core) and the sender's CPU per record, which is the same work
+whichever receiver it feeds.
 """
 
 import argparse
@@ -31,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from hostspeed import HostSpeed  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 
 from vmstats import logstore, protocol  # noqa: E402
@@ -307,9 +314,14 @@ def warm_up(receiver, lines: Lines) -> float:
     return time.monotonic() - started
 
 
-def udp_steps(receiver, lines: Lines, rates: list[int], seconds: float, packed: bool) -> dict:
+def udp_steps(receiver, lines: Lines, rates: list[int], seconds: float, packed: bool,
+              speed: HostSpeed) -> dict:
     """Stepped rates (records/s); the highest with zero loss there and at every lower step,
-    and CPU per record there."""
+    and CPU per record there.
+
+    Each step also records the host's speed as it began (``HostSpeed``) and
+    the sender's own CPU per record, the same work for either receiver.
+    """
     results = []
     best = None
     lossy = 0
@@ -320,17 +332,22 @@ def udp_steps(receiver, lines: Lines, rates: list[int], seconds: float, packed: 
             payloads = list(protocol.pack_lines(records)) if packed else records
             per_datagram = len(records) / len(payloads)
             receiver.logged_all()
+            probe_ms = speed.measure()
             before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
+            sender_before = time.process_time()
             achieved = send_paced(sock, receiver.udp_port, payloads, rate / per_datagram) * per_datagram
+            sender_cpu = time.process_time() - sender_before
             seen = settle(receiver, before, len(records))
             cpu = cpu_seconds(receiver.pid) - cpu_before
             step = {"target": rate, "achieved": round(achieved), "sent": len(records), "seen": seen,
                     "lost": len(records) - seen, "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2),
-                    "stolen_percent": stolen_percent(host)}
+                    "stolen_percent": stolen_percent(host), "probe_ms": probe_ms,
+                    "sender_us_per_record": round(sender_cpu / len(records) * 1e6, 2)}
             results.append(step)
             print("    %7d rec/s target, %7d achieved: %7d sent, %7d lost, %5.2f CPU us/record, "
-                  "%4.1f%% stolen" % (rate, achieved, len(records), step["lost"],
-                                      step["cpu_us_per_record"], step["stolen_percent"]), flush=True)
+                  "%4.1f%% stolen, probe %.2f ms, sender %.2f us/record"
+                  % (rate, achieved, len(records), step["lost"], step["cpu_us_per_record"],
+                     step["stolen_percent"], probe_ms, step["sender_us_per_record"]), flush=True)
             if achieved < 0.9 * rate:
                 break  # the sender's limit, not the receiver's
             if step["lost"] == 0:
@@ -344,13 +361,14 @@ def udp_steps(receiver, lines: Lines, rates: list[int], seconds: float, packed: 
     return {"best": best, "steps": results, "sender_limited": limited}
 
 
-def tcp_throughput(receiver, lines: Lines, count: int) -> dict:
+def tcp_throughput(receiver, lines: Lines, count: int, speed: HostSpeed) -> dict:
     """Records/s over one connection, timed to the acknowledgement of the last batch."""
     records = lines.take(count)
     chunks = []
     for offset in range(0, count, 500):
         chunks.append(b"\n".join(records[offset:offset + 500]) + b"\n")
     receiver.logged_all()
+    probe_ms = speed.measure()
     before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
     with socket.create_connection((LOOPBACK, receiver.tcp_port), timeout=60) as sock:
         started = time.perf_counter()
@@ -363,7 +381,8 @@ def tcp_throughput(receiver, lines: Lines, count: int) -> dict:
     cpu = cpu_seconds(receiver.pid) - cpu_before
     assert reply.startswith(b"#!ack"), reply
     return {"records": count, "seen": seen, "lost": count - seen, "rate": round(count / elapsed),
-            "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2), "stolen_percent": stolen_percent(host)}
+            "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2), "stolen_percent": stolen_percent(host),
+            "probe_ms": probe_ms}
 
 
 def memory_per_record(workdir: Path, lines: Lines, count: int) -> dict:
@@ -405,6 +424,7 @@ def main() -> int:
     if len(os.sched_getaffinity(0)) < 2:
         print("needs 2 cores", file=sys.stderr)
         return 2
+    cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {SENDER_CPU})
     quick = args.quick
     seconds = 1.0 if quick else 5.0  # a step holds a flush of its own records
@@ -415,6 +435,7 @@ def main() -> int:
     tcp_records = 200_000 if quick else 2_000_000
     held = 200_000 if quick else 1_000_000
     workdir = Path(tempfile.mkdtemp(prefix="vmstats-bench-"))
+    speed = HostSpeed(cores)
     results = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:]),
                "flush_interval": args.flush_interval}
     try:
@@ -430,12 +451,14 @@ def main() -> int:
                 print("  warm-up: one record per VM, logged, in %.1f s" % out["warm_up_seconds"],
                       flush=True)
                 print("  UDP, 1 record/datagram", flush=True)
-                out["udp_single"] = udp_steps(receiver, lines, single_rates, seconds, packed=False)
+                out["udp_single"] = udp_steps(receiver, lines, single_rates, seconds, packed=False,
+                                              speed=speed)
                 print("  UDP, packed to %d bytes" % protocol.SAFE_DATAGRAM_SIZE, flush=True)
-                out["udp_packed"] = udp_steps(receiver, lines, packed_rates, seconds, packed=True)
-                out["tcp"] = tcp_throughput(receiver, lines, tcp_records)
+                out["udp_packed"] = udp_steps(receiver, lines, packed_rates, seconds, packed=True,
+                                              speed=speed)
+                out["tcp"] = tcp_throughput(receiver, lines, tcp_records, speed)
                 print("  TCP: %(rate)d records/s, %(lost)d lost, %(cpu_us_per_record).2f CPU us/record, "
-                      "%(stolen_percent).1f%% stolen" % out["tcp"], flush=True)
+                      "%(stolen_percent).1f%% stolen, probe %(probe_ms).2f ms" % out["tcp"], flush=True)
                 out["peak_rss_mib"] = round(rss(receiver.pid) / 2 ** 20, 1)
             finally:
                 if name == "vmstats":
@@ -460,6 +483,10 @@ def _mark(steps: dict) -> str:
     return ">=" if steps["sender_limited"] else "  "
 
 
+def _or_dash(value: float | None) -> str:
+    return "-" if value is None else "%.2f" % value
+
+
 def summarize(results: dict) -> None:
     ref, vms = results["reference"], results["vmstats"]
 
@@ -479,6 +506,19 @@ def summarize(results: dict) -> None:
     print("  %-22s vmstats %7d  reference %7d  ratio %.2f  vmstats CPU %.2f us/record"
           % ("TCP", vms["tcp"]["rate"], ref["tcp"]["rate"], vms["tcp"]["rate"] / ref["tcp"]["rate"],
              vms["tcp"]["cpu_us_per_record"]))
+    print("  host speed as vmstats' steps began (the probe's median ms against the same step of "
+          "the reference's run; the sender's CPU per record during the step, likewise):")
+    for kind, label in (("udp_single", "1 record/datagram"), ("udp_packed", "packed")):
+        then = {step["target"]: step for step in ref[kind]["steps"]}
+        for step in vms[kind]["steps"]:
+            other = then.get(step["target"], {})
+            print("    %-18s %7d  %-12s probe %.2f ms (%s)  sender %.2f us/record (%s)" % (
+                label, step["target"], "lost %d" % step["lost"] if step["lost"] else "no loss",
+                step["probe_ms"], _or_dash(other.get("probe_ms")), step["sender_us_per_record"],
+                _or_dash(other.get("sender_us_per_record"))))
+    print("    %-18s %7d  %-12s probe %.2f ms (%.2f)" % (
+        "TCP", vms["tcp"]["rate"], "lost %d" % vms["tcp"]["lost"] if vms["tcp"]["lost"] else "no loss",
+        vms["tcp"]["probe_ms"], ref["tcp"]["probe_ms"]))
     print("  peak RSS: vmstats %.1f MiB, reference %.1f MiB; logs hold %d of %d received"
           % (vms["peak_rss_mib"], ref["peak_rss_mib"], vms["logged"], vms["received"]))
     print("  memory: %.1f bytes per buffered record with %d held"
