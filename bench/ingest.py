@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from hostspeed import HostSpeed  # noqa: E402
+from hostspeed import HostSpeed, host_ticks, stolen_percent  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 
 from vmstats import logstore, protocol  # noqa: E402
@@ -207,27 +207,6 @@ def cpu_seconds(pid: int) -> float:
         total += stats.get(current, 0.0)
         todo.extend(children.get(current, []))
     return total
-
-
-def host_ticks() -> tuple[int, int]:
-    """(stolen, all) CPU ticks of this machine since boot, from /proc/stat; (0, 0) elsewhere.
-
-    Time the hypervisor gives to other guests ("steal") is noise no receiver
-    controls; each measurement reports its share, so a lossy step on a busy
-    host can be told from a receiver's own limit.
-    """
-    try:
-        with open("/proc/stat") as stat:
-            ticks = [int(value) for value in stat.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return 0, 0
-    return (ticks[7] if len(ticks) == 8 else 0), sum(ticks)
-
-
-def stolen_percent(before: tuple[int, int]) -> float:
-    """The share of this machine's CPU time stolen since ``before`` (``host_ticks()``)."""
-    stolen, total = host_ticks()
-    return round(100.0 * (stolen - before[0]) / max(total - before[1], 1), 1)
 
 
 def rss(pid: int, field: str = "VmHWM") -> int:
