@@ -16,8 +16,10 @@ counters did not see (and, for vmstats, what did not reach the logs).  Then a
 separate run holds 1M records in memory to measure RSS per buffered record.
 
 The host's speed is not constant (``bench/hostspeed.py``), and only a
-receiver that spends CPU per record feels it: each step and the TCP phase
-also print a probe of the host as they begin (median ms of a fixed workload
+receiver that spends CPU per record feels it.  So both receivers run at once
+and take each rate in turn, seconds apart (reference, then vmstats), rather
+than one's whole series minutes after the other's; and each step and the TCP
+phase print a probe of the host as they begin (median ms of a fixed workload
 on every core) and the sender's CPU per record, which is the same work
 whichever receiver it feeds.
 """
@@ -293,51 +295,76 @@ def warm_up(receiver, lines: Lines) -> float:
     return time.monotonic() - started
 
 
-def udp_steps(receiver, lines: Lines, rates: list[int], seconds: float, packed: bool,
-              speed: HostSpeed) -> dict:
-    """Stepped rates (records/s); the highest with zero loss there and at every lower step,
-    and CPU per record there.
+class Series:
+    """One receiver's stepped rates: the highest with zero loss there and at every lower step."""
 
-    Each step also records the host's speed as it began (``HostSpeed``) and
-    the sender's own CPU per record, the same work for either receiver.
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.best: dict | None = None
+        self.lossy = 0
+        self.done = False
+
+    def add(self, step: dict) -> None:
+        self.steps.append(step)
+        if step["achieved"] < 0.9 * step["target"]:
+            self.done = True  # the sender's limit, not the receiver's
+        elif step["lost"] == 0:
+            self.best = self.best if self.lossy else step  # a rate counts only if no lower one lost
+        else:
+            self.lossy += 1
+            self.done = self.lossy >= 2
+
+    def result(self) -> dict:
+        # Never lost anything: the receiver's real limit is above what was measured.
+        return {"best": self.best, "steps": self.steps,
+                "sender_limited": all(step["lost"] == 0 for step in self.steps)}
+
+
+def udp_steps(receivers: dict, lines: dict, rates: list[int], seconds: float, packed: bool,
+              speed: HostSpeed) -> dict:
+    """Each rate (records/s) sent to every receiver in turn, a series per receiver.
+
+    Interleaved rather than one receiver's series after the other's, so that
+    a rate's steps run seconds apart, in much the same state of the host
+    (``HostSpeed``), which each step also records as it begins, with the
+    sender's own CPU per record (the same work for either receiver).
     """
-    results = []
-    best = None
-    lossy = 0
+    series = {name: Series() for name in receivers}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         for rate in rates:
-            records = lines.take(int(rate * seconds))
-            payloads = list(protocol.pack_lines(records)) if packed else records
-            per_datagram = len(records) / len(payloads)
-            receiver.logged_all()
-            probe_ms = speed.measure()
-            before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
-            sender_before = time.process_time()
-            achieved = send_paced(sock, receiver.udp_port, payloads, rate / per_datagram) * per_datagram
-            sender_cpu = time.process_time() - sender_before
-            seen = settle(receiver, before, len(records))
-            cpu = cpu_seconds(receiver.pid) - cpu_before
-            step = {"target": rate, "achieved": round(achieved), "sent": len(records), "seen": seen,
-                    "lost": len(records) - seen, "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2),
-                    "stolen_percent": stolen_percent(host), "probe_ms": probe_ms,
-                    "sender_us_per_record": round(sender_cpu / len(records) * 1e6, 2)}
-            results.append(step)
-            print("    %7d rec/s target, %7d achieved: %7d sent, %7d lost, %5.2f CPU us/record, "
-                  "%4.1f%% stolen, probe %.2f ms, sender %.2f us/record"
-                  % (rate, achieved, len(records), step["lost"], step["cpu_us_per_record"],
-                     step["stolen_percent"], probe_ms, step["sender_us_per_record"]), flush=True)
-            if achieved < 0.9 * rate:
-                break  # the sender's limit, not the receiver's
-            if step["lost"] == 0:
-                best = best if lossy else step  # a rate counts only if no lower one lost
-            else:
-                lossy += 1
-                if lossy >= 2:
-                    break
-    # Never lost anything: the receiver's real limit is above what was measured.
-    limited = all(step["lost"] == 0 for step in results)
-    return {"best": best, "steps": results, "sender_limited": limited}
+            for name, receiver in receivers.items():
+                if not series[name].done:
+                    series[name].add(udp_step(name, receiver, sock, lines[name], rate, seconds,
+                                              packed, speed))
+            if all(one.done for one in series.values()):
+                break
+    return {name: one.result() for name, one in series.items()}
+
+
+def udp_step(name: str, receiver, sock, lines: Lines, rate: int, seconds: float, packed: bool,
+             speed: HostSpeed) -> dict:
+    """One receiver at one rate for ``seconds``, from a receiver with nothing left to log."""
+    records = lines.take(int(rate * seconds))
+    payloads = list(protocol.pack_lines(records)) if packed else records
+    per_datagram = len(records) / len(payloads)
+    receiver.logged_all()
+    probe_ms = speed.measure()
+    before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
+    sender_before = time.process_time()
+    achieved = send_paced(sock, receiver.udp_port, payloads, rate / per_datagram) * per_datagram
+    sender_cpu = time.process_time() - sender_before
+    seen = settle(receiver, before, len(records))
+    cpu = cpu_seconds(receiver.pid) - cpu_before
+    step = {"target": rate, "achieved": round(achieved), "sent": len(records), "seen": seen,
+            "lost": len(records) - seen, "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2),
+            "stolen_percent": stolen_percent(host), "probe_ms": probe_ms,
+            "sender_us_per_record": round(sender_cpu / len(records) * 1e6, 2)}
+    print("    %-9s %7d rec/s target, %7d achieved: %7d sent, %7d lost, %5.2f CPU us/record, "
+          "%4.1f%% stolen, probe %.2f ms, sender %.2f us/record"
+          % (name, rate, achieved, len(records), step["lost"], step["cpu_us_per_record"],
+             step["stolen_percent"], probe_ms, step["sender_us_per_record"]), flush=True)
+    return step
 
 
 def tcp_throughput(receiver, lines: Lines, count: int, speed: HostSpeed) -> dict:
@@ -418,34 +445,8 @@ def main() -> int:
     results = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:]),
                "flush_interval": args.flush_interval}
     try:
-        for name, factory in (("reference", lambda: Reference(workdir, 8 << 20)),
-                              ("vmstats", lambda: Vmstats(workdir / "vmstats",
-                                                       flush_interval=args.flush_interval))):
-            print("%s:" % name, flush=True)
-            receiver = unpinned(factory)
-            lines = Lines()
-            out = results[name] = {}
-            try:
-                out["warm_up_seconds"] = round(warm_up(receiver, lines), 1)
-                print("  warm-up: one record per VM, logged, in %.1f s" % out["warm_up_seconds"],
-                      flush=True)
-                print("  UDP, 1 record/datagram", flush=True)
-                out["udp_single"] = udp_steps(receiver, lines, single_rates, seconds, packed=False,
-                                              speed=speed)
-                print("  UDP, packed to %d bytes" % protocol.SAFE_DATAGRAM_SIZE, flush=True)
-                out["udp_packed"] = udp_steps(receiver, lines, packed_rates, seconds, packed=True,
-                                              speed=speed)
-                out["tcp"] = tcp_throughput(receiver, lines, tcp_records, speed)
-                print("  TCP: %(rate)d records/s, %(lost)d lost, %(cpu_us_per_record).2f CPU us/record, "
-                      "%(stolen_percent).1f%% stolen, probe %(probe_ms).2f ms" % out["tcp"], flush=True)
-                out["peak_rss_mib"] = round(rss(receiver.pid) / 2 ** 20, 1)
-            finally:
-                if name == "vmstats":
-                    received, rows = receiver.stop()
-                    out["received"], out["logged"] = received, rows
-                    print("  server counted %d records, logs hold %d rows" % (received, rows))
-                else:
-                    receiver.stop()
+        interleaved(results, workdir, args.flush_interval, speed, seconds, single_rates, packed_rates,
+                    tcp_records)
         print("memory: %d records held" % held, flush=True)
         results["memory"] = memory_per_record(workdir / "memory", Lines(), held)
         print("  %(bytes_per_record).1f bytes RSS per buffered record (%(held)d held, peak "
@@ -456,6 +457,46 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def interleaved(results: dict, workdir: Path, flush_interval: str, speed: HostSpeed, seconds: float,
+                single_rates: list[int], packed_rates: list[int], tcp_records: int) -> None:
+    """Both receivers up at once, each phase run on one then the other; figures into ``results``."""
+    receivers: dict = {}
+    lines: dict[str, Lines] = {}
+    try:
+        for name, factory in (("reference", lambda: Reference(workdir, 8 << 20)),
+                              ("vmstats", lambda: Vmstats(workdir / "vmstats",
+                                                       flush_interval=flush_interval))):
+            receivers[name] = unpinned(factory)
+            lines[name] = Lines()
+            out = results[name] = {}
+            out["warm_up_seconds"] = round(warm_up(receivers[name], lines[name]), 1)
+            print("%s warm-up: one record per VM, logged, in %.1f s" % (name, out["warm_up_seconds"]),
+                  flush=True)
+        for kind, rates, packed, label in (
+                ("udp_single", single_rates, False, "UDP, 1 record/datagram"),
+                ("udp_packed", packed_rates, True, "UDP, packed to %d bytes" % protocol.SAFE_DATAGRAM_SIZE)):
+            print(label, flush=True)
+            for name, series in udp_steps(receivers, lines, rates, seconds, packed, speed).items():
+                results[name][kind] = series
+        print("TCP", flush=True)
+        for name, receiver in receivers.items():
+            out = results[name]
+            out["tcp"] = tcp_throughput(receiver, lines[name], tcp_records, speed)
+            print("    %-9s %d records/s, %d lost, %.2f CPU us/record, %.1f%% stolen, probe %.2f ms"
+                  % (name, out["tcp"]["rate"], out["tcp"]["lost"], out["tcp"]["cpu_us_per_record"],
+                     out["tcp"]["stolen_percent"], out["tcp"]["probe_ms"]), flush=True)
+        for name, receiver in receivers.items():
+            results[name]["peak_rss_mib"] = round(rss(receiver.pid) / 2 ** 20, 1)
+    finally:
+        for name, receiver in receivers.items():
+            if name == "vmstats":
+                received, rows = receiver.stop()
+                results[name]["received"], results[name]["logged"] = received, rows
+                print("vmstats counted %d records, its logs hold %d rows" % (received, rows))
+            else:
+                receiver.stop()
 
 
 def _mark(steps: dict) -> str:
@@ -485,8 +526,8 @@ def summarize(results: dict) -> None:
     print("  %-22s vmstats %7d  reference %7d  ratio %.2f  vmstats CPU %.2f us/record"
           % ("TCP", vms["tcp"]["rate"], ref["tcp"]["rate"], vms["tcp"]["rate"] / ref["tcp"]["rate"],
              vms["tcp"]["cpu_us_per_record"]))
-    print("  host speed as vmstats' steps began (the probe's median ms against the same step of "
-          "the reference's run; the sender's CPU per record during the step, likewise):")
+    print("  host speed as vmstats' steps began (the probe's median ms; in brackets the reference's "
+          "step at that rate, seconds before), and the sender's CPU per record during each:")
     for kind, label in (("udp_single", "1 record/datagram"), ("udp_packed", "packed")):
         then = {step["target"]: step for step in ref[kind]["steps"]}
         for step in vms[kind]["steps"]:
