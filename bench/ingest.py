@@ -335,6 +335,7 @@ def udp_steps(receivers: dict, lines: dict, rates: list[int], seconds: float, pa
         for rate in rates:
             for name, receiver in receivers.items():
                 if not series[name].done:
+                    all_logged(receivers)
                     series[name].add(udp_step(name, receiver, sock, lines[name], rate, seconds,
                                               packed, speed))
             if all(one.done for one in series.values()):
@@ -342,13 +343,22 @@ def udp_steps(receivers: dict, lines: dict, rates: list[int], seconds: float, pa
     return {name: one.result() for name, one in series.items()}
 
 
+def all_logged(receivers: dict) -> None:
+    """Wait until no receiver has anything left to log, so a step meets an idle machine.
+
+    With the receivers interleaved, vmstats writes out its last step while
+    the reference's next one would otherwise already run.
+    """
+    for receiver in receivers.values():
+        receiver.logged_all()
+
+
 def udp_step(name: str, receiver, sock, lines: Lines, rate: int, seconds: float, packed: bool,
              speed: HostSpeed) -> dict:
-    """One receiver at one rate for ``seconds``, from a receiver with nothing left to log."""
+    """One receiver at one rate for ``seconds``, on a machine whose receivers are all idle."""
     records = lines.take(int(rate * seconds))
     payloads = list(protocol.pack_lines(records)) if packed else records
     per_datagram = len(records) / len(payloads)
-    receiver.logged_all()
     probe_ms = speed.measure()
     before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
     sender_before = time.process_time()
@@ -368,12 +378,12 @@ def udp_step(name: str, receiver, sock, lines: Lines, rate: int, seconds: float,
 
 
 def tcp_throughput(receiver, lines: Lines, count: int, speed: HostSpeed) -> dict:
-    """Records/s over one connection, timed to the acknowledgement of the last batch."""
+    """Records/s over one connection, timed to the acknowledgement of the last batch (the
+    receivers idle before it: ``all_logged``)."""
     records = lines.take(count)
     chunks = []
     for offset in range(0, count, 500):
         chunks.append(b"\n".join(records[offset:offset + 500]) + b"\n")
-    receiver.logged_all()
     probe_ms = speed.measure()
     before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
     with socket.create_connection((LOOPBACK, receiver.tcp_port), timeout=60) as sock:
@@ -482,6 +492,7 @@ def interleaved(results: dict, workdir: Path, flush_interval: str, speed: HostSp
                 results[name][kind] = series
         print("TCP", flush=True)
         for name, receiver in receivers.items():
+            all_logged(receivers)
             out = results[name]
             out["tcp"] = tcp_throughput(receiver, lines[name], tcp_records, speed)
             print("    %-9s %d records/s, %d lost, %.2f CPU us/record, %.1f%% stolen, probe %.2f ms"

@@ -30,7 +30,7 @@ def row(ts: int, tag: int = 0) -> bytes:
 
 
 def tails(rows: dict) -> dict:
-    """``{ts: log row}`` as append_missing takes it: each row without its leading ``ts,``."""
+    """``{ts: log row}`` to the form append_missing takes: each row without its leading ``ts,``."""
     return {ts: line.split(b",", 1)[1] for ts, line in rows.items()}
 
 
