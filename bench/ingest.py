@@ -19,9 +19,15 @@ The host's speed is not constant (``bench/hostspeed.py``), and only a
 receiver that spends CPU per record feels it.  So both receivers run at once
 and take each rate in turn, seconds apart (reference, then vmstats), rather
 than one's whole series minutes after the other's; and each step and the TCP
-phase print a probe of the host as they begin (median ms of a fixed workload
-on every core) and the sender's CPU per record, which is the same work
-whichever receiver it feeds.
+phase record a probe of the host as they begin and once their records are
+counted (median ms of a fixed workload on every core) and the sender's CPU per
+record, which is the same work whichever receiver it feeds.  Each step
+waits (up to 20 s) for the host to be at speed, and one that lost records,
+or a TCP phase, with a probe slower than 1.25x the run's fastest is
+measured again once the host is back at speed, up to three times in all
+(``at_speed``): the targets are for a 2-core machine, not for
+the half of one a busy neighbour sometimes leaves.  The first attempts are
+reported on their own as well.
 """
 
 import argparse
@@ -33,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +57,11 @@ LOOPBACK = "127.0.0.1"
 VMS = 10_000
 #: The sender (this process) is pinned to this core; receivers are started unpinned.
 SENDER_CPU = 1
+#: Measurements of a step in all, when it fell short on a slow host (``at_speed``), and the
+#: seconds to wait for the host's speed before a step's first attempt and before each repeat.
+ATTEMPTS = 3
+FIRST_WAIT = 20.0
+HOST_WAIT = 120.0
 _TEMPLATE = (b"vmstats,vm=10.%d.%d.%d,host=vm%d cpu=%d.%d,cpu_max=%d.5,mem=%d.25,disk_r=%d,"
              b"disk_w=%d.5,net_rx=%d,net_tx=%d,vcpus=2i,mem_mb=4096i,seq=%di %d")
 
@@ -128,8 +141,10 @@ class Vmstats:
     """vmstats serve (flushing to disk) with the counters the benchmark needs."""
 
     def __init__(self, workdir: Path, *args: str, flush_interval: str = "5s"):
+        # Longer than any run, waits for the host's speed included (the tests' default is 15m).
         self.server = ServerProcess(workdir, "--flush-interval", flush_interval,
-                                    "--log-level", "warning", *args, stop_timeout=120)
+                                    "--log-level", "warning", "--duration", "3h", *args,
+                                    stop_timeout=120)
         self.server.start()
         self.udp_port, self.tcp_port, self.pid = (self.server.udp_port, self.server.tcp_port,
                                                   self.server.pid)
@@ -321,26 +336,63 @@ class Series:
 
 
 def udp_steps(receivers: dict, lines: dict, rates: list[int], seconds: float, packed: bool,
-              speed: HostSpeed) -> dict:
-    """Each rate (records/s) sent to every receiver in turn, a series per receiver.
+              speed: HostSpeed) -> dict[str, tuple[dict, dict]]:
+    """Each rate (records/s) sent to every receiver in turn: ``{receiver: (series, first
+    attempts' series)}``.
 
     Interleaved rather than one receiver's series after the other's, so that
     a rate's steps run seconds apart, in much the same state of the host
-    (``HostSpeed``), which each step also records as it begins, with the
-    sender's own CPU per record (the same work for either receiver).
+    (``HostSpeed``), which each step also records as it begins and ends, with
+    the sender's own CPU per record (the same work for either receiver).  A
+    step that lost records on a slow host is repeated (``at_speed``); the
+    first attempts make a series of their own, reported beside it.
     """
     series = {name: Series() for name in receivers}
+    first = {name: Series() for name in receivers}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         for rate in rates:
             for name, receiver in receivers.items():
-                if not series[name].done:
-                    all_logged(receivers)
-                    series[name].add(udp_step(name, receiver, sock, lines[name], rate, seconds,
-                                              packed, speed))
+                if series[name].done:
+                    continue
+                step = partial(udp_step, name, receiver, sock, lines[name], rate, seconds,
+                               packed, speed)
+                attempts = at_speed(receivers, speed, step, lambda done: done["lost"] > 0)
+                if not first[name].done:
+                    first[name].add(attempts[0])
+                series[name].add(dict(attempts[-1], earlier_attempts=attempts[:-1]))
             if all(one.done for one in series.values()):
                 break
-    return {name: one.result() for name, one in series.items()}
+    return {name: (series[name].result(), first[name].result()) for name in receivers}
+
+
+def at_speed(receivers: dict, speed: HostSpeed, measure: Callable[[], dict],
+             fell_short: Callable[[dict], bool]) -> list[dict]:
+    """``measure()`` on an idle machine at speed, repeated while it ``fell_short`` on a slow host.
+
+    The targets are for a 2-core machine, and this shared host sometimes runs
+    at half its speed for minutes (``bench/hostspeed.py``), with no stolen
+    time to show for it: a step there measures the neighbours.  So each step
+    waits up to ``FIRST_WAIT`` s for the host to be at speed, whatever the
+    receiver, and one that lost records (or, for TCP, any phase) while a probe
+    as it began or as its records were counted found the host slow
+    (``HostSpeed.slow``) is measured again once the host is back at speed (or
+    ``HOST_WAIT`` s have passed), up to ``ATTEMPTS`` times in all.  A loss at
+    full speed is never repeated: it counts.  Every attempt is kept and
+    printed, and the first ones are reported on their own.
+    """
+    attempts: list[dict] = []
+    while True:
+        all_logged(receivers)
+        speed.wait_for_speed(HOST_WAIT if attempts else FIRST_WAIT)
+        result = measure()
+        result["host_slow"] = speed.slow(result["probe_ms"]) or speed.slow(result["probe_after_ms"])
+        attempts.append(result)
+        if not (result["host_slow"] and fell_short(result)) or len(attempts) >= ATTEMPTS:
+            return attempts
+        print("      the host was slow (probes %.2f and %.2f ms, fastest %.2f): again once it "
+              "is at speed" % (result["probe_ms"], result["probe_after_ms"], speed.fastest),
+              flush=True)
 
 
 def all_logged(receivers: dict) -> None:
@@ -355,7 +407,8 @@ def all_logged(receivers: dict) -> None:
 
 def udp_step(name: str, receiver, sock, lines: Lines, rate: int, seconds: float, packed: bool,
              speed: HostSpeed) -> dict:
-    """One receiver at one rate for ``seconds``, on a machine whose receivers are all idle."""
+    """One receiver at one rate for ``seconds``, on a machine whose receivers are all idle
+    (``at_speed``)."""
     records = lines.take(int(rate * seconds))
     payloads = list(protocol.pack_lines(records)) if packed else records
     per_datagram = len(records) / len(payloads)
@@ -365,21 +418,24 @@ def udp_step(name: str, receiver, sock, lines: Lines, rate: int, seconds: float,
     achieved = send_paced(sock, receiver.udp_port, payloads, rate / per_datagram) * per_datagram
     sender_cpu = time.process_time() - sender_before
     seen = settle(receiver, before, len(records))
+    probe_after_ms = speed.measure()
     cpu = cpu_seconds(receiver.pid) - cpu_before
     step = {"target": rate, "achieved": round(achieved), "sent": len(records), "seen": seen,
             "lost": len(records) - seen, "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2),
             "stolen_percent": stolen_percent(host), "probe_ms": probe_ms,
+            "probe_after_ms": probe_after_ms,
             "sender_us_per_record": round(sender_cpu / len(records) * 1e6, 2)}
     print("    %-9s %7d rec/s target, %7d achieved: %7d sent, %7d lost, %5.2f CPU us/record, "
-          "%4.1f%% stolen, probe %.2f ms, sender %.2f us/record"
+          "%4.1f%% stolen, probe %.2f/%.2f ms, sender %.2f us/record"
           % (name, rate, achieved, len(records), step["lost"], step["cpu_us_per_record"],
-             step["stolen_percent"], probe_ms, step["sender_us_per_record"]), flush=True)
+             step["stolen_percent"], probe_ms, probe_after_ms, step["sender_us_per_record"]),
+          flush=True)
     return step
 
 
 def tcp_throughput(receiver, lines: Lines, count: int, speed: HostSpeed) -> dict:
     """Records/s over one connection, timed to the acknowledgement of the last batch (the
-    receivers idle before it: ``all_logged``)."""
+    receivers idle before it: ``at_speed``)."""
     records = lines.take(count)
     chunks = []
     for offset in range(0, count, 500):
@@ -394,11 +450,12 @@ def tcp_throughput(receiver, lines: Lines, count: int, speed: HostSpeed) -> dict
         reply = sock.makefile("rb").readline()
         elapsed = time.perf_counter() - started
     seen = settle(receiver, before, count)
+    probe_after_ms = speed.measure()
     cpu = cpu_seconds(receiver.pid) - cpu_before
     assert reply.startswith(b"#!ack"), reply
     return {"records": count, "seen": seen, "lost": count - seen, "rate": round(count / elapsed),
             "cpu_us_per_record": round(cpu / max(seen, 1) * 1e6, 2), "stolen_percent": stolen_percent(host),
-            "probe_ms": probe_ms}
+            "probe_ms": probe_ms, "probe_after_ms": probe_after_ms}
 
 
 def memory_per_record(workdir: Path, lines: Lines, count: int) -> dict:
@@ -452,6 +509,7 @@ def main() -> int:
     held = 200_000 if quick else 1_000_000
     workdir = Path(tempfile.mkdtemp(prefix="vmstats-bench-"))
     speed = HostSpeed(cores)
+    speed.calibrate(5.0)
     results = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:]),
                "flush_interval": args.flush_interval}
     try:
@@ -488,16 +546,27 @@ def interleaved(results: dict, workdir: Path, flush_interval: str, speed: HostSp
                 ("udp_single", single_rates, False, "UDP, 1 record/datagram"),
                 ("udp_packed", packed_rates, True, "UDP, packed to %d bytes" % protocol.SAFE_DATAGRAM_SIZE)):
             print(label, flush=True)
-            for name, series in udp_steps(receivers, lines, rates, seconds, packed, speed).items():
-                results[name][kind] = series
+            for name, (series, first) in udp_steps(receivers, lines, rates, seconds, packed,
+                                                   speed).items():
+                results[name][kind], results[name][kind + "_first_attempts"] = series, first
         print("TCP", flush=True)
         for name, receiver in receivers.items():
-            all_logged(receivers)
             out = results[name]
-            out["tcp"] = tcp_throughput(receiver, lines[name], tcp_records, speed)
-            print("    %-9s %d records/s, %d lost, %.2f CPU us/record, %.1f%% stolen, probe %.2f ms"
-                  % (name, out["tcp"]["rate"], out["tcp"]["lost"], out["tcp"]["cpu_us_per_record"],
-                     out["tcp"]["stolen_percent"], out["tcp"]["probe_ms"]), flush=True)
+
+            def tcp(name=name, receiver=receiver) -> dict:
+                phase = tcp_throughput(receiver, lines[name], tcp_records, speed)
+                print("    %-9s %d records/s, %d lost, %.2f CPU us/record, %.1f%% stolen, probe "
+                      "%.2f/%.2f ms" % (name, phase["rate"], phase["lost"],
+                                        phase["cpu_us_per_record"], phase["stolen_percent"],
+                                        phase["probe_ms"], phase["probe_after_ms"]), flush=True)
+                return phase
+
+            attempts = at_speed(receivers, speed, tcp, lambda phase: True)
+            # If every attempt met a slow host, the one that met it least slow stands: chosen by
+            # the probes, never by the rate.
+            chosen = min(attempts, key=lambda phase: max(phase["probe_ms"], phase["probe_after_ms"]))
+            out["tcp"] = dict(chosen, earlier_attempts=[one for one in attempts if one is not chosen])
+            out["tcp_first_attempt"] = attempts[0]
         for name, receiver in receivers.items():
             results[name]["peak_rss_mib"] = round(rss(receiver.pid) / 2 ** 20, 1)
     finally:
@@ -528,32 +597,53 @@ def summarize(results: dict) -> None:
     print("\nsummary (records/s with zero loss at that step and every lower one; ratio to the "
           "reference in the same run)")
     print("  (>= : no loss at any rate the sender reached; the receiver's limit is higher)")
-    for kind, label in (("udp_single", "UDP 1 record/datagram"), ("udp_packed", "UDP packed")):
-        r, v = best(ref, kind), best(vms, kind)
-        cpu = vms[kind]["best"]["cpu_us_per_record"] if vms[kind]["best"] else float("nan")
-        ratio = "%s%.2f" % ("<=" if ref[kind]["sender_limited"] else "", v / r if r else float("nan"))
-        print("  %-22s vmstats %s%7d  reference %s%7d  ratio %s  vmstats CPU %.2f us/record"
-              % (label, _mark(vms[kind]), v, _mark(ref[kind]), r, ratio, cpu))
-    print("  %-22s vmstats %7d  reference %7d  ratio %.2f  vmstats CPU %.2f us/record"
-          % ("TCP", vms["tcp"]["rate"], ref["tcp"]["rate"], vms["tcp"]["rate"] / ref["tcp"]["rate"],
-             vms["tcp"]["cpu_us_per_record"]))
-    print("  host speed as vmstats' steps began (the probe's median ms; in brackets the reference's "
-          "step at that rate, seconds before), and the sender's CPU per record during each:")
+    for suffix, heading in (("", "with the host at speed (a step that lost records on a slow "
+                                 "host measured again)"),
+                            ("_first_attempts", "first attempts only")):
+        print("  " + heading)
+        for kind, label in (("udp_single", "UDP 1 record/datagram"), ("udp_packed", "UDP packed")):
+            kind += suffix
+            r, v = best(ref, kind), best(vms, kind)
+            cpu = vms[kind]["best"]["cpu_us_per_record"] if vms[kind]["best"] else float("nan")
+            ratio = "%s%.2f" % ("<=" if ref[kind]["sender_limited"] else "",
+                                v / r if r else float("nan"))
+            print("    %-22s vmstats %s%7d  reference %s%7d  ratio %s  vmstats CPU %.2f us/record"
+                  % (label, _mark(vms[kind]), v, _mark(ref[kind]), r, ratio, cpu))
+        tcp = "tcp" if not suffix else "tcp_first_attempt"
+        print("    %-22s vmstats %7d  reference %7d  ratio %.2f  vmstats CPU %.2f us/record"
+              % ("TCP", vms[tcp]["rate"], ref[tcp]["rate"], vms[tcp]["rate"] / ref[tcp]["rate"],
+                 vms[tcp]["cpu_us_per_record"]))
+    print("  host speed around vmstats' steps (the probe's median ms as each began and once its "
+          "records were counted; in brackets the reference's step at that rate, seconds before), the "
+          "sender's CPU per record, and any other attempts, on a slow host:")
     for kind, label in (("udp_single", "1 record/datagram"), ("udp_packed", "packed")):
         then = {step["target"]: step for step in ref[kind]["steps"]}
         for step in vms[kind]["steps"]:
             other = then.get(step["target"], {})
-            print("    %-18s %7d  %-12s probe %.2f ms (%s)  sender %.2f us/record (%s)" % (
-                label, step["target"], "lost %d" % step["lost"] if step["lost"] else "no loss",
-                step["probe_ms"], _or_dash(other.get("probe_ms")), step["sender_us_per_record"],
-                _or_dash(other.get("sender_us_per_record"))))
-    print("    %-18s %7d  %-12s probe %.2f ms (%.2f)" % (
-        "TCP", vms["tcp"]["rate"], "lost %d" % vms["tcp"]["lost"] if vms["tcp"]["lost"] else "no loss",
-        vms["tcp"]["probe_ms"], ref["tcp"]["probe_ms"]))
+            print("    %-18s %7d  %-12s probe %.2f/%.2f ms (%s)  sender %.2f us/record (%s)%s" % (
+                label, step["target"], _outcome(step), step["probe_ms"], step["probe_after_ms"],
+                _or_dash(other.get("probe_ms")), step["sender_us_per_record"],
+                _or_dash(other.get("sender_us_per_record")), _earlier(step)))
+    tcp = vms["tcp"]
+    print("    %-18s %7d  %-12s probe %.2f/%.2f ms (%.2f)%s" % (
+        "TCP", tcp["rate"], _outcome(tcp), tcp["probe_ms"], tcp["probe_after_ms"],
+        ref["tcp"]["probe_ms"], _earlier(tcp)))
     print("  peak RSS: vmstats %.1f MiB, reference %.1f MiB; logs hold %d of %d received"
           % (vms["peak_rss_mib"], ref["peak_rss_mib"], vms["logged"], vms["received"]))
     print("  memory: %.1f bytes per buffered record with %d held"
           % (results["memory"]["bytes_per_record"], results["memory"]["held"]))
+
+
+def _outcome(step: dict) -> str:
+    return "lost %d" % step["lost"] if step["lost"] else "no loss"
+
+
+def _earlier(step: dict) -> str:
+    """The other attempts at this step, which fell short on a slow host."""
+    return "".join("; also: %s, probe %.2f/%.2f ms%s" % (
+        _outcome(one), one["probe_ms"], one["probe_after_ms"],
+        ", %d records/s" % one["rate"] if "rate" in one else "")
+        for one in step.get("earlier_attempts", ()))
 
 
 if __name__ == "__main__":
