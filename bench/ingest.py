@@ -22,12 +22,11 @@ than one's whole series minutes after the other's; and each step and the TCP
 phase record a probe of the host as they begin and once their records are
 counted (median ms of a fixed workload on every core) and the sender's CPU per
 record, which is the same work whichever receiver it feeds.  Each step
-waits (up to 20 s) for the host to be at speed, and one that lost records,
-or a TCP phase, with a probe slower than 1.25x the run's fastest is
-measured again once the host is back at speed, up to three times in all
-(``at_speed``): the targets are for a 2-core machine, not for
-the half of one a busy neighbour sometimes leaves.  The first attempts are
-reported on their own as well.
+waits for the host to be at speed, and one that lost records on a slow host
+(or a TCP phase on one) is measured again once it is back at speed
+(``at_speed``): the targets are for a 2-core machine, not for the half of
+one a busy neighbour sometimes leaves.  The first attempts are reported on
+their own as well.
 """
 
 import argparse
@@ -360,7 +359,7 @@ def udp_steps(receivers: dict, lines: dict, rates: list[int], seconds: float, pa
                 attempts = at_speed(receivers, speed, step, lambda done: done["lost"] > 0)
                 if not first[name].done:
                     first[name].add(attempts[0])
-                series[name].add(dict(attempts[-1], earlier_attempts=attempts[:-1]))
+                series[name].add(dict(attempts[-1], other_attempts=attempts[:-1]))
             if all(one.done for one in series.values()):
                 break
     return {name: (series[name].result(), first[name].result()) for name in receivers}
@@ -565,7 +564,7 @@ def interleaved(results: dict, workdir: Path, flush_interval: str, speed: HostSp
             # If every attempt met a slow host, the one that met it least slow stands: chosen by
             # the probes, never by the rate.
             chosen = min(attempts, key=lambda phase: max(phase["probe_ms"], phase["probe_after_ms"]))
-            out["tcp"] = dict(chosen, earlier_attempts=[one for one in attempts if one is not chosen])
+            out["tcp"] = dict(chosen, other_attempts=[one for one in attempts if one is not chosen])
             out["tcp_first_attempt"] = attempts[0]
         for name, receiver in receivers.items():
             results[name]["peak_rss_mib"] = round(rss(receiver.pid) / 2 ** 20, 1)
@@ -623,11 +622,11 @@ def summarize(results: dict) -> None:
             print("    %-18s %7d  %-12s probe %.2f/%.2f ms (%s)  sender %.2f us/record (%s)%s" % (
                 label, step["target"], _outcome(step), step["probe_ms"], step["probe_after_ms"],
                 _or_dash(other.get("probe_ms")), step["sender_us_per_record"],
-                _or_dash(other.get("sender_us_per_record")), _earlier(step)))
+                _or_dash(other.get("sender_us_per_record")), _others(step)))
     tcp = vms["tcp"]
     print("    %-18s %7d  %-12s probe %.2f/%.2f ms (%.2f)%s" % (
         "TCP", tcp["rate"], _outcome(tcp), tcp["probe_ms"], tcp["probe_after_ms"],
-        ref["tcp"]["probe_ms"], _earlier(tcp)))
+        ref["tcp"]["probe_ms"], _others(tcp)))
     print("  peak RSS: vmstats %.1f MiB, reference %.1f MiB; logs hold %d of %d received"
           % (vms["peak_rss_mib"], ref["peak_rss_mib"], vms["logged"], vms["received"]))
     print("  memory: %.1f bytes per buffered record with %d held"
@@ -638,12 +637,12 @@ def _outcome(step: dict) -> str:
     return "lost %d" % step["lost"] if step["lost"] else "no loss"
 
 
-def _earlier(step: dict) -> str:
+def _others(step: dict) -> str:
     """The other attempts at this step, which fell short on a slow host."""
     return "".join("; also: %s, probe %.2f/%.2f ms%s" % (
         _outcome(one), one["probe_ms"], one["probe_after_ms"],
         ", %d records/s" % one["rate"] if "rate" in one else "")
-        for one in step.get("earlier_attempts", ()))
+        for one in step.get("other_attempts", ()))
 
 
 if __name__ == "__main__":
