@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
-from vmstats.server.parse import Parser, _lines
+from vmstats.server.parse import Parser, _all_lines_matched, _lines, frame_start
 from vmstats.server.parsers import ParserDied, _Parser
 from vmstats.server.parseworker import REPLY
 
@@ -153,6 +153,20 @@ def test_a_parser_that_answers_nonsense_is_stopped_and_nothing_is_lost():
 @given(st.text(alphabet="a\n\r#", max_size=40).map(str.encode))
 def test_lines_counts_the_non_empty_lines(data):
     assert _lines(data) == sum(1 for line in data.split(b"\n") if line)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="a\n\r#", max_size=40).map(str.encode), st.integers(0, 40))
+def test_one_count_proves_every_line_matched_only_when_it_is_so(data, matched):
+    """The single-count shortcut never admits a payload with a line the regex left."""
+    matched = min(matched, _lines(data))  # the regex matches at most one per non-empty line
+    assert _all_lines_matched(data, matched) == (matched == _lines(data))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="a\n#!", max_size=40).map(str.encode))
+def test_frame_start_is_where_the_first_control_line_begins(data):
+    assert frame_start(data) == data.find(b"\n#!")
 
 
 def test_blank_lines_keep_a_payload_on_the_column_path(monkeypatch):

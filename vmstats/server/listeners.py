@@ -22,6 +22,7 @@ from twisted.python import log as twisted_log
 from vmstats import protocol
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics, RateLimitedLog
+from vmstats.server.parse import frame_start
 from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         metrics.datagrams += len(batch)
         joined = b"\n".join(batch)
         metrics.bytes += len(joined) - len(batch) + 1
-        if self._plain and joined[:2] != b"#!" and b"\n#!" not in joined:
+        if self._plain and joined[:2] != b"#!" and frame_start(joined) < 0:
             self._held.append(joined)
             self._held_bytes += len(joined)
             if self._held_bytes >= COALESCE_BYTES or self.reactor is None:
@@ -306,7 +307,7 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
                     self._sync(line[len(protocol.SYNC_PREFIX):])
                 continue  # other control lines are for other readers
             # Plain lines up to the next control line (or the last complete line).
-            cut = buf.find(b"\n#!")
+            cut = frame_start(buf)
             end = cut + 1 if cut >= 0 else buf.rfind(b"\n") + 1
             if end <= 0:
                 return self._incomplete(buf, max_line)
