@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
-from vmstats.server.parse import Parser, _all_lines_matched, _lines, frame_start
+from vmstats.server.parse import Parser, _all_lines_matched, _lines, frame_start, has_frame
 from vmstats.server.parsers import ParserDied, _Parser
 from vmstats.server.parseworker import REPLY
 
@@ -167,6 +167,7 @@ def test_one_count_proves_every_line_matched_only_when_it_is_so(data, matched):
 @given(st.text(alphabet="a\n#!", max_size=40).map(str.encode))
 def test_frame_start_is_where_the_first_control_line_begins(data):
     assert frame_start(data) == data.find(b"\n#!")
+    assert has_frame(data) == any(line.startswith(b"#!") for line in data.split(b"\n"))
 
 
 def test_blank_lines_keep_a_payload_on_the_column_path(monkeypatch):

@@ -22,7 +22,7 @@ from twisted.python import log as twisted_log
 from vmstats import protocol
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics, RateLimitedLog
-from vmstats.server.parse import frame_start
+from vmstats.server.parse import frame_start, has_frame
 from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         metrics.datagrams += len(batch)
         joined = b"\n".join(batch)
         metrics.bytes += len(joined) - len(batch) + 1
-        if self._plain and joined[:2] != b"#!" and frame_start(joined) < 0:
+        if self._plain and not has_frame(joined):
             self._held.append(joined)
             self._held_bytes += len(joined)
             if self._held_bytes >= COALESCE_BYTES or self.reactor is None:

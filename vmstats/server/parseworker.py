@@ -25,7 +25,7 @@ import sys
 import time
 
 from vmstats.protocol import MAX_DATAGRAM_SIZE
-from vmstats.server.parse import Parser, frame_start
+from vmstats.server.parse import Parser, has_frame
 
 #: Request: sequence number, the reactor's time (for the timestamp window), payload length.
 REQUEST = struct.Struct("!QdI")
@@ -142,7 +142,7 @@ class Worker:
         """Plain datagrams joined and parsed as one payload; frames (``#!``) as they are."""
         payload = b"\n".join(batch)
         frames: list[bytes] = []
-        if payload[:2] == b"#!" or frame_start(payload) >= 0:  # one scan, not a test per datagram
+        if has_frame(payload):  # one scan, not a test per datagram
             frames = [data for data in batch if data[:2] == b"#!"]
             batch = [data for data in batch if data[:2] != b"#!"]
             payload = b"\n".join(batch)
