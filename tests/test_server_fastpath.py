@@ -63,7 +63,7 @@ def test_a_payload_parses_to_the_decoders_records_in_order_whatever_the_path(bat
         assert sum(count for _reason, count in reasons) == rejects
 
 
-def test_the_compact_regex_admits_the_same_lines_and_names_only_deletes_field_names():
+def test_the_compact_regex_admits_complete_lines_and_names_only_deletes_field_names():
     compact, ts, seq = build_fast_path(compact=True)
     assert compact.groups == 5 and (ts, seq) == (4, 3)
     line = protocol.encode_record(protocol.Record(
@@ -75,6 +75,12 @@ def test_the_compact_regex_admits_the_same_lines_and_names_only_deletes_field_na
     assert not set(FIELD_NAME_BYTES) & set(b"0123456789.,")
     for bad in (line + b"x", line.replace(b"cpu=1.5", b"cpu=101"), line.replace(b"2i", b"2")):
         assert compact.fullmatch(bad) is None and REGEX.fullmatch(bad) is None
+    lacking = line.replace(b",disk_w=2", b"")
+    assert compact.fullmatch(lacking) is None and REGEX.fullmatch(lacking) is not None
+    for value in (b"100", b"100.", b"100.000", b"99.5", b"0.", b"7"):
+        assert compact.fullmatch(line.replace(b"cpu=1.5", b"cpu=" + value)) is not None
+    for value in (b"100.5", b"1000", b"100.0.", b".5", b"1..5", b"1.5.", b"1005"):
+        assert compact.fullmatch(line.replace(b"cpu=1.5", b"cpu=" + value)) is None
 
 
 def parsed(row: bytes) -> list:

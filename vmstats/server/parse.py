@@ -52,16 +52,18 @@ def _int_pattern(lo: int, hi: int) -> str:
 def _float_pattern(lo: float, hi: float) -> str:
     """Decimals provably in [lo, hi] (no sign, no exponent: the decoder handles those).
 
-    A digit lookahead after the integer part stands in for an optional fraction
-    group: sre runs optional groups slowly, single-character repeats fast.
+    The fraction is an empty alternative (``_optional``), neither ``(?:...)?``
+    nor a digit lookahead then an optional point and digits: the same
+    language, and the whole regex about a sixth faster than with the lookahead
+    (measured).
     """
     if lo != 0:
         raise ValueError("the fast path only handles float ranges starting at 0")
     top = int(hi)
     digits = _int_digits(top)
-    pattern = r"\d{1,%d}(?!\d)\.?\d{0,17}" % digits
+    pattern = r"\d{1,%d}%s" % (digits, _optional(r"\.\d{0,17}"))
     if top == 10 ** digits:  # e.g. 100: "100" and "100.000" are in range, "100.5" is not
-        pattern += r"|%d(?!\d)\.?0{0,17}" % top
+        pattern += r"|%d%s" % (top, _optional(r"\.0{0,17}"))
     return pattern
 
 
@@ -77,11 +79,12 @@ def build_fast_path(compact: bool = False) -> tuple["re.Pattern[bytes]", int, in
     ``regex.findall`` yields: group 0 is the VM id, group 1 the host, the last
     one the timestamp.  By default every field is a group of its own: the
     fields then the host, joined with commas, are the held row (buffer.py).
-    ``compact`` admits the same lines with the whole field section as group 2
-    and only the seq (3) captured inside it: with fewer groups to mark sre is
-    about a sixth faster (1.8 against 2.1 us a line, measured), and when a
-    line has every field, deleting the field names (``FIELD_NAME_BYTES``) from
-    that section leaves the held row's fields as they are.
+    ``compact`` admits only the lines with every field (what the agent
+    sends), with the whole field section as group 2 and only the seq (3)
+    captured inside it: with fewer groups to mark and no optional field to try
+    sre is about a quarter faster (1.3 against 1.7 us a line, measured), and
+    deleting the field names (``FIELD_NAME_BYTES``) from that section leaves
+    the held row's fields as they are.
     """
     # Anchored to whole lines by a lookbehind after the literal head and a lookahead at the
     # end rather than ^/$ with MULTILINE: a leading literal lets sre skip ahead to candidate
@@ -97,7 +100,7 @@ def build_fast_path(compact: bool = False) -> tuple["re.Pattern[bytes]", int, in
         group = "(%s)" if not compact or name == "seq" else "(?:%s)"
         value = group % _int_pattern(lo, hi) + "i" if is_int else group % _float_pattern(lo, hi)
         piece = r"%s%s=%s" % ("" if position == 0 else ",", re.escape(name), value)
-        parts.append(piece if required else _optional(piece))
+        parts.append(piece if required or compact else _optional(piece))
         if name == "seq":
             seq_group = 3 if compact else position + 2
     parts.append(r"%s ([1-9]\d{9})\r?(?![^\n])" % (")" if compact else ""))
@@ -145,7 +148,10 @@ class Parser:
         compact = _every_field(data)
         matches = (self._compact_findall if compact else self._findall)(data)
         if not _all_lines_matched(data, len(matches)):
-            return self._line_by_line(data, now)  # both regexes admit the same lines
+            if compact:  # a later line lacks a field: the regex with a group per field may do
+                compact, matches = False, self._findall(data)
+            if not _all_lines_matched(data, len(matches)):
+                return self._line_by_line(data, now)
         if not matches:
             return [], [], [], [], [], []
         vms = list(map(self._vm_ids.get, map(_VM_OF, matches)))
@@ -155,13 +161,10 @@ class Parser:
         if None in vms or min(tss) < lo or max(tss) > hi:
             return self._checked(self._findall(data) if compact else matches, now)
         if compact:
-            values = list(map(bytes.translate, map(_SECTION_OF, matches), repeat(None),
-                              repeat(FIELD_NAME_BYTES)))
-            if set(map(bytes.count, values, repeat(b","))) == {_ALL_FIELDS_COMMAS}:
-                rows = list(map(b",".join, zip(values, map(_HOST_OF, matches), strict=True)))
-                return vms, tss, rows, list(map(int, map(self._compact_seq_of, matches))), [], []
-            # A later line lacks a field, so its values do not sit in their columns.
-            matches = self._findall(data)
+            values = map(bytes.translate, map(_SECTION_OF, matches), repeat(None),
+                         repeat(FIELD_NAME_BYTES))
+            rows = list(map(b",".join, zip(values, map(_HOST_OF, matches), strict=True)))
+            return vms, tss, rows, list(map(int, map(self._compact_seq_of, matches))), [], []
         rows = list(map(b",".join, map(self._row_of, matches)))
         raw_seqs = list(map(self._seq_of, matches))
         if b"" in raw_seqs:
