@@ -1,6 +1,6 @@
 """Ingest benchmark: vmstats serve against a bare Twisted receiver, in the same run.
 
-    .venv/bin/python bench/ingest.py            # full run (11-17 minutes here)
+    .venv/bin/python bench/ingest.py            # full run (8-17 minutes here)
     .venv/bin/python bench/ingest.py --quick    # smoke run (about a minute)
 
 A sender pinned to one core pushes records from 10,000 VM ids over loopback:

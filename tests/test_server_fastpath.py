@@ -198,3 +198,21 @@ def test_each_payload_runs_one_regex_pass_when_its_lines_share_a_shape():
         vms, _tss, rows, _seqs, _rejects, _details = parser.parse(payload, NOW)
         assert vms == ["10.0.0.1"] * 3 and rows[0] == logstore.format_tail(record)
         assert passes == (["_compact_findall"] if shape == "every field" else ["_findall"])
+
+
+def test_a_payload_that_mixes_shapes_takes_the_per_field_regex_not_the_decoder():
+    """Every field in the first line, not in a later one: two regex passes, no line by line."""
+    parser = Parser(max_future=300, max_past=0)
+    full = protocol.Record(vm="10.0.0.1", ts=NOW, cpu=1.5, cpu_max=2.0, mem=2.25, disk_r=1.0,
+                           disk_w=2.0, net_rx=3.0, net_tx=4.0, vcpus=2, mem_mb=4096, seq=7)
+    records = [full, full._replace(ts=NOW - 1, disk_w=None, seq=8), full._replace(ts=NOW - 2)]
+    payload = b"\n".join(protocol.encode_record(r).encode() for r in records)
+    parser.parse(payload, NOW)  # meets the VM id
+    passes = []
+    for name in ("_findall", "_compact_findall", "_line_by_line"):
+        run = getattr(parser, name)
+        setattr(parser, name, lambda *a, run=run, name=name: passes.append(name) or run(*a))
+    vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+    assert passes == ["_compact_findall", "_findall"] and rejects == []
+    assert rows == [logstore.format_tail(r) for r in records] and seqs == [7, 8, 7]
+    assert tss == [NOW, NOW - 1, NOW - 2]
