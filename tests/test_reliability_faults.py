@@ -249,8 +249,64 @@ def test_a_full_disk_keeps_receiving_reports_it_and_writes_everything_once_space
            logged_rows=sum(logged.values()), missing=sum(1 for k in expected if k not in logged))
     assert nak == 20 and acked == 0
     assert logged == expected  # everything, exactly once
+    assert partial_rows(data) == 0
     assert 1 <= write_errors <= 3 and 1 <= journal_errors <= 3
     assert rss_kib < 200 * 1024
+
+
+def partial_rows(data_dir) -> int:
+    """Lines of the logs that are neither a header nor a whole row (a write cut short)."""
+    width = len(logstore.COLUMNS) - 1
+    partial = 0
+    for vm in logstore.iter_vms(str(data_dir)):
+        for _day, path in logstore.day_files(str(data_dir), vm):
+            with open(path, "rb") as handle:
+                data = handle.read()
+            partial += bool(data) and not data.endswith(b"\n")
+            partial += sum(1 for row in data.split(b"\n")
+                           if row and row + b"\n" != logstore.HEADER and row.count(b",") != width)
+    return partial
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_row(tmp_path, small_disk):
+    """A full disk takes part of a flush's append (up to its last free block) and refuses the
+    rest: the day file is cut back to where it ended, every flush while full, so readers never
+    see half a row, and the retried rows land whole once space returns."""
+    data = small_disk / "data"
+    t = now() - 3 * 86400
+    vms = ["10.46.0.%d" % i for i in range(5)]
+    with serve(tmp_path, "--flush-interval", "0.3", "--journal-dir", str(tmp_path / "journal"),
+               data_dir=data) as server:
+        server.send_udp(b"\n".join(line(Record(vm=vm, ts=t, cpu=1.0, mem=2.0)) for vm in vms))
+        server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] == len(vms))
+        sizes = {path: path.stat().st_size for path in data.glob("vms/*/*.csv")}
+        ballast = fill_up(small_disk)
+        # Each VM's rows (~8 KiB) are more than the free end of its day file's last block.
+        sent = [Record(vm=vm, ts=t + 60 * (1 + i), cpu=12.5, cpu_max=99.25, mem=45.5,
+                       disk_r=1234567.0, disk_w=7654321.0, net_rx=1e6, net_tx=2e6, vcpus=4,
+                       mem_mb=16384, seq=i) for vm in vms for i in range(80)]
+        for first in range(0, len(sent), 10):
+            server.send_udp(b"\n".join(line(r) for r in sent[first:first + 10]))
+        server.wait_received(len(vms) + len(sent), timeout=20)
+        full = server.wait_metrics(lambda m: m["vmstats_write_failing_vms"] == len(vms),
+                                   timeout=10)
+        time.sleep(1.0)  # several failing flushes
+        partial_while_full = partial_rows(data)
+        grew = sum(path.stat().st_size != size for path, size in sizes.items())
+        for path in ballast:
+            os.unlink(path)
+        server.wait_for(lambda s: s.metrics()["vmstats_write_failing_vms"] == 0
+                        and s.metrics()["vmstats_buffered_records"] == 0, timeout=20)
+    assert server.returncode == 0, server.output
+    logged = raw_rows(data)
+    partial_after = partial_rows(data)
+    report("torn_rows", filesystem="tmpfs 2 MiB", records=len(sent) + len(vms),
+           write_failures=int(full["vmstats_write_failures_total"]),
+           partial_rows_while_full=partial_while_full, files_changed_while_full=grew,
+           partial_rows_after=partial_after, logged_rows=sum(logged.values()))
+    assert partial_while_full == 0 and grew == 0
+    assert partial_after == 0
+    assert logged == Counter((r.vm, r.ts) for r in sent) + Counter((vm, t) for vm in vms)
 
 
 def test_an_unwritable_data_dir_is_reported_and_written_once_fixed(tmp_path):

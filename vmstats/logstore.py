@@ -195,6 +195,25 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[done:]
 
 
+def _append_or_undo(fd: int, data: bytes, end: int) -> None:
+    """Append ``data`` to the day file open as ``fd``, whose size is ``end``, or none of it.
+
+    A write can stop midway (a full disk takes the rows up to its last free
+    block, then refuses the rest; EIO): the file is cut back to ``end`` before
+    the error goes on, so no partial row stays for readers and the retry
+    appends whole rows.  If even the cut fails, the next append's check ends
+    the torn line (_logged_since).
+    """
+    try:
+        _write_all(fd, data)
+    except OSError:
+        try:
+            os.ftruncate(fd, end)
+        except OSError:
+            pass  # the write's error is the one to report
+        raise
+
+
 def append_missing(data_dir: str, vm: str, rows: Mapping[int, bytes],
                    ends: Optional[DayFileEnds] = None) -> int:
     """Append one VM's rows (``{ts: tail}``, format_tail) that its day files lack.
@@ -254,7 +273,7 @@ def _append_day(folder: str, path: str, day: int, stamps: List[int], rows: Mappi
             if stamps:
                 if size == 0:
                     payload = HEADER + payload
-                _write_all(fd, payload)
+                _append_or_undo(fd, payload, size)
     finally:
         os.close(fd)
     if not regular:
