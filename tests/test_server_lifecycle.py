@@ -1,5 +1,6 @@
 """Lifecycle and safety: shutdown loses nothing, --duration, HTTP, hostile ids, failed writes."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -182,6 +183,52 @@ def test_sigint_also_drains(tmp_path):
         server.wait_received(1)
         assert server.stop(signal.SIGINT) == 0
     assert len(logged(tmp_path / "data", "10.9.0.1")) == 1
+
+
+@contextlib.contextmanager
+def started_with(disposition: dict, tmp_path, *args: str):
+    """A server started with the given signals' dispositions inherited (``{SIGINT: SIG_IGN}``:
+    how a shell starts a background job; ``{SIGHUP: SIG_IGN}``: nohup)."""
+    server = serve(tmp_path, *args)
+    before = {number: signal.signal(number, handler) for number, handler in disposition.items()}
+    try:
+        server.start()
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+    try:
+        yield server
+    finally:
+        server.__exit__(None, None, None)
+
+
+def ignored_by(pid: int, number: int) -> bool:
+    mask = open("/proc/%d/status" % pid).read().split("SigIgn:")[1].split()[0]
+    return bool(int(mask, 16) & (1 << (number - 1)))
+
+
+def test_sigint_drains_a_server_started_with_sigint_ignored(tmp_path):
+    with started_with({signal.SIGINT: signal.SIG_IGN}, tmp_path, "--flush-interval", "60") as server:
+        assert not ignored_by(server.pid, signal.SIGINT)  # its own handler, not the inherited one
+        server.send_udp(line(Record(vm="10.9.0.2", ts=now() - 60, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+        assert server.stop(signal.SIGINT) == 0
+    assert len(logged(tmp_path / "data", "10.9.0.2")) == 1
+
+
+def test_sighup_drains_unless_the_server_was_started_under_nohup(tmp_path):
+    with serve(tmp_path / "a", "--flush-interval", "60") as server:
+        server.send_udp(line(Record(vm="10.9.0.3", ts=now() - 60, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+        assert server.stop(signal.SIGHUP) == 0
+    assert len(logged(tmp_path / "a" / "data", "10.9.0.3")) == 1
+    with started_with({signal.SIGHUP: signal.SIG_IGN}, tmp_path / "b", "--flush-interval",
+                      "60") as server:
+        assert ignored_by(server.pid, signal.SIGHUP)
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert server.proc.poll() is None  # nohup asked it to outlive its terminal
+        assert server.stop(signal.SIGTERM) == 0
 
 
 def test_reaching_the_global_cap_flushes_early_and_beyond_it_drops_are_counted(tmp_path):

@@ -185,6 +185,34 @@ def write_atomically(path: str, text: str) -> None:
     os.replace(temp, path)
 
 
+def stop_on_signals(reactor) -> None:
+    """SIGTERM, SIGINT and SIGHUP stop the reactor (the drain), whatever was inherited.
+
+    Twisted handles SIGINT only when Python's default handler is in place,
+    and a shell starts a background job with SIGINT ignored: such a server
+    would ignore Ctrl-C and ``kill -INT``.  So both are installed here
+    explicitly.  SIGHUP (the terminal closed) drains too instead of killing
+    the server with its buffer, except when it was ignored on purpose
+    (``nohup``): that asks the server to outlive its terminal.  A second
+    signal during the drain changes nothing.
+    """
+    stopping = []
+
+    def stop(number, _frame) -> None:
+        log.info("received %s: stopping", signal.Signals(number).name)
+        reactor.callFromThread(stop_once)
+
+    def stop_once() -> None:
+        if not stopping:
+            stopping.append(True)
+            reactor.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, stop)
+
+
 def run(config: ServerConfig) -> int:
     """Run the aggregator until --duration elapses or a signal arrives; return the exit code."""
     from twisted.internet import reactor
@@ -203,9 +231,10 @@ def run(config: ServerConfig) -> int:
         if config.duration is not None:
             reactor.callLater(config.duration, reactor.stop)
 
-    # SIGTERM and SIGINT stop the reactor, which runs the shutdown trigger above.  SIGUSR1 prints
-    # every thread's stack to stderr and carries on: what to ask a server that seems stuck.
+    # SIGUSR1 prints every thread's stack to stderr and carries on: what to ask a server that
+    # seems stuck.  The stop signals are ours once the reactor runs (it installs its own first).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    reactor.callWhenRunning(stop_on_signals, reactor)
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=True)
     if failure:
