@@ -178,3 +178,49 @@ def test_dotted_quads_are_judged_as_the_ipaddress_module_judges_them(text):
         assert got == expected
     else:  # not an address: at most a safe name, kept as it is
         assert got is None or got == text
+
+
+# Pieces of VM ids of every class the grammar (docs/PROTOCOL.md, "VM ids") speaks of, and of
+# the near misses around them: zones, dots, case, unicode, separators, lengths.
+_id_pieces = st.sampled_from([
+    "10.0.0.1", "fe80::1", "FE80::B89", "::ffff:1.2.3.4", "::", "1", "a", "Web", "-", "_", ".",
+    "..", ":", "%", "%eth0", "%0", "%..", "%`id`", "%<x>|y", "/", "\\", "\x00", " ", "é", "١",
+    "x" * 40])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_id_pieces, min_size=1, max_size=4).map("".join) | st.text(max_size=70))
+def test_every_accepted_vm_id_is_a_canonical_fixed_point_and_a_folder_the_logstore_takes(text):
+    """Accepted => writable, by construction: the logs' folder for an id is never refused."""
+    from vmstats import logstore
+
+    try:
+        vm = protocol.normalize_vm_id(text)
+    except DecodeError as exc:
+        assert exc.reason == protocol.R_BAD_VM
+        return
+    assert protocol.normalize_vm_id(vm) == vm
+    assert 1 <= len(vm) <= protocol.MAX_VM_ID_LENGTH and vm.isascii() and vm.isprintable()
+    assert logstore.vm_dir("/data", vm) == "/data/vms/" + vm
+
+
+@pytest.mark.parametrize("raw, canonical", [
+    ("10.0.0.5", "10.0.0.5"),
+    ("FE80::0001%eth0", "fe80::1%eth0"),
+    ("fe80::1%12", "fe80::1%12"),
+    ("::FFFF:1.2.3.4", "::ffff:102:304"),
+    ("Web-1.example", "Web-1.example"),
+    ("x" * 64, "x" * 64),
+])
+def test_vm_ids_of_each_class_take_their_canonical_form(raw, canonical):
+    assert protocol.normalize_vm_id(raw) == canonical
+
+
+@pytest.mark.parametrize("raw", [
+    "fe80::1%..", "fe80::b89%`id`", "fe80::d2d%<x>|y", "fe80::1%", "fe80::1%a/b", "1.2.3.4%eth0",
+    ".", "..", "a..b", "-a", "x" * 65, "wéb", "a b", "a/b", "",
+])
+def test_vm_ids_outside_the_grammar_are_bad_vm_ids(raw):
+    with pytest.raises(DecodeError) as caught:
+        protocol.normalize_vm_id(raw)
+    assert caught.value.reason == protocol.R_BAD_VM

@@ -112,22 +112,50 @@ _FIELD_SPEC = dict((f[0], f[1:4]) for f in FIELDS)
 
 
 def normalize_vm_id(value):
-    """Return the canonical VM id or raise DecodeError.
+    """Return the canonical VM id or raise DecodeError(R_BAD_VM).
 
-    The id becomes a directory name under the data dir, so only IP addresses
-    (canonical form, so one VM maps to one directory) and hostname-like tokens
-    without ``..`` are allowed.
+    The canonical id is the name of the VM's folder under the data dir
+    (``logstore.vm_dir``), so the grammar (docs/PROTOCOL.md, "VM ids") admits
+    only what is a safe folder name and one name per VM:
+
+    - an IPv4 address, as a dotted quad;
+    - an IPv6 address in its compressed lower-case form (``ipaddress``), with
+      an optional zone (``fe80::1%eth0``): the zone names an interface of the
+      sender, and link-local addresses repeat from one link to the next, so
+      it is kept rather than dropped, but only when it is a name of the token
+      alphabet below (an interface name or index), never ``..``, ``/`` or
+      punctuation;
+    - a name ``[A-Za-z0-9][A-Za-z0-9._-]*`` without ``..``, kept as sent
+      (case included: ``Web1`` and ``web1`` are two VMs).
+
+    At most MAX_VM_ID_LENGTH characters, as sent and as canonical.  Whatever
+    this returns is a fixed point of it and a folder ``logstore.vm_dir``
+    accepts (tests/test_protocol.py checks both for any input), so an
+    acknowledged record is always writable.
     """
     if not value or len(value) > MAX_VM_ID_LENGTH:
         raise DecodeError(R_BAD_VM, "vm id must be 1-%d characters" % MAX_VM_ID_LENGTH)
     if _CANONICAL_IPV4_RE.match(value):
         return value
     if ":" in value or value[0].isdigit():
+        address, percent, zone = value.partition("%")
         try:
-            return str(ipaddress.ip_address(value))
+            canonical = str(ipaddress.ip_address(address))
         except ValueError:
             if ":" in value:
                 raise DecodeError(R_BAD_VM, "invalid IP address %r" % value[:80])
+        else:
+            if percent:
+                if ":" not in canonical:
+                    raise DecodeError(R_BAD_VM, "a zone (%%) only follows an IPv6 address: %r"
+                                      % value[:80])
+                if not _TOKEN_RE.match(zone) or ".." in zone:
+                    raise DecodeError(R_BAD_VM, "IPv6 zone %r is not an interface name"
+                                      % zone[:80])
+                canonical += "%" + zone
+            if len(canonical) > MAX_VM_ID_LENGTH:  # not seen; the folder name's bound holds anyway
+                raise DecodeError(R_BAD_VM, "vm id must be 1-%d characters" % MAX_VM_ID_LENGTH)
+            return canonical
     if not _TOKEN_RE.match(value) or ".." in value:
         raise DecodeError(R_BAD_VM, "vm id %r is not an IP or a safe name" % value[:80])
     return value

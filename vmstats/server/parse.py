@@ -90,8 +90,10 @@ def build_fast_path(compact: bool = False) -> tuple["re.Pattern[bytes]", int, in
     # end rather than ^/$ with MULTILINE: a leading literal lets sre skip ahead to candidate
     # lines, which makes findall over a batch about a quarter faster.
     head = "%s,vm=" % protocol.MEASUREMENT
-    parts = [r"%s(?<![^\n]%s)([A-Za-z0-9._:-]{1,%d})" % (re.escape(head), re.escape(head),
-                                                         protocol.MAX_VM_ID_LENGTH),
+    # The VM id's alphabet, zones (%) included: what it admits, protocol.normalize_vm_id judges
+    # (Parser._vm_id), exactly as the decoder does.
+    parts = [r"%s(?<![^\n]%s)([A-Za-z0-9._:%%-]{1,%d})" % (re.escape(head), re.escape(head),
+                                                          protocol.MAX_VM_ID_LENGTH),
              _optional(r",host=([A-Za-z0-9][A-Za-z0-9._-]{0,254})"), " (" if compact else " "]
     seq_group = -1
     for position, (name, is_int, lo, hi, required) in enumerate(protocol.FIELDS):

@@ -1,0 +1,116 @@
+"""The receive path's Python cost per record, in process: parsing a payload and filing it.
+
+    .venv/bin/python bench/parse.py                       # about 30 s
+    .venv/bin/python bench/parse.py --code OTHER_CHECKOUT # the same work on another commit's code
+
+What changes to ``vmstats/server/parse.py`` and ``ingest.py`` are judged by: the fast path
+was tuned hard, so a change there states these figures before and after.  Each
+case alternates with a reference in the same round (splitting the same payload
+into lines, C speed: it moves with the host's speed, not with vmstats' code),
+and the best of several rounds is kept: on a shared machine the best run is the
+least disturbed one.  Run it with ``--code`` on a checkout of the commit before
+a change, then without, and compare both the microseconds and the ratios.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+VMS = 10_000
+PER_PAYLOAD = 500  # records per payload: about one 64 KiB TCP read
+NOW = 1_800_000_000
+_EVERY_FIELD = (b"vmstats,vm=10.%d.%d.%d,host=vm%d cpu=%d.%d,cpu_max=%d.5,mem=%d.25,disk_r=%d,"
+                b"disk_w=%d.5,net_rx=%d,net_tx=%d,vcpus=2i,mem_mb=4096i,seq=%di %d")
+_SOME_FIELDS = b"vmstats,vm=10.%d.%d.%d cpu=%d.%d,mem=%d.25,net_rx=%d,seq=%di %d"
+
+
+def payloads(template: str) -> list[bytes]:
+    """One minute of VMS VMs as payloads of PER_PAYLOAD lines."""
+    ts = NOW - 60
+    if template == "every":
+        lines = [_EVERY_FIELD % (i >> 16 & 255, i >> 8 & 255, i & 255, i, i % 100, i % 10, i % 100,
+                                 i % 100, i, i, i, i, 7, ts) for i in range(VMS)]
+    else:
+        lines = [_SOME_FIELDS % (i >> 16 & 255, i >> 8 & 255, i & 255, i % 100, i % 10, i % 100,
+                                 i, 7, ts) for i in range(VMS)]
+    return [b"\n".join(lines[k:k + PER_PAYLOAD]) + b"\n" for k in range(0, VMS, PER_PAYLOAD)]
+
+
+def timed(work, rounds: int) -> float:
+    """Best CPU microseconds per record of ``work()`` (which handles VMS records)."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        work()
+        best = min(best, time.process_time() - started)
+    return best / VMS * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--code", default=str(ROOT), help="checkout whose vmstats to measure")
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    sys.path.insert(0, args.code)
+    from vmstats.server.buffer import Buffer
+    from vmstats.server.ingest import Ingest
+    from vmstats.server.metrics import Metrics
+    from vmstats.server.parse import Parser
+
+    print("code: %s" % Path(sys.modules["vmstats"].__file__).parent.parent)
+    for shape in ("every", "some"):
+        work = payloads(shape)
+        known = Parser(300, 0)
+        for data in work:  # every VM id known, as in steady state
+            known.parse(data, NOW)
+
+        def reference(work=work):
+            for data in work:
+                data.split(b"\n")
+
+        def parse_known(work=work, parse=known.parse):
+            for data in work:
+                parse(data, NOW)
+
+        def parse_new(work=work):
+            parse = Parser(300, 0).parse  # every VM id seen for the first time
+            for data in work:
+                parse(data, NOW)
+
+        parsed = [known.parse(data, NOW) for data in work]
+
+        def file_known(work=work, parsed=parsed, at_cap=False):
+            metrics = Metrics()
+            buffer = Buffer(metrics, 10 ** 9, 10 ** 6)
+            if at_cap:  # every VM known and no room for another: the careful check each payload
+                buffer.max_vms = VMS
+                buffer.last_seen.update((vm, NOW) for columns in parsed for vm in columns[0])
+            ingest = Ingest(buffer, metrics, 300, 0, clock=lambda: NOW)
+            for data, columns in zip(work, parsed, strict=True):
+                ingest.file(data, columns)
+
+        cases = [("parse, known ids", parse_known), ("parse, new ids", parse_new),
+                 ("file into the buffer", file_known)]
+        if "max_vms" in Buffer.__init__.__code__.co_varnames:
+            cases.append(("file, at --max-vms", lambda: file_known(at_cap=True)))
+        results = {name: [] for name, _ in cases}
+        results["reference"] = []
+        for _ in range(3):  # interleaved, so a slow phase of the host touches every case
+            results["reference"].append(timed(reference, args.rounds))
+            for name, work_of in cases:
+                results[name].append(timed(work_of, args.rounds if "new" not in name
+                                           else max(3, args.rounds // 5)))
+        ref = min(results["reference"])
+        print("lines with %s fields (reference: split into lines, %.3f us per record)"
+              % (shape, ref))
+        for name, _ in cases:
+            best = min(results[name])
+            print("  %-22s %6.3f us per record  (%5.1fx the reference)" % (name, best, best / ref))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
