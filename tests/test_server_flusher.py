@@ -41,3 +41,27 @@ def test_a_failed_task_keeps_only_its_own_vms_for_the_retry():
     clock.advance(0)
     assert tasks == []
     assert buffer.table["10.0.0.2"] == {1: b"b", 2: b"c"}  # restored rows are the buffer's now
+
+
+def test_records_the_layout_refuses_are_counted_and_logged_once_per_period(tmp_path, caplog):
+    """Ids the layout refuses cannot reach the buffer through the parser any more (the grammar
+    admits only writable ids); should one get there, its drop is counted and one ERROR line a
+    period says so, not one per VM and flush."""
+    import logging
+
+    from twisted.internet.task import Clock
+
+    from vmstats.server.buffer import Buffer
+    from vmstats.server.flusher import FlusherService
+    from vmstats.server.metrics import Metrics
+    from vmstats.server.writer import write_share
+
+    metrics = Metrics()
+    flusher = FlusherService(Clock(), Buffer(metrics, 100, 100), metrics, str(tmp_path), 60, 1, 5)
+    caplog.set_level(logging.ERROR, logger="vmstats.server.flusher")
+    for _flush in range(3):
+        task = [("a/b", {1: b"x"}), ("..", {1: b"y", 2: b"z"}), ("10.0.0.1", {60: b"1,,2,,,,,,,,"})]
+        flusher._settle([(True, write_share(str(tmp_path), task))], [task], 0.0)
+    assert metrics.drops["unwritable"] == 9 and metrics.flushed_records == 1  # logged once
+    assert len(caplog.records) == 1
+    assert "dropping 3 records of 2 vms" in caplog.records[0].getMessage()

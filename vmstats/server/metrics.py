@@ -20,9 +20,11 @@ class RateLimitedLog:
     stalls the reactor or fills the disk.
     """
 
-    def __init__(self, logger: logging.Logger, what: str, burst: int = 10, period: float = 10.0):
+    def __init__(self, logger: logging.Logger, what: str, burst: int = 10, period: float = 10.0,
+                 level: int = logging.WARNING):
         self.logger = logger
         self.what = what
+        self.level = level
         self.burst = burst
         self.period = period
         self.window_start = 0.0
@@ -33,13 +35,14 @@ class RateLimitedLog:
         now = time.monotonic()
         if now - self.window_start >= self.period:
             if self.suppressed:
-                self.logger.warning("%d more %s messages suppressed", self.suppressed, self.what)
+                self.logger.log(self.level, "%d more %s messages suppressed", self.suppressed,
+                                self.what)
             self.window_start = now
             self.emitted = 0
             self.suppressed = 0
         if self.emitted < self.burst:
             self.emitted += 1
-            self.logger.warning(message, *args)
+            self.logger.log(self.level, message, *args)
         else:
             self.suppressed += 1
 
@@ -54,7 +57,8 @@ class Metrics:
         self.bytes = 0
         self.rejects: Counter[str] = Counter({r: 0 for r in protocol.REJECT_REASONS
                                               + protocol.SIGNATURE_REASONS})
-        self.drops: Counter[str] = Counter({"per_vm_cap": 0, "global_cap": 0, "unwritable": 0})
+        self.drops: Counter[str] = Counter({"per_vm_cap": 0, "global_cap": 0, "vm_cap": 0,
+                                              "unwritable": 0})
         self.seq_lost = 0
         self.tcp_connections = 0
         self.tcp_open = 0
