@@ -5,7 +5,10 @@ the row.  A held row is the log row without its leading ``ts,``
 (``logstore.format_tail``): the timestamp is the key, so it is not stored
 twice (~11 bytes per record), and the writer completes each row as it
 writes it.  That compact bytes row (~50-80 bytes) is what keeps a held
-record under 200 bytes of memory.  Both caps bound memory whatever senders do.
+record under 200 bytes of memory.  The caps bound memory whatever senders do:
+records held in all (``max_buffered``), per VM (``max_per_vm``), and VMs known
+(``max_vms``): each VM costs its own table, bookkeeping and folder beside its
+records, so senders inventing VM ids cannot grow the server without bound.
 """
 
 import time
@@ -15,28 +18,41 @@ from vmstats.server.metrics import Metrics
 
 Table = dict[str, dict[int, bytes]]
 
+#: A VM silent this long is forgotten once the server knows ``max_vms`` VMs, which makes room
+#: for new ones: ten of the agent's default intervals, so a VM that merely missed a few
+#: records stays known, and ids a sender made up once leave within minutes.
+FORGET_AFTER = 600.0
+
 
 class Buffer:
     """Bounded, idempotent record table with per-VM sequence-gap accounting."""
 
     def __init__(self, metrics: Metrics, max_buffered: int, max_per_vm: int,
-                 on_full: Callable[[], None] | None = None, clock: Callable[[], float] = time.time):
+                 on_full: Callable[[], None] | None = None, clock: Callable[[], float] = time.time,
+                 max_vms: int = 1 << 62):
         self.metrics = metrics
         self.max_buffered = max_buffered
         self.max_per_vm = max_per_vm
+        #: VMs known at once (``last_seen``); records of other VMs are dropped beyond it.
+        self.max_vms = max_vms
         self.on_full = on_full
         self.clock = clock
         self.table: Table = {}
         self.count = 0
-        #: Per-VM bookkeeping (last seq, last receive time) is trimmed beyond this many VMs.
-        self.max_tracked = 200_000
         self.last_seq: dict[str, int] = {}
         self.last_seen: dict[str, float] = {}
 
     def put(self, vm: str, ts: int, row: bytes, seq: int | None = None) -> bool:
-        """Hold one record; False (and counted) when a cap leaves no room."""
+        """Hold one record; False (and counted) when a cap leaves no room.
+
+        The caller notes the VM in ``last_seen`` when this returns True: that
+        is what makes it known, and counted against ``max_vms``.
+        """
         rows = self.table.get(vm)
         if rows is None:
+            if len(self.last_seen) >= self.max_vms and vm not in self.last_seen:
+                self.metrics.drop("vm_cap")
+                return False
             rows = self.table[vm] = {}
         if ts not in rows:
             if len(rows) >= self.max_per_vm:
@@ -68,11 +84,21 @@ class Buffer:
     def swap(self) -> Table:
         """Take everything held, leaving an empty table (the flusher owns the result)."""
         table, self.table, self.count = self.table, {}, 0
-        if len(self.last_seen) > self.max_tracked:  # hostile senders inventing VM ids
-            keep = sorted(self.last_seen.items(), key=lambda item: -item[1])[: self.max_tracked // 2]
-            self.last_seen = dict(keep)
-            self.last_seq = {vm: self.last_seq[vm] for vm in self.last_seen if vm in self.last_seq}
+        if len(self.last_seen) >= self.max_vms:
+            self.forget(self.clock() - FORGET_AFTER)
         return {vm: rows for vm, rows in table.items() if rows}
+
+    def forget(self, horizon: float) -> int:
+        """Forget the VMs last heard from before ``horizon``: room for new VMs under ``max_vms``.
+
+        Only when the cap is reached (a pass over every known VM), so a
+        server below it keeps every VM's bookkeeping for /status.  Returns
+        how many were forgotten.
+        """
+        before = len(self.last_seen)
+        self.last_seen = {vm: seen for vm, seen in self.last_seen.items() if seen >= horizon}
+        self.last_seq = {vm: seq for vm, seq in self.last_seq.items() if vm in self.last_seen}
+        return before - len(self.last_seen)
 
     def restore(self, vm: str, rows: dict[int, bytes]) -> None:
         """Put back rows whose write failed; rows received since then win."""

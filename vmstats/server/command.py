@@ -61,6 +61,9 @@ def _seconds(value: float) -> str:
               help="Global cap on buffered records (reaching it flushes early).")
 @click.option("--max-per-vm", type=click.IntRange(1), default=D.max_per_vm, show_default=True,
               help="Cap on buffered records of one VM.")
+@click.option("--max-vms", type=click.IntRange(1), default=D.max_vms, show_default=True,
+              help="Cap on VMs known at once: records of new VMs beyond it are dropped "
+                   "(counted; VMs silent 10 min are forgotten when it is reached).")
 @click.option("--max-past", type=DURATION, default=_seconds(D.max_past), show_default=True,
               help="Reject records older than this (0 = no limit).")
 @click.option("--max-future", type=DURATION, default=_seconds(D.max_future),

@@ -42,6 +42,8 @@ class ServerConfig:
     sig_window: int = DEFAULT_SIG_WINDOW
     max_buffered: int = 2_000_000
     max_per_vm: int = 10_000
+    #: VMs known at once; records of further new VMs are dropped (docs/OPERATIONS.md, "Memory").
+    max_vms: int = 100_000
     max_past: int = DEFAULT_MAX_PAST
     max_future: int = DEFAULT_MAX_FUTURE
     drain_timeout: float = 30.0

@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
 from vmstats.server.buffer import Buffer, Table
+from vmstats.server.memory import release_free_memory
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.writer import lower_priority, write_share
 
@@ -37,6 +38,9 @@ class WriterDied(RuntimeError):
 #: the GIL for the whole ``pickle.dumps``: a million records in one task stall the reactor for
 #: half a second (and the UDP socket overflows); 20,000 keep each stall to a few milliseconds.
 TASK_RECORDS = 20_000
+#: A flush this large is followed by a request to the allocator to give back what it freed:
+#: smaller ones leave too little free memory to be worth the call's few milliseconds.
+TRIM_AFTER_RECORDS = 100_000
 
 
 def split_tasks(table: Table, max_records: int = TASK_RECORDS) -> list[list[tuple[str, dict[int, bytes]]]]:
@@ -218,25 +222,30 @@ class FlusherService(service.Service):
                                "held): %s", len(kept), self.buffer.count, first_error)
         elif mark is not None:
             self.journal.retire(mark)  # everything the flush took is in the logs
-        self._free(tasks)
+        self._free(tasks, self.in_flight_records)
         self.metrics.flushes += 1
         self.metrics.flushed_records += written
         self.metrics.flush_seconds += time.monotonic() - started
         log.debug("flushed %d records of %d vms in %.3fs", written, vms, time.monotonic() - started)
         return written
 
-    def _free(self, tasks: list) -> None:
+    def _free(self, tasks: list, records: int = 0) -> None:
         """Let go of a flush's rows one task (<= TASK_RECORDS) per reactor turn.
 
         The tasks hold the last references to every row the flush took, and
         freeing a million rows at once kept the reactor busy for half a
         second (measured: 0.6 s for 1.2M), long enough to overflow the UDP
-        socket at 200,000 records/s.
+        socket at 200,000 records/s.  Once a flush of ``records`` >=
+        TRIM_AFTER_RECORDS is let go, the allocator is asked to give the freed
+        memory back to the system (release_free_memory).
         """
         if tasks:
             tasks.pop()
             if tasks:
-                self.reactor.callLater(0, self._free, tasks)
+                self.reactor.callLater(0, self._free, tasks, records)
+                return
+        if records >= TRIM_AFTER_RECORDS:
+            release_free_memory()
 
     def _finished(self, result):
         self._watched = []

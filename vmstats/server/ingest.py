@@ -140,8 +140,11 @@ class Ingest:
         now = self.clock()
         table = buffer.table
         dropped = 0
+        seen = buffer.last_seen
         if buffer.count + count >= buffer.max_buffered:
             accepted, dropped = self._file_each(parsed, now)
+        elif len(seen) + count > buffer.max_vms and not seen.keys() >= set(vms):
+            accepted, dropped = self._file_each(parsed, now)  # new VMs near the VM cap
         else:
             vm_set = set(vms)
             for vm in vm_set.difference(table):
@@ -153,7 +156,7 @@ class Ingest:
             else:
                 deque(map(setitem, map(rows_of, vms), tss, rows), 0)
                 buffer.count += sum(map(len, map(rows_of, vm_set))) - sum(sizes)
-                buffer.last_seen.update(zip(vm_set, repeat(now)))
+                seen.update(zip(vm_set, repeat(now)))
                 self._sequence(vms, seqs, len(vm_set) == count)
                 accepted = count
         metrics.records += accepted
@@ -179,9 +182,11 @@ class Ingest:
         put, seen = self.buffer.put, self.buffer.last_seen
         accepted = dropped = 0
         for vm, ts, row, seq in zip(*parsed[:4], strict=True):
-            seen[vm] = now
             if put(vm, ts, row, seq):
                 accepted += 1
+                seen[vm] = now
             else:
                 dropped += 1
+                if vm in seen:  # a known VM over a record cap: still heard from
+                    seen[vm] = now
         return accepted, dropped

@@ -39,7 +39,8 @@ class Aggregator(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.metrics = Metrics()
-        self.buffer = Buffer(self.metrics, config.max_buffered, config.max_per_vm)
+        self.buffer = Buffer(self.metrics, config.max_buffered, config.max_per_vm,
+                             max_vms=config.max_vms)
         self.journal = None
         if config.journal_dir != "":
             self.journal = Journal(reactor, journal_dir(config), self.metrics, config.fsync,
