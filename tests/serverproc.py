@@ -148,6 +148,15 @@ class ServerProcess:
     def tcp(self, timeout: float = 10.0) -> socket.socket:
         return socket.create_connection((LOOPBACK, self.tcp_port), timeout=timeout)
 
+    def tcp_to(self, port: int, timeout: float = 10.0) -> socket.socket:
+        """A connection to another of the server's TCP ports (the other formats')."""
+        return socket.create_connection((LOOPBACK, port), timeout=timeout)
+
+    def send_udp_to(self, port: int, *payloads: bytes) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for payload in payloads:
+                sock.sendto(payload, (LOOPBACK, port))
+
     def http(self, path: str, timeout: float = 10.0) -> str:
         url = "http://%s:%d%s" % (LOOPBACK, self.http_port, path)
         with urllib.request.urlopen(url, timeout=timeout) as response:

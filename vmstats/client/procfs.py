@@ -173,13 +173,22 @@ def read_diskstats(source):
             devices[name] = (int(parts[5]), int(parts[9]))
         except ValueError:
             raise ProcError("%s/diskstats: malformed line for %s" % (_root(source), name))
-    disks = {}
-    for name, counters in devices.items():
-        if not any(name != other and name.startswith(other)
-                   and _PARTITION_SUFFIX_RE.match(name[len(other):])
-                   for other in devices):
-            disks[name] = counters
-    return disks
+    return dict((name, devices[name]) for name in whole_disks(devices))
+
+
+def whole_disks(names):
+    """The names among ``names`` that are whole disks: no partition, no virtual device.
+
+    Partitions are recognised by their disk being listed too (``sda`` and
+    ``sda1``, ``nvme0n1`` and ``nvme0n1p1``); summing both would count the
+    same bytes twice.  The server applies the same rule to other agents'
+    per-device counters.
+    """
+    names = [name for name in names if not _VIRTUAL_DISK_RE.match(name)]
+    return [name for name in names
+            if not any(name != other and name.startswith(other)
+                       and _PARTITION_SUFFIX_RE.match(name[len(other):])
+                       for other in names)]
 
 
 def read_netdev(source):

@@ -91,6 +91,30 @@ def _seconds(value: float) -> str:
                    "ack; slowest).")
 @click.option("--fsync-interval", type=DURATION, default=_seconds(D.fsync_interval),
               show_default=True, help="Seconds between journal fsyncs with --fsync interval.")
+@click.option("--influx-port", type=click.IntRange(-1, 65535), default=D.influx_port,
+              show_default=True,
+              help="UDP and TCP port for InfluxDB line protocol from Telegraf and other agents "
+                   "(0 = ephemeral, -1 = off). The HTTP write API is on --http-port.")
+@click.option("--influx-vm-tag", default=D.influx_vm_tag, show_default=True,
+              help="The line-protocol tag that names the VM.")
+@click.option("--write-token", default=None,
+              help="Token the InfluxDB write API (/write, /api/v2/write) requires.")
+@click.option("--collectd-port", type=click.IntRange(-1, 65535), default=D.collectd_port,
+              show_default=True,
+              help="UDP port for collectd's network plugin (collectd's is 25826; -1 = off).")
+@click.option("--collectd-auth-file", type=click.Path(), default=None,
+              help="collectd's AuthFile ('user: password' per line) for signed or encrypted "
+                   "packets.")
+@click.option("--collectd-security", type=click.Choice(["none", "sign", "encrypt"]),
+              default=D.collectd_security, show_default=True,
+              help="The least security a collectd packet must have (collectd's SecurityLevel).")
+@click.option("--graphite-port", type=click.IntRange(-1, 65535), default=D.graphite_port,
+              show_default=True, help="UDP and TCP port for Graphite plaintext (carbon's is 2003; "
+                                      "-1 = off).")
+@click.option("--graphite-template", "graphite_templates", multiple=True,
+              help="'pattern field[:counter]', e.g. 'servers.{vm}.cpu.percent cpu' (repeatable).")
+@click.option("--minute-grace", type=DURATION, default=_seconds(D.minute_grace), show_default=True,
+              help="How long other agents' minutes wait for late samples.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(**options) -> None:
@@ -110,6 +134,20 @@ def serve(**options) -> None:
                                     for k, v in protocol.load_keys(keys_path).items()}
         except (OSError, ValueError, UnicodeError) as exc:
             raise click.ClickException("cannot read --auth-keys: %s" % exc) from None
+    auth_file = options.pop("collectd_auth_file")
+    if auth_file:
+        from vmstats.server.formats.collectd import load_auth_file
+        try:
+            options["collectd_auth"] = load_auth_file(auth_file)
+        except (OSError, ValueError, UnicodeError) as exc:
+            raise click.ClickException("cannot read --collectd-auth-file: %s" % exc) from None
+    options["graphite_templates"] = list(options["graphite_templates"])
+    if options["graphite_templates"]:
+        from vmstats.server.formats.graphite import parse_templates
+        try:
+            parse_templates(options["graphite_templates"])
+        except ValueError as exc:
+            raise click.ClickException("--graphite-template: %s" % exc) from None
     for name in ("workers", "parsers"):
         if options[name] is None:
             options.pop(name)

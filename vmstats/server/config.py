@@ -57,3 +57,25 @@ class ServerConfig:
     #: interval: every fsync_interval seconds; batch: before every TCP ack.
     fsync: str = "interval"
     fsync_interval: float = 1.0
+    # Other agents' formats (docs/PROTOCOL.md, "Other formats"); -1: off, 0: ephemeral.
+    #: InfluxDB line protocol (Telegraf's socket_writer, InfluxDB's UDP), UDP and TCP.
+    influx_port: int = -1
+    #: The tag that names the VM in line protocol (Telegraf's is host).
+    influx_vm_tag: str = "host"
+    #: Token the HTTP write API requires (None: any, or none).
+    write_token: str | None = None
+    #: collectd's binary network protocol, UDP (collectd's own port is 25826).
+    collectd_port: int = -1
+    #: collectd user -> password (collectd's AuthFile), for signed and encrypted packets.
+    collectd_auth: dict[str, str] | None = None
+    #: The least collectd security a packet must have: none, sign or encrypt.
+    collectd_security: str = "none"
+    #: Graphite plaintext, UDP and TCP (carbon's port is 2003).
+    graphite_port: int = -1
+    #: Graphite path templates, ``pattern field[:counter]`` each.
+    graphite_templates: list[str] = field(default_factory=list)
+    #: Seconds a minute stays open for late samples of other agents.
+    minute_grace: float = 30.0
+    #: Bounds of the other agents' state: counters tracked, minutes open.
+    edge_max_counters: int = 200_000
+    edge_max_open: int = 200_000

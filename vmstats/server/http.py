@@ -26,7 +26,8 @@ class HTTPService(service.Service):
 
     name = "http"
 
-    def __init__(self, reactor, bind: str, port: int, metrics_text, status_json):
+    def __init__(self, reactor, bind: str, port: int, metrics_text, status_json,
+                 routes: dict[bytes, resource.Resource] | None = None):
         self.reactor = reactor
         self.bind = bind
         self.port = port
@@ -34,6 +35,17 @@ class HTTPService(service.Service):
         root.putChild(b"metrics", _Page(metrics_text, b"text/plain; version=0.0.4; charset=utf-8"))
         root.putChild(b"status", _Page(lambda: json.dumps(status_json(), indent=1, sort_keys=True),
                                        b"application/json"))
+        # Other services' pages by full path (b"/api/v2/write"): each leaf is that one path.
+        for path, page in (routes or {}).items():
+            *folders, leaf = path.strip(b"/").split(b"/")
+            parent = root
+            for folder in folders:
+                child = parent.children.get(folder)
+                if child is None:
+                    child = resource.Resource()
+                    parent.putChild(folder, child)
+                parent = child
+            parent.putChild(leaf, page)
         self.site = server.Site(root)
         self.site.noisy = False
         self.listening = None

@@ -81,6 +81,11 @@ class Metrics:
         self.parser_deaths = 0
         #: Gauges owned elsewhere (journal, flusher): name -> (help, read function).
         self.gauges: dict = {}
+        #: Other formats' lines (or collectd value lists) by (format, outcome): used, ignored,
+        #: or the reason they could not be used.
+        self.edge: Counter[tuple[str, str]] = Counter()
+        #: Counter-rate and minute-assembly events of the other formats (formats/edge.py).
+        self.edge_events = dict
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejects[reason] += count
@@ -116,6 +121,8 @@ class Metrics:
             "parsing": {"remote": self.parsed_remote, "here": self.parsed_here,
                         "parser_deaths": self.parser_deaths},
             **{name: read() for name, (_help, read) in self.gauges.items()},
+            "edge": {"%s %s" % key: n for key, n in sorted(self.edge.items())},
+            "edge_events": self.edge_events(),
         }
 
     def prometheus(self, buffered: int, vms: int, in_flight: int, vms_seen: int) -> str:
@@ -178,6 +185,14 @@ class Metrics:
         metric("parser_deaths_total", "counter",
                "Parser processes that died (restarted; their payloads parsed by the reactor).",
                [((), self.parser_deaths)])
+        metric("edge_lines_total", "counter",
+               "Lines (collectd: value lists) of other formats, by format and outcome: used, "
+               "ignored (nothing vmstats stores), or why they could not be used.",
+               [((("format", f), ("outcome", o)), n) for (f, o), n in sorted(self.edge.items())])
+        metric("edge_events_total", "counter",
+               "Other formats' counters primed, wrapped, restarted, stale or forgotten, and "
+               "minutes written, incomplete (no cpu or mem), late or completed early.",
+               [((("event", e),), n) for e, n in sorted(self.edge_events().items())])
         for name, (help_text, read) in sorted(self.gauges.items()):
             metric(name, "gauge", help_text, [((), int(read()))])
         metric("buffered_records", "gauge", "Records held in memory.", [((), buffered)])

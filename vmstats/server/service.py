@@ -14,6 +14,7 @@ from twisted.internet import defer
 from vmstats.server.buffer import Buffer
 from vmstats.server.config import ServerConfig
 from vmstats.server.flusher import FlusherService
+from vmstats.server.formats import edge, httpwrite
 from vmstats.server.http import HTTPService, last_seen_table
 from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, list_segments
@@ -62,6 +63,8 @@ class Aggregator(service.MultiService):
             reactor, config.bind, config.udp_port, config.tcp_port, self.ingest, self.auth,
             self.metrics, config.rcvbuf, config.max_line, config.max_connections,
             config.idle_timeout)
+        self.edge, self.edge_service = edge.build(reactor, config, self.ingest, self.metrics,
+                                                  self.ingest.clock)
         self.flusher = FlusherService(reactor, self.buffer, self.metrics, config.data_dir,
                                       config.flush_interval, config.workers, config.drain_timeout,
                                       self.journal)
@@ -80,11 +83,13 @@ class Aggregator(service.MultiService):
         self.listeners.setServiceParent(self)
         if self.parsers is not None:
             self.parsers.setServiceParent(self)
+        self.edge_service.setServiceParent(self)
         self.flusher.setServiceParent(self)
         self.http = None
         if config.http_port >= 0:
             self.http = HTTPService(reactor, config.bind, config.http_port, self.metrics_text,
-                                    self.status)
+                                    self.status, httpwrite.routes(self.edge, self.edge.influx,
+                                                                  config.write_token))
             self.http.setServiceParent(self)
 
     def startService(self) -> None:
@@ -100,8 +105,10 @@ class Aggregator(service.MultiService):
         self._announce()
 
     def ports(self) -> dict:
-        return {"udp_port": self.listeners.udp_port, "tcp_port": self.listeners.tcp_port,
-                "http_port": self.http.port if self.http else None}
+        ports = {"udp_port": self.listeners.udp_port, "tcp_port": self.listeners.tcp_port,
+                 "http_port": self.http.port if self.http else None}
+        ports.update(("%s_port" % name, port) for name, port in self.edge_service.ports.items())
+        return ports
 
     def _announce(self) -> None:
         ports = self.ports()
@@ -119,6 +126,7 @@ class Aggregator(service.MultiService):
         log.info("stopping: closing listeners, then the final flush")
         service.Service.stopService(self)
         yield defer.maybeDeferred(self.listeners.stopService)
+        yield defer.maybeDeferred(self.edge_service.stopService)  # open minutes into ingest
         yield self.ingest.idle()
         yield defer.maybeDeferred(self.flusher.stopService)
         if self.parsers is not None:

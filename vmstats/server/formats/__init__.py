@@ -1,0 +1,116 @@
+"""Edge decoders: the data other agents already send, turned into vmstats' partial samples.
+
+One module per format (``influx``, ``collectd``, ``graphite``), each a
+``Decoder`` turning one payload's bytes into ``Sample``s and a ``Tally`` of
+what it could not use; ``rates`` turns cumulative counters into per-second
+rates and ``minutes`` assembles the samples of each VM into the one-minute
+records the native agent sends.  ``edge`` wires them to ports and hands the
+records to the same ingest path native payloads take, so nothing after the
+edge knows the difference.
+"""
+
+from collections import Counter
+from typing import NamedTuple
+
+from vmstats import protocol
+
+#: Gauges: the value is the field itself (cpu and mem in %, mem_mb in MiB, vcpus a count).
+GAUGES = ("cpu", "mem", "mem_mb", "vcpus")
+#: Per-second rates, summed over a VM's devices (bytes/s).
+RATES = ("disk_r", "disk_w", "net_rx", "net_tx")
+#: CPU time by state (``device`` is ``cpu:state``): jiffies per second, or a state's percent;
+#: a minute's CPU % is the busy share of the total (idle and wait are idle, as for the agent).
+CPU_STATE = "cpu_state"
+#: Memory by kind in bytes (``device`` is used, free, cached, ...): used / all of them is mem %.
+MEM_PART = "mem_part"
+#: A cumulative counter of a rate kind is that kind plus this suffix; ``rates`` strips it.
+TOTAL = "_total"
+COUNTERS = tuple(kind + TOTAL for kind in RATES + (CPU_STATE,))
+KINDS = frozenset(GAUGES + RATES + (CPU_STATE, MEM_PART) + COUNTERS)
+
+# Why a line (or packet part) was not used; counted per format in /metrics.
+USED = "used"
+IGNORED = "ignored"  # a well-formed metric vmstats has no field for: counted, never stored
+R_SYNTAX = protocol.R_SYNTAX
+R_BAD_VM = protocol.R_BAD_VM
+R_NO_VM = "missing_vm"
+R_RANGE = protocol.R_RANGE
+R_NON_FINITE = protocol.R_NON_FINITE
+R_UTF8 = protocol.R_UTF8
+R_TOO_LONG = protocol.R_TOO_LONG
+R_TYPE = "field_type"
+R_SIGNATURE = "signature"
+R_UNSIGNED = "unsigned"
+R_DECRYPT = "decrypt"
+R_TRUNCATED = "truncated"
+R_AUTH = "auth"
+
+
+class Sample(NamedTuple):
+    """One value of one VM at one moment: what every edge decoder produces.
+
+    ``device`` names the disk, interface or CPU state the value is for
+    ('' for the VM as a whole); ``kind`` is one of KINDS.
+    """
+
+    vm: str
+    ts: float
+    kind: str
+    device: str
+    value: float
+
+
+class Tally:
+    """What a decoder made of its input, by outcome: used, ignored, or a reject reason.
+
+    Every line (or value of a collectd packet) lands in exactly one outcome,
+    so nothing a sender sent goes uncounted.
+    """
+
+    __slots__ = ("counts", "details")
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        #: The first few reject messages, for the rate-limited log and HTTP 400 answers.
+        self.details: list[str] = []
+
+    def reject(self, reason: str, detail: str, count: int = 1) -> None:
+        self.counts[reason] += count
+        if len(self.details) < 10:
+            self.details.append("%s: %s" % (reason, detail))
+
+    @property
+    def rejected(self) -> int:
+        return sum(n for outcome, n in self.counts.items() if outcome not in (USED, IGNORED))
+
+
+class Decoder:
+    """Bytes to samples: the one interface every format implements."""
+
+    #: The name the format's counters carry in /metrics.
+    name = "?"
+
+    def decode(self, data: bytes, now: float, tally: Tally) -> list[Sample]:
+        raise NotImplementedError
+
+
+class VmIds:
+    """The VM id grammar of the native protocol applied to other formats' host names, cached.
+
+    A host name becomes a directory under the data dir, so it must pass the
+    same check; the cache is bounded (cleared when full) like the native one.
+    """
+
+    def __init__(self, size: int = 65536) -> None:
+        self._cache: dict[str, str] = {}
+        self._size = size
+
+    def __call__(self, raw: str) -> str:
+        """The canonical id; raises protocol.DecodeError (reason bad_vm_id) if ``raw`` is not one."""
+        vm = self._cache.get(raw)
+        if vm is None:
+            vm = protocol.normalize_vm_id(raw)
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            self._cache[raw] = vm
+        return vm

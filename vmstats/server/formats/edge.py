@@ -1,0 +1,240 @@
+"""The edge: other formats' ports, their decoders, and the hand-off to the native ingest path.
+
+Each format listens on a port of its own (``--influx-port``, ``--collectd-port``,
+``--graphite-port``; off unless asked for), so the native ports and their
+tuned fast path never look at anything else.  Every payload is decoded into
+samples, counter samples become rates, the minute assembler gathers them,
+and each completed one-minute record is encoded in the native format and
+submitted to ``Ingest`` like any payload the native listeners receive: the
+same parsing, journal, buffer, flusher and per-VM logs.  Minutes still open
+live only in memory: a crash loses at most the open minute of each VM.
+"""
+
+import logging
+from collections.abc import Callable
+
+from twisted.application import service
+from twisted.internet import protocol as tx_protocol
+from twisted.internet import task
+from twisted.protocols.policies import TimeoutMixin
+
+from vmstats import protocol
+from vmstats.server.formats import R_TOO_LONG, Decoder, Tally
+from vmstats.server.formats.minutes import MinuteAssembler
+from vmstats.server.formats.rates import CounterRates
+from vmstats.server.metrics import Metrics, RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checks for minutes nothing more is coming for.
+TICK_SECONDS = 1.0
+
+
+class Edge:
+    """Decodes payloads of any format and files the records they complete."""
+
+    def __init__(self, ingest, metrics: Metrics, assembler: MinuteAssembler, clock: Callable):
+        self.ingest = ingest
+        self.metrics = metrics
+        self.assembler = assembler
+        self.clock = clock
+        self._bad_log = RateLimitedLog(log, "unusable input")
+
+    def feed(self, decoder: Decoder, data: bytes, **options) -> Tally:
+        """Decode ``data`` and file what it completes; returns what was made of it."""
+        tally = Tally()
+        now = self.clock()
+        samples = decoder.decode(data, now, tally, **options)
+        if samples:
+            self.assembler.add(samples, now, tally)
+        self.count(decoder.name, tally)
+        self.release()
+        return tally
+
+    def count(self, name: str, tally: Tally) -> None:
+        edge = self.metrics.edge
+        for outcome, count in tally.counts.items():
+            if count:
+                edge[(name, outcome)] += count
+        for detail in tally.details:
+            self._bad_log.emit("%s: %s", name, detail)
+
+    def release(self) -> None:
+        """Hand every completed minute to the native ingest path, as one payload."""
+        records = self.assembler.take()
+        if records:
+            self.ingest.submit(b"\n".join(protocol.encode_records(records)))
+
+    def tick(self) -> None:
+        self.assembler.tick(self.clock())
+        self.release()
+
+
+class DatagramReceiver(tx_protocol.DatagramProtocol):
+    """One datagram, one payload of its format."""
+
+    def __init__(self, edge: Edge, decoder: Decoder):
+        self.edge = edge
+        self.decoder = decoder
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        metrics = self.edge.metrics
+        metrics.datagrams += 1
+        metrics.bytes += len(data)
+        self.edge.feed(self.decoder, data)
+
+
+class LineReceiver(tx_protocol.Protocol, TimeoutMixin):
+    """A newline-delimited stream (line protocol, Graphite plaintext); no replies."""
+
+    def __init__(self, factory: "LineFactory"):
+        self.factory = factory
+        self.rest = b""
+        self.skipping = False
+
+    def connectionMade(self) -> None:
+        self.factory.open += 1
+        self.factory.edge.metrics.tcp_connections += 1
+        self.setTimeout(self.factory.idle_timeout)
+
+    def connectionLost(self, reason=None) -> None:
+        self.setTimeout(None)
+        self.factory.open -= 1
+        self.factory.protocols.discard(self)
+        if self.rest and not self.skipping:  # a last line without its newline still counts
+            rest, self.rest = self.rest, b""
+            self.factory.edge.feed(self.factory.decoder, rest)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.factory.edge.metrics.bytes += len(data)
+        if self.skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self.skipping = False
+            data = data[end + 1:]
+        data = self.rest + data if self.rest else data
+        end = data.rfind(b"\n") + 1
+        block, self.rest = data[:end], data[end:]
+        if len(self.rest) > self.factory.max_line:
+            self.rest = b""
+            self.skipping = True
+            tally = Tally()
+            tally.reject(R_TOO_LONG, "line over %d bytes" % self.factory.max_line)
+            self.factory.edge.count(self.factory.decoder.name, tally)
+        if block:
+            self.factory.edge.feed(self.factory.decoder, block)
+
+
+class LineFactory(tx_protocol.Factory):
+    """Line receivers of one format, up to ``max_connections`` open at once."""
+
+    def __init__(self, edge: Edge, decoder: Decoder, max_line: int, max_connections: int,
+                 idle_timeout: float):
+        self.edge = edge
+        self.decoder = decoder
+        self.max_line = max_line
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout if idle_timeout > 0 else None
+        self.open = 0
+        self.protocols: set = set()
+
+    def buildProtocol(self, addr):
+        if self.open >= self.max_connections:
+            self.edge.metrics.tcp_refused += 1
+            return None
+        receiver = LineReceiver(self)
+        self.protocols.add(receiver)
+        return receiver
+
+
+class EdgeService(service.Service):
+    """The other formats' ports and the minute clock; stopping it writes every open minute."""
+
+    name = "edge"
+
+    def __init__(self, reactor, bind: str, edge: Edge, udp: dict[str, tuple[int, Decoder]],
+                 tcp: dict[str, tuple[int, Decoder]], max_line: int, max_connections: int,
+                 idle_timeout: float):
+        self.reactor = reactor
+        self.bind = bind
+        self.edge = edge
+        self.udp = udp
+        self.tcp = tcp
+        self.max_line = max_line
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.ports: dict[str, int] = {}
+        self._listening: list = []
+        self._factories: list[LineFactory] = []
+        self._clock = task.LoopingCall(edge.tick)
+        self._clock.clock = reactor
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        for name, (port, decoder) in self.udp.items():
+            listening = self.reactor.listenUDP(port, DatagramReceiver(self.edge, decoder),
+                                               interface=self.bind,
+                                               maxPacketSize=protocol.MAX_DATAGRAM_SIZE)
+            self._listening.append(listening)
+            self.ports[name] = listening.getHost().port
+        for name, (port, decoder) in self.tcp.items():
+            factory = LineFactory(self.edge, decoder, self.max_line, self.max_connections,
+                                  self.idle_timeout)
+            # Graphite and line protocol take both transports on one number, as carbon does.
+            listening = self.reactor.listenTCP(self.ports.get(name, port), factory,
+                                               interface=self.bind)
+            self._listening.append(listening)
+            self._factories.append(factory)
+            self.ports[name] = listening.getHost().port
+        self._clock.start(TICK_SECONDS, now=False)
+
+    def stopService(self):
+        """Close the ports, then hand over every open minute (before the final flush)."""
+        service.Service.stopService(self)
+        if self._clock.running:
+            self._clock.stop()
+        listening, self._listening = self._listening, []
+        for factory in self._factories:
+            for receiver in list(factory.protocols):
+                if receiver.transport is not None:
+                    receiver.transport.loseConnection()
+        from twisted.internet import defer
+
+        def written(_):
+            self.edge.assembler.complete_all()
+            self.edge.release()
+
+        waits = [defer.maybeDeferred(port.stopListening) for port in listening]
+        return defer.gatherResults(waits, consumeErrors=True).addBoth(written)
+
+
+def build(reactor, config, ingest, metrics: Metrics, clock: Callable) -> tuple[Edge, EdgeService]:
+    """The edge as ``config`` asks for it (ports of -1 are off)."""
+    from vmstats.server.formats.collectd import CollectdDecoder
+    from vmstats.server.formats.graphite import GraphiteDecoder, parse_templates
+    from vmstats.server.formats.influx import InfluxDecoder
+
+    rates = CounterRates(config.edge_max_counters)
+    assembler = MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
+                                config.max_past, rates)
+    edge = Edge(ingest, metrics, assembler, clock)
+    udp: dict[str, tuple[int, Decoder]] = {}
+    tcp: dict[str, tuple[int, Decoder]] = {}
+    edge.influx = InfluxDecoder(config.influx_vm_tag, max_line=config.max_line)
+    if config.influx_port >= 0:
+        udp["influx"] = tcp["influx"] = (config.influx_port, edge.influx)
+    if config.collectd_port >= 0:
+        udp["collectd"] = (config.collectd_port,
+                           CollectdDecoder(config.collectd_auth, config.collectd_security))
+    if config.graphite_port >= 0:
+        graphite = GraphiteDecoder(parse_templates(config.graphite_templates))
+        udp["graphite"] = tcp["graphite"] = (config.graphite_port, graphite)
+    metrics.gauges["edge_counters"] = (
+        "Cumulative counters of other agents tracked for rates (bounded).", lambda: len(rates))
+    metrics.gauges["edge_open_minutes"] = (
+        "Minutes of other agents' VMs being assembled (bounded).", lambda: assembler.open_count)
+    metrics.edge_events = lambda: {**rates.events, **assembler.events}
+    return edge, EdgeService(reactor, config.bind, edge, udp, tcp, config.max_line,
+                             config.max_connections, config.idle_timeout)

@@ -1,0 +1,122 @@
+"""The InfluxDB HTTP write API on vmstats' HTTP port, so Telegraf and client libraries work as-is.
+
+* ``POST /write?db=..&precision=..`` (InfluxDB 1.x; Telegraf's ``outputs.influxdb``), with
+  ``/query`` answering Telegraf's ``CREATE DATABASE`` and ``/ping`` its health checks;
+* ``POST /api/v2/write?org=..&bucket=..&precision=..`` (InfluxDB 2.x; ``outputs.influxdb_v2``
+  and the ``influxdb-client`` libraries), token in ``Authorization: Token ...``.
+
+Bodies may be gzip-compressed (``Content-Encoding: gzip``).  The answer is
+204 when every line was usable (ignored metrics are usable: they are simply
+not stored), and 400 with the numbers and reasons of the first bad lines
+otherwise -- the good lines around them are still taken, as InfluxDB does
+with a partial write.  A 204 means the lines reached the minute assembler.
+"""
+
+import json
+import zlib
+
+from twisted.web import resource
+
+from vmstats.server.formats import R_AUTH, Tally
+from vmstats.server.formats.lineprotocol import PRECISIONS
+
+#: Largest body taken (after decompression); InfluxDB's default limit is 25 MB as well.
+MAX_BODY = 25 << 20
+V1_PRECISIONS = ("n", "ns", "u", "us", "ms", "s", "m", "h")
+V2_PRECISIONS = ("ns", "us", "ms", "s")
+
+
+class WritePage(resource.Resource):
+    """One of the write endpoints (``version`` 1 or 2) feeding the influx decoder."""
+
+    isLeaf = True
+
+    def __init__(self, edge, decoder, version: int, token: str | None):
+        super().__init__()
+        self.edge = edge
+        self.decoder = decoder
+        self.version = version
+        self.token = token.encode("utf-8") if token else None
+
+    def render_POST(self, request) -> bytes:
+        if self.token is not None and not self._authorized(request):
+            tally = Tally()
+            tally.reject(R_AUTH, "write without a valid token")
+            self.edge.count(self.decoder.name, tally)
+            return self._error(request, 401, "unauthorized", "unauthorized access")
+        args = request.args
+        precision = args.get(b"precision", [b"ns"])[0].decode("ascii", "replace")
+        allowed = V2_PRECISIONS if self.version == 2 else V1_PRECISIONS
+        if precision not in allowed:
+            return self._error(request, 400, "invalid", "precision %r is not one of %s"
+                               % (precision, ", ".join(allowed)))
+        if self.version == 2 and not args.get(b"bucket", [b""])[0]:
+            return self._error(request, 400, "invalid", "bucket is required")
+        body = request.content.read(MAX_BODY + 1)
+        self.edge.metrics.bytes += len(body)
+        if (request.getHeader(b"content-encoding") or b"").strip().lower() == b"gzip":
+            try:
+                inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                body = inflate.decompress(body, MAX_BODY + 1)
+            except zlib.error as exc:
+                return self._error(request, 400, "invalid", "body is not gzip: %s" % exc)
+        if len(body) > MAX_BODY:
+            return self._error(request, 413, "request too large",
+                               "body over %d bytes" % MAX_BODY)
+        errors: list = []
+        self.edge.feed(self.decoder, body, divisor=PRECISIONS[precision], errors=errors)
+        if errors:
+            message = "; ".join("line %d: %s" % error for error in errors)
+            return self._error(request, 400, "invalid", "partial write: " + message)
+        request.setResponseCode(204)
+        return b""
+
+    def _authorized(self, request) -> bool:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _sep, credential = header.partition(b" ")
+        if scheme.lower() in (b"token", b"bearer") and credential.strip() == self.token:
+            return True
+        if self.version == 1:
+            if request.args.get(b"p", [b""])[0] == self.token:
+                return True
+            if scheme.lower() == b"basic" and request.getPassword() == self.token:
+                return True
+        return False
+
+    def _error(self, request, code: int, kind: str, message: str) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        body = {"code": kind, "message": message} if self.version == 2 else {"error": message}
+        return json.dumps(body).encode("utf-8")
+
+
+class Ping(resource.Resource):
+    """``/ping``: what InfluxDB 1.x clients ask before writing."""
+
+    isLeaf = True
+
+    def render_GET(self, request) -> bytes:
+        request.setResponseCode(204)
+        request.setHeader(b"x-influxdb-version", b"vmstats")
+        return b""
+
+    render_HEAD = render_GET
+
+
+class Query(resource.Resource):
+    """``/query``: Telegraf's ``CREATE DATABASE`` gets the empty success InfluxDB gives."""
+
+    isLeaf = True
+
+    def render_POST(self, request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"results":[{"statement_id":0}]}'
+
+    render_GET = render_POST
+
+
+def routes(edge, decoder, token: str | None) -> dict[bytes, resource.Resource]:
+    """The write API's pages by path, for the HTTP service."""
+    return {b"/write": WritePage(edge, decoder, 1, token),
+            b"/api/v2/write": WritePage(edge, decoder, 2, token),
+            b"/ping": Ping(), b"/query": Query()}

@@ -1,0 +1,150 @@
+"""InfluxDB line protocol from Telegraf's standard inputs, mapped onto vmstats' fields.
+
+* ``cpu,cpu=cpu-total usage_idle=..,usage_iowait=..``: cpu = 100 - usage_idle - usage_iowait;
+* ``mem available_percent=..,used_percent=..,total=..i``: mem = 100 - available_percent (or
+  used_percent when it is missing), mem_mb = total in MiB;
+* ``diskio,name=sda read_bytes=..i,write_bytes=..i``: disk_r / disk_w, rates of the cumulative
+  bytes, whole disks summed;
+* ``net,interface=eth0 bytes_recv=..i,bytes_sent=..i``: net_rx / net_tx, rates, every
+  interface but loopback summed;
+* ``system n_cpus=..i``: vcpus.
+
+iowait counts as idle, as the vmstats agent counts it (a CPU waiting on I/O
+could run anything else), so the same machine gives the same cpu either way.
+Per-CPU lines (``cpu=cpu0``), other measurements and other fields are
+well-formed data vmstats has no use for: counted as ignored, never stored.
+"""
+
+from vmstats import protocol
+from vmstats.client.procfs import LOOPBACK_INTERFACES
+from vmstats.server.formats import (
+    IGNORED,
+    R_BAD_VM,
+    R_NO_VM,
+    R_TOO_LONG,
+    R_UTF8,
+    TOTAL,
+    USED,
+    Decoder,
+    Sample,
+    Tally,
+    VmIds,
+)
+from vmstats.server.formats.lineprotocol import PRECISIONS, LineError, number, parse_line
+
+_MIB = 1 << 20
+_LOOPBACK = frozenset(name.encode("ascii") for name in LOOPBACK_INTERFACES)
+
+
+class InfluxDecoder(Decoder):
+    """Telegraf's cpu, mem, diskio, net and system lines to samples; the VM is a tag."""
+
+    name = "influx"
+
+    def __init__(self, vm_tag: str = "host", precision: str = "ns", max_line: int = 65536):
+        self.vm_tag = vm_tag.encode("utf-8")
+        self.divisor = PRECISIONS[precision]
+        self.max_line = max_line
+        self.vm_ids = VmIds()
+        self._map = {b"cpu": self._cpu, b"mem": self._mem, b"diskio": self._diskio,
+                     b"net": self._net, b"system": self._system}
+
+    def decode(self, data: bytes, now: float, tally: Tally, divisor: float | None = None,
+               errors: list | None = None) -> list[Sample]:
+        """Samples of every usable line; ``errors`` (if given) gets ``(line number, message)``."""
+        divisor = divisor or self.divisor
+        out: list[Sample] = []
+        counts = tally.counts
+        used = ignored = 0
+        mapping = self._map
+        vm_tag = self.vm_tag
+        for number_, line in enumerate(data.split(b"\n"), 1):
+            if not line or line[:1] == b"#" or line.isspace():
+                continue
+            try:
+                if len(line) > self.max_line:
+                    raise LineError(R_TOO_LONG, "line of %d bytes" % len(line))
+                measurement, tags, fields, stamp = parse_line(line)
+                handler = mapping.get(measurement)
+                if handler is None:
+                    ignored += 1
+                    continue
+                raw_vm = tags.get(vm_tag)
+                if raw_vm is None:
+                    raise LineError(R_NO_VM, "no %r tag" % vm_tag.decode("utf-8", "replace"))
+                try:
+                    vm = self.vm_ids(raw_vm.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise LineError(R_UTF8, "tag value is not UTF-8") from None
+                except protocol.DecodeError as exc:
+                    raise LineError(R_BAD_VM, exc.detail) from None
+                ts = now if stamp is None else stamp / divisor
+                before = len(out)
+                handler(out, vm, ts, tags, fields)
+                if len(out) > before:
+                    used += 1
+                else:
+                    ignored += 1
+            except LineError as exc:
+                tally.reject(exc.reason, "line %d: %s" % (number_, exc.detail))
+                if errors is not None and len(errors) < 10:
+                    errors.append((number_, "%s: %s" % (exc.reason, exc.detail)))
+            except (ValueError, OverflowError) as exc:  # float() of a value the regex let through
+                tally.reject("syntax", "line %d: %s" % (number_, exc))
+                if errors is not None and len(errors) < 10:
+                    errors.append((number_, "syntax: %s" % exc))
+        counts[USED] += used
+        counts[IGNORED] += ignored
+        return out
+
+    # -- one method per Telegraf input -------------------------------------------------------
+    @staticmethod
+    def _cpu(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
+        if tags.get(b"cpu") != b"cpu-total":
+            return
+        idle = fields.get(b"usage_idle")
+        if idle is None:
+            return
+        busy = 100.0 - number(idle) - number(fields.get(b"usage_iowait", b"0"))
+        out.append(Sample(vm, ts, "cpu", "", min(100.0, max(0.0, busy))))
+
+    @staticmethod
+    def _mem(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
+        available = fields.get(b"available_percent")
+        if available is not None:
+            out.append(Sample(vm, ts, "mem", "", min(100.0, max(0.0, 100.0 - number(available)))))
+        else:
+            used = fields.get(b"used_percent")
+            if used is not None:
+                out.append(Sample(vm, ts, "mem", "", number(used)))
+        total = fields.get(b"total")
+        if total is not None:
+            out.append(Sample(vm, ts, "mem_mb", "", number(total) // _MIB))
+
+    @staticmethod
+    def _diskio(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
+        name = tags.get(b"name")
+        if name is None:
+            return
+        device = name.decode("utf-8", "replace")
+        for field, kind in ((b"read_bytes", "disk_r" + TOTAL), (b"write_bytes", "disk_w" + TOTAL)):
+            value = fields.get(field)
+            if value is not None:
+                out.append(Sample(vm, ts, kind, device, number(value)))
+
+    @staticmethod
+    def _net(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
+        interface = tags.get(b"interface")
+        if interface is None or interface in _LOOPBACK or interface == b"all":
+            return
+        device = interface.decode("utf-8", "replace")
+        for field, kind in ((b"bytes_recv", "net_rx" + TOTAL), (b"bytes_sent", "net_tx" + TOTAL)):
+            value = fields.get(field)
+            if value is not None:
+                out.append(Sample(vm, ts, kind, device, number(value)))
+
+    @staticmethod
+    def _system(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
+        cpus = fields.get(b"n_cpus")
+        if cpus is not None:
+            out.append(Sample(vm, ts, "vcpus", "", number(cpus)))

@@ -1,0 +1,204 @@
+"""InfluxDB line protocol in full: escapes, quoted strings, typed fields, optional timestamps.
+
+    measurement[,tag=value...] field=value[,field=value...] [timestamp]
+
+As the InfluxDB reference defines it: measurement names escape ``\\,`` and
+``\\ ``; tag keys, tag values and field keys escape ``\\,``, ``\\=`` and
+``\\ ``; field values are floats (``1``, ``-1.5``, ``1e3``), integers
+(``1i``), unsigned integers (``1u``), booleans (``t``, ``T``, ``true``,
+``True``, ``TRUE`` and the same for false) or double-quoted strings that
+escape ``\\"`` and ``\\\\``; the timestamp is an integer in the precision the
+writer names (nanoseconds unless told otherwise) and may be left out, in
+which case the receiver's time is used.
+
+Most lines (Telegraf's among them) have neither escapes nor strings: those
+are split with ``bytes.split`` and checked by one compiled regex, and only
+the fields a caller asks for are converted (``number``).  Any other line goes
+through a character scanner that gives the same result.
+"""
+
+import math
+import re
+
+from vmstats.server.formats import R_NON_FINITE, R_SYNTAX, R_TYPE
+
+#: Divisors from a timestamp in a precision to seconds (v1 and v2 spellings).
+PRECISIONS = {"ns": 1e9, "n": 1e9, "us": 1e6, "u": 1e6, "ms": 1e3, "s": 1.0, "m": 1 / 60,
+              "h": 1 / 3600}
+
+_NUMBER = rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_VALUE = rb"(?:%s|-?\d+i|\d+u|t|T|true|True|TRUE|f|F|false|False|FALSE)" % _NUMBER
+_PLAIN_FIELDS = re.compile(rb"[^,= ]+=%s(?:,[^,= ]+=%s)*" % (_VALUE, _VALUE))
+_PLAIN_TAG = re.compile(rb"[^,= ]+=[^,= ]+")
+_FLOAT = re.compile(_NUMBER)
+_TRUE = frozenset((b"t", b"T", b"true", b"True", b"TRUE"))
+_FALSE = frozenset((b"f", b"F", b"false", b"False", b"FALSE"))
+
+#: (measurement, tags, fields, timestamp or None); raw field values are bytes until converted.
+Point = tuple[bytes, dict[bytes, bytes], dict[bytes, object], int | None]
+
+
+class LineError(ValueError):
+    """A line that is not line protocol; ``reason`` is the counter it is filed under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__("%s: %s" % (reason, detail))
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_line(line: bytes) -> Point:
+    """One line (no newline) as a Point; raises LineError, whatever the input."""
+    if line[-1:] == b"\r":
+        line = line[:-1]
+    if b"\\" in line or b'"' in line:
+        return _scan(line)
+    parts = line.split(b" ")
+    if len(parts) == 2:
+        head, body = parts
+        stamp = None
+    elif len(parts) == 3:
+        head, body, text = parts
+        stamp = _timestamp(text)
+    else:
+        raise LineError(R_SYNTAX, "expected 'measurement[,tags] fields [timestamp]'")
+    tags = head.split(b",")
+    measurement = tags[0]
+    if not measurement:
+        raise LineError(R_SYNTAX, "empty measurement")
+    tag_map = {}
+    for tag in tags[1:]:
+        if not _PLAIN_TAG.fullmatch(tag):
+            raise LineError(R_SYNTAX, "tag %r is not key=value" % _clip(tag))
+        key, _sep, value = tag.partition(b"=")
+        tag_map[key] = value
+    if not _PLAIN_FIELDS.fullmatch(body):
+        raise LineError(R_SYNTAX, "fields %r are not key=value,..." % _clip(body))
+    fields = dict(field.split(b"=", 1) for field in body.split(b","))
+    return measurement, tag_map, fields, stamp
+
+
+def number(value) -> float:
+    """A field's value as a number (float, integer or unsigned); LineError for strings/booleans."""
+    if type(value) is bytes:
+        last = value[-1:]
+        if last == b"i" or last == b"u":
+            return int(value[:-1])
+        if value in _TRUE or value in _FALSE:
+            raise LineError(R_TYPE, "boolean where a number is needed")
+        result = float(value)
+        if result != result or result in (math.inf, -math.inf):
+            raise LineError(R_NON_FINITE, "%r is not finite" % _clip(value))
+        return result
+    if type(value) in (bool, str):
+        raise LineError(R_TYPE, "%s where a number is needed" % type(value).__name__)
+    return value
+
+
+def typed(value):
+    """A field's value as Python sees it: float, int, bool or str."""
+    if type(value) is bytes:
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        return number(value)
+    return value
+
+
+def _timestamp(text: bytes) -> int:
+    if not text:
+        raise LineError(R_SYNTAX, "empty timestamp")
+    digits = text[1:] if text[:1] == b"-" else text
+    if not digits.isdigit() or len(digits) > 19:
+        raise LineError(R_SYNTAX, "timestamp %r is not an integer" % _clip(text))
+    return int(text)
+
+
+def _clip(data: bytes) -> str:
+    return data[:40].decode("utf-8", "replace")
+
+
+# -- the slow path: escapes and quoted strings -------------------------------------------------
+def _scan(line: bytes) -> Point:
+    """A character scanner for lines with escapes or strings (the fast path's equal)."""
+    measurement, pos = _token(line, 0, b", ")
+    if not measurement:
+        raise LineError(R_SYNTAX, "empty measurement")
+    tags = {}
+    while pos < len(line) and line[pos:pos + 1] == b",":
+        key, pos = _token(line, pos + 1, b",= ")
+        if not key or line[pos:pos + 1] != b"=":
+            raise LineError(R_SYNTAX, "tag without key=value")
+        value, pos = _token(line, pos + 1, b",= ")
+        if not value:
+            raise LineError(R_SYNTAX, "tag %r has no value" % _clip(key))
+        tags[key] = value
+    if line[pos:pos + 1] != b" ":
+        raise LineError(R_SYNTAX, "no fields")
+    fields: dict[bytes, object] = {}
+    pos += 1
+    while True:
+        key, pos = _token(line, pos, b",= ")
+        if not key or line[pos:pos + 1] != b"=":
+            raise LineError(R_SYNTAX, "field without key=value")
+        pos += 1
+        if line[pos:pos + 1] == b'"':
+            value, pos = _string(line, pos + 1)
+            fields[key] = value
+        else:
+            end = pos
+            while end < len(line) and line[end:end + 1] not in (b",", b" "):
+                end += 1
+            raw = line[pos:end]
+            if not re.fullmatch(_VALUE, raw):
+                raise LineError(R_SYNTAX, "field %r has no valid value" % _clip(key))
+            fields[key] = raw
+            pos = end
+        if line[pos:pos + 1] == b",":
+            pos += 1
+            continue
+        break
+    if pos == len(line):
+        return measurement, tags, fields, None
+    if line[pos:pos + 1] != b" ":
+        raise LineError(R_SYNTAX, "unexpected character after fields")
+    return measurement, tags, fields, _timestamp(line[pos + 1:])
+
+
+def _token(line: bytes, pos: int, stops: bytes) -> tuple[bytes, int]:
+    """Read up to an unescaped stop character; a backslash escapes the next byte if it is one."""
+    out = bytearray()
+    escapable = stops + b"\\"
+    end = len(line)
+    while pos < end:
+        byte = line[pos:pos + 1]
+        if byte == b"\\" and pos + 1 < end and line[pos + 1:pos + 2] in escapable:
+            out += line[pos + 1:pos + 2]
+            pos += 2
+            continue
+        if byte in stops:
+            break
+        out += byte
+        pos += 1
+    return bytes(out), pos
+
+
+def _string(line: bytes, pos: int) -> tuple[str, int]:
+    """A quoted field value from after its opening quote; returns it and the position past it."""
+    out = bytearray()
+    end = len(line)
+    while pos < end:
+        byte = line[pos:pos + 1]
+        if byte == b"\\" and line[pos + 1:pos + 2] in (b'"', b"\\"):
+            out += line[pos + 1:pos + 2]
+            pos += 2
+            continue
+        if byte == b'"':
+            try:
+                return out.decode("utf-8"), pos + 1
+            except UnicodeDecodeError:
+                raise LineError(R_SYNTAX, "string field is not UTF-8") from None
+        out += byte
+        pos += 1
+    raise LineError(R_SYNTAX, "unterminated string field")

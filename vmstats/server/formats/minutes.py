@@ -1,0 +1,255 @@
+"""Sub-minute samples of many VMs assembled into the one-minute records the logs hold.
+
+Other agents send each metric on its own, every 10 s or so.  Here each VM's
+samples are gathered per minute and become one ``protocol.Record``:
+
+* a record's ``ts`` is the end of its minute, as the vmstats agent stamps a
+  record with the end of the interval it covers: a sample at ``t`` belongs to
+  the minute ending at the next multiple of 60 at or after ``t`` (Telegraf's
+  samples at :10 ... :00 describe the ten seconds before each);
+* ``cpu`` is the mean of the minute's CPU samples and ``cpu_max`` the largest;
+  ``mem`` the mean of the memory samples; rates (disk, network) are each
+  device's mean rate, summed over the VM's devices (partitions and virtual
+  disks left out, by the agent's own rule); ``vcpus`` and ``mem_mb`` the last
+  value seen;
+* a field with no sample in the minute stays empty (unknown), never zero; a
+  minute without any cpu or without any mem sample cannot be a record (the
+  protocol requires both) and is counted as incomplete instead of written.
+
+A minute is complete once the VM has sent a sample ``grace`` seconds past its
+end, or once ``grace`` seconds have passed since the minute ended and since
+its last sample arrived (senders that stopped, or history sent in a burst);
+at shutdown every open minute is written as it stands.  A sample for a
+minute already written is late and counted, never merged into a second row.
+At most ``max_open`` minutes are held; beyond that the oldest is completed
+early (counted), so memory stays bounded whatever senders do.
+"""
+
+import math
+from collections import Counter
+
+from vmstats import protocol
+from vmstats.client.procfs import whole_disks
+from vmstats.server.formats import (
+    CPU_STATE,
+    MEM_PART,
+    R_RANGE,
+    RATES,
+    TOTAL,
+    Sample,
+    Tally,
+)
+from vmstats.server.formats.rates import CounterRates
+
+#: CPU states that are idle time (collectd's names; iowait is idle, as for the agent).
+IDLE_STATES = frozenset(("idle", "wait"))
+_LIMITS = {"cpu": (0.0, 100.0), "mem": (0.0, 100.0), "vcpus": (1, 4096), "mem_mb": (1, 1 << 32)}
+_MIB = 1 << 20
+
+
+class Minute:
+    """What one VM sent for one minute so far."""
+
+    __slots__ = ("cpu", "mem", "mem_mb", "vcpus", "rates", "states", "parts", "touched")
+
+    def __init__(self, now: float):
+        self.cpu: list[float] = []
+        self.mem: list[float] = []
+        self.mem_mb: float | None = None
+        self.vcpus: float | None = None
+        #: rate kind -> device -> [sum, count]
+        self.rates: dict[str, dict[str, list]] = {}
+        #: second -> [idle, total] over every CPU and state
+        self.states: dict[int, list] = {}
+        #: second -> {memory kind: bytes}
+        self.parts: dict[int, dict[str, float]] = {}
+        self.touched = now
+
+
+class MinuteAssembler:
+    """Samples in, complete one-minute Records out (``take``)."""
+
+    def __init__(self, grace: float = 30.0, max_open: int = 200_000, max_future: int = 300,
+                 max_past: int = 0, rates: CounterRates | None = None):
+        self.grace = grace
+        self.max_open = max_open
+        self.max_future = max_future
+        self.max_past = max_past
+        self.rates = rates or CounterRates()
+        #: vm -> minute end -> Minute
+        self.open: dict[str, dict[int, Minute]] = {}
+        self.open_count = 0
+        #: vm -> the latest minute end written (samples at or before it are late)
+        self.written: dict[str, int] = {}
+        #: vm -> the latest sample time seen
+        self.newest: dict[str, float] = {}
+        self.max_vms = 200_000
+        self.ready: list[protocol.Record] = []
+        self.events: Counter[str] = Counter(records=0, incomplete=0, late=0, forced=0)
+
+    # -- samples in ------------------------------------------------------------------------------
+    def add(self, samples: list[Sample], now: float, tally: Tally) -> None:
+        """File samples (counter samples become rates first); complete what they finish."""
+        rate = self.rates.rate
+        open_ = self.open
+        finished: set[str] = set()
+        for sample in samples:
+            vm, ts, kind, device, value = sample
+            if ts > now + self.max_future:
+                tally.reject(protocol.R_FUTURE, "sample %ds ahead" % (ts - now))
+                continue
+            if self.max_past and ts < now - self.max_past:
+                tally.reject(protocol.R_PAST, "sample %ds old" % (now - ts))
+                continue
+            if kind.endswith(TOTAL):
+                sample = rate(sample)
+                if sample is None:
+                    continue
+                kind, value = sample.kind, sample.value
+            elif kind in _LIMITS:
+                low, high = _LIMITS[kind]
+                if not low <= value <= high:
+                    tally.reject(R_RANGE, "%s=%s outside [%s, %s]" % (kind, value, low, high))
+                    continue
+            end = -(-int(math.ceil(ts)) // 60) * 60
+            if end <= self.written.get(vm, 0):
+                self.events["late"] += 1
+                tally.reject("late", "sample for %s's minute ending %d, already written" % (vm, end))
+                continue
+            minutes = open_.get(vm)
+            if minutes is None:
+                minutes = open_[vm] = {}
+            minute = minutes.get(end)
+            if minute is None:
+                minute = minutes[end] = Minute(now)
+                self.open_count += 1
+                if self.open_count > self.max_open:
+                    self._force_oldest()
+            else:
+                minute.touched = now
+            _put(minute, kind, device, value, ts)
+            if ts > self.newest.get(vm, 0.0):
+                self.newest[vm] = ts
+                if len(minutes) > 1 or ts >= end - 60 + self.grace:
+                    finished.add(vm)
+        for vm in finished:
+            newest = self.newest[vm] - self.grace
+            minutes = self.open.get(vm, {})
+            for end in sorted(minutes):
+                if end <= newest:
+                    self._complete(vm, end)
+
+    # -- records out -----------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Complete the minutes nothing more is coming for (called every second or so)."""
+        grace = self.grace
+        due = [(vm, end) for vm, minutes in self.open.items() for end, minute in minutes.items()
+               if now >= max(end, minute.touched) + grace]
+        for vm, end in sorted(due, key=lambda item: item[1]):
+            self._complete(vm, end)
+
+    def complete_all(self) -> None:
+        """Every open minute as it stands (shutdown)."""
+        for vm, end in sorted(((vm, end) for vm, minutes in self.open.items() for end in minutes),
+                              key=lambda item: item[1]):
+            self._complete(vm, end)
+
+    def take(self) -> list[protocol.Record]:
+        ready, self.ready = self.ready, []
+        return ready
+
+    def _force_oldest(self) -> None:
+        oldest = min((end, vm) for vm, minutes in self.open.items() for end in minutes)
+        self.events["forced"] += 1
+        self._complete(oldest[1], oldest[0])
+
+    def _complete(self, vm: str, end: int) -> None:
+        minutes = self.open[vm]
+        minute = minutes.pop(end)
+        self.open_count -= 1
+        if not minutes:
+            del self.open[vm]
+        if end > self.written.get(vm, 0):
+            self.written[vm] = end
+        if len(self.written) > self.max_vms:  # hostile senders inventing hosts
+            for old in list(self.written)[: self.max_vms // 2]:
+                if old not in self.open:
+                    del self.written[old]
+                    self.newest.pop(old, None)
+        record = _record(vm, end, minute)
+        if record is None:
+            self.events["incomplete"] += 1
+            return
+        self.events["records"] += 1
+        self.ready.append(record)
+
+
+def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> None:
+    if kind == "cpu":
+        minute.cpu.append(value)
+    elif kind == "mem":
+        minute.mem.append(value)
+    elif kind in RATES:
+        devices = minute.rates.get(kind)
+        if devices is None:
+            devices = minute.rates[kind] = {}
+        acc = devices.get(device)
+        if acc is None:
+            devices[device] = [value, 1]
+        else:
+            acc[0] += value
+            acc[1] += 1
+    elif kind == CPU_STATE:
+        second = int(round(ts))
+        acc = minute.states.get(second)
+        if acc is None:
+            acc = minute.states[second] = [0.0, 0.0, set()]
+        if device.rpartition(":")[2] in IDLE_STATES:
+            acc[0] += value
+        acc[1] += value
+        acc[2].add(device.rpartition(":")[0])
+    elif kind == MEM_PART:
+        second = int(round(ts))
+        parts = minute.parts.get(second)
+        if parts is None:
+            parts = minute.parts[second] = {}
+        parts[device] = value
+    elif kind == "mem_mb":
+        minute.mem_mb = value
+    elif kind == "vcpus":
+        minute.vcpus = value
+
+
+def _record(vm: str, end: int, minute: Minute) -> protocol.Record | None:
+    """The minute's record, or None when cpu or mem is unknown."""
+    cpu = list(minute.cpu)
+    cpus: set[str] = set()
+    for idle, total, names in minute.states.values():
+        if total > 0:
+            cpu.append(min(100.0, max(0.0, 100.0 * (1.0 - idle / total))))
+            cpus |= names
+    mem = list(minute.mem)
+    mem_mb = minute.mem_mb
+    for _second, parts in sorted(minute.parts.items()):
+        total = sum(parts.values())
+        if "used" in parts and total > 0:
+            mem.append(100.0 * parts["used"] / total)
+            mem_mb = total / _MIB
+    if not cpu or not mem:
+        return None
+    vcpus = minute.vcpus
+    if vcpus is None and cpus and all(name.isdigit() for name in cpus):
+        vcpus = len(cpus)
+    rates = {}
+    for kind, devices in minute.rates.items():
+        names = devices
+        if kind.startswith("disk"):
+            names = whole_disks(devices)
+        rates[kind] = round(sum(devices[name][0] / devices[name][1] for name in names), 1)
+    mean = sum(cpu) / len(cpu)
+    return protocol.Record(
+        vm=vm, ts=end, cpu=round(mean, 2), cpu_max=round(max(max(cpu), mean), 2),
+        mem=round(sum(mem) / len(mem), 2), disk_r=rates.get("disk_r"), disk_w=rates.get("disk_w"),
+        net_rx=rates.get("net_rx"), net_tx=rates.get("net_tx"),
+        vcpus=int(vcpus) if vcpus is not None else None,
+        mem_mb=max(1, int(mem_mb)) if mem_mb is not None else None)
