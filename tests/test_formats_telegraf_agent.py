@@ -9,6 +9,7 @@ TCP port and, through the real ``influxdb-client`` library, over
 """
 
 import os
+from itertools import pairwise
 
 import influxdb_client
 from influxdb_client.client.write_api import SYNCHRONOUS
@@ -59,7 +60,7 @@ def write_snapshot(root, k: int) -> None:
 def agent_record(roots, vm: str, ts: int) -> protocol.Record:
     """What the agent sends for the minute: its sampler over the seven snapshots."""
     snaps = [sampler.Snapshot.read(root) for root in roots]
-    slices = [sampler.cpu_busy_total(a.cpu, b.cpu) for a, b in zip(snaps, snaps[1:])]
+    slices = [sampler.cpu_busy_total(a.cpu, b.cpu) for a, b in pairwise(snaps)]
     metrics = sampler.measure(snaps[0], snaps[-1], slices, procfs.read_meminfo(roots[-1]),
                               STEP * (len(roots) - 1))
     return protocol.Record(vm=vm, ts=ts, **metrics._asdict())

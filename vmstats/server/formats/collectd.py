@@ -185,12 +185,10 @@ class CollectdDecoder(Decoder):
         if password is None:
             raise PacketError(R_DECRYPT, "unknown user %r" % user[:40])
         try:
-            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+            decryptor = _aes256_ofb(password, iv).decryptor()
         except ImportError:
             raise PacketError(R_DECRYPT, "encrypted packets need the cryptography library "
                                          "(pip install 'vmstats[collectd]')") from None
-        key = hashlib.sha256(password).digest()
-        decryptor = Cipher(algorithms.AES(key), modes.OFB(iv)).decryptor()
         plain = decryptor.update(sealed) + decryptor.finalize()
         checksum, payload = plain[:20], plain[20:]
         if not hmac.compare_digest(hashlib.sha1(payload).digest(), checksum):
@@ -234,6 +232,21 @@ class CollectdDecoder(Decoder):
         for kind, device, value in mapped:
             out.append(Sample(vm, ts, kind, device, value))
         tally.counts[USED] += 1
+
+
+def _aes256_ofb(password: bytes, iv: bytes):
+    """collectd's cipher: AES-256 in OFB mode, keyed with the SHA-256 of the password.
+
+    ImportError without the cryptography library.  OFB lives among its
+    "decrepit" modes from version 43 on (kept for protocols like this one).
+    """
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    try:
+        from cryptography.hazmat.decrepit.ciphers.modes import OFB
+    except ImportError:
+        from cryptography.hazmat.primitives.ciphers.modes import OFB
+    return Cipher(algorithms.AES(hashlib.sha256(password).digest()), OFB(iv))
 
 
 def _map(plugin: str, instance: str, type_: str, type_instance: str, kinds: bytes,
@@ -293,11 +306,8 @@ def sign(packet: bytes, user: str, password: str) -> bytes:
 
 def encrypt(packet: bytes, user: str, password: str, iv: bytes) -> bytes:
     """``packet`` as one encrypted part, as collectd's ``SecurityLevel Encrypt`` sends it."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
     name = user.encode("utf-8")
-    key = hashlib.sha256(password.encode("utf-8")).digest()
-    encryptor = Cipher(algorithms.AES(key), modes.OFB(iv)).encryptor()
+    encryptor = _aes256_ofb(password.encode("utf-8"), iv).encryptor()
     sealed = encryptor.update(hashlib.sha1(packet).digest() + packet) + encryptor.finalize()
     body = struct.pack("!H", len(name)) + name + iv + sealed
     return _HEADER.pack(ENCRYPTION, 4 + len(body)) + body
