@@ -61,6 +61,7 @@ MESSAGE, SEVERITY = 0x100, 0x101
 SIGNATURE, ENCRYPTION = 0x200, 0x210
 COUNTER, GAUGE, DERIVE, ABSOLUTE = range(4)
 SECURITY_LEVELS = ("none", "sign", "encrypt")
+R_NO_VALUES = "no_values"
 _STRINGS = {HOST: 0, PLUGIN: 2, PLUGIN_INSTANCE: 3, TYPE: 4, TYPE_INSTANCE: 5}
 _HR = float(1 << 30)
 _HEADER = struct.Struct("!HH")
@@ -110,12 +111,15 @@ class CollectdDecoder(Decoder):
 
     def decode(self, data: bytes, now: float, tally: Tally) -> list[Sample]:
         out: list[Sample] = []
+        before = sum(tally.counts.values())
         try:
             self._packet(data, 0, out, tally)
         except PacketError as exc:
             tally.reject(exc.reason, exc.detail)
         except (struct.error, IndexError) as exc:
             tally.reject(R_TRUNCATED, "packet ends inside a part (%s)" % exc)
+        if sum(tally.counts.values()) == before:  # notifications only, or no parts at all
+            tally.reject(R_NO_VALUES, "packet of %d bytes without values" % len(data))
         return out
 
     # -- the packet ------------------------------------------------------------------------------

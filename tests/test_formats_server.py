@@ -1,0 +1,102 @@
+"""The other formats through a real server: HTTP write API, Graphite and line protocol ports."""
+
+import gzip
+import json
+import time
+import urllib.error
+import urllib.request
+
+from serverproc import serve
+from test_server_udp import logged
+
+from vmstats import logstore
+
+
+def minute_lines(host: str, t0: int, step: int = 10) -> list[bytes]:
+    """Telegraf-shaped lines for one minute ending at t0 + 60 (seconds precision)."""
+    out = []
+    for k in range(7):
+        ts = t0 + step * k
+        if k:
+            out.append(b"cpu,cpu=cpu-total,host=%s usage_idle=%d,usage_iowait=0 %d"
+                       % (host.encode(), 90 - k, ts))
+            out.append(b"mem,host=%s available_percent=75,total=2147483648i %d" % (host.encode(), ts))
+        out.append(b"net,host=%s,interface=eth0 bytes_recv=%di,bytes_sent=0i %d"
+                   % (host.encode(), 1000 * k, ts))
+    return out
+
+
+def post(server, path: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (server.http_port, path), data=body,
+                                     headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def edge(metrics: dict, fmt: str, outcome: str) -> float:
+    return metrics.get('vmstats_edge_lines_total{format="%s",outcome="%s"}' % (fmt, outcome), 0)
+
+
+def test_http_write_v1_gzip_v2_token_and_line_numbered_errors(tmp_path):
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    with serve(tmp_path, "--flush-interval", "0.3", "--write-token", "tok") as server:
+        body = b"\n".join(minute_lines("v1-vm", t0))
+        status, text = post(server, "/write?db=telegraf&precision=s&p=tok", gzip.compress(body),
+                            {"Content-Encoding": "gzip"})
+        assert (status, text) == (204, "")
+        status, _text = post(server, "/api/v2/write?org=o&bucket=b&precision=s", body)
+        assert status == 401  # no token
+        ms = b"\n".join(minute_lines("v2-vm", t0 * 1000, 10_000))
+        bad = ms + b"\nnot line protocol\ncpu,host=v2-vm,cpu=cpu-total usage_idle=\"x\" 1\n"
+        status, text = post(server, "/api/v2/write?org=o&bucket=b&precision=ms", bad,
+                            {"Authorization": "Token tok"})
+        assert status == 400
+        error = json.loads(text)
+        assert error["code"] == "invalid"
+        assert "line 20: syntax" in error["message"] and "line 21: field_type" in error["message"]
+        status, text = post(server, "/api/v2/write?org=o&bucket=b&precision=xs", ms,
+                            {"Authorization": "Token tok"})
+        assert status == 400 and "precision" in text
+        assert post(server, "/query?q=CREATE+DATABASE+telegraf", b"")[0] == 200
+        metrics = server.metrics()
+        assert edge(metrics, "influx", "auth") == 1 and edge(metrics, "influx", "syntax") == 1
+    assert server.returncode == 0, server.output
+    for vm in ("v1-vm", "v2-vm"):  # the good lines of the partly bad write are kept
+        rows = logged(tmp_path / "data", vm)
+        assert list(rows["ts"]) == [t0 + 60]
+        assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
+        assert rows.iloc[0]["mem"] == 25.0 and rows.iloc[0]["net_rx"] == 100.0
+        assert rows.iloc[0]["mem_mb"] == 2048 and str(rows.iloc[0]["disk_r"]) in ("nan", "<NA>")
+
+
+def test_graphite_over_tcp_and_udp_and_line_protocol_over_udp(tmp_path):
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    with serve(tmp_path, "--flush-interval", "0.3", "--graphite-port", "0", "--influx-port", "0",
+               "--graphite-template", "servers.{vm}.cpu.percent cpu",
+               "--graphite-template", "servers.{vm}.mem.percent mem",
+               "--graphite-template", "servers.{vm}.net.{device}.tx net_tx:counter") as server:
+        port = server.status["graphite_port"]
+        lines = []
+        for k in range(1, 7):
+            lines.append(b"servers.gr-tcp.cpu.percent %d %d" % (10 * k, t0 + 10 * k))
+            lines.append(b"servers.gr-tcp.mem.percent 50 %d" % (t0 + 10 * k))
+        lines += [b"servers.gr-tcp.net.eth0.tx %d %d" % (600 * k, t0 + 10 * k) for k in range(7)]
+        lines.append(b"servers.gr-tcp.load 1 %d" % t0)
+        with server.tcp_to(port) as sock:
+            sock.sendall(b"\n".join(lines) + b"\n")
+        server.send_udp_to(port, b"servers.gr-udp.cpu.percent 5 %d\nservers.gr-udp.mem.percent 6 %d"
+                           % (t0 + 30, t0 + 30))
+        server.send_udp_to(server.status["influx_port"], b"\n".join(minute_lines("lp-udp", t0)))
+        server.wait_metrics(lambda m: edge(m, "graphite", "used") == 21
+                            and edge(m, "influx", "used") == 19)
+        assert edge(server.metrics(), "graphite", "ignored") == 1
+    assert server.returncode == 0, server.output
+    rows = logged(tmp_path / "data", "gr-tcp")
+    assert list(rows["ts"]) == [t0 + 60]
+    assert (rows.iloc[0]["cpu"], rows.iloc[0]["cpu_max"], rows.iloc[0]["net_tx"]) == (35.0, 60.0, 60.0)
+    assert logged(tmp_path / "data", "gr-udp").iloc[0]["cpu"] == 5.0
+    assert logged(tmp_path / "data", "lp-udp").iloc[0]["cpu"] == 13.5
+    assert sorted(logstore.iter_vms(str(tmp_path / "data"))) == ["gr-tcp", "gr-udp", "lp-udp"]
