@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest.py            # full run (8-17 minutes here)
     .venv/bin/python bench/ingest.py --quick    # smoke run (about a minute)
+    .venv/bin/python bench/ingest.py --telegraf # only Telegraf's lines against native TCP
 
 A sender pinned to one core pushes records from 10,000 VM ids over loopback:
 UDP one record per datagram and packed to 1400 bytes, at stepped rates, and
@@ -457,6 +458,116 @@ def tcp_throughput(receiver, lines: Lines, count: int, speed: HostSpeed) -> dict
             "probe_ms": probe_ms, "probe_after_ms": probe_after_ms}
 
 
+class TelegrafLines:
+    """The lines Telegraf's cpu, mem, diskio, net and system inputs send, for 10,000 VMs.
+
+    Each VM sends the five every 10 s, with every field those inputs emit
+    (their READMEs' sets), nanosecond timestamps, counters that grow.
+    """
+
+    SHAPES = (
+        b"cpu,cpu=cpu-total,host=vm%d usage_guest=0,usage_guest_nice=0,usage_idle=%d.5,"
+        b"usage_iowait=0.5,usage_irq=0,usage_nice=0,usage_softirq=0.1,usage_steal=0,"
+        b"usage_system=1.2,usage_user=%d.3 %d",
+        b"mem,host=vm%d active=1i,available=%di,available_percent=%d.5,buffered=1i,cached=1i,"
+        b"free=1i,total=4294967296i,used=1i,used_percent=39.5 %d",
+        b"diskio,host=vm%d,name=vda io_time=1i,iops_in_progress=0i,merged_reads=0i,"
+        b"merged_writes=0i,read_bytes=%di,read_time=1i,reads=1i,weighted_io_time=1i,"
+        b"write_bytes=%di,write_time=1i,writes=1i %d",
+        b"net,host=vm%d,interface=eth0 bytes_recv=%di,bytes_sent=%di,drop_in=0i,drop_out=0i,"
+        b"err_in=0i,err_out=0i,packets_recv=1i,packets_sent=1i %d",
+        b"system,host=vm%d load1=0.5,load15=0.25,load5=0.3,n_cpus=2i,n_users=1i %d",
+    )
+
+    def __init__(self):
+        self.next = 0
+        self.base = (int(time.time()) // 86400 - 30) * 86400
+
+    def take(self, count: int) -> list[bytes]:
+        start, self.next = self.next, self.next + count
+        cpu, mem, disk, net, system = self.SHAPES
+        out = []
+        for i in range(start, start + count):
+            vm, shape = (i // 5) % VMS, i % 5
+            k = i // (5 * VMS)
+            ns = (self.base + 10 * k) * 1_000_000_000
+            if shape == 0:
+                out.append(cpu % (vm, 50 + i % 40, i % 9, ns))
+            elif shape == 1:
+                out.append(mem % (vm, 2 << 30, 40 + i % 20, ns))
+            elif shape == 2:
+                out.append(disk % (vm, 40960 * k + i % 7, 8192 * k, ns))
+            elif shape == 3:
+                out.append(net % (vm, 12345 * k, 2345 * k, ns))
+            else:
+                out.append(system % (vm, ns))
+        return out
+
+
+def edge_seen(receiver) -> int:
+    """Telegraf lines the server accounted for: used, ignored or rejected."""
+    return int(sum(v for k, v in receiver.server.metrics().items()
+                   if k.startswith("vmstats_edge_lines_total")))
+
+
+def telegraf_throughput(receiver, lines: TelegrafLines, count: int, speed: HostSpeed) -> dict:
+    """Telegraf's lines/s over the line-protocol port of one connection (socket_writer's way),
+    timed until the server has accounted for the last one (that port sends no replies)."""
+    records = lines.take(count)
+    chunks = [b"\n".join(records[offset:offset + 500]) + b"\n" for offset in range(0, count, 500)]
+    probe_ms = speed.measure()
+    before, cpu_before = edge_seen(receiver), cpu_seconds(receiver.pid)
+    written_before = receiver.server.metrics().get('vmstats_edge_events_total{event="records"}', 0)
+    with socket.create_connection((LOOPBACK, receiver.server.status["influx_port"]),
+                                  timeout=60) as sock:
+        started = time.perf_counter()
+        for chunk in chunks:
+            sock.sendall(chunk)
+        while edge_seen(receiver) - before < count:
+            if time.perf_counter() - started > 600:
+                raise RuntimeError("the Telegraf lines were not all counted in 600 s")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    probe_after_ms = speed.measure()
+    cpu = cpu_seconds(receiver.pid) - cpu_before
+    written = receiver.server.metrics().get('vmstats_edge_events_total{event="records"}', 0)
+    return {"records": count, "rate": round(count / elapsed),
+            "cpu_us_per_record": round(cpu / count * 1e6, 2), "probe_ms": probe_ms,
+            "probe_after_ms": probe_after_ms, "minutes_written": int(written - written_before)}
+
+
+def telegraf_main(workdir: Path, speed: HostSpeed, count: int) -> dict:
+    """Telegraf's lines and native records, in turn, through one ``vmstats serve``.
+
+    The native phase is ``tcp_throughput``, unchanged; each phase is
+    measured with the host at speed (``at_speed``) like every other step.
+    """
+    receiver = unpinned(lambda: Vmstats(workdir / "vmstats", "--influx-port", "0"))
+    native, telegraf = Lines(), TelegrafLines()
+    results: dict = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:])}
+    try:
+        print("warm-up: one record per VM, logged, in %.1f s" % warm_up(receiver, native), flush=True)
+        telegraf_throughput(receiver, telegraf, 5 * VMS, speed)  # every VM's counters primed
+        for name, phase in (("native", lambda: tcp_throughput(receiver, native, count, speed)),
+                            ("telegraf", lambda: telegraf_throughput(receiver, telegraf, count,
+                                                                     speed))):
+            attempts = at_speed({"vmstats": receiver}, speed, phase, lambda done: True)
+            chosen = min(attempts, key=lambda one: max(one["probe_ms"], one["probe_after_ms"]))
+            results[name] = dict(chosen, other_attempts=[a for a in attempts if a is not chosen])
+            print("  %-8s %7d per second (%s), %.2f CPU us each, probe %.2f/%.2f ms" % (
+                name, chosen["rate"], "records" if name == "native" else "lines",
+                chosen["cpu_us_per_record"], chosen["probe_ms"], chosen["probe_after_ms"]),
+                flush=True)
+    finally:
+        received, rows = receiver.stop()
+    results["ratio"] = round(results["telegraf"]["rate"] / results["native"]["rate"], 2)
+    results["logged"], results["received"] = rows, received
+    print("Telegraf lines/s over native records/s: %.2f (target >= 0.50); %d minutes assembled "
+          "from the measured lines; logs hold %d of %d records received"
+          % (results["ratio"], results["telegraf"]["minutes_written"], rows, received))
+    return results
+
+
 def memory_per_record(workdir: Path, lines: Lines, count: int) -> dict:
     """RSS growth per buffered record with ``count`` records held (no flush meanwhile)."""
     server = unpinned(lambda: Vmstats(workdir, "--flush-interval", "1h", "--max-buffered",
@@ -489,6 +600,8 @@ def main() -> int:
     parser.add_argument("--flush-interval", default="5s",
                         help="vmstats serve's flush interval during the rate steps")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--telegraf", action="store_true",
+                        help="only Telegraf's lines on the line-protocol port against native TCP")
     args = parser.parse_args()
     if args.reference_server:
         reference_main(args.reference_server, args.rcvbuf)
@@ -509,6 +622,14 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vmstats-bench-"))
     speed = HostSpeed(cores)
     speed.calibrate(5.0)
+    if args.telegraf:
+        try:
+            results = telegraf_main(workdir, speed, tcp_records // 2)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return 0
     results = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:]),
                "flush_interval": args.flush_interval}
     try:

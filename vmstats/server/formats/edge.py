@@ -14,13 +14,14 @@ import logging
 from collections.abc import Callable
 
 from twisted.application import service
+from twisted.internet import defer, task
 from twisted.internet import protocol as tx_protocol
-from twisted.internet import task
 from twisted.protocols.policies import TimeoutMixin
 
 from vmstats import protocol
 from vmstats.server.formats import R_TOO_LONG, Decoder, Tally
 from vmstats.server.formats.minutes import MinuteAssembler
+from vmstats.server.formats.pool import DecodePool
 from vmstats.server.formats.rates import CounterRates
 from vmstats.server.metrics import Metrics, RateLimitedLog
 
@@ -44,12 +45,15 @@ class Edge:
         """Decode ``data`` and file what it completes; returns what was made of it."""
         tally = Tally()
         now = self.clock()
-        samples = decoder.decode(data, now, tally, **options)
+        self.file(decoder.name, decoder.decode(data, now, tally, **options), tally, now)
+        return tally
+
+    def file(self, name: str, samples: list, tally: Tally, now: float) -> None:
+        """Samples decoded from one payload (here or in a worker) into the minutes."""
         if samples:
             self.assembler.add(samples, now, tally)
-        self.count(decoder.name, tally)
+        self.count(name, tally)
         self.release()
-        return tally
 
     def count(self, name: str, tally: Tally) -> None:
         edge = self.metrics.edge
@@ -73,15 +77,16 @@ class Edge:
 class DatagramReceiver(tx_protocol.DatagramProtocol):
     """One datagram, one payload of its format."""
 
-    def __init__(self, edge: Edge, decoder: Decoder):
+    def __init__(self, edge: Edge, pool: DecodePool, decoder: Decoder):
         self.edge = edge
+        self.pool = pool
         self.decoder = decoder
 
     def datagramReceived(self, data: bytes, addr) -> None:
         metrics = self.edge.metrics
         metrics.datagrams += 1
         metrics.bytes += len(data)
-        self.edge.feed(self.decoder, data)
+        self.pool.submit(self.decoder, data)
 
 
 class LineReceiver(tx_protocol.Protocol, TimeoutMixin):
@@ -103,7 +108,7 @@ class LineReceiver(tx_protocol.Protocol, TimeoutMixin):
         self.factory.protocols.discard(self)
         if self.rest and not self.skipping:  # a last line without its newline still counts
             rest, self.rest = self.rest, b""
-            self.factory.edge.feed(self.factory.decoder, rest)
+            self.factory.pool.submit(self.factory.decoder, rest)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -124,15 +129,16 @@ class LineReceiver(tx_protocol.Protocol, TimeoutMixin):
             tally.reject(R_TOO_LONG, "line over %d bytes" % self.factory.max_line)
             self.factory.edge.count(self.factory.decoder.name, tally)
         if block:
-            self.factory.edge.feed(self.factory.decoder, block)
+            self.factory.pool.submit(self.factory.decoder, block)
 
 
 class LineFactory(tx_protocol.Factory):
     """Line receivers of one format, up to ``max_connections`` open at once."""
 
-    def __init__(self, edge: Edge, decoder: Decoder, max_line: int, max_connections: int,
-                 idle_timeout: float):
+    def __init__(self, edge: Edge, pool: DecodePool, decoder: Decoder, max_line: int,
+                 max_connections: int, idle_timeout: float):
         self.edge = edge
+        self.pool = pool
         self.decoder = decoder
         self.max_line = max_line
         self.max_connections = max_connections
@@ -156,7 +162,7 @@ class EdgeService(service.Service):
 
     def __init__(self, reactor, bind: str, edge: Edge, udp: dict[str, tuple[int, Decoder]],
                  tcp: dict[str, tuple[int, Decoder]], max_line: int, max_connections: int,
-                 idle_timeout: float):
+                 idle_timeout: float, workers: int = 0):
         self.reactor = reactor
         self.bind = bind
         self.edge = edge
@@ -168,20 +174,23 @@ class EdgeService(service.Service):
         self.ports: dict[str, int] = {}
         self._listening: list = []
         self._factories: list[LineFactory] = []
+        decoders = {decoder.name: decoder for _port, decoder in [*udp.values(), *tcp.values()]}
+        self.pool = DecodePool(reactor, edge, decoders, workers)
         self._clock = task.LoopingCall(edge.tick)
         self._clock.clock = reactor
 
     def startService(self) -> None:
         service.Service.startService(self)
+        self.pool.start()
         for name, (port, decoder) in self.udp.items():
-            listening = self.reactor.listenUDP(port, DatagramReceiver(self.edge, decoder),
+            listening = self.reactor.listenUDP(port, DatagramReceiver(self.edge, self.pool, decoder),
                                                interface=self.bind,
                                                maxPacketSize=protocol.MAX_DATAGRAM_SIZE)
             self._listening.append(listening)
             self.ports[name] = listening.getHost().port
         for name, (port, decoder) in self.tcp.items():
-            factory = LineFactory(self.edge, decoder, self.max_line, self.max_connections,
-                                  self.idle_timeout)
+            factory = LineFactory(self.edge, self.pool, decoder, self.max_line,
+                                  self.max_connections, self.idle_timeout)
             # Graphite and line protocol take both transports on one number, as carbon does.
             listening = self.reactor.listenTCP(self.ports.get(name, port), factory,
                                                interface=self.bind)
@@ -200,14 +209,15 @@ class EdgeService(service.Service):
             for receiver in list(factory.protocols):
                 if receiver.transport is not None:
                     receiver.transport.loseConnection()
-        from twisted.internet import defer
 
         def written(_):
+            self.pool.stop()
             self.edge.assembler.complete_all()
             self.edge.release()
 
         waits = [defer.maybeDeferred(port.stopListening) for port in listening]
-        return defer.gatherResults(waits, consumeErrors=True).addBoth(written)
+        closed = defer.gatherResults(waits, consumeErrors=True)
+        return closed.addBoth(lambda _: self.pool.idle()).addBoth(written)
 
 
 def build(reactor, config, ingest, metrics: Metrics, clock: Callable) -> tuple[Edge, EdgeService]:
@@ -236,5 +246,6 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable) -> tuple[E
     metrics.gauges["edge_open_minutes"] = (
         "Minutes of other agents' VMs being assembled (bounded).", lambda: assembler.open_count)
     metrics.edge_events = lambda: {**rates.events, **assembler.events}
+    # The native parsers' number serves here too: processes that take decoding off the reactor.
     return edge, EdgeService(reactor, config.bind, edge, udp, tcp, config.max_line,
-                             config.max_connections, config.idle_timeout)
+                             config.max_connections, config.idle_timeout, config.parsers)

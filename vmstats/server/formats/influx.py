@@ -30,9 +30,25 @@ from vmstats.server.formats import (
     Tally,
     VmIds,
 )
-from vmstats.server.formats.lineprotocol import PRECISIONS, LineError, number, parse_line
+from vmstats.server.formats.lineprotocol import (
+    PLAIN_LINE,
+    PRECISIONS,
+    LineError,
+    number,
+    parse_line,
+    plain_value,
+)
 
 _MIB = 1 << 20
+#: The tags and fields each mapped measurement reads: (key, the text before its value).
+_NEEDS = {measurement: (tuple((key, b"," + key + b"=") for key in tags),
+                        tuple((key, b"," + key + b"=") for key in fields))
+          for measurement, tags, fields in (
+              (b"cpu", (b"cpu",), (b"usage_idle", b"usage_iowait")),
+              (b"mem", (), (b"available_percent", b"used_percent", b"total")),
+              (b"diskio", (b"name",), (b"read_bytes", b"write_bytes")),
+              (b"net", (b"interface",), (b"bytes_recv", b"bytes_sent")),
+              (b"system", (), (b"n_cpus",)))}
 _LOOPBACK = frozenset(name.encode("ascii") for name in LOOPBACK_INTERFACES)
 
 
@@ -46,15 +62,99 @@ class InfluxDecoder(Decoder):
         self.divisor = PRECISIONS[precision]
         self.max_line = max_line
         self.vm_ids = VmIds()
+        #: Raw tag value -> VM id, for the fast path (bounded like VmIds).
+        self._vms: dict[bytes, str] = {}
         self._map = {b"cpu": self._cpu, b"mem": self._mem, b"diskio": self._diskio,
                      b"net": self._net, b"system": self._system}
 
     def decode(self, data: bytes, now: float, tally: Tally, divisor: float | None = None,
                errors: list | None = None) -> list[Sample]:
-        """Samples of every usable line; ``errors`` (if given) gets ``(line number, message)``."""
+        """Samples of every usable line; ``errors`` (if given) gets ``(line number, message)``.
+
+        A payload whose every line is plain (no escapes, no strings, no blank or
+        comment lines: what Telegraf sends) is split by one regex pass, and only
+        the tags and fields the mapping needs are looked up; anything else goes
+        line by line through ``parse_line``.
+        """
         divisor = divisor or self.divisor
+        if (b"\n\n" not in data and data[:1] not in (b"\n", b"#") and b"\n#" not in data
+                and (len(data) <= self.max_line
+                     or max(map(len, data.split(b"\n"))) <= self.max_line)):
+            matches = PLAIN_LINE.findall(data)
+            if len(matches) == data.count(b"\n") + (not data.endswith(b"\n")):
+                fast = Tally()
+                out = self._plain(matches, now, fast, divisor)
+                if errors is None or not fast.rejected:
+                    tally.counts.update(fast.counts)
+                    tally.details.extend(fast.details[:10 - len(tally.details)])
+                    return out
+                # A writer waiting for line numbers (HTTP) gets them from the careful path.
+        return self._line_by_line(data, now, tally, divisor, errors)
+
+    def _plain(self, matches: list, now: float, tally: Tally, divisor: float) -> list[Sample]:
         out: list[Sample] = []
-        counts = tally.counts
+        mapping = self._map
+        needs = _NEEDS
+        vm_key = b"," + self.vm_tag + b"="
+        vm_of = self._vms
+        used = ignored = 0
+        for measurement, tags, body, stamp in matches:
+            handler = mapping.get(measurement)
+            if handler is None:
+                ignored += 1
+                continue
+            raw = plain_value(tags, vm_key)
+            vm = vm_of.get(raw)
+            if vm is None:
+                try:
+                    vm = self._vm(raw)
+                except LineError as exc:
+                    tally.reject(exc.reason, exc.detail)
+                    continue
+            tag_keys, field_keys = needs[measurement]
+            body = b"," + body
+            tag_map = {}
+            for key, text in tag_keys:
+                value = plain_value(tags, text)
+                if value is not None:
+                    tag_map[key] = value
+            field_map = {}
+            for key, text in field_keys:
+                value = plain_value(body, text)
+                if value is not None:
+                    field_map[key] = value
+            before = len(out)
+            try:
+                handler(out, vm, int(stamp) / divisor if stamp else now, tag_map, field_map)
+            except (LineError, ValueError, OverflowError) as exc:
+                tally.reject(getattr(exc, "reason", "syntax"), getattr(exc, "detail", str(exc)))
+                continue
+            if len(out) > before:
+                used += 1
+            else:
+                ignored += 1
+        tally.counts[USED] += used
+        tally.counts[IGNORED] += ignored
+        return out
+
+    def _vm(self, raw: bytes | None) -> str:
+        """The VM id a tag value names (cached); LineError if it names none."""
+        if raw is None:
+            raise LineError(R_NO_VM, "no %r tag" % self.vm_tag.decode("utf-8", "replace"))
+        try:
+            vm = self.vm_ids(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise LineError(R_UTF8, "tag value is not UTF-8") from None
+        except protocol.DecodeError as exc:
+            raise LineError(R_BAD_VM, exc.detail) from None
+        if len(self._vms) >= 65536:
+            self._vms.clear()
+        self._vms[raw] = vm
+        return vm
+
+    def _line_by_line(self, data: bytes, now: float, tally: Tally, divisor: float,
+                      errors: list | None) -> list[Sample]:
+        out: list[Sample] = []
         used = ignored = 0
         mapping = self._map
         vm_tag = self.vm_tag
@@ -69,15 +169,8 @@ class InfluxDecoder(Decoder):
                 if handler is None:
                     ignored += 1
                     continue
-                raw_vm = tags.get(vm_tag)
-                if raw_vm is None:
-                    raise LineError(R_NO_VM, "no %r tag" % vm_tag.decode("utf-8", "replace"))
-                try:
-                    vm = self.vm_ids(raw_vm.decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise LineError(R_UTF8, "tag value is not UTF-8") from None
-                except protocol.DecodeError as exc:
-                    raise LineError(R_BAD_VM, exc.detail) from None
+                raw = tags.get(vm_tag)
+                vm = self._vms.get(raw) or self._vm(raw)
                 ts = now if stamp is None else stamp / divisor
                 before = len(out)
                 handler(out, vm, ts, tags, fields)
@@ -93,8 +186,8 @@ class InfluxDecoder(Decoder):
                 tally.reject("syntax", "line %d: %s" % (number_, exc))
                 if errors is not None and len(errors) < 10:
                     errors.append((number_, "syntax: %s" % exc))
-        counts[USED] += used
-        counts[IGNORED] += ignored
+        tally.counts[USED] += used
+        tally.counts[IGNORED] += ignored
         return out
 
     # -- one method per Telegraf input -------------------------------------------------------

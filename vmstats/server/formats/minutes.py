@@ -45,6 +45,8 @@ from vmstats.server.formats.rates import CounterRates
 IDLE_STATES = frozenset(("idle", "wait"))
 _LIMITS = {"cpu": (0.0, 100.0), "mem": (0.0, 100.0), "vcpus": (1, 4096), "mem_mb": (1, 1 << 32)}
 _MIB = 1 << 20
+#: Counter kinds and the rate kinds they become.
+_COUNTERS = {kind + TOTAL: kind for kind in RATES + (CPU_STATE,)}
 
 
 class Minute:
@@ -57,12 +59,12 @@ class Minute:
         self.mem: list[float] = []
         self.mem_mb: float | None = None
         self.vcpus: float | None = None
-        #: rate kind -> device -> [sum, count]
+        #: rate kind -> device -> [sum, count]; second -> [idle, total, CPUs] over every CPU
+        #: and state; second -> {memory kind: bytes}.  Made when first needed: most minutes
+        #: (Telegraf's) need none of the last two.
         self.rates: dict[str, dict[str, list]] = {}
-        #: second -> [idle, total] over every CPU and state
-        self.states: dict[int, list] = {}
-        #: second -> {memory kind: bytes}
-        self.parts: dict[int, dict[str, float]] = {}
+        self.states: dict[int, list] | None = None
+        self.parts: dict[int, dict[str, float]] | None = None
         self.touched = now
 
 
@@ -89,38 +91,48 @@ class MinuteAssembler:
 
     # -- samples in ------------------------------------------------------------------------------
     def add(self, samples: list[Sample], now: float, tally: Tally) -> None:
-        """File samples (counter samples become rates first); complete what they finish."""
-        rate = self.rates.rate
+        """File samples (counter samples become rates first); complete what they finish.
+
+        This runs once per sample of every other agent, so it is written for speed: one
+        pass, local names, and the per-kind work in ``_put``.
+        """
+        step = self.rates.step
         open_ = self.open
+        written = self.written
+        newest = self.newest
+        grace = self.grace
+        latest = now + self.max_future
+        earliest = now - self.max_past if self.max_past else -math.inf
         finished: set[str] = set()
-        for sample in samples:
-            vm, ts, kind, device, value = sample
-            if ts > now + self.max_future:
-                tally.reject(protocol.R_FUTURE, "sample %ds ahead" % (ts - now))
+        for vm, ts, kind, device, value in samples:
+            if not earliest <= ts <= latest:
+                if ts > latest:
+                    tally.reject(protocol.R_FUTURE, "sample %ds ahead" % (ts - now))
+                else:
+                    tally.reject(protocol.R_PAST, "sample %ds old" % (now - ts))
                 continue
-            if self.max_past and ts < now - self.max_past:
-                tally.reject(protocol.R_PAST, "sample %ds old" % (now - ts))
-                continue
-            if kind.endswith(TOTAL):
-                sample = rate(sample)
-                if sample is None:
+            if kind in _COUNTERS:
+                value = step((vm, kind, device), ts, value)
+                if value is None:
                     continue
-                kind, value = sample.kind, sample.value
+                kind = _COUNTERS[kind]
             elif kind in _LIMITS:
                 low, high = _LIMITS[kind]
                 if not low <= value <= high:
                     tally.reject(R_RANGE, "%s=%s outside [%s, %s]" % (kind, value, low, high))
                     continue
-            end = -(-int(math.ceil(ts)) // 60) * 60
-            if end <= self.written.get(vm, 0):
-                self.events["late"] += 1
-                tally.reject("late", "sample for %s's minute ending %d, already written" % (vm, end))
-                continue
+            end = int(-(-ts // 60)) * 60
             minutes = open_.get(vm)
             if minutes is None:
+                if end <= written.get(vm, 0):
+                    self._late(vm, end, tally)
+                    continue
                 minutes = open_[vm] = {}
             minute = minutes.get(end)
             if minute is None:
+                if end <= written.get(vm, 0):
+                    self._late(vm, end, tally)
+                    continue
                 minute = minutes[end] = Minute(now)
                 self.open_count += 1
                 if self.open_count > self.max_open:
@@ -128,16 +140,20 @@ class MinuteAssembler:
             else:
                 minute.touched = now
             _put(minute, kind, device, value, ts)
-            if ts > self.newest.get(vm, 0.0):
-                self.newest[vm] = ts
-                if len(minutes) > 1 or ts >= end - 60 + self.grace:
+            if ts > newest.get(vm, 0.0):
+                newest[vm] = ts
+                if len(minutes) > 1:  # an earlier minute may be done with
                     finished.add(vm)
         for vm in finished:
-            newest = self.newest[vm] - self.grace
-            minutes = self.open.get(vm, {})
+            horizon = newest[vm] - grace
+            minutes = open_.get(vm, {})
             for end in sorted(minutes):
-                if end <= newest:
+                if end <= horizon:
                     self._complete(vm, end)
+
+    def _late(self, vm: str, end: int, tally: Tally) -> None:
+        self.events["late"] += 1
+        tally.reject("late", "sample for %s's minute ending %d, already written" % (vm, end))
 
     # -- records out -----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -201,6 +217,8 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> Non
             acc[1] += 1
     elif kind == CPU_STATE:
         second = int(round(ts))
+        if minute.states is None:
+            minute.states = {}
         acc = minute.states.get(second)
         if acc is None:
             acc = minute.states[second] = [0.0, 0.0, set()]
@@ -210,6 +228,8 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> Non
         acc[2].add(device.rpartition(":")[0])
     elif kind == MEM_PART:
         second = int(round(ts))
+        if minute.parts is None:
+            minute.parts = {}
         parts = minute.parts.get(second)
         if parts is None:
             parts = minute.parts[second] = {}
@@ -224,13 +244,13 @@ def _record(vm: str, end: int, minute: Minute) -> protocol.Record | None:
     """The minute's record, or None when cpu or mem is unknown."""
     cpu = list(minute.cpu)
     cpus: set[str] = set()
-    for idle, total, names in minute.states.values():
+    for idle, total, names in (minute.states or {}).values():
         if total > 0:
             cpu.append(min(100.0, max(0.0, 100.0 * (1.0 - idle / total))))
             cpus |= names
     mem = list(minute.mem)
     mem_mb = minute.mem_mb
-    for _second, parts in sorted(minute.parts.items()):
+    for _second, parts in sorted((minute.parts or {}).items()):
         total = sum(parts.values())
         if "used" in parts and total > 0:
             mem.append(100.0 * parts["used"] / total)

@@ -38,7 +38,13 @@ class CounterRates:
     def rate(self, sample: Sample) -> Sample | None:
         """The rate ``sample`` (a ``*_total`` counter) makes with the one before, or None."""
         vm, ts, kind, device, value = sample
-        key = (vm, kind, device)
+        per_second = self.step((vm, kind, device), ts, value)
+        if per_second is None:
+            return None
+        return Sample(vm, ts, kind[:-len(TOTAL)], device, per_second)
+
+    def step(self, key: tuple, ts: float, value: float) -> float | None:
+        """The per-second rate of counter ``key`` since its last sample, or None (see above)."""
         last = self.last.pop(key, None)
         if last is None:
             self._remember(key, ts, value)
@@ -55,14 +61,13 @@ class CounterRates:
             self.events["stale"] += 1
             return None
         if value >= before:
-            amount = value - before
-        else:
-            amount = _wrapped(before, value)
-            if amount is None:
-                self.events["restarted"] += 1
-                return None
-            self.events["wrapped"] += 1
-        return Sample(vm, ts, kind[:-len(TOTAL)], device, amount / elapsed)
+            return (value - before) / elapsed
+        amount = _wrapped(before, value)
+        if amount is None:
+            self.events["restarted"] += 1
+            return None
+        self.events["wrapped"] += 1
+        return amount / elapsed
 
     def _remember(self, key: tuple, ts: float, value: float) -> None:
         if len(self.last) >= self.max_counters:

@@ -1,0 +1,115 @@
+"""Other formats' payloads decoded in worker processes, filed in the order they arrived.
+
+Decoding (bytes to samples) needs no state but the decoder's settings, so it
+runs on the other cores, as the native parsers do; turning counters into
+rates and assembling minutes needs each VM's state, so it stays in the
+reactor and takes the results in arrival order (a counter's samples must meet
+the rate state in the order they were sent).  When the workers are busy or
+gone, the reactor decodes the payload itself: nothing waits without bound.
+"""
+
+import logging
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+from twisted.internet import defer
+
+from vmstats.server.formats import Decoder, Tally
+
+log = logging.getLogger(__name__)
+
+#: Payloads handed to the workers and not yet filed, beyond which the reactor decodes itself.
+MAX_PENDING = 32
+
+#: The decoders of this worker process, by format name (set once, when the process starts).
+_WORKER_DECODERS: dict[str, Decoder] = {}
+
+
+def _start_worker(decoders: dict[str, Decoder]) -> None:
+    _WORKER_DECODERS.update(decoders)
+
+
+def _decode(name: str, data: bytes, now: float) -> tuple[list, dict, list]:
+    """In a worker: ``(samples as plain tuples, outcome counts, reject details)``."""
+    tally = Tally()
+    samples = _WORKER_DECODERS[name].decode(data, now, tally)
+    return [tuple(sample) for sample in samples], dict(tally.counts), tally.details
+
+
+class DecodePool:
+    """Worker processes for the edge's decoders; ``submit`` keeps the arrival order."""
+
+    def __init__(self, reactor, edge, decoders: dict[str, Decoder], workers: int):
+        self.reactor = reactor
+        self.edge = edge
+        self.decoders = decoders
+        self.workers = workers
+        self.executor: ProcessPoolExecutor | None = None
+        #: [decoder, now, result or None], oldest first.
+        self.queue: deque[list] = deque()
+        self._idle: list[defer.Deferred] = []
+
+    def start(self) -> None:
+        if self.workers > 0 and self.decoders:
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                                initializer=_start_worker,
+                                                initargs=(self.decoders,))
+
+    def submit(self, decoder: Decoder, data: bytes) -> None:
+        """Decode ``data`` in a worker if one has room (else here) and file it in turn."""
+        now = self.edge.clock()
+        if self.executor is None or len(self.queue) >= MAX_PENDING:
+            if not self.queue:
+                self.edge.feed(decoder, data)
+                return
+            tally = Tally()
+            self.queue.append([decoder, now, (decoder.decode(data, now, tally), tally)])
+            return
+        entry = [decoder, now, None]
+        self.queue.append(entry)
+        try:
+            future = self.executor.submit(_decode, decoder.name, data, now)
+        except RuntimeError:  # the pool is shutting down or broken: decode here
+            tally = Tally()
+            entry[2] = (decoder.decode(data, now, tally), tally)
+            self._drain()
+            return
+        future.add_done_callback(
+            lambda done: self.reactor.callFromThread(self._decoded, entry, data, done))
+
+    def _decoded(self, entry: list, data: bytes, future) -> None:
+        try:
+            samples, counts, details = future.result()
+            tally = Tally()
+            tally.counts.update(counts)
+            tally.details.extend(details)
+        except Exception as exc:  # a worker died: decode here, lose nothing
+            log.warning("decoding worker failed (%s): decoding in the reactor", exc)
+            tally = Tally()
+            samples = entry[0].decode(data, entry[1], tally)
+        entry[2] = (samples, tally)
+        self._drain()
+
+    def _drain(self) -> None:
+        queue = self.queue
+        while queue and queue[0][2] is not None:
+            decoder, now, (samples, tally) = queue.popleft()
+            self.edge.file(decoder.name, samples, tally, now)
+        if not queue and self._idle:
+            waiting, self._idle = self._idle, []
+            for one in waiting:
+                one.callback(None)
+
+    def idle(self) -> defer.Deferred:
+        """Fires once everything submitted is filed."""
+        if not self.queue:
+            return defer.succeed(None)
+        waiting: defer.Deferred = defer.Deferred()
+        self._idle.append(waiting)
+        return waiting
+
+    def stop(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=False)
+            self.executor = None
