@@ -12,15 +12,14 @@ from test_server_udp import logged
 from vmstats import logstore
 
 
-@pytest.mark.parametrize("signed", [False, True])
-def test_collectd_network_plugin_gives_logs_and_a_report(tmp_path, signed):
+@pytest.mark.parametrize("security", ["None", "Sign", "Encrypt"])
+def test_collectd_network_plugin_gives_logs_and_a_report(tmp_path, security):
     args = ["--flush-interval", "0.5", "--collectd-port", "0"]
-    security = "None"
-    if signed:
+    if security != "None":
         (tmp_path / "auth").write_text("fleet: s3cret\n")
-        args += ["--collectd-auth-file", str(tmp_path / "auth"), "--collectd-security", "sign"]
-        security = "Sign"
-    vm = "collectd-vm-%d" % signed
+        args += ["--collectd-auth-file", str(tmp_path / "auth"), "--collectd-security",
+                 security.lower()]
+    vm = "collectd-vm-%s" % security.lower()
     with serve(tmp_path / "srv", *args) as server:
         conf = config(tmp_path, vm, server.status["collectd_port"], security, "fleet", "s3cret")
         output = run_collectd(tmp_path, conf, 6.0)

@@ -112,9 +112,10 @@ class Aggregator(service.MultiService):
 
     def _announce(self) -> None:
         ports = self.ports()
-        print("vmstats serve: listening on %s udp %d tcp %d http %s; data in %s"
+        others = "".join(" %s %d" % (name, port) for name, port in self.edge_service.ports.items())
+        print("vmstats serve: listening on %s udp %d tcp %d http %s%s; data in %s"
               % (self.config.bind, ports["udp_port"], ports["tcp_port"],
-                 ports["http_port"] if ports["http_port"] is not None else "off",
+                 ports["http_port"] if ports["http_port"] is not None else "off", others,
                  self.config.data_dir), flush=True)
         if self.config.status_file:
             status = dict(ports, pid=os.getpid(), data_dir=os.path.abspath(self.config.data_dir),
@@ -167,6 +168,9 @@ class Aggregator(service.MultiService):
         lines.append("  dropped           %d" % s["dropped_total"])
         lines += ["    %-22s %d" % (k, v) for k, v in sorted(s["dropped"].items()) if v]
         lines.append("  est. lost (seq)   %d" % s["estimated_lost_records"])
+        if s["edge"]:
+            lines.append("  other formats     %s" % ", ".join(
+                "%s %d" % (key, count) for key, count in s["edge"].items()))
         tcp = s["tcp"]
         lines.append("  tcp               %d connections, %d refused, %d acks, %d naks" % (
             tcp["connections_total"], tcp["refused"], tcp["acks"], tcp["naks"]))

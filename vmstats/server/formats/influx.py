@@ -216,28 +216,32 @@ class InfluxDecoder(Decoder):
 
     @staticmethod
     def _diskio(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
-        name = tags.get(b"name")
-        if name is None:
-            return
-        device = name.decode("utf-8", "replace")
-        for field, kind in ((b"read_bytes", "disk_r" + TOTAL), (b"write_bytes", "disk_w" + TOTAL)):
-            value = fields.get(field)
-            if value is not None:
-                out.append(Sample(vm, ts, kind, device, number(value)))
+        _counters(out, vm, ts, tags.get(b"name"), fields, _DISK_FIELDS)
 
     @staticmethod
     def _net(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
         interface = tags.get(b"interface")
-        if interface is None or interface in _LOOPBACK or interface == b"all":
-            return
-        device = interface.decode("utf-8", "replace")
-        for field, kind in ((b"bytes_recv", "net_rx" + TOTAL), (b"bytes_sent", "net_tx" + TOTAL)):
-            value = fields.get(field)
-            if value is not None:
-                out.append(Sample(vm, ts, kind, device, number(value)))
+        if interface not in _LOOPBACK and interface != b"all":
+            _counters(out, vm, ts, interface, fields, _NET_FIELDS)
 
     @staticmethod
     def _system(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
         cpus = fields.get(b"n_cpus")
         if cpus is not None:
             out.append(Sample(vm, ts, "vcpus", "", number(cpus)))
+
+
+_DISK_FIELDS = ((b"read_bytes", "disk_r" + TOTAL), (b"write_bytes", "disk_w" + TOTAL))
+_NET_FIELDS = ((b"bytes_recv", "net_rx" + TOTAL), (b"bytes_sent", "net_tx" + TOTAL))
+
+
+def _counters(out: list, vm: str, ts: float, device: bytes | None, fields: dict,
+              names: tuple) -> None:
+    """A device's cumulative byte counters (diskio's and net's) as counter samples."""
+    if device is None:
+        return
+    name = device.decode("utf-8", "replace")
+    for field, kind in names:
+        value = fields.get(field)
+        if value is not None:
+            out.append(Sample(vm, ts, kind, name, number(value)))

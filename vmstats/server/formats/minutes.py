@@ -45,6 +45,7 @@ from vmstats.server.formats.rates import CounterRates
 IDLE_STATES = frozenset(("idle", "wait"))
 _LIMITS = {"cpu": (0.0, 100.0), "mem": (0.0, 100.0), "vcpus": (1, 4096), "mem_mb": (1, 1 << 32)}
 _MIB = 1 << 20
+_RATE_KINDS = frozenset(RATES)
 #: Counter kinds and the rate kinds they become.
 _COUNTERS = {kind + TOTAL: kind for kind in RATES + (CPU_STATE,)}
 
@@ -201,11 +202,8 @@ class MinuteAssembler:
 
 
 def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> None:
-    if kind == "cpu":
-        minute.cpu.append(value)
-    elif kind == "mem":
-        minute.mem.append(value)
-    elif kind in RATES:
+    # Most common first: Telegraf and collectd send more device counters than anything else.
+    if kind in _RATE_KINDS:
         devices = minute.rates.get(kind)
         if devices is None:
             devices = minute.rates[kind] = {}
@@ -215,6 +213,10 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> Non
         else:
             acc[0] += value
             acc[1] += 1
+    elif kind == "cpu":
+        minute.cpu.append(value)
+    elif kind == "mem":
+        minute.mem.append(value)
     elif kind == CPU_STATE:
         second = int(round(ts))
         if minute.states is None:
