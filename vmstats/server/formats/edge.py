@@ -16,6 +16,7 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet import protocol as tx_protocol
+from twisted.internet.error import CannotListenError
 from twisted.protocols.policies import TimeoutMixin
 
 from vmstats import protocol
@@ -182,22 +183,39 @@ class EdgeService(service.Service):
     def startService(self) -> None:
         service.Service.startService(self)
         self.pool.start()
-        for name, (port, decoder) in self.udp.items():
-            listening = self.reactor.listenUDP(port, DatagramReceiver(self.edge, self.pool, decoder),
-                                               interface=self.bind,
-                                               maxPacketSize=protocol.MAX_DATAGRAM_SIZE)
-            self._listening.append(listening)
-            self.ports[name] = listening.getHost().port
-        for name, (port, decoder) in self.tcp.items():
-            factory = LineFactory(self.edge, self.pool, decoder, self.max_line,
-                                  self.max_connections, self.idle_timeout)
-            # Graphite and line protocol take both transports on one number, as carbon does.
-            listening = self.reactor.listenTCP(self.ports.get(name, port), factory,
-                                               interface=self.bind)
-            self._listening.append(listening)
-            self._factories.append(factory)
-            self.ports[name] = listening.getHost().port
+        for name in dict.fromkeys([*self.udp, *self.tcp]):
+            self.ports[name] = self._listen(name)
         self._clock.start(TICK_SECONDS, now=False)
+
+    def _listen(self, name: str) -> int:
+        """Listen for format ``name`` (UDP, TCP or both on one number, as carbon does)."""
+        udp, tcp = self.udp.get(name), self.tcp.get(name)
+        port = (udp or tcp)[0]
+        for _attempt in range(20):
+            opened = []
+            try:
+                if tcp is not None:
+                    factory = LineFactory(self.edge, self.pool, tcp[1], self.max_line,
+                                          self.max_connections, self.idle_timeout)
+                    opened.append(self.reactor.listenTCP(port, factory, interface=self.bind))
+                    port = opened[-1].getHost().port
+                if udp is not None:
+                    opened.append(self.reactor.listenUDP(
+                        port, DatagramReceiver(self.edge, self.pool, udp[1]), interface=self.bind,
+                        maxPacketSize=protocol.MAX_DATAGRAM_SIZE))
+                    port = opened[-1].getHost().port
+            except CannotListenError:
+                for one in opened:
+                    one.stopListening()
+                if (udp or tcp)[0] != 0 or not opened:
+                    raise
+                port = 0  # an ephemeral TCP number taken for UDP elsewhere: another number
+                continue
+            self._listening += opened
+            if tcp is not None:
+                self._factories.append(factory)
+            return port
+        raise CannotListenError(self.bind, 0, "no ephemeral port free for both UDP and TCP")
 
     def stopService(self):
         """Close the ports, then hand over every open minute (before the final flush)."""
