@@ -2,11 +2,13 @@
 
 import gzip
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 
-from serverproc import serve
+from serverproc import ROOT, serve
 from test_server_udp import logged
 
 from vmstats import logstore
@@ -100,3 +102,16 @@ def test_graphite_over_tcp_and_udp_and_line_protocol_over_udp(tmp_path):
     assert logged(tmp_path / "data", "gr-udp").iloc[0]["cpu"] == 5.0
     assert logged(tmp_path / "data", "lp-udp").iloc[0]["cpu"] == 13.5
     assert sorted(logstore.iter_vms(str(tmp_path / "data"))) == ["gr-tcp", "gr-udp", "lp-udp"]
+
+
+def test_bad_format_options_are_one_readable_line(tmp_path):
+    for args, message in ((["--collectd-port", "0", "--collectd-security", "sign"],
+                           "--collectd-security sign needs --collectd-auth-file"),
+                          (["--graphite-template", "x.y cpu"], "has no {vm}")):
+        result = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--data-dir",
+                                 str(tmp_path), "--duration", "1s", *args], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines() == ["Error: " + result.stderr.split("Error: ")[1]
+                                                      .strip()]
+        assert message in result.stderr

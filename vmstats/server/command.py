@@ -135,6 +135,9 @@ def serve(**options) -> None:
         except (OSError, ValueError, UnicodeError) as exc:
             raise click.ClickException("cannot read --auth-keys: %s" % exc) from None
     auth_file = options.pop("collectd_auth_file")
+    if options["collectd_security"] != "none" and not auth_file:
+        raise click.ClickException("--collectd-security %s needs --collectd-auth-file"
+                                   % options["collectd_security"])
     if auth_file:
         from vmstats.server.formats.collectd import load_auth_file
         try:
