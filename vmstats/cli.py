@@ -20,6 +20,7 @@ COMMANDS = {
     "replay": "vmstats.simulator.command:replay",
     "score": "vmstats.simulator.command:score",
     "report": "vmstats.report.command:report",
+    "backtest": "vmstats.report.backtest_command:backtest",
 }
 
 

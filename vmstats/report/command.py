@@ -51,6 +51,57 @@ def _threshold_options(function):
     return function
 
 
+def policy_options(function):
+    """The options of every command that runs the report: policy, prices, exclusions, cache."""
+    options = (
+        click.option(
+            "--policy", "policy_path", default=None, metavar="FILE", help="Policy TOML (thresholds, groups)."
+        ),
+        click.option(
+            "--prices",
+            "prices_path",
+            default=None,
+            metavar="FILE",
+            help="Price book TOML (default: the shipped example, and the report says so).",
+        ),
+        click.option(
+            "--exclusions",
+            "exclusions_path",
+            default=None,
+            metavar="FILE",
+            help="Exclusions TOML: [[exclude]] vm, reason, expires.",
+        ),
+        _threshold_options,
+        click.option(
+            "--set", "extra", multiple=True, metavar="KEY=VALUE", help="Override any policy setting."
+        ),
+        click.option(
+            "--cache-dir", default=None, metavar="DIR", help="Statistics cache (default OUT/.cache)."
+        ),
+        click.option("--no-cache", is_flag=True, help="Neither read nor write the cache."),
+        click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            default=None,
+            help="Parsing processes (default: CPUs, <= 4).",
+        ),
+    )
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def policy_overrides(thresholds: dict, extra: tuple[str, ...]) -> dict:
+    """Threshold flags that were given, then each ``--set KEY=VALUE``."""
+    overrides = {k: v for k, v in thresholds.items() if v is not None}
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.ClickException("--set expects KEY=VALUE, got %r" % item)
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
 class _Progress:
     """Progress of log parsing on stderr: live on a terminal, one closing line otherwise."""
 
@@ -83,30 +134,7 @@ class _Progress:
 )
 @click.option("--since", default=None, metavar="YYYY-MM-DD", help="First day of the window (UTC).")
 @click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC).")
-@click.option(
-    "--policy", "policy_path", default=None, metavar="FILE", help="Policy TOML (thresholds, groups)."
-)
-@click.option(
-    "--prices",
-    "prices_path",
-    default=None,
-    metavar="FILE",
-    help="Price book TOML (default: the shipped example, and the report says so).",
-)
-@click.option(
-    "--exclusions",
-    "exclusions_path",
-    default=None,
-    metavar="FILE",
-    help="Exclusions TOML: [[exclude]] vm, reason, expires.",
-)
-@_threshold_options
-@click.option("--set", "extra", multiple=True, metavar="KEY=VALUE", help="Override any policy setting.")
-@click.option("--cache-dir", default=None, metavar="DIR", help="Statistics cache (default OUT/.cache).")
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
-@click.option(
-    "--workers", type=click.IntRange(1, 64), default=None, help="Parsing processes (default: CPUs, <= 4)."
-)
+@policy_options
 @click.option("--top", type=click.IntRange(0, 1000), default=10, help="Candidates listed on the terminal.")
 def report(
     data_dirs,
@@ -135,14 +163,9 @@ def report(
     from vmstats.report.render import render
     from vmstats.report.settings import Policy
 
-    overrides = {k: v for k, v in thresholds.items() if v is not None}
+    overrides = policy_overrides(thresholds, extra)
     if days is not None:
-        overrides["days"] = days
-    for item in extra:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.ClickException("--set expects KEY=VALUE, got %r" % item)
-        overrides[key.strip()] = value.strip()
+        overrides.setdefault("days", days)
     progress = _Progress()
     try:
         policy = Policy.load(policy_path, overrides)

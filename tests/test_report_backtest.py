@@ -1,0 +1,249 @@
+"""``vmstats backtest`` on a constructed four-week history, against an independent computation.
+
+The history is written through the log layout (as the flusher writes it):
+two weeks to decide on, two to judge on.  Each VM is built so that one
+outcome is expected; the expected states, stretches and overrun shares are
+recomputed here minute by minute in plain Python from the records written,
+with only the thresholds taken from the product's JudgingRules.
+"""
+
+import csv
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_report_stats import T0, series, write_records
+
+from vmstats.report.backtest import RULES, off_hours_mask
+from vmstats.report.backtest_outputs import BACKTEST_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+DAY = 86400
+DAYS = 28
+#: T0 is a Thursday; the deciding window is its first 14 days, the judging window the next 14.
+JUDGE_START = T0 + 14 * DAY
+
+
+def vmstats(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "vmstats", *map(str, args)], capture_output=True, text=True, cwd=str(ROOT)
+    )
+
+
+def _history():
+    """{vm: dict of per-minute numpy arrays} for the whole four weeks."""
+    ts = T0 + 60 * np.arange(DAYS * 1440, dtype=np.int64)
+    rng = np.random.default_rng(7)
+    noise = rng.random(len(ts))
+    hour = (ts // 3600) % 24
+    weekday = (ts // DAY + 3) % 7  # 0 = Monday
+    judged = ts >= JUDGE_START
+    vms = {}
+    # Idle throughout: reclaimed, and the decision holds.
+    vms["idle"] = dict(cpu=0.2 + 0.2 * noise, mem=20 + noise, disk=200 * noise, net=300 * noise, vcpus=2)
+    # Idle while deciding, then a 90-minute batch at 80% CPU on the first Tuesday judged: needed later.
+    batch = (ts >= JUDGE_START + 5 * DAY + 10 * 3600) & (ts < JUDGE_START + 5 * DAY + 10 * 3600 + 90 * 60)
+    vms["woken"] = dict(cpu=np.where(batch, 80.0, 0.2 + 0.2 * noise), mem=20 + noise, disk=200 * noise,
+                        net=300 * noise, vcpus=2)  # fmt: skip
+    # Steady small service on 8 vCPUs: downsized; in the judging window it runs hot 3 hours a day.
+    hot = judged & (hour >= 12) & (hour < 15)
+    vms["grown"] = dict(cpu=np.where(hot, 70.0, 8 + 4 * noise), mem=20 + 2 * noise, disk=5e4 + 5e4 * noise,
+                        net=2e4 + 2e4 * noise, vcpus=8, mem_mb=16384)  # fmt: skip
+    # The same service, unchanged: downsized, and the new size holds.
+    vms["steady"] = dict(cpu=8 + 4 * noise, mem=20 + 2 * noise, disk=5e4 + 5e4 * noise,
+                         net=2e4 + 2e4 * noise, vcpus=8, mem_mb=16384)  # fmt: skip
+    # Office hours (Mon-Fri 09-18 UTC): scheduled; in the judging window it works a Saturday night.
+    office = (weekday < 5) & (hour >= 9) & (hour < 18)
+    night = judged & (weekday == 5) & (hour >= 2) & (hour < 4) & (ts < JUDGE_START + 7 * DAY)
+    busy = office | night
+    vms["office"] = dict(cpu=np.where(busy, 40 + 30 * noise, 0.3 * noise), mem=np.where(busy, 60.0, 30.0),
+                         disk=np.where(busy, 2e6 * noise, 500 * noise), net=np.where(busy, 5e5 * noise, 200 * noise),
+                         vcpus=4)  # fmt: skip
+    # Quiet at 2% CPU with a steady 5 kB/s, which this run's strict policy (--cpu-idle 1) keeps.
+    vms["missed"] = dict(cpu=1.8 + 0.4 * noise, mem=25 + noise, disk=300 * noise, net=5e3 + 0 * noise, vcpus=2)
+    # Busy all the time: kept.
+    vms["busy"] = dict(cpu=40 + 30 * noise, mem=70 + 10 * noise, disk=2e6 * noise, net=1e6 * noise, vcpus=4)
+    for spec in vms.values():
+        spec["ts"] = ts
+    return vms
+
+
+@pytest.fixture(scope="module")
+def backtest(tmp_path_factory):
+    base = tmp_path_factory.mktemp("backtest")
+    data = base / "data"
+    history = _history()
+    for vm, spec in history.items():
+        write_records(data, series(vm, spec["ts"], spec["cpu"], spec["mem"], spec["disk"], spec["net"],
+                                   vcpus=spec["vcpus"], mem_mb=spec.get("mem_mb", 4096)))  # fmt: skip
+    out = base / "out"
+    done = vmstats("backtest", data, "-o", out, "--decide-days", 14, "--judge-days", 14, "--cpu-idle", 1)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((out / "backtest.json").read_text())
+    return history, out, done.stdout, document, {row["vm"]: row for row in document["vms"]}
+
+
+# -- the independent computation ---------------------------------------------------------------
+
+
+def _work(cpu, disk, net):
+    return cpu >= RULES.work_cpu or disk >= RULES.work_disk or net >= RULES.work_net
+
+
+def _stretches(minutes):
+    """Lengths (minutes) of runs of work minutes, minute by minute (records every minute here)."""
+    runs, length = [], 0
+    for work in minutes:
+        if work:
+            length += 1
+        else:
+            if length:
+                runs.append(length)
+            length = 0
+    if length:
+        runs.append(length)
+    return [r for r in runs if r >= RULES.stretch_minutes]
+
+
+def _state(spec, start, end):
+    inside = [(c, d, n) for t, c, d, n in zip(spec["ts"], spec["cpu"], spec["disk"], spec["net"], strict=True)
+              if start <= t < end]  # fmt: skip
+    work = [_work(c, d, n) for c, d, n in inside]
+    runs = _stretches(work)
+    if runs:
+        return "busy", max(runs)
+    quiet = (
+        sum(work) <= RULES.quiet_max_work_share * len(work)
+        and statistics.median(c for c, _d, _n in inside) < RULES.quiet_cpu
+        and statistics.median(n for _c, _d, n in inside) < RULES.quiet_net
+    )
+    return ("quiet" if quiet else "neither"), 0
+
+
+def _overrun(spec, row):
+    mem_gb = spec.get("mem_mb", 4096) / 1024
+    over = total = 0
+    for t, cpu, mem in zip(spec["ts"], spec["cpu"], spec["mem"], strict=True):
+        if t >= JUDGE_START:
+            total += 1
+            over += cpu / 100 * spec["vcpus"] > row["recommended_vcpus"] or mem / 100 * mem_gb > row[
+                "recommended_mem_gb"
+            ]
+    return over / total
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def test_states_and_stretches_match_an_independent_computation(backtest):
+    history, _out, _stdout, _doc, rows = backtest
+    for vm, spec in history.items():
+        decide = _state(spec, T0, JUDGE_START)
+        judge = _state(spec, JUDGE_START, T0 + DAYS * DAY)
+        row = rows[vm]
+        assert (row["decide_state"], row["decide_longest_stretch"]) == decide, vm
+        assert (row["judge_state"], row["judge_longest_stretch"]) == judge, vm
+        assert row["quiet_in_both"] == (decide[0] == judge[0] == "quiet"), vm
+
+
+def test_each_constructed_case_gets_its_outcome(backtest):
+    history, _out, _stdout, _doc, rows = backtest
+    # The decisions this history was built to provoke (the deciding run is the report's own).
+    assert {vm: rows[vm]["category"] for vm in ("idle", "woken", "grown", "steady", "office")} == {
+        "idle": "reclaim",
+        "woken": "reclaim",
+        "grown": "downsize",
+        "steady": "downsize",
+        "office": "schedule",
+    }
+    assert rows["missed"]["category"] != "reclaim" and rows["busy"]["category"] != "reclaim"
+    assert rows["idle"]["outcome"] == "held"
+    assert rows["woken"]["outcome"] == "needed-later"
+    assert rows["woken"]["judge_longest_stretch"] == 90
+    assert rows["woken"]["judge_first_stretch"] == "2026-01-20T10:00:00Z"
+    for vm in ("grown", "steady"):
+        assert rows[vm]["overrun_share"] == pytest.approx(_overrun(history[vm], rows[vm]), abs=1e-5)
+    assert rows["grown"]["outcome"] == "overrun" and rows["grown"]["overrun_share"] > RULES.overrun_share
+    assert rows["steady"]["outcome"] == "held" and rows["steady"]["overrun_share"] <= RULES.overrun_share
+    assert rows["office"]["outcome"] == "busy-off-hours"
+    assert rows["office"]["off_hours_longest_stretch"] == 120
+    assert rows["missed"]["outcome"] == "missed-saving" and rows["missed"]["quiet_in_both"]
+    assert rows["busy"]["outcome"] == "held"
+
+
+def test_summary_counts_the_rows(backtest):
+    _history_, _out, stdout, doc, rows = backtest
+    s = doc["summary"]
+    assert s["vms"] == len(rows) == 7
+    assert s["reclaim"] == {"vms": 2, "needed_later": 1}
+    downsized = sum(1 for r in rows.values() if r["category"] == "downsize")  # "missed" may be one
+    assert s["downsize"] == {"vms": downsized, "overrun": 1}
+    assert s["schedule"] == {"vms": 1, "busy_off_hours": 1}
+    quiet = s["quiet_in_both"]
+    assert (quiet["vms"], quiet["reclaimed"], quiet["missed"]) == (2, 1, 1)
+    assert quiet["missed_monthly_cost"] == rows["missed"]["monthly_cost"] > 0
+    assert doc["windows"] == {
+        "decide": {"first_day": "2026-01-01", "last_day": "2026-01-14", "days": 14},
+        "judge": {"first_day": "2026-01-15", "last_day": "2026-01-28", "days": 14},
+    }
+    assert "2026-01-01 .. 2026-01-14 (14 days), judged on 2026-01-15 .. 2026-01-28" in stdout
+    assert re.search(r"reclaim +2 VMs: 1 busy in the judging window", stdout)
+    assert re.search(r"quiet +2 VMs quiet in both windows: 1 reclaimed, 1 not", stdout)
+    # Faults first, on the terminal and in the files.
+    assert [r["outcome"] for r in doc["vms"][:4]] == ["needed-later", "overrun", "busy-off-hours", "missed-saving"]
+
+
+def test_csv_json_html_and_the_deciding_report(backtest):
+    _history_, out, _stdout, doc, rows = backtest
+    with open(out / "backtest.csv", newline="") as handle:
+        table = list(csv.reader(handle))
+    assert tuple(table[0]) == BACKTEST_COLUMNS == tuple(doc["columns"])
+    assert [r[0] for r in table[1:]] == [r["vm"] for r in doc["vms"]]
+    woken = dict(zip(table[0], next(r for r in table[1:] if r[0] == "woken"), strict=True))
+    assert woken["outcome"] == "needed-later" and woken["quiet_in_both"] == "no"
+    page = (out / "backtest.html").read_text()
+    assert "http" not in page.replace("http-equiv", "")  # self-contained
+    for vm in rows:
+        assert ">%s<" % vm in page
+    decision = json.loads((out / "decision" / "report.json").read_text())
+    assert decision["meta"]["window"]["first_day"] == "2026-01-01"
+    assert decision["meta"]["window"]["last_day"] == "2026-01-14"
+    assert (out / "decision" / "report.html").exists()
+
+
+def test_columns_are_documented():
+    text = (ROOT / "docs" / "REPORT.md").read_text()
+    section = text[text.index("## Backtest") :]
+    documented = re.findall(r"^- `([a-z_]+)`: ", section, re.M)
+    assert tuple(documented[: len(BACKTEST_COLUMNS)]) == BACKTEST_COLUMNS
+
+
+def test_off_hours_text_of_the_report_is_read():
+    mask = off_hours_mask("off Mon 00:00-17:00; Tue-Fri 02:00-17:00; Sat 02:00-24:00; Sun all day (UTC)")
+    assert mask is not None and mask.sum() == 17 + 4 * 15 + 22 + 24
+    assert mask[0] and not mask[17] and mask[24 + 2] and not mask[24 + 1] and mask[6 * 24 + 23]
+    daily = off_hours_mask("off daily 00:00-08:00, 20:00-24:00 (UTC)")
+    assert daily.sum() == 7 * 12
+    assert off_hours_mask("off sometimes (UTC)") is None
+    assert off_hours_mask("off Mon 17:00-09:00 (UTC)") is None
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--decide-until", "2026-01-28"], "no logs after the deciding window"),
+        (["--decide-until", "2025-12-01"], "before the first log"),
+        (["--decide-until", "yesterday"], "is not a YYYY-MM-DD date"),
+    ],
+)
+def test_bad_windows_are_one_line_and_non_zero(tmp_path, extra, message):
+    ts = T0 + 60 * np.arange(3 * 1440)
+    write_records(tmp_path / "data", series("a", ts, np.ones(len(ts)), np.ones(len(ts)), vcpus=1))
+    done = vmstats("backtest", tmp_path / "data", "-o", tmp_path / "out", "--judge-days", 1, *extra)
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr

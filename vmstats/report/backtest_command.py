@@ -1,0 +1,104 @@
+"""``vmstats backtest``: the click command."""
+
+import os
+import sys
+
+import click
+
+from vmstats.report.command import _OneLineErrors, _Progress, policy_options, policy_overrides
+from vmstats.report.settings import ReportError
+
+
+@click.command(cls=_OneLineErrors)
+@click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
+@click.option(
+    "-o", "--out", "out_dir", required=True, help="Folder for backtest.html, backtest.csv, backtest.json."
+)
+@click.option(
+    "--decide-until",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Last day (UTC) of the deciding window (default: leaves --judge-days of logs after it).",
+)
+@click.option(
+    "--decide-days",
+    type=click.IntRange(1, 3660),
+    default=14,
+    show_default=True,
+    help="Whole days the report decides on.",
+)
+@click.option(
+    "--judge-days",
+    type=click.IntRange(1, 3660),
+    default=14,
+    show_default=True,
+    help="Whole days after the deciding window the decisions are judged on.",
+)
+@policy_options
+@click.option("--top", type=click.IntRange(0, 1000), default=10, help="Faults listed on the terminal.")
+def backtest(
+    data_dirs,
+    out_dir,
+    decide_until,
+    decide_days,
+    judge_days,
+    policy_path,
+    prices_path,
+    exclusions_path,
+    extra,
+    cache_dir,
+    no_cache,
+    workers,
+    top,
+    **thresholds,
+):
+    """Check the report's advice against what the fleet did next, from DATA_DIR logs.
+
+    Runs the report on the deciding window, then judges each decision on the
+    following days: reclaimed VMs that were busy, downsized VMs that overran
+    their new size, scheduled VMs busy in their off-hours, and quiet VMs that
+    were not reclaimed (missed savings).  The report of the deciding window is
+    written too, in OUT/decision/.
+    """  # fmt: skip
+    from vmstats.report import backtest_outputs as outputs
+    from vmstats.report.backtest import run
+    from vmstats.report.outputs import write_csv, write_json
+    from vmstats.report.prices import PriceBook
+    from vmstats.report.render import render
+    from vmstats.report.settings import Policy
+
+    overrides = policy_overrides(thresholds, extra)
+    progress = _Progress()
+    try:
+        policy = Policy.load(policy_path, overrides)
+        prices = PriceBook.load(prices_path)
+        if not no_cache and cache_dir is None:
+            cache_dir = os.path.join(out_dir, ".cache")
+        result = run(
+            data_dirs,
+            policy,
+            prices,
+            exclusions_path,
+            decide_until=decide_until,
+            decide_days=decide_days,
+            judge_days=judge_days,
+            cache_dir=None if no_cache else cache_dir,
+            progress=progress,
+            workers=workers or min(4, os.cpu_count() or 1),
+        )
+        progress.close()
+        decision_dir = os.path.join(out_dir, "decision")
+        os.makedirs(decision_dir, exist_ok=True)
+        write_csv(result.decision, os.path.join(decision_dir, "report.csv"))
+        write_json(result.decision, os.path.join(decision_dir, "report.json"))
+        render(result.decision, os.path.join(decision_dir, "report.html"))
+        outputs.write_csv(result, os.path.join(out_dir, "backtest.csv"))
+        outputs.write_json(result, os.path.join(out_dir, "backtest.json"))
+        outputs.render(result, os.path.join(out_dir, "backtest.html"))
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            "cannot write the backtest to %s: %s" % (out_dir, exc.strerror or exc)
+        ) from None
+    outputs.terminal_summary(result, out_dir, sys.stdout, top=top)

@@ -1,0 +1,186 @@
+"""backtest.csv, backtest.json, backtest.html and the terminal summary of a backtest.
+
+BACKTEST_COLUMNS is the one list of CSV columns; docs/REPORT.md ("Backtest")
+documents each, in this order.  JSON rows carry the same columns plus the
+windows, the judging rules and the summary.
+"""
+
+import csv
+import json
+import os
+from dataclasses import asdict
+from typing import Any, TextIO
+
+import jinja2
+
+from vmstats.report.backtest import OUTCOMES, Backtest
+from vmstats.report.outputs import money
+from vmstats.report.render import TEMPLATES
+
+BACKTEST_COLUMNS = (
+    "vm",
+    "category",
+    "outcome",
+    "detail",
+    "confidence",
+    "monthly_cost",
+    "monthly_saving",
+    "recommendation",
+    "blocked_by",
+    "quiet_in_both",
+    "decide_state",
+    "decide_coverage",
+    "decide_longest_stretch",
+    "decide_first_stretch",
+    "judge_state",
+    "judge_coverage",
+    "judge_work_minutes",
+    "judge_longest_stretch",
+    "judge_first_stretch",
+    "recommended_vcpus",
+    "recommended_mem_gb",
+    "overrun_share",
+    "off_hours_work_minutes",
+    "off_hours_longest_stretch",
+)
+FILES = ("backtest.html", "backtest.csv", "backtest.json")
+#: Outcomes that are faults of the decision, listed first and on the terminal.
+FAULTS = ("needed-later", "overrun", "busy-off-hours", "missed-saving")
+
+
+def ordered(result: Backtest) -> list[dict[str, Any]]:
+    """Faults first (in FAULTS order, costliest first), then the rest by category and VM."""
+
+    def key(row):
+        fault = FAULTS.index(row["outcome"]) if row["outcome"] in FAULTS else len(FAULTS)
+        return (fault, -(row["monthly_cost"] or 0.0), row["category"], row["vm"])
+
+    return sorted(result.rows, key=key)
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value
+
+
+def write_csv(result: Backtest, path: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(BACKTEST_COLUMNS)
+        for row in ordered(result):
+            writer.writerow([_cell(row.get(c)) for c in BACKTEST_COLUMNS])
+
+
+def document(result: Backtest) -> dict[str, Any]:
+    meta = result.decision.meta
+    return {
+        "windows": result.windows.as_dict(),
+        "rules": asdict(result.rules),
+        "summary": result.summary,
+        "decision": {
+            "window": meta["window"],
+            "policy": meta["policy"],
+            "prices": meta["prices"],
+            "totals": meta["totals"],
+        },
+        "outcomes": OUTCOMES,
+        "columns": list(BACKTEST_COLUMNS),
+        "vms": [{c: row.get(c) for c in BACKTEST_COLUMNS} for row in ordered(result)],
+    }
+
+
+def write_json(result: Backtest, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(document(result), handle, allow_nan=False, separators=(",", ":"))
+        handle.write("\n")
+
+
+def render(result: Backtest, path: str) -> None:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["num"] = lambda v, fmt="%.1f": "" if v is None else fmt % v
+    text = env.get_template("backtest.html.j2").render(
+        doc=document(result),
+        rows=ordered(result),
+        faults=FAULTS,
+        rules_text=rules_text(result),
+        currency=result.summary["currency"],
+    )
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def rules_text(result: Backtest) -> str:
+    r = result.rules
+    return (
+        "busy = a stretch of at least %d minutes in which every minute has CPU >= %g%% of the vCPUs, "
+        "disk >= %s or network >= %s (gaps up to %d minutes); quiet = no such stretch, at most %g%% "
+        "work minutes, median CPU < %g%% and network < %s, records for >= %g%% of the window"
+        % (
+            r.stretch_minutes,
+            r.work_cpu,
+            _rate(r.work_disk),
+            _rate(r.work_net),
+            r.max_step_minutes,
+            100 * r.quiet_max_work_share,
+            r.quiet_cpu,
+            _rate(r.quiet_net),
+            100 * r.min_coverage,
+        )
+    )
+
+
+def _rate(value: float) -> str:
+    for unit, size in (("MB/s", 1e6), ("kB/s", 1e3)):
+        if value >= size:
+            return "%g %s" % (value / size, unit)
+    return "%g B/s" % value
+
+
+def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 10) -> None:
+    s = result.summary
+    w = result.windows.as_dict()
+    currency = s["currency"]
+    print(
+        "vmstats backtest: %d VMs; decided on %s .. %s (%d days), judged on %s .. %s (%d days)"
+        % (
+            s["vms"],
+            w["decide"]["first_day"],
+            w["decide"]["last_day"],
+            w["decide"]["days"],
+            w["judge"]["first_day"],
+            w["judge"]["last_day"],
+            w["judge"]["days"],
+        ),
+        file=stream,
+    )
+    print(rules_text(result), file=stream)
+    q = s["quiet_in_both"]
+    lines = (
+        ("reclaim", "%d VMs: %d busy in the judging window (needed later)"
+         % (s["reclaim"]["vms"], s["reclaim"]["needed_later"])),
+        ("downsize", "%d VMs: %d overran their new size in more than %g%% of judged minutes"
+         % (s["downsize"]["vms"], s["downsize"]["overrun"], 100 * result.rules.overrun_share)),
+        ("schedule", "%d VMs: %d busy inside their off-hours"
+         % (s["schedule"]["vms"], s["schedule"]["busy_off_hours"])),
+        ("quiet", "%d VMs quiet in both windows: %d reclaimed, %d not (missed saving %s a month)"
+         % (q["vms"], q["reclaimed"], q["missed"], money(q["missed_monthly_cost"], currency))),
+    )  # fmt: skip
+    for name, text in lines:
+        print("%-9s %s" % (name, text), file=stream)
+    faults = [r for r in ordered(result) if r["outcome"] in FAULTS][:top]
+    if faults:
+        print("", file=stream)
+        print("%-22s %-9s %-15s %s" % ("vm", "category", "outcome", "detail"), file=stream)
+        for row in faults:
+            print(
+                "%-22s %-9s %-15s %s"
+                % (row["vm"][:22], row["category"][:9], row["outcome"], row["detail"][:70]),
+                file=stream,
+            )
+    print("", file=stream)
+    print("written: %s" % ", ".join(os.path.join(out_dir, n) for n in FILES), file=stream)
