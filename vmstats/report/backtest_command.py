@@ -5,7 +5,14 @@ import sys
 
 import click
 
-from vmstats.report.command import _OneLineErrors, _Progress, policy_options, policy_overrides
+from vmstats.report.command import (
+    _OneLineErrors,
+    _Progress,
+    load_inputs,
+    policy_options,
+    policy_overrides,
+    write_report,
+)
 from vmstats.report.settings import ReportError
 
 
@@ -62,18 +69,13 @@ def backtest(
     """  # fmt: skip
     from vmstats.report import backtest_outputs as outputs
     from vmstats.report.backtest import run
-    from vmstats.report.outputs import write_csv, write_json
-    from vmstats.report.prices import PriceBook
-    from vmstats.report.render import render
-    from vmstats.report.settings import Policy
 
     overrides = policy_overrides(thresholds, extra)
     progress = _Progress()
     try:
-        policy = Policy.load(policy_path, overrides)
-        prices = PriceBook.load(prices_path)
-        if not no_cache and cache_dir is None:
-            cache_dir = os.path.join(out_dir, ".cache")
+        policy, prices, loading = load_inputs(
+            policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
+        )
         result = run(
             data_dirs,
             policy,
@@ -82,16 +84,11 @@ def backtest(
             decide_until=decide_until,
             decide_days=decide_days,
             judge_days=judge_days,
-            cache_dir=None if no_cache else cache_dir,
             progress=progress,
-            workers=workers or min(4, os.cpu_count() or 1),
+            **loading,
         )
         progress.close()
-        decision_dir = os.path.join(out_dir, "decision")
-        os.makedirs(decision_dir, exist_ok=True)
-        write_csv(result.decision, os.path.join(decision_dir, "report.csv"))
-        write_json(result.decision, os.path.join(decision_dir, "report.json"))
-        render(result.decision, os.path.join(decision_dir, "report.html"))
+        write_report(result.decision, os.path.join(out_dir, "decision"))
         outputs.write_csv(result, os.path.join(out_dir, "backtest.csv"))
         outputs.write_json(result, os.path.join(out_dir, "backtest.json"))
         outputs.render(result, os.path.join(out_dir, "backtest.html"))

@@ -102,6 +102,33 @@ def policy_overrides(thresholds: dict, extra: tuple[str, ...]) -> dict:
     return overrides
 
 
+def load_inputs(policy_path, prices_path, overrides: dict, out_dir: str, cache_dir, no_cache: bool, workers):
+    """Policy, price book and loading options (cache, workers) of a report run; ReportError on bad input."""
+    from vmstats.report.prices import PriceBook
+    from vmstats.report.settings import Policy
+
+    policy = Policy.load(policy_path, overrides)
+    prices = PriceBook.load(prices_path)
+    if not no_cache and cache_dir is None:
+        cache_dir = os.path.join(out_dir, ".cache")
+    return (
+        policy,
+        prices,
+        {"cache_dir": None if no_cache else cache_dir, "workers": workers or min(4, os.cpu_count() or 1)},
+    )
+
+
+def write_report(result, out_dir: str) -> None:
+    """report.csv, report.json and report.html of a built report in ``out_dir``."""
+    from vmstats.report.outputs import write_csv, write_json
+    from vmstats.report.render import render
+
+    os.makedirs(out_dir, exist_ok=True)
+    write_csv(result, os.path.join(out_dir, "report.csv"))
+    write_json(result, os.path.join(out_dir, "report.json"))
+    render(result, os.path.join(out_dir, "report.html"))
+
+
 class _Progress:
     """Progress of log parsing on stderr: live on a terminal, one closing line otherwise."""
 
@@ -158,36 +185,21 @@ def report(
     a VM present in several is merged and duplicate records dropped.
     """
     from vmstats.report.build import build
-    from vmstats.report.outputs import terminal_summary, write_csv, write_json
-    from vmstats.report.prices import PriceBook
-    from vmstats.report.render import render
-    from vmstats.report.settings import Policy
+    from vmstats.report.outputs import terminal_summary
 
     overrides = policy_overrides(thresholds, extra)
     if days is not None:
         overrides.setdefault("days", days)
     progress = _Progress()
     try:
-        policy = Policy.load(policy_path, overrides)
-        prices = PriceBook.load(prices_path)
-        if not no_cache and cache_dir is None:
-            cache_dir = os.path.join(out_dir, ".cache")
+        policy, prices, loading = load_inputs(
+            policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
+        )
         result = build(
-            data_dirs,
-            policy,
-            prices,
-            exclusions_path,
-            since=since,
-            until=until,
-            cache_dir=None if no_cache else cache_dir,
-            progress=progress,
-            workers=workers or min(4, os.cpu_count() or 1),
+            data_dirs, policy, prices, exclusions_path, since=since, until=until, progress=progress, **loading
         )
         progress.close()
-        os.makedirs(out_dir, exist_ok=True)
-        write_csv(result, os.path.join(out_dir, "report.csv"))
-        write_json(result, os.path.join(out_dir, "report.json"))
-        render(result, os.path.join(out_dir, "report.html"))
+        write_report(result, out_dir)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
