@@ -1,0 +1,183 @@
+"""What each VM of a raw Bitbrains trace really did: busy, quiet, or neither, per window.
+
+This is the ground truth the accuracy benchmark scores decisions against.
+It reads the trace files as published (gzipped GWA-T-12 CSV, ``;`` plus a tab
+between fields, the ``Timestamp [ms]`` column in Unix seconds) with numpy
+alone and imports nothing of vmstats: a policy graded by its own idea of
+"busy" would always pass.
+
+Definitions (5-minute rows, values as recorded):
+
+- a row is **off** when its CPU cores, CPU capacity or memory capacity is 0:
+  the VM was off or not reporting, which is neither work nor idleness; off
+  rows are dropped.  Duplicate timestamps keep the last row.
+- a row is **work** when CPU usage is at least ``WORK_CPU`` % of the
+  provisioned capacity (Trusted Advisor's daily idle limit, here held for
+  every 5 minutes), or disk read + write at least ``WORK_DISK`` KB/s (1 MiB/s:
+  a backup or a batch, not a log file being appended), or network received
+  + sent at least ``WORK_NET`` KB/s (100 KiB/s, about 0.8 Mbit/s, far above
+  the few KB/s of monitoring agents, NTP and heartbeats).  CPU above 100 %
+  (a recording quirk of this trace) is work like any other high value.
+  Memory is never work on its own: page cache moves while nothing runs.
+- a **stretch of work** is a run of work rows, each within ``MAX_STEP``
+  seconds of the one before (a missing row breaks nothing, a gap does),
+  lasting at least ``STRETCH`` seconds from its first row's start to its
+  last row's end: 30 minutes is 6 rows.
+- a VM is **busy** in a window when it has at least one stretch of work
+  inside it.
+- a VM is **quiet** in a window when it has data for at least
+  ``MIN_PRESENT`` of the window, no stretch of work, work in at most
+  ``QUIET_MAX_WORK_SHARE`` of its rows (a few isolated spikes), and a
+  resting level of an idle machine: median CPU below ``QUIET_CPU`` % and
+  median network below ``QUIET_NET`` KB/s (a VM moving tens of KB/s all the
+  time is serving something, even without a burst).
+- a VM with too little data in a window is **unknown** there; any other VM
+  is **neither** (some activity, no stretch of work).
+
+A downsized VM **overruns** its new size in a row when the vCPUs it used
+(CPU % x cores / 100) exceed the new vCPUs or the memory it used (Memory
+usage [KB]) exceeds the new memory.  Its workload **changed** when the
+judging window's median CPU % or memory used is above the deciding window's
+95th percentile: half the time it now does more than it did on all but its
+busiest 5% of rows before, which no sizing from the past could foresee.
+"""
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROW_SECONDS = 300
+WORK_CPU = 10.0  # % of provisioned CPU
+WORK_DISK = 1024.0  # KB/s, read + write
+WORK_NET = 100.0  # KB/s, received + sent
+STRETCH = 30 * 60  # seconds
+MAX_STEP = 2 * ROW_SECONDS  # seconds between two rows of one stretch
+MIN_PRESENT = 0.5  # share of the window's rows
+QUIET_MAX_WORK_SHARE = 0.01
+QUIET_CPU = 5.0  # %, median
+QUIET_NET = 10.0  # KB/s, median
+
+#: Column positions in a Bitbrains file.
+_TS, _CORES, _CAPACITY, _CPU_PCT, _MEM_CAP, _MEM_USED = 0, 1, 2, 4, 5, 6
+_DISK_R, _DISK_W, _NET_RX, _NET_TX = 7, 8, 9, 10
+
+
+@dataclass
+class Trace:
+    """One VM's rows that were on, sorted by time, duplicates resolved (last row wins)."""
+
+    name: str
+    ts: np.ndarray  # Unix seconds
+    cpu: np.ndarray  # % of provisioned capacity
+    cores: np.ndarray
+    mem_kb: np.ndarray  # used
+    mem_cap_kb: np.ndarray
+    disk: np.ndarray  # KB/s read + write
+    net: np.ndarray  # KB/s received + sent
+    net_tx: np.ndarray  # KB/s sent
+
+    def window(self, start: int, end: int) -> "Trace":
+        inside = (self.ts >= start) & (self.ts < end)
+        return Trace(self.name, *(getattr(self, f)[inside] for f in _ARRAYS))
+
+
+_ARRAYS = ("ts", "cpu", "cores", "mem_kb", "mem_cap_kb", "disk", "net", "net_tx")
+
+
+def read(path: Path) -> Trace:
+    """One trace file (``251.csv.gz``); rows that do not parse are skipped."""
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+        next(handle, None)  # header
+        for line in handle:
+            cells = line.split(";")
+            if len(cells) != 11:
+                continue
+            try:
+                rows.append([float(c) for c in cells])
+            except ValueError:
+                continue
+    data = np.array(rows, dtype=np.float64).reshape(-1, 11)
+    data = data[np.isfinite(data).all(axis=1)]
+    on = (data[:, _CORES] > 0) & (data[:, _CAPACITY] > 0) & (data[:, _MEM_CAP] > 0)
+    data = data[on]
+    # Stable sort by time, then keep the last row of each timestamp.
+    data = data[np.argsort(data[:, _TS], kind="stable")]
+    last = np.r_[data[1:, _TS] != data[:-1, _TS], True]
+    data = data[last]
+    name = path.name.split(".")[0]
+    return Trace(
+        name,
+        data[:, _TS].astype(np.int64),
+        data[:, _CPU_PCT],
+        data[:, _CORES],
+        data[:, _MEM_USED],
+        data[:, _MEM_CAP],
+        data[:, _DISK_R] + data[:, _DISK_W],
+        data[:, _NET_RX] + data[:, _NET_TX],
+        data[:, _NET_TX],
+    )
+
+
+def read_all(folder: Path) -> dict[str, Trace]:
+    """Every ``*.csv.gz`` of a trace folder, by file name without its suffixes."""
+    traces = {}
+    for path in sorted(folder.glob("*.csv.gz")):
+        trace = read(path)
+        traces[trace.name] = trace
+    return traces
+
+
+def work_rows(t: Trace) -> np.ndarray:
+    return (t.cpu >= WORK_CPU) | (t.disk >= WORK_DISK) | (t.net >= WORK_NET)
+
+
+def stretches(ts: np.ndarray, work: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` seconds of each stretch of work lasting at least STRETCH."""
+    found = []
+    run_start = previous = None
+    for stamp, busy in zip(ts.tolist(), work.tolist(), strict=True):
+        if busy and run_start is not None and stamp - previous <= MAX_STEP:
+            previous = stamp
+            continue
+        if run_start is not None and previous + ROW_SECONDS - run_start >= STRETCH:
+            found.append((run_start, previous + ROW_SECONDS))
+        run_start = previous = stamp if busy else None
+    if run_start is not None and previous + ROW_SECONDS - run_start >= STRETCH:
+        found.append((run_start, previous + ROW_SECONDS))
+    return found
+
+
+def label(t: Trace, start: int, end: int) -> str:
+    """``busy``, ``quiet``, ``neither`` or ``unknown`` for the window [start, end)."""
+    w = t.window(start, end)
+    if stretches(w.ts, work_rows(w)):
+        return "busy"
+    if len(w.ts) < MIN_PRESENT * (end - start) / ROW_SECONDS:
+        return "unknown"
+    work_share = float(work_rows(w).mean())
+    if work_share <= QUIET_MAX_WORK_SHARE and np.median(w.cpu) < QUIET_CPU and np.median(w.net) < QUIET_NET:
+        return "quiet"
+    return "neither"
+
+
+def overrun_share(t: Trace, start: int, end: int, vcpus: float, mem_gb: float) -> float | None:
+    """Share of the window's rows using more than ``vcpus`` or ``mem_gb`` (None: no rows)."""
+    w = t.window(start, end)
+    if not len(w.ts):
+        return None
+    used_vcpus = w.cpu * w.cores / 100.0
+    used_gb = w.mem_kb / 1024.0 / 1024.0
+    return float(((used_vcpus > vcpus) | (used_gb > mem_gb)).mean())
+
+
+def workload_changed(t: Trace, decide: tuple[int, int], judge: tuple[int, int]) -> bool:
+    before, after = t.window(*decide), t.window(*judge)
+    if not len(before.ts) or not len(after.ts):
+        return False
+    return bool(
+        np.median(after.cpu) > np.percentile(before.cpu, 95)
+        or np.median(after.mem_kb) > np.percentile(before.mem_kb, 95)
+    )

@@ -1,0 +1,98 @@
+"""The accuracy benchmark's ground truth (bench/labels.py) and published rules (bench/advisors.py).
+
+They grade the policy, so they are checked here on small Bitbrains-format
+files with the trace's quirks: off rows, duplicate timestamps, gaps, CPU
+above 100%.
+"""
+
+import gzip
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import advisors  # noqa: E402
+import labels  # noqa: E402
+
+HEADER = (
+    "Timestamp [ms];\tCPU cores;\tCPU capacity provisioned [MHZ];\tCPU usage [MHZ];\tCPU usage [%];\t"
+    "Memory capacity provisioned [KB];\tMemory usage [KB];\tDisk read throughput [KB/s];\t"
+    "Disk write throughput [KB/s];\tNetwork received throughput [KB/s];\t"
+    "Network transmitted throughput [KB/s]"
+)
+T0 = 1375315200  # 2013-08-01T00:00:00Z
+DAY = 86400
+WEEK = 7 * DAY
+
+
+def write(path, rows):
+    """rows: (ts, cpu %, net KB/s) or (ts, cpu, net, cores); 2 cores, 4 GB, 1 GB used by default."""
+    lines = [HEADER]
+    for row in rows:
+        ts, cpu, net = row[:3]
+        cores = row[3] if len(row) > 3 else 2
+        lines.append(";\t".join(str(v) for v in (ts, cores, 5000.0 if cores else 0, cpu * 50, cpu, 4194304.0,
+                                                  1048576.0, 0.0, 1.0, net / 2, net / 2)))  # fmt: skip
+    with gzip.open(path, "wt") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return labels.read(path)
+
+
+def quiet_rows(start, end, cpu=1.0, net=2.0):
+    return [(ts, cpu, net) for ts in range(start, end, 300)]
+
+
+def test_a_thirty_minute_stretch_is_busy_and_twenty_five_minutes_is_not(tmp_path):
+    rows = quiet_rows(T0, T0 + WEEK)
+    rows = [(ts, 80.0 if T0 + DAY <= ts < T0 + DAY + 1800 else c, n) for ts, c, n in rows]
+    trace = write(tmp_path / "1.csv.gz", rows)
+    assert labels.label(trace, T0, T0 + WEEK) == "busy"
+    assert labels.stretches(trace.ts, labels.work_rows(trace)) == [(T0 + DAY, T0 + DAY + 1800)]
+    short = T0 + DAY + 1500
+    rows = [(ts, 80.0 if T0 + DAY <= ts < short else c, n) for ts, c, n in quiet_rows(T0, T0 + WEEK)]
+    assert labels.label(write(tmp_path / "2.csv.gz", rows), T0, T0 + WEEK) == "quiet"
+
+
+def test_off_rows_are_absent_duplicates_keep_the_last_and_a_gap_breaks_a_stretch(tmp_path):
+    rows = quiet_rows(T0, T0 + WEEK)
+    # A VM switched off for most of the week is unknown, not quiet.
+    off = [(ts, 0.0, 0.0, 0) if ts >= T0 + DAY else (ts, c, n) for ts, c, n in rows]
+    assert labels.label(write(tmp_path / "off.csv.gz", off), T0, T0 + WEEK) == "unknown"
+    # Three busy rows, a 20-minute gap, three busy rows: two runs of 15 minutes, no stretch;
+    # a duplicate of a quiet row later rewritten busy counts as busy (the last row wins).
+    start = T0 + 2 * DAY
+    gap = [r for r in rows if not start + 900 <= r[0] < start + 2100]
+    busy = [(ts, 150.0 if start <= ts < start + 3000 else c, n) for ts, c, n in gap]
+    trace = write(tmp_path / "gap.csv.gz", busy + [(start + 2100, 1.0, 2.0), (start + 2100, 90.0, 2.0)])
+    assert len(trace.ts) == len(set(trace.ts.tolist()))
+    assert trace.cpu[trace.ts == start + 2100][0] == 90.0
+    assert labels.stretches(trace.ts, labels.work_rows(trace)) == []
+
+
+def test_a_steady_service_is_neither_quiet_nor_busy(tmp_path):
+    trace = write(tmp_path / "svc.csv.gz", quiet_rows(T0, T0 + WEEK, cpu=2.0, net=40.0))
+    assert labels.label(trace, T0, T0 + WEEK) == "neither"
+
+
+def test_overrun_share_counts_rows_above_the_new_size(tmp_path):
+    rows = quiet_rows(T0, T0 + DAY, cpu=10.0)  # 0.2 of 2 cores
+    rows[:72] = [(ts, 75.0, n) for ts, _c, n in rows[:72]]  # 1.5 cores for a quarter of the day
+    trace = write(tmp_path / "o.csv.gz", rows)
+    assert labels.overrun_share(trace, T0, T0 + DAY, vcpus=1, mem_gb=2) == pytest.approx(0.25)
+    assert labels.overrun_share(trace, T0, T0 + DAY, vcpus=2, mem_gb=0.5) == 1.0  # 1 GB used
+
+
+def test_published_rules(tmp_path):
+    # 20 B/s is 1.7 MB a day, under Trusted Advisor's 5 MB (a steady 2 KB/s is 177 MB: never low).
+    quiet = write(tmp_path / "q.csv.gz", quiet_rows(T0, T0 + 2 * WEEK, net=0.02))
+    assert advisors.trusted_advisor(quiet, T0, T0 + 2 * WEEK)
+    assert advisors.azure_advisor(quiet, T0, T0 + 2 * WEEK)
+    # 4% CPU all the time: a low day for Trusted Advisor, not idle for Azure (P95 of max >= 3%).
+    low = write(tmp_path / "l.csv.gz", quiet_rows(T0, T0 + 2 * WEEK, cpu=4.0, net=0.02))
+    assert advisors.trusted_advisor(low, T0, T0 + 2 * WEEK)
+    assert not advisors.azure_advisor(low, T0, T0 + 2 * WEEK)
+    # 100 KB/s all the time is 8.6 GB a day: never a low day.
+    chatty = write(tmp_path / "c.csv.gz", quiet_rows(T0, T0 + 2 * WEEK, net=100.0))
+    assert not advisors.trusted_advisor(chatty, T0, T0 + 2 * WEEK)
