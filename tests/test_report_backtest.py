@@ -43,31 +43,37 @@ def _history():
     hour = (ts // 3600) % 24
     weekday = (ts // DAY + 3) % 7  # 0 = Monday
     judged = ts >= JUDGE_START
+    def vm(cpu, mem, disk, net, vcpus, mem_mb=4096):
+        return {"cpu": cpu, "mem": mem, "disk": disk, "net": net, "vcpus": vcpus, "mem_mb": mem_mb}
+
+    idle = 0.2 + 0.2 * noise
+    service = dict(disk=5e4 + 5e4 * noise, net=2e4 + 2e4 * noise, vcpus=8, mem_mb=16384)
     vms = {}
     # Idle throughout: reclaimed, and the decision holds.
-    vms["idle"] = dict(cpu=0.2 + 0.2 * noise, mem=20 + noise, disk=200 * noise, net=300 * noise, vcpus=2)
+    vms["idle"] = vm(idle, 20 + noise, 200 * noise, 300 * noise, 2)
     # Idle while deciding, then a 90-minute batch at 80% CPU on the first Tuesday judged: needed later.
     batch = (ts >= JUDGE_START + 5 * DAY + 10 * 3600) & (ts < JUDGE_START + 5 * DAY + 10 * 3600 + 90 * 60)
-    vms["woken"] = dict(cpu=np.where(batch, 80.0, 0.2 + 0.2 * noise), mem=20 + noise, disk=200 * noise,
-                        net=300 * noise, vcpus=2)  # fmt: skip
+    vms["woken"] = vm(np.where(batch, 80.0, idle), 20 + noise, 200 * noise, 300 * noise, 2)
     # Steady small service on 8 vCPUs: downsized; in the judging window it runs hot 3 hours a day.
     hot = judged & (hour >= 12) & (hour < 15)
-    vms["grown"] = dict(cpu=np.where(hot, 70.0, 8 + 4 * noise), mem=20 + 2 * noise, disk=5e4 + 5e4 * noise,
-                        net=2e4 + 2e4 * noise, vcpus=8, mem_mb=16384)  # fmt: skip
+    vms["grown"] = vm(np.where(hot, 70.0, 8 + 4 * noise), 20 + 2 * noise, **service)
     # The same service, unchanged: downsized, and the new size holds.
-    vms["steady"] = dict(cpu=8 + 4 * noise, mem=20 + 2 * noise, disk=5e4 + 5e4 * noise,
-                         net=2e4 + 2e4 * noise, vcpus=8, mem_mb=16384)  # fmt: skip
+    vms["steady"] = vm(8 + 4 * noise, 20 + 2 * noise, **service)
     # Office hours (Mon-Fri 09-18 UTC): scheduled; in the judging window it works a Saturday night.
     office = (weekday < 5) & (hour >= 9) & (hour < 18)
     night = judged & (weekday == 5) & (hour >= 2) & (hour < 4) & (ts < JUDGE_START + 7 * DAY)
     busy = office | night
-    vms["office"] = dict(cpu=np.where(busy, 40 + 30 * noise, 0.3 * noise), mem=np.where(busy, 60.0, 30.0),
-                         disk=np.where(busy, 2e6 * noise, 500 * noise), net=np.where(busy, 5e5 * noise, 200 * noise),
-                         vcpus=4)  # fmt: skip
+    vms["office"] = vm(
+        np.where(busy, 40 + 30 * noise, 0.3 * noise),
+        np.where(busy, 60.0, 30.0),
+        np.where(busy, 2e6 * noise, 500 * noise),
+        np.where(busy, 5e5 * noise, 200 * noise),
+        4,
+    )
     # Quiet at 2% CPU with a steady 5 kB/s, which this run's strict policy (--cpu-idle 1) keeps.
-    vms["missed"] = dict(cpu=1.8 + 0.4 * noise, mem=25 + noise, disk=300 * noise, net=5e3 + 0 * noise, vcpus=2)
+    vms["missed"] = vm(1.8 + 0.4 * noise, 25 + noise, 300 * noise, 5e3 + 0 * noise, 2)
     # Busy all the time: kept.
-    vms["busy"] = dict(cpu=40 + 30 * noise, mem=70 + 10 * noise, disk=2e6 * noise, net=1e6 * noise, vcpus=4)
+    vms["busy"] = vm(40 + 30 * noise, 70 + 10 * noise, 2e6 * noise, 1e6 * noise, 4)
     for spec in vms.values():
         spec["ts"] = ts
     return vms
@@ -80,7 +86,7 @@ def backtest(tmp_path_factory):
     history = _history()
     for vm, spec in history.items():
         write_records(data, series(vm, spec["ts"], spec["cpu"], spec["mem"], spec["disk"], spec["net"],
-                                   vcpus=spec["vcpus"], mem_mb=spec.get("mem_mb", 4096)))  # fmt: skip
+                                   vcpus=spec["vcpus"], mem_mb=spec["mem_mb"]))  # fmt: skip
     out = base / "out"
     done = vmstats("backtest", data, "-o", out, "--decide-days", 14, "--judge-days", 14, "--cpu-idle", 1)
     assert done.returncode == 0, done.stderr
@@ -126,7 +132,7 @@ def _state(spec, start, end):
 
 
 def _overrun(spec, row):
-    mem_gb = spec.get("mem_mb", 4096) / 1024
+    mem_gb = spec["mem_mb"] / 1024
     over = total = 0
     for t, cpu, mem in zip(spec["ts"], spec["cpu"], spec["mem"], strict=True):
         if t >= JUDGE_START:
@@ -194,8 +200,9 @@ def test_summary_counts_the_rows(backtest):
     assert "2026-01-01 .. 2026-01-14 (14 days), judged on 2026-01-15 .. 2026-01-28" in stdout
     assert re.search(r"reclaim +2 VMs: 1 busy in the judging window", stdout)
     assert re.search(r"quiet +2 VMs quiet in both windows: 1 reclaimed, 1 not", stdout)
-    # Faults first, on the terminal and in the files.
-    assert [r["outcome"] for r in doc["vms"][:4]] == ["needed-later", "overrun", "busy-off-hours", "missed-saving"]
+    # Faults first, in the order of FAULTS.
+    faults = ["needed-later", "overrun", "busy-off-hours", "missed-saving"]
+    assert [r["outcome"] for r in doc["vms"][:4]] == faults
 
 
 def test_csv_json_html_and_the_deciding_report(backtest):
