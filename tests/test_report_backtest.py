@@ -54,6 +54,9 @@ def _history():
     # Idle while deciding, then a 90-minute batch at 80% CPU on the first Tuesday judged: needed later.
     batch = (ts >= JUDGE_START + 5 * DAY + 10 * 3600) & (ts < JUDGE_START + 5 * DAY + 10 * 3600 + 90 * 60)
     vms["woken"] = vm(np.where(batch, 80.0, idle), 20 + noise, 200 * noise, 300 * noise, 2)
+    # Idle but for one 30-minute burst at 80% CPU while deciding (a p99 over two weeks misses it).
+    burst = (ts >= T0 + 3 * DAY + 15 * 3600) & (ts < T0 + 3 * DAY + 15 * 3600 + 30 * 60)
+    vms["burst"] = vm(np.where(burst, 80.0, idle), 20 + noise, 200 * noise, 300 * noise, 2)
     # Steady small service on 8 vCPUs: downsized; in the judging window it runs hot 3 hours a day.
     hot = judged & (hour >= 12) & (hour < 15)
     vms["grown"] = vm(np.where(hot, 70.0, 8 + 4 * noise), 20 + 2 * noise, **service)
@@ -185,8 +188,14 @@ def test_each_constructed_case_gets_its_outcome(backtest):
 def test_summary_counts_the_rows(backtest):
     _history_, _out, stdout, doc, rows = backtest
     s = doc["summary"]
-    assert s["vms"] == len(rows) == 7
-    assert s["reclaim"] == {"vms": 2, "needed_later": 1}
+    assert s["vms"] == len(rows) == 8
+    reclaimed = [r for r in rows.values() if r["category"] == "reclaim"]
+    assert rows["burst"]["decide_state"] == "busy" and rows["burst"]["decide_longest_stretch"] == 30
+    assert s["reclaim"] == {
+        "vms": len(reclaimed),
+        "needed_later": 1,
+        "worked_while_deciding": sum(1 for r in reclaimed if r["decide_state"] == "busy"),
+    }
     downsized = sum(1 for r in rows.values() if r["category"] == "downsize")  # "missed" may be one
     assert s["downsize"] == {"vms": downsized, "overrun": 1}
     assert s["schedule"] == {"vms": 1, "busy_off_hours": 1}
@@ -198,7 +207,8 @@ def test_summary_counts_the_rows(backtest):
         "judge": {"first_day": "2026-01-15", "last_day": "2026-01-28", "days": 14},
     }
     assert "2026-01-01 .. 2026-01-14 (14 days), judged on 2026-01-15 .. 2026-01-28" in stdout
-    assert re.search(r"reclaim +2 VMs: 1 busy in the judging window", stdout)
+    assert re.search(r"reclaim +%d VMs: 1 busy in the judging window \(needed later\), %d with a stretch"
+                     % (len(reclaimed), s["reclaim"]["worked_while_deciding"]), stdout)  # fmt: skip
     assert re.search(r"quiet +2 VMs quiet in both windows: 1 reclaimed, 1 not", stdout)
     # Faults first, in the order of FAULTS.
     faults = ["needed-later", "overrun", "busy-off-hours", "missed-saving"]

@@ -498,7 +498,14 @@ def summarise(rows: list[dict[str, Any]], currency: str) -> dict[str, Any]:
     return {
         "vms": len(rows),
         "currency": currency,
-        "reclaim": {"vms": count("reclaim"), "needed_later": count("reclaim", "needed-later")},
+        "reclaim": {
+            "vms": count("reclaim"),
+            "needed_later": count("reclaim", "needed-later"),
+            # Reclaimed although the deciding window itself held a stretch of work.
+            "worked_while_deciding": sum(
+                1 for r in rows if r["category"] == "reclaim" and r["decide_state"] == "busy"
+            ),
+        },
         "downsize": {"vms": count("downsize"), "overrun": count("downsize", "overrun")},
         "schedule": {"vms": count("schedule"), "busy_off_hours": count("schedule", "busy-off-hours")},
         "quiet_in_both": {

@@ -161,8 +161,9 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
     print(rules_text(result), file=stream)
     q = s["quiet_in_both"]
     lines = (
-        ("reclaim", "%d VMs: %d busy in the judging window (needed later)"
-         % (s["reclaim"]["vms"], s["reclaim"]["needed_later"])),
+        ("reclaim", "%d VMs: %d busy in the judging window (needed later), %d with a stretch of work "
+         "in the deciding window" % (s["reclaim"]["vms"], s["reclaim"]["needed_later"],
+                                      s["reclaim"]["worked_while_deciding"])),
         ("downsize", "%d VMs: %d overran their new size in more than %g%% of judged minutes"
          % (s["downsize"]["vms"], s["downsize"]["overrun"], 100 * result.rules.overrun_share)),
         ("schedule", "%d VMs: %d busy inside their off-hours"
