@@ -264,3 +264,18 @@ def test_bad_windows_are_one_line_and_non_zero(tmp_path, extra, message):
     done = vmstats("backtest", tmp_path / "data", "-o", tmp_path / "out", "--judge-days", 1, *extra)
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_an_excluded_quiet_vm_is_not_a_missed_saving(backtest, tmp_path):
+    _history_, out, _stdout, _doc, rows = backtest
+    exclusions = tmp_path / "exclusions.toml"
+    exclusions.write_text('[[exclude]]\nvm = "missed"\nreason = "kept for audits"\n')
+    done = vmstats("backtest", out.parent / "data", "-o", tmp_path / "out", "--cpu-idle", 1,
+                   "--exclusions", exclusions)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    again = {r["vm"]: r for r in json.loads((tmp_path / "out" / "backtest.json").read_text())["vms"]}
+    assert again["missed"]["category"] == "excluded" and again["missed"]["quiet_in_both"]
+    assert again["missed"]["outcome"] == "held"
+    assert {vm: r["outcome"] for vm, r in again.items() if vm != "missed"} == {
+        vm: r["outcome"] for vm, r in rows.items() if vm != "missed"
+    }

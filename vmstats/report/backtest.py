@@ -439,7 +439,7 @@ def _judge(row: dict[str, Any], decide: Activity, judge: Activity, overrun, off_
     }
     quiet_both = decide.state == "quiet" and judge.state == "quiet"
     out["quiet_in_both"] = quiet_both
-    if quiet_both and category != "reclaim":
+    if quiet_both and category not in ("reclaim", "excluded"):  # an exclusion is the operator's call
         out["outcome"] = "missed-saving"
         out["detail"] = "quiet in both windows; %s instead of reclaim" % (category or "no category")
     elif category == "reclaim":
