@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
+#: The /status token every test server gets (tests of the token itself pass their own).
+STATUS_TOKEN = "test-status-token"
 
 
 class ServerError(RuntimeError):
@@ -54,6 +56,8 @@ class ServerProcess:
                 "--data-dir", str(self.data_dir)]
         if "--no-http" not in self.args and "--http-port" not in self.args:
             base += ["--http-port", "0"]
+        if "--status-token" not in self.args and "--status-token-file" not in self.args:
+            base += ["--status-token", STATUS_TOKEN]
         if "--duration" not in self.args:
             # A safety bound: a test run that is killed must not leave servers running.
             base += ["--duration", "15m"]
@@ -157,9 +161,11 @@ class ServerProcess:
             for payload in payloads:
                 sock.sendto(payload, (LOOPBACK, port))
 
-    def http(self, path: str, timeout: float = 10.0) -> str:
+    def http(self, path: str, timeout: float = 10.0, token: str | None = STATUS_TOKEN) -> str:
         url = "http://%s:%d%s" % (LOOPBACK, self.http_port, path)
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        headers = {"Authorization": "Bearer " + token} if token else {}
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout) as response:
             return response.read().decode("utf-8")
 
     def status_json(self) -> dict:

@@ -17,6 +17,7 @@ from vmstats import protocol
 from vmstats.protocol import Record
 
 LOOPBACK = "127.0.0.1"
+IDLE_CLOSED = 'vmstats_connections_idle_closed_total{port="tcp"}'
 
 
 def rss_kib(pid: int) -> int:
@@ -207,7 +208,7 @@ def test_idle_crowds_endless_lines_and_slow_readers_are_bounded(tmp_path):
     with serve(tmp_path, *args) as server:
         base_rss = rss_kib(server.pid)
         idle = [server.tcp() for _ in range(300)]  # a crowd that connects and says nothing
-        server.wait_for(lambda s: s.metrics()["vmstats_tcp_connections_total"] >= 300)
+        server.wait_for(lambda s: s.metrics()['vmstats_connections_total{port="tcp"}'] >= 300)
 
         with server.tcp() as endless:  # one line that never ends: 8 MiB without a newline
             chunk = b"v" * 65536
@@ -235,16 +236,16 @@ def test_idle_crowds_endless_lines_and_slow_readers_are_bounded(tmp_path):
             assert read_reply(honest) == b"#!ack h 50 0\n"
         grown = rss_kib(server.pid) - base_rss
         # The crowd and the reader that stopped reading are all closed by the idle timeout.
-        metrics = server.wait_metrics(lambda m: m["vmstats_tcp_idle_closed_total"] >= 301, timeout=10)
+        metrics = server.wait_metrics(lambda m: m[IDLE_CLOSED] >= 301, timeout=10)
         # ... including the one that never reads its replies (aborted after a grace period).
-        server.wait_for(lambda s: s.metrics()["vmstats_tcp_connections_open"] == 0, timeout=15)
+        server.wait_for(lambda s: s.metrics()['vmstats_connections_open{port="tcp"}'] == 0, timeout=15)
         assert all(closed_by_server(sock) for sock in idle + [slow])
         for sock in idle + [slow]:
             sock.close()
         server.wait_for(lambda s: s.metrics()["vmstats_buffered_records"] == 0)
     assert server.returncode == 0, server.output
     assert metrics['vmstats_rejected_total{reason="too_long"}'] == 1
-    report("tcp_abuse", idle_connections=300, idle_closed=int(metrics["vmstats_tcp_idle_closed_total"]),
+    report("tcp_abuse", idle_connections=300, idle_closed=int(metrics[IDLE_CLOSED]),
            endless_line_mib=8, slow_reader_bytes_pushed=pushed, rss_growth_mib=round(grown / 1024, 1))
     assert grown < 32 * 1024  # neither the 8 MiB line nor the unread replies are held
     assert raw_rows(tmp_path / "data") == Counter(

@@ -2,12 +2,16 @@
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from vmstats import protocol
+from vmstats.server.auth import Authenticator
 from vmstats.server.buffer import Buffer
+from vmstats.server.connections import ConnectionTable
 from vmstats.server.ingest import Ingest
-from vmstats.server.listeners import Authenticator, TCPFactory, UDPReceiver
+from vmstats.server.listeners import TCPFactory, UDPReceiver
 from vmstats.server.metrics import Metrics
 
 NOW = 1_732_262_400
@@ -18,6 +22,12 @@ def parts(keys=None):
     metrics = Metrics()
     ingest = Ingest(Buffer(metrics, 1000, 100), metrics, 300, 0, clock=lambda: NOW)
     return metrics, ingest, Authenticator(ingest, keys, 300)
+
+
+def tcp_receiver(metrics, ingest, auth, max_line=65536):
+    table = ConnectionTable("tcp", metrics.connections["tcp"], 10, 10, None, Clock())
+    factory = TCPFactory(ingest, auth, metrics, max_line, table)
+    return factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)), table
 
 
 # Fragments that reach every branch of the framing code.
@@ -42,8 +52,7 @@ def test_udp_receiver_survives_any_datagrams(batch, signed):
 @given(streams, st.lists(st.integers(1, 50), max_size=20), st.booleans())
 def test_tcp_receiver_survives_any_stream_cut_anywhere(stream, cuts, signed):
     metrics, ingest, auth = parts({b"k": b"s"} if signed else None)
-    factory = TCPFactory(ingest, auth, metrics, max_line=256, max_connections=10, idle_timeout=0)
-    receiver = factory.buildProtocol(None)
+    receiver, table = tcp_receiver(metrics, ingest, auth, max_line=256)
     transport = StringTransport()
     receiver.makeConnection(transport)
     offset = 0
@@ -53,14 +62,14 @@ def test_tcp_receiver_survives_any_stream_cut_anywhere(stream, cuts, signed):
     for reply in transport.value().splitlines():
         assert reply.startswith((protocol.ACK_PREFIX, protocol.NAK_PREFIX))
     receiver.connectionLost(None)
-    assert metrics.tcp_open == 0
+    assert not table.open
 
 
 def test_tcp_replies_once_per_sync_in_order_whatever_the_segmentation():
     stream = b"".join([GOOD, b"\n#!sync a\n", b"junk\n", b"#!sync b\n", GOOD, b"\n#!sync c\n"])
     for size in range(1, len(stream) + 1):
         metrics, ingest, auth = parts()
-        receiver = TCPFactory(ingest, auth, metrics, 65536, 10, 0).buildProtocol(None)
+        receiver, _table = tcp_receiver(metrics, ingest, auth)
         transport = StringTransport()
         receiver.makeConnection(transport)
         for offset in range(0, len(stream), size):

@@ -110,15 +110,20 @@ def test_line_limit_connection_limit_and_idle_timeout(tmp_path):
         metrics = server.metrics()
         assert metrics['vmstats_rejected_total{reason="too_long"}'] == 2
         first, second = server.tcp(), server.tcp()
-        server.wait_for(lambda s: s.metrics()["vmstats_tcp_connections_open"] == 2)
-        third = server.tcp()
-        third.settimeout(5)
-        assert third.recv(10) == b""  # refused: closed at once
-        server.wait_for(lambda s: s.metrics()["vmstats_tcp_connections_refused_total"] == 1)
-        started = time.monotonic()
+        server.wait_for(lambda s: s.metrics()['vmstats_connections_open{port="tcp"}'] == 2)
+        third = server.tcp()  # at the cap: the longest silent one (first) makes room for it
         first.settimeout(5)
-        assert first.recv(10) == b""  # idle for 1 s: closed by the server
+        with pytest.raises(ConnectionResetError):
+            first.recv(10)
+        server.wait_for(lambda s: s.metrics()[
+            'vmstats_connections_evicted_total{port="tcp",cause="per_source"}'] == 1)
+        third.sendall(line(Record(vm="10.3.0.5", ts=t + 2, cpu=1.0, mem=2.0)) + b"\n#!sync z\n")
+        assert read_reply(third) == b"#!ack z 1 0\n"
+        started = time.monotonic()
+        second.settimeout(5)
+        assert second.recv(10) == b""  # idle for 1 s: closed by the server
         assert time.monotonic() - started < 4
         for sock in (first, second, third):
             sock.close()
-        server.wait_for(lambda s: s.metrics()["vmstats_tcp_idle_closed_total"] >= 1)
+        server.wait_for(lambda s: s.metrics()[
+            'vmstats_connections_idle_closed_total{port="tcp"}'] >= 1)

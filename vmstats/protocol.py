@@ -471,7 +471,9 @@ S_UNKNOWN_KEY = "sig_unknown_key"
 S_BAD = "sig_bad"
 S_STALE = "sig_stale"
 S_REPLAY = "sig_replay"
-SIGNATURE_REASONS = (S_MALFORMED, S_UNSIGNED, S_UNKNOWN_KEY, S_BAD, S_STALE, S_REPLAY)
+#: A signed record for a VM its key is not bound to (the server's key file binds keys to VMs).
+S_UNBOUND = "sig_vm_not_bound"
+SIGNATURE_REASONS = (S_MALFORMED, S_UNSIGNED, S_UNKNOWN_KEY, S_BAD, S_STALE, S_REPLAY, S_UNBOUND)
 
 
 def _sig_message(key_id, ts, nonce, payload):

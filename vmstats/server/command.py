@@ -1,12 +1,15 @@
 """``vmstats serve``: the click front end of the aggregator."""
 
+import ipaddress
 import logging
 import sys
 
 import click
 
 from vmstats import protocol
+from vmstats.server.auth import load_keys
 from vmstats.server.config import ServerConfig, parse_duration
+from vmstats.server.connections import ListenError, resolve_bind
 from vmstats.server.journal import FSYNC_POLICIES
 
 
@@ -32,7 +35,8 @@ def _seconds(value: float) -> str:
 
 
 @click.command()
-@click.option("--bind", default=D.bind, show_default=True, help="Address to listen on.")
+@click.option("--bind", default=D.bind, show_default=True,
+              help="Address or host name to listen on (a name is resolved once, IPv4 first).")
 @click.option("--udp-port", type=click.IntRange(0, 65535), default=D.udp_port,
               show_default=True, help="UDP port (0 = ephemeral).")
 @click.option("--tcp-port", type=click.IntRange(0, 65535), default=D.tcp_port,
@@ -54,7 +58,8 @@ def _seconds(value: float) -> str:
 @click.option("--status-file", type=click.Path(), default=None,
               help="Write ports and pid here as JSON once listening.")
 @click.option("--auth-keys", type=click.Path(), default=None,
-              help="Key file ('key_id secret' per line): require signed frames.")
+              help="Key file ('key_id secret [vm-pattern ...]' per line): require signed frames; "
+                   "a key with patterns may sign only for those VMs (ids, globs, CIDRs).")
 @click.option("--sig-window", type=click.IntRange(1), default=D.sig_window,
               show_default=True, help="Seconds a signed frame's time may differ from ours.")
 @click.option("--max-buffered", type=click.IntRange(1), default=D.max_buffered, show_default=True,
@@ -77,9 +82,29 @@ def _seconds(value: float) -> str:
               default=D.max_line, show_default=True,
               help="Longest TCP line accepted.")
 @click.option("--max-connections", type=click.IntRange(1), default=D.max_connections, show_default=True,
-              help="Open TCP connections allowed.")
+              help="Open TCP connections allowed; at the cap the longest silent one is closed for "
+                   "a newcomer.")
+@click.option("--max-per-source", type=click.IntRange(1), default=D.max_per_source,
+              show_default=True, help="Open TCP connections allowed from one address (raise it "
+                                      "for agents behind NAT).")
 @click.option("--idle-timeout", type=DURATION, default=_seconds(D.idle_timeout), show_default=True,
               help="Close TCP connections silent this long (0 = never).")
+@click.option("--http-max-connections", type=click.IntRange(1), default=D.http_max_connections,
+              show_default=True, help="Open HTTP connections allowed.")
+@click.option("--http-max-per-source", type=click.IntRange(1), default=D.http_max_per_source,
+              show_default=True, help="Open HTTP connections allowed from one address.")
+@click.option("--http-idle-timeout", type=DURATION, default=_seconds(D.http_idle_timeout),
+              show_default=True, help="Close HTTP connections silent this long (0 = never).")
+@click.option("--allow", "allow", multiple=True, metavar="CIDR[,CIDR...]",
+              help="Accept UDP datagrams and TCP connections only from these networks "
+                   "(repeatable; default: any).  Others are dropped and counted.")
+@click.option("--http-allow", "http_allow", multiple=True, metavar="CIDR[,CIDR...]",
+              help="Accept HTTP connections only from these networks (repeatable; default: any).")
+@click.option("--status-token", default=None, envvar="VMSTATS_STATUS_TOKEN",
+              help="Bearer token that unlocks /status details (data dir, per-VM last seen); "
+                   "prefer --status-token-file or $VMSTATS_STATUS_TOKEN (a flag shows in ps).")
+@click.option("--status-token-file", type=click.Path(), default=None,
+              help="File holding the /status token (its first line).")
 @click.option("--journal-dir", type=click.Path(), default=None,
               help="Where accepted records are journaled until they are in the logs "
                    "(default: DATA_DIR/journal).")
@@ -130,10 +155,9 @@ def serve(**options) -> None:
     keys_path = options.pop("auth_keys")
     if keys_path:
         try:
-            options["auth_keys"] = {k.encode("ascii"): v.encode("utf-8")
-                                    for k, v in protocol.load_keys(keys_path).items()}
+            options["auth_keys"] = load_keys(keys_path)
         except (OSError, ValueError, UnicodeError) as exc:
-            raise click.ClickException("cannot read --auth-keys: %s" % exc) from None
+            raise click.ClickException("cannot read --auth-keys: %s" % one_line(exc)) from None
     auth_file = options.pop("collectd_auth_file")
     if options["collectd_security"] != "none" and not auth_file:
         raise click.ClickException("--collectd-security %s needs --collectd-auth-file"
@@ -151,6 +175,21 @@ def serve(**options) -> None:
             parse_templates(options["graphite_templates"])
         except ValueError as exc:
             raise click.ClickException("--graphite-template: %s" % exc) from None
+    token_path = options.pop("status_token_file")
+    if token_path:
+        try:
+            with open(token_path, encoding="utf-8") as handle:
+                options["status_token"] = handle.readline().strip()
+        except (OSError, UnicodeError) as exc:
+            raise click.ClickException("cannot read --status-token-file: %s" % one_line(exc)) from None
+        if not options["status_token"]:
+            raise click.ClickException("--status-token-file %s is empty" % token_path)
+    for name in ("allow", "http_allow"):
+        options[name] = networks(options[name], "--" + name.replace("_", "-"))
+    try:
+        options["bind"] = resolve_bind(options["bind"])
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     for name in ("workers", "parsers"):
         if options[name] is None:
             options.pop(name)
@@ -161,8 +200,28 @@ def serve(**options) -> None:
 
     try:
         code = run(config)
-    except OSError as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # CannotListenError and friends: one readable line
+    except (OSError, ListenError) as exc:
+        raise click.ClickException(one_line(exc)) from None
+    except Exception as exc:  # anything else that stops the start: one readable line
         raise click.ClickException("%s: %s" % (type(exc).__name__, exc)) from None
     sys.exit(code)
+
+
+def networks(values: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """``--allow`` values (repeated, or comma-separated) as checked CIDR strings."""
+    found = []
+    for value in values:
+        for text in value.replace(",", " ").split():
+            try:
+                found.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise click.BadParameter("%r is not an address or network (CIDR)" % text,
+                                         param_hint=option) from None
+    return tuple(found)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line a person reads: no ``[Errno 13]``, the path when there is one."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (": %s" % exc.filename if exc.filename else "")
+    return str(exc) or type(exc).__name__

@@ -3,6 +3,7 @@
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT, DEFAULT_SIG_WINDOW
 
@@ -38,7 +39,8 @@ class ServerConfig:
     parsers: int = field(default_factory=lambda: os.cpu_count() or 1)
     duration: float | None = None
     status_file: str | None = None
-    auth_keys: dict[bytes, bytes] | None = None
+    #: key id -> auth.Key (secret, optional VM binding); None: signatures optional.
+    auth_keys: dict[bytes, Any] | None = None
     sig_window: int = DEFAULT_SIG_WINDOW
     max_buffered: int = 2_000_000
     max_per_vm: int = 10_000
@@ -49,8 +51,19 @@ class ServerConfig:
     drain_timeout: float = 30.0
     rcvbuf: int = DEFAULT_RCVBUF
     max_line: int = 65536
-    max_connections: int = 1024
+    #: TCP push connections, in all and from one source address; when a cap is reached the
+    #: longest silent one is closed for the newcomer (connections.py).
+    max_connections: int = 4096
+    max_per_source: int = 512
     idle_timeout: float = 300.0
+    http_max_connections: int = 256
+    http_max_per_source: int = 32
+    http_idle_timeout: float = 30.0
+    #: Networks the push ports (UDP, TCP) and the HTTP port accept; empty: any.
+    allow: tuple[str, ...] = ()
+    http_allow: tuple[str, ...] = ()
+    #: The bearer token that unlocks /status details (data dir, per-VM last seen).
+    status_token: str | None = None
     #: None: DATA_DIR/journal; "" disables the journal.
     journal_dir: str | None = None
     #: off: never (a crash of the machine can lose what the page cache held);

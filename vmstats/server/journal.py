@@ -39,10 +39,17 @@ _SEGMENT = re.compile(r"(\d{10})\.journal\Z")
 #: A segment is sealed at each flush anyway; this only bounds one segment's size (and what
 #: replay reads at once) when flushes are far apart or keep failing.
 SEGMENT_BYTES = 64 << 20
+#: Control lines in a segment (``#!seen``, auth.py): notes for other readers, not records.
+_CONTROL_LINE = re.compile(rb"^#![^\n]*\n", re.MULTILINE)
 
 
 def segment_name(number: int) -> str:
     return "%010d%s" % (number, SUFFIX)
+
+
+def records_of(data: bytes) -> bytes:
+    """A segment's text without its control lines, so the parser's column path takes it whole."""
+    return _CONTROL_LINE.sub(b"", data) if b"#!" in data else data
 
 
 def list_segments(directory: str) -> list[tuple[int, str]]:
@@ -91,6 +98,8 @@ class Journal:
         self.sealed: list[tuple[int, str]] = []
         self.leftover: list[tuple[int, str]] = []
         self.failing = False
+        #: Called before segments are deleted: what must outlive them is saved first (auth.py).
+        self.before_retire: Callable[[], object] | None = None
         self._syncer: task.LoopingCall | None = None
         self._trouble = RateLimitedLog(log, "journal error", burst=1, period=10.0)
 
@@ -234,6 +243,8 @@ class Journal:
 
     def retire(self, upto: int, only: bool = False) -> int:
         """Delete sealed segments up to ``upto`` (or ``only`` that one): their records are logged."""
+        if self.before_retire is not None:
+            self.before_retire()
         keep, retired = [], 0
         for number, path in self.sealed:
             if number > upto or (only and number != upto):

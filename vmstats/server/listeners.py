@@ -16,12 +16,13 @@ import sys
 from twisted.application import service
 from twisted.internet import defer, udp
 from twisted.internet import protocol as tx_protocol
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log as twisted_log
 
 from vmstats import protocol
+from vmstats.server.auth import Authenticator
+from vmstats.server.connections import ConnectionTable, SourceFilter, listen_tcp, listening
 from vmstats.server.ingest import Ingest
-from vmstats.server.metrics import Metrics, RateLimitedLog
+from vmstats.server.metrics import Metrics
 from vmstats.server.parse import frame_start, has_frame
 from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
 
@@ -30,37 +31,6 @@ log = logging.getLogger(__name__)
 _TOKEN = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
 #: Bytes read from a TCP connection at once (Twisted's default is 64 KiB).
 TCP_READ_BYTES = 256 << 10
-#: Seconds an idle connection closed by the timeout may take to read its last replies.
-ABORT_GRACE = 5.0
-
-
-class Authenticator:
-    """Unwraps signed frames and, when keys are configured, insists on them."""
-
-    def __init__(self, ingest: Ingest, keys: dict[bytes, bytes] | None, window: int):
-        self.ingest = ingest
-        self.required = bool(keys)
-        self.verifier = protocol.SignatureVerifier(keys, window, ingest.clock) if keys else None
-
-    def frame(self, key_id, ts, nonce, mac, payload) -> bytes | None:
-        """The payload of a signed frame if it may be ingested, else None (counted)."""
-        if self.verifier is None:
-            return payload  # signatures are optional without --auth-keys: not checked
-        try:
-            self.verifier.verify(key_id, ts, nonce, mac, payload)
-        except protocol.SignatureError as exc:
-            self.ingest.reject(exc.reason, exc.detail)
-            return None
-        return payload
-
-    def unsigned(self, data: bytes) -> bool:
-        """May unsigned data be ingested?  Counts its lines as sig_missing if not."""
-        if not self.required:
-            return True
-        lines = sum(1 for line in data.split(b"\n") if line and line[:1] != b"#")
-        if lines:
-            self.ingest.reject(protocol.S_UNSIGNED, "%d unsigned lines" % lines, lines)
-        return False
 
 
 class UDPReceiver(tx_protocol.DatagramProtocol):
@@ -157,7 +127,7 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         if parts is False or parts[5]:
             self.ingest.reject(protocol.S_MALFORMED, "datagram length does not match its frame")
             return None
-        return self.auth.frame(*parts[:5])
+        return self.auth.frame(*parts[:5])[0]
 
 
 class BatchingUDPPort(udp.Port):
@@ -170,12 +140,17 @@ class BatchingUDPPort(udp.Port):
     """
 
     batch_size = 512
+    #: --allow: when set, each datagram's source is checked (recvfrom instead of recv).
+    allow: SourceFilter | None = None
 
     def doRead(self) -> None:
         self._read(self.maxThroughput)
 
     def _read(self, limit: int) -> None:
         """Read and deliver up to ``limit`` bytes of datagrams, or until the socket is empty."""
+        if self.allow:
+            self._read_allowed(limit)
+            return
         recv = self.socket.recv
         size = self.maxPacketSize
         batch: list[bytes] = []
@@ -192,6 +167,33 @@ class BatchingUDPPort(udp.Port):
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED):
                 raise
         finally:
+            if batch:
+                self._deliver(batch)
+
+    def _read_allowed(self, limit: int) -> None:
+        """``_read`` for --allow: datagrams from other sources are dropped and counted."""
+        recvfrom = self.socket.recvfrom
+        allows = self.allow.allows
+        size = self.maxPacketSize
+        batch: list[bytes] = []
+        refused = read = 0
+        try:
+            while read < limit:
+                data, addr = recvfrom(size)
+                read += len(data)
+                if allows(addr[0]):
+                    batch.append(data)
+                    if len(batch) >= self.batch_size:
+                        self._deliver(batch)
+                        batch = []
+                else:
+                    refused += 1
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED):
+                raise
+        finally:
+            if refused:
+                self.protocol.metrics.datagrams_not_allowed += refused
             if batch:
                 self._deliver(batch)
 
@@ -219,7 +221,7 @@ class BatchingUDPPort(udp.Port):
             twisted_log.err()  # as Twisted does: a bug in one batch must not stop the port
 
 
-class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
+class TCPReceiver(tx_protocol.Protocol):
     """A newline-delimited stream with optional signed frames and ``#!sync`` acknowledgements.
 
     Accepted/rejected counts and trouble flags accumulate from one sync to the
@@ -239,13 +241,13 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
         self.accepted = self.rejected = 0
         self.busy = self.auth_failed = False
         self.first_write: int | None = None  # the journal write holding this batch's first records
-        self._abort_call = None
+        self.table = factory.table
+        self.peer = ""  # the source address, set by the factory
+        self.source = ""  # set by the table
+        self.last_active = 0.0  # set by the table
 
     def connectionMade(self) -> None:
-        self.metrics.tcp_connections += 1
-        self.metrics.tcp_open += 1
-        self.factory.open += 1
-        self.setTimeout(self.factory.idle_timeout)
+        self.table.add(self, self.peer)
         # Each read becomes one payload with a fixed cost (a hand-off to a parser, a filing);
         # Twisted's 64 KiB reads make ~500-record payloads, these ~2,000 when a sender is fast.
         self.transport.bufferSize = TCP_READ_BYTES
@@ -254,21 +256,10 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
         self.transport.registerProducer(self.transport, True)
 
     def connectionLost(self, reason=None) -> None:
-        self.setTimeout(None)
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        self.metrics.tcp_open -= 1
-        self.factory.open -= 1
-
-    def timeoutConnection(self) -> None:
-        self.metrics.tcp_idle_closed += 1
-        self.transport.loseConnection()
-        # A graceful close waits until the replies are read, which a client that stopped
-        # reading never does: its connection slot would stay taken.  Abort it after a grace.
-        self._abort_call = self.callLater(ABORT_GRACE, self.transport.abortConnection)
+        self.table.remove(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
+        self.table.touch(self)
         self.metrics.bytes += len(data)
         if self.skipping:
             end = data.find(b"\n")
@@ -292,10 +283,12 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
                         continue
                     if parts is False:
                         return buf  # wait for the rest of the frame
-                    payload = self.auth.frame(*parts[:5])
+                    payload, unbound = self.auth.frame(*parts[:5])
                     if payload is None:
                         self.ingest.after(self._auth_failed)
                     else:
+                        if unbound:
+                            self._rejected(unbound)
                         self._ingest(payload)
                     buf = parts[5]
                     continue
@@ -400,39 +393,22 @@ class TCPReceiver(tx_protocol.Protocol, TimeoutMixin):
 
 
 class TCPFactory(tx_protocol.Factory):
-    """Builds receivers and enforces the connection limit."""
+    """Builds receivers for the connections the table admits (caps, --allow, eviction)."""
 
     def __init__(self, ingest: Ingest, auth: Authenticator, metrics: Metrics, max_line: int,
-                 max_connections: int, idle_timeout: float):
+                 table: ConnectionTable):
         self.ingest = ingest
         self.auth = auth
         self.metrics = metrics
         self.max_line = max_line
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout if idle_timeout > 0 else None
-        self.open = 0
-        self.protocols: set = set()
-        self._refusals = RateLimitedLog(log, "connection refusal")
+        self.table = table
 
     def buildProtocol(self, addr):
-        if self.open >= self.max_connections:
-            self.metrics.tcp_refused += 1
-            self._refusals.emit("refusing TCP connection from %s: %d open", addr.host, self.open)
+        if not self.table.admit(addr.host):
             return None
-        receiver = _TrackedReceiver(self)
+        receiver = TCPReceiver(self)
+        receiver.peer = addr.host
         return receiver
-
-
-class _TrackedReceiver(TCPReceiver):
-    """A receiver the factory can find again at shutdown."""
-
-    def connectionMade(self) -> None:
-        self.factory.protocols.add(self)
-        super().connectionMade()
-
-    def connectionLost(self, reason=None) -> None:
-        self.factory.protocols.discard(self)
-        super().connectionLost(reason)
 
 
 #: Linux's SO_RCVBUFFORCE (the socket module does not name it): like SO_RCVBUF, but past
@@ -466,13 +442,14 @@ class ListenerService(service.Service):
 
     def __init__(self, reactor, bind: str, udp_port: int, tcp_port: int, ingest: Ingest,
                  auth: Authenticator, metrics: Metrics, rcvbuf: int, max_line: int,
-                 max_connections: int, idle_timeout: float):
+                 table: ConnectionTable):
         self.reactor = reactor
         self.bind = bind
         self.udp_port = udp_port
         self.tcp_port = tcp_port
         self.udp = UDPReceiver(ingest, auth, metrics, reactor)
-        self.factory = TCPFactory(ingest, auth, metrics, max_line, max_connections, idle_timeout)
+        self.factory = TCPFactory(ingest, auth, metrics, max_line, table)
+        self.table = table
         self.rcvbuf = rcvbuf
         self.udp_listening: BatchingUDPPort | None = None
         self.tcp_listening = None
@@ -484,18 +461,22 @@ class ListenerService(service.Service):
         service.Service.startService(self)
         udp_port = BatchingUDPPort(self.udp_port, self.udp, self.bind, protocol.MAX_DATAGRAM_SIZE,
                                    self.reactor)
-        udp_port.startListening()
+        udp_port.allow = self.table.allow
+        listening(udp_port.startListening, "UDP", self.bind, self.udp_port, "--udp-port")
         self.udp_listening = udp_port
         self.udp_port = udp_port.getHost().port
         self._set_rcvbuf(udp_port.socket)
-        tcp = self.reactor.listenTCP(self.tcp_port, self.factory, interface=self.bind)
+        tcp = listening(lambda: listen_tcp(self.reactor, self.tcp_port, self.factory, self.bind),
+                        "TCP", self.bind, self.tcp_port, "--tcp-port")
         self.tcp_listening = tcp
         self.tcp_port = tcp.getHost().port
+        self.table.start()
         parsers = self.udp.ingest.parsers
         # With --auth-keys every datagram must be a signed frame, checked here against the
-        # verifier's memory of nonces: parsers would only pass them on, so the reactor reads
-        # them itself.  EPOLLEXCLUSIVE is Linux's.
-        if parsers is not None and not self.udp.auth.required and hasattr(select, "EPOLLEXCLUSIVE"):
+        # verifier's memory of nonces, and with --allow its source must be checked: parsers
+        # would only pass them on, so the reactor reads them itself.  EPOLLEXCLUSIVE is Linux's.
+        if (parsers is not None and not self.udp.auth.required and not self.table.allow
+                and hasattr(select, "EPOLLEXCLUSIVE")):
             parsers.share_udp(udp_port, self.udp.parsed_elsewhere)
             self.shared_with = parsers
 
@@ -526,6 +507,7 @@ class ListenerService(service.Service):
             waits.append(defer.maybeDeferred(tcp_port.stopListening))
         if udp_port is not None:
             waits.append(shared.stop_udp().addCallback(close_udp) if shared else close_udp())
-        for receiver in list(self.factory.protocols):
-            receiver.transport.loseConnection()
+        self.table.stop()
+        self.table.close_all()
         return defer.gatherResults(waits, consumeErrors=True)
+

@@ -47,6 +47,19 @@ class RateLimitedLog:
             self.suppressed += 1
 
 
+class ConnectionCounts:
+    """What one port's connection table did (connections.py)."""
+
+    __slots__ = ("accepted", "evicted_per_source", "evicted_full", "idle_closed", "not_allowed",
+                 "open")
+
+    def __init__(self) -> None:
+        self.accepted = self.evicted_per_source = self.evicted_full = 0
+        self.idle_closed = self.not_allowed = 0
+        #: How many are open now: set by the owner of the table (a read function).
+        self.open = lambda: 0
+
+
 class Metrics:
     """The server's counters (monotonic) plus a few gauges read from their owners."""
 
@@ -60,10 +73,10 @@ class Metrics:
         self.drops: Counter[str] = Counter({"per_vm_cap": 0, "global_cap": 0, "vm_cap": 0,
                                               "unwritable": 0})
         self.seq_lost = 0
-        self.tcp_connections = 0
-        self.tcp_open = 0
-        self.tcp_refused = 0
-        self.tcp_idle_closed = 0
+        #: Per port with connections: "tcp" (the push port) and "http".
+        self.connections = {"tcp": ConnectionCounts(), "http": ConnectionCounts()}
+        #: UDP datagrams from sources outside --allow.
+        self.datagrams_not_allowed = 0
         self.acks = 0
         self.naks = 0
         self.flushes = 0
@@ -108,9 +121,13 @@ class Metrics:
             "buffered_records": buffered,
             "in_flight_records": in_flight,
             "vms_buffered": vms,
-            "tcp": {"connections_total": self.tcp_connections, "open": self.tcp_open,
-                    "refused": self.tcp_refused, "idle_closed": self.tcp_idle_closed,
-                    "acks": self.acks, "naks": self.naks},
+            "tcp": {"acks": self.acks, "naks": self.naks},
+            "connections": {kind: {"total": c.accepted, "open": c.open(),
+                                   "evicted_per_source": c.evicted_per_source,
+                                   "evicted_full": c.evicted_full, "idle_closed": c.idle_closed,
+                                   "not_allowed": c.not_allowed}
+                            for kind, c in self.connections.items()},
+            "datagrams_not_allowed": self.datagrams_not_allowed,
             "flushes": self.flushes,
             "flushed_records": self.flushed_records,
             "write_failures": self.write_failures,
@@ -148,13 +165,22 @@ class Metrics:
                [((("cause", c),), n) for c, n in sorted(self.drops.items())])
         metric("estimated_lost_records_total", "counter",
                "Records missing from agents' seq counters (UDP loss).", [((), self.seq_lost)])
-        metric("tcp_connections_total", "counter", "TCP connections accepted.",
-               [((), self.tcp_connections)])
-        metric("tcp_connections_refused_total", "counter", "TCP connections over the limit.",
-               [((), self.tcp_refused)])
-        metric("tcp_idle_closed_total", "counter", "TCP connections closed for idleness.",
-               [((), self.tcp_idle_closed)])
-        metric("tcp_connections_open", "gauge", "TCP connections open now.", [((), self.tcp_open)])
+        ports = sorted(self.connections.items())
+        metric("connections_total", "counter", "Connections accepted, by port (tcp: the push "
+               "port).", [((("port", kind),), c.accepted) for kind, c in ports])
+        metric("connections_open", "gauge", "Connections open now, by port.",
+               [((("port", kind),), c.open()) for kind, c in ports])
+        metric("connections_evicted_total", "counter",
+               "Connections closed to make room for a new one: the longest silent of its source "
+               "(per_source) or of all (full).",
+               [((("port", kind), ("cause", cause)), getattr(c, "evicted_" + cause))
+                for kind, c in ports for cause in ("per_source", "full")])
+        metric("connections_idle_closed_total", "counter", "Connections closed for idleness.",
+               [((("port", kind),), c.idle_closed) for kind, c in ports])
+        metric("not_allowed_total", "counter",
+               "Connections and UDP datagrams refused because their source is outside --allow.",
+               [((("port", kind),), c.not_allowed) for kind, c in ports]
+               + [((("port", "udp"),), self.datagrams_not_allowed)])
         metric("acks_total", "counter", "TCP batches acknowledged.", [((), self.acks)])
         metric("naks_total", "counter", "TCP batches refused (to be resent).", [((), self.naks)])
         metric("flushes_total", "counter", "Flushes of the buffer to the logs.", [((), self.flushes)])

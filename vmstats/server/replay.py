@@ -14,7 +14,7 @@ import time
 
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
-from vmstats.server.journal import Journal
+from vmstats.server.journal import Journal, records_of
 from vmstats.server.metrics import Metrics
 from vmstats.server.writer import write_share
 
@@ -57,7 +57,7 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics) -> i
             continue
         complete = True
         for chunk in chunks(data):
-            ingest.payload(chunk)
+            ingest.payload(records_of(chunk))
             table = scratch.swap()
             replayed += sum(len(rows) for rows in table.values())
             for vm, count, error, retry in write_share(data_dir, list(table.items())):

@@ -1,5 +1,6 @@
 """Assembly and lifecycle of the aggregator: services, status file, shutdown, summary."""
 
+import errno
 import faulthandler
 import json
 import logging
@@ -11,14 +12,23 @@ import tempfile
 from twisted.application import service
 from twisted.internet import defer
 
+from vmstats.server.auth import Authenticator
 from vmstats.server.buffer import Buffer
 from vmstats.server.config import ServerConfig
+from vmstats.server.connections import (
+    ConnectionTable,
+    SourceFilter,
+    descriptor_budget,
+    is_loopback,
+    raise_file_limit,
+    share_budget,
+)
 from vmstats.server.flusher import FlusherService
 from vmstats.server.formats import edge, httpwrite
-from vmstats.server.http import HTTPService, last_seen_table
+from vmstats.server.http import HTTPService, StatusToken, last_seen_table
 from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, list_segments
-from vmstats.server.listeners import Authenticator, ListenerService
+from vmstats.server.listeners import ListenerService
 from vmstats.server.metrics import Metrics
 from vmstats.server.parsers import ParserService
 from vmstats.server.replay import replay
@@ -59,12 +69,13 @@ class Aggregator(service.MultiService):
         self.ingest = Ingest(self.buffer, self.metrics, config.max_future, config.max_past,
                              journal=self.journal, parsers=self.parsers)
         self.auth = Authenticator(self.ingest, config.auth_keys, config.sig_window)
+        self.auth.remember_in(journal_dir(config), self.journal, reactor)
+        self.tables = self._connection_tables()
         self.listeners = ListenerService(
             reactor, config.bind, config.udp_port, config.tcp_port, self.ingest, self.auth,
-            self.metrics, config.rcvbuf, config.max_line, config.max_connections,
-            config.idle_timeout)
+            self.metrics, config.rcvbuf, config.max_line, self.tables["tcp"])
         self.edge, self.edge_service = edge.build(reactor, config, self.ingest, self.metrics,
-                                                  self.ingest.clock)
+                                                  self.ingest.clock, self.tables["tcp"])
         self.flusher = FlusherService(reactor, self.buffer, self.metrics, config.data_dir,
                                       config.flush_interval, config.workers, config.drain_timeout,
                                       self.journal)
@@ -88,19 +99,67 @@ class Aggregator(service.MultiService):
         self.http = None
         if config.http_port >= 0:
             self.http = HTTPService(reactor, config.bind, config.http_port, self.metrics_text,
-                                    self.status, httpwrite.routes(self.edge, self.edge.influx,
-                                                                  config.write_token))
+                                    self.status, self.tables["http"],
+                                    StatusToken(config.status_token),
+                                    httpwrite.routes(self.edge, self.edge.influx,
+                                                     config.write_token))
             self.http.setServiceParent(self)
+        self.metrics.gauges["unsigned_accepted_beyond_loopback"] = (
+            "1 when the push ports take unsigned records from beyond this machine (no --auth-keys).",
+            lambda: int(self.exposed()))
+
+    def _connection_tables(self) -> dict[str, ConnectionTable]:
+        """The TCP and HTTP connection tables, their caps fitted under the file limit."""
+        config = self.config
+        limit = raise_file_limit()
+        wanted = {"tcp": config.max_connections}
+        if config.http_port >= 0:
+            wanted["http"] = config.http_max_connections
+        budget = descriptor_budget(limit, config.workers + config.parsers)
+        caps = share_budget(budget, wanted)
+        if caps != wanted:
+            log.warning("the open file limit (%d) leaves room for %d connections: caps lowered "
+                        "to %s (raise the hard limit, e.g. LimitNOFILE=, to keep %s)", limit,
+                        budget, caps, wanted)
+        self.metrics.gauges["file_limit"] = (
+            "The open file limit (the soft limit is raised to the hard one at start).",
+            lambda: limit)
+        self.metrics.gauges["open_files"] = ("File descriptors open now.", open_files)
+        tables = {
+            "tcp": ConnectionTable("tcp", self.metrics.connections["tcp"], caps["tcp"],
+                                   config.max_per_source, config.idle_timeout, self.reactor,
+                                   SourceFilter(config.allow)),
+            "http": ConnectionTable("http", self.metrics.connections["http"],
+                                    caps.get("http", 1), config.http_max_per_source,
+                                    config.http_idle_timeout, self.reactor,
+                                    SourceFilter(config.http_allow)),
+        }
+        for kind, table in tables.items():
+            self.metrics.connections[kind].open = table.open.__len__
+        return tables
+
+    def exposed(self) -> bool:
+        """Do the push ports take unsigned records from other machines?"""
+        return not self.auth.required and not is_loopback(self.config.bind)
 
     def startService(self) -> None:
-        os.makedirs(self.config.data_dir, exist_ok=True)
+        usable_directory(self.config.data_dir, "data directory (--data-dir)")
+        memory = self.auth.memory
         if self.journal is not None:
             # Leftovers of a crash reach the logs before anything new is accepted.
             self.journal.open()
+            if memory is not None:
+                memory.restore(self.journal.leftover)
+                memory.start()  # before replay: it retires segments, the marks go first
             replay(self.journal, self.config.data_dir, self.buffer, self.metrics)
-        elif list_segments(journal_dir(self.config)):
-            log.warning("%s holds journal segments that --no-journal leaves unreplayed: start "
-                        "once without --no-journal to write them", journal_dir(self.config))
+        else:
+            if memory is not None:
+                memory.restore([])
+                memory.start()
+            if list_segments(journal_dir(self.config)):
+                log.warning("%s holds journal segments that --no-journal leaves unreplayed: "
+                            "start once without --no-journal to write them",
+                            journal_dir(self.config))
         super().startService()
         self._announce()
 
@@ -117,10 +176,23 @@ class Aggregator(service.MultiService):
               % (self.config.bind, ports["udp_port"], ports["tcp_port"],
                  ports["http_port"] if ports["http_port"] is not None else "off", others,
                  self.config.data_dir), flush=True)
+        if self.exposed():
+            self._warn_exposed(ports)
         if self.config.status_file:
             status = dict(ports, pid=os.getpid(), data_dir=os.path.abspath(self.config.data_dir),
                           bind=self.config.bind, rcvbuf=self.listeners.rcvbuf_granted)
             write_atomically(self.config.status_file, json.dumps(status, indent=1) + "\n")
+
+    def _warn_exposed(self, ports: dict) -> None:
+        who = ("the networks in --allow (%s)" % ", ".join(self.config.allow) if self.config.allow
+               else "ANY address that can reach it")
+        banner = "!" * 78
+        log.warning("\n%s\nvmstats serve accepts UNSIGNED records on %s udp %d / tcp %d from %s:"
+                    "\nanyone there can write records for any VM and change what the report "
+                    "reclaims.\nRequire signatures (--auth-keys, keys bound to VMs), limit the "
+                    "sources (--allow CIDR),\nor listen on loopback only (--bind 127.0.0.1). "
+                    "See docs/OPERATIONS.md, \"Exposure\".\n%s", banner, self.config.bind,
+                    ports["udp_port"], ports["tcp_port"], who, banner)
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -134,6 +206,8 @@ class Aggregator(service.MultiService):
             yield defer.maybeDeferred(self.parsers.stopService)
         if self.journal is not None:
             self.journal.close()
+        if self.auth.memory is not None:
+            self.auth.memory.stop()
         if self.http is not None:
             yield defer.maybeDeferred(self.http.stopService)
 
@@ -144,12 +218,17 @@ class Aggregator(service.MultiService):
         return self.metrics.prometheus(self.buffer.count, len(self.buffer.table), self.in_flight(),
                                        len(self.buffer.last_seen))
 
-    def status(self) -> dict:
+    def status(self, details: bool = True) -> dict:
+        """The counters; with ``details`` (the status token) also the data dir and VM times."""
         status = self.metrics.snapshot(self.buffer.count, len(self.buffer.table), self.in_flight())
         status.update(self.ports())
-        status["data_dir"] = os.path.abspath(self.config.data_dir)
         status["vms_seen"] = len(self.buffer.last_seen)
-        status["last_seen"] = last_seen_table(self.buffer.last_seen)
+        if details:
+            status["data_dir"] = os.path.abspath(self.config.data_dir)
+            status["last_seen"] = last_seen_table(self.buffer.last_seen)
+        else:
+            status["details"] = "send 'Authorization: Bearer <token>' (--status-token) for the " \
+                                "data dir and per-VM last-seen times"
         return status
 
     def summary(self) -> str:
@@ -171,9 +250,11 @@ class Aggregator(service.MultiService):
         if s["edge"]:
             lines.append("  other formats     %s" % ", ".join(
                 "%s %d" % (key, count) for key, count in s["edge"].items()))
-        tcp = s["tcp"]
-        lines.append("  tcp               %d connections, %d refused, %d acks, %d naks" % (
-            tcp["connections_total"], tcp["refused"], tcp["acks"], tcp["naks"]))
+        tcp, conns = s["tcp"], s["connections"]["tcp"]
+        lines.append("  tcp               %d connections (%d evicted, %d idle-closed, %d not "
+                     "allowed), %d acks, %d naks" % (
+                         conns["total"], conns["evicted_per_source"] + conns["evicted_full"],
+                         conns["idle_closed"], conns["not_allowed"], tcp["acks"], tcp["naks"]))
         if self.flusher.unwritten:
             lines.append("  NOT WRITTEN       %d records" % self.flusher.unwritten)
         if self.journal is not None and self.journal.segments():
@@ -187,6 +268,27 @@ class Aggregator(service.MultiService):
 def journal_dir(config: ServerConfig) -> str:
     """Where the journal lives: beside the logs unless told otherwise (same disk, same fate)."""
     return config.journal_dir or os.path.join(config.data_dir, "journal")
+
+
+def usable_directory(path: str, what: str) -> None:
+    """Create ``path`` if needed and check it is a writable directory; OSError naming it if not."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise OSError(errno.ENOTDIR, "cannot use the %s %s: it exists and is not a directory"
+                      % (what, path)) from None
+    except OSError as exc:
+        raise OSError(exc.errno, "cannot use the %s %s: %s" % (what, path, exc.strerror)) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, "cannot use the %s %s: not writable" % (what, path))
+
+
+def open_files() -> int:
+    """Descriptors this process has open (Linux's /proc; -1 elsewhere)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
 
 
 def write_atomically(path: str, text: str) -> None:

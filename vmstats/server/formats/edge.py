@@ -17,9 +17,9 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet import protocol as tx_protocol
 from twisted.internet.error import CannotListenError
-from twisted.protocols.policies import TimeoutMixin
 
 from vmstats import protocol
+from vmstats.server.connections import ConnectionTable, listen_tcp
 from vmstats.server.formats import R_TOO_LONG, Decoder, Tally
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.formats.pool import DecodePool
@@ -78,41 +78,44 @@ class Edge:
 class DatagramReceiver(tx_protocol.DatagramProtocol):
     """One datagram, one payload of its format."""
 
-    def __init__(self, edge: Edge, pool: DecodePool, decoder: Decoder):
+    def __init__(self, edge: Edge, pool: DecodePool, decoder: Decoder, table: ConnectionTable):
         self.edge = edge
         self.pool = pool
         self.decoder = decoder
+        self.allow = table.allow or None  # --allow, as on the native ports
 
     def datagramReceived(self, data: bytes, addr) -> None:
         metrics = self.edge.metrics
+        if self.allow is not None and not self.allow.allows(addr[0]):
+            metrics.datagrams_not_allowed += 1
+            return
         metrics.datagrams += 1
         metrics.bytes += len(data)
         self.pool.submit(self.decoder, data)
 
 
-class LineReceiver(tx_protocol.Protocol, TimeoutMixin):
+class LineReceiver(tx_protocol.Protocol):
     """A newline-delimited stream (line protocol, Graphite plaintext); no replies."""
 
     def __init__(self, factory: "LineFactory"):
         self.factory = factory
         self.rest = b""
         self.skipping = False
+        self.peer = self.source = ""
+        self.last_active = 0.0
 
     def connectionMade(self) -> None:
-        self.factory.open += 1
-        self.factory.edge.metrics.tcp_connections += 1
-        self.setTimeout(self.factory.idle_timeout)
+        self.factory.table.add(self, self.peer)
 
     def connectionLost(self, reason=None) -> None:
-        self.setTimeout(None)
-        self.factory.open -= 1
+        self.factory.table.remove(self)
         self.factory.protocols.discard(self)
         if self.rest and not self.skipping:  # a last line without its newline still counts
             rest, self.rest = self.rest, b""
             self.factory.pool.submit(self.factory.decoder, rest)
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
+        self.factory.table.touch(self)
         self.factory.edge.metrics.bytes += len(data)
         if self.skipping:
             end = data.find(b"\n")
@@ -134,24 +137,23 @@ class LineReceiver(tx_protocol.Protocol, TimeoutMixin):
 
 
 class LineFactory(tx_protocol.Factory):
-    """Line receivers of one format, up to ``max_connections`` open at once."""
+    """Line receivers of one format, admitted by the push ports' connection table (the caps,
+    --allow, idle timeout and eviction of the native TCP port, counted with it)."""
 
     def __init__(self, edge: Edge, pool: DecodePool, decoder: Decoder, max_line: int,
-                 max_connections: int, idle_timeout: float):
+                 table: ConnectionTable):
         self.edge = edge
         self.pool = pool
         self.decoder = decoder
         self.max_line = max_line
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout if idle_timeout > 0 else None
-        self.open = 0
+        self.table = table
         self.protocols: set = set()
 
     def buildProtocol(self, addr):
-        if self.open >= self.max_connections:
-            self.edge.metrics.tcp_refused += 1
+        if not self.table.admit(addr.host):
             return None
         receiver = LineReceiver(self)
+        receiver.peer = addr.host
         self.protocols.add(receiver)
         return receiver
 
@@ -162,16 +164,15 @@ class EdgeService(service.Service):
     name = "edge"
 
     def __init__(self, reactor, bind: str, edge: Edge, udp: dict[str, tuple[int, Decoder]],
-                 tcp: dict[str, tuple[int, Decoder]], max_line: int, max_connections: int,
-                 idle_timeout: float, workers: int = 0):
+                 tcp: dict[str, tuple[int, Decoder]], max_line: int, table: ConnectionTable,
+                 workers: int = 0):
         self.reactor = reactor
         self.bind = bind
         self.edge = edge
         self.udp = udp
         self.tcp = tcp
         self.max_line = max_line
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
+        self.table = table
         self.ports: dict[str, int] = {}
         self._listening: list = []
         self._factories: list[LineFactory] = []
@@ -195,13 +196,13 @@ class EdgeService(service.Service):
             opened = []
             try:
                 if tcp is not None:
-                    factory = LineFactory(self.edge, self.pool, tcp[1], self.max_line,
-                                          self.max_connections, self.idle_timeout)
-                    opened.append(self.reactor.listenTCP(port, factory, interface=self.bind))
+                    factory = LineFactory(self.edge, self.pool, tcp[1], self.max_line, self.table)
+                    opened.append(listen_tcp(self.reactor, port, factory, self.bind))
                     port = opened[-1].getHost().port
                 if udp is not None:
                     opened.append(self.reactor.listenUDP(
-                        port, DatagramReceiver(self.edge, self.pool, udp[1]), interface=self.bind,
+                        port, DatagramReceiver(self.edge, self.pool, udp[1], self.table),
+                        interface=self.bind,
                         maxPacketSize=protocol.MAX_DATAGRAM_SIZE))
                     port = opened[-1].getHost().port
             except CannotListenError:
@@ -238,7 +239,8 @@ class EdgeService(service.Service):
         return closed.addBoth(lambda _: self.pool.idle()).addBoth(written)
 
 
-def build(reactor, config, ingest, metrics: Metrics, clock: Callable) -> tuple[Edge, EdgeService]:
+def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
+          table: ConnectionTable) -> tuple[Edge, EdgeService]:
     """The edge as ``config`` asks for it (ports of -1 are off)."""
     from vmstats.server.formats.collectd import CollectdDecoder
     from vmstats.server.formats.graphite import GraphiteDecoder, parse_templates
@@ -265,5 +267,5 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable) -> tuple[E
         "Minutes of other agents' VMs being assembled (bounded).", lambda: assembler.open_count)
     metrics.edge_events = lambda: {**rates.events, **assembler.events}
     # The native parsers' number serves here too: processes that take decoding off the reactor.
-    return edge, EdgeService(reactor, config.bind, edge, udp, tcp, config.max_line,
-                             config.max_connections, config.idle_timeout, config.parsers)
+    return edge, EdgeService(reactor, config.bind, edge, udp, tcp, config.max_line, table,
+                             config.parsers)

@@ -1,0 +1,123 @@
+"""Keys bound to VMs, and replay protection that survives a restart (SIGTERM and SIGKILL)."""
+
+import signal
+import time
+
+import pytest
+from serverproc import serve
+from test_reliability_journal import raw_rows
+from test_server_tcp import read_reply
+from test_server_udp import line, now
+
+from vmstats import protocol
+from vmstats.protocol import Record
+from vmstats.server.auth import VmPatterns, bound_lines, load_keys, seen_in
+
+UNBOUND = 'vmstats_rejected_total{reason="sig_vm_not_bound"}'
+REPLAY = 'vmstats_rejected_total{reason="sig_replay"}'
+
+
+def records(*vms: str, ts: int) -> bytes:
+    return b"\n".join(line(Record(vm=vm, ts=ts, cpu=1.0, mem=2.0)) for vm in vms) + b"\n"
+
+
+def send_tcp(server, frame: bytes, token: str) -> bytes:
+    with server.tcp() as sock:
+        sock.sendall(frame + b"#!sync " + token.encode() + b"\n")
+        return read_reply(sock)
+
+
+# -- the binding itself --------------------------------------------------------------------------
+def test_patterns_match_canonical_ids_globs_and_networks():
+    vms = VmPatterns(["10.20.0.0/24", "web-*", "db-1", "fd00::/64", "::ffff:1.2.3.4"])
+    assert vms.allows_raw(b"10.20.0.200") and not vms.allows_raw(b"10.20.1.1")
+    assert vms.allows_raw(b"web-7") and not vms.allows_raw(b"WEB-7")
+    assert vms.allows_raw(b"db-1") and not vms.allows_raw(b"db-10")
+    assert vms.allows_raw(b"FD00::1")  # compared in canonical form
+    assert vms.allows_raw(b"::ffff:102:304")  # the same VM as ::ffff:1.2.3.4
+    assert not vms.allows_raw(b"../etc") and not vms.allows_raw(b"\xff")
+    payload = records("10.20.0.1", "db-2", "web-a", ts=1_700_000_000) + b"# comment\nno tags\n"
+    kept, removed = bound_lines(vms, payload)
+    assert removed == 1 and b"db-2" not in kept and kept.count(b"vmstats,") == 2
+    assert b"# comment" in kept and b"no tags" in kept  # left for the parser to judge
+    # Several vm tags in one line: all must be allowed.
+    assert bound_lines(vms, b"vmstats,vm=web-1,vm=db-9 cpu=1,mem=1 1700000000")[1] == 1
+
+
+def test_key_file_errors_name_the_line(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\nk1 s1\nk2 s2 10.0.0.0/33\n")
+    with pytest.raises(ValueError, match=r"keys:3: bad VM pattern"):
+        load_keys(str(keys))
+    keys.write_text("k1 s1 web-* 10.0.0.0/8\n")
+    loaded = load_keys(str(keys))
+    assert loaded[b"k1"].secret == b"s1" and loaded[b"k1"].vms.text == ["web-*", "10.0.0.0/8"]
+
+
+def test_a_key_writes_only_the_vms_it_is_bound_to(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("fleet-a a-secret 10.20.0.0/24 web-*\nvm-db db-secret db-1\nany any-secret\n")
+    t = now() - 60
+    with serve(tmp_path, "--flush-interval", "0.3", "--auth-keys", str(keys)) as server:
+        # TCP: the bound records are acked, the others rejected (final: not worth a resend).
+        mixed = protocol.sign_payload("fleet-a", "a-secret",
+                                      records("10.20.0.5", "web-3", "10.21.0.1", "db-1", ts=t))
+        assert send_tcp(server, mixed, "m") == b"#!ack m 2 2\n"
+        assert send_tcp(server, protocol.sign_payload("any", "any-secret", records("db-2", ts=t)),
+                        "a") == b"#!ack a 1 0\n"
+        # UDP: the db key cannot write a fleet-a VM.
+        server.send_udp(protocol.sign_payload("vm-db", "db-secret", records("10.20.0.6", ts=t)),
+                        protocol.sign_payload("vm-db", "db-secret", records("db-1", ts=t + 60)))
+        metrics = server.wait_metrics(lambda m: m[UNBOUND] >= 3
+                                      and m["vmstats_records_received_total"] >= 4)
+        server.wait_metrics(lambda m: m["vmstats_buffered_records"] == 0
+                            and m["vmstats_flushed_records_total"] >= 4)
+    assert metrics[UNBOUND] == 3
+    assert raw_rows(tmp_path / "data") == {("10.20.0.5", t): 1, ("web-3", t): 1, ("db-2", t): 1,
+                                           ("db-1", t + 60): 1}
+
+
+# -- replay after a restart ----------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["sigkill_before_flush", "sigkill_after_flush", "sigterm"])
+def test_a_signed_payload_replayed_after_a_restart_is_rejected(tmp_path, how):
+    keys = tmp_path / "keys"
+    keys.write_text("k1 s3cret\n")
+    t = now() - 120
+    signed_at = int(time.time()) - 5
+    tcp_frame = protocol.sign_payload("k1", "s3cret", records("10.30.0.1", ts=t), now=signed_at)
+    udp_frame = protocol.sign_payload("k1", "s3cret", records("10.30.0.2", ts=t), now=signed_at)
+    # Before a kill the records must not be flushed yet (only the journal has them); otherwise
+    # a short interval lets the flush retire the journal and the marks file carry the memory.
+    interval = "1h" if how == "sigkill_before_flush" else "0.3"
+    args = ("--flush-interval", interval, "--auth-keys", str(keys))
+    first = serve(tmp_path, *args).start()
+    try:
+        assert send_tcp(first, tcp_frame, "t1") == b"#!ack t1 1 0\n"
+        first.send_udp(udp_frame)
+        first.wait_metrics(lambda m: m["vmstats_records_received_total"] >= 2)
+        if how == "sigkill_after_flush":
+            first.wait_metrics(lambda m: m["vmstats_flushed_records_total"] >= 2
+                               and m["vmstats_journal_segments"] == 0)
+        first.stop(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    finally:
+        first.kill()
+    assert (tmp_path / "data" / "journal" / "signatures").exists() or how == "sigkill_before_flush"
+
+    with serve(tmp_path, *args) as again:
+        assert send_tcp(again, tcp_frame, "t2") == b"#!nak t2 auth\n"
+        again.send_udp(udp_frame)
+        metrics = again.wait_metrics(lambda m: m[REPLAY] >= 2)
+        # A fresh frame of the same key is welcome.
+        fresh = protocol.sign_payload("k1", "s3cret", records("10.30.0.1", ts=t + 60))
+        assert send_tcp(again, fresh, "t3") == b"#!ack t3 1 0\n"
+    assert again.returncode == 0, again.output  # the stop wrote everything held
+    assert metrics[REPLAY] == 2
+    assert raw_rows(tmp_path / "data") == {("10.30.0.1", t): 1, ("10.30.0.2", t): 1,
+                                           ("10.30.0.1", t + 60): 1}
+
+
+def test_seen_lines_are_read_back_from_a_segment_and_a_torn_one_is_ignored():
+    data = (b"#!seen k1 100 n1\nvmstats,vm=a cpu=1,mem=1 100\n#!seen k2 101 n2\n"
+            b"#!sync x\n#!seen k3 10")
+    assert list(seen_in(data)) == [(b"k1", 100, b"n1"), (b"k2", 101, b"n2")]
+    assert list(seen_in(b"vmstats,vm=a cpu=1,mem=1 100\n")) == []
