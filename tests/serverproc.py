@@ -11,6 +11,7 @@ server's status file, so there is no race on choosing them.
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -33,7 +34,7 @@ class ServerProcess:
     """A started ``vmstats serve``; use as a context manager or call start()/stop()."""
 
     def __init__(self, workdir, *args: str, data_dir=None, start_timeout: float = 20.0,
-                 stop_timeout: float = 30.0, env=None):
+                 stop_timeout: float = 30.0, env=None, nofile: int | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
@@ -43,6 +44,8 @@ class ServerProcess:
         self.stop_timeout = stop_timeout
         self.env = dict(os.environ, **(env or {}))
         self.env["PYTHONPATH"] = str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
+        #: Start the server with this soft and hard open file limit (what a host may impose).
+        self.nofile = nofile
         self.proc = None
         self.status = {}
         self.returncode = None
@@ -67,8 +70,12 @@ class ServerProcess:
         if self.status_file.exists():
             self.status_file.unlink()
         self._out = open(self._log, "wb")
-        self.proc = subprocess.Popen(self.command(), cwd=str(self.workdir), env=self.env,
-                                     stdout=self._out, stderr=subprocess.STDOUT)
+        limit = self.nofile
+        self.proc = subprocess.Popen(
+            self.command(), cwd=str(self.workdir), env=self.env, stdout=self._out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+            if limit else None)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -215,8 +215,8 @@ def networks(values: tuple[str, ...], option: str) -> tuple[str, ...]:
             try:
                 found.append(str(ipaddress.ip_network(text, strict=False)))
             except ValueError:
-                raise click.BadParameter("%r is not an address or network (CIDR)" % text,
-                                         param_hint=option) from None
+                raise click.ClickException("%s: %r is not an address or network (CIDR)"
+                                           % (option, text)) from None
     return tuple(found)
 
 

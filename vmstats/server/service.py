@@ -176,14 +176,16 @@ class Aggregator(service.MultiService):
               % (self.config.bind, ports["udp_port"], ports["tcp_port"],
                  ports["http_port"] if ports["http_port"] is not None else "off", others,
                  self.config.data_dir), flush=True)
-        if self.exposed():
-            self._warn_exposed(ports)
+        self._announce_exposure(ports)
         if self.config.status_file:
             status = dict(ports, pid=os.getpid(), data_dir=os.path.abspath(self.config.data_dir),
                           bind=self.config.bind, rcvbuf=self.listeners.rcvbuf_granted)
             write_atomically(self.config.status_file, json.dumps(status, indent=1) + "\n")
 
-    def _warn_exposed(self, ports: dict) -> None:
+    def _announce_exposure(self, ports: dict) -> None:
+        """A loud warning when anyone beyond this machine may write records unsigned."""
+        if not self.exposed():
+            return
         who = ("the networks in --allow (%s)" % ", ".join(self.config.allow) if self.config.allow
                else "ANY address that can reach it")
         banner = "!" * 78

@@ -1,0 +1,185 @@
+"""What the server shows and to whom: exact HTTP paths, no version banner, /status details
+behind a token, --allow on every port, the start-up warning, and start-up errors that name
+the listener or the directory."""
+
+import http.client
+import json
+import logging
+import socket
+import time
+
+import pytest
+from serverproc import LOOPBACK, serve
+from test_server_lifecycle import run_cli
+from test_server_tcp import read_reply
+from test_server_udp import line, now
+from twisted.internet.task import Clock
+
+from vmstats.protocol import Record
+from vmstats.server.config import ServerConfig
+from vmstats.server.service import Aggregator
+
+
+def get(port: int, path: str, method: str = "GET", headers: dict | None = None,
+        source: str = LOOPBACK) -> tuple[int, dict, bytes]:
+    """A raw request (the path sent exactly as given): status, headers, body."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def test_http_paths_match_exactly_and_no_response_names_the_server(tmp_path):
+    with serve(tmp_path) as server:
+        port = server.http_port
+        status, headers, body = get(port, "/metrics")
+        assert status == 200 and b"vmstats_records_received_total" in body
+        for path in ("/metrics/x", "/metrics/", "/status/../metrics", "/status/", "/", "/nope",
+                     "/metrics?x=1/../status", "//metrics"):
+            status, headers, _ = get(port, path)
+            assert (status, "server" in headers) == (404 if "?" not in path else 200, False), path
+        status, headers, _ = get(port, "/metrics", method="POST")
+        assert status == 405 and headers["allow"] == "GET, HEAD" and "server" not in headers
+        status, headers, body = get(port, "/metrics", method="HEAD")
+        assert status == 200 and body == b"" and "server" not in headers
+
+
+def test_status_details_need_the_token_and_counts_stay_public(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    t = now() - 60
+    with serve(tmp_path, "--status-token-file", str(token_file)) as server:
+        server.send_udp(line(Record(vm="10.70.0.1", ts=t, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+            status, _, body = get(server.http_port, "/status", headers=headers)
+            assert status == 200
+            public = server_json(body)
+            assert public["records_received"] == 1 and public["vms_seen"] == 1
+            assert "data_dir" not in public and "last_seen" not in public
+            assert str(tmp_path) not in body.decode()
+        _, _, body = get(server.http_port, "/status",
+                         headers={"Authorization": "Bearer s3cret-token"})
+        detailed = server_json(body)
+        assert detailed["data_dir"] == str(tmp_path / "data")
+        assert list(detailed["last_seen"]) == ["10.70.0.1"]
+
+
+def server_json(body: bytes) -> dict:
+    return json.loads(body)
+
+
+def test_allow_drops_udp_and_refuses_tcp_and_http_from_other_sources(tmp_path):
+    t = now() - 60
+    with serve(tmp_path, "--flush-interval", "0.3", "--allow", "127.0.0.2/32,10.0.0.0/8",
+               "--http-allow", "127.0.0.3") as server:
+        for source, vm in (("127.0.0.1", "10.71.0.1"), ("127.0.0.2", "10.71.0.2")):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind((source, 0))
+                sock.sendto(line(Record(vm=vm, ts=t, cpu=1.0, mem=2.0)), (LOOPBACK, server.udp_port))
+        with socket.create_connection((LOOPBACK, server.tcp_port), timeout=5,
+                                      source_address=("127.0.0.2", 0)) as allowed:
+            allowed.sendall(line(Record(vm="10.71.0.3", ts=t, cpu=1.0, mem=2.0)) + b"\n#!sync a\n")
+            assert read_reply(allowed) == b"#!ack a 1 0\n"
+        with socket.create_connection((LOOPBACK, server.tcp_port), timeout=5) as refused:
+            try:
+                refused.sendall(line(Record(vm="10.71.0.4", ts=t, cpu=1.0, mem=2.0))
+                                + b"\n#!sync r\n")
+                assert read_reply(refused) == b""  # closed at once
+            except ConnectionResetError:
+                pass  # closed at once, before or after what was sent arrived
+        with pytest.raises(OSError):  # closed before it can answer
+            get(server.http_port, "/metrics")
+
+        def metrics() -> dict:
+            _, _, body = get(server.http_port, "/metrics", source="127.0.0.3")
+            return {k: float(v) for k, _, v in (row.rpartition(" ") for row in
+                    body.decode().splitlines() if row and not row.startswith("#"))}
+
+        found = {}
+        deadline = 50
+        while deadline and not (found.get('vmstats_not_allowed_total{port="udp"}')
+                                and found.get("vmstats_records_received_total", 0) >= 2):
+            found = metrics()
+            deadline -= 1
+            time.sleep(0.1)
+    assert found['vmstats_not_allowed_total{port="udp"}'] == 1
+    assert found['vmstats_not_allowed_total{port="tcp"}'] == 1
+    assert found['vmstats_not_allowed_total{port="http"}'] == 1
+    assert found["vmstats_records_received_total"] == 2
+    assert sorted(p.name for p in (tmp_path / "data" / "vms").iterdir()) == ["10.71.0.2",
+                                                                           "10.71.0.3"]
+
+
+@pytest.mark.parametrize("bind, keys, warned", [
+    ("0.0.0.0", None, True), ("::", None, True), ("10.1.2.3", None, True),
+    ("127.0.0.1", None, False), ("::1", None, False), ("0.0.0.0", {b"k": b"s"}, False)])
+def test_the_warning_comes_exactly_when_unsigned_records_are_taken_from_beyond_loopback(
+        tmp_path, caplog, bind, keys, warned):
+    config = ServerConfig(bind=bind, auth_keys=keys, data_dir=str(tmp_path), parsers=0, workers=1)
+    aggregator = Aggregator(config, Clock())  # built, never started: nothing listens
+    assert aggregator.exposed() is warned
+    with caplog.at_level(logging.WARNING):
+        aggregator._announce_exposure({"udp_port": 8899, "tcp_port": 8899})
+    assert ("UNSIGNED records" in caplog.text) is warned
+    assert aggregator.metrics.gauges["unsigned_accepted_beyond_loopback"][1]() == int(warned)
+
+
+def test_bind_takes_a_host_name(tmp_path):
+    t = now() - 60
+    server = serve(tmp_path, "--flush-interval", "0.3")
+    server.args += ["--bind", "localhost"]  # after the helper's --bind 127.0.0.1: it wins
+    with server:
+        assert server.status["bind"] == "127.0.0.1"
+        server.send_udp(line(Record(vm="10.72.0.1", ts=t, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+    assert server.returncode == 0
+
+
+def one_line_error(result) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["udp", "tcp", "http"])
+def test_a_port_in_use_names_its_listener(tmp_path, kind):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
+                       ) as busy:
+        busy.bind((LOOPBACK, 0))
+        if kind != "udp":
+            busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"udp": "0", "tcp": "0", "http": "0", kind: str(port)}
+        result = run_cli("--bind", LOOPBACK, "--udp-port", ports["udp"], "--tcp-port",
+                         ports["tcp"], "--http-port", ports["http"], "--data-dir",
+                         str(tmp_path / "d"), "--parsers", "0", "--workers", "1")
+    assert one_line_error(result) == ("Error: cannot listen on %s 127.0.0.1 port %d (--%s-port): "
+                                      "Address already in use" % (kind.upper(), port, kind))
+
+
+def test_unusable_directories_and_names_are_one_line_that_names_them(tmp_path):
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("not a directory")
+    common = ("--bind", LOOPBACK, "--udp-port", "0", "--tcp-port", "0", "--no-http",
+              "--parsers", "0", "--workers", "1")
+    assert one_line_error(run_cli(*common, "--data-dir", str(in_the_way))) == (
+        "Error: cannot use the data directory (--data-dir) %s: it exists and is not a directory"
+        % in_the_way)
+    assert one_line_error(run_cli(*common, "--data-dir", str(in_the_way / "sub"))) == (
+        "Error: cannot use the data directory (--data-dir) %s: Not a directory"
+        % (in_the_way / "sub"))
+    assert one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--journal-dir",
+                                  str(in_the_way / "j"))) == (
+        "Error: cannot use the journal directory %s: Not a directory" % (in_the_way / "j"))
+    error = one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--bind",
+                                   "no-such-host.invalid"))
+    assert error.startswith("Error: cannot resolve --bind no-such-host.invalid")
+    error = one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--allow",
+                                   "10.0.0.0/33"))
+    assert "--allow" in error and "10.0.0.0/33" in error
