@@ -5,6 +5,7 @@ import time
 
 import pytest
 from serverproc import serve
+from test_reliability_faults import report
 from test_reliability_journal import raw_rows
 from test_server_tcp import read_reply
 from test_server_udp import line, now
@@ -111,6 +112,7 @@ def test_a_signed_payload_replayed_after_a_restart_is_rejected(tmp_path, how):
         fresh = protocol.sign_payload("k1", "s3cret", records("10.30.0.1", ts=t + 60))
         assert send_tcp(again, fresh, "t3") == b"#!ack t3 1 0\n"
     assert again.returncode == 0, again.output  # the stop wrote everything held
+    report("replay_after_" + how, replayed=2, rejected_sig_replay=int(metrics[REPLAY]))
     assert metrics[REPLAY] == 2
     assert raw_rows(tmp_path / "data") == {("10.30.0.1", t): 1, ("10.30.0.2", t): 1,
                                            ("10.30.0.1", t + 60): 1}
