@@ -7,12 +7,13 @@ pattern (``web-*``) or CIDR (``10.1.0.0/16``); the first matching group wins,
 so specific groups go first.
 """
 
-import fnmatch
 import ipaddress
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from vmstats.selectors import selected
 
 
 class ReportError(ValueError):
@@ -115,15 +116,7 @@ class Group:
     overrides: dict[str, Any]
 
     def matches(self, vm: str) -> bool:
-        if any(fnmatch.fnmatchcase(vm, p) for p in self.patterns):
-            return True
-        if self.networks:
-            try:
-                address = ipaddress.ip_address(vm)
-            except ValueError:
-                return False
-            return any(address in net for net in self.networks)
-        return False
+        return selected(vm, self.patterns, self.networks)
 
 
 def parse_selector(values: Iterable[str], origin: str) -> tuple[list[str], list[Any]]:

@@ -15,7 +15,6 @@ checks signatures (the reactor today, parser processes later) calls the same fun
   per key for everything older: a frame signed at or before its key's floor is a replay.
 """
 
-import fnmatch
 import ipaddress
 import logging
 import os
@@ -26,6 +25,7 @@ from collections.abc import Iterable
 from twisted.internet import task
 
 from vmstats import protocol
+from vmstats.selectors import selected
 from vmstats.server.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,16 @@ class VmPatterns:
     """
 
     def __init__(self, patterns: Iterable[str]):
-        self.exact: set[str] = set()
+        self.text = list(patterns)
         self.globs: list[str] = []
         self.networks: list = []
-        self.text = list(patterns)
         for pattern in self.text:
             if "/" in pattern:
                 self.networks.append(ipaddress.ip_network(pattern, strict=False))
             elif _GLOB_CHARS.intersection(pattern):
                 self.globs.append(pattern)
-            else:
-                self.exact.add(protocol.normalize_vm_id(pattern))
+            else:  # an exact id: canonical, like the ids it is compared with
+                self.globs.append(protocol.normalize_vm_id(pattern))
         self._verdicts: dict[bytes, bool] = {}
 
     def allows_raw(self, raw: bytes) -> bool:
@@ -67,23 +66,13 @@ class VmPatterns:
         if verdict is None:
             if len(self._verdicts) >= _VERDICT_CACHE:
                 self._verdicts.clear()
-            verdict = self._verdicts[raw] = self._allows(raw)
-        return verdict
-
-    def _allows(self, raw: bytes) -> bool:
-        try:
-            vm = protocol.normalize_vm_id(raw.decode("ascii"))
-        except (UnicodeDecodeError, protocol.DecodeError):
-            return False  # a bound key vouches only for ids it can be checked against
-        if vm in self.exact or any(fnmatch.fnmatchcase(vm, glob) for glob in self.globs):
-            return True
-        if self.networks:
             try:
-                address = ipaddress.ip_address(vm)
-            except ValueError:
-                return False
-            return any(address in network for network in self.networks)
-        return False
+                vm = protocol.normalize_vm_id(raw.decode("ascii"))
+            except (UnicodeDecodeError, protocol.DecodeError):
+                vm = None  # a bound key vouches only for ids it can be checked against
+            verdict = self._verdicts[raw] = vm is not None and selected(vm, self.globs,
+                                                                        self.networks)
+        return verdict
 
 
 class Key:
