@@ -148,7 +148,7 @@ class BatchingUDPPort(udp.Port):
 
     def _read(self, limit: int) -> None:
         """Read and deliver up to ``limit`` bytes of datagrams, or until the socket is empty."""
-        if self.allow:
+        if self.allow is not None:
             self._read_allowed(limit)
             return
         recv = self.socket.recv
@@ -461,7 +461,7 @@ class ListenerService(service.Service):
         service.Service.startService(self)
         udp_port = BatchingUDPPort(self.udp_port, self.udp, self.bind, protocol.MAX_DATAGRAM_SIZE,
                                    self.reactor)
-        udp_port.allow = self.table.allow
+        udp_port.allow = self.table.allow or None  # None: the plain recv loop, as fast as before
         listening(udp_port.startListening, "UDP", self.bind, self.udp_port, "--udp-port")
         self.udp_listening = udp_port
         self.udp_port = udp_port.getHost().port
