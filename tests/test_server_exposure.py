@@ -147,20 +147,23 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("kind", ["udp", "tcp", "http"])
-def test_a_port_in_use_names_its_listener(tmp_path, kind):
+@pytest.mark.parametrize("option, kind", [("udp", "udp"), ("tcp", "tcp"), ("http", "tcp"),
+                                          ("graphite", "tcp"), ("graphite", "udp")])
+def test_a_port_in_use_names_its_listener(tmp_path, option, kind):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
                        ) as busy:
         busy.bind((LOOPBACK, 0))
         if kind != "udp":
             busy.listen()
         port = busy.getsockname()[1]
-        ports = {"udp": "0", "tcp": "0", "http": "0", kind: str(port)}
+        ports = {"udp": "0", "tcp": "0", "http": "0", "graphite": "-1", option: str(port)}
         result = run_cli("--bind", LOOPBACK, "--udp-port", ports["udp"], "--tcp-port",
-                         ports["tcp"], "--http-port", ports["http"], "--data-dir",
-                         str(tmp_path / "d"), "--parsers", "0", "--workers", "1")
+                         ports["tcp"], "--http-port", ports["http"], "--graphite-port",
+                         ports["graphite"], "--data-dir", str(tmp_path / "d"), "--parsers", "0",
+                         "--workers", "1")
+    shown = "HTTP" if option == "http" else kind.upper()
     assert one_line_error(result) == ("Error: cannot listen on %s 127.0.0.1 port %d (--%s-port): "
-                                      "Address already in use" % (kind.upper(), port, kind))
+                                      "Address already in use" % (shown, port, option))
 
 
 def test_unusable_directories_and_names_are_one_line_that_names_them(tmp_path):

@@ -273,10 +273,15 @@ def listening(start, kind: str, bind: str, port: int, option: str):
     try:
         return start()
     except CannotListenError as exc:
-        reason = exc.socketError
-        text = getattr(reason, "strerror", None) or str(reason)
-        raise ListenError("cannot listen on %s %s port %d (%s): %s"
-                          % (kind, bind, port, option, text)) from None
+        raise listen_error(exc, kind, bind, port, option) from None
+
+
+def listen_error(exc: CannotListenError, kind: str, bind: str, port: int,
+                 option: str) -> "ListenError":
+    """The one line that says which listener could not be bound, and why."""
+    reason = exc.socketError
+    text = getattr(reason, "strerror", None) or str(reason)
+    return ListenError("cannot listen on %s %s port %d (%s): %s" % (kind, bind, port, option, text))
 
 
 class ListenError(RuntimeError):

@@ -19,7 +19,7 @@ from twisted.internet import protocol as tx_protocol
 from twisted.internet.error import CannotListenError
 
 from vmstats import protocol
-from vmstats.server.connections import ConnectionTable, listen_tcp
+from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
 from vmstats.server.formats import R_TOO_LONG, Decoder, Tally
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.formats.pool import DecodePool
@@ -205,11 +205,12 @@ class EdgeService(service.Service):
                         interface=self.bind,
                         maxPacketSize=protocol.MAX_DATAGRAM_SIZE))
                     port = opened[-1].getHost().port
-            except CannotListenError:
+            except CannotListenError as exc:
                 for one in opened:
                     one.stopListening()
                 if (udp or tcp)[0] != 0 or not opened:
-                    raise
+                    kind = "UDP" if tcp is None or len(opened) == 1 else "TCP"
+                    raise listen_error(exc, kind, self.bind, port, "--%s-port" % name) from None
                 port = 0  # an ephemeral TCP number taken for UDP elsewhere: another number
                 continue
             self._listening += opened
