@@ -253,9 +253,11 @@ def test_vm_silent_since_before_the_window_is_stopped_with_its_last_record(tmp_p
     assert stopped["category"] == "stopped" and stopped["records"] == 0
     assert stopped["last_seen"] == "2026-01-02T23:59:00Z"
     assert "192.0 h" in stopped["reason"]
-    assert rows["10.0.0.3"]["category"] == "stopped" and rows["10.0.0.3"]["bad_lines"] == 1
+    # Damaged logs are missing data, not a stopped VM (issue 18): named, never taken for idle.
+    assert rows["10.0.0.3"]["category"] == "insufficient-data" and rows["10.0.0.3"]["bad_lines"] == 1
     assert rows["10.0.0.3"]["last_seen"] == ""
-    assert rows["10.0.0.3"]["reason"] == "no valid record in its logs"
+    assert rows["10.0.0.3"]["reason"].startswith("no readable record: 1 log file damaged or unreadable")
+    assert path in rows["10.0.0.3"]["reason"]
     # No disk or network figures at all: never called idle, only sized down.
     assert rows["10.0.0.1"]["category"] == "downsize"
 
@@ -273,3 +275,5 @@ def test_newest_day_without_valid_records_does_not_move_the_window(tmp_path):
     assert report.meta["window"]["last_day"] == "2026-01-03"
     assert report.window.end_ts == int(ts[-1])
     assert rows["10.0.0.1"]["coverage"] == 1.0 and rows["10.0.0.1"]["category"] != "stopped"
+    skipped = {entry["path"]: entry["problem"] for entry in report.meta["skipped_files"]}
+    assert sorted(skipped) == [str(folder / ("2026-01-0%d.csv" % day)) for day in (4, 5, 6)]

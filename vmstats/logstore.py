@@ -411,67 +411,116 @@ def day_files(data_dir: str, vm: str, first_day: Optional[str] = None,
 #: Files parsed per pandas call by read_columns: large enough to amortise the
 #: per-call overhead, small enough to bound memory.
 _BATCH_BYTES = 64 << 20
+#: Bytes that no row the flusher writes holds (VM ids and host names are safe tokens), and
+#: that would make pandas' rows disagree with the file's lines: a quote makes it read on to
+#: the next quote, across lines (or to the end: "EOF inside string"), and a carriage return
+#: ends a line for it.  A line holding one is malformed.
+_FOREIGN = (b'"', b"\r")
+#: Integer cells must fit int64 exactly once read as floats (the lenient parser's route).
+_INT_LIMIT = float(1 << 62)
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class NotALogFile(OSError):
+    """A day file's name on something that is not a regular file (a folder, a FIFO...)."""
+
+
+def not_regular(mode: int) -> str:
+    """What a day file's name is on, when it is not a regular file, in a few words."""
+    for test, name in _KINDS:
+        if test(mode):
+            return "not a regular file: %s" % name
+    return "not a regular file"
+
+
+def describe_error(path: str, exc: OSError) -> str:
+    """An OSError met reading a day file, as the report names it."""
+    if isinstance(exc, NotALogFile):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return "unreadable: a symbolic link to a missing file"
+    return "unreadable: %s" % (exc.strerror or exc)
 
 
 def _read_body(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        data = handle.read()
+    """A day file's bytes after its header.  O_NONBLOCK and a check before reading: a FIFO
+    or a folder in a day file's place raises NotALogFile instead of blocking or reading."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotALogFile(not_regular(mode))
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read()
+    finally:
+        os.close(fd)
     return data[len(HEADER):] if data.startswith(HEADER) else data
 
 
 def _clean_body(body: bytes) -> Tuple[Optional[bytes], int]:
-    """``(body, lines)`` when every line of a file is well-formed, else ``(None, lines)``.
+    """``(body, lines)`` when every line of a file may be well-formed, else ``(None, lines)``.
 
-    Counting bytes is C-speed, so the common case (a file the flusher wrote
-    whole) costs no Python loop per line; only a file with a suspicious line
-    goes through the line-by-line check of _good_lines.
+    Counting and finding bytes is C-speed, so the common case (a file the
+    flusher wrote whole) costs no Python loop per line; only a file with a
+    suspicious line goes through the line-by-line check of _good_lines.
     """
     if not body:
         return body, 0
     lines = body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
     # An empty line has no commas, so it breaks the count unless another line has extras,
-    # which pandas then rejects (too many cells); a repeated header line has the right
-    # count but non-numeric cells, which pandas rejects too: either way the batch is
-    # re-read line by line, so two byte counts are the whole fast check.
-    if body.count(b",") == lines * (len(COLUMNS) - 1) and not body.startswith(b"\n"):
+    # hence the check for one; lines of too few and too many cells that balance out make
+    # pandas fail (wrong number of cells), and a repeated header line has the right count
+    # but non-numeric cells, which pandas rejects too: either way the batch is re-read line
+    # by line (_parse_lines), so a few byte scans are the whole fast check.
+    if (body.count(b",") == lines * (len(COLUMNS) - 1) and not body.startswith(b"\n")
+            and b"\n\n" not in body and not any(byte in body for byte in _FOREIGN)):
         return (body if body.endswith(b"\n") else body + b"\n"), lines
     return None, lines
 
 
+def _well_formed(line: bytes) -> bool:
+    """A line with a row's shape: the right number of cells, no byte a row never holds."""
+    return (line.count(b",") == len(COLUMNS) - 1 and line != HEADER[:-1]
+            and not any(byte in line for byte in _FOREIGN))
+
+
 def _good_lines(body: bytes) -> Tuple[List[bytes], int]:
-    """The lines of a suspicious file that have the right shape, and the count of the others."""
+    """The lines of a suspicious file that have a row's shape, and the count of the others."""
     good = []
     bad = 0
-    width = len(COLUMNS) - 1
     for line in body.split(b"\n"):
         if not line:
             continue
-        if line.count(b",") != width or line == HEADER.rstrip():
+        if _well_formed(line):
+            good.append(line)
+        else:
             bad += 1
-            continue
-        good.append(line)
     return good, bad
 
 
 def _parse_strict(data: bytes, columns: List[str], dtypes: Dict[str, str]):
     """One pandas call over many well-formed lines; ValueError on any non-numeric cell."""
+    import csv
     import io
 
     import pandas as pd
 
     return pd.read_csv(io.BytesIO(data), names=list(COLUMNS), header=None, usecols=columns, dtype=dtypes,
                        keep_default_na=False, na_values={c: [""] for c in columns if c != "host"},
-                       encoding="utf-8", encoding_errors="replace", engine="c")
+                       quoting=csv.QUOTE_NONE, encoding="utf-8", encoding_errors="replace", engine="c")
 
 
 def _parse_lenient(lines: List[bytes], columns: List[str]):
-    """Parse lines cell by cell; returns (frame, validity mask) for rows with non-numeric cells."""
+    """Parse lines of a row's shape cell by cell; returns (frame, validity mask)."""
+    import csv
     import io
 
     import pandas as pd
 
     raw = pd.read_csv(io.BytesIO(b"\n".join(lines)), names=list(COLUMNS), header=None,
-                      dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace")
+                      dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
+                      encoding="utf-8", encoding_errors="replace", engine="c")
     out = pd.DataFrame(index=raw.index)
     valid = pd.Series(True, index=raw.index)
     for name in COLUMNS[:-1]:
@@ -479,7 +528,7 @@ def _parse_lenient(lines: List[bytes], columns: List[str]):
         numeric = pd.to_numeric(column, errors="coerce")
         valid &= ~(numeric.isna() & column.notna())
         if DTYPES[name] != "float64":
-            whole = numeric.isna() | (numeric == numeric.round())
+            whole = numeric.isna() | ((numeric == numeric.round()) & (numeric.abs() < _INT_LIMIT))
             valid &= whole
             numeric = numeric.where(whole)
         if name in columns:
@@ -489,7 +538,88 @@ def _parse_lenient(lines: List[bytes], columns: List[str]):
     return out, valid
 
 
-def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_float: bool = False):
+def _parse_lines(data: bytes, owners, columns: List[str], dtypes: Dict[str, str]):
+    """``(frame, owners, valid)`` of ``data``, lines of many files (``owners``: one per line).
+
+    The strict parse (one pandas call) serves files the flusher wrote whole;
+    anything it rejects is re-read line by line: lines without a row's shape
+    are dropped first (``valid`` False is then only for cells that are not
+    numbers), so pandas' rows always match the lines.  That is checked too:
+    should pandas still disagree, the files are parsed one by one and a file
+    it cannot parse loses its rows rather than the report its life.
+    """
+    import numpy as np
+
+    try:
+        with np.errstate(invalid="ignore"):  # a cell past int64 warns as it fails the cast
+            frame = _parse_strict(data, columns, dtypes)
+        if len(frame) == len(owners):
+            return frame, owners, None
+    except (ValueError, TypeError, OverflowError):  # a cell not a number, a line of wrong shape
+        pass
+    lines = data.split(b"\n")[:-1]
+    shaped = np.fromiter(map(_well_formed, lines), bool, len(lines))
+    kept = [line for line, ok in zip(lines, shaped, strict=True) if ok]
+    owners = owners[shaped]
+    if kept:
+        try:
+            frame, valid = _parse_lenient(kept, columns)
+            if len(frame) == len(owners):
+                return frame, owners, valid.to_numpy()
+        except (ValueError, TypeError, OverflowError):
+            pass
+    if len(np.unique(owners)) > 1:
+        parts = []
+        for owner in np.unique(owners):
+            mine = owners == owner
+            text = b"".join(line + b"\n" for line, ok in zip(kept, mine, strict=True) if ok)
+            parts.append(_parse_lines(text, owners[mine], columns, dtypes))
+        return _join_parts(parts)
+    return _unknown_rows(len(owners), columns, dtypes), owners, np.zeros(len(owners), bool)
+
+
+def _unknown_rows(count: int, columns: List[str], dtypes: Dict[str, str]):
+    """A frame of ``count`` rows of unknown values: the place of lines that did not parse."""
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series([None] * count, dtype=dtypes[c]) for c in columns})
+
+
+def _join_parts(parts):
+    """One (frame, owners, valid) of per-file parses."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.concat([p[0] for p in parts], ignore_index=True)
+    owners = np.concatenate([p[1] for p in parts])
+    valid = np.concatenate([np.ones(len(p[1]), bool) if p[2] is None else p[2] for p in parts])
+    return frame, owners, valid
+
+
+#: (column, minimum, maximum) of the fields whose values the protocol bounds.
+_BOUNDS = tuple((name, lo, hi) for name, _is_int, lo, hi, _req in FIELDS)
+
+
+def _in_range(frame, columns: List[str]):
+    """Rows whose known values are all within the protocol's ranges.
+
+    The server never logs a value out of range, so such a row (``1e300``,
+    ``inf``, a negative size) is damage that happened to parse: it counts as a
+    malformed line rather than skew every statistic built on it.
+    """
+    import numpy as np
+
+    ok = np.ones(len(frame), bool)
+    for name, lo, hi in _BOUNDS:
+        if name in columns:
+            values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            with np.errstate(invalid="ignore"):
+                ok &= ~((values < lo) | (values > hi))
+    return ok
+
+
+def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_float: bool = False,
+                 errors: Optional[Dict[int, str]] = None):
     """Parse several log files in as few pandas calls as possible.
 
     Returns ``(frame, bad_per_file)``: ``frame`` holds the requested columns
@@ -498,7 +628,11 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
     files belong to one VM).  ``ts`` is int64, integer fields nullable Int64,
     real fields float64 with NaN for unknown (``as_float``: every field
     float64, which parses faster and suits statistics).  Lines that do not
-    parse are dropped and counted per file, as read_rows does.
+    parse are dropped and counted per file, as read_rows does; no content
+    makes this fail.  A file that cannot be read (gone, no permission, a
+    folder or FIFO in its place: NotALogFile) raises OSError, unless
+    ``errors`` is given: then it is skipped and ``errors[index]`` says why
+    (describe_error), and the other files are read.
     """
     import numpy as np
     import pandas as pd
@@ -518,22 +652,17 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
         nonlocal size
         if not batch:
             return
-        owners = np.repeat(np.array(batch_files, dtype=np.int32), batch_lines)
-        try:
-            frame = _parse_strict(b"".join(batch), wanted, parsed)
-            valid = None
-        except ValueError:
-            lines = b"".join(batch).split(b"\n")[:-1]
-            frame, valid = _parse_lenient(lines, wanted)
+        lines = np.repeat(np.array(batch_files, dtype=np.int32), batch_lines)
+        frame, owners, valid = _parse_lines(b"".join(batch), lines, wanted, parsed)
         frame["file"] = owners
-        ok = frame["ts"].notna()
+        ok = frame["ts"].notna().to_numpy() & _in_range(frame, wanted)
         if valid is not None:
             ok &= valid
-        if not ok.all():
-            counts = np.bincount(owners[~ok.to_numpy()], minlength=len(paths))
+        if len(owners) != len(lines) or not ok.all():
+            counts = np.bincount(lines, minlength=len(paths)) - np.bincount(owners[ok], minlength=len(paths))
             for index in np.flatnonzero(counts):
                 bad[index] += int(counts[index])
-            frame = frame[ok.to_numpy()]
+            frame = frame[ok]
         frames.append(frame)
         batch.clear()
         batch_files.clear()
@@ -541,9 +670,16 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
         size = 0
 
     for index, path in enumerate(paths):
-        body, lines = _clean_body(_read_body(path))
+        try:
+            raw = _read_body(path)
+        except OSError as exc:
+            if errors is None:
+                raise
+            errors[index] = describe_error(path, exc)
+            continue
+        body, lines = _clean_body(raw)
         if body is None:
-            good, dropped = _good_lines(_read_body(path))
+            good, dropped = _good_lines(raw)
             bad[index] += dropped
             body = b"".join(line + b"\n" for line in good)
             lines = len(good)

@@ -71,7 +71,8 @@ def build(
 ) -> Report:
     today = today or datetime.datetime.now(datetime.UTC).date()
     active, expired = exclusions_mod.load(exclusions_path, today)
-    units = load_mod.discover(data_dirs)
+    listing: list[dict] = []
+    units = load_mod.discover(data_dirs, listing)
     since_day, until_day = parse_day(since, "--since"), parse_day(until, "--until")
     if since_day is not None and until_day is not None and since_day > until_day:
         raise ReportError("--since %s is after --until %s" % (since, until))
@@ -87,6 +88,7 @@ def build(
             last_day = int(with_data.max())
             if since_day is None:
                 first_day = last_day - int(policy.base["days"]) + 1
+            listing += table.issues  # the newest files, damaged, fall out of the window: still named
             table = load_mod.load(units, cache_dir, first_day, last_day, progress=progress, workers=workers)
     d = table.data
     inside = (table.day >= first_day) & (table.day <= last_day) & (d["n"] > 0)
@@ -99,6 +101,11 @@ def build(
     start_ts = first_day * 86400 if earlier else int(d["first_ts"][inside].min())
     window = stats_mod.Window(first_day, last_day, start_ts, end_ts)
 
+    by_path = {entry["path"]: entry for entry in listing + table.issues}
+    issues = [by_path[path] for path in sorted(by_path)]
+    damaged_by_vm: dict[str, list[dict]] = {}
+    for entry in issues:
+        damaged_by_vm.setdefault(entry["vm"], []).append(entry)
     vm_settings = [policy.for_vm(vm) for vm in table.vms]
     per_vm = {name: np.array([s[name] for _g, s in vm_settings], dtype=float) for name in _PER_VM}
     st = stats_mod.compute(table, window, per_vm)
@@ -119,6 +126,8 @@ def build(
             vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
         )
         decision = decide(values, settings, end_ts, prices)
+        if values["last_seen"] <= 0 and vm in damaged_by_vm:
+            decision = _all_damaged(damaged_by_vm[vm])
         excluded = exclusions_mod.find(active, vm)
         if excluded is not None:
             decision = Decision(
@@ -156,6 +165,8 @@ def build(
         exclusions_path,
         int(st["spark_step_hours"]),
     )
+    meta["skipped_files"] = [entry for entry in issues if not entry["rows"]]
+    meta["damaged_files"] = [entry for entry in issues if entry["rows"]]
     fleet = _fleet(rows)
     with np.errstate(invalid="ignore"):
         # Fleet-wide mean CPU per hour of the week: when the fleet works, at a glance.
@@ -165,6 +176,25 @@ def build(
             np.where(counts > 0, np.nansum(how, axis=0) / np.maximum(counts, 1), np.nan)
         )
     return Report(rows, window, meta, fleet)
+
+
+def _all_damaged(files: list[dict]) -> Decision:
+    """A VM with log files but no readable record: missing data is not a stopped VM."""
+    first = files[0]
+    return Decision(
+        "insufficient-data",
+        "no readable record: %d log file%s damaged or unreadable (%s: %s%s)"
+        % (
+            len(files),
+            "" if len(files) == 1 else "s",
+            first["path"],
+            first["problem"],
+            "; ..." if len(files) > 1 else "",
+        ),
+        1.0,
+        recommendation="repair or remove the damaged logs; check the VM's agent",
+        evidence={"damaged_files": [{"path": f["path"], "problem": f["problem"]} for f in files]},
+    )
 
 
 def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -> dict[str, Any]:

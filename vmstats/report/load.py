@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from vmstats.protocol import FIELD_NAMES
 from vmstats.report.histogram import PCT_BINS, PCT_VALUES, RATE_BINS, pct_bin, percentiles, rate_bin
 from vmstats.report.settings import ReportError
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 CACHE_NAME = "report-cache-v%d.bin" % CACHE_VERSION
 _EPOCH = datetime.date(1970, 1, 1)
 #: Units parsed per worker task: big enough to amortise pandas calls.
@@ -91,9 +91,33 @@ class Unit:
     files: tuple  # ((path, size, mtime_ns), ...)
 
 
-def discover(data_dirs: Sequence[str]) -> dict[tuple[str, int], list[str]]:
-    """``{(vm, day): [paths]}`` over every data dir; ReportError when a dir is unusable."""
+def issue(path: str, problem: str, rows: int = 0, bad_lines: int = 0, vm: str | None = None) -> dict:
+    """One log file the report could not read whole, as the report names it.
+
+    ``rows`` is what it still read (0: the file was skipped); the VM and day
+    come from the layout (``<vm>/<day>.csv``) so each place can group by them.
+    """
+    folder, name = os.path.split(path)
+    day = name[: -len(logstore.SUFFIX)] if name.endswith(logstore.SUFFIX) else ""
+    return {
+        "path": path,
+        "vm": os.path.basename(folder) if vm is None else vm,
+        "day": day,
+        "problem": problem,
+        "rows": rows,
+        "bad_lines": bad_lines,
+    }
+
+
+def discover(data_dirs: Sequence[str], issues: list[dict] | None = None) -> dict[tuple[str, int], list[str]]:
+    """``{(vm, day): [paths]}`` over every data dir; ReportError when a dir is unusable.
+
+    A VM folder that cannot be listed, or a ``.csv`` whose name is not a day,
+    is left out and, with ``issues`` given, named there: one bad entry never
+    hides the rest of the fleet.
+    """
     units: dict[tuple[str, int], list[str]] = {}
+    issues = [] if issues is None else issues
     for data_dir in data_dirs:
         # Absolute paths key the cache, so a re-run from another folder still finds it.
         data_dir = os.path.abspath(data_dir)
@@ -101,16 +125,26 @@ def discover(data_dirs: Sequence[str]) -> dict[tuple[str, int], list[str]]:
             raise ReportError("data dir %s does not exist or is not a directory" % data_dir)
         found = 0
         try:
-            for vm in logstore.iter_vms(data_dir):
-                for day, path in logstore.day_files(data_dir, vm):
-                    try:
-                        number = day_number(day)
-                    except ValueError:
-                        continue
-                    units.setdefault((vm, number), []).append(path)
-                    found += 1
+            vms = list(logstore.iter_vms(data_dir))
         except (OSError, ValueError) as exc:
             raise ReportError("cannot list logs in %s: %s" % (data_dir, exc)) from None
+        for vm in vms:
+            try:
+                files = logstore.day_files(data_dir, vm)
+            except (OSError, ValueError) as exc:
+                path = os.path.join(data_dir, logstore.VMS_DIR, vm)
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                issues.append(issue(path, "VM folder not listed: %s" % reason, vm=vm))
+                found += 1  # it is there: the data dir is not empty, only this VM unreadable
+                continue
+            for day, path in files:
+                try:
+                    number = day_number(day)
+                except ValueError:
+                    issues.append(issue(path, "not a day file: its name is not YYYY-MM-DD" + logstore.SUFFIX))
+                    continue
+                units.setdefault((vm, number), []).append(path)
+                found += 1
         if not found:
             raise ReportError(
                 "data dir %s holds no VM logs (expected %s/<vm>/<day>%s)"
@@ -119,18 +153,25 @@ def discover(data_dirs: Sequence[str]) -> dict[tuple[str, int], list[str]]:
     return units
 
 
-def _signature(paths: list[str]) -> str:
-    """What identifies a unit's files: path, size and mtime of each, as one string."""
+def _signature(paths: list[str], issues: list[dict]) -> tuple[str, list[str]]:
+    """What identifies a unit's files (path, size and mtime of each, as one string), and
+    which of them are regular files to read.  The others are named in ``issues``."""
     out = []
+    readable = []
     for path in sorted(paths):
         try:
             info = os.stat(path)
-        except FileNotFoundError:  # removed by retention since it was listed, or a dangling link
+        except OSError as exc:
+            # A file gone since it was listed was removed by retention: not a problem.
+            if not isinstance(exc, FileNotFoundError) or os.path.islink(path):
+                issues.append(issue(path, logstore.describe_error(path, exc)))
             continue
-        if not stat.S_ISREG(info.st_mode):  # a folder or device named like a log is not one
+        if not stat.S_ISREG(info.st_mode):  # a folder or FIFO named like a log is not one
+            issues.append(issue(path, logstore.not_regular(info.st_mode)))
             continue
         out.append("%s\0%d\0%d" % (path, info.st_size, info.st_mtime_ns))
-    return "\n".join(out)
+        readable.append(path)
+    return "\n".join(out), readable
 
 
 def empty_table(rows: int) -> dict[str, np.ndarray]:
@@ -142,16 +183,22 @@ def empty_table(rows: int) -> dict[str, np.ndarray]:
     return table
 
 
-def aggregate_units(paths_per_unit: list[list[str]]) -> dict[str, np.ndarray]:
-    """Parse the files of several units and reduce each unit to its aggregates."""
-    paths_per_unit = [[p for p in group if os.path.isfile(p)] for group in paths_per_unit]
+def aggregate_units(paths_per_unit: list[list[str]]) -> tuple[dict[str, np.ndarray], dict[int, list[dict]]]:
+    """Parse the files of several units and reduce each unit to its aggregates.
+
+    Also returns, per unit (its index here), the files not read whole: one
+    that cannot be opened, or has malformed lines, is named (issue) and the
+    rows it still holds are used.
+    """
     paths = [p for group in paths_per_unit for p in group]
     owner = np.repeat(np.arange(len(paths_per_unit), dtype=np.int64), [len(g) for g in paths_per_unit])
-    frame, bad = logstore.read_columns(paths, _READ, as_float=True)
+    errors: dict[int, str] = {}
+    frame, bad = logstore.read_columns(paths, _READ, as_float=True, errors=errors)
     out = empty_table(len(paths_per_unit))
     np.add.at(out["bad"], owner, np.asarray(bad, dtype=np.int32))
+    issues = _file_issues(paths, owner, frame, bad, errors)
     if not len(frame):
-        return out
+        return out, issues
     unit = owner[frame["file"].to_numpy()]
     ts = frame["ts"].to_numpy()
     same = unit[1:] == unit[:-1]
@@ -221,7 +268,26 @@ def aggregate_units(paths_per_unit: list[list[str]]) -> dict[str, np.ndarray]:
     # Daily p95s (for trends and idle days) do not depend on the policy: computed once here.
     out["cpu_p95"][:] = percentiles(out["hist_cpu"], 95, PCT_VALUES)
     out["mem_p95"][:] = percentiles(out["hist_mem"], 95, PCT_VALUES)
-    return out
+    return out, issues
+
+
+def _file_issues(paths, owner, frame, bad: list[int], errors: dict[int, str]) -> dict[int, list[dict]]:
+    """``{unit: [issue]}`` for the files that were unreadable or had malformed lines."""
+    damaged = sorted(set(errors) | {i for i, count in enumerate(bad) if count})
+    if not damaged:
+        return {}
+    rows = np.bincount(frame["file"].to_numpy(), minlength=len(paths)) if len(frame) else np.zeros(len(paths))
+    found: dict[int, list[dict]] = {}
+    for index in damaged:
+        kept = int(rows[index])
+        if index in errors:
+            problem = errors[index]
+        elif kept:
+            problem = "%d malformed lines skipped" % bad[index]
+        else:
+            problem = "no readable row (%d malformed lines)" % bad[index]
+        found.setdefault(int(owner[index]), []).append(issue(paths[index], problem, kept, bad[index]))
+    return found
 
 
 def _sum_known(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -259,6 +325,8 @@ class DayTable:
     data: dict[str, np.ndarray]
     parsed_units: int
     cached_units: int
+    #: Log files not read whole (issue(): unreadable, not a file, malformed lines), by path.
+    issues: list[dict] = field(default_factory=list)
 
 
 def load(
@@ -288,10 +356,10 @@ def load(
         if vm not in in_window:
             wanted[(vm, day)] = units[(vm, day)]
     keys = sorted(wanted)
-    try:
-        signatures = [_signature(wanted[k]) for k in keys]
-    except OSError as exc:
-        raise ReportError("cannot read log file: %s" % exc) from None
+    listed: list[dict] = []  # what a stat finds: never cached, it costs nothing to find again
+    signed = [_signature(wanted[k], listed) for k in keys]
+    signatures = [sig for sig, _readable in signed]
+    readable = {key: paths for key, (_sig, paths) in zip(keys, signed, strict=True)}
 
     cache = _read_cache(cache_dir)
     position = {key: i for i, key in enumerate(cache["keys"])} if cache else {}
@@ -305,20 +373,25 @@ def load(
 
     if cache and not stale and cache["keys"] == keys:
         # Nothing changed since the cache was written: use its arrays as they are (no copies).
-        return _table(keys, cache["data"], 0, len(keys))
+        found = [entry for entries in cache["issues"].values() for entry in entries]
+        return _table(keys, cache["data"], 0, len(keys), listed + found)
     parts = []
     order = []
+    parsed_issues: dict[int, list[dict]] = {}  # by position in keys
     if reuse:
         rows = np.array([j for _i, j in reuse])
         parts.append({name: values[rows] for name, values in cache["data"].items()})
         order.extend(i for i, _j in reuse)
+        for i, j in reuse:
+            if j in cache["issues"]:
+                parsed_issues[i] = cache["issues"][j]
     if stale:
         try:
-            parts.extend(_parse(keys, wanted, stale, progress, workers))
-        except OSError as exc:  # a log removed or unreadable while the report ran
-            raise ReportError("cannot read log file: %s" % exc) from None
+            tables, found = _parse(keys, readable, stale, progress, workers)
         except BrokenProcessPool:
             raise ReportError("a log-parsing process died (out of memory?); retry with --workers 1") from None
+        parts.extend(tables)
+        parsed_issues.update(found)
         order.extend(stale)
     data = concat_tables(parts) if parts else empty_table(0)
     if parts:
@@ -326,12 +399,13 @@ def load(
         inverse[np.array(order)] = np.arange(len(order))
         data = {name: values[inverse] for name, values in data.items()}
     if cache_dir and (stale or not cache or len(cache["keys"]) != len(keys)):
-        _write_cache(cache_dir, {"keys": keys, "sigs": signatures, "data": data})
+        _write_cache(cache_dir, {"keys": keys, "sigs": signatures, "data": data, "issues": parsed_issues})
 
-    return _table(keys, data, len(stale), len(reuse))
+    found = [entry for i in sorted(parsed_issues) for entry in parsed_issues[i]]
+    return _table(keys, data, len(stale), len(reuse), listed + found)
 
 
-def _table(keys, data, parsed: int, cached: int) -> DayTable:
+def _table(keys, data, parsed: int, cached: int, issues: list[dict]) -> DayTable:
     vms = sorted({vm for vm, _day in keys})
     index = {vm: i for i, vm in enumerate(vms)}
     return DayTable(
@@ -341,12 +415,16 @@ def _table(keys, data, parsed: int, cached: int) -> DayTable:
         data,
         parsed_units=parsed,
         cached_units=cached,
+        issues=sorted(issues, key=lambda entry: entry["path"]),
     )
 
 
-def _parse(keys, wanted, stale, progress, workers) -> list[dict[str, np.ndarray]]:
-    tasks = [[wanted[keys[i]] for i in stale[s : s + _TASK_UNITS]] for s in range(0, len(stale), _TASK_UNITS)]
+def _parse(keys, readable, stale, progress, workers) -> tuple[list[dict[str, np.ndarray]], dict[int, list]]:
+    """Aggregates of the ``stale`` units (positions in ``keys``), and their files' issues by position."""
+    starts = range(0, len(stale), _TASK_UNITS)
+    tasks = [[readable[keys[i]] for i in stale[s : s + _TASK_UNITS]] for s in starts]
     results = []
+    issues: dict[int, list] = {}
     done = 0
     if workers > 1 and len(tasks) > 1 and "fork" in _start_methods():
         import multiprocessing
@@ -354,18 +432,22 @@ def _parse(keys, wanted, stale, progress, workers) -> list[dict[str, np.ndarray]
         import pandas  # noqa: F401  (imported once here, inherited by the forked workers)
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for task, result in zip(tasks, pool.map(aggregate_units, tasks), strict=True):
+            answers = pool.map(aggregate_units, tasks)
+            for start, task, (result, found) in zip(starts, tasks, answers, strict=True):
                 results.append(result)
+                issues.update((stale[start + k], entries) for k, entries in found.items())
                 done += len(task)
                 if progress:
                     progress(done, len(stale))
     else:
-        for task in tasks:
-            results.append(aggregate_units(task))
+        for start, task in zip(starts, tasks, strict=True):
+            result, found = aggregate_units(task)
+            results.append(result)
+            issues.update((stale[start + k], entries) for k, entries in found.items())
             done += len(task)
             if progress:
                 progress(done, len(stale))
-    return results
+    return results, issues
 
 
 def _start_methods() -> list[str]:
@@ -405,7 +487,8 @@ def _read_cache(cache_dir: str | None) -> dict | None:
         return None
     if set(data) != set(empty_table(0)) or any(len(v) != len(keys) for v in data.values()):
         return None
-    return {"keys": keys, "sigs": header["sig"], "data": data}
+    issues = {int(i): entries for i, entries in header.get("issues", {}).items()}
+    return {"keys": keys, "sigs": header["sig"], "data": data, "issues": issues}
 
 
 def _write_cache(cache_dir: str, cache: dict) -> None:
@@ -423,6 +506,8 @@ def _write_cache(cache_dir: str, cache: dict) -> None:
         "vm": [k[0] for k in keys],
         "day": [int(k[1]) for k in keys],
         "sig": list(cache["sigs"]),
+        # The damaged files of each unit, by its position: only units that have any.
+        "issues": {str(i): entries for i, entries in cache["issues"].items()},
         "arrays": layout,
     }
     encoded = json.dumps(header).encode("utf-8")

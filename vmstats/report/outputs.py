@@ -108,6 +108,28 @@ def money(value: float, currency: str) -> str:
     return "%s %s" % (currency, format(value, ",.2f"))
 
 
+#: Damaged log files named one per line on the terminal; the rest are counted (JSON and HTML name all).
+NAMED_FILES = 20
+
+
+def damaged_files_summary(meta: dict[str, Any], stream: TextIO) -> None:
+    """The log files skipped or read in part, named: damage is never silent."""
+    for key, what in (("skipped_files", "log files skipped"), ("damaged_files", "log files read in part")):
+        files = meta[key]
+        if not files:
+            continue
+        print("%s: %d" % (what, len(files)), file=stream)
+        for entry in files[:NAMED_FILES]:
+            kept = " (%d rows kept)" % entry["rows"] if entry["rows"] else ""
+            print("  %s: %s%s" % (entry["path"], entry["problem"], kept), file=stream)
+        if len(files) > NAMED_FILES:
+            print(
+                "  ... and %d more, all named in report.json (meta.%s) and report.html"
+                % (len(files) - NAMED_FILES, key),
+                file=stream,
+            )
+
+
 def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10) -> None:
     meta = report.meta
     window = meta["window"]
@@ -150,6 +172,7 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
         )
     if totals["bad_lines"]:
         print("malformed log lines skipped: %d" % totals["bad_lines"], file=stream)
+    damaged_files_summary(meta, stream)
     candidates = [r for r in report.rows if r["category"] in CANDIDATES][:top]
     if candidates:
         print("", file=stream)

@@ -1,0 +1,278 @@
+"""The report never dies on a data file: damaged or unreadable logs are skipped and named.
+
+A real data dir (written by the real server from a simulated fleet, or by the
+flusher's own writer for the small cases) gets junk, torn quotes, bad UTF-8,
+folders, FIFOs and dangling links where day files should be; ``vmstats report``
+must exit 0, name every such file in the terminal summary, the JSON meta and
+the HTML, keep the rows that can still be read, and never block on a FIFO.
+"""
+
+import calendar
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from serverproc import serve
+
+from vmstats import logstore
+from vmstats.protocol import Record
+
+ROOT = Path(__file__).resolve().parent.parent
+DAY = 86400
+
+
+def report(data_dir, out, *args, timeout=240):
+    """``vmstats report`` in a subprocess: (exit code, stdout, stderr, report.json or None)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vmstats", "report", str(data_dir), "-o", str(out), *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    document = None
+    if (Path(out) / "report.json").exists():
+        document = json.loads((Path(out) / "report.json").read_text())
+    return result.returncode, result.stdout, result.stderr, document
+
+
+def named(document) -> dict:
+    """{path: entry} of every log file the report says it skipped or read in part."""
+    meta = document["meta"]
+    return {entry["path"]: entry for entry in meta["skipped_files"] + meta["damaged_files"]}
+
+
+def write_fleet(data_dir: Path, end: int, vms=("10.0.0.1", "10.0.0.2"), days: int = 2) -> None:
+    """Two days of per-minute records per VM, written by the flusher's writer."""
+    for k, vm in enumerate(vms):
+        rows = {}
+        for ts in range(end - days * DAY, end, 60):
+            record = Record(vm=vm, ts=ts, cpu=0.5 + 60 * k, mem=30.0, disk_r=1.0, disk_w=1.0,
+                            net_rx=1.0, net_tx=1.0, vcpus=2, mem_mb=4096)
+            rows[ts] = logstore.format_tail(record)
+        logstore.append_missing(str(data_dir), vm, rows)
+
+
+def _end() -> int:
+    return (int(time.time()) // DAY) * DAY - DAY // 2  # noon yesterday: every test sees whole days
+
+
+def _insert_line(path: Path, line: bytes, after: int) -> None:
+    """Put ``line`` among the rows of a day file, after its ``after``-th row."""
+    lines = path.read_bytes().split(b"\n")
+    lines.insert(1 + after, line)
+    path.write_bytes(b"\n".join(lines))
+
+
+def _day_file(data_dir: Path, vm: str, ts: int) -> Path:
+    return Path(logstore.day_path(str(data_dir), vm, logstore.day_of(ts)))
+
+
+def _damage(kind: str, data_dir: Path, end: int) -> tuple[Path, int]:
+    """Damage the data dir one way; returns the file to be named and the rows it still holds."""
+    yesterday = _day_file(data_dir, "10.0.0.1", end - 60)
+    rows = len(yesterday.read_bytes().split(b"\n")) - 2  # minus the header and the last newline
+    earlier = _day_file(data_dir, "10.0.0.2", end - 4 * DAY)
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "unmatched quote":
+        _insert_line(yesterday, b'%d,"12.5,3,40,,,,,2,4096,9,' % (end - 30), after=10)
+        return yesterday, rows
+    if kind == "carriage return":
+        _insert_line(yesterday, b"%d,1\r2.5,3,40,,,,,2,4096,9," % (end - 30), after=10)
+        return yesterday, rows
+    if kind == "bad utf-8 in a number":
+        _insert_line(yesterday, b"%d,1\xff\xfe,3,40,,,,,2,4096,9," % (end - 30), after=10)
+        return yesterday, rows
+    if kind == "value out of range":
+        _insert_line(yesterday, b"%d,1e300,3,40,,,,,2,4096,9," % (end - 30), after=10)
+        return yesterday, rows
+    if kind == "random junk":
+        earlier.write_bytes(random.Random(7).randbytes(65536))
+        return earlier, 0
+    if kind == "truncated gzip":
+        earlier.write_bytes(gzip.compress(yesterday.read_bytes())[:5000])
+        return earlier, 0
+    if kind == "directory":
+        earlier.mkdir()
+        return earlier, 0
+    if kind == "fifo":
+        os.mkfifo(earlier)
+        return earlier, 0
+    if kind == "dangling link":  # unreadable even for root, unlike a file without permissions
+        earlier.symlink_to(data_dir / "no-such-file.csv")
+        return earlier, 0
+    raise AssertionError(kind)
+
+
+KINDS = ("unmatched quote", "carriage return", "bad utf-8 in a number", "value out of range",
+         "random junk", "truncated gzip", "directory", "fifo", "dangling link")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_file_is_named_and_the_rest_reported(tmp_path, kind):
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end)
+    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 7, "--no-cache")
+    assert code == 0, err
+    path, rows = _damage(kind, data, end)
+    out = tmp_path / "out"
+    code, stdout, err, document = report(data, out, "--days", 7, timeout=60)
+    assert code == 0, err
+    assert "Traceback" not in err
+    entry = named(document)[str(path)]
+    assert entry["rows"] == rows and entry["vm"] in ("10.0.0.1", "10.0.0.2"), entry
+    assert str(path) in stdout and entry["problem"] in stdout
+    assert str(path) in (out / "report.html").read_text()
+    # The damage costs only the damaged line: the other rows and every verdict are as before.
+    before = {v["vm"]: v for v in clean["vms"]}
+    after = {v["vm"]: v for v in document["vms"]}
+    for vm, row in before.items():
+        for column in ("category", "records", "cpu_p95", "mem_p95", "coverage"):
+            assert after[vm][column] == row[column], (vm, column)
+    if rows:
+        assert entry["bad_lines"] == 1 and after["10.0.0.1"]["bad_lines"] == 1
+    # The cache keeps what it found: a re-run over unchanged data names the same file.
+    code, stdout, err, again = report(data, out, "--days", 7, timeout=60)
+    assert code == 0 and again["meta"]["cache"]["parsed_vm_days"] == 0, err
+    assert named(again)[str(path)] == entry
+
+
+def test_a_vm_whose_files_are_all_damaged_has_insufficient_data(tmp_path):
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end)
+    broken = [_day_file(data, "10.0.0.9", end - k * DAY) for k in range(3)]
+    broken[0].parent.mkdir(parents=True)
+    broken[0].write_bytes(logstore.HEADER + b'%d,"1,2,3,,,,,,,,\n' % (end - 60))
+    broken[1].write_bytes(random.Random(1).randbytes(4096))
+    os.mkfifo(broken[2])
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, timeout=60)
+    assert code == 0, err
+    row = {v["vm"]: v for v in document["vms"]}["10.0.0.9"]
+    assert row["category"] == "insufficient-data", row
+    assert "3 log files damaged or unreadable" in row["reason"]
+    assert sorted(f["path"] for f in row["evidence"]["damaged_files"]) == sorted(map(str, broken))
+    assert all(str(path) in stdout for path in broken)
+
+
+def test_names_that_are_not_days_are_named(tmp_path):
+    data = tmp_path / "data"
+    write_fleet(data, _end())
+    stray = data / "vms" / "10.0.0.1" / "copy of yesterday.csv"
+    stray.write_bytes(b"anything")
+    code, stdout, err, document = report(data, tmp_path / "out", timeout=60)
+    assert code == 0, err
+    assert "not a day file" in named(document)[str(stray)]["problem"]
+    assert str(stray) in stdout
+
+
+def test_200_junk_files_in_a_real_data_dir(tmp_path):
+    """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
+    with serve(tmp_path, "--flush-interval", "1") as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "vmstats", "simulate", "--vms", "12", "--days", "3", "--seed", "5",
+             "--transport", "tcp", "--server", "127.0.0.1:%d" % server.tcp_port],
+            cwd=ROOT, capture_output=True, text=True, timeout=240,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert server.returncode == 0, server.output
+    data = tmp_path / "data"
+    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 7, "--no-cache")
+    assert code == 0, err
+    assert len(clean["vms"]) == 12 and sum(v["records"] for v in clean["vms"]) > 12 * 1440
+    vms = sorted(os.listdir(data / "vms"))
+    days = sorted({name for vm in vms for name in os.listdir(data / "vms" / vm)})
+    rng = random.Random(18)
+    junk = []
+    for k in range(200):
+        size = rng.choice((65536, 65536, 4096, 100, 1))
+        if k % 4 == 0:  # a new VM whose only file is junk
+            path = data / "vms" / ("junk-%03d" % k) / rng.choice(days)
+        elif k % 4 == 1:  # a day of a real VM without logs that day
+            before = calendar.timegm(time.strptime(days[0], "%Y-%m-%d.csv")) - rng.randrange(1, 4) * DAY
+            day = time.strftime("%Y-%m-%d", time.gmtime(before))
+            path = data / "vms" / rng.choice(vms) / (day + ".csv")
+        else:  # a stray name beside real day files
+            path = data / "vms" / rng.choice(vms) / ("junk-%03d.csv" % k)
+        if path.exists():
+            path = path.with_name("junk-%03d.csv" % k)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+        junk.append(str(path))
+    out = tmp_path / "out"
+    code, stdout, err, document = report(data, out, "--days", 7)
+    assert code == 0, err
+    found = named(document)
+    assert set(junk) <= set(found), sorted(set(junk) - set(found))[:5]
+    assert all(found[path]["rows"] == 0 for path in junk)
+    html = (out / "report.html").read_text()
+    assert all(path in html for path in junk)
+    assert "log files skipped: %d" % len(document["meta"]["skipped_files"]) in stdout
+    before = {v["vm"]: v for v in clean["vms"]}
+    after = {v["vm"]: v for v in document["vms"]}
+    for vm, row in before.items():
+        for column in ("category", "records", "cpu_p95", "coverage", "monthly_saving"):
+            assert after[vm][column] == row[column], (vm, column)
+    for vm in set(after) - set(before):
+        assert vm.startswith("junk-") and after[vm]["category"] == "insufficient-data"
+
+
+def test_read_columns_names_what_it_cannot_open_and_never_blocks(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_bytes(logstore.HEADER + b"1794523200,1,2,3,,,,,2,4096,7,\n")
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "missing")
+    errors: dict[int, str] = {}
+    frame, bad = logstore.read_columns([str(fifo), str(good), str(folder), str(link)], errors=errors)
+    assert frame["file"].tolist() == [1] and bad == [0, 0, 0, 0]
+    assert errors == {
+        0: "not a regular file: a FIFO",
+        2: "not a regular file: a directory",
+        3: "unreadable: a symbolic link to a missing file",
+    }
+    with pytest.raises(OSError):  # without ``errors`` a caller still learns of it
+        logstore.read_columns([str(fifo)])
+
+
+#: Cells a damaged line may hold: numbers in and out of range, words, quotes, line breaks.
+_CELLS = st.sampled_from(["", "1", "2.5", "-1", "1e300", "inf", "nan", "abc", '"', '"x"', "\r",
+                          "99999999999999999999", "\xff", "\x00", "1794523260"])
+_LINES = st.one_of(
+    st.binary(max_size=200),
+    st.lists(_CELLS, min_size=len(logstore.COLUMNS), max_size=len(logstore.COLUMNS)).map(
+        lambda cells: ",".join(cells).encode("utf-8", "surrogateescape")
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_LINES, max_size=12), st.integers(0, 40), st.booleans())
+def test_no_content_breaks_read_columns_and_good_rows_survive(tmp_path_factory, damage, where, as_float):
+    """Any bytes among well-formed rows: no exception, every good row kept, the rest counted."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    good = [b"%d,1.5,2,30,1,1,1,1,2,4096,%d,h1" % (1794523200 + 60 * i, i) for i in range(40)]
+    lines = good[:where] + damage + good[where:]
+    path = folder / "day.csv"
+    path.write_bytes(logstore.HEADER + b"\n".join(lines) + b"\n")
+    other = folder / "other.csv"
+    other.write_bytes(logstore.HEADER + b"\n".join(good) + b"\n")
+    frame, bad = logstore.read_columns([str(path), str(other)], as_float=as_float)
+    kept = frame[frame["file"] == 0]
+    assert set(range(40)) <= set(kept["seq"].dropna().astype(int)), "a good row was lost"
+    assert (frame["file"] == 1).sum() == 40 and bad[1] == 0
+    # Every line is either a row kept or a malformed line counted (blank lines are neither).
+    assert len(kept) + bad[0] == len([line for line in b"\n".join(lines).split(b"\n") if line])
+    assert kept["cpu"].dropna().between(0, 100).all()
