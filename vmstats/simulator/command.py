@@ -10,6 +10,7 @@ from collections import Counter
 
 import click
 
+from vmstats.progress import Progress
 from vmstats.protocol import encode_records
 
 TRANSPORT = click.Choice(["udp", "tcp"])
@@ -181,6 +182,8 @@ def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run,
             return
     sender = _open(transport, server, rate, timeout)
     began = time.monotonic()
+    progress = Progress("simulate", "records sent")
+    sent = 0
     try:
         for due, pairs in units:
             if factor is not None:
@@ -189,8 +192,11 @@ def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run,
                     time.sleep(wait)
             for payload, count in pairs:
                 sender.send_payload(payload, count)
+                sent += count
+            progress(sent)
     except SendError as exc:
         raise click.ClickException(str(exc)) from None
+    progress.close()
     _finish(sender, summary, json_path, timeout)
 
 
@@ -255,6 +261,8 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, server, tra
     vms = set()
     from vmstats.simulator.sender import SendError
 
+    progress = Progress("replay", "records sent")
+    sent = 0
     try:
         pending: list = []  # turns of several VMs, sent together as one acknowledged batch
         for batch in interleave(found):
@@ -265,10 +273,13 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, server, tra
             pending += encode_records(batch)
             if len(pending) >= 1000:
                 sender.send(pending)
+                sent += len(pending)
+                progress(sent)
                 pending = []
         sender.send(pending)
     except (traces.TraceError, SendError) as exc:
         raise click.ClickException(str(exc)) from None
+    progress.close()
     click.echo("replayed %d files (%d VMs), format %s" % (len(files), len(vms), fmt))
     click.echo(render_quirks(quirks))
     _finish(sender, {"files": len(files), "vms": len(vms), "quirks": dict(quirks)}, json_path, timeout)
