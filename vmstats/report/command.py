@@ -2,10 +2,10 @@
 
 import os
 import sys
-import time
 
 import click
 
+from vmstats.progress import Progress
 from vmstats.report.settings import DEFAULTS, SETTINGS, ReportError
 
 _MEANING = {s.name: s.meaning for s in SETTINGS}
@@ -103,12 +103,20 @@ def policy_overrides(thresholds: dict, extra: tuple[str, ...]) -> dict:
 
 
 def load_inputs(policy_path, prices_path, overrides: dict, out_dir: str, cache_dir, no_cache: bool, workers):
-    """Policy, price book and loading options (cache, workers) of a report run; ReportError on bad input."""
+    """Policy, price book and loading options (cache, workers) of a report run; ReportError on bad input.
+
+    The output folder is checked first: a place the report cannot be written
+    fails before any log is read.
+    """
     from vmstats.report.prices import PriceBook
     from vmstats.report.settings import Policy
 
+    check_output(out_dir)
     policy = Policy.load(policy_path, overrides)
     prices = PriceBook.load(prices_path)
+    inconsistent = prices.bigger_but_cheaper()
+    if inconsistent:
+        click.echo("vmstats report: warning: price book %s" % inconsistent, err=True)
     if not no_cache and cache_dir is None:
         cache_dir = os.path.join(out_dir, ".cache")
     return (
@@ -129,26 +137,42 @@ def write_report(result, out_dir: str) -> None:
     render(result, os.path.join(out_dir, "report.html"))
 
 
-class _Progress:
-    """Progress of log parsing on stderr: live on a terminal, one closing line otherwise."""
+class _Progress(Progress):
+    """Parsing progress of a report run (vmstats.progress), shown for 100 VM-days or more,
+    then one closing line."""
 
     def __init__(self) -> None:
-        self.live = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.total = 0
+        super().__init__("report", "VM-days parsed", quiet_below=100)
 
-    def __call__(self, done: int, total: int) -> None:
-        self.total = total
-        if self.live and total >= 100:
-            sys.stderr.write("\rparsing logs: %d/%d VM-days" % (done, total))
-            sys.stderr.flush()
+    def close(self, line: str | None = None) -> None:
+        super().close(line or "parsed %d VM-days in %.1f s" % (self.total or 0, self.elapsed()))
 
-    def close(self) -> None:
-        if self.total >= 100:
-            sys.stderr.write(
-                "%sparsed %d VM-days in %.1f s\n"
-                % ("\r" if self.live else "", self.total, time.monotonic() - self.started)
-            )
+
+def cannot_write(out_dir: str, exc: OSError) -> str:
+    return "cannot write the report to %s: %s" % (out_dir, exc.strerror or exc)
+
+
+def check_output(out_dir: str) -> None:
+    """Fail now, before any log is parsed, if the report could not be written at the end.
+
+    Makes the folder and creates (then removes) a file in it: the only test
+    that holds for root, read-only mounts and full disks alike.  A folder or
+    other non-file in the place of one of the outputs fails too.
+    """
+    import tempfile
+
+    from vmstats.report.outputs import OUTPUTS
+
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        for name in OUTPUTS:
+            path = os.path.join(out_dir, name)
+            if os.path.lexists(path) and not os.path.isfile(path):
+                raise IsADirectoryError(0, "%s is in the way and is not a file" % name)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise click.ClickException(cannot_write(out_dir, exc)) from None
 
 
 @click.command(cls=_OneLineErrors)
@@ -203,7 +227,5 @@ def report(
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(
-            "cannot write the report to %s: %s" % (out_dir, exc.strerror or exc)
-        ) from None
+        raise click.ClickException(cannot_write(out_dir, exc)) from None
     terminal_summary(result, out_dir, sys.stdout, top=top)

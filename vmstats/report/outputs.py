@@ -58,6 +58,8 @@ CSV_COLUMNS = (
     "mem_trend",
     "bad_lines",
 )
+#: The files a report writes into its output folder.
+OUTPUTS = ("report.html", "report.csv", "report.json")
 JSON_EXTRA = ("evidence", "hour_of_week_cpu", "hour_of_week_mem", "spark_cpu", "spark_mem")
 
 
@@ -196,7 +198,6 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
             )
     print("", file=stream)
     print(
-        "written: %s"
-        % ", ".join(os.path.join(out_dir, n) for n in ("report.html", "report.csv", "report.json")),
+        "written: %s" % ", ".join(os.path.join(out_dir, n) for n in OUTPUTS),
         file=stream,
     )

@@ -115,6 +115,47 @@ class PriceBook:
         )
         return compute + transfer
 
+    def bigger_but_cheaper(self) -> str | None:
+        """A shape priced below a strictly smaller one, in words; None when the book is consistent.
+
+        Unit prices alone are linear, hence consistent; named sizes can break
+        that (a 1 vCPU / 2 GB size cheaper than 1 vCPU / 1 GB at unit prices),
+        and then a downsize could recommend a shape that costs more.  Checked
+        over the named sizes and the power-of-two shapes up to the largest one;
+        the pair with the widest gap is named.
+        """
+        if not self.sizes:
+            return None
+        top_vcpus = max(s.vcpus for s in self.sizes)
+        top_gb = max(s.memory_gb for s in self.sizes)
+        vcpus = sorted({s.vcpus for s in self.sizes} | set(_powers(1.0, top_vcpus)))
+        memory = sorted({s.memory_gb for s in self.sizes} | set(_powers(0.5, top_gb)))
+        shapes = [(self.hourly(v, m), v, m) for v in vcpus for m in memory]
+        worst = max(
+            (
+                (price - other, (price, v, m), (other, bv, bm))
+                for price, v, m in shapes
+                for other, bv, bm in shapes
+                if bv >= v and bm >= m and (bv, bm) != (v, m)
+            ),
+            default=None,
+        )
+        if worst is None or worst[0] <= 1e-9:
+            return None
+        _gap, (price, v, m), (other, bv, bm) = worst
+        return "%s: %s costs %s %.4f an hour, more than the bigger %s at %.4f" % (
+            self.source,
+            self._shape(v, m),
+            self.currency,
+            price,
+            self._shape(bv, bm),
+            other,
+        )
+
+    def _shape(self, vcpus: float, memory_gb: float) -> str:
+        named = next((s.name for s in self.sizes if (s.vcpus, s.memory_gb) == (vcpus, memory_gb)), "")
+        return "%g vCPU / %g GB%s" % (vcpus, memory_gb, " (%s)" % named if named else "")
+
     def smaller(
         self,
         need_vcpus: float,
@@ -133,6 +174,15 @@ class PriceBook:
         need_vcpus = max(need_vcpus, memory / max_gb_per_vcpu)
         vcpus = next((v for v in vcpu_ladder if v >= need_vcpus), math.ceil(need_vcpus))
         return "", vcpus, memory, self.monthly(vcpus, memory)
+
+
+def _powers(start: float, top: float) -> list[float]:
+    """start, 2 start, 4 start ... up to top."""
+    out = []
+    while start <= top:
+        out.append(start)
+        start *= 2
+    return out
 
 
 def _known(value: float) -> float:
