@@ -1,0 +1,192 @@
+"""Running vmstats as an operator does: systemd units, package metadata, progress lines, early
+errors and the price book's sanity check."""
+
+import configparser
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from serverproc import serve
+from test_report_damaged import _end, write_fleet
+
+from vmstats import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGING = ROOT / "packaging"
+#: Where the units expect vmstats installed (docs/OPERATIONS.md); tests point it at this checkout's.
+INSTALLED = "/opt/vmstats/bin/vmstats"
+VMSTATS = Path(sys.executable).parent / "vmstats"
+
+
+def run(*args, env=None, timeout=240):
+    return subprocess.run(
+        [sys.executable, "-m", "vmstats", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+    )
+
+
+def _exec_starts(unit: Path) -> list[list[str]]:
+    return [
+        shlex.split(line.partition("=")[2])
+        for line in unit.read_text().splitlines()
+        if line.startswith("ExecStart=")
+    ]
+
+
+def test_units_run_commands_and_options_the_cli_has():
+    checked = 0
+    for unit in sorted(PACKAGING.glob("*.service")):
+        for argv in _exec_starts(unit):
+            if argv[0] != INSTALLED:
+                continue
+            command = cli.main.get_command(click.Context(cli.main), argv[1])
+            assert command is not None, (unit.name, argv[1])
+            options = {opt for param in command.params for opt in param.opts}
+            for token in argv[2:]:
+                if token.startswith("-"):
+                    assert token in options, (unit.name, token)
+            checked += 1
+    assert checked == 2  # the aggregator and the nightly report
+    timer = (PACKAGING / "vmstats-report.timer").read_text()
+    assert "OnCalendar=" in timer and (PACKAGING / "vmstats-report.service").exists()
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    if shutil.which("systemd-analyze") is None:  # Debian's systemd, installed when missing
+        subprocess.run([str(ROOT / ".ci" / "debian-packages")], check=True, timeout=900)
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze is missing"
+    units = []
+    for unit in sorted(PACKAGING.glob("vmstats-*")):
+        copy = tmp_path / unit.name
+        copy.write_text(unit.read_text().replace(INSTALLED, str(VMSTATS)))
+        units.append(str(copy))
+    result = subprocess.run([tool, "verify", *units], capture_output=True, text=True, timeout=120)
+    # verify exits 0 on some mistakes (an unparsable value is "ignored"): any output is a finding.
+    assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), (
+        result.stdout + result.stderr
+    )
+
+
+def test_the_nightly_report_command_runs_as_the_unit_says(tmp_path):
+    """The report unit's own command line, with its paths moved under a temporary folder."""
+    (argv,) = _exec_starts(PACKAGING / "vmstats-report.service")
+    state = tmp_path / "var-lib-vmstats"
+    argv = [str(VMSTATS) if a == INSTALLED else a.replace("/var/lib/vmstats", str(state)) for a in argv]
+    argv = [a for a in argv if not a.startswith("$")]
+    write_fleet(state / "data", _end())
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((state / "report" / "report.json").read_text())["meta"]["totals"]["vms"] == 2
+
+
+def test_package_metadata_declares_data_dependencies_and_license():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    requires = config["options"]["install_requires"]
+    assert re.search(r"^numpy\b", requires, re.M), "numpy is imported by the report"
+    assert config["metadata"]["license"] == "Apache-2.0"
+    assert (ROOT / "LICENSE").read_text().split()[:3] == ["Apache", "License", "Version"]
+    # Data files are package data of vmstats.report: none left to setuptools' guesswork (which
+    # warned about each one on every install).
+    assert config["options"].getboolean("include_package_data") is False
+    globs = [g.strip() for g in config["options.package_data"]["vmstats.report"].split(",")]
+    report = ROOT / "vmstats" / "report"
+    data = [p.relative_to(report).as_posix() for p in report.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert data and all(any(fnmatch.fnmatch(name, g) for g in globs) for name in data), data
+
+
+@pytest.mark.parametrize(
+    "make_out, message",
+    [
+        (lambda t: t / "a-file" / "sub", "cannot write the report to"),
+        (lambda t: t / "a-file", "cannot write the report to"),
+        (lambda t: t / "html-is-a-folder", "report.html is in the way"),
+    ],
+)
+def test_unwritable_output_fails_before_any_parsing(tmp_path, make_out, message):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "html-is-a-folder" / "report.html").mkdir(parents=True)
+    # The data dir does not exist: the output is checked first, so its error is the one given.
+    result = run("report", tmp_path / "no-such-data", "-o", make_out(tmp_path))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _book(path: Path, small_hourly: float) -> Path:
+    path.write_text(
+        'currency = "EUR"\nvcpu_hour = 0.02\ngb_ram_hour = 0.005\n'
+        '[[sizes]]\nname = "small"\nvcpus = 1\nmemory_gb = 2\nhourly = %s\n'
+        '[[sizes]]\nname = "medium"\nvcpus = 2\nmemory_gb = 4\nhourly = 0.06\n' % small_hourly
+    )
+    return path
+
+
+def test_a_price_book_pricing_a_bigger_shape_below_a_smaller_one_is_warned_about(tmp_path):
+    data = tmp_path / "data"
+    write_fleet(data, _end())
+    bad = run("report", data, "-o", tmp_path / "o1", "--prices", _book(tmp_path / "bad.toml", 0.02))
+    assert bad.returncode == 0, bad.stderr
+    warnings = [line for line in bad.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, bad.stderr
+    assert "1 vCPU / 1 GB costs EUR 0.0250 an hour, more than the bigger 1 vCPU / 2 GB (small)" in warnings[0]
+    fine = run("report", data, "-o", tmp_path / "o2", "--prices", _book(tmp_path / "ok.toml", 0.03))
+    shipped = run("report", data, "-o", tmp_path / "o3")
+    assert fine.returncode == 0 and shipped.returncode == 0
+    assert "warning" not in fine.stderr + shipped.stderr
+
+
+def test_the_shipped_example_prices_grow_with_the_shape():
+    from vmstats.report.prices import PriceBook
+
+    book = PriceBook.load(None)
+    assert book.bigger_but_cheaper() is None
+    assert book.monthly(1, 1) < book.monthly(1, 2) < book.monthly(2, 4)
+
+
+PROGRESS = re.compile(r"^(simulate|replay|report): \d+(/\d+)? (records sent|VM-days parsed) after \d+ s")
+
+
+def test_long_commands_write_progress_lines_off_a_terminal(tmp_path):
+    often = {"VMSTATS_PROGRESS_SECONDS": "0.000001"}
+    with serve(tmp_path, "--flush-interval", "1") as server:
+        address = "127.0.0.1:%d" % server.tcp_port
+        sim = run("simulate", "--vms", 20, "--days", 1, "--server", address, env=often)
+        assert sim.returncode == 0, sim.stderr
+        quiet = run("simulate", "--vms", 5, "--days", 0.2, "--seed", 2, "--server", address)
+        assert quiet.returncode == 0, quiet.stderr
+        traces = ROOT / "tests" / "data" / "traces" / "bitbrains"
+        rep = run("replay", "--format", "bitbrains", traces, "--server", address, env=often)
+        assert rep.returncode == 0, rep.stderr
+    assert server.returncode == 0, server.output
+    lines = [line for line in sim.stderr.splitlines() if PROGRESS.match(line)]
+    assert len(lines) >= 10
+    counts = [int(line.split()[1]) for line in lines]
+    sent = int(re.search(r"^sent (\d+) records", sim.stdout, re.M).group(1))
+    assert counts == sorted(counts) and counts[-1] == sent > 20 * 1000
+    assert any(line.startswith("replay: ") for line in rep.stderr.splitlines() if PROGRESS.match(line))
+    assert quiet.stderr == ""  # the default interval is 30 s: a short run writes no progress
+    data = tmp_path / "long"
+    write_fleet(data, _end(), days=60)  # 122 VM-days (61 UTC days, 2 VMs): enough to be worth a line
+    report = run("report", data, "-o", tmp_path / "out", "--days", 70, env=often)
+    assert report.returncode == 0, report.stderr
+    assert any(PROGRESS.match(line) and "/122 VM-days" in line for line in report.stderr.splitlines())
+    again = run("report", data, "-o", tmp_path / "out2", "--days", 70)  # the default: 30 s
+    assert again.returncode == 0, again.stderr
+    assert [line for line in again.stderr.splitlines() if line] == [again.stderr.splitlines()[0]]
+    assert again.stderr.startswith("parsed 122 VM-days in ")
