@@ -76,23 +76,23 @@ def _day_file(data_dir: Path, vm: str, ts: int) -> Path:
     return Path(logstore.day_path(str(data_dir), vm, logstore.day_of(ts)))
 
 
+#: Damaged rows put among good ones (``%d``: their timestamp, inside the window).
+_BAD_LINES = {
+    "unmatched quote": b'%d,"12.5,3,40,,,,,2,4096,9,',
+    "carriage return": b"%d,1\r2.5,3,40,,,,,2,4096,9,",
+    "bad utf-8 in a number": b"%d,1\xff\xfe,3,40,,,,,2,4096,9,",
+    "value out of range": b"%d,1e300,3,40,,,,,2,4096,9,",
+}
+
+
 def _damage(kind: str, data_dir: Path, end: int) -> tuple[Path, int]:
     """Damage the data dir one way; returns the file to be named and the rows it still holds."""
     yesterday = _day_file(data_dir, "10.0.0.1", end - 60)
     rows = len(yesterday.read_bytes().split(b"\n")) - 2  # minus the header and the last newline
     earlier = _day_file(data_dir, "10.0.0.2", end - 4 * DAY)
     earlier.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "unmatched quote":
-        _insert_line(yesterday, b'%d,"12.5,3,40,,,,,2,4096,9,' % (end - 30), after=10)
-        return yesterday, rows
-    if kind == "carriage return":
-        _insert_line(yesterday, b"%d,1\r2.5,3,40,,,,,2,4096,9," % (end - 30), after=10)
-        return yesterday, rows
-    if kind == "bad utf-8 in a number":
-        _insert_line(yesterday, b"%d,1\xff\xfe,3,40,,,,,2,4096,9," % (end - 30), after=10)
-        return yesterday, rows
-    if kind == "value out of range":
-        _insert_line(yesterday, b"%d,1e300,3,40,,,,,2,4096,9," % (end - 30), after=10)
+    if kind in _BAD_LINES:
+        _insert_line(yesterday, _BAD_LINES[kind] % (end - 30), after=10)
         return yesterday, rows
     if kind == "random junk":
         earlier.write_bytes(random.Random(7).randbytes(65536))
@@ -112,8 +112,7 @@ def _damage(kind: str, data_dir: Path, end: int) -> tuple[Path, int]:
     raise AssertionError(kind)
 
 
-KINDS = ("unmatched quote", "carriage return", "bad utf-8 in a number", "value out of range",
-         "random junk", "truncated gzip", "directory", "fifo", "dangling link")
+KINDS = (*_BAD_LINES, "random junk", "truncated gzip", "directory", "fifo", "dangling link")
 
 
 @pytest.mark.parametrize("kind", KINDS)
