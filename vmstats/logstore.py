@@ -617,8 +617,15 @@ def _in_range(frame, columns: List[str]):
 
     ok = np.ones(len(frame), bool)
     for name, lo, hi in _BOUNDS:
-        if name in columns:
-            values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        if name in columns and len(frame):
+            column = frame[name]
+            values = column.to_numpy() if column.dtype == np.float64 else column.to_numpy(
+                dtype=np.float64, na_value=np.nan)
+            # Two reductions that skip NaN settle the usual column (all in range, or all
+            # unknown: NaN) without a mask.
+            low, high = np.fmin.reduce(values), np.fmax.reduce(values)
+            if low != low or (lo <= low and high <= hi):
+                continue
             with np.errstate(invalid="ignore"):
                 ok &= ~((values < lo) | (values > hi))
     return ok
