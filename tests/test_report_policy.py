@@ -375,7 +375,7 @@ def test_shipped_examples_load_and_document_every_setting():
     policy = Policy.load(str(root / "vmstats/report/examples/policy.toml"))
     assert [g.name for g in policy.groups] == ["batch", "office"]
     book = PriceBook.load(None)
-    assert book.is_example and book.sizes and book.monthly(1, 2) == pytest.approx(0.023 * 730)
+    assert book.is_example and book.sizes and book.monthly(1, 2) == pytest.approx(0.0318 * 730)
     doc = (root / "docs/POLICY.md").read_text()
     for setting in SETTINGS:
         assert "| `%s` |" % setting.name in doc, setting.name
