@@ -49,7 +49,10 @@ def raw_rows(data_dir, vm):
     for path in sorted(folder.glob("*" + logstore.SUFFIX)) if folder.exists() else []:
         for line in path.read_text().splitlines():
             if line + "\n" != logstore.HEADER.decode():
-                rows.append(dict(zip(logstore.COLUMNS, line.split(","), strict=True)))
+                cells = line.split(",")
+                if len(cells) == len(logstore.COLUMNS) - 1:  # a row without extra tags
+                    cells.append("")
+                rows.append(dict(zip(logstore.COLUMNS, cells, strict=True)))
     return rows
 
 

@@ -21,16 +21,30 @@ import os
 import stat
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from vmstats.protocol import FIELD_NAMES, FIELDS, Record
+from vmstats.protocol import FIELD_NAMES, FIELDS, Record, format_tags, parse_tags
 
-LOG_VERSION = 1
+LOG_VERSION = 2
 VMS_DIR = "vms"
 SUFFIX = ".csv"
-COLUMNS = ("ts",) + FIELD_NAMES + ("host",)
+#: ``tags`` (version 2) is the record's extra tags as ``key=value;key=value``; a row without
+#: extra tags ends after ``host``, so it is byte for byte a version-1 row, and version-1
+#: files (whose header lacks ``tags``) read as rows without tags.
+COLUMNS = ("ts",) + FIELD_NAMES + ("host", "tags")
 HEADER = (",".join(COLUMNS) + "\n").encode("ascii")
+#: The header of version-1 files, still read.
+HEADER_V1 = (",".join(COLUMNS[:-1]) + "\n").encode("ascii")
+#: Columns that hold text, not numbers.
+TEXT_COLUMNS = ("host", "tags")
+#: Separator of the ``tags`` cell's pairs (never in a key or value: protocol.check_tags).
+TAGS_SEPARATOR = ";"
+#: Commas in a row without tags, and in one with tags: the two shapes of a whole row.
+_UNTAGGED_COMMAS = len(COLUMNS) - 2
+_TAGGED_COMMAS = len(COLUMNS) - 1
+ROW_COMMAS = (_UNTAGGED_COMMAS, _TAGGED_COMMAS)
 #: pandas dtypes for reading; integers are nullable because fields are optional.
 DTYPES = dict([("ts", "int64")] + [(name, "Int64" if is_int else "float64")
-                                   for name, is_int, _lo, _hi, _req in FIELDS] + [("host", "string")])
+                                   for name, is_int, _lo, _hi, _req in FIELDS]
+              + [(name, "string") for name in TEXT_COLUMNS])
 _EPOCH = datetime.date(1970, 1, 1)
 DAY_SECONDS = 86400
 
@@ -117,8 +131,10 @@ def format_tail(record: Record) -> bytes:
     The server holds records in this form under their timestamp (so it is not
     stored twice), and the row is completed only as it is written.
     """
-    return ",".join([_cell(getattr(record, name)) for name in FIELD_NAMES]
-                    + [record.host or ""]).encode("utf-8")
+    cells = [_cell(getattr(record, name)) for name in FIELD_NAMES] + [record.host or ""]
+    if record.tags:
+        cells.append(format_tags(record.tags, TAGS_SEPARATOR))
+    return ",".join(cells).encode("utf-8")
 
 
 def format_row(record: Record) -> bytes:
@@ -315,7 +331,7 @@ def _logged_since(fd: int, st: os.stat_result, path: str, day: int, first: int,
     if data is None:
         start = 0
         data = os.pread(fd, st.st_size, 0) if st.st_size else b""
-        new = data[len(HEADER):] if data.startswith(HEADER) else data
+        new = _strip_header(data)
         last = -1
     if new and not new.endswith(b"\n"):
         _write_all(fd, b"\n")
@@ -460,7 +476,13 @@ def _read_body(path: str) -> bytes:
     finally:
         os.close(fd)
     data = parts[0] if len(parts) == 1 else b"".join(parts)
-    return data[len(HEADER):] if data.startswith(HEADER) else data
+    return _strip_header(data)
+
+
+def _strip_header(data: bytes) -> bytes:
+    if data.startswith(HEADER):
+        return data[len(HEADER):]
+    return data[len(HEADER_V1):] if data.startswith(HEADER_V1) else data
 
 
 def _clean_body(body: bytes) -> Tuple[Optional[bytes], int]:
@@ -478,16 +500,20 @@ def _clean_body(body: bytes) -> Tuple[Optional[bytes], int]:
     # number, which pandas rejects too; an empty line, which pandas skips, leaves it one row
     # short, which _parse_lines checks: each sends the batch to the line-by-line reading.
     # Only a carriage return (a line break to pandas, one more row) could offset an empty
-    # line unseen: so two byte counts and one byte search are the whole fast check.
-    if (body.count(b",") == lines * (len(COLUMNS) - 1) and not body.startswith(b"\n")
-            and b"\r" not in body):
+    # line unseen: so two byte counts and one byte search are the whole fast check.  Rows
+    # have one of two widths (with or without tags): a file of rows without tags has no
+    # "=", and in a file of tagged rows a short line can only be offset by one with more
+    # cells than any row, which pandas rejects; a file mixing both is read line by line.
+    commas = body.count(b",")
+    uniform = (commas == lines * _UNTAGGED_COMMAS and b"=" not in body) or commas == lines * _TAGGED_COMMAS
+    if uniform and not body.startswith(b"\n") and b"\r" not in body:
         return (body if body.endswith(b"\n") else body + b"\n"), lines
     return None, lines
 
 
 def _well_formed(line: bytes) -> bool:
     """A line with a row's shape: the right number of cells, no byte a row never holds."""
-    return (line.count(b",") == len(COLUMNS) - 1 and line != HEADER[:-1]
+    return (line.count(b",") in ROW_COMMAS and line not in (HEADER[:-1], HEADER_V1[:-1])
             and not any(byte in line for byte in _FOREIGN))
 
 
@@ -513,7 +539,7 @@ def _parse_strict(data: bytes, columns: List[str], dtypes: Dict[str, str]):
     import pandas as pd
 
     return pd.read_csv(io.BytesIO(data), names=list(COLUMNS), header=None, usecols=columns, dtype=dtypes,
-                       keep_default_na=False, na_values={c: [""] for c in columns if c != "host"},
+                       keep_default_na=False, na_values={c: [""] for c in columns if c not in TEXT_COLUMNS},
                        quoting=csv.QUOTE_NONE, encoding="utf-8", encoding_errors="replace", engine="c")
 
 
@@ -529,7 +555,9 @@ def _parse_lenient(lines: List[bytes], columns: List[str]):
                       encoding="utf-8", encoding_errors="replace", engine="c")
     out = pd.DataFrame(index=raw.index)
     valid = pd.Series(True, index=raw.index)
-    for name in COLUMNS[:-1]:
+    for name in COLUMNS:
+        if name in TEXT_COLUMNS:
+            continue
         column = raw[name].replace("", None)
         numeric = pd.to_numeric(column, errors="coerce")
         valid &= ~(numeric.isna() & column.notna())
@@ -539,8 +567,9 @@ def _parse_lenient(lines: List[bytes], columns: List[str]):
             numeric = numeric.where(whole)
         if name in columns:
             out[name] = numeric if DTYPES[name] == "float64" else numeric.astype("Int64")
-    if "host" in columns:
-        out["host"] = raw["host"].astype("string")
+    for name in TEXT_COLUMNS:
+        if name in columns:
+            out[name] = raw[name].astype("string")
     return out, valid
 
 
@@ -651,7 +680,7 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
     import pandas as pd
 
     wanted = list(COLUMNS) if columns is None else [c for c in COLUMNS if c in set(columns) | {"ts"}]
-    final = {name: ("float64" if as_float and name not in ("ts", "host") else DTYPES[name])
+    final = {name: ("float64" if as_float and name != "ts" and name not in TEXT_COLUMNS else DTYPES[name])
              for name in wanted}
     parsed = {name: ("Int64" if final[name] in ("int64", "Int64") else final[name]) for name in wanted}
     bad = [0] * len(paths)
@@ -714,6 +743,47 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
         if out[name].dtype != final[name]:
             out[name] = out[name].astype(final[name])
     return out, bad
+
+
+#: Bytes read from the end of a day file to find its last row's labels.
+_LABELS_TAIL = 8192
+
+
+def last_labels(path: str) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str, str], ...]]]]:
+    """``(ts, host, tags)`` of the last well-formed row of a day file, or None.
+
+    A VM's host and extra tags are labels of the VM, not measurements: the
+    report groups by the latest ones and needs no column of every row for
+    that, so it reads only the file's last few KiB.  ``host`` is "" when the
+    row has none; a torn or malformed last line is passed over.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            start = max(0, size - _LABELS_TAIL)
+            handle.seek(start)
+            data = handle.read()
+    except OSError:
+        return None
+    lines = data.split(b"\n")
+    if start:
+        lines = lines[1:]  # the first piece may be the end of a longer line
+    for line in reversed(lines):
+        if line.count(b",") not in ROW_COMMAS:
+            continue
+        cells = line.decode("utf-8", "replace").split(",")
+        if not cells[0].isdigit():
+            continue
+        host = cells[len(FIELD_NAMES) + 1]
+        tags = None
+        if len(cells) == len(COLUMNS):
+            try:
+                tags = parse_tags(cells[-1], TAGS_SEPARATOR)
+            except ValueError:
+                continue
+        return int(cells[0]), host, tags
+    return None
 
 
 def read_rows(paths: Iterable[str]):

@@ -53,11 +53,22 @@ FIELDS = (
 FIELD_NAMES = tuple(f[0] for f in FIELDS)
 REQUIRED_FIELDS = tuple(f[0] for f in FIELDS if f[4])
 TAG_NAMES = ("vm", "host")
+#: Extra tags a record may carry beside ``vm`` and ``host`` (``project``, ``owner``, ``env``,
+#: ...): labels for grouping the report, at most this many, each ``key=value`` with the key
+#: and value grammars below.  Bounded so a sender cannot grow the logs or the report's groups
+#: without limit; docs/PROTOCOL.md states the same limits.
+MAX_EXTRA_TAGS = 8
+MAX_TAG_KEY_LENGTH = 32
+MAX_TAG_VALUE_LENGTH = 64
+_TAG_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,%d}\Z" % (MAX_TAG_KEY_LENGTH - 1))
+_TAG_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}\Z" % (MAX_TAG_VALUE_LENGTH - 1))
 
 #: The record type.  Optional fields that were not sent are ``None``
 #: (unknown), never zero.  ``ts`` is integer Unix seconds.
-_OPTIONAL_NAMES = frozenset(f[0] for f in FIELDS if not f[4]) | frozenset(["host"])
-_RecordBase = namedtuple("Record", ("vm", "ts") + FIELD_NAMES + ("host",))
+#: ``tags`` is None (no extra tags) or a tuple of ``(key, value)`` pairs sorted by key
+#: (``check_tags``), so equal tag sets compare and hash equal.
+_OPTIONAL_NAMES = frozenset(f[0] for f in FIELDS if not f[4]) | frozenset(["host", "tags"])
+_RecordBase = namedtuple("Record", ("vm", "ts") + FIELD_NAMES + ("host", "tags"))
 
 
 class Record(_RecordBase):
@@ -161,6 +172,54 @@ def normalize_vm_id(value):
     return value
 
 
+def check_tags(pairs):
+    """``pairs`` (``(key, value)``) as a Record's ``tags``: sorted by key, None when empty.
+
+    Raises ValueError naming the first pair that breaks the limits: more than
+    MAX_EXTRA_TAGS, a key not ``[a-z][a-z0-9_]*`` (at most 32) or one of
+    ``vm``/``host``, a key given twice, a value not ``[A-Za-z0-9][A-Za-z0-9._-]*``
+    (at most 64).  Values never hold a space, comma, ``=`` or ``;``, so they
+    need no escaping on the wire or in the logs.
+    """
+    pairs = list(pairs)
+    if len(pairs) > MAX_EXTRA_TAGS:
+        raise ValueError("%d extra tags, at most %d allowed" % (len(pairs), MAX_EXTRA_TAGS))
+    seen = set()
+    for key, value in pairs:
+        if key in TAG_NAMES or not _TAG_KEY_RE.match(key):
+            raise ValueError("tag key %r is not [a-z][a-z0-9_]* (1-%d characters, not vm or host)"
+                             % (key[:40], MAX_TAG_KEY_LENGTH))
+        if key in seen:
+            raise ValueError("tag %r given twice" % key)
+        seen.add(key)
+        if not _TAG_VALUE_RE.match(value):
+            raise ValueError("tag %s=%r is not [A-Za-z0-9][A-Za-z0-9._-]* (1-%d characters)"
+                             % (key, value[:40], MAX_TAG_VALUE_LENGTH))
+    return tuple(sorted(pairs)) or None
+
+
+def parse_tags(text, separator=","):
+    """Tags from ``key=value`` pairs joined by ``separator`` (the agent's setting, a log cell).
+
+    Blank pieces and spaces around them are ignored; raises ValueError as check_tags.
+    """
+    pairs = []
+    for piece in text.split(separator):
+        piece = piece.strip()
+        if not piece:
+            continue
+        key, sep, value = piece.partition("=")
+        if not sep:
+            raise ValueError("tag %r is not key=value" % piece[:40])
+        pairs.append((key.strip(), value.strip()))
+    return check_tags(pairs)
+
+
+def format_tags(tags, separator=","):
+    """``key=value`` pairs joined by ``separator``; the inverse of parse_tags."""
+    return separator.join("%s=%s" % pair for pair in tags) if tags else ""
+
+
 def normalize_timestamp(value):
     """Unix seconds from seconds, ms, us or ns, told apart by magnitude.
 
@@ -256,6 +315,7 @@ class Decoder(object):
         if tags[0] != MEASUREMENT:
             raise DecodeError(R_MEASUREMENT, "measurement %r is not %r" % (tags[0][:40], MEASUREMENT))
         vm = host = None
+        extra = None
         for tag in tags[1:]:
             key, sep, value = tag.partition("=")
             if not sep or not value:
@@ -266,10 +326,17 @@ class Decoder(object):
                 if len(value) > 255 or not _TOKEN_RE.match(value):
                     raise DecodeError(R_SYNTAX, "host tag %r is not a safe name" % value[:40])
                 host = value
+            elif extra is None:
+                extra = [(key, value)]
             else:
-                raise DecodeError(R_UNKNOWN, "unknown tag %r" % key[:40])
+                extra.append((key, value))
         if vm is None:
             raise DecodeError(R_MISSING, "no vm tag")
+        if extra is not None:
+            try:
+                extra = check_tags(extra)
+            except ValueError as exc:
+                raise DecodeError(R_SYNTAX, str(exc))
         values = {}
         for field in body.split(","):
             key, sep, text = field.partition("=")
@@ -294,6 +361,7 @@ class Decoder(object):
         values["vm"] = vm
         values["ts"] = ts
         values["host"] = host
+        values["tags"] = extra
         return Record(**values)
 
     def decode_payload(self, data, now=None):
@@ -332,10 +400,18 @@ def encode_record(record):
         value = getattr(record, name)
         if value is not None:
             parts.append("%s=%s" % (name, _format_number(value, is_int)))
+    return "%s %s %d" % (_head(record), ",".join(parts), record.ts)
+
+
+def _head(record):
+    """``vmstats,vm=...[,host=...][,key=value...]``: a record without extra tags is
+    written exactly as before tags existed, the spelling the server's fast path admits."""
     head = "%s,vm=%s" % (MEASUREMENT, record.vm)
     if record.host:
         head += ",host=%s" % record.host
-    return "%s %s %d" % (head, ",".join(parts), record.ts)
+    if record.tags:
+        head += "," + format_tags(record.tags)
+    return head
 
 
 def _batch_template(record, kinds):
@@ -357,9 +433,7 @@ def _batch_template(record, kinds):
         present.append(offset + 2)
     if kinds[1] is not int or not parts:
         return None
-    head = "%s,vm=%s" % (MEASUREMENT, record.vm)
-    if record.host:
-        head += ",host=%s" % record.host
+    head = _head(record)
     last_is_float = parts[-1].endswith("%r")
     # Every float is followed by a comma (the last one too), so one replace strips ".0".
     body = ",".join(parts) + ("," if last_is_float else "") + " %d"
@@ -381,7 +455,7 @@ def encode_records(records):
     append = lines.append
     for record in records:
         kinds = tuple(map(type, record))
-        key = (record[0], record[-1], kinds)
+        key = (record[0], record[-2], record[-1], kinds)
         template = templates.get(key, False)
         if template is False:
             template = templates[key] = _batch_template(record, kinds)
