@@ -180,7 +180,8 @@ class Agent(object):
 
     def record(self, metrics, ts):
         values = metrics._asdict()
-        record = protocol.Record(vm=self.vm, ts=ts, seq=self.seq, host=self.host, **values)
+        record = protocol.Record(vm=self.vm, ts=ts, seq=self.seq, host=self.host, tags=self.config.tags,
+                                 **values)
         self.seq += 1
         return record
 
@@ -240,7 +241,8 @@ def sample_once(config):
     time.sleep(1.0)
     metrics = probe.finish()
     probe.close()
-    return protocol.Record(vm=vm, ts=int(time.time()), seq=0, host=host, **metrics._asdict())
+    return protocol.Record(vm=vm, ts=int(time.time()), seq=0, host=host, tags=config.tags,
+                           **metrics._asdict())
 
 
 def setup_logging(level):

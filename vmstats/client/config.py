@@ -72,6 +72,11 @@ def _vm_id(text):
         raise ValueError(exc.detail)
 
 
+def _tags(text):
+    from vmstats.protocol import parse_tags
+    return parse_tags(str(text))
+
+
 def _default_spool():
     # systemd's StateDirectory= exports the directory it created for the unit.
     state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
@@ -93,6 +98,9 @@ OPTIONS = (
     ("vm_id", _vm_id, None, "ID",
      "VM id (default: the local address used to reach the server)"),
     ("host", _text, None, "NAME", "host name tag (default: this machine's host name)"),
+    ("tags", _tags, None, "KEY=VALUE,...",
+     "extra tags for grouping the report, e.g. project=billing,owner=ops,env=prod "
+     "(at most 8; keys [a-z][a-z0-9_]*, values [A-Za-z0-9._-]; default: none)"),
     ("proc_root", _text, "/proc", "DIR", "where to read the kernel's counters"),
     ("spool_dir", _text, None, "DIR",
      "TCP spool (default: $STATE_DIRECTORY/spool or /var/lib/vmstats-agent/spool)"),
