@@ -168,6 +168,7 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
             np.bincount(key, weights=rows["h_mem_sum"].ravel(), minlength=vms * 168).reshape(vms, 168) / count
         )
     s.update(_sparklines(rows, days, group, vms, window))
+    s.update(_daily(rows, days, group, vms, window))
     s.update(_schedule_slots(rows, days, group, vms, settings))
     return s
 
@@ -217,15 +218,36 @@ def _last_per_vm(values: np.ndarray, vm_index: np.ndarray, vms: int) -> np.ndarr
 
 
 def _sparklines(rows, days, group, vms, window) -> dict[str, np.ndarray]:
-    hours = (window.last_day - window.first_day + 1) * 24
+    """Mean CPU and memory per step of hours over the analysed window (start_ts to end_ts).
+
+    Not over the whole days asked for: a window clipped to the fleet's first
+    record would otherwise draw a blank stretch beside "coverage 100%".
+    """
+    first_hour, last_hour = window.start_ts // 3600, window.end_ts // 3600
+    hours = max(1, last_hour - first_hour + 1)
     step = max(1, -(-hours // SPARK_POINTS))
     points = -(-hours // step)
-    hour_index = ((days - window.first_day)[:, None] * 24 + np.arange(24)[None, :]).ravel()
-    key = np.repeat(group, 24) * points + hour_index // step
-    count = np.bincount(key, weights=rows["h_n"].ravel().astype(np.float64), minlength=vms * points)
+    hour_index = ((days * 24 - first_hour)[:, None] + np.arange(24)[None, :]).ravel()
+    inside = (hour_index >= 0) & (hour_index < hours)
+    key = (np.repeat(group, 24) * points + hour_index // step)[inside]
+    count = np.bincount(key, weights=rows["h_n"].ravel()[inside].astype(np.float64), minlength=vms * points)
     out = {"spark_step_hours": np.array(step)}
     with np.errstate(invalid="ignore", divide="ignore"):
         for name in ("cpu", "mem"):
-            total = np.bincount(key, weights=rows["h_%s_sum" % name].ravel(), minlength=vms * points)
+            total = np.bincount(key, weights=rows["h_%s_sum" % name].ravel()[inside], minlength=vms * points)
             out["spark_" + name] = (total / count).reshape(vms, points)
+    return out
+
+
+def _daily(rows, days, group, vms, window) -> dict[str, np.ndarray]:
+    """Each VM's CPU and memory p95 per UTC day of the analysed window (NaN: no record that day)."""
+    first = window.start_ts // DAY
+    span = max(1, window.end_ts // DAY - first + 1)
+    offset = days - first
+    inside = (offset >= 0) & (offset < span) & (rows["n"] > 0)
+    out = {}
+    for name in ("cpu", "mem"):
+        daily = np.full((vms, span), np.nan)
+        daily[group[inside], offset[inside]] = rows[name + "_p95"][inside]
+        out["daily_%s_p95" % name] = daily
     return out
