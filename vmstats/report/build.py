@@ -16,6 +16,7 @@ import numpy as np
 
 from vmstats.report import exclusions as exclusions_mod
 from vmstats.report import load as load_mod
+from vmstats.report import statement as statement_mod
 from vmstats.report import stats as stats_mod
 from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
 from vmstats.report.prices import PriceBook
@@ -68,7 +69,10 @@ def build(
     today: datetime.date | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 2,
+    by: str | None = None,
 ) -> Report:
+    if by is not None:
+        statement_mod.check_key(by)
     today = today or datetime.datetime.now(datetime.UTC).date()
     active, expired = exclusions_mod.load(exclusions_path, today)
     listing: list[dict] = []
@@ -109,6 +113,7 @@ def build(
     vm_settings = [policy.for_vm(vm) for vm in table.vms]
     per_vm = {name: np.array([s[name] for _g, s in vm_settings], dtype=float) for name in _PER_VM}
     st = stats_mod.compute(table, window, per_vm)
+    labels = statement_mod.vm_labels(units, table.vms, last_day)
 
     rows = []
     for i, vm in enumerate(table.vms):
@@ -122,9 +127,10 @@ def build(
         mem_gb = mem_mb / 1024.0 if mem_mb == mem_mb else math.nan
         values["mem_gb"] = mem_gb
         values["monthly_cost"] = prices.monthly(vcpus, mem_gb)
-        values["usage_cost"] = prices.usage_monthly(
+        usage = prices.usage_parts(
             vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
         )
+        values["usage_cost"] = math.nan if usage is None else sum(usage.values())
         decision = decide(values, settings, end_ts, prices)
         if values["last_seen"] <= 0 and vm in damaged_by_vm:
             decision = _all_damaged(damaged_by_vm[vm])
@@ -148,7 +154,9 @@ def build(
                     "expires": excluded.expires.isoformat() if excluded.expires else None,
                 },
             )
-        rows.append(_row(vm, group, values, decision, excluded))
+        rows.append(
+            dict(_row(vm, group, values, decision, excluded), **_drill(labels[i], usage, values, settings))
+        )
 
     rows.sort(key=_rank_key)
     for rank, row in enumerate(rows, 1):
@@ -167,6 +175,10 @@ def build(
     )
     meta["skipped_files"] = [entry for entry in issues if not entry["rows"]]
     meta["damaged_files"] = [entry for entry in issues if entry["rows"]]
+    meta["sparkline_start"] = iso(window.start_ts // 3600 * 3600)
+    meta["daily_start"] = load_mod.day_name(window.start_ts // 86400)
+    if by is not None:
+        meta["statement"] = statement_mod.statement(rows, by)
     fleet = _fleet(rows)
     with np.errstate(invalid="ignore"):
         # Fleet-wide mean CPU per hour of the week: when the fleet works, at a glance.
@@ -246,6 +258,30 @@ def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -
         "hour_of_week_mem": _profile(v["how_mem"]),
         "spark_cpu": _profile(v["spark_cpu"]),
         "spark_mem": _profile(v["spark_mem"]),
+    }
+
+
+def _drill(
+    labels, usage: dict[str, float] | None, v: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """A row's labels (host, tags), cost by use per resource, and what its drill-down draws.
+
+    ``thresholds`` (HTML only) are the VM's own policy lines for the daily p95
+    chart: the idle CPU limit, the idle-day limit, and the p95 at which the
+    VM would fit half its size with the policy's headroom.
+    """
+    host, tags = labels
+    return {
+        "host": host,
+        "tags": dict(tags or ()),
+        "usage": None if usage is None else {k: round(float(x), 2) for k, x in usage.items()},
+        "daily_cpu_p95": _profile(v["daily_cpu_p95"]),
+        "daily_mem_p95": _profile(v["daily_mem_p95"]),
+        "thresholds": {
+            "cpu_idle": settings["cpu_idle"],
+            "idle_day_cpu": settings["idle_day_cpu"],
+            "half_fit": round(50.0 / (1.0 + settings["headroom"]), 1),
+        },
     }
 
 

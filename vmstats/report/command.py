@@ -127,14 +127,18 @@ def load_inputs(policy_path, prices_path, overrides: dict, out_dir: str, cache_d
 
 
 def write_report(result, out_dir: str) -> None:
-    """report.csv, report.json and report.html of a built report in ``out_dir``."""
+    """report.csv, report.json and report.html of a built report in ``out_dir``, and
+    statement.csv when it has a statement (``--by``)."""
     from vmstats.report.outputs import write_csv, write_json
     from vmstats.report.render import render
+    from vmstats.report.statement import write_csv as write_statement
 
     os.makedirs(out_dir, exist_ok=True)
     write_csv(result, os.path.join(out_dir, "report.csv"))
     write_json(result, os.path.join(out_dir, "report.json"))
     render(result, os.path.join(out_dir, "report.html"))
+    if result.meta.get("statement"):
+        write_statement(result.meta["statement"], out_dir)
 
 
 class _Progress(Progress):
@@ -187,6 +191,13 @@ def check_output(out_dir: str) -> None:
 @click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC).")
 @policy_options
 @click.option("--top", type=click.IntRange(0, 1000), default=10, help="Candidates listed on the terminal.")
+@click.option(
+    "--by",
+    default=None,
+    metavar="TAG",
+    help="Group costs by a tag (host, or an agent's extra tag such as project) into a statement: "
+    "statement.csv and a section of the HTML.",
+)
 def report(
     data_dirs,
     out_dir,
@@ -201,6 +212,7 @@ def report(
     no_cache,
     workers,
     top,
+    by,
     **thresholds,
 ):
     """Rank idle and oversized VMs for reclamation, with savings, from DATA_DIR logs.
@@ -220,7 +232,15 @@ def report(
             policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
         )
         result = build(
-            data_dirs, policy, prices, exclusions_path, since=since, until=until, progress=progress, **loading
+            data_dirs,
+            policy,
+            prices,
+            exclusions_path,
+            since=since,
+            until=until,
+            progress=progress,
+            by=by,
+            **loading,
         )
         progress.close()
         write_report(result, out_dir)

@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any, TextIO
 
+from vmstats import logstore
+from vmstats.protocol import format_tags
 from vmstats.report.build import Report
 from vmstats.report.policy import CANDIDATES
 
@@ -57,10 +59,21 @@ CSV_COLUMNS = (
     "cpu_trend",
     "mem_trend",
     "bad_lines",
+    "host",
+    "tags",
+)
+JSON_EXTRA = (
+    "evidence",
+    "hour_of_week_cpu",
+    "hour_of_week_mem",
+    "spark_cpu",
+    "spark_mem",
+    "daily_cpu_p95",
+    "daily_mem_p95",
+    "usage",
 )
 #: The files a report writes into its output folder.
 OUTPUTS = ("report.html", "report.csv", "report.json")
-JSON_EXTRA = ("evidence", "hour_of_week_cpu", "hour_of_week_mem", "spark_cpu", "spark_mem")
 
 
 def _cell(value: Any) -> Any:
@@ -70,11 +83,15 @@ def _cell(value: Any) -> Any:
 
 
 def write_csv(report: Report, path: str) -> None:
+    tags = CSV_COLUMNS.index("tags")
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for row in report.rows:
-            writer.writerow([_cell(row[c]) for c in CSV_COLUMNS])
+            cells = [_cell(row[c]) for c in CSV_COLUMNS]
+            # The extra tags as in the logs (key=value;key=value, sorted), a dict in JSON.
+            cells[tags] = format_tags(sorted(row["tags"].items()), logstore.TAGS_SEPARATOR)
+            writer.writerow(cells)
 
 
 def _clean(value: Any) -> Any:
@@ -196,8 +213,25 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
                 ),
                 file=stream,
             )
+    names = list(OUTPUTS)
+    statement = meta.get("statement")
+    if statement:
+        from vmstats.report.statement import STATEMENT_NAME
+
+        names.append(STATEMENT_NAME)
+        print("", file=stream)
+        print("statement by %s: %d groups" % (statement["by"], len(statement["groups"])), file=stream)
+        for line in statement["groups"][:top]:
+            print(
+                "  %-24s %4d VMs  provisioned %12s  by use %12s  saving %12s"
+                % (
+                    (line["value"] or "(no %s)" % statement["by"])[:24],
+                    line["vms"],
+                    format(line["monthly_cost"], ",.2f"),
+                    format(line["usage_cost"], ",.2f"),
+                    format(line["monthly_saving"], ",.2f"),
+                ),
+                file=stream,
+            )
     print("", file=stream)
-    print(
-        "written: %s" % ", ".join(os.path.join(out_dir, n) for n in OUTPUTS),
-        file=stream,
-    )
+    print("written: %s" % ", ".join(os.path.join(out_dir, n) for n in names), file=stream)

@@ -102,18 +102,28 @@ class PriceBook:
         self, vcpus: float, memory_gb: float, cpu_avg: float, mem_avg: float, disk_avg: float, net_avg: float
     ) -> float:
         """The usage-based billing view: what was actually used, times unit prices."""
+        parts = self.usage_parts(vcpus, memory_gb, cpu_avg, mem_avg, disk_avg, net_avg)
+        return math.nan if parts is None else sum(parts.values())
+
+    def usage_parts(
+        self, vcpus: float, memory_gb: float, cpu_avg: float, mem_avg: float, disk_avg: float, net_avg: float
+    ) -> dict[str, float] | None:
+        """Cost by use per resource, per month: ``{cpu, ram, disk, network}``; None when unsized.
+
+        The usage matrix (mean vCPUs busy, mean GB of memory used, GB moved on
+        disk and network in a month at the window's mean rates) times the
+        book's unit prices: a chargeback by what each VM consumed rather than
+        what it reserved.  An unknown mean (never reported) counts as zero.
+        """
         if not (vcpus > 0 and memory_gb > 0):
-            return math.nan
+            return None
         seconds = self.hours_per_month * 3600.0
-        compute = (
-            _known(cpu_avg) / 100.0 * vcpus * self.vcpu_hour
-            + _known(mem_avg) / 100.0 * memory_gb * self.gb_ram_hour
-        ) * self.hours_per_month
-        transfer = (
-            _known(disk_avg) * seconds / BYTES_PER_GB * self.disk_gb
-            + _known(net_avg) * seconds / BYTES_PER_GB * self.network_gb
-        )
-        return compute + transfer
+        return {
+            "cpu": _known(cpu_avg) / 100.0 * vcpus * self.vcpu_hour * self.hours_per_month,
+            "ram": _known(mem_avg) / 100.0 * memory_gb * self.gb_ram_hour * self.hours_per_month,
+            "disk": _known(disk_avg) * seconds / BYTES_PER_GB * self.disk_gb,
+            "network": _known(net_avg) * seconds / BYTES_PER_GB * self.network_gb,
+        }
 
     def bigger_but_cheaper(self) -> str | None:
         """A shape priced below a strictly smaller one, in words; None when the book is consistent.

@@ -1,0 +1,282 @@
+"""Extra tags from the agent to the report, and the statement they group (``report --by TAG``).
+
+The round trip runs the real agent (tags from the environment and from a
+config file) against the real server on loopback, then the real report over
+the logs the server wrote.  The statement's sums are checked against the
+per-VM figures of report.csv, and the tags' limits at each door (agent
+settings, decoder, logs written before tags existed).
+"""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from serverproc import LOOPBACK, ServerProcess
+from test_client_push import ENV, agent_command, wait_rows
+from test_report_stats import DAY, T0, run, series, write_records
+
+from vmstats import logstore, protocol
+from vmstats.client import config as agent_config
+from vmstats.report import statement as statement_mod
+from vmstats.report.settings import ReportError
+
+
+def report(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "vmstats", "report", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tags_travel_from_the_agent_through_the_server_to_the_report(tmp_path):
+    conf = tmp_path / "agent.conf"
+    conf.write_text("# a second team's VM\ntags = project=search, owner=web-team\nhost = hv-b\n")
+    with ServerProcess(tmp_path / "server", "--flush-interval", "0.3") as server:
+        address = "%s:%d" % (LOOPBACK, server.udp_port)
+        with_env = subprocess.run(
+            agent_command("--server", address, "--count", "2", "--vm-id", "billing-db", "--host", "hv-a"),
+            env=dict(ENV, VMSTATS_TAGS="project=billing,env=prod"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert with_env.returncode == 0, with_env.stderr
+        from_file = subprocess.run(
+            agent_command("--server", address, "--count", "2", "--vm-id", "search-1", "--config", str(conf)),
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert from_file.returncode == 0, from_file.stderr
+        untagged = subprocess.run(
+            agent_command("--server", address, "--count", "2", "--vm-id", "plain-vm"),
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert untagged.returncode == 0, untagged.stderr
+        rows = {vm: wait_rows(server.data_dir, vm, 2) for vm in ("billing-db", "search-1", "plain-vm")}
+    # The logs: the tags cell, sorted by key; an untagged row is a version-1 row.
+    assert [r["tags"] for r in rows["billing-db"]] == ["env=prod;project=billing"] * 2
+    assert [r["tags"] for r in rows["search-1"]] == ["owner=web-team;project=search"] * 2
+    assert {r["host"] for r in rows["search-1"]} == {"hv-b"}
+    assert [r["tags"] for r in rows["plain-vm"]] == ["", ""]
+
+    out = tmp_path / "out"
+    done = report(server.data_dir, "-o", out, "--by", "project")
+    assert done.returncode == 0, done.stderr
+    by_vm = {r["vm"]: r for r in read_csv(out / "report.csv")}
+    assert by_vm["billing-db"]["host"] == "hv-a" and by_vm["billing-db"]["tags"] == "env=prod;project=billing"
+    assert by_vm["search-1"]["host"] == "hv-b" and by_vm["plain-vm"]["tags"] == ""
+    document = json.loads((out / "report.json").read_text())
+    vms = {v["vm"]: v for v in document["vms"]}
+    assert vms["search-1"]["tags"] == {"owner": "web-team", "project": "search"}
+    statement = {r["value"]: r for r in read_csv(out / "statement.csv")}
+    assert set(statement) == {"billing", "search", ""}
+    assert [statement[k]["vms"] for k in ("billing", "search", "")] == ["1", "1", "1"]
+    assert float(statement["billing"]["monthly_cost"]) == pytest.approx(
+        float(by_vm["billing-db"]["monthly_cost"])
+    )
+    assert float(statement["search"]["usage_cost"]) == pytest.approx(float(by_vm["search-1"]["usage_cost"]))
+    page = (out / "report.html").read_text()
+    assert "Statement by project" in page and 'data-filter="project=billing"' in page
+    assert "statement by project: 3 groups" in done.stdout and "statement.csv" in done.stdout
+    by_host = report(server.data_dir, "-o", tmp_path / "hosts", "--by", "host")
+    assert by_host.returncode == 0, by_host.stderr
+    hosts = {r["value"]: r["vms"] for r in read_csv(tmp_path / "hosts" / "statement.csv")}
+    assert hosts["hv-a"] == "1" and hosts["hv-b"] == "1"
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    """A week of ten VMs in three projects (one VM without), then the report by project."""
+    data = tmp_path_factory.mktemp("tagged") / "data"
+    ts = T0 + 60 * np.arange(7 * 1440)
+    rng = np.random.default_rng(5)
+    projects = ["billing", "billing", "search", "search", "search", "ml", "ml", "ml", "ml", None]
+    for k, project in enumerate(projects):
+        cpu = np.round(np.clip(rng.normal(5 + 9 * k, 3, len(ts)), 0, 100), 1)
+        mem = np.round(np.clip(rng.normal(20 + 6 * k, 2, len(ts)), 0, 100), 1)
+        records = series(
+            "vm%d" % k,
+            ts,
+            cpu,
+            mem,
+            disk=np.full(len(ts), 1e4 * k),
+            net=np.full(len(ts), 5e4 * k),
+            vcpus=1 + k % 4,
+            mem_mb=2048 * (1 + k % 3),
+        )
+        tags = protocol.check_tags([("project", project), ("env", "prod")] if project else [("env", "dev")])
+        write_records(data, [r._replace(tags=tags, host="hv%d" % (k % 2)) for r in records])
+    out = tmp_path_factory.mktemp("tagged-out")
+    done = report(data, "-o", out, "--by", "project")
+    assert done.returncode == 0, done.stderr
+    return data, out
+
+
+def test_statement_sums_equal_the_per_vm_figures(tagged):
+    _data, out = tagged
+    vms = read_csv(out / "report.csv")
+    usage = {v["vm"]: v["usage"] for v in json.loads((out / "report.json").read_text())["vms"]}
+    lines = read_csv(out / "statement.csv")
+    assert list(lines[0]) == list(statement_mod.COLUMNS)
+    assert [line["value"] for line in lines] == ["ml", "search", "billing", ""]  # by provisioned cost
+    for line in lines:
+        members = [
+            v
+            for v in vms
+            if dict(p.split("=") for p in v["tags"].split(";")).get("project", "") == line["value"]
+        ]
+        assert int(line["vms"]) == len(members) > 0 and line["tag"] == "project"
+        for column in ("monthly_cost", "usage_cost", "monthly_saving"):
+            assert float(line[column]) == pytest.approx(
+                sum(float(v[column] or 0) for v in members), abs=0.006
+            )
+        parts = [float(line["usage_" + p]) for p in ("cpu", "ram", "disk", "network")]
+        assert sum(parts) == pytest.approx(float(line["usage_cost"]), abs=0.02)
+        for part, value in zip(("cpu", "ram", "disk", "network"), parts, strict=True):
+            assert value == pytest.approx(sum(usage[v["vm"]][part] for v in members), abs=0.006)
+        idle = sum(float(v["monthly_cost"]) * float(v["idle_share"]) for v in members)
+        assert float(line["idle_cost"]) == pytest.approx(idle, abs=0.006)
+        assert float(line["idle_share"]) == pytest.approx(idle / float(line["monthly_cost"]), abs=1e-4)
+        assert int(line["candidates"]) == sum(
+            v["category"] in ("reclaim", "schedule", "downsize") for v in members
+        )
+    # The grand total in report.json is the sum of the groups.
+    total = json.loads((out / "report.json").read_text())["meta"]["statement"]["total"]
+    assert total["monthly_cost"] == pytest.approx(
+        sum(float(line["monthly_cost"]) for line in lines), abs=0.02
+    )
+    assert total["vms"] == len(vms) == 10
+
+
+def test_usage_cost_is_the_usage_matrix_times_unit_prices(tagged):
+    data, _out = tagged
+    result, by_vm = run([data])
+    row = by_vm["vm3"]  # 4 vCPUs, 2 GB, disk 30 kB/s, network 150 kB/s
+    seconds = 730 * 3600
+    expected = {
+        "cpu": row["cpu_avg"] / 100 * 4 * 0.025 * 730,
+        "ram": row["mem_avg"] / 100 * 2 * 0.0034 * 730,
+        "disk": 3e4 * seconds / 1e9 * 0.0,
+        "network": 1.5e5 * seconds / 1e9 * 0.01,
+    }
+    assert row["usage"] == pytest.approx(expected, abs=0.01)
+    assert row["usage_cost"] == pytest.approx(sum(expected.values()), abs=0.02)
+    assert row["host"] == "hv1" and row["tags"] == {"env": "prod", "project": "search"}
+    assert result.meta.get("statement") is None  # only with --by
+
+
+def test_latest_tags_win_and_old_files_read_as_untagged(tmp_path):
+    """A VM re-tagged mid-window is grouped by its latest tags; a version-1 file has none."""
+    data = tmp_path / "data"
+    ts = T0 + 60 * np.arange(2 * 1440)
+    records = series("moved", ts, np.full(len(ts), 20.0), np.full(len(ts), 40.0))
+    old = protocol.check_tags([("project", "old")])
+    new = protocol.check_tags([("project", "new")])
+    write_records(data, [r._replace(tags=old if r.ts < T0 + DAY + 600 else new) for r in records])
+    legacy = logstore.day_path(str(data), "legacy", logstore.day_of(T0))
+    (data / "vms" / "legacy").mkdir()
+    with open(legacy, "wb") as handle:
+        handle.write(
+            logstore.HEADER_V1
+            + b"".join(
+                logstore.format_row(r) + b"\n"
+                for r in series("legacy", ts[:1440], np.full(1440, 3.0), np.full(1440, 9.0))
+            )
+        )
+    frame, bad = logstore.read_rows([legacy])
+    assert bad == 0 and len(frame) == 1440 and (frame["tags"].fillna("") == "").all()
+    mixed, bad = logstore.read_rows(path for _d, path in logstore.day_files(str(data), "moved"))
+    assert bad == 0 and len(mixed) == 2 * 1440
+    assert set(mixed["tags"].dropna()) == {"project=old", "project=new"}
+    result, by_vm = run([data], by="project")
+    assert by_vm["moved"]["tags"] == {"project": "new"} and by_vm["legacy"]["tags"] == {}
+    groups = {line["value"]: line["vms"] for line in result.meta["statement"]["groups"]}
+    assert groups == {"new": 1, "": 1}
+    assert logstore.last_labels(legacy)[1:] == ("", None)
+
+
+def test_bad_by_is_one_readable_line(tagged):
+    data, _out = tagged
+    for key in ("Project", "vm", "a b", "x" * 40):
+        done = report(data, "-o", data.parent / "bad", "--by", key)
+        assert done.returncode != 0 and done.stderr.count("\n") == 1 and "--by" in done.stderr, done.stderr
+    with pytest.raises(ReportError):
+        statement_mod.check_key("owner=x")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("project", "not key=value"),
+        ("Project=x", "tag key"),
+        ("vm=x", "tag key"),
+        ("host=x", "tag key"),
+        ("project=a,project=b", "given twice"),
+        ("project=a;b", "is not [A-Za-z0-9]"),
+        ("project=" + "x" * 65, "1-64"),
+        (",".join("k%d=v" % i for i in range(9)), "at most 8"),
+    ],
+)
+def test_tag_limits_hold_at_the_agent_and_the_decoder(text, message):
+    with pytest.raises(agent_config.ConfigError, match="VMSTATS_TAGS: .*" + message.replace("[", r"\[")):
+        agent_config.load(["--server", "127.0.0.1:1"], environ={"VMSTATS_TAGS": text})
+    if text.partition("=")[0] in protocol.TAG_NAMES:
+        return  # on the wire these are the vm and host tags themselves
+    decoder = protocol.Decoder(clock=lambda: T0)
+    with pytest.raises(protocol.DecodeError) as caught:
+        decoder.decode_line("vmstats,vm=a,%s cpu=1,mem=2 %d" % (text.replace(";", ","), T0))
+    assert caught.value.reason in (protocol.R_SYNTAX,)
+
+
+def test_tagged_records_round_trip_and_untagged_ones_are_spelled_as_before():
+    decoder = protocol.Decoder(clock=lambda: T0)
+    record = decoder.decode_line("vmstats,vm=10.0.0.5,env=prod,host=h1,project=billing cpu=1,mem=2 %d" % T0)
+    assert record.tags == (("env", "prod"), ("project", "billing")) and record.host == "h1"
+    line = protocol.encode_record(record)
+    assert line == "vmstats,vm=10.0.0.5,host=h1,env=prod,project=billing cpu=1,mem=2 %d" % T0
+    assert decoder.decode_line(line) == record
+    assert protocol.encode_records([record]) == [line.encode()]
+    plain = record._replace(tags=None)
+    assert protocol.encode_record(plain) == "vmstats,vm=10.0.0.5,host=h1 cpu=1,mem=2 %d" % T0
+    assert logstore.format_tail(plain) == b"1,,2,,,,,,,,h1"
+    assert logstore.format_tail(record) == b"1,,2,,,,,,,,h1,env=prod;project=billing"
+    settings = agent_config.load(["--server", "127.0.0.1:1", "--tags", " project=a , env=b "], environ={})
+    assert settings.tags == (("env", "b"), ("project", "a"))
+    assert agent_config.load(["--server", "127.0.0.1:1"], environ={}).tags is None
+
+
+def test_sparklines_and_daily_p95_span_the_analysed_window_not_the_asked_one(tmp_path):
+    """Two days of data under a 7-day look-back: no blank stretch beside 'coverage 100%'."""
+    data = tmp_path / "data"
+    start = T0 + 5 * 3600 + 17 * 60  # starts mid-hour, mid-day
+    ts = start + 60 * np.arange(2 * 1440)
+    write_records(data, series("steady", ts, np.full(len(ts), 12.0), np.full(len(ts), 30.0)))
+    result, by_vm = run([data], policy=None)
+    row = by_vm["steady"]
+    assert result.meta["window"]["clipped"] and row["coverage"] == 1.0
+    assert None not in row["spark_cpu"] and set(row["spark_cpu"]) == {12.0}
+    hours = (int(ts[-1]) // 3600) - (start // 3600) + 1
+    step = result.meta["sparkline_step_hours"]
+    assert len(row["spark_cpu"]) == -(-hours // step)
+    assert result.meta["sparkline_start"] == "2026-01-01T05:00:00Z"
+    assert result.meta["daily_start"] == "2026-01-01" and row["daily_cpu_p95"] == [12.0, 12.0, 12.0]
+    out = tmp_path / "out"
+    done = report(data, "-o", out)
+    assert done.returncode == 0, done.stderr
+    page = (out / "report.html").read_text()
+    assert "<title>VM reclamation report 2026-01-01 to 2026-01-03</title>" in page

@@ -1,0 +1,128 @@
+"""Billing by use: the fleet's cost grouped by a tag, for chargeback (``report --by TAG``).
+
+A VM's group is the value of the tag on its latest record in the window
+(``host`` or an extra tag, docs/PROTOCOL.md); VMs without it form one group
+with an empty value.  Every figure of a group is a sum of the per-VM figures
+of report.csv (idle share is a ratio of two such sums), so a statement always
+adds up to the report it came from; docs/REPORT.md says how each is computed.
+"""
+
+import csv
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from vmstats import logstore
+from vmstats.protocol import MAX_TAG_KEY_LENGTH
+from vmstats.report.policy import CANDIDATES
+from vmstats.report.settings import ReportError
+
+STATEMENT_NAME = "statement.csv"
+#: statement.csv's header, in this order (docs/REPORT.md documents each).
+COLUMNS = (
+    "tag",
+    "value",
+    "vms",
+    "unpriced_vms",
+    "monthly_cost",
+    "usage_cost",
+    "usage_cpu",
+    "usage_ram",
+    "usage_disk",
+    "usage_network",
+    "idle_cost",
+    "idle_share",
+    "monthly_saving",
+    "candidates",
+)
+#: Money columns: sums of the per-VM figures, rounded to cents once summed.
+_SUMS = ("monthly_cost", "usage_cost", "monthly_saving")
+_PARTS = ("cpu", "ram", "disk", "network")
+_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,%d}\Z" % (MAX_TAG_KEY_LENGTH - 1))
+
+Labels = tuple[str, tuple[tuple[str, str], ...] | None]
+
+
+def check_key(key: str) -> None:
+    """ReportError unless ``key`` could be a tag: ``host`` or an extra tag's key."""
+    if key != "host" and (key == "vm" or not _KEY_RE.match(key)):
+        raise ReportError(
+            "--by %r is not a tag: use host or an extra tag's key ([a-z][a-z0-9_]*, e.g. project)" % key
+        )
+
+
+def vm_labels(
+    units: Mapping[tuple[str, int], Sequence[str]], vms: Sequence[str], last_day: int
+) -> list[Labels]:
+    """``(host, tags)`` of each VM of ``vms``: those of its latest record up to ``last_day``.
+
+    Only the last lines of each VM's latest day files are read (one small
+    read per data dir), not a column of every row.
+    """
+    latest: dict[str, int] = {}
+    for vm, day in units:
+        if day <= last_day and day > latest.get(vm, -1):
+            latest[vm] = day
+    out = []
+    for vm in vms:
+        best = None
+        day = latest.get(vm)
+        for path in units.get((vm, day), ()) if day is not None else ():
+            found = logstore.last_labels(path)
+            if found is not None and (best is None or found[0] >= best[0]):
+                best = found
+        out.append(("", None) if best is None else (best[1], best[2]))
+    return out
+
+
+def tag_value(row: Mapping[str, Any], key: str) -> str:
+    """The VM's value of tag ``key`` ("" when it has none)."""
+    if key == "host":
+        return row["host"] or ""
+    return row["tags"].get(key, "")
+
+
+def statement(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    """Per value of tag ``key``: VMs, cost as provisioned and by use, idle share, savings.
+
+    Groups are ordered by provisioned cost, highest first (then by value);
+    ``total`` holds the same figures over every VM.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tag_value(row, key), []).append(row)
+    lines = [_line(key, value, members) for value, members in groups.items()]
+    lines.sort(key=lambda line: (-line["monthly_cost"], line["value"]))
+    return {"by": key, "groups": lines, "total": _line(key, "", rows)}
+
+
+def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    priced = [r for r in rows if r["monthly_cost"] is not None]
+    line: dict[str, Any] = {
+        "tag": key,
+        "value": value,
+        "vms": len(rows),
+        "unpriced_vms": len(rows) - len(priced),
+    }
+    for name in _SUMS:
+        line[name] = round(sum(r[name] or 0.0 for r in rows), 2)
+    for part in _PARTS:
+        line["usage_" + part] = round(sum(r["usage"][part] for r in priced if r["usage"]), 2)
+    # Money spent while idle: each VM's provisioned cost times its share of idle minutes.
+    idle = sum(r["monthly_cost"] * r["idle_share"] for r in priced if r["idle_share"] is not None)
+    line["idle_cost"] = round(idle, 2)
+    line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
+    line["candidates"] = sum(1 for r in rows if r["category"] in CANDIDATES)
+    return line
+
+
+def write_csv(document: Mapping[str, Any], out_dir: str) -> str:
+    """statement.csv: one line per group, the header exactly COLUMNS; returns its path."""
+    path = os.path.join(out_dir, STATEMENT_NAME)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for line in document["groups"]:
+            writer.writerow(["" if line[c] is None else line[c] for c in COLUMNS])
+    return path
