@@ -1,0 +1,60 @@
+"""Reports of any size built from a real one, for tests of the page rather than of the data.
+
+A 10,000-VM server run or log parse would take minutes; the page only needs
+rows shaped exactly like build()'s.  So a small fleet goes through the real
+pipeline once (test_report_policy.build_fleet, build), and its rows are
+copied under new ids with their figures varied, tags and hosts assigned, and
+ranks, totals, categories and the statement recomputed from the copies.
+"""
+
+import copy
+import dataclasses
+import random
+
+from vmstats.report import statement as statement_mod
+from vmstats.report.build import Report, _rank_key
+from vmstats.report.policy import CANDIDATES
+
+PROJECTS = ("billing", "search", "web", "data", "ml")
+ENVS = ("prod", "staging", "dev")
+
+
+def grown(base: Report, count: int, seed: int = 7, by: str | None = "project") -> Report:
+    """``base``'s rows copied to ``count`` VMs (``vm-00001``...), each with host and tags."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        row = copy.deepcopy(base.rows[i % len(base.rows)])
+        scale = rng.uniform(0.5, 1.5)
+        row["vm"] = "vm-%05d" % (i + 1)
+        row["host"] = "host%02d" % (i % 40)
+        row["tags"] = {"project": PROJECTS[i % len(PROJECTS)], "env": ENVS[i % len(ENVS)]}
+        for name in ("monthly_saving", "monthly_cost", "usage_cost"):
+            if row[name] is not None:
+                row[name] = round(row[name] * scale, 2)
+        if row["usage"]:
+            row["usage"] = {k: round(v * scale, 2) for k, v in row["usage"].items()}
+        rows.append(row)
+    rows.sort(key=_rank_key)
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    meta = copy.deepcopy(base.meta)
+    categories = {name: {"vms": 0, "monthly_saving": 0.0} for name in meta["categories"]}
+    for row in rows:
+        entry = categories.setdefault(row["category"], {"vms": 0, "monthly_saving": 0.0})
+        entry["vms"] += 1
+        entry["monthly_saving"] = round(entry["monthly_saving"] + row["monthly_saving"], 2)
+    meta["categories"] = categories
+    meta["totals"] = dict(
+        meta["totals"],
+        vms=len(rows),
+        monthly_cost=round(sum(r["monthly_cost"] or 0.0 for r in rows), 2),
+        monthly_saving=round(sum(r["monthly_saving"] for r in rows), 2),
+        candidates=sum(1 for r in rows if r["category"] in CANDIDATES),
+        unpriced_vms=sum(1 for r in rows if r["monthly_cost"] is None),
+    )
+    if by:
+        meta["statement"] = statement_mod.statement(rows, by)
+    else:
+        meta.pop("statement", None)
+    return dataclasses.replace(base, rows=rows, meta=meta)

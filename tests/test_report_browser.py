@@ -1,0 +1,265 @@
+"""report.html in a real browser: headless Chromium driven by selenium.
+
+The page's table, filters, search and drill-down are drawn by its script, so
+only a browser can show they work: no console error, sorting, filtering,
+search, the drill-down panel, no horizontal overflow at 1,000 pixels, and a
+10,000-VM page drawn within seconds.  Chromium and its driver are Debian's,
+installed by .ci/debian-packages when missing (a failure there fails these
+tests; they never skip).  One browser serves the whole module to keep it fast.
+"""
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import reportdata
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from test_report_policy import build_fleet
+
+from vmstats.report.build import build
+from vmstats.report.prices import PriceBook
+from vmstats.report.render import OTHER_COLOUR, render
+from vmstats.report.settings import Policy
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDTH = 1000
+#: Chromium as root in a container: no sandbox, no GPU, nothing fetched, a fresh profile.
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=%d,900" % WIDTH,
+)
+
+
+def _browser_binaries() -> tuple[str, str]:
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        done = subprocess.run(
+            [str(ROOT / ".ci" / "debian-packages")], capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, "cannot install chromium: " + done.stderr
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium, chromedriver = _browser_binaries()
+    options = webdriver.ChromeOptions()
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument("--user-data-dir=%s" % tmp_path_factory.mktemp("chromium-profile"))
+    options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """A 300-VM page with tags, a statement, an unknown category and extra fields, and a 10,000-VM page."""
+    base_dir = tmp_path_factory.mktemp("browser")
+    build_fleet(base_dir / "data")
+    base = build([str(base_dir / "data")], Policy.load(None, {}), PriceBook.load(None))
+    small = reportdata.grown(base, 300)
+    # What a newer policy may add: a category and fields this page does not know.
+    small.meta["categories"][small.rows[-1]["category"]]["vms"] -= 1
+    small.rows[-1]["category"] = "upsize"
+    small.meta["categories"]["upsize"] = {"vms": 1, "monthly_saving": 0.0}
+    for row in small.rows[:3]:
+        row["data_quality"] = ["clock skew 40 s", "gap of 6 h on 2026-01-05"]
+        row["blocked_by"] = "trend"
+    render(small, str(base_dir / "small.html"))
+    large = reportdata.grown(base, 10000)
+    render(large, str(base_dir / "large.html"))
+    return {"small": (base_dir / "small.html", small), "large": (base_dir / "large.html", large)}
+
+
+def _open(browser, path: Path) -> float:
+    browser.get_log("browser")  # drop what earlier pages logged
+    started = time.monotonic()
+    browser.get(path.as_uri())  # returns after the load event, i.e. after the page's script ran
+    browser.find_element(By.CSS_SELECTOR, "#vms tbody tr[data-index]")
+    return time.monotonic() - started
+
+
+def _errors(browser) -> list:
+    return [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+
+
+def _column(browser, index: int) -> list[str]:
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#vms tbody tr[data-index]'),"
+        " tr => tr.cells[%d].textContent.trim())" % index
+    )
+
+
+def _vms(browser) -> list[str]:
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#vms tbody .vmlink'), b => b.textContent)"
+    )
+
+
+def _shown(browser) -> str:
+    return browser.find_element(By.ID, "shown").text
+
+
+def _money(text: str) -> float:
+    return float(text.replace(",", "") or 0)
+
+
+def test_page_loads_without_errors_and_fits_1000_pixels(browser, pages, tmp_path):
+    path, report = pages["small"]
+    _open(browser, path)
+    assert _errors(browser) == []
+    sizes = browser.execute_script(
+        "var d = document.documentElement, box = document.querySelector('.tablebox');"
+        "return [d.scrollWidth, d.clientWidth, box.scrollWidth, box.clientWidth, window.innerWidth]"
+    )
+    assert sizes[4] == WIDTH
+    assert sizes[0] <= sizes[1], "the page scrolls sideways at %d px" % WIDTH
+    assert sizes[2] <= sizes[3], "the VM table is wider than its box"
+    assert len(_column(browser, 0)) == 100 and _shown(browser).startswith("1-100 of 300 VMs")
+    assert browser.title == "VM reclamation report 2026-01-01 to 2026-01-14"
+    # Host and tags reach the table; the unknown category is drawn with its own chip.
+    first = report.rows[0]
+    cell = browser.find_element(By.CSS_SELECTOR, "#vms tbody tr[data-index] td:nth-child(2)").text
+    assert (
+        first["vm"] in cell
+        and "host=%s" % first["host"] in cell
+        and "project=%s" % first["tags"]["project"] in cell
+    )
+    assert browser.find_element(By.CSS_SELECTOR, '.chip[data-category="upsize"]').text.split() == [
+        "upsize",
+        "1",
+    ]
+    browser.execute_script("document.getElementById('statement-title').scrollIntoView()")
+    browser.save_screenshot(str(tmp_path / "report.png"))
+    assert (tmp_path / "report.png").stat().st_size > 10000
+
+
+def test_sorting_by_a_column_and_back(browser, pages):
+    path, report = pages["small"]
+    _open(browser, path)
+    assert [int(x) for x in _column(browser, 0)] == list(range(1, 101))
+    saving = browser.find_element(By.CSS_SELECTOR, '#vms th[data-key="monthly_saving"]')
+    saving.click()
+    values = [_money(x) for x in _column(browser, 3)]
+    assert values == sorted(values, reverse=True) and values[0] == max(
+        r["monthly_saving"] for r in report.rows
+    )
+    assert "sorted-desc" in saving.get_attribute("class")
+    saving.click()
+    values = [_money(x) for x in _column(browser, 3)]
+    assert values == sorted(values) and "sorted-asc" in saving.get_attribute("class")
+    browser.find_element(By.CSS_SELECTOR, '#vms th[data-key="vm"]').click()
+    assert _vms(browser) == sorted(r["vm"] for r in report.rows)[:100]
+
+
+def test_category_chips_and_search_filter_every_row(browser, pages):
+    path, report = pages["small"]
+    _open(browser, path)
+    count = {c: sum(1 for r in report.rows if r["category"] == c) for c in ("reclaim", "downsize")}
+    browser.find_element(By.CSS_SELECTOR, '.chip[data-category="reclaim"]').click()
+    assert set(_column(browser, 2)) == {"reclaim"} and _shown(browser).startswith(
+        "1-%d of %d VMs" % ((count["reclaim"],) * 2)
+    )
+    browser.find_element(By.CSS_SELECTOR, '.chip[data-category="downsize"]').click()
+    total = count["reclaim"] + count["downsize"]
+    assert set(_column(browser, 2)) == {
+        "reclaim",
+        "downsize",
+    } and " of %d VMs (filtered from 300)" % total in _shown(browser)
+    browser.find_element(By.CSS_SELECTOR, '.chip[data-category=""]').click()
+    assert _shown(browser) == "1-100 of 300 VMs"
+
+    search = browser.find_element(By.ID, "search")
+    search.send_keys("project=billing")
+    time.sleep(0.4)  # the box waits for typing to pause
+    billing = [r for r in report.rows if r["tags"]["project"] == "billing"]
+    assert _shown(browser) == "1-%d of %d VMs (filtered from 300)" % (min(100, len(billing)), len(billing))
+    assert all("project=billing" in text for text in _column(browser, 1))
+    # Words combine with chips and with each other.
+    browser.find_element(By.CSS_SELECTOR, '.chip[data-category="keep"]').click()
+    assert set(_column(browser, 2)) == {"keep"}
+    search.clear()
+    search.send_keys(report.rows[42]["vm"], Keys.TAB)
+    browser.find_element(By.CSS_SELECTOR, '.chip[data-category=""]').click()
+    time.sleep(0.4)
+    assert _vms(browser) == [report.rows[42]["vm"]]
+    search.clear()
+    search.send_keys("no-such-vm-anywhere")
+    time.sleep(0.4)
+    assert "No VM matches" in browser.find_element(By.CSS_SELECTOR, "#vms tbody").text
+    # A statement line lists its group's VMs.
+    browser.find_element(By.CSS_SELECTOR, '#statement button[data-filter="project=ml"]').click()
+    assert browser.find_element(By.ID, "search").get_attribute("value") == "project=ml"
+    assert all("project=ml" in text for text in _column(browser, 1))
+    assert _errors(browser) == []
+
+
+def test_drill_down_shows_the_vms_charts_evidence_and_flags(browser, pages):
+    path, report = pages["small"]
+    _open(browser, path)
+    row = report.rows[0]
+    browser.find_element(By.CSS_SELECTOR, "#vms tbody tr[data-index] .vmlink").click()
+    drill = browser.find_element(By.ID, "drill")
+    assert drill.is_displayed() and browser.find_element(By.ID, "drill-title").text == row["vm"]
+    text = drill.text
+    assert (
+        row["recommendation"] in text
+        and "host=%s" % row["host"] in text
+        and "env=%s" % row["tags"]["env"] in text
+    )
+    # Daily p95 over the analysed days, with axes and the VM's thresholds.
+    days = len([v for v in row["daily_cpu_p95"] if v is not None])
+    chart = browser.find_element(By.ID, "daily-chart")
+    assert len(chart.find_elements(By.CSS_SELECTOR, "circle")) == days + len(
+        [v for v in row["daily_mem_p95"] if v is not None]
+    )
+    assert len(chart.find_elements(By.CSS_SELECTOR, "line.threshold")) == 3
+    labels = chart.text
+    assert "0%" in labels and "100%" in labels and "01-01" in labels and "14 days analysed" in labels
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#vm-heatmap rect")) == 168
+    evidence = browser.find_elements(By.CSS_SELECTOR, "#drill-evidence tr")
+    assert len(evidence) == len(row["evidence"])
+    # Fields a newer policy adds are shown, not dropped.
+    assert [li.text for li in drill.find_elements(By.CSS_SELECTOR, ".flags li")] == row["data_quality"]
+    assert "blocked_by" in browser.find_element(By.ID, "drill-figures").text
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= WIDTH
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    assert not drill.is_displayed()
+    # The VM of the unknown category opens too, with the fallback colour.
+    browser.find_element(By.CSS_SELECTOR, '.chip[data-category="upsize"]').click()
+    browser.find_element(By.CSS_SELECTOR, "#vms tbody tr[data-index]").click()
+    pill = browser.find_element(By.CSS_SELECTOR, "#drill .pill")
+    assert pill.text == "upsize" and "rgb(140, 86, 75)" in pill.get_attribute("style")
+    assert OTHER_COLOUR == "#8c564b"
+    assert _errors(browser) == []
+
+
+def test_ten_thousand_vms_render_and_sort_within_seconds(browser, pages):
+    path, report = pages["large"]
+    seconds = _open(browser, path)
+    assert seconds < 5.0, "10,000 VMs took %.1f s to open" % seconds
+    assert _errors(browser) == []
+    assert _shown(browser) == "1-100 of 10,000 VMs"
+    assert len(_column(browser, 0)) == 100
+    started = time.monotonic()
+    browser.find_element(By.CSS_SELECTOR, '#vms th[data-key="cpu_p95"]').click()
+    values = [float(x or -1) for x in _column(browser, 8)]
+    assert time.monotonic() - started < 2.0
+    top = max(r["cpu_p95"] for r in report.rows if r["cpu_p95"] is not None)
+    assert values == sorted(values, reverse=True) and values[0] == top
+    browser.find_element(By.CSS_SELECTOR, '#pager button[data-page="next"]').click()
+    assert _shown(browser).startswith("101-200 of 10,000")
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= WIDTH
