@@ -47,6 +47,21 @@ def test_http_paths_match_exactly_and_no_response_names_the_server(tmp_path):
         assert status == 200 and body == b"" and "server" not in headers
 
 
+def test_idle_http_connections_are_closed_and_counted(tmp_path):
+    with serve(tmp_path, "--http-idle-timeout", "1s") as server:
+        idle = socket.create_connection((LOOPBACK, server.http_port), timeout=5)
+        slow = socket.create_connection((LOOPBACK, server.http_port), timeout=5)
+        slow.sendall(b"GET /metrics HTTP/1.1\r\n")  # a request that never ends
+        started = time.monotonic()
+        assert idle.recv(10) == b"" and slow.recv(10) == b""
+        assert time.monotonic() - started < 4
+        idle.close()
+        slow.close()
+        metrics = server.wait_metrics(
+            lambda m: m['vmstats_connections_idle_closed_total{port="http"}'] >= 2)
+    assert metrics['vmstats_connections_idle_closed_total{port="tcp"}'] == 0
+
+
 def test_status_details_need_the_token_and_counts_stay_public(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")

@@ -79,7 +79,8 @@ def test_a_key_writes_only_the_vms_it_is_bound_to(tmp_path):
 
 
 # -- replay after a restart ----------------------------------------------------------------------
-@pytest.mark.parametrize("how", ["sigkill_before_flush", "sigkill_after_flush", "sigterm"])
+@pytest.mark.parametrize("how", ["sigkill_before_flush", "sigkill_after_flush", "sigterm",
+                                 "sigterm_no_journal"])
 def test_a_signed_payload_replayed_after_a_restart_is_rejected(tmp_path, how):
     keys = tmp_path / "keys"
     keys.write_text("k1 s3cret\n")
@@ -91,6 +92,8 @@ def test_a_signed_payload_replayed_after_a_restart_is_rejected(tmp_path, how):
     # a short interval lets the flush retire the journal and the marks file carry the memory.
     interval = "1h" if how == "sigkill_before_flush" else "0.3"
     args = ("--flush-interval", interval, "--auth-keys", str(keys))
+    if how == "sigterm_no_journal":  # the marks file alone, saved each second and at the stop
+        args += ("--no-journal",)
     first = serve(tmp_path, *args).start()
     try:
         assert send_tcp(first, tcp_frame, "t1") == b"#!ack t1 1 0\n"
@@ -99,7 +102,7 @@ def test_a_signed_payload_replayed_after_a_restart_is_rejected(tmp_path, how):
         if how == "sigkill_after_flush":
             first.wait_metrics(lambda m: m["vmstats_flushed_records_total"] >= 2
                                and m["vmstats_journal_segments"] == 0)
-        first.stop(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        first.stop(signal.SIGTERM if how.startswith("sigterm") else signal.SIGKILL)
     finally:
         first.kill()
     assert (tmp_path / "data" / "journal" / "signatures").exists() or how == "sigkill_before_flush"
