@@ -193,12 +193,14 @@ def test_custom_prices_and_threshold_flags(fleet, tmp_path):
     data, _expected, _out, _result = fleet
     prices = tmp_path / "prices.toml"
     prices.write_text('currency = "EUR"\nhours_per_month = 700\nvcpu_hour = 0.01\ngb_ram_hour = 0.001\n')
-    result = vmstats(data, "-o", tmp_path / "o", "--prices", prices, "--cpu-idle", "0.1", "--no-cache")
+    result = vmstats(
+        data, "-o", tmp_path / "o", "--prices", prices, "--set", "cpu_floor_max=0.1", "--no-cache"
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "o" / "report.json").read_text())
     by_vm = {v["vm"]: v for v in document["vms"]}
     assert by_vm["idle"]["monthly_cost"] == pytest.approx((2 * 0.01 + 4 * 0.001) * 700, abs=0.01)
-    assert by_vm["idle"]["category"] != "reclaim"  # 0.1% CPU is stricter than its ~1.5%
+    assert by_vm["idle"]["category"] != "reclaim"  # a 0.1% CPU floor is stricter than its ~1%
     assert document["meta"]["prices"]["is_example"] is False and "EUR" in result.stdout
 
 

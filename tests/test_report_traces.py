@@ -11,6 +11,7 @@ from test_report_stats import run
 
 from vmstats import logstore
 from vmstats.report.policy import CATEGORIES
+from vmstats.report.settings import Policy
 from vmstats.simulator.traces import read_trace
 
 TRACES = Path(__file__).resolve().parent / "data" / "traces"
@@ -54,8 +55,13 @@ def test_planetlab_day_cpu_only(tmp_path):
     vms = convert(files, "planetlab", tmp_path, fill={"mem": 40.0, "vcpus": 4, "mem_mb": 8192})
     report, rows = run([tmp_path])
     assert sorted(rows) == sorted(vms)
-    # One day of data in a 14-day look-back: the window starts with the fleet, coverage is full.
-    assert report.window.expected_minutes == 1440
+    # One day of data cannot show a weekly job: no verdict, and the header says why.
+    assert {r["category"] for r in rows.values()} == {"insufficient-data"}
+    assert all(r["blocked_by"] == "span 1.0 of 6 days" for r in rows.values())
+    assert "too young" in report.meta["too_young"]
+    # Told to judge one day anyway, the statistics hold: the window starts with the fleet.
+    report, rows = run([tmp_path], policy=Policy.load(None, {"min_days": 0}))
+    assert report.window.expected_minutes == 1440 and not report.meta["too_young"]
     for row in rows.values():
         assert row["coverage"] == pytest.approx(1.0)
         # No network or disk figures at all: missing data never proves a VM idle.

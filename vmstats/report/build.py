@@ -32,7 +32,7 @@ _PER_VM = (
     "idle_day_net_mb",
     "schedule_hour_min_minutes",
 )
-_ORDER_AFTER = {"stopped": 1, "insufficient-data": 2, "keep": 3, "excluded": 4}
+_ORDER_AFTER = {"upsize": 1, "stopped": 2, "insufficient-data": 3, "keep": 4, "excluded": 5}
 
 
 @dataclass
@@ -114,6 +114,7 @@ def build(
     per_vm = {name: np.array([s[name] for _g, s in vm_settings], dtype=float) for name in _PER_VM}
     st = stats_mod.compute(table, window, per_vm)
     labels = statement_mod.vm_labels(units, table.vms, last_day)
+    st["span_days"] = _span_days(units, table, window, st)
 
     rows = []
     for i, vm in enumerate(table.vms):
@@ -147,6 +148,8 @@ def build(
                 ),
                 1.0,
                 recommendation="none (excluded)",
+                blocked_by="excluded: %s" % excluded.reason,
+                data_quality=decision.data_quality,
                 evidence={
                     "would_be": decision.category,
                     "would_save": decision.monthly_saving,
@@ -209,6 +212,20 @@ def _all_damaged(files: list[dict]) -> Decision:
     )
 
 
+def _span_days(units, table, window, st) -> np.ndarray:
+    """Days each VM has been observed, from its first log ever (not the window's start) to its last
+    record; a resized VM counts from its resize.  A window clipped to a young fleet's first record
+    cannot make one day look like fourteen.
+    """
+    first_file: dict[str, int] = {}
+    for vm, day in units:
+        first_file[vm] = min(day, first_file.get(vm, day))
+    first_day = np.array([first_file[vm] for vm in table.vms], dtype=np.int64)
+    start = np.where(first_day < window.first_day, first_day * 86400, st["first_seen"])
+    start = np.maximum(start, st["judged_from"])
+    return np.maximum(0, st["last_seen"] - start + 60) / 86400.0
+
+
 def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -> dict[str, Any]:
     return {
         "rank": 0,
@@ -252,6 +269,9 @@ def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -
         "cpu_trend": _r(v["cpu_trend"], 2),
         "mem_trend": _r(v["mem_trend"], 2),
         "bad_lines": int(v["bad_lines"]),
+        "blocked_by": decision.blocked_by,
+        "data_quality": decision.data_quality,
+        "span_days": _r(v["span_days"], 2),
         # Not CSV columns: for JSON and HTML.
         "evidence": decision.evidence,
         "hour_of_week_cpu": _profile(v["how_cpu"]),
@@ -361,15 +381,36 @@ def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, 
         "totals": {
             "vms": len(rows),
             "monthly_cost": round(sum(r["monthly_cost"] or 0.0 for r in rows), 2),
-            "monthly_saving": round(sum(r["monthly_saving"] for r in rows), 2),
+            # Savings only: an upsize's extra cost is shown apart, never netted against them.
+            "monthly_saving": round(sum(r["monthly_saving"] for r in rows if r["category"] in CANDIDATES), 2),
+            "upsize_extra_cost": round(
+                -sum(r["monthly_saving"] for r in rows if r["category"] == "upsize"), 2
+            ),
+            "data_quality_vms": sum(1 for r in rows if r["data_quality"]),
             "candidates": sum(1 for r in rows if r["category"] in CANDIDATES),
             "bad_lines": sum(r["bad_lines"] for r in rows),
             "unpriced_vms": sum(1 for r in rows if r["monthly_cost"] is None),
         },
         "categories": categories,
+        "too_young": _too_young(rows, policy.base),
         "cache": {"parsed_vm_days": table.parsed_units, "cached_vm_days": table.cached_units},
         "sparkline_step_hours": spark_step,
     }
+
+
+def _too_young(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """A sentence when no VM of the fleet has been observed long enough for a verdict, else ''."""
+    spans = [r["span_days"] for r in rows if r["span_days"] is not None]
+    longest = max(spans, default=0.0)
+    if longest >= settings["min_days"]:
+        return ""
+    return (
+        "the fleet is too young to judge: its longest-observed VM has %.1f days of data, verdicts need %g"
+        % (
+            longest,
+            settings["min_days"],
+        )
+    )
 
 
 def _fleet(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import numpy as np
 
 from vmstats import logstore
 from vmstats.protocol import FIELD_NAMES
+from vmstats.report import runs
 from vmstats.report.histogram import PCT_BINS, PCT_VALUES, RATE_BINS, pct_bin, percentiles, rate_bin
 from vmstats.report.settings import ReportError
 
@@ -58,6 +59,8 @@ SCALARS = {
     "net_max": np.float64,
     "vcpus": np.float32,
     "mem_mb": np.float64,
+    "vcpus_first": np.float32,
+    "mem_mb_first": np.float64,
     "bad": np.int32,
     "cpu_p95": np.float32,
     "mem_p95": np.float32,
@@ -71,6 +74,8 @@ HOURLY = {
     "h_disk_sum": np.float32,
     "h_net_sum": np.float32,
 }
+#: Sustained levels and frozen stretches (runs.py): scalars and per-edge-minute columns.
+RUNS = runs.fields()
 HISTOGRAMS = {"hist_cpu": PCT_BINS, "hist_mem": PCT_BINS, "hist_disk": RATE_BINS, "hist_net": RATE_BINS}
 #: Every field the statistics use: all of the wire format's but the agent's sequence counter.
 _READ = [name for name in FIELD_NAMES if name != "seq"]
@@ -178,6 +183,8 @@ def empty_table(rows: int) -> dict[str, np.ndarray]:
     table: dict[str, np.ndarray] = {name: np.zeros(rows, dtype) for name, dtype in SCALARS.items()}
     for name, dtype in HOURLY.items():
         table[name] = np.zeros((rows, 24), dtype)
+    for name, (columns, dtype) in RUNS.items():
+        table[name] = np.zeros((rows, columns) if columns else rows, dtype)
     for name, bins in HISTOGRAMS.items():
         table[name] = np.zeros((rows, bins), np.uint16)
     return table
@@ -239,6 +246,8 @@ def aggregate_units(paths_per_unit: list[list[str]]) -> tuple[dict[str, np.ndarr
     out["net_max"][units] = np.fmax.reduceat(net, starts)
     for name in ("vcpus", "mem_mb"):
         out[name][units] = _last_known(col[name], unit, len(paths_per_unit))[units]
+        # The day's first size too: a resize inside the window is seen between the two.
+        out[name + "_first"][units] = _last_known(col[name][::-1], unit[::-1], len(paths_per_unit))[units]
 
     hour = (ts // 3600) % 24
     cell = unit * 24 + hour
@@ -254,6 +263,7 @@ def aggregate_units(paths_per_unit: list[list[str]]) -> tuple[dict[str, np.ndarr
     out["h_net_sum"].reshape(cells)[where] = np.add.reduceat(np.nan_to_num(net), cell_starts)
 
     rows = len(paths_per_unit)
+    runs.aggregate(out, unit, ts, {"cpu": col["cpu"], "mem": col["mem"], "disk": disk, "net": net}, rows)
     for name, values, binner, bins in (
         ("hist_cpu", col["cpu"], pct_bin, PCT_BINS),
         ("hist_mem", col["mem"], pct_bin, PCT_BINS),

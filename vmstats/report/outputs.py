@@ -61,6 +61,9 @@ CSV_COLUMNS = (
     "bad_lines",
     "host",
     "tags",
+    "blocked_by",
+    "data_quality",
+    "span_days",
 )
 JSON_EXTRA = (
     "evidence",
@@ -189,6 +192,16 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
             "%d VMs never reported their size: no cost or saving for them" % totals["unpriced_vms"],
             file=stream,
         )
+    if meta["too_young"]:
+        print(meta["too_young"], file=stream)
+    if totals["upsize_extra_cost"]:
+        print(
+            "upsize: %s more a month for %d VMs near their size (not in the saving)"
+            % (money(totals["upsize_extra_cost"], currency), meta["categories"]["upsize"]["vms"]),
+            file=stream,
+        )
+    if totals["data_quality_vms"]:
+        print("%d VMs with doubtful data (see data_quality)" % totals["data_quality_vms"], file=stream)
     if totals["bad_lines"]:
         print("malformed log lines skipped: %d" % totals["bad_lines"], file=stream)
     damaged_files_summary(meta, stream)

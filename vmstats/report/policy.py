@@ -4,17 +4,27 @@ Rules are tried in this order and the first that fires decides (so savings
 are never counted twice):
 
 1. ``stopped``            no record for ``stopped_after_hours`` before the window's end
-2. ``insufficient-data``  coverage below ``coverage_min`` (missing data is not idle)
-3. ``reclaim``            CPU, disk and network below their idle limits at the
-                          ``idle_percentile`` and memory not being worked
-4. ``schedule``           steadily idle in recurring hour slots of its own local time, busy in others
-5. ``downsize``           a smaller shape holds p95/p99 use plus headroom, use not rising
-6. ``keep``
+2. ``insufficient-data``  coverage below ``coverage_min`` or fewer than ``min_days`` observed
+                          (missing data is not idle; one day cannot show a weekly job)
+3. ``reclaim``            CPU, disk and network at their own background floor: no
+                          ``idle_percentile`` and no 30-minute stretch above the work level
+                          drawn from the floor, and no floor above a service's (memory moving
+                          on its own is not work)
+4. ``schedule``           steadily idle in recurring hour slots of its own local time, busy in
+                          others, over at least ``schedule_min_days``
+5. ``upsize``             CPU or memory p95 at ``upsize_at`` of the size or above
+6. ``downsize``           a smaller shape holds p95/p99 use plus headroom, use not rising
+7. ``keep``
+
+Every VM not reclaimed names the check that kept it from reclaim (``blocked_by``)
+and a VM whose data looks wrong (frozen, stuck at zero, resized, impossible)
+carries a ``data_quality`` flag and no confident verdict.
 
 Exclusions are applied last: an excluded VM shows what it would have been.
 Thresholds come from settings.py; docs/POLICY.md explains each rule.
 """
 
+import datetime
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from vmstats.report.prices import PriceBook
+from vmstats.report.settings import SHAPE_TOLERANCE
 
-CATEGORIES = ("stopped", "insufficient-data", "reclaim", "schedule", "downsize", "keep", "excluded")
+CATEGORIES = ("stopped", "insufficient-data", "reclaim", "schedule", "downsize", "upsize", "keep", "excluded")
 CANDIDATES = ("reclaim", "schedule", "downsize")
 DAYS = ("Mon-Fri", "Sat-Sun")
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -41,6 +52,8 @@ class Decision:
     recommended_size: str = ""
     off_hours_per_week: float = 0.0
     evidence: dict[str, Any] = field(default_factory=dict)
+    blocked_by: str = ""
+    data_quality: str = ""
 
 
 def _clip(value: float, low: float = 0.0, high: float = 1.0) -> float:
@@ -58,7 +71,27 @@ def confidence_label(value: float) -> str:
 
 
 def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceBook) -> Decision:
-    """The category of one VM from its statistics ``vm`` and its settings ``s``."""
+    """The category of one VM from its statistics ``vm`` and its settings ``s``.
+
+    The rule decides; then every VM not reclaimed is told what kept it from
+    reclaim, and a VM with doubtful data gets its flags and a capped confidence.
+    """
+    decision = _rule(vm, s, window_end, prices)
+    flags = quality_flags(vm, s)
+    if flags:
+        decision.data_quality = "; ".join(flags)
+        decision.evidence["data_quality"] = flags
+        decision.confidence = round(min(decision.confidence, s["quality_confidence"]), 2)
+    if decision.category != "reclaim" and not decision.blocked_by:
+        blocker = _blocker(activity_checks(vm, s))
+        if blocker is not None:
+            decision.blocked_by = blocker.text()
+            decision.evidence["blocked_by"] = blocker.as_dict()
+            decision.reason += "; not idle: " + blocker.text()
+    return decision
+
+
+def _rule(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceBook) -> Decision:
     if vm["last_seen"] <= 0:
         return Decision(
             "stopped",
@@ -66,6 +99,7 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
             1.0,
             recommendation="check the VM's agent and logs",
             evidence={"bad_lines": int(vm["bad_lines"])},
+            blocked_by="stopped: no valid record",
         )
     gap_hours = (window_end - vm["last_seen"]) / 3600.0
     if gap_hours > s["stopped_after_hours"]:
@@ -76,6 +110,7 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
             round(_clip(0.5 + 0.5 * gap_hours / (4 * s["stopped_after_hours"])), 2),
             recommendation="check whether the VM still exists and still costs",
             evidence={"hours_since_last_record": round(gap_hours, 1)},
+            blocked_by="stopped: no record for %.1f h" % gap_hours,
         )
     coverage = vm["coverage"]
     if coverage < s["coverage_min"]:
@@ -85,32 +120,27 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
             1.0,
             recommendation="collect more data before deciding",
             evidence={"coverage": round(coverage, 3)},
+            blocked_by="coverage %.0f%% < %.0f%%" % (100 * coverage, 100 * s["coverage_min"]),
         )
+    span = vm["span_days"]
+    if span < s["min_days"]:
+        return _too_short(span, s["min_days"], "a verdict")
     coverage_f = 0.5 + 0.5 * _clip((coverage - s["coverage_min"]) / max(1e-9, 1 - s["coverage_min"]))
     stability_f = 1.0 - _clip(vm["cpu_p95_daily_std"] / max(vm["cpu_p95_daily_mean"], 5.0), 0, 0.5)
     cost = vm["monthly_cost"]
 
-    idle = _reclaim(vm, s)
-    if idle is not None:
-        margin = min(idle.values())
+    checks = activity_checks(vm, s)
+    if _blocker(checks) is None:
+        margin = min(c.margin for c in checks)
         conf = coverage_f * (0.5 + 0.5 * margin) * stability_f
         q = s["idle_percentile"]
         return Decision(
             "reclaim",
-            "idle: CPU p%g %.1f%% < %g%%, disk p%g %s < %s, net p%g %s < %s, "
-            "memory swing %.1f < %g pts"
+            "idle at its own floor: %s; memory p5-p95 %.1f-%.1f%% (memory alone is not work)"
             % (
-                q,
-                vm["cpu_idle_pct"],
-                s["cpu_idle"],
-                q,
-                rate(vm["disk_idle_pct"]),
-                rate(s["disk_idle"]),
-                q,
-                rate(vm["net_idle_pct"]),
-                rate(s["net_idle"]),
-                vm["mem_p95"] - vm["mem_p05"],
-                s["mem_idle_swing"],
+                ", ".join(_idle_text(c, q) for c in _by_metric(checks).values()),
+                vm["mem_p05"],
+                vm["mem_p95"],
             ),
             round(conf, 2),
             monthly_saving=_money(cost),
@@ -118,12 +148,15 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
             recommended_vcpus=0,
             recommended_mem_gb=0,
             evidence={
-                "margins": {k: round(v, 3) for k, v in idle.items()},
+                "margins": {c.key: round(c.margin, 3) for c in checks},
+                "work_levels": {c.metric: _round(c.limit, 1) for c in checks if c.check == "p"},
                 "idle_days": int(vm["idle_days"]),
             },
         )
 
     plan = _schedule(vm, s)
+    if plan is not None and span < s["schedule_min_days"]:
+        return _too_short(span, s["schedule_min_days"], "a schedule (it looks like one)")
     if plan is not None:
         # Day-to-day swings are the point of a schedule: no stability factor here.
         share = 1 - plan.irregular / max(s["schedule_max_irregular"], 1e-9)
@@ -153,7 +186,165 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
             },
         )
 
+    grow = _upsize(vm, s, prices, coverage_f, stability_f)
+    if grow is not None:
+        return grow
     return _downsize(vm, s, prices, coverage_f, stability_f)
+
+
+def _too_short(span: float, need: float, what: str) -> Decision:
+    return Decision(
+        "insufficient-data",
+        "observed %.1f days, %s needs %g" % (span, what, need),
+        1.0,
+        recommendation="collect more data before deciding",
+        evidence={"span_days": round(span, 2), "min_days": need},
+        blocked_by="span %.1f of %g days" % (span, need),
+    )
+
+
+@dataclass
+class Check:
+    """One test of idleness: ``value`` of ``metric`` must stay at or below ``limit``."""
+
+    metric: str
+    check: str  # "floor", "p" (the idle percentile) or "run" (30-minute stretch)
+    value: float
+    limit: float
+    label: str
+    unit: str  # "%" or "rate"
+
+    @property
+    def name(self) -> str:
+        return _NAMES[self.metric]
+
+    @property
+    def key(self) -> str:
+        return "%s_%s" % (self.metric, self.check)
+
+    @property
+    def over(self) -> float:
+        """How far past the limit: value / limit (inf for an unreported metric)."""
+        if not _known(self.value):
+            return math.inf
+        return self.value / self.limit if self.limit > 0 else (math.inf if self.value > 0 else 0.0)
+
+    @property
+    def margin(self) -> float:
+        return _clip(1.0 - self.over)
+
+    def show(self, value: float) -> str:
+        if self.unit == "%":
+            return "%.1f%%" % value if _known(value) else "n/a"
+        return rate(value)
+
+    def text(self) -> str:
+        if not _known(self.value):
+            return "%s not reported (unknown is not idle)" % self.name
+        return "%s %s %s above %s (%.1fx)" % (
+            self.name,
+            self.label,
+            self.show(self.value),
+            self.show(self.limit),
+            self.over,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "check": self.check,
+            "value": _round(self.value, 3),
+            "limit": _round(self.limit, 3),
+            "over": None if math.isinf(self.over) else round(self.over, 2),
+        }
+
+
+_NAMES = {"cpu": "CPU", "disk": "disk", "net": "net"}
+#: metric -> (floor stat, percentile stat, 30-minute stat, never-work setting, floor-ceiling setting, unit)
+_METRICS = {
+    "cpu": ("cpu_p50", "cpu_idle_pct", "run_cpu", "cpu_idle", "cpu_floor_max", "%"),
+    "disk": ("disk_p50", "disk_idle_pct", "run_disk", "disk_idle", "disk_floor_max", "rate"),
+    "net": ("net_p50", "net_idle_pct", "run_net", "net_idle", "net_floor_max", "rate"),
+}
+
+
+def activity_checks(vm: dict[str, Any], s: dict[str, Any]) -> list[Check]:
+    """The reclaim tests of each work metric, against the VM's own floor.
+
+    The floor is the metric's median: where it sits when nothing happens
+    (agents, NTP, ARP, log writes).  Work is a rise to ``work_ratio`` times
+    the floor, and never below the fixed idle limit; the busiest minutes at
+    the idle percentile and every 30-minute stretch must stay under it.  A
+    floor above ``*_floor_max`` is a service running all the time.
+    """
+    checks = []
+    q = s["idle_percentile"]
+    for metric, (floor_key, high_key, run_key, idle_key, ceiling_key, unit) in _METRICS.items():
+        floor = vm[floor_key]
+        work = max(s[idle_key], floor * s["work_ratio"]) if _known(floor) else s[idle_key]
+        checks.append(Check(metric, "floor", floor, s[ceiling_key], "floor (p50)", unit))
+        checks.append(Check(metric, "p", vm[high_key], work, "p%g" % q, unit))
+        run = vm[run_key] if _known(floor) else math.nan
+        checks.append(Check(metric, "run", run, work, "held 30 min", unit))
+    return checks
+
+
+def _by_metric(checks: list[Check]) -> dict[str, dict[str, Check]]:
+    out: dict[str, dict[str, Check]] = {}
+    for c in checks:
+        out.setdefault(c.metric, {})[c.check] = c
+    return out
+
+
+def _idle_text(c: dict[str, "Check"], q: float) -> str:
+    """``CPU p99 1.5%, 30-min 0.8% < 5.0% (floor 1.0%)``: one metric's idle figures."""
+    p = c["p"]
+    return "%s p%g %s, 30-min %s < %s (floor %s)" % (
+        p.name,
+        q,
+        p.show(p.value),
+        p.show(c["run"].value),
+        p.show(p.limit),
+        p.show(c["floor"].value),
+    )
+
+
+def _blocker(checks: list[Check]) -> Check | None:
+    """The check furthest past its limit, or None when every check holds."""
+    failing = [c for c in checks if c.over > 1.0 or not _known(c.value)]
+    if not failing:
+        return None
+    return max(failing, key=lambda c: c.over)
+
+
+def quality_flags(vm: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """What makes this VM's data doubtful, in words (empty when nothing does)."""
+    flags = []
+    if vm["frozen_minutes"] >= s["frozen_hours"] * 60:
+        flags.append("frozen: identical readings for %.0f h" % (vm["frozen_minutes"] / 60.0))
+    for metric, label in (("mem", "memory"), ("cpu", "CPU")):
+        share = vm[metric + "_zero_share"]
+        if _known(share) and share >= s["zero_share"] and (metric == "mem" or _moving(vm, s)):
+            flags.append("%s stuck at 0 in %.0f%% of minutes" % (label, 100 * share))
+    if vm["resized"]:
+        flags.append("resized in the window: judged since %s" % _day(vm["judged_from"]))
+    for metric, label in (("disk", "disk"), ("net", "network")):
+        if _known(vm[metric + "_max"]) and vm[metric + "_max"] > s["max_rate"]:
+            flags.append("impossible %s rate %s" % (label, rate(vm[metric + "_max"])))
+    if _known(vm["cpu_peak"]) and _known(vm["cpu_max"]) and vm["cpu_peak"] < vm["cpu_max"] - 0.05:
+        flags.append("impossible: CPU peak %.1f%% below CPU %.1f%%" % (vm["cpu_peak"], vm["cpu_max"]))
+    return flags
+
+
+def _moving(vm: dict[str, Any], s: dict[str, Any]) -> bool:
+    """Disk or network above their never-work limits most of the time: the VM runs."""
+    return (_known(vm["disk_p50"]) and vm["disk_p50"] >= s["disk_idle"]) or (
+        _known(vm["net_p50"]) and vm["net_p50"] >= s["net_idle"]
+    )
+
+
+def _day(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(int(ts), datetime.UTC).strftime("%Y-%m-%d")
 
 
 def rate(value: float) -> str:
@@ -168,25 +359,6 @@ def rate(value: float) -> str:
 
 def _money(value: float) -> float:
     return round(value, 2) if _known(value) else 0.0
-
-
-def _reclaim(vm: dict[str, Any], s: dict[str, Any]) -> dict[str, float] | None:
-    """Margins below each idle limit when every one holds, else None.
-
-    A metric that was never reported cannot prove idleness: it blocks reclaim.
-    """
-    checks = {
-        "cpu": (vm["cpu_idle_pct"], s["cpu_idle"]),
-        "disk": (vm["disk_idle_pct"], s["disk_idle"]),
-        "net": (vm["net_idle_pct"], s["net_idle"]),
-        "mem": (vm["mem_p95"] - vm["mem_p05"], s["mem_idle_swing"]),
-    }
-    margins = {}
-    for name, (value, limit) in checks.items():
-        if not _known(value) or value >= limit:
-            return None
-        margins[name] = 1.0 - value / limit if limit > 0 else 0.0
-    return margins
 
 
 #: Offsets from UTC a VM's users may live at (whole hours; half-hour zones land on a neighbour).
@@ -349,6 +521,51 @@ def _hour_ranges(idle: list[bool], wrap: bool) -> str:
     return ", ".join(ranges)
 
 
+def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> Decision | None:
+    """A VM using nearly all of its CPU or memory at p95 needs a bigger size (extra cost, not a saving).
+
+    The new size holds p95 plus headroom, and is at least one step up in the
+    dimension that is short (a VM pinned at 100% may need more than it shows).
+    """
+    vcpus, mem_gb, cost = vm["vcpus"], vm["mem_gb"], vm["monthly_cost"]
+    if not (_known(vcpus) and _known(mem_gb) and _known(cost)):
+        return None
+    limit = s["upsize_at"]
+    cpu_hot = _known(vm["cpu_p95"]) and vm["cpu_p95"] >= limit
+    mem_hot = _known(vm["mem_p95"]) and vm["mem_p95"] >= limit
+    if not (cpu_hot or mem_hot):
+        return None
+    step = 1.0 + 2 * SHAPE_TOLERANCE
+    need_vcpus = max(vcpus * vm["cpu_p95"] / 100.0 * (1 + s["headroom"]), vcpus * step) if cpu_hot else vcpus
+    need_gb = max(mem_gb * vm["mem_p95"] / 100.0 * (1 + s["headroom"]), mem_gb * step) if mem_hot else mem_gb
+    name, new_vcpus, new_gb, new_cost = prices.smaller(
+        need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"]
+    )
+    extra = new_cost - cost if _known(new_cost) else math.nan
+    hot = []
+    if cpu_hot:
+        hot.append("CPU p95 %.1f%% of %g vCPU" % (vm["cpu_p95"], vcpus))
+    if mem_hot:
+        hot.append("memory p95 %.1f%% of %s GB" % (vm["mem_p95"], _gb(mem_gb)))
+    target = "%g vCPU / %s GB" % (new_vcpus, _gb(new_gb)) + (" (%s)" % name if name else "")
+    return Decision(
+        "upsize",
+        "%s: at or above %g%% of its size" % (" and ".join(hot), limit),
+        round(coverage_f * stability_f, 2),
+        monthly_saving=-_money(extra) if _known(extra) and extra > 0 else 0.0,
+        recommendation="resize up to %s (%s more a month)" % (target, format(max(extra, 0.0), ",.2f")),
+        recommended_vcpus=new_vcpus,
+        recommended_mem_gb=new_gb,
+        recommended_size=name,
+        evidence={
+            "need_vcpus": round(need_vcpus, 2),
+            "need_mem_gb": round(need_gb, 2),
+            "extra_monthly_cost": _round(extra),
+            "upsize_at": limit,
+        },
+    )
+
+
 def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> Decision:
     vcpus, mem_gb, cost = vm["vcpus"], vm["mem_gb"], vm["monthly_cost"]
     if not (_known(vcpus) and _known(mem_gb) and _known(cost)):
@@ -357,6 +574,8 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
     mem_use = max(vm["mem_p95"] * (1 + s["headroom"]), vm["mem_max"])
     need_vcpus = vcpus * cpu_use / 100.0
     need_gb = mem_gb * mem_use / 100.0
+    if _known(vm["mem_zero_share"]) and vm["mem_zero_share"] >= s["zero_share"]:
+        need_gb = mem_gb  # memory stuck at 0 says nothing of the memory it needs: keep it
     name, new_vcpus, new_gb, new_cost = prices.smaller(
         need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"]
     )
@@ -367,11 +586,12 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
         "cpu_trend": _round(vm["cpu_trend"]),
         "mem_trend": _round(vm["mem_trend"]),
     }
-    if not (saving > cost * s["downsize_min_saving"] and new_vcpus <= vcpus and new_gb <= mem_gb):
+    fits = new_vcpus <= vcpus * (1 + SHAPE_TOLERANCE) and new_gb <= mem_gb * (1 + SHAPE_TOLERANCE)
+    if not (saving > cost * s["downsize_min_saving"] and fits):
         return Decision(
             "keep",
-            "in use: needs %.2f vCPU and %.1f GB of %g vCPU / %s GB"
-            % (need_vcpus, need_gb, vcpus, _gb(mem_gb)),
+            "in use: needs %.2f vCPU and %s GB of %g vCPU / %s GB"
+            % (need_vcpus, _gb(need_gb), vcpus, _gb(mem_gb)),
             round(coverage_f * stability_f, 2),
             evidence=evidence,
         )
@@ -413,8 +633,8 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
 
 
 def _gb(value: float) -> str:
-    """Memory for people: agents report MB, so sizes are rarely whole GB (7.87305 -> 7.9)."""
-    return "%g" % round(value, 1 if value < 100 else 0)
+    """Memory for people, precise enough to tell sizes apart (7.87305 -> 7.87, 1.99 -> 1.99, 2.0 -> 2)."""
+    return "%g" % round(value, 2 if value < 100 else 0)
 
 
 def _round(value: float, digits: int = 2) -> float | None:

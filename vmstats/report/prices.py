@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from vmstats.report.settings import ReportError, load_toml
+from vmstats.report.settings import SHAPE_TOLERANCE, ReportError, load_toml
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "examples", "pricebook.toml")
 BYTES_PER_GB = 1e9
@@ -87,9 +87,13 @@ class PriceBook:
         )
 
     def hourly(self, vcpus: float, memory_gb: float) -> float:
-        """Hourly price of a shape: its named size when one matches exactly, else unit prices."""
+        """Hourly price of a shape: its named size when one matches, else unit prices.
+
+        Sizes match within SHAPE_TOLERANCE: an agent reports the memory its
+        guest sees (1.99 GB of a 2 GB size), which is still that size.
+        """
         for size in self.sizes:
-            if size.vcpus == vcpus and size.memory_gb == memory_gb:
+            if size.vcpus == vcpus and same_size(size.memory_gb, memory_gb):
                 return size.hourly
         return vcpus * self.vcpu_hour + memory_gb * self.gb_ram_hour
 
@@ -175,6 +179,9 @@ class PriceBook:
         max_gb_per_vcpu: float = 8.0,
     ) -> tuple[str, float, float, float]:
         """The cheapest shape holding the need: ``(name, vcpus, memory_gb, monthly)``."""
+        # A size within SHAPE_TOLERANCE of the need holds it (1.99 GB needed fits a 2 GB size and
+        # a 1.99 GB need of a 2.00 GB VM fits 1.99 GB): no step up for a rounding difference.
+        need_gb = need_gb / (1 + SHAPE_TOLERANCE)
         fitting = [s for s in self.sizes if s.vcpus >= need_vcpus and s.memory_gb >= need_gb]
         if fitting:
             best = fitting[0]
@@ -193,6 +200,11 @@ def _powers(start: float, top: float) -> list[float]:
         out.append(start)
         start *= 2
     return out
+
+
+def same_size(a: float, b: float) -> bool:
+    """Two sizes (GB or vCPUs) within SHAPE_TOLERANCE of each other are one shape."""
+    return abs(a - b) <= SHAPE_TOLERANCE * max(abs(a), abs(b))
 
 
 def _known(value: float) -> float:

@@ -20,6 +20,11 @@ class ReportError(ValueError):
     """A problem with the operator's input: reported as one line, never a traceback."""
 
 
+#: Two sizes within this share of each other are one shape (1.99 GB and 2.00 GB: agents
+#: report memory in MB as the guest's kernel sees it, a little under the provisioned size).
+SHAPE_TOLERANCE = 0.02
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -32,11 +37,21 @@ SETTINGS = (
     Setting("days", 14, "days", "look-back window, whole UTC days ending with the latest record's day"),
     Setting("stopped_after_hours", 24.0, "hours", "no record for this long before the window's end: stopped"),
     Setting("coverage_min", 0.5, "share", "below this share of expected minutes: insufficient-data"),
-    Setting("idle_percentile", 99.0, "percentile", "percentile of CPU, disk, net held to idle limits"),
-    Setting("cpu_idle", 5.0, "% of vCPUs", "CPU below this at idle_percentile counts as idle"),
-    Setting("disk_idle", 102400.0, "bytes/s", "disk read+write below this at idle_percentile counts as idle"),
-    Setting("net_idle", 2048.0, "bytes/s", "network rx+tx below this at idle_percentile counts as idle"),
-    Setting("mem_idle_swing", 10.0, "points", "memory p95 minus p5 below this: memory is not being worked"),
+    Setting("min_days", 6.0, "days", "observed span a VM needs before reclaim or downsize"),
+    Setting("schedule_min_days", 13.0, "days", "observed span a VM needs before a schedule"),
+    Setting("idle_percentile", 99.0, "percentile", "percentile of CPU, disk, net held to their work levels"),
+    Setting("cpu_idle", 5.0, "% of vCPUs", "CPU below this is never work, whatever the VM's floor"),
+    Setting("disk_idle", 102400.0, "bytes/s", "disk read+write below this is never work"),
+    Setting("net_idle", 2048.0, "bytes/s", "network rx+tx below this is never work"),
+    Setting("work_ratio", 3.0, "x floor", "work: a metric above this multiple of its own floor (p50)"),
+    Setting("cpu_floor_max", 5.0, "% of vCPUs", "a CPU floor above this is a service, not background"),
+    Setting("disk_floor_max", 524288.0, "bytes/s", "a disk floor above this is a service, not background"),
+    Setting("net_floor_max", 10240.0, "bytes/s", "a network floor above this is a service, not background"),
+    Setting("upsize_at", 90.0, "% of size", "CPU or memory p95 at or above this: upsize"),
+    Setting("frozen_hours", 6.0, "hours", "identical readings for this long in the window: frozen data"),
+    Setting("zero_share", 0.5, "share", "a metric reading 0 in this share of minutes while running: stuck"),
+    Setting("max_rate", 12.5e9, "bytes/s", "disk or network above this (100 Gbit/s) is impossible"),
+    Setting("quality_confidence", 0.39, "confidence", "most confidence a VM with flagged data gets"),
     Setting("idle_day_cpu", 10.0, "% of vCPUs", "a day is idle when its CPU p95 is at most this ..."),
     Setting("idle_day_net_mb", 5.0, "MB", "... and its network traffic at most this (Trusted Advisor's day)"),
     Setting("schedule_min_off_hours", 40.0, "hours/week", "fewest idle hours a week worth a schedule"),
@@ -93,7 +108,7 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         raise ReportError("%s: %s=%r is not a number" % (origin, name, value)) from None
     if number < 0 and name != "utc_offset_hours" or number != number:
         raise ReportError("%s: %s must not be negative" % (origin, name))
-    if name in ("coverage_min", "schedule_busy_share", "schedule_max_irregular") and number > 1:
+    if name in ("coverage_min", "schedule_busy_share", "schedule_max_irregular", "zero_share") and number > 1:
         raise ReportError("%s: %s is a share between 0 and 1" % (origin, name))
     if name == "max_gb_per_vcpu" and number <= 0:
         raise ReportError("%s: max_gb_per_vcpu must be positive" % origin)
@@ -103,6 +118,8 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         raise ReportError("%s: utc_offset_hours is an offset from -12 to 14 hours, or auto" % origin)
     if name == "schedule_min_day_hours" and number > 24:
         raise ReportError("%s: schedule_min_day_hours is hours of a day (0-24)" % origin)
+    if name == "quality_confidence" and number > 1:
+        raise ReportError("%s: quality_confidence is a confidence between 0 and 1" % origin)
     if name == "idle_percentile" and not 0 < number <= 100:
         raise ReportError("%s: idle_percentile must be in (0, 100]" % origin)
     return int(number) if isinstance(default, int) else number

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vmstats.report import runs
 from vmstats.report.histogram import PCT_VALUES, RATE_VALUES, percentiles, share_below
 from vmstats.report.load import DayTable
+from vmstats.report.settings import SHAPE_TOLERANCE
 
 DAY = 86400
 #: Days are counted in trends and idle days only when this share of their minutes is present.
@@ -82,6 +84,9 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     vms = len(table.vms)
     d = table.data
     inside = (table.day >= window.first_day) & (table.day <= window.last_day)
+    # A VM resized inside the window is judged on the days after its last resize only.
+    judged_from = _judged_from(table, inside, vms)
+    inside &= table.day >= judged_from[table.vm_index]
     group = table.vm_index[inside]
     # Usually every loaded day is inside (only stopped VMs bring one from before): then the
     # arrays are used as they are, sparing a copy of ~100 MB of histograms on a large fleet.
@@ -101,7 +106,13 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     n = _group_sum(rows["n"].astype(np.float64), group, vms)
     s["records"] = n.astype(np.int64)
     s["minutes"] = _group_sum(rows["minutes"].astype(np.float64), group, vms).astype(np.int64)
-    s["coverage"] = np.minimum(1.0, s["minutes"] / window.expected_minutes)
+    resized = judged_from > window.first_day
+    s["resized"] = resized
+    s["judged_from"] = np.where(resized, np.maximum(judged_from * DAY, window.start_ts), 0)
+    expected = np.where(
+        resized, np.maximum(1, (window.end_ts - s["judged_from"]) // 60 + 1), window.expected_minutes
+    )
+    s["coverage"] = np.minimum(1.0, s["minutes"] / expected)
     with np.errstate(invalid="ignore", divide="ignore"):
         s["cpu_avg"] = _group_sum(rows["cpu_sum"], group, vms) / n
         s["mem_avg"] = _group_sum(rows["mem_sum"], group, vms) / n
@@ -123,9 +134,14 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     s["mem_p95"] = percentiles(hist["mem"], 95, PCT_VALUES)
     s["disk_p95"] = percentiles(hist["disk"], 95, RATE_VALUES)
     s["net_p95"] = percentiles(hist["net"], 95, RATE_VALUES)
+    # Each metric's floor: the level it sits at most of the time (background, not work).
+    s["disk_p50"] = percentiles(hist["disk"], 50, RATE_VALUES)
+    s["net_p50"] = percentiles(hist["net"], 50, RATE_VALUES)
     s["disk_idle_pct"] = percentiles(hist["disk"], q, RATE_VALUES)
     s["net_idle_pct"] = percentiles(hist["net"], q, RATE_VALUES)
     s["idle_share"] = share_below(hist["cpu"], settings["cpu_idle"], PCT_VALUES)
+    s.update(_runs(rows, days, group, vms))
+    s.update(_quality(rows, hist, group, vms))
 
     # Daily figures: idle days (Trusted Advisor's count) and the trend of daily p95.
     day_cpu_p95 = rows["cpu_p95"].astype(np.float64)
@@ -171,6 +187,61 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     s.update(_daily(rows, days, group, vms, window))
     s.update(_schedule_slots(rows, days, group, vms, settings))
     return s
+
+
+def _judged_from(table: DayTable, inside: np.ndarray, vms: int) -> np.ndarray:
+    """Per VM, the first day of the window after its last size change (a day number).
+
+    A day whose first or last known size differs from the VM's final size
+    holds or precedes a resize; the VM is judged from the day after the last
+    such day.  Sizes within ``SHAPE_TOLERANCE`` are the same shape (agents
+    report memory in MB that wobbles with the guest's kernel).
+    """
+    d = table.data
+    index, day = table.vm_index[inside], table.day[inside]
+    out = np.full(vms, np.iinfo(np.int32).min, np.int64)
+    if not len(index):
+        return out
+    changed = np.zeros(len(index), bool)
+    for name in ("vcpus", "mem_mb"):
+        final = _last_per_vm(d[name][inside], index, vms)[index]
+        for column in (name, name + "_first"):
+            value = d[column][inside].astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                changed |= np.abs(value - final) > SHAPE_TOLERANCE * np.abs(final)
+    np.maximum.at(out, index[changed], day[changed].astype(np.int64) + 1)
+    return out
+
+
+def _runs(rows, days, group, vms) -> dict[str, np.ndarray]:
+    """Per VM and work metric, the highest level held for 30 minutes anywhere in the window.
+
+    Stretches inside a day come from each day's ``run_*``; a stretch across a
+    midnight from a day's tail and the next day's head (runs.crossing_level),
+    when both days are in the window and consecutive.
+    """
+    out = {}
+    follows = np.zeros(len(group), bool)
+    follows[1:] = (group[1:] == group[:-1]) & (days[1:] == days[:-1] + 1)
+    later = np.flatnonzero(follows)
+    for m in runs.RUN_METRICS:
+        level = np.zeros(vms)
+        np.maximum.at(level, group, rows["run_" + m].astype(np.float64))
+        if len(later):
+            crossing = runs.crossing_level(rows["tail_" + m][later - 1], rows["head_" + m][later])
+            np.maximum.at(level, group[later], crossing.astype(np.float64))
+        out["run_" + m] = level
+    return out
+
+
+def _quality(rows, hist, group, vms) -> dict[str, np.ndarray]:
+    """What the data-quality checks of the policy read: frozen minutes and readings stuck at zero."""
+    out = {"frozen_minutes": _group_sum(rows["frozen_minutes"].astype(np.float64), group, vms)}
+    for name in ("cpu", "mem", "disk", "net"):
+        total = hist[name].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name + "_zero_share"] = np.where(total > 0, hist[name][:, 0] / np.maximum(total, 1), np.nan)
+    return out
 
 
 def _schedule_slots(rows, days, group, vms, settings) -> dict[str, np.ndarray]:

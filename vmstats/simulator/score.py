@@ -18,7 +18,7 @@ from vmstats.simulator.fleet import TRUTH_COLUMNS
 from vmstats.simulator.profiles import EXPECTED
 
 #: Report categories in display order; a VM absent from the report is "missing".
-REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "keep", "stopped", "insufficient-data", "excluded")
+REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "upsize", "keep", "stopped", "insufficient-data", "excluded")
 MISSING = "missing"
 
 
