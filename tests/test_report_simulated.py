@@ -28,6 +28,7 @@ def vmstats(*args, timeout=240):
 
 
 def test_simulated_fleet_is_classified_like_its_truth(tmp_path):
+    # Two weeks: a schedule needs that many days observed (POLICY.md, schedule_min_days).
     truth = tmp_path / "truth.csv"
     with serve(tmp_path, "--flush-interval", "1") as server:
         vmstats(
@@ -35,7 +36,7 @@ def test_simulated_fleet_is_classified_like_its_truth(tmp_path):
             "--vms",
             40,
             "--days",
-            7,
+            14,
             "--seed",
             11,
             "--transport",
@@ -47,7 +48,7 @@ def test_simulated_fleet_is_classified_like_its_truth(tmp_path):
         )
     assert server.returncode == 0, server.output
     out = tmp_path / "out"
-    vmstats("report", tmp_path / "data", "-o", out, "--days", 8)
+    vmstats("report", tmp_path / "data", "-o", out, "--days", 15)
     vmstats("score", "--truth", truth, "--report", out, "--json", tmp_path / "score.json")
     score = json.loads((tmp_path / "score.json").read_text())
     assert score["total"] == 40

@@ -112,6 +112,9 @@ def _rule(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceB
             evidence={"hours_since_last_record": round(gap_hours, 1)},
             blocked_by="stopped: no record for %.1f h" % gap_hours,
         )
+    span = vm["span_days"]
+    if span < s["min_days"]:
+        return _too_short(span, s["min_days"], "a verdict")
     coverage = vm["coverage"]
     if coverage < s["coverage_min"]:
         return Decision(
@@ -122,9 +125,6 @@ def _rule(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceB
             evidence={"coverage": round(coverage, 3)},
             blocked_by="coverage %.0f%% < %.0f%%" % (100 * coverage, 100 * s["coverage_min"]),
         )
-    span = vm["span_days"]
-    if span < s["min_days"]:
-        return _too_short(span, s["min_days"], "a verdict")
     coverage_f = 0.5 + 0.5 * _clip((coverage - s["coverage_min"]) / max(1e-9, 1 - s["coverage_min"]))
     stability_f = 1.0 - _clip(vm["cpu_p95_daily_std"] / max(vm["cpu_p95_daily_mean"], 5.0), 0, 0.5)
     cost = vm["monthly_cost"]

@@ -18,7 +18,8 @@ from vmstats.simulator.fleet import TRUTH_COLUMNS
 from vmstats.simulator.profiles import EXPECTED
 
 #: Report categories in display order; a VM absent from the report is "missing".
-REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "upsize", "keep", "stopped", "insufficient-data", "excluded")
+REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "upsize", "keep", "stopped", "insufficient-data",
+                     "excluded")
 MISSING = "missing"
 
 
@@ -119,8 +120,11 @@ def score(truth: dict[str, TruthRow], report: dict[str, tuple[str, float]]) -> S
         result.confusion[name] = Counter()
     for vm, item in truth.items():
         got, saving = report.get(vm, (MISSING, 0.0))
+        if got == "upsize":
+            saving = 0.0  # an extra cost, which the report keeps out of its savings too
         n, c = result.per_expected[item.expected]
-        right = got == item.expected
+        # The profiles do not model under-provisioning: an upsize is a keep that asks for more.
+        right = got == item.expected or (got, item.expected) == ("upsize", "keep")
         result.per_expected[item.expected] = (n + 1, c + right)
         result.confusion[item.expected][got] += 1
         result.total += 1
