@@ -155,6 +155,7 @@ def build(
                     "would_save": decision.monthly_saving,
                     "exclusion": excluded.selector,
                     "expires": excluded.expires.isoformat() if excluded.expires else None,
+                    "blocked_by": {"gate": "excluded"},
                 },
             )
         rows.append(

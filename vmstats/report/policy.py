@@ -82,6 +82,8 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
         decision.data_quality = "; ".join(flags)
         decision.evidence["data_quality"] = flags
         decision.confidence = round(min(decision.confidence, s["quality_confidence"]), 2)
+    if decision.blocked_by and "blocked_by" not in decision.evidence:
+        decision.evidence["blocked_by"] = {"gate": decision.blocked_by}
     if decision.category != "reclaim" and not decision.blocked_by:
         blocker = _blocker(activity_checks(vm, s))
         if blocker is not None:
@@ -328,6 +330,8 @@ def quality_flags(vm: dict[str, Any], s: dict[str, Any]) -> list[str]:
             flags.append("%s stuck at 0 in %.0f%% of minutes" % (label, 100 * share))
     if vm["resized"]:
         flags.append("resized in the window: judged since %s" % _day(vm["judged_from"]))
+    elif vm["size_changes"]:
+        flags.append("size changed on %d days (floating): judged at its last size" % vm["size_changes"])
     for metric, label in (("disk", "disk"), ("net", "network")):
         if _known(vm[metric + "_max"]) and vm[metric + "_max"] > s["max_rate"]:
             flags.append("impossible %s rate %s" % (label, rate(vm[metric + "_max"])))

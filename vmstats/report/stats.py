@@ -20,6 +20,8 @@ DAY = 86400
 DAY_MIN_COVERAGE = 0.25
 #: Points of a sparkline at most (keeps a 1,000-VM HTML page light).
 SPARK_POINTS = 84
+#: Days with a size change up to which a VM counts as resized (judged since); more: a floating size.
+MAX_RESIZES = 2
 
 
 @dataclass
@@ -85,7 +87,7 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     d = table.data
     inside = (table.day >= window.first_day) & (table.day <= window.last_day)
     # A VM resized inside the window is judged on the days after its last resize only.
-    judged_from = _judged_from(table, inside, vms)
+    judged_from, size_changes = _judged_from(table, inside, vms)
     inside &= table.day >= judged_from[table.vm_index]
     group = table.vm_index[inside]
     # Usually every loaded day is inside (only stopped VMs bring one from before): then the
@@ -108,6 +110,7 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     s["minutes"] = _group_sum(rows["minutes"].astype(np.float64), group, vms).astype(np.int64)
     resized = judged_from > window.first_day
     s["resized"] = resized
+    s["size_changes"] = size_changes
     s["judged_from"] = np.where(resized, np.maximum(judged_from * DAY, window.start_ts), 0)
     expected = np.where(
         resized, np.maximum(1, (window.end_ts - s["judged_from"]) // 60 + 1), window.expected_minutes
@@ -189,28 +192,40 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     return s
 
 
-def _judged_from(table: DayTable, inside: np.ndarray, vms: int) -> np.ndarray:
-    """Per VM, the first day of the window after its last size change (a day number).
+def _judged_from(table: DayTable, inside: np.ndarray, vms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per VM, the first day to judge it on (a day number), and how many days its size changed.
 
-    A day whose first or last known size differs from the VM's final size
-    holds or precedes a resize; the VM is judged from the day after the last
-    such day.  Sizes within ``SHAPE_TOLERANCE`` are the same shape (agents
-    report memory in MB that wobbles with the guest's kernel).
+    A resize is a day whose first and last known sizes differ, or whose first
+    differs from the day before's last.  A VM resized once or twice is judged
+    from its last resize: days at the old size say nothing of the new one.
+    A size that changes on more days than that is not a resize but a size
+    that floats (dynamic memory, ballooning): the VM is judged on the whole
+    window at its last size, and flagged.  Sizes within ``SHAPE_TOLERANCE``
+    are the same shape (agents report memory in MB that wobbles).
     """
     d = table.data
-    index, day = table.vm_index[inside], table.day[inside]
+    index, day = table.vm_index[inside], table.day[inside].astype(np.int64)
     out = np.full(vms, np.iinfo(np.int32).min, np.int64)
     if not len(index):
-        return out
-    changed = np.zeros(len(index), bool)
+        return out, np.zeros(vms, np.int64)
+    within = np.zeros(len(index), bool)
+    across = np.zeros(len(index), bool)
+    same_vm = np.r_[False, index[1:] == index[:-1]]
     for name in ("vcpus", "mem_mb"):
-        final = _last_per_vm(d[name][inside], index, vms)[index]
-        for column in (name, name + "_first"):
-            value = d[column][inside].astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                changed |= np.abs(value - final) > SHAPE_TOLERANCE * np.abs(final)
-    np.maximum.at(out, index[changed], day[changed].astype(np.int64) + 1)
-    return out
+        first = d[name + "_first"][inside].astype(np.float64)
+        last = d[name][inside].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            within |= np.abs(first - last) > SHAPE_TOLERANCE * np.abs(last)
+            # The day before's last known size (rows are sorted by VM, then day).
+            before = np.r_[np.nan, last[:-1]]
+            across |= same_vm & (np.abs(first - before) > SHAPE_TOLERANCE * np.abs(first))
+    changed = within | across
+    count = np.bincount(index[changed], minlength=vms)
+    # Changed inside the day: judged from the next; at midnight: from that day.
+    start = np.where(within, day + 1, day)
+    np.maximum.at(out, index[changed], start[changed])
+    out[count > MAX_RESIZES] = np.iinfo(np.int32).min
+    return out, count
 
 
 def _runs(rows, days, group, vms) -> dict[str, np.ndarray]:
