@@ -574,7 +574,10 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
     vcpus, mem_gb, cost = vm["vcpus"], vm["mem_gb"], vm["monthly_cost"]
     if not (_known(vcpus) and _known(mem_gb) and _known(cost)):
         return Decision("keep", "size not reported: cannot size down", round(coverage_f * 0.5, 2))
-    cpu_use = max(vm["cpu_p95"] * (1 + s["headroom"]), vm["cpu_p99"])
+    # The longest sustained peak (the highest CPU held for 30 minutes) needs headroom too: a
+    # half-hour at 21% of 8 vCPUs is 1.7 busy vCPUs, which a 2-vCPU size cannot hold with room.
+    run = vm["run_cpu"] if _known(vm["run_cpu"]) else 0.0
+    cpu_use = max(vm["cpu_p95"] * (1 + s["headroom"]), vm["cpu_p99"], run * (1 + s["headroom"]))
     mem_use = max(vm["mem_p95"] * (1 + s["headroom"]), vm["mem_max"])
     need_vcpus = vcpus * cpu_use / 100.0
     need_gb = mem_gb * mem_use / 100.0
