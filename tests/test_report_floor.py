@@ -124,6 +124,25 @@ def judged(tmp_path_factory):
         use["mem"] = np.round(30 + RNG.random(MINUTES), 1)
         add(data, fleet, vm, "any", use, vcpus=4, mem_mb=mem_mb)
 
+    # Impossible readings: a network rate beyond any NIC, an agent peak below the minute's CPU.
+    broken = background()
+    broken["net"][700] = 5e12
+    write_records(
+        data,
+        series(
+            "impossible",
+            TS,
+            broken["cpu"],
+            broken["mem"],
+            broken["disk"],
+            broken["net"],
+            vcpus=2,
+            mem_mb=4096,
+            cpu_max=np.maximum(broken["cpu"] - 1.0, 0.0),
+        ),
+    )
+    fleet["impossible"] = "any"
+
     report, rows = run([data])
     return data, fleet, report, rows
 
@@ -173,11 +192,13 @@ def test_data_quality_flags_cap_confidence(judged):
     # Its one spike to 90% says nothing of the memory it needs: its memory is not cut.
     if zero["category"] == "downsize":
         assert zero["recommended_mem_gb"] >= 32
-    for row in (frozen, zero, rows["resized"]):
+    flags = rows["impossible"]["data_quality"]
+    assert "impossible network rate 5000.0 GB/s" in flags and "impossible: CPU peak" in flags
+    for row in (frozen, zero, rows["resized"], rows["impossible"]):
         assert row["confidence"] <= 0.39 and row["confidence_label"] == "low"
         assert row["evidence"]["data_quality"]
     assert not rows["background"]["data_quality"] and rows["background"]["confidence"] > 0.39
-    assert report.meta["totals"]["data_quality_vms"] == 3
+    assert report.meta["totals"]["data_quality_vms"] == 4
 
 
 def test_a_resized_vm_is_judged_since_its_resize(judged):
@@ -228,7 +249,7 @@ def test_csv_json_and_html_carry_blocked_by_and_data_quality(judged, tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "3 VMs with doubtful data" in result.stdout and "upsize:" in result.stdout
+    assert "4 VMs with doubtful data" in result.stdout and "upsize:" in result.stdout
     with open(out / "report.csv", newline="") as handle:
         table = {row["vm"]: row for row in csv.DictReader(handle)}
     assert table["net-service"]["blocked_by"] == rows["net-service"]["blocked_by"]

@@ -43,15 +43,17 @@ def fields() -> dict[str, tuple[int, type]]:
 
 
 def _rolling_min(x: np.ndarray, width: int) -> np.ndarray:
-    """Minimum of every ``width`` consecutive values (van Herk / Gil-Werman: three passes, no loop)."""
-    n = len(x)
-    if n < width:
+    """Minimum of every ``width`` consecutive values: minima of 2, 4, 8 ... values by doubling,
+    then two overlapping windows of the largest power of two (a handful of vectorised passes).
+    """
+    n = len(x) - width + 1
+    if n <= 0:
         return np.empty(0, x.dtype)
-    pad = -n % width
-    blocks = np.concatenate([x, np.full(pad, np.inf, x.dtype)]).reshape(-1, width)
-    forward = np.minimum.accumulate(blocks, axis=1).ravel()
-    backward = np.minimum.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].ravel()
-    return np.minimum(backward[: n - width + 1], forward[width - 1 : n])
+    low, span = x, 1
+    while span * 2 <= width:
+        low = np.minimum(low[:-span], low[span:])
+        span *= 2
+    return np.minimum(low[:n], low[width - span : width - span + n])
 
 
 def aggregate(
@@ -63,33 +65,37 @@ def aggregate(
     """
     minute = ts // 60
     first = np.r_[True, (unit[1:] != unit[:-1]) | (minute[1:] != minute[:-1])]
-    u, mi = unit[first], minute[first]
+    every = bool(first.all())  # one record a minute, the usual case: no copies
+    u, mi = (unit, minute) if every else (unit[first], minute[first])
+    # Stretches: windows of RUN_MINUTES records of one unit and consecutive minutes.
+    count = max(0, len(u) - EDGE)
+    whole = (u[EDGE:] == u[:count]) & (mi[EDGE:] - mi[:count] == EDGE)
+    owner = u[:count]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if count else owner
+    # The day's first and last EDGE minutes, for stretches across midnight.
     of_day = mi % 1440
+    at_head = np.flatnonzero(of_day < EDGE)
+    at_tail = np.flatnonzero(of_day >= 1440 - EDGE)
     for m in RUN_METRICS:
-        v = np.nan_to_num(values[m][first].astype(np.float32), nan=0.0)
+        v = values[m].astype(np.float32) if every else values[m][first].astype(np.float32)
+        v[np.isnan(v)] = 0.0
         run = np.zeros(rows, np.float32)
-        if len(v) >= RUN_MINUTES:
-            low = _rolling_min(v, RUN_MINUTES)
-            whole = (u[EDGE:] == u[: len(u) - EDGE]) & (mi[EDGE:] - mi[: len(mi) - EDGE] == EDGE)
-            owner = u[: len(low)]
-            starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-            run[owner[starts]] = np.maximum.reduceat(np.where(whole, low, 0.0), starts)
+        if count:
+            low = np.where(whole, _rolling_min(v, RUN_MINUTES), np.float32(0.0))
+            run[owner[starts]] = np.maximum.reduceat(low, starts)
         out["run_" + m][:] = run
-        # Minutes 0..28 and 1411..1439 of each day, then running minima from each edge.
         head = np.zeros((rows, EDGE), np.float32)
         tail = np.zeros((rows, EDGE), np.float32)
-        at_head = of_day < EDGE
         head[u[at_head], of_day[at_head]] = v[at_head]
-        at_tail = of_day >= 1440 - EDGE
         tail[u[at_tail], 1439 - of_day[at_tail]] = v[at_tail]
         out["head_" + m][:] = np.minimum.accumulate(head, axis=1)
         out["tail_" + m][:] = np.minimum.accumulate(tail, axis=1)
-    # Frozen: consecutive readings (at most 10 minutes apart) identical in every metric.
-    same = unit[1:] == unit[:-1]
-    same &= ts[1:] - ts[:-1] <= 600
+    # Frozen: consecutive readings (at most 10 minutes apart) identical in every metric.  Bit
+    # patterns are compared, so two unknown (NaN) readings are identical too.
+    same = (unit[1:] == unit[:-1]) & (ts[1:] - ts[:-1] <= 600)
     for name in ("cpu", "mem", "disk", "net"):
-        a, b = values[name][1:], values[name][:-1]
-        same &= (a == b) | (np.isnan(a) & np.isnan(b))
+        bits = np.ascontiguousarray(values[name], dtype=np.float64).view(np.int64)
+        same &= bits[1:] == bits[:-1]
     starts = np.flatnonzero(np.r_[True, ~same])
     ends = np.r_[starts[1:], len(ts)] - 1
     length = (ts[ends] - ts[starts]) // 60 + 1
