@@ -76,7 +76,8 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
     The rule decides; then every VM not reclaimed is told what kept it from
     reclaim, and a VM with doubtful data gets its flags and a capped confidence.
     """
-    decision = _rule(vm, s, window_end, prices)
+    checks = activity_checks(vm, s)
+    decision = _rule(vm, s, window_end, prices, checks)
     flags = quality_flags(vm, s)
     if flags:
         decision.data_quality = "; ".join(flags)
@@ -85,7 +86,7 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
     if decision.blocked_by and "blocked_by" not in decision.evidence:
         decision.evidence["blocked_by"] = {"gate": decision.blocked_by}
     if decision.category != "reclaim" and not decision.blocked_by:
-        blocker = _blocker(activity_checks(vm, s))
+        blocker = _blocker(checks)
         if blocker is not None:
             decision.blocked_by = blocker.text()
             decision.evidence["blocked_by"] = blocker.as_dict()
@@ -93,7 +94,9 @@ def decide(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: Price
     return decision
 
 
-def _rule(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceBook) -> Decision:
+def _rule(
+    vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceBook, checks: list["Check"]
+) -> Decision:
     if vm["last_seen"] <= 0:
         return Decision(
             "stopped",
@@ -131,7 +134,6 @@ def _rule(vm: dict[str, Any], s: dict[str, Any], window_end: int, prices: PriceB
     stability_f = 1.0 - _clip(vm["cpu_p95_daily_std"] / max(vm["cpu_p95_daily_mean"], 5.0), 0, 0.5)
     cost = vm["monthly_cost"]
 
-    checks = activity_checks(vm, s)
     if _blocker(checks) is None:
         margin = min(c.margin for c in checks)
         conf = coverage_f * (0.5 + 0.5 * margin) * stability_f
