@@ -579,8 +579,9 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
     # The longest sustained peak (the highest CPU held for 30 minutes) needs headroom too: a
     # half-hour at 21% of 8 vCPUs is 1.7 busy vCPUs, which a 2-vCPU size cannot hold with room.
     run = vm["run_cpu"] if _known(vm["run_cpu"]) else 0.0
-    cpu_use = max(vm["cpu_p95"] * (1 + s["headroom"]), vm["cpu_p99"], run * (1 + s["headroom"]))
-    mem_use = max(vm["mem_p95"] * (1 + s["headroom"]), vm["mem_max"])
+    peak = vm["cpu_max"] if _known(vm["cpu_max"]) else 0.0
+    cpu_use = max(vm["cpu_p95"] * (1 + s["headroom"]), peak, run * (1 + s["headroom"]))
+    mem_use = max(vm["mem_p95"], vm["mem_max"]) * (1 + s["headroom"])
     need_vcpus = vcpus * cpu_use / 100.0
     need_gb = mem_gb * mem_use / 100.0
     if _known(vm["mem_zero_share"]) and vm["mem_zero_share"] >= s["zero_share"]:

@@ -179,9 +179,6 @@ class PriceBook:
         max_gb_per_vcpu: float = 8.0,
     ) -> tuple[str, float, float, float]:
         """The cheapest shape holding the need: ``(name, vcpus, memory_gb, monthly)``."""
-        # A size within SHAPE_TOLERANCE of the need holds it (1.99 GB needed fits a 2 GB size and
-        # a 1.99 GB need of a 2.00 GB VM fits 1.99 GB): no step up for a rounding difference.
-        need_gb = need_gb / (1 + SHAPE_TOLERANCE)
         fitting = [s for s in self.sizes if s.vcpus >= need_vcpus and s.memory_gb >= need_gb]
         if fitting:
             best = fitting[0]

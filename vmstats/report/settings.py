@@ -42,7 +42,7 @@ SETTINGS = (
     Setting("idle_percentile", 99.0, "percentile", "percentile of CPU, disk, net held to their work levels"),
     Setting("cpu_idle", 5.0, "% of vCPUs", "CPU below this is never work, whatever the VM's floor"),
     Setting("disk_idle", 524288.0, "bytes/s", "disk read+write below this is never work"),
-    Setting("net_idle", 65536.0, "bytes/s", "network rx+tx below this is never work"),
+    Setting("net_idle", 49152.0, "bytes/s", "network rx+tx below this is never work"),
     Setting("work_ratio", 2.0, "x floor", "work: a metric above this multiple of its own floor (p50)"),
     Setting("cpu_floor_max", 3.0, "% of vCPUs", "a CPU floor above this is a service, not background"),
     Setting("disk_floor_max", 524288.0, "bytes/s", "a disk floor above this is a service, not background"),
