@@ -209,7 +209,11 @@ def _all_damaged(files: list[dict]) -> Decision:
         ),
         1.0,
         recommendation="repair or remove the damaged logs; check the VM's agent",
-        evidence={"damaged_files": [{"path": f["path"], "problem": f["problem"]} for f in files]},
+        evidence={
+            "damaged_files": [{"path": f["path"], "problem": f["problem"]} for f in files],
+            "blocked_by": {"gate": "no readable record"},
+        },
+        blocked_by="no readable record",
     )
 
 
