@@ -24,7 +24,6 @@ COLOURS = {
     "reclaim": "#d62728",
     "schedule": "#9467bd",
     "downsize": "#ff7f0e",
-    "upsize": "#1f77b4",
     "keep": "#2ca02c",
     "excluded": "#17becf",
 }
