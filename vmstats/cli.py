@@ -21,6 +21,8 @@ COMMANDS = {
     "score": "vmstats.simulator.command:score",
     "report": "vmstats.report.command:report",
     "backtest": "vmstats.report.backtest_command:backtest",
+    "rules": "vmstats.rules.command:rules",
+    "alerts": "vmstats.rules.command:alerts",
 }
 
 

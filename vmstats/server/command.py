@@ -140,6 +140,9 @@ def _seconds(value: float) -> str:
               help="'pattern field[:counter]', e.g. 'servers.{vm}.cpu.percent cpu' (repeatable).")
 @click.option("--minute-grace", type=DURATION, default=_seconds(D.minute_grace), show_default=True,
               help="How long other agents' minutes wait for late samples.")
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False), default=None,
+              help="Rules file (TOML): live alerts and scaling on the incoming records; "
+                   "SIGHUP reloads it. Check one with 'vmstats rules check FILE'.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(**options) -> None:
@@ -196,10 +199,13 @@ def serve(**options) -> None:
     for name in ("max_past", "max_future"):
         options[name] = int(options[name])
     config = ServerConfig(**options)
+    from vmstats.rules.config import RulesError
     from vmstats.server.service import run
 
     try:
         code = run(config)
+    except RulesError as exc:  # one line per problem; the server does not start
+        raise click.ClickException("the rules file cannot be used:\n" + str(exc)) from None
     except (OSError, ListenError) as exc:
         raise click.ClickException(one_line(exc)) from None
     except Exception as exc:  # anything else that stops the start: one readable line

@@ -92,3 +92,5 @@ class ServerConfig:
     #: Bounds of the other agents' state: counters tracked, minutes open.
     edge_max_counters: int = 200_000
     edge_max_open: int = 200_000
+    #: A rules file (vmstats/rules/): live alerts and scaling on the incoming records.
+    rules_file: str | None = None

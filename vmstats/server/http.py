@@ -132,7 +132,8 @@ class HTTPService(service.Service):
     def __init__(self, reactor, bind: str, port: int, metrics_text: Callable[[], str],
                  status_json: Callable[[bool], dict], table: ConnectionTable,
                  token: StatusToken | None = None,
-                 routes: dict[bytes, resource.Resource] | None = None):
+                 routes: dict[bytes, resource.Resource] | None = None,
+                 alerts_json: Callable[[bool], dict] | None = None):
         self.reactor = reactor
         self.bind = bind
         self.port = port
@@ -144,6 +145,10 @@ class HTTPService(service.Service):
         self.router.add(b"/status", lambda request: _body(
             request, json.dumps(status_json(self.token.admits(request)), indent=1,
                                 sort_keys=True), b"application/json"))
+        if alerts_json is not None:  # the live rules (docs/RULES.md); details as for /status
+            self.router.add(b"/alerts", lambda request: _body(
+                request, json.dumps(alerts_json(self.token.admits(request)), indent=1,
+                                    sort_keys=True), b"application/json"))
         # Other services' pages by full path (b"/api/v2/write"), each answering its own methods.
         for path, page in (routes or {}).items():
             self.router.add(path, page.render, methods=None)

@@ -44,6 +44,8 @@ class Ingest:
         self.clock = clock
         self.parser = Parser(max_future, max_past)
         self.parsers = parsers
+        #: Called with each filed payload's (vms, timestamps, rows): the live rules' intake.
+        self.observe: Callable[[list, list, list], None] | None = None
         #: Payloads submitted and not yet filed, oldest first: [data, parsed, done]; a marker
         #: from ``after`` is [None, True, callback].
         self.queue: deque[list] = deque()
@@ -160,8 +162,11 @@ class Ingest:
                 self._sequence(vms, seqs, len(vm_set) == count)
                 accepted = count
         metrics.records += accepted
-        if accepted and self.journal is not None:
-            self.journal.append(data)
+        if accepted:
+            if self.journal is not None:
+                self.journal.append(data)
+            if self.observe is not None:
+                self.observe(vms, tss, rows)
         return accepted, rejected, dropped
 
     def _sequence(self, vms: list, seqs: list, distinct: bool) -> None:

@@ -99,6 +99,9 @@ class Metrics:
         self.edge: Counter[tuple[str, str]] = Counter()
         #: Counter-rate and minute-assembly events of the other formats (formats/edge.py).
         self.edge_events = dict
+        #: Labelled families owned elsewhere (the rules): functions returning
+        #: [(name, kind, help, [(labels, value)])].
+        self.families: list = []
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejects[reason] += count
@@ -221,6 +224,9 @@ class Metrics:
                [((("event", e),), n) for e, n in sorted(self.edge_events().items())])
         for name, (help_text, read) in sorted(self.gauges.items()):
             metric(name, "gauge", help_text, [((), int(read()))])
+        for families in self.families:
+            for name, kind, help_text, samples in families():
+                metric(name, kind, help_text, samples)
         metric("buffered_records", "gauge", "Records held in memory.", [((), buffered)])
         metric("in_flight_records", "gauge", "Records handed to writers, not yet confirmed.",
                [((), in_flight)])

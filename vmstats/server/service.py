@@ -68,6 +68,17 @@ class Aggregator(service.MultiService):
                 lambda: len(self.parsers.udp_readers))
         self.ingest = Ingest(self.buffer, self.metrics, config.max_future, config.max_past,
                              journal=self.journal, parsers=self.parsers)
+        self.rules = None
+        if config.rules_file:
+            # A bad file raises RulesError here: the server does not start with it.
+            from vmstats.rules.config import load_rules
+            from vmstats.rules.service import RulesService, rules_dir
+
+            self.rules = RulesService(reactor, config.rules_file, load_rules(config.rules_file),
+                                      rules_dir(config.data_dir))
+            self.ingest.observe = self.rules.observe
+            self.metrics.families.append(self.rules.families)
+            self.rules.setServiceParent(self)  # started first: the action log replays before data
         self.auth = Authenticator(self.ingest, config.auth_keys, config.sig_window)
         self.auth.remember_in(journal_dir(config), self.journal, reactor)
         self.tables = self._connection_tables()
@@ -102,7 +113,8 @@ class Aggregator(service.MultiService):
                                     self.status, self.tables["http"],
                                     StatusToken(config.status_token),
                                     httpwrite.routes(self.edge, self.edge.influx,
-                                                     config.write_token))
+                                                     config.write_token),
+                                    self.rules.alerts if self.rules is not None else None)
             self.http.setServiceParent(self)
         self.metrics.gauges["unsigned_accepted_beyond_loopback"] = (
             "1 when the push ports take unsigned records from beyond this machine (no --auth-keys).",
@@ -203,6 +215,8 @@ class Aggregator(service.MultiService):
         yield defer.maybeDeferred(self.listeners.stopService)
         yield defer.maybeDeferred(self.edge_service.stopService)  # open minutes into ingest
         yield self.ingest.idle()
+        if self.rules is not None:
+            yield defer.maybeDeferred(self.rules.stopService)
         yield defer.maybeDeferred(self.flusher.stopService)
         if self.parsers is not None:
             yield defer.maybeDeferred(self.parsers.stopService)
@@ -345,6 +359,10 @@ def run(config: ServerConfig) -> int:
             reactor.stop()
             return
         reactor.addSystemEventTrigger("before", "shutdown", aggregator.stopService)
+        if aggregator.rules is not None:
+            # SIGHUP reloads the rules file (instead of stopping) when the server has one.
+            signal.signal(signal.SIGHUP,
+                          lambda _n, _f: reactor.callFromThread(aggregator.rules.reload))
         if config.duration is not None:
             reactor.callLater(config.duration, reactor.stop)
 

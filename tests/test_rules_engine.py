@@ -1,0 +1,238 @@
+"""The rules engine on a driven clock: M of N, hysteresis, hold, missing data, silence, scaling.
+
+These run the real Engine and config parser in-process with a clock the test
+moves, so hours of rule time take milliseconds; the server-level tests
+(test_rules_server.py) prove the same engine is fed by the real receive path.
+"""
+
+import pytest
+from rulesutil import row
+
+from vmstats.rules.config import RulesError, parse_rules
+from vmstats.rules.evaluator import Engine, aggregate
+from vmstats.rules.metric import NAMES
+from vmstats.rules.scaling import desired_count, placement
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine(rules: list[dict], clock: Clock, **settings) -> Engine:
+    data = {"rule": rules, "action": {"say": {"kind": "log"}}}
+    if settings:
+        data["settings"] = settings
+    return Engine(parse_rules(data), clock)
+
+
+def feed(eng: Engine, clock: Clock, vm: str, cpu: float, host=None, ts=None) -> list[dict]:
+    eng.observe([vm], [int(clock.now if ts is None else ts)], [row(cpu, host=host)])
+    eng.process()
+    eng.sweep()
+    return [e for e in eng.take() if e["kind"] == "transition"]
+
+
+def test_m_of_n_with_separate_enter_and_exit_thresholds():
+    clock = Clock()
+    eng = engine([{"name": "hot", "metric": "cpu", "enter": 90, "exit": 70, "datapoints": 2,
+                   "periods": 3, "period": 60, "actions": ["say"]}], clock)
+    seen = []
+    for cpu in (95, 50, 95, 85, 80, 60, 65):
+        seen += feed(eng, clock, "10.0.0.1", cpu)
+        clock.now += 60
+    # alarm at the second breach (2 of 3), held through 85 and 80 (above exit 70), ok at the
+    # second value below 70.
+    assert [(e["from"], e["to"], e["value"]) for e in seen] == [("ok", "alarm", 95.0),
+                                                                  ("alarm", "ok", 65.0)]
+    assert seen[0]["threshold"] == 90 and seen[1]["threshold"] == 70
+    assert seen[0]["actions"] == ["say"] and seen[0]["key"] != seen[1]["key"]
+
+
+def test_flapping_around_the_threshold_notifies_at_most_once_per_hold():
+    clock = Clock()
+    hold = 300
+    eng = engine([{"name": "flap", "metric": "cpu", "enter": 50, "period": 10, "hold": hold}], clock)
+    seen = []
+    for step in range(360):  # an hour, a record each 10 s oscillating +-5% around 50
+        seen += feed(eng, clock, "10.0.0.1", 52.5 if step % 2 else 47.5)
+        clock.now += 10
+    times = [e["at"] for e in seen]
+    assert len(seen) >= 2  # it does move: the hold limits it, it does not freeze it
+    assert all(b - a >= hold for a, b in zip(times, times[1:], strict=False))
+    assert len(seen) <= 3600 // hold + 1
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("keep", []),
+    ("breaching", [("ok", "alarm")]),
+    ("insufficient", [("ok", "insufficient-data")]),
+])
+def test_missing_data_policies(policy, expected):
+    clock = Clock()
+    eng = engine([{"name": "m", "metric": "cpu", "enter": 90, "datapoints": 2, "periods": 3,
+                   "period": 60, "missing": policy}], clock)
+    feed(eng, clock, "10.0.0.1", 10)
+    seen = []
+    for _ in range(6):  # six minutes without a record
+        clock.now += 60
+        eng.sweep()
+        seen += [e for e in eng.take() if e["kind"] == "transition"]
+    assert [(e["from"], e["to"]) for e in seen] == expected
+
+
+def test_missing_as_ok_clears_an_alarm():
+    clock = Clock()
+    eng = engine([{"name": "m", "metric": "cpu", "enter": 90, "period": 60, "missing": "ok"}], clock)
+    assert [e["to"] for e in feed(eng, clock, "10.0.0.1", 99)] == ["alarm"]
+    clock.now += 180
+    eng.sweep()
+    assert [e["to"] for e in eng.take()] == ["ok"]
+
+
+def test_silent_vm_is_its_own_state_and_data_ends_it():
+    clock = Clock()
+    eng = engine([{"name": "s", "metric": "cpu", "enter": 90, "period": 60, "silent_after": "5m",
+                   "missing": "keep"}], clock)
+    feed(eng, clock, "10.0.0.1", 10)
+    feed(eng, clock, "10.0.0.2", 10)
+    seen = []
+    for _ in range(6):
+        clock.now += 60
+        seen += feed(eng, clock, "10.0.0.2", 10)  # .2 keeps reporting, .1 stopped
+    assert [(e["scope"], e["to"]) for e in seen] == [("10.0.0.1", "silent")]
+    clock.now += 60
+    assert [(e["scope"], e["from"], e["to"]) for e in feed(eng, clock, "10.0.0.1", 20)] == [
+        ("10.0.0.1", "silent", "ok")]
+
+
+def test_reminders_repeat_while_in_alarm_only():
+    clock = Clock()
+    eng = engine([{"name": "r", "metric": "cpu", "enter": 90, "period": 60, "remind": "10m"}], clock)
+    feed(eng, clock, "10.0.0.1", 99)
+    kinds = []
+    for _ in range(25):
+        clock.now += 60
+        eng.observe(["10.0.0.1"], [int(clock.now)], [row(99)])
+        eng.process()
+        eng.sweep()
+        kinds += [e["kind"] for e in eng.take()]
+    assert kinds.count("reminder") == 2 and "transition" not in kinds
+
+
+def test_group_scopes_and_aggregates():
+    clock = Clock()
+    eng = engine([{"name": "web", "scope": "group", "metric": "cpu", "aggregate": "count_above",
+                   "level": 80, "enter": 1, "match": {"id": "web-*", "tags": {"host": "r1-*"}}},
+                  {"name": "net", "scope": "group", "metric": "cpu", "aggregate": "max",
+                   "enter": 90, "match": {"cidr": "10.1.0.0/16"}}], clock)
+    eng.observe(["web-1", "web-2", "web-3", "db-1", "10.1.2.3", "10.2.0.1"], [int(clock.now)] * 6,
+                [row(90, host="r1-a"), row(95, host="r1-b"), row(99, host="r2-a"), row(99, host="r1-a"),
+                 row(50), row(99)])
+    eng.process()
+    events = {e["rule"]: e for e in eng.take()}
+    assert events["web"]["to"] == "alarm" and events["web"]["value"] == 2.0
+    assert events["web"]["members"] == 2
+    assert "net" not in events  # 10.2.0.1 is outside the network; the one member is at 50
+    assert aggregate("p50", [1.0, 2.0, 3.0, 4.0], None) == 2.5
+    assert aggregate("mean", [], None) is None
+
+
+def test_target_tracking_formula_tolerance_and_clamp():
+    rules = parse_rules({"rule": [{"name": "p", "scope": "group", "metric": "cpu",
+                                   "scale": {"target": 60, "min": 2, "max": 8}}]})
+    scale = rules.rules[0].scale
+    assert desired_count(4, 90, scale) == 6  # ceil(4 x 90 / 60)
+    assert desired_count(4, 64, scale) == 4  # within 10 %
+    assert desired_count(4, 20, scale) == 2  # ceil(4/3) = 2, at the minimum
+    assert desired_count(6, 200, scale) == 8  # clamped
+    assert placement({"h1": [90.0, 80.0], "h2": [20.0]}, (), 0) == "h2"
+    assert [placement({}, ("a", "b"), turn) for turn in range(3)] == ["a", "b", "a"]
+
+
+def test_cooldown_defers_a_scale_action_and_decides_again_at_its_end():
+    clock = Clock()
+    eng = engine([{"name": "pool", "scope": "group", "metric": "cpu", "period": 60,
+                   "scale": {"target": 50, "min": 1, "max": 10, "out_cooldown": "3m",
+                             "in_cooldown": "10m", "hosts": ["h1", "h2"]}}], clock)
+    members = ["10.0.0.%d" % i for i in range(1, 5)]
+
+    def load(cpu):
+        eng.observe(members, [int(clock.now)] * 4, [row(cpu)] * 4)
+        eng.process()
+        eng.sweep()
+        return eng.take()
+
+    first = load(100)  # 4 members at 100 % against 50: 8 wanted
+    assert [(e["kind"], e["current"], e["desired"], e["delta"], e["placement"]) for e in first] == [
+        ("scale", 4, 8, 4, "h1")]
+    clock.now += 60
+    held = load(75)  # still short (6 wanted), inside the 3 min scale-out cooldown
+    assert [(e["kind"], e["reason"], e["direction"]) for e in held] == [("held", "cooldown", "out")]
+    assert held[0]["until"] == first[0]["at"] + 180
+    clock.now += 60
+    assert load(75) == []  # held is recorded once, not on every evaluation
+    clock.now += 61  # the cooldown has ended: decided again on the figures of now
+    again = eng.take() + load(80)
+    assert [(e["kind"], e["desired"], e["placement"]) for e in again] == [("scale", 7, "h2")]
+    # A scale-in right after is held by the scale-in cooldown, measured from the last action...
+    clock.now += 30
+    assert [(e["kind"], e["direction"]) for e in load(10)] == [("held", "in")]
+    # ... but that never blocks a needed scale-out once the scale-out cooldown has passed.
+    clock.now += 200
+    assert [(e["kind"], e["direction"]) for e in load(100)] == [("scale", "out")]
+
+
+def test_state_is_bounded_and_refusals_counted():
+    clock = Clock()
+    eng = engine([{"name": "b", "metric": "cpu", "enter": 90}], clock, max_series=3)
+    eng.observe(["10.0.0.%d" % i for i in range(10)], [int(clock.now)] * 10, [row(5)] * 10)
+    eng.process()
+    assert eng.size == 3 and eng.refused == 7
+
+
+def test_history_is_not_live_data():
+    clock = Clock()
+    eng = engine([{"name": "h", "metric": "cpu", "enter": 90}], clock)
+    assert feed(eng, clock, "10.0.0.1", 99, ts=clock.now - 3600) == []
+    assert eng.history_skipped == 1
+
+
+def test_reload_keeps_the_state_of_unchanged_rules_only():
+    clock = Clock()
+    rules = [{"name": "a", "metric": "cpu", "enter": 90}, {"name": "b", "metric": "mem", "enter": 10}]
+    eng = engine(rules, clock)
+    feed(eng, clock, "10.0.0.1", 99)
+    assert {s["rule"]: s["state"] for s in eng.states()} == {"a": "alarm", "b": "alarm"}
+    kept = eng.load(parse_rules({"rule": [rules[0], dict(rules[1], enter=20)]}))
+    assert kept == ["a"]
+    assert [(s["rule"], s["state"]) for s in eng.states()] == [("a", "alarm")]
+
+
+def test_expressions_and_normalised_metrics():
+    clock = Clock()
+    eng = engine([{"name": "e", "metric": "max(cpu, mem) / 2 + net_per_vcpu", "enter": 1000}], clock)
+    eng.observe(["10.0.0.1"], [int(clock.now)], [row(30, mem=80, net_rx=3000, net_tx=1000, vcpus=2)])
+    eng.process()
+    assert eng.states()[0]["value"] == 80 / 2 + 4000 / 2
+
+
+def test_every_problem_is_reported_once():
+    with pytest.raises(RulesError) as caught:
+        parse_rules({"action": {"h": {"kind": "webhook", "url": "ftp://x"}},
+                     "rule": [{"name": "a", "metric": "cpu", "enter": "x", "datapoints": 3,
+                               "periods": 2, "actions": ["h", "missing"]},
+                              {"name": "a", "metric": "gpu", "enter": 1},
+                              {"name": "c", "metric": "__import__('os')", "enter": 1}]})
+    problems = caught.value.problems
+    assert problems == [
+        "action h: url: 'ftp://x' is not an http:// or https:// URL",
+        "rule a: enter: expected a number, got 'x'",
+        "rule a: datapoints: 3 of 2 periods cannot happen: datapoints must be at most periods",
+        "rule a: actions: no [action.missing] in this file",
+        "rule a: metric: 'gpu': unknown metric 'gpu' (known: %s)" % ", ".join(NAMES),
+        "rule c: metric: \"__import__('os')\": the only functions are max(), min() and abs()",
+    ]

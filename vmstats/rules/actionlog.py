@@ -1,0 +1,233 @@
+"""The action log: every event and every delivery attempt, on disk before anything is sent.
+
+One JSON object per line, appended and fsync'd in batches on a thread (the
+reactor never waits on the disk; whatever is queued while a batch is being
+written goes in the next one, so a burst costs one fsync, not one per line).
+Entries:
+
+``event``    a transition, reminder, scaling decision or hold, with its key
+             and the actions it goes to (delivery key: ``<key>.<action>``)
+``attempt``  a delivery attempt about to be made (number ``n``)
+``result``   what the attempt got: ``ok`` true, or the error
+``gave_up``  delivery stopped after ``retry_for``, or its action is gone
+
+After a crash ``replay`` rebuilds every scope's last state (a restart keeps
+alarms), the last scaling times (cooldowns survive) and the deliveries with
+no successful result, which are attempted again under the same key: a
+receiver that honours the key sees each event once.  A line cut short by the
+crash is dropped and the file trimmed to its last whole line.  Past
+``max_bytes`` the log is rewritten with only what replay needs (atomically,
+by rename).
+"""
+
+import json
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+
+from twisted.internet import defer, threads
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "actions.log"
+#: Entries kept in memory for /alerts and ``vmstats alerts``.
+RECENT = 200
+
+
+@dataclass
+class Pending:
+    """A delivery without a successful result yet."""
+
+    key: str
+    action: str
+    event: dict
+    attempts: int = 0
+
+
+@dataclass
+class Replayed:
+    """What the log says, as replay rebuilds it."""
+
+    #: (rule, scope) -> the last transition event.
+    states: dict = field(default_factory=dict)
+    #: (rule, direction) -> the last scaling event.
+    scaling: dict = field(default_factory=dict)
+    #: delivery key -> Pending, oldest first.
+    pending: dict = field(default_factory=dict)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))
+    delivered: int = 0
+    gave_up: int = 0
+    lines: int = 0
+
+
+def replay(lines) -> Replayed:
+    """Fold log lines (bytes, parsed or not) into the state they describe."""
+    result = Replayed()
+    for line in lines:
+        entry = json.loads(line) if isinstance(line, (bytes, str)) else line
+        result.lines += 1
+        result.recent.append(entry)
+        kind = entry.get("type")
+        if kind == "event":
+            event = entry["event"]
+            if event["kind"] == "transition":
+                result.states[(event["rule"], event["scope"])] = event
+            elif event["kind"] == "scale":
+                result.scaling[(event["rule"], event["direction"])] = event
+            for action in event.get("actions", ()):
+                key = "%s.%s" % (event["key"], action)
+                result.pending[key] = Pending(key, action, event)
+        elif kind == "attempt":
+            pending = result.pending.get(entry["key"])
+            if pending is not None:
+                pending.attempts = max(pending.attempts, entry["n"])
+        elif kind == "result" and entry.get("ok"):
+            if result.pending.pop(entry["key"], None) is not None:
+                result.delivered += 1
+        elif kind == "gave_up":
+            if result.pending.pop(entry["key"], None) is not None:
+                result.gave_up += 1
+    return result
+
+
+def read(path: str, repair: bool = False) -> Replayed:
+    """Replay the log at ``path``; with ``repair``, trim a last line cut short by a crash."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return Replayed()
+    good = data[: data.rfind(b"\n") + 1]
+    if repair and len(good) != len(data):
+        log.warning("%s: dropping %d bytes of a line cut short by a crash", path,
+                    len(data) - len(good))
+        with open(path, "r+b") as handle:
+            handle.truncate(len(good))
+            os.fsync(handle.fileno())
+    return replay(line for line in good.split(b"\n") if line.strip())
+
+
+def compacted(state: Replayed) -> list[dict]:
+    """The fewest entries that replay to the same states, cooldowns and pending deliveries."""
+    entries: dict[str, dict] = {}
+    for event in list(state.states.values()) + list(state.scaling.values()):
+        entries[event["key"]] = {"type": "event", "event": event}
+    attempts = []
+    for pending in state.pending.values():
+        event = pending.event
+        entries.setdefault(event["key"], {"type": "event", "event": event})
+        if pending.attempts:
+            attempts.append({"type": "attempt", "key": pending.key, "n": pending.attempts})
+    # A kept event's deliveries that are done must not come back as pending.
+    done = []
+    for entry in entries.values():
+        event = entry["event"]
+        for action in event.get("actions", ()):
+            key = "%s.%s" % (event["key"], action)
+            if key not in state.pending:
+                done.append({"type": "result", "key": key, "ok": True, "compacted": True})
+    ordered = sorted(entries.values(), key=lambda e: e["event"]["at"])
+    return ordered + attempts + done
+
+
+class ActionLog:
+    """Appends entries durably, in order, off the reactor; ``append`` fires once synced."""
+
+    def __init__(self, reactor, directory: str, max_bytes: int = 64 << 20):
+        self.reactor = reactor
+        self.directory = directory
+        self.path = os.path.join(directory, FILE_NAME)
+        self.max_bytes = max_bytes
+        self.recent: deque = deque(maxlen=RECENT)
+        self.syncs = 0
+        self.errors = 0
+        self.compactions = 0
+        self._queue: list[tuple[bytes, defer.Deferred]] = []
+        self._writing = False
+        self._idle: list[defer.Deferred] = []
+
+    def open(self) -> Replayed:
+        """Create the folder, repair a torn end and replay (at start, before any record)."""
+        os.makedirs(self.directory, exist_ok=True)
+        state = read(self.path, repair=True)
+        self.recent.extend(state.recent)
+        return state
+
+    def append(self, entries: list[dict]) -> defer.Deferred:
+        """Queue ``entries``; the Deferred fires when they are on disk (errback: not written)."""
+        self.recent.extend(entries)
+        done: defer.Deferred = defer.Deferred()
+        data = b"".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+                        for e in entries)
+        self._queue.append((data, done))
+        if not self._writing:
+            self._write()
+        return done
+
+    def idle(self) -> defer.Deferred:
+        """Fires when everything appended so far is on disk (or failed)."""
+        if not self._writing and not self._queue:
+            return defer.succeed(None)
+        waiting: defer.Deferred = defer.Deferred()
+        self._idle.append(waiting)
+        return waiting
+
+    def _write(self) -> None:
+        batch, self._queue = self._queue, []
+        self._writing = True
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._write_sync,
+                                      b"".join(data for data, _ in batch))
+        d.addBoth(self._written, batch)
+
+    def _written(self, result, batch) -> None:
+        self._writing = False
+        failed = isinstance(result, Exception) or hasattr(result, "trap")
+        if failed:
+            self.errors += 1
+            log.error("cannot write the action log %s: %s", self.path,
+                      getattr(result, "value", result))
+        else:
+            self.syncs += 1
+        for _data, done in batch:
+            if failed:
+                done.errback(getattr(result, "value", result))
+            else:
+                done.callback(None)
+        if self._queue:
+            self._write()
+        elif self._idle:
+            waiting, self._idle = self._idle, []
+            for one in waiting:
+                one.callback(None)
+
+    def _write_sync(self, data: bytes) -> None:
+        """On a thread: append, fsync; rewrite compacted when the file has grown past its cap."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if size > self.max_bytes:
+            self._compact()
+
+    def _compact(self) -> None:
+        state = read(self.path)
+        temp = self.path + ".compacting"
+        with open(temp, "wb") as out:
+            for entry in compacted(state):
+                out.write(json.dumps(entry, sort_keys=True, separators=(",", ":")).encode("utf-8")
+                          + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, self.path)
+        folder = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        self.compactions += 1

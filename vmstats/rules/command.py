@@ -1,0 +1,112 @@
+"""``vmstats rules check FILE`` and ``vmstats alerts``: the rules' command line."""
+
+import json
+import os
+import sys
+import time
+import urllib.request
+
+import click
+
+from vmstats.rules.config import RulesError, load_rules
+
+
+@click.group()
+def rules() -> None:
+    """Live rules: check a rules file before the server gets it."""
+
+
+@rules.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="Only problems; exit status says the rest.")
+def check(path: str, quiet: bool) -> None:
+    """Validate a rules file and explain what each rule will do (exit 1: problems, one a line)."""
+    try:
+        ruleset = load_rules(path)
+    except RulesError as exc:
+        for problem in exc.problems:
+            click.echo("%s: %s" % (path, problem), err=True)
+        sys.exit(1)
+    if quiet:
+        return
+    for rule in ruleset.rules:
+        click.echo(rule.describe())
+    for name, action in sorted(ruleset.actions.items()):
+        click.echo("action %s: %s" % (name, action.kind))
+    click.echo("%s: %d rules, %d actions: OK" % (path, len(ruleset.rules), len(ruleset.actions)))
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), default="vmstats-data",
+              show_default=True, help="The server's data dir (its action log is read).")
+@click.option("--url", default=None,
+              help="Ask a running server instead, e.g. http://127.0.0.1:8898 (its /alerts).")
+@click.option("--recent", type=click.IntRange(0), default=20, show_default=True,
+              help="Log entries to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the /alerts shape).")
+def alerts(data_dir: str, url: str | None, recent: int, as_json: bool) -> None:
+    """Current rule states (not ok first) and the action log's recent entries."""
+    if url:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/alerts", timeout=10) as response:
+                page = json.load(response)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException("cannot read %s/alerts: %s" % (url.rstrip("/"), exc)) from None
+    else:
+        page = from_log(data_dir)
+    if as_json:
+        click.echo(json.dumps(page, indent=1, sort_keys=True))
+        return
+    states = page["states"]
+    click.echo("%d scopes, %d not ok" % (len(states), sum(1 for s in states if s["state"] != "ok")))
+    for s in states:
+        if s["state"] != "ok":
+            value = "" if s.get("value") is None else " value %.4g" % s["value"]
+            click.echo("  %-18s %-24s %-18s since %s%s" % (s["state"], s["rule"], s["scope"],
+                                                            _when(s["since"]), value))
+    deliveries = page.get("deliveries", {})
+    click.echo("deliveries pending: %d" % deliveries.get("pending", 0))
+    for entry in page["recent"][-recent:] if recent else []:
+        click.echo("  " + describe(entry))
+
+
+def from_log(data_dir: str) -> dict:
+    """The /alerts shape from the action log alone (the server may be stopped)."""
+    from vmstats.rules.actionlog import FILE_NAME, read
+    from vmstats.rules.service import rules_dir
+
+    path = os.path.join(rules_dir(data_dir), FILE_NAME)
+    if not os.path.exists(path):
+        raise click.ClickException("no action log at %s (is --data-dir right, and was the server "
+                                   "run with --rules?)" % path)
+    state = read(path)
+    states = [{"rule": e["rule"], "scope": e["scope"], "state": e["to"], "since": e["at"],
+               "value": e.get("value")} for e in state.states.values()]
+    states.sort(key=lambda r: (r["state"] == "ok", -r["since"]))
+    return {"states": states, "recent": list(state.recent),
+            "deliveries": {"pending": len(state.pending), "delivered": state.delivered,
+                           "gave_up": state.gave_up}}
+
+
+def describe(entry: dict) -> str:
+    """One line for a log entry."""
+    from vmstats.rules.notifiers import summary
+
+    kind = entry.get("type")
+    if kind == "event":
+        event = entry["event"]
+        if event["kind"] == "held":
+            text = "%s: scale %s held by %s" % (event["rule"], event["direction"], event["reason"])
+        else:
+            text = summary(event)
+        return "%s event   %s [%s]" % (_when(event["at"]), text, event["key"])
+    when = _when(entry["at"]) if "at" in entry else "-" * 20
+    if kind == "result":
+        return "%s %s %s" % (when, "done    " if entry.get("ok") else "failed  ",
+                             entry["key"] + ("" if entry.get("ok") else ": " + entry.get("error", "")))
+    return "%s %-8s %s%s" % (when, kind, entry.get("key", ""),
+                             " #%d" % entry["n"] if "n" in entry else "")
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))

@@ -1,0 +1,450 @@
+"""The rules file: TOML in, checked rules out, every problem named at once.
+
+An operator editing a rules file wants all of its mistakes in one pass, each
+on its own line with where it is, rather than the first one and a stack
+trace; so nothing here raises on the first problem: each check appends one
+sentence to ``problems`` and ``load_rules`` raises ``RulesError`` with all of
+them.  The same checks serve ``vmstats rules check``, ``serve --rules`` (the
+server does not start with a bad file) and a SIGHUP reload (the old rules
+stay).
+"""
+
+import fnmatch
+import hashlib
+import ipaddress
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from vmstats.rules import metric as metrics
+from vmstats.rules.notifiers import KINDS, Notifier
+from vmstats.server.config import parse_duration
+
+#: The states a scope can be in; a new scope starts in ``ok`` without notifying.
+STATES = ("ok", "alarm", "insufficient-data", "silent")
+#: What a period without a datapoint counts as.
+MISSING_POLICIES = ("keep", "ok", "breaching", "insufficient")
+SCOPES = ("vm", "group")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+_AGGREGATE_RE = re.compile(r"(mean|max|min|count_above|p(\d{1,2}(?:\.\d+)?))\Z")
+
+
+class RulesError(ValueError):
+    """A rules file that cannot be used; ``problems`` holds one sentence per problem."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join("%s: %s" % (path, p) for p in problems))
+
+
+@dataclass
+class Match:
+    """Which VMs a rule looks at: every condition given must hold (none given: every VM)."""
+
+    ids: tuple[str, ...] = ()
+    networks: tuple = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, vm: str, tags: dict[str, str]) -> bool:
+        if self.ids and not any(fnmatch.fnmatchcase(vm, pattern) for pattern in self.ids):
+            return False
+        if self.networks:
+            try:
+                address = ipaddress.ip_address(vm)
+            except ValueError:
+                return False
+            if not any(address in network for network in self.networks):
+                return False
+        for name, pattern in self.tags.items():
+            value = tags.get(name)
+            if value is None or not fnmatch.fnmatchcase(value, pattern):
+                return False
+        return True
+
+
+@dataclass
+class Scale:
+    """Target tracking for a group: keep the aggregate near ``target`` by changing the count."""
+
+    target: float
+    minimum: int = 1
+    maximum: int = 100
+    tolerance: float = 0.1
+    out_cooldown: float = 300.0
+    in_cooldown: float = 300.0
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass
+class Rule:
+    """One checked rule; ``fingerprint`` identifies its definition across reloads."""
+
+    name: str
+    scope: str
+    match: Match
+    metric: str
+    value_of: object  # metrics.Expression
+    aggregate: str = "mean"
+    level: float | None = None
+    above: bool = True
+    enter: float | None = None
+    exit: float | None = None
+    period: float = 60.0
+    datapoints: int = 1
+    periods: int = 1
+    hold: float = 0.0
+    missing: str = "keep"
+    silent_after: float | None = None
+    remind: float | None = None
+    actions: tuple[str, ...] = ()
+    scale: Scale | None = None
+    fingerprint: str = ""
+
+    def describe(self) -> str:
+        """One paragraph a person can check the rule against (``vmstats rules check``)."""
+        who = "each VM" if self.scope == "vm" else "the group"
+        if self.match.ids or self.match.networks or self.match.tags:
+            parts = []
+            if self.match.ids:
+                parts.append("id like " + " or ".join(self.match.ids))
+            if self.match.networks:
+                parts.append("in " + " or ".join(str(n) for n in self.match.networks))
+            parts += ["%s like %s" % kv for kv in sorted(self.match.tags.items())]
+            who += " (%s)" % ", ".join(parts)
+        else:
+            who += " (every VM)"
+        figure = self.metric
+        if self.scope == "group":
+            figure = "%s of %s over members" % (self.aggregate if self.aggregate != "count_above"
+                                                 else "count above %g" % self.level, self.metric)
+        lines = ["rule %s: %s, %s per %gs period" % (self.name, who, figure, self.period)]
+        if self.enter is not None:
+            word = "above" if self.above else "below"
+            lines.append("  alarm when %d of %d periods are %s %g; ok again when %d of %d are "
+                         "back past %g; at least %gs in a state before leaving it"
+                         % (self.datapoints, self.periods, word, self.enter, self.datapoints,
+                            self.periods, self.exit, self.hold))
+            lines.append("  a period without data counts as: %s" % self.missing)
+        if self.silent_after:
+            lines.append("  silent after %gs without records from a VM that was reporting"
+                         % self.silent_after)
+        if self.remind:
+            lines.append("  reminder every %gs while in alarm" % self.remind)
+        if self.scale is not None:
+            s = self.scale
+            lines.append("  scaling: desired = ceil(members x value / %g) unless within %g%%, "
+                         "clamped to %d..%d; cooldowns out %gs, in %gs (deferred, never dropped)"
+                         % (s.target, 100 * s.tolerance, s.minimum, s.maximum, s.out_cooldown,
+                            s.in_cooldown))
+        lines.append("  actions: %s" % (", ".join(self.actions) or "none (state only)"))
+        return "\n".join(lines)
+
+
+@dataclass
+class Settings:
+    """File-wide settings: delivery, bounds and freshness."""
+
+    retry_for: float = 86400.0
+    #: The first retry's delay, doubled each time up to retry_max.
+    retry_min: float = 1.0
+    retry_max: float = 300.0
+    max_series: int = 200_000
+    #: Records stamped further back than this are history (replays, spools), not live data.
+    max_age: float = 300.0
+    log_max_bytes: int = 64 << 20
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule]
+    actions: dict[str, Notifier]
+    settings: Settings
+
+
+class _Reader:
+    """Typed access to one TOML table, appending one sentence per problem."""
+
+    def __init__(self, where: str, table: dict, problems: list[str]):
+        self.where = where
+        self.table = table
+        self.problems = problems
+        self.used: set[str] = set()
+
+    def problem(self, key: str, text: str) -> None:
+        self.problems.append("%s: %s: %s" % (self.where, key, text))
+
+    def get(self, key: str, default=None):
+        self.used.add(key)
+        return self.table.get(key, default)
+
+    def number(self, key: str, default=None, minimum: float | None = None, integer: bool = False):
+        value = self.get(key, default)
+        if value is None or value is default:
+            return value
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            self.problem(key, "expected %s, got %r" % ("a whole number" if integer else "a number",
+                                                       value))
+            return default
+        if minimum is not None and value < minimum:
+            self.problem(key, "must be at least %g, got %r" % (minimum, value))
+            return default
+        return value
+
+    def duration(self, key: str, default=None):
+        value = self.get(key, default)
+        if value is None or value is default:
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str):
+            try:
+                seconds = parse_duration(value)
+            except ValueError as exc:
+                self.problem(key, str(exc))
+                return default
+        else:
+            self.problem(key, "expected a duration like 90s, 5m or 1h, got %r" % (value,))
+            return default
+        if seconds < 0:
+            self.problem(key, "must not be negative")
+            return default
+        return seconds
+
+    def text(self, key: str, default=None, choices=None):
+        value = self.get(key, default)
+        if value is None or value is default:
+            return value
+        if not isinstance(value, str):
+            self.problem(key, "expected text, got %r" % (value,))
+            return default
+        if choices is not None and value not in choices:
+            self.problem(key, "%r is not one of %s" % (value, ", ".join(choices)))
+            return default
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(key, "expected text or a list of texts, got %r" % (value,))
+            return ()
+        return tuple(value)
+
+    def unknown(self, allowed=None) -> None:
+        for key in sorted(set(self.table) - (allowed or self.used)):
+            self.problem(key, "unknown setting (a typo?)")
+
+
+def load_rules(path: str) -> RuleSet:
+    """Read and check a rules file; RulesError lists every problem found."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise RulesError(path, ["cannot read: %s" % (exc.strerror or exc)]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(path, ["not valid TOML: %s" % exc]) from None
+    return parse_rules(data, path)
+
+
+def parse_rules(data: dict, path: str = "rules") -> RuleSet:
+    problems: list[str] = []
+    for key in sorted(set(data) - {"settings", "action", "rule"}):
+        problems.append("%s: unknown section (expected [settings], [action.NAME], [[rule]])" % key)
+    settings = _settings(data.get("settings", {}), problems)
+    actions: dict[str, Notifier] = {}
+    action_tables = data.get("action", {})
+    if not isinstance(action_tables, dict):
+        problems.append("action: expected tables [action.NAME]")
+        action_tables = {}
+    for name, table in action_tables.items():
+        where = "action %s" % name
+        if not _NAME_RE.match(name):
+            problems.append("%s: a name is 1-64 letters, digits, '_', '.' or '-'" % where)
+        if not isinstance(table, dict):
+            problems.append("%s: expected a table" % where)
+            continue
+        reader = _Reader(where, table, problems)
+        kind = reader.text("kind", choices=sorted(KINDS))
+        if kind is None:
+            if "kind" not in table:
+                reader.problem("kind", "missing (one of %s)" % ", ".join(sorted(KINDS)))
+            continue
+        notifier = KINDS[kind].from_config(name, reader)
+        reader.unknown()
+        if notifier is not None:
+            actions[name] = notifier
+    rule_tables = data.get("rule", [])
+    if not isinstance(rule_tables, list):
+        problems.append("rule: expected [[rule]] entries")
+        rule_tables = []
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for number, table in enumerate(rule_tables, 1):
+        rule = _rule(number, table, set(action_tables), problems)
+        if rule is None:
+            continue
+        if rule.name in seen:
+            problems.append("rule %s: the name is used by an earlier rule" % rule.name)
+            continue
+        seen.add(rule.name)
+        rules.append(rule)
+    if problems:
+        raise RulesError(path, problems)
+    return RuleSet(rules, actions, settings)
+
+
+def _settings(table, problems: list[str]) -> Settings:
+    if not isinstance(table, dict):
+        problems.append("settings: expected a table")
+        return Settings()
+    reader = _Reader("settings", table, problems)
+    d = Settings()
+    settings = Settings(
+        retry_for=reader.duration("retry_for", d.retry_for),
+        retry_min=reader.duration("retry_min", d.retry_min),
+        retry_max=reader.duration("retry_max", d.retry_max),
+        max_series=reader.number("max_series", d.max_series, minimum=1, integer=True),
+        max_age=reader.duration("max_age", d.max_age),
+        log_max_bytes=reader.number("log_max_bytes", d.log_max_bytes, minimum=4096, integer=True))
+    reader.unknown()
+    return settings
+
+
+def _rule(number: int, table, action_names: set[str], problems: list[str]) -> Rule | None:
+    if not isinstance(table, dict):
+        problems.append("rule #%d: expected a table" % number)
+        return None
+    name = table.get("name")
+    where = "rule %s" % name if isinstance(name, str) and name else "rule #%d" % number
+    reader = _Reader(where, table, problems)
+    before = len(problems)
+    name = reader.text("name")
+    if name is None:
+        if "name" not in table:
+            reader.problem("name", "missing")
+    elif not _NAME_RE.match(name):
+        reader.problem("name", "1-64 letters, digits, '_', '.' or '-'")
+    scope = reader.text("scope", "vm", choices=SCOPES)
+    match = _match(reader)
+    metric = reader.text("metric")
+    value_of = None
+    if metric is None:
+        if "metric" not in table:
+            reader.problem("metric", "missing (e.g. cpu, mem, disk, net, or max(cpu, mem))")
+    else:
+        try:
+            value_of = metrics.compile_metric(metric)
+        except ValueError as exc:
+            reader.problem("metric", str(exc))
+    aggregate = reader.text("aggregate", "mean")
+    level = reader.number("level")
+    if aggregate is not None:
+        if not _AGGREGATE_RE.match(aggregate) or (aggregate.startswith("p")
+                                                  and not 0 < float(aggregate[1:]) <= 100):
+            reader.problem("aggregate", "%r is not mean, max, min, count_above or pNN "
+                                        "(a percentile such as p95)" % aggregate)
+        elif scope == "vm" and "aggregate" in table:
+            reader.problem("aggregate", "only a group rule aggregates over members")
+        elif aggregate == "count_above" and level is None:
+            reader.problem("level", "count_above needs the level members are counted above")
+    direction = reader.text("direction", "above", choices=("above", "below"))
+    enter = reader.number("enter")
+    exit_ = reader.number("exit", enter)
+    period = reader.duration("period", 60.0)
+    if period is not None and period <= 0:
+        reader.problem("period", "must be more than 0")
+    datapoints = reader.number("datapoints", 1, minimum=1, integer=True)
+    periods = reader.number("periods", datapoints, minimum=1, integer=True)
+    if isinstance(datapoints, int) and isinstance(periods, int) and datapoints > periods:
+        reader.problem("datapoints", "%d of %d periods cannot happen: datapoints must be at most "
+                                     "periods" % (datapoints, periods))
+    hold = reader.duration("hold", 0.0)
+    missing = reader.text("missing", "keep", choices=MISSING_POLICIES)
+    silent_after = reader.duration("silent_after")
+    if silent_after is not None and scope != "vm":
+        reader.problem("silent_after", "only a per-VM rule has VMs that go silent "
+                                       "(a group counts its reporting members)")
+    remind = reader.duration("remind")
+    actions = reader.texts("actions")
+    for action in actions:
+        if action not in action_names:
+            reader.problem("actions", "no [action.%s] in this file" % action)
+    scale = _scale(reader, scope)
+    if enter is None and scale is None and silent_after is None and "enter" not in table:
+        reader.problem("enter", "missing: a rule needs an enter threshold, a [rule.scale] "
+                                "target or silent_after")
+    if enter is not None and exit_ is not None and direction is not None:
+        if (exit_ > enter) if direction == "above" else (exit_ < enter):
+            reader.problem("exit", "the exit threshold %g is past the enter threshold %g: it must "
+                                   "be %s it" % (exit_, enter, "at or below" if direction == "above"
+                                                 else "at or above"))
+    reader.unknown()
+    if len(problems) > before:
+        return None
+    fingerprint = hashlib.sha256(json.dumps(table, sort_keys=True, default=str)
+                                 .encode("utf-8")).hexdigest()[:16]
+    return Rule(name=name, scope=scope, match=match, metric=metric, value_of=value_of,
+                aggregate=aggregate, level=level, above=direction == "above", enter=enter,
+                exit=exit_, period=period, datapoints=datapoints, periods=periods, hold=hold,
+                missing=missing, silent_after=silent_after or None, remind=remind or None,
+                actions=actions, scale=scale, fingerprint=fingerprint)
+
+
+def _match(reader: _Reader) -> Match:
+    table = reader.get("match", {})
+    if not isinstance(table, dict):
+        reader.problem("match", "expected a table such as { id = \"web-*\" }")
+        return Match()
+    sub = _Reader(reader.where + ": match", table, reader.problems)
+    ids = sub.texts("id")
+    networks = []
+    for text in sub.texts("cidr"):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            sub.problem("cidr", str(exc))
+    tags = sub.get("tags", {})
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        sub.problem("tags", "expected a table of tag = \"glob\", e.g. { host = \"rack1-*\" }")
+        tags = {}
+    sub.unknown()
+    return Match(ids=ids, networks=tuple(networks), tags=dict(tags))
+
+
+def _scale(reader: _Reader, scope: str) -> Scale | None:
+    table = reader.get("scale")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        reader.problem("scale", "expected a table [rule.scale] with a target")
+        return None
+    if scope != "group":
+        reader.problem("scale", "only a group rule can scale (set scope = \"group\")")
+    sub = _Reader(reader.where + ": scale", table, reader.problems)
+    before = len(reader.problems)
+    target = sub.number("target")
+    if target is None and "target" not in table:
+        sub.problem("target", "missing (the level to keep the group's figure at)")
+    elif target is not None and target <= 0:
+        sub.problem("target", "must be more than 0")
+    d = Scale(target=1.0)
+    minimum = sub.number("min", d.minimum, minimum=0, integer=True)
+    maximum = sub.number("max", d.maximum, minimum=1, integer=True)
+    if isinstance(minimum, int) and isinstance(maximum, int) and minimum > maximum:
+        sub.problem("min", "min %d is above max %d" % (minimum, maximum))
+    tolerance = sub.number("tolerance", d.tolerance, minimum=0)
+    out_cooldown = sub.duration("out_cooldown", d.out_cooldown)
+    in_cooldown = sub.duration("in_cooldown", d.in_cooldown)
+    hosts = sub.texts("hosts")
+    sub.unknown()
+    if len(reader.problems) > before:
+        return None
+    return Scale(target=float(target), minimum=minimum, maximum=maximum, tolerance=tolerance,
+                 out_cooldown=out_cooldown, in_cooldown=in_cooldown, hosts=hosts)

@@ -1,0 +1,140 @@
+"""Delivery: each event to each of its actions, logged first, retried with backoff.
+
+The order is what makes a crash harmless.  An event and its first attempts
+reach the action log (fsync'd) before any send; each later attempt is logged
+before it is made; success is logged after.  So after a SIGKILL at any moment
+every delivery without a logged success is attempted again, under the same
+idempotency key: nothing is lost, and a receiver that honours the key acts
+once.  Retries back off from ``retry_min`` doubling to ``retry_max`` and stop
+after ``retry_for`` from the event (24 h by default), logged as given up.
+"""
+
+import logging
+from collections import Counter
+
+from twisted.internet import defer
+
+from vmstats.rules.actionlog import ActionLog, Pending
+from vmstats.rules.notifiers import Notifier
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Sends logged events to their actions; counts every outcome."""
+
+    def __init__(self, reactor, action_log: ActionLog, actions: dict[str, Notifier],
+                 retry_for: float, retry_min: float = 1.0, retry_max: float = 300.0):
+        self.reactor = reactor
+        self.log = action_log
+        self.actions = actions
+        self.retry_for = retry_for
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.pending: dict[str, Pending] = {}
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._timers: dict[str, object] = {}
+        self.stopped = False
+
+    def submit(self, events: list[dict]) -> defer.Deferred:
+        """Log ``events`` with their first attempts, then send; fires once they are logged."""
+        entries = []
+        fresh = []
+        for event in events:
+            entries.append({"type": "event", "event": event})
+            for action in event.get("actions", ()):
+                pending = Pending("%s.%s" % (event["key"], action), action, event, 1)
+                entries.append({"type": "attempt", "key": pending.key, "n": 1,
+                                "at": self.reactor.seconds()})
+                self.pending[pending.key] = pending
+                fresh.append(pending)
+        if not entries:
+            return defer.succeed(None)
+        d = self.log.append(entries)
+        d.addCallback(lambda _: [self._send(p) for p in fresh])
+        d.addErrback(self._unlogged, fresh)
+        return d
+
+    def _unlogged(self, failure, fresh: list[Pending]) -> None:
+        """Not on disk: nothing may be sent (it could be sent twice); try to log it again."""
+        for pending in fresh:
+            self.counts[(pending.action, "log_error")] += 1
+            self._later(pending)
+
+    def resume(self, pending: list[Pending]) -> None:
+        """Deliveries the log left without success (a crash or a stop): attempt them again."""
+        for one in pending:
+            self.pending[one.key] = one
+            self._attempt(one)
+
+    def holds_scale(self, rule: str) -> bool:
+        """True while a scaling decision of ``rule`` is not yet delivered (the next one waits)."""
+        return any(p.event["rule"] == rule and p.event["kind"] == "scale"
+                   for p in self.pending.values())
+
+    def _attempt(self, pending: Pending) -> None:
+        self._timers.pop(pending.key, None)
+        if self.stopped:
+            return
+        now = self.reactor.seconds()
+        if pending.action not in self.actions:
+            self._give_up(pending, "the action is no longer in the rules")
+            return
+        if now - pending.event["at"] > self.retry_for:
+            self._give_up(pending, "undelivered after %gs" % self.retry_for)
+            return
+        pending.attempts += 1
+        d = self.log.append([{"type": "attempt", "key": pending.key, "n": pending.attempts,
+                              "at": now}])
+        d.addCallbacks(lambda _: self._send(pending), lambda _f: self._later(pending))
+
+    def _send(self, pending: Pending) -> None:
+        if self.stopped:
+            return
+        notifier = self.actions.get(pending.action)
+        if notifier is None:
+            self._give_up(pending, "the action is no longer in the rules")
+            return
+        self.counts[(pending.action, "attempts")] += 1
+        d = defer.maybeDeferred(notifier.send, self.reactor, pending.event, pending.key)
+        d.addCallbacks(self._delivered, self._failed, callbackArgs=(pending,),
+                       errbackArgs=(pending,))
+
+    def _delivered(self, _result, pending: Pending) -> None:
+        self.pending.pop(pending.key, None)
+        self.counts[(pending.action, "delivered")] += 1
+        self.log.append([{"type": "result", "key": pending.key, "n": pending.attempts, "ok": True,
+                          "at": self.reactor.seconds()}]).addErrback(lambda _f: None)
+
+    def _failed(self, failure, pending: Pending) -> None:
+        self.counts[(pending.action, "failed")] += 1
+        error = failure.getErrorMessage() or failure.type.__name__
+        log.warning("delivery %s to %s failed (attempt %d): %s", pending.key, pending.action,
+                    pending.attempts, error)
+        self.log.append([{"type": "result", "key": pending.key, "n": pending.attempts, "ok": False,
+                          "error": error[:300], "at": self.reactor.seconds()}]
+                        ).addErrback(lambda _f: None)
+        self._later(pending)
+
+    def _later(self, pending: Pending) -> None:
+        if self.stopped:
+            return
+        delay = min(self.retry_max, self.retry_min * 2 ** max(pending.attempts - 1, 0))
+        self._timers[pending.key] = self.reactor.callLater(delay, self._attempt, pending)
+
+    def _give_up(self, pending: Pending, reason: str) -> None:
+        self.pending.pop(pending.key, None)
+        self.counts[(pending.action, "gave_up")] += 1
+        log.error("delivery %s to %s given up: %s", pending.key, pending.action, reason)
+        self.log.append([{"type": "gave_up", "key": pending.key, "reason": reason,
+                          "at": self.reactor.seconds()}]).addErrback(lambda _f: None)
+
+    def stop(self) -> defer.Deferred:
+        """No new attempts; what is pending stays in the log for the next start."""
+        self.stopped = True
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        closing = [defer.maybeDeferred(n.close) for n in self.actions.values()]
+        return defer.DeferredList(closing, consumeErrors=True)

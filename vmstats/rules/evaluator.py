@@ -1,0 +1,436 @@
+"""Rule evaluation and state: every rule kind's transitions decided in one place.
+
+The receive path hands over each payload's columns (``observe``: three list
+extends, no parsing, no I/O).  Each tick the engine keeps the latest record
+per VM from what arrived, reads its figures once, and feeds every rule whose
+scope takes the VM: a per-VM rule files the value under its period and
+decides that VM's state; a group rule updates its member's value and
+decides the group's state (and scaling) once for the tick.  A slower sweep
+finds what only time reveals: periods that passed without data, VMs that
+went silent, holds that ended, reminders and cooldowns that are due.
+
+The clock is the server's (``clock()``), so tests drive it; periods are
+placed by the record's own timestamp for a VM (an agent's jittered send time
+does not move its minute) and by arrival for a group.  Records stamped
+further back than ``max_age`` are history (a replay, a spool), not live data.
+
+The engine only decides: it appends events (transitions, reminders, scaling
+decisions, holds) to ``events``, which the service writes to the action log
+before anything is sent.  State is bounded by ``max_series`` (scopes plus
+group members); what does not fit is refused and counted.
+"""
+
+import math
+import uuid
+from collections import Counter
+from collections.abc import Callable
+
+from vmstats.rules import metric as metrics
+from vmstats.rules import scaling
+from vmstats.rules.config import Rule, RuleSet
+
+GROUP = "group"
+
+
+class Series:
+    """One scope's state: a VM under a per-VM rule, or a rule's group."""
+
+    __slots__ = ("scope", "buckets", "first", "last_arrival", "state", "since", "notified",
+                 "value", "seq", "end", "blocked")
+
+    def __init__(self, scope: str, first: int, now: float, state: str = "ok", since=None, seq=0):
+        self.scope = scope
+        self.buckets: dict[int, float] = {}
+        self.first = first
+        self.last_arrival = now
+        self.state = state
+        self.since = now if since is None else since
+        self.notified = self.since
+        self.value: float | None = None
+        self.seq = seq
+        self.end = first - 1  # the last period evaluated
+        self.blocked = False  # a change waits for the hold to end
+
+
+class RuleState:
+    """A rule, its scopes' series and, for a group, its members' latest figures."""
+
+    def __init__(self, rule: Rule):
+        self.rule = rule
+        self.series: dict[str, Series] = {}
+        #: vm -> (value, arrival, host, cpu) for a group rule.
+        self.members: dict[str, tuple] = {}
+        self.matches: dict[str, bool] = {}
+        self.dirty = False
+        self.states: Counter[str] = Counter()
+        self.last_out: float | None = None
+        self.last_in: float | None = None
+        self.held: tuple | None = None
+        self.turn = 0
+        self.group_swept = 0.0
+
+
+class Engine:
+    """All rules over the live stream; ``events`` is the outbox the service drains."""
+
+    def __init__(self, ruleset: RuleSet, clock: Callable[[], float],
+                 pending_scale: Callable[[str], bool] = lambda rule: False):
+        self.clock = clock
+        self.pending_scale = pending_scale
+        self.settings = ruleset.settings
+        self.rules: dict[str, RuleState] = {}
+        self.events: list[dict] = []
+        self.refused = 0
+        self.evaluations = 0
+        self.transitions = 0
+        self.history_skipped = 0
+        self.size = 0
+        self._vms: list = []
+        self._tss: list = []
+        self._rows: list = []
+        self.load(ruleset)
+
+    # -- rules -----------------------------------------------------------------------------------
+    def load(self, ruleset: RuleSet) -> list[str]:
+        """Take a new rule set; unchanged rules (same name and definition) keep their state."""
+        old = self.rules
+        self.settings = ruleset.settings
+        self.rules = {}
+        kept = []
+        for rule in ruleset.rules:
+            previous = old.get(rule.name)
+            if previous is not None and previous.rule.fingerprint == rule.fingerprint:
+                previous.rule = rule
+                self.rules[rule.name] = previous
+                kept.append(rule.name)
+            else:
+                self.rules[rule.name] = RuleState(rule)
+        self.size = sum(len(rs.series) + len(rs.members) for rs in self.rules.values())
+        return kept
+
+    def restore(self, rule: str, fingerprint: str, scope: str, state: str, since: float,
+                seq: int) -> None:
+        """A scope's state as the action log last recorded it (a restart keeps alarms)."""
+        rs = self.rules.get(rule)
+        if rs is None or rs.rule.fingerprint != fingerprint or state not in (
+                "ok", "alarm", "insufficient-data", "silent"):
+            return
+        now = self.clock()
+        series = rs.series.get(scope)
+        if series is None:
+            if self.size >= self.settings.max_series:
+                return
+            self.size += 1
+        else:
+            rs.states[series.state] -= 1
+        first = int(now // rs.rule.period)
+        rs.series[scope] = Series(scope, first, now, state, since, seq)
+        rs.series[scope].notified = now
+        rs.states[state] += 1
+
+    def restore_scaling(self, rule: str, fingerprint: str, direction: str, at: float) -> None:
+        rs = self.rules.get(rule)
+        if rs is not None and rs.rule.fingerprint == fingerprint:
+            if direction == "out":
+                rs.last_out = max(at, rs.last_out or 0.0)
+            else:
+                rs.last_in = max(at, rs.last_in or 0.0)
+
+    # -- the receive path's side -----------------------------------------------------------------
+    def observe(self, vms: list, tss: list, rows: list) -> None:
+        """Take one payload's filed columns (called by the ingest for every payload)."""
+        self._vms += vms
+        self._tss += tss
+        self._rows += rows
+
+    # -- ticks -----------------------------------------------------------------------------------
+    def process(self) -> None:
+        """Feed what arrived since the last tick to the rules."""
+        if not self._vms:
+            return
+        now = self.clock()
+        latest = dict(zip(self._vms, zip(self._tss, self._rows, strict=True), strict=True))
+        self._vms, self._tss, self._rows = [], [], []
+        oldest = now - self.settings.max_age
+        rules = list(self.rules.values())
+        for vm, (ts, row) in latest.items():
+            if ts < oldest:
+                self.history_skipped += 1
+                continue
+            fields = tags = None
+            for rs in rules:
+                rule = rs.rule
+                matched = rs.matches.get(vm)
+                if matched is None or rule.match.tags:
+                    if tags is None:
+                        fields, tags = metrics.values(row)
+                    matched = rule.match(vm, tags)
+                    if len(rs.matches) < self.settings.max_series:
+                        rs.matches[vm] = matched
+                if not matched:
+                    continue
+                if fields is None:
+                    fields, tags = metrics.values(row)
+                value = rule.value_of.value(fields)
+                if rule.scope == GROUP:
+                    self._member(rs, vm, value, now, tags.get("host"), fields.get("cpu"))
+                else:
+                    self._vm_record(rs, vm, ts, value, now)
+        for rs in rules:
+            if rs.dirty:
+                self._group(rs, now)
+
+    def _vm_record(self, rs: RuleState, vm: str, ts: int, value, now: float) -> None:
+        rule = rs.rule
+        period = int(ts // rule.period)
+        series = rs.series.get(vm)
+        if series is None:
+            if self.size >= self.settings.max_series:
+                self.refused += 1
+                return
+            self.size += 1
+            series = rs.series[vm] = Series(vm, period, now)
+            rs.states["ok"] += 1
+        elif series.state == "silent":
+            series.buckets.clear()
+            series.first = period
+        series.last_arrival = now
+        if value is not None:
+            series.buckets[period] = value
+            series.value = value
+        if len(series.buckets) > rule.periods:
+            for old in [p for p in series.buckets if p <= period - rule.periods]:
+                del series.buckets[old]
+        self._evaluate(rs, series, max(period, series.end), now)
+
+    def _member(self, rs: RuleState, vm: str, value, now: float, host, cpu) -> None:
+        if vm not in rs.members:
+            if self.size >= self.settings.max_series:
+                self.refused += 1
+                return
+            self.size += 1
+        rs.members[vm] = (value, now, host, cpu)
+        rs.dirty = True
+
+    def _group(self, rs: RuleState, now: float) -> None:
+        """The group's figure from its fresh members, filed under the current period."""
+        rule = rs.rule
+        rs.dirty = False
+        rs.group_swept = now
+        stale = now - 2 * rule.period
+        gone = [vm for vm, member in rs.members.items() if member[1] < stale]
+        for vm in gone:
+            del rs.members[vm]
+        self.size -= len(gone)
+        figures = [member[0] for member in rs.members.values() if member[0] is not None]
+        value = aggregate(rule.aggregate, figures, rule.level)
+        period = int(now // rule.period)
+        series = rs.series.get(GROUP)
+        if series is None:
+            self.size += 1
+            series = rs.series[GROUP] = Series(GROUP, period, now)
+            rs.states["ok"] += 1
+        series.value = value
+        if value is not None:
+            series.buckets[period] = value
+            series.last_arrival = now
+        for old in [p for p in series.buckets if p <= period - rule.periods]:
+            del series.buckets[old]
+        if rule.enter is not None:
+            self._evaluate(rs, series, period, now)
+        if rule.scale is not None:
+            self._scale(rs, now)
+
+    # -- state -----------------------------------------------------------------------------------
+    def _evaluate(self, rs: RuleState, series: Series, end: int, now: float) -> None:
+        """M of the last N periods ending at ``end`` decide; the hold may defer the change."""
+        rule = rs.rule
+        if rule.enter is None:  # a silence-only rule: data ends the silence, nothing else
+            series.end = end
+            if series.state == "silent":
+                self._transition(rs, series, "ok", now, None)
+            return
+        self.evaluations += 1
+        series.end = end
+        state = series.state
+        alarmed = state == "alarm"
+        present = notyet = missing = hits = 0
+        buckets = series.buckets
+        for period in range(end - rule.periods + 1, end + 1):
+            value = buckets.get(period)
+            if value is None:
+                if period < series.first:
+                    notyet += 1
+                else:
+                    missing += 1
+                continue
+            present += 1
+            if alarmed:
+                hits += value < rule.exit if rule.above else value > rule.exit
+            else:
+                hits += value > rule.enter if rule.above else value < rule.enter
+        if rule.missing == "breaching":
+            hits += 0 if alarmed else missing
+        elif rule.missing == "ok":
+            hits += missing if alarmed else 0
+        counted = present + (missing if rule.missing in ("ok", "breaching") else 0)
+        if hits >= rule.datapoints:
+            new = "ok" if alarmed else "alarm"
+        elif rule.missing == "insufficient" and counted + notyet < rule.datapoints:
+            new = "insufficient-data"
+        elif state in ("insufficient-data", "silent") and counted >= rule.datapoints:
+            new = "ok"
+        elif state == "silent" and present:
+            new = "ok"
+        else:
+            new = state
+        if new == state:
+            series.blocked = False
+            return
+        if state != "silent" and now - series.since < rule.hold:
+            series.blocked = True
+            return
+        self._transition(rs, series, new, now,
+                         rule.enter if new == "alarm" or state != "alarm" else rule.exit)
+
+    def _transition(self, rs: RuleState, series: Series, new: str, now: float, threshold) -> None:
+        rule = rs.rule
+        event = {"kind": "transition", "rule": rule.name, "fingerprint": rule.fingerprint,
+                 "scope": series.scope, "from": series.state, "to": new, "value": series.value,
+                 "threshold": threshold, "since": now, "at": now, "seq": series.seq + 1,
+                 "actions": list(rule.actions)}
+        if series.scope == GROUP:
+            event["members"] = len(rs.members)
+        rs.states[series.state] -= 1
+        rs.states[new] += 1
+        series.state = new
+        series.since = series.notified = now
+        series.seq += 1
+        series.blocked = False
+        self.transitions += 1
+        self._emit(event)
+
+    def _emit(self, event: dict) -> None:
+        event["key"] = uuid.uuid4().hex
+        self.events.append(event)
+
+    def take(self) -> list[dict]:
+        events, self.events = self.events, []
+        return events
+
+    # -- time ------------------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """What only time reveals: silence, missing periods, ended holds, reminders, cooldowns."""
+        now = self.clock()
+        for rs in list(self.rules.values()):
+            rule = rs.rule
+            if rule.scope == GROUP:
+                if now - rs.group_swept >= min(rule.period / 6, 10.0):
+                    self._group(rs, now)
+                elif rule.scale is not None and rs.held is not None:
+                    self._scale(rs, now)
+                series = rs.series.get(GROUP)
+                if series is not None:
+                    self._remind(rs, series, now)
+                continue
+            due = int(now // rule.period) - 2  # a record for period p may arrive during p + 1
+            for series in list(rs.series.values()):
+                if (rule.silent_after and series.state != "silent"
+                        and now - series.last_arrival >= rule.silent_after):
+                    self._transition(rs, series, "silent", now, None)
+                    continue
+                if series.state == "silent":
+                    continue
+                if due > series.end:
+                    self._evaluate(rs, series, due, now)
+                elif series.blocked and now - series.since >= rule.hold:
+                    self._evaluate(rs, series, series.end, now)
+                self._remind(rs, series, now)
+
+    def _remind(self, rs: RuleState, series: Series, now: float) -> None:
+        rule = rs.rule
+        if rule.remind and series.state == "alarm" and now - series.notified >= rule.remind:
+            series.notified = now
+            self._emit({"kind": "reminder", "rule": rule.name, "fingerprint": rule.fingerprint,
+                        "scope": series.scope, "from": "alarm", "to": "alarm",
+                        "value": series.value, "threshold": rule.enter, "since": series.since,
+                        "at": now, "seq": series.seq, "actions": list(rule.actions)})
+
+    def _scale(self, rs: RuleState, now: float) -> None:
+        """Target tracking: act, or record why not yet and try again when that passes."""
+        rule = rs.rule
+        scale = rule.scale
+        series = rs.series.get(GROUP)
+        members = len(rs.members)
+        value = series.value if series is not None else None
+        if value is None or not members:
+            return
+        desired = scaling.desired_count(members, value, scale)
+        if desired == members:
+            rs.held = None
+            return
+        out = desired > members
+        direction = "out" if out else "in"
+        base = {"rule": rule.name, "fingerprint": rule.fingerprint, "scope": GROUP, "from": series.state,
+                "to": series.state, "value": value, "threshold": scale.target, "members": members,
+                "current": members, "desired": desired, "delta": desired - members,
+                "direction": direction, "at": now, "seq": series.seq}
+        ready = scaling.ready_at(scale, rs.last_out, rs.last_in, out)
+        reason = None
+        if self.pending_scale(rule.name):
+            reason = "pending action"
+        elif now < ready:
+            reason = "cooldown"
+        if reason is not None:
+            if rs.held != (reason, direction):
+                rs.held = (reason, direction)
+                self._emit(dict(base, kind="held", reason=reason, until=ready if reason == "cooldown"
+                                else None, actions=[]))
+            return
+        rs.held = None
+        hosts: dict[str, list[float]] = {}
+        for _value, _arrival, host, cpu in rs.members.values():
+            if host and cpu is not None:
+                hosts.setdefault(host, []).append(cpu)
+        where = scaling.placement(hosts, scale.hosts, rs.turn) if out else None
+        if out and not hosts and scale.hosts:
+            rs.turn += 1
+        if out:
+            rs.last_out = now
+        else:
+            rs.last_in = now
+        self._emit(dict(base, kind="scale", placement=where, actions=list(rule.actions)))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def states(self, limit: int = 10000) -> list[dict]:
+        """Scopes not ok first (then most recent), bounded for a readable page."""
+        rows = []
+        for rs in self.rules.values():
+            for series in rs.series.values():
+                rows.append({"rule": rs.rule.name, "scope": series.scope, "state": series.state,
+                             "since": series.since, "value": series.value})
+        rows.sort(key=lambda r: (r["state"] == "ok", -r["since"]))
+        return rows[:limit]
+
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        return {(name, state): rs.states[state] for name, rs in self.rules.items()
+                for state in ("ok", "alarm", "insufficient-data", "silent")}
+
+
+def aggregate(how: str, figures: list[float], level: float | None) -> float | None:
+    """A group's figure from its members' (none: None, the period is missing)."""
+    if not figures:
+        return None
+    if how == "mean":
+        return math.fsum(figures) / len(figures)
+    if how == "max":
+        return max(figures)
+    if how == "min":
+        return min(figures)
+    if how == "count_above":
+        return float(sum(1 for f in figures if f > level))
+    ordered = sorted(figures)  # pNN: linear interpolation between the closest ranks
+    rank = float(how[1:]) / 100 * (len(ordered) - 1)
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)

@@ -1,0 +1,69 @@
+"""One module per kind of action, behind one small interface (``Notifier``).
+
+A notifier turns an event (a transition, a reminder or a scaling decision,
+as ``evaluator.py`` makes them) into one delivery attempt and reports, through
+a Deferred, whether the receiver took it.  Retries, backoff, the idempotency
+key and the action log are not its business: ``delivery.py`` owns them for
+every kind alike, so a new kind is one module with ``from_config`` and
+``send``.
+"""
+
+import time
+
+from twisted.internet import defer
+
+
+class DeliveryError(Exception):
+    """The receiver did not take the event (retried by the dispatcher)."""
+
+
+class Notifier:
+    """Base of every action kind."""
+
+    kind = ""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @classmethod
+    def from_config(cls, name: str, reader) -> "Notifier | None":
+        """Build from an ``[action.NAME]`` table; problems go to ``reader.problem``."""
+        raise NotImplementedError
+
+    def send(self, reactor, event: dict, key: str) -> defer.Deferred:
+        """One attempt; fires on success, errbacks (DeliveryError or other) on failure."""
+        raise NotImplementedError
+
+    def close(self) -> defer.Deferred | None:
+        """Release connections at shutdown."""
+        return None
+
+
+def summary(event: dict) -> str:
+    """One line for people: what happened to which scope, with its figures."""
+    where = "%s %s" % (event["rule"], event["scope"])
+    figure = "" if event.get("value") is None else " (value %.4g" % event["value"]
+    if figure and event.get("threshold") is not None:
+        figure += ", threshold %.4g" % event["threshold"]
+    figure += ")" if figure else ""
+    if event["kind"] == "scale":
+        return "%s: scale %s from %d to %d (delta %+d, placement %s)%s" % (
+            where, "out" if event["delta"] > 0 else "in", event["current"], event["desired"],
+            event["delta"], event.get("placement") or "-", figure)
+    if event["kind"] == "reminder":
+        return "%s: still %s since %s%s" % (where, event["to"], iso(event.get("since", event["at"])),
+                                            figure)
+    return "%s: %s -> %s%s" % (where, event["from"], event["to"], figure)
+
+
+def iso(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _kinds() -> dict:
+    from vmstats.rules.notifiers import apprise_url, command, logline, webhook
+
+    return {module.NOTIFIER.kind: module.NOTIFIER for module in (webhook, command, apprise_url, logline)}
+
+
+KINDS = _kinds()

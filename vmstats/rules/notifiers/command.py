@@ -1,0 +1,91 @@
+"""The ``command`` action: a program run with the event in its environment.
+
+For calling a cloud's CLI (create or shut down a VM) or any local script.  The
+argv is given as a list and run without a shell, so nothing in an event can
+inject words.  Exit status 0 is delivered; anything else, or running past
+``timeout`` (the process is killed), is a failure to retry.  The program gets
+``VMSTATS_KEY`` and should act at most once per key.
+"""
+
+import os
+
+from twisted.internet import defer, error, protocol
+
+from vmstats.rules.notifiers import DeliveryError, Notifier, summary
+
+#: Event field -> environment variable.
+ENVIRONMENT = {"rule": "VMSTATS_RULE", "scope": "VMSTATS_SCOPE", "to": "VMSTATS_STATE",
+               "from": "VMSTATS_PREVIOUS_STATE", "kind": "VMSTATS_EVENT", "value": "VMSTATS_VALUE",
+               "threshold": "VMSTATS_THRESHOLD", "members": "VMSTATS_MEMBERS",
+               "current": "VMSTATS_CURRENT", "desired": "VMSTATS_DESIRED", "delta": "VMSTATS_DELTA",
+               "placement": "VMSTATS_PLACEMENT", "at": "VMSTATS_AT"}
+
+
+def environment(event: dict, key: str) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "VMSTATS_KEY": key,
+           "VMSTATS_SUMMARY": summary(event)}
+    for name, variable in ENVIRONMENT.items():
+        if event.get(name) is not None:
+            env[variable] = str(event[name])
+    return env
+
+
+class _Run(protocol.ProcessProtocol):
+    def __init__(self, done: defer.Deferred):
+        self.done = done
+        self.stderr = b""
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr = (self.stderr + data)[-400:]
+
+    def processEnded(self, reason) -> None:
+        if self.done.called:
+            return
+        if isinstance(reason.value, error.ProcessDone):
+            self.done.callback(0)
+        else:
+            tail = self.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            self.done.errback(DeliveryError("exit %s %s" % (reason.value.exitCode, tail[0])))
+
+
+class Command(Notifier):
+    kind = "command"
+
+    def __init__(self, name: str, argv: tuple[str, ...], timeout: float):
+        super().__init__(name)
+        self.argv = argv
+        self.timeout = timeout
+
+    @classmethod
+    def from_config(cls, name: str, reader) -> "Command | None":
+        argv = reader.texts("argv")
+        if not argv:
+            if "argv" not in reader.table:
+                reader.problem("argv", "missing (the program and its arguments, as a list)")
+            return None
+        timeout = reader.duration("timeout", 60.0)
+        return cls(name, argv, timeout or 60.0)
+
+    def send(self, reactor, event: dict, key: str) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        run = _Run(done)
+        try:
+            process = reactor.spawnProcess(run, self.argv[0], list(self.argv),
+                                           env=environment(event, key))
+        except OSError as exc:
+            return defer.fail(DeliveryError("cannot run %s: %s" % (self.argv[0], exc)))
+
+        def overdue():
+            if not done.called:
+                done.errback(DeliveryError("still running after %gs: killed" % self.timeout))
+                try:
+                    process.signalProcess("KILL")
+                except error.ProcessExitedAlready:
+                    pass
+
+        timer = reactor.callLater(self.timeout, overdue)
+        done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return done
+
+
+NOTIFIER = Command

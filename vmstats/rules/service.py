@@ -1,0 +1,177 @@
+"""The rules inside the aggregator: a Twisted service joining engine, action log and delivery.
+
+Ticks of ``TICK`` seconds feed what the reactor filed to the engine and hand
+its events to the dispatcher (logged, then sent), so a record's transition
+is on its way well within a second of its arrival; a sweep each ``SWEEP``
+seconds (shorter when a rule's silence or period is short) lets time speak.
+A reload (SIGHUP) reads the file again: a bad file is reported problem by
+problem and the rules in force stay.
+"""
+
+import logging
+import os
+
+from twisted.application import service
+from twisted.internet import defer, task
+
+from vmstats.rules.actionlog import ActionLog
+from vmstats.rules.config import RulesError, RuleSet, load_rules
+from vmstats.rules.delivery import Dispatcher
+from vmstats.rules.evaluator import Engine
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1
+SWEEP = 1.0
+STATE_NAMES = ("ok", "alarm", "insufficient-data", "silent")
+
+
+def rules_dir(data_dir: str) -> str:
+    """Where the action log lives: beside the logs (same disk, same fate, same backups)."""
+    return os.path.join(data_dir, "rules")
+
+
+class RulesService(service.Service):
+    name = "rules"
+
+    def __init__(self, reactor, path: str, ruleset: RuleSet, directory: str):
+        self.reactor = reactor
+        self.path = path
+        self.ruleset = ruleset
+        self.log = ActionLog(reactor, directory, ruleset.settings.log_max_bytes)
+        s = ruleset.settings
+        self.dispatcher = Dispatcher(reactor, self.log, ruleset.actions, s.retry_for, s.retry_min,
+                                     s.retry_max)
+        self.engine = Engine(ruleset, reactor.seconds, self.dispatcher.holds_scale)
+        self.reloads = 0
+        self.reload_failures = 0
+        self._tick = task.LoopingCall(self.tick)
+        self._tick.clock = reactor
+        self._sweep = task.LoopingCall(self.sweep)
+        self._sweep.clock = reactor
+
+    # -- the ingest's side -----------------------------------------------------------------------
+    @property
+    def observe(self):
+        return self.engine.observe
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def startService(self) -> None:
+        state = self.log.open()
+        for event in state.states.values():
+            self.engine.restore(event["rule"], event["fingerprint"], event["scope"], event["to"],
+                                event["at"], event["seq"])
+        for (rule, direction), event in state.scaling.items():
+            self.engine.restore_scaling(rule, event["fingerprint"], direction, event["at"])
+        self.dispatcher.counts.update({("replay", "delivered"): state.delivered})
+        if state.pending:
+            log.info("action log: %d deliveries left undelivered: sending them again",
+                     len(state.pending))
+        service.Service.startService(self)
+        self.dispatcher.resume(list(state.pending.values()))
+        self._tick.start(TICK, now=False)
+        self._sweep.start(self._sweep_interval(), now=False)
+        log.info("rules: %d loaded from %s; action log %s", len(self.ruleset.rules), self.path,
+                 self.log.path)
+
+    def _sweep_interval(self) -> float:
+        shortest = [SWEEP]
+        for rule in self.ruleset.rules:
+            shortest.append(rule.period / 4)
+            if rule.silent_after:
+                shortest.append(rule.silent_after / 4)
+            if rule.hold:
+                shortest.append(rule.hold / 4)
+        return max(TICK, min(shortest))
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        for loop in (self._tick, self._sweep):
+            if loop.running:
+                loop.stop()
+        self.tick()  # what the drain filed still reaches the log
+        yield self.log.idle()
+        yield self.dispatcher.stop()
+        yield self.log.idle()
+
+    # -- work ------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        self.engine.process()
+        self._submit()
+
+    def sweep(self) -> None:
+        self.engine.sweep()
+        self._submit()
+
+    def _submit(self) -> None:
+        events = self.engine.take()
+        if events:
+            self.dispatcher.submit(events).addErrback(lambda _f: None)
+
+    def reload(self) -> bool:
+        """Read the rules file again; on any problem keep the rules in force."""
+        try:
+            ruleset = load_rules(self.path)
+        except RulesError as exc:
+            self.reload_failures += 1
+            for problem in exc.problems:
+                log.error("rules reload refused, the previous rules stay: %s: %s", self.path,
+                          problem)
+            return False
+        kept = self.engine.load(ruleset)
+        self.ruleset = ruleset
+        self.dispatcher.actions = ruleset.actions
+        s = ruleset.settings
+        self.dispatcher.retry_for, self.dispatcher.retry_min = s.retry_for, s.retry_min
+        self.dispatcher.retry_max = s.retry_max
+        if self._sweep.running:
+            self._sweep.stop()
+            self._sweep.start(self._sweep_interval(), now=False)
+        self.reloads += 1
+        log.info("rules reloaded from %s: %d rules, %d unchanged kept their state", self.path,
+                 len(ruleset.rules), len(kept))
+        return True
+
+    # -- reading ---------------------------------------------------------------------------------
+    def alerts(self) -> dict:
+        """What /alerts serves and ``vmstats alerts`` prints: states, then the recent log."""
+        engine = self.engine
+        return {"rules": [{"name": r.name, "scope": r.scope, "metric": r.metric,
+                           "actions": list(r.actions)} for r in self.ruleset.rules],
+                "states": engine.states(1000),
+                "recent": list(self.log.recent),
+                "deliveries": {"pending": len(self.dispatcher.pending),
+                               **{"%s.%s" % key: n for key, n in sorted(self.dispatcher.counts.items())}},
+                "series": engine.size, "series_refused": engine.refused}
+
+    def families(self) -> list:
+        """Prometheus families (name, kind, help, samples) for /metrics."""
+        engine = self.engine
+        counts = engine.state_counts()
+        deliveries = [((("action", action), ("result", result)), n)
+                      for (action, result), n in sorted(self.dispatcher.counts.items())]
+        return [
+            ("rule_scopes", "gauge", "Scopes (VMs, or the group) of each rule, by state.",
+             [((("rule", rule), ("state", state)), n) for (rule, state), n in sorted(counts.items())]),
+            ("rule_series", "gauge", "Rule scopes and group members held in memory (bounded).",
+             [((), engine.size)]),
+            ("rule_series_refused_total", "counter",
+             "Scopes not tracked because the state bound (max_series) was reached.",
+             [((), engine.refused)]),
+            ("rule_transitions_total", "counter", "State transitions decided.",
+             [((), engine.transitions)]),
+            ("rule_evaluations_total", "counter", "Rule evaluations.", [((), engine.evaluations)]),
+            ("rule_history_skipped_total", "counter",
+             "Records too old for live rules (replays, spools), by VM per tick.",
+             [((), engine.history_skipped)]),
+            ("rule_deliveries_total", "counter", "Delivery outcomes, by action.", deliveries),
+            ("rule_deliveries_pending", "gauge", "Deliveries logged and not yet successful.",
+             [((), len(self.dispatcher.pending))]),
+            ("rule_log_syncs_total", "counter", "Batched fsyncs of the action log.",
+             [((), self.log.syncs)]),
+            ("rule_log_errors_total", "counter", "Action log writes that failed.",
+             [((), self.log.errors)]),
+            ("rule_reloads_total", "counter", "Rules reloads, by outcome.",
+             [((("result", "ok"),), self.reloads), ((("result", "refused"),), self.reload_failures)]),
+        ]
