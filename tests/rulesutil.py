@@ -25,7 +25,8 @@ def row(cpu: float, mem: float = 50.0, host: str | None = None, **fields) -> byt
 
 
 def line(vm: str, ts: int, cpu: float, mem: float = 50.0, host: str | None = None) -> bytes:
-    return encode_record(Record(vm=vm, ts=ts, cpu=cpu, mem=mem, host=host, vcpus=2, mem_mb=4096))
+    return encode_record(Record(vm=vm, ts=ts, cpu=cpu, mem=mem, host=host, vcpus=2,
+                                mem_mb=4096)).encode("ascii")
 
 
 class WebhookReceiver:

@@ -30,13 +30,15 @@ from vmstats.rules import scaling
 from vmstats.rules.config import Rule, RuleSet
 
 GROUP = "group"
+#: ``first`` of a scope restored from the action log, until its first record sets it.
+RESTORED = 1 << 62
 
 
 class Series:
     """One scope's state: a VM under a per-VM rule, or a rule's group."""
 
     __slots__ = ("scope", "buckets", "first", "last_arrival", "state", "since", "notified",
-                 "value", "seq", "end", "blocked")
+                 "value", "seq", "end", "blocked", "offset")
 
     def __init__(self, scope: str, first: int, now: float, state: str = "ok", since=None, seq=0):
         self.scope = scope
@@ -50,6 +52,9 @@ class Series:
         self.seq = seq
         self.end = first - 1  # the last period evaluated
         self.blocked = False  # a change waits for the hold to end
+        #: Arrival minus the record's timestamp: the VM's clock against ours, so the sweep
+        #: counts a VM's missing periods on its own clock.
+        self.offset = 0.0
 
 
 class RuleState:
@@ -123,8 +128,8 @@ class Engine:
             self.size += 1
         else:
             rs.states[series.state] -= 1
-        first = int(now // rs.rule.period)
-        rs.series[scope] = Series(scope, first, now, state, since, seq)
+        # Periods before the first record after the restart are "not yet", never missing.
+        rs.series[scope] = Series(scope, RESTORED, now, state, since, seq)
         rs.series[scope].notified = now
         rs.states[state] += 1
 
@@ -194,7 +199,10 @@ class Engine:
         elif series.state == "silent":
             series.buckets.clear()
             series.first = period
+        elif series.first > period:
+            series.first = period
         series.last_arrival = now
+        series.offset = now - ts
         if value is not None:
             series.buckets[period] = value
             series.value = value
@@ -231,6 +239,7 @@ class Engine:
             series = rs.series[GROUP] = Series(GROUP, period, now)
             rs.states["ok"] += 1
         series.value = value
+        series.first = min(series.first, period)
         if value is not None:
             series.buckets[period] = value
             series.last_arrival = now
@@ -333,7 +342,6 @@ class Engine:
                 if series is not None:
                     self._remind(rs, series, now)
                 continue
-            due = int(now // rule.period) - 2  # a record for period p may arrive during p + 1
             for series in list(rs.series.values()):
                 if (rule.silent_after and series.state != "silent"
                         and now - series.last_arrival >= rule.silent_after):
@@ -341,6 +349,8 @@ class Engine:
                     continue
                 if series.state == "silent":
                     continue
+                # The VM's current period on its clock; a record for period p may arrive in p + 1.
+                due = int((now - series.offset) // rule.period) - 2
                 if due > series.end:
                     self._evaluate(rs, series, due, now)
                 elif series.blocked and now - series.since >= rule.hold:

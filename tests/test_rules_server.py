@@ -1,0 +1,248 @@
+"""Rules in the real server: records over UDP/TCP in, real receivers on loopback out.
+
+A webhook receiver that checks the HMAC and remembers idempotency keys, a
+real SMTP server (aiosmtpd) for apprise's mail, a command that records its
+calls; silence, SIGHUP reloads, a refused bad file, a receiver that is down
+then up, and SIGKILLs while deliveries are under way.
+"""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from aiosmtpd.controller import Controller
+from rulesutil import WebhookReceiver, calls, line, recorder_script
+from serverproc import ServerError, ServerProcess
+
+SECRET = "hook-secret"
+
+
+def rules_file(folder, hook_url: str, body: str, extra_actions: str = "") -> str:
+    path = folder / "rules.toml"
+    path.write_text('[action.hook]\nkind = "webhook"\nurl = "%s"\nsecret = "%s"\ntimeout = "2s"\n\n'
+                    '[action.say]\nkind = "log"\n\n%s\n%s\n' % (hook_url, SECRET, extra_actions, body))
+    return str(path)
+
+
+def serve(tmp_path, rules: str, *args: str) -> ServerProcess:
+    return ServerProcess(tmp_path, "--rules", rules, "--parsers", "0", "--workers", "1",
+                         "--flush-interval", "1s", *args)
+
+
+HOT = """
+[[rule]]
+name = "hot"
+metric = "cpu"
+enter = 90
+exit = 70
+period = 1
+actions = ["hook", "say"%s]
+"""
+
+
+class Mailbox:
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.content.decode("utf-8", "replace"))
+        return "250 OK"
+
+    def __init__(self):
+        self.messages: list[str] = []
+
+
+@pytest.fixture
+def smtp():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    box.port = port
+    yield box
+    controller.stop()
+
+
+def wait_until(test, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = test()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("not within %.0fs" % timeout)
+
+
+def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
+    script, call_file = recorder_script(tmp_path)
+    actions = ('[action.run]\nkind = "command"\nargv = ["%s", "%s"]\n\n[action.mail]\nkind = "apprise"\n'
+               'url = "mailto://localhost:%d?smtp=127.0.0.1&from=alerts@example.com&to=ops@example.com"\n'
+               % (sys.executable, script, smtp.port))
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, HOT % ', "run", "mail"', actions)
+        with serve(tmp_path, rules) as server:
+            now = int(time.time())
+            sent = time.time()
+            server.send_udp(line("10.0.0.1", now, 95.0), line("10.0.0.2", now, 20.0))
+            alerts = hook.wait(1)
+            assert time.time() - sent < 1.0  # arrival to the receiver's 200 within a second
+            alert = alerts[0]
+            assert alert["status"] == "firing" and alert["labels"]["alertname"] == "hot"
+            assert alert["labels"]["scope"] == "10.0.0.1" and alert["labels"]["state"] == "alarm"
+            body = hook.received[0]["body"]
+            assert body["version"] == "4" and body["receiver"] == "hook"
+            key = hook.received[0]["key"]
+            assert key.endswith(".hook") and alert["annotations"]["idempotency_key"] == key
+            wait_until(lambda: calls(call_file) and smtp.messages)
+            call = calls(call_file)[0]
+            assert (call["VMSTATS_RULE"], call["VMSTATS_SCOPE"], call["VMSTATS_STATE"],
+                    call["VMSTATS_PREVIOUS_STATE"], float(call["VMSTATS_VALUE"])) == (
+                "hot", "10.0.0.1", "alarm", "ok", 95.0)
+            assert call["VMSTATS_KEY"] == key[: -len(".hook")] + ".run"
+            assert "hot 10.0.0.1: ok -> alarm" in smtp.messages[0]
+            server.send_udp(line("10.0.0.1", now + 1, 50.0))
+            resolved = hook.wait(2)[1]
+            assert resolved["status"] == "resolved" and resolved["labels"]["state"] == "ok"
+            page = json.loads(server.http("/alerts"))
+            assert {(s["scope"], s["state"]) for s in page["states"]} == {("10.0.0.1", "ok"),
+                                                                           ("10.0.0.2", "ok")}
+            metrics = server.wait_metrics(
+                lambda m: m.get('vmstats_rule_deliveries_total{action="hook",result="delivered"}') == 2)
+            assert metrics['vmstats_rule_scopes{rule="hot",state="ok"}'] == 2
+            wait_until(lambda: len(calls(call_file)) == 2 and len(smtp.messages) == 2)
+        assert server.returncode == 0
+        assert "hot 10.0.0.1: ok -> alarm" in server.output  # the log action
+        assert hook.bad_signatures == 0 and len(hook.received) == 2
+    listing = subprocess.run([sys.executable, "-m", "vmstats", "alerts", "--data-dir",
+                              str(server.data_dir)], capture_output=True, text=True, check=True)
+    # Offline, the log knows the scopes that ever changed state.
+    assert "1 scopes, 0 not ok" in listing.stdout and "hot 10.0.0.1: alarm -> ok" in listing.stdout
+
+
+def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
+    body = ('[[rule]]\nname = "quiet"\nmetric = "cpu"\nperiod = 1\nsilent_after = "2s"\n'
+            'actions = ["hook"]\n')
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            for second in range(5):
+                now = int(time.time())
+                server.send_udp(line("10.0.0.2", now, 20.0))
+                if second < 1:
+                    server.send_udp(line("10.0.0.1", now, 20.0))
+                time.sleep(1)
+            alerts = hook.wait(1)
+            assert [(a["labels"]["scope"], a["labels"]["state"]) for a in alerts] == [
+                ("10.0.0.1", "silent")]
+            server.send_udp(line("10.0.0.1", int(time.time()), 20.0))
+            assert hook.wait(2)[1]["labels"]["state"] == "ok"
+
+
+def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, HOT % "")
+        with serve(tmp_path, rules) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 95.0))
+            hook.wait(1)
+            # A second rule added: "hot" is unchanged and stays in alarm without a new notice.
+            rules_file(tmp_path, hook.url, HOT % "" + HOT.replace('"hot"', '"hot2"') % "")
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="ok"}') == 1)
+            page = json.loads(server.http("/alerts"))
+            assert [(s["rule"], s["state"]) for s in page["states"]] == [("hot", "alarm")]
+            assert [r["name"] for r in page["rules"]] == ["hot", "hot2"]
+            # A broken file: refused, problem by problem, and the rules in force stay.
+            (tmp_path / "rules.toml").write_text('[[rule]]\nname = "x"\nmetric = "cpux"\nenter = "a"\n')
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="refused"}') == 1)
+            server.send_udp(line("10.0.0.3", int(time.time()), 99.0))
+            alerts = hook.wait(3)[1:]
+            assert sorted((a["labels"]["alertname"], a["labels"]["scope"]) for a in alerts) == [
+                ("hot", "10.0.0.3"), ("hot2", "10.0.0.3")]
+            assert server.proc.poll() is None
+        assert "rules reload refused, the previous rules stay" in server.output
+        assert "metric: 'cpux'" in server.output and "enter: expected a number" in server.output
+    assert len(hook.received) == 3
+
+
+def test_a_bad_rules_file_stops_the_server_from_starting(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[rule]]\nname = "a"\nmetric = "cpu"\nenter = 50\nexit = 60\nhold = "soon"\n'
+                    '[[rule]]\nname = "b"\nscope = "vm"\nmetric = "cpu"\nsilent_after = "1m"\n'
+                    'aggregate = "p99"\n')
+    with pytest.raises(ServerError) as failed:
+        ServerProcess(tmp_path, "--rules", str(path)).start()
+    problems = [x for x in str(failed.value).splitlines() if x.startswith(str(path))]
+    assert problems == [
+        "%s: rule a: hold: 'soon' is not a duration like 90s, 5m or 1h" % path,
+        "%s: rule a: exit: the exit threshold 60 is past the enter threshold 50: it must be at or "
+        "below it" % path,
+        "%s: rule b: aggregate: only a group rule aggregates over members" % path]
+    checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(path)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 1 and checked.stderr.splitlines() == problems
+
+
+def test_a_receiver_down_then_up_gets_everything_once(tmp_path):
+    body = HOT % "" + '[settings]\nretry_min = "0.2s"\nretry_max = "1s"\n'
+    with WebhookReceiver(SECRET.encode()) as hook:
+        hook.down = True
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            now = int(time.time())
+            for i in range(5):
+                server.send_udp(line("10.0.0.%d" % i, now, 99.0))
+            server.wait_metrics(
+                lambda m: m.get('vmstats_rule_deliveries_total{action="hook",result="failed"}', 0) >= 10)
+            hook.down = False
+            hook.wait(5)
+            server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+            time.sleep(1.5)
+    assert sorted(a["labels"]["scope"] for a in hook.alerts()) == ["10.0.0.%d" % i for i in range(5)]
+    assert len(set(hook.keys)) == len(hook.keys) == 5
+
+
+def test_sigkill_during_delivery_loses_nothing_and_sends_nothing_twice(tmp_path):
+    """Each round: a VM flips state on every record, the server is SIGKILLed mid-delivery.
+
+    The receiver is slow (deliveries are under way at the kill) and honours
+    the idempotency key; across the rounds every transition of the chain
+    arrives, in order, once per key.
+    """
+    body = HOT % "" + '[settings]\nretry_min = "0.2s"\nretry_max = "0.5s"\n'
+    rounds = 3
+    with WebhookReceiver(SECRET.encode(), delay=0.3) as hook:
+        rules = rules_file(tmp_path, hook.url, body)
+        ts = int(time.time()) - 100
+        for kill in range(rounds + 1):
+            server = serve(tmp_path, rules).start()
+            try:
+                for _ in range(6):
+                    ts += 1
+                    sock = server.tcp()
+                    cpu = 95.0 if ts % 2 else 10.0
+                    sock.sendall(line("10.0.0.1", ts, cpu) + b"\n#!sync 1\n")
+                    sock.recv(100)  # acknowledged: filed, so its transition is the server's
+                    sock.close()
+                    time.sleep(0.12)
+                if kill < rounds:
+                    server.kill()  # SIGKILL while the slow receiver still has deliveries
+                else:
+                    server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, 20)
+            finally:
+                server.kill() if server.returncode is None else None
+    received = {}
+    for r in hook.received:
+        alert = r["body"]["alerts"][0]
+        received.setdefault(r["key"], alert)
+    log = [json.loads(x) for x in (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
+    events = [e["event"] for e in log if e["type"] == "event"]
+    assert {e["key"] + ".hook" for e in events} == set(received)  # nothing lost
+    states = [e["to"] for e in sorted(events, key=lambda e: e["seq"])]
+    assert [e["seq"] for e in sorted(events, key=lambda e: e["seq"])] == list(range(1, len(events) + 1))
+    assert all(a != b for a, b in zip(states, states[1:], strict=False))  # a chain, no gap
+    assert len(events) >= rounds * 2
+    # The kills did land mid-delivery: deliveries were attempted again after a restart.
+    assert any(e["type"] == "attempt" and e["n"] > 1 for e in log)
+    assert hook.bad_signatures == 0
