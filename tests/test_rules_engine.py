@@ -236,3 +236,19 @@ def test_every_problem_is_reported_once():
         "rule a: metric: 'gpu': unknown metric 'gpu' (known: %s)" % ", ".join(NAMES),
         "rule c: metric: \"__import__('os')\": the only functions are max(), min() and abs()",
     ]
+
+
+def test_a_restored_state_carries_on_from_the_first_record_after_a_restart():
+    clock = Clock()
+    eng = engine([{"name": "a", "metric": "cpu", "enter": 90, "exit": 70, "datapoints": 2,
+                   "periods": 3, "missing": "breaching"}], clock)
+    fingerprint = eng.rules["a"].rule.fingerprint
+    eng.restore("a", fingerprint, "10.0.0.1", "alarm", clock.now - 600, 7)
+    eng.restore("a", "another-definition", "10.0.0.2", "alarm", clock.now - 600, 3)
+    assert [(s["scope"], s["state"]) for s in eng.states()] == [("10.0.0.1", "alarm")]
+    eng.sweep()  # periods before the restart are not missing (they would breach)
+    assert eng.take() == []
+    feed(eng, clock, "10.0.0.1", 10)
+    clock.now += 60
+    seen = feed(eng, clock, "10.0.0.1", 10)
+    assert [(e["from"], e["to"], e["seq"]) for e in seen] == [("alarm", "ok", 8)]

@@ -246,3 +246,28 @@ def test_sigkill_during_delivery_loses_nothing_and_sends_nothing_twice(tmp_path)
     # The kills did land mid-delivery: deliveries were attempted again after a restart.
     assert any(e["type"] == "attempt" and e["n"] > 1 for e in log)
     assert hook.bad_signatures == 0
+
+
+def test_a_group_scales_out_with_placement_and_a_cooldown_that_defers(tmp_path):
+    script, call_file = recorder_script(tmp_path)
+    body = ('[action.run]\nkind = "command"\nargv = ["%s", "%s"]\n\n[[rule]]\nname = "pool"\n'
+            'scope = "group"\nmatch = { id = "web-*" }\nmetric = "cpu"\nperiod = 1\nactions = ["run"]\n'
+            '[rule.scale]\ntarget = 50\nmax = 10\nout_cooldown = "2s"\n' % (sys.executable, script))
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            hosts = {"web-1": ("h1", 100.0), "web-2": ("h1", 100.0), "web-3": ("h2", 80.0),
+                     "web-4": ("h2", 80.0), "db-1": ("h3", 0.0)}
+            began = time.time()
+            while len(calls(call_file)) < 2 and time.time() - began < 10:
+                now = int(time.time())
+                server.send_udp(*[line(vm, now, cpu, host=host) for vm, (host, cpu) in hosts.items()])
+                time.sleep(0.3)
+            first, second = calls(call_file)[:2]
+            assert (first["VMSTATS_EVENT"], first["VMSTATS_CURRENT"], first["VMSTATS_DESIRED"],
+                    first["VMSTATS_DELTA"], first["VMSTATS_PLACEMENT"]) == ("scale", "4", "8", "4", "h2")
+            # The next decision waited for the cooldown (recorded as held) and was then made.
+            assert float(second["VMSTATS_AT"]) - float(first["VMSTATS_AT"]) >= 2.0
+            page = json.loads(server.http("/alerts"))
+            held = [e["event"] for e in page["recent"]
+                    if e["type"] == "event" and e["event"]["kind"] == "held"]
+            assert any(e["reason"] == "cooldown" and e["direction"] == "out" for e in held)

@@ -32,6 +32,8 @@ from vmstats.rules.config import Rule, RuleSet
 GROUP = "group"
 #: ``first`` of a scope restored from the action log, until its first record sets it.
 RESTORED = 1 << 62
+#: Records waiting for a tick beyond which only each VM's latest is kept.
+PENDING_CAP = 500_000
 
 
 class Series:
@@ -65,7 +67,6 @@ class RuleState:
         self.series: dict[str, Series] = {}
         #: vm -> (value, arrival, host, cpu) for a group rule.
         self.members: dict[str, tuple] = {}
-        self.matches: dict[str, bool] = {}
         self.dirty = False
         self.states: Counter[str] = Counter()
         self.last_out: float | None = None
@@ -93,6 +94,8 @@ class Engine:
         self._vms: list = []
         self._tss: list = []
         self._rows: list = []
+        #: vm -> the rules (without tag conditions) whose scope takes it; rebuilt on a reload.
+        self._routes: dict[str, list[RuleState]] = {}
         self.load(ruleset)
 
     # -- rules -----------------------------------------------------------------------------------
@@ -100,6 +103,7 @@ class Engine:
         """Take a new rule set; unchanged rules (same name and definition) keep their state."""
         old = self.rules
         self.settings = ruleset.settings
+        self._routes = {}
         self.rules = {}
         kept = []
         for rule in ruleset.rules:
@@ -130,6 +134,7 @@ class Engine:
             rs.states[series.state] -= 1
         # Periods before the first record after the restart are "not yet", never missing.
         rs.series[scope] = Series(scope, RESTORED, now, state, since, seq)
+        rs.series[scope].end = -1
         rs.series[scope].notified = now
         rs.states[state] += 1
 
@@ -147,10 +152,15 @@ class Engine:
         self._vms += vms
         self._tss += tss
         self._rows += rows
+        if len(self._vms) > PENDING_CAP:  # a flood between ticks: keep the latest per VM only
+            latest = dict(zip(self._vms, zip(self._tss, self._rows, strict=True), strict=True))
+            self._vms = list(latest)
+            self._tss = [ts for ts, _row in latest.values()]
+            self._rows = [row for _ts, row in latest.values()]
 
     # -- ticks -----------------------------------------------------------------------------------
     def process(self) -> None:
-        """Feed what arrived since the last tick to the rules."""
+        """Feed what arrived since the last tick to the rules (the latest record per VM)."""
         if not self._vms:
             return
         now = self.clock()
@@ -158,24 +168,22 @@ class Engine:
         self._vms, self._tss, self._rows = [], [], []
         oldest = now - self.settings.max_age
         rules = list(self.rules.values())
+        by_tags = [rs for rs in rules if rs.rule.match.tags]
+        routes = self._routes
         for vm, (ts, row) in latest.items():
             if ts < oldest:
                 self.history_skipped += 1
                 continue
-            fields = tags = None
-            for rs in rules:
+            fields, tags = metrics.values(row)
+            route = routes.get(vm)
+            if route is None:
+                route = [rs for rs in rules if not rs.rule.match.tags and rs.rule.match(vm, tags)]
+                if len(routes) < self.settings.max_series:
+                    routes[vm] = route
+            if by_tags:
+                route = route + [rs for rs in by_tags if rs.rule.match(vm, tags)]
+            for rs in route:
                 rule = rs.rule
-                matched = rs.matches.get(vm)
-                if matched is None or rule.match.tags:
-                    if tags is None:
-                        fields, tags = metrics.values(row)
-                    matched = rule.match(vm, tags)
-                    if len(rs.matches) < self.settings.max_series:
-                        rs.matches[vm] = matched
-                if not matched:
-                    continue
-                if fields is None:
-                    fields, tags = metrics.values(row)
                 value = rule.value_of.value(fields)
                 if rule.scope == GROUP:
                     self._member(rs, vm, value, now, tags.get("host"), fields.get("cpu"))

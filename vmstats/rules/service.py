@@ -1,8 +1,9 @@
 """The rules inside the aggregator: a Twisted service joining engine, action log and delivery.
 
-Ticks of ``TICK`` seconds feed what the reactor filed to the engine and hand
-its events to the dispatcher (logged, then sent), so a record's transition
-is on its way well within a second of its arrival; a sweep each ``SWEEP``
+Ticks of ``TICK`` seconds (further apart under a flood, see ``BUDGET``)
+feed what the reactor filed to the engine and hand its events to the
+dispatcher (logged, then sent), so a record's transition is on its way well
+within a second of its arrival; a sweep each ``SWEEP``
 seconds (shorter when a rule's silence or period is short) lets time speak.
 A reload (SIGHUP) reads the file again: a bad file is reported problem by
 problem and the rules in force stay.
@@ -10,6 +11,7 @@ problem and the rules in force stay.
 
 import logging
 import os
+import time
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -22,6 +24,10 @@ from vmstats.rules.evaluator import Engine
 log = logging.getLogger(__name__)
 
 TICK = 0.1
+#: Under a flood, the rules' share of the reactor: the next tick waits this many times as
+#: long as the last one took (each tick's work is one record per VM whatever arrived, so
+#: ticks further apart cost less per record while ingest keeps its pace).
+BUDGET = 0.05
 SWEEP = 1.0
 STATE_NAMES = ("ok", "alarm", "insufficient-data", "silent")
 
@@ -45,8 +51,7 @@ class RulesService(service.Service):
         self.engine = Engine(ruleset, reactor.seconds, self.dispatcher.holds_scale)
         self.reloads = 0
         self.reload_failures = 0
-        self._tick = task.LoopingCall(self.tick)
-        self._tick.clock = reactor
+        self._next_tick = None
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = reactor
 
@@ -69,7 +74,7 @@ class RulesService(service.Service):
                      len(state.pending))
         service.Service.startService(self)
         self.dispatcher.resume(list(state.pending.values()))
-        self._tick.start(TICK, now=False)
+        self._next_tick = self.reactor.callLater(TICK, self.tick)
         self._sweep.start(self._sweep_interval(), now=False)
         log.info("rules: %d loaded from %s; action log %s", len(self.ruleset.rules), self.path,
                  self.log.path)
@@ -87,18 +92,27 @@ class RulesService(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
-        for loop in (self._tick, self._sweep):
-            if loop.running:
-                loop.stop()
-        self.tick()  # what the drain filed still reaches the log
+        if self._sweep.running:
+            self._sweep.stop()
+        if self._next_tick is not None and self._next_tick.active():
+            self._next_tick.cancel()
+        self._next_tick = None
+        self.engine.process()  # what the drain filed still reaches the log
+        self._submit()
         yield self.log.idle()
         yield self.dispatcher.stop()
         yield self.log.idle()
 
     # -- work ------------------------------------------------------------------------------------
     def tick(self) -> None:
-        self.engine.process()
-        self._submit()
+        began = time.perf_counter()
+        try:
+            self.engine.process()
+            self._submit()
+        finally:
+            took = time.perf_counter() - began
+            if self.running:
+                self._next_tick = self.reactor.callLater(max(TICK, took / BUDGET), self.tick)
 
     def sweep(self) -> None:
         self.engine.sweep()
