@@ -47,21 +47,36 @@ class Match:
     networks: tuple = ()
     tags: dict[str, str] = field(default_factory=dict)
 
-    def __call__(self, vm: str, tags: dict[str, str]) -> bool:
+    def __post_init__(self) -> None:
+        #: (version, network as an integer, mask as an integer): a membership test is one AND.
+        self._nets = [(n.version, int(n.network_address), int(n.netmask)) for n in self.networks]
+
+    def __call__(self, vm: str, tags: dict[str, str], address: tuple | None | bool = False) -> bool:
+        """Does the scope take ``vm``?  ``address`` is ``parse_address(vm)`` when known."""
         if self.ids and not any(fnmatch.fnmatchcase(vm, pattern) for pattern in self.ids):
             return False
-        if self.networks:
-            try:
-                address = ipaddress.ip_address(vm)
-            except ValueError:
+        if self._nets:
+            if address is False:
+                address = parse_address(vm)
+            if address is None:
                 return False
-            if not any(address in network for network in self.networks):
+            version, number = address
+            if not any(v == version and number & mask == net for v, net, mask in self._nets):
                 return False
         for name, pattern in self.tags.items():
             value = tags.get(name)
             if value is None or not fnmatch.fnmatchcase(value, pattern):
                 return False
         return True
+
+
+def parse_address(vm: str) -> tuple[int, int] | None:
+    """(IP version, address as an integer) of a VM id that is an address; None otherwise."""
+    try:
+        address = ipaddress.ip_address(vm)
+    except ValueError:
+        return None
+    return address.version, int(address)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from twisted.internet import defer
 
 from vmstats.rules.actionlog import ActionLog, Pending
 from vmstats.rules.notifiers import Notifier
+from vmstats.server.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Dispatcher:
         self.counts: Counter[tuple[str, str]] = Counter()
         self._timers: dict[str, object] = {}
         self.stopped = False
+        self._failure_log = RateLimitedLog(log, "delivery failure")
 
     def submit(self, events: list[dict]) -> defer.Deferred:
         """Log ``events`` with their first attempts, then send; fires once they are logged."""
@@ -109,8 +111,8 @@ class Dispatcher:
     def _failed(self, failure, pending: Pending) -> None:
         self.counts[(pending.action, "failed")] += 1
         error = failure.getErrorMessage() or failure.type.__name__
-        log.warning("delivery %s to %s failed (attempt %d): %s", pending.key, pending.action,
-                    pending.attempts, error)
+        self._failure_log.emit("delivery %s to %s failed (attempt %d): %s", pending.key,
+                               pending.action, pending.attempts, error)
         self.log.append([{"type": "result", "key": pending.key, "n": pending.attempts, "ok": False,
                           "error": error[:300], "at": self.reactor.seconds()}]
                         ).addErrback(lambda _f: None)

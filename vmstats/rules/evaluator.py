@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from vmstats.rules import metric as metrics
 from vmstats.rules import scaling
-from vmstats.rules.config import Rule, RuleSet
+from vmstats.rules.config import Rule, RuleSet, parse_address
 
 GROUP = "group"
 #: ``first`` of a scope restored from the action log, until its first record sets it.
@@ -177,7 +177,9 @@ class Engine:
             fields, tags = metrics.values(row)
             route = routes.get(vm)
             if route is None:
-                route = [rs for rs in rules if not rs.rule.match.tags and rs.rule.match(vm, tags)]
+                address = parse_address(vm)
+                route = [rs for rs in rules
+                         if not rs.rule.match.tags and rs.rule.match(vm, tags, address)]
                 if len(routes) < self.settings.max_series:
                     routes[vm] = route
             if by_tags:
@@ -217,6 +219,13 @@ class Engine:
         if len(series.buckets) > rule.periods:
             for old in [p for p in series.buckets if p <= period - rule.periods]:
                 del series.buckets[old]
+        if (series.state == "ok" and value is not None and 0 <= period - series.end <= 1
+                and not series.blocked and rule.enter is not None
+                and (value <= rule.enter if rule.above else value >= rule.enter)):
+            # In ok, a value that does not breach, in the next (or the same) period, cannot
+            # raise the window's breaches or its missing periods: nothing to decide.
+            series.end = period
+            return
         self._evaluate(rs, series, max(period, series.end), now)
 
     def _member(self, rs: RuleState, vm: str, value, now: float, host, cpu) -> None:

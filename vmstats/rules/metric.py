@@ -66,6 +66,8 @@ class Expression:
         self._code = code
 
     def value(self, fields: dict):
+        if self._code is None and self.names[0] in FIELD_INDEX:
+            return fields[self.names[0]]
         scope = {}
         for name in self.names:
             figure = fields.get(name) if name in FIELD_INDEX else DERIVED[name][1](fields)

@@ -28,6 +28,9 @@ TICK = 0.1
 #: long as the last one took (each tick's work is one record per VM whatever arrived, so
 #: ticks further apart cost less per record while ingest keeps its pace).
 BUDGET = 0.05
+#: ... but never further apart than this: a slow tick (the first sight of a fleet, whose
+#: rule routes are worked out once) must not hold the next one back for long.
+MAX_GAP = 1.0
 SWEEP = 1.0
 STATE_NAMES = ("ok", "alarm", "insufficient-data", "silent")
 
@@ -112,7 +115,8 @@ class RulesService(service.Service):
         finally:
             took = time.perf_counter() - began
             if self.running:
-                self._next_tick = self.reactor.callLater(max(TICK, took / BUDGET), self.tick)
+                gap = min(MAX_GAP, max(TICK, took / BUDGET))
+                self._next_tick = self.reactor.callLater(gap, self.tick)
 
     def sweep(self) -> None:
         self.engine.sweep()

@@ -13,6 +13,9 @@ from twisted.internet import defer, error, protocol
 
 from vmstats.rules.notifiers import DeliveryError, Notifier, summary
 
+#: Programs of one action running at once; more events wait their turn.
+CONCURRENCY = 8
+
 #: Event field -> environment variable.
 ENVIRONMENT = {"rule": "VMSTATS_RULE", "scope": "VMSTATS_SCOPE", "to": "VMSTATS_STATE",
                "from": "VMSTATS_PREVIOUS_STATE", "kind": "VMSTATS_EVENT", "value": "VMSTATS_VALUE",
@@ -55,6 +58,7 @@ class Command(Notifier):
         super().__init__(name)
         self.argv = argv
         self.timeout = timeout
+        self._slots = defer.DeferredSemaphore(CONCURRENCY)
 
     @classmethod
     def from_config(cls, name: str, reader) -> "Command | None":
@@ -67,6 +71,9 @@ class Command(Notifier):
         return cls(name, argv, timeout or 60.0)
 
     def send(self, reactor, event: dict, key: str) -> defer.Deferred:
+        return self._slots.run(self._run, reactor, event, key)
+
+    def _run(self, reactor, event: dict, key: str) -> defer.Deferred:
         done: defer.Deferred = defer.Deferred()
         run = _Run(done)
         try:

@@ -22,6 +22,9 @@ from vmstats.rules.notifiers import DeliveryError, Notifier, iso, summary
 SIGNATURE_HEADER = "X-Vmstats-Signature"
 KEY_HEADER = "Idempotency-Key"
 _NEVER = "0001-01-01T00:00:00Z"
+#: Requests in flight to one receiver; the rest wait their turn (a fleet going silent at once
+#: is thousands of events: they must not become thousands of connections and lookups).
+CONCURRENCY = 16
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -61,6 +64,7 @@ class Webhook(Notifier):
         self.timeout = timeout
         self._agent = None
         self._pool = None
+        self._slots = defer.DeferredSemaphore(CONCURRENCY)
 
     @classmethod
     def from_config(cls, name: str, reader) -> "Webhook | None":
@@ -78,8 +82,12 @@ class Webhook(Notifier):
         return cls(name, url, secret.encode("utf-8") if secret else None, timeout or 10.0)
 
     def send(self, reactor, event: dict, key: str) -> defer.Deferred:
+        return self._slots.run(self._post, reactor, event, key)
+
+    def _post(self, reactor, event: dict, key: str) -> defer.Deferred:
         if self._agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool.maxPersistentPerHost = CONCURRENCY
             self._agent = Agent(reactor, pool=self._pool, connectTimeout=self.timeout)
         body = alertmanager_body(event, self.name, key)
         headers = Headers({"content-type": ["application/json"], KEY_HEADER: [key],

@@ -1,0 +1,204 @@
+"""Rules benchmark: a record's arrival to the webhook receiver's 200, and ingest with 50 rules.
+
+    .venv/bin/python bench/rules.py            # about 2 minutes
+    .venv/bin/python bench/rules.py --quick    # about 40 seconds
+
+Latency: a real ``vmstats serve --rules`` with 50 rules (per-VM thresholds
+and expressions on every VM and on network slices, group aggregates,
+silence checks) takes 10,000 VMs each reporting once per rule period over
+UDP, evenly spread as agents' jitter spreads them.  The period is
+``--minute`` seconds (default 10: six times a real fleet's rate, so the run
+stays short and the load is heavier than the target's).  Each period 50
+fresh VMs report 99 % CPU and the previous 50 calm down: 100 transitions a
+period of the rule whose webhook goes to a receiver on loopback that checks
+the HMAC.  Latency is the receiver's time at its 200 minus the time the
+datagram holding the record was sent (one clock, this process).
+
+Ingest: the same run starts a second server without rules, and both take the
+same TCP flood in turn (records from 10,000 VMs with fresh timestamps, so the
+rules do evaluate them), timed to the acknowledgement of the last batch;
+``--rounds`` alternations, the median of each.  Target: with rules >= 90 %
+of without.
+"""
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from rulesutil import WebhookReceiver  # noqa: E402
+from serverproc import ServerProcess  # noqa: E402
+
+from vmstats.protocol import Record, encode_record  # noqa: E402
+
+VMS = 10_000
+NETS = 40
+SECRET = b"bench-secret"
+HOT_PER_PERIOD = 50
+
+
+def vm_id(k: int) -> str:
+    return "10.%d.%d.%d" % (k % NETS, (k // NETS) // 200, (k // NETS) % 200 + 1)
+
+
+def rules_text(hook_url: str, minute: float) -> str:
+    """50 rules: 1 that fires, 49 that are evaluated on every record of their scope."""
+    out = ['[action.hook]\nkind = "webhook"\nurl = "%s"\nsecret = "%s"\n' % (hook_url, SECRET.decode())]
+
+    def rule(name, body):
+        out.append('[[rule]]\nname = "%s"\nperiod = "%gs"\nactions = ["hook"]\n%s' % (name, minute, body))
+
+    rule("hot", 'metric = "cpu"\nenter = 90\nexit = 70\nsilent_after = "%gs"\n' % (minute * 3))
+    for i in range(20):
+        rule("mem-%d" % i, 'metric = "mem"\nenter = 99.5\nexit = 90\ndatapoints = 2\nperiods = 3\n'
+                           'match = { cidr = "10.%d.0.0/16" }\nsilent_after = "%gs"\n' % (i, minute * 3))
+    for i in range(19):
+        rule("expr-%d" % i, 'metric = "max(cpu, mem) + net_per_vcpu / 1e6"\nenter = 1e9\n'
+                            'match = { cidr = "10.%d.0.0/16" }\n' % (20 + i))
+    aggregates = ["mean", "max", "p95", "p50", "count_above", "min", "mean", "p99", "max", "mean"]
+    for i, how in enumerate(aggregates):
+        level = "level = 95\n" if how == "count_above" else ""
+        rule("group-%d" % i, 'scope = "group"\nmetric = "cpu"\naggregate = "%s"\n%senter = 1e6\n'
+                             'match = { cidr = "10.%d.0.0/16" }\n' % (how, level, i))
+    return "\n".join(out)
+
+
+def encode(vm: str, ts: int, cpu: float) -> bytes:
+    return encode_record(Record(vm=vm, ts=ts, cpu=cpu, mem=40.0, net_rx=1000, net_tx=500, vcpus=2,
+                                mem_mb=4096)).encode("ascii")
+
+
+def latency_phase(server: ServerProcess, hook: WebhookReceiver, minute: float, periods: int) -> dict:
+    """Send the fleet for ``periods`` periods; returns latency figures of the hot rule."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    per_datagram = 16
+    sent_at: dict[tuple[str, str], float] = {}  # (vm, expected state) -> send time
+    began = time.time()
+    for period in range(periods):
+        start = began + period * minute
+        hot = set(range(period * HOT_PER_PERIOD, (period + 1) * HOT_PER_PERIOD))
+        cooling = set(range((period - 1) * HOT_PER_PERIOD, period * HOT_PER_PERIOD)) if period else set()
+        batches = [list(range(i, min(i + per_datagram, VMS))) for i in range(0, VMS, per_datagram)]
+        for n, batch in enumerate(batches):
+            due = start + minute * n / len(batches)
+            pause = due - time.time()
+            if pause > 0:
+                time.sleep(pause)
+            ts = int(time.time())
+            payload = b"\n".join(encode(vm_id(k), ts, 99.0 if k in hot else 20.0) for k in batch)
+            sock.sendto(payload, ("127.0.0.1", server.udp_port))
+            now = time.time()
+            for k in batch:
+                if k in hot:
+                    sent_at[(vm_id(k), "alarm")] = now
+                elif k in cooling:
+                    sent_at[(vm_id(k), "ok")] = now
+    sock.close()
+    expected = len(sent_at)
+    deadline = time.time() + 30
+    while time.time() < deadline and len(hook.received) < expected:
+        time.sleep(0.1)
+    latencies = []
+    with hook.lock:
+        received = list(hook.received)
+    for r in received:
+        for alert in r["body"]["alerts"]:
+            key = (alert["labels"]["scope"], alert["labels"]["state"])
+            if alert["labels"]["alertname"] == "hot" and key in sent_at:
+                latencies.append(r["at"] - sent_at.pop(key))
+    latencies.sort()
+    return {"records": VMS * periods, "transitions_expected": expected,
+            "webhooks_received": len(received), "unmatched": len(sent_at),
+            "bad_signatures": hook.bad_signatures,
+            "p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
+            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1)
+            if latencies else None,
+            "max_ms": round(1000 * latencies[-1], 1) if latencies else None}
+
+
+def flood(server: ServerProcess, count: int) -> float:
+    """Records/s over one TCP connection, fresh stamps from 10,000 VMs, to the last ack."""
+    now = int(time.time())
+    per_vm = count // VMS
+    # Values that cross no threshold: the rules evaluate every VM, and nothing floods the receiver.
+    lines = [encode(vm_id(k), now - per_vm + j, 20.0 + (k + j) % 50) for j in range(per_vm)
+             for k in range(VMS)]
+    chunks = [b"\n".join(lines[i:i + 500]) + b"\n" for i in range(0, len(lines), 500)]
+    with socket.create_connection(("127.0.0.1", server.tcp_port), timeout=120) as sock:
+        started = time.perf_counter()
+        for chunk in chunks:
+            sock.sendall(chunk)
+        sock.sendall(b"#!sync end\n")
+        reply = sock.makefile("rb").readline()
+        elapsed = time.perf_counter() - started
+    assert reply.startswith(b"#!ack"), reply
+    return len(lines) / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer periods and rounds")
+    parser.add_argument("--minute", type=float, default=10.0,
+                        help="the rules' period and the fleet's reporting interval, seconds")
+    parser.add_argument("--periods", type=int, default=None, help="periods of the latency phase")
+    parser.add_argument("--rounds", type=int, default=None, help="alternated ingest floods")
+    parser.add_argument("--flood", type=int, default=300_000, help="records per ingest flood")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    periods = args.periods or (3 if args.quick else 6)
+    rounds = args.rounds or (2 if args.quick else 5)
+    work = Path(tempfile.mkdtemp(prefix="vmstats-bench-rules-"))
+    results: dict = {"vms": VMS, "rules": 50, "minute_s": args.minute}
+    try:
+        with WebhookReceiver(SECRET) as hook:
+            rules = work / "rules.toml"
+            rules.write_text(rules_text(hook.url, args.minute))
+            common = ("--flush-interval", "5s")
+            with ServerProcess(work / "with", "--rules", str(rules), *common) as with_rules, \
+                    ServerProcess(work / "without", *common) as without:
+                print("latency: %d VMs every %gs, 50 rules, %d periods" % (VMS, args.minute, periods),
+                      flush=True)
+                results["latency"] = latency_phase(with_rules, hook, args.minute, periods)
+                print(json.dumps(results["latency"]), flush=True)
+                rates: dict[str, list[float]] = {"without": [], "with": []}
+                for _ in range(rounds):
+                    for name, server in (("without", without), ("with", with_rules)):
+                        rates[name].append(flood(server, args.flood))
+                        time.sleep(1.0)
+                    print("ingest records/s: without %.0f, with 50 rules %.0f"
+                          % (rates["without"][-1], rates["with"][-1]), flush=True)
+                evaluated = with_rules.metrics().get("vmstats_rule_evaluations_total", 0)
+        results["ingest"] = {"records_per_flood": args.flood, "rounds": rounds,
+                             "without": round(statistics.median(rates["without"])),
+                             "with_rules": round(statistics.median(rates["with"])),
+                             "rule_evaluations": int(evaluated)}
+        results["ingest"]["ratio"] = round(results["ingest"]["with_rules"]
+                                           / results["ingest"]["without"], 3)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    latency, ingest = results["latency"], results["ingest"]
+    ok_latency = latency["p99_ms"] is not None and latency["p99_ms"] <= 1000 and not latency["unmatched"]
+    ok_ingest = ingest["ratio"] >= 0.9
+    print("\nrecord -> webhook 200: p50 %s ms, p99 %s ms, max %s ms over %d transitions "
+          "(%d unmatched) [target p99 <= 1000 ms: %s]"
+          % (latency["p50_ms"], latency["p99_ms"], latency["max_ms"],
+             latency["transitions_expected"], latency["unmatched"], "met" if ok_latency else "MISSED"))
+    print("ingest with 50 rules: %d records/s vs %d without = %.1f %% [target >= 90 %%: %s]"
+          % (ingest["with_rules"], ingest["without"], 100 * ingest["ratio"],
+             "met" if ok_ingest else "MISSED"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0 if ok_latency and ok_ingest else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
