@@ -8,12 +8,12 @@ and a command script that appends its environment to a file.
 import hashlib
 import hmac
 import json
-import os
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from serverproc import ServerProcess
 
 from vmstats import logstore
 from vmstats.protocol import Record, encode_record
@@ -27,6 +27,11 @@ def row(cpu: float, mem: float = 50.0, host: str | None = None, **fields) -> byt
 def line(vm: str, ts: int, cpu: float, mem: float = 50.0, host: str | None = None) -> bytes:
     return encode_record(Record(vm=vm, ts=ts, cpu=cpu, mem=mem, host=host, vcpus=2,
                                 mem_mb=4096)).encode("ascii")
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of connections is not refused
+    daemon_threads = True
 
 
 class WebhookReceiver:
@@ -43,6 +48,8 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
                 signature = self.headers.get("X-Vmstats-Signature", "")
@@ -50,28 +57,28 @@ class WebhookReceiver:
                 if not hmac.compare_digest(signature, want):
                     with receiver.lock:
                         receiver.bad_signatures += 1
-                    self.send_response(401)
-                    self.end_headers()
+                    self.reply(401)
                     return
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 if receiver.down:
-                    self.send_response(503)
-                    self.end_headers()
+                    self.reply(503)
                     return
                 with receiver.lock:
                     receiver.received.append({"body": json.loads(body), "at": time.time(),
                                               "key": self.headers.get("Idempotency-Key")})
                     receiver.keys.append(self.headers.get("Idempotency-Key"))
-                self.send_response(200)
+                self.reply(200)
+
+            def reply(self, code: int) -> None:
+                self.send_response(code)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = "http://127.0.0.1:%d/hook" % self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -115,5 +122,78 @@ def calls(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x]
 
 
-PYTHON = sys.executable
-ENV = dict(os.environ)
+SECRET = "hook-secret"
+
+
+def rules_file(folder, hook_url: str, body: str, extra_actions: str = "") -> str:
+    path = folder / "rules.toml"
+    path.write_text('[action.hook]\nkind = "webhook"\nurl = "%s"\nsecret = "%s"\ntimeout = "2s"\n\n'
+                    '[action.say]\nkind = "log"\n\n%s\n%s\n' % (hook_url, SECRET, extra_actions, body))
+    return str(path)
+
+
+def serve(tmp_path, rules: str, *args: str) -> ServerProcess:
+    return ServerProcess(tmp_path, "--rules", rules, "--parsers", "0", "--workers", "1",
+                         "--flush-interval", "1s", *args)
+
+
+HOT = """
+[[rule]]
+name = "hot"
+metric = "cpu"
+enter = 90
+exit = 70
+period = 1
+actions = ["hook", "say"%s]
+"""
+
+
+
+
+def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
+    """SIGKILL a server ``rounds`` times while deliveries are under way; what the receiver got.
+
+    Each round starts the server on the same data dir and sends six records
+    over TCP, each acknowledged (so filed: its transition is the server's to
+    deliver) and each flipping the VM's state, then kills it.  A last round
+    runs until nothing is pending.  Compared against the action log: every
+    logged transition's key received (not lost), no key acted on twice
+    (duplicated: the receiver dedups by key, as it should), and the chain of
+    states unbroken (seq 1..n, each a change).
+    """
+    body = HOT % "" + '[settings]\nretry_min = "0.2s"\nretry_max = "0.5s"\n'
+    rules = rules_file(folder, hook.url, body)
+    ts = int(time.time()) - 100
+    server = None
+    for kill in range(rounds + 1):
+        server = serve(folder, rules).start()
+        try:
+            for _ in range(6):
+                ts += 1
+                with server.tcp() as sock:
+                    sock.sendall(line("10.0.0.1", ts, 95.0 if ts % 2 else 10.0) + b"\n#!sync 1\n")
+                    sock.recv(100)
+                time.sleep(0.12)
+            if kill < rounds:
+                server.kill()
+            else:
+                server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, 30)
+        finally:
+            if server.returncode is None:
+                server.kill()
+    with hook.lock:
+        keys = list(hook.keys)
+    entries = [json.loads(x) for x in (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
+    events = sorted((e["event"] for e in entries if e["type"] == "event"), key=lambda e: e["seq"])
+    states = [e["to"] for e in events]
+    return {"rounds": rounds, "transitions": len(events),
+            "lost": sorted({e["key"] + ".hook" for e in events} - set(keys)),
+            # A transition decided twice (two keys for one step of the chain), or a POST that the
+            # log never held: what a key-honouring receiver could not catch.
+            "duplicated": len(events) - len({e["seq"] for e in events})
+            + len(set(keys) - {e["key"] + ".hook" for e in events}),
+            # The same key POSTed again after a kill: caught by the receiver's key check.
+            "posts": len(keys), "repeats_caught_by_key": len(keys) - len(set(keys)),
+            "resent": sum(1 for e in entries if e["type"] == "attempt" and e["n"] > 1),
+            "chain_broken": int([e["seq"] for e in events] != list(range(1, len(events) + 1))
+                                or any(a == b for a, b in zip(states, states[1:], strict=False)))}

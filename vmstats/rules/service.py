@@ -163,6 +163,16 @@ class RulesService(service.Service):
                                **{"%s.%s" % key: n for key, n in sorted(self.dispatcher.counts.items())}},
                 "series": engine.size, "series_refused": engine.refused}
 
+    def summary(self) -> str:
+        """The exit summary's line: what the rules decided and what is still to deliver."""
+        counts = self.dispatcher.counts
+        delivered = sum(n for (_a, result), n in counts.items() if result == "delivered")
+        gave_up = sum(n for (_a, result), n in counts.items() if result == "gave_up")
+        alarms = sum(n for (_r, state), n in self.engine.state_counts().items() if state == "alarm")
+        return ("%d rules, %d transitions, %d in alarm; %d deliveries made, %d gave up, %d pending "
+                "(sent at the next start)" % (len(self.ruleset.rules), self.engine.transitions, alarms,
+                                              delivered, gave_up, len(self.dispatcher.pending)))
+
     def families(self) -> list:
         """Prometheus families (name, kind, help, samples) for /metrics."""
         engine = self.engine

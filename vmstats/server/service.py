@@ -271,6 +271,8 @@ class Aggregator(service.MultiService):
                      "allowed), %d acks, %d naks" % (
                          conns["total"], conns["evicted_per_source"] + conns["evicted_full"],
                          conns["idle_closed"], conns["not_allowed"], tcp["acks"], tcp["naks"]))
+        if self.rules is not None:
+            lines.append("  rules             " + self.rules.summary())
         if self.flusher.unwritten:
             lines.append("  NOT WRITTEN       %d records" % self.flusher.unwritten)
         if self.journal is not None and self.journal.segments():
