@@ -226,3 +226,33 @@ def test_a_group_scales_out_with_placement_and_a_cooldown_that_defers(tmp_path):
             held = [e["event"] for e in page["recent"]
                     if e["type"] == "event" and e["event"]["kind"] == "held"]
             assert any(e["reason"] == "cooldown" and e["direction"] == "out" for e in held)
+
+
+def test_a_simulated_pool_rising_and_falling_scales_out_then_in(tmp_path):
+    """vmstats simulate-pool follows its load curve; the rule's command resizes it."""
+    desired = tmp_path / "desired"
+    script, call_file = recorder_script(tmp_path)
+    resize = tmp_path / "resize.sh"
+    resize.write_text('#!/bin/sh\necho "$VMSTATS_DESIRED" > "%s"\nexec "%s" "%s"\n'
+                      % (desired, sys.executable, script))
+    resize.chmod(0o755)
+    body = ('[action.resize]\nkind = "command"\nargv = ["%s"]\n\n[[rule]]\nname = "pool"\n'
+            'scope = "group"\nmatch = { id = "pool-*" }\nmetric = "cpu"\nperiod = "0.5s"\n'
+            'actions = ["resize"]\n[rule.scale]\ntarget = 50\nmin = 2\nmax = 8\n'
+            'out_cooldown = "1.5s"\nin_cooldown = "2s"\n' % resize)
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            run = subprocess.run(
+                [sys.executable, "-m", "vmstats", "simulate-pool", "--server",
+                 "127.0.0.1:%d" % server.udp_port, "--transport", "udp", "--members", "2",
+                 "--curve", "0:80,2:300,7:300,9:60", "--duration", "14", "--interval", "0.5",
+                 "--desired-file", str(desired)], capture_output=True, text=True, timeout=60)
+            assert run.returncode == 0, run.stderr
+    scales = [c for c in calls(call_file) if c["VMSTATS_EVENT"] == "scale"]
+    deltas = [int(c["VMSTATS_DELTA"]) for c in scales]
+    assert any(d > 0 for d in deltas) and any(d < 0 for d in deltas), deltas
+    outs = [float(c["VMSTATS_AT"]) for c in scales if int(c["VMSTATS_DELTA"]) > 0]
+    assert all(b - a >= 1.5 for a, b in zip(outs, outs[1:], strict=False))
+    assert max(int(c["VMSTATS_DESIRED"]) for c in scales) >= 6  # 300 % of demand at 50 % each
+    assert desired.read_text().strip() == "2"  # back at the minimum once the load fell
+    assert "members 6" in run.stdout or "members 7" in run.stdout or "members 8" in run.stdout

@@ -18,6 +18,7 @@ COMMANDS = {
     "agent-bundle": "vmstats.client.command:agent_bundle",
     "simulate": "vmstats.simulator.command:simulate",
     "replay": "vmstats.simulator.command:replay",
+    "simulate-pool": "vmstats.simulator.command:simulate_pool",
     "score": "vmstats.simulator.command:score",
     "report": "vmstats.report.command:report",
     "backtest": "vmstats.report.backtest_command:backtest",

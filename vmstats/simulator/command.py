@@ -352,3 +352,47 @@ def score(truth, report_path, json_path, max_wrong):
         with open(json_path, "w", encoding="utf-8") as handle:
             json.dump(result.as_dict(), handle, indent=2, sort_keys=True)
     sys.stdout.flush()
+
+
+@click.command("simulate-pool")
+@click.option("--curve", default="0:120,15:360,35:360,50:90", show_default=True,
+              help="The pool's total demand over the run, second:demand (percent of one VM's CPU).")
+@click.option("--members", type=click.IntRange(1, 1000), default=3, show_default=True,
+              help="Members at the start.")
+@click.option("--prefix", default="pool", show_default=True, help="Members are PREFIX-1, PREFIX-2, ...")
+@click.option("--hosts", default="kvm1,kvm2", show_default=True,
+              help="Hosts the members are spread over (their host tag); '' for none.")
+@click.option("--duration", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="Seconds to run.")
+@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
+              help="Seconds between reports (a rules period to match).")
+@click.option("--desired-file", type=click.Path(dir_okay=False), default=None,
+              help="Read the member count a scaling action wrote here before each report.")
+@click.option("--silent", default=None, metavar="N:SECOND",
+              help="Member N stops reporting at SECOND (a stopped agent).")
+@common_options
+def simulate_pool(curve, members, prefix, hosts, duration, interval, desired_file, silent, server,
+                  transport, rate, timeout, json_path):
+    """A live pool following a load curve, scaled by the rules' actions (docs/RULES.md)."""
+    from vmstats.simulator.pool import Pool, parse_curve, run
+
+    try:
+        points = parse_curve(curve)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--curve") from None
+    stop = None
+    if silent:
+        try:
+            number, _, second = silent.partition(":")
+            stop = (int(number), float(second))
+        except ValueError:
+            raise click.BadParameter("expected N:SECOND, e.g. 2:20", param_hint="--silent") from None
+    pool = Pool(points, members, prefix, tuple(h for h in hosts.split(",") if h), desired_file, stop)
+    sender = _open(transport, server, rate, timeout)
+
+    def show(step):
+        click.echo("t=%5.1fs demand %6.1f  members %d  reporting %d" % (
+            step["second"], step["demand"], step["members"], step["reported"]))
+
+    summary = run(pool, sender, duration, interval, show)
+    _finish(sender, summary, json_path, timeout)
