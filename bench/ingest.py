@@ -442,13 +442,7 @@ def tcp_throughput(receiver, lines: Lines, count: int, speed: HostSpeed) -> dict
         chunks.append(b"\n".join(records[offset:offset + 500]) + b"\n")
     probe_ms = speed.measure()
     before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
-    with socket.create_connection((LOOPBACK, receiver.tcp_port), timeout=60) as sock:
-        started = time.perf_counter()
-        for chunk in chunks:
-            sock.sendall(chunk)
-        sock.sendall(b"#!sync end\n")
-        reply = sock.makefile("rb").readline()
-        elapsed = time.perf_counter() - started
+    reply, elapsed = send_synced(receiver.tcp_port, chunks)
     seen = settle(receiver, before, count)
     probe_after_ms = speed.measure()
     cpu = cpu_seconds(receiver.pid) - cpu_before
@@ -566,6 +560,17 @@ def telegraf_main(workdir: Path, speed: HostSpeed, count: int) -> dict:
           "from the measured lines; logs hold %d of %d records received"
           % (results["ratio"], results["telegraf"]["minutes_written"], rows, received))
     return results
+
+
+def send_synced(port: int, chunks: list[bytes], timeout: float = 60) -> tuple[bytes, float]:
+    """Send ``chunks`` over one connection then ``#!sync``: (the reply, seconds to it)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        started = time.perf_counter()
+        for chunk in chunks:
+            sock.sendall(chunk)
+        sock.sendall(b"#!sync end\n")
+        reply = sock.makefile("rb").readline()
+        return reply, time.perf_counter() - started
 
 
 def memory_per_record(workdir: Path, lines: Lines, count: int) -> dict:

@@ -36,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from ingest import send_synced  # noqa: E402
 from rulesutil import WebhookReceiver  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 
@@ -135,13 +137,7 @@ def flood(server: ServerProcess, count: int) -> float:
     lines = [encode(vm_id(k), now - per_vm + j, 20.0 + (k + j) % 50) for j in range(per_vm)
              for k in range(VMS)]
     chunks = [b"\n".join(lines[i:i + 500]) + b"\n" for i in range(0, len(lines), 500)]
-    with socket.create_connection(("127.0.0.1", server.tcp_port), timeout=120) as sock:
-        started = time.perf_counter()
-        for chunk in chunks:
-            sock.sendall(chunk)
-        sock.sendall(b"#!sync end\n")
-        reply = sock.makefile("rb").readline()
-        elapsed = time.perf_counter() - started
+    reply, elapsed = send_synced(server.tcp_port, chunks, timeout=120)
     assert reply.startswith(b"#!ack"), reply
     return len(lines) / elapsed
 

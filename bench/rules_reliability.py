@@ -33,6 +33,7 @@ from rulesutil import HOT, SECRET, WebhookReceiver, line, rules_file, serve, sig
 
 
 def outage(folder: Path, seconds: float, vms: int = 20) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
     with WebhookReceiver(SECRET.encode()) as hook:
         hook.down = True
         with serve(folder, rules_file(folder, hook.url, HOT % "")) as server:
@@ -62,6 +63,7 @@ def main() -> int:
     try:
         began = time.time()
         with WebhookReceiver(SECRET.encode(), delay=0.3) as hook:
+            (work / "kills").mkdir()
             results["sigkill"] = sigkill_rounds(work / "kills", hook, args.kills)
         results["sigkill"]["seconds"] = round(time.time() - began)
         print(json.dumps(results["sigkill"]), flush=True)
@@ -72,9 +74,11 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     kills = results["sigkill"]
     ok = not kills["lost"] and not kills["duplicated"] and not kills["chain_broken"]
-    print("\n%d SIGKILLs during delivery: %d transitions, %d lost, %d duplicated, %d resends caught "
-          "by the key [target 0 lost, 0 duplicated: %s]"
-          % (kills["rounds"], kills["transitions"], len(kills["lost"]), kills["duplicated"],
+    ok = ok and kills["transitions"] == kills["records"]
+    print("\n%d SIGKILLs during delivery: %d acknowledged records, %d transitions, %d lost, "
+          "%d duplicated, %d resends caught by the key [target 0 lost, 0 duplicated: %s]"
+          % (kills["rounds"], kills["records"], kills["transitions"], len(kills["lost"]),
+             kills["duplicated"],
              kills["repeats_caught_by_key"], "met" if ok else "MISSED"))
     if "outage" in results:
         o = results["outage"]

@@ -164,16 +164,23 @@ def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
     body = HOT % "" + '[settings]\nretry_min = "0.2s"\nretry_max = "0.5s"\n'
     rules = rules_file(folder, hook.url, body)
     ts = int(time.time()) - 100
+    vms = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
     server = None
+    sent = 0
     for kill in range(rounds + 1):
         server = serve(folder, rules).start()
         try:
             for _ in range(6):
+                # Three VMs in turn, each flipping at each of its records: a VM's records are
+                # 0.75 s apart, never in one rules tick, so each must make a transition.
+                vm = vms[sent % 3]
+                cpu = 95.0 if (sent // 3) % 2 == 0 else 10.0
+                sent += 1
                 ts += 1
                 with server.tcp() as sock:
-                    sock.sendall(line("10.0.0.1", ts, 95.0 if ts % 2 else 10.0) + b"\n#!sync 1\n")
+                    sock.sendall(line(vm, ts, cpu) + b"\n#!sync 1\n")
                     sock.recv(100)
-                time.sleep(0.12)
+                time.sleep(0.25)
             if kill < rounds:
                 server.kill()
             else:
@@ -184,16 +191,20 @@ def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
     with hook.lock:
         keys = list(hook.keys)
     entries = [json.loads(x) for x in (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
-    events = sorted((e["event"] for e in entries if e["type"] == "event"), key=lambda e: e["seq"])
-    states = [e["to"] for e in events]
-    return {"rounds": rounds, "transitions": len(events),
+    events = [e["event"] for e in entries if e["type"] == "event"]
+    broken = 0
+    for vm in vms:
+        chain = sorted((e for e in events if e["scope"] == vm), key=lambda e: e["seq"])
+        states = [e["to"] for e in chain]
+        broken += ([e["seq"] for e in chain] != list(range(1, len(chain) + 1))
+                   or any(a == b for a, b in zip(states, states[1:], strict=False)))
+    return {"rounds": rounds, "records": sent, "transitions": len(events),
             "lost": sorted({e["key"] + ".hook" for e in events} - set(keys)),
-            # A transition decided twice (two keys for one step of the chain), or a POST that the
+            # A transition decided twice (two keys for one step of a chain), or a POST that the
             # log never held: what a key-honouring receiver could not catch.
-            "duplicated": len(events) - len({e["seq"] for e in events})
+            "duplicated": len(events) - len({(e["scope"], e["seq"]) for e in events})
             + len(set(keys) - {e["key"] + ".hook" for e in events}),
             # The same key POSTed again after a kill: caught by the receiver's key check.
             "posts": len(keys), "repeats_caught_by_key": len(keys) - len(set(keys)),
             "resent": sum(1 for e in entries if e["type"] == "attempt" and e["n"] > 1),
-            "chain_broken": int([e["seq"] for e in events] != list(range(1, len(events) + 1))
-                                or any(a == b for a, b in zip(states, states[1:], strict=False)))}
+            "chain_broken": broken}

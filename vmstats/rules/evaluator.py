@@ -364,8 +364,8 @@ class Engine:
                         and now - series.last_arrival >= rule.silent_after):
                     self._transition(rs, series, "silent", now, None)
                     continue
-                if series.state == "silent":
-                    continue
+                if series.state == "silent" or series.first == RESTORED:
+                    continue  # restored: its clock and periods are known from its next record
                 # The VM's current period on its clock; a record for period p may arrive in p + 1.
                 due = int((now - series.offset) // rule.period) - 2
                 if due > series.end:

@@ -38,13 +38,18 @@ def chunks(data: bytes, size: int = CHUNK_BYTES):
         start = cut
 
 
-def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics) -> int:
-    """Write every leftover segment's records to the logs; returns the records replayed."""
+def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, observe=None) -> int:
+    """Write every leftover segment's records to the logs; returns the records replayed.
+
+    ``observe`` (the live rules' intake) sees them too: a record acknowledged
+    just before a crash still gets the transition it would have caused.
+    """
     if not journal.leftover:
         return 0
     started = time.monotonic()
     scratch = Buffer(Metrics(), _NO_LIMIT, _NO_LIMIT)
     ingest = Ingest(scratch, scratch.metrics, _NO_LIMIT, 0)
+    ingest.observe = observe
     replayed = appended = 0
     kept = []
     for number, path in journal.leftover:

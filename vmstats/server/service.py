@@ -163,7 +163,8 @@ class Aggregator(service.MultiService):
             if memory is not None:
                 memory.restore(self.journal.leftover)
                 memory.start()  # before replay: it retires segments, the marks go first
-            replay(self.journal, self.config.data_dir, self.buffer, self.metrics)
+            replay(self.journal, self.config.data_dir, self.buffer, self.metrics,
+                   self.ingest.observe)
         else:
             if memory is not None:
                 memory.restore([])
