@@ -3,7 +3,7 @@
 Ticks of ``TICK`` seconds (further apart under a flood, see ``BUDGET``)
 feed what the reactor filed to the engine and hand its events to the
 dispatcher (logged, then sent), so a record's transition is on its way well
-within a second of its arrival; a sweep each ``SWEEP``
+within a second of its arrival; a sweep each quarter of the shortest period
 seconds (shorter when a rule's silence or period is short) lets time speak.
 A reload (SIGHUP) reads the file again: a bad file is reported problem by
 problem and the rules in force stay.
@@ -14,7 +14,7 @@ import os
 import time
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from vmstats.rules.actionlog import ActionLog
 from vmstats.rules.config import RulesError, RuleSet, load_rules
@@ -27,11 +27,13 @@ TICK = 0.1
 #: Under a flood, the rules' share of the reactor: the next tick waits this many times as
 #: long as the last one took (each tick's work is one record per VM whatever arrived, so
 #: ticks further apart cost less per record while ingest keeps its pace).
-BUDGET = 0.05
+BUDGET = 0.03
 #: ... but never further apart than this: a slow tick (the first sight of a fleet, whose
 #: rule routes are worked out once) must not hold the next one back for long.
-MAX_GAP = 1.0
-SWEEP = 1.0
+MAX_GAP = 2.0
+#: The sweep runs a quarter of the shortest period, silence or hold apart, within these bounds.
+SWEEP_MIN = 0.1
+SWEEP_MAX = 5.0
 STATE_NAMES = ("ok", "alarm", "insufficient-data", "silent")
 
 
@@ -55,8 +57,7 @@ class RulesService(service.Service):
         self.reloads = 0
         self.reload_failures = 0
         self._next_tick = None
-        self._sweep = task.LoopingCall(self.sweep)
-        self._sweep.clock = reactor
+        self._next_sweep = None
 
     # -- the ingest's side -----------------------------------------------------------------------
     @property
@@ -78,28 +79,27 @@ class RulesService(service.Service):
         service.Service.startService(self)
         self.dispatcher.resume(list(state.pending.values()))
         self._next_tick = self.reactor.callLater(TICK, self.tick)
-        self._sweep.start(self._sweep_interval(), now=False)
+        self._next_sweep = self.reactor.callLater(self._sweep_interval(), self.sweep)
         log.info("rules: %d loaded from %s; action log %s", len(self.ruleset.rules), self.path,
                  self.log.path)
 
     def _sweep_interval(self) -> float:
-        shortest = [SWEEP]
+        shortest = [SWEEP_MAX]
         for rule in self.ruleset.rules:
             shortest.append(rule.period / 4)
             if rule.silent_after:
                 shortest.append(rule.silent_after / 4)
             if rule.hold:
                 shortest.append(rule.hold / 4)
-        return max(TICK, min(shortest))
+        return max(SWEEP_MIN, min(shortest))
 
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
-        if self._sweep.running:
-            self._sweep.stop()
-        if self._next_tick is not None and self._next_tick.active():
-            self._next_tick.cancel()
-        self._next_tick = None
+        for call in (self._next_tick, self._next_sweep):
+            if call is not None and call.active():
+                call.cancel()
+        self._next_tick = self._next_sweep = None
         self.engine.process()  # what the drain filed still reaches the log
         self._submit()
         yield self.log.idle()
@@ -119,8 +119,15 @@ class RulesService(service.Service):
                 self._next_tick = self.reactor.callLater(gap, self.tick)
 
     def sweep(self) -> None:
-        self.engine.sweep()
-        self._submit()
+        began = time.perf_counter()
+        try:
+            self.engine.sweep()
+            self._submit()
+        finally:
+            took = time.perf_counter() - began
+            if self.running:  # a sweep over many scopes spaces the next one out (BUDGET)
+                self._next_sweep = self.reactor.callLater(
+                    max(self._sweep_interval(), took / BUDGET), self.sweep)
 
     def _submit(self) -> None:
         events = self.engine.take()
@@ -143,9 +150,6 @@ class RulesService(service.Service):
         s = ruleset.settings
         self.dispatcher.retry_for, self.dispatcher.retry_min = s.retry_for, s.retry_min
         self.dispatcher.retry_max = s.retry_max
-        if self._sweep.running:
-            self._sweep.stop()
-            self._sweep.start(self._sweep_interval(), now=False)
         self.reloads += 1
         log.info("rules reloaded from %s: %d rules, %d unchanged kept their state", self.path,
                  len(ruleset.rules), len(kept))
