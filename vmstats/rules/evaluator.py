@@ -159,10 +159,14 @@ class Engine:
             self._rows = [row for _ts, row in latest.values()]
 
     # -- ticks -----------------------------------------------------------------------------------
-    def process(self) -> None:
-        """Feed what arrived since the last tick to the rules (the latest record per VM)."""
+    def process(self) -> int:
+        """Feed what arrived since the last tick to the rules (the latest record per VM).
+
+        Returns how many records had arrived (the service spaces ticks out under a flood).
+        """
         if not self._vms:
-            return
+            return 0
+        taken = len(self._vms)
         now = self.clock()
         latest = dict(zip(self._vms, zip(self._tss, self._rows, strict=True), strict=True))
         self._vms, self._tss, self._rows = [], [], []
@@ -194,6 +198,7 @@ class Engine:
         for rs in rules:
             if rs.dirty:
                 self._group(rs, now)
+        return taken
 
     def _vm_record(self, rs: RuleState, vm: str, ts: int, value, now: float) -> None:
         rule = rs.rule
