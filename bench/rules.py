@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import send_synced  # noqa: E402
+from ingest import cpu_seconds, send_synced  # noqa: E402
 from rulesutil import WebhookReceiver  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 
@@ -139,11 +139,14 @@ def flood_chunks(count: int) -> list[bytes]:
     return [b"\n".join(lines[i:i + 500]) + b"\n" for i in range(0, len(lines), 500)]
 
 
-def flood(server: ServerProcess, chunks: list[bytes]) -> float:
-    """Records/s over one TCP connection, timed to the acknowledgement of the last batch."""
+def flood(server: ServerProcess, chunks: list[bytes]) -> tuple[float, float]:
+    """(records/s over one TCP connection, timed to the last batch's acknowledgement,
+    the server's CPU microseconds per record over that time, its processes together)."""
+    count = sum(chunk.count(b"\n") for chunk in chunks)
+    cpu = cpu_seconds(server.pid)
     reply, elapsed = send_synced(server.tcp_port, chunks, timeout=120)
     assert reply.startswith(b"#!ack"), reply
-    return sum(chunk.count(b"\n") for chunk in chunks) / elapsed
+    return count / elapsed, (cpu_seconds(server.pid) - cpu) / count * 1e6
 
 
 def main() -> int:
@@ -172,14 +175,18 @@ def main() -> int:
                 results["latency"] = latency_phase(with_rules, hook, args.minute, periods)
                 print(json.dumps(results["latency"]), flush=True)
                 rates: dict[str, list[float]] = {"without": [], "with": []}
+                cpu: dict[str, list[float]] = {"without": [], "with": []}
                 for turn in range(rounds):
                     chunks = flood_chunks(args.flood)  # the same records for both, in turn
                     order = [("without", without), ("with", with_rules)]
                     for name, server in order if turn % 2 == 0 else order[::-1]:
-                        rates[name].append(flood(server, chunks))
+                        rate, us = flood(server, chunks)
+                        rates[name].append(rate)
+                        cpu[name].append(us)
                         time.sleep(1.0)
-                    print("ingest records/s: without %.0f, with 50 rules %.0f"
-                          % (rates["without"][-1], rates["with"][-1]), flush=True)
+                    print("ingest records/s: without %.0f (%.2f CPU us each), with 50 rules %.0f "
+                          "(%.2f)" % (rates["without"][-1], cpu["without"][-1], rates["with"][-1],
+                                      cpu["with"][-1]), flush=True)
                 evaluated = with_rules.metrics().get("vmstats_rule_evaluations_total", 0)
         results["ingest"] = {"records_per_flood": args.flood, "rounds": rounds,
                              "without": round(max(rates["without"])),
@@ -188,6 +195,8 @@ def main() -> int:
                              "median_with_rules": round(statistics.median(rates["with"])),
                              "rates_without": [round(r) for r in rates["without"]],
                              "rates_with_rules": [round(r) for r in rates["with"]],
+                             "cpu_us_without": round(statistics.median(cpu["without"]), 2),
+                             "cpu_us_with_rules": round(statistics.median(cpu["with"]), 2),
                              "rule_evaluations": int(evaluated)}
         results["ingest"]["ratio"] = round(results["ingest"]["with_rules"]
                                            / results["ingest"]["without"], 3)
@@ -200,9 +209,11 @@ def main() -> int:
           "(%d unmatched) [target p99 <= 1000 ms: %s]"
           % (latency["p50_ms"], latency["p99_ms"], latency["max_ms"],
              latency["transitions_expected"], latency["unmatched"], "met" if ok_latency else "MISSED"))
-    print("ingest with 50 rules: %d records/s vs %d without = %.1f %% [target >= 90 %%: %s]"
+    print("ingest with 50 rules: %d records/s vs %d without = %.1f %% [target >= 90 %%: %s]; "
+          "medians %d vs %d; server CPU per record (median) %.2f us with rules, %.2f without"
           % (ingest["with_rules"], ingest["without"], 100 * ingest["ratio"],
-             "met" if ok_ingest else "MISSED"))
+             "met" if ok_ingest else "MISSED", ingest["median_with_rules"],
+             ingest["median_without"], ingest["cpu_us_with_rules"], ingest["cpu_us_without"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0 if ok_latency and ok_ingest else 1
