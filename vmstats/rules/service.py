@@ -75,7 +75,6 @@ class RulesService(service.Service):
                                 event["at"], event["seq"])
         for (rule, direction), event in state.scaling.items():
             self.engine.restore_scaling(rule, event["fingerprint"], direction, event["at"])
-        self.dispatcher.counts.update({("replay", "delivered"): state.delivered})
         if state.pending:
             log.info("action log: %d deliveries left undelivered: sending them again",
                      len(state.pending))

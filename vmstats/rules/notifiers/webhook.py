@@ -41,9 +41,8 @@ def alertmanager_body(event: dict, receiver: str, key: str) -> bytes:
     for name in ("value", "threshold", "members", "current", "desired", "delta", "placement"):
         if event.get(name) is not None:
             annotations[name] = str(event[name])
-    started = event.get("since", event["at"]) if firing else event.get("since", event["at"])
     alert = {"status": "firing" if firing else "resolved", "labels": labels,
-             "annotations": annotations, "startsAt": iso(started),
+             "annotations": annotations, "startsAt": iso(event.get("since", event["at"])),
              "endsAt": _NEVER if firing else iso(event["at"]), "generatorURL": "",
              "fingerprint": hashlib.sha256(("%s\0%s" % (event["rule"], event["scope"]))
                                            .encode("utf-8")).hexdigest()[:16]}
