@@ -26,7 +26,7 @@ from rulesutil import (
     serve,
     sigkill_rounds,
 )
-from serverproc import ServerError, ServerProcess
+from serverproc import STATUS_TOKEN, ServerError, ServerProcess
 
 
 class Mailbox:
@@ -256,3 +256,18 @@ def test_a_simulated_pool_rising_and_falling_scales_out_then_in(tmp_path):
     assert max(int(c["VMSTATS_DESIRED"]) for c in scales) >= 6  # 300 % of demand at 50 % each
     assert desired.read_text().strip() == "2"  # back at the minimum once the load fell
     assert "members 6" in run.stdout or "members 7" in run.stdout or "members 8" in run.stdout
+
+
+def test_alerts_names_vms_only_to_the_status_token(tmp_path):
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, HOT % "")) as server:
+            server.send_udp(line("10.0.0.7", int(time.time()), 99.0))
+            hook.wait(1)
+            anonymous = json.loads(server.http("/alerts", token=None))
+            assert "states" not in anonymous and "recent" not in anonymous
+            assert anonymous["counts"] == {"hot.alarm": 1} and "10.0.0.7" not in json.dumps(anonymous)
+            listing = subprocess.run(
+                [sys.executable, "-m", "vmstats", "alerts", "--url",
+                 "http://127.0.0.1:%d" % server.http_port, "--token", STATUS_TOKEN],
+                capture_output=True, text=True, check=True)
+            assert "1 scopes, 1 not ok" in listing.stdout and "10.0.0.7" in listing.stdout

@@ -41,14 +41,20 @@ def check(path: str, quiet: bool) -> None:
               show_default=True, help="The server's data dir (its action log is read).")
 @click.option("--url", default=None,
               help="Ask a running server instead, e.g. http://127.0.0.1:8898 (its /alerts).")
+@click.option("--token", envvar="VMSTATS_STATUS_TOKEN", default=None,
+              help="With --url: the server's --status-token (env VMSTATS_STATUS_TOKEN), for "
+                   "per-VM states and the log.")
 @click.option("--recent", type=click.IntRange(0), default=20, show_default=True,
               help="Log entries to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the /alerts shape).")
-def alerts(data_dir: str, url: str | None, recent: int, as_json: bool) -> None:
+def alerts(data_dir: str, url: str | None, token: str | None, recent: int, as_json: bool) -> None:
     """Current rule states (not ok first) and the action log's recent entries."""
     if url:
+        request = urllib.request.Request(url.rstrip("/") + "/alerts")
+        if token:
+            request.add_header("Authorization", "Bearer " + token)
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/alerts", timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 page = json.load(response)
         except (OSError, ValueError) as exc:
             raise click.ClickException("cannot read %s/alerts: %s" % (url.rstrip("/"), exc)) from None
@@ -57,6 +63,9 @@ def alerts(data_dir: str, url: str | None, recent: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(page, indent=1, sort_keys=True))
         return
+    if "states" not in page:
+        raise click.ClickException("the server gives per-VM states only with its status token "
+                                   "(--token)")
     states = page["states"]
     click.echo("%d scopes, %d not ok" % (len(states), sum(1 for s in states if s["state"] != "ok")))
     for s in states:

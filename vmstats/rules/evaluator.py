@@ -153,10 +153,14 @@ class Engine:
         self._tss += tss
         self._rows += rows
         if len(self._vms) > PENDING_CAP:  # a flood between ticks: keep the latest per VM only
-            latest = dict(zip(self._vms, zip(self._tss, self._rows, strict=True), strict=True))
+            latest = self._latest()
             self._vms = list(latest)
-            self._tss = [ts for ts, _row in latest.values()]
-            self._rows = [row for _ts, row in latest.values()]
+            self._tss = [self._tss[i] for i in latest.values()]
+            self._rows = [self._rows[i] for i in latest.values()]
+
+    def _latest(self) -> dict[str, int]:
+        """VM -> index of its last pending record (ints, not a million tuples for the GC)."""
+        return dict(zip(self._vms, range(len(self._vms)), strict=True))
 
     # -- ticks -----------------------------------------------------------------------------------
     def process(self) -> int:
@@ -168,17 +172,19 @@ class Engine:
             return 0
         taken = len(self._vms)
         now = self.clock()
-        latest = dict(zip(self._vms, zip(self._tss, self._rows, strict=True), strict=True))
+        latest = self._latest()
+        tss, rows = self._tss, self._rows
         self._vms, self._tss, self._rows = [], [], []
         oldest = now - self.settings.max_age
         rules = list(self.rules.values())
         by_tags = [rs for rs in rules if rs.rule.match.tags]
         routes = self._routes
-        for vm, (ts, row) in latest.items():
+        for vm, index in latest.items():
+            ts = tss[index]
             if ts < oldest:
                 self.history_skipped += 1
                 continue
-            fields, tags = metrics.values(row)
+            fields, tags = metrics.values(rows[index])
             route = routes.get(vm)
             if route is None:
                 address = parse_address(vm)

@@ -161,16 +161,26 @@ class RulesService(service.Service):
         return True
 
     # -- reading ---------------------------------------------------------------------------------
-    def alerts(self) -> dict:
-        """What /alerts serves and ``vmstats alerts`` prints: states, then the recent log."""
+    def alerts(self, details: bool = True) -> dict:
+        """What /alerts serves and ``vmstats alerts`` prints: states, then the recent log.
+
+        Per-VM states and the log name VMs: like /status's details, they need the status
+        token (``details``); the counts by rule and state do not.
+        """
         engine = self.engine
-        return {"rules": [{"name": r.name, "scope": r.scope, "metric": r.metric,
+        page = {"rules": [{"name": r.name, "scope": r.scope, "metric": r.metric,
                            "actions": list(r.actions)} for r in self.ruleset.rules],
-                "states": engine.states(1000),
-                "recent": list(self.log.recent),
+                "counts": {"%s.%s" % key: n for key, n in sorted(engine.state_counts().items()) if n},
                 "deliveries": {"pending": len(self.dispatcher.pending),
                                **{"%s.%s" % key: n for key, n in sorted(self.dispatcher.counts.items())}},
                 "series": engine.size, "series_refused": engine.refused}
+        if details:
+            page["states"] = engine.states(1000)
+            page["recent"] = list(self.log.recent)
+        else:
+            page["details"] = ("send 'Authorization: Bearer <token>' (--status-token) for the "
+                               "per-VM states and the action log")
+        return page
 
     def summary(self) -> str:
         """The exit summary's line: what the rules decided and what is still to deliver."""
