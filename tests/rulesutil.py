@@ -19,9 +19,10 @@ from vmstats import logstore
 from vmstats.protocol import Record, encode_record
 
 
-def row(cpu: float, mem: float = 50.0, host: str | None = None, **fields) -> bytes:
+def row(cpu: float, mem: float = 50.0, host: str | None = None, tags=None, **fields) -> bytes:
     """A held row (the buffer's form of a record) with these figures."""
-    return logstore.format_tail(Record(vm="x", ts=0, cpu=cpu, mem=mem, host=host, **fields))
+    return logstore.format_tail(Record(vm="x", ts=0, cpu=cpu, mem=mem, host=host, tags=tags,
+                                       **fields))
 
 
 def line(vm: str, ts: int, cpu: float, mem: float = 50.0, host: str | None = None) -> bytes:

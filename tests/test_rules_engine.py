@@ -141,6 +141,17 @@ def test_group_scopes_and_aggregates():
     assert aggregate("mean", [], None) is None
 
 
+def test_extra_tags_choose_a_group():
+    clock = Clock()
+    eng = engine([{"name": "web", "scope": "group", "metric": "cpu", "aggregate": "max",
+                   "enter": 90, "match": {"tags": {"project": "web*", "host": "r1"}}}], clock)
+    eng.observe(["a", "b", "c"], [int(clock.now)] * 3,
+                [row(95, host="r1", tags=(("owner", "ops"), ("project", "web-shop"))),
+                 row(99, host="r2", tags=(("project", "web"),)), row(99, host="r1")])
+    eng.process()
+    assert [(e["to"], e["value"], e["members"]) for e in eng.take()] == [("alarm", 95.0, 1)]
+
+
 def test_target_tracking_formula_tolerance_and_clamp():
     rules = parse_rules({"rule": [{"name": "p", "scope": "group", "metric": "cpu",
                                    "scale": {"target": 60, "min": 2, "max": 8}}]})

@@ -12,12 +12,14 @@ import ast
 import math
 
 from vmstats import logstore
-from vmstats.protocol import FIELD_NAMES
+from vmstats.protocol import FIELD_NAMES, parse_tags
 
 #: Position of each field and tag in a held row (the log row without ``ts,``).
 _TAIL = logstore.COLUMNS[1:]
 FIELD_INDEX = {name: _TAIL.index(name) for name in FIELD_NAMES if name != "seq"}
-TAG_INDEX = {name: i for i, name in enumerate(_TAIL) if name not in FIELD_NAMES}
+_HOST = _TAIL.index("host")
+#: The cell of the extra tags (``project=web;owner=ops``), absent from a row without them.
+_TAGS = _TAIL.index("tags")
 
 #: Derived figures: name -> (what it is, function of the record's fields).
 DERIVED = {
@@ -49,11 +51,20 @@ def _per(a, b):
 
 
 def values(row: bytes) -> tuple[dict, dict]:
-    """(fields, tags) of a held row; an empty cell is None (unknown), never 0."""
+    """(fields, tags) of a held row; an empty cell is None (unknown), never 0.
+
+    The tags are ``host`` and the extra tags (``project``, ``owner``, ...), by name.
+    """
     cells = row.split(b",")
     fields = {name: float(cells[i]) if cells[i] else None for name, i in FIELD_INDEX.items()}
-    tags = {name: cells[i].decode("utf-8", "replace") for name, i in TAG_INDEX.items()
-            if i < len(cells) and cells[i]}
+    tags = {}
+    if len(cells) > _TAGS and cells[_TAGS]:
+        try:
+            tags = dict(parse_tags(cells[_TAGS].decode("utf-8"), logstore.TAGS_SEPARATOR))
+        except (ValueError, UnicodeError):
+            tags = {}
+    if cells[_HOST]:
+        tags["host"] = cells[_HOST].decode("utf-8", "replace")
     return fields, tags
 
 
