@@ -288,3 +288,27 @@ def test_an_excluded_quiet_vm_is_not_a_missed_saving(backtest, tmp_path):
     assert {vm: r["outcome"] for vm, r in again.items() if vm != "missed"} == {
         vm: r["outcome"] for vm, r in rows.items() if vm != "missed"
     }
+
+
+def test_a_fifo_or_folder_in_a_judged_day_file_is_named_not_fatal(backtest, tmp_path):
+    """Damage in the judging window ends nothing: the file is named and the rest judged."""
+    import os
+    import shutil
+
+    _history_, out, _stdout, _doc, rows = backtest
+    data = tmp_path / "data"
+    shutil.copytree(out.parent / "data", data)
+    judged = sorted((data / "vms" / "idle").glob("*.csv"))[-3:-1]
+    for path in judged:
+        path.unlink()
+    os.mkfifo(judged[0])
+    judged[1].mkdir()
+    done = vmstats("backtest", data, "-o", tmp_path / "out", "--policy", out.parent / "policy.toml")
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "out" / "backtest.json").read_text())
+    assert sorted(Path(item["path"]).name for item in document["skipped_files"]) == sorted(
+        p.name for p in judged
+    )
+    assert "skipped 2 unreadable day file(s)" in done.stdout
+    again = {r["vm"]: r for r in document["vms"]}
+    assert {vm: r["outcome"] for vm, r in again.items()} == {vm: r["outcome"] for vm, r in rows.items()}

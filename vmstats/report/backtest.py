@@ -117,6 +117,8 @@ class Backtest:
     decision: Report
     rows: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
+    #: Day files that could not be read while judging, each ``{"path", "why"}``.
+    skipped_files: list[dict[str, str]] = field(default_factory=list)
 
 
 def choose_windows(
@@ -175,9 +177,10 @@ def run(
         workers=workers,
     )
     vms = [row["vm"] for row in decision.rows]
-    activity = _activity(units, vms, windows, decision, rules)
+    skipped: list[dict[str, str]] = []
+    activity = _activity(units, vms, windows, decision, rules, skipped)
     rows = [_judge(row, *activity[row["vm"]], rules) for row in decision.rows]
-    result = Backtest(windows, rules, decision, rows)
+    result = Backtest(windows, rules, decision, rows, skipped_files=skipped)
     result.summary = summarise(rows, decision.meta["prices"]["currency"])
     return result
 
@@ -185,8 +188,14 @@ def run(
 # -- reading and measuring ------------------------------------------------------------------------
 
 
-def _activity(units, vms, windows: Windows, decision: Report, rules: JudgingRules) -> dict[str, tuple]:
-    """Per VM: (deciding Activity, judging Activity, overrun share, off-hours finding)."""
+def _activity(units, vms, windows: Windows, decision: Report, rules: JudgingRules,
+              skipped: list[dict[str, str]]) -> dict[str, tuple]:
+    """Per VM: (deciding Activity, judging Activity, overrun share, off-hours finding).
+
+    A day file that cannot be read (a folder or FIFO in its place, gone, no
+    permission) adds no records and is appended to ``skipped``, so a damaged
+    judging window is named rather than ending the backtest.
+    """
     by_vm: dict[str, list[tuple[int, list[str]]]] = {}
     for (vm, day), paths in units.items():
         if windows.decide_first <= day <= windows.judge_last:
@@ -200,7 +209,10 @@ def _activity(units, vms, windows: Windows, decision: Report, rules: JudgingRule
             for _day, day_paths in sorted(by_vm.get(vm, [])):
                 paths += day_paths
                 owner += [k] * len(day_paths)
-        for vm, series in zip(chunk, _read_series(paths, owner, len(chunk)), strict=True):
+        errors: dict[int, str] = {}
+        series_of = _read_series(paths, owner, len(chunk), errors)
+        skipped += [{"path": paths[i], "why": why} for i, why in sorted(errors.items())]
+        for vm, series in zip(chunk, series_of, strict=True):
             row = rows[vm]
             decide = measure(series, windows.decide_first, windows.decide_last, rules)
             judge = measure(series, windows.judge_first, windows.judge_last, rules)
@@ -214,9 +226,9 @@ def _activity(units, vms, windows: Windows, decision: Report, rules: JudgingRule
     return out
 
 
-def _read_series(paths: list[str], owner: list[int], vms: int) -> list["Series"]:
+def _read_series(paths: list[str], owner: list[int], vms: int, errors: dict[int, str]) -> list["Series"]:
     """The records of ``vms`` VMs from their files (``owner``: the VM of each path)."""
-    frame, _bad = logstore.read_columns(paths, _COLUMNS, as_float=True)
+    frame, _bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
     if not len(frame):
         empty = np.zeros(0)
         return [Series(np.zeros(0, np.int64), {name: empty for name in _COLUMNS[1:]}) for _ in range(vms)]

@@ -86,6 +86,7 @@ def document(result: Backtest) -> dict[str, Any]:
             "prices": meta["prices"],
             "totals": meta["totals"],
         },
+        "skipped_files": result.skipped_files,
         "outcomes": OUTCOMES,
         "columns": list(BACKTEST_COLUMNS),
         "vms": [{c: row.get(c) for c in BACKTEST_COLUMNS} for row in ordered(result)],
@@ -183,5 +184,12 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
                 % (row["vm"][:22], row["category"][:9], row["outcome"], row["detail"][:70]),
                 file=stream,
             )
+    if result.skipped_files:
+        print("", file=stream)
+        print("skipped %d unreadable day file(s) while judging:" % len(result.skipped_files), file=stream)
+        for item in result.skipped_files[:top]:
+            print("  %s: %s" % (item["path"], item["why"]), file=stream)
+        if len(result.skipped_files) > top:
+            print("  ... and %d more (backtest.json)" % (len(result.skipped_files) - top), file=stream)
     print("", file=stream)
     print("written: %s" % ", ".join(os.path.join(out_dir, n) for n in FILES), file=stream)
