@@ -173,3 +173,18 @@ def test_broken_files_keep_what_was_readable_or_fail_readably(tmp_path):
                     b"web1,inf,1,2\nweb1,1714521720,1,2\n")
     trace = read_trace(str(odd), "csv")
     assert [r.ts for r in trace] == [1714521600, 1714521720] and trace.quirks["bad_row"] == 2
+
+
+def test_a_trace_folder_as_published_replays_without_its_papers(tmp_path):
+    """A published trace folder carries a README, a MANIFEST and a licence beside the data."""
+    folder = tmp_path / "trace"
+    folder.mkdir()
+    data = (DATA / "bitbrains" / "410.csv.gz").read_bytes()
+    (folder / "410.csv.gz").write_bytes(data)
+    (folder / "MANIFEST.tsv").write_text("file\tsha256\n410.csv.gz\t0\n")
+    (folder / "README.md").write_text("# a trace\n")
+    (folder / "LICENSE").write_text("terms\n")
+    assert [Path(p).name for p in traces.find_trace_files([str(folder)])] == ["410.csv.gz"]
+    # Named on the command line, a file is read whatever its name, and refused readably.
+    with pytest.raises(TraceError, match="not a bitbrains file"):
+        [record for trace in read_traces([str(folder / "MANIFEST.tsv")], "bitbrains") for record in trace]

@@ -416,15 +416,24 @@ def read_trace(path: str, fmt: str, **options) -> Trace:
     return Trace(path, fmt, **options)
 
 
+#: Names (lower case) of the files beside a trace's data that are not data.
+_NOT_TRACES = ("readme", "manifest", "license")
+
+
 def find_trace_files(paths: Iterable[str]) -> list[str]:
-    """Expand folders (recursively, sorted) into trace files; hidden files and READMEs are skipped."""
+    """Expand folders (recursively, sorted) into trace files.
+
+    Hidden files and the papers that travel with a published trace (README,
+    MANIFEST, LICENSE) are skipped, so a trace folder can be replayed as it
+    was downloaded; a file named on the command line is always read.
+    """
     found = []
     for path in paths:
         if os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(files):
-                    if name.startswith(".") or name.lower().startswith("readme"):
+                    if name.startswith(".") or name.lower().startswith(_NOT_TRACES):
                         continue
                     found.append(os.path.join(root, name))
         elif os.path.isfile(path):
