@@ -79,8 +79,11 @@ def test_metrics_and_status_agree_with_what_was_sent(tmp_path):
     t = now() - 300
     with serve(tmp_path, "--flush-interval", "60") as server:
         server.send_udp(b"\n".join(line(Record(vm="10.7.0.%d" % i, ts=t, cpu=1.0, mem=2.0,
-                                                 seq=i)) for i in range(1, 4)),
-                        b"vmstats,vm=10.7.0.1 cpu=1,mem=2,seq=9i %d" % (t + 60),  # 5 lost
+                                                 seq=i)) for i in range(1, 4)))
+        # Datagrams may be parsed by different parser processes, so they are
+        # filed in no set order: the gap is sent once seq 1 has been filed.
+        server.wait_received(3)
+        server.send_udp(b"vmstats,vm=10.7.0.1 cpu=1,mem=2,seq=9i %d" % (t + 60),  # 7 lost
                         b"vmstats,vm=10.7.0.9 cpu=200,mem=1 %d" % t)
         metrics = server.wait_received(5)
         status = server.status_json()
