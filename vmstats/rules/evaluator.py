@@ -32,8 +32,6 @@ from vmstats.rules.config import Rule, RuleSet, parse_address
 GROUP = "group"
 #: ``first`` of a scope restored from the action log, until its first record sets it.
 RESTORED = 1 << 62
-#: Records waiting for a tick beyond which only each VM's latest is kept.
-PENDING_CAP = 500_000
 
 
 class Series:
@@ -91,9 +89,11 @@ class Engine:
         self.transitions = 0
         self.history_skipped = 0
         self.size = 0
-        self._vms: list = []
-        self._tss: list = []
-        self._rows: list = []
+        #: Each VM's latest record since the last tick (vm -> timestamp, vm -> row), and how
+        #: many records arrived: a tick reads only the latest per VM, so nothing older is kept.
+        self._tss: dict[str, int] = {}
+        self._rows: dict = {}
+        self._taken = 0
         #: vm -> the rules (without tag conditions) whose scope takes it; rebuilt on a reload.
         self._routes: dict[str, list[RuleState]] = {}
         self.load(ruleset)
@@ -148,19 +148,14 @@ class Engine:
 
     # -- the receive path's side -----------------------------------------------------------------
     def observe(self, vms: list, tss: list, rows: list) -> None:
-        """Take one payload's filed columns (called by the ingest for every payload)."""
-        self._vms += vms
-        self._tss += tss
-        self._rows += rows
-        if len(self._vms) > PENDING_CAP:  # a flood between ticks: keep the latest per VM only
-            latest = self._latest()
-            self._vms = list(latest)
-            self._tss = [self._tss[i] for i in latest.values()]
-            self._rows = [self._rows[i] for i in latest.values()]
+        """Take one payload's filed columns (called by the ingest for every payload).
 
-    def _latest(self) -> dict[str, int]:
-        """VM -> index of its last pending record (ints, not a million tuples for the GC)."""
-        return dict(zip(self._vms, range(len(self._vms)), strict=True))
+        Two dict updates keep each VM's latest record: the dicts are as large as the fleet,
+        not as the flood between two ticks, and no row is held past its VM's next record.
+        """
+        self._tss.update(zip(vms, tss, strict=True))
+        self._rows.update(zip(vms, rows, strict=True))
+        self._taken += len(vms)
 
     # -- ticks -----------------------------------------------------------------------------------
     def process(self) -> int:
@@ -168,23 +163,22 @@ class Engine:
 
         Returns how many records had arrived (the service spaces ticks out under a flood).
         """
-        if not self._vms:
+        taken = self._taken
+        if not taken:
             return 0
-        taken = len(self._vms)
         now = self.clock()
-        latest = self._latest()
-        tss, rows = self._tss, self._rows
-        self._vms, self._tss, self._rows = [], [], []
+        tss, latest = self._tss, self._rows
+        self._tss, self._rows, self._taken = {}, {}, 0
         oldest = now - self.settings.max_age
         rules = list(self.rules.values())
         by_tags = [rs for rs in rules if rs.rule.match.tags]
         routes = self._routes
-        for vm, index in latest.items():
-            ts = tss[index]
+        for vm, row in latest.items():
+            ts = tss[vm]
             if ts < oldest:
                 self.history_skipped += 1
                 continue
-            fields, tags = metrics.values(rows[index])
+            fields, tags = metrics.values(row)
             route = routes.get(vm)
             if route is None:
                 address = parse_address(vm)
