@@ -1,9 +1,9 @@
 """Rule evaluation and state: every rule kind's transitions decided in one place.
 
-The receive path hands over each payload's columns (``observe``: three list
-extends, no parsing, no I/O).  Each tick the engine keeps the latest record
-per VM from what arrived, reads its figures once, and feeds every rule whose
-scope takes the VM: a per-VM rule files the value under its period and
+The receive path hands over each payload's columns (``observe``: two dict
+updates that keep each VM's latest record, no parsing, no I/O).  Each tick
+the engine takes those latest records, reads their figures once, and feeds
+every rule whose scope takes the VM: a per-VM rule files the value under its period and
 decides that VM's state; a group rule updates its member's value and
 decides the group's state (and scaling) once for the tick.  A slower sweep
 finds what only time reveals: periods that passed without data, VMs that
