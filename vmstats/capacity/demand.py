@@ -1,0 +1,357 @@
+"""Demand per host: the member VMs' minute-by-minute use summed, then a high percentile.
+
+Summing first and taking the percentile after is the point: two VMs busy at
+the same minutes need room for both peaks at once, while two whose peaks never
+meet share it.  A VM's demand in a minute is ``cpu % x vCPUs`` (cores) and
+``mem % x size`` (GB).  Where a record lacks a measurement its allocation
+counts (the whole size), where a minute has no record at all the VM's own
+level fills it (its percentile over the minutes it was seen), so a gap never
+reads as idle; and a host whose VMs were seen in fewer than ``coverage_min``
+of the minutes they should have been is reported unknown, never free.
+
+The computation (host_demand) is pure: VM series and an inventory in, host
+demand out, so tests and backtests can feed it constructed series.  The
+reading of logs (reader.py) is the report's own (report/load.py, logstore).
+"""
+
+import math
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vmstats.capacity.errors import CapacityError
+from vmstats.capacity.inventory import Host, Inventory
+
+MINUTE = 60
+DAY_MINUTES = 1440
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How demand is judged.  docs/CAPACITY.md explains each."""
+
+    #: Percentile of the host's summed demand over the window (100: the maximum).
+    percentile: float = 99.0
+    #: Share of expected VM-minutes a host's VMs must have been seen in; below it: unknown.
+    coverage_min: float = 0.8
+    #: Days of history (whole UTC days ending with the latest record's day).
+    days: int = 14
+    #: Days ahead a rising trend is projected (demand = level + slope x horizon); 0: none.
+    horizon_days: float = 7.0
+    #: A VM silent this long before the window's end is stopped: no demand, still allocated.
+    stopped_after_hours: float = 24.0
+
+    def describe(self) -> str:
+        return "%s over %d days, coverage gate %g%%" % (
+            percentile_name(self.percentile),
+            self.days,
+            self.coverage_min * 100,
+        )
+
+
+def parse_percentile(text: str | float) -> float:
+    """``p99``, ``p95``, ``max`` or a number (0 < p <= 100) as a percentile."""
+    value = str(text).strip().lower()
+    if value == "max":
+        return 100.0
+    try:
+        number = float(value[1:] if value.startswith("p") else value)
+    except ValueError:
+        raise CapacityError("percentile %r: expected p99, p95, max or a number" % text) from None
+    if not 0 < number <= 100:
+        raise CapacityError("percentile %r: must be above 0 and at most 100" % text)
+    return number
+
+
+def percentile_name(p: float) -> str:
+    return "max" if p >= 100 else "p%g" % p
+
+
+def level(series: np.ndarray, p: float) -> float:
+    """The ``p`` percentile of ``series`` as one of its own values (never interpolated down)."""
+    if not len(series):
+        return 0.0
+    if p >= 100:
+        return float(np.max(series))
+    return float(np.percentile(series, p, method="higher"))
+
+
+@dataclass(frozen=True)
+class Window:
+    """The minutes judged: ``minutes`` one-minute slots from ``start_ts`` (a whole minute)."""
+
+    start_ts: int
+    minutes: int
+
+    @property
+    def end_ts(self) -> int:
+        return self.start_ts + (self.minutes - 1) * MINUTE
+
+    def describe(self) -> dict:
+        from vmstats.report.build import iso
+
+        return {"start": iso(self.start_ts), "end": iso(self.end_ts), "minutes": self.minutes}
+
+
+@dataclass
+class VmUse:
+    """One VM's window: its latest labels and size, and its use per minute of the window.
+
+    ``seen`` marks minutes with a record; ``cpu`` (cores) and ``mem`` (GB) are
+    NaN where there was no record or the record did not measure that.
+    ``since_start`` is True when the VM had records before the window (it was
+    expected from the window's start, not from its first record inside).
+    """
+
+    vm: str
+    host_tag: str | None
+    vcpus: float
+    mem_gb: float
+    seen: np.ndarray
+    cpu: np.ndarray
+    mem: np.ndarray
+    since_start: bool = False
+
+
+@dataclass
+class VmDemand:
+    """A VM as its host counts it (see fill())."""
+
+    vm: str
+    host: str | None
+    vcpus: float
+    mem_gb: float
+    cpu: np.ndarray | None  # cores per minute, gaps filled; None when stopped
+    mem: np.ndarray | None
+    covered: int  # minutes with a record whose use is known (measured, or its size)
+    expected: int  # minutes it should have been seen in
+    stopped: bool = False
+    by_allocation: tuple[str, ...] = ()  # "cpu" / "mem": some minutes counted at full size
+    size_unknown: bool = False
+
+
+def fill(use: VmUse, p: float, stopped_after_minutes: int) -> VmDemand:
+    """A VM's demand series with nothing left unknown, and what it rests on.
+
+    A record without a CPU or memory figure counts the VM's whole size for it
+    (memory is counted by allocation where it is not measured); a minute with
+    no record, after the VM's first, counts its own ``p`` level, so a gap is
+    never idle.  A VM silent for ``stopped_after_minutes`` before the window's
+    end is stopped: no demand (its allocation still counts).
+    """
+    minutes = len(use.seen)
+    seen_at = np.flatnonzero(use.seen)
+    if not len(seen_at) or minutes - 1 - seen_at[-1] >= stopped_after_minutes:
+        return VmDemand(use.vm, None, use.vcpus, use.mem_gb, None, None, 0, 0, stopped=True)
+    start = 0 if use.since_start else int(seen_at[0])
+    expected = minutes - start
+    cpu = use.cpu.astype(np.float64, copy=True)
+    mem = use.mem.astype(np.float64, copy=True)
+    by_allocation = []
+    for name, series, size in (("cpu", cpu, use.vcpus), ("mem", mem, use.mem_gb)):
+        blind = use.seen & np.isnan(series)
+        if blind.any() and not math.isnan(size):
+            series[blind] = size
+            by_allocation.append(name)
+    known = use.seen & ~np.isnan(cpu) & ~np.isnan(mem)
+    covered = int(known[start:].sum())
+    for series, size in ((cpu, use.vcpus), (mem, use.mem_gb)):
+        measured = series[known]
+        gap_value = level(measured, p) if len(measured) else (0.0 if math.isnan(size) else size)
+        gap = np.isnan(series)
+        gap[:start] = False
+        series[gap] = gap_value
+        series[:start] = 0.0
+        series[np.isnan(series)] = 0.0
+    size_unknown = math.isnan(use.vcpus) or math.isnan(use.mem_gb)
+    return VmDemand(
+        use.vm,
+        None,
+        use.vcpus,
+        use.mem_gb,
+        cpu,
+        mem,
+        covered,
+        expected,
+        by_allocation=tuple(by_allocation),
+        size_unknown=size_unknown,
+    )
+
+
+@dataclass
+class HostDemand:
+    """One host's demand, headroom and allocation; ``status`` "unknown" when below the gate.
+
+    ``cpu`` and ``mem`` (cores, GB per minute) are kept for placement with
+    series; ``cpu_level`` / ``mem_level`` are their percentile, ``*_trend``
+    the slope of the daily levels per week, ``*_demand`` the level plus a
+    rising trend over the horizon, ``*_headroom`` the usable capacity (less
+    reserve and buffer) less that demand.  ``alloc_*`` sum the members'
+    sizes (stopped ones too, as Nova does) against ``(total - reserved) x ratio``.
+    """
+
+    host: Host
+    vms: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    #: VMs the inventory names by exact id that sent nothing in the window: all their minutes missing.
+    silent: list[str] = field(default_factory=list)
+    by_allocation: list[str] = field(default_factory=list)
+    size_unknown: list[str] = field(default_factory=list)
+    covered: int = 0
+    expected: int = 0
+    cpu: np.ndarray | None = None
+    mem: np.ndarray | None = None
+    cpu_level: float = 0.0
+    mem_level: float = 0.0
+    cpu_trend: float = 0.0
+    mem_trend: float = 0.0
+    cpu_demand: float = 0.0
+    mem_demand: float = 0.0
+    allocated_vcpus: float = 0.0
+    allocated_mem_gb: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.expected if self.expected else 1.0
+
+    @property
+    def cpu_headroom(self) -> float:
+        return self.host.usable_vcpus - self.cpu_demand
+
+    @property
+    def mem_headroom(self) -> float:
+        return self.host.usable_mem_gb - self.mem_demand
+
+    def known(self, settings: Settings) -> bool:
+        """Enough of its VMs' minutes seen to say anything (an empty host is known empty)."""
+        return not self.size_unknown and self.coverage >= settings.coverage_min
+
+    def status(self, settings: Settings) -> str:
+        if not self.known(settings):
+            return "unknown"
+        return "empty" if not self.vms else "ok"
+
+
+@dataclass
+class FleetDemand:
+    """Every host's demand over one window, and the VMs no host claims."""
+
+    window: Window
+    settings: Settings
+    hosts: list[HostDemand]
+    unplaced: list[str]
+    source: str = ""
+
+    def host(self, name: str) -> HostDemand:
+        for entry in self.hosts:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+
+def host_demand(
+    inventory: Inventory,
+    vms: Iterable[VmUse],
+    window: Window,
+    settings: Settings,
+    removed: Collection[str] = (),
+) -> FleetDemand:
+    """Sum each host's member VMs minute by minute and take the percentile of the sum.
+
+    ``vms`` may be a generator (one VM's arrays at a time are held, plus one
+    pair of sums per host).  VMs in ``removed`` (the report's reclaim
+    candidates, for "after reclaiming") are left out of demand and allocation.
+    """
+    stopped_after = int(settings.stopped_after_hours * 60)
+    hosts = {h.name: HostDemand(h) for h in inventory.hosts}
+    unplaced = []
+    seen: set[str] = set()
+    for use in vms:
+        seen.add(use.vm)
+        if len(use.seen) != window.minutes:
+            raise ValueError("VM %s has %d minutes, the window %d" % (use.vm, len(use.seen), window.minutes))
+        if use.vm in removed:
+            continue
+        name = inventory.host_of(use.vm, use.host_tag)
+        if name is None:
+            unplaced.append(use.vm)
+            continue
+        entry = hosts[name]
+        vm = fill(use, settings.percentile, stopped_after)
+        if not math.isnan(vm.vcpus):
+            entry.allocated_vcpus += vm.vcpus
+        if not math.isnan(vm.mem_gb):
+            entry.allocated_mem_gb += vm.mem_gb
+        if vm.stopped:
+            entry.stopped.append(use.vm)
+            continue
+        add_vm(entry, vm)
+    for entry in hosts.values():
+        for vm in named_ids(entry.host):
+            if vm not in seen and vm not in removed and inventory.host_of(vm, None) == entry.name:
+                entry.silent.append(vm)
+                entry.expected += window.minutes
+        settle(entry, window, settings)
+    return FleetDemand(window, settings, list(hosts.values()), sorted(unplaced))
+
+
+def named_ids(host: Host) -> list[str]:
+    """The VMs a host's selectors name exactly (no glob, no network): they should report."""
+    return [p for p in host.patterns if not any(c in p for c in "*?[")]
+
+
+def add_vm(entry: HostDemand, vm: VmDemand) -> None:
+    """Add a running VM's filled series to its host's sums."""
+    entry.vms.append(vm.vm)
+    if vm.by_allocation:
+        entry.by_allocation.append(vm.vm)
+    if vm.size_unknown:
+        entry.size_unknown.append(vm.vm)
+    entry.covered += vm.covered
+    entry.expected += vm.expected
+    if entry.cpu is None:
+        entry.cpu, entry.mem = vm.cpu.copy(), vm.mem.copy()
+    else:
+        entry.cpu += vm.cpu
+        entry.mem += vm.mem
+
+
+def settle(entry: HostDemand, window: Window, settings: Settings) -> None:
+    """Levels, trends and demand of a host whose sums are complete."""
+    if entry.cpu is None:
+        entry.cpu = np.zeros(window.minutes)
+        entry.mem = np.zeros(window.minutes)
+    p = settings.percentile
+    entry.cpu_level, entry.mem_level = level(entry.cpu, p), level(entry.mem, p)
+    entry.cpu_trend = trend(entry.cpu, window, p)
+    entry.mem_trend = trend(entry.mem, window, p)
+    ahead = settings.horizon_days / 7.0
+    entry.cpu_demand = entry.cpu_level + max(0.0, entry.cpu_trend) * ahead
+    entry.mem_demand = entry.mem_level + max(0.0, entry.mem_trend) * ahead
+
+
+#: Days of data a trend needs: two points always make a line, three begin to be one.
+TREND_MIN_DAYS = 3
+
+
+def trend(series: np.ndarray, window: Window, p: float) -> float:
+    """Slope per week of the daily ``p`` levels (UTC days, only days at least half in the window)."""
+    offset = (window.start_ts // MINUTE) % DAY_MINUTES
+    day = (np.arange(len(series)) + offset) // DAY_MINUTES
+    days, starts = np.unique(day, return_index=True)
+    bounds = list(starts) + [len(series)]
+    xs, ys = [], []
+    for i, d in enumerate(days):
+        part = series[bounds[i] : bounds[i + 1]]
+        if len(part) >= DAY_MINUTES // 2:
+            xs.append(float(d))
+            ys.append(level(part, p))
+    if len(xs) < TREND_MIN_DAYS:
+        return 0.0
+    slope = np.polyfit(np.array(xs), np.array(ys), 1)[0]
+    return float(slope * 7.0)

@@ -1,0 +1,152 @@
+"""VM use per minute from the logs, read the report's way (report/load.py, logstore).
+
+The window is the report's: ``days`` whole UTC days ending with the latest
+day that has logs (or ``until``), clipped to the fleet's first record when
+the history is shorter.  VMs are read a batch at a time, so a fleet's
+minute series never sit in memory all at once.
+"""
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vmstats import logstore
+from vmstats.capacity.demand import MINUTE, VmUse, Window
+from vmstats.report import load as load_mod
+from vmstats.report.build import parse_day
+from vmstats.report.settings import ReportError
+
+#: VMs parsed per logstore call: amortises pandas' per-call cost, bounds memory.
+BATCH_VMS = 64
+_COLUMNS = ["cpu", "mem", "vcpus", "mem_mb", "host"]
+
+
+@dataclass
+class Logs:
+    """What reading found: the window, each VM's files in it, and the files not read whole."""
+
+    window: Window
+    files: dict[str, list[str]]
+    earlier: set[str]
+    issues: list[dict] = field(default_factory=list)
+    first_day: int = 0
+    last_day: int = 0
+
+
+def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> Logs:
+    """The window and the day files of each VM inside it; ReportError for unusable data dirs."""
+    issues: list[dict] = []
+    units = load_mod.discover(data_dirs, issues)
+    until_day = parse_day(until, "--until")
+    last_day = until_day if until_day is not None else max(day for _vm, day in units)
+    first_day = last_day - int(days) + 1
+    files: dict[str, list[str]] = {}
+    earlier = set()
+    for (vm, day), paths in sorted(units.items()):
+        if first_day <= day <= last_day:
+            files.setdefault(vm, []).extend(paths)
+        elif day < first_day:
+            earlier.add(vm)
+    if not files:
+        raise ReportError(
+            "no logs between %s and %s" % (load_mod.day_name(first_day), load_mod.day_name(last_day))
+        )
+    window = _window(files, earlier, first_day, last_day)
+    return Logs(window, files, earlier & set(files), issues, first_day, last_day)
+
+
+def _window(files: dict[str, list[str]], earlier: set[str], first_day: int, last_day: int) -> Window:
+    """From the window's first day (or the fleet's first record) to its last record's minute."""
+    last_ts = 0
+    first_ts = None
+    for paths in files.values():
+        for path in paths:
+            found = logstore.last_labels(path)
+            if found:
+                last_ts = max(last_ts, found[0])
+    if not last_ts:
+        last_ts = (last_day + 1) * 86400 - MINUTE
+    start = first_day * 86400
+    if not earlier & set(files):
+        every = [p for paths in files.values() for p in paths]
+        oldest = min(map(_day_of_path, every))
+        first_ts = _first_stamp([p for p in every if _day_of_path(p) == oldest])
+        if first_ts is not None and first_ts > start:
+            start = first_ts - first_ts % MINUTE
+    end = last_ts - last_ts % MINUTE
+    return Window(start, max(1, (end - start) // MINUTE + 1))
+
+
+def _day_of_path(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _first_stamp(paths: list[str]) -> int | None:
+    """The earliest timestamp among the first rows of ``paths`` (the oldest day files)."""
+    best = None
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                handle.readline()
+                line = handle.readline()
+        except OSError:
+            continue
+        head = line.split(b",", 1)[0]
+        if head.isdigit():
+            best = int(head) if best is None else min(best, int(head))
+    return best
+
+
+def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
+    """Each VM's use per minute of the window, a batch of VMs per read."""
+    names = sorted(logs.files) if vms is None else list(vms)
+    for start in range(0, len(names), BATCH_VMS):
+        batch = names[start : start + BATCH_VMS]
+        paths = [p for vm in batch for p in logs.files[vm]]
+        owner = np.repeat(np.arange(len(batch)), [len(logs.files[vm]) for vm in batch])
+        errors: dict[int, str] = {}
+        frame, bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
+        for index, problem in errors.items():
+            logs.issues.append(load_mod.issue(paths[index], problem))
+        for index, count in enumerate(bad):
+            if count:
+                logs.issues.append(
+                    load_mod.issue(paths[index], "%d malformed lines skipped" % count, 0, count)
+                )
+        vm_of_row = owner[frame["file"].to_numpy()] if len(frame) else np.zeros(0, np.int64)
+        for i, vm in enumerate(batch):
+            yield _vm_use(vm, frame[vm_of_row == i], logs.window, vm in logs.earlier)
+
+
+def _vm_use(vm: str, frame, window: Window, since_start: bool) -> VmUse:
+    """One VM's rows as per-minute arrays of the window (the last record of a minute wins)."""
+    seen = np.zeros(window.minutes, bool)
+    cpu = np.full(window.minutes, np.nan)
+    mem = np.full(window.minutes, np.nan)
+    ts = frame["ts"].to_numpy()
+    slot = (ts - window.start_ts) // MINUTE
+    inside = (slot >= 0) & (slot < window.minutes)
+    if not inside.any():
+        return VmUse(vm, None, math.nan, math.nan, seen, cpu, mem, since_start)
+    order = np.argsort(ts[inside], kind="stable")
+    slot = slot[inside][order]
+    pick = {name: frame[name].to_numpy()[inside][order] for name in ("cpu", "mem", "vcpus", "mem_mb")}
+    vcpus_row = _known_or(pick["vcpus"], _last(pick["vcpus"]))
+    mem_gb_row = _known_or(pick["mem_mb"], _last(pick["mem_mb"])) / 1024.0
+    seen[slot] = True
+    cpu[slot] = pick["cpu"] / 100.0 * vcpus_row
+    mem[slot] = pick["mem"] / 100.0 * mem_gb_row
+    hosts = frame["host"].to_numpy()[inside][order]
+    tag = next((str(h) for h in hosts[::-1] if isinstance(h, str) and h), None)
+    return VmUse(vm, tag, _last(pick["vcpus"]), _last(pick["mem_mb"]) / 1024.0, seen, cpu, mem, since_start)
+
+
+def _last(values: np.ndarray) -> float:
+    known = values[~np.isnan(values)]
+    return float(known[-1]) if len(known) else math.nan
+
+
+def _known_or(values: np.ndarray, default: float) -> np.ndarray:
+    return np.where(np.isnan(values), default, values)
