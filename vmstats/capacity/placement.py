@@ -1,0 +1,310 @@
+"""Placement: which host each asked-for VM goes on, as an allocation offer.
+
+place() is pure: host loads (limits, current demand levels, optionally the
+demand per minute) and the VMs asked for (demand as a constant, or per minute
+to keep their correlation with the hosts' own peaks) in, an Offer out.  It
+spreads: each VM goes to the host left with the most room on its tighter
+resource, which keeps every host's peak furthest from its limit.  Larger VMs
+are placed first; VMs of one anti-affinity group never share a host.
+
+The same function serves the demand basis (limits = capacity less reserve and
+buffer, levels = measured percentiles) and the allocation basis Nova uses
+(limits = (total - reserved) x ratio, levels = sizes allocated), so the two
+answers are comparable: see loads().
+"""
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vmstats.capacity.demand import FleetDemand, level
+
+#: Slack on comparisons, so sums of float figures that meet a limit exactly still fit.
+EPSILON = 1e-9
+
+ACCEPT, PARTIAL, REJECT = "accept", "partial", "reject"
+
+
+@dataclass
+class HostLoad:
+    """One host as placement sees it: what its demand may reach, what it is now.
+
+    ``cpu`` / ``mem`` (per minute) are only needed for asks that carry series;
+    without them a series ask counts its own level on top of the host's.
+    """
+
+    name: str
+    cpu_limit: float
+    mem_limit: float
+    cpu_level: float
+    mem_level: float
+    cpu: np.ndarray | None = None
+    mem: np.ndarray | None = None
+
+    @property
+    def cpu_room(self) -> float:
+        return self.cpu_limit - self.cpu_level
+
+    @property
+    def mem_room(self) -> float:
+        return self.mem_limit - self.mem_level
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One VM to place: its demand (cores, GB; constants or per-minute series) and group."""
+
+    name: str
+    cpu: float | np.ndarray
+    mem: float | np.ndarray
+    group: str | None = None  # anti-affinity: no two VMs of a group on one host
+    profile: str = ""
+
+    @property
+    def series(self) -> bool:
+        return isinstance(self.cpu, np.ndarray) or isinstance(self.mem, np.ndarray)
+
+
+@dataclass
+class Offer:
+    """The answer: accept (all placed), partial (some), reject (none), with where and what is left."""
+
+    status: str
+    placed: dict[str, str] = field(default_factory=dict)  # VM -> host
+    rejected: dict[str, str] = field(default_factory=dict)  # VM -> why
+    left: dict[str, tuple[float, float]] = field(default_factory=dict)  # host -> (cores, GB) of room
+
+    def per_host(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for vm, host in self.placed.items():
+            out.setdefault(host, []).append(vm)
+        return out
+
+
+def place(
+    hosts: Sequence[HostLoad], asks: Sequence[Ask], percentile: float = 99.0, partial: bool = True
+) -> Offer:
+    """Place ``asks`` on ``hosts``; the inputs are not changed.
+
+    A VM fits a host when the host's demand with it, at ``percentile`` over
+    the minutes, stays within both limits; for constant asks that is the
+    host's level plus the ask.  With ``partial`` False an offer that cannot
+    place every VM places none (status reject).
+    """
+    state = [
+        HostLoad(
+            h.name,
+            h.cpu_limit,
+            h.mem_limit,
+            h.cpu_level,
+            h.mem_level,
+            None if h.cpu is None else h.cpu.astype(np.float64, copy=True),
+            None if h.mem is None else h.mem.astype(np.float64, copy=True),
+        )
+        for h in hosts
+    ]
+    order = sorted(range(len(asks)), key=lambda i: -_size(asks[i], state))
+    placed: dict[str, str] = {}
+    rejected: dict[str, str] = {}
+    used: dict[str, set[int]] = {}  # anti-affinity group -> hosts holding one of it
+    i = 0
+    while i < len(order):
+        ask = asks[order[i]]
+        if ask.series:
+            _place_series(state, ask, percentile, used, placed, rejected)
+            i += 1
+            continue
+        j = i
+        while (
+            j < len(order)
+            and not asks[order[j]].series
+            and (asks[order[j]].cpu, asks[order[j]].mem) == (ask.cpu, ask.mem)
+        ):
+            j += 1
+        _place_run(state, [asks[k] for k in order[i:j]], used, placed, rejected)
+        i = j
+    if rejected and not partial:
+        reason = "not all %d VMs fit and the manifest asks for all or none" % len(asks)
+        return Offer(
+            REJECT,
+            {},
+            {a.name: rejected.get(a.name, reason) for a in asks},
+            {h.name: (h.cpu_room, h.mem_room) for h in hosts},
+        )
+    status = ACCEPT if not rejected else (PARTIAL if placed else REJECT)
+    placed = {a.name: placed[a.name] for a in asks if a.name in placed}  # in the asks' order
+    rejected = {a.name: rejected[a.name] for a in asks if a.name in rejected}
+    return Offer(status, placed, rejected, {h.name: (h.cpu_room, h.mem_room) for h in state})
+
+
+def _size(ask: Ask, hosts: list[HostLoad]) -> float:
+    """How big an ask is against an average host: its larger share."""
+    if not hosts:
+        return 0.0
+    cpu_cap = max(1e-9, sum(h.cpu_limit for h in hosts) / len(hosts))
+    mem_cap = max(1e-9, sum(h.mem_limit for h in hosts) / len(hosts))
+    return max(_scalar(ask.cpu) / cpu_cap, _scalar(ask.mem) / mem_cap)
+
+
+def _scalar(value: float | np.ndarray, p: float = 100.0) -> float:
+    return level(value, p) if isinstance(value, np.ndarray) else float(value)
+
+
+def _score(host: HostLoad, cpu: float, mem: float) -> float:
+    """The room left on the host's tighter resource, as a share of its limit, after adding."""
+    return min(
+        (host.cpu_room - cpu) / max(host.cpu_limit, 1e-9), (host.mem_room - mem) / max(host.mem_limit, 1e-9)
+    )
+
+
+def _fits(host: HostLoad, cpu: float, mem: float) -> bool:
+    return (
+        host.cpu_room - cpu >= -EPSILON
+        and host.mem_room - mem >= -EPSILON
+        and host.cpu_limit > 0
+        and host.mem_limit > 0
+    )
+
+
+def _place_run(
+    state: list[HostLoad],
+    run: list[Ask],
+    used: dict[str, set[int]],
+    placed: dict[str, str],
+    rejected: dict[str, str],
+) -> None:
+    """Place asks of one constant size: a heap of hosts by room left, one pop per VM."""
+    cpu, mem = float(run[0].cpu), float(run[0].mem)
+    heap = [(-_score(h, cpu, mem), k) for k, h in enumerate(state) if _fits(h, cpu, mem)]
+    heapq.heapify(heap)
+    for ask in run:
+        taken = used.get(ask.group, set()) if ask.group else set()
+        skipped = []
+        while heap and heap[0][1] in taken:
+            skipped.append(heapq.heappop(heap))
+        if not heap:
+            rejected[ask.name] = _why(ask, bool(skipped))
+        else:
+            _neg, k = heapq.heappop(heap)
+            host = state[k]
+            host.cpu_level += cpu
+            host.mem_level += mem
+            if host.cpu is not None:
+                host.cpu += cpu
+            if host.mem is not None:
+                host.mem += mem
+            placed[ask.name] = host.name
+            if ask.group:
+                used.setdefault(ask.group, set()).add(k)
+            if _fits(host, cpu, mem):
+                heapq.heappush(heap, (-_score(host, cpu, mem), k))
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+
+
+def _place_series(
+    state: list[HostLoad],
+    ask: Ask,
+    p: float,
+    used: dict[str, set[int]],
+    placed: dict[str, str],
+    rejected: dict[str, str],
+) -> None:
+    """Place one ask with per-minute demand: candidates by estimated room, checked exactly."""
+    taken = used.get(ask.group, set()) if ask.group else set()
+    cpu_level, mem_level = _scalar(ask.cpu, p), _scalar(ask.mem, p)
+    cpu_low, mem_low = _low(ask.cpu), _low(ask.mem)
+    candidates = sorted(
+        (k for k, h in enumerate(state) if k not in taken and h.cpu_limit > 0 and h.mem_limit > 0),
+        key=lambda k: (-_score(state[k], cpu_level, mem_level), k),
+    )
+    for k in candidates:
+        host = state[k]
+        if host.cpu_room < cpu_low - EPSILON or host.mem_room < mem_low - EPSILON:
+            continue  # level(a + b) >= level(a) + min(b): cannot fit
+        cpu_after, new_cpu = _with(host.cpu, host.cpu_level, ask.cpu, cpu_level, p)
+        if cpu_after > host.cpu_limit + EPSILON:
+            continue
+        mem_after, new_mem = _with(host.mem, host.mem_level, ask.mem, mem_level, p)
+        if mem_after > host.mem_limit + EPSILON:
+            continue
+        host.cpu_level, host.mem_level = cpu_after, mem_after
+        host.cpu, host.mem = new_cpu, new_mem
+        placed[ask.name] = host.name
+        if ask.group:
+            used.setdefault(ask.group, set()).add(k)
+        return
+    blocked = any(_fits(state[k], cpu_level, mem_level) for k in taken)
+    rejected[ask.name] = _why(ask, blocked)
+
+
+def _low(value: float | np.ndarray) -> float:
+    return float(np.min(value)) if isinstance(value, np.ndarray) and len(value) else _scalar(value)
+
+
+def _with(
+    host_series: np.ndarray | None, host_level: float, ask: float | np.ndarray, ask_level: float, p: float
+) -> tuple[float, np.ndarray | None]:
+    """The host's level with the ask added, and its new series (None when it has none)."""
+    if host_series is None:
+        return host_level + ask_level, None
+    total = host_series + ask
+    return level(total, p), total
+
+
+def _why(ask: Ask, blocked_by_group: bool) -> str:
+    if blocked_by_group:
+        return "anti-affinity: every host with room already holds a VM of group %r" % ask.group
+    return "no host has room for %.2f cores and %.2f GB of demand" % (_scalar(ask.cpu), _scalar(ask.mem))
+
+
+def loads(
+    fleet: FleetDemand,
+    basis: str = "demand",
+    series: bool = False,
+    cpu_ratio: float | None = None,
+    ram_ratio: float | None = None,
+) -> list[HostLoad]:
+    """The known hosts of ``fleet`` as placement loads; unknown hosts are left out.
+
+    ``basis`` "demand": limits are capacity less reserve and buffer, levels the
+    measured demand (with its ``series`` when asked).  "allocation": Nova's
+    view, limits ``(total - reserved) x ratio`` (the host's ratios, or
+    ``cpu_ratio`` / ``ram_ratio``), levels the sizes allocated, and asks are
+    then a VM's size (see Ask's use in the callers).
+    """
+    out = []
+    for entry in fleet.hosts:
+        if not entry.known(fleet.settings):
+            continue
+        host = entry.host
+        if basis == "allocation":
+            cr = host.cpu_ratio if cpu_ratio is None else cpu_ratio
+            rr = host.ram_ratio if ram_ratio is None else ram_ratio
+            out.append(
+                HostLoad(
+                    host.name,
+                    (host.vcpus - host.reserve_vcpus) * cr,
+                    (host.mem_gb - host.reserve_mem_gb) * rr,
+                    entry.allocated_vcpus,
+                    entry.allocated_mem_gb,
+                )
+            )
+        elif basis == "demand":
+            # A rising trend's projection lifts the whole series: its level moves by as much.
+            out.append(
+                HostLoad(
+                    host.name,
+                    host.usable_vcpus,
+                    host.usable_mem_gb,
+                    entry.cpu_demand,
+                    entry.mem_demand,
+                    entry.cpu + (entry.cpu_demand - entry.cpu_level) if series else None,
+                    entry.mem + (entry.mem_demand - entry.mem_level) if series else None,
+                )
+            )
+        else:
+            raise ValueError("basis is demand or allocation, not %r" % basis)
+    return out
