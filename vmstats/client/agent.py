@@ -20,7 +20,6 @@ Standard library only, Python 3.6+.
 import logging
 import os
 import random
-import re
 import select
 import signal
 import socket
@@ -30,6 +29,7 @@ import time
 
 from vmstats import protocol
 from vmstats.client import procfs, sampler, spool, transport
+from vmstats.client.hostfile import DEFAULT_HOST_FILE, HostSource, host_tag
 
 LOG = logging.getLogger("vmstats.agent")
 #: Where ``--once`` without ``--server`` looks for a route to pick the VM id
@@ -43,15 +43,8 @@ class AgentError(Exception):
     """The agent cannot start (one readable line)."""
 
 
-def host_tag(name=None):
-    """The host name as a tag value the protocol accepts, or None."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", name if name is not None else socket.gethostname())
-    name = name.lstrip("._-")[:255]
-    return name or None
-
-
 def vm_identity(config):
-    """``(vm_id, host)``, validated as the server will validate them."""
+    """``(vm_id, host source)``, the id validated as the server will validate it."""
     if config.vm_id:
         raw = config.vm_id
     elif config.server:
@@ -61,13 +54,19 @@ def vm_identity(config):
         try:
             raw = transport.local_address(_ROUTE_PROBE, protocol.DEFAULT_PORT)
         except transport.TransportError:
-            raw = host_tag() or "localhost"
+            raw = host_tag(socket.gethostname()) or "localhost"
     try:
         vm = protocol.normalize_vm_id(raw)
     except protocol.DecodeError as exc:
         raise AgentError("bad VM id: %s" % exc.detail)
-    host = host_tag(config.host)
-    return vm, host
+    return vm, host_source(config)
+
+
+def host_source(config):
+    """The ``host`` tag's source, in the documented order (hostfile.py)."""
+    if config.host is not None:
+        return HostSource(fixed=config.host)
+    return HostSource(path=config.host_file or DEFAULT_HOST_FILE)
 
 
 def make_sender(config):
@@ -147,7 +146,8 @@ class Agent(object):
         self.config = config
         self.sender = sender
         self.vm = vm
-        self.host = host
+        # A plain name (or None) is a fixed tag; a HostSource may follow a file.
+        self.host = host if isinstance(host, HostSource) else HostSource(fixed=host)
         self.sleeper = sleeper or Sleeper(clock)
         self.rng = rng or random.Random()
         self.clock = clock
@@ -180,8 +180,8 @@ class Agent(object):
 
     def record(self, metrics, ts):
         values = metrics._asdict()
-        record = protocol.Record(vm=self.vm, ts=ts, seq=self.seq, host=self.host, tags=self.config.tags,
-                                 **values)
+        record = protocol.Record(vm=self.vm, ts=ts, seq=self.seq, host=self.host.current(),
+                                 tags=self.config.tags, **values)
         self.seq += 1
         return record
 
@@ -189,8 +189,9 @@ class Agent(object):
         interval = self.config.interval
         sub = min(self.config.sub_interval, interval)
         offset = self.rng.uniform(0, self.config.jitter) if self.config.jitter else 0.0
-        LOG.info("vm %s: one record every %gs to %s over %s, first in %.1fs",
-                 self.vm, interval, self.config.server, self.config.transport, offset + interval)
+        LOG.info("vm %s, %s: one record every %gs to %s over %s, first in %.1fs",
+                 self.vm, self.host.describe(), interval, self.config.server, self.config.transport,
+                 offset + interval)
         if offset and not self.sleeper.until(self.clock() + offset):
             return self._stop(0)
         produced = 0
@@ -241,7 +242,7 @@ def sample_once(config):
     time.sleep(1.0)
     metrics = probe.finish()
     probe.close()
-    return protocol.Record(vm=vm, ts=int(time.time()), seq=0, host=host, tags=config.tags,
+    return protocol.Record(vm=vm, ts=int(time.time()), seq=0, host=host.current(), tags=config.tags,
                            **metrics._asdict())
 
 

@@ -97,7 +97,12 @@ OPTIONS = (
     ("count", _number(int, 0, True), None, "N", "stop after N records (default: run until stopped)"),
     ("vm_id", _vm_id, None, "ID",
      "VM id (default: the local address used to reach the server)"),
-    ("host", _text, None, "NAME", "host name tag (default: this machine's host name)"),
+    ("host", _text, None, "NAME",
+     "the physical host (hypervisor) this VM runs on, sent as the host tag "
+     "(default: the host file's name, else none; never this VM's own name)"),
+    ("host_file", _text, None, "FILE",
+     "one-line file naming the physical host, written by cloud-init or the platform; "
+     "re-read when it changes (default: /etc/vmstats/host)"),
     ("tags", _tags, None, "KEY=VALUE,...",
      "extra tags for grouping the report, e.g. project=billing,owner=ops,env=prod "
      "(at most 8; keys [a-z][a-z0-9_]*, values [A-Za-z0-9._-]; default: none)"),
