@@ -115,6 +115,9 @@ def common_options(func):
               help="Write each VM's size, profile and expected report category here (CSV).")
 @click.option("--end", default=None,
               help="Last minute of the period (Unix seconds or ISO 8601). Default: now.")
+@click.option("--inventory", type=click.Path(dir_okay=False), default=None,
+              help="Place the VMs on simulated hosts (a mix of sizes, filled as Nova would), send each "
+                   "VM's host tag, and write the hosts here as an inventory (TOML).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes generating and encoding in parallel (for servers on other cores; "
                    "records then go out one group of VMs and day at a time).")
@@ -124,8 +127,8 @@ def common_options(func):
 @click.option("--dry-run", is_flag=True,
               help="Generate and encode everything, send nothing (measures the simulator).")
 @common_options
-def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run, server, transport, rate,
-             timeout, json_path):
+def simulate(vms, days, seed, mix, speed, truth, end, inventory, workers, preload, dry_run, server,
+             transport, rate, timeout, json_path):
     """Push a simulated fleet's 1-minute records to a server, through the real encoder and sockets.
 
     Each VM gets a size and a usage profile (idle, low_steady, business_hours,
@@ -150,6 +153,8 @@ def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run,
         raise click.BadParameter(str(exc), param_hint="--server") from None
     start, stop = fleets.period(_moment(end) or time.time(), days)
     fleet = fleets.make_fleet(vms, seed, weights, start, stop)
+    if inventory:
+        fleet = _place_on_hosts(fleet, seed, inventory)
     if truth:
         try:
             with open(truth, "w", encoding="utf-8") as handle:
@@ -200,6 +205,25 @@ def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run,
     _finish(sender, summary, json_path, timeout)
 
 
+def _write_text(path: str, text: str, option: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise click.ClickException("cannot write %s %s: %s" % (option, path, exc.strerror)) from None
+
+
+def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
+    """The fleet with host tags, its hosts written to ``path`` as an inventory."""
+    from vmstats.simulator import hosts
+
+    packer, placed, untagged = hosts.place_fleet(fleet, seed)
+    _write_text(path, packer.inventory_toml(untagged, "Simulated hosts of vmstats simulate --seed %d "
+                                                      "(%d VMs)." % (seed, len(fleet))), "--inventory")
+    click.echo("hosts: %s; %d VMs send no host tag and are listed by id" % (packer.summary(), len(untagged)))
+    return placed
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["bitbrains", "planetlab", "csv"]), required=True,
@@ -220,9 +244,20 @@ def simulate(vms, days, seed, mix, speed, truth, end, workers, preload, dry_run,
                    "(planetlab is CPU only; the protocol requires mem).")
 @click.option("--fill-size", default=None, metavar="VCPUS:MEM_MB",
               help="Size to send when the trace has none (planetlab), e.g. 2:4096.")
+@click.option("--pack-hosts", type=click.Path(dir_okay=False), default=None,
+              help="Place the trace's VMs on simulated hosts as they appear (a mix of sizes, filled as "
+                   "Nova would), send each VM's host tag, and write the hosts here as an inventory (TOML).")
+@click.option("--pack-fill", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Share of each host's allocation limit (CPU x 4.0, RAM x 1.0) the packing fills. "
+                   "Default: 0.85.")
+@click.option("--pack-ratio", default=None, metavar="CPU:RAM",
+              help="Allocation ratios the packing fills to, e.g. 1.0:1.0 for a cloud without "
+                   "overcommit. Default: Nova's 4.0:1.0.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of the hosts' sizes (--pack-hosts).")
 @common_options
-def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, server, transport, rate, timeout,
-           json_path):
+def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, pack_hosts, pack_fill, pack_ratio, seed,
+           server, transport, rate, timeout, json_path):
     """Replay recorded traces (files or folders, .gz accepted) through the encoder and sockets to a server.
 
     Rows coarser than a minute are held: each 5-minute row becomes five
@@ -247,6 +282,18 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, server, tra
     if fmt == "planetlab" and "mem" not in fill:
         raise click.UsageError("planetlab traces hold CPU only and every record needs mem: "
                                "pass --fill-mem PCT to state the memory use to assume")
+    if (pack_fill is not None or pack_ratio) and not pack_hosts:
+        raise click.UsageError("--pack-fill and --pack-ratio say how --pack-hosts fills each host: "
+                               "pass --pack-hosts FILE")
+    packer = None
+    if pack_hosts:
+        from vmstats.simulator.hosts import DEFAULT_FILL, HostPacker, PackError, parse_ratios
+
+        try:
+            ratios = parse_ratios(pack_ratio) if pack_ratio else {}
+        except PackError as exc:
+            raise click.BadParameter(str(exc), param_hint="--pack-ratio") from None
+        packer = HostPacker(seed, fill=pack_fill or DEFAULT_FILL, **ratios)
     quirks: Counter = Counter()
     try:
         mapping = traces.load_vm_map(vm_map) if vm_map else None
@@ -270,6 +317,12 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, server, tra
                 raise click.ClickException("%s has no memory values and the protocol requires mem: pass "
                                            "--fill-mem PCT" % batch[0].vm)
             vms.add(batch[0].vm)
+            if packer is not None:
+                try:
+                    host = packer.place(batch[0].vm, batch[0].vcpus, batch[0].mem_mb)
+                except PackError as exc:
+                    raise click.ClickException("--pack-hosts: %s" % exc) from None
+                batch = [record._replace(host=host) for record in batch]
             pending += encode_records(batch)
             if len(pending) >= 1000:
                 sender.send(pending)
@@ -281,6 +334,10 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, server, tra
         raise click.ClickException(str(exc)) from None
     progress.close()
     click.echo("replayed %d files (%d VMs), format %s" % (len(files), len(vms), fmt))
+    if packer is not None:
+        _write_text(pack_hosts, packer.inventory_toml(header="Simulated hosts of vmstats replay --seed %d "
+                                                             "(%d VMs)." % (seed, len(vms))), "--pack-hosts")
+        click.echo("hosts: %s; written to %s" % (packer.summary(), pack_hosts))
     click.echo(render_quirks(quirks))
     _finish(sender, {"files": len(files), "vms": len(vms), "quirks": dict(quirks)}, json_path, timeout)
 

@@ -48,6 +48,7 @@ class SimVM:
     offset: int  # second of the minute it reports at (agents jitter)
     params: dict = field(repr=False)
     stop_at: int | None = None  # stamps at or after this are never sent
+    host: str | None = None  # the host tag it sends (hosts.place_fleet), None: none
 
     @property
     def expected(self) -> str:
@@ -147,13 +148,13 @@ def vm_records(vm: SimVM, arrays: dict[str, np.ndarray]) -> list[Record]:
     """Records of one VM from its arrays.
 
     Built in C loops (``zip`` and ``tuple.__new__``) with every field given
-    in Record's order (seq, host and tags None), so no per-record Python runs: Record's own ``__new__``
+    in Record's order (seq and tags None), so no per-record Python runs: Record's own ``__new__``
     (which fills in omitted optional fields) would cost more than the rest of
     the generation.
     """
     return list(map(tuple.__new__, repeat(Record), zip(
         repeat(vm.vm), arrays["ts"].tolist(), *(arrays[name].tolist() for name in SERIES_FIELDS),
-        repeat(vm.vcpus), repeat(vm.mem_mb), repeat(None), repeat(None), repeat(None))))
+        repeat(vm.vcpus), repeat(vm.mem_mb), repeat(None), repeat(vm.host), repeat(None))))
 
 
 def period(end: int, days: float) -> tuple[int, int]:
