@@ -1,6 +1,7 @@
-"""Admission benchmark: the answer's latency for 10,000 VMs on 500 hosts.
+"""Admission benchmark: the answer's latency for 10,000 VMs on 500 hosts; the backtest on a real fleet.
 
     .venv/bin/python bench/admission.py latency            # about 1 minute
+    .venv/bin/python bench/admission.py backtest           # the 250-VM Bitbrains month on simulated hosts
 
 ``latency``: a fleet of 500 hosts (a mix of 48, 64 and 96 vCPUs with 256 to
 768 GB) holding 10,000 VMs of five shapes, each with a week of per-minute use
@@ -11,11 +12,33 @@ group of 20 with anti-affinity, are placed on the summary (placement.place,
 demand basis).  Each answer's time is the median of ``--rounds``; the
 allocation basis (Nova's ratios) goes through the same function in the same
 run, as a reference.  Target: an answer within 1 s.
+
+Backtest part (``backtest``):
+
+1. replay: the real ``vmstats serve`` on loopback, fed by ``vmstats replay
+   --format bitbrains --pack-hosts`` over TCP: the trace's VMs are placed on
+   simulated hosts as they appear (the simulator's mix of host sizes, filled
+   to 85% of the allocation limit at ratio 1.0, a cloud full by allocation
+   without overcommit) and send those hosts' names as their host tag.  This
+   takes several minutes, so the data dir and the inventory are kept under
+   bench/out/ and reused while the trace's MANIFEST.tsv and the packing are
+   the same;
+2. ``vmstats admit --backtest``: plan on the first ``--days`` whole UTC days,
+   place arrivals (copies of the trace's own VMs, each with its own
+   history) by the capacity package's offer, and replay the next ``--days``
+   days with the admitted VMs on their hosts;
+3. check the targets: host-minutes over capacity, and the VMs admitted
+   against allocation at ratio 1.0 and at Nova's default ratios.
+
+Everything listens on 127.0.0.1 only.
 """
 
 import argparse
+import hashlib
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +47,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from serverproc import serve  # noqa: E402
 
 from vmstats.capacity.demand import Settings, VmUse, Window, host_demand  # noqa: E402
 from vmstats.capacity.inventory import parse_inventory  # noqa: E402
@@ -125,6 +151,64 @@ def latency(args) -> dict:
     return out
 
 
+# --- backtest part ------------------------------------------------------------------------
+
+OUT = ROOT / "bench" / "out"
+TRACE = ROOT.parent / "shared" / "traces" / "bitbrains-rnd-2013-8"
+#: How the replay packs the trace's VMs on simulated hosts (vmstats replay --pack-*).
+PACKING = ("--pack-ratio", "1.0:1.0", "--pack-fill", "0.85", "--seed", "1")
+#: The backtest targets (issue 22).
+TARGETS = {"over_capacity_share": 0.001, "vs_ratio_1": 2.0, "vs_nova": 1.0}
+
+
+def manifest_key(trace: Path) -> str:
+    manifest = trace / "MANIFEST.tsv"
+    if not manifest.is_file():
+        raise SystemExit("%s has no MANIFEST.tsv: cannot tell whether a cached replay matches" % trace)
+    return hashlib.sha256(manifest.read_bytes() + " ".join(PACKING).encode()).hexdigest()[:16]
+
+
+def replayed(trace: Path, fresh: bool = False) -> tuple[Path, Path]:
+    """``(data dir, inventory)`` of the trace replayed into a real server with its VMs packed (cached)."""
+    key = manifest_key(trace)
+    work = OUT / ("admission-replay-%s" % key)
+    marker = work / "replayed.json"
+    inventory = work / "hosts.toml"
+    if marker.is_file() and not fresh:
+        summary = json.loads(marker.read_text())
+        print("replay: cached in %s (%d records, replayed in %.0f s)"
+              % (work, summary["records"], summary["seconds"]))
+        return work / "data", inventory
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    began = time.monotonic()
+    # Flushing often keeps per-VM buffers from filling (and naking) while a month goes in.
+    with serve(work, "--duration", "2h", "--flush-interval", "10", stop_timeout=600) as server:
+        files = [str(path) for path in sorted(trace.glob("*.csv.gz"))]
+        command = [sys.executable, "-m", "vmstats", "replay", "--format", "bitbrains", *files,
+                   "--pack-hosts", str(inventory), *PACKING,
+                   "--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp",
+                   "--timeout", "600", "--json", str(work / "replay.json")]
+        done = subprocess.run(command, cwd=str(ROOT), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit("replay failed (%d):\n%s%s" % (done.returncode, done.stdout, done.stderr))
+        print(done.stdout.strip())
+    if server.returncode != 0:
+        raise SystemExit("server exited with %s:\n%s" % (server.returncode, server.output[-2000:]))
+    sent = json.loads((work / "replay.json").read_text())
+    summary = {"records": sent["records"], "seconds": round(time.monotonic() - began, 1), "trace_key": key}
+    marker.write_text(json.dumps(summary))
+    print("replay: %d records through vmstats serve in %.0f s" % (summary["records"], summary["seconds"]))
+    return work / "data", inventory
+
+
+def backtest_part(args: argparse.Namespace) -> int:
+    """The backtest targets on the packed Bitbrains month; returns the exit status."""
+    data, inventory = replayed(args.trace, args.fresh)
+    print("data: %s, inventory: %s" % (data, inventory))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parts = parser.add_subparsers(dest="part", required=True)
@@ -134,7 +218,14 @@ def main() -> int:
     lat.add_argument("--asks", type=int, nargs="+", default=[100, 1000, 10000])
     lat.add_argument("--rounds", type=int, default=5)
     lat.add_argument("--json", default=None, help="write the figures to this file")
+    backtest = parts.add_parser("backtest", help="plan, admit and judge on the packed Bitbrains month")
+    backtest.add_argument("--trace", type=Path, default=TRACE, help="Folder of Bitbrains *.csv.gz files.")
+    backtest.add_argument("--days", type=int, default=14, help="Days of each window (default 14).")
+    backtest.add_argument("--fresh", action="store_true",
+                          help="Replay again even if a cached replay matches.")
     args = parser.parse_args()
+    if args.part == "backtest":
+        return backtest_part(args)
     result = latency(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
