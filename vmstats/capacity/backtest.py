@@ -1,0 +1,418 @@
+"""The admission backtest: plan on one window, admit by the offer, judge on the next window.
+
+Advice about room is only worth what happened after it was taken.  The
+backtest takes the capacity package's answer on one window of history (the
+plan), places arrivals by its offer exactly as an admission would, then looks
+at the following window with the admitted VMs on their hosts: how many
+host-minutes went over what the host has (its vCPUs or memory less the
+reserve; the buffer is the plan's margin, not the host's limit).  The same
+arrivals are offered to the allocation basis Nova uses, at ratio 1.0 and at
+Nova's default ratios, so the count admitted on use has an honest reference.
+
+Arrivals are either VMs from the history (``pool``): copies of those VMs, each
+carrying its own minute-by-minute use, the plan window's to be placed and the
+judging window's to be judged, offered in rounds (one copy of every pool VM a
+round); or a synthetic profile (``4x16@30%``), offered ``PROFILE_ROUND`` a
+round, whose use in the judging window is its stated expected use at every
+minute.  Rounds stop after the first that is not placed whole (see admit).  Copies
+are as correlated with their originals as two VMs can be, so this is the
+harder case for a plan that counts correlated peaks.
+
+What a window saw is judged as measured: a VM-minute without a record adds
+nothing (the VM was off or silent; the judging window's coverage is shown),
+a record without a memory (or CPU) figure counts the VM's whole size for it,
+as the plan does.
+
+The computation (``backtest``) is pure: VM windows and an inventory in, a
+Backtest out; ``run`` reads the logs the way ``vmstats admit`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vmstats.capacity import reader
+from vmstats.capacity.demand import (
+    Settings,
+    VmUse,
+    Window,
+    fill,
+    host_demand,
+    level,
+    percentile_name,
+)
+from vmstats.capacity.errors import CapacityError
+from vmstats.capacity.inventory import Inventory
+from vmstats.capacity.placement import Ask, HostLoad, loads, place
+from vmstats.capacity.profiles import Profile
+from vmstats.report import load as load_mod
+
+#: Nova's default allocation ratios since 2023 (the reference the targets name).
+NOVA_CPU_RATIO = 4.0
+NOVA_RAM_RATIO = 1.0
+#: Synthetic arrivals offered per round.
+PROFILE_ROUND = 100
+#: Rounds offered at most: a bound on the work, far beyond any fleet's room.
+MAX_ROUNDS = 500
+#: Slack on "over capacity", so sums of float figures that meet the capacity exactly are not over.
+EPSILON = 1e-6
+
+#: The bases compared: name -> (basis of placement.loads, cpu ratio, ram ratio).
+BASES = {
+    "demand": ("demand", None, None),
+    "allocation 1.0": ("allocation", 1.0, 1.0),
+    "allocation nova": ("allocation", NOVA_CPU_RATIO, NOVA_RAM_RATIO),
+}
+
+
+@dataclass
+class Template:
+    """An arrival's shape: its size and its use per minute in each window (cores, GB)."""
+
+    name: str
+    vcpus: float
+    mem_gb: float
+    plan_cpu: np.ndarray | float
+    plan_mem: np.ndarray | float
+    judge_cpu: np.ndarray | float
+    judge_mem: np.ndarray | float
+
+
+@dataclass
+class Outcome:
+    """One basis: what it admitted, and how the hosts fared in the judging window."""
+
+    basis: str
+    admitted: int
+    placed: dict[str, str] = field(default_factory=dict)  # arrival -> host
+    rounds: int = 0
+    over_minutes: int = 0  # host-minutes over on CPU or memory
+    over_cpu_minutes: int = 0
+    over_mem_minutes: int = 0
+    host_minutes: int = 0
+    peak_cpu_share: float = 0.0  # the busiest host-minute, as a share of that host's capacity
+    peak_mem_share: float = 0.0
+    per_host: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def over_share(self) -> float:
+        return self.over_minutes / self.host_minutes if self.host_minutes else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "basis": self.basis,
+            "admitted": self.admitted,
+            "rounds": self.rounds,
+            "host_minutes": self.host_minutes,
+            "over_minutes": self.over_minutes,
+            "over_cpu_minutes": self.over_cpu_minutes,
+            "over_mem_minutes": self.over_mem_minutes,
+            "over_share": self.over_share,
+            "peak_cpu_share": self.peak_cpu_share,
+            "peak_mem_share": self.peak_mem_share,
+            "per_host": self.per_host,
+        }
+
+
+@dataclass
+class Backtest:
+    """The plan's data, the arrivals, and one Outcome per basis plus the residents alone."""
+
+    plan: Window
+    judge: Window
+    settings: Settings
+    arrivals: str
+    hosts: int
+    unknown_hosts: list[str]
+    residents: int
+    unplaced: list[str]
+    judge_coverage: float
+    baseline: Outcome
+    outcomes: dict[str, Outcome]
+    source: str = ""
+    issues: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        demand = self.outcomes["demand"].admitted
+        ratio_1 = self.outcomes["allocation 1.0"].admitted
+        nova = self.outcomes["allocation nova"].admitted
+        return {
+            "plan": self.plan.describe(),
+            "judge": self.judge.describe(),
+            "basis": "%s of summed demand, trend over %g days, buffer per host (inventory)"
+            % (percentile_name(self.settings.percentile), self.settings.horizon_days),
+            "coverage_gate": self.settings.coverage_min,
+            "inventory": self.source,
+            "arrivals": self.arrivals,
+            "hosts": self.hosts,
+            "unknown_hosts": self.unknown_hosts,
+            "residents": self.residents,
+            "unplaced": self.unplaced,
+            "judge_coverage": self.judge_coverage,
+            "nova_ratios": {"cpu": NOVA_CPU_RATIO, "ram": NOVA_RAM_RATIO},
+            "admitted_vs_ratio_1": demand / ratio_1 if ratio_1 else None,
+            "admitted_vs_nova": demand / nova if nova else None,
+            "baseline": self.baseline.as_dict(),
+            "outcomes": {name: o.as_dict() for name, o in self.outcomes.items()},
+            "issues": self.issues,
+        }
+
+
+def measured(use: VmUse) -> tuple[np.ndarray, np.ndarray]:
+    """A window's use as it happened: nothing where unseen, the size where a record measured nothing."""
+    out = []
+    for series, size in ((use.cpu, use.vcpus), (use.mem, use.mem_gb)):
+        values = np.where(use.seen & np.isnan(series), 0.0 if math.isnan(size) else size, series)
+        out.append(np.nan_to_num(values, nan=0.0))
+    return out[0], out[1]
+
+
+def templates_from_history(plan: Sequence[VmUse], judge: dict[str, VmUse], settings: Settings,
+                           judge_minutes: int) -> list[Template]:
+    """Arrival shapes from VMs of the history: the plan's view of their use, and what they did next."""
+    stopped_after = int(settings.stopped_after_hours * 60)
+    out = []
+    for use in plan:
+        demand = fill(use, settings.percentile, stopped_after)
+        if demand.stopped or demand.size_unknown:
+            continue  # nothing to learn its use from, or no size to allocate
+        later = judge.get(use.vm)
+        if later is None:
+            cpu, mem = np.zeros(judge_minutes), np.zeros(judge_minutes)
+        else:
+            cpu, mem = measured(later)
+        out.append(Template(use.vm, use.vcpus, use.mem_gb, demand.cpu, demand.mem, cpu, mem))
+    return out
+
+
+def template_from_profile(profile: Profile) -> Template:
+    """A synthetic arrival: its expected use, planned and judged as a constant."""
+    return Template(profile.name(), profile.vcpus, profile.mem_gb, profile.cpu_demand, profile.mem_demand,
+                    profile.cpu_demand, profile.mem_demand)
+
+
+def admit(hosts: list[HostLoad], templates: Sequence[Template], basis: str, percentile: float,
+          rounds_of: int = 1, max_rounds: int = MAX_ROUNDS) -> tuple[dict[str, tuple[int, str]], int]:
+    """Offer rounds of arrivals to ``hosts`` until a round is not placed whole.
+
+    A round is one manifest: one copy of each history template, or
+    ``rounds_of`` copies of a profile; what the last round placed counts (a
+    partial answer admits that much).  Every basis stops by the same rule, so
+    none is favoured by choosing which VMs it takes: a rule that went on
+    offering after rejections would fill the hosts with the copies of
+    whichever VMs were quietest in the plan window, the ones most likely to
+    be busier next.  Returns ``{arrival: (template index, host)}`` and the
+    rounds offered.  ``hosts`` are not changed.
+    """
+    state = [HostLoad(h.name, h.cpu_limit, h.mem_limit, h.cpu_level, h.mem_level,
+                      None if h.cpu is None else h.cpu.copy(), None if h.mem is None else h.mem.copy())
+             for h in hosts]
+    by_name = {h.name: h for h in state}
+    placed: dict[str, tuple[int, str]] = {}
+    for round_number in range(1, max_rounds + 1):
+        asks, origin = [], {}
+        for index, template in enumerate(templates):
+            for copy in range(rounds_of):
+                name = "%s#%d" % (template.name, (round_number - 1) * rounds_of + copy + 1)
+                if basis == "allocation":
+                    asks.append(Ask(name, template.vcpus, template.mem_gb))
+                else:
+                    asks.append(Ask(name, template.plan_cpu, template.plan_mem))
+                origin[name] = index
+        offer = place(state, asks, percentile)
+        by_ask = {ask.name: ask for ask in asks}
+        for name, host_name in offer.placed.items():
+            placed[name] = (origin[name], host_name)
+            _add(by_name[host_name], by_ask[name], percentile)
+        if len(offer.placed) < len(asks):
+            return placed, round_number
+    return placed, max_rounds
+
+
+def _add(host: HostLoad, ask: Ask, percentile: float) -> None:
+    """The host's load with ``ask`` on it, the way place() counts it."""
+    if host.cpu is not None:
+        host.cpu = host.cpu + ask.cpu
+        host.mem = host.mem + ask.mem
+        host.cpu_level = level(host.cpu, percentile)
+        host.mem_level = level(host.mem, percentile)
+    else:
+        host.cpu_level += float(level(ask.cpu, percentile) if isinstance(ask.cpu, np.ndarray) else ask.cpu)
+        host.mem_level += float(level(ask.mem, percentile) if isinstance(ask.mem, np.ndarray) else ask.mem)
+
+
+def judge(inventory: Inventory, resident_sums: dict[str, tuple[np.ndarray, np.ndarray]],
+          placed: dict[str, tuple[int, str]], templates: Sequence[Template], minutes: int,
+          basis: str, admitted: int, rounds: int) -> Outcome:
+    """Host-minutes over capacity in the judging window with the admitted VMs on their hosts."""
+    counts: dict[str, dict[int, int]] = {}
+    for index, host_name in placed.values():
+        per = counts.setdefault(host_name, {})
+        per[index] = per.get(index, 0) + 1
+    outcome = Outcome(basis, admitted, {vm: host for vm, (_i, host) in placed.items()}, rounds)
+    for host in inventory.hosts:
+        cpu, mem = resident_sums.get(host.name, (np.zeros(minutes), np.zeros(minutes)))
+        cpu, mem = cpu.copy(), mem.copy()
+        for index, count in counts.get(host.name, {}).items():
+            cpu += count * np.asarray(templates[index].judge_cpu, float)
+            mem += count * np.asarray(templates[index].judge_mem, float)
+        cpu_cap = host.vcpus - host.reserve_vcpus
+        mem_cap = host.mem_gb - host.reserve_mem_gb
+        over_cpu = cpu > cpu_cap + EPSILON
+        over_mem = mem > mem_cap + EPSILON
+        over = int((over_cpu | over_mem).sum())
+        outcome.over_minutes += over
+        outcome.over_cpu_minutes += int(over_cpu.sum())
+        outcome.over_mem_minutes += int(over_mem.sum())
+        outcome.host_minutes += minutes
+        peak_cpu = float(cpu.max()) / cpu_cap if minutes else 0.0
+        peak_mem = float(mem.max()) / mem_cap if minutes else 0.0
+        outcome.peak_cpu_share = max(outcome.peak_cpu_share, peak_cpu)
+        outcome.peak_mem_share = max(outcome.peak_mem_share, peak_mem)
+        outcome.per_host.append({
+            "host": host.name, "admitted": sum(counts.get(host.name, {}).values()),
+            "over_minutes": over, "peak_cpu_share": peak_cpu, "peak_mem_share": peak_mem,
+        })
+    return outcome
+
+
+def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Sequence[VmUse],
+             plan: Window, judge_window: Window, settings: Settings, pool: Sequence[str] | None = None,
+             profile: Profile | None = None, max_rounds: int = MAX_ROUNDS) -> Backtest:
+    """Plan on ``plan_uses``, admit arrivals by each basis, judge on ``judge_uses``.
+
+    ``pool`` names the VMs whose copies arrive (None: the VMs the inventory
+    does not place); ``profile`` replaces them with a synthetic shape.
+    """
+    fleet = host_demand(inventory, plan_uses, plan, settings)
+    unknown = [h.name for h in fleet.hosts if not h.known(settings)]
+    residents = sum(len(h.vms) + len(h.stopped) for h in fleet.hosts)
+    if profile is not None:
+        templates = [template_from_profile(profile)]
+        arrivals = "synthetic profile %s, offered %d a round until a round is not placed whole" % (
+            profile.name(), PROFILE_ROUND)
+        rounds_of = PROFILE_ROUND
+    else:
+        names = set(fleet.unplaced if pool is None else pool)
+        later = {u.vm: u for u in judge_uses if u.vm in names}
+        templates = templates_from_history([u for u in plan_uses if u.vm in names], later, settings,
+                                           judge_window.minutes)
+        if not templates:
+            raise CapacityError("no arrivals: %s" % (
+                "every VM of the plan window is on a host (name the arrivals' VMs)" if pool is None
+                else "no VM of the plan window matches the arrivals' selectors, or none has a size"))
+        arrivals = ("copies of %d VMs of the history (their own use in each window), one of each a round "
+                    "until a round is not placed whole" % len(templates))
+        rounds_of = 1
+    sums, seen, expected = _resident_sums(inventory, judge_uses, judge_window.minutes)
+    outcomes = {}
+    for name, (basis, cpu_ratio, ram_ratio) in BASES.items():
+        hosts = loads(fleet, basis, series=(basis == "demand"), cpu_ratio=cpu_ratio, ram_ratio=ram_ratio)
+        placed, rounds = admit(hosts, templates, basis, settings.percentile, rounds_of, max_rounds)
+        outcomes[name] = judge(inventory, sums, placed, templates, judge_window.minutes, name, len(placed),
+                               rounds)
+    baseline = judge(inventory, sums, {}, templates, judge_window.minutes, "residents only", 0, 0)
+    return Backtest(plan, judge_window, settings, arrivals, len(inventory.hosts), unknown, residents,
+                    fleet.unplaced, seen / expected if expected else 1.0, baseline, outcomes,
+                    inventory.source)
+
+
+def _resident_sums(inventory: Inventory, uses: Sequence[VmUse],
+                   minutes: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, int]:
+    """Each host's measured use per minute of the judging window, and the residents' coverage."""
+    sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    seen = expected = 0
+    for use in uses:
+        host = inventory.host_of(use.vm, use.host_tag)
+        if host is None:
+            continue
+        cpu, mem = measured(use)
+        if host in sums:
+            sums[host][0][:] += cpu
+            sums[host][1][:] += mem
+        else:
+            sums[host] = (cpu.copy(), mem.copy())
+        seen += int(use.seen.sum())
+        expected += minutes
+    return sums, seen, expected
+
+
+def windows(data_dirs: Sequence[str], days: int, plan_until: str | None) -> tuple[reader.Logs, reader.Logs]:
+    """The plan's and the judging window's logs: ``days`` whole UTC days each, back to back.
+
+    Without ``plan_until`` the judging window ends with the latest day that
+    has logs and the plan is the ``days`` before it.
+    """
+    if plan_until is None:
+        latest = reader.find_logs(data_dirs, 1)
+        plan_last = latest.last_day - days
+    else:
+        from vmstats.report.build import parse_day
+
+        plan_last = parse_day(plan_until, "--plan-until")
+    plan = reader.find_logs(data_dirs, days, load_mod.day_name(plan_last))
+    judged = reader.find_logs(data_dirs, days, load_mod.day_name(plan_last + days))
+    if judged.window.start_ts <= plan.window.end_ts:
+        raise CapacityError("the logs hold no day after the plan window %s .. %s to judge it on" % (
+            load_mod.day_name(plan.first_day), load_mod.day_name(plan_last)))
+    return plan, judged
+
+
+def run(data_dirs: Sequence[str], inventory: Inventory, settings: Settings, days: int,
+        plan_until: str | None = None, pool_selectors: Sequence[str] = (), profile: Profile | None = None,
+        max_rounds: int = MAX_ROUNDS) -> Backtest:
+    """The backtest on logs: two windows read the way ``vmstats admit`` reads one."""
+    from vmstats.report.settings import parse_selector
+    from vmstats.selectors import selected
+
+    plan_logs, judge_logs = windows(data_dirs, days, plan_until)
+    plan_uses = list(reader.read_vms(plan_logs))
+    judge_uses = list(reader.read_vms(judge_logs))
+    pool = None
+    if pool_selectors:
+        patterns, networks = parse_selector(list(pool_selectors), "--arrivals")
+        pool = [u.vm for u in plan_uses if selected(u.vm, patterns, networks)]
+    result = backtest(inventory, plan_uses, judge_uses, plan_logs.window, judge_logs.window, settings, pool,
+                      profile, max_rounds)
+    result.issues = plan_logs.issues + judge_logs.issues
+    return result
+
+
+def render(result: Backtest) -> str:
+    """The terminal summary: windows, arrivals, and one line per basis."""
+    doc = result.as_dict()
+    lines = [
+        "admission backtest: plan %s .. %s, judged %s .. %s" % (
+            doc["plan"]["start"][:16], doc["plan"]["end"][:16], doc["judge"]["start"][:16],
+            doc["judge"]["end"][:16]),
+        "hosts: %d (%d unknown: never offered), residents %d, unplaced %d; judging window coverage %.1f%%" % (
+            result.hosts, len(result.unknown_hosts), result.residents, len(result.unplaced),
+            100 * result.judge_coverage),
+        "plan: %s" % doc["basis"],
+        "arrivals: %s" % result.arrivals,
+        "",
+        "%-34s %9s %10s %22s %10s %9s" % ("basis", "admitted", "vs demand", "host-min over (cpu/mem)",
+                                           "share", "peak cpu"),
+    ]
+    labels = {
+        "demand": "measured demand (%s + buffer)" % percentile_name(result.settings.percentile),
+        "allocation 1.0": "allocation, ratio 1.0 (RAM 1.0)",
+        "allocation nova": "allocation, Nova %g (RAM %g)" % (NOVA_CPU_RATIO, NOVA_RAM_RATIO),
+    }
+    demand = result.outcomes["demand"].admitted
+    for name, outcome in list(result.outcomes.items()) + [("baseline", result.baseline)]:
+        label = labels.get(name, "residents only, no arrivals")
+        versus = "%.2fx" % (demand / outcome.admitted) if outcome.admitted and name != "demand" else ""
+        lines.append("%-34s %9d %10s %12d (%d/%d) %9.3f%% %8.0f%%" % (
+            label, outcome.admitted, versus, outcome.over_minutes, outcome.over_cpu_minutes,
+            outcome.over_mem_minutes, 100 * outcome.over_share, 100 * outcome.peak_cpu_share))
+    lines.append("(host-minutes over: the hosts' summed use above vCPUs or memory less the reserve, "
+                 "out of %d)" % result.baseline.host_minutes)
+    if result.issues:
+        lines.append("%d log files not read whole (see the JSON's issues)" % len(result.issues))
+    return "\n".join(lines)
