@@ -1,0 +1,54 @@
+"""``vmstats admit --backtest``: the command-line side of the admission backtest (backtest.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+import click
+
+from vmstats.report.settings import ReportError
+
+#: Options only the backtest takes, added to ``vmstats admit``.
+BACKTEST_OPTIONS = (
+    click.option("--backtest", is_flag=True,
+                 help="Plan on --days of logs, admit arrivals by the offer, and judge host-minutes over "
+                      "capacity on the next --days (every argument is then a DATA_DIR; --until is the plan's "
+                      "last day, by default the latest day with logs less --days)."),
+    click.option("--arrivals", default=None, metavar="SELECTORS",
+                 help="--backtest: VMs of the logs whose copies arrive (ids, globs, CIDRs, comma-separated). "
+                      "Default: the VMs the inventory does not place."),
+    click.option("--arrival-profile", default=None, metavar="PROFILE",
+                 help="--backtest: synthetic arrivals of this profile (e.g. 4x16@30%) instead of VMs "
+                      "of the logs."),
+)
+
+
+def backtest_options(function):
+    for option in reversed(BACKTEST_OPTIONS):
+        function = option(function)
+    return function
+
+
+def run_backtest(data_dirs: Sequence[str], settings, inventory_path: str, until: str | None,
+                 arrivals: str | None, profile_text: str | None, as_json: bool) -> None:
+    """Run the backtest and print it (terminal summary, or JSON); one line on bad input."""
+    from vmstats.capacity import backtest
+    from vmstats.capacity.inventory import load_inventory
+    from vmstats.capacity.profiles import parse_profile
+
+    if arrivals and profile_text:
+        raise click.UsageError("--arrivals and --arrival-profile are two kinds of arrivals: give one")
+    try:
+        inventory = load_inventory(inventory_path)
+        profile = parse_profile(profile_text) if profile_text else None
+        selectors = [part.strip() for part in arrivals.split(",") if part.strip()] if arrivals else ()
+        result = backtest.run(data_dirs, inventory, settings, settings.days, until, selectors, profile)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        json.dump(result.as_dict(), sys.stdout, indent=1, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        click.echo(backtest.render(result))
