@@ -247,7 +247,8 @@ def backtest_part(args: argparse.Namespace) -> dict:
                   percentile, seconds, doc["plan"]["start"][:10], doc["plan"]["end"][:10],
                   doc["judge"]["start"][:10], doc["judge"]["end"][:10], doc["hosts"], doc["residents"],
                   100 * doc["judge_coverage"]))
-        for name, outcome in list(doc["outcomes"].items()) + [("residents only", doc["baseline"])]:
+        ordered = [(name, doc["outcomes"][name]) for name in ("demand", "allocation 1.0", "allocation nova")]
+        for name, outcome in ordered + [("residents only", doc["baseline"])]:
             print("  %-16s admitted %6d   host-minutes over %6d of %d (%.3f%%; cpu %d, mem %d)   "
                   "peak cpu %.0f%%" % (name, outcome["admitted"], outcome["over_minutes"],
                                        outcome["host_minutes"], 100 * outcome["over_share"],

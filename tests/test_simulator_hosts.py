@@ -130,3 +130,26 @@ def test_replay_packs_a_traces_vms_onto_hosts_and_tags_their_records(tmp_path):
         assert vcpus <= 0.9 * capacity[name][0] and mem <= 0.9 * (capacity[name][1] - 0.5)
     bad = vmstats("replay", "--format", "csv", str(trace), "--server", "127.0.0.1:9", "--pack-fill", "0.5")
     assert bad.returncode != 0 and "--pack-hosts" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_replay_with_an_inventory_tags_the_vms_its_selectors_place(tmp_path):
+    trace = tmp_path / "fleet.csv"
+    vms = ("web-1", "web-2", "db1", "other")
+    trace.write_text("vm,timestamp,cpu,mem\n" + "".join(
+        "%s,%d,10,20\n" % (vm, 1714521600 + 60 * k) for vm in vms for k in range(2)))
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[[host]]\nname = "kvm-a"\nvcpus = 8\nmem_gb = 32\nvms = ["web-*"]\n\n'
+                     '[[host]]\nname = "kvm-b"\nvcpus = 8\nmem_gb = 32\nvms = ["db1", "web-2"]\n')
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        result = vmstats("replay", "--format", "csv", str(trace),
+                         "--server", "127.0.0.1:%d" % server.tcp_port, "--inventory", str(hosts))
+        assert result.returncode == 0, result.stdout + result.stderr
+        server.wait_received(8, timeout=20)
+    # The first host whose selectors match, as the capacity figures place them; "other" stays untagged.
+    assert logged_hosts(tmp_path / "data") == {"web-1": {"kvm-a"}, "web-2": {"kvm-a"}, "db1": {"kvm-b"},
+                                               "other": {""}}
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[host]]\nname = 'x'\n")
+    bad = vmstats("replay", "--format", "csv", str(trace), "--server", "127.0.0.1:9",
+                  "--inventory", str(broken))
+    assert bad.returncode != 0 and "vcpus: missing" in bad.stderr and "Traceback" not in bad.stderr

@@ -244,6 +244,9 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
                    "(planetlab is CPU only; the protocol requires mem).")
 @click.option("--fill-size", default=None, metavar="VCPUS:MEM_MB",
               help="Size to send when the trace has none (planetlab), e.g. 2:4096.")
+@click.option("--inventory", "inventory_path", type=click.Path(dir_okay=False), default=None,
+              help="Send each VM's host tag as this host inventory places it (its hosts' `vms` selectors); "
+                   "VMs it does not place go untagged.")
 @click.option("--pack-hosts", type=click.Path(dir_okay=False), default=None,
               help="Place the trace's VMs on simulated hosts as they appear (a mix of sizes, filled as "
                    "Nova would), send each VM's host tag, and write the hosts here as an inventory (TOML).")
@@ -256,8 +259,8 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed of the hosts' sizes (--pack-hosts).")
 @common_options
-def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, pack_hosts, pack_fill, pack_ratio, seed,
-           server, transport, rate, timeout, json_path):
+def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_path, pack_hosts, pack_fill,
+           pack_ratio, seed, server, transport, rate, timeout, json_path):
     """Replay recorded traces (files or folders, .gz accepted) through the encoder and sockets to a server.
 
     Rows coarser than a minute are held: each 5-minute row becomes five
@@ -285,7 +288,18 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, pack_hosts,
     if (pack_fill is not None or pack_ratio) and not pack_hosts:
         raise click.UsageError("--pack-fill and --pack-ratio say how --pack-hosts fills each host: "
                                "pass --pack-hosts FILE")
-    packer = None
+    if inventory_path and pack_hosts:
+        raise click.UsageError("--inventory places VMs on the hosts it names, --pack-hosts on simulated "
+                               "ones: give one")
+    packer = inventory = None
+    if inventory_path:
+        from vmstats.capacity.inventory import load_inventory
+        from vmstats.report.settings import ReportError
+
+        try:
+            inventory = load_inventory(inventory_path)
+        except ReportError as exc:
+            raise click.ClickException(str(exc)) from None
     if pack_hosts:
         from vmstats.simulator.hosts import DEFAULT_FILL, HostPacker, PackError, parse_ratios
 
@@ -323,6 +337,10 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, pack_hosts,
                 except PackError as exc:
                     raise click.ClickException("--pack-hosts: %s" % exc) from None
                 batch = [record._replace(host=host) for record in batch]
+            elif inventory is not None:
+                host = inventory.host_of(batch[0].vm, None)
+                if host is not None:
+                    batch = [record._replace(host=host) for record in batch]
             pending += encode_records(batch)
             if len(pending) >= 1000:
                 sender.send(pending)
