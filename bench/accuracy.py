@@ -30,7 +30,6 @@ window's minutes.  Everything listens on 127.0.0.1 only.
 
 import argparse
 import datetime
-import hashlib
 import json
 import shutil
 import subprocess
@@ -44,9 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import advisors  # noqa: E402
 import labels  # noqa: E402
-from serverproc import serve  # noqa: E402
+from tracereplay import OUT, replayed  # noqa: E402
 
-OUT = ROOT / "bench" / "out"
 TRACE = ROOT.parent / "shared" / "traces" / "bitbrains-rnd-2013-8"
 DAY = 86400
 #: The targets of the policy on this trace (issue 19).
@@ -57,45 +55,6 @@ TARGETS = {
     "quiet_reclaimed_share": 0.90,
     "downsized_overrun_share": 0.01,
 }
-
-
-def manifest_key(trace: Path) -> str:
-    manifest = trace / "MANIFEST.tsv"
-    if not manifest.is_file():
-        raise SystemExit("%s has no MANIFEST.tsv: cannot tell whether a cached replay matches" % trace)
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
-
-
-def replayed(trace: Path, fresh: bool = False) -> Path:
-    """The data dir a real server wrote while the trace was replayed into it (cached)."""
-    key = manifest_key(trace)
-    work = OUT / ("accuracy-replay-%s" % key)
-    marker = work / "replayed.json"
-    if marker.is_file() and not fresh:
-        summary = json.loads(marker.read_text())
-        print("replay: cached in %s (%d records, replayed in %.0f s)"
-              % (work, summary["records"], summary["seconds"]))
-        return work / "data"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    began = time.monotonic()
-    with serve(work, "--duration", "2h", stop_timeout=600) as server:
-        # The trace files only: the folder also holds MANIFEST.tsv, which is no trace.
-        files = [str(path) for path in sorted(trace.glob("*.csv.gz"))]
-        command = [sys.executable, "-m", "vmstats", "replay", "--format", "bitbrains", *files,
-                   "--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp",
-                   "--timeout", "600", "--json", str(work / "replay.json")]
-        done = subprocess.run(command, cwd=str(ROOT), capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit("replay failed (%d):\n%s%s" % (done.returncode, done.stdout, done.stderr))
-        print(done.stdout.strip())
-    if server.returncode != 0:
-        raise SystemExit("server exited with %s:\n%s" % (server.returncode, server.output[-2000:]))
-    sent = json.loads((work / "replay.json").read_text())
-    summary = {"records": sent["records"], "seconds": round(time.monotonic() - began, 1), "trace_key": key}
-    marker.write_text(json.dumps(summary))
-    print("replay: %d records through vmstats serve in %.0f s" % (summary["records"], summary["seconds"]))
-    return work / "data"
 
 
 def first_whole_day(traces: dict) -> int:
@@ -170,7 +129,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="Replay again even if a cached replay matches.")
     args = parser.parse_args()  # fmt: skip
 
-    data = replayed(args.trace, args.fresh)
+    data = replayed(args.trace, "accuracy-replay", fresh=args.fresh) / "data"
     began = time.monotonic()
     traces = labels.read_all(args.trace)
     if args.decide_from:

@@ -37,9 +37,7 @@ Everything listens on 127.0.0.1 only.
 
 import argparse
 import datetime
-import hashlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,9 +48,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serverproc import serve  # noqa: E402
+from tracereplay import replayed  # noqa: E402
 
 from vmstats.capacity.demand import Settings, VmUse, Window, host_demand  # noqa: E402
 from vmstats.capacity.inventory import parse_inventory  # noqa: E402
@@ -156,53 +154,11 @@ def latency(args) -> dict:
 
 # --- backtest part ------------------------------------------------------------------------
 
-OUT = ROOT / "bench" / "out"
 TRACE = ROOT.parent / "shared" / "traces" / "bitbrains-rnd-2013-8"
 #: How the replay packs the trace's VMs on simulated hosts (vmstats replay --pack-*).
 PACKING = ("--pack-ratio", "1.0:1.0", "--pack-fill", "0.85", "--seed", "1")
 #: The backtest targets (issue 22).
 TARGETS = {"over_capacity_share": 0.001, "vs_ratio_1": 2.0, "vs_nova": 1.0}
-
-
-def manifest_key(trace: Path) -> str:
-    manifest = trace / "MANIFEST.tsv"
-    if not manifest.is_file():
-        raise SystemExit("%s has no MANIFEST.tsv: cannot tell whether a cached replay matches" % trace)
-    return hashlib.sha256(manifest.read_bytes() + " ".join(PACKING).encode()).hexdigest()[:16]
-
-
-def replayed(trace: Path, fresh: bool = False) -> tuple[Path, Path]:
-    """``(data dir, inventory)`` of the trace replayed into a real server with its VMs packed (cached)."""
-    key = manifest_key(trace)
-    work = OUT / ("admission-replay-%s" % key)
-    marker = work / "replayed.json"
-    inventory = work / "hosts.toml"
-    if marker.is_file() and not fresh:
-        summary = json.loads(marker.read_text())
-        print("replay: cached in %s (%d records, replayed in %.0f s)"
-              % (work, summary["records"], summary["seconds"]))
-        return work / "data", inventory
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    began = time.monotonic()
-    # Flushing often keeps per-VM buffers from filling (and naking) while a month goes in.
-    with serve(work, "--duration", "2h", "--flush-interval", "10", stop_timeout=600) as server:
-        files = [str(path) for path in sorted(trace.glob("*.csv.gz"))]
-        command = [sys.executable, "-m", "vmstats", "replay", "--format", "bitbrains", *files,
-                   "--pack-hosts", str(inventory), *PACKING,
-                   "--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp",
-                   "--timeout", "600", "--json", str(work / "replay.json")]
-        done = subprocess.run(command, cwd=str(ROOT), capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit("replay failed (%d):\n%s%s" % (done.returncode, done.stdout, done.stderr))
-        print(done.stdout.strip())
-    if server.returncode != 0:
-        raise SystemExit("server exited with %s:\n%s" % (server.returncode, server.output[-2000:]))
-    sent = json.loads((work / "replay.json").read_text())
-    summary = {"records": sent["records"], "seconds": round(time.monotonic() - began, 1), "trace_key": key}
-    marker.write_text(json.dumps(summary))
-    print("replay: %d records through vmstats serve in %.0f s" % (summary["records"], summary["seconds"]))
-    return work / "data", inventory
 
 
 def run_admit_backtest(data: Path, inventory: Path, plan_until: str, days: int,
@@ -232,7 +188,9 @@ def targets_met(doc: dict) -> dict:
 
 def backtest_part(args: argparse.Namespace) -> dict:
     """The backtest targets on the packed Bitbrains month, at each percentile asked for."""
-    data, inventory = replayed(args.trace, args.fresh)
+    work = replayed(args.trace, "admission-replay", ("--pack-hosts", "{work}/hosts.toml", *PACKING),
+                    ("--flush-interval", "10"), args.fresh)
+    data, inventory = work / "data", work / "hosts.toml"
     first = datetime.date.fromisoformat(args.plan_from)
     plan_until = (first + datetime.timedelta(days=args.days - 1)).isoformat()
     out = {"trace": args.trace.name, "packing": " ".join(PACKING), "plan_from": args.plan_from,
