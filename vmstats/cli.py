@@ -14,6 +14,7 @@ from vmstats import __version__
 #: sub-command name -> "module:attribute" of its click command.
 COMMANDS = {
     "serve": "vmstats.server.command:serve",
+    "compact": "vmstats.server.command:compact",
     "agent": "vmstats.client.command:agent",
     "agent-bundle": "vmstats.client.command:agent_bundle",
     "simulate": "vmstats.simulator.command:simulate",

@@ -17,9 +17,10 @@ import bisect
 import datetime
 import errno
 import functools
+import json
 import os
 import stat
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 from vmstats.protocol import FIELD_NAMES, FIELDS, Record, format_tags, parse_tags
 
@@ -711,7 +712,11 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
         batch_lines.clear()
         size = 0
 
+    columnar: List[Tuple[int, Part]] = []
     for index, path in enumerate(paths):
+        if isinstance(path, Part):
+            columnar.append((index, path))
+            continue
         try:
             raw = _read_body(path)
         except OSError as exc:
@@ -734,15 +739,43 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
         if size >= _BATCH_BYTES:
             flush()
     flush()
+    if columnar:
+        _read_parts(columnar, wanted, final, frames, bad, errors)
     if not frames:
         empty = pd.DataFrame({c: pd.Series(dtype=final[c]) for c in wanted})
         empty["file"] = pd.Series(dtype="int32")
         return empty, bad
     out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    if columnar and len(frames) > 1:  # back to file order: a later file's row wins a timestamp
+        out = out.iloc[np.argsort(out["file"].to_numpy(), kind="stable")].reset_index(drop=True)
     for name in wanted:
         if out[name].dtype != final[name]:
             out[name] = out[name].astype(final[name])
     return out, bad
+
+
+def _read_parts(parts: List[Tuple[int, "Part"]], wanted: List[str], final: Dict[str, str], frames: list,
+                bad: List[int], errors: Optional[Dict[int, str]]) -> None:
+    """read_columns' share of columnar Parts: their rows into ``frames``, their counts into
+    ``bad``; a file that cannot be read fails, or with ``errors`` is named there."""
+    by_path: Dict[str, List[Tuple[int, Part]]] = {}
+    for index, part in parts:
+        if part.tier != COLUMNAR_DIR:
+            raise ValueError("%s holds rollups, not rows" % part.path)
+        by_path.setdefault(part.path, []).append((index, part))
+    for path, mine in by_path.items():
+        try:
+            frame, found = _columnar_frame(mine, wanted, final)
+        except (OSError, ValueError) as exc:
+            if errors is None:
+                raise OSError("unreadable columnar file %s: %s" % (path, exc)) from None
+            for index, _part in mine:
+                errors[index] = "unreadable: %s" % exc
+            continue
+        for index, count in found.items():
+            bad[index] += count
+        if frame is not None and len(frame):
+            frames.append(frame)
 
 
 #: Bytes read from the end of a day file to find its last row's labels.
@@ -798,3 +831,288 @@ def read_rows(paths: Iterable[str]):
     frame = frame.drop(columns="file")
     frame = frame.drop_duplicates("ts", keep="last").sort_values("ts", kind="stable")
     return frame.reset_index(drop=True), sum(bad)
+
+
+# -- The compacted tiers ---------------------------------------------------------------------------
+#
+# Past ``--compact-after`` a closed day's CSV files are rewritten as one columnar file for the
+# whole fleet, and next to it the report's aggregate of each VM-day (its rollup) is kept:
+#
+#     DATA_DIR/columnar/<YYYY-MM-DD>.parquet    every VM's rows of the day, sorted by VM then time
+#     DATA_DIR/rollups/<YYYY-MM-DD>.parquet     one row per VM: the report's VM-day aggregate
+#
+# Both are Parquet (zstd) written under a temporary name and renamed into place, so a reader
+# sees the old file or the new one, never half of one.  A file's key-value metadata names the
+# VMs it holds (and, for the columnar tier, each VM's rows and the malformed lines its CSV had),
+# so finding what a file holds reads its footer, not its data.
+
+COLUMNAR_DIR = "columnar"
+ROLLUPS_DIR = "rollups"
+TIER_SUFFIX = ".parquet"
+#: Temporary files of a write in progress end so; a crash leaves them, the next compaction
+#: removes them, and no reader lists them.
+PARTIAL_SUFFIX = ".partial"
+COLUMNAR_VERSION = 1
+#: zstd level of both tiers: level 9 took the real trace from 4.7 to 4.2 bytes a record
+#: (bench/storage.py) for about 10% more compaction time.
+ZSTD_LEVEL = 9
+#: The metadata key holding a tier file's description (JSON).
+_META_KEY = b"vmstats"
+
+
+class Part(NamedTuple):
+    """One VM's share of a fleet-day file of a compacted tier (``tier``: COLUMNAR_DIR or
+    ROLLUPS_DIR).  The report's units and read_columns take it wherever they take a CSV path."""
+
+    path: str
+    vm: str
+    tier: str
+
+
+def source_path(source) -> str:
+    """The file a source (a CSV path or a Part) lives in."""
+    return source.path if isinstance(source, Part) else source
+
+
+def tier_path(data_dir: str, tier: str, day: str) -> str:
+    """The fleet-day file of ``tier`` for UTC ``day``."""
+    return os.path.join(data_dir, tier, day + TIER_SUFFIX)
+
+
+def tier_days(data_dir: str, tier: str) -> List[Tuple[str, str]]:
+    """``(day, path)`` of a tier's fleet-day files, oldest first (none if the tier is empty)."""
+    folder = os.path.join(data_dir, tier)
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    return [(name[: -len(TIER_SUFFIX)], os.path.join(folder, name))
+            for name in names if name.endswith(TIER_SUFFIX)]
+
+
+def tier_info(path: str) -> dict:
+    """A tier file's description: ``{"vms": [...], ...}`` (its footer only is read).
+
+    Columnar files also hold ``rows`` and ``bad`` (per VM, in ``vms`` order);
+    rollup files ``version``, the aggregate's version they were written with.
+    Raises OSError (or ValueError for a file that is not one of ours).
+    """
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+    except pyarrow.ArrowInvalid as exc:
+        raise ValueError("not a Parquet file: %s" % exc) from None
+    if _META_KEY not in meta:
+        raise ValueError("a Parquet file without vmstats' description")
+    return json.loads(meta[_META_KEY])
+
+
+def columnar_schema():
+    """The columnar tier's columns: ``vm``, then the CSV's columns with their types."""
+    import pyarrow as pa
+
+    kinds = {"int64": pa.int64(), "Int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+    return pa.schema([("vm", pa.string())] + [(name, kinds[DTYPES[name]]) for name in COLUMNS])
+
+
+class TierWriter:
+    """Writes one fleet-day file in row groups, then puts it in place atomically.
+
+    ``add`` takes pyarrow tables (one row group each, groups of VMs in VM
+    order); ``close(info)`` ends the file under its temporary name with the
+    description in its footer, where it can be read back and checked;
+    ``commit`` fsyncs it and renames it into place (then fsyncs the folder):
+    until then the old file, if any, is what readers see.  ``abort`` removes
+    the temporary file.
+    """
+
+    def __init__(self, path: str, schema=None):
+        self.path = path
+        self.partial = path + PARTIAL_SUFFIX
+        self._schema = schema
+        self._writer = None
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def _open(self, schema):
+        import pyarrow.parquet as pq
+
+        self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd",
+                                        compression_level=ZSTD_LEVEL)
+
+    def add(self, table) -> None:
+        if self._writer is None:
+            self._open(self._schema or table.schema)
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+
+    def close(self, info: dict) -> None:
+        if self._writer is None:
+            if self._schema is None:
+                raise ValueError("nothing to write to %s" % self.path)
+            self._open(self._schema)
+        self._writer.add_key_value_metadata({_META_KEY: json.dumps(info)})
+        self._writer.close()
+
+    def commit(self) -> None:
+        fd = os.open(self.partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.partial, self.path)
+        sync_dir(os.path.dirname(self.path))
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None and self._writer.is_open:
+                self._writer.close()
+        finally:
+            remove_quietly(self.partial)
+
+
+def sync_dir(folder: str) -> None:
+    """fsync a folder, so a rename or unlink in it outlives a crash of the machine."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def read_tier(path: str, vms: Optional[Iterable[str]] = None, columns: Optional[List[str]] = None):
+    """A tier file's rows (of ``vms`` only, if given) as a pyarrow Table, in file order.
+
+    The files are sorted by VM with one row group per group of VMs, so a
+    filter on a few VMs skips the other groups by their statistics.
+    """
+    import pyarrow.parquet as pq
+
+    wanted = None if columns is None else list(dict.fromkeys(["vm"] + list(columns)))
+    filters = None if vms is None else [("vm", "in", sorted(set(vms)))]
+    return pq.read_table(path, columns=wanted, filters=filters)
+
+
+def _columnar_frame(parts: List[Tuple[int, "Part"]], wanted: List[str], final: Dict[str, str]):
+    """``(frame, bad)`` of columnar Parts (``(index, part)``): rows with ``file`` = index.
+
+    ``bad`` maps each index to the malformed lines its VM's CSV had when it
+    was compacted, so the report counts them the same from either tier.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    frames = []
+    bad: Dict[int, int] = {}
+    by_path: Dict[str, List[Tuple[int, Part]]] = {}
+    for index, part in parts:
+        by_path.setdefault(part.path, []).append((index, part))
+    for path, mine in sorted(by_path.items()):
+        info = tier_info(path)
+        lines = dict(zip(info["vms"], info.get("bad", [0] * len(info["vms"])), strict=True))
+        index_of = {part.vm: index for index, part in mine}
+        for vm, index in index_of.items():
+            bad[index] = int(lines.get(vm, 0))
+        table = read_tier(path, index_of, wanted)
+        # Nullable integers and text as the CSV reader gives them (a seq near 2**63 stays exact).
+        frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}.get)
+        frame["file"] = frame.pop("vm").map(index_of).astype(np.int32)
+        frames.append(frame)
+    if not frames:
+        return None, bad
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    for name in wanted:
+        if str(frame[name].dtype) != final[name]:
+            frame[name] = frame[name].astype(final[name])
+    return frame, bad
+
+
+def last_labels_many(sources: List) -> List[Optional[Tuple[int, str, Optional[Tuple[Tuple[str, str], ...]]]]]:
+    """last_labels of each source: CSV paths read their tail, Parts their file once per file."""
+    out: List = [None] * len(sources)
+    by_path: Dict[str, List[Tuple[int, Part]]] = {}
+    for i, source in enumerate(sources):
+        if isinstance(source, Part):
+            by_path.setdefault(source.path, []).append((i, source))
+        else:
+            out[i] = last_labels(source)
+    for path, mine in by_path.items():
+        tier = mine[0][1].tier
+        columns = ["ts", "host", "tags"] if tier == COLUMNAR_DIR else ["label_ts", "host", "tags"]
+        try:
+            table = read_tier(path, {part.vm for _i, part in mine}, columns)
+        except (OSError, ValueError):
+            continue
+        last = {}
+        for vm, ts, host, tags in zip(*(table.column(c).to_pylist() for c in ["vm"] + columns), strict=True):
+            last[vm] = (ts, host, tags)  # sorted by time within a VM: the last row wins
+        for i, part in mine:
+            found = last.get(part.vm)
+            if found is None or found[0] is None:
+                continue
+            parsed = None
+            if found[2]:
+                try:
+                    parsed = parse_tags(found[2], TAGS_SEPARATOR)
+                except ValueError:
+                    parsed = None
+            out[i] = (int(found[0]), found[1] or "", parsed)
+    return out
+
+
+def rollup_table(vms: List[str], labels: List[Tuple[int, str, str]], data: Mapping[str, "object"]):
+    """A rollup file's table: ``vm``, the last record's labels, one column per aggregate.
+
+    ``data`` holds numpy arrays, one row per VM: 1-d ones become plain
+    columns, 2-d ones (per hour, per bin) fixed-size lists, so each keeps
+    its own dtype and the file needs no schema of its own.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    columns = {
+        "vm": pa.array(vms, pa.string()),
+        "label_ts": pa.array([label[0] for label in labels], pa.int64()),
+        "host": pa.array([label[1] for label in labels], pa.string()),
+        "tags": pa.array([label[2] for label in labels], pa.string()),
+    }
+    for name, values in data.items():
+        values = np.ascontiguousarray(values)
+        if values.ndim == 1:
+            columns[name] = pa.array(values)
+        else:
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    return pa.table(columns)
+
+
+def rollup_arrays(table) -> Tuple[List[str], Dict[str, "object"]]:
+    """``(vms, {aggregate: numpy array})`` of a rollup table (rollup_table's inverse)."""
+    import numpy as np
+    import pyarrow as pa
+
+    vms = table.column("vm").to_pylist()
+    out = {}
+    for name in table.column_names:
+        if name in ("vm", "label_ts", "host", "tags"):
+            continue
+        column = table.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(column.type):
+            width = column.type.list_size
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            out[name] = np.asarray(flat).reshape(len(column), width)
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return vms, out
+
+
+def day_number(day: str) -> int:
+    """The day number (UTC days since 1970-01-01) of a ``YYYY-MM-DD`` name; ValueError otherwise."""
+    return (datetime.date.fromisoformat(day) - _EPOCH).days

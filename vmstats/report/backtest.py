@@ -163,7 +163,7 @@ def run(
     workers: int = 2,
     rules: JudgingRules = RULES,
 ) -> Backtest:
-    units = load_mod.discover(data_dirs)
+    units = load_mod.discover(data_dirs, raw_only=True)  # judging needs the records themselves
     windows = choose_windows(list(units), decide_until, decide_days, judge_days)
     decision = build(
         data_dirs,
@@ -211,7 +211,7 @@ def _activity(units, vms, windows: Windows, decision: Report, rules: JudgingRule
                 owner += [k] * len(day_paths)
         errors: dict[int, str] = {}
         series_of = _read_series(paths, owner, len(chunk), errors)
-        skipped += [{"path": paths[i], "why": why} for i, why in sorted(errors.items())]
+        skipped += [{"path": logstore.source_path(paths[i]), "why": why} for i, why in sorted(errors.items())]
         for vm, series in zip(chunk, series_of, strict=True):
             row = rows[vm]
             decide = measure(series, windows.decide_first, windows.decide_last, rules)

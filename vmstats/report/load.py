@@ -12,6 +12,12 @@ no pickle, so a planted cache file cannot run code), keyed per unit by the
 (path, size, mtime) of its files: a unit whose files did not change is never
 parsed again; a unit whose file grew (today's, while the aggregator runs) is.
 Re-running over unchanged data therefore reads one file and stats the logs.
+
+A VM-day can be held by any of the three tiers of docs/STORAGE.md: its CSV day
+file, its rows in a columnar fleet-day file, or its rollup -- this very
+aggregate, kept by compaction once the rows are gone.  ``discover`` says which
+source(s) answer each VM-day and ``aggregate_units`` reduces them, whatever
+the tier, to the same row of aggregates.
 """
 
 import datetime
@@ -33,6 +39,9 @@ from vmstats.report.histogram import PCT_BINS, PCT_VALUES, RATE_BINS, pct_bin, p
 from vmstats.report.settings import ReportError
 
 CACHE_VERSION = 6
+#: The aggregate's version, written into every rollup file: a rollup written by a version
+#: whose fields differ is not used (raw data answers, or the VM-day is named as unreadable).
+ROLLUP_VERSION = CACHE_VERSION
 CACHE_NAME = "report-cache-v%d.bin" % CACHE_VERSION
 _EPOCH = datetime.date(1970, 1, 1)
 #: Units parsed per worker task: big enough to amortise pandas calls.
@@ -96,14 +105,16 @@ class Unit:
     files: tuple  # ((path, size, mtime_ns), ...)
 
 
-def issue(path: str, problem: str, rows: int = 0, bad_lines: int = 0, vm: str | None = None) -> dict:
+def issue(path: str, problem: str, rows: int = 0, bad_lines: int = 0, vm: str | None = None,
+          day: str | None = None) -> dict:
     """One log file the report could not read whole, as the report names it.
 
     ``rows`` is what it still read (0: the file was skipped); the VM and day
     come from the layout (``<vm>/<day>.csv``) so each place can group by them.
     """
     folder, name = os.path.split(path)
-    day = name[: -len(logstore.SUFFIX)] if name.endswith(logstore.SUFFIX) else ""
+    if day is None:
+        day = name[: -len(logstore.SUFFIX)] if name.endswith(logstore.SUFFIX) else ""
     return {
         "path": path,
         "vm": os.path.basename(folder) if vm is None else vm,
@@ -114,56 +125,142 @@ def issue(path: str, problem: str, rows: int = 0, bad_lines: int = 0, vm: str | 
     }
 
 
-def discover(data_dirs: Sequence[str], issues: list[dict] | None = None) -> dict[tuple[str, int], list[str]]:
-    """``{(vm, day): [paths]}`` over every data dir; ReportError when a dir is unusable.
+Source = str | logstore.Part
+#: ``{(vm, day): [source]}``: a VM-day's CSV paths and columnar Parts (rows, merged with the
+#: last written winning), or one rollup Part (its aggregate, kept after the rows were retired).
+Units = dict[tuple[str, int], list[Source]]
 
-    A VM folder that cannot be listed, or a ``.csv`` whose name is not a day,
-    is left out and, with ``issues`` given, named there: one bad entry never
-    hides the rest of the fleet.
+
+def discover(data_dirs: Sequence[str], issues: list[dict] | None = None, raw_only: bool = False) -> Units:
+    """``{(vm, day): [sources]}`` over every data dir and tier; ReportError when a dir is unusable.
+
+    In one data dir a VM-day is answered by its rollup when it has one and no
+    CSV file (a CSV file beside a rollup holds rows that came after the
+    compaction, so the rollup may lack them), else by its rows: CSV and
+    columnar together.  ``raw_only`` leaves rollups out (for readers that need
+    the records themselves, like the backtest).  A VM folder that cannot be
+    listed, a ``.csv`` whose name is not a day or a tier file that cannot be
+    read is left out and, with ``issues`` given, named there: one bad entry
+    never hides the rest of the fleet.
     """
-    units: dict[tuple[str, int], list[str]] = {}
+    units: Units = {}
+    rolled: dict[tuple[str, int], str] = {}  # the data dir whose rollup answers a unit
     issues = [] if issues is None else issues
     for data_dir in data_dirs:
         # Absolute paths key the cache, so a re-run from another folder still finds it.
         data_dir = os.path.abspath(data_dir)
         if not os.path.isdir(data_dir):
             raise ReportError("data dir %s does not exist or is not a directory" % data_dir)
-        found = 0
-        try:
-            vms = list(logstore.iter_vms(data_dir))
-        except (OSError, ValueError) as exc:
-            raise ReportError("cannot list logs in %s: %s" % (data_dir, exc)) from None
-        for vm in vms:
-            try:
-                files = logstore.day_files(data_dir, vm)
-            except (OSError, ValueError) as exc:
-                path = os.path.join(data_dir, logstore.VMS_DIR, vm)
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                issues.append(issue(path, "VM folder not listed: %s" % reason, vm=vm))
-                found += 1  # it is there: the data dir is not empty, only this VM unreadable
-                continue
-            for day, path in files:
-                try:
-                    number = day_number(day)
-                except ValueError:
-                    issues.append(issue(path, "not a day file: its name is not YYYY-MM-DD" + logstore.SUFFIX))
-                    continue
-                units.setdefault((vm, number), []).append(path)
-                found += 1
+        mine, found = _discover_dir(data_dir, issues, raw_only)
         if not found:
             raise ReportError(
                 "data dir %s holds no VM logs (expected %s/<vm>/<day>%s)"
                 % (data_dir, logstore.VMS_DIR, logstore.SUFFIX)
             )
+        for key, sources in mine.items():
+            _merge_unit(units, rolled, key, sources, issues)
     return units
 
 
-def _signature(paths: list[str], issues: list[dict]) -> tuple[str, list[str]]:
+def _merge_unit(units: Units, rolled: dict, key, sources: list, issues: list[dict]) -> None:
+    """Add one data dir's sources of a unit to ``units``.
+
+    Rows of several data dirs merge exactly (a timestamp resent to two
+    aggregators counts once); aggregates cannot, as the same record may be in
+    both.  So a unit that some data dir holds only as a rollup is answered by
+    the first such rollup, and the other dirs' sources are named as left out.
+    """
+    is_rollup = _is_rollup(sources)
+    known = units.get(key)
+    if known is None:
+        units[key] = list(sources)
+        return
+    if not is_rollup and not _is_rollup(known):
+        known.extend(sources)
+        return
+    if is_rollup and not _is_rollup(known):
+        left_out, units[key] = known, list(sources)
+    else:
+        left_out = sources
+    for source in left_out:
+        why = ("left out: this VM-day is a rollup in another data dir, "
+               "and rollups of several data dirs cannot be merged exactly")
+        issues.append(issue(logstore.source_path(source), why, vm=key[0], day=day_name(key[1])))
+
+
+def _is_rollup(sources: list) -> bool:
+    first = sources[0] if len(sources) == 1 else None
+    return isinstance(first, logstore.Part) and first.tier == logstore.ROLLUPS_DIR
+
+
+def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Units, int]:
+    """The units of one data dir (rollups where no CSV file is beside them, rows otherwise),
+    and how many entries were found, readable or not."""
+    csv, found = _discover_csv(data_dir, issues)
+    tiers = [logstore.COLUMNAR_DIR] + ([] if raw_only else [logstore.ROLLUPS_DIR])
+    parts: dict[str, dict[tuple[str, int], logstore.Part]] = {}
+    for tier in tiers:
+        held = parts[tier] = {}
+        for day, path in logstore.tier_days(data_dir, tier):
+            try:
+                number = day_number(day)
+                info = logstore.tier_info(path)
+                vms = info["vms"]
+                if tier == logstore.ROLLUPS_DIR and info.get("version") != ROLLUP_VERSION:
+                    raise ValueError("rollups of another aggregate version (%s)" % info.get("version"))
+            except (OSError, ValueError, KeyError) as exc:
+                issues.append(issue(path, "unreadable %s file: %s" % (tier, exc), vm="", day=day))
+                continue
+            for vm in vms:
+                held[(vm, number)] = logstore.Part(path, vm, tier)
+    units: Units = {}
+    columnar = parts[logstore.COLUMNAR_DIR]
+    for key in sorted(set(csv) | set(columnar) | set(parts.get(logstore.ROLLUPS_DIR, {}))):
+        rollup = parts.get(logstore.ROLLUPS_DIR, {}).get(key)
+        if rollup is not None and key not in csv:
+            units[key] = [rollup]
+        else:
+            # Columnar rows before the CSV's: a row logged after compaction wins its timestamp.
+            units[key] = ([columnar[key]] if key in columnar else []) + csv.get(key, [])
+    return units, found + len(units)
+
+
+def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, int], list[str]], int]:
+    """``({(vm, day): [path]}, entries found)`` of one data dir's CSV day files (an unlistable
+    VM folder is an entry: the dir is not empty, only that VM unreadable)."""
+    units: dict[tuple[str, int], list[str]] = {}
+    found = 0
+    try:
+        vms = list(logstore.iter_vms(data_dir))
+    except (OSError, ValueError) as exc:
+        raise ReportError("cannot list logs in %s: %s" % (data_dir, exc)) from None
+    for vm in vms:
+        try:
+            files = logstore.day_files(data_dir, vm)
+        except (OSError, ValueError) as exc:
+            path = os.path.join(data_dir, logstore.VMS_DIR, vm)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            issues.append(issue(path, "VM folder not listed: %s" % reason, vm=vm))
+            found += 1  # it is there: the data dir is not empty, only this VM unreadable
+            continue
+        for day, path in files:
+            try:
+                number = day_number(day)
+            except ValueError:
+                issues.append(issue(path, "not a day file: its name is not YYYY-MM-DD" + logstore.SUFFIX))
+                continue
+            units.setdefault((vm, number), []).append(path)
+            found += 1
+    return units, found
+
+
+def _signature(sources: list[Source], issues: list[dict]) -> tuple[str, list[Source]]:
     """What identifies a unit's files (path, size and mtime of each, as one string), and
     which of them are regular files to read.  The others are named in ``issues``."""
     out = []
     readable = []
-    for path in sorted(paths):
+    for source in sorted(sources, key=logstore.source_path):
+        path = logstore.source_path(source)
         try:
             info = os.stat(path)
         except OSError as exc:
@@ -174,8 +271,9 @@ def _signature(paths: list[str], issues: list[dict]) -> tuple[str, list[str]]:
         if not stat.S_ISREG(info.st_mode):  # a folder or FIFO named like a log is not one
             issues.append(issue(path, logstore.not_regular(info.st_mode)))
             continue
-        out.append("%s\0%d\0%d" % (path, info.st_size, info.st_mtime_ns))
-        readable.append(path)
+        vm = "\0" + source.vm if isinstance(source, logstore.Part) else ""
+        out.append("%s%s\0%d\0%d" % (path, vm, info.st_size, info.st_mtime_ns))
+        readable.append(source)
     return "\n".join(out), readable
 
 
@@ -190,13 +288,81 @@ def empty_table(rows: int) -> dict[str, np.ndarray]:
     return table
 
 
-def aggregate_units(paths_per_unit: list[list[str]]) -> tuple[dict[str, np.ndarray], dict[int, list[dict]]]:
-    """Parse the files of several units and reduce each unit to its aggregates.
+Aggregates = tuple[dict[str, np.ndarray], dict[int, list[dict]]]
 
-    Also returns, per unit (its index here), the files not read whole: one
-    that cannot be opened, or has malformed lines, is named (issue) and the
-    rows it still holds are used.
+
+def aggregate_units(paths_per_unit: list[list[Source]]) -> Aggregates:
+    """Reduce each of several units (VM-days) to its aggregates, whatever tier holds it.
+
+    ``paths_per_unit`` holds each unit's sources as ``discover`` gives them:
+    CSV paths and columnar Parts (rows: parsed, merged and reduced here) or
+    one rollup Part (the aggregate itself, read as it was kept).  Any mix of
+    units and data dirs may be passed; each unit's result is the same
+    whichever tier holds it.  Also returns, per unit (its index here), the
+    files not read whole: one that cannot be opened, or has malformed lines,
+    is named (issue) and the rows it still holds are used.
     """
+    rolled = [i for i, sources in enumerate(paths_per_unit) if _is_rollup(sources)]
+    if not rolled:
+        return _aggregate_rows(paths_per_unit)
+    rows = [i for i in range(len(paths_per_unit)) if not _is_rollup(paths_per_unit[i])]
+    out = empty_table(len(paths_per_unit))
+    issues: dict[int, list[dict]] = {}
+    for positions, (table, found) in (
+        (rolled, read_rollups([paths_per_unit[i][0] for i in rolled])),
+        (rows, _aggregate_rows([paths_per_unit[i] for i in rows]) if rows else (empty_table(0), {})),
+    ):
+        for name, values in table.items():
+            if values.dtype != out[name].dtype:
+                out[name] = out[name].astype(np.result_type(out[name], values))
+            out[name][positions] = values
+        issues.update((positions[k], entries) for k, entries in found.items())
+    return out, issues
+
+
+def read_rollups(parts: list[logstore.Part]) -> Aggregates:
+    """The kept aggregates of rollup Parts, each file read once; a VM-day its file does not
+    hold (or a file that cannot be read) is empty and named in the issues."""
+    out = empty_table(len(parts))
+    issues: dict[int, list[dict]] = {}
+    by_path: dict[str, list[int]] = {}
+    for i, part in enumerate(parts):
+        by_path.setdefault(part.path, []).append(i)
+    for path, mine in by_path.items():
+        try:
+            vms, data = logstore.rollup_arrays(logstore.read_tier(path, {parts[i].vm for i in mine}))
+            missing = set(out) - set(data)
+            if missing:
+                raise ValueError("no %s column" % sorted(missing)[0])
+        except (OSError, ValueError) as exc:
+            for i in mine:
+                issues[i] = [issue(path, "unreadable rollup: %s" % exc, vm=parts[i].vm, day=_file_day(path))]
+            continue
+        row_of = {vm: k for k, vm in enumerate(vms)}
+        for i in mine:
+            k = row_of.get(parts[i].vm)
+            if k is None:
+                issues[i] = [issue(path, "rollup missing from its file", vm=parts[i].vm, day=_file_day(path))]
+                continue
+            for name in out:
+                if data[name].dtype != out[name].dtype:
+                    out[name] = out[name].astype(np.result_type(out[name], data[name]))
+                out[name][i] = data[name][k]
+    return out, issues
+
+
+def _first_file(sources: list[Source]) -> tuple[str, str]:
+    """Where a unit's rows start: its columnar file and VM, or ("", "") for CSV only."""
+    first = sources[0] if sources else ""
+    return (first.path, first.vm) if isinstance(first, logstore.Part) else ("", "")
+
+
+def _file_day(path: str) -> str:
+    return os.path.basename(path)[: -len(logstore.TIER_SUFFIX)]
+
+
+def _aggregate_rows(paths_per_unit: list[list[Source]]) -> Aggregates:
+    """aggregate_units of units held as rows (CSV files, columnar Parts)."""
     paths = [p for group in paths_per_unit for p in group]
     owner = np.repeat(np.arange(len(paths_per_unit), dtype=np.int64), [len(g) for g in paths_per_unit])
     errors: dict[int, str] = {}
@@ -296,7 +462,12 @@ def _file_issues(paths, owner, frame, bad: list[int], errors: dict[int, str]) ->
             problem = "%d malformed lines skipped" % bad[index]
         else:
             problem = "no readable row (%d malformed lines)" % bad[index]
-        found.setdefault(int(owner[index]), []).append(issue(paths[index], problem, kept, bad[index]))
+        source = paths[index]
+        if isinstance(source, logstore.Part):
+            entry = issue(source.path, problem, kept, bad[index], vm=source.vm, day=_file_day(source.path))
+        else:
+            entry = issue(source, problem, kept, bad[index])
+        found.setdefault(int(owner[index]), []).append(entry)
     return found
 
 
@@ -397,12 +568,24 @@ def load(
                 parsed_issues[i] = cache["issues"][j]
     if stale:
         try:
-            tables, found = _parse(keys, readable, stale, progress, workers)
+            # Rollups are read here, each fleet-day file once; rows are parsed by the workers.
+            rolled = [i for i in stale if _is_rollup(readable[keys[i]])]
+            if rolled:
+                table, found = aggregate_units([readable[keys[i]] for i in rolled])
+                parts.append(table)
+                parsed_issues.update((rolled[k], entries) for k, entries in found.items())
+                order.extend(rolled)
+                stale_rows = [i for i in stale if not _is_rollup(readable[keys[i]])]
+            else:
+                stale_rows = stale
+            # A task's units from one columnar file, VMs in its order: one read of a few row groups.
+            stale_rows = sorted(stale_rows, key=lambda i: _first_file(readable[keys[i]]))
+            tables, found = _parse(keys, readable, stale_rows, progress, workers)
         except BrokenProcessPool:
             raise ReportError("a log-parsing process died (out of memory?); retry with --workers 1") from None
         parts.extend(tables)
         parsed_issues.update(found)
-        order.extend(stale)
+        order.extend(stale_rows)
     data = concat_tables(parts) if parts else empty_table(0)
     if parts:
         inverse = np.empty(len(order), np.int64)

@@ -58,22 +58,25 @@ def vm_labels(
     """``(host, tags)`` of each VM of ``vms``: those of its latest record up to ``last_day``.
 
     Only the last lines of each VM's latest day files are read (one small
-    read per data dir), not a column of every row.
+    read per data dir), not a column of every row; a compacted day's labels
+    come from its columnar file or its rollup, which keeps them.
     """
     latest: dict[str, int] = {}
     for vm, day in units:
         if day <= last_day and day > latest.get(vm, -1):
             latest[vm] = day
-    out = []
-    for vm in vms:
-        best = None
+    sources, owners = [], []
+    for k, vm in enumerate(vms):
         day = latest.get(vm)
-        for path in units.get((vm, day), ()) if day is not None else ():
-            found = logstore.last_labels(path)
-            if found is not None and (best is None or found[0] >= best[0]):
-                best = found
-        out.append(("", None) if best is None else (best[1], best[2]))
-    return out
+        for source in units.get((vm, day), ()) if day is not None else ():
+            sources.append(source)
+            owners.append(k)
+    best: list = [None] * len(vms)
+    # Compacted tiers' files are read once for all their VMs (logstore.last_labels_many).
+    for k, found in zip(owners, logstore.last_labels_many(sources), strict=True):
+        if found is not None and (best[k] is None or found[0] >= best[k][0]):
+            best[k] = found
+    return [("", None) if found is None else (found[1], found[2]) for found in best]
 
 
 def tag_value(row: Mapping[str, Any], key: str) -> str:

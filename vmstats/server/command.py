@@ -46,6 +46,14 @@ def _seconds(value: float) -> str:
 @click.option("--no-http", is_flag=True, help="Do not serve /metrics and /status.")
 @click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
               help="Where the per-VM logs go.")
+@click.option("--compact-interval", type=DURATION, default=_seconds(D.compact_interval), show_default=True,
+              help="How often a compaction pass runs (vmstats compact, in its own process; 0 = never).")
+@click.option("--compact-after", type=DURATION, default=_seconds(D.compact_after), show_default=True,
+              help="Compact a closed day's CSV files once the day ended this long ago.")
+@click.option("--retain-raw", type=DURATION, default=_seconds(D.retain_raw), show_default=True,
+              help="Keep a day's rows this long after it ended; its VM-day rollups stay.")
+@click.option("--retain-rollups", type=DURATION, default=_seconds(D.retain_rollups), show_default=True,
+              help="Keep a day's VM-day rollups this long after it ended.")
 @click.option("--flush-interval", type=DURATION, default=_seconds(D.flush_interval), show_default=True,
               help="How often the buffer is written to the logs.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
@@ -198,6 +206,12 @@ def serve(**options) -> None:
             options.pop(name)
     for name in ("max_past", "max_future"):
         options[name] = int(options[name])
+    from vmstats.server.compact import Policy
+
+    try:
+        Policy(options["compact_after"], options["retain_raw"], options["retain_rollups"]).check()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     config = ServerConfig(**options)
     from vmstats.rules.config import RulesError
     from vmstats.server.service import run
@@ -231,3 +245,34 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror + (": %s" % exc.filename if exc.filename else "")
     return str(exc) or type(exc).__name__
+
+
+@click.command()
+@click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
+              help="The data dir whose logs are compacted.")
+@click.option("--compact-after", type=DURATION, default=_seconds(D.compact_after), show_default=True,
+              help="Compact a closed day's CSV files once the day ended this long ago.")
+@click.option("--retain-raw", type=DURATION, default=_seconds(D.retain_raw), show_default=True,
+              help="Remove a day's rows (columnar file) once the day ended this long ago; its rollups stay.")
+@click.option("--retain-rollups", type=DURATION, default=_seconds(D.retain_rollups), show_default=True,
+              help="Remove a day's VM-day rollups once the day ended this long ago.")
+def compact(data_dir: str, compact_after: float, retain_raw: float, retain_rollups: float) -> None:
+    """Compact old CSV day files into columnar files and rollups, and apply retention (one pass).
+
+    Safe to kill at any moment and to run while the server writes (docs/STORAGE.md).
+    """
+    import os
+
+    from vmstats.server import compact as compact_mod
+
+    if not os.path.isdir(data_dir):
+        raise click.ClickException("data dir %s does not exist or is not a directory" % data_dir)
+    policy = compact_mod.Policy(compact_after, retain_raw, retain_rollups)
+    try:
+        policy.check()
+        summary = compact_mod.compact(data_dir, policy)
+    except (ValueError, compact_mod.CompactionBusy, compact_mod.VerifyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(one_line(exc)) from None
+    click.echo(summary.line())

@@ -92,5 +92,11 @@ class ServerConfig:
     #: Bounds of the other agents' state: counters tracked, minutes open.
     edge_max_counters: int = 200_000
     edge_max_open: int = 200_000
+    #: Compaction and retention (docs/STORAGE.md): how often a pass runs (0: never), and
+    #: how long after a day ends its CSV files are compacted, its rows kept, its rollups kept.
+    compact_interval: float = 3600.0
+    compact_after: float = 2 * 86400.0
+    retain_raw: float = 90 * 86400.0
+    retain_rollups: float = 730 * 86400.0
     #: A rules file (vmstats/rules/): live alerts and scaling on the incoming records.
     rules_file: str | None = None

@@ -14,6 +14,7 @@ from twisted.internet import defer
 
 from vmstats.server.auth import Authenticator
 from vmstats.server.buffer import Buffer
+from vmstats.server.compaction import CompactionService
 from vmstats.server.config import ServerConfig
 from vmstats.server.connections import (
     ConnectionTable,
@@ -107,6 +108,11 @@ class Aggregator(service.MultiService):
             self.parsers.setServiceParent(self)
         self.edge_service.setServiceParent(self)
         self.flusher.setServiceParent(self)
+        if config.compact_interval > 0:
+            self.compaction = CompactionService(
+                reactor, self.metrics, config.data_dir, config.compact_interval,
+                config.compact_after, config.retain_raw, config.retain_rollups)
+            self.compaction.setServiceParent(self)
         self.http = None
         if config.http_port >= 0:
             self.http = HTTPService(reactor, config.bind, config.http_port, self.metrics_text,

@@ -1,0 +1,383 @@
+"""Compaction and retention of a data dir: CSV day files -> columnar fleet-day files -> rollups.
+
+One pass (``compact``) does, oldest day first:
+
+1. every closed day whose end is at least ``compact_after`` ago and that still
+   has CSV files: its rows (and those of its columnar file, if an earlier
+   pass made one: a late record) are written to a new columnar file sorted by
+   VM and time, the last row of a timestamp winning as in every reader; the
+   file is read back and checked against what was written (rows per VM, a
+   digest of every value) before anything is removed; the VM-day rollups are
+   computed from that file with the report's own aggregation; both files are
+   renamed into place; only then are the CSV files removed, each only if it
+   has not changed since it was read (a record logged meanwhile keeps its
+   file for the next pass);
+2. columnar files of days that ended ``retain_raw`` or more ago are removed,
+   once their day's rollups are in place;
+3. rollup files of days that ended ``retain_rollups`` or more ago are removed.
+
+Every step leaves the data dir readable with nothing lost or counted twice:
+killed anywhere (SIGKILL), a pass leaves at most a ``.partial`` file (removed
+by the next pass, never read) and CSV files whose rows are also in the
+columnar file (readers merge them by timestamp; the next pass finishes the
+job).  A lock file keeps two passes from running at once on one data dir.
+The pass runs in its own process (``vmstats compact``, which the server's
+compaction service starts on a schedule), never on the reactor.
+"""
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vmstats import logstore
+
+log = logging.getLogger(__name__)
+
+DAY = logstore.DAY_SECONDS
+#: VMs read, checked and written per row group: bounds memory (a VM-day is at most a few
+#: thousand rows) and lets a reader of a few VMs skip the other groups by their statistics.
+#: As many as the report parses per task (load._TASK_UNITS), so a task reads one group.
+CHUNK_VMS = 64
+LOCK_NAME = "compaction.lock"
+
+
+class CompactionBusy(RuntimeError):
+    """Another pass holds the data dir's compaction lock."""
+
+
+class VerifyError(RuntimeError):
+    """A written file does not read back as what was written: nothing is removed."""
+
+
+@dataclass
+class Policy:
+    """When a closed day is compacted, and how long raw rows and rollups are kept (seconds
+    after the day's end; a day exactly that old is past the limit)."""
+
+    compact_after: float = 2 * DAY
+    retain_raw: float = 90 * DAY
+    retain_rollups: float = 730 * DAY
+
+    def check(self) -> None:
+        if self.compact_after < 0:
+            raise ValueError("--compact-after must not be negative")
+        if self.retain_raw < self.compact_after:
+            raise ValueError("--retain-raw must be at least --compact-after: rows are kept until compacted")
+        if self.retain_rollups < self.retain_raw:
+            raise ValueError("--retain-rollups must be at least --retain-raw")
+
+
+@dataclass
+class Summary:
+    days_compacted: int = 0
+    rows_compacted: int = 0
+    csv_removed: int = 0
+    csv_kept: list[str] = field(default_factory=list)  # changed while compacted, or unreadable
+    late_dropped: int = 0  # CSV files of VM-days whose raw rows were already retired
+    columnar_removed: int = 0
+    rollups_removed: int = 0
+    partial_removed: int = 0
+
+    def line(self) -> str:
+        return ("compacted %d days (%d rows, %d CSV files removed, %d kept), removed %d columnar and "
+                "%d rollup files past retention, %d late CSV files past retention"
+                % (self.days_compacted, self.rows_compacted, self.csv_removed, len(self.csv_kept),
+                   self.columnar_removed, self.rollups_removed, self.late_dropped))
+
+
+def elapsed_days(day: int, now: float) -> float:
+    """Seconds since UTC day ``day`` ended."""
+    return now - (day + 1) * DAY
+
+
+def compact(data_dir: str, policy: Policy, now: float | None = None,
+            step: Callable[[str], None] | None = None) -> Summary:
+    """One pass over ``data_dir``; CompactionBusy if another pass is running.
+
+    ``step`` is told of each committed change (for tests that stop a pass
+    part-way); it never changes what is done.
+    """
+    policy.check()
+    now = time.time() if now is None else now
+    summary = Summary()
+    with _lock(data_dir):
+        for tier in (logstore.COLUMNAR_DIR, logstore.ROLLUPS_DIR):
+            summary.partial_removed += _remove_partials(os.path.join(data_dir, tier))
+        csv_days = _csv_by_day(data_dir)
+        for day in sorted(csv_days):
+            if elapsed_days(day, now) >= policy.compact_after:
+                _compact_day(data_dir, day, csv_days[day], summary, step)
+        rollup_days = {logstore.day_number(name): path
+                       for name, path in logstore.tier_days(data_dir, logstore.ROLLUPS_DIR)}
+        for name, path in logstore.tier_days(data_dir, logstore.COLUMNAR_DIR):
+            day = logstore.day_number(name)
+            if elapsed_days(day, now) < policy.retain_raw:
+                continue
+            if day not in rollup_days or not _rolled_up(path, rollup_days[day]):
+                _write_rollups(data_dir, day, path)
+            os.unlink(path)
+            summary.columnar_removed += 1
+            _tell(step, "retired " + path)
+        for name, path in logstore.tier_days(data_dir, logstore.ROLLUPS_DIR):
+            if elapsed_days(logstore.day_number(name), now) >= policy.retain_rollups:
+                os.unlink(path)
+                summary.rollups_removed += 1
+                _tell(step, "retired " + path)
+    return summary
+
+
+def _tell(step, what: str) -> None:
+    if step is not None:
+        step(what)
+
+
+class _lock:
+    """An exclusive flock on DATA_DIR/compaction.lock: released by the kernel if killed."""
+
+    def __init__(self, data_dir: str):
+        self.path = os.path.join(data_dir, LOCK_NAME)
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise CompactionBusy("another compaction of %s is running" % os.path.dirname(self.path)) from None
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def _remove_partials(folder: str) -> int:
+    """Files a killed pass left half-written (never read by anyone)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        if name.endswith(logstore.PARTIAL_SUFFIX):
+            logstore.remove_quietly(os.path.join(folder, name))
+            removed += 1
+    return removed
+
+
+def _csv_by_day(data_dir: str) -> dict[int, list[tuple[str, str]]]:
+    """``{day: [(vm, path)]}`` of the data dir's CSV day files, VMs sorted."""
+    days: dict[int, list[tuple[str, str]]] = {}
+    for vm in logstore.iter_vms(data_dir):
+        try:
+            files = logstore.day_files(data_dir, vm)
+        except (OSError, ValueError) as exc:
+            log.warning("compaction: VM folder %s not listed: %s", vm, exc)
+            continue
+        for name, path in files:
+            try:
+                days.setdefault(logstore.day_number(name), []).append((vm, path))
+            except ValueError:
+                continue  # not a day file: the report names it; compaction leaves it alone
+    return days
+
+
+def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary: Summary, step) -> None:
+    """Rewrite one day's CSV files (merged with its columnar file) and remove them once safe."""
+    name = logstore.day_name(day)
+    target = logstore.tier_path(data_dir, logstore.COLUMNAR_DIR, name)
+    rollup_target = logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name)
+    old = logstore.tier_info(target)["vms"] if os.path.exists(target) else []
+    if not old and os.path.exists(rollup_target):
+        # The day's rows were retired already: rows that came since cannot join its rollups
+        # (its other rows are gone), so they go the way of the day's other raw rows.
+        kept = set(logstore.tier_info(rollup_target)["vms"])
+        late = [(vm, path) for vm, path in files if vm in kept]
+        for _vm, path in late:
+            logstore.remove_quietly(path)
+            summary.late_dropped += 1
+            log.warning("compaction: %s came after its day was retired; removed", path)
+        files = [(vm, path) for vm, path in files if vm not in kept]
+        if not files:
+            return
+    csv_of = dict(files)
+    vms = sorted(set(csv_of) | set(old))
+    seen: dict[str, os.stat_result] = {}
+    writer = logstore.TierWriter(target, logstore.columnar_schema())
+    info: dict = {"version": logstore.COLUMNAR_VERSION, "day": name, "vms": [], "rows": [], "bad": []}
+    digests: list[bytes] = []
+    unreadable: set[str] = set()
+    try:
+        for start in range(0, len(vms), CHUNK_VMS):
+            chunk = vms[start:start + CHUNK_VMS]
+            table, rows, bad, digest = _chunk(target, chunk, old, csv_of, seen, unreadable)
+            if table.num_rows:
+                writer.add(table)
+                digests.append(digest)
+            for vm in chunk:
+                if rows.get(vm):
+                    info["vms"].append(vm)
+                    info["rows"].append(rows[vm])
+                    info["bad"].append(bad.get(vm, 0))
+                elif vm in csv_of and vm not in unreadable:
+                    unreadable.add(vm)  # no readable row: the file stays for the report to name
+                    log.warning("compaction: %s has no readable row; left in place", csv_of[vm])
+        if not info["vms"]:
+            writer.abort()
+            summary.csv_kept.extend(path for _vm, path in files)
+            return
+        writer.close(info)
+        _verify(writer.partial, info, digests)
+        rollups = _write_rollups(data_dir, day, writer.partial, commit=False)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+    _tell(step, "columnar " + target)
+    rollups.commit()
+    _tell(step, "rollups " + rollup_target)
+    summary.days_compacted += 1
+    summary.rows_compacted += sum(info["rows"])
+    for vm, path in files:
+        if vm in unreadable:
+            summary.csv_kept.append(path)
+            continue
+        before = seen.get(path)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if before is None or (now.st_size, now.st_mtime_ns, now.st_ino) != (
+                before.st_size, before.st_mtime_ns, before.st_ino):
+            summary.csv_kept.append(path)  # written to since it was read: the next pass merges it
+            continue
+        os.unlink(path)
+        summary.csv_removed += 1
+        _tell(step, "removed " + path)
+
+
+def _chunk(target: str, chunk: list[str], old: list[str], csv_of: dict[str, str],
+           seen: dict[str, os.stat_result], unreadable: set[str]):
+    """The merged, sorted rows of a few VMs as a pyarrow table, with rows and malformed lines
+    per VM and a digest of the values (checked against the file when it is read back)."""
+    import pyarrow as pa
+
+    old_set = set(old)
+    sources: list = []
+    owners: list[str] = []
+    for vm in chunk:
+        if vm in old_set:
+            sources.append(logstore.Part(target, vm, logstore.COLUMNAR_DIR))
+            owners.append(vm)
+        path = csv_of.get(vm)
+        if path is not None:
+            try:
+                seen[path] = os.stat(path)  # before the read: a later change keeps the file
+            except OSError:
+                unreadable.add(vm)
+                continue
+            sources.append(path)
+            owners.append(vm)
+    errors: dict[int, str] = {}
+    frame, bad_lines = logstore.read_columns(sources, errors=errors)
+    for index, why in errors.items():
+        if not isinstance(sources[index], logstore.Part):
+            unreadable.add(owners[index])
+            log.warning("compaction: %s left in place: %s", sources[index], why)
+        else:
+            raise VerifyError("columnar file %s unreadable: %s" % (target, why))
+    vm_of = np.asarray(owners, dtype=object)[frame["file"].to_numpy()] if len(frame) else np.array([], object)
+    frame = frame.drop(columns="file")
+    frame.insert(0, "vm", vm_of)
+    # Sorted by VM then time; the last copy of a timestamp (file order: columnar, then CSV) wins.
+    frame["_pos"] = np.arange(len(frame))
+    frame = frame.sort_values(["vm", "ts", "_pos"], kind="stable")
+    frame = frame.drop_duplicates(["vm", "ts"], keep="last").drop(columns="_pos").reset_index(drop=True)
+    bad: dict[str, int] = {}
+    for index, count in enumerate(bad_lines):
+        if count:
+            bad[owners[index]] = bad.get(owners[index], 0) + count
+    rows = frame["vm"].value_counts().to_dict() if len(frame) else {}
+    table = pa.Table.from_pandas(frame, schema=logstore.columnar_schema(), preserve_index=False)
+    return table, rows, bad, _digest(table)
+
+
+def _digest(table) -> bytes:
+    """A hash of every value of a table, column by column, unknown values included."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    h = hashlib.sha256()
+    for name in table.column_names:
+        column = table.column(name)
+        h.update(name.encode() + b"\0")
+        h.update(np.packbits(column.is_null().to_numpy(zero_copy_only=False)).tobytes())
+        if pa.types.is_string(column.type):
+            h.update("\n".join(pc.fill_null(column, "").to_pylist()).encode("utf-8"))
+        else:
+            h.update(np.ascontiguousarray(pc.fill_null(column, 0).to_numpy()).tobytes())
+    return h.digest()
+
+
+def _verify(path: str, info: dict, digests: list[bytes]) -> None:
+    """Read the written file back: its description, rows per VM and every value as written."""
+    import pyarrow.parquet as pq
+
+    if logstore.tier_info(path)["vms"] != info["vms"]:
+        raise VerifyError("%s: its VMs do not read back" % path)
+    handle = pq.ParquetFile(path)
+    if [_digest(handle.read_row_group(i)) for i in range(handle.num_row_groups)] != digests:
+        raise VerifyError("%s: its values do not read back as written" % path)
+    vm, counts = np.unique(np.asarray(handle.read(columns=["vm"]).column("vm").to_pylist(), dtype=object),
+                           return_counts=True)
+    expected = dict(zip(info["vms"], info["rows"], strict=True))
+    if dict(zip(vm.tolist(), counts.tolist(), strict=True)) != expected:
+        raise VerifyError("%s: its rows per VM do not read back" % path)
+
+
+def _rolled_up(columnar: str, rollups: str) -> bool:
+    """Whether a rollup file holds every VM of a columnar file."""
+    try:
+        return set(logstore.tier_info(columnar)["vms"]) <= set(logstore.tier_info(rollups)["vms"])
+    except (OSError, ValueError):
+        return False
+
+
+def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
+    """The VM-day rollups of a columnar file, computed by the report's own aggregation."""
+    from vmstats.report import load
+
+    name = logstore.day_name(day)
+    vms = logstore.tier_info(columnar)["vms"]
+    writer = logstore.TierWriter(logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name))
+    try:
+        for start in range(0, len(vms), CHUNK_VMS):
+            chunk = vms[start:start + CHUNK_VMS]
+            parts = [logstore.Part(columnar, vm, logstore.COLUMNAR_DIR) for vm in chunk]
+            table, issues = load.aggregate_units([[part] for part in parts])
+            if issues:
+                raise VerifyError("rollups of %s: %s" % (columnar, issues[min(issues)][0]["problem"]))
+            labels = logstore.last_labels_many(parts)
+            writer.add(logstore.rollup_table(
+                chunk, [(None, None, None) if label is None else (label[0], label[1], _tags_text(label[2]))
+                        for label in labels], table))
+        writer.close({"version": load.ROLLUP_VERSION, "day": name, "vms": vms})
+    except BaseException:
+        writer.abort()
+        raise
+    if commit:
+        writer.commit()
+    return writer
+
+
+def _tags_text(tags) -> str | None:
+    if not tags:
+        return None
+    from vmstats.protocol import format_tags
+
+    return format_tags(tags, logstore.TAGS_SEPARATOR)

@@ -1,0 +1,102 @@
+"""The scheduled compaction: an APScheduler job that runs ``vmstats compact`` in a process.
+
+Compaction reads and writes whole fleet-days (compact.py); doing that on the
+reactor would stall ingest, and doing it in the writer pool would hold back
+flushes for as long.  So the job only starts a child process (the same
+``vmstats compact`` an operator can run by hand) and hears its exit through
+a ProcessProtocol: the reactor never waits.  One pass runs at a time; the
+pass's own lock also keeps a hand-run pass and the server's apart.  A pass
+is safe to kill at any moment (compact.py), so stopping the server ends a
+running one with SIGTERM rather than waiting for it.
+"""
+
+import logging
+import sys
+
+from apscheduler.executors.debug import DebugExecutor
+from apscheduler.schedulers.twisted import TwistedScheduler
+from twisted.application import service
+from twisted.internet import defer, protocol
+
+from vmstats.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class _Pass(protocol.ProcessProtocol):
+    """One ``vmstats compact`` child: its output kept (bounded), its exit code delivered."""
+
+    def __init__(self):
+        self.done: defer.Deferred = defer.Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.output = (self.output + data)[-4096:]
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        self.done.callback(reason.value.exitCode)
+
+
+class CompactionService(service.Service):
+    """Starts a compaction pass every ``interval`` seconds, one at a time."""
+
+    name = "compaction"
+
+    def __init__(self, reactor, metrics: Metrics, data_dir: str, interval: float,
+                 compact_after: float, retain_raw: float, retain_rollups: float):
+        self.reactor = reactor
+        self.data_dir = data_dir
+        self.interval = interval
+        self.arguments = ["--data-dir", data_dir, "--compact-after", "%gs" % compact_after,
+                          "--retain-raw", "%gs" % retain_raw, "--retain-rollups", "%gs" % retain_rollups]
+        self.scheduler: TwistedScheduler | None = None
+        self.running_pass: _Pass | None = None
+        self.transport = None
+        self.passes = 0
+        self.failures = 0
+        metrics.gauges["compaction_passes"] = ("Compaction passes finished (docs/STORAGE.md).",
+                                               lambda: self.passes)
+        metrics.gauges["compaction_failures"] = ("Compaction passes that exited with an error.",
+                                                 lambda: self.failures)
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.scheduler = TwistedScheduler(reactor=self.reactor, executors={"default": DebugExecutor()})
+        self.scheduler.add_job(self.run_pass, "interval", seconds=self.interval, id="compact",
+                               max_instances=1, coalesce=True)
+        self.scheduler.start()
+
+    def run_pass(self) -> defer.Deferred | None:
+        """Start a pass unless one is running; its Deferred fires with the exit code."""
+        if self.running_pass is not None or not self.running:
+            return None
+        child = _Pass()
+        command = [sys.executable, "-m", "vmstats", "compact"] + self.arguments
+        self.running_pass = child
+        self.transport = self.reactor.spawnProcess(child, sys.executable, command, env=None)
+        child.done.addCallback(self._ended, child)
+        return child.done
+
+    def _ended(self, code, child: _Pass):
+        self.running_pass = None
+        self.transport = None
+        text = child.output.decode("utf-8", "replace").strip()
+        if code == 0:
+            self.passes += 1
+            log.info("compaction: %s", text.splitlines()[-1] if text else "done")
+        else:
+            self.failures += 1
+            log.error("compaction pass exited with %s: %s", code, text[-500:])
+        return code
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self.running_pass is not None and self.transport is not None:
+            done = self.running_pass.done
+            self.transport.signalProcess("TERM")
+            return done
+        return None
