@@ -8,7 +8,7 @@ import click
 
 from vmstats import protocol
 from vmstats.server.auth import load_keys
-from vmstats.server.config import ServerConfig, parse_duration
+from vmstats.server.config import ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, resolve_bind
 from vmstats.server.journal import FSYNC_POLICIES
 
@@ -46,13 +46,13 @@ def _seconds(value: float) -> str:
 @click.option("--no-http", is_flag=True, help="Do not serve /metrics and /status.")
 @click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
               help="Where the per-VM logs go.")
-@click.option("--compact-interval", type=DURATION, default=_seconds(D.compact_interval), show_default=True,
+@click.option("--compact-interval", type=DURATION, default=format_duration(D.compact_interval), show_default=True,
               help="How often a compaction pass runs (vmstats compact, in its own process; 0 = never).")
-@click.option("--compact-after", type=DURATION, default=_seconds(D.compact_after), show_default=True,
+@click.option("--compact-after", type=DURATION, default=format_duration(D.compact_after), show_default=True,
               help="Compact a closed day's CSV files once the day ended this long ago.")
-@click.option("--retain-raw", type=DURATION, default=_seconds(D.retain_raw), show_default=True,
+@click.option("--retain-raw", type=DURATION, default=format_duration(D.retain_raw), show_default=True,
               help="Keep a day's rows this long after it ended; its VM-day rollups stay.")
-@click.option("--retain-rollups", type=DURATION, default=_seconds(D.retain_rollups), show_default=True,
+@click.option("--retain-rollups", type=DURATION, default=format_duration(D.retain_rollups), show_default=True,
               help="Keep a day's VM-day rollups this long after it ended.")
 @click.option("--flush-interval", type=DURATION, default=_seconds(D.flush_interval), show_default=True,
               help="How often the buffer is written to the logs.")
@@ -250,11 +250,11 @@ def one_line(exc: BaseException) -> str:
 @click.command()
 @click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
               help="The data dir whose logs are compacted.")
-@click.option("--compact-after", type=DURATION, default=_seconds(D.compact_after), show_default=True,
+@click.option("--compact-after", type=DURATION, default=format_duration(D.compact_after), show_default=True,
               help="Compact a closed day's CSV files once the day ended this long ago.")
-@click.option("--retain-raw", type=DURATION, default=_seconds(D.retain_raw), show_default=True,
+@click.option("--retain-raw", type=DURATION, default=format_duration(D.retain_raw), show_default=True,
               help="Remove a day's rows (columnar file) once the day ended this long ago; its rollups stay.")
-@click.option("--retain-rollups", type=DURATION, default=_seconds(D.retain_rollups), show_default=True,
+@click.option("--retain-rollups", type=DURATION, default=format_duration(D.retain_rollups), show_default=True,
               help="Remove a day's VM-day rollups once the day ended this long ago.")
 def compact(data_dir: str, compact_after: float, retain_raw: float, retain_rollups: float) -> None:
     """Compact old CSV day files into columnar files and rollups, and apply retention (one pass).

@@ -360,8 +360,10 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
             chunk = vms[start:start + CHUNK_VMS]
             parts = [logstore.Part(columnar, vm, logstore.COLUMNAR_DIR) for vm in chunk]
             table, issues = load.aggregate_units([[part] for part in parts])
-            if issues:
-                raise VerifyError("rollups of %s: %s" % (columnar, issues[min(issues)][0]["problem"]))
+            # Malformed lines the CSV had are carried over and counted, not a failure to read.
+            unread = [entry for entries in issues.values() for entry in entries if not entry["bad_lines"]]
+            if unread:
+                raise VerifyError("rollups of %s: %s" % (columnar, unread[0]["problem"]))
             labels = logstore.last_labels_many(parts)
             writer.add(logstore.rollup_table(
                 chunk, [(None, None, None) if label is None else (label[0], label[1], _tags_text(label[2]))

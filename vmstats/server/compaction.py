@@ -18,6 +18,7 @@ from apscheduler.schedulers.twisted import TwistedScheduler
 from twisted.application import service
 from twisted.internet import defer, protocol
 
+from vmstats.server.config import format_duration
 from vmstats.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ class CompactionService(service.Service):
         self.reactor = reactor
         self.data_dir = data_dir
         self.interval = interval
-        self.arguments = ["--data-dir", data_dir, "--compact-after", "%gs" % compact_after,
-                          "--retain-raw", "%gs" % retain_raw, "--retain-rollups", "%gs" % retain_rollups]
+        self.arguments = ["--data-dir", data_dir, "--compact-after", format_duration(compact_after),
+                          "--retain-raw", format_duration(retain_raw),
+                          "--retain-rollups", format_duration(retain_rollups)]
         self.scheduler: TwistedScheduler | None = None
         self.running_pass: _Pass | None = None
         self.transport = None

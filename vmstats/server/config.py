@@ -23,6 +23,13 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as parse_duration reads it back: ``2d`` for whole days, else seconds."""
+    if seconds and seconds % 86400 == 0:
+        return "%dd" % (seconds // 86400)
+    return ("%d" % seconds if seconds == int(seconds) else repr(float(seconds))) + "s"
+
+
 @dataclass
 class ServerConfig:
     """Everything ``vmstats serve`` can be told; defaults are the documented ones."""

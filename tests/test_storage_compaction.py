@@ -1,0 +1,284 @@
+"""Compaction and retention: CSV day files -> columnar fleet-day files -> VM-day rollups.
+
+The data are constructed VM-days written by the writer's own function
+(logstore.append_missing); compaction runs as the real ``vmstats compact``
+process where a process matters (SIGKILL, the server's scheduled job) and
+as a function where only the rule is tested (boundaries).  Every check
+reads back what is on disk, through the same readers the report uses.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from serverproc import serve
+
+from vmstats import logstore
+from vmstats.protocol import Record
+from vmstats.report import load
+from vmstats.report.build import build
+from vmstats.report.prices import PriceBook
+from vmstats.report.settings import Policy
+from vmstats.server import compact as compact_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+DAY = 86400
+FIRST = 20400  # 2025-11-09, a Sunday
+HOUR = 3600
+
+
+def _write_fleet(data_dir, vms: int, days: int, first: int = FIRST, seed: int = 3, step: int = 60) -> None:
+    """Per-minute VM-days with every kind of cell: unknowns, tags, hosts, a resend, a bad line."""
+    rng = random.Random(seed)
+    for v in range(vms):
+        vm = "10.0.%d.%d" % (v // 200, v % 200 + 1)
+        for d in range(days):
+            start = (first + d) * DAY
+            rows = {}
+            for ts in range(start + rng.randrange(step), start + DAY, step):
+                busy = v % 3 == 0 and 9 <= (ts // HOUR) % 24 < 17
+                record = Record(
+                    vm, ts, round(rng.uniform(20, 90) if busy else rng.uniform(0, 3), 2),
+                    cpu_max=None if ts % 7 == 0 else round(rng.uniform(0, 100), 1),
+                    mem=round(rng.uniform(10, 60), 3),
+                    disk_r=rng.randrange(0, 10**6) if ts % 5 else None, disk_w=rng.randrange(0, 10**5),
+                    net_rx=rng.randrange(0, 10**6), net_tx=rng.uniform(0, 10**4),
+                    vcpus=2 if v != 4 else 4, mem_mb=4096, seq=(ts - start) // step,
+                    host="node%d" % (v % 4), tags=(("project", "p%d" % (v % 2)),) if v % 2 else None)
+                rows[ts] = logstore.format_tail(record)
+            logstore.append_missing(str(data_dir), vm, rows)
+            # A resend that corrects a value: the later row wins in every tier.
+            fix = sorted(rows)[len(rows) // 2]
+            logstore.append_missing(str(data_dir), vm, {fix: rows[fix].replace(b",", b"5,", 1)})
+            if v == 1:  # a torn line: counted as bad in every tier
+                with open(logstore.day_path(str(data_dir), vm, logstore.day_name(first + d)), "ab") as handle:
+                    handle.write(b"123,not a row\n")
+
+
+def _units_rows(data_dir) -> dict:
+    """Every VM-day's rows as the readers merge them (all raw tiers): {(vm, day): frame}."""
+    out = {}
+    for key, sources in load.discover([str(data_dir)], raw_only=True).items():
+        frame, _bad = logstore.read_columns(sources)
+        frame = frame.drop(columns="file").drop_duplicates("ts", keep="last").sort_values("ts")
+        out[key] = frame.reset_index(drop=True)
+    return out
+
+
+def _same_rows(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        left, right = a[key], b[key]
+        assert len(left) == len(right), key
+        for name in left.columns:
+            x, y = left[name], right[name]
+            assert x.isna().tolist() == y.isna().tolist(), (key, name)
+            assert x.dropna().tolist() == y.dropna().tolist(), (key, name)
+
+
+def _compact(data_dir, **kwargs) -> compact_mod.Summary:
+    policy = compact_mod.Policy(**{name: value * DAY for name, value in kwargs.pop("policy").items()})
+    return compact_mod.compact(str(data_dir), policy, **kwargs)
+
+
+def _aggregates(units: dict) -> dict:
+    keys = sorted(units)
+    table, _issues = load.aggregate_units([units[k] for k in keys])
+    return {name: values for name, values in table.items()}, keys
+
+
+def test_closed_days_are_compacted_verified_and_answer_identically(tmp_path):
+    data = tmp_path / "data"
+    _write_fleet(data, vms=5, days=4)
+    csv_rows = _units_rows(data)
+    csv_units = load.discover([str(data)])
+    before, keys = _aggregates(csv_units)
+    now = (FIRST + 4) * DAY + HOUR  # day 3 is today; days 0 and 1 ended 2 days ago or more
+    summary = _compact(data, policy={"compact_after": 2, "retain_raw": 30, "retain_rollups": 60}, now=now)
+    assert summary.days_compacted == 2 and summary.csv_removed == 10 and not summary.csv_kept
+    for d in range(4):
+        name = logstore.day_name(FIRST + d)
+        columnar = data / "columnar" / (name + ".parquet")
+        csvs = list((data / "vms").glob("*/%s.csv" % name))
+        assert (columnar.exists(), len(csvs)) == ((True, 0) if d < 2 else (False, 5))
+    info = logstore.tier_info(str(data / "columnar" / (logstore.day_name(FIRST) + ".parquet")))
+    assert info["bad"][info["vms"].index("10.0.0.2")] == 1 and sum(info["bad"]) == 1
+    # Sorted by VM then time, one row per timestamp.
+    table = pq.read_table(data / "columnar" / (logstore.day_name(FIRST) + ".parquet"), columns=["vm", "ts"])
+    pairs = list(zip(table.column("vm").to_pylist(), table.column("ts").to_pylist(), strict=True))
+    assert pairs == sorted(set(pairs))
+    # The rows, the aggregates and the report are those of the CSV files, from every tier.
+    _same_rows(_units_rows(data), csv_rows)
+    units = load.discover([str(data)])
+    assert all(load._is_rollup(units[k]) == (k[1] < FIRST + 2) for k in units)
+    after, keys_after = _aggregates(units)
+    no_rollups = tmp_path / "columnar-only"
+    shutil.copytree(data, no_rollups)
+    shutil.rmtree(no_rollups / "rollups")
+    columnar, keys_columnar = _aggregates(load.discover([str(no_rollups)]))
+    assert keys == keys_after == keys_columnar
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+        np.testing.assert_array_equal(before[name], columnar[name], err_msg=name)
+
+
+def _report(data_dirs, days: int = 4, **kwargs) -> list:
+    report = build([str(d) for d in data_dirs], Policy.load(overrides={"days": days}), PriceBook.load(None),
+                   workers=1, **kwargs)
+    return json.loads(json.dumps(report.rows, default=str))
+
+
+def test_the_report_is_the_same_from_csv_columnar_and_rollups(tmp_path):
+    csv_dir = tmp_path / "csv"
+    _write_fleet(csv_dir, vms=6, days=8)
+    compacted = tmp_path / "compacted"
+    shutil.copytree(csv_dir, compacted)
+    now = (FIRST + 8) * DAY + 5 * DAY  # every day compacted
+    _compact(compacted, policy={"compact_after": 1, "retain_raw": 30, "retain_rollups": 60}, now=now)
+    assert not list((compacted / "vms").glob("*/*.csv"))
+    columnar_only = tmp_path / "columnar"
+    rollups_only = tmp_path / "rollups"
+    shutil.copytree(compacted, columnar_only)
+    shutil.rmtree(columnar_only / "rollups")
+    shutil.copytree(compacted, rollups_only)
+    shutil.rmtree(rollups_only / "columnar")
+    expected = _report([csv_dir], days=8)
+    assert len({row["category"] for row in expected}) >= 2
+    for other in (columnar_only, rollups_only, compacted):
+        assert _report([other], days=8) == expected, other
+    # The same VM-days in two aggregators' dirs, one compacted and one not: merged as two CSV
+    # dirs are (the rows once; each dir's malformed lines counted).
+    csv_copy = tmp_path / "csv-copy"
+    shutil.copytree(csv_dir, csv_copy)
+    assert _report([csv_dir, columnar_only], days=8) == _report([csv_dir, csv_copy], days=8)
+
+
+def test_retention_boundaries_are_exact(tmp_path):
+    data = tmp_path / "data"
+    _write_fleet(data, vms=2, days=6, step=600)
+    end = lambda d: (FIRST + d + 1) * DAY  # noqa: E731
+    policy = {"compact_after": 1, "retain_raw": 3, "retain_rollups": 4}
+    # Day 4 ends exactly compact_after before now: compacted; day 5 is not closed long enough.
+    now = end(4) + DAY
+    _compact(data, policy=policy, now=now)
+    tiers = lambda tier: sorted(p.stem for p in (data / tier).glob("*.parquet"))  # noqa: E731
+    names = [logstore.day_name(FIRST + d) for d in range(6)]
+    # Day 2 ended exactly retain_raw ago: its rows are gone, its rollups kept; day 3 keeps its rows.
+    assert tiers("columnar") == names[3:5]
+    # Day 1 ended exactly retain_rollups ago: gone with day 0; day 2 is still rolled up.
+    assert tiers("rollups") == names[2:5]
+    assert sorted(p.stem for p in (data / "vms").glob("*/*.csv")) == [names[5]] * 2
+    # Day 2's rollups: kept one second before they are retain_rollups old, removed at it; day 5,
+    # closed one day then, is compacted at that very second, not one before.
+    now = end(2) + 4 * DAY
+    _compact(data, policy=policy, now=now - 1)
+    assert tiers("rollups") == names[2:5]
+    _compact(data, policy=policy, now=now)
+    assert tiers("rollups") == names[3:6]
+
+
+def test_rows_logged_after_compaction_win_and_are_merged_next_pass(tmp_path):
+    data = tmp_path / "data"
+    _write_fleet(data, vms=2, days=3, step=300)
+    now = (FIRST + 3) * DAY + 3 * DAY
+    policy = {"compact_after": 1, "retain_raw": 30, "retain_rollups": 60}
+    _compact(data, policy=policy, now=now)
+    vm = "10.0.0.1"
+    ts = (FIRST + 1) * DAY + 17
+    late = Record(vm, ts, 99.5, mem=12.0)
+    logstore.append_missing(str(data), vm, {ts: logstore.format_tail(late)})
+    frame = _units_rows(data)[(vm, FIRST + 1)]
+    assert frame.loc[frame.ts == ts, "cpu"].tolist() == [99.5]
+    units = load.discover([str(data)])
+    assert not load._is_rollup(units[(vm, FIRST + 1)])  # a CSV beside the rollup: rows answer
+    merged = _units_rows(data)
+    summary = _compact(data, policy=policy, now=now)
+    assert summary.days_compacted == 1 and summary.csv_removed == 1
+    _same_rows(_units_rows(data), merged)
+    assert load._is_rollup(load.discover([str(data)])[(vm, FIRST + 1)])
+
+
+def _kill_at_random(data_dir, rng: random.Random, kills: int):
+    """Start ``vmstats compact`` and SIGKILL it after a random delay, ``kills`` times; yields
+    each run's exit code (-9 when it was killed, 0 when it finished first)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for _ in range(kills):
+        proc = subprocess.Popen([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data_dir),
+                                 "--compact-after", "1d"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(rng.uniform(0.3, 3.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        yield proc.returncode
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
+    data = tmp_path / "data"
+    first = int(time.time()) // DAY - 8
+    _write_fleet(data, vms=60, days=3, first=first, step=120)
+    expected = _units_rows(data)
+    rng = random.Random(int(os.environ.get("VMSTATS_SEED", "23")))
+    killed = 0
+    for code in _kill_at_random(data, rng, kills=4):
+        killed += code == -signal.SIGKILL
+        _same_rows(_units_rows(data), expected)  # whatever moment: every row readable, once
+        for path in (data / "columnar").glob("*.parquet"):
+            table = pq.read_table(path, columns=["vm", "ts"])
+            pairs = list(zip(table.column("vm").to_pylist(), table.column("ts").to_pylist(), strict=True))
+            assert len(pairs) == len(set(pairs)), path
+    assert killed >= 1
+    done = subprocess.run([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data),
+                           "--compact-after", "1d"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not list((data / "vms").glob("*/*.csv")) and not list(data.glob("*/*.partial"))
+    _same_rows(_units_rows(data), expected)
+
+
+def test_two_passes_never_run_at_once(tmp_path):
+    data = tmp_path / "data"
+    _write_fleet(data, vms=1, days=1, step=3600)
+    with compact_mod._lock(str(data)):
+        done = subprocess.run([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data)],
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["Error: another compaction of %s is running" % data]
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(tmp_path),
+                           "--compact-after", "3d", "--retain-raw", "1d"],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("Error: --retain-raw must be at least --compact-after: "
+                                   "rows are kept until compacted")
+
+
+def test_the_server_compacts_on_schedule_while_it_receives(tmp_path):
+    data = tmp_path / "data"
+    first = int(time.time()) // DAY - 5
+    _write_fleet(data, vms=20, days=2, first=first, step=120)
+    expected = _units_rows(data)
+    options = ("--compact-interval", "1s", "--compact-after", "2d", "--flush-interval", "0.3")
+    with serve(tmp_path, *options) as server:
+        now = int(time.time())
+        for i in range(5):
+            server.send_udp(b"vmstats,vm=10.9.9.9 cpu=%d,mem=5 %d" % (i, now - 60 * i))
+        server.wait_for(lambda s: len(list((data / "columnar").glob("*.parquet"))) == 2
+                        and not list((data / "vms").glob("*/%s.csv" % logstore.day_name(first))), timeout=60)
+        server.wait_for(lambda s: s.metrics().get("vmstats_compaction_passes", 0) >= 1, timeout=30)
+        live = data / "vms" / "10.9.9.9"
+        server.wait_for(lambda s: sum(len(p.read_text().splitlines()) - 1 for p in live.glob("*.csv")) == 5)
+    assert server.returncode == 0
+    rows = _units_rows(data)
+    _same_rows({k: v for k, v in rows.items() if k[0] != "10.9.9.9"}, expected)
