@@ -34,6 +34,20 @@ def _seconds(value: float) -> str:
     return "%gs" % value
 
 
+def retention_options(command):
+    """The compaction and retention settings (docs/STORAGE.md), shared by serve and compact."""
+    for name, flag, meaning in reversed((
+        ("compact_after", "--compact-after",
+         "Compact a closed day's CSV files once the day ended this long ago."),
+        ("retain_raw", "--retain-raw",
+         "Keep a day's rows this long after it ended; its VM-day rollups stay."),
+        ("retain_rollups", "--retain-rollups", "Keep a day's VM-day rollups this long after it ended."),
+    )):
+        command = click.option(flag, type=DURATION, default=format_duration(getattr(D, name)),
+                               show_default=True, help=meaning)(command)
+    return command
+
+
 @click.command()
 @click.option("--bind", default=D.bind, show_default=True,
               help="Address or host name to listen on (a name is resolved once, IPv4 first).")
@@ -46,14 +60,10 @@ def _seconds(value: float) -> str:
 @click.option("--no-http", is_flag=True, help="Do not serve /metrics and /status.")
 @click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
               help="Where the per-VM logs go.")
-@click.option("--compact-interval", type=DURATION, default=format_duration(D.compact_interval), show_default=True,
+@click.option("--compact-interval", type=DURATION, default=format_duration(D.compact_interval),
+              show_default=True,
               help="How often a compaction pass runs (vmstats compact, in its own process; 0 = never).")
-@click.option("--compact-after", type=DURATION, default=format_duration(D.compact_after), show_default=True,
-              help="Compact a closed day's CSV files once the day ended this long ago.")
-@click.option("--retain-raw", type=DURATION, default=format_duration(D.retain_raw), show_default=True,
-              help="Keep a day's rows this long after it ended; its VM-day rollups stay.")
-@click.option("--retain-rollups", type=DURATION, default=format_duration(D.retain_rollups), show_default=True,
-              help="Keep a day's VM-day rollups this long after it ended.")
+@retention_options
 @click.option("--flush-interval", type=DURATION, default=_seconds(D.flush_interval), show_default=True,
               help="How often the buffer is written to the logs.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
@@ -250,12 +260,7 @@ def one_line(exc: BaseException) -> str:
 @click.command()
 @click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
               help="The data dir whose logs are compacted.")
-@click.option("--compact-after", type=DURATION, default=format_duration(D.compact_after), show_default=True,
-              help="Compact a closed day's CSV files once the day ended this long ago.")
-@click.option("--retain-raw", type=DURATION, default=format_duration(D.retain_raw), show_default=True,
-              help="Remove a day's rows (columnar file) once the day ended this long ago; its rollups stay.")
-@click.option("--retain-rollups", type=DURATION, default=format_duration(D.retain_rollups), show_default=True,
-              help="Remove a day's VM-day rollups once the day ended this long ago.")
+@retention_options
 def compact(data_dir: str, compact_after: float, retain_raw: float, retain_rollups: float) -> None:
     """Compact old CSV day files into columnar files and rollups, and apply retention (one pass).
 
