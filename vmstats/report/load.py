@@ -254,7 +254,8 @@ def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, in
     return units, found
 
 
-def _signature(sources: list[Source], issues: list[dict]) -> tuple[str, list[Source]]:
+def _signature(sources: list[Source], issues: list[dict],
+               stats: dict[str, os.stat_result] | None = None) -> tuple[str, list[Source]]:
     """What identifies a unit's files (path, size and mtime of each, as one string), and
     which of them are regular files to read.  The others are named in ``issues``."""
     out = []
@@ -262,7 +263,9 @@ def _signature(sources: list[Source], issues: list[dict]) -> tuple[str, list[Sou
     for source in sorted(sources, key=logstore.source_path):
         path = logstore.source_path(source)
         try:
-            info = os.stat(path)
+            info = stats[path] if stats is not None and path in stats else os.stat(path)
+            if stats is not None and isinstance(source, logstore.Part):
+                stats[path] = info  # a fleet-day file serves many units: one stat
         except OSError as exc:
             # A file gone since it was listed was removed by retention: not a problem.
             if not isinstance(exc, FileNotFoundError) or os.path.islink(path):
@@ -306,6 +309,8 @@ def aggregate_units(paths_per_unit: list[list[Source]]) -> Aggregates:
     if not rolled:
         return _aggregate_rows(paths_per_unit)
     rows = [i for i in range(len(paths_per_unit)) if not _is_rollup(paths_per_unit[i])]
+    if not rows:  # rollups only (a long window's report): their table as read, no copy
+        return read_rollups([sources[0] for sources in paths_per_unit])
     out = empty_table(len(paths_per_unit))
     issues: dict[int, list[dict]] = {}
     for positions, (table, found) in (
@@ -329,25 +334,32 @@ def read_rollups(parts: list[logstore.Part]) -> Aggregates:
     for i, part in enumerate(parts):
         by_path.setdefault(part.path, []).append(i)
     for path, mine in by_path.items():
+        wanted = {parts[i].vm for i in mine}
         try:
-            vms, data = logstore.rollup_arrays(logstore.read_tier(path, {parts[i].vm for i in mine}))
+            info = logstore.tier_info(path)
+            # Most of a file's VMs wanted (a fleet's report): reading it whole beats filtering.
+            table = logstore.read_tier(path, None if 2 * len(wanted) >= len(info["vms"]) else wanted)
+            vms, data = logstore.rollup_arrays(table)
             missing = set(out) - set(data)
             if missing:
                 raise ValueError("no %s column" % sorted(missing)[0])
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             for i in mine:
                 issues[i] = [issue(path, "unreadable rollup: %s" % exc, vm=parts[i].vm, day=_file_day(path))]
             continue
         row_of = {vm: k for k, vm in enumerate(vms)}
+        found = [(i, row_of[parts[i].vm]) for i in mine if parts[i].vm in row_of]
         for i in mine:
-            k = row_of.get(parts[i].vm)
-            if k is None:
+            if parts[i].vm not in row_of:
                 issues[i] = [issue(path, "rollup missing from its file", vm=parts[i].vm, day=_file_day(path))]
-                continue
-            for name in out:
-                if data[name].dtype != out[name].dtype:
-                    out[name] = out[name].astype(np.result_type(out[name], data[name]))
-                out[name][i] = data[name][k]
+        if not found:
+            continue
+        positions = np.array([i for i, _k in found])
+        rows = np.array([k for _i, k in found])
+        for name in out:
+            if data[name].dtype != out[name].dtype:
+                out[name] = out[name].astype(np.result_type(out[name], data[name]))
+            out[name][positions] = data[name][rows]
     return out, issues
 
 
@@ -538,7 +550,8 @@ def load(
             wanted[(vm, day)] = units[(vm, day)]
     keys = sorted(wanted)
     listed: list[dict] = []  # what a stat finds: never cached, it costs nothing to find again
-    signed = [_signature(wanted[k], listed) for k in keys]
+    stats: dict[str, os.stat_result] = {}
+    signed = [_signature(wanted[k], listed, stats) for k in keys]
     signatures = [sig for sig, _readable in signed]
     readable = {key: paths for key, (_sig, paths) in zip(keys, signed, strict=True)}
 
@@ -586,8 +599,8 @@ def load(
         parts.extend(tables)
         parsed_issues.update(found)
         order.extend(stale_rows)
-    data = concat_tables(parts) if parts else empty_table(0)
-    if parts:
+    data = (parts[0] if len(parts) == 1 else concat_tables(parts)) if parts else empty_table(0)
+    if parts and order != list(range(len(order))):  # already in key order (one part): no copy
         inverse = np.empty(len(order), np.int64)
         inverse[np.array(order)] = np.arange(len(order))
         data = {name: values[inverse] for name, values in data.items()}
