@@ -277,3 +277,22 @@ def test_newest_day_without_valid_records_does_not_move_the_window(tmp_path):
     assert rows["10.0.0.1"]["coverage"] == 1.0 and rows["10.0.0.1"]["category"] != "stopped"
     skipped = {entry["path"]: entry["problem"] for entry in report.meta["skipped_files"]}
     assert sorted(skipped) == [str(folder / ("2026-01-0%d.csv" % day)) for day in (4, 5, 6)]
+
+
+def test_long_windows_sum_histograms_per_day_as_the_dense_path_does(monkeypatch):
+    """A window too long for the dense array (90 days x 1,000 VMs) adds a day at a time."""
+    from vmstats.report import stats as stats_mod
+
+    rng = np.random.default_rng(5)
+    vms, days, bins = 7, 9, 13
+    keep = rng.random(vms * days) < 0.7  # VMs with days missing, as real fleets have
+    group = np.repeat(np.arange(vms), days)[keep]
+    offset = np.tile(np.arange(days), vms)[keep]
+    hist = rng.integers(0, 60000, size=(len(group), bins)).astype(np.uint16)
+    dense = stats_mod._hist_sum(hist, group, offset, vms)
+    monkeypatch.setattr(stats_mod, "_DENSE_CELLS", 0)
+    by_day = stats_mod._hist_sum(hist, group, offset, vms)
+    expected = np.zeros((vms, bins), np.int64)
+    np.add.at(expected, group, hist.astype(np.int64))
+    np.testing.assert_array_equal(dense, expected)
+    np.testing.assert_array_equal(by_day, expected)

@@ -305,10 +305,11 @@ def aggregate_units(paths_per_unit: list[list[Source]]) -> Aggregates:
     files not read whole: one that cannot be opened, or has malformed lines,
     is named (issue) and the rows it still holds are used.
     """
-    rolled = [i for i, sources in enumerate(paths_per_unit) if _is_rollup(sources)]
+    is_rollup = [_is_rollup(sources) for sources in paths_per_unit]
+    rolled = [i for i, rollup in enumerate(is_rollup) if rollup]
     if not rolled:
         return _aggregate_rows(paths_per_unit)
-    rows = [i for i in range(len(paths_per_unit)) if not _is_rollup(paths_per_unit[i])]
+    rows = [i for i, rollup in enumerate(is_rollup) if not rollup]
     if not rows:  # rollups only (a long window's report): their table as read, no copy
         return read_rollups([sources[0] for sources in paths_per_unit])
     out = empty_table(len(paths_per_unit))
@@ -356,10 +357,11 @@ def read_rollups(parts: list[logstore.Part]) -> Aggregates:
             continue
         positions = np.array([i for i, _k in found])
         rows = np.array([k for _i, k in found])
+        whole = len(rows) == len(vms) and bool(np.all(rows == np.arange(len(rows))))
         for name in out:
             if data[name].dtype != out[name].dtype:
                 out[name] = out[name].astype(np.result_type(out[name], data[name]))
-            out[name][positions] = data[name][rows]
+            out[name][positions] = data[name] if whole else data[name][rows]
     return out, issues
 
 
@@ -582,15 +584,14 @@ def load(
     if stale:
         try:
             # Rollups are read here, each fleet-day file once; rows are parsed by the workers.
-            rolled = [i for i in stale if _is_rollup(readable[keys[i]])]
+            is_rollup = [_is_rollup(readable[keys[i]]) for i in stale]
+            rolled = [i for i, rollup in zip(stale, is_rollup, strict=True) if rollup]
+            stale_rows = [i for i, rollup in zip(stale, is_rollup, strict=True) if not rollup]
             if rolled:
-                table, found = aggregate_units([readable[keys[i]] for i in rolled])
+                table, found = read_rollups([readable[keys[i]][0] for i in rolled])
                 parts.append(table)
                 parsed_issues.update((rolled[k], entries) for k, entries in found.items())
                 order.extend(rolled)
-                stale_rows = [i for i in stale if not _is_rollup(readable[keys[i]])]
-            else:
-                stale_rows = stale
             # A task's units from one columnar file, VMs in its order: one read of a few row groups.
             stale_rows = sorted(stale_rows, key=lambda i: _first_file(readable[keys[i]]))
             tables, found = _parse(keys, readable, stale_rows, progress, workers)

@@ -60,8 +60,10 @@ def _hist_sum(hist: np.ndarray, group: np.ndarray, offset: np.ndarray, groups: i
     """Sum of histogram rows per VM (rows sorted by VM; ``offset``: day within the window).
 
     Scattering rows into a dense VMs x days x bins array and summing the
-    middle axis is ~20 times faster than ``reduceat`` along rows; windows too
-    long for that fall back to ``reduceat``.
+    middle axis is ~20 times faster than ``reduceat`` along rows.  Windows too
+    long for that (a 90-day report of 1,000 VMs) add one day's rows at a time
+    (a VM has one row a day, so no index repeats within a day): as fast, in
+    memory for the sums only.
     """
     out = np.zeros((groups, hist.shape[1]), np.int64)
     if not len(group):
@@ -71,8 +73,11 @@ def _hist_sum(hist: np.ndarray, group: np.ndarray, offset: np.ndarray, groups: i
         dense = np.zeros((groups, span, hist.shape[1]), hist.dtype)
         dense[group, offset] = hist
         return dense.sum(axis=1, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    out[group[starts]] = np.add.reduceat(hist, starts, axis=0, dtype=np.int64)
+    order = np.argsort(offset, kind="stable")
+    bounds = np.searchsorted(offset[order], np.arange(span + 1))
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = order[lo:hi]
+        out[group[rows]] += hist[rows]
     return out
 
 
