@@ -350,3 +350,30 @@ def test_demand_from_real_logs_with_host_tags_selectors_and_unmeasured_memory(tm
     assert one.by_allocation == ["blind"] and one.coverage == pytest.approx(1.0)
     assert two.cpu_level == pytest.approx(2.0) and two.mem_level == pytest.approx(1.0)
     assert (one.allocated_vcpus, one.allocated_mem_gb) == (6.0, 10.0)
+
+
+def test_demand_is_the_same_from_compacted_logs(tmp_path):
+    """Days compacted into columnar files give the same window and minute series as their CSV."""
+    import shutil
+
+    from vmstats.server import compact as compact_mod
+
+    data = tmp_path / "data"
+    ts = T0 + 60 * np.arange(3 * 1440)
+    cpu = np.full(len(ts), 25.0)
+    cpu[::50] = 100.0
+    half = np.full(len(ts), 50.0)
+    write_records(data, [r._replace(host="kvm01") for r in series("10.0.0.1", ts, cpu, half, vcpus=4,
+                                                                  mem_mb=8192)])
+    compacted = tmp_path / "compacted"
+    shutil.copytree(data, compacted)
+    compact_mod.compact(str(compacted), compact_mod.Policy(86400, 1e10, 1e10), now=float(ts[-1]) + 86400)
+    assert list(compacted.glob("columnar/*.parquet")) and list(compacted.glob("vms/*/*.csv"))
+    inv = inventory(plain("kvm01", vcpus=32, mem_gb=128))
+    results = []
+    for folder in (data, compacted):
+        logs = reader.find_logs([str(folder)], days=14)
+        fleet = host_demand(inv, reader.read_vms(logs), logs.window, Settings(horizon_days=0))
+        host = fleet.host("kvm01")
+        results.append((logs.window, host.vms, host.cpu_level, host.mem_level, host.coverage))
+    assert results[0] == results[1]

@@ -788,8 +788,11 @@ def last_labels(path: str) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str,
     A VM's host and extra tags are labels of the VM, not measurements: the
     report groups by the latest ones and needs no column of every row for
     that, so it reads only the file's last few KiB.  ``host`` is "" when the
-    row has none; a torn or malformed last line is passed over.
+    row has none; a torn or malformed last line is passed over.  A compacted
+    day's Part is read from its file (last_labels_many does many at once).
     """
+    if isinstance(path, Part):
+        return last_labels_many([path])[0]
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)

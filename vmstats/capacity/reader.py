@@ -38,7 +38,8 @@ class Logs:
 def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> Logs:
     """The window and the day files of each VM inside it; ReportError for unusable data dirs."""
     issues: list[dict] = []
-    units = load_mod.discover(data_dirs, issues)
+    # Minute-by-minute demand needs the records themselves: CSV and columnar tiers, not rollups.
+    units = load_mod.discover(data_dirs, issues, raw_only=True)
     until_day = parse_day(until, "--until")
     last_day = until_day if until_day is not None else max(day for _vm, day in units)
     first_day = last_day - int(days) + 1
@@ -79,14 +80,22 @@ def _window(files: dict[str, list[str]], earlier: set[str], first_day: int, last
     return Window(start, max(1, (end - start) // MINUTE + 1))
 
 
-def _day_of_path(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
+def _day_of_path(source) -> str:
+    """The day a source (a CSV path or a columnar Part) holds, as ``YYYY-MM-DD``."""
+    return logstore.source_path(source).rsplit("/", 1)[-1][:10]
 
 
 def _first_stamp(paths: list[str]) -> int | None:
     """The earliest timestamp among the first rows of ``paths`` (the oldest day files)."""
     best = None
     for path in paths:
+        if isinstance(path, logstore.Part):  # a compacted day: its rows are sorted by time
+            try:
+                first = logstore.read_tier(path.path, {path.vm}, ["ts"]).column("ts").to_pylist()[:1]
+            except (OSError, ValueError):
+                continue
+            best = first[0] if first and (best is None or first[0] < best) else best
+            continue
         try:
             with open(path, "rb") as handle:
                 handle.readline()
@@ -109,12 +118,11 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
         errors: dict[int, str] = {}
         frame, bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
         for index, problem in errors.items():
-            logs.issues.append(load_mod.issue(paths[index], problem))
+            logs.issues.append(load_mod.issue(logstore.source_path(paths[index]), problem))
         for index, count in enumerate(bad):
             if count:
-                logs.issues.append(
-                    load_mod.issue(paths[index], "%d malformed lines skipped" % count, 0, count)
-                )
+                problem = "%d malformed lines skipped" % count
+                logs.issues.append(load_mod.issue(logstore.source_path(paths[index]), problem, 0, count))
         vm_of_row = owner[frame["file"].to_numpy()] if len(frame) else np.zeros(0, np.int64)
         for i, vm in enumerate(batch):
             yield _vm_use(vm, frame[vm_of_row == i], logs.window, vm in logs.earlier)
