@@ -199,7 +199,7 @@ class SignatureMemory:
 
     def start(self) -> None:
         if self.journal is not None:
-            self.journal.before_retire = self.save
+            self.journal.before_retire.append(self.save_marks)
         elif self.reactor is not None:
             self._saver = task.LoopingCall(self.save)
             self._saver.clock = self.reactor
@@ -219,6 +219,10 @@ class SignatureMemory:
     def _mark(self, key_id: bytes, stamp: int) -> None:
         if stamp > self.marks.get(key_id, -1):
             self.marks[key_id] = stamp
+
+    def save_marks(self) -> None:
+        """Before segments are retired: they go even if this fails (the failure is logged)."""
+        self.save()
 
     def save(self) -> bool:
         """Write the marks durably if they moved (before the journal deletes any segment)."""

@@ -98,8 +98,9 @@ class Journal:
         self.sealed: list[tuple[int, str]] = []
         self.leftover: list[tuple[int, str]] = []
         self.failing = False
-        #: Called before segments are deleted: what must outlive them is saved first (auth.py).
-        self.before_retire: Callable[[], object] | None = None
+        #: Called before segments are deleted: what must outlive them is saved first (auth.py's
+        #: signature marks, the edge's open minutes).  A hook that returns False keeps them.
+        self.before_retire: list[Callable[[], object]] = []
         self._syncer: task.LoopingCall | None = None
         self._trouble = RateLimitedLog(log, "journal error", burst=1, period=10.0)
 
@@ -167,6 +168,18 @@ class Journal:
         waiters, self.waiters = self.waiters, []
         for fire in waiters:
             fire()
+
+    def write_through(self) -> bool:
+        """Write what is queued now, synced unless the policy is ``off``; True once it is there.
+
+        For what must be on disk before something else goes (a checkpoint before the segments
+        it replaces are deleted), outside the once-per-turn rhythm.
+        """
+        since = self.next_write()
+        self.write()
+        if self.last_failed >= since:
+            return False
+        return self.fsync == "off" or self.sync()
 
     def _write(self, data: bytes) -> bool:
         written = 0
@@ -243,8 +256,9 @@ class Journal:
 
     def retire(self, upto: int, only: bool = False) -> int:
         """Delete sealed segments up to ``upto`` (or ``only`` that one): their records are logged."""
-        if self.before_retire is not None:
-            self.before_retire()
+        saved = [hook() for hook in self.before_retire]
+        if any(result is False for result in saved):
+            return 0  # what the segments hold could not be saved elsewhere: they stay
         keep, retired = [], 0
         for number, path in self.sealed:
             if number > upto or (only and number != upto):

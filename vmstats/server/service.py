@@ -26,6 +26,7 @@ from vmstats.server.connections import (
 )
 from vmstats.server.flusher import FlusherService
 from vmstats.server.formats import edge, httpwrite
+from vmstats.server.formats.journaling import EdgeJournal, load_key
 from vmstats.server.http import HTTPService, StatusToken, last_seen_table
 from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, list_segments
@@ -169,8 +170,11 @@ class Aggregator(service.MultiService):
             if memory is not None:
                 memory.restore(self.journal.leftover)
                 memory.start()  # before replay: it retires segments, the marks go first
+            edge_records = self._restore_edge()
             replay(self.journal, self.config.data_dir, self.buffer, self.metrics,
                    self.ingest.observe)
+            if edge_records:  # minutes the edge completed again: logged once (writer.py)
+                self.ingest.payload(edge_records)
         else:
             if memory is not None:
                 memory.restore([])
@@ -181,6 +185,15 @@ class Aggregator(service.MultiService):
                             journal_dir(self.config))
         super().startService()
         self._announce()
+
+    def _restore_edge(self) -> bytes:
+        """The edge's open minutes and counters back from the journal, its checkpoints on;
+        returns the records its replay completed (to be written)."""
+        self.edge.journal = EdgeJournal(self.journal, self.edge,
+                                        load_key(self.journal.directory))
+        records = self.edge.journal.restore(self.journal.leftover)
+        self.journal.before_retire.append(self.edge.journal.checkpoint)
+        return records
 
     def ports(self) -> dict:
         ports = {"udp_port": self.listeners.udp_port, "tcp_port": self.listeners.tcp_port,

@@ -7,7 +7,8 @@ samples, counter samples become rates, the minute assembler gathers them,
 and each completed one-minute record is encoded in the native format and
 submitted to ``Ingest`` like any payload the native listeners receive: the
 same parsing, journal, buffer, flusher and per-VM logs.  Minutes still open
-live only in memory: a crash loses at most the open minute of each VM.
+are in memory and in the journal (journaling.py): each payload is journaled
+as its samples go in, and a restart rebuilds the open minutes and counters.
 """
 
 import logging
@@ -21,6 +22,7 @@ from twisted.internet.error import CannotListenError
 from vmstats import protocol
 from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
 from vmstats.server.formats import R_TOO_LONG, Decoder, Tally
+from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.formats.pool import DecodePool
 from vmstats.server.formats.rates import CounterRates
@@ -35,26 +37,42 @@ TICK_SECONDS = 1.0
 class Edge:
     """Decodes payloads of any format and files the records they complete."""
 
-    def __init__(self, ingest, metrics: Metrics, assembler: MinuteAssembler, clock: Callable):
+    def __init__(self, ingest, metrics: Metrics, assembler: MinuteAssembler, clock: Callable,
+                 decoders: dict[str, Decoder] | None = None):
         self.ingest = ingest
         self.metrics = metrics
         self.assembler = assembler
         self.clock = clock
+        #: The decoders by format name (a replay decodes journaled payloads again).
+        self.decoders: dict[str, Decoder] = decoders if decoders is not None else {}
+        #: The journal's edge lines (journaling.py); None without a journal.
+        self.journal: EdgeJournal | None = None
+        #: Completed minutes' payloads handed to ingest and not yet filed there (so not yet in
+        #: the journal as records): a checkpoint keeps them.
+        self.unfiled: dict[int, bytes] = {}
+        self._handed = 0
         self._bad_log = RateLimitedLog(log, "unusable input")
 
-    def feed(self, decoder: Decoder, data: bytes, **options) -> Tally:
-        """Decode ``data`` and file what it completes; returns what was made of it."""
+    def feed(self, decoder: Decoder, data: bytes, **options) -> int | None:
+        """Decode ``data`` and file what it completes; returns the journal write holding it
+        (None: nothing of it was journaled), for ``when_durable``."""
         tally = Tally()
         now = self.clock()
-        self.file(decoder.name, decoder.decode(data, now, tally, **options), tally, now)
-        return tally
+        return self.file(decoder.name, decoder.decode(data, now, tally, **options), tally, now,
+                         data, options)
 
-    def file(self, name: str, samples: list, tally: Tally, now: float) -> None:
-        """Samples decoded from one payload (here or in a worker) into the minutes."""
+    def file(self, name: str, samples: list, tally: Tally, now: float, data: bytes = b"",
+             options: dict | None = None) -> int | None:
+        """Samples decoded from ``data`` (here or in a worker) into the minutes; journaled first
+        (in the order they go in, which a replay repeats).  Returns the journal write or None."""
+        since = None
         if samples:
+            if self.journal is not None:
+                since = self.journal.payload(name, now, options, data)
             self.assembler.add(samples, now, tally)
         self.count(name, tally)
         self.release()
+        return since
 
     def count(self, name: str, tally: Tally) -> None:
         edge = self.metrics.edge
@@ -68,11 +86,35 @@ class Edge:
         """Hand every completed minute to the native ingest path, as one payload."""
         records = self.assembler.take()
         if records:
-            self.ingest.submit(b"\n".join(protocol.encode_records(records)))
+            payload = b"\n".join(protocol.encode_records(records))
+            if self.journal is None:
+                self.ingest.submit(payload)
+                return
+            self._handed += 1
+            handed = self._handed
+            self.unfiled[handed] = payload
+            self.ingest.submit(payload, lambda *_result: self.unfiled.pop(handed, None))
 
     def tick(self) -> None:
-        self.assembler.tick(self.clock())
+        self.completed(self.assembler.tick(self.clock()))
+
+    def complete_all(self) -> None:
+        """Every open minute into ingest (shutdown)."""
+        self.completed(self.assembler.complete_all())
+
+    def completed(self, keys: list[tuple[str, int]]) -> None:
+        """Minutes the clock completed: journaled (a replay cannot know the clock), released."""
+        if self.journal is not None:
+            self.journal.completed(keys)
         self.release()
+
+    def when_durable(self, since: int | None, callback: Callable[[bool], None]) -> None:
+        """``callback(ok)`` once journal write ``since`` is on disk under the fsync policy
+        (at once without a journal)."""
+        if self.journal is None:
+            callback(True)
+        else:
+            self.journal.journal.when_durable(callback, since)
 
 
 class DatagramReceiver(tx_protocol.DatagramProtocol):
@@ -232,8 +274,7 @@ class EdgeService(service.Service):
 
         def written(_):
             self.pool.stop()
-            self.edge.assembler.complete_all()
-            self.edge.release()
+            self.edge.complete_all()
 
         waits = [defer.maybeDeferred(port.stopListening) for port in listening]
         closed = defer.gatherResults(waits, consumeErrors=True)
@@ -254,14 +295,17 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}
     edge.influx = InfluxDecoder(config.influx_vm_tag, max_line=config.max_line)
+    edge.decoders["influx"] = edge.influx
     if config.influx_port >= 0:
         udp["influx"] = tcp["influx"] = (config.influx_port, edge.influx)
     if config.collectd_port >= 0:
         udp["collectd"] = (config.collectd_port,
                            CollectdDecoder(config.collectd_auth, config.collectd_security))
+        edge.decoders["collectd"] = udp["collectd"][1]
     if config.graphite_port >= 0:
         graphite = GraphiteDecoder(parse_templates(config.graphite_templates))
         udp["graphite"] = tcp["graphite"] = (config.graphite_port, graphite)
+        edge.decoders["graphite"] = graphite
     metrics.gauges["edge_counters"] = (
         "Cumulative counters of other agents tracked for rates (bounded).", lambda: len(rates))
     metrics.gauges["edge_open_minutes"] = (

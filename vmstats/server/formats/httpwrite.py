@@ -9,13 +9,17 @@ Bodies may be gzip-compressed (``Content-Encoding: gzip``).  The answer is
 204 when every line was usable (ignored metrics are usable: they are simply
 not stored), and 400 with the numbers and reasons of the first bad lines
 otherwise -- the good lines around them are still taken, as InfluxDB does
-with a partial write.  A 204 means the lines reached the minute assembler.
+with a partial write.  Either answer comes only once what was taken is in
+the journal (written, and synced under ``--fsync batch``), as a TCP ``#!ack``
+does: a SIGKILL after a 204 loses none of it (journaling.py).  If the journal
+write fails the answer is 503, which clients retry; the samples were taken,
+so a retried write can count some of them twice in a minute's means.
 """
 
 import json
 import zlib
 
-from twisted.web import resource
+from twisted.web import resource, server
 
 from vmstats.server.formats import R_AUTH, Tally
 from vmstats.server.formats.lineprotocol import PRECISIONS
@@ -64,12 +68,29 @@ class WritePage(resource.Resource):
             return self._error(request, 413, "request too large",
                                "body over %d bytes" % MAX_BODY)
         errors: list = []
-        self.edge.feed(self.decoder, body, divisor=PRECISIONS[precision], errors=errors)
-        if errors:
-            message = "; ".join("line %d: %s" % error for error in errors)
-            return self._error(request, 400, "invalid", "partial write: " + message)
-        request.setResponseCode(204)
-        return b""
+        since = self.edge.feed(self.decoder, body, divisor=PRECISIONS[precision], errors=errors)
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)  # the client left: nothing to answer
+
+        def answer(journaled: bool) -> None:
+            if gone:
+                return
+            if not journaled:
+                request.setHeader(b"retry-after", b"1")
+                body = self._error(request, 503, "unavailable",
+                                   "the journal write failed: retry later")
+            elif errors:
+                message = "; ".join("line %d: %s" % error for error in errors)
+                body = self._error(request, 400, "invalid", "partial write: " + message)
+            else:
+                request.setResponseCode(204)
+                body = b""
+            if body:
+                request.write(body)
+            request.finish()
+
+        self.edge.when_durable(since, answer)
+        return server.NOT_DONE_YET
 
     def _authorized(self, request) -> bool:
         header = request.getHeader(b"authorization") or b""

@@ -157,19 +157,28 @@ class MinuteAssembler:
         tally.reject("late", "sample for %s's minute ending %d, already written" % (vm, end))
 
     # -- records out -----------------------------------------------------------------------------
-    def tick(self, now: float) -> None:
-        """Complete the minutes nothing more is coming for (called every second or so)."""
+    def tick(self, now: float) -> list[tuple[str, int]]:
+        """Complete the minutes nothing more is coming for (called every second or so).
+
+        Returns the ``(vm, end)`` completed: unlike completions by samples, these depend on
+        the clock, so the edge's journal notes them for a replay to repeat (journaling.py).
+        """
         grace = self.grace
         due = [(vm, end) for vm, minutes in self.open.items() for end, minute in minutes.items()
                if now >= max(end, minute.touched) + grace]
-        for vm, end in sorted(due, key=lambda item: item[1]):
-            self._complete(vm, end)
+        return self.complete(sorted(due, key=lambda item: item[1]))
 
-    def complete_all(self) -> None:
-        """Every open minute as it stands (shutdown)."""
-        for vm, end in sorted(((vm, end) for vm, minutes in self.open.items() for end in minutes),
-                              key=lambda item: item[1]):
+    def complete_all(self) -> list[tuple[str, int]]:
+        """Every open minute as it stands (shutdown); returns the ``(vm, end)`` completed."""
+        return self.complete(sorted(((vm, end) for vm, minutes in self.open.items()
+                                     for end in minutes), key=lambda item: item[1]))
+
+    def complete(self, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Complete the open minutes among ``keys``, in that order; returns those completed."""
+        done = [(vm, end) for vm, end in keys if end in self.open.get(vm, ())]
+        for vm, end in done:
             self._complete(vm, end)
+        return done
 
     def take(self) -> list[protocol.Record]:
         ready, self.ready = self.ready, []
@@ -199,6 +208,53 @@ class MinuteAssembler:
             return
         self.events["records"] += 1
         self.ready.append(record)
+
+
+    # -- state across a restart (journaling.py) --------------------------------------------------
+    def state(self) -> dict:
+        """Everything a replay must start from, as JSON-able values, in the dicts' own order
+        (the order decides what the caps evict, so a replay evicts the same)."""
+        return {
+            "open": [[vm, end, _minute_state(minute)] for vm, minutes in self.open.items()
+                     for end, minute in minutes.items()],
+            "written": list(self.written.items()),
+            "newest": list(self.newest.items()),
+            "counters": self.rates.state(),
+        }
+
+    def load(self, state: dict) -> None:
+        """Start from ``state`` (what ``state`` returned), replacing whatever is held."""
+        self.open = {}
+        for vm, end, minute in state["open"]:
+            self.open.setdefault(vm, {})[int(end)] = _minute_from(minute)
+        self.open_count = sum(map(len, self.open.values()))
+        self.written = {vm: int(end) for vm, end in state["written"]}
+        self.newest = {vm: float(ts) for vm, ts in state["newest"]}
+        self.rates.load(state["counters"])
+
+
+def _minute_state(minute: Minute) -> list:
+    states = parts = None
+    if minute.states is not None:
+        states = [[second, idle, total, sorted(names)]
+                  for second, (idle, total, names) in minute.states.items()]
+    if minute.parts is not None:
+        parts = [[second, kinds] for second, kinds in minute.parts.items()]
+    return [minute.touched, minute.cpu, minute.mem, minute.mem_mb, minute.vcpus, minute.rates,
+            states, parts]
+
+
+def _minute_from(state: list) -> Minute:
+    touched, cpu, mem, mem_mb, vcpus, rates, states, parts = state
+    minute = Minute(touched)
+    minute.cpu, minute.mem, minute.mem_mb, minute.vcpus = cpu, mem, mem_mb, vcpus
+    minute.rates = rates
+    if states is not None:
+        minute.states = {second: [idle, total, set(names)]
+                         for second, idle, total, names in states}
+    if parts is not None:
+        minute.parts = {second: kinds for second, kinds in parts}
+    return minute
 
 
 def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> None:

@@ -46,7 +46,7 @@ class DecodePool:
         self.decoders = decoders
         self.workers = workers
         self.executor: ProcessPoolExecutor | None = None
-        #: [decoder, now, result or None], oldest first.
+        #: [decoder, now, result or None, payload], oldest first (the payload is journaled).
         self.queue: deque[list] = deque()
         self._idle: list[defer.Deferred] = []
 
@@ -64,9 +64,9 @@ class DecodePool:
                 self.edge.feed(decoder, data)
                 return
             tally = Tally()
-            self.queue.append([decoder, now, (decoder.decode(data, now, tally), tally)])
+            self.queue.append([decoder, now, (decoder.decode(data, now, tally), tally), data])
             return
-        entry = [decoder, now, None]
+        entry = [decoder, now, None, data]
         self.queue.append(entry)
         try:
             future = self.executor.submit(_decode, decoder.name, data, now)
@@ -94,8 +94,8 @@ class DecodePool:
     def _drain(self) -> None:
         queue = self.queue
         while queue and queue[0][2] is not None:
-            decoder, now, (samples, tally) = queue.popleft()
-            self.edge.file(decoder.name, samples, tally, now)
+            decoder, now, (samples, tally), data = queue.popleft()
+            self.edge.file(decoder.name, samples, tally, now, data)
         if not queue and self._idle:
             waiting, self._idle = self._idle, []
             for one in waiting:

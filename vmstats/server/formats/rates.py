@@ -75,6 +75,14 @@ class CounterRates:
             self.events["forgotten"] += 1
         self.last[key] = (ts, value)
 
+    def state(self) -> list:
+        """``[vm, kind, device, ts, value]`` of every counter, least recently updated first."""
+        return [[*key, ts, value] for key, (ts, value) in self.last.items()]
+
+    def load(self, state: list) -> None:
+        """Start from ``state`` (what ``state`` returned)."""
+        self.last = {(vm, kind, device): (ts, value) for vm, kind, device, ts, value in state}
+
     def __len__(self) -> int:
         return len(self.last)
 

@@ -1,0 +1,178 @@
+"""What the HTTP write API acknowledges survives SIGKILL: open minutes and counters come back."""
+
+import json
+import signal
+import time
+
+import influxdb_client
+from influxdb_client.client.write_api import SYNCHRONOUS
+from serverproc import serve
+from test_reliability_journal import raw_rows
+from test_server_udp import logged
+from twisted.internet.task import Clock
+
+from vmstats.server.formats.edge import Edge
+from vmstats.server.formats.influx import InfluxDecoder
+from vmstats.server.formats.journaling import PREFIX, EdgeJournal, load_key
+from vmstats.server.formats.minutes import MinuteAssembler
+from vmstats.server.journal import Journal
+from vmstats.server.metrics import Metrics
+
+VMS = 12
+STEPS = 18  # three minutes of 10 s steps
+#: SIGKILL right after the 204 of these steps (inside each minute), waiting first for a flush
+#: (which retires the segments holding the payloads: the checkpoint must carry them) or not.
+KILLS = {3: False, 5: True, 8: True, 11: False, 16: True}
+
+
+def busy(i: int, step: int) -> int:
+    return (i + step) % 7 + 1
+
+
+def step_lines(step: int, t0: int) -> list[str]:
+    """Telegraf's cpu, mem and net lines of every VM for one 10 s step (seconds precision)."""
+    ts = t0 + 10 * step
+    out = []
+    for i in range(VMS):
+        host = "tg-%02d" % i
+        out.append("cpu,cpu=cpu-total,host=%s usage_idle=%d,usage_iowait=0 %d"
+                   % (host, 100 - busy(i, step), ts))
+        out.append("mem,host=%s used_percent=%d,total=2147483648i %d" % (host, 40 + step % 3, ts))
+        out.append("net,host=%s,interface=eth0 bytes_recv=%di,bytes_sent=0i %d"
+                   % (host, 1000 * (i + 1) * step, ts))
+    return out
+
+
+def expected(i: int, minute: int) -> dict:
+    """Minute ``minute`` (1-3) of VM ``i``, worked out by hand from ``step_lines``."""
+    steps = range(6 * (minute - 1) + 1, 6 * minute + 1)
+    cpu = [busy(i, s) for s in steps]
+    return {"cpu": round(sum(cpu) / 6, 2), "cpu_max": float(max(cpu)),
+            "mem": round(sum(40 + s % 3 for s in steps) / 6, 2),
+            # bytes_recv grows 1,000 * (i + 1) per 10 s step; the first sample only primes it
+            "net_rx": 100.0 * (i + 1), "net_tx": 0.0, "mem_mb": 2048}
+
+
+def write_step(server, step: int, t0: int) -> None:
+    url = "http://127.0.0.1:%d" % server.http_port
+    with influxdb_client.InfluxDBClient(url=url, token="any", org="fleet") as client:
+        # SYNCHRONOUS: returns once the server answered 204, raises on anything else.
+        client.write_api(write_options=SYNCHRONOUS).write(
+            bucket="vms", record=step_lines(step, t0), write_precision="s")
+
+
+def test_every_acknowledged_sample_survives_sigkills_inside_open_minutes(tmp_path):
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    args = ("--flush-interval", "0.3")
+    server = serve(tmp_path, *args).start()
+    kills = flushed_kills = 0
+    restored = []
+    try:
+        for step in range(1, STEPS + 1):
+            write_step(server, step, t0)  # acknowledged: every sample in it must be logged
+            if step in KILLS:
+                if KILLS[step]:
+                    time.sleep(1.0)  # flushes retire the segments: only the checkpoint has them
+                    flushed_kills += 1
+                server.proc.send_signal(signal.SIGKILL)
+                server.proc.wait(10)
+                server.kill()
+                kills += 1
+                server = serve(tmp_path, *args).start()
+                restored.append(server_line(tmp_path, "edge:"))
+        assert server.stop() == 0, server.output
+    finally:
+        server.kill()
+    data = tmp_path / "data"
+    rows = raw_rows(data)
+    twice = sum(1 for count in rows.values() if count > 1)
+    lost = wrong = 0
+    for i in range(VMS):
+        got = logged(data, "tg-%02d" % i)
+        by_ts = {int(row["ts"]): row for row in got.to_dict("records")}
+        for minute in (1, 2, 3):
+            row = by_ts.get(t0 + 60 * minute)
+            if row is None:
+                lost += 1
+                continue
+            want = expected(i, minute)
+            wrong += {key: row[key] for key in want} != want
+    print("RELIABILITY edge_sigkill: %d SIGKILLs (%d after a flush retired the payloads' "
+          "segments), %d VMs x 3 minutes acknowledged, %d rows, %d lost, %d with other values, "
+          "%d duplicated; restarts: %s" % (kills, flushed_kills, VMS, sum(rows.values()), lost,
+                                           wrong, twice, " | ".join(restored)))
+    assert lost == 0 and wrong == 0 and twice == 0
+    assert len(rows) == VMS * 3
+    # The restarts did rebuild open minutes, from payloads and from checkpoints alike.
+    assert all("open minutes restored" in line for line in restored), restored
+
+
+def server_line(workdir, marker: str) -> str:
+    """The last line of the server's output holding ``marker`` ('' if none)."""
+    text = (workdir / "server-output.txt").read_text(errors="replace")
+    found = [line for line in text.splitlines() if marker in line]
+    return found[-1].split(marker, 1)[1].strip() if found else ""
+
+
+# -- the same on a simulated reactor: clock completions, forged lines, the journal's size -------
+def make_edge(directory, clock: Clock, journal: Journal) -> Edge:
+    class Filed:
+        def __init__(self):
+            self.payloads: list = []
+
+        def submit(self, payload, done=None):
+            self.payloads.append(payload)
+            if done is not None:
+                done(1, 0, 0)
+
+    edge = Edge(Filed(), Metrics(), MinuteAssembler(grace=30.0), lambda: clock.seconds())
+    edge.influx = edge.decoders["influx"] = InfluxDecoder()
+    edge.journal = EdgeJournal(journal, edge, load_key(directory))
+    return edge
+
+
+def test_a_replay_repeats_clock_completions_and_ignores_forged_lines(tmp_path):
+    directory = str(tmp_path / "j")
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    journal = Journal(clock, directory, Metrics(), fsync="off")
+    journal.open()
+    edge = make_edge(directory, clock, journal)
+    decoder = edge.influx
+    t0 = 1_800_000_000 - 600
+    edge.feed(decoder, "\n".join(step_lines(1, t0) + step_lines(2, t0)).encode(), divisor=1)
+    clock.advance(31)
+    edge.tick()  # the clock completes minute 1 (no sample for 30 s): journaled as `done`
+    assert edge.ingest.payloads and edge.assembler.open_count == 0
+    # A late sample for minute 1 (refused as late) and minute 2's first step, then a forged line
+    # inside a native payload, then a crash (nothing closed, nothing checkpointed).
+    edge.feed(decoder, "\n".join(step_lines(3, t0) + step_lines(7, t0)).encode(), divisor=1)
+    forged = PREFIX + b"0" * 32 + b" done []"
+    journal.append(b"vmstats,vm=10.0.0.1 cpu=1,mem=2 1\n" + forged + b"\n")
+    clock.advance(0)
+    before = (json.dumps(edge.assembler.state(), sort_keys=True), edge.assembler.events["late"])
+    journal.close()
+
+    again = Journal(Clock(), directory, Metrics(), fsync="off")
+    leftover = again.open()
+    edge2 = make_edge(directory, clock, again)
+    records = edge2.journal.restore(leftover)
+    assert json.dumps(edge2.assembler.state(), sort_keys=True) == before[0]
+    assert before[1] > 0 and edge2.journal.forged == 1
+    # Minute 1, completed by the clock, comes back byte for byte (the writer skips it if it
+    # was logged; it may not have been filed yet when the server died).
+    assert records == edge.ingest.payloads[0]
+    # The checkpoint before retiring: the segments go, the state stays, the journal is small.
+    again.before_retire.append(edge2.journal.checkpoint)
+    again.seal()
+    assert again.retire(again.number - 1) == 1
+    third = Journal(Clock(), directory, Metrics(), fsync="off")
+    edge3 = make_edge(directory, clock, third)
+    leftover = third.open()
+    kinds = [kind for _n, path in leftover
+             for kind, _rest in edge3.journal.lines(open(path, "rb").read())]
+    assert kinds == [b"state"]  # the payloads went with their segment: one checkpoint is left
+    edge3.journal.restore(leftover)
+    assert json.dumps(edge3.assembler.state(), sort_keys=True) == before[0]
+    edge3.assembler.complete_all()
+    assert len(edge3.assembler.take()) == VMS  # minute 2 of each VM

@@ -1,0 +1,231 @@
+"""The edge in the server's journal: what other agents sent survives a crash like native records.
+
+An open minute lives in the assembler until it completes, possibly a minute
+and a half after its first sample; the samples in it were acknowledged long
+before (HTTP 204).  So the edge writes to the native journal, in the same
+once-per-turn write and under the same ``--fsync`` policy, three kinds of
+control line (``#!edge <mac> <kind> ...``, comments to every other reader):
+
+* ``in <format> <now> <options> <payload, base64>``: a payload whose samples
+  went into the assembler, at the moment they went in.  Decoding is
+  deterministic and ``now`` is the arrival time the decoder and the assembler
+  used, so decoding it again and adding the samples repeats exactly what the
+  assembler did with it: the same counter steps, the same minutes completed
+  by later samples, the same samples refused as late.
+* ``done <[[vm, end], ...]>``: minutes the clock completed (``tick``, and the
+  shutdown's ``complete_all``); the one decision a replay cannot repeat by
+  itself, so it is journaled in its place in the sequence.
+* ``state <json>``: a checkpoint, the assembler's whole state (open minutes,
+  counters, the minutes already written) plus the records handed to the
+  native ingest path and not yet filed there.  It is written and synced
+  before the journal retires any segment (the journal's ``before_retire``),
+  so the ``in`` lines before it can go: the journal holds at most one flush
+  interval of the edge's payloads, not everything ever sent.
+
+At start, before the native replay, ``restore`` loads the last checkpoint of
+the leftover segments and repeats every ``in`` and ``done`` after it.  The
+assembler then holds the open minutes it held when the server died, the
+counters their last values, and the records completed meanwhile come back
+to be written (the writer skips rows already in the logs, and a repeated
+minute is byte for byte the record already logged, so nothing is logged
+twice).
+
+Each line carries an HMAC (with a key kept in the journal directory, made at
+first use) because native payloads are journaled as they arrived: a sender
+could put a ``#!edge`` line in a datagram, and a replay must not take it for
+the edge's own.
+"""
+
+import base64
+import hmac
+import json
+import logging
+import os
+import secrets
+from hashlib import sha256
+
+from vmstats import protocol
+from vmstats.server.formats import Tally
+
+log = logging.getLogger(__name__)
+
+PREFIX = b"#!edge "
+KEY_FILE = "edge.key"
+#: Hex digits of the HMAC kept in each line: 128 bits.
+MAC_DIGITS = 32
+
+
+def load_key(directory: str) -> bytes:
+    """The journal directory's edge key, made (durably, owner-only) the first time."""
+    path = os.path.join(directory, KEY_FILE)
+    try:
+        with open(path, "rb") as handle:
+            key = handle.read().strip()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32).encode("ascii")
+    temp = path + ".new"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    folder = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return key
+
+
+class EdgeJournal:
+    """Writes the edge's lines to the journal and reads them back after a crash."""
+
+    def __init__(self, journal, edge, key: bytes):
+        self.journal = journal
+        self.edge = edge
+        self.key = key
+        #: The segment holding the newest checkpoint while it is still open (None: none there),
+        #: and whether anything happened since: if not, retiring needs no new one.
+        self.checkpoint_in: int | None = None
+        self.changed = False
+        #: Did the newest checkpoint hold nothing at all (or was none needed yet)?  Then none is
+        #: needed until something changes: a server without other agents writes none.
+        self.saved_empty = True
+        self.checkpoints = 0
+        #: ``#!edge`` lines found at start without this journal's HMAC (forged in a payload).
+        self.forged = 0
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _line(self, body: bytes) -> bytes:
+        mac = hmac.new(self.key, body, sha256).hexdigest()[:MAC_DIGITS].encode("ascii")
+        return PREFIX + mac + b" " + body + b"\n"
+
+    def payload(self, name: str, now: float, options: dict | None, data: bytes) -> int:
+        """Journal a payload whose samples are going into the assembler; returns its write."""
+        since = self.journal.next_write()
+        opts = {"divisor": options.get("divisor"), "errors": "errors" in options} if options \
+            else {}
+        self.journal.append(self._line(b"in %s %r %s %s" % (
+            name.encode("ascii"), now, json.dumps(opts, separators=(",", ":")).encode("ascii"),
+            base64.b64encode(data))))
+        self.changed = True
+        return since
+
+    def completed(self, keys: list[tuple[str, int]]) -> None:
+        """Journal minutes the clock completed (the replay completes them at the same point)."""
+        if keys:
+            self.journal.append(self._line(b"done " + json.dumps(keys).encode("utf-8")))
+            self.changed = True
+
+    def checkpoint(self) -> bool:
+        """Before segments are retired: the whole state, on disk (False keeps the segments)."""
+        journal = self.journal
+        if not self.changed and (self.saved_empty or (journal.fd is not None
+                                                      and journal.number == self.checkpoint_in)):
+            return True  # nothing to keep, or the newest checkpoint is in the open segment
+        state = self.edge.assembler.state()
+        state["pending"] = [payload.decode("utf-8") for payload in self.edge.unfiled.values()]
+        empty = not any(state.values())
+        journal.append(self._line(b"state " + json.dumps(state, separators=(",", ":"))
+                                  .encode("utf-8")))
+        if not journal.write_through():
+            self.checkpoint_in = None
+            log.error("the edge's checkpoint could not be written: journal segments are kept")
+            return False
+        self.checkpoint_in = journal.number if journal.fd is not None else None
+        self.changed = False
+        self.saved_empty = empty
+        self.checkpoints += 1
+        return True
+
+    # -- reading back ----------------------------------------------------------------------------
+    def lines(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """``(kind, rest)`` of every whole ``#!edge`` line of a segment with a valid HMAC."""
+        found = []
+        marker = b"\n" + PREFIX
+        at = 0 if data.startswith(PREFIX) else (data.find(marker) + 1 or -1)
+        while at >= 0:
+            end = data.find(b"\n", at)
+            if end < 0:
+                break  # torn by the crash: nothing acknowledged it
+            mac, _sep, body = data[at + len(PREFIX):end].partition(b" ")
+            expected = hmac.new(self.key, body, sha256).hexdigest()[:MAC_DIGITS].encode("ascii")
+            if hmac.compare_digest(mac, expected):
+                kind, _sep, rest = body.partition(b" ")
+                found.append((kind, rest))
+            else:
+                self.forged += 1
+            at = data.find(marker, end) + 1 or -1
+        return found
+
+    def restore(self, segments: list[tuple[int, str]]) -> bytes:
+        """Rebuild the assembler from the leftover segments; returns the records to write again.
+
+        Nothing is counted twice: the decoders' tallies and the assembler's events of the
+        replay are not the live counters'.
+        """
+        entries: list[tuple[bytes, bytes]] = []
+        for _number, path in segments:
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError as exc:
+                log.error("cannot read journal segment %s for the edge: %s", path, exc)
+                continue
+            for kind, rest in self.lines(data):
+                if kind == b"state":
+                    entries = []
+                entries.append((kind, rest))
+        if not entries:
+            return b""
+        edge = self.edge
+        assembler = edge.assembler
+        events = (dict(assembler.events), dict(assembler.rates.events))
+        pending: list[bytes] = []
+        replayed = 0
+        for kind, rest in entries:
+            try:
+                if kind == b"state":
+                    state = json.loads(rest)
+                    assembler.load(state)
+                    pending = [payload.encode("utf-8") for payload in state["pending"]]
+                elif kind == b"in":
+                    name, now, options, data = rest.split(b" ")
+                    self._repeat(name.decode("ascii"), float(now), json.loads(options),
+                                 base64.b64decode(data))
+                    replayed += 1
+                elif kind == b"done":
+                    assembler.complete([(vm, end) for vm, end in json.loads(rest)])
+            except (ValueError, KeyError, TypeError) as exc:  # a bug or a changed format
+                log.error("journal: an edge line could not be replayed (skipped): %s", exc)
+        for counter, saved in zip((assembler.events, assembler.rates.events), events,
+                                  strict=True):
+            counter.clear()
+            counter.update(saved)
+        self.changed = True  # the segments replayed go: the next retire writes a checkpoint
+        if self.forged:
+            log.warning("journal: %d #!edge lines without this journal's HMAC ignored (sent "
+                        "inside payloads, or the key file %s changed)", self.forged, KEY_FILE)
+        records = protocol.encode_records(assembler.take())
+        log.info("edge: %d payloads replayed after the checkpoint; %d open minutes restored, "
+                 "%d records to write again", replayed, assembler.open_count,
+                 len(records) + len(pending))
+        return b"\n".join(pending + records)
+
+    def _repeat(self, name: str, now: float, options: dict, data: bytes) -> None:
+        decoder = self.edge.decoders[name]
+        kwargs: dict = {}
+        if options.get("divisor"):
+            kwargs["divisor"] = options["divisor"]
+        if options.get("errors"):
+            kwargs["errors"] = []
+        tally = Tally()
+        samples = decoder.decode(data, now, tally, **kwargs)
+        if samples:
+            self.edge.assembler.add(samples, now, tally)
+
