@@ -1,6 +1,8 @@
 """What the HTTP write API acknowledges survives SIGKILL: open minutes and counters come back."""
 
+import io
 import json
+import os
 import signal
 import time
 
@@ -10,8 +12,11 @@ from serverproc import serve
 from test_reliability_journal import raw_rows
 from test_server_udp import logged
 from twisted.internet.task import Clock
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 
 from vmstats.server.formats.edge import Edge
+from vmstats.server.formats.httpwrite import WritePage
 from vmstats.server.formats.influx import InfluxDecoder
 from vmstats.server.formats.journaling import PREFIX, EdgeJournal, load_key
 from vmstats.server.formats.minutes import MinuteAssembler
@@ -20,8 +25,9 @@ from vmstats.server.metrics import Metrics
 
 VMS = 12
 STEPS = 18  # three minutes of 10 s steps
-#: SIGKILL right after the 204 of these steps (inside each minute), waiting first for a flush
-#: (which retires the segments holding the payloads: the checkpoint must carry them) or not.
+#: SIGKILL right after the 204 of these steps (inside each minute), waiting first for flushes or
+#: not: the first flush after a start checkpoints and retires the segments replayed at the start,
+#: so what they held is then in the checkpoint only.
 KILLS = {3: False, 5: True, 8: True, 11: False, 16: True}
 
 
@@ -72,7 +78,7 @@ def test_every_acknowledged_sample_survives_sigkills_inside_open_minutes(tmp_pat
             write_step(server, step, t0)  # acknowledged: every sample in it must be logged
             if step in KILLS:
                 if KILLS[step]:
-                    time.sleep(1.0)  # flushes retire the segments: only the checkpoint has them
+                    time.sleep(1.0)  # a flush: the earlier payloads are in the checkpoint only
                     flushed_kills += 1
                 server.proc.send_signal(signal.SIGKILL)
                 server.proc.wait(10)
@@ -80,6 +86,19 @@ def test_every_acknowledged_sample_survives_sigkills_inside_open_minutes(tmp_pat
                 kills += 1
                 server = serve(tmp_path, *args).start()
                 restored.append(server_line(tmp_path, "edge:"))
+        assert server.stop() == 0, server.output
+        # After a clean stop the counters and the minutes written are kept too: the next start
+        # makes a rate of the first sample and refuses a late one.
+        server = serve(tmp_path, *args).start()
+        write_step(server, STEPS + 1, t0)
+        late = step_lines(STEPS, t0)[0]  # minute 3's last cpu sample again
+        url = "http://127.0.0.1:%d" % server.http_port
+        with influxdb_client.InfluxDBClient(url=url, token="any", org="fleet") as client:
+            client.write_api(write_options=SYNCHRONOUS).write(bucket="vms", record=late,
+                                                               write_precision="s")
+        metrics = server.metrics()
+        assert metrics.get('vmstats_edge_events_total{event="primed"}', 0) == 0
+        assert metrics.get('vmstats_edge_events_total{event="late"}', 0) == 1
         assert server.stop() == 0, server.output
     finally:
         server.kill()
@@ -97,12 +116,15 @@ def test_every_acknowledged_sample_survives_sigkills_inside_open_minutes(tmp_pat
                 continue
             want = expected(i, minute)
             wrong += {key: row[key] for key in want} != want
-    print("RELIABILITY edge_sigkill: %d SIGKILLs (%d after a flush retired the payloads' "
-          "segments), %d VMs x 3 minutes acknowledged, %d rows, %d lost, %d with other values, "
+    print("RELIABILITY edge_sigkill: %d SIGKILLs (%d after waiting for a flush to checkpoint "
+          "and retire), %d VMs x 3 minutes acknowledged, %d rows, %d lost, %d with other values, "
           "%d duplicated; restarts: %s" % (kills, flushed_kills, VMS, sum(rows.values()), lost,
                                            wrong, twice, " | ".join(restored)))
     assert lost == 0 and wrong == 0 and twice == 0
-    assert len(rows) == VMS * 3
+    assert len(rows) == VMS * 4
+    for i in range(VMS):  # minute 4: one step, its rate from minute 3's last counter value
+        row = logged(data, "tg-%02d" % i).iloc[-1]
+        assert (row["ts"], row["net_rx"]) == (t0 + 240, 100.0 * (i + 1))
     # The restarts did rebuild open minutes, from payloads and from checkpoints alike.
     assert all("open minutes restored" in line for line in restored), restored
 
@@ -176,3 +198,43 @@ def test_a_replay_repeats_clock_completions_and_ignores_forged_lines(tmp_path):
     assert json.dumps(edge3.assembler.state(), sort_keys=True) == before[0]
     edge3.assembler.complete_all()
     assert len(edge3.assembler.take()) == VMS  # minute 2 of each VM
+
+
+def test_the_http_answer_waits_for_the_journal_and_a_failing_journal_takes_nothing(
+        tmp_path, monkeypatch):
+    directory = str(tmp_path / "j")
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    journal = Journal(clock, directory, Metrics(), fsync="batch")
+    journal.open()
+    edge = make_edge(directory, clock, journal)
+    page = WritePage(edge, edge.influx, 2, None)
+    body = "\n".join(step_lines(1, 1_800_000_000 - 600)).encode()
+
+    def post() -> tuple[DummyRequest, bytes]:
+        request = DummyRequest([b""])
+        request.method = b"POST"
+        request.args = {b"bucket": [b"vms"], b"precision": [b"s"]}
+        request.content = io.BytesIO(body)
+        return request, page.render(request)
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    request, answer = post()
+    assert answer == NOT_DONE_YET and not request.finished
+    assert edge.assembler.open_count == VMS  # taken, not yet answered
+    clock.advance(0)  # the reactor turn's journal write (and, with --fsync batch, its fsync)
+    assert request.finished and request.responseCode == 204 and synced
+
+    def refuse(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", refuse)
+    request, answer = post()
+    clock.advance(0)  # this body's own write fails: taken, but not acknowledged
+    assert request.responseCode == 503 and b"retry later" in b"".join(request.written)
+    before = json.dumps(edge.assembler.state(), sort_keys=True)
+    request, answer = post()  # while writes fail: refused at once, nothing of it taken
+    assert request.responseCode == 503 and b"retry later" in answer
+    assert json.dumps(edge.assembler.state(), sort_keys=True) == before

@@ -108,6 +108,10 @@ class Edge:
             self.journal.completed(keys)
         self.release()
 
+    def journal_failing(self) -> bool:
+        """Are journal writes failing now (so what is taken could not be kept)?"""
+        return self.journal is not None and self.journal.journal.failing
+
     def when_durable(self, since: int | None, callback: Callable[[bool], None]) -> None:
         """``callback(ok)`` once journal write ``since`` is on disk under the fsync policy
         (at once without a journal)."""
@@ -275,6 +279,8 @@ class EdgeService(service.Service):
         def written(_):
             self.pool.stop()
             self.edge.complete_all()
+            if self.edge.journal is not None:
+                self.edge.journal.closing = True  # the final flush retires the journal
 
         waits = [defer.maybeDeferred(port.stopListening) for port in listening]
         closed = defer.gatherResults(waits, consumeErrors=True)

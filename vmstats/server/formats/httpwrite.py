@@ -11,9 +11,10 @@ not stored), and 400 with the numbers and reasons of the first bad lines
 otherwise -- the good lines around them are still taken, as InfluxDB does
 with a partial write.  Either answer comes only once what was taken is in
 the journal (written, and synced under ``--fsync batch``), as a TCP ``#!ack``
-does: a SIGKILL after a 204 loses none of it (journaling.py).  If the journal
-write fails the answer is 503, which clients retry; the samples were taken,
-so a retried write can count some of them twice in a minute's means.
+does: a SIGKILL after a 204 loses none of it (journaling.py).  While journal
+writes fail the answer is 503 (clients retry) and nothing is taken; only a
+body whose own write fails was taken before the 503, so its retry can count
+some samples twice in a minute's means.
 """
 
 import json
@@ -67,6 +68,10 @@ class WritePage(resource.Resource):
         if len(body) > MAX_BODY:
             return self._error(request, 413, "request too large",
                                "body over %d bytes" % MAX_BODY)
+        if self.edge.journal_failing():  # take nothing that could not be kept: the client retries
+            request.setHeader(b"retry-after", b"1")
+            return self._error(request, 503, "unavailable", "the journal cannot be written: "
+                               "retry later")
         errors: list = []
         since = self.edge.feed(self.decoder, body, divisor=PRECISIONS[precision], errors=errors)
         gone: list = []

@@ -19,8 +19,9 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
   counters, the minutes already written) plus the records handed to the
   native ingest path and not yet filed there.  It is written and synced
   before the journal retires any segment (the journal's ``before_retire``),
-  so the ``in`` lines before it can go: the journal holds at most one flush
-  interval of the edge's payloads, not everything ever sent.
+  so the ``in`` lines before it can go: the journal holds the edge's payloads
+  of about one flush interval (at least CHECKPOINT_SECONDS), not everything
+  ever sent.
 
 At start, before the native replay, ``restore`` loads the last checkpoint of
 the leftover segments and repeats every ``in`` and ``done`` after it.  The
@@ -50,6 +51,10 @@ from vmstats.server.formats import Tally
 log = logging.getLogger(__name__)
 
 PREFIX = b"#!edge "
+#: Least seconds between two checkpoints while other agents send: a checkpoint of 10,000 VMs
+#: takes ~0.15 s of the reactor, too much for every flush at a short --flush-interval.  Until
+#: one is due, retiring waits (the segments stay a little longer, and are replayed if need be).
+CHECKPOINT_SECONDS = 30.0
 KEY_FILE = "edge.key"
 #: Hex digits of the HMAC kept in each line: 128 bits.
 MAC_DIGITS = 32
@@ -99,6 +104,9 @@ class EdgeJournal:
         self.checkpoints = 0
         #: ``#!edge`` lines found at start without this journal's HMAC (forged in a payload).
         self.forged = 0
+        self.last_checkpoint: float | None = None
+        #: Set at shutdown: the last checkpoint is written whenever the final flush retires.
+        self.closing = False
 
     # -- writing ---------------------------------------------------------------------------------
     def _line(self, body: bytes) -> bytes:
@@ -128,6 +136,10 @@ class EdgeJournal:
         if not self.changed and (self.saved_empty or (journal.fd is not None
                                                       and journal.number == self.checkpoint_in)):
             return True  # nothing to keep, or the newest checkpoint is in the open segment
+        now = journal.reactor.seconds()
+        if (not self.closing and self.last_checkpoint is not None
+                and now - self.last_checkpoint < CHECKPOINT_SECONDS):
+            return False  # not due yet: the segments wait for a later retire
         state = self.edge.assembler.state()
         state["pending"] = [payload.decode("utf-8") for payload in self.edge.unfiled.values()]
         empty = not any(state.values())
@@ -140,6 +152,7 @@ class EdgeJournal:
         self.checkpoint_in = journal.number if journal.fd is not None else None
         self.changed = False
         self.saved_empty = empty
+        self.last_checkpoint = now
         self.checkpoints += 1
         return True
 
