@@ -153,13 +153,17 @@ def make_edge(directory, clock: Clock, journal: Journal) -> Edge:
     return edge
 
 
-def test_a_replay_repeats_clock_completions_and_ignores_forged_lines(tmp_path):
+def edge_on_a_clock(tmp_path, fsync: str) -> tuple[str, Clock, Journal, Edge]:
     directory = str(tmp_path / "j")
     clock = Clock()
     clock.advance(1_800_000_000)
-    journal = Journal(clock, directory, Metrics(), fsync="off")
+    journal = Journal(clock, directory, Metrics(), fsync=fsync)
     journal.open()
-    edge = make_edge(directory, clock, journal)
+    return directory, clock, journal, make_edge(directory, clock, journal)
+
+
+def test_a_replay_repeats_clock_completions_and_ignores_forged_lines(tmp_path):
+    directory, clock, journal, edge = edge_on_a_clock(tmp_path, "off")
     decoder = edge.influx
     t0 = 1_800_000_000 - 600
     edge.feed(decoder, "\n".join(step_lines(1, t0) + step_lines(2, t0)).encode(), divisor=1)
@@ -202,12 +206,7 @@ def test_a_replay_repeats_clock_completions_and_ignores_forged_lines(tmp_path):
 
 def test_the_http_answer_waits_for_the_journal_and_a_failing_journal_takes_nothing(
         tmp_path, monkeypatch):
-    directory = str(tmp_path / "j")
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    journal = Journal(clock, directory, Metrics(), fsync="batch")
-    journal.open()
-    edge = make_edge(directory, clock, journal)
+    _directory, clock, _journal, edge = edge_on_a_clock(tmp_path, "batch")
     page = WritePage(edge, edge.influx, 2, None)
     body = "\n".join(step_lines(1, 1_800_000_000 - 600)).encode()
 

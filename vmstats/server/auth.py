@@ -26,6 +26,7 @@ from twisted.internet import task
 
 from vmstats import protocol
 from vmstats.selectors import selected
+from vmstats.server.journal import read_segments
 from vmstats.server.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -184,13 +185,7 @@ class SignatureMemory:
         self.verifier.floors = dict(self.marks)
         self.saved = dict(self.marks)
         restored = 0
-        for _number, path in segments:
-            try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
-            except OSError as exc:
-                log.error("cannot read journal segment %s for its signatures: %s", path, exc)
-                continue
+        for _number, data in read_segments(segments, "its signatures"):
             for key_id, stamp, nonce in seen_in(data):
                 self.verifier.remember(key_id, nonce, stamp)
                 self._mark(key_id, stamp)

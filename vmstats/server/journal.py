@@ -66,6 +66,19 @@ def list_segments(directory: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def read_segments(segments: list[tuple[int, str]], purpose: str):
+    """``(number, bytes)`` of each segment that can be read; the others are logged and skipped
+    (they stay for the replay, which reports them again)."""
+    for number, path in segments:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            log.error("cannot read journal segment %s for %s: %s", path, purpose, exc)
+            continue
+        yield number, data
+
+
 class Journal:
     """Append-only segments of accepted payloads, written once per reactor turn.
 

@@ -47,6 +47,7 @@ from hashlib import sha256
 
 from vmstats import protocol
 from vmstats.server.formats import Tally
+from vmstats.server.journal import read_segments
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +184,7 @@ class EdgeJournal:
         replay are not the live counters'.
         """
         entries: list[tuple[bytes, bytes]] = []
-        for _number, path in segments:
-            try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
-            except OSError as exc:
-                log.error("cannot read journal segment %s for the edge: %s", path, exc)
-                continue
+        for _number, data in read_segments(segments, "the edge"):
             for kind, rest in self.lines(data):
                 if kind == b"state":
                     entries = []
