@@ -237,3 +237,29 @@ def test_the_http_answer_waits_for_the_journal_and_a_failing_journal_takes_nothi
     request, answer = post()  # while writes fail: refused at once, nothing of it taken
     assert request.responseCode == 503 and b"retry later" in answer
     assert json.dumps(edge.assembler.state(), sort_keys=True) == before
+
+
+def test_binary_and_text_payloads_come_back_byte_for_byte(tmp_path):
+    directory, clock, journal, edge = edge_on_a_clock(tmp_path, "off")
+    seen = []
+
+    class Recorder:
+        name = "rec"
+
+        def decode(self, data, now, tally, **options):
+            seen.append((data, now, options))
+            return [("vm-1", now - 600, "cpu", "", 5.0)]
+
+    edge.decoders["rec"] = recorder = Recorder()
+    payloads = [b"\x00\x01 binary\n\xff \x00", b"text line one\ntwo \\ three\n"]
+    for payload in payloads:
+        edge.feed(recorder, payload)
+    edge.feed(recorder, b"with options", divisor=1000, errors=[])
+    journal.close()
+    first, seen[:] = list(seen), []
+    again = Journal(Clock(), directory, Metrics(), fsync="off")
+    replayed = make_edge(directory, clock, again)
+    replayed.decoders["rec"] = recorder
+    replayed.journal.restore(again.open())
+    assert [data for data, _now, _options in seen] == payloads + [b"with options"]
+    assert seen == first
