@@ -18,7 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from vmstats.server.formats.edge import Edge
 from vmstats.server.formats.httpwrite import WritePage
 from vmstats.server.formats.influx import InfluxDecoder
-from vmstats.server.formats.journaling import PREFIX, EdgeJournal, load_key
+from vmstats.server.formats.journaling import PREFIX, EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.journal import Journal
 from vmstats.server.metrics import Metrics
@@ -149,7 +149,7 @@ def make_edge(directory, clock: Clock, journal: Journal) -> Edge:
 
     edge = Edge(Filed(), Metrics(), MinuteAssembler(grace=30.0), lambda: clock.seconds())
     edge.influx = edge.decoders["influx"] = InfluxDecoder()
-    edge.journal = EdgeJournal(journal, edge, load_key(directory))
+    edge.journal = EdgeJournal(journal, edge, directory)
     return edge
 
 

@@ -26,7 +26,7 @@ from vmstats.server.connections import (
 )
 from vmstats.server.flusher import FlusherService
 from vmstats.server.formats import edge, httpwrite
-from vmstats.server.formats.journaling import EdgeJournal, load_key
+from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.http import HTTPService, StatusToken, last_seen_table
 from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, list_segments
@@ -189,8 +189,7 @@ class Aggregator(service.MultiService):
     def _restore_edge(self) -> bytes:
         """The edge's open minutes and counters back from the journal, its checkpoints on;
         returns the records its replay completed (to be written)."""
-        self.edge.journal = EdgeJournal(self.journal, self.edge,
-                                        load_key(self.journal.directory))
+        self.edge.journal = EdgeJournal(self.journal, self.edge, self.journal.directory)
         records = self.edge.journal.restore(self.journal.leftover)
         self.journal.before_retire.append(self.edge.journal.checkpoint)
         return records

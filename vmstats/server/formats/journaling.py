@@ -33,8 +33,8 @@ to be written (the writer skips rows already in the logs, and a repeated
 minute is byte for byte the record already logged, so nothing is logged
 twice).
 
-Each line carries an HMAC (with a key kept in the journal directory, made at
-first use) because native payloads are journaled as they arrived: a sender
+Each line carries an HMAC (with a key kept in the journal directory, made
+when first needed) because native payloads are journaled as they arrived: a sender
 could put a ``#!edge`` line in a datagram, and a replay must not take it for
 the edge's own.
 """
@@ -93,10 +93,11 @@ def load_key(directory: str) -> bytes:
 class EdgeJournal:
     """Writes the edge's lines to the journal and reads them back after a crash."""
 
-    def __init__(self, journal, edge, key: bytes):
+    def __init__(self, journal, edge, directory: str):
         self.journal = journal
         self.edge = edge
-        self.key = key
+        self.directory = directory
+        self._key: bytes | None = None
         #: The segment holding the newest checkpoint while it is still open (None: none there),
         #: and whether anything happened since: if not, retiring needs no new one.
         self.checkpoint_in: int | None = None
@@ -110,6 +111,14 @@ class EdgeJournal:
         self.last_checkpoint: float | None = None
         #: Set at shutdown: the last checkpoint is written whenever the final flush retires.
         self.closing = False
+
+    @property
+    def key(self) -> bytes:
+        """The HMAC key, read (or made) when first needed: a server that never hears from other
+        agents leaves nothing of the edge in the journal directory."""
+        if self._key is None:
+            self._key = load_key(self.directory)
+        return self._key
 
     # -- writing ---------------------------------------------------------------------------------
     def _line(self, body: bytes) -> bytes:
