@@ -25,6 +25,8 @@ COMMANDS = {
     "backtest": "vmstats.report.backtest_command:backtest",
     "rules": "vmstats.rules.command:rules",
     "alerts": "vmstats.rules.command:alerts",
+    "headroom": "vmstats.capacity.command:headroom",
+    "admit": "vmstats.capacity.command:admit",
 }
 
 

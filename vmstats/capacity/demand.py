@@ -15,7 +15,7 @@ reading of logs (reader.py) is the report's own (report/load.py, logstore).
 """
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -254,6 +254,18 @@ class FleetDemand:
         raise KeyError(name)
 
 
+@dataclass(frozen=True)
+class Change:
+    """A what-if on the fleet: VMs taken away (reclaimed) and VMs resized (vCPUs, GB).
+
+    A resize changes the allocation figure only: a downsized VM keeps the
+    cores and GB it actually used.
+    """
+
+    removed: frozenset[str] = frozenset()
+    resized: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+
 def host_demand(
     inventory: Inventory,
     vms: Iterable[VmUse],
@@ -267,37 +279,51 @@ def host_demand(
     pair of sums per host).  VMs in ``removed`` (the report's reclaim
     candidates, for "after reclaiming") are left out of demand and allocation.
     """
+    return demand_views(inventory, vms, window, settings, [Change(frozenset(removed))])[0]
+
+
+def demand_views(
+    inventory: Inventory, vms: Iterable[VmUse], window: Window, settings: Settings, changes: Sequence[Change]
+) -> list[FleetDemand]:
+    """host_demand for several what-ifs in one pass over the VMs (each read and filled once)."""
     stopped_after = int(settings.stopped_after_hours * 60)
-    hosts = {h.name: HostDemand(h) for h in inventory.hosts}
-    unplaced = []
+    views = [{h.name: HostDemand(h) for h in inventory.hosts} for _change in changes]
+    unplaced: list[list[str]] = [[] for _change in changes]
     seen: set[str] = set()
     for use in vms:
         seen.add(use.vm)
         if len(use.seen) != window.minutes:
             raise ValueError("VM %s has %d minutes, the window %d" % (use.vm, len(use.seen), window.minutes))
-        if use.vm in removed:
+        if all(use.vm in change.removed for change in changes):
             continue
         name = inventory.host_of(use.vm, use.host_tag)
-        if name is None:
-            unplaced.append(use.vm)
-            continue
-        entry = hosts[name]
-        vm = fill(use, settings.percentile, stopped_after)
-        if not math.isnan(vm.vcpus):
-            entry.allocated_vcpus += vm.vcpus
-        if not math.isnan(vm.mem_gb):
-            entry.allocated_mem_gb += vm.mem_gb
-        if vm.stopped:
-            entry.stopped.append(use.vm)
-            continue
-        add_vm(entry, vm)
-    for entry in hosts.values():
-        for vm in named_ids(entry.host):
-            if vm not in seen and vm not in removed and inventory.host_of(vm, None) == entry.name:
-                entry.silent.append(vm)
-                entry.expected += window.minutes
-        settle(entry, window, settings)
-    return FleetDemand(window, settings, list(hosts.values()), sorted(unplaced))
+        vm = None if name is None else fill(use, settings.percentile, stopped_after)
+        for hosts, lost, change in zip(views, unplaced, changes, strict=True):
+            if use.vm in change.removed:
+                continue
+            if vm is None:
+                lost.append(use.vm)
+                continue
+            entry = hosts[name]
+            vcpus, mem_gb = change.resized.get(use.vm, (vm.vcpus, vm.mem_gb))
+            if not math.isnan(vcpus):
+                entry.allocated_vcpus += vcpus
+            if not math.isnan(mem_gb):
+                entry.allocated_mem_gb += mem_gb
+            if vm.stopped:
+                entry.stopped.append(use.vm)
+            else:
+                add_vm(entry, vm)
+    out = []
+    for hosts, lost, change in zip(views, unplaced, changes, strict=True):
+        for entry in hosts.values():
+            for vm in named_ids(entry.host):
+                if vm not in seen and vm not in change.removed and inventory.host_of(vm, None) == entry.name:
+                    entry.silent.append(vm)
+                    entry.expected += window.minutes
+            settle(entry, window, settings)
+        out.append(FleetDemand(window, settings, list(hosts.values()), sorted(lost)))
+    return out
 
 
 def named_ids(host: Host) -> list[str]:

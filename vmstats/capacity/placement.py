@@ -267,17 +267,18 @@ def loads(
     cpu_ratio: float | None = None,
     ram_ratio: float | None = None,
 ) -> list[HostLoad]:
-    """The known hosts of ``fleet`` as placement loads; unknown hosts are left out.
+    """The hosts of ``fleet`` as placement loads.
 
-    ``basis`` "demand": limits are capacity less reserve and buffer, levels the
-    measured demand (with its ``series`` when asked).  "allocation": Nova's
-    view, limits ``(total - reserved) x ratio`` (the host's ratios, or
-    ``cpu_ratio`` / ``ram_ratio``), levels the sizes allocated, and asks are
-    then a VM's size (see Ask's use in the callers).
+    ``basis`` "demand": the known hosts (unknown ones are left out), limits
+    capacity less reserve and buffer, levels the measured demand (with its
+    ``series`` when asked).  "allocation": Nova's view of every host (it
+    needs sizes, not coverage), limits ``(total - reserved) x ratio`` (the
+    host's ratios, or ``cpu_ratio`` / ``ram_ratio``), levels the sizes
+    allocated; asks are then each VM's size.
     """
     out = []
     for entry in fleet.hosts:
-        if not entry.known(fleet.settings):
+        if basis == "demand" and not entry.known(fleet.settings):
             continue
         host = entry.host
         if basis == "allocation":

@@ -1,0 +1,278 @@
+"""Admission: a manifest of VMs to deploy, answered accept / partial / reject with an offer.
+
+The manifest (a TOML file for ``vmstats admit``, the same keys as JSON for
+``POST /admission``; docs/CAPACITY.md)::
+
+    name = "checkout"        # optional: names the request in the answer
+    partial = true           # place what fits (default); false: all or none
+    [profiles]               # optional: named profiles
+    web = "2x4@30%"
+    [[vms]]
+    profile = "web"          # a named profile, or VCPUSxGB[@USE%[/MEM%]]
+    count = 3                # default 1
+    name = "web"             # the VMs are web-1, web-2, ... (default: the profile)
+    anti_affinity = true     # these VMs on distinct hosts
+    group = "db"             # or: no two VMs of all entries with this group on one host
+
+The answer rests on a Summary (summary.py); it says which (window, percentile,
+coverage, age).  Checking happens before anything else, so a bad manifest is
+one error and changes nothing.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmstats.capacity.errors import CapacityError
+from vmstats.capacity.placement import Ask, HostLoad, Offer, place
+from vmstats.capacity.profiles import Profile, parse_profile
+from vmstats.capacity.summary import Summary
+
+#: VMs one manifest may ask for: bounds the work one request can cause.
+MAX_VMS = 100_000
+_TOP_KEYS = ("name", "partial", "profiles", "vms")
+_ENTRY_KEYS = ("profile", "count", "name", "anti_affinity", "group")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    profile: Profile
+    profile_text: str
+    count: int
+    group: str | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest: what to place and whether part of it will do."""
+
+    name: str
+    partial: bool
+    entries: tuple[Entry, ...]
+
+    def asks(self, basis: str = "demand") -> list[Ask]:
+        """The VMs as placement asks: expected demand, or (allocation basis) their size."""
+        out = []
+        for entry in self.entries:
+            p = entry.profile
+            cpu, mem = (p.cpu_demand, p.mem_demand) if basis == "demand" else (p.vcpus, p.mem_gb)
+            for i in range(entry.count):
+                out.append(Ask("%s-%d" % (entry.name, i + 1), cpu, mem, entry.group, entry.profile_text))
+        return out
+
+    @property
+    def vms(self) -> int:
+        return sum(e.count for e in self.entries)
+
+
+def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
+    """A Manifest from parsed TOML or JSON; CapacityError names the source and the key."""
+    where = "manifest %s" % source if source != "manifest" else "manifest"
+    if not isinstance(data, dict):
+        raise CapacityError("%s: must be a table (JSON object)" % where)
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise CapacityError("%s: %s: unknown key (known: %s)" % (where, key, ", ".join(_TOP_KEYS)))
+    name = data.get("name", "")
+    if not isinstance(name, str):
+        raise CapacityError("%s: name: must be a string" % where)
+    partial = data.get("partial", True)
+    if not isinstance(partial, bool):
+        raise CapacityError("%s: partial: must be true or false" % where)
+    named = data.get("profiles", {})
+    if not isinstance(named, dict):
+        raise CapacityError('%s: profiles: must be a table of name = "VCPUSxGB[@USE%%]"' % where)
+    profiles = {}
+    for key, text in named.items():
+        if not isinstance(text, str):
+            raise CapacityError('%s: profiles.%s: must be a string like "4x16@30%%"' % (where, key))
+        try:
+            profiles[key] = parse_profile(text)
+        except CapacityError as exc:
+            raise CapacityError("%s: profiles.%s: %s" % (where, key, exc)) from None
+    vms = data.get("vms")
+    if not isinstance(vms, list) or not vms:
+        raise CapacityError("%s: vms: a list of at least one entry is needed ([[vms]] in TOML)" % where)
+    entries = []
+    names: set[str] = set()
+    total = 0
+    for index, item in enumerate(vms):
+        entry = _entry(item, profiles, "%s: vms[%d]" % (where, index))
+        if entry.name in names:
+            raise CapacityError("%s: vms[%d].name: %r is used twice" % (where, index, entry.name))
+        names.add(entry.name)
+        total += entry.count
+        if total > MAX_VMS:
+            raise CapacityError("%s: asks for more than %d VMs" % (where, MAX_VMS))
+        entries.append(entry)
+    return Manifest(name, partial, tuple(entries))
+
+
+def _entry(item: Any, profiles: dict[str, Profile], origin: str) -> Entry:
+    if not isinstance(item, dict):
+        raise CapacityError("%s: must be a table" % origin)
+    for key in item:
+        if key not in _ENTRY_KEYS:
+            raise CapacityError("%s.%s: unknown key (known: %s)" % (origin, key, ", ".join(_ENTRY_KEYS)))
+    text = item.get("profile")
+    if not isinstance(text, str) or not text.strip():
+        raise CapacityError("%s.profile: missing" % origin)
+    if text in profiles:
+        profile = profiles[text]
+    else:
+        try:
+            profile = parse_profile(text)
+        except CapacityError:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise CapacityError(
+                "%s.profile: unknown profile %r (named in the manifest: %s; or VCPUSxGB[@USE%%], "
+                "e.g. 4x16@30%%)" % (origin, text, known)
+            ) from None
+    count = item.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CapacityError("%s.count: must be a whole number of at least 1" % origin)
+    name = item.get("name", text)
+    if not isinstance(name, str) or not name.strip():
+        raise CapacityError("%s.name: must be a non-empty string" % origin)
+    anti = item.get("anti_affinity", False)
+    if not isinstance(anti, bool):
+        raise CapacityError("%s.anti_affinity: must be true or false" % origin)
+    group = item.get("group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise CapacityError("%s.group: must be a non-empty string" % origin)
+    if group is None and anti:
+        group = name
+    return Entry(name, profile, text, count, group)
+
+
+@dataclass
+class Reservations:
+    """Room promised by recent answers, held on its hosts until the VMs show up in the data.
+
+    An admission controller that forgets its own answers offers the same
+    room twice; one that holds it forever never frees it.  A hold lasts
+    ``hold_s`` (long enough for the VMs to be created and their use to reach
+    the summary), then the measured demand takes over.
+    """
+
+    hold_s: float = 1800.0
+    clock: Callable[[], float] = field(default=lambda: 0.0)
+    held: list[tuple[float, str, dict[str, tuple[float, float]]]] = field(default_factory=list)
+
+    def current(self) -> dict[str, tuple[float, float]]:
+        """Cores and GB held per host now (expired holds dropped)."""
+        now = self.clock()
+        self.held = [h for h in self.held if h[0] > now]
+        out: dict[str, tuple[float, float]] = {}
+        for _until, _name, hosts in self.held:
+            for host, (cpu, mem) in hosts.items():
+                c, m = out.get(host, (0.0, 0.0))
+                out[host] = (c + cpu, m + mem)
+        return out
+
+    def hold(self, name: str, offer: Offer, asks: list[Ask]) -> None:
+        by_name = {a.name: a for a in asks}
+        hosts: dict[str, tuple[float, float]] = {}
+        for vm, host in offer.placed.items():
+            c, m = hosts.get(host, (0.0, 0.0))
+            hosts[host] = (c + float(by_name[vm].cpu), m + float(by_name[vm].mem))
+        if hosts:
+            self.held.append((self.clock() + self.hold_s, name, hosts))
+
+    def describe(self) -> list[dict]:
+        now = self.clock()
+        return [
+            {"request": name, "expires_in_s": round(until - now, 1), "hosts": len(hosts)}
+            for until, name, hosts in self.held
+            if until > now
+        ]
+
+
+def answer(
+    summary: Summary, manifest: Manifest, reservations: Reservations | None = None, now: float | None = None
+) -> dict:
+    """Place the manifest on the summary's known hosts (demand basis), with Nova's figure beside.
+
+    With ``reservations`` the room they hold is taken first, and the new
+    offer is held in turn.
+    """
+    held = reservations.current() if reservations is not None else {}
+    demand = _less(summary.loads("demand"), held)
+    asks = manifest.asks("demand")
+    offer = place(demand, asks, summary.percentile, partial=manifest.partial)
+    nova = place(summary.loads("allocation"), manifest.asks("allocation"), 100.0, partial=manifest.partial)
+    if reservations is not None:
+        reservations.hold(manifest.name or "unnamed", offer, asks)
+    return {
+        "request": manifest.name,
+        "status": offer.status,
+        "asked": manifest.vms,
+        "placed": len(offer.placed),
+        "offer": offer.placed,
+        "rejected": offer.rejected,
+        "headroom_left": {
+            host: {"cpu_cores": _r(cpu), "mem_gb": _r(mem)} for host, (cpu, mem) in sorted(offer.left.items())
+        },
+        "allocation_basis": {
+            "status": nova.status,
+            "placed": len(nova.placed),
+            "rule": "sizes within (total - reserved) x ratio, as Nova's placement",
+        },
+        "held_by_earlier_answers": {
+            h: {"cpu_cores": _r(c), "mem_gb": _r(m)} for h, (c, m) in sorted(held.items())
+        },
+        "basis": summary.basis(now),
+    }
+
+
+def _less(loads: list[HostLoad], held: dict[str, tuple[float, float]]) -> list[HostLoad]:
+    for load in loads:
+        cpu, mem = held.get(load.name, (0.0, 0.0))
+        load.cpu_level += cpu
+        load.mem_level += mem
+    return loads
+
+
+def _r(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 3)
+
+
+def terminal(result: dict) -> str:
+    """The answer for people: status, the offer per host, what was rejected, the basis."""
+    lines = [
+        "%s: %s, %d of %d VMs placed (allocation at Nova's ratios would place %d)"
+        % (
+            result["request"] or "request",
+            result["status"].upper(),
+            result["placed"],
+            result["asked"],
+            result["allocation_basis"]["placed"],
+        )
+    ]
+    per_host: dict[str, list[str]] = {}
+    for vm, host in result["offer"].items():
+        per_host.setdefault(host, []).append(vm)
+    for host in sorted(per_host):
+        left = result["headroom_left"][host]
+        lines.append(
+            "  %-16s %s  (left: %.1f cores, %.1f GB)"
+            % (host, ", ".join(per_host[host]), left["cpu_cores"], left["mem_gb"])
+        )
+    for vm, why in result["rejected"].items():
+        lines.append("  rejected %s: %s" % (vm, why))
+    b = result["basis"]
+    lines.append(
+        "based on %s of %s to %s, %d of %d hosts known (gate %g%%)%s"
+        % (
+            b["percentile"],
+            b["window"]["start"],
+            b["window"]["end"],
+            b["hosts_known"],
+            b["hosts"],
+            b["coverage_min"] * 100,
+            "; unknown: " + ", ".join(b["hosts_unknown"]) if b["hosts_unknown"] else "",
+        )
+    )
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""``vmstats headroom`` and ``vmstats admit``: the click commands."""
+
+import json
+import os
+import sys
+
+import click
+
+from vmstats.report.command import _OneLineErrors
+from vmstats.report.settings import ReportError
+
+
+def capacity_options(function):
+    """How demand is judged (demand.Settings), shared by every capacity command."""
+    options = (
+        click.option(
+            "--percentile",
+            default="p99",
+            show_default=True,
+            help="Percentile of each host's summed demand: p99, p95, max or a number.",
+        ),
+        click.option(
+            "--coverage-min",
+            type=click.FloatRange(0, 1),
+            default=0.8,
+            show_default=True,
+            help="Share of its VMs' minutes a host needs seen; below it the host is unknown.",
+        ),
+        click.option(
+            "--days",
+            type=click.IntRange(1, 3660),
+            default=14,
+            show_default=True,
+            help="Look-back in whole UTC days.",
+        ),
+        click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC)."),
+        click.option(
+            "--horizon-days",
+            type=click.FloatRange(0, 3660),
+            default=7.0,
+            show_default=True,
+            help="Days ahead a rising trend is projected and added to demand.",
+        ),
+        click.option(
+            "--inventory",
+            "inventory_path",
+            required=True,
+            metavar="FILE",
+            help="Host inventory TOML (docs/CAPACITY.md).",
+        ),
+    )
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def settings_from(percentile: str, coverage_min: float, days: int, horizon_days: float):
+    from vmstats.capacity.demand import Settings, parse_percentile
+
+    return Settings(parse_percentile(percentile), coverage_min, days, horizon_days)
+
+
+def report_changes(rows: list[dict]):
+    """The report's reclaim and downsize advice as a what-if (demand.Change), and its description."""
+    from vmstats.capacity.demand import Change
+
+    reclaimed = sorted(r["vm"] for r in rows if r["category"] == "reclaim")
+    downsized = {
+        r["vm"]: (r["recommended_vcpus"], r["recommended_mem_gb"])
+        for r in rows
+        if r["category"] == "downsize" and r["recommended_vcpus"] and r["recommended_mem_gb"]
+    }
+    return Change(frozenset(reclaimed), downsized), {"reclaimed": reclaimed, "downsized": sorted(downsized)}
+
+
+@click.command(cls=_OneLineErrors)
+@click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
+@click.option(
+    "--profile",
+    "profile_text",
+    required=True,
+    metavar="VCPUSxGB[@USE%]",
+    help="The VM profile to fit, e.g. 4x16@30% (4 vCPUs, 16 GB, expected to use 30%).",
+)
+@capacity_options
+@click.option("-o", "--out", "out_dir", default=None, help="Folder for headroom.csv and headroom.json.")
+@click.option("--no-after", is_flag=True, help="Skip the figures after the report's advice (no report run).")
+@click.option(
+    "--policy", "policy_path", default=None, metavar="FILE", help="Report policy TOML, for the advice."
+)
+@click.option(
+    "--prices", "prices_path", default=None, metavar="FILE", help="Price book TOML, for the advice."
+)
+@click.option(
+    "--exclusions",
+    "exclusions_path",
+    default=None,
+    metavar="FILE",
+    help="Exclusions TOML: excluded VMs are never counted as reclaimed.",
+)
+@click.option("--cache-dir", default=None, metavar="DIR", help="The report's statistics cache.")
+@click.option(
+    "--top",
+    type=click.IntRange(0, 100000),
+    default=20,
+    show_default=True,
+    help="Hosts listed on the terminal.",
+)
+def headroom(
+    data_dirs,
+    profile_text,
+    percentile,
+    coverage_min,
+    days,
+    until,
+    horizon_days,
+    inventory_path,
+    out_dir,
+    no_after,
+    policy_path,
+    prices_path,
+    exclusions_path,
+    cache_dir,
+    top,
+):
+    """How many more VMs of a profile fit per host and in the fleet, from DATA_DIR logs.
+
+    Demand per host is its VMs' use summed minute by minute at a high
+    percentile; the figures are given now and after the report's reclaim and
+    downsize advice, with the allocation-based (Nova) count beside them.
+    """
+    from vmstats.capacity import headroom as headroom_mod
+    from vmstats.capacity import outputs, reader
+    from vmstats.capacity.demand import Change, demand_views
+    from vmstats.capacity.inventory import load_inventory
+    from vmstats.capacity.profiles import parse_profile
+
+    try:
+        profile = parse_profile(profile_text)
+        settings = settings_from(percentile, coverage_min, days, horizon_days)
+        inventory = load_inventory(inventory_path)
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+        logs = reader.find_logs(data_dirs, days, until)
+        changes = [Change()]
+        described = None
+        if not no_after:
+            change, described = _advice(
+                data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir
+            )
+            changes.append(change)
+        views = demand_views(inventory, reader.read_vms(logs), logs.window, settings, changes)
+        result = headroom_mod.result(
+            views[0],
+            views[1] if len(views) > 1 else None,
+            profile,
+            described,
+            {"inventory": inventory_path, "damaged_files": len(logs.issues)},
+        )
+        if out_dir:
+            outputs.write(result, out_dir)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException("cannot write to %s: %s" % (out_dir, exc.strerror or exc)) from None
+    click.echo(outputs.terminal(result, top))
+
+
+def _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir):
+    """Run the report on the same window; its reclaim and downsize rows become the what-if."""
+    from vmstats.report.build import build
+    from vmstats.report.prices import PriceBook
+    from vmstats.report.settings import Policy
+
+    policy = Policy.load(policy_path, {"days": days})
+    report = build(
+        data_dirs,
+        policy,
+        PriceBook.load(prices_path),
+        exclusions_path,
+        until=until,
+        cache_dir=cache_dir,
+        workers=min(4, os.cpu_count() or 1),
+    )
+    change, described = report_changes(report.rows)
+    described["source"] = "policy %s" % policy.source
+    return change, described
+
+
+def load_manifest(path: str):
+    """A manifest file (TOML, or JSON when it ends in .json) checked; CapacityError otherwise."""
+    import tomllib
+
+    from vmstats.capacity.admission import parse_manifest
+    from vmstats.capacity.errors import CapacityError
+
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise CapacityError("manifest %s cannot be read: %s" % (path, exc.strerror or exc)) from None
+    try:
+        data = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CapacityError(
+            "manifest %s is not valid %s: %s" % (path, "JSON" if path.endswith(".json") else "TOML", exc)
+        ) from None
+    return parse_manifest(data, path)
+
+
+@click.command(cls=_OneLineErrors)
+@click.argument("manifest_path", metavar="MANIFEST")
+@click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
+@capacity_options
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the answer as JSON (as POST /admission gives it)."
+)
+def admit(
+    manifest_path, data_dirs, percentile, coverage_min, days, until, horizon_days, inventory_path, as_json
+):
+    """Answer a deployment manifest from DATA_DIR logs: accept, partial or reject, with an offer.
+
+    Exits 0 on accept, 3 on partial, 4 on reject, so a pipeline can gate on it.
+    """
+    from vmstats.capacity import admission, reader
+    from vmstats.capacity.demand import host_demand
+    from vmstats.capacity.inventory import load_inventory
+    from vmstats.capacity.summary import summarise
+
+    try:
+        manifest = load_manifest(manifest_path)
+        settings = settings_from(percentile, coverage_min, days, horizon_days)
+        inventory = load_inventory(inventory_path)
+        logs = reader.find_logs(data_dirs, days, until)
+        summary = summarise(host_demand(inventory, reader.read_vms(logs), logs.window, settings))
+        result = admission.answer(summary, manifest)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        json.dump(result, sys.stdout, indent=1, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        click.echo(admission.terminal(result))
+    sys.exit(EXIT[result["status"]])
+
+
+#: Exit status of ``vmstats admit`` per answer.
+EXIT = {"accept": 0, "partial": 3, "reject": 4}

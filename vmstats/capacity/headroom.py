@@ -1,0 +1,192 @@
+"""Headroom for a VM profile: how many more fit on each host and in the fleet.
+
+Per host, the demand-based count is the smaller of ``cpu headroom / the
+profile's expected cores`` and ``memory headroom / its expected GB`` (the
+resource that gives the smaller count is the *binding* one); the
+allocation-based count, Nova's, is the same with sizes against
+``(total - reserved) x ratio``.  Each is given now and after the report's
+recommendations (reclaim candidates gone, downsizes applied: a downsize
+frees allocation, not measured use).  Unknown hosts count nothing.
+"""
+
+import math
+from dataclasses import dataclass
+
+from vmstats.capacity.demand import FleetDemand, HostDemand, percentile_name
+from vmstats.capacity.profiles import Profile
+
+#: Columns of headroom.csv, in order (one place for the CSV, JSON rows and the terminal).
+COLUMNS = (
+    "host",
+    "status",
+    "coverage",
+    "vms",
+    "stopped",
+    "by_allocation",
+    "vcpus",
+    "mem_gb",
+    "cpu_usable",
+    "mem_usable",
+    "cpu_demand",
+    "mem_demand",
+    "cpu_trend_week",
+    "mem_trend_week",
+    "cpu_headroom",
+    "mem_headroom",
+    "fit_now",
+    "binding_now",
+    "fit_after",
+    "binding_after",
+    "allocated_vcpus",
+    "allocated_mem_gb",
+    "alloc_vcpus_limit",
+    "alloc_mem_limit",
+    "alloc_fit_now",
+    "alloc_binding_now",
+    "alloc_fit_after",
+)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How many of a profile fit, and which resource runs out first ("" when unknown)."""
+
+    count: int | None
+    binding: str
+
+
+def _fit(cpu_room: float, mem_room: float, cpu_each: float, mem_each: float) -> Fit:
+    by_cpu = math.floor(max(0.0, cpu_room) / cpu_each + 1e-9)
+    by_mem = math.floor(max(0.0, mem_room) / mem_each + 1e-9)
+    if by_cpu == by_mem:
+        # Equal counts: the resource with less left over after them binds.
+        binding = "cpu" if cpu_room / cpu_each - by_cpu <= mem_room / mem_each - by_mem else "memory"
+    else:
+        binding = "cpu" if by_cpu < by_mem else "memory"
+    return Fit(min(by_cpu, by_mem), binding)
+
+
+def demand_fit(entry: HostDemand, profile: Profile, fleet: FleetDemand) -> Fit:
+    """VMs of ``profile`` that fit the host's measured headroom (None: the host is unknown)."""
+    if not entry.known(fleet.settings):
+        return Fit(None, "")
+    return _fit(entry.cpu_headroom, entry.mem_headroom, profile.cpu_demand, profile.mem_demand)
+
+
+def allocation_fit(entry: HostDemand, profile: Profile) -> Fit:
+    """VMs of ``profile`` Nova would still allocate on the host, by size and ratios."""
+    host = entry.host
+    return _fit(
+        host.alloc_vcpus - entry.allocated_vcpus,
+        host.alloc_mem_gb - entry.allocated_mem_gb,
+        profile.vcpus,
+        profile.mem_gb,
+    )
+
+
+def rows(now: FleetDemand, after: FleetDemand | None, profile: Profile) -> list[dict]:
+    """One row per host (COLUMNS), in inventory order."""
+    later = {h.name: h for h in after.hosts} if after is not None else {}
+    out = []
+    for entry in now.hosts:
+        host = entry.host
+        fit, alloc = demand_fit(entry, profile, now), allocation_fit(entry, profile)
+        then = later.get(entry.name)
+        fit_after = demand_fit(then, profile, after) if then is not None else Fit(None, "")
+        alloc_after = allocation_fit(then, profile) if then is not None else Fit(None, "")
+        known = entry.known(now.settings)
+        out.append(
+            {
+                "host": entry.name,
+                "status": entry.status(now.settings),
+                "coverage": round(entry.coverage, 4),
+                "vms": len(entry.vms),
+                "stopped": len(entry.stopped),
+                "by_allocation": len(entry.by_allocation),
+                "vcpus": host.vcpus,
+                "mem_gb": host.mem_gb,
+                "cpu_usable": _r(host.usable_vcpus),
+                "mem_usable": _r(host.usable_mem_gb),
+                "cpu_demand": _r(entry.cpu_demand) if known else None,
+                "mem_demand": _r(entry.mem_demand) if known else None,
+                "cpu_trend_week": _r(entry.cpu_trend) if known else None,
+                "mem_trend_week": _r(entry.mem_trend) if known else None,
+                "cpu_headroom": _r(entry.cpu_headroom) if known else None,
+                "mem_headroom": _r(entry.mem_headroom) if known else None,
+                "fit_now": fit.count,
+                "binding_now": fit.binding,
+                "fit_after": fit_after.count,
+                "binding_after": fit_after.binding,
+                "allocated_vcpus": _r(entry.allocated_vcpus),
+                "allocated_mem_gb": _r(entry.allocated_mem_gb),
+                "alloc_vcpus_limit": _r(host.alloc_vcpus),
+                "alloc_mem_limit": _r(host.alloc_mem_gb),
+                "alloc_fit_now": alloc.count,
+                "alloc_binding_now": alloc.binding,
+                "alloc_fit_after": alloc_after.count if after is not None else None,
+            }
+        )
+    return out
+
+
+def totals(host_rows: list[dict], now: FleetDemand, after: FleetDemand | None) -> dict:
+    """The fleet: sums over known hosts, and what is left out (unknown hosts, unplaced VMs)."""
+
+    def total(key: str) -> int | None:
+        values = [r[key] for r in host_rows if r[key] is not None]
+        return sum(values) if values else None
+
+    unknown = [r["host"] for r in host_rows if r["status"] == "unknown"]
+    binding = {}
+    for r in host_rows:
+        if r["binding_now"]:
+            binding[r["binding_now"]] = binding.get(r["binding_now"], 0) + 1
+    return {
+        "hosts": len(host_rows),
+        "hosts_known": len(host_rows) - len(unknown),
+        "hosts_unknown": unknown,
+        "unplaced_vms": now.unplaced,
+        "fit_now": total("fit_now") or 0,
+        "fit_after": total("fit_after") if after is not None else None,
+        "alloc_fit_now": total("alloc_fit_now") or 0,
+        "alloc_fit_after": total("alloc_fit_after") if after is not None else None,
+        "binding_hosts": binding,
+    }
+
+
+def result(
+    now: FleetDemand,
+    after: FleetDemand | None,
+    profile: Profile,
+    changes: dict | None = None,
+    source: dict | None = None,
+) -> dict:
+    """Everything the outputs show: the basis, the profile, the rows, the fleet's totals."""
+    host_rows = rows(now, after, profile)
+    s = now.settings
+    return {
+        "profile": {
+            "name": profile.name(),
+            "vcpus": profile.vcpus,
+            "mem_gb": profile.mem_gb,
+            "cpu_use": profile.cpu_use,
+            "mem_use": profile.mem_use,
+            "cpu_demand": _r(profile.cpu_demand),
+            "mem_demand": _r(profile.mem_demand),
+        },
+        "basis": {
+            "window": now.window.describe(),
+            "percentile": percentile_name(s.percentile),
+            "coverage_min": s.coverage_min,
+            "horizon_days": s.horizon_days,
+            "stopped_after_hours": s.stopped_after_hours,
+            **(source or {}),
+        },
+        "after": changes,
+        "fleet": totals(host_rows, now, after),
+        "hosts": host_rows,
+    }
+
+
+def _r(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, 3)

@@ -1,0 +1,120 @@
+"""Headroom's outputs: headroom.csv (COLUMNS), headroom.json (everything), the terminal table."""
+
+import csv
+import json
+import os
+
+from vmstats.capacity.headroom import COLUMNS
+
+OUTPUTS = ("headroom.csv", "headroom.json")
+
+
+def write(result: dict, out_dir: str) -> None:
+    """headroom.csv and headroom.json in ``out_dir`` (made if missing)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "headroom.csv"), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in result["hosts"]:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    with open(os.path.join(out_dir, "headroom.json"), "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+
+
+def _count(value) -> str:
+    return "?" if value is None else str(value)
+
+
+def _pair(used, limit) -> str:
+    return "?" if used is None else "%.1f/%.0f" % (used, limit)
+
+
+def _some(names: list[str], most: int = 5) -> str:
+    if not names:
+        return ""
+    return " (%s%s)" % (", ".join(names[:most]), ", ..." if len(names) > most else "")
+
+
+def terminal(result: dict, top: int = 20) -> str:
+    """The profile, the basis, the hosts with the most room first (unknown last), the fleet."""
+    p, b, f = result["profile"], result["basis"], result["fleet"]
+    after = result["after"] is not None
+    lines = [
+        "headroom for %s (%.2f cores, %.2f GB expected each): %s over %s to %s, coverage gate %g%%"
+        % (
+            p["name"],
+            p["cpu_demand"],
+            p["mem_demand"],
+            b["percentile"],
+            b["window"]["start"],
+            b["window"]["end"],
+            b["coverage_min"] * 100,
+        ),
+        "%-16s %-7s %5s %12s %12s %5s %-6s %6s %8s %8s"
+        % (
+            "host",
+            "status",
+            "cov",
+            "cpu dem/use",
+            "mem dem/use",
+            "fit",
+            "binds",
+            "after",
+            "nova",
+            "nova aft",
+        ),
+    ]
+    ordered = sorted(result["hosts"], key=lambda r: (r["fit_now"] is None, -(r["fit_now"] or 0), r["host"]))
+    for row in ordered[:top]:
+        lines.append(
+            "%-16s %-7s %4.0f%% %12s %12s %5s %-6s %6s %8s %8s"
+            % (
+                row["host"][:16],
+                row["status"],
+                row["coverage"] * 100,
+                _pair(row["cpu_demand"], row["cpu_usable"]),
+                _pair(row["mem_demand"], row["mem_usable"]),
+                _count(row["fit_now"]),
+                row["binding_now"],
+                _count(row["fit_after"]) if after else "-",
+                _count(row["alloc_fit_now"]),
+                _count(row["alloc_fit_after"]) if after else "-",
+            )
+        )
+    if len(ordered) > top:
+        lines.append("... %d more hosts in headroom.csv" % (len(ordered) - top))
+    lines.append(
+        "fleet: %d more fit now%s (allocation at Nova's ratios: %d%s); %d of %d hosts known"
+        % (
+            f["fit_now"],
+            ", %d after the report's reclaim and downsize advice" % f["fit_after"] if after else "",
+            f["alloc_fit_now"],
+            ", %d after" % f["alloc_fit_after"] if after else "",
+            f["hosts_known"],
+            f["hosts"],
+        )
+    )
+    if f["hosts_unknown"]:
+        lines.append(
+            "unknown (below the coverage gate, counted as no room): %s" % ", ".join(f["hosts_unknown"])
+        )
+    if f["unplaced_vms"]:
+        lines.append(
+            "unplaced VMs (no host in the inventory claims them): %d, e.g. %s"
+            % (len(f["unplaced_vms"]), ", ".join(f["unplaced_vms"][:5]))
+        )
+    if after:
+        a = result["after"]
+        lines.append(
+            "after: the report's advice (%s): reclaim %d VM%s%s, downsize %d%s"
+            % (
+                a["source"],
+                len(a["reclaimed"]),
+                "" if len(a["reclaimed"]) == 1 else "s",
+                _some(a["reclaimed"]),
+                len(a["downsized"]),
+                _some(a["downsized"]),
+            )
+        )
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""The per-host demand summary: what an admission answer needs, small enough to keep live.
+
+A FleetDemand holds each host's demand per minute; an answer only needs each
+host's limits, levels and allocation, and what they rest on (window,
+percentile, coverage).  The server's scheduled job computes this summary from
+the logs in a child process and hands it over as JSON (``python -m
+vmstats.capacity.summary``); ``vmstats admit`` builds the same one in
+process, so both answer from the same figures the same way.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from vmstats.capacity.demand import FleetDemand, Settings, percentile_name
+from vmstats.capacity.placement import HostLoad
+
+#: Bumped when the JSON's shape changes: the server refuses a summary of another version.
+VERSION = 1
+
+
+@dataclass
+class HostSummary:
+    """One host's figures for placement, and what they rest on."""
+
+    name: str
+    status: str  # ok, empty, unknown
+    coverage: float
+    vms: int
+    vcpus: float
+    mem_gb: float
+    cpu_limit: float  # usable: capacity less reserve and buffer
+    mem_limit: float
+    cpu_demand: float
+    mem_demand: float
+    alloc_cpu_limit: float  # (total - reserved) x ratio
+    alloc_mem_limit: float
+    allocated_vcpus: float
+    allocated_mem_gb: float
+
+
+@dataclass
+class Summary:
+    """Every host's figures, the window and settings behind them, and when they were made."""
+
+    window: dict
+    percentile: float
+    coverage_min: float
+    horizon_days: float
+    hosts: list[HostSummary]
+    unplaced: int = 0
+    made_at: float = field(default_factory=time.time)
+    version: int = VERSION
+
+    def basis(self, now: float | None = None) -> dict:
+        """What an answer rests on, said in every answer."""
+        known = [h for h in self.hosts if h.status != "unknown"]
+        expected = [h for h in known if h.vms]
+        return {
+            "window": self.window,
+            "percentile": percentile_name(self.percentile),
+            "coverage_min": self.coverage_min,
+            "horizon_days": self.horizon_days,
+            "hosts": len(self.hosts),
+            "hosts_known": len(known),
+            "hosts_unknown": sorted(h.name for h in self.hosts if h.status == "unknown"),
+            "coverage_of_known_hosts": round(min((h.coverage for h in expected), default=1.0), 4),
+            "unplaced_vms": self.unplaced,
+            "summary_age_s": round(max(0.0, (now or time.time()) - self.made_at), 1),
+        }
+
+    def loads(self, basis: str = "demand") -> list[HostLoad]:
+        """Placement loads: the known hosts (demand basis), or every host (allocation basis)."""
+        out = []
+        for h in self.hosts:
+            if basis == "demand" and h.status == "unknown":
+                continue  # never offered; Nova's allocation view needs sizes only
+            if basis == "demand":
+                out.append(HostLoad(h.name, h.cpu_limit, h.mem_limit, h.cpu_demand, h.mem_demand))
+            else:
+                out.append(
+                    HostLoad(
+                        h.name, h.alloc_cpu_limit, h.alloc_mem_limit, h.allocated_vcpus, h.allocated_mem_gb
+                    )
+                )
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Summary":
+        data = json.loads(text)
+        if data.get("version") != VERSION:
+            raise ValueError("capacity summary of version %r, expected %d" % (data.get("version"), VERSION))
+        data["hosts"] = [HostSummary(**h) for h in data["hosts"]]
+        return cls(**data)
+
+
+def summarise(fleet: FleetDemand) -> Summary:
+    """The summary of a FleetDemand (its series dropped)."""
+    s = fleet.settings
+    hosts = []
+    for entry in fleet.hosts:
+        host = entry.host
+        hosts.append(
+            HostSummary(
+                entry.name,
+                entry.status(s),
+                round(entry.coverage, 4),
+                len(entry.vms),
+                host.vcpus,
+                host.mem_gb,
+                host.usable_vcpus,
+                host.usable_mem_gb,
+                entry.cpu_demand,
+                entry.mem_demand,
+                host.alloc_vcpus,
+                host.alloc_mem_gb,
+                entry.allocated_vcpus,
+                entry.allocated_mem_gb,
+            )
+        )
+    return Summary(
+        fleet.window.describe(), s.percentile, s.coverage_min, s.horizon_days, hosts, len(fleet.unplaced)
+    )
+
+
+def from_logs(data_dirs: Sequence[str], inventory_path: str, settings: Settings) -> Summary:
+    """Read the logs and summarise them (ReportError / CapacityError on bad input)."""
+    from vmstats.capacity import reader
+    from vmstats.capacity.demand import host_demand
+    from vmstats.capacity.inventory import load_inventory
+
+    inventory = load_inventory(inventory_path)
+    logs = reader.find_logs(data_dirs, settings.days)
+    return summarise(host_demand(inventory, reader.read_vms(logs), logs.window, settings))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The server's refresh job: the summary as JSON on stdout, or one error line on stderr."""
+    from vmstats.report.settings import ReportError
+
+    parser = argparse.ArgumentParser(prog="python -m vmstats.capacity.summary")
+    parser.add_argument("data_dirs", nargs="+")
+    parser.add_argument("--inventory", required=True)
+    parser.add_argument("--settings", required=True, help="Settings as JSON")
+    parser.add_argument("--nice", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)  # the aggregator's ingest comes first
+    try:
+        summary = from_logs(args.data_dirs, args.inventory, Settings(**json.loads(args.settings)))
+    except ReportError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    sys.stdout.write(summary.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
