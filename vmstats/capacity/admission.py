@@ -5,6 +5,7 @@ The manifest (a TOML file for ``vmstats admit``, the same keys as JSON for
 
     name = "checkout"        # optional: names the request in the answer
     partial = true           # place what fits (default); false: all or none
+    hold = true              # the API holds the offer's room for a while (default); false: only ask
     [profiles]               # optional: named profiles
     web = "2x4@30%"
     [[vms]]
@@ -31,7 +32,7 @@ from vmstats.capacity.summary import Summary
 
 #: VMs one manifest may ask for: bounds the work one request can cause.
 MAX_VMS = 100_000
-_TOP_KEYS = ("name", "partial", "profiles", "vms")
+_TOP_KEYS = ("name", "partial", "hold", "profiles", "vms")
 _ENTRY_KEYS = ("profile", "count", "name", "anti_affinity", "group")
 
 
@@ -51,6 +52,7 @@ class Manifest:
     name: str
     partial: bool
     entries: tuple[Entry, ...]
+    hold: bool = True
 
     def asks(self, basis: str = "demand") -> list[Ask]:
         """The VMs as placement asks: expected demand, or (allocation basis) their size."""
@@ -81,6 +83,9 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     partial = data.get("partial", True)
     if not isinstance(partial, bool):
         raise CapacityError("%s: partial: must be true or false" % where)
+    hold = data.get("hold", True)
+    if not isinstance(hold, bool):
+        raise CapacityError("%s: hold: must be true or false" % where)
     named = data.get("profiles", {})
     if not isinstance(named, dict):
         raise CapacityError('%s: profiles: must be a table of name = "VCPUSxGB[@USE%%]"' % where)
@@ -107,7 +112,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         if total > MAX_VMS:
             raise CapacityError("%s: asks for more than %d VMs" % (where, MAX_VMS))
         entries.append(entry)
-    return Manifest(name, partial, tuple(entries))
+    return Manifest(name, partial, tuple(entries), hold)
 
 
 def _entry(item: Any, profiles: dict[str, Profile], origin: str) -> Entry:
@@ -203,7 +208,7 @@ def answer(
     asks = manifest.asks("demand")
     offer = place(demand, asks, summary.percentile, partial=manifest.partial)
     nova = place(summary.loads("allocation"), manifest.asks("allocation"), 100.0, partial=manifest.partial)
-    if reservations is not None:
+    if reservations is not None and manifest.hold:
         reservations.hold(manifest.name or "unnamed", offer, asks)
     return {
         "request": manifest.name,
@@ -223,6 +228,7 @@ def answer(
         "held_by_earlier_answers": {
             h: {"cpu_cores": _r(c), "mem_gb": _r(m)} for h, (c, m) in sorted(held.items())
         },
+        "held": reservations is not None and manifest.hold and bool(offer.placed),
         "basis": summary.basis(now),
     }
 

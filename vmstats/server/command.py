@@ -161,6 +161,19 @@ def retention_options(command):
 @click.option("--rules", "rules_file", type=click.Path(dir_okay=False), default=None,
               help="Rules file (TOML): live alerts and scaling on the incoming records; "
                    "SIGHUP reloads it. Check one with 'vmstats rules check FILE'.")
+@click.option("--inventory", type=click.Path(dir_okay=False), default=None,
+              help="Host inventory (TOML, docs/CAPACITY.md): enables POST /admission on the HTTP "
+                   "port, answered from a per-host demand summary of the logs (needs the status token).")
+@click.option("--capacity-refresh", type=DURATION, default=_seconds(D.capacity_refresh), show_default=True,
+              help="How often the per-host demand summary is recomputed from the logs.")
+@click.option("--admission-hold", type=DURATION, default=_seconds(D.admission_hold), show_default=True,
+              help="How long an admission answer's offer holds its room on its hosts.")
+@click.option("--capacity-percentile", default=D.capacity_percentile, show_default=True,
+              help="Percentile of each host's summed demand for admission: p99, p95, max or a number.")
+@click.option("--capacity-coverage-min", type=click.FloatRange(0, 1), default=D.capacity_coverage_min,
+              show_default=True, help="Share of its VMs' minutes a host needs seen to be offered.")
+@click.option("--capacity-days", type=click.IntRange(1, 3660), default=D.capacity_days, show_default=True,
+              help="Days of logs the admission summary reads.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(**options) -> None:
@@ -222,7 +235,16 @@ def serve(**options) -> None:
         Policy(options["compact_after"], options["retain_raw"], options["retain_rollups"]).check()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if options["inventory"]:
+        from vmstats.capacity.demand import parse_percentile
+        from vmstats.capacity.errors import CapacityError
+
+        try:
+            parse_percentile(options["capacity_percentile"])
+        except CapacityError as exc:
+            raise click.ClickException("--capacity-percentile: %s" % exc) from None
     config = ServerConfig(**options)
+    from vmstats.capacity.errors import CapacityError
     from vmstats.rules.config import RulesError
     from vmstats.server.service import run
 
@@ -230,6 +252,8 @@ def serve(**options) -> None:
         code = run(config)
     except RulesError as exc:  # one line per problem; the server does not start
         raise click.ClickException("the rules file cannot be used:\n" + str(exc)) from None
+    except CapacityError as exc:  # a bad inventory: the server does not start
+        raise click.ClickException(str(exc)) from None
     except (OSError, ListenError) as exc:
         raise click.ClickException(one_line(exc)) from None
     except Exception as exc:  # anything else that stops the start: one readable line

@@ -107,3 +107,13 @@ class ServerConfig:
     retain_rollups: float = 730 * 86400.0
     #: A rules file (vmstats/rules/): live alerts and scaling on the incoming records.
     rules_file: str | None = None
+    #: A host inventory (vmstats/capacity/): enables POST /admission on the HTTP port.
+    inventory: str | None = None
+    #: Seconds between refreshes of the per-host demand summary admission answers from.
+    capacity_refresh: float = 300.0
+    #: Seconds an admission answer's offer holds its room (until the VMs show in the data).
+    admission_hold: float = 1800.0
+    #: How demand is judged for admission (vmstats.capacity.demand.Settings' fields).
+    capacity_percentile: str = "p99"
+    capacity_coverage_min: float = 0.8
+    capacity_days: int = 14

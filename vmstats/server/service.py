@@ -115,17 +115,34 @@ class Aggregator(service.MultiService):
                 config.compact_after, config.retain_raw, config.retain_rollups)
             self.compaction.setServiceParent(self)
         self.http = None
+        self.admission = None
         if config.http_port >= 0:
+            token = StatusToken(config.status_token)
+            routes = httpwrite.routes(self.edge, self.edge.influx, config.write_token)
+            if config.inventory:
+                self.admission = self._admission(token)
+                routes[b"/admission"] = self.admission.page()
             self.http = HTTPService(reactor, config.bind, config.http_port, self.metrics_text,
-                                    self.status, self.tables["http"],
-                                    StatusToken(config.status_token),
-                                    httpwrite.routes(self.edge, self.edge.influx,
-                                                     config.write_token),
+                                    self.status, self.tables["http"], token, routes,
                                     self.rules.alerts if self.rules is not None else None)
             self.http.setServiceParent(self)
         self.metrics.gauges["unsigned_accepted_beyond_loopback"] = (
             "1 when the push ports take unsigned records from beyond this machine (no --auth-keys).",
             lambda: int(self.exposed()))
+
+    def _admission(self, token: StatusToken):
+        """The admission API (vmstats/capacity/service.py): a bad inventory stops the start."""
+        from vmstats.capacity.demand import Settings, parse_percentile
+        from vmstats.capacity.service import AdmissionService
+
+        config = self.config
+        settings = Settings(parse_percentile(config.capacity_percentile), config.capacity_coverage_min,
+                            config.capacity_days)
+        admission = AdmissionService(self.reactor, config.data_dir, config.inventory, settings,
+                                     config.capacity_refresh, config.admission_hold, token)
+        self.metrics.families.append(admission.families)
+        admission.setServiceParent(self)
+        return admission
 
     def _connection_tables(self) -> dict[str, ConnectionTable]:
         """The TCP and HTTP connection tables, their caps fitted under the file limit."""
@@ -232,6 +249,8 @@ class Aggregator(service.MultiService):
         log.info("stopping: closing listeners, then the final flush")
         service.Service.stopService(self)
         yield defer.maybeDeferred(self.listeners.stopService)
+        if self.admission is not None:  # a summary being computed is of no use any more
+            yield defer.maybeDeferred(self.admission.stopService)
         yield defer.maybeDeferred(self.edge_service.stopService)  # open minutes into ingest
         yield self.ingest.idle()
         if self.rules is not None:

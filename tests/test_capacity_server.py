@@ -1,0 +1,176 @@
+"""``POST /admission`` on the real aggregator (loopback): answers from the live summary, errors
+that change nothing, room held between answers, and answers while records keep arriving."""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from capacitydata import write_fleet
+from serverproc import LOOPBACK, STATUS_TOKEN, ServerProcess
+from test_server_udp import line, now
+
+from vmstats.protocol import Record
+
+MANIFEST = {
+    "name": "shop",
+    "profiles": {"web": "2x8@50%"},
+    "vms": [{"profile": "web", "count": 2, "anti_affinity": True}, {"name": "cache", "profile": "1x2"}],
+}
+
+
+def post(server, body, token=STATUS_TOKEN, raw=False):
+    """``(status, JSON)`` of a POST /admission."""
+    data = body if raw else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = "Bearer " + token
+    url = "http://%s:%d/admission" % (LOOPBACK, server.http_port)
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def state(server) -> dict:
+    return json.loads(server.http("/admission"))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    base = tmp_path_factory.mktemp("admission")
+    expected = write_fleet(base / "data", base / "hosts.toml")
+    # One summary at start (refreshes an hour apart), so records sent by a test cannot move the window.
+    with ServerProcess(
+        base / "server",
+        "--inventory",
+        str(base / "hosts.toml"),
+        "--capacity-refresh",
+        "1h",
+        "--flush-interval",
+        "0.5",
+        data_dir=base / "data",
+    ) as server:
+        server.wait_for(lambda s: "basis" in state(s), timeout=60)
+        yield server, expected
+
+
+def test_errors_are_one_clear_4xx_and_change_nothing(live):
+    server, _expected = live
+    before = state(server)
+    cases = [
+        (post(server, MANIFEST, token=None), 401, "Authorization: Bearer"),
+        (post(server, MANIFEST, token="wrong"), 401, "Authorization: Bearer"),
+        (post(server, b"{not json", raw=True), 400, "manifest is not valid JSON"),
+        (post(server, {"vms": [{"profile": "huge"}]}), 400, "vms[0].profile: unknown profile 'huge'"),
+        (post(server, {"vms": [{"profile": "2x4", "replicas": 3}]}), 400, "vms[0].replicas: unknown key"),
+        (post(server, {"vms": []}), 400, "vms: a list of at least one entry"),
+        (post(server, b"[" * (2 << 20), raw=True), 413, "larger than"),
+    ]
+    for (code, body), want_code, want in cases:
+        assert code == want_code and list(body) == ["error"] and want in body["error"], body
+        assert "\n" not in body["error"]
+    after = state(server)
+    assert after["held"] == before["held"] == [] and after["hosts"] == before["hosts"]
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        server.http("/admission", token=None)
+    assert denied.value.code == 401
+    metrics = server.metrics()
+    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 4
+    assert metrics['vmstats_admission_requests_total{result="error_401"}'] == 3  # two POSTs, the GET
+
+
+def test_answers_from_the_summary_and_holds_what_it_offered(live):
+    server, expected = live
+    hosts = {h["name"]: h for h in state(server)["hosts"]}
+    one = hosts["kvm01"]
+    cpu, mem = expected["now"]
+    # The summary's demand is the p99 of the summed minutes, plus a week of any rising trend.
+    assert cpu - 1e-3 <= one["cpu_demand"] <= cpu + 0.5 and mem - 1e-3 <= one["mem_demand"] <= mem + 0.5
+    assert hosts["kvm02"]["status"] == "unknown"
+    code, answer = post(server, MANIFEST)
+    assert code == 200 and answer["status"] == "partial" and answer["held"] is True
+    assert sorted(answer["offer"].values()) == ["kvm01", "kvm01"] and "cache-1" in answer["offer"]
+    assert "anti-affinity" in next(iter(answer["rejected"].values()))
+    left = answer["headroom_left"]["kvm01"]
+    assert left["cpu_cores"] == pytest.approx(16 - one["cpu_demand"] - 2.0, abs=1e-3)
+    assert left["mem_gb"] == pytest.approx(64 - one["mem_demand"] - 6.0, abs=1e-3)
+    basis = answer["basis"]
+    assert basis["window"]["minutes"] == 7 * 1440 and basis["percentile"] == "p99"
+    assert basis["hosts_unknown"] == ["kvm02"] and basis["coverage_min"] == 0.8
+    assert 0 <= basis["summary_age_s"] < 600
+    # The next answer starts from what the first holds; a question with hold = false holds nothing.
+    code, second = post(server, dict(MANIFEST, name="ask-only", hold=False))
+    assert code == 200 and second["held"] is False
+    assert second["held_by_earlier_answers"]["kvm01"] == {"cpu_cores": 2.0, "mem_gb": 6.0}
+    assert second["headroom_left"]["kvm01"]["mem_gb"] == pytest.approx(left["mem_gb"] - 6.0, abs=1e-3)
+    assert [h["request"] for h in state(server)["held"]] == ["shop"]
+
+
+def test_all_or_nothing_rejects_and_holds_nothing(live):
+    server, _expected = live
+    held = state(server)["held"]
+    code, answer = post(server, {"name": "big", "partial": False, "vms": [{"profile": "4x16", "count": 10}]})
+    assert code == 200 and answer["status"] == "reject" and answer["offer"] == {}
+    assert len(answer["rejected"]) == 10 and state(server)["held"] == held
+
+
+def test_answers_while_records_keep_arriving(live):
+    server, _expected = live
+    start = server.metrics()["vmstats_records_received_total"]
+    t = now() - 120
+    answers = []
+    for batch in range(20):
+        records = [Record(vm="10.77.%d.%d" % (batch, i), ts=t, cpu=5.0, mem=20.0) for i in range(50)]
+        server.send_udp(b"\n".join(line(r) for r in records))
+        answers.append(post(server, dict(MANIFEST, name="while-%d" % batch, hold=False))[0])
+    assert answers == [200] * 20
+    server.wait_received(start + 1000, timeout=20)
+
+
+def test_without_a_status_token_admission_is_refused(tmp_path):
+    inventory = tmp_path / "hosts.toml"
+    inventory.write_text('[[host]]\nname = "h"\nvcpus = 8\nmem_gb = 32\n')
+    with ServerProcess(tmp_path / "server", "--inventory", str(inventory), "--status-token", "") as server:
+        code, body = post(server, MANIFEST, token="anything")
+        assert code == 403 and "status token" in body["error"]
+
+
+def test_a_bad_inventory_stops_the_start_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    inventory = tmp_path / "hosts.toml"
+    inventory.write_text('[[host]]\nname = "h"\nvcpus = 8\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmstats",
+            "serve",
+            "--bind",
+            LOOPBACK,
+            "--udp-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--inventory",
+            str(inventory),
+            "--duration",
+            "5s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "Error: inventory %s: host[0] (h).mem_gb: missing" % inventory
+    )

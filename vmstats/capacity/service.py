@@ -1,0 +1,266 @@
+"""The aggregator's admission API: ``POST /admission`` answered from a live per-host summary.
+
+A scheduled job (a LoopingCall on the reactor) asks a child process to read
+the logs the flusher wrote and summarise demand per host (summary.py); the
+reactor only parses the child's JSON, so reading two weeks of logs never
+holds up ingest.  An answer places the manifest on the latest summary, less
+the room earlier answers still hold (admission.Reservations): a few
+milliseconds for hundreds of hosts, whatever the fleet's size.
+
+Requests need the status token (``Authorization: Bearer``), as /status
+details do.  A bad token, a bad manifest or an unknown profile is one JSON
+error with a 4xx status, and changes nothing: nothing is held, no counter
+but the rejected requests' moves.
+"""
+
+import json
+import logging
+import sys
+import time
+
+from twisted.application import service
+from twisted.internet import defer, error, protocol, task
+from twisted.web import http, resource
+
+from vmstats.capacity import admission
+from vmstats.capacity.demand import Settings
+from vmstats.capacity.errors import CapacityError
+from vmstats.capacity.inventory import load_inventory
+from vmstats.capacity.summary import Summary
+
+log = logging.getLogger("vmstats.capacity")
+
+#: Largest manifest body taken (a 100,000-VM manifest of a few entries is far smaller).
+MAX_BODY = 1 << 20
+#: Seconds a summary child may run before it is killed (and the next refresh tries again).
+CHILD_TIMEOUT = 3600.0
+
+
+class _Child(protocol.ProcessProtocol):
+    """Collects the summary child's stdout and stderr; ``done`` fires with (code, out, err)."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.done: defer.Deferred = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        if sum(map(len, self.err)) < 65536:
+            self.err.append(data)
+
+    def processEnded(self, reason) -> None:
+        code = reason.value.exitCode if isinstance(reason.value, error.ProcessTerminated) else 0
+        self.done.callback((code, b"".join(self.out), b"".join(self.err)))
+
+
+class AdmissionService(service.Service):
+    """Keeps the per-host summary fresh and answers ``/admission``."""
+
+    name = "admission"
+
+    def __init__(
+        self,
+        reactor,
+        data_dir: str,
+        inventory_path: str,
+        settings: Settings,
+        refresh_s: float,
+        hold_s: float,
+        token,
+    ) -> None:
+        load_inventory(inventory_path)  # a bad inventory stops the start: CapacityError
+        self.reactor = reactor
+        self.data_dir = data_dir
+        self.inventory_path = inventory_path
+        self.settings = settings
+        self.refresh_s = refresh_s
+        self.token = token
+        self.summary: Summary | None = None
+        self.last_error = ""
+        self.reservations = admission.Reservations(hold_s, reactor.seconds)
+        self.counts: dict[str, int] = {}
+        self.refreshes = {"ok": 0, "failed": 0}
+        self.refresh_seconds = 0.0
+        self._loop: task.LoopingCall | None = None
+        self._child = None
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._loop = task.LoopingCall(self.refresh)
+        self._loop.clock = self.reactor
+        self._loop.start(self.refresh_s, now=True).addErrback(
+            lambda failure: log.error("capacity refresh loop stopped: %s", failure.getErrorMessage())
+        )
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        child = self._child
+        if child is not None:
+            try:
+                child.transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+            return child.done.addBoth(lambda _result: None)
+        return None
+
+    def refresh(self) -> defer.Deferred:
+        """Summarise the logs in a child process; the summary in use stays until a new one is whole."""
+        child = _Child()
+        self._child = child
+        started = time.monotonic()
+        args = [
+            sys.executable,
+            "-m",
+            "vmstats.capacity.summary",
+            self.data_dir,
+            "--inventory",
+            self.inventory_path,
+            "--settings",
+            json.dumps(self.settings.__dict__),
+        ]
+        self.reactor.spawnProcess(child, sys.executable, args, env=None)
+        timeout = self.reactor.callLater(CHILD_TIMEOUT, _kill, child)
+
+        def ended(result):
+            if timeout.active():
+                timeout.cancel()
+            self._child = None
+            code, out, err = result
+            self.refresh_seconds = time.monotonic() - started
+            if code == 0:
+                try:
+                    self.summary = Summary.from_json(out)
+                    self.refreshes["ok"] += 1
+                    self.last_error = ""
+                    return None
+                except (ValueError, TypeError, KeyError) as exc:
+                    err = ("unreadable summary: %s" % exc).encode()
+            self.refreshes["failed"] += 1
+            self.last_error = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["exit %s" % code]
+            self.last_error = self.last_error[0]
+            log.warning("capacity summary not refreshed: %s", self.last_error)
+            return None
+
+        return child.done.addCallback(ended)
+
+    # --- the HTTP page ----------------------------------------------------------------
+
+    def answer(self, body: bytes, authorised: bool, has_token: bool) -> tuple[int, dict]:
+        """``(status, JSON)`` for a POST: every check before any change."""
+        if not has_token:
+            return self._error(
+                http.FORBIDDEN,
+                "admission needs the status token to be set on the server (--status-token-file)",
+            )
+        if not authorised:
+            return self._error(
+                http.UNAUTHORIZED, "send 'Authorization: Bearer <token>' with the status token"
+            )
+        if len(body) > MAX_BODY:
+            return self._error(http.REQUEST_ENTITY_TOO_LARGE, "manifest larger than %d bytes" % MAX_BODY)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return self._error(http.BAD_REQUEST, "manifest is not valid JSON: %s" % exc)
+        try:
+            manifest = admission.parse_manifest(data)
+        except CapacityError as exc:
+            return self._error(http.BAD_REQUEST, str(exc))
+        if self.summary is None:
+            why = "; last refresh failed: %s" % self.last_error if self.last_error else ""
+            return self._error(
+                http.SERVICE_UNAVAILABLE, "no capacity summary yet (the first one is being computed)%s" % why
+            )
+        result = admission.answer(self.summary, manifest, self.reservations, time.time())
+        self._count(result["status"])
+        return http.OK, result
+
+    def state(self, authorised: bool) -> tuple[int, dict]:
+        """``GET /admission``: the summary's basis and hosts, and what earlier answers hold."""
+        if not authorised:
+            return self._error(
+                http.UNAUTHORIZED, "send 'Authorization: Bearer <token>' with the status token"
+            )
+        out = {
+            "refreshes": dict(self.refreshes),
+            "last_refresh_s": round(self.refresh_seconds, 2),
+            "last_error": self.last_error,
+            "held": self.reservations.describe(),
+        }
+        if self.summary is not None:
+            out["basis"] = self.summary.basis(time.time())
+            out["hosts"] = [h.__dict__ for h in self.summary.hosts]
+        return http.OK, out
+
+    def _error(self, code: int, message: str) -> tuple[int, dict]:
+        self._count("error_%d" % code)
+        return code, {"error": message}
+
+    def _count(self, result: str) -> None:
+        self.counts[result] = self.counts.get(result, 0) + 1
+
+    def families(self) -> list:
+        """Prometheus families for /metrics: answers by result, refreshes, the summary's age."""
+        age = time.time() - self.summary.made_at if self.summary is not None else -1
+        return [
+            (
+                "admission_requests_total",
+                "counter",
+                "Admission requests, by answer or error status.",
+                [((("result", r),), n) for r, n in sorted(self.counts.items())],
+            ),
+            (
+                "capacity_refreshes_total",
+                "counter",
+                "Capacity summary refreshes, by outcome.",
+                [((("outcome", o),), n) for o, n in sorted(self.refreshes.items())],
+            ),
+            (
+                "capacity_summary_age_seconds",
+                "gauge",
+                "Age of the summary answers rest on (-1: none yet).",
+                [((), int(age))],
+            ),
+        ]
+
+    def page(self) -> resource.Resource:
+        return AdmissionPage(self)
+
+
+def _kill(child: _Child) -> None:
+    log.warning("capacity summary took over %d s: stopped", CHILD_TIMEOUT)
+    try:
+        child.transport.signalProcess("KILL")
+    except error.ProcessExitedAlready:
+        pass
+
+
+class AdmissionPage(resource.Resource):
+    """``/admission``: POST a manifest (JSON) for an answer, GET the state; both need the token."""
+
+    isLeaf = True
+
+    def __init__(self, owner: AdmissionService) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def render_POST(self, request) -> bytes:
+        body = request.content.read(MAX_BODY + 1)
+        token = self.owner.token
+        code, out = self.owner.answer(body, token.admits(request), token.token is not None)
+        return _json(request, code, out)
+
+    def render_GET(self, request) -> bytes:
+        code, out = self.owner.state(self.owner.token.admits(request))
+        return _json(request, code, out)
+
+
+def _json(request, code: int, out: dict) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return (json.dumps(out, indent=1, sort_keys=True) + "\n").encode("utf-8")
