@@ -154,3 +154,37 @@ def test_admit_manifest_errors_are_one_line(fleet, tmp_path, text, message):
     result = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml")
     assert result.returncode == 1 and message in result.stderr and str(manifest) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fleet, tmp_path):
+    _result, data, _out, _expected = headroom
+    base, _ = fleet
+    out = tmp_path / "report"
+    # The same settings as the headroom run above but the trend horizon (the report uses the default).
+    result = vmstats(
+        "report",
+        base / "data",
+        "-o",
+        out,
+        "--inventory",
+        base / "hosts.toml",
+        "--profile",
+        "2x8@50%",
+        "--no-cache",
+    )
+    assert result.returncode == 0, result.stderr
+    section = json.loads((out / "report.json").read_text())["meta"]["capacity"]
+    assert section["after"]["reclaimed"] == ["idle"] and section["after"]["source"] == "this report"
+    assert section["fleet"]["hosts_unknown"] == ["kvm02"]
+    one = section["hosts"][0]
+    assert one["fit_after"] >= one["fit_now"] and one["alloc_fit_now"] == data["hosts"][0]["alloc_fit_now"]
+    page = (out / "report.html").read_text()
+    assert "Capacity: room for 2x8@50% per host" in page
+    assert (
+        "<b>%d</b> more fit now, <b>%d</b> after the advice"
+        % (section["fleet"]["fit_now"], section["fleet"]["fit_after"])
+        in page
+    )
+    bad = vmstats("report", base / "data", "-o", tmp_path / "never", "--inventory", base / "nope.toml")
+    assert bad.returncode == 1 and "inventory %s does not exist" % (base / "nope.toml") in bad.stderr
+    assert not (tmp_path / "never" / "report.html").exists()

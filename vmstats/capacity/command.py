@@ -129,9 +129,7 @@ def headroom(
     percentile; the figures are given now and after the report's reclaim and
     downsize advice, with the allocation-based (Nova) count beside them.
     """
-    from vmstats.capacity import headroom as headroom_mod
-    from vmstats.capacity import outputs, reader
-    from vmstats.capacity.demand import Change, demand_views
+    from vmstats.capacity import outputs
     from vmstats.capacity.inventory import load_inventory
     from vmstats.capacity.profiles import parse_profile
 
@@ -141,22 +139,10 @@ def headroom(
         inventory = load_inventory(inventory_path)
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
-        logs = reader.find_logs(data_dirs, days, until)
-        changes = [Change()]
-        described = None
+        advice = None
         if not no_after:
-            change, described = _advice(
-                data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir
-            )
-            changes.append(change)
-        views = demand_views(inventory, reader.read_vms(logs), logs.window, settings, changes)
-        result = headroom_mod.result(
-            views[0],
-            views[1] if len(views) > 1 else None,
-            profile,
-            described,
-            {"inventory": inventory_path, "damaged_files": len(logs.issues)},
-        )
+            advice = _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir)
+        result = from_logs(data_dirs, inventory, inventory_path, profile, settings, until, advice)
         if out_dir:
             outputs.write(result, out_dir)
     except ReportError as exc:
@@ -164,6 +150,36 @@ def headroom(
     except OSError as exc:
         raise click.ClickException("cannot write to %s: %s" % (out_dir, exc.strerror or exc)) from None
     click.echo(outputs.terminal(result, top))
+
+
+def from_logs(data_dirs, inventory, inventory_path: str, profile, settings, until, advice) -> dict:
+    """The headroom result (headroom.result) of the logs, now and, with ``advice`` (a
+    demand.Change and its description), after it: one pass over the logs for both."""
+    from vmstats.capacity import headroom as headroom_mod
+    from vmstats.capacity import reader
+    from vmstats.capacity.demand import Change, demand_views
+
+    logs = reader.find_logs(data_dirs, settings.days, until)
+    changes = [Change()] + ([advice[0]] if advice else [])
+    views = demand_views(inventory, reader.read_vms(logs), logs.window, settings, changes)
+    return headroom_mod.result(
+        views[0],
+        views[1] if advice else None,
+        profile,
+        advice[1] if advice else None,
+        {"inventory": inventory_path, "damaged_files": len(logs.issues)},
+    )
+
+
+def report_section(data_dirs, report, inventory, inventory_path: str, profile, days: int, until) -> dict:
+    """The report's capacity section: headroom for ``profile`` now and after the report's own advice."""
+    from vmstats.capacity.demand import Settings
+
+    change, described = report_changes(report.rows)
+    described["source"] = "this report"
+    return from_logs(
+        data_dirs, inventory, inventory_path, profile, Settings(days=days), until, (change, described)
+    )
 
 
 def _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir):

@@ -198,6 +198,21 @@ def check_output(out_dir: str) -> None:
     help="Group costs by a tag (host, or an agent's extra tag such as project) into a statement: "
     "statement.csv and a section of the HTML.",
 )
+@click.option(
+    "--inventory",
+    "inventory_path",
+    default=None,
+    metavar="FILE",
+    help="Host inventory (docs/CAPACITY.md): adds a capacity section, room per host for --profile.",
+)
+@click.option(
+    "--profile",
+    "profile_text",
+    default="4x16@30%",
+    show_default=True,
+    metavar="VCPUSxGB[@USE%]",
+    help="The VM profile the capacity section counts (with --inventory).",
+)
 def report(
     data_dirs,
     out_dir,
@@ -213,6 +228,8 @@ def report(
     workers,
     top,
     by,
+    inventory_path,
+    profile_text,
     **thresholds,
 ):
     """Rank idle and oversized VMs for reclamation, with savings, from DATA_DIR logs.
@@ -231,6 +248,11 @@ def report(
         policy, prices, loading = load_inputs(
             policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
         )
+        if inventory_path:  # checked before any log is read
+            from vmstats.capacity.inventory import load_inventory
+            from vmstats.capacity.profiles import parse_profile
+
+            inventory, profile = load_inventory(inventory_path), parse_profile(profile_text)
         result = build(
             data_dirs,
             policy,
@@ -243,6 +265,12 @@ def report(
             **loading,
         )
         progress.close()
+        if inventory_path:
+            from vmstats.capacity.command import report_section
+
+            result.meta["capacity"] = report_section(
+                data_dirs, result, inventory, inventory_path, profile, int(policy.base["days"]), until
+            )
         write_report(result, out_dir)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None

@@ -222,6 +222,7 @@ def render(report: Report, path: str) -> None:
         candidates=CANDIDATES,
         currency=meta["prices"]["currency"],
         statement=meta.get("statement"),
+        capacity=meta.get("capacity"),
         distribution=distribution_chart(report.fleet),
         heatmap=week_heatmap(report.fleet["hour_of_week_cpu"]),
         heat_range=heat_range(report.fleet["hour_of_week_cpu"]),
