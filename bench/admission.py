@@ -1,6 +1,7 @@
 """Admission benchmark: the answer's latency for 10,000 VMs on 500 hosts; the backtest on a real fleet.
 
     .venv/bin/python bench/admission.py latency            # about 1 minute
+    .venv/bin/python bench/admission.py http               # about 5 minutes
     .venv/bin/python bench/admission.py backtest           # the 250-VM Bitbrains month on simulated hosts
 
 ``latency``: a fleet of 500 hosts (a mix of 48, 64 and 96 vCPUs with 256 to
@@ -12,6 +13,16 @@ group of 20 with anti-affinity, are placed on the summary (placement.place,
 demand basis).  Each answer's time is the median of ``--rounds``; the
 allocation basis (Nova's ratios) goes through the same function in the same
 run, as a reference.  Target: an answer within 1 s.
+
+``http``: the same fleet's last ``--hours`` of minute records are written as
+real logs (logstore), a real ``vmstats serve --inventory`` on loopback
+summarises them (the scheduled child process), and ``POST /admission`` is
+timed from this process, first with the aggregator idle (the reference), then
+while a sender process pushes the fleet's records over UDP at ``--rate``
+records a second (10,000 VMs a minute each is 167 a second; the default is
+ten times that) and the summary is refreshed under it.  Targets: every answer
+within 1 s, the answers under ingest about as fast as idle, and every record
+sent received.
 
 Backtest part (``backtest``):
 
@@ -38,10 +49,15 @@ Everything listens on 127.0.0.1 only.
 import argparse
 import datetime
 import json
+import multiprocessing
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +65,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from serverproc import LOOPBACK, STATUS_TOKEN, ServerProcess  # noqa: E402
 from tracereplay import replayed  # noqa: E402
 
+from vmstats import logstore  # noqa: E402
 from vmstats.capacity.demand import Settings, VmUse, Window, host_demand  # noqa: E402
 from vmstats.capacity.inventory import parse_inventory  # noqa: E402
 from vmstats.capacity.placement import Ask, loads, place  # noqa: E402
 from vmstats.capacity.profiles import parse_profile  # noqa: E402
+from vmstats.protocol import Record, encode_record, pack_lines  # noqa: E402
 
 HOSTS = 500
 VMS = 10_000
@@ -152,6 +172,210 @@ def latency(args) -> dict:
     return out
 
 
+# --- HTTP part ------------------------------------------------------------------------------
+
+
+def _use(k: int, minute: np.ndarray) -> tuple[np.ndarray, float]:
+    """VM ``k``'s CPU % at ``minute`` (minutes since the epoch, a daily cycle) and its memory %."""
+    rng = np.random.default_rng(k)
+    base, swing, phase = rng.uniform(2, 35), rng.uniform(0, 30), rng.uniform(0, 2 * np.pi)
+    return np.clip(base + swing * np.sin(2 * np.pi * minute / 1440 + phase), 0, 100).round(1), round(
+        rng.uniform(30, 80), 1
+    )
+
+
+def write_fleet_logs(data_dir: Path, vms: int, hosts: int, hours: float, end_ts: int) -> int:
+    """The fleet's last ``hours`` of minute records as real logs (the flusher's layout)."""
+    stamps = np.arange(end_ts - int(hours * 3600), end_ts, 60) // 60 * 60
+    written = 0
+    for k in range(vms):
+        vcpus, mem_gb = SHAPES[k % len(SHAPES)]
+        cpu, mem = _use(k, stamps // 60)
+        host = "kvm%03d" % (k % hosts)
+        rows = {
+            int(t): logstore.format_tail(
+                Record(
+                    vm="vm%05d" % k,
+                    ts=int(t),
+                    cpu=float(c),
+                    mem=mem,
+                    vcpus=vcpus,
+                    mem_mb=mem_gb * 1024,
+                    host=host,
+                )
+            )
+            for t, c in zip(stamps.tolist(), cpu.tolist(), strict=True)
+        }
+        written += logstore.append_missing(str(data_dir), "vm%05d" % k, rows)
+    return written
+
+
+def send_fleet(port: int, vms: int, hosts: int, rate: float, seconds: float, sent) -> None:
+    """A sender process: the fleet's records, fresh timestamps, at ``rate`` a second over UDP."""
+    datagrams = []
+    for k in range(vms):
+        vcpus, mem_gb = SHAPES[k % len(SHAPES)]
+        datagrams.append(
+            encode_record(
+                Record(
+                    vm="vm%05d" % k,
+                    ts=0,
+                    cpu=10.0,
+                    mem=50.0,
+                    vcpus=vcpus,
+                    mem_mb=mem_gb * 1024,
+                    host="kvm%03d" % (k % hosts),
+                )
+            )
+        )
+    per_datagram = 10
+    count = 0
+    started = time.perf_counter()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        k = 0
+        while time.perf_counter() - started < seconds:
+            stamp = " %d" % int(time.time())
+            lines = [
+                (datagrams[(k + i) % vms].rsplit(" ", 1)[0] + stamp).encode() for i in range(per_datagram)
+            ]
+            k += per_datagram
+            for payload in pack_lines(lines):
+                sock.sendto(payload, (LOOPBACK, port))
+            count += per_datagram
+            delay = started + count / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+    sent.value = count
+
+
+def post(port: int, body: dict) -> tuple[float, dict]:
+    """Seconds to the whole answer of one POST /admission, and the answer."""
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(
+        "http://%s:%d/admission" % (LOOPBACK, port),
+        data=data,
+        headers={"Authorization": "Bearer " + STATUS_TOKEN, "Content-Type": "application/json"},
+        method="POST",
+    )
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    return time.perf_counter() - start, answer
+
+
+def manifest_json(count: int) -> dict:
+    entries = [{"profile": p, "count": count // len(MANIFEST_PROFILES)} for p in MANIFEST_PROFILES]
+    entries[0]["count"] += count - sum(e["count"] for e in entries)
+    entries.append({"name": "db", "profile": "2x8@30%", "count": 20, "anti_affinity": True})
+    return {"name": "bench-%d" % count, "hold": False, "vms": entries}
+
+
+def _spread(times: list[float]) -> dict:
+    ordered = sorted(times)
+    return {
+        "answers": len(times),
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
+        "max_ms": round(1000 * ordered[-1], 1),
+    }
+
+
+def _state(server) -> dict:
+    return json.loads(server.http("/admission"))
+
+
+def http_part(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="vmstats-admission-"))
+    try:
+        return _http_part(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _http_part(args, work: Path) -> dict:
+    data = work / "data"
+    inventory_path = work / "hosts.toml"
+    shapes = [HOST_SHAPES[i % len(HOST_SHAPES)] for i in range(args.hosts)]
+    inventory_path.write_text(
+        "".join(
+            '[[host]]\nname = "kvm%03d"\nvcpus = %d\nmem_gb = %d\n' % (i, v, m)
+            for i, (v, m) in enumerate(shapes)
+        )
+    )
+    start = time.perf_counter()
+    rows = write_fleet_logs(data, args.vms, args.hosts, args.hours, int(time.time()) - 120)
+    print(
+        "logs: %d rows for %d VMs on %d hosts written in %.0f s"
+        % (rows, args.vms, args.hosts, time.perf_counter() - start)
+    )
+    out = {"vms": args.vms, "hosts": args.hosts, "hours": args.hours, "rows": rows, "rate": args.rate}
+    with ServerProcess(
+        work / "server",
+        "--inventory",
+        str(inventory_path),
+        "--capacity-refresh",
+        "%ds" % args.refresh,
+        "--flush-interval",
+        "10",
+        data_dir=data,
+        start_timeout=60,
+    ) as server:
+        first = server.wait_for(lambda s: _state(s).get("basis") and _state(s), timeout=900, interval=0.5)
+        out["summary_s"] = first["last_refresh_s"]
+        print("first summary: %.1f s for %d rows (a child process)" % (first["last_refresh_s"], rows))
+        port = server.http_port
+        seconds, big = post(port, manifest_json(args.big))
+        out["big"] = {"asked": big["asked"], "placed": big["placed"], "seconds": round(seconds, 3)}
+        print(
+            "one answer for %d VMs: %s, %d placed in %.3f s"
+            % (big["asked"], big["status"], big["placed"], seconds)
+        )
+        idle = [post(port, manifest_json(100))[0] for _ in range(args.answers)]
+        out["idle"] = _spread(idle)
+        received = server.metrics()["vmstats_records_received_total"]
+        refreshes = _state(server)["refreshes"]["ok"]
+        sent = multiprocessing.Value("q", 0)
+        sender = multiprocessing.Process(
+            target=send_fleet,
+            args=(server.udp_port, args.vms, args.hosts, args.rate, args.ingest_seconds, sent),
+        )
+        sender.start()
+        busy = []
+        deadline = time.monotonic() + args.ingest_seconds
+        while time.monotonic() < deadline:
+            busy.append(post(port, manifest_json(100))[0])
+            time.sleep(0.1)
+        sender.join()
+        server.wait_received(int(received + sent.value), timeout=60)
+        after = _state(server)
+        out["ingest"] = dict(
+            _spread(busy),
+            sent=sent.value,
+            received=int(server.metrics()["vmstats_records_received_total"] - received),
+            refreshes_during=after["refreshes"]["ok"] - refreshes,
+            last_refresh_s=after["last_refresh_s"],
+        )
+    for name in ("idle", "ingest"):
+        r = out[name]
+        print(
+            "%-7s %4d answers (100 + 20 VMs each): p50 %.1f ms, p99 %.1f ms, max %.1f ms"
+            % (name, r["answers"], r["p50_ms"], r["p99_ms"], r["max_ms"])
+        )
+    i = out["ingest"]
+    print(
+        "ingest: %d records sent at %d/s, %d received; %d summary refreshes ran meanwhile (last %.1f s)"
+        % (i["sent"], args.rate, i["received"], i["refreshes_during"], i["last_refresh_s"])
+    )
+    out["ratio_p50"] = round(i["p50_ms"] / max(out["idle"]["p50_ms"], 1e-3), 2)
+    worst = max(i["max_ms"], out["idle"]["max_ms"], 1000 * out["big"]["seconds"])
+    out["target_met"] = worst < 1000 and i["received"] == i["sent"] > 0
+    print(
+        "ingest/idle p50: %.2f; target (every answer within 1 s, every record received): %s"
+        % (out["ratio_p50"], "met" if out["target_met"] else "MISSED")
+    )
+    return out
+
+
 # --- backtest part ------------------------------------------------------------------------
 
 TRACE = ROOT.parent / "shared" / "traces" / "bitbrains-rnd-2013-8"
@@ -229,6 +453,18 @@ def main() -> int:
     lat.add_argument("--asks", type=int, nargs="+", default=[100, 1000, 10000])
     lat.add_argument("--rounds", type=int, default=5)
     lat.add_argument("--json", default=None, help="write the figures to this file")
+    web = parts.add_parser("http", help="POST /admission on a real server, idle and under ingest")
+    web.add_argument("--vms", type=int, default=VMS)
+    web.add_argument("--hosts", type=int, default=HOSTS)
+    web.add_argument("--hours", type=float, default=6.0, help="hours of logs written before the start")
+    web.add_argument(
+        "--rate", type=float, default=1667.0, help="records a second sent during the ingest phase"
+    )
+    web.add_argument("--ingest-seconds", type=float, default=120.0)
+    web.add_argument("--refresh", type=int, default=20, help="seconds between summary refreshes")
+    web.add_argument("--answers", type=int, default=100, help="answers timed with the aggregator idle")
+    web.add_argument("--big", type=int, default=10000, help="VMs of the one large manifest")
+    web.add_argument("--json", default=None, help="write the figures to this file")
     backtest = parts.add_parser("backtest", help="plan, admit and judge on the packed Bitbrains month")
     backtest.add_argument("--trace", type=Path, default=TRACE, help="Folder of Bitbrains *.csv.gz files.")
     backtest.add_argument("--days", type=int, default=14, help="Days of each window (default 14).")
@@ -240,7 +476,8 @@ def main() -> int:
     backtest.add_argument("--fresh", action="store_true",
                           help="Replay again even if a cached replay matches.")
     args = parser.parse_args()
-    result = backtest_part(args) if args.part == "backtest" else latency(args)
+    part = {"latency": latency, "http": http_part, "backtest": backtest_part}[args.part]
+    result = part(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0 if result["target_met"] else 1
