@@ -533,13 +533,20 @@ def _good_lines(body: bytes) -> Tuple[List[bytes], int]:
 
 
 def _parse_strict(data: bytes, columns: List[str], dtypes: Dict[str, str]):
-    """One pandas call over many well-formed lines; ValueError on any non-numeric cell."""
+    """One pandas call over many well-formed lines; ValueError on any non-numeric cell.
+
+    Lines without extra tags (no ``=`` anywhere: a tags cell always holds one) are read with
+    the columns up to ``host``: pandas 3 refuses rows shorter than the names it is given when
+    only some columns are wanted, which would send every such batch to the slow line-by-line
+    reading.  A line with one cell more is still read right: its numbers come first.
+    """
     import csv
     import io
 
     import pandas as pd
 
-    return pd.read_csv(io.BytesIO(data), names=list(COLUMNS), header=None, usecols=columns, dtype=dtypes,
+    names = COLUMNS[:-1] if "tags" not in columns and b"=" not in data else COLUMNS
+    return pd.read_csv(io.BytesIO(data), names=list(names), header=None, usecols=columns, dtype=dtypes,
                        keep_default_na=False, na_values={c: [""] for c in columns if c not in TEXT_COLUMNS},
                        quoting=csv.QUOTE_NONE, encoding="utf-8", encoding_errors="replace", engine="c")
 
