@@ -363,8 +363,9 @@ def test_demand_is_the_same_from_compacted_logs(tmp_path):
     cpu = np.full(len(ts), 25.0)
     cpu[::50] = 100.0
     half = np.full(len(ts), 50.0)
-    write_records(data, [r._replace(host="kvm01") for r in series("10.0.0.1", ts, cpu, half, vcpus=4,
-                                                                  mem_mb=8192)])
+    write_records(
+        data, [r._replace(host="kvm01") for r in series("10.0.0.1", ts, cpu, half, vcpus=4, mem_mb=8192)]
+    )
     compacted = tmp_path / "compacted"
     shutil.copytree(data, compacted)
     compact_mod.compact(str(compacted), compact_mod.Policy(86400, 1e10, 1e10), now=float(ts[-1]) + 86400)
@@ -377,3 +378,26 @@ def test_demand_is_the_same_from_compacted_logs(tmp_path):
         host = fleet.host("kvm01")
         results.append((logs.window, host.vms, host.cpu_level, host.mem_level, host.coverage))
     assert results[0] == results[1]
+
+
+def test_placing_a_run_at_once_matches_one_vm_at_a_time():
+    """VMs without a group are placed in bulk; the same VMs, each in a group of its own (so the
+    heap places them one by one), must land on the same hosts."""
+    rng = np.random.default_rng(4)
+    hosts = [
+        HostLoad(
+            "h%02d" % i,
+            float(rng.choice([16, 32, 64])),
+            float(rng.choice([64, 128, 256])),
+            float(rng.integers(0, 40)) / 4,
+            float(rng.integers(0, 200)) / 2,
+        )
+        for i in range(40)
+    ]
+    sizes = [(0.5, 2.0), (2.0, 8.0), (1.0, 1.0)]
+    bulk = [Ask("v%04d" % i, *sizes[i % 3]) for i in range(2400)]
+    single = [Ask(a.name, a.cpu, a.mem, group="own-%d" % i) for i, a in enumerate(bulk)]
+    together, one_by_one = place(hosts, bulk), place(hosts, single)
+    assert together.status == one_by_one.status == PARTIAL
+    assert together.placed == one_by_one.placed
+    assert together.left == one_by_one.left  # sizes and levels are exact in binary

@@ -20,7 +20,7 @@ from vmstats.report.settings import ReportError
 
 #: VMs parsed per logstore call: amortises pandas' per-call cost, bounds memory.
 BATCH_VMS = 64
-_COLUMNS = ["cpu", "mem", "vcpus", "mem_mb", "host"]
+_COLUMNS = ["cpu", "mem", "vcpus", "mem_mb"]
 
 
 @dataclass
@@ -59,21 +59,26 @@ def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> 
 
 
 def _window(files: dict[str, list[str]], earlier: set[str], first_day: int, last_day: int) -> Window:
-    """From the window's first day (or the fleet's first record) to its last record's minute."""
-    last_ts = 0
-    first_ts = None
+    """From the window's first day (or the fleet's first record) to its last record's minute.
+
+    Only the newest day's files are read for the last record (their last rows),
+    and only the oldest day's for the first, when no VM has older logs.
+    """
+    by_day: dict[str, list[str]] = {}
     for paths in files.values():
         for path in paths:
-            found = logstore.last_labels(path)
-            if found:
-                last_ts = max(last_ts, found[0])
+            by_day.setdefault(_day_of_path(path), []).append(path)
+    last_ts = 0
+    for day in sorted(by_day, reverse=True):  # a newest file may hold no valid row
+        stamps = [found[0] for found in map(logstore.last_labels, by_day[day]) if found]
+        if stamps:
+            last_ts = max(stamps)
+            break
     if not last_ts:
         last_ts = (last_day + 1) * 86400 - MINUTE
     start = first_day * 86400
     if not earlier & set(files):
-        every = [p for paths in files.values() for p in paths]
-        oldest = min(map(_day_of_path, every))
-        first_ts = _first_stamp([p for p in every if _day_of_path(p) == oldest])
+        first_ts = _first_stamp(by_day[min(by_day)])
         if first_ts is not None and first_ts > start:
             start = first_ts - first_ts % MINUTE
     end = last_ts - last_ts % MINUTE
@@ -109,7 +114,11 @@ def _first_stamp(paths: list[str]) -> int | None:
 
 
 def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
-    """Each VM's use per minute of the window, a batch of VMs per read."""
+    """Each VM's use per minute of the window, a batch of VMs per read.
+
+    The host tag is a label of the VM, not a measurement: as the report does,
+    it is taken from the last row of the VM's newest day file (logstore.last_labels).
+    """
     names = sorted(logs.files) if vms is None else list(vms)
     for start in range(0, len(names), BATCH_VMS):
         batch = names[start : start + BATCH_VMS]
@@ -124,31 +133,42 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
                 problem = "%d malformed lines skipped" % count
                 logs.issues.append(load_mod.issue(logstore.source_path(paths[index]), problem, 0, count))
         vm_of_row = owner[frame["file"].to_numpy()] if len(frame) else np.zeros(0, np.int64)
+        order = np.argsort(vm_of_row, kind="stable")
+        columns = {name: frame[name].to_numpy()[order] for name in ["ts"] + _COLUMNS}
+        bounds = np.searchsorted(vm_of_row[order], np.arange(len(batch) + 1))
         for i, vm in enumerate(batch):
-            yield _vm_use(vm, frame[vm_of_row == i], logs.window, vm in logs.earlier)
+            rows = {name: values[bounds[i] : bounds[i + 1]] for name, values in columns.items()}
+            yield _vm_use(vm, rows, _host_tag(logs.files[vm]), logs.window, vm in logs.earlier)
 
 
-def _vm_use(vm: str, frame, window: Window, since_start: bool) -> VmUse:
+def _host_tag(paths: list[str]) -> str | None:
+    """The host tag of the VM's latest record (its newest day file's last row), or None."""
+    for path in sorted(paths, key=_day_of_path, reverse=True):
+        found = logstore.last_labels(path)
+        if found:
+            return found[1] or None
+    return None
+
+
+def _vm_use(vm: str, rows: dict, host: str | None, window: Window, since_start: bool) -> VmUse:
     """One VM's rows as per-minute arrays of the window (the last record of a minute wins)."""
     seen = np.zeros(window.minutes, bool)
     cpu = np.full(window.minutes, np.nan)
     mem = np.full(window.minutes, np.nan)
-    ts = frame["ts"].to_numpy()
+    ts = rows["ts"]
     slot = (ts - window.start_ts) // MINUTE
     inside = (slot >= 0) & (slot < window.minutes)
     if not inside.any():
-        return VmUse(vm, None, math.nan, math.nan, seen, cpu, mem, since_start)
+        return VmUse(vm, host, math.nan, math.nan, seen, cpu, mem, since_start)
     order = np.argsort(ts[inside], kind="stable")
     slot = slot[inside][order]
-    pick = {name: frame[name].to_numpy()[inside][order] for name in ("cpu", "mem", "vcpus", "mem_mb")}
+    pick = {name: rows[name][inside][order] for name in _COLUMNS}
     vcpus_row = _known_or(pick["vcpus"], _last(pick["vcpus"]))
     mem_gb_row = _known_or(pick["mem_mb"], _last(pick["mem_mb"])) / 1024.0
     seen[slot] = True
     cpu[slot] = pick["cpu"] / 100.0 * vcpus_row
     mem[slot] = pick["mem"] / 100.0 * mem_gb_row
-    hosts = frame["host"].to_numpy()[inside][order]
-    tag = next((str(h) for h in hosts[::-1] if isinstance(h, str) and h), None)
-    return VmUse(vm, tag, _last(pick["vcpus"]), _last(pick["mem_mb"]) / 1024.0, seen, cpu, mem, since_start)
+    return VmUse(vm, host, _last(pick["vcpus"]), _last(pick["mem_mb"]) / 1024.0, seen, cpu, mem, since_start)
 
 
 def _last(values: np.ndarray) -> float:

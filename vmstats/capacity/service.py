@@ -15,6 +15,7 @@ but the rejected requests' moves.
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -123,7 +124,7 @@ class AdmissionService(service.Service):
             "--settings",
             json.dumps(self.settings.__dict__),
         ]
-        self.reactor.spawnProcess(child, sys.executable, args, env=None)
+        self.reactor.spawnProcess(child, sys.executable, args, env=dict(os.environ))
         timeout = self.reactor.callLater(CHILD_TIMEOUT, _kill, child)
 
         def ended(result):
