@@ -207,12 +207,7 @@ def _place_heap(
         else:
             _neg, k = heapq.heappop(heap)
             host = state[k]
-            host.cpu_level += cpu
-            host.mem_level += mem
-            if host.cpu is not None:
-                host.cpu += cpu
-            if host.mem is not None:
-                host.mem += mem
+            _add(host, cpu, mem)
             placed[ask.name] = host.name
             if ask.group:
                 used.setdefault(ask.group, set()).add(k)
@@ -261,13 +256,17 @@ def _place_bulk(
         rejected[ask.name] = _why(ask, False)
     for index, count in enumerate(np.bincount(chosen, minlength=len(state)).tolist()):
         if count:
-            target = state[index]
-            target.cpu_level += count * cpu
-            target.mem_level += count * mem
-            if target.cpu is not None:
-                target.cpu += count * cpu
-            if target.mem is not None:
-                target.mem += count * mem
+            _add(state[index], count * cpu, count * mem)
+
+
+def _add(host: HostLoad, cpu: float, mem: float) -> None:
+    """Constant demand placed on a host: its levels and, when it has them, its series move as much."""
+    host.cpu_level += cpu
+    host.mem_level += mem
+    if host.cpu is not None:
+        host.cpu += cpu
+    if host.mem is not None:
+        host.mem += mem
 
 
 def _place_series(
