@@ -188,3 +188,27 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
     bad = vmstats("report", base / "data", "-o", tmp_path / "never", "--inventory", base / "nope.toml")
     assert bad.returncode == 1 and "inventory %s does not exist" % (base / "nope.toml") in bad.stderr
     assert not (tmp_path / "never" / "report.html").exists()
+
+
+def test_admit_backtest_runs_from_the_same_command(fleet):
+    base, _expected = fleet
+    result = vmstats(
+        "admit",
+        "--backtest",
+        base / "data",
+        "--inventory",
+        base / "hosts.toml",
+        "--days",
+        "3",
+        "--until",
+        "2026-01-03",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["plan"]["start"].startswith("2026-01-01") and doc["judge"]["start"].startswith("2026-01-04")
+    assert set(doc["outcomes"]) == {"demand", "allocation 1.0", "allocation nova"}
+    lonely = vmstats("admit", base / "data", "--inventory", base / "hosts.toml")
+    assert lonely.returncode == 1 and lonely.stderr.strip() == (
+        "Error: expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)"
+    )

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from vmstats.capacity.backtest_command import backtest_options, run_backtest
 from vmstats.report.command import _OneLineErrors
 from vmstats.report.settings import ReportError
 
@@ -225,18 +226,30 @@ def load_manifest(path: str):
 
 
 @click.command(cls=_OneLineErrors)
-@click.argument("manifest_path", metavar="MANIFEST")
-@click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
+@click.argument("paths", nargs=-1, required=True, metavar="MANIFEST DATA_DIR...")
 @capacity_options
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the answer as JSON (as POST /admission gives it)."
 )
+@backtest_options
 def admit(
-    manifest_path, data_dirs, percentile, coverage_min, days, until, horizon_days, inventory_path, as_json
+    paths,
+    percentile,
+    coverage_min,
+    days,
+    until,
+    horizon_days,
+    inventory_path,
+    as_json,
+    backtest,
+    arrivals,
+    arrival_profile,
 ):
     """Answer a deployment manifest from DATA_DIR logs: accept, partial or reject, with an offer.
 
     Exits 0 on accept, 3 on partial, 4 on reject, so a pipeline can gate on it.
+    With --backtest (every argument a DATA_DIR): plan on one window, admit
+    arrivals by the offer, and judge the next window (docs/CAPACITY.md).
     """
     from vmstats.capacity import admission, reader
     from vmstats.capacity.demand import host_demand
@@ -244,8 +257,19 @@ def admit(
     from vmstats.capacity.summary import summarise
 
     try:
-        manifest = load_manifest(manifest_path)
         settings = settings_from(percentile, coverage_min, days, horizon_days)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    if backtest:
+        run_backtest(paths, settings, inventory_path, until, arrivals, arrival_profile, as_json)
+        return
+    if arrivals or arrival_profile:
+        raise click.ClickException("--arrivals and --arrival-profile go with --backtest")
+    if len(paths) < 2:
+        raise click.ClickException("expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)")
+    manifest_path, data_dirs = paths[0], paths[1:]
+    try:
+        manifest = load_manifest(manifest_path)
         inventory = load_inventory(inventory_path)
         logs = reader.find_logs(data_dirs, days, until)
         summary = summarise(host_demand(inventory, reader.read_vms(logs), logs.window, settings))

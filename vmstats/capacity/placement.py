@@ -332,18 +332,19 @@ def loads(
     cpu_ratio: float | None = None,
     ram_ratio: float | None = None,
 ) -> list[HostLoad]:
-    """The hosts of ``fleet`` as placement loads.
+    """The known hosts of ``fleet`` as placement loads; unknown hosts are left out on both bases,
+    so a comparison of bases (the backtest) places on the same hosts.
 
-    ``basis`` "demand": the known hosts (unknown ones are left out), limits
-    capacity less reserve and buffer, levels the measured demand (with its
-    ``series`` when asked).  "allocation": Nova's view of every host (it
-    needs sizes, not coverage), limits ``(total - reserved) x ratio`` (the
-    host's ratios, or ``cpu_ratio`` / ``ram_ratio``), levels the sizes
-    allocated; asks are then each VM's size.
+    ``basis`` "demand": limits are capacity less reserve and buffer, levels the
+    measured demand (with its ``series`` when asked).  "allocation": Nova's
+    view, limits ``(total - reserved) x ratio`` (the host's ratios, or
+    ``cpu_ratio`` / ``ram_ratio``), levels the sizes allocated; asks are then
+    each VM's size.  (The Nova figure beside a headroom or admission answer
+    counts every host instead, as Nova would: see headroom.py, summary.py.)
     """
     out = []
     for entry in fleet.hosts:
-        if basis == "demand" and not entry.known(fleet.settings):
+        if not entry.known(fleet.settings):
             continue
         host = entry.host
         if basis == "allocation":
