@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/parse.py                       # about 30 s
     .venv/bin/python bench/parse.py --code OTHER_CHECKOUT # the same work on another commit's code
+    .venv/bin/python bench/parse.py --shapes every,influx # only these record shapes
 
 What changes to ``vmstats/server/parse.py`` and ``ingest.py`` are judged by: the fast path
 was tuned hard, so a change there states these figures before and after.  Each
@@ -25,6 +26,15 @@ NOW = 1_800_000_000
 _EVERY_FIELD = (b"vmstats,vm=10.%d.%d.%d,host=vm%d cpu=%d.%d,cpu_max=%d.5,mem=%d.25,disk_r=%d,"
                 b"disk_w=%d.5,net_rx=%d,net_tx=%d,vcpus=2i,mem_mb=4096i,seq=%di %d")
 _SOME_FIELDS = b"vmstats,vm=10.%d.%d.%d cpu=%d.%d,mem=%d.25,net_rx=%d,seq=%di %d"
+#: The same values as an InfluxDB client library writes them: tags and fields sorted by name,
+#: Python ints typed ``i``, nanosecond timestamps.
+_INFLUX = (b"vmstats,host=vm%d,vm=10.%d.%d.%d cpu=%d.%d,cpu_max=%d.5,disk_r=%di,disk_w=%d.5,"
+           b"mem=%d.25,mem_mb=4096i,net_rx=%di,net_tx=%di,seq=%di,vcpus=2i %d000000000")
+#: Fields in another order, an extra tag, millisecond timestamps.
+_SHUFFLED = (b"vmstats,vm=10.%d.%d.%d,project=billing,host=vm%d mem=%d.25,seq=%di,cpu=%d.%d,"
+             b"net_tx=%d,vcpus=2i,disk_w=%d.5,cpu_max=%d.5,net_rx=%d,mem_mb=4096i,disk_r=%d %d000")
+#: The record shapes measured: the agent's two, then the other senders' spellings.
+SHAPES = ("every", "some", "influx", "shuffled")
 
 
 def payloads(template: str) -> list[bytes]:
@@ -33,6 +43,12 @@ def payloads(template: str) -> list[bytes]:
     if template == "every":
         lines = [_EVERY_FIELD % (i >> 16 & 255, i >> 8 & 255, i & 255, i, i % 100, i % 10, i % 100,
                                  i % 100, i, i, i, i, 7, ts) for i in range(VMS)]
+    elif template == "influx":
+        lines = [_INFLUX % (i, i >> 16 & 255, i >> 8 & 255, i & 255, i % 100, i % 10, i % 100, i,
+                            i, i % 100, i, i, 7, ts) for i in range(VMS)]
+    elif template == "shuffled":
+        lines = [_SHUFFLED % (i >> 16 & 255, i >> 8 & 255, i & 255, i, i % 100, 7, i % 100, i % 10,
+                              i, i, i % 100, i, i, ts) for i in range(VMS)]
     else:
         lines = [_SOME_FIELDS % (i >> 16 & 255, i >> 8 & 255, i & 255, i % 100, i % 10, i % 100,
                                  i, 7, ts) for i in range(VMS)]
@@ -53,6 +69,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--code", default=str(ROOT), help="checkout whose vmstats to measure")
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help="comma-separated, of: %s" % ", ".join(SHAPES))
     args = parser.parse_args()
     sys.path.insert(0, args.code)
     from vmstats.server.buffer import Buffer
@@ -61,7 +79,7 @@ def main() -> int:
     from vmstats.server.parse import Parser
 
     print("code: %s" % Path(sys.modules["vmstats"].__file__).parent.parent)
-    for shape in ("every", "some"):
+    for shape in args.shapes.split(","):
         work = payloads(shape)
         known = Parser(300, 0)
         for data in work:  # every VM id known, as in steady state

@@ -84,8 +84,10 @@ def test_the_compact_regex_admits_complete_lines_and_names_only_deletes_field_na
 
 
 def parsed(row: bytes) -> list:
+    """A log row's cells: its timestamp and fields as numbers, the host and tags as text."""
     cells = row.split(b",")
-    return [None if c == b"" else (c.decode() if i == len(cells) - 1 else float(c))
+    numbers = len(protocol.FIELD_NAMES) + 1
+    return [None if c == b"" else (c.decode() if i >= numbers else float(c))
             for i, c in enumerate(cells)]
 
 
@@ -217,3 +219,150 @@ def test_a_payload_that_mixes_shapes_takes_the_per_field_regex_not_the_decoder()
     assert passes == ["_compact_findall", "_findall"] and rejects == []
     assert rows == [logstore.format_tail(r) for r in records] and seqs == [7, 8, 7]
     assert tss == [NOW, NOW - 1, NOW - 2]
+
+
+# -- every other valid spelling: tags and fields in any order, typed values, any precision --------
+_INT_FIELDS = {name for name, is_int, _lo, _hi, _required in protocol.FIELDS if is_int}
+_extra_tags = st.lists(st.tuples(st.sampled_from(["project", "owner", "env", "team_2"]),
+                                 st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True)),
+                       max_size=3, unique_by=lambda pair: pair[0])
+
+
+def _spell_value(name: str, value, typing: str) -> str:
+    """``value`` as a sender may write it: typed with i/u, or untyped (a float's repr)."""
+    if name in _INT_FIELDS:
+        return "%d%s" % (value, typing) if typing or value >= 10 ** 15 else "%d" % value
+    if typing and value == int(value) and value < 10 ** 15:
+        return "%d%s" % (value, typing)
+    return protocol._format_number(value, False)
+
+
+@st.composite
+def spellings(draw, record_strategy=complete):
+    """(line, record) with the record's tags and fields shuffled, typed and stamped at will."""
+    record = draw(record_strategy)._replace(tags=protocol.check_tags(draw(_extra_tags)))
+    tags = [("vm", record.vm)] + ([("host", record.host)] if record.host else [])
+    tags += list(record.tags or ())
+    fields = [(name, getattr(record, name)) for name in protocol.FIELD_NAMES
+              if getattr(record, name) is not None]
+    tags, fields = draw(st.permutations(tags)), draw(st.permutations(fields))
+    typing = draw(st.lists(st.sampled_from(["", "i", "u"]), min_size=len(fields),
+                           max_size=len(fields)))
+    precision = draw(st.sampled_from([0, 3, 6, 9]))
+    stamp = record.ts * 10 ** precision + draw(st.integers(0, 10 ** precision - 1))
+    line = "vmstats,%s %s %d" % (
+        ",".join("%s=%s" % pair for pair in tags),
+        ",".join("%s=%s" % (name, _spell_value(name, value, kind))
+                 for (name, value), kind in zip(fields, typing, strict=True)), stamp)
+    return line.encode(), record
+
+
+def _decoded(payload: bytes) -> tuple[list, int]:
+    decoder = protocol.Decoder(clock=lambda: NOW)
+    expected, rejects = [], 0
+    for line in payload.split(b"\n"):
+        try:
+            record = decoder.decode_line(line)
+        except protocol.DecodeError:
+            rejects += 1
+            continue
+        expected.append((record.vm, record.ts, logstore.format_tail(record), record.seq))
+    return expected, rejects
+
+
+def _counting_decoder(parser: Parser) -> list:
+    """Lines the parser hands to its decoder (the slow path) are appended to the list returned."""
+    calls: list = []
+    decode = parser.decoder.decode_line
+    parser.decoder.decode_line = lambda line, now=None: calls.append(line) or decode(line, now)
+    return calls
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(spellings(), min_size=1, max_size=5), st.booleans())
+def test_every_spelling_of_a_record_takes_the_fast_path_to_the_decoders_rows(batch, same_shape):
+    """Tags and fields in any order, i/u typing, extra tags, s/ms/us/ns stamps: same rows,
+    and never the decoder for what agents and InfluxDB clients write."""
+    if same_shape:  # one sender: every line of the payload spelled like the first
+        batch = [batch[0]] * 3
+    payload = b"\n".join(line for line, _record in batch)
+    expected, rejects = _decoded(payload)
+    parser = Parser(max_future=300, max_past=0)
+    calls = _counting_decoder(parser)
+    for _ in range(2):  # the first pass meets the VM ids, the second takes the column path
+        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        assert list(zip(vms, tss, rows, seqs, strict=True)) == expected
+        assert sum(count for _reason, count in reasons) == rejects
+    covered = [line for line, record in batch if record.ts <= NOW + 300 and record.vcpus < 1000
+               and b"e" not in line.partition(b" ")[2].partition(b" ")[0]]
+    assert not set(calls) & set(covered)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(spellings(), spellings(partial), records.map(lambda r: (
+    protocol.encode_record(r).encode(), r))), min_size=2, max_size=6))
+def test_a_payload_mixing_spellings_parses_to_the_decoders_records_in_order(batch):
+    payload = b"\n".join(line for line, _record in batch)
+    expected, rejects = _decoded(payload)
+    parser = Parser(max_future=300, max_past=0)
+    for _ in range(2):
+        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        assert list(zip(vms, tss, rows, seqs, strict=True)) == expected
+        assert sum(count for _reason, count in reasons) == rejects
+
+
+_tag_pieces = st.sampled_from(["vm=10.0.0.1", "vm=web-1", "vm=a..b", "vm=", "host=h1", "host=-x",
+                               "project=p1", "project=p2", "Bad=x", "env=", "owner=o.1", "vm",
+                               "x%d=1" % 7, "team_a=" + "v" * 65])
+_field_names = st.sampled_from(protocol.FIELD_NAMES + ("cpux", "CPU"))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_tag_pieces, min_size=1, max_size=10), st.lists(st.tuples(_field_names, _values),
+       max_size=6), st.permutations(["cpu=1", "mem=2i"]),
+       st.sampled_from([str(NOW), str(NOW) + "123", str(NOW) + "123456", str(NOW) + "123456789",
+                        str(NOW + 301) + "000", str(NOW) + "1", "0" + str(NOW)[1:] + "000",
+                        str(NOW) + "\r", ""]), st.sampled_from(["vmstats", "vmstat"]))
+def test_whatever_the_spelling_the_parser_accepts_and_rejects_as_the_decoder(
+        tags, fields, required, stamp, measurement):
+    """Near-valid lines in every spelling: accepted with the same values, or rejected for the
+    same reason, whichever path the parser takes (a spelling's regex, or the decoder)."""
+    body = ",".join(required + ["%s=%s" % pair for pair in fields])
+    line = ("%s,%s %s %s" % (measurement, ",".join(tags), body, stamp)).encode()
+    for payload in (line, b"\n".join([line] * 3)):
+        ingest = make_ingest()
+        ingest.payload(payload)  # meets the spelling and the VM id
+        ingest = make_ingest()
+        ingest.parser = Parser(max_future=300, max_past=0)
+        ingest.payload(payload)
+        ingest = make_ingest()
+        accepted, rejected, _dropped = ingest.payload(payload)
+        try:
+            record = protocol.Decoder(clock=lambda: NOW).decode_line(line)
+        except protocol.DecodeError as exc:
+            assert (accepted, rejected) == (0, payload.count(b"\n") + 1)
+            assert {k: v for k, v in ingest.metrics.rejects.items() if v} == {exc.reason: rejected}
+            continue
+        assert (accepted, rejected) == (payload.count(b"\n") + 1, 0)
+        [(held_vm, rows)] = ingest.buffer.table.items()
+        assert held_vm == record.vm and list(rows) == [record.ts]
+        assert parsed(b"%d,%s" % (record.ts, rows[record.ts])) == \
+            parsed(logstore.format_row(record))
+
+
+def test_an_influxdb_client_line_takes_its_spellings_regex_once_per_payload():
+    """Sorted tags and fields, integers typed, nanoseconds: one regex pass, no decoder."""
+    line = (b"vmstats,host=web1,vm=10.0.0.5 cpu=3.2,cpu_max=100i,disk_r=68469571i,disk_w=5120i,"
+            b"mem=41,mem_mb=4096i,net_rx=812i,net_tx=300i,seq=17i,vcpus=2i %d000000000")
+    payload = b"\n".join(line % (NOW - i) for i in range(4))
+    parser = Parser(max_future=300, max_past=0)
+    calls = _counting_decoder(parser)
+    parser.parse(payload, NOW)
+    passes = []
+    for name in ("_findall", "_compact_findall", "_line_by_line", "_checked"):
+        run = getattr(parser, name)
+        setattr(parser, name, lambda *a, run=run, name=name: passes.append(name) or run(*a))
+    vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+    assert passes == [] and calls == [] and rejects == []
+    assert rows == [b"3.2,100,41,68469571,5120,812,300,2,4096,17,web1"] * 4
+    assert tss == [NOW - i for i in range(4)] and seqs == [17] * 4 and vms == ["10.0.0.5"] * 4

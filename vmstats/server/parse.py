@@ -9,16 +9,23 @@ with no Python loop per record.  Lines with every field, as the agent sends
 them, need only a compact form of the regex with five groups; the held row is
 then their field section with the names deleted.  The regex only admits
 values whose range and finiteness it can prove, so no float() is needed.
-Anything else (reordered tags, exponents, ms/ns timestamps, bad input) goes
-through ``protocol.Decoder``
-(and ``logstore.format_tail``) line by line: identical rows, just slower, and
-the decoder names the reason for every reject.
+
+Every other valid spelling of a record -- tags and fields in another order,
+extra tags, ``i``/``u`` typed values, ms/us/ns timestamps, as InfluxDB client
+libraries and Telegraf write them -- is a ``Shape``: the first line's tag and
+field names, value types and timestamp length give a regex of that exact
+spelling (built once and cached), whose groups are reordered into the held
+row by one ``%`` per line, again mapped in C.  What no regex proves valid
+(exponents, bad input) goes through ``protocol.Decoder`` (and
+``logstore.format_tail``) line by line: identical rows, just slower, and the
+decoder names the reason for every reject.
 
 Parsing needs nothing but the payload and the time, so it can run in a parser
 process (``parsers.py``) as well as in the reactor; the result is a tuple of
 plain lists that ``marshal`` carries between them.
 """
 
+import math
 import re
 import sys
 from collections import Counter
@@ -27,7 +34,7 @@ from itertools import repeat
 from operator import itemgetter
 
 from vmstats import protocol
-from vmstats.logstore import format_tail
+from vmstats.logstore import TAGS_SEPARATOR, format_tail
 
 #: (vms, timestamps, held rows, seqs (None: none sent), [(reject reason, count)], [detail])
 Parsed = tuple[list, list, list, list, list, list]
@@ -117,6 +124,123 @@ FIELD_NAME_BYTES = bytes(sorted(set("".join(protocol.FIELD_NAMES).encode("ascii"
 _ALL_FIELDS_COMMAS = len(protocol.FIELDS) - 1
 _VM_OF, _HOST_OF, _SECTION_OF = itemgetter(0), itemgetter(1), itemgetter(2)
 
+#: Timestamp lengths a shape admits: seconds, ms, us, ns (``protocol.normalize_timestamp``
+#: tells them apart by magnitude, and for these lengths that is the digits after the tenth).
+_STAMP_LENGTHS = (10, 13, 16, 19)
+#: Digits of an untyped integer field's value that float() carries exactly (the decoder
+#: reads untyped values as floats).
+_EXACT_DIGITS = 15
+#: Shapes remembered per parser; cleared when full (senders use a handful of spellings).
+MAX_SHAPES = 1024
+_VALUE_PATTERNS = {b"vm": r"[A-Za-z0-9._:%%-]{1,%d}" % protocol.MAX_VM_ID_LENGTH,
+                   b"host": r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"}
+_EXTRA_TAG_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (protocol.MAX_TAG_VALUE_LENGTH - 1)
+_FIELD_SPEC = {name.encode("ascii"): (is_int, lo, hi)
+               for name, is_int, lo, hi, _required in protocol.FIELDS}
+
+
+class Shape:
+    """One spelling of records and how its regex groups become columns.
+
+    ``row`` is ``format % pick(groups)``: the fields in the log's order (an
+    empty cell for each one not sent), the host, and the extra tags sorted by
+    key, as ``logstore.format_tail`` writes them.  ``seq_of`` is None when the
+    spelling has no seq.
+    """
+
+    __slots__ = ("regex", "findall", "fullmatch", "vm_of", "ts_of", "seq_of", "pick", "format")
+
+    def __init__(self, regex, vm: int, ts: int, seq: int | None, cells: list[int | None],
+                 tags: list[bytes] = (), tag_groups: list[int] = ()):
+        """``cells``: the group of each comma-separated cell (None: empty); ``tags``: the extra
+        tags' keys in sorted order, ``tag_groups`` their groups."""
+        self.regex = regex
+        self.findall = regex.findall
+        self.fullmatch = regex.fullmatch
+        self.vm_of = itemgetter(vm)
+        self.ts_of = itemgetter(ts)
+        self.seq_of = None if seq is None else itemgetter(seq)
+        self.pick = itemgetter(*[cell for cell in cells if cell is not None], *tag_groups)
+        self.format = b",".join(b"" if cell is None else b"%s" for cell in cells)
+        if tags:
+            self.format += b"," + TAGS_SEPARATOR.encode("ascii").join(b"%s=%%s" % tag
+                                                                      for tag in tags)
+
+    def row(self, groups: tuple) -> bytes:
+        return self.format % self.pick(groups)
+
+
+def shape_key(line: bytes) -> tuple | None:
+    """What tells one spelling from another: tag names, field names and types, stamp length.
+
+    None for what is no record line at all.  A key only chooses the regex to
+    try: the regex alone decides whether a line is valid.
+    """
+    head, _sep, rest = line.partition(b" ")
+    body, _sep, stamp = rest.partition(b" ")
+    tags = head.split(b",")
+    if tags[0] != protocol.MEASUREMENT.encode("ascii") or not body:
+        return None
+    fields = tuple(field.partition(b"=")[0] + (b"=" + field[-1:] if field[-1:] in b"iu" else b"")
+                   for field in body.split(b","))
+    return (tuple(tag.partition(b"=")[0] for tag in tags[1:]), fields,
+            len(stamp) - (stamp[-1:] == b"\r"))
+
+
+def build_shape(key: tuple) -> Shape | None:
+    """The regex of one spelling (``shape_key``), or None if no line of it can be valid.
+
+    Anything the decoder would have to judge beyond the values' grammar -- a
+    tag or field given twice, an unknown field, a required one missing, extra
+    tags beyond the limits, an odd timestamp length -- gets no regex: such
+    lines go to the decoder, which names the reason.  Values are admitted as
+    the canonical regex admits them: integers without leading zeros, decimals
+    without exponent, each provably in its field's range.
+    """
+    tag_keys, fields, stamp_length = key
+    names = [field.partition(b"=")[0] for field in fields]
+    extras = [tag for tag in tag_keys if tag not in _VALUE_PATTERNS]
+    if (stamp_length not in _STAMP_LENGTHS or tag_keys.count(b"vm") != 1
+            or len(set(tag_keys)) != len(tag_keys) or len(set(names)) != len(names)
+            or not set(names) <= _FIELD_SPEC.keys()
+            or not set(protocol.REQUIRED_FIELDS) <= {name.decode() for name in names}):
+        return None
+    try:
+        protocol.check_tags([(tag.decode("ascii"), "x") for tag in extras])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    parts = []
+    for tag in tag_keys:
+        pattern = _VALUE_PATTERNS.get(tag, _EXTRA_TAG_PATTERN)
+        parts.append(r"%s=(%s)" % (re.escape(tag.decode("ascii")), pattern))
+    lead = "%s,%s" % (protocol.MEASUREMENT, parts[0].partition("(")[0])
+    pattern = r"%s(?<![^\n]%s)%s" % (re.escape(lead), re.escape(lead),
+                                     ",".join(parts)[len(parts[0].partition("(")[0]):])
+    values = []
+    for field, name in zip(fields, names, strict=True):
+        is_int, lo, hi = _FIELD_SPEC[name]
+        suffix = field[len(name) + 1:].decode("ascii")
+        if suffix:  # i or u: read with int(), in range when its digits say so
+            top = int(hi)
+            value = _int_pattern(int(lo), top)
+            if top == 10 ** _int_digits(top):  # 100i, a percentage at its top
+                value += "|%d" % top
+            value = "(%s)%s" % (value, suffix)
+        elif is_int:  # untyped: read with float(), exact up to 15 digits
+            value = "(%s)" % _int_pattern(lo, min(hi, 10 ** _EXACT_DIGITS - 1))
+        else:
+            value = "(%s)" % _float_pattern(lo, hi)
+        values.append("%s=%s" % (re.escape(name.decode("ascii")), value))
+    pattern += " %s ([1-9]\\d{9})\\d{%d}\\r?(?![^\n])" % (",".join(values), stamp_length - 10)
+    regex = re.compile(pattern.encode("ascii"))
+    first_field = len(tag_keys)
+    position = {name: first_field + offset for offset, name in enumerate(names)}
+    cells = [position.get(name.encode("ascii")) for name in protocol.FIELD_NAMES]
+    cells.append(tag_keys.index(b"host") if b"host" in tag_keys else None)
+    ordered = sorted(extras)
+    return Shape(regex, tag_keys.index(b"vm"), regex.groups - 1, position.get(b"seq"), cells,
+                 ordered, [tag_keys.index(tag) for tag in ordered])
+
 
 class Parser:
     """Turns payloads into ``Parsed`` columns; the same rows whichever process runs it."""
@@ -134,6 +258,10 @@ class Parser:
         self._row_of = itemgetter(*range(2, ts_group), 1)
         compact, compact_ts, compact_seq = build_fast_path(compact=True)
         self._compact_findall = compact.findall
+        self._compact_fullmatch = compact.fullmatch
+        # The per-field regex as a Shape, for the paths that check lines one by one.
+        self._canonical = Shape(regex, 0, ts_group, seq_group, list(range(2, ts_group)) + [1])
+        self._shapes: dict[tuple, Shape | None] = {}
         self._compact_ts_of = itemgetter(compact_ts)
         self._compact_seq_of = itemgetter(compact_seq)
         self._vm_ids: dict[bytes, str] = {}
@@ -145,9 +273,15 @@ class Parser:
         regex, every VM id is known and every timestamp is in the window
         (one min/max); otherwise the lines are checked one by one.  Lines
         with every field (what the agent sends) need only the compact regex
-        (``_every_field``).
+        (``_every_field``).  A payload whose first line is spelled otherwise
+        takes the regex of that line's spelling (``_shaped``) at once.
         """
-        compact = _every_field(data)
+        end = data.find(b"\n")
+        first = data if end < 0 else data[:end]
+        compact = _every_field(first)
+        if first[:1] not in (b"", b"#") and \
+                (self._compact_fullmatch if compact else self._fullmatch)(first) is None:
+            return self._shaped(data, first, now)
         matches = (self._compact_findall if compact else self._findall)(data)
         if not _all_lines_matched(data, len(matches)):
             if compact:  # a line lacks a field, or is bad: then the per-field regex, or the decoder
@@ -158,10 +292,10 @@ class Parser:
             return [], [], [], [], [], []
         vms = list(map(self._vm_ids.get, map(_VM_OF, matches)))
         tss = list(map(int, map(self._compact_ts_of if compact else self._ts_of, matches)))
-        hi = int(now) + self.max_future
-        lo = int(now) - self.max_past if self.max_past else 0
+        hi, lo = self._window(now)
         if None in vms or min(tss) < lo or max(tss) > hi:
-            return self._checked(self._findall(data) if compact else matches, now)
+            return self._checked(self._findall(data) if compact else matches, now,
+                                 self._canonical)
         if compact:
             values = map(bytes.translate, map(_SECTION_OF, matches), repeat(None),
                          repeat(FIELD_NAME_BYTES))
@@ -175,6 +309,41 @@ class Parser:
             seqs = list(map(int, raw_seqs))
         return vms, tss, rows, seqs, [], []
 
+    def _shaped(self, data: bytes, first: bytes, now: float) -> Parsed:
+        """A payload whose first line is not the agent's spelling: its shape's regex, whole."""
+        shape = self._shape_of(first)
+        if shape is None:
+            return self._line_by_line(data, now)
+        matches = shape.findall(data)
+        if not _all_lines_matched(data, len(matches)):
+            return self._line_by_line(data, now)
+        vms = list(map(self._vm_ids.get, map(shape.vm_of, matches)))
+        tss = list(map(int, map(shape.ts_of, matches)))
+        hi, lo = self._window(now)
+        if None in vms or min(tss) < lo or max(tss) > hi:
+            return self._checked(matches, now, shape)
+        rows = list(map(shape.format.__mod__, map(shape.pick, matches)))
+        if shape.seq_of is None:
+            return vms, tss, rows, [None] * len(rows), [], []
+        return vms, tss, rows, list(map(int, map(shape.seq_of, matches))), [], []
+
+    def _shape_of(self, line: bytes) -> Shape | None:
+        key = shape_key(line)
+        if key is None:
+            return None
+        try:
+            return self._shapes[key]
+        except KeyError:
+            pass
+        if len(self._shapes) >= MAX_SHAPES:
+            self._shapes.clear()
+        shape = self._shapes[key] = build_shape(key)
+        return shape
+
+    def _window(self, now: float) -> tuple[int, int]:
+        """The highest and lowest timestamps the decoder accepts at ``now`` (integers)."""
+        return int(now) + self.max_future, (math.ceil(now) - self.max_past if self.max_past else 0)
+
     def _vm_id(self, raw: bytes) -> str:
         vm = self._vm_ids.get(raw)
         if vm is None:
@@ -186,40 +355,42 @@ class Parser:
             self._vm_ids[raw] = vm
         return vm
 
-    def _checked(self, matches: list, now: float) -> Parsed:
+    def _checked(self, matches: list, now: float, shape: Shape) -> Parsed:
         """Regex matches checked one by one (new VM ids, timestamps near the window's edges)."""
         out: Parsed = ([], [], [], [], [], [])
         add = self._adder(out, now)
         for groups in matches:
-            add(groups, None)
+            add(groups, None, shape)
         return _counted(out)
 
     def _line_by_line(self, data: bytes, now: float) -> Parsed:
         """A payload the regex did not cover whole: the decoder decides the lines it left."""
         out: Parsed = ([], [], [], [], [], [])
         add = self._adder(out, now)
-        fullmatch, decode = self._fullmatch, self.decoder.decode_line
+        fullmatch, decode, canonical = self._fullmatch, self.decoder.decode_line, self._canonical
         for line in data.split(b"\n"):
             if not line or line[:1] == b"#":
                 continue
             found = fullmatch(line)
             if found is not None:
-                add(found.groups(b""), None)
+                add(found.groups(b""), None, canonical)
+                continue
+            shape = self._shape_of(line)
+            found = None if shape is None else shape.fullmatch(line)
+            if found is not None:
+                add(found.groups(), None, shape)
                 continue
             try:
-                add(None, decode(line, now))
+                add(None, decode(line, now), None)
             except protocol.DecodeError as exc:
                 _reject(out, exc.reason, str(exc))
         return _counted(out)
 
     def _adder(self, out: Parsed, now: float) -> Callable:
         vms, tss, rows, seqs = out[:4]
-        hi = int(now) + self.max_future
-        lo = int(now) - self.max_past if self.max_past else 0
-        join = b",".join
-        ts_of, seq_of, row_of = self._ts_of, self._seq_of, self._row_of
+        hi, lo = self._window(now)
 
-        def add(groups: tuple | None, record: protocol.Record | None) -> None:
+        def add(groups: tuple | None, record: protocol.Record | None, shape: Shape | None) -> None:
             if record is not None:  # the decoder checked everything
                 vms.append(sys.intern(record.vm))
                 tss.append(record.ts)
@@ -227,11 +398,11 @@ class Parser:
                 seqs.append(record.seq)
                 return
             try:
-                vm = self._vm_id(groups[0])
+                vm = self._vm_id(shape.vm_of(groups))
             except protocol.DecodeError as exc:
                 _reject(out, exc.reason, str(exc))
                 return
-            ts = int(ts_of(groups))
+            ts = int(shape.ts_of(groups))
             if ts > hi or ts < lo:
                 reason = protocol.R_FUTURE if ts > hi else protocol.R_PAST
                 _reject(out, reason, "%s: vm %s timestamp %d (server time %d)"
@@ -239,14 +410,14 @@ class Parser:
                 return
             vms.append(vm)
             tss.append(ts)
-            rows.append(join(row_of(groups)))
-            seq = seq_of(groups)
+            rows.append(shape.format % shape.pick(groups))
+            seq = None if shape.seq_of is None else shape.seq_of(groups)
             seqs.append(int(seq) if seq else None)
 
         return add
 
 
-def _every_field(data: bytes) -> bool:
+def _every_field(first: bytes) -> bool:
     """Does the payload's first line carry every field?  It picks the regex to try.
 
     A payload comes from one sender, or from a fleet of one agent, so its
@@ -254,8 +425,6 @@ def _every_field(data: bytes) -> bool:
     takes the regex with a group per field at once, rather than the compact
     one first and that one again.  A wrong guess costs time, never a row.
     """
-    end = data.find(b"\n")
-    first = data if end < 0 else data[:end]
     return first.partition(b" ")[2].count(b",") == _ALL_FIELDS_COMMAS
 
 
