@@ -36,8 +36,9 @@ def test_udp_signatures_accept_valid_and_reject_each_cause(tmp_path):
         # a parser process has parsed them, later: wait for the records themselves.
         metrics = server.wait_metrics(lambda m: m["vmstats_records_received_total"] >= 3)
     assert metrics["vmstats_records_received_total"] == 3
-    # Every datagram must be checked for its signature where the nonces are remembered.
-    assert metrics["vmstats_parsers_running"] >= 1 and metrics["vmstats_parsers_reading_udp"] == 0
+    # The parser processes read the datagrams and check their signatures themselves.
+    assert metrics["vmstats_parsers_running"] >= 1 and metrics["vmstats_parsers_reading_udp"] >= 1
+    assert metrics['vmstats_parsed_payloads_total{where="remote"}'] >= 1
     for cause in ("sig_missing", "sig_unknown_key", "sig_bad", "sig_stale", "sig_replay",
                   "sig_malformed"):
         assert metrics['vmstats_rejected_total{reason="%s"}' % cause] == len(frames[cause]), cause
@@ -55,3 +56,29 @@ def test_without_keys_signed_frames_are_unwrapped_and_unsigned_accepted(tmp_path
                         line(Record(vm="10.11.0.1", ts=t + 60, cpu=1.0, mem=2.0)))
         server.wait_received(2)
     assert list(logged(tmp_path / "data", "10.11.0.1")["ts"]) == [t, t + 60]
+
+
+def test_a_frame_sent_many_times_over_udp_and_tcp_is_accepted_once_whichever_parser_checks_it(
+        tmp_path):
+    """The parsers check signatures on every core; the one memory of nonces is the reactor's."""
+    keys = tmp_path / "keys"
+    keys.write_text("k1 s3cret\n")
+    t = now() - 60
+    frames = [protocol.sign_payload("k1", "s3cret", line(Record(vm="10.12.0.%d" % i, ts=t,
+                                                                 cpu=1.0, mem=2.0)))
+              for i in range(1, 4)]
+    copies = 40
+    with serve(tmp_path, "--flush-interval", "0.3", "--auth-keys", str(keys)) as server:
+        assert server.metrics()["vmstats_parsers_reading_udp"] >= 2
+        for _ in range(copies):
+            server.send_udp(*frames)
+        with server.tcp() as sock:
+            sock.sendall(b"".join(frames * 5) + b"#!sync r\n")
+            assert sock.makefile("rb").readline() == b"#!nak r auth\n"
+        replays = 'vmstats_rejected_total{reason="sig_replay"}'
+        metrics = server.wait_metrics(lambda m: m[replays] >= (copies + 5 - 1) * len(frames))
+    assert metrics["vmstats_records_received_total"] == len(frames)
+    assert metrics[replays] == (copies + 5 - 1) * len(frames)
+    assert metrics['vmstats_parsed_payloads_total{where="remote"}'] >= 1
+    for i in range(1, 4):
+        assert list(logged(tmp_path / "data", "10.12.0.%d" % i)["cpu"]) == [1.0]

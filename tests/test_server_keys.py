@@ -12,7 +12,8 @@ from test_server_udp import line, now
 
 from vmstats import protocol
 from vmstats.protocol import Record
-from vmstats.server.auth import VmPatterns, bound_lines, load_keys, seen_in
+from vmstats.server.auth import seen_in
+from vmstats.server.signing import VmPatterns, bound_lines, load_keys
 
 UNBOUND = 'vmstats_rejected_total{reason="sig_vm_not_bound"}'
 REPLAY = 'vmstats_rejected_total{reason="sig_replay"}'

@@ -1,12 +1,13 @@
-"""Signed frames on the server side: the key file, the VMs each key may speak for, and a memory
-of accepted signatures that survives a restart.
+"""Signed frames on the server side: what needs one memory for every process -- accepted
+nonces, and accepted signatures remembered across a restart.
 
-The framing and the HMAC are the protocol's (``vmstats.protocol``); what lives here is the
-server's policy around them, kept out of the listeners' receive loops so that any process that
-checks signatures (the reactor today, parser processes later) calls the same functions:
+The framing and the HMAC are the protocol's (``vmstats.protocol``); the checks a frame can be
+given anywhere (key, HMAC, freshness, the VMs a key may speak for) are ``signing``'s, run by the
+parser processes as they parse.  What lives here is the reactor's half, kept out of the
+listeners' receive loops:
 
-* ``load_keys`` reads ``key_id secret [vm-pattern ...]`` lines; a key with patterns is *bound*:
-  its signature vouches only for records of matching VMs (``VmPatterns``, ``bound_lines``).
+* ``Authenticator.admit`` checks each frame a parser accepted against the one memory of nonces
+  (``Verifier``), in arrival order, so that a replay is refused once whichever parser checked it.
 * ``SignatureMemory`` makes replay protection hold across restarts.  Each accepted signature is
   appended to the journal as a ``#!seen key_id ts nonce`` line, in the same once-per-turn write
   as the records (no file I/O of its own on the receive path), and before the journal deletes
@@ -15,19 +16,17 @@ checks signatures (the reactor today, parser processes later) calls the same fun
   per key for everything older: a frame signed at or before its key's floor is a replay.
 """
 
-import ipaddress
 import logging
 import os
-import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.internet import task
 
 from vmstats import protocol
-from vmstats.selectors import selected
 from vmstats.server.journal import read_segments
 from vmstats.server.metrics import RateLimitedLog
+from vmstats.server.signing import Checked, FrameCheck, Key, check_frames, split_frames, stale, unsigned_lines
 
 log = logging.getLogger(__name__)
 
@@ -35,121 +34,48 @@ log = logging.getLogger(__name__)
 SEEN_PREFIX = b"#!seen "
 #: The per-key floors, in the journal directory.
 MARKS_FILE = "signatures"
-_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-_GLOB_CHARS = frozenset("*?[")
-#: Verdicts remembered per bound key; cleared when full (a fleet has a bounded set of VM ids).
-_VERDICT_CACHE = 65536
+class Verifier:
+    """The replay check: one memory of accepted nonces, and per key the last signed time
+    before a restart (``floors``).  The reactor's alone, so that no replay passes twice."""
 
-
-class VmPatterns:
-    """The VM ids a key is bound to: exact ids, shell globs (``web-*``) and CIDRs (``10.1.0.0/16``).
-
-    Ids are compared in their canonical form (``protocol.normalize_vm_id``), so ``::FFFF:1.2.3.4``
-    in a record and ``::ffff:102:304`` in the key file are the same VM.
-    """
-
-    def __init__(self, patterns: Iterable[str]):
-        self.text = list(patterns)
-        self.globs: list[str] = []
-        self.networks: list = []
-        for pattern in self.text:
-            if "/" in pattern:
-                self.networks.append(ipaddress.ip_network(pattern, strict=False))
-            elif _GLOB_CHARS.intersection(pattern):
-                self.globs.append(pattern)
-            else:  # an exact id: canonical, like the ids it is compared with
-                self.globs.append(protocol.normalize_vm_id(pattern))
-        self._verdicts: dict[bytes, bool] = {}
-
-    def allows_raw(self, raw: bytes) -> bool:
-        """Is the VM id as it appears in a record (``vm=`` tag value) one of ours?"""
-        verdict = self._verdicts.get(raw)
-        if verdict is None:
-            if len(self._verdicts) >= _VERDICT_CACHE:
-                self._verdicts.clear()
-            try:
-                vm = protocol.normalize_vm_id(raw.decode("ascii"))
-            except (UnicodeDecodeError, protocol.DecodeError):
-                vm = None  # a bound key vouches only for ids it can be checked against
-            verdict = self._verdicts[raw] = vm is not None and selected(vm, self.globs,
-                                                                        self.networks)
-        return verdict
-
-
-class Key:
-    """One line of the key file: the secret and, if bound, the VMs it may sign for."""
-
-    __slots__ = ("secret", "vms")
-
-    def __init__(self, secret: bytes, vms: VmPatterns | None = None):
-        self.secret = secret
-        self.vms = vms
-
-
-def load_keys(path: str) -> dict[bytes, Key]:
-    """Read the server's key file: ``key_id secret [vm-pattern ...]`` per line, ``#`` comments.
-
-    Raises ValueError with the file and line on anything malformed.
-    """
-    keys: dict[bytes, Key] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, 1):
-            text = text.strip()
-            if not text or text.startswith("#"):
-                continue
-            parts = text.split()
-            if len(parts) < 2 or not _KEY_ID.match(parts[0]):
-                raise ValueError("%s:%d: expected 'key_id secret [vm-pattern ...]'" % (path, number))
-            try:
-                vms = VmPatterns(parts[2:]) if len(parts) > 2 else None
-            except (ValueError, protocol.DecodeError) as exc:
-                raise ValueError("%s:%d: bad VM pattern: %s" % (path, number, exc)) from None
-            keys[parts[0].encode("ascii")] = Key(parts[1].encode("utf-8"), vms)
-    if not keys:
-        raise ValueError("%s: no keys" % path)
-    return keys
-
-
-def _vm_tags(line: bytes) -> list[bytes]:
-    """The values of the ``vm`` tags of a record line (its first space-separated part)."""
-    tags = line.split(b" ", 1)[0].rstrip(b"\r").split(b",")[1:]
-    return [tag[3:] for tag in tags if tag[:3] == b"vm="]
-
-
-def bound_lines(vms: VmPatterns, payload: bytes) -> tuple[bytes, int]:
-    """The payload without the records of VMs ``vms`` does not allow, and how many were removed.
-
-    A line without a ``vm`` tag is left for the parser to reject; a line with any ``vm`` tag
-    outside the binding (or one that is no valid id) is removed.
-    """
-    kept: list[bytes] = []
-    removed = 0
-    for line in payload.split(b"\n"):
-        if line and line[:1] != b"#" and not all(map(vms.allows_raw, _vm_tags(line))):
-            removed += 1
-        else:
-            kept.append(line)
-    return (b"\n".join(kept) if removed else payload), removed
-
-
-class Verifier(protocol.SignatureVerifier):
-    """The protocol's verifier plus floors: per key, the last signed time before a restart."""
-
-    def __init__(self, keys: dict[bytes, Key], window: int, clock):
-        super().__init__({key_id: key.secret for key_id, key in keys.items()}, window, clock)
+    def __init__(self, window: int, clock: Callable[[], float]):
+        self.window = window
+        self.clock = clock
+        self._seen: dict[tuple[bytes, bytes], int] = {}
         self.floors: dict[bytes, int] = {}
 
-    def verify(self, key_id, ts, nonce, mac, payload, now=None):
-        super().verify(key_id, ts, nonce, mac, payload, now)
+    def admit(self, key_id: bytes, ts: bytes, nonce: bytes, now: float | None = None) -> None:
+        """Note a frame whose HMAC passed; raise SignatureError (S_REPLAY, S_STALE) if it is
+        no new one.
+
+        Freshness is checked again here: a frame checked by a parser may have
+        waited, and a nonce is forgotten only once a frame carrying it would
+        be stale, so a frame admitted within the window finds any earlier use
+        of its nonce.
+        """
+        if now is None:
+            now = self.clock()
+        stale(ts, now, self.window)
+        token = (key_id, nonce)
+        if token in self._seen:
+            raise protocol.SignatureError(protocol.S_REPLAY, "nonce already used")
+        stamp = int(ts)
         floor = self.floors.get(key_id)
-        if floor is not None and int(ts) <= floor:
+        if floor is not None and stamp <= floor:
             raise protocol.SignatureError(
-                protocol.S_REPLAY, "signed at %s, not after %d: the last signature of key %r "
-                "before the restart" % (ts.decode("ascii", "replace"), floor, key_id[:40]))
+                protocol.S_REPLAY, "signed at %d, not after %d: the last signature of key %r "
+                "before the restart" % (stamp, floor, key_id[:40]))
+        if len(self._seen) > 1000000:
+            self._expire(now)
+        self._seen[token] = stamp
 
     def remember(self, key_id: bytes, nonce: bytes, stamp: int) -> None:
         """A signature accepted before the restart (read back from the journal)."""
         self._seen[(key_id, nonce)] = stamp
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window
+        self._seen = {token: stamp for token, stamp in self._seen.items() if stamp >= horizon}
 
 
 class SignatureMemory:
@@ -267,17 +193,23 @@ def seen_in(data: bytes) -> Iterable[tuple[bytes, int, bytes]]:
 class Authenticator:
     """Unwraps signed frames and, when keys are configured, insists on them.
 
-    Every check of a frame (signature, freshness, replay, the VMs its key may speak for) is
-    here; the listeners only call ``frame`` and ``unsigned`` and submit what they return.
+    With keys, frames are checked (key, HMAC, freshness, binding) where they
+    are parsed -- a parser process, or ``check`` here when none has room --
+    and each one that passed is ``admit``-ted here, in arrival order, against
+    the one memory of nonces; Ingest calls both (``Ingest.submit_signed``).
     """
 
     def __init__(self, ingest, keys: dict[bytes, Key] | dict[bytes, bytes] | None, window: int):
         self.ingest = ingest
         self.required = bool(keys)
+        self.window = window
         self.keys: dict[bytes, Key] = {k: v if isinstance(v, Key) else Key(v)
                                        for k, v in (keys or {}).items()}
-        self.verifier = Verifier(self.keys, window, ingest.clock) if keys else None
+        self.checker = FrameCheck(self.keys, window) if keys else None
+        self.verifier = Verifier(window, ingest.clock) if keys else None
         self.memory: SignatureMemory | None = None
+        if keys:
+            ingest.signatures = self
 
     def remember_in(self, directory: str, journal, reactor) -> SignatureMemory | None:
         """Keep the memory of accepted signatures in ``directory`` (the journal's)."""
@@ -286,34 +218,47 @@ class Authenticator:
         return self.memory
 
     def frame(self, key_id, ts, nonce, mac, payload) -> tuple[bytes | None, int]:
-        """``(payload to ingest or None, records removed)``; every refusal is counted.
+        """``(payload to ingest or None, records removed)``, checked here and now.
 
         ``removed`` counts records of VMs the key is not bound to: they are final rejects, not a
         reason to refuse the whole frame (a resend would not change them).
         """
-        if self.verifier is None:
+        if self.checker is None:
             return payload, 0  # signatures are optional without --auth-keys: not checked
         try:
-            self.verifier.verify(key_id, ts, nonce, mac, payload)
+            payload, removed = self.checker.check(key_id, ts, nonce, mac, payload,
+                                                  self.ingest.clock())
         except protocol.SignatureError as exc:
             self.ingest.reject(exc.reason, exc.detail)
             return None, 0
+        if not self.admit(key_id, ts, nonce, removed):
+            return None, 0
+        return payload, removed
+
+    def check(self, frames: bytes, now: float) -> Checked:
+        """What a parser process answers for ``frames`` (laid end to end), worked out here."""
+        return check_frames(self.checker, self.ingest.parser, split_frames(frames), now)
+
+    def admit(self, key_id: bytes, ts: bytes, nonce: bytes, removed: int) -> bool:
+        """May a frame whose HMAC passed be ingested (no replay)?  Counts every refusal, and the
+        records removed as unbound of the frames it admits."""
+        try:
+            self.verifier.admit(key_id, ts, nonce)
+        except protocol.SignatureError as exc:
+            self.ingest.reject(exc.reason, exc.detail)
+            return False
         if self.memory is not None:
             self.memory.accepted(key_id, ts, nonce)
-        vms = self.keys[key_id].vms
-        if vms is None:
-            return payload, 0
-        payload, removed = bound_lines(vms, payload)
         if removed:
             self.ingest.reject(protocol.S_UNBOUND, "%d records for VMs key %r is not bound to"
                                % (removed, key_id[:40]), removed)
-        return payload, removed
+        return True
 
     def unsigned(self, data: bytes) -> bool:
         """May unsigned data be ingested?  Counts its lines as sig_missing if not."""
         if not self.required:
             return True
-        lines = sum(1 for line in data.split(b"\n") if line and line[:1] != b"#")
+        lines = unsigned_lines(data)
         if lines:
             self.ingest.reject(protocol.S_UNSIGNED, "%d unsigned lines" % lines, lines)
         return False

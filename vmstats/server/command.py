@@ -7,10 +7,10 @@ import sys
 import click
 
 from vmstats import protocol
-from vmstats.server.auth import load_keys
 from vmstats.server.config import ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, resolve_bind
 from vmstats.server.journal import FSYNC_POLICIES
+from vmstats.server.signing import load_keys
 
 
 class _Duration(click.ParamType):

@@ -46,7 +46,7 @@ class ServerConfig:
     parsers: int = field(default_factory=lambda: os.cpu_count() or 1)
     duration: float | None = None
     status_file: str | None = None
-    #: key id -> auth.Key (secret, optional VM binding); None: signatures optional.
+    #: key id -> signing.Key (secret, optional VM binding); None: signatures optional.
     auth_keys: dict[bytes, Any] | None = None
     sig_window: int = DEFAULT_SIG_WINDOW
     max_buffered: int = 2_000_000

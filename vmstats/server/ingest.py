@@ -44,10 +44,13 @@ class Ingest:
         self.clock = clock
         self.parser = Parser(max_future, max_past)
         self.parsers = parsers
+        #: With --auth-keys, what checks signed frames here and admits them (auth.Authenticator).
+        self.signatures = None
         #: Called with each filed payload's (vms, timestamps, rows): the live rules' intake.
         self.observe: Callable[[list, list, list], None] | None = None
-        #: Payloads submitted and not yet filed, oldest first: [data, parsed, done]; a marker
-        #: from ``after`` is [None, True, callback].
+        #: Payloads submitted and not yet filed, oldest first: [data, parsed, done, verdict];
+        #: a marker from ``after`` is [None, True, callback, None].  ``verdict`` is None for
+        #: plain payloads; for signed frames it is told (refused any, records unbound).
         self.queue: deque[list] = deque()
         self._idle: list[defer.Deferred] = []
         self._bad_log = RateLimitedLog(log, "rejected record")
@@ -72,25 +75,50 @@ class Ingest:
                 if done is not None:
                     done(*result)
                 return
-            self.queue.append([data, self.parser.parse(data, self.clock()), done])
+            self.queue.append([data, self.parser.parse(data, self.clock()), done, None])
             return
-        entry = [data, None, done]
+        entry = [data, None, done, None]
         self.queue.append(entry)
         parsers.parse(data, self.clock()).addBoth(self._parsed, entry)
+
+    def submit_signed(self, frames: bytes, done: Done = None,
+                      verdict: Callable[[bool, int], None] = lambda refused, unbound: None) -> None:
+        """Signed frames (laid end to end) under --auth-keys: checked and parsed where there is
+        room, then, in turn, admitted (no replay) and filed.
+
+        ``verdict(refused, unbound)`` is told, before ``done``, whether any
+        frame was refused and how many records were removed as unbound.
+        """
+        entry = [frames, None, done, verdict]
+        self.queue.append(entry)
+        parsers = self.parsers
+        if parsers is None or not parsers.has_room():
+            self.metrics.parsed_here += 1
+            entry[1] = self.signatures.check(frames, self.clock())
+            self._drain()
+            return
+        parsers.parse(frames, self.clock()).addBoth(self._parsed, entry)
 
     def parsed_elsewhere(self, data: bytes, parsed: Parsed | None) -> None:
         """File a payload a parser process read and parsed itself (UDP), after what is queued.
 
         ``parsed`` is None when the parser failed on it: it is parsed here.
         """
-        entry = [data, None, None]
+        entry = [data, None, None, None]
         self.queue.append(entry)
         self._parsed(parsed, entry)
+
+    def checked_elsewhere(self, checked) -> None:
+        """Signed datagrams a parser process read, checked and parsed itself (``signing.Checked``):
+        admitted and filed after what is queued."""
+        self.metrics.parsed_remote += 1
+        self.queue.append([None, checked, None, lambda refused, unbound: None])
+        self._drain()
 
     def after(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once everything submitted so far is filed."""
         if self.queue:
-            self.queue.append([None, True, callback])
+            self.queue.append([None, True, callback, None])
         else:
             callback()
 
@@ -103,18 +131,32 @@ class Ingest:
         return waiting
 
     def _parsed(self, parsed, entry: list) -> None:
-        if isinstance(parsed, tuple):
+        signed = entry[3] is not None
+        if isinstance(parsed, tuple) and len(parsed) == (4 if signed else 6):
             self.metrics.parsed_remote += 1
         else:  # the parser process died or failed (a Failure or None): parse it here
             self.metrics.parsed_here += 1
-            parsed = self.parser.parse(entry[0], self.clock())
+            if signed:
+                parsed = self.signatures.check(entry[0], self.clock())
+            else:
+                parsed = self.parser.parse(entry[0], self.clock())
         entry[1] = parsed
+        self._drain()
+
+    def _drain(self) -> None:
+        """File every payload at the head of the queue whose columns are in, in order."""
         queue = self.queue
         while queue and queue[0][1] is not None:
-            data, parsed, done = queue.popleft()
-            if data is None:
+            data, parsed, done, verdict = queue.popleft()
+            if parsed is True:
                 done()
                 continue
+            if verdict is not None:
+                data, parsed = self._admitted(parsed, verdict)
+                if data is None:
+                    if done is not None:
+                        done(0, 0, 0)
+                    continue
             result = self.file(data, parsed)
             if done is not None:
                 done(*result)
@@ -122,6 +164,37 @@ class Ingest:
             waiting, self._idle = self._idle, []
             for one in waiting:
                 one.callback(None)
+
+    def _admitted(self, checked, verdict: Callable[[bool, int], None]) -> tuple:
+        """``(payload, parsed)`` of the frames of a ``signing.Checked`` that are no replay, or
+        ``(None, None)`` when none is; the refused ones are counted.
+
+        Replays are rare (an attack, or a sender's bug), so the parser parsed
+        every frame that passed its checks as one payload; if the reactor
+        refuses one of them, the rest are parsed again here.
+        """
+        parsed, payloads, accepted, refused = checked
+        failed = False
+        for reason, detail, count in refused:
+            self.reject(reason, detail, count)
+            failed = True
+        kept: list[bytes] = []
+        unbound = 0
+        admit = self.signatures.admit
+        for payload, (key_id, ts, nonce, removed) in zip(payloads, accepted, strict=True):
+            if admit(key_id, ts, nonce, removed):
+                kept.append(payload)
+                unbound += removed
+            else:
+                failed = True
+        verdict(failed, unbound)
+        if not kept:
+            return None, None
+        data = b"\n".join(kept) if len(kept) > 1 else kept[0]
+        if parsed is None or len(kept) < len(payloads):
+            self.metrics.parsed_here += 1
+            parsed = self.parser.parse(data, self.clock())
+        return data, parsed
 
     # -- filing ----------------------------------------------------------------------------------
     def file(self, data: bytes, parsed: Parsed) -> tuple[int, int, int]:

@@ -25,6 +25,7 @@ from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import frame_start, has_frame
 from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
+from vmstats.server.signing import unsigned_lines
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
                 self._timer = self.reactor.callLater(COALESCE_SECONDS, self.release)
             return
         self.release()  # what came before these frames is filed before them
+        if self.auth.required:
+            self._signed(batch)
+            return
         for data in batch:
             if data[:2] == b"#!":
                 data = self._unwrap(data)
@@ -89,17 +93,45 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
                 continue
             self._submit(data)
 
+    def _signed(self, batch: list[bytes]) -> None:
+        """Datagrams under --auth-keys: whole frames go to be checked and parsed as one
+        submission (``Ingest.submit_signed``); anything else is refused and counted here."""
+        frames = []
+        unsigned = 0
+        for data in batch:
+            if data[:2] != b"#!" or not data.startswith(protocol.SIG_PREFIX):
+                unsigned += unsigned_lines(data)
+                continue
+            try:
+                parts = protocol.split_signed(data)
+            except protocol.SignatureError as exc:
+                self.ingest.reject(exc.reason, exc.detail)
+                continue
+            if parts is False or parts[5]:
+                self.ingest.reject(protocol.S_MALFORMED, "datagram length does not match its frame")
+                continue
+            frames.append(data)
+        if unsigned:
+            self.ingest.reject(protocol.S_UNSIGNED, "%d unsigned lines" % unsigned, unsigned)
+        if frames:
+            self.ingest.submit_signed(b"".join(frames))
+
     def parsed_elsewhere(self, parsed, payload: bytes, datagrams: int, size: int,
-                         frames: list[bytes]) -> None:
+                         frames: list[bytes], checked=None) -> None:
         """Datagrams a parser process read from the socket itself (parsers.py).
 
-        Plain ones come joined and parsed; frames (``#!``) come as they are
-        and are handled here like any frame.
+        Plain ones come joined and parsed; under --auth-keys, checked and
+        parsed (``checked``: ``signing.Checked``), to be admitted here; frames
+        (``#!``) the parser left come as they are and are handled here like
+        any frame.
         """
         if datagrams:
             self.metrics.datagrams += datagrams
             self.metrics.bytes += size
-            self.ingest.parsed_elsewhere(payload, parsed)
+            if checked is not None:
+                self.ingest.checked_elsewhere(checked)
+            else:
+                self.ingest.parsed_elsewhere(payload, parsed)
         if frames:
             self.datagramsReceived(frames)
 
@@ -270,19 +302,38 @@ class TCPReceiver(tx_protocol.Protocol):
         self.buffer = self._consume(self.buffer + data if self.buffer else data)
 
     def _consume(self, buf: bytes) -> bytes:
-        """Handle every complete line or frame in ``buf``; return the incomplete rest."""
+        """Handle every complete line or frame in ``buf``; return the incomplete rest.
+
+        Under --auth-keys, consecutive whole frames go to be checked and parsed
+        as one submission (``Ingest.submit_signed``), handed over before
+        whatever follows them.
+        """
+        frames: list[bytes] = []
+        try:
+            return self._consume_into(buf, frames)
+        finally:
+            if frames:
+                self._submit_signed(frames)
+
+    def _consume_into(self, buf: bytes, frames: list[bytes]) -> bytes:
         max_line = self.factory.max_line
+        signed = self.auth.required
         while buf:
             if buf[:2] == b"#!":
                 if buf.startswith(protocol.SIG_PREFIX):
                     try:
                         parts = protocol.split_signed(buf)
                     except protocol.SignatureError as exc:
+                        self._submit_signed(frames)
                         self._auth_trouble(exc.reason, exc.detail)
                         buf = self._skip_line(buf)
                         continue
                     if parts is False:
                         return buf  # wait for the rest of the frame
+                    if signed:
+                        frames.append(buf[:len(buf) - len(parts[5])])
+                        buf = parts[5]
+                        continue
                     payload, unbound = self.auth.frame(*parts[:5])
                     if payload is None:
                         self.ingest.after(self._auth_failed)
@@ -297,6 +348,7 @@ class TCPReceiver(tx_protocol.Protocol):
                     return self._incomplete(buf, max_line)
                 line, buf = buf[:end].rstrip(b"\r"), buf[end + 1:]
                 if line.startswith(protocol.SYNC_PREFIX):
+                    self._submit_signed(frames)
                     self._sync(line[len(protocol.SYNC_PREFIX):])
                 continue  # other control lines are for other readers
             # Plain lines up to the next control line (or the last complete line).
@@ -304,6 +356,7 @@ class TCPReceiver(tx_protocol.Protocol):
             end = cut + 1 if cut >= 0 else buf.rfind(b"\n") + 1
             if end <= 0:
                 return self._incomplete(buf, max_line)
+            self._submit_signed(frames)
             block, buf = buf[:end], buf[end:]
             if max_line < protocol.MAX_DATAGRAM_SIZE and len(block) > max_line:
                 block = self._drop_long_lines(block, max_line)
@@ -315,6 +368,19 @@ class TCPReceiver(tx_protocol.Protocol):
 
     def _ingest(self, payload: bytes) -> None:
         self.ingest.submit(payload, self._filed)
+
+    def _submit_signed(self, frames: list[bytes]) -> None:
+        """Hand the frames gathered so far over (and empty the list)."""
+        if frames:
+            self.ingest.submit_signed(b"".join(frames), self._filed, self._verdict)
+            del frames[:]
+
+    def _verdict(self, refused: bool, unbound: int) -> None:
+        """Signed frames admitted or not, in arrival order: the batch's nak, its rejects."""
+        if refused:
+            self.auth_failed = True
+        if unbound:
+            self._filed(0, unbound, 0)
 
     def _filed(self, accepted: int, rejected: int, dropped: int) -> None:
         if accepted and self.first_write is None and self.ingest.journal is not None:
@@ -472,10 +538,11 @@ class ListenerService(service.Service):
         self.tcp_port = tcp.getHost().port
         self.table.start()
         parsers = self.udp.ingest.parsers
-        # With --auth-keys every datagram must be a signed frame, checked here against the
-        # verifier's memory of nonces, and with --allow its source must be checked: parsers
-        # would only pass them on, so the reactor reads them itself.  EPOLLEXCLUSIVE is Linux's.
-        if (parsers is not None and not self.udp.auth.required and not self.table.allow
+        # With --allow each datagram's source must be checked: parsers would only pass them on,
+        # so the reactor reads them itself.  With --auth-keys the parsers check the signatures
+        # of what they read (signing.py), and the reactor admits the frames that passed (no
+        # replay) as it files them.  EPOLLEXCLUSIVE is Linux's.
+        if (parsers is not None and not self.table.allow
                 and hasattr(select, "EPOLLEXCLUSIVE")):
             parsers.share_udp(udp_port, self.udp.parsed_elsewhere)
             self.shared_with = parsers

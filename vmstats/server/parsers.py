@@ -75,6 +75,9 @@ class _Parser(protocol.ProcessProtocol):
         reader = self.transport.pipes.get(1)
         if reader is not None:
             reader.doRead = lambda: self.pull(reader)
+        if self.pool.auth_config is not None:  # before any request: the keys (--auth)
+            self.transport.write(REQUEST.pack(0, 0.0, len(self.pool.auth_config)))
+            self.transport.write(self.pool.auth_config)
 
     def pull(self, reader=None):
         """Read every answer waiting in the pipe; what ``FileDescriptor.doRead`` returns.
@@ -152,12 +155,12 @@ class _Parser(protocol.ProcessProtocol):
             self.pool.reading_udp(self)
             return True
         try:
-            parsed, payload, datagrams, size, frames = marshal.loads(body)
+            parsed, payload, datagrams, size, frames, checked = marshal.loads(body)
         except (ValueError, EOFError, TypeError) as exc:
             self._broken("unreadable datagrams (%s)" % exc)
             return False
         try:
-            self.pool.deliver(parsed, payload, datagrams, size, frames)
+            self.pool.deliver(parsed, payload, datagrams, size, frames, checked)
         except Exception:  # a bug in filing: say so, and keep reading this parser's replies
             log.exception("filing datagrams from parser %s", self.pid)
         return True
@@ -189,12 +192,15 @@ class ParserService(service.Service):
         self.args = [sys.executable, "-m", "vmstats.server.parseworker", str(max_future),
                      str(max_past)]
         self.metrics = metrics
+        #: With --auth-keys, the keys each parser is given on its stdin (signing.keys_config).
+        self.auth_config: bytes | None = None
         self.parsers: list[_Parser] = []
         self.stderr = RateLimitedLog(log, "parser message")
         #: The UDP port the parsers read while it listens, what files their datagrams, and the
         #: parsers that said they read it.
         self.udp = None
-        self.deliver: Callable[[Parsed | None, bytes, int, int, list[bytes]], None] | None = None
+        self.deliver: Callable[[Parsed | None, bytes, int, int, list[bytes], tuple | None],
+                               None] | None = None
         self.udp_readers: set[_Parser] = set()
 
     def share_udp(self, port, deliver: Callable) -> None:
@@ -237,11 +243,12 @@ class ParserService(service.Service):
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         parser = _Parser(self)
+        args = self.args + (["--auth"] if self.auth_config is not None else [])
         if self.udp is None:
-            self.reactor.spawnProcess(parser, self.args[0], self.args, env=env)
+            self.reactor.spawnProcess(parser, args[0], args, env=env)
         else:
             udp_fd = self.udp.fileno()
-            self.reactor.spawnProcess(parser, self.args[0], self.args + ["--udp-fd", "3"], env=env,
+            self.reactor.spawnProcess(parser, args[0], args + ["--udp-fd", "3"], env=env,
                                       childFDs={0: "w", 1: "r", 2: "r", 3: udp_fd})
         self.parsers.append(parser)
 

@@ -24,8 +24,10 @@ import struct
 import sys
 import time
 
+from vmstats import protocol
 from vmstats.protocol import MAX_DATAGRAM_SIZE
 from vmstats.server.parse import Parser, has_frame
+from vmstats.server.signing import FrameCheck, check_frames, checker_from, split_frames, unsigned_lines
 
 #: Request: sequence number, the reactor's time (for the timestamp window), payload length.
 REQUEST = struct.Struct("!QdI")
@@ -35,8 +37,9 @@ REPLY = struct.Struct("!QI")
 #: is stopping).  Its reply comes once the datagrams already queued are sent.
 STOP_UDP = 0xFFFFFFFF
 #: Reply sequence numbers that answer no request.  UDP_BATCH: datagrams this process read,
-#: marshalled as ``(Parsed or None, payload, datagrams, bytes, frames)``; READY: it reads the
-#: UDP socket from now on, so the reactor need not.
+#: marshalled as ``(Parsed or None, payload, datagrams, bytes, frames, checked)``, where
+#: ``checked`` is None but under --auth-keys (``signing.Checked``); READY: it reads the UDP
+#: socket from now on, so the reactor need not.
 UDP_BATCH = (1 << 64) - 1
 READY = (1 << 64) - 2
 #: A batch of UDP datagrams becomes one payload once this much has gathered, or this long
@@ -49,17 +52,31 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parser = Parser(max_future=int(argv[0]), max_past=int(argv[1]))
-    if len(argv) > 3 and argv[2] == "--udp-fd":
-        return Worker(parser, socket.socket(fileno=int(argv[3]))).run()
-    return Worker(parser).run()
+    checker = None
+    if "--auth" in argv:  # the keys come first on stdin (signing.keys_config), never in argv
+        header = _read_exactly(REQUEST.size)
+        config = None if header is None else _read_exactly(REQUEST.unpack(header)[2])
+        if config is None:
+            return 0
+        checker = checker_from(config)
+    udp = None
+    if "--udp-fd" in argv:
+        udp = socket.socket(fileno=int(argv[argv.index("--udp-fd") + 1]))
+    return Worker(parser, udp, checker).run()
 
 
 class Worker:
-    """Answers requests in order and, with a UDP socket, reads and parses datagrams between them."""
+    """Answers requests in order and, with a UDP socket, reads and parses datagrams between them.
 
-    def __init__(self, parser: Parser, udp: socket.socket | None = None):
+    With a ``checker`` (--auth-keys) it also checks signed frames -- those
+    it reads, and those the reactor hands it -- before parsing them.
+    """
+
+    def __init__(self, parser: Parser, udp: socket.socket | None = None,
+                 checker: FrameCheck | None = None):
         self.parser = parser
         self.udp = udp
+        self.checker = checker
         self.out = sys.stdout.buffer
 
     def run(self) -> int:
@@ -105,6 +122,9 @@ class Worker:
 
     def parse(self, seq: int, data: bytes, now: float) -> bytes:
         try:
+            if self.checker is not None and data.startswith(protocol.SIG_PREFIX):
+                return marshal.dumps(check_frames(self.checker, self.parser, split_frames(data),
+                                                  now))
             return marshal.dumps(self.parser.parse(data, now))
         except Exception as exc:  # a bug, not bad input (the parser rejects that): say, go on
             print("payload %d: %r" % (seq, exc), file=sys.stderr, flush=True)
@@ -140,6 +160,9 @@ class Worker:
 
     def send_datagrams(self, batch: list[bytes]) -> None:
         """Plain datagrams joined and parsed as one payload; frames (``#!``) as they are."""
+        if self.checker is not None:
+            self.send_signed(batch)
+            return
         payload = b"\n".join(batch)
         frames: list[bytes] = []
         if has_frame(payload):  # one scan, not a test per datagram
@@ -153,7 +176,43 @@ class Worker:
             except Exception as exc:  # a bug: the reactor parses this payload itself
                 print("datagrams: %r" % (exc,), file=sys.stderr, flush=True)
         self.reply(UDP_BATCH, marshal.dumps((parsed, payload, len(batch), sum(map(len, batch)),
-                                             frames)))
+                                             frames, None)))
+
+    def send_signed(self, batch: list[bytes]) -> None:
+        """Datagrams under --auth-keys: each must be one whole signed frame.
+
+        The frames that pass the checks are parsed as one payload; the
+        refused ones and unsigned lines are counted in the answer
+        (``signing.Checked``), and the reactor admits the rest (no replay).
+        """
+        frames = []
+        refused = []
+        unsigned = 0
+        for data in batch:
+            if not data.startswith(protocol.SIG_PREFIX):
+                unsigned += unsigned_lines(data)
+                continue
+            try:
+                parts = protocol.split_signed(data)
+            except protocol.SignatureError as exc:
+                refused.append((exc.reason, exc.detail, 1))
+                continue
+            if parts is False or parts[5]:
+                refused.append((protocol.S_MALFORMED, "datagram length does not match its frame", 1))
+                continue
+            frames.append(parts[:5])
+        if unsigned:
+            refused.append((protocol.S_UNSIGNED, "%d unsigned lines" % unsigned, unsigned))
+        try:
+            parsed, payloads, accepted, failed = check_frames(self.checker, self.parser, frames,
+                                                              time.time())
+        except Exception as exc:  # a bug: the reactor checks these datagrams itself
+            print("signed datagrams: %r" % (exc,), file=sys.stderr, flush=True)
+            self.reply(UDP_BATCH, marshal.dumps((None, b"", 0, 0, batch, None)))
+            return
+        checked = (parsed, payloads, accepted, refused + failed)
+        self.reply(UDP_BATCH, marshal.dumps((None, b"", len(batch), sum(map(len, batch)), [],
+                                             checked)))
 
     def reply(self, seq: int, body: bytes) -> None:
         self.out.write(REPLY.pack(seq, len(body)))

@@ -34,6 +34,7 @@ from vmstats.server.listeners import ListenerService
 from vmstats.server.metrics import Metrics
 from vmstats.server.parsers import ParserService
 from vmstats.server.replay import replay
+from vmstats.server.signing import keys_config
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class Aggregator(service.MultiService):
             self.rules.setServiceParent(self)  # started first: the action log replays before data
         self.auth = Authenticator(self.ingest, config.auth_keys, config.sig_window)
         self.auth.remember_in(journal_dir(config), self.journal, reactor)
+        if self.parsers is not None and self.auth.required:  # they check signatures too
+            self.parsers.auth_config = keys_config(self.auth.keys, config.sig_window)
         self.tables = self._connection_tables()
         self.listeners = ListenerService(
             reactor, config.bind, config.udp_port, config.tcp_port, self.ingest, self.auth,
