@@ -3,6 +3,7 @@
     .venv/bin/python bench/ingest.py            # full run (8-17 minutes here)
     .venv/bin/python bench/ingest.py --quick    # smoke run (about a minute)
     .venv/bin/python bench/ingest.py --telegraf # only Telegraf's lines against native TCP
+    .venv/bin/python bench/ingest.py --shapes   # every record shape beside the agent's
 
 A sender pinned to one core pushes records from 10,000 VM ids over loopback:
 UDP one record per datagram and packed to 1400 bytes, at stepped rates, and
@@ -15,6 +16,11 @@ records and no backlog of earlier ones; TCP sends 2M records, about two
 flushes' worth at 200,000 records/s.  Loss is what the receiver's own
 counters did not see (and, for vmstats, what did not reach the logs).  Then a
 separate run holds 1M records in memory to measure RSS per buffered record.
+
+``--shapes`` sends the same steps in every spelling of the records
+(``SHAPES``: the agent's, an InfluxDB client's, a sender's own order with an
+extra tag, and the agent's signed), interleaved a rate at a time, and reports
+each one's figures as a ratio to the agent's shape in the same run.
 
 The host's speed is not constant (``bench/hostspeed.py``), and only a
 receiver that spends CPU per record feels it.  So both receivers run at once
@@ -64,6 +70,27 @@ FIRST_WAIT = 20.0
 HOST_WAIT = 120.0
 _TEMPLATE = (b"vmstats,vm=10.%d.%d.%d,host=vm%d cpu=%d.%d,cpu_max=%d.5,mem=%d.25,disk_r=%d,"
              b"disk_w=%d.5,net_rx=%d,net_tx=%d,vcpus=2i,mem_mb=4096i,seq=%di %d")
+#: The spellings of the same records the shapes run (``--shapes``) sends: template, the order of
+#: _TEMPLATE's values in it (None: the same), and the timestamp's unit in seconds.
+#: - agent: what vmstats' agent sends (``protocol.encode_record``);
+#: - influx: what an InfluxDB client library writes for the same values: tags and fields sorted
+#:   by name, Python ints typed ``i``, nanosecond timestamps;
+#: - shuffled: a sender with an order of its own, an extra tag, millisecond timestamps;
+#: - signed: the agent's lines in ``#!sig1`` frames (one per datagram, one per TCP write), to a
+#:   server with --auth-keys.
+SHAPES = {
+    "agent": (_TEMPLATE, None, 1),
+    "influx": (b"vmstats,host=vm%d,vm=10.%d.%d.%d cpu=%d.%d,cpu_max=%d.5,disk_r=%di,disk_w=%d.5,"
+               b"mem=%d.25,mem_mb=4096i,net_rx=%di,net_tx=%di,seq=%di,vcpus=2i %d",
+               lambda v: (v[3], v[0], v[1], v[2], v[4], v[5], v[6], v[8], v[9], v[7], v[10],
+                          v[11], v[12], v[13]), 1_000_000_000),
+    "shuffled": (b"vmstats,vm=10.%d.%d.%d,project=billing,host=vm%d mem=%d.25,seq=%di,cpu=%d.%d,"
+                 b"net_tx=%d,vcpus=2i,disk_w=%d.5,cpu_max=%d.5,net_rx=%d,mem_mb=4096i,disk_r=%d %d",
+                 lambda v: (v[0], v[1], v[2], v[3], v[7], v[12], v[4], v[5], v[11], v[9], v[6],
+                            v[10], v[8], v[13]), 1000),
+    "signed": (_TEMPLATE, None, 1),
+}
+SIGNING_KEY, SIGNING_SECRET = "bench", "bench-secret-0123456789"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,23 +261,51 @@ def rss(pid: int, field: str = "VmHWM") -> int:
 
 
 class Lines:
-    """Distinct (vm, ts) record lines from 10,000 VM ids, made fast enough not to matter."""
+    """Distinct (vm, ts) record lines from 10,000 VM ids, made fast enough not to matter.
 
-    def __init__(self):
-        self.next = 0
+    ``shape`` is how they are spelled (``SHAPES``); lines of several shapes
+    sent to one server share a ``counter`` so that no two are the same (vm, ts).
+    """
+
+    def __init__(self, shape: str = "agent", counter: list[int] | None = None):
+        self.shape = shape
+        self.counter = counter if counter is not None else [0]
         # Midnight 30 days ago: a run's few hundred minutes stay in one day file per VM.
         self.base = (int(time.time()) // 86400 - 30) * 86400
 
     def take(self, count: int) -> list[bytes]:
-        start, self.next = self.next, self.next + count
+        start = self.counter[0]
+        self.counter[0] += count
+        template, order, stamp = SHAPES[self.shape]
         out = []
         for i in range(start, start + count):
             vm = i % VMS
             k = i // VMS
-            out.append(_TEMPLATE % (vm >> 16, (vm >> 8) & 255, vm & 255, vm, i % 97, i % 10, i % 100,
-                                    i % 99, i * 7 % 100000, i % 65536, i * 13 % 900000,
-                                    i % 4096, k, self.base + 60 * k))
+            values = (vm >> 16, (vm >> 8) & 255, vm & 255, vm, i % 97, i % 10, i % 100,
+                      i % 99, i * 7 % 100000, i % 65536, i * 13 % 900000,
+                      i % 4096, k, (self.base + 60 * k) * stamp)
+            out.append(template % (order(values) if order else values))
         return out
+
+    def datagrams(self, records: list[bytes], packed: bool) -> list[bytes]:
+        """UDP payloads: one record each or packed to 1400 bytes, signed if the shape is."""
+        if self.shape != "signed":
+            return list(protocol.pack_lines(records)) if packed else records
+        overhead = len(protocol.sign_payload(SIGNING_KEY, SIGNING_SECRET, b""))
+        payloads = protocol.pack_lines(records, protocol.SAFE_DATAGRAM_SIZE - overhead) \
+            if packed else records
+        return [protocol.sign_payload(SIGNING_KEY, SIGNING_SECRET, one) for one in payloads]
+
+    def chunks(self, records: list[bytes], size: int = 500) -> list[bytes]:
+        """TCP writes of ``size`` records, each one signed frame if the shape is signed (then
+        300 records at most: a frame's payload is at most 64 KiB)."""
+        if self.shape == "signed":
+            size = min(size, 300)
+        chunks = [b"\n".join(records[offset:offset + size]) + b"\n"
+                  for offset in range(0, len(records), size)]
+        if self.shape == "signed":
+            chunks = [protocol.sign_payload(SIGNING_KEY, SIGNING_SECRET, one) for one in chunks]
+        return chunks
 
 
 def settle(receiver, previous: int, expected: int, timeout: float = 10.0) -> int:
@@ -299,7 +354,7 @@ def warm_up(receiver, lines: Lines) -> float:
     started = time.monotonic()
     records = lines.take(VMS)
     with socket.create_connection((LOOPBACK, receiver.tcp_port), timeout=120) as sock:
-        sock.sendall(b"\n".join(records) + b"\n#!sync warm\n")
+        sock.sendall(b"".join(lines.chunks(records)) + b"#!sync warm\n")
         sock.makefile("rb").readline()
     if isinstance(receiver, Vmstats):
         deadline = time.monotonic() + 120
@@ -410,7 +465,7 @@ def udp_step(name: str, receiver, sock, lines: Lines, rate: int, seconds: float,
     """One receiver at one rate for ``seconds``, on a machine whose receivers are all idle
     (``at_speed``)."""
     records = lines.take(int(rate * seconds))
-    payloads = list(protocol.pack_lines(records)) if packed else records
+    payloads = lines.datagrams(records, packed)
     per_datagram = len(records) / len(payloads)
     probe_ms = speed.measure()
     before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
@@ -436,10 +491,7 @@ def udp_step(name: str, receiver, sock, lines: Lines, rate: int, seconds: float,
 def tcp_throughput(receiver, lines: Lines, count: int, speed: HostSpeed) -> dict:
     """Records/s over one connection, timed to the acknowledgement of the last batch (the
     receivers idle before it: ``at_speed``)."""
-    records = lines.take(count)
-    chunks = []
-    for offset in range(0, count, 500):
-        chunks.append(b"\n".join(records[offset:offset + 500]) + b"\n")
+    chunks = lines.chunks(lines.take(count))
     probe_ms = speed.measure()
     before, cpu_before, host = receiver.seen(), cpu_seconds(receiver.pid), host_ticks()
     reply, elapsed = send_synced(receiver.tcp_port, chunks)
@@ -562,6 +614,108 @@ def telegraf_main(workdir: Path, speed: HostSpeed, count: int) -> dict:
     return results
 
 
+def shapes_main(workdir: Path, speed: HostSpeed, flush_interval: str, seconds: float,
+                single_rates: list[int], packed_rates: list[int], tcp_records: int) -> dict:
+    """Every shape (``SHAPES``) through the same steps, interleaved: the agent's lines, then the
+    others, a rate at a time, so each is measured beside the agent's in the same state of the
+    host.  One server takes the unsigned shapes, one with --auth-keys the signed one."""
+    keys = workdir / "keys"
+    keys.write_text("%s %s\n" % (SIGNING_KEY, SIGNING_SECRET))
+    servers = {}
+    receivers: dict = {}
+    lines: dict[str, Lines] = {}
+    results: dict = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:]),
+                     "flush_interval": flush_interval}
+    try:
+        servers["plain"] = unpinned(lambda: Vmstats(workdir / "plain", flush_interval=flush_interval))
+        servers["signed"] = unpinned(lambda: Vmstats(workdir / "signed", "--auth-keys", str(keys),
+                                                     flush_interval=flush_interval))
+        counters = {"plain": [0], "signed": [0]}
+        for shape in SHAPES:
+            server = "signed" if shape == "signed" else "plain"
+            receivers[shape] = servers[server]
+            lines[shape] = Lines(shape, counters[server])
+            results[shape] = {}
+        for server in ("plain", "signed"):
+            shape = "signed" if server == "signed" else "agent"
+            print("%s server warm-up: one record per VM, logged, in %.1f s"
+                  % (server, warm_up(servers[server], lines[shape])), flush=True)
+        for kind, rates, packed, label in (
+                ("udp_single", single_rates, False, "UDP, 1 record/datagram"),
+                ("udp_packed", packed_rates, True, "UDP, packed to %d bytes"
+                 % protocol.SAFE_DATAGRAM_SIZE)):
+            print(label, flush=True)
+            for name, (series, first) in udp_steps(receivers, lines, rates, seconds, packed,
+                                                   speed).items():
+                results[name][kind], results[name][kind + "_first_attempts"] = series, first
+        print("TCP", flush=True)
+        for name, receiver in receivers.items():
+            def tcp(name=name, receiver=receiver) -> dict:
+                phase = tcp_throughput(receiver, lines[name], tcp_records, speed)
+                print("    %-9s %d records/s, %d lost, %.2f CPU us/record, probe %.2f/%.2f ms"
+                      % (name, phase["rate"], phase["lost"], phase["cpu_us_per_record"],
+                         phase["probe_ms"], phase["probe_after_ms"]), flush=True)
+                return phase
+
+            attempts = at_speed(receivers, speed, tcp, lambda phase: True)
+            chosen = min(attempts, key=lambda phase: max(phase["probe_ms"], phase["probe_after_ms"]))
+            results[name]["tcp"] = dict(chosen, other_attempts=[a for a in attempts if a is not chosen])
+    finally:
+        for server, receiver in servers.items():
+            received, rows = receiver.stop()
+            results[server + "_server"] = {"received": received, "logged": rows}
+            print("%s server counted %d records, its logs hold %d rows" % (server, received, rows))
+    summarize_shapes(results)
+    return results
+
+
+def _common_cpu(side: dict, agent: dict, kind: str) -> tuple[float, float]:
+    """Mean CPU us per record of ``side`` and the agent's over the steps both took without loss
+    at the same rates: the same work per second, so the same share of the host's phases."""
+    mine = {step["target"]: step for step in side[kind]["steps"] if not step["lost"]}
+    theirs = {step["target"]: step for step in agent[kind]["steps"] if not step["lost"]}
+    both = sorted(mine.keys() & theirs.keys())
+    if not both:
+        return float("nan"), float("nan")
+    return (sum(mine[rate]["cpu_us_per_record"] for rate in both) / len(both),
+            sum(theirs[rate]["cpu_us_per_record"] for rate in both) / len(both))
+
+
+def summarize_shapes(results: dict) -> None:
+    agent = results["agent"]
+
+    def held(side, kind):
+        step = side[kind]["best"]
+        return step["target"] if step else 0
+
+    print("\nsummary by shape (records/s held with zero loss at that step and every lower one; "
+          "CPU us per record in all the server's processes, mean over the UDP steps both took "
+          "losslessly, and over the TCP phase; x the agent's shape in the same run)")
+    print("  (>= : no loss at any rate the sender reached)")
+    print("  %-9s %-24s %-24s %-22s %-20s %-20s" % ("shape", "UDP 1 record/datagram", "UDP packed",
+                                                   "TCP", "CPU, UDP packed", "CPU, TCP"))
+    for name in SHAPES:
+        side = results[name]
+        cells = []
+        for kind in ("udp_single", "udp_packed"):
+            value = held(side, kind)
+            ratio = value / held(agent, kind) if held(agent, kind) else float("nan")
+            cells.append("%s%7d (%.2fx)" % (_mark(side[kind]), value, ratio))
+        cells.append("%7d (%.2fx)" % (side["tcp"]["rate"], side["tcp"]["rate"] / agent["tcp"]["rate"]))
+        mine, theirs = _common_cpu(side, agent, "udp_packed")
+        cells.append("%5.2f (%.2fx)" % (mine, mine / theirs))
+        cells.append("%5.2f (%.2fx)" % (side["tcp"]["cpu_us_per_record"],
+                                        side["tcp"]["cpu_us_per_record"]
+                                        / agent["tcp"]["cpu_us_per_record"]))
+        print("  %-9s %-24s %-24s %-22s %-20s %-20s" % tuple([name] + cells))
+    print("  targets: every spelling CPU <= 1.25x and held >= 0.8x the agent's; signed held >= 0.7x;"
+          " the agent's >= 200,000/s packed UDP and TCP")
+    for server in ("plain", "signed"):
+        out = results[server + "_server"]
+        print("  %s server: logs hold %d of %d records received" % (server, out["logged"],
+                                                                  out["received"]))
+
+
 def send_synced(port: int, chunks: list[bytes], timeout: float = 60) -> tuple[bytes, float]:
     """Send ``chunks`` over one connection then ``#!sync``: (the reply, seconds to it)."""
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
@@ -607,6 +761,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--telegraf", action="store_true",
                         help="only Telegraf's lines on the line-protocol port against native TCP")
+    parser.add_argument("--shapes", action="store_true",
+                        help="only the record shapes (%s), each beside the agent's"
+                        % ", ".join(SHAPES))
     args = parser.parse_args()
     if args.reference_server:
         reference_main(args.reference_server, args.rcvbuf)
@@ -630,6 +787,17 @@ def main() -> int:
     if args.telegraf:
         try:
             results = telegraf_main(workdir, speed, tcp_records // 2)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return 0
+    if args.shapes:
+        try:
+            results = shapes_main(workdir, speed, args.flush_interval, seconds,
+                                  [80_000, 100_000, 125_000, 150_000, 200_000, 250_000],
+                                  [150_000, 200_000, 250_000, 300_000, 400_000, 500_000],
+                                  tcp_records)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         if args.json:

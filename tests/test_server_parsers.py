@@ -130,6 +130,7 @@ class _Transport:
 def test_a_parser_that_answers_nonsense_is_stopped_and_nothing_is_lost():
     class Pool:
         stderr = None
+        auth_config = None
 
     parser = _Parser(Pool())
     parser.transport = _Transport()

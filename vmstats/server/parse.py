@@ -132,6 +132,9 @@ _STAMP_LENGTHS = (10, 13, 16, 19)
 _EXACT_DIGITS = 15
 #: Shapes remembered per parser; cleared when full (senders use a handful of spellings).
 MAX_SHAPES = 1024
+#: Spellings whose regexes a payload mixing spellings is tried with (``Parser._mixed``), the
+#: most recently met first.
+MAX_RECENT = 4
 _VALUE_PATTERNS = {b"vm": r"[A-Za-z0-9._:%%-]{1,%d}" % protocol.MAX_VM_ID_LENGTH,
                    b"host": r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"}
 _EXTRA_TAG_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (protocol.MAX_TAG_VALUE_LENGTH - 1)
@@ -185,6 +188,17 @@ def shape_key(line: bytes) -> tuple | None:
                    for field in body.split(b","))
     return (tuple(tag.partition(b"=")[0] for tag in tags[1:]), fields,
             len(stamp) - (stamp[-1:] == b"\r"))
+
+
+def _agents_spelling(key: tuple) -> bool:
+    """Is this the agent's spelling, which the canonical regex admits (and no shape must)?"""
+    tag_keys, fields, stamp_length = key
+    if tag_keys not in ((b"vm",), (b"vm", b"host")) or stamp_length != 10:
+        return False
+    canonical = [name.encode("ascii") + (b"=i" if is_int else b"")
+                 for name, is_int, _lo, _hi, _required in protocol.FIELDS]
+    positions = [canonical.index(field) if field in canonical else -1 for field in fields]
+    return -1 not in positions and positions == sorted(set(positions))
 
 
 def build_shape(key: tuple) -> Shape | None:
@@ -262,6 +276,7 @@ class Parser:
         # The per-field regex as a Shape, for the paths that check lines one by one.
         self._canonical = Shape(regex, 0, ts_group, seq_group, list(range(2, ts_group)) + [1])
         self._shapes: dict[tuple, Shape | None] = {}
+        self._recent: list[Shape] = []
         self._compact_ts_of = itemgetter(compact_ts)
         self._compact_seq_of = itemgetter(compact_seq)
         self._vm_ids: dict[bytes, str] = {}
@@ -287,7 +302,7 @@ class Parser:
             if compact:  # a line lacks a field, or is bad: then the per-field regex, or the decoder
                 compact, matches = False, self._findall(data)
             if not _all_lines_matched(data, len(matches)):
-                return self._line_by_line(data, now)
+                return self._mixed(data, now)
         if not matches:
             return [], [], [], [], [], []
         vms = list(map(self._vm_ids.get, map(_VM_OF, matches)))
@@ -316,7 +331,53 @@ class Parser:
             return self._line_by_line(data, now)
         matches = shape.findall(data)
         if not _all_lines_matched(data, len(matches)):
+            return self._mixed(data, now)
+        return self._columns(shape, matches, now)
+
+    def _mixed(self, data: bytes, now: float) -> Parsed:
+        """A payload that no one regex matched whole: the lines of several spellings, as a
+        parser joins the datagrams of many senders, or bad lines.
+
+        The agent's regex and those of the spellings met last each run over
+        the whole payload; when together they matched every line, each one's
+        matches become columns as a payload of its own would, one spelling
+        after the other.  That reorders lines of different spellings, so it
+        is done only when no VM appears in two (the last record of a (vm, ts)
+        wins, and seq gaps are counted per VM in order).  Otherwise the lines
+        go one by one (``_line_by_line``), which also meets the spellings
+        for the next payload.
+        """
+        total = _lines(data)
+        found = []
+        covered = 0
+        for shape in [self._canonical] + self._recent:
+            matches = shape.findall(data)
+            if matches:
+                found.append((shape, matches))
+                covered += len(matches)
+                if covered >= total:
+                    break
+        if covered != total or not found:
             return self._line_by_line(data, now)
+        vm_sets = [set(map(shape.vm_of, matches)) for shape, matches in found]
+        if len(vm_sets) > 1 and sum(map(len, vm_sets)) != len(set().union(*vm_sets)):
+            return self._line_by_line(data, now)
+        out: Parsed = ([], [], [], [], [], [])
+        for shape, matches in found:
+            part = self._columns(shape, matches, now)
+            for mine, theirs in zip(out, part, strict=True):
+                mine.extend(theirs)
+        if out[4]:
+            counts: Counter = Counter()
+            for reason, count in out[4]:
+                counts[reason] += count
+            out[4][:] = sorted(counts.items())
+            del out[5][MAX_DETAILS:]
+        return out
+
+    def _columns(self, shape: Shape, matches: list, now: float) -> Parsed:
+        """The columns of a shape's matches, every line of them valid but perhaps for the VM id
+        and the timestamp's window."""
         vms = list(map(self._vm_ids.get, map(shape.vm_of, matches)))
         tss = list(map(int, map(shape.ts_of, matches)))
         hi, lo = self._window(now)
@@ -325,19 +386,25 @@ class Parser:
         rows = list(map(shape.format.__mod__, map(shape.pick, matches)))
         if shape.seq_of is None:
             return vms, tss, rows, [None] * len(rows), [], []
-        return vms, tss, rows, list(map(int, map(shape.seq_of, matches))), [], []
+        raw_seqs = list(map(shape.seq_of, matches))
+        if b"" in raw_seqs:  # the agent's regex, whose seq is optional
+            return vms, tss, rows, [int(s) if s else None for s in raw_seqs], [], []
+        return vms, tss, rows, list(map(int, raw_seqs)), [], []
 
     def _shape_of(self, line: bytes) -> Shape | None:
         key = shape_key(line)
         if key is None:
             return None
         try:
-            return self._shapes[key]
+            shape = self._shapes[key]
         except KeyError:
-            pass
-        if len(self._shapes) >= MAX_SHAPES:
-            self._shapes.clear()
-        shape = self._shapes[key] = build_shape(key)
+            if len(self._shapes) >= MAX_SHAPES:
+                self._shapes.clear()
+            shape = self._shapes[key] = build_shape(key)
+        # The agent's spelling is the canonical regex's: a shape of it would match its lines twice.
+        if shape is not None and shape not in self._recent and not _agents_spelling(key):
+            self._recent.insert(0, shape)
+            del self._recent[MAX_RECENT:]
         return shape
 
     def _window(self, now: float) -> tuple[int, int]:
