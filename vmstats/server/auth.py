@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 
 from twisted.internet import task
 
@@ -68,6 +69,30 @@ class Verifier:
         if len(self._seen) > 1000000:
             self._expire(now)
         self._seen[token] = stamp
+
+    def admit_all(self, accepted: list[tuple], now: float) -> list | None:
+        """``admit`` each ``(key_id, ts, nonce, removed)``: None if all pass (the usual case:
+        one loop, no call per frame), else each one's SignatureError or None."""
+        seen, floors = self._seen, self.floors
+        lo, hi = now - self.window, now + self.window
+        for index, (key_id, ts, nonce, _removed) in enumerate(accepted):
+            stamp = int(ts)
+            token = (key_id, nonce)
+            if not lo <= stamp <= hi or token in seen or stamp <= floors.get(key_id, -1):
+                return [None] * index + list(self._each(accepted[index:], now))
+            seen[token] = stamp
+        if len(seen) > 1000000:
+            self._expire(now)
+        return None
+
+    def _each(self, accepted: list[tuple], now: float) -> Iterable:
+        for key_id, ts, nonce, _removed in accepted:
+            try:
+                self.admit(key_id, ts, nonce, now)
+            except protocol.SignatureError as exc:
+                yield exc
+            else:
+                yield None
 
     def remember(self, key_id: bytes, nonce: bytes, stamp: int) -> None:
         """A signature accepted before the restart (read back from the journal)."""
@@ -136,6 +161,19 @@ class SignatureMemory:
         self._mark(key_id, int(ts))
         if self.journal is not None:
             self.journal.append(b"%s%s %s %s\n" % (SEEN_PREFIX, key_id, ts, nonce))
+
+    def accepted_all(self, accepted: list[tuple]) -> None:
+        """``accepted`` for each ``(key_id, ts, nonce, removed)``, in one journal append."""
+        latest: dict[bytes, int] = {}
+        for key_id, ts, _nonce, _removed in accepted:
+            stamp = int(ts)
+            if stamp > latest.get(key_id, -1):
+                latest[key_id] = stamp
+        for key_id, stamp in latest.items():
+            self._mark(key_id, stamp)
+        if self.journal is not None:
+            self.journal.append(b"".join(b"%s%s %s %s\n" % (SEEN_PREFIX, key_id, ts, nonce)
+                                         for key_id, ts, nonce, _removed in accepted))
 
     def _mark(self, key_id: bytes, stamp: int) -> None:
         if stamp > self.marks.get(key_id, -1):
@@ -238,6 +276,31 @@ class Authenticator:
     def check(self, frames: bytes, now: float) -> Checked:
         """What a parser process answers for ``frames`` (laid end to end), worked out here."""
         return check_frames(self.checker, self.ingest.parser, split_frames(frames), now)
+
+    def admit_all(self, accepted: list[tuple]) -> list[bool] | None:
+        """``admit`` for a parser's answer: None if every frame passed, else each one's verdict.
+
+        Every accepted signature goes to the journal in one piece, and the
+        marks move once per key, not once per frame.
+        """
+        errors = self.verifier.admit_all(accepted, self.ingest.clock())
+        passed = accepted if errors is None else [one for one, error in zip(accepted, errors,
+                                                                            strict=True)
+                                                  if error is None]
+        memory = self.memory
+        if memory is not None and passed:
+            memory.accepted_all(passed)
+        unbound = sum(map(itemgetter(3), passed))
+        if unbound:
+            self.ingest.reject(protocol.S_UNBOUND, "%d records for VMs keys %r are not bound to"
+                               % (unbound, sorted({one[0][:40] for one in passed if one[3]})),
+                               unbound)
+        if errors is None:
+            return None
+        for error in errors:
+            if error is not None:
+                self.ingest.reject(error.reason, error.detail)
+        return [error is None for error in errors]
 
     def admit(self, key_id: bytes, ts: bytes, nonce: bytes, removed: int) -> bool:
         """May a frame whose HMAC passed be ingested (no replay)?  Counts every refusal, and the

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat
-from operator import setitem, sub
+from operator import itemgetter, setitem, sub
 
 from twisted.internet import defer
 
@@ -178,16 +178,14 @@ class Ingest:
         for reason, detail, count in refused:
             self.reject(reason, detail, count)
             failed = True
-        kept: list[bytes] = []
-        unbound = 0
-        admit = self.signatures.admit
-        for payload, (key_id, ts, nonce, removed) in zip(payloads, accepted, strict=True):
-            if admit(key_id, ts, nonce, removed):
-                kept.append(payload)
-                unbound += removed
-            else:
-                failed = True
-        verdict(failed, unbound)
+        verdicts = self.signatures.admit_all(accepted) if accepted else None
+        if verdicts is None:
+            kept = payloads
+        else:
+            kept = [payload for payload, ok in zip(payloads, verdicts, strict=True) if ok]
+            accepted = [one for one, ok in zip(accepted, verdicts, strict=True) if ok]
+            failed = True
+        verdict(failed, sum(map(itemgetter(3), accepted)))
         if not kept:
             return None, None
         data = b"\n".join(kept) if len(kept) > 1 else kept[0]
