@@ -421,6 +421,19 @@ def udp_steps(receivers: dict, lines: dict, rates: list[int], seconds: float, pa
     return {name: (series[name].result(), first[name].result()) for name in receivers}
 
 
+def udp_series(results: dict, receivers: dict, lines: dict, speed: HostSpeed, seconds: float,
+               single_rates: list[int], packed_rates: list[int]) -> None:
+    """One record per datagram, then packed: each receiver's series (and its first attempts')
+    into ``results[name]``."""
+    for kind, rates, packed, label in (
+            ("udp_single", single_rates, False, "UDP, 1 record/datagram"),
+            ("udp_packed", packed_rates, True, "UDP, packed to %d bytes" % protocol.SAFE_DATAGRAM_SIZE)):
+        print(label, flush=True)
+        for name, (series, first) in udp_steps(receivers, lines, rates, seconds, packed,
+                                               speed).items():
+            results[name][kind], results[name][kind + "_first_attempts"] = series, first
+
+
 def at_speed(receivers: dict, speed: HostSpeed, measure: Callable[[], dict],
              fell_short: Callable[[dict], bool]) -> list[dict]:
     """``measure()`` on an idle machine at speed, repeated while it ``fell_short`` on a slow host.
@@ -640,14 +653,7 @@ def shapes_main(workdir: Path, speed: HostSpeed, flush_interval: str, seconds: f
             shape = "signed" if server == "signed" else "agent"
             print("%s server warm-up: one record per VM, logged, in %.1f s"
                   % (server, warm_up(servers[server], lines[shape])), flush=True)
-        for kind, rates, packed, label in (
-                ("udp_single", single_rates, False, "UDP, 1 record/datagram"),
-                ("udp_packed", packed_rates, True, "UDP, packed to %d bytes"
-                 % protocol.SAFE_DATAGRAM_SIZE)):
-            print(label, flush=True)
-            for name, (series, first) in udp_steps(receivers, lines, rates, seconds, packed,
-                                                   speed).items():
-                results[name][kind], results[name][kind + "_first_attempts"] = series, first
+        udp_series(results, receivers, lines, speed, seconds, single_rates, packed_rates)
         print("TCP", flush=True)
         for name, receiver in receivers.items():
             def tcp(name=name, receiver=receiver) -> dict:
@@ -835,13 +841,7 @@ def interleaved(results: dict, workdir: Path, flush_interval: str, speed: HostSp
             out["warm_up_seconds"] = round(warm_up(receivers[name], lines[name]), 1)
             print("%s warm-up: one record per VM, logged, in %.1f s" % (name, out["warm_up_seconds"]),
                   flush=True)
-        for kind, rates, packed, label in (
-                ("udp_single", single_rates, False, "UDP, 1 record/datagram"),
-                ("udp_packed", packed_rates, True, "UDP, packed to %d bytes" % protocol.SAFE_DATAGRAM_SIZE)):
-            print(label, flush=True)
-            for name, (series, first) in udp_steps(receivers, lines, rates, seconds, packed,
-                                                   speed).items():
-                results[name][kind], results[name][kind + "_first_attempts"] = series, first
+        udp_series(results, receivers, lines, speed, seconds, single_rates, packed_rates)
         print("TCP", flush=True)
         for name, receiver in receivers.items():
             out = results[name]

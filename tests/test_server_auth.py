@@ -69,7 +69,7 @@ def test_a_frame_sent_many_times_over_udp_and_tcp_is_accepted_once_whichever_par
               for i in range(1, 4)]
     copies = 40
     with serve(tmp_path, "--flush-interval", "0.3", "--auth-keys", str(keys)) as server:
-        assert server.metrics()["vmstats_parsers_reading_udp"] >= 2
+        server.wait_metrics(lambda m: m["vmstats_parsers_reading_udp"] >= 2)
         for _ in range(copies):
             server.send_udp(*frames)
         with server.tcp() as sock:

@@ -47,6 +47,16 @@ partial = st.tuples(complete, st.sets(st.sampled_from(
 @given(st.lists(st.one_of(complete, partial, records), min_size=1, max_size=6))
 def test_a_payload_parses_to_the_decoders_records_in_order_whatever_the_path(batch):
     payload = b"\n".join(protocol.encode_record(r).encode() for r in batch)
+    expected, rejects = _decoded(payload)
+    parser = Parser(max_future=300, max_past=0)
+    for _ in range(2):  # the first pass meets the VM ids, the second takes the column path
+        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
+        assert sum(count for _reason, count in reasons) == rejects
+
+
+def _decoded(payload: bytes) -> tuple[list, int]:
+    """The decoder's ``(vm, ts, held row, seq)`` for each line of ``payload``, and its rejects."""
     decoder = protocol.Decoder(clock=lambda: NOW)
     expected, rejects = [], 0
     for line in payload.split(b"\n"):
@@ -56,11 +66,7 @@ def test_a_payload_parses_to_the_decoders_records_in_order_whatever_the_path(bat
             rejects += 1
             continue
         expected.append((record.vm, record.ts, logstore.format_tail(record), record.seq))
-    parser = Parser(max_future=300, max_past=0)
-    for _ in range(2):  # the first pass meets the VM ids, the second takes the column path
-        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
-        assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
-        assert sum(count for _reason, count in reasons) == rejects
+    return expected, rejects
 
 
 def per_vm(records) -> dict:
@@ -264,19 +270,6 @@ def spellings(draw, record_strategy=complete):
         ",".join("%s=%s" % (name, _spell_value(name, value, kind))
                  for (name, value), kind in zip(fields, typing, strict=True)), stamp)
     return line.encode(), record
-
-
-def _decoded(payload: bytes) -> tuple[list, int]:
-    decoder = protocol.Decoder(clock=lambda: NOW)
-    expected, rejects = [], 0
-    for line in payload.split(b"\n"):
-        try:
-            record = decoder.decode_line(line)
-        except protocol.DecodeError:
-            rejects += 1
-            continue
-        expected.append((record.vm, record.ts, logstore.format_tail(record), record.seq))
-    return expected, rejects
 
 
 def _counting_decoder(parser: Parser) -> list:
