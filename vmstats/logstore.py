@@ -1078,40 +1078,106 @@ def last_labels_many(sources: List) -> List[Optional[Tuple[int, str, Optional[Tu
     return out
 
 
-def rollup_table(vms: List[str], labels: List[Tuple[int, str, str]], data: Mapping[str, "object"]):
+#: A sparse column of a rollup file (a value histogram, mostly empty bins) is kept as two binary
+#: columns, ``<name>.bins`` (each row's non-empty bin indices, little-endian uint16, ascending) and
+#: ``<name>.counts`` (their counts, little-endian uint32): about 8 times fewer values to decode
+#: than the dense bins, which is what a long window's report spends its time on.  The dense
+#: width is in the field's metadata.
+SPARSE_BINS = ".bins"
+SPARSE_COUNTS = ".counts"
+_SPARSE_WIDTH = b"bins"
+_BIN_DTYPE = "<u2"
+_COUNT_DTYPE = "<u4"
+
+
+class SparseRows(NamedTuple):
+    """The non-empty cells of a 2-d array (``length`` rows of ``width``), row by row:
+    ``values[row[k], col[k]] = value[k]``."""
+
+    row: "object"
+    col: "object"
+    value: "object"
+    length: int
+    width: int
+
+
+def rollup_table(vms: List[str], labels: List[Tuple[int, str, str]], data: Mapping[str, "object"],
+                 sparse: Iterable[str] = ()):
     """A rollup file's table: ``vm``, the last record's labels, one column per aggregate.
 
     ``data`` holds numpy arrays, one row per VM: 1-d ones become plain
     columns, 2-d ones (per hour, per bin) fixed-size lists, so each keeps
-    its own dtype and the file needs no schema of its own.
+    its own dtype and the file needs no schema of its own.  Those named in
+    ``sparse`` (counts, mostly zero) are kept as their non-empty cells
+    (SPARSE_BINS, SPARSE_COUNTS).
     """
     import numpy as np
     import pyarrow as pa
 
+    sparse = set(sparse)
     columns = {
         "vm": pa.array(vms, pa.string()),
         "label_ts": pa.array([label[0] for label in labels], pa.int64()),
         "host": pa.array([label[1] for label in labels], pa.string()),
         "tags": pa.array([label[2] for label in labels], pa.string()),
     }
+    fields = []
     for name, values in data.items():
         values = np.ascontiguousarray(values)
-        if values.ndim == 1:
+        if name in sparse:
+            fields.extend(_sparse_columns(name, values))
+        elif values.ndim == 1:
             columns[name] = pa.array(values)
         else:
             columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-    return pa.table(columns)
+    table = pa.table(columns)
+    for field, column in fields:
+        table = table.append_column(field, column)
+    return table
+
+
+def _sparse_columns(name: str, values):
+    """The two binary columns (with their fields) of a 2-d count array kept sparse."""
+    import numpy as np
+    import pyarrow as pa
+
+    if values.ndim != 2 or values.shape[1] > np.iinfo(_BIN_DTYPE).max + 1 or values.min(initial=0) < 0:
+        raise ValueError("%s cannot be kept sparse" % name)
+    row, col = np.nonzero(values)  # row-major: each row's bins ascending
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(np.bincount(row, minlength=len(values)), out=offsets[1:])
+    meta = {_SPARSE_WIDTH: str(values.shape[1]).encode()}
+    out = []
+    for suffix, cells, dtype in ((SPARSE_BINS, col, _BIN_DTYPE),
+                                 (SPARSE_COUNTS, values[row, col], _COUNT_DTYPE)):
+        data = np.ascontiguousarray(cells, dtype)
+        size = np.dtype(dtype).itemsize
+        array = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(values), [
+            None, pa.py_buffer(offsets * size), pa.py_buffer(data.view(np.uint8))])
+        out.append((pa.field(name + suffix, pa.large_binary(), metadata=meta), array))
+    return out
 
 
 def rollup_arrays(table) -> Tuple[List[str], Dict[str, "object"]]:
-    """``(vms, {aggregate: numpy array})`` of a rollup table (rollup_table's inverse)."""
+    """``(vms, {aggregate: numpy array or SparseRows})`` of a rollup table (rollup_table's
+    inverse): sparse columns come back as their cells, for the reader to place or sum."""
     import numpy as np
     import pyarrow as pa
 
     vms = table.column("vm").to_pylist()
     out = {}
     for name in table.column_names:
-        if name in ("vm", "label_ts", "host", "tags"):
+        if name in ("vm", "label_ts", "host", "tags") or name.endswith(SPARSE_COUNTS):
+            continue
+        if name.endswith(SPARSE_BINS):
+            base = name[: -len(SPARSE_BINS)]
+            width = int(table.schema.field(name).metadata[_SPARSE_WIDTH])
+            offsets, col = _binary_cells(table.column(name), _BIN_DTYPE)
+            counts_offsets, value = _binary_cells(table.column(base + SPARSE_COUNTS), _COUNT_DTYPE)
+            if not np.array_equal(offsets, counts_offsets) or (len(col) and int(col.max()) >= width):
+                raise ValueError("%s: its bins and counts do not match" % base)
+            row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+            out[base] = SparseRows(row, col, value, len(offsets) - 1, width)
             continue
         column = table.column(name).combine_chunks()
         if pa.types.is_fixed_size_list(column.type):
@@ -1121,6 +1187,28 @@ def rollup_arrays(table) -> Tuple[List[str], Dict[str, "object"]]:
         else:
             out[name] = column.to_numpy(zero_copy_only=False)
     return vms, out
+
+
+def _binary_cells(column, dtype: str):
+    """``(offsets, cells)`` of a binary column of fixed-size cells: row r holds
+    ``cells[offsets[r]:offsets[r + 1]]`` (numpy views of the column's buffers, no per-row work)."""
+    import numpy as np
+    import pyarrow as pa
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if column.type != pa.large_binary():
+        column = column.cast(pa.large_binary())
+    if column.null_count:
+        raise ValueError("a sparse column with empty rows")
+    size = np.dtype(dtype).itemsize
+    _validity, offsets_buffer, data_buffer = column.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64, len(column) + 1, column.offset * 8)
+    first, last = int(offsets[0]), int(offsets[-1])
+    if (offsets % size).any():
+        raise ValueError("a sparse column of cells not %d bytes long" % size)
+    cells = np.frombuffer(data_buffer, np.dtype(dtype), (last - first) // size, first) if last > first \
+        else np.zeros(0, dtype)
+    return (offsets - first) // size, cells
 
 
 def day_number(day: str) -> int:

@@ -344,6 +344,10 @@ def read_rollups(parts: list[logstore.Part]) -> Aggregates:
             missing = set(out) - set(data)
             if missing:
                 raise ValueError("no %s column" % sorted(missing)[0])
+            for name, values in data.items():
+                sparse = isinstance(values, logstore.SparseRows)
+                if sparse and name in out and values.width != out[name].shape[1]:
+                    raise ValueError("%s has %d bins, not %d" % (name, values.width, out[name].shape[1]))
         except (OSError, ValueError, KeyError) as exc:
             for i in mine:
                 issues[i] = [issue(path, "unreadable rollup: %s" % exc, vm=parts[i].vm, day=_file_day(path))]
@@ -359,10 +363,32 @@ def read_rollups(parts: list[logstore.Part]) -> Aggregates:
         rows = np.array([k for _i, k in found])
         whole = len(rows) == len(vms) and bool(np.all(rows == np.arange(len(rows))))
         for name in out:
-            if data[name].dtype != out[name].dtype:
-                out[name] = out[name].astype(np.result_type(out[name], data[name]))
-            out[name][positions] = data[name] if whole else data[name][rows]
+            values = data[name]
+            if isinstance(values, logstore.SparseRows):
+                _place_sparse(out, name, values, positions, rows, whole)
+                continue
+            if values.dtype != out[name].dtype:
+                out[name] = out[name].astype(np.result_type(out[name], values))
+            out[name][positions] = values if whole else values[rows]
     return out, issues
+
+
+def _place_sparse(out: dict[str, np.ndarray], name: str, cells: logstore.SparseRows, positions: np.ndarray,
+                  rows: np.ndarray, whole: bool) -> None:
+    """Put a file's sparse rows ``rows`` (all of them when ``whole``) at ``positions`` of
+    ``out[name]``, cell by cell: the empty bins are never decoded."""
+    if whole:
+        target, col, value = positions[cells.row], cells.col, cells.value
+    else:
+        where = np.full(cells.length, -1, np.int64)
+        where[rows] = positions
+        to = where[cells.row]
+        kept = to >= 0
+        target, col, value = to[kept], cells.col[kept], cells.value[kept]
+    top = int(value.max(initial=0))
+    if top > np.iinfo(out[name].dtype).max:
+        out[name] = out[name].astype(np.min_scalar_type(top))
+    out[name][target, col] = value
 
 
 def _first_file(sources: list[Source]) -> tuple[str, str]:

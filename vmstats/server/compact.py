@@ -367,7 +367,7 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
             labels = logstore.last_labels_many(parts)
             writer.add(logstore.rollup_table(
                 chunk, [(None, None, None) if label is None else (label[0], label[1], _tags_text(label[2]))
-                        for label in labels], table))
+                        for label in labels], table, sparse=load.HISTOGRAMS))
         writer.close({"version": load.ROLLUP_VERSION, "day": name, "vms": vms})
     except BaseException:
         writer.abort()

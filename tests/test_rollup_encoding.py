@@ -1,0 +1,97 @@
+"""Rollup files keep value histograms sparse; what the report reads back is the aggregate as written.
+
+Files are written with the compactor's own writer (logstore.TierWriter,
+rollup_table) and read with the report's reader (load.read_rollups): the
+sparse encoding, the dense one older files hold, a VM subset of a file,
+counts past 16 bits and empty histograms all give back the same arrays.
+"""
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from vmstats import logstore
+from vmstats.report import load
+
+DAY = "2026-01-05"
+
+
+def _aggregates(rows: int, seed: int = 5) -> dict[str, np.ndarray]:
+    """A table of VM-day aggregates with random values and histograms of a few bins each."""
+    rng = np.random.default_rng(seed)
+    table = load.empty_table(rows)
+    for name, values in table.items():
+        if name in load.HISTOGRAMS:
+            continue
+        if values.dtype.kind == "f":
+            values[...] = rng.uniform(0, 100, values.shape)
+        else:
+            values[...] = rng.integers(0, 100, values.shape)
+    for name, bins in load.HISTOGRAMS.items():
+        hist = np.zeros((rows, bins), np.uint32)
+        for row in range(rows):
+            if row % 5 == 2:
+                continue  # a VM-day with no known value of this metric: an empty histogram
+            cells = rng.choice(bins, size=int(rng.integers(1, 40)), replace=False)
+            hist[row, cells] = rng.integers(1, 60, len(cells))
+        hist[1, bins - 1] = 70000  # a day of per-second records: more than 16 bits in one bin
+        table[name] = hist
+    return table
+
+
+def _write(data_dir, vms, table, sparse) -> str:
+    path = logstore.tier_path(str(data_dir), logstore.ROLLUPS_DIR, DAY)
+    writer = logstore.TierWriter(path)
+    labels = [(1, "host", None)] * len(vms)
+    writer.add(logstore.rollup_table(vms, labels, table, sparse=sparse))
+    writer.close({"version": load.ROLLUP_VERSION, "day": DAY, "vms": vms})
+    writer.commit()
+    return path
+
+
+def _same(read: dict[str, np.ndarray], expected: dict[str, np.ndarray], rows) -> None:
+    assert set(read) == set(expected)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(read[name], values[rows], err_msg=name)
+
+
+def test_sparse_and_dense_rollups_read_back_the_same(tmp_path):
+    vms = ["vm%02d" % i for i in range(12)]
+    table = _aggregates(len(vms))
+    for sparse in (load.HISTOGRAMS, ()):
+        data_dir = tmp_path / ("sparse" if sparse else "dense")
+        path = _write(data_dir, vms, table, sparse)
+        names = pq.read_schema(path).names
+        assert ("hist_cpu" + logstore.SPARSE_BINS in names) == bool(sparse)
+        assert ("hist_cpu" in names) != bool(sparse)
+        # The whole file (a fleet's report), then a few VMs out of order (one VM's report).
+        whole, issues = load.read_rollups([logstore.Part(path, vm, logstore.ROLLUPS_DIR) for vm in vms])
+        assert issues == {}
+        _same(whole, table, np.arange(len(vms)))
+        some = [7, 1, 2]
+        part, issues = load.read_rollups([logstore.Part(path, vms[i], logstore.ROLLUPS_DIR) for i in some])
+        assert issues == {}
+        _same(part, table, some)
+
+
+def test_the_sparse_columns_hold_only_the_non_empty_bins(tmp_path):
+    vms = ["vm%02d" % i for i in range(10)]
+    table = _aggregates(len(vms))
+    path = _write(tmp_path, vms, table, load.HISTOGRAMS)
+    columns = ["hist_mem" + logstore.SPARSE_BINS, "hist_mem" + logstore.SPARSE_COUNTS]
+    stored = pq.read_table(path, columns=columns)
+    bins = [np.frombuffer(cell, "<u2") for cell in stored.column(0).to_pylist()]
+    counts = [np.frombuffer(cell, "<u4") for cell in stored.column(1).to_pylist()]
+    for row, (where, count) in enumerate(zip(bins, counts, strict=True)):
+        np.testing.assert_array_equal(where, np.flatnonzero(table["hist_mem"][row]))
+        np.testing.assert_array_equal(count, table["hist_mem"][row][where])
+
+
+def test_a_rollup_file_whose_bins_do_not_fit_is_named_not_read(tmp_path):
+    vms = ["vm0", "vm1"]
+    table = _aggregates(len(vms))
+    narrow = dict(table, hist_disk=table["hist_disk"][:, :100])  # fewer bins than the report's
+    path = _write(tmp_path, vms, narrow, load.HISTOGRAMS)
+    read, issues = load.read_rollups([logstore.Part(path, vm, logstore.ROLLUPS_DIR) for vm in vms])
+    assert sorted(issues) == [0, 1]
+    assert "hist_disk has 100 bins, not %d" % load.HISTOGRAMS["hist_disk"] in issues[0][0]["problem"]
+    assert read["n"].tolist() == [0, 0]
