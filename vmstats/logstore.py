@@ -1091,13 +1091,12 @@ _COUNT_DTYPE = "<u4"
 
 
 class SparseRows(NamedTuple):
-    """The non-empty cells of a 2-d array (``length`` rows of ``width``), row by row:
-    ``values[row[k], col[k]] = value[k]``."""
+    """The non-empty cells of a 2-d array (``offsets``: ``len(offsets) - 1`` rows of ``width``), row
+    by row: row r's are ``values[r, col[k]] = value[k]`` for k in ``offsets[r]:offsets[r + 1]``."""
 
-    row: "object"
+    offsets: "object"
     col: "object"
     value: "object"
-    length: int
     width: int
 
 
@@ -1176,8 +1175,7 @@ def rollup_arrays(table) -> Tuple[List[str], Dict[str, "object"]]:
             counts_offsets, value = _binary_cells(table.column(base + SPARSE_COUNTS), _COUNT_DTYPE)
             if not np.array_equal(offsets, counts_offsets) or (len(col) and int(col.max()) >= width):
                 raise ValueError("%s: its bins and counts do not match" % base)
-            row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-            out[base] = SparseRows(row, col, value, len(offsets) - 1, width)
+            out[base] = SparseRows(offsets, col, value, width)
             continue
         column = table.column(name).combine_chunks()
         if pa.types.is_fixed_size_list(column.type):

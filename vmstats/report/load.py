@@ -377,18 +377,21 @@ def _place_sparse(out: dict[str, np.ndarray], name: str, cells: logstore.SparseR
                   rows: np.ndarray, whole: bool) -> None:
     """Put a file's sparse rows ``rows`` (all of them when ``whole``) at ``positions`` of
     ``out[name]``, cell by cell: the empty bins are never decoded."""
+    width = out[name].shape[1]
+    lengths = np.diff(cells.offsets)
     if whole:
-        target, col, value = positions[cells.row], cells.col, cells.value
+        # Each cell's place in the flat array: its row's start (repeated over the row) plus its bin.
+        place, value = np.repeat(positions.astype(np.int64) * width, lengths) + cells.col, cells.value
     else:
-        where = np.full(cells.length, -1, np.int64)
-        where[rows] = positions
-        to = where[cells.row]
-        kept = to >= 0
-        target, col, value = to[kept], cells.col[kept], cells.value[kept]
+        start = np.full(len(lengths), -1, np.int64)
+        start[rows] = positions.astype(np.int64) * width
+        row_start = np.repeat(start, lengths)
+        kept = row_start >= 0
+        place, value = row_start[kept] + cells.col[kept], cells.value[kept]
     top = int(value.max(initial=0))
     if top > np.iinfo(out[name].dtype).max:
         out[name] = out[name].astype(np.min_scalar_type(top))
-    out[name][target, col] = value
+    out[name].reshape(-1)[place] = value
 
 
 def _first_file(sources: list[Source]) -> tuple[str, str]:
