@@ -12,12 +12,14 @@ In one run:
   rollups, same run: the ratios the targets are about;
 * a 90-day report for 1,000 VMs from rollups: the synthetic fleet-day's rollups (computed
   by compaction) copied to 90 consecutive days with their timestamps moved, then a cold
-  ``vmstats report --days 90``;
+  ``vmstats report --days 90``, and the same over those rollups with dense histograms (the
+  layout before they were kept sparse) as the same run's reference;
 * compaction of the real trace killed with SIGKILL at random moments (``--kills``, 10),
   every row checked after each kill (every row readable once across the tiers, no
   duplicate in a columnar file) and after a final pass (no CSV left, the rows as before).
 
-Run: ``.venv/bin/python bench/storage.py`` (data cached in bench/out/).
+Run: ``.venv/bin/python bench/storage.py`` (data cached in bench/out/); ``--ninety-only`` runs
+the synthetic fleet's compaction and the 90-day reports only.
 """
 
 import argparse
@@ -126,16 +128,33 @@ def without(source: Path, tier: str, name: str) -> Path:
     return target
 
 
-def ninety_days(compacted: Path, days: int = 90) -> Path:
-    """One real-computed fleet-day of rollups copied to ``days`` consecutive days."""
+def dense_histograms(table):
+    """A rollup table with its histograms as dense fixed-size lists (the layout rollups had before
+    they were kept sparse): the reference the sparse layout is measured against."""
+    vms, data = logstore.rollup_arrays(table)
+    for name, values in data.items():
+        if isinstance(values, logstore.SparseRows):
+            dense = np.zeros((len(values.offsets) - 1, values.width), np.uint32)
+            rows = np.repeat(np.arange(len(dense)), np.diff(values.offsets))
+            dense[rows, values.col] = values.value
+            data[name] = dense.astype(np.uint16) if dense.max(initial=0) <= 0xFFFF else dense
+    labels = list(zip(*(table.column(c).to_pylist() for c in ("label_ts", "host", "tags")), strict=True))
+    return logstore.rollup_table(vms, labels, data)
+
+
+def ninety_days(compacted: Path, days: int = 90, dense: bool = False) -> Path:
+    """One real-computed fleet-day of rollups copied to ``days`` consecutive days (``dense``:
+    with dense histograms)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     (_name, path), = logstore.tier_days(str(compacted), logstore.ROLLUPS_DIR)
     table = pq.read_table(path)
+    if dense:
+        table = dense_histograms(table)
     info = logstore.tier_info(path)
     first = logstore.day_number(_name)
-    target = OUT / "rollups-90"
+    target = OUT / ("rollups-90-dense" if dense else "rollups-90")
     shutil.rmtree(target, ignore_errors=True)
     for k in range(days):
         moved = table
@@ -149,6 +168,17 @@ def ninety_days(compacted: Path, days: int = 90) -> Path:
         writer.close(dict(info, day=name))
         writer.commit()
     return target
+
+
+def ninety(compacted: Path, vms: int) -> None:
+    """The 90-day report from rollups, and from the same rollups with dense histograms (reference)."""
+    sparse, dense = ninety_days(compacted), ninety_days(compacted, dense=True)
+    seconds = cold_report(sparse, 90)
+    cpu_sparse = LAST_CPU[0]
+    seconds_dense = cold_report(dense, 90)
+    print("90-day report for %d VMs from rollups (cold, --no-cache): %.2f s wall, %.2f s CPU; "
+          "the same rollups with dense histograms, same run: %.2f s wall, %.2f s CPU (%.2fx CPU)"
+          % (vms, seconds, cpu_sparse, seconds_dense, LAST_CPU[0], cpu_sparse / LAST_CPU[0]))
 
 
 def all_rows(data_dir: Path) -> dict:
@@ -214,8 +244,15 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--vms", type=int, default=1000)
+    parser.add_argument("--ninety-only", action="store_true",
+                        help="only the synthetic fleet's compaction and the 90-day report from rollups")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.ninety_only:
+        synthetic = OUT / "synthetic-csv"
+        records = report_bench.generate(synthetic, args.vms, 1)
+        ninety(at_rest("synthetic", synthetic, records), args.vms)
+        return
 
     real = real_trace_csv()
     records = json.loads((real / "written.json").read_text())["records"]
@@ -236,10 +273,7 @@ def main() -> None:
              cpu["columnar"] / cpu["csv"], times["rollups"], cpu["rollups"], times["rollups"] / times["csv"],
              cpu["rollups"] / cpu["csv"]))
 
-    ninety = ninety_days(synthetic_compacted)
-    seconds = cold_report(ninety, 90)
-    print("90-day report for %d VMs from rollups (cold, --no-cache): %.2f s wall, %.2f s CPU"
-          % (args.vms, seconds, LAST_CPU[0]))
+    ninety(synthetic_compacted, args.vms)
 
     if args.kills:
         kills(real, args.kills, args.seed)
