@@ -211,14 +211,29 @@ def test_rows_logged_after_compaction_win_and_are_merged_next_pass(tmp_path):
 
 def _kill_at_random(data_dir, rng: random.Random, kills: int):
     """Start ``vmstats compact`` and SIGKILL it after a random delay, ``kills`` times; yields
-    each run's exit code (-9 when it was killed, 0 when it finished first)."""
+    each run's exit code (-9 when it was killed, 0 when it finished first).
+
+    The delays fall within the time a whole pass over a copy of the data
+    takes here and now (a fixed range either misses a fast machine's pass
+    or ends a loaded machine's at its start).
+    """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def command(folder) -> list:
+        return [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(folder),
+                "--compact-after", "1d"]
+
+    probe = Path(str(data_dir) + "-probe")
+    shutil.copytree(data_dir, probe)
+    began = time.monotonic()
+    subprocess.run(command(probe), env=env, check=True, capture_output=True)
+    whole = time.monotonic() - began
+    shutil.rmtree(probe)
     for _ in range(kills):
-        proc = subprocess.Popen([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data_dir),
-                                 "--compact-after", "1d"], env=env, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(command(data_dir), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
-            proc.wait(rng.uniform(0.3, 2.0))
+            proc.wait(rng.uniform(0.1, 0.6) * whole)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
