@@ -30,6 +30,7 @@ from vmstats.rules import scaling
 from vmstats.rules.config import Rule, RuleSet, parse_address
 
 GROUP = "group"
+_CPU = metrics.FIELD_INDEX["cpu"]
 #: ``first`` of a scope restored from the action log, until its first record sets it.
 RESTORED = 1 << 62
 
@@ -38,7 +39,7 @@ class Series:
     """One scope's state: a VM under a per-VM rule, or a rule's group."""
 
     __slots__ = ("scope", "buckets", "first", "last_arrival", "state", "since", "notified",
-                 "value", "seq", "end", "blocked", "offset")
+                 "value", "seq", "end", "blocked", "offset", "settled")
 
     def __init__(self, scope: str, first: int, now: float, state: str = "ok", since=None, seq=0):
         self.scope = scope
@@ -52,6 +53,9 @@ class Series:
         self.seq = seq
         self.end = first - 1  # the last period evaluated
         self.blocked = False  # a change waits for the hold to end
+        #: In ok, the window ending at ``end`` holds fewer breaches of the enter threshold than
+        #: ``datapoints``: true of a new scope (nothing in its window), then as last evaluated.
+        self.settled = True
         #: Arrival minus the record's timestamp: the VM's clock against ours, so the sweep
         #: counts a VM's missing periods on its own clock.
         self.offset = 0.0
@@ -66,6 +70,8 @@ class RuleState:
         #: vm -> (value, arrival, host, cpu) for a group rule.
         self.members: dict[str, tuple] = {}
         self.dirty = False
+        #: Missing periods never count as a breach in ok (missing = keep or ok).
+        self.gaps_are_quiet = rule.missing in ("keep", "ok")
         self.states: Counter[str] = Counter()
         self.last_out: float | None = None
         self.last_in: float | None = None
@@ -89,10 +95,9 @@ class Engine:
         self.transitions = 0
         self.history_skipped = 0
         self.size = 0
-        #: Each VM's latest record since the last tick (vm -> timestamp, vm -> row), and how
-        #: many records arrived: a tick reads only the latest per VM, so nothing older is kept.
-        self._tss: dict[str, int] = {}
-        self._rows: dict = {}
+        #: Each VM's latest record since the last tick (vm -> (timestamp, row)), and how many
+        #: records arrived: a tick reads only the latest per VM, so nothing older is kept.
+        self._latest: dict[str, tuple[int, bytes]] = {}
         self._taken = 0
         #: vm -> the rules (without tag conditions) whose scope takes it; rebuilt on a reload.
         self._routes: dict[str, list[RuleState]] = {}
@@ -135,6 +140,7 @@ class Engine:
         # Periods before the first record after the restart are "not yet", never missing.
         rs.series[scope] = Series(scope, RESTORED, now, state, since, seq)
         rs.series[scope].end = -1
+        rs.series[scope].settled = False
         rs.series[scope].notified = now
         rs.states[state] += 1
 
@@ -150,51 +156,56 @@ class Engine:
     def observe(self, vms: list, tss: list, rows: list) -> None:
         """Take one payload's filed columns (called by the ingest for every payload).
 
-        Two dict updates keep each VM's latest record: the dicts are as large as the fleet,
-        not as the flood between two ticks, and no row is held past its VM's next record.
+        One dict update keeps each VM's latest record: the dict is as large as the fleet, not
+        as the flood between two ticks, and no row is held past its VM's next record.
         """
-        self._tss.update(zip(vms, tss, strict=True))
-        self._rows.update(zip(vms, rows, strict=True))
+        self._latest.update(zip(vms, zip(tss, rows, strict=True), strict=True))
         self._taken += len(vms)
 
     # -- ticks -----------------------------------------------------------------------------------
     def process(self) -> int:
         """Feed what arrived since the last tick to the rules (the latest record per VM).
 
+        Only VMs with a record since the last tick are read, and of each record only the cells
+        its rules use; what time alone decides (silence, missing periods) is the sweep's.
         Returns how many records had arrived (the service spaces ticks out under a flood).
         """
         taken = self._taken
         if not taken:
             return 0
         now = self.clock()
-        tss, latest = self._tss, self._rows
-        self._tss, self._rows, self._taken = {}, {}, 0
+        latest = self._latest
+        self._latest, self._taken = {}, 0
         oldest = now - self.settings.max_age
         rules = list(self.rules.values())
         by_tags = [rs for rs in rules if rs.rule.match.tags]
         routes = self._routes
-        for vm, row in latest.items():
-            ts = tss[vm]
+        vm_record, member = self._vm_record, self._member
+        for vm, (ts, row) in latest.items():
             if ts < oldest:
                 self.history_skipped += 1
                 continue
-            fields, tags = metrics.values(row)
+            cells = row.split(b",")
             route = routes.get(vm)
             if route is None:
                 address = parse_address(vm)
-                route = [rs for rs in rules
-                         if not rs.rule.match.tags and rs.rule.match(vm, tags, address)]
+                route = _steps([rs for rs in rules
+                                if not rs.rule.match.tags and rs.rule.match(vm, {}, address)])
                 if len(routes) < self.settings.max_series:
                     routes[vm] = route
             if by_tags:
-                route = route + [rs for rs in by_tags if rs.rule.match(vm, tags)]
-            for rs in route:
-                rule = rs.rule
-                value = rule.value_of.value(fields)
-                if rule.scope == GROUP:
-                    self._member(rs, vm, value, now, tags.get("host"), fields.get("cpu"))
+                tags = metrics.tags(cells)
+                route = route + _steps([rs for rs in by_tags if rs.rule.match(vm, tags)])
+            for rs, index, expression, group in route:
+                if index is None:
+                    value = expression.read(cells)
                 else:
-                    self._vm_record(rs, vm, ts, value, now)
+                    cell = cells[index]
+                    value = float(cell) if cell else None
+                if group:
+                    member(rs, vm, value, now, cells)
+                else:
+                    vm_record(rs, vm, ts, value, now)
         for rs in rules:
             if rs.dirty:
                 self._group(rs, now)
@@ -218,28 +229,37 @@ class Engine:
             series.first = period
         series.last_arrival = now
         series.offset = now - ts
+        buckets = series.buckets
         if value is not None:
-            series.buckets[period] = value
+            buckets[period] = value
             series.value = value
-        if len(series.buckets) > rule.periods:
-            for old in [p for p in series.buckets if p <= period - rule.periods]:
-                del series.buckets[old]
-        if (series.state == "ok" and value is not None and 0 <= period - series.end <= 1
-                and not series.blocked and rule.enter is not None
-                and (value <= rule.enter if rule.above else value >= rule.enter)):
-            # In ok, a value that does not breach, in the next (or the same) period, cannot
-            # raise the window's breaches or its missing periods: nothing to decide.
+        if len(buckets) > rule.periods:
+            for old in [p for p in buckets if p <= period - rule.periods]:
+                del buckets[old]
+        step = period - series.end
+        if (series.state == "ok" and value is not None and step >= 0 and not series.blocked
+                and rule.enter is not None
+                and (value <= rule.enter if rule.above else value >= rule.enter)
+                and (step <= 1 or (series.settled and rs.gaps_are_quiet))):
+            # In ok, a value that does not breach cannot raise the window's breaches: in the
+            # next (or the same) period it adds no missing period either; further on, the
+            # missing periods between count as no breach (keep, ok), and the periods the window
+            # still holds were evaluated below ``datapoints`` (settled): nothing to decide.
             series.end = period
             return
         self._evaluate(rs, series, max(period, series.end), now)
 
-    def _member(self, rs: RuleState, vm: str, value, now: float, host, cpu) -> None:
+    def _member(self, rs: RuleState, vm: str, value, now: float, cells: list) -> None:
         if vm not in rs.members:
             if self.size >= self.settings.max_series:
                 self.refused += 1
                 return
             self.size += 1
-        rs.members[vm] = (value, now, host, cpu)
+        if rs.rule.scale is None:  # host and CPU serve the placement of a scale-out only
+            rs.members[vm] = (value, now, None, None)
+        else:
+            cpu = cells[_CPU]
+            rs.members[vm] = (value, now, metrics.host_of(cells), float(cpu) if cpu else None)
         rs.dirty = True
 
     def _group(self, rs: RuleState, now: float) -> None:
@@ -317,7 +337,9 @@ class Engine:
             new = state
         if new == state:
             series.blocked = False
+            series.settled = state == "ok"
             return
+        series.settled = False
         if state != "silent" and now - series.since < rule.hold:
             series.blocked = True
             return
@@ -447,6 +469,11 @@ class Engine:
     def state_counts(self) -> dict[tuple[str, str], int]:
         return {(name, state): rs.states[state] for name, rs in self.rules.items()
                 for state in ("ok", "alarm", "insufficient-data", "silent")}
+
+
+def _steps(route: list[RuleState]) -> list[tuple]:
+    """What a tick does per rule for a VM: (state, the metric's cell or None, metric, group?)."""
+    return [(rs, rs.rule.value_of.index, rs.rule.value_of, rs.rule.scope == GROUP) for rs in route]
 
 
 def aggregate(how: str, figures: list[float], level: float | None) -> float | None:

@@ -21,16 +21,20 @@ _HOST = _TAIL.index("host")
 #: The cell of the extra tags (``project=web;owner=ops``), absent from a row without them.
 _TAGS = _TAIL.index("tags")
 
-#: Derived figures: name -> (what it is, function of the record's fields).
+#: Derived figures: name -> (what it is, the row's fields it reads, function of them).
 DERIVED = {
-    "disk": ("disk read + write, bytes/s", lambda v: _add(v["disk_r"], v["disk_w"])),
-    "net": ("network received + sent, bytes/s", lambda v: _add(v["net_rx"], v["net_tx"])),
-    "cpu_cores": ("vCPUs busy (cpu % x vcpus)", lambda v: _mul(v["cpu"], v["vcpus"], 0.01)),
-    "mem_used_mb": ("memory used, MB (mem % x mem_mb)", lambda v: _mul(v["mem"], v["mem_mb"], 0.01)),
-    "disk_per_vcpu": ("disk bytes/s per vCPU", lambda v: _per(_add(v["disk_r"], v["disk_w"]),
-                                                              v["vcpus"])),
-    "net_per_vcpu": ("network bytes/s per vCPU", lambda v: _per(_add(v["net_rx"], v["net_tx"]),
-                                                                v["vcpus"])),
+    "disk": ("disk read + write, bytes/s", ("disk_r", "disk_w"),
+             lambda v: _add(v["disk_r"], v["disk_w"])),
+    "net": ("network received + sent, bytes/s", ("net_rx", "net_tx"),
+            lambda v: _add(v["net_rx"], v["net_tx"])),
+    "cpu_cores": ("vCPUs busy (cpu % x vcpus)", ("cpu", "vcpus"),
+                  lambda v: _mul(v["cpu"], v["vcpus"], 0.01)),
+    "mem_used_mb": ("memory used, MB (mem % x mem_mb)", ("mem", "mem_mb"),
+                    lambda v: _mul(v["mem"], v["mem_mb"], 0.01)),
+    "disk_per_vcpu": ("disk bytes/s per vCPU", ("disk_r", "disk_w", "vcpus"),
+                      lambda v: _per(_add(v["disk_r"], v["disk_w"]), v["vcpus"])),
+    "net_per_vcpu": ("network bytes/s per vCPU", ("net_rx", "net_tx", "vcpus"),
+                     lambda v: _per(_add(v["net_rx"], v["net_tx"]), v["vcpus"])),
 }
 NAMES = tuple(FIELD_INDEX) + tuple(DERIVED)
 _FUNCTIONS = {"max": max, "min": min, "abs": abs}
@@ -50,22 +54,22 @@ def _per(a, b):
     return None if a is None or not b else a / b
 
 
-def values(row: bytes) -> tuple[dict, dict]:
-    """(fields, tags) of a held row; an empty cell is None (unknown), never 0.
-
-    The tags are ``host`` and the extra tags (``project``, ``owner``, ...), by name.
-    """
-    cells = row.split(b",")
-    fields = {name: float(cells[i]) if cells[i] else None for name, i in FIELD_INDEX.items()}
-    tags = {}
+def tags(cells: list) -> dict[str, str]:
+    """The tags of a held row split at its commas: ``host`` and the extra tags, by name."""
+    found = {}
     if len(cells) > _TAGS and cells[_TAGS]:
         try:
-            tags = dict(parse_tags(cells[_TAGS].decode("utf-8"), logstore.TAGS_SEPARATOR))
+            found = dict(parse_tags(cells[_TAGS].decode("utf-8"), logstore.TAGS_SEPARATOR))
         except (ValueError, UnicodeError):
-            tags = {}
-    if cells[_HOST]:
-        tags["host"] = cells[_HOST].decode("utf-8", "replace")
-    return fields, tags
+            found = {}
+    host = host_of(cells)
+    if host is not None:
+        found["host"] = host
+    return found
+
+
+def host_of(cells: list) -> str | None:
+    return cells[_HOST].decode("utf-8", "replace") if cells[_HOST] else None
 
 
 class Expression:
@@ -75,13 +79,28 @@ class Expression:
         self.text = text
         self.names = names
         self._code = code
+        #: The row's cell of a metric that is one field of it (read without a dict), else None.
+        self.index = FIELD_INDEX[names[0]] if code is None and names[0] in FIELD_INDEX else None
+        #: (name, cell) of every field the metric reads, and no other: a tick parses these only.
+        inputs = [name for n in names for name in ((n,) if n in FIELD_INDEX else DERIVED[n][1])]
+        self._cells = tuple((name, FIELD_INDEX[name]) for name in dict.fromkeys(inputs))
+
+    def read(self, cells: list):
+        """The metric of a held row split at its commas (``row.split(b",")``).
+
+        An empty cell is None (unknown), never 0, and so is the metric of it.
+        """
+        if self.index is not None:
+            cell = cells[self.index]
+            return float(cell) if cell else None
+        return self.value({name: float(cells[i]) if cells[i] else None for name, i in self._cells})
 
     def value(self, fields: dict):
         if self._code is None and self.names[0] in FIELD_INDEX:
             return fields[self.names[0]]
         scope = {}
         for name in self.names:
-            figure = fields.get(name) if name in FIELD_INDEX else DERIVED[name][1](fields)
+            figure = fields.get(name) if name in FIELD_INDEX else DERIVED[name][2](fields)
             if figure is None:
                 return None
             scope[name] = figure
