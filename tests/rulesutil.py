@@ -17,12 +17,39 @@ from serverproc import ServerProcess
 
 from vmstats import logstore
 from vmstats.protocol import Record, encode_record
+from vmstats.rules.config import parse_rules
+from vmstats.rules.evaluator import Engine
 
 
 def row(cpu: float, mem: float = 50.0, host: str | None = None, tags=None, **fields) -> bytes:
     """A held row (the buffer's form of a record) with these figures."""
     return logstore.format_tail(Record(vm="x", ts=0, cpu=cpu, mem=mem, host=host, tags=tags,
                                        **fields))
+
+
+class Clock:
+    """The engine's clock, moved by the test: hours of rule time take milliseconds."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine(rules: list[dict], clock: Clock, **settings) -> Engine:
+    data = {"rule": rules, "action": {"say": {"kind": "log"}}}
+    if settings:
+        data["settings"] = settings
+    return Engine(parse_rules(data), clock)
+
+
+def feed(eng: Engine, clock: Clock, vm: str, cpu: float, host=None, ts=None) -> list[dict]:
+    """One record of ``vm`` through a tick and a sweep; the transitions that came of it."""
+    eng.observe([vm], [int(clock.now if ts is None else ts)], [row(cpu, host=host)])
+    eng.process()
+    eng.sweep()
+    return [e for e in eng.take() if e["kind"] == "transition"]
 
 
 def line(vm: str, ts: int, cpu: float, mem: float = 50.0, host: str | None = None) -> bytes:

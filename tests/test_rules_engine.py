@@ -6,34 +6,12 @@ moves, so hours of rule time take milliseconds; the server-level tests
 """
 
 import pytest
-from rulesutil import row
+from rulesutil import Clock, engine, feed, row
 
 from vmstats.rules.config import RulesError, parse_rules
-from vmstats.rules.evaluator import Engine, aggregate
+from vmstats.rules.evaluator import aggregate
 from vmstats.rules.metric import NAMES
 from vmstats.rules.scaling import desired_count, placement
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def engine(rules: list[dict], clock: Clock, **settings) -> Engine:
-    data = {"rule": rules, "action": {"say": {"kind": "log"}}}
-    if settings:
-        data["settings"] = settings
-    return Engine(parse_rules(data), clock)
-
-
-def feed(eng: Engine, clock: Clock, vm: str, cpu: float, host=None, ts=None) -> list[dict]:
-    eng.observe([vm], [int(clock.now if ts is None else ts)], [row(cpu, host=host)])
-    eng.process()
-    eng.sweep()
-    return [e for e in eng.take() if e["kind"] == "transition"]
 
 
 def test_m_of_n_with_separate_enter_and_exit_thresholds():

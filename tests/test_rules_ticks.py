@@ -1,0 +1,206 @@
+"""A tick's cheap reading and skipped evaluations decide exactly what full ones would.
+
+Under a flood a tick reads only the cells its rules use and moves a settled ok
+window on without evaluating it when the new value does not breach.  These
+tests hold that to the decisions: against an engine that evaluates every such
+window (the same engine with the shortcut off), against figures computed from
+the whole record, and on the cases a skipped evaluation could get wrong (a VM
+without a new record, M of N across missing periods, holds, silence).
+"""
+
+import random
+
+import pytest
+from rulesutil import Clock, engine, feed, row
+
+from vmstats import logstore
+from vmstats.protocol import FIELD_NAMES, Record
+from vmstats.rules.metric import DERIVED, FIELD_INDEX, NAMES, compile_metric
+
+MIXED_RULES = [
+    {"name": "keep-2of3", "metric": "cpu", "enter": 80, "exit": 60, "datapoints": 2, "periods": 3,
+     "silent_after": "10m"},
+    {"name": "ok-1of1-hold", "metric": "cpu", "enter": 80, "exit": 60, "missing": "ok",
+     "hold": "2m"},
+    {"name": "keep-3of5-hold", "metric": "cpu", "enter": 75, "exit": 70, "datapoints": 3,
+     "periods": 5, "hold": "5m", "remind": "3m"},
+    {"name": "ok-2of4", "metric": "cpu", "enter": 85, "exit": 50, "datapoints": 2, "periods": 4,
+     "missing": "ok"},
+    {"name": "below", "metric": "mem", "direction": "below", "enter": 20, "exit": 30,
+     "periods": 3, "silent_after": "7m"},
+    {"name": "any-of-3", "metric": "cpu", "enter": 90, "exit": 40, "periods": 3},
+    {"name": "breaching", "metric": "cpu", "enter": 80, "datapoints": 2, "periods": 3,
+     "missing": "breaching"},
+    {"name": "insufficient", "metric": "cpu", "enter": 80, "datapoints": 2, "periods": 3,
+     "missing": "insufficient"},
+    {"name": "expr", "metric": "max(cpu, mem) + net_per_vcpu / 1e6", "enter": 85, "exit": 80,
+     "datapoints": 1, "periods": 2},
+]
+
+
+def without_keys(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "key"} for e in events]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_skipped_evaluations_decide_as_full_ones(seed):
+    """A random fleet over hours: gaps, late and repeated records, regimes that cross thresholds."""
+    rng = random.Random(seed)
+    clock = Clock()
+    cheap = engine(MIXED_RULES, clock)
+    full = engine(MIXED_RULES, clock)
+    for rs in full.rules.values():
+        rs.gaps_are_quiet = False  # every window that moved on by more than a period is evaluated
+    vms = ["10.0.0.%d" % i for i in range(1, 13)]
+    regime = {vm: "calm" for vm in vms}
+    events = []
+    for _step in range(600):
+        clock.now += rng.choice([5, 20, 60, 60, 60, 90, 130, 200, 400])
+        for vm in vms:
+            if rng.random() < 0.05:
+                regime[vm] = rng.choice(["calm", "calm", "hot", "edge", "quiet", "starved"])
+            if regime[vm] == "quiet" or rng.random() < 0.25:
+                continue  # no record from this VM before the next tick
+            for _ in range(rng.choice([1, 1, 1, 2, 4])):  # a flood brings several; the latest counts
+                cpu = {"calm": rng.uniform(5, 74), "hot": rng.uniform(86, 99),
+                       "edge": rng.uniform(55, 95), "starved": rng.uniform(5, 50)}[regime[vm]]
+                mem = rng.uniform(5, 25) if regime[vm] == "starved" else rng.uniform(30, 70)
+                ts = int(clock.now) - rng.choice([0, 0, 0, 0, 3, 45, 70, 150])  # some come late
+                for eng in (cheap, full):
+                    eng.observe([vm], [ts], [row(cpu, mem=mem, net_rx=1000, net_tx=500, vcpus=2)])
+        cheap.process()
+        full.process()
+        if rng.random() < 0.6:
+            cheap.sweep()
+            full.sweep()
+        got = cheap.take()
+        assert without_keys(got) == without_keys(full.take())
+        events += got
+    assert cheap.states() == full.states()
+    assert cheap.evaluations < full.evaluations  # the shortcut was taken...
+    moves = {(e["from"], e["to"]) for e in events if e["kind"] == "transition"}
+    # ... and the stream did reach every state, both ways.
+    assert {("ok", "alarm"), ("alarm", "ok"), ("ok", "silent"), ("silent", "ok"),
+            ("ok", "insufficient-data"), ("insufficient-data", "ok")} <= moves
+    assert any(e["kind"] == "reminder" for e in events)
+
+
+def test_a_flood_of_calm_records_is_not_evaluated_again_and_again():
+    """Each tick brings every VM a record periods later: settled windows move on unevaluated."""
+    clock = Clock()
+    rules = [{"name": "hot", "metric": "cpu", "enter": 90, "silent_after": "30s", "period": 10},
+             {"name": "mem", "metric": "mem", "enter": 99.5, "exit": 90, "datapoints": 2,
+              "periods": 3, "period": 10}]
+    eng = engine(rules, clock)
+    vms = ["10.0.%d.%d" % (i // 200, i % 200) for i in range(1000)]
+    eng.observe(vms, [int(clock.now)] * len(vms), [row(20)] * len(vms))
+    eng.process()
+    first = eng.evaluations
+    for _ in range(5):
+        clock.now += 25  # two and a half periods a tick, as a flood's stamps run ahead
+        eng.observe(vms, [int(clock.now)] * len(vms), [row(30 + i % 50) for i in range(len(vms))])
+        eng.process()
+    assert eng.evaluations == first and eng.take() == []
+    # A breach is still evaluated at once, and decided.
+    clock.now += 25
+    eng.observe(vms[:1], [int(clock.now)], [row(95)])
+    eng.process()
+    assert [(e["rule"], e["scope"], e["to"]) for e in eng.take()] == [("hot", vms[0], "alarm")]
+
+
+def test_a_vm_without_a_new_record_neither_fires_nor_clears_and_then_goes_silent():
+    clock = Clock()
+    eng = engine([{"name": "r", "metric": "cpu", "enter": 90, "exit": 70, "datapoints": 2,
+                   "periods": 3, "period": 60, "silent_after": "10m"}], clock)
+    assert feed(eng, clock, "10.0.0.1", 95) == []
+    clock.now += 60
+    assert [e["to"] for e in feed(eng, clock, "10.0.0.1", 95)] == ["alarm"]
+    feed(eng, clock, "10.0.0.2", 20)
+    seen = []
+    for _ in range(8):  # only .2 reports, a flood of records a tick; .1 has nothing new
+        clock.now += 60
+        for back in (30, 20, 10, 0):
+            eng.observe(["10.0.0.2"], [int(clock.now) - back], [row(20 + back)])
+        eng.process()
+        eng.sweep()
+        seen += [(e["scope"], e["to"]) for e in eng.take()]
+    assert seen == []  # the alarm stays: missing periods keep the state; .2 stays ok
+    assert {s["scope"]: s["state"] for s in eng.states()} == {"10.0.0.1": "alarm",
+                                                              "10.0.0.2": "ok"}
+    clock.now += 120
+    eng.sweep()
+    assert [(e["scope"], e["from"], e["to"]) for e in eng.take()] == [
+        ("10.0.0.1", "alarm", "silent")]
+
+
+def test_m_of_n_and_the_hold_count_right_across_missing_periods():
+    clock = Clock()
+    start = 60 * (int(clock.now) // 60) + 1
+    eng = engine([{"name": "r", "metric": "cpu", "enter": 90, "exit": 70, "datapoints": 2,
+                   "periods": 3, "period": 60, "hold": "5m"}], clock)
+
+    def at(minute, cpu):  # a record for the given minute, arriving in it
+        clock.now = start + 60 * minute
+        eng.observe(["vm"], [int(clock.now)], [row(cpu)])
+        eng.process()
+        return [(e["from"], e["to"]) for e in eng.take()]
+
+    assert at(0, 95) == []
+    assert at(2, 50) == []  # a calm value after a missing minute: 1 breach in [0, 1, 2]
+    assert at(3, 95) == []  # 1 in [1, 2, 3]: the one at 0 has left the window
+    assert at(4, 95) == []  # 2 in [2, 3, 4], but the hold (5 min since first seen) is not over
+    assert at(5, 50) == [("ok", "alarm")]  # still 2 in [3, 4, 5], and the hold is over
+    assert at(7, 50) == []  # 2 of [5, 6, 7] below exit, but in alarm for 2 min only
+    assert at(9, 60) == []  # 2 of [7, 8, 9], 4 min
+    assert at(10, 95) == []  # 1 of [8, 9, 10]: the alarm stays
+    assert at(13, 60) == []  # 1 of [11, 12, 13] (two missing minutes count as nothing)
+    assert at(14, 60) == [("alarm", "ok")]  # 2 of [12, 13, 14], 9 min in alarm
+    assert at(17, 95) == []  # 1 breach in [15, 16, 17]
+    assert at(21, 50) == []  # none in [19, 20, 21]: the breach at 17 has left the window
+    assert at(22, 95) == []
+    assert at(23, 95) == [("ok", "alarm")]
+
+
+def expected_figure(name: str, record: Record):
+    """A metric computed from the whole record (every field), the way a reader would."""
+    fields = {f: None if getattr(record, f) is None else float(getattr(record, f))
+              for f in FIELD_NAMES}
+    if name in FIELD_INDEX:
+        return fields[name]
+    return DERIVED[name][2](fields)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_metric_read_from_its_cells_is_the_whole_records_figure(name):
+    complete = Record(vm="x", ts=0, cpu=37.5, mem=61.0, disk_r=1.5e6, disk_w=2.5e5, net_rx=9e5,
+                      net_tx=3e5, vcpus=4, mem_mb=8192, cpu_max=88.0, host="h1",
+                      tags=(("project", "web"),))
+    sparse = Record(vm="x", ts=0, cpu=12.0, mem=40.0)  # the optional fields unknown
+    for record in (complete, sparse):
+        assert compile_metric(name).read(_cells(record)) == expected_figure(name, record)
+
+
+def _cells(record: Record) -> list:
+    return logstore.format_tail(record).split(b",")
+
+
+def test_an_expression_reads_only_its_inputs_and_unknown_inputs_give_none():
+    expression = compile_metric("max(cpu, mem) / 2 + net_per_vcpu")
+    record = Record(vm="x", ts=0, cpu=30.0, mem=80.0, net_rx=3000, net_tx=1000, vcpus=2)
+    assert expression.read(_cells(record)) == 80 / 2 + 4000 / 2
+    assert compile_metric("disk").read(_cells(record)) is None  # no disk figures sent
+    assert compile_metric("net_per_vcpu / 0 + cpu").read(_cells(record)) is None
+
+
+def test_a_scale_out_is_placed_by_the_hosts_measured_headroom():
+    clock = Clock()
+    eng = engine([{"name": "pool", "scope": "group", "metric": "cpu", "period": 60,
+                   "scale": {"target": 50, "max": 10}},
+                  {"name": "watch", "scope": "group", "metric": "cpu", "aggregate": "max",
+                   "enter": 99.5}], clock)
+    eng.observe(["a", "b", "c"], [int(clock.now)] * 3,
+                [row(95, host="h1"), row(90, host="h1"), row(60, host="h2")])
+    eng.process()
+    scaled = [e for e in eng.take() if e["kind"] == "scale"]
+    # mean 81.7 % against 50 %: 5 wanted; h1's two members are at 95 and 90, h2's one at 60.
+    assert [(e["desired"], e["placement"]) for e in scaled] == [(5, "h2")]
