@@ -72,6 +72,8 @@ class RuleState:
         self.dirty = False
         #: Missing periods never count as a breach in ok (missing = keep or ok).
         self.gaps_are_quiet = rule.missing in ("keep", "ok")
+        #: A VM's periods kept at most (a window's, and as many that no window will read again).
+        self.keep = 2 * rule.periods
         self.states: Counter[str] = Counter()
         self.last_out: float | None = None
         self.last_in: float | None = None
@@ -233,7 +235,7 @@ class Engine:
         if value is not None:
             buckets[period] = value
             series.value = value
-        if len(buckets) > rule.periods:
+        if len(buckets) > rs.keep:  # periods out of every window to come, a few at a time
             for old in [p for p in buckets if p <= period - rule.periods]:
                 del buckets[old]
         step = period - series.end

@@ -10,6 +10,7 @@ of every size.
 
 import ast
 import math
+from operator import itemgetter
 
 from vmstats import logstore
 from vmstats.protocol import FIELD_NAMES, parse_tags
@@ -21,37 +22,20 @@ _HOST = _TAIL.index("host")
 #: The cell of the extra tags (``project=web;owner=ops``), absent from a row without them.
 _TAGS = _TAIL.index("tags")
 
-#: Derived figures: name -> (what it is, the row's fields it reads, function of them).
+#: Derived figures: name -> (what it is, its expression of the row's fields).  A figure with
+#: an unknown input is unknown, and so is one divided by zero (a row without ``vcpus``).
 DERIVED = {
-    "disk": ("disk read + write, bytes/s", ("disk_r", "disk_w"),
-             lambda v: _add(v["disk_r"], v["disk_w"])),
-    "net": ("network received + sent, bytes/s", ("net_rx", "net_tx"),
-            lambda v: _add(v["net_rx"], v["net_tx"])),
-    "cpu_cores": ("vCPUs busy (cpu % x vcpus)", ("cpu", "vcpus"),
-                  lambda v: _mul(v["cpu"], v["vcpus"], 0.01)),
-    "mem_used_mb": ("memory used, MB (mem % x mem_mb)", ("mem", "mem_mb"),
-                    lambda v: _mul(v["mem"], v["mem_mb"], 0.01)),
-    "disk_per_vcpu": ("disk bytes/s per vCPU", ("disk_r", "disk_w", "vcpus"),
-                      lambda v: _per(_add(v["disk_r"], v["disk_w"]), v["vcpus"])),
-    "net_per_vcpu": ("network bytes/s per vCPU", ("net_rx", "net_tx", "vcpus"),
-                     lambda v: _per(_add(v["net_rx"], v["net_tx"]), v["vcpus"])),
+    "disk": ("disk read + write, bytes/s", "disk_r + disk_w"),
+    "net": ("network received + sent, bytes/s", "net_rx + net_tx"),
+    "cpu_cores": ("vCPUs busy (cpu % x vcpus)", "cpu * vcpus * 0.01"),
+    "mem_used_mb": ("memory used, MB (mem % x mem_mb)", "mem * mem_mb * 0.01"),
+    "disk_per_vcpu": ("disk bytes/s per vCPU", "(disk_r + disk_w) / vcpus"),
+    "net_per_vcpu": ("network bytes/s per vCPU", "(net_rx + net_tx) / vcpus"),
 }
 NAMES = tuple(FIELD_INDEX) + tuple(DERIVED)
 _FUNCTIONS = {"max": max, "min": min, "abs": abs}
 _NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub,
           ast.UAdd, ast.Constant, ast.Name, ast.Load, ast.Call)
-
-
-def _add(a, b):
-    return None if a is None or b is None else a + b
-
-
-def _mul(a, b, scale):
-    return None if a is None or b is None else a * b * scale
-
-
-def _per(a, b):
-    return None if a is None or not b else a / b
 
 
 def tags(cells: list) -> dict[str, str]:
@@ -73,44 +57,46 @@ def host_of(cells: list) -> str | None:
 
 
 class Expression:
-    """A compiled metric: ``value(fields)`` is a float, or None when an input is unknown."""
+    """A compiled metric: ``read(cells)`` is a float, or None when an input is unknown."""
 
-    def __init__(self, text: str, names: tuple[str, ...], code):
+    def __init__(self, text: str, fields: tuple[str, ...], function=None, checked: bool = False):
         self.text = text
-        self.names = names
-        self._code = code
-        #: The row's cell of a metric that is one field of it (read without a dict), else None.
-        self.index = FIELD_INDEX[names[0]] if code is None and names[0] in FIELD_INDEX else None
-        #: (name, cell) of every field the metric reads, and no other: a tick parses these only.
-        inputs = [name for n in names for name in ((n,) if n in FIELD_INDEX else DERIVED[n][1])]
-        self._cells = tuple((name, FIELD_INDEX[name]) for name in dict.fromkeys(inputs))
+        #: The row's fields the metric reads, and no other: a tick parses these only.
+        self.fields = fields
+        self._function = function
+        self._checked = checked
+        #: The row's cell of a metric that is one field of it (read without a call), else None.
+        self.index = FIELD_INDEX[fields[0]] if function is None else None
+        cells = [FIELD_INDEX[name] for name in fields]
+        self._pick = itemgetter(*cells) if len(cells) > 1 else lambda row: (row[cells[0]],)
 
     def read(self, cells: list):
         """The metric of a held row split at its commas (``row.split(b",")``).
 
-        An empty cell is None (unknown), never 0, and so is the metric of it.
+        An empty cell is None (unknown), never 0, and so is a metric that reads it.
         """
         if self.index is not None:
             cell = cells[self.index]
             return float(cell) if cell else None
-        return self.value({name: float(cells[i]) if cells[i] else None for name, i in self._cells})
-
-    def value(self, fields: dict):
-        if self._code is None and self.names[0] in FIELD_INDEX:
-            return fields[self.names[0]]
-        scope = {}
-        for name in self.names:
-            figure = fields.get(name) if name in FIELD_INDEX else DERIVED[name][2](fields)
-            if figure is None:
-                return None
-            scope[name] = figure
-        if self._code is None:
-            return scope[self.names[0]]
+        inputs = self._pick(cells)
+        if not all(inputs):
+            return None
         try:
-            result = eval(self._code, {"__builtins__": {}, **_FUNCTIONS}, scope)  # noqa: S307
+            result = self._function(*map(float, inputs))
         except (ZeroDivisionError, OverflowError, TypeError):
             return None
+        if not self._checked:
+            return result
         return float(result) if math.isfinite(result) else None
+
+
+class _Inline(ast.NodeTransformer):
+    """A derived figure's name replaced by its expression of the row's fields."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in DERIVED:
+            return ast.parse(DERIVED[node.id][1], mode="eval").body
+        return node
 
 
 def compile_metric(text: str) -> Expression:
@@ -120,8 +106,10 @@ def compile_metric(text: str) -> Expression:
     before it is compiled, so a rules file can never run anything else.
     """
     text = text.strip()
-    if text in NAMES:
-        return Expression(text, (text,), None)
+    if text in FIELD_INDEX:
+        return Expression(text, (text,))
+    if text in DERIVED:
+        return _compile(text, ast.parse(text, mode="eval"), checked=False)
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
@@ -144,4 +132,23 @@ def compile_metric(text: str) -> Expression:
             raise ValueError("%r: only numbers may appear as constants" % text)
     if not names:
         raise ValueError("%r does not use any metric" % text)
-    return Expression(text, tuple(dict.fromkeys(names)), compile(tree, "<metric>", "eval"))
+    return _compile(text, tree, checked=True)
+
+
+def _compile(text: str, tree: ast.Expression, checked: bool) -> Expression:
+    """A checked tree as one function of the row's fields it reads, compiled once.
+
+    Derived figures are written out in their fields, so a tick parses each
+    cell once and calls one function; ``checked`` (an expression) turns an
+    infinite result into None.
+    """
+    body = _Inline().visit(tree).body
+    fields = tuple(dict.fromkeys(node.id for node in ast.walk(body)
+                                 if isinstance(node, ast.Name) and node.id in FIELD_INDEX))
+    function = ast.Expression(ast.Lambda(ast.arguments(
+        posonlyargs=[], args=[ast.arg(name) for name in fields], kwonlyargs=[], kw_defaults=[],
+        defaults=[]), body))
+    ast.fix_missing_locations(function)
+    code = compile(function, "<metric>", "eval")
+    return Expression(text, fields, eval(code, {"__builtins__": {}, **_FUNCTIONS}),  # noqa: S307
+                      checked)
