@@ -12,10 +12,13 @@ import random
 
 import pytest
 from rulesutil import Clock, engine, feed, row
+from twisted.internet import task
 
 from vmstats import logstore
 from vmstats.protocol import Record
+from vmstats.rules.config import parse_rules
 from vmstats.rules.metric import NAMES, compile_metric
+from vmstats.rules.service import BUDGET, FLOOD, MAX_GAP, TICK, RulesService
 
 MIXED_RULES = [
     {"name": "keep-2of3", "metric": "cpu", "enter": 80, "exit": 60, "datapoints": 2, "periods": 3,
@@ -217,3 +220,32 @@ def test_a_scale_out_is_placed_by_the_hosts_measured_headroom():
     scaled = [e for e in eng.take() if e["kind"] == "scale"]
     # mean 81.7 % against 50 %: 5 wanted; h1's two members are at 95 and 90, h2's one at 60.
     assert [(e["desired"], e["placement"]) for e in scaled] == [(5, "h2")]
+
+
+@pytest.mark.parametrize("share, taken, gap", [
+    (1.0, FLOOD, 0.03 / BUDGET),  # a host of its own: after 1 s of the ingest's work
+    (0.1, FLOOD, MAX_GAP),  # a starved server: its CPU would take 10 s; the clock caps the wait
+    (1.0, FLOOD - 1, TICK),  # no flood: every tick
+])
+def test_under_a_flood_ticks_wait_for_the_servers_own_work(tmp_path, share, taken, gap):
+    """The rules take BUDGET of the server's own CPU under a flood, whatever the host's load."""
+    reactor = task.Clock()
+    used = [0.0]  # the server's CPU seconds
+    service = RulesService(reactor, "rules.toml", parse_rules({"rule": [
+        {"name": "r", "metric": "cpu", "enter": 90}]}), str(tmp_path), cpu=lambda: used[0])
+    ticks = []
+
+    def process():  # a tick over a whole fleet: 30 ms of CPU
+        used[0] += 0.03
+        ticks.append(reactor.seconds())
+        return taken
+
+    service.engine.process = process
+    service.running = True
+    service.tick()
+    for _ in range(100):  # 10 s, the ingest getting ``share`` of a core
+        used[0] += share * TICK
+        reactor.advance(TICK)
+    gaps = [round(b - a, 6) for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert gaps and all(g == pytest.approx(gap, abs=TICK + 1e-6) for g in gaps), gaps
+    service.running = False

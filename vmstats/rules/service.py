@@ -12,6 +12,7 @@ problem and the rules in force stay.
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
@@ -24,9 +25,11 @@ from vmstats.rules.evaluator import Engine
 log = logging.getLogger(__name__)
 
 TICK = 0.1
-#: Under a flood, the rules' share of the reactor: the next tick waits this many times as
-#: long as the last one took (each tick's work is one record per VM whatever arrived, so
-#: ticks further apart cost less per record while ingest keeps its pace).
+#: Under a flood, the rules' share of the server's own CPU: the next tick waits until the
+#: process has spent this many times the last tick's CPU on other work (each tick's work is
+#: one record per VM whatever arrived, so ticks further apart cost less per record while the
+#: ingest keeps its pace).  CPU, not wall time: on a busy host a flood takes longer, and ticks
+#: spaced by the clock would take a larger share of what the server gets.
 BUDGET = 0.03
 #: ... but never further apart than this: a slow tick (the first sight of a fleet, whose
 #: rule routes are worked out once) must not hold the next one back for long.
@@ -48,8 +51,10 @@ def rules_dir(data_dir: str) -> str:
 class RulesService(service.Service):
     name = "rules"
 
-    def __init__(self, reactor, path: str, ruleset: RuleSet, directory: str):
+    def __init__(self, reactor, path: str, ruleset: RuleSet, directory: str,
+                 cpu: Callable[[], float] = time.process_time):
         self.reactor = reactor
+        self.cpu = cpu
         self.path = path
         self.ruleset = ruleset
         self.log = ActionLog(reactor, directory, ruleset.settings.log_max_bytes)
@@ -61,6 +66,11 @@ class RulesService(service.Service):
         self.reload_failures = 0
         self._next_tick = None
         self._next_sweep = None
+        #: Under a flood: the process's CPU and the clock at the end of the last tick, and the
+        #: CPU the process must spend on other work before the next (0: no flood, every TICK).
+        self._tick_cpu = 0.0
+        self._tick_at = 0.0
+        self._spacing = 0.0
 
     # -- the ingest's side -----------------------------------------------------------------------
     @property
@@ -110,18 +120,23 @@ class RulesService(service.Service):
 
     # -- work ------------------------------------------------------------------------------------
     def tick(self) -> None:
-        began = time.perf_counter()
+        began = self.cpu()
+        if (self._spacing and began - self._tick_cpu < self._spacing
+                and self.reactor.seconds() - self._tick_at < MAX_GAP):
+            if self.running:  # the flood's own work first
+                self._next_tick = self.reactor.callLater(TICK, self.tick)
+            return
         taken = 0
         try:
             taken = self.engine.process()
             self._submit()
         finally:
-            took = time.perf_counter() - began
+            self._tick_cpu = self.cpu()
+            self._tick_at = self.reactor.seconds()
+            # Not a slow tick alone (a fleet's first sight): a flood.
+            self._spacing = (self._tick_cpu - began) / BUDGET if taken >= FLOOD else 0.0
             if self.running:
-                gap = TICK
-                if taken >= FLOOD:  # not a slow tick alone (a fleet's first sight): a flood
-                    gap = min(MAX_GAP, max(TICK, took / BUDGET))
-                self._next_tick = self.reactor.callLater(gap, self.tick)
+                self._next_tick = self.reactor.callLater(TICK, self.tick)
 
     def sweep(self) -> None:
         began = time.perf_counter()
