@@ -97,9 +97,10 @@ class Engine:
         self.transitions = 0
         self.history_skipped = 0
         self.size = 0
-        #: Each VM's latest record since the last tick (vm -> (timestamp, row)), and how many
-        #: records arrived: a tick reads only the latest per VM, so nothing older is kept.
-        self._latest: dict[str, tuple[int, bytes]] = {}
+        #: Each VM's latest record since the last tick (vm -> timestamp, vm -> row), and how
+        #: many records arrived: a tick reads only the latest per VM, so nothing older is kept.
+        self._tss: dict[str, int] = {}
+        self._rows: dict[str, bytes] = {}
         self._taken = 0
         #: vm -> the rules (without tag conditions) whose scope takes it; rebuilt on a reload.
         self._routes: dict[str, list[RuleState]] = {}
@@ -158,10 +159,11 @@ class Engine:
     def observe(self, vms: list, tss: list, rows: list) -> None:
         """Take one payload's filed columns (called by the ingest for every payload).
 
-        One dict update keeps each VM's latest record: the dict is as large as the fleet, not
-        as the flood between two ticks, and no row is held past its VM's next record.
+        Two dict updates keep each VM's latest record: the dicts are as large as the fleet,
+        not as the flood between two ticks, and no row is held past its VM's next record.
         """
-        self._latest.update(zip(vms, zip(tss, rows, strict=True), strict=True))
+        self._tss.update(zip(vms, tss, strict=True))
+        self._rows.update(zip(vms, rows, strict=True))
         self._taken += len(vms)
 
     # -- ticks -----------------------------------------------------------------------------------
@@ -176,14 +178,15 @@ class Engine:
         if not taken:
             return 0
         now = self.clock()
-        latest = self._latest
-        self._latest, self._taken = {}, 0
+        tss, latest = self._tss, self._rows
+        self._tss, self._rows, self._taken = {}, {}, 0
         oldest = now - self.settings.max_age
         rules = list(self.rules.values())
         by_tags = [rs for rs in rules if rs.rule.match.tags]
         routes = self._routes
         vm_record, member = self._vm_record, self._member
-        for vm, (ts, row) in latest.items():
+        for vm, row in latest.items():
+            ts = tss[vm]
             if ts < oldest:
                 self.history_skipped += 1
                 continue
