@@ -221,17 +221,22 @@ def main() -> int:
                 print("in process: %s" % json.dumps(results["in_process"]), flush=True)
                 rates: dict[str, list[float]] = {"without": [], "with": []}
                 cpu: dict[str, list[float]] = {"without": [], "with": []}
+                transitions = []  # decided by the rules during each round (none is expected)
                 for turn in range(rounds):
                     chunks = flood_chunks(args.flood)  # the same records for both, in turn
                     order = [("without", without), ("with", with_rules)]
+                    before = with_rules.metrics().get("vmstats_rule_transitions_total", 0)
                     for name, server in order if turn % 2 == 0 else order[::-1]:
                         rate, us = flood(server, chunks)
                         rates[name].append(rate)
                         cpu[name].append(us)
                         time.sleep(1.0)
+                    transitions.append(int(with_rules.metrics().get(
+                        "vmstats_rule_transitions_total", 0) - before))
                     print("ingest records/s: without %.0f (%.2f CPU us each), with 50 rules %.0f "
-                          "(%.2f)" % (rates["without"][-1], cpu["without"][-1], rates["with"][-1],
-                                      cpu["with"][-1]), flush=True)
+                          "(%.2f); %d transitions" % (rates["without"][-1], cpu["without"][-1],
+                                                      rates["with"][-1], cpu["with"][-1],
+                                                      transitions[-1]), flush=True)
                 evaluated = with_rules.metrics().get("vmstats_rule_evaluations_total", 0)
         results["ingest"] = {"records_per_flood": args.flood, "rounds": rounds,
                              "without": round(max(rates["without"])),
@@ -242,7 +247,7 @@ def main() -> int:
                              "rates_with_rules": [round(r) for r in rates["with"]],
                              "cpu_us_without": round(statistics.median(cpu["without"]), 2),
                              "cpu_us_with_rules": round(statistics.median(cpu["with"]), 2),
-                             "rule_evaluations": int(evaluated)}
+                             "rule_evaluations": int(evaluated), "transitions": transitions}
         results["ingest"]["ratio"] = round(results["ingest"]["with_rules"]
                                            / results["ingest"]["without"], 3)
     finally:

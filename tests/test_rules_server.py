@@ -97,6 +97,9 @@ def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
             metrics = server.wait_metrics(
                 lambda m: m.get('vmstats_rule_deliveries_total{action="hook",result="delivered"}') == 2)
             assert metrics['vmstats_rule_scopes{rule="hot",state="ok"}'] == 2
+            # The rules' own CPU is counted (the ticks that took these records did work).
+            assert metrics['vmstats_rule_cpu_seconds_total{kind="tick"}'] > 0
+            assert 'vmstats_rule_cpu_seconds_total{kind="sweep"}' in metrics
             wait_until(lambda: len(calls(call_file)) == 2 and len(smtp.messages) == 2)
         assert server.returncode == 0
         assert "hot 10.0.0.1: ok -> alarm" in server.output  # the log action

@@ -104,6 +104,10 @@ def test_a_flood_of_calm_records_is_not_evaluated_again_and_again():
         eng.observe(vms, [int(clock.now)] * len(vms), [row(30 + i % 50) for i in range(len(vms))])
         eng.process()
     assert eng.evaluations == first and eng.take() == []
+    # A flood replaying stamps a minute back (a spool, an agent's catch-up) neither.
+    eng.observe(vms, [int(clock.now) - 60] * len(vms), [row(40)] * len(vms))
+    eng.process()
+    assert eng.evaluations == first and eng.take() == []
     # A breach is still evaluated at once, and decided.
     clock.now += 25
     eng.observe(vms[:1], [int(clock.now)], [row(95)])

@@ -242,15 +242,17 @@ class Engine:
             for old in [p for p in buckets if p <= period - rule.periods]:
                 del buckets[old]
         step = period - series.end
-        if (series.state == "ok" and value is not None and step >= 0 and not series.blocked
+        if (series.state == "ok" and value is not None and not series.blocked
                 and rule.enter is not None
                 and (value <= rule.enter if rule.above else value >= rule.enter)
-                and (step <= 1 or (series.settled and rs.gaps_are_quiet))):
+                and (0 <= step <= 1 or (series.settled and rs.gaps_are_quiet))):
             # In ok, a value that does not breach cannot raise the window's breaches: in the
-            # next (or the same) period it adds no missing period either; further on, the
-            # missing periods between count as no breach (keep, ok), and the periods the window
-            # still holds were evaluated below ``datapoints`` (settled): nothing to decide.
-            series.end = period
+            # next (or the same) period it adds no missing period either.  Further on, or late
+            # (for a period the window has passed or still holds), the missing periods count
+            # as no breach (keep, ok) and the window was evaluated below ``datapoints``
+            # (settled): nothing to decide.
+            if step > 0:
+                series.end = period
             return
         self._evaluate(rs, series, max(period, series.end), now)
 

@@ -71,6 +71,8 @@ class RulesService(service.Service):
         self._tick_cpu = 0.0
         self._tick_at = 0.0
         self._spacing = 0.0
+        #: CPU seconds the ticks and the sweeps took (/metrics): the rules' cost, measured.
+        self.cpu_spent = {"tick": 0.0, "sweep": 0.0}
 
     # -- the ingest's side -----------------------------------------------------------------------
     @property
@@ -133,6 +135,7 @@ class RulesService(service.Service):
         finally:
             self._tick_cpu = self.cpu()
             self._tick_at = self.reactor.seconds()
+            self.cpu_spent["tick"] += self._tick_cpu - began
             # Not a slow tick alone (a fleet's first sight): a flood.
             self._spacing = (self._tick_cpu - began) / BUDGET if taken >= FLOOD else 0.0
             if self.running:
@@ -140,11 +143,13 @@ class RulesService(service.Service):
 
     def sweep(self) -> None:
         began = time.perf_counter()
+        cpu = self.cpu()
         try:
             self.engine.sweep()
             self._submit()
         finally:
             took = time.perf_counter() - began
+            self.cpu_spent["sweep"] += self.cpu() - cpu
             if self.running:  # a sweep over many scopes spaces the next one out (BUDGET)
                 self._next_sweep = self.reactor.callLater(
                     max(self._sweep_interval(), took / BUDGET), self.sweep)
@@ -224,6 +229,9 @@ class RulesService(service.Service):
             ("rule_transitions_total", "counter", "State transitions decided.",
              [((), engine.transitions)]),
             ("rule_evaluations_total", "counter", "Rule evaluations.", [((), engine.evaluations)]),
+            ("rule_cpu_seconds_total", "counter",
+             "CPU time of the rules' ticks (records to decisions) and sweeps (what time decides).",
+             [((("kind", kind),), round(spent, 6)) for kind, spent in sorted(self.cpu_spent.items())]),
             ("rule_history_skipped_total", "counter",
              "Records too old for live rules (replays, spools), by VM per tick.",
              [((), engine.history_skipped)]),
