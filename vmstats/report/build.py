@@ -70,6 +70,7 @@ def build(
     progress: Callable[[int, int], None] | None = None,
     workers: int = 2,
     by: str | None = None,
+    pool: load_mod.Pool | None = None,
 ) -> Report:
     if by is not None:
         statement_mod.check_key(by)
@@ -83,7 +84,9 @@ def build(
     latest_day = max(day for _vm, day in units)
     last_day = until_day if until_day is not None else latest_day
     first_day = since_day if since_day is not None else last_day - int(policy.base["days"]) + 1
-    table = load_mod.load(units, cache_dir, first_day, last_day, progress=progress, workers=workers)
+    table = load_mod.load(
+        units, cache_dir, first_day, last_day, progress=progress, workers=workers, pool=pool
+    )
     if until_day is None:
         # The newest day file may hold no valid record (torn, junk, not a file): the window
         # ends with the last day that has data, as the contract says, not with a file name.
@@ -93,7 +96,9 @@ def build(
             if since_day is None:
                 first_day = last_day - int(policy.base["days"]) + 1
             listing += table.issues  # the newest files, damaged, fall out of the window: still named
-            table = load_mod.load(units, cache_dir, first_day, last_day, progress=progress, workers=workers)
+            table = load_mod.load(
+                units, cache_dir, first_day, last_day, progress=progress, workers=workers, pool=pool
+            )
     d = table.data
     inside = (table.day >= first_day) & (table.day <= last_day) & (d["n"] > 0)
     if not inside.any():

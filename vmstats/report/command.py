@@ -1,5 +1,6 @@
 """``vmstats report``: the click command."""
 
+import contextlib
 import os
 import sys
 
@@ -213,6 +214,14 @@ def check_output(out_dir: str) -> None:
     metavar="VCPUSxGB[@USE%]",
     help="The VM profile the capacity section counts (with --inventory).",
 )
+@click.option(
+    "--dask",
+    "dask_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Parse the logs on a Dask cluster: its scheduler (tcp://HOST:8786), which must see the "
+    "data dirs at the same paths, or 'local' for --workers processes on this machine.",
+)
 def report(
     data_dirs,
     out_dir,
@@ -230,6 +239,7 @@ def report(
     by,
     inventory_path,
     profile_text,
+    dask_address,
     **thresholds,
 ):
     """Rank idle and oversized VMs for reclamation, with savings, from DATA_DIR logs.
@@ -253,17 +263,24 @@ def report(
             from vmstats.capacity.profiles import parse_profile
 
             inventory, profile = load_inventory(inventory_path), parse_profile(profile_text)
-        result = build(
-            data_dirs,
-            policy,
-            prices,
-            exclusions_path,
-            since=since,
-            until=until,
-            progress=progress,
-            by=by,
-            **loading,
-        )
+        with contextlib.ExitStack() as stack:
+            if dask_address:
+                from vmstats.report import distributed
+
+                loading["pool"] = stack.enter_context(
+                    distributed.pool(dask_address, data_dirs, loading["workers"])
+                )
+            result = build(
+                data_dirs,
+                policy,
+                prices,
+                exclusions_path,
+                since=since,
+                until=until,
+                progress=progress,
+                by=by,
+                **loading,
+            )
         progress.close()
         if inventory_path:
             from vmstats.capacity.command import report_section

@@ -25,10 +25,11 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -96,6 +97,13 @@ def day_number(day: str) -> int:
 
 def day_name(number: int) -> str:
     return (_EPOCH + datetime.timedelta(days=int(number))).isoformat()
+
+
+class Pool(Protocol):
+    """What computes the units' aggregates besides local processes: ``map`` like an Executor's,
+    answers in the order of the tasks."""
+
+    def map(self, function: Callable, tasks: list) -> Iterable: ...
 
 
 @dataclass
@@ -560,11 +568,14 @@ def load(
     last_day: int,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 2,
+    pool: Pool | None = None,
 ) -> DayTable:
     """Aggregates of the VM-days of ``units`` in ``[first_day, last_day]``.
 
     VMs whose logs all predate ``first_day`` contribute their last day, so the
-    report can call them stopped with a real last-seen time.
+    report can call them stopped with a real last-seen time.  ``pool``, when
+    given, computes the units' aggregates instead of local processes (a Dask
+    cluster: distributed.py); the tasks and their results are the same.
     """
     wanted = {}
     last_before: dict[str, int] = {}
@@ -623,7 +634,7 @@ def load(
                 order.extend(rolled)
             # A task's units from one columnar file, VMs in its order: one read of a few row groups.
             stale_rows = sorted(stale_rows, key=lambda i: _first_file(readable[keys[i]]))
-            tables, found = _parse(keys, readable, stale_rows, progress, workers)
+            tables, found = _parse(keys, readable, stale_rows, progress, workers, pool)
         except BrokenProcessPool:
             raise ReportError("a log-parsing process died (out of memory?); retry with --workers 1") from None
         parts.extend(tables)
@@ -655,34 +666,35 @@ def _table(keys, data, parsed: int, cached: int, issues: list[dict]) -> DayTable
     )
 
 
-def _parse(keys, readable, stale, progress, workers) -> tuple[list[dict[str, np.ndarray]], dict[int, list]]:
+def _parse(
+    keys, readable, stale, progress, workers, pool
+) -> tuple[list[dict[str, np.ndarray]], dict[int, list]]:
     """Aggregates of the ``stale`` units (positions in ``keys``), and their files' issues by position."""
     starts = range(0, len(stale), _TASK_UNITS)
     tasks = [[readable[keys[i]] for i in stale[s : s + _TASK_UNITS]] for s in starts]
-    results = []
-    issues: dict[int, list] = {}
-    done = 0
+    if pool is not None:
+        return _collect(pool.map(aggregate_units, tasks), starts, tasks, stale, progress)
     if workers > 1 and len(tasks) > 1 and "fork" in _start_methods():
         import multiprocessing
 
         import pandas  # noqa: F401  (imported once here, inherited by the forked workers)
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            answers = pool.map(aggregate_units, tasks)
-            for start, task, (result, found) in zip(starts, tasks, answers, strict=True):
-                results.append(result)
-                issues.update((stale[start + k], entries) for k, entries in found.items())
-                done += len(task)
-                if progress:
-                    progress(done, len(stale))
-    else:
-        for start, task in zip(starts, tasks, strict=True):
-            result, found = aggregate_units(task)
-            results.append(result)
-            issues.update((stale[start + k], entries) for k, entries in found.items())
-            done += len(task)
-            if progress:
-                progress(done, len(stale))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as local:
+            return _collect(local.map(aggregate_units, tasks), starts, tasks, stale, progress)
+    return _collect(map(aggregate_units, tasks), starts, tasks, stale, progress)
+
+
+def _collect(answers, starts, tasks, stale, progress) -> tuple[list[dict[str, np.ndarray]], dict[int, list]]:
+    """The tasks' answers (in task order) as tables, and their issues by position in keys."""
+    results = []
+    issues: dict[int, list] = {}
+    done = 0
+    for start, task, (result, found) in zip(starts, tasks, answers, strict=True):
+        results.append(result)
+        issues.update((stale[start + k], entries) for k, entries in found.items())
+        done += len(task)
+        if progress:
+            progress(done, len(stale))
     return results, issues
 
 

@@ -1,0 +1,109 @@
+"""The report's per-VM-day aggregation as tasks on a Dask cluster (dask.distributed).
+
+One report machine parses every log it is given; past a few thousand VMs a
+fleet's logs outgrow what one machine parses in a report's time.  The work
+is already cut into independent tasks (load.py: a few dozen VM-days each,
+reduced to fixed-size aggregates), so a cluster runs exactly those tasks,
+with the same function, and the report machine gathers their answers and
+goes on as it would with local processes: the results are identical by
+construction, whichever storage tier the tasks read.
+
+The workers open the log files by the paths the report machine found, so
+every data dir must be mounted at the same path on the report machine and
+on each worker (docs/OPERATIONS.md); that is checked before any task runs,
+and a worker that cannot see a data dir is one clear error, not a report
+with that worker's share silently missing.  ``local`` starts a cluster of
+worker processes on this machine, on loopback only, for the report's
+lifetime.
+"""
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from vmstats.report.settings import ReportError
+
+#: The ``--dask`` address that starts a local cluster instead of joining one.
+LOCAL = "local"
+#: Seconds to wait for a running cluster's scheduler to answer.
+CONNECT_TIMEOUT = 20
+
+
+class DaskPool:
+    """Runs the report's tasks on a cluster: ``map`` like an Executor's, answers in task order."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def map(self, function: Callable, tasks: list) -> Iterator:
+        from distributed import KilledWorker
+
+        # pure=False: two runs over files changed in between must not reuse answers by key.
+        futures = self.client.map(function, tasks, pure=False)
+        try:
+            for future in futures:
+                try:
+                    yield future.result()
+                except KilledWorker:
+                    raise ReportError(
+                        "a Dask worker died while parsing logs (out of memory?); "
+                        "give the workers more memory or retry"
+                    ) from None
+                future.release()  # its answer is here now: the worker may drop its copy
+        finally:
+            self.client.cancel([f for f in futures if not f.done()])
+
+
+def _unseen(data_dirs: Sequence[str]) -> list[str]:
+    """The data dirs this worker cannot list (runs on each worker)."""
+    return [path for path in data_dirs if not os.path.isdir(path) or not os.access(path, os.R_OK | os.X_OK)]
+
+
+@contextlib.contextmanager
+def pool(address: str, data_dirs: Iterable[str], workers: int) -> Iterator[DaskPool]:
+    """A pool on the cluster at ``address`` (``local``: ``workers`` processes started here).
+
+    Every worker must see every data dir at the same absolute path; a worker
+    that does not is named in a ReportError before any log is parsed.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ReportError("--dask needs Dask's distributed package: pip install 'vmstats[dask]'") from None
+    # The scheduler's and workers' routine messages (start, stop, connections) are not the report's.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    dirs = [os.path.abspath(path) for path in data_dirs]
+    with contextlib.ExitStack() as stack:
+        if address == LOCAL:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,  # the parsing holds the GIL: one process per core
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT))
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise ReportError("cannot reach the Dask scheduler at %s: %s" % (address, exc)) from None
+        _check_workers(client, address, dirs)
+        yield DaskPool(client)
+
+
+def _check_workers(client, address: str, dirs: list[str]) -> None:
+    try:
+        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+    except TimeoutError:
+        raise ReportError("the Dask cluster at %s has no workers" % address) from None
+    for worker, missing in sorted(client.run(_unseen, dirs).items()):
+        if missing:
+            raise ReportError(
+                "Dask worker %s cannot read data dir %s: mount the data dirs at the same path "
+                "on every worker" % (worker, missing[0])
+            )
