@@ -153,9 +153,9 @@ def generate(data_dir: Path, vms: int, days: int) -> int:
     return total
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (from /proc)."""
-    total = 0
+def _tree_rss(pid: int) -> dict[int, int]:
+    """Resident bytes of a process and of each of its descendants (from /proc), by pid."""
+    found = {}
     stack = [pid]
     while stack:
         current = stack.pop()
@@ -163,16 +163,23 @@ def _tree_rss(pid: int) -> int:
             with open("/proc/%d/status" % current) as handle:
                 for line in handle:
                     if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-            with open("/proc/%d/task/%d/children" % (current, current)) as handle:
-                stack.extend(int(p) for p in handle.read().split())
+                        found[current] = int(line.split()[1]) * 1024
+            # Each thread's children: a process started from another thread than the main one
+            # (Dask's workers, started by its event loop's thread) is listed only under that thread.
+            for thread in os.listdir("/proc/%d/task" % current):
+                with open("/proc/%d/task/%s/children" % (current, thread)) as handle:
+                    stack.extend(int(p) for p in handle.read().split())
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+    return found
 
 
-def run_measured(command, timeout: float = 300):
-    """Run a command; return (seconds, peak tree RSS bytes, completed process)."""
+def run_measured(command, timeout: float = 300, per_process: dict | None = None):
+    """Run a command; return (seconds, peak tree RSS bytes, completed process).
+
+    ``per_process``, when given, receives each process's own peak RSS: the
+    command's under ``"command"``, its descendants' (workers) by pid.
+    """
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -180,7 +187,12 @@ def run_measured(command, timeout: float = 300):
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(process.pid))
+            found = _tree_rss(process.pid)
+            peak[0] = max(peak[0], sum(found.values()))
+            if per_process is not None:
+                for pid, rss in found.items():
+                    key = "command" if pid == process.pid else pid
+                    per_process[key] = max(rss, per_process.get(key, 0))
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -215,10 +227,56 @@ print(len(rows))
 """
 
 
+def compare_dask(data_dir: Path, workers: int, rounds: int) -> None:
+    """A cold report on one machine against the same report on a local Dask cluster.
+
+    Both parse with ``workers`` processes (forked pool; Dask worker processes
+    on loopback), both without a cache; they alternate ``rounds`` times and
+    each keeps its best run.  Peak memory is per process: the report's own
+    (it gathers the aggregates) and the largest worker's.
+    """
+    base = [sys.executable, "-m", "vmstats", "report", str(data_dir), "--no-cache", "--workers", str(workers)]
+    runs = {"single": [], "dask": []}
+    for _ in range(rounds):
+        for name, extra in (("single", []), ("dask", ["--dask", "local"])):
+            out = OUT / ("report-output-" + name)
+            shutil.rmtree(out, ignore_errors=True)
+            peaks: dict = {}
+            seconds, tree, _out = run_measured(base + ["-o", str(out)] + extra, 3600, peaks)
+            own = peaks.pop("command", 0)
+            runs[name].append((seconds, tree, own, max(peaks.values(), default=0)))
+            print(
+                "%s: %.1f s, peak: report process %.0f MiB, largest worker %.0f MiB, all %.0f MiB"
+                % (name, seconds, own / 2**20, runs[name][-1][3] / 2**20, tree / 2**20),
+                flush=True,
+            )
+    same = (OUT / "report-output-single" / "report.csv").read_bytes() == (
+        OUT / "report-output-dask" / "report.csv"
+    ).read_bytes()
+    single, dask = (min(r[0] for r in runs[name]) for name in ("single", "dask"))
+    worker_peak = max(r[3] for r in runs["dask"])
+    print(
+        "single machine: %.1f s; Dask local cluster (%d workers): %.1f s = %.2fx; largest worker %.0f MiB; "
+        "report.csv identical: %s" % (single, workers, dask, dask / single, worker_peak / 2**20, same)
+    )
+    verdict = (dask <= 1.2 * single, worker_peak <= 2 * 2**30, same)
+    print(
+        "targets: dask <= 1.2x single %s; worker peak <= 2 GiB %s; same report %s"
+        % tuple("met" if ok else "MISSED" for ok in verdict)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--days", type=int, default=14)
+    parser.add_argument(
+        "--dask",
+        action="store_true",
+        help="compare the report on a local Dask cluster with the single-machine report (no DuckDB)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="with --dask: processes of both")
+    parser.add_argument("--rounds", type=int, default=2, help="with --dask: alternations")
     args = parser.parse_args()
 
     data_dir = OUT / ("report-data-%dx%d" % (args.vms, args.days))
@@ -229,6 +287,9 @@ def main() -> None:
         "data: %d VMs x %d days, %d records, %.2f GB (ready in %.1f s)"
         % (args.vms, args.days, records, size / 1e9, time.perf_counter() - started)
     )
+    if args.dask:
+        compare_dask(data_dir, args.workers, args.rounds)
+        return
 
     types = {
         name: (
