@@ -82,7 +82,7 @@ def pool(address: str, data_dirs: Iterable[str], workers: int) -> Iterator[DaskP
                     threads_per_worker=1,  # the parsing holds the GIL: one process per core
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address=None,
+                    dashboard_address="127.0.0.1:0",  # its HTTP server: loopback, any free port
                     silence_logs=logging.ERROR,
                 )
             )
