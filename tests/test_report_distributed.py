@@ -13,8 +13,10 @@ from test_report_stats import run
 from vmstats import logstore
 from vmstats.report import distributed, load
 from vmstats.report.settings import ReportError
+from vmstats.server import compact
 
 ROOT = Path(__file__).resolve().parent.parent
+DAY = 86400
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,22 @@ def test_tasks_are_the_ones_the_single_machine_runs(split_fleet, dask_pool):
     assert spread.parsed_units == local.parsed_units == len(units) > 2 * load._TASK_UNITS
     for name, values in local.data.items():
         assert spread.data[name].tobytes() == values.tobytes(), name
+
+
+def test_compacted_days_are_read_by_the_workers_as_csv_is(split_fleet, dask_pool, tmp_path):
+    """One aggregator's days compacted to columnar files (its rollups removed, so the workers read
+    the rows), the other's still CSV: the same report as from CSV alone."""
+    _whole, first, second = split_fleet
+    last = max(day for _vm, day in load.discover([str(first)]))
+    policy = compact.Policy(compact_after=DAY, retain_raw=3660 * DAY, retain_rollups=3660 * DAY)
+    compacted = tmp_path / "compacted"
+    shutil.copytree(first, compacted)
+    summary = compact.compact(str(compacted), policy, now=(last + 2) * DAY)
+    assert summary.days_compacted and not list((compacted / logstore.VMS_DIR).glob("*/*.csv"))
+    shutil.rmtree(compacted / "rollups")
+    spread, _rows = run([compacted, second], pool=dask_pool)
+    alone, _rows = run([first, second])
+    assert spread.rows == alone.rows
 
 
 def test_a_worker_that_cannot_see_a_data_dir_is_named(split_fleet, dask_pool, tmp_path):
