@@ -19,20 +19,43 @@ host carries 1 + 6 = 7 cores, or 2 + 6 = 8 in r2's busy hour: at capacity,
 not over: 0.
 """
 
+import json
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
+from serverproc import ROOT, serve
 
 from vmstats.capacity import backtest
 from vmstats.capacity.demand import Settings, VmUse, Window
 from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.inventory import parse_inventory
 from vmstats.capacity.profiles import parse_profile
+from vmstats.protocol import Record, encode_records
+from vmstats.simulator.sender import open_sender
 
 DAY = 1440
 T0 = 1767225600  # 2026-01-01T00:00Z
 PLAN = Window(T0, DAY)
 JUDGE = Window(T0 + 86400, DAY)
 BUSY = slice(600, 660)
+BASES = ("demand", "allocation 1.0", "allocation nova")
+HOSTS_TOML = """[defaults]
+reserve_mem_gb = 0
+buffer = 0.25
+
+[[host]]
+name = "h1"
+vcpus = 8
+mem_gb = 16
+
+[[host]]
+name = "h2"
+vcpus = 8
+mem_gb = 16
+"""
 
 
 def inventory():
@@ -65,7 +88,7 @@ SETTINGS = Settings(horizon_days=0)
 
 def test_history_arrivals_admitted_and_judged_as_worked_out_by_hand():
     result = backtest.backtest(inventory(), day(0.5), day(2.0), PLAN, JUDGE, SETTINGS)
-    demand, ratio_1, nova = (result.outcomes[k] for k in ("demand", "allocation 1.0", "allocation nova"))
+    demand, ratio_1, nova = (result.outcomes[k] for k in BASES)
     assert (demand.admitted, ratio_1.admitted, nova.admitted) == (18, 6, 6)
     assert sorted(h for h in demand.placed.values()).count("h1") == 10
     assert all(vm.startswith("a1#") for vm in demand.placed)
@@ -83,7 +106,7 @@ def test_a_profile_planned_and_judged_at_its_expected_use():
     # 1 vCPU / 2 GB at 50%: 0.5 core and 1 GB.  Demand: 10 on h1, 8 on h2; allocation: 6 per host.
     result = backtest.backtest(inventory(), day(0.5), day(2.0), PLAN, JUDGE, SETTINGS,
                                profile=parse_profile("1x2@50%"))
-    admitted = [result.outcomes[k].admitted for k in ("demand", "allocation 1.0", "allocation nova")]
+    admitted = [result.outcomes[k].admitted for k in BASES]
     assert admitted == [18, 12, 12]
     # h1: 1 + 10 x 0.5 = 6 cores, h2 at most 2 + 8 x 0.5 = 6: never over 8.
     assert all(o.over_minutes == 0 for o in result.outcomes.values())
@@ -116,3 +139,44 @@ def test_unknown_hosts_are_never_offered_and_no_arrivals_is_one_clear_error():
     assert result.outcomes["demand"].admitted == 10
     with pytest.raises(CapacityError, match="no arrivals"):
         backtest.backtest(inventory(), day(0.5)[:2], day(0.5)[:2], PLAN, JUDGE, SETTINGS)
+
+
+def test_admit_backtest_on_logs_a_real_server_wrote(tmp_path):
+    """The same fleet sent over TCP to `vmstats serve`, judged by `vmstats admit --backtest`."""
+    first = (int(time.time()) // 86400 - 3) * 86400       # two whole past UTC days
+    plan, judged = day(0.5), day(2.0)
+    records = []
+    for offset, uses in ((0, plan), (86400, judged)):
+        for u in uses:
+            for minute in range(DAY):
+                records.append(Record(u.vm, first + offset + 60 * minute, 100 * u.cpu[minute] / u.vcpus, None,
+                                      100 * u.mem[minute] / u.mem_gb, vcpus=int(u.vcpus),
+                                      mem_mb=int(u.mem_gb * 1024), host=u.host_tag))
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(HOSTS_TOML)
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        sender = open_sender("tcp", "127.0.0.1:%d" % server.tcp_port)
+        sender.send(encode_records(records))
+        stats = sender.close(60)
+        assert stats.accepted == len(records) and not stats.unacknowledged
+    assert server.returncode == 0, server.output
+
+    def admit(*args):
+        return subprocess.run([sys.executable, "-m", "vmstats", "admit", "--backtest", str(tmp_path / "data"),
+                               "--inventory", str(hosts), "--days", "1", "--horizon-days", "0", *args],
+                              cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+
+    done = admit("--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["plan"]["minutes"] == doc["judge"]["minutes"] == DAY
+    assert [doc["outcomes"][k]["admitted"] for k in BASES] == [18, 6, 6]
+    assert [doc["outcomes"][k]["over_minutes"] for k in BASES] == [2 * DAY, 0, 0]
+    text = admit()
+    assert text.returncode == 0 and "allocation, ratio 1.0" in text.stdout and "18" in text.stdout
+    for args, message in ((("--arrivals", "nothing-*"), "no arrivals"),
+                          (("--arrival-profile", "4x"), "profile"),
+                          (("--until", "1999-01-01"), "no logs")):
+        bad = admit(*args)
+        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
