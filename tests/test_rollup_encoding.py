@@ -95,3 +95,61 @@ def test_a_rollup_file_whose_bins_do_not_fit_is_named_not_read(tmp_path):
     assert sorted(issues) == [0, 1]
     assert "hist_disk has 100 bins, not %d" % load.HISTOGRAMS["hist_disk"] in issues[0][0]["problem"]
     assert read["n"].tolist() == [0, 0]
+
+
+def _days_of_rollups(tmp_path, vms, days, sparse):
+    """``days`` rollup files of ``vms`` (each day's histograms different), and the dense table
+    of every (vm, day) in the report's order (by VM, then day)."""
+    tables = []
+    for day in range(days):
+        table = _aggregates(len(vms), seed=day)
+        name = "2026-01-%02d" % (day + 1)
+        path = logstore.tier_path(str(tmp_path), logstore.ROLLUPS_DIR, name)
+        writer = logstore.TierWriter(path)
+        writer.add(logstore.rollup_table(vms, [(1, "host", None)] * len(vms), table, sparse=sparse))
+        writer.close({"version": load.ROLLUP_VERSION, "day": name, "vms": vms})
+        writer.commit()
+        tables.append((path, table))
+    parts = [logstore.Part(tables[d][0], vm, logstore.ROLLUPS_DIR) for vm in vms for d in range(days)]
+    dense = {name: np.stack([tables[d][1][name][v] for v in range(len(vms)) for d in range(days)])
+             for name in load.HISTOGRAMS}
+    return parts, dense
+
+
+def test_histograms_kept_sparse_sum_per_vm_as_the_dense_rows_do(tmp_path):
+    """A long window's report sums each VM's histograms straight from the files' cells: the
+    same sums, whatever rows are selected, reordered or joined with dense rows (days read from
+    raw data), as from the dense table; and the cells placed give the dense table back."""
+    from vmstats.report.histogram import SparseHistograms
+    from vmstats.report.stats import _hist_sum
+
+    vms, days = ["vm%02d" % i for i in range(9)], 6
+    for sparse in (load.HISTOGRAMS, ()):  # files with sparse and with dense histograms
+        folder = tmp_path / ("sparse" if sparse else "dense")
+        parts, dense = _days_of_rollups(folder, vms, days, sparse)
+        read, issues = load.read_rollups(parts, sparse=True)
+        assert issues == {}
+        group = np.repeat(np.arange(len(vms)), days)
+        offset = np.tile(np.arange(days), len(vms))
+        rng = np.random.default_rng(1)
+        keep = rng.random(len(group)) < 0.6  # days outside the window or before a resize
+        for name in load.HISTOGRAMS:
+            hist = read[name]
+            assert isinstance(hist, SparseHistograms) and hist.shape == dense[name].shape
+            np.testing.assert_array_equal(hist.dense(), dense[name])
+            expected = _hist_sum(dense[name], group, offset, len(vms))
+            np.testing.assert_array_equal(_hist_sum(hist, group, offset, len(vms)), expected)
+            np.testing.assert_array_equal(
+                _hist_sum(hist[keep], group[keep], offset[keep], len(vms)),
+                _hist_sum(dense[name][keep], group[keep], offset[keep], len(vms)))
+            # Reordered rows, then rows of a dense table after them (raw days beside rollups).
+            order = rng.permutation(len(group))
+            extra = dense[name][:days]  # vm00's days again, as dense rows
+            joined = SparseHistograms.concat([hist[order], extra])
+            groups = np.r_[group[order], np.zeros(days, np.int64)]
+            expected = np.zeros((len(vms), dense[name].shape[1]), np.int64)
+            np.add.at(expected, groups, np.vstack([dense[name][order], extra]).astype(np.int64))
+            np.testing.assert_array_equal(joined.group_sum(groups, len(vms)), expected)
+            # Two rows of one chunk in one group (not a report's case, but a sum all the same).
+            np.testing.assert_array_equal(hist.group_sum(np.zeros(len(group), np.int64), 1),
+                                          dense[name].sum(axis=0, dtype=np.int64)[None, :])

@@ -164,6 +164,45 @@ def test_the_report_is_the_same_from_csv_columnar_and_rollups(tmp_path):
     assert _report([csv_dir, columnar_only], days=8) == _report([csv_dir, csv_copy], days=8)
 
 
+def _write_vm(data_dir, vm: str, days, vcpus) -> None:
+    """A VM's per-10-minute records on ``days`` (day offsets), ``vcpus(day)`` its size."""
+    for d in days:
+        start = (FIRST + d) * DAY
+        rows = {ts: logstore.format_tail(Record(vm, ts, round(1 + (ts // 600) % 7 * 0.3, 1), mem=20.0 + d,
+                                                net_rx=1000 + ts % 977, vcpus=vcpus(d), mem_mb=2048))
+                for ts in range(start, start + DAY, 600)}
+        logstore.append_missing(str(data_dir), vm, rows)
+
+
+def test_a_window_of_rollups_and_csv_days_is_the_csv_report(tmp_path):
+    """The usual long window: its old days as rollups, its last days still CSV, in one table
+    (the rollups' histograms kept as their cells, the rows' dense).  A VM resized inside the
+    window is judged from its resize, so some rollup days drop out of its sums; a VM stopped
+    before a shorter window brings its last day from before it."""
+    csv_dir = tmp_path / "csv"
+    _write_fleet(csv_dir, vms=5, days=8)
+    _write_vm(csv_dir, "resized", range(8), lambda d: 2 if d < 5 else 4)
+    _write_vm(csv_dir, "stopped", range(2), lambda d: 2)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(csv_dir, mixed)
+    # Day 5 ended exactly compact_after ago: days 0-5 compacted, days 6 and 7 stay CSV.
+    policy = {"compact_after": 2, "retain_raw": 30, "retain_rollups": 60}
+    _compact(mixed, policy=policy, now=(FIRST + 8) * DAY)
+    shutil.rmtree(mixed / "columnar")
+    units = load.discover([str(mixed)])
+    assert {load._is_rollup(units[key]) for key in units if key[1] <= FIRST + 5} == {True}
+    assert {load._is_rollup(units[key]) for key in units if key[1] > FIRST + 5} == {False}
+    for days in (8, 5):
+        expected = _report([csv_dir], days=days)
+        resized = next(row for row in expected if row["vm"] == "resized")
+        assert "resized in the window" in resized["data_quality"]
+        assert _report([mixed], days=days) == expected, days
+    # With a cache: the rows' days cached, the rollups read again, the report unchanged.
+    cache = tmp_path / "cache"
+    assert _report([mixed], days=8, cache_dir=str(cache)) == _report([csv_dir], days=8)
+    assert _report([mixed], days=8, cache_dir=str(cache)) == _report([csv_dir], days=8)
+
+
 def test_retention_boundaries_are_exact(tmp_path):
     data = tmp_path / "data"
     _write_fleet(data, vms=2, days=6, step=600)

@@ -20,13 +20,15 @@ source(s) answer each VM-day and ``aggregate_units`` reduces them, whatever
 the tier, to the same row of aggregates.
 """
 
+import collections
 import datetime
+import functools
 import json
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,7 +38,15 @@ import numpy as np
 from vmstats import logstore
 from vmstats.protocol import FIELD_NAMES
 from vmstats.report import runs
-from vmstats.report.histogram import PCT_BINS, PCT_VALUES, RATE_BINS, pct_bin, percentiles, rate_bin
+from vmstats.report.histogram import (
+    PCT_BINS,
+    PCT_VALUES,
+    RATE_BINS,
+    SparseHistograms,
+    pct_bin,
+    percentiles,
+    rate_bin,
+)
 from vmstats.report.settings import ReportError
 
 CACHE_VERSION = 6
@@ -165,6 +175,9 @@ def discover(data_dirs: Sequence[str], issues: list[dict] | None = None, raw_onl
                 "data dir %s holds no VM logs (expected %s/<vm>/<day>%s)"
                 % (data_dir, logstore.VMS_DIR, logstore.SUFFIX)
             )
+        if not units:  # the first data dir: nothing to merge with
+            units = mine
+            continue
         for key, sources in mine.items():
             _merge_unit(units, rolled, key, sources, issues)
     return units
@@ -198,7 +211,7 @@ def _merge_unit(units: Units, rolled: dict, key, sources: list, issues: list[dic
 
 def _is_rollup(sources: list) -> bool:
     first = sources[0] if len(sources) == 1 else None
-    return isinstance(first, logstore.Part) and first.tier == logstore.ROLLUPS_DIR
+    return type(first) is logstore.Part and first.tier == logstore.ROLLUPS_DIR
 
 
 def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Units, int]:
@@ -221,16 +234,13 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Un
                 continue
             for vm in vms:
                 held[(vm, number)] = logstore.Part(path, vm, tier)
-    units: Units = {}
     columnar = parts[logstore.COLUMNAR_DIR]
-    for key in sorted(set(csv) | set(columnar) | set(parts.get(logstore.ROLLUPS_DIR, {}))):
-        rollup = parts.get(logstore.ROLLUPS_DIR, {}).get(key)
-        if rollup is not None and key not in csv:
-            units[key] = [rollup]
-        else:
-            # Columnar rows before the CSV's: a row logged after compaction wins its timestamp.
-            units[key] = ([columnar[key]] if key in columnar else []) + csv.get(key, [])
-    return units, found + len(units)
+    rollups = parts.get(logstore.ROLLUPS_DIR, {})
+    units: Units = {key: [rollup] for key, rollup in rollups.items() if key not in csv}
+    for key in (csv.keys() | columnar.keys()) - units.keys():
+        # Columnar rows before the CSV's: a row logged after compaction wins its timestamp.
+        units[key] = ([columnar[key]] if key in columnar else []) + csv.get(key, [])
+    return dict(sorted(units.items())), found + len(units)
 
 
 def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, int], list[str]], int]:
@@ -334,28 +344,25 @@ def aggregate_units(paths_per_unit: list[list[Source]]) -> Aggregates:
     return out, issues
 
 
-def read_rollups(parts: list[logstore.Part]) -> Aggregates:
+def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates:
     """The kept aggregates of rollup Parts, each file read once; a VM-day its file does not
-    hold (or a file that cannot be read) is empty and named in the issues."""
-    out = empty_table(len(parts))
+    hold (or a file that cannot be read) is empty and named in the issues.
+
+    ``sparse`` keeps the histograms as the files' cells (histogram.SparseHistograms: what a
+    long window's report sums per VM without a dense VM-day table); otherwise they are dense
+    arrays like every other tier's.
+    """
+    out = {name: values for name, values in empty_table(len(parts)).items() if name not in HISTOGRAMS}
+    hists = {name: SparseHistograms(len(parts), bins) for name, bins in HISTOGRAMS.items()}
     issues: dict[int, list[dict]] = {}
     by_path: dict[str, list[int]] = {}
     for i, part in enumerate(parts):
         by_path.setdefault(part.path, []).append(i)
-    for path, mine in by_path.items():
-        wanted = {parts[i].vm for i in mine}
+    files = list(by_path.items())
+    calls = [(path, {parts[i].vm for i in mine}) for path, mine in files]
+    for (path, mine), read in zip(files, _read_ahead(_rollup_file, calls), strict=True):
         try:
-            info = logstore.tier_info(path)
-            # Most of a file's VMs wanted (a fleet's report): reading it whole beats filtering.
-            table = logstore.read_tier(path, None if 2 * len(wanted) >= len(info["vms"]) else wanted)
-            vms, data = logstore.rollup_arrays(table)
-            missing = set(out) - set(data)
-            if missing:
-                raise ValueError("no %s column" % sorted(missing)[0])
-            for name, values in data.items():
-                sparse = isinstance(values, logstore.SparseRows)
-                if sparse and name in out and values.width != out[name].shape[1]:
-                    raise ValueError("%s has %d bins, not %d" % (name, values.width, out[name].shape[1]))
+            vms, data = read()
         except (OSError, ValueError, KeyError) as exc:
             for i in mine:
                 issues[i] = [issue(path, "unreadable rollup: %s" % exc, vm=parts[i].vm, day=_file_day(path))]
@@ -372,34 +379,68 @@ def read_rollups(parts: list[logstore.Part]) -> Aggregates:
         whole = len(rows) == len(vms) and bool(np.all(rows == np.arange(len(rows))))
         for name in out:
             values = data[name]
-            if isinstance(values, logstore.SparseRows):
-                _place_sparse(out, name, values, positions, rows, whole)
-                continue
             if values.dtype != out[name].dtype:
                 out[name] = out[name].astype(np.result_type(out[name], values))
             out[name][positions] = values if whole else values[rows]
+        for name, hist in hists.items():
+            _add_rows(hist, data[name], positions, rows, len(vms))
+    for name, hist in hists.items():
+        out[name] = hist if sparse else hist.dense()
     return out, issues
 
 
-def _place_sparse(out: dict[str, np.ndarray], name: str, cells: logstore.SparseRows, positions: np.ndarray,
-                  rows: np.ndarray, whole: bool) -> None:
-    """Put a file's sparse rows ``rows`` (all of them when ``whole``) at ``positions`` of
-    ``out[name]``, cell by cell: the empty bins are never decoded."""
-    width = out[name].shape[1]
-    lengths = np.diff(cells.offsets)
-    if whole:
-        # Each cell's place in the flat array: its row's start (repeated over the row) plus its bin.
-        place, value = np.repeat(positions.astype(np.int64) * width, lengths) + cells.col, cells.value
-    else:
-        start = np.full(len(lengths), -1, np.int64)
-        start[rows] = positions.astype(np.int64) * width
-        row_start = np.repeat(start, lengths)
-        kept = row_start >= 0
-        place, value = row_start[kept] + cells.col[kept], cells.value[kept]
-    top = int(value.max(initial=0))
-    if top > np.iinfo(out[name].dtype).max:
-        out[name] = out[name].astype(np.min_scalar_type(top))
-    out[name].reshape(-1)[place] = value
+def _rollup_file(path: str, vms: set[str]) -> tuple[list[str], dict]:
+    """``(vms, {aggregate: array or SparseRows})`` of one rollup file, checked against the
+    report's aggregate; OSError or ValueError when it cannot answer."""
+    _info, table = logstore.read_tier_part(path, vms)
+    vms, data = logstore.rollup_arrays(table)
+    missing = set(empty_table(0)) - set(data)
+    if missing:
+        raise ValueError("no %s column" % sorted(missing)[0])
+    for name, bins in HISTOGRAMS.items():
+        values = data[name]
+        width = values.width if isinstance(values, logstore.SparseRows) else np.shape(values)[-1]
+        if width != bins:
+            raise ValueError("%s has %d bins, not %d" % (name, width, bins))
+    return vms, data
+
+
+#: Files read ahead of the one being placed: decoding (which releases the GIL) overlaps the
+#: placing, and at most this many decoded files wait in memory.
+_READ_AHEAD = 2
+
+
+def _read_ahead(function: Callable, calls: list[tuple]) -> Iterator[Callable]:
+    """For each call of ``calls``, in order, something that returns its result or raises its
+    error, the next few running meanwhile in threads."""
+    if len(calls) < 2:
+        for args in calls:
+            yield functools.partial(function, *args)
+        return
+    with ThreadPoolExecutor(_READ_AHEAD) as threads:
+        pending: collections.deque = collections.deque()
+        for args in calls:
+            pending.append(threads.submit(function, *args))
+            if len(pending) > _READ_AHEAD:
+                yield pending.popleft().result
+        while pending:
+            yield pending.popleft().result
+
+
+def _add_rows(hist: SparseHistograms, values, positions: np.ndarray, rows: np.ndarray,
+              file_rows: int) -> None:
+    """Give a file's rows ``rows`` (sparse cells or dense rows) the table rows ``positions``."""
+    remaining = np.arange(len(rows))
+    while len(remaining):  # a file's row wanted twice (one Part given twice): one chunk per copy
+        _rows, first = np.unique(rows[remaining], return_index=True)
+        taken = remaining[first]
+        where = np.full(file_rows, -1, np.int64)
+        where[rows[taken]] = positions[taken]
+        if isinstance(values, logstore.SparseRows):
+            hist.add_cells(where, values.offsets, values.col, values.value)
+        else:  # a file written with dense histograms
+            hist.add_dense(where, values)
+        remaining = np.delete(remaining, first)
 
 
 def _first_file(sources: list[Source]) -> tuple[str, str]:
@@ -542,6 +583,9 @@ def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     out = {}
     for name in tables[0]:
         parts = [t[name] for t in tables]
+        if any(isinstance(p, SparseHistograms) for p in parts):
+            out[name] = SparseHistograms.concat(parts)
+            continue
         dtype = np.result_type(*[p.dtype for p in parts])
         out[name] = np.concatenate([p.astype(dtype, copy=False) for p in parts])
     return out
@@ -592,6 +636,54 @@ def load(
             wanted[(vm, day)] = units[(vm, day)]
     keys = sorted(wanted)
     listed: list[dict] = []  # what a stat finds: never cached, it costs nothing to find again
+    rolled, raw = _split_rollups(keys, wanted, listed)
+    raw_keys = [keys[i] for i in raw]
+    data, found, parsed, cached = _load_rows(raw_keys, wanted, listed, cache_dir, progress, workers, pool)
+    if rolled:
+        # Rollups are this very aggregate: read from their files on every run, each fleet-day
+        # file once, histograms kept sparse (cheaper than a cache of them would be to read).
+        table, found_rolled = read_rollups([wanted[keys[i]][0] for i in rolled], sparse=True)
+        found = {raw[i]: entries for i, entries in found.items()}
+        found.update((rolled[k], entries) for k, entries in found_rolled.items())
+        if raw:
+            data = concat_tables([data, table])
+            inverse = np.empty(len(keys), np.int64)
+            inverse[np.array(raw + rolled)] = np.arange(len(keys))
+            data = {name: values[inverse] for name, values in data.items()}
+        else:
+            data = table
+        parsed += len(rolled)
+    entries = [entry for i in sorted(found) for entry in found[i]]
+    return _table(keys, data, parsed, cached, listed + entries)
+
+
+def _split_rollups(keys: list, wanted: Units, listed: list[dict]) -> tuple[list[int], list[int]]:
+    """Positions in ``keys`` of the units answered by a rollup, and of the others (rows).
+
+    A rollup file is looked at once (not per VM-day); one gone since it was
+    listed (retention) or not a regular file (named in ``listed``) leaves its
+    units with nothing to read, as the rows of a vanished CSV file would.
+    """
+    rolled, raw = [], []
+    usable: dict[str, bool] = {}
+    for i, key in enumerate(keys):
+        sources = wanted[key]
+        if _is_rollup(sources):
+            path = sources[0].path
+            if path not in usable:
+                usable[path] = bool(_signature(sources, listed)[1])
+            if usable[path]:
+                rolled.append(i)
+                continue
+            wanted[key] = []
+        raw.append(i)
+    return rolled, raw
+
+
+def _load_rows(keys, wanted: Units, listed: list[dict], cache_dir, progress, workers,
+               pool) -> tuple[dict, dict[int, list[dict]], int, int]:
+    """``(aggregates, issues by position, parsed, cached)`` of units held as rows (``keys``):
+    from the cache where their files did not change, parsed otherwise, and the cache rewritten."""
     stats: dict[str, os.stat_result] = {}
     signed = [_signature(wanted[k], listed, stats) for k in keys]
     signatures = [sig for sig, _readable in signed]
@@ -609,8 +701,7 @@ def load(
 
     if cache and not stale and cache["keys"] == keys:
         # Nothing changed since the cache was written: use its arrays as they are (no copies).
-        found = [entry for entries in cache["issues"].values() for entry in entries]
-        return _table(keys, cache["data"], 0, len(keys), listed + found)
+        return cache["data"], cache["issues"], 0, len(keys)
     parts = []
     order = []
     parsed_issues: dict[int, list[dict]] = {}  # by position in keys
@@ -623,33 +714,22 @@ def load(
                 parsed_issues[i] = cache["issues"][j]
     if stale:
         try:
-            # Rollups are read here, each fleet-day file once; rows are parsed by the workers.
-            is_rollup = [_is_rollup(readable[keys[i]]) for i in stale]
-            rolled = [i for i, rollup in zip(stale, is_rollup, strict=True) if rollup]
-            stale_rows = [i for i, rollup in zip(stale, is_rollup, strict=True) if not rollup]
-            if rolled:
-                table, found = read_rollups([readable[keys[i]][0] for i in rolled])
-                parts.append(table)
-                parsed_issues.update((rolled[k], entries) for k, entries in found.items())
-                order.extend(rolled)
             # A task's units from one columnar file, VMs in its order: one read of a few row groups.
-            stale_rows = sorted(stale_rows, key=lambda i: _first_file(readable[keys[i]]))
-            tables, found = _parse(keys, readable, stale_rows, progress, workers, pool)
+            stale = sorted(stale, key=lambda i: _first_file(readable[keys[i]]))
+            tables, found = _parse(keys, readable, stale, progress, workers, pool)
         except BrokenProcessPool:
             raise ReportError("a log-parsing process died (out of memory?); retry with --workers 1") from None
         parts.extend(tables)
         parsed_issues.update(found)
-        order.extend(stale_rows)
+        order.extend(stale)
     data = (parts[0] if len(parts) == 1 else concat_tables(parts)) if parts else empty_table(0)
     if parts and order != list(range(len(order))):  # already in key order (one part): no copy
         inverse = np.empty(len(order), np.int64)
         inverse[np.array(order)] = np.arange(len(order))
         data = {name: values[inverse] for name, values in data.items()}
-    if cache_dir and (stale or not cache or len(cache["keys"]) != len(keys)):
+    if cache_dir and (stale or (cache is None and keys) or (cache and len(cache["keys"]) != len(keys))):
         _write_cache(cache_dir, {"keys": keys, "sigs": signatures, "data": data, "issues": parsed_issues})
-
-    found = [entry for i in sorted(parsed_issues) for entry in parsed_issues[i]]
-    return _table(keys, data, len(stale), len(reuse), listed + found)
+    return data, parsed_issues, len(stale), len(reuse)
 
 
 def _table(keys, data, parsed: int, cached: int, issues: list[dict]) -> DayTable:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmstats.report import runs
-from vmstats.report.histogram import PCT_VALUES, RATE_VALUES, percentiles, share_below
+from vmstats.report.histogram import PCT_VALUES, RATE_VALUES, SparseHistograms, percentiles, share_below
 from vmstats.report.load import DayTable
 from vmstats.report.settings import SHAPE_TOLERANCE
 
@@ -65,6 +65,8 @@ def _hist_sum(hist: np.ndarray, group: np.ndarray, offset: np.ndarray, groups: i
     (a VM has one row a day, so no index repeats within a day): as fast, in
     memory for the sums only.
     """
+    if isinstance(hist, SparseHistograms):  # a long window from rollups: their cells, per VM
+        return hist.group_sum(group, groups)
     out = np.zeros((groups, hist.shape[1]), np.int64)
     if not len(group):
         return out
