@@ -163,7 +163,7 @@ def ninety_days(compacted: Path, days: int = 90, dense: bool = False) -> Path:
             shifted = pa.array(moved.column(column).to_numpy() + k * 86400)
             moved = moved.set_column(index, column, shifted)
         name = logstore.day_name(first + k)
-        writer = logstore.TierWriter(logstore.tier_path(str(target), logstore.ROLLUPS_DIR, name))
+        writer = logstore.rollup_writer(logstore.tier_path(str(target), logstore.ROLLUPS_DIR, name))
         writer.add(moved)
         writer.close(dict(info, day=name))
         writer.commit()

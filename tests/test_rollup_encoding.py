@@ -40,7 +40,7 @@ def _aggregates(rows: int, seed: int = 5) -> dict[str, np.ndarray]:
 
 def _write(data_dir, vms, table, sparse) -> str:
     path = logstore.tier_path(str(data_dir), logstore.ROLLUPS_DIR, DAY)
-    writer = logstore.TierWriter(path)
+    writer = logstore.rollup_writer(path)
     labels = [(1, "host", None)] * len(vms)
     writer.add(logstore.rollup_table(vms, labels, table, sparse=sparse))
     writer.close({"version": load.ROLLUP_VERSION, "day": DAY, "vms": vms})
@@ -105,7 +105,7 @@ def _days_of_rollups(tmp_path, vms, days, sparse):
         table = _aggregates(len(vms), seed=day)
         name = "2026-01-%02d" % (day + 1)
         path = logstore.tier_path(str(tmp_path), logstore.ROLLUPS_DIR, name)
-        writer = logstore.TierWriter(path)
+        writer = logstore.rollup_writer(path)
         writer.add(logstore.rollup_table(vms, [(1, "host", None)] * len(vms), table, sparse=sparse))
         writer.close({"version": load.ROLLUP_VERSION, "day": name, "vms": vms})
         writer.commit()

@@ -133,6 +133,24 @@ def test_closed_days_are_compacted_verified_and_answer_identically(tmp_path):
         np.testing.assert_array_equal(before[name], columnar[name], err_msg=name)
 
 
+def test_a_days_rollups_are_one_row_group_whatever_the_chunks(tmp_path):
+    """Compaction computes rollups 64 VMs at a time but writes them as one row group (many
+    small groups cost several times more to read); they answer as the rows do."""
+    data = tmp_path / "data"
+    vms = compact_mod.CHUNK_VMS + 6
+    _write_fleet(data, vms=vms, days=1, step=900)
+    before, keys = _aggregates(load.discover([str(data)]))
+    _compact(data, policy={"compact_after": 1, "retain_raw": 30, "retain_rollups": 60}, now=(FIRST + 2) * DAY)
+    meta = pq.ParquetFile(data / "rollups" / (logstore.day_name(FIRST) + ".parquet")).metadata
+    assert (meta.num_row_groups, meta.num_rows) == (1, vms)
+    units = load.discover([str(data)])
+    assert all(load._is_rollup(sources) for sources in units.values())
+    after, keys_after = _aggregates(units)
+    assert keys_after == keys
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+
+
 def _report(data_dirs, days: int = 4, **kwargs) -> list:
     report = build([str(d) for d in data_dirs], Policy.load(overrides={"days": days}), PriceBook.load(None),
                    workers=1, **kwargs)

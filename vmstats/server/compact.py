@@ -350,11 +350,14 @@ def _rolled_up(columnar: str, rollups: str) -> bool:
 
 def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
     """The VM-day rollups of a columnar file, computed by the report's own aggregation."""
+    import pyarrow as pa
+
     from vmstats.report import load
 
     name = logstore.day_name(day)
     vms = logstore.tier_info(columnar)["vms"]
-    writer = logstore.TierWriter(logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name))
+    writer = logstore.rollup_writer(logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name))
+    pending: list = []  # rollup tables of chunks not yet written: one row group of many VMs
     try:
         for start in range(0, len(vms), CHUNK_VMS):
             chunk = vms[start:start + CHUNK_VMS]
@@ -365,9 +368,12 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
             if unread:
                 raise VerifyError("rollups of %s: %s" % (columnar, unread[0]["problem"]))
             labels = logstore.last_labels_many(parts)
-            writer.add(logstore.rollup_table(
+            pending.append(logstore.rollup_table(
                 chunk, [(None, None, None) if label is None else (label[0], label[1], _tags_text(label[2]))
                         for label in labels], table, sparse=load.HISTOGRAMS))
+            if len(pending) * CHUNK_VMS >= logstore.ROLLUP_GROUP_VMS or start + CHUNK_VMS >= len(vms):
+                writer.add(pa.concat_tables(pending))
+                pending = []
         writer.close({"version": load.ROLLUP_VERSION, "day": name, "vms": vms})
     except BaseException:
         writer.abort()
