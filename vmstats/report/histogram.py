@@ -136,7 +136,7 @@ class SparseHistograms:
             if not kept.any():
                 continue
             mine = owner[kept]
-            unique = len(np.unique(mine)) == len(mine)
+            unique = np.bincount(mine, minlength=groups).max() <= 1
             if offsets is None:
                 _add_rows(out, mine, value[kept], unique)
                 continue
