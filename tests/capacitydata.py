@@ -2,8 +2,8 @@
 
 Shared by the capacity command tests and the admission API tests.  The
 expected figures are computed here with numpy from the same series the logs
-are written from (summed per minute, then the percentile), independently of
-vmstats.capacity.
+are written from (each VM's hourly peaks, summed per minute, then the
+percentile: the defaults), independently of vmstats.capacity.
 """
 
 import math
@@ -106,11 +106,16 @@ def write_fleet(data_dir: Path, inventory_path: Path) -> dict:
     }
 
 
+def _hourly(values: np.ndarray) -> np.ndarray:
+    """Each minute at the peak of its hour (the window starts at midnight, whole hours)."""
+    return np.repeat(values.reshape(-1, 60).max(axis=1), 60)
+
+
 def _demand(members) -> tuple[float, float]:
-    """p99 (an observed minute) of the members' summed cores and GB."""
-    cpu = sum(m[3] / 100 * m[1] for m in members)
-    mem = sum(m[4] / 100 * m[2] / 1024 for m in members)
-    return (float(np.percentile(cpu, 99, method="higher")), float(np.percentile(mem, 99, method="higher")))
+    """The defaults: p99.9 (an observed minute) of the members' hourly peaks summed, cores and GB."""
+    cpu = sum(_hourly(m[3] / 100 * m[1]) for m in members)
+    mem = sum(_hourly(m[4] / 100 * m[2] / 1024) for m in members)
+    return tuple(float(np.percentile(values, 99.9, method="higher")) for values in (cpu, mem))
 
 
 def fits(room_cpu: float, room_mem: float, cpu_each: float, mem_each: float) -> int:

@@ -76,7 +76,8 @@ def test_headroom_counts_per_host_now_and_after_the_reports_advice(headroom):
     fleet_totals = data["fleet"]
     assert fleet_totals["fit_now"] == one["fit_now"] and fleet_totals["hosts_unknown"] == ["kvm02"]
     assert fleet_totals["unplaced_vms"] == ["stray"]
-    assert data["basis"]["percentile"] == "p99" and data["basis"]["window"]["minutes"] == 7 * 1440
+    assert (data["basis"]["percentile"], data["basis"]["peaks"]) == ("p99.9", "hourly peaks")
+    assert data["basis"]["window"]["minutes"] == 7 * 1440
     # The terminal says the same.
     text = result.stdout
     assert "headroom for 2x8@50%" in text and "unknown (below the coverage gate" in text
@@ -212,3 +213,21 @@ def test_admit_backtest_runs_from_the_same_command(fleet):
     assert lonely.returncode == 1 and lonely.stderr.strip() == (
         "Error: expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)"
     )
+
+
+def test_every_entry_point_plans_with_the_same_defaults():
+    """The commands, the server's admission API and the library judge demand alike unless told."""
+    from vmstats.capacity.command import admit, headroom
+    from vmstats.capacity.demand import Settings, parse_percentile
+    from vmstats.server.command import serve
+    from vmstats.server.config import ServerConfig
+
+    settings = Settings()
+    assert (settings.percentile, settings.peak_minutes) == (99.9, 60)
+    for command, prefix in ((headroom, ""), (admit, ""), (serve, "capacity_")):
+        options = {p.name: p.default for p in command.params}
+        assert parse_percentile(options[prefix + "percentile"]) == settings.percentile
+        assert options[prefix + "peak_minutes"] == settings.peak_minutes
+    config = ServerConfig()
+    assert parse_percentile(config.capacity_percentile) == settings.percentile
+    assert config.capacity_peak_minutes == settings.peak_minutes

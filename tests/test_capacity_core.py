@@ -47,6 +47,11 @@ def busy_at(minutes, cores, idle=0.2):
     return out
 
 
+def hours(numbers, first=0, last=60):
+    """The minutes ``first`` to ``last`` of each hour in ``numbers`` (hours since T0, a whole hour)."""
+    return np.concatenate([np.arange(h * 60 + first, h * 60 + last) for h in numbers])
+
+
 # --- inventory ---------------------------------------------------------------------------
 
 
@@ -134,11 +139,11 @@ def test_profiles_and_percentiles():
 
 
 def test_correlated_peaks_count_where_separate_percentiles_would_not():
-    """Two VMs busy at the same minutes need room for both peaks at once; the same two VMs
-    busy at different minutes do not, though each VM's own p99 is the same in both pairs."""
+    """Two VMs busy in the same hours need room for both peaks at once; the same two VMs
+    busy in different hours do not, though each VM's own p99 is the same in both pairs."""
     rng = np.random.default_rng(1)
-    minutes = rng.choice(MINUTES, size=2 * MINUTES // 50, replace=False)  # 4% of the week
-    first, second = minutes[: len(minutes) // 2], minutes[len(minutes) // 2 :]
+    busy = rng.choice(MINUTES // 60, size=8, replace=False)  # 8 of the week's 168 hours
+    first, second = hours(busy[:4]), hours(busy[4:])
     inv = inventory(plain("together", vcpus=10), plain("apart", vcpus=10))
     vms = [
         use("a1", "together", busy_at(first, 4.0)),
@@ -146,7 +151,7 @@ def test_correlated_peaks_count_where_separate_percentiles_would_not():
         use("b1", "apart", busy_at(first, 4.0)),
         use("b2", "apart", busy_at(second, 4.0)),
     ]
-    for vm in vms:  # each VM alone: busy 2% of minutes, so its p99 is its peak
+    for vm in vms:  # each VM alone: busy 2.4% of minutes, so its p99 is its peak
         assert level(vm.cpu, 99) == 4.0
     fleet = host_demand(inv, vms, WINDOW, Settings(horizon_days=0))
     together, apart = fleet.host("together"), fleet.host("apart")
@@ -159,10 +164,43 @@ def test_correlated_peaks_count_where_separate_percentiles_would_not():
     assert "no host has room" in offer.rejected["new2"]
 
 
+def test_peaks_in_the_same_hour_count_together_by_default():
+    """By default a VM counts its hourly peak at every minute of the hour: two VMs busy at
+    different minutes of the same hours need room for both, since the minute a burst comes at
+    does not repeat from one week to the next.  Minute by minute (peak_minutes=1) they would not."""
+    busy = range(5, 168, 24)  # 05:00 every day
+    inv = inventory(plain("h", vcpus=10))
+    vms = [
+        use("early", "h", busy_at(hours(busy, 0, 10), 4.0)),
+        use("late", "h", busy_at(hours(busy, 40, 50), 4.0)),
+    ]
+    assert Settings().peak_minutes == 60
+    fleet = host_demand(inv, vms, WINDOW, Settings(horizon_days=0))
+    hourly = fleet.host("h")
+    assert hourly.cpu_level == pytest.approx(8.0)
+    assert hourly.cpu[5 * 60 : 6 * 60] == pytest.approx(8.0)  # the whole hour
+    assert hourly.cpu[6 * 60 : 7 * 60] == pytest.approx(0.4)  # the next hour: both idle
+    by_minute = host_demand(inv, vms, WINDOW, Settings(horizon_days=0, peak_minutes=1))
+    assert by_minute.host("h").cpu_level == pytest.approx(4.2)
+    ask = Ask("new", 3.0, 1.0)
+    assert place(loads(fleet), [ask]).status == REJECT  # 8 + 3 > 10
+    assert place(loads(by_minute), [ask]).status == ACCEPT  # 4.2 + 3 would fit
+
+
+def test_the_default_percentile_counts_a_peak_of_one_hour_a_week():
+    """p99.9 by default: a plan lets at most 0.1% of host-minutes pass its limit, so a burst in
+    one hour of the week (0.6% of its minutes) is counted; p99 would look past it."""
+    assert Settings().percentile == 99.9
+    inv = inventory(plain("h", vcpus=10))
+    vms = [use("bursty", "h", busy_at(hours([50]), 8.0, idle=1.0))]
+    assert host_demand(inv, vms, WINDOW, Settings(horizon_days=0)).host("h").cpu_level == 8.0
+    assert host_demand(inv, vms, WINDOW, Settings(horizon_days=0, percentile=99)).host("h").cpu_level == 1.0
+
+
 def test_a_series_ask_peaking_when_the_host_peaks_does_not_fit():
     """With per-minute demand, the same VM fits a host whose peaks it misses, not one it meets."""
-    peaks = np.arange(0, MINUTES, 40)  # 2.5% of minutes
-    others = peaks + 20
+    peaks = hours(range(0, MINUTES // 60, 4))  # every fourth hour
+    others = hours(range(2, MINUTES // 60, 4))
     inv = inventory(plain("h1", vcpus=10), plain("h2", vcpus=10))
     fleet = host_demand(
         inv,
@@ -194,11 +232,29 @@ def test_gaps_count_the_vms_own_level_and_unmeasured_memory_its_size():
         Settings(horizon_days=0),
     )
     h = fleet.host("h")
-    assert h.cpu[:600] == pytest.approx(3.0 + 0.5)  # the gap counts the VM's level, not zero
+    assert h.cpu[:600] == pytest.approx(3.0 + 0.5)  # hours without a record: the VM's level, not zero
     assert h.mem_level == pytest.approx(1.0 + 16.0)  # memory not measured: its whole size
     assert h.by_allocation == ["blind"]
     assert h.coverage == pytest.approx((2 * MINUTES - 600) / (2 * MINUTES))
     assert h.status(fleet.settings) == "ok"
+
+
+def test_a_gap_inside_an_hour_counts_the_hours_peak_not_every_vms_level_at_once():
+    """A collection outage of a few minutes, the same minutes for every VM, is not read as all of
+    them at their peaks together: inside an hour with records a gap counts that hour's peak."""
+    seen = np.ones(MINUTES, bool)
+    seen[100 * 60 + 20 : 100 * 60 + 40] = False  # twenty minutes of hour 100 (0.2%), every VM
+    vms = [
+        use("a", "h", busy_at(hours([10]), 5.0, idle=1.0), seen=seen),
+        use("b", "h", busy_at(hours([30]), 5.0, idle=1.0), seen=seen),
+    ]
+    inv = inventory(plain("h", vcpus=16))
+    hourly = host_demand(inv, vms, WINDOW, Settings(horizon_days=0)).host("h")
+    assert hourly.cpu[100 * 60 : 101 * 60] == pytest.approx(2.0)  # both at their quiet hour's peak
+    assert hourly.cpu_level == pytest.approx(6.0)  # one peak and the other's idle
+    by_minute = host_demand(inv, vms, WINDOW, Settings(horizon_days=0, peak_minutes=1)).host("h")
+    assert by_minute.cpu[100 * 60 + 20] == pytest.approx(10.0)  # each gap at its VM's own p99.9
+    assert by_minute.cpu_level == pytest.approx(10.0)
 
 
 def test_hosts_below_the_coverage_gate_are_unknown_never_free():

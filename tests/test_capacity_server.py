@@ -87,7 +87,7 @@ def test_answers_from_the_summary_and_holds_what_it_offered(live):
     hosts = {h["name"]: h for h in state(server)["hosts"]}
     one = hosts["kvm01"]
     cpu, mem = expected["now"]
-    # The summary's demand is the p99 of the summed minutes, plus a week of any rising trend.
+    # The summary's demand is the p99.9 of the summed hourly peaks, plus a week of any rising trend.
     assert cpu - 1e-3 <= one["cpu_demand"] <= cpu + 0.5 and mem - 1e-3 <= one["mem_demand"] <= mem + 0.5
     assert hosts["kvm02"]["status"] == "unknown"
     code, answer = post(server, MANIFEST)
@@ -98,7 +98,7 @@ def test_answers_from_the_summary_and_holds_what_it_offered(live):
     assert left["cpu_cores"] == pytest.approx(16 - one["cpu_demand"] - 2.0, abs=1e-3)
     assert left["mem_gb"] == pytest.approx(64 - one["mem_demand"] - 6.0, abs=1e-3)
     basis = answer["basis"]
-    assert basis["window"]["minutes"] == 7 * 1440 and basis["percentile"] == "p99"
+    assert basis["window"]["minutes"] == 7 * 1440 and basis["percentile"] == "p99.9"
     assert basis["hosts_unknown"] == ["kvm02"] and basis["coverage_min"] == 0.8
     assert 0 <= basis["summary_age_s"] < 600
     # The next answer starts from what the first holds; a question with hold = false holds nothing.

@@ -270,9 +270,10 @@ def terminal(result: dict) -> str:
         lines.append("  rejected %s: %s" % (vm, why))
     b = result["basis"]
     lines.append(
-        "based on %s of %s to %s, %d of %d hosts known (gate %g%%)%s"
+        "based on %s of %s, %s to %s, %d of %d hosts known (gate %g%%)%s"
         % (
             b["percentile"],
+            b["peaks"],
             b["window"]["start"],
             b["window"]["end"],
             b["hosts_known"],

@@ -44,7 +44,9 @@ from vmstats.capacity.demand import (
     fill,
     host_demand,
     level,
+    peaks_name,
     percentile_name,
+    window_offset,
 )
 from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.inventory import Inventory
@@ -144,8 +146,9 @@ class Backtest:
         return {
             "plan": self.plan.describe(),
             "judge": self.judge.describe(),
-            "basis": "%s of summed demand, trend over %g days, buffer per host (inventory)"
-            % (percentile_name(self.settings.percentile), self.settings.horizon_days),
+            "basis": "%s of summed demand (%s), trend over %g days, buffer per host (inventory)"
+            % (percentile_name(self.settings.percentile), peaks_name(self.settings.peak_minutes),
+               self.settings.horizon_days),
             "coverage_gate": self.settings.coverage_min,
             "inventory": self.source,
             "arrivals": self.arrivals,
@@ -173,12 +176,17 @@ def measured(use: VmUse) -> tuple[np.ndarray, np.ndarray]:
 
 
 def templates_from_history(plan: Sequence[VmUse], judge: dict[str, VmUse], settings: Settings,
-                           judge_minutes: int) -> list[Template]:
-    """Arrival shapes from VMs of the history: the plan's view of their use, and what they did next."""
+                           judge_minutes: int, offset: int = 0) -> list[Template]:
+    """Arrival shapes from VMs of the history: the plan's view of their use, and what they did next.
+
+    The plan's view is the one its residents get (fill(): the settings' peaks,
+    gaps filled; ``offset`` as demand.window_offset); what they did next is
+    judged minute by minute, as measured.
+    """
     stopped_after = int(settings.stopped_after_hours * 60)
     out = []
     for use in plan:
-        demand = fill(use, settings.percentile, stopped_after)
+        demand = fill(use, settings.percentile, stopped_after, settings.peak_minutes, offset)
         if demand.stopped or demand.size_unknown:
             continue  # nothing to learn its use from, or no size to allocate
         later = judge.get(use.vm)
@@ -301,7 +309,7 @@ def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Seque
         names = set(fleet.unplaced if pool is None else pool)
         later = {u.vm: u for u in judge_uses if u.vm in names}
         templates = templates_from_history([u for u in plan_uses if u.vm in names], later, settings,
-                                           judge_window.minutes)
+                                           judge_window.minutes, window_offset(plan, settings))
         if not templates:
             raise CapacityError("no arrivals: %s" % (
                 "every VM of the plan window is on a host (name the arrivals' VMs)" if pool is None

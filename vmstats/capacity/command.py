@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from vmstats.capacity import defaults
 from vmstats.capacity.backtest_command import backtest_options, run_backtest
 from vmstats.report.command import _OneLineErrors
 from vmstats.report.settings import ReportError
@@ -16,9 +17,17 @@ def capacity_options(function):
     options = (
         click.option(
             "--percentile",
-            default="p99",
+            default="p%g" % defaults.PERCENTILE,
             show_default=True,
-            help="Percentile of each host's summed demand: p99, p95, max or a number.",
+            help="Percentile of each host's summed demand: p99.9, p99, p95, max or a number.",
+        ),
+        click.option(
+            "--peak-minutes",
+            type=click.IntRange(1, 1440),
+            default=defaults.PEAK_MINUTES,
+            show_default=True,
+            help="Each VM counts its peak of every block of this many minutes (60: hourly peaks; "
+            "1: minute by minute).",
         ),
         click.option(
             "--coverage-min",
@@ -55,10 +64,16 @@ def capacity_options(function):
     return function
 
 
-def settings_from(percentile: str, coverage_min: float, days: int, horizon_days: float):
+def settings_from(percentile: str, coverage_min: float, days: int, horizon_days: float, peak_minutes: int):
     from vmstats.capacity.demand import Settings, parse_percentile
 
-    return Settings(parse_percentile(percentile), coverage_min, days, horizon_days)
+    return Settings(
+        percentile=parse_percentile(percentile),
+        coverage_min=coverage_min,
+        days=days,
+        horizon_days=horizon_days,
+        peak_minutes=peak_minutes,
+    )
 
 
 def report_changes(rows: list[dict]):
@@ -111,6 +126,7 @@ def headroom(
     data_dirs,
     profile_text,
     percentile,
+    peak_minutes,
     coverage_min,
     days,
     until,
@@ -126,8 +142,8 @@ def headroom(
 ):
     """How many more VMs of a profile fit per host and in the fleet, from DATA_DIR logs.
 
-    Demand per host is its VMs' use summed minute by minute at a high
-    percentile; the figures are given now and after the report's reclaim and
+    Demand per host is its VMs' use (each VM's hourly peaks by default) summed
+    minute by minute, at a high percentile; the figures are given now and after the report's reclaim and
     downsize advice, with the allocation-based (Nova) count beside them.
     """
     from vmstats.capacity import outputs
@@ -136,7 +152,7 @@ def headroom(
 
     try:
         profile = parse_profile(profile_text)
-        settings = settings_from(percentile, coverage_min, days, horizon_days)
+        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
         inventory = load_inventory(inventory_path)
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
@@ -235,6 +251,7 @@ def load_manifest(path: str):
 def admit(
     paths,
     percentile,
+    peak_minutes,
     coverage_min,
     days,
     until,
@@ -257,7 +274,7 @@ def admit(
     from vmstats.capacity.summary import summarise
 
     try:
-        settings = settings_from(percentile, coverage_min, days, horizon_days)
+        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     if backtest:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vmstats.capacity import defaults
 from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.inventory import Host, Inventory
 
@@ -32,7 +33,7 @@ class Settings:
     """How demand is judged.  docs/CAPACITY.md explains each."""
 
     #: Percentile of the host's summed demand over the window (100: the maximum).
-    percentile: float = 99.0
+    percentile: float = defaults.PERCENTILE
     #: Share of expected VM-minutes a host's VMs must have been seen in; below it: unknown.
     coverage_min: float = 0.8
     #: Days of history (whole UTC days ending with the latest record's day).
@@ -41,10 +42,14 @@ class Settings:
     horizon_days: float = 7.0
     #: A VM silent this long before the window's end is stopped: no demand, still allocated.
     stopped_after_hours: float = 24.0
+    #: Each VM counts its peak of every UTC block of this many minutes at each minute of the
+    #: block (60: its hourly peak; 1: minute by minute).
+    peak_minutes: int = defaults.PEAK_MINUTES
 
     def describe(self) -> str:
-        return "%s over %d days, coverage gate %g%%" % (
+        return "%s of %s over %d days, coverage gate %g%%" % (
             percentile_name(self.percentile),
+            peaks_name(self.peak_minutes),
             self.days,
             self.coverage_min * 100,
         )
@@ -66,6 +71,30 @@ def parse_percentile(text: str | float) -> float:
 
 def percentile_name(p: float) -> str:
     return "max" if p >= 100 else "p%g" % p
+
+
+def peaks_name(minutes: int) -> str:
+    """What a minute of demand is: ``hourly peaks``, ``15-minute peaks``, ``minutes``."""
+    if minutes <= 1:
+        return "minutes"
+    return "hourly peaks" if minutes == 60 else "%d-minute peaks" % minutes
+
+
+def block_peaks(series: np.ndarray, offset: int, minutes: int) -> np.ndarray:
+    """Each value replaced by the largest of its UTC block of ``minutes`` (NaN: unknown, ignored).
+
+    ``offset`` is the series' first minute within its block (minutes since the
+    epoch, modulo ``minutes``), so blocks are whole hours of the clock.  A
+    block with no known value stays NaN.
+    """
+    if minutes <= 1 or not len(series):
+        return series.copy()
+    head = offset % minutes
+    padded = np.full(-(-(head + len(series)) // minutes) * minutes, -np.inf)
+    padded[head : head + len(series)] = np.where(np.isnan(series), -np.inf, series)
+    peaks = np.repeat(padded.reshape(-1, minutes).max(axis=1), minutes)[head : head + len(series)]
+    peaks[np.isneginf(peaks)] = np.nan
+    return peaks
 
 
 def level(series: np.ndarray, p: float) -> float:
@@ -131,14 +160,20 @@ class VmDemand:
     size_unknown: bool = False
 
 
-def fill(use: VmUse, p: float, stopped_after_minutes: int) -> VmDemand:
+def fill(
+    use: VmUse, p: float, stopped_after_minutes: int, peak_minutes: int = 1, offset: int = 0
+) -> VmDemand:
     """A VM's demand series with nothing left unknown, and what it rests on.
 
     A record without a CPU or memory figure counts the VM's whole size for it
-    (memory is counted by allocation where it is not measured); a minute with
+    (memory is counted by allocation where it is not measured).  With
+    ``peak_minutes`` above 1 every minute counts the VM's peak of its block
+    (``offset``: the window's first minute within a block, see block_peaks), so
+    a gap inside a block with records counts the block's peak.  A block with
     no record, after the VM's first, counts its own ``p`` level, so a gap is
-    never idle.  A VM silent for ``stopped_after_minutes`` before the window's
-    end is stopped: no demand (its allocation still counts).
+    never idle, and a collection outage is not read as every VM at its peak at
+    once.  A VM silent for ``stopped_after_minutes`` before the window's end
+    is stopped: no demand (its allocation still counts).
     """
     minutes = len(use.seen)
     seen_at = np.flatnonzero(use.seen)
@@ -156,7 +191,9 @@ def fill(use: VmUse, p: float, stopped_after_minutes: int) -> VmDemand:
             by_allocation.append(name)
     known = use.seen & ~np.isnan(cpu) & ~np.isnan(mem)
     covered = int(known[start:].sum())
+    filled = []
     for series, size in ((cpu, use.vcpus), (mem, use.mem_gb)):
+        series = block_peaks(series, offset, peak_minutes)
         measured = series[known]
         gap_value = level(measured, p) if len(measured) else (0.0 if math.isnan(size) else size)
         gap = np.isnan(series)
@@ -164,6 +201,8 @@ def fill(use: VmUse, p: float, stopped_after_minutes: int) -> VmDemand:
         series[gap] = gap_value
         series[:start] = 0.0
         series[np.isnan(series)] = 0.0
+        filled.append(series)
+    cpu, mem = filled
     size_unknown = math.isnan(use.vcpus) or math.isnan(use.mem_gb)
     return VmDemand(
         use.vm,
@@ -297,7 +336,8 @@ def demand_views(
         if all(use.vm in change.removed for change in changes):
             continue
         name = inventory.host_of(use.vm, use.host_tag)
-        vm = None if name is None else fill(use, settings.percentile, stopped_after)
+        vm = None if name is None else fill(use, settings.percentile, stopped_after, settings.peak_minutes,
+                                            window_offset(window, settings))
         for hosts, lost, change in zip(views, unplaced, changes, strict=True):
             if use.vm in change.removed:
                 continue
@@ -324,6 +364,11 @@ def demand_views(
             settle(entry, window, settings)
         out.append(FleetDemand(window, settings, list(hosts.values()), sorted(lost)))
     return out
+
+
+def window_offset(window: Window, settings: Settings) -> int:
+    """The window's first minute within its block of ``settings.peak_minutes`` (UTC)."""
+    return (window.start_ts // MINUTE) % max(1, settings.peak_minutes)
 
 
 def named_ids(host: Host) -> list[str]:

@@ -12,7 +12,7 @@ frees allocation, not measured use).  Unknown hosts count nothing.
 import math
 from dataclasses import dataclass
 
-from vmstats.capacity.demand import FleetDemand, HostDemand, percentile_name
+from vmstats.capacity.demand import FleetDemand, HostDemand, peaks_name, percentile_name
 from vmstats.capacity.profiles import Profile
 
 #: Columns of headroom.csv, in order (one place for the CSV, JSON rows and the terminal).
@@ -177,6 +177,7 @@ def result(
         "basis": {
             "window": now.window.describe(),
             "percentile": percentile_name(s.percentile),
+            "peaks": peaks_name(s.peak_minutes),
             "coverage_min": s.coverage_min,
             "horizon_days": s.horizon_days,
             "stopped_after_hours": s.stopped_after_hours,

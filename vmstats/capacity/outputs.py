@@ -41,12 +41,13 @@ def terminal(result: dict, top: int = 20) -> str:
     p, b, f = result["profile"], result["basis"], result["fleet"]
     after = result["after"] is not None
     lines = [
-        "headroom for %s (%.2f cores, %.2f GB expected each): %s over %s to %s, coverage gate %g%%"
+        "headroom for %s (%.2f cores, %.2f GB expected each): %s of %s over %s to %s, coverage gate %g%%"
         % (
             p["name"],
             p["cpu_demand"],
             p["mem_demand"],
             b["percentile"],
+            b["peaks"],
             b["window"]["start"],
             b["window"]["end"],
             b["coverage_min"] * 100,

@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from vmstats.capacity.demand import FleetDemand, Settings, percentile_name
+from vmstats.capacity import defaults
+from vmstats.capacity.demand import FleetDemand, Settings, peaks_name, percentile_name
 from vmstats.capacity.placement import HostLoad
 
 #: Bumped when the JSON's shape changes: the server refuses a summary of another version.
@@ -53,6 +54,7 @@ class Summary:
     horizon_days: float
     hosts: list[HostSummary]
     unplaced: int = 0
+    peak_minutes: int = defaults.PEAK_MINUTES
     made_at: float = field(default_factory=time.time)
     version: int = VERSION
 
@@ -63,6 +65,7 @@ class Summary:
         return {
             "window": self.window,
             "percentile": percentile_name(self.percentile),
+            "peaks": peaks_name(self.peak_minutes),
             "coverage_min": self.coverage_min,
             "horizon_days": self.horizon_days,
             "hosts": len(self.hosts),
@@ -126,7 +129,8 @@ def summarise(fleet: FleetDemand) -> Summary:
             )
         )
     return Summary(
-        fleet.window.describe(), s.percentile, s.coverage_min, s.horizon_days, hosts, len(fleet.unplaced)
+        fleet.window.describe(), s.percentile, s.coverage_min, s.horizon_days, hosts, len(fleet.unplaced),
+        s.peak_minutes,
     )
 
 

@@ -169,7 +169,10 @@ def retention_options(command):
 @click.option("--admission-hold", type=DURATION, default=_seconds(D.admission_hold), show_default=True,
               help="How long an admission answer's offer holds its room on its hosts.")
 @click.option("--capacity-percentile", default=D.capacity_percentile, show_default=True,
-              help="Percentile of each host's summed demand for admission: p99, p95, max or a number.")
+              help="Percentile of each host's summed demand for admission: p99.9, p99, max or a number.")
+@click.option("--capacity-peak-minutes", type=click.IntRange(1, 1440), default=D.capacity_peak_minutes,
+              show_default=True, help="Each VM counts its peak of every block of this many minutes for "
+                                      "admission (60: hourly peaks; 1: minute by minute).")
 @click.option("--capacity-coverage-min", type=click.FloatRange(0, 1), default=D.capacity_coverage_min,
               show_default=True, help="Share of its VMs' minutes a host needs seen to be offered.")
 @click.option("--capacity-days", type=click.IntRange(1, 3660), default=D.capacity_days, show_default=True,

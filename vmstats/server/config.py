@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmstats.capacity import defaults as capacity_defaults
 from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT, DEFAULT_SIG_WINDOW
 
 DEFAULT_HTTP_PORT = 8898
@@ -114,6 +115,7 @@ class ServerConfig:
     #: Seconds an admission answer's offer holds its room (until the VMs show in the data).
     admission_hold: float = 1800.0
     #: How demand is judged for admission (vmstats.capacity.demand.Settings' fields).
-    capacity_percentile: str = "p99"
+    capacity_percentile: str = "p%g" % capacity_defaults.PERCENTILE
+    capacity_peak_minutes: int = capacity_defaults.PEAK_MINUTES
     capacity_coverage_min: float = 0.8
     capacity_days: int = 14

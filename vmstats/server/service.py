@@ -139,8 +139,9 @@ class Aggregator(service.MultiService):
         from vmstats.capacity.service import AdmissionService
 
         config = self.config
-        settings = Settings(parse_percentile(config.capacity_percentile), config.capacity_coverage_min,
-                            config.capacity_days)
+        settings = Settings(percentile=parse_percentile(config.capacity_percentile),
+                            coverage_min=config.capacity_coverage_min, days=config.capacity_days,
+                            peak_minutes=config.capacity_peak_minutes)
         admission = AdmissionService(self.reactor, config.data_dir, config.inventory, settings,
                                      config.capacity_refresh, config.admission_hold, token)
         self.metrics.families.append(admission.families)
