@@ -189,6 +189,29 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
     bad = vmstats("report", base / "data", "-o", tmp_path / "never", "--inventory", base / "nope.toml")
     assert bad.returncode == 1 and "inventory %s does not exist" % (base / "nope.toml") in bad.stderr
     assert not (tmp_path / "never" / "report.html").exists()
+    # The same pass left its per-host summary: an admission answered from it without reading the
+    # logs again is the answer from the logs (the report plans with the defaults, as admit does).
+    manifest = tmp_path / "app.toml"
+    manifest.write_text('name = "shop"\n[[vms]]\nprofile = "2x8@50%"\ncount = 3\n')
+    from_logs = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml", "--json")
+    from_summary = vmstats("admit", manifest, "--summary", out / "capacity-summary.json", "--json")
+    assert from_summary.returncode == from_logs.returncode == 0, from_summary.stderr
+    answer, expected_answer = json.loads(from_summary.stdout), json.loads(from_logs.stdout)
+    for key in ("status", "offer", "headroom_left", "allocation_basis"):
+        assert answer[key] == expected_answer[key]
+    for key in ("window", "percentile", "peaks", "hosts_unknown", "horizon_days"):
+        assert answer["basis"][key] == expected_answer["basis"][key]
+    assert answer["basis"]["summary_age_s"] >= 0
+    (tmp_path / "junk.json").write_text('{"hosts": 3}')
+    for summary, message in (
+        (tmp_path / "none.json", "cannot be read"),
+        (tmp_path / "junk.json", "is not a"),
+    ):
+        wrong = vmstats("admit", manifest, "--summary", summary)
+        assert wrong.returncode == 1 and "summary %s %s" % (summary, message) in wrong.stderr
+        assert len(wrong.stderr.strip().splitlines()) == 1
+    extra = vmstats("admit", manifest, base / "data", "--summary", out / "capacity-summary.json")
+    assert extra.returncode == 1 and "the manifest is the only argument" in extra.stderr
 
 
 def test_admit_backtest_runs_from_the_same_command(fleet):

@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -54,9 +55,9 @@ def capacity_options(function):
         click.option(
             "--inventory",
             "inventory_path",
-            required=True,
+            default=None,
             metavar="FILE",
-            help="Host inventory TOML (docs/CAPACITY.md).",
+            help="Host inventory TOML (docs/CAPACITY.md); required but with admit --summary.",
         ),
     )
     for option in reversed(options):
@@ -150,6 +151,8 @@ def headroom(
     from vmstats.capacity.inventory import load_inventory
     from vmstats.capacity.profiles import parse_profile
 
+    if not inventory_path:
+        raise click.UsageError("Missing option '--inventory'.")
     try:
         profile = parse_profile(profile_text)
         settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
@@ -159,7 +162,7 @@ def headroom(
         advice = None
         if not no_after:
             advice = _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir)
-        result = from_logs(data_dirs, inventory, inventory_path, profile, settings, until, advice)
+        result = from_logs(data_dirs, inventory, inventory_path, profile, settings, until, advice, out_dir)
         if out_dir:
             outputs.write(result, out_dir)
     except ReportError as exc:
@@ -169,16 +172,35 @@ def headroom(
     click.echo(outputs.terminal(result, top))
 
 
-def from_logs(data_dirs, inventory, inventory_path: str, profile, settings, until, advice) -> dict:
+def from_logs(
+    data_dirs,
+    inventory,
+    inventory_path: str,
+    profile,
+    settings,
+    until,
+    advice,
+    summary_dir: str | None = None,
+) -> dict:
     """The headroom result (headroom.result) of the logs, now and, with ``advice`` (a
-    demand.Change and its description), after it: one pass over the logs for both."""
+    demand.Change and its description), after it: one pass over the logs for both.
+
+    With ``summary_dir`` the per-host summary of now (summary.SUMMARY_FILE) is
+    written there too, so ``vmstats admit --summary`` answers from this pass
+    instead of reading the logs again.
+    """
     from vmstats.capacity import headroom as headroom_mod
     from vmstats.capacity import reader
     from vmstats.capacity.demand import Change, demand_views
+    from vmstats.capacity.summary import SUMMARY_FILE, summarise
 
     logs = reader.find_logs(data_dirs, settings.days, until)
     changes = [Change()] + ([advice[0]] if advice else [])
     views = demand_views(inventory, reader.read_vms(logs), logs.window, settings, changes)
+    if summary_dir:
+        os.makedirs(summary_dir, exist_ok=True)
+        with open(os.path.join(summary_dir, SUMMARY_FILE), "w", encoding="utf-8") as handle:
+            handle.write(summarise(views[0]).to_json())
     return headroom_mod.result(
         views[0],
         views[1] if advice else None,
@@ -188,14 +210,18 @@ def from_logs(data_dirs, inventory, inventory_path: str, profile, settings, unti
     )
 
 
-def report_section(data_dirs, report, inventory, inventory_path: str, profile, days: int, until) -> dict:
-    """The report's capacity section: headroom for ``profile`` now and after the report's own advice."""
+def report_section(
+    data_dirs, report, inventory, inventory_path: str, profile, days: int, until, out_dir: str
+) -> dict:
+    """The report's capacity section: headroom for ``profile`` now and after the report's own advice
+    (and the per-host summary in ``out_dir``, for ``vmstats admit --summary``)."""
     from vmstats.capacity.demand import Settings
 
     change, described = report_changes(report.rows)
     described["source"] = "this report"
+    advice = (change, described)
     return from_logs(
-        data_dirs, inventory, inventory_path, profile, Settings(days=days), until, (change, described)
+        data_dirs, inventory, inventory_path, profile, Settings(days=days), until, advice, out_dir
     )
 
 
@@ -247,6 +273,14 @@ def load_manifest(path: str):
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the answer as JSON (as POST /admission gives it)."
 )
+@click.option(
+    "--summary",
+    "summary_path",
+    default=None,
+    metavar="FILE",
+    help="Answer from the per-host summary a report or headroom run wrote (capacity-summary.json) "
+    "instead of reading the logs: MANIFEST is then the only argument; the summary's settings apply.",
+)
 @backtest_options
 def admit(
     paths,
@@ -258,6 +292,7 @@ def admit(
     horizon_days,
     inventory_path,
     as_json,
+    summary_path,
     backtest,
     arrivals,
     arrival_profile,
@@ -277,6 +312,18 @@ def admit(
         settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
+    if summary_path:
+        if backtest or arrivals or arrival_profile or len(paths) != 1:
+            raise click.ClickException(
+                "with --summary the manifest is the only argument (no DATA_DIR, no backtest)"
+            )
+        try:
+            result = admission.answer(load_summary(summary_path), load_manifest(paths[0]))
+        except ReportError as exc:
+            raise click.ClickException(str(exc)) from None
+        return _print_answer(result, as_json)
+    if not inventory_path:
+        raise click.UsageError("Missing option '--inventory'.")
     if backtest:
         run_backtest(paths, settings, inventory_path, until, arrivals, arrival_profile, as_json)
         return
@@ -293,12 +340,33 @@ def admit(
         result = admission.answer(summary, manifest)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
+    _print_answer(result, as_json)
+
+
+def _print_answer(result: dict, as_json: bool) -> NoReturn:
+    """The answer on stdout (JSON or the terminal's lines); the exit status says which answer."""
+    from vmstats.capacity import admission
+
     if as_json:
         json.dump(result, sys.stdout, indent=1, sort_keys=True)
         sys.stdout.write("\n")
     else:
         click.echo(admission.terminal(result))
     sys.exit(EXIT[result["status"]])
+
+
+def load_summary(path: str):
+    """A per-host summary file (summary.SUMMARY_FILE) read back; CapacityError when it cannot be used."""
+    from vmstats.capacity.errors import CapacityError
+    from vmstats.capacity.summary import Summary
+
+    try:
+        with open(path, "rb") as handle:
+            return Summary.from_json(handle.read())
+    except OSError as exc:
+        raise CapacityError("summary %s cannot be read: %s" % (path, exc.strerror or exc)) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CapacityError("summary %s is not a capacity summary: %s" % (path, exc)) from None
 
 
 #: Exit status of ``vmstats admit`` per answer.

@@ -336,8 +336,17 @@ def demand_views(
         if all(use.vm in change.removed for change in changes):
             continue
         name = inventory.host_of(use.vm, use.host_tag)
-        vm = None if name is None else fill(use, settings.percentile, stopped_after, settings.peak_minutes,
-                                            window_offset(window, settings))
+        vm = (
+            None
+            if name is None
+            else fill(
+                use,
+                settings.percentile,
+                stopped_after,
+                settings.peak_minutes,
+                window_offset(window, settings),
+            )
+        )
         for hosts, lost, change in zip(views, unplaced, changes, strict=True):
             if use.vm in change.removed:
                 continue

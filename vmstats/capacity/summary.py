@@ -22,6 +22,8 @@ from vmstats.capacity.placement import HostLoad
 
 #: Bumped when the JSON's shape changes: the server refuses a summary of another version.
 VERSION = 1
+#: The summary's file beside a report or headroom output (``vmstats admit --summary`` reads it).
+SUMMARY_FILE = "capacity-summary.json"
 
 
 @dataclass
@@ -129,7 +131,12 @@ def summarise(fleet: FleetDemand) -> Summary:
             )
         )
     return Summary(
-        fleet.window.describe(), s.percentile, s.coverage_min, s.horizon_days, hosts, len(fleet.unplaced),
+        fleet.window.describe(),
+        s.percentile,
+        s.coverage_min,
+        s.horizon_days,
+        hosts,
+        len(fleet.unplaced),
         s.peak_minutes,
     )
 

@@ -285,8 +285,9 @@ def report(
         if inventory_path:
             from vmstats.capacity.command import report_section
 
+            days_back = int(policy.base["days"])
             result.meta["capacity"] = report_section(
-                data_dirs, result, inventory, inventory_path, profile, int(policy.base["days"]), until
+                data_dirs, result, inventory, inventory_path, profile, days_back, until, out_dir
             )
         write_report(result, out_dir)
     except ReportError as exc:
