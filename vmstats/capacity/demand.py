@@ -1,11 +1,14 @@
 """Demand per host: the member VMs' minute-by-minute use summed, then a high percentile.
 
-Summing first and taking the percentile after is the point: two VMs busy at
-the same minutes need room for both peaks at once, while two whose peaks never
+Summing first and taking the percentile after is the point: two VMs busy in
+the same hours need room for both peaks at once, while two whose peaks never
 meet share it.  A VM's demand in a minute is ``cpu % x vCPUs`` (cores) and
-``mem % x size`` (GB).  Where a record lacks a measurement its allocation
-counts (the whole size), where a minute has no record at all the VM's own
-level fills it (its percentile over the minutes it was seen), so a gap never
+``mem % x size`` (GB), taken by default at its peak of the hour (block_peaks):
+the hour a burst comes in repeats, the minute does not, and a placement that
+fitted bursts into each other's quiet minutes would not hold the week after.
+Where a record lacks a measurement its allocation counts (the whole size);
+a gap counts its hour's peak, or where the hour has no record at all the
+VM's own level (its percentile over the hours it was seen), so a gap never
 reads as idle; and a host whose VMs were seen in fewer than ``coverage_min``
 of the minutes they should have been is reported unknown, never free.
 
