@@ -125,5 +125,5 @@ def test_a_signed_payload_replayed_after_a_restart_is_rejected(tmp_path, how):
 def test_seen_lines_are_read_back_from_a_segment_and_a_torn_one_is_ignored():
     data = (b"#!seen k1 100 n1\nvmstats,vm=a cpu=1,mem=1 100\n#!seen k2 101 n2\n"
             b"#!sync x\n#!seen k3 10")
-    assert list(seen_in(data)) == [(b"k1", 100, b"n1"), (b"k2", 101, b"n2")]
+    assert list(seen_in(data)) == [(b"k1", 100, b"k1 100 n1"), (b"k2", 101, b"k2 101 n2")]
     assert list(seen_in(b"vmstats,vm=a cpu=1,mem=1 100\n")) == []

@@ -6,8 +6,9 @@ given anywhere (key, HMAC, freshness, the VMs a key may speak for) are ``signing
 parser processes as they parse.  What lives here is the reactor's half, kept out of the
 listeners' receive loops:
 
-* ``Authenticator.admit`` checks each frame a parser accepted against the one memory of nonces
-  (``Verifier``), in arrival order, so that a replay is refused once whichever parser checked it.
+* ``Authenticator.admit_all`` checks each frame a parser accepted against the one memory of
+  accepted frames (``Verifier``), in arrival order, so that a replay is refused once whichever
+  parser checked it.
 * ``SignatureMemory`` makes replay protection hold across restarts.  Each accepted signature is
   appended to the journal as a ``#!seen key_id ts nonce`` line, in the same once-per-turn write
   as the records (no file I/O of its own on the receive path), and before the journal deletes
@@ -20,99 +21,137 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from itertools import repeat
-from operator import gt, itemgetter
+from itertools import compress, repeat
+from operator import gt
 
 from twisted.internet import task
 
 from vmstats import protocol
 from vmstats.server.journal import read_segments
 from vmstats.server.metrics import RateLimitedLog
-from vmstats.server.signing import Checked, FrameCheck, Key, check_frames, split_frames, stale, unsigned_lines
+from vmstats.server.signing import (
+    Accepted,
+    Checked,
+    FrameCheck,
+    Key,
+    check_frames,
+    split_frames,
+    stale,
+    unsigned_lines,
+)
 
 log = logging.getLogger(__name__)
 
-#: A journal line recording an accepted signature (a comment to every line-protocol reader).
+#: A journal line recording an accepted signature (a comment to every line-protocol reader):
+#: ``#!seen <key_id> <ts> <nonce>``.  Only the server writes one: record payloads are journaled
+#: without their control lines (``journal.without_control_lines``).
 SEEN_PREFIX = b"#!seen "
-_SEEN_LINE = SEEN_PREFIX + b"%s %s %s\n"
-#: Parts of a parser's ``(key_id, ts, nonce, removed)`` for an accepted frame.
-_KEY_OF, _TS_OF, _TOKEN_OF, _SEEN_OF = itemgetter(0), itemgetter(1), itemgetter(0, 2), \
-    itemgetter(0, 1, 2)
+_SEEN_JOIN = b"\n" + SEEN_PREFIX
 #: The per-key floors, in the journal directory.
 MARKS_FILE = "signatures"
+#: Distinct signed seconds in one answer that are admitted a second at a time with set
+#: operations; an answer with more goes frame by frame.
+_FEW_SECONDS = 4
+
+
 class Verifier:
-    """The replay check: one memory of accepted nonces, and per key the last signed time
-    before a restart (``floors``).  The reactor's alone, so that no replay passes twice."""
+    """The replay check: one memory of accepted frames, and per key the last signed time
+    before a restart (``floors``).  The reactor's alone, so that no replay passes twice.
+
+    A frame is known by its identity, ``<key_id> <ts> <nonce>``, all three
+    under its HMAC: a replay repeats them, and a frame that differs in any is
+    another message its key signed.  The identities are kept per signed
+    second (``_seen``) and a second's set is dropped whole once frames signed
+    then are stale: expiry costs one dict deletion a second, never a pass over
+    everything remembered, so the reactor's turn stays short however many
+    frames the window holds.
+    """
 
     def __init__(self, window: int, clock: Callable[[], float]):
         self.window = window
         self.clock = clock
-        self._seen: dict[tuple[bytes, bytes], int] = {}
+        self._seen: dict[int, set[bytes]] = {}
         self.floors: dict[bytes, int] = {}
 
-    def admit(self, key_id: bytes, ts: bytes, nonce: bytes, now: float | None = None) -> None:
+    def remembered(self) -> int:
+        """Frames remembered now (for tests and /status)."""
+        return sum(map(len, self._seen.values()))
+
+    def admit(self, key_id: bytes, stamp: int, identity: bytes, now: float | None = None) -> None:
         """Note a frame whose HMAC passed; raise SignatureError (S_REPLAY, S_STALE) if it is
         no new one.
 
         Freshness is checked again here: a frame checked by a parser may have
-        waited, and a nonce is forgotten only once a frame carrying it would
-        be stale, so a frame admitted within the window finds any earlier use
-        of its nonce.
+        waited, and a second's identities are forgotten only once a frame
+        signed then would be stale, so a frame admitted within the window finds
+        any earlier use of its identity.
         """
         if now is None:
             now = self.clock()
-        stale(ts, now, self.window)
-        token = (key_id, nonce)
-        if token in self._seen:
+        stale(stamp, now, self.window)
+        second = self._second(stamp, now)
+        if identity in second:
             raise protocol.SignatureError(protocol.S_REPLAY, "nonce already used")
-        stamp = int(ts)
         floor = self.floors.get(key_id)
         if floor is not None and stamp <= floor:
             raise protocol.SignatureError(
                 protocol.S_REPLAY, "signed at %d, not after %d: the last signature of key %r "
                 "before the restart" % (stamp, floor, key_id[:40]))
-        if len(self._seen) > 1000000:
-            self._expire(now)
-        self._seen[token] = stamp
+        second.add(identity)
 
-    def admit_all(self, accepted: list[tuple], now: float) -> list | None:
-        """``admit`` each ``(key_id, ts, nonce, removed)``: None if all pass, else each one's
+    def admit_all(self, key_ids: list, stamps: list, identities: list, now: float) -> list | None:
+        """``admit`` each frame of a parser's answer: None if all pass, else each one's
         SignatureError or None.
 
-        The usual case (every frame fresh, new and after its key's floor) is
-        decided by C-level set and ``map`` operations over the whole answer,
-        no Python step per frame: one-record datagrams make a frame per
-        record, on the one core that files them all.
+        The usual case (every frame fresh, new and after its key's floor,
+        signed within a few seconds) is decided by C-level set and ``map``
+        operations over the whole answer, no Python step per frame:
+        one-record datagrams make a frame per record, on the one core that
+        files them all.
         """
-        tokens = list(map(_TOKEN_OF, accepted))
-        stamps = list(map(int, map(_TS_OF, accepted)))
-        seen, floors = self._seen, self.floors
-        if (min(stamps) >= now - self.window and max(stamps) <= now + self.window
-                and seen.keys().isdisjoint(tokens) and len(set(tokens)) == len(tokens)
-                and (not floors or all(map(gt, stamps, map(floors.get, map(_KEY_OF, accepted),
-                                                           repeat(-1)))))):
-            seen.update(zip(tokens, stamps, strict=True))
-            if len(seen) > 1000000:
-                self._expire(now)
-            return None
-        return list(self._each(accepted, now))
-
-    def _each(self, accepted: list[tuple], now: float) -> Iterable:
-        for key_id, ts, nonce, _removed in accepted:
-            try:
-                self.admit(key_id, ts, nonce, now)
-            except protocol.SignatureError as exc:
-                yield exc
+        window, floors = self.window, self.floors
+        low, high = min(stamps), max(stamps)
+        if (low >= now - window and high <= now + window
+                and (not floors or all(map(gt, stamps, map(floors.get, key_ids, repeat(-1)))))):
+            if low == high:
+                groups = [(low, identities)]
             else:
-                yield None
+                seconds = set(stamps)
+                groups = [] if len(seconds) > _FEW_SECONDS else [
+                    (second, list(compress(identities, map(second.__eq__, stamps))))
+                    for second in seconds]
+            if groups:
+                fresh = [(self._second(second, now), set(group)) for second, group in groups]
+                if (sum(map(len, [group for _second, group in fresh])) == len(identities)
+                        and all(known.isdisjoint(group) for known, group in fresh)):
+                    for known, group in fresh:
+                        known |= group
+                    return None
+        return [self._one(*frame, now) for frame in zip(key_ids, stamps, identities, strict=True)]
 
-    def remember(self, key_id: bytes, nonce: bytes, stamp: int) -> None:
+    def _one(self, key_id: bytes, stamp: int, identity: bytes,
+             now: float) -> protocol.SignatureError | None:
+        try:
+            self.admit(key_id, stamp, identity, now)
+        except protocol.SignatureError as exc:
+            return exc
+        return None
+
+    def remember(self, stamp: int, identity: bytes, now: float) -> None:
         """A signature accepted before the restart (read back from the journal)."""
-        self._seen[(key_id, nonce)] = stamp
+        if stamp >= now - self.window:
+            self._second(stamp, now).add(identity)
 
-    def _expire(self, now: float) -> None:
-        horizon = now - self.window
-        self._seen = {token: stamp for token, stamp in self._seen.items() if stamp >= horizon}
+    def _second(self, stamp: int, now: float) -> set[bytes]:
+        """The identities accepted of frames signed at ``stamp``; a new second's set drops the
+        seconds gone stale."""
+        second = self._seen.get(stamp)
+        if second is None:
+            horizon = now - self.window
+            for old in [old for old in self._seen if old < horizon]:
+                del self._seen[old]
+            second = self._seen[stamp] = set()
+        return second
 
 
 class SignatureMemory:
@@ -148,9 +187,10 @@ class SignatureMemory:
         self.verifier.floors = dict(self.marks)
         self.saved = dict(self.marks)
         restored = 0
+        now = self.verifier.clock()
         for _number, data in read_segments(segments, "its signatures"):
-            for key_id, stamp, nonce in seen_in(data):
-                self.verifier.remember(key_id, nonce, stamp)
+            for key_id, stamp, identity in seen_in(data):
+                self.verifier.remember(stamp, identity, now)
                 self._mark(key_id, stamp)
                 restored += 1
         return restored
@@ -168,21 +208,18 @@ class SignatureMemory:
             self._saver.stop()
         self.save()
 
-    def accepted(self, key_id: bytes, ts: bytes, nonce: bytes) -> None:
-        """Note an accepted signature: in memory, and in this turn's journal write."""
-        self._mark(key_id, int(ts))
+    def accepted_all(self, key_ids: list, stamps: list, identities: list) -> None:
+        """Accepted signatures: one journal append for all, and each key's mark moved to its
+        latest."""
+        if key_ids.count(key_ids[0]) == len(key_ids):  # one key (a host's agent, a relay)
+            self._mark(key_ids[0], max(stamps))
+        else:
+            marks = self.marks
+            for key_id, stamp in zip(key_ids, stamps, strict=True):
+                if stamp > marks.get(key_id, -1):
+                    marks[key_id] = stamp
         if self.journal is not None:
-            self.journal.append(b"%s%s %s %s\n" % (SEEN_PREFIX, key_id, ts, nonce))
-
-    def accepted_all(self, accepted: list[tuple]) -> None:
-        """``accepted`` for each ``(key_id, ts, nonce, removed)``: one journal append, and the
-        marks moved once per key."""
-        # Sorted by time, the last of each key's pairs is its latest.
-        pairs = sorted(zip(map(int, map(_TS_OF, accepted)), map(_KEY_OF, accepted), strict=True))
-        for key_id, stamp in {key_id: stamp for stamp, key_id in pairs}.items():
-            self._mark(key_id, stamp)
-        if self.journal is not None:
-            self.journal.append(b"".join(map(_SEEN_LINE.__mod__, map(_SEEN_OF, accepted))))
+            self.journal.append(SEEN_PREFIX + _SEEN_JOIN.join(identities) + b"\n")
 
     def _mark(self, key_id: bytes, stamp: int) -> None:
         if stamp > self.marks.get(key_id, -1):
@@ -224,16 +261,18 @@ class SignatureMemory:
 
 
 def seen_in(data: bytes) -> Iterable[tuple[bytes, int, bytes]]:
-    """``(key_id, ts, nonce)`` of every ``#!seen`` line of a journal segment."""
+    """``(key_id, ts, identity)`` of every ``#!seen`` line of a journal segment; the identity
+    is the line's ``<key_id> <ts> <nonce>`` as the frame's header had it."""
     marker = b"\n" + SEEN_PREFIX
     at = 0 if data.startswith(SEEN_PREFIX) else (data.find(marker) + 1 or -1)
     while at >= 0:
         end = data.find(b"\n", at)
         if end < 0:
             return  # torn by the crash: it was not acknowledged either
-        parts = data[at + len(SEEN_PREFIX):end].split(b" ")
+        identity = data[at + len(SEEN_PREFIX):end]
+        parts = identity.split(b" ")
         if len(parts) == 3 and parts[1].isdigit():
-            yield parts[0], int(parts[1]), parts[2]
+            yield parts[0], int(parts[1]), identity
         at = data.find(marker, end) + 1 or -1
 
 
@@ -242,8 +281,9 @@ class Authenticator:
 
     With keys, frames are checked (key, HMAC, freshness, binding) where they
     are parsed -- a parser process, or ``check`` here when none has room --
-    and each one that passed is ``admit``-ted here, in arrival order, against
-    the one memory of nonces; Ingest calls both (``Ingest.submit_signed``).
+    and the ones that passed are admitted here (``admit_all``), in arrival
+    order, against the one memory of accepted frames; Ingest calls both
+    (``Ingest.submit_signed``).
     """
 
     def __init__(self, ingest, keys: dict[bytes, Key] | dict[bytes, bytes] | None, window: int):
@@ -265,66 +305,41 @@ class Authenticator:
         return self.memory
 
     def frame(self, key_id, ts, nonce, mac, payload) -> tuple[bytes | None, int]:
-        """``(payload to ingest or None, records removed)``, checked here and now.
-
-        ``removed`` counts records of VMs the key is not bound to: they are final rejects, not a
-        reason to refuse the whole frame (a resend would not change them).
-        """
-        if self.checker is None:
-            return payload, 0  # signatures are optional without --auth-keys: not checked
-        try:
-            payload, removed = self.checker.check(key_id, ts, nonce, mac, payload,
-                                                  self.ingest.clock())
-        except protocol.SignatureError as exc:
-            self.ingest.reject(exc.reason, exc.detail)
-            return None, 0
-        if not self.admit(key_id, ts, nonce, removed):
-            return None, 0
-        return payload, removed
+        """``(payload to ingest, 0)`` for a frame a server without keys unwraps: signatures are
+        optional then, and not checked (with keys, frames go through ``Ingest.submit_signed``)."""
+        if self.required:
+            raise RuntimeError("with --auth-keys, frames are checked by Ingest.submit_signed")
+        return payload, 0
 
     def check(self, frames: bytes, now: float) -> Checked:
         """What a parser process answers for ``frames`` (laid end to end), worked out here."""
         return check_frames(self.checker, self.ingest.parser, split_frames(frames), now)
 
-    def admit_all(self, accepted: list[tuple]) -> list[bool] | None:
-        """``admit`` for a parser's answer: None if every frame passed, else each one's verdict.
-
-        Every accepted signature goes to the journal in one piece, and the
-        marks move once per key, not once per frame.
-        """
-        errors = self.verifier.admit_all(accepted, self.ingest.clock())
-        passed = accepted if errors is None else [one for one, error in zip(accepted, errors,
-                                                                            strict=True)
-                                                  if error is None]
+    def admit_all(self, accepted: Accepted) -> list[bool] | None:
+        """Admit a parser's answer (no replay): None if every frame passed, else each one's
+        verdict.  Every accepted signature goes to the journal in one piece, and the marks
+        move once per key, not once per frame; refusals and unbound records are counted."""
+        key_ids, stamps, identities, removed = accepted
+        errors = self.verifier.admit_all(key_ids, stamps, identities, self.ingest.clock())
+        if errors is not None:
+            passed = [error is None for error in errors]
+            key_ids, stamps, identities, removed = (list(compress(column, passed))
+                                                    for column in accepted)
         memory = self.memory
-        if memory is not None and passed:
-            memory.accepted_all(passed)
-        unbound = sum(map(itemgetter(3), passed))
+        if memory is not None and key_ids:
+            memory.accepted_all(key_ids, stamps, identities)
+        unbound = sum(removed)
         if unbound:
             self.ingest.reject(protocol.S_UNBOUND, "%d records for VMs keys %r are not bound to"
-                               % (unbound, sorted({one[0][:40] for one in passed if one[3]})),
-                               unbound)
+                               % (unbound, sorted({key_id[:40] for key_id, count
+                                                   in zip(key_ids, removed, strict=True)
+                                                   if count})), unbound)
         if errors is None:
             return None
         for error in errors:
             if error is not None:
                 self.ingest.reject(error.reason, error.detail)
-        return [error is None for error in errors]
-
-    def admit(self, key_id: bytes, ts: bytes, nonce: bytes, removed: int) -> bool:
-        """May a frame whose HMAC passed be ingested (no replay)?  Counts every refusal, and the
-        records removed as unbound of the frames it admits."""
-        try:
-            self.verifier.admit(key_id, ts, nonce)
-        except protocol.SignatureError as exc:
-            self.ingest.reject(exc.reason, exc.detail)
-            return False
-        if self.memory is not None:
-            self.memory.accepted(key_id, ts, nonce)
-        if removed:
-            self.ingest.reject(protocol.S_UNBOUND, "%d records for VMs key %r is not bound to"
-                               % (removed, key_id[:40]), removed)
-        return True
+        return passed
 
     def unsigned(self, data: bytes) -> bool:
         """May unsigned data be ingested?  Counts its lines as sig_missing if not."""

@@ -14,8 +14,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from itertools import repeat
-from operator import itemgetter, setitem, sub
+from itertools import compress, repeat
+from operator import setitem, sub
 
 from twisted.internet import defer
 
@@ -178,14 +178,15 @@ class Ingest:
         for reason, detail, count in refused:
             self.reject(reason, detail, count)
             failed = True
-        verdicts = self.signatures.admit_all(accepted) if accepted else None
+        verdicts = self.signatures.admit_all(accepted) if payloads else None
+        removed = accepted[3]
         if verdicts is None:
             kept = payloads
         else:
-            kept = [payload for payload, ok in zip(payloads, verdicts, strict=True) if ok]
-            accepted = [one for one, ok in zip(accepted, verdicts, strict=True) if ok]
+            kept = list(compress(payloads, verdicts))
+            removed = list(compress(removed, verdicts))
             failed = True
-        verdict(failed, sum(map(itemgetter(3), accepted)))
+        verdict(failed, sum(removed))
         if not kept:
             return None, None
         data = b"\n".join(kept) if len(kept) > 1 else kept[0]

@@ -27,7 +27,7 @@ import time
 from vmstats import protocol
 from vmstats.protocol import MAX_DATAGRAM_SIZE
 from vmstats.server.parse import Parser, has_frame
-from vmstats.server.signing import FrameCheck, check_frames, checker_from, split_frames, unsigned_lines
+from vmstats.server.signing import FrameCheck, check_frames, checker_from, datagram_frames, split_frames
 
 #: Request: sequence number, the reactor's time (for the timestamp window), payload length.
 REQUEST = struct.Struct("!QdI")
@@ -185,25 +185,8 @@ class Worker:
         refused ones and unsigned lines are counted in the answer
         (``signing.Checked``), and the reactor admits the rest (no replay).
         """
-        frames = []
-        refused = []
-        unsigned = 0
-        for data in batch:
-            if not data.startswith(protocol.SIG_PREFIX):
-                unsigned += unsigned_lines(data)
-                continue
-            try:
-                parts = protocol.split_signed(data)
-            except protocol.SignatureError as exc:
-                refused.append((exc.reason, exc.detail, 1))
-                continue
-            if parts is False or parts[5]:
-                refused.append((protocol.S_MALFORMED, "datagram length does not match its frame", 1))
-                continue
-            frames.append(parts[:5])
-        if unsigned:
-            refused.append((protocol.S_UNSIGNED, "%d unsigned lines" % unsigned, unsigned))
         try:
+            frames, refused = datagram_frames(batch)
             parsed, payloads, accepted, failed = check_frames(self.checker, self.parser, frames,
                                                               time.time())
         except Exception as exc:  # a bug: the reactor checks these datagrams itself
