@@ -127,3 +127,41 @@ def test_seen_lines_are_read_back_from_a_segment_and_a_torn_one_is_ignored():
             b"#!sync x\n#!seen k3 10")
     assert list(seen_in(data)) == [(b"k1", 100, b"k1 100 n1"), (b"k2", 101, b"k2 101 n2")]
     assert list(seen_in(b"vmstats,vm=a cpu=1,mem=1 100\n")) == []
+
+
+def test_a_key_holder_cannot_forge_another_keys_replay_floor_through_the_journal(tmp_path):
+    """``#!seen`` lines in the journal become keys' floors across restarts; one signed inside a
+    payload by another key must not reach a segment, whatever the transport."""
+    keys = tmp_path / "keys"
+    keys.write_text("mallory m-secret\nvictim v-secret\n")
+    t = now() - 180
+    forged = b"#!seen victim 4102444800 forged"  # 2100-01-01: the victim locked out for good
+    udp = protocol.sign_payload("mallory", "m-secret", records("10.31.0.1", ts=t) + forged)
+    tcp = protocol.sign_payload("mallory", "m-secret",
+                                forged + b"\n" + records("10.31.0.2", ts=t) + forged + b"\n")
+    args = ("--flush-interval", "1h", "--auth-keys", str(keys))
+    journal = tmp_path / "data" / "journal"
+    first = serve(tmp_path, *args).start()
+    try:
+        first.send_udp(udp)
+        assert send_tcp(first, tcp, "m1") == b"#!ack m1 1 0\n"
+        first.wait_metrics(lambda m: m["vmstats_records_received_total"] >= 2)
+        first.wait_for(lambda _server: b"10.31.0.1" in b"".join(
+            path.read_bytes() for path in journal.glob("*.journal")))
+        segments = list(journal.glob("*.journal"))
+        # What senders sent is the operator's to keep: no one else on the host reads it.
+        assert segments and {path.stat().st_mode & 0o777 for path in segments} == {0o600}
+        assert all(b"forged" not in path.read_bytes() for path in segments)
+        first.stop(signal.SIGKILL)
+    finally:
+        first.kill()
+    # The restart replays the segments and saves the marks; the one after reads them as floors.
+    for restart, token in ((1, b"v1"), (2, b"v2")):
+        with serve(tmp_path, *args) as again:
+            victim = protocol.sign_payload("victim", "v-secret",
+                                           records("10.31.0.3", ts=t + 60 * restart))
+            assert send_tcp(again, victim, token.decode()) == b"#!ack %s 1 0\n" % token
+            assert again.metrics().get(REPLAY, 0) == 0
+        assert "4102444800" not in (journal / "signatures").read_text()
+    assert raw_rows(tmp_path / "data") == {("10.31.0.1", t): 1, ("10.31.0.2", t): 1,
+                                           ("10.31.0.3", t + 60): 1, ("10.31.0.3", t + 120): 1}

@@ -236,7 +236,7 @@ class Ingest:
         metrics.records += accepted
         if accepted:
             if self.journal is not None:
-                self.journal.append(data)
+                self.journal.append_records(data)
             if self.observe is not None:
                 self.observe(vms, tss, rows)
         return accepted, rejected, dropped
