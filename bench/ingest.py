@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -68,6 +69,9 @@ SENDER_CPU = 1
 ATTEMPTS = 3
 FIRST_WAIT = 20.0
 HOST_WAIT = 120.0
+#: Seconds to wait for /metrics, and tries, before a run gives up on a server.
+METRICS_TIMEOUT = 30.0
+METRICS_TRIES = 4
 _TEMPLATE = (b"vmstats,vm=10.%d.%d.%d,host=vm%d cpu=%d.%d,cpu_max=%d.5,mem=%d.25,disk_r=%d,"
              b"disk_w=%d.5,net_rx=%d,net_tx=%d,vcpus=2i,mem_mb=4096i,seq=%di %d")
 #: The spellings of the same records the shapes run (``--shapes``) sends: template, the order of
@@ -176,10 +180,22 @@ class Vmstats:
         self.udp_port, self.tcp_port, self.pid = (self.server.udp_port, self.server.tcp_port,
                                                   self.server.pid)
 
+    def metrics(self) -> dict:
+        """/metrics, waited for: a server saturated by a step answers late, and a figure that
+        took a while is still a figure (``METRICS_TIMEOUT`` a try, ``METRICS_TRIES`` tries)."""
+        for attempt in range(1, METRICS_TRIES + 1):
+            try:
+                return self.server.metrics(timeout=METRICS_TIMEOUT)
+            except (OSError, urllib.error.URLError) as exc:  # a timeout is an OSError too
+                if attempt == METRICS_TRIES:
+                    raise
+                print("      /metrics did not answer (%s): asking again" % exc, flush=True)
+        raise AssertionError("unreachable")
+
     def seen(self) -> int:
         """Records accounted for: accepted or rejected.  A record dropped for lack of room
         (a cap) is lost like one the socket dropped, so it is not counted here."""
-        m = self.server.metrics()
+        m = self.metrics()
         return int(sum(v for k, v in m.items() if k.startswith(("vmstats_records_received_total",
                                                                    "vmstats_rejected_total"))))
 
@@ -192,7 +208,7 @@ class Vmstats:
         """
         started = time.monotonic()
         while True:
-            m = self.server.metrics()
+            m = self.metrics()
             received = sum(v for k, v in m.items() if k.startswith("vmstats_records_received_total"))
             if m["vmstats_flushed_records_total"] >= received:
                 return time.monotonic() - started
@@ -358,7 +374,7 @@ def warm_up(receiver, lines: Lines) -> float:
         sock.makefile("rb").readline()
     if isinstance(receiver, Vmstats):
         deadline = time.monotonic() + 120
-        while receiver.server.metrics()["vmstats_flushed_records_total"] < VMS:
+        while receiver.metrics()["vmstats_flushed_records_total"] < VMS:
             if time.monotonic() > deadline:
                 raise RuntimeError("the warm-up records were not logged in 120 s")
             time.sleep(0.2)
@@ -565,7 +581,7 @@ class TelegrafLines:
 
 def edge_seen(receiver) -> int:
     """Telegraf lines the server accounted for: used, ignored or rejected."""
-    return int(sum(v for k, v in receiver.server.metrics().items()
+    return int(sum(v for k, v in receiver.metrics().items()
                    if k.startswith("vmstats_edge_lines_total")))
 
 
@@ -576,7 +592,7 @@ def telegraf_throughput(receiver, lines: TelegrafLines, count: int, speed: HostS
     chunks = [b"\n".join(records[offset:offset + 500]) + b"\n" for offset in range(0, count, 500)]
     probe_ms = speed.measure()
     before, cpu_before = edge_seen(receiver), cpu_seconds(receiver.pid)
-    written_before = receiver.server.metrics().get('vmstats_edge_events_total{event="records"}', 0)
+    written_before = receiver.metrics().get('vmstats_edge_events_total{event="records"}', 0)
     with socket.create_connection((LOOPBACK, receiver.server.status["influx_port"]),
                                   timeout=60) as sock:
         started = time.perf_counter()
@@ -589,7 +605,7 @@ def telegraf_throughput(receiver, lines: TelegrafLines, count: int, speed: HostS
         elapsed = time.perf_counter() - started
     probe_after_ms = speed.measure()
     cpu = cpu_seconds(receiver.pid) - cpu_before
-    written = receiver.server.metrics().get('vmstats_edge_events_total{event="records"}', 0)
+    written = receiver.metrics().get('vmstats_edge_events_total{event="records"}', 0)
     return {"records": count, "rate": round(count / elapsed),
             "cpu_us_per_record": round(cpu / count * 1e6, 2), "probe_ms": probe_ms,
             "probe_after_ms": probe_after_ms, "minutes_written": int(written - written_before)}
@@ -750,7 +766,7 @@ def memory_per_record(workdir: Path, lines: Lines, count: int) -> dict:
             sock.sendall(b"\n".join(batch) + b"\n#!sync m%d\n" % offset)
             reply = sock.makefile("rb").readline()
             assert reply.startswith(b"#!ack"), reply
-    held = server.server.metrics()["vmstats_buffered_records"]
+    held = server.metrics()["vmstats_buffered_records"]
     grown = rss(server.pid, "VmRSS") - base
     peak = rss(server.pid)
     received, rows = server.stop()

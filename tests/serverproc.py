@@ -178,10 +178,10 @@ class ServerProcess:
     def status_json(self) -> dict:
         return json.loads(self.http("/status"))
 
-    def metrics(self) -> dict:
+    def metrics(self, timeout: float = 10.0) -> dict:
         """/metrics as ``{'name{labels}': value}``."""
         samples = {}
-        for line in self.http("/metrics").splitlines():
+        for line in self.http("/metrics", timeout=timeout).splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
                 samples[name] = float(value)
