@@ -23,7 +23,7 @@ def frame(key="k1", secret="s3cret", payload=RECORD, now=NOW, nonce=None) -> byt
 def test_the_hmac_from_padded_keys_is_hmac_sha256(secret):
     key = Key(secret)
     for payload in (b"", b"a", RECORD * 20):
-        assert key.mac(b"sig1 k 1 n", payload) == hmac.new(
+        assert key.mac(b"k 1 n", payload) == hmac.new(
             secret, b"sig1 k 1 n\n" + payload, "sha256").hexdigest().encode()
 
 
@@ -48,18 +48,18 @@ def test_headers_are_read_as_split_signed_reads_them():
         if not expected:
             assert read == expected, data
             continue
-        (key_id, ts, signed, mac_read, payload), end = read
+        (key_id, ts, identity, mac_read, payload), end = read
         assert (key_id, ts, mac_read, payload) == (expected[0], expected[1], expected[3],
                                                    expected[4])
-        assert signed == b"sig1 %s %s %s" % expected[:3]
+        assert identity == b"%s %s %s" % expected[:3]
         assert data[end:] == expected[5]
 
 
 def test_frames_laid_end_to_end_are_split_whole():
     frames = [frame(payload=RECORD + b"\n%d" % i, nonce=b"n%d" % i) for i in range(3)]
-    key_ids, tss, signeds, macs, payloads = split_frames(b"".join(frames))
+    key_ids, tss, identities, macs, payloads = split_frames(b"".join(frames))
     assert payloads == [RECORD + b"\n%d" % i for i in range(3)]
-    assert signeds == [b"sig1 k1 %d n%d" % (NOW, i) for i in range(3)]
+    assert identities == [b"k1 %d n%d" % (NOW, i) for i in range(3)]
 
 
 def test_a_batch_is_checked_whole_or_frame_by_frame_with_the_same_verdicts():
@@ -71,8 +71,10 @@ def test_a_batch_is_checked_whole_or_frame_by_frame_with_the_same_verdicts():
     columns, refused = datagram_frames(good)
     parsed, payloads, accepted, failed = check_frames(checker, parser, columns, NOW)
     assert refused == [] and failed == [] and len(parsed[0]) == 3
-    assert accepted == ([b"k1"] * 3, [NOW] * 3, [b"k1 %d g%d" % (NOW, i) for i in range(1, 4)],
-                        [0, 0, 0])
+    assert accepted[:4] == ([b"k1"] * 3, [NOW] * 3,
+                            [b"k1 %d g%d" % (NOW, i) for i in range(1, 4)], [0, 0, 0])
+    assert payloads == b"\n".join(map(read_payload, good))
+    assert accepted[4] == list(map(len, map(read_payload, good)))
     bad = [frame(key="k9"), frame(secret="wrong"), frame(now=NOW - 3600),
            frame()[:-2], b"vmstats,vm=a cpu=1,mem=1 1\nno\n"]
     columns, refused = datagram_frames(good[:1] + bad + good[1:])
@@ -82,7 +84,7 @@ def test_a_batch_is_checked_whole_or_frame_by_frame_with_the_same_verdicts():
         protocol.S_STALE]
     assert refused[1][2] == 2  # each unsigned line is a reject
     assert accepted[2] == [b"k1 %d g%d" % (NOW, i) for i in range(1, 4)]
-    assert len(parsed[0]) == 3 and payloads == list(map(read_payload, good))
+    assert len(parsed[0]) == 3 and payloads == b"\n".join(map(read_payload, good))
 
 
 def read_payload(data: bytes) -> bytes:

@@ -319,12 +319,12 @@ class Authenticator:
         """Admit a parser's answer (no replay): None if every frame passed, else each one's
         verdict.  Every accepted signature goes to the journal in one piece, and the marks
         move once per key, not once per frame; refusals and unbound records are counted."""
-        key_ids, stamps, identities, removed = accepted
+        key_ids, stamps, identities, removed, _lengths = accepted
         errors = self.verifier.admit_all(key_ids, stamps, identities, self.ingest.clock())
         if errors is not None:
             passed = [error is None for error in errors]
             key_ids, stamps, identities, removed = (list(compress(column, passed))
-                                                    for column in accepted)
+                                                    for column in accepted[:4])
         memory = self.memory
         if memory is not None and key_ids:
             memory.accepted_all(key_ids, stamps, identities)

@@ -173,24 +173,22 @@ class Ingest:
         every frame that passed its checks as one payload; if the reactor
         refuses one of them, the rest are parsed again here.
         """
-        parsed, payloads, accepted, refused = checked
+        parsed, data, accepted, refused = checked
         failed = False
         for reason, detail, count in refused:
             self.reject(reason, detail, count)
             failed = True
-        verdicts = self.signatures.admit_all(accepted) if payloads else None
+        lengths = accepted[4]
+        verdicts = self.signatures.admit_all(accepted) if lengths else None
         removed = accepted[3]
-        if verdicts is None:
-            kept = payloads
-        else:
-            kept = list(compress(payloads, verdicts))
+        if verdicts is not None:
+            data = b"\n".join(compress(_pieces(data, lengths), verdicts))
             removed = list(compress(removed, verdicts))
             failed = True
         verdict(failed, sum(removed))
-        if not kept:
+        if not lengths or (verdicts is not None and not any(verdicts)):
             return None, None
-        data = b"\n".join(kept) if len(kept) > 1 else kept[0]
-        if parsed is None or len(kept) < len(payloads):
+        if parsed is None or verdicts is not None:
             self.metrics.parsed_here += 1
             parsed = self.parser.parse(data, self.clock())
         return data, parsed
@@ -267,3 +265,13 @@ class Ingest:
                 if vm in seen:  # a known VM over a record cap: still heard from
                     seen[vm] = now
         return accepted, dropped
+
+
+def _pieces(data: bytes, lengths: list[int]) -> list[bytes]:
+    """The payloads of ``lengths`` that were joined with newlines into ``data``."""
+    pieces = []
+    start = 0
+    for length in lengths:
+        pieces.append(data[start:start + length])
+        start += length + 1
+    return pieces

@@ -41,15 +41,15 @@ from vmstats.server.parse import Parsed, Parser
 _compare = hmac.compare_digest
 #: SHA-256's block: HMAC pads (or first hashes) its key to this length.
 _BLOCK = 64
-#: ``protocol.split_signed``'s reading of a header, in one match: the signed part
-#: (``sig1 <key_id> <ts> <nonce>``), within it the frame's identity (``<key_id> <ts> <nonce>``),
-#: the key id, the time, the payload's length and the HMAC.  What it does not match (an empty
-#: part, a header split differently) goes to ``split_signed``, which names what is wrong.
-_HEADER = re.compile(rb"#!(sig1 (([^ \n]+) ([0-9]+) [^ \n]+)) ([0-9]+) ([^ \n]{64})\n")
+#: ``protocol.split_signed``'s reading of a header, in one match: the frame's identity
+#: (``<key_id> <ts> <nonce>``, what its HMAC covers after ``sig1 ``), within it the key id and
+#: the time, then the payload's length and the HMAC.  What it does not match (an empty part, a
+#: header split differently) goes to ``split_signed``, which names what is wrong.
+_HEADER = re.compile(rb"#!sig1 (([^ \n]+) ([0-9]+) [^ \n]+) ([0-9]+) ([^ \n]{64})\n")
 #: A header match's payload start and length, and a ``Frame``'s first four parts.
-_END, _LENGTH, _PARTS = re.Match.end, itemgetter(5), itemgetter(3, 4, 1, 6)
-#: A frame's identity within the signed part of its header (after ``sig1 ``).
-_IDENTITY = slice(5, None)
+_END, _LENGTH, _PARTS = re.Match.end, itemgetter(4), itemgetter(2, 3, 1, 5)
+#: What every signed message begins with (``protocol._sig_message``); ``Key.inner`` holds it.
+_SIGNED_PREFIX = b"sig1 "
 #: The hash objects' methods, called by ``map`` over a batch's frames (hashlib's sha256 type).
 _HASH = type(hashlib.sha256())
 _COPY, _UPDATE, _DIGEST, _HEXDIGEST = _HASH.copy, _HASH.update, _HASH.digest, _HASH.hexdigest
@@ -99,7 +99,8 @@ class Key:
     """One line of the key file: the secret and, if bound, the VMs it may sign for.
 
     ``inner`` and ``outer`` are HMAC-SHA256's two hashes with the padded key
-    already taken in (RFC 2104): a frame's HMAC copies them (``mac``).
+    already taken in (RFC 2104), ``inner`` with the ``sig1 `` every signed
+    message begins with too: a frame's HMAC copies them (``mac``).
     """
 
     __slots__ = ("secret", "vms", "inner", "outer")
@@ -109,15 +110,13 @@ class Key:
         self.vms = vms
         padded = (hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret) \
             .ljust(_BLOCK, b"\0")
-        self.inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+        self.inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded) + _SIGNED_PREFIX)
         self.outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
 
-    def mac(self, signed: bytes, payload: bytes) -> bytes:
-        """The hex HMAC-SHA256 of ``signed``, a newline and ``payload`` (``protocol.sign_payload``'s)."""
+    def mac(self, identity: bytes, payload: bytes) -> bytes:
+        """The hex HMAC-SHA256 of ``sig1 <identity>\\n<payload>`` (``protocol.sign_payload``'s)."""
         inner = self.inner.copy()
-        inner.update(signed)
-        inner.update(b"\n")
-        inner.update(payload)
+        inner.update(b"%s\n%s" % (identity, payload))
         outer = self.outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest().encode("ascii")
@@ -169,20 +168,20 @@ def bound_lines(vms: VmPatterns, payload: bytes) -> tuple[bytes, int]:
     return (b"\n".join(kept) if removed else payload), removed
 
 
-#: A frame as read (``read_frame``): key id, time, the signed part of its header
-#: (``sig1 <key_id> <ts> <nonce>``), HMAC, payload.
+#: A frame as read (``read_frame``): key id, time, identity (``<key_id> <ts> <nonce>``, what a
+#: replay repeats and the journal keeps), HMAC, payload.
 Frame = tuple[bytes, bytes, bytes, bytes, bytes]
 #: Frames as five lists, one per part of a ``Frame``.
 Columns = tuple[list, list, list, list, list]
-#: The frames that passed a parser's checks, as columns: key ids, signed times (int), each
-#: frame's identity (``<key_id> <ts> <nonce>``, what a replay repeats and the journal keeps)
-#: and the records of each removed as unbound.
-Accepted = tuple[list, list, list, list]
+#: The frames that passed a parser's checks, as columns: key ids, signed times (int),
+#: identities, the records of each removed as unbound, and the length of each one's payload
+#: (bound lines removed) in the joined payload.
+Accepted = tuple[list, list, list, list, list]
 #: What a parser answers for signed frames: the ``Parsed`` columns of the accepted frames'
-#: payloads joined (None if none, or if parsing failed), those payloads (bound lines removed),
-#: their ``Accepted`` columns, and the refused frames' ``(reason, detail, count)``.  Plain
-#: tuples and lists, so ``marshal`` carries it.
-Checked = tuple[Parsed | None, list, Accepted, list]
+#: payloads (None if none, or if parsing failed), those payloads joined with newlines, their
+#: ``Accepted`` columns, and the refused frames' ``(reason, detail, count)``.  Plain tuples and
+#: lists, so ``marshal`` carries it.
+Checked = tuple[Parsed | None, bytes, Accepted, list]
 
 
 class FrameCheck:
@@ -200,14 +199,14 @@ def read_frame(data: bytes, pos: int = 0) -> tuple[Frame, int] | None | bool:
     found = _HEADER.match(data, pos)
     if found is not None:
         start = found.end()
-        end = start + int(found[5])
+        end = start + int(found[4])
         if end <= len(data) and end - start <= protocol.MAX_DATAGRAM_SIZE:
-            signed, _identity, key_id, ts, _length, mac = found.groups()
-            return (key_id, ts, signed, mac, data[start:end]), end
+            identity, key_id, ts, _length, mac = found.groups()
+            return (key_id, ts, identity, mac, data[start:end]), end
     parts = protocol.split_signed(data[pos:] if pos else data)
     if not parts:
         return parts
-    return ((parts[0], parts[1], b"sig1 %s %s %s" % parts[:3], parts[3], parts[4]),
+    return ((parts[0], parts[1], b"%s %s %s" % parts[:3], parts[3], parts[4]),
             len(data) - len(parts[5]))
 
 
@@ -225,9 +224,9 @@ def datagram_frames(batch: list[bytes]) -> tuple[Columns, list[tuple]]:
         lengths = list(map(int, map(_LENGTH, heads)))
         if (list(map(add, starts, lengths)) == list(map(len, batch))
                 and max(lengths) <= protocol.MAX_DATAGRAM_SIZE):
-            key_ids, tss, signeds, macs = zip(*map(_PARTS, heads), strict=True)
+            key_ids, tss, identities, macs = zip(*map(_PARTS, heads), strict=True)
             payloads = list(map(bytes.__getitem__, batch, map(slice, starts, repeat(None))))
-            return (list(key_ids), list(tss), list(signeds), list(macs), payloads), []
+            return (list(key_ids), list(tss), list(identities), list(macs), payloads), []
     frames: list[Frame] = []
     refused: list[tuple] = []
     unsigned = 0
@@ -253,8 +252,8 @@ def columns(frames: list[Frame]) -> Columns:
     """Frames as five columns (``check_frames``' argument)."""
     if not frames:
         return [], [], [], [], []
-    key_ids, tss, signeds, macs, payloads = map(list, zip(*frames, strict=True))
-    return key_ids, tss, signeds, macs, payloads
+    key_ids, tss, identities, macs, payloads = map(list, zip(*frames, strict=True))
+    return key_ids, tss, identities, macs, payloads
 
 
 def check_frames(checker: FrameCheck, parser: Parser, frames: Columns, now: float) -> Checked:
@@ -267,25 +266,26 @@ def check_frames(checker: FrameCheck, parser: Parser, frames: Columns, now: floa
     (``_all_pass``); otherwise each frame is checked in turn, and refused
     with its reason.  The replay check is the reactor's.
     """
-    key_ids, tss, signeds, macs, payloads = frames
+    key_ids, tss, identities, macs, payloads = frames
     keys = list(map(checker.keys.get, key_ids))
-    stamps = _all_pass(checker.window, keys, tss, signeds, macs, payloads, now)
+    stamps = _all_pass(checker.window, keys, tss, identities, macs, payloads, now)
     if stamps is not None:
-        identities = list(map(bytes.__getitem__, signeds, repeat(_IDENTITY)))
         removed = [0] * len(keys)
         if any(map(_BINDING, keys)):
             for index, key in enumerate(keys):
                 if key.vms is not None:
                     payloads[index], removed[index] = bound_lines(key.vms, payloads[index])
         refused: list[tuple] = []
-        accepted: Accepted = (key_ids, stamps, identities, removed)
     else:
-        payloads, accepted, refused = _each(checker.window, keys, frames, now)
-    parsed = parser.parse(b"\n".join(payloads), now) if payloads else None
-    return parsed, payloads, accepted, refused
+        payloads, (key_ids, stamps, identities, removed), refused = _each(checker.window, keys,
+                                                                          frames, now)
+    joined = b"\n".join(payloads)
+    parsed = parser.parse(joined, now) if payloads else None
+    return (parsed, joined, (key_ids, stamps, identities, removed, list(map(len, payloads))),
+            refused)
 
 
-def _all_pass(window: int, keys: list, tss: list, signeds: list, macs: list, payloads: list,
+def _all_pass(window: int, keys: list, tss: list, identities: list, macs: list, payloads: list,
               now: float) -> list[int] | None:
     """The signed times of the frames if every one has a known key, its HMAC and is fresh;
     else None."""
@@ -295,7 +295,8 @@ def _all_pass(window: int, keys: list, tss: list, signeds: list, macs: list, pay
     if min(stamps) < now - window or max(stamps) > now + window:
         return None
     inners = list(map(_COPY, map(_INNER, keys)))
-    deque(map(_UPDATE, inners, map(b"%s\n%s".__mod__, zip(signeds, payloads, strict=True))), 0)
+    deque(map(_UPDATE, inners, map(b"%s\n%s".__mod__, zip(identities, payloads, strict=True))),
+          0)
     outers = list(map(_COPY, map(_OUTER, keys)))
     deque(map(_UPDATE, outers, map(_DIGEST, inners)), 0)
     if not all(map(_compare, map(str.encode, map(_HEXDIGEST, outers)), macs)):
@@ -311,12 +312,12 @@ def _each(window: int, keys: list, frames: Columns, now: float) -> tuple[list, A
     identities: list[bytes] = []
     removed: list[int] = []
     refused: list[tuple] = []
-    for key, (key_id, ts, signed, mac, payload) in zip(keys, zip(*frames, strict=True),
-                                                       strict=True):
+    for key, (key_id, ts, identity, mac, payload) in zip(keys, zip(*frames, strict=True),
+                                                         strict=True):
         if key is None:
             refused.append((protocol.S_UNKNOWN_KEY, "unknown key id %r" % key_id[:40], 1))
             continue
-        if not _compare(key.mac(signed, payload), mac):
+        if not _compare(key.mac(identity, payload), mac):
             refused.append((protocol.S_BAD, "signature does not match", 1))
             continue
         stamp = int(ts)
@@ -329,7 +330,7 @@ def _each(window: int, keys: list, frames: Columns, now: float) -> tuple[list, A
         payloads.append(payload)
         key_ids.append(key_id)
         stamps.append(stamp)
-        identities.append(signed[5:])
+        identities.append(identity)
         removed.append(unbound)
     return payloads, (key_ids, stamps, identities, removed), refused
 
