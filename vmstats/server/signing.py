@@ -3,9 +3,9 @@
 A signed frame costs an HMAC over its payload, about what parsing the payload
 costs, so with ``--auth-keys`` the parser processes check the frames they
 read or are handed (``check_frames``) on every core, as they parse.  What
-needs one memory for all of them -- has this nonce been accepted before, is
-the frame signed after its key's last signature before a restart -- stays in
-the reactor (``auth.Authenticator.admit``), which sees every accepted frame
+needs one memory for all of them -- has this frame been accepted before, is
+it signed after its key's last signature before a restart -- stays in the
+reactor (``auth.Authenticator.admit_all``), which sees every accepted frame
 in arrival order: a replay reaching another parser than the original is
 still caught there, once.
 
@@ -20,8 +20,8 @@ the signed ingest's cost.  The usual header is read by one regex
 HMAC starts from each key's padded states computed once (``Key.inner``,
 ``Key.outer``): a copy and an update each, about half of a one-shot
 ``hmac.digest``, which pads the key again for every frame.  What passes
-goes to the reactor as columns (``Accepted``), which it admits with
-C-level set operations.
+goes to the reactor as columns (``Accepted``) and one joined payload, which
+it admits with C-level set operations.
 """
 
 import hashlib
