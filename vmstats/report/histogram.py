@@ -140,13 +140,14 @@ class SparseHistograms:
             if offsets is None:
                 _add_rows(out, mine, value[kept], unique)
                 continue
-            cell_owner = np.repeat(owner, np.diff(offsets))
+            # Each cell's place in the flat sums: its row's start (repeated over the row) plus its bin.
+            place = np.repeat(np.where(kept, owner * self.shape[1], -1), np.diff(offsets))
             if kept.all():
-                place = cell_owner * self.shape[1] + col
+                place += col
                 counts = value
             else:
-                inside = cell_owner >= 0
-                place = cell_owner[inside] * self.shape[1] + col[inside]
+                inside = place >= 0
+                place = place[inside] + col[inside]
                 counts = value[inside]
             if unique:  # one row per group in this chunk (a file holds a VM once): no index repeats
                 flat[place] += counts
