@@ -38,11 +38,25 @@ def _aggregates(rows: int, seed: int = 5) -> dict[str, np.ndarray]:
     return table
 
 
-def _write(data_dir, vms, table, sparse) -> str:
+def _as_lists(table):
+    """A rollup table with its 2-d aggregates as fixed-size lists, as files written before they
+    were kept as one binary cell per row hold them."""
+    import pyarrow as pa
+
+    for index, field in enumerate(table.schema):
+        if pa.types.is_fixed_size_binary(field.type):
+            values = logstore.rollup_arrays(table.select(["vm", field.name]))[1][field.name]
+            lists = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+            table = table.set_column(index, field.name, lists)
+    return table
+
+
+def _write(data_dir, vms, table, sparse, lists: bool = False) -> str:
     path = logstore.tier_path(str(data_dir), logstore.ROLLUPS_DIR, DAY)
     writer = logstore.rollup_writer(path)
     labels = [(1, "host", None)] * len(vms)
-    writer.add(logstore.rollup_table(vms, labels, table, sparse=sparse))
+    rollups = logstore.rollup_table(vms, labels, table, sparse=sparse)
+    writer.add(_as_lists(rollups) if lists else rollups)
     writer.close({"version": load.ROLLUP_VERSION, "day": DAY, "vms": vms})
     writer.commit()
     return path
@@ -57,12 +71,15 @@ def _same(read: dict[str, np.ndarray], expected: dict[str, np.ndarray], rows) ->
 def test_sparse_and_dense_rollups_read_back_the_same(tmp_path):
     vms = ["vm%02d" % i for i in range(12)]
     table = _aggregates(len(vms))
-    for sparse in (load.HISTOGRAMS, ()):
-        data_dir = tmp_path / ("sparse" if sparse else "dense")
-        path = _write(data_dir, vms, table, sparse)
-        names = pq.read_schema(path).names
-        assert ("hist_cpu" + logstore.SPARSE_BINS in names) == bool(sparse)
-        assert ("hist_cpu" in names) != bool(sparse)
+    # Histograms sparse or dense, other 2-d aggregates as binary cells or as older files' lists.
+    for sparse, lists in ((load.HISTOGRAMS, False), ((), False), (load.HISTOGRAMS, True), ((), True)):
+        data_dir = tmp_path / ("%s-%s" % ("sparse" if sparse else "dense", "lists" if lists else "cells"))
+        path = _write(data_dir, vms, table, sparse, lists)
+        schema = pq.read_schema(path)
+        assert ("hist_cpu" + logstore.SPARSE_BINS in schema.names) == bool(sparse)
+        assert ("hist_cpu" in schema.names) != bool(sparse)
+        kind = str(schema.field("h_cpu_sum").type)
+        assert kind.startswith("fixed_size_list" if lists else "fixed_size_binary"), kind
         # The whole file (a fleet's report), then a few VMs out of order (one VM's report).
         whole, issues = load.read_rollups([logstore.Part(path, vm, logstore.ROLLUPS_DIR) for vm in vms])
         assert issues == {}
