@@ -28,6 +28,14 @@ from vmstats.report.settings import ReportError
 LOCAL = "local"
 #: Seconds to wait for a running cluster's scheduler to answer.
 CONNECT_TIMEOUT = 20
+#: Most VM-days in one task.  A task costs the scheduler, the worker's event loop and the
+#: report process a few milliseconds whatever its size: with load's 64 VM-days per task that
+#: was ~10% beside the parsing itself; 256 (~0.5 s of parsing, a ~2 MB answer, a worker peak
+#: of ~250 MiB) makes it a few per cent.
+TASK_UNITS = 256
+#: Tasks per worker thread, at least, while tasks may still be cut finer: the last tasks to
+#: finish leave the other workers idle, so a small report is cut in smaller tasks.
+TASKS_PER_THREAD = 4
 
 
 class DaskPool:
@@ -35,6 +43,12 @@ class DaskPool:
 
     def __init__(self, client) -> None:
         self.client = client
+
+    def task_units(self, units: int) -> int:
+        from vmstats.report.load import _TASK_UNITS
+
+        threads = max(1, sum(self.client.nthreads().values()))
+        return max(_TASK_UNITS, min(TASK_UNITS, -(-units // (TASKS_PER_THREAD * threads))))
 
     def map(self, function: Callable, tasks: list) -> Iterator:
         from distributed import KilledWorker
@@ -68,6 +82,7 @@ def pool(address: str, data_dirs: Iterable[str], workers: int) -> Iterator[DaskP
     that does not is named in a ReportError before any log is parsed.
     """
     try:
+        import dask
         from distributed import Client, LocalCluster
     except ImportError:
         raise ReportError("--dask needs Dask's distributed package: pip install 'vmstats[dask]'") from None
@@ -76,6 +91,7 @@ def pool(address: str, data_dirs: Iterable[str], workers: int) -> Iterator[DaskP
     dirs = [os.path.abspath(path) for path in data_dirs]
     with contextlib.ExitStack() as stack:
         if address == LOCAL:
+            stack.enter_context(dask.config.set(_local_config()))
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=workers,
@@ -94,6 +110,37 @@ def pool(address: str, data_dirs: Iterable[str], workers: int) -> Iterator[DaskP
                 raise ReportError("cannot reach the Dask scheduler at %s: %s" % (address, exc)) from None
         _check_workers(client, address, dirs)
         yield DaskPool(client)
+
+
+def _local_config() -> dict:
+    """Dask settings for a local cluster whose workers cost what the single-machine pool's do.
+
+    Where ``fork`` exists (load.py's pool uses it then), the workers are forked from this
+    process, pandas and vmstats already imported: a spawned worker imports them again, ~1 CPU s
+    each.  Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` (64 KiB) in a spawned worker's
+    environment, which also fixes glibc's mmap threshold: every array of a task's parsing is
+    then mapped and faulted in afresh, ~40% more CPU for the same task; it is left out (a forked
+    worker keeps this process's allocator anyway).  The workers' sampling profiler (a thread
+    taking the GIL 100 times a second, for a dashboard nobody opens during a report) is off.
+    """
+    import multiprocessing
+
+    import dask
+
+    spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ")
+    config = {
+        "distributed.nanny.pre-spawn-environ": {
+            name: value for name, value in spawn_env.items() if name != "MALLOC_TRIM_THRESHOLD_"
+        },
+        "distributed.worker.profile.enabled": False,
+    }
+    if "fork" in multiprocessing.get_all_start_methods():
+        import pandas  # noqa: F401  (imported once here, inherited by the forked workers)
+
+        from vmstats.report import load  # noqa: F401
+
+        config["distributed.worker.multiprocessing-method"] = "fork"
+    return config
 
 
 def _check_workers(client, address: str, dirs: list[str]) -> None:

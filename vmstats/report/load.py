@@ -115,6 +115,10 @@ class Pool(Protocol):
 
     def map(self, function: Callable, tasks: list) -> Iterable: ...
 
+    def task_units(self, units: int) -> int:
+        """Units per task when ``units`` are to be parsed (a task's cost beside its work differs)."""
+        ...
+
 
 @dataclass
 class Unit:
@@ -750,8 +754,9 @@ def _parse(
     keys, readable, stale, progress, workers, pool
 ) -> tuple[list[dict[str, np.ndarray]], dict[int, list]]:
     """Aggregates of the ``stale`` units (positions in ``keys``), and their files' issues by position."""
-    starts = range(0, len(stale), _TASK_UNITS)
-    tasks = [[readable[keys[i]] for i in stale[s : s + _TASK_UNITS]] for s in starts]
+    size = pool.task_units(len(stale)) if pool is not None else _TASK_UNITS
+    starts = range(0, len(stale), size)
+    tasks = [[readable[keys[i]] for i in stale[s : s + size]] for s in starts]
     if pool is not None:
         return _collect(pool.map(aggregate_units, tasks), starts, tasks, stale, progress)
     if workers > 1 and len(tasks) > 1 and "fork" in _start_methods():
