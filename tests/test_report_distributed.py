@@ -77,6 +77,8 @@ def test_tasks_are_the_ones_the_single_machine_runs(split_fleet, dask_pool):
     local = load.load(units, None, min(days), max(days), workers=1)
     spread = load.load(units, None, min(days), max(days), pool=dask_pool)
     assert spread.parsed_units == local.parsed_units == len(units) > 2 * load._TASK_UNITS
+    # A small report is cut as the single machine cuts it, so several tasks ran on the cluster.
+    assert dask_pool.task_units(len(units)) == load._TASK_UNITS
     for name, values in local.data.items():
         assert spread.data[name].tobytes() == values.tobytes(), name
 
@@ -95,6 +97,30 @@ def test_compacted_days_are_read_by_the_workers_as_csv_is(split_fleet, dask_pool
     spread, _rows = run([compacted, second], pool=dask_pool)
     alone, _rows = run([first, second])
     assert spread.rows == alone.rows
+
+
+def test_a_large_report_is_cut_in_larger_tasks(dask_pool):
+    """Each task costs the scheduler and the report process a few ms beside its work: a big
+    report's tasks hold more VM-days, while every worker thread still gets several."""
+    threads = sum(dask_pool.client.nthreads().values())
+    assert threads == 2
+    assert dask_pool.task_units(70_000) == distributed.TASK_UNITS > load._TASK_UNITS
+    between = distributed.TASKS_PER_THREAD * threads * 100
+    assert dask_pool.task_units(between) == 100
+
+
+def test_local_workers_keep_the_allocator_of_the_single_machine_pool(dask_pool):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers, which makes glibc map and
+    fault in every large array afresh (~40% more CPU per task): a local cluster's workers run
+    without it, and without the sampling profiler, as the single-machine pool's processes do."""
+    import dask
+
+    def settings():
+        import os
+
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled")
+
+    assert set(dask_pool.client.run(settings).values()) == {(None, False)}
 
 
 def test_a_worker_that_cannot_see_a_data_dir_is_named(split_fleet, dask_pool, tmp_path):
