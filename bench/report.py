@@ -175,11 +175,22 @@ def _tree_rss(pid: int) -> dict[int, int]:
     return found
 
 
-def run_measured(command, timeout: float = 300, per_process: dict | None = None):
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (0 once it is gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(command, timeout: float = 300, per_process: dict | None = None, cpu: dict | None = None):
     """Run a command; return (seconds, peak tree RSS bytes, completed process).
 
     ``per_process``, when given, receives each process's own peak RSS: the
-    command's under ``"command"``, its descendants' (workers) by pid.
+    command's under ``"command"``, its descendants' (workers) by pid; ``cpu``
+    the CPU seconds each had used at its last sample (every 50 ms).
     """
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -194,6 +205,8 @@ def run_measured(command, timeout: float = 300, per_process: dict | None = None)
                 for pid, rss in found.items():
                     key = "command" if pid == process.pid else pid
                     per_process[key] = max(rss, per_process.get(key, 0))
+                    if cpu is not None:
+                        cpu[key] = max(_cpu_seconds(pid), cpu.get(key, 0.0))
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -243,17 +256,30 @@ def compare_dask(data_dir: Path, workers: int, rounds: int) -> None:
             out = OUT / ("report-output-" + name)
             shutil.rmtree(out, ignore_errors=True)
             peaks: dict = {}
+            shares: dict = {}
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            seconds, tree, _out = run_measured(base + ["-o", str(out)] + extra, 3600, peaks)
+            seconds, tree, _out = run_measured(base + ["-o", str(out)] + extra, 3600, peaks, shares)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             # CPU of the report and every process it started and reaped (its workers): what the
             # work costs, whatever the neighbours on a shared machine take of the cores meanwhile.
             cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             own = peaks.pop("command", 0)
             runs[name].append((seconds, tree, own, max(peaks.values(), default=0), cpu))
+            # Where the CPU went (sampled): the report process (with Dask: also its scheduler and
+            # nannies) and its workers.
             print(
-                "%s: %.1f s, %.1f CPU s; peak: report process %.0f MiB, largest worker %.0f MiB, all %.0f MiB"
-                % (name, seconds, cpu, own / 2**20, runs[name][-1][3] / 2**20, tree / 2**20),
+                "%s: %.1f s, %.1f CPU s (report process %.1f, workers %.1f); peak: report process %.0f MiB, "
+                "largest worker %.0f MiB, all %.0f MiB"
+                % (
+                    name,
+                    seconds,
+                    cpu,
+                    shares.pop("command", 0.0),
+                    sum(shares.values()),
+                    own / 2**20,
+                    runs[name][-1][3] / 2**20,
+                    tree / 2**20,
+                ),
                 flush=True,
             )
     same = (OUT / "report-output-single" / "report.csv").read_bytes() == (
