@@ -1,5 +1,6 @@
 """The receive fast path agrees with the general decoder: same records, same rows, same rejects."""
 
+import itertools
 import re
 
 from hypothesis import given, settings
@@ -394,3 +395,175 @@ def test_an_influxdb_client_line_takes_its_spellings_regex_once_per_payload():
     assert passes == [] and calls == [] and rejects == []
     assert rows == [b"3.2,100,41,68469571,5120,812,300,2,4096,17,web1"] * 4
     assert tss == [NOW - i for i in range(4)] and seqs == [17] * 4 and vms == ["10.0.0.5"] * 4
+
+
+# -- payloads mixing spellings, VMs and bad lines, as a parser joins many senders' datagrams -----
+#: A few VM ids, so that one VM turns up in several spellings; ``0::1`` is ``::1`` spelled otherwise.
+_FEW_VMS = st.sampled_from(["10.0.0.1", "10.0.0.2", "web-1", "::1", "0::1"])
+_BAD_LINES = st.sampled_from([
+    b"junk", b"", b"# a comment", b"\r", b" vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % NOW,
+    b"vmstats,vm=10.0.0.1 cpu=101,mem=2 %d" % NOW,  # out of range
+    b"vmstats,vm=10.0.0.2,project=p cpu=1,mem=2 %d000" % (NOW + 301),  # in the future
+    b"vmstats,vm=a..b cpu=1,mem=2 %d" % NOW,  # a bad VM id
+    b"vmstats,vm=10.0.0.1 cpu=1e1,mem=2 %d" % NOW,  # valid: the decoder's, not a regex's
+    b"vmstats,vm=10.0.0.2 cpu=1,mem=2,mem=3 %d" % NOW])  # a field twice
+
+
+def _mixed_line(record_strategy):
+    return spellings(st.tuples(record_strategy, _FEW_VMS).map(
+        lambda pair: pair[0]._replace(vm=pair[1]))).map(lambda pair: pair[0])
+
+
+def _decoded_reasons(payload: bytes) -> tuple[list, dict]:
+    """What the decoder makes of each record line (the server skips blank lines and comments)."""
+    lines = [line for line in payload.split(b"\n") if line and line[:1] != b"#"]
+    decoder = protocol.Decoder(clock=lambda: NOW)
+    expected, reasons = [], {}
+    for line in lines:
+        try:
+            record = decoder.decode_line(line)
+        except protocol.DecodeError as exc:
+            reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
+            continue
+        expected.append((record.vm, record.ts, logstore.format_tail(record), record.seq))
+    return expected, reasons
+
+
+def _fleet_line(record: protocol.Record, vm: str, sender: str) -> bytes:
+    """``record`` of ``vm`` as one of a fleet's senders writes it: the agent, the agent with a
+    tag, or an InfluxDB client (tags and fields sorted, integers typed, nanoseconds)."""
+    record = record._replace(vm=vm)
+    if sender != "influx":
+        tags = protocol.check_tags([("project", "p1")]) if sender == "tagged" else None
+        return protocol.encode_record(record._replace(tags=tags)).encode()
+    tags = sorted([("vm", vm)] + ([("host", record.host)] if record.host else []))
+    fields = sorted((name, getattr(record, name)) for name in protocol.FIELD_NAMES
+                    if getattr(record, name) is not None)
+    return ("vmstats,%s %s %d000000000" % (
+        ",".join("%s=%s" % pair for pair in tags),
+        ",".join("%s=%s" % (name, _spell_value(name, value, "i" if name in _INT_FIELDS else ""))
+                 for name, value in fields), record.ts)).encode()
+
+
+#: Records as agents measure them: values a regex admits (no exponents), stamps in the window.
+_measured = st.builds(
+    protocol.Record, vm=st.just("x"), ts=st.integers(NOW - 600, NOW),
+    cpu=st.integers(0, 10000).map(lambda x: x / 100), mem=st.integers(0, 400).map(lambda x: x / 4),
+    cpu_max=st.just(100.0), disk_r=st.integers(0, 10 ** 9).map(float),
+    disk_w=st.integers(0, 10 ** 9).map(lambda x: x / 2), net_rx=st.just(812.5),
+    net_tx=st.just(0.0), vcpus=st.integers(1, 64), mem_mb=st.integers(1, 1 << 20),
+    seq=st.integers(0, 1000), host=st.sampled_from([None, "hv1", "hv-2"]))
+
+
+@st.composite
+def _mixed_payload(draw) -> list[bytes]:
+    """Lines of a few VMs as a fleet's few senders spell them; or also in any spelling, and
+    perhaps a bad line or two."""
+    line = st.builds(_fleet_line, _measured, _FEW_VMS, st.sampled_from(["agent", "tagged",
+                                                                        "influx"]))
+    if draw(st.booleans()):
+        return draw(st.lists(line, min_size=1, max_size=10))
+    good = draw(st.lists(st.one_of(line, _mixed_line(complete), _mixed_line(partial)),
+                         min_size=1, max_size=8))
+    return draw(st.permutations(good + draw(st.lists(_BAD_LINES, max_size=2))))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_mixed_payload(), min_size=1, max_size=4))
+def test_payloads_mixing_spellings_vms_and_bad_lines_parse_as_the_decoder_one_after_another(
+        payloads):
+    """One parser, payload after payload (sieving once one mixed spellings, its lead spelling
+    first): each VM's records in the decoder's order, the same rejects for the same reasons."""
+    parser = Parser(max_future=300, max_past=0)
+    for batch in payloads * 2:  # again: the VM ids known, the parser sieving
+        payload = b"\n".join(batch)
+        expected, reasons = _decoded_reasons(payload)
+        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
+        assert dict(rejects) == reasons
+
+
+def _sieve_passes(parser: Parser) -> list:
+    """The spellings' sieve passes the parser runs are appended to the list returned."""
+    passes: list = []
+    run = parser._stage
+
+    def stage(first):
+        found = run(first)
+        if found is None:
+            return None
+        sieve, shape = found
+        return (lambda data: passes.append(shape) or sieve(data)), shape
+
+    parser._stage = stage
+    return passes
+
+
+def test_a_mixed_payload_is_sieved_one_pass_per_spelling_and_the_next_one_at_once():
+    """The agent's lines, an InfluxDB client's, a shuffled spelling with a tag, and bad lines:
+    a pass per spelling and the decoder for the bad lines only; the next payload is sieved
+    without a plain pass first, led by the spelling most lines had."""
+    agent = [protocol.encode_record(protocol.Record(
+        vm="10.0.1.%d" % i, ts=NOW - i, cpu=1.5, mem=2.0, seq=i, host="a")).encode()
+        for i in range(1, 5)]
+    influx = [b"vmstats,host=b,vm=10.0.2.%d cpu=1.5,mem=2,seq=%di %d000000000" % (i, i, NOW - i)
+              for i in range(1, 3)]
+    shuffled = [b"vmstats,project=x,vm=10.0.3.%d mem=2,cpu=%d %d000" % (i, i, NOW - i)
+                for i in range(1, 3)]
+    bad = [b"vmstats,vm=10.0.0.9 cpu=101,mem=2 %d" % NOW, b"junk"]
+    payload = b"\n".join([influx[0], agent[0], bad[0], shuffled[0], agent[1], influx[1],
+                          agent[2], b"", bad[1], shuffled[1], agent[3]])
+    expected, reasons = _decoded_reasons(payload)
+    parser = Parser(max_future=300, max_past=0)
+    calls = _counting_decoder(parser)
+    passes = _sieve_passes(parser)
+    plain = []
+    for name in ("_findall", "_compact_findall"):
+        run = getattr(parser, name)
+        setattr(parser, name, lambda data, run=run, name=name: plain.append(name) or run(data))
+    parser.parse(payload, NOW)  # meets the VM ids and the spellings, and finds them mixed
+    del calls[:], passes[:], plain[:]
+    for _ in range(2):
+        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
+        assert dict(rejects) == reasons == {protocol.R_RANGE: 1, protocol.R_SYNTAX: 1}
+        assert sorted(calls) == sorted(bad) and plain == []
+        assert len(passes) == 3 and len(set(passes)) == 3
+        assert vms[:4] == ["10.0.1.%d" % i for i in range(1, 5)]  # the lead spelling's, first
+        del calls[:], passes[:]
+
+
+def test_one_vm_in_two_spellings_keeps_its_records_in_order():
+    """``0::1`` and ``::1`` are one VM: spelled so by two senders (one with a tag) in one
+    payload, its records of one timestamp keep their order, so the later one is held."""
+    tagged = b"vmstats,vm=0::1,project=p cpu=1,mem=2 %d" % NOW
+    plain = b"vmstats,vm=::1 cpu=%d,mem=2 %d"
+    payload = b"\n".join([plain % (5, NOW - 1), tagged, plain % (3, NOW - 2), plain % (2, NOW)])
+    expected, _reasons = _decoded_reasons(payload)
+    parser = Parser(max_future=300, max_past=0)
+    for _ in range(3):  # meeting the ids and spellings, then sieving
+        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        assert list(zip(vms, tss, rows, seqs, strict=True)) == expected and rejects == []
+        assert [row for ts, row in zip(tss, rows, strict=True) if ts == NOW][-1] == \
+            b"2,,2,,,,,,,,"
+
+
+def test_a_payload_of_more_spellings_than_sieved_leaves_the_rest_to_the_decoder():
+    """Each field order is a spelling: past MAX_SPELLINGS, the lines left go one by one."""
+    from vmstats.server.parse import MAX_SPELLINGS
+
+    orders = itertools.permutations([b"cpu=1", b"mem=2", b"net_rx=3", b"net_tx=4"])
+    lines = [b"vmstats,vm=10.0.4.%d %s %d" % (i, b",".join(order), NOW)
+             for i, order in enumerate(itertools.islice(orders, MAX_SPELLINGS + 4))]
+    payload = b"\n".join(lines)
+    expected, _reasons = _decoded_reasons(payload)
+    parser = Parser(max_future=300, max_past=0)
+    passes = _sieve_passes(parser)
+    parser.parse(payload, NOW)
+    one_by_one = []
+    run = parser._line_by_line
+    parser._line_by_line = lambda data, now: one_by_one.append(data) or run(data, now)
+    del passes[:]
+    vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+    assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected) and rejects == []
+    assert len(passes) == MAX_SPELLINGS and one_by_one == [b"\n".join(lines[MAX_SPELLINGS:])]

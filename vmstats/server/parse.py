@@ -15,8 +15,11 @@ extra tags, ``i``/``u`` typed values, ms/us/ns timestamps, as InfluxDB client
 libraries and Telegraf write them -- is a ``Shape``: the first line's tag and
 field names, value types and timestamp length give a regex of that exact
 spelling (built once and cached), whose groups are reordered into the held
-row by one ``%`` per line, again mapped in C.  What no regex proves valid
-(exponents, bad input) goes through ``protocol.Decoder`` (and
+row by one ``%`` per line, again mapped in C.  A payload that mixes
+spellings, as a parser process joins many senders' datagrams, is sieved: each
+spelling's regex, with a catch-all alternative, takes its own lines in one
+pass and hands the others on to the next (``Parser._mixed``).  What no regex
+proves valid (exponents, bad input) goes through ``protocol.Decoder`` (and
 ``logstore.format_tail``) line by line: identical rows, just slower, and the
 decoder names the reason for every reject.
 
@@ -30,8 +33,8 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable
-from itertools import repeat
-from operator import itemgetter
+from itertools import chain, compress, repeat
+from operator import itemgetter, not_
 
 from vmstats import protocol
 from vmstats.logstore import TAGS_SEPARATOR, format_tail
@@ -132,9 +135,17 @@ _STAMP_LENGTHS = (10, 13, 16, 19)
 _EXACT_DIGITS = 15
 #: Shapes remembered per parser; cleared when full (senders use a handful of spellings).
 MAX_SHAPES = 1024
-#: Spellings whose regexes a payload mixing spellings is tried with (``Parser._mixed``), the
-#: most recently met first.
+#: Spellings a payload's first line is tried with before its own is looked up (``shape_key``
+#: costs several microseconds in Python), the most recently met first.
 MAX_RECENT = 4
+#: Spellings one payload is sieved into (``Parser._mixed``); the lines of any further ones go
+#: line by line, so that a payload of many spellings never costs a pass over it per line.
+MAX_SPELLINGS = 8
+#: Payloads sieved after the last one that mixed spellings, before the first line picks the
+#: regex again: one sieve pass costs little more than a plain one, a wrong guess a pass.
+MIXED_STREAK = 16
+#: The catch-all group a sieve (``_sieve``) ends with: a line its spelling's regex left.
+_OTHER_OF = itemgetter(-1)
 _VALUE_PATTERNS = {b"vm": r"[A-Za-z0-9._:%%-]{1,%d}" % protocol.MAX_VM_ID_LENGTH,
                    b"host": r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"}
 _EXTRA_TAG_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (protocol.MAX_TAG_VALUE_LENGTH - 1)
@@ -148,10 +159,11 @@ class Shape:
     ``row`` is ``format % pick(groups)``: the fields in the log's order (an
     empty cell for each one not sent), the host, and the extra tags sorted by
     key, as ``logstore.format_tail`` writes them.  ``seq_of`` is None when the
-    spelling has no seq.
+    spelling has no seq.  ``sieve`` is ``_sieve`` of the regex.
     """
 
-    __slots__ = ("regex", "findall", "fullmatch", "vm_of", "ts_of", "seq_of", "pick", "format")
+    __slots__ = ("regex", "findall", "fullmatch", "sieve", "vm_of", "ts_of", "seq_of", "pick",
+                 "format")
 
     def __init__(self, regex, vm: int, ts: int, seq: int | None, cells: list[int | None],
                  tags: list[bytes] = (), tag_groups: list[int] = ()):
@@ -160,6 +172,7 @@ class Shape:
         self.regex = regex
         self.findall = regex.findall
         self.fullmatch = regex.fullmatch
+        self.sieve = _sieve(regex)
         self.vm_of = itemgetter(vm)
         self.ts_of = itemgetter(ts)
         self.seq_of = None if seq is None else itemgetter(seq)
@@ -171,6 +184,18 @@ class Shape:
 
     def row(self, groups: tuple) -> bytes:
         return self.format % self.pick(groups)
+
+
+def _sieve(regex: "re.Pattern[bytes]") -> Callable:
+    """``findall`` of ``regex`` that also yields each line the regex leaves, whole, as the
+    last group (``_OTHER_OF``; empty when the regex matched).
+
+    Every non-empty line gives one tuple, in order.  One pass so both matches
+    a spelling's lines and gathers the rest for the next spelling's pass
+    (``Parser._mixed``), rather than each spelling's regex running over
+    every line of the payload and failing on the others'.
+    """
+    return re.compile(b"(?<![^\n])(?:%s|([^\n]+))" % regex.pattern).findall
 
 
 def shape_key(line: bytes) -> tuple | None:
@@ -191,7 +216,8 @@ def shape_key(line: bytes) -> tuple | None:
 
 
 def _agents_spelling(key: tuple) -> bool:
-    """Is this the agent's spelling, which the canonical regex admits (and no shape must)?"""
+    """Is this the agent's spelling?  The canonical regex admits it and is tried first, so a
+    shape of it would only take a place among the recent ones (``Parser._stage``)."""
     tag_keys, fields, stamp_length = key
     if tag_keys not in ((b"vm",), (b"vm", b"host")) or stamp_length != 10:
         return False
@@ -277,9 +303,14 @@ class Parser:
         self._canonical = Shape(regex, 0, ts_group, seq_group, list(range(2, ts_group)) + [1])
         self._shapes: dict[tuple, Shape | None] = {}
         self._recent: list[Shape] = []
+        self._compact_sieve = _sieve(compact)
         self._compact_ts_of = itemgetter(compact_ts)
         self._compact_seq_of = itemgetter(compact_seq)
         self._vm_ids: dict[bytes, str] = {}
+        # Payloads left to sieve at once (``_mixed``): set when one mixed spellings; and the
+        # stage of the spelling most of that payload's lines had, which then sieves first.
+        self._mixing = 0
+        self._lead: tuple[Callable, Shape | None] | None = None
 
     def parse(self, data: bytes, now: float) -> Parsed:
         """Every record of one payload, in order, and a count of every reject by reason.
@@ -289,8 +320,13 @@ class Parser:
         (one min/max); otherwise the lines are checked one by one.  Lines
         with every field (what the agent sends) need only the compact regex
         (``_every_field``).  A payload whose first line is spelled otherwise
-        takes the regex of that line's spelling (``_shaped``) at once.
+        takes the regex of that line's spelling (``_shaped``) at once.  After
+        a payload that mixed spellings, the next ones are sieved (``_mixed``)
+        at once: a parser joins the datagrams of many senders, so the next
+        payload of a mixed fleet mixes them too.
         """
+        if self._mixing:
+            return self._mixed(data, now)
         end = data.find(b"\n")
         first = data if end < 0 else data[:end]
         compact = _every_field(first)
@@ -305,17 +341,14 @@ class Parser:
                 return self._mixed(data, now)
         if not matches:
             return [], [], [], [], [], []
+        if compact:
+            out = self._compact_columns(matches, now)
+            return self._checked(self._findall(data), now, self._canonical) if out is None else out
         vms = list(map(self._vm_ids.get, map(_VM_OF, matches)))
-        tss = list(map(int, map(self._compact_ts_of if compact else self._ts_of, matches)))
+        tss = list(map(int, map(self._ts_of, matches)))
         hi, lo = self._window(now)
         if None in vms or min(tss) < lo or max(tss) > hi:
-            return self._checked(self._findall(data) if compact else matches, now,
-                                 self._canonical)
-        if compact:
-            values = map(bytes.translate, map(_SECTION_OF, matches), repeat(None),
-                         repeat(FIELD_NAME_BYTES))
-            rows = list(map(b",".join, zip(values, map(_HOST_OF, matches), strict=True)))
-            return vms, tss, rows, list(map(int, map(self._compact_seq_of, matches))), [], []
+            return self._checked(matches, now, self._canonical)
         rows = list(map(b",".join, map(self._row_of, matches)))
         raw_seqs = list(map(self._seq_of, matches))
         if b"" in raw_seqs:
@@ -338,33 +371,68 @@ class Parser:
         """A payload that no one regex matched whole: the lines of several spellings, as a
         parser joins the datagrams of many senders, or bad lines.
 
-        The agent's regex and those of the spellings met last each run over
-        the whole payload; when together they matched every line, each one's
-        matches become columns as a payload of its own would, one spelling
-        after the other.  That reorders lines of different spellings, so it
-        is done only when no VM appears in two (the last record of a (vm, ts)
-        wins, and seq gaps are counted per VM in order).  Otherwise the lines
-        go one by one (``_line_by_line``), which also meets the spellings
-        for the next payload.
+        The payload is sieved: the regex of its first line's spelling
+        (``_stage``) runs over it with a catch-all alternative (``_sieve``),
+        so one pass yields that spelling's matches and the lines it left,
+        joined, are what the next spelling's pass runs over; each line is
+        matched once, by its own spelling's regex, plus one failed try of
+        each spelling before it -- so the spelling most lines had in the last
+        mixed payload sieves first, whatever the first line's (a fleet's mix
+        changes slowly).  Lines no regex admits go to the decoder
+        (``_line_by_line``).  Each spelling's matches become columns as a
+        payload of its own would, one spelling after the other.  That
+        reorders lines of different spellings, which is exact only when no
+        VM has records in two of them (the last record of a (vm, ts) wins,
+        and seq gaps are counted per VM in order): otherwise the whole
+        payload goes line by line.
         """
-        total = _lines(data)
-        found = []
-        covered = 0
-        for shape in [self._canonical] + self._recent:
-            matches = shape.findall(data)
-            if matches:
-                found.append((shape, matches))
-                covered += len(matches)
-                if covered >= total:
-                    break
-        if covered != total or not found:
-            return self._line_by_line(data, now)
-        vm_sets = [set(map(shape.vm_of, matches)) for shape, matches in found]
-        if len(vm_sets) > 1 and sum(map(len, vm_sets)) != len(set().union(*vm_sets)):
+        parts: list[Parsed] = []
+        slow: list[bytes] = []
+        spellings = 0
+        rest = data
+        stage = self._lead if self._mixing else None
+        lead, most = None, 0
+        while rest:
+            first, _newline, tail = rest.partition(b"\n")
+            if not first or first[:1] == b"#":  # blank lines and comments: not records
+                rest = tail
+                continue
+            if spellings == MAX_SPELLINGS:  # the rest goes line by line
+                slow.append(rest)
+                break
+            stage = stage or self._stage(first)
+            if stage is None:
+                slow.append(first)
+                rest = tail
+                continue
+            sieve, shape = stage
+            matches, left = _sifted(sieve(rest))
+            if not matches:  # the lead spelling, none of whose lines came this time
+                stage = None
+                continue
+            if len(matches) > most:
+                lead, most = stage, len(matches)
+            stage = None
+            part = self._compact_columns(matches, now) if shape is None else \
+                self._columns(shape, matches, now)
+            if part is None:  # a new VM id or a stamp near the window: the per-field regex's path
+                matches, left = _sifted(self._canonical.sieve(rest))
+                part = self._columns(self._canonical, matches, now)
+            parts.append(part)
+            spellings += 1
+            rest = left
+        if slow:
+            parts.append(self._line_by_line(b"\n".join(slow), now))
+        self._mixing = MIXED_STREAK if spellings > 1 else max(self._mixing - 1, 0)
+        self._lead = lead
+        if len(parts) == 1:
+            return parts[0]
+        vm_lists = [part[0] for part in parts if part[0]]
+        if len(vm_lists) > 1 and \
+                sum(map(len, map(set, vm_lists))) != len(set(chain.from_iterable(vm_lists))):
             return self._line_by_line(data, now)
         out: Parsed = ([], [], [], [], [], [])
-        for shape, matches in found:
-            part = self._columns(shape, matches, now)
+        for part in parts:
             for mine, theirs in zip(out, part, strict=True):
                 mine.extend(theirs)
         if out[4]:
@@ -374,6 +442,37 @@ class Parser:
             out[4][:] = sorted(counts.items())
             del out[5][MAX_DETAILS:]
         return out
+
+    def _stage(self, first: bytes) -> tuple[Callable, Shape | None] | None:
+        """The sieve of the spelling whose regex matches ``first``, and its shape (None: the
+        compact regex's); None when none does (a bad line, or one for the decoder).
+
+        The agent's regexes then the spellings met last are tried before the line's
+        own spelling is looked up: a failing regex gives up within the first tags.
+        """
+        if _every_field(first) and self._compact_fullmatch(first) is not None:
+            return self._compact_sieve, None
+        for shape in (self._canonical, *self._recent):
+            if shape.fullmatch(first) is not None:
+                return shape.sieve, shape
+        shape = self._shape_of(first)
+        if shape is not None and shape.fullmatch(first) is not None:
+            return shape.sieve, shape
+        return None
+
+    def _compact_columns(self, matches: list, now: float) -> Parsed | None:
+        """The columns of the compact regex's matches; None when a VM id is new or a stamp
+        lies near the window's edges (the per-field regex's matches are then checked one
+        by one)."""
+        vms = list(map(self._vm_ids.get, map(_VM_OF, matches)))
+        tss = list(map(int, map(self._compact_ts_of, matches)))
+        hi, lo = self._window(now)
+        if None in vms or min(tss) < lo or max(tss) > hi:
+            return None
+        values = map(bytes.translate, map(_SECTION_OF, matches), repeat(None),
+                     repeat(FIELD_NAME_BYTES))
+        rows = list(map(b",".join, zip(values, map(_HOST_OF, matches), strict=True)))
+        return vms, tss, rows, list(map(int, map(self._compact_seq_of, matches))), [], []
 
     def _columns(self, shape: Shape, matches: list, now: float) -> Parsed:
         """The columns of a shape's matches, every line of them valid but perhaps for the VM id
@@ -511,6 +610,14 @@ def frame_start(data: bytes) -> int:
 def has_frame(data: bytes) -> bool:
     """Does any line of ``data`` (joined datagrams) begin with ``#!``?"""
     return data[:2] == b"#!" or frame_start(data) >= 0
+
+
+def _sifted(found: list) -> tuple[list, bytes]:
+    """A sieve's (``_sieve``) matches of its spelling, and the lines it left, joined."""
+    others = list(filter(None, map(_OTHER_OF, found)))
+    if not others:
+        return found, b""
+    return list(compress(found, map(not_, map(_OTHER_OF, found)))), b"\n".join(others)
 
 
 def _all_lines_matched(data: bytes, matched: int) -> bool:
