@@ -135,8 +135,8 @@ _STAMP_LENGTHS = (10, 13, 16, 19)
 _EXACT_DIGITS = 15
 #: Shapes remembered per parser; cleared when full (senders use a handful of spellings).
 MAX_SHAPES = 1024
-#: Spellings a payload's first line is tried with before its own is looked up (``shape_key``
-#: costs several microseconds in Python), the most recently met first.
+#: Spellings a line is tried with before its own is looked up (``Parser._matching``), the
+#: most recently met first.
 MAX_RECENT = 4
 #: Spellings one payload is sieved into (``Parser._mixed``); the lines of any further ones go
 #: line by line, so that a payload of many spellings never costs a pass over it per line.
@@ -359,9 +359,9 @@ class Parser:
 
     def _shaped(self, data: bytes, first: bytes, now: float) -> Parsed:
         """A payload whose first line is not the agent's spelling: its shape's regex, whole."""
-        shape = self._shape_of(first)
-        if shape is None:
-            return self._line_by_line(data, now)
+        shape = self._matching(first)
+        if shape is None:  # a bad first line, or one for the decoder
+            return self._mixed(data, now)
         matches = shape.findall(data)
         if not _all_lines_matched(data, len(matches)):
             return self._mixed(data, now)
@@ -447,18 +447,22 @@ class Parser:
         """The sieve of the spelling whose regex matches ``first``, and its shape (None: the
         compact regex's); None when none does (a bad line, or one for the decoder).
 
-        The agent's regexes then the spellings met last are tried before the line's
-        own spelling is looked up: a failing regex gives up within the first tags.
+        The agent's regexes are tried first (``_matching``).
         """
         if _every_field(first) and self._compact_fullmatch(first) is not None:
             return self._compact_sieve, None
-        for shape in (self._canonical, *self._recent):
-            if shape.fullmatch(first) is not None:
-                return shape.sieve, shape
-        shape = self._shape_of(first)
-        if shape is not None and shape.fullmatch(first) is not None:
-            return shape.sieve, shape
-        return None
+        shape = self._matching(first, self._canonical)
+        return None if shape is None else (shape.sieve, shape)
+
+    def _matching(self, line: bytes, *first: Shape) -> Shape | None:
+        """The shape whose regex matches ``line``, if any: ``first``, then the spellings met
+        last, before the line's own is looked up (``shape_key`` costs a few microseconds in
+        Python, a regex failing within the first tags a fraction of one)."""
+        for shape in (*first, *self._recent):
+            if shape.fullmatch(line) is not None:
+                return shape
+        shape = self._shape_of(line)
+        return shape if shape is not None and shape.fullmatch(line) is not None else None
 
     def _compact_columns(self, matches: list, now: float) -> Parsed | None:
         """The columns of the compact regex's matches; None when a VM id is new or a stamp
