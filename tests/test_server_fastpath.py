@@ -567,3 +567,28 @@ def test_a_payload_of_more_spellings_than_sieved_leaves_the_rest_to_the_decoder(
     vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
     assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected) and rejects == []
     assert len(passes) == MAX_SPELLINGS and one_by_one == [b"\n".join(lines[MAX_SPELLINGS:])]
+
+
+def test_bad_lines_among_the_agents_cost_the_decoder_them_alone_and_no_extra_pass():
+    """A broken sender among agents: its lines go to the decoder, the agents' take one sieve
+    pass, and the next payload is sieved at once (no plain pass that would not cover it)."""
+    good = [protocol.encode_record(protocol.Record(
+        vm="10.0.5.%d" % i, ts=NOW - i, cpu=1.5, mem=2.0, seq=i, host="a")).encode()
+        for i in range(1, 7)]
+    bad = [b"garbage one", b"garbage two", b"vmstats,vm=10.0.5.9 cpu=x,mem=2 %d" % NOW]
+    payload = b"\n".join(good[:2] + bad[:2] + good[2:4] + bad[2:] + good[4:])
+    expected, reasons = _decoded_reasons(payload)
+    parser = Parser(max_future=300, max_past=0)
+    calls = _counting_decoder(parser)
+    passes = _sieve_passes(parser)
+    plain = []
+    for name in ("_findall", "_compact_findall"):
+        run = getattr(parser, name)
+        setattr(parser, name, lambda data, run=run, name=name: plain.append(name) or run(data))
+    parser.parse(payload, NOW)  # meets the VM ids
+    for _ in range(2):
+        del calls[:], passes[:], plain[:]
+        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        assert list(zip(vms, tss, rows, seqs, strict=True)) == expected
+        assert dict(rejects) == reasons and sum(reasons.values()) == 3
+        assert sorted(calls) == sorted(bad) and len(passes) == 1 and plain == []

@@ -144,6 +144,8 @@ MAX_SPELLINGS = 8
 #: Payloads sieved after the last one that mixed spellings, before the first line picks the
 #: regex again: one sieve pass costs little more than a plain one, a wrong guess a pass.
 MIXED_STREAK = 16
+#: How every line that any regex admits begins.
+_LINE_START = b"%s," % protocol.MEASUREMENT.encode("ascii")
 #: The catch-all group a sieve (``_sieve``) ends with: a line its spelling's regex left.
 _OTHER_OF = itemgetter(-1)
 _VALUE_PATTERNS = {b"vm": r"[A-Za-z0-9._:%%-]{1,%d}" % protocol.MAX_VM_ID_LENGTH,
@@ -307,8 +309,9 @@ class Parser:
         self._compact_ts_of = itemgetter(compact_ts)
         self._compact_seq_of = itemgetter(compact_seq)
         self._vm_ids: dict[bytes, str] = {}
-        # Payloads left to sieve at once (``_mixed``): set when one mixed spellings; and the
-        # stage of the spelling most of that payload's lines had, which then sieves first.
+        # Payloads left to sieve at once (``_mixed``): set when one mixed spellings (or bad
+        # lines among good ones); and the stage of the spelling most of that payload's lines
+        # had, which then sieves first.
         self._mixing = 0
         self._lead: tuple[Callable, Shape | None] | None = None
 
@@ -321,9 +324,10 @@ class Parser:
         with every field (what the agent sends) need only the compact regex
         (``_every_field``).  A payload whose first line is spelled otherwise
         takes the regex of that line's spelling (``_shaped``) at once.  After
-        a payload that mixed spellings, the next ones are sieved (``_mixed``)
-        at once: a parser joins the datagrams of many senders, so the next
-        payload of a mixed fleet mixes them too.
+        a payload that mixed spellings (or bad lines among good ones), the
+        next ones are sieved (``_mixed``) at once: a parser joins the
+        datagrams of many senders, so the next payload of a mixed fleet mixes
+        them too.
         """
         if self._mixing:
             return self._mixed(data, now)
@@ -389,22 +393,27 @@ class Parser:
         parts: list[Parsed] = []
         slow: list[bytes] = []
         spellings = 0
-        rest = data
+        rest, start = data, 0  # what the sieves before left, from its line at ``start``
         stage = self._lead if self._mixing else None
         lead, most = None, 0
-        while rest:
-            first, _newline, tail = rest.partition(b"\n")
+        while start < len(rest):
+            end = rest.find(b"\n", start)
+            end = len(rest) if end < 0 else end
+            first = rest[start:end]
             if not first or first[:1] == b"#":  # blank lines and comments: not records
-                rest = tail
+                start = end + 1
                 continue
             if spellings == MAX_SPELLINGS:  # the rest goes line by line
-                slow.append(rest)
+                slow.append(rest[start:])
                 break
             stage = stage or self._stage(first)
-            if stage is None:
-                slow.append(first)
-                rest = tail
+            if stage is None:  # this line, and those after it that no regex can match
+                end = rest.find(b"\n" + _LINE_START, end)
+                end = len(rest) if end < 0 else end
+                slow.append(rest[start:end])
+                start = end + 1
                 continue
+            rest, start = rest[start:], 0
             sieve, shape = stage
             matches, left = _sifted(sieve(rest))
             if not matches:  # the lead spelling, none of whose lines came this time
@@ -423,7 +432,8 @@ class Parser:
             rest = left
         if slow:
             parts.append(self._line_by_line(b"\n".join(slow), now))
-        self._mixing = MIXED_STREAK if spellings > 1 else max(self._mixing - 1, 0)
+        # Bad lines among good ones count as mixing: a broken sender goes on sending them.
+        self._mixing = MIXED_STREAK if spellings + bool(slow) > 1 else max(self._mixing - 1, 0)
         self._lead = lead
         if len(parts) == 1:
             return parts[0]
@@ -449,6 +459,8 @@ class Parser:
 
         The agent's regexes are tried first (``_matching``).
         """
+        if not first.startswith(_LINE_START):  # no regex can match: spare shape_key
+            return None
         if _every_field(first) and self._compact_fullmatch(first) is not None:
             return self._compact_sieve, None
         shape = self._matching(first, self._canonical)
