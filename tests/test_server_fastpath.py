@@ -499,6 +499,15 @@ def _sieve_passes(parser: Parser) -> list:
     return passes
 
 
+def _watched(parser: Parser) -> tuple[list, list, list]:
+    """The lines the parser decodes, its sieve passes, and its plain passes over a payload."""
+    plain: list = []
+    for name in ("_findall", "_compact_findall"):
+        run = getattr(parser, name)
+        setattr(parser, name, lambda data, run=run, name=name: plain.append(name) or run(data))
+    return _counting_decoder(parser), _sieve_passes(parser), plain
+
+
 def test_a_mixed_payload_is_sieved_one_pass_per_spelling_and_the_next_one_at_once():
     """The agent's lines, an InfluxDB client's, a shuffled spelling with a tag, and bad lines:
     a pass per spelling and the decoder for the bad lines only; the next payload is sieved
@@ -515,12 +524,7 @@ def test_a_mixed_payload_is_sieved_one_pass_per_spelling_and_the_next_one_at_onc
                           agent[2], b"", bad[1], shuffled[1], agent[3]])
     expected, reasons = _decoded_reasons(payload)
     parser = Parser(max_future=300, max_past=0)
-    calls = _counting_decoder(parser)
-    passes = _sieve_passes(parser)
-    plain = []
-    for name in ("_findall", "_compact_findall"):
-        run = getattr(parser, name)
-        setattr(parser, name, lambda data, run=run, name=name: plain.append(name) or run(data))
+    calls, passes, plain = _watched(parser)
     parser.parse(payload, NOW)  # meets the VM ids and the spellings, and finds them mixed
     del calls[:], passes[:], plain[:]
     for _ in range(2):
@@ -579,12 +583,7 @@ def test_bad_lines_among_the_agents_cost_the_decoder_them_alone_and_no_extra_pas
     payload = b"\n".join(good[:2] + bad[:2] + good[2:4] + bad[2:] + good[4:])
     expected, reasons = _decoded_reasons(payload)
     parser = Parser(max_future=300, max_past=0)
-    calls = _counting_decoder(parser)
-    passes = _sieve_passes(parser)
-    plain = []
-    for name in ("_findall", "_compact_findall"):
-        run = getattr(parser, name)
-        setattr(parser, name, lambda data, run=run, name=name: plain.append(name) or run(data))
+    calls, passes, plain = _watched(parser)
     parser.parse(payload, NOW)  # meets the VM ids
     for _ in range(2):
         del calls[:], passes[:], plain[:]
