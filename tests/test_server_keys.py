@@ -158,8 +158,11 @@ def test_a_key_holder_cannot_forge_another_keys_replay_floor_through_the_journal
     # The restart replays the segments and saves the marks; the one after reads them as floors.
     for restart, token in ((1, b"v1"), (2, b"v2")):
         with serve(tmp_path, *args) as again:
+            # Signed a second on per restart: the victim's own mark from the restart before is
+            # its floor, and two restarts can fall inside one second.
             victim = protocol.sign_payload("victim", "v-secret",
-                                           records("10.31.0.3", ts=t + 60 * restart))
+                                           records("10.31.0.3", ts=t + 60 * restart),
+                                           now=time.time() + restart)
             assert send_tcp(again, victim, token.decode()) == b"#!ack %s 1 0\n" % token
             assert again.metrics().get(REPLAY, 0) == 0
         assert "4102444800" not in (journal / "signatures").read_text()
