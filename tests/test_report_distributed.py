@@ -76,9 +76,9 @@ def test_tasks_are_the_ones_the_single_machine_runs(split_fleet, dask_pool):
     days = [day for _vm, day in units]
     local = load.load(units, None, min(days), max(days), workers=1)
     spread = load.load(units, None, min(days), max(days), pool=dask_pool)
-    assert spread.parsed_units == local.parsed_units == len(units) > 2 * load._TASK_UNITS
+    assert spread.parsed_units == local.parsed_units == len(units) > 2 * load.TASK_UNITS
     # A small report is cut as the single machine cuts it, so several tasks ran on the cluster.
-    assert dask_pool.task_units(len(units)) == load._TASK_UNITS
+    assert dask_pool.task_units(len(units)) == load.TASK_UNITS
     for name, values in local.data.items():
         assert spread.data[name].tobytes() == values.tobytes(), name
 
@@ -104,7 +104,7 @@ def test_a_large_report_is_cut_in_larger_tasks(dask_pool):
     report's tasks hold more VM-days, while every worker thread still gets several."""
     threads = sum(dask_pool.client.nthreads().values())
     assert threads == 2
-    assert dask_pool.task_units(70_000) == distributed.TASK_UNITS > load._TASK_UNITS
+    assert dask_pool.task_units(70_000) == distributed.MAX_TASK_UNITS > load.TASK_UNITS
     between = distributed.TASKS_PER_THREAD * threads * 100
     assert dask_pool.task_units(between) == 100
 

@@ -18,7 +18,7 @@ def capacity_options(function):
     options = (
         click.option(
             "--percentile",
-            default="p%g" % defaults.PERCENTILE,
+            default=defaults.PERCENTILE_TEXT,
             show_default=True,
             help="Percentile of each host's summed demand: p99.9, p99, p95, max or a number.",
         ),

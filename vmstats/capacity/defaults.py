@@ -9,3 +9,5 @@ docs/CAPACITY.md ("What the defaults rest on") says why each is what it is.
 PERCENTILE = 99.9
 #: Minutes of the block whose peak each VM counts at every minute of it: an hour.
 PEAK_MINUTES = 60
+#: PERCENTILE as the options and the config spell it.
+PERCENTILE_TEXT = "p%g" % PERCENTILE

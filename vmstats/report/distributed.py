@@ -32,7 +32,7 @@ CONNECT_TIMEOUT = 20
 #: report process a few milliseconds whatever its size: with load's 64 VM-days per task that
 #: was ~15% beside the parsing itself (traced per thread on 20M records); 256 (~0.25 s of
 #: parsing, a ~2 MB answer, a worker peak of ~230 MiB) makes it ~5%.
-TASK_UNITS = 256
+MAX_TASK_UNITS = 256
 #: Tasks per worker thread, at least, while tasks may still be cut finer: the last tasks to
 #: finish leave the other workers idle, so a small report is cut in smaller tasks.
 TASKS_PER_THREAD = 4
@@ -45,11 +45,11 @@ class DaskPool:
         self.client = client
 
     def task_units(self, units: int) -> int:
-        """VM-days per task: up to TASK_UNITS, as long as every worker thread gets several tasks."""
-        from vmstats.report.load import _TASK_UNITS
+        """VM-days per task: up to MAX_TASK_UNITS, as long as every worker thread gets several tasks."""
+        from vmstats.report.load import TASK_UNITS
 
         threads = max(1, sum(self.client.nthreads().values()))
-        return max(_TASK_UNITS, min(TASK_UNITS, -(-units // (TASKS_PER_THREAD * threads))))
+        return max(TASK_UNITS, min(MAX_TASK_UNITS, -(-units // (TASKS_PER_THREAD * threads))))
 
     def map(self, function: Callable, tasks: list) -> Iterator:
         from distributed import KilledWorker

@@ -56,7 +56,7 @@ ROLLUP_VERSION = CACHE_VERSION
 CACHE_NAME = "report-cache-v%d.bin" % CACHE_VERSION
 _EPOCH = datetime.date(1970, 1, 1)
 #: Units parsed per worker task: big enough to amortise pandas calls.
-_TASK_UNITS = 64
+TASK_UNITS = 64
 
 #: Scalar aggregates per VM-day and their dtypes.  ``n`` counts records after
 #: de-duplication, ``minutes`` distinct minutes; sums skip unknown values and
@@ -387,7 +387,7 @@ def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates
                 out[name] = out[name].astype(np.result_type(out[name], values))
             out[name][positions] = values if whole else values[rows]
         for name, hist in hists.items():
-            _add_rows(hist, data[name], positions, rows, len(vms))
+            _place_file_rows(hist, data[name], positions, rows, len(vms))
     for name, hist in hists.items():
         out[name] = hist if sparse else hist.dense()
     return out, issues
@@ -431,7 +431,7 @@ def _read_ahead(function: Callable, calls: list[tuple]) -> Iterator[Callable]:
             yield pending.popleft().result
 
 
-def _add_rows(hist: SparseHistograms, values, positions: np.ndarray, rows: np.ndarray,
+def _place_file_rows(hist: SparseHistograms, values, positions: np.ndarray, rows: np.ndarray,
               file_rows: int) -> None:
     """Give a file's rows ``rows`` (sparse cells or dense rows) the table rows ``positions``."""
     remaining = np.arange(len(rows))
@@ -754,7 +754,7 @@ def _parse(
     keys, readable, stale, progress, workers, pool
 ) -> tuple[list[dict[str, np.ndarray]], dict[int, list]]:
     """Aggregates of the ``stale`` units (positions in ``keys``), and their files' issues by position."""
-    size = pool.task_units(len(stale)) if pool is not None else _TASK_UNITS
+    size = pool.task_units(len(stale)) if pool is not None else TASK_UNITS
     starts = range(0, len(stale), size)
     tasks = [[readable[keys[i]] for i in stale[s : s + size]] for s in starts]
     if pool is not None:

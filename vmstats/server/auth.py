@@ -214,10 +214,8 @@ class SignatureMemory:
         if key_ids.count(key_ids[0]) == len(key_ids):  # one key (a host's agent, a relay)
             self._mark(key_ids[0], max(stamps))
         else:
-            marks = self.marks
             for key_id, stamp in zip(key_ids, stamps, strict=True):
-                if stamp > marks.get(key_id, -1):
-                    marks[key_id] = stamp
+                self._mark(key_id, stamp)
         if self.journal is not None:
             self.journal.append(SEEN_PREFIX + _SEEN_JOIN.join(identities) + b"\n")
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 DAY = logstore.DAY_SECONDS
 #: VMs read, checked and written per row group: bounds memory (a VM-day is at most a few
 #: thousand rows) and lets a reader of a few VMs skip the other groups by their statistics.
-#: As many as the report parses per task (load._TASK_UNITS), so a task reads one group.
+#: As many as the report parses per task (load.TASK_UNITS), so a task reads one group.
 CHUNK_VMS = 64
 LOCK_NAME = "compaction.lock"
 

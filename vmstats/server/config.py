@@ -115,7 +115,7 @@ class ServerConfig:
     #: Seconds an admission answer's offer holds its room (until the VMs show in the data).
     admission_hold: float = 1800.0
     #: How demand is judged for admission (vmstats.capacity.demand.Settings' fields).
-    capacity_percentile: str = "p%g" % capacity_defaults.PERCENTILE
+    capacity_percentile: str = capacity_defaults.PERCENTILE_TEXT
     capacity_peak_minutes: int = capacity_defaults.PEAK_MINUTES
     capacity_coverage_min: float = 0.8
     capacity_days: int = 14

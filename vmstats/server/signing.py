@@ -321,8 +321,10 @@ def _each(window: int, keys: list, frames: Columns, now: float) -> tuple[list, A
             refused.append((protocol.S_BAD, "signature does not match", 1))
             continue
         stamp = int(ts)
-        if abs(stamp - now) > window:
-            refused.append((protocol.S_STALE, "signed %ds from server time" % (stamp - now), 1))
+        try:
+            stale(stamp, now, window)
+        except protocol.SignatureError as exc:
+            refused.append((exc.reason, exc.detail, 1))
             continue
         unbound = 0
         if key.vms is not None:
