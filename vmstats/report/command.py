@@ -1,6 +1,8 @@
 """``vmstats report``: the click command."""
 
 import contextlib
+import errno
+import gc
 import os
 import sys
 
@@ -129,17 +131,92 @@ def load_inputs(policy_path, prices_path, overrides: dict, out_dir: str, cache_d
 
 def write_report(result, out_dir: str) -> None:
     """report.csv, report.json and report.html of a built report in ``out_dir``, and
-    statement.csv when it has a statement (``--by``)."""
+    statement.csv when it has a statement (``--by``).
+
+    The page is rendered in a forked child while this process writes the CSV and JSON: the
+    two take about as long (~0.15 s each for 1,000 VMs) and share nothing but the report.
+    """
     from vmstats.report.outputs import write_csv, write_json
     from vmstats.report.render import render
     from vmstats.report.statement import write_csv as write_statement
 
     os.makedirs(out_dir, exist_ok=True)
-    write_csv(result, os.path.join(out_dir, "report.csv"))
-    write_json(result, os.path.join(out_dir, "report.json"))
-    render(result, os.path.join(out_dir, "report.html"))
+    with beside(render, result, os.path.join(out_dir, "report.html")):
+        write_csv(result, os.path.join(out_dir, "report.csv"))
+        write_json(result, os.path.join(out_dir, "report.json"))
     if result.meta.get("statement"):
         write_statement(result.meta["statement"], out_dir)
+
+
+#: Rows of a report below which its page is rendered in this process (a fork costs more).
+_FORK_ROWS = 200
+
+
+@contextlib.contextmanager
+def beside(function, result, path: str):
+    """Run ``function(result, path)`` in a forked child while the block runs, then wait for it.
+
+    The child's failure is raised here as it would have been in this process: an OSError
+    with its errno and message (the caller names the output folder), anything else as a
+    ReportError naming the file.  Without fork, on one CPU, or for a small report it
+    simply runs here first.
+    """
+    if len(result.rows) < _FORK_ROWS or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
+        function(result, path)
+        yield
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, report a failure through the pipe, never return
+        code = 0
+        try:
+            os.close(read_end)
+            function(result, path)
+        except OSError as exc:
+            os.write(write_end, ("%d\0%s" % (exc.errno or 0, exc.strerror or exc)).encode())
+            code = 1
+        except BaseException as exc:  # every failure goes back to the parent
+            os.write(write_end, ("-1\0%s: %s" % (type(exc).__name__, exc)).encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        _pid, status = os.waitpid(pid, 0)
+    name = os.path.basename(path)
+    if message:
+        number, _sep, text = message.partition("\0")
+        if int(number) >= 0:
+            raise OSError(int(number) or errno.EIO, text)
+        raise ReportError("%s not written: %s" % (name, text))
+    if status:
+        raise ReportError("%s not written: its process ended with status %d" % (name, status))
+
+
+#: Allocations between two collections of the garbage collector's youngest generation while a
+#: report is built (Python's default: 700).
+_REPORT_GC_THRESHOLD = 100_000
+
+
+@contextlib.contextmanager
+def fewer_collections():
+    """The cyclic garbage collector run rarely while a report is built and written.
+
+    A long window's report makes hundreds of thousands of small objects that form no cycle
+    (a key, a list and a source per VM-day, the rows' values); at the default threshold the
+    collector walks them again and again: ~0.15 s of CPU of a 90-day report of 1,000 VMs
+    from rollups.  Cycles are still collected, less often.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(_REPORT_GC_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def use_system_allocator() -> None:
@@ -272,41 +349,42 @@ def report(
     use_system_allocator()
     progress = _Progress()
     try:
-        policy, prices, loading = load_inputs(
-            policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
-        )
-        if inventory_path:  # checked before any log is read
-            from vmstats.capacity.inventory import load_inventory
-            from vmstats.capacity.profiles import parse_profile
+        with fewer_collections():
+            policy, prices, loading = load_inputs(
+                policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
+            )
+            if inventory_path:  # checked before any log is read
+                from vmstats.capacity.inventory import load_inventory
+                from vmstats.capacity.profiles import parse_profile
 
-            inventory, profile = load_inventory(inventory_path), parse_profile(profile_text)
-        with contextlib.ExitStack() as stack:
-            if dask_address:
-                from vmstats.report import distributed
+                inventory, profile = load_inventory(inventory_path), parse_profile(profile_text)
+            with contextlib.ExitStack() as stack:
+                if dask_address:
+                    from vmstats.report import distributed
 
-                loading["pool"] = stack.enter_context(
-                    distributed.pool(dask_address, data_dirs, loading["workers"])
+                    loading["pool"] = stack.enter_context(
+                        distributed.pool(dask_address, data_dirs, loading["workers"])
+                    )
+                result = build(
+                    data_dirs,
+                    policy,
+                    prices,
+                    exclusions_path,
+                    since=since,
+                    until=until,
+                    progress=progress,
+                    by=by,
+                    **loading,
                 )
-            result = build(
-                data_dirs,
-                policy,
-                prices,
-                exclusions_path,
-                since=since,
-                until=until,
-                progress=progress,
-                by=by,
-                **loading,
-            )
-        progress.close()
-        if inventory_path:
-            from vmstats.capacity.command import report_section
+            progress.close()
+            if inventory_path:
+                from vmstats.capacity.command import report_section
 
-            days_back = int(policy.base["days"])
-            result.meta["capacity"] = report_section(
-                data_dirs, result, inventory, inventory_path, profile, days_back, until, out_dir
-            )
-        write_report(result, out_dir)
+                days_back = int(policy.base["days"])
+                result.meta["capacity"] = report_section(
+                    data_dirs, result, inventory, inventory_path, profile, days_back, until, out_dir
+                )
+            write_report(result, out_dir)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
