@@ -23,6 +23,7 @@ the tier, to the same row of aggregates.
 import collections
 import datetime
 import functools
+import itertools
 import json
 import os
 import stat
@@ -236,15 +237,38 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Un
             except (OSError, ValueError, KeyError) as exc:
                 issues.append(issue(path, "unreadable %s file: %s" % (tier, exc), vm="", day=day))
                 continue
-            for vm in vms:
-                held[(vm, number)] = logstore.Part(path, vm, tier)
+            # A file holds up to thousands of VMs: its keys and Parts made without a Python
+            # call per VM (~0.1 s of a 90-day report of 1,000 VMs otherwise).
+            keys = zip(vms, itertools.repeat(number), strict=False)
+            sources = map(_new_part, zip(itertools.repeat(path), vms, itertools.repeat(tier), strict=False))
+            held.update(zip(keys, sources, strict=True))
     columnar = parts[logstore.COLUMNAR_DIR]
     rollups = parts.get(logstore.ROLLUPS_DIR, {})
     units: Units = {key: [rollup] for key, rollup in rollups.items() if key not in csv}
     for key in (csv.keys() | columnar.keys()) - units.keys():
         # Columnar rows before the CSV's: a row logged after compaction wins its timestamp.
         units[key] = ([columnar[key]] if key in columnar else []) + csv.get(key, [])
-    return dict(sorted(units.items())), found + len(units)
+    return _sorted_units(units), found + len(units)
+
+
+#: ``logstore.Part`` from a ``(path, vm, tier)`` tuple, without the named tuple's Python ``__new__``.
+_new_part = functools.partial(tuple.__new__, logstore.Part)
+
+
+def _sorted_units(units: Units) -> Units:
+    """``units`` by VM, then day: each VM's days sorted apart, so that no key tuples are compared
+    (fleet-day files list their VMs day after day; this is ~40% faster than sorting the items)."""
+    days: dict[str, list[int]] = {}
+    for vm, day in units:
+        days.setdefault(vm, []).append(day)
+    out: Units = {}
+    for vm in sorted(days):
+        mine = days[vm]
+        mine.sort()
+        for day in mine:
+            key = (vm, day)
+            out[key] = units[key]
+    return out
 
 
 def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, int], list[str]], int]:
