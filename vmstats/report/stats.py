@@ -6,6 +6,7 @@ group sums (no Python loop per VM or per record), which is what keeps a
 coverage is a statistic of its own and averages are over present minutes.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,8 @@ from vmstats.report.settings import SHAPE_TOLERANCE
 DAY = 86400
 #: Days are counted in trends and idle days only when this share of their minutes is present.
 DAY_MIN_COVERAGE = 0.25
+#: The metrics with value histograms.
+HIST_METRICS = ("cpu", "mem", "disk", "net")
 #: Points of a sparkline at most (keeps a 1,000-VM HTML page light).
 SPARK_POINTS = 84
 #: Days with a size change up to which a VM counts as resized (judged since); more: a floating size.
@@ -132,9 +135,14 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
         s[name] = _group_max(rows[name], group, vms)
 
     offset = days - window.first_day
-    hist = {
-        name: _hist_sum(rows["hist_" + name], group, offset, vms) for name in ("cpu", "mem", "disk", "net")
-    }
+    # The histograms' sums (the most work here, in numpy calls that release the GIL) run in a
+    # thread while the statistics that do not need them are computed.
+    with ThreadPoolExecutor(1) as thread:
+        summing = thread.submit(
+            lambda: {name: _hist_sum(rows["hist_" + name], group, offset, vms) for name in HIST_METRICS}
+        )
+        later = _without_histograms(rows, d, table, days, group, vms, window, settings)
+        hist = summing.result()
     q = settings["idle_percentile"]
     s["cpu_p50"] = percentiles(hist["cpu"], 50, PCT_VALUES)
     s["cpu_p95"] = percentiles(hist["cpu"], 95, PCT_VALUES)
@@ -150,8 +158,17 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     s["disk_idle_pct"] = percentiles(hist["disk"], q, RATE_VALUES)
     s["net_idle_pct"] = percentiles(hist["net"], q, RATE_VALUES)
     s["idle_share"] = share_below(hist["cpu"], settings["cpu_idle"], PCT_VALUES)
-    s.update(_runs(rows, days, group, vms))
+    s.update(later.pop("runs"))
     s.update(_quality(rows, hist, group, vms))
+    s.update(later)
+    return s
+
+
+def _without_histograms(rows, d, table: DayTable, days, group, vms: int, window: Window,
+                        settings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The statistics that do not read the histograms: sustained levels (as ``runs``), daily
+    figures, size, hour-of-week profiles, sparklines and schedule slots."""
+    out: dict[str, np.ndarray] = {"runs": _runs(rows, days, group, vms)}
 
     # Daily figures: idle days (Trusted Advisor's count) and the trend of daily p95.
     day_cpu_p95 = rows["cpu_p95"].astype(np.float64)
@@ -165,20 +182,20 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
         & (rows["net_n"] > 0)
         & (day_net_mb <= settings["idle_day_net_mb"][group])
     )
-    s["days_with_data"] = _group_sum(counted.astype(np.float64), group, vms).astype(np.int64)
-    s["idle_days"] = _group_sum(idle_day.astype(np.float64), group, vms).astype(np.int64)
-    s["cpu_trend"] = _slope(days[counted], day_cpu_p95[counted], group[counted], vms) * 7
-    s["mem_trend"] = _slope(days[counted], day_mem_p95[counted], group[counted], vms) * 7
-    mean = _group_sum(np.where(counted, day_cpu_p95, 0.0), group, vms) / np.maximum(s["days_with_data"], 1)
+    out["days_with_data"] = _group_sum(counted.astype(np.float64), group, vms).astype(np.int64)
+    out["idle_days"] = _group_sum(idle_day.astype(np.float64), group, vms).astype(np.int64)
+    out["cpu_trend"] = _slope(days[counted], day_cpu_p95[counted], group[counted], vms) * 7
+    out["mem_trend"] = _slope(days[counted], day_mem_p95[counted], group[counted], vms) * 7
+    mean = _group_sum(np.where(counted, day_cpu_p95, 0.0), group, vms) / np.maximum(out["days_with_data"], 1)
     square = _group_sum(np.where(counted, day_cpu_p95**2, 0.0), group, vms) / np.maximum(
-        s["days_with_data"], 1
+        out["days_with_data"], 1
     )
-    s["cpu_p95_daily_std"] = np.sqrt(np.maximum(square - mean**2, 0.0))
-    s["cpu_p95_daily_mean"] = mean
+    out["cpu_p95_daily_std"] = np.sqrt(np.maximum(square - mean**2, 0.0))
+    out["cpu_p95_daily_mean"] = mean
 
     # Size: the last known of the window (or of the last day seen).
-    s["vcpus"] = _last_per_vm(d["vcpus"], table.vm_index, vms)
-    s["mem_mb"] = _last_per_vm(d["mem_mb"], table.vm_index, vms)
+    out["vcpus"] = _last_per_vm(d["vcpus"], table.vm_index, vms)
+    out["mem_mb"] = _last_per_vm(d["mem_mb"], table.vm_index, vms)
 
     # Hour-of-week profile (Monday 00:00 UTC first) and sparklines.
     weekday = (days + 3) % 7
@@ -187,16 +204,14 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     h_n = rows["h_n"].ravel().astype(np.float64)
     count = np.bincount(key, weights=h_n, minlength=vms * 168).reshape(vms, 168)
     with np.errstate(invalid="ignore", divide="ignore"):
-        s["how_cpu"] = (
-            np.bincount(key, weights=rows["h_cpu_sum"].ravel(), minlength=vms * 168).reshape(vms, 168) / count
-        )
-        s["how_mem"] = (
-            np.bincount(key, weights=rows["h_mem_sum"].ravel(), minlength=vms * 168).reshape(vms, 168) / count
-        )
-    s.update(_sparklines(rows, days, group, vms, window))
-    s.update(_daily(rows, days, group, vms, window))
-    s.update(_schedule_slots(rows, days, group, vms, settings))
-    return s
+        total = np.bincount(key, weights=rows["h_cpu_sum"].ravel(), minlength=vms * 168)
+        out["how_cpu"] = total.reshape(vms, 168) / count
+        total = np.bincount(key, weights=rows["h_mem_sum"].ravel(), minlength=vms * 168)
+        out["how_mem"] = total.reshape(vms, 168) / count
+    out.update(_sparklines(rows, days, group, vms, window))
+    out.update(_daily(rows, days, group, vms, window))
+    out.update(_schedule_slots(rows, days, group, vms, settings))
+    return out
 
 
 def _judged_from(table: DayTable, inside: np.ndarray, vms: int) -> tuple[np.ndarray, np.ndarray]:
