@@ -387,24 +387,30 @@ def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates
     for i, part in enumerate(parts):
         by_path.setdefault(part.path, []).append(i)
     files = list(by_path.items())
-    calls = [(path, {parts[i].vm for i in mine}) for path, mine in files]
-    for (path, mine), read in zip(files, _read_ahead(_rollup_file, calls), strict=True):
+    asked = [[parts[i].vm for i in mine] for _path, mine in files]
+    calls = [(path, set(vms)) for (path, _mine), vms in zip(files, asked, strict=True)]
+    for (path, mine), wanted, read in zip(files, asked, _read_ahead(_rollup_file, calls), strict=True):
         try:
             vms, data = read()
         except (OSError, ValueError, KeyError) as exc:
             for i in mine:
                 issues[i] = [issue(path, "unreadable rollup: %s" % exc, vm=parts[i].vm, day=_file_day(path))]
             continue
-        row_of = {vm: k for k, vm in enumerate(vms)}
-        found = [(i, row_of[parts[i].vm]) for i in mine if parts[i].vm in row_of]
-        for i in mine:
-            if parts[i].vm not in row_of:
-                issues[i] = [issue(path, "rollup missing from its file", vm=parts[i].vm, day=_file_day(path))]
-        if not found:
-            continue
-        positions = np.array([i for i, _k in found])
-        rows = np.array([k for _i, k in found])
-        whole = len(rows) == len(vms) and bool(np.all(rows == np.arange(len(rows))))
+        whole = vms == wanted  # the file's every VM in its order: the usual case, no lookup per VM
+        if whole:
+            positions, rows = np.array(mine), np.arange(len(vms))
+        else:
+            row_of = {vm: k for k, vm in enumerate(vms)}
+            found = [(i, row_of[parts[i].vm]) for i in mine if parts[i].vm in row_of]
+            for i in mine:
+                if parts[i].vm not in row_of:
+                    issues[i] = [issue(path, "rollup missing from its file", vm=parts[i].vm,
+                                       day=_file_day(path))]
+            if not found:
+                continue
+            positions = np.array([i for i, _k in found])
+            rows = np.array([k for _i, k in found])
+            whole = len(rows) == len(vms) and bool(np.all(rows == np.arange(len(rows))))
         for name in out:
             values = data[name]
             if values.dtype != out[name].dtype:
@@ -420,7 +426,7 @@ def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates
 def _rollup_file(path: str, vms: set[str]) -> tuple[list[str], dict]:
     """``(vms, {aggregate: array or SparseRows})`` of one rollup file, checked against the
     report's aggregate; OSError or ValueError when it cannot answer."""
-    _info, table = logstore.read_tier_part(path, vms)
+    _info, table = logstore.read_tier_part(path, vms, threads=False)  # the files are read in threads
     vms, data = logstore.rollup_arrays(table)
     missing = set(empty_table(0)) - set(data)
     if missing:
@@ -651,17 +657,20 @@ def load(
     """
     wanted = {}
     last_before: dict[str, int] = {}
-    for (vm, day), paths in units.items():
+    for key, paths in units.items():
+        day = key[1]
         if day > last_day:
             continue
         if day < first_day:
+            vm = key[0]
             last_before[vm] = max(day, last_before.get(vm, day))
             continue
-        wanted[(vm, day)] = paths
-    in_window = {vm for vm, _day in wanted}
-    for vm, day in last_before.items():
-        if vm not in in_window:
-            wanted[(vm, day)] = units[(vm, day)]
+        wanted[key] = paths
+    if last_before:
+        in_window = {vm for vm, _day in wanted}
+        for vm, day in last_before.items():
+            if vm not in in_window:
+                wanted[(vm, day)] = units[(vm, day)]
     keys = sorted(wanted)
     listed: list[dict] = []  # what a stat finds: never cached, it costs nothing to find again
     rolled, raw = _split_rollups(keys, wanted, listed)
@@ -694,16 +703,17 @@ def _split_rollups(keys: list, wanted: Units, listed: list[dict]) -> tuple[list[
     """
     rolled, raw = [], []
     usable: dict[str, bool] = {}
-    for i, key in enumerate(keys):
-        sources = wanted[key]
-        if _is_rollup(sources):
-            path = sources[0].path
+    part, rollups = logstore.Part, logstore.ROLLUPS_DIR
+    for i, sources in enumerate(map(wanted.__getitem__, keys)):
+        first = sources[0] if len(sources) == 1 else None
+        if type(first) is part and first.tier == rollups:  # _is_rollup, inline: once per unit
+            path = first.path
             if path not in usable:
                 usable[path] = bool(_signature(sources, listed)[1])
             if usable[path]:
                 rolled.append(i)
                 continue
-            wanted[key] = []
+            wanted[keys[i]] = []
         raw.append(i)
     return rolled, raw
 
@@ -761,12 +771,13 @@ def _load_rows(keys, wanted: Units, listed: list[dict], cache_dir, progress, wor
 
 
 def _table(keys, data, parsed: int, cached: int, issues: list[dict]) -> DayTable:
-    vms = sorted({vm for vm, _day in keys})
+    names = [vm for vm, _day in keys]
+    vms = sorted(set(names))
     index = {vm: i for i, vm in enumerate(vms)}
     return DayTable(
         vms,
-        np.array([index[vm] for vm, _day in keys], dtype=np.int32),
-        np.array([day for _vm, day in keys], dtype=np.int32),
+        np.fromiter(map(index.__getitem__, names), np.int32, len(keys)),
+        np.fromiter((day for _vm, day in keys), np.int32, len(keys)),
         data,
         parsed_units=parsed,
         cached_units=cached,
