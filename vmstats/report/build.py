@@ -229,7 +229,9 @@ def _span_days(units, table, window, st) -> np.ndarray:
     """
     first_file: dict[str, int] = {}
     for vm, day in units:
-        first_file[vm] = min(day, first_file.get(vm, day))
+        known = first_file.get(vm)
+        if known is None or day < known:
+            first_file[vm] = day
     first_day = np.array([first_file[vm] for vm in table.vms], dtype=np.int64)
     start = np.where(first_day < window.first_day, first_day * 86400, st["first_seen"])
     start = np.maximum(start, st["judged_from"])
