@@ -110,5 +110,6 @@ def crossing_level(tail: np.ndarray, head: np.ndarray) -> np.ndarray:
     minimum of the next day's first k+1 minutes.  A stretch with a minutes
     before midnight and RUN_MINUTES - a after holds min(tail[a-1], head[RUN_MINUTES-a-1]).
     """
-    a = np.arange(1, RUN_MINUTES)
-    return np.minimum(tail[:, a - 1], head[:, RUN_MINUTES - a - 1]).max(axis=1)
+    # a = 1 .. RUN_MINUTES - 1: tail's columns 0 .. EDGE - 1 against head's EDGE - 1 .. 0, as
+    # views (no copy of the columns).
+    return np.minimum(tail[:, : EDGE], head[:, EDGE - 1 :: -1]).max(axis=1)

@@ -198,19 +198,21 @@ def _without_histograms(rows, d, table: DayTable, days, group, vms: int, window:
     out["mem_mb"] = _last_per_vm(d["mem_mb"], table.vm_index, vms)
 
     # Hour-of-week profile (Monday 00:00 UTC first) and sparklines.
+    # The hourly cells' records and their (VM, hour of the week), shared by the profiles, the
+    # sparklines and the schedule slots (each a pass over every VM-day's 24 cells).
     weekday = (days + 3) % 7
     slot = (weekday[:, None] * 24 + np.arange(24)[None, :]).ravel()
     key = np.repeat(group, 24) * 168 + slot
-    h_n = rows["h_n"].ravel().astype(np.float64)
-    count = np.bincount(key, weights=h_n, minlength=vms * 168).reshape(vms, 168)
+    h_n = rows["h_n"].astype(np.float64)
+    count = np.bincount(key, weights=h_n.ravel(), minlength=vms * 168).reshape(vms, 168)
     with np.errstate(invalid="ignore", divide="ignore"):
         total = np.bincount(key, weights=rows["h_cpu_sum"].ravel(), minlength=vms * 168)
         out["how_cpu"] = total.reshape(vms, 168) / count
         total = np.bincount(key, weights=rows["h_mem_sum"].ravel(), minlength=vms * 168)
         out["how_mem"] = total.reshape(vms, 168) / count
-    out.update(_sparklines(rows, days, group, vms, window))
+    out.update(_sparklines(rows, h_n, days, group, vms, window))
     out.update(_daily(rows, days, group, vms, window))
-    out.update(_schedule_slots(rows, days, group, vms, settings))
+    out.update(_schedule_slots(rows, h_n, key, group, vms, settings))
     return out
 
 
@@ -265,7 +267,10 @@ def _runs(rows, days, group, vms) -> dict[str, np.ndarray]:
         level = np.zeros(vms)
         np.maximum.at(level, group, rows["run_" + m].astype(np.float64))
         if len(later):
-            crossing = runs.crossing_level(rows["tail_" + m][later - 1], rows["head_" + m][later])
+            # Every row's tail against the next row's head (views, no copy of the rows), kept
+            # where the two are consecutive days of one VM.
+            tail, head = rows["tail_" + m], rows["head_" + m]
+            crossing = runs.crossing_level(tail[:-1], head[1:])[later - 1]
             np.maximum.at(level, group[later], crossing.astype(np.float64))
         out["run_" + m] = level
     return out
@@ -281,15 +286,15 @@ def _quality(rows, hist, group, vms) -> dict[str, np.ndarray]:
     return out
 
 
-def _schedule_slots(rows, days, group, vms, settings) -> dict[str, np.ndarray]:
+def _schedule_slots(rows, h_n, key, group, vms, settings) -> dict[str, np.ndarray]:
     """Per VM and UTC hour of the week (Monday 00:00 first): hours observed and hours busy.
 
     Kept in UTC, not folded into one time zone: the policy finds each VM's
     own local time from where its busy hours fall (policy._schedule).  An
     hour is busy when its mean CPU, disk or network reaches the idle limit;
-    an hour with too few records is neither (missing is not idle).
+    an hour with too few records is neither (missing is not idle).  ``h_n``:
+    the cells' records (float), ``key``: each cell's VM x 168 + UTC hour of the week.
     """
-    h_n = rows["h_n"].astype(np.float64)
     g = group[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         busy = (
@@ -298,8 +303,6 @@ def _schedule_slots(rows, days, group, vms, settings) -> dict[str, np.ndarray]:
             | (rows["h_net_sum"] / h_n >= settings["net_idle"][g])
         )
     observed = h_n >= settings["schedule_hour_min_minutes"][g]
-    utc_how = ((days + 3) % 7)[:, None] * 24 + np.arange(24)[None, :]
-    key = (g * 168 + utc_how).ravel()
     occ = np.bincount(key, weights=observed.ravel(), minlength=vms * 168).reshape(vms, 168)
     hot = np.bincount(key, weights=(observed & busy).ravel(), minlength=vms * 168).reshape(vms, 168)
     return {"how_hours": occ, "how_busy": hot}
@@ -325,11 +328,12 @@ def _last_per_vm(values: np.ndarray, vm_index: np.ndarray, vms: int) -> np.ndarr
     return out
 
 
-def _sparklines(rows, days, group, vms, window) -> dict[str, np.ndarray]:
+def _sparklines(rows, h_n, days, group, vms, window) -> dict[str, np.ndarray]:
     """Mean CPU and memory per step of hours over the analysed window (start_ts to end_ts).
 
     Not over the whole days asked for: a window clipped to the fleet's first
     record would otherwise draw a blank stretch beside "coverage 100%".
+    ``h_n``: the hourly cells' records (float).
     """
     first_hour, last_hour = window.start_ts // 3600, window.end_ts // 3600
     hours = max(1, last_hour - first_hour + 1)
@@ -337,12 +341,18 @@ def _sparklines(rows, days, group, vms, window) -> dict[str, np.ndarray]:
     points = -(-hours // step)
     hour_index = ((days * 24 - first_hour)[:, None] + np.arange(24)[None, :]).ravel()
     inside = (hour_index >= 0) & (hour_index < hours)
-    key = (np.repeat(group, 24) * points + hour_index // step)[inside]
-    count = np.bincount(key, weights=rows["h_n"].ravel()[inside].astype(np.float64), minlength=vms * points)
+    key = np.repeat(group, 24) * points + hour_index // step
+    every = bool(inside.all())  # the usual case: every cell in the window, no copies
+
+    def cells(values: np.ndarray) -> np.ndarray:
+        return values.ravel() if every else values.ravel()[inside]
+
+    key = cells(key)
+    count = np.bincount(key, weights=cells(h_n), minlength=vms * points)
     out = {"spark_step_hours": np.array(step)}
     with np.errstate(invalid="ignore", divide="ignore"):
         for name in ("cpu", "mem"):
-            total = np.bincount(key, weights=rows["h_%s_sum" % name].ravel()[inside], minlength=vms * points)
+            total = np.bincount(key, weights=cells(rows["h_%s_sum" % name]), minlength=vms * points)
             out["spark_" + name] = (total / count).reshape(vms, points)
     return out
 
