@@ -1,0 +1,89 @@
+"""Writing a report's files: the page rendered in a forked child beside the CSV and JSON, the
+same bytes as rendered in the process, and a failure of the child raised in the parent."""
+
+import errno
+import types
+
+import numpy as np
+import pytest
+import reportdata
+from test_report_policy import build_fleet
+
+from vmstats.report import command
+from vmstats.report.build import build
+from vmstats.report.histogram import SparseHistograms
+from vmstats.report.outputs import write_csv, write_json
+from vmstats.report.prices import PriceBook
+from vmstats.report.render import render
+from vmstats.report.settings import Policy, ReportError
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory):
+    """A report of enough VMs that its page is rendered in a child."""
+    base_dir = tmp_path_factory.mktemp("writing")
+    build_fleet(base_dir / "data")
+    base = build([str(base_dir / "data")], Policy.load(None, {}), PriceBook.load(None))
+    report = reportdata.grown(base, 300)
+    assert len(report.rows) >= command._FORK_ROWS
+    return report
+
+
+def test_a_large_reports_files_are_those_written_in_one_process(large, tmp_path):
+    command.write_report(large, str(tmp_path / "forked"))
+    here = tmp_path / "here"
+    here.mkdir()
+    render(large, str(here / "report.html"))
+    write_csv(large, str(here / "report.csv"))
+    write_json(large, str(here / "report.json"))
+    for name in ("report.html", "report.csv", "report.json", "statement.csv"):
+        assert (tmp_path / "forked" / name).exists(), name
+    for name in ("report.html", "report.csv", "report.json"):
+        assert (tmp_path / "forked" / name).read_bytes() == (here / name).read_bytes(), name
+
+
+def test_the_childs_failure_to_write_the_page_is_raised_with_its_errno(large, tmp_path):
+    (tmp_path / "report.html").mkdir()  # in the way: the child cannot open it
+    with pytest.raises(OSError) as caught:
+        command.write_report(large, str(tmp_path))
+    assert caught.value.errno == errno.EISDIR
+    assert (tmp_path / "report.csv").stat().st_size > 0  # the parent's files are still written
+    assert (tmp_path / "report.json").stat().st_size > 0
+
+
+def _fails(result, path):
+    raise ValueError("no template for %d rows" % len(result.rows))
+
+
+def _writes(result, path):
+    with open(path, "w") as handle:
+        handle.write("rows: %d\n" % len(result.rows))
+
+
+def test_beside_runs_in_a_child_and_raises_its_other_errors_as_one_line(tmp_path):
+    many = types.SimpleNamespace(rows=[{}] * command._FORK_ROWS)
+    parent = []
+    with command.beside(_writes, many, str(tmp_path / "page.html")):
+        parent.append("ran meanwhile")
+    assert parent == ["ran meanwhile"]
+    assert (tmp_path / "page.html").read_text() == "rows: %d\n" % command._FORK_ROWS
+    with pytest.raises(ReportError, match=r"^page\.html not written: ValueError: no template for 200 rows$"):
+        with command.beside(_fails, many, str(tmp_path / "page.html")):
+            pass
+    few = types.SimpleNamespace(rows=[{}])  # rendered here, before the block
+    with pytest.raises(ValueError):
+        with command.beside(_fails, few, str(tmp_path / "page.html")):
+            pytest.fail("a small report's page is rendered before the block runs")
+
+
+def test_histogram_sums_too_large_for_32_bits_are_exact():
+    """Counts whose total passes 2**32 are summed in 64 bits (one file, and across files)."""
+    big = np.array([3_000_000_000], np.uint32)
+    hist = SparseHistograms(3, 4)
+    for row in range(3):  # one chunk per file, each holding one row
+        hist.add_cells(np.array([row]), np.array([0, 1]), np.array([2], np.uint16), big)
+    sums = hist.group_sum(np.array([0, 0, 1]), 2)
+    np.testing.assert_array_equal(sums[:, 2], [6_000_000_000, 3_000_000_000])
+    one = SparseHistograms(2, 4)  # one file holding two rows of one group
+    one.add_cells(np.array([0, 1]), np.array([0, 1, 2]), np.array([2, 2], np.uint16), np.r_[big, big])
+    np.testing.assert_array_equal(one.group_sum(np.array([0, 0]), 1), [[0, 0, 6_000_000_000, 0]])
