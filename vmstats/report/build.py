@@ -32,6 +32,8 @@ _PER_VM = (
     "idle_day_net_mb",
     "schedule_hour_min_minutes",
 )
+#: Statistics that are a series per VM (2-d), which rows carry as lists (_profiles).
+_SERIES = ("how_cpu", "how_mem", "spark_cpu", "spark_mem", "daily_cpu_p95", "daily_mem_p95")
 _ORDER_AFTER = {"upsize": 1, "stopped": 2, "insufficient-data": 3, "keep": 4, "excluded": 5}
 
 
@@ -121,11 +123,13 @@ def build(
     labels = statement_mod.vm_labels(units, table.vms, last_day)
     st["span_days"] = _span_days(units, table, window, st)
 
+    # Each VM's series as its row carries them (rounded, gaps None): one numpy pass per statistic.
+    series = {name: _profiles(st[name]) for name in _SERIES}
     rows = []
     for i, vm in enumerate(table.vms):
         group, settings = vm_settings[i]
         values = {
-            name: (array[i] if array.ndim == 1 else array[i])
+            name: (series[name][i] if name in series else array[i])
             for name, array in st.items()
             if name != "spark_step_hours"
         }
@@ -286,10 +290,10 @@ def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -
         "span_days": _r(v["span_days"], 2),
         # Not CSV columns: for JSON and HTML.
         "evidence": decision.evidence,
-        "hour_of_week_cpu": _profile(v["how_cpu"]),
-        "hour_of_week_mem": _profile(v["how_mem"]),
-        "spark_cpu": _profile(v["spark_cpu"]),
-        "spark_mem": _profile(v["spark_mem"]),
+        "hour_of_week_cpu": v["how_cpu"],
+        "hour_of_week_mem": v["how_mem"],
+        "spark_cpu": v["spark_cpu"],
+        "spark_mem": v["spark_mem"],
     }
 
 
@@ -307,8 +311,8 @@ def _drill(
         "host": host,
         "tags": dict(tags or ()),
         "usage": None if usage is None else {k: round(float(x), 2) for k, x in usage.items()},
-        "daily_cpu_p95": _profile(v["daily_cpu_p95"]),
-        "daily_mem_p95": _profile(v["daily_mem_p95"]),
+        "daily_cpu_p95": v["daily_cpu_p95"],
+        "daily_mem_p95": v["daily_mem_p95"],
         "thresholds": {
             "cpu_idle": settings["cpu_idle"],
             "idle_day_cpu": settings["idle_day_cpu"],
@@ -320,6 +324,11 @@ def _drill(
 def _profile(values: np.ndarray) -> list[float | None]:
     """A series rounded to 0.1, unknown points as None (one numpy pass, not a call per point)."""
     return [None if x != x else x for x in np.round(values, 1).tolist()]
+
+
+def _profiles(values: np.ndarray) -> list[list[float | None]]:
+    """_profile of each row of a 2-d array, rounded in one numpy pass for every row."""
+    return [[None if x != x else x for x in row] for row in np.round(values, 1).tolist()]
 
 
 def _r(value: float, digits: int) -> float | None:
