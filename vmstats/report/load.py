@@ -25,6 +25,7 @@ import datetime
 import functools
 import itertools
 import json
+import operator
 import os
 import stat
 import sys
@@ -224,9 +225,10 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Un
     and how many entries were found, readable or not."""
     csv, found = _discover_csv(data_dir, issues)
     tiers = [logstore.COLUMNAR_DIR] + ([] if raw_only else [logstore.ROLLUPS_DIR])
-    parts: dict[str, dict[tuple[str, int], logstore.Part]] = {}
+    # Columnar Parts by unit; rollups as the units they answer ([Part]), the first units found.
+    parts: dict[str, dict] = {tier: {} for tier in tiers}
     for tier in tiers:
-        held = parts[tier] = {}
+        held = parts[tier]
         for day, path in logstore.tier_days(data_dir, tier):
             try:
                 number = day_number(day)
@@ -241,10 +243,13 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Un
             # call per VM (~0.1 s of a 90-day report of 1,000 VMs otherwise).
             keys = zip(vms, itertools.repeat(number), strict=False)
             sources = map(_new_part, zip(itertools.repeat(path), vms, itertools.repeat(tier), strict=False))
+            if tier == logstore.ROLLUPS_DIR:
+                sources = map(list, zip(sources, strict=False))  # each unit's sources: [its Part]
             held.update(zip(keys, sources, strict=True))
     columnar = parts[logstore.COLUMNAR_DIR]
-    rollups = parts.get(logstore.ROLLUPS_DIR, {})
-    units: Units = {key: [rollup] for key, rollup in rollups.items() if key not in csv}
+    units: Units = parts.get(logstore.ROLLUPS_DIR, {})
+    for key in csv.keys() & units.keys():  # a CSV file beside a rollup: its rows answer
+        del units[key]
     for key in (csv.keys() | columnar.keys()) - units.keys():
         # Columnar rows before the CSV's: a row logged after compaction wins its timestamp.
         units[key] = ([columnar[key]] if key in columnar else []) + csv.get(key, [])
@@ -256,19 +261,11 @@ _new_part = functools.partial(tuple.__new__, logstore.Part)
 
 
 def _sorted_units(units: Units) -> Units:
-    """``units`` by VM, then day: each VM's days sorted apart, so that no key tuples are compared
-    (fleet-day files list their VMs day after day; this is ~40% faster than sorting the items)."""
-    days: dict[str, list[int]] = {}
-    for vm, day in units:
-        days.setdefault(vm, []).append(day)
-    out: Units = {}
-    for vm in sorted(days):
-        mine = days[vm]
-        mine.sort()
-        for day in mine:
-            key = (vm, day)
-            out[key] = units[key]
-    return out
+    """``units`` by VM, then day: sorted by day, then (stably) by VM, each with a C key rather
+    than comparing key tuples (~40% faster on a fleet-day file's 1,000 VMs a day)."""
+    keys = sorted(units, key=operator.itemgetter(1))
+    keys.sort(key=operator.itemgetter(0))
+    return dict(zip(keys, map(units.__getitem__, keys), strict=True))
 
 
 def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, int], list[str]], int]:
