@@ -335,6 +335,8 @@ def empty_table(rows: int) -> dict[str, np.ndarray]:
 
 
 Aggregates = tuple[dict[str, np.ndarray], dict[int, list[dict]]]
+#: The names of a VM-day's aggregates (empty_table's arrays).
+AGGREGATES = frozenset(SCALARS) | set(HOURLY) | set(RUNS) | set(HISTOGRAMS)
 
 
 def aggregate_units(paths_per_unit: list[list[Source]]) -> Aggregates:
@@ -425,7 +427,7 @@ def _rollup_file(path: str, vms: set[str]) -> tuple[list[str], dict]:
     report's aggregate; OSError or ValueError when it cannot answer."""
     _info, table = logstore.read_tier_part(path, vms, threads=False)  # the files are read in threads
     vms, data = logstore.rollup_arrays(table)
-    missing = set(empty_table(0)) - set(data)
+    missing = AGGREGATES - set(data)
     if missing:
         raise ValueError("no %s column" % sorted(missing)[0])
     for name, bins in HISTOGRAMS.items():
@@ -850,7 +852,7 @@ def _read_cache(cache_dir: str | None) -> dict | None:
             data[name] = np.frombuffer(blob, np.dtype(dtype), count, base + offset).reshape(shape)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if set(data) != set(empty_table(0)) or any(len(v) != len(keys) for v in data.values()):
+    if set(data) != AGGREGATES or any(len(v) != len(keys) for v in data.values()):
         return None
     issues = {int(i): entries for i, entries in header.get("issues", {}).items()}
     return {"keys": keys, "sigs": header["sig"], "data": data, "issues": issues}
