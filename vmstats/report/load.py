@@ -30,8 +30,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -750,6 +749,9 @@ def _load_rows(keys, wanted: Units, listed: list[dict], cache_dir, progress, wor
             if j in cache["issues"]:
                 parsed_issues[i] = cache["issues"][j]
     if stale:
+        # Process pools only where rows are parsed: a report from rollups alone spares their import.
+        from concurrent.futures.process import BrokenProcessPool
+
         try:
             # A task's units from one columnar file, VMs in its order: one read of a few row groups.
             stale = sorted(stale, key=lambda i: _first_file(readable[keys[i]]))
@@ -795,6 +797,7 @@ def _parse(
         return _collect(pool.map(aggregate_units, tasks), starts, tasks, stale, progress)
     if workers > 1 and len(tasks) > 1 and "fork" in _start_methods():
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         import pandas  # noqa: F401  (imported once here, inherited by the forked workers)
 
