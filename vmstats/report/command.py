@@ -225,6 +225,17 @@ def fewer_collections():
         gc.set_threshold(*before)
 
 
+def one_blas_thread() -> None:
+    """numpy's BLAS (OpenBLAS) with one thread, unless OPENBLAS_NUM_THREADS says otherwise; only
+    before numpy is imported does it count.
+
+    OpenBLAS starts a thread per core when numpy is imported, which spin for ~0.1 s of CPU
+    (half of a report process's imports) and then serve nothing: the report multiplies only
+    matrices of a few dozen rows, which OpenBLAS keeps on one thread anyway.
+    """
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def use_system_allocator() -> None:
     """Arrow's buffers from the C library's malloc instead of Arrow's default (mimalloc), unless
     ARROW_DEFAULT_MEMORY_POOL says otherwise.
@@ -346,6 +357,7 @@ def report(
     Several DATA_DIRs (aggregators behind a load balancer) give one report;
     a VM present in several is merged and duplicate records dropped.
     """
+    one_blas_thread()
     from vmstats.report.build import build
     from vmstats.report.outputs import terminal_summary
 
