@@ -44,10 +44,19 @@ def percentiles(hist: np.ndarray, q, values: np.ndarray) -> np.ndarray:
 
     Rows with no counts give NaN.
     """
+    return percentiles_of(hist, [q], values)[0]
+
+
+def percentiles_of(hist: np.ndarray, qs: list, values: np.ndarray) -> list[np.ndarray]:
+    """``percentiles`` of each of ``qs``, the rows' running sums computed once for all of them."""
     hist = np.asarray(hist)
     if hist.ndim == 1:
         hist = hist[None, :]
     cum = np.cumsum(hist, axis=1, dtype=np.int64)
+    return [_percentile(cum, q, values) for q in qs]
+
+
+def _percentile(cum: np.ndarray, q, values: np.ndarray) -> np.ndarray:
     total = cum[:, -1]
     need = np.ceil(np.asarray(q, dtype=float) / 100.0 * total - 1e-9)
     need = np.maximum(need, 1)

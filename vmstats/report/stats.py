@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmstats.report import runs
-from vmstats.report.histogram import PCT_VALUES, RATE_VALUES, SparseHistograms, percentiles, share_below
+from vmstats.report.histogram import PCT_VALUES, RATE_VALUES, SparseHistograms, percentiles_of, share_below
 from vmstats.report.load import DayTable
 from vmstats.report.settings import SHAPE_TOLERANCE
 
@@ -135,33 +135,45 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
         s[name] = _group_max(rows[name], group, vms)
 
     offset = days - window.first_day
-    # The histograms' sums (the most work here, in numpy calls that release the GIL) run in a
-    # thread while the statistics that do not need them are computed.
+    # The histograms' sums and percentiles (the most work here, in numpy calls that release the
+    # GIL) run in a thread while the statistics that do not need them are computed.
     with ThreadPoolExecutor(1) as thread:
-        summing = thread.submit(
-            lambda: {name: _hist_sum(rows["hist_" + name], group, offset, vms) for name in HIST_METRICS}
-        )
+        summing = thread.submit(_from_histograms, rows, group, offset, vms, settings)
         later = _without_histograms(rows, d, table, days, group, vms, window, settings)
-        hist = summing.result()
-    q = settings["idle_percentile"]
-    s["cpu_p50"] = percentiles(hist["cpu"], 50, PCT_VALUES)
-    s["cpu_p95"] = percentiles(hist["cpu"], 95, PCT_VALUES)
-    s["cpu_p99"] = percentiles(hist["cpu"], 99, PCT_VALUES)
-    s["cpu_idle_pct"] = percentiles(hist["cpu"], q, PCT_VALUES)
-    s["mem_p05"] = percentiles(hist["mem"], 5, PCT_VALUES)
-    s["mem_p95"] = percentiles(hist["mem"], 95, PCT_VALUES)
-    s["disk_p95"] = percentiles(hist["disk"], 95, RATE_VALUES)
-    s["net_p95"] = percentiles(hist["net"], 95, RATE_VALUES)
-    # Each metric's floor: the level it sits at most of the time (background, not work).
-    s["disk_p50"] = percentiles(hist["disk"], 50, RATE_VALUES)
-    s["net_p50"] = percentiles(hist["net"], 50, RATE_VALUES)
-    s["disk_idle_pct"] = percentiles(hist["disk"], q, RATE_VALUES)
-    s["net_idle_pct"] = percentiles(hist["net"], q, RATE_VALUES)
-    s["idle_share"] = share_below(hist["cpu"], settings["cpu_idle"], PCT_VALUES)
+        hist, figures = summing.result()
+    s.update(figures)
     s.update(later.pop("runs"))
     s.update(_quality(rows, hist, group, vms))
     s.update(later)
     return s
+
+
+def _from_histograms(rows, group, offset, vms: int, settings: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Each VM's histograms summed over its judged days, and the percentiles and idle share read
+    from them; the running sums of each metric's bins computed once for all its percentiles."""
+    hist = {name: _hist_sum(rows["hist_" + name], group, offset, vms) for name in HIST_METRICS}
+    q = settings["idle_percentile"]
+    cpu = percentiles_of(hist["cpu"], [50, 95, 99, q], PCT_VALUES)
+    mem = percentiles_of(hist["mem"], [5, 95], PCT_VALUES)
+    disk = percentiles_of(hist["disk"], [95, 50, q], RATE_VALUES)
+    net = percentiles_of(hist["net"], [95, 50, q], RATE_VALUES)
+    figures = {
+        "cpu_p50": cpu[0],
+        "cpu_p95": cpu[1],
+        "cpu_p99": cpu[2],
+        "cpu_idle_pct": cpu[3],
+        "mem_p05": mem[0],
+        "mem_p95": mem[1],
+        "disk_p95": disk[0],
+        "net_p95": net[0],
+        # Each metric's floor: the level it sits at most of the time (background, not work).
+        "disk_p50": disk[1],
+        "net_p50": net[1],
+        "disk_idle_pct": disk[2],
+        "net_idle_pct": net[2],
+        "idle_share": share_below(hist["cpu"], settings["cpu_idle"], PCT_VALUES),
+    }
+    return hist, figures
 
 
 def _without_histograms(rows, d, table: DayTable, days, group, vms: int, window: Window,
