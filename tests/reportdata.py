@@ -10,13 +10,24 @@ ranks, totals, categories and the statement recomputed from the copies.
 import copy
 import dataclasses
 import random
+from pathlib import Path
+
+from test_report_policy import build_fleet
 
 from vmstats.report import statement as statement_mod
-from vmstats.report.build import Report, _rank_key
+from vmstats.report.build import Report, _rank_key, build
 from vmstats.report.policy import CANDIDATES
+from vmstats.report.prices import PriceBook
+from vmstats.report.settings import Policy
 
 PROJECTS = ("billing", "search", "web", "data", "ml")
 ENVS = ("prod", "staging", "dev")
+
+
+def small_fleet(folder: Path) -> Report:
+    """The report of test_report_policy's small fleet, its logs written under ``folder``."""
+    build_fleet(folder / "data")
+    return build([str(folder / "data")], Policy.load(None, {}), PriceBook.load(None))
 
 
 def grown(base: Report, count: int, seed: int = 7, by: str | None = "project") -> Report:

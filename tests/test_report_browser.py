@@ -19,12 +19,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from test_report_policy import build_fleet
 
-from vmstats.report.build import build
-from vmstats.report.prices import PriceBook
 from vmstats.report.render import OTHER_COLOUR, render
-from vmstats.report.settings import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH = 1000
@@ -68,8 +64,7 @@ def browser(tmp_path_factory):
 def pages(tmp_path_factory):
     """A 300-VM page with tags, a statement, an unknown category and extra fields, and a 10,000-VM page."""
     base_dir = tmp_path_factory.mktemp("browser")
-    build_fleet(base_dir / "data")
-    base = build([str(base_dir / "data")], Policy.load(None, {}), PriceBook.load(None))
+    base = reportdata.small_fleet(base_dir)
     small = reportdata.grown(base, 300)
     # What a newer policy may add: a category and fields this page does not know.
     small.meta["categories"][small.rows[-1]["category"]]["vms"] -= 1

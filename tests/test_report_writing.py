@@ -7,24 +7,18 @@ import types
 import numpy as np
 import pytest
 import reportdata
-from test_report_policy import build_fleet
 
 from vmstats.report import command
-from vmstats.report.build import build
 from vmstats.report.histogram import SparseHistograms
 from vmstats.report.outputs import write_csv, write_json
-from vmstats.report.prices import PriceBook
 from vmstats.report.render import render
-from vmstats.report.settings import Policy, ReportError
+from vmstats.report.settings import ReportError
 
 
 @pytest.fixture(scope="module")
 def large(tmp_path_factory):
     """A report of enough VMs that its page is rendered in a child."""
-    base_dir = tmp_path_factory.mktemp("writing")
-    build_fleet(base_dir / "data")
-    base = build([str(base_dir / "data")], Policy.load(None, {}), PriceBook.load(None))
-    report = reportdata.grown(base, 300)
+    report = reportdata.grown(reportdata.small_fleet(tmp_path_factory.mktemp("writing")), 300)
     assert len(report.rows) >= command._FORK_ROWS
     return report
 
