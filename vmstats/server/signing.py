@@ -31,8 +31,7 @@ import marshal
 import re
 from collections import deque
 from collections.abc import Iterable
-from itertools import repeat
-from operator import add, attrgetter, itemgetter
+from operator import attrgetter
 
 from vmstats import protocol
 from vmstats.selectors import selected
@@ -46,8 +45,12 @@ _BLOCK = 64
 #: the time, then the payload's length and the HMAC.  What it does not match (an empty part, a
 #: header split differently) goes to ``split_signed``, which names what is wrong.
 _HEADER = re.compile(rb"#!sig1 (([^ \n]+) ([0-9]+) [^ \n]+) ([0-9]+) ([^ \n]{64})\n")
-#: A header match's payload start and length, and a ``Frame``'s first four parts.
-_END, _LENGTH, _PARTS = re.Match.end, itemgetter(4), itemgetter(2, 3, 1, 5)
+#: A batch of datagrams joined with NULs (none of them holding one), read by one ``findall``:
+#: ``_HEADER`` at each datagram's start, then its payload, to the next NUL or the end.  A
+#: datagram that is no whole frame leaves its NUL to no match, so the matches are fewer than
+#: the datagrams; the header's parts exclude the NUL so that no match spans two datagrams.
+_DATAGRAMS = re.compile(rb"(?:\A|\0)#!sig1 (([^ \n\0]+) ([0-9]+) [^ \n\0]+) ([0-9]+) "
+                        rb"([^ \n\0]{64})\n([^\0]*)")
 #: What every signed message begins with (``protocol._sig_message``); ``Key.inner`` holds it.
 _SIGNED_PREFIX = b"sig1 "
 #: The hash objects' methods, called by ``map`` over a batch's frames (hashlib's sha256 type).
@@ -218,15 +221,15 @@ def datagram_frames(batch: list[bytes]) -> tuple[Columns, list[tuple]]:
     datagram is a frame with the usual header, the columns come from C-level
     ``map`` calls over the batch, no Python step per datagram.
     """
-    heads = list(map(_HEADER.match, batch))
-    if batch and None not in heads:
-        starts = list(map(_END, heads))
-        lengths = list(map(int, map(_LENGTH, heads)))
-        if (list(map(add, starts, lengths)) == list(map(len, batch))
-                and max(lengths) <= protocol.MAX_DATAGRAM_SIZE):
-            key_ids, tss, identities, macs = zip(*map(_PARTS, heads), strict=True)
-            payloads = list(map(bytes.__getitem__, batch, map(slice, starts, repeat(None))))
-            return (list(key_ids), list(tss), list(identities), list(macs), payloads), []
+    if batch:
+        joined = b"\0".join(batch)
+        found = _DATAGRAMS.findall(joined) if joined.count(b"\0") == len(batch) - 1 else ()
+        if len(found) == len(batch):
+            identities, key_ids, tss, lengths, macs, payloads = map(list, zip(*found,
+                                                                              strict=True))
+            sizes = list(map(len, payloads))
+            if list(map(int, lengths)) == sizes and max(sizes) <= protocol.MAX_DATAGRAM_SIZE:
+                return (key_ids, tss, identities, macs, payloads), []
     frames: list[Frame] = []
     refused: list[tuple] = []
     unsigned = 0
@@ -299,7 +302,8 @@ def _all_pass(window: int, keys: list, tss: list, identities: list, macs: list, 
           0)
     outers = list(map(_COPY, map(_OUTER, keys)))
     deque(map(_UPDATE, outers, map(_DIGEST, inners)), 0)
-    if not all(map(_compare, map(str.encode, map(_HEXDIGEST, outers)), macs)):
+    # Every HMAC is 64 hex digits: the joined ones are equal if and only if each one is.
+    if not _compare("".join(map(_HEXDIGEST, outers)).encode("ascii"), b"".join(macs)):
         return None
     return stamps
 
