@@ -88,6 +88,27 @@ def test_a_batch_is_checked_whole_or_frame_by_frame_with_the_same_verdicts():
     assert len(parsed[0]) == 3 and payloads == b"\n".join(map(read_payload, good))
 
 
+def test_a_batch_read_at_once_keeps_exactly_the_datagrams_that_are_whole_frames():
+    good = [frame(nonce=b"g%d" % i) for i in range(3)]
+    whole = frame(nonce=b"w")
+    tricky = [frame(payload=RECORD + b"\0x", nonce=b"nul"),  # a NUL: read one by one, still whole
+              whole[:-1], whole + b"x",                      # shorter or longer than it says
+              whole[:30], whole[30:],                        # a frame cut in two datagrams
+              b"\0" + whole, whole.replace(b" ", b"\0", 1)]
+    for bad in tricky:
+        batch = good[:1] + [bad] + good[1:]
+        expected = []
+        for data in batch:
+            try:
+                read = read_frame(data)
+            except protocol.SignatureError:
+                continue
+            if read and read[1] == len(data):
+                expected.append(read[0])
+        columns, _refused = datagram_frames(batch)
+        assert list(zip(*columns)) == expected, bad
+
+
 def read_payload(data: bytes) -> bytes:
     return protocol.split_signed(data)[4]
 
