@@ -106,7 +106,7 @@ def test_a_batch_read_at_once_keeps_exactly_the_datagrams_that_are_whole_frames(
             if read and read[1] == len(data):
                 expected.append(read[0])
         columns, _refused = datagram_frames(batch)
-        assert list(zip(*columns)) == expected, bad
+        assert list(zip(*columns, strict=True)) == expected, bad
 
 
 def read_payload(data: bytes) -> bytes:
