@@ -11,7 +11,7 @@ from vmstats import logstore, protocol
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
-from vmstats.server.parse import FIELD_NAME_BYTES, Parser, build_fast_path
+from vmstats.server.parse import FIELD_NAME_BYTES, CompactShape, Parser, build_fast_path
 
 REGEX, TS, SEQ = build_fast_path()
 
@@ -298,6 +298,32 @@ def test_every_spelling_of_a_record_takes_the_fast_path_to_the_decoders_rows(bat
         assert sum(count for _reason, count in reasons) == rejects
     covered = [line for line, record in batch if record.ts <= NOW + 300 and record.vcpus < 1000
                and b"e" not in line.partition(b" ")[2].partition(b" ")[0]]
+    assert not set(calls) & set(covered)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(complete, complete, partial),
+                          _extra_tags.filter(bool)), min_size=1, max_size=5), st.booleans())
+def test_the_agents_lines_with_tags_take_a_compact_regex_to_the_decoders_rows(batch, late):
+    """The agent's spelling with extra tags (sorted, after the host) has a compact regex of its
+    own: the field section in one group, as without tags, and the tags in one more."""
+    lines = [protocol.encode_record(record._replace(tags=protocol.check_tags(tags))).encode()
+             for record, tags in batch]
+    if late:  # a stamp past the window: that line is checked one by one, and refused
+        lines.append(lines[0].rpartition(b" ")[0] + b" %d" % (NOW + 301))
+    payload = b"\n".join(lines)
+    expected, rejects = _decoded(payload)
+    parser = Parser(max_future=300, max_past=0)
+    calls = _counting_decoder(parser)
+    for _ in range(2):
+        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
+        assert sum(count for _reason, count in reasons) == rejects
+    compact = [line for (record, _tags), line in zip(batch, lines, strict=False)
+               if None not in [getattr(record, name) for name in protocol.FIELD_NAMES]]
+    assert all(isinstance(parser._shape_of(line), CompactShape) for line in compact)
+    covered = [line for line in compact if b"e" not in line.partition(b" ")[2]
+               and int(line.rpartition(b" ")[2]) <= NOW + 300]
     assert not set(calls) & set(covered)
 
 
