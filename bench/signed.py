@@ -80,9 +80,10 @@ class Queue:
         return 1
 
 
-def measure(signed: bool, batch: int, rounds: int, batches: int) -> tuple[float, float]:
-    """Best CPU us per datagram of the parser's half and the reactor's half."""
-    from vmstats import protocol
+def pipeline(signed: bool) -> tuple:
+    """A parser's Worker and the reactor's receiver, buffer and journal queue, wired as the
+    server wires them (``--auth-keys`` if ``signed``): ``(worker, receiver, buffer, journal,
+    auth)``."""
     from vmstats.server import parseworker, signing
     from vmstats.server.auth import Authenticator
     from vmstats.server.buffer import Buffer
@@ -102,6 +103,16 @@ def measure(signed: bool, batch: int, rounds: int, batches: int) -> tuple[float,
     receiver = UDPReceiver(ingest, auth, metrics, None)
     worker = parseworker.Worker(Parser(300, 86400 * 60), None,
                                 signing.FrameCheck(auth.keys, 300) if signed else None)
+    return worker, receiver, buffer, journal, auth
+
+
+def measure(signed: bool, batch: int, rounds: int, batches: int) -> tuple[float, float]:
+    """Best CPU us per datagram of the parser's half and the reactor's half."""
+    from vmstats import protocol
+    from vmstats.server import parseworker
+
+    worker, receiver, buffer, journal, _auth = pipeline(signed)
+    metrics = receiver.metrics
     base = (int(time.time()) // 86400 - 30) * 86400
     best = [float("inf"), float("inf")]
     counter = 0
@@ -136,28 +147,14 @@ def measure(signed: bool, batch: int, rounds: int, batches: int) -> tuple[float,
 def turns(remembered: int, answers: int = 500, frames: int = 240) -> str:
     """The reactor's turns (ms) for signed answers with ``remembered`` identities in its memory."""
     from vmstats import protocol
-    from vmstats.server import parseworker, signing
-    from vmstats.server.auth import Authenticator
-    from vmstats.server.buffer import Buffer
-    from vmstats.server.ingest import Ingest
-    from vmstats.server.listeners import UDPReceiver
-    from vmstats.server.metrics import Metrics
-    from vmstats.server.parse import Parser
+    from vmstats.server import parseworker
 
-    metrics = Metrics()
-    buffer = Buffer(metrics, 1 << 40, 1 << 40)
-    journal = Queue()
-    ingest = Ingest(buffer, metrics, 300, 0, journal=journal)
-    ingest.parser = Parser(300, 86400 * 60)
-    auth = Authenticator(ingest, {KEY.encode(): SECRET.encode()}, 300)
-    auth.remember_in(tempfile.gettempdir(), journal, None)
-    receiver = UDPReceiver(ingest, auth, metrics, None)
+    worker, receiver, buffer, journal, auth = pipeline(True)
     now = int(time.time())
     per_second = max(1, remembered // 250)
     for i in range(remembered):  # the last 250 s of the window
         second = now - 250 + i // per_second
         auth.verifier.remember(second, b"%s %d %016x" % (KEY.encode(), second, i), now)
-    worker = parseworker.Worker(Parser(300, 86400 * 60), None, signing.FrameCheck(auth.keys, 300))
     base = (now // 86400 - 30) * 86400
     work = []
     for k in range(answers):
