@@ -182,6 +182,41 @@ def test_the_report_is_the_same_from_csv_columnar_and_rollups(tmp_path):
     assert _report([csv_dir, columnar_only], days=8) == _report([csv_dir, csv_copy], days=8)
 
 
+def _codecs(path) -> set:
+    """The codecs of a Parquet file's column chunks, as pyarrow names them (LZ4_RAW: "LZ4")."""
+    meta = pq.ParquetFile(path).metadata
+    return {meta.row_group(g).column(c).compression
+            for g in range(meta.num_row_groups) for c in range(meta.num_columns)}
+
+
+def test_rollups_written_with_zstd_before_give_the_same_report_as_lz4_ones(tmp_path):
+    """Rollups are written LZ4_RAW now, the columnar tier stays zstd; rollup files written with
+    zstd before (rewritten here with zstd, table and footer otherwise as the compactor wrote
+    them) answer the same report."""
+    lz4 = tmp_path / "lz4"
+    _write_fleet(lz4, vms=4, days=3, step=300)
+    csv_report = _report([lz4], days=3)
+    _compact(lz4, policy={"compact_after": 1, "retain_raw": 30, "retain_rollups": 60}, now=(FIRST + 5) * DAY)
+    assert not list(lz4.glob("vms/*/*.csv"))
+    columnar = sorted(lz4.glob("columnar/*.parquet"))
+    assert len(columnar) == 3 and all(_codecs(path) == {"ZSTD"} for path in columnar)
+    shutil.rmtree(lz4 / "columnar")  # the report reads the rollups alone
+    zstd = tmp_path / "zstd"
+    shutil.copytree(lz4, zstd)
+    rollups = sorted(zstd.glob("rollups/*.parquet"))
+    assert len(rollups) == 3
+    for path in rollups:
+        assert _codecs(path) == {"LZ4"}
+        table = pq.read_table(path)
+        info = logstore.tier_info(str(path))
+        writer = logstore.TierWriter(str(path), options={"use_dictionary": False})
+        writer.add(table)
+        writer.close(info)
+        writer.commit()
+        assert _codecs(path) == {"ZSTD"} and logstore.tier_info(str(path)) == info
+    assert _report([zstd], days=3) == _report([lz4], days=3) == csv_report
+
+
 def _write_vm(data_dir, vm: str, days, vcpus) -> None:
     """A VM's per-10-minute records on ``days`` (day offsets), ``vcpus(day)`` its size."""
     for d in days:

@@ -851,10 +851,11 @@ def read_rows(paths: Iterable[str]):
 #     DATA_DIR/columnar/<YYYY-MM-DD>.parquet    every VM's rows of the day, sorted by VM then time
 #     DATA_DIR/rollups/<YYYY-MM-DD>.parquet     one row per VM: the report's VM-day aggregate
 #
-# Both are Parquet (zstd) written under a temporary name and renamed into place, so a reader
-# sees the old file or the new one, never half of one.  A file's key-value metadata names the
-# VMs it holds (and, for the columnar tier, each VM's rows and the malformed lines its CSV had),
-# so finding what a file holds reads its footer, not its data.
+# Both are Parquet (columnar files zstd, rollups LZ4_RAW: see _ROLLUP_OPTIONS) written under a
+# temporary name and renamed into place, so a reader sees the old file or the new one, never
+# half of one.  A file's key-value metadata names the VMs it holds (and, for the columnar tier,
+# each VM's rows and the malformed lines its CSV had), so finding what a file holds reads its
+# footer, not its data.
 
 COLUMNAR_DIR = "columnar"
 ROLLUPS_DIR = "rollups"
@@ -866,6 +867,9 @@ COLUMNAR_VERSION = 1
 #: zstd level of both tiers: level 9 took the real trace from 4.7 to 4.2 bytes a record
 #: (bench/storage.py) for about 10% more compaction time.
 ZSTD_LEVEL = 9
+#: How a tier file is compressed unless its writer says otherwise (the columnar tier's codec).
+#: The codec is recorded per column chunk, so readers take files of either codec alike.
+_ZSTD = {"compression": "zstd", "compression_level": ZSTD_LEVEL}
 #: The metadata key holding a tier file's description (JSON).
 _META_KEY = b"vmstats"
 
@@ -946,15 +950,14 @@ class TierWriter:
         self.path = path
         self.partial = path + PARTIAL_SUFFIX
         self._schema = schema
-        self._options = options or {}
+        self._options = dict(_ZSTD, **(options or {}))
         self._writer = None
         os.makedirs(os.path.dirname(path), exist_ok=True)
 
     def _open(self, schema):
         import pyarrow.parquet as pq
 
-        self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd",
-                                        compression_level=ZSTD_LEVEL, **self._options)
+        self._writer = pq.ParquetWriter(self.partial, schema, **self._options)
 
     def add(self, table) -> None:
         if self._writer is None:
@@ -993,7 +996,12 @@ ROLLUP_GROUP_VMS = 4096
 #: Rollup files without dictionary encoding (each VM's cells are unique: a dictionary only
 #: costs decoding) and with statistics on ``vm`` only, the one column filtered on: 0.54 s
 #: instead of 0.67 s for the same 90 files, 775 instead of 913 bytes a VM-day.
-_ROLLUP_OPTIONS = {"use_dictionary": False, "write_statistics": ["vm"]}
+#: Rollups are LZ4_RAW (pyarrow's "lz4"), not zstd: a year-long report reads a file a day, and
+#: decoding zstd was ~0.5 s of the 90-day report's CPU; LZ4 decodes in about half of that, for
+#: 1.3 KB instead of 0.8 KB a VM-day, still well under 2 KB (bench/storage.py --ninety-only).
+#: Rollups written with zstd before still read as they are.
+_ROLLUP_OPTIONS = {"use_dictionary": False, "write_statistics": ["vm"],
+                   "compression": "lz4", "compression_level": None}
 
 
 def rollup_writer(path: str) -> TierWriter:
