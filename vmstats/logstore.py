@@ -864,7 +864,7 @@ TIER_SUFFIX = ".parquet"
 #: removes them, and no reader lists them.
 PARTIAL_SUFFIX = ".partial"
 COLUMNAR_VERSION = 1
-#: zstd level of both tiers: level 9 took the real trace from 4.7 to 4.2 bytes a record
+#: zstd level of the columnar tier: level 9 took the real trace from 4.7 to 4.2 bytes a record
 #: (bench/storage.py) for about 10% more compaction time.
 ZSTD_LEVEL = 9
 #: How a tier file is compressed unless its writer says otherwise (the columnar tier's codec).
