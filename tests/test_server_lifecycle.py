@@ -220,7 +220,11 @@ def test_sigint_drains_a_server_started_with_sigint_ignored(tmp_path):
 
 
 def test_sighup_drains_unless_the_server_was_started_under_nohup(tmp_path):
-    with serve(tmp_path / "a", "--flush-interval", "60") as server:
+    # Started with SIGHUP at its default whatever this suite inherited: a suite run under
+    # nohup would otherwise start a server that rightly outlives the signal.
+    with started_with({signal.SIGHUP: signal.SIG_DFL}, tmp_path / "a", "--flush-interval",
+                      "60") as server:
+        assert not ignored_by(server.pid, signal.SIGHUP)
         server.send_udp(line(Record(vm="10.9.0.3", ts=now() - 60, cpu=1.0, mem=2.0)))
         server.wait_received(1)
         assert server.stop(signal.SIGHUP) == 0
