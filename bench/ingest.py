@@ -22,7 +22,8 @@ separate run holds 1M records in memory to measure RSS per buffered record.
 (``SHAPES``: the agent's, an InfluxDB client's, a sender's own order with an
 extra tag, and the agent's signed), interleaved a rate at a time, and reports
 each one's figures as a ratio to the agent's shape in the same run; ``--only`` and
-``--paths`` run a part of it (the agent's shape always, as the reference).
+``--paths`` run a part of it (the agent's shape always, as the reference).  Its
+TCP phases run twice, interleaved, and each shape's less costly one is kept.
 
 The host's speed is not constant (``bench/hostspeed.py``), and only a
 receiver that spends CPU per record feels it.  So both receivers run at once
@@ -76,6 +77,8 @@ WRITTEN_POLL = 0.25
 #: Measurements of a step in all, when it fell short on a slow host (``at_speed``), and the
 #: seconds to wait for the host's speed before a step's first attempt and before each repeat.
 ATTEMPTS = 3
+#: TCP phases per shape in --shapes, interleaved; each shape's least costly one is reported.
+TCP_ROUNDS = 2
 FIRST_WAIT = 20.0
 HOST_WAIT = 120.0
 #: Seconds to wait for /metrics, and tries, before a run gives up on a server.
@@ -693,17 +696,25 @@ def shapes_main(workdir: Path, speed: HostSpeed, flush_interval: str, seconds: f
                    single_rates if "udp_single" in paths else [],
                    packed_rates if "udp_packed" in paths else [])
         print("TCP" if "tcp" in paths else "", flush=True)
-        for name, receiver in receivers.items() if "tcp" in paths else ():
-            def tcp(name=name, receiver=receiver) -> dict:
-                phase = tcp_throughput(receiver, lines[name], tcp_records, speed)
-                print("    %-9s %d records/s, %d lost, %.2f CPU us/record, probe %.2f/%.2f ms"
-                      % (name, phase["rate"], phase["lost"], phase["cpu_us_per_record"],
-                         phase["probe_ms"], phase["probe_after_ms"]), flush=True)
-                return phase
+        rounds: dict[str, list[dict]] = {name: [] for name in receivers}
+        for _round in range(TCP_ROUNDS if "tcp" in paths else 0):
+            for name, receiver in receivers.items():
+                def tcp(name=name, receiver=receiver) -> dict:
+                    phase = tcp_throughput(receiver, lines[name], tcp_records, speed)
+                    print("    %-9s %d records/s, %d lost, %.2f CPU us/record, probe %.2f/%.2f ms"
+                          % (name, phase["rate"], phase["lost"], phase["cpu_us_per_record"],
+                             phase["probe_ms"], phase["probe_after_ms"]), flush=True)
+                    return phase
 
-            attempts = at_speed(receivers, speed, tcp, lambda phase: True)
-            chosen = min(attempts, key=lambda phase: max(phase["probe_ms"], phase["probe_after_ms"]))
-            results[name]["tcp"] = dict(chosen, other_attempts=[a for a in attempts if a is not chosen])
+                attempts = at_speed(receivers, speed, tcp, lambda phase: True)
+                chosen = min(attempts, key=lambda phase: max(phase["probe_ms"],
+                                                             phase["probe_after_ms"]))
+                rounds[name].append(dict(chosen, other_attempts=[a for a in attempts
+                                                                 if a is not chosen]))
+        for name, phases in rounds.items() if "tcp" in paths else ():
+            # The least disturbed round: one timed phase moves by a tenth between rounds.
+            best = min(phases, key=lambda phase: phase["cpu_us_per_record"])
+            results[name]["tcp"] = dict(best, other_rounds=[p for p in phases if p is not best])
     finally:
         for server, receiver in servers.items():
             received, rows = receiver.stop()
@@ -737,8 +748,8 @@ def summarize_shapes(results: dict, shapes: list[str]) -> None:
 
     print("\nsummary by shape (records/s held with zero loss at that step and every lower one; "
           "CPU us per record in all the server's processes until the records are written, mean "
-          "over the UDP rates both took, and over the TCP phase; x the agent's shape in the same "
-          "run)")
+          "over the UDP rates both took, and over the least costly of %d TCP phases; x the "
+          "agent's shape in the same run)" % TCP_ROUNDS)
     print("  (>= : no loss at any rate the sender reached)")
     print("  %-9s %-20s %-20s %-18s %-15s %-15s %-15s" % (
         "shape", "UDP 1/datagram", "UDP packed", "TCP", "CPU, UDP 1/dg", "CPU, UDP packed",
