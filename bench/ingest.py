@@ -1,6 +1,6 @@
 """Ingest benchmark: vmstats serve against a bare Twisted receiver, in the same run.
 
-    .venv/bin/python bench/ingest.py            # full run (8-17 minutes here)
+    .venv/bin/python bench/ingest.py            # full run (5-17 minutes here)
     .venv/bin/python bench/ingest.py --quick    # smoke run (about a minute)
     .venv/bin/python bench/ingest.py --telegraf # only Telegraf's lines against native TCP
     .venv/bin/python bench/ingest.py --shapes   # every record shape beside the agent's
