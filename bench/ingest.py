@@ -30,7 +30,7 @@ receiver that spends CPU per record feels it.  So both receivers run at once
 and take each rate in turn, seconds apart (reference, then vmstats), rather
 than one's whole series minutes after the other's; and each step and the TCP
 phase record a probe of the host as they begin and once their records are
-counted (median ms of a fixed workload on every core) and the sender's CPU per
+logged (median ms of a fixed workload on every core) and the sender's CPU per
 record, which is the same work whichever receiver it feeds.  A step's CPU per
 record is every process of the server's from its first record until its last
 is in the logs: each figure carries the write-out of all its records, not the
