@@ -1,6 +1,9 @@
 """How a flush divides the table into pool tasks."""
 
+import pickle
+
 from vmstats.server.flusher import split_tasks
+from vmstats.server.writer import MarshalledShare
 
 
 def test_tasks_are_bounded_and_never_split_a_vm():
@@ -65,3 +68,14 @@ def test_records_the_layout_refuses_are_counted_and_logged_once_per_period(tmp_p
     assert metrics.drops["unwritable"] == 9 and metrics.flushed_records == 1  # logged once
     assert len(caplog.records) == 1
     assert "dropping 3 records of 2 vms" in caplog.records[0].getMessage()
+
+
+def test_a_share_reaches_its_writer_whole_as_one_marshal_blob():
+    # The pool pickles tasks in a thread of the reactor's process, holding the GIL throughout:
+    # the share crosses as one marshal blob (a quarter of pickle's time), and comes out as
+    # the plain list write_share takes.
+    share = [("vm-%d" % i, {1_700_000_000 + 60 * k: b"%d,1.5,2.5,%d" % (k, i) for k in range(3)})
+             for i in range(50)]
+    pickled = pickle.dumps(MarshalledShare(share), protocol=pickle.HIGHEST_PROTOCOL)
+    assert b"vm-49" in pickled and b"MarshalledShare" not in pickled  # no class needed to load
+    assert pickle.loads(pickled) == share

@@ -6,6 +6,7 @@ one bad VM directory never costs the others their write and the server can
 retry exactly the VMs that failed.
 """
 
+import marshal
 import os
 
 from vmstats import logstore
@@ -26,6 +27,26 @@ def lower_priority() -> None:
         os.nice(WRITER_NICENESS)
     except OSError:
         pass  # not permitted here: writers simply run at normal priority
+
+
+class MarshalledShare:
+    """A share on its way to a pool worker, pickled as one ``marshal`` blob.
+
+    The pool pickles each task in a thread of the aggregator's process,
+    holding the GIL for the whole call, so the reactor waits that long
+    between two reads of the parsers' answers: pickling 20,000 held rows
+    takes ~6 ms, marshalling them ~1.5 ms (a share is only strings, ints and
+    bytes), and the pickle of the blob is a copy.  The worker gets the plain
+    list back (``marshal.loads``), ``write_share``'s argument.
+    """
+
+    __slots__ = ("share",)
+
+    def __init__(self, share: list[tuple[str, dict[int, bytes]]]):
+        self.share = share
+
+    def __reduce__(self):
+        return marshal.loads, (marshal.dumps(self.share),)
 
 
 def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
