@@ -8,12 +8,23 @@ import time
 import pytest
 
 from vmstats import protocol
+from vmstats.server import signing
 from vmstats.server.auth import Verifier
 from vmstats.server.parse import Parser
 from vmstats.server.signing import FrameCheck, Key, check_frames, datagram_frames, read_frame, split_frames
 
 NOW = 1_800_000_000
 RECORD = b"vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % (NOW - 60)
+
+
+@pytest.fixture(params=["c", "python"])
+def fast_path(request, monkeypatch):
+    """A batch's frames read and HMACs computed by the C part, then by signing.py's Python."""
+    if request.param == "python":
+        monkeypatch.setattr(signing, "_native", None)
+    else:
+        assert signing._native is not None, "vmstats.server._framecheck was not built"
+    return request.param
 
 
 def frame(key="k1", secret="s3cret", payload=RECORD, now=NOW, nonce=None) -> bytes:
@@ -63,7 +74,7 @@ def test_frames_laid_end_to_end_are_split_whole():
     assert identities == [b"k1 %d n%d" % (NOW, i) for i in range(3)]
 
 
-def test_a_batch_is_checked_whole_or_frame_by_frame_with_the_same_verdicts():
+def test_a_batch_is_checked_whole_or_frame_by_frame_with_the_same_verdicts(fast_path):
     keys = {b"k1": Key(b"s3cret"), b"k2": Key(b"other", None)}
     checker = FrameCheck(keys, 300)
     parser = Parser(max_future=300, max_past=0)
@@ -88,7 +99,7 @@ def test_a_batch_is_checked_whole_or_frame_by_frame_with_the_same_verdicts():
     assert len(parsed[0]) == 3 and payloads == b"\n".join(map(read_payload, good))
 
 
-def test_a_batch_read_at_once_keeps_exactly_the_datagrams_that_are_whole_frames():
+def test_a_batch_read_at_once_keeps_exactly_the_datagrams_that_are_whole_frames(fast_path):
     good = [frame(nonce=b"g%d" % i) for i in range(3)]
     whole = frame(nonce=b"w")
     tricky = [frame(payload=RECORD + b"\0x", nonce=b"nul"),  # a NUL: read one by one, still whole
