@@ -113,7 +113,7 @@ class Key:
 
     ``inner`` and ``outer`` are HMAC-SHA256's two hashes with the padded key
     already taken in (RFC 2104), ``inner`` with the ``sig1 `` every signed
-    message begins with too: a frame's HMAC copies them (``mac``).  ``pads``
+    message begins with too: a frame's HMAC copies them (``hex_macs``).  ``pads``
     is the padded key XORed with each pad, what the C fast path starts from.
     """
 
@@ -131,11 +131,7 @@ class Key:
 
     def mac(self, identity: bytes, payload: bytes) -> bytes:
         """The hex HMAC-SHA256 of ``sig1 <identity>\\n<payload>`` (``protocol.sign_payload``'s)."""
-        inner = self.inner.copy()
-        inner.update(b"%s\n%s" % (identity, payload))
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest().encode("ascii")
+        return hex_macs([self], [identity], [payload])
 
 
 def load_keys(path: str) -> dict[bytes, Key]:
