@@ -3,17 +3,40 @@
 import itertools
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_protocol import NOW, percent, rate, records
 
 from vmstats import logstore, protocol
+from vmstats.server import parse
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import FIELD_NAME_BYTES, CompactShape, Parser, build_fast_path
 
 REGEX, TS, SEQ = build_fast_path()
+
+
+@pytest.fixture(scope="module", autouse=True, params=["c", "regexes"])
+def reader(request):
+    """Every test twice: with the C reader of lines (``_linescan``) as built, which takes the
+    payloads it proves valid, and without it, where the regexes and the decoder take them all
+    (a build without a compiler, and every payload the C leaves)."""
+    built = parse._native
+    assert built is not None, ("vmstats.server._linescan was not built: bin/test installs a "
+                               "C compiler and Python's headers when missing")
+    if request.param == "regexes":
+        parse._native = None
+    yield request.param
+    parse._native = built
+
+
+def regex_parser() -> Parser:
+    """A parser without the C reader: for the tests of the regexes' passes themselves."""
+    parser = Parser(max_future=300, max_past=0)
+    parser._scan_spec = None
+    return parser
 
 
 def make_ingest(**caps) -> Ingest:
@@ -201,7 +224,7 @@ def test_reject_logging_is_rate_limited(caplog):
 
 
 def test_each_payload_runs_one_regex_pass_when_its_lines_share_a_shape():
-    parser = Parser(max_future=300, max_past=0)
+    parser = regex_parser()
     passes = []
     for name in ("_findall", "_compact_findall"):
         run = getattr(parser, name)
@@ -221,7 +244,7 @@ def test_each_payload_runs_one_regex_pass_when_its_lines_share_a_shape():
 
 def test_a_payload_that_mixes_shapes_takes_the_per_field_regex_not_the_decoder():
     """Every field in the first line, not in a later one: two regex passes, no line by line."""
-    parser = Parser(max_future=300, max_past=0)
+    parser = regex_parser()
     full = protocol.Record(vm="10.0.0.1", ts=NOW, cpu=1.5, cpu_max=2.0, mem=2.25, disk_r=1.0,
                            disk_w=2.0, net_rx=3.0, net_tx=4.0, vcpus=2, mem_mb=4096, seq=7)
     records = [full, full._replace(ts=NOW - 1, disk_w=None, seq=8), full._replace(ts=NOW - 2)]
@@ -350,7 +373,7 @@ def test_a_payload_mixing_senders_spellings_is_matched_by_each_spellings_regex()
               for i in range(1, 4)]
     payload = b"\n".join(line for pair in zip(agent, influx, strict=True) for line in pair)
     expected, _rejects = _decoded(payload)
-    parser = Parser(max_future=300, max_past=0)
+    parser = regex_parser()
     parser.parse(payload, NOW)  # meets the VM ids and the spellings
     calls = _counting_decoder(parser)
     passes = []
@@ -587,7 +610,7 @@ def test_a_payload_of_more_spellings_than_sieved_leaves_the_rest_to_the_decoder(
              for i, order in enumerate(itertools.islice(orders, MAX_SPELLINGS + 4))]
     payload = b"\n".join(lines)
     expected, _reasons = _decoded_reasons(payload)
-    parser = Parser(max_future=300, max_past=0)
+    parser = regex_parser()
     passes = _sieve_passes(parser)
     parser.parse(payload, NOW)
     one_by_one = []

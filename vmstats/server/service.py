@@ -32,6 +32,7 @@ from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, list_segments
 from vmstats.server.listeners import ListenerService
 from vmstats.server.metrics import Metrics
+from vmstats.server.parse import native_reader
 from vmstats.server.parsers import ParserService
 from vmstats.server.replay import replay
 from vmstats.server.signing import keys_config, native_checks
@@ -86,6 +87,10 @@ class Aggregator(service.MultiService):
         self.auth.remember_in(journal_dir(config), self.journal, reactor)
         if self.parsers is not None and self.auth.required:  # they check signatures too
             self.parsers.auth_config = keys_config(self.auth.keys, config.sig_window)
+        if not native_reader():
+            log.warning("records are read by regexes in Python: this vmstats was built without "
+                        "its C part (it needs a C compiler and Python's headers), so a parser "
+                        "spends ~1.2 us a record where it would spend ~0.4")
         if self.auth.required and not native_checks():
             log.warning("signed frames are checked in Python: this vmstats was built without its "
                         "C part (it needs a C compiler and OpenSSL's headers), so a signed "
