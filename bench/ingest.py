@@ -23,7 +23,9 @@ separate run holds 1M records in memory to measure RSS per buffered record.
 extra tag, and the agent's signed), interleaved a rate at a time, and reports
 each one's figures as a ratio to the agent's shape in the same run; ``--only`` and
 ``--paths`` run a part of it (the agent's shape always, as the reference).  Its
-TCP phases run twice, interleaved, and each shape's less costly one is kept.
+TCP phases run three times, interleaved, each round starting one shape later
+(the agent's shape is not always the first of a round), and each shape's least
+costly one is kept.
 
 The host's speed is not constant (``bench/hostspeed.py``), and only a
 receiver that spends CPU per record feels it.  So both receivers run at once
@@ -77,8 +79,9 @@ WRITTEN_POLL = 0.25
 #: Measurements of a step in all, when it fell short on a slow host (``at_speed``), and the
 #: seconds to wait for the host's speed before a step's first attempt and before each repeat.
 ATTEMPTS = 3
-#: TCP phases per shape in --shapes, interleaved; each shape's least costly one is reported.
-TCP_ROUNDS = 2
+#: TCP phases per shape in --shapes, interleaved, each round starting one shape later (one
+#: phase moves by a tenth between rounds); each shape's least costly one is reported.
+TCP_ROUNDS = 3
 FIRST_WAIT = 20.0
 HOST_WAIT = 120.0
 #: Seconds to wait for /metrics, and tries, before a run gives up on a server.
@@ -697,8 +700,9 @@ def shapes_main(workdir: Path, speed: HostSpeed, flush_interval: str, seconds: f
                    packed_rates if "udp_packed" in paths else [])
         print("TCP" if "tcp" in paths else "", flush=True)
         rounds: dict[str, list[dict]] = {name: [] for name in receivers}
-        for _round in range(TCP_ROUNDS if "tcp" in paths else 0):
-            for name, receiver in receivers.items():
+        for turn in range(TCP_ROUNDS if "tcp" in paths else 0):
+            order = list(receivers)[turn % len(receivers):] + list(receivers)[:turn % len(receivers)]
+            for name, receiver in ((name, receivers[name]) for name in order):
                 def tcp(name=name, receiver=receiver) -> dict:
                     phase = tcp_throughput(receiver, lines[name], tcp_records, speed)
                     print("    %-9s %d records/s, %d lost, %.2f CPU us/record, probe %.2f/%.2f ms"
