@@ -18,7 +18,7 @@ from vmstats.server import parse
 from vmstats.server.parse import Parser, line_spec
 
 native = parse._native
-SPEC = None if native is None else native.spec(line_spec())
+SPEC = None if native is None else native.spec(*line_spec())
 #: Spellings at the edges of the field table: tops, typing, precision, tags, a CR line end.
 EDGES = [
     b"vmstats,vm=10.0.0.1,host=h1 cpu=1.5,cpu_max=9.5,mem=41.25,disk_r=0,disk_w=5120.5,"
@@ -113,3 +113,21 @@ def test_one_vm_in_two_spellings_keeps_its_records_in_order():
     protocol.encode_record(r).encode(), r))), min_size=1, max_size=6))
 def test_every_spelling_is_read_as_the_regexes_read_it(batch):
     agrees(b"\n".join(line for line, _record in batch))
+
+
+def test_its_limits_are_the_protocols():
+    """A line at every limit at once (VM id, host, extra tags, tag key and value, fraction) is
+    read as the regexes read it, and refused by a reader given any one limit one lower: the
+    C holds none of its own."""
+    key, value = b"k" * (protocol.MAX_TAG_KEY_LENGTH - 1), b"v" * protocol.MAX_TAG_VALUE_LENGTH
+    tags = b",".join(b"%s%c=%s" % (key, letter, value)
+                     for letter in b"abcdefgh"[:protocol.MAX_EXTRA_TAGS])
+    line = b"vmstats,vm=%s,host=%s,%s cpu=1.%s,mem=2 %d" % (
+        b"a" * protocol.MAX_VM_ID_LENGTH, b"h" * protocol.MAX_HOST_LENGTH, tags,
+        b"5" * parse._FRACTION_DIGITS, NOW)
+    assert agrees(line)
+    fields, limits = line_spec()
+    known = {b"a" * protocol.MAX_VM_ID_LENGTH: "a"}
+    for at in range(len(limits)):
+        narrowed = limits[:at] + (limits[at] - 1,) + limits[at + 1:]
+        assert native.scan(line, native.spec(fields, narrowed), known, 0, NOW + 1) is None, at

@@ -29,6 +29,8 @@ SAFE_DATAGRAM_SIZE = 1400
 #: The server accepts datagrams (and TCP lines) up to this size.
 MAX_DATAGRAM_SIZE = 65536
 MAX_VM_ID_LENGTH = 64
+#: The longest ``host`` tag (a DNS name's limit).
+MAX_HOST_LENGTH = 255
 #: Records stamped further than this in the future are rejected (seconds).
 DEFAULT_MAX_FUTURE = 300
 #: Records stamped further than this in the past are rejected (seconds); the
@@ -323,7 +325,7 @@ class Decoder(object):
             if key == "vm":
                 vm = self.vm_id(value)
             elif key == "host":
-                if len(value) > 255 or not _TOKEN_RE.match(value):
+                if len(value) > MAX_HOST_LENGTH or not _TOKEN_RE.match(value):
                     raise DecodeError(R_SYNTAX, "host tag %r is not a safe name" % value[:40])
                 host = value
             elif extra is None:

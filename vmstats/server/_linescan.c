@@ -20,13 +20,9 @@
 #include <Python.h>
 #include <string.h>
 
+/* Room in the fixed arrays; the limits themselves come from parse.line_spec. */
 #define MAX_FIELDS 32
-#define MAX_EXTRA_TAGS 8
-#define MAX_VM_ID 64
-#define MAX_HOST 255
-#define MAX_TAG_KEY 32
-#define MAX_TAG_VALUE 64
-#define MAX_FRACTION 17
+#define MAX_EXTRA_TAGS 32
 #define TAGS_SEPARATOR ';'
 #define SPEC_NAME "vmstats.server._linescan.spec"
 
@@ -48,6 +44,8 @@ typedef struct {
     Py_ssize_t seq;           /* the seq field's index, -1 if none */
     unsigned long required;   /* a bit per required field */
     Field fields[MAX_FIELDS];
+    /* protocol's limits: the longest VM id, host, tag key and value; extra tags; fraction */
+    Py_ssize_t vm_id, host, extra_tags, tag_key, tag_value, fraction;
 } Spec;
 
 typedef struct {
@@ -67,11 +65,11 @@ is_alnum(char c)
     return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-/* [A-Za-z0-9._:%-]{1,64} */
+/* [A-Za-z0-9._:%-]{1,limit} */
 static int
-vm_ok(Span v)
+vm_ok(Span v, Py_ssize_t limit)
 {
-    if (v.n < 1 || v.n > MAX_VM_ID)
+    if (v.n < 1 || v.n > limit)
         return 0;
     for (Py_ssize_t i = 0; i < v.n; i++) {
         char c = v.p[i];
@@ -95,11 +93,11 @@ name_ok(Span v, Py_ssize_t limit)
     return 1;
 }
 
-/* [a-z][a-z0-9_]{0,31}, and neither vm nor host (protocol.check_tags) */
+/* [a-z][a-z0-9_]{0,limit-1}, and neither vm nor host (protocol.check_tags) */
 static int
-tag_key_ok(Span k)
+tag_key_ok(Span k, Py_ssize_t limit)
 {
-    if (k.n < 1 || k.n > MAX_TAG_KEY || !(k.p[0] >= 'a' && k.p[0] <= 'z'))
+    if (k.n < 1 || k.n > limit || !(k.p[0] >= 'a' && k.p[0] <= 'z'))
         return 0;
     for (Py_ssize_t i = 1; i < k.n; i++) {
         char c = k.p[i];
@@ -138,14 +136,14 @@ integer_ok(Span v, int zero_ok, int digits, const char *top)
     return top[0] != '\0' && span_is(v, top);
 }
 
-/* \d{1,digits}(\.\d{0,17})? or top(\.0{0,17})? */
+/* \d{1,digits}(\.\d{0,fraction})? or top(\.0{0,fraction})? */
 static int
-decimal_ok(Span v, const Field *f)
+decimal_ok(Span v, const Field *f, Py_ssize_t most)
 {
     const char *point = memchr(v.p, '.', v.n);
     Py_ssize_t whole = point ? point - v.p : v.n;
     Py_ssize_t fraction = point ? v.n - whole - 1 : 0;
-    if (whole < 1 || fraction > MAX_FRACTION || !all_digits(v.p, whole))
+    if (whole < 1 || fraction > most || !all_digits(v.p, whole))
         return 0;
     if (whole <= f->untyped_digits)
         return all_digits(v.p + whole + 1, fraction);
@@ -159,7 +157,7 @@ decimal_ok(Span v, const Field *f)
 
 /* A field's value as sent, checked; *digits gets what the row holds (no i/u suffix). */
 static int
-value_ok(Span v, const Field *f, Span *digits)
+value_ok(Span v, const Field *f, Py_ssize_t fraction, Span *digits)
 {
     if (v.n < 1)
         return 0;
@@ -171,10 +169,10 @@ value_ok(Span v, const Field *f, Span *digits)
     *digits = v;
     if (f->untyped_int)
         return integer_ok(v, f->zero_ok, f->untyped_digits, "");
-    return decimal_ok(v, f);
+    return decimal_ok(v, f, fraction);
 }
 
-/* The end of the run from p holding none of `stop` (',' ' ' and '\n' for tags and fields). */
+/* The end of a tag or a field from p: the next ',' or ' ' (a line holds no '\n'). */
 static const char *
 token_end(const char *p, const char *end)
 {
@@ -216,17 +214,18 @@ read_line(const char *p, const char *end, const Spec *spec, Line *out)
             return 0;
         Span key = {p, eq - p}, value = {eq + 1, stop - eq - 1};
         if (span_is(key, "vm")) {
-            if (out->has_vm || !vm_ok(value))
+            if (out->has_vm || !vm_ok(value, spec->vm_id))
                 return 0;
             out->vm = value;
             out->has_vm = 1;
         } else if (span_is(key, "host")) {
-            if (out->has_host || !name_ok(value, MAX_HOST))
+            if (out->has_host || !name_ok(value, spec->host))
                 return 0;
             out->host = value;
             out->has_host = 1;
         } else {
-            if (out->extras == MAX_EXTRA_TAGS || !tag_key_ok(key) || !name_ok(value, MAX_TAG_VALUE))
+            if (out->extras == spec->extra_tags || !tag_key_ok(key, spec->tag_key)
+                    || !name_ok(value, spec->tag_value))
                 return 0;
             for (int i = 0; i < out->extras; i++)
                 if (out->extra_keys[i].n == key.n && memcmp(out->extra_keys[i].p, key.p, key.n) == 0)
@@ -252,7 +251,7 @@ read_line(const char *p, const char *end, const Spec *spec, Line *out)
                                     && memcmp(spec->fields[i].name, name.p, name.n) == 0))
             i++;
         if (i == spec->count || (out->sent >> i & 1)
-                || !value_ok(value, &spec->fields[i], &out->values[i]))
+                || !value_ok(value, &spec->fields[i], spec->fraction, &out->values[i]))
             return 0;
         out->sent |= 1UL << i;
         p = stop + 1;
@@ -433,23 +432,32 @@ copy_text(PyObject *text, char *into, size_t room, Py_ssize_t *length)
 }
 
 PyDoc_STRVAR(spec_doc,
-"spec(fields) -> the capsule scan() reads lines with\n\n"
+"spec(fields, limits) -> the capsule scan() reads lines with\n\n"
 "fields: in the log's order, each (name, zero_ok, typed_digits, typed_top,\n"
-"untyped_int, untyped_digits, float_top, required) as parse.line_spec makes them.");
+"untyped_int, untyped_digits, float_top, required); limits: the longest VM id,\n"
+"host, extra tags, tag key, tag value and fraction; as parse.line_spec makes them.");
 
 static PyObject *
 make_spec(PyObject *self, PyObject *args)
 {
     PyObject *fields;
-    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &fields))
+    Py_ssize_t vm_id, host, extra_tags, tag_key, tag_value, fraction;
+    if (!PyArg_ParseTuple(args, "O!(nnnnnn)", &PyTuple_Type, &fields, &vm_id, &host,
+                          &extra_tags, &tag_key, &tag_value, &fraction))
         return NULL;
-    if (PyTuple_GET_SIZE(fields) > MAX_FIELDS) {
-        PyErr_SetString(PyExc_ValueError, "too many fields");
+    if (PyTuple_GET_SIZE(fields) > MAX_FIELDS || extra_tags > MAX_EXTRA_TAGS || extra_tags < 0) {
+        PyErr_SetString(PyExc_ValueError, "more fields or extra tags than this reader has room for");
         return NULL;
     }
     Spec *spec = PyMem_Calloc(1, sizeof *spec);
     if (spec == NULL)
         return PyErr_NoMemory();
+    spec->vm_id = vm_id;
+    spec->host = host;
+    spec->extra_tags = extra_tags;
+    spec->tag_key = tag_key;
+    spec->tag_value = tag_value;
+    spec->fraction = fraction;
     spec->count = PyTuple_GET_SIZE(fields);
     spec->seq = -1;
     for (Py_ssize_t i = 0; i < spec->count; i++) {

@@ -55,6 +55,9 @@ except ImportError:  # built without a C compiler
 Parsed = tuple[list, list, list, list, list, list]
 #: Reject details kept per payload for the rate-limited log; beyond this only counts travel.
 MAX_DETAILS = 10
+#: Digits after a decimal point that the regexes (and the C reader) admit: more than a
+#: double's 17 significant ones carry nothing, so such values go to the decoder.
+_FRACTION_DIGITS = 17
 
 
 def _int_digits(hi: int) -> int:
@@ -83,9 +86,9 @@ def _float_pattern(lo: float, hi: float) -> str:
         raise ValueError("the fast path only handles float ranges starting at 0")
     top = int(hi)
     digits = _int_digits(top)
-    pattern = r"\d{1,%d}%s" % (digits, _optional(r"\.\d{0,17}"))
+    pattern = r"\d{1,%d}%s" % (digits, _optional(r"\.\d{0,%d}" % _FRACTION_DIGITS))
     if top == 10 ** digits:  # e.g. 100: "100" and "100.000" are in range, "100.5" is not
-        pattern += r"|%d%s" % (top, _optional(r"\.0{0,17}"))
+        pattern += r"|%d%s" % (top, _optional(r"\.0{0,%d}" % _FRACTION_DIGITS))
     return pattern
 
 
@@ -122,7 +125,7 @@ def build_fast_path(compact: bool = False,
     # (Parser._vm_id), exactly as the decoder does.
     parts = [r"%s(?<![^\n]%s)([A-Za-z0-9._:%%-]{1,%d})" % (re.escape(head), re.escape(head),
                                                           protocol.MAX_VM_ID_LENGTH),
-             _optional(r",host=([A-Za-z0-9][A-Za-z0-9._-]{0,254})")]
+             _optional(r",host=(%s)" % _VALUE_PATTERNS[b"host"])]
     if extra_tags:
         parts.append(",(%s)" % ",".join("%s=%s" % (re.escape(tag.decode("ascii")),
                                                    _EXTRA_TAG_PATTERN) for tag in extra_tags))
@@ -171,7 +174,7 @@ _LINE_START = b"%s," % protocol.MEASUREMENT.encode("ascii")
 #: The catch-all group a sieve (``_sieve``) ends with: a line its spelling's regex left.
 _OTHER_OF = itemgetter(-1)
 _VALUE_PATTERNS = {b"vm": r"[A-Za-z0-9._:%%-]{1,%d}" % protocol.MAX_VM_ID_LENGTH,
-                   b"host": r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"}
+                   b"host": r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (protocol.MAX_HOST_LENGTH - 1)}
 _EXTRA_TAG_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (protocol.MAX_TAG_VALUE_LENGTH - 1)
 _FIELD_SPEC = {name.encode("ascii"): (is_int, lo, hi)
                for name, is_int, lo, hi, _required in protocol.FIELDS}
@@ -295,14 +298,16 @@ def _agents_spelling(key: tuple) -> bool:
 
 
 def line_spec() -> tuple:
-    """The field table as ``_linescan.spec`` reads it: each field's values as ``build_shape``'s
-    regexes admit them, so the C reader's grammar has its limits from ``protocol.FIELDS``.
+    """The field table and the tags' limits as ``_linescan.spec`` reads them: each field's
+    values as ``build_shape``'s regexes admit them, so the C reader's grammar has every limit
+    from ``protocol`` and this module, none of its own.
 
     Per field: its name; whether 0 is in range; for i/u typed values the most
     digits and the top spelled out when it is a power of ten (``100i``); whether
     untyped values are integers (exact up to ``_EXACT_DIGITS``) and their most
     digits before any point; for untyped decimals the top spelled out likewise;
-    whether the field is required.
+    whether the field is required.  Then the longest VM id, host, extra tags, tag key and
+    tag value, and the most digits after a decimal point.
     """
     spec = []
     for name, is_int, lo, hi, required in protocol.FIELDS:
@@ -312,7 +317,9 @@ def line_spec() -> tuple:
         untyped = _int_digits(min(hi, 10 ** _EXACT_DIGITS - 1)) if is_int else digits
         spec.append((name.encode("ascii"), int(lo) == 0, digits, top_spelled, is_int, untyped,
                      b"" if is_int else top_spelled, required))
-    return tuple(spec)
+    limits = (protocol.MAX_VM_ID_LENGTH, protocol.MAX_HOST_LENGTH, protocol.MAX_EXTRA_TAGS,
+              protocol.MAX_TAG_KEY_LENGTH, protocol.MAX_TAG_VALUE_LENGTH, _FRACTION_DIGITS)
+    return tuple(spec), limits
 
 
 def build_shape(key: tuple) -> Shape | None:
@@ -403,7 +410,7 @@ class Parser:
         # had, which then sieves first.
         self._mixing = 0
         self._lead: tuple[Callable, Shape | None] | None = None
-        self._scan_spec = None if _native is None else _native.spec(line_spec())
+        self._scan_spec = None if _native is None else _native.spec(*line_spec())
 
     def parse(self, data: bytes, now: float) -> Parsed:
         """Every record of one payload, in order, and a count of every reject by reason.
