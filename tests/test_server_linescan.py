@@ -11,7 +11,7 @@ and without it.
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_protocol import NOW
-from test_server_fastpath import complete, partial, per_vm, spellings
+from test_server_fastpath import _counting_decoder, complete, partial, per_vm, regex_parser, spellings
 
 from vmstats import protocol
 from vmstats.server import parse
@@ -39,20 +39,16 @@ def test_the_c_reader_is_built():
                                 "C compiler and Python's headers when missing")
 
 
-def regex_parser() -> tuple[Parser, list]:
+def regexes_counting() -> tuple[Parser, list]:
     """A parser without the C reader, and the list of the lines it hands its decoder."""
-    parser = Parser(max_future=300, max_past=0)
-    parser._scan_spec = None
-    decoded: list = []
-    decode = parser.decoder.decode_line
-    parser.decoder.decode_line = lambda line, now=None: decoded.append(line) or decode(line, now)
-    return parser, decoded
+    parser = regex_parser()
+    return parser, _counting_decoder(parser)
 
 
 def agrees(payload: bytes, regexes: tuple[Parser, list] | None = None) -> bool:
     """The C takes ``payload`` exactly when the regexes take it whole (once they have met its
     VM ids), with their columns; returns whether it took it."""
-    parser, decoded = regexes or regex_parser()
+    parser, decoded = regexes or regexes_counting()
     parser.parse(payload, NOW)
     del decoded[:]
     vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
@@ -75,7 +71,7 @@ def test_the_edge_spellings_are_read_as_the_regexes_read_them():
 
 
 def test_a_line_damaged_at_any_place_is_read_as_the_regexes_read_it_or_left_to_them():
-    taken, regexes = 0, regex_parser()
+    taken, regexes = 0, regexes_counting()
     for line in EDGES:
         for at in range(len(line) + 1):
             for piece in EDIT_BYTES:
