@@ -17,7 +17,7 @@ from test_report_stats import DAY, T0, run, series, write_records
 from vmstats.protocol import Record
 from vmstats.report import load, runs, stats
 from vmstats.report.prices import PriceBook
-from vmstats.report.settings import Policy
+from vmstats.report.settings import SETTINGS, Policy
 
 MINUTES = 14 * 1440
 TS = T0 + 60 * np.arange(MINUTES)
@@ -75,6 +75,17 @@ def judged(tmp_path_factory):
     start = 6 * 1440 - 15  # 23:45 to 00:15: half the stretch on each day
     midnight["cpu"][start : start + 30] = 80.0
     add(data, fleet, "burst-at-midnight", "not-reclaim", midnight, vcpus=4, mem_mb=8192)
+
+    # Work that moves between metrics: on day 4 from 15:00, a job computes one minute and sends
+    # the next, for 30 minutes.  No metric holds it alone (each one's 30-minute level is its
+    # background) and 15 minutes in 14 days is far below any p99: only the mix sees it.  The
+    # same for 25 minutes is no stretch of work.
+    for vm, minutes, expected in (("work-moving", 30, "not-reclaim"), ("work-moving-25-min", 25, "reclaim")):
+        moving = background()
+        start = 4 * 1440 + 900
+        moving["cpu"][start : start + minutes : 2] = 40.0
+        moving["net"][start + 1 : start + minutes : 2] = 2e6
+        add(data, fleet, vm, expected, moving, vcpus=4, mem_mb=8192)
 
     add(data, fleet, "net-service", "not-reclaim", background(net=noisy(30e3, 0.2)), vcpus=2, mem_mb=4096)
 
@@ -177,6 +188,13 @@ def test_every_vm_not_reclaimed_names_the_limit_and_by_how_much(judged):
     assert rows["one-burst"]["blocked_by"].startswith("CPU held 30 min 80.0% above")
     # Half the stretch before midnight, half after: still one stretch.
     assert rows["burst-at-midnight"]["evidence"]["blocked_by"]["check"] == "run"
+    moving = rows["work-moving"]
+    assert moving["evidence"]["blocked_by"]["metric"] == "mix", moving["blocked_by"]
+    # Every minute of the stretch has a metric at 8x its idle limit (CPU 40% / 5%) or more.
+    assert moving["evidence"]["blocked_by"]["value"] == pytest.approx(8.0)
+    text = "work across CPU, disk and net held 30 min at 8.00x the idle limits"
+    assert moving["blocked_by"].startswith(text)
+    assert "work across CPU, disk and net held 30 min" in rows["work-moving-25-min"]["reason"]
     service = rows["net-service"]["evidence"]["blocked_by"]
     assert (service["metric"], service["check"]) == ("net", "floor") and service["over"] > 2
     assert rows["one-day"]["blocked_by"] == "span 1.0 of 6 days"
@@ -295,15 +313,33 @@ def test_run_aggregates_merge_to_the_brute_force_level(tmp_path):
     cpu[1420:1455] = 50 + np.round(rng.random(35), 1)  # across the first midnight
     cpu[2000:2029] = 90.0  # 29 minutes: not a stretch
     keep[1420:1455] = True
-    ts, cpu = ts[keep], cpu[keep]
+    net = np.round(rng.random(len(ts)) * 2e4)
+    net[2500:2540:2] = 6e5  # work moving between CPU and network: a mixed stretch only
+    cpu[2501:2540:2] = 60.0
+    keep[2500:2540] = True
+    ts, cpu, net = ts[keep], cpu[keep], net[keep]
     records = [
-        Record(vm="v", ts=int(t), cpu=float(c), mem=10.0, net_rx=1.0, net_tx=1.0, disk_r=1.0, disk_w=1.0)
-        for t, c in zip(ts, cpu, strict=True)
+        Record(vm="v", ts=int(t), cpu=float(c), mem=10.0, net_rx=float(n), net_tx=0.0, disk_r=1.0, disk_w=1.0)
+        for t, c, n in zip(ts, cpu, net, strict=True)
     ]
     write_records(tmp_path, records)
     units = load.discover([str(tmp_path)])
     table = load.load(units, None, min(d for _v, d in units), max(d for _v, d in units), workers=1)
     day = table.day - table.day.min()
-    merged = stats._runs(table.data, day, table.vm_index, 1)["run_cpu"][0]
+    levels = stats._runs(table.data, day, table.vm_index, 1)
+    merged = levels["run_cpu"][0]
     assert merged == pytest.approx(_brute_run_level(ts, cpu), abs=1e-4)
     assert merged >= 50 and runs.RUN_MINUTES == 30
+    disk = np.full(len(ts), 2.0)  # read + write, bytes/s
+    mix = np.max([cpu / runs.MIX_SCALES["cpu"], net / runs.MIX_SCALES["net"], disk / runs.MIX_SCALES["disk"]],
+                 axis=0)
+    assert levels["run_mix"][0] == pytest.approx(_brute_run_level(ts, mix), rel=1e-5)
+    alone = max(levels["run_" + m][0] / runs.MIX_SCALES[m] for m in runs.RUN_METRICS)
+    assert levels["run_mix"][0] == pytest.approx(60.0 / runs.MIX_SCALES["cpu"]) and alone < 60.0 / 5.0
+
+
+def test_the_mixed_scales_are_the_default_idle_limits():
+    """At the default limits the mixed test is exact: a stretch at its level has, every minute,
+    some metric at or above its own work level, and no such stretch is missed."""
+    defaults = {s.name: s.default for s in SETTINGS}
+    assert runs.MIX_SCALES == {m: defaults[m + "_idle"] for m in runs.RUN_METRICS}

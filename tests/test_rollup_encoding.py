@@ -8,9 +8,11 @@ counts past 16 bits and empty histograms all give back the same arrays.
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from vmstats import logstore
-from vmstats.report import load
+from vmstats.report import load, runs
+from vmstats.report.settings import ReportError
 
 DAY = "2026-01-05"
 
@@ -51,13 +53,13 @@ def _as_lists(table):
     return table
 
 
-def _write(data_dir, vms, table, sparse, lists: bool = False) -> str:
+def _write(data_dir, vms, table, sparse, lists: bool = False, version: int = load.ROLLUP_VERSION) -> str:
     path = logstore.tier_path(str(data_dir), logstore.ROLLUPS_DIR, DAY)
     writer = logstore.rollup_writer(path)
     labels = [(1, "host", None)] * len(vms)
     rollups = logstore.rollup_table(vms, labels, table, sparse=sparse)
     writer.add(_as_lists(rollups) if lists else rollups)
-    writer.close({"version": load.ROLLUP_VERSION, "day": DAY, "vms": vms})
+    writer.close({"version": version, "day": DAY, "vms": vms})
     writer.commit()
     return path
 
@@ -88,6 +90,29 @@ def test_sparse_and_dense_rollups_read_back_the_same(tmp_path):
         part, issues = load.read_rollups([logstore.Part(path, vms[i], logstore.ROLLUPS_DIR) for i in some])
         assert issues == {}
         _same(part, table, some)
+
+
+def test_rollups_of_the_version_before_mixed_stretches_are_read_with_their_lower_bound(tmp_path):
+    """Version 6 kept no mixed work stretches.  Its rows are gone, so refusing it would lose
+    those days: its mixed levels are each metric's own over its scale, the most it proves."""
+    vms = ["vm0", "vm1", "vm2"]
+    table = _aggregates(len(vms))
+    older = {name: values for name, values in table.items() if not name.endswith("_mix")}
+    for version, data_dir in ((6, tmp_path / "v6"), (5, tmp_path / "v5")):
+        _write(data_dir, vms, older, load.HISTOGRAMS, version=version)
+    issues = []
+    units = load.discover([str(tmp_path / "v6")], issues)
+    assert issues == [] and len(units) == len(vms)
+    read, problems = load.read_rollups([sources[0] for sources in units.values()])
+    assert problems == {}
+    _same({k: v for k, v in read.items() if not k.endswith("_mix")}, older, np.arange(len(vms)))
+    for field in ("run_", "head_", "tail_"):
+        bound = np.max([table[field + m] / runs.MIX_SCALES[m] for m in runs.RUN_METRICS], axis=0)
+        np.testing.assert_allclose(read[field + "mix"], bound, rtol=1e-6, err_msg=field)
+    # A version the reader does not know is named, not guessed at.
+    with pytest.raises(ReportError, match="holds no VM logs"):
+        load.discover([str(tmp_path / "v5")], issues)
+    assert "rollups of another aggregate version (5)" in issues[0]["problem"]
 
 
 def test_the_sparse_columns_hold_only_the_non_empty_bins(tmp_path):

@@ -50,10 +50,13 @@ from vmstats.report.histogram import (
 )
 from vmstats.report.settings import ReportError
 
-CACHE_VERSION = 6
+CACHE_VERSION = 7
 #: The aggregate's version, written into every rollup file: a rollup written by a version
 #: whose fields differ is not used (raw data answers, or the VM-day is named as unreadable).
 ROLLUP_VERSION = CACHE_VERSION
+#: Older rollup versions still read, and what they lack filled from what they hold
+#: (their rows are gone: refusing them would lose those days).  6: no mixed work stretches.
+OLDER_ROLLUPS = {6: runs.mix_from_metrics}
 CACHE_NAME = "report-cache-v%d.bin" % CACHE_VERSION
 _EPOCH = datetime.date(1970, 1, 1)
 #: Units parsed per worker task: big enough to amortise pandas calls.
@@ -233,8 +236,10 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Un
                 number = day_number(day)
                 info = logstore.tier_info(path)
                 vms = info["vms"]
-                if tier == logstore.ROLLUPS_DIR and info.get("version") != ROLLUP_VERSION:
-                    raise ValueError("rollups of another aggregate version (%s)" % info.get("version"))
+                version = info.get("version")
+                readable = version == ROLLUP_VERSION or version in OLDER_ROLLUPS
+                if tier == logstore.ROLLUPS_DIR and not readable:
+                    raise ValueError("rollups of another aggregate version (%s)" % version)
             except (OSError, ValueError, KeyError) as exc:
                 issues.append(issue(path, "unreadable %s file: %s" % (tier, exc), vm="", day=day))
                 continue
@@ -424,8 +429,11 @@ def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates
 def _rollup_file(path: str, vms: set[str]) -> tuple[list[str], dict]:
     """``(vms, {aggregate: array or SparseRows})`` of one rollup file, checked against the
     report's aggregate; OSError or ValueError when it cannot answer."""
-    _info, table = logstore.read_tier_part(path, vms, threads=False)  # the files are read in threads
+    info, table = logstore.read_tier_part(path, vms, threads=False)  # the files are read in threads
     vms, data = logstore.rollup_arrays(table)
+    upgrade = OLDER_ROLLUPS.get(info.get("version"))
+    if upgrade is not None:
+        data.update(upgrade(data))
     missing = AGGREGATES - set(data)
     if missing:
         raise ValueError("no %s column" % sorted(missing)[0])

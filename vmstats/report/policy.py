@@ -8,8 +8,8 @@ are never counted twice):
                           (missing data is not idle; one day cannot show a weekly job)
 3. ``reclaim``            CPU, disk and network at their own background floor: no
                           ``idle_percentile`` and no 30-minute stretch above the work level
-                          drawn from the floor, and no floor above a service's (memory moving
-                          on its own is not work)
+                          drawn from the floor (on one metric or moving between them), and no
+                          floor above a service's (memory moving on its own is not work)
 4. ``schedule``           steadily idle in recurring hour slots of its own local time, busy in
                           others, over at least ``schedule_min_days``
 5. ``upsize``             CPU or memory p95 at ``upsize_at`` of the size or above
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from vmstats.report import runs
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import SHAPE_TOLERANCE
 
@@ -140,9 +141,10 @@ def _rule(
         q = s["idle_percentile"]
         return Decision(
             "reclaim",
-            "idle at its own floor: %s; memory p5-p95 %.1f-%.1f%% (memory alone is not work)"
+            "idle at its own floor: %s; %s; memory p5-p95 %.1f-%.1f%% (memory alone is not work)"
             % (
-                ", ".join(_idle_text(c, q) for c in _by_metric(checks).values()),
+                ", ".join(_idle_text(c, q) for m, c in _by_metric(checks).items() if m != "mix"),
+                _mix_text(checks[-1]),
                 vm["mem_p05"],
                 vm["mem_p95"],
             ),
@@ -238,6 +240,8 @@ class Check:
         return _clip(1.0 - self.over)
 
     def show(self, value: float) -> str:
+        if self.unit == "x":
+            return "%.2fx" % value if _known(value) else "n/a"
         if self.unit == "%":
             return "%.1f%%" % value if _known(value) else "n/a"
         return rate(value)
@@ -245,6 +249,10 @@ class Check:
     def text(self) -> str:
         if not _known(self.value):
             return "%s not reported (unknown is not idle)" % self.name
+        if self.unit == "x":
+            return "%s %s at %s the idle limits, above %s (%.1fx)" % (
+                self.name, self.label, self.show(self.value), self.show(self.limit), self.over
+            )
         return "%s %s %s above %s (%.1fx)" % (
             self.name,
             self.label,
@@ -263,7 +271,7 @@ class Check:
         }
 
 
-_NAMES = {"cpu": "CPU", "disk": "disk", "net": "net"}
+_NAMES = {"cpu": "CPU", "disk": "disk", "net": "net", "mix": "work across CPU, disk and net"}
 #: metric -> (floor stat, percentile stat, 30-minute stat, never-work setting, floor-ceiling setting, unit)
 _METRICS = {
     "cpu": ("cpu_p50", "cpu_idle_pct", "run_cpu", "cpu_idle", "cpu_floor_max", "%"),
@@ -278,10 +286,12 @@ def activity_checks(vm: dict[str, Any], s: dict[str, Any]) -> list[Check]:
     The floor is the metric's median: where it sits when nothing happens
     (agents, NTP, ARP, log writes).  Work is a rise to ``work_ratio`` times
     the floor, and never below the fixed idle limit; the busiest minutes at
-    the idle percentile and every 30-minute stretch must stay under it.  A
-    floor above ``*_floor_max`` is a service running all the time.
+    the idle percentile and every 30-minute stretch must stay under it, also a
+    stretch whose work moves between metrics.  A floor above ``*_floor_max``
+    is a service running all the time.
     """
     checks = []
+    mix_level = 0.0
     q = s["idle_percentile"]
     for metric, (floor_key, high_key, run_key, idle_key, ceiling_key, unit) in _METRICS.items():
         floor = vm[floor_key]
@@ -290,7 +300,17 @@ def activity_checks(vm: dict[str, Any], s: dict[str, Any]) -> list[Check]:
         checks.append(Check(metric, "p", vm[high_key], work, "p%g" % q, unit))
         run = vm[run_key] if _known(floor) else math.nan
         checks.append(Check(metric, "run", run, work, "held 30 min", unit))
+        mix_level = max(mix_level, work / runs.MIX_SCALES[metric])
+    # Work moving between metrics (computing, then sending, then computing): every minute of
+    # a stretch with some metric at its work level.  In the units of runs.mix_score, the
+    # never-work limits: at mix_level every metric is at or above its own work level.
+    checks.append(Check("mix", "run", vm["run_mix"], mix_level, "held 30 min", "x"))
     return checks
+
+
+def _mix_text(c: Check) -> str:
+    """``work across CPU, disk and net held 30 min 0.40x < 1.00x of the idle limits``."""
+    return "%s held 30 min %s < %s of the idle limits" % (c.name, c.show(c.value), c.show(c.limit))
 
 
 def _by_metric(checks: list[Check]) -> dict[str, dict[str, Check]]:
@@ -314,11 +334,13 @@ def _idle_text(c: dict[str, "Check"], q: float) -> str:
 
 
 def _blocker(checks: list[Check]) -> Check | None:
-    """The check furthest past its limit, or None when every check holds."""
+    """The check furthest past its limit, or None when every check holds.  A metric's own
+    check is named before the mixed stretch: one metric's stretch is a mixed one too, and the
+    metric says more."""
     failing = [c for c in checks if c.over > 1.0 or not _known(c.value)]
     if not failing:
         return None
-    return max(failing, key=lambda c: c.over)
+    return max(failing, key=lambda c: (c.metric != "mix", c.over))
 
 
 def quality_flags(vm: dict[str, Any], s: dict[str, Any]) -> list[str]:

@@ -14,6 +14,18 @@ each VM-day keeps, per work metric (CPU, disk, network):
   of the day (k = 0..28), so a stretch that crosses midnight UTC is found
   when two consecutive days are merged (``crossing_level``).
 
+Work does not stay on one metric: a job that computes for ten minutes, sends
+for ten and computes again is thirty minutes of work that no metric held
+alone.  So the same three aggregates are kept of a fourth series, ``mix``:
+each minute's largest of CPU, disk and network, each over its ``MIX_SCALES``
+(the default never-work limits).  Its level held for 30 minutes is at least
+T exactly when every minute of some stretch has a metric at T times its
+scale or more; the policy asks for T = the largest of each metric's work
+level over its scale, so a mixed level at T is a stretch in which every
+minute has some metric at or above its own work level: work, never a false
+alarm, and exactly "some metric above its work level every minute" wherever
+the work levels are the scales (a VM at its never-work limits).
+
 A minute without a reading breaks a stretch: missing data is never work,
 and never proves a stretch.  ``frozen_minutes`` counts the minutes of the
 day that lie in stretches of at least ``FROZEN_MIN_MINUTES`` with every
@@ -29,13 +41,20 @@ RUN_MINUTES = 30
 FROZEN_MIN_MINUTES = 60
 #: Metrics whose stretches are kept (memory moving on its own is not work).
 RUN_METRICS = ("cpu", "disk", "net")
+#: The units of the mixed series: each metric over its scale, the settings' default
+#: never-work limits (cpu_idle %, disk_idle and net_idle bytes/s), so that at those
+#: limits the mixed test is exact.  Kept here, not read from the settings: cached and
+#: rolled-up levels were computed in these units whatever a policy file says.
+MIX_SCALES = {"cpu": 5.0, "disk": 524288.0, "net": 49152.0}
+#: Every series whose stretches are kept: the work metrics and their mix.
+RUN_SERIES = RUN_METRICS + ("mix",)
 EDGE = RUN_MINUTES - 1
 
 
 def fields() -> dict[str, tuple[int, type]]:
     """Name -> (columns, dtype) of the aggregates this module adds (columns 0: a scalar)."""
     out: dict[str, tuple[int, type]] = {"frozen_minutes": (0, np.int32)}
-    for m in RUN_METRICS:
+    for m in RUN_SERIES:
         out["run_" + m] = (0, np.float32)
         out["head_" + m] = (EDGE, np.float32)
         out["tail_" + m] = (EDGE, np.float32)
@@ -63,6 +82,7 @@ def aggregate(
 
     ``values`` holds cpu, mem, disk and net per record (NaN where unknown).
     """
+    values = dict(values, mix=mix_score(values))
     minute = ts // 60
     first = np.r_[True, (unit[1:] != unit[:-1]) | (minute[1:] != minute[:-1])]
     every = bool(first.all())  # one record a minute, the usual case: no copies
@@ -76,7 +96,7 @@ def aggregate(
     of_day = mi % 1440
     at_head = np.flatnonzero(of_day < EDGE)
     at_tail = np.flatnonzero(of_day >= 1440 - EDGE)
-    for m in RUN_METRICS:
+    for m in RUN_SERIES:
         v = values[m].astype(np.float32) if every else values[m][first].astype(np.float32)
         v[np.isnan(v)] = 0.0
         run = np.zeros(rows, np.float32)
@@ -101,6 +121,28 @@ def aggregate(
     length = (ts[ends] - ts[starts]) // 60 + 1
     long = length >= FROZEN_MIN_MINUTES
     out["frozen_minutes"][:] = np.bincount(unit[starts[long]], weights=length[long], minlength=rows)
+
+
+def mix_score(values: dict[str, np.ndarray]) -> np.ndarray:
+    """Per record, the largest of CPU, disk and network over its scale (unknown counts as 0)."""
+    score = np.zeros(len(values["cpu"]), np.float32)
+    for m in RUN_METRICS:
+        np.fmax(score, values[m] / MIX_SCALES[m], out=score, casting="unsafe")
+    return score
+
+
+def mix_from_metrics(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The mixed aggregates as well as an aggregate without them can tell (a rollup written
+    before they were kept): the largest of each metric's own over its scale.  A stretch held
+    by one metric is a mixed stretch too, so this is a lower bound, and exact for any VM-day
+    whose work never moved between metrics; nothing is invented."""
+    out = {}
+    for field in ("run_", "head_", "tail_"):
+        level = np.zeros(np.shape(data[field + RUN_METRICS[0]]), np.float32)
+        for m in RUN_METRICS:
+            np.fmax(level, np.asarray(data[field + m], np.float32) / MIX_SCALES[m], out=level)
+        out[field + "mix"] = level
+    return out
 
 
 def crossing_level(tail: np.ndarray, head: np.ndarray) -> np.ndarray:

@@ -265,7 +265,8 @@ def _judged_from(table: DayTable, inside: np.ndarray, vms: int) -> tuple[np.ndar
 
 
 def _runs(rows, days, group, vms) -> dict[str, np.ndarray]:
-    """Per VM and work metric, the highest level held for 30 minutes anywhere in the window.
+    """Per VM and work metric (and their mix), the highest level held for 30 minutes anywhere
+    in the window.
 
     Stretches inside a day come from each day's ``run_*``; a stretch across a
     midnight from a day's tail and the next day's head (runs.crossing_level),
@@ -275,7 +276,7 @@ def _runs(rows, days, group, vms) -> dict[str, np.ndarray]:
     follows = np.zeros(len(group), bool)
     follows[1:] = (group[1:] == group[:-1]) & (days[1:] == days[:-1] + 1)
     later = np.flatnonzero(follows)
-    for m in runs.RUN_METRICS:
+    for m in runs.RUN_SERIES:
         level = np.zeros(vms)
         np.maximum.at(level, group, rows["run_" + m].astype(np.float64))
         if len(later):
