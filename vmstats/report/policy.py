@@ -13,7 +13,7 @@ are never counted twice):
 4. ``schedule``           steadily idle in recurring hour slots of its own local time, busy in
                           others, over at least ``schedule_min_days``
 5. ``upsize``             CPU or memory p95 at ``upsize_at`` of the size or above
-6. ``downsize``           a smaller shape holds p95/p99 use plus headroom, use not rising
+6. ``downsize``           a smaller shape holds its peak use plus headroom, use not rising
 7. ``keep``
 
 Every VM not reclaimed names the check that kept it from reclaim (``blocked_by``)
@@ -598,11 +598,12 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
     vcpus, mem_gb, cost = vm["vcpus"], vm["mem_gb"], vm["monthly_cost"]
     if not (_known(vcpus) and _known(mem_gb) and _known(cost)):
         return Decision("keep", "size not reported: cannot size down", round(coverage_f * 0.5, 2))
-    # The longest sustained peak (the highest CPU held for 30 minutes) needs headroom too: a
-    # half-hour at 21% of 8 vCPUs is 1.7 busy vCPUs, which a 2-vCPU size cannot hold with room.
+    # The busiest minute keeps headroom, CPU's as memory's: one window's peak is not the next
+    # one's (docs/POLICY.md, rule 6).  The 30-minute level and p95 stand in where no minute's
+    # peak is known; any of them is at most the peak.
     run = vm["run_cpu"] if _known(vm["run_cpu"]) else 0.0
     peak = vm["cpu_max"] if _known(vm["cpu_max"]) else 0.0
-    cpu_use = max(vm["cpu_p95"] * (1 + s["headroom"]), peak, run * (1 + s["headroom"]))
+    cpu_use = max(vm["cpu_p95"], peak, run) * (1 + s["headroom"])
     mem_use = max(vm["mem_p95"], vm["mem_max"]) * (1 + s["headroom"])
     need_vcpus = vcpus * cpu_use / 100.0
     need_gb = mem_gb * mem_use / 100.0
