@@ -125,6 +125,20 @@ def judged(tmp_path_factory):
     write_records(data, before + after)
     fleet["resized"] = "keep"
 
+    # Memory sizes that move late in the window: a balloon driver's small steps (4096 -> 4300 ->
+    # 4450 MB) are drift, judged on the whole window; a doubling is a resize, judged since.
+    for vm, sizes, expected in (
+        ("memory-drift", (4096, 4300, 4450), "reclaim"),
+        ("memory-resized", (4096, 4096, 8192), "insufficient-data"),
+    ):
+        idle = background()
+        cuts = [0, 11 * 1440 + 600, 12 * 1440 + 600, MINUTES]
+        records = []
+        for a, b, mem_mb in zip(cuts[:-1], cuts[1:], sizes, strict=True):
+            records += series(vm, TS[a:b], *(idle[k][a:b] for k in ("cpu", "mem", "disk", "net")), 2, mem_mb)
+        write_records(data, records)
+        fleet[vm] = expected
+
     pinned = background(cpu=np.round(np.clip(93 + 3 * RNG.standard_normal(MINUTES), 0, 100), 1))
     pinned["net"] = noisy(500e3, 0.2)
     add(data, fleet, "pinned", "upsize", pinned, vcpus=4, mem_mb=8192)
@@ -216,7 +230,17 @@ def test_data_quality_flags_cap_confidence(judged):
         assert row["confidence"] <= 0.39 and row["confidence_label"] == "low"
         assert row["evidence"]["data_quality"]
     assert not rows["background"]["data_quality"] and rows["background"]["confidence"] > 0.39
-    assert report.meta["totals"]["data_quality_vms"] == 4
+    assert report.meta["totals"]["data_quality_vms"] == 6
+
+
+def test_memory_that_drifts_is_not_a_resize(judged):
+    _data, _fleet, _report, rows = judged
+    drift, resized = rows["memory-drift"], rows["memory-resized"]
+    assert drift["category"] == "reclaim" and drift["span_days"] > 13
+    assert drift["data_quality"] == "size changed on 2 days (floating): judged at its last size"
+    assert drift["mem_gb"] == pytest.approx(4450 / 1024, abs=0.01)
+    assert resized["blocked_by"] == "span 1.0 of 6 days"
+    assert resized["data_quality"].startswith("resized in the window: judged since 2026-01-14")
 
 
 def test_a_resized_vm_is_judged_since_its_resize(judged):
@@ -267,7 +291,7 @@ def test_csv_json_and_html_carry_blocked_by_and_data_quality(judged, tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "4 VMs with doubtful data" in result.stdout and "upsize:" in result.stdout
+    assert "6 VMs with doubtful data" in result.stdout and "upsize:" in result.stdout
     with open(out / "report.csv", newline="") as handle:
         table = {row["vm"]: row for row in csv.DictReader(handle)}
     assert table["net-service"]["blocked_by"] == rows["net-service"]["blocked_by"]
