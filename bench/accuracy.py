@@ -122,7 +122,7 @@ def line(s: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trace", type=Path, default=TRACE, help="Folder of Bitbrains *.csv.gz files.")
+    parser.add_argument("--trace", type=Path, default=TRACE, help="Folder of Bitbrains *.csv[.gz] files.")
     parser.add_argument("--decide-from", default=None, metavar="YYYY-MM-DD",
                         help="First day of the deciding window (default: the trace's first whole UTC day).")
     parser.add_argument("--days", type=int, default=14, help="Days of each window (default 14).")

@@ -516,7 +516,7 @@ def main() -> int:
     web.add_argument("--big", type=int, default=10000, help="VMs of the one large manifest")
     web.add_argument("--json", default=None, help="write the figures to this file")
     backtest = parts.add_parser("backtest", help="plan, admit and judge on the packed Bitbrains month")
-    backtest.add_argument("--trace", type=Path, default=TRACE, help="Folder of Bitbrains *.csv.gz files.")
+    backtest.add_argument("--trace", type=Path, default=TRACE, help="Folder of Bitbrains *.csv[.gz] files.")
     backtest.add_argument("--days", type=int, default=14, help="Days of each window (default 14).")
     backtest.add_argument("--plan-from", default="2013-08-01", metavar="YYYY-MM-DD",
                           help="First day of the plan window (default: the trace's first whole UTC day).")

@@ -87,9 +87,10 @@ _ARRAYS = ("ts", "cpu", "cores", "mem_kb", "mem_cap_kb", "disk", "net", "net_tx"
 
 
 def read(path: Path) -> Trace:
-    """One trace file (``251.csv.gz``); rows that do not parse are skipped."""
+    """One trace file (``251.csv.gz`` or ``251.csv``); rows that do not parse are skipped."""
     rows = []
-    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
         next(handle, None)  # header
         for line in handle:
             cells = line.split(";")
@@ -121,10 +122,15 @@ def read(path: Path) -> Trace:
     )
 
 
+def trace_files(folder: Path) -> list[Path]:
+    """A folder's trace files: ``N.csv.gz`` as kept here, or ``N.csv`` as the archive publishes them."""
+    return sorted([*folder.glob("*.csv.gz"), *folder.glob("*.csv")])
+
+
 def read_all(folder: Path) -> dict[str, Trace]:
-    """Every ``*.csv.gz`` of a trace folder, by file name without its suffixes."""
+    """Every trace file of a folder, by file name without its suffixes."""
     traces = {}
-    for path in sorted(folder.glob("*.csv.gz")):
+    for path in trace_files(folder):
         trace = read(path)
         traces[trace.name] = trace
     return traces

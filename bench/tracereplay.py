@@ -2,7 +2,8 @@
 
 Replaying the 250-VM Bitbrains month takes minutes, so benchmarks that judge
 on it replay it once: the data dir is reused while the trace's MANIFEST.tsv
-(the sha256 of every file) and the replay's own options are the same.
+(the sha256 of every file; without one, the files themselves) and the replay's
+own options are the same.
 """
 
 from __future__ import annotations
@@ -19,17 +20,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from labels import trace_files  # noqa: E402
 from serverproc import serve  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
 
 def manifest_key(trace: Path, options: Sequence[str] = ()) -> str:
-    """The cache key: the trace's MANIFEST.tsv, and the replay options when there are any."""
+    """The cache key: the trace's MANIFEST.tsv, and the replay options when there are any.
+
+    A folder of trace files without a manifest (another fleet, as published) is keyed by its
+    files' names and contents instead: a few seconds of hashing against a replay of minutes.
+    """
     manifest = trace / "MANIFEST.tsv"
-    if not manifest.is_file():
-        raise SystemExit("%s has no MANIFEST.tsv: cannot tell whether a cached replay matches" % trace)
-    content = manifest.read_bytes() + (" ".join(options).encode() if options else b"")
+    if manifest.is_file():
+        content = manifest.read_bytes()
+    else:
+        files = trace_files(trace)
+        if not files:
+            raise SystemExit("%s holds no trace files (*.csv.gz or *.csv)" % trace)
+        content = b"".join(b"%s %s\n" % (hashlib.sha256(path.read_bytes()).hexdigest().encode(),
+                                          path.name.encode()) for path in files)
+    content += " ".join(options).encode() if options else b""
     return hashlib.sha256(content).hexdigest()[:16]
 
 
@@ -53,7 +65,7 @@ def replayed(trace: Path, name: str, options: Sequence[str] = (), server_options
     began = time.monotonic()
     with serve(work, "--duration", "2h", *server_options, stop_timeout=600) as server:
         # The trace files only: the folder also holds MANIFEST.tsv, which is no trace.
-        files = [str(path) for path in sorted(trace.glob("*.csv.gz"))]
+        files = [str(path) for path in trace_files(trace)]
         command = [sys.executable, "-m", "vmstats", "replay", "--format", "bitbrains", *files,
                    *(option.replace("{work}", str(work)) for option in options),
                    "--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp",

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import advisors  # noqa: E402
 import labels  # noqa: E402
+import tracereplay  # noqa: E402
 
 HEADER = (
     "Timestamp [ms];\tCPU cores;\tCPU capacity provisioned [MHZ];\tCPU usage [MHZ];\tCPU usage [%];\t"
@@ -96,3 +97,23 @@ def test_published_rules(tmp_path):
     # 100 KB/s all the time is 8.6 GB a day: never a low day.
     chatty = write(tmp_path / "c.csv.gz", quiet_rows(T0, T0 + 2 * WEEK, net=100.0))
     assert not advisors.trusted_advisor(chatty, T0, T0 + 2 * WEEK)
+
+
+def test_a_folder_of_plain_csv_files_reads_as_the_gzipped_ones(tmp_path):
+    """Another fleet may come as the archive publishes it, ``N.csv``, and without a manifest."""
+    rows = quiet_rows(T0, T0 + WEEK)
+    zipped, plain = tmp_path / "gz", tmp_path / "plain"
+    zipped.mkdir()
+    plain.mkdir()
+    expected = write(zipped / "7.csv.gz", rows)
+    (plain / "7.csv").write_bytes(gzip.decompress((zipped / "7.csv.gz").read_bytes()))
+    assert [p.name for p in labels.trace_files(plain)] == ["7.csv"]
+    read = labels.read_all(plain)["7"]
+    assert len(read.ts) == len(rows) and (read.ts == expected.ts).all() and (read.cpu == expected.cpu).all()
+    # The replay's cache key comes from the files when there is no MANIFEST.tsv, and follows them.
+    key = tracereplay.manifest_key(plain)
+    assert key == tracereplay.manifest_key(plain) != tracereplay.manifest_key(zipped)
+    (plain / "7.csv").write_text((plain / "7.csv").read_text() + "\n")
+    assert tracereplay.manifest_key(plain) != key
+    with pytest.raises(SystemExit, match="holds no trace files"):
+        tracereplay.manifest_key(tmp_path)
