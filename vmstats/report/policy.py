@@ -139,12 +139,13 @@ def _rule(
         margin = min(c.margin for c in checks)
         conf = coverage_f * (0.5 + 0.5 * margin) * stability_f
         q = s["idle_percentile"]
+        by_metric = _by_metric(checks)
         return Decision(
             "reclaim",
             "idle at its own floor: %s; %s; memory p5-p95 %.1f-%.1f%% (memory alone is not work)"
             % (
-                ", ".join(_idle_text(c, q) for m, c in _by_metric(checks).items() if m != "mix"),
-                _mix_text(checks[-1]),
+                ", ".join(_idle_text(c, q) for m, c in by_metric.items() if m != "mix"),
+                _mix_text(by_metric["mix"]["run"]),
                 vm["mem_p05"],
                 vm["mem_p95"],
             ),
