@@ -252,19 +252,22 @@ def _judged_from(table: DayTable, inside: np.ndarray, vms: int) -> tuple[np.ndar
     out = np.full(vms, np.iinfo(np.int32).min, np.int64)
     if not len(index):
         return out, np.zeros(vms, np.int64)
+    def apart(a: np.ndarray, b: np.ndarray, factor: float) -> np.ndarray:
+        """The larger size more than ``factor`` times the smaller (an unknown size: never)."""
+        with np.errstate(invalid="ignore"):
+            return np.maximum(a, b) > factor * np.minimum(a, b)
+
     same_vm = np.r_[False, index[1:] == index[:-1]]
     within, across, moved = (np.zeros(len(index), bool) for _ in range(3))
-    for name, resize in (("vcpus", 1.0 + SHAPE_TOLERANCE), ("mem_mb", MEMORY_RESIZE)):
+    step = 1.0 + SHAPE_TOLERANCE
+    for name, resize in (("vcpus", step), ("mem_mb", MEMORY_RESIZE)):
         first = d[name + "_first"][inside].astype(np.float64)
         last = d[name][inside].astype(np.float64)
         # The day before's last known size (rows are sorted by VM, then day).
         before = np.where(same_vm, np.r_[np.nan, last[:-1]], np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            moved |= np.abs(first - last) > SHAPE_TOLERANCE * np.abs(last)
-            moved |= np.abs(first - before) > SHAPE_TOLERANCE * np.abs(first)
-            # A resize: the larger size more than ``resize`` times the smaller.
-            within |= np.maximum(first, last) > resize * np.minimum(first, last)
-            across |= np.maximum(first, before) > resize * np.minimum(first, before)
+        moved |= apart(first, last, step) | apart(first, before, step)
+        within |= apart(first, last, resize)
+        across |= apart(first, before, resize)
     changed = within | across
     count = np.bincount(index[changed], minlength=vms)
     # Changed inside the day: judged from the next; at midnight: from that day.
