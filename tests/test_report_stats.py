@@ -195,11 +195,15 @@ def test_cache_is_reused_and_invalidated_when_a_log_changes(tmp_path):
     assert changed.meta["cache"] == {"parsed_vm_days": 1, "cached_vm_days": 2}
     assert rows3["10.0.0.1"]["records"] == len(ts) + 1
     assert rows3["10.0.0.1"]["cpu_max"] == 90.0
-    # A cache from elsewhere (corrupt file) is ignored, never trusted.
-    for path in cache.iterdir():
-        path.write_bytes(b"not a cache")
-    _again, rows4 = run([data], cache)
-    assert rows4 == rows3
+    # A cache from elsewhere (corrupt file), an empty one or one cut short (a full disk, a
+    # copy interrupted) is ignored, never trusted: the report parses the logs again.
+    (written,) = list(cache.iterdir())
+    whole = written.read_bytes()
+    for damaged in (b"not a cache", b"", whole[: len(whole) // 2]):
+        written.write_bytes(damaged)
+        again, rows4 = run([data], cache)
+        assert again.meta["cache"] == {"parsed_vm_days": 3, "cached_vm_days": 0}
+        assert rows4 == rows3
 
 
 def test_window_days_since_until(tmp_path):
