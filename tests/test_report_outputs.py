@@ -239,3 +239,19 @@ def test_bad_input_is_one_line_and_non_zero(fleet, tmp_path, make_args, message)
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+def test_report_asks_arrow_for_the_system_allocator_without_importing_it():
+    """Set through Arrow's variable, not its API: a report from CSV or rollups never imports
+    pyarrow, yet one that reads columnar files gets the C library's malloc (command.py)."""
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('ARROW_DEFAULT_MEMORY_POOL', None)\n"
+        "from vmstats.report.command import use_system_allocator\n"
+        "use_system_allocator()\n"
+        "assert 'pyarrow' not in sys.modules\n"
+        "import pyarrow\n"
+        "print(pyarrow.default_memory_pool().backend_name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "system"
