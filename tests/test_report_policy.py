@@ -211,12 +211,15 @@ def _office(offset_hours):
 
 @pytest.fixture(scope="module")
 def zoned(tmp_path_factory):
-    """Office VMs busy weekdays 9-18 in UTC, UTC-8 and UTC+9; one-hour and 2.75-hour (four hour slots a day)
-    nightly jobs at several UTC hours."""
+    """Office VMs busy weekdays 9-18 in UTC, UTC-8 and UTC+9; one in UTC with short breaks;
+    one-hour and 2.75-hour (four hour slots a day) nightly jobs at several UTC hours."""
     data = tmp_path_factory.mktemp("zones") / "data"
     records = []
-    for name, zone in (("office-utc", 0), ("office-utc-8", -8), ("office-utc+9", 9)):
-        busy = _office(zone)
+    hour, weekday = _local(0)
+    # Weekdays 8-12 and 13-18, an evening hour 20-21: idle an hour at lunch, two before the evening.
+    breaks = (weekday < 5) & (((hour >= 8) & (hour < 18) & (hour != 12)) | (hour == 20))
+    for name, busy in [("office-utc", _office(0)), ("office-utc-8", _office(-8)),
+                       ("office-utc+9", _office(9)), ("office-breaks", breaks)]:
         records += series(
             name,
             TS,
@@ -269,6 +272,26 @@ def test_schedule_is_found_in_each_vms_own_time_zone(zoned):
         assert row["recommendation"] == text
         assert zone == 0 or "local time UTC%+d (found from its busy hours)" % zone in row["reason"]
         assert row["monthly_saving"] == pytest.approx(row["monthly_cost"] * 123 / 168, abs=0.01)
+
+
+def test_a_schedule_offers_only_stops_worth_making(zoned):
+    data, rows = zoned
+    row = rows["office-breaks"]
+    assert row["category"] == "schedule", row["reason"]
+    # The lunch hour and the two hours before the evening job stay on: a stop of an hour or two
+    # costs a shutdown and a boot for little.  The saving counts the stops offered only.
+    assert row["recommendation"] == "off Mon-Fri 21:00-08:00; Sat-Sun all day (UTC)"
+    assert row["off_hours_per_week"] == 5 * 11 + 48
+    assert row["monthly_saving"] == pytest.approx(row["monthly_cost"] * 103 / 168, abs=0.01)
+    # At 1 hour every steadily idle hour is offered.
+    _report, every = run([data], policy=Policy.load(None, {"schedule_min_off_run": 1}))
+    assert every["office-breaks"]["recommendation"] == (
+        "off Mon-Fri 12:00-13:00, 18:00-20:00, 21:00-08:00; Sat-Sun all day (UTC)"
+    )
+    assert every["office-breaks"]["off_hours_per_week"] == 5 * 14 + 48
+    for wrong in (0, 25):
+        with pytest.raises(ReportError, match="schedule_min_off_run is whole hours"):
+            Policy.load(None, {"schedule_min_off_run": wrong})
 
 
 def test_nightly_jobs_at_any_hour_are_kept(zoned):

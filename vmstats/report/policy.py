@@ -177,8 +177,8 @@ def _rule(
         found = "found from its busy hours" if plan.inferred else "set by policy"
         return Decision(
             "schedule",
-            "idle %.0f of 168 hours a week in recurring slots, busy otherwise; local time %s (%s)"
-            % (plan.off, zone(plan.offset), found),
+            "idle %.0f of 168 hours a week in recurring stops of %d hours or more; local time %s (%s)"
+            % (plan.off, s["schedule_min_off_run"], zone(plan.offset), found),
             round(_clip(conf), 2),
             monthly_saving=_money(cost * plan.off / 168.0),
             recommendation=text,
@@ -444,25 +444,29 @@ def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> _Plan | None:
     idle = seen & (hot == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         on_slot = seen & (hot / occ >= s["schedule_busy_share"])
-    off = idle @ _SLOT_WEIGHT
     on = on_slot @ _SLOT_WEIGHT
-    irregular = (168.0 - off - on) / 168.0
+    irregular = (168.0 - idle @ _SLOT_WEIGHT - on) / 168.0
     # Hours in a day the VM is used: a VM busy an hour or two a day runs a job on a clock the
     # report cannot see (it may be started from inside the VM), so it keeps running; a working
     # day or a shift is what a schedule is for.  Without this, some offset always turns a
     # nightly job into a short "working day".
     used_days = 5.0 * on_slot[:, :24].any(axis=1) + 2.0 * on_slot[:, 24:].any(axis=1)
     day_hours = on / np.maximum(used_days, 1.0)
+    fits = (
+        (on >= s["schedule_min_on_hours"])
+        & (irregular <= s["schedule_max_irregular"])
+        & (day_hours >= s["schedule_min_day_hours"])
+    )
+    if not fits.any():  # most VMs: idle, busy or irregular whatever the offset
+        return None
+    # Steadily idle hours count against irregularity whatever their length; only stops long
+    # enough to be worth one are offered, saved, and make the off-hours.
+    idle = _long_runs(idle, int(s["schedule_min_off_run"]))
+    off = idle @ _SLOT_WEIGHT
     # Off-hours are nights or weekends, in the VM's local time.
     night = [h % 24 for h in range(int(s["schedule_night_start"]), int(s["schedule_night_end"]))]
     nights_off = idle[:, night].all(axis=1) | idle[:, 24:].all(axis=1)
-    fits = (
-        (off >= s["schedule_min_off_hours"])
-        & (on >= s["schedule_min_on_hours"])
-        & (irregular <= s["schedule_max_irregular"])
-        & (day_hours >= s["schedule_min_day_hours"])
-        & nights_off
-    )
+    fits &= (off >= s["schedule_min_off_hours"]) & nights_off
     if not fits.any():
         return None
     centre = _busy_centre(hours, busy)
@@ -479,6 +483,27 @@ def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> _Plan | None:
         idle=idle[best],
         utc_idle=idle[best][folds[best]],
     )
+
+
+def _long_runs(idle: np.ndarray, length: int) -> np.ndarray:
+    """The idle slots (rows x 48: weekday hours, weekend hours) inside a run of at least
+    ``length`` hours, each day's 24 slots circular as its text is (an evening joins the next
+    morning).
+
+    A stop of an hour or two between busy hours saves little and costs a shutdown, a boot and a
+    cold cache, with users finding the VM down if they come early; schedulers start and stop a VM
+    once or twice a day (Azure's auto-shutdown once), not every other hour.
+    """
+    if length <= 1:
+        return idle
+    days = idle.reshape(len(idle), 2, 24)
+    starts = days.copy()  # a run of ``length`` idle hours starts here
+    for k in range(1, length):
+        starts &= np.roll(days, -k, axis=2)
+    kept = starts.copy()
+    for k in range(1, length):
+        kept |= np.roll(starts, k, axis=2)
+    return kept.reshape(len(idle), 48)
 
 
 def _busy_centre(hours: np.ndarray, busy: np.ndarray) -> float:

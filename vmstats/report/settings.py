@@ -55,6 +55,7 @@ SETTINGS = (
     Setting("idle_day_cpu", 10.0, "% of vCPUs", "a day is idle when its CPU p95 is at most this ..."),
     Setting("idle_day_net_mb", 5.0, "MB", "... and its network traffic at most this (Trusted Advisor's day)"),
     Setting("schedule_min_off_hours", 40.0, "hours/week", "fewest idle hours a week worth a schedule"),
+    Setting("schedule_min_off_run", 4, "hours", "shortest stop a schedule offers (shorter gaps stay on)"),
     Setting("schedule_min_on_hours", 25.0, "hours/week", "fewest busy hours a week of a scheduled VM"),
     Setting("schedule_busy_share", 0.5, "share", "a slot is busy when busy in this share of weeks"),
     Setting("schedule_max_irregular", 0.1, "share", "most slots neither steadily idle nor busy"),
@@ -116,6 +117,8 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         raise ReportError("%s: %s is an hour of the day (0-24)" % (origin, name))
     if name == "utc_offset_hours" and not -12 <= number <= 14:
         raise ReportError("%s: utc_offset_hours is an offset from -12 to 14 hours, or auto" % origin)
+    if name == "schedule_min_off_run" and not 1 <= number <= 24:
+        raise ReportError("%s: schedule_min_off_run is whole hours of a day (1-24)" % origin)
     if name == "schedule_min_day_hours" and number > 24:
         raise ReportError("%s: schedule_min_day_hours is hours of a day (0-24)" % origin)
     if name == "quality_confidence" and number > 1:
