@@ -162,14 +162,31 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("option, kind", [("udp", "udp"), ("tcp", "tcp"), ("http", "tcp"),
-                                          ("graphite", "tcp"), ("graphite", "udp")])
-def test_a_port_in_use_names_its_listener(tmp_path, option, kind):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
-                       ) as busy:
+def _taken(kind: str) -> socket.socket:
+    """A loopback port taken in ``kind`` (UDP bound, or TCP listening) and free in the other.
+
+    The graphite listener takes its port in both; a UDP port the kernel picked may be, by
+    chance, another test's TCP connection at that moment, and then the TCP side would be named.
+    """
+    for _attempt in range(100):
+        busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
         busy.bind((LOOPBACK, 0))
         if kind != "udp":
             busy.listen()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "udp" else socket.SOCK_DGRAM
+                           ) as other:
+            try:
+                other.bind((LOOPBACK, busy.getsockname()[1]))
+                return busy
+            except OSError:
+                busy.close()
+    raise AssertionError("no loopback port free in both UDP and TCP")
+
+
+@pytest.mark.parametrize("option, kind", [("udp", "udp"), ("tcp", "tcp"), ("http", "tcp"),
+                                          ("graphite", "tcp"), ("graphite", "udp")])
+def test_a_port_in_use_names_its_listener(tmp_path, option, kind):
+    with _taken(kind) as busy:
         port = busy.getsockname()[1]
         ports = {"udp": "0", "tcp": "0", "http": "0", "graphite": "-1", option: str(port)}
         result = run_cli("--bind", LOOPBACK, "--udp-port", ports["udp"], "--tcp-port",
