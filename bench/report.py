@@ -10,7 +10,8 @@ per-minute logs in the logstore layout, then in one run measures:
   whole process tree;
 * a re-run over unchanged data (warm cache).
 
-Run: ``.venv/bin/python bench/report.py`` (needs ``pip install duckdb``).
+Run: ``.venv/bin/python bench/report.py``, once ``VMSTATS_EXTRAS=test,bench ./bin/test --co -q``
+has installed the benchmark's extra (DuckDB, psutil) into .venv.
 Everything runs locally; nothing listens on the network.
 """
 
