@@ -452,21 +452,27 @@ def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> _Plan | None:
     # nightly job into a short "working day".
     used_days = 5.0 * on_slot[:, :24].any(axis=1) + 2.0 * on_slot[:, 24:].any(axis=1)
     day_hours = on / np.maximum(used_days, 1.0)
+    # Off-hours are nights or weekends, in the VM's local time.
+    night = [h % 24 for h in range(int(s["schedule_night_start"]), int(s["schedule_night_end"]))]
+
+    def enough_off(idle: np.ndarray) -> np.ndarray:
+        nights_off = idle[:, night].all(axis=1) | idle[:, 24:].all(axis=1)
+        return (idle @ _SLOT_WEIGHT >= s["schedule_min_off_hours"]) & nights_off
+
     fits = (
         (on >= s["schedule_min_on_hours"])
         & (irregular <= s["schedule_max_irregular"])
         & (day_hours >= s["schedule_min_day_hours"])
+        & enough_off(idle)
     )
     if not fits.any():  # most VMs: idle, busy or irregular whatever the offset
         return None
     # Steadily idle hours count against irregularity whatever their length; only stops long
-    # enough to be worth one are offered, saved, and make the off-hours.
+    # enough to be worth one are offered, saved, and make the off-hours (fewer than the idle
+    # hours: the test above is only a quicker first pass).
     idle = _long_runs(idle, int(s["schedule_min_off_run"]))
     off = idle @ _SLOT_WEIGHT
-    # Off-hours are nights or weekends, in the VM's local time.
-    night = [h % 24 for h in range(int(s["schedule_night_start"]), int(s["schedule_night_end"]))]
-    nights_off = idle[:, night].all(axis=1) | idle[:, 24:].all(axis=1)
-    fits &= (off >= s["schedule_min_off_hours"]) & nights_off
+    fits &= enough_off(idle)
     if not fits.any():
         return None
     centre = _busy_centre(hours, busy)
