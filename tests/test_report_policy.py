@@ -294,6 +294,37 @@ def test_a_schedule_offers_only_stops_worth_making(zoned):
             Policy.load(None, {"schedule_min_off_run": wrong})
 
 
+def test_the_schedules_first_test_drops_only_vms_no_offset_fits():
+    """The offset-free first test of _schedule against folding every offset, on random weeks:
+    office hours in random zones with noise, unobserved hours, jobs and random busy hours."""
+    from vmstats.report import policy as policy_mod
+
+    rng = np.random.default_rng(7)
+    base = Policy.load(None).base
+    found = 0
+    for trial in range(400):
+        settings = dict(base, schedule_min_off_hours=float(rng.choice([20, 40, 100])),
+                        schedule_min_on_hours=float(rng.choice([5, 25, 60])))
+        how = np.arange(168)
+        zone = int(rng.integers(-12, 15))
+        local = (how + zone) % 168
+        office = ((local // 24) < 5) & ((local % 24) >= 9) & ((local % 24) < 9 + rng.integers(4, 12))
+        busy = np.where(office, 2.0, 0.0)
+        busy[rng.random(168) < rng.choice([0.0, 0.02, 0.2, 0.6])] = rng.choice([1.0, 2.0])
+        hours = np.full(168, 2.0)
+        hours[rng.random(168) < rng.choice([0.0, 0.1, 0.5])] = 0.0
+        busy = np.minimum(busy, hours)
+        vm = {"how_hours": hours.tolist(), "how_busy": busy.tolist()}
+        quick = policy_mod._schedule(vm, settings)
+        full = policy_mod._folded_schedule(hours, busy, settings)
+        assert (quick is None) == (full is None), trial
+        if full is not None:
+            found += 1
+            assert (quick.offset, quick.off, quick.irregular) == (full.offset, full.off, full.irregular)
+            assert (quick.idle == full.idle).all() and (quick.utc_idle == full.utc_idle).all()
+    assert 40 < found < 360  # both verdicts well represented
+
+
 def test_nightly_jobs_at_any_hour_are_kept(zoned):
     _data, rows = zoned
     batches = [vm for vm in rows if vm.startswith("batch-")]
