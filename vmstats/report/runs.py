@@ -124,25 +124,23 @@ def aggregate(
 
 
 def mix_score(values: dict[str, np.ndarray]) -> np.ndarray:
-    """Per record, the largest of CPU, disk and network over its scale (unknown counts as 0)."""
-    score = np.zeros(len(values["cpu"]), np.float32)
+    """Elementwise, the largest of CPU, disk and network over its scale (unknown counts as 0):
+    of each record, or of each metric's levels held for 30 minutes."""
+    score = np.zeros(np.shape(values["cpu"]), np.float32)
     for m in RUN_METRICS:
-        np.fmax(score, values[m] / MIX_SCALES[m], out=score, casting="unsafe")
+        np.fmax(score, np.asarray(values[m]) / MIX_SCALES[m], out=score, casting="unsafe")
     return score
 
 
 def mix_from_metrics(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The mixed aggregates as well as an aggregate without them can tell (a rollup written
-    before they were kept): the largest of each metric's own over its scale.  A stretch held
-    by one metric is a mixed stretch too, so this is a lower bound, and exact for any VM-day
-    whose work never moved between metrics; nothing is invented."""
-    out = {}
-    for field in ("run_", "head_", "tail_"):
-        level = np.zeros(np.shape(data[field + RUN_METRICS[0]]), np.float32)
-        for m in RUN_METRICS:
-            np.fmax(level, np.asarray(data[field + m], np.float32) / MIX_SCALES[m], out=level)
-        out[field + "mix"] = level
-    return out
+    before they were kept): the mix of each metric's own levels.  A stretch held by one
+    metric is a mixed stretch too, so this is a lower bound, and exact for any VM-day whose
+    work never moved between metrics; nothing is invented."""
+    return {
+        field + "mix": mix_score({m: data[field + m] for m in RUN_METRICS})
+        for field in ("run_", "head_", "tail_")
+    }
 
 
 def crossing_level(tail: np.ndarray, head: np.ndarray) -> np.ndarray:
