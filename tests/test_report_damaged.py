@@ -174,6 +174,56 @@ def test_names_that_are_not_days_are_named(tmp_path):
     assert str(stray) in stdout
 
 
+def test_names_that_are_not_utf8_are_named_and_the_rest_reported_and_compacted(tmp_path):
+    """A data dir, VM folder or day file whose name is not UTF-8 (copied in from another
+    system): the report names each, readably, and reports the rest; compaction leaves them."""
+    data = tmp_path / os.fsdecode(b"data-\xfe")
+    end = _end()
+    write_fleet(data, end)
+    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 7, "--no-cache")
+    assert code == 0, err
+    odd_vm = data / "vms" / os.fsdecode(b"copied-\xff")
+    odd_vm.mkdir()
+    yesterday = _day_file(data, "10.0.0.1", end)
+    content = yesterday.read_bytes()
+    (odd_vm / yesterday.name).write_bytes(content)
+    (yesterday.parent / os.fsdecode(b"2026-01-0\xff.csv")).write_bytes(content)
+    out = tmp_path / "out"
+    code, stdout, err, document = report(data, out, "--days", 7, timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    shown = str(tmp_path) + "/data-\\xfe/vms/"
+    entries = named(document)
+    assert entries[shown + "copied-\\xff"]["problem"] == "VM folder name is not UTF-8: not a VM id of vmstats"
+    assert entries[shown + "10.0.0.1/2026-01-0\\xff.csv"]["problem"].startswith("not a day file")
+    page = (out / "report.html").read_text()
+    for path in entries:
+        assert path in stdout and path in page
+    assert document["meta"]["data_dirs"] == [str(tmp_path) + "/data-\\xfe"]
+    before = {v["vm"]: v for v in clean["vms"]}
+    assert {v["vm"]: (v["category"], v["records"]) for v in document["vms"]} == {
+        vm: (row["category"], row["records"]) for vm, row in before.items()
+    }
+    def compact(folder: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(folder), "--compact-after", "0s"],
+            cwd=ROOT, capture_output=True, text=True, errors="replace", timeout=120,
+        )
+
+    # Arrow cannot open a path that is not UTF-8: compaction refuses in one line, touching nothing.
+    done = compact(data)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        "Error: data dir %s/data-\\xfe: its path is not UTF-8, so columnar files cannot be "
+        "written there; rename it" % tmp_path
+    ), done.stderr
+    assert len(list((data / "vms" / "10.0.0.2").glob("*.csv"))) == 3
+    renamed = data.rename(tmp_path / "data")
+    done = compact(renamed)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "copied-\\xff left alone: its name is not UTF-8" in done.stderr
+    assert not list((renamed / "vms" / "10.0.0.2").glob("*.csv"))  # the others were compacted
+    assert (renamed / "vms" / odd_vm.name / yesterday.name).read_bytes() == content
+
+
 def test_200_junk_files_in_a_real_data_dir(tmp_path):
     """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
     with serve(tmp_path, "--flush-interval", "1") as server:

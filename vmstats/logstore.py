@@ -398,6 +398,21 @@ def _last_stamp(lines: List[bytes], day: int) -> int:
     return best
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not UTF-8 shown as ``\\xff``.
+
+    os.listdir gives such bytes as lone surrogates, which no UTF-8 output (the
+    terminal, report.json, the page) can hold: one folder copied in from another
+    system would otherwise stop the whole report when it names it.
+    """
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that was not a byte of a name
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def iter_vms(data_dir: str) -> Iterator[str]:
     """The VM ids that have logs under ``data_dir``, sorted."""
     root = os.path.join(data_dir, VMS_DIR)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vmstats import logstore
 from vmstats.report import exclusions as exclusions_mod
 from vmstats.report import load as load_mod
 from vmstats.report import statement as statement_mod
@@ -379,7 +380,7 @@ def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, 
         entry["vms"] += 1
         entry["monthly_saving"] = round(entry["monthly_saving"] + row["monthly_saving"], 2)
     return {
-        "data_dirs": list(data_dirs),
+        "data_dirs": [logstore.printable(d) for d in data_dirs],
         "window": window_meta,
         "policy": {
             "source": policy.source,

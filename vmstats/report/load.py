@@ -143,9 +143,9 @@ def issue(path: str, problem: str, rows: int = 0, bad_lines: int = 0, vm: str | 
     if day is None:
         day = name[: -len(logstore.SUFFIX)] if name.endswith(logstore.SUFFIX) else ""
     return {
-        "path": path,
-        "vm": os.path.basename(folder) if vm is None else vm,
-        "day": day,
+        "path": logstore.printable(path),
+        "vm": logstore.printable(os.path.basename(folder) if vm is None else vm),
+        "day": logstore.printable(day),
         "problem": problem,
         "rows": rows,
         "bad_lines": bad_lines,
@@ -283,6 +283,11 @@ def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, in
     except (OSError, ValueError) as exc:
         raise ReportError("cannot list logs in %s: %s" % (data_dir, exc)) from None
     for vm in vms:
+        if logstore.printable(vm) != vm:
+            path = os.path.join(data_dir, logstore.VMS_DIR, vm)
+            issues.append(issue(path, "VM folder name is not UTF-8: not a VM id of vmstats", vm=vm))
+            found += 1
+            continue
         try:
             files = logstore.day_files(data_dir, vm)
         except (OSError, ValueError) as exc:
