@@ -3,17 +3,19 @@
 import csv
 import datetime
 import json
+import random
 import re
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_report_policy import build_fleet
 
-from vmstats.report.outputs import CSV_COLUMNS
-from vmstats.report.render import week_heatmap
+from vmstats.report.outputs import CSV_COLUMNS, to_json
+from vmstats.report.render import _series, week_heatmap
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,6 +123,26 @@ def test_heatmap_colours_span_the_fleets_quietest_to_busiest_hour():
     assert "no data" in svg and "10.0%" in svg and "12.0%" in svg  # the scale's ends
     # A flat fleet gets one mid colour, not a division by zero.
     assert set(re.findall(r'fill="(rgb[^"]+)"><title>', week_heatmap([3.0] * 168))) == {"rgb(140,140,255)"}
+
+
+def test_the_pages_series_text_is_each_point_rounded_and_gaps_empty():
+    """The page's series are written from their JSON in one pass; this is what they must say,
+    point by point: whole numbers half up, tenths without a trailing ".0", a gap empty."""
+    rng = random.Random(7)
+    for _ in range(300):
+        values = [
+            rng.choice([None, round(rng.uniform(-3, 400), 1), float(rng.randint(0, 100)) + 0.5, 0.0, -0.0])
+            for _ in range(rng.randint(0, 40))
+        ]
+        whole = ",".join("" if v is None else str(int(v + 0.5)) for v in values)
+        tenths = ",".join("" if v is None else ("%.1f" % v).removesuffix(".0") for v in values)
+        assert (_series(values, 0), _series(values, 1)) == (whole, tenths), values
+    assert _series([12.5, None, 13.0, 0.25], 1) == "12.5,,13,0.2"
+
+
+def test_json_gaps_are_null_and_numpy_numbers_plain():
+    text = to_json({"a": [float("nan"), np.float64(1.5), np.int64(3)], 2: np.float64("nan")})
+    assert text == b'{"a":[null,1.5,3],"2":null}'
 
 
 def test_csv_columns_are_exactly_the_documented_ones(fleet):
