@@ -277,6 +277,7 @@ def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, in
     """``({(vm, day): [path]}, entries found)`` of one data dir's CSV day files (an unlistable
     VM folder is an entry: the dir is not empty, only that VM unreadable)."""
     units: dict[tuple[str, int], list[str]] = {}
+    numbers: dict[str, int] = {}
     found = 0
     try:
         vms = list(logstore.iter_vms(data_dir))
@@ -297,11 +298,13 @@ def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, in
             found += 1  # it is there: the data dir is not empty, only this VM unreadable
             continue
         for day, path in files:
-            try:
-                number = day_number(day)
-            except ValueError:
-                issues.append(issue(path, "not a day file: its name is not YYYY-MM-DD" + logstore.SUFFIX))
-                continue
+            number = numbers.get(day)
+            if number is None:  # each VM has the same few days: each name is parsed once
+                try:
+                    number = numbers[day] = day_number(day)
+                except ValueError:
+                    issues.append(issue(path, "not a day file: its name is not YYYY-MM-DD" + logstore.SUFFIX))
+                    continue
             units.setdefault((vm, number), []).append(path)
             found += 1
     return units, found
@@ -311,6 +314,19 @@ def _signature(sources: list[Source], issues: list[dict],
                stats: dict[str, os.stat_result] | None = None) -> tuple[str, list[Source]]:
     """What identifies a unit's files (path, size and mtime of each, as one string), and
     which of them are regular files to read.  The others are named in ``issues``."""
+    if len(sources) == 1 and type(sources[0]) is str:  # most units: one CSV file
+        path = sources[0]
+        try:
+            info = os.stat(path)
+        except OSError:
+            return _signature_of_files(sources, issues, stats)
+        if stat.S_ISREG(info.st_mode):
+            return "%s\0%d\0%d" % (path, info.st_size, info.st_mtime_ns), sources
+    return _signature_of_files(sources, issues, stats)
+
+
+def _signature_of_files(sources: list[Source], issues: list[dict],
+                        stats: dict[str, os.stat_result] | None) -> tuple[str, list[Source]]:
     out = []
     readable = []
     for source in sorted(sources, key=logstore.source_path):
