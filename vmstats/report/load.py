@@ -756,6 +756,9 @@ def _load_rows(keys, wanted: Units, listed: list[dict], cache_dir, progress, wor
     readable = {key: paths for key, (_sig, paths) in zip(keys, signed, strict=True)}
 
     cache = _read_cache(cache_dir)
+    if cache and cache["sigs"] == signatures and cache["keys"] == keys:
+        # Nothing changed since the cache was written: use its arrays as they are (no copies).
+        return cache["data"], cache["issues"], 0, len(keys)
     position = {key: i for i, key in enumerate(cache["keys"])} if cache else {}
     reuse, stale = [], []
     for i, (key, sig) in enumerate(zip(keys, signatures, strict=True)):
@@ -765,9 +768,6 @@ def _load_rows(keys, wanted: Units, listed: list[dict], cache_dir, progress, wor
         else:
             stale.append(i)
 
-    if cache and not stale and cache["keys"] == keys:
-        # Nothing changed since the cache was written: use its arrays as they are (no copies).
-        return cache["data"], cache["issues"], 0, len(keys)
     parts = []
     order = []
     parsed_issues: dict[int, list[dict]] = {}  # by position in keys
