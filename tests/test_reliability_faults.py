@@ -272,7 +272,10 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_row(tmp_path, small_
     rest: the day file is cut back to where it ended, every flush while full, so readers never
     see half a row, and the retried rows land whole once space returns."""
     data = small_disk / "data"
-    t = now() - 3 * 86400
+    # 01:00 UTC three days ago: the 80 minutes of rows below stay in one day file.  Started
+    # within 80 minutes of midnight, they split over two days, and the first day's share fit
+    # in its file's last block, a whole append the full disk rightly took.
+    t = (now() // 86400 - 3) * 86400 + 3600
     vms = ["10.46.0.%d" % i for i in range(5)]
     with serve(tmp_path, "--flush-interval", "0.3", "--journal-dir", str(tmp_path / "journal"),
                data_dir=data) as server:
