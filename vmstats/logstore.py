@@ -413,6 +413,11 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a name from os.listdir was UTF-8 on disk (no VM id or path we write is not)."""
+    return printable(name) == name
+
+
 def iter_vms(data_dir: str) -> Iterator[str]:
     """The VM ids that have logs under ``data_dir``, sorted."""
     root = os.path.join(data_dir, VMS_DIR)

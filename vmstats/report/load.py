@@ -284,7 +284,7 @@ def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, in
     except (OSError, ValueError) as exc:
         raise ReportError("cannot list logs in %s: %s" % (data_dir, exc)) from None
     for vm in vms:
-        if logstore.printable(vm) != vm:
+        if not logstore.is_utf8(vm):
             path = os.path.join(data_dir, logstore.VMS_DIR, vm)
             issues.append(issue(path, "VM folder name is not UTF-8: not a VM id of vmstats", vm=vm))
             found += 1
@@ -321,8 +321,13 @@ def _signature(sources: list[Source], issues: list[dict],
         except OSError:
             return _signature_of_files(sources, issues, stats)
         if stat.S_ISREG(info.st_mode):
-            return "%s\0%d\0%d" % (path, info.st_size, info.st_mtime_ns), sources
+            return _file_signature(path, "", info), sources
     return _signature_of_files(sources, issues, stats)
+
+
+def _file_signature(path: str, vm: str, info: os.stat_result) -> str:
+    """One file of a unit in its signature (``vm``: "\\0" + the VM of a shared tier file)."""
+    return "%s%s\0%d\0%d" % (path, vm, info.st_size, info.st_mtime_ns)
 
 
 def _signature_of_files(sources: list[Source], issues: list[dict],
@@ -344,7 +349,7 @@ def _signature_of_files(sources: list[Source], issues: list[dict],
             issues.append(issue(path, logstore.not_regular(info.st_mode)))
             continue
         vm = "\0" + source.vm if isinstance(source, logstore.Part) else ""
-        out.append("%s%s\0%d\0%d" % (path, vm, info.st_size, info.st_mtime_ns))
+        out.append(_file_signature(path, vm, info))
         readable.append(source)
     return "\n".join(out), readable
 

@@ -104,7 +104,7 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
     part-way); it never changes what is done.
     """
     policy.check()
-    if logstore.printable(data_dir) != data_dir:  # Arrow opens files by UTF-8 paths only
+    if not logstore.is_utf8(data_dir):  # Arrow opens files by UTF-8 paths only
         raise ValueError("data dir %s: its path is not UTF-8, so columnar files cannot be "
                          "written there; rename it" % logstore.printable(data_dir))
     now = time.time() if now is None else now
@@ -177,7 +177,7 @@ def _csv_by_day(data_dir: str) -> dict[int, list[tuple[str, str]]]:
     """``{day: [(vm, path)]}`` of the data dir's CSV day files, VMs sorted."""
     days: dict[int, list[tuple[str, str]]] = {}
     for vm in logstore.iter_vms(data_dir):
-        if logstore.printable(vm) != vm:  # no VM id: copied in by other means; the report names it
+        if not logstore.is_utf8(vm):  # no VM id: copied in by other means; the report names it
             log.warning("compaction: %s left alone: its name is not UTF-8, so not a VM id",
                         logstore.printable(vm))
             continue
