@@ -1,5 +1,6 @@
 """TCP: plain line protocol, the #!sync acknowledgement contract, signatures and limits."""
 
+import socket
 import time
 
 import pytest
@@ -127,3 +128,26 @@ def test_line_limit_connection_limit_and_idle_timeout(tmp_path):
             sock.close()
         server.wait_for(lambda s: s.metrics()[
             'vmstats_connections_idle_closed_total{port="tcp"}'] >= 1)
+
+
+def test_a_sender_that_half_closes_after_its_sync_still_gets_the_reply(tmp_path):
+    """``printf ... | nc -N``: the sender shuts its side after the last sync and reads on.
+
+    The ack comes once the journal holds the batch; closing the read side must not
+    drop it, and the server closes its side once every sync is answered.  A last
+    line cut off by the close was not a complete record: it is counted, not filed.
+    """
+    sent = records("10.3.0.9", 20, now() - 3600)
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        with server.tcp() as sock:
+            sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync last\n" + line(sent[0])[:9])
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            assert read_reply(sock) == b"#!ack last 20 0\n"
+            assert sock.recv(100) == b""  # and then the server closes
+        with server.tcp() as sock:  # nothing to answer: closed at once
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            assert sock.recv(100) == b""
+        assert server.metrics()['vmstats_rejected_total{reason="truncated"}'] == 1
+    assert list(logged(tmp_path / "data", "10.3.0.9")["ts"]) == [r.ts for r in sent]

@@ -16,7 +16,9 @@ import sys
 from twisted.application import service
 from twisted.internet import defer, udp
 from twisted.internet import protocol as tx_protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python import log as twisted_log
+from zope.interface import implementer
 
 from vmstats import protocol
 from vmstats.server.auth import Authenticator
@@ -253,6 +255,7 @@ class BatchingUDPPort(udp.Port):
             twisted_log.err()  # as Twisted does: a bug in one batch must not stop the port
 
 
+@implementer(IHalfCloseableProtocol)
 class TCPReceiver(tx_protocol.Protocol):
     """A newline-delimited stream with optional signed frames and ``#!sync`` acknowledgements.
 
@@ -261,6 +264,10 @@ class TCPReceiver(tx_protocol.Protocol):
     parsed elsewhere and are counted when Ingest files them, so everything
     that counts toward a batch (and the sync itself) goes through Ingest's
     arrival order: ``submit`` for payloads, ``after`` for the rest.
+
+    A sender may shut its side once it has sent its last sync (``nc -N``,
+    ``shutdown(SHUT_WR)``) and still read the replies: the connection stays
+    open until every sync is answered.
     """
 
     def __init__(self, factory: "TCPFactory"):
@@ -277,6 +284,8 @@ class TCPReceiver(tx_protocol.Protocol):
         self.peer = ""  # the source address, set by the factory
         self.source = ""  # set by the table
         self.last_active = 0.0  # set by the table
+        self.unanswered = 0  # syncs whose reply is not written yet
+        self.reading = True
 
     def connectionMade(self) -> None:
         self.table.add(self, self.peer)
@@ -289,6 +298,27 @@ class TCPReceiver(tx_protocol.Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.table.remove(self)
+        self._end_of_stream()
+
+    def readConnectionLost(self) -> None:
+        """The sender has sent everything; close once its syncs are answered."""
+        self.reading = False
+        self._end_of_stream()
+        self._close_when_answered()
+
+    def writeConnectionLost(self) -> None:
+        """Only our own ``loseWriteConnection`` would end writing, and nothing calls it."""
+
+    def _end_of_stream(self) -> None:
+        """Count a last line the close cut off: it may be cut inside a value, so it is not filed."""
+        if self.buffer and not self.skipping:
+            self.ingest.reject(protocol.R_TRUNCATED, "TCP stream ended inside a line (%d bytes)"
+                               % len(self.buffer))
+        self.buffer = b""
+
+    def _close_when_answered(self) -> None:
+        if not self.reading and not self.unanswered and self.transport is not None:
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.table.touch(self)
@@ -431,6 +461,7 @@ class TCPReceiver(tx_protocol.Protocol):
         if not _TOKEN.match(token):
             self.ingest.reject(protocol.R_SYNTAX, "bad sync token %r" % token[:70])
             return
+        self.unanswered += 1
         self.ingest.after(lambda: self._end_batch(token))
 
     def _end_batch(self, token: bytes) -> None:
@@ -454,8 +485,10 @@ class TCPReceiver(tx_protocol.Protocol):
         else:
             reply = protocol.format_reply(token, accepted, rejected)
             self.metrics.acks += 1
+        self.unanswered -= 1
         if self.transport is not None:  # writing to a closed connection is a no-op
             self.transport.write(reply)
+            self._close_when_answered()
 
 
 class TCPFactory(tx_protocol.Factory):
