@@ -95,6 +95,8 @@ def test_headroom_counts_per_host_now_and_after_the_reports_advice(headroom):
         (["--profile", "4xl"], "profile '4xl': expected VCPUSxGB"),
         (["--profile", "2x8", "--percentile", "p0"], "percentile 'p0'"),
         (["--profile", "2x8", "--inventory", "missing.toml"], "inventory missing.toml does not exist"),
+        (["--profile", "2x8", "--until", "0001-01-01"], "--until 0001-01-01 is outside 1970-01-01"),
+        (["--profile", "2x8", "--horizon-days", "nan"], "'nan' is not a finite number"),
     ],
 )
 def test_headroom_errors_are_one_line(fleet, args, message):

@@ -264,6 +264,7 @@ def test_off_hours_text_of_the_report_is_read():
         (["--decide-until", "2026-01-28"], "no logs after the deciding window"),
         (["--decide-until", "2025-12-01"], "before the first log"),
         (["--decide-until", "yesterday"], "is not a YYYY-MM-DD date"),
+        (["--decide-until", "9999-12-31"], "--decide-until 9999-12-31 is outside 1970-01-01 to 9989-12-23"),
     ],
 )
 def test_bad_windows_are_one_line_and_non_zero(tmp_path, extra, message):

@@ -247,6 +247,29 @@ def test_custom_prices_and_threshold_flags(fleet, tmp_path):
         (lambda d, t: [d, "-o", t / "o", "--cpu-idle", "lots"], "not a valid float"),
         (lambda d, t: [d], "Missing option"),
         (lambda d, t: [d, "-o", t / "o", "--since", "2030-01-01"], "no records between"),
+        # A look-back is held in memory whole: however it arrives, it is bounded.
+        (lambda d, t: [d, "-o", t / "o", "--set", "days=1000000000"], "days is a look-back of 1 to 3660"),
+        (lambda d, t: [d, "-o", t / "o", "--policy", _write(t / "d.toml", "days = 99999\n")], "1 to 3660"),
+        (lambda d, t: [d, "-o", t / "o", "--set", "days=inf"], "days='inf' is not a finite number"),
+        (lambda d, t: [d, "-o", t / "o", "--set", "headroom=inf"], "headroom='inf' is not a finite"),
+        (lambda d, t: [d, "-o", t / "o", "--cpu-idle", "nan"], "cpu_idle=nan is not a finite number"),
+        (lambda d, t: [d, "-o", t / "o", "--set", "vcpu_ladder=1,inf"], "positive finite numbers"),
+        (
+            lambda d, t: [d, "-o", t / "o", "--prices", _write(t / "inf.toml", "vcpu_hour = inf\n")],
+            "vcpu_hour must be a non-negative number",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--prices", _write(t / "nan.toml", "vcpu_hour = 0.1\n"
+                                                                "gb_ram_hour = nan\n")],
+            "gb_ram_hour must be a non-negative number",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--prices", _write(t / "size.toml", _INFINITE_SIZE)],
+            "size 1 needs a name, positive vcpus",
+        ),
+        # A window must have dates to name on both sides: no traceback at the calendar's ends.
+        (lambda d, t: [d, "-o", t / "o", "--until", "0001-01-01"], "--until 0001-01-01 is outside 1970"),
+        (lambda d, t: [d, "-o", t / "o", "--since", "9999-12-31"], "--since 9999-12-31 is outside"),
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(fleet, tmp_path, make_args, message):
@@ -256,6 +279,12 @@ def test_bad_input_is_one_line_and_non_zero(fleet, tmp_path, make_args, message)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+_INFINITE_SIZE = (
+    "vcpu_hour = 0.1\ngb_ram_hour = 0.1\n[[sizes]]\n"
+    "name = 'x'\nvcpus = inf\nmemory_gb = 1\nhourly = 1\n"
+)
 
 
 def _write(path, text):

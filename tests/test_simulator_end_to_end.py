@@ -186,6 +186,8 @@ def test_bad_inputs_fail_with_one_readable_line(tmp_path):
         ("simulate", "--vms", "1", "--days", "0.01", "--server", "127.0.0.1:9"),  # nothing listens
         ("replay", "--format", "planetlab", str(DATA / "planetlab"), "--server", "127.0.0.1:9"),
         ("replay", "--format", "bitbrains", str(tmp_path / "missing"), "--server", "127.0.0.1:9"),
+        ("simulate", "--vms", "1", "--days", "inf", "--server", "127.0.0.1:9"),  # would never end
+        ("simulate", "--vms", "1", "--days", "0.01", "--rate", "nan", "--server", "127.0.0.1:9"),
     ]
     for args in cases:
         result = vmstats(*args, timeout=60)

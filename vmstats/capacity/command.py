@@ -9,8 +9,9 @@ import click
 
 from vmstats.capacity import defaults
 from vmstats.capacity.backtest_command import backtest_options, run_backtest
+from vmstats.options import FiniteRange
 from vmstats.report.command import _OneLineErrors
-from vmstats.report.settings import ReportError
+from vmstats.report.settings import MAX_DAYS, ReportError
 
 
 def capacity_options(function):
@@ -32,14 +33,14 @@ def capacity_options(function):
         ),
         click.option(
             "--coverage-min",
-            type=click.FloatRange(0, 1),
+            type=FiniteRange(0, 1),
             default=0.8,
             show_default=True,
             help="Share of its VMs' minutes a host needs seen; below it the host is unknown.",
         ),
         click.option(
             "--days",
-            type=click.IntRange(1, 3660),
+            type=click.IntRange(1, MAX_DAYS),
             default=14,
             show_default=True,
             help="Look-back in whole UTC days.",
@@ -47,7 +48,7 @@ def capacity_options(function):
         click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC)."),
         click.option(
             "--horizon-days",
-            type=click.FloatRange(0, 3660),
+            type=FiniteRange(0, MAX_DAYS),
             default=7.0,
             show_default=True,
             help="Days ahead a rising trend is projected and added to demand.",

@@ -27,7 +27,7 @@ import numpy as np
 
 from vmstats import logstore
 from vmstats.report import load as load_mod
-from vmstats.report.build import Report, build, iso
+from vmstats.report.build import Report, build, iso, parse_day
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import Policy, ReportError
 
@@ -132,10 +132,7 @@ def choose_windows(
     if decide_until is None:
         decide_last = last_data - judge_days
     else:
-        try:
-            decide_last = load_mod.day_number(decide_until)
-        except ValueError:
-            raise ReportError("--decide-until %r is not a YYYY-MM-DD date" % decide_until) from None
+        decide_last = parse_day(decide_until, "--decide-until")
     if decide_last >= last_data:
         raise ReportError(
             "no logs after the deciding window (it ends %s, the last log is of %s): nothing to judge on"

@@ -13,7 +13,7 @@ from vmstats.report.command import (
     policy_overrides,
     write_report,
 )
-from vmstats.report.settings import ReportError
+from vmstats.report.settings import MAX_DAYS, ReportError
 
 
 @click.command(cls=_OneLineErrors)
@@ -29,14 +29,14 @@ from vmstats.report.settings import ReportError
 )
 @click.option(
     "--decide-days",
-    type=click.IntRange(1, 3660),
+    type=click.IntRange(1, MAX_DAYS),
     default=14,
     show_default=True,
     help="Whole days the report decides on.",
 )
 @click.option(
     "--judge-days",
-    type=click.IntRange(1, 3660),
+    type=click.IntRange(1, MAX_DAYS),
     default=14,
     show_default=True,
     help="Whole days after the deciding window the decisions are judged on.",

@@ -21,7 +21,7 @@ from vmstats.report import statement as statement_mod
 from vmstats.report import stats as stats_mod
 from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
 from vmstats.report.prices import PriceBook
-from vmstats.report.settings import Policy, ReportError
+from vmstats.report.settings import MAX_DAYS, Policy, ReportError
 
 #: Settings that statistics need as one value per VM (groups may differ).
 _PER_VM = (
@@ -46,13 +46,24 @@ class Report:
     fleet: dict[str, Any] = field(default_factory=dict)
 
 
+#: Days an option may name: no log is older than 1970 (records carry Unix times), and a
+#: window of up to MAX_DAYS before or after the day must still have dates to name.
+FIRST_DAY = 0
+LAST_DAY = (datetime.date.max - datetime.date(1970, 1, 1)).days - MAX_DAYS
+
+
 def parse_day(value: str | None, option: str) -> int | None:
+    """A ``YYYY-MM-DD`` option as a day number, or ReportError naming the option."""
     if value is None:
         return None
     try:
-        return load_mod.day_number(value)
+        day = load_mod.day_number(value)
     except ValueError:
         raise ReportError("%s %r is not a YYYY-MM-DD date" % (option, value)) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ReportError("%s %s is outside %s to %s, the days a log can have" % (
+            option, value, load_mod.day_name(FIRST_DAY), load_mod.day_name(LAST_DAY)))
+    return day
 
 
 def iso(ts: float) -> str:

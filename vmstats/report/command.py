@@ -9,7 +9,7 @@ import sys
 import click
 
 from vmstats.progress import Progress
-from vmstats.report.settings import DEFAULTS, SETTINGS, ReportError
+from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError
 
 _MEANING = {s.name: s.meaning for s in SETTINGS}
 _UNIT = {s.name: s.unit for s in SETTINGS}
@@ -295,7 +295,7 @@ def check_output(out_dir: str) -> None:
     "-o", "--out", "out_dir", required=True, help="Folder for report.html, report.csv, report.json."
 )
 @click.option(
-    "--days", type=click.IntRange(1, 3660), default=None, help="Look-back in whole days (default 14)."
+    "--days", type=click.IntRange(1, MAX_DAYS), default=None, help="Look-back in whole days (default 14)."
 )
 @click.option("--since", default=None, metavar="YYYY-MM-DD", help="First day of the window (UTC).")
 @click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC).")

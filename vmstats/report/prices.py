@@ -44,7 +44,7 @@ class PriceBook:
 
         def number(key: str, default: float | None = None) -> float:
             value = data.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if not _non_negative(value):
                 raise ReportError("price book %s: %s must be a non-negative number" % (source, key))
             return float(value)
 
@@ -60,20 +60,18 @@ class PriceBook:
         if unknown:
             raise ReportError("price book %s: unknown key %s" % (source, sorted(unknown)[0]))
         sizes = []
-        for i, item in enumerate(data.get("sizes", [])):
+        listed = data.get("sizes", [])
+        for i, item in enumerate(listed if isinstance(listed, list) else [listed]):
             try:
-                sizes.append(
-                    Size(
-                        str(item["name"]),
-                        float(item["vcpus"]),
-                        float(item["memory_gb"]),
-                        float(item["hourly"]),
-                    )
-                )
-            except (KeyError, TypeError, ValueError):
+                name, shape = str(item["name"]), (item["vcpus"], item["memory_gb"], item["hourly"])
+            except (KeyError, TypeError):
+                shape = (-1,)
+            if not all(map(_non_negative, shape)) or not shape[0] or not shape[1]:
                 raise ReportError(
-                    "price book %s: size %d needs name, vcpus, memory_gb and hourly" % (source, i + 1)
-                ) from None
+                    "price book %s: size %d needs a name, positive vcpus and memory_gb and an hourly "
+                    "price that is not negative" % (source, i + 1)
+                )
+            sizes.append(Size(name, *map(float, shape)))
         return cls(
             source=source,
             is_example=path is None,
@@ -188,6 +186,12 @@ class PriceBook:
         need_vcpus = max(need_vcpus, memory / max_gb_per_vcpu)
         vcpus = next((v for v in vcpu_ladder if v >= need_vcpus), math.ceil(need_vcpus))
         return "", vcpus, memory, self.monthly(vcpus, memory)
+
+
+def _non_negative(value: object) -> bool:
+    """A price or size from TOML, which also spells ``inf`` and ``nan``: both would poison sums."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
 
 
 def _powers(start: float, top: float) -> list[float]:

@@ -8,6 +8,7 @@ so specific groups go first.
 """
 
 import ipaddress
+import math
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ class ReportError(ValueError):
 #: Two sizes within this share of each other are one shape (1.99 GB and 2.00 GB: agents
 #: report memory in MB as the guest's kernel sees it, a little under the provisioned size).
 SHAPE_TOLERANCE = 0.02
+
+#: The longest look-back any command takes (ten years of daily logs): a window is held in
+#: memory whole, so an unbounded one grows without end instead of failing.
+MAX_DAYS = 3660
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,8 @@ def coerce(name: str, value: Any, origin: str) -> Any:
             items = sorted(float(v) for v in value)
         except (TypeError, ValueError):
             raise ReportError("%s: %s must be a list of numbers" % (origin, name)) from None
-        if not items or items[0] <= 0:
-            raise ReportError("%s: %s must list positive numbers" % (origin, name))
+        if not items or items[0] <= 0 or not all(map(math.isfinite, items)):
+            raise ReportError("%s: %s must list positive finite numbers" % (origin, name))
         return items
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ReportError("%s: %s must be a number" % (origin, name))
@@ -107,8 +112,12 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         number = float(value)
     except ValueError:
         raise ReportError("%s: %s=%r is not a number" % (origin, name, value)) from None
-    if number < 0 and name != "utc_offset_hours" or number != number:
+    if not math.isfinite(number):
+        raise ReportError("%s: %s=%r is not a finite number" % (origin, name, value))
+    if number < 0 and name != "utc_offset_hours":
         raise ReportError("%s: %s must not be negative" % (origin, name))
+    if name == "days" and not 1 <= number <= MAX_DAYS:
+        raise ReportError("%s: days is a look-back of 1 to %d whole days" % (origin, MAX_DAYS))
     if name in ("coverage_min", "schedule_busy_share", "schedule_max_irregular", "zero_share") and number > 1:
         raise ReportError("%s: %s is a share between 0 and 1" % (origin, name))
     if name == "max_gb_per_vcpu" and number <= 0:

@@ -7,6 +7,8 @@ import sys
 import click
 
 from vmstats import protocol
+from vmstats.options import FiniteRange
+from vmstats.report.settings import MAX_DAYS
 from vmstats.server.config import ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, resolve_bind
 from vmstats.server.journal import FSYNC_POLICIES
@@ -173,9 +175,9 @@ def retention_options(command):
 @click.option("--capacity-peak-minutes", type=click.IntRange(1, 1440), default=D.capacity_peak_minutes,
               show_default=True, help="Each VM counts its peak of every block of this many minutes for "
                                       "admission (60: hourly peaks; 1: minute by minute).")
-@click.option("--capacity-coverage-min", type=click.FloatRange(0, 1), default=D.capacity_coverage_min,
+@click.option("--capacity-coverage-min", type=FiniteRange(0, 1), default=D.capacity_coverage_min,
               show_default=True, help="Share of its VMs' minutes a host needs seen to be offered.")
-@click.option("--capacity-days", type=click.IntRange(1, 3660), default=D.capacity_days, show_default=True,
+@click.option("--capacity-days", type=click.IntRange(1, MAX_DAYS), default=D.capacity_days, show_default=True,
               help="Days of logs the admission summary reads.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)

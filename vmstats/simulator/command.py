@@ -10,6 +10,7 @@ from collections import Counter
 
 import click
 
+from vmstats.options import FiniteRange
 from vmstats.progress import Progress
 from vmstats.protocol import encode_records
 
@@ -85,9 +86,9 @@ _common = [
     click.option("--server", default="127.0.0.1:8899", show_default=True, help="HOST:PORT of vmstats serve."),
     click.option("--transport", type=TRANSPORT, default="tcp", show_default=True,
                  help="tcp: acknowledged, resent on nak or disconnect. udp: packed datagrams, paced."),
-    click.option("--rate", type=click.FloatRange(0), default=None,
+    click.option("--rate", type=FiniteRange(0), default=None,
                  help="Cap in records/s (0 = none). Default: none over tcp, %d over udp." % DEFAULT_UDP_RATE),
-    click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
+    click.option("--timeout", type=FiniteRange(1), default=120.0, show_default=True,
                  help="Give up when the server acknowledges nothing for this many seconds."),
     click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
                  help="Also write the run's summary here as JSON."),
@@ -102,7 +103,7 @@ def common_options(func):
 
 @click.command()
 @click.option("--vms", type=click.IntRange(1, 1_000_000), default=200, show_default=True, help="Fleet size.")
-@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
+@click.option("--days", type=FiniteRange(min=0, min_open=True), default=7.0, show_default=True,
               help="Simulated days of 1-minute records, ending at the current minute.")
 @click.option("--seed", type=int, default=1, show_default=True, help="The same seed gives the same fleet.")
 @click.option("--mix", default=None,
@@ -239,7 +240,7 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 @click.option("--interval", type=click.IntRange(60), default=None,
               help="Seconds per trace row (a multiple of 60). "
                    "Default: 300 for bitbrains and planetlab, 60 for csv.")
-@click.option("--fill-mem", type=click.FloatRange(0, 100), default=None,
+@click.option("--fill-mem", type=FiniteRange(0, 100), default=None,
               help="Memory %% to send when the trace has none "
                    "(planetlab is CPU only; the protocol requires mem).")
 @click.option("--fill-size", default=None, metavar="VCPUS:MEM_MB",
@@ -250,7 +251,7 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 @click.option("--pack-hosts", type=click.Path(dir_okay=False), default=None,
               help="Place the trace's VMs on simulated hosts as they appear (a mix of sizes, filled as "
                    "Nova would), send each VM's host tag, and write the hosts here as an inventory (TOML).")
-@click.option("--pack-fill", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--pack-fill", type=FiniteRange(0, 1, min_open=True), default=None,
               help="Share of each host's allocation limit (CPU x 4.0, RAM x 1.0) the packing fills. "
                    "Default: 0.85.")
 @click.option("--pack-ratio", default=None, metavar="CPU:RAM",
@@ -437,9 +438,9 @@ def score(truth, report_path, json_path, max_wrong):
 @click.option("--prefix", default="pool", show_default=True, help="Members are PREFIX-1, PREFIX-2, ...")
 @click.option("--hosts", default="kvm1,kvm2", show_default=True,
               help="Hosts the members are spread over (their host tag); '' for none.")
-@click.option("--duration", type=click.FloatRange(1), default=60.0, show_default=True,
+@click.option("--duration", type=FiniteRange(1), default=60.0, show_default=True,
               help="Seconds to run.")
-@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
+@click.option("--interval", type=FiniteRange(0.1), default=1.0, show_default=True,
               help="Seconds between reports (a rules period to match).")
 @click.option("--desired-file", type=click.Path(dir_okay=False), default=None,
               help="Read the member count a scaling action wrote here before each report.")

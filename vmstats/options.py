@@ -1,0 +1,22 @@
+"""Click parameter types the commands share."""
+
+import math
+from typing import Any
+
+import click
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange that refuses ``nan`` and ``inf``.
+
+    click lets both through (``nan`` compares false with every bound, ``inf`` passes an
+    open upper end), and either would run a simulation forever or poison every sum after it.
+    """
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail("%r is not a finite number." % value, param, ctx)
+        return number
