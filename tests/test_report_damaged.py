@@ -224,6 +224,99 @@ def test_names_that_are_not_utf8_are_named_and_the_rest_reported_and_compacted(t
     assert (renamed / "vms" / odd_vm.name / yesterday.name).read_bytes() == content
 
 
+def _compact(folder: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(folder), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+def _rewrite_tier(path: Path, describe=None, column: str | None = None) -> None:
+    """Rewrite a tier file with its description changed by ``describe`` or ``column`` as text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    handle = pq.ParquetFile(path)
+    table, meta = handle.read(), dict(handle.metadata.metadata)
+    if describe is not None:
+        meta[b"vmstats"] = json.dumps(describe(json.loads(meta[b"vmstats"]))).encode()
+    if column is not None:
+        table = table.set_column(table.schema.get_field_index(column), column,
+                                 pa.array(["x"] * table.num_rows))
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_path):
+    """Compacted files that are a FIFO (Arrow would wait on it for ever), or Parquet with a
+    description or a column of the wrong shape, and a file or a dangling link where a VM's
+    folder should be: the report and the backtest name each and use the rest; compaction
+    leaves them and goes on."""
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end, days=8)
+    done = _compact(data, "--compact-after", "1d", "--retain-raw", "3d")
+    assert done.returncode == 0, done.stderr
+    rollups, columnar = sorted((data / "rollups").iterdir()), sorted((data / "columnar").iterdir())
+    assert len(rollups) >= 5 and columnar, (rollups, columnar)
+    lost = {}  # the records of the rollup files about to be damaged, per VM
+    for path in rollups[:4]:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["vm", "n"]).to_pydict()
+        for vm, n in zip(table["vm"], table["n"], strict=True):
+            lost[vm] = lost.get(vm, 0) + n
+    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 10, "--no-cache")
+    assert code == 0, err
+    fifos = [data / "rollups" / "2020-01-01.parquet", data / "columnar" / "2020-01-02.parquet"]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    problems = {
+        str(fifos[0]): "unreadable rollups file: not a regular file",
+        str(fifos[1]): "unreadable columnar file: not a regular file",
+        str(rollups[0]): "unreadable rollups file: its vmstats description does not list VM names",
+        str(rollups[1]): "unreadable rollups file: its vmstats description does not list VM names",
+        str(rollups[2]): "unreadable rollups file: its vmstats description's version is not a number",
+        str(rollups[3]): "unreadable rollup: cpu_sum is not a column of numbers (string)",
+        str(data / "vms" / "web-1"): "not a folder where a VM's folder of logs should be",
+        str(data / "vms" / "web-2"): "a link to nothing where a VM's folder of logs should be",
+    }
+    _rewrite_tier(rollups[0], lambda info: {**info, "vms": 2})
+    _rewrite_tier(rollups[1], lambda info: {**info, "vms": ["10.0.0.1", 2]})
+    _rewrite_tier(rollups[2], lambda info: {**info, "version": [7]})
+    _rewrite_tier(rollups[3], column="cpu_sum")
+    (data / "vms" / "web-1").write_text("not a folder")
+    (data / "vms" / "web-2").symlink_to(tmp_path / "gone")
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 10, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    entries = named(document)
+    for path, problem in problems.items():
+        assert entries[path]["problem"] == problem, (path, entries.get(path))
+        assert path in stdout
+    # The 4 damaged days are missing, nothing else: the other days' rows are all there.
+    before = {v["vm"]: v for v in clean["vms"]}
+    after = {v["vm"]: v for v in document["vms"]}
+    assert set(after) == set(before) and set(lost) == set(before)
+    for vm, row in before.items():
+        assert after[vm]["records"] == row["records"] - lost[vm] > 0, vm
+    # The backtest lists the columnar tier: it does not wait on the FIFO there (outside its windows).
+    done = subprocess.run(
+        [sys.executable, "-m", "vmstats", "backtest", str(data), "-o", str(tmp_path / "bt"),
+         "--decide-days", "2", "--judge-days", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    # A new CSV file of the FIFO's day cannot be merged into it: that day is left, the rest
+    # compacted; past retention the FIFO stays where it is, named.
+    late = data / "vms" / "10.0.0.1" / "2020-01-02.csv"
+    late.write_bytes(_day_file(data, "10.0.0.1", end - 60).read_bytes())
+    done = _compact(data, "--compact-after", "0s", "--retain-raw", "0s")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "day 2020-01-02 left alone: %s: not a regular file" % fifos[1] in done.stderr
+    assert "%s left in place past retention: not a regular file" % fifos[1] in done.stderr
+    assert late.exists() and fifos[1].exists()
+    assert not list((data / "vms" / "10.0.0.2").glob("*.csv"))  # the rest compacted
+
+
 def test_200_junk_files_in_a_real_data_dir(tmp_path):
     """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
     with serve(tmp_path, "--flush-interval", "1") as server:

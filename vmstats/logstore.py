@@ -418,8 +418,12 @@ def is_utf8(name: str) -> bool:
     return printable(name) == name
 
 
-def iter_vms(data_dir: str) -> Iterator[str]:
-    """The VM ids that have logs under ``data_dir``, sorted."""
+def iter_vms(data_dir: str, not_folders: Optional[List[str]] = None) -> Iterator[str]:
+    """The VM ids that have logs under ``data_dir``, sorted.
+
+    Other entries (a file or a dangling link where a VM's folder should be; hidden names
+    aside) are added to ``not_folders`` if given, for a reader that names what it skips.
+    """
     root = os.path.join(data_dir, VMS_DIR)
     try:
         names = sorted(os.listdir(root))
@@ -428,6 +432,8 @@ def iter_vms(data_dir: str) -> Iterator[str]:
     for name in names:
         if os.path.isdir(os.path.join(root, name)):
             yield name
+        elif not_folders is not None and not name.startswith("."):
+            not_folders.append(name)
 
 
 def day_files(data_dir: str, vm: str, first_day: Optional[str] = None,
@@ -925,27 +931,55 @@ def tier_days(data_dir: str, tier: str) -> List[Tuple[str, str]]:
             for name in names if name.endswith(TIER_SUFFIX)]
 
 
+class DamagedTier(ValueError):
+    """A file in a tier's folder that cannot be read as vmstats writes them: not a regular
+    file, not Parquet, or a description of the wrong shape.  Readers name it and go on."""
+
+
 def tier_info(path: str) -> dict:
     """A tier file's description: ``{"vms": [...], ...}`` (its footer only is read).
 
     Columnar files also hold ``rows`` and ``bad`` (per VM, in ``vms`` order);
     rollup files ``version``, the aggregate's version they were written with.
-    Raises OSError (or ValueError for a file that is not one of ours).
+    Raises OSError (or DamagedTier for a file that is not one of ours).
     """
     import pyarrow
     import pyarrow.parquet as pq
 
+    _regular_file(path)
     try:
         meta = pq.read_metadata(path).metadata or {}
     except pyarrow.ArrowInvalid as exc:
-        raise ValueError("not a Parquet file: %s" % exc) from None
+        raise DamagedTier("not a Parquet file: %s" % exc) from None
     return _description(meta)
 
 
+def _regular_file(path: str) -> None:
+    """DamagedTier unless ``path`` is a regular file: Arrow would wait on a FIFO for ever."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise DamagedTier("not a regular file")
+
+
 def _description(meta: Mapping[bytes, bytes]) -> dict:
+    """The footer's description, checked for the shape every reader relies on (a file from
+    elsewhere, or damaged, must be named as such, not break a reader with a TypeError)."""
     if _META_KEY not in meta:
-        raise ValueError("a Parquet file without vmstats' description")
-    return json.loads(meta[_META_KEY])
+        raise DamagedTier("a Parquet file without vmstats' description")
+    try:
+        info = json.loads(meta[_META_KEY])
+    except ValueError:
+        raise DamagedTier("its vmstats description is not JSON") from None
+    vms = info.get("vms") if isinstance(info, dict) else None
+    if not isinstance(vms, list) or not all(type(vm) is str for vm in vms):
+        raise DamagedTier("its vmstats description does not list VM names")
+    for key in ("rows", "bad"):  # columnar files': counts per VM
+        counts = info.get(key, [])
+        if key in info and (not isinstance(counts, list) or len(counts) != len(vms)
+                            or not all(type(n) is int and n >= 0 for n in counts)):
+            raise DamagedTier("its vmstats description's %s do not match its VMs" % key)
+    if type(info.get("version", 0)) is not int:
+        raise DamagedTier("its vmstats description's version is not a number")
+    return info
 
 
 def columnar_schema():
@@ -1074,6 +1108,7 @@ def read_tier_part(path: str, vms: Iterable[str], columns: Optional[List[str]] =
     import pyarrow.parquet as pq
 
     vms = set(vms)
+    _regular_file(path)
     try:
         with pq.ParquetFile(path) as handle:
             info = _description(handle.metadata.metadata or {})
@@ -1081,7 +1116,7 @@ def read_tier_part(path: str, vms: Iterable[str], columns: Optional[List[str]] =
                 wanted = None if columns is None else list(dict.fromkeys(["vm"] + list(columns)))
                 return info, handle.read(columns=wanted, use_threads=threads)
     except pyarrow.ArrowInvalid as exc:
-        raise ValueError("not a Parquet file: %s" % exc) from None
+        raise DamagedTier("not a Parquet file: %s" % exc) from None
     return info, read_tier(path, vms, columns)
 
 
@@ -1260,7 +1295,9 @@ def rollup_arrays(table) -> Tuple[List[str], Dict[str, "object"]]:
             continue
         if name.endswith(SPARSE_BINS):
             base = name[: -len(SPARSE_BINS)]
-            width = int(table.schema.field(name).metadata[_SPARSE_WIDTH])
+            width = int((table.schema.field(name).metadata or {}).get(_SPARSE_WIDTH, -1))
+            if width < 1:
+                raise ValueError("%s: its bin count is not given" % base)
             offsets, col = _binary_cells(table.column(name), _BIN_DTYPE)
             counts_offsets, value = _binary_cells(table.column(base + SPARSE_COUNTS), _COUNT_DTYPE)
             if not np.array_equal(offsets, counts_offsets) or (len(col) and int(col.max()) >= width):
@@ -1276,6 +1313,8 @@ def rollup_arrays(table) -> Tuple[List[str], Dict[str, "object"]]:
             out[name] = _numbers(column.flatten()).reshape(len(column), width)
         else:
             out[name] = _numbers(column)
+        if out[name].dtype.kind not in "biuf":
+            raise ValueError("%s is not a column of numbers (%s)" % (name, column.type))
     return vms, out
 
 

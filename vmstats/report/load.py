@@ -279,10 +279,16 @@ def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, in
     units: dict[tuple[str, int], list[str]] = {}
     numbers: dict[str, int] = {}
     found = 0
+    not_folders: list[str] = []
     try:
-        vms = list(logstore.iter_vms(data_dir))
+        vms = list(logstore.iter_vms(data_dir, not_folders))
     except (OSError, ValueError) as exc:
         raise ReportError("cannot list logs in %s: %s" % (data_dir, exc)) from None
+    for name in not_folders:
+        path = os.path.join(data_dir, logstore.VMS_DIR, name)
+        what = "a link to nothing" if not os.path.exists(path) else "not a folder"
+        issues.append(issue(path, "%s where a VM's folder of logs should be" % what, vm=name))
+        found += 1
     for vm in vms:
         if not logstore.is_utf8(vm):
             path = os.path.join(data_dir, logstore.VMS_DIR, vm)

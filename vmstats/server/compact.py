@@ -122,8 +122,12 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
             day = logstore.day_number(name)
             if elapsed_days(day, now) < policy.retain_raw:
                 continue
-            if day not in rollup_days or not _rolled_up(path, rollup_days[day]):
-                _write_rollups(data_dir, day, path)
+            try:
+                if day not in rollup_days or not _rolled_up(path, rollup_days[day]):
+                    _write_rollups(data_dir, day, path)
+            except logstore.DamagedTier as exc:  # not ours to remove: its rows cannot be rolled up
+                log.warning("compaction: %s left in place past retention: %s", path, exc)
+                continue
             os.unlink(path)
             summary.columnar_removed += 1
             _tell(step, "retired " + path)
@@ -199,11 +203,17 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
     name = logstore.day_name(day)
     target = logstore.tier_path(data_dir, logstore.COLUMNAR_DIR, name)
     rollup_target = logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name)
-    old = logstore.tier_info(target)["vms"] if os.path.exists(target) else []
-    if not old and os.path.exists(rollup_target):
+    try:
+        old = _listed(target)
+        kept = set() if old else set(_listed(rollup_target))
+    except logstore.DamagedTier as exc:
+        # Its rows could not be merged: the day's CSV files stay, read by the report beside it.
+        log.warning("compaction: day %s left alone: %s", name, exc)
+        summary.csv_kept.extend(path for _vm, path in files)
+        return
+    if kept:
         # The day's rows were retired already: rows that came since cannot join its rollups
         # (its other rows are gone), so they go the way of the day's other raw rows.
-        kept = set(logstore.tier_info(rollup_target)["vms"])
         late = [(vm, path) for vm, path in files if vm in kept]
         for _vm, path in late:
             logstore.remove_quietly(path)
@@ -345,6 +355,16 @@ def _verify(path: str, info: dict, digests: list[bytes]) -> None:
     expected = dict(zip(info["vms"], info["rows"], strict=True))
     if dict(zip(vm.tolist(), counts.tolist(), strict=True)) != expected:
         raise VerifyError("%s: its rows per VM do not read back" % path)
+
+
+def _listed(path: str) -> list[str]:
+    """The VMs of a tier file, none when there is no file; DamagedTier names the file."""
+    if not os.path.lexists(path):
+        return []
+    try:
+        return logstore.tier_info(path)["vms"]
+    except logstore.DamagedTier as exc:
+        raise logstore.DamagedTier("%s: %s" % (path, exc)) from None
 
 
 def _rolled_up(columnar: str, rollups: str) -> bool:
