@@ -94,7 +94,7 @@ def test_headroom_counts_per_host_now_and_after_the_reports_advice(headroom):
     [
         (["--profile", "4xl"], "profile '4xl': expected VCPUSxGB"),
         (["--profile", "2x8", "--percentile", "p0"], "percentile 'p0'"),
-        (["--profile", "2x8", "--inventory", "missing.toml"], "inventory missing.toml does not exist"),
+        (["--profile", "2x8", "--inventory", "missing.toml"], "inventory missing.toml: does not exist"),
         (["--profile", "2x8", "--until", "0001-01-01"], "--until 0001-01-01 is outside 1970-01-01"),
         (["--profile", "2x8", "--horizon-days", "nan"], "'nan' is not a finite number"),
     ],
@@ -147,7 +147,7 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
         ('[[vms]]\nprofile = "2x4"\nreplicas = 2\n', "vms[0].replicas: unknown key"),
         ('partial = "yes"\n[[vms]]\nprofile = "2x4"\n', "partial: must be true or false"),
         ("name = 'x'\n", "vms: a list of at least one entry"),
-        ("[[vms]\n", "is not valid TOML"),
+        ("[[vms]\n", ": not valid TOML"),
     ],
 )
 def test_admit_manifest_errors_are_one_line(fleet, tmp_path, text, message):
@@ -189,7 +189,7 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
         in page
     )
     bad = vmstats("report", base / "data", "-o", tmp_path / "never", "--inventory", base / "nope.toml")
-    assert bad.returncode == 1 and "inventory %s does not exist" % (base / "nope.toml") in bad.stderr
+    assert bad.returncode == 1 and "inventory %s: does not exist" % (base / "nope.toml") in bad.stderr
     assert not (tmp_path / "never" / "report.html").exists()
     # The same pass left its per-host summary: an admission answered from it without reading the
     # logs again is the answer from the logs (the report plans with the defaults, as admit does).

@@ -103,7 +103,7 @@ def test_inventory_defaults_overrides_and_derived_limits(tmp_path):
         ),
         ("[defaults]\nbuffer = 0.1\n", "no [[host]] tables"),
         ("[[host]]\nname = 'a'\nvcpus = 4\nmem_gb = 1\nreserve_mem_gb = 2\n", "holds back the whole host"),
-        ("[[host]\n", "is not valid TOML"),
+        ("[[host]\n", ": not valid TOML"),
     ],
 )
 def test_inventory_errors_name_file_and_key(tmp_path, text, message):

@@ -128,6 +128,77 @@ def test_unwritable_output_fails_before_any_parsing(tmp_path, make_out, message)
     assert "Traceback" not in result.stderr
 
 
+_PORTS = ("--bind", "127.0.0.1", "--udp-port", "0", "--tcp-port", "0", "--http-port", "0")
+#: Every command and option that reads an operator's file; FILE is the file under test. A good
+#: inventory and manifest stand in for the others, the data dir is empty: each file is read first.
+_READERS = {
+    "report --policy": ("report", "DATA", "-o", "OUT", "--policy", "FILE"),
+    "report --prices": ("report", "DATA", "-o", "OUT", "--prices", "FILE"),
+    "report --exclusions": ("report", "DATA", "-o", "OUT", "--exclusions", "FILE"),
+    "report --inventory": ("report", "DATA", "-o", "OUT", "--inventory", "FILE"),
+    "backtest --policy": ("backtest", "DATA", "-o", "OUT", "--policy", "FILE"),
+    "headroom --inventory": ("headroom", "DATA", "--profile", "2x4", "--inventory", "FILE"),
+    "headroom --policy": ("headroom", "DATA", "--profile", "2x4", "--inventory", "HOSTS", "--policy", "FILE"),
+    "admit MANIFEST": ("admit", "FILE", "DATA", "--inventory", "HOSTS"),
+    "admit --inventory": ("admit", "MANIFEST", "DATA", "--inventory", "FILE"),
+    "admit --backtest": ("admit", "--backtest", "DATA", "--inventory", "FILE"),
+    "rules check": ("rules", "check", "FILE"),
+    "serve --rules": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s", "--rules", "FILE"),
+    "serve --inventory": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s", "--inventory", "FILE"),
+    "replay --inventory": ("replay", "--format", "bitbrains", "TRACES", "--inventory", "FILE"),
+}
+
+
+def _run_reader(reader: str, tmp_path: Path, file: Path) -> str:
+    """The one line ``reader`` gives for ``file`` on stderr (exit 1, no traceback, nothing else)."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    hosts, manifest = tmp_path / "hosts.toml", tmp_path / "app.toml"
+    hosts.write_text('[[host]]\nname = "h"\nvcpus = 8\nmem_gb = 32\n')
+    manifest.write_text('[[vms]]\nprofile = "2x4"\n')
+    places = {"FILE": file, "DATA": tmp_path / "data", "OUT": tmp_path / "out", "HOSTS": hosts,
+              "MANIFEST": manifest, "TRACES": ROOT / "tests" / "data" / "traces" / "bitbrains"}
+    result = run(*(places.get(arg, arg) for arg in _READERS[reader]), timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("reader", sorted(_READERS))
+def test_an_input_file_that_is_not_utf8_is_named_with_where_it_breaks(tmp_path, reader):
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b"days = 3\n# caf\xe9")  # a Latin-1 letter at byte 14, in a comment on line 2
+    line = _run_reader(reader, tmp_path, latin1)
+    assert "%s: not UTF-8 at byte 14 (line 2)" % latin1 in line
+
+
+@pytest.mark.parametrize("reader", ["report --policy", "headroom --inventory", "admit MANIFEST",
+                                    "rules check"])
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda t: t / "data", "is a directory, not a file"),
+        (lambda t: t / "hosts.toml" / "x", "cannot be read: Not a directory"),
+        (lambda t: t / "nowhere.toml", "does not exist"),
+    ],
+)
+def test_an_input_file_that_cannot_be_read_is_named_with_why(tmp_path, reader, make, problem):
+    path = make(tmp_path)
+    assert "%s: %s" % (path, problem) in _run_reader(reader, tmp_path, path)
+
+
+def test_an_input_files_problems_name_the_first_bad_byte():
+    from vmstats import inputfile
+
+    with pytest.raises(inputfile.FileProblem, match=r"^f: not UTF-8 at byte 4 \(line 3\)$"):
+        inputfile.parse_toml(b"a\nb\n\xff\n", "f")
+    with pytest.raises(inputfile.FileProblem, match=r"^f: not UTF-8 at byte 0 \(line 1\)$"):
+        inputfile.parse_toml(b"\xc3(", "f")  # a sequence cut short names its first byte
+    with pytest.raises(inputfile.FileProblem, match=r"^f: not valid TOML: "):
+        inputfile.parse_toml("a = é =\n".encode(), "f")
+    assert inputfile.parse_toml("name = 'café'\n".encode(), "f") == {"name": "café"}
+
+
 def _book(path: Path, small_hourly: float) -> Path:
     path.write_text(
         'currency = "EUR"\nvcpu_hour = 0.02\ngb_ram_hour = 0.005\n'

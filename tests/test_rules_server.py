@@ -150,8 +150,14 @@ def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
             assert sorted((a["labels"]["alertname"], a["labels"]["scope"]) for a in alerts) == [
                 ("hot", "10.0.0.3"), ("hot2", "10.0.0.3")]
             assert server.proc.poll() is None
+            # A file that is not UTF-8 (a Latin-1 comment) is refused the same way, and named.
+            (tmp_path / "rules.toml").write_bytes(b"# r\xe8gles\n")
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="refused"}') == 2)
+            assert server.proc.poll() is None
         assert "rules reload refused, the previous rules stay" in server.output
         assert "metric: 'cpux'" in server.output and "enter: expected a number" in server.output
+        assert "%s: not UTF-8 at byte 3 (line 1)" % (tmp_path / "rules.toml") in server.output
     assert len(hook.received) == 3
 
 

@@ -249,22 +249,21 @@ def _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, c
 
 def load_manifest(path: str):
     """A manifest file (TOML, or JSON when it ends in .json) checked; CapacityError otherwise."""
-    import tomllib
-
+    from vmstats import inputfile
     from vmstats.capacity.admission import parse_manifest
     from vmstats.capacity.errors import CapacityError
 
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise CapacityError("manifest %s cannot be read: %s" % (path, exc.strerror or exc)) from None
-    try:
-        data = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CapacityError(
-            "manifest %s is not valid %s: %s" % (path, "JSON" if path.endswith(".json") else "TOML", exc)
-        ) from None
+        raw = inputfile.read_bytes(path)
+        if path.endswith(".json"):
+            try:
+                data = json.loads(raw)  # UTF-8, -16 or -32, as JSON allows
+            except ValueError as exc:
+                raise inputfile.FileProblem(path, "not valid JSON: %s" % exc) from None
+        else:
+            data = inputfile.parse_toml(raw, path)
+    except inputfile.FileProblem as exc:
+        raise CapacityError("manifest %s" % exc) from None
     return parse_manifest(data, path)
 
 

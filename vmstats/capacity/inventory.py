@@ -17,10 +17,10 @@ the first host whose ``vms`` selectors match it, else it is unplaced.
 """
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmstats import inputfile
 from vmstats.capacity.errors import CapacityError
 from vmstats.report.settings import ReportError, parse_selector
 from vmstats.selectors import selected
@@ -102,16 +102,9 @@ class Inventory:
 def load_inventory(path: str) -> Inventory:
     """Read and check an inventory file; CapacityError names the file and the key at fault."""
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise CapacityError("inventory %s does not exist" % path) from None
-    except IsADirectoryError:
-        raise CapacityError("inventory %s is a directory, not a file" % path) from None
-    except OSError as exc:
-        raise CapacityError("inventory %s cannot be read: %s" % (path, exc.strerror or exc)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CapacityError("inventory %s is not valid TOML: %s" % (path, exc)) from None
+        data = inputfile.load_toml(path)
+    except inputfile.FileProblem as exc:
+        raise CapacityError("inventory %s" % exc) from None
     return parse_inventory(data, path)
 
 

@@ -9,11 +9,11 @@ so specific groups go first.
 
 import ipaddress
 import math
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmstats import inputfile
 from vmstats.selectors import selected
 
 
@@ -165,16 +165,11 @@ def parse_selector(values: Iterable[str], origin: str) -> tuple[list[str], list[
 
 
 def load_toml(path: str, what: str) -> dict:
-    """Read a TOML file or raise ReportError with one readable line."""
+    """Read a TOML file or raise ReportError with one line naming it (``what``: its use)."""
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ReportError("%s file %s does not exist" % (what, path)) from None
-    except OSError as exc:
-        raise ReportError("cannot read %s file %s: %s" % (what, path, exc.strerror)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ReportError("%s file %s is not valid TOML: %s" % (what, path, exc)) from None
+        return inputfile.load_toml(path)
+    except inputfile.FileProblem as exc:
+        raise ReportError("%s file %s" % (what, exc)) from None
 
 
 @dataclass

@@ -17,7 +17,7 @@ def rules() -> None:
 
 
 @rules.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
 @click.option("--quiet", "-q", is_flag=True, help="Only problems; exit status says the rest.")
 def check(path: str, quiet: bool) -> None:
     """Validate a rules file and explain what each rule will do (exit 1: problems, one a line)."""

@@ -14,9 +14,9 @@ import hashlib
 import ipaddress
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 
+from vmstats import inputfile
 from vmstats.rules import metric as metrics
 from vmstats.rules.notifiers import KINDS, Notifier
 from vmstats.server.config import parse_duration
@@ -259,12 +259,9 @@ class _Reader:
 def load_rules(path: str) -> RuleSet:
     """Read and check a rules file; RulesError lists every problem found."""
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise RulesError(path, ["cannot read: %s" % (exc.strerror or exc)]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError(path, ["not valid TOML: %s" % exc]) from None
+        data = inputfile.load_toml(path)
+    except inputfile.FileProblem as exc:
+        raise RulesError(path, [exc.problem]) from None
     return parse_rules(data, path)
 
 

@@ -256,7 +256,8 @@ def serve(**options) -> None:
     try:
         code = run(config)
     except RulesError as exc:  # one line per problem; the server does not start
-        raise click.ClickException("the rules file cannot be used:\n" + str(exc)) from None
+        lead = "the rules file cannot be used:\n" if len(exc.problems) > 1 else "rules file "
+        raise click.ClickException(lead + str(exc)) from None
     except CapacityError as exc:  # a bad inventory: the server does not start
         raise click.ClickException(str(exc)) from None
     except (OSError, ListenError) as exc:

@@ -245,7 +245,7 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
                    "(planetlab is CPU only; the protocol requires mem).")
 @click.option("--fill-size", default=None, metavar="VCPUS:MEM_MB",
               help="Size to send when the trace has none (planetlab), e.g. 2:4096.")
-@click.option("--inventory", "inventory_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--inventory", "inventory_path", type=click.Path(), default=None,
               help="Send each VM's host tag as this host inventory places it (its hosts' `vms` selectors); "
                    "VMs it does not place go untagged.")
 @click.option("--pack-hosts", type=click.Path(dir_okay=False), default=None,

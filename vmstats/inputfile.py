@@ -1,0 +1,62 @@
+"""An operator's small input files (settings TOML, a VM map) read whole, with one line for what is wrong.
+
+Every command that takes such a file words its errors the same way, ``PATH:
+PROBLEM``, so a file that is missing, a folder, unreadable, not UTF-8 or not
+TOML is named whichever command met it, and never ends in a traceback.
+Each caller adds what the file is for (``inventory hosts.toml: ...``).
+"""
+
+import tomllib
+
+
+class FileProblem(ValueError):
+    """A file that cannot be used as it is: ``path`` and ``problem`` (one line, no path in it)."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__("%s: %s" % (path, problem))
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes; FileProblem when it cannot be opened or read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise FileProblem(path, "does not exist") from None
+    except IsADirectoryError:
+        raise FileProblem(path, "is a directory, not a file") from None
+    except OSError as exc:
+        raise FileProblem(path, "cannot be read: %s" % (exc.strerror or exc)) from None
+
+
+def decode(raw: bytes, path: str) -> str:
+    """``raw`` as UTF-8 text; FileProblem with the first bad byte's offset and line.
+
+    The offset counts from 0, as a hex dump shows it; the line is where an
+    editor would show the odd character (a Latin-1 name pasted into a comment).
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise FileProblem(path, "not UTF-8 at byte %d (line %d)" % (exc.start, line)) from None
+
+
+def read_text(path: str) -> str:
+    """The file's UTF-8 text; FileProblem when it is unreadable or not UTF-8."""
+    return decode(read_bytes(path), path)
+
+
+def parse_toml(raw: bytes, path: str) -> dict:
+    """TOML ``raw`` (read from ``path``) parsed; FileProblem when it is not UTF-8 or not TOML."""
+    try:
+        return tomllib.loads(decode(raw, path))
+    except tomllib.TOMLDecodeError as exc:
+        raise FileProblem(path, "not valid TOML: %s" % exc) from None
+
+
+def load_toml(path: str) -> dict:
+    """The TOML file at ``path``; FileProblem for every way it cannot be used."""
+    return parse_toml(read_bytes(path), path)
