@@ -85,6 +85,21 @@ def test_folder_of_traces_totals_quirks_and_maps_ids(tmp_path):
     assert quirks["gap"] >= 1 and quirks["mem_capacity_change"] >= 1 and quirks["cpu_clamped"] > 0
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b"source,vm\nweb-\xe9,10.0.0.1\n", ": not UTF-8 at byte 14 (line 2)"),
+    (b"source,vm\n410\n", ":2: expected 'source,vm'"),
+    (b"410,\"" + b"x" * 200000 + b"\"\n", ":1: field larger than field limit"),
+    (b"source,vm\r\n410,bad id!\r\n", ":2: "),
+])
+def test_a_vm_map_that_cannot_be_used_is_one_error_naming_it(tmp_path, content, problem):
+    vm_map = tmp_path / "map.csv"
+    vm_map.write_bytes(content)
+    with pytest.raises(TraceError) as caught:
+        traces.load_vm_map(str(vm_map))
+    assert str(caught.value).startswith("VM map %s%s" % (vm_map, problem))
+    assert "\n" not in str(caught.value)
+
+
 def test_planetlab_starts_at_the_documented_day_and_needs_memory_filled():
     path = next((DATA / "planetlab").iterdir())
     values = [int(line) for line in path.read_text().split()]

@@ -36,6 +36,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+from vmstats import inputfile
 from vmstats.protocol import (
     FIELD_NAMES,
     FIELDS,
@@ -147,20 +148,24 @@ def default_vm_id(fmt: str, name: str, quirks: Counter | None = None) -> str:
 
 def load_vm_map(path: str) -> dict[str, str]:
     """Read a ``source,vm`` CSV (header optional) mapping source names to VM ids."""
-    mapping = {}
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            for number, row in enumerate(csv.reader(handle), 1):
-                if not row or row[0].startswith("#") or (number == 1 and row[:2] == ["source", "vm"]):
-                    continue
-                if len(row) != 2:
-                    raise TraceError("%s:%d: expected 'source,vm'" % (path, number))
-                try:
-                    mapping[row[0].strip()] = normalize_vm_id(row[1].strip())
-                except DecodeError as exc:
-                    raise TraceError("%s:%d: %s" % (path, number, exc.detail)) from None
-    except OSError as exc:
-        raise TraceError("cannot read VM map %s: %s" % (path, exc.strerror)) from None
+        text = inputfile.read_text(path)
+    except inputfile.FileProblem as exc:
+        raise TraceError("VM map %s" % exc) from None
+    mapping = {}
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for number, row in enumerate(rows, 1):
+            if not row or row[0].startswith("#") or (number == 1 and row[:2] == ["source", "vm"]):
+                continue
+            if len(row) != 2:
+                raise TraceError("VM map %s:%d: expected 'source,vm'" % (path, number))
+            try:
+                mapping[row[0].strip()] = normalize_vm_id(row[1].strip())
+            except DecodeError as exc:
+                raise TraceError("VM map %s:%d: %s" % (path, number, exc.detail)) from None
+    except csv.Error as exc:  # a field past csv's size limit (a file that is no VM map)
+        raise TraceError("VM map %s:%d: %s" % (path, rows.line_num, exc)) from None
     return mapping
 
 
