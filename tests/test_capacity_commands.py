@@ -2,12 +2,16 @@
 
 import csv
 import json
+import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from capacitydata import fits, write_fleet
+from capacitydata import TS, fits, write_fleet
+
+from vmstats import logstore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +109,82 @@ def test_headroom_errors_are_one_line(fleet, args, message):
     result = vmstats(*full)
     assert result.returncode != 0 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _damaged_copy(fleet, tmp_path: Path, junk: int) -> tuple[Path, Path, list[str]]:
+    """The fleet's logs with a malformed line in one day file and ``junk`` day files of random
+    bytes (one per made-up VM); returns the copy, the file read in part and the junk files."""
+    base, _expected = fleet
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    day = logstore.day_of(int(TS[-1]))
+    torn = Path(logstore.day_path(str(data), "stray", day))
+    lines = torn.read_bytes().split(b"\n")
+    torn.write_bytes(b"\n".join([*lines[:5], b'%d,"12.5,3,40,,,,,2,4096,9,' % (TS[-1] - 30), *lines[5:]]))
+    junk_files = []
+    for k in range(junk):
+        path = Path(logstore.day_path(str(data), "ghost-%02d" % k, day))
+        path.parent.mkdir(parents=True)
+        path.write_bytes(random.Random(k).randbytes(4096))
+        junk_files.append(str(path))
+    return data, torn, sorted(junk_files)
+
+
+def _named(entries: list[dict]) -> list[str]:
+    """The lines the report's terminal summary gives these files."""
+    return [
+        "  %s: %s%s" % (e["path"], e["problem"], " (%d rows kept)" % e["rows"] if e["rows"] else "")
+        for e in entries
+    ]
+
+
+def test_headroom_and_admit_name_the_damaged_logs_as_the_report_does(fleet, tmp_path):
+    base, _expected = fleet
+    data, torn, junk = _damaged_copy(fleet, tmp_path, junk=21)
+    out = tmp_path / "out"
+    result = vmstats(
+        "headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8", "--no-after", "-o", out
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    basis = json.loads((out / "headroom.json").read_text())["basis"]
+    skipped, damaged = basis["skipped_files"], basis["damaged_files"]
+    assert [entry["path"] for entry in skipped] == junk
+    assert [(e["path"], e["vm"], e["bad_lines"]) for e in damaged] == [(str(torn), "stray", 1)]
+    assert damaged[0]["rows"] > 1000
+    # The report on the same logs names the same files the same way.
+    report = vmstats("report", data, "-o", tmp_path / "report", "--no-cache")
+    assert report.returncode == 0, report.stderr
+    meta = json.loads((tmp_path / "report" / "report.json").read_text())["meta"]
+    assert (skipped, damaged) == (meta["skipped_files"], meta["damaged_files"])
+    # On stderr, in the report's words: the first 20 named, the rest counted and pointed at.
+    assert result.stderr.splitlines() == [
+        "log files skipped: 21",
+        *_named(skipped[:20]),
+        "  ... and 1 more, all named in headroom.json (basis.skipped_files)",
+        "log files read in part: 1",
+        *_named(damaged),
+    ]
+    assert str(torn) not in result.stdout  # the terminal table stays a table
+    # admit names the same files, in its answer and on stderr.
+    manifest = tmp_path / "app.toml"
+    manifest.write_text('[[vms]]\nprofile = "2x8@50%"\n')
+    answer = vmstats("admit", manifest, data, "--inventory", base / "hosts.toml", "--json")
+    assert answer.returncode == 0, answer.stderr
+    document = json.loads(answer.stdout)
+    assert (document["basis"]["skipped_files"], document["basis"]["damaged_files"]) == (skipped, damaged)
+    assert "  ... and 1 more, all named in the answer's basis.skipped_files (--json)" in answer.stderr
+    assert _named(damaged)[0] in answer.stderr.splitlines()
+
+
+def test_headroom_without_an_output_folder_still_names_the_damaged_logs(fleet, tmp_path):
+    base, _expected = fleet
+    data, torn, junk = _damaged_copy(fleet, tmp_path, junk=1)
+    result = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8", "--no-after")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "log files skipped: 1" and lines[1].startswith("  %s: no readable row" % junk[0])
+    assert lines[2] == "log files read in part: 1" and lines[3].startswith("  %s: 1 malformed lines" % torn)
+    assert len(lines) == 4
 
 
 def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on(fleet, tmp_path):

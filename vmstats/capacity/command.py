@@ -151,6 +151,7 @@ def headroom(
     from vmstats.capacity import outputs
     from vmstats.capacity.inventory import load_inventory
     from vmstats.capacity.profiles import parse_profile
+    from vmstats.report.outputs import damaged_files_summary
 
     if not inventory_path:
         raise click.UsageError("Missing option '--inventory'.")
@@ -171,6 +172,8 @@ def headroom(
     except OSError as exc:
         raise click.ClickException("cannot write to %s: %s" % (out_dir, exc.strerror or exc)) from None
     click.echo(outputs.terminal(result, top))
+    rest = "all named in headroom.json (basis.%s)"
+    damaged_files_summary(result["basis"], sys.stderr, rest if out_dir is not None else "-o OUT/: " + rest)
 
 
 def from_logs(
@@ -194,6 +197,7 @@ def from_logs(
     from vmstats.capacity import reader
     from vmstats.capacity.demand import Change, demand_views
     from vmstats.capacity.summary import SUMMARY_FILE, summarise
+    from vmstats.report import load as load_mod
 
     logs = reader.find_logs(data_dirs, settings.days, until)
     changes = [Change()] + ([advice[0]] if advice else [])
@@ -207,7 +211,7 @@ def from_logs(
         views[1] if advice else None,
         profile,
         advice[1] if advice else None,
-        {"inventory": inventory_path, "damaged_files": len(logs.issues)},
+        {"inventory": inventory_path, **load_mod.named_files(logs.issues)},
     )
 
 
@@ -307,6 +311,8 @@ def admit(
     from vmstats.capacity.demand import host_demand
     from vmstats.capacity.inventory import load_inventory
     from vmstats.capacity.summary import summarise
+    from vmstats.report import load as load_mod
+    from vmstats.report.outputs import damaged_files_summary
 
     try:
         settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
@@ -340,6 +346,8 @@ def admit(
         result = admission.answer(summary, manifest)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
+    result["basis"].update(load_mod.named_files(logs.issues))
+    damaged_files_summary(result["basis"], sys.stderr, "all named in the answer's basis.%s (--json)")
     _print_answer(result, as_json)
 
 

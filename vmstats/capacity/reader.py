@@ -25,7 +25,8 @@ _COLUMNS = ["cpu", "mem", "vcpus", "mem_mb"]
 
 @dataclass
 class Logs:
-    """What reading found: the window, each VM's files in it, and the files not read whole."""
+    """What reading found: the window, each VM's files in it, and the files not read whole
+    (``issues``, as the report names them: load.issue, complete once read_vms is done)."""
 
     window: Window
     files: dict[str, list[str]]
@@ -126,12 +127,8 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
         owner = np.repeat(np.arange(len(batch)), [len(logs.files[vm]) for vm in batch])
         errors: dict[int, str] = {}
         frame, bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
-        for index, problem in errors.items():
-            logs.issues.append(load_mod.issue(logstore.source_path(paths[index]), problem))
-        for index, count in enumerate(bad):
-            if count:
-                problem = "%d malformed lines skipped" % count
-                logs.issues.append(load_mod.issue(logstore.source_path(paths[index]), problem, 0, count))
+        for found in load_mod.file_issues(paths, owner, frame, bad, errors).values():
+            logs.issues += found
         vm_of_row = owner[frame["file"].to_numpy()] if len(frame) else np.zeros(0, np.int64)
         order = np.argsort(vm_of_row, kind="stable")
         columns = {name: frame[name].to_numpy()[order] for name in ["ts"] + _COLUMNS}

@@ -124,10 +124,9 @@ def build(
     start_ts = first_day * 86400 if earlier else int(d["first_ts"][inside].min())
     window = stats_mod.Window(first_day, last_day, start_ts, end_ts)
 
-    by_path = {entry["path"]: entry for entry in listing + table.issues}
-    issues = [by_path[path] for path in sorted(by_path)]
+    named = load_mod.named_files(listing + table.issues)
     damaged_by_vm: dict[str, list[dict]] = {}
-    for entry in issues:
+    for entry in named["skipped_files"] + named["damaged_files"]:
         damaged_by_vm.setdefault(entry["vm"], []).append(entry)
     vm_settings = [policy.for_vm(vm) for vm in table.vms]
     per_vm = {name: np.array([s[name] for _g, s in vm_settings], dtype=float) for name in _PER_VM}
@@ -198,8 +197,7 @@ def build(
         exclusions_path,
         int(st["spark_step_hours"]),
     )
-    meta["skipped_files"] = [entry for entry in issues if not entry["rows"]]
-    meta["damaged_files"] = [entry for entry in issues if entry["rows"]]
+    meta.update(named)
     meta["sparkline_start"] = iso(window.start_ts // 3600 * 3600)
     meta["daily_start"] = load_mod.day_name(window.start_ts // 86400)
     if by is not None:

@@ -152,6 +152,17 @@ def issue(path: str, problem: str, rows: int = 0, bad_lines: int = 0, vm: str | 
     }
 
 
+def named_files(issues: Iterable[dict]) -> dict[str, list[dict]]:
+    """The damaged files as every command names them: ``skipped_files`` (no row read) and
+    ``damaged_files`` (read in part), each file once (several reads may meet it), by path."""
+    by_path = {entry["path"]: entry for entry in issues}
+    ordered = [by_path[path] for path in sorted(by_path)]
+    return {
+        "skipped_files": [entry for entry in ordered if not entry["rows"]],
+        "damaged_files": [entry for entry in ordered if entry["rows"]],
+    }
+
+
 Source = str | logstore.Part
 #: ``{(vm, day): [source]}``: a VM-day's CSV paths and columnar Parts (rows, merged with the
 #: last written winning), or one rollup Part (its aggregate, kept after the rows were retired).
@@ -534,7 +545,7 @@ def _aggregate_rows(paths_per_unit: list[list[Source]]) -> Aggregates:
     frame, bad = logstore.read_columns(paths, _READ, as_float=True, errors=errors)
     out = empty_table(len(paths_per_unit))
     np.add.at(out["bad"], owner, np.asarray(bad, dtype=np.int32))
-    issues = _file_issues(paths, owner, frame, bad, errors)
+    issues = file_issues(paths, owner, frame, bad, errors)
     if not len(frame):
         return out, issues
     unit = owner[frame["file"].to_numpy()]
@@ -612,7 +623,7 @@ def _aggregate_rows(paths_per_unit: list[list[Source]]) -> Aggregates:
     return out, issues
 
 
-def _file_issues(paths, owner, frame, bad: list[int], errors: dict[int, str]) -> dict[int, list[dict]]:
+def file_issues(paths, owner, frame, bad: list[int], errors: dict[int, str]) -> dict[int, list[dict]]:
     """``{unit: [issue]}`` for the files that were unreadable or had malformed lines."""
     damaged = sorted(set(errors) | {i for i, count in enumerate(bad) if count})
     if not damaged:

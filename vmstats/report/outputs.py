@@ -128,10 +128,16 @@ def money(value: float, currency: str) -> str:
 NAMED_FILES = 20
 
 
-def damaged_files_summary(meta: dict[str, Any], stream: TextIO) -> None:
-    """The log files skipped or read in part, named: damage is never silent."""
+def damaged_files_summary(
+    named: dict[str, Any], stream: TextIO, rest: str = "all named in report.json (meta.%s) and report.html"
+) -> None:
+    """The log files skipped or read in part (load.named_files), named: damage is never silent.
+
+    ``rest`` says where a command names the files past the first NAMED_FILES
+    (``%s``: the key, ``skipped_files`` or ``damaged_files``).
+    """
     for key, what in (("skipped_files", "log files skipped"), ("damaged_files", "log files read in part")):
-        files = meta[key]
+        files = named[key]
         if not files:
             continue
         print("%s: %d" % (what, len(files)), file=stream)
@@ -139,11 +145,7 @@ def damaged_files_summary(meta: dict[str, Any], stream: TextIO) -> None:
             kept = " (%d rows kept)" % entry["rows"] if entry["rows"] else ""
             print("  %s: %s%s" % (entry["path"], entry["problem"], kept), file=stream)
         if len(files) > NAMED_FILES:
-            print(
-                "  ... and %d more, all named in report.json (meta.%s) and report.html"
-                % (len(files) - NAMED_FILES, key),
-                file=stream,
-            )
+            print("  ... and %d more, %s" % (len(files) - NAMED_FILES, rest % key), file=stream)
 
 
 def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10) -> None:
