@@ -111,6 +111,16 @@ def test_headroom_errors_are_one_line(fleet, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_headroom_refuses_an_empty_output_folder(fleet):
+    base, _expected = fleet
+    inventory = base / "hosts.toml"
+    result = vmstats("headroom", base / "data", "--inventory", inventory, "--profile", "2x8", "-o", "")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "Error: Invalid value for '-o' / '--out': an empty folder name (use . for the current folder)"
+    ]
+
+
 def _damaged_copy(fleet, tmp_path: Path, junk: int) -> tuple[Path, Path, list[str]]:
     """The fleet's logs with a malformed line in one day file and ``junk`` day files of random
     bytes (one per made-up VM); returns the copy, the file read in part and the junk files."""

@@ -115,6 +115,7 @@ def test_package_metadata_declares_data_dependencies_and_license():
         (lambda t: t / "a-file" / "sub", "cannot write the report to"),
         (lambda t: t / "a-file", "cannot write the report to"),
         (lambda t: t / "html-is-a-folder", "report.html is in the way"),
+        (lambda t: "", "'-o' / '--out': an empty folder name (use . for the current folder)"),
     ],
 )
 def test_unwritable_output_fails_before_any_parsing(tmp_path, make_out, message):

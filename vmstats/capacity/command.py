@@ -9,7 +9,7 @@ import click
 
 from vmstats.capacity import defaults
 from vmstats.capacity.backtest_command import backtest_options, run_backtest
-from vmstats.options import FiniteRange
+from vmstats.options import FiniteRange, OutputFolder
 from vmstats.report.command import _OneLineErrors
 from vmstats.report.settings import MAX_DAYS, ReportError
 
@@ -101,7 +101,14 @@ def report_changes(rows: list[dict]):
     help="The VM profile to fit, e.g. 4x16@30% (4 vCPUs, 16 GB, expected to use 30%).",
 )
 @capacity_options
-@click.option("-o", "--out", "out_dir", default=None, help="Folder for headroom.csv and headroom.json.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=OutputFolder(),
+    default=None,
+    help="Folder for headroom.csv, headroom.json and capacity-summary.json.",
+)
 @click.option("--no-after", is_flag=True, help="Skip the figures after the report's advice (no report run).")
 @click.option(
     "--policy", "policy_path", default=None, metavar="FILE", help="Report policy TOML, for the advice."
@@ -159,13 +166,13 @@ def headroom(
         profile = parse_profile(profile_text)
         settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
         inventory = load_inventory(inventory_path)
-        if out_dir:
+        if out_dir is not None:
             os.makedirs(out_dir, exist_ok=True)
         advice = None
         if not no_after:
             advice = _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir)
         result = from_logs(data_dirs, inventory, inventory_path, profile, settings, until, advice, out_dir)
-        if out_dir:
+        if out_dir is not None:
             outputs.write(result, out_dir)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from vmstats.options import OutputFolder
 from vmstats.report.command import (
     _OneLineErrors,
     _Progress,
@@ -19,7 +20,12 @@ from vmstats.report.settings import MAX_DAYS, ReportError
 @click.command(cls=_OneLineErrors)
 @click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
 @click.option(
-    "-o", "--out", "out_dir", required=True, help="Folder for backtest.html, backtest.csv, backtest.json."
+    "-o",
+    "--out",
+    "out_dir",
+    type=OutputFolder(),
+    required=True,
+    help="Folder for backtest.html, backtest.csv, backtest.json.",
 )
 @click.option(
     "--decide-until",

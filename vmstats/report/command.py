@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from vmstats.options import OutputFolder
 from vmstats.progress import Progress
 from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError
 
@@ -292,7 +293,12 @@ def check_output(out_dir: str) -> None:
 @click.command(cls=_OneLineErrors)
 @click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
 @click.option(
-    "-o", "--out", "out_dir", required=True, help="Folder for report.html, report.csv, report.json."
+    "-o",
+    "--out",
+    "out_dir",
+    type=OutputFolder(),
+    required=True,
+    help="Folder for report.html, report.csv, report.json.",
 )
 @click.option(
     "--days", type=click.IntRange(1, MAX_DAYS), default=None, help="Look-back in whole days (default 14)."
