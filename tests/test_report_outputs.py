@@ -244,16 +244,38 @@ def test_custom_prices_and_threshold_flags(fleet, tmp_path):
         (lambda d, t: [d, "-o", t / "o", "--since", "yesterday"], "not a YYYY-MM-DD date"),
         (lambda d, t: [d, "-o", t / "o", "--set", "cpu_idle"], "KEY=VALUE"),
         (lambda d, t: [d, "-o", t / "o", "--set", "nonsense=1"], "unknown setting"),
+        (
+            lambda d, t: [d, "-o", t / "o", "--set", "schedule_hour_min_minutes=inf"],
+            "--set schedule_hour_min_minutes=inf: schedule_hour_min_minutes='inf' is not a finite",
+        ),
         (lambda d, t: [d, "-o", t / "o", "--cpu-idle", "lots"], "not a valid float"),
         (lambda d, t: [d], "Missing option"),
         (lambda d, t: [d, "-o", t / "o", "--since", "2030-01-01"], "no records between"),
         # A look-back is held in memory whole: however it arrives, it is bounded.
-        (lambda d, t: [d, "-o", t / "o", "--set", "days=1000000000"], "days is a look-back of 1 to 3660"),
-        (lambda d, t: [d, "-o", t / "o", "--policy", _write(t / "d.toml", "days = 99999\n")], "1 to 3660"),
-        (lambda d, t: [d, "-o", t / "o", "--set", "days=inf"], "days='inf' is not a finite number"),
-        (lambda d, t: [d, "-o", t / "o", "--set", "headroom=inf"], "headroom='inf' is not a finite"),
-        (lambda d, t: [d, "-o", t / "o", "--cpu-idle", "nan"], "cpu_idle=nan is not a finite number"),
-        (lambda d, t: [d, "-o", t / "o", "--set", "vcpu_ladder=1,inf"], "positive finite numbers"),
+        (
+            lambda d, t: [d, "-o", t / "o", "--set", "days=1000000000"],
+            "--set days=1000000000: days is a look-back of 1 to 3660",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--policy", _write(t / "d.toml", "days = 99999\n")],
+            "d.toml: days is a look-back of 1 to 3660",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--set", "days=inf"],
+            "--set days=inf: days='inf' is not a finite number",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--set", "headroom=inf"],
+            "--set headroom=inf: headroom='inf' is not a finite",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--cpu-idle", "nan"],
+            "option --cpu-idle: cpu_idle=nan is not a finite number",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--set", "vcpu_ladder=1,inf"],
+            "--set vcpu_ladder=1,inf: vcpu_ladder must list positive finite",
+        ),
         (
             lambda d, t: [d, "-o", t / "o", "--prices", _write(t / "inf.toml", "vcpu_hour = inf\n")],
             "vcpu_hour must be a non-negative number",

@@ -10,7 +10,7 @@ import click
 
 from vmstats.options import OutputFolder
 from vmstats.progress import Progress
-from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError
+from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError, coerce
 
 _MEANING = {s.name: s.meaning for s in SETTINGS}
 _UNIT = {s.name: s.unit for s in SETTINGS}
@@ -96,12 +96,21 @@ def policy_options(function):
 
 
 def policy_overrides(thresholds: dict, extra: tuple[str, ...]) -> dict:
-    """Threshold flags that were given, then each ``--set KEY=VALUE``."""
+    """Threshold flags that were given, then each ``--set KEY=VALUE``.
+
+    Each ``--set`` is checked here, where it is still known to be one: Policy.load
+    names an override by its flag, and most settings have none (``--set days=...`` is
+    not ``--days``).
+    """
     overrides = {k: v for k, v in thresholds.items() if v is not None}
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep:
             raise click.ClickException("--set expects KEY=VALUE, got %r" % item)
+        try:
+            coerce(key.strip(), value.strip(), "--set %s" % item)
+        except ReportError as exc:
+            raise click.ClickException(str(exc)) from None
         overrides[key.strip()] = value.strip()
     return overrides
 
