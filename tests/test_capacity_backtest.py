@@ -176,7 +176,8 @@ def test_admit_backtest_on_logs_a_real_server_wrote(tmp_path):
     assert text.returncode == 0 and "allocation, ratio 1.0" in text.stdout and "18" in text.stdout
     for args, message in ((("--arrivals", "nothing-*"), "no arrivals"),
                           (("--arrival-profile", "4x"), "profile"),
-                          (("--until", "1999-01-01"), "no logs")):
+                          (("--until", "1999-01-01"), "no logs"),
+                          (("--until", "0001-01-01"), "Error: --until 0001-01-01 is outside 1970-01-01")):
         bad = admit(*args)
         assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -362,7 +362,7 @@ def windows(data_dirs: Sequence[str], days: int, plan_until: str | None) -> tupl
     else:
         from vmstats.report.build import parse_day
 
-        plan_last = parse_day(plan_until, "--plan-until")
+        plan_last = parse_day(plan_until, "--until")
     plan = reader.find_logs(data_dirs, days, load_mod.day_name(plan_last))
     judged = reader.find_logs(data_dirs, days, load_mod.day_name(plan_last + days))
     if judged.window.start_ts <= plan.window.end_ts:
