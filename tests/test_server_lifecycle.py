@@ -161,6 +161,11 @@ def test_bad_command_line_gives_one_readable_line(tmp_path):
     result = run_cli("--duration", "soon")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "duration" in result.stderr
+    # Enough digits read as inf: a server that would never stop on its own.
+    result = run_cli("--duration", "9" * 400 + "s", "--bind", "127.0.0.1", "--udp-port", "0",
+                     "--tcp-port", "0", "--http-port", "0", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "is too long a duration" in result.stderr.strip().splitlines()[-1]
     keys = tmp_path / "keys"
     keys.write_text("only-an-id\n")
     result = run_cli("--auth-keys", str(keys), "--bind", "127.0.0.1")

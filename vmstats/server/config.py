@@ -1,5 +1,6 @@
 """The aggregator's settings, in one place, so the CLI, the services and the tests agree."""
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +22,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION_RE.match(text or "")
     if not match:
         raise ValueError("%r is not a duration like 90s, 5m or 1h" % text)
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):  # enough digits read as inf: a timer that never fires
+        raise ValueError("%r is too long a duration" % text)
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
