@@ -179,6 +179,28 @@ def test_a_bad_rules_file_stops_the_server_from_starting(tmp_path):
     assert checked.returncode == 1 and checked.stderr.splitlines() == problems
 
 
+def test_infinite_and_nan_numbers_are_problems_not_rules_that_never_fire(tmp_path):
+    """TOML spells inf and nan, and enough digits read as inf: a threshold neither can cross, a
+    period or hold that never ends. Each is one problem line, not a file that checks out OK."""
+    path = tmp_path / "inf.toml"
+    path.write_text('[settings]\nretry_for = inf\n'
+                    '[[rule]]\nname = "a"\nmetric = "cpu"\nenter = inf\nexit = nan\nperiod = inf\n'
+                    'hold = "%ss"\n'
+                    '[[rule]]\nname = "b"\nscope = "group"\nmetric = "cpu"\n'
+                    '[rule.scale]\ntarget = 60\ntolerance = nan\n' % ("9" * 400))
+    checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(path)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert checked.stderr.splitlines() == ["%s: %s" % (path, problem) for problem in (
+        "settings: retry_for: expected a finite duration, got inf",
+        "rule a: enter: expected a finite number, got inf",
+        "rule a: exit: expected a finite number, got nan",
+        "rule a: period: expected a finite duration, got inf",
+        "rule a: hold: '%ss' is too long a duration" % ("9" * 400),
+        "rule b: scale: tolerance: expected a finite number, got nan",
+    )]
+
+
 def test_a_receiver_down_then_up_gets_everything_once(tmp_path):
     body = HOT % "" + '[settings]\nretry_min = "0.2s"\nretry_max = "1s"\n'
     with WebhookReceiver(SECRET.encode()) as hook:

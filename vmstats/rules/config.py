@@ -13,6 +13,7 @@ import fnmatch
 import hashlib
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -203,6 +204,9 @@ class _Reader:
             self.problem(key, "expected %s, got %r" % ("a whole number" if integer else "a number",
                                                        value))
             return default
+        if not math.isfinite(value):  # TOML spells inf and nan: a threshold neither can cross
+            self.problem(key, "expected a finite number, got %r" % value)
+            return default
         if minimum is not None and value < minimum:
             self.problem(key, "must be at least %g, got %r" % (minimum, value))
             return default
@@ -222,6 +226,9 @@ class _Reader:
                 return default
         else:
             self.problem(key, "expected a duration like 90s, 5m or 1h, got %r" % (value,))
+            return default
+        if not math.isfinite(seconds):  # a period or hold of inf never ends; nan never compares
+            self.problem(key, "expected a finite duration, got %r" % (value,))
             return default
         if seconds < 0:
             self.problem(key, "must not be negative")
@@ -389,7 +396,8 @@ def _rule(number: int, table, action_names: set[str], problems: list[str]) -> Ru
         if action not in action_names:
             reader.problem("actions", "no [action.%s] in this file" % action)
     scale = _scale(reader, scope)
-    if enter is None and scale is None and silent_after is None and "enter" not in table:
+    # Given but refused, each of them is a problem of its own already: not "missing" too.
+    if not any(key in table for key in ("enter", "scale", "silent_after")):
         reader.problem("enter", "missing: a rule needs an enter threshold, a [rule.scale] "
                                 "target or silent_after")
     if enter is not None and exit_ is not None and direction is not None:
