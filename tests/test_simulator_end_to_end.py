@@ -188,6 +188,7 @@ def test_bad_inputs_fail_with_one_readable_line(tmp_path):
         ("replay", "--format", "bitbrains", str(tmp_path / "missing"), "--server", "127.0.0.1:9"),
         ("simulate", "--vms", "1", "--days", "inf", "--server", "127.0.0.1:9"),  # would never end
         ("simulate", "--vms", "1", "--days", "0.01", "--rate", "nan", "--server", "127.0.0.1:9"),
+        ("simulate", "--vms", "1", "--days", "0.01", "--speed", "inf", "--server", "127.0.0.1:9"),
     ]
     for args in cases:
         result = vmstats(*args, timeout=60)

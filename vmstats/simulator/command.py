@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -41,8 +42,8 @@ def _speed(text: str) -> float | None:
         value = float(text)
     except ValueError:
         raise click.BadParameter("--speed is 'max' or a factor such as 60, got %r" % text) from None
-    if not value > 0:
-        raise click.BadParameter("--speed factor must be positive")
+    if not 0 < value < math.inf:  # inf would be --speed max spelled as a number: say so
+        raise click.BadParameter("--speed factor must be a positive finite number (or 'max'), got %r" % text)
     return value
 
 
