@@ -224,6 +224,33 @@ def test_names_that_are_not_utf8_are_named_and_the_rest_reported_and_compacted(t
     assert (renamed / "vms" / odd_vm.name / yesterday.name).read_bytes() == content
 
 
+def test_a_day_without_a_readable_row_costs_that_day_only(tmp_path):
+    """A day whose file holds no readable row has no size: not a resize to nothing, which
+    would judge the VM from that day on (dropping its days before) or, on its newest day,
+    leave it without a size."""
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end, days=4)
+    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 7, "--no-cache")
+    assert code == 0, err
+    middle, newest = _day_file(data, "10.0.0.1", end - 2 * DAY), _day_file(data, "10.0.0.2", end)
+    lost = {}
+    for path, vm in ((middle, "10.0.0.1"), (newest, "10.0.0.2")):
+        lost[vm] = path.read_bytes().count(b"\n") - 1
+        path.write_bytes(random.Random(3).randbytes(4096))
+    code, _out, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache")
+    assert code == 0, err
+    for path in (middle, newest):
+        assert named(document)[str(path)]["problem"].startswith("no readable row"), path
+    before = {v["vm"]: v for v in clean["vms"]}
+    for row in document["vms"]:
+        vm = row["vm"]
+        assert lost[vm] > 0 and row["records"] == before[vm]["records"] - lost[vm], vm
+        for column in ("vcpus", "mem_gb", "monthly_cost"):
+            assert row[column] == before[vm][column], (vm, column)
+        assert "resized" not in row["data_quality"] and "impossible" not in row["data_quality"], row
+
+
 def _compact(folder: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(folder), *args],

@@ -31,6 +31,9 @@ MAX_RESIZES = 2
 #: size moves only ever move it in smaller steps (median 8%); each such step taken as a resize
 #: restarted the VM's span, and a quiet VM came out insufficient-data.
 MEMORY_RESIZE = 1.2
+#: A VM-day's aggregates that hold a last or highest known value: sizes and maxima.
+KNOWN_VALUES = ("vcpus", "mem_mb", "vcpus_first", "mem_mb_first",
+                "cpu_max", "cpu_peak", "mem_max", "disk_max", "net_max")
 
 
 @dataclass
@@ -100,10 +103,10 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     idle_day_net_mb).
     """
     vms = len(table.vms)
-    d = table.data
+    d = _unknown_when_empty(table.data)
     inside = (table.day >= window.first_day) & (table.day <= window.last_day)
     # A VM resized inside the window is judged on the days after its last resize only.
-    judged_from, size_changes = _judged_from(table, inside, vms)
+    judged_from, size_changes = _judged_from(table, d, inside, vms)
     inside &= table.day >= judged_from[table.vm_index]
     group = table.vm_index[inside]
     # Usually every loaded day is inside (only stopped VMs bring one from before): then the
@@ -145,7 +148,7 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     # GIL) run in a thread while the statistics that do not need them are computed.
     with ThreadPoolExecutor(1) as thread:
         summing = thread.submit(_from_histograms, rows, group, offset, vms, settings)
-        later = _without_histograms(rows, d, table, days, group, vms, window, settings)
+        later = _without_histograms(rows, d, table.vm_index, days, group, vms, window, settings)
         hist, figures = summing.result()
     s.update(figures)
     s.update(later.pop("runs"))
@@ -182,7 +185,7 @@ def _from_histograms(rows, group, offset, vms: int, settings: dict[str, np.ndarr
     return hist, figures
 
 
-def _without_histograms(rows, d, table: DayTable, days, group, vms: int, window: Window,
+def _without_histograms(rows, d, vm_index, days, group, vms: int, window: Window,
                         settings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The statistics that do not read the histograms: sustained levels (as ``runs``), daily
     figures, size, hour-of-week profiles, sparklines and schedule slots."""
@@ -212,8 +215,8 @@ def _without_histograms(rows, d, table: DayTable, days, group, vms: int, window:
     out["cpu_p95_daily_mean"] = mean
 
     # Size: the last known of the window (or of the last day seen).
-    out["vcpus"] = _last_per_vm(d["vcpus"], table.vm_index, vms)
-    out["mem_mb"] = _last_per_vm(d["mem_mb"], table.vm_index, vms)
+    out["vcpus"] = _last_per_vm(d["vcpus"], vm_index, vms)
+    out["mem_mb"] = _last_per_vm(d["mem_mb"], vm_index, vms)
 
     # Hour-of-week profile (Monday 00:00 UTC first) and sparklines.
     # The hourly cells' records and their (VM, hour of the week), shared by the profiles, the
@@ -234,7 +237,23 @@ def _without_histograms(rows, d, table: DayTable, days, group, vms: int, window:
     return out
 
 
-def _judged_from(table: DayTable, inside: np.ndarray, vms: int) -> tuple[np.ndarray, np.ndarray]:
+def _unknown_when_empty(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The VM-days' aggregates, with their sizes and maxima unknown (NaN) on a day without a
+    record.
+
+    Such a day (its only file unreadable, or no row of it readable) holds zeros, and 0 is a
+    value: its size would read as a resize to nothing (the VM judged from that day on, its
+    days before dropped; a VM whose newest day is so damaged left without a size), its CPU
+    peak of 0 as impossible data.  Cached and rolled-up aggregates pass through here alike.
+    """
+    empty = data["n"] == 0
+    if not empty.any():  # the usual case: the arrays as they are, no copies
+        return data
+    return {**data, **{name: np.where(empty, np.nan, data[name]) for name in KNOWN_VALUES}}
+
+
+def _judged_from(table: DayTable, d: dict[str, np.ndarray], inside: np.ndarray,
+                 vms: int) -> tuple[np.ndarray, np.ndarray]:
     """Per VM, the first day to judge it on (a day number), and how many days its size changed.
 
     A resize is a day whose first and last known sizes differ, or whose first
@@ -247,7 +266,6 @@ def _judged_from(table: DayTable, inside: np.ndarray, vms: int) -> tuple[np.ndar
     ``SHAPE_TOLERANCE`` are the same shape (agents report memory in MB that
     wobbles).  The second array counts the days with any size change.
     """
-    d = table.data
     index, day = table.vm_index[inside], table.day[inside].astype(np.int64)
     out = np.full(vms, np.iinfo(np.int32).min, np.int64)
     if not len(index):
