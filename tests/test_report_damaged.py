@@ -251,6 +251,39 @@ def test_a_day_without_a_readable_row_costs_that_day_only(tmp_path):
         assert "resized" not in row["data_quality"] and "impossible" not in row["data_quality"], row
 
 
+def test_a_fifo_as_a_vms_newest_or_oldest_day_file_never_blocks(tmp_path):
+    """The report reads the newest day file's last row for a VM's labels and headroom the
+    oldest's first row for the window's start: a FIFO in either place is named, not waited on."""
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end)
+    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 7, "--no-cache")
+    assert code == 0, err
+    newest, oldest = _day_file(data, "10.0.0.1", end), _day_file(data, "10.0.0.2", end - 3 * DAY)
+    lost = newest.read_bytes().count(b"\n") - 1  # its rows, after the header
+    newest.unlink()
+    os.mkfifo(newest)
+    os.mkfifo(oldest)
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    for fifo in (newest, oldest):
+        assert named(document)[str(fifo)]["problem"] == "not a regular file: a FIFO"
+        assert str(fifo) in stdout
+    records = {v["vm"]: v["records"] for v in clean["vms"]}
+    assert lost > 0 and {v["vm"]: v["records"] for v in document["vms"]} == {
+        "10.0.0.1": records["10.0.0.1"] - lost, "10.0.0.2": records["10.0.0.2"]}
+    inventory = tmp_path / "hosts.toml"
+    inventory.write_text('[[host]]\nname = "kvm01"\nvcpus = 16\nmem_gb = 64\nvms = ["10.0.0.*"]\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "vmstats", "headroom", str(data), "--inventory", str(inventory),
+         "--profile", "2x4@30%", "--days", "7", "--no-after", "-o", str(tmp_path / "headroom")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    hosts = json.loads((tmp_path / "headroom" / "headroom.json").read_text())["hosts"]
+    assert [(h["host"], h["vms"]) for h in hosts] == [("kvm01", 2)]
+
+
 def _compact(folder: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(folder), *args],

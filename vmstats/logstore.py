@@ -20,7 +20,7 @@ import functools
 import json
 import os
 import stat
-from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
+from typing import BinaryIO, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 from vmstats.protocol import FIELD_NAMES, FIELDS, Record, format_tags, parse_tags
 
@@ -487,14 +487,31 @@ def describe_error(path: str, exc: OSError) -> str:
     return "unreadable: %s" % (exc.strerror or exc)
 
 
-def _read_body(path: str) -> bytes:
-    """A day file's bytes after its header.  O_NONBLOCK and a check before reading: a FIFO
+def _open_day_file(path: str) -> int:
+    """A day file's descriptor, for reading.  O_NONBLOCK and a check before any read: a FIFO
     or a folder in a day file's place raises NotALogFile instead of blocking or reading."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotALogFile(not_regular(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_day_file(path: str) -> BinaryIO:
+    """A day file opened for reading: NotALogFile (an OSError) for a FIFO, a folder or a
+    device in its place.  A plain ``open`` of a FIFO waits for a writer for ever, so a reader
+    that opens day files by name opens them here."""
+    return os.fdopen(_open_day_file(path), "rb")
+
+
+def _read_body(path: str) -> bytes:
+    """A day file's bytes after its header (never waiting on a FIFO: _open_day_file)."""
+    fd = _open_day_file(path)
+    try:
         parts = []
         while True:  # one read of the whole file, and one more that finds its end
             part = os.read(fd, 1 << 20)
@@ -828,7 +845,7 @@ def last_labels(path: str) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str,
     if isinstance(path, Part):
         return last_labels_many([path])[0]
     try:
-        with open(path, "rb") as handle:
+        with open_day_file(path) as handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             start = max(0, size - _LABELS_TAIL)

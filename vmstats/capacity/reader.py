@@ -103,7 +103,7 @@ def _first_stamp(paths: list[str]) -> int | None:
             best = first[0] if first and (best is None or first[0] < best) else best
             continue
         try:
-            with open(path, "rb") as handle:
+            with logstore.open_day_file(path) as handle:  # a FIFO here must not block
                 handle.readline()
                 line = handle.readline()
         except OSError:
