@@ -331,8 +331,8 @@ def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_pat
     for fifo in fifos:
         os.mkfifo(fifo)
     problems = {
-        str(fifos[0]): "unreadable rollups file: not a regular file",
-        str(fifos[1]): "unreadable columnar file: not a regular file",
+        str(fifos[0]): "unreadable rollups file: not a regular file: a FIFO",
+        str(fifos[1]): "unreadable columnar file: not a regular file: a FIFO",
         str(rollups[0]): "unreadable rollups file: its vmstats description does not list VM names",
         str(rollups[1]): "unreadable rollups file: its vmstats description does not list VM names",
         str(rollups[2]): "unreadable rollups file: its vmstats description's version is not a number",
@@ -371,10 +371,53 @@ def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_pat
     late.write_bytes(_day_file(data, "10.0.0.1", end - 60).read_bytes())
     done = _compact(data, "--compact-after", "0s", "--retain-raw", "0s")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
-    assert "day 2020-01-02 left alone: %s: not a regular file" % fifos[1] in done.stderr
-    assert "%s left in place past retention: not a regular file" % fifos[1] in done.stderr
+    assert "day 2020-01-02 left alone: %s: not a regular file: a FIFO" % fifos[1] in done.stderr
+    assert "%s left in place past retention: not a regular file: a FIFO" % fifos[1] in done.stderr
     assert late.exists() and fifos[1].exists()
     assert not list((data / "vms" / "10.0.0.2").glob("*.csv"))  # the rest compacted
+
+
+def test_compaction_leaves_tier_entries_it_cannot_read_and_goes_on(tmp_path):
+    """A link to nothing in columnar/, a columnar file described right but with a column of
+    text, a folder and a FIFO in rollups/ past retention: each is named and left where it is,
+    by the report too, and the pass compacts and retires everything else."""
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end, days=8)
+    done = _compact(data, "--compact-after", "1d", "--retain-raw", "3d")
+    assert done.returncode == 0, done.stderr
+    damaged = sorted((data / "columnar").iterdir())[-1]
+    _rewrite_tier(damaged, column="cpu")
+    late = data / "vms" / "10.0.0.1" / (damaged.stem + ".csv")  # rows that would be merged into it
+    late.write_bytes(_day_file(data, "10.0.0.1", end).read_bytes())
+    link = data / "columnar" / "2020-01-03.parquet"
+    link.symlink_to(tmp_path / "gone.parquet")
+    folder, fifo = data / "rollups" / "2020-01-04.parquet", data / "rollups" / "2020-01-05.parquet"
+    folder.mkdir()
+    os.mkfifo(fifo)
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 10, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    entries = named(document)
+    assert entries[str(link)]["problem"] == "unreadable columnar file: a symbolic link to a missing file"
+    assert entries[str(damaged)]["problem"].startswith("unreadable: could not convert string to float")
+    assert entries[str(folder)]["problem"] == "unreadable rollups file: not a regular file: a directory"
+    assert entries[str(fifo)]["problem"] == "unreadable rollups file: not a regular file: a FIFO"
+    assert all(str(path) in stdout for path in (link, damaged, folder, fifo))
+    rollups = len(list((data / "rollups").iterdir()))
+    done = _compact(data, "--compact-after", "0s", "--retain-raw", "0s", "--retain-rollups", "5d")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    unmerged = "day %s left alone: %s: unreadable: could not convert string" % (damaged.stem, damaged)
+    for line in (unmerged,
+                 "%s left in place past retention: a symbolic link to a missing file" % link,
+                 "%s left in place past retention: not a regular file: a directory" % folder,
+                 "%s left in place past retention: not a regular file: a FIFO" % fifo):
+        assert line in done.stderr, (line, done.stderr)
+    assert late.exists() and link.is_symlink() and folder.is_dir() and fifo.exists()
+    # The rest: every columnar file but the link retired (the damaged one's day is in its
+    # rollups, written when it was whole), the old rollups removed.
+    assert sorted(p.name for p in (data / "columnar").iterdir()) == [link.name]
+    assert not list((data / "vms" / "10.0.0.2").glob("*.csv"))
+    assert 2 < len(list((data / "rollups").iterdir())) < rollups
 
 
 def test_200_junk_files_in_a_real_data_dir(tmp_path):

@@ -482,9 +482,13 @@ def describe_error(path: str, exc: OSError) -> str:
     """An OSError met reading a day file, as the report names it."""
     if isinstance(exc, NotALogFile):
         return str(exc)
+    return "unreadable: %s" % _os_problem(path, exc)
+
+
+def _os_problem(path: str, exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError) and os.path.islink(path):
-        return "unreadable: a symbolic link to a missing file"
-    return "unreadable: %s" % (exc.strerror or exc)
+        return "a symbolic link to a missing file"
+    return exc.strerror or str(exc)
 
 
 def _open_day_file(path: str) -> int:
@@ -821,7 +825,7 @@ def _read_parts(parts: List[Tuple[int, "Part"]], wanted: List[str], final: Dict[
             if errors is None:
                 raise OSError("unreadable columnar file %s: %s" % (path, exc)) from None
             for index, _part in mine:
-                errors[index] = "unreadable: %s" % exc
+                errors[index] = "unreadable: %s" % str(exc).split("\n", 1)[0]  # Arrow's may add a schema
             continue
         for index, count in found.items():
             bad[index] += count
@@ -963,7 +967,7 @@ def tier_info(path: str) -> dict:
     import pyarrow
     import pyarrow.parquet as pq
 
-    _regular_file(path)
+    check_tier_file(path)
     try:
         meta = pq.read_metadata(path).metadata or {}
     except pyarrow.ArrowInvalid as exc:
@@ -971,10 +975,18 @@ def tier_info(path: str) -> dict:
     return _description(meta)
 
 
-def _regular_file(path: str) -> None:
-    """DamagedTier unless ``path`` is a regular file: Arrow would wait on a FIFO for ever."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise DamagedTier("not a regular file")
+def check_tier_file(path: str) -> None:
+    """DamagedTier unless ``path`` is a regular file: Arrow would wait on a FIFO for ever, and
+    a folder, a device or a link to nothing is no file of ours either.  FileNotFoundError
+    only when the file itself is gone (retention, since it was listed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if type(exc) is FileNotFoundError and not os.path.islink(path):
+            raise
+        raise DamagedTier(_os_problem(path, exc)) from None
+    if not stat.S_ISREG(mode):
+        raise DamagedTier(not_regular(mode))
 
 
 def _description(meta: Mapping[bytes, bytes]) -> dict:
@@ -1125,7 +1137,7 @@ def read_tier_part(path: str, vms: Iterable[str], columns: Optional[List[str]] =
     import pyarrow.parquet as pq
 
     vms = set(vms)
-    _regular_file(path)
+    check_tier_file(path)
     try:
         with pq.ParquetFile(path) as handle:
             info = _description(handle.metadata.metadata or {})

@@ -133,6 +133,11 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
             _tell(step, "retired " + path)
         for name, path in logstore.tier_days(data_dir, logstore.ROLLUPS_DIR):
             if elapsed_days(logstore.day_number(name), now) >= policy.retain_rollups:
+                try:
+                    logstore.check_tier_file(path)
+                except logstore.DamagedTier as exc:  # a folder, FIFO or link put there: not ours
+                    log.warning("compaction: %s left in place past retention: %s", path, exc)
+                    continue
                 os.unlink(path)
                 summary.rollups_removed += 1
                 _tell(step, "retired " + path)
@@ -207,9 +212,7 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
         old = _listed(target)
         kept = set() if old else set(_listed(rollup_target))
     except logstore.DamagedTier as exc:
-        # Its rows could not be merged: the day's CSV files stay, read by the report beside it.
-        log.warning("compaction: day %s left alone: %s", name, exc)
-        summary.csv_kept.extend(path for _vm, path in files)
+        _leave_day(name, files, summary, exc)
         return
     if kept:
         # The day's rows were retired already: rows that came since cannot join its rollups
@@ -251,6 +254,10 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
         writer.close(info)
         _verify(writer.partial, info, digests)
         rollups = _write_rollups(data_dir, day, writer.partial, commit=False)
+    except logstore.DamagedTier as exc:  # the day's columnar file: described well, rows unreadable
+        writer.abort()
+        _leave_day(name, files, summary, exc)
+        return
     except BaseException:
         writer.abort()
         raise
@@ -276,6 +283,13 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
         os.unlink(path)
         summary.csv_removed += 1
         _tell(step, "removed " + path)
+
+
+def _leave_day(name: str, files: list[tuple[str, str]], summary: Summary, exc: Exception) -> None:
+    """A day whose compacted file is damaged: its rows cannot be merged into it, so the day's
+    CSV files stay, read by the report beside it, and the pass goes on with the other days."""
+    log.warning("compaction: day %s left alone: %s", name, exc)
+    summary.csv_kept.extend(path for _vm, path in files)
 
 
 def _chunk(target: str, chunk: list[str], old: list[str], csv_of: dict[str, str],
@@ -307,7 +321,7 @@ def _chunk(target: str, chunk: list[str], old: list[str], csv_of: dict[str, str]
             unreadable.add(owners[index])
             log.warning("compaction: %s left in place: %s", sources[index], why)
         else:
-            raise VerifyError("columnar file %s unreadable: %s" % (target, why))
+            raise logstore.DamagedTier("%s: %s" % (target, why))
     vm_of = np.asarray(owners, dtype=object)[frame["file"].to_numpy()] if len(frame) else np.array([], object)
     frame = frame.drop(columns="file")
     frame.insert(0, "vm", vm_of)
@@ -392,8 +406,8 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
             table, issues = load.aggregate_units([[part] for part in parts])
             # Malformed lines the CSV had are carried over and counted, not a failure to read.
             unread = [entry for entries in issues.values() for entry in entries if not entry["bad_lines"]]
-            if unread:
-                raise VerifyError("rollups of %s: %s" % (columnar, unread[0]["problem"]))
+            if unread:  # a columnar file (past retention) whose rows cannot be read
+                raise logstore.DamagedTier(unread[0]["problem"])
             labels = logstore.last_labels_many(parts)
             pending.append(logstore.rollup_table(
                 chunk, [(None, None, None) if label is None else (label[0], label[1], _tags_text(label[2]))
