@@ -93,6 +93,24 @@ def test_headroom_counts_per_host_now_and_after_the_reports_advice(headroom):
     assert int(table[0]["fit_now"]) == one["fit_now"] and table[1]["fit_now"] == ""
 
 
+def test_a_fleet_with_no_host_known_has_no_room_now_or_after(fleet, tmp_path):
+    """Every host below the coverage gate: no room anywhere, said as much, not a traceback."""
+    base, _expected = fleet
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    for folder in (data / "vms").iterdir():
+        days = sorted(folder.glob("*.csv"))
+        if len(days) > 2:
+            days[len(days) // 2].unlink()  # a day missing from every VM: none is fully covered
+    result = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8@50%",
+                     "--coverage-min", "1", "-o", tmp_path / "out")  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "fleet: 0 more fit now, 0 after the report's reclaim and downsize advice" in result.stdout
+    document = json.loads((tmp_path / "out" / "headroom.json").read_text())
+    assert all(row["status"] == "unknown" for row in document["hosts"])
+    assert document["fleet"]["fit_after"] == 0 and document["fleet"]["hosts_known"] == 0
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

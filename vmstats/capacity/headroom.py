@@ -146,10 +146,11 @@ def totals(host_rows: list[dict], now: FleetDemand, after: FleetDemand | None) -
         "hosts_known": len(host_rows) - len(unknown),
         "hosts_unknown": unknown,
         "unplaced_vms": now.unplaced,
+        # An unknown host counts as no room, now and after the advice alike.
         "fit_now": total("fit_now") or 0,
-        "fit_after": total("fit_after") if after is not None else None,
+        "fit_after": total("fit_after") or 0 if after is not None else None,
         "alloc_fit_now": total("alloc_fit_now") or 0,
-        "alloc_fit_after": total("alloc_fit_after") if after is not None else None,
+        "alloc_fit_after": total("alloc_fit_after") or 0 if after is not None else None,
         "binding_hosts": binding,
     }
 
