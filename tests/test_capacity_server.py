@@ -68,6 +68,7 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
         (post(server, {"vms": [{"profile": "2x4", "replicas": 3}]}), 400, "vms[0].replicas: unknown key"),
         (post(server, {"vms": []}), 400, "vms: a list of at least one entry"),
         (post(server, b"[" * (2 << 20), raw=True), 413, "larger than"),
+        (post(server, b"[" * 200000, raw=True), 400, "nested too deeply"),
     ]
     for (code, body), want_code, want in cases:
         assert code == want_code and list(body) == ["error"] and want in body["error"], body
@@ -78,7 +79,7 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
         server.http("/admission", token=None)
     assert denied.value.code == 401
     metrics = server.metrics()
-    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 4
+    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 5
     assert metrics['vmstats_admission_requests_total{result="error_401"}'] == 3  # two POSTs, the GET
 
 

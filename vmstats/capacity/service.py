@@ -168,6 +168,8 @@ class AdmissionService(service.Service):
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             return self._error(http.BAD_REQUEST, "manifest is not valid JSON: %s" % exc)
+        except RecursionError:  # '[' * 200000 fits in MAX_BODY; no manifest nests that deep
+            return self._error(http.BAD_REQUEST, "manifest is not valid JSON: nested too deeply")
         try:
             manifest = admission.parse_manifest(data)
         except CapacityError as exc:
