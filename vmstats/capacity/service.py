@@ -247,6 +247,8 @@ class AdmissionPage(resource.Resource):
     """``/admission``: POST a manifest (JSON) for an answer, GET the state; both need the token."""
 
     isLeaf = True
+    #: The HTTP channel refuses a longer body before storing it (http.py).
+    max_body = MAX_BODY
 
     def __init__(self, owner: AdmissionService) -> None:
         super().__init__()

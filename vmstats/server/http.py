@@ -5,9 +5,15 @@ are 404, not a page that happens to answer.  A later route (another input format
 is one ``add`` call.  Responses carry no ``Server`` header, connections go through a
 ``ConnectionTable`` (caps, idle timeout, eviction, --http-allow), and /status gives the data
 directory and per-VM times only to a caller with the status token: the counts are on /metrics.
+
+Each route has a largest body (``max_body``, declared by its page); the channel refuses a body
+past it -- declared (413 at the headers) or streamed (413 once the bytes pass it) -- before any
+of it is stored, a body to an unknown path (404) before reading it, and an HTTP/1.0 body without
+a Content-Length (411) that it cannot delimit.  Each refusal is counted on /metrics.
 """
 
 import hmac
+import io
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +26,11 @@ from vmstats.server.connections import ConnectionTable, listen_tcp, listening
 #: A route's handler: the request in, the body out (bytes, or server.NOT_DONE_YET).
 Handler = Callable[[server.Request], bytes | int]
 
+#: Largest body of a route whose page declares none (a GET, /query's few words).
+DEFAULT_MAX_BODY = 64 << 10
+#: Bytes read and dropped after a refusal, so the client can read the answer before the close.
+LINGER_BYTES = 4 << 20
+
 
 class Router(resource.Resource):
     """Exact-path routes: ``{(method, path): handler}``; anything else is 404 (or 405)."""
@@ -28,32 +39,46 @@ class Router(resource.Resource):
 
     def __init__(self) -> None:
         super().__init__()
-        self.routes: dict[bytes, dict[bytes | None, Handler]] = {}
+        self.routes: dict[bytes, dict[bytes, Handler]] = {}
+        self.max_bodies: dict[bytes, int] = {}
 
-    def add(self, path: bytes, handler: Handler,
-            methods: Iterable[bytes] | None = (b"GET",)) -> None:
-        """Serve ``path`` (exactly: no prefix, no trailing slash, no ``..``) with ``handler``.
-
-        ``methods`` None: every method goes to the handler, which answers the ones it does not
-        serve itself (a ``resource.Resource``'s ``render`` raises UnsupportedMethod: 405).
-        """
-        if methods is None:
-            self.routes.setdefault(path, {})[None] = handler
-            return
+    def add(self, path: bytes, handler: Handler, methods: Iterable[bytes] = (b"GET",),
+            max_body: int = DEFAULT_MAX_BODY) -> None:
+        """Serve ``path`` (exactly: no prefix, no trailing slash, no ``..``) with ``handler``."""
         for method in methods:
             self.routes.setdefault(path, {})[method] = handler
             if method == b"GET":
                 self.routes[path].setdefault(b"HEAD", handler)
+        self.max_bodies[path] = max_body
+
+    def add_page(self, path: bytes, page: resource.Resource) -> None:
+        """Serve ``path`` with a page's ``render_<METHOD>`` methods; its ``max_body`` if it has one.
+
+        Other methods get the router's 405 (JSON, with Allow), not Twisted's HTML page.
+        """
+        methods = [name[len("render_"):].encode("ascii") for name in dir(page)
+                   if name.startswith("render_") and name != "render_HEAD"]
+        if b"GET" in methods:
+            methods.append(b"HEAD")  # Resource.render_HEAD is render_GET
+        self.add(path, page.render, methods, getattr(page, "max_body", DEFAULT_MAX_BODY))
+
+    def max_body(self, path: bytes) -> int | None:
+        """The largest body a request to ``path`` may send; None for a path not served."""
+        return self.max_bodies.get(path)
 
     def render(self, request: server.Request) -> bytes | int:
         request.setHeader(b"cache-control", b"no-store")
         methods = self.routes.get(request.path)
         if methods is None:
             return _plain(request, http.NOT_FOUND, b"not found\n")
-        handler = methods.get(request.method) or methods.get(None)
+        handler = methods.get(request.method)
         if handler is None:
-            request.setHeader(b"allow", b", ".join(sorted(methods)))
-            return _plain(request, http.NOT_ALLOWED, b"method not allowed\n")
+            allowed = b", ".join(sorted(methods))
+            request.setHeader(b"allow", allowed)
+            request.setResponseCode(http.NOT_ALLOWED)
+            request.setHeader(b"content-type", b"application/json")
+            return _json_error("method %s not allowed: use %s"
+                               % (request.method.decode("latin-1"), allowed.decode("ascii")))
         return handler(request)
 
 
@@ -61,6 +86,10 @@ def _plain(request: server.Request, code: int, body: bytes) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return body
+
+
+def _json_error(message: str) -> bytes:
+    return (json.dumps({"error": message}) + "\n").encode("utf-8")
 
 
 class _Request(server.Request):
@@ -71,12 +100,24 @@ class _Request(server.Request):
             self.responseHeaders.removeHeader(b"server")
         super().write(data)
 
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.channel.body_fits(len(data)):
+            super().handleContentChunk(data)
+
 
 class _Channel(http.HTTPChannel):
-    """An HTTP/1.1 connection that its port's connection table keeps in line."""
+    """An HTTP/1.1 connection that its port's connection table keeps in line.
+
+    Bodies are bounded here, before Twisted stores them (in a temporary file past 100 KB):
+    a refused request is answered at once and its remaining bytes are dropped, not kept.
+    """
 
     table: ConnectionTable
+    router: Router
     peer = ""
+    _refused = False
+    _limit = _body_left = 0
+    _linger_left = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -84,7 +125,74 @@ class _Channel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         self.table.touch(self)
+        if self._refused:
+            self._linger(len(data))
+            return
         super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            self._linger(len(data))
+            return
+        super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        path = self._path.split(b"?", 1)[0]
+        limit = self.router.max_body(path)
+        headers = request.requestHeaders
+        delimited = headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
+        if self.length != 0 and limit is None:
+            self._refuse(http.NOT_FOUND, "not_found", "not found")
+        elif (self._command in (b"POST", b"PUT", b"PATCH") and not delimited
+              and self._version != b"HTTP/1.1"):
+            self._refuse(http.LENGTH_REQUIRED, "length_required",
+                         "a body needs a Content-Length header")
+        elif self.length is not None and limit is not None and self.length > limit:
+            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                         "body larger than %d bytes" % limit)
+        if self._refused:
+            self.length = None  # no request is run: the rest goes to rawDataReceived, dropped
+            return
+        self._limit = self._body_left = limit or 0
+        super().allHeadersReceived()
+
+    def body_fits(self, size: int) -> bool:
+        """Take ``size`` more body bytes?  Past the route's limit the request is refused (413)."""
+        if self._refused:
+            return False
+        self._body_left -= size
+        if self._body_left < 0:
+            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                         "body larger than %d bytes" % self._limit)
+            return False
+        return True
+
+    def allContentReceived(self) -> None:
+        if not self._refused:  # a body refused mid-stream may still end in the same read
+            super().allContentReceived()
+
+    def _refuse(self, code: int, reason: str, message: str) -> None:
+        """Answer ``code`` now, count it, and drop what the client still sends until the close."""
+        self._refused = True
+        request = self.requests[-1]
+        if request.content is not None:
+            request.content.close()  # what was taken of the body goes now, not at the close
+        request.content = io.BytesIO()
+        refused = self.table.counts.requests_refused
+        refused[reason] = refused.get(reason, 0) + 1
+        body = _json_error(message)
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\ncache-control: no-store\r\n"
+                             b"connection: close\r\n\r\n%s"
+                             % (code, http.RESPONSES[code], len(body), body))
+        self._linger_left = LINGER_BYTES
+        self.transport.loseWriteConnection()  # the client sees the answer end, then closes
+
+    def _linger(self, size: int) -> None:
+        self._linger_left -= size
+        if self._linger_left < 0:
+            self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
         self.table.remove(self)
@@ -106,6 +214,7 @@ class _Site(server.Site):
             return None
         channel = super().buildProtocol(addr)
         channel.table = self.table
+        channel.router = self.resource
         channel.peer = addr.host
         return channel
 
@@ -149,9 +258,9 @@ class HTTPService(service.Service):
             self.router.add(b"/alerts", lambda request: _body(
                 request, json.dumps(alerts_json(self.token.admits(request)), indent=1,
                                     sort_keys=True), b"application/json"))
-        # Other services' pages by full path (b"/api/v2/write"), each answering its own methods.
+        # Other services' pages by full path (b"/api/v2/write"), each with its methods and limit.
         for path, page in (routes or {}).items():
-            self.router.add(path, page.render, methods=None)
+            self.router.add_page(path, page)
         self.site = _Site(self.router, table)
         self.listening = None
 

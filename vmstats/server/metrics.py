@@ -51,11 +51,13 @@ class ConnectionCounts:
     """What one port's connection table did (connections.py)."""
 
     __slots__ = ("accepted", "evicted_per_source", "evicted_full", "idle_closed", "not_allowed",
-                 "open")
+                 "open", "requests_refused")
 
     def __init__(self) -> None:
         self.accepted = self.evicted_per_source = self.evicted_full = 0
         self.idle_closed = self.not_allowed = 0
+        #: HTTP requests refused at the headers or mid-body, by reason (http.py's channel).
+        self.requests_refused: dict[str, int] = {}
         #: How many are open now: set by the owner of the table (a read function).
         self.open = lambda: 0
 
@@ -184,6 +186,11 @@ class Metrics:
                "Connections and UDP datagrams refused because their source is outside --allow.",
                [((("port", kind),), c.not_allowed) for kind, c in ports]
                + [((("port", "udp"),), self.datagrams_not_allowed)])
+        metric("http_requests_refused_total", "counter",
+               "HTTP requests refused before their body was stored: too_large, not_found, "
+               "length_required.",
+               [((("reason", reason),), n) for reason, n in
+                sorted(self.connections["http"].requests_refused.items())])
         metric("acks_total", "counter", "TCP batches acknowledged.", [((), self.acks)])
         metric("naks_total", "counter", "TCP batches refused (to be resent).", [((), self.naks)])
         metric("flushes_total", "counter", "Flushes of the buffer to the logs.", [((), self.flushes)])

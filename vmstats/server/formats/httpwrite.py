@@ -35,6 +35,8 @@ class WritePage(resource.Resource):
     """One of the write endpoints (``version`` 1 or 2) feeding the influx decoder."""
 
     isLeaf = True
+    #: The HTTP channel refuses a longer body before storing it (http.py).
+    max_body = MAX_BODY
 
     def __init__(self, edge, decoder, version: int, token: str | None):
         super().__init__()

@@ -1,0 +1,101 @@
+"""Request bodies on the HTTP port: bounded before they are stored, refusals answered in JSON."""
+
+import json
+import os
+import select
+import socket
+
+from serverproc import LOOPBACK, serve
+
+from vmstats.server.formats.httpwrite import MAX_BODY
+
+CHUNK = b"x" * (64 << 10)
+
+
+def temp_bytes(pid: int) -> int:
+    """Bytes in the server's open regular files outside its data directory (Twisted's body files)."""
+    total = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            if target.startswith("/") and ("(deleted)" in target or "/tmp" in target):
+                total += os.stat("/proc/%d/fd/%s" % (pid, fd)).st_size
+        except OSError:
+            pass
+    return total
+
+
+def stream(port: int, head: bytes, chunk: bytes, most: int) -> tuple[int, bytes]:
+    """Send ``head`` then up to ``most`` bytes of ``chunk``s until the server answers; (sent, answer)."""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(head)
+        sent = 0
+        try:
+            while sent < most and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # the server closed after answering
+            pass
+        answer = b""
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except OSError:
+            pass
+        return sent, answer
+
+
+def status_and_json(answer: bytes) -> tuple[int, dict, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def test_a_body_past_the_limit_is_refused_before_it_is_stored(tmp_path):
+    with serve(tmp_path, "--write-token", "tok") as server:
+        port, pid = server.http_port, server.proc.pid
+        # Declared too long: refused at the headers, whatever follows is dropped.
+        sent, answer = stream(port, b"POST /write?p=tok HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: %d\r\n\r\n" % (600 << 20), CHUNK, 300 << 20)
+        code, headers, body = status_and_json(answer)
+        assert code == 413 and "body larger than %d bytes" % MAX_BODY in body["error"], answer
+        assert sent < 64 << 20 and headers["connection"] == "close"
+        # Chunked: refused once the streamed bytes pass the limit, never with all of them stored.
+        chunk = b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK)
+        sent, answer = stream(port, b"POST /api/v2/write?bucket=b HTTP/1.1\r\nHost: x\r\n"
+                              b"Authorization: Token tok\r\nTransfer-Encoding: chunked\r\n\r\n",
+                              chunk, 300 << 20)
+        assert status_and_json(answer)[0] == 413 and sent < MAX_BODY + (64 << 20)
+        # A body to a path not served: 404 before any of it is read.
+        sent, answer = stream(port, b"POST /nonexistent HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: %d\r\n\r\n" % (600 << 20), CHUNK, 300 << 20)
+        assert status_and_json(answer)[:3:2] == (404, {"error": "not found"})
+        assert sent < 64 << 20
+        # HTTP/1.0 without a length: the body cannot be delimited, so it is not silently dropped.
+        sent, answer = stream(port, b"POST /write?p=tok HTTP/1.0\r\n\r\ncpu usage_idle=1 1\n",
+                              b"", 0)
+        assert status_and_json(answer)[0] == 411
+        assert temp_bytes(pid) < MAX_BODY
+        metrics = server.metrics()
+        refused = 'vmstats_http_requests_refused_total{reason="%s"}'
+        assert metrics[refused % "too_large"] == 2 and metrics[refused % "not_found"] == 1
+        assert metrics[refused % "length_required"] == 1
+        # The port still serves after all that.
+        assert "vmstats_records_received_total" in server.http("/metrics")
+
+
+def test_unserved_methods_on_the_apis_are_405_in_json_with_allow(tmp_path):
+    with serve(tmp_path, "--write-token", "tok") as server:
+        for method, path, allow in (("PUT", "/write", "POST"), ("GET", "/write", "POST"),
+                                    ("DELETE", "/api/v2/write", "POST"),
+                                    ("POST", "/metrics", "GET, HEAD")):
+            sent, answer = stream(server.http_port, b"%s %s HTTP/1.1\r\nHost: x\r\n"
+                                  b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                                  % (method.encode(), path.encode()), b"", 0)
+            code, headers, body = status_and_json(answer)
+            assert (code, headers["allow"]) == (405, allow), answer
+            assert headers["content-type"] == "application/json" and allow in body["error"]
