@@ -243,3 +243,37 @@ def test_a_restored_state_carries_on_from_the_first_record_after_a_restart():
     clock.now += 60
     seen = feed(eng, clock, "10.0.0.1", 10, ts=clock.now - 120)
     assert [(e["from"], e["to"], e["seq"]) for e in seen] == [("alarm", "ok", 8)]
+
+
+def test_an_evaluation_costs_the_data_held_not_the_window_configured():
+    """N is bounded in the file; past that, an evaluation reads the periods a scope holds, so a
+    window far larger than its data (here set behind the parser's back) stays as cheap."""
+    import time
+    clock = Clock()
+    eng = engine([{"name": "wide", "metric": "cpu", "enter": 50, "datapoints": 1, "period": 1}],
+                 clock)
+    eng.rules["wide"].rule.periods = 10 ** 8
+    started = time.process_time()
+    seen = []
+    for _ in range(3):
+        seen += feed(eng, clock, "10.0.0.1", 99)
+        clock.now += 1
+    assert time.process_time() - started < 0.5
+    assert [(e["from"], e["to"]) for e in seen] == [("ok", "alarm")]
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ({"periods": 1000000000, "period": "1s"}, "periods: 1000000000 is more than the 1440 a window "
+                                              "may span"),
+    ({"periods": 1440, "period": "5m"}, "periods: 1440 periods of 300s span 432000s, more than "
+                                        "the 86400s a window may span"),
+    ({"periods": 200, "period": "1h"}, "periods: 200 periods of 3600s span 720000s, more than "
+                                       "the 604800s a window may span"),
+])
+def test_a_window_no_operator_could_mean_is_one_problem(extra, problem):
+    with pytest.raises(RulesError) as refused:
+        parse_rules({"rule": [dict({"name": "w", "metric": "cpu", "enter": 50}, **extra)]})
+    assert refused.value.problems == ["rule w: " + problem]
+    # The bounds themselves are fine: a day of minutes, a week of hours.
+    for fine in ({"periods": 1440, "period": "1m"}, {"periods": 168, "period": "1h"}):
+        parse_rules({"rule": [dict({"name": "w", "metric": "cpu", "enter": 50}, **fine)]})

@@ -201,6 +201,32 @@ def test_infinite_and_nan_numbers_are_problems_not_rules_that_never_fire(tmp_pat
     )]
 
 
+def test_a_window_of_a_billion_periods_is_refused_at_check_start_and_reload(tmp_path):
+    """A window sizes the work of every evaluation: one no operator could mean is one problem
+    line at check, a server that does not start, and a reload that keeps the rules in force."""
+    wide = tmp_path / "wide.toml"
+    wide.write_text('[[rule]]\nname = "wide"\nmetric = "cpu"\nenter = 50\nperiod = "1s"\n'
+                    'datapoints = 1\nperiods = 1000000000\n')
+    problem = "%s: rule wide: periods: 1000000000 is more than the 1440 a window may span" % wide
+    checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(wide)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 1 and checked.stderr.splitlines() == [problem]
+    with pytest.raises(ServerError) as failed:
+        ServerProcess(tmp_path / "refused", "--rules", str(wide)).start()
+    assert problem in str(failed.value)
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, HOT % "")
+        with serve(tmp_path, rules) as server:
+            (tmp_path / "rules.toml").write_text(wide.read_text())
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="refused"}') == 1)
+            for i in range(3):
+                server.send_udp(line("10.0.0.%d" % i, int(time.time()), 99.0))
+            assert len(hook.wait(3)) == 3  # the rules in force stay, and the server answers
+            assert json.loads(server.http("/alerts"))["rules"][0]["name"] == "hot"
+        assert problem.replace(str(wide), rules) in server.output
+
+
 def test_a_receiver_down_then_up_gets_everything_once(tmp_path):
     body = HOT % "" + '[settings]\nretry_min = "0.2s"\nretry_max = "1s"\n'
     with WebhookReceiver(SECRET.encode()) as hook:

@@ -29,6 +29,14 @@ MISSING_POLICIES = ("keep", "ok", "breaching", "insufficient")
 SCOPES = ("vm", "group")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 _AGGREGATE_RE = re.compile(r"(mean|max|min|count_above|p(\d{1,2}(?:\.\d+)?))\Z")
+#: The most periods an M-of-N window spans (CloudWatch's bound on evaluation periods): a
+#: window sizes what a scope keeps and what an evaluation reads, so no operator's "N" is
+#: allowed to be a number no one could mean.
+MAX_PERIODS = 1440
+#: The longest a window (periods x period) may span: a day of short periods, as CloudWatch
+#: allows, and a week once a period is an hour or more.
+MAX_WINDOW = 86400.0
+MAX_WINDOW_LONG_PERIODS = 7 * 86400.0
 
 
 class RulesError(ValueError):
@@ -381,6 +389,14 @@ def _rule(number: int, table, action_names: set[str], problems: list[str]) -> Ru
         reader.problem("period", "must be more than 0")
     datapoints = reader.number("datapoints", 1, minimum=1, integer=True)
     periods = reader.number("periods", datapoints, minimum=1, integer=True)
+    if isinstance(periods, int) and periods > MAX_PERIODS:
+        reader.problem("periods", "%d is more than the %d a window may span" % (periods, MAX_PERIODS))
+        periods = None
+    if isinstance(periods, int) and isinstance(period, float) and period > 0:
+        longest = MAX_WINDOW if period < 3600 else MAX_WINDOW_LONG_PERIODS
+        if periods * period > longest:
+            reader.problem("periods", "%d periods of %gs span %gs, more than the %gs a window may "
+                                      "span" % (periods, period, periods * period, longest))
     if isinstance(datapoints, int) and isinstance(periods, int) and datapoints > periods:
         reader.problem("datapoints", "%d of %d periods cannot happen: datapoints must be at most "
                                      "periods" % (datapoints, periods))

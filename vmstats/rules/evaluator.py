@@ -312,21 +312,26 @@ class Engine:
         series.end = end
         state = series.state
         alarmed = state == "alarm"
-        present = notyet = missing = hits = 0
+        start = end - rule.periods + 1
+        # The window's values, read from whichever is smaller, the window or the data held:
+        # an evaluation costs what the scope holds, never more than its N periods.
         buckets = series.buckets
-        for period in range(end - rule.periods + 1, end + 1):
-            value = buckets.get(period)
-            if value is None:
-                if period < series.first:
-                    notyet += 1
-                else:
-                    missing += 1
-                continue
-            present += 1
+        if len(buckets) < rule.periods:
+            values = [(p, v) for p, v in buckets.items() if start <= p <= end]
+        else:
+            values = [(p, buckets[p]) for p in range(start, end + 1) if p in buckets]
+        hits = 0
+        for _period, value in values:
             if alarmed:
                 hits += value < rule.exit if rule.above else value > rule.exit
             else:
                 hits += value > rule.enter if rule.above else value < rule.enter
+        # Periods without a value: before the scope's first record they are "not yet".
+        before = min(rule.periods, max(0, series.first - start))
+        present = len(values)
+        early = sum(1 for p, _value in values if p < series.first)
+        notyet = before - early
+        missing = rule.periods - before - (present - early)
         if rule.missing == "breaching":
             hits += 0 if alarmed else missing
         elif rule.missing == "ok":
