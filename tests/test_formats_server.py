@@ -115,3 +115,27 @@ def test_bad_format_options_are_one_readable_line(tmp_path):
         assert result.stderr.strip().splitlines() == ["Error: " + result.stderr.split("Error: ")[1]
                                                       .strip()]
         assert message in result.stderr
+
+
+def test_gzip_bodies_are_read_whole_or_refused(tmp_path):
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    gz = {"Content-Encoding": "gzip"}
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        lines = minute_lines("gz-two", t0)
+        half = len(lines) // 2
+        two = gzip.compress(b"\n".join(lines[:half]) + b"\n") + gzip.compress(
+            b"\n".join(lines[half:]))
+        assert post(server, "/write?precision=s", two, gz) == (204, "")
+        whole = gzip.compress(b"\n".join(minute_lines("gz-cut", t0)))
+        for vm, body in (("gz-cut", whole[:len(whole) // 2]), ("gz-cut", whole[:-4]),
+                         ("gz-junk", gzip.compress(b"\n".join(minute_lines("gz-junk", t0)))
+                          + b"junk")):
+            status, text = post(server, "/write?precision=s", body, gz)
+            assert status == 400 and "body is not gzip" in json.loads(text)["error"], (vm, text)
+        used = edge(server.metrics(), "influx", "used")
+        assert used == len(lines)
+    rows = logged(tmp_path / "data", "gz-two")  # both members, the whole minute
+    assert list(rows["ts"]) == [t0 + 60] and rows.iloc[0]["net_rx"] == 100.0
+    assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
+    assert not (tmp_path / "data" / "vms" / "gz-cut").exists()
+    assert not (tmp_path / "data" / "vms" / "gz-junk").exists()

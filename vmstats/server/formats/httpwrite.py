@@ -31,6 +31,25 @@ V1_PRECISIONS = ("n", "ns", "u", "us", "ms", "s", "m", "h")
 V2_PRECISIONS = ("ns", "us", "ms", "s")
 
 
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Every gzip member of ``data`` (as gzip readers and InfluxDB read them), up to ``limit`` + 1
+    bytes; zlib.error for a cut stream or bytes after the last member that are not one, whose
+    lines would otherwise be taken short or not at all behind a 204."""
+    out: list[bytes] = []
+    size = 0
+    while data:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        part = inflate.decompress(data, limit + 1 - size)
+        out.append(part)
+        size += len(part)
+        if size > limit:  # the caller refuses it as too large
+            break
+        if not inflate.eof:
+            raise zlib.error("the stream is cut short")
+        data = inflate.unused_data
+    return b"".join(out)
+
+
 class WritePage(resource.Resource):
     """One of the write endpoints (``version`` 1 or 2) feeding the influx decoder."""
 
@@ -63,8 +82,7 @@ class WritePage(resource.Resource):
         self.edge.metrics.bytes += len(body)
         if (request.getHeader(b"content-encoding") or b"").strip().lower() == b"gzip":
             try:
-                inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                body = inflate.decompress(body, MAX_BODY + 1)
+                body = gunzip(body, MAX_BODY)
             except zlib.error as exc:
                 return self._error(request, 400, "invalid", "body is not gzip: %s" % exc)
         if len(body) > MAX_BODY:
