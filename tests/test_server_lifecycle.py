@@ -10,7 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from serverproc import ROOT, serve
+import pytest
+from serverproc import ROOT, children, serve
 from test_server_tcp import read_reply
 from test_server_udp import line, logged, now
 
@@ -191,6 +192,31 @@ def test_sigint_also_drains(tmp_path):
         server.wait_received(1)
         assert server.stop(signal.SIGINT) == 0
     assert len(logged(tmp_path / "data", "10.9.0.1")) == 1
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_the_whole_process_group_still_drains(tmp_path, number):
+    """systemd (KillMode=control-group), ``timeout`` and Ctrl-C signal every process of the
+    service: the writers and parsers must not die with the records of the final flush."""
+    with serve(tmp_path, "--flush-interval", "60", "--parsers", "1") as server:
+        for i in range(20):
+            server.send_udp(line(Record(vm="10.9.1.%d" % i, ts=now() - 60, cpu=1.0, mem=2.0)))
+        server.wait_received(20)
+        family = descendants(server.pid)
+        assert len(family) >= 3, family  # the forkserver, its writers, a parser
+        for pid in family + [server.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+        assert server.stop(number) == 0, server.output
+    assert "Traceback" not in server.output and "missed the" not in server.output, server.output
+    assert all_rows(tmp_path / "data") == 20
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
 
 
 @contextlib.contextmanager

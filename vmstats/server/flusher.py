@@ -10,6 +10,7 @@ order follows the receive order.
 
 import logging
 import multiprocessing
+import multiprocessing.pool
 import time
 
 from apscheduler.executors.debug import DebugExecutor
@@ -21,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from vmstats.server.buffer import Buffer, Table
 from vmstats.server.memory import release_free_memory
 from vmstats.server.metrics import Metrics, RateLimitedLog
-from vmstats.server.writer import MarshalledShare, lower_priority, write_share
+from vmstats.server.writer import MarshalledShare, WriterProcess, init_writer, write_share
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class FlusherService(service.Service):
         service.Service.startService(self)
         # Forking a process that runs the reactor is unsafe: workers come from a forkserver.
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["vmstats.server.writer"])
+        self._context.set_forkserver_preload(["vmstats.server.forkserver"])
         self.pool = self._new_pool()
         self._watchdog = LoopingCall(self._check_writers)
         self._watchdog.clock = self.reactor
@@ -113,7 +114,7 @@ class FlusherService(service.Service):
         self.scheduler.start()
 
     def _new_pool(self):
-        return self._context.Pool(self.workers, initializer=lower_priority)
+        return WriterPool(self.workers, initializer=init_writer, context=self._context)
 
     def _check_writers(self) -> None:
         """Abandon the in-flight flush if a worker died, and rebuild the pool.
@@ -301,6 +302,14 @@ class FlusherService(service.Service):
             if self.deadline_missed:
                 self.pool.terminate()
             self.pool.join()
+
+
+class WriterPool(multiprocessing.pool.Pool):
+    """A pool of WriterProcess: its ``terminate`` ends writers that ignore SIGTERM."""
+
+    @staticmethod
+    def Process(ctx, *args, **kwds):  # noqa: N802 (multiprocessing's name)
+        return WriterProcess(*args, **kwds)
 
 
 def _fire(fire, result: defer.Deferred, value) -> None:

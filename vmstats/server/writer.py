@@ -7,7 +7,9 @@ retry exactly the VMs that failed.
 """
 
 import marshal
+import multiprocessing.context
 import os
+import signal
 
 from vmstats import logstore
 
@@ -21,12 +23,34 @@ DAY_FILE_ENDS = logstore.DayFileEnds()
 WRITER_NICENESS = 10
 
 
-def lower_priority() -> None:
-    """Pool initializer: run the writer at a lower CPU priority than the reactor."""
+def init_writer() -> None:
+    """Pool initializer: the writer runs below the reactor's CPU priority, and only the
+    aggregator stops it.
+
+    systemd (KillMode=control-group), ``timeout`` and Ctrl-C signal every process of the
+    service at once; a writer that died of it took the final flush's records with it, and
+    the pool's queue lock, so the aggregator then hung at exit.  Ignored here, the stop
+    signals reach the aggregator alone, which drains through its writers and then ends them
+    (a writer whose aggregator is gone reads the end of its task queue and exits).
+    """
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
     try:
         os.nice(WRITER_NICENESS)
     except OSError:
         pass  # not permitted here: writers simply run at normal priority
+
+
+class WriterProcess(multiprocessing.context.ForkServerProcess):
+    """A writer's process: it ignores SIGTERM (init_writer), so ending one is SIGKILL.
+
+    The pool ends its workers with ``terminate`` when a writer hangs past the drain
+    deadline or dies mid-flush; with SIGTERM that would wait for ever.  Defined here, not
+    beside the pool, because the forkserver unpickles it and should import only this.
+    """
+
+    def terminate(self) -> None:
+        self.kill()
 
 
 class MarshalledShare:

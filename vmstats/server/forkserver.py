@@ -1,0 +1,16 @@
+"""Preloaded by the writers' forkserver (``set_forkserver_preload``), for its side effect only.
+
+systemd (KillMode=control-group), ``timeout`` and Ctrl-C signal every process of the service
+at once.  Python's forkserver ignores SIGINT but dies of SIGTERM or SIGHUP; its pool then took
+every writer for gone, started new ones from a new forkserver, and the old writers, still
+alive, took the new ones' end-of-work messages, so the aggregator hung at exit.  With the stop
+signals ignored here the forkserver, and each writer it forks, outlive the signal: only the
+aggregator ends them, after its final flush.  Nothing else imports this module.
+"""
+
+import signal
+
+from vmstats.server import writer  # noqa: F401  (what the forkserver preloads for the writers)
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
