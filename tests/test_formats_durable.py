@@ -7,7 +7,9 @@ import signal
 import time
 
 import influxdb_client
+import pytest
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
 from serverproc import serve
 from test_reliability_journal import raw_rows
 from test_server_udp import logged
@@ -94,8 +96,10 @@ def test_every_acknowledged_sample_survives_sigkills_inside_open_minutes(tmp_pat
         late = step_lines(STEPS, t0)[0]  # minute 3's last cpu sample again
         url = "http://127.0.0.1:%d" % server.http_port
         with influxdb_client.InfluxDBClient(url=url, token="any", org="fleet") as client:
-            client.write_api(write_options=SYNCHRONOUS).write(bucket="vms", record=late,
-                                                               write_precision="s")
+            with pytest.raises(ApiException) as refused:  # said, not acknowledged and dropped
+                client.write_api(write_options=SYNCHRONOUS).write(bucket="vms", record=late,
+                                                                   write_precision="s")
+        assert refused.value.status == 400 and "line 1: late" in refused.value.body
         metrics = server.metrics()
         assert metrics.get('vmstats_edge_events_total{event="primed"}', 0) == 0
         assert metrics.get('vmstats_edge_events_total{event="late"}', 0) == 1

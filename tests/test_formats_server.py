@@ -139,3 +139,23 @@ def test_gzip_bodies_are_read_whole_or_refused(tmp_path):
     assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
     assert not (tmp_path / "data" / "vms" / "gz-cut").exists()
     assert not (tmp_path / "data" / "vms" / "gz-junk").exists()
+
+
+def test_samples_the_minutes_refuse_are_a_400_naming_the_line_and_counted_once(tmp_path):
+    now = int(time.time())
+    t0 = (now - 3600) // 60 * 60
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        body = b"\n".join(minute_lines("kept", t0) + [
+            b"cpu,cpu=cpu-total,host=ahead usage_idle=5 %d" % (now + 100000),
+            b"mem,host=big available_percent=50,total=" + b"9" * 30 + b"i %d" % (t0 + 30)])
+        status, text = post(server, "/write?precision=s", body)
+        error = json.loads(text)["error"]
+        assert status == 400 and "partial write" in error, text
+        assert "line 20: future_timestamp" in error and "line 21: out_of_range" in error, error
+        metrics = server.metrics()
+        assert edge(metrics, "influx", "future_timestamp") == 1
+        assert edge(metrics, "influx", "out_of_range") == 1
+        assert edge(metrics, "influx", "used") == 19  # each line once
+    rows = logged(tmp_path / "data", "kept")  # the good lines around the refused ones are kept
+    assert list(rows["ts"]) == [t0 + 60] and rows.iloc[0]["cpu"] == 13.5
+    assert not (tmp_path / "data" / "vms" / "ahead").exists()

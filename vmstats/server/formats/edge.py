@@ -11,6 +11,7 @@ are in memory and in the journal (journaling.py): each payload is journaled
 as its samples go in, and a restart rebuilds the open minutes and counters.
 """
 
+import bisect
 import logging
 from collections.abc import Callable
 
@@ -21,7 +22,7 @@ from twisted.internet.error import CannotListenError
 
 from vmstats import protocol
 from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
-from vmstats.server.formats import R_TOO_LONG, Decoder, Tally
+from vmstats.server.formats import R_TOO_LONG, USED, Decoder, Tally
 from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.formats.pool import DecodePool
@@ -61,15 +62,43 @@ class Edge:
         return self.file(decoder.name, decoder.decode(data, now, tally, **options), tally, now,
                          data, options)
 
+    def feed_lines(self, decoder: Decoder, data: bytes, errors: list, **options) -> int | None:
+        """``feed`` for a writer answered line by line (the HTTP write API): a line whose samples
+        the minutes refuse (too far ahead, late, out of range) is counted once, under that
+        reason rather than as used, and named in ``errors`` with the decoder's own."""
+        tally = Tally()
+        now = self.clock()
+        lines: list = []
+        samples = decoder.decode(data, now, tally, errors=errors, lines=lines, **options)
+        refused: list = []
+        since = self.file(decoder.name, samples, tally, now, data, dict(options, errors=errors),
+                          refused)
+        if refused:
+            starts = [start for start, _number in lines]
+            by_line: dict[int, tuple[str, str]] = {}
+            for index, reason, detail in refused:
+                number = lines[bisect.bisect_right(starts, index) - 1][1]
+                by_line.setdefault(number, (reason, detail))
+            late = Tally()
+            late.counts[USED] -= len(by_line)
+            for number, (reason, detail) in sorted(by_line.items()):
+                late.reject(reason, "line %d: %s" % (number, detail))
+                errors.append((number, "%s: %s" % (reason, detail)))
+            errors.sort()
+            del errors[10:]
+            self.count(decoder.name, late)
+        return since
+
     def file(self, name: str, samples: list, tally: Tally, now: float, data: bytes = b"",
-             options: dict | None = None) -> int | None:
+             options: dict | None = None, refused: list | None = None) -> int | None:
         """Samples decoded from ``data`` (here or in a worker) into the minutes; journaled first
-        (in the order they go in, which a replay repeats).  Returns the journal write or None."""
+        (in the order they go in, which a replay repeats).  Returns the journal write or None.
+        ``refused``: as for ``MinuteAssembler.add``."""
         since = None
         if samples:
             if self.journal is not None:
                 since = self.journal.payload(name, now, options, data)
-            self.assembler.add(samples, now, tally)
+            self.assembler.add(samples, now, tally, refused)
         self.count(name, tally)
         self.release()
         return since

@@ -93,7 +93,7 @@ class WritePage(resource.Resource):
             return self._error(request, 503, "unavailable", "the journal cannot be written: "
                                "retry later")
         errors: list = []
-        since = self.edge.feed(self.decoder, body, divisor=PRECISIONS[precision], errors=errors)
+        since = self.edge.feed_lines(self.decoder, body, errors, divisor=PRECISIONS[precision])
         gone: list = []
         request.notifyFinish().addErrback(gone.append)  # the client left: nothing to answer
 

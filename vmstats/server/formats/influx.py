@@ -68,8 +68,9 @@ class InfluxDecoder(Decoder):
                      b"net": self._net, b"system": self._system}
 
     def decode(self, data: bytes, now: float, tally: Tally, divisor: float | None = None,
-               errors: list | None = None) -> list[Sample]:
-        """Samples of every usable line; ``errors`` (if given) gets ``(line number, message)``.
+               errors: list | None = None, lines: list | None = None) -> list[Sample]:
+        """Samples of every usable line; ``errors`` (if given) gets ``(line number, message)``,
+        ``lines`` (if given) ``(index of the line's first sample, line number)`` per used line.
 
         A payload whose every line is plain (no escapes, no strings, no blank or
         comment lines: what Telegraf sends) is split by one regex pass, and only
@@ -83,22 +84,25 @@ class InfluxDecoder(Decoder):
             matches = PLAIN_LINE.findall(data)
             if len(matches) == data.count(b"\n") + (not data.endswith(b"\n")):
                 fast = Tally()
-                out = self._plain(matches, now, fast, divisor)
+                out = self._plain(matches, now, fast, divisor, lines)
                 if errors is None or not fast.rejected:
                     tally.counts.update(fast.counts)
                     tally.details.extend(fast.details[:10 - len(tally.details)])
                     return out
                 # A writer waiting for line numbers (HTTP) gets them from the careful path.
-        return self._line_by_line(data, now, tally, divisor, errors)
+                if lines is not None:
+                    lines.clear()
+        return self._line_by_line(data, now, tally, divisor, errors, lines)
 
-    def _plain(self, matches: list, now: float, tally: Tally, divisor: float) -> list[Sample]:
+    def _plain(self, matches: list, now: float, tally: Tally, divisor: float,
+               lines: list | None = None) -> list[Sample]:
         out: list[Sample] = []
         mapping = self._map
         needs = _NEEDS
         vm_key = b"," + self.vm_tag + b"="
         vm_of = self._vms
         used = ignored = 0
-        for measurement, tags, body, stamp in matches:
+        for line_no, (measurement, tags, body, stamp) in enumerate(matches, 1):
             handler = mapping.get(measurement)
             if handler is None:
                 ignored += 1
@@ -131,6 +135,8 @@ class InfluxDecoder(Decoder):
                 continue
             if len(out) > before:
                 used += 1
+                if lines is not None:
+                    lines.append((before, line_no))
             else:
                 ignored += 1
         tally.counts[USED] += used
@@ -153,7 +159,7 @@ class InfluxDecoder(Decoder):
         return vm
 
     def _line_by_line(self, data: bytes, now: float, tally: Tally, divisor: float,
-                      errors: list | None) -> list[Sample]:
+                      errors: list | None, lines: list | None = None) -> list[Sample]:
         out: list[Sample] = []
         used = ignored = 0
         mapping = self._map
@@ -176,6 +182,8 @@ class InfluxDecoder(Decoder):
                 handler(out, vm, ts, tags, fields)
                 if len(out) > before:
                     used += 1
+                    if lines is not None:
+                        lines.append((before, number_))
                 else:
                     ignored += 1
             except LineError as exc:

@@ -91,8 +91,13 @@ class MinuteAssembler:
         self.events: Counter[str] = Counter(records=0, incomplete=0, late=0, forced=0)
 
     # -- samples in ------------------------------------------------------------------------------
-    def add(self, samples: list[Sample], now: float, tally: Tally) -> None:
+    def add(self, samples: list[Sample], now: float, tally: Tally,
+            refused: list | None = None) -> None:
         """File samples (counter samples become rates first); complete what they finish.
+
+        A sample not filed is counted in ``tally`` -- or, with ``refused`` given, listed there
+        as ``(index in samples, reason, detail)`` for a caller that counts and reports by line
+        (the HTTP write API: a line its decoder counted as used must not count twice).
 
         This runs once per sample of every other agent, so it is written for speed: one
         pass, local names, and the per-kind work in ``_put``.
@@ -105,12 +110,18 @@ class MinuteAssembler:
         latest = now + self.max_future
         earliest = now - self.max_past if self.max_past else -math.inf
         finished: set[str] = set()
-        for vm, ts, kind, device, value in samples:
+        if refused is None:
+            def reject(_index: int, reason: str, detail: str) -> None:
+                tally.reject(reason, detail)
+        else:
+            def reject(index: int, reason: str, detail: str) -> None:
+                refused.append((index, reason, detail))
+        for index, (vm, ts, kind, device, value) in enumerate(samples):
             if not earliest <= ts <= latest:
                 if ts > latest:
-                    tally.reject(protocol.R_FUTURE, "sample %ds ahead" % (ts - now))
+                    reject(index, protocol.R_FUTURE, "sample %ds ahead" % (ts - now))
                 else:
-                    tally.reject(protocol.R_PAST, "sample %ds old" % (now - ts))
+                    reject(index, protocol.R_PAST, "sample %ds old" % (now - ts))
                 continue
             if kind in _COUNTERS:
                 value = step((vm, kind, device), ts, value)
@@ -120,19 +131,19 @@ class MinuteAssembler:
             elif kind in _LIMITS:
                 low, high = _LIMITS[kind]
                 if not low <= value <= high:
-                    tally.reject(R_RANGE, "%s=%s outside [%s, %s]" % (kind, value, low, high))
+                    reject(index, R_RANGE, "%s=%s outside [%s, %s]" % (kind, value, low, high))
                     continue
             end = int(-(-ts // 60)) * 60
             minutes = open_.get(vm)
             if minutes is None:
                 if end <= written.get(vm, 0):
-                    self._late(vm, end, tally)
+                    self._late(index, vm, end, reject)
                     continue
                 minutes = open_[vm] = {}
             minute = minutes.get(end)
             if minute is None:
                 if end <= written.get(vm, 0):
-                    self._late(vm, end, tally)
+                    self._late(index, vm, end, reject)
                     continue
                 minute = minutes[end] = Minute(now)
                 self.open_count += 1
@@ -152,9 +163,9 @@ class MinuteAssembler:
                 if end <= horizon:
                     self._complete(vm, end)
 
-    def _late(self, vm: str, end: int, tally: Tally) -> None:
+    def _late(self, index: int, vm: str, end: int, reject) -> None:
         self.events["late"] += 1
-        tally.reject("late", "sample for %s's minute ending %d, already written" % (vm, end))
+        reject(index, "late", "sample for %s's minute ending %d, already written" % (vm, end))
 
     # -- records out -----------------------------------------------------------------------------
     def tick(self, now: float) -> list[tuple[str, int]]:
