@@ -196,7 +196,7 @@ def test_infinite_and_nan_numbers_are_problems_not_rules_that_never_fire(tmp_pat
         "rule a: enter: expected a finite number, got inf",
         "rule a: exit: expected a finite number, got nan",
         "rule a: period: expected a finite duration, got inf",
-        "rule a: hold: '%ss' is too long a duration" % ("9" * 400),
+        "rule a: hold: '%ss' is longer than 36500d" % ("9" * 400),
         "rule b: scale: tolerance: expected a finite number, got nan",
     )]
 

@@ -162,11 +162,14 @@ def test_bad_command_line_gives_one_readable_line(tmp_path):
     result = run_cli("--duration", "soon")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "duration" in result.stderr
-    # Enough digits read as inf: a server that would never stop on its own.
-    result = run_cli("--duration", "9" * 400 + "s", "--bind", "127.0.0.1", "--udp-port", "0",
-                     "--tcp-port", "0", "--http-port", "0", "--data-dir", str(tmp_path / "d"))
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "is too long a duration" in result.stderr.strip().splitlines()[-1]
+    # Enough digits read as inf (a server that would never stop on its own), or so many days
+    # that the flush timer overflows: one line naming the option.
+    for option, value in (("--duration", "9" * 400 + "s"), ("--flush-interval", "9" * 23 + "d")):
+        result = run_cli(option, value, "--bind", "127.0.0.1", "--udp-port", "0", "--tcp-port", "0",
+                         "--http-port", "0", "--data-dir", str(tmp_path / "d"))
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            "Error: Invalid value for '%s': '%s' is longer than 36500d" % (option, value))
     keys = tmp_path / "keys"
     keys.write_text("only-an-id\n")
     result = run_cli("--auth-keys", str(keys), "--bind", "127.0.0.1")

@@ -1,6 +1,5 @@
 """The aggregator's settings, in one place, so the CLI, the services and the tests agree."""
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,14 +16,19 @@ _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
+#: The longest duration any option takes: a century outlasts any retention or run an operator
+#: means, and longer ones overflow the timers and dates they are turned into.
+MAX_DURATION = 36500 * 86400
+
+
 def parse_duration(text: str) -> float:
     """Seconds from ``90``, ``90s``, ``5m``, ``1h`` (what operators type); ValueError otherwise."""
     match = _DURATION_RE.match(text or "")
     if not match:
         raise ValueError("%r is not a duration like 90s, 5m or 1h" % text)
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not math.isfinite(seconds):  # enough digits read as inf: a timer that never fires
-        raise ValueError("%r is too long a duration" % text)
+    if not seconds <= MAX_DURATION:  # also inf, from enough digits
+        raise ValueError("%r is longer than %s" % (text, format_duration(MAX_DURATION)))
     return seconds
 
 
