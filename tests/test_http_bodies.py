@@ -75,6 +75,12 @@ def test_a_body_past_the_limit_is_refused_before_it_is_stored(tmp_path):
                               b"Content-Length: %d\r\n\r\n" % (600 << 20), CHUNK, 300 << 20)
         assert status_and_json(answer)[:3:2] == (404, {"error": "not found"})
         assert sent < 64 << 20
+        # A write without its token: 401 at the headers, counted as the page counts it.
+        sent, answer = stream(port, b"POST /api/v2/write?bucket=b HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: %d\r\n\r\n" % (MAX_BODY - 1), CHUNK, 300 << 20)
+        code, _headers, body = status_and_json(answer)
+        assert (code, body) == (401, {"code": "unauthorized", "message": "unauthorized access"})
+        assert sent < MAX_BODY - 1
         # HTTP/1.0 without a length: the body cannot be delimited, so it is not silently dropped.
         sent, answer = stream(port, b"POST /write?p=tok HTTP/1.0\r\n\r\ncpu usage_idle=1 1\n",
                               b"", 0)
@@ -84,6 +90,7 @@ def test_a_body_past_the_limit_is_refused_before_it_is_stored(tmp_path):
         refused = 'vmstats_http_requests_refused_total{reason="%s"}'
         assert metrics[refused % "too_large"] == 2 and metrics[refused % "not_found"] == 1
         assert metrics[refused % "length_required"] == 1
+        assert metrics['vmstats_edge_lines_total{format="influx",outcome="auth"}'] == 1
         # The port still serves after all that.
         assert "vmstats_records_received_total" in server.http("/metrics")
 

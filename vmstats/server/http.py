@@ -8,8 +8,9 @@ directory and per-VM times only to a caller with the status token: the counts ar
 
 Each route has a largest body (``max_body``, declared by its page); the channel refuses a body
 past it -- declared (413 at the headers) or streamed (413 once the bytes pass it) -- before any
-of it is stored, a body to an unknown path (404) before reading it, and an HTTP/1.0 body without
-a Content-Length (411) that it cannot delimit.  Each refusal is counted on /metrics.
+of it is stored, a body to an unknown path (404) before reading it, an HTTP/1.0 body without
+a Content-Length (411) that it cannot delimit, and what a page's ``refuse_early`` refuses at the
+headers (a write without its token: 401).  Each refusal is counted on /metrics.
 """
 
 import hmac
@@ -41,6 +42,9 @@ class Router(resource.Resource):
         super().__init__()
         self.routes: dict[bytes, dict[bytes, Handler]] = {}
         self.max_bodies: dict[bytes, int] = {}
+        #: path -> a page's check at the headers: ``(request, method, query args)`` to None (go
+        #: on) or ``(status, JSON body)`` to answer before the body is read (a missing token).
+        self.gates: dict[bytes, Callable] = {}
 
     def add(self, path: bytes, handler: Handler, methods: Iterable[bytes] = (b"GET",),
             max_body: int = DEFAULT_MAX_BODY) -> None:
@@ -61,6 +65,9 @@ class Router(resource.Resource):
         if b"GET" in methods:
             methods.append(b"HEAD")  # Resource.render_HEAD is render_GET
         self.add(path, page.render, methods, getattr(page, "max_body", DEFAULT_MAX_BODY))
+        gate = getattr(page, "refuse_early", None)
+        if gate is not None:
+            self.gates[path] = gate
 
     def max_body(self, path: bytes) -> int | None:
         """The largest body a request to ``path`` may send; None for a path not served."""
@@ -151,6 +158,11 @@ class _Channel(http.HTTPChannel):
         elif self.length is not None and limit is not None and self.length > limit:
             self._refuse(http.REQUEST_ENTITY_TOO_LARGE, "too_large",
                          "body larger than %d bytes" % limit)
+        elif path in self.router.gates:
+            early = self.router.gates[path](request, self._command,
+                                            http.parse_qs(self._path.partition(b"?")[2], 1))
+            if early is not None:  # counted by the page, as it counts its own refusals
+                self._refuse(early[0], None, "", early[1])
         if self._refused:
             self.length = None  # no request is run: the rest goes to rawDataReceived, dropped
             return
@@ -172,16 +184,18 @@ class _Channel(http.HTTPChannel):
         if not self._refused:  # a body refused mid-stream may still end in the same read
             super().allContentReceived()
 
-    def _refuse(self, code: int, reason: str, message: str) -> None:
-        """Answer ``code`` now, count it, and drop what the client still sends until the close."""
+    def _refuse(self, code: int, reason: str | None, message: str, body: bytes = b"") -> None:
+        """Answer ``code`` now, count it (under ``reason``), and drop what the client still sends
+        until the close.  The answer is ``{"error": message}``, or ``body`` if given."""
         self._refused = True
         request = self.requests[-1]
         if request.content is not None:
             request.content.close()  # what was taken of the body goes now, not at the close
         request.content = io.BytesIO()
-        refused = self.table.counts.requests_refused
-        refused[reason] = refused.get(reason, 0) + 1
-        body = _json_error(message)
+        if reason is not None:
+            refused = self.table.counts.requests_refused
+            refused[reason] = refused.get(reason, 0) + 1
+        body = body or _json_error(message)
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\ncache-control: no-store\r\n"
                              b"connection: close\r\n\r\n%s"

@@ -64,11 +64,17 @@ class WritePage(resource.Resource):
         self.version = version
         self.token = token.encode("utf-8") if token else None
 
+    def refuse_early(self, request, method: bytes, args: dict) -> tuple[int, bytes] | None:
+        """At the headers (http.py): a write without the token is answered 401 and counted
+        before its body is read, so no one without it makes the server store a body."""
+        if method != b"POST" or self.token is None or self._authorized(request, args):
+            return None
+        self._count_unauthorized()
+        return 401, self._error_body("unauthorized", "unauthorized access")
+
     def render_POST(self, request) -> bytes:
-        if self.token is not None and not self._authorized(request):
-            tally = Tally()
-            tally.reject(R_AUTH, "write without a valid token")
-            self.edge.count(self.decoder.name, tally)
+        if self.token is not None and not self._authorized(request, request.args):
+            self._count_unauthorized()
             return self._error(request, 401, "unauthorized", "unauthorized access")
         args = request.args
         precision = args.get(b"precision", [b"ns"])[0].decode("ascii", "replace")
@@ -117,13 +123,18 @@ class WritePage(resource.Resource):
         self.edge.when_durable(since, answer)
         return server.NOT_DONE_YET
 
-    def _authorized(self, request) -> bool:
+    def _count_unauthorized(self) -> None:
+        tally = Tally()
+        tally.reject(R_AUTH, "write without a valid token")
+        self.edge.count(self.decoder.name, tally)
+
+    def _authorized(self, request, args: dict) -> bool:
         header = request.getHeader(b"authorization") or b""
         scheme, _sep, credential = header.partition(b" ")
         if scheme.lower() in (b"token", b"bearer") and credential.strip() == self.token:
             return True
         if self.version == 1:
-            if request.args.get(b"p", [b""])[0] == self.token:
+            if args.get(b"p", [b""])[0] == self.token:
                 return True
             if scheme.lower() == b"basic" and request.getPassword() == self.token:
                 return True
@@ -132,6 +143,9 @@ class WritePage(resource.Resource):
     def _error(self, request, code: int, kind: str, message: str) -> bytes:
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        return self._error_body(kind, message)
+
+    def _error_body(self, kind: str, message: str) -> bytes:
         body = {"code": kind, "message": message} if self.version == 2 else {"error": message}
         return json.dumps(body).encode("utf-8")
 
