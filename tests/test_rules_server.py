@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -225,6 +226,66 @@ def test_a_window_of_a_billion_periods_is_refused_at_check_start_and_reload(tmp_
             assert len(hook.wait(3)) == 3  # the rules in force stay, and the server answers
             assert json.loads(server.http("/alerts"))["rules"][0]["name"] == "hot"
         assert problem.replace(str(wide), rules) in server.output
+
+
+class Blackhole:
+    """A mail server that accepts connections and never says a word."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1000)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_mail_server_that_never_answers_delays_only_its_own_deliveries(tmp_path):
+    """Thirty mails hang on a server that accepts and never speaks; the webhook of another
+    rule is still delivered within a second, the server answers, a hung attempt fails at the
+    action's timeout, and the server stops promptly, the mails pending for the next start."""
+    hole = Blackhole()
+    mail = ('[action.mail]\nkind = "apprise"\nurl = "mailto://u:p@127.0.0.1:%d?from=a@example.com'
+            '&to=b@example.com&mode=insecure"\ntimeout = "1s"\n' % hole.port)
+    body = ('[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 50\nperiod = 1\nactions = ["mail"]\n'
+            '[[rule]]\nname = "memhi"\nmetric = "mem"\nenter = 50\nperiod = 1\nactions = ["hook"]\n')
+    try:
+        with WebhookReceiver(SECRET.encode()) as hook:
+            server = serve(tmp_path, rules_file(tmp_path, hook.url, body, mail)).start()
+            try:
+                now = int(time.time())
+                server.send_udp(*[line("10.0.1.%d" % i, now, 99.0, mem=10.0) for i in range(30)])
+                wait_until(lambda: len(hole.held) >= 4)  # the mails are hanging
+                time.sleep(0.5)
+                sent = time.monotonic()
+                server.send_udp(line("10.0.2.1", now, 10.0, mem=99.0))
+                assert hook.wait(1, timeout=5)[0]["labels"]["alertname"] == "memhi"
+                assert time.monotonic() - sent < 1.0
+                assert json.loads(server.http("/alerts"))["deliveries"]["pending"] >= 30
+                # Each hung attempt fails at the action's timeout, to be retried with backoff.
+                server.wait_metrics(lambda m: m.get(
+                    'vmstats_rule_deliveries_total{action="mail",result="failed"}', 0) >= 4, 10)
+                stopping = time.monotonic()
+                server.stop()
+                assert time.monotonic() - stopping < 5.0, server.output
+            finally:
+                if server.returncode is None:
+                    server.kill()
+        assert "30 pending (sent at the next start)" in server.output
+    finally:
+        hole.close()
 
 
 def test_a_receiver_down_then_up_gets_everything_once(tmp_path):

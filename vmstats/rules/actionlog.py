@@ -26,7 +26,9 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
+
+from vmstats.rules.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,8 @@ class ActionLog:
         self._queue: list[tuple[bytes, defer.Deferred]] = []
         self._writing = False
         self._idle: list[defer.Deferred] = []
+        #: A thread of its own: the log's writes never wait behind a notifier's send.
+        self._workers = Workers(reactor, "vmstats-actionlog", 1)
 
     def open(self) -> Replayed:
         """Create the folder, repair a torn end and replay (at start, before any record)."""
@@ -173,11 +177,14 @@ class ActionLog:
         self._idle.append(waiting)
         return waiting
 
+    def close(self) -> None:
+        """At the end, once ``idle``: the writer thread ends."""
+        self._workers.close()
+
     def _write(self) -> None:
         batch, self._queue = self._queue, []
         self._writing = True
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._write_sync,
-                                      b"".join(data for data, _ in batch))
+        d = self._workers.run(self._write_sync, b"".join(data for data, _ in batch))
         d.addBoth(self._written, batch)
 
     def _written(self, result, batch) -> None:

@@ -119,6 +119,7 @@ class RulesService(service.Service):
         yield self.log.idle()
         yield self.dispatcher.stop()
         yield self.log.idle()
+        self.log.close()
 
     # -- work ------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -171,7 +172,9 @@ class RulesService(service.Service):
             return False
         kept = self.engine.load(ruleset)
         self.ruleset = ruleset
-        self.dispatcher.actions = ruleset.actions
+        replaced, self.dispatcher.actions = self.dispatcher.actions, ruleset.actions
+        for notifier in replaced.values():  # their threads end after what they were given
+            defer.maybeDeferred(notifier.close).addErrback(lambda _f: None)
         s = ruleset.settings
         self.dispatcher.retry_for, self.dispatcher.retry_min = s.retry_for, s.retry_min
         self.dispatcher.retry_max = s.retry_max
