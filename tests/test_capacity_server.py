@@ -8,8 +8,10 @@ import urllib.request
 import pytest
 from capacitydata import write_fleet
 from serverproc import LOOPBACK, STATUS_TOKEN, ServerProcess
+from test_http_bodies import status_and_json, stream
 from test_server_udp import line, now
 
+from vmstats.capacity.service import MAX_BODY
 from vmstats.protocol import Record
 
 MANIFEST = {
@@ -73,6 +75,11 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
     for (code, body), want_code, want in cases:
         assert code == want_code and list(body) == ["error"] and want in body["error"], body
         assert "\n" not in body["error"]
+    # Without the token, refused at the headers: answered with none of the manifest sent.
+    _sent, answer = stream(server.http_port, b"POST /admission HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: %d\r\n\r\n" % MAX_BODY, b"", 0)
+    code, _headers, body = status_and_json(answer)
+    assert code == 401 and "Authorization: Bearer" in body["error"]
     after = state(server)
     assert after["held"] == before["held"] == [] and after["hosts"] == before["hosts"]
     with pytest.raises(urllib.error.HTTPError) as denied:
@@ -80,7 +87,7 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
     assert denied.value.code == 401
     metrics = server.metrics()
     assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 5
-    assert metrics['vmstats_admission_requests_total{result="error_401"}'] == 3  # two POSTs, the GET
+    assert metrics['vmstats_admission_requests_total{result="error_401"}'] == 4  # three POSTs, the GET
 
 
 def test_answers_from_the_summary_and_holds_what_it_offered(live):

@@ -254,6 +254,15 @@ class AdmissionPage(resource.Resource):
         super().__init__()
         self.owner = owner
 
+    def refuse_early(self, request, method: bytes, _args: dict) -> tuple[int, bytes] | None:
+        """At the headers (the HTTP channel): a POST without the token is answered, and counted,
+        before its manifest is read."""
+        token = self.owner.token
+        if method != b"POST" or (token.token is not None and token.admits(request)):
+            return None
+        code, out = self.owner.answer(b"", token.admits(request), token.token is not None)
+        return code, _dumps(out)
+
     def render_POST(self, request) -> bytes:
         body = request.content.read(MAX_BODY + 1)
         token = self.owner.token
@@ -268,4 +277,8 @@ class AdmissionPage(resource.Resource):
 def _json(request, code: int, out: dict) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
+    return _dumps(out)
+
+
+def _dumps(out: dict) -> bytes:
     return (json.dumps(out, indent=1, sort_keys=True) + "\n").encode("utf-8")
