@@ -277,3 +277,36 @@ def test_a_window_no_operator_could_mean_is_one_problem(extra, problem):
     # The bounds themselves are fine: a day of minutes, a week of hours.
     for fine in ({"periods": 1440, "period": "1m"}, {"periods": 168, "period": "1h"}):
         parse_rules({"rule": [dict({"name": "w", "metric": "cpu", "enter": 50}, **fine)]})
+
+
+def test_a_rule_that_fails_never_skips_the_rules_after_it():
+    """A scaling figure that is no count (a target near the float's end, set behind the
+    parser's back) or a group mean that overflows: the rule decides nothing, the rules after
+    it in the tick still do, and a rule that raises is counted, not the end of the tick."""
+    clock = Clock()
+    eng = engine([{"name": "pool", "scope": "group", "metric": "cpu", "period": 60,
+                   "scale": {"target": 60, "min": 1, "max": 20}},
+                  {"name": "hot", "metric": "cpu", "enter": 90}], clock)
+    eng.rules["pool"].rule.scale.target = 1e-320
+    assert [(e["rule"], e["to"]) for e in feed(eng, clock, "10.0.0.1", 95)] == [("hot", "alarm")]
+    assert aggregate("mean", [1e308, 1e308], None) is None
+    class Broken:  # a metric that raises, whatever the cause: the rule fails, not the tick
+        index = None
+
+        def read(self, cells):
+            raise RuntimeError("broken")
+
+    eng.rules["pool"].rule.value_of = Broken()
+    clock.now += 60
+    assert [(e["rule"], e["to"]) for e in feed(eng, clock, "10.0.0.2", 95)] == [("hot", "alarm")]
+    assert eng.errors == 1
+
+
+@pytest.mark.parametrize("target", [1e-320, 1e-7, 0])
+def test_a_scaling_target_that_makes_no_count_is_one_problem(target):
+    with pytest.raises(RulesError) as refused:
+        parse_rules({"rule": [{"name": "p", "scope": "group", "metric": "cpu",
+                               "scale": {"target": target}}]})
+    assert refused.value.problems == [
+        "rule p: scale: target: must be at least 1e-06 (members x value / target must stay a "
+        "count), got %r" % target]

@@ -37,6 +37,9 @@ MAX_PERIODS = 1440
 #: allows, and a week once a period is an hour or more.
 MAX_WINDOW = 86400.0
 MAX_WINDOW_LONG_PERIODS = 7 * 86400.0
+#: The smallest scaling target: below it ``value / target`` is no count anyone could mean, and
+#: near the float's end it is inf.
+MIN_TARGET = 1e-6
 
 
 class RulesError(ValueError):
@@ -468,8 +471,9 @@ def _scale(reader: _Reader, scope: str) -> Scale | None:
     target = sub.number("target")
     if target is None and "target" not in table:
         sub.problem("target", "missing (the level to keep the group's figure at)")
-    elif target is not None and target <= 0:
-        sub.problem("target", "must be more than 0")
+    elif target is not None and target < MIN_TARGET:
+        sub.problem("target", "must be at least %g (members x value / target must stay a "
+                              "count), got %r" % (MIN_TARGET, target))
     d = Scale(target=1.0)
     minimum = sub.number("min", d.minimum, minimum=0, integer=True)
     maximum = sub.number("max", d.maximum, minimum=1, integer=True)

@@ -20,6 +20,7 @@ before anything is sent.  State is bounded by ``max_series`` (scopes plus
 group members); what does not fit is refused and counted.
 """
 
+import logging
 import math
 import uuid
 from collections import Counter
@@ -28,6 +29,9 @@ from collections.abc import Callable
 from vmstats.rules import metric as metrics
 from vmstats.rules import scaling
 from vmstats.rules.config import Rule, RuleSet, parse_address
+from vmstats.server.metrics import RateLimitedLog
+
+log = logging.getLogger(__name__)
 
 GROUP = "group"
 _CPU = metrics.FIELD_INDEX["cpu"]
@@ -96,6 +100,9 @@ class Engine:
         self.evaluations = 0
         self.transitions = 0
         self.history_skipped = 0
+        #: Rule evaluations that raised (each logged, rate-limited; the other rules went on).
+        self.errors = 0
+        self._error_log = RateLimitedLog(log, "rule failure", level=logging.ERROR)
         self.size = 0
         #: Each VM's latest record since the last tick (vm -> timestamp, vm -> row), and how
         #: many records arrived: a tick reads only the latest per VM, so nothing older is kept.
@@ -202,19 +209,31 @@ class Engine:
                 tags = metrics.tags(cells)
                 route = route + _steps([rs for rs in by_tags if rs.rule.match(vm, tags)])
             for rs, index, expression, group in route:
-                if index is None:
-                    value = expression.read(cells)
-                else:
-                    cell = cells[index]
-                    value = float(cell) if cell else None
-                if group:
-                    member(rs, vm, value, now, cells)
-                else:
-                    vm_record(rs, vm, ts, value, now)
+                try:
+                    if index is None:
+                        value = expression.read(cells)
+                    else:
+                        cell = cells[index]
+                        value = float(cell) if cell else None
+                    if group:
+                        member(rs, vm, value, now, cells)
+                    else:
+                        vm_record(rs, vm, ts, value, now)
+                except Exception as exc:  # one rule's failure never skips the others
+                    self._failed(rs, exc)
         for rs in rules:
             if rs.dirty:
-                self._group(rs, now)
+                try:
+                    self._group(rs, now)
+                except Exception as exc:
+                    self._failed(rs, exc)
         return taken
+
+    def _failed(self, rs: RuleState, exc: Exception) -> None:
+        """A rule that raised: counted, logged (rate-limited), and the other rules go on."""
+        self.errors += 1
+        self._error_log.emit("rule %s failed, the other rules go on: %s: %s", rs.rule.name,
+                             type(exc).__name__, exc)
 
     def _vm_record(self, rs: RuleState, vm: str, ts: int, value, now: float) -> None:
         rule = rs.rule
@@ -388,30 +407,37 @@ class Engine:
         """What only time reveals: silence, missing periods, ended holds, reminders, cooldowns."""
         now = self.clock()
         for rs in list(self.rules.values()):
-            rule = rs.rule
-            if rule.scope == GROUP:
-                if now - rs.group_swept >= min(rule.period / 6, 10.0):
-                    self._group(rs, now)
-                elif rule.scale is not None and rs.held is not None:
-                    self._scale(rs, now)
-                series = rs.series.get(GROUP)
-                if series is not None:
-                    self._remind(rs, series, now)
-                continue
-            for series in list(rs.series.values()):
-                if (rule.silent_after and series.state != "silent"
-                        and now - series.last_arrival >= rule.silent_after):
-                    self._transition(rs, series, "silent", now, None)
-                    continue
-                if series.state == "silent" or series.first == RESTORED:
-                    continue  # restored: its clock and periods are known from its next record
-                # The VM's current period on its clock; a record for period p may arrive in p + 1.
-                due = int((now - series.offset) // rule.period) - 2
-                if due > series.end:
-                    self._evaluate(rs, series, due, now)
-                elif series.blocked and now - series.since >= rule.hold:
-                    self._evaluate(rs, series, series.end, now)
+            try:
+                self._sweep_rule(rs, now)
+            except Exception as exc:  # one rule's failure never skips the others
+                self._failed(rs, exc)
+
+    def _sweep_rule(self, rs: RuleState, now: float) -> None:
+        """One rule's share of the sweep."""
+        rule = rs.rule
+        if rule.scope == GROUP:
+            if now - rs.group_swept >= min(rule.period / 6, 10.0):
+                self._group(rs, now)
+            elif rule.scale is not None and rs.held is not None:
+                self._scale(rs, now)
+            series = rs.series.get(GROUP)
+            if series is not None:
                 self._remind(rs, series, now)
+            return
+        for series in list(rs.series.values()):
+            if (rule.silent_after and series.state != "silent"
+                    and now - series.last_arrival >= rule.silent_after):
+                self._transition(rs, series, "silent", now, None)
+                continue
+            if series.state == "silent" or series.first == RESTORED:
+                continue  # restored: its clock and periods are known from its next record
+            # The VM's current period on its clock; a record for period p may arrive in p + 1.
+            due = int((now - series.offset) // rule.period) - 2
+            if due > series.end:
+                self._evaluate(rs, series, due, now)
+            elif series.blocked and now - series.since >= rule.hold:
+                self._evaluate(rs, series, series.end, now)
+            self._remind(rs, series, now)
 
     def _remind(self, rs: RuleState, series: Series, now: float) -> None:
         rule = rs.rule
@@ -429,7 +455,7 @@ class Engine:
         series = rs.series.get(GROUP)
         members = len(rs.members)
         value = series.value if series is not None else None
-        if value is None or not members:
+        if value is None or not members or not math.isfinite(value):
             return
         desired = scaling.desired_count(members, value, scale)
         if desired == members:
@@ -493,7 +519,11 @@ def aggregate(how: str, figures: list[float], level: float | None) -> float | No
     if not figures:
         return None
     if how == "mean":
-        return math.fsum(figures) / len(figures)
+        try:
+            mean = math.fsum(figures) / len(figures)
+        except OverflowError:  # figures near the float's end: no figure, a missing period
+            return None
+        return mean if math.isfinite(mean) else None
     if how == "max":
         return max(figures)
     if how == "min":

@@ -16,7 +16,9 @@ from vmstats.rules.config import Scale
 def desired_count(members: int, value: float, scale: Scale) -> int:
     """Members wanted for the group's figure ``value`` against ``scale.target``."""
     ratio = value / scale.target
-    if members > 0 and abs(ratio - 1.0) <= scale.tolerance:
+    if not math.isfinite(ratio):  # no figure to act on: the count stays (within min..max)
+        wanted = members
+    elif members > 0 and abs(ratio - 1.0) <= scale.tolerance:
         wanted = members
     else:
         wanted = math.ceil(max(members, 1) * ratio - 1e-9)
