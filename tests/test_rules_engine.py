@@ -310,3 +310,16 @@ def test_a_scaling_target_that_makes_no_count_is_one_problem(target):
     assert refused.value.problems == [
         "rule p: scale: target: must be at least 1e-06 (members x value / target must stay a "
         "count), got %r" % target]
+
+
+def test_a_retry_delay_of_nothing_is_one_problem():
+    """A delay of 0 doubles to 0: a failing receiver would be retried as fast as the log syncs."""
+    with pytest.raises(RulesError) as refused:
+        parse_rules({"settings": {"retry_min": "0s", "retry_max": "0s"}})
+    assert refused.value.problems == [
+        "settings: retry_min: must be at least 0.1s (each attempt is written and synced to the "
+        "action log), got 0s"]
+    with pytest.raises(RulesError) as refused:
+        parse_rules({"settings": {"retry_min": "2s", "retry_max": "1s"}})
+    assert refused.value.problems == ["settings: retry_max: must be at least retry_min (2s), got 1s"]
+    assert parse_rules({"settings": {"retry_min": "0.1s", "retry_max": "0.1s"}}).settings.retry_min == 0.1

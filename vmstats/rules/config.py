@@ -37,6 +37,9 @@ MAX_PERIODS = 1440
 #: allows, and a week once a period is an hour or more.
 MAX_WINDOW = 86400.0
 MAX_WINDOW_LONG_PERIODS = 7 * 86400.0
+#: The shortest first retry delay: a receiver that fails at once must not be hammered, each
+#: attempt fsync'd, by a delay of 0 doubled to 0.
+MIN_RETRY = 0.1
 #: The smallest scaling target: below it ``value / target`` is no count anyone could mean, and
 #: near the float's end it is inf.
 MIN_TARGET = 1e-6
@@ -343,6 +346,12 @@ def _settings(table, problems: list[str]) -> Settings:
         max_series=reader.number("max_series", d.max_series, minimum=1, integer=True),
         max_age=reader.duration("max_age", d.max_age),
         log_max_bytes=reader.number("log_max_bytes", d.log_max_bytes, minimum=4096, integer=True))
+    if settings.retry_min is not None and settings.retry_min < MIN_RETRY:
+        reader.problem("retry_min", "must be at least %gs (each attempt is written and synced "
+                                    "to the action log), got %gs" % (MIN_RETRY, settings.retry_min))
+    elif settings.retry_max < settings.retry_min:
+        reader.problem("retry_max", "must be at least retry_min (%gs), got %gs"
+                       % (settings.retry_min, settings.retry_max))
     reader.unknown()
     return settings
 
