@@ -261,6 +261,14 @@ def test_custom_prices_and_threshold_flags(fleet, tmp_path):
             "d.toml: days is a look-back of 1 to 3660",
         ),
         (
+            lambda d, t: [d, "-o", t / "o", "--set", "days=1.5"],
+            "--set days=1.5: days='1.5' must be a whole number",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--policy", _write(t / "h.toml", "schedule_night_end = 6.5\n")],
+            "h.toml: schedule_night_end=6.5 must be a whole number",
+        ),
+        (
             lambda d, t: [d, "-o", t / "o", "--set", "days=inf"],
             "--set days=inf: days='inf' is not a finite number",
         ),

@@ -114,6 +114,9 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         raise ReportError("%s: %s=%r is not a number" % (origin, name, value)) from None
     if not math.isfinite(number):
         raise ReportError("%s: %s=%r is not a finite number" % (origin, name, value))
+    if isinstance(default, int) and not number.is_integer():
+        # Cutting 1.5 days to 1 would answer a question nobody asked.
+        raise ReportError("%s: %s=%r must be a whole number" % (origin, name, value))
     if number < 0 and name != "utc_offset_hours":
         raise ReportError("%s: %s must not be negative" % (origin, name))
     if name == "days" and not 1 <= number <= MAX_DAYS:
