@@ -7,10 +7,14 @@ percentile: the defaults), independently of vmstats.capacity.
 """
 
 import math
+import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 from test_report_stats import T0, series, write_records
+
+from vmstats import logstore
 
 DAYS = 7
 MINUTES = DAYS * 1440
@@ -120,3 +124,22 @@ def _demand(members) -> tuple[float, float]:
 
 def fits(room_cpu: float, room_mem: float, cpu_each: float, mem_each: float) -> int:
     return max(0, min(math.floor(room_cpu / cpu_each + 1e-9), math.floor(room_mem / mem_each + 1e-9)))
+
+
+def damaged_copy(base: Path, tmp_path: Path, junk: int) -> tuple[Path, Path, list[str]]:
+    """The fleet's logs (``base / "data"``) with a malformed line in one day file and ``junk``
+    day files of random bytes (one per made-up VM); returns the copy, the file read in part and
+    the junk files, so every capacity command can be asked to name the same damage."""
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    day = logstore.day_of(int(TS[-1]))
+    torn = Path(logstore.day_path(str(data), "stray", day))
+    lines = torn.read_bytes().split(b"\n")
+    torn.write_bytes(b"\n".join([*lines[:5], b'%d,"12.5,3,40,,,,,2,4096,9,' % (TS[-1] - 30), *lines[5:]]))
+    junk_files = []
+    for k in range(junk):
+        path = Path(logstore.day_path(str(data), "ghost-%02d" % k, day))
+        path.parent.mkdir(parents=True)
+        path.write_bytes(random.Random(k).randbytes(4096))
+        junk_files.append(str(path))
+    return data, torn, sorted(junk_files)

@@ -2,16 +2,13 @@
 
 import csv
 import json
-import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from capacitydata import TS, fits, write_fleet
-
-from vmstats import logstore
+from capacitydata import damaged_copy, fits, write_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,25 +136,6 @@ def test_headroom_refuses_an_empty_output_folder(fleet):
     ]
 
 
-def _damaged_copy(fleet, tmp_path: Path, junk: int) -> tuple[Path, Path, list[str]]:
-    """The fleet's logs with a malformed line in one day file and ``junk`` day files of random
-    bytes (one per made-up VM); returns the copy, the file read in part and the junk files."""
-    base, _expected = fleet
-    data = tmp_path / "data"
-    shutil.copytree(base / "data", data)
-    day = logstore.day_of(int(TS[-1]))
-    torn = Path(logstore.day_path(str(data), "stray", day))
-    lines = torn.read_bytes().split(b"\n")
-    torn.write_bytes(b"\n".join([*lines[:5], b'%d,"12.5,3,40,,,,,2,4096,9,' % (TS[-1] - 30), *lines[5:]]))
-    junk_files = []
-    for k in range(junk):
-        path = Path(logstore.day_path(str(data), "ghost-%02d" % k, day))
-        path.parent.mkdir(parents=True)
-        path.write_bytes(random.Random(k).randbytes(4096))
-        junk_files.append(str(path))
-    return data, torn, sorted(junk_files)
-
-
 def _named(entries: list[dict]) -> list[str]:
     """The lines the report's terminal summary gives these files."""
     return [
@@ -168,7 +146,7 @@ def _named(entries: list[dict]) -> list[str]:
 
 def test_headroom_and_admit_name_the_damaged_logs_as_the_report_does(fleet, tmp_path):
     base, _expected = fleet
-    data, torn, junk = _damaged_copy(fleet, tmp_path, junk=21)
+    data, torn, junk = damaged_copy(base, tmp_path, junk=21)
     out = tmp_path / "out"
     result = vmstats(
         "headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8", "--no-after", "-o", out
@@ -204,9 +182,40 @@ def test_headroom_and_admit_name_the_damaged_logs_as_the_report_does(fleet, tmp_
     assert _named(damaged)[0] in answer.stderr.splitlines()
 
 
+def test_admit_from_a_summary_names_the_damaged_logs_as_from_the_logs(fleet, tmp_path):
+    """An answer from a summary rests on the logs the summary was made from: it names the files
+    that summary could not read whole, in the answer and on stderr, as an answer from the logs
+    does, whichever run (headroom or the report) left the summary."""
+    base, _expected = fleet
+    data, _torn, _junk = damaged_copy(base, tmp_path, junk=21)
+    manifest = tmp_path / "app.toml"
+    manifest.write_text('[[vms]]\nprofile = "2x8@50%"\n')
+    from_logs = vmstats("admit", manifest, data, "--inventory", base / "hosts.toml", "--json")
+    assert from_logs.returncode == 0, from_logs.stderr
+    basis = json.loads(from_logs.stdout)["basis"]
+    assert len(basis["skipped_files"]) == 21 and len(basis["damaged_files"]) == 1
+    headroom = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8",
+                       "--no-after", "-o", tmp_path / "headroom")  # fmt: skip
+    report = vmstats("report", data, "--inventory", base / "hosts.toml", "--no-cache",
+                     "-o", tmp_path / "report")  # fmt: skip
+    assert headroom.returncode == report.returncode == 0, headroom.stderr + report.stderr
+    for out in ("headroom", "report"):
+        summary = tmp_path / out / "capacity-summary.json"
+        answer = vmstats("admit", manifest, "--summary", summary, "--json")
+        assert answer.returncode == 0, answer.stderr
+        named = json.loads(answer.stdout)["basis"]
+        assert (named["skipped_files"], named["damaged_files"]) == (
+            basis["skipped_files"],
+            basis["damaged_files"],
+        ), out
+        assert answer.stderr == from_logs.stderr, out
+        terse = vmstats("admit", manifest, "--summary", summary)
+        assert terse.stderr == from_logs.stderr and terse.stdout.startswith("request: ACCEPT"), out
+
+
 def test_headroom_without_an_output_folder_still_names_the_damaged_logs(fleet, tmp_path):
     base, _expected = fleet
-    data, torn, junk = _damaged_copy(fleet, tmp_path, junk=1)
+    data, torn, junk = damaged_copy(base, tmp_path, junk=1)
     result = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8", "--no-after")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()

@@ -6,7 +6,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from capacitydata import write_fleet
+from capacitydata import damaged_copy, write_fleet
 from serverproc import LOOPBACK, STATUS_TOKEN, ServerProcess
 from test_http_bodies import status_and_json, stream
 from test_server_udp import line, now
@@ -136,6 +136,26 @@ def test_answers_while_records_keep_arriving(live):
         answers.append(post(server, dict(MANIFEST, name="while-%d" % batch, hold=False))[0])
     assert answers == [200] * 20
     server.wait_received(start + 1000, timeout=20)
+
+
+def test_answers_name_the_damaged_logs_the_summary_rests_on(tmp_path):
+    """The live summary is made from the logs as ``vmstats admit`` reads them: every answer, and
+    the state, names the files it could not read whole, as admit's answer does."""
+    base = tmp_path / "fleet"
+    write_fleet(base / "data", base / "hosts.toml")
+    data, torn, junk = damaged_copy(base, tmp_path, junk=2)
+    with ServerProcess(tmp_path / "server", "--inventory", str(base / "hosts.toml"),
+                       "--capacity-refresh", "1h", data_dir=data) as server:  # fmt: skip
+        server.wait_for(lambda s: "basis" in state(s), timeout=60)
+        code, answer = post(server, dict(MANIFEST, hold=False))
+        shown = state(server)["basis"]
+    assert code == 200
+    basis = answer["basis"]
+    assert [e["path"] for e in basis["skipped_files"]] == junk
+    assert [(e["path"], e["vm"], e["bad_lines"]) for e in basis["damaged_files"]] == [(str(torn), "stray", 1)]
+    assert basis["damaged_files"][0]["rows"] > 1000
+    for key in ("skipped_files", "damaged_files"):
+        assert shown[key] == basis[key], key
 
 
 def test_without_a_status_token_admission_is_refused(tmp_path):

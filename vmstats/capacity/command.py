@@ -204,21 +204,21 @@ def from_logs(
     from vmstats.capacity import reader
     from vmstats.capacity.demand import Change, demand_views
     from vmstats.capacity.summary import SUMMARY_FILE, summarise
-    from vmstats.report import load as load_mod
 
     logs = reader.find_logs(data_dirs, settings.days, until)
     changes = [Change()] + ([advice[0]] if advice else [])
     views = demand_views(inventory, reader.read_vms(logs), logs.window, settings, changes)
+    named = logs.named()
     if summary_dir:
         os.makedirs(summary_dir, exist_ok=True)
         with open(os.path.join(summary_dir, SUMMARY_FILE), "w", encoding="utf-8") as handle:
-            handle.write(summarise(views[0]).to_json())
+            handle.write(summarise(views[0], named).to_json())
     return headroom_mod.result(
         views[0],
         views[1] if advice else None,
         profile,
         advice[1] if advice else None,
-        {"inventory": inventory_path, **load_mod.named_files(logs.issues)},
+        {"inventory": inventory_path, **named},
     )
 
 
@@ -314,12 +314,8 @@ def admit(
     With --backtest (every argument a DATA_DIR): plan on one window, admit
     arrivals by the offer, and judge the next window (docs/CAPACITY.md).
     """
-    from vmstats.capacity import admission, reader
-    from vmstats.capacity.demand import host_demand
-    from vmstats.capacity.inventory import load_inventory
-    from vmstats.capacity.summary import summarise
-    from vmstats.report import load as load_mod
-    from vmstats.report.outputs import damaged_files_summary
+    from vmstats.capacity import admission
+    from vmstats.capacity import summary as summary_mod
 
     try:
         settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
@@ -347,20 +343,21 @@ def admit(
     manifest_path, data_dirs = paths[0], paths[1:]
     try:
         manifest = load_manifest(manifest_path)
-        inventory = load_inventory(inventory_path)
-        logs = reader.find_logs(data_dirs, days, until)
-        summary = summarise(host_demand(inventory, reader.read_vms(logs), logs.window, settings))
+        summary = summary_mod.from_logs(data_dirs, inventory_path, settings, until)
         result = admission.answer(summary, manifest)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
-    result["basis"].update(load_mod.named_files(logs.issues))
-    damaged_files_summary(result["basis"], sys.stderr, "all named in the answer's basis.%s (--json)")
     _print_answer(result, as_json)
 
 
 def _print_answer(result: dict, as_json: bool) -> NoReturn:
-    """The answer on stdout (JSON or the terminal's lines); the exit status says which answer."""
+    """The answer on stdout (JSON or the terminal's lines), the damaged logs its summary rests on
+    named on stderr (whether read now or by the run that left the summary); the exit status says
+    which answer."""
     from vmstats.capacity import admission
+    from vmstats.report.outputs import damaged_files_summary
+
+    damaged_files_summary(result["basis"], sys.stderr, "all named in the answer's basis.%s (--json)")
 
     if as_json:
         json.dump(result, sys.stdout, indent=1, sort_keys=True)

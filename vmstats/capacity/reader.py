@@ -35,6 +35,11 @@ class Logs:
     first_day: int = 0
     last_day: int = 0
 
+    def named(self) -> dict[str, list[dict]]:
+        """The files not read whole as every command names them (load.named_files), for a
+        headroom result and for the summary admission answers rest on alike."""
+        return load_mod.named_files(self.issues)
+
 
 def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> Logs:
     """The window and the day files of each VM inside it; ReportError for unusable data dirs."""

@@ -21,7 +21,8 @@ from vmstats.capacity.demand import FleetDemand, Settings, peaks_name, percentil
 from vmstats.capacity.placement import HostLoad
 
 #: Bumped when the JSON's shape changes: the server refuses a summary of another version.
-VERSION = 1
+#: 2: the log files the summary could not read whole (a summary of 1 would claim none).
+VERSION = 2
 #: The summary's file beside a report or headroom output (``vmstats admit --summary`` reads it).
 SUMMARY_FILE = "capacity-summary.json"
 
@@ -59,9 +60,13 @@ class Summary:
     peak_minutes: int = defaults.PEAK_MINUTES
     made_at: float = field(default_factory=time.time)
     version: int = VERSION
+    #: The log files not read whole (load.named_files): an answer from this summary names them
+    #: as an answer read from the logs does, however long after the logs were read.
+    skipped_files: list[dict] = field(default_factory=list)
+    damaged_files: list[dict] = field(default_factory=list)
 
     def basis(self, now: float | None = None) -> dict:
-        """What an answer rests on, said in every answer."""
+        """What an answer rests on, said in every answer, with the logs it could not read whole."""
         known = [h for h in self.hosts if h.status != "unknown"]
         expected = [h for h in known if h.vms]
         return {
@@ -76,6 +81,8 @@ class Summary:
             "coverage_of_known_hosts": round(min((h.coverage for h in expected), default=1.0), 4),
             "unplaced_vms": self.unplaced,
             "summary_age_s": round(max(0.0, (now or time.time()) - self.made_at), 1),
+            "skipped_files": self.skipped_files,
+            "damaged_files": self.damaged_files,
         }
 
     def loads(self, basis: str = "demand") -> list[HostLoad]:
@@ -106,8 +113,9 @@ class Summary:
         return cls(**data)
 
 
-def summarise(fleet: FleetDemand) -> Summary:
-    """The summary of a FleetDemand (its series dropped)."""
+def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) -> Summary:
+    """The summary of a FleetDemand (its series dropped), with the files named as not read whole
+    (``named``: reader.Logs.named) kept, since the summary outlives the reading."""
     s = fleet.settings
     hosts = []
     for entry in fleet.hosts:
@@ -138,18 +146,23 @@ def summarise(fleet: FleetDemand) -> Summary:
         hosts,
         len(fleet.unplaced),
         s.peak_minutes,
+        **(named or {}),
     )
 
 
-def from_logs(data_dirs: Sequence[str], inventory_path: str, settings: Settings) -> Summary:
-    """Read the logs and summarise them (ReportError / CapacityError on bad input)."""
+def from_logs(
+    data_dirs: Sequence[str], inventory_path: str, settings: Settings, until: str | None = None
+) -> Summary:
+    """Read the logs and summarise them (ReportError / CapacityError on bad input): the server's
+    refresh and ``vmstats admit`` alike, so both answer from the same reading."""
     from vmstats.capacity import reader
     from vmstats.capacity.demand import host_demand
     from vmstats.capacity.inventory import load_inventory
 
     inventory = load_inventory(inventory_path)
-    logs = reader.find_logs(data_dirs, settings.days)
-    return summarise(host_demand(inventory, reader.read_vms(logs), logs.window, settings))
+    logs = reader.find_logs(data_dirs, settings.days, until)
+    fleet = host_demand(inventory, reader.read_vms(logs), logs.window, settings)
+    return summarise(fleet, logs.named())  # named once read_vms is done
 
 
 def main(argv: Sequence[str] | None = None) -> int:
