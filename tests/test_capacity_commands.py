@@ -213,6 +213,26 @@ def test_admit_from_a_summary_names_the_damaged_logs_as_from_the_logs(fleet, tmp
         assert terse.stderr == from_logs.stderr and terse.stdout.startswith("request: ACCEPT"), out
 
 
+def test_the_reports_capacity_section_leaves_the_damaged_files_to_the_report(fleet, tmp_path):
+    """report.json names each damaged file once, in meta, where its terminal summary and its
+    page take them from: the capacity section read the same logs and points there."""
+    base, _expected = fleet
+    data, torn, junk = damaged_copy(base, tmp_path, junk=3)
+    out = tmp_path / "report"
+    result = vmstats("report", data, "--inventory", base / "hosts.toml", "--no-cache", "-o", out)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert [e["path"] for e in meta["skipped_files"]] == junk
+    assert [e["path"] for e in meta["damaged_files"]] == [str(torn)]
+    basis = meta["capacity"]["basis"]
+    assert "skipped_files" not in basis and "damaged_files" not in basis
+    assert basis["damaged_logs"] == "meta.skipped_files, meta.damaged_files"
+    text = json.dumps(meta)
+    for path in [*junk, str(torn)]:
+        assert text.count(json.dumps(path)) == 1, path
+        assert result.stdout.count(path) == 1, path
+
+
 def test_headroom_without_an_output_folder_still_names_the_damaged_logs(fleet, tmp_path):
     base, _expected = fleet
     data, torn, junk = damaged_copy(base, tmp_path, junk=1)

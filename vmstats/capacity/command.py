@@ -226,15 +226,27 @@ def report_section(
     data_dirs, report, inventory, inventory_path: str, profile, days: int, until, out_dir: str
 ) -> dict:
     """The report's capacity section: headroom for ``profile`` now and after the report's own advice
-    (and the per-host summary in ``out_dir``, for ``vmstats admit --summary``)."""
+    (and the per-host summary in ``out_dir``, for ``vmstats admit --summary``).
+
+    The damaged log files this pass met are named once, with the report's own in
+    ``report.meta`` (its terminal summary and page read them there); the section's basis
+    points there instead of listing them a second time.
+    """
     from vmstats.capacity.demand import Settings
+    from vmstats.report import load as load_mod
 
     change, described = report_changes(report.rows)
     described["source"] = "this report"
     advice = (change, described)
-    return from_logs(
+    section = from_logs(
         data_dirs, inventory, inventory_path, profile, Settings(days=days), until, advice, out_dir
     )
+    basis, meta = section["basis"], report.meta
+    met = basis.pop("skipped_files") + basis.pop("damaged_files")
+    # The report's entry of a file both met comes last, so it is the one kept.
+    meta.update(load_mod.named_files(met + meta["skipped_files"] + meta["damaged_files"]))
+    basis["damaged_logs"] = "meta.skipped_files, meta.damaged_files"
+    return section
 
 
 def _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir):
