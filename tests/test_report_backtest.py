@@ -334,3 +334,31 @@ def test_compacted_logs_give_the_same_backtest(backtest, tmp_path):
     assert done.returncode == 0, done.stderr
     again = {r["vm"]: r for r in json.loads((tmp_path / "out" / "backtest.json").read_text())["vms"]}
     assert again == rows
+
+
+def test_a_damaged_columnar_file_is_named_once_with_the_vms_it_held(backtest, tmp_path):
+    """A columnar file holds a day of every VM: when its rows cannot be read it is one damaged
+    file, named once with how many VMs lost that day, not once per VM."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from test_report_damaged import _rewrite_tier
+
+    from vmstats.server import compact as compact_mod
+
+    _history_, out, _stdout, _doc, rows = backtest
+    data = tmp_path / "data"
+    shutil.copytree(out.parent / "data", data)
+    compact_mod.compact(str(data), compact_mod.Policy(0, 1e10, 1e10), now=4e9)
+    damaged = sorted((data / "columnar").iterdir())[-3]  # a judged day
+    held = len(set(pq.read_table(damaged, columns=["vm"]).column("vm").to_pylist()))
+    assert held > 1
+    _rewrite_tier(damaged, column="cpu")  # described right, its rows unreadable
+    done = vmstats("backtest", data, "-o", tmp_path / "out", "--policy", out.parent / "policy.toml")
+    assert done.returncode == 0, done.stderr
+    skipped = json.loads((tmp_path / "out" / "backtest.json").read_text())["skipped_files"]
+    assert [(item["path"], item["vms"]) for item in skipped] == [(str(damaged), held)]
+    assert skipped[0]["why"].startswith("unreadable: could not convert string to float")
+    assert "skipped 1 unreadable day file(s) while judging:" in done.stdout
+    assert done.stdout.count(str(damaged)) == 1
+    assert "(rows of %d VMs)" % held in done.stdout

@@ -117,8 +117,9 @@ class Backtest:
     decision: Report
     rows: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
-    #: Day files that could not be read while judging, each ``{"path", "why"}``.
-    skipped_files: list[dict[str, str]] = field(default_factory=list)
+    #: Day files that could not be read while judging, each once as ``{"path", "why", "vms"}``
+    #: (``vms``: how many VMs lost rows with it; a columnar file holds a day of every VM).
+    skipped_files: list[dict[str, Any]] = field(default_factory=list)
 
 
 def choose_windows(
@@ -174,10 +175,11 @@ def run(
         workers=workers,
     )
     vms = [row["vm"] for row in decision.rows]
-    skipped: list[dict[str, str]] = []
+    skipped: dict[str, tuple[str, set[str]]] = {}
     activity = _activity(units, vms, windows, decision, rules, skipped)
     rows = [_judge(row, *activity[row["vm"]], rules) for row in decision.rows]
-    result = Backtest(windows, rules, decision, rows, skipped_files=skipped)
+    named = [{"path": path, "why": why, "vms": len(hit)} for path, (why, hit) in sorted(skipped.items())]
+    result = Backtest(windows, rules, decision, rows, skipped_files=named)
     result.summary = summarise(rows, decision.meta["prices"]["currency"])
     return result
 
@@ -186,12 +188,14 @@ def run(
 
 
 def _activity(units, vms, windows: Windows, decision: Report, rules: JudgingRules,
-              skipped: list[dict[str, str]]) -> dict[str, tuple]:
+              skipped: dict[str, tuple[str, set[str]]]) -> dict[str, tuple]:
     """Per VM: (deciding Activity, judging Activity, overrun share, off-hours finding).
 
     A day file that cannot be read (a folder or FIFO in its place, gone, no
-    permission) adds no records and is appended to ``skipped``, so a damaged
-    judging window is named rather than ending the backtest.
+    permission) adds no records and goes in ``skipped`` (path: why, and the
+    VMs whose rows it held), so a damaged judging window is named rather than
+    ending the backtest; a columnar file is read once per VM it holds, but is
+    one file to repair.
     """
     by_vm: dict[str, list[tuple[int, list[str]]]] = {}
     for (vm, day), paths in units.items():
@@ -208,7 +212,8 @@ def _activity(units, vms, windows: Windows, decision: Report, rules: JudgingRule
                 owner += [k] * len(day_paths)
         errors: dict[int, str] = {}
         series_of = _read_series(paths, owner, len(chunk), errors)
-        skipped += [{"path": logstore.source_path(paths[i]), "why": why} for i, why in sorted(errors.items())]
+        for i, why in sorted(errors.items()):
+            skipped.setdefault(logstore.source_path(paths[i]), (why, set()))[1].add(chunk[owner[i]])
         for vm, series in zip(chunk, series_of, strict=True):
             row = rows[vm]
             decide = measure(series, windows.decide_first, windows.decide_last, rules)

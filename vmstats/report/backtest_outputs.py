@@ -188,7 +188,8 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
         print("", file=stream)
         print("skipped %d unreadable day file(s) while judging:" % len(result.skipped_files), file=stream)
         for item in result.skipped_files[:top]:
-            print("  %s: %s" % (item["path"], item["why"]), file=stream)
+            held = " (rows of %d VMs)" % item["vms"] if item["vms"] > 1 else ""
+            print("  %s: %s%s" % (item["path"], item["why"], held), file=stream)
         if len(result.skipped_files) > top:
             print("  ... and %d more (backtest.json)" % (len(result.skipped_files) - top), file=stream)
     print("", file=stream)
