@@ -89,8 +89,18 @@ class Decoder:
 
     #: The name the format's counters carry in /metrics.
     name = "?"
+    #: What the format counts as one outcome in ``Tally`` (collectd: a value list).
+    unit = "line"
 
-    def decode(self, data: bytes, now: float, tally: Tally) -> list[Sample]:
+    def decode(self, data: bytes, now: float, tally: Tally,
+               lines: list | None = None) -> list[Sample]:
+        """The samples of ``data``; every line lands in ``tally`` under one outcome.
+
+        ``lines`` (if given) gets ``(index in the result of the line's first sample, line
+        number)`` for each line counted as used, in order, so that a line whose samples the
+        minute assembler refuses later can be counted under that reason instead of as used:
+        once, however many samples it made.
+        """
         raise NotImplementedError
 
 

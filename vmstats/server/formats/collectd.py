@@ -98,6 +98,7 @@ class CollectdDecoder(Decoder):
     """collectd packets to samples; ``security`` is the least a packet must have."""
 
     name = "collectd"
+    unit = "value list"
 
     def __init__(self, users: dict[str, str] | None = None, security: str = "none"):
         if security not in SECURITY_LEVELS:
@@ -108,10 +109,16 @@ class CollectdDecoder(Decoder):
                       for user, password in (users or {}).items()}
         self.level = SECURITY_LEVELS.index(security)
         self.vm_ids = VmIds()
+        #: ``lines`` of the ``decode`` under way (a decoder decodes one packet at a time).
+        self._lines: list | None = None
+        self._counted = 0
 
-    def decode(self, data: bytes, now: float, tally: Tally) -> list[Sample]:
+    def decode(self, data: bytes, now: float, tally: Tally,
+               lines: list | None = None) -> list[Sample]:
+        """Samples of every value list vmstats maps; ``lines`` numbers value lists (Decoder)."""
         out: list[Sample] = []
         before = sum(tally.counts.values())
+        self._lines, self._counted = lines, before
         try:
             self._packet(data, 0, out, tally)
         except PacketError as exc:
@@ -233,6 +240,8 @@ class CollectdDecoder(Decoder):
         if ts <= 0:
             tally.reject(R_SYNTAX, "value list before any time part")
             return
+        if self._lines is not None:
+            self._lines.append((len(out), sum(tally.counts.values()) - self._counted + 1))
         for kind, device, value in mapped:
             out.append(Sample(vm, ts, kind, device, value))
         tally.counts[USED] += 1

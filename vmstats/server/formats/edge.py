@@ -59,46 +59,40 @@ class Edge:
         (None: nothing of it was journaled), for ``when_durable``."""
         tally = Tally()
         now = self.clock()
-        return self.file(decoder.name, decoder.decode(data, now, tally, **options), tally, now,
-                         data, options)
+        lines: list = []
+        samples = decoder.decode(data, now, tally, lines=lines, **options)
+        return self.file(decoder.name, samples, tally, now, lines, data, options)
 
     def feed_lines(self, decoder: Decoder, data: bytes, errors: list, **options) -> int | None:
-        """``feed`` for a writer answered line by line (the HTTP write API): a line whose samples
-        the minutes refuse (too far ahead, late, out of range) is counted once, under that
-        reason rather than as used, and named in ``errors`` with the decoder's own."""
+        """``feed`` for a writer answered line by line (the HTTP write API): ``errors`` gets
+        ``(line number, message)`` of the first ten lines not used, the decoder's and those
+        whose samples the minutes refuse (too far ahead, late, out of range) alike."""
         tally = Tally()
         now = self.clock()
         lines: list = []
         samples = decoder.decode(data, now, tally, errors=errors, lines=lines, **options)
-        refused: list = []
-        since = self.file(decoder.name, samples, tally, now, data, dict(options, errors=errors),
-                          refused)
-        if refused:
-            starts = [start for start, _number in lines]
-            by_line: dict[int, tuple[str, str]] = {}
-            for index, reason, detail in refused:
-                number = lines[bisect.bisect_right(starts, index) - 1][1]
-                by_line.setdefault(number, (reason, detail))
-            late = Tally()
-            late.counts[USED] -= len(by_line)
-            for number, (reason, detail) in sorted(by_line.items()):
-                late.reject(reason, "line %d: %s" % (number, detail))
-                errors.append((number, "%s: %s" % (reason, detail)))
-            errors.sort()
-            del errors[10:]
-            self.count(decoder.name, late)
-        return since
+        return self.file(decoder.name, samples, tally, now, lines, data,
+                         dict(options, errors=errors), errors)
 
-    def file(self, name: str, samples: list, tally: Tally, now: float, data: bytes = b"",
-             options: dict | None = None, refused: list | None = None) -> int | None:
+    def file(self, name: str, samples: list, tally: Tally, now: float, lines: list,
+             data: bytes = b"", options: dict | None = None,
+             errors: list | None = None) -> int | None:
         """Samples decoded from ``data`` (here or in a worker) into the minutes; journaled first
         (in the order they go in, which a replay repeats).  Returns the journal write or None.
-        ``refused``: as for ``MinuteAssembler.add``."""
+
+        ``lines`` maps samples to the lines they came from (``Decoder.decode``): a line whose
+        samples the minutes refuse is counted once, under the first reason, instead of as used
+        -- not once as used by the decoder and again per sample refused.  Its other samples
+        are kept (a line's value out of range drops only that value)."""
         since = None
         if samples:
             if self.journal is not None:
                 since = self.journal.payload(name, now, options, data)
+            refused: list = []
             self.assembler.add(samples, now, tally, refused)
+            if refused:
+                unit = self.decoders[name].unit if name in self.decoders else "line"
+                _refused_lines(tally, refused, lines, unit, errors)
         self.count(name, tally)
         self.release()
         return since
@@ -148,6 +142,27 @@ class Edge:
             callback(True)
         else:
             self.journal.journal.when_durable(callback, since)
+
+
+def _refused_lines(tally: Tally, refused: list, lines: list, unit: str,
+                   errors: list | None) -> None:
+    """Move the lines the minutes refused samples of from ``used`` to the first reason."""
+    starts = [start for start, _number in lines]
+    by_line: dict[int, tuple[str, str]] = {}
+    for index, reason, detail in refused:
+        at = bisect.bisect_right(starts, index) - 1
+        if at < 0:  # a decoder that does not say which line a sample is from: count the sample
+            tally.reject(reason, detail)
+            continue
+        by_line.setdefault(lines[at][1], (reason, detail))
+    tally.counts[USED] -= len(by_line)
+    for number, (reason, detail) in sorted(by_line.items()):
+        tally.reject(reason, "%s %d: %s" % (unit, number, detail))
+        if errors is not None:
+            errors.append((number, "%s: %s" % (reason, detail)))
+    if errors is not None:
+        errors.sort()
+        del errors[10:]
 
 
 class DatagramReceiver(tx_protocol.DatagramProtocol):

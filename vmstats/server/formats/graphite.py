@@ -98,10 +98,12 @@ class GraphiteDecoder(Decoder):
         self.max_line = max_line
         self.vm_ids = VmIds()
 
-    def decode(self, data: bytes, now: float, tally: Tally) -> list[Sample]:
+    def decode(self, data: bytes, now: float, tally: Tally,
+               lines: list | None = None) -> list[Sample]:
+        """Samples of every line a template maps (values as sent: the minutes judge them)."""
         out: list[Sample] = []
         counts = tally.counts
-        for line in data.split(b"\n"):
+        for number, line in enumerate(data.split(b"\n"), 1):
             line = line.strip()
             if not line:
                 continue
@@ -150,6 +152,8 @@ class GraphiteDecoder(Decoder):
                 tally.reject(R_BAD_VM, exc.detail)
                 continue
             kind = field + TOTAL if template.counter else field
+            if lines is not None:
+                lines.append((len(out), number))
             out.append(Sample(vm, ts, kind, groups.get("device", ""), value))
             counts[USED] += 1
         return out

@@ -132,6 +132,7 @@ class InfluxDecoder(Decoder):
                 handler(out, vm, int(stamp) / divisor if stamp else now, tag_map, field_map)
             except (LineError, ValueError, OverflowError) as exc:
                 tally.reject(getattr(exc, "reason", "syntax"), getattr(exc, "detail", str(exc)))
+                del out[before:]  # a refused line gives nothing, not the values before its fault
                 continue
             if len(out) > before:
                 used += 1
@@ -167,6 +168,7 @@ class InfluxDecoder(Decoder):
         for number_, line in enumerate(data.split(b"\n"), 1):
             if not line or line[:1] == b"#" or line.isspace():
                 continue
+            before = len(out)
             try:
                 if len(line) > self.max_line:
                     raise LineError(R_TOO_LONG, "line of %d bytes" % len(line))
@@ -178,7 +180,6 @@ class InfluxDecoder(Decoder):
                 raw = tags.get(vm_tag)
                 vm = self._vms.get(raw) or self._vm(raw)
                 ts = now if stamp is None else stamp / divisor
-                before = len(out)
                 handler(out, vm, ts, tags, fields)
                 if len(out) > before:
                     used += 1
@@ -187,10 +188,12 @@ class InfluxDecoder(Decoder):
                 else:
                     ignored += 1
             except LineError as exc:
+                del out[before:]
                 tally.reject(exc.reason, "line %d: %s" % (number_, exc.detail))
                 if errors is not None and len(errors) < 10:
                     errors.append((number_, "%s: %s" % (exc.reason, exc.detail)))
             except (ValueError, OverflowError) as exc:  # float() of a value the regex let through
+                del out[before:]
                 tally.reject("syntax", "line %d: %s" % (number_, exc))
                 if errors is not None and len(errors) < 10:
                     errors.append((number_, "syntax: %s" % exc))

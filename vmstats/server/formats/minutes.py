@@ -96,8 +96,8 @@ class MinuteAssembler:
         """File samples (counter samples become rates first); complete what they finish.
 
         A sample not filed is counted in ``tally`` -- or, with ``refused`` given, listed there
-        as ``(index in samples, reason, detail)`` for a caller that counts and reports by line
-        (the HTTP write API: a line its decoder counted as used must not count twice).
+        as ``(index in samples, reason, detail)`` for a caller that counts by line (the edge:
+        a line its decoder counted as used must not count twice, however many samples it made).
 
         This runs once per sample of every other agent, so it is written for speed: one
         pass, local names, and the per-kind work in ``_put``.

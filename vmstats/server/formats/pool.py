@@ -30,11 +30,19 @@ def _start_worker(decoders: dict[str, Decoder]) -> None:
     _WORKER_DECODERS.update(decoders)
 
 
-def _decode(name: str, data: bytes, now: float) -> tuple[list, dict, list]:
-    """In a worker: ``(samples as plain tuples, outcome counts, reject details)``."""
+def _decode(name: str, data: bytes, now: float) -> tuple[list, dict, list, list]:
+    """In a worker: ``(samples as plain tuples, outcome counts, reject details, lines)``."""
     tally = Tally()
-    samples = _WORKER_DECODERS[name].decode(data, now, tally)
-    return [tuple(sample) for sample in samples], dict(tally.counts), tally.details
+    lines: list = []
+    samples = _WORKER_DECODERS[name].decode(data, now, tally, lines=lines)
+    return [tuple(sample) for sample in samples], dict(tally.counts), tally.details, lines
+
+
+def _decode_here(decoder: Decoder, data: bytes, now: float) -> tuple[list, Tally, list]:
+    """``_decode``'s result, decoded in the reactor."""
+    tally = Tally()
+    lines: list = []
+    return decoder.decode(data, now, tally, lines=lines), tally, lines
 
 
 class DecodePool:
@@ -46,7 +54,8 @@ class DecodePool:
         self.decoders = decoders
         self.workers = workers
         self.executor: ProcessPoolExecutor | None = None
-        #: [decoder, now, result or None, payload], oldest first (the payload is journaled).
+        #: [decoder, now, (samples, tally, lines) or None, payload], oldest first (the payload
+        #: is journaled; ``lines`` let the edge count a line the minutes refuse once).
         self.queue: deque[list] = deque()
         self._idle: list[defer.Deferred] = []
 
@@ -63,16 +72,14 @@ class DecodePool:
             if not self.queue:
                 self.edge.feed(decoder, data)
                 return
-            tally = Tally()
-            self.queue.append([decoder, now, (decoder.decode(data, now, tally), tally), data])
+            self.queue.append([decoder, now, _decode_here(decoder, data, now), data])
             return
         entry = [decoder, now, None, data]
         self.queue.append(entry)
         try:
             future = self.executor.submit(_decode, decoder.name, data, now)
         except RuntimeError:  # the pool is shutting down or broken: decode here
-            tally = Tally()
-            entry[2] = (decoder.decode(data, now, tally), tally)
+            entry[2] = _decode_here(decoder, data, now)
             self._drain()
             return
         future.add_done_callback(
@@ -80,22 +87,21 @@ class DecodePool:
 
     def _decoded(self, entry: list, data: bytes, future) -> None:
         try:
-            samples, counts, details = future.result()
+            samples, counts, details, lines = future.result()
             tally = Tally()
             tally.counts.update(counts)
             tally.details.extend(details)
+            entry[2] = (samples, tally, lines)
         except Exception as exc:  # a worker died: decode here, lose nothing
             log.warning("decoding worker failed (%s): decoding in the reactor", exc)
-            tally = Tally()
-            samples = entry[0].decode(data, entry[1], tally)
-        entry[2] = (samples, tally)
+            entry[2] = _decode_here(entry[0], data, entry[1])
         self._drain()
 
     def _drain(self) -> None:
         queue = self.queue
         while queue and queue[0][2] is not None:
-            decoder, now, (samples, tally), data = queue.popleft()
-            self.edge.file(decoder.name, samples, tally, now, data)
+            decoder, now, (samples, tally, lines), data = queue.popleft()
+            self.edge.file(decoder.name, samples, tally, now, lines, data)
         if not queue and self._idle:
             waiting, self._idle = self._idle, []
             for one in waiting:
