@@ -195,6 +195,24 @@ def test_device_rates_are_each_averaged_then_summed_partitions_left_out():
     assert record.disk_r == 2 * (100 + 200) / 2  # sda and vdb: mean 150 each
 
 
+@pytest.mark.parametrize("kind, value, kept", [
+    ("cpu", 100.4, 100.0), ("cpu", -0.9, 0.0), ("mem", 100.00000001, 100.0),  # rounding: clamped
+    ("cpu", 101.5, None), ("cpu", -50.0, None), ("mem", 150.0, None), ("cpu", math.nan, None),
+    ("cpu_state", 102.0, None), ("cpu_state", -3.0, None), ("mem_part", -1.0, None),
+    ("vcpus", 0, None), ("vcpus", 5000, None), ("mem_mb", -2048, None), ("net_rx", -1.0, None),
+    ("net_rx", 2e15, None), ("disk_r_total", -5, None), ("cpu_state_total", -1, None),
+])
+def test_the_minutes_clamp_rounding_and_refuse_impossible_values(kind, value, kept):
+    assembler, refused = MinuteAssembler(), []
+    assembler.add([Sample("vm1", NOW, kind, "0:idle", value)], NOW, Tally(), refused)
+    if kept is None:
+        assert [(index, reason) for index, reason, _detail in refused] == [(0, "out_of_range")]
+        assert not assembler.open
+    else:
+        [minute] = assembler.open["vm1"].values()
+        assert refused == [] and getattr(minute, kind) == [kept]
+
+
 def test_open_minutes_are_bounded():
     assembler = MinuteAssembler(max_open=10)
     assembler.add([Sample("vm%d" % i, NOW, "cpu", "", 1.0) for i in range(50)], NOW, Tally())

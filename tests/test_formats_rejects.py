@@ -120,3 +120,100 @@ def test_graphite_and_collectd_samples_the_minutes_refuse_are_counted_once(tmp_p
     assert logged(tmp_path / "data", "gr").iloc[0][["cpu", "mem"]].tolist() == [20.0, 40.0]
     assert logged(tmp_path / "data", "cd").iloc[0][["cpu", "mem"]].tolist() == [30.0, 60.0]
 
+
+def test_impossible_line_protocol_values_are_refused_and_rounding_is_clamped(tmp_path):
+    now = int(time.time())
+    t0 = (now - 3600) // 60 * 60
+    with serve(tmp_path, "--flush-interval", "0.3", "--influx-port", "0") as server:
+        port = server.status["influx_port"]
+        sent = 0
+        for transport in ("udp", "tcp"):
+            vm = ("imp-" + transport).encode()
+            at = (t0 + 35) * NS
+            good = telegraf_minute(vm.decode(), t0) + [
+                b"system,host=%s n_cpus=4i %d" % (vm, at)] + [
+                b"diskio,host=%s,name=sda read_bytes=%di,write_bytes=0i %d"
+                % (vm, 5000 * k, (t0 + 10 * k) * NS) for k in range(7)]
+            impossible = [
+                b"cpu,cpu=cpu-total,host=%s usage_idle=-50 %d" % (vm, at),  # once cpu 100 %
+                b"cpu,cpu=cpu-total,host=%s usage_idle=50,usage_iowait=-30 %d" % (vm, at),
+                b"mem,host=%s available_percent=150 %d" % (vm, at),
+                b"mem,host=%s used_percent=-3 %d" % (vm, at),
+                b"mem,host=%s available_percent=75,total=-2147483648i %d" % (vm, at),
+                b"system,host=%s n_cpus=-2i %d" % (vm, at),
+                b"system,host=%s n_cpus=100000i %d" % (vm, at),
+                b"diskio,host=%s,name=sdb read_bytes=-5i,write_bytes=-7i %d" % (vm, at),
+                b"net,host=%s,interface=eth1 bytes_recv=-1i,bytes_sent=10i %d" % (vm, at)]
+            rounding = [  # a hair past 0 or 100 %: Telegraf's rounding, clamped and kept
+                b"cpu,cpu=cpu-total,host=%s-round usage_idle=100.00000001 %d" % (vm, at),
+                b"cpu,cpu=cpu-total,host=%s-round usage_idle=99.6,usage_iowait=0.9 %d"
+                % (vm, at + NS),
+                b"mem,host=%s-round available_percent=100.4 %d" % (vm, at),
+                b"mem,host=%s-round available_percent=-0.5 %d" % (vm, at + NS)]
+            lines = good + impossible + rounding
+            sent += len(lines)
+            if transport == "udp":
+                server.send_udp_to(port, b"\n".join(lines))
+            else:
+                with server.tcp_to(port) as sock:
+                    sock.sendall(b"\n".join(lines) + b"\n")
+            metrics = server.wait_metrics(lambda m, sent=sent: sum(outcomes(m, "influx").values())
+                                          >= sent)
+            rounds = 1 if transport == "udp" else 2
+            assert outcomes(metrics, "influx") == {
+                "used": rounds * (len(good) + len(rounding)),
+                "out_of_range": rounds * len(impossible)}, transport
+    assert server.returncode == 0, server.output
+    for vm in ("imp-udp", "imp-tcp"):
+        row = logged(tmp_path / "data", vm).iloc[0]
+        assert (row["cpu"], row["cpu_max"], row["mem"], row["mem_mb"], row["vcpus"]) == (
+            13.5, 16.0, 25.0, 2048, 4), vm
+        assert (row["disk_r"], row["disk_w"], row["net_rx"], row["net_tx"]) == (
+            500.0, 0.0, 100.0, 0.0), vm  # eth1's good bytes_sent only primed its counter
+        row = logged(tmp_path / "data", vm + "-round").iloc[0]
+        assert (row["cpu"], row["cpu_max"], row["mem"]) == (0.0, 0.0, 50.0), vm
+
+
+def test_impossible_graphite_and_collectd_values_are_refused_like_line_protocol(tmp_path):
+    now = int(time.time())
+    t0 = (now - 3600) // 60 * 60
+    at = t0 + 30
+    with serve(tmp_path, "--flush-interval", "0.3", "--graphite-port", "0",
+               "--collectd-port", "0",
+               "--graphite-template", "servers.{vm}.cpu.percent cpu",
+               "--graphite-template", "servers.{vm}.mem.percent mem",
+               "--graphite-template", "servers.{vm}.vcpus vcpus",
+               "--graphite-template", "servers.{vm}.net.{device}.rx net_rx",
+               "--graphite-template", "servers.{vm}.net.{device}.tx net_tx:counter") as server:
+        graphite = [b"servers.gr.cpu.percent 20 %d" % at, b"servers.gr.mem.percent 40 %d" % at,
+                    b"servers.gr.vcpus 2 %d" % at,
+                    b"servers.gr-round.cpu.percent 100.5 %d" % at,
+                    b"servers.gr-round.mem.percent -0.5 %d" % at]
+        impossible = [b"servers.gr.cpu.percent 150 %d" % at, b"servers.gr.mem.percent -5 %d" % at,
+                      b"servers.gr.vcpus 0 %d" % at, b"servers.gr.net.eth0.rx -100 %d" % at,
+                      b"servers.gr.net.eth0.tx -5 %d" % at]
+        port = server.status["graphite_port"]
+        server.send_udp_to(port, b"\n".join(graphite[:3] + impossible[:3]))
+        with server.tcp_to(port) as sock:
+            sock.sendall(b"\n".join(graphite[3:] + impossible[3:]) + b"\n")
+        packet = (collectd_list("cd", at, "cpu", "", "percent", "active", [(cd.GAUGE, 30.0)])
+                  + collectd_list("cd", at, "memory", "", "percent", "used", [(cd.GAUGE, 60.0)])
+                  + collectd_list("cd", at, "cpu", "", "percent", "active", [(cd.GAUGE, -20.0)])
+                  + collectd_list("cd", at, "cpu", "0", "percent", "idle", [(cd.GAUGE, -5.0)])
+                  + collectd_list("cd", at, "memory", "", "percent", "used", [(cd.GAUGE, 150.0)])
+                  + collectd_list("cd", at, "memory", "", "memory", "free", [(cd.GAUGE, -1e9)])
+                  + collectd_list("cd", at, "interface", "eth0", "if_octets", "",
+                                  [(cd.DERIVE, -10), (cd.DERIVE, -20)]))
+        server.send_udp_to(server.status["collectd_port"], packet)
+        metrics = server.wait_metrics(lambda m: sum(outcomes(m, "graphite").values()) >= 10
+                                      and sum(outcomes(m, "collectd").values()) >= 7)
+        assert outcomes(metrics, "graphite") == {"used": 5, "out_of_range": 5}
+        assert outcomes(metrics, "collectd") == {"used": 2, "out_of_range": 5}
+    assert server.returncode == 0, server.output
+    row = logged(tmp_path / "data", "gr").iloc[0]
+    assert (row["cpu"], row["mem"], row["vcpus"]) == (20.0, 40.0, 2)
+    assert str(row["net_rx"]) in ("nan", "<NA>")
+    row = logged(tmp_path / "data", "gr-round").iloc[0]
+    assert (row["cpu"], row["mem"]) == (100.0, 0.0)
+    row = logged(tmp_path / "data", "cd").iloc[0]
+    assert (row["cpu"], row["mem"], str(row["mem_mb"])) == (30.0, 60.0, "<NA>")

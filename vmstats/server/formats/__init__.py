@@ -45,6 +45,14 @@ R_DECRYPT = "decrypt"
 R_TRUNCATED = "truncated"
 R_AUTH = "auth"
 
+#: Field -> (least, greatest) a record may hold: the protocol's own table, the one place for them.
+BOUNDS = {name: (low, high) for name, _is_int, low, high, _required in protocol.FIELDS}
+#: How far a percentage may stray outside 0..100 and still be taken, clamped, as rounding:
+#: Telegraf prints ``usage_idle=100.00000001``, and idle plus iowait can add up to a hair over
+#: 100.  Further out it is no rounding but a broken sender (``usage_idle=-50``), and clamping it
+#: would store a plausible lie (cpu 100 %), so it is refused as out of range instead.
+PERCENT_SLACK = 1.0
+
 
 class Sample(NamedTuple):
     """One value of one VM at one moment: what every edge decoder produces.
@@ -102,6 +110,31 @@ class Decoder:
         once, however many samples it made.
         """
         raise NotImplementedError
+
+
+def within(name: str, value: float, low: float, high: float, slack: float = 0.0) -> float:
+    """``value``, or the bound it strays past by at most ``slack`` (rounding); a value further
+    out raises OutOfRange.  NaN is never within."""
+    if low <= value <= high:
+        return value
+    if low - slack <= value <= high + slack:
+        return low if value < low else high
+    raise OutOfRange("%s=%s outside [%s, %s]" % (name, value, low, high))
+
+
+def percent(name: str, value: float) -> float:
+    """``value`` as the percentage (0..100, as cpu and mem) a sender meant; see PERCENT_SLACK."""
+    return within(name, value, *BOUNDS["cpu"], PERCENT_SLACK)
+
+
+class OutOfRange(ValueError):
+    """An impossible value: refused and counted as ``R_RANGE``, never clamped into the range."""
+
+    reason = R_RANGE
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
 
 
 class VmIds:

@@ -13,6 +13,12 @@ iowait counts as idle, as the vmstats agent counts it (a CPU waiting on I/O
 could run anything else), so the same machine gives the same cpu either way.
 Per-CPU lines (``cpu=cpu0``), other measurements and other fields are
 well-formed data vmstats has no use for: counted as ignored, never stored.
+
+Values are passed on as sent, never clamped here: the minute assembler
+judges every format's samples by the record's bounds (rounding just past 0
+or 100 % is clamped there, anything further refused as out of range).  Only
+the CPU states' own percentages are judged here, since a broken one can
+hide in a plausible difference (idle 50, iowait -30: cpu 80).
 """
 
 from vmstats import protocol
@@ -21,14 +27,17 @@ from vmstats.server.formats import (
     IGNORED,
     R_BAD_VM,
     R_NO_VM,
+    R_RANGE,
     R_TOO_LONG,
     R_UTF8,
     TOTAL,
     USED,
     Decoder,
+    OutOfRange,
     Sample,
     Tally,
     VmIds,
+    percent,
 )
 from vmstats.server.formats.lineprotocol import (
     PLAIN_LINE,
@@ -209,14 +218,18 @@ class InfluxDecoder(Decoder):
         idle = fields.get(b"usage_idle")
         if idle is None:
             return
-        busy = 100.0 - number(idle) - number(fields.get(b"usage_iowait", b"0"))
-        out.append(Sample(vm, ts, "cpu", "", min(100.0, max(0.0, busy))))
+        try:
+            busy = (100.0 - percent("usage_idle", number(idle))
+                    - percent("usage_iowait", number(fields.get(b"usage_iowait", b"0"))))
+        except OutOfRange as exc:
+            raise LineError(R_RANGE, exc.detail) from None
+        out.append(Sample(vm, ts, "cpu", "", busy))  # a hair under 0 is clamped with the minutes
 
     @staticmethod
     def _mem(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
         available = fields.get(b"available_percent")
         if available is not None:
-            out.append(Sample(vm, ts, "mem", "", min(100.0, max(0.0, 100.0 - number(available)))))
+            out.append(Sample(vm, ts, "mem", "", 100.0 - number(available)))
         else:
             used = fields.get(b"used_percent")
             if used is not None:

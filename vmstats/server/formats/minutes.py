@@ -31,23 +31,38 @@ from collections import Counter
 from vmstats import protocol
 from vmstats.client.procfs import whole_disks
 from vmstats.server.formats import (
+    BOUNDS,
     CPU_STATE,
     MEM_PART,
+    PERCENT_SLACK,
     R_RANGE,
     RATES,
     TOTAL,
+    OutOfRange,
     Sample,
     Tally,
+    within,
 )
 from vmstats.server.formats.rates import CounterRates
 
 #: CPU states that are idle time (collectd's names; iowait is idle, as for the agent).
 IDLE_STATES = frozenset(("idle", "wait"))
-_LIMITS = {"cpu": (0.0, 100.0), "mem": (0.0, 100.0), "vcpus": (1, 4096), "mem_mb": (1, 1 << 32)}
+#: Kind -> (least, greatest, slack) of the values a sample may carry; the record's fields take
+#: their bounds from the protocol's table.  Percentages (a state's share of the CPU too) within
+#: PERCENT_SLACK of theirs are rounding and clamped in; any other value outside is impossible
+#: (``usage_idle=-50``, a negative byte rate, 0 vCPUs) and refused, never clamped into a
+#: plausible one.
+_LIMITS = {
+    **{kind: (*BOUNDS[kind], PERCENT_SLACK) for kind in ("cpu", "mem")},
+    CPU_STATE: (*BOUNDS["cpu"], PERCENT_SLACK),
+    **{kind: (*BOUNDS[kind], 0) for kind in ("vcpus", "mem_mb", *RATES)},
+    MEM_PART: (0, math.inf, 0),  # bytes of one kind of memory
+}
 _MIB = 1 << 20
 _RATE_KINDS = frozenset(RATES)
-#: Counter kinds and the rate kinds they become.
-_COUNTERS = {kind + TOTAL: kind for kind in RATES + (CPU_STATE,)}
+#: Counter kinds -> (the rate kind they become, the greatest rate a record may hold).
+_COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, math.inf))[1])
+             for kind in RATES + (CPU_STATE,)}
 
 
 class Minute:
@@ -124,15 +139,24 @@ class MinuteAssembler:
                     reject(index, protocol.R_PAST, "sample %ds old" % (now - ts))
                 continue
             if kind in _COUNTERS:
+                if not value >= 0:  # bytes or jiffies so far: never negative
+                    reject(index, R_RANGE, "%s=%s is negative" % (kind, value))
+                    continue
                 value = step((vm, kind, device), ts, value)
                 if value is None:
                     continue
-                kind = _COUNTERS[kind]
-            elif kind in _LIMITS:
-                low, high = _LIMITS[kind]
-                if not low <= value <= high:
-                    reject(index, R_RANGE, "%s=%s outside [%s, %s]" % (kind, value, low, high))
+                kind, high = _COUNTERS[kind]
+                if value > high:  # no record could hold it: the whole minute would be lost
+                    reject(index, R_RANGE, "%s=%s/s outside [0, %s]" % (kind, value, high))
                     continue
+            elif kind in _LIMITS:
+                low, high, slack = _LIMITS[kind]
+                if not low <= value <= high:
+                    try:
+                        value = within(kind, value, low, high, slack)
+                    except OutOfRange as exc:
+                        reject(index, R_RANGE, exc.detail)
+                        continue
             end = int(-(-ts // 60)) * 60
             minutes = open_.get(vm)
             if minutes is None:
