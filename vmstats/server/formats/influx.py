@@ -24,6 +24,7 @@ hide in a plausible difference (idle 50, iowait -30: cpu 80).
 from vmstats import protocol
 from vmstats.client.procfs import LOOPBACK_INTERFACES
 from vmstats.server.formats import (
+    BOUNDS,
     IGNORED,
     R_BAD_VM,
     R_NO_VM,
@@ -59,6 +60,8 @@ _NEEDS = {measurement: (tuple((key, b"," + key + b"=") for key in tags),
               (b"net", (b"interface",), (b"bytes_recv", b"bytes_sent")),
               (b"system", (), (b"n_cpus",)))}
 _LOOPBACK = frozenset(name.encode("ascii") for name in LOOPBACK_INTERFACES)
+#: A percentage's bounds (the record's cpu field's), for the common case's one comparison.
+_LOW, _HIGH = BOUNDS["cpu"]
 
 
 class InfluxDecoder(Decoder):
@@ -111,6 +114,7 @@ class InfluxDecoder(Decoder):
         vm_key = b"," + self.vm_tag + b"="
         vm_of = self._vms
         used = ignored = 0
+        note = lines.append if lines is not None else None
         for line_no, (measurement, tags, body, stamp) in enumerate(matches, 1):
             handler = mapping.get(measurement)
             if handler is None:
@@ -145,8 +149,8 @@ class InfluxDecoder(Decoder):
                 continue
             if len(out) > before:
                 used += 1
-                if lines is not None:
-                    lines.append((before, line_no))
+                if note is not None:
+                    note((before, line_no))
             else:
                 ignored += 1
         tally.counts[USED] += used
@@ -218,12 +222,15 @@ class InfluxDecoder(Decoder):
         idle = fields.get(b"usage_idle")
         if idle is None:
             return
-        try:
-            busy = (100.0 - percent("usage_idle", number(idle))
-                    - percent("usage_iowait", number(fields.get(b"usage_iowait", b"0"))))
-        except OutOfRange as exc:
-            raise LineError(R_RANGE, exc.detail) from None
-        out.append(Sample(vm, ts, "cpu", "", busy))  # a hair under 0 is clamped with the minutes
+        idle = number(idle)
+        iowait = number(fields.get(b"usage_iowait", b"0"))
+        if not (_LOW <= idle <= _HIGH and _LOW <= iowait <= _HIGH):  # rare: judged at length
+            try:
+                idle, iowait = percent("usage_idle", idle), percent("usage_iowait", iowait)
+            except OutOfRange as exc:
+                raise LineError(R_RANGE, exc.detail) from None
+        # 100 - idle - iowait a hair under 0 is rounding too: the minutes clamp it.
+        out.append(Sample(vm, ts, "cpu", "", 100.0 - idle - iowait))
 
     @staticmethod
     def _mem(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
