@@ -104,10 +104,11 @@ class Decoder:
                lines: list | None = None) -> list[Sample]:
         """The samples of ``data``; every line lands in ``tally`` under one outcome.
 
-        ``lines`` (if given) gets ``(index in the result of the line's first sample, line
-        number)`` for each line counted as used, in order, so that a line whose samples the
-        minute assembler refuses later can be counted under that reason instead of as used:
-        once, however many samples it made.
+        ``lines`` (if given) gets, for each line counted as used and in order, the index in the
+        result of the line's first sample, then the line's number, so that a line whose samples
+        the minute assembler refuses later can be counted under that reason instead of as used:
+        once, however many samples it made.  Two plain ints a line, not a tuple: they cross from
+        the decoding processes with every payload, and the reactor unpickles them.
         """
         raise NotImplementedError
 

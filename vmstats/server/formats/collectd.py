@@ -241,7 +241,7 @@ class CollectdDecoder(Decoder):
             tally.reject(R_SYNTAX, "value list before any time part")
             return
         if self._lines is not None:
-            self._lines.append((len(out), sum(tally.counts.values()) - self._counted + 1))
+            self._lines += len(out), sum(tally.counts.values()) - self._counted + 1
         for kind, device, value in mapped:
             out.append(Sample(vm, ts, kind, device, value))
         tally.counts[USED] += 1

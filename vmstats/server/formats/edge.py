@@ -147,14 +147,14 @@ class Edge:
 def _refused_lines(tally: Tally, refused: list, lines: list, unit: str,
                    errors: list | None) -> None:
     """Move the lines the minutes refused samples of from ``used`` to the first reason."""
-    starts = [start for start, _number in lines]
+    starts, numbers = lines[0::2], lines[1::2]
     by_line: dict[int, tuple[str, str]] = {}
     for index, reason, detail in refused:
         at = bisect.bisect_right(starts, index) - 1
         if at < 0:  # a decoder that does not say which line a sample is from: count the sample
             tally.reject(reason, detail)
             continue
-        by_line.setdefault(lines[at][1], (reason, detail))
+        by_line.setdefault(numbers[at], (reason, detail))
     tally.counts[USED] -= len(by_line)
     for number, (reason, detail) in sorted(by_line.items()):
         tally.reject(reason, "%s %d: %s" % (unit, number, detail))

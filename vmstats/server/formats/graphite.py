@@ -153,7 +153,7 @@ class GraphiteDecoder(Decoder):
                 continue
             kind = field + TOTAL if template.counter else field
             if lines is not None:
-                lines.append((len(out), number))
+                lines += len(out), number
             out.append(Sample(vm, ts, kind, groups.get("device", ""), value))
             counts[USED] += 1
         return out

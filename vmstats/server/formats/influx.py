@@ -82,7 +82,8 @@ class InfluxDecoder(Decoder):
     def decode(self, data: bytes, now: float, tally: Tally, divisor: float | None = None,
                errors: list | None = None, lines: list | None = None) -> list[Sample]:
         """Samples of every usable line; ``errors`` (if given) gets ``(line number, message)``,
-        ``lines`` (if given) ``(index of the line's first sample, line number)`` per used line.
+        ``lines`` (if given) the index of the line's first sample and its number per used line
+        (Decoder.decode).
 
         A payload whose every line is plain (no escapes, no strings, no blank or
         comment lines: what Telegraf sends) is split by one regex pass, and only
@@ -150,7 +151,8 @@ class InfluxDecoder(Decoder):
             if len(out) > before:
                 used += 1
                 if note is not None:
-                    note((before, line_no))
+                    note(before)
+                    note(line_no)
             else:
                 ignored += 1
         tally.counts[USED] += used
@@ -197,7 +199,7 @@ class InfluxDecoder(Decoder):
                 if len(out) > before:
                     used += 1
                     if lines is not None:
-                        lines.append((before, number_))
+                        lines += before, number_
                 else:
                     ignored += 1
             except LineError as exc:
