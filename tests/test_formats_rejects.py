@@ -42,6 +42,16 @@ def telegraf_minute(host: str, t0: int) -> list[bytes]:
     return out
 
 
+def _send_lines(server, port: int, transport: str, lines: list[bytes], sent: int) -> dict:
+    """Line protocol over ``transport``, then /metrics once all ``sent`` lines are counted."""
+    if transport == "udp":
+        server.send_udp_to(port, b"\n".join(lines))
+    else:
+        with server.tcp_to(port) as sock:
+            sock.sendall(b"\n".join(lines) + b"\n")
+    return server.wait_metrics(lambda m: sum(outcomes(m, "influx").values()) >= sent)
+
+
 def test_line_protocol_lines_the_minutes_refuse_are_counted_once_over_udp_and_tcp(tmp_path):
     now = int(time.time())
     t0 = (now - 3600) // 60 * 60
@@ -61,13 +71,7 @@ def test_line_protocol_lines_the_minutes_refuse_are_counted_once_over_udp_and_tc
                 % (vm.encode(), b"9" * 30, (t0 + 30) * NS),
                 b"system,host=%s n_cpus=0i %d" % (vm.encode(), (t0 + 30) * NS)]
             sent += len(lines)
-            if transport == "udp":
-                server.send_udp_to(port, b"\n".join(lines))
-            else:
-                with server.tcp_to(port) as sock:
-                    sock.sendall(b"\n".join(lines) + b"\n")
-            metrics = server.wait_metrics(lambda m, sent=sent: sum(outcomes(m, "influx").values())
-                                          >= sent)
+            metrics = _send_lines(server, port, transport, lines, sent)
             # Exactly one outcome per line: 19 good lines, 2 ahead, 2 out of range, per transport.
             assert outcomes(metrics, "influx") == {
                 "used": 19 * sent // 23, "future_timestamp": 2 * sent // 23,
@@ -152,13 +156,7 @@ def test_impossible_line_protocol_values_are_refused_and_rounding_is_clamped(tmp
                 b"mem,host=%s-round available_percent=-0.5 %d" % (vm, at + NS)]
             lines = good + impossible + rounding
             sent += len(lines)
-            if transport == "udp":
-                server.send_udp_to(port, b"\n".join(lines))
-            else:
-                with server.tcp_to(port) as sock:
-                    sock.sendall(b"\n".join(lines) + b"\n")
-            metrics = server.wait_metrics(lambda m, sent=sent: sum(outcomes(m, "influx").values())
-                                          >= sent)
+            metrics = _send_lines(server, port, transport, lines, sent)
             rounds = 1 if transport == "udp" else 2
             assert outcomes(metrics, "influx") == {
                 "used": rounds * (len(good) + len(rounding)),
