@@ -95,15 +95,19 @@ def collectd_list(host: str, ts: float, plugin: str, instance: str, type_: str,
             + cd.part_values(values))
 
 
+#: A server taking Graphite (cpu, mem and vcpus by template) and collectd beside its own port.
+_GRAPHITE_AND_COLLECTD = (
+    "--flush-interval", "0.3", "--graphite-port", "0", "--collectd-port", "0",
+    "--graphite-template", "servers.{vm}.cpu.percent cpu",
+    "--graphite-template", "servers.{vm}.mem.percent mem",
+    "--graphite-template", "servers.{vm}.vcpus vcpus")
+
+
 def test_graphite_and_collectd_samples_the_minutes_refuse_are_counted_once(tmp_path):
     now = int(time.time())
     t0 = (now - 3600) // 60 * 60
     ahead = now + 100_000
-    with serve(tmp_path, "--flush-interval", "0.3", "--graphite-port", "0",
-               "--collectd-port", "0",
-               "--graphite-template", "servers.{vm}.cpu.percent cpu",
-               "--graphite-template", "servers.{vm}.mem.percent mem",
-               "--graphite-template", "servers.{vm}.vcpus vcpus") as server:
+    with serve(tmp_path, *_GRAPHITE_AND_COLLECTD) as server:
         graphite = [b"servers.gr.cpu.percent 20 %d" % (t0 + 30),
                     b"servers.gr.mem.percent 40 %d" % (t0 + 30),
                     b"servers.gr.cpu.percent 20 %d" % ahead,
@@ -176,11 +180,7 @@ def test_impossible_graphite_and_collectd_values_are_refused_like_line_protocol(
     now = int(time.time())
     t0 = (now - 3600) // 60 * 60
     at = t0 + 30
-    with serve(tmp_path, "--flush-interval", "0.3", "--graphite-port", "0",
-               "--collectd-port", "0",
-               "--graphite-template", "servers.{vm}.cpu.percent cpu",
-               "--graphite-template", "servers.{vm}.mem.percent mem",
-               "--graphite-template", "servers.{vm}.vcpus vcpus",
+    with serve(tmp_path, *_GRAPHITE_AND_COLLECTD,
                "--graphite-template", "servers.{vm}.net.{device}.rx net_rx",
                "--graphite-template", "servers.{vm}.net.{device}.tx net_tx:counter") as server:
         graphite = [b"servers.gr.cpu.percent 20 %d" % at, b"servers.gr.mem.percent 40 %d" % at,
