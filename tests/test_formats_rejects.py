@@ -9,15 +9,10 @@ exactly one outcome, so ``used`` plus the rejects equals what was sent.
 import time
 
 from serverproc import serve
+from test_formats_server import NS
 from test_server_udp import logged
 
 from vmstats.server.formats import collectd as cd
-
-NS = 1_000_000_000
-
-
-def edge(metrics: dict, fmt: str, outcome: str) -> float:
-    return metrics.get('vmstats_edge_lines_total{format="%s",outcome="%s"}' % (fmt, outcome), 0)
 
 
 def outcomes(metrics: dict, fmt: str) -> dict[str, float]:

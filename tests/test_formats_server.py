@@ -13,6 +13,9 @@ from test_server_udp import logged
 
 from vmstats import logstore
 
+#: Nanoseconds a second: the line-protocol port's precision.
+NS = 10**9
+
 
 def minute_lines(host: str, t0: int, step: int = 10) -> list[bytes]:
     """Telegraf-shaped lines for one minute ending at t0 + 60 (seconds precision)."""
@@ -91,7 +94,9 @@ def test_graphite_over_tcp_and_udp_and_line_protocol_over_udp(tmp_path):
             sock.sendall(b"\n".join(lines) + b"\n")
         server.send_udp_to(port, b"servers.gr-udp.cpu.percent 5 %d\nservers.gr-udp.mem.percent 6 %d"
                            % (t0 + 30, t0 + 30))
-        server.send_udp_to(server.status["influx_port"], b"\n".join(minute_lines("lp-udp", t0)))
+        # The line-protocol port reads nanoseconds, as Telegraf's socket_writer sends them.
+        server.send_udp_to(server.status["influx_port"],
+                           b"\n".join(minute_lines("lp-udp", t0 * NS, 10 * NS)))
         server.wait_metrics(lambda m: edge(m, "graphite", "used") == 21
                             and edge(m, "influx", "used") == 19)
         assert edge(server.metrics(), "graphite", "ignored") == 1
@@ -100,7 +105,8 @@ def test_graphite_over_tcp_and_udp_and_line_protocol_over_udp(tmp_path):
     assert list(rows["ts"]) == [t0 + 60]
     assert (rows.iloc[0]["cpu"], rows.iloc[0]["cpu_max"], rows.iloc[0]["net_tx"]) == (35.0, 60.0, 60.0)
     assert logged(tmp_path / "data", "gr-udp").iloc[0]["cpu"] == 5.0
-    assert logged(tmp_path / "data", "lp-udp").iloc[0]["cpu"] == 13.5
+    rows = logged(tmp_path / "data", "lp-udp")
+    assert list(rows["ts"]) == [t0 + 60] and rows.iloc[0]["cpu"] == 13.5
     assert sorted(logstore.iter_vms(str(tmp_path / "data"))) == ["gr-tcp", "gr-udp", "lp-udp"]
 
 
