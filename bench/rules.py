@@ -246,6 +246,9 @@ def main() -> int:
                 print(json.dumps(results["latency"]), flush=True)
                 results["in_process"] = in_process(args.minute, args.flood)
                 print("in process: %s" % json.dumps(results["in_process"]), flush=True)
+                # The server without rules meets the fleet here, as the other met it in the
+                # latency phase: each VM's first record, its folder and day file, written out.
+                flood(without, flood_chunks(VMS))
                 rates: dict[str, list[float]] = {"without": [], "with": []}
                 cpu: dict[str, list[float]] = {"without": [], "with": []}
                 transitions = []  # decided by the rules during each round (none is expected)
