@@ -31,6 +31,7 @@ rate is kept in the JSON).  Target: with rules >= 90 % of without.
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -58,6 +59,8 @@ VMS = 10_000
 NETS = 40
 SECRET = b"bench-secret"
 HOT_PER_PERIOD = 50
+#: The servers' flush interval, seconds: a million-record flood fits between two flushes.
+FLUSH_INTERVAL = 5.0
 #: Longer than a server's pause between two ingest rounds on a busy host (the other server's
 #: flood, seconds each when neighbours slow it down): a round measures ingest with the rules,
 #: not an alert storm of the whole fleet going silent and coming back.
@@ -202,21 +205,93 @@ def written_out(server: ServerProcess, timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
-def flood(server: ServerProcess, chunks: list[bytes]) -> tuple[float, float]:
+class FlushClock:
+    """When a server's scheduled flushes swap its buffer: every ``interval`` from its start.
+
+    A flood that a flush cuts into has the writers on the host's cores beside the ingest
+    (0.3 to 1.7 s of CPU per million records): a round then measures where the flush fell,
+    not the server.  Waiting for a server's own flush before each flood put the next flood of
+    the same server at the same place in its schedule every time (the flood that followed
+    its own write-out met a flush about half a second in, round after round), and the other
+    server's at another: the with/without split by round order.  Each flood now starts just
+    after a flush of its server, so both have a whole interval before the next.
+    """
+
+    #: Seconds between polls of the buffer while the swap is awaited (its error).
+    POLL = 0.05
+    #: Start this long after a flush's swap (that flush, of an empty buffer, does nothing).
+    MARGIN = 0.2
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.swap_at: float | None = None  # time.monotonic() of a swap seen
+
+    def learn(self, server: ServerProcess, held: int, timeout: float = 60.0) -> None:
+        """Watch the buffer (``held`` records just acknowledged) until a flush swaps it.
+
+        The schedule is fixed from the server's start, so it is learned once, before the
+        rounds: polling it during a round would add requests to the CPU measured.
+        """
+        deadline = time.monotonic() + timeout
+        while server.metrics()["vmstats_buffered_records"] >= held:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no flush swapped the buffer in %.0f s" % timeout)
+            time.sleep(self.POLL)
+        self.swap_at = time.monotonic() - self.POLL / 2
+
+    def wait_for_next(self) -> None:
+        """Sleep until just after the server's next flush (known once ``learn`` has run)."""
+        assert self.swap_at is not None, "the flush clock was never learned"
+        since = (time.monotonic() - self.swap_at) % self.interval
+        pause = self.interval - since + self.MARGIN
+        if pause > self.interval:  # within the margin of a swap already
+            pause -= self.interval
+        time.sleep(pause)
+
+
+def meet_fleet(server: ServerProcess, interval: float) -> FlushClock:
+    """Each VM's first record (its folder and day file made, as a fleet's first report makes
+    them), written out; returns the server's flush schedule, seen in that write-out."""
+    reply, _elapsed = send_synced(server.tcp_port, flood_chunks(VMS), timeout=120)
+    assert reply.startswith(b"#!ack"), reply
+    clock = FlushClock(interval)
+    clock.learn(server, VMS)
+    written_out(server)
+    return clock
+
+
+def host_busy() -> float:
+    """CPU seconds the host's cores have been busy or taken by the hypervisor, all processes."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def flood(server: ServerProcess, chunks: list[bytes],
+          clock: FlushClock) -> tuple[float, float, bool, float]:
     """(records/s over one TCP connection, timed to the last batch's acknowledgement,
     the server's CPU microseconds per record, its processes together, from the flood's first
-    record until its last is in the logs).
+    record until its last is in the logs, whether a flush cut into the flood, the CPU seconds
+    the host spent on anything but the server and this process until the acknowledgement).
+
+    The last is a neighbour's share of a shared host: a round it is large in says the host's
+    load, not the server's, set its rate.
 
     Read at the acknowledgement, the CPU held whatever share of the writers' work a flush
     happened to fire inside the flood: 0.3 to 1.7 s a million records for the same flood.
+    The flood starts just after a flush (``FlushClock``): on an idle host it ends seconds
+    before the next one, and a flood that a flush did cut into (a slow host) is reported.
     """
     count = sum(chunk.count(b"\n") for chunk in chunks)
     written_out(server)  # nothing of the round before is left to write
-    cpu = cpu_seconds(server.pid)
+    clock.wait_for_next()
+    cpu, busy, own = cpu_seconds(server.pid), host_busy(), sum(os.times()[:2])
     reply, elapsed = send_synced(server.tcp_port, chunks, timeout=120)
+    others = (host_busy() - busy) - (sum(os.times()[:2]) - own) - (cpu_seconds(server.pid) - cpu)
     assert reply.startswith(b"#!ack"), reply
+    cut = server.metrics()["vmstats_buffered_records"] < count
     written_out(server)
-    return count / elapsed, (cpu_seconds(server.pid) - cpu) / count * 1e6
+    return count / elapsed, (cpu_seconds(server.pid) - cpu) / count * 1e6, cut, max(0.0, others)
 
 
 def main() -> int:
@@ -237,7 +312,7 @@ def main() -> int:
         with WebhookReceiver(SECRET) as hook:
             rules = work / "rules.toml"
             rules.write_text(rules_text(hook.url, args.minute))
-            common = ("--flush-interval", "5s")
+            common = ("--flush-interval", "%gs" % FLUSH_INTERVAL)
             with ServerProcess(work / "with", "--rules", str(rules), *common) as with_rules, \
                     ServerProcess(work / "without", *common) as without:
                 print("latency: %d VMs every %gs, 50 rules, %d periods" % (VMS, args.minute, periods),
@@ -246,27 +321,35 @@ def main() -> int:
                 print(json.dumps(results["latency"]), flush=True)
                 results["in_process"] = in_process(args.minute, args.flood)
                 print("in process: %s" % json.dumps(results["in_process"]), flush=True)
-                # The server without rules meets the fleet here, as the other met it in the
-                # latency phase: each VM's first record, its folder and day file, written out.
-                flood(without, flood_chunks(VMS))
+                # Both meet the fleet here (the server with rules met it in the latency phase
+                # too): each VM's first record, its folder and day file, written out.
+                clocks = {"without": meet_fleet(without, FLUSH_INTERVAL),
+                          "with": meet_fleet(with_rules, FLUSH_INTERVAL)}
                 rates: dict[str, list[float]] = {"without": [], "with": []}
                 cpu: dict[str, list[float]] = {"without": [], "with": []}
+                cut: dict[str, list[bool]] = {"without": [], "with": []}
+                others: dict[str, list[float]] = {"without": [], "with": []}
                 transitions = []  # decided by the rules during each round (none is expected)
                 for turn in range(rounds):
                     chunks = flood_chunks(args.flood)  # the same records for both, in turn
                     order = [("without", without), ("with", with_rules)]
                     before = with_rules.metrics().get("vmstats_rule_transitions_total", 0)
                     for name, server in order if turn % 2 == 0 else order[::-1]:
-                        rate, us = flood(server, chunks)
+                        rate, us, flushed, neighbours = flood(server, chunks, clocks[name])
+                        others[name].append(round(neighbours, 2))
                         rates[name].append(rate)
                         cpu[name].append(us)
-                        time.sleep(1.0)
+                        cut[name].append(flushed)
                     transitions.append(int(with_rules.metrics().get(
                         "vmstats_rule_transitions_total", 0) - before))
-                    print("ingest records/s: without %.0f (%.2f CPU us each), with 50 rules %.0f "
-                          "(%.2f); %d transitions" % (rates["without"][-1], cpu["without"][-1],
-                                                      rates["with"][-1], cpu["with"][-1],
-                                                      transitions[-1]), flush=True)
+                    print("ingest records/s: without %.0f (%.2f CPU us each; others on the host "
+                          "%.2f s), with 50 rules %.0f (%.2f; %.2f s); %d transitions%s" % (
+                              rates["without"][-1], cpu["without"][-1], others["without"][-1],
+                              rates["with"][-1], cpu["with"][-1], others["with"][-1],
+                              transitions[-1],
+                              "".join("; a flush cut into the flood %s rules" % name
+                                      for name in ("without", "with") if cut[name][-1])),
+                          flush=True)
                 evaluated = with_rules.metrics().get("vmstats_rule_evaluations_total", 0)
         results["ingest"] = {"records_per_flood": args.flood, "rounds": rounds,
                              "without": round(max(rates["without"])),
@@ -277,7 +360,10 @@ def main() -> int:
                              "rates_with_rules": [round(r) for r in rates["with"]],
                              "cpu_us_without": round(statistics.median(cpu["without"]), 2),
                              "cpu_us_with_rules": round(statistics.median(cpu["with"]), 2),
-                             "rule_evaluations": int(evaluated), "transitions": transitions}
+                             "rule_evaluations": int(evaluated), "transitions": transitions,
+                             "flush_cut_without": cut["without"], "flush_cut_with_rules": cut["with"],
+                             "others_cpu_s_without": others["without"],
+                             "others_cpu_s_with_rules": others["with"]}
         results["ingest"]["ratio"] = round(results["ingest"]["with_rules"]
                                            / results["ingest"]["without"], 3)
     finally:
