@@ -1,7 +1,7 @@
 """Rules benchmark: a record's arrival to the webhook receiver's 200, and ingest with 50 rules.
 
-    .venv/bin/python bench/rules.py            # about 2 minutes
-    .venv/bin/python bench/rules.py --quick    # about 40 seconds
+    .venv/bin/python bench/rules.py            # about 4 minutes
+    .venv/bin/python bench/rules.py --quick    # fewer periods and rounds
 
 Latency: a real ``vmstats serve --rules`` with 50 rules (per-VM thresholds
 and expressions on every VM and on network slices, group aggregates,
@@ -22,8 +22,9 @@ each has a newer record, as under a flood.
 
 Ingest: the same run starts a second server without rules, and both take the
 same TCP flood in turn (records from 10,000 VMs with fresh timestamps, so the
-rules do evaluate them), timed to the acknowledgement of the last batch;
-``--rounds`` alternations.  Capacity is each server's best round: the host
+rules do evaluate them), each starting just after a flush of its server (no
+flush cuts into it on an idle host; one that does is reported), timed to the
+acknowledgement of the last batch; ``--rounds`` alternations.  Capacity is each server's best round: the host
 is shared, and a busy neighbour only ever slows a round down, so the best
 round is the one closest to what the server itself can do (every round's
 rate is kept in the JSON).  Target: with rules >= 90 % of without.
@@ -208,13 +209,12 @@ def written_out(server: ServerProcess, timeout: float = 120.0) -> None:
 class FlushClock:
     """When a server's scheduled flushes swap its buffer: every ``interval`` from its start.
 
-    A flood that a flush cuts into has the writers on the host's cores beside the ingest
-    (0.3 to 1.7 s of CPU per million records): a round then measures where the flush fell,
-    not the server.  Waiting for a server's own flush before each flood put the next flood of
-    the same server at the same place in its schedule every time (the flood that followed
-    its own write-out met a flush about half a second in, round after round), and the other
-    server's at another: the with/without split by round order.  Each flood now starts just
-    after a flush of its server, so both have a whole interval before the next.
+    A flood that a flush cuts into has the writers on the host's cores beside the ingest and
+    runs about a third slower, with rules or without: a round then measures where the flush
+    fell, not the server.  Starting a flood a fixed time after its server's own write-out put
+    it at the same place in that server's schedule round after round, and the other server's
+    flood at another, so the rounds split by their order.  Each flood now starts just after a
+    flush of its server: both have a whole interval before the next.
     """
 
     #: Seconds between polls of the buffer while the swap is awaited (its error).
