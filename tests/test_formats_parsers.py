@@ -219,6 +219,21 @@ def test_open_minutes_are_bounded():
     assert assembler.open_count <= 10 and assembler.events["forced"] == 40
 
 
+def test_a_moments_samples_go_to_its_minute_until_it_is_forced_out():
+    """The samples of one VM and time share a minute found once; once the cap forces that
+    minute out, the moment's next sample is late, never filed into the minute written."""
+    assembler, refused = MinuteAssembler(max_open=1), []
+    assembler.add([Sample("a", NOW, "cpu", "", 1.0), Sample("a", NOW, "mem", "", 2.0),
+                   Sample("a", NOW, "cpu", "", 3.0), Sample("b", NOW, "cpu", "", 4.0),
+                   Sample("a", NOW, "mem", "", 5.0), Sample("b", NOW, "mem", "", 6.0)],
+                  NOW, Tally(), refused)
+    [forced] = assembler.take()
+    assert (forced.vm, forced.cpu, forced.cpu_max, forced.mem) == ("a", 2.0, 3.0, 2.0)
+    assert [(index, reason) for index, reason, _detail in refused] == [(4, "late")]
+    [minute] = assembler.open["b"].values()
+    assert (minute.cpu, minute.mem) == ([4.0], [6.0])
+
+
 # -- collectd's binary protocol (collectd's network protocol description) ----------------------
 def value_list(host, ts, plugin, instance, type_, type_instance, values):
     return (cd.part_string(cd.HOST, host) + cd.part_number(cd.TIME_HR, int(ts * 2**30))

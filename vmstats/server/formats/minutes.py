@@ -115,7 +115,9 @@ class MinuteAssembler:
         a line its decoder counted as used must not count twice, however many samples it made).
 
         This runs once per sample of every other agent, so it is written for speed: one
-        pass, local names, and the per-kind work in ``_put``.
+        pass, local names, and the per-kind work in ``_put``.  A line's samples (and a
+        sender's lines of one moment) come together with one VM and time: the minute found
+        for the first serves the rest, the lookups and the newest time being the same.
         """
         step = self.rates.step
         open_ = self.open
@@ -131,6 +133,7 @@ class MinuteAssembler:
         else:
             def reject(index: int, reason: str, detail: str) -> None:
                 refused.append((index, reason, detail))
+        held_vm = held_ts = held = None  # the minute of the last sample filed, its vm and ts
         for index, (vm, ts, kind, device, value) in enumerate(samples):
             if not earliest <= ts <= latest:
                 if ts > latest:
@@ -157,6 +160,9 @@ class MinuteAssembler:
                     except OutOfRange as exc:
                         reject(index, R_RANGE, exc.detail)
                         continue
+            if ts == held_ts and vm == held_vm:  # found, touched and newest already
+                _put(held, kind, device, value, ts)
+                continue
             end = int(-(-ts // 60)) * 60
             minutes = open_.get(vm)
             if minutes is None:
@@ -165,13 +171,16 @@ class MinuteAssembler:
                     continue
                 minutes = open_[vm] = {}
             minute = minutes.get(end)
+            held_vm, held_ts, held = vm, ts, minute
             if minute is None:
                 if end <= written.get(vm, 0):
+                    held_vm = None
                     self._late(index, vm, end, reject)
                     continue
-                minute = minutes[end] = Minute(now)
+                held = minute = minutes[end] = Minute(now)
                 self.open_count += 1
                 if self.open_count > self.max_open:
+                    held_vm = None  # the minute forced out may be this one
                     self._force_oldest()
             else:
                 minute.touched = now
