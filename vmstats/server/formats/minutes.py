@@ -93,7 +93,7 @@ class MinuteAssembler:
         self.max_open = max_open
         self.max_future = max_future
         self.max_past = max_past
-        self.rates = rates or CounterRates()
+        self.rates = rates if rates is not None else CounterRates()  # an empty one is falsy
         #: vm -> minute end -> Minute
         self.open: dict[str, dict[int, Minute]] = {}
         self.open_count = 0
