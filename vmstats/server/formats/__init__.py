@@ -112,6 +112,12 @@ class Decoder:
         """
         raise NotImplementedError
 
+    def quick(self, data: bytes, now: float) -> tuple[list[Sample], Tally, list] | None:
+        """``decode``'s samples, tally and lines if reading ``data`` costs less than taking
+        a decoding process's answer for it (unpickling as many samples): the decoders that
+        read in C.  None otherwise, and for any payload they leave to their Python."""
+        return None
+
 
 def within(name: str, value: float, low: float, high: float, slack: float = 0.0) -> float:
     """``value``, or the bound it strays past by at most ``slack`` (rounding); a value further

@@ -127,15 +127,9 @@ class InfluxDecoder(Decoder):
         reference); anything else goes line by line through ``parse_line``.
         """
         divisor = divisor or self.divisor
-        # An integer divisor (not one of PRECISIONS) divides exactly in Python, not in C.
-        if self._scan_spec is not None and type(divisor) is float:
-            found = _native.scan(data, self._scan_spec, self._vms, self._known, now, divisor,
-                                 lines)
-            if found is not None:
-                samples, used, ignored = found
-                tally.counts[USED] += used
-                tally.counts[IGNORED] += ignored
-                return samples
+        samples = self._scanned(data, now, tally, divisor, lines)
+        if samples is not None:
+            return samples
         if (b"\n\n" not in data and data[:1] not in (b"\n", b"#") and b"\n#" not in data
                 and (len(data) <= self.max_line
                      or max(map(len, data.split(b"\n"))) <= self.max_line)):
@@ -151,6 +145,26 @@ class InfluxDecoder(Decoder):
                 if lines is not None:
                     lines.clear()
         return self._line_by_line(data, now, tally, divisor, errors, lines)
+
+    def quick(self, data: bytes, now: float) -> tuple[list[Sample], Tally, list] | None:
+        tally: Tally = Tally()
+        lines: list = []
+        samples = self._scanned(data, now, tally, self.divisor, lines)
+        return None if samples is None else (samples, tally, lines)
+
+    def _scanned(self, data: bytes, now: float, tally: Tally, divisor: float,
+                 lines: list | None) -> list[Sample] | None:
+        """The payload read by the C reader, if it was built and reads every line; else None."""
+        # An integer divisor (not one of PRECISIONS) divides exactly in Python, not in C.
+        if self._scan_spec is None or type(divisor) is not float:
+            return None
+        found = _native.scan(data, self._scan_spec, self._vms, self._known, now, divisor, lines)
+        if found is None:
+            return None
+        samples, used, ignored = found
+        tally.counts[USED] += used
+        tally.counts[IGNORED] += ignored
+        return samples
 
     def _plain(self, matches: list, now: float, tally: Tally, divisor: float,
                lines: list | None = None) -> list[Sample]:
