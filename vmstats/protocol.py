@@ -417,8 +417,8 @@ def _head(record):
     return head
 
 
-def _batch_template(record, kinds):
-    """``(head, body_format, pick_values, last_is_float)`` for records shaped like ``record``, or None.
+def _batch_template(kinds):
+    """``(body_format, pick_values, last_is_float)`` for records of these types, or None.
 
     None means "use encode_record": a value whose exact type is not the plain
     float/int the template formats (numpy scalars, bools, ints in float
@@ -436,40 +436,39 @@ def _batch_template(record, kinds):
         present.append(offset + 2)
     if kinds[1] is not int or not parts:
         return None
-    head = _head(record)
     last_is_float = parts[-1].endswith("%r")
     # Every float is followed by a comma (the last one too), so one replace strips ".0".
     body = ",".join(parts) + ("," if last_is_float else "") + " %d"
-    return head + " ", body, operator.itemgetter(*(present + [1])), last_is_float
+    return body, operator.itemgetter(*(present + [1])), last_is_float
 
 
 def encode_records(records):
     """Encoded lines (``bytes``, no newline) for many Records, byte-identical to encode_record.
 
-    For senders of many records (the simulator, trace replay), where the
-    per-field work of encode_record dominates: records of one VM and shape
-    share one format string, so each line is a single ``%`` operation.  A
-    float's ``%r`` ends in ``.0`` exactly when encode_record strips it, and
-    the comma that follows every float in the template makes that strip one
-    ``replace``.
+    For senders of many records (the simulator, trace replay, the edge's
+    minutes of thousands of VMs), where the per-field work of encode_record
+    dominates: records of one shape (the same fields sent, of the same types)
+    share one format string, so each line is its head and a single ``%``
+    operation.  A float's ``%r`` ends in ``.0`` exactly when encode_record
+    strips it, and the comma that follows every float in the template makes
+    that strip one ``replace``.
     """
     templates = {}
     lines = []
     append = lines.append
     for record in records:
         kinds = tuple(map(type, record))
-        key = (record[0], record[-2], record[-1], kinds)
-        template = templates.get(key, False)
+        template = templates.get(kinds, False)
         if template is False:
-            template = templates[key] = _batch_template(record, kinds)
+            template = templates[kinds] = _batch_template(kinds)
         if template is None:
             append(encode_record(record).encode("utf-8"))
             continue
-        head, body, pick, last_is_float = template
+        body, pick, last_is_float = template
         line = (body % pick(record)).replace(".0,", ",")
         if last_is_float:
             line = line.replace(", ", " ")
-        append((head + line).encode("utf-8"))
+        append((_head(record) + " " + line).encode("utf-8"))
     return lines
 
 
