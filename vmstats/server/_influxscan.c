@@ -225,6 +225,21 @@ typedef struct {
     double stamp;
 } Line;
 
+/* A tag's or field's key ([^=,\s\\"]+) and its '=' at *q, moving *q past them; 0 if none. */
+static int
+read_key(const char **q, const char *end, Span *key)
+{
+    const char *p = *q;
+    while (p < end && key_byte(*p))
+        p++;
+    key->p = *q;
+    key->n = p - *q;
+    if (key->n == 0 || p == end || *p != '=')
+        return 0;
+    *q = p + 1;
+    return 1;
+}
+
 /* Read [p, end) (no newline, a CR before it dropped) as PLAIN_LINE; 0 if it is not one. */
 static int
 read_line(const char *p, const char *end, const Spec *spec, Line *line)
@@ -243,13 +258,11 @@ read_line(const char *p, const char *end, const Spec *spec, Line *line)
     line->has_vm = 0;
     memset(line->has_tag, 0, sizeof line->has_tag);
     while (*q == ',') {  /* ,key=value */
-        Span key = {++q, 0}, value;
-        while (q < end && key_byte(*q))
-            q++;
-        key.n = q - key.p;
-        if (key.n == 0 || q == end || *q != '=')
+        Span key, value;
+        q++;
+        if (!read_key(&q, end, &key))
             return 0;
-        value.p = ++q;
+        value.p = q;
         while (q < end && key_byte(*q))
             q++;
         value.n = q - value.p;
@@ -272,13 +285,11 @@ read_line(const char *p, const char *end, const Spec *spec, Line *line)
     for (int f = 0; f < MAX_FIELDS; f++)
         line->field_type[f] = V_BAD;
     do {  /* key=value, at least once */
-        Span key = {++q, 0}, value;
-        while (q < end && key_byte(*q))
-            q++;
-        key.n = q - key.p;
-        if (key.n == 0 || q == end || *q != '=')
+        Span key, value;
+        q++;
+        if (!read_key(&q, end, &key))
             return 0;
-        value.p = ++q;
+        value.p = q;
         while (q < end && *q != ',' && *q != ' ')
             q++;
         value.n = q - value.p;
