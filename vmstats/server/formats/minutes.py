@@ -66,19 +66,30 @@ _COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, math.inf))[1])
 
 
 class Minute:
-    """What one VM sent for one minute so far."""
+    """What one VM sent for one minute so far.
 
-    __slots__ = ("cpu", "mem", "mem_mb", "vcpus", "rates", "states", "parts", "touched")
+    Held as running sums, counts and dicts of floats rather than lists: the collector
+    untracks dicts of atomic values but walks every list on each pass, and ten thousand
+    VMs' open minutes are most of what it would walk.  The sums are added in the order
+    the samples came, as ``sum`` over a list of them would be, so records are the same.
+    """
+
+    __slots__ = ("cpu_sum", "cpu_count", "cpu_max", "mem_sum", "mem_count", "mem_mb", "vcpus",
+                 "sums", "counts", "states", "parts", "touched")
 
     def __init__(self, now: float):
-        self.cpu: list[float] = []
-        self.mem: list[float] = []
+        self.cpu_sum = 0.0
+        self.cpu_count = 0
+        self.cpu_max = -math.inf
+        self.mem_sum = 0.0
+        self.mem_count = 0
         self.mem_mb: float | None = None
         self.vcpus: float | None = None
-        #: rate kind -> device -> [sum, count]; second -> [idle, total, CPUs] over every CPU
-        #: and state; second -> {memory kind: bytes}.  Made when first needed: most minutes
-        #: (Telegraf's) need none of the last two.
-        self.rates: dict[str, dict[str, list]] = {}
+        #: rate kind -> device -> sum of its rates, and -> how many; second -> [idle, total,
+        #: CPUs] over every CPU and state; second -> {memory kind: bytes}.  Made when first
+        #: needed: most minutes (Telegraf's) need none of the last two.
+        self.sums: dict[str, dict[str, float]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
         self.states: dict[int, list] | None = None
         self.parts: dict[int, dict[str, float]] | None = None
         self.touched = now
@@ -115,9 +126,10 @@ class MinuteAssembler:
         a line its decoder counted as used must not count twice, however many samples it made).
 
         This runs once per sample of every other agent, so it is written for speed: one
-        pass, local names, and the per-kind work in ``_put``.  A line's samples (and a
-        sender's lines of one moment) come together with one VM and time: the minute found
-        for the first serves the rest, the lookups and the newest time being the same.
+        pass, local names, the rates (most samples) filed here and the other kinds in
+        ``_put``.  A line's samples (and a sender's lines of one moment) come together with
+        one VM and time: the minute found for the first serves the rest, the lookups and the
+        newest time being the same.
         """
         step = self.rates.step
         open_ = self.open
@@ -160,35 +172,43 @@ class MinuteAssembler:
                     except OutOfRange as exc:
                         reject(index, R_RANGE, exc.detail)
                         continue
-            if ts == held_ts and vm == held_vm:  # found, touched and newest already
-                _put(held, kind, device, value, ts)
-                continue
-            end = int(-(-ts // 60)) * 60
-            minutes = open_.get(vm)
-            if minutes is None:
-                if end <= written.get(vm, 0):
-                    self._late(index, vm, end, reject)
-                    continue
-                minutes = open_[vm] = {}
-            minute = minutes.get(end)
-            held_vm, held_ts, held = vm, ts, minute
-            if minute is None:
-                if end <= written.get(vm, 0):
-                    held_vm = None
-                    self._late(index, vm, end, reject)
-                    continue
-                held = minute = minutes[end] = Minute(now)
-                self.open_count += 1
-                if self.open_count > self.max_open:
-                    held_vm = None  # the minute forced out may be this one
-                    self._force_oldest()
+            if ts != held_ts or vm != held_vm:  # else found, touched and newest already
+                end = int(-(-ts // 60)) * 60
+                minutes = open_.get(vm)
+                if minutes is None:
+                    if end <= written.get(vm, 0):
+                        self._late(index, vm, end, reject)
+                        continue
+                    minutes = open_[vm] = {}
+                held = minutes.get(end)
+                held_vm, held_ts = vm, ts
+                if held is None:
+                    if end <= written.get(vm, 0):
+                        held_vm = None
+                        self._late(index, vm, end, reject)
+                        continue
+                    held = minutes[end] = Minute(now)
+                    self.open_count += 1
+                    if self.open_count > self.max_open:
+                        held_vm = None  # the minute forced out may be this one
+                        self._force_oldest()
+                else:
+                    held.touched = now
+                if ts > newest.get(vm, 0.0):
+                    newest[vm] = ts
+                    if len(minutes) > 1:  # an earlier minute may be done with
+                        finished.add(vm)
+            if kind in _RATE_KINDS:  # the most common kind: Telegraf's and collectd's devices
+                sums = held.sums.get(kind)
+                if sums is None:
+                    held.sums[kind] = {device: value}
+                    held.counts[kind] = {device: 1}
+                else:
+                    counts = held.counts[kind]
+                    sums[device] = sums.get(device, 0.0) + value
+                    counts[device] = counts.get(device, 0) + 1
             else:
-                minute.touched = now
-            _put(minute, kind, device, value, ts)
-            if ts > newest.get(vm, 0.0):
-                newest[vm] = ts
-                if len(minutes) > 1:  # an earlier minute may be done with
-                    finished.add(vm)
+                _put(held, kind, device, value, ts)
         for vm in finished:
             horizon = newest[vm] - grace
             minutes = open_.get(vm, {})
@@ -278,21 +298,41 @@ class MinuteAssembler:
 
 
 def _minute_state(minute: Minute) -> list:
+    """The minute as JSON; cpu and mem as objects of their sums (a checkpoint written before
+    held them as lists of samples, which ``_minute_from`` still reads)."""
     states = parts = None
     if minute.states is not None:
         states = [[second, idle, total, sorted(names)]
                   for second, (idle, total, names) in minute.states.items()]
     if minute.parts is not None:
         parts = [[second, kinds] for second, kinds in minute.parts.items()]
-    return [minute.touched, minute.cpu, minute.mem, minute.mem_mb, minute.vcpus, minute.rates,
-            states, parts]
+    cpu = {"sum": minute.cpu_sum, "count": minute.cpu_count,
+           "max": minute.cpu_max if minute.cpu_count else None}
+    mem = {"sum": minute.mem_sum, "count": minute.mem_count}
+    rates = {kind: {device: [total, minute.counts[kind][device]]
+                    for device, total in devices.items()}
+             for kind, devices in minute.sums.items()}
+    return [minute.touched, cpu, mem, minute.mem_mb, minute.vcpus, rates, states, parts]
 
 
 def _minute_from(state: list) -> Minute:
     touched, cpu, mem, mem_mb, vcpus, rates, states, parts = state
     minute = Minute(touched)
-    minute.cpu, minute.mem, minute.mem_mb, minute.vcpus = cpu, mem, mem_mb, vcpus
-    minute.rates = rates
+    if isinstance(cpu, list):  # a checkpoint of the samples themselves
+        for value in cpu:
+            _put(minute, "cpu", "", value, touched)
+        for value in mem:
+            _put(minute, "mem", "", value, touched)
+    else:
+        minute.cpu_sum, minute.cpu_count = cpu["sum"], cpu["count"]
+        if cpu["count"]:
+            minute.cpu_max = cpu["max"]
+        minute.mem_sum, minute.mem_count = mem["sum"], mem["count"]
+    minute.mem_mb, minute.vcpus = mem_mb, vcpus
+    minute.sums = {kind: {device: total for device, (total, _n) in devices.items()}
+                   for kind, devices in rates.items()}
+    minute.counts = {kind: {device: n for device, (_total, n) in devices.items()}
+                     for kind, devices in rates.items()}
     if states is not None:
         minute.states = {second: [idle, total, set(names)]
                          for second, idle, total, names in states}
@@ -302,21 +342,15 @@ def _minute_from(state: list) -> Minute:
 
 
 def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> None:
-    # Most common first: Telegraf and collectd send more device counters than anything else.
-    if kind in _RATE_KINDS:
-        devices = minute.rates.get(kind)
-        if devices is None:
-            devices = minute.rates[kind] = {}
-        acc = devices.get(device)
-        if acc is None:
-            devices[device] = [value, 1]
-        else:
-            acc[0] += value
-            acc[1] += 1
-    elif kind == "cpu":
-        minute.cpu.append(value)
+    """Every kind but the rates, which ``add`` files itself (they are most of the samples)."""
+    if kind == "cpu":
+        minute.cpu_sum += value
+        minute.cpu_count += 1
+        if value > minute.cpu_max:
+            minute.cpu_max = value
     elif kind == "mem":
-        minute.mem.append(value)
+        minute.mem_sum += value
+        minute.mem_count += 1
     elif kind == CPU_STATE:
         second = int(round(ts))
         if minute.states is None:
@@ -344,34 +378,40 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> Non
 
 def _record(vm: str, end: int, minute: Minute) -> protocol.Record | None:
     """The minute's record, or None when cpu or mem is unknown."""
-    cpu = list(minute.cpu)
+    cpu, cpu_count, cpu_max = minute.cpu_sum, minute.cpu_count, minute.cpu_max
     cpus: set[str] = set()
     for idle, total, names in (minute.states or {}).values():
         if total > 0:
-            cpu.append(min(100.0, max(0.0, 100.0 * (1.0 - idle / total))))
+            busy = min(100.0, max(0.0, 100.0 * (1.0 - idle / total)))
+            cpu += busy
+            cpu_count += 1
+            if busy > cpu_max:
+                cpu_max = busy
             cpus |= names
-    mem = list(minute.mem)
+    mem, mem_count = minute.mem_sum, minute.mem_count
     mem_mb = minute.mem_mb
     for _second, parts in sorted((minute.parts or {}).items()):
         total = sum(parts.values())
         if "used" in parts and total > 0:
-            mem.append(100.0 * parts["used"] / total)
+            mem += 100.0 * parts["used"] / total
+            mem_count += 1
             mem_mb = total / _MIB
-    if not cpu or not mem:
+    if not cpu_count or not mem_count:
         return None
     vcpus = minute.vcpus
     if vcpus is None and cpus and all(name.isdigit() for name in cpus):
         vcpus = len(cpus)
     rates = {}
-    for kind, devices in minute.rates.items():
-        names = devices
+    for kind, sums in minute.sums.items():
+        counts = minute.counts[kind]
+        names = sums
         if kind.startswith("disk"):
-            names = whole_disks(devices)
-        rates[kind] = round(sum(devices[name][0] / devices[name][1] for name in names), 1)
-    mean = sum(cpu) / len(cpu)
+            names = whole_disks(sums)
+        rates[kind] = round(sum(sums[name] / counts[name] for name in names), 1)
+    mean = cpu / cpu_count
     return protocol.Record(
-        vm=vm, ts=end, cpu=round(mean, 2), cpu_max=round(max(max(cpu), mean), 2),
-        mem=round(sum(mem) / len(mem), 2), disk_r=rates.get("disk_r"), disk_w=rates.get("disk_w"),
+        vm=vm, ts=end, cpu=round(mean, 2), cpu_max=round(max(cpu_max, mean), 2),
+        mem=round(mem / mem_count, 2), disk_r=rates.get("disk_r"), disk_w=rates.get("disk_w"),
         net_rx=rates.get("net_rx"), net_tx=rates.get("net_tx"),
         vcpus=int(vcpus) if vcpus is not None else None,
         mem_mb=max(1, int(mem_mb)) if mem_mb is not None else None)
