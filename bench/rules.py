@@ -32,6 +32,7 @@ rate is kept in the JSON).  Target: with rules >= 90 % of without.
 
 import argparse
 import json
+import marshal
 import os
 import shutil
 import socket
@@ -157,16 +158,22 @@ def in_process(minute: float, count: int) -> dict:
                                              net_rx=1000, net_tx=500, vcpus=2, mem_mb=4096))
                  for k, vm in enumerate(vms)] for j in range(4)]
     slices = [slice(i, i + 500) for i in range(0, VMS, 500)]
-    payloads = [[(vms[part], rows[part]) for part in slices] for rows in variants]
+    # Marshalled as the parsers' replies are: each payload's VM names, stamps and rows are new
+    # objects, as in the server.  Handing over the same few lists again and again measured half
+    # the cost (0.06 against 0.12 us a record): the dicts' keys were the very names handed
+    # over and the rows they replaced were still in the cache.
+    payloads = [[marshal.dumps((vms[part], rows[part])) for part in slices] for rows in variants]
     handoff = 0.0
     ticks = []
     per_vm = count // VMS
     for j in range(per_vm):  # the flood's order: every VM once, then again a second later
-        stamps = [int(now[0]) - per_vm + j] * 500
-        began = time.process_time()
-        for names, rows in payloads[j % 4]:
-            engine.observe(names, stamps, rows)
-        handoff += time.process_time() - began
+        stamps = marshal.dumps([int(now[0]) - per_vm + j] * 500)
+        for blob in payloads[j % 4]:
+            names, rows = marshal.loads(blob)
+            tss = marshal.loads(stamps)
+            began = time.process_time()
+            engine.observe(names, tss, rows)
+            handoff += time.process_time() - began
         if j % 20 == 0:  # a tick every 20 s of stamps: each VM's record is two periods on
             now[0] += 1
             began = time.process_time()
