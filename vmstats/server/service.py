@@ -2,6 +2,7 @@
 
 import errno
 import faulthandler
+import gc
 import json
 import logging
 import os
@@ -397,9 +398,22 @@ def stop_on_signals(reactor) -> None:
         signal.signal(signal.SIGHUP, stop)
 
 
+#: Allocations between two passes of the cyclic collector's youngest generation in the server
+#: (Python's default: 700); see ``run``.
+SERVER_GC_THRESHOLD = 20_000
+
+
 def run(config: ServerConfig) -> int:
-    """Run the aggregator until --duration elapses or a signal arrives; return the exit code."""
+    """Run the aggregator until --duration elapses or a signal arrives; return the exit code.
+
+    The collector runs less often than Python's default: under load the reactor makes and
+    drops small containers by the million (parsed replies, samples, open minutes), few of them
+    in cycles, and at 700 allocations a pass the collector walked them about a thousand times a
+    million Telegraf lines.  Cycles are still collected, less often.
+    """
     from twisted.internet import reactor
+
+    gc.set_threshold(SERVER_GC_THRESHOLD, *gc.get_threshold()[1:])
 
     aggregator = Aggregator(config, reactor)
     failure = []
