@@ -576,6 +576,20 @@ class TelegrafLines:
         self.next = 0
         self.base = (int(time.time()) // 86400 - 30) * 86400
 
+    def to_minute_start(self) -> None:
+        """Skip to a minute's start at least a minute past the last lines sent.
+
+        Each attempt then begins as the first one did: its minute's first round, sent untimed,
+        completes whatever minute the attempt before it left open, and the timed lines start
+        10 s into a fresh minute.  Begun elsewhere, a phase of 1,000,000 lines (200 s of
+        stamps) completed 40,000 minutes instead of 30,000, a third more of the reactor's work
+        for the same lines.  The skip is under two minutes of stamps: the counters stay primed.
+        """
+        per_round = 5 * VMS
+        if self.next:
+            rounds = -(-self.next // per_round) + 6
+            self.next = (rounds + (-rounds) % 6) * per_round
+
     def take(self, count: int) -> list[bytes]:
         start, self.next = self.next, self.next + count
         cpu, mem, disk, net, system = self.SHAPES
@@ -632,6 +646,14 @@ def telegraf_throughput(receiver, lines: TelegrafLines, count: int, speed: HostS
             "probe_after_ms": probe_after_ms, "minutes_written": int(written - written_before)}
 
 
+def telegraf_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed) -> dict:
+    """One attempt at the Telegraf phase: a minute's first round of every VM's lines, untimed
+    (the counters primed, the minute before completed), then ``count`` lines timed."""
+    lines.to_minute_start()
+    telegraf_throughput(receiver, lines, 5 * VMS, speed)
+    return telegraf_throughput(receiver, lines, count, speed)
+
+
 def telegraf_main(workdir: Path, speed: HostSpeed, count: int) -> dict:
     """Telegraf's lines and native records, in turn, through one ``vmstats serve``.
 
@@ -643,10 +665,9 @@ def telegraf_main(workdir: Path, speed: HostSpeed, count: int) -> dict:
     results: dict = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:])}
     try:
         print("warm-up: one record per VM, logged, in %.1f s" % warm_up(receiver, native), flush=True)
-        telegraf_throughput(receiver, telegraf, 5 * VMS, speed)  # every VM's counters primed
         for name, phase in (("native", lambda: tcp_throughput(receiver, native, count, speed)),
-                            ("telegraf", lambda: telegraf_throughput(receiver, telegraf, count,
-                                                                     speed))):
+                            ("telegraf", lambda: telegraf_phase(receiver, telegraf, count,
+                                                                speed))):
             attempts = at_speed({"vmstats": receiver}, speed, phase, lambda done: True)
             chosen = min(attempts, key=lambda one: max(one["probe_ms"], one["probe_after_ms"]))
             results[name] = dict(chosen, other_attempts=[a for a in attempts if a is not chosen])
