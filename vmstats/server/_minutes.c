@@ -109,14 +109,15 @@ not_quick:
     return NULL;
 }
 
-/* reject(index, reason, detail) through one of minutes.py's helpers: ``fn(index, ..., reject)``. */
+/* fn(index, a, b, c, d), its result dropped: how every refusal and late sample reaches the
+ * Python that names and counts it.  Arguments after the first NULL are not passed. */
 static int
-refuse(PyObject *fn, Py_ssize_t index, PyObject *a, PyObject *b, PyObject *c, PyObject *reject)
+call_at(PyObject *fn, Py_ssize_t index, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
 {
     PyObject *at = PyLong_FromSsize_t(index);
     if (at == NULL)
         return -1;
-    PyObject *result = PyObject_CallFunctionObjArgs(fn, at, a, b, c, reject, NULL);
+    PyObject *result = PyObject_CallFunctionObjArgs(fn, at, a, b, c, d, NULL);
     Py_DECREF(at);
     if (result == NULL)
         return -1;
@@ -245,18 +246,16 @@ already_written(PyObject *written, PyObject *vm, PyObject *end)
     return PyObject_RichCompareBool(end, last, Py_LE);
 }
 
+/* assembler._late(index, vm, end, reject): a sample for a minute already written. */
 static int
 call_late(PyObject *self, Py_ssize_t index, PyObject *vm, PyObject *end, PyObject *reject)
 {
-    PyObject *at = PyLong_FromSsize_t(index);
-    if (at == NULL)
+    PyObject *late = PyObject_GetAttr(self, s_late);
+    if (late == NULL)
         return -1;
-    PyObject *result = PyObject_CallMethodObjArgs(self, s_late, at, vm, end, reject, NULL);
-    Py_DECREF(at);
-    if (result == NULL)
-        return -1;
-    Py_DECREF(result);
-    return 0;
+    int result = call_at(late, index, vm, end, reject, NULL);
+    Py_DECREF(late);
+    return result;
 }
 
 /* The state of one add: what the reference holds in local names. */
@@ -402,7 +401,7 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
     if (inside < 0)
         return -1;
     if (!inside)
-        return refuse(refuse_time, index, ts, a->now, a->latest, a->reject);
+        return call_at(refuse_time, index, ts, a->now, a->latest, a->reject);
     Py_INCREF(kind);
     Py_INCREF(value);
     int result = -1;
@@ -413,7 +412,7 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
         if (positive < 0)
             goto done;
         if (!positive) {
-            result = refuse(refuse_negative, index, kind, value, Py_None, a->reject);
+            result = call_at(refuse_negative, index, kind, value, Py_None, a->reject);
             goto done;
         }
         PyObject *key = PyTuple_Pack(3, vm, kind, device);
@@ -439,7 +438,7 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
         if (above < 0)
             goto done;
         if (above) {
-            result = refuse(refuse_rate, index, kind, value, high, a->reject);
+            result = call_at(refuse_rate, index, kind, value, high, a->reject);
             goto done;
         }
     }
@@ -471,15 +470,8 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
                     Py_XDECREF(trace);
                     if (detail == NULL)
                         goto done;
-                    PyObject *at = PyLong_FromSsize_t(index);
-                    PyObject *said = at == NULL ? NULL
-                        : PyObject_CallFunctionObjArgs(a->reject, at, r_range, detail, NULL);
-                    Py_XDECREF(at);
+                    result = call_at(a->reject, index, r_range, detail, NULL, NULL);
                     Py_DECREF(detail);
-                    if (said == NULL)
-                        goto done;
-                    Py_DECREF(said);
-                    result = 0;
                     goto done;
                 }
                 Py_SETREF(value, kept);
