@@ -514,7 +514,7 @@ static PyObject *
 add(PyObject *module, PyObject *args)
 {
     Adding a = {0};
-    PyObject *samples, *rates = NULL, *gap = NULL, *fast = NULL;
+    PyObject *samples, *rates = NULL, *gap = NULL, *fast = NULL, *done = NULL;
     if (minute_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_minutes.configure was not called");
         return NULL;
@@ -529,11 +529,11 @@ add(PyObject *module, PyObject *args)
         || (a.last = PyObject_GetAttr(rates, s_last)) == NULL
         || (a.step = PyObject_GetAttr(rates, s_step)) == NULL
         || (gap = PyObject_GetAttr(rates, s_max_gap)) == NULL)
-        goto failed;
+        goto out;
     if (!PyDict_Check(a.open) || !PyDict_Check(a.written) || !PyDict_Check(a.newest)
         || !PyDict_Check(a.last)) {
         PyErr_SetString(PyExc_TypeError, "the assembler's state must be dicts");
-        goto failed;
+        goto out;
     }
     /* A gap that is not a float or an int a double holds exactly: every step by the
      * reference's (no elapsed time is <= -1). */
@@ -544,29 +544,21 @@ add(PyObject *module, PyObject *args)
         int overflow = 0;
         long long whole = PyLong_AsLongLongAndOverflow(gap, &overflow);
         if (whole == -1 && PyErr_Occurred())
-            goto failed;
+            goto out;
         if (!overflow && whole >= 0 && whole <= (1LL << 53))
             a.max_gap = (double)whole;
     }
     if ((a.finished = PySet_New(NULL)) == NULL
         || (fast = PySequence_Fast(samples, "samples must be a sequence")) == NULL)
-        goto failed;
+        goto out;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
     for (Py_ssize_t i = 0; i < count; i++) {
         if (add_one(&a, i, PySequence_Fast_GET_ITEM(fast, i)) < 0)
-            goto failed;
+            goto out;
     }
-    forget_held(&a);
-    Py_DECREF(fast);
-    Py_DECREF(a.open);
-    Py_DECREF(a.written);
-    Py_DECREF(a.newest);
-    Py_DECREF(rates);
-    Py_DECREF(a.last);
-    Py_DECREF(a.step);
-    Py_DECREF(gap);
-    return a.finished;
-failed:
+    done = a.finished;  /* the caller's now */
+    a.finished = NULL;
+out:  /* on success too: every reference this call took is dropped here */
     forget_held(&a);
     Py_XDECREF(fast);
     Py_XDECREF(a.finished);
@@ -577,7 +569,7 @@ failed:
     Py_XDECREF(a.last);
     Py_XDECREF(a.step);
     Py_XDECREF(gap);
-    return NULL;
+    return done;
 }
 
 PyDoc_STRVAR(configure_doc,
