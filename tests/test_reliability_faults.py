@@ -9,17 +9,20 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from serverproc import children, parsers_of, serve
 from test_reliability_journal import raw_rows
 from test_server_lifecycle import fifo_in_the_way
+from test_server_tcp import read_reply
 from test_server_udp import line, now
 
 from vmstats import logstore
 from vmstats.client.spool import Spool
 from vmstats.client.transport import Backoff, TcpSender
 from vmstats.protocol import Record
+from vmstats.server.formats.pool import RESTART_DELAY
 
 
 def report(scenario: str, **figures) -> None:
@@ -476,6 +479,125 @@ def test_parsers_killed_under_udp_load_log_the_rest_once_and_seq_sees_every_loss
     # Every record lost is in the estimate (a record filed after a later one of its VM, read by
     # the other parser, would make the estimate one too high, never too low).
     assert len(sent) - received <= estimated
+
+
+def test_a_stuck_parser_is_killed_and_what_it_held_is_parsed_by_the_reactor(tmp_path):
+    """A parser stopped (SIGSTOP: a frozen or swapped-out process) holds the UDP socket and the
+    payloads sent to it.  The watchdog finds it idle-and-silent (UDP) or holding payloads (TCP),
+    kills it after --parser-timeout; the datagrams and the TCP batch are logged and acknowledged."""
+    t = now() - 3600
+    data = tmp_path / "data"
+    with serve(tmp_path / "run", "--flush-interval", "0.3", "--parsers", "1",
+               "--parser-timeout", "2s", data_dir=data) as server:
+        server.wait_for(lambda s: s.metrics()["vmstats_parsers_reading_udp"] == 1, timeout=20)
+        first = parsers_of(server.pid)
+        os.kill(first[0], signal.SIGSTOP)
+        began = time.monotonic()
+        server.send_udp(line(Record(vm="10.45.0.1", ts=t, cpu=1.0, mem=2.0)))
+        server.wait_received(1, timeout=15)  # read by the reactor once the parser is gone
+        udp_took = time.monotonic() - began
+
+        server.wait_for(lambda s: s.metrics()["vmstats_parsers_reading_udp"] == 1
+                        and parsers_of(s.pid) != first, timeout=20)
+        second = parsers_of(server.pid)
+        os.kill(second[0], signal.SIGSTOP)
+        sent = [Record(vm="10.45.0.2", ts=t + 60 * i, cpu=float(i), mem=3.0) for i in range(40)]
+        with server.tcp(timeout=20) as sock:
+            began = time.monotonic()
+            sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync stuck\n")
+            assert read_reply(sock) == b"#!ack stuck 40 0\n"
+            tcp_took = time.monotonic() - began
+        metrics = server.wait_metrics(lambda m: m["vmstats_parsers_running"] == 1
+                                      and m["vmstats_buffered_records"] == 0, timeout=15)
+    assert server.returncode == 0, server.output
+    report("parser_stuck", udp_seconds=round(udp_took, 1), tcp_seconds=round(tcp_took, 1),
+           stalls=int(metrics["vmstats_parser_stalls_total"]))
+    assert metrics["vmstats_parser_stalls_total"] == 2
+    assert metrics["vmstats_parser_deaths_total"] == 2
+    # The TCP batch waited for the timeout, not for ever; the idle parser was found by its probe.
+    assert 1.5 < tcp_took < 8 and udp_took < 10
+    logged = raw_rows(data)
+    assert logged == Counter([("10.45.0.1", t)] + [("10.45.0.2", r.ts) for r in sent])
+    assert "answered nothing for" in server.output
+
+
+def decoding_workers(server_pid: int) -> list:
+    """The server's decoding processes (the other formats' ProcessPoolExecutor workers)."""
+    found = []
+    for child in children(server_pid):
+        try:
+            if b"spawn_main" in Path("/proc/%d/cmdline" % child).read_bytes():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def test_stuck_and_dead_decoding_processes_are_replaced_and_stop_does_not_wait_for_them(tmp_path):
+    """The other formats' decoding processes: one stopped (SIGSTOP) has its payloads decoded by the
+    reactor after --parser-timeout, one killed is replaced, and one stopped at shutdown does not
+    hold the server's exit or lose what it held."""
+    t0 = (now() - 3600) // 60 * 60
+    data = tmp_path / "data"
+
+    def graphite(vm: str) -> bytes:
+        return b"servers.%s.cpu.percent 7 %d\nservers.%s.mem.percent 40 %d\n" % (
+            vm.encode(), t0 + 10, vm.encode(), t0 + 10)
+
+    def used(count: int):
+        return lambda m: m.get('vmstats_edge_lines_total{format="graphite",outcome="used"}') == count
+
+    server = serve(tmp_path / "run", "--flush-interval", "0.3", "--parsers", "1",
+                   "--parser-timeout", "2s", "--graphite-port", "0",
+                   "--graphite-template", "servers.{vm}.cpu.percent cpu",
+                   "--graphite-template", "servers.{vm}.mem.percent mem", data_dir=data).start()
+    try:
+        port = server.status["graphite_port"]
+
+        def send(vm: str) -> None:
+            with server.tcp_to(port) as sock:
+                sock.sendall(graphite(vm))
+
+        send("gr-1")
+        server.wait_metrics(used(2), timeout=20)
+        stuck = decoding_workers(server.pid)
+        assert len(stuck) == 1
+        os.kill(stuck[0], signal.SIGSTOP)
+        began = time.monotonic()
+        send("gr-2")
+        metrics = server.wait_metrics(used(4), timeout=15)
+        rescued_in = time.monotonic() - began
+        assert metrics["vmstats_parser_stalls_total"] == 1 and 1.5 < rescued_in < 8
+
+        send("gr-3")  # a new pool's worker decodes it; then it is killed
+        server.wait_metrics(used(6), timeout=20)
+        fresh = decoding_workers(server.pid)
+        assert fresh and stuck[0] not in fresh
+        os.kill(fresh[0], signal.SIGKILL)
+        send("gr-4")
+        server.wait_metrics(lambda m: used(8)(m) and m["vmstats_parser_deaths_total"] == 1,
+                            timeout=15)
+        time.sleep(RESTART_DELAY + 0.5)
+        send("gr-5")  # through the pool started a second after the death
+        server.wait_metrics(used(10), timeout=20)
+        third = decoding_workers(server.pid)
+        assert third and fresh[0] not in third
+
+        os.kill(third[0], signal.SIGSTOP)
+        send("gr-6")
+        time.sleep(0.3)
+        began = time.monotonic()
+        code = server.stop()
+        stopped_in = time.monotonic() - began
+    finally:
+        server.kill()
+    assert code == 0, server.output
+    report("decoder_stuck", rescued_seconds=round(rescued_in, 1),
+           stop_seconds=round(stopped_in, 1))
+    assert stopped_in < 8, server.output
+    logged = raw_rows(data)
+    assert logged == Counter(("gr-%d" % k, t0 + 60) for k in range(1, 7))
+    assert "answered nothing for" in server.output
 
 
 # -- the agent side ------------------------------------------------------------------------------

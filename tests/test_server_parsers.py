@@ -5,6 +5,7 @@ import marshal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from vmstats.server.buffer import Buffer
@@ -131,6 +132,7 @@ def test_a_parser_that_answers_nonsense_is_stopped_and_nothing_is_lost():
     class Pool:
         stderr = None
         auth_config = None
+        reactor = Clock()
 
     parser = _Parser(Pool())
     parser.transport = _Transport()

@@ -73,6 +73,10 @@ def retention_options(command):
 @click.option("--parsers", type=click.IntRange(0, 256), default=None,
               help="Parser processes that take the regex work off the reactor "
                    "(default: number of cores; 0 = parse in the reactor).")
+@click.option("--parser-timeout", type=DURATION, default=_seconds(D.parser_timeout),
+              show_default=True,
+              help="A parser or decoding process that holds payloads this long without answering "
+                   "is killed and restarted; the reactor parses them (nothing is lost).")
 @click.option("--duration", type=DURATION, default=None,
               help="Stop after this long (90s, 5m, 1h); default: until SIGINT/SIGTERM.")
 @click.option("--status-file", type=click.Path(), default=None,
@@ -232,6 +236,9 @@ def serve(**options) -> None:
     for name in ("workers", "parsers"):
         if options[name] is None:
             options.pop(name)
+    if options["parser_timeout"] < 1:
+        raise click.ClickException("--parser-timeout must be 1s or more (a parse takes "
+                                   "milliseconds; a shorter wait would kill working parsers)")
     for name in ("max_past", "max_future"):
         options[name] = int(options[name])
     from vmstats.server.compact import Policy

@@ -53,6 +53,9 @@ class ServerConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     #: Parser processes (0: the reactor parses everything itself).
     parsers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Seconds a parser or decoding process may hold payloads without answering before it is
+    #: killed and the reactor parses them (a stopped, swapped-out or looping process).
+    parser_timeout: float = 10.0
     duration: float | None = None
     status_file: str | None = None
     #: key id -> signing.Key (secret, optional VM binding); None: signatures optional.

@@ -94,6 +94,7 @@ class Metrics:
         self.parsed_remote = 0  # payloads parsed by parser processes
         self.parsed_here = 0  # payloads parsed by the reactor (parsers busy or down, or none)
         self.parser_deaths = 0
+        self.parser_stalls = 0  # parser processes killed for keeping payloads without an answer
         #: Gauges owned elsewhere (journal, flusher): name -> (help, read function).
         self.gauges: dict = {}
         #: Other formats' lines (or collectd value lists) by (format, outcome): used, ignored,
@@ -141,7 +142,8 @@ class Metrics:
                         "replayed_records": self.replayed_records},
             "writer_deaths": self.writer_deaths,
             "parsing": {"remote": self.parsed_remote, "here": self.parsed_here,
-                        "parser_deaths": self.parser_deaths},
+                        "parser_deaths": self.parser_deaths,
+                        "parser_stalls": self.parser_stalls},
             **{name: read() for name, (_help, read) in self.gauges.items()},
             "edge": {"%s %s" % key: n for key, n in sorted(self.edge.items())},
             "edge_events": self.edge_events(),
@@ -221,6 +223,10 @@ class Metrics:
         metric("parser_deaths_total", "counter",
                "Parser processes that died (restarted; their payloads parsed by the reactor).",
                [((), self.parser_deaths)])
+        metric("parser_stalls_total", "counter",
+               "Parser or decoding processes that kept payloads past --parser-timeout without an "
+               "answer: killed and restarted, their payloads parsed by the reactor.",
+               [((), self.parser_stalls)])
         metric("edge_lines_total", "counter",
                "Lines (collectd: value lists) of other formats, by format and outcome: used, "
                "ignored (nothing vmstats stores), or why they could not be used.",

@@ -9,7 +9,11 @@ the I/O, so the reactor never blocks and no thread is involved.
 
 A parser that dies, or answers with something other than a frame, fails its
 outstanding payloads (the reactor parses those itself: nothing is lost) and
-is started again.  While every parser already has ``MAX_IN_FLIGHT`` bytes to
+is started again.  So is one that answers nothing for ``--parser-timeout``
+seconds while it holds payloads (stopped, swapped out, looping): killed, its
+payloads are parsed here like a dead one's.  An idle parser is sent an empty
+payload now and then, so one stuck while it reads the UDP socket (no payloads
+of ours) is found the same way.  While every parser already has ``MAX_IN_FLIGHT`` bytes to
 parse the reactor parses the next payload itself, so a saturated pool slows the
 reactor's reads (and TCP senders) instead of growing a queue without bound.
 
@@ -27,7 +31,7 @@ import sys
 from collections.abc import Callable
 
 from twisted.application import service
-from twisted.internet import defer, error, main, protocol
+from twisted.internet import defer, error, main, protocol, task
 
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import Parsed
@@ -45,6 +49,8 @@ RESTART_DELAY = 1.0
 #: Seconds a parser gets to exit after its stdin closes at shutdown, and to hand over what the
 #: UDP socket holds when the listener stops.
 STOP_GRACE = 5.0
+#: Seconds between the watchdog's looks at the parsers (``--parser-timeout`` is what it enforces).
+WATCH_INTERVAL = 1.0
 
 
 class ParserDied(RuntimeError):
@@ -62,6 +68,10 @@ class _Parser(protocol.ProcessProtocol):
         self.buf = bytearray()
         self.ended: defer.Deferred = defer.Deferred()
         self.pid = None
+        #: The reactor's time of this parser's last answer, or of the request that found it
+        #: with none outstanding: the watchdog's measure of how long it has kept us waiting.
+        self.heard = pool.reactor.seconds()
+        self.killed = False
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -109,6 +119,8 @@ class _Parser(protocol.ProcessProtocol):
         self.next_seq += 1
         waiting: defer.Deferred = defer.Deferred()
         size = 0 if data is None else len(data)
+        if not self.waiting:
+            self.heard = self.pool.reactor.seconds()
         self.waiting[seq] = (waiting, size)
         self.in_flight_bytes += size
         if data is None:
@@ -118,6 +130,7 @@ class _Parser(protocol.ProcessProtocol):
         return waiting
 
     def outReceived(self, data: bytes) -> None:
+        self.heard = self.pool.reactor.seconds()
         buf = self.buf
         buf += data
         pos, size = 0, len(buf)
@@ -170,7 +183,14 @@ class _Parser(protocol.ProcessProtocol):
 
     def _broken(self, what: str) -> None:
         log.error("parser %s sent %s: stopping it", self.pid, what)
-        self.transport.signalProcess("KILL")
+        self.kill()
+
+    def kill(self) -> None:
+        self.killed = True
+        try:
+            self.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
 
     def processEnded(self, reason) -> None:
         waiting, self.waiting = self.waiting, {}
@@ -186,9 +206,14 @@ class ParserService(service.Service):
 
     name = "parsers"
 
-    def __init__(self, reactor, count: int, max_future: int, max_past: int, metrics: Metrics):
+    def __init__(self, reactor, count: int, max_future: int, max_past: int, metrics: Metrics,
+                 timeout: float = 10.0):
         self.reactor = reactor
         self.count = count
+        #: Seconds a parser may hold payloads without a word before it is killed (--parser-timeout).
+        self.timeout = timeout
+        self._watchdog = task.LoopingCall(self._watch)
+        self._watchdog.clock = reactor
         self.args = [sys.executable, "-m", "vmstats.server.parseworker", str(max_future),
                      str(max_past)]
         self.metrics = metrics
@@ -234,6 +259,25 @@ class ParserService(service.Service):
         service.Service.startService(self)
         for _ in range(self.count):
             self._spawn()
+        self._watchdog.start(WATCH_INTERVAL, now=False)
+
+    def _watch(self) -> None:
+        """Kill a parser that has kept payloads for ``timeout`` seconds without a word; probe
+        one that has said nothing for half that with nothing outstanding."""
+        now = self.reactor.seconds()
+        for parser in list(self.parsers):
+            if parser.transport is None or parser.killed:
+                continue
+            quiet = now - parser.heard
+            if parser.waiting:
+                if quiet > self.timeout:
+                    self.metrics.parser_stalls += 1
+                    log.error("parser %s answered nothing for %.0fs with %d payloads waiting: "
+                              "stopping it (the reactor parses them)", parser.pid, quiet,
+                              len(parser.waiting))
+                    parser.kill()
+            elif quiet > self.timeout / 2:
+                parser.send(b"", now).addErrback(lambda _failure: None)
 
     def _spawn(self) -> None:
         if not self.running:
@@ -301,6 +345,8 @@ class ParserService(service.Service):
     def stopService(self) -> defer.Deferred:
         """Close the parsers' stdin (they exit at end of input); kill any that linger."""
         service.Service.stopService(self)
+        if self._watchdog.running:
+            self._watchdog.stop()
         ends = []
         for parser in list(self.parsers):
             ends.append(parser.ended)

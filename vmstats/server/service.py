@@ -64,7 +64,7 @@ class Aggregator(service.MultiService):
         self.parsers = None
         if config.parsers > 0:
             self.parsers = ParserService(reactor, config.parsers, config.max_future,
-                                         config.max_past, self.metrics)
+                                         config.max_past, self.metrics, config.parser_timeout)
             self.metrics.gauges["parsers_running"] = (
                 "Parser processes running (payloads they cannot take are parsed by the reactor).",
                 lambda: len(self.parsers.pids()))

@@ -255,7 +255,7 @@ class EdgeService(service.Service):
 
     def __init__(self, reactor, bind: str, edge: Edge, udp: dict[str, tuple[int, Decoder]],
                  tcp: dict[str, tuple[int, Decoder]], max_line: int, table: ConnectionTable,
-                 workers: int = 0):
+                 workers: int = 0, timeout: float = 10.0):
         self.reactor = reactor
         self.bind = bind
         self.edge = edge
@@ -267,7 +267,7 @@ class EdgeService(service.Service):
         self._listening: list = []
         self._factories: list[LineFactory] = []
         decoders = {decoder.name: decoder for _port, decoder in [*udp.values(), *tcp.values()]}
-        self.pool = DecodePool(reactor, edge, decoders, workers)
+        self.pool = DecodePool(reactor, edge, decoders, workers, timeout)
         self._clock = task.LoopingCall(edge.tick)
         self._clock.clock = reactor
 
@@ -363,4 +363,4 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
     metrics.edge_events = lambda: {**rates.events, **assembler.events}
     # The native parsers' number serves here too: processes that take decoding off the reactor.
     return edge, EdgeService(reactor, config.bind, edge, udp, tcp, config.max_line, table,
-                             config.parsers)
+                             config.parsers, config.parser_timeout)
