@@ -6,6 +6,7 @@ tests fail rather than skip where it is missing.
 """
 
 import hmac
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -68,6 +69,18 @@ def test_a_payload_longer_than_a_datagram_may_be_is_not_read():
                                   40) is not None  # leading zeros, as int() reads them
     assert native.datagram_frames([data.replace(b" 40 ", b" 99999999999999999999999999 ")],
                                   40) is None
+
+
+def test_a_length_past_the_largest_size_is_refused_whatever_the_limit():
+    """Any limit a caller may pass, the largest too: a length field that only wraps around to
+    the payload's size (2**64 + 5 for 5 bytes) once multiplied past PY_SSIZE_T_MAX is refused,
+    as int() reads it, not accepted."""
+    for length in (b"%d" % (2**64 + 5), b"%d" % (2**63 + 5), b"9" * 30):
+        frame = b"#!sig1 k1 %d n1 %s %s\n12345" % (NOW, length, b"0" * 64)
+        for limit in (sys.maxsize, sys.maxsize // 10 + 1, protocol.MAX_DATAGRAM_SIZE):
+            assert native.datagram_frames([frame], limit) is None, (length, limit)
+    frame = b"#!sig1 k1 %d n1 %s %s\n12345" % (NOW, b"0" * 40 + b"5", b"0" * 64)
+    assert native.datagram_frames([frame], sys.maxsize) is not None  # leading zeros are no size
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)

@@ -107,6 +107,9 @@ datagram_frames(PyObject *self, PyObject *args)
         const char *payload = p + 1;
         Py_ssize_t payload_size = end - payload, declared = 0;
         for (const char *digit = length; digit < length_end; digit++) {
+            /* Past PY_SSIZE_T_MAX it is past any max_payload: refused before it overflows. */
+            if (declared > (PY_SSIZE_T_MAX - (*digit - '0')) / 10)
+                goto not_usual;
             declared = declared * 10 + (*digit - '0');
             if (declared > max_payload)
                 goto not_usual;
