@@ -138,6 +138,14 @@ def test_counters_primed_wrapped_restarted_stale_out_of_order_and_too_fast():
     same([(samples, NOW)], rates={"max_counters": 1})
 
 
+def test_a_counter_that_is_no_number_raises_as_the_python_does():
+    """Not >= 0 as the reference compares it (with the int 0): the same error, message too."""
+    for value in (None, "1", b"1", (1,), 1j):
+        for kind in ("net_rx" + TOTAL, CPU_STATE + TOTAL):
+            seen = same([([Sample("a", NOW - 5, kind, "eth0", value)], NOW)])
+            assert seen[0]["error"][0] is TypeError, value
+
+
 def test_late_samples_forced_minutes_and_every_kind_of_collectd():
     first = [Sample("vm%d" % vm, NOW - 300 + 10 * k, kind, device, value)
              for k in range(12) for vm in range(4)

@@ -408,7 +408,7 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
     PyObject *counter = PyDict_GetItemWithError(counters, kind);
     if (counter != NULL) {
         int positive = PyFloat_CheckExact(value) ? PyFloat_AS_DOUBLE(value) >= 0.0
-                                                 : PyObject_RichCompareBool(value, f_zero, Py_GE);
+                                                 : PyObject_RichCompareBool(value, i_zero, Py_GE);
         if (positive < 0)
             goto done;
         if (!positive) {
