@@ -355,6 +355,26 @@ def test_collectd_gauge_nan_is_counted():
     assert tally.counts == {"non_finite": 1}
 
 
+
+def test_collectd_memory_parts_summing_past_a_double_complete_their_minute():
+    """Each part finite, their sum not: the minute completes without that second's memory
+    (no record: nothing else told its memory) instead of raising, which stopped the edge's
+    clock when its tick completed the minute."""
+    packet = b"".join(value_list("vm1", NOW - 30, "memory", "", "memory", part, [(cd.GAUGE, big)])
+                      for part, big in (("used", 1.7e308), ("free", 1.7e308)))
+    packet += value_list("vm1", NOW - 30, "cpu", "0", "percent", "idle", [(cd.GAUGE, 50.0)])
+    tally = Tally()
+    samples = cd.CollectdDecoder().decode(packet, NOW, tally)
+    assert tally.counts == {"used": 3}
+    for native in (True, False):
+        assembler = MinuteAssembler()
+        if not native:
+            assembler.native = None
+        assembler.add(samples, NOW, Tally())
+        assert assembler.tick(NOW + 120) == [("vm1", int(NOW))]
+        assert assembler.take() == [] and assembler.events["incomplete"] == 1
+
+
 # -- Graphite plaintext (Graphite's feeding-carbon documentation) ------------------------------
 TEMPLATES = ["servers.{vm}.cpu.percent cpu", "servers.{vm}.memory.used_percent mem",
              "collectd.{vm}.interface-{device}.if_octets.rx net_rx:counter",

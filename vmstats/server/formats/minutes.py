@@ -432,7 +432,9 @@ def _record(vm: str, end: int, minute: Minute) -> protocol.Record | None:
     mem_mb = minute.mem_mb
     for _second, parts in sorted((minute.parts or {}).items()):
         total = sum(parts.values())
-        if "used" in parts and total > 0:
+        # Parts each finite can still sum past a double (two of 1.7e308 from a hostile
+        # collectd): such a second says nothing, and int() of its infinite size would raise.
+        if "used" in parts and 0 < total < math.inf:
             mem += 100.0 * parts["used"] / total
             mem_count += 1
             mem_mb = total / _MIB
