@@ -150,6 +150,24 @@ def test_replay_bitbrains_logs_hold_the_source_values_held_five_minutes(tmp_path
     assert '"duplicate_timestamp": 1' in summary and '"vm_off": 2' in summary
 
 
+def test_a_replay_held_back_by_a_full_vm_buffer_says_so_and_loses_nothing(tmp_path):
+    """A VM's buffer at --max-per-vm answers batches 'busy' until the next flush: the replay
+    sends them again, every record lands once, and the replay names the cause and the remedy."""
+    start = (int(time.time()) - 10 * 86400) // 60 * 60
+    path = tmp_path / "history.csv"
+    path.write_text("vm,timestamp,cpu,mem\n" + "".join(
+        "10.46.0.1,%d,%d,%d\n" % (start + 60 * i, i % 100, 50) for i in range(5000)))
+    produced = list(traces.read_trace(str(path), "csv"))
+    with serve(tmp_path, "--flush-interval", "0.3", "--max-per-vm", "1000") as server:
+        result = vmstats("replay", "--format", "csv", str(path),
+                         "--server", "127.0.0.1:%d" % server.tcp_port)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert server.returncode == 0, server.output
+    assert len(produced) == 5000 and logged_rows(tmp_path / "data") == expected_rows(produced)
+    assert "the server answered 'busy' to" in result.stdout
+    assert "shorter --flush-interval" in result.stdout
+
+
 def test_replay_planetlab_and_csv_over_udp(tmp_path):
     csv_trace = tmp_path / "fleet.csv"
     csv_trace.write_text("vm,timestamp,cpu,mem,vcpus\nweb1,2024-05-01T00:00:00Z,12.5,40,2\n"

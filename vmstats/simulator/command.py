@@ -72,6 +72,12 @@ def _finish(sender, summary: dict, json_path: str | None, timeout: float) -> Non
             line += "; %d batches resent (naks %s, reconnects %d)" % (
                 stats.resent_batches, dict(stats.naks) or "none", stats.reconnects)
     click.echo(line)
+    busy = stats.naks.get("busy", 0) if stats.transport == "tcp" else 0
+    if busy:
+        click.echo("the server answered 'busy' to %d batches: a VM's buffer held --max-per-vm "
+                   "records until the next flush. A history sent in bulk goes faster into a server "
+                   "started with a shorter --flush-interval (5s: about 12 times the default's rate)"
+                   % busy)
     if json_path:
         with open(json_path, "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2, sort_keys=True)
