@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from operator import gt
 
-from twisted.internet import task
-
 from vmstats import protocol
+from vmstats.server.every import Every
 from vmstats.server.journal import read_segments
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.server.signing import (
@@ -177,7 +176,7 @@ class SignatureMemory:
         self.reactor = reactor
         self.marks: dict[bytes, int] = {}
         self.saved: dict[bytes, int] = {}
-        self._saver: task.LoopingCall | None = None
+        self._saver: Every | None = None
         self._trouble = RateLimitedLog(log, "signature marks error", burst=1, period=60.0)
 
     def restore(self, segments: list[tuple[int, str]]) -> int:
@@ -207,12 +206,11 @@ class SignatureMemory:
         if self.journal is not None:
             self.journal.before_retire.append(self.save_marks)
         elif self.reactor is not None:
-            self._saver = task.LoopingCall(self.save)
-            self._saver.clock = self.reactor
-            self._saver.start(1.0, now=False)
+            self._saver = Every(self.reactor, 1.0, self.save, "saving the signatures seen")
+            self._saver.start()
 
     def stop(self) -> None:
-        if self._saver is not None and self._saver.running:
+        if self._saver is not None:
             self._saver.stop()
         self.save()
 

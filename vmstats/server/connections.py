@@ -16,9 +16,10 @@ import socket
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from twisted.internet import task, tcp
+from twisted.internet import tcp
 from twisted.internet.error import CannotListenError
 
+from vmstats.server.every import Every
 from vmstats.server.metrics import ConnectionCounts, RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class ConnectionTable:
         self.open: OrderedDict = OrderedDict()
         self.by_source: dict[str, OrderedDict] = {}
         self.now = reactor.seconds() if reactor is not None else 0.0
-        self._sweeper: task.LoopingCall | None = None
+        self._sweeper: Every | None = None
         self._refusals = RateLimitedLog(log, "%s connection refusal" % kind)
 
     # -- admission ---------------------------------------------------------------------------
@@ -210,12 +211,12 @@ class ConnectionTable:
     # -- idleness ----------------------------------------------------------------------------
     def start(self) -> None:
         interval = min(1.0, self.idle_timeout / 4) if self.idle_timeout else 1.0
-        self._sweeper = task.LoopingCall(self.sweep)
-        self._sweeper.clock = self.reactor
-        self._sweeper.start(interval, now=False)
+        self._sweeper = Every(self.reactor, interval, self.sweep,
+                              "closing idle %s connections" % self.kind)
+        self._sweeper.start()
 
     def stop(self) -> None:
-        if self._sweeper is not None and self._sweeper.running:
+        if self._sweeper is not None:
             self._sweeper.stop()
 
     def sweep(self) -> None:

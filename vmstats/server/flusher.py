@@ -17,9 +17,9 @@ from apscheduler.executors.debug import DebugExecutor
 from apscheduler.schedulers.twisted import TwistedScheduler
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 
 from vmstats.server.buffer import Buffer, Table
+from vmstats.server.every import Every
 from vmstats.server.memory import release_free_memory
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.writer import MarshalledShare, WriterProcess, init_writer, write_share
@@ -95,7 +95,7 @@ class FlusherService(service.Service):
         self._context = None
         self._watched: list = []  # the worker processes of the in-flight flush
         self._waiting: list[defer.Deferred] = []
-        self._watchdog: LoopingCall | None = None
+        self._watchdog: Every | None = None
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -103,9 +103,9 @@ class FlusherService(service.Service):
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["vmstats.server.forkserver"])
         self.pool = self._new_pool()
-        self._watchdog = LoopingCall(self._check_writers)
-        self._watchdog.clock = self.reactor
-        self._watchdog.start(WATCH_INTERVAL, now=False)
+        self._watchdog = Every(self.reactor, WATCH_INTERVAL, self._check_writers,
+                               "the writers' watchdog")
+        self._watchdog.start()
         # The debug executor runs the job inline, i.e. on the reactor thread, which owns the buffer.
         self.scheduler = TwistedScheduler(reactor=self.reactor,
                                           executors={"default": DebugExecutor()})
@@ -277,7 +277,7 @@ class FlusherService(service.Service):
             self.deadline_missed = True
             log.error("the writers missed the %.1fs drain deadline", self.drain_timeout)
         self.unwritten = self.buffer.count + self.in_flight_records
-        if self._watchdog is not None and self._watchdog.running:
+        if self._watchdog is not None:
             self._watchdog.stop()
         if self.deadline_missed:
             self.pool.terminate()

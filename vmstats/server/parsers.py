@@ -31,8 +31,9 @@ import sys
 from collections.abc import Callable
 
 from twisted.application import service
-from twisted.internet import defer, error, main, protocol, task
+from twisted.internet import defer, error, main, protocol
 
+from vmstats.server.every import Every
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import Parsed
 from vmstats.server.parseworker import READY, REPLY, REQUEST, STOP_UDP
@@ -212,8 +213,7 @@ class ParserService(service.Service):
         self.count = count
         #: Seconds a parser may hold payloads without a word before it is killed (--parser-timeout).
         self.timeout = timeout
-        self._watchdog = task.LoopingCall(self._watch)
-        self._watchdog.clock = reactor
+        self._watchdog = Every(reactor, WATCH_INTERVAL, self._watch, "the parsers' watchdog")
         self.args = [sys.executable, "-m", "vmstats.server.parseworker", str(max_future),
                      str(max_past)]
         self.metrics = metrics
@@ -259,7 +259,7 @@ class ParserService(service.Service):
         service.Service.startService(self)
         for _ in range(self.count):
             self._spawn()
-        self._watchdog.start(WATCH_INTERVAL, now=False)
+        self._watchdog.start()
 
     def _watch(self) -> None:
         """Kill a parser that has kept payloads for ``timeout`` seconds without a word; probe
@@ -345,8 +345,7 @@ class ParserService(service.Service):
     def stopService(self) -> defer.Deferred:
         """Close the parsers' stdin (they exit at end of input); kill any that linger."""
         service.Service.stopService(self)
-        if self._watchdog.running:
-            self._watchdog.stop()
+        self._watchdog.stop()
         ends = []
         for parser in list(self.parsers):
             ends.append(parser.ended)

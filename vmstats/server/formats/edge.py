@@ -16,12 +16,13 @@ import logging
 from collections.abc import Callable
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet import protocol as tx_protocol
 from twisted.internet.error import CannotListenError
 
 from vmstats import protocol
 from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
+from vmstats.server.every import Every
 from vmstats.server.formats import R_TOO_LONG, USED, Decoder, Tally
 from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
@@ -268,15 +269,14 @@ class EdgeService(service.Service):
         self._factories: list[LineFactory] = []
         decoders = {decoder.name: decoder for _port, decoder in [*udp.values(), *tcp.values()]}
         self.pool = DecodePool(reactor, edge, decoders, workers, timeout)
-        self._clock = task.LoopingCall(edge.tick)
-        self._clock.clock = reactor
+        self._clock = Every(reactor, TICK_SECONDS, edge.tick, "completing the other formats' minutes")
 
     def startService(self) -> None:
         service.Service.startService(self)
         self.pool.start()
         for name in dict.fromkeys([*self.udp, *self.tcp]):
             self.ports[name] = self._listen(name)
-        self._clock.start(TICK_SECONDS, now=False)
+        self._clock.start()
 
     def _listen(self, name: str) -> int:
         """Listen for format ``name`` (UDP, TCP or both on one number, as carbon does)."""
@@ -312,8 +312,7 @@ class EdgeService(service.Service):
     def stopService(self):
         """Close the ports, then hand over every open minute (before the final flush)."""
         service.Service.stopService(self)
-        if self._clock.running:
-            self._clock.stop()
+        self._clock.stop()
         listening, self._listening = self._listening, []
         for factory in self._factories:
             for receiver in list(factory.protocols):

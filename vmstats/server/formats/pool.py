@@ -23,8 +23,9 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 
+from vmstats.server.every import Every
 from vmstats.server.formats import Decoder, Tally
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,13 @@ class DecodePool:
         #: since when a worker has it).
         self.queue: deque[list] = deque()
         self._idle: list[defer.Deferred] = []
-        self._watchdog = task.LoopingCall(self._watch)
-        self._watchdog.clock = reactor
+        self._watchdog = Every(reactor, WATCH_INTERVAL, self._watch, "the decoding processes' watchdog")
         self._restart = None
 
     def start(self) -> None:
         if self.workers > 0 and self.decoders:
             self._start_executor()
-            self._watchdog.start(WATCH_INTERVAL, now=False)
+            self._watchdog.start()
 
     def _start_executor(self) -> None:
         self._restart = None
@@ -192,8 +192,7 @@ class DecodePool:
     def stop(self) -> None:
         """After ``idle``: nothing is waiting, so the workers are killed rather than awaited (a
         stuck one would hold the process's exit)."""
-        if self._watchdog.running:
-            self._watchdog.stop()
+        self._watchdog.stop()
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
         executor, self.executor = self.executor, None
