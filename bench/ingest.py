@@ -67,6 +67,7 @@ from hostspeed import HostSpeed, host_ticks, stolen_percent  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 
 from vmstats import logstore, protocol  # noqa: E402
+from vmstats.server.config import MIN_PER_VM  # noqa: E402
 from vmstats.server.listeners import set_rcvbuf  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -822,8 +823,9 @@ def send_synced(port: int, chunks: list[bytes], timeout: float = 60) -> tuple[by
 
 def memory_per_record(workdir: Path, lines: Lines, count: int) -> dict:
     """RSS growth per buffered record with ``count`` records held (no flush meanwhile)."""
+    per_vm = max(count // VMS + 10, MIN_PER_VM)
     server = unpinned(lambda: Vmstats(workdir, "--flush-interval", "1h", "--max-buffered",
-                                      str(count + 10), "--max-per-vm", str(count // VMS + 10),
+                                      str(count + 10), "--max-per-vm", str(per_vm),
                                       "--drain-timeout", "120s"))
     warm = lines.take(VMS)  # every VM id known and every code path warm before the baseline
     with socket.create_connection((LOOPBACK, server.tcp_port), timeout=120) as sock:

@@ -1,6 +1,9 @@
 """TCP: plain line protocol, the #!sync acknowledgement contract, signatures and limits."""
 
+import inspect
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -8,7 +11,10 @@ from serverproc import serve
 from test_server_udp import line, logged, now
 
 from vmstats import protocol
+from vmstats.client.transport import TCP_BATCH_RECORDS
 from vmstats.protocol import Record
+from vmstats.server.config import MIN_PER_VM
+from vmstats.simulator.sender import TcpSender
 
 
 def read_reply(sock) -> bytes:
@@ -62,15 +68,26 @@ def test_sync_is_acknowledged_with_exact_counts(tmp_path, parsers):
 
 
 def test_nak_busy_when_records_were_dropped_and_ack_once_there_is_room(tmp_path):
-    sent = records("10.3.0.3", 8, now() - 3600)
-    with serve(tmp_path, "--flush-interval", "30", "--max-per-vm", "5") as server:
+    sent = records("10.3.0.3", MIN_PER_VM + 3, now() - 86400 * 3)
+    with serve(tmp_path, "--flush-interval", "30", "--max-per-vm", str(MIN_PER_VM)) as server:
         with server.tcp() as sock:
             sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync t1\n")
             assert read_reply(sock) == b"#!nak t1 busy\n"
             sock.sendall(b"#!sync t2\n")
             assert read_reply(sock) == b"#!ack t2 0 0\n"  # the nak covered only its batch
         assert server.metrics()['vmstats_dropped_total{cause="per_vm_cap"}'] == 3
-    assert len(logged(tmp_path / "data", "10.3.0.3")) == 5
+    assert len(logged(tmp_path / "data", "10.3.0.3")) == MIN_PER_VM
+
+
+def test_every_sender_batch_fits_the_least_per_vm_cap(tmp_path):
+    """A batch of one VM larger than --max-per-vm is answered busy every time: the server refuses
+    a cap below the largest batch our senders make."""
+    assert TCP_BATCH_RECORDS <= MIN_PER_VM
+    assert inspect.signature(TcpSender).parameters["batch"].default <= MIN_PER_VM
+    result = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--max-per-vm",
+                             str(MIN_PER_VM - 1), "--data-dir", str(tmp_path / "d")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "--max-per-vm" in result.stderr
 
 
 def test_signed_batches_over_tcp_and_nak_auth(tmp_path):

@@ -9,7 +9,7 @@ import click
 from vmstats import protocol
 from vmstats.options import FiniteRange
 from vmstats.report.settings import MAX_DAYS
-from vmstats.server.config import ServerConfig, format_duration, parse_duration
+from vmstats.server.config import MIN_PER_VM, ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, resolve_bind
 from vmstats.server.journal import FSYNC_POLICIES
 from vmstats.server.signing import load_keys
@@ -88,8 +88,11 @@ def retention_options(command):
               show_default=True, help="Seconds a signed frame's time may differ from ours.")
 @click.option("--max-buffered", type=click.IntRange(1), default=D.max_buffered, show_default=True,
               help="Global cap on buffered records (reaching it flushes early).")
-@click.option("--max-per-vm", type=click.IntRange(1), default=D.max_per_vm, show_default=True,
-              help="Cap on buffered records of one VM.")
+@click.option("--max-per-vm", type=click.IntRange(MIN_PER_VM), default=D.max_per_vm,
+              show_default=True,
+              help="Cap on buffered records of one VM; at least %d, a batch of one VM's records "
+                   "(a larger batch could never be acknowledged: it is answered busy each time)."
+                   % MIN_PER_VM)
 @click.option("--max-vms", type=click.IntRange(1), default=D.max_vms, show_default=True,
               help="Cap on VMs known at once: records of new VMs beyond it are dropped "
                    "(counted; VMs silent 10 min are forgotten when it is reached).")

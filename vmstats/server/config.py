@@ -11,6 +11,10 @@ from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT,
 DEFAULT_HTTP_PORT = 8898
 #: 8 MiB absorbs about 100,000 small datagrams while the reactor is busy elsewhere.
 DEFAULT_RCVBUF = 8 << 20
+#: The least --max-per-vm: the most records of one VM our senders put in one acknowledged batch
+#: (the agent 200, replay and simulate 1,000).  A batch larger than the cap is answered busy
+#: every time it is sent, so its sender would never move on.
+MIN_PER_VM = 1000
 
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
