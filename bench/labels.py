@@ -42,6 +42,7 @@ judging window's median CPU % or memory used is above the deciding window's
 busiest 5% of rows before, which no sizing from the past could foresee.
 """
 
+import datetime
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,12 @@ QUIET_MAX_WORK_SHARE = 0.01
 QUIET_CPU = 5.0  # %, median
 QUIET_NET = 10.0  # KB/s, median
 
-#: Column positions in a Bitbrains file.
-_TS, _CORES, _CAPACITY, _CPU_PCT, _MEM_CAP, _MEM_USED = 0, 1, 2, 4, 5, 6
-_DISK_R, _DISK_W, _NET_RX, _NET_TX = 7, 8, 9, 10
+# The columns read, by the words their headers start with, in the order of ``read``'s array:
+# GWA-T-12 as published, and GWA-T-13 (Materna), which has two more columns among them.
+_COLUMNS = ("Timestamp", "CPU cores", "CPU capacity provisioned", "CPU usage [%]",
+            "Memory capacity provisioned", "Memory usage [KB]", "Disk read throughput",
+            "Disk write throughput", "Network received throughput", "Network transmitted throughput")
+_TS, _CORES, _CAPACITY, _CPU_PCT, _MEM_CAP, _MEM_USED, _DISK_R, _DISK_W, _NET_RX, _NET_TX = range(10)
 
 
 @dataclass
@@ -91,16 +95,21 @@ def read(path: Path) -> Trace:
     rows = []
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        next(handle, None)  # header
+        names = [name.strip() for name in next(handle, "").split(";")]
+        places = [next((i for i, name in enumerate(names) if name.startswith(column)), None)
+                  for column in _COLUMNS]
+        if None in places:
+            raise ValueError("%s: no %r column" % (path, _COLUMNS[places.index(None)]))
         for line in handle:
             cells = line.split(";")
-            if len(cells) != 11:
+            if len(cells) != len(names):
                 continue
             try:
-                rows.append([float(c) for c in cells])
+                rows.append([_stamp(cells[places[0]].strip())]
+                            + [float(cells[i]) for i in places[1:]])
             except ValueError:
                 continue
-    data = np.array(rows, dtype=np.float64).reshape(-1, 11)
+    data = np.array(rows, dtype=np.float64).reshape(-1, len(_COLUMNS))
     data = data[np.isfinite(data).all(axis=1)]
     on = (data[:, _CORES] > 0) & (data[:, _CAPACITY] > 0) & (data[:, _MEM_CAP] > 0)
     data = data[on]
@@ -120,6 +129,15 @@ def read(path: Path) -> Trace:
         data[:, _NET_RX] + data[:, _NET_TX],
         data[:, _NET_TX],
     )
+
+
+def _stamp(text: str) -> float:
+    """Unix seconds as GWA-T-12 writes them, or GWA-T-13's ``dd.mm.yyyy HH:MM:SS`` (UTC)."""
+    try:
+        return float(text)
+    except ValueError:
+        moment = datetime.datetime.strptime(text, "%d.%m.%Y %H:%M:%S")
+        return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def trace_files(folder: Path) -> list[Path]:

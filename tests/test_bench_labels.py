@@ -5,6 +5,7 @@ files with the trace's quirks: off rows, duplicate timestamps, gaps, CPU
 above 100%.
 """
 
+import datetime
 import gzip
 import sys
 from pathlib import Path
@@ -117,3 +118,26 @@ def test_a_folder_of_plain_csv_files_reads_as_the_gzipped_ones(tmp_path):
     assert tracereplay.manifest_key(plain) != key
     with pytest.raises(SystemExit, match="holds no trace files"):
         tracereplay.manifest_key(tmp_path)
+
+
+def test_materna_layout_reads_as_the_same_trace(tmp_path):
+    """GWA-T-13 (Materna) files: the same columns found by name among two more, dates for
+    timestamps (read as UTC); the labels see the same rows."""
+    rows = quiet_rows(T0, T0 + DAY) + [(T0 + DAY + 300 * k, 80.0, 2.0) for k in range(8)]
+    expected = write(tmp_path / "5.csv.gz", rows)
+    header = ("Timestamp; CPU cores; CPU capacity provisioned [MHZ]; CPU usage [MHZ]; CPU usage [%]; "
+              "Memory capacity provisioned [KB]; Memory usage [KB]; Memory usage [%]; "
+              "Disk read throughput [KB/s]; Disk write throughput [KB/s]; Disk size [GB]; "
+              "Network received throughput [KB/s]; Network transmitted throughput [KB/s]")
+    lines = [header]
+    for ts, cpu, net in rows:
+        stamp = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%d.%m.%Y %H:%M:%S")
+        lines.append("; ".join(str(v) for v in (stamp, 2, 5000.0, cpu * 50, cpu, 4194304.0, 1048576.0, 25.0,
+                                                0.0, 1.0, 40, net / 2, net / 2)))  # fmt: skip
+    (tmp_path / "5.csv").write_text("\n".join(lines) + "\n")
+    read = labels.read(tmp_path / "5.csv")
+    for field in ("ts", "cpu", "cores", "mem_kb", "mem_cap_kb", "disk", "net", "net_tx"):
+        assert (getattr(read, field) == getattr(expected, field)).all(), field
+    (tmp_path / "6.csv").write_text(header.replace("CPU usage [%]; ", "") + "\n")
+    with pytest.raises(ValueError, match="no 'CPU usage \\[%\\]' column"):
+        labels.read(tmp_path / "6.csv")

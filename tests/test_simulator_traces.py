@@ -1,5 +1,6 @@
 """Trace readers: every quirk of the real traces is handled and counted, values kept exact."""
 
+import datetime
 import gzip
 from collections import Counter
 from pathlib import Path
@@ -203,3 +204,37 @@ def test_a_trace_folder_as_published_replays_without_its_papers(tmp_path):
     # Named on the command line, a file is read whatever its name, and refused readably.
     with pytest.raises(TraceError, match="not a bitbrains file"):
         [record for trace in read_traces([str(folder / "MANIFEST.tsv")], "bitbrains") for record in trace]
+
+
+#: GWA-T-13 (Materna): the GWA-T-12 columns with two more among them and dates for timestamps.
+MATERNA_HEADER = ("Timestamp; CPU cores; CPU capacity provisioned [MHZ]; CPU usage [MHZ]; CPU usage [%]; "
+                  "Memory capacity provisioned [KB]; Memory usage [KB]; Memory usage [%]; "
+                  "Disk read throughput [KB/s]; Disk write throughput [KB/s]; Disk size [GB]; "
+                  "Network received throughput [KB/s]; Network transmitted throughput [KB/s]")
+
+
+def as_materna(path: Path, out: Path, rows: int = 60) -> None:
+    """The first ``rows`` rows of a GWA-T-12 file laid out as GWA-T-13 publishes them."""
+    lines = []
+    for cells in _bitbrains_source(path)[:rows]:
+        stamp = datetime.datetime.fromtimestamp(cells[0], datetime.timezone.utc)
+        mem_pct = cells[6] / cells[5] * 100 if cells[5] else 0.0
+        lines.append("; ".join([stamp.strftime("%d.%m.%Y %H:%M:%S"), *map(repr, cells[1:7]), repr(mem_pct),
+                                *map(repr, cells[7:9]), "40", *map(repr, cells[9:11])]))
+    out.write_text(MATERNA_HEADER + "\n" + "\n".join(lines) + "\n")
+
+
+def test_materna_files_read_as_the_same_records_by_their_headers(tmp_path):
+    """Columns are found by name: the GWA-T-13 layout (13 columns, dates) gives the records its
+    GWA-T-12 twin gives, and a header without a needed column is one readable error."""
+    source = DATA / "bitbrains" / "410.csv.gz"
+    materna = tmp_path / "410.csv"
+    as_materna(source, materna)
+    stamps = [int(cells[0]) for cells in _bitbrains_source(source)[:60]]
+    twelve = [r for r in read_trace(str(source), "bitbrains", vm="vm") if r.ts < stamps[-1]]
+    thirteen = [r for r in read_trace(str(materna), "bitbrains", vm="vm") if r.ts < stamps[-1]]
+    assert len(thirteen) > 250 and thirteen == twelve
+    broken = tmp_path / "broken.csv"
+    broken.write_text(MATERNA_HEADER.replace("Disk read throughput [KB/s]; ", "") + "\n")
+    with pytest.raises(TraceError, match="header without 'Disk read throughput'"):
+        list(read_trace(str(broken), "bitbrains"))

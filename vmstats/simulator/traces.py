@@ -8,7 +8,9 @@ met (see QUIRKS) instead of failing on it.
 Formats (docs/SIMULATOR.md has the details):
 
 - ``bitbrains``: the GWA-T-12 per-VM files (``;\\t`` separated, optionally
-  gzipped).  The ``Timestamp [ms]`` column holds Unix *seconds*.
+  gzipped).  The ``Timestamp [ms]`` column holds Unix *seconds*.  Columns are
+  found by their headers, so GWA-T-13 (Materna) files, with two more columns
+  and dates for timestamps, read the same.
 - ``planetlab``: CoMon CPU files: no header, no timestamps, one integer CPU %
   per 5-minute slot of one day, starting at ``start``.
 - ``csv``: a generic CSV with a header naming at least ``vm``, ``timestamp``,
@@ -225,13 +227,55 @@ def _records(vm: str, rows: list[tuple[int, dict]], interval: int, quirks: Count
         yield tuple.__new__(Record, (vm, ts) + tail)
 
 
+#: The GWA-T-12/13 columns a replay reads, by the words their headers start with.  Columns are
+#: found by name, not place: the Materna trace (GWA-T-13) has the same ones with two more
+#: (``Memory usage [%]``, ``Disk size [GB]``) among them and dates for timestamps.
+_BITBRAINS_COLUMNS = {
+    "ts": "Timestamp", "cores": "CPU cores", "cpu_capacity": "CPU capacity provisioned",
+    "cpu": "CPU usage [%]", "mem_capacity": "Memory capacity provisioned",
+    "mem_used": "Memory usage [KB]", "disk_r": "Disk read throughput",
+    "disk_w": "Disk write throughput", "net_rx": "Network received throughput",
+    "net_tx": "Network transmitted throughput",
+}
+
+
+def _bitbrains_header(path: str, header: str) -> tuple[int, dict[str, int]]:
+    """The header's number of cells and the place of each column a replay reads."""
+    names = [cell.strip() for cell in header.split(";")]
+    places = {}
+    for key, start in _BITBRAINS_COLUMNS.items():
+        found = [i for i, name in enumerate(names) if name.startswith(start)]
+        if found:
+            places[key] = found[0]
+    missing = [start for key, start in _BITBRAINS_COLUMNS.items() if key not in places]
+    if "ts" not in places or "cpu" not in places:
+        raise TraceError("%s: not a bitbrains file (no 'Timestamp ... CPU' header)" % path)
+    if missing:
+        raise TraceError("%s: bitbrains header without %s" % (path, ", ".join(repr(m) for m in missing)))
+    return len(names), places
+
+
+def _bitbrains_stamp(text: str) -> int:
+    """Unix seconds (GWA-T-12: the ``Timestamp [ms]`` column holds seconds; s/ms/us/ns by
+    magnitude) or a date, ``dd.mm.yyyy HH:MM:SS`` (GWA-T-13) or ISO 8601, read as UTC."""
+    try:
+        return normalize_timestamp(int(_finite(text)))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.strptime(text, "%d.%m.%Y %H:%M:%S")
+    except ValueError:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp())
+
+
 def _bitbrains_rows(path: str, quirks: Counter) -> list[tuple[int, dict]]:
     rows = []
     last_capacity = None
     lines = _lines(path, quirks)
-    header = next(lines, "")
-    if "Timestamp" not in header or "CPU" not in header:
-        raise TraceError("%s: not a bitbrains file (no 'Timestamp ... CPU' header)" % path)
+    width, at = _bitbrains_header(path, next(lines, ""))
     for line in lines:
         line = line.strip()
         if not line:
@@ -239,11 +283,13 @@ def _bitbrains_rows(path: str, quirks: Counter) -> list[tuple[int, dict]]:
         quirks["rows"] += 1
         cells = [c.strip() for c in line.split(";")]
         try:
-            if len(cells) != 11:
+            if len(cells) != width:
                 raise ValueError(line)
-            stamp = int(_finite(cells[0]))
-            (cores, cpu_capacity, _cpu_mhz, cpu, mem_capacity, mem_used,
-             disk_r, disk_w, net_rx, net_tx) = (_finite(c) for c in cells[1:])
+            stamp = _bitbrains_stamp(cells[at["ts"]])
+            cores, cpu_capacity, cpu, mem_capacity, mem_used, disk_r, disk_w, net_rx, net_tx = (
+                _finite(cells[at[key]]) for key in ("cores", "cpu_capacity", "cpu", "mem_capacity",
+                                                    "mem_used", "disk_r", "disk_w", "net_rx",
+                                                    "net_tx"))
         except ValueError:
             quirks["bad_row"] += 1
             continue
@@ -260,7 +306,7 @@ def _bitbrains_rows(path: str, quirks: Counter) -> list[tuple[int, dict]]:
         if mem > 100:
             quirks["mem_clamped"] += 1
             mem = 100.0
-        rows.append((normalize_timestamp(stamp), {
+        rows.append((stamp, {
             "cpu": cpu, "mem": mem,
             # KB/s in the trace, bytes/s on the wire.
             "disk_r": disk_r * 1024, "disk_w": disk_w * 1024,
