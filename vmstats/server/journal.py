@@ -27,8 +27,7 @@ import os
 import re
 from collections.abc import Callable
 
-from twisted.internet import task
-
+from vmstats.server.every import Every
 from vmstats.server.metrics import Metrics, RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ class Journal:
         #: Called before segments are deleted: what must outlive them is saved first (auth.py's
         #: signature marks, the edge's open minutes).  A hook that returns False keeps them.
         self.before_retire: list[Callable[[], object]] = []
-        self._syncer: task.LoopingCall | None = None
+        self._syncer: Every | None = None
         self._trouble = RateLimitedLog(log, "journal error", burst=1, period=10.0)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -137,14 +136,14 @@ class Journal:
         self.sealed = list(self.leftover)
         self.number = self.leftover[-1][0] + 1 if self.leftover else 1
         if self.fsync == "interval":
-            self._syncer = task.LoopingCall(self.sync)
-            self._syncer.clock = self.reactor
-            self._syncer.start(self.fsync_interval, now=False)
+            self._syncer = Every(self.reactor, self.fsync_interval, self.sync,
+                                 "the journal's periodic fsync")
+            self._syncer.start()
         return self.leftover
 
     def close(self) -> None:
         """Write what is queued and close the open segment (it stays until a flush retires it)."""
-        if self._syncer is not None and self._syncer.running:
+        if self._syncer is not None:
             self._syncer.stop()
         self.write()
         if self.fsync != "off":
