@@ -101,6 +101,8 @@ def test_graphite_over_tcp_and_udp_and_line_protocol_over_udp(tmp_path):
                             and edge(m, "influx", "used") == 19)
         assert edge(server.metrics(), "graphite", "ignored") == 1
     assert server.returncode == 0, server.output
+    # The journal keeps the counters' state for the next start, and says it holds no records.
+    assert "state the next start resumes from (every record is in the logs)" in server.output
     rows = logged(tmp_path / "data", "gr-tcp")
     assert list(rows["ts"]) == [t0 + 60]
     assert (rows.iloc[0]["cpu"], rows.iloc[0]["cpu_max"], rows.iloc[0]["net_tx"]) == (35.0, 60.0, 60.0)

@@ -328,8 +328,12 @@ class Aggregator(service.MultiService):
         if self.flusher.unwritten:
             lines.append("  NOT WRITTEN       %d records" % self.flusher.unwritten)
         if self.journal is not None and self.journal.segments():
-            lines.append("  journal           %d segments kept in %s: written at the next start"
-                         % (self.journal.segments(), self.journal.directory))
+            # With every record in the logs, what is kept is state for the next start to resume
+            # from (other agents' counters and open minutes, signatures seen), not records.
+            lines.append("  journal           %d segments kept in %s: %s" % (
+                self.journal.segments(), self.journal.directory,
+                "replayed at the next start" if self.flusher.unwritten
+                else "state the next start resumes from (every record is in the logs)"))
         if self.flusher.deadline_missed:
             lines.append("  drain deadline of %.1fs MISSED" % self.config.drain_timeout)
         return "\n".join(lines)
