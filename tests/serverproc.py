@@ -231,16 +231,26 @@ def children(pid: int) -> list:
     return found
 
 
-def parsers_of(server_pid: int) -> list:
-    """The server's parser processes."""
+def children_running(server_pid: int, marker: bytes) -> list:
+    """The server's child processes whose command line holds ``marker``."""
     found = []
     for child in children(server_pid):
         try:
-            if b"parseworker" in Path("/proc/%d/cmdline" % child).read_bytes():
+            if marker in Path("/proc/%d/cmdline" % child).read_bytes():
                 found.append(child)
         except OSError:
             continue
     return found
+
+
+def parsers_of(server_pid: int) -> list:
+    """The server's parser processes."""
+    return children_running(server_pid, b"parseworker")
+
+
+def decoders_of(server_pid: int) -> list:
+    """The server's decoding processes (the other formats' ProcessPoolExecutor workers)."""
+    return children_running(server_pid, b"spawn_main")
 
 
 def serve(workdir, *args: str, **kwargs) -> ServerProcess:

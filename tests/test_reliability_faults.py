@@ -9,10 +9,9 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from serverproc import children, parsers_of, serve
+from serverproc import children, decoders_of, parsers_of, serve
 from test_reliability_journal import raw_rows
 from test_server_lifecycle import fifo_in_the_way
 from test_server_tcp import read_reply
@@ -521,18 +520,6 @@ def test_a_stuck_parser_is_killed_and_what_it_held_is_parsed_by_the_reactor(tmp_
     assert "answered nothing for" in server.output
 
 
-def decoding_workers(server_pid: int) -> list:
-    """The server's decoding processes (the other formats' ProcessPoolExecutor workers)."""
-    found = []
-    for child in children(server_pid):
-        try:
-            if b"spawn_main" in Path("/proc/%d/cmdline" % child).read_bytes():
-                found.append(child)
-        except OSError:
-            continue
-    return found
-
-
 def test_stuck_and_dead_decoding_processes_are_replaced_and_stop_does_not_wait_for_them(tmp_path):
     """The other formats' decoding processes: one stopped (SIGSTOP) has its payloads decoded by the
     reactor after --parser-timeout, one killed is replaced, and one stopped at shutdown does not
@@ -560,7 +547,7 @@ def test_stuck_and_dead_decoding_processes_are_replaced_and_stop_does_not_wait_f
 
         send("gr-1")
         server.wait_metrics(used(2), timeout=20)
-        stuck = decoding_workers(server.pid)
+        stuck = decoders_of(server.pid)
         assert len(stuck) == 1
         os.kill(stuck[0], signal.SIGSTOP)
         began = time.monotonic()
@@ -571,7 +558,7 @@ def test_stuck_and_dead_decoding_processes_are_replaced_and_stop_does_not_wait_f
 
         send("gr-3")  # a new pool's worker decodes it; then it is killed
         server.wait_metrics(used(6), timeout=20)
-        fresh = decoding_workers(server.pid)
+        fresh = decoders_of(server.pid)
         assert fresh and stuck[0] not in fresh
         os.kill(fresh[0], signal.SIGKILL)
         send("gr-4")
@@ -580,7 +567,7 @@ def test_stuck_and_dead_decoding_processes_are_replaced_and_stop_does_not_wait_f
         time.sleep(RESTART_DELAY + 0.5)
         send("gr-5")  # through the pool started a second after the death
         server.wait_metrics(used(10), timeout=20)
-        third = decoding_workers(server.pid)
+        third = decoders_of(server.pid)
         assert third and fresh[0] not in third
 
         os.kill(third[0], signal.SIGSTOP)
