@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from vmstats.server import ingest as ingest_module
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
@@ -111,6 +112,29 @@ def test_without_room_the_reactor_parses_and_still_keeps_the_order():
     ingest.submit(rec(3), lambda *r: done.append("here, at once"))  # nothing waits: filed now
     assert done[-1] == "here, at once" and len(parsers.calls) == 1
     assert (ingest.metrics.parsed_remote, ingest.metrics.parsed_here) == (1, 2)
+
+
+def test_a_payload_a_parser_sits_on_is_parsed_here_once_too_many_wait_behind_it(monkeypatch):
+    """A stopped parser holds the oldest payload; the datagrams other parsers read queue behind
+    it.  Past MAX_BEHIND of them the reactor parses the held one itself and files everything in
+    order; the parser's answer, if it ever comes, changes nothing."""
+    monkeypatch.setattr(ingest_module, "MAX_BEHIND", 4)
+    parsers = HeldParsers()
+    ingest = make(parsers)
+    done = []
+    ingest.submit(rec(1), lambda *r: done.append(("held", r)))
+    parser = Parser(300, 0)
+    for k in range(4):
+        data = rec(10 + k, vm="10.0.1.%d" % k)
+        ingest.parsed_elsewhere(data, parser.parse(data, NOW))
+    assert done == [] and len(ingest.queue) == 5  # at the bound, still waiting
+    data = rec(20, vm="10.0.2.1")
+    ingest.parsed_elsewhere(data, parser.parse(data, NOW))
+    assert done == [("held", (1, 0, 0))] and not ingest.queue and ingest.buffer.count == 6
+    assert (ingest.metrics.parsed_remote, ingest.metrics.parsed_here) == (5, 1)
+    parsers.calls[0][1].callback(parser.parse(rec(1), NOW))  # the parser wakes up
+    assert ingest.metrics.records == 6 and ingest.buffer.count == 6
+    assert (ingest.metrics.parsed_remote, ingest.metrics.parsed_here) == (5, 1)
 
 
 class _Transport:

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 Done = Callable[[int, int, int], None] | None
 
+#: Payloads that may wait behind the oldest one while a parser process has not answered for it.
+#: Beyond, the reactor parses that one itself: a stopped parser (found and killed after
+#: --parser-timeout) must not hold seconds of a UDP flood in memory meanwhile.
+MAX_BEHIND = 2048
+
 
 class Ingest:
     """Files payloads into the buffer; shared by the UDP and TCP listeners.
@@ -80,6 +85,7 @@ class Ingest:
         entry = [data, None, done, None]
         self.queue.append(entry)
         parsers.parse(data, self.clock()).addBoth(self._parsed, entry)
+        self._bound()
 
     def submit_signed(self, frames: bytes, done: Done = None,
                       verdict: Callable[[bool, int], None] = lambda refused, unbound: None) -> None:
@@ -98,6 +104,7 @@ class Ingest:
             self._drain()
             return
         parsers.parse(frames, self.clock()).addBoth(self._parsed, entry)
+        self._bound()
 
     def parsed_elsewhere(self, data: bytes, parsed: Parsed | None) -> None:
         """File a payload a parser process read and parsed itself (UDP), after what is queued.
@@ -107,6 +114,7 @@ class Ingest:
         entry = [data, None, None, None]
         self.queue.append(entry)
         self._parsed(parsed, entry)
+        self._bound()
 
     def checked_elsewhere(self, checked) -> None:
         """Signed datagrams a parser process read, checked and parsed itself (``signing.Checked``):
@@ -130,17 +138,30 @@ class Ingest:
         self._idle.append(waiting)
         return waiting
 
+    def _bound(self) -> None:
+        """Parse the oldest payload here when too many wait behind a parser's answer for it."""
+        queue = self.queue
+        while len(queue) > MAX_BEHIND + 1 and queue[0][1] is None:
+            self.metrics.parsed_here += 1
+            self._parse_here(queue[0])
+            self._drain()
+
+    def _parse_here(self, entry: list) -> None:
+        if entry[3] is not None:
+            entry[1] = self.signatures.check(entry[0], self.clock())
+        else:
+            entry[1] = self.parser.parse(entry[0], self.clock())
+
     def _parsed(self, parsed, entry: list) -> None:
+        if entry[1] is not None:  # parsed here already (_bound): the parser's answer came late
+            return
         signed = entry[3] is not None
         if isinstance(parsed, tuple) and len(parsed) == (4 if signed else 6):
             self.metrics.parsed_remote += 1
+            entry[1] = parsed
         else:  # the parser process died or failed (a Failure or None): parse it here
             self.metrics.parsed_here += 1
-            if signed:
-                parsed = self.signatures.check(entry[0], self.clock())
-            else:
-                parsed = self.parser.parse(entry[0], self.clock())
-        entry[1] = parsed
+            self._parse_here(entry)
         self._drain()
 
     def _drain(self) -> None:
