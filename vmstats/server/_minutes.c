@@ -14,14 +14,16 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 
 /* Set once by configure(): minutes.py's tables and helpers. */
 static PyObject *minute_type, *put_fn, *within_fn, *out_of_range, *counters, *limits,
-    *rate_kinds, *refuse_time, *refuse_negative, *refuse_rate, *r_range;
+    *rate_kinds, *refuse_time, *refuse_counter, *refuse_rate, *r_range;
 static PyObject *s_cpu, *s_mem, *s_mem_mb, *s_vcpus, *s_sums, *s_counts, *s_touched, *s_cpu_sum, *s_cpu_count,
     *s_cpu_max, *s_mem_sum, *s_mem_count, *s_detail, *s_open_count, *s_max_open,
-    *s_force_oldest, *s_late, *s_step, *s_last, *s_max_gap, *f_zero, *i_zero, *i_one, *i_sixty;
+    *s_force_oldest, *s_late, *s_step, *s_last, *s_max_gap, *f_zero, *i_zero, *i_one, *i_sixty,
+    *f_double_max;
 
 /* a <= b, as Python compares them (the common case of two floats without a call). */
 static int
@@ -407,12 +409,20 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
     int result = -1;
     PyObject *counter = PyDict_GetItemWithError(counters, kind);
     if (counter != NULL) {
-        int positive = PyFloat_CheckExact(value) ? PyFloat_AS_DOUBLE(value) >= 0.0
-                                                 : PyObject_RichCompareBool(value, i_zero, Py_GE);
-        if (positive < 0)
+        /* Not below zero, nor past the largest double (minutes._file: value >= 0 and
+         * value <= _DOUBLE_MAX, compared as it compares them, so the errors match too). */
+        int taken;
+        if (PyFloat_CheckExact(value))
+            taken = PyFloat_AS_DOUBLE(value) >= 0.0 && PyFloat_AS_DOUBLE(value) <= DBL_MAX;
+        else {
+            taken = PyObject_RichCompareBool(value, i_zero, Py_GE);
+            if (taken > 0)
+                taken = PyObject_RichCompareBool(value, f_double_max, Py_LE);
+        }
+        if (taken < 0)
             goto done;
-        if (!positive) {
-            result = call_at(refuse_negative, index, kind, value, Py_None, a->reject);
+        if (!taken) {
+            result = call_at(refuse_counter, index, kind, value, Py_None, a->reject);
             goto done;
         }
         PyObject *key = PyTuple_Pack(3, vm, kind, device);
@@ -574,7 +584,7 @@ out:  /* on success too: every reference this call took is dropped here */
 
 PyDoc_STRVAR(configure_doc,
 "configure(Minute, put, within, OutOfRange, counters, limits, rate_kinds, refuse_time,\n"
-"refuse_negative, refuse_rate, R_RANGE): minutes.py's tables and helpers, once.");
+"refuse_counter, refuse_rate, R_RANGE): minutes.py's tables and helpers, once.");
 
 static PyObject *
 configure(PyObject *module, PyObject *args)
@@ -586,7 +596,7 @@ configure(PyObject *module, PyObject *args)
                           &given[10]))
         return NULL;
     PyObject **slots[] = {&minute_type, &put_fn, &within_fn, &out_of_range, &counters, &limits,
-                          &rate_kinds, &refuse_time, &refuse_negative, &refuse_rate, &r_range};
+                          &rate_kinds, &refuse_time, &refuse_counter, &refuse_rate, &r_range};
     for (int i = 0; i < 11; i++)
         Py_XSETREF(*slots[i], Py_NewRef(given[i]));
     Py_RETURN_NONE;
@@ -619,6 +629,7 @@ PyInit__minutes(void)
             return NULL;
     }
     if ((f_zero = PyFloat_FromDouble(0.0)) == NULL || (i_one = PyLong_FromLong(1)) == NULL
+        || (f_double_max = PyFloat_FromDouble(DBL_MAX)) == NULL
         || (i_zero = PyLong_FromLong(0)) == NULL || (i_sixty = PyLong_FromLong(60)) == NULL)
         return NULL;
     return PyModule_Create(&module_def);

@@ -126,7 +126,14 @@ def within(name: str, value: float, low: float, high: float, slack: float = 0.0)
         return value
     if low - slack <= value <= high + slack:
         return low if value < low else high
-    raise OutOfRange("%s=%s outside [%s, %s]" % (name, value, low, high))
+    raise OutOfRange("%s=%s outside [%s, %s]" % (name, shown(value), low, high))
+
+
+def shown(value: float) -> str:
+    """``value`` for a reject's detail: an integer of 400 digits (an ``i`` field may be one)
+    by its first digits and its length, since its size is the point and a log line is short."""
+    text = str(value)
+    return text if len(text) <= 30 else "%s...(%d digits)" % (text[:12], len(text))
 
 
 def percent(name: str, value: float) -> float:

@@ -26,6 +26,7 @@ early (counted), so memory stays bounded whatever senders do.
 """
 
 import math
+import sys
 from collections import Counter
 
 from vmstats import protocol
@@ -41,6 +42,7 @@ from vmstats.server.formats import (
     OutOfRange,
     Sample,
     Tally,
+    shown,
     within,
 )
 from vmstats.server.formats.rates import CounterRates
@@ -65,8 +67,13 @@ _LIMITS = {
 }
 _MIB = 1 << 20
 _RATE_KINDS = frozenset(RATES)
+#: The greatest counter value, and CPU state rate, taken: the largest double.  Arithmetic on
+#: a counter beyond it (an ``i`` or ``u`` integer of 400 digits) cannot be done in floats and
+#: raised out of ``add``; a rate past it is infinite, and an infinite jiffy rate made a minute
+#: 100 % busy (or 0 %, as inf / inf).
+_DOUBLE_MAX = sys.float_info.max
 #: Counter kinds -> (the rate kind they become, the greatest rate a record may hold).
-_COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, math.inf))[1])
+_COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, _DOUBLE_MAX))[1])
              for kind in RATES + (CPU_STATE,)}
 
 
@@ -181,8 +188,9 @@ class MinuteAssembler:
                 _refuse_time(index, ts, now, latest, reject)
                 continue
             if kind in _COUNTERS:
-                if not value >= 0:  # bytes or jiffies so far: never negative
-                    _refuse_negative(index, kind, value, None, reject)
+                # Bytes or jiffies so far: never negative, nor beyond what a double holds.
+                if not (value >= 0 and value <= _DOUBLE_MAX):
+                    _refuse_counter(index, kind, value, None, reject)
                     continue
                 value = step((vm, kind, device), ts, value)
                 if value is None:
@@ -327,9 +335,10 @@ def _refuse_time(index: int, ts: float, now: float, latest: float, reject) -> No
         reject(index, protocol.R_PAST, "sample %ds old" % (now - ts))
 
 
-def _refuse_negative(index: int, kind: str, value: float, _high: None, reject) -> None:
-    """A cumulative counter below zero (the C calls each refusal with the same arguments)."""
-    reject(index, R_RANGE, "%s=%s is negative" % (kind, value))
+def _refuse_counter(index: int, kind: str, value: float, _high: None, reject) -> None:
+    """A cumulative counter below zero or past the largest double (the C calls each refusal
+    with the same arguments)."""
+    reject(index, R_RANGE, "%s=%s outside [0, %s]" % (kind, shown(value), _DOUBLE_MAX))
 
 
 def _refuse_rate(index: int, kind: str, value: float, high: float, reject) -> None:
@@ -461,4 +470,4 @@ def _record(vm: str, end: int, minute: Minute) -> protocol.Record | None:
 
 if _native is not None:
     _native.configure(Minute, _put, within, OutOfRange, _COUNTERS, _LIMITS, _RATE_KINDS,
-                      _refuse_time, _refuse_negative, _refuse_rate, R_RANGE)
+                      _refuse_time, _refuse_counter, _refuse_rate, R_RANGE)
