@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from test_formats_minutes_c import same
 
 from vmstats import protocol
-from vmstats.server.formats import CPU_STATE, TOTAL, USED, Sample, Tally
+from vmstats.server.formats import CPU_STATE, MEM_PART, TOTAL, USED, Sample, Tally
 from vmstats.server.formats.edge import _refused_lines
 from vmstats.server.formats.influx import InfluxDecoder
 from vmstats.server.formats.minutes import MinuteAssembler
@@ -104,5 +104,56 @@ def test_an_infinite_cpu_state_rate_is_refused():
                Sample("v", NOW - 30, "mem", "", 5.0)]
     seen = same([(samples, NOW)])
     assert [reason for _i, reason, _d in seen[0]["refused"]] == ["out_of_range"]
+
+
+def test_memory_parts_whose_share_overflows_give_a_finite_mem():
+    """used 1.7e308 of 1.7e308 + 1e300: 100 * used was inf, and mem=inf went to the ingest."""
+    for parts, mem in (((("used", 1.7e308), ("free", 1e300)), 100.0),
+                       ((("used", 1e300), ("free", 1e300)), 50.0),
+                       ((("used", 5e-324), ("free", 5e-324)), 50.0),
+                       ((("used", 1.7e308), ("free", 1.7e308)), None)):
+        samples = [Sample("v", NOW - 30, "cpu", "", 1.0)]
+        samples += [Sample("v", NOW - 30, MEM_PART, name, value) for name, value in parts]
+        ended = []
+        for native in (True, False):
+            assembler = MinuteAssembler()
+            if not native:
+                assembler.native = None
+            assembler.add(samples, NOW, Tally())
+            assembler.complete_all()
+            ended.append((assembler.take(), dict(assembler.events)))
+        assert ended[0] == ended[1]
+        records, _events = ended[0]
+        assert [record.mem for record in records] == ([mem] if mem is not None else [])
+        for record in records:
+            assert_writable(record)
+
+
+def test_fields_each_sample_kept_within_but_the_minute_did_not_are_left_empty():
+    """Summed rates past 1e15, 5,000 CPUs counted, memory parts past 2^32 MiB: the native
+    ingest refused such a record whole (cpu and mem lost with it); now the field is empty."""
+    ts = NOW - 30
+    samples = ([Sample("v", ts, CPU_STATE, "%d:idle" % cpu, 50.0) for cpu in range(5000)]
+               + [Sample("v", ts, "net_rx", "eth%d" % k, 1e15) for k in range(3)]
+               + [Sample("v", ts, "disk_w", "vda", 1e15)]
+               + [Sample("v", ts, MEM_PART, "used", 1e300), Sample("v", ts, MEM_PART, "free", 1e300)])
+    assembler = MinuteAssembler()
+    assembler.add(samples, NOW, Tally())
+    assembler.complete_all()
+    (record,) = assembler.take()
+    assert_writable(record)
+    assert (record.cpu, record.mem, record.disk_w) == (0.0, 50.0, 1e15)
+    assert record.net_rx is None and record.vcpus is None and record.mem_mb is None
+    assert assembler.events["out_of_range"] == 3
+
+
+def test_cpu_states_summing_past_a_double_say_nothing():
+    """Many CPUs' finite rates can sum to inf: idle / inf made such a second 100 % busy."""
+    states = [Sample("v", NOW - 20, CPU_STATE, "0:user", 100.0), Sample("v", NOW - 20, "mem", "", 1)]
+    assembler = MinuteAssembler()
+    assembler.add(states, NOW, Tally())
+    assembler.open["v"][int(NOW)].states[int(NOW - 20)][1] = math.inf  # as many sums would make
+    assembler.complete_all()
+    assert assembler.take() == [] and assembler.events["out_of_range"] == 1
 
 

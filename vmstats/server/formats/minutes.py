@@ -126,7 +126,8 @@ class MinuteAssembler:
         self.newest: dict[str, float] = {}
         self.max_vms = 200_000
         self.ready: list[protocol.Record] = []
-        self.events: Counter[str] = Counter(records=0, incomplete=0, late=0, forced=0)
+        self.events: Counter[str] = Counter(records=0, incomplete=0, late=0, forced=0,
+                                            **{R_RANGE: 0})
         #: The C loop that files samples (None: ``_file``, the Python it is held to).
         self.native = _native
 
@@ -296,7 +297,7 @@ class MinuteAssembler:
                 if old not in self.open:
                     del self.written[old]
                     self.newest.pop(old, None)
-        record = _record(vm, end, minute)
+        record = _record(vm, end, minute, self.events)
         if record is None:
             self.events["incomplete"] += 1
             return
@@ -425,12 +426,21 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> Non
         minute.vcpus = value
 
 
-def _record(vm: str, end: int, minute: Minute) -> protocol.Record | None:
-    """The minute's record, or None when cpu or mem is unknown."""
+def _record(vm: str, end: int, minute: Minute, events: Counter) -> protocol.Record | None:
+    """The minute's record, or None when cpu or mem is unknown.
+
+    Each sample was within its bounds, but what the minute makes of many of them need not be:
+    rates summed over a thousand devices past 1e15 bytes/s, ``vcpus`` counted from 5,000 CPU
+    names, ``mem_mb`` from memory parts of 1e300 bytes.  The native ingest would refuse such
+    a record whole, cpu and mem with it; instead the field stays empty (unknown, as when no
+    sample came) and ``events`` counts it as out of range.
+    """
     cpu, cpu_count, cpu_max = minute.cpu_sum, minute.cpu_count, minute.cpu_max
     cpus: set[str] = set()
     for idle, total, names in (minute.states or {}).values():
-        if total > 0:
+        if total == math.inf:  # rates each finite can still sum past a double
+            events[R_RANGE] += 1
+        elif total > 0:
             busy = min(100.0, max(0.0, 100.0 * (1.0 - idle / total)))
             cpu += busy
             cpu_count += 1
@@ -443,8 +453,11 @@ def _record(vm: str, end: int, minute: Minute) -> protocol.Record | None:
         total = sum(parts.values())
         # Parts each finite can still sum past a double (two of 1.7e308 from a hostile
         # collectd): such a second says nothing, and int() of its infinite size would raise.
-        if "used" in parts and 0 < total < math.inf:
-            mem += 100.0 * parts["used"] / total
+        if total == math.inf:
+            events[R_RANGE] += 1
+        elif "used" in parts and total > 0:
+            # The share first: 100 times a used part of 1e307 is already infinite.
+            mem += 100.0 * (parts["used"] / total)
             mem_count += 1
             mem_mb = total / _MIB
     if not cpu_count or not mem_count:
@@ -460,12 +473,19 @@ def _record(vm: str, end: int, minute: Minute) -> protocol.Record | None:
             names = whole_disks(sums)
         rates[kind] = round(sum(sums[name] / counts[name] for name in names), 1)
     mean = cpu / cpu_count
-    return protocol.Record(
-        vm=vm, ts=end, cpu=round(mean, 2), cpu_max=round(max(cpu_max, mean), 2),
-        mem=round(mem / mem_count, 2), disk_r=rates.get("disk_r"), disk_w=rates.get("disk_w"),
-        net_rx=rates.get("net_rx"), net_tx=rates.get("net_tx"),
-        vcpus=int(vcpus) if vcpus is not None else None,
-        mem_mb=max(1, int(mem_mb)) if mem_mb is not None else None)
+    fields = {"cpu": round(mean, 2), "cpu_max": round(max(cpu_max, mean), 2),
+              "mem": round(mem / mem_count, 2), **rates,
+              "vcpus": int(vcpus) if vcpus is not None else None,
+              "mem_mb": max(1, int(mem_mb)) if mem_mb is not None else None}
+    for name, value in fields.items():
+        if value is not None:
+            low, high = BOUNDS[name]
+            if not low <= value <= high:
+                fields[name] = None
+                events[R_RANGE] += 1
+    if fields["cpu"] is None or fields["mem"] is None:  # not seen: each sample is a percentage
+        return None
+    return protocol.Record(vm=vm, ts=end, **fields)
 
 
 if _native is not None:
