@@ -157,3 +157,10 @@ def test_cpu_states_summing_past_a_double_say_nothing():
     assert assembler.take() == [] and assembler.events["out_of_range"] == 1
 
 
+def test_a_percentage_past_a_double_is_out_of_range_not_syntax():
+    counts, records = decoder_ran(InfluxDecoder(), [
+        b"mem,host=v available_percent=%di,total=1073741824i %d" % (10**400, (NOW - 5) * NS)])
+    assert counts == {"out_of_range": 1, USED: 0, "ignored": 0}
+    assert records == []
+
+

@@ -304,7 +304,7 @@ class InfluxDecoder(Decoder):
     def _mem(out: list, vm: str, ts: float, tags: dict, fields: dict) -> None:
         available = fields.get(b"available_percent")
         if available is not None:
-            out.append(Sample(vm, ts, "mem", "", 100.0 - number(available)))
+            out.append(Sample(vm, ts, "mem", "", _used(number(available))))
         else:
             used = fields.get(b"used_percent")
             if used is not None:
@@ -328,6 +328,16 @@ class InfluxDecoder(Decoder):
         cpus = fields.get(b"n_cpus")
         if cpus is not None:
             out.append(Sample(vm, ts, "vcpus", "", number(cpus)))
+
+
+def _used(available: float) -> float:
+    """100 - ``available`` (a percentage).  An ``i`` integer past what a double holds stays an
+    integer, for the minutes to refuse as out of range like any other value: in floats it
+    raised, and the whole line was counted as a syntax error."""
+    try:
+        return 100.0 - available
+    except OverflowError:
+        return 100 - available
 
 
 def _counters(out: list, vm: str, ts: float, device: bytes | None, fields: dict,
