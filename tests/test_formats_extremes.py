@@ -10,14 +10,17 @@ counted, a field whose sum cannot be is left empty and counted.
 """
 
 import math
+import struct
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_formats_minutes_c import same
 
 from vmstats import protocol
 from vmstats.server.formats import CPU_STATE, MEM_PART, TOTAL, USED, Sample, Tally
+from vmstats.server.formats import collectd as cd
 from vmstats.server.formats.edge import _refused_lines
+from vmstats.server.formats.graphite import GraphiteDecoder, parse_templates
 from vmstats.server.formats.influx import InfluxDecoder
 from vmstats.server.formats.minutes import MinuteAssembler
 
@@ -164,3 +167,222 @@ def test_a_percentage_past_a_double_is_out_of_range_not_syntax():
     assert records == []
 
 
+# -- properties, format by format -------------------------------------------------------------
+TELEGRAF = st.sampled_from([
+    ("cpu,cpu=cpu-total", "usage_idle"), ("cpu,cpu=cpu-total", "usage_iowait"),
+    ("mem", "available_percent"), ("mem", "used_percent"), ("mem", "total"),
+    ("diskio,name=sda", "read_bytes"), ("diskio,name=vda", "write_bytes"),
+    ("net,interface=eth0", "bytes_recv"), ("net,interface=eth1", "bytes_sent"),
+    ("system", "n_cpus")])
+
+
+@SETTINGS
+@given(st.lists(st.tuples(TELEGRAF, st.one_of(FLOATS, INTS), st.booleans(), OFFSETS,
+                          st.sampled_from(["v1", "v2"])), min_size=1, max_size=25))
+def test_line_protocol_with_extreme_numbers(lines):
+    payload = []
+    for (measurement, field), value, unsigned, offset, vm in lines:
+        text = text_of(value)
+        if unsigned and isinstance(value, int) and value >= 0:
+            text = "%du" % value
+        stamp = int((NOW + offset) * NS) if abs(offset) < 1e9 else int(offset) * NS
+        stamp = max(min(stamp, 10**19 - 1), -(10**19) + 1)
+        payload.append("%s,host=%s %s=%s %d" % (measurement, vm, field, text, stamp))
+    data = "\n".join(payload).encode()
+    counts, _records = decoder_ran(InfluxDecoder(), [data])
+    assert sum(counts.values()) == len(lines)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(["servers.{}.cpu", "servers.{}.mem", "servers.{}.vcpus",
+                                           "servers.{}.mem_mb", "servers.{}.net.eth0.rx",
+                                           "servers.{}.disk.sda.rate"]),
+                          FLOATS, OFFSETS), min_size=1, max_size=25))
+def test_graphite_with_extreme_numbers_and_times(lines):
+    templates = parse_templates(["servers.{vm}.net.{device}.rx net_rx:counter",
+                                 "servers.{vm}.disk.{device}.rate disk_r",
+                                 "servers.{vm}.{field}"])
+    data = "\n".join("%s %r %r" % (path.format("v"), value, NOW + offset)
+                     for path, value, offset in lines).encode()
+    counts, _records = decoder_ran(GraphiteDecoder(templates), [data])
+    assert sum(counts.values()) == len(lines)
+
+
+def value_list(plugin: str, instance: str, type_: str, type_instance: str,
+               values: list[tuple[int, float]]) -> bytes:
+    return (cd.part_string(cd.PLUGIN, plugin) + cd.part_string(cd.PLUGIN_INSTANCE, instance)
+            + cd.part_string(cd.TYPE, type_) + cd.part_string(cd.TYPE_INSTANCE, type_instance)
+            + cd.part_values(values))
+
+
+U64 = st.one_of(st.sampled_from([0, 1, 2**32 - 1, 2**63, 2**64 - 1]), st.integers(0, 2**64 - 1))
+S64 = st.one_of(st.sampled_from([-(2**63), -1, 2**63 - 1]), st.integers(-(2**63), 2**63 - 1))
+COLLECTD = st.one_of(
+    st.tuples(st.just("memory"), st.just(""), st.just("memory"),
+              st.sampled_from(["used", "free", "cached", "buffered"]),
+              FLOATS.map(lambda v: [(cd.GAUGE, v)])),
+    st.tuples(st.just("memory"), st.just(""), st.just("percent"), st.just("used"),
+              FLOATS.map(lambda v: [(cd.GAUGE, v)])),
+    st.tuples(st.just("cpu"), st.integers(0, 6000).map(str), st.just("cpu"),
+              st.sampled_from(["user", "idle", "wait"]),
+              st.one_of(U64.map(lambda v: [(cd.COUNTER, v)]), S64.map(lambda v: [(cd.DERIVE, v)]))),
+    st.tuples(st.just("cpu"), st.integers(0, 6000).map(str), st.just("percent"),
+              st.sampled_from(["user", "idle", "active"]), FLOATS.map(lambda v: [(cd.GAUGE, v)])),
+    st.tuples(st.just("interface"), st.sampled_from(["eth0", "eth1"]), st.just("if_octets"),
+              st.just(""), st.tuples(U64, U64).map(lambda p: [(cd.COUNTER, p[0]), (cd.COUNTER, p[1])])),
+    st.tuples(st.just("disk"), st.sampled_from(["vda", "sda"]), st.just("disk_octets"), st.just(""),
+              st.tuples(S64, S64).map(lambda p: [(cd.DERIVE, p[0]), (cd.DERIVE, p[1])])))
+#: Times in collectd's high-resolution unit (2^-30 s): 1 unit apart, at the window's edges.
+HR_TIMES = st.one_of(st.sampled_from([0, 1, 2**64 - 1]),
+                     OFFSETS.map(lambda o: int((NOW + o) * 2**30) if abs(o) < 1e9 else 1),
+                     st.integers(int((NOW - 60) * 2**30), int((NOW + 1) * 2**30)))
+
+
+@SETTINGS
+@given(st.lists(st.tuples(HR_TIMES, st.lists(COLLECTD, min_size=1, max_size=6)), min_size=1,
+                max_size=6))
+def test_collectd_with_extreme_values_times_and_many_cpus(packets):
+    payloads = []
+    value_lists = 0
+    for hr_time, lists in packets:
+        packet = cd.part_string(cd.HOST, "v") + struct.pack("!HHQ", cd.TIME_HR, 12, hr_time)
+        packet += b"".join(value_list(*one) for one in lists)
+        payloads.append(packet)
+        value_lists += len(lists)
+    counts, _records = decoder_ran(cd.CollectdDecoder(), payloads)
+    assert sum(counts.values()) == value_lists
+
+
+def test_collectd_many_cpus_and_memory_summing_past_a_double():
+    ts = int((NOW - 30) * 2**30)
+    packets = []
+    for second in range(2):
+        packet = cd.part_string(cd.HOST, "v") + struct.pack("!HHQ", cd.TIME_HR, 12,
+                                                           ts + second * 2**30)
+        packet += b"".join(value_list("cpu", str(cpu), "cpu", state, [(cd.COUNTER, 2**64 - 1 - second)])
+                           for cpu in range(600) for state in ("user", "idle"))
+        packet += b"".join(value_list("memory", "", "memory", kind, [(cd.GAUGE, 1.7e308)])
+                           for kind in ("used", "free"))
+        packets.append(packet)
+    counts, records = decoder_ran(cd.CollectdDecoder(), packets)
+    assert sum(counts.values()) == 2 * (1200 + 2)
+    assert records == []  # no memory second is usable: no mem, no record
+
+
+# -- the assembler fed directly ---------------------------------------------------------------
+KINDS = ["cpu", "mem", "mem_mb", "vcpus", "disk_r", "net_tx", "disk_r" + TOTAL, "net_rx" + TOTAL,
+         CPU_STATE, CPU_STATE + TOTAL, MEM_PART]
+SAMPLES = st.lists(st.builds(
+    Sample, st.sampled_from(["a", "b"]), OFFSETS.map(lambda o: NOW + o), st.sampled_from(KINDS),
+    st.sampled_from(["", "sda", "vda", "eth0", "eth1", "0:idle", "1:user", "2:wait", "used",
+                     "free"]),
+    st.one_of(FLOATS, INTS.filter(lambda v: abs(v) < 10**300))), max_size=40)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(SAMPLES, st.sampled_from([NOW - 100, NOW, NOW + 1e-9, NOW + 120])),
+                min_size=1, max_size=3), st.sampled_from([0, 60]))
+def test_the_minutes_with_extreme_samples_agree_and_write_what_the_ingest_takes(batches, max_past):
+    for one in same(batches, max_past=max_past):
+        assert not one["error"], one["error"]
+        for record in one["records"]:
+            assert_writable(record)
+    assembler = MinuteAssembler(max_past=max_past)
+    for samples, now in batches:
+        tally, refused = Tally(), []
+        assembler.add(samples, now, tally, refused)
+        assert len({index for index, _r, _d in refused}) == len(refused)
+    assembler.complete_all()
+    for record in assembler.take():
+        assert_writable(record)
+
+
+# -- through a real server ----------------------------------------------------------------------
+def nasty_influx(vm: str, t0: int) -> list[bytes]:
+    """Telegraf-shaped lines (seconds precision) with the numbers above that broke things."""
+    return [b"diskio,host=%s,name=sda read_bytes=0i,write_bytes=0i %d" % (vm, t0 + 1),
+            b"diskio,host=%s,name=sda read_bytes=%di,write_bytes=7i %d" % (vm, 10**400, t0 + 2),
+            b"net,host=%s,interface=eth0 bytes_recv=0u %d" % (vm, t0 + 1),
+            b"net,host=%s,interface=eth0 bytes_recv=18446744073709551615u %d" % (vm, t0 + 3),
+            b"mem,host=%s available_percent=%di %d" % (vm, 10**400, t0 + 2),
+            b"mem,host=%s available_percent=5e-324,total=1.7976931348623157e308 %d" % (vm, t0 + 2),
+            b"cpu,host=%s,cpu=cpu-total usage_idle=5e-324,usage_iowait=100 %d" % (vm, t0 + 2),
+            b"system,host=%s n_cpus=18446744073709551616u %d" % (vm, t0 + 2),
+            b"cpu,host=%s,cpu=cpu-total usage_idle=1 -9223372036" % vm,
+            b"cpu,host=%s,cpu=cpu-total usage_idle=1 9999999999" % vm]
+
+
+def nasty_collectd(vm: str, t0: int) -> list[bytes]:
+    """The sanitizer run's memory (two parts of 1.7e308), a counter that jumps by 2^64 - 1 in a
+    second, and a second of memory parts past 2^32 MiB."""
+    packets = []
+    for step, (used, free) in enumerate(((1.7e308, 1.7e308), (1e300, 1e300))):
+        hr = (t0 + 10 + step) * 2**30
+        packets.append(
+            cd.part_string(cd.HOST, vm) + struct.pack("!HHQ", cd.TIME_HR, 12, hr)
+            + value_list("memory", "", "memory", "used", [(cd.GAUGE, used)])
+            + value_list("memory", "", "memory", "free", [(cd.GAUGE, free)])
+            + value_list("interface", "eth0", "if_octets", "",
+                         [(cd.COUNTER, (2**64 - 1) * step), (cd.COUNTER, 0)])
+            + value_list("cpu", "0", "percent", "active", [(cd.GAUGE, 5e-324)]))
+    return packets
+
+
+def nasty_graphite(vm: str, t0: int) -> list[bytes]:
+    return [b"servers.%s.net.eth0.rx 0 %d" % (vm, t0 + 1),
+            b"servers.%s.net.eth0.rx 1.7976931348623157e308 %r" % (vm, t0 + 1.000001),
+            b"servers.%s.cpu 5e-324 %d" % (vm, t0 + 2), b"servers.%s.mem 1e308 %d" % (vm, t0 + 2),
+            b"servers.%s.mem 100 1e308" % vm, b"servers.%s.mem 100 -1e308" % vm,
+            b"servers.%s.mem_mb 1.7976931348623157e308 %d" % (vm, t0 + 2)]
+
+
+def test_the_nastiest_numbers_on_every_port_stop_nothing(tmp_path):
+    """Sent over each port, they are all counted, the server logs no traceback, a calm VM's
+    minute sent after them is still completed by the clock, and what is written is finite."""
+    import time
+
+    from serverproc import serve
+    from test_formats_server import edge, minute_lines, post
+    from test_server_udp import logged
+
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    with serve(tmp_path, "--flush-interval", "0.3", "--minute-grace", "1s",
+               "--influx-port", "0", "--collectd-port", "0", "--graphite-port", "0",
+               "--graphite-template", "servers.{vm}.net.{device}.rx net_rx:counter",
+               "--graphite-template", "servers.{vm}.{field}") as server:
+        influx, graphite = server.status["influx_port"], server.status["graphite_port"]
+        server.send_udp_to(influx, *(b"%s%s" % (line[:-10], b"%d" % (int(line[-10:]) * NS))
+                                     for line in nasty_influx(b"lp-udp", t0)[:-2]))
+        with server.tcp_to(influx) as sock:
+            sock.sendall(b"\n".join(line.rsplit(b" ", 1)[0] + b" %d" % (int(line.rsplit(b" ", 1)[1]) * NS)
+                                    for line in nasty_influx(b"lp-tcp", t0)) + b"\n")
+        status, _text = post(server, "/write?precision=s", b"\n".join(nasty_influx(b"lp-http", t0)))
+        assert status == 400
+        server.send_udp_to(server.status["collectd_port"], *nasty_collectd("cd-udp", t0))
+        server.send_udp_to(graphite, *nasty_graphite(b"gr-udp", t0))
+        with server.tcp_to(graphite) as sock:
+            sock.sendall(b"\n".join(nasty_graphite(b"gr-tcp", t0)) + b"\n")
+        sent = {"influx": 8 + 10 + 10, "collectd": 2 * 4, "graphite": 2 * 7}
+        server.wait_metrics(lambda m: all(
+            sum(v for k, v in m.items() if k.startswith('vmstats_edge_lines_total{format="%s"'
+                                                         % name)) == count
+            for name, count in sent.items()))
+        # Then a calm VM: its minute is completed by the clock, so the clock still runs.
+        server.send_udp_to(influx, b"\n".join(minute_lines("calm", t0 * NS, 10 * NS)))
+        metrics = server.wait_metrics(
+            lambda m: m.get("vmstats_records_received_total", 0) >= 1
+            and edge(m, "influx", "used") >= 19 + 1 and not m.get("vmstats_edge_open_minutes"),
+            timeout=20)
+        assert not any(k.startswith("vmstats_rejected_total") and v
+                       for k, v in metrics.items()), metrics  # the ingest took every record
+        assert edge(metrics, "influx", "out_of_range") > 0 and edge(metrics, "graphite", "out_of_range") > 0
+        assert edge(metrics, "collectd", "out_of_range") > 0
+        assert metrics['vmstats_edge_events_total{event="out_of_range"}'] >= 2  # the memory
+    assert server.returncode == 0, server.output
+    assert "Traceback" not in server.output and "Unhandled" not in server.output, server.output
+    assert list(logged(tmp_path / "data", "calm")["ts"]) == [t0 + 60]
+    for vm in ("lp-udp", "lp-tcp", "lp-http", "cd-udp", "gr-udp", "gr-tcp", "calm"):
+        if (tmp_path / "data" / "vms" / vm).exists():
+            rows = logged(tmp_path / "data", vm)
+            numbers = rows.select_dtypes("number").astype("float64")
+            assert not numbers.isin([math.inf, -math.inf]).any().any(), (vm, rows)
