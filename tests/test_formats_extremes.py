@@ -98,6 +98,19 @@ def test_a_counter_past_a_double_is_refused_not_raised():
     assert [(r.cpu, r.mem, r.disk_w) for r in records] == [(10.0, 50.0, 2.0)]
 
 
+def test_memory_parts_under_a_mib_are_refused_as_a_telegraf_total_is():
+    """used 1 KiB and free 3 KiB: mem_mb was clamped up to 1, where Telegraf's ``total`` of
+    4096 bytes (0 MiB) is refused as out of range; the mem share itself is kept."""
+    ts = NOW - 30
+    assembler = MinuteAssembler()
+    assembler.add([Sample("v", ts, "cpu", "", 1.0), Sample("v", ts, MEM_PART, "used", 1024.0),
+                   Sample("v", ts, MEM_PART, "free", 3072.0)], NOW, Tally())
+    assembler.complete_all()
+    (record,) = assembler.take()
+    assert (record.mem, record.mem_mb) == (25.0, None)
+    assert assembler.events["out_of_range"] == 1
+
+
 def test_an_infinite_cpu_state_rate_is_refused():
     """BIG jiffies in 1 us: the rate was inf (no bound but inf), and the minute 100 % busy."""
     kind = CPU_STATE + TOTAL

@@ -476,7 +476,7 @@ def _record(vm: str, end: int, minute: Minute, events: Counter) -> protocol.Reco
     fields = {"cpu": round(mean, 2), "cpu_max": round(max(cpu_max, mean), 2),
               "mem": round(mem / mem_count, 2), **rates,
               "vcpus": int(vcpus) if vcpus is not None else None,
-              "mem_mb": max(1, int(mem_mb)) if mem_mb is not None else None}
+              "mem_mb": int(mem_mb) if mem_mb is not None else None}
     for name, value in fields.items():
         if value is not None:
             low, high = BOUNDS[name]
