@@ -289,7 +289,7 @@ SAMPLES = st.lists(st.builds(
     Sample, st.sampled_from(["a", "b"]), OFFSETS.map(lambda o: NOW + o), st.sampled_from(KINDS),
     st.sampled_from(["", "sda", "vda", "eth0", "eth1", "0:idle", "1:user", "2:wait", "used",
                      "free"]),
-    st.one_of(FLOATS, INTS.filter(lambda v: abs(v) < 10**300))), max_size=40)
+    st.one_of(FLOATS, INTS)), max_size=40)
 
 
 @SETTINGS
