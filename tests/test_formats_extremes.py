@@ -325,6 +325,15 @@ def nasty_influx(vm: str, t0: int) -> list[bytes]:
             b"cpu,host=%s,cpu=cpu-total usage_idle=1 9999999999" % vm]
 
 
+def in_ns(lines: list[bytes]) -> list[bytes]:
+    """``lines`` stamped in nanoseconds, as the line-protocol port reads them."""
+    out = []
+    for line in lines:
+        head, stamp = line.rsplit(b" ", 1)
+        out.append(b"%s %d" % (head, int(stamp) * NS))
+    return out
+
+
 def nasty_collectd(vm: str, t0: int) -> list[bytes]:
     """The sanitizer run's memory (two parts of 1.7e308), a counter that jumps by 2^64 - 1 in a
     second, and a second of memory parts past 2^32 MiB."""
@@ -364,11 +373,9 @@ def test_the_nastiest_numbers_on_every_port_stop_nothing(tmp_path):
                "--graphite-template", "servers.{vm}.net.{device}.rx net_rx:counter",
                "--graphite-template", "servers.{vm}.{field}") as server:
         influx, graphite = server.status["influx_port"], server.status["graphite_port"]
-        server.send_udp_to(influx, *(b"%s%s" % (line[:-10], b"%d" % (int(line[-10:]) * NS))
-                                     for line in nasty_influx(b"lp-udp", t0)[:-2]))
+        server.send_udp_to(influx, *in_ns(nasty_influx(b"lp-udp", t0)[:-2]))
         with server.tcp_to(influx) as sock:
-            sock.sendall(b"\n".join(line.rsplit(b" ", 1)[0] + b" %d" % (int(line.rsplit(b" ", 1)[1]) * NS)
-                                    for line in nasty_influx(b"lp-tcp", t0)) + b"\n")
+            sock.sendall(b"\n".join(in_ns(nasty_influx(b"lp-tcp", t0))) + b"\n")
         status, _text = post(server, "/write?precision=s", b"\n".join(nasty_influx(b"lp-http", t0)))
         assert status == 400
         server.send_udp_to(server.status["collectd_port"], *nasty_collectd("cd-udp", t0))
