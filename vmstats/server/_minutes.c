@@ -414,6 +414,14 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
         int taken;
         if (PyFloat_CheckExact(value))
             taken = PyFloat_AS_DOUBLE(value) >= 0.0 && PyFloat_AS_DOUBLE(value) <= DBL_MAX;
+        else if (PyLong_CheckExact(value)) {  /* Telegraf's counters: no call below 2**63 */
+            int overflow;
+            long long whole = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (whole == -1 && PyErr_Occurred())
+                goto done;
+            taken = overflow == 0 ? whole >= 0
+                  : overflow < 0 ? 0 : PyObject_RichCompareBool(value, f_double_max, Py_LE);
+        }
         else {
             taken = PyObject_RichCompareBool(value, i_zero, Py_GE);
             if (taken > 0)
