@@ -16,6 +16,7 @@ from twisted.internet import task
 
 from vmstats import logstore
 from vmstats.protocol import Record
+from vmstats.rules import evaluator
 from vmstats.rules.config import parse_rules
 from vmstats.rules.metric import NAMES, compile_metric
 from vmstats.rules.service import BUDGET, FLOOD, MAX_GAP, TICK, RulesService
@@ -253,3 +254,67 @@ def test_under_a_flood_ticks_wait_for_the_servers_own_work(tmp_path, share, take
     gaps = [round(b - a, 6) for a, b in zip(ticks, ticks[1:], strict=False)]
     assert gaps and all(g == pytest.approx(gap, abs=TICK + 1e-6) for g in gaps), gaps
     service.running = False
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_tick_reads_each_vms_last_record_however_the_handed_over_payloads_were_folded(
+        seed, monkeypatch):
+    """The hand-off keeps references and folds them at a tick or past a bound: each VM's last
+    record, in the order VMs first arrived, as updating two dicts per payload kept them; and
+    the rules decide the same whatever the bound made of the folds."""
+    rng = random.Random(seed)
+    clock = Clock()
+    small = engine(MIXED_RULES, clock)  # folds every few records
+    large = engine(MIXED_RULES, clock)  # folds only at its ticks
+    monkeypatch.setattr(evaluator, "PENDING_MAX", 7)
+    vms = ["10.0.1.%d" % i for i in range(1, 20)]
+    for _step in range(150):
+        clock.now += rng.choice([5, 20, 60, 90, 200])
+        expected_tss: dict[str, int] = {}
+        expected_rows: dict[str, bytes] = {}
+        for _payload in range(rng.randint(0, 6)):
+            names = [rng.choice(vms) for _ in range(rng.randint(1, 9))]
+            tss = [int(clock.now) - rng.choice([0, 0, 3, 70]) for _ in names]
+            rows = [row(rng.uniform(5, 99), mem=rng.uniform(5, 70)) for _ in names]
+            expected_tss.update(zip(names, tss, strict=True))
+            expected_rows.update(zip(names, rows, strict=True))
+            small.observe(names, tss, rows)
+            monkeypatch.setattr(evaluator, "PENDING_MAX", 1 << 30)
+            large.observe(names, tss, rows)
+            monkeypatch.setattr(evaluator, "PENDING_MAX", 7)
+            assert small._pending_records < 7
+        for eng in (small, large):
+            eng._fold()
+            assert list(eng._tss.items()) == list(expected_tss.items())
+            assert list(eng._rows.items()) == list(expected_rows.items())
+        small.process()
+        large.process()
+        if rng.random() < 0.5:
+            small.sweep()
+            large.sweep()
+        assert without_keys(small.take()) == without_keys(large.take())
+    assert small.states() == large.states()
+
+
+def test_what_waits_for_a_tick_is_bounded_by_the_fleet_not_the_flood(monkeypatch):
+    """A flood between two ticks: past PENDING_MAX records the hand-off folds, so the rules
+    hold a bounded backlog of references plus one record per VM; the tick still counts every
+    record that arrived (what spaces ticks out under a flood)."""
+    monkeypatch.setattr(evaluator, "PENDING_MAX", 100)
+    clock = Clock()
+    eng = engine([{"name": "hot", "metric": "cpu", "enter": 90}], clock)
+    vms = ["10.0.2.%d" % i for i in range(1, 6)]
+    for i in range(1000):
+        eng.observe(vms * 2, [int(clock.now) - 20 + i % 20] * 10, [row(20)] * 10)
+        assert eng._pending_records < 100
+        assert sum(len(p[0]) for p in eng._pending) == eng._pending_records
+        assert len(eng._rows) <= len(vms)
+    assert eng.process() == 10_000
+    assert not eng._pending and not eng._rows
+
+
+def test_columns_of_different_lengths_are_refused_at_the_hand_off():
+    eng = engine([{"name": "hot", "metric": "cpu", "enter": 90}], Clock())
+    with pytest.raises(ValueError):
+        eng.observe(["10.0.0.1", "10.0.0.2"], [1, 2], [row(20)])
+    assert eng.process() == 0
