@@ -68,6 +68,10 @@ FLUSH_INTERVAL = 5.0
 #: flood, seconds each when neighbours slow it down): a round measures ingest with the rules,
 #: not an alert storm of the whole fleet going silent and coming back.
 SILENT_AFTER = "5m"
+#: Payloads the reactor parsed itself (every parser had its share in flight), and the CPU of
+#: the rules' ticks: read before and after each flood.
+PARSED_HERE = 'vmstats_parsed_payloads_total{where="here"}'
+TICK_CPU = 'vmstats_rule_cpu_seconds_total{kind="tick"}'
 
 
 def vm_id(k: int) -> str:
@@ -284,7 +288,8 @@ def flood(server: ServerProcess, chunks: list[bytes],
     """(records/s over one TCP connection, timed to the last batch's acknowledgement,
     the server's CPU microseconds per record, its processes together, from the flood's first
     record until its last is in the logs, whether a flush cut into the flood, the CPU seconds
-    the host spent on anything but the server and this process until the acknowledgement).
+    the host spent on anything but the server and this process until the acknowledgement,
+    and until then the payloads the reactor parsed itself and the rules' ticks' CPU seconds).
 
     The last is a neighbour's share of a shared host: a round it is large in says the host's
     load, not the server's, set its rate.
@@ -296,14 +301,18 @@ def flood(server: ServerProcess, chunks: list[bytes],
     """
     count = sum(chunk.count(b"\n") for chunk in chunks)
     written_out(server)  # nothing of the round before is left to write
+    start = server.metrics()
     clock.wait_for_next()
     cpu, busy, own = cpu_seconds(server.pid), host_busy(), sum(os.times()[:2])
     reply, elapsed = send_synced(server.tcp_port, chunks, timeout=120)
     others = (host_busy() - busy) - (sum(os.times()[:2]) - own) - (cpu_seconds(server.pid) - cpu)
     assert reply.startswith(b"#!ack"), reply
-    cut = server.metrics()["vmstats_buffered_records"] < count
+    end = server.metrics()
+    cut = end["vmstats_buffered_records"] < count
     written_out(server)
-    return count / elapsed, (cpu_seconds(server.pid) - cpu) / count * 1e6, cut, max(0.0, others)
+    seen = {key: end.get(key, 0) - start.get(key, 0) for key in (PARSED_HERE, TICK_CPU)}
+    return (count / elapsed, (cpu_seconds(server.pid) - cpu) / count * 1e6, cut, max(0.0, others),
+            seen)
 
 
 def main() -> int:
@@ -341,23 +350,29 @@ def main() -> int:
                 cpu: dict[str, list[float]] = {"without": [], "with": []}
                 cut: dict[str, list[bool]] = {"without": [], "with": []}
                 others: dict[str, list[float]] = {"without": [], "with": []}
+                here: dict[str, list[int]] = {"without": [], "with": []}
+                ticks: dict[str, list[float]] = {"without": [], "with": []}
                 transitions = []  # decided by the rules during each round (none is expected)
                 for turn in range(rounds):
                     chunks = flood_chunks(args.flood)  # the same records for both, in turn
                     order = [("without", without), ("with", with_rules)]
                     before = with_rules.metrics().get("vmstats_rule_transitions_total", 0)
                     for name, server in order if turn % 2 == 0 else order[::-1]:
-                        rate, us, flushed, neighbours = flood(server, chunks, clocks[name])
+                        rate, us, flushed, neighbours, seen = flood(server, chunks, clocks[name])
                         others[name].append(round(neighbours, 2))
+                        here[name].append(int(seen[PARSED_HERE]))
+                        ticks[name].append(round(seen[TICK_CPU], 3))
                         rates[name].append(rate)
                         cpu[name].append(us)
                         cut[name].append(flushed)
                     transitions.append(int(with_rules.metrics().get(
                         "vmstats_rule_transitions_total", 0) - before))
                     print("ingest records/s: without %.0f (%.2f CPU us each; others on the host "
-                          "%.2f s), with 50 rules %.0f (%.2f; %.2f s); %d transitions%s" % (
+                          "%.2f s; %d payloads parsed in the reactor), with 50 rules %.0f (%.2f; "
+                          "%.2f s; %d; ticks %.3f CPU s); %d transitions%s" % (
                               rates["without"][-1], cpu["without"][-1], others["without"][-1],
-                              rates["with"][-1], cpu["with"][-1], others["with"][-1],
+                              here["without"][-1], rates["with"][-1], cpu["with"][-1],
+                              others["with"][-1], here["with"][-1], ticks["with"][-1],
                               transitions[-1],
                               "".join("; a flush cut into the flood %s rules" % name
                                       for name in ("without", "with") if cut[name][-1])),
@@ -375,7 +390,10 @@ def main() -> int:
                              "rule_evaluations": int(evaluated), "transitions": transitions,
                              "flush_cut_without": cut["without"], "flush_cut_with_rules": cut["with"],
                              "others_cpu_s_without": others["without"],
-                             "others_cpu_s_with_rules": others["with"]}
+                             "others_cpu_s_with_rules": others["with"],
+                             "parsed_here_without": here["without"],
+                             "parsed_here_with_rules": here["with"],
+                             "tick_cpu_s_with_rules": ticks["with"]}
         results["ingest"]["ratio"] = round(results["ingest"]["with_rules"]
                                            / results["ingest"]["without"], 3)
     finally:
