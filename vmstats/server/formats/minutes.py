@@ -144,7 +144,10 @@ class MinuteAssembler:
         ``_file``: this runs in the reactor for every sample of every other agent, and was
         most of a Telegraf line's cost there in Python.
         """
-        latest = now + self.max_future
+        # A sample's minute ends up to 59 s after it, and that minute's record must pass the
+        # native ingest's own --max-future check when it is filed, later: a sample whose minute
+        # would end past now + max_future is refused now, not dropped once acknowledged.
+        latest = (int(now) + self.max_future) // 60 * 60
         earliest = now - self.max_past if self.max_past else -math.inf
         if refused is None:
             def reject(_index: int, reason: str, detail: str) -> None:
