@@ -28,3 +28,18 @@ def test_a_failing_call_is_logged_and_runs_again_at_its_next_interval(caplog):
     every.stop()  # stopping twice (a service stopped after a failed start) is no error
     clock.advance(5.0)
     assert len(calls) == 5 and not every.running
+
+
+def test_a_call_that_fails_every_time_logs_a_few_tracebacks_a_minute(caplog):
+    clock = Clock()
+
+    def broken() -> None:
+        raise RuntimeError("always")
+
+    every = Every(clock, 1.0, broken, "the watchdog")
+    every.start()
+    with caplog.at_level(logging.ERROR, logger="vmstats.server.every"):
+        for _ in range(30):
+            clock.advance(1.0)
+    assert every.failures == 30 and every.running
+    assert caplog.text.count("Traceback") <= 3

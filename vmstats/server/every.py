@@ -3,14 +3,16 @@
 Twisted's ``LoopingCall`` stops for good at the first exception its function
 raises.  A minute clock or a watchdog stopped that way would leave the server
 looking well while it no longer completes minutes or watches its processes, so
-a failure here is logged with its traceback and the call goes on at its next
-interval.
+a failure here is logged with its traceback (a few a minute at most, for a
+call that fails every time) and the call goes on at its next interval.
 """
 
 import logging
 from collections.abc import Callable
 
 from twisted.internet import task
+
+from vmstats.server.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ class Every:
         self._loop = task.LoopingCall(function)
         self._loop.clock = reactor
         self.failures = 0
+        self._log = RateLimitedLog(log, what + " failure", burst=3, period=60.0,
+                                   level=logging.ERROR)
 
     @property
     def running(self) -> bool:
@@ -39,6 +43,6 @@ class Every:
 
     def _failed(self, failure) -> None:
         self.failures += 1
-        log.error("%s failed; it runs again in %gs:\n%s", self.what, self.interval,
-                  failure.getTraceback())
+        self._log.emit("%s failed; it runs again in %gs:\n%s", self.what, self.interval,
+                       failure.getTraceback())
         self.start()
