@@ -163,12 +163,9 @@ class DecodePool:
                   "stopping its pool (the reactor decodes them)", waited, len(held))
         for entry in held:
             entry[2] = _decode_here(entry[0], entry[3], entry[1])
-        if stuck is self.executor:
-            self.executor = None
-            _kill(stuck)
+        _kill(stuck)
+        if stuck is self.executor:  # not one a death already replaced
             self._start_executor()
-        else:
-            _kill(stuck)
         self._drain()
 
     def _drain(self) -> None:
