@@ -17,11 +17,14 @@ from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from vmstats import protocol
+from vmstats.server.buffer import Buffer
 from vmstats.server.formats.edge import Edge
 from vmstats.server.formats.httpwrite import WritePage
 from vmstats.server.formats.influx import InfluxDecoder
 from vmstats.server.formats.journaling import PREFIX, EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
+from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal
 from vmstats.server.metrics import Metrics
 
@@ -146,7 +149,8 @@ def make_edge(directory, clock: Clock, journal: Journal) -> Edge:
         def __init__(self):
             self.payloads: list = []
 
-        def submit(self, payload, done=None):
+        def submit(self, payload, done=None, aged=True):
+            assert not aged  # its samples passed --max-past when they came
             self.payloads.append(payload)
             if done is not None:
                 done(1, 0, 0)
@@ -206,6 +210,32 @@ def test_a_replay_repeats_clock_completions_and_ignores_forged_lines(tmp_path):
     assert json.dumps(edge3.assembler.state(), sort_keys=True) == before[0]
     edge3.assembler.complete_all()
     assert len(edge3.assembler.take()) == VMS  # minute 2 of each VM
+
+
+def test_a_past_limit_shorter_than_a_minute_and_its_grace_still_files_the_edges_minutes(
+        tmp_path):
+    """--max-past applies to the samples, when they come: the minute they make is filed a minute
+    and a grace later (or at a restart long after), and must not be refused then as too old."""
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    metrics = Metrics()
+    ingest = Ingest(Buffer(metrics, 10 ** 6, 10 ** 6), metrics, max_future=300, max_past=5,
+                    clock=clock.seconds)
+    edge = Edge(ingest, metrics, MinuteAssembler(grace=30.0, max_past=5), clock.seconds)
+    edge.influx = edge.decoders["influx"] = InfluxDecoder()
+    t0 = 1_800_000_000 - 60
+    edge.feed(edge.influx, "\n".join(step_lines(6, t0)).encode(), divisor=1)  # stamped now
+    stale = b"\n".join(b"vmstats,vm=native-%d cpu=1,mem=2 %d" % (i, clock.seconds() - 6)
+                       for i in range(3))
+    clock.advance(31)
+    edge.tick()  # the clock completes the minute ending now - 31 s
+    assert ingest.payload(stale) == (0, 3, 0)  # records of agents are held to the limit still
+    ingest.payload(b"\n".join(protocol.encode_records(
+        [protocol.Record(vm="restarted", ts=t0, cpu=1.0, mem=2.0)])), aged=False)  # as at a restart
+    assert sorted(ingest.buffer.table) == ["restarted"] + ["tg-%02d" % i for i in range(VMS)]
+    assert all(list(rows) == [t0 + 60] for vm, rows in ingest.buffer.table.items()
+               if vm != "restarted")
+    assert {r: n for r, n in metrics.rejects.items() if n} == {protocol.R_PAST: 3}
 
 
 def test_the_http_answer_waits_for_the_journal_and_a_failing_journal_takes_nothing(

@@ -92,7 +92,8 @@ class Metrics:
         self.replayed_records = 0
         self.writer_deaths = 0
         self.parsed_remote = 0  # payloads parsed by parser processes
-        self.parsed_here = 0  # payloads parsed by the reactor (parsers busy or down, or none)
+        self.parsed_here = 0  # payloads parsed by the reactor (parsers busy or down, or none;
+        #                       the edge's minutes under --max-past)
         self.parser_deaths = 0
         self.parser_stalls = 0  # parser processes killed for keeping payloads without an answer
         #: Gauges owned elsewhere (journal, flusher): name -> (help, read function).

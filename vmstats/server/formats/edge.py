@@ -111,13 +111,15 @@ class Edge:
         records = self.assembler.take()
         if records:
             payload = b"\n".join(protocol.encode_records(records))
+            # Its samples passed --max-past when they came; the minute is a grace later.
             if self.journal is None:
-                self.ingest.submit(payload)
+                self.ingest.submit(payload, aged=False)
                 return
             self._handed += 1
             handed = self._handed
             self.unfiled[handed] = payload
-            self.ingest.submit(payload, lambda *_result: self.unfiled.pop(handed, None))
+            self.ingest.submit(payload, lambda *_result: self.unfiled.pop(handed, None),
+                               aged=False)
 
     def tick(self) -> None:
         self.completed(self.assembler.tick(self.clock()))
