@@ -63,6 +63,14 @@ def test_units_run_commands_and_options_the_cli_has():
     assert "OnCalendar=" in timer and (PACKAGING / "vmstats-report.service").exists()
 
 
+def test_option_help_shows_a_percent_sign_as_written():
+    """click prints help text as written, without %-formatting: a doubled sign shows as "%%"."""
+    context = click.Context(cli.main)
+    helps = {(name, p.name): p.help for name in cli.main.list_commands(context)
+             for p in cli.main.get_command(context, name).params if getattr(p, "help", None)}
+    assert len(helps) > 100 and not [key for key, text in helps.items() if "%%" in text]
+
+
 def test_units_pass_systemd_analyze_verify(tmp_path):
     if shutil.which("systemd-analyze") is None:  # Debian's systemd, installed when missing
         subprocess.run([str(ROOT / ".ci" / "debian-packages")], check=True, timeout=900)

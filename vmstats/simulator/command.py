@@ -248,7 +248,7 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
               help="Seconds per trace row (a multiple of 60). "
                    "Default: 300 for bitbrains and planetlab, 60 for csv.")
 @click.option("--fill-mem", type=FiniteRange(0, 100), default=None,
-              help="Memory %% to send when the trace has none "
+              help="Memory % to send when the trace has none "
                    "(planetlab is CPU only; the protocol requires mem).")
 @click.option("--fill-size", default=None, metavar="VCPUS:MEM_MB",
               help="Size to send when the trace has none (planetlab), e.g. 2:4096.")
