@@ -63,6 +63,82 @@ def test_units_run_commands_and_options_the_cli_has():
     assert "OnCalendar=" in timer and (PACKAGING / "vmstats-report.service").exists()
 
 
+#: What an operator reads and copies commands from.
+OPERATOR_DOCS = (ROOT / "README.md", ROOT / "RELIABILITY.md", *sorted((ROOT / "docs").glob("*.md")))
+
+
+def _cli_options() -> dict[str, set[str]]:
+    """Every command's options ("rules check" for a group's command); the agent's come from its
+    own parser, which ``vmstats agent`` and the bundle share."""
+    from vmstats.client.config import build_parser
+
+    context = click.Context(cli.main)
+    options: dict[str, set[str]] = {}
+
+    def walk(name: str, command: click.Command) -> None:
+        options[name] = {o for p in command.params for o in p.opts + p.secondary_opts} | {"-h", "--help"}
+        if isinstance(command, click.Group):
+            for sub in command.list_commands(context):
+                walk(name + " " + sub, command.get_command(context, sub))
+
+    for name in cli.main.list_commands(context):
+        walk(name, cli.main.get_command(context, name))
+    options["agent"] = {o for action in build_parser()._actions for o in action.option_strings}
+    return options
+
+
+def _doc_command_lines(text: str) -> list[str]:
+    """Command lines of a document: each inline code span, and each line of a code block with
+    its continuations (a trailing backslash, or a next line of more ``[--options]``) joined."""
+    lines = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S):
+        joined: list[str] = []
+        for line in block.splitlines():
+            if joined and (joined[-1].endswith("\\") or re.match(r"\s+[\[-]", line)):
+                joined[-1] = joined[-1].rstrip("\\") + " " + line.strip()
+            else:
+                joined.append(line.split(" #")[0])
+        lines += joined
+    return lines
+
+
+def test_docs_give_only_commands_and_options_the_cli_has():
+    """A command line an operator copies from the docs names flags its command takes: a renamed
+    or removed option fails here, not at the operator's prompt."""
+    options = _cli_options()
+    invocation = re.compile(r"(?:^|[\s/])(?:vmstats(?:-agent\.pyz)?)\s+(?:([a-z][a-z-]*)(?:\s+([a-z]+))?)?")
+    checked, wrong = 0, []
+    for doc in OPERATOR_DOCS:
+        for line in _doc_command_lines(doc.read_text()):
+            match = invocation.search(line)
+            if not match:
+                continue
+            if "vmstats-agent.pyz" in match.group(0):
+                command, rest = "agent", line[match.start():]
+            elif match.group(1) in options:
+                command, rest = match.group(1), line[match.end(1):]
+                if match.group(2) and "%s %s" % (command, match.group(2)) in options:
+                    command, rest = "%s %s" % (command, match.group(2)), line[match.end(2):]
+            else:
+                continue
+            checked += 1
+            for flag in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", rest):
+                if flag not in options[command]:
+                    wrong.append("%s: vmstats %s has no %s: %s" % (doc.name, command, flag, line.strip()))
+    assert not wrong, "\n".join(wrong)
+    assert checked > 50, checked  # the docs' command lines were found
+
+
+def test_docs_name_only_metrics_the_server_has():
+    """Each ``vmstats_*`` name in the docs is one the code writes (without the prefix, as
+    metrics.py adds it), so an alert copied from them matches a series."""
+    sources = "\n".join(p.read_text() for p in (ROOT / "vmstats").rglob("*.py"))
+    names = {m for doc in OPERATOR_DOCS for m in re.findall(r"\bvmstats_([a-z0-9_]+)", doc.read_text())}
+    assert len(names) > 40, names
+    missing = sorted(n for n in names if not re.search(r"[\"']%s[\"']" % n, sources))
+    assert not missing, ["vmstats_" + n for n in missing]
+
+
 def test_option_help_shows_a_percent_sign_as_written():
     """click prints help text as written, without %-formatting: a doubled sign shows as "%%"."""
     context = click.Context(cli.main)
