@@ -111,6 +111,26 @@ def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
     assert "1 scopes, 0 not ok" in listing.stdout and "hot 10.0.0.1: alarm -> ok" in listing.stdout
 
 
+def test_alerts_offline_before_any_change_of_state_and_without_rules(tmp_path):
+    """A server with rules and nothing changed yet has every scope ok: said, not an error."""
+    def alerts(data_dir) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vmstats", "alerts", "--data-dir",
+                               str(data_dir)], capture_output=True, text=True)
+
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, HOT % "")) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 20.0))
+            listing = alerts(server.data_dir)
+    assert listing.returncode == 0, listing.stderr
+    assert "0 scopes, 0 not ok" in listing.stdout and not hook.received
+    (server.data_dir / "rules" / "actions.log").mkdir()  # unreadable as a file
+    unreadable = alerts(server.data_dir)
+    assert unreadable.returncode == 1 and unreadable.stderr.startswith(
+        "Error: cannot read the action log: ") and len(unreadable.stderr.splitlines()) == 1
+    missing = alerts(tmp_path / "elsewhere")
+    assert missing.returncode == 1 and "was the server run with --rules?" in missing.stderr
+
+
 def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
     body = ('[[rule]]\nname = "quiet"\nmetric = "cpu"\nperiod = 1\nsilent_after = "2s"\n'
             'actions = ["hook"]\n')

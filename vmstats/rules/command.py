@@ -84,11 +84,17 @@ def from_log(data_dir: str) -> dict:
     from vmstats.rules.actionlog import FILE_NAME, read
     from vmstats.rules.service import rules_dir
 
-    path = os.path.join(rules_dir(data_dir), FILE_NAME)
-    if not os.path.exists(path):
-        raise click.ClickException("no action log at %s (is --data-dir right, and was the server "
-                                   "run with --rules?)" % path)
-    state = read(path)
+    folder = rules_dir(data_dir)
+    if not os.path.isdir(folder):
+        raise click.ClickException("no action log folder at %s (is --data-dir right, and was the "
+                                   "server run with --rules?)" % folder)
+    path = os.path.join(folder, FILE_NAME)
+    # The server makes the folder at start and the log at the first change of state: until
+    # then every scope is ok, which is an answer, not an error.
+    try:
+        state = read(path)
+    except OSError as exc:
+        raise click.ClickException("cannot read the action log: %s" % exc) from None
     states = [{"rule": e["rule"], "scope": e["scope"], "state": e["to"], "since": e["at"],
                "value": e.get("value")} for e in state.states.values()]
     states.sort(key=lambda r: (r["state"] == "ok", -r["since"]))
