@@ -48,7 +48,8 @@ from vmstats.report.settings import MAX_DAYS, ReportError
     help="Whole days after the deciding window the decisions are judged on.",
 )
 @policy_options
-@click.option("--top", type=click.IntRange(0, 1000), default=10, help="Faults listed on the terminal.")
+@click.option("--top", type=click.IntRange(0, 1000), default=10, show_default=True,
+              help="Faults listed on the terminal.")
 def backtest(
     data_dirs,
     out_dir,

@@ -315,7 +315,8 @@ def check_output(out_dir: str) -> None:
 @click.option("--since", default=None, metavar="YYYY-MM-DD", help="First day of the window (UTC).")
 @click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC).")
 @policy_options
-@click.option("--top", type=click.IntRange(0, 1000), default=10, help="Candidates listed on the terminal.")
+@click.option("--top", type=click.IntRange(0, 1000), default=10, show_default=True,
+              help="Candidates listed on the terminal.")
 @click.option(
     "--by",
     default=None,

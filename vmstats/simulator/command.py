@@ -236,8 +236,8 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["bitbrains", "planetlab", "csv"]), required=True,
               help="bitbrains (GWA-T-12 files), planetlab (CoMon CPU files) or csv "
-                   "(header vm,timestamp,cpu,mem; optional cpu_max,disk_r,disk_w,net_rx,net_tx,"
-                   "vcpus,mem_mb).")
+                   "(header vm,timestamp,cpu, and mem or --fill-mem; optional cpu_max,disk_r,disk_w,"
+                   "net_rx,net_tx,vcpus,mem_mb).")
 @click.option("--vm-map", type=click.Path(), default=None,
               help="CSV 'source,vm': the id each source (file name or csv vm) is sent as. "
                    "Default: bitbrains-<file>, planetlab-<file>, the csv's own vm.")
