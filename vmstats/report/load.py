@@ -125,13 +125,6 @@ class Pool(Protocol):
         ...
 
 
-@dataclass
-class Unit:
-    vm: str
-    day: int
-    files: tuple  # ((path, size, mtime_ns), ...)
-
-
 def issue(path: str, problem: str, rows: int = 0, bad_lines: int = 0, vm: str | None = None,
           day: str | None = None) -> dict:
     """One log file the report could not read whole, as the report names it.

@@ -100,13 +100,6 @@ class PriceBook:
             return math.nan
         return self.hourly(vcpus, memory_gb) * self.hours_per_month
 
-    def usage_monthly(
-        self, vcpus: float, memory_gb: float, cpu_avg: float, mem_avg: float, disk_avg: float, net_avg: float
-    ) -> float:
-        """The usage-based billing view: what was actually used, times unit prices."""
-        parts = self.usage_parts(vcpus, memory_gb, cpu_avg, mem_avg, disk_avg, net_avg)
-        return math.nan if parts is None else sum(parts.values())
-
     def usage_parts(
         self, vcpus: float, memory_gb: float, cpu_avg: float, mem_avg: float, disk_avg: float, net_avg: float
     ) -> dict[str, float] | None:

@@ -29,7 +29,7 @@ from itertools import count, repeat
 
 from vmstats.rules import metric as metrics
 from vmstats.rules import scaling
-from vmstats.rules.config import Rule, RuleSet, parse_address
+from vmstats.rules.config import STATES, Rule, RuleSet, parse_address
 from vmstats.server.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,7 @@ class Engine:
                 seq: int) -> None:
         """A scope's state as the action log last recorded it (a restart keeps alarms)."""
         rs = self.rules.get(rule)
-        if rs is None or rs.rule.fingerprint != fingerprint or state not in (
-                "ok", "alarm", "insufficient-data", "silent"):
+        if rs is None or rs.rule.fingerprint != fingerprint or state not in STATES:
             return
         now = self.clock()
         series = rs.series.get(scope)
@@ -553,7 +552,7 @@ class Engine:
 
     def state_counts(self) -> dict[tuple[str, str], int]:
         return {(name, state): rs.states[state] for name, rs in self.rules.items()
-                for state in ("ok", "alarm", "insufficient-data", "silent")}
+                for state in STATES}
 
 
 def _steps(route: list[RuleState]) -> list[tuple]:

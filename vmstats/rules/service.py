@@ -40,7 +40,6 @@ FLOOD = 5000
 #: The sweep runs a quarter of the shortest period, silence or hold apart, within these bounds.
 SWEEP_MIN = 0.1
 SWEEP_MAX = 5.0
-STATE_NAMES = ("ok", "alarm", "insufficient-data", "silent")
 
 
 def rules_dir(data_dir: str) -> str:
@@ -248,6 +247,9 @@ class RulesService(service.Service):
              [((), self.log.syncs)]),
             ("rule_log_errors_total", "counter", "Action log writes that failed.",
              [((), self.log.errors)]),
+            ("rule_log_compactions_total", "counter",
+             "Rewrites of the action log down to the entries that replay to the same state.",
+             [((), self.log.compactions)]),
             ("rule_reloads_total", "counter", "Rules reloads, by outcome.",
              [((("result", "ok"),), self.reloads), ((("result", "refused"),), self.reload_failures)]),
         ]
