@@ -131,6 +131,30 @@ def test_alerts_offline_before_any_change_of_state_and_without_rules(tmp_path):
     assert missing.returncode == 1 and "was the server run with --rules?" in missing.stderr
 
 
+def test_the_action_log_past_its_cap_is_rewritten_and_replays_to_the_same_states(tmp_path):
+    """With a small ``log_max_bytes`` the log is compacted while transitions come, and what
+    is left still says which scopes are in alarm (offline, and to the next start)."""
+    body = "[settings]\nlog_max_bytes = 4096\n" + HOT % ""
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            now = int(time.time())
+            server.send_udp(*[line("10.0.9.%d" % i, now, 95.0) for i in range(1, 61)])
+            hook.wait(60)
+            metrics = server.wait_metrics(
+                lambda m: m.get('vmstats_rule_deliveries_total{action="hook",result="delivered"}') == 60
+                and m.get("vmstats_rule_log_compactions_total", 0) >= 1)
+            assert metrics["vmstats_rule_log_errors_total"] == 0
+    assert server.returncode == 0, server.output
+    entries = [json.loads(entry) for entry in
+               (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
+    assert any(entry.get("compacted") for entry in entries)  # the file is a rewritten one
+    listing = subprocess.run([sys.executable, "-m", "vmstats", "alerts", "--data-dir",
+                              str(server.data_dir), "--recent", "0"],
+                             capture_output=True, text=True, check=True)
+    assert "60 scopes, 60 not ok" in listing.stdout, listing.stdout
+    assert listing.stdout.count(" alarm ") == 60 and "deliveries pending: 0" in listing.stdout
+
+
 def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
     body = ('[[rule]]\nname = "quiet"\nmetric = "cpu"\nperiod = 1\nsilent_after = "2s"\n'
             'actions = ["hook"]\n')

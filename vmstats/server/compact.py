@@ -88,7 +88,9 @@ class Summary:
         return ("compacted %d days (%d rows, %d CSV files removed, %d kept), removed %d columnar and "
                 "%d rollup files past retention, %d late CSV files past retention"
                 % (self.days_compacted, self.rows_compacted, self.csv_removed, len(self.csv_kept),
-                   self.columnar_removed, self.rollups_removed, self.late_dropped))
+                   self.columnar_removed, self.rollups_removed, self.late_dropped)
+                + ("; removed %d partial files of an interrupted pass" % self.partial_removed
+                   if self.partial_removed else ""))
 
 
 def elapsed_days(day: int, now: float) -> float:

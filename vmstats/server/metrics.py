@@ -137,6 +137,7 @@ class Metrics:
             "datagrams_not_allowed": self.datagrams_not_allowed,
             "flushes": self.flushes,
             "flushed_records": self.flushed_records,
+            "flush_seconds": round(self.flush_seconds, 3),
             "write_failures": self.write_failures,
             "journal": {"bytes": self.journal_bytes, "syncs": self.journal_syncs,
                         "errors": self.journal_errors, "segments_retired": self.journal_retired,
@@ -199,6 +200,9 @@ class Metrics:
         metric("flushes_total", "counter", "Flushes of the buffer to the logs.", [((), self.flushes)])
         metric("flushed_records_total", "counter", "Records written to the per-VM logs.",
                [((), self.flushed_records)])
+        metric("flush_seconds_total", "counter", "Wall seconds flushes took, from the swap of the "
+               "buffer to the last log written: a slowing disk shows here before the buffer fills.",
+               [((), round(self.flush_seconds, 6))])
         metric("write_failures_total", "counter", "Per-VM log writes that failed (retried).",
                [((), self.write_failures)])
         metric("journal_bytes_total", "counter", "Bytes appended to the journal.",
