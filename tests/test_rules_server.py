@@ -155,6 +155,30 @@ def test_the_action_log_past_its_cap_is_rewritten_and_replays_to_the_same_states
     assert listing.stdout.count(" alarm ") == 60 and "deliveries pending: 0" in listing.stdout
 
 
+def test_a_damaged_action_log_costs_its_bad_lines_not_the_start_nor_the_alarms(tmp_path):
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, HOT % "")
+        with serve(tmp_path, rules) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 95.0))
+            hook.wait(1)
+            server.wait_metrics(lambda m: m.get(
+                'vmstats_rule_deliveries_total{action="hook",result="delivered"}') == 1)
+        log_file = server.data_dir / "rules" / "actions.log"
+        entries = log_file.read_bytes().splitlines(keepends=True)
+        log_file.write_bytes(b"".join(entries[:1]) + b"\x00\x00garbage\n" + b"".join(entries[1:])
+                             + b'{"type": "event", "event": {"kind": "transition"}}\n')
+        with serve(tmp_path, rules) as again:
+            page = json.loads(again.http("/alerts"))
+            assert [(s["scope"], s["state"]) for s in page["states"]] == [("10.0.0.1", "alarm")]
+        assert again.returncode == 0
+        assert "2 damaged line(s) skipped (first: line 2: not JSON" in again.output, again.output
+        assert len(hook.received) == 1  # the restart sent nothing again
+    listing = subprocess.run([sys.executable, "-m", "vmstats", "alerts", "--data-dir",
+                              str(server.data_dir)], capture_output=True, text=True)
+    assert listing.returncode == 0 and "1 scopes, 1 not ok" in listing.stdout, listing
+    assert listing.stderr.startswith("warning: ") and "damaged line(s) skipped" in listing.stderr
+
+
 def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
     body = ('[[rule]]\nname = "quiet"\nmetric = "cpu"\nperiod = 1\nsilent_after = "2s"\n'
             'actions = ["hook"]\n')

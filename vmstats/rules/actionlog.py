@@ -17,7 +17,9 @@ no successful result, which are attempted again under the same key: a
 receiver that honours the key sees each event once.  A line cut short by the
 crash is dropped and the file trimmed to its last whole line.  Past
 ``max_bytes`` the log is rewritten with only what replay needs (atomically,
-by rename).
+by rename).  A line that is not such an entry (a disk's damage, a hand's
+edit) is skipped and counted, never fatal: one bad line must not keep the
+server from starting or forget every other alarm.
 """
 
 import json
@@ -61,13 +63,88 @@ class Replayed:
     delivered: int = 0
     gave_up: int = 0
     lines: int = 0
+    #: Lines skipped as no entry, and what was wrong with the first of them.
+    damaged: int = 0
+    damage: str | None = None
+
+    def damage_note(self, path: str) -> str:
+        return ("%s: %d damaged line(s) skipped (first: %s)"
+                % (path, self.damaged, self.damage)) if self.damaged else ""
+
+
+_NUMBER = (int, float)
+_TEXT = (str,)
+#: What an event must hold, and of which type, for replay, the restore at start, the
+#: notifiers and ``vmstats alerts`` to read it; each kind adds its own.
+_EVENT = {"kind": _TEXT, "key": _TEXT, "rule": _TEXT, "at": _NUMBER, "actions": (list,)}
+_KINDS = {
+    "transition": {"scope": _TEXT, "from": _TEXT, "to": _TEXT, "fingerprint": _TEXT, "seq": (int,)},
+    "reminder": {"scope": _TEXT, "to": _TEXT, "fingerprint": _TEXT, "seq": (int,)},
+    "scale": {"direction": _TEXT, "fingerprint": _TEXT, "current": (int,), "desired": (int,),
+              "delta": (int,)},
+    "held": {"direction": _TEXT, "reason": _TEXT},
+}
+#: The other entries, by type.
+_ENTRIES = {"attempt": {"key": _TEXT, "n": (int,)}, "result": {"key": _TEXT},
+            "gave_up": {"key": _TEXT}}
+
+
+def _wrong(table: dict, fields: dict) -> str | None:
+    for name, types in fields.items():
+        if not isinstance(table.get(name), types):
+            return "%s is %r" % (name, table.get(name))
+    return None
+
+
+def problem(entry) -> str | None:
+    """Why ``entry`` is not a log entry this module wrote, or None."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    kind = entry.get("type")
+    if kind == "event":
+        event = entry.get("event")
+        if not isinstance(event, dict):
+            return "event is %r" % (event,)
+        wrong = _wrong(event, _EVENT)
+        if wrong is None:
+            wrong = ("kind is %r" % event["kind"] if event["kind"] not in _KINDS
+                     else _wrong(event, _KINDS[event["kind"]]))
+        if wrong is None and not all(isinstance(a, str) for a in event["actions"]):
+            wrong = "actions are %r" % (event["actions"],)
+        if wrong is None and any(event.get(name) is not None
+                                 and not isinstance(event[name], _NUMBER)
+                                 for name in ("value", "threshold", "since")):
+            wrong = "a figure is not a number"
+        return wrong
+    if kind not in _ENTRIES:
+        return "type is %r" % (kind,)
+    if "at" in entry and not isinstance(entry["at"], _NUMBER):
+        return "at is %r" % (entry["at"],)
+    if "error" in entry and not isinstance(entry["error"], str):
+        return "error is %r" % (entry["error"],)
+    return _wrong(entry, _ENTRIES[kind])
 
 
 def replay(lines) -> Replayed:
     """Fold log lines (bytes, parsed or not) into the state they describe."""
     result = Replayed()
-    for line in lines:
-        entry = json.loads(line) if isinstance(line, (bytes, str)) else line
+    for number, line in enumerate(lines, 1):
+        if isinstance(line, (bytes, str)):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested past reason
+                entry, wrong = None, "not JSON (%s)" % type(exc).__name__
+            else:
+                wrong = problem(entry)
+        else:
+            entry, wrong = line, problem(line)
+        if wrong is not None:
+            result.damaged += 1
+            if result.damage is None:
+                result.damage = "line %d: %s" % (number, wrong)
+            continue
         result.lines += 1
         result.recent.append(entry)
         kind = entry.get("type")
@@ -107,7 +184,7 @@ def read(path: str, repair: bool = False) -> Replayed:
         with open(path, "r+b") as handle:
             handle.truncate(len(good))
             os.fsync(handle.fileno())
-    return replay(line for line in good.split(b"\n") if line.strip())
+    return replay(good.split(b"\n"))
 
 
 def compacted(state: Replayed) -> list[dict]:
@@ -155,6 +232,8 @@ class ActionLog:
         """Create the folder, repair a torn end and replay (at start, before any record)."""
         os.makedirs(self.directory, exist_ok=True)
         state = read(self.path, repair=True)
+        if state.damaged:
+            log.warning("%s; the log's next rewrite leaves them out", state.damage_note(self.path))
         self.recent.extend(state.recent)
         return state
 
