@@ -52,6 +52,12 @@ def smtp():
     controller.stop()
 
 
+def alerts_cli(*args: str) -> subprocess.CompletedProcess:
+    """``vmstats alerts`` as an operator runs it (offline with --data-dir, or --url)."""
+    return subprocess.run([sys.executable, "-m", "vmstats", "alerts", *args], capture_output=True,
+                          text=True)
+
+
 def wait_until(test, timeout: float = 15.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -105,29 +111,25 @@ def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
         assert server.returncode == 0
         assert "hot 10.0.0.1: ok -> alarm" in server.output  # the log action
         assert hook.bad_signatures == 0 and len(hook.received) == 2
-    listing = subprocess.run([sys.executable, "-m", "vmstats", "alerts", "--data-dir",
-                              str(server.data_dir)], capture_output=True, text=True, check=True)
+    listing = alerts_cli("--data-dir", str(server.data_dir))
+    assert listing.returncode == 0, listing.stderr
     # Offline, the log knows the scopes that ever changed state.
     assert "1 scopes, 0 not ok" in listing.stdout and "hot 10.0.0.1: alarm -> ok" in listing.stdout
 
 
 def test_alerts_offline_before_any_change_of_state_and_without_rules(tmp_path):
     """A server with rules and nothing changed yet has every scope ok: said, not an error."""
-    def alerts(data_dir) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "vmstats", "alerts", "--data-dir",
-                               str(data_dir)], capture_output=True, text=True)
-
     with WebhookReceiver(SECRET.encode()) as hook:
         with serve(tmp_path, rules_file(tmp_path, hook.url, HOT % "")) as server:
             server.send_udp(line("10.0.0.1", int(time.time()), 20.0))
-            listing = alerts(server.data_dir)
+            listing = alerts_cli("--data-dir", str(server.data_dir))
     assert listing.returncode == 0, listing.stderr
     assert "0 scopes, 0 not ok" in listing.stdout and not hook.received
     (server.data_dir / "rules" / "actions.log").mkdir()  # unreadable as a file
-    unreadable = alerts(server.data_dir)
+    unreadable = alerts_cli("--data-dir", str(server.data_dir))
     assert unreadable.returncode == 1 and unreadable.stderr.startswith(
         "Error: cannot read the action log: ") and len(unreadable.stderr.splitlines()) == 1
-    missing = alerts(tmp_path / "elsewhere")
+    missing = alerts_cli("--data-dir", str(tmp_path / "elsewhere"))
     assert missing.returncode == 1 and "was the server run with --rules?" in missing.stderr
 
 
@@ -148,9 +150,7 @@ def test_the_action_log_past_its_cap_is_rewritten_and_replays_to_the_same_states
     entries = [json.loads(entry) for entry in
                (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
     assert any(entry.get("compacted") for entry in entries)  # the file is a rewritten one
-    listing = subprocess.run([sys.executable, "-m", "vmstats", "alerts", "--data-dir",
-                              str(server.data_dir), "--recent", "0"],
-                             capture_output=True, text=True, check=True)
+    listing = alerts_cli("--data-dir", str(server.data_dir), "--recent", "0")
     assert "60 scopes, 60 not ok" in listing.stdout, listing.stdout
     assert listing.stdout.count(" alarm ") == 60 and "deliveries pending: 0" in listing.stdout
 
@@ -173,8 +173,7 @@ def test_a_damaged_action_log_costs_its_bad_lines_not_the_start_nor_the_alarms(t
         assert again.returncode == 0
         assert "2 damaged line(s) skipped (first: line 2: not JSON" in again.output, again.output
         assert len(hook.received) == 1  # the restart sent nothing again
-    listing = subprocess.run([sys.executable, "-m", "vmstats", "alerts", "--data-dir",
-                              str(server.data_dir)], capture_output=True, text=True)
+    listing = alerts_cli("--data-dir", str(server.data_dir))
     assert listing.returncode == 0 and "1 scopes, 1 not ok" in listing.stdout, listing
     assert listing.stderr.startswith("warning: ") and "damaged line(s) skipped" in listing.stderr
 
@@ -452,8 +451,7 @@ def test_alerts_names_vms_only_to_the_status_token(tmp_path):
             anonymous = json.loads(server.http("/alerts", token=None))
             assert "states" not in anonymous and "recent" not in anonymous
             assert anonymous["counts"] == {"hot.alarm": 1} and "10.0.0.7" not in json.dumps(anonymous)
-            listing = subprocess.run(
-                [sys.executable, "-m", "vmstats", "alerts", "--url",
-                 "http://127.0.0.1:%d" % server.http_port, "--token", STATUS_TOKEN],
-                capture_output=True, text=True, check=True)
+            listing = alerts_cli("--url", "http://127.0.0.1:%d" % server.http_port,
+                             "--token", STATUS_TOKEN)
+            assert listing.returncode == 0, listing.stderr
             assert "1 scopes, 1 not ok" in listing.stdout and "10.0.0.7" in listing.stdout
