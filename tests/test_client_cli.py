@@ -56,6 +56,21 @@ def test_bad_settings_exit_non_zero_with_one_line(args, status, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"k1 s\xff\xfecret\n", "keys: not UTF-8 text"),
+    (b"k1 sec\x00ret\n", "keys:1: the secret holds control characters"),
+    (b"", "keys: no keys"),
+    (None, "keys: Is a directory"),
+])
+def test_damaged_key_file_is_one_line_naming_it(tmp_path, content, message):
+    """A damaged key file stops the agent at start; loaded, it would sign with a key nobody shares."""
+    keys = tmp_path / "keys"
+    keys.mkdir() if content is None else keys.write_bytes(content)
+    result = agent("--server", "127.0.0.1:8899", "--key-file", str(keys))
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_bad_key_file_and_unwritable_spool(tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("k1 one\nk2 two\n")

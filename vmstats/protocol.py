@@ -654,18 +654,27 @@ class SignatureVerifier(object):
 def load_keys(path):
     """Read a key file: one ``key_id secret`` pair per line, ``#`` comments.
 
-    Raises ValueError with a readable message on a malformed file.
+    Raises ValueError with a readable message, naming the file, on a malformed
+    one.  A damaged file (bytes that are not UTF-8, a NUL or other control
+    character inside the secret) is refused here: loaded, it would only sign
+    with a key the server does not share, and every batch would be refused.
     """
     keys = {}
-    with open(path, "r") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not _TOKEN_RE.match(parts[0]):
-                raise ValueError("%s:%d: expected 'key_id secret'" % (path, number))
-            keys[parts[0]] = parts[1]
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError("%s: not UTF-8 text (byte %d)" % (path, exc.start))
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not _TOKEN_RE.match(parts[0]):
+            raise ValueError("%s:%d: expected 'key_id secret'" % (path, number))
+        if not parts[1].isprintable():
+            raise ValueError("%s:%d: the secret holds control characters" % (path, number))
+        keys[parts[0]] = parts[1]
     if not keys:
         raise ValueError("%s: no keys" % path)
     return keys
