@@ -342,9 +342,16 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
         assert answer["basis"][key] == expected_answer["basis"][key]
     assert answer["basis"]["summary_age_s"] >= 0
     (tmp_path / "junk.json").write_text('{"hosts": 3}')
+    (tmp_path / "list.json").write_text("[]")
+    # A damaged or foreign file of the right keys: a wrong type is named, not a traceback.
+    shaped = json.loads((out / "capacity-summary.json").read_text())
+    shaped["hosts"][0]["cpu_demand"] = "x"
+    (tmp_path / "shaped.json").write_text(json.dumps(shaped))
     for summary, message in (
         (tmp_path / "none.json", "cannot be read"),
         (tmp_path / "junk.json", "is not a"),
+        (tmp_path / "list.json", "is not a capacity summary: expected a JSON object"),
+        (tmp_path / "shaped.json", 'is not a capacity summary: hosts[0].cpu_demand has the wrong type: "x"'),
     ):
         wrong = vmstats("admit", manifest, "--summary", summary)
         assert wrong.returncode == 1 and "summary %s %s" % (summary, message) in wrong.stderr

@@ -10,11 +10,12 @@ process, so both answer from the same figures the same way.
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from vmstats.capacity import defaults
 from vmstats.capacity.demand import FleetDemand, Settings, peaks_name, percentile_name
@@ -106,11 +107,71 @@ class Summary:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Summary":
+        """The summary in ``text``; ValueError naming the first thing of the wrong shape.
+
+        The file may be damaged or be another JSON file: a field of the wrong
+        type would otherwise surface as a traceback deep in an answer, or as
+        figures that are silently wrong, for admit and the server alike.
+        """
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object, got %s" % type(data).__name__)
         if data.get("version") != VERSION:
             raise ValueError("capacity summary of version %r, expected %d" % (data.get("version"), VERSION))
-        data["hosts"] = [HostSummary(**h) for h in data["hosts"]]
+        hosts = data.get("hosts")
+        if not isinstance(hosts, list) or not all(isinstance(h, dict) for h in hosts):
+            raise ValueError("hosts is not a list of objects")
+        for i, host in enumerate(hosts):
+            _check_fields(HostSummary, host, "hosts[%d]." % i)
+            if host["status"] not in ("ok", "empty", "unknown"):
+                raise ValueError("hosts[%d].status %r is not ok, empty or unknown" % (i, host["status"]))
+        _check_fields(cls, data, "")
+        window = data["window"]
+        if not all(isinstance(window.get(k), str) for k in ("start", "end")):
+            raise ValueError("window has no start and end")
+        for name in ("skipped_files", "damaged_files"):
+            if not all(
+                isinstance(f, dict)
+                and isinstance(f.get("path"), str)
+                and isinstance(f.get("problem"), str)
+                and _number(f.get("rows", 0), int)
+                for f in data[name]
+            ):
+                raise ValueError("%s holds an entry that names no file" % name)
+        data["hosts"] = [HostSummary(**h) for h in hosts]
         return cls(**data)
+
+
+def _number(value, kind) -> bool:
+    """A finite JSON number of ``kind`` (float accepts integers too); never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return False
+    return math.isfinite(value)
+
+
+#: The check of a field by its declared type (list fields are checked as lists here).
+_CHECKS = {
+    "float": lambda v: _number(v, float),
+    "int": lambda v: _number(v, int),
+    "str": lambda v: isinstance(v, str),
+    "dict": lambda v: isinstance(v, dict),
+}
+
+
+def _check_fields(cls, data: dict, where: str) -> None:
+    """ValueError unless ``data`` holds exactly ``cls``'s required fields, each of its type."""
+    known = {f.name: f for f in fields(cls)}
+    for name in data:
+        if name not in known:
+            raise ValueError("unknown field %s%s" % (where, name))
+    for name, f in known.items():
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ValueError("missing field %s%s" % (where, name))
+            continue
+        value, kind = data[name], getattr(f.type, "__name__", str(f.type))
+        if not _CHECKS.get(kind, lambda v: isinstance(v, list))(value):
+            raise ValueError("%s%s has the wrong type: %s" % (where, name, json.dumps(value)[:40]))
 
 
 def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) -> Summary:
