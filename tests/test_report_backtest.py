@@ -362,3 +362,24 @@ def test_a_damaged_columnar_file_is_named_once_with_the_vms_it_held(backtest, tm
     assert "skipped 1 unreadable day file(s) while judging:" in done.stdout
     assert done.stdout.count(str(damaged)) == 1
     assert "(rows of %d VMs)" % held in done.stdout
+
+
+def test_a_truncated_columnar_file_is_named_too(backtest, tmp_path):
+    """A columnar file too damaged to list its VMs never becomes a day to read; its day is still
+    missing from the windows, so the backtest names it rather than judging without it in silence."""
+    import shutil
+
+    from vmstats.server import compact as compact_mod
+
+    _history_, out, _stdout, _doc, _rows = backtest
+    data = tmp_path / "data"
+    shutil.copytree(out.parent / "data", data)
+    compact_mod.compact(str(data), compact_mod.Policy(0, 1e10, 1e10), now=4e9)
+    damaged = sorted((data / "columnar").iterdir())[-3]  # a judged day
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    done = vmstats("backtest", data, "-o", tmp_path / "out", "--policy", out.parent / "policy.toml")
+    assert done.returncode == 0, done.stderr
+    skipped = json.loads((tmp_path / "out" / "backtest.json").read_text())["skipped_files"]
+    assert [(item["path"], item["vms"]) for item in skipped] == [(str(damaged), 0)]
+    assert "skipped 1 unreadable day file(s) while judging:" in done.stdout
+    assert done.stdout.count(str(damaged)) == 1

@@ -161,7 +161,8 @@ def run(
     workers: int = 2,
     rules: JudgingRules = RULES,
 ) -> Backtest:
-    units = load_mod.discover(data_dirs, raw_only=True)  # judging needs the records themselves
+    listed: list[dict] = []
+    units = load_mod.discover(data_dirs, listed, raw_only=True)  # judging needs the records themselves
     windows = choose_windows(list(units), decide_until, decide_days, judge_days)
     decision = build(
         data_dirs,
@@ -176,12 +177,26 @@ def run(
     )
     vms = [row["vm"] for row in decision.rows]
     skipped: dict[str, tuple[str, set[str]]] = {}
+    for entry in listed:
+        # A tier file too damaged to list (truncated, garbage) never became a unit: its days
+        # are missing from both windows, so it is named as a file that could not be read.
+        if _in_windows(entry["day"], windows):
+            skipped.setdefault(entry["path"], (entry["problem"], set()))
     activity = _activity(units, vms, windows, decision, rules, skipped)
     rows = [_judge(row, *activity[row["vm"]], rules) for row in decision.rows]
     named = [{"path": path, "why": why, "vms": len(hit)} for path, (why, hit) in sorted(skipped.items())]
     result = Backtest(windows, rules, decision, rows, skipped_files=named)
     result.summary = summarise(rows, decision.meta["prices"]["currency"])
     return result
+
+
+def _in_windows(day: str, windows: Windows) -> bool:
+    """Whether a named file's day is judged or decided on; a file of no known day may be."""
+    try:
+        number = load_mod.day_number(day)
+    except ValueError:
+        return True
+    return windows.decide_first <= number <= windows.judge_last
 
 
 # -- reading and measuring ------------------------------------------------------------------------
