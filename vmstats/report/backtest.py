@@ -244,8 +244,15 @@ def _activity(units, vms, windows: Windows, decision: Report, rules: JudgingRule
 
 
 def _read_series(paths: list[str], owner: list[int], vms: int, errors: dict[int, str]) -> list["Series"]:
-    """The records of ``vms`` VMs from their files (``owner``: the VM of each path)."""
-    frame, _bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
+    """The records of ``vms`` VMs from their files (``owner``: the VM of each path).
+
+    A file read in part (malformed lines: NUL bytes, bytes that are not UTF-8)
+    goes in ``errors`` too, so the backtest names it as the report would.
+    """
+    frame, bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
+    for i, count in enumerate(bad):
+        if count and i not in errors:
+            errors[i] = "%d malformed lines skipped" % count
     if not len(frame):
         empty = np.zeros(0)
         return [Series(np.zeros(0, np.int64), {name: empty for name in _COLUMNS[1:]}) for _ in range(vms)]

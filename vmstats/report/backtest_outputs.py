@@ -186,7 +186,7 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
             )
     if result.skipped_files:
         print("", file=stream)
-        print("skipped %d unreadable day file(s) while judging:" % len(result.skipped_files), file=stream)
+        print("%d day file(s) not read whole while judging:" % len(result.skipped_files), file=stream)
         for item in result.skipped_files[:top]:
             held = " (rows of %d VMs)" % item["vms"] if item["vms"] > 1 else ""
             print("  %s: %s%s" % (item["path"], item["why"], held), file=stream)
