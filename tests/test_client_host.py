@@ -117,12 +117,13 @@ def test_a_host_file_that_names_nothing_gives_no_tag_and_one_warning(tmp_path):
     hostfile.LOG.addHandler(kept)
     try:
         for text, expected in (("\n# nothing yet\n", None), ("kvm 7\n", "kvm-7"), ("...\n", None),
-                               ("kvm8\n", "kvm8")):
+                               ("kvm\x0001\n", None), ("kvm8\n", "kvm8")):
             path.write_text(text)
             assert source.current() == expected
             assert source.current() == expected      # unchanged: not read nor warned again
     finally:
         hostfile.LOG.removeHandler(kept)
     warnings = kept.messages
-    assert len(warnings) == 2
+    assert len(warnings) == 3
     assert "is empty" in warnings[0] and "names no usable host" in warnings[1]
+    assert "is damaged (control characters)" in warnings[2]

@@ -53,6 +53,10 @@ def read_host_file(path):
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
+            # A NUL or other control byte is damage, not a name: mapped to "-" like a space,
+            # it would tag every record with a host that does not exist, without a word.
+            if not line.isprintable():
+                raise ValueError("%s is damaged (control characters): %r" % (path, line[:60]))
             name = host_tag(line)
             if name is None:
                 raise ValueError("%s names no usable host: %r" % (path, line[:60]))
