@@ -12,7 +12,7 @@ from test_server_udp import line, now
 
 from vmstats import protocol
 from vmstats.protocol import Record
-from vmstats.server.auth import seen_in
+from vmstats.server.auth import SignatureMemory, Verifier, seen_in
 from vmstats.server.signing import VmPatterns, bound_lines, load_keys
 
 UNBOUND = 'vmstats_rejected_total{reason="sig_vm_not_bound"}'
@@ -168,3 +168,18 @@ def test_a_key_holder_cannot_forge_another_keys_replay_floor_through_the_journal
         assert "4102444800" not in (journal / "signatures").read_text()
     assert raw_rows(tmp_path / "data") == {("10.31.0.1", t): 1, ("10.31.0.2", t): 1,
                                            ("10.31.0.3", t + 60): 1, ("10.31.0.3", t + 120): 1}
+
+
+def test_damaged_lines_of_the_marks_file_are_skipped_and_told_once(tmp_path, caplog):
+    # A flipped digit or a stray block of a disk must cost only that key's floor, never the
+    # start ('Exceeds the limit ... for integer string conversion' stopped it).
+    (tmp_path / "signatures").write_bytes(
+        b"good 1699999000\nhuge " + b"9" * 5000 + b"\n\0\xff\xfe junk\nahead 9999999999\n"
+        b"also-good 1699999100\n\n")
+    verifier = Verifier(300, lambda: 1_700_000_000.0)
+    memory = SignatureMemory(str(tmp_path), None, verifier)
+    with caplog.at_level("WARNING", logger="vmstats.server.auth"):
+        assert memory.restore([]) == 0
+    assert verifier.floors == {b"good": 1699999000, b"also-good": 1699999100}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "3 damaged line(s) skipped (first: line 2" in warnings[0]

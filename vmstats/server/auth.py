@@ -29,6 +29,7 @@ from vmstats.server.every import Every
 from vmstats.server.journal import read_segments
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.server.signing import (
+    KEY_ID,
     Accepted,
     Checked,
     FrameCheck,
@@ -51,6 +52,29 @@ MARKS_FILE = "signatures"
 #: Distinct signed seconds in one answer that are admitted a second at a time with C-level
 #: dict operations; an answer with more goes frame by frame.
 _FEW_SECONDS = 4
+
+
+#: A mark is a signed second: more digits than this is no time a frame was accepted at.
+_MARK_DIGITS = 12
+
+
+def mark_problem(line: bytes, latest: float) -> str | None:
+    """Why a line of the marks file is not ``<key_id> <seconds>`` as ``save`` writes it, or None.
+
+    A mark beyond ``latest`` (the clock plus the window) is damage too: kept, it would refuse
+    every frame of its key until that time came.
+    """
+    parts = line.split()
+    if len(parts) != 2:
+        return "not 'key_id seconds'"
+    key_id, stamp = parts
+    if not key_id.isascii() or not KEY_ID.match(key_id.decode("ascii")):
+        return "no key id"
+    if not (stamp.isdigit() and len(stamp) <= _MARK_DIGITS):
+        return "no time in seconds"
+    if int(stamp) > latest:
+        return "a time in the future"
+    return None
 
 
 class Verifier:
@@ -183,18 +207,28 @@ class SignatureMemory:
         """Load the floors and the signatures journaled since; returns the signatures restored."""
         try:
             with open(self.path, "rb") as handle:
-                for line in handle:
-                    parts = line.split()
-                    if len(parts) == 2 and parts[1].isdigit():
-                        self.marks[parts[0]] = int(parts[1])
+                text = handle.read()
         except FileNotFoundError:
-            pass
+            text = b""
         except OSError as exc:
             raise OSError(exc.errno, "cannot read %s: %s" % (self.path, exc.strerror)) from None
+        now = self.verifier.clock()
+        damaged, first = 0, ""
+        for number, line in enumerate(text.splitlines(), 1):
+            why = mark_problem(line, now + self.verifier.window)
+            if why is None:
+                key_id, stamp = line.split()
+                self.marks[key_id] = int(stamp)
+            elif line.strip():
+                damaged += 1
+                first = first or "line %d: %s" % (number, why)
+        if damaged:
+            # Only that key's floor is lost: the journal's #!seen lines and the window still
+            # refuse replays of the last minutes; the next save writes the file whole again.
+            log.warning("%s: %d damaged line(s) skipped (first: %s)", self.path, damaged, first)
         self.verifier.floors = dict(self.marks)
         self.saved = dict(self.marks)
         restored = 0
-        now = self.verifier.clock()
         for _number, data in read_segments(segments, "its signatures"):
             for key_id, stamp, identity in seen_in(data):
                 self.verifier.remember(stamp, identity, now)

@@ -67,7 +67,7 @@ _HASH = type(hashlib.sha256())
 _COPY, _UPDATE, _DIGEST, _HEXDIGEST = _HASH.copy, _HASH.update, _HASH.digest, _HASH.hexdigest
 _INNER, _OUTER, _BINDING = attrgetter("inner"), attrgetter("outer"), attrgetter("vms")
 _PADS = attrgetter("pads")
-_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _GLOB_CHARS = frozenset("*?[")
 #: Verdicts remembered per bound key; cleared when full (a fleet has a bounded set of VM ids).
 _VERDICT_CACHE = 65536
@@ -146,7 +146,7 @@ def load_keys(path: str) -> dict[bytes, Key]:
             if not text or text.startswith("#"):
                 continue
             parts = text.split()
-            if len(parts) < 2 or not _KEY_ID.match(parts[0]):
+            if len(parts) < 2 or not KEY_ID.match(parts[0]):
                 raise ValueError("%s:%d: expected 'key_id secret [vm-pattern ...]'" % (path, number))
             try:
                 vms = VmPatterns(parts[2:]) if len(parts) > 2 else None
