@@ -230,6 +230,11 @@ _READERS = {
     "rules check": ("rules", "check", "FILE"),
     "serve --rules": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s", "--rules", "FILE"),
     "serve --inventory": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s", "--inventory", "FILE"),
+    "serve --auth-keys": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s", "--auth-keys", "FILE"),
+    "serve --status-token-file": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s",
+                                  "--status-token-file", "FILE"),
+    "serve --collectd-auth-file": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s",
+                                   "--collectd-auth-file", "FILE"),
     "replay --vm-map": ("replay", "--format", "bitbrains", "TRACES", "--vm-map", "FILE"),
     "replay --inventory": ("replay", "--format", "bitbrains", "TRACES", "--inventory", "FILE"),
 }
@@ -260,7 +265,8 @@ def test_an_input_file_that_is_not_utf8_is_named_with_where_it_breaks(tmp_path, 
 
 
 @pytest.mark.parametrize("reader", ["report --policy", "headroom --inventory", "admit MANIFEST",
-                                    "rules check", "replay --vm-map"])
+                                    "rules check", "replay --vm-map", "serve --auth-keys",
+                                    "serve --status-token-file", "serve --collectd-auth-file"])
 @pytest.mark.parametrize(
     "make, problem",
     [
@@ -284,6 +290,9 @@ def test_an_input_files_problems_name_the_first_bad_byte():
     with pytest.raises(inputfile.FileProblem, match=r"^f: not valid TOML: "):
         inputfile.parse_toml("a = é =\n".encode(), "f")
     assert inputfile.parse_toml("name = 'café'\n".encode(), "f") == {"name": "café"}
+    # A disk's stray block of '[' (tomllib recurses once per level): the file, not a RecursionError.
+    with pytest.raises(inputfile.FileProblem, match=r"^f: not valid TOML: nested too deeply$"):
+        inputfile.parse_toml(b"a = " + b"[" * 100_000 + b"]" * 100_000, "f")
 
 
 def _book(path: Path, small_hourly: float) -> Path:

@@ -55,6 +55,8 @@ def parse_toml(raw: bytes, path: str) -> dict:
         return tomllib.loads(decode(raw, path))
     except tomllib.TOMLDecodeError as exc:
         raise FileProblem(path, "not valid TOML: %s" % exc) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise FileProblem(path, "not valid TOML: nested too deeply") from None
 
 
 def load_toml(path: str) -> dict:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vmstats import protocol
+from vmstats import inputfile, protocol
 from vmstats.options import FiniteRange
 from vmstats.report.settings import MAX_DAYS
 from vmstats.server.config import MIN_PER_VM, ServerConfig, format_duration, parse_duration
@@ -213,7 +213,7 @@ def serve(**options) -> None:
         try:
             options["collectd_auth"] = load_auth_file(auth_file)
         except (OSError, ValueError, UnicodeError) as exc:
-            raise click.ClickException("cannot read --collectd-auth-file: %s" % exc) from None
+            raise click.ClickException("cannot read --collectd-auth-file: %s" % one_line(exc)) from None
     options["graphite_templates"] = list(options["graphite_templates"])
     if options["graphite_templates"]:
         from vmstats.server.formats.graphite import parse_templates
@@ -224,10 +224,9 @@ def serve(**options) -> None:
     token_path = options.pop("status_token_file")
     if token_path:
         try:
-            with open(token_path, encoding="utf-8") as handle:
-                options["status_token"] = handle.readline().strip()
-        except (OSError, UnicodeError) as exc:
-            raise click.ClickException("cannot read --status-token-file: %s" % one_line(exc)) from None
+            options["status_token"] = inputfile.read_text(token_path).split("\n", 1)[0].strip()
+        except inputfile.FileProblem as exc:
+            raise click.ClickException("cannot read --status-token-file: %s" % exc) from None
         if not options["status_token"]:
             raise click.ClickException("--status-token-file %s is empty" % token_path)
     for name in ("allow", "http_allow"):

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Iterable
 from operator import attrgetter
 
-from vmstats import protocol
+from vmstats import inputfile, protocol
 from vmstats.selectors import selected
 from vmstats.server.parse import Parsed, Parser
 
@@ -137,22 +137,22 @@ class Key:
 def load_keys(path: str) -> dict[bytes, Key]:
     """Read the server's key file: ``key_id secret [vm-pattern ...]`` per line, ``#`` comments.
 
-    Raises ValueError with the file and line on anything malformed.
+    Raises ValueError with the file and line on anything malformed, and with the file and the
+    problem when it cannot be read or is not UTF-8 (``inputfile``): one line, never a traceback.
     """
     keys: dict[bytes, Key] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, 1):
-            text = text.strip()
-            if not text or text.startswith("#"):
-                continue
-            parts = text.split()
-            if len(parts) < 2 or not KEY_ID.match(parts[0]):
-                raise ValueError("%s:%d: expected 'key_id secret [vm-pattern ...]'" % (path, number))
-            try:
-                vms = VmPatterns(parts[2:]) if len(parts) > 2 else None
-            except (ValueError, protocol.DecodeError) as exc:
-                raise ValueError("%s:%d: bad VM pattern: %s" % (path, number, exc)) from None
-            keys[parts[0].encode("ascii")] = Key(parts[1].encode("utf-8"), vms)
+    for number, text in enumerate(inputfile.read_text(path).split("\n"), 1):
+        text = text.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split()
+        if len(parts) < 2 or not KEY_ID.match(parts[0]):
+            raise ValueError("%s:%d: expected 'key_id secret [vm-pattern ...]'" % (path, number))
+        try:
+            vms = VmPatterns(parts[2:]) if len(parts) > 2 else None
+        except (ValueError, protocol.DecodeError) as exc:
+            raise ValueError("%s:%d: bad VM pattern: %s" % (path, number, exc)) from None
+        keys[parts[0].encode("ascii")] = Key(parts[1].encode("utf-8"), vms)
     if not keys:
         raise ValueError("%s: no keys" % path)
     return keys

@@ -34,7 +34,7 @@ import hashlib
 import hmac
 import struct
 
-from vmstats import protocol
+from vmstats import inputfile, protocol
 from vmstats.client.procfs import LOOPBACK_INTERFACES
 from vmstats.server.formats import (
     CPU_STATE,
@@ -78,17 +78,20 @@ class PacketError(ValueError):
 
 
 def load_auth_file(path: str) -> dict[str, str]:
-    """collectd's AuthFile: ``user: password`` per line (``#`` comments)."""
+    """collectd's AuthFile: ``user: password`` per line (``#`` comments).
+
+    ValueError names the file (and the line) for all that is wrong with it, unreadable or not
+    UTF-8 included (``inputfile``), so the server's start fails in one line.
+    """
     users = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            user, sep, password = line.partition(":")
-            if not sep or not user.strip() or not password.strip():
-                raise ValueError("%s:%d: expected 'user: password'" % (path, number))
-            users[user.strip()] = password.strip()
+    for number, line in enumerate(inputfile.read_text(path).split("\n"), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password.strip():
+            raise ValueError("%s:%d: expected 'user: password'" % (path, number))
+        users[user.strip()] = password.strip()
     if not users:
         raise ValueError("%s: no users" % path)
     return users
