@@ -12,7 +12,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 from serverproc import serve
 from test_reliability_journal import raw_rows
-from test_server_udp import logged
+from test_server_udp import line, logged
 from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
@@ -299,3 +299,31 @@ def test_binary_and_text_payloads_come_back_byte_for_byte(tmp_path):
     for _data, _now, options in first:  # line boundaries only matter for counting, live
         assert options.pop("lines") == []
     assert seen == first
+
+
+USED_GRAPHITE = 'vmstats_edge_lines_total{format="graphite",outcome="used"}'
+
+
+@pytest.mark.parametrize("damage", ["folder", "folder, no edge line left over", "empty"])
+def test_a_damaged_edge_key_neither_stops_the_start_nor_loses_payloads(tmp_path, damage):
+    # A folder in the key's place made the start exit when the leftover segments held edge
+    # lines, and, when they held none, raised in the reactor on every payload (nothing filed).
+    journal = tmp_path / "data" / "journal"
+    journal.mkdir(parents=True)
+    key = journal / "edge.key"
+    key.write_bytes(b"") if damage == "empty" else key.mkdir()
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    native = line(protocol.Record(vm="10.0.0.9", ts=t0, cpu=1.0, mem=2.0)) + b"\n"
+    forged = b"" if "no edge line" in damage else PREFIX + b"0" * 32 + b" done []\n"
+    (journal / "0000000001.journal").write_bytes(forged + native)
+    with serve(tmp_path, "--flush-interval", "0.3", "--graphite-port", "0",
+               "--graphite-template", "servers.{vm}.cpu.percent cpu",
+               "--graphite-template", "servers.{vm}.mem.percent mem") as server:
+        assert server.status_json()["journal"]["replayed_records"] == 1
+        server.send_udp_to(server.status["graphite_port"], b"".join(
+            b"servers.gr-1.cpu.percent 5 %d\nservers.gr-1.mem.percent 6 %d\n" % (t, t)
+            for t in range(t0 + 10, t0 + 70, 10)))
+        server.wait_metrics(lambda m: m.get(USED_GRAPHITE, 0) == 12)
+    assert "Traceback" not in server.output and len(logged(tmp_path / "data", "10.0.0.9")) == 1
+    assert len(logged(tmp_path / "data", "gr-1")) == 1
+    assert server.output.count("edge.key") == 1  # told once

@@ -40,6 +40,7 @@ the edge's own.
 """
 
 import base64
+import contextlib
 import hmac
 import json
 import logging
@@ -64,30 +65,53 @@ MAC_DIGITS = 32
 
 
 def load_key(directory: str) -> bytes:
-    """The journal directory's edge key, made (durably, owner-only) the first time."""
+    """The journal directory's edge key, made (durably, owner-only) the first time.
+
+    A key file that cannot be read or written (a folder in its place, a read-only disk) must
+    not stop the start or lose the payloads that arrive (the key is first needed on the receive
+    path): the edge then signs with a key kept in memory, and says once that a crash of this
+    run would lose its open minutes.  A file too short to be a key (damaged) is replaced, said
+    too: the lines signed with the old key can no longer be told from forged ones.
+    """
     path = os.path.join(directory, KEY_FILE)
     try:
         with open(path, "rb") as handle:
             key = handle.read().strip()
         if len(key) >= 32:
             return key
+        log.warning("journal: %s holds no key (%d bytes): a new one is made", path, len(key))
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        return _key_in_memory(path, "cannot be read", exc)
     key = secrets.token_hex(32).encode("ascii")
     temp = path + ".new"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, key + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    folder = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, key + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        folder = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        return _key_in_memory(path, "cannot be written", exc)
     return key
+
+
+def _key_in_memory(path: str, what: str, exc: OSError) -> bytes:
+    """A key for this run only, when the key file cannot be used (logged once: it is read once)."""
+    log.error("journal: the edge key %s %s (%s): this run's edge lines are signed with a key "
+              "kept in memory, so a crash would lose the edge's open minutes; move it aside",
+              path, what, exc.strerror or exc)
+    return secrets.token_hex(32).encode("ascii")
 
 
 class EdgeJournal:
