@@ -183,3 +183,10 @@ def test_damaged_lines_of_the_marks_file_are_skipped_and_told_once(tmp_path, cap
     assert verifier.floors == {b"good": 1699999000, b"also-good": 1699999100}
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "3 damaged line(s) skipped (first: line 2" in warnings[0]
+    # The same damage to a #!seen line of a leftover segment: skipped, never a floor.
+    segment = tmp_path / "0000000001.journal"
+    segment.write_bytes(b"#!seen good 1699999500 n1\n#!seen good " + b"9" * 5000 + b" n2\n"
+                        b"#!seen good 9999999999 n3\n")
+    memory = SignatureMemory(str(tmp_path), None, Verifier(300, lambda: 1_700_000_000.0))
+    assert memory.restore([(1, str(segment))]) == 1
+    assert memory.marks[b"good"] == 1699999500  # the next save's floor: not in 2286

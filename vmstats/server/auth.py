@@ -229,11 +229,17 @@ class SignatureMemory:
         self.verifier.floors = dict(self.marks)
         self.saved = dict(self.marks)
         restored = 0
+        ahead = 0
         for _number, data in read_segments(segments, "its signatures"):
             for key_id, stamp, identity in seen_in(data):
+                if stamp > now + self.verifier.window:  # damage: no frame accepted is signed so
+                    ahead += 1
+                    continue
                 self.verifier.remember(stamp, identity, now)
                 self._mark(key_id, stamp)
                 restored += 1
+        if ahead:
+            log.warning("journal: %d #!seen line(s) signed in the future skipped (damaged)", ahead)
         return restored
 
     def start(self) -> None:
@@ -309,7 +315,7 @@ def seen_in(data: bytes) -> Iterable[tuple[bytes, int, bytes]]:
             return  # torn by the crash: it was not acknowledged either
         identity = data[at + len(SEEN_PREFIX):end]
         parts = identity.split(b" ")
-        if len(parts) == 3 and parts[1].isdigit():
+        if len(parts) == 3 and parts[1].isdigit() and len(parts[1]) <= _MARK_DIGITS:
             yield parts[0], int(parts[1]), identity
         at = data.find(marker, end) + 1 or -1
 
