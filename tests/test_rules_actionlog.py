@@ -65,6 +65,6 @@ def test_damaged_lines_are_skipped_and_counted_and_the_rest_replays(tmp_path):
     clean = replay(lines(good).splitlines())
     assert (state.states, state.scaling, state.delivered) == (clean.states, clean.scaling, 1)
     assert {k: p.attempts for k, p in state.pending.items()} == {"a.hook": 2}
-    assert state.lines == len(good) and state.damaged == len(bad)
-    assert state.damage == "line 2: not JSON (JSONDecodeError)"
-    assert "17 damaged line(s) skipped (first: line 2: " in state.damage_note(str(path))
+    assert state.lines == len(good) and state.damage.count == len(bad)
+    assert state.damage.first == "line 2: not JSON (JSONDecodeError)"
+    assert "17 damaged line(s) skipped (first: line 2: " in state.damage.note(str(path))

@@ -7,6 +7,7 @@ Each caller adds what the file is for (``inventory hosts.toml: ...``).
 """
 
 import tomllib
+from dataclasses import dataclass
 
 
 class FileProblem(ValueError):
@@ -62,3 +63,25 @@ def parse_toml(raw: bytes, path: str) -> dict:
 def load_toml(path: str) -> dict:
     """The TOML file at ``path``; FileProblem for every way it cannot be used."""
     return parse_toml(read_bytes(path), path)
+
+
+@dataclass
+class Damage:
+    """Lines of a file the program wrote and reads back (a log, a marks file) that are no
+    entry of it: skipped and counted, the first named.
+
+    A stray block of a disk or a hand's edit must cost those lines only, never the start;
+    every such file words its one warning the same way.
+    """
+
+    count: int = 0
+    first: str = ""
+
+    def skip(self, number: int, why: str) -> None:
+        self.count += 1
+        self.first = self.first or "line %d: %s" % (number, why)
+
+    def note(self, path: str) -> str:
+        """The warning ('' when nothing was skipped)."""
+        return ("%s: %d damaged line(s) skipped (first: %s)" % (path, self.count, self.first)
+                if self.count else "")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
+from vmstats.inputfile import Damage
 from vmstats.rules.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -63,13 +64,8 @@ class Replayed:
     delivered: int = 0
     gave_up: int = 0
     lines: int = 0
-    #: Lines skipped as no entry, and what was wrong with the first of them.
-    damaged: int = 0
-    damage: str | None = None
-
-    def damage_note(self, path: str) -> str:
-        return ("%s: %d damaged line(s) skipped (first: %s)"
-                % (path, self.damaged, self.damage)) if self.damaged else ""
+    #: Lines skipped as no entry of the log.
+    damage: Damage = field(default_factory=Damage)
 
 
 _NUMBER = (int, float)
@@ -141,9 +137,7 @@ def replay(lines) -> Replayed:
         else:
             entry, wrong = line, problem(line)
         if wrong is not None:
-            result.damaged += 1
-            if result.damage is None:
-                result.damage = "line %d: %s" % (number, wrong)
+            result.damage.skip(number, wrong)
             continue
         result.lines += 1
         result.recent.append(entry)
@@ -232,8 +226,8 @@ class ActionLog:
         """Create the folder, repair a torn end and replay (at start, before any record)."""
         os.makedirs(self.directory, exist_ok=True)
         state = read(self.path, repair=True)
-        if state.damaged:
-            log.warning("%s; the log's next rewrite leaves them out", state.damage_note(self.path))
+        if state.damage.count:
+            log.warning("%s; the log's next rewrite leaves them out", state.damage.note(self.path))
         self.recent.extend(state.recent)
         return state
 

@@ -95,8 +95,8 @@ def from_log(data_dir: str) -> dict:
         state = read(path)
     except OSError as exc:
         raise click.ClickException("cannot read the action log: %s" % exc) from None
-    if state.damaged:
-        click.echo("warning: " + state.damage_note(path), err=True)
+    if state.damage.count:
+        click.echo("warning: " + state.damage.note(path), err=True)
     states = [{"rule": e["rule"], "scope": e["scope"], "state": e["to"], "since": e["at"],
                "value": e.get("value")} for e in state.states.values()]
     states.sort(key=lambda r: (r["state"] == "ok", -r["since"]))

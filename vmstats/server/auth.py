@@ -25,6 +25,7 @@ from itertools import compress, repeat
 from operator import gt
 
 from vmstats import protocol
+from vmstats.inputfile import Damage
 from vmstats.server.every import Every
 from vmstats.server.journal import read_segments
 from vmstats.server.metrics import RateLimitedLog
@@ -213,19 +214,18 @@ class SignatureMemory:
         except OSError as exc:
             raise OSError(exc.errno, "cannot read %s: %s" % (self.path, exc.strerror)) from None
         now = self.verifier.clock()
-        damaged, first = 0, ""
+        damage = Damage()
         for number, line in enumerate(text.splitlines(), 1):
             why = mark_problem(line, now + self.verifier.window)
             if why is None:
                 key_id, stamp = line.split()
                 self.marks[key_id] = int(stamp)
             elif line.strip():
-                damaged += 1
-                first = first or "line %d: %s" % (number, why)
-        if damaged:
+                damage.skip(number, why)
+        if damage.count:
             # Only that key's floor is lost: the journal's #!seen lines and the window still
             # refuse replays of the last minutes; the next save writes the file whole again.
-            log.warning("%s: %d damaged line(s) skipped (first: %s)", self.path, damaged, first)
+            log.warning("%s", damage.note(self.path))
         self.verifier.floors = dict(self.marks)
         self.saved = dict(self.marks)
         restored = 0
