@@ -51,6 +51,9 @@ def test_key_file_errors_name_the_line(tmp_path):
     keys.write_text("# comment\nk1 s1\nk2 s2 10.0.0.0/33\n")
     with pytest.raises(ValueError, match=r"keys:3: bad VM pattern"):
         load_keys(str(keys))
+    keys.write_bytes(b"k1 s\x001\n")  # as the agent's key file: no VM could share that secret
+    with pytest.raises(ValueError, match=r"keys:1: the secret holds control characters"):
+        load_keys(str(keys))
     keys.write_text("k1 s1 web-* 10.0.0.0/8\n")
     loaded = load_keys(str(keys))
     assert loaded[b"k1"].secret == b"s1" and loaded[b"k1"].vms.text == ["web-*", "10.0.0.0/8"]

@@ -148,6 +148,8 @@ def load_keys(path: str) -> dict[bytes, Key]:
         parts = text.split()
         if len(parts) < 2 or not KEY_ID.match(parts[0]):
             raise ValueError("%s:%d: expected 'key_id secret [vm-pattern ...]'" % (path, number))
+        if not parts[1].isprintable():  # the agent refuses such a secret: no VM could share it
+            raise ValueError("%s:%d: the secret holds control characters" % (path, number))
         try:
             vms = VmPatterns(parts[2:]) if len(parts) > 2 else None
         except (ValueError, protocol.DecodeError) as exc:
