@@ -231,6 +231,11 @@ def test_custom_prices_and_threshold_flags(fleet, tmp_path):
     [
         (lambda d, t: [t / "missing", "-o", t / "o"], "does not exist"),
         (lambda d, t: [t, "-o", t / "o"], "holds no VM logs"),
+        (  # a data dir whose only log is damaged says so, not that it holds none
+            lambda d, t: [_write(_folder(t / "bad" / "columnar") / "2026-01-01.parquet",
+                                 "garbage").parent.parent, "-o", t / "o"],
+            "holds no readable VM logs: 1 file(s) could not be read (first: ",
+        ),
         (lambda d, t: [d, "-o", t / "o", "--policy", t / "nope.toml"], "policy file"),
         (lambda d, t: [d, "-o", t / "o", "--policy", _write(t / "p.toml", "days = [")], "not valid TOML"),
         (
@@ -319,6 +324,11 @@ _INFINITE_SIZE = (
 
 def _write(path, text):
     path.write_text(text)
+    return path
+
+
+def _folder(path):
+    path.mkdir(parents=True)
     return path
 
 

@@ -110,7 +110,7 @@ def test_rollups_of_the_version_before_mixed_stretches_are_read_with_their_lower
         bound = np.max([table[field + m] / runs.MIX_SCALES[m] for m in runs.RUN_METRICS], axis=0)
         np.testing.assert_allclose(read[field + "mix"], bound, rtol=1e-6, err_msg=field)
     # A version the reader does not know is named, not guessed at.
-    with pytest.raises(ReportError, match="holds no VM logs"):
+    with pytest.raises(ReportError, match="holds no readable VM logs: 1 file"):
         load.discover([str(tmp_path / "v5")], issues)
     assert "rollups of another aggregate version (5)" in issues[0]["problem"]
 

@@ -182,7 +182,14 @@ def discover(data_dirs: Sequence[str], issues: list[dict] | None = None, raw_onl
         data_dir = os.path.abspath(data_dir)
         if not os.path.isdir(data_dir):
             raise ReportError("data dir %s does not exist or is not a directory" % data_dir)
+        before = len(issues)
         mine, found = _discover_dir(data_dir, issues, raw_only)
+        if not found and len(issues) > before:  # there were logs: none could be read
+            first = issues[before]
+            raise ReportError(
+                "data dir %s holds no readable VM logs: %d file(s) could not be read (first: %s: %s)"
+                % (data_dir, len(issues) - before, first["path"], first["problem"])
+            )
         if not found:
             raise ReportError(
                 "data dir %s holds no VM logs (expected %s/<vm>/<day>%s)"
