@@ -401,3 +401,20 @@ def test_a_judged_day_file_with_nul_bytes_is_named_with_its_rows_kept(backtest, 
     document = json.loads((tmp_path / "out" / "backtest.json").read_text())
     assert document["skipped_files"] == [{"path": str(judged), "why": "1 malformed lines skipped", "vms": 1}]
     assert {r["vm"]: r["outcome"] for r in document["vms"]} == {vm: r["outcome"] for vm, r in rows.items()}
+
+
+def test_a_judged_day_file_with_no_readable_row_says_so(backtest, tmp_path):
+    """A file whose every row is damaged is not "N malformed lines skipped": nothing of it was used."""
+    import shutil
+
+    _history_, out, _stdout, _doc, _rows = backtest
+    data = tmp_path / "data"
+    shutil.copytree(out.parent / "data", data)
+    judged = sorted((data / "vms" / "idle").glob("*.csv"))[-2]
+    header, *rows = judged.read_bytes().rstrip(b"\n").split(b"\n")
+    judged.write_bytes(b"\n".join([header] + [row[:12] + b"\x00" + row[12:] for row in rows]) + b"\n")
+    done = vmstats("backtest", data, "-o", tmp_path / "out", "--policy", out.parent / "policy.toml")
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "out" / "backtest.json").read_text())
+    assert document["skipped_files"] == [
+        {"path": str(judged), "why": "no readable row (%d malformed lines)" % len(rows), "vms": 1}]

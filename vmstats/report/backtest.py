@@ -250,9 +250,10 @@ def _read_series(paths: list[str], owner: list[int], vms: int, errors: dict[int,
     goes in ``errors`` too, so the backtest names it as the report would.
     """
     frame, bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
+    kept = load_mod.rows_per_file(frame, len(paths))
     for i, count in enumerate(bad):
         if count and i not in errors:
-            errors[i] = "%d malformed lines skipped" % count
+            errors[i] = load_mod.damage_words(int(kept[i]), count)
     if not len(frame):
         empty = np.zeros(0)
         return [Series(np.zeros(0, np.int64), {name: empty for name in _COLUMNS[1:]}) for _ in range(vms)]

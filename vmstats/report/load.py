@@ -623,21 +623,34 @@ def _aggregate_rows(paths_per_unit: list[list[Source]]) -> Aggregates:
     return out, issues
 
 
+def rows_per_file(frame, files: int) -> np.ndarray:
+    """Rows read from each of ``files`` files (``frame["file"]`` is each row's file)."""
+    if not len(frame):
+        return np.zeros(files, dtype=np.int64)
+    return np.bincount(frame["file"].to_numpy(), minlength=files)
+
+
+def damage_words(kept: int, bad: int) -> str:
+    """What a file read in part lost, worded once for the report, the backtest and admission.
+
+    A file with no readable row says so: "N malformed lines skipped" alone reads as
+    if the rest of the file had been used.
+    """
+    if kept:
+        return "%d malformed lines skipped" % bad
+    return "no readable row (%d malformed lines)" % bad
+
+
 def file_issues(paths, owner, frame, bad: list[int], errors: dict[int, str]) -> dict[int, list[dict]]:
     """``{unit: [issue]}`` for the files that were unreadable or had malformed lines."""
     damaged = sorted(set(errors) | {i for i, count in enumerate(bad) if count})
     if not damaged:
         return {}
-    rows = np.bincount(frame["file"].to_numpy(), minlength=len(paths)) if len(frame) else np.zeros(len(paths))
+    rows = rows_per_file(frame, len(paths))
     found: dict[int, list[dict]] = {}
     for index in damaged:
         kept = int(rows[index])
-        if index in errors:
-            problem = errors[index]
-        elif kept:
-            problem = "%d malformed lines skipped" % bad[index]
-        else:
-            problem = "no readable row (%d malformed lines)" % bad[index]
+        problem = errors[index] if index in errors else damage_words(kept, bad[index])
         source = paths[index]
         if isinstance(source, logstore.Part):
             entry = issue(source.path, problem, kept, bad[index], vm=source.vm, day=_file_day(source.path))
