@@ -127,13 +127,22 @@ def tagged(tmp_path_factory):
     return data, out
 
 
+def cents(value) -> int:
+    """A money cell in whole cents (an empty cell is 0)."""
+    return round(float(value or 0) * 100)
+
+
 def test_statement_sums_equal_the_per_vm_figures(tagged):
     _data, out = tagged
     vms = read_csv(out / "report.csv")
-    usage = {v["vm"]: v["usage"] for v in json.loads((out / "report.json").read_text())["vms"]}
+    document = json.loads((out / "report.json").read_text())
+    usage = {v["vm"]: v["usage"] for v in document["vms"]}
     lines = read_csv(out / "statement.csv")
     assert list(lines[0]) == list(statement_mod.COLUMNS)
     assert [line["value"] for line in lines] == ["ml", "search", "billing", ""]  # by provisioned cost
+    # Each VM's cost by use is its four parts, to the cent.
+    for v in vms:
+        assert cents(v["usage_cost"]) == sum(cents(x) for x in usage[v["vm"]].values()), v["vm"]
     for line in lines:
         members = [
             v
@@ -142,24 +151,22 @@ def test_statement_sums_equal_the_per_vm_figures(tagged):
         ]
         assert int(line["vms"]) == len(members) > 0 and line["tag"] == "project"
         for column in ("monthly_cost", "usage_cost", "monthly_saving"):
-            assert float(line[column]) == pytest.approx(
-                sum(float(v[column] or 0) for v in members), abs=0.006
-            )
-        parts = [float(line["usage_" + p]) for p in ("cpu", "ram", "disk", "network")]
-        assert sum(parts) == pytest.approx(float(line["usage_cost"]), abs=0.02)
+            assert cents(line[column]) == sum(cents(v[column]) for v in members)
+        parts = [cents(line["usage_" + p]) for p in ("cpu", "ram", "disk", "network")]
+        assert sum(parts) == cents(line["usage_cost"])
         for part, value in zip(("cpu", "ram", "disk", "network"), parts, strict=True):
-            assert value == pytest.approx(sum(usage[v["vm"]][part] for v in members), abs=0.006)
-        idle = sum(float(v["monthly_cost"]) * float(v["idle_share"]) for v in members)
-        assert float(line["idle_cost"]) == pytest.approx(idle, abs=0.006)
-        assert float(line["idle_share"]) == pytest.approx(idle / float(line["monthly_cost"]), abs=1e-4)
+            assert value == sum(cents(usage[v["vm"]][part]) for v in members)
+        idle = sum(cents(float(v["monthly_cost"]) * float(v["idle_share"])) for v in members)
+        assert cents(line["idle_cost"]) == idle
+        assert float(line["idle_share"]) == pytest.approx(idle / cents(line["monthly_cost"]), abs=1e-4)
         assert int(line["candidates"]) == sum(
             v["category"] in ("reclaim", "schedule", "downsize") for v in members
         )
-    # The grand total in report.json is the sum of the groups.
-    total = json.loads((out / "report.json").read_text())["meta"]["statement"]["total"]
-    assert total["monthly_cost"] == pytest.approx(
-        sum(float(line["monthly_cost"]) for line in lines), abs=0.02
-    )
+    # The total in report.json is the sum of the groups, to the cent.
+    total = document["meta"]["statement"]["total"]
+    for column in statement_mod.COLUMNS[4:]:
+        if column not in ("idle_share", "candidates"):
+            assert cents(total[column]) == sum(cents(line[column]) for line in lines), column
     assert total["vms"] == len(vms) == 10
 
 

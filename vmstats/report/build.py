@@ -151,7 +151,7 @@ def build(
         usage = prices.usage_parts(
             vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
         )
-        values["usage_cost"] = math.nan if usage is None else sum(usage.values())
+        values["usage_cost"] = math.nan if usage is None else round(sum(usage.values()), 2)
         decision = decide(values, settings, end_ts, prices)
         if values["last_seen"] <= 0 and vm in damaged_by_vm:
             decision = _all_damaged(damaged_by_vm[vm])
@@ -320,7 +320,7 @@ def _drill(
     return {
         "host": host,
         "tags": dict(tags or ()),
-        "usage": None if usage is None else {k: round(float(x), 2) for k, x in usage.items()},
+        "usage": usage,
         "daily_cpu_p95": v["daily_cpu_p95"],
         "daily_mem_p95": v["daily_mem_p95"],
         "thresholds": {

@@ -109,16 +109,19 @@ class PriceBook:
         disk and network in a month at the window's mean rates) times the
         book's unit prices: a chargeback by what each VM consumed rather than
         what it reserved.  An unknown mean (never reported) counts as zero.
+        Each part is rounded to cents here, once, so the VM's usage cost (their
+        sum) and a statement's columns (sums of them) add up to the cent.
         """
         if not (vcpus > 0 and memory_gb > 0):
             return None
         seconds = self.hours_per_month * 3600.0
-        return {
+        parts = {
             "cpu": _known(cpu_avg) / 100.0 * vcpus * self.vcpu_hour * self.hours_per_month,
             "ram": _known(mem_avg) / 100.0 * memory_gb * self.gb_ram_hour * self.hours_per_month,
             "disk": _known(disk_avg) * seconds / BYTES_PER_GB * self.disk_gb,
             "network": _known(net_avg) * seconds / BYTES_PER_GB * self.network_gb,
         }
+        return {name: round(float(value), 2) for name, value in parts.items()}
 
     def bigger_but_cheaper(self) -> str | None:
         """A shape priced below a strictly smaller one, in words; None when the book is consistent.

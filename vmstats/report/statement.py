@@ -112,8 +112,11 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, 
         line[name] = round(sum(r[name] or 0.0 for r in rows), 2)
     for part in _PARTS:
         line["usage_" + part] = round(sum(r["usage"][part] for r in priced if r["usage"]), 2)
-    # Money spent while idle: each VM's provisioned cost times its share of idle minutes.
-    idle = sum(r["monthly_cost"] * r["idle_share"] for r in priced if r["idle_share"] is not None)
+    # Money spent while idle: each VM's provisioned cost times its share of idle minutes, in
+    # cents per VM as every other figure here, so the groups add up to the total.
+    idle = sum(
+        round(r["monthly_cost"] * r["idle_share"], 2) for r in priced if r["idle_share"] is not None
+    )
     line["idle_cost"] = round(idle, 2)
     line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
     line["candidates"] = sum(1 for r in rows if r["category"] in CANDIDATES)
