@@ -150,8 +150,14 @@ def test_statement_sums_equal_the_per_vm_figures(tagged):
             if dict(p.split("=") for p in v["tags"].split(";")).get("project", "") == line["value"]
         ]
         assert int(line["vms"]) == len(members) > 0 and line["tag"] == "project"
-        for column in ("monthly_cost", "usage_cost", "monthly_saving"):
+        for column in ("monthly_cost", "usage_cost"):
             assert cents(line[column]) == sum(cents(v[column]) for v in members)
+        # The saving is the candidates' only; an upsize's extra cost is apart, never netted.
+        candidates = [v for v in members if v["category"] in ("reclaim", "schedule", "downsize")]
+        assert cents(line["monthly_saving"]) == sum(cents(v["monthly_saving"]) for v in candidates)
+        assert int(line["candidates"]) == len(candidates)
+        upsizes = [v for v in members if v["category"] == "upsize"]
+        assert cents(line["upsize_extra_cost"]) == -sum(cents(v["monthly_saving"]) for v in upsizes)
         parts = [cents(line["usage_" + p]) for p in ("cpu", "ram", "disk", "network")]
         assert sum(parts) == cents(line["usage_cost"])
         for part, value in zip(("cpu", "ram", "disk", "network"), parts, strict=True):
@@ -159,15 +165,23 @@ def test_statement_sums_equal_the_per_vm_figures(tagged):
         idle = sum(cents(float(v["monthly_cost"]) * float(v["idle_share"])) for v in members)
         assert cents(line["idle_cost"]) == idle
         assert float(line["idle_share"]) == pytest.approx(idle / cents(line["monthly_cost"]), abs=1e-4)
-        assert int(line["candidates"]) == sum(
-            v["category"] in ("reclaim", "schedule", "downsize") for v in members
-        )
-    # The total in report.json is the sum of the groups, to the cent.
+    assert any(line["upsize_extra_cost"] != "0.0" for line in lines)  # the fleet has an upsize
+    # The total in report.json is the sum of the groups, to the cent, and the report's own totals.
     total = document["meta"]["statement"]["total"]
     for column in statement_mod.COLUMNS[4:]:
         if column not in ("idle_share", "candidates"):
             assert cents(total[column]) == sum(cents(line[column]) for line in lines), column
+    totals = document["meta"]["totals"]
+    for column in ("monthly_cost", "monthly_saving", "upsize_extra_cost", "candidates"):
+        assert total[column] == totals[column], column
     assert total["vms"] == len(vms) == 10
+    # The page's statement total shows the saving of its headline, and the upsizes' cost apart.
+    page = (out / "report.html").read_text()
+    start = page.index('<table id="statement">')
+    statement_html = page[start : page.index("</table>", start)]
+    total_row = statement_html[statement_html.index('<tr class="total">') :]
+    assert "{:,.2f}".format(totals["monthly_saving"]) in total_row
+    assert "{:,.2f}".format(totals["upsize_extra_cost"]) in total_row and "upsize extra" in statement_html
 
 
 def test_usage_cost_is_the_usage_matrix_times_unit_prices(tagged):

@@ -411,14 +411,8 @@ def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, 
         },
         "totals": {
             "vms": len(rows),
-            "monthly_cost": round(sum(r["monthly_cost"] or 0.0 for r in rows), 2),
-            # Savings only: an upsize's extra cost is shown apart, never netted against them.
-            "monthly_saving": round(sum(r["monthly_saving"] for r in rows if r["category"] in CANDIDATES), 2),
-            "upsize_extra_cost": round(
-                -sum(r["monthly_saving"] for r in rows if r["category"] == "upsize"), 2
-            ),
+            **statement_mod.money(rows),
             "data_quality_vms": sum(1 for r in rows if r["data_quality"]),
-            "candidates": sum(1 for r in rows if r["category"] in CANDIDATES),
             "bad_lines": sum(r["bad_lines"] for r in rows),
             "unpriced_vms": sum(1 for r in rows if r["monthly_cost"] is None),
         },

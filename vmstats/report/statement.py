@@ -35,9 +35,8 @@ COLUMNS = (
     "idle_share",
     "monthly_saving",
     "candidates",
+    "upsize_extra_cost",
 )
-#: Money columns: sums of the per-VM figures, rounded to cents once summed.
-_SUMS = ("monthly_cost", "usage_cost", "monthly_saving")
 _PARTS = ("cpu", "ram", "disk", "network")
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,%d}\Z" % (MAX_TAG_KEY_LENGTH - 1))
 
@@ -107,9 +106,9 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, 
         "value": value,
         "vms": len(rows),
         "unpriced_vms": len(rows) - len(priced),
+        **money(rows),
+        "usage_cost": round(sum(r["usage_cost"] or 0.0 for r in rows), 2),
     }
-    for name in _SUMS:
-        line[name] = round(sum(r[name] or 0.0 for r in rows), 2)
     for part in _PARTS:
         line["usage_" + part] = round(sum(r["usage"][part] for r in priced if r["usage"]), 2)
     # Money spent while idle: each VM's provisioned cost times its share of idle minutes, in
@@ -119,8 +118,26 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, 
     )
     line["idle_cost"] = round(idle, 2)
     line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
-    line["candidates"] = sum(1 for r in rows if r["category"] in CANDIDATES)
     return line
+
+
+def money(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Cost as provisioned, saving, candidates and upsizes' extra cost of ``rows``.
+
+    The one definition of these totals, for the report's (``meta.totals``) and
+    each statement line's: the saving is the candidates' only, and an upsize's
+    extra cost is its own figure, never netted against it (docs/REPORT.md,
+    "Ranking"), so a statement's saving adds up to the report's.
+    """
+    candidates = [r for r in rows if r["category"] in CANDIDATES]
+    upsizes = [r for r in rows if r["category"] == "upsize"]
+    return {
+        "monthly_cost": round(sum((r["monthly_cost"] or 0.0 for r in rows), 0.0), 2),
+        "monthly_saving": round(sum((r["monthly_saving"] or 0.0 for r in candidates), 0.0), 2),
+        "candidates": len(candidates),
+        # 0.0 - ...: an empty sum is 0.0, not -0.0 (written "-0.0" in a CSV).
+        "upsize_extra_cost": round(0.0 - sum((r["monthly_saving"] or 0.0 for r in upsizes), 0.0), 2),
+    }
 
 
 def write_csv(document: Mapping[str, Any], out_dir: str) -> str:
