@@ -182,6 +182,11 @@ def test_statement_sums_equal_the_per_vm_figures(tagged):
     total_row = statement_html[statement_html.index('<tr class="total">') :]
     assert "{:,.2f}".format(totals["monthly_saving"]) in total_row
     assert "{:,.2f}".format(totals["upsize_extra_cost"]) in total_row and "upsize extra" in statement_html
+    # ... and the summary's upsize line says what they would add, as the terminal does.
+    cats = page[page.index('<table class="cats">') :]
+    upsize_row = cats[cats.index(">upsize<") : cats.index("</tr>", cats.index(">upsize<"))]
+    extra = "{:,.2f}".format(totals["upsize_extra_cost"])
+    assert "USD %s more / month (not in the saving)" % extra in upsize_row
 
 
 def test_usage_cost_is_the_usage_matrix_times_unit_prices(tagged):
