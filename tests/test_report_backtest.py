@@ -8,6 +8,7 @@ with only the thresholds taken from the product's JudgingRules.
 """
 
 import csv
+import html
 import json
 import re
 import statistics
@@ -239,6 +240,23 @@ def test_csv_json_html_and_the_deciding_report(backtest):
     assert decision["meta"]["window"]["first_day"] == "2026-01-01"
     assert decision["meta"]["window"]["last_day"] == "2026-01-14"
     assert (out / "decision" / "report.html").exists()
+
+
+def test_a_deciding_window_mostly_before_the_logs_is_told_not_judged_as_zeroes(backtest, tmp_path):
+    """The default window leaves --judge-days after it: on a short history it has almost no logs."""
+    _history_, out, stdout, doc, _rows = backtest
+    assert "note:" not in stdout and doc["decision"]["note"] == ""  # a full deciding window
+    done = vmstats("backtest", out.parent / "data", "-o", tmp_path / "out", "--judge-days", 27)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("vmstats backtest: 8 VMs; decided on 2025-12-19 .. 2026-01-01 (14 days)")
+    assert lines[1].startswith("note: the deciding window holds 1 of its 14 days (from 2026-01-01T00:00:00Z")
+    assert "too young to judge" in lines[1] and "--judge-days" in lines[1]
+    again = json.loads((tmp_path / "out" / "backtest.json").read_text())
+    assert again["decision"]["note"] == lines[1][len("note: ") :]
+    assert {r["category"] for r in again["vms"]} == {"insufficient-data"}
+    page = (tmp_path / "out" / "backtest.html").read_text()
+    assert html.escape(again["decision"]["note"], quote=True) in page
 
 
 def test_columns_are_documented():

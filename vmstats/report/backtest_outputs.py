@@ -85,12 +85,35 @@ def document(result: Backtest) -> dict[str, Any]:
             "policy": meta["policy"],
             "prices": meta["prices"],
             "totals": meta["totals"],
+            "too_young": meta["too_young"],
+            "note": decision_note(result),
         },
         "skipped_files": result.skipped_files,
         "outcomes": OUTCOMES,
         "columns": list(BACKTEST_COLUMNS),
         "vms": [{c: row.get(c) for c in BACKTEST_COLUMNS} for row in ordered(result)],
     }
+
+
+def decision_note(result: Backtest) -> str:
+    """Why the deciding window judged less than it was asked to ("" when it had it all).
+
+    The default deciding window leaves --judge-days of logs after it, so on a
+    short history it lies mostly before the first log: its report is then too
+    young for any verdict, every VM is insufficient-data, and each outcome
+    reads 0 with nothing on the page saying why.
+    """
+    meta = result.decision.meta
+    window, asked = meta["window"], result.windows.as_dict()["decide"]["days"]
+    if not meta["too_young"] and window["days"] >= asked:
+        return ""
+    text = "the deciding window holds %g of its %d days (from %s: %s)" % (
+        window["days"], asked, window["start"], window["why"].split(": ", 1)[-1]
+    )
+    if meta["too_young"]:
+        text += "; %s: no advice to judge. Leave it more days of logs (a shorter --judge-days, " \
+            "or a later --decide-until)" % meta["too_young"]
+    return text
 
 
 def write_json(result: Backtest, path: str) -> None:
@@ -159,6 +182,9 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
         ),
         file=stream,
     )
+    note = decision_note(result)
+    if note:
+        print("note: " + note, file=stream)
     print(rules_text(result), file=stream)
     q = s["quiet_in_both"]
     lines = (
