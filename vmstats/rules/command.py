@@ -67,7 +67,10 @@ def alerts(data_dir: str, url: str | None, token: str | None, recent: int, as_js
         raise click.ClickException("the server gives per-VM states only with its status token "
                                    "(--token)")
     states = page["states"]
-    click.echo("%d scopes, %d not ok" % (len(states), sum(1 for s in states if s["state"] != "ok")))
+    # The log holds a scope only once it changed state (a scope starts ok without a word), so
+    # offline the count is of those: said, lest it read as a disagreement with /alerts.
+    where = "" if url else " in the action log (those that ever changed state; /alerts counts all)"
+    click.echo("%d scopes%s, %d not ok" % (len(states), where, sum(1 for s in states if s["state"] != "ok")))
     for s in states:
         if s["state"] != "ok":
             value = "" if s.get("value") is None else " value %.4g" % s["value"]
