@@ -189,6 +189,18 @@ def test_statement_sums_equal_the_per_vm_figures(tagged):
     assert "USD %s more / month (not in the saving)" % extra in upsize_row
 
 
+def test_the_terminal_statement_ends_with_its_total_and_names_the_groups_it_leaves_out(tagged, tmp_path):
+    data, out = tagged
+    done = report(data, "-o", tmp_path / "out", "--by", "project", "--top", 2)
+    assert done.returncode == 0, done.stderr
+    listing = done.stdout[done.stdout.index("statement by project: 4 groups") :].splitlines()
+    assert [line.split()[0] for line in listing[1:5]] == ["ml", "search", "...", "total"]
+    assert listing[3] == "  ... 2 more groups (statement.csv)"
+    totals = json.loads((out / "report.json").read_text())["meta"]["totals"]
+    assert listing[4].split()[1:3] == [str(totals["vms"]), "VMs"]
+    assert listing[4].endswith("saving %12s" % "{:,.2f}".format(totals["monthly_saving"]))
+
+
 def test_usage_cost_is_the_usage_matrix_times_unit_prices(tagged):
     data, _out = tagged
     result, by_vm = run([data])

@@ -230,11 +230,20 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
         names.append(STATEMENT_NAME)
         print("", file=stream)
         print("statement by %s: %d groups" % (statement["by"], len(statement["groups"])), file=stream)
-        for line in statement["groups"][:top]:
+        groups = statement["groups"]
+        shown = [(line["value"] or "(no %s)" % statement["by"], line) for line in groups[:top]]
+        if len(groups) > top:
+            shown.append(("... %d more groups" % (len(groups) - top), None))
+        # The total closes the list, so the lines shown are read against the report's figures.
+        shown.append(("total", statement["total"]))
+        for label, line in shown:
+            if line is None:
+                print("  %s (statement.csv)" % label, file=stream)
+                continue
             print(
                 "  %-24s %4d VMs  provisioned %12s  by use %12s  saving %12s"
                 % (
-                    (line["value"] or "(no %s)" % statement["by"])[:24],
+                    label[:24],
                     line["vms"],
                     format(line["monthly_cost"], ",.2f"),
                     format(line["usage_cost"], ",.2f"),
