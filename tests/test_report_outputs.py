@@ -188,6 +188,11 @@ def test_exclusions_and_expiry(fleet):
     assert by_vm["oversized"]["category"] == "downsize"
     assert [e["vm"] for e in document["meta"]["exclusions"]["expired"]] == ["oversized*"]
     assert "old freeze" in (out / "report.html").read_text()
+    # ... and so does the terminal (a nightly run's journal), naming it with its reason and date.
+    expired = document["meta"]["exclusions"]["expired"][0]["expires"]
+    assert "expired exclusions, no longer applied: oversized* (old freeze, expired %s)" % expired in (
+        result.stdout.splitlines()
+    )
 
 
 def test_terminal_summary(fleet):

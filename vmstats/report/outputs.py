@@ -190,6 +190,14 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
         )
     if meta["too_young"]:
         print(meta["too_young"], file=stream)
+    expired = meta["exclusions"]["expired"]
+    if expired:
+        # As on the page: a lapsed promise must not turn silently into a reclaim advice.
+        print(
+            "expired exclusions, no longer applied: %s"
+            % "; ".join("%s (%s, expired %s)" % (e["vm"], e["reason"], e["expires"]) for e in expired),
+            file=stream,
+        )
     if totals["upsize_extra_cost"]:
         print(
             "upsize: %s more a month for %d VMs near their size (not in the saving)"
