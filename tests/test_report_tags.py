@@ -201,6 +201,19 @@ def test_the_terminal_statement_ends_with_its_total_and_names_the_groups_it_leav
     assert listing[4].endswith("saving %12s" % "{:,.2f}".format(totals["monthly_saving"]))
 
 
+def test_a_run_without_by_removes_the_statement_an_earlier_run_left(tagged, tmp_path):
+    data, _out = tagged
+    out = tmp_path / "nightly"
+    assert report(data, "-o", out, "--by", "project").returncode == 0
+    assert (out / "statement.csv").exists()
+    done = report(data, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert not (out / "statement.csv").exists()  # no stale bill beside this run's report
+    assert "vmstats report: removed %s of an earlier run (this one has no --by)" % (
+        out / "statement.csv") in done.stderr.splitlines()
+    assert report(data, "-o", out).stderr.count("statement.csv") == 0  # nothing to remove, nothing said
+
+
 def test_usage_cost_is_the_usage_matrix_times_unit_prices(tagged):
     data, _out = tagged
     result, by_vm = run([data])

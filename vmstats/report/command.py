@@ -155,6 +155,28 @@ def write_report(result, out_dir: str) -> None:
         write_json(result, os.path.join(out_dir, "report.json"))
     if result.meta.get("statement"):
         write_statement(result.meta["statement"], out_dir)
+    else:
+        _remove_old_statement(out_dir)
+
+
+def _remove_old_statement(out_dir: str) -> None:
+    """Remove the statement.csv an earlier run with ``--by`` left in ``out_dir``.
+
+    A nightly report into the same folder would otherwise keep last month's
+    bill beside this run's report, for a chargeback job to pick up as current.
+    """
+    from vmstats.report.statement import STATEMENT_NAME
+
+    path = os.path.join(out_dir, STATEMENT_NAME)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        click.echo("vmstats report: warning: %s is of an earlier run (this one has no --by) and "
+                   "cannot be removed: %s" % (path, exc.strerror), err=True)
+        return
+    click.echo("vmstats report: removed %s of an earlier run (this one has no --by)" % path, err=True)
 
 
 def _render(result, path: str) -> None:
