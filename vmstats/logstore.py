@@ -121,7 +121,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        text = repr(value)
+        text = repr(value + 0.0)  # -0.0 + 0.0 is 0.0: a sent "-0" is logged as 0, not "-0"
         return text[:-2] if text.endswith(".0") else text
     return str(value)
 

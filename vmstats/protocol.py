@@ -118,6 +118,17 @@ class DecodeError(ValueError):
 
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+#: A decimal number as InfluxDB's line protocol spells one, and so every text format here:
+#: ASCII digits, an optional leading minus, point and exponent.  ``float()`` alone also takes
+#: ``1_000``, Unicode digits (``\u0661``), surrounding whitespace and a leading ``+``, none of
+#: which any sender writes; ``[0-9]`` rather than ``\d``, which matches every script's digits.
+DECIMAL = r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+DECIMAL_RE = re.compile(DECIMAL + r"\Z")
+#: A typed integer: signed ``i`` or unsigned ``u``.
+_TYPED_INT_RE = re.compile(r"(?:-?[0-9]+i|[0-9]+u)\Z")
+#: What float() reads as nan or infinity: refused as ``non_finite``, not as ``non_numeric``.
+_NON_FINITE_WORDS = ("nan", "inf", "infinity")
+_STAMP_RE = re.compile(r"[0-9]{1,20}\Z")
 # A dotted quad already in canonical form (no leading zeros, each part <= 255): what agents send
 # by default, accepted without the ipaddress module's ~30 us per new id.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -238,21 +249,26 @@ def normalize_timestamp(value):
     return value // 1000000000
 
 
+def spells_non_finite(text):
+    """Is ``text`` (not a ``DECIMAL``) one of float()'s spellings of nan or infinity (``NaN``,
+    ``-inf``, ``Infinity``)?  Those are refused as ``non_finite``, whatever else refuses them."""
+    return text.lstrip("+-").lower() in _NON_FINITE_WORDS
+
+
 def _parse_number(name, text, is_int, lo, hi):
-    if not text or "_" in text:
-        raise DecodeError(R_NON_NUMERIC, "%s=%r is not a number" % (name, text[:40]))
-    last = text[-1]
-    if last in "iu":
-        try:
-            value = int(text[:-1])
-        except ValueError:
+    """A field's value by the one grammar (``DECIMAL``, ``_TYPED_INT_RE``), never by what
+    int() and float() would also make of it."""
+    if text[-1:] in ("i", "u"):
+        if not _TYPED_INT_RE.match(text):
             raise DecodeError(R_NON_NUMERIC, "%s=%r is not an integer" % (name, text[:40]))
+        value = int(text[:-1])
     else:
-        try:
-            value = float(text)
-        except ValueError:
+        if not DECIMAL_RE.match(text):
+            if spells_non_finite(text):
+                raise DecodeError(R_NON_FINITE, "%s=%r is not finite" % (name, text[:40]))
             raise DecodeError(R_NON_NUMERIC, "%s=%r is not a number" % (name, text[:40]))
-        if value != value or value in (math.inf, -math.inf):
+        value = float(text)
+        if value in (math.inf, -math.inf):  # digits past a double's range (1e999)
             raise DecodeError(R_NON_FINITE, "%s=%r is not finite" % (name, text[:40]))
         if is_int:
             if value != int(value):
@@ -352,7 +368,7 @@ class Decoder(object):
         for name in REQUIRED_FIELDS:
             if name not in values:
                 raise DecodeError(R_MISSING, "no %s field" % name)
-        if not stamp.isdigit() or len(stamp) > 20:
+        if not _STAMP_RE.match(stamp):  # str.isdigit() takes every script's digits
             raise DecodeError(R_SYNTAX if stamp else R_MISSING, "timestamp %r is not an integer" % stamp[:40])
         ts = normalize_timestamp(int(stamp))
         if now is None:
