@@ -44,7 +44,9 @@ from vmstats.server.formats import (
 
 FIELDS = GAUGES + RATES
 _PLACEHOLDER = re.compile(r"\{(vm|device|field)\}|\*")
-_UNDERSCORED_IP = re.compile(r"\d{1,3}(?:_\d{1,3}){3}\Z")
+#: A value or timestamp: a decimal number (``protocol.DECIMAL``), not whatever float() takes.
+_DECIMAL = re.compile(protocol.DECIMAL.encode("ascii") + rb"\Z").match
+_UNDERSCORED_IP = re.compile(r"[0-9]{1,3}(?:_[0-9]{1,3}){3}\Z")
 
 
 class Template:
@@ -115,22 +117,28 @@ class GraphiteDecoder(Decoder):
             except UnicodeDecodeError:
                 tally.reject(R_UTF8, "line is not UTF-8")
                 continue
-            parts = text.split()
+            # Split as bytes: ASCII whitespace, as carbon splits; str.split would also take
+            # a no-break space or U+2003 between the path and the value.
+            parts = line.split()
             if len(parts) not in (2, 3):
                 tally.reject(R_SYNTAX, "%r is not 'path value [timestamp]'" % text[:60])
                 continue
-            try:
-                value = float(parts[1])
-                ts = float(parts[2]) if len(parts) == 3 else -1.0
-            except ValueError:
-                tally.reject(R_SYNTAX, "%r has no numeric value and time" % text[:60])
+            numbers = parts[1:]
+            if not all(map(_DECIMAL, numbers)):
+                words = [number.decode("utf-8") for number in numbers]
+                if any(map(protocol.spells_non_finite, words)):
+                    tally.reject(R_NON_FINITE, "%r is not finite" % text[:60])
+                else:
+                    tally.reject(R_SYNTAX, "%r has no decimal value and time" % text[:60])
                 continue
-            if not math.isfinite(value) or not math.isfinite(ts):
+            value = float(parts[1])
+            ts = float(parts[2]) if len(parts) == 3 else -1.0
+            if not math.isfinite(value) or not math.isfinite(ts):  # digits past a double's
                 tally.reject(R_NON_FINITE, "%r is not finite" % text[:60])
                 continue
             if ts == -1:
                 ts = now
-            path = parts[0].partition(";")[0]
+            path = parts[0].decode("utf-8").partition(";")[0]
             for template in self.templates:
                 match = template.regex.match(path)
                 if match is not None:
