@@ -1,19 +1,57 @@
 """Click parameter types the commands share."""
 
 import math
+import re
 from typing import Any
 
 import click
 
+from vmstats.protocol import DECIMAL_RE
 
-class FiniteRange(click.FloatRange):
-    """A FloatRange that refuses ``nan`` and ``inf``.
+#: An integer as an operator types one.  click's INT and FLOAT call int() and float(), which
+#: also take ``1_000``, Unicode digits (``\u0661\u0662`` is 12) and surrounding whitespace:
+#: a typo or a pasted character would then pass as some other number than the one shown.
+_INTEGER = re.compile(r"-?[0-9]+\Z")
+
+
+class _Spelled:
+    """What IntRange and FiniteRange share: text is read only if ``spelling`` matches it, and
+    without bounds the help shows the plain type (``INTEGER``, no ``x<=None``)."""
+
+    spelling: "re.Pattern[str]"
+    plain: str
+    refusal: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.min is None and self.max is None:
+            self.name = self.plain
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        if isinstance(value, str) and not self.spelling.match(value):
+            self.fail(self.refusal % (value,), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class IntRange(_Spelled, click.IntRange):
+    """click's IntRange for ASCII digits only (``_INTEGER``); no bounds: any integer."""
+
+    spelling, plain, refusal = _INTEGER, "integer", "%r is not an integer."
+
+
+class FiniteRange(_Spelled, click.FloatRange):
+    """A FloatRange of decimal numbers (``protocol.DECIMAL``), so no ``nan`` and ``inf``.
 
     click lets both through (``nan`` compares false with every bound, ``inf`` passes an
-    open upper end), and either would run a simulation forever or poison every sum after it.
+    open upper end), and either would run a simulation forever or poison every sum after it;
+    and float() reads ``1_0`` and Unicode digits as numbers, as ``_INTEGER`` says.
     """
 
     name = "finite float range"
+    spelling, plain, refusal = DECIMAL_RE, "float", "%r is not a finite number."
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         number = super().convert(value, param, ctx)

@@ -9,7 +9,7 @@ import click
 
 from vmstats.capacity import defaults
 from vmstats.capacity.backtest_command import backtest_options, run_backtest
-from vmstats.options import FiniteRange, OutputFolder
+from vmstats.options import FiniteRange, IntRange, OutputFolder
 from vmstats.report.command import _OneLineErrors
 from vmstats.report.settings import MAX_DAYS, ReportError
 
@@ -25,7 +25,7 @@ def capacity_options(function):
         ),
         click.option(
             "--peak-minutes",
-            type=click.IntRange(1, 1440),
+            type=IntRange(1, 1440),
             default=defaults.PEAK_MINUTES,
             show_default=True,
             help="Each VM counts its peak of every block of this many minutes (60: hourly peaks; "
@@ -40,7 +40,7 @@ def capacity_options(function):
         ),
         click.option(
             "--days",
-            type=click.IntRange(1, MAX_DAYS),
+            type=IntRange(1, MAX_DAYS),
             default=14,
             show_default=True,
             help="Look-back in whole UTC days.",
@@ -126,7 +126,7 @@ def report_changes(rows: list[dict]):
 @click.option("--cache-dir", default=None, metavar="DIR", help="The report's statistics cache.")
 @click.option(
     "--top",
-    type=click.IntRange(0, 100000),
+    type=IntRange(0, 100000),
     default=20,
     show_default=True,
     help="Hosts listed on the terminal.",

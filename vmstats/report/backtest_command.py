@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from vmstats.options import OutputFolder
+from vmstats.options import IntRange, OutputFolder
 from vmstats.report.command import (
     _OneLineErrors,
     _Progress,
@@ -35,20 +35,20 @@ from vmstats.report.settings import MAX_DAYS, ReportError
 )
 @click.option(
     "--decide-days",
-    type=click.IntRange(1, MAX_DAYS),
+    type=IntRange(1, MAX_DAYS),
     default=14,
     show_default=True,
     help="Whole days the report decides on.",
 )
 @click.option(
     "--judge-days",
-    type=click.IntRange(1, MAX_DAYS),
+    type=IntRange(1, MAX_DAYS),
     default=14,
     show_default=True,
     help="Whole days after the deciding window the decisions are judged on.",
 )
 @policy_options
-@click.option("--top", type=click.IntRange(0, 1000), default=10, show_default=True,
+@click.option("--top", type=IntRange(0, 1000), default=10, show_default=True,
               help="Faults listed on the terminal.")
 def backtest(
     data_dirs,

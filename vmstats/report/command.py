@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from vmstats.options import OutputFolder
+from vmstats.options import FiniteRange, IntRange, OutputFolder
 from vmstats.progress import Progress
 from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError, coerce
 
@@ -44,7 +44,7 @@ def _threshold_options(function):
         function = click.option(
             "--" + name.replace("_", "-"),
             name,
-            type=float,
+            type=FiniteRange(),
             default=None,
             help="%s (default %s)."
             % (
@@ -85,7 +85,7 @@ def policy_options(function):
         click.option("--no-cache", is_flag=True, help="Neither read nor write the cache."),
         click.option(
             "--workers",
-            type=click.IntRange(1, 64),
+            type=IntRange(1, 64),
             default=None,
             help="Parsing processes (default: CPUs, <= 4).",
         ),
@@ -332,12 +332,12 @@ def check_output(out_dir: str) -> None:
     help="Folder for report.html, report.csv, report.json.",
 )
 @click.option(
-    "--days", type=click.IntRange(1, MAX_DAYS), default=None, help="Look-back in whole days (default 14)."
+    "--days", type=IntRange(1, MAX_DAYS), default=None, help="Look-back in whole days (default 14)."
 )
 @click.option("--since", default=None, metavar="YYYY-MM-DD", help="First day of the window (UTC).")
 @click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC).")
 @policy_options
-@click.option("--top", type=click.IntRange(0, 1000), default=10, show_default=True,
+@click.option("--top", type=IntRange(0, 1000), default=10, show_default=True,
               help="Candidates listed on the terminal.")
 @click.option(
     "--by",

@@ -9,11 +9,13 @@ so specific groups go first.
 
 import ipaddress
 import math
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from vmstats import inputfile
+from vmstats.protocol import DECIMAL_RE
 from vmstats.selectors import selected
 
 
@@ -89,6 +91,16 @@ DEFAULTS = {s.name: s.default for s in SETTINGS}
 FLEET_ONLY = ("days",)
 
 
+def _number(value: Any) -> float:
+    """float() of a TOML/JSON number, or of text (``--set``) spelled as ``protocol.DECIMAL``:
+    float() alone reads ``1_4`` as 14 and Unicode digits as digits.  ValueError otherwise."""
+    if isinstance(value, str):
+        value = value.strip(string.whitespace)
+        if not DECIMAL_RE.match(value):
+            raise ValueError(value)
+    return float(value)
+
+
 def coerce(name: str, value: Any, origin: str) -> Any:
     """Check one override against the default's type; ReportError names the origin."""
     if name not in DEFAULTS:
@@ -98,7 +110,7 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         try:
-            items = sorted(float(v) for v in value)
+            items = sorted(map(_number, value))
         except (TypeError, ValueError):
             raise ReportError("%s: %s must be a list of numbers" % (origin, name)) from None
         if not items or items[0] <= 0 or not all(map(math.isfinite, items)):
@@ -109,7 +121,7 @@ def coerce(name: str, value: Any, origin: str) -> Any:
     if name == "utc_offset_hours" and isinstance(value, str) and value.strip().lower() == "auto":
         return None
     try:
-        number = float(value)
+        number = _number(value)
     except ValueError:
         raise ReportError("%s: %s=%r is not a number" % (origin, name, value)) from None
     if not math.isfinite(number):

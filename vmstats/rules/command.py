@@ -8,6 +8,7 @@ import urllib.request
 
 import click
 
+from vmstats.options import IntRange
 from vmstats.rules.config import RulesError, load_rules
 
 
@@ -44,7 +45,7 @@ def check(path: str, quiet: bool) -> None:
 @click.option("--token", envvar="VMSTATS_STATUS_TOKEN", default=None,
               help="With --url: the server's --status-token (env VMSTATS_STATUS_TOKEN), for "
                    "per-VM states and the log.")
-@click.option("--recent", type=click.IntRange(0), default=20, show_default=True,
+@click.option("--recent", type=IntRange(0), default=20, show_default=True,
               help="Log entries to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the /alerts shape).")
 def alerts(data_dir: str, url: str | None, token: str | None, recent: int, as_json: bool) -> None:

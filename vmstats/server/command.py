@@ -7,7 +7,7 @@ import sys
 import click
 
 from vmstats import inputfile, protocol
-from vmstats.options import FiniteRange
+from vmstats.options import FiniteRange, IntRange
 from vmstats.report.settings import MAX_DAYS
 from vmstats.server.config import MIN_PER_VM, ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, resolve_bind
@@ -53,11 +53,11 @@ def retention_options(command):
 @click.command()
 @click.option("--bind", default=D.bind, show_default=True,
               help="Address or host name to listen on (a name is resolved once, IPv4 first).")
-@click.option("--udp-port", type=click.IntRange(0, 65535), default=D.udp_port,
+@click.option("--udp-port", type=IntRange(0, 65535), default=D.udp_port,
               show_default=True, help="UDP port (0 = ephemeral).")
-@click.option("--tcp-port", type=click.IntRange(0, 65535), default=D.tcp_port,
+@click.option("--tcp-port", type=IntRange(0, 65535), default=D.tcp_port,
               show_default=True, help="TCP port (0 = ephemeral).")
-@click.option("--http-port", type=click.IntRange(-1, 65535), default=D.http_port,
+@click.option("--http-port", type=IntRange(-1, 65535), default=D.http_port,
               show_default=True, help="HTTP port for /metrics and /status (0 = ephemeral, -1 = off).")
 @click.option("--no-http", is_flag=True, help="Do not serve /metrics and /status.")
 @click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
@@ -68,9 +68,9 @@ def retention_options(command):
 @retention_options
 @click.option("--flush-interval", type=DURATION, default=_seconds(D.flush_interval), show_default=True,
               help="How often the buffer is written to the logs.")
-@click.option("--workers", type=click.IntRange(1, 256), default=None,
+@click.option("--workers", type=IntRange(1, 256), default=None,
               help="Writer processes (default: number of cores).")
-@click.option("--parsers", type=click.IntRange(0, 256), default=None,
+@click.option("--parsers", type=IntRange(0, 256), default=None,
               help="Parser processes that take the regex work off the reactor "
                    "(default: number of cores; 0 = parse in the reactor).")
 @click.option("--parser-timeout", type=DURATION, default=_seconds(D.parser_timeout),
@@ -84,16 +84,16 @@ def retention_options(command):
 @click.option("--auth-keys", type=click.Path(), default=None,
               help="Key file ('key_id secret [vm-pattern ...]' per line): require signed frames; "
                    "a key with patterns may sign only for those VMs (ids, globs, CIDRs).")
-@click.option("--sig-window", type=click.IntRange(1), default=D.sig_window,
+@click.option("--sig-window", type=IntRange(1), default=D.sig_window,
               show_default=True, help="Seconds a signed frame's time may differ from ours.")
-@click.option("--max-buffered", type=click.IntRange(1), default=D.max_buffered, show_default=True,
+@click.option("--max-buffered", type=IntRange(1), default=D.max_buffered, show_default=True,
               help="Global cap on buffered records (reaching it flushes early).")
-@click.option("--max-per-vm", type=click.IntRange(MIN_PER_VM), default=D.max_per_vm,
+@click.option("--max-per-vm", type=IntRange(MIN_PER_VM), default=D.max_per_vm,
               show_default=True,
               help="Cap on buffered records of one VM; at least %d, a batch of one VM's records "
                    "(a larger batch could never be acknowledged: it is answered busy each time)."
                    % MIN_PER_VM)
-@click.option("--max-vms", type=click.IntRange(1), default=D.max_vms, show_default=True,
+@click.option("--max-vms", type=IntRange(1), default=D.max_vms, show_default=True,
               help="Cap on VMs known at once: records of new VMs beyond it are dropped "
                    "(counted; VMs silent 10 min are forgotten when it is reached).")
 @click.option("--max-past", type=DURATION, default=_seconds(D.max_past), show_default=True,
@@ -102,23 +102,23 @@ def retention_options(command):
               show_default=True, help="Reject records stamped further ahead than this.")
 @click.option("--drain-timeout", type=DURATION, default=_seconds(D.drain_timeout), show_default=True,
               help="Deadline for the final flush at shutdown (missed: exit 1).")
-@click.option("--rcvbuf", type=click.IntRange(4096), default=D.rcvbuf, show_default=True,
+@click.option("--rcvbuf", type=IntRange(4096), default=D.rcvbuf, show_default=True,
               help="UDP socket receive buffer in bytes (beyond net.core.rmem_max only "
                    "with CAP_NET_ADMIN).")
-@click.option("--max-line", type=click.IntRange(64, protocol.MAX_DATAGRAM_SIZE),
+@click.option("--max-line", type=IntRange(64, protocol.MAX_DATAGRAM_SIZE),
               default=D.max_line, show_default=True,
               help="Longest TCP line accepted.")
-@click.option("--max-connections", type=click.IntRange(1), default=D.max_connections, show_default=True,
+@click.option("--max-connections", type=IntRange(1), default=D.max_connections, show_default=True,
               help="Open TCP connections allowed; at the cap the longest silent one is closed for "
                    "a newcomer.")
-@click.option("--max-per-source", type=click.IntRange(1), default=D.max_per_source,
+@click.option("--max-per-source", type=IntRange(1), default=D.max_per_source,
               show_default=True, help="Open TCP connections allowed from one address (raise it "
                                       "for agents behind NAT).")
 @click.option("--idle-timeout", type=DURATION, default=_seconds(D.idle_timeout), show_default=True,
               help="Close TCP connections silent this long (0 = never).")
-@click.option("--http-max-connections", type=click.IntRange(1), default=D.http_max_connections,
+@click.option("--http-max-connections", type=IntRange(1), default=D.http_max_connections,
               show_default=True, help="Open HTTP connections allowed.")
-@click.option("--http-max-per-source", type=click.IntRange(1), default=D.http_max_per_source,
+@click.option("--http-max-per-source", type=IntRange(1), default=D.http_max_per_source,
               show_default=True, help="Open HTTP connections allowed from one address.")
 @click.option("--http-idle-timeout", type=DURATION, default=_seconds(D.http_idle_timeout),
               show_default=True, help="Close HTTP connections silent this long (0 = never).")
@@ -143,7 +143,7 @@ def retention_options(command):
                    "ack; slowest).")
 @click.option("--fsync-interval", type=DURATION, default=_seconds(D.fsync_interval),
               show_default=True, help="Seconds between journal fsyncs with --fsync interval.")
-@click.option("--influx-port", type=click.IntRange(-1, 65535), default=D.influx_port,
+@click.option("--influx-port", type=IntRange(-1, 65535), default=D.influx_port,
               show_default=True,
               help="UDP and TCP port for InfluxDB line protocol from Telegraf and other agents "
                    "(0 = ephemeral, -1 = off). The HTTP write API is on --http-port.")
@@ -151,7 +151,7 @@ def retention_options(command):
               help="The line-protocol tag that names the VM.")
 @click.option("--write-token", default=None,
               help="Token the InfluxDB write API (/write, /api/v2/write) requires.")
-@click.option("--collectd-port", type=click.IntRange(-1, 65535), default=D.collectd_port,
+@click.option("--collectd-port", type=IntRange(-1, 65535), default=D.collectd_port,
               show_default=True,
               help="UDP port for collectd's network plugin (collectd's is 25826; -1 = off).")
 @click.option("--collectd-auth-file", type=click.Path(), default=None,
@@ -160,7 +160,7 @@ def retention_options(command):
 @click.option("--collectd-security", type=click.Choice(["none", "sign", "encrypt"]),
               default=D.collectd_security, show_default=True,
               help="The least security a collectd packet must have (collectd's SecurityLevel).")
-@click.option("--graphite-port", type=click.IntRange(-1, 65535), default=D.graphite_port,
+@click.option("--graphite-port", type=IntRange(-1, 65535), default=D.graphite_port,
               show_default=True, help="UDP and TCP port for Graphite plaintext (carbon's is 2003; "
                                       "-1 = off).")
 @click.option("--graphite-template", "graphite_templates", multiple=True,
@@ -179,12 +179,12 @@ def retention_options(command):
               help="How long an admission answer's offer holds its room on its hosts.")
 @click.option("--capacity-percentile", default=D.capacity_percentile, show_default=True,
               help="Percentile of each host's summed demand for admission: p99.9, p99, max or a number.")
-@click.option("--capacity-peak-minutes", type=click.IntRange(1, 1440), default=D.capacity_peak_minutes,
+@click.option("--capacity-peak-minutes", type=IntRange(1, 1440), default=D.capacity_peak_minutes,
               show_default=True, help="Each VM counts its peak of every block of this many minutes for "
                                       "admission (60: hourly peaks; 1: minute by minute).")
 @click.option("--capacity-coverage-min", type=FiniteRange(0, 1), default=D.capacity_coverage_min,
               show_default=True, help="Share of its VMs' minutes a host needs seen to be offered.")
-@click.option("--capacity-days", type=click.IntRange(1, MAX_DAYS), default=D.capacity_days, show_default=True,
+@click.option("--capacity-days", type=IntRange(1, MAX_DAYS), default=D.capacity_days, show_default=True,
               help="Days of logs the admission summary reads.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)

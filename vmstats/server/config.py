@@ -16,7 +16,9 @@ DEFAULT_RCVBUF = 8 << 20
 #: every time it is sent, so its sender would never move on.
 MIN_PER_VM = 1000
 
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
+#: ASCII: ``\d`` and ``\s`` would otherwise take every script's digits and spaces (float()
+#: reads ``\u0661\u0660`` as 10), which no operator means to type.
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z", re.ASCII)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 

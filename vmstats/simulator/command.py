@@ -11,7 +11,7 @@ from collections import Counter
 
 import click
 
-from vmstats.options import FiniteRange
+from vmstats.options import FiniteRange, IntRange
 from vmstats.progress import Progress
 from vmstats.protocol import encode_records
 
@@ -24,7 +24,7 @@ def _moment(text: str | None) -> int | None:
     """Unix seconds from ``1732262400``, ``2024-05-01`` or ``2024-05-01T09:00:00Z`` (UTC by default)."""
     if text is None:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # isdigit alone takes every script's digits
         return int(text)
     try:
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -109,10 +109,11 @@ def common_options(func):
 
 
 @click.command()
-@click.option("--vms", type=click.IntRange(1, 1_000_000), default=200, show_default=True, help="Fleet size.")
+@click.option("--vms", type=IntRange(1, 1_000_000), default=200, show_default=True, help="Fleet size.")
 @click.option("--days", type=FiniteRange(min=0, min_open=True), default=7.0, show_default=True,
               help="Simulated days of 1-minute records, ending at the current minute.")
-@click.option("--seed", type=int, default=1, show_default=True, help="The same seed gives the same fleet.")
+@click.option("--seed", type=IntRange(), default=1, show_default=True,
+              help="The same seed gives the same fleet.")
 @click.option("--mix", default=None,
               help="Profile weights, e.g. 'idle=30,oversized=20,steady_busy=50' (unnamed: none). "
                    "Default: a typical private cloud (see docs/SIMULATOR.md).")
@@ -126,7 +127,7 @@ def common_options(func):
 @click.option("--inventory", type=click.Path(dir_okay=False), default=None,
               help="Place the VMs on simulated hosts (a mix of sizes, filled as Nova would), send each "
                    "VM's host tag, and write the hosts here as an inventory (TOML).")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--workers", type=IntRange(1, 64), default=1, show_default=True,
               help="Processes generating and encoding in parallel (for servers on other cores; "
                    "records then go out one group of VMs and day at a time).")
 @click.option("--preload", is_flag=True,
@@ -244,7 +245,7 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 @click.option("--start", default=None,
               help="planetlab only: time of the first 5-minute slot (Unix seconds or ISO 8601). "
                    "Default: 2011-03-06T00:00Z, the day the sample was recorded.")
-@click.option("--interval", type=click.IntRange(60), default=None,
+@click.option("--interval", type=IntRange(60), default=None,
               help="Seconds per trace row (a multiple of 60). "
                    "Default: 300 for bitbrains and planetlab, 60 for csv.")
 @click.option("--fill-mem", type=FiniteRange(0, 100), default=None,
@@ -264,7 +265,7 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 @click.option("--pack-ratio", default=None, metavar="CPU:RAM",
               help="Allocation ratios the packing fills to, e.g. 1.0:1.0 for a cloud without "
                    "overcommit. Default: Nova's 4.0:1.0.")
-@click.option("--seed", type=int, default=1, show_default=True,
+@click.option("--seed", type=IntRange(), default=1, show_default=True,
               help="Seed of the hosts' sizes (--pack-hosts).")
 @common_options
 def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_path, pack_hosts, pack_fill,
@@ -420,7 +421,7 @@ def render_quirks(quirks: Counter) -> str:
               help="The report's report.csv (or the folder holding it).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the score here as JSON.")
-@click.option("--max-wrong", type=click.IntRange(0), default=30, show_default=True,
+@click.option("--max-wrong", type=IntRange(0), default=30, show_default=True,
               help="List at most this many wrong verdicts.")
 def score(truth, report_path, json_path, max_wrong):
     """Grade a reclamation report against a simulated fleet's truth: accuracy, confusion, misses."""
@@ -440,7 +441,7 @@ def score(truth, report_path, json_path, max_wrong):
 @click.command("simulate-pool")
 @click.option("--curve", default="0:120,15:360,35:360,50:90", show_default=True,
               help="The pool's total demand over the run, second:demand (percent of one VM's CPU).")
-@click.option("--members", type=click.IntRange(1, 1000), default=3, show_default=True,
+@click.option("--members", type=IntRange(1, 1000), default=3, show_default=True,
               help="Members at the start.")
 @click.option("--prefix", default="pool", show_default=True, help="Members are PREFIX-1, PREFIX-2, ...")
 @click.option("--hosts", default="kvm1,kvm2", show_default=True,
