@@ -1,11 +1,13 @@
 """Random input in every format never crashes a decoder and every line of it is counted."""
 
+import re
 import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmstats.server.formats import Tally
+from vmstats import protocol
+from vmstats.server.formats import Tally, lineprotocol
 from vmstats.server.formats import collectd as cd
 from vmstats.server.formats.graphite import GraphiteDecoder, parse_templates
 from vmstats.server.formats.influx import InfluxDecoder
@@ -89,3 +91,44 @@ def test_collectd_never_crashes_and_counts_every_packet(packet, signed, require)
     samples = decoder.decode(packet, NOW, tally)
     assert sum(tally.counts.values()) >= 1
     assemble(samples)
+
+
+def _native_reads(text: str) -> bool:
+    """Does the native decoder take ``text`` as a number (in range or not)?"""
+    line = "vmstats,vm=v cpu=1,mem=1,disk_r=%s %d" % (text, NOW)
+    try:
+        protocol.Decoder(clock=lambda: NOW).decode_line(line.encode("utf-8"))
+    except protocol.DecodeError as exc:
+        return exc.reason == protocol.R_RANGE
+    return True
+
+
+def _line_protocol_reads(text: str) -> bool:
+    """Does line protocol's grammar take ``text`` as a finite number?"""
+    value = text.encode("utf-8")
+    if not re.fullmatch(lineprotocol._VALUE, value):
+        return False
+    try:
+        lineprotocol.number(value)
+    except lineprotocol.LineError:
+        return False
+    return True
+
+
+def _graphite_reads(text: str) -> bool:
+    tally = Tally()
+    decoder = GraphiteDecoder(parse_templates(["servers.{vm}.cpu.percent cpu"]))
+    decoder.decode(("servers.vm1.cpu.percent %s %d" % (text, NOW)).encode("utf-8"), NOW, tally)
+    return tally.counts["used"] == 1
+
+
+@SETTINGS
+@given(st.text(alphabet=st.sampled_from("0123456789.eE-+_iuxnaIN\u0661\uff11\u00a0\u2003"),
+               min_size=1, max_size=8))
+def test_every_format_reads_numbers_by_one_grammar(text):
+    """float() and int() would take ``1_0``, ``+1``, ``\\u0661`` and more: the native decoder
+    (the C and regexes' reference), Graphite and line protocol all take the same numbers."""
+    native = _native_reads(text)
+    assert native == _line_protocol_reads(text), text
+    if text[-1:] not in ("i", "u"):  # Graphite has no typed integers
+        assert native == _graphite_reads(text), text

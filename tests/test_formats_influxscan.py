@@ -195,7 +195,9 @@ def test_random_bytes_are_read_as_python_reads_them(data):
                        st.one_of(st.floats().map(lambda v: repr(v).encode()),
                                  st.integers(-2**66, 2**66).map(lambda v: b"%di" % v),
                                  st.integers(0, 2**66).map(lambda v: b"%du" % v),
-                                 st.sampled_from([b"t", b"false", b"1e", b"-.5", b"7.", b"1E-2"]))),
+                                 st.sampled_from([b"t", b"false", b"1e", b"-.5", b"7.", b"1E-2", b"1_0",
+                                                  b"1_0i", b"+4i", b"-0", b"inf",
+                                                  "\u0661\u0662".encode()]))),
              min_size=1, max_size=4),
     st.one_of(st.none(), st.integers(-2**64, 2**64))), max_size=20))
 def test_telegraf_shaped_lines_with_any_values_are_read_as_python_reads_them(lines):

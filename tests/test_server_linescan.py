@@ -31,7 +31,8 @@ EDGES = [
 ]
 #: What an edit puts in or over a byte: separators, digits, suffixes, and bytes no line has.
 EDIT_BYTES = [b"", b" ", b",", b"=", b"\r", b"\n", b"0", b"1", b"9", b".", b"i", b"u", b"e", b"-",
-              b"+", b"a", b"Z", b";", b"%", b"_", b"\x00", b"\xff", b"\xc3\xa9", b"vm=x,"]
+              b"+", b"a", b"Z", b";", b"%", b"_", b"\x00", b"\xff", b"\xc3\xa9", b"vm=x,",
+              "\u0661".encode()]  # a digit to int() and float(), no digit to the protocol
 
 
 def test_the_c_reader_is_built():

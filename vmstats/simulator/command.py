@@ -13,7 +13,7 @@ import click
 
 from vmstats.options import FiniteRange, IntRange
 from vmstats.progress import Progress
-from vmstats.protocol import encode_records
+from vmstats.protocol import DECIMAL_RE, encode_records
 
 TRANSPORT = click.Choice(["udp", "tcp"])
 #: UDP has no flow control; this pace keeps a loopback server's socket buffer from overflowing.
@@ -38,10 +38,9 @@ def _moment(text: str | None) -> int | None:
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise click.BadParameter("--speed is 'max' or a factor such as 60, got %r" % text) from None
+    if not DECIMAL_RE.match(text):  # float() would also take 1_0 and Unicode digits
+        raise click.BadParameter("--speed is 'max' or a factor such as 60, got %r" % text)
+    value = float(text)
     if not 0 < value < math.inf:  # inf would be --speed max spelled as a number: say so
         raise click.BadParameter("--speed factor must be a positive finite number (or 'max'), got %r" % text)
     return value
