@@ -116,6 +116,9 @@ def test_a_fleet_with_no_host_known_has_no_room_now_or_after(fleet, tmp_path):
         (["--profile", "2x8", "--inventory", "missing.toml"], "inventory missing.toml: does not exist"),
         (["--profile", "2x8", "--until", "0001-01-01"], "--until 0001-01-01 is outside 1970-01-01"),
         (["--profile", "2x8", "--horizon-days", "nan"], "'nan' is not a finite number"),
+        # int() and float() would read these as 4 and 99: other scripts' digits, separators.
+        (["--profile", "\uff14x16"], "profile '\uff14x16': expected VCPUSxGB"),
+        (["--profile", "2x8", "--percentile", "p9_9"], "percentile 'p9_9': expected p99"),
     ],
 )
 def test_headroom_errors_are_one_line(fleet, args, message):

@@ -155,6 +155,14 @@ def test_line_protocol_numbers_outside_the_grammar_are_syntax_over_udp_and_http(
 
 
 def test_options_with_underscores_or_other_scripts_digits_are_one_usage_line(tmp_path):
+    rules = tmp_path / "rules.toml"
+    for aggregate, code in (("p95", 0), ("p" + arabic(95), 1)):  # a rule's percentile too
+        rules.write_text('[[rule]]\nname = "r"\nscope = "group"\nmetric = "cpu"\nenter = 90\n'
+                         'period = "60s"\naggregate = "%s"\n' % aggregate, encoding="utf-8")
+        done = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(rules)],
+                              cwd=ROOT, timeout=60, capture_output=True, text=True)
+        assert done.returncode == code, done.stderr
+    assert "%r is not mean" % ("p" + arabic(95)) in done.stderr, done.stderr
     for args in (["serve", "--max-past", "1_0s"], ["serve", "--max-past", arabic(10) + "s"],
                  ["serve", "--udp-port", arabic(12)], ["serve", "--max-vms", "1_000"],
                  ["serve", "--capacity-coverage-min", "0.\uff15"],

@@ -26,6 +26,7 @@ import numpy as np
 from vmstats.capacity import defaults
 from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.inventory import Host, Inventory
+from vmstats.protocol import DECIMAL_RE
 
 MINUTE = 60
 DAY_MINUTES = 1440
@@ -63,10 +64,10 @@ def parse_percentile(text: str | float) -> float:
     value = str(text).strip().lower()
     if value == "max":
         return 100.0
-    try:
-        number = float(value[1:] if value.startswith("p") else value)
-    except ValueError:
-        raise CapacityError("percentile %r: expected p99, p95, max or a number" % text) from None
+    digits = value[1:] if value.startswith("p") else value
+    if not DECIMAL_RE.match(digits):  # float() would also take p9_9 and other scripts' digits
+        raise CapacityError("percentile %r: expected p99, p95, max or a number" % text)
+    number = float(digits)
     if not 0 < number <= 100:
         raise CapacityError("percentile %r: must be above 0 and at most 100" % text)
     return number

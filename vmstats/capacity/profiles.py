@@ -13,7 +13,8 @@ from vmstats.capacity.errors import CapacityError
 
 _PROFILE = re.compile(
     r"^\s*(?P<vcpus>\d+(?:\.\d+)?)\s*[xX]\s*(?P<mem>\d+(?:\.\d+)?)\s*(?:g|gb|G|GB)?\s*"
-    r"(?:@\s*(?P<cpu_use>\d+(?:\.\d+)?)\s*%?\s*(?:/\s*(?P<mem_use>\d+(?:\.\d+)?)\s*%?)?)?\s*$"
+    r"(?:@\s*(?P<cpu_use>\d+(?:\.\d+)?)\s*%?\s*(?:/\s*(?P<mem_use>\d+(?:\.\d+)?)\s*%?)?)?\s*$",
+    re.ASCII,  # \d and \s of every script would read "\uff14x16" as 4 x 16
 )
 
 

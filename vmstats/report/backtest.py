@@ -364,7 +364,7 @@ def _sizes(per_minute: np.ndarray, fallback: Any) -> np.ndarray:
 
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_RANGE = re.compile(r"^(\d{2}):00-(\d{2}):00$")
+_RANGE = re.compile(r"^(\d{2}):00-(\d{2}):00$", re.ASCII)  # ASCII: no other script's digits
 
 
 def off_hours_mask(text: str) -> np.ndarray | None:

@@ -28,7 +28,8 @@ STATES = ("ok", "alarm", "insufficient-data", "silent")
 MISSING_POLICIES = ("keep", "ok", "breaching", "insufficient")
 SCOPES = ("vm", "group")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
-_AGGREGATE_RE = re.compile(r"(mean|max|min|count_above|p(\d{1,2}(?:\.\d+)?))\Z")
+#: ASCII: ``\d`` would take ``p\u0669\u0665`` as p95.
+_AGGREGATE_RE = re.compile(r"(mean|max|min|count_above|p(\d{1,2}(?:\.\d+)?))\Z", re.ASCII)
 #: The most periods an M-of-N window spans (CloudWatch's bound on evaluation periods): a
 #: window sizes what a scope keeps and what an evaluation reads, so no operator's "N" is
 #: allowed to be a number no one could mean.

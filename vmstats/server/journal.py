@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("off", "interval", "batch")
 SUFFIX = ".journal"
-_SEGMENT = re.compile(r"(\d{10})\.journal\Z")
+_SEGMENT = re.compile(r"(\d{10})\.journal\Z", re.ASCII)  # only the names it writes
 #: A segment is sealed at each flush anyway; this only bounds one segment's size (and what
 #: replay reads at once) when flushes are far apart or keep failing.
 SEGMENT_BYTES = 64 << 20
