@@ -22,7 +22,7 @@ import os
 import stat
 from typing import BinaryIO, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
-from vmstats.protocol import FIELD_NAMES, FIELDS, Record, format_tags, parse_tags
+from vmstats.protocol import FIELD_NAMES, FIELDS, Record, format_float, format_tags, parse_tags
 
 LOG_VERSION = 2
 VMS_DIR = "vms"
@@ -121,8 +121,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        text = repr(value + 0.0)  # -0.0 + 0.0 is 0.0: a sent "-0" is logged as 0, not "-0"
-        return text[:-2] if text.endswith(".0") else text
+        return format_float(value)
     return str(value)
 
 

@@ -405,11 +405,15 @@ class Decoder(object):
         return records, rejects
 
 
-def _format_number(value, is_int):
-    if is_int:
-        return "%di" % value
-    text = repr(float(value))
+def format_float(value):
+    """The shortest text that reads back as ``value``: ``41`` for 41.0, and ``0`` for -0.0
+    (``-0.0 + 0.0`` is 0.0), which a log or a line need not tell from 0."""
+    text = repr(float(value) + 0.0)
     return text[:-2] if text.endswith(".0") else text
+
+
+def _format_number(value, is_int):
+    return "%di" % value if is_int else format_float(value)
 
 
 def encode_record(record):
