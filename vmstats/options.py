@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from vmstats.protocol import DECIMAL_RE
+from vmstats.protocol import DECIMAL_RE, spells_non_finite
 
 #: An integer as an operator types one.  click's INT and FLOAT call int() and float(), which
 #: also take ``1_000``, Unicode digits (``\u0661\u0662`` is 12) and surrounding whitespace:
@@ -31,7 +31,9 @@ class _Spelled:
         return "" if self.min is None and self.max is None else super()._describe_range()
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        if isinstance(value, str) and not self.spelling.match(value):
+        # nan and inf go on to the check (FiniteRange's, or the caller's) that names them so.
+        if isinstance(value, str) and not self.spelling.match(value) \
+                and not spells_non_finite(value):
             self.fail(self.refusal % (value,), param, ctx)
         return super().convert(value, param, ctx)
 
@@ -42,16 +44,21 @@ class IntRange(_Spelled, click.IntRange):
     spelling, plain, refusal = _INTEGER, "integer", "%r is not an integer."
 
 
-class FiniteRange(_Spelled, click.FloatRange):
-    """A FloatRange of decimal numbers (``protocol.DECIMAL``), so no ``nan`` and ``inf``.
+class FloatRange(_Spelled, click.FloatRange):
+    """click's FloatRange for decimal numbers (``protocol.DECIMAL``) and nan and inf, which the
+    caller judges; no bounds: any float."""
+
+    spelling, plain, refusal = DECIMAL_RE, "float", "%r is not a valid float."
+
+
+class FiniteRange(FloatRange):
+    """A FloatRange that refuses ``nan`` and ``inf``.
 
     click lets both through (``nan`` compares false with every bound, ``inf`` passes an
-    open upper end), and either would run a simulation forever or poison every sum after it;
-    and float() reads ``1_0`` and Unicode digits as numbers, as ``_INTEGER`` says.
+    open upper end), and either would run a simulation forever or poison every sum after it.
     """
 
     name = "finite float range"
-    spelling, plain, refusal = DECIMAL_RE, "float", "%r is not a finite number."
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         number = super().convert(value, param, ctx)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from vmstats.options import FiniteRange, IntRange, OutputFolder
+from vmstats.options import FloatRange, IntRange, OutputFolder
 from vmstats.progress import Progress
 from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError, coerce
 
@@ -44,7 +44,7 @@ def _threshold_options(function):
         function = click.option(
             "--" + name.replace("_", "-"),
             name,
-            type=FiniteRange(),
+            type=FloatRange(),
             default=None,
             help="%s (default %s)."
             % (
