@@ -223,7 +223,11 @@ def test_drill_down_shows_the_vms_charts_evidence_and_flags(browser, pages):
     )
     assert len(chart.find_elements(By.CSS_SELECTOR, "line.threshold")) == 3
     labels = chart.text
-    assert "0%" in labels and "100%" in labels and "01-01" in labels and "14 days analysed" in labels
+    # The days are counted as UTC days, not as the header's analysed span (13.1 days of a fleet
+    # whose window starts at midnight and ends at 02:00 of its 14th day).
+    assert "0%" in labels and "100%" in labels and "01-01" in labels
+    assert "(14 UTC days of the window, the first and last may be partial)" in labels
+    assert "days analysed" not in labels
     assert len(browser.find_elements(By.CSS_SELECTOR, "#vm-heatmap rect")) == 168
     evidence = browser.find_elements(By.CSS_SELECTOR, "#drill-evidence tr")
     assert len(evidence) == len(row["evidence"])
