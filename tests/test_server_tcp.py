@@ -67,6 +67,32 @@ def test_sync_is_acknowledged_with_exact_counts(tmp_path, parsers):
     assert list(frame["ts"]) == [r.ts for r in sent]  # nothing duplicated
 
 
+@pytest.mark.parametrize("parsers", ["0", "2"])
+def test_resends_are_counted_so_received_adds_up_to_written(tmp_path, parsers):
+    """A resend is accepted (and acknowledged) but written once: /metrics counts it apart, so
+    records received = written + repeated, whether it met the row in the buffer or in the log."""
+    sent = records("10.3.0.9", 20, now() - 3600)
+    batch = b"\n".join(line(r) for r in sent) + b"\n"
+    with serve(tmp_path, "--flush-interval", "0.3", "--parsers", parsers) as server:
+        with server.tcp() as sock:
+            sock.sendall(batch + b"#!sync first\n")
+            assert read_reply(sock) == b"#!ack first 20 0\n"
+            sock.sendall(batch[: batch.index(line(sent[5]))] + b"#!sync again\n")  # held still
+            assert read_reply(sock) == b"#!ack again 5 0\n"
+            server.wait_metrics(lambda m: m["vmstats_flushed_records_total"] == 20)
+            sock.sendall(batch + b"#!sync after-the-flush\n")  # every row is in the log now
+            assert read_reply(sock) == b"#!ack after-the-flush 20 0\n"
+            metrics = server.wait_metrics(lambda m: m["vmstats_repeated_records_total"] == 25
+                                          and m["vmstats_buffered_records"] == 0)
+        assert metrics["vmstats_records_received_total"] == 45
+        assert metrics["vmstats_flushed_records_total"] == 20
+        assert server.status_json()["repeated_records"] == 25
+    assert server.returncode == 0
+    assert "  repeats           25 (a (VM, time) already held or logged: kept once)" in server.output
+    frame = logged(tmp_path / "data", "10.3.0.9")
+    assert list(frame["ts"]) == [r.ts for r in sent]  # written once
+
+
 def test_nak_busy_when_records_were_dropped_and_ack_once_there_is_room(tmp_path):
     sent = records("10.3.0.3", MIN_PER_VM + 3, now() - 86400 * 3)
     with serve(tmp_path, "--flush-interval", "30", "--max-per-vm", str(MIN_PER_VM)) as server:

@@ -64,6 +64,8 @@ class Buffer:
             self.count += 1
             if self.count == self.max_buffered and self.on_full is not None:
                 self.on_full()
+        else:
+            self.metrics.repeated += 1  # a resend of a row held: it replaces it
         rows[ts] = row
         if seq is not None:
             self.sequence(vm, seq)
@@ -106,5 +108,6 @@ class Buffer:
         merged = dict(rows)
         if current:
             merged.update(current)
+            self.metrics.repeated += len(rows) + len(current) - len(merged)  # resent meanwhile
         self.count += len(merged) - len(current or ())
         self.table[vm] = merged

@@ -200,6 +200,9 @@ class FlusherService(service.Service):
             for vm, count, error, retry in results:
                 if error is None:
                     written += count
+                    # Rows the day file already had (a resend after an earlier flush): not
+                    # written twice, and counted so that received = written + repeated + held.
+                    self.metrics.repeated += len(rows_of[vm]) - count
                     continue
                 self.metrics.write_failures += 1
                 if retry:

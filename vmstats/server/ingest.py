@@ -264,7 +264,9 @@ class Ingest:
                 accepted, dropped = self._file_each(parsed, now)
             else:
                 deque(map(setitem, map(rows_of, vms), tss, rows), 0)
-                buffer.count += sum(map(len, map(rows_of, vm_set))) - sum(sizes)
+                added = sum(map(len, map(rows_of, vm_set))) - sum(sizes)
+                buffer.count += added
+                metrics.repeated += count - added  # resends of rows held: replaced, kept once
                 seen.update(zip(vm_set, repeat(now)))
                 self._sequence(vms, seqs, len(vm_set) == count)
                 accepted = count

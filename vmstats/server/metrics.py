@@ -68,6 +68,9 @@ class Metrics:
     def __init__(self) -> None:
         self.started = time.time()
         self.records = 0  # accepted into the buffer (a replacing retransmit counts)
+        #: Accepted records that repeated a (VM, timestamp) already held or already logged
+        #: (a resend, a replay): kept once, so received = written + repeated + held.
+        self.repeated = 0
         self.datagrams = 0
         self.bytes = 0
         self.rejects: Counter[str] = Counter({r: 0 for r in protocol.REJECT_REASONS
@@ -137,6 +140,7 @@ class Metrics:
             "datagrams_not_allowed": self.datagrams_not_allowed,
             "flushes": self.flushes,
             "flushed_records": self.flushed_records,
+            "repeated_records": self.repeated,
             "flush_seconds": round(self.flush_seconds, 3),
             "write_failures": self.write_failures,
             "journal": {"bytes": self.journal_bytes, "syncs": self.journal_syncs,
@@ -200,6 +204,9 @@ class Metrics:
         metric("flushes_total", "counter", "Flushes of the buffer to the logs.", [((), self.flushes)])
         metric("flushed_records_total", "counter", "Records written to the per-VM logs.",
                [((), self.flushed_records)])
+        metric("repeated_records_total", "counter", "Records received that repeated a (VM, "
+               "timestamp) already held or logged (a resend): kept once, not written again.",
+               [((), self.repeated)])
         metric("flush_seconds_total", "counter", "Wall seconds flushes took, from the swap of the "
                "buffer to the last log written: a slowing disk shows here before the buffer fills.",
                [((), round(self.flush_seconds, 6))])

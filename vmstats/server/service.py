@@ -308,6 +308,8 @@ class Aggregator(service.MultiService):
                 s["records_received"], s["datagrams_received"], s["bytes_received"]),
             "  records written   %d in %d flushes (write failures %d)" % (
                 s["flushed_records"], s["flushes"], s["write_failures"]),
+            "  repeats           %d (a (VM, time) already held or logged: kept once)" % (
+                s["repeated_records"]),
             "  VMs seen          %d" % len(self.buffer.last_seen),
             "  rejected          %d" % s["rejected_total"],
         ]
