@@ -310,6 +310,19 @@ def test_the_minutes_with_extreme_samples_agree_and_write_what_the_ingest_takes(
         assert_writable(record)
 
 
+def test_memory_parts_past_a_double_count_the_second_out_of_range_in_both_assemblers():
+    """Integer parts float() cannot take (and their sums with floats) once raised OverflowError
+    out of the minute's record: the second is out of range, the minute without memory."""
+    for used, free in [(10**400, 1), (1, 10**400), (2 * 10**308, 1.0), (10**400, 5 - 10**400)]:
+        batch = [Sample("a", NOW, "cpu", "", 5.0), Sample("a", NOW, MEM_PART, USED, used),
+                 Sample("a", NOW, MEM_PART, "free", free)]
+        assembler = MinuteAssembler(max_past=60)
+        assembler.add(batch, NOW, Tally(), [])
+        assembler.complete_all()
+        assert assembler.take() == [] and assembler.events["out_of_range"] == 1, (used, free)
+        same([(batch, NOW)], max_past=60)
+
+
 # -- through a real server ----------------------------------------------------------------------
 def nasty_influx(vm: str, t0: int) -> list[bytes]:
     """Telegraf-shaped lines (seconds precision) with the numbers above that broke things."""

@@ -429,6 +429,16 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> Non
         minute.vcpus = value
 
 
+def _double(value: float) -> float:
+    """``value`` as a double, infinite past a double's range: an integer part (a 64-bit
+    counter-typed memory value, or anything handed to the assembler) can exceed what
+    float() takes, and dividing it would raise instead of counting the second as out of range."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _record(vm: str, end: int, minute: Minute, events: Counter) -> protocol.Record | None:
     """The minute's record, or None when cpu or mem is unknown.
 
@@ -453,14 +463,14 @@ def _record(vm: str, end: int, minute: Minute, events: Counter) -> protocol.Reco
     mem, mem_count = minute.mem_sum, minute.mem_count
     mem_mb = minute.mem_mb
     for _second, parts in sorted((minute.parts or {}).items()):
-        total = sum(parts.values())
+        total = sum(_double(part) for part in parts.values())
         # Parts each finite can still sum past a double (two of 1.7e308 from a hostile
         # collectd): such a second says nothing, and int() of its infinite size would raise.
-        if total == math.inf:
+        if not math.isfinite(total):
             events[R_RANGE] += 1
         elif "used" in parts and total > 0:
             # The share first: 100 times a used part of 1e307 is already infinite.
-            mem += 100.0 * (parts["used"] / total)
+            mem += 100.0 * (_double(parts["used"]) / total)
             mem_count += 1
             mem_mb = total / _MIB
     if not cpu_count or not mem_count:
