@@ -11,6 +11,7 @@ after ``retry_for`` from the event (24 h by default), logged as given up.
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from twisted.internet import defer
 
@@ -25,8 +26,12 @@ class Dispatcher:
     """Sends logged events to their actions; counts every outcome."""
 
     def __init__(self, reactor, action_log: ActionLog, actions: dict[str, Notifier],
-                 retry_for: float, retry_min: float = 1.0, retry_max: float = 300.0):
+                 retry_for: float, retry_min: float = 1.0, retry_max: float = 300.0,
+                 wall: Callable[[], float] | None = None):
         self.reactor = reactor
+        #: The time of day of the log's ``at`` (the server's reactor times delays only, by the
+        #: monotonic clock: vmstats/server/clock.py); a test's ``task.Clock`` serves as both.
+        self.wall = wall if wall is not None else reactor.seconds
         self.log = action_log
         self.actions = actions
         self.retry_for = retry_for
@@ -47,7 +52,7 @@ class Dispatcher:
             for action in event.get("actions", ()):
                 pending = Pending("%s.%s" % (event["key"], action), action, event, 1)
                 entries.append({"type": "attempt", "key": pending.key, "n": 1,
-                                "at": self.reactor.seconds()})
+                                "at": self.wall()})
                 self.pending[pending.key] = pending
                 fresh.append(pending)
         if not entries:
@@ -78,7 +83,7 @@ class Dispatcher:
         self._timers.pop(pending.key, None)
         if self.stopped:
             return
-        now = self.reactor.seconds()
+        now = self.wall()
         if pending.action not in self.actions:
             self._give_up(pending, "the action is no longer in the rules")
             return
@@ -106,7 +111,7 @@ class Dispatcher:
         self.pending.pop(pending.key, None)
         self.counts[(pending.action, "delivered")] += 1
         self.log.append([{"type": "result", "key": pending.key, "n": pending.attempts, "ok": True,
-                          "at": self.reactor.seconds()}]).addErrback(lambda _f: None)
+                          "at": self.wall()}]).addErrback(lambda _f: None)
 
     def _failed(self, failure, pending: Pending) -> None:
         self.counts[(pending.action, "failed")] += 1
@@ -114,7 +119,7 @@ class Dispatcher:
         self._failure_log.emit("delivery %s to %s failed (attempt %d): %s", pending.key,
                                pending.action, pending.attempts, error)
         self.log.append([{"type": "result", "key": pending.key, "n": pending.attempts, "ok": False,
-                          "error": error[:300], "at": self.reactor.seconds()}]
+                          "error": error[:300], "at": self.wall()}]
                         ).addErrback(lambda _f: None)
         self._later(pending)
 
@@ -129,7 +134,7 @@ class Dispatcher:
         self.counts[(pending.action, "gave_up")] += 1
         log.error("delivery %s to %s given up: %s", pending.key, pending.action, reason)
         self.log.append([{"type": "gave_up", "key": pending.key, "reason": reason,
-                          "at": self.reactor.seconds()}]).addErrback(lambda _f: None)
+                          "at": self.wall()}]).addErrback(lambda _f: None)
 
     def stop(self) -> defer.Deferred:
         """No new attempts; what is pending stays in the log for the next start."""

@@ -21,6 +21,7 @@ from vmstats.rules.actionlog import ActionLog
 from vmstats.rules.config import RulesError, RuleSet, load_rules
 from vmstats.rules.delivery import Dispatcher
 from vmstats.rules.evaluator import Engine
+from vmstats.server.clock import WallClock
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,20 @@ class RulesService(service.Service):
     name = "rules"
 
     def __init__(self, reactor, path: str, ruleset: RuleSet, directory: str,
-                 cpu: Callable[[], float] = time.process_time):
+                 cpu: Callable[[], float] = time.process_time,
+                 wall: WallClock | None = None):
+        """``wall`` is the time of day the rules judge records and stamp the log by (the
+        server's); by default ``reactor.seconds``, as with a test's ``task.Clock``."""
         self.reactor = reactor
         self.cpu = cpu
         self.path = path
         self.ruleset = ruleset
         self.log = ActionLog(reactor, directory, ruleset.settings.log_max_bytes)
         s = ruleset.settings
+        clock = wall if wall is not None else reactor.seconds
         self.dispatcher = Dispatcher(reactor, self.log, ruleset.actions, s.retry_for, s.retry_min,
-                                     s.retry_max)
-        self.engine = Engine(ruleset, reactor.seconds, self.dispatcher.holds_scale)
+                                     s.retry_max, clock)
+        self.engine = Engine(ruleset, clock, self.dispatcher.holds_scale)
         self.reloads = 0
         self.reload_failures = 0
         self._next_tick = None

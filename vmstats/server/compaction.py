@@ -13,12 +13,11 @@ running one with SIGTERM rather than waiting for it.
 import logging
 import sys
 
-from apscheduler.executors.debug import DebugExecutor
-from apscheduler.schedulers.twisted import TwistedScheduler
 from twisted.application import service
 from twisted.internet import defer, protocol
 
 from vmstats.server.config import format_duration
+from vmstats.server.every import IntervalJob
 from vmstats.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,8 @@ class CompactionService(service.Service):
         self.arguments = ["--data-dir", data_dir, "--compact-after", format_duration(compact_after),
                           "--retain-raw", format_duration(retain_raw),
                           "--retain-rollups", format_duration(retain_rollups)]
-        self.scheduler: TwistedScheduler | None = None
+        #: The pass's APScheduler job (every.py).
+        self.schedule = IntervalJob(reactor, interval, self.run_pass, "compact")
         self.running_pass: _Pass | None = None
         self.transport = None
         self.passes = 0
@@ -65,10 +65,7 @@ class CompactionService(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
-        self.scheduler = TwistedScheduler(reactor=self.reactor, executors={"default": DebugExecutor()})
-        self.scheduler.add_job(self.run_pass, "interval", seconds=self.interval, id="compact",
-                               max_instances=1, coalesce=True)
-        self.scheduler.start()
+        self.schedule.start()
 
     def run_pass(self) -> defer.Deferred | None:
         """Start a pass unless one is running; its Deferred fires with the exit code."""
@@ -95,8 +92,7 @@ class CompactionService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        self.schedule.stop()
         if self.running_pass is not None and self.transport is not None:
             done = self.running_pass.done
             self.transport.signalProcess("TERM")

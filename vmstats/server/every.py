@@ -1,4 +1,5 @@
-"""Calls the server repeats on its reactor: the minute clock, the watchdogs, the sweeps.
+"""Calls the server repeats on its reactor: the minute clock, the watchdogs, the sweeps; and
+the jobs it runs on APScheduler's schedule (the flush, compaction).
 
 Twisted's ``LoopingCall`` stops for good at the first exception its function
 raises.  A minute clock or a watchdog stopped that way would leave the server
@@ -10,6 +11,8 @@ call that fails every time) and the call goes on at its next interval.
 import logging
 from collections.abc import Callable
 
+from apscheduler.executors.debug import DebugExecutor
+from apscheduler.schedulers.twisted import TwistedScheduler
 from twisted.internet import task
 
 from vmstats.server.metrics import RateLimitedLog
@@ -46,3 +49,37 @@ class Every:
         self._log.emit("%s failed; it runs again in %gs:\n%s", self.what, self.interval,
                        failure.getTraceback())
         self.start()
+
+
+class IntervalJob:
+    """``function()`` every ``interval`` seconds as an APScheduler job on ``reactor``.
+
+    The job runs on the reactor thread (the debug executor runs it inline), which owns the
+    server's state.  APScheduler keeps a job's next run as a time of day: after a step of the
+    wall clock back, the next run is that much further away (a step of an hour: no flush for
+    an hour), so ``clock_stepped`` (told by the server's WallClock) sets it one interval from
+    now.
+    """
+
+    def __init__(self, reactor, interval: float, function: Callable[[], object], job_id: str):
+        self.reactor = reactor
+        self.interval = interval
+        self.function = function
+        self.job_id = job_id
+        self.scheduler: TwistedScheduler | None = None
+
+    def start(self) -> None:
+        self.scheduler = TwistedScheduler(reactor=self.reactor,
+                                          executors={"default": DebugExecutor()})
+        self.scheduler.add_job(self.function, "interval", seconds=self.interval, id=self.job_id,
+                               max_instances=1, coalesce=True, misfire_grace_time=1)
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    def clock_stepped(self, _step: float) -> None:
+        """The wall clock was stepped: the next run one interval from now, not at the old time."""
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.reschedule_job(self.job_id, trigger="interval", seconds=self.interval)

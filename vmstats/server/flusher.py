@@ -13,13 +13,11 @@ import multiprocessing
 import multiprocessing.pool
 import time
 
-from apscheduler.executors.debug import DebugExecutor
-from apscheduler.schedulers.twisted import TwistedScheduler
 from twisted.application import service
 from twisted.internet import defer
 
 from vmstats.server.buffer import Buffer, Table
-from vmstats.server.every import Every
+from vmstats.server.every import Every, IntervalJob
 from vmstats.server.memory import release_free_memory
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.writer import MarshalledShare, WriterProcess, init_writer, write_share
@@ -81,7 +79,8 @@ class FlusherService(service.Service):
         self.workers = max(1, workers)
         self.drain_timeout = drain_timeout
         self.pool = None
-        self.scheduler: TwistedScheduler | None = None
+        #: The flush's APScheduler job (every.py).
+        self.schedule = IntervalJob(reactor, interval, self.flush, "flush")
         self.in_flight: defer.Deferred | None = None
         self.in_flight_records = 0
         self.pending = False
@@ -106,12 +105,7 @@ class FlusherService(service.Service):
         self._watchdog = Every(self.reactor, WATCH_INTERVAL, self._check_writers,
                                "the writers' watchdog")
         self._watchdog.start()
-        # The debug executor runs the job inline, i.e. on the reactor thread, which owns the buffer.
-        self.scheduler = TwistedScheduler(reactor=self.reactor,
-                                          executors={"default": DebugExecutor()})
-        self.scheduler.add_job(self.flush, "interval", seconds=self.interval, id="flush",
-                               max_instances=1, coalesce=True)
-        self.scheduler.start()
+        self.schedule.start()
 
     def _new_pool(self):
         return WriterPool(self.workers, initializer=init_writer, context=self._context)
@@ -265,8 +259,7 @@ class FlusherService(service.Service):
     def stopService(self):
         """Final flush (everything received), then the pool, all within the drain deadline."""
         service.Service.stopService(self)
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        self.schedule.stop()
         deadline = time.monotonic() + self.drain_timeout
         try:
             # Drain: the in-flight flush, then what arrived meanwhile, then any retries once.

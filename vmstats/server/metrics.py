@@ -66,7 +66,7 @@ class Metrics:
     """The server's counters (monotonic) plus a few gauges read from their owners."""
 
     def __init__(self) -> None:
-        self.started = time.time()
+        self.started = time.monotonic()  # uptime: a step of the wall clock changes none
         self.records = 0  # accepted into the buffer (a replacing retransmit counts)
         #: Accepted records that repeated a (VM, timestamp) already held or already logged
         #: (a resend, a replay): kept once, so received = written + repeated + held.
@@ -119,7 +119,7 @@ class Metrics:
     def snapshot(self, buffered: int, vms: int, in_flight: int) -> dict:
         """Plain numbers for /status and the shutdown summary."""
         return {
-            "uptime_seconds": round(time.time() - self.started, 3),
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
             "records_received": self.records,
             "datagrams_received": self.datagrams,
             "bytes_received": self.bytes,
@@ -258,5 +258,5 @@ class Metrics:
         metric("buffered_vms", "gauge", "VMs with records held in memory.", [((), vms)])
         metric("vms_seen", "gauge", "VMs heard from since start.", [((), vms_seen)])
         metric("uptime_seconds", "gauge", "Seconds since start.",
-               [((), round(time.time() - self.started, 3))])
+               [((), round(time.monotonic() - self.started, 3))])
         return "\n".join(out) + "\n"

@@ -15,6 +15,7 @@ from twisted.internet import defer
 
 from vmstats.server.auth import Authenticator
 from vmstats.server.buffer import Buffer
+from vmstats.server.clock import WallClock, install
 from vmstats.server.compaction import CompactionService
 from vmstats.server.config import ServerConfig
 from vmstats.server.connections import (
@@ -25,6 +26,7 @@ from vmstats.server.connections import (
     raise_file_limit,
     share_budget,
 )
+from vmstats.server.every import Every
 from vmstats.server.flusher import FlusherService
 from vmstats.server.formats import edge, httpwrite
 from vmstats.server.formats.journaling import EdgeJournal
@@ -55,6 +57,10 @@ class Aggregator(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.metrics = Metrics()
+        #: The time of day (stamps, windows); reactor.seconds() times delays (clock.py).
+        self.clock = WallClock()
+        self.metrics.families.append(self.clock.families)
+        self._clock_watch = Every(reactor, 1.0, self.clock, "the wall clock's watch")
         self.buffer = Buffer(self.metrics, config.max_buffered, config.max_per_vm,
                              max_vms=config.max_vms)
         self.journal = None
@@ -72,7 +78,7 @@ class Aggregator(service.MultiService):
                 "Parser processes reading the UDP socket themselves (0: the reactor reads it).",
                 lambda: len(self.parsers.udp_readers))
         self.ingest = Ingest(self.buffer, self.metrics, config.max_future, config.max_past,
-                             journal=self.journal, parsers=self.parsers)
+                             clock=self.clock, journal=self.journal, parsers=self.parsers)
         self.rules = None
         if config.rules_file:
             # A bad file raises RulesError here: the server does not start with it.
@@ -80,7 +86,7 @@ class Aggregator(service.MultiService):
             from vmstats.rules.service import RulesService, rules_dir
 
             self.rules = RulesService(reactor, config.rules_file, load_rules(config.rules_file),
-                                      rules_dir(config.data_dir))
+                                      rules_dir(config.data_dir), wall=self.clock)
             self.ingest.observe = self.rules.observe
             self.metrics.families.append(self.rules.families)
             self.rules.setServiceParent(self)  # started first: the action log replays before data
@@ -106,6 +112,8 @@ class Aggregator(service.MultiService):
                                       config.flush_interval, config.workers, config.drain_timeout,
                                       self.journal)
         self.buffer.on_full = self.flusher.request_flush
+        # What keeps a time of day as the start of a duration moves with a step of the clock.
+        self.clock.on_step.append(self.flusher.schedule.clock_stepped)
         self.metrics.gauges["write_failing_vms"] = (
             "VMs whose last log write failed (disk full, permissions): retried each flush.",
             lambda: self.flusher.failing_vms)
@@ -127,6 +135,7 @@ class Aggregator(service.MultiService):
                 reactor, self.metrics, config.data_dir, config.compact_interval,
                 config.compact_after, config.retain_raw, config.retain_rollups)
             self.compaction.setServiceParent(self)
+            self.clock.on_step.append(self.compaction.schedule.clock_stepped)
         self.http = None
         self.admission = None
         if config.http_port >= 0:
@@ -215,6 +224,7 @@ class Aggregator(service.MultiService):
                             "start once without --no-journal to write them",
                             journal_dir(self.config))
         super().startService()
+        self._clock_watch.start()
         self._announce()
 
     def _restore_edge(self) -> bytes:
@@ -262,6 +272,7 @@ class Aggregator(service.MultiService):
     def stopService(self):
         log.info("stopping: closing listeners, then the final flush")
         service.Service.stopService(self)
+        self._clock_watch.stop()
         yield defer.maybeDeferred(self.listeners.stopService)
         if self.admission is not None:  # a summary being computed is of no use any more
             yield defer.maybeDeferred(self.admission.stopService)
@@ -420,6 +431,7 @@ def run(config: ServerConfig) -> int:
     from twisted.internet import reactor
 
     gc.set_threshold(SERVER_GC_THRESHOLD, *gc.get_threshold()[1:])
+    install(reactor)  # timed calls by the monotonic clock: a step of the wall clock holds none
 
     aggregator = Aggregator(config, reactor)
     failure = []

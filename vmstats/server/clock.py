@@ -1,0 +1,79 @@
+"""The server's two clocks: a monotonic one for every delay, the wall clock for every stamp.
+
+Twisted times its calls by ``time.time()``.  When NTP (or an operator's ``date -s``) steps the
+wall clock back by an hour, every timed call of the server waits that hour longer: no flush, no
+fsync of the journal, no minute completed, no rule ticked, no watchdog, and ``--duration``
+runs an hour too long; a step forward fires them all at once.  ``install`` makes the reactor
+time its calls by ``time.monotonic()``, which steps never move, so ``reactor.seconds()`` is a
+monotonic reading in the server and serves durations only (idle timeouts, watchdogs, holds).
+
+What is a time of day -- a record's arrival against its stamp (``--max-past``,
+``--max-future``), the minutes of other agents, the action log's ``at`` -- reads ``WallClock``,
+which is ``time.time()`` that also notices a step: the offset between the wall and the monotonic
+clock only moves when the wall clock is stepped (both are slewed alike by NTP), so a change of
+more than ``STEP_SECONDS`` is logged once, counted (``vmstats_clock_steps_total``) and told to
+the parts that keep a time of day as the start of a duration (``on_step``), which move it by
+the step instead of waiting the step out or firing at once.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+#: A change of the wall clock's offset from the monotonic clock larger than this is a step.
+#: NTP slews smaller errors (ntpd steps from 0.128 s, chrony's ``makestep`` from 1 s); a
+#: leap second is a 1-second step and changes nothing worth telling.
+STEP_SECONDS = 1.0
+
+
+def install(reactor) -> None:
+    """Time ``reactor``'s calls by the monotonic clock; before any call is scheduled on it."""
+    if reactor.getDelayedCalls():
+        raise RuntimeError("the reactor's clock is changed before anything is scheduled on it")
+    reactor.seconds = time.monotonic
+
+
+class WallClock:
+    """``time.time()``, which notices steps of the wall clock and tells ``on_step`` listeners.
+
+    Cheap enough to be read for every payload (two clock reads); the server also reads it
+    every second (``Every``), so a step is noticed while nothing arrives.
+    """
+
+    def __init__(self, wall: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 threshold: float = STEP_SECONDS):
+        self.wall = wall
+        self.monotonic = monotonic
+        self.threshold = threshold
+        self.offset = wall() - monotonic()
+        #: Steps seen, and the last one in seconds (negative: back).
+        self.steps = 0
+        self.last_step = 0.0
+        #: Called with the step in seconds (negative: back) once it is noticed.
+        self.on_step: list[Callable[[float], object]] = []
+
+    def __call__(self) -> float:
+        now = self.wall()
+        step = now - self.monotonic() - self.offset
+        if step > self.threshold or step < -self.threshold:
+            self.offset += step
+            self.steps += 1
+            self.last_step = step
+            log.warning("the wall clock stepped %s by %.1fs (NTP, or set by hand): schedules "
+                        "and rule timers keep their intervals; records are judged by the new "
+                        "time", "forward" if step > 0 else "back", abs(step))
+            for listener in self.on_step:
+                listener(step)
+        return now
+
+    def families(self) -> list:
+        """The /metrics families of the steps seen."""
+        return [("clock_steps_total", "counter",
+                 "Steps of the server's wall clock (NTP, or set by hand) of more than 1 s.",
+                 [((), self.steps)]),
+                ("clock_last_step_seconds", "gauge",
+                 "The last such step in seconds (negative: back; 0: none since start).",
+                 [((), round(self.last_step, 3))])]
