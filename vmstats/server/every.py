@@ -55,10 +55,12 @@ class IntervalJob:
     """``function()`` every ``interval`` seconds as an APScheduler job on ``reactor``.
 
     The job runs on the reactor thread (the debug executor runs it inline), which owns the
-    server's state.  APScheduler keeps a job's next run as a time of day: after a step of the
-    wall clock back, the next run is that much further away (a step of an hour: no flush for
-    an hour), so ``clock_stepped`` (told by the server's WallClock) sets it one interval from
-    now.
+    server's state.  APScheduler keeps a job's next run as a time of day, and two things
+    follow that a server must not do.  A run later than its grace (1 s by default: a reactor
+    busy for a second, a step of the wall clock forward) is skipped as missed, with a warning:
+    here a run is never skipped for lateness, it happens late.  After a step of the wall clock
+    back, the next run is that much further away (a step of an hour: no flush for an hour):
+    ``clock_stepped`` (told by the server's WallClock) sets it one interval from now.
     """
 
     def __init__(self, reactor, interval: float, function: Callable[[], object], job_id: str):
@@ -72,7 +74,7 @@ class IntervalJob:
         self.scheduler = TwistedScheduler(reactor=self.reactor,
                                           executors={"default": DebugExecutor()})
         self.scheduler.add_job(self.function, "interval", seconds=self.interval, id=self.job_id,
-                               max_instances=1, coalesce=True, misfire_grace_time=1)
+                               max_instances=1, coalesce=True, misfire_grace_time=None)
         self.scheduler.start()
 
     def stop(self) -> None:
