@@ -10,10 +10,14 @@ import signal
 import time
 from pathlib import Path
 
+from rulesutil import row
 from serverproc import serve
 from test_server_udp import line, logged, now
 
 from vmstats.protocol import Record
+from vmstats.rules.config import parse_rules
+from vmstats.rules.service import RulesService
+from vmstats.server.clock import WallClock
 
 STEPCLOCK = str(Path(__file__).resolve().parent / "stepclock")
 HOUR = 3600
@@ -64,3 +68,87 @@ def test_a_step_forward_fires_nothing_early(tmp_path):
     assert 5 <= time.monotonic() - started < 12
     assert "wall clock stepped forward by 3600" in server.output
     assert "was missed by" not in server.output
+
+
+class Clocks:
+    """A wall and a monotonic clock for WallClock, moved by the test."""
+
+    def __init__(self):
+        self.wall_now = 1_800_000_000.0
+        self.mono_now = 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall_now += seconds
+        self.mono_now += seconds
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def mono(self) -> float:
+        return self.mono_now
+
+
+def test_a_step_forward_neither_silences_every_vm_nor_ends_a_hold(tmp_path):
+    """Rules measure holds and silences by the wall clock they stamp with: a step forward of an
+    hour made every VM silent at once (then ok again at its next record: two notifications
+    each) and ended every hold.  They move with the step now."""
+    clocks = Clocks()
+    wall = WallClock(clocks.wall, clocks.mono)
+
+    class Reactor:  # the rules' timed calls are not exercised here
+        seconds = staticmethod(clocks.mono)
+
+    ruleset = parse_rules({"rule": [{"name": "s", "metric": "cpu", "enter": 90, "exit": 50,
+                                     "period": 60, "silent_after": "5m", "hold": "10m",
+                                     "actions": ["say"]}],
+                           "action": {"say": {"kind": "log"}}})
+    rules = RulesService(Reactor(), "rules.toml", ruleset, str(tmp_path), wall=wall)
+    engine = rules.engine
+    vms = ["10.0.0.%d" % i for i in range(1, 6)]
+
+    def minute(cpu: float) -> list[tuple[str, str]]:
+        clocks.advance(60)
+        stamp = int(clocks.wall_now)
+        engine.observe(vms, [stamp] * len(vms), [row(cpu)] * len(vms))
+        engine.process()
+        engine.sweep()
+        return [(e["scope"], e["to"]) for e in engine.take() if e["kind"] == "transition"]
+
+    for _ in range(11):  # ok for longer than the hold
+        minute(10.0)
+    assert set(minute(95.0) + minute(95.0) + minute(95.0)) == {(vm, "alarm") for vm in vms}
+    clocks.wall_now += HOUR  # the step, between two records
+    engine.sweep()
+    assert [e for e in engine.take() if e["kind"] == "transition"] == []  # nobody silent
+    # Back to normal at once: the 10-minute hold holds them in alarm, an hour's step or not.
+    assert minute(10.0) + minute(10.0) + minute(10.0) == []
+    assert wall.steps == 1
+
+
+def test_a_step_forward_leaves_no_missing_periods_in_a_groups_window(tmp_path):
+    """A group's periods are filed by the clock: a step forward of an hour left its window
+    empty but for the newest period, which missing = breaching read as an alarm."""
+    clocks = Clocks()
+    wall = WallClock(clocks.wall, clocks.mono)
+
+    class Reactor:
+        seconds = staticmethod(clocks.mono)
+
+    ruleset = parse_rules({"rule": [{"name": "g", "scope": "group", "metric": "cpu",
+                                     "aggregate": "mean", "enter": 90, "period": 60,
+                                     "datapoints": 3, "periods": 5, "missing": "breaching",
+                                     "actions": ["say"]}],
+                           "action": {"say": {"kind": "log"}}})
+    engine = RulesService(Reactor(), "rules.toml", ruleset, str(tmp_path), wall=wall).engine
+    vms = ["10.0.1.%d" % i for i in range(1, 4)]
+
+    def minute() -> list[str]:
+        clocks.advance(60)
+        engine.observe(vms, [int(clocks.wall_now)] * len(vms), [row(20.0)] * len(vms))
+        engine.process()
+        engine.sweep()
+        return [e["to"] for e in engine.take() if e["kind"] == "transition"]
+
+    assert [minute() for _ in range(6)] == [[]] * 6
+    clocks.wall_now += HOUR
+    assert [minute() for _ in range(3)] == [[]] * 3

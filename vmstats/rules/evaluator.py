@@ -172,6 +172,35 @@ class Engine:
             else:
                 rs.last_in = max(at, rs.last_in or 0.0)
 
+    def clock_stepped(self, step: float) -> None:
+        """The wall clock was stepped by ``step`` seconds (vmstats/server/clock.py).
+
+        The times kept as the start of a duration move with it, so a hold, a silence, a
+        reminder or a cooldown lasts what the rule says: not an hour more after a step back,
+        nor over at once after a step forward (every VM silent together, then ok again at its
+        next record: two notifications each).  A group's periods, filed by the clock, move by
+        the whole periods of the step; a VM's are its records' stamps, which the step leaves.
+        """
+        for rs in self.rules.values():
+            for series in rs.series.values():
+                series.last_arrival += step
+                series.since += step
+                series.notified += step
+                series.offset += step
+            group = rs.series.get(GROUP)
+            periods = round(step / rs.rule.period)
+            if group is not None and periods and group.first != RESTORED:
+                group.buckets = {p + periods: v for p, v in group.buckets.items()}
+                group.end += periods
+                group.first += periods
+            rs.members = {vm: (value, arrival + step, host, cpu)
+                          for vm, (value, arrival, host, cpu) in rs.members.items()}
+            rs.group_swept += step
+            if rs.last_out is not None:
+                rs.last_out += step
+            if rs.last_in is not None:
+                rs.last_in += step
+
     # -- the receive path's side -----------------------------------------------------------------
     def observe(self, vms: list, tss: list, rows: list) -> None:
         """Take one payload's filed columns (called by the ingest for every payload).

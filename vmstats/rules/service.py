@@ -55,7 +55,8 @@ class RulesService(service.Service):
                  cpu: Callable[[], float] = time.process_time,
                  wall: WallClock | None = None):
         """``wall`` is the time of day the rules judge records and stamp the log by (the
-        server's); by default ``reactor.seconds``, as with a test's ``task.Clock``."""
+        server's, whose steps they follow); by default ``reactor.seconds``, as with a test's
+        ``task.Clock``."""
         self.reactor = reactor
         self.cpu = cpu
         self.path = path
@@ -66,6 +67,8 @@ class RulesService(service.Service):
         self.dispatcher = Dispatcher(reactor, self.log, ruleset.actions, s.retry_for, s.retry_min,
                                      s.retry_max, clock)
         self.engine = Engine(ruleset, clock, self.dispatcher.holds_scale)
+        if wall is not None:
+            wall.on_step.append(self.engine.clock_stepped)
         self.reloads = 0
         self.reload_failures = 0
         self._next_tick = None
