@@ -18,6 +18,8 @@ from vmstats.protocol import Record
 from vmstats.rules.config import parse_rules
 from vmstats.rules.service import RulesService
 from vmstats.server.clock import WallClock
+from vmstats.server.formats import Sample, Tally
+from vmstats.server.formats.minutes import MinuteAssembler
 
 STEPCLOCK = str(Path(__file__).resolve().parent / "stepclock")
 HOUR = 3600
@@ -152,3 +154,20 @@ def test_a_step_forward_leaves_no_missing_periods_in_a_groups_window(tmp_path):
     assert [minute() for _ in range(6)] == [[]] * 6
     clocks.wall_now += HOUR
     assert [minute() for _ in range(3)] == [[]] * 3
+
+
+def test_a_step_forward_completes_no_open_minute_early():
+    """The edge's minutes wait --minute-grace after their last sample, not after the step."""
+    clocks = Clocks()
+    wall = WallClock(clocks.wall, clocks.mono)
+    assembler = MinuteAssembler(grace=30.0)
+    wall.on_step.append(assembler.clock_stepped)
+
+    end = (int(clocks.wall_now) // 60 + 1) * 60
+    tally = Tally()
+    assembler.add([Sample("vm1", end - 20, "cpu", "", 10.0),
+                   Sample("vm1", end - 20, "mem", "", 20.0)], wall(), tally, [])
+    clocks.wall_now += HOUR
+    assert assembler.tick(wall()) == []
+    clocks.advance(31)
+    assert assembler.tick(wall()) == [("vm1", end)]

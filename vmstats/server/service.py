@@ -113,7 +113,8 @@ class Aggregator(service.MultiService):
                                       self.journal)
         self.buffer.on_full = self.flusher.request_flush
         # What keeps a time of day as the start of a duration moves with a step of the clock.
-        self.clock.on_step.append(self.flusher.schedule.clock_stepped)
+        self.clock.on_step += [self.flusher.schedule.clock_stepped,
+                               self.edge.assembler.clock_stepped]
         self.metrics.gauges["write_failing_vms"] = (
             "VMs whose last log write failed (disk full, permissions): retried each flush.",
             lambda: self.flusher.failing_vms)

@@ -254,6 +254,16 @@ class MinuteAssembler:
         self.events["late"] += 1
         reject(index, "late", "sample for %s's minute ending %d, already written" % (vm, end))
 
+    def clock_stepped(self, step: float) -> None:
+        """The wall clock was stepped (vmstats/server/clock.py): each open minute's last
+        arrival moves with it, so its grace runs from its last sample, not from the step (a
+        step forward would complete every open minute at once and refuse the rest of its
+        samples as late; one back would hold the minutes of a sender that stopped that much
+        longer)."""
+        for minutes in self.open.values():
+            for minute in minutes.values():
+                minute.touched += step
+
     # -- records out -----------------------------------------------------------------------------
     def tick(self, now: float) -> list[tuple[str, int]]:
         """Complete the minutes nothing more is coming for (called every second or so).
