@@ -5,7 +5,9 @@ steps ``time.time()`` and APScheduler's ``datetime.now()``, never the monotonic 
 real step does).
 """
 
+import calendar
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -171,3 +173,15 @@ def test_a_step_forward_completes_no_open_minute_early():
     assert assembler.tick(wall()) == []
     clocks.advance(31)
     assert assembler.tick(wall()) == [("vm1", end)]
+
+
+def test_the_server_logs_times_in_utc_and_says_so_whatever_the_machines_zone(tmp_path):
+    """A server in Tokyo logged its local time, unmarked, nine hours off the UTC of the day
+    files, /status and the report."""
+    server = serve(tmp_path, "--duration", "1s", env={"TZ": "Asia/Tokyo"}).start()
+    assert server.wait(20) == 0, server.output
+    found = re.search(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.\d{3}Z INFO vmstats\.server\.service: "
+                      r"stopping", server.output, re.M)
+    assert found, server.output
+    logged_at = calendar.timegm(time.strptime(found.group(1), "%Y-%m-%dT%H:%M:%S"))
+    assert abs(logged_at - time.time()) < 60

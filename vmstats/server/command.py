@@ -3,6 +3,7 @@
 import ipaddress
 import logging
 import sys
+import time
 
 import click
 
@@ -48,6 +49,16 @@ def retention_options(command):
         command = click.option(flag, type=DURATION, default=format_duration(getattr(D, name)),
                                show_default=True, help=meaning)(command)
     return command
+
+
+class UTCFormatter(logging.Formatter):
+    """Log times in UTC, saying so (``2026-12-05T02:10:00.123Z``): the day files, /status, the
+    report and the records' stamps are all UTC, and a server log in the machine's local zone,
+    unmarked, put an operator in Europe or Asia an hour or nine off beside them."""
+
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
 
 
 @click.command()
@@ -190,8 +201,9 @@ def retention_options(command):
               default="info", show_default=True)
 def serve(**options) -> None:
     """Receive VM records over UDP and TCP and append them to per-VM logs."""
-    logging.basicConfig(level=options.pop("log_level").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=options.pop("log_level").upper(), handlers=[handler])
     # One line per scheduled flush would drown the useful messages.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     if options.pop("no_journal"):
