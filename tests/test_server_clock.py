@@ -185,3 +185,16 @@ def test_the_server_logs_times_in_utc_and_says_so_whatever_the_machines_zone(tmp
     assert found, server.output
     logged_at = calendar.timegm(time.strptime(found.group(1), "%Y-%m-%dT%H:%M:%S"))
     assert abs(logged_at - time.time()) < 60
+
+
+def test_a_vm_whose_clock_is_ten_minutes_ahead_is_named_with_its_lead(tmp_path):
+    """Its records are refused and counted (past --max-future, 300 s) and the log names the VM
+    and by how much it leads, not two epoch numbers to subtract; a VM a minute ahead is in."""
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        server.send_udp(line(Record(vm="10.7.1.1", ts=now() + 600, cpu=1.0, mem=2.0)),
+                        line(Record(vm="10.7.1.2", ts=now() + 60, cpu=1.0, mem=2.0)))
+        server.wait_for(lambda s: s.metrics()[
+            'vmstats_rejected_total{reason="future_timestamp"}'] == 1)
+        server.wait_for(lambda s: rows(tmp_path, "10.7.1.2") == 1)
+    assert re.search(r"future_timestamp: vm 10\.7\.1\.1 stamped (599|60\d)s ahead of this "
+                     r"server's clock", server.output), server.output

@@ -705,9 +705,7 @@ class Parser:
                 return
             ts = int(shape.ts_of(groups))
             if ts > hi or ts < lo:
-                reason = protocol.R_FUTURE if ts > hi else protocol.R_PAST
-                _reject(out, reason, "%s: vm %s timestamp %d (server time %d)"
-                        % (reason, vm, ts, now))
+                _reject(out, *_out_of_window(vm, ts, now, ts > hi))
                 return
             vms.append(vm)
             tss.append(ts)
@@ -716,6 +714,22 @@ class Parser:
             seqs.append(int(seq) if seq else None)
 
         return add
+
+
+def _out_of_window(vm: str, ts: int, now: float, ahead: bool) -> tuple[str, str]:
+    """The reason and the log's words for a record stamped outside the time window.
+
+    A VM stamping ahead of the server has a clock that is off (or the server's is): the
+    operator reads by how much, not two epoch numbers to subtract.
+    """
+    if ahead:
+        return protocol.R_FUTURE, (
+            "%s: vm %s stamped %.0fs ahead of this server's clock, past --max-future (timestamp "
+            "%d, server time %d): the VM's clock or the server's is off"
+            % (protocol.R_FUTURE, vm, ts - now, ts, now))
+    return protocol.R_PAST, (
+        "%s: vm %s stamped %.0fs before this server's clock, past --max-past (timestamp %d, "
+        "server time %d)" % (protocol.R_PAST, vm, now - ts, ts, now))
 
 
 def native_reader() -> bool:
