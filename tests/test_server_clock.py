@@ -28,9 +28,8 @@ HOUR = 3600
 
 
 def stepped_server(tmp_path, step: float, *args: str):
-    """A started server whose wall clock SIGUSR2 moves by ``step`` seconds."""
-    return serve(tmp_path, *args, env={"PYTHONPATH": STEPCLOCK,
-                                       "VMSTATS_TEST_STEP": str(step)}).start()
+    """A server (``with``) whose wall clock SIGUSR2 moves by ``step`` seconds."""
+    return serve(tmp_path, *args, env={"PYTHONPATH": STEPCLOCK, "VMSTATS_TEST_STEP": str(step)})
 
 
 def rows(tmp_path, vm: str) -> int:
@@ -43,17 +42,17 @@ def rows(tmp_path, vm: str) -> int:
 def test_a_step_back_holds_neither_the_run_duration_nor_the_flushes(tmp_path):
     """An hour back: the run still ends after --duration, records still reach the logs each
     flush, and /metrics tells the step; before, every timed call waited the hour out."""
-    server = stepped_server(tmp_path, -HOUR, "--duration", "8s", "--flush-interval", "1")
-    started = time.monotonic()
-    os.kill(server.pid, signal.SIGUSR2)
-    stamp = now() - HOUR  # the server's new time
-    server.send_udp(line(Record(vm="10.7.0.1", ts=stamp, cpu=1.0, mem=2.0)))
-    server.wait_for(lambda s: rows(tmp_path, "10.7.0.1") == 1, timeout=5)
-    metrics = server.metrics()
-    assert metrics["vmstats_clock_steps_total"] == 1
-    assert metrics["vmstats_clock_last_step_seconds"] < -HOUR + 5
-    assert metrics["vmstats_flushes_total"] >= 1
-    code = server.wait(20)
+    with stepped_server(tmp_path, -HOUR, "--duration", "8s", "--flush-interval", "1") as server:
+        started = time.monotonic()
+        os.kill(server.pid, signal.SIGUSR2)
+        stamp = now() - HOUR  # the server's new time
+        server.send_udp(line(Record(vm="10.7.0.1", ts=stamp, cpu=1.0, mem=2.0)))
+        server.wait_for(lambda s: rows(tmp_path, "10.7.0.1") == 1, timeout=5)
+        metrics = server.metrics()
+        assert metrics["vmstats_clock_steps_total"] == 1
+        assert metrics["vmstats_clock_last_step_seconds"] < -HOUR + 5
+        assert metrics["vmstats_flushes_total"] >= 1
+        code = server.wait(20)
     assert code == 0, server.output
     assert time.monotonic() - started < 14
     assert "wall clock stepped back by 3600" in server.output
@@ -61,14 +60,15 @@ def test_a_step_back_holds_neither_the_run_duration_nor_the_flushes(tmp_path):
 
 def test_a_step_forward_fires_nothing_early(tmp_path):
     """An hour forward: the run does not end at once, and flushes go on at their interval."""
-    server = stepped_server(tmp_path, HOUR, "--duration", "6s", "--flush-interval", "1")
-    started = time.monotonic()
-    os.kill(server.pid, signal.SIGUSR2)
-    time.sleep(1.5)
-    assert server.proc.poll() is None, server.output  # not ended by the step
-    server.send_udp(line(Record(vm="10.7.0.2", ts=now(), cpu=1.0, mem=2.0)))
-    server.wait_for(lambda s: rows(tmp_path, "10.7.0.2") == 1, timeout=5)
-    assert server.wait(20) == 0, server.output
+    with stepped_server(tmp_path, HOUR, "--duration", "6s", "--flush-interval", "1") as server:
+        started = time.monotonic()
+        os.kill(server.pid, signal.SIGUSR2)
+        time.sleep(1.5)
+        assert server.proc.poll() is None  # not ended by the step
+        server.send_udp(line(Record(vm="10.7.0.2", ts=now(), cpu=1.0, mem=2.0)))
+        server.wait_for(lambda s: rows(tmp_path, "10.7.0.2") == 1, timeout=5)
+        code = server.wait(20)
+    assert code == 0, server.output
     assert 5 <= time.monotonic() - started < 12
     assert "wall clock stepped forward by 3600" in server.output
     assert "was missed by" not in server.output
@@ -178,8 +178,9 @@ def test_a_step_forward_completes_no_open_minute_early():
 def test_the_server_logs_times_in_utc_and_says_so_whatever_the_machines_zone(tmp_path):
     """A server in Tokyo logged its local time, unmarked, nine hours off the UTC of the day
     files, /status and the report."""
-    server = serve(tmp_path, "--duration", "1s", env={"TZ": "Asia/Tokyo"}).start()
-    assert server.wait(20) == 0, server.output
+    with serve(tmp_path, "--duration", "1s", env={"TZ": "Asia/Tokyo"}) as server:
+        code = server.wait(20)
+    assert code == 0, server.output
     found = re.search(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.\d{3}Z INFO vmstats\.server\.service: "
                       r"stopping", server.output, re.M)
     assert found, server.output
