@@ -199,3 +199,17 @@ def test_a_vm_whose_clock_is_ten_minutes_ahead_is_named_with_its_lead(tmp_path):
         server.wait_for(lambda s: rows(tmp_path, "10.7.1.2") == 1)
     assert re.search(r"future_timestamp: vm 10\.7\.1\.1 stamped (599|60\d)s ahead of this "
                      r"server's clock", server.output), server.output
+
+
+def test_a_pause_between_the_two_clock_reads_is_no_step():
+    """A thread held up for seconds between reading the monotonic clock and the wall clock
+    (another thread holding the GIL) is not a step: nothing shifts, nothing is counted."""
+    clocks = Clocks()
+    walls = iter([clocks.wall_now, clocks.wall_now + 5.0])
+    # At the start; then before the wall clock's read, and after it: 5 s stood still between.
+    monos = iter([clocks.mono_now, clocks.mono_now, clocks.mono_now + 5.0])
+    wall = WallClock(lambda: next(walls), lambda: next(monos))
+    told = []
+    wall.on_step.append(told.append)
+    wall()
+    assert (wall.steps, told) == (0, [])

@@ -56,9 +56,14 @@ class WallClock:
         self.on_step: list[Callable[[float], object]] = []
 
     def __call__(self) -> float:
+        before = self.monotonic()
         now = self.wall()
-        step = now - self.monotonic() - self.offset
+        step = now - before - self.offset
         if step > self.threshold or step < -self.threshold:
+            if self.monotonic() - before > self.threshold / 2:
+                # The thread stood still between the two reads (another held the GIL for a
+                # second): that is not a step, and the next reading tells.
+                return now
             self.offset += step
             self.steps += 1
             self.last_step = step
