@@ -9,11 +9,13 @@ import calendar
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from rulesutil import row
-from serverproc import serve
+from serverproc import LOOPBACK, ROOT, serve
 from test_server_udp import line, logged, now
 
 from vmstats.protocol import Record
@@ -213,3 +215,20 @@ def test_a_pause_between_the_two_clock_reads_is_no_step():
     wall.on_step.append(told.append)
     wall()
     assert (wall.steps, told) == (0, [])
+
+
+def test_an_agent_whose_clock_is_ten_minutes_ahead_is_told_to_look_at_it(tmp_path):
+    """Over TCP its records are refused (final: never resent) and counted on the server; the
+    agent's own log said only 'invalid', which its well-formed records are not."""
+    with serve(tmp_path / "server") as server:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), STEPCLOCK]),
+                   VMSTATS_TEST_STEP="1", VMSTATS_TEST_OFFSET="600")
+        done = subprocess.run(
+            [sys.executable, "-m", "vmstats.client", "--server", "%s:%d" % (LOOPBACK,
+             server.tcp_port), "--transport", "tcp", "--interval", "1", "--sub-interval", "0.5",
+             "--jitter", "0", "--count", "2", "--vm-id", "ahead-vm", "--spool-dir",
+             str(tmp_path / "spool")], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert server.metrics()['vmstats_rejected_total{reason="future_timestamp"}'] == 2
+    assert "is this VM's clock off? run NTP" in done.stderr, done.stderr
+    assert "ahead-vm stamped" in server.output

@@ -1,9 +1,10 @@
-"""Loaded by a test's server through PYTHONPATH: SIGUSR2 steps its wall clock, as NTP would.
+"""Loaded by a test's server or agent through PYTHONPATH: SIGUSR2 steps its wall clock, as NTP
+would.
 
 With ``VMSTATS_TEST_STEP`` set (seconds, negative: back), each SIGUSR2 moves ``time.time()``
 and the ``datetime.now()`` of the APScheduler modules that read it by that much;
-``time.monotonic()`` is left alone, as a real step leaves it.  Without the variable nothing
-is changed.
+``time.monotonic()`` is left alone, as a real step leaves it; ``VMSTATS_TEST_OFFSET`` starts
+it that many seconds off.  Without ``VMSTATS_TEST_STEP`` nothing is changed.
 """
 
 import datetime
@@ -13,7 +14,7 @@ import time
 
 if os.environ.get("VMSTATS_TEST_STEP"):
     _real = time.time
-    _offset = [0.0]
+    _offset = [float(os.environ.get("VMSTATS_TEST_OFFSET", "0"))]
 
     def _stepped() -> float:
         return _real() + _offset[0]

@@ -309,7 +309,10 @@ class TcpSender(object):
         self.acked += accepted
         self.rejected += rejected
         if rejected:
-            LOG.warning("server rejected %d of %d records as invalid (not resent)",
+            # The agent's own records are well formed: what the server refuses is most
+            # often a stamp outside its time window, i.e. a clock that is off.
+            LOG.warning("server rejected %d of %d records (not resent): invalid, or stamped "
+                        "outside the server's time window (is this VM's clock off? run NTP)",
                         rejected, len(batch))
 
     def _await_reply(self, token):
