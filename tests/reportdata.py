@@ -65,7 +65,7 @@ def grown(base: Report, count: int, seed: int = 7, by: str | None = "project") -
         unpriced_vms=sum(1 for r in rows if r["monthly_cost"] is None),
     )
     if by:
-        meta["statement"] = statement_mod.statement(rows, by)
+        meta["statement"] = statement_mod.statement(rows, by, meta["prices"]["currency"])
     else:
         meta.pop("statement", None)
     return dataclasses.replace(base, rows=rows, meta=meta)

@@ -231,6 +231,25 @@ def test_custom_prices_and_threshold_flags(fleet, tmp_path):
     assert document["meta"]["prices"]["is_example"] is False and "EUR" in result.stdout
 
 
+def test_every_money_row_names_its_currency(fleet, tmp_path):
+    """A bill read from report.csv or statement.csv alone says which money it is in."""
+    data, _expected, _out, _result = fleet
+    prices = tmp_path / "prices.toml"
+    prices.write_text('currency = "EUR"\nvcpu_hour = 0.01\ngb_ram_hour = 0.001\n')
+    out = tmp_path / "o"
+    result = vmstats(data, "-o", out, "--prices", prices, "--by", "host", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    for name in ("report.csv", "statement.csv"):
+        with open(out / name, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert rows and list(rows[0])[-1] == "currency", name
+        assert {row["currency"] for row in rows} == {"EUR"}, name
+    document = json.loads((out / "report.json").read_text())
+    assert {v["currency"] for v in document["vms"]} == {"EUR"}
+    statement = document["meta"]["statement"]
+    assert {line["currency"] for line in statement["groups"] + [statement["total"]]} == {"EUR"}
+
+
 @pytest.mark.parametrize(
     "make_args, message",
     [

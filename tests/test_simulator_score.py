@@ -65,6 +65,20 @@ def test_score_command_prints_the_table_and_writes_json(tmp_path):
     assert header.split()[:3] == ["reclaim", "schedule", "downsize"]
     saved = json.loads((tmp_path / "score.json").read_text())
     assert saved["accuracy"] == 0.5 and saved["per_expected"]["downsize"] == {"vms": 1, "correct": 0}
+    assert "Savings claimed: 375.75 per month; 65.75 on correct" in out.stdout  # no currency column
+
+
+def test_score_names_the_reports_currency(tmp_path):
+    write(tmp_path)
+    lines = REPORT.splitlines()
+    (tmp_path / "out" / "report.csv").write_text(
+        "\n".join([lines[0] + ",currency"] + [line + ",EUR" for line in lines[1:]]) + "\n")
+    out = vmstats("score", "--truth", str(tmp_path / "truth.csv"), "--report", str(tmp_path / "out"),
+                  "--json", str(tmp_path / "score.json"))
+    assert out.returncode == 0, out.stderr
+    assert "Savings claimed: EUR 375.75 per month; EUR 65.75 on correct verdicts, EUR 300.00 on wrong" \
+        in out.stdout
+    assert json.loads((tmp_path / "score.json").read_text())["currency"] == "EUR"
 
 
 def test_score_bad_inputs_are_one_readable_line(tmp_path):

@@ -179,7 +179,11 @@ def build(
                 },
             )
         rows.append(
-            dict(_row(vm, group, values, decision, excluded), **_drill(labels[i], usage, values, settings))
+            dict(
+                _row(vm, group, values, decision, excluded),
+                **_drill(labels[i], usage, values, settings),
+                currency=prices.currency,
+            )
         )
 
     rows.sort(key=_rank_key)
@@ -201,7 +205,7 @@ def build(
     meta["sparkline_start"] = iso(window.start_ts // 3600 * 3600)
     meta["daily_start"] = load_mod.day_name(window.start_ts // 86400)
     if by is not None:
-        meta["statement"] = statement_mod.statement(rows, by)
+        meta["statement"] = statement_mod.statement(rows, by, prices.currency)
     fleet = _fleet(rows)
     with np.errstate(invalid="ignore"):
         # Fleet-wide mean CPU per hour of the week: when the fleet works, at a glance.

@@ -65,6 +65,8 @@ CSV_COLUMNS = (
     "blocked_by",
     "data_quality",
     "span_days",
+    # Money is in the price book's currency: a bill read from the CSV alone names it on every row.
+    "currency",
 )
 JSON_EXTRA = (
     "evidence",

@@ -36,6 +36,7 @@ COLUMNS = (
     "monthly_saving",
     "candidates",
     "upsize_extra_cost",
+    "currency",
 )
 _PARTS = ("cpu", "ram", "disk", "network")
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,%d}\Z" % (MAX_TAG_KEY_LENGTH - 1))
@@ -85,21 +86,22 @@ def tag_value(row: Mapping[str, Any], key: str) -> str:
     return row["tags"].get(key, "")
 
 
-def statement(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+def statement(rows: Sequence[Mapping[str, Any]], key: str, currency: str) -> dict[str, Any]:
     """Per value of tag ``key``: VMs, cost as provisioned and by use, idle share, savings.
 
     Groups are ordered by provisioned cost, highest first (then by value);
-    ``total`` holds the same figures over every VM.
+    ``total`` holds the same figures over every VM.  Each line names ``currency``
+    (the price book's): a billing system reading statement.csv alone needs it.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tag_value(row, key), []).append(row)
-    lines = [_line(key, value, members) for value, members in groups.items()]
+    lines = [_line(key, value, members, currency) for value, members in groups.items()]
     lines.sort(key=lambda line: (-line["monthly_cost"], line["value"]))
-    return {"by": key, "groups": lines, "total": _line(key, "", rows)}
+    return {"by": key, "groups": lines, "total": _line(key, "", rows, currency)}
 
 
-def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
     priced = [r for r in rows if r["monthly_cost"] is not None]
     line: dict[str, Any] = {
         "tag": key,
@@ -118,6 +120,7 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, 
     )
     line["idle_cost"] = round(idle, 2)
     line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
+    line["currency"] = currency
     return line
 
 

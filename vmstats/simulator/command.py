@@ -428,6 +428,7 @@ def score(truth, report_path, json_path, max_wrong):
 
     try:
         result = scoring.score(scoring.load_truth(truth), scoring.load_report(report_path))
+        result.currency = scoring.report_currency(report_path)
     except scoring.ScoreError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(scoring.render(result, max_wrong))

@@ -49,6 +49,7 @@ class Score:
     saving_total: float = 0.0
     saving_correct: float = 0.0
     saving_wrong: float = 0.0
+    currency: str = ""  # the report's (its currency column); "" for a CSV without one
 
     @property
     def accuracy(self) -> float:
@@ -62,6 +63,7 @@ class Score:
             "wrong": [dict(zip(("vm", "profile", "expected", "got"), w, strict=True)) for w in self.wrong],
             "extra": self.extra, "saving_total": self.saving_total,
             "saving_correct": self.saving_correct, "saving_wrong": self.saving_wrong,
+            "currency": self.currency,
         }
 
 
@@ -111,6 +113,12 @@ def load_report(path: str) -> dict[str, tuple[str, float]]:
                              % (path, number, text)) from None
         report[row["vm"]] = ((row["category"] or "").strip(), saving)
     return report
+
+
+def report_currency(path: str) -> str:
+    """The currency of a report CSV's money ("" for one written before it had the column)."""
+    rows = _rows(report_csv_path(path), (), "report")
+    return (rows[0].get("currency") or "").strip() if rows else ""
 
 
 def score(truth: dict[str, TruthRow], report: dict[str, tuple[str, float]]) -> Score:
@@ -166,6 +174,7 @@ def render(result: Score, max_wrong: int = 30) -> str:
             lines.append("  ... and %d more" % (len(result.wrong) - max_wrong))
     if result.extra:
         lines.append("\n%d VMs in the report are not in the truth file (not scored)." % result.extra)
-    lines += ["", "Savings claimed: %.2f per month; %.2f on correct verdicts, %.2f on wrong ones."
-              % (result.saving_total, result.saving_correct, result.saving_wrong)]
+    unit = result.currency + " " if result.currency else ""
+    lines += ["", "Savings claimed: %s%.2f per month; %s%.2f on correct verdicts, %s%.2f on wrong ones."
+              % (unit, result.saving_total, unit, result.saving_correct, unit, result.saving_wrong)]
     return "\n".join(lines)
