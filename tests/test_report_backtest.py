@@ -286,6 +286,8 @@ def test_off_hours_text_of_the_report_is_read():
         # backtest has no --days: a bad look-back is named as it was given.
         (["--set", "days=1e9"], "Error: --set days=1e9: days is a look-back of 1 to 3660"),
         (["--set", "headroom=inf"], "Error: --set headroom=inf: headroom='inf' is not a finite"),
+        (["--net-idle", "1000", "--set", "net_idle=2000"],
+         "Error: --set net_idle=2000 and --net-idle 1000 give net_idle two values"),
     ],
 )
 def test_bad_windows_are_one_line_and_non_zero(tmp_path, extra, message):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from test_report_policy import build_fleet
 
+from vmstats.report.command import policy_overrides
 from vmstats.report.outputs import CSV_COLUMNS, to_json
 from vmstats.report.render import _series, week_heatmap
 
@@ -278,6 +279,15 @@ def test_every_money_row_names_its_currency(fleet, tmp_path):
             "--set schedule_hour_min_minutes=inf: schedule_hour_min_minutes='inf' is not a finite",
         ),
         (lambda d, t: [d, "-o", t / "o", "--cpu-idle", "lots"], "not a valid float"),
+        # One setting given two values on one command line: neither wins silently.
+        (
+            lambda d, t: [d, "-o", t / "o", "--set", "cpu_idle=4", "--cpu-idle", "5"],
+            "Error: --set cpu_idle=4 and --cpu-idle 5 give cpu_idle two values: give one of them",
+        ),
+        (
+            lambda d, t: [d, "-o", t / "o", "--days", "14", "--set", "days=7"],
+            "Error: --set days=7 and --days 14 give days two values",
+        ),
         (lambda d, t: [d], "Missing option"),
         (lambda d, t: [d, "-o", t / "o", "--since", "2030-01-01"], "no records between"),
         # A look-back is held in memory whole: however it arrives, it is bounded.
@@ -370,3 +380,11 @@ def test_report_asks_arrow_for_the_system_allocator_without_importing_it():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "system"
+
+
+def test_a_setting_given_twice_the_same_is_no_conflict():
+    """A flag and a --set that agree are one setting, as given."""
+    assert policy_overrides({"cpu_idle": 5.0, "days": None}, ("cpu_idle=5", "headroom=0.1")) == {
+        "cpu_idle": "5",
+        "headroom": "0.1",
+    }

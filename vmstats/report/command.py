@@ -95,23 +95,32 @@ def policy_options(function):
     return function
 
 
-def policy_overrides(thresholds: dict, extra: tuple[str, ...]) -> dict:
-    """Threshold flags that were given, then each ``--set KEY=VALUE``.
+def policy_overrides(flags: dict, extra: tuple[str, ...]) -> dict:
+    """Setting flags that were given (``--cpu-idle``, ``--days``...), then each ``--set KEY=VALUE``.
 
     Each ``--set`` is checked here, where it is still known to be one: Policy.load
     names an override by its flag, and most settings have none (``--set days=...`` is
-    not ``--days``).
+    not ``--days``).  A ``--set`` and a flag that give one setting two values are
+    refused: both are the command line, so neither has a better claim to win.
     """
-    overrides = {k: v for k, v in thresholds.items() if v is not None}
+    given = {k: v for k, v in flags.items() if v is not None}
+    overrides = dict(given)
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep:
             raise click.ClickException("--set expects KEY=VALUE, got %r" % item)
+        key, value = key.strip(), value.strip()
         try:
-            coerce(key.strip(), value.strip(), "--set %s" % item)
+            wanted = coerce(key, value, "--set %s" % item)
+            flag = "--" + key.replace("_", "-")
+            if key in given and coerce(key, given[key], "option " + flag) != wanted:
+                raise ReportError(
+                    "--set %s and %s %g give %s two values: give one of them"
+                    % (item, flag, given[key], key)
+                )
         except ReportError as exc:
             raise click.ClickException(str(exc)) from None
-        overrides[key.strip()] = value.strip()
+        overrides[key] = value
     return overrides
 
 
@@ -398,9 +407,7 @@ def report(
     from vmstats.report.build import build
     from vmstats.report.outputs import terminal_summary
 
-    overrides = policy_overrides(thresholds, extra)
-    if days is not None:
-        overrides.setdefault("days", days)
+    overrides = policy_overrides(dict(thresholds, days=days), extra)
     use_system_allocator()
     progress = _Progress()
     try:
