@@ -331,3 +331,30 @@ def test_sparklines_and_daily_p95_span_the_analysed_window_not_the_asked_one(tmp
     assert done.returncode == 0, done.stderr
     page = (out / "report.html").read_text()
     assert "<title>VM reclamation report 2026-01-01 to 2026-01-03</title>" in page
+
+
+def test_by_host_with_an_inventory_places_vms_as_the_capacity_section_does(tmp_path):
+    """A VM without a host tag that the inventory's `vms` selectors place is on that host.
+
+    The rule is the inventory's (docs/CAPACITY.md): a tag naming an inventory host
+    wins, then the first host whose selectors match, else the tag as sent.
+    """
+    data = tmp_path / "data"
+    ts = T0 + 60 * np.arange(2 * 1440)
+    hosts = {"web-1": "", "web-2": "", "db1": "kvm02", "moved": "old-host", "stray": "hv9", "lone": ""}
+    for vm, host in hosts.items():
+        records = series(vm, ts, np.full(len(ts), 20.0), np.full(len(ts), 40.0))
+        write_records(data, [r._replace(host=host) for r in records])
+    inventory = tmp_path / "hosts.toml"
+    inventory.write_text(
+        '[[host]]\nname = "kvm01"\nvcpus = 64\nmem_gb = 256\nvms = ["web-*", "db1", "moved"]\n\n'
+        '[[host]]\nname = "kvm02"\nvcpus = 64\nmem_gb = 256\n'
+    )
+    out = tmp_path / "out"
+    done = report(data, "-o", out, "--by", "host", "--inventory", inventory)
+    assert done.returncode == 0, done.stderr
+    by_vm = {row["vm"]: row["host"] for row in read_csv(out / "report.csv")}
+    assert by_vm == {"web-1": "kvm01", "web-2": "kvm01", "db1": "kvm02", "moved": "kvm01", "stray": "hv9",
+                     "lone": ""}
+    groups = {line["value"]: line["vms"] for line in read_csv(out / "statement.csv")}
+    assert groups == {"kvm01": "3", "kvm02": "1", "hv9": "1", "": "1"}

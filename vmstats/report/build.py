@@ -85,7 +85,15 @@ def build(
     workers: int = 2,
     by: str | None = None,
     pool: load_mod.Pool | None = None,
+    placement: Callable[[str, str | None], str | None] | None = None,
 ) -> Report:
+    """The report of ``data_dirs``.
+
+    ``placement`` (an inventory's ``host_of``, with ``--inventory``) gives each VM's
+    host from its id and its ``host`` tag: a VM the inventory places by its ``vms``
+    selectors is on that host in every output, statement included, as in the
+    capacity section; a VM it does not place keeps its tag.
+    """
     if by is not None:
         statement_mod.check_key(by)
     today = today or datetime.datetime.now(datetime.UTC).date()
@@ -132,6 +140,10 @@ def build(
     per_vm = {name: np.array([s[name] for _g, s in vm_settings], dtype=float) for name in _PER_VM}
     st = stats_mod.compute(table, window, per_vm)
     labels = statement_mod.vm_labels(units, table.vms, last_day)
+    if placement is not None:
+        labels = [
+            (placement(vm, host) or host, tags) for vm, (host, tags) in zip(table.vms, labels, strict=True)
+        ]
     st["span_days"] = _span_days(units, table, window, st)
 
     # Each VM's series as its row carries them (rounded, gaps None): one numpy pass per statistic.

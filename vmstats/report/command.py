@@ -415,11 +415,13 @@ def report(
             policy, prices, loading = load_inputs(
                 policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
             )
+            placement = None
             if inventory_path:  # checked before any log is read
                 from vmstats.capacity.inventory import load_inventory
                 from vmstats.capacity.profiles import parse_profile
 
                 inventory, profile = load_inventory(inventory_path), parse_profile(profile_text)
+                placement = inventory.host_of  # the capacity section's hosts, in every output
             with contextlib.ExitStack() as stack:
                 if dask_address:
                     from vmstats.report import distributed
@@ -436,6 +438,7 @@ def report(
                     until=until,
                     progress=progress,
                     by=by,
+                    placement=placement,
                     **loading,
                 )
             progress.close()
