@@ -219,6 +219,7 @@ def test_summary_counts_the_rows(backtest):
     assert re.search(r"reclaim +%d VMs: 1 busy in the judging window \(needed later\), %d with a stretch"
                      % (len(reclaimed), s["reclaim"]["worked_while_deciding"]), stdout)  # fmt: skip
     assert re.search(r"quiet +2 VMs quiet in both windows: 1 reclaimed, 1 not", stdout)
+    assert not re.search(r"\b1 VMs\b", stdout)  # a category of one VM reads "1 VM"
     # Faults first, in the order of FAULTS.
     faults = ["needed-later", "overrun", "busy-off-hours", "missed-saving"]
     assert [r["outcome"] for r in doc["vms"][:4]] == faults

@@ -2,6 +2,8 @@
 same bytes as rendered in the process, and a failure of the child raised in the parent."""
 
 import errno
+import io
+import re
 import types
 
 import numpy as np
@@ -10,7 +12,7 @@ import reportdata
 
 from vmstats.report import command
 from vmstats.report.histogram import SparseHistograms
-from vmstats.report.outputs import write_csv, write_json
+from vmstats.report.outputs import terminal_summary, write_csv, write_json
 from vmstats.report.render import render
 from vmstats.report.settings import ReportError
 
@@ -81,3 +83,21 @@ def test_histogram_sums_too_large_for_32_bits_are_exact():
     one = SparseHistograms(2, 4)  # one file holding two rows of one group
     one.add_cells(np.array([0, 1]), np.array([0, 1, 2]), np.array([2, 2], np.uint16), np.r_[big, big])
     np.testing.assert_array_equal(one.group_sum(np.array([0, 0]), 1), [[0, 0, 6_000_000_000, 0]])
+
+
+def test_counts_of_one_read_in_the_singular(tmp_path):
+    """A one-VM report says "1 VM", "1 candidate", "1 group" on the terminal and the page."""
+    one = reportdata.grown(reportdata.small_fleet(tmp_path), 1)
+    assert one.meta["totals"]["candidates"] == 1 and len(one.meta["statement"]["groups"]) == 1
+    stream = io.StringIO()
+    terminal_summary(one, str(tmp_path), stream)
+    text = stream.getvalue()
+    assert text.startswith("vmstats report: 1 VM, window ")
+    assert "from 1 candidate\n" in text and "statement by project: 1 group\n" in text
+    assert re.search(r"^  total +1 VM  +provisioned", text, re.M), text
+    render(one, str(tmp_path / "report.html"))
+    page = (tmp_path / "report.html").read_text()
+    assert '"label">VM in the fleet<' in page and '"label">reclamation candidate<' in page
+    assert re.search(r": 1 VM</title>", page)
+    assert not re.search(r"\b1 (VMs|candidates|groups)\b", text + page)
+    assert re.findall(r"\b(VMs?) in the fleet", page) == ["VM"]

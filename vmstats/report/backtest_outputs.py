@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import jinja2
 
 from vmstats.report.backtest import OUTCOMES, Backtest
-from vmstats.report.outputs import money
+from vmstats.report.outputs import money, plural
 from vmstats.report.render import TEMPLATES
 
 BACKTEST_COLUMNS = (
@@ -127,6 +127,7 @@ def render(result: Backtest, path: str) -> None:
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )
     env.filters["num"] = lambda v, fmt="%.1f": "" if v is None else fmt % v
+    env.filters["plural"] = plural
     text = env.get_template("backtest.html.j2").render(
         doc=document(result),
         rows=ordered(result),
@@ -170,9 +171,10 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
     w = result.windows.as_dict()
     currency = s["currency"]
     print(
-        "vmstats backtest: %d VMs; decided on %s .. %s (%d days), judged on %s .. %s (%d days)"
+        "vmstats backtest: %d %s; decided on %s .. %s (%d days), judged on %s .. %s (%d days)"
         % (
             s["vms"],
+            plural(s["vms"], "VM"),
             w["decide"]["first_day"],
             w["decide"]["last_day"],
             w["decide"]["days"],
@@ -187,16 +189,20 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
         print("note: " + note, file=stream)
     print(rules_text(result), file=stream)
     q = s["quiet_in_both"]
+
+    def vms(count: int) -> str:
+        return "%d %s" % (count, plural(count, "VM"))
+
     lines = (
-        ("reclaim", "%d VMs: %d busy in the judging window (needed later), %d with a stretch of work "
-         "in the deciding window" % (s["reclaim"]["vms"], s["reclaim"]["needed_later"],
+        ("reclaim", "%s: %d busy in the judging window (needed later), %d with a stretch of work "
+         "in the deciding window" % (vms(s["reclaim"]["vms"]), s["reclaim"]["needed_later"],
                                       s["reclaim"]["worked_while_deciding"])),
-        ("downsize", "%d VMs: %d overran their new size in more than %g%% of judged minutes"
-         % (s["downsize"]["vms"], s["downsize"]["overrun"], 100 * result.rules.overrun_share)),
-        ("schedule", "%d VMs: %d busy inside their off-hours"
-         % (s["schedule"]["vms"], s["schedule"]["busy_off_hours"])),
-        ("quiet", "%d VMs quiet in both windows: %d reclaimed, %d not (missed saving %s a month)"
-         % (q["vms"], q["reclaimed"], q["missed"], money(q["missed_monthly_cost"], currency))),
+        ("downsize", "%s: %d overran their new size in more than %g%% of judged minutes"
+         % (vms(s["downsize"]["vms"]), s["downsize"]["overrun"], 100 * result.rules.overrun_share)),
+        ("schedule", "%s: %d busy inside their off-hours"
+         % (vms(s["schedule"]["vms"]), s["schedule"]["busy_off_hours"])),
+        ("quiet", "%s quiet in both windows: %d reclaimed, %d not (missed saving %s a month)"
+         % (vms(q["vms"]), q["reclaimed"], q["missed"], money(q["missed_monthly_cost"], currency))),
     )  # fmt: skip
     for name, text in lines:
         print("%-9s %s" % (name, text), file=stream)

@@ -126,6 +126,12 @@ def money(value: float, currency: str) -> str:
     return "%s %s" % (currency, format(value, ",.2f"))
 
 
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """``noun`` as ``count`` of it reads ("1 VM", "3 VMs"; ``nouns`` if irregular): the
+    operator reads these lines, and "1 VMs" makes one doubt the figure beside it."""
+    return noun if count == 1 else nouns or noun + "s"
+
+
 #: Damaged log files named one per line on the terminal; the rest are counted (JSON and HTML name all).
 NAMED_FILES = 20
 
@@ -156,9 +162,10 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     currency = meta["prices"]["currency"]
     totals = meta["totals"]
     print(
-        "vmstats report: %d VMs, window %s .. %s (%.1f days, %d expected minutes%s)"
+        "vmstats report: %d %s, window %s .. %s (%.1f days, %d expected minutes%s)"
         % (
             totals["vms"],
+            plural(totals["vms"], "VM"),
             window["start"],
             window["end"],
             window["days"],
@@ -177,17 +184,19 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
             parts.append("%s %d" % (name, entry["vms"]))
     print("categories: " + ", ".join(parts), file=stream)
     print(
-        "monthly cost %s; saving %s from %d candidates"
+        "monthly cost %s; saving %s from %d %s"
         % (
             money(totals["monthly_cost"], currency),
             money(totals["monthly_saving"], currency),
             totals["candidates"],
+            plural(totals["candidates"], "candidate"),
         ),
         file=stream,
     )
     if totals["unpriced_vms"]:
         print(
-            "%d VMs never reported their size: no cost or saving for them" % totals["unpriced_vms"],
+            "%d %s never reported their size: no cost or saving for them"
+            % (totals["unpriced_vms"], plural(totals["unpriced_vms"], "VM")),
             file=stream,
         )
     if meta["too_young"]:
@@ -200,14 +209,16 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
             % "; ".join("%s (%s, expired %s)" % (e["vm"], e["reason"], e["expires"]) for e in expired),
             file=stream,
         )
+    upsizes = meta["categories"]["upsize"]["vms"]
     if totals["upsize_extra_cost"]:
         print(
-            "upsize: %s more a month for %d VMs near their size (not in the saving)"
-            % (money(totals["upsize_extra_cost"], currency), meta["categories"]["upsize"]["vms"]),
+            "upsize: %s more a month for %d %s near their size (not in the saving)"
+            % (money(totals["upsize_extra_cost"], currency), upsizes, plural(upsizes, "VM")),
             file=stream,
         )
     if totals["data_quality_vms"]:
-        print("%d VMs with doubtful data (see data_quality)" % totals["data_quality_vms"], file=stream)
+        doubtful = totals["data_quality_vms"]
+        print("%d %s with doubtful data (see data_quality)" % (doubtful, plural(doubtful, "VM")), file=stream)
     if totals["bad_lines"]:
         print("malformed log lines skipped: %d" % totals["bad_lines"], file=stream)
     damaged_files_summary(meta, stream)
@@ -239,11 +250,12 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
 
         names.append(STATEMENT_NAME)
         print("", file=stream)
-        print("statement by %s: %d groups" % (statement["by"], len(statement["groups"])), file=stream)
         groups = statement["groups"]
+        count = len(groups)
+        print("statement by %s: %d %s" % (statement["by"], count, plural(count, "group")), file=stream)
         shown = [(line["value"] or "(no %s)" % statement["by"], line) for line in groups[:top]]
         if len(groups) > top:
-            shown.append(("... %d more groups" % (len(groups) - top), None))
+            shown.append(("... %d more %s" % (len(groups) - top, plural(len(groups) - top, "group")), None))
         # The total closes the list, so the lines shown are read against the report's figures.
         shown.append(("total", statement["total"]))
         for label, line in shown:
@@ -251,10 +263,11 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
                 print("  %s (statement.csv)" % label, file=stream)
                 continue
             print(
-                "  %-24s %4d VMs  provisioned %12s  by use %12s  saving %12s"
+                "  %-24s %4d %-3s  provisioned %12s  by use %12s  saving %12s"
                 % (
                     label[:24],
                     line["vms"],
+                    plural(line["vms"], "VM"),
                     format(line["monthly_cost"], ",.2f"),
                     format(line["usage_cost"], ",.2f"),
                     format(line["monthly_saving"], ",.2f"),

@@ -14,7 +14,7 @@ import jinja2
 import numpy as np
 
 from vmstats.report.build import Report
-from vmstats.report.outputs import to_json
+from vmstats.report.outputs import plural, to_json
 from vmstats.report.policy import CANDIDATES, CATEGORIES, rate
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
@@ -97,7 +97,7 @@ def distribution_chart(fleet: dict[str, list[int]]) -> str:
             count = fleet[metric][i]
             h = plot_h * count / top
             parts.append(
-                '<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %d-%d%%: %d VMs'
+                '<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %d-%d%%: %d %s'
                 "</title></rect>"
                 % (
                     x + 3 + j * (band - 6) / 2,
@@ -109,6 +109,7 @@ def distribution_chart(fleet: dict[str, list[int]]) -> str:
                     i * 10,
                     i * 10 + 10,
                     count,
+                    plural(count, "VM"),
                 )
             )
         parts.append(
@@ -219,6 +220,7 @@ def render(report: Report, path: str) -> None:
     env.filters["rate"] = rate
     env.filters["when"] = lambda text: text[:16].replace("T", " ") + " UTC"  # to the minute
     env.filters["num"] = lambda v, fmt="%.1f": "" if v is None else fmt % v
+    env.filters["plural"] = plural
     template = env.get_template("report.html.j2")
     meta = report.meta
     categories = list(CATEGORIES) + [c for c in meta["categories"] if c not in CATEGORIES]
