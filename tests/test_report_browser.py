@@ -246,6 +246,25 @@ def test_drill_down_shows_the_vms_charts_evidence_and_flags(browser, pages):
     assert _errors(browser) == []
 
 
+def test_drill_down_shows_what_blocked_reclaim_as_text(browser, pages):
+    """The evidence's blocked_by reads as the row's text (metric and by how much), not JSON."""
+    path, report = pages["small"]
+    row = next(
+        r for r in report.rows[3:] if isinstance(r["evidence"].get("blocked_by"), dict) and "metric" in
+        r["evidence"]["blocked_by"]
+    )
+    _open(browser, path)
+    browser.find_element(By.ID, "search").send_keys(row["vm"])
+    time.sleep(0.4)
+    browser.find_element(By.CSS_SELECTOR, "#vms tbody .vmlink").click()
+    cells = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#drill-evidence tr'),"
+        " tr => [tr.cells[0].textContent, tr.cells[1].textContent])"
+    )
+    assert dict(cells)["blocked_by"] == row["blocked_by"] and "above" in row["blocked_by"]
+    assert _errors(browser) == []
+
+
 def test_ten_thousand_vms_render_and_sort_within_seconds(browser, pages):
     path, report = pages["large"]
     seconds = _open(browser, path)
