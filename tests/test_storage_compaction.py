@@ -272,12 +272,64 @@ def test_retention_boundaries_are_exact(tmp_path):
     assert tiers("rollups") == names[2:5]
     assert sorted(p.stem for p in (data / "vms").glob("*/*.csv")) == [names[5]] * 2
     # Day 2's rollups: kept one second before they are retain_rollups old, removed at it; day 5,
-    # closed one day then, is compacted at that very second, not one before.
+    # closed one day then, is compacted at that very second, not one before.  (A row of day 6
+    # says the data reached it: retention is never measured past the newest data's day.)
     now = end(2) + 4 * DAY
+    late = Record("10.0.0.1", end(5) + 60, 1.0, mem=5.0)
+    logstore.append_missing(str(data), late.vm, {late.ts: logstore.format_tail(late)})
     _compact(data, policy=policy, now=now - 1)
     assert tiers("rollups") == names[2:5]
     _compact(data, policy=policy, now=now)
     assert tiers("rollups") == names[3:6]
+
+
+def test_a_clock_months_ahead_retires_only_what_the_data_say_is_old(tmp_path):
+    """A wall clock 120 days ahead (a bad RTC, a typo in date -s): retention is measured from the
+    end of the newest data's day, so it retires what a right clock would then and no more,
+    and the pass says how far ahead the clock is."""
+    data = tmp_path / "data"
+    _write_fleet(data, vms=2, days=6, step=1800)
+    right = tmp_path / "right"
+    shutil.copytree(data, right)
+    end = lambda d: (FIRST + d + 1) * DAY  # noqa: E731
+    policy = {"compact_after": 1, "retain_raw": 3, "retain_rollups": 4}
+    summary = _compact(data, policy=policy, now=end(5) + 120 * DAY)
+    tiers = lambda tier: sorted(p.stem for p in (data / tier).glob("*.parquet"))  # noqa: E731
+    names = [logstore.day_name(FIRST + d) for d in range(6)]
+    # As at the end of day 5 with a right clock: days 0-2 lose their rows, 0-1 their rollups.
+    assert tiers("columnar") == names[3:6]
+    assert tiers("rollups") == names[2:6]
+    assert summary.columnar_removed == 3 and summary.rollups_removed == 2
+    assert summary.line().endswith(
+        "; retention held back: the clock is 120.0 days past the end of the newest data's day "
+        "%s, so retention is measured from that day's end" % names[5])
+    # A right clock (at the end of day 5) retires the same days, saying nothing of the clock
+    # (day 5, just closed, is not compacted yet).
+    summary = _compact(right, policy=policy, now=end(5))
+    assert [sorted(p.stem for p in (right / tier).glob("*.parquet")) for tier in ("columnar", "rollups")
+            ] == [names[3:5], names[2:5]]
+    assert summary.columnar_removed == 3 and summary.rollups_removed == 2
+    assert "held back" not in summary.line()
+
+
+def test_the_server_with_its_clock_months_ahead_keeps_recent_days(tmp_path):
+    """The server's scheduled pass under a wall clock stepped 120 days ahead: the recent days
+    stay, the pass is counted and logged as held back."""
+    data = tmp_path / "data"
+    today = int(time.time()) // DAY
+    _write_fleet(data, vms=3, days=6, first=today - 6, step=1800)
+    stepclock = str(ROOT / "tests" / "stepclock")
+    options = ("--compact-interval", "1s", "--compact-after", "1d", "--retain-raw", "3d",
+               "--retain-rollups", "4d")
+    with serve(tmp_path, *options, env={"PYTHONPATH": stepclock, "VMSTATS_TEST_STEP": "1",
+                                        "VMSTATS_TEST_OFFSET": str(120 * DAY)}) as server:
+        server.wait_for(lambda s: s.metrics().get("vmstats_compaction_passes", 0) >= 1, timeout=60)
+        assert server.metrics()["vmstats_compaction_retention_held_back"] >= 1
+    assert server.returncode == 0
+    names = [logstore.day_name(today - 6 + d) for d in range(6)]
+    assert sorted(p.stem for p in (data / "columnar").glob("*.parquet")) == names[3:6]
+    assert sorted(p.stem for p in (data / "rollups").glob("*.parquet")) == names[2:6]
+    assert "retention held back: the clock is 12" in server.output
 
 
 def test_rows_logged_after_compaction_win_and_are_merged_next_pass(tmp_path):

@@ -16,6 +16,13 @@ One pass (``compact``) does, oldest day first:
    once their day's rollups are in place;
 3. rollup files of days that ended ``retain_rollups`` or more ago are removed.
 
+Retention (steps 2 and 3) is measured from the earlier of the wall clock and
+the end of the newest day the data dir holds a file of (``retention_clock``),
+as Prometheus measures it from its newest data: a clock set months ahead (a
+bad RTC, a typo in ``date -s``, NTP not yet synced) would otherwise retire
+every day at once.  The day files' names give the newest day, so nothing is
+read for it.  A clock behind only keeps data longer.
+
 Every step leaves the data dir readable with nothing lost or counted twice:
 killed anywhere (SIGKILL), a pass leaves at most a ``.partial`` file (removed
 by the next pass, never read) and CSV files whose rows are also in the
@@ -36,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vmstats import logstore
+from vmstats.server.config import RETENTION_HELD_BACK
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,9 @@ DAY = logstore.DAY_SECONDS
 #: As many as the report parses per task (load.TASK_UNITS), so a task reads one group.
 CHUNK_VMS = 64
 LOCK_NAME = "compaction.lock"
+#: A wall clock this far past the end of the newest data's day is worth a warning: a silent
+#: fleet leaves a gap of hours, a wrong clock one of days or months.
+FAR_AHEAD = DAY
 
 
 class CompactionBusy(RuntimeError):
@@ -83,6 +94,9 @@ class Summary:
     columnar_removed: int = 0
     rollups_removed: int = 0
     partial_removed: int = 0
+    #: Seconds the wall clock was past the end of the newest data's day, when FAR_AHEAD or more.
+    clock_ahead: float = 0.0
+    newest_day: int | None = None
 
     def line(self) -> str:
         return ("compacted %d days (%d rows, %d CSV files removed, %d kept), removed %d columnar and "
@@ -90,12 +104,30 @@ class Summary:
                 % (self.days_compacted, self.rows_compacted, self.csv_removed, len(self.csv_kept),
                    self.columnar_removed, self.rollups_removed, self.late_dropped)
                 + ("; removed %d partial files of an interrupted pass" % self.partial_removed
-                   if self.partial_removed else ""))
+                   if self.partial_removed else "")
+                + self.held_back_text())
+
+    def held_back_text(self) -> str:
+        if not self.clock_ahead or self.newest_day is None:
+            return ""
+        return ("; %s: the clock is %.1f days past the end of the newest data's day %s, so "
+                "retention is measured from that day's end"
+                % (RETENTION_HELD_BACK, self.clock_ahead / DAY, logstore.day_name(self.newest_day)))
 
 
 def elapsed_days(day: int, now: float) -> float:
     """Seconds since UTC day ``day`` ended."""
     return now - (day + 1) * DAY
+
+
+def retention_clock(now: float, newest_day: int | None) -> float:
+    """The moment retention is measured from: the wall clock, but never past the end of the
+    newest day the data dir holds, so a clock far ahead retires nothing the data do not say
+    is old.  (Records stamped up to --max-future ahead of the clock can name a day after
+    today; the earlier of the two is then the clock, as before.)"""
+    if newest_day is None:
+        return now
+    return min(now, (newest_day + 1) * DAY)
 
 
 def compact(data_dir: str, policy: Policy, now: float | None = None,
@@ -115,14 +147,20 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
         for tier in (logstore.COLUMNAR_DIR, logstore.ROLLUPS_DIR):
             summary.partial_removed += _remove_partials(os.path.join(data_dir, tier))
         csv_days = _csv_by_day(data_dir)
+        rollup_days = {logstore.day_number(name): path
+                       for name, path in logstore.tier_days(data_dir, logstore.ROLLUPS_DIR)}
+        columnar_days = [logstore.day_number(name)
+                         for name, _path in logstore.tier_days(data_dir, logstore.COLUMNAR_DIR)]
+        newest = max([*csv_days, *rollup_days, *columnar_days], default=None)
+        retain_now = retention_clock(now, newest)
+        if now - retain_now >= FAR_AHEAD:
+            summary.clock_ahead, summary.newest_day = now - retain_now, newest  # said in line()
         for day in sorted(csv_days):
             if elapsed_days(day, now) >= policy.compact_after:
                 _compact_day(data_dir, day, csv_days[day], summary, step)
-        rollup_days = {logstore.day_number(name): path
-                       for name, path in logstore.tier_days(data_dir, logstore.ROLLUPS_DIR)}
         for name, path in logstore.tier_days(data_dir, logstore.COLUMNAR_DIR):
             day = logstore.day_number(name)
-            if elapsed_days(day, now) < policy.retain_raw:
+            if elapsed_days(day, retain_now) < policy.retain_raw:
                 continue
             try:
                 if day not in rollup_days or not _rolled_up(path, rollup_days[day]):
@@ -134,7 +172,7 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
             summary.columnar_removed += 1
             _tell(step, "retired " + path)
         for name, path in logstore.tier_days(data_dir, logstore.ROLLUPS_DIR):
-            if elapsed_days(logstore.day_number(name), now) >= policy.retain_rollups:
+            if elapsed_days(logstore.day_number(name), retain_now) >= policy.retain_rollups:
                 try:
                     logstore.check_tier_file(path)
                 except logstore.DamagedTier as exc:  # a folder, FIFO or link put there: not ours

@@ -26,6 +26,11 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 #: means, and longer ones overflow the timers and dates they are turned into.
 MAX_DURATION = 36500 * 86400
 
+#: How a compaction pass's summary line says its retention was held back by a clock far ahead
+#: of the data (compact.py writes it, the server's compaction service counts the passes that
+#: say it); here so the server need not import compact.py and numpy with it.
+RETENTION_HELD_BACK = "retention held back"
+
 
 def parse_duration(text: str) -> float:
     """Seconds from ``90``, ``90s``, ``5m``, ``1h`` (what operators type); ValueError otherwise."""
