@@ -17,12 +17,14 @@ import pytest
 from serverproc import serve
 from test_report_damaged import _end, write_fleet
 
-from vmstats import cli
+from vmstats import cli, logstore
+from vmstats.protocol import Record
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
 #: Where the units expect vmstats installed (docs/OPERATIONS.md); tests point it at this checkout's.
 INSTALLED = "/opt/vmstats/bin/vmstats"
+DAY = 86400
 VMSTATS = Path(sys.executable).parent / "vmstats"
 
 
@@ -37,12 +39,26 @@ def run(*args, env=None, timeout=240):
     )
 
 
-def _exec_starts(unit: Path) -> list[list[str]]:
+def _exec_lines(unit: Path) -> list[str]:
+    """A unit's ExecStart command lines, systemd's escapes ($$, %%) undone."""
     return [
-        shlex.split(line.partition("=")[2])
+        line.partition("=")[2].replace("$$", "$").replace("%%", "%")
         for line in unit.read_text().splitlines()
         if line.startswith("ExecStart=")
     ]
+
+
+def _exec_starts(unit: Path) -> list[list[str]]:
+    """Each ExecStart's words; a ``/bin/sh -c 'exec COMMAND'`` (the report's, which needs
+    yesterday's date) gives the words of its COMMAND, ``$(...)`` one word."""
+    starts = []
+    for line in _exec_lines(unit):
+        argv = shlex.split(line)
+        if argv[:2] == ["/bin/sh", "-c"]:
+            argv = shlex.split(argv[2])
+            argv = argv[1:] if argv[0] == "exec" else argv
+        starts.append(argv)
+    return starts
 
 
 def test_units_run_commands_and_options_the_cli_has():
@@ -165,15 +181,24 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
 
 
 def test_the_nightly_report_command_runs_as_the_unit_says(tmp_path):
-    """The report unit's own command line, with its paths moved under a temporary folder."""
-    (argv,) = _exec_starts(PACKAGING / "vmstats-report.service")
+    """The report unit's own command line, run by a shell with its paths moved under a temporary
+    folder: with records of today already logged (the timer runs at 00:30 UTC), the window is
+    the 14 whole UTC days that ended yesterday, not 13 days and a stub of today."""
+    (line,) = _exec_lines(PACKAGING / "vmstats-report.service")
     state = tmp_path / "var-lib-vmstats"
-    argv = [str(VMSTATS) if a == INSTALLED else a.replace("/var/lib/vmstats", str(state)) for a in argv]
-    argv = [a for a in argv if not a.startswith("$")]
-    write_fleet(state / "data", _end())
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    line = line.replace(INSTALLED, str(VMSTATS)).replace("/var/lib/vmstats", str(state))
+    end = _end()  # noon yesterday
+    write_fleet(state / "data", end, days=20)
+    today = end // DAY + 1
+    record = Record(vm="10.0.0.1", ts=today * DAY + 60, cpu=1.0, mem=30.0)
+    logstore.append_missing(str(state / "data"), record.vm, {record.ts: logstore.format_tail(record)})
+    result = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, timeout=240,
+                            env=dict(os.environ, VMSTATS_REPORT_OPTIONS="--no-cache"))
     assert result.returncode == 0, result.stderr
-    assert json.loads((state / "report" / "report.json").read_text())["meta"]["totals"]["vms"] == 2
+    meta = json.loads((state / "report" / "report.json").read_text())["meta"]
+    assert meta["totals"]["vms"] == 2
+    assert (meta["window"]["first_day"], meta["window"]["last_day"]) == (
+        logstore.day_name(today - 14), logstore.day_name(today - 1))
 
 
 def test_package_metadata_declares_data_dependencies_and_license():
