@@ -253,6 +253,7 @@ _READERS = {
     "admit --inventory": ("admit", "MANIFEST", "DATA", "--inventory", "FILE"),
     "admit --backtest": ("admit", "--backtest", "DATA", "--inventory", "FILE"),
     "rules check": ("rules", "check", "FILE"),
+    "alerts --token-file": ("alerts", "--url", "http://127.0.0.1:9", "--token-file", "FILE"),
     "serve --rules": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s", "--rules", "FILE"),
     "serve --inventory": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s", "--inventory", "FILE"),
     "serve --auth-keys": ("serve", *_PORTS, "--data-dir", "DATA", "--duration", "5s", "--auth-keys", "FILE"),
@@ -291,7 +292,8 @@ def test_an_input_file_that_is_not_utf8_is_named_with_where_it_breaks(tmp_path, 
 
 @pytest.mark.parametrize("reader", ["report --policy", "headroom --inventory", "admit MANIFEST",
                                     "rules check", "replay --vm-map", "serve --auth-keys",
-                                    "serve --status-token-file", "serve --collectd-auth-file"])
+                                    "serve --status-token-file", "serve --collectd-auth-file",
+                                    "alerts --token-file"])
 @pytest.mark.parametrize(
     "make, problem",
     [

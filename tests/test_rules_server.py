@@ -7,6 +7,7 @@ then up, and SIGKILLs while deliveries are under way.
 """
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -55,10 +56,10 @@ def smtp():
     controller.stop()
 
 
-def alerts_cli(*args: str) -> subprocess.CompletedProcess:
+def alerts_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``vmstats alerts`` as an operator runs it (offline with --data-dir, or --url)."""
     return subprocess.run([sys.executable, "-m", "vmstats", "alerts", *args], capture_output=True,
-                          text=True)
+                          text=True, env=env)
 
 
 def wait_until(test, timeout: float = 15.0):
@@ -459,3 +460,18 @@ def test_alerts_names_vms_only_to_the_status_token(tmp_path):
                              "--token", STATUS_TOKEN)
             assert listing.returncode == 0, listing.stderr
             assert "1 scopes, 1 not ok" in listing.stdout and "10.0.0.7" in listing.stdout
+            # From a file, as the server reads its own (a flag shows in ps and the history).
+            url = "http://127.0.0.1:%d" % server.http_port
+            token_file = tmp_path / "token"
+            token_file.write_text(STATUS_TOKEN + "\n")
+            env = dict(os.environ, VMSTATS_STATUS_TOKEN="stale")  # the file beats the default
+            from_file = alerts_cli("--url", url, "--token-file", str(token_file), env=env)
+            assert from_file.returncode == 0, from_file.stderr
+            assert "1 scopes, 1 not ok" in from_file.stdout and "10.0.0.7" in from_file.stdout
+            both = alerts_cli("--url", url, "--token", STATUS_TOKEN, "--token-file", str(token_file))
+            assert both.returncode == 2 and "--token and --token-file" in both.stderr
+            token_file.write_bytes(b"\xff" + STATUS_TOKEN.encode())
+            damaged = alerts_cli("--url", url, "--token-file", str(token_file))
+            assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
+            assert damaged.stderr.strip().splitlines() == [
+                "Error: cannot read --token-file: %s: not UTF-8 at byte 0 (line 1)" % token_file]

@@ -50,6 +50,18 @@ def read_text(path: str) -> str:
     return decode(read_bytes(path), path)
 
 
+def read_secret(path: str) -> str:
+    """The first line of a secret file (a token), stripped; FileProblem when unreadable or empty.
+
+    A secret is read from a file so that it shows neither in ``ps`` nor in a shell's history;
+    the server's --status-token-file and the clients' --token-file read it the same way.
+    """
+    secret = read_text(path).split("\n", 1)[0].strip()
+    if not secret:
+        raise FileProblem(path, "is empty (the token is its first line)")
+    return secret
+
+
 def parse_toml(raw: bytes, path: str) -> dict:
     """TOML ``raw`` (read from ``path``) parsed; FileProblem when it is not UTF-8 or not TOML."""
     try:

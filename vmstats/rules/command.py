@@ -8,6 +8,7 @@ import urllib.request
 
 import click
 
+from vmstats import inputfile
 from vmstats.options import IntRange
 from vmstats.rules.config import RulesError, load_rules
 
@@ -43,13 +44,26 @@ def check(path: str, quiet: bool) -> None:
 @click.option("--url", default=None,
               help="Ask a running server instead, e.g. http://127.0.0.1:8898 (its /alerts).")
 @click.option("--token", envvar="VMSTATS_STATUS_TOKEN", default=None,
-              help="With --url: the server's --status-token (env VMSTATS_STATUS_TOKEN), for "
-                   "per-VM states and the log.")
+              help="With --url: the server's status token (env VMSTATS_STATUS_TOKEN), for "
+                   "per-VM states and the log; prefer --token-file (a flag shows in ps).")
+@click.option("--token-file", type=click.Path(), default=None,
+              help="File holding the status token (its first line), as the server's "
+                   "--status-token-file.")
 @click.option("--recent", type=IntRange(0), default=20, show_default=True,
               help="Log entries to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the /alerts shape).")
-def alerts(data_dir: str, url: str | None, token: str | None, recent: int, as_json: bool) -> None:
+@click.pass_context
+def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None,
+           token_file: str | None, recent: int, as_json: bool) -> None:
     """Current rule states (not ok first) and the action log's recent entries."""
+    if token_file:
+        # The file stands in for the flag: both given is a mistake; the environment's is a default.
+        if ctx.get_parameter_source("token") is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--token and --token-file are one setting: give one")
+        try:
+            token = inputfile.read_secret(token_file)
+        except inputfile.FileProblem as exc:
+            raise click.ClickException("cannot read --token-file: %s" % exc) from None
     if url:
         request = urllib.request.Request(url.rstrip("/") + "/alerts")
         if token:
@@ -66,7 +80,7 @@ def alerts(data_dir: str, url: str | None, token: str | None, recent: int, as_js
         return
     if "states" not in page:
         raise click.ClickException("the server gives per-VM states only with its status token "
-                                   "(--token)")
+                                   "(--token-file)")
     states = page["states"]
     # The log holds a scope only once it changed state (a scope starts ok without a word), so
     # offline the count is of those: said, lest it read as a disagreement with /alerts.

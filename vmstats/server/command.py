@@ -236,11 +236,9 @@ def serve(**options) -> None:
     token_path = options.pop("status_token_file")
     if token_path:
         try:
-            options["status_token"] = inputfile.read_text(token_path).split("\n", 1)[0].strip()
+            options["status_token"] = inputfile.read_secret(token_path)
         except inputfile.FileProblem as exc:
             raise click.ClickException("cannot read --status-token-file: %s" % exc) from None
-        if not options["status_token"]:
-            raise click.ClickException("--status-token-file %s is empty" % token_path)
     for name in ("allow", "http_allow"):
         options[name] = networks(options[name], "--" + name.replace("_", "-"))
     try:
