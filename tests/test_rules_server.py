@@ -112,6 +112,8 @@ def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
             assert metrics['vmstats_rule_cpu_seconds_total{kind="tick"}'] > 0
             assert 'vmstats_rule_cpu_seconds_total{kind="sweep"}' in metrics
             wait_until(lambda: len(calls(call_file)) == 2 and len(smtp.messages) == 2)
+            page = wait_until(lambda: (lambda p: p["deliveries"]["pending"] == 0 and p)(
+                json.loads(server.http("/alerts"))))
         assert server.returncode == 0
         assert "hot 10.0.0.1: ok -> alarm" in server.output  # the log action
         assert hook.bad_signatures == 0 and len(hook.received) == 2
@@ -120,6 +122,17 @@ def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
     # Offline, the log knows the scopes that ever changed state.
     assert "1 %s, 0 not ok" % IN_LOG in listing.stdout
     assert "hot 10.0.0.1: alarm -> ok" in listing.stdout
+    # --json offline is the server's /alerts page: the same keys, read by the same code.
+    offline = json.loads(alerts_cli("--data-dir", str(server.data_dir), "--json").stdout)
+    assert sorted(offline) == sorted(page)
+    assert offline["rules"] is None and offline["series"] is None  # known to the server alone
+    assert offline["counts"] == {"hot.ok": 1} and page["counts"] == {"hot.ok": 2}  # 10.0.0.2: never logged
+    for action in ("hook", "run", "mail", "say"):
+        assert offline["deliveries"][action + ".delivered"] == page["deliveries"][action + ".delivered"] == 2
+    assert offline["deliveries"]["delivered"] == page["deliveries"]["delivered"] == 8
+    assert offline["deliveries"]["pending"] == page["deliveries"]["pending"] == 0
+    assert offline["deliveries"]["gave_up"] == page["deliveries"]["gave_up"] == 0
+    assert offline["states"] == [s for s in page["states"] if s["scope"] == "10.0.0.1"]
 
 
 def test_alerts_offline_before_any_change_of_state_and_without_rules(tmp_path):

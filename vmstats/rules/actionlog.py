@@ -25,7 +25,7 @@ server from starting or forget every other alarm.
 import json
 import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -63,6 +63,8 @@ class Replayed:
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))
     delivered: int = 0
     gave_up: int = 0
+    #: (action, "delivered" or "gave_up") -> deliveries so ended, as the dispatcher counts them.
+    outcomes: Counter = field(default_factory=Counter)
     lines: int = 0
     #: Lines skipped as no entry of the log.
     damage: Damage = field(default_factory=Damage)
@@ -156,11 +158,15 @@ def replay(lines) -> Replayed:
             if pending is not None:
                 pending.attempts = max(pending.attempts, entry["n"])
         elif kind == "result" and entry.get("ok"):
-            if result.pending.pop(entry["key"], None) is not None:
+            done = result.pending.pop(entry["key"], None)
+            if done is not None:
                 result.delivered += 1
+                result.outcomes[(done.action, "delivered")] += 1
         elif kind == "gave_up":
-            if result.pending.pop(entry["key"], None) is not None:
+            done = result.pending.pop(entry["key"], None)
+            if done is not None:
                 result.gave_up += 1
+                result.outcomes[(done.action, "gave_up")] += 1
     return result
 
 

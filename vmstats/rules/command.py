@@ -5,6 +5,7 @@ import os
 import sys
 import time
 import urllib.request
+from collections import Counter
 
 import click
 
@@ -51,7 +52,8 @@ def check(path: str, quiet: bool) -> None:
                    "--status-token-file.")
 @click.option("--recent", type=IntRange(0), default=20, show_default=True,
               help="Log entries to list.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (the /alerts shape).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: the /alerts page from either source (docs/RULES.md).")
 @click.pass_context
 def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None,
            token_file: str | None, recent: int, as_json: bool) -> None:
@@ -98,9 +100,10 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
 
 
 def from_log(data_dir: str) -> dict:
-    """The /alerts shape from the action log alone (the server may be stopped)."""
+    """The /alerts page (with the token's details) from the action log alone: the server may be
+    stopped. Counts are of the scopes the log holds (those that ever changed state)."""
     from vmstats.rules.actionlog import FILE_NAME, read
-    from vmstats.rules.service import rules_dir
+    from vmstats.rules.service import counts_page, deliveries_page, rules_dir
 
     folder = rules_dir(data_dir)
     if not os.path.isdir(folder):
@@ -118,9 +121,12 @@ def from_log(data_dir: str) -> dict:
     states = [{"rule": e["rule"], "scope": e["scope"], "state": e["to"], "since": e["at"],
                "value": e.get("value")} for e in state.states.values()]
     states.sort(key=lambda r: (r["state"] == "ok", -r["since"]))
-    return {"states": states, "recent": list(state.recent),
-            "deliveries": {"pending": len(state.pending), "delivered": state.delivered,
-                           "gave_up": state.gave_up}}
+    # What only the running server knows (its rules file, its series in memory) is null here,
+    # so a script reads every key of either page with the same code.
+    return {"rules": None, "series": None, "series_refused": None,
+            "counts": counts_page(Counter((s["rule"], s["state"]) for s in states)),
+            "deliveries": deliveries_page(len(state.pending), state.outcomes),
+            "states": states, "recent": list(state.recent)}
 
 
 def describe(entry: dict) -> str:

@@ -12,7 +12,7 @@ problem and the rules in force stay.
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from twisted.application import service
 from twisted.internet import defer
@@ -46,6 +46,25 @@ SWEEP_MAX = 5.0
 def rules_dir(data_dir: str) -> str:
     """Where the action log lives: beside the logs (same disk, same fate, same backups)."""
     return os.path.join(data_dir, "rules")
+
+
+def counts_page(state_counts: Mapping[tuple[str, str], int]) -> dict:
+    """/alerts' ``counts``: ``"rule.state": n`` for the states any scope is in."""
+    return {"%s.%s" % key: n for key, n in sorted(state_counts.items()) if n}
+
+
+def deliveries_page(pending: int, outcomes: Mapping[tuple[str, str], int]) -> dict:
+    """/alerts' ``deliveries``: ``pending``, the totals ``delivered`` and ``gave_up``, and
+    ``"action.result": n`` for each action.
+
+    The one shape whether the server counted them or ``vmstats alerts --data-dir`` read them from
+    the action log, so a script reads either with the same code.
+    """
+    page = {"pending": pending,
+            "delivered": sum(n for (_a, result), n in outcomes.items() if result == "delivered"),
+            "gave_up": sum(n for (_a, result), n in outcomes.items() if result == "gave_up")}
+    page.update(("%s.%s" % key, n) for key, n in sorted(outcomes.items()))
+    return page
 
 
 class RulesService(service.Service):
@@ -200,9 +219,8 @@ class RulesService(service.Service):
         engine = self.engine
         page = {"rules": [{"name": r.name, "scope": r.scope, "metric": r.metric,
                            "actions": list(r.actions)} for r in self.ruleset.rules],
-                "counts": {"%s.%s" % key: n for key, n in sorted(engine.state_counts().items()) if n},
-                "deliveries": {"pending": len(self.dispatcher.pending),
-                               **{"%s.%s" % key: n for key, n in sorted(self.dispatcher.counts.items())}},
+                "counts": counts_page(engine.state_counts()),
+                "deliveries": deliveries_page(len(self.dispatcher.pending), self.dispatcher.counts),
                 "series": engine.size, "series_refused": engine.refused}
         if details:
             page["states"] = engine.states(1000)
@@ -214,9 +232,8 @@ class RulesService(service.Service):
 
     def summary(self) -> str:
         """The exit summary's line: what the rules decided and what is still to deliver."""
-        counts = self.dispatcher.counts
-        delivered = sum(n for (_a, result), n in counts.items() if result == "delivered")
-        gave_up = sum(n for (_a, result), n in counts.items() if result == "gave_up")
+        deliveries = deliveries_page(len(self.dispatcher.pending), self.dispatcher.counts)
+        delivered, gave_up = deliveries["delivered"], deliveries["gave_up"]
         alarms = sum(n for (_r, state), n in self.engine.state_counts().items() if state == "alarm")
         return ("%d rules, %d transitions, %d in alarm; %d deliveries made, %d gave up, %d pending "
                 "(sent at the next start)" % (len(self.ruleset.rules), self.engine.transitions, alarms,
