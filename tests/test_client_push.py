@@ -214,6 +214,17 @@ def test_server_down_at_start_then_every_spooled_record_arrives_once(tmp_path):
     assert_each_once(raw_rows(server.data_dir, "late-vm"), 8)
 
 
+def test_count_with_the_server_down_throughout_exits_3_and_keeps_the_records(tmp_path):
+    spool_dir = tmp_path / "spool"
+    result = run_agent("--server", "%s:%d" % (LOOPBACK, free_port()), "--transport", "tcp",
+                       "--count", "2", "--vm-id", "down-vm", "--backoff-max", "0.5", "--timeout", "1",
+                       "--spool-dir", str(spool_dir))
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "vmstats-agent WARNING: 2 records made, 0 acknowledged, 2 left in the spool at %s" % spool_dir)
+    assert len([n for n in os.listdir(str(spool_dir)) if n.endswith(".rec")]) == 2
+
+
 def test_server_restart_mid_stream_loses_and_duplicates_nothing(tmp_path):
     port = free_port()
     data = tmp_path / "data"
@@ -313,17 +324,23 @@ def test_signed_udp_accepted_and_forgeries_rejected_by_cause(auth_server, tmp_pa
 
 
 def test_tcp_batch_with_a_wrong_key_stays_spooled_until_the_key_is_fixed(auth_server, tmp_path):
+    """Refused batches stay spooled for the next start; --count says so and exits 3, as a smoke
+    check must not pass when the server took nothing."""
     target = "%s:%d" % (LOOPBACK, auth_server.tcp_port)
     spool_dir = tmp_path / "spool"
     common = ["--server", target, "--transport", "tcp", "--vm-id", "tcp-signed", "--backoff-max", "0.5",
               "--timeout", "5", "--spool-dir", str(spool_dir)]
     wrong = run_agent(*common, "--count", "2", "--key-file", key_file(tmp_path, "bad", "k1 not-it\n"))
-    assert wrong.returncode == 0, wrong.stderr
+    assert wrong.returncode == 3, wrong.stderr
     assert "refused the batch: auth" in wrong.stderr
+    assert wrong.stderr.splitlines()[-1] == (
+        "vmstats-agent WARNING: 2 records made, 0 acknowledged, 2 left in the spool at %s" % spool_dir)
     assert len(os.listdir(str(spool_dir))) == 3       # two records and the lock
     assert rejected(auth_server, "sig_bad") >= 1
     right = run_agent(*common, "--count", "1", "--key-file", key_file(tmp_path, "good", "k1 secret-one\n"))
     assert right.returncode == 0, right.stderr
+    assert right.stderr.splitlines()[-1] == (  # the backlog went with this run's record
+        "vmstats-agent INFO: 1 record made, 3 acknowledged, 0 left in the spool at %s" % spool_dir)
     assert os.listdir(str(spool_dir)) == ["lock"]
     rows = wait_rows(auth_server.data_dir, "tcp-signed", 3)
     # Two records from the first run (seq 0, 1), one from the second (seq restarts).

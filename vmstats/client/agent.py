@@ -35,6 +35,8 @@ LOG = logging.getLogger("vmstats.agent")
 #: Where ``--once`` without ``--server`` looks for a route to pick the VM id
 #: (TEST-NET-1: never contacted, only used to ask for the default route).
 _ROUTE_PROBE = "192.0.2.1"
+#: ``--count``'s exit status when records were made but not all acknowledged (they stay spooled).
+LEFT_IN_SPOOL = 3
 #: A wall clock this far (s) behind the monotonic clock's progress was stepped back.
 CLOCK_STEP = 5.0
 
@@ -287,7 +289,9 @@ def main(config):
         return 1
     agent = Agent(config, sender, vm, host)
     try:
-        agent.run()
+        produced = agent.run()
+        if config.count:
+            return count_outcome(sender, produced)
     except procfs.ProcError as exc:
         LOG.error("%s", exc)
         return 1
@@ -296,3 +300,22 @@ def main(config):
         agent.sleeper.close()
         sender.close()
     return 0
+
+
+def count_outcome(sender, produced):
+    """``--count``'s last line and exit status: LEFT_IN_SPOOL when TCP records were not delivered.
+
+    ``--count`` is a one-shot smoke check, so a server that was down or refused every batch must
+    not pass as 0; the records stay spooled for the next start, as on any stop. A running agent
+    (no ``--count``) still exits 0 on a stop, so systemd does not restart it for a backlog.
+    UDP has no acknowledgement to report.
+    """
+    if not isinstance(sender, transport.TcpSender):
+        return 0
+    left = len(sender.spool)
+    rejected = ", %d rejected as malformed" % sender.rejected if sender.rejected else ""
+    (LOG.warning if left else LOG.info)(
+        "%d record%s made, %d acknowledged%s, %d left in the spool at %s", produced,
+        "" if produced == 1 else "s", sender.acked + sender.rejected, rejected, left,
+        sender.spool.path)
+    return LEFT_IN_SPOOL if left else 0

@@ -94,7 +94,9 @@ OPTIONS = (
     ("jitter", _number(float, 0, False), None, "SECONDS",
      "random delay before the first interval, so a fleet spreads its sends "
      "(default: up to one interval; 0 disables)"),
-    ("count", _number(int, 0, True), None, "N", "stop after N records (default: run until stopped)"),
+    ("count", _number(int, 0, True), None, "N",
+     "stop after N records (default: run until stopped); over TCP, exit 3 if any record is "
+     "left unacknowledged in the spool"),
     ("vm_id", _vm_id, None, "ID",
      "VM id (default: the local address used to reach the server)"),
     ("host", _text, None, "NAME",
