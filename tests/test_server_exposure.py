@@ -83,6 +83,20 @@ def test_status_details_need_the_token_and_counts_stay_public(tmp_path):
         assert list(detailed["last_seen"]) == ["10.70.0.1"]
 
 
+def test_status_token_and_its_file_together_are_a_usage_error(tmp_path, monkeypatch):
+    """Both given, the file used to win silently; the environment's token stays a default."""
+    token_file = tmp_path / "token"
+    token_file.write_text("from-the-file\n")
+    common = ("--bind", LOOPBACK, "--udp-port", "0", "--tcp-port", "0", "--no-http", "--parsers",
+              "0", "--workers", "1", "--data-dir", str(tmp_path / "d"), "--duration", "1s")
+    result = run_cli(*common, "--status-token", "on-the-line", "--status-token-file", str(token_file))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: --status-token and --status-token-file are one setting: give one")
+    monkeypatch.setenv("VMSTATS_STATUS_TOKEN", "from-the-environment")  # run_cli passes it on
+    assert run_cli(*common, "--status-token-file", str(token_file)).returncode == 0
+
+
 def server_json(body: bytes) -> dict:
     return json.loads(body)
 

@@ -142,7 +142,7 @@ class UTCFormatter(logging.Formatter):
               help="Bearer token that unlocks /status details (data dir, per-VM last seen); "
                    "prefer --status-token-file or $VMSTATS_STATUS_TOKEN (a flag shows in ps).")
 @click.option("--status-token-file", type=click.Path(), default=None,
-              help="File holding the /status token (its first line).")
+              help="File holding the /status token (its first line); not with --status-token.")
 @click.option("--journal-dir", type=click.Path(), default=None,
               help="Where accepted records are journaled until they are in the logs "
                    "(default: DATA_DIR/journal).")
@@ -235,6 +235,11 @@ def serve(**options) -> None:
             raise click.ClickException("--graphite-template: %s" % exc) from None
     token_path = options.pop("status_token_file")
     if token_path:
+        # The file stands in for the flag (as `vmstats alerts --token-file` does): both given is
+        # a mistake that would otherwise let the file win silently; the environment's is a default.
+        source = click.get_current_context().get_parameter_source("status_token")
+        if source is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--status-token and --status-token-file are one setting: give one")
         try:
             options["status_token"] = inputfile.read_secret(token_path)
         except inputfile.FileProblem as exc:
