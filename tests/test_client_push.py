@@ -222,6 +222,7 @@ def test_count_with_the_server_down_throughout_exits_3_and_keeps_the_records(tmp
     assert result.returncode == 3, result.stderr
     assert result.stderr.splitlines()[-1] == (
         "vmstats-agent WARNING: 2 records made, 0 acknowledged, 2 left in the spool at %s" % spool_dir)
+    assert result.stderr.count("left in the spool") == 1  # said once, in the last line
     assert len([n for n in os.listdir(str(spool_dir)) if n.endswith(".rec")]) == 2
 
 

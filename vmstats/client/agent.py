@@ -231,8 +231,11 @@ class Agent(object):
     def _stop(self, produced):
         if getattr(self.sleeper, "signal", None):
             LOG.info("stopping on signal %d", self.sleeper.signal)
-        if not self.sender.flush(force=True):
-            LOG.warning("%d records left in the spool for the next start", len(self.sender.spool))
+        if not self.sender.flush(force=True) and not self.config.count:
+            # A --count run says it in its last line (count_outcome), with the spool's path.
+            left = len(self.sender.spool)
+            LOG.warning("%d record%s left in the spool for the next start", left,
+                        "" if left == 1 else "s")
         return produced
 
 
