@@ -255,6 +255,15 @@ def spells_non_finite(text):
     return text.lstrip("+-").lower() in _NON_FINITE_WORDS
 
 
+def decimal(text):
+    """float() of ``text`` spelled as ``DECIMAL``, or as nan or infinity, which go on to the
+    caller's check that names them not finite; ValueError for what float() alone would also
+    take (``1_0``, other scripts' digits, a leading ``+``)."""
+    if not DECIMAL_RE.match(text) and not spells_non_finite(text):
+        raise ValueError("%r is not a decimal number" % text[:40])
+    return float(text)
+
+
 def _parse_number(name, text, is_int, lo, hi):
     """A field's value by the one grammar (``DECIMAL``, ``_TYPED_INT_RE``), never by what
     int() and float() would also make of it."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmstats import inputfile
-from vmstats.protocol import DECIMAL_RE, spells_non_finite
+from vmstats.protocol import decimal
 from vmstats.selectors import selected
 
 
@@ -95,9 +95,7 @@ def _number(value: Any) -> float:
     """float() of a TOML/JSON number, or of text (``--set``) spelled as ``protocol.DECIMAL``:
     float() alone reads ``1_4`` as 14 and Unicode digits as digits.  ValueError otherwise."""
     if isinstance(value, str):
-        value = value.strip(string.whitespace)
-        if not DECIMAL_RE.match(value) and not spells_non_finite(value):  # those: "not finite"
-            raise ValueError(value)
+        return decimal(value.strip(string.whitespace))
     return float(value)
 
 

@@ -13,7 +13,7 @@ import click
 
 from vmstats.options import FiniteRange, IntRange
 from vmstats.progress import Progress
-from vmstats.protocol import DECIMAL_RE, encode_records, spells_non_finite
+from vmstats.protocol import decimal, encode_records
 
 TRANSPORT = click.Choice(["udp", "tcp"])
 #: UDP has no flow control; this pace keeps a loopback server's socket buffer from overflowing.
@@ -38,9 +38,10 @@ def _moment(text: str | None) -> int | None:
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
-    if not DECIMAL_RE.match(text) and not spells_non_finite(text):  # float() takes 1_0 too
-        raise click.BadParameter("--speed is 'max' or a factor such as 60, got %r" % text)
-    value = float(text)
+    try:
+        value = decimal(text)  # float() alone takes 1_0 too
+    except ValueError:
+        raise click.BadParameter("--speed is 'max' or a factor such as 60, got %r" % text) from None
     if not 0 < value < math.inf:  # inf would be --speed max spelled as a number: say so
         raise click.BadParameter("--speed factor must be a positive finite number (or 'max'), got %r" % text)
     return value
