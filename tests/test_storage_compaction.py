@@ -300,16 +300,115 @@ def test_a_clock_months_ahead_retires_only_what_the_data_say_is_old(tmp_path):
     assert tiers("columnar") == names[3:6]
     assert tiers("rollups") == names[2:6]
     assert summary.columnar_removed == 3 and summary.rollups_removed == 2
-    assert summary.line().endswith(
-        "; retention held back: the clock is 120.0 days past the end of the newest data's day "
-        "%s, so retention is measured from that day's end" % names[5])
+    assert summary.notices() == [
+        "retention held back: the clock is 120.0 days past the end of the newest data's day "
+        "%s (a clock set ahead, or no data since), so retention is measured from that day's end; "
+        "if the clock is right and no data will come, `vmstats compact --trust-clock` measures "
+        "it from the clock" % names[5]]
     # A right clock (at the end of day 5) retires the same days, saying nothing of the clock
     # (day 5, just closed, is not compacted yet).
     summary = _compact(right, policy=policy, now=end(5))
     assert [sorted(p.stem for p in (right / tier).glob("*.parquet")) for tier in ("columnar", "rollups")
             ] == [names[3:5], names[2:5]]
     assert summary.columnar_removed == 3 and summary.rollups_removed == 2
-    assert "held back" not in summary.line()
+    assert summary.notices() == []
+
+
+def test_a_future_dated_file_is_reported_and_does_not_lift_the_cap(tmp_path):
+    """A stray CSV file and a columnar file dated 2099 beside a fleet's six days, the clock 120
+    days ahead: they are not the newest data's day (which would let the clock retire every
+    day), they stay where they are, and the pass names them."""
+    data = tmp_path / "data"
+    _write_fleet(data, vms=2, days=6, step=1800)
+    end = lambda d: (FIRST + d + 1) * DAY  # noqa: E731
+    stray = data / "vms" / "10.9.9.9" / "2099-01-01.csv"
+    stray.parent.mkdir()
+    shutil.copy(logstore.day_path(str(data), "10.0.0.1", logstore.day_name(FIRST + 5)), stray)
+    policy = {"compact_after": 1, "retain_raw": 3, "retain_rollups": 4}
+    _compact(data, policy=policy, now=end(1))  # compacts day 0: copied as if dated 2099 too
+    copy = data / "columnar" / "2099-01-02.parquet"
+    shutil.copy(data / "columnar" / (logstore.day_name(FIRST) + ".parquet"), copy)
+    summary = _compact(data, policy=policy, now=end(5) + 120 * DAY)
+    tiers = lambda tier: sorted(p.stem for p in (data / tier).glob("*.parquet"))  # noqa: E731
+    names = [logstore.day_name(FIRST + d) for d in range(6)]
+    assert tiers("columnar") == names[3:6] + ["2099-01-02"]
+    assert tiers("rollups") == names[2:6]
+    assert stray.exists()
+    assert summary.future_files == sorted([str(copy), str(stray)])
+    assert summary.notices()[0].startswith("future-dated: 2 day file(s) dated after tomorrow by "
+                                           "this clock, e.g. %s: not taken as" % min(copy, stray))
+    assert "retention held back: the clock is 120.0 days" in summary.notices()[1]
+    # The next day's file (a record a little ahead of the clock near midnight) is not future-dated.
+    assert compact_mod.trusted_days({FIRST + 1: ["a"], FIRST + 2: ["b"]}, FIRST * DAY + 1) == (
+        FIRST + 1, ["b"])
+
+
+def test_a_clock_ahead_retires_a_day_at_most_a_day_early(tmp_path):
+    """The bound of the cap: a clock ahead by more than the rest of the newest day retires as
+    if it were at that day's end, so at one second into the newest day one day more goes
+    than a right clock would retire, and that day is less than a day short of the limit."""
+    right, ahead = tmp_path / "right", tmp_path / "ahead"
+    _write_fleet(right, vms=1, days=6, step=3600)
+    shutil.copytree(right, ahead)
+    policy = {"compact_after": 1, "retain_raw": 3, "retain_rollups": 30}
+    true_now = (FIRST + 5) * DAY + 1  # one second into day 5, the newest day
+
+    def retired(data) -> list:
+        return sorted({p.stem for p in (data / "rollups").glob("*.parquet")}
+                      - {p.stem for p in (data / "columnar").glob("*.parquet")})
+
+    _compact(right, policy=policy, now=true_now)
+    _compact(ahead, policy=policy, now=true_now + 120 * DAY)
+    names = [logstore.day_name(FIRST + d) for d in range(6)]
+    assert retired(right) == names[0:2] and retired(ahead) == names[0:3]
+    # The one day retired early: it ended 2 days and 1 s before the true time, under 3 days.
+    early_age = true_now - (FIRST + 3) * DAY
+    assert 3 * DAY - DAY < early_age < 3 * DAY
+
+
+def _compact_cli(data, *args, offset: float = 0):
+    """A hand-run ``vmstats compact`` whose wall clock is ``offset`` seconds off."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "stepclock")]),
+               VMSTATS_TEST_STEP="1", VMSTATS_TEST_OFFSET=str(offset))
+    return subprocess.run([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data), *args],
+                          env=env, capture_output=True, text=True)
+
+
+def test_a_data_dir_no_longer_receiving_says_so_on_stderr_and_trust_clock_retires(tmp_path):
+    """A fleet retired ten days ago: a hand-run pass keeps its rows (the newest data's day never
+    advances), prints what it did on stdout and why it held back on stderr, exit status 0;
+    ``--trust-clock`` then applies the retention asked for from the clock."""
+    data = tmp_path / "data"
+    today = int(time.time()) // DAY
+    _write_fleet(data, vms=2, days=4, first=today - 14, step=3600)
+    options = ("--compact-after", "1d", "--retain-raw", "3d", "--retain-rollups", "30d")
+    done = _compact_cli(data, *options)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("compacted 4 days (") and len(done.stdout.splitlines()) == 1
+    newest = logstore.day_name(today - 11)
+    assert done.stderr.splitlines() == [
+        "vmstats compact: warning: retention held back: the clock is %.1f days past the end of "
+        "the newest data's day %s (a clock set ahead, or no data since), so retention is "
+        "measured from that day's end; if the clock is right and no data will come, `vmstats "
+        "compact --trust-clock` measures it from the clock" % ((time.time() - (today - 10) * DAY) / DAY,
+                                                              newest)]
+    names = [logstore.day_name(today - 14 + d) for d in range(4)]
+    assert sorted(p.stem for p in (data / "columnar").glob("*.parquet")) == names[1:]
+    done = _compact_cli(data, *options, "--trust-clock")
+    assert done.returncode == 0 and done.stderr == ""
+    assert not list((data / "columnar").glob("*.parquet"))
+    assert sorted(p.stem for p in (data / "rollups").glob("*.parquet")) == names
+
+
+def test_a_compaction_lock_that_is_a_folder_is_a_one_line_error(tmp_path):
+    data = tmp_path / "data"
+    _write_fleet(data, vms=1, days=1, step=3600)
+    (data / "compaction.lock").mkdir()
+    done = _compact_cli(data)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "Error: compaction lock %s cannot be opened: Is a directory; no pass runs until it is a "
+        "file this user can write (or absent)" % (data / "compaction.lock")]
 
 
 def test_the_server_with_its_clock_months_ahead_keeps_recent_days(tmp_path):
@@ -318,6 +417,9 @@ def test_the_server_with_its_clock_months_ahead_keeps_recent_days(tmp_path):
     data = tmp_path / "data"
     today = int(time.time()) // DAY
     _write_fleet(data, vms=3, days=6, first=today - 6, step=1800)
+    stray = data / "rollups" / "2099-01-01.parquet"  # a stray future-dated copy: not trusted
+    stray.parent.mkdir()
+    shutil.copy(logstore.day_path(str(data), "10.0.0.1", logstore.day_name(today - 6)), stray)
     stepclock = str(ROOT / "tests" / "stepclock")
     options = ("--compact-interval", "1s", "--compact-after", "1d", "--retain-raw", "3d",
                "--retain-rollups", "4d")
@@ -325,11 +427,30 @@ def test_the_server_with_its_clock_months_ahead_keeps_recent_days(tmp_path):
                                         "VMSTATS_TEST_OFFSET": str(120 * DAY)}) as server:
         server.wait_for(lambda s: s.metrics().get("vmstats_compaction_passes", 0) >= 1, timeout=60)
         assert server.metrics()["vmstats_compaction_retention_held_back"] >= 1
+        assert server.metrics()["vmstats_compaction_future_dated"] >= 1
     assert server.returncode == 0
     names = [logstore.day_name(today - 6 + d) for d in range(6)]
     assert sorted(p.stem for p in (data / "columnar").glob("*.parquet")) == names[3:6]
-    assert sorted(p.stem for p in (data / "rollups").glob("*.parquet")) == names[2:6]
-    assert "retention held back: the clock is 12" in server.output
+    assert sorted(p.stem for p in (data / "rollups").glob("*.parquet")) == names[2:6] + ["2099-01-01"]
+    assert ("WARNING vmstats.server.compaction: compaction: retention held back: the clock is 12"
+            in server.output)
+    assert "compaction: future-dated: 1 day file(s) dated after tomorrow" in server.output
+
+
+def test_the_server_counts_a_lock_folder_and_logs_it_once(tmp_path):
+    """compaction.lock made a folder: every pass fails and is counted, the error is logged
+    once, the server keeps receiving; once it is removed the passes succeed again."""
+    data = tmp_path / "data"
+    _write_fleet(data, vms=1, days=2, first=int(time.time()) // DAY - 4, step=3600)
+    (data / "compaction.lock").mkdir()
+    with serve(tmp_path, "--compact-interval", "1s", "--compact-after", "1d") as server:
+        server.wait_for(lambda s: s.metrics().get("vmstats_compaction_failures", 0) >= 3, timeout=60)
+        assert server.metrics()["vmstats_compaction_passes"] == 0
+        (data / "compaction.lock").rmdir()
+        server.wait_for(lambda s: s.metrics().get("vmstats_compaction_passes", 0) >= 1, timeout=60)
+    assert server.returncode == 0
+    assert server.output.count("cannot be opened: Is a directory") == 1
+    assert len(list((data / "columnar").glob("*.parquet"))) == 2
 
 
 def test_rows_logged_after_compaction_win_and_are_merged_next_pass(tmp_path):

@@ -21,7 +21,14 @@ the end of the newest day the data dir holds a file of (``retention_clock``),
 as Prometheus measures it from its newest data: a clock set months ahead (a
 bad RTC, a typo in ``date -s``, NTP not yet synced) would otherwise retire
 every day at once.  The day files' names give the newest day, so nothing is
-read for it.  A clock behind only keeps data longer.
+read for it.  A day file dated after the clock's next UTC day (a stray copy, a
+VM and server that once agreed on a wrong date) is future-dated: it is
+reported, never taken as the newest day (one such file would lift the cap and
+let a clock ahead retire everything again) and left in place.  A clock behind
+only keeps data longer; one ahead by less than the rest of the newest day
+(indistinguishable from a right one) can retire a day up to that much early,
+never a full day.  ``--trust-clock`` measures from the clock alone, for a data
+dir that no longer receives data (its newest day never advances).
 
 Every step leaves the data dir readable with nothing lost or counted twice:
 killed anywhere (SIGKILL), a pass leaves at most a ``.partial`` file (removed
@@ -43,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vmstats import logstore
-from vmstats.server.config import RETENTION_HELD_BACK
+from vmstats.server.config import FUTURE_DATED, RETENTION_HELD_BACK
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +63,18 @@ LOCK_NAME = "compaction.lock"
 #: A wall clock this far past the end of the newest data's day is worth a warning: a silent
 #: fleet leaves a gap of hours, a wrong clock one of days or months.
 FAR_AHEAD = DAY
+#: Days after the wall clock's day that day files may name: a record stamped up to --max-future
+#: ahead of the clock names at most the next UTC day; a later day file is future-dated.
+FUTURE_ALLOWANCE_DAYS = 1
 
 
 class CompactionBusy(RuntimeError):
     """Another pass holds the data dir's compaction lock."""
+
+
+class LockError(RuntimeError):
+    """The compaction lock file cannot be opened (a folder in its place, no permission): no
+    pass can run on the data dir until an operator clears it."""
 
 
 class VerifyError(RuntimeError):
@@ -97,22 +112,35 @@ class Summary:
     #: Seconds the wall clock was past the end of the newest data's day, when FAR_AHEAD or more.
     clock_ahead: float = 0.0
     newest_day: int | None = None
+    #: Day files dated after the clock's next day: not trusted as the newest data, left in place.
+    future_files: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        """What the pass did: one line for stdout (the notices go to stderr)."""
         return ("compacted %d days (%d rows, %d CSV files removed, %d kept), removed %d columnar and "
                 "%d rollup files past retention, %d late CSV files past retention"
                 % (self.days_compacted, self.rows_compacted, self.csv_removed, len(self.csv_kept),
                    self.columnar_removed, self.rollups_removed, self.late_dropped)
                 + ("; removed %d partial files of an interrupted pass" % self.partial_removed
-                   if self.partial_removed else "")
-                + self.held_back_text())
+                   if self.partial_removed else ""))
 
-    def held_back_text(self) -> str:
-        if not self.clock_ahead or self.newest_day is None:
-            return ""
-        return ("; %s: the clock is %.1f days past the end of the newest data's day %s, so "
-                "retention is measured from that day's end"
-                % (RETENTION_HELD_BACK, self.clock_ahead / DAY, logstore.day_name(self.newest_day)))
+    def notices(self) -> list[str]:
+        """What an operator should look at: each a line starting with its constant (config.py),
+        which the server's compaction service counts."""
+        found = []
+        if self.future_files:
+            found.append("%s: %d day file(s) dated after tomorrow by this clock, e.g. %s: not taken as "
+                         "the newest data's day, left in place; remove them if they are stray copies"
+                         % (FUTURE_DATED, len(self.future_files),
+                            logstore.printable(self.future_files[0])))
+        if self.clock_ahead and self.newest_day is not None:
+            found.append("%s: the clock is %.1f days past the end of the newest data's day %s (a "
+                         "clock set ahead, or no data since), so retention is measured from that "
+                         "day's end; if the clock is right and no data will come, `vmstats compact "
+                         "--trust-clock` measures it from the clock"
+                         % (RETENTION_HELD_BACK, self.clock_ahead / DAY,
+                            logstore.day_name(self.newest_day)))
+        return found
 
 
 def elapsed_days(day: int, now: float) -> float:
@@ -123,19 +151,30 @@ def elapsed_days(day: int, now: float) -> float:
 def retention_clock(now: float, newest_day: int | None) -> float:
     """The moment retention is measured from: the wall clock, but never past the end of the
     newest day the data dir holds, so a clock far ahead retires nothing the data do not say
-    is old.  (Records stamped up to --max-future ahead of the clock can name a day after
-    today; the earlier of the two is then the clock, as before.)"""
+    is old.  (Records stamped up to --max-future ahead of the clock can name the next day;
+    the earlier of the two is then the clock, as before.)"""
     if newest_day is None:
         return now
     return min(now, (newest_day + 1) * DAY)
 
 
+def trusted_days(days: dict[int, list[str]], now: float) -> tuple[int | None, list[str]]:
+    """The newest day of ``{day: [path]}`` that is not future-dated, and the future-dated paths.
+
+    A day after the clock's next one cannot come from a record the server accepted under
+    this clock: trusting it would put the cap on retention in the future."""
+    last = int(now // DAY) + FUTURE_ALLOWANCE_DAYS
+    newest = max((day for day in days if day <= last), default=None)
+    return newest, sorted(path for day in days if day > last for path in days[day])
+
+
 def compact(data_dir: str, policy: Policy, now: float | None = None,
-            step: Callable[[str], None] | None = None) -> Summary:
+            step: Callable[[str], None] | None = None, trust_clock: bool = False) -> Summary:
     """One pass over ``data_dir``; CompactionBusy if another pass is running.
 
     ``step`` is told of each committed change (for tests that stop a pass
-    part-way); it never changes what is done.
+    part-way); it never changes what is done.  ``trust_clock`` measures retention
+    from ``now`` alone (an operator's choice for a data dir that no longer receives data).
     """
     policy.check()
     if not logstore.is_utf8(data_dir):  # Arrow opens files by UTF-8 paths only
@@ -149,10 +188,14 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
         csv_days = _csv_by_day(data_dir)
         rollup_days = {logstore.day_number(name): path
                        for name, path in logstore.tier_days(data_dir, logstore.ROLLUPS_DIR)}
-        columnar_days = [logstore.day_number(name)
-                         for name, _path in logstore.tier_days(data_dir, logstore.COLUMNAR_DIR)]
-        newest = max([*csv_days, *rollup_days, *columnar_days], default=None)
-        retain_now = retention_clock(now, newest)
+        dated: dict[int, list[str]] = {}
+        for day, files in csv_days.items():
+            dated.setdefault(day, []).extend(path for _vm, path in files)
+        for tier in (logstore.COLUMNAR_DIR, logstore.ROLLUPS_DIR):
+            for name, path in logstore.tier_days(data_dir, tier):
+                dated.setdefault(logstore.day_number(name), []).append(path)
+        newest, summary.future_files = trusted_days(dated, now)
+        retain_now = now if trust_clock else retention_clock(now, newest)
         if now - retain_now >= FAR_AHEAD:
             summary.clock_ahead, summary.newest_day = now - retain_now, newest  # said in line()
         for day in sorted(csv_days):
@@ -196,7 +239,12 @@ class _lock:
         self.path = os.path.join(data_dir, LOCK_NAME)
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LockError("compaction lock %s cannot be opened: %s; no pass runs until it is "
+                            "a file this user can write (or absent)"
+                            % (logstore.printable(self.path), exc.strerror or exc)) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

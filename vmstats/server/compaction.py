@@ -16,7 +16,7 @@ import sys
 from twisted.application import service
 from twisted.internet import defer, protocol
 
-from vmstats.server.config import RETENTION_HELD_BACK, format_duration
+from vmstats.server.config import FUTURE_DATED, RETENTION_HELD_BACK, format_duration
 from vmstats.server.every import IntervalJob
 from vmstats.server.metrics import Metrics
 
@@ -24,16 +24,19 @@ log = logging.getLogger(__name__)
 
 
 class _Pass(protocol.ProcessProtocol):
-    """One ``vmstats compact`` child: its output kept (bounded), its exit code delivered."""
+    """One ``vmstats compact`` child: its stdout (what it did) and stderr (warnings, errors)
+    kept apart and bounded, its exit code delivered."""
 
     def __init__(self):
         self.done: defer.Deferred = defer.Deferred()
         self.output = b""
+        self.errors = b""
 
     def outReceived(self, data: bytes) -> None:
         self.output = (self.output + data)[-4096:]
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        self.errors = (self.errors + data)[-4096:]
 
     def processEnded(self, reason) -> None:
         self.done.callback(reason.value.exitCode)
@@ -59,13 +62,21 @@ class CompactionService(service.Service):
         self.passes = 0
         self.failures = 0
         self.held_back = 0
+        self.future_dated = 0
+        #: The last failed pass's error: the same one again (a lock folder, a full disk) is
+        #: counted but not logged every pass.
+        self.last_error: str | None = None
         metrics.gauges["compaction_passes"] = ("Compaction passes finished (docs/STORAGE.md).",
                                                lambda: self.passes)
         metrics.gauges["compaction_failures"] = ("Compaction passes that exited with an error.",
                                                  lambda: self.failures)
         metrics.gauges["compaction_retention_held_back"] = (
             "Compaction passes whose retention was measured from the newest data's day, the clock "
-            "being a day or more past it (docs/STORAGE.md).", lambda: self.held_back)
+            "being a day or more past it: a clock ahead, or a data dir no longer receiving "
+            "(docs/STORAGE.md; vmstats compact --trust-clock).", lambda: self.held_back)
+        metrics.gauges["compaction_future_dated"] = (
+            "Compaction passes that found day files dated after the clock's next day, left in "
+            "place and not taken as the newest data (docs/STORAGE.md).", lambda: self.future_dated)
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -86,17 +97,24 @@ class CompactionService(service.Service):
         self.running_pass = None
         self.transport = None
         text = child.output.decode("utf-8", "replace").strip()
+        errors = child.errors.decode("utf-8", "replace").strip()
         if code == 0:
             self.passes += 1
-            line = text.splitlines()[-1] if text else "done"
-            if RETENTION_HELD_BACK in line:  # the clock is far ahead of the data: an operator should look
-                self.held_back += 1
-                log.warning("compaction: %s", line)
-            else:
-                log.info("compaction: %s", line)
+            self.last_error = None
+            log.info("compaction: %s", text.splitlines()[-1] if text else "done")
+            for line in errors.splitlines():  # the pass's warnings: an operator should look
+                self.held_back += RETENTION_HELD_BACK in line
+                self.future_dated += FUTURE_DATED in line
+                log.warning("compaction: %s", line.removeprefix("vmstats compact: warning: "))
         else:
             self.failures += 1
-            log.error("compaction pass exited with %s: %s", code, text[-500:])
+            error = (errors or text)[-500:]
+            if error != self.last_error:
+                log.error("compaction pass exited with %s: %s (logged once; each failing pass "
+                          "is counted in vmstats_compaction_failures)", code, error)
+                self.last_error = error
+            else:
+                log.debug("compaction pass exited with %s again: %s", code, error)
         return code
 
     def stopService(self):

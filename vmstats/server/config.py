@@ -30,6 +30,8 @@ MAX_DURATION = 36500 * 86400
 #: of the data (compact.py writes it, the server's compaction service counts the passes that
 #: say it); here so the server need not import compact.py and numpy with it.
 RETENTION_HELD_BACK = "retention held back"
+#: How a pass's notice names day files dated after the clock's next day (compact.py).
+FUTURE_DATED = "future-dated"
 
 
 def parse_duration(text: str) -> float:
