@@ -27,7 +27,8 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_the_file_trimmed(tmp_path):
 
 def test_compaction_keeps_states_cooldowns_and_pending_deliveries(tmp_path):
     entries = [event("a", to="alarm", at=1), {"type": "result", "key": "a.hook", "ok": True},
-               event("b", to="ok", at=2), {"type": "attempt", "key": "b.hook", "n": 3},
+               event("b", to="ok", at=2),
+               {"type": "attempt", "key": "b.hook", "n": 3, "at": 50.5, "age": 40.25},
                event("c", scope="10.0.0.2", at=3), {"type": "gave_up", "key": "c.hook"},
                event("d", kind="scale", scope="group", at=4, direction="out", current=2,
                      desired=3, delta=1),
@@ -35,7 +36,9 @@ def test_compaction_keeps_states_cooldowns_and_pending_deliveries(tmp_path):
     full = replay(lines(entries).splitlines())
     small = replay(compacted(full))
     assert small.states == full.states and small.scaling == full.scaling
-    assert {k: (p.action, p.attempts) for k, p in small.pending.items()} == {"b.hook": ("hook", 3)}
+    # With the retry budget it had spent: a compaction must not start it again.
+    assert {k: (p.action, p.attempts, p.age, p.aged_at) for k, p in small.pending.items()} == {
+        "b.hook": ("hook", 3, 40.25, 50.5)}
     assert len(compacted(full)) < len(entries)
 
 
@@ -54,7 +57,8 @@ def test_damaged_lines_are_skipped_and_counted_and_the_rest_replays(tmp_path):
            json.dumps({"type": "event", "event": dict(bad_event["event"], scope=["a"])}).encode(),
            b'{"type": "attempt", "key": "a.hook", "n": "9"}', b'{"type": "result", "key": 5}',
            b'{"type": "result", "key": "a.hook", "ok": true, "error": 3}',
-           b'{"type": "gave_up", "key": "a.hook", "at": "soon"}']
+           b'{"type": "gave_up", "key": "a.hook", "at": "soon"}',
+           b'{"type": "attempt", "key": "a.hook", "n": 3, "at": 9, "age": "long"}']
     mixed = []
     for i, entry in enumerate(good):
         mixed.append(json.dumps(entry).encode())
@@ -67,4 +71,4 @@ def test_damaged_lines_are_skipped_and_counted_and_the_rest_replays(tmp_path):
     assert {k: p.attempts for k, p in state.pending.items()} == {"a.hook": 2}
     assert state.lines == len(good) and state.damage.count == len(bad)
     assert state.damage.first == "line 2: not JSON (JSONDecodeError)"
-    assert "17 damaged line(s) skipped (first: line 2: " in state.damage.note(str(path))
+    assert "18 damaged line(s) skipped (first: line 2: " in state.damage.note(str(path))

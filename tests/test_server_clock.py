@@ -6,6 +6,7 @@ real step does).
 """
 
 import calendar
+import json
 import os
 import re
 import signal
@@ -14,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from rulesutil import row
+from rulesutil import HOT, SECRET, WebhookReceiver, row, rules_file
+from rulesutil import line as rule_line
 from serverproc import LOOPBACK, ROOT, serve
 from test_server_udp import line, logged, now
 
@@ -232,3 +234,73 @@ def test_an_agent_whose_clock_is_ten_minutes_ahead_is_told_to_look_at_it(tmp_pat
         assert server.metrics()['vmstats_rejected_total{reason="future_timestamp"}'] == 2
     assert "is this VM's clock off? run NTP" in done.stderr, done.stderr
     assert "ahead-vm stamped" in server.output
+
+
+def rules_server(tmp_path, hook, step: float, offset: float = 0.0, retry_for: str = "1h"):
+    """A server with rules delivering to ``hook``, its clock steppable (and ``offset`` off)."""
+    body = HOT % "" + ('[settings]\nretry_for = "%s"\nretry_min = "0.2s"\nretry_max = "0.5s"\n'
+                       % retry_for)
+    env = {"PYTHONPATH": STEPCLOCK, "VMSTATS_TEST_STEP": str(step),
+           "VMSTATS_TEST_OFFSET": str(offset)}
+    return serve(tmp_path, "--rules", rules_file(tmp_path, hook.url, body), "--parsers", "0",
+                 "--flush-interval", "0.3", env=env)
+
+
+def deliveries(metrics: dict, result: str) -> float:
+    return metrics.get('vmstats_rule_deliveries_total{action="hook",result="%s"}' % result, 0)
+
+
+def test_a_step_forward_of_a_day_gives_up_no_delivery(tmp_path):
+    """A receiver down, retries for an hour: the clock stepped two hours on must not end them
+    (their budget is time spent, not the clock's figure); once the receiver is back it gets
+    the alarm.  Before, every pending delivery was given up at its next attempt."""
+    with WebhookReceiver(SECRET.encode()) as hook:
+        hook.down = True
+        with rules_server(tmp_path, hook, 2 * HOUR) as server:
+            server.send_udp(rule_line("10.7.2.1", now(), 99.0))
+            server.wait_metrics(lambda m: deliveries(m, "failed") >= 2)
+            os.kill(server.pid, signal.SIGUSR2)
+            server.wait_metrics(lambda m: m["vmstats_clock_steps_total"] == 1)
+            failed = deliveries(server.metrics(), "failed")
+            server.wait_metrics(lambda m: deliveries(m, "failed") >= failed + 3)
+            metrics = server.metrics()
+            assert deliveries(metrics, "gave_up") == 0, server.output
+            assert metrics["vmstats_rule_deliveries_pending"] == 1
+            hook.down = False
+            hook.wait(1)
+            server.wait_metrics(lambda m: deliveries(m, "delivered") == 1)
+
+
+def test_a_step_back_does_not_stretch_the_retries(tmp_path):
+    """Retried for 4 s, the clock an hour back: given up after 4 s of retrying, not 3604."""
+    with WebhookReceiver(SECRET.encode()) as hook:
+        hook.down = True
+        with rules_server(tmp_path, hook, -HOUR, retry_for="4s") as server:
+            server.send_udp(rule_line("10.7.2.2", now(), 99.0))
+            server.wait_metrics(lambda m: deliveries(m, "failed") >= 1)
+            started = time.monotonic()
+            os.kill(server.pid, signal.SIGUSR2)
+            server.wait_metrics(lambda m: deliveries(m, "gave_up") == 1, timeout=15)
+            assert time.monotonic() - started < 6
+
+
+def test_a_pending_delivery_keeps_its_spent_budget_across_a_restart_and_a_step_back(tmp_path):
+    """Stopped after ~2 s of its 4 s of retries, started again with the clock an hour back:
+    the last 2 s are retried, then it is given up (before, the budget began again an hour
+    on).  What the log shows an operator is the server's time of day."""
+    with WebhookReceiver(SECRET.encode()) as hook:
+        hook.down = True
+        with rules_server(tmp_path, hook, 1, retry_for="4s") as server:
+            server.send_udp(rule_line("10.7.2.3", now(), 99.0))
+            server.wait_metrics(lambda m: deliveries(m, "failed") >= 4)
+        with rules_server(tmp_path, hook, 1, offset=-HOUR, retry_for="4s") as server:
+            started = time.monotonic()
+            server.wait_metrics(lambda m: deliveries(m, "gave_up") == 1, timeout=15)
+            assert time.monotonic() - started < 4
+    entries = [json.loads(text) for text in
+               (tmp_path / "data" / "rules" / "actions.log").read_text().splitlines()]
+    gave_up = [e for e in entries if e["type"] == "gave_up"]
+    assert len(gave_up) == 1
+    assert abs(gave_up[0]["at"] - (time.time() - HOUR)) < 60
+    ages = [e["age"] for e in entries if e["type"] == "attempt"]
+    assert ages == sorted(ages) and 1 < ages[-1] <= 4

@@ -7,7 +7,8 @@ Entries:
 
 ``event``    a transition, reminder, scaling decision or hold, with its key
              and the actions it goes to (delivery key: ``<key>.<action>``)
-``attempt``  a delivery attempt about to be made (number ``n``)
+``attempt``  a delivery attempt about to be made (number ``n``), with ``age``:
+             the seconds of its retry budget spent, timed by the monotonic clock
 ``result``   what the attempt got: ``ok`` true, or the error
 ``gave_up``  delivery stopped after ``retry_for``, or its action is gone
 
@@ -48,6 +49,15 @@ class Pending:
     action: str
     event: dict
     attempts: int = 0
+    #: Seconds since the event when its last attempt was logged, timed by the monotonic clock
+    #: (a step of the wall clock does not spend or refund the retry budget), and the wall
+    #: time of that entry (None: none logged, the event's own ``at``).  Only the time since
+    #: is the wall clock's after a restart: the monotonic clock is another process's then.
+    age: float = 0.0
+    aged_at: float | None = None
+    #: The monotonic reading (``reactor.seconds()``) at which this run counts the event's age
+    #: as 0; set by the dispatcher, never logged.
+    started: float | None = None
 
 
 @dataclass
@@ -116,8 +126,9 @@ def problem(entry) -> str | None:
         return wrong
     if kind not in _ENTRIES:
         return "type is %r" % (kind,)
-    if "at" in entry and not isinstance(entry["at"], _NUMBER):
-        return "at is %r" % (entry["at"],)
+    for name in ("at", "age"):
+        if name in entry and not isinstance(entry[name], _NUMBER):
+            return "%s is %r" % (name, entry[name])
     if "error" in entry and not isinstance(entry["error"], str):
         return "error is %r" % (entry["error"],)
     return _wrong(entry, _ENTRIES[kind])
@@ -155,8 +166,10 @@ def replay(lines) -> Replayed:
                 result.pending[key] = Pending(key, action, event)
         elif kind == "attempt":
             pending = result.pending.get(entry["key"])
-            if pending is not None:
-                pending.attempts = max(pending.attempts, entry["n"])
+            if pending is not None and entry["n"] >= pending.attempts:
+                pending.attempts = entry["n"]
+                if "age" in entry and "at" in entry:
+                    pending.age, pending.aged_at = float(entry["age"]), float(entry["at"])
         elif kind == "result" and entry.get("ok"):
             done = result.pending.pop(entry["key"], None)
             if done is not None:
@@ -197,7 +210,10 @@ def compacted(state: Replayed) -> list[dict]:
         event = pending.event
         entries.setdefault(event["key"], {"type": "event", "event": event})
         if pending.attempts:
-            attempts.append({"type": "attempt", "key": pending.key, "n": pending.attempts})
+            attempt = {"type": "attempt", "key": pending.key, "n": pending.attempts}
+            if pending.aged_at is not None:
+                attempt.update(age=pending.age, at=pending.aged_at)
+            attempts.append(attempt)
     # A kept event's deliveries that are done must not come back as pending.
     done = []
     for entry in entries.values():

@@ -7,6 +7,14 @@ every delivery without a logged success is attempted again, under the same
 idempotency key: nothing is lost, and a receiver that honours the key acts
 once.  Retries back off from ``retry_min`` doubling to ``retry_max`` and stop
 after ``retry_for`` from the event (24 h by default), logged as given up.
+
+``retry_for`` is time spent, measured by the monotonic clock (the server's
+``reactor.seconds()``): a step of the wall clock a day forward gave every
+pending delivery up at its next attempt, and one back kept retrying a day
+longer.  The log's ``at`` stays the time of day an operator reads; each
+attempt also logs its ``age`` (the budget spent), so after a restart the
+budget goes on from there plus the downtime, which only the wall clock can
+tell (counted as none if the clock went back meanwhile).
 """
 
 import logging
@@ -28,9 +36,9 @@ class Dispatcher:
     def __init__(self, reactor, action_log: ActionLog, actions: dict[str, Notifier],
                  retry_for: float, retry_min: float = 1.0, retry_max: float = 300.0,
                  wall: Callable[[], float] | None = None):
+        #: Times delays and the retry budget (the server's is monotonic: vmstats/server/clock.py).
         self.reactor = reactor
-        #: The time of day of the log's ``at`` (the server's reactor times delays only, by the
-        #: monotonic clock: vmstats/server/clock.py); a test's ``task.Clock`` serves as both.
+        #: The time of day of the log's ``at``; a test's ``task.Clock`` serves as both.
         self.wall = wall if wall is not None else reactor.seconds
         self.log = action_log
         self.actions = actions
@@ -47,12 +55,14 @@ class Dispatcher:
         """Log ``events`` with their first attempts, then send; fires once they are logged."""
         entries = []
         fresh = []
+        started = self.reactor.seconds()
         for event in events:
             entries.append({"type": "event", "event": event})
             for action in event.get("actions", ()):
-                pending = Pending("%s.%s" % (event["key"], action), action, event, 1)
+                pending = Pending("%s.%s" % (event["key"], action), action, event, 1,
+                                  started=started)
                 entries.append({"type": "attempt", "key": pending.key, "n": 1,
-                                "at": self.wall()})
+                                "at": self.wall(), "age": 0.0})
                 self.pending[pending.key] = pending
                 fresh.append(pending)
         if not entries:
@@ -69,8 +79,12 @@ class Dispatcher:
             self._later(pending)
 
     def resume(self, pending: list[Pending]) -> None:
-        """Deliveries the log left without success (a crash or a stop): attempt them again."""
+        """Deliveries the log left without success (a crash or a stop): attempt them again,
+        their budget spent being what the log says plus the downtime by the wall clock."""
+        now, started = self.wall(), self.reactor.seconds()
         for one in pending:
+            since = one.aged_at if one.aged_at is not None else one.event["at"]
+            one.started = started - one.age - max(0.0, now - since)
             self.pending[one.key] = one
             self._attempt(one)
 
@@ -83,16 +97,16 @@ class Dispatcher:
         self._timers.pop(pending.key, None)
         if self.stopped:
             return
-        now = self.wall()
         if pending.action not in self.actions:
             self._give_up(pending, "the action is no longer in the rules")
             return
-        if now - pending.event["at"] > self.retry_for:
+        age = self.reactor.seconds() - pending.started
+        if age > self.retry_for:
             self._give_up(pending, "undelivered after %gs" % self.retry_for)
             return
         pending.attempts += 1
         d = self.log.append([{"type": "attempt", "key": pending.key, "n": pending.attempts,
-                              "at": now}])
+                              "at": self.wall(), "age": round(age, 3)}])
         d.addCallbacks(lambda _: self._send(pending), lambda _f: self._later(pending))
 
     def _send(self, pending: Pending) -> None:
