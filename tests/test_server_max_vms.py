@@ -2,12 +2,15 @@
 and a drop is never acknowledged."""
 
 import os
+import signal
 import socket
 import time
+from collections import Counter
 
 from serverproc import serve
 from test_reliability_faults import report
 from test_reliability_journal import raw_rows
+from test_server_clock import HOUR, stepped_server
 from test_server_tcp import read_reply
 from test_server_udp import line, now
 
@@ -63,6 +66,26 @@ def test_vms_silent_long_enough_are_forgotten_once_the_cap_is_reached():
     assert sorted(buffer.last_seen) == ["c", "d"]
     assert ingest.payload(payload(["e", "f", "g"], T + 60)) == (2, 0, 1)
     assert metrics.drops["vm_cap"] == 2
+
+
+def test_a_step_forward_of_the_clock_gives_no_known_vm_s_place_to_a_new_id(tmp_path):
+    """At the cap of 2 VMs, both reporting, the clock an hour forward: a and b are not silent
+    (only a second passed), so new ids stay out and a's record is kept.  Before, the next
+    flush forgot both as an hour silent, c and d took their places, a's record was dropped."""
+    known = ["10.62.0.1", "10.62.0.2"]
+    with stepped_server(tmp_path, HOUR, "--flush-interval", "0.2", "--max-vms", "2") as server:
+        server.send_udp(payload(known, now()))
+        server.wait_metrics(lambda m: m["vmstats_vms_seen"] == 2)
+        os.kill(server.pid, signal.SIGUSR2)
+        server.wait_metrics(lambda m: m["vmstats_clock_steps_total"] == 1)
+        time.sleep(1.0)  # five flush times: each forgets the VMs it takes for silent
+        server.send_udp(payload(["10.62.1.1", "10.62.1.2", known[0]], now() + 60))
+        metrics = server.wait_metrics(lambda m: m["vmstats_records_received_total"]
+                                      + m['vmstats_dropped_total{cause="vm_cap"}'] == 5)
+        server.wait_metrics(lambda m: m["vmstats_buffered_records"] == 0
+                            and m["vmstats_in_flight_records"] == 0)
+    assert metrics['vmstats_dropped_total{cause="vm_cap"}'] == 2
+    assert Counter(vm for vm, _ts in raw_rows(tmp_path / "data")) == {known[0]: 2, known[1]: 1}
 
 
 def sync(sock, lines: bytes, token: bytes) -> bytes:

@@ -9,6 +9,13 @@ record under 200 bytes of memory.  The caps bound memory whatever senders do:
 records held in all (``max_buffered``), per VM (``max_per_vm``), and VMs known
 (``max_vms``): each VM costs its own table, bookkeeping and folder beside its
 records, so senders inventing VM ids cannot grow the server without bound.
+
+When each VM was last heard from (``last_seen``) is a monotonic reading, not a
+time of day: it decides which VMs are forgotten at the cap, and a step of the
+wall clock an hour forward made every known VM ten minutes silent at once (the
+next invented ids took their places and the real VMs' records were dropped),
+one back kept ids a sender made up once an hour longer.  /status shows it as a
+time of day (``seen_at``).
 """
 
 import time
@@ -28,7 +35,8 @@ class Buffer:
     """Bounded, idempotent record table with per-VM sequence-gap accounting."""
 
     def __init__(self, metrics: Metrics, max_buffered: int, max_per_vm: int,
-                 on_full: Callable[[], None] | None = None, clock: Callable[[], float] = time.time,
+                 on_full: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  max_vms: int = 1 << 62):
         self.metrics = metrics
         self.max_buffered = max_buffered
@@ -36,10 +44,12 @@ class Buffer:
         #: VMs known at once (``last_seen``); records of other VMs are dropped beyond it.
         self.max_vms = max_vms
         self.on_full = on_full
+        #: What ``last_seen`` is read by: a monotonic clock, which steps of the wall clock leave.
         self.clock = clock
         self.table: Table = {}
         self.count = 0
         self.last_seq: dict[str, int] = {}
+        #: vm -> ``clock()`` when it was last heard from (the ingest stamps it).
         self.last_seen: dict[str, float] = {}
 
     def put(self, vm: str, ts: int, row: bytes, seq: int | None = None) -> bool:
@@ -101,6 +111,11 @@ class Buffer:
         self.last_seen = {vm: seen for vm, seen in self.last_seen.items() if seen >= horizon}
         self.last_seq = {vm: seq for vm, seq in self.last_seq.items() if vm in self.last_seen}
         return before - len(self.last_seen)
+
+    def seen_at(self, wall: float) -> dict[str, float]:
+        """``last_seen`` as times of day, ``wall`` being the time of day now."""
+        offset = wall - self.clock()
+        return {vm: seen + offset for vm, seen in self.last_seen.items()}
 
     def restore(self, vm: str, rows: dict[int, bytes]) -> None:
         """Put back rows whose write failed; rows received since then win."""

@@ -246,7 +246,7 @@ class Ingest:
         if not count:
             return 0, rejected, 0
         buffer = self.buffer
-        now = self.clock()
+        now = buffer.clock()  # when the VMs were heard from: monotonic (buffer.py)
         table = buffer.table
         dropped = 0
         seen = buffer.last_seen

@@ -307,7 +307,7 @@ class Aggregator(service.MultiService):
         status["vms_seen"] = len(self.buffer.last_seen)
         if details:
             status["data_dir"] = os.path.abspath(self.config.data_dir)
-            status["last_seen"] = last_seen_table(self.buffer.last_seen)
+            status["last_seen"] = last_seen_table(self.buffer.seen_at(self.clock()))
         else:
             status["details"] = "send 'Authorization: Bearer <token>' (--status-token) for the " \
                                 "data dir and per-VM last-seen times"
