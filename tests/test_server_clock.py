@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from rulesutil import HOT, SECRET, WebhookReceiver, row, rules_file
 from rulesutil import line as rule_line
 from serverproc import LOOPBACK, ROOT, serve
@@ -304,3 +305,83 @@ def test_a_pending_delivery_keeps_its_spent_budget_across_a_restart_and_a_step_b
     assert abs(gave_up[0]["at"] - (time.time() - HOUR)) < 60
     ages = [e["age"] for e in entries if e["type"] == "attempt"]
     assert ages == sorted(ages) and 1 < ages[-1] <= 4
+
+
+def edge_server(tmp_path, step: float, offset: float = 0.0, grace: str = "30"):
+    """A server whose wall clock SIGUSR2 steps, ``offset`` off from the start."""
+    return serve(tmp_path, "--flush-interval", "0.3", "--minute-grace", grace,
+                 env={"PYTHONPATH": STEPCLOCK, "VMSTATS_TEST_STEP": str(step),
+                      "VMSTATS_TEST_OFFSET": str(offset)})
+
+
+def killed_after_a_step(tmp_path, step: float | None, t0: int, grace: str) -> None:
+    """Half of minute 1 (steps 1-3, at t0 + 10 ... + 30) into a server, its clock stepped by
+    ``step`` (None: not), then a SIGKILL: the open minutes come back from the journal at the
+    next start."""
+    from test_formats_durable import write_step
+    server = edge_server(tmp_path, step or 1, grace=grace).start()
+    try:
+        for n in (1, 2, 3):
+            write_step(server, n, t0)
+        # Flushes: the journal checkpoints the minutes, and the next checkpoint is not due for
+        # 30 s, so the step reaches the journal as a line after it, as most steps do.
+        time.sleep(1.0)
+        if step is not None:
+            os.kill(server.pid, signal.SIGUSR2)
+            server.wait_metrics(lambda m: m["vmstats_clock_steps_total"] == 1)
+        server.proc.send_signal(signal.SIGKILL)
+    finally:
+        server.kill()
+
+
+def test_a_step_forward_completes_no_open_minute_of_the_edge_before_its_grace(tmp_path):
+    """History of an hour ago, then the clock an hour forward: the minutes stay open and take
+    the rest of their samples.  Before, the edge's tick read the clock itself and, when it
+    came between the step and the watch noticing it (most of a second in three runs of
+    four), completed every open minute at once; the rest was refused as late."""
+    from test_formats_durable import VMS, write_step
+    t0 = (now() - HOUR) // 60 * 60
+    with edge_server(tmp_path, HOUR) as server:
+        for n in (1, 2, 3):
+            write_step(server, n, t0)
+        for _ in range(3):  # three steps: three chances for a tick to come first
+            os.kill(server.pid, signal.SIGUSR2)
+            time.sleep(1.2)  # a tick and the watch, in whichever order they come
+            assert server.metrics()["vmstats_edge_open_minutes"] == VMS
+        for n in (4, 5, 6):
+            write_step(server, n, t0)  # raised (400, late) before
+    assert rows(tmp_path, "tg-00") == 1
+
+
+def test_a_restart_after_a_step_forward_keeps_each_open_minutes_grace(tmp_path):
+    """History of an hour ago (a Telegraf catching up), the clock an hour forward, a crash:
+    the restored minutes wait their grace from their last sample, as they did before the
+    crash, and the rest of minute 1 is taken.  Before, the replay used the arrival times
+    the journal held, an hour before the new clock: the first tick wrote every minute with
+    half its samples and the other half (steps 4-6) was refused as late."""
+    from test_formats_durable import VMS, expected, write_step
+    t0 = (now() - HOUR) // 60 * 60
+    killed_after_a_step(tmp_path, HOUR, t0, "30")
+    with edge_server(tmp_path, 1, offset=HOUR) as server:
+        time.sleep(1.5)  # the edge's tick, once a second, has looked at the restored minutes
+        for n in (4, 5, 6, 7):
+            write_step(server, n, t0)  # raised (400, late) before
+        assert server.metrics().get('vmstats_edge_events_total{event="late"}', 0) == 0
+    for i in range(VMS):
+        row = logged(tmp_path / "data", "tg-%02d" % i).iloc[0]
+        want = expected(i, 1)
+        assert {key: row[key] for key in want} == want
+
+
+@pytest.mark.parametrize("step", [-HOUR, None], ids=["stepped-running", "stepped-while-down"])
+def test_a_restart_after_a_step_back_holds_no_open_minute_for_the_step(tmp_path, step):
+    """The same, the clock an hour back, and the sender gone: the minutes are written their
+    grace (2 s) after their last sample.  Before, they waited for the clock to reach the
+    arrival times the journal held: an hour.  A step while the server was down (no line in
+    the journal says it) is seen as arrivals later than the clock, and they are taken as
+    now: a clock still wrong at the start and stepped forward later held them for good."""
+    t0 = (now() - 2 * HOUR) // 60 * 60  # an hour before the clock as stepped
+    killed_after_a_step(tmp_path, step, t0, "2")
+    with edge_server(tmp_path, 1, offset=-HOUR, grace="2") as server:
+        server.wait_for(lambda s: rows(tmp_path, "tg-00") == 1, timeout=10)
+        assert server.metrics()["vmstats_edge_open_minutes"] == 0

@@ -44,6 +44,8 @@ class Edge:
         self.ingest = ingest
         self.metrics = metrics
         self.assembler = assembler
+        #: The time of day of arrivals and ticks: in the server its WallClock, which notices a
+        #: step before the time is used (service.py).
         self.clock = clock
         #: The decoders by format name (a replay decodes journaled payloads again).
         self.decoders: dict[str, Decoder] = decoders if decoders is not None else {}
@@ -120,6 +122,13 @@ class Edge:
             self.unfiled[handed] = payload
             self.ingest.submit(payload, lambda *_result: self.unfiled.pop(handed, None),
                                aged=False)
+
+    def clock_stepped(self, step: float) -> None:
+        """The wall clock was stepped: the open minutes move with it, and the journal says so
+        where a replay will meet it."""
+        self.assembler.clock_stepped(step)
+        if self.journal is not None:
+            self.journal.stepped(step)
 
     def tick(self) -> None:
         self.completed(self.assembler.tick(self.clock()))

@@ -17,6 +17,9 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
 * ``done <[[vm, end], ...]>``: minutes the clock completed (``tick``, and the
   shutdown's ``complete_all``); the one decision a replay cannot repeat by
   itself, so it is journaled in its place in the sequence.
+* ``step <seconds>``: a step of the wall clock (vmstats/server/clock.py), which
+  moved every open minute's last arrival with it; the journaled arrival times
+  before it are the old clock's, so a replay moves them at the same point.
 * ``state <json>``: a checkpoint, the assembler's whole state (open minutes,
   counters, the minutes already written) plus the records handed to the
   native ingest path and not yet filed there.  It is written and synced
@@ -31,7 +34,9 @@ assembler then holds the open minutes it held when the server died, the
 counters their last values, and the records completed meanwhile come back
 to be written (the writer skips rows already in the logs, and a repeated
 minute is byte for byte the record already logged, so nothing is logged
-twice).
+twice).  A restored minute last touched later than the clock now says (the
+clock went back while the server was down, which no ``step`` line tells) is
+taken as touched now: it waits its grace, not the clock's way back to then.
 
 Each line carries an HMAC (with a key kept in the journal directory, made
 when first needed) because native payloads are journaled as they arrived: a sender
@@ -170,6 +175,12 @@ class EdgeJournal:
             self.journal.append(self._line(b"done " + json.dumps(keys).encode("utf-8")))
             self.changed = True
 
+    def stepped(self, step: float) -> None:
+        """Journal a step of the wall clock the open minutes moved with (a replay moves them
+        at the same point: the arrival times journaled before it are the old clock's)."""
+        self.journal.append(self._line(b"step %r" % step))
+        self.changed = True
+
     def checkpoint(self) -> bool:
         """Before segments are retired: the whole state, on disk (False keeps the segments)."""
         journal = self.journal
@@ -249,12 +260,15 @@ class EdgeJournal:
                     replayed += 1
                 elif kind == b"done":
                     assembler.complete([(vm, end) for vm, end in json.loads(rest)])
+                elif kind == b"step":
+                    assembler.clock_stepped(float(rest))
             except (ValueError, KeyError, TypeError) as exc:  # a bug or a changed format
                 log.error("journal: an edge line could not be replayed (skipped): %s", exc)
         for counter, saved in zip((assembler.events, assembler.rates.events), events,
                                   strict=True):
             counter.clear()
             counter.update(saved)
+        assembler.touched_by(edge.clock())
         self.changed = True  # the segments replayed go: the next retire writes a checkpoint
         if self.forged:
             log.warning("journal: %d #!edge lines without this journal's HMAC ignored (sent "

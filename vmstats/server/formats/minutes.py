@@ -264,6 +264,15 @@ class MinuteAssembler:
             for minute in minutes.values():
                 minute.touched += step
 
+    def touched_by(self, now: float) -> None:
+        """No open minute was last touched after ``now``: one that says so was restored
+        (journaling.py) from before the clock went back, and would wait the way back on top
+        of its grace -- for ever if the clock, wrong at the start, is stepped forward later."""
+        for minutes in self.open.values():
+            for minute in minutes.values():
+                if minute.touched > now:
+                    minute.touched = now
+
     # -- records out -----------------------------------------------------------------------------
     def tick(self, now: float) -> list[tuple[str, int]]:
         """Complete the minutes nothing more is coming for (called every second or so).
