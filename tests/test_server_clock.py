@@ -2,7 +2,8 @@
 
 The real server runs with its wall clock under the test's hand (tests/stepclock: SIGUSR2
 steps ``time.time()`` and APScheduler's ``datetime.now()``, never the monotonic clock, as a
-real step does).
+real step does), and again after a SIGKILL with the clock as stepped: the rules' deliveries
+and the other formats' open minutes, which outlive a restart.
 """
 
 import calendar
@@ -19,6 +20,7 @@ import pytest
 from rulesutil import HOT, SECRET, WebhookReceiver, row, rules_file
 from rulesutil import line as rule_line
 from serverproc import LOOPBACK, ROOT, serve
+from test_formats_durable import VMS, expected, write_step
 from test_server_udp import line, logged, now
 
 from vmstats.protocol import Record
@@ -32,9 +34,11 @@ STEPCLOCK = str(Path(__file__).resolve().parent / "stepclock")
 HOUR = 3600
 
 
-def stepped_server(tmp_path, step: float, *args: str):
-    """A server (``with``) whose wall clock SIGUSR2 moves by ``step`` seconds."""
-    return serve(tmp_path, *args, env={"PYTHONPATH": STEPCLOCK, "VMSTATS_TEST_STEP": str(step)})
+def stepped_server(tmp_path, step: float, *args: str, offset: float = 0.0):
+    """A server (``with``) whose wall clock SIGUSR2 moves by ``step`` seconds, ``offset`` off
+    from the start (as a clock stepped while the server was down)."""
+    return serve(tmp_path, *args, env={"PYTHONPATH": STEPCLOCK, "VMSTATS_TEST_STEP": str(step),
+                                       "VMSTATS_TEST_OFFSET": str(offset)})
 
 
 def rows(tmp_path, vm: str) -> int:
@@ -241,17 +245,15 @@ def rules_server(tmp_path, hook, step: float, offset: float = 0.0, retry_for: st
     """A server with rules delivering to ``hook``, its clock steppable (and ``offset`` off)."""
     body = HOT % "" + ('[settings]\nretry_for = "%s"\nretry_min = "0.2s"\nretry_max = "0.5s"\n'
                        % retry_for)
-    env = {"PYTHONPATH": STEPCLOCK, "VMSTATS_TEST_STEP": str(step),
-           "VMSTATS_TEST_OFFSET": str(offset)}
-    return serve(tmp_path, "--rules", rules_file(tmp_path, hook.url, body), "--parsers", "0",
-                 "--flush-interval", "0.3", env=env)
+    return stepped_server(tmp_path, step, "--rules", rules_file(tmp_path, hook.url, body),
+                          "--parsers", "0", "--flush-interval", "0.3", offset=offset)
 
 
 def deliveries(metrics: dict, result: str) -> float:
     return metrics.get('vmstats_rule_deliveries_total{action="hook",result="%s"}' % result, 0)
 
 
-def test_a_step_forward_of_a_day_gives_up_no_delivery(tmp_path):
+def test_a_step_forward_past_retry_for_gives_up_no_delivery(tmp_path):
     """A receiver down, retries for an hour: the clock stepped two hours on must not end them
     (their budget is time spent, not the clock's figure); once the receiver is back it gets
     the alarm.  Before, every pending delivery was given up at its next attempt."""
@@ -308,17 +310,15 @@ def test_a_pending_delivery_keeps_its_spent_budget_across_a_restart_and_a_step_b
 
 
 def edge_server(tmp_path, step: float, offset: float = 0.0, grace: str = "30"):
-    """A server whose wall clock SIGUSR2 steps, ``offset`` off from the start."""
-    return serve(tmp_path, "--flush-interval", "0.3", "--minute-grace", grace,
-                 env={"PYTHONPATH": STEPCLOCK, "VMSTATS_TEST_STEP": str(step),
-                      "VMSTATS_TEST_OFFSET": str(offset)})
+    """``stepped_server`` taking other agents' minutes, with ``grace``."""
+    return stepped_server(tmp_path, step, "--flush-interval", "0.3", "--minute-grace", grace,
+                          offset=offset)
 
 
 def killed_after_a_step(tmp_path, step: float | None, t0: int, grace: str) -> None:
     """Half of minute 1 (steps 1-3, at t0 + 10 ... + 30) into a server, its clock stepped by
     ``step`` (None: not), then a SIGKILL: the open minutes come back from the journal at the
     next start."""
-    from test_formats_durable import write_step
     server = edge_server(tmp_path, step or 1, grace=grace).start()
     try:
         for n in (1, 2, 3):
@@ -339,7 +339,6 @@ def test_a_step_forward_completes_no_open_minute_of_the_edge_before_its_grace(tm
     the rest of their samples.  Before, the edge's tick read the clock itself and, when it
     came between the step and the watch noticing it (most of a second in three runs of
     four), completed every open minute at once; the rest was refused as late."""
-    from test_formats_durable import VMS, write_step
     t0 = (now() - HOUR) // 60 * 60
     with edge_server(tmp_path, HOUR) as server:
         for n in (1, 2, 3):
@@ -359,7 +358,6 @@ def test_a_restart_after_a_step_forward_keeps_each_open_minutes_grace(tmp_path):
     crash, and the rest of minute 1 is taken.  Before, the replay used the arrival times
     the journal held, an hour before the new clock: the first tick wrote every minute with
     half its samples and the other half (steps 4-6) was refused as late."""
-    from test_formats_durable import VMS, expected, write_step
     t0 = (now() - HOUR) // 60 * 60
     killed_after_a_step(tmp_path, HOUR, t0, "30")
     with edge_server(tmp_path, 1, offset=HOUR) as server:
