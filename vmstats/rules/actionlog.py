@@ -33,6 +33,7 @@ from twisted.internet import defer
 
 from vmstats.inputfile import Damage
 from vmstats.rules.workers import Workers
+from vmstats.server.ownfiles import check_file, usable_directory
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,11 @@ class ActionLog:
         self._workers = Workers(reactor, "vmstats-actionlog", 1)
 
     def open(self) -> Replayed:
-        """Create the folder, repair a torn end and replay (at start, before any record)."""
-        os.makedirs(self.directory, exist_ok=True)
+        """Create the folder, repair a torn end and replay (at start, before any record);
+        OSError in one line naming the path when something else is in the folder's or the
+        log's place (a FIFO there would hold the start for ever)."""
+        usable_directory(self.directory, "rules folder")
+        check_file(self.path, "rules action log")
         state = read(self.path, repair=True)
         if state.damage.count:
             log.warning("%s; the log's next rewrite leaves them out", state.damage.note(self.path))

@@ -29,6 +29,7 @@ from vmstats.inputfile import Damage
 from vmstats.server.every import Every
 from vmstats.server.journal import read_segments
 from vmstats.server.metrics import RateLimitedLog
+from vmstats.server.ownfiles import read_file
 from vmstats.server.signing import (
     KEY_ID,
     Accepted,
@@ -193,8 +194,9 @@ class SignatureMemory:
     file, written once a second while it changes: a crash can then forget the last second.
     """
 
-    def __init__(self, directory: str, journal, verifier: Verifier, reactor=None):
+    def __init__(self, directory: str, journal, verifier: Verifier, reactor=None, metrics=None):
         self.directory = directory
+        self.metrics = metrics
         self.path = os.path.join(directory, MARKS_FILE)
         self.journal = journal
         self.verifier = verifier
@@ -203,16 +205,11 @@ class SignatureMemory:
         self.saved: dict[bytes, int] = {}
         self._saver: Every | None = None
         self._trouble = RateLimitedLog(log, "signature marks error", burst=1, period=60.0)
+        self.failing = False
 
     def restore(self, segments: list[tuple[int, str]]) -> int:
         """Load the floors and the signatures journaled since; returns the signatures restored."""
-        try:
-            with open(self.path, "rb") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            text = b""
-        except OSError as exc:
-            raise OSError(exc.errno, "cannot read %s: %s" % (self.path, exc.strerror)) from None
+        text = read_file(self.path, "signature marks file")
         now = self.verifier.clock()
         damage = Damage()
         for number, line in enumerate(text.splitlines(), 1):
@@ -296,11 +293,17 @@ class SignatureMemory:
             finally:
                 os.close(folder)
         except OSError as exc:
+            if self.metrics is not None:
+                self.metrics.signature_marks_errors += 1
             self._trouble.emit("cannot save the signature marks in %s (replays of frames signed "
                                "since the last save would pass after a restart): %s",
                                self.path, exc)
+            self.failing = True
             return False
         self.saved = dict(self.marks)
+        if self.failing:
+            self.failing = False
+            log.warning("the signature marks are saved again in %s", self.path)
         return True
 
 
@@ -345,7 +348,8 @@ class Authenticator:
     def remember_in(self, directory: str, journal, reactor) -> SignatureMemory | None:
         """Keep the memory of accepted signatures in ``directory`` (the journal's)."""
         if self.verifier is not None:
-            self.memory = SignatureMemory(directory, journal, self.verifier, reactor)
+            self.memory = SignatureMemory(directory, journal, self.verifier, reactor,
+                                          self.ingest.metrics)
         return self.memory
 
     def frame(self, key_id, ts, nonce, mac, payload) -> tuple[bytes | None, int]:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from vmstats.server.every import Every
 from vmstats.server.metrics import Metrics, RateLimitedLog
+from vmstats.server.ownfiles import check_file, usable_directory
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,16 @@ class Journal:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> list[tuple[int, str]]:
-        """Create the directory; returns the leftover segments (to replay), oldest first."""
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-        except OSError as exc:
-            raise OSError(exc.errno, "cannot use the journal directory %s: %s"
-                          % (self.directory, exc.strerror)) from None
+        """Create the directory; returns the leftover segments (to replay), oldest first.
+
+        A segment's name on something else than a file (a folder, a FIFO, a link to nothing)
+        stops the start: what it should hold was acknowledged, so it can be neither skipped
+        (it would be retired, a link deleted, at the first flush) nor opened (a FIFO waits).
+        """
+        usable_directory(self.directory, "journal directory")
         self.leftover = list_segments(self.directory)
+        for _number, path in self.leftover:
+            check_file(path, "journal segment")
         self.sealed = list(self.leftover)
         self.number = self.leftover[-1][0] + 1 if self.leftover else 1
         if self.fsync == "interval":

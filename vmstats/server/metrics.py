@@ -91,6 +91,8 @@ class Metrics:
         self.journal_bytes = 0
         self.journal_syncs = 0
         self.journal_errors = 0
+        #: Saves of the signature marks (auth.py) that failed: replay floors not on disk.
+        self.signature_marks_errors = 0
         self.journal_retired = 0
         self.replayed_records = 0
         self.writer_deaths = 0
@@ -218,6 +220,9 @@ class Metrics:
                [((), self.journal_syncs)])
         metric("journal_errors_total", "counter", "Journal writes or syncs that failed.",
                [((), self.journal_errors)])
+        metric("signature_marks_errors_total", "counter",
+               "Saves of the signature marks that failed (retried; a restart meanwhile forgets "
+               "the floors since the last save).", [((), self.signature_marks_errors)])
         metric("journal_segments_retired_total", "counter",
                "Journal segments deleted once their records were logged.",
                [((), self.journal_retired)])

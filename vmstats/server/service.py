@@ -13,6 +13,7 @@ import tempfile
 from twisted.application import service
 from twisted.internet import defer
 
+from vmstats import logstore
 from vmstats.server.auth import Authenticator
 from vmstats.server.buffer import Buffer
 from vmstats.server.clock import WallClock, install
@@ -29,12 +30,13 @@ from vmstats.server.connections import (
 from vmstats.server.every import Every
 from vmstats.server.flusher import FlusherService
 from vmstats.server.formats import edge, httpwrite
-from vmstats.server.formats.journaling import EdgeJournal
+from vmstats.server.formats.journaling import KEY_FILE, EdgeJournal
 from vmstats.server.http import HTTPService, StatusToken, last_seen_table
 from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, list_segments
 from vmstats.server.listeners import ListenerService
 from vmstats.server.metrics import Metrics
+from vmstats.server.ownfiles import check_file, existing_directory, usable_directory
 from vmstats.server.parse import native_reader
 from vmstats.server.parsers import ParserService
 from vmstats.server.replay import replay
@@ -209,7 +211,7 @@ class Aggregator(service.MultiService):
         return not self.auth.required and not is_loopback(self.config.bind)
 
     def startService(self) -> None:
-        usable_directory(self.config.data_dir, "data directory (--data-dir)")
+        self.check_paths()
         memory = self.auth.memory
         if self.journal is not None:
             # Leftovers of a crash reach the logs before anything new is accepted.
@@ -234,10 +236,31 @@ class Aggregator(service.MultiService):
         self._clock_watch.start()
         self._announce()
 
+    def check_paths(self) -> None:
+        """The paths the server owns that need no other step of the start, checked before it
+        listens: something in the way stops it with one line (ownfiles.py)."""
+        config = self.config
+        usable_directory(config.data_dir, "data directory (--data-dir)")
+        existing_directory(os.path.join(config.data_dir, logstore.VMS_DIR), "VMs' log folder")
+        if self.journal is not None:
+            usable_directory(self.journal.directory, "journal directory")
+            check_file(os.path.join(self.journal.directory, KEY_FILE), "edge journal key")
+        if config.status_file:
+            folder = os.path.dirname(os.path.abspath(config.status_file))
+            if not os.path.isdir(folder):
+                raise OSError(errno.ENOENT, "cannot write the status file (--status-file) %s: "
+                              "its folder does not exist" % config.status_file)
+            if os.path.isdir(config.status_file):  # anything else is replaced whole at start
+                raise OSError(errno.EISDIR, "cannot write the status file (--status-file) %s: "
+                              "a directory is in its place" % config.status_file)
+
     def _restore_edge(self) -> bytes:
         """The edge's open minutes and counters back from the journal, its checkpoints on;
         returns the records its replay completed (to be written)."""
         self.edge.journal = EdgeJournal(self.journal, self.edge, self.journal.directory)
+        self.metrics.gauges["edge_key_in_memory"] = (
+            "1 when the edge's journal key could not be kept in its file: a crash of this run "
+            "loses the other agents' open minutes.", lambda: int(self.edge.journal.key_in_memory))
         records = self.edge.journal.restore(self.journal.leftover)
         self.journal.before_retire.append(self.edge.journal.checkpoint)
         return records
@@ -362,19 +385,6 @@ class Aggregator(service.MultiService):
 def journal_dir(config: ServerConfig) -> str:
     """Where the journal lives: beside the logs unless told otherwise (same disk, same fate)."""
     return config.journal_dir or os.path.join(config.data_dir, "journal")
-
-
-def usable_directory(path: str, what: str) -> None:
-    """Create ``path`` if needed and check it is a writable directory; OSError naming it if not."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except FileExistsError:
-        raise OSError(errno.ENOTDIR, "cannot use the %s %s: it exists and is not a directory"
-                      % (what, path)) from None
-    except OSError as exc:
-        raise OSError(exc.errno, "cannot use the %s %s: %s" % (what, path, exc.strerror)) from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OSError(errno.EACCES, "cannot use the %s %s: not writable" % (what, path))
 
 
 def open_files() -> int:

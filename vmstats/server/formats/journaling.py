@@ -56,6 +56,7 @@ from hashlib import sha256
 from vmstats import protocol
 from vmstats.server.formats import Tally
 from vmstats.server.journal import read_segments
+from vmstats.server.ownfiles import read_file
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +70,27 @@ KEY_FILE = "edge.key"
 MAC_DIGITS = 32
 
 
-def load_key(directory: str) -> bytes:
-    """The journal directory's edge key, made (durably, owner-only) the first time.
+def load_key(directory: str) -> tuple[bytes, bool]:
+    """The journal directory's edge key, made (durably, owner-only) the first time, and
+    whether it is in that file (False: kept in memory for this run).
 
-    A key file that cannot be read or written (a folder in its place, a read-only disk) must
-    not stop the start or lose the payloads that arrive (the key is first needed on the receive
-    path): the edge then signs with a key kept in memory, and says once that a crash of this
-    run would lose its open minutes.  A file too short to be a key (damaged) is replaced, said
-    too: the lines signed with the old key can no longer be told from forged ones.
+    Something other than a file in its place stops the start (the server checks the path
+    before it listens).  The key is first needed on the receive path, though, long after:
+    a key file that cannot be read or written then (a folder put there since, a disk gone
+    read-only) must not lose the payloads that arrive, so the edge signs with a key kept in
+    memory, says once that a crash of this run would lose its open minutes, and /metrics shows
+    it (``vmstats_edge_key_in_memory``).  A file too short to be a key (damaged) is replaced,
+    said too: the lines signed with the old key can no longer be told from forged ones.
     """
     path = os.path.join(directory, KEY_FILE)
     try:
-        with open(path, "rb") as handle:
-            key = handle.read().strip()
-        if len(key) >= 32:
-            return key
-        log.warning("journal: %s holds no key (%d bytes): a new one is made", path, len(key))
-    except FileNotFoundError:
-        pass
+        key = read_file(path, "edge journal key").strip()
     except OSError as exc:
-        return _key_in_memory(path, "cannot be read", exc)
+        return _key_in_memory(path, "cannot be read", exc), False
+    if len(key) >= 32:
+        return key, True
+    if os.path.lexists(path):
+        log.warning("journal: %s holds no key (%d bytes): a new one is made", path, len(key))
     key = secrets.token_hex(32).encode("ascii")
     temp = path + ".new"
     try:
@@ -107,8 +109,8 @@ def load_key(directory: str) -> bytes:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        return _key_in_memory(path, "cannot be written", exc)
-    return key
+        return _key_in_memory(path, "cannot be written", exc), False
+    return key, True
 
 
 def _key_in_memory(path: str, what: str, exc: OSError) -> bytes:
@@ -127,6 +129,8 @@ class EdgeJournal:
         self.edge = edge
         self.directory = directory
         self._key: bytes | None = None
+        #: The key could not be kept in its file: a crash of this run loses the open minutes.
+        self.key_in_memory = False
         #: The segment holding the newest checkpoint while it is still open (None: none there),
         #: and whether anything happened since: if not, retiring needs no new one.
         self.checkpoint_in: int | None = None
@@ -146,7 +150,8 @@ class EdgeJournal:
         """The HMAC key, read (or made) when first needed: a server that never hears from other
         agents leaves nothing of the edge in the journal directory."""
         if self._key is None:
-            self._key = load_key(self.directory)
+            self._key, durable = load_key(self.directory)
+            self.key_in_memory = not durable
         return self._key
 
     # -- writing ---------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""The server's own files and folders, checked at start: each is absent or what the server made.
+
+The journal's segments, the signature marks, the edge's key, the action log and the status
+file are written by the server and read back by it.  Something else in one of their places (a
+folder, a FIFO, a symbolic link to nothing) is an operator's mistake or a disk not mounted: at
+start it stops the server with one line naming the path, before it listens, rather than a
+traceback, a start that hangs on a FIFO's open, or a run that quietly works without the file
+(a missing signature floor lets replays through after the next restart).  Later, at run time,
+the server keeps going instead; each caller says how.
+"""
+
+import errno
+import os
+import stat
+
+from vmstats.logstore import not_regular
+
+
+def problem(path: str) -> str | None:
+    """Why ``path`` cannot be one of the server's files, in a few words; None if it is a
+    regular file or nothing is there (the server makes it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "a symbolic link to %s, which does not exist" % os.readlink(path)
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(mode):
+        return not_regular(mode)
+    return None
+
+
+def check_file(path: str, what: str) -> None:
+    """OSError naming ``path`` and what it is for, if something else than a file is there."""
+    why = problem(path)
+    if why is not None:
+        raise OSError(errno.EINVAL, "cannot use the %s %s: %s (move it aside)" % (what, path, why))
+
+
+def read_file(path: str, what: str) -> bytes:
+    """The bytes of one of the server's files (b"" when absent); OSError in one line if
+    something else is there or it cannot be read.  Opened without blocking: a FIFO in its
+    place is refused, not waited on for ever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        check_file(path, what)  # a dangling link is named; nothing at all is no file yet
+        return b""
+    except OSError as exc:
+        raise OSError(exc.errno, "cannot read the %s %s: %s" % (what, path, exc.strerror)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "cannot use the %s %s: %s (move it aside)"
+                          % (what, path, not_regular(mode)))
+        try:
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise OSError(exc.errno, "cannot read the %s %s: %s"
+                          % (what, path, exc.strerror)) from None
+    finally:
+        os.close(fd)
+
+
+def usable_directory(path: str, what: str) -> None:
+    """Create ``path`` if needed and check it is a writable directory; OSError naming it if not."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise OSError(errno.ENOENT, "cannot use the %s %s: a symbolic link to %s, which does not "
+                      "exist" % (what, path, os.readlink(path)))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise OSError(errno.ENOTDIR, "cannot use the %s %s: it exists and is not a directory"
+                      % (what, path)) from None
+    except OSError as exc:
+        raise OSError(exc.errno, "cannot use the %s %s: %s" % (what, path, exc.strerror)) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, "cannot use the %s %s: not writable" % (what, path))
+
+
+def existing_directory(path: str, what: str) -> None:
+    """OSError if something other than a directory is at ``path`` (nothing there is fine: the
+    server makes it when first needed)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        why = problem(path) or "a file, not a directory"
+        raise OSError(errno.ENOTDIR, "cannot use the %s %s: %s (move it aside)" % (what, path, why))
