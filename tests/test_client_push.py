@@ -104,6 +104,42 @@ def test_tcp_records_are_acknowledged_and_leave_the_spool(server, tmp_path):
     assert_each_once(wait_rows(server.data_dir, "tcp-vm", 3), 3)
 
 
+def test_a_fifo_with_a_records_name_in_the_spool_is_discarded_not_waited_on(server, tmp_path):
+    # Before: the agent opened it to send it and waited for ever (no record delivered).
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    os.mkfifo(str(spool_dir / "0000000000000000.rec"))
+    (spool_dir / "0000000000000001.rec").mkdir()
+    result = run_agent("--server", "%s:%d" % (LOOPBACK, server.tcp_port), "--transport", "tcp",
+                       "--count", "2", "--vm-id", "fifo-vm", "--spool-dir", str(spool_dir),
+                       timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "discarded 2 unreadable record files" in result.stderr
+    assert_each_once(wait_rows(server.data_dir, "fifo-vm", 2), 2)
+    assert sorted(os.listdir(str(spool_dir))) == ["0000000000000001.rec", "lock"]  # a folder stays
+
+
+@pytest.mark.parametrize("what", ["a file", "a link to nothing", "a folder at its lock"])
+def test_something_else_at_the_spool_is_named_in_one_line(tmp_path, what):
+    # Before: 'spool directory X is not writable: File exists' for a file or a dangling link,
+    # and the spool itself was named for a folder at its lock file.
+    spool_dir = tmp_path / "spool"
+    if what == "a file":
+        spool_dir.write_text("x")
+        expected = "spool directory %s is not a directory" % spool_dir
+    elif what == "a link to nothing":
+        os.symlink(str(tmp_path / "unmounted"), str(spool_dir))
+        expected = "spool directory %s is a symbolic link to %s, which does not exist" % (
+            spool_dir, tmp_path / "unmounted")
+    else:
+        (spool_dir / "lock").mkdir(parents=True)
+        expected = "cannot open the spool's lock file %s: Is a directory" % (spool_dir / "lock")
+    result = run_agent("--server", "%s:%d" % (LOOPBACK, free_port()), "--transport", "tcp",
+                       "--count", "1", "--spool-dir", str(spool_dir), timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["vmstats-agent ERROR: " + expected]
+
+
 def test_the_click_command_runs_the_same_agent(server):
     result = subprocess.run([sys.executable, "-m", "vmstats", "agent", *FAST, "--count", "1",
                              "--server", "%s:%d" % (LOOPBACK, server.udp_port), "--vm-id", "click-vm"],

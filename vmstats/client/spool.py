@@ -16,6 +16,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 
 LOG = logging.getLogger("vmstats.agent")
 SUFFIX = ".rec"
@@ -36,11 +37,17 @@ class Spool(object):
         self.max_records = max_records
         #: Records dropped because the spool was full (oldest first).
         self.dropped = 0
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise SpoolError("spool directory %s is %s" % (path, not_a_folder(path)))
         try:
             os.makedirs(path, exist_ok=True)
-            self._lock = open(os.path.join(path, "lock"), "a")
         except (IOError, OSError) as exc:
             raise SpoolError("spool directory %s is not writable: %s" % (path, exc.strerror or exc))
+        lock = os.path.join(path, "lock")
+        try:
+            self._lock = open(lock, "a")
+        except (IOError, OSError) as exc:
+            raise SpoolError("cannot open the spool's lock file %s: %s" % (lock, exc.strerror or exc))
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (IOError, OSError) as exc:
@@ -102,11 +109,7 @@ class Spool(object):
         for name in self._names:
             if len(batch) >= max_records:
                 break
-            try:
-                with open(os.path.join(self.path, name), "rb") as handle:
-                    line = handle.read().strip()
-            except (IOError, OSError):
-                line = b""
+            line = read_record(os.path.join(self.path, name))
             if not line:
                 broken.append(name)
                 continue
@@ -134,3 +137,31 @@ class Spool(object):
 
     def close(self):
         self._lock.close()
+
+
+def not_a_folder(path):
+    """What is at ``path`` instead of a folder, in a few words."""
+    if not os.path.exists(path):
+        return "a symbolic link to %s, which does not exist" % os.readlink(path)
+    return "not a directory"
+
+
+def read_record(path):
+    """A record file's line; b"" for anything that is not a readable regular file.
+
+    Opened without blocking and checked before the read: a FIFO with a record's name in the
+    spool (nothing the agent makes) would otherwise hold the agent for ever at its next send.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (IOError, OSError):
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read().strip()
+    except (IOError, OSError):
+        return b""
+    finally:
+        os.close(fd)
