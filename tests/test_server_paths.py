@@ -5,6 +5,7 @@ it was.  At run time: the server keeps going, counts it in /metrics, says it onc
 once the path is fixed.
 """
 
+import json
 import os
 import time
 
@@ -180,3 +181,33 @@ def test_signature_marks_unsavable_after_the_start_are_counted_told_once_and_sav
     assert server.returncode == 0 and "Traceback" not in server.output
     assert server.output.count("cannot save the signature marks") == 1
     assert "saved again" in server.output and marks.read_text().startswith("k1 ")
+
+
+def test_an_action_log_unwritable_after_the_start_is_counted_told_once_and_written_later(
+        tmp_path):
+    # Before: one error line per failed write (one per retry of every delivery waiting), and
+    # nothing said when it worked again.
+    args = rules(tmp_path, tmp_path / "data")
+    now = int(time.time())
+    with serve(tmp_path, "--flush-interval", "0.5", *args) as server:
+        actions = server.data_dir / "rules" / "actions.log"
+        if actions.exists():
+            actions.unlink()
+        actions.mkdir()
+        for number in range(10):
+            server.send_udp(line(protocol.Record(vm="vm-%d" % number, ts=now - 5, cpu=95.0,
+                                                 mem=2.0)))
+        server.wait_metrics(lambda m: m["vmstats_rule_log_errors_total"] >= 3, timeout=20)
+        assert server.metrics()['vmstats_rule_deliveries_total{action="say",result="log_error"}'] \
+            == 10
+        actions.rmdir()
+        server.wait_metrics(lambda m: m["vmstats_rule_log_syncs_total"] >= 1, timeout=20)
+        output = tmp_path / "server-output.txt"
+        server.wait_for(lambda s: output.read_text().count("ok -> alarm") == 10, timeout=20)
+    assert server.returncode == 0 and "Traceback" not in server.output
+    assert server.output.count("cannot write the action log") == 1
+    assert "is written again" in server.output and actions.read_text().count('"type":"event"') == 10
+    # Before: the transitions' own entries were never written once it failed, so a restart
+    # forgot that these VMs were in alarm (the log held only their attempts and results).
+    with serve(tmp_path / "again", *args, data_dir=server.data_dir) as again:
+        assert json.loads(again.http("/alerts"))["counts"] == {"hot.alarm": 10}

@@ -33,6 +33,7 @@ from twisted.internet import defer
 
 from vmstats.inputfile import Damage
 from vmstats.rules.workers import Workers
+from vmstats.server.metrics import RateLimitedLog
 from vmstats.server.ownfiles import check_file, usable_directory
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,10 @@ class ActionLog:
         self.recent: deque = deque(maxlen=RECENT)
         self.syncs = 0
         self.errors = 0
+        #: The last write failed; each failure is counted (``errors``), said once a minute.
+        self.failing = False
+        self._trouble = RateLimitedLog(log, "action log error", burst=1, period=60.0,
+                                       level=logging.ERROR)
         self.compactions = 0
         self._queue: list[tuple[bytes, defer.Deferred]] = []
         self._writing = False
@@ -291,10 +296,14 @@ class ActionLog:
         failed = isinstance(result, Exception) or hasattr(result, "trap")
         if failed:
             self.errors += 1
-            log.error("cannot write the action log %s: %s", self.path,
-                      getattr(result, "value", result))
+            self.failing = True
+            self._trouble.emit("cannot write the action log %s (deliveries wait for it; "
+                               "retried): %s", self.path, getattr(result, "value", result))
         else:
             self.syncs += 1
+            if self.failing:
+                self.failing = False
+                log.warning("the action log %s is written again", self.path)
         for _data, done in batch:
             if failed:
                 done.errback(getattr(result, "value", result))

@@ -48,6 +48,10 @@ class Dispatcher:
         self.pending: dict[str, Pending] = {}
         self.counts: Counter[tuple[str, str]] = Counter()
         self._timers: dict[str, object] = {}
+        #: Events whose entry could not be logged (key -> event): the next attempt of one of
+        #: their deliveries logs it first, so the log (a restart's states, ``vmstats alerts``)
+        #: does not end up with attempts and results of an event it never heard of.
+        self._unwritten: dict[str, dict] = {}
         self.stopped = False
         self._failure_log = RateLimitedLog(log, "delivery failure")
 
@@ -76,6 +80,7 @@ class Dispatcher:
         """Not on disk: nothing may be sent (it could be sent twice); try to log it again."""
         for pending in fresh:
             self.counts[(pending.action, "log_error")] += 1
+            self._unwritten[pending.event["key"]] = pending.event
             self._later(pending)
 
     def resume(self, pending: list[Pending]) -> None:
@@ -105,9 +110,18 @@ class Dispatcher:
             self._give_up(pending, "undelivered after %gs" % self.retry_for)
             return
         pending.attempts += 1
-        d = self.log.append([{"type": "attempt", "key": pending.key, "n": pending.attempts,
-                              "at": self.wall(), "age": round(age, 3)}])
-        d.addCallbacks(lambda _: self._send(pending), lambda _f: self._later(pending))
+        event = self._unwritten.pop(pending.event["key"], None)
+        entries = [] if event is None else [{"type": "event", "event": event}]
+        entries.append({"type": "attempt", "key": pending.key, "n": pending.attempts,
+                        "at": self.wall(), "age": round(age, 3)})
+        d = self.log.append(entries)
+        d.addCallbacks(lambda _: self._send(pending), self._attempt_unlogged,
+                       errbackArgs=(pending, event))
+
+    def _attempt_unlogged(self, _failure, pending: Pending, event: dict | None) -> None:
+        if event is not None:
+            self._unwritten[event["key"]] = event
+        self._later(pending)
 
     def _send(self, pending: Pending) -> None:
         if self.stopped:
