@@ -7,10 +7,12 @@ once the path is fixed.
 
 import json
 import os
+import shutil
 import time
 
 import pytest
 from serverproc import ServerError, ServerProcess, serve
+from test_reliability_journal import send_acked
 from test_server_udp import line, logged
 
 from vmstats import protocol
@@ -211,3 +213,19 @@ def test_an_action_log_unwritable_after_the_start_is_counted_told_once_and_writt
     # forgot that these VMs were in alarm (the log held only their attempts and results).
     with serve(tmp_path / "again", *args, data_dir=server.data_dir) as again:
         assert json.loads(again.http("/alerts"))["counts"] == {"hot.alarm": 10}
+
+
+def test_a_journal_directory_removed_under_the_server_is_made_again(tmp_path):
+    # Before: every later segment's open failed, so every TCP batch was refused busy until
+    # someone made the directory by hand; the log said only 'No such file or directory'.
+    t = int(time.time()) // 60 * 60 - 600
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        first = [protocol.Record(vm="tcp-1", ts=t, cpu=1.0, mem=2.0)]
+        assert send_acked(server.tcp_port, first, "a") == b"#!ack a 1 0\n"
+        server.wait_metrics(lambda m: m["vmstats_journal_segments"] == 0)  # flushed, retired
+        shutil.rmtree(str(server.data_dir / "journal"))
+        then = [protocol.Record(vm="tcp-1", ts=t + 60, cpu=1.0, mem=2.0)]
+        assert send_acked(server.tcp_port, then, "b") == b"#!ack b 1 0\n"
+        assert server.metrics()["vmstats_journal_failing"] == 0
+    assert server.returncode == 0 and "was gone: made again" in server.output
+    assert len(logged(server.data_dir, "tcp-1")) == 2

@@ -222,8 +222,7 @@ class Journal:
         written = 0
         try:
             if self.fd is None:
-                path = os.path.join(self.directory, segment_name(self.number))
-                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, SEGMENT_MODE)
+                self.fd = self._open_segment()
                 self.size = 0
             view = memoryview(data)
             while written < len(data):
@@ -243,6 +242,19 @@ class Journal:
         if self.size >= self.segment_bytes:
             self._close_segment()
         return True
+
+    def _open_segment(self) -> int:
+        """The next segment, opened for appending.  A journal directory removed under the
+        running server (a clean-up taking it for scratch space) is made again, as at start:
+        without it every TCP batch would be refused until someone noticed.  Only the last
+        level: a data dir gone whole (a disk not mounted) is not made again on another disk."""
+        path = os.path.join(self.directory, segment_name(self.number))
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, SEGMENT_MODE)
+        except FileNotFoundError:
+            os.mkdir(self.directory)
+            log.warning("journal: the directory %s was gone: made again", self.directory)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, SEGMENT_MODE)
 
     def sync(self) -> bool:
         """fsync the open segment if anything was written since the last one."""
