@@ -314,17 +314,18 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_row(tmp_path, small_
 
 
 def test_an_unwritable_data_dir_is_reported_and_written_once_fixed(tmp_path):
-    """No log can be written (a file where DATA_DIR/vms should be), the journal elsewhere works:
-    TCP batches are still acknowledged, and everything lands once the way is clear."""
+    """No log can be written (a file put where DATA_DIR/vms should be once the server runs: at
+    start it is refused), the journal elsewhere works: TCP batches are still acknowledged, and
+    everything lands once the way is clear."""
     data = tmp_path / "data"
     data.mkdir()
     blocker = data / logstore.VMS_DIR
-    blocker.write_text("in the way of every VM's folder")
     t = now() - 7200
     sent = [Record(vm="10.45.0.%d" % (i % 20), ts=t + 60 * (i // 20), cpu=1.0, mem=2.0)
             for i in range(400)]
     with serve(tmp_path, "--flush-interval", "0.3", "--journal-dir",
                str(tmp_path / "journal")) as server:
+        blocker.write_text("in the way of every VM's folder")
         with server.tcp() as sock:
             sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync u\n")
             assert sock.recv(100) == b"#!ack u 400 0\n"
