@@ -32,11 +32,17 @@ def problem(path: str) -> str | None:
     return None
 
 
+def in_the_way(path: str, what: str, why: str, number: int = errno.EINVAL) -> OSError:
+    """The one line for something else in the place of ``what`` (left there: it may hold what
+    the operator needs, such as a segment's acknowledged records on a disk not mounted)."""
+    return OSError(number, "cannot use the %s %s: %s (move it aside)" % (what, path, why))
+
+
 def check_file(path: str, what: str) -> None:
     """OSError naming ``path`` and what it is for, if something else than a file is there."""
     why = problem(path)
     if why is not None:
-        raise OSError(errno.EINVAL, "cannot use the %s %s: %s (move it aside)" % (what, path, why))
+        raise in_the_way(path, what, why)
 
 
 def read_file(path: str, what: str) -> bytes:
@@ -53,8 +59,7 @@ def read_file(path: str, what: str) -> bytes:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "cannot use the %s %s: %s (move it aside)"
-                          % (what, path, not_regular(mode)))
+            raise in_the_way(path, what, not_regular(mode))
         try:
             with os.fdopen(os.dup(fd), "rb") as handle:
                 return handle.read()
@@ -86,4 +91,4 @@ def existing_directory(path: str, what: str) -> None:
     server makes it when first needed)."""
     if os.path.lexists(path) and not os.path.isdir(path):
         why = problem(path) or "a file, not a directory"
-        raise OSError(errno.ENOTDIR, "cannot use the %s %s: %s (move it aside)" % (what, path, why))
+        raise in_the_way(path, what, why, errno.ENOTDIR)
