@@ -90,6 +90,17 @@ def test_headroom_counts_per_host_now_and_after_the_reports_advice(headroom):
     assert int(table[0]["fit_now"]) == one["fit_now"] and table[1]["fit_now"] == ""
 
 
+def test_headroom_counts_its_hosts_in_words_that_agree_with_the_count(fleet, tmp_path):
+    """One host left past --top is "1 more host", not "1 more hosts"."""
+    base, _expected = fleet
+    result = vmstats("headroom", base / "data", "--inventory", base / "hosts.toml", "--profile", "2x8@50%",
+                     "--top", "1", "-o", tmp_path / "out", "--cache-dir", base / "cache")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "... 1 more host in headroom.csv" in lines, result.stdout
+    assert "1 of 2 hosts known" in result.stdout and "reclaim 1 VM (idle)" in result.stdout
+
+
 def test_a_fleet_with_no_host_known_has_no_room_now_or_after(fleet, tmp_path):
     """Every host below the coverage gate: no room anywhere, said as much, not a traceback."""
     base, _expected = fleet
@@ -139,10 +150,14 @@ def test_headroom_refuses_an_empty_output_folder(fleet):
     ]
 
 
+def _kept(rows: int) -> str:
+    return (" (1 row kept)" if rows == 1 else " (%d rows kept)" % rows) if rows else ""
+
+
 def _named(entries: list[dict]) -> list[str]:
     """The lines the report's terminal summary gives these files."""
     return [
-        "  %s: %s%s" % (e["path"], e["problem"], " (%d rows kept)" % e["rows"] if e["rows"] else "")
+        "  %s: %s%s" % (e["path"], e["problem"], _kept(e["rows"]))
         for e in entries
     ]
 
@@ -243,7 +258,8 @@ def test_headroom_without_an_output_folder_still_names_the_damaged_logs(fleet, t
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert lines[0] == "log files skipped: 1" and lines[1].startswith("  %s: no readable row" % junk[0])
-    assert lines[2] == "log files read in part: 1" and lines[3].startswith("  %s: 1 malformed lines" % torn)
+    assert lines[2] == "log files read in part: 1"
+    assert lines[3].startswith("  %s: 1 malformed line skipped" % torn)
     assert len(lines) == 4
 
 

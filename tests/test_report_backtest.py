@@ -334,7 +334,7 @@ def test_a_fifo_or_folder_in_a_judged_day_file_is_named_not_fatal(backtest, tmp_
     assert sorted(Path(item["path"]).name for item in document["skipped_files"]) == sorted(
         p.name for p in judged
     )
-    assert "2 day file(s) not read whole" in done.stdout
+    assert "2 day files not read whole" in done.stdout
     again = {r["vm"]: r for r in document["vms"]}
     assert {vm: r["outcome"] for vm, r in again.items()} == {vm: r["outcome"] for vm, r in rows.items()}
 
@@ -380,7 +380,7 @@ def test_a_damaged_columnar_file_is_named_once_with_the_vms_it_held(backtest, tm
     skipped = json.loads((tmp_path / "out" / "backtest.json").read_text())["skipped_files"]
     assert [(item["path"], item["vms"]) for item in skipped] == [(str(damaged), held)]
     assert skipped[0]["why"].startswith("unreadable: could not convert string to float")
-    assert "1 day file(s) not read whole while judging:" in done.stdout
+    assert "1 day file not read whole while judging:" in done.stdout
     assert done.stdout.count(str(damaged)) == 1
     assert "(rows of %d VMs)" % held in done.stdout
 
@@ -402,7 +402,7 @@ def test_a_truncated_columnar_file_is_named_too(backtest, tmp_path):
     assert done.returncode == 0, done.stderr
     skipped = json.loads((tmp_path / "out" / "backtest.json").read_text())["skipped_files"]
     assert [(item["path"], item["vms"]) for item in skipped] == [(str(damaged), 0)]
-    assert "1 day file(s) not read whole while judging:" in done.stdout
+    assert "1 day file not read whole while judging:" in done.stdout
     assert done.stdout.count(str(damaged)) == 1
 
 
@@ -420,7 +420,7 @@ def test_a_judged_day_file_with_nul_bytes_is_named_with_its_rows_kept(backtest, 
     done = vmstats("backtest", data, "-o", tmp_path / "out", "--policy", out.parent / "policy.toml")
     assert done.returncode == 0, done.stderr
     document = json.loads((tmp_path / "out" / "backtest.json").read_text())
-    assert document["skipped_files"] == [{"path": str(judged), "why": "1 malformed lines skipped", "vms": 1}]
+    assert document["skipped_files"] == [{"path": str(judged), "why": "1 malformed line skipped", "vms": 1}]
     assert {r["vm"]: r["outcome"] for r in document["vms"]} == {vm: r["outcome"] for vm, r in rows.items()}
 
 

@@ -57,7 +57,7 @@ def test_a_cluster_of_two_workers_gives_the_single_machine_report(split_fleet, d
     assert spread.rows == alone.rows
     assert spread.window == alone.window
     assert spread.meta["damaged_files"] == alone.meta["damaged_files"]
-    assert [entry["problem"] for entry in spread.meta["damaged_files"]] == ["1 malformed lines skipped"]
+    assert [entry["problem"] for entry in spread.meta["damaged_files"]] == ["1 malformed line skipped"]
     # Both workers took part: the tasks really ran on the cluster, not in this process.
     assert len(dask_pool.client.scheduler_info()["workers"]) == 2
     # And the split data is the whole fleet, each record once.

@@ -259,7 +259,7 @@ def test_every_money_row_names_its_currency(fleet, tmp_path):
         (  # a data dir whose only log is damaged says so, not that it holds none
             lambda d, t: [_write(_folder(t / "bad" / "columnar") / "2026-01-01.parquet",
                                  "garbage").parent.parent, "-o", t / "o"],
-            "holds no readable VM logs: 1 file(s) could not be read (first: ",
+            "holds no readable VM logs: 1 file could not be read (first: ",
         ),
         (lambda d, t: [d, "-o", t / "o", "--policy", t / "nope.toml"], "policy file"),
         (lambda d, t: [d, "-o", t / "o", "--policy", _write(t / "p.toml", "days = [")], "not valid TOML"),

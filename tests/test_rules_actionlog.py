@@ -71,4 +71,4 @@ def test_damaged_lines_are_skipped_and_counted_and_the_rest_replays(tmp_path):
     assert {k: p.attempts for k, p in state.pending.items()} == {"a.hook": 2}
     assert state.lines == len(good) and state.damage.count == len(bad)
     assert state.damage.first == "line 2: not JSON (JSONDecodeError)"
-    assert "18 damaged line(s) skipped (first: line 2: " in state.damage.note(str(path))
+    assert "18 damaged lines skipped (first: line 2: " in state.damage.note(str(path))

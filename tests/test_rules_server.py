@@ -31,7 +31,7 @@ from rulesutil import (
 from serverproc import STATUS_TOKEN, ServerError, ServerProcess
 
 #: Offline, the count is of the scopes the action log holds; it says so, as /alerts counts all.
-IN_LOG = "scopes in the action log (those that ever changed state; /alerts counts all)"
+IN_LOG = "in the action log (those that ever changed state; /alerts counts all)"
 
 
 class Mailbox:
@@ -120,7 +120,7 @@ def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
     listing = alerts_cli("--data-dir", str(server.data_dir))
     assert listing.returncode == 0, listing.stderr
     # Offline, the log knows the scopes that ever changed state.
-    assert "1 %s, 0 not ok" % IN_LOG in listing.stdout
+    assert "1 scope %s, 0 not ok" % IN_LOG in listing.stdout
     assert "hot 10.0.0.1: alarm -> ok" in listing.stdout
     # --json offline is the server's /alerts page: the same keys, read by the same code.
     offline = json.loads(alerts_cli("--data-dir", str(server.data_dir), "--json").stdout)
@@ -142,7 +142,7 @@ def test_alerts_offline_before_any_change_of_state_and_without_rules(tmp_path):
             server.send_udp(line("10.0.0.1", int(time.time()), 20.0))
             listing = alerts_cli("--data-dir", str(server.data_dir))
     assert listing.returncode == 0, listing.stderr
-    assert "0 %s, 0 not ok" % IN_LOG in listing.stdout and not hook.received
+    assert "0 scopes %s, 0 not ok" % IN_LOG in listing.stdout and not hook.received
     (server.data_dir / "rules" / "actions.log").mkdir()  # unreadable as a file
     unreadable = alerts_cli("--data-dir", str(server.data_dir))
     assert unreadable.returncode == 1 and unreadable.stderr.startswith(
@@ -169,7 +169,7 @@ def test_the_action_log_past_its_cap_is_rewritten_and_replays_to_the_same_states
                (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
     assert any(entry.get("compacted") for entry in entries)  # the file is a rewritten one
     listing = alerts_cli("--data-dir", str(server.data_dir), "--recent", "0")
-    assert "60 %s, 60 not ok" % IN_LOG in listing.stdout, listing.stdout
+    assert "60 scopes %s, 60 not ok" % IN_LOG in listing.stdout, listing.stdout
     assert listing.stdout.count(" alarm ") == 60 and "deliveries pending: 0" in listing.stdout
 
 
@@ -189,11 +189,11 @@ def test_a_damaged_action_log_costs_its_bad_lines_not_the_start_nor_the_alarms(t
             page = json.loads(again.http("/alerts"))
             assert [(s["scope"], s["state"]) for s in page["states"]] == [("10.0.0.1", "alarm")]
         assert again.returncode == 0
-        assert "2 damaged line(s) skipped (first: line 2: not JSON" in again.output, again.output
+        assert "2 damaged lines skipped (first: line 2: not JSON" in again.output, again.output
         assert len(hook.received) == 1  # the restart sent nothing again
     listing = alerts_cli("--data-dir", str(server.data_dir))
-    assert listing.returncode == 0 and "1 %s, 1 not ok" % IN_LOG in listing.stdout, listing
-    assert listing.stderr.startswith("warning: ") and "damaged line(s) skipped" in listing.stderr
+    assert listing.returncode == 0 and "1 scope %s, 1 not ok" % IN_LOG in listing.stdout, listing
+    assert listing.stderr.startswith("warning: ") and "damaged lines skipped" in listing.stderr
 
 
 def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
@@ -472,7 +472,7 @@ def test_alerts_names_vms_only_to_the_status_token(tmp_path):
             listing = alerts_cli("--url", "http://127.0.0.1:%d" % server.http_port,
                              "--token", STATUS_TOKEN)
             assert listing.returncode == 0, listing.stderr
-            assert "1 scopes, 1 not ok" in listing.stdout and "10.0.0.7" in listing.stdout
+            assert "1 scope, 1 not ok" in listing.stdout and "10.0.0.7" in listing.stdout
             # From a file, as the server reads its own (a flag shows in ps and the history).
             url = "http://127.0.0.1:%d" % server.http_port
             token_file = tmp_path / "token"
@@ -480,7 +480,7 @@ def test_alerts_names_vms_only_to_the_status_token(tmp_path):
             env = dict(os.environ, VMSTATS_STATUS_TOKEN="stale")  # the file beats the default
             from_file = alerts_cli("--url", url, "--token-file", str(token_file), env=env)
             assert from_file.returncode == 0, from_file.stderr
-            assert "1 scopes, 1 not ok" in from_file.stdout and "10.0.0.7" in from_file.stdout
+            assert "1 scope, 1 not ok" in from_file.stdout and "10.0.0.7" in from_file.stdout
             both = alerts_cli("--url", url, "--token", STATUS_TOKEN, "--token-file", str(token_file))
             assert both.returncode == 2 and "--token and --token-file" in both.stderr
             token_file.write_bytes(b"\xff" + STATUS_TOKEN.encode())

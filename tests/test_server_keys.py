@@ -185,7 +185,7 @@ def test_damaged_lines_of_the_marks_file_are_skipped_and_told_once(tmp_path, cap
         assert memory.restore([]) == 0
     assert verifier.floors == {b"good": 1699999000, b"also-good": 1699999100}
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "3 damaged line(s) skipped (first: line 2" in warnings[0]
+    assert len(warnings) == 1 and "3 damaged lines skipped (first: line 2" in warnings[0]
     # The same damage to a #!seen line of a leftover segment: skipped, never a floor.
     segment = tmp_path / "0000000001.journal"
     segment.write_bytes(b"#!seen good 1699999500 n1\n#!seen good " + b"9" * 5000 + b" n2\n"

@@ -528,7 +528,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
                            "--compact-after", "1d"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "removed 1 partial files of an interrupted pass" in done.stdout, done.stdout
+    assert "removed 1 partial file of an interrupted pass" in done.stdout, done.stdout
     assert not list((data / "vms").glob("*/*.csv")) and not list(data.glob("*/*.partial"))
     _same_rows(_units_rows(data), expected)
 
@@ -541,6 +541,18 @@ def test_two_passes_never_run_at_once(tmp_path):
                               env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["Error: another compaction of %s is running" % data]
+
+
+def test_the_summary_line_counts_one_of_each_in_the_singular(tmp_path):
+    """One day of one VM compacted reads "1 day ... 1 CSV file", as the operator would say it."""
+    data = tmp_path / "data"
+    _write_fleet(data, vms=1, days=1, step=3600)
+    done = subprocess.run([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data),
+                           "--compact-after", "1d"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("compacted 1 day (24 rows, 1 CSV file removed, 0 kept), removed 0 "
+                                  "columnar and 0 rollup files past retention, 0 late CSV files"), done.stdout
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):

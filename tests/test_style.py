@@ -24,7 +24,7 @@ def test_agent_and_protocol_need_at_most_python_3_6():
     if not vermin.exists():
         pytest.skip("vermin is not installed")
     client = sorted((ROOT / "vmstats/client").glob("*.py"))
-    targets = ["vmstats/protocol.py"] + [str(p.relative_to(ROOT)) for p in client]
+    targets = ["vmstats/protocol.py", "vmstats/words.py"] + [str(p.relative_to(ROOT)) for p in client]
     result = subprocess.run([str(vermin), "-t=3.6-", "--no-tips", "--violations", *targets],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

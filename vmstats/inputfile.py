@@ -9,6 +9,8 @@ Each caller adds what the file is for (``inventory hosts.toml: ...``).
 import tomllib
 from dataclasses import dataclass
 
+from vmstats.words import counted
+
 
 class FileProblem(ValueError):
     """A file that cannot be used as it is: ``path`` and ``problem`` (one line, no path in it)."""
@@ -95,5 +97,5 @@ class Damage:
 
     def note(self, path: str) -> str:
         """The warning ('' when nothing was skipped)."""
-        return ("%s: %d damaged line(s) skipped (first: %s)" % (path, self.count, self.first)
+        return ("%s: %s skipped (first: %s)" % (path, counted(self.count, "damaged line"), self.first)
                 if self.count else "")

@@ -29,6 +29,7 @@ from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.placement import Ask, HostLoad, Offer, place
 from vmstats.capacity.profiles import Profile, parse_profile
 from vmstats.capacity.summary import Summary
+from vmstats.words import part_of
 
 #: VMs one manifest may ask for: bounds the work one request can cause.
 MAX_VMS = 100_000
@@ -270,14 +271,13 @@ def terminal(result: dict) -> str:
         lines.append("  rejected %s: %s" % (vm, why))
     b = result["basis"]
     lines.append(
-        "based on %s of %s, %s to %s, %d of %d hosts known (gate %g%%)%s"
+        "based on %s of %s, %s to %s, %s known (gate %g%%)%s"
         % (
             b["percentile"],
             b["peaks"],
             b["window"]["start"],
             b["window"]["end"],
-            b["hosts_known"],
-            b["hosts"],
+            part_of(b["hosts_known"], b["hosts"], "host"),
             b["coverage_min"] * 100,
             "; unknown: " + ", ".join(b["hosts_unknown"]) if b["hosts_unknown"] else "",
         )

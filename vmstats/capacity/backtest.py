@@ -53,6 +53,7 @@ from vmstats.capacity.inventory import Inventory
 from vmstats.capacity.placement import Ask, HostLoad, loads, place
 from vmstats.capacity.profiles import Profile
 from vmstats.report import load as load_mod
+from vmstats.words import counted
 
 #: Nova's default allocation ratios since 2023 (the reference the targets name).
 NOVA_CPU_RATIO = 4.0
@@ -422,5 +423,5 @@ def render(result: Backtest) -> str:
     lines.append("(host-minutes over: the hosts' summed use above vCPUs or memory less the reserve, "
                  "out of %d)" % result.baseline.host_minutes)
     if result.issues:
-        lines.append("%d log files not read whole (see the JSON's issues)" % len(result.issues))
+        lines.append("%s not read whole (see the JSON's issues)" % counted(len(result.issues), "log file"))
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from vmstats.capacity import defaults
 from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.inventory import Host, Inventory
 from vmstats.protocol import DECIMAL_RE
+from vmstats.words import counted
 
 MINUTE = 60
 DAY_MINUTES = 1440
@@ -51,10 +52,10 @@ class Settings:
     peak_minutes: int = defaults.PEAK_MINUTES
 
     def describe(self) -> str:
-        return "%s of %s over %d days, coverage gate %g%%" % (
+        return "%s of %s over %s, coverage gate %g%%" % (
             percentile_name(self.percentile),
             peaks_name(self.peak_minutes),
-            self.days,
+            counted(self.days, "day"),
             self.coverage_min * 100,
         )
 

@@ -5,6 +5,7 @@ import json
 import os
 
 from vmstats.capacity.headroom import COLUMNS
+from vmstats.words import counted, part_of, plural
 
 OUTPUTS = ("headroom.csv", "headroom.json")
 
@@ -84,16 +85,16 @@ def terminal(result: dict, top: int = 20) -> str:
             )
         )
     if len(ordered) > top:
-        lines.append("... %d more hosts in headroom.csv" % (len(ordered) - top))
+        rest = len(ordered) - top
+        lines.append("... %d more %s in headroom.csv" % (rest, plural(rest, "host")))
     lines.append(
-        "fleet: %d more fit now%s (allocation at Nova's ratios: %d%s); %d of %d hosts known"
+        "fleet: %d more fit now%s (allocation at Nova's ratios: %d%s); %s known"
         % (
             f["fit_now"],
             ", %d after the report's reclaim and downsize advice" % f["fit_after"] if after else "",
             f["alloc_fit_now"],
             ", %d after" % f["alloc_fit_after"] if after else "",
-            f["hosts_known"],
-            f["hosts"],
+            part_of(f["hosts_known"], f["hosts"], "host"),
         )
     )
     if f["hosts_unknown"]:
@@ -108,11 +109,10 @@ def terminal(result: dict, top: int = 20) -> str:
     if after:
         a = result["after"]
         lines.append(
-            "after: the report's advice (%s): reclaim %d VM%s%s, downsize %d%s"
+            "after: the report's advice (%s): reclaim %s%s, downsize %d%s"
             % (
                 a["source"],
-                len(a["reclaimed"]),
-                "" if len(a["reclaimed"]) == 1 else "s",
+                counted(len(a["reclaimed"]), "VM"),
                 _some(a["reclaimed"]),
                 len(a["downsized"]),
                 _some(a["downsized"]),

@@ -30,6 +30,7 @@ import time
 from vmstats import protocol
 from vmstats.client import procfs, sampler, spool, transport
 from vmstats.client.hostfile import DEFAULT_HOST_FILE, HostSource, host_tag
+from vmstats.words import counted
 
 LOG = logging.getLogger("vmstats.agent")
 #: Where ``--once`` without ``--server`` looks for a route to pick the VM id
@@ -234,8 +235,7 @@ class Agent(object):
         if not self.sender.flush(force=True) and not self.config.count:
             # A --count run says it in its last line (count_outcome), with the spool's path.
             left = len(self.sender.spool)
-            LOG.warning("%d record%s left in the spool for the next start", left,
-                        "" if left == 1 else "s")
+            LOG.warning("%s left in the spool for the next start", counted(left, "record"))
         return produced
 
 
@@ -318,7 +318,7 @@ def count_outcome(sender, produced):
     left = len(sender.spool)
     rejected = ", %d rejected as malformed" % sender.rejected if sender.rejected else ""
     (LOG.warning if left else LOG.info)(
-        "%d record%s made, %d acknowledged%s, %d left in the spool at %s", produced,
-        "" if produced == 1 else "s", sender.acked + sender.rejected, rejected, left,
+        "%s made, %d acknowledged%s, %d left in the spool at %s", counted(produced, "record"),
+        sender.acked + sender.rejected, rejected, left,
         sender.spool.path)
     return LEFT_IN_SPOOL if left else 0

@@ -1,7 +1,7 @@
 """Building the agent as one self-contained file for VM images.
 
 A zipapp (PEP 441) runs with the VM's own ``python3`` and needs nothing
-installed: it holds the package marker, the wire format and the agent, and
+installed: it holds the package marker, the wire format, the wording of counts and the agent, and
 nothing that imports a third-party library (the click wrapper stays out).
 Entries get a fixed date and order, so the same sources give the same bytes
 and an image build can check the bundle by hash.
@@ -26,7 +26,8 @@ def bundle_sources():
     client = os.path.dirname(os.path.abspath(__file__))
     package = os.path.dirname(client)
     files = [("vmstats/__init__.py", os.path.join(package, "__init__.py")),
-             ("vmstats/protocol.py", os.path.join(package, "protocol.py"))]
+             ("vmstats/protocol.py", os.path.join(package, "protocol.py")),
+             ("vmstats/words.py", os.path.join(package, "words.py"))]
     for name in sorted(os.listdir(client)):
         if name.endswith(".py") and name not in EXCLUDED:
             files.append(("vmstats/client/" + name, os.path.join(client, name)))

@@ -11,6 +11,7 @@ import click
 
 from vmstats.client import bundle
 from vmstats.client.__main__ import main as agent_main
+from vmstats.words import counted
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
@@ -32,4 +33,5 @@ def agent_bundle(output: str) -> None:
         names = bundle.build(output)
     except OSError as exc:
         raise click.ClickException("cannot write %s: %s" % (output, exc.strerror or exc)) from None
-    click.echo("%s: %d files; run it with: python3 %s --server HOST:PORT" % (output, len(names), output))
+    click.echo("%s: %s; run it with: python3 %s --server HOST:PORT"
+               % (output, counted(len(names), "file"), output))

@@ -18,6 +18,8 @@ import logging
 import os
 import stat
 
+from vmstats.words import counted
+
 LOG = logging.getLogger("vmstats.agent")
 SUFFIX = ".rec"
 _NAME_DIGITS = 16
@@ -58,7 +60,7 @@ class Spool(object):
         self._names = self._scan()
         self._next = int(self._names[-1][:_NAME_DIGITS]) + 1 if self._names else 0
         if self._names:
-            LOG.info("spool %s holds %d unacknowledged records", path, len(self._names))
+            LOG.info("spool %s holds %s", path, counted(len(self._names), "unacknowledged record"))
         self._trim()
 
     def _scan(self):
@@ -118,7 +120,7 @@ class Spool(object):
             batch.append((name, line))
             size += len(line) + 1
         if broken:
-            LOG.warning("spool: discarded %d unreadable record files", len(broken))
+            LOG.warning("spool: discarded %s", counted(len(broken), "unreadable record file"))
             self.remove(broken)
         return batch
 

@@ -21,6 +21,7 @@ import socket
 import time
 
 from vmstats import protocol
+from vmstats.words import counted
 
 LOG = logging.getLogger("vmstats.agent")
 
@@ -265,8 +266,9 @@ class TcpSender(object):
     def _later(self, exc):
         delay = self.backoff.next_delay()
         self.retry_at = self.clock() + delay
-        LOG.warning("TCP delivery to %s:%d failed (%s); %d records spooled, retry in %.1fs",
-                    self.host, self.port, getattr(exc, "strerror", None) or exc, len(self.spool),
+        LOG.warning("TCP delivery to %s:%d failed (%s); %s spooled, retry in %.1fs",
+                    self.host, self.port, getattr(exc, "strerror", None) or exc,
+                    counted(len(self.spool), "record"),
                     delay)
         return False
 
@@ -311,9 +313,9 @@ class TcpSender(object):
         if rejected:
             # The agent's own records are well formed: what the server refuses is most
             # often a stamp outside its time window, i.e. a clock that is off.
-            LOG.warning("server rejected %d of %d records (not resent): invalid, or stamped "
+            LOG.warning("server rejected %d of %s (not resent): invalid, or stamped "
                         "outside the server's time window (is this VM's clock off? run NTP)",
-                        rejected, len(batch))
+                        rejected, counted(len(batch), "record"))
 
     def _await_reply(self, token):
         """``(accepted, rejected, refused)`` for ``token``; ``refused`` is None for an ack.

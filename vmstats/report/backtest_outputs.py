@@ -14,8 +14,9 @@ from typing import Any, TextIO
 import jinja2
 
 from vmstats.report.backtest import OUTCOMES, Backtest
-from vmstats.report.outputs import money, plural
+from vmstats.report.outputs import money
 from vmstats.report.render import TEMPLATES
+from vmstats.words import counted, plural
 
 BACKTEST_COLUMNS = (
     "vm",
@@ -171,16 +172,15 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
     w = result.windows.as_dict()
     currency = s["currency"]
     print(
-        "vmstats backtest: %d %s; decided on %s .. %s (%d days), judged on %s .. %s (%d days)"
+        "vmstats backtest: %s; decided on %s .. %s (%s), judged on %s .. %s (%s)"
         % (
-            s["vms"],
-            plural(s["vms"], "VM"),
+            counted(s["vms"], "VM"),
             w["decide"]["first_day"],
             w["decide"]["last_day"],
-            w["decide"]["days"],
+            counted(w["decide"]["days"], "day"),
             w["judge"]["first_day"],
             w["judge"]["last_day"],
-            w["judge"]["days"],
+            counted(w["judge"]["days"], "day"),
         ),
         file=stream,
     )
@@ -218,7 +218,8 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
             )
     if result.skipped_files:
         print("", file=stream)
-        print("%d day file(s) not read whole while judging:" % len(result.skipped_files), file=stream)
+        skipped = counted(len(result.skipped_files), "day file")
+        print("%s not read whole while judging:" % skipped, file=stream)
         for item in result.skipped_files[:top]:
             held = " (rows of %d VMs)" % item["vms"] if item["vms"] > 1 else ""
             print("  %s: %s%s" % (item["path"], item["why"], held), file=stream)

@@ -50,6 +50,7 @@ from vmstats.report.histogram import (
     rate_bin,
 )
 from vmstats.report.settings import ReportError
+from vmstats.words import counted
 
 CACHE_VERSION = 7
 #: The aggregate's version, written into every rollup file: a rollup written by a version
@@ -187,8 +188,8 @@ def discover(data_dirs: Sequence[str], issues: list[dict] | None = None, raw_onl
         if not found and len(issues) > before:  # there were logs: none could be read
             first = issues[before]
             raise ReportError(
-                "data dir %s holds no readable VM logs: %d file(s) could not be read (first: %s: %s)"
-                % (data_dir, len(issues) - before, first["path"], first["problem"])
+                "data dir %s holds no readable VM logs: %s could not be read (first: %s: %s)"
+                % (data_dir, counted(len(issues) - before, "file"), first["path"], first["problem"])
             )
         if not found:
             raise ReportError(
@@ -637,8 +638,8 @@ def damage_words(kept: int, bad: int) -> str:
     if the rest of the file had been used.
     """
     if kept:
-        return "%d malformed lines skipped" % bad
-    return "no readable row (%d malformed lines)" % bad
+        return "%s skipped" % counted(bad, "malformed line")
+    return "no readable row (%s)" % counted(bad, "malformed line")
 
 
 def file_issues(paths, owner, frame, bad: list[int], errors: dict[int, str]) -> dict[int, list[dict]]:

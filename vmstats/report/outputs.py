@@ -17,6 +17,7 @@ from vmstats import logstore
 from vmstats.protocol import format_tags
 from vmstats.report.build import Report
 from vmstats.report.policy import CANDIDATES
+from vmstats.words import counted, plural
 
 CSV_COLUMNS = (
     "rank",
@@ -126,12 +127,6 @@ def money(value: float, currency: str) -> str:
     return "%s %s" % (currency, format(value, ",.2f"))
 
 
-def plural(count: int, noun: str, nouns: str = "") -> str:
-    """``noun`` as ``count`` of it reads ("1 VM", "3 VMs"; ``nouns`` if irregular): the
-    operator reads these lines, and "1 VMs" makes one doubt the figure beside it."""
-    return noun if count == 1 else nouns or noun + "s"
-
-
 #: Damaged log files named one per line on the terminal; the rest are counted (JSON and HTML name all).
 NAMED_FILES = 20
 
@@ -150,7 +145,7 @@ def damaged_files_summary(
             continue
         print("%s: %d" % (what, len(files)), file=stream)
         for entry in files[:NAMED_FILES]:
-            kept = " (%d rows kept)" % entry["rows"] if entry["rows"] else ""
+            kept = " (%s kept)" % counted(entry["rows"], "row") if entry["rows"] else ""
             print("  %s: %s%s" % (entry["path"], entry["problem"], kept), file=stream)
         if len(files) > NAMED_FILES:
             print("  ... and %d more, %s" % (len(files) - NAMED_FILES, rest % key), file=stream)

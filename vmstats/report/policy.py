@@ -34,6 +34,7 @@ import numpy as np
 from vmstats.report import runs
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import SHAPE_TOLERANCE
+from vmstats.words import counted
 
 CATEGORIES = ("stopped", "insufficient-data", "reclaim", "schedule", "downsize", "upsize", "keep", "excluded")
 CANDIDATES = ("reclaim", "schedule", "downsize")
@@ -356,7 +357,8 @@ def quality_flags(vm: dict[str, Any], s: dict[str, Any]) -> list[str]:
     if vm["resized"]:
         flags.append("resized in the window: judged since %s" % _day(vm["judged_from"]))
     elif vm["size_changes"]:
-        flags.append("size changed on %d days (floating): judged at its last size" % vm["size_changes"])
+        changes = counted(vm["size_changes"], "day")
+        flags.append("size changed on %s (floating): judged at its last size" % changes)
     for metric, label in (("disk", "disk"), ("net", "network")):
         if _known(vm[metric + "_max"]) and vm[metric + "_max"] > s["max_rate"]:
             flags.append("impossible %s rate %s" % (label, rate(vm[metric + "_max"])))

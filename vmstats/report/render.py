@@ -14,8 +14,9 @@ import jinja2
 import numpy as np
 
 from vmstats.report.build import Report
-from vmstats.report.outputs import plural, to_json
+from vmstats.report.outputs import to_json
 from vmstats.report.policy import CANDIDATES, CATEGORIES, rate
+from vmstats.words import plural
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 COLOURS = {

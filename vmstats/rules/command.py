@@ -12,6 +12,7 @@ import click
 from vmstats import inputfile
 from vmstats.options import IntRange
 from vmstats.rules.config import RulesError, load_rules
+from vmstats.words import counted
 
 
 @click.group()
@@ -36,7 +37,8 @@ def check(path: str, quiet: bool) -> None:
         click.echo(rule.describe())
     for name, action in sorted(ruleset.actions.items()):
         click.echo("action %s: %s" % (name, action.kind))
-    click.echo("%s: %d rules, %d actions: OK" % (path, len(ruleset.rules), len(ruleset.actions)))
+    click.echo("%s: %s, %s: OK"
+               % (path, counted(len(ruleset.rules), "rule"), counted(len(ruleset.actions), "action")))
 
 
 @click.command()
@@ -87,7 +89,8 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
     # The log holds a scope only once it changed state (a scope starts ok without a word), so
     # offline the count is of those: said, lest it read as a disagreement with /alerts.
     where = "" if url else " in the action log (those that ever changed state; /alerts counts all)"
-    click.echo("%d scopes%s, %d not ok" % (len(states), where, sum(1 for s in states if s["state"] != "ok")))
+    not_ok = sum(1 for s in states if s["state"] != "ok")
+    click.echo("%s%s, %d not ok" % (counted(len(states), "scope"), where, not_ok))
     for s in states:
         if s["state"] != "ok":
             value = "" if s.get("value") is None else " value %.4g" % s["value"]

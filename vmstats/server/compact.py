@@ -51,6 +51,7 @@ import numpy as np
 
 from vmstats import logstore
 from vmstats.server.config import FUTURE_DATED, RETENTION_HELD_BACK
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,12 @@ class Summary:
 
     def line(self) -> str:
         """What the pass did: one line for stdout (the notices go to stderr)."""
-        return ("compacted %d days (%d rows, %d CSV files removed, %d kept), removed %d columnar and "
-                "%d rollup files past retention, %d late CSV files past retention"
-                % (self.days_compacted, self.rows_compacted, self.csv_removed, len(self.csv_kept),
-                   self.columnar_removed, self.rollups_removed, self.late_dropped)
-                + ("; removed %d partial files of an interrupted pass" % self.partial_removed
+        return ("compacted %s (%s, %s removed, %d kept), removed %d columnar and "
+                "%s past retention, %s past retention"
+                % (counted(self.days_compacted, "day"), counted(self.rows_compacted, "row"),
+                   counted(self.csv_removed, "CSV file"), len(self.csv_kept), self.columnar_removed,
+                   counted(self.rollups_removed, "rollup file"), counted(self.late_dropped, "late CSV file"))
+                + ("; removed %s of an interrupted pass" % counted(self.partial_removed, "partial file")
                    if self.partial_removed else ""))
 
     def notices(self) -> list[str]:

@@ -14,6 +14,7 @@ import click
 from vmstats.options import FiniteRange, IntRange
 from vmstats.progress import Progress
 from vmstats.protocol import decimal, encode_records
+from vmstats.words import counted
 
 TRANSPORT = click.Choice(["udp", "tcp"])
 #: UDP has no flow control; this pace keeps a loopback server's socket buffer from overflowing.
@@ -59,34 +60,40 @@ def _open(transport: str, server: str, rate: float | None, timeout: float):
         raise click.ClickException(str(exc)) from None
 
 
+def _records_were(count: int) -> str:
+    """"1 record was", "3 records were": the verb follows the count too."""
+    return "%s %s" % (counted(count, "record"), "was" if count == 1 else "were")
+
+
 def _finish(sender, summary: dict, json_path: str | None, timeout: float) -> None:
     """Wait for acknowledgements, print and save the summary, and fail loudly on any loss."""
     stats = sender.close(timeout)
     summary.update(stats.as_dict())
     rate = stats.records / stats.elapsed if stats.elapsed else 0.0
-    line = "sent %d records over %s in %.1f s (%.0f records/s)" % (stats.records, stats.transport,
-                                                                  stats.elapsed, rate)
+    line = "sent %s over %s in %.1f s (%.0f records/s)" % (counted(stats.records, "record"),
+                                                         stats.transport, stats.elapsed, rate)
     if stats.transport == "tcp":
         line += "; server accepted %d, rejected %d" % (stats.accepted, stats.rejected)
         if stats.resent_batches or stats.reconnects:
-            line += "; %d batches resent (naks %s, reconnects %d)" % (
-                stats.resent_batches, dict(stats.naks) or "none", stats.reconnects)
+            line += "; %s resent (naks %s, reconnects %d)" % (
+                counted(stats.resent_batches, "batch", "batches"), dict(stats.naks) or "none",
+                stats.reconnects)
     click.echo(line)
     busy = stats.naks.get("busy", 0) if stats.transport == "tcp" else 0
     if busy:
-        click.echo("the server answered 'busy' to %d batches: a VM's buffer held --max-per-vm "
+        click.echo("the server answered 'busy' to %s: a VM's buffer held --max-per-vm "
                    "records until the next flush. A history sent in bulk goes faster into a server "
                    "started with a shorter --flush-interval (5s: about 12 times the default's rate)"
-                   % busy)
+                   % counted(busy, "batch", "batches"))
     if json_path:
         with open(json_path, "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2, sort_keys=True)
     if stats.unacknowledged:
-        raise click.ClickException("%d records were not acknowledged by the server within %.0f s"
-                                   % (stats.unacknowledged, timeout))
+        raise click.ClickException("%s not acknowledged by the server within %.0f s"
+                                   % (_records_were(stats.unacknowledged), timeout))
     if stats.rejected:
-        raise click.ClickException("the server rejected %d records (see its /metrics for the reasons)"
-                                   % stats.rejected)
+        raise click.ClickException("the server rejected %s (see its /metrics for the reasons)"
+                                   % counted(stats.rejected, "record"))
 
 
 _common = [
@@ -190,8 +197,9 @@ def simulate(vms, days, seed, mix, speed, truth, end, inventory, workers, preloa
         spent = time.monotonic() - began
         total = sum(count for _t, pairs in units for _p, count in pairs)
         summary["prepare_seconds"] = spent
-        click.echo("generated and encoded %d records in %.1f s (%.0f records/s)%s"
-                   % (total, spent, total / spent if spent else 0.0, ", sent nothing" if dry_run else ""))
+        click.echo("generated and encoded %s in %.1f s (%.0f records/s)%s"
+                   % (counted(total, "record"), spent, total / spent if spent else 0.0,
+                      ", sent nothing" if dry_run else ""))
         if dry_run:
             return
     sender = _open(transport, server, rate, timeout)
@@ -360,7 +368,7 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_p
     except (traces.TraceError, SendError) as exc:
         raise click.ClickException(str(exc)) from None
     progress.close()
-    click.echo("replayed %d files (%d VMs), format %s" % (len(files), len(vms), fmt))
+    click.echo("replayed %s (%s), format %s" % (counted(len(files), "file"), counted(len(vms), "VM"), fmt))
     if packer is not None:
         _write_text(pack_hosts, packer.inventory_toml(header="Simulated hosts of vmstats replay --seed %d "
                                                              "(%d VMs)." % (seed, len(vms))), "--pack-hosts")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from vmstats.words import counted
+
 MIB_PER_GIB = 1024
 #: Host generations of a private cloud: (vCPUs = hardware threads, memory GiB, weight).
 HOST_MIX = ((32, 256, 2), (48, 384, 3), (64, 512, 3), (96, 768, 2))
@@ -142,9 +144,10 @@ class HostPacker:
             sizes[(host.vcpus, host.mem_gb)] = sizes.get((host.vcpus, host.mem_gb), 0) + 1
         vcpus = sum(h.vcpus for h in self.hosts) or 1
         mem = sum(h.mem_gb for h in self.hosts) or 1
-        return "%d hosts (%s): %d VMs, %.1f vCPUs per thread, %.0f%% of memory allocated" % (
-            len(self.hosts), ", ".join("%d x %d/%d" % (n, v, m) for (v, m), n in sorted(sizes.items())),
-            len(self.placed), sum(h.alloc_vcpus for h in self.hosts) / vcpus,
+        return "%s (%s): %s, %.1f vCPUs per thread, %.0f%% of memory allocated" % (
+            counted(len(self.hosts), "host"),
+            ", ".join("%d x %d/%d" % (n, v, m) for (v, m), n in sorted(sizes.items())),
+            counted(len(self.placed), "VM"), sum(h.alloc_vcpus for h in self.hosts) / vcpus,
             100.0 * sum(h.alloc_mem_gb for h in self.hosts) / mem)
 
 

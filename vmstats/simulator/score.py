@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from vmstats.simulator.fleet import TRUTH_COLUMNS
 from vmstats.simulator.profiles import EXPECTED
+from vmstats.words import plural
 
 #: Report categories in display order; a VM absent from the report is "missing".
 REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "upsize", "keep", "stopped", "insufficient-data",
@@ -73,7 +74,8 @@ def _rows(path: str, needed: tuple[str, ...], what: str) -> list[dict]:
             reader = csv.DictReader(handle)
             missing = [c for c in needed if c not in (reader.fieldnames or ())]
             if missing:
-                raise ScoreError("%s %s lacks column(s) %s" % (what, path, ", ".join(missing)))
+                raise ScoreError("%s %s lacks %s %s"
+                                 % (what, path, plural(len(missing), "column"), ", ".join(missing)))
             return list(reader)
     except OSError as exc:
         raise ScoreError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None

@@ -48,6 +48,7 @@ from vmstats.protocol import (
     normalize_timestamp,
     normalize_vm_id,
 )
+from vmstats.words import plural
 
 FORMATS = ("bitbrains", "planetlab", "csv")
 #: Native row interval (seconds) of each format; csv is per-minute unless told.
@@ -346,7 +347,7 @@ def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
                          % (path, ",".join(missing)))
     unknown = [h for h in header if h not in _CSV_FIELDS + ("vm", "timestamp")]
     if unknown:
-        raise TraceError("%s: unknown csv column(s) %s" % (path, ",".join(unknown)))
+        raise TraceError("%s: unknown csv %s %s" % (path, plural(len(unknown), "column"), ",".join(unknown)))
     columns = [(i, h) for i, h in enumerate(header) if h in _CSV_FIELDS]
     vm_col = header.index("vm")
     ts_col = header.index("timestamp")

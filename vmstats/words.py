@@ -1,0 +1,22 @@
+"""How a count reads in a line an operator reads, for every command.
+
+Kept free of imports so the agent (Python 3.6+, stdlib only), the capacity
+commands and the report all word a count the same way without one of them
+paying for another's libraries.
+"""
+
+
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """``noun`` as ``count`` of it reads ("1 VM", "3 VMs"; ``nouns`` if irregular): the
+    operator reads these lines, and "1 VMs" makes one doubt the figure beside it."""
+    return noun if count == 1 else nouns or noun + "s"
+
+
+def counted(count: int, noun: str, nouns: str = "") -> str:
+    """``count`` and its noun in one: ``counted(1, "host")`` is "1 host", ``counted(2, "host")`` "2 hosts"."""
+    return "%d %s" % (count, plural(count, noun, nouns))
+
+
+def part_of(part: int, whole: int, noun: str, nouns: str = "") -> str:
+    """"``part`` of ``whole``" with the noun read after the whole: "1 of 1 host", "2 of 3 hosts"."""
+    return "%d of %s" % (part, counted(whole, noun, nouns))
