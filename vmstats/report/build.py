@@ -22,6 +22,7 @@ from vmstats.report import stats as stats_mod
 from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import MAX_DAYS, Policy, ReportError
+from vmstats.words import counted
 
 #: Settings that statistics need as one value per VM (groups may differ).
 _PER_VM = (
@@ -234,10 +235,9 @@ def _all_damaged(files: list[dict]) -> Decision:
     first = files[0]
     return Decision(
         "insufficient-data",
-        "no readable record: %d log file%s damaged or unreadable (%s: %s%s)"
+        "no readable record: %s damaged or unreadable (%s: %s%s)"
         % (
-            len(files),
-            "" if len(files) == 1 else "s",
+            counted(len(files), "log file"),
             first["path"],
             first["problem"],
             "; ..." if len(files) > 1 else "",
