@@ -8,8 +8,10 @@ installed by .ci/debian-packages when missing (a failure there fails these
 tests; they never skip).  One browser serves the whole module to keep it fast.
 """
 
+import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from test_report_policy import build_fleet
 
 from vmstats.report.render import OTHER_COLOUR, render
 
@@ -202,6 +205,33 @@ def test_category_chips_and_search_filter_every_row(browser, pages):
     assert _errors(browser) == []
 
 
+def test_drill_down_evidence_is_words_and_report_json_keeps_the_figures(browser, tmp_path):
+    """No evidence is shown as JSON ({"cpu": 5.0, ...}): each line is what an operator reads."""
+    expected = build_fleet(tmp_path / "data")
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(tmp_path / "data"), "-o",
+                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    vms = {v["vm"]: v for v in json.loads((tmp_path / "out" / "report.json").read_text())["vms"]}
+    idle = vms["idle"]["evidence"]
+    assert idle["work_levels"] == {"cpu": 5.0, "disk": 524288.0, "net": 49152.0}  # figures, for scripts
+    assert "evidence_text" not in vms["idle"]
+    _open(browser, tmp_path / "out" / "report.html")
+    shown = {}
+    for index, vm in enumerate(_vms(browser)):
+        browser.find_elements(By.CSS_SELECTOR, "#vms tbody .vmlink")[index].click()
+        cells = browser.find_elements(By.CSS_SELECTOR, "#drill-evidence td")
+        shown[vm] = dict(zip([c.text for c in cells[::2]], [c.text for c in cells[1::2]], strict=True))
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    assert sorted(shown) == sorted(expected) and _errors(browser) == []
+    for vm, lines in shown.items():
+        assert len(lines) == len(vms[vm]["evidence"]), vm
+        assert not any(c in text for text in lines.values() for c in "{}[]\""), (vm, lines)
+    assert shown["idle"]["work levels (above them: work)"] == "CPU 5.0%, disk 524.3 kB/s, network 49.2 kB/s"
+    assert shown["idle"]["room below each idle limit"].startswith("CPU floor (p50) ")
+    kept = [lines for vm, lines in shown.items() if vms[vm]["blocked_by"] and "kept from reclaim by" in lines]
+    assert kept and all(lines["kept from reclaim by"] for lines in kept)
+
+
 def test_drill_down_shows_the_vms_charts_evidence_and_flags(browser, pages):
     path, report = pages["small"]
     _open(browser, path)
@@ -261,7 +291,7 @@ def test_drill_down_shows_what_blocked_reclaim_as_text(browser, pages):
         "return Array.from(document.querySelectorAll('#drill-evidence tr'),"
         " tr => [tr.cells[0].textContent, tr.cells[1].textContent])"
     )
-    assert dict(cells)["blocked_by"] == row["blocked_by"] and "above" in row["blocked_by"]
+    assert dict(cells)["kept from reclaim by"] == row["blocked_by"] and "above" in row["blocked_by"]
     assert _errors(browser) == []
 
 

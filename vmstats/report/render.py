@@ -14,6 +14,7 @@ import jinja2
 import numpy as np
 
 from vmstats.report.build import Report
+from vmstats.report.evidence import evidence_lines
 from vmstats.report.outputs import to_json
 from vmstats.report.policy import CANDIDATES, CATEGORIES, rate
 from vmstats.words import plural
@@ -58,7 +59,8 @@ def page_data(report: Report) -> str:
     """The rows for the page's script: every field of each row, long series as text.
 
     Fields this module does not know (a newer policy's) travel too, and the
-    drill-down shows them, so additions need no change here.  ``<`` is
+    drill-down shows them, so additions need no change here.  The evidence
+    travels as figures and as the words the drill-down shows (evidence.py).  ``<`` is
     escaped so no value can close the script element that holds the JSON.
     """
     rows = []
@@ -69,6 +71,7 @@ def page_data(report: Report) -> str:
             if k not in _NOT_ON_PAGE
         }
         item["colour"] = COLOURS.get(row["category"], OTHER_COLOUR)
+        item["evidence_text"] = evidence_lines(row)
         rows.append(item)
     return to_json(rows).decode().replace("<", "\\u003c")
 
