@@ -336,6 +336,11 @@ def test_every_money_row_names_its_currency(fleet, tmp_path):
             lambda d, t: [d, "-o", t / "o", "--prices", _write(t / "size.toml", _INFINITE_SIZE)],
             "size 1 needs a name, positive vcpus",
         ),
+        # One setting given twice with two values: neither wins silently.
+        (
+            lambda d, t: [d, "-o", t / "o", "--set", "cpu_idle=3", "--set", "cpu_idle=4"],
+            "--set cpu_idle=3 and --set cpu_idle=4 give cpu_idle two values: give one of them",
+        ),
         # A window must have dates to name on both sides: no traceback at the calendar's ends.
         (lambda d, t: [d, "-o", t / "o", "--until", "0001-01-01"], "--until 0001-01-01 is outside 1970"),
         (lambda d, t: [d, "-o", t / "o", "--since", "9999-12-31"], "--since 9999-12-31 is outside"),
@@ -388,3 +393,13 @@ def test_a_setting_given_twice_the_same_is_no_conflict():
         "cpu_idle": "5",
         "headroom": "0.1",
     }
+    assert policy_overrides({}, ("headroom=0.1", "headroom=0.10")) == {"headroom": "0.10"}
+
+
+def test_a_set_given_twice_with_one_value_runs_the_report(fleet, tmp_path):
+    """Two --set of one setting that agree (a script's default and the operator's) are no conflict."""
+    data, _expected, _out, _result = fleet
+    result = vmstats(data, "-o", tmp_path / "o", "--set", "cpu_idle=3", "--set", "cpu_idle=3.0")
+    assert result.returncode == 0, result.stderr
+    policy = json.loads((tmp_path / "o" / "report.json").read_text())["meta"]["policy"]
+    assert policy["settings"]["cpu_idle"] == 3

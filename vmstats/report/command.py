@@ -5,6 +5,7 @@ import errno
 import gc
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -100,11 +101,13 @@ def policy_overrides(flags: dict, extra: tuple[str, ...]) -> dict:
 
     Each ``--set`` is checked here, where it is still known to be one: Policy.load
     names an override by its flag, and most settings have none (``--set days=...`` is
-    not ``--days``).  A ``--set`` and a flag that give one setting two values are
-    refused: both are the command line, so neither has a better claim to win.
+    not ``--days``).  A ``--set`` and a flag, or two ``--set``, that give one setting
+    two values are refused: both are the command line, so neither has a better claim
+    to win, and a silent last-one-wins hides the typo of a long command line.
     """
     given = {k: v for k, v in flags.items() if v is not None}
     overrides = dict(given)
+    earlier: dict[str, tuple[str, Any]] = {}  # key -> (the --set that gave it, its value)
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep:
@@ -118,8 +121,14 @@ def policy_overrides(flags: dict, extra: tuple[str, ...]) -> dict:
                     "--set %s and %s %g give %s two values: give one of them"
                     % (item, flag, given[key], key)
                 )
+            if key in earlier and earlier[key][1] != wanted:
+                raise ReportError(
+                    "--set %s and --set %s give %s two values: give one of them"
+                    % (earlier[key][0], item, key)
+                )
         except ReportError as exc:
             raise click.ClickException(str(exc)) from None
+        earlier.setdefault(key, (item, wanted))
         overrides[key] = value
     return overrides
 
