@@ -488,3 +488,31 @@ def test_alerts_names_vms_only_to_the_status_token(tmp_path):
             assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
             assert damaged.stderr.strip().splitlines() == [
                 "Error: cannot read --token-file: %s: not UTF-8 at byte 0 (line 1)" % token_file]
+
+
+@pytest.mark.parametrize("answer", [b"[1, 2]", b'{"states": 3}', b"not json"])
+def test_alerts_from_something_that_is_not_the_server_is_one_line(answer):
+    """Another service on the port, or no URL at all: one line naming the address, exit 1."""
+    import http.server
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        url = "http://127.0.0.1:%d" % other.server_address[1]
+        for target in (url, "notaurl", "http://[::1"):
+            done = alerts_cli("--url", target)
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert len(done.stderr.splitlines()) == 1, done.stderr
+            assert done.stderr.startswith("Error: ") and target + "/alerts" in done.stderr, done.stderr
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -1,9 +1,11 @@
 """``vmstats rules check FILE`` and ``vmstats alerts``: the rules' command line."""
 
+import http.client
 import json
 import os
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 
@@ -69,14 +71,7 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
         except inputfile.FileProblem as exc:
             raise click.ClickException("cannot read --token-file: %s" % exc) from None
     if url:
-        request = urllib.request.Request(url.rstrip("/") + "/alerts")
-        if token:
-            request.add_header("Authorization", "Bearer " + token)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                page = json.load(response)
-        except (OSError, ValueError) as exc:
-            raise click.ClickException("cannot read %s/alerts: %s" % (url.rstrip("/"), exc)) from None
+        page = from_server(url, token)
     else:
         page = from_log(data_dir)
     if as_json:
@@ -100,6 +95,33 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
     click.echo("deliveries pending: %d" % deliveries.get("pending", 0))
     for entry in page["recent"][-recent:] if recent else []:
         click.echo("  " + describe(entry))
+
+
+def from_server(url: str, token: str | None) -> dict:
+    """The server's /alerts page; one ClickException line when it cannot be had or read.
+
+    A URL that is no URL (``notaurl``, ``http://[::1``), a refused connection, an HTTP
+    error and an answer that is not the /alerts page (another service on that port) are
+    each one line naming the address, not a traceback.
+    """
+    where = url.rstrip("/") + "/alerts"
+    try:
+        request = urllib.request.Request(where)
+        if token:
+            request.add_header("Authorization", "Bearer " + token)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            page = json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException("cannot read %s: HTTP %d %s" % (where, exc.code, exc.reason)) from None
+    except urllib.error.URLError as exc:
+        raise click.ClickException("cannot read %s: %s" % (where, exc.reason)) from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise click.ClickException("cannot read %s: %s" % (where, str(exc) or type(exc).__name__)) from None
+    if not (isinstance(page, dict) and isinstance(page.get("recent", []), list)
+            and isinstance(page.get("states", []), list)):
+        raise click.ClickException("%s is not a vmstats /alerts page" % where)
+    page.setdefault("recent", [])
+    return page
 
 
 def from_log(data_dir: str) -> dict:
