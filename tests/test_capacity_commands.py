@@ -99,6 +99,23 @@ def test_headroom_counts_its_hosts_in_words_that_agree_with_the_count(fleet, tmp
     lines = result.stdout.splitlines()
     assert "... 1 more host in headroom.csv" in lines, result.stdout
     assert "1 of 2 hosts known" in result.stdout and "reclaim 1 VM (idle)" in result.stdout
+    # Without -o no headroom.csv is written: the line does not send the operator to it.
+    bare = vmstats("headroom", base / "data", "--inventory", base / "hosts.toml", "--profile", "2x8@50%",
+                   "--top", "1", "--cache-dir", base / "cache")  # fmt: skip
+    assert bare.returncode == 0, bare.stderr
+    assert "... 1 more host (-o OUT/ lists every host in headroom.csv)" in bare.stdout.splitlines()
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(fleet, tmp_path):
+    """-o naming a file is one line that says so, in the same words in every command (not "File exists")."""
+    base, _expected = fleet
+    (tmp_path / "taken").write_text("")
+    for args in (["headroom", base / "data", "--inventory", base / "hosts.toml", "--profile", "2x8"],
+                 ["report", base / "data"], ["backtest", base / "data"]):
+        done = vmstats(*args, "-o", tmp_path / "taken")
+        assert done.returncode != 0 and done.stderr.splitlines() == [
+            "Error: Invalid value for '-o' / '--out': %s is a file, not a folder" % (tmp_path / "taken")
+        ], done.stderr
 
 
 def test_a_fleet_with_no_host_known_has_no_room_now_or_after(fleet, tmp_path):

@@ -1,6 +1,7 @@
 """Click parameter types the commands share."""
 
 import math
+import os
 import re
 from typing import Any
 
@@ -68,12 +69,14 @@ class FiniteRange(FloatRange):
 
 
 class OutputFolder(click.ParamType):
-    """The folder a command writes its files into (``-o``): an empty name is refused.
+    """The folder a command writes its files into (``-o``): an empty name, or a file's, is refused.
 
     Left alone, ``-o ""`` reads as no folder to a command whose outputs are
     optional (nothing written, exit 0) and as a folder that cannot be made to
     the others; an operator who passed it meant some folder, so every command
-    says the same instead.
+    says the same instead.  A file where the folder should be got "File
+    exists" from one command and "cannot write to" from another: every command
+    now says what is wrong, in the same words.
     """
 
     name = "folder"
@@ -81,4 +84,6 @@ class OutputFolder(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         if not value:
             self.fail("an empty folder name (use . for the current folder)", param, ctx)
+        if os.path.lexists(value) and not os.path.isdir(value):
+            self.fail("%s is a file, not a folder" % value, param, ctx)
         return value

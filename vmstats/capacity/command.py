@@ -178,7 +178,7 @@ def headroom(
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException("cannot write to %s: %s" % (out_dir, exc.strerror or exc)) from None
-    click.echo(outputs.terminal(result, top))
+    click.echo(outputs.terminal(result, top, written=out_dir is not None))
     rest = "all named in headroom.json (basis.%s)"
     damaged_files_summary(result["basis"], sys.stderr, rest if out_dir is not None else "-o OUT/: " + rest)
 

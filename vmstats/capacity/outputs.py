@@ -37,8 +37,12 @@ def _some(names: list[str], most: int = 5) -> str:
     return " (%s%s)" % (", ".join(names[:most]), ", ..." if len(names) > most else "")
 
 
-def terminal(result: dict, top: int = 20) -> str:
-    """The profile, the basis, the hosts with the most room first (unknown last), the fleet."""
+def terminal(result: dict, top: int = 20, written: bool = True) -> str:
+    """The profile, the basis, the hosts with the most room first (unknown last), the fleet.
+
+    ``written``: headroom.csv was written (-o), so the hosts past ``top`` are found there;
+    without it the line says how to get them instead of naming a file that is not there.
+    """
     p, b, f = result["profile"], result["basis"], result["fleet"]
     after = result["after"] is not None
     lines = [
@@ -86,7 +90,8 @@ def terminal(result: dict, top: int = 20) -> str:
         )
     if len(ordered) > top:
         rest = len(ordered) - top
-        lines.append("... %d more %s in headroom.csv" % (rest, plural(rest, "host")))
+        where = "in headroom.csv" if written else "(-o OUT/ lists every host in headroom.csv)"
+        lines.append("... %d more %s %s" % (rest, plural(rest, "host"), where))
     lines.append(
         "fleet: %d more fit now%s (allocation at Nova's ratios: %d%s); %s known"
         % (
