@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import socket
 import subprocess
 import sys
 import time
@@ -214,3 +215,21 @@ def test_bad_inputs_fail_with_one_readable_line(tmp_path):
         assert "Traceback" not in result.stderr, result.stderr
         assert len([x for x in result.stderr.splitlines() if x.startswith("Error")]) == 1, result.stderr
 
+
+
+def test_a_summary_that_cannot_be_written_and_a_closed_port_are_one_line(tmp_path):
+    """What was sent is sent; a --json in a missing folder, or no server on the UDP port of a
+    pool, is one Error line, not a traceback."""
+    missing = tmp_path / "no-such-folder" / "summary.json"
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        for args in (["simulate", "--vms", "1", "--days", "0.01"], ["simulate-pool", "--duration", "1"]):
+            done = vmstats(*args, "--server", "127.0.0.1:%d" % server.tcp_port, "--json", str(missing))
+            assert done.returncode == 1 and done.stderr.splitlines() == [
+                "Error: cannot write --json %s: No such file or directory" % missing], done.stderr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    done = vmstats("simulate-pool", "--duration", "2", "--transport", "udp",
+                   "--server", "127.0.0.1:%d" % closed)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        "Error: UDP 127.0.0.1:%d: connection refused (no server listening)" % closed], done.stderr

@@ -67,7 +67,12 @@ def _records_were(count: int) -> str:
 
 def _finish(sender, summary: dict, json_path: str | None, timeout: float) -> None:
     """Wait for acknowledgements, print and save the summary, and fail loudly on any loss."""
-    stats = sender.close(timeout)
+    from vmstats.simulator.sender import SendError
+
+    try:
+        stats = sender.close(timeout)
+    except SendError as exc:
+        raise click.ClickException(str(exc)) from None
     summary.update(stats.as_dict())
     rate = stats.records / stats.elapsed if stats.elapsed else 0.0
     line = "sent %s over %s in %.1f s (%.0f records/s)" % (counted(stats.records, "record"),
@@ -86,8 +91,7 @@ def _finish(sender, summary: dict, json_path: str | None, timeout: float) -> Non
                    "started with a shorter --flush-interval (5s: about 12 times the default's rate)"
                    % counted(busy, "batch", "batches"))
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=2, sort_keys=True)
+        _write_text(json_path, json.dumps(summary, indent=2, sort_keys=True), "--json")
     if stats.unacknowledged:
         raise click.ClickException("%s not acknowledged by the server within %.0f s"
                                    % (_records_were(stats.unacknowledged), timeout))
@@ -227,7 +231,7 @@ def _write_text(path: str, text: str, option: str) -> None:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as exc:
-        raise click.ClickException("cannot write %s %s: %s" % (option, path, exc.strerror)) from None
+        raise click.ClickException("cannot write %s %s: %s" % (option, path, exc.strerror or exc)) from None
 
 
 def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
@@ -442,8 +446,7 @@ def score(truth, report_path, json_path, max_wrong):
         raise click.ClickException(str(exc)) from None
     click.echo(scoring.render(result, max_wrong))
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as handle:
-            json.dump(result.as_dict(), handle, indent=2, sort_keys=True)
+        _write_text(json_path, json.dumps(result.as_dict(), indent=2, sort_keys=True), "--json")
     sys.stdout.flush()
 
 
@@ -487,5 +490,10 @@ def simulate_pool(curve, members, prefix, hosts, duration, interval, desired_fil
         click.echo("t=%5.1fs demand %6.1f  members %d  reporting %d" % (
             step["second"], step["demand"], step["members"], step["reported"]))
 
-    summary = run(pool, sender, duration, interval, show)
+    from vmstats.simulator.sender import SendError
+
+    try:
+        summary = run(pool, sender, duration, interval, show)
+    except SendError as exc:
+        raise click.ClickException(str(exc)) from None
     _finish(sender, summary, json_path, timeout)
