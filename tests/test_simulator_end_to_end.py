@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import signal
 import socket
 import subprocess
 import sys
@@ -233,3 +234,20 @@ def test_a_summary_that_cannot_be_written_and_a_closed_port_are_one_line(tmp_pat
                    "--server", "127.0.0.1:%d" % closed)
     assert done.returncode == 1 and done.stderr.splitlines() == [
         "Error: UDP 127.0.0.1:%d: connection refused (no server listening)" % closed], done.stderr
+
+
+def test_ctrl_c_mid_run_exits_130_with_one_line(tmp_path):
+    """Ctrl-C is an interruption, not a failure: status 130 as shells report it, one line, no
+    traceback (click's own "Aborted!" exits 1)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:  # takes the datagrams, reads none
+        sink.bind(("127.0.0.1", 0))
+        run = subprocess.Popen(
+            [sys.executable, "-m", "vmstats", "simulate", "--vms", "2", "--days", "1", "--speed", "1",
+             "--transport", "udp", "--server", "127.0.0.1:%d" % sink.getsockname()[1]],
+            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job has it
+        sink.settimeout(30)
+        assert sink.recv(65536)  # the first datagram: the command is mid-run
+        run.send_signal(signal.SIGINT)
+        _out, err = run.communicate(timeout=30)
+    assert run.returncode == 130 and err.splitlines() == ["vmstats simulate: interrupted"], err

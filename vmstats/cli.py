@@ -6,6 +6,7 @@ pandas and ``vmstats report`` never imports Twisted.
 """
 
 import importlib
+import sys
 
 import click
 
@@ -30,8 +31,26 @@ COMMANDS = {
 }
 
 
+#: Exit status of a command stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it.
+INTERRUPTED = 130
+
+
 class LazyGroup(click.Group):
-    """A click group whose commands are imported on first use."""
+    """A click group whose commands are imported on first use.
+
+    Ctrl-C ends any command with one line and status 130, as shells and
+    scripts expect of an interrupted program (click's own "Aborted!" exits 1,
+    which reads as a failure of the command).
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            if sys.stderr.isatty():
+                click.echo("", err=True)  # off the line a progress display or ^C left
+            click.echo("vmstats %s: interrupted" % (ctx.invoked_subcommand or ""), err=True)
+            ctx.exit(INTERRUPTED)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
