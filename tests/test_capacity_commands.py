@@ -104,6 +104,10 @@ def test_headroom_counts_its_hosts_in_words_that_agree_with_the_count(fleet, tmp
                    "--top", "1", "--cache-dir", base / "cache")  # fmt: skip
     assert bare.returncode == 0, bare.stderr
     assert "... 1 more host (-o OUT/ lists every host in headroom.csv)" in bare.stdout.splitlines()
+    manifest = tmp_path / "one.toml"
+    manifest.write_text('name = "one"\n[[vms]]\nprofile = "2x8"\n')
+    admit = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml")
+    assert admit.stdout.startswith("one: ACCEPT, 1 of 1 VM placed ("), admit.stdout + admit.stderr
 
 
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(fleet, tmp_path):
@@ -321,6 +325,9 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
         ('partial = "yes"\n[[vms]]\nprofile = "2x4"\n', "partial: must be true or false"),
         ("name = 'x'\n", "vms: a list of at least one entry"),
         ("[[vms]\n", ": not valid TOML"),
+        # A profile of the wrong type is there, not missing.
+        ("[[vms]]\nprofile = 5\n", "vms[0].profile: must be a profile's name or VCPUSxGB[@USE%] text, not 5"),
+        ("[[vms]]\ncount = 2\n", "vms[0].profile: missing"),
     ],
 )
 def test_admit_manifest_errors_are_one_line(fleet, tmp_path, text, message):

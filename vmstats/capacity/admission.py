@@ -122,9 +122,15 @@ def _entry(item: Any, profiles: dict[str, Profile], origin: str) -> Entry:
     for key in item:
         if key not in _ENTRY_KEYS:
             raise CapacityError("%s.%s: unknown key (known: %s)" % (origin, key, ", ".join(_ENTRY_KEYS)))
-    text = item.get("profile")
-    if not isinstance(text, str) or not text.strip():
+    if "profile" not in item:
         raise CapacityError("%s.profile: missing" % origin)
+    text = item["profile"]
+    if not isinstance(text, str) or not text.strip():
+        # Present but of the wrong type ("profile = 5"): "missing" would send the operator
+        # looking for a key that is there.
+        raise CapacityError(
+            "%s.profile: must be a profile's name or VCPUSxGB[@USE%%] text, not %.40r" % (origin, text)
+        )
     if text in profiles:
         profile = profiles[text]
     else:
@@ -249,12 +255,11 @@ def _r(value: float) -> float | None:
 def terminal(result: dict) -> str:
     """The answer for people: status, the offer per host, what was rejected, the basis."""
     lines = [
-        "%s: %s, %d of %d VMs placed (allocation at Nova's ratios would place %d)"
+        "%s: %s, %s placed (allocation at Nova's ratios would place %d)"
         % (
             result["request"] or "request",
             result["status"].upper(),
-            result["placed"],
-            result["asked"],
+            part_of(result["placed"], result["asked"], "VM"),
             result["allocation_basis"]["placed"],
         )
     ]
