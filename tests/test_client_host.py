@@ -56,7 +56,16 @@ def test_host_file_is_followed_when_it_changes_and_the_vm_name_is_never_sent(tmp
              "--vm-id", "untold-vm", "--host-file", str(missing)],
             env=ENV, capture_output=True, text=True, timeout=60)
         assert untold.returncode == 0, untold.stderr
-        assert "no host tag" in untold.stderr
+        assert "no host tag (%s absent)" % missing in untold.stderr
+        # A file that is there but empty is said to be, and not called absent the next line.
+        empty = tmp_path / "empty-host"
+        empty.write_text("")
+        blank = subprocess.run(
+            [sys.executable, "-m", "vmstats.client", *FAST, "--server", target, "--count", "1",
+             "--vm-id", "blank-vm", "--host-file", str(empty)],
+            env=ENV, capture_output=True, text=True, timeout=60)
+        assert blank.returncode == 0 and "%s is empty" % empty in blank.stderr, blank.stderr
+        assert "no host tag (%s unusable)" % empty in blank.stderr, blank.stderr
         assert len(wait_rows(server.data_dir, "moving-vm", 2)) >= 2
         # A live migration hook rewrites the file (a new inode, as an atomic rename makes).
         fresh = tmp_path / "host.new"

@@ -100,4 +100,8 @@ class HostSource(object):
         value = self.current()
         if value is not None:
             return "host %s (from %s)" % (value, self.path)
-        return "no host tag (%s absent)" % self.path if self.path else "no host tag"
+        if not self.path:
+            return "no host tag"
+        # A file that is there but names no host was just warned about: "absent" would
+        # contradict that warning in the next line.
+        return "no host tag (%s %s)" % (self.path, "absent" if self._seen == "missing" else "unusable")
