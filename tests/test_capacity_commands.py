@@ -443,3 +443,15 @@ def test_every_entry_point_plans_with_the_same_defaults():
     config = ServerConfig()
     assert parse_percentile(config.capacity_percentile) == settings.percentile
     assert config.capacity_peak_minutes == settings.peak_minutes
+
+
+def test_a_cache_that_cannot_be_written_is_warned_in_the_running_commands_words(fleet, tmp_path):
+    """headroom reads through the report's loader: its warning names no other command."""
+    base, _expected = fleet
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    done = vmstats("headroom", base / "data", "--inventory", base / "hosts.toml", "--profile", "2x8",
+                   "--cache-dir", taken)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning: statistics cache not written to %s: File exists" % taken in done.stderr.splitlines()
+    assert "vmstats report" not in done.stderr

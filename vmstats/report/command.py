@@ -147,7 +147,7 @@ def load_inputs(policy_path, prices_path, overrides: dict, out_dir: str, cache_d
     prices = PriceBook.load(prices_path)
     inconsistent = prices.bigger_but_cheaper()
     if inconsistent:
-        click.echo("vmstats report: warning: price book %s" % inconsistent, err=True)
+        click.echo("warning: price book %s" % inconsistent, err=True)  # backtest's too
     if not no_cache and cache_dir is None:
         cache_dir = os.path.join(out_dir, ".cache")
     return (

@@ -962,7 +962,9 @@ def _write_cache(cache_dir: str, cache: dict) -> None:
             if name.startswith("report-cache-v") and name != CACHE_NAME and not name.endswith(".tmp"):
                 os.unlink(os.path.join(cache_dir, name))
     except OSError as exc:
-        print("vmstats report: cache not written (%s)" % exc, file=sys.stderr)
+        # headroom, admit and backtest read through here too: no command's name in the line.
+        print("warning: statistics cache not written to %s: %s" % (cache_dir, exc.strerror or exc),
+              file=sys.stderr)
         try:
             os.unlink(temporary)
         except OSError:
