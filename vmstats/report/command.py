@@ -350,7 +350,10 @@ def check_output(out_dir: str) -> None:
     help="Folder for report.html, report.csv, report.json.",
 )
 @click.option(
-    "--days", type=IntRange(1, MAX_DAYS), default=None, help="Look-back in whole days (default 14)."
+    "--days",
+    type=IntRange(1, MAX_DAYS),
+    default=None,
+    help="Look-back in whole days (default %d)." % DEFAULTS["days"],
 )
 @click.option("--since", default=None, metavar="YYYY-MM-DD", help="First day of the window (UTC).")
 @click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC).")
