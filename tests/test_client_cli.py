@@ -1,6 +1,7 @@
 """The agent's command line: --once, and one readable line for every bad setting."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,20 @@ def test_bundle_to_an_unwritable_place_is_one_line(tmp_path):
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_help_gives_every_default_the_operations_guide_gives():
+    """--help says each setting's default, the same as docs/OPERATIONS.md's table of settings."""
+    documented = {}
+    for row in (ROOT / "docs" / "OPERATIONS.md").read_text().splitlines():
+        cells = [c.strip() for c in row.split(" | ")]
+        if row.startswith("| `--") and len(cells) >= 3 and cells[2].startswith("`"):
+            documented[cells[0].strip("| `").split()[0]] = cells[2].split("`")[1]
+    assert {"--transport", "--interval", "--spool-max", "--proc-root"} <= set(documented)
+    shown = " ".join(agent("--help").stdout.split())  # argparse wraps the help text
+    for flag, value in documented.items():
+        if flag in ("--host-file", "--spool-dir"):  # defaults that are paths the help words itself
+            assert value in shown, flag
+            continue
+        own = r"(?:(?! --).)*?"  # within this flag's help, not the next flag's
+        assert re.search(r"%s %s\(default: %s\)" % (re.escape(flag), own, re.escape(value)), shown), flag

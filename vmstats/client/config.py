@@ -17,6 +17,7 @@ import argparse
 import os
 
 from vmstats import __version__
+from vmstats.protocol import DEFAULT_PORT
 
 DEFAULT_CONFIG = "/etc/vmstats/agent.conf"
 ENV_PREFIX = "VMSTATS_"
@@ -85,7 +86,7 @@ def _default_spool():
 
 #: name -> (converter, default, metavar, help).  One place for every setting.
 OPTIONS = (
-    ("server", _server, None, "HOST:PORT", "aggregator address (port defaults to 8899)"),
+    ("server", _server, None, "HOST:PORT", "aggregator address (port defaults to %d)" % DEFAULT_PORT),
     ("transport", _choice("udp", "tcp"), "udp", "udp|tcp",
      "udp: fire-and-forget; tcp: spooled on disk until acknowledged"),
     ("interval", _number(float, 0, True), 60.0, "SECONDS", "one record per interval"),
@@ -126,7 +127,11 @@ def build_parser(prog="vmstats agent"):
         "and push one record per interval to a vmstats aggregator.",
         epilog="Every option can also be set as VMSTATS_<NAME> in the environment "
         "(e.g. VMSTATS_SERVER) or as 'name = value' in the config file.")
-    for name, _convert, _default, metavar, text in OPTIONS:
+    for name, _convert, default, metavar, text in OPTIONS:
+        if default is not None:
+            # The help says the default from the one table the agent runs on, as the others
+            # ("default: ...") say theirs: an operator should not need the docs for it.
+            text += " (default: %s)" % ("%g" % default if isinstance(default, float) else default)
         parser.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar, help=text)
     parser.add_argument("--once", action="store_true",
                         help="sample one second, print the record and exit (sends nothing)")
