@@ -202,3 +202,23 @@ def test_a_bad_inventory_stops_the_start_with_one_line(tmp_path):
         result.stderr.strip().splitlines()[-1]
         == "Error: inventory %s: host[0] (h).mem_gb: missing" % inventory
     )
+
+
+@pytest.mark.parametrize("no_http", [["--no-http"], ["--http-port", "-1"]])
+def test_an_inventory_without_http_is_a_usage_error_not_ignored(tmp_path, no_http):
+    """With the HTTP port off no admission can be asked: the inventory, even a bad one, was
+    never read and the server started as if it had not been given."""
+    import subprocess
+    import sys
+
+    inventory = tmp_path / "hosts.toml"
+    inventory.write_text('[[host]]\nname = "h"\nvcpus = 8\n')  # bad too: no mem_gb
+    result = subprocess.run(
+        [sys.executable, "-m", "vmstats", "serve", "--bind", LOOPBACK, "--udp-port", "0", "--tcp-port", "0",
+         *no_http, "--data-dir", str(tmp_path / "data"), "--inventory", str(inventory), "--duration", "5s"],
+        capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "Error: --inventory answers POST /admission on the HTTP port: it needs HTTP "
+        "(not --no-http or --http-port -1)"), result.stderr
+    assert not (tmp_path / "data").exists()  # refused before the start

@@ -264,6 +264,11 @@ def serve(**options) -> None:
         Policy(options["compact_after"], options["retain_raw"], options["retain_rollups"]).check()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if options["inventory"] and options["http_port"] < 0:
+        # Without HTTP the inventory was never read: a bad one started the server all the same,
+        # and an operator who asked for admission got a server that answers none.
+        raise click.UsageError("--inventory answers POST /admission on the HTTP port: it needs "
+                               "HTTP (not --no-http or --http-port -1)")
     if options["inventory"]:
         from vmstats.capacity.demand import parse_percentile
         from vmstats.capacity.errors import CapacityError
