@@ -232,3 +232,16 @@ def test_unusable_directories_and_names_are_one_line_that_names_them(tmp_path):
     error = one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--allow",
                                    "10.0.0.0/33"))
     assert "--allow" in error and "10.0.0.0/33" in error
+
+
+@pytest.mark.parametrize("option", ["--flush-interval", "--fsync-interval", "--capacity-refresh"])
+def test_a_period_of_zero_is_refused_not_run_back_to_back(tmp_path, option):
+    """0 between two runs kept a core busy fsyncing or summarising (the flush ran every second,
+    silently): refused at start, as a usage error naming the option."""
+    result = run_cli("--bind", LOOPBACK, "--udp-port", "0", "--tcp-port", "0", "--no-http",
+                     "--data-dir", str(tmp_path / "d"), "--duration", "1s", option, "0s")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: Invalid value for '%s': '0s' is a period between two runs: it must be more than 0s"
+        % option), result.stderr
+    assert not (tmp_path / "d").exists()

@@ -17,18 +17,30 @@ from vmstats.server.signing import load_keys
 
 
 class _Duration(click.ParamType):
+    """A duration (90s, 5m, 1h); ``period``: the time between two runs of a job, never 0.
+
+    A period of 0 did not mean "never" (as --compact-interval's 0 does): the fsync and
+    capacity jobs ran back to back, a core busy for nothing, and the flush silently ran
+    every second (the scheduler's floor).
+    """
+
     name = "duration"
 
+    def __init__(self, period: bool = False):
+        self.period = period
+
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
         try:
-            return parse_duration(value)
+            seconds = float(value) if isinstance(value, (int, float)) else parse_duration(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if self.period and seconds <= 0:
+            self.fail("%r is a period between two runs: it must be more than 0s" % value, param, ctx)
+        return seconds
 
 
 DURATION = _Duration()
+PERIOD = _Duration(period=True)
 #: The defaults live in ServerConfig; the options show them.
 D = ServerConfig()
 
@@ -77,7 +89,7 @@ class UTCFormatter(logging.Formatter):
               show_default=True,
               help="How often a compaction pass runs (vmstats compact, in its own process; 0 = never).")
 @retention_options
-@click.option("--flush-interval", type=DURATION, default=_seconds(D.flush_interval), show_default=True,
+@click.option("--flush-interval", type=PERIOD, default=_seconds(D.flush_interval), show_default=True,
               help="How often the buffer is written to the logs.")
 @click.option("--workers", type=IntRange(1, 256), default=None,
               help="Writer processes (default: number of cores).")
@@ -152,7 +164,7 @@ class UTCFormatter(logging.Formatter):
               help="When the journal is forced to disk: off (a machine crash may lose what the "
                    "page cache held), interval (every --fsync-interval), batch (before each TCP "
                    "ack; slowest).")
-@click.option("--fsync-interval", type=DURATION, default=_seconds(D.fsync_interval),
+@click.option("--fsync-interval", type=PERIOD, default=_seconds(D.fsync_interval),
               show_default=True, help="Seconds between journal fsyncs with --fsync interval.")
 @click.option("--influx-port", type=IntRange(-1, 65535), default=D.influx_port,
               show_default=True,
@@ -184,7 +196,7 @@ class UTCFormatter(logging.Formatter):
 @click.option("--inventory", type=click.Path(dir_okay=False), default=None,
               help="Host inventory (TOML, docs/CAPACITY.md): enables POST /admission on the HTTP "
                    "port, answered from a per-host demand summary of the logs (needs the status token).")
-@click.option("--capacity-refresh", type=DURATION, default=_seconds(D.capacity_refresh), show_default=True,
+@click.option("--capacity-refresh", type=PERIOD, default=_seconds(D.capacity_refresh), show_default=True,
               help="How often the per-host demand summary is recomputed from the logs.")
 @click.option("--admission-hold", type=DURATION, default=_seconds(D.admission_hold), show_default=True,
               help="How long an admission answer's offer holds its room on its hosts.")
