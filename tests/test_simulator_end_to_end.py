@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from serverproc import ROOT, serve
 
 from vmstats import logstore
@@ -251,3 +252,20 @@ def test_ctrl_c_mid_run_exits_130_with_one_line(tmp_path):
         run.send_signal(signal.SIGINT)
         _out, err = run.communicate(timeout=30)
     assert run.returncode == 130 and err.splitlines() == ["vmstats simulate: interrupted"], err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--days", "1e300"], "Error: Invalid value for '--days': 1e+300 is not in the range 0<x<=3660."),
+    (["--end", "99999999999999"], "Error: Invalid value for --end: 99999999999999 is after "
+                                  "5138-11-16T09:46Z, the last minute a record can be stamped in"),
+    (["--end", "9999-12-31"], "Error: Invalid value for --end: 9999-12-31 is after 5138-11-16T09:46Z, "
+                              "the last minute a record can be stamped in"),
+    # --end 0 is the epoch, not "now": a day up to it has no minute a record can be stamped in.
+    (["--end", "0", "--days", "1"], "Error: Invalid value for --days: the 1 day up to --end 0 would "
+                                    "start before 1970-01-01"),
+])
+def test_times_out_of_any_records_reach_are_one_line(args, message):
+    """Huge --days and --end ended in OverflowError and 'year 3170843 is out of range' tracebacks."""
+    done = vmstats("simulate", "--vms", "1", "--dry-run", *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == message

@@ -234,13 +234,17 @@ def format_tags(tags, separator=","):
     return separator.join("%s=%s" % pair for pair in tags) if tags else ""
 
 
+#: Stamps below this are Unix seconds (until year 5138); larger ones are ms, us or ns.
+SECONDS_BELOW = 100000000000
+
+
 def normalize_timestamp(value):
     """Unix seconds from seconds, ms, us or ns, told apart by magnitude.
 
     Up to 1e11 is seconds (until year 5138), up to 1e14 milliseconds, up to
     1e17 microseconds, beyond that nanoseconds (Telegraf's default).
     """
-    if value < 100000000000:
+    if value < SECONDS_BELOW:
         return value
     if value < 100000000000000:
         return value // 1000

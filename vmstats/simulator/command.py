@@ -13,26 +13,39 @@ import click
 
 from vmstats.options import FiniteRange, IntRange
 from vmstats.progress import Progress
-from vmstats.protocol import decimal, encode_records
-from vmstats.words import counted
+from vmstats.protocol import SECONDS_BELOW, decimal, encode_records
+from vmstats.report.settings import MAX_DAYS
+from vmstats.words import counted, plural
 
 TRANSPORT = click.Choice(["udp", "tcp"])
 #: UDP has no flow control; this pace keeps a loopback server's socket buffer from overflowing.
 DEFAULT_UDP_RATE = 20000
 
 
-def _moment(text: str | None) -> int | None:
+#: The last minute a record can be stamped in seconds (in year 5138): a later stamp reads as
+#: milliseconds on the wire, and one past year 9999 ended in a traceback here.
+_LAST_MOMENT = (SECONDS_BELOW - 1) // 60 * 60
+_TOO_LATE = "%%s is after %s, the last minute a record can be stamped in" % (
+    datetime.datetime.fromtimestamp(_LAST_MOMENT, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"))
+
+
+def _moment(text: str | None, option: str) -> int | None:
     """Unix seconds from ``1732262400``, ``2024-05-01`` or ``2024-05-01T09:00:00Z`` (UTC by default)."""
     if text is None:
         return None
     if text.isascii() and text.isdigit():  # isdigit alone takes every script's digits
+        if int(text) > _LAST_MOMENT:  # the calendar's end: datetime cannot name a later minute
+            raise click.BadParameter(_TOO_LATE % text, param_hint=option)
         return int(text)
     try:
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter("%r is neither Unix seconds nor an ISO 8601 time" % text) from None
+        raise click.BadParameter("%r is neither Unix seconds nor an ISO 8601 time" % text,
+                                 param_hint=option) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
+    if moment.timestamp() > _LAST_MOMENT:
+        raise click.BadParameter(_TOO_LATE % text, param_hint=option)
     return int(moment.timestamp())
 
 
@@ -121,8 +134,9 @@ def common_options(func):
 
 @click.command()
 @click.option("--vms", type=IntRange(1, 1_000_000), default=200, show_default=True, help="Fleet size.")
-@click.option("--days", type=FiniteRange(min=0, min_open=True), default=7.0, show_default=True,
-              help="Simulated days of 1-minute records, ending at the current minute.")
+@click.option("--days", type=FiniteRange(min=0, max=MAX_DAYS, min_open=True), default=7.0, show_default=True,
+              help="Simulated days of 1-minute records, ending at the current minute (at most "
+                   "the report's longest look-back).")
 @click.option("--seed", type=IntRange(), default=1, show_default=True,
               help="The same seed gives the same fleet.")
 @click.option("--mix", default=None,
@@ -171,7 +185,11 @@ def simulate(vms, days, seed, mix, speed, truth, end, inventory, workers, preloa
         raise click.BadParameter(str(exc), param_hint="--mix") from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--server") from None
-    start, stop = fleets.period(_moment(end) or time.time(), days)
+    end_at = _moment(end, "--end")
+    start, stop = fleets.period(time.time() if end_at is None else end_at, days)
+    if start < 0:  # a stamp is digits (docs/PROTOCOL.md): none is before the epoch
+        raise click.BadParameter("the %g %s up to --end %s would start before 1970-01-01"
+                                 % (days, plural(days, "day"), end), param_hint="--days")
     fleet = fleets.make_fleet(vms, seed, weights, start, stop)
     if inventory:
         fleet = _place_on_hosts(fleet, seed, inventory)
@@ -330,12 +348,13 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_p
             raise click.BadParameter(str(exc), param_hint="--pack-ratio") from None
         packer = HostPacker(seed, fill=pack_fill or DEFAULT_FILL, **ratios)
     quirks: Counter = Counter()
+    first = _moment(start, "--start")
     try:
         mapping = traces.load_vm_map(vm_map) if vm_map else None
         files = traces.find_trace_files(paths)
         if not files:
             raise traces.TraceError("no trace files under %s" % ", ".join(paths))
-        found = [traces.read_trace(path, fmt, vm_map=mapping, start=_moment(start), interval=interval,
+        found = [traces.read_trace(path, fmt, vm_map=mapping, start=first, interval=interval,
                                    fill=fill, quirks=quirks) for path in files]
     except traces.TraceError as exc:
         raise click.ClickException(str(exc)) from None
