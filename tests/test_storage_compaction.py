@@ -335,7 +335,7 @@ def test_a_future_dated_file_is_reported_and_does_not_lift_the_cap(tmp_path):
     assert tiers("rollups") == names[2:6]
     assert stray.exists()
     assert summary.future_files == sorted([str(copy), str(stray)])
-    assert summary.notices()[0].startswith("future-dated: 2 day file(s) dated after tomorrow by "
+    assert summary.notices()[0].startswith("future-dated: 2 day files dated after tomorrow by "
                                            "this clock, e.g. %s: not taken as" % min(copy, stray))
     assert "retention held back: the clock is 120.0 days" in summary.notices()[1]
     # The next day's file (a record a little ahead of the clock near midnight) is not future-dated.
@@ -434,7 +434,7 @@ def test_the_server_with_its_clock_months_ahead_keeps_recent_days(tmp_path):
     assert sorted(p.stem for p in (data / "rollups").glob("*.parquet")) == names[2:6] + ["2099-01-01"]
     assert ("WARNING vmstats.server.compaction: compaction: retention held back: the clock is 12"
             in server.output)
-    assert "compaction: future-dated: 1 day file(s) dated after tomorrow" in server.output
+    assert "compaction: future-dated: 1 day file dated after tomorrow" in server.output
 
 
 def test_the_server_counts_a_lock_folder_and_logs_it_once(tmp_path):

@@ -41,6 +41,7 @@ from vmstats.server.signing import (
     stale,
     unsigned_lines,
 )
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class SignatureMemory:
                 self._mark(key_id, stamp)
                 restored += 1
         if ahead:
-            log.warning("journal: %d #!seen line(s) signed in the future skipped (damaged)", ahead)
+            log.warning("journal: %s signed in the future skipped (damaged)", counted(ahead, "#!seen line"))
         return restored
 
     def start(self) -> None:

@@ -131,9 +131,9 @@ class Summary:
         which the server's compaction service counts."""
         found = []
         if self.future_files:
-            found.append("%s: %d day file(s) dated after tomorrow by this clock, e.g. %s: not taken as "
+            found.append("%s: %s dated after tomorrow by this clock, e.g. %s: not taken as "
                          "the newest data's day, left in place; remove them if they are stray copies"
-                         % (FUTURE_DATED, len(self.future_files),
+                         % (FUTURE_DATED, counted(len(self.future_files), "day file"),
                             logstore.printable(self.future_files[0])))
         if self.clock_ahead and self.newest_day is not None:
             found.append("%s: the clock is %.1f days past the end of the newest data's day %s (a "
