@@ -219,15 +219,34 @@ def test_bad_inputs_fail_with_one_readable_line(tmp_path):
 
 
 
-def test_a_summary_that_cannot_be_written_and_a_closed_port_are_one_line(tmp_path):
-    """What was sent is sent; a --json in a missing folder, or no server on the UDP port of a
-    pool, is one Error line, not a traceback."""
-    missing = tmp_path / "no-such-folder" / "summary.json"
+def test_an_output_that_cannot_be_written_is_refused_before_the_run_and_a_closed_port_is_one_line(
+        tmp_path):
+    """A --json (or --pack-hosts, --truth) in a missing folder, under a file or naming a folder was
+    found only after every record was sent: it is one line before anything is sent or written.
+    No server on the UDP port of a pool is one Error line too, not a traceback."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a-file").write_text("")
+    missing = out / "no-such-folder" / "out.json"
+    cases = [(str(missing), "%s does not exist (no folder is made for it)" % missing.parent),
+             (str(out / "a-file" / "out.json"), "%s is not a folder" % (out / "a-file")),
+             (str(out), "%s is a folder, not a file" % out)]
     with serve(tmp_path, "--flush-interval", "0.5") as server:
-        for args in (["simulate", "--vms", "1", "--days", "0.01"], ["simulate-pool", "--duration", "1"]):
-            done = vmstats(*args, "--server", "127.0.0.1:%d" % server.tcp_port, "--json", str(missing))
-            assert done.returncode == 1 and done.stderr.splitlines() == [
-                "Error: cannot write --json %s: No such file or directory" % missing], done.stderr
+        address = ["--server", "127.0.0.1:%d" % server.tcp_port]
+        for path, why in cases:
+            for args, option in (
+                    (["simulate", "--vms", "1", "--days", "0.01", *address, "--json", path], "--json"),
+                    (["simulate", "--vms", "1", "--days", "0.01", *address, "--truth", path], "--truth"),
+                    (["simulate-pool", "--duration", "1", *address, "--json", path], "--json"),
+                    (["replay", "--format", "bitbrains", str(BITBRAINS), *address, "--pack-hosts", path],
+                     "--pack-hosts"),
+                    (["score", "--truth", "t.csv", "--report", "r.csv", "--json", path], "--json")):
+                done = vmstats(*args)
+                assert done.returncode == 2 and done.stderr.splitlines() == [
+                    "Error: Invalid value for '%s': %s" % (option, why)], (args, done.stderr)
+                assert done.stdout == "", (args, done.stdout)
+        assert server.metrics().get("vmstats_records_received_total", 0) == 0
+    assert [p.name for p in out.iterdir()] == ["a-file"]  # nothing made early
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]

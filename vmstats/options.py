@@ -3,7 +3,7 @@
 import math
 import os
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -87,3 +87,39 @@ class OutputFolder(click.ParamType):
         if os.path.lexists(value) and not os.path.isdir(value):
             self.fail("%s is a file, not a folder" % value, param, ctx)
         return value
+
+
+class OutputFile(click.ParamType):
+    """A file a command writes (``--json``, ``-o``), checked before the command does any work.
+
+    Several commands write their file only at the end of a run that takes
+    minutes (every record sent, then the summary): a folder that is not there
+    failed the run only then, with the records already sent.  The checks here
+    create nothing, so a run refused later leaves no empty file behind.  The
+    refusal is one line with a usage error's status 2: it names the option,
+    and the usage block click adds to a parameter's errors says nothing about
+    the path.
+    """
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not value:
+            self._refuse("an empty file name", param, ctx)
+        if os.path.isdir(value):
+            self._refuse("%s is a folder, not a file" % value, param, ctx)
+        folder = os.path.dirname(value) or "."
+        if not os.path.isdir(folder):
+            self._refuse("%s %s" % (folder, "is not a folder" if os.path.lexists(folder)
+                                    else "does not exist (no folder is made for it)"), param, ctx)
+        target = value if os.path.lexists(value) else folder
+        if not os.access(target, os.W_OK):
+            self._refuse("%s is not writable" % target, param, ctx)
+        return value
+
+    @staticmethod
+    def _refuse(message: str, param: click.Parameter | None, ctx: click.Context | None) -> NoReturn:
+        hint = param.get_error_hint(ctx) if param is not None and ctx is not None else "the file"
+        refusal = click.ClickException("Invalid value for %s: %s" % (hint, message))
+        refusal.exit_code = 2  # a usage error's status; click adds its usage block only to UsageError
+        raise refusal

@@ -11,7 +11,7 @@ from collections import Counter
 
 import click
 
-from vmstats.options import FiniteRange, IntRange
+from vmstats.options import FiniteRange, IntRange, OutputFile
 from vmstats.progress import Progress
 from vmstats.protocol import SECONDS_BELOW, decimal, encode_records
 from vmstats.report.settings import MAX_DAYS
@@ -121,7 +121,7 @@ _common = [
                  help="Cap in records/s (0 = none). Default: none over tcp, %d over udp." % DEFAULT_UDP_RATE),
     click.option("--timeout", type=FiniteRange(1), default=120.0, show_default=True,
                  help="Give up when the server acknowledges nothing for this many seconds."),
-    click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+    click.option("--json", "json_path", type=OutputFile(), default=None,
                  help="Also write the run's summary here as JSON."),
 ]
 
@@ -145,11 +145,11 @@ def common_options(func):
 @click.option("--speed", default="max", show_default=True,
               help="'max', or simulated seconds per real second (60: a simulated minute each second); "
                    "records go out in time order, in steps of at most a real second.")
-@click.option("--truth", type=click.Path(dir_okay=False), default=None,
+@click.option("--truth", type=OutputFile(), default=None,
               help="Write each VM's size, profile and expected report category here (CSV).")
 @click.option("--end", default=None,
               help="Last minute of the period (Unix seconds or ISO 8601). Default: now.")
-@click.option("--inventory", type=click.Path(dir_okay=False), default=None,
+@click.option("--inventory", type=OutputFile(), default=None,
               help="Place the VMs on simulated hosts (a mix of sizes, filled as Nova would), send each "
                    "VM's host tag, and write the hosts here as an inventory (TOML).")
 @click.option("--workers", type=IntRange(1, 64), default=1, show_default=True,
@@ -286,7 +286,7 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 @click.option("--inventory", "inventory_path", type=click.Path(), default=None,
               help="Send each VM's host tag as this host inventory places it (its hosts' `vms` selectors); "
                    "VMs it does not place go untagged.")
-@click.option("--pack-hosts", type=click.Path(dir_okay=False), default=None,
+@click.option("--pack-hosts", type=OutputFile(), default=None,
               help="Place the trace's VMs on simulated hosts as they appear (a mix of sizes, filled as "
                    "Nova would), send each VM's host tag, and write the hosts here as an inventory (TOML).")
 @click.option("--pack-fill", type=FiniteRange(0, 1, min_open=True), default=None,
@@ -450,7 +450,7 @@ def render_quirks(quirks: Counter) -> str:
               help="The truth file of vmstats simulate.")
 @click.option("--report", "report_path", type=click.Path(), required=True,
               help="The report's report.csv (or the folder holding it).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_path", type=OutputFile(), default=None,
               help="Also write the score here as JSON.")
 @click.option("--max-wrong", type=IntRange(0), default=30, show_default=True,
               help="List at most this many wrong verdicts.")
