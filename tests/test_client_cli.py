@@ -125,6 +125,16 @@ def test_bundle_to_an_unwritable_place_is_one_line(tmp_path):
     assert not list(tmp_path.glob("**/*.tmp"))
 
 
+def test_bundle_to_an_empty_name_is_one_usage_line(tmp_path):
+    """-o "" read as a path to open ("cannot write :"); it is a usage error that says what is wrong."""
+    result = subprocess.run([sys.executable, "-m", "vmstats", "agent-bundle", "-o", ""], cwd=str(tmp_path),
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "Error: Invalid value for '-o' / '--output': an empty file name"], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_gives_every_default_the_operations_guide_gives():
     """--help says each setting's default, the same as docs/OPERATIONS.md's table of settings."""
     documented = {}

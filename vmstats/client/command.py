@@ -11,6 +11,7 @@ import click
 
 from vmstats.client import bundle
 from vmstats.client.__main__ import main as agent_main
+from vmstats.options import OutputFile
 from vmstats.words import counted
 
 
@@ -25,7 +26,7 @@ def agent(args: tuple) -> None:
 
 @click.command("agent-bundle")
 @click.option("-o", "--output", default="vmstats-agent.pyz", show_default=True,
-              type=click.Path(dir_okay=False, writable=True),
+              type=OutputFile(),
               help="where to write the single-file agent")
 def agent_bundle(output: str) -> None:
     """Build the agent as one file that runs with any python3 >= 3.6."""
