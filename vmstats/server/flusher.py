@@ -21,6 +21,7 @@ from vmstats.server.every import Every, IntervalJob
 from vmstats.server.memory import release_free_memory
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.writer import MarshalledShare, WriterProcess, init_writer, write_share
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,9 @@ class FlusherService(service.Service):
         self.failing_vms = len(kept)
         if kept:
             # Once per period, not once per VM: a full disk fails every VM of every flush.
-            self._trouble.emit("writing the records of %d vms failed (will retry; %d records "
-                               "held): %s", len(kept), self.buffer.count, first_error)
+            self._trouble.emit("writing the records of %s failed (will retry; %s held): %s",
+                               counted(len(kept), "VM"), counted(self.buffer.count, "record"),
+                               first_error)
         elif mark is not None:
             self.journal.retire(mark)  # everything the flush took is in the logs
         self._free(tasks, self.in_flight_records)

@@ -41,6 +41,7 @@ from vmstats.server.parse import native_reader
 from vmstats.server.parsers import ParserService
 from vmstats.server.replay import replay
 from vmstats.server.signing import keys_config, native_checks
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -345,10 +346,11 @@ class Aggregator(service.MultiService):
         s = self.metrics.snapshot(self.buffer.count, len(self.buffer.table), self.in_flight())
         lines = [
             "vmstats serve: summary after %.1fs" % s["uptime_seconds"],
-            "  records received  %d (%d datagrams, %d bytes)" % (
-                s["records_received"], s["datagrams_received"], s["bytes_received"]),
-            "  records written   %d in %d flushes (write failures %d)" % (
-                s["flushed_records"], s["flushes"], s["write_failures"]),
+            "  records received  %d (%s, %s)" % (
+                s["records_received"], counted(s["datagrams_received"], "datagram"),
+                counted(s["bytes_received"], "byte")),
+            "  records written   %d in %s (write failures %d)" % (
+                s["flushed_records"], counted(s["flushes"], "flush", "flushes"), s["write_failures"]),
             "  repeats           %d (a (VM, time) already held or logged: kept once)" % (
                 s["repeated_records"]),
             "  VMs seen          %d" % len(self.buffer.last_seen),
@@ -362,19 +364,19 @@ class Aggregator(service.MultiService):
             lines.append("  other formats     %s" % ", ".join(
                 "%s %d" % (key, count) for key, count in s["edge"].items()))
         tcp, conns = s["tcp"], s["connections"]["tcp"]
-        lines.append("  tcp               %d connections (%d evicted, %d idle-closed, %d not "
-                     "allowed), %d acks, %d naks" % (
-                         conns["total"], conns["evicted_per_source"] + conns["evicted_full"],
-                         conns["idle_closed"], conns["not_allowed"], tcp["acks"], tcp["naks"]))
+        lines.append("  tcp               %s (%d evicted, %d idle-closed, %d not allowed), %s, %s" % (
+            counted(conns["total"], "connection"), conns["evicted_per_source"] + conns["evicted_full"],
+            conns["idle_closed"], conns["not_allowed"], counted(tcp["acks"], "ack"),
+            counted(tcp["naks"], "nak")))
         if self.rules is not None:
             lines.append("  rules             " + self.rules.summary())
         if self.flusher.unwritten:
-            lines.append("  NOT WRITTEN       %d records" % self.flusher.unwritten)
+            lines.append("  NOT WRITTEN       %s" % counted(self.flusher.unwritten, "record"))
         if self.journal is not None and self.journal.segments():
             # With every record in the logs, what is kept is state for the next start to resume
             # from (other agents' counters and open minutes, signatures seen), not records.
-            lines.append("  journal           %d segments kept in %s: %s" % (
-                self.journal.segments(), self.journal.directory,
+            lines.append("  journal           %s kept in %s: %s" % (
+                counted(self.journal.segments(), "segment"), self.journal.directory,
                 "replayed at the next start" if self.flusher.unwritten
                 else "state the next start resumes from (every record is in the logs)"))
         if self.flusher.deadline_missed:
