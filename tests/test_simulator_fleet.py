@@ -27,6 +27,25 @@ def test_same_seed_same_fleet_and_series_other_seed_differs():
     assert fleets.truth_csv(other) != fleets.truth_csv(one)
 
 
+def test_the_demo_help_says_what_its_seed_fixes_and_what_the_start_minute_does():
+    """bin/demo passes no --end: the seed fixes sizes and profiles, while the records move with the
+    minute the demo starts; its --help said "the same seed gives the same fleet", read as the records."""
+    import subprocess
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parent.parent / "bin" / "demo"
+    usage = subprocess.run([str(demo), "--help"], capture_output=True, text=True, timeout=30).stdout
+    seed_help = " ".join(usage.split("--seed S", 1)[1].split("--duration", 1)[0].split())
+    assert "same VM sizes and profiles" in seed_help and "the minute the demo starts" in seed_help, seed_help
+    start, stop = fleets.period(END, 0.1)
+    later_start, later_stop = fleets.period(END + 60, 0.1)  # the demo started a minute later
+    now, later = fleets.make_fleet(20, 1, None, start, stop), fleets.make_fleet(20, 1, None, later_start,
+                                                                                later_stop)
+    assert fleets.truth_csv(now) == fleets.truth_csv(later)
+    assert [b for _t, b in fleets.generate(now, 1, start, stop)] != \
+        [b for _t, b in fleets.generate(later, 1, later_start, later_stop)]
+
+
 def test_a_vms_series_does_not_depend_on_fleet_size():
     start, stop = fleets.period(END, 0.5)
     small = fleets.make_fleet(3, 9, {"idle": 1}, start, stop)
