@@ -94,3 +94,13 @@ def test_score_bad_inputs_are_one_readable_line(tmp_path):
         out = vmstats("score", *args)
         assert out.returncode == 1 and "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
+
+
+def test_a_truth_of_one_vm_is_counted_in_the_singular(tmp_path):
+    """A one-VM demo (bin/demo --vms 1) printed "0 of 1 VMs right"."""
+    (tmp_path / "truth.csv").write_text(TRUTH.splitlines()[0] + "\n" + TRUTH.splitlines()[1] + "\n")
+    (tmp_path / "report.csv").write_text(REPORT.splitlines()[0] + "\n" + REPORT.splitlines()[1] + "\n")
+    out = vmstats("score", "--truth", str(tmp_path / "truth.csv"), "--report", str(tmp_path / "report.csv"))
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first == "Score against the simulator's truth: 1 of 1 VM right (100.0 %)", out.stdout

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from vmstats.simulator.fleet import TRUTH_COLUMNS
 from vmstats.simulator.profiles import EXPECTED
-from vmstats.words import plural
+from vmstats.words import part_of, plural
 
 #: Report categories in display order; a VM absent from the report is "missing".
 REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "upsize", "keep", "stopped", "insufficient-data",
@@ -153,8 +153,8 @@ def score(truth: dict[str, TruthRow], report: dict[str, tuple[str, float]]) -> S
 
 def render(result: Score, max_wrong: int = 30) -> str:
     """The terminal summary: accuracy per expected category, the confusion table, the misses."""
-    lines = ["Score against the simulator's truth: %d of %d VMs right (%.1f %%)"
-             % (result.correct, result.total, 100.0 * result.accuracy), ""]
+    lines = ["Score against the simulator's truth: %s right (%.1f %%)"
+             % (part_of(result.correct, result.total, "VM"), 100.0 * result.accuracy), ""]
     lines.append("%-10s %5s %7s %9s" % ("expected", "VMs", "right", "accuracy"))
     for name, (n, c) in result.per_expected.items():
         if n:
