@@ -27,16 +27,22 @@ def test_same_seed_same_fleet_and_series_other_seed_differs():
     assert fleets.truth_csv(other) != fleets.truth_csv(one)
 
 
-def test_the_demo_help_says_what_its_seed_fixes_and_what_the_start_minute_does():
+def test_the_demo_and_simulate_help_say_what_the_seed_fixes_and_what_the_end_minute_does():
     """bin/demo passes no --end: the seed fixes sizes and profiles, while the records move with the
-    minute the demo starts; its --help said "the same seed gives the same fleet", read as the records."""
+    minute the demo starts; its --help, and simulate's, said "the same seed gives the same fleet",
+    read as the records."""
     import subprocess
+    import sys
     from pathlib import Path
 
     demo = Path(__file__).resolve().parent.parent / "bin" / "demo"
     usage = subprocess.run([str(demo), "--help"], capture_output=True, text=True, timeout=30).stdout
     seed_help = " ".join(usage.split("--seed S", 1)[1].split("--duration", 1)[0].split())
     assert "same VM sizes and profiles" in seed_help and "the minute the demo starts" in seed_help, seed_help
+    usage = subprocess.run([sys.executable, "-m", "vmstats", "simulate", "--help"], capture_output=True,
+                           text=True, timeout=30).stdout
+    seed_help = " ".join(usage.split("--seed", 1)[1].split("--mix", 1)[0].split())
+    assert "same VM sizes and profiles" in seed_help and "same --end" in seed_help, seed_help
     start, stop = fleets.period(END, 0.1)
     later_start, later_stop = fleets.period(END + 60, 0.1)  # the demo started a minute later
     now, later = fleets.make_fleet(20, 1, None, start, stop), fleets.make_fleet(20, 1, None, later_start,

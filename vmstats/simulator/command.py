@@ -138,7 +138,8 @@ def common_options(func):
               help="Simulated days of 1-minute records, ending at the current minute (at most "
                    "the report's longest look-back).")
 @click.option("--seed", type=IntRange(), default=1, show_default=True,
-              help="The same seed gives the same fleet.")
+              help="The same seed gives the same VM sizes and profiles; with the same --end, "
+                   "the same records too (without it the records move with the current minute).")
 @click.option("--mix", default=None,
               help="Profile weights, e.g. 'idle=30,oversized=20,steady_busy=50' (unnamed: none). "
                    "Default: a typical private cloud (see docs/SIMULATOR.md).")
