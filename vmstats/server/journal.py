@@ -122,6 +122,9 @@ class Journal:
         #: Called before segments are deleted: what must outlive them is saved first (auth.py's
         #: signature marks, the edge's open minutes).  A hook that returns False keeps them.
         self.before_retire: list[Callable[[], object]] = []
+        #: Called when the directory was gone and is made again: what lived beside the segments
+        #: (the edge's key, the signature marks, the newest checkpoint) went with it.
+        self.after_remade: list[Callable[[], object]] = []
         self._syncer: Every | None = None
         self._trouble = RateLimitedLog(log, "journal error", burst=1, period=10.0)
 
@@ -254,6 +257,8 @@ class Journal:
         except FileNotFoundError:
             os.mkdir(self.directory)
             log.warning("journal: the directory %s was gone: made again", self.directory)
+            for hook in self.after_remade:
+                hook()
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, SEGMENT_MODE)
 
     def sync(self) -> bool:

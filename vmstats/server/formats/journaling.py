@@ -92,6 +92,15 @@ def load_key(directory: str) -> tuple[bytes, bool]:
     if os.path.lexists(path):
         log.warning("journal: %s holds no key (%d bytes): a new one is made", path, len(key))
     key = secrets.token_hex(32).encode("ascii")
+    problem = store_key(directory, key)
+    if problem is not None:
+        return _key_in_memory(path, "cannot be written", problem), False
+    return key, True
+
+
+def store_key(directory: str, key: bytes) -> OSError | None:
+    """Write ``key`` to the directory's key file durably, owner-only; the error if it could not."""
+    path = os.path.join(directory, KEY_FILE)
     temp = path + ".new"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -109,8 +118,8 @@ def load_key(directory: str) -> tuple[bytes, bool]:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        return _key_in_memory(path, "cannot be written", exc), False
-    return key, True
+        return exc
+    return None
 
 
 def _key_in_memory(path: str, what: str, exc: OSError) -> bytes:
@@ -144,6 +153,7 @@ class EdgeJournal:
         self.last_checkpoint: float | None = None
         #: Set at shutdown: the last checkpoint is written whenever the final flush retires.
         self.closing = False
+        journal.after_remade.append(self.remade)
 
     @property
     def key(self) -> bytes:
@@ -153,6 +163,23 @@ class EdgeJournal:
             self._key, durable = load_key(self.directory)
             self.key_in_memory = not durable
         return self._key
+
+    def remade(self) -> None:
+        """The journal directory was removed under the server, and its key file and newest
+        checkpoint with it.  The key this run signs with is written again before the new
+        segment takes a line (a restart would otherwise make another and take every line
+        since for forged), and the next retire writes a checkpoint whether it is due or not
+        (the open minutes' samples from before are in memory only)."""
+        self.last_checkpoint = None
+        self.changed = True
+        self.checkpoint_in = None
+        if self._key is None or self.key_in_memory:
+            return  # made when first needed, or never in a file this run
+        problem = store_key(self.directory, self._key)
+        if problem is not None:
+            self.key_in_memory = True
+            _key_in_memory(os.path.join(self.directory, KEY_FILE), "cannot be written again",
+                           problem)
 
     # -- writing ---------------------------------------------------------------------------------
     def _line(self, body: bytes) -> bytes:
