@@ -1,5 +1,6 @@
 """Keys bound to VMs, and replay protection that survives a restart (SIGTERM and SIGKILL)."""
 
+import shutil
 import signal
 import time
 
@@ -123,6 +124,29 @@ def test_a_signed_payload_replayed_after_a_restart_is_rejected(tmp_path, how):
     assert metrics[REPLAY] == 2
     assert raw_rows(tmp_path / "data") == {("10.30.0.1", t): 1, ("10.30.0.2", t): 1,
                                            ("10.30.0.1", t + 60): 1}
+
+
+def test_a_journal_directory_removed_under_the_server_gets_its_marks_back(tmp_path):
+    # Before: the marks file went with the directory and was written again only once a mark
+    # moved: with none moving, the restart had no floor and took a replay of a frame from
+    # before the removal.
+    keys = tmp_path / "keys"
+    keys.write_text("k1 s3cret\n")
+    t = now() - 120
+    frame = protocol.sign_payload("k1", "s3cret", records("10.32.0.1", ts=t),
+                                  now=int(time.time()) - 5)
+    args = ("--flush-interval", "0.3", "--auth-keys", str(keys))
+    journal = tmp_path / "data" / "journal"
+    with serve(tmp_path, *args) as first:
+        assert send_tcp(first, frame, "f1") == b"#!ack f1 1 0\n"
+        first.wait_metrics(lambda m: m["vmstats_flushed_records_total"] >= 1
+                           and m["vmstats_journal_segments"] == 0)
+        shutil.rmtree(str(journal))
+    assert (journal / "signatures").exists()
+    with serve(tmp_path, *args) as again:
+        assert send_tcp(again, frame, "f2") == b"#!nak f2 auth\n"
+        assert again.metrics()[REPLAY] == 1
+    assert raw_rows(tmp_path / "data") == {("10.32.0.1", t): 1}
 
 
 def test_seen_lines_are_read_back_from_a_segment_and_a_torn_one_is_ignored():

@@ -272,8 +272,10 @@ class SignatureMemory:
         self.save()
 
     def save(self) -> bool:
-        """Write the marks durably if they moved (before the journal deletes any segment)."""
-        if self.marks == self.saved:
+        """Write the marks durably if they moved (before the journal deletes any segment), or
+        if their file is gone (the journal directory removed under the server: the segments
+        retired next hold the only other copy)."""
+        if self.marks == self.saved and (not self.marks or os.path.lexists(self.path)):
             return True
         text = b"".join(b"%s %d\n" % item for item in sorted(self.marks.items()))
         try:
