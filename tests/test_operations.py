@@ -221,7 +221,7 @@ def test_package_metadata_declares_data_dependencies_and_license():
 @pytest.mark.parametrize(
     "make_out, message",
     [
-        (lambda t: t / "a-file" / "sub", "cannot write the report to"),
+        (lambda t: t / "a-file" / "sub", "a-file is a file, not a folder"),
         (lambda t: t / "a-file", "a-file is a file, not a folder"),
         (lambda t: t / "html-is-a-folder", "report.html is in the way"),
         (lambda t: "", "'-o' / '--out': an empty folder name (use . for the current folder)"),

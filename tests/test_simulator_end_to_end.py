@@ -229,7 +229,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run_and_a_closed
     (out / "a-file").write_text("")
     missing = out / "no-such-folder" / "out.json"
     cases = [(str(missing), "%s does not exist (no folder is made for it)" % missing.parent),
-             (str(out / "a-file" / "out.json"), "%s is not a folder" % (out / "a-file")),
+             (str(out / "a-file" / "out.json"), "%s is a file, not a folder" % (out / "a-file")),
              (str(out), "%s is a folder, not a file" % out)]
     with serve(tmp_path, "--flush-interval", "0.5") as server:
         address = ["--server", "127.0.0.1:%d" % server.tcp_port]

@@ -3,6 +3,7 @@
 import math
 import os
 import re
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import click
@@ -68,58 +69,134 @@ class FiniteRange(FloatRange):
         return number
 
 
-class OutputFolder(click.ParamType):
-    """The folder a command writes its files into (``-o``): an empty name, or a file's, is refused.
+class _OutputPath(click.ParamType):
+    """What the path types share: an empty name is refused, the checks create nothing, and a
+    refusal is one line with a usage error's status 2 that names the option.
 
-    Left alone, ``-o ""`` reads as no folder to a command whose outputs are
-    optional (nothing written, exit 0) and as a folder that cannot be made to
-    the others; an operator who passed it meant some folder, so every command
-    says the same instead.  A file where the folder should be got "File
-    exists" from one command and "cannot write to" from another: every command
-    now says what is wrong, in the same words.
+    click adds its usage block ("Usage: ... Try ... for help") to a parameter's errors; it
+    says nothing about the path, and a command that did not turn it off printed four lines for
+    one wrong name.  Raised here, the refusal reads the same in every command.  An empty name
+    is what an unset shell variable gives: taken for no path, it silently turned an output
+    (or a server's journal) off, so it is refused instead.
     """
 
-    name = "folder"
+    empty: str
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         if not value:
-            self.fail("an empty folder name (use . for the current folder)", param, ctx)
+            self._refuse(self.empty, param, ctx)
+        return value
+
+    def _refuse(self, message: str, param: click.Parameter | None, ctx: click.Context | None) -> NoReturn:
+        hint = param.get_error_hint(ctx) if param is not None and ctx is not None else "the %s" % self.name
+        refusal = click.ClickException("Invalid value for %s: %s" % (hint, message))
+        refusal.exit_code = 2  # a usage error's status; click adds its usage block only to UsageError
+        raise refusal
+
+    def _check_writable(self, target: str, param: click.Parameter | None, ctx: click.Context | None) -> None:
+        if not os.access(target, os.W_OK):
+            self._refuse("%s is not writable" % target, param, ctx)
+
+
+def _not_a_folder(path: str) -> str:
+    """Why ``path``, which is there, is no folder: a link to nothing is not called a file."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return "%s is a symbolic link to %s, which does not exist" % (path, os.readlink(path))
+    return "%s is a file, not a folder" % path
+
+
+def _nearest(path: str) -> str:
+    """``path`` if it is there, else the nearest folder above it that is (or what is in its
+    place): what stops a path from being made is the first thing on the way that is there."""
+    while not os.path.lexists(path):
+        path = os.path.dirname(os.path.abspath(path))
+    return path
+
+
+class FolderName(_OutputPath):
+    """A folder the command checks itself, once it knows more than a name says (``serve``'s
+    data and journal folders: what is in the way, and what of it the server owns); only an
+    empty name is refused here."""
+
+    name = "folder"
+    empty = "an empty folder name (use . for the current folder)"
+
+
+class FileName(_OutputPath):
+    """A file the command checks itself (``serve --status-file``); only an empty name is
+    refused here."""
+
+    name = "file"
+    empty = "an empty file name"
+
+
+class OutputFolder(FolderName):
+    """The folder a command writes its files into (``-o``, ``--cache-dir``), checked before the
+    command does any work.
+
+    A file where the folder should be, or on the way to it, got "File exists"
+    from one command and "cannot write to" from another, some only once the run
+    was over: every command now says what is wrong, in the same words, before
+    it starts.  The command makes the folder (and any missing folders above it)
+    itself, once nothing else can stop it.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        super().convert(value, param, ctx)
         if os.path.lexists(value) and not os.path.isdir(value):
-            self.fail("%s is a file, not a folder" % value, param, ctx)
+            self._refuse(_not_a_folder(value), param, ctx)
+        existing = _nearest(value)  # the folder and those above it are made later
+        if not os.path.isdir(existing):
+            self._refuse(_not_a_folder(existing), param, ctx)
+        self._check_writable(existing, param, ctx)
         return value
 
 
-class OutputFile(click.ParamType):
+class OutputFile(FileName):
     """A file a command writes (``--json``, ``-o``), checked before the command does any work.
 
     Several commands write their file only at the end of a run that takes
     minutes (every record sent, then the summary): a folder that is not there
     failed the run only then, with the records already sent.  The checks here
-    create nothing, so a run refused later leaves no empty file behind.  The
-    refusal is one line with a usage error's status 2: it names the option,
-    and the usage block click adds to a parameter's errors says nothing about
-    the path.
+    create nothing, so a run refused later leaves no empty file behind.
     """
 
-    name = "file"
-
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        if not value:
-            self._refuse("an empty file name", param, ctx)
+        super().convert(value, param, ctx)
         if os.path.isdir(value):
             self._refuse("%s is a folder, not a file" % value, param, ctx)
         folder = os.path.dirname(value) or "."
-        if not os.path.isdir(folder):
-            self._refuse("%s %s" % (folder, "is not a folder" if os.path.lexists(folder)
-                                    else "does not exist (no folder is made for it)"), param, ctx)
-        target = value if os.path.lexists(value) else folder
-        if not os.access(target, os.W_OK):
-            self._refuse("%s is not writable" % target, param, ctx)
+        existing = _nearest(folder)
+        if not os.path.isdir(existing):
+            self._refuse(_not_a_folder(existing), param, ctx)
+        if existing != folder:
+            self._refuse("%s does not exist (no folder is made for it)" % folder, param, ctx)
+        self._check_writable(value if os.path.lexists(value) else folder, param, ctx)
         return value
 
-    @staticmethod
-    def _refuse(message: str, param: click.Parameter | None, ctx: click.Context | None) -> NoReturn:
-        hint = param.get_error_hint(ctx) if param is not None and ctx is not None else "the file"
-        refusal = click.ClickException("Invalid value for %s: %s" % (hint, message))
-        refusal.exit_code = 2  # a usage error's status; click adds its usage block only to UsageError
-        raise refusal
+
+def prepare_folder(folder: str, files: Iterable[str]) -> None:
+    """Make an output folder and prove it takes the command's ``files``, before any work.
+
+    OutputFolder read the name; this is the part that needs the folder made:
+    a file created (then removed) in it is the only test that holds for root,
+    read-only mounts and full disks alike, and a folder or other non-file in
+    the place of one of ``files`` would fail the run only at its end.
+    """
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.lexists(path) and not os.path.isfile(path):
+                raise IsADirectoryError(0, "%s is in the way and is not a file" % name)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise click.ClickException(cannot_write(folder, exc)) from None
+
+
+def cannot_write(folder: str, exc: OSError) -> str:
+    """The line for an output that could not be written: the folder and the reason, no errno."""
+    return "cannot write to %s: %s" % (folder, exc.strerror or exc)

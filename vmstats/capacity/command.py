@@ -9,7 +9,7 @@ import click
 
 from vmstats.capacity import defaults
 from vmstats.capacity.backtest_command import backtest_options, run_backtest
-from vmstats.options import FiniteRange, IntRange, OutputFolder
+from vmstats.options import FiniteRange, IntRange, OutputFolder, cannot_write, prepare_folder
 from vmstats.report.command import _OneLineErrors
 from vmstats.report.settings import MAX_DAYS, ReportError
 
@@ -123,7 +123,8 @@ def report_changes(rows: list[dict]):
     metavar="FILE",
     help="Exclusions TOML: excluded VMs are never counted as reclaimed.",
 )
-@click.option("--cache-dir", default=None, metavar="DIR", help="The report's statistics cache.")
+@click.option("--cache-dir", type=OutputFolder(), default=None, metavar="DIR",
+              help="The report's statistics cache.")
 @click.option(
     "--top",
     type=IntRange(0, 100000),
@@ -158,6 +159,7 @@ def headroom(
     from vmstats.capacity import outputs
     from vmstats.capacity.inventory import load_inventory
     from vmstats.capacity.profiles import parse_profile
+    from vmstats.capacity.summary import SUMMARY_FILE
     from vmstats.report.outputs import damaged_files_summary
 
     if not inventory_path:
@@ -167,7 +169,7 @@ def headroom(
         settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
         inventory = load_inventory(inventory_path)
         if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
+            prepare_folder(out_dir, (*outputs.OUTPUTS, SUMMARY_FILE))
         advice = None
         if not no_after:
             advice = _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir)
@@ -177,7 +179,7 @@ def headroom(
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException("cannot write to %s: %s" % (out_dir, exc.strerror or exc)) from None
+        raise click.ClickException(cannot_write(out_dir, exc)) from None
     click.echo(outputs.terminal(result, top, written=out_dir is not None))
     rest = "all named in headroom.json (basis.%s)"
     damaged_files_summary(result["basis"], sys.stderr, rest if out_dir is not None else "-o OUT/: " + rest)

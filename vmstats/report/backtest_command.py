@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from vmstats.options import IntRange, OutputFolder
+from vmstats.options import IntRange, OutputFolder, cannot_write, prepare_folder
 from vmstats.report.command import (
     _OneLineErrors,
     _Progress,
@@ -76,10 +76,13 @@ def backtest(
     """  # fmt: skip
     from vmstats.report import backtest_outputs as outputs
     from vmstats.report.backtest import run
+    from vmstats.report.outputs import OUTPUTS
 
     overrides = policy_overrides(thresholds, extra)
     progress = _Progress()
     try:
+        prepare_folder(out_dir, outputs.FILES)
+        prepare_folder(os.path.join(out_dir, "decision"), OUTPUTS)
         policy, prices, loading = load_inputs(
             policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
         )
@@ -102,7 +105,5 @@ def backtest(
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(
-            "cannot write the backtest to %s: %s" % (out_dir, exc.strerror or exc)
-        ) from None
+        raise click.ClickException(cannot_write(out_dir, exc)) from None
     outputs.terminal_summary(result, out_dir, sys.stdout, top=top)

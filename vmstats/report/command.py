@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from vmstats.options import FloatRange, IntRange, OutputFolder
+from vmstats.options import FloatRange, IntRange, OutputFolder, cannot_write, prepare_folder
 from vmstats.progress import Progress
 from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError, coerce
 
@@ -81,7 +81,11 @@ def policy_options(function):
             "--set", "extra", multiple=True, metavar="KEY=VALUE", help="Override any policy setting."
         ),
         click.option(
-            "--cache-dir", default=None, metavar="DIR", help="Statistics cache (default OUT/.cache)."
+            "--cache-dir",
+            type=OutputFolder(),
+            default=None,
+            metavar="DIR",
+            help="Statistics cache (default OUT/.cache).",
         ),
         click.option("--no-cache", is_flag=True, help="Neither read nor write the cache."),
         click.option(
@@ -136,13 +140,12 @@ def policy_overrides(flags: dict, extra: tuple[str, ...]) -> dict:
 def load_inputs(policy_path, prices_path, overrides: dict, out_dir: str, cache_dir, no_cache: bool, workers):
     """Policy, price book and loading options (cache, workers) of a report run; ReportError on bad input.
 
-    The output folder is checked first: a place the report cannot be written
-    fails before any log is read.
+    The command has prepared its output folder first (options.prepare_folder):
+    a place the report cannot be written fails before any log is read.
     """
     from vmstats.report.prices import PriceBook
     from vmstats.report.settings import Policy
 
-    check_output(out_dir)
     policy = Policy.load(policy_path, overrides)
     prices = PriceBook.load(prices_path)
     inconsistent = prices.bigger_but_cheaper()
@@ -312,33 +315,6 @@ class _Progress(Progress):
         super().close(line or "parsed %d VM-days in %.1f s" % (self.total or 0, self.elapsed()))
 
 
-def cannot_write(out_dir: str, exc: OSError) -> str:
-    return "cannot write the report to %s: %s" % (out_dir, exc.strerror or exc)
-
-
-def check_output(out_dir: str) -> None:
-    """Fail now, before any log is parsed, if the report could not be written at the end.
-
-    Makes the folder and creates (then removes) a file in it: the only test
-    that holds for root, read-only mounts and full disks alike.  A folder or
-    other non-file in the place of one of the outputs fails too.
-    """
-    import tempfile
-
-    from vmstats.report.outputs import OUTPUTS
-
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        for name in OUTPUTS:
-            path = os.path.join(out_dir, name)
-            if os.path.lexists(path) and not os.path.isfile(path):
-                raise IsADirectoryError(0, "%s is in the way and is not a file" % name)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise click.ClickException(cannot_write(out_dir, exc)) from None
-
-
 @click.command(cls=_OneLineErrors)
 @click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
 @click.option(
@@ -417,13 +393,14 @@ def report(
     """
     one_blas_thread()
     from vmstats.report.build import build
-    from vmstats.report.outputs import terminal_summary
+    from vmstats.report.outputs import OUTPUTS, terminal_summary
 
     overrides = policy_overrides(dict(thresholds, days=days), extra)
     use_system_allocator()
     progress = _Progress()
     try:
         with fewer_collections():
+            prepare_folder(out_dir, OUTPUTS)
             policy, prices, loading = load_inputs(
                 policy_path, prices_path, overrides, out_dir, cache_dir, no_cache, workers
             )

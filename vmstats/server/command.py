@@ -8,7 +8,7 @@ import time
 import click
 
 from vmstats import inputfile, protocol
-from vmstats.options import FiniteRange, IntRange
+from vmstats.options import FileName, FiniteRange, FolderName, IntRange
 from vmstats.report.settings import MAX_DAYS
 from vmstats.server.config import MIN_PER_VM, ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, resolve_bind
@@ -83,7 +83,7 @@ class UTCFormatter(logging.Formatter):
 @click.option("--http-port", type=IntRange(-1, 65535), default=D.http_port,
               show_default=True, help="HTTP port for /metrics and /status (0 = ephemeral, -1 = off).")
 @click.option("--no-http", is_flag=True, help="Do not serve /metrics and /status.")
-@click.option("--data-dir", default=D.data_dir, show_default=True, type=click.Path(),
+@click.option("--data-dir", default=D.data_dir, show_default=True, type=FolderName(),
               help="Where the per-VM logs go.")
 @click.option("--compact-interval", type=DURATION, default=format_duration(D.compact_interval),
               show_default=True,
@@ -102,7 +102,7 @@ class UTCFormatter(logging.Formatter):
                    "is killed and restarted; the reactor parses them (nothing is lost).")
 @click.option("--duration", type=DURATION, default=None,
               help="Stop after this long (90s, 5m, 1h); default: until SIGINT/SIGTERM.")
-@click.option("--status-file", type=click.Path(), default=None,
+@click.option("--status-file", type=FileName(), default=None,
               help="Write ports and pid here as JSON once listening.")
 @click.option("--auth-keys", type=click.Path(), default=None,
               help="Key file ('key_id secret [vm-pattern ...]' per line): require signed frames; "
@@ -155,7 +155,7 @@ class UTCFormatter(logging.Formatter):
                    "prefer --status-token-file or $VMSTATS_STATUS_TOKEN (a flag shows in ps).")
 @click.option("--status-token-file", type=click.Path(), default=None,
               help="File holding the /status token (its first line); not with --status-token.")
-@click.option("--journal-dir", type=click.Path(), default=None,
+@click.option("--journal-dir", type=FolderName(), default=None,
               help="Where accepted records are journaled until they are in the logs "
                    "(default: DATA_DIR/journal).")
 @click.option("--no-journal", is_flag=True,
