@@ -41,14 +41,17 @@ def test_score_counts_confusion_misses_and_savings(tmp_path):
     write(tmp_path)
     result = scoring.score(scoring.load_truth(str(tmp_path / "truth.csv")),
                            scoring.load_report(str(tmp_path / "out")))
-    assert (result.total, result.correct) == (6, 3)
+    # The report's insufficient-data is no verdict: 10.0.0.5 is counted apart, not wrong; a
+    # verdict that differs from the truth (10.0.0.2) and a VM left out (10.0.0.6) are wrong.
+    assert (result.total, result.correct) == (5, 3)
     assert result.per_expected == {"reclaim": (2, 1), "schedule": (1, 1), "downsize": (1, 0), "keep": (1, 1),
-                                   "stopped": (1, 0)}
+                                   "stopped": (0, 0)}
     assert result.confusion["downsize"] == {"reclaim": 1}
     assert result.confusion["reclaim"] == {"reclaim": 1, "missing": 1}
+    assert result.confusion["stopped"] == {"insufficient-data": 1}
     assert result.wrong == [("10.0.0.2", "oversized", "downsize", "reclaim"),
-                            ("10.0.0.6", "idle", "reclaim", "missing"),
-                            ("10.0.0.5", "stopped", "stopped", "insufficient-data")]
+                            ("10.0.0.6", "idle", "reclaim", "missing")]
+    assert result.unjudged == [("10.0.0.5", "stopped", "stopped")]
     assert result.extra == 1
     assert (result.saving_total, result.saving_correct, result.saving_wrong) == (375.75, 65.75, 300.0)
 
@@ -58,13 +61,16 @@ def test_score_command_prints_the_table_and_writes_json(tmp_path):
     out = vmstats("score", "--truth", str(tmp_path / "truth.csv"),
                   "--report", str(tmp_path / "out/report.csv"), "--json", str(tmp_path / "score.json"))
     assert out.returncode == 0, out.stderr
-    assert "3 of 6 VMs right (50.0 %)" in out.stdout
+    assert out.stdout.splitlines()[0] == ("Score against the simulator's truth: 3 of 5 judged VMs right "
+                                          "(60.0 %); 1 VM with too little data to judge (insufficient-data)")
+    assert "Not judged, too little data (1; the report's reasons are in report.csv):" in out.stdout
     assert "10.0.0.2" in out.stdout and "expected downsize  got reclaim" in out.stdout
     header = next(line for line in out.stdout.splitlines() if "reclaim" in line and "downsize" in line
                   and "insuffici" in line)
     assert header.split()[:3] == ["reclaim", "schedule", "downsize"]
     saved = json.loads((tmp_path / "score.json").read_text())
-    assert saved["accuracy"] == 0.5 and saved["per_expected"]["downsize"] == {"vms": 1, "correct": 0}
+    assert saved["accuracy"] == 0.6 and saved["per_expected"]["downsize"] == {"vms": 1, "correct": 0}
+    assert saved["insufficient_data"] == [{"vm": "10.0.0.5", "profile": "stopped", "expected": "stopped"}]
     assert "Savings claimed: 375.75 per month; 65.75 on correct" in out.stdout  # no currency column
 
 

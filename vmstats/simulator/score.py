@@ -5,6 +5,12 @@ The simulator writes that answer (the truth file); this module joins it with
 the report's ``report.csv`` and says, per expected category, how often the
 report agreed, where it went wrong, and how much of the savings it claims
 rest on correct verdicts.
+
+A VM the report calls ``insufficient-data`` is not graded: the report gives
+no verdict on a VM observed for less than its minimum span (POLICY.md,
+``min_days``), by design, so a one-day fleet is all too little data, not all
+wrong.  Such VMs are counted apart; a test that wants every VM judged (a
+fleet of two weeks) says so with that count.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from dataclasses import dataclass, field
 
 from vmstats.simulator.fleet import TRUTH_COLUMNS
 from vmstats.simulator.profiles import EXPECTED
-from vmstats.words import part_of, plural
+from vmstats.words import counted, part_of, plural
 
 #: Report categories in display order; a VM absent from the report is "missing".
 REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "upsize", "keep", "stopped", "insufficient-data",
                      "excluded")
 MISSING = "missing"
+#: The report's category for a VM it does not judge (too short a span or too little coverage).
+UNJUDGED = "insufficient-data"
 
 
 class ScoreError(ValueError):
@@ -39,13 +47,18 @@ class TruthRow:
 
 @dataclass
 class Score:
-    """The outcome of grading: counts, confusion, the VMs the report got wrong, savings."""
+    """The outcome of grading: counts, confusion, the VMs the report got wrong, savings.
+
+    ``total``, ``correct`` and ``per_expected`` count the judged VMs only; ``unjudged`` holds the
+    VMs the report left ``insufficient-data``, and the confusion table shows every VM.
+    """
 
     total: int = 0
     correct: int = 0
     per_expected: dict = field(default_factory=dict)  # expected -> (n, correct)
     confusion: dict = field(default_factory=dict)  # expected -> Counter(got)
     wrong: list = field(default_factory=list)  # (vm, profile, expected, got)
+    unjudged: list = field(default_factory=list)  # (vm, profile, expected): insufficient-data
     extra: int = 0  # report rows for VMs the truth does not know
     saving_total: float = 0.0
     saving_correct: float = 0.0
@@ -53,12 +66,15 @@ class Score:
     currency: str = ""  # the report's (its currency column); "" for a CSV without one
 
     @property
-    def accuracy(self) -> float:
-        return self.correct / self.total if self.total else 0.0
+    def accuracy(self) -> float | None:
+        """The share of judged VMs right; None when none was judged (not 0: nothing was wrong)."""
+        return self.correct / self.total if self.total else None
 
     def as_dict(self) -> dict:
         return {
             "total": self.total, "correct": self.correct, "accuracy": self.accuracy,
+            "insufficient_data": [dict(zip(("vm", "profile", "expected"), u, strict=True))
+                                  for u in self.unjudged],
             "per_expected": {k: {"vms": n, "correct": c} for k, (n, c) in self.per_expected.items()},
             "confusion": {k: dict(v) for k, v in self.confusion.items()},
             "wrong": [dict(zip(("vm", "profile", "expected", "got"), w, strict=True)) for w in self.wrong],
@@ -132,14 +148,17 @@ def score(truth: dict[str, TruthRow], report: dict[str, tuple[str, float]]) -> S
         got, saving = report.get(vm, (MISSING, 0.0))
         if got == "upsize":
             saving = 0.0  # an extra cost, which the report keeps out of its savings too
+        result.confusion[item.expected][got] += 1
+        result.saving_total += saving
+        if got == UNJUDGED:
+            result.unjudged.append((vm, item.profile, item.expected))
+            continue
         n, c = result.per_expected[item.expected]
         # The profiles do not model under-provisioning: an upsize is a keep that asks for more.
         right = got == item.expected or (got, item.expected) == ("upsize", "keep")
         result.per_expected[item.expected] = (n + 1, c + right)
-        result.confusion[item.expected][got] += 1
         result.total += 1
         result.correct += right
-        result.saving_total += saving
         if right:
             result.saving_correct += saving
         else:
@@ -148,25 +167,36 @@ def score(truth: dict[str, TruthRow], report: dict[str, tuple[str, float]]) -> S
     result.extra = sum(1 for vm in report if vm not in truth)
     result.saving_total += sum(s for vm, (_c, s) in report.items() if vm not in truth)
     result.wrong.sort(key=lambda w: (w[2], w[3], w[0]))
+    result.unjudged.sort(key=lambda u: (u[2], u[0]))
     return result
 
 
+def headline(result: Score) -> str:
+    """How many VMs the report got right, and apart from them those it had too little data to
+    judge: "0 of 1 VM right" for a fleet of one day read as a failed report."""
+    share = " (%.1f %%)" % (100.0 * result.accuracy) if result.total else ""
+    line = "%s right%s" % (part_of(result.correct, result.total, "judged VM" if result.unjudged else "VM"),
+                           share)
+    if result.unjudged:
+        line += "; %s with too little data to judge (insufficient-data)" % counted(len(result.unjudged), "VM")
+    return line
+
 def render(result: Score, max_wrong: int = 30) -> str:
     """The terminal summary: accuracy per expected category, the confusion table, the misses."""
-    lines = ["Score against the simulator's truth: %s right (%.1f %%)"
-             % (part_of(result.correct, result.total, "VM"), 100.0 * result.accuracy), ""]
-    lines.append("%-10s %5s %7s %9s" % ("expected", "VMs", "right", "accuracy"))
+    lines = ["Score against the simulator's truth: " + headline(result)]
+    if result.total:  # judged VMs only (a VM left insufficient-data is in the confusion table)
+        lines += ["", "%-10s %5s %7s %9s" % ("expected", "VMs", "right", "accuracy")]
     for name, (n, c) in result.per_expected.items():
         if n:
             lines.append("%-10s %5d %7d %8.1f%%" % (name, n, c, 100.0 * c / n))
     # Columns: every category expected of some VM (so the diagonal is whole), plus any the report used.
     seen = [c for c in REPORT_CATEGORIES + (MISSING,)
-            if result.per_expected.get(c, (0, 0))[0] or any(result.confusion[e][c] for e in result.confusion)]
+            if result.confusion.get(c) or any(result.confusion[e][c] for e in result.confusion)]
     seen += sorted({c for e in result.confusion.values() for c in e} - set(seen))
     lines += ["", "Confusion (rows: expected, columns: report's category)",
               "%-10s " % "" + " ".join("%9s" % c[:9] for c in seen)]
     for name in EXPECTED:
-        if result.per_expected[name][0]:
+        if result.confusion[name]:
             lines.append("%-10s " % name + " ".join("%9d" % result.confusion[name][c] for c in seen))
     if result.wrong:
         lines += ["", "Wrong verdicts (%d):" % len(result.wrong)]
@@ -174,6 +204,13 @@ def render(result: Score, max_wrong: int = 30) -> str:
             lines.append("  %-18s %-15s expected %-9s got %s" % (vm, profile, expected, got))
         if len(result.wrong) > max_wrong:
             lines.append("  ... and %d more" % (len(result.wrong) - max_wrong))
+    if result.unjudged:
+        lines += ["", "Not judged, too little data (%d; the report's reasons are in report.csv):"
+                  % len(result.unjudged)]
+        for vm, profile, expected in result.unjudged[:max_wrong]:
+            lines.append("  %-18s %-15s expected %s" % (vm, profile, expected))
+        if len(result.unjudged) > max_wrong:
+            lines.append("  ... and %d more" % (len(result.unjudged) - max_wrong))
     if result.extra:
         lines.append("\n%d VMs in the report are not in the truth file (not scored)." % result.extra)
     unit = result.currency + " " if result.currency else ""
