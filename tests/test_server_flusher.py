@@ -2,6 +2,8 @@
 
 import pickle
 
+import pytest
+
 from vmstats.server.flusher import split_tasks
 from vmstats.server.writer import MarshalledShare
 
@@ -46,7 +48,12 @@ def test_a_failed_task_keeps_only_its_own_vms_for_the_retry():
     assert buffer.table["10.0.0.2"] == {1: b"b", 2: b"c"}  # restored rows are the buffer's now
 
 
-def test_records_the_layout_refuses_are_counted_and_logged_once_per_period(tmp_path, caplog):
+@pytest.mark.parametrize("refused, said", [
+    ([("a/b", {1: b"x"}), ("..", {1: b"y", 2: b"z"})], "dropping 3 records of 2 VMs the log layout refuses"),
+    # One of each read "1 records of 1 vms": the count's noun is words.counted's.
+    ([("a/b", {1: b"x"})], "dropping 1 record of 1 VM the log layout refuses"),
+])
+def test_records_the_layout_refuses_are_counted_and_logged_once_per_period(tmp_path, caplog, refused, said):
     """Ids the layout refuses cannot reach the buffer through the parser any more (the grammar
     admits only writable ids); should one get there, its drop is counted and one ERROR line a
     period says so, not one per VM and flush."""
@@ -63,11 +70,12 @@ def test_records_the_layout_refuses_are_counted_and_logged_once_per_period(tmp_p
     flusher = FlusherService(Clock(), Buffer(metrics, 100, 100), metrics, str(tmp_path), 60, 1, 5)
     caplog.set_level(logging.ERROR, logger="vmstats.server.flusher")
     for _flush in range(3):
-        task = [("a/b", {1: b"x"}), ("..", {1: b"y", 2: b"z"}), ("10.0.0.1", {60: b"1,,2,,,,,,,,"})]
+        task = [*refused, ("10.0.0.1", {60: b"1,,2,,,,,,,,"})]
         flusher._settle([(True, write_share(str(tmp_path), task))], [task], 0.0)
-    assert metrics.drops["unwritable"] == 9 and metrics.flushed_records == 1  # logged once
+    lost = sum(len(rows) for _vm, rows in refused)
+    assert metrics.drops["unwritable"] == 3 * lost and metrics.flushed_records == 1  # logged once
     assert len(caplog.records) == 1
-    assert "dropping 3 records of 2 vms" in caplog.records[0].getMessage()
+    assert caplog.records[0].getMessage().startswith(said + ": vm a/b: "), caplog.records[0].getMessage()
 
 
 def test_a_share_reaches_its_writer_whole_as_one_marshal_blob():

@@ -29,7 +29,7 @@ from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.placement import Ask, HostLoad, Offer, place
 from vmstats.capacity.profiles import Profile, parse_profile
 from vmstats.capacity.summary import Summary
-from vmstats.words import part_of
+from vmstats.words import counted, part_of
 
 #: VMs one manifest may ask for: bounds the work one request can cause.
 MAX_VMS = 100_000
@@ -111,7 +111,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         names.add(entry.name)
         total += entry.count
         if total > MAX_VMS:
-            raise CapacityError("%s: asks for more than %d VMs" % (where, MAX_VMS))
+            raise CapacityError("%s: asks for more than %s" % (where, counted(MAX_VMS, "VM")))
         entries.append(entry)
     return Manifest(name, partial, tuple(entries), hold)
 

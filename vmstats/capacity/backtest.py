@@ -315,8 +315,8 @@ def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Seque
             raise CapacityError("no arrivals: %s" % (
                 "every VM of the plan window is on a host (name the arrivals' VMs)" if pool is None
                 else "no VM of the plan window matches the arrivals' selectors, or none has a size"))
-        arrivals = ("copies of %d VMs of the history (their own use in each window), one of each a round "
-                    "until a round is not placed whole" % len(templates))
+        arrivals = ("copies of %s of the history (their own use in each window), one of each a round "
+                    "until a round is not placed whole" % counted(len(templates), "VM"))
         rounds_of = 1
     sums, seen, expected = _resident_sums(inventory, judge_uses, judge_window.minutes)
     outcomes = {}

@@ -337,7 +337,8 @@ def demand_views(
     for use in vms:
         seen.add(use.vm)
         if len(use.seen) != window.minutes:
-            raise ValueError("VM %s has %d minutes, the window %d" % (use.vm, len(use.seen), window.minutes))
+            raise ValueError("VM %s has %s, the window %d" % (use.vm, counted(len(use.seen), "minute"),
+                                                              window.minutes))
         if all(use.vm in change.removed for change in changes):
             continue
         name = inventory.host_of(use.vm, use.host_tag)

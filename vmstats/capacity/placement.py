@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vmstats.capacity.demand import FleetDemand, level
+from vmstats.words import counted
 
 #: Slack on comparisons, so sums of float figures that meet a limit exactly still fit.
 EPSILON = 1e-9
@@ -127,7 +128,8 @@ def place(
         _place_run(state, [asks[k] for k in order[i:j]], used, placed, rejected)
         i = j
     if rejected and not partial:
-        reason = "not all %d VMs fit and the manifest asks for all or none" % len(asks)
+        reason = ("the VM does not fit" if len(asks) == 1 else "not all %s fit" % counted(len(asks), "VM")) \
+            + " and the manifest asks for all or none"
         return Offer(
             REJECT,
             {},

@@ -12,6 +12,8 @@ import os
 import re
 from collections import namedtuple
 
+from vmstats.words import counted
+
 #: /proc/stat column order of the ``cpu`` lines (older kernels print fewer
 #: columns; missing ones read as zero).
 CPU_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
@@ -109,7 +111,7 @@ def _cpu_line(source, line):
     except ValueError:
         raise ProcError("%s/stat: malformed cpu line" % _root(source))
     if len(values) < 4:
-        raise ProcError("%s/stat: cpu line has %d columns" % (_root(source), len(values)))
+        raise ProcError("%s/stat: cpu line has %s" % (_root(source), counted(len(values), "column")))
     values.extend([0] * (len(CPU_COLUMNS) - len(values)))
     return CpuTimes(*values)
 

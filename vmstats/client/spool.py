@@ -96,8 +96,8 @@ class Spool(object):
             self._unlink(name)
         del self._names[:excess]
         self.dropped += excess
-        LOG.warning("spool full (%d records): dropped the %d oldest, %d dropped so far",
-                    self.max_records, excess, self.dropped)
+        LOG.warning("spool full (%s): dropped the %d oldest, %d dropped so far",
+                    counted(self.max_records, "record"), excess, self.dropped)
 
     def oldest(self, max_records, max_bytes):
         """``[(name, line)]`` of the oldest records, within both limits (at least one).

@@ -108,8 +108,8 @@ def decision_note(result: Backtest) -> str:
     window, asked = meta["window"], result.windows.as_dict()["decide"]["days"]
     if not meta["too_young"] and window["days"] >= asked:
         return ""
-    text = "the deciding window holds %g of its %d days (from %s: %s)" % (
-        window["days"], asked, window["start"], window["why"].split(": ", 1)[-1]
+    text = "the deciding window holds %g of its %s (from %s: %s)" % (
+        window["days"], counted(asked, "day"), window["start"], window["why"].split(": ", 1)[-1]
     )
     if meta["too_young"]:
         text += "; %s: no advice to judge. Leave it more days of logs (a shorter --judge-days, " \
@@ -143,15 +143,15 @@ def render(result: Backtest, path: str) -> None:
 def rules_text(result: Backtest) -> str:
     r = result.rules
     return (
-        "busy = a stretch of at least %d minutes in which every minute has CPU >= %g%% of the vCPUs, "
-        "disk >= %s or network >= %s (gaps up to %d minutes); quiet = no such stretch, at most %g%% "
+        "busy = a stretch of at least %s in which every minute has CPU >= %g%% of the vCPUs, "
+        "disk >= %s or network >= %s (gaps up to %s); quiet = no such stretch, at most %g%% "
         "work minutes, median CPU < %g%% and network < %s, records for >= %g%% of the window"
         % (
-            r.stretch_minutes,
+            counted(r.stretch_minutes, "minute"),
             r.work_cpu,
             _rate(r.work_disk),
             _rate(r.work_net),
-            r.max_step_minutes,
+            counted(r.max_step_minutes, "minute"),
             100 * r.quiet_max_work_share,
             r.quiet_cpu,
             _rate(r.quiet_net),
@@ -221,7 +221,7 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
         skipped = counted(len(result.skipped_files), "day file")
         print("%s not read whole while judging:" % skipped, file=stream)
         for item in result.skipped_files[:top]:
-            held = " (rows of %d VMs)" % item["vms"] if item["vms"] > 1 else ""
+            held = " (rows of %s)" % counted(item["vms"], "VM") if item["vms"] > 1 else ""
             print("  %s: %s%s" % (item["path"], item["why"], held), file=stream)
         if len(result.skipped_files) > top:
             print("  ... and %d more (backtest.json)" % (len(result.skipped_files) - top), file=stream)

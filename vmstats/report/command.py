@@ -12,6 +12,7 @@ import click
 from vmstats.options import FloatRange, IntRange, OutputFolder, cannot_write, prepare_folder
 from vmstats.progress import Progress
 from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError, coerce
+from vmstats.words import counted
 
 _MEANING = {s.name: s.meaning for s in SETTINGS}
 _UNIT = {s.name: s.unit for s in SETTINGS}
@@ -312,7 +313,7 @@ class _Progress(Progress):
         super().__init__("report", "VM-days parsed", quiet_below=100)
 
     def close(self, line: str | None = None) -> None:
-        super().close(line or "parsed %d VM-days in %.1f s" % (self.total or 0, self.elapsed()))
+        super().close(line or "parsed %s in %.1f s" % (counted(self.total or 0, "VM-day"), self.elapsed()))
 
 
 @click.command(cls=_OneLineErrors)

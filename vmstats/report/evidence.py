@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmstats.report.policy import rate
-from vmstats.words import counted
+from vmstats.words import plural
 
 _METRICS = {"cpu": "CPU", "disk": "disk", "net": "network", "mix": "work across CPU, disk and network"}
 _CHECKS = {"floor": "floor (p50)", "p": "busiest minutes", "run": "held 30 min"}
@@ -57,6 +57,12 @@ def _number(value: Any) -> str:
     if isinstance(value, bool) or not _known(value):
         return _plain(value)
     return "%g" % round(float(value), 3)
+
+
+def _days(value: Any) -> str:
+    """A span in days as written (``_number``), the noun read after the figure shown: "1 day"."""
+    text = _number(value)
+    return "%s %s" % (text, plural(1 if text == "1" else 2, "day"))
 
 
 def _plain(value: Any) -> str:
@@ -122,8 +128,8 @@ def _formats(currency: str) -> dict[str, Callable[[Any], str]]:
         "utc_offset_hours": _offset,
         "hours_since_last_record": lambda v: "%s h" % _number(v),
         "coverage": lambda v: "%s of the window's minutes" % _percent(v),
-        "span_days": lambda v: "%s days" % _number(v),
-        "min_days": lambda v: counted(v, "day") if isinstance(v, int) else "%s days" % _number(v),
+        "span_days": _days,
+        "min_days": _days,
         "extra_monthly_cost": money,
         "would_save": money,
         "upsize_at": lambda v: "%s%% of its size" % _number(v),

@@ -178,8 +178,8 @@ def _rule(
         found = "found from its busy hours" if plan.inferred else "set by policy"
         return Decision(
             "schedule",
-            "idle %.0f of 168 hours a week in recurring stops of %d hours or more; local time %s (%s)"
-            % (plan.off, s["schedule_min_off_run"], zone(plan.offset), found),
+            "idle %.0f of 168 hours a week in recurring stops of %s or more; local time %s (%s)"
+            % (plan.off, counted(s["schedule_min_off_run"], "hour"), zone(plan.offset), found),
             round(_clip(conf), 2),
             monthly_saving=_money(cost * plan.off / 168.0),
             recommendation=text,

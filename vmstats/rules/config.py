@@ -21,6 +21,7 @@ from vmstats import inputfile
 from vmstats.rules import metric as metrics
 from vmstats.rules.notifiers import KINDS, Notifier
 from vmstats.server.config import parse_duration
+from vmstats.words import counted, part_of
 
 #: The states a scope can be in; a new scope starts in ``ok`` without notifying.
 STATES = ("ok", "alarm", "insufficient-data", "silent")
@@ -153,10 +154,10 @@ class Rule:
         lines = ["rule %s: %s, %s per %gs period" % (self.name, who, figure, self.period)]
         if self.enter is not None:
             word = "above" if self.above else "below"
-            lines.append("  alarm when %d of %d periods are %s %g; ok again when %d of %d are "
+            lines.append("  alarm when %s are %s %g; ok again when %d of %d are "
                          "back past %g; at least %gs in a state before leaving it"
-                         % (self.datapoints, self.periods, word, self.enter, self.datapoints,
-                            self.periods, self.exit, self.hold))
+                         % (part_of(self.datapoints, self.periods, "period"), word, self.enter,
+                            self.datapoints, self.periods, self.exit, self.hold))
             lines.append("  a period without data counts as: %s" % self.missing)
         if self.silent_after:
             lines.append("  silent after %gs without records from a VM that was reporting"
@@ -408,11 +409,11 @@ def _rule(number: int, table, action_names: set[str], problems: list[str]) -> Ru
     if isinstance(periods, int) and isinstance(period, float) and period > 0:
         longest = MAX_WINDOW if period < 3600 else MAX_WINDOW_LONG_PERIODS
         if periods * period > longest:
-            reader.problem("periods", "%d periods of %gs span %gs, more than the %gs a window may "
-                                      "span" % (periods, period, periods * period, longest))
+            reader.problem("periods", "%s of %gs span %gs, more than the %gs a window may span"
+                           % (counted(periods, "period"), period, periods * period, longest))
     if isinstance(datapoints, int) and isinstance(periods, int) and datapoints > periods:
-        reader.problem("datapoints", "%d of %d periods cannot happen: datapoints must be at most "
-                                     "periods" % (datapoints, periods))
+        reader.problem("datapoints", "%s cannot happen: datapoints must be at most "
+                                     "periods" % part_of(datapoints, periods, "period"))
     hold = reader.duration("hold", 0.0)
     missing = reader.text("missing", "keep", choices=MISSING_POLICIES)
     silent_after = reader.duration("silent_after")

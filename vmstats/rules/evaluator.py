@@ -31,6 +31,7 @@ from vmstats.rules import metric as metrics
 from vmstats.rules import scaling
 from vmstats.rules.config import STATES, Rule, RuleSet, parse_address
 from vmstats.server.metrics import RateLimitedLog
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,8 @@ class Engine:
         """
         size = len(vms)
         if len(tss) != size or len(rows) != size:
-            raise ValueError("columns of different lengths: %d VMs, %d stamps, %d rows"
-                             % (size, len(tss), len(rows)))
+            raise ValueError("columns of different lengths: %s, %s, %s"
+                             % (counted(size, "VM"), counted(len(tss), "stamp"), counted(len(rows), "row")))
         self._pending.update(zip(vms, repeat((vms, tss, rows))))
         self._pending_records += size
         self._taken += size

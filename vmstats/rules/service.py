@@ -22,6 +22,7 @@ from vmstats.rules.config import RulesError, RuleSet, load_rules
 from vmstats.rules.delivery import Dispatcher
 from vmstats.rules.evaluator import Engine
 from vmstats.server.clock import WallClock
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ class RulesService(service.Service):
         for (rule, direction), event in state.scaling.items():
             self.engine.restore_scaling(rule, event["fingerprint"], direction, event["at"])
         if state.pending:
-            log.info("action log: %d deliveries left undelivered: sending them again",
-                     len(state.pending))
+            log.info("action log: %s left undelivered: sending them again",
+                     counted(len(state.pending), "delivery", "deliveries"))
         service.Service.startService(self)
         self.dispatcher.resume(list(state.pending.values()))
         self._next_tick = self.reactor.callLater(TICK, self.tick)
@@ -205,8 +206,8 @@ class RulesService(service.Service):
         self.dispatcher.retry_for, self.dispatcher.retry_min = s.retry_for, s.retry_min
         self.dispatcher.retry_max = s.retry_max
         self.reloads += 1
-        log.info("rules reloaded from %s: %d rules, %d unchanged kept their state", self.path,
-                 len(ruleset.rules), len(kept))
+        log.info("rules reloaded from %s: %s, %d unchanged kept their state", self.path,
+                 counted(len(ruleset.rules), "rule"), len(kept))
         return True
 
     # -- reading ---------------------------------------------------------------------------------
@@ -235,9 +236,10 @@ class RulesService(service.Service):
         deliveries = deliveries_page(len(self.dispatcher.pending), self.dispatcher.counts)
         delivered, gave_up = deliveries["delivered"], deliveries["gave_up"]
         alarms = sum(n for (_r, state), n in self.engine.state_counts().items() if state == "alarm")
-        return ("%d rules, %d transitions, %d in alarm; %d deliveries made, %d gave up, %d pending "
-                "(sent at the next start)" % (len(self.ruleset.rules), self.engine.transitions, alarms,
-                                              delivered, gave_up, len(self.dispatcher.pending)))
+        return ("%s, %s, %d in alarm; %s made, %d gave up, %d pending (sent at the next start)"
+                % (counted(len(self.ruleset.rules), "rule"), counted(self.engine.transitions, "transition"),
+                   alarms, counted(delivered, "delivery", "deliveries"), gave_up,
+                   len(self.dispatcher.pending)))
 
     def families(self) -> list:
         """Prometheus families (name, kind, help, samples) for /metrics."""

@@ -381,8 +381,8 @@ class Authenticator:
             memory.accepted_all(key_ids, stamps, identities)
         unbound = sum(removed)
         if unbound:
-            self.ingest.reject(protocol.S_UNBOUND, "%d records for VMs keys %r are not bound to"
-                               % (unbound, sorted({key_id[:40] for key_id, count
+            self.ingest.reject(protocol.S_UNBOUND, "%s for VMs keys %r are not bound to"
+                               % (counted(unbound, "record"), sorted({key_id[:40] for key_id, count
                                                    in zip(key_ids, removed, strict=True)
                                                    if count})), unbound)
         if errors is None:

@@ -212,8 +212,8 @@ class FlusherService(service.Service):
             # The parser admits only ids the layout takes, so this is a bug or a changed layout;
             # one line per period whatever the number of VMs and flushes.
             self.metrics.drop("unwritable", lost_records)
-            self._unwritable.emit("dropping %d records of %d vms the log layout refuses: %s",
-                                  lost_records, lost_vms, lost_error)
+            self._unwritable.emit("dropping %s of %s the log layout refuses: %s",
+                                  counted(lost_records, "record"), counted(lost_vms, "VM"), lost_error)
         self.failing_vms = len(kept)
         if kept:
             # Once per period, not once per VM: a full disk fails every VM of every flush.
@@ -226,7 +226,8 @@ class FlusherService(service.Service):
         self.metrics.flushes += 1
         self.metrics.flushed_records += written
         self.metrics.flush_seconds += time.monotonic() - started
-        log.debug("flushed %d records of %d vms in %.3fs", written, vms, time.monotonic() - started)
+        log.debug("flushed %s of %s in %.3fs", counted(written, "record"), counted(vms, "VM"),
+                  time.monotonic() - started)
         return written
 
     def _free(self, tasks: list, records: int = 0) -> None:

@@ -28,6 +28,7 @@ from vmstats.server.metrics import Metrics
 from vmstats.server.parse import frame_start, has_frame
 from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
 from vmstats.server.signing import unsigned_lines
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -451,8 +452,8 @@ class TCPReceiver(tx_protocol.Protocol):
         kept = [line for line in lines if len(line) <= max_line]
         if len(kept) != len(lines):
             count = len(lines) - len(kept)
-            self.ingest.reject(protocol.R_TOO_LONG, "%d TCP lines over %d bytes" % (count, max_line),
-                               count)
+            self.ingest.reject(protocol.R_TOO_LONG,
+                               "%s over %d bytes" % (counted(count, "TCP line"), max_line), count)
             self._rejected(count)
         return b"\n".join(kept)
 

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 from vmstats import protocol
+from vmstats.words import plural
 
 _PREFIX = "vmstats_"
 
@@ -35,8 +36,8 @@ class RateLimitedLog:
         now = time.monotonic()
         if now - self.window_start >= self.period:
             if self.suppressed:
-                self.logger.log(self.level, "%d more %s messages suppressed", self.suppressed,
-                                self.what)
+                self.logger.log(self.level, "%d more %s %s suppressed", self.suppressed,
+                                self.what, plural(self.suppressed, "message"))
             self.window_start = now
             self.emitted = 0
             self.suppressed = 0

@@ -37,6 +37,7 @@ from vmstats.server.every import Every
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import Parsed
 from vmstats.server.parseworker import READY, REPLY, REQUEST, STOP_UDP
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +273,9 @@ class ParserService(service.Service):
             if parser.waiting:
                 if quiet > self.timeout:
                     self.metrics.parser_stalls += 1
-                    log.error("parser %s answered nothing for %.0fs with %d payloads waiting: "
+                    log.error("parser %s answered nothing for %.0fs with %s waiting: "
                               "stopping it (the reactor parses them)", parser.pid, quiet,
-                              len(parser.waiting))
+                              counted(len(parser.waiting), "payload"))
                     parser.kill()
             elif quiet > self.timeout / 2:
                 parser.send(b"", now).addErrback(lambda _failure: None)

@@ -17,6 +17,7 @@ from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, records_of
 from vmstats.server.metrics import Metrics
 from vmstats.server.writer import write_share
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +73,21 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
                 if retry:
                     complete = False
                     live.restore(vm, table[vm])
-                    log.error("replay: %d records of vm %s kept in memory: %s",
-                              len(table[vm]), vm, error)
+                    log.error("replay: %s of vm %s kept in memory: %s",
+                              counted(len(table[vm]), "record"), vm, error)
                 else:
                     metrics.drop("unwritable", len(table[vm]))
-                    log.error("replay: dropping %d records of vm %s: %s", len(table[vm]), vm, error)
+                    log.error("replay: dropping %s of vm %s: %s", counted(len(table[vm]), "record"), vm,
+                              error)
         if complete:
             journal.retire(number, only=True)
         else:
             kept.append(number)
     metrics.replayed_records += replayed
-    log.info("replayed %d records from %d journal segments in %.2fs: %d appended, %d already "
-             "in the logs%s", replayed, len(journal.leftover), time.monotonic() - started,
-             appended, replayed - appended,
-             "; %d segments kept until their records are written" % len(kept) if kept else "")
+    log.info("replayed %s from %s in %.2fs: %d appended, %d already in the logs%s",
+             counted(replayed, "record"), counted(len(journal.leftover), "journal segment"),
+             time.monotonic() - started, appended, replayed - appended,
+             "; %s kept until their records are written" % counted(len(kept), "segment") if kept else "")
     journal.leftover = []
     return replayed
 

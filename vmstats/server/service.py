@@ -187,9 +187,9 @@ class Aggregator(service.MultiService):
         budget = descriptor_budget(limit, config.workers + config.parsers)
         caps = share_budget(budget, wanted)
         if caps != wanted:
-            log.warning("the open file limit (%d) leaves room for %d connections: caps lowered "
+            log.warning("the open file limit (%d) leaves room for %s: caps lowered "
                         "to %s (raise the hard limit, e.g. LimitNOFILE=, to keep %s)", limit,
-                        budget, caps, wanted)
+                        counted(budget, "connection"), caps, wanted)
         self.metrics.gauges["file_limit"] = (
             "The open file limit (the soft limit is raised to the hard one at start).",
             lambda: limit)

@@ -201,8 +201,9 @@ def simulate(vms, days, seed, mix, speed, truth, end, inventory, workers, preloa
         except OSError as exc:
             raise click.ClickException("cannot write --truth %s: %s" % (truth, exc.strerror)) from None
     counts = Counter(vm.profile for vm in fleet)
-    click.echo("fleet of %d VMs, seed %d, %s to %s UTC: %s" % (
-        vms, seed, datetime.datetime.fromtimestamp(start, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    click.echo("fleet of %s, seed %d, %s to %s UTC: %s" % (
+        counted(vms, "VM"), seed,
+        datetime.datetime.fromtimestamp(start, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         datetime.datetime.fromtimestamp(stop, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         ", ".join("%s %d" % (name, counts[name]) for name in fleets.PROFILES if counts[name])))
     summary = {"vms": vms, "days": days, "seed": seed, "start": start, "end": stop, "profiles": dict(counts)}
@@ -259,8 +260,10 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 
     packer, placed, untagged = hosts.place_fleet(fleet, seed)
     _write_text(path, packer.inventory_toml(untagged, "Simulated hosts of vmstats simulate --seed %d "
-                                                      "(%d VMs)." % (seed, len(fleet))), "--inventory")
-    click.echo("hosts: %s; %d VMs send no host tag and are listed by id" % (packer.summary(), len(untagged)))
+                                                      "(%s)." % (seed, counted(len(fleet), "VM"))),
+                "--inventory")
+    click.echo("hosts: %s; %s no host tag and %s listed by id" % (
+        packer.summary(), counted(len(untagged), "VM sends", "VMs send"), plural(len(untagged), "is", "are")))
     return placed
 
 
@@ -395,7 +398,8 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_p
     click.echo("replayed %s (%s), format %s" % (counted(len(files), "file"), counted(len(vms), "VM"), fmt))
     if packer is not None:
         _write_text(pack_hosts, packer.inventory_toml(header="Simulated hosts of vmstats replay --seed %d "
-                                                             "(%d VMs)." % (seed, len(vms))), "--pack-hosts")
+                                                             "(%s)." % (seed, counted(len(vms), "VM"))),
+                    "--pack-hosts")
         click.echo("hosts: %s; written to %s" % (packer.summary(), pack_hosts))
     click.echo(render_quirks(quirks))
     _finish(sender, {"files": len(files), "vms": len(vms), "quirks": dict(quirks)}, json_path, timeout)

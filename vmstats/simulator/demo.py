@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from vmstats.words import counted, part_of
+from vmstats.words import counted, part_of, plural
 
 
 def _load(out: str, *path: str) -> dict:
@@ -67,10 +67,11 @@ def summary(out: str, took: str) -> list[str]:
     if capacity:
         fleet = capacity["fleet"]
         after = "-" if fleet["fit_after"] is None else fleet["fit_after"]
-        lines.append("Headroom on %s: %d more %s VMs fit by measured use now, %s after the report's "
+        lines.append("Headroom on %s: %d more %s %s by measured use now, %s after the report's "
                      "reclaim and downsize advice; allocation at Nova's ratios allows %d." % (
                          counted(fleet["hosts"], "simulated host"), fleet["fit_now"],
-                         capacity["profile"]["name"], after, fleet["alloc_fit_now"]))
+                         capacity["profile"]["name"], plural(fleet["fit_now"], "VM fits", "VMs fit"), after,
+                         fleet["alloc_fit_now"]))
     admit = _load(out, "capacity", "admit.json")
     lines.append("Admission of %r (%s): %s, %d placed on %s (allocation at Nova's ratios would place %d)."
                  % (admit["request"], counted(admit["asked"], "VM"), admit["status"].upper(), admit["placed"],

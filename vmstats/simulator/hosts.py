@@ -106,8 +106,8 @@ class HostPacker:
                 host.vcpus, host.mem_gb = vcpus_max, float(mem_max)
                 if not self._fits(host, vcpus, mem_gb):
                     self.hosts.pop()
-                    raise PackError("%s (%d vCPUs, %.1f GiB) fits on no host of the mix"
-                                    % (vm, vcpus, mem_gb))
+                    raise PackError("%s (%s, %.1f GiB) fits on no host of the mix"
+                                    % (vm, counted(vcpus, "vCPU"), mem_gb))
         host.vms.append(vm)
         host.alloc_vcpus += vcpus
         host.alloc_mem_gb += mem_gb
@@ -131,8 +131,9 @@ class HostPacker:
             listed = [vm for vm in host.vms if vm in untagged]
             if listed:
                 lines.append("vms = [%s]" % ", ".join('"%s"' % vm for vm in listed))
-            lines.append("# %d VMs, allocated %d vCPUs (%.1f per thread), %.0f GiB (%.0f%% of memory)" % (
-                len(host.vms), host.alloc_vcpus, host.alloc_vcpus / host.vcpus, host.alloc_mem_gb,
+            lines.append("# %s, allocated %s (%.1f per thread), %.0f GiB (%.0f%% of memory)" % (
+                counted(len(host.vms), "VM"), counted(host.alloc_vcpus, "vCPU"),
+                host.alloc_vcpus / host.vcpus, host.alloc_mem_gb,
                 100.0 * host.alloc_mem_gb / host.mem_gb))
             lines.append("")
         return "\n".join(lines)

@@ -212,7 +212,7 @@ def render(result: Score, max_wrong: int = 30) -> str:
         if len(result.unjudged) > max_wrong:
             lines.append("  ... and %d more" % (len(result.unjudged) - max_wrong))
     if result.extra:
-        lines.append("\n%d VMs in the report are not in the truth file (not scored)." % result.extra)
+        lines.append("\n%s in the report not in the truth file (not scored)." % counted(result.extra, "VM"))
     unit = result.currency + " " if result.currency else ""
     lines += ["", "Savings claimed: %s%.2f per month; %s%.2f on correct verdicts, %s%.2f on wrong ones."
               % (unit, result.saving_total, unit, result.saving_correct, unit, result.saving_wrong)]

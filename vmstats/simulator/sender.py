@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from vmstats.client.transport import parse_server
 from vmstats.protocol import SAFE_DATAGRAM_SIZE, SYNC_PREFIX, pack_lines, parse_reply
+from vmstats.words import counted
 
 TRANSPORTS = ("udp", "tcp")
 
@@ -173,8 +174,8 @@ class TcpSender:
         """One round of I/O: move queued batches out, read replies; reconnect if the link broke."""
         now = time.monotonic()
         if deadline is None and now - self._progress > self.timeout:
-            raise SendError("TCP %s:%d: no acknowledgement for %.0fs (%d records unacknowledged)"
-                            % (self.address + (self.timeout, self._pending())))
+            raise SendError("TCP %s:%d: no acknowledgement for %.0fs (%s unacknowledged)"
+                            % (self.address + (self.timeout, counted(self._pending(), "record"))))
         if self._sock is None:
             self._connect()
             return

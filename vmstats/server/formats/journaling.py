@@ -57,6 +57,7 @@ from vmstats import protocol
 from vmstats.server.formats import Tally
 from vmstats.server.journal import read_segments
 from vmstats.server.ownfiles import read_file
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +304,13 @@ class EdgeJournal:
         assembler.touched_by(edge.clock())
         self.changed = True  # the segments replayed go: the next retire writes a checkpoint
         if self.forged:
-            log.warning("journal: %d #!edge lines without this journal's HMAC ignored (sent "
-                        "inside payloads, or the key file %s changed)", self.forged, KEY_FILE)
+            log.warning("journal: %s without this journal's HMAC ignored (sent "
+                        "inside payloads, or the key file %s changed)", counted(self.forged, "#!edge line"),
+                        KEY_FILE)
         records = protocol.encode_records(assembler.take())
-        log.info("edge: %d payloads replayed after the checkpoint; %d open minutes restored, "
-                 "%d records to write again", replayed, assembler.open_count,
-                 len(records) + len(pending))
+        log.info("edge: %s replayed after the checkpoint; %s restored, %s to write again",
+                 counted(replayed, "payload"), counted(assembler.open_count, "open minute"),
+                 counted(len(records) + len(pending), "record"))
         return b"\n".join(pending + records)
 
     def _repeat(self, name: str, now: float, options: dict, data: bytes) -> None:

@@ -27,6 +27,7 @@ from twisted.internet import defer
 
 from vmstats.server.every import Every
 from vmstats.server.formats import Decoder, Tally
+from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,8 @@ class DecodePool:
         stuck = queue[0][4]
         held = [entry for entry in queue if entry[2] is None]
         self.edge.metrics.parser_stalls += 1
-        log.error("a decoding process answered nothing for %.0fs with %d payloads waiting: "
-                  "stopping its pool (the reactor decodes them)", waited, len(held))
+        log.error("a decoding process answered nothing for %.0fs with %s waiting: "
+                  "stopping its pool (the reactor decodes them)", waited, counted(len(held), "payload"))
         for entry in held:
             entry[2] = _decode_here(entry[0], entry[3], entry[1])
         _kill(stuck)
