@@ -20,7 +20,7 @@ from vmstats.report import load as load_mod
 from vmstats.report import statement as statement_mod
 from vmstats.report import stats as stats_mod
 from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
-from vmstats.report.prices import PriceBook
+from vmstats.report.prices import PriceBook, cents
 from vmstats.report.settings import MAX_DAYS, Policy, ReportError
 from vmstats.words import counted
 
@@ -164,7 +164,7 @@ def build(
         usage = prices.usage_parts(
             vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
         )
-        values["usage_cost"] = math.nan if usage is None else round(sum(usage.values()), 2)
+        values["usage_cost"] = math.nan if usage is None else cents(sum(usage.values()))
         decision = decide(values, settings, end_ts, prices)
         if values["last_seen"] <= 0 and vm in damaged_by_vm:
             decision = _all_damaged(damaged_by_vm[vm])
@@ -280,8 +280,8 @@ def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -
         "recommendation": decision.recommendation,
         "group": group,
         "excluded_reason": excluded.reason if excluded else "",
-        "monthly_cost": _r(v["monthly_cost"], 2),
-        "usage_cost": _r(v["usage_cost"], 2),
+        "monthly_cost": _money(v["monthly_cost"]),
+        "usage_cost": _money(v["usage_cost"]),
         "vcpus": _r(v["vcpus"], 0),
         "mem_gb": _r(v["mem_gb"], 3),
         "recommended_vcpus": _r(decision.recommended_vcpus, 3),
@@ -357,6 +357,11 @@ def _profiles(values: np.ndarray) -> list[list[float | None]]:
     return [[None if x != x else x for x in row] for row in np.round(values, 1).tolist()]
 
 
+def _money(value: float) -> float | None:
+    """A money cell: to the cent as prices.cents rounds it, None when unknown."""
+    return None if value is None or value != value else cents(float(value))
+
+
 def _r(value: float, digits: int) -> float | None:
     if value is None or value != value:
         return None
@@ -403,7 +408,7 @@ def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, 
     for row in rows:
         entry = categories[row["category"]]
         entry["vms"] += 1
-        entry["monthly_saving"] = round(entry["monthly_saving"] + row["monthly_saving"], 2)
+        entry["monthly_saving"] = cents(entry["monthly_saving"] + row["monthly_saving"])
     return {
         "data_dirs": [logstore.printable(d) for d in data_dirs],
         "window": window_meta,

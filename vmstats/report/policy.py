@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from vmstats.report import runs
-from vmstats.report.prices import PriceBook
+from vmstats.report.prices import PriceBook, cents
 from vmstats.report.settings import SHAPE_TOLERANCE
 from vmstats.words import counted
 
@@ -389,7 +389,8 @@ def rate(value: float) -> str:
 
 
 def _money(value: float) -> float:
-    return round(value, 2) if _known(value) else 0.0
+    """A saving or extra cost to the cent, rounded as the cost it comes from (prices.cents)."""
+    return cents(value) if _known(value) else 0.0
 
 
 #: Offsets from UTC a VM's users may live at (whole hours; half-hour zones land on a neighbour).

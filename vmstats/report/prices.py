@@ -10,11 +10,27 @@ downsize picks from the policy's size ladders.
 import math
 import os
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 
 from vmstats.report.settings import SHAPE_TOLERANCE, ReportError, load_toml
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "examples", "pricebook.toml")
 BYTES_PER_GB = 1e9
+_CENT = Decimal("0.01")
+
+
+def cents(value: float) -> float:
+    """An amount of money to the cent, half a cent away from zero: the one rounding of money.
+
+    ``round(x, 2)`` rounds the binary double, so a half cent goes either way:
+    0.0015 an hour x 730 hours is 1.0949999... in binary (1.09) while 0.0035 x
+    730 is 2.5550000... (2.56).  The amount is read at 15 significant digits
+    first (as a spreadsheet shows it, without the binary noise), so the cent
+    is the one a person figuring the price on paper gets: 1.095 is 1.10.
+    """
+    if not math.isfinite(value):
+        return value
+    return float(Decimal(format(value, ".15g")).quantize(_CENT, ROUND_HALF_UP))
 
 
 @dataclass(frozen=True)
@@ -109,8 +125,8 @@ class PriceBook:
         disk and network in a month at the window's mean rates) times the
         book's unit prices: a chargeback by what each VM consumed rather than
         what it reserved.  An unknown mean (never reported) counts as zero.
-        Each part is rounded to cents here, once, so the VM's usage cost (their
-        sum) and a statement's columns (sums of them) add up to the cent.
+        Each part is rounded to cents here (``cents``), once, so the VM's usage
+        cost (their sum) and a statement's columns (sums of them) add up to the cent.
         """
         if not (vcpus > 0 and memory_gb > 0):
             return None
@@ -121,7 +137,7 @@ class PriceBook:
             "disk": _known(disk_avg) * seconds / BYTES_PER_GB * self.disk_gb,
             "network": _known(net_avg) * seconds / BYTES_PER_GB * self.network_gb,
         }
-        return {name: round(float(value), 2) for name, value in parts.items()}
+        return {name: cents(float(value)) for name, value in parts.items()}
 
     def bigger_but_cheaper(self) -> str | None:
         """A shape priced below a strictly smaller one, in words; None when the book is consistent.

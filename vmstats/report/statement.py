@@ -16,6 +16,7 @@ from typing import Any
 from vmstats import logstore
 from vmstats.protocol import MAX_TAG_KEY_LENGTH
 from vmstats.report.policy import CANDIDATES
+from vmstats.report.prices import cents
 from vmstats.report.settings import ReportError
 
 STATEMENT_NAME = "statement.csv"
@@ -109,16 +110,16 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], currency: str
         "vms": len(rows),
         "unpriced_vms": len(rows) - len(priced),
         **money(rows),
-        "usage_cost": round(sum(r["usage_cost"] or 0.0 for r in rows), 2),
+        "usage_cost": cents(sum(r["usage_cost"] or 0.0 for r in rows)),
     }
     for part in _PARTS:
-        line["usage_" + part] = round(sum(r["usage"][part] for r in priced if r["usage"]), 2)
+        line["usage_" + part] = cents(sum(r["usage"][part] for r in priced if r["usage"]))
     # Money spent while idle: each VM's provisioned cost times its share of idle minutes, in
     # cents per VM as every other figure here, so the groups add up to the total.
     idle = sum(
-        round(r["monthly_cost"] * r["idle_share"], 2) for r in priced if r["idle_share"] is not None
+        cents(r["monthly_cost"] * r["idle_share"]) for r in priced if r["idle_share"] is not None
     )
-    line["idle_cost"] = round(idle, 2)
+    line["idle_cost"] = cents(idle)
     line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
     line["currency"] = currency
     return line
@@ -135,11 +136,11 @@ def money(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     candidates = [r for r in rows if r["category"] in CANDIDATES]
     upsizes = [r for r in rows if r["category"] == "upsize"]
     return {
-        "monthly_cost": round(sum((r["monthly_cost"] or 0.0 for r in rows), 0.0), 2),
-        "monthly_saving": round(sum((r["monthly_saving"] or 0.0 for r in candidates), 0.0), 2),
+        "monthly_cost": cents(sum((r["monthly_cost"] or 0.0 for r in rows), 0.0)),
+        "monthly_saving": cents(sum((r["monthly_saving"] or 0.0 for r in candidates), 0.0)),
         "candidates": len(candidates),
         # 0.0 - ...: an empty sum is 0.0, not -0.0 (written "-0.0" in a CSV).
-        "upsize_extra_cost": round(0.0 - sum((r["monthly_saving"] or 0.0 for r in upsizes), 0.0), 2),
+        "upsize_extra_cost": cents(0.0 - sum((r["monthly_saving"] or 0.0 for r in upsizes), 0.0)),
     }
 
 

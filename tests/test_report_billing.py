@@ -1,0 +1,237 @@
+"""The money an operator bills from: report.csv's costs and ``report --by TAG``'s statement.
+
+A small fleet with the awkward cases of a bill (a VM that starts mid-window,
+one that stops, one resized, one re-tagged, one the agent left for a day and
+a quarter of every other, one without a size, one without tags) is sent to
+the real server over TCP and reported with a price book whose prices land on
+half cents.  The expected figures are reckoned here from the day logs the
+server wrote and the price book's decimal figures, without the report's code,
+as an auditor would: docs/REPORT.md ("Statement") is the rule they follow.
+"""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import defaultdict
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pytest
+from serverproc import serve
+
+from vmstats import protocol
+from vmstats.protocol import Record
+from vmstats.report.prices import cents
+
+DAY = 86400
+T0 = 1_790_035_200  # 2026-09-22 00:00 UTC
+DAYS = 3
+#: Every price here times 730 hours ends in half a cent (0.0305 x 730 = 22.265, 0.0715 x 730 = 52.195).
+PRICES = """\
+currency = "EUR"
+hours_per_month = 730
+vcpu_hour = 0.0305
+gb_ram_hour = 0.0045
+disk_gb = 0.025
+network_gb = 0.015
+[[sizes]]
+name = "medium"
+vcpus = 2
+memory_gb = 4
+hourly = 0.0715
+"""
+CPU_IDLE = Decimal(5)  # the policy's default cpu_idle (docs/POLICY.md)
+PARTS = ("cpu", "ram", "disk", "network")
+#: The log columns of each mean (docs/REPORT.md: disk is read + write, network received + sent).
+METRICS = {"cpu": ["cpu"], "mem": ["mem"], "disk": ["disk_r", "disk_w"], "net": ["net_rx", "net_tx"]}
+
+
+def fleet_records() -> list[Record]:
+    records = []
+
+    def add(vm, ts, cpu, mem, size=None, tags=None, net=2e4):
+        vcpus, mem_mb = size or (None, None)
+        records.append(Record(vm=vm, ts=ts, cpu=cpu, mem=mem, disk_r=1e3, disk_w=1e3, net_rx=net, net_tx=net,
+                              vcpus=vcpus, mem_mb=mem_mb, host="hv1",
+                              tags=protocol.check_tags(sorted((tags or {}).items()))))
+
+    for m in range(DAYS * 1440):
+        ts, day, hour = T0 + 60 * m, m // 1440, m // 60 % 24
+        add("steady", ts, 30.0 + m % 7, 50.5, (2, 4096), {"project": "alpha"})
+        if day >= 1:  # starts mid-window
+            add("late", ts, 40.0, 60.0, (4, 16384), {"project": "alpha"})
+        if day < 1:  # stops mid-window
+            add("gone", ts, 10.0, 20.0, (8, 32768), {"project": "beta"})
+        # resized at noon of the second day: 8 vCPUs / 32 GB, then 2 / 4
+        small = m >= 1440 + 720
+        add("resized", ts, 50.0 if small else 12.5, 80.0 if small else 25.0,
+            (2, 4096) if small else (8, 32768), {"project": "beta"})
+        add("retag", ts, 20.0, 30.0, (1, 2048), {"project": "alpha" if day < 2 else "gamma"})
+        if day != 1 and hour < 18:  # its agent down a day, and 6 hours of every other
+            add("gappy", ts, 70.0, 70.0, (3, 6000), {"project": "gamma"}, net=5e6)
+        add("nosize", ts, 5.0, 5.0, None, {"project": "gamma"})
+        add("notag", ts, 1.0, 10.0, (1, 2048), None, net=100.0)
+    return records
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """The fleet's logs as the real server wrote them, and the price book."""
+    root = tmp_path_factory.mktemp("billing")
+    records = fleet_records()
+    payload = b"".join(line + b"\n" for line in protocol.encode_records(records))
+    with serve(root / "server", "--flush-interval", "0.3", "--max-per-vm", "100000") as server:
+        with server.tcp(timeout=60) as sock:
+            sock.sendall(payload + b"#!sync all\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                assert chunk, "server closed the connection"
+                reply += chunk
+    assert reply.decode().split() == ["#!ack", "all", str(len(records)), "0"]
+    assert server.returncode == 0, server.output
+    prices = root / "prices.toml"
+    prices.write_text(PRICES)
+    return root / "server" / "data", prices
+
+
+def report(data, prices, out, *args):
+    done = subprocess.run(
+        [sys.executable, "-m", "vmstats", "report", str(data), "-o", str(out), "--prices", str(prices),
+         "--by", "project", "--days", str(DAYS), "--set", "min_days=0", "--no-cache", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    with open(out / "report.csv", newline="") as handle:
+        rows = {row["vm"]: row for row in csv.DictReader(handle)}
+    with open(out / "statement.csv", newline="") as handle:
+        lines = {line["value"]: line for line in csv.DictReader(handle)}
+    return rows, lines, json.loads((out / "report.json").read_text())
+
+
+def to_cent(amount: Decimal) -> Decimal:
+    return amount.quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+
+def reckon(data: Path, prices: Path) -> dict[str, dict]:
+    """Each VM's bill from its day logs and the book, in decimal, as docs/REPORT.md states it."""
+    book = tomllib.loads(prices.read_text(), parse_float=Decimal)
+    hours = Decimal(book["hours_per_month"])
+    out = {}
+    for folder in sorted((data / "vms").iterdir()):
+        rows = []
+        for path in sorted(folder.glob("*.csv")):
+            with open(path, newline="") as handle:
+                rows += list(csv.DictReader(handle))
+        rows.sort(key=lambda r: int(r["ts"]))
+        sized = [(int(r["ts"]) // DAY, r["vcpus"], r["mem_mb"]) for r in rows if r["vcpus"]]
+        # Means are taken from the first whole UTC day at the last size (data_quality's "judged
+        # since"): the day of a resize at midnight, the next after one within a day.
+        since = max((b[0] + (a[0] == b[0]) for a, b in zip(sized, sized[1:], strict=False) if a[1:] != b[1:]),
+                    default=0)
+        judged = [r for r in rows if int(r["ts"]) // DAY >= since]
+
+        def mean(values):
+            return sum(values, Decimal(0)) / len(values)
+
+        tags = dict(p.split("=") for p in (rows[-1].get("tags") or "").split(";") if p)
+        bill = {"project": tags.get("project", ""), "monthly_cost": None, "usage": None, "idle_cost": None}
+        if sized:
+            vcpus, gb = Decimal(sized[-1][1]), Decimal(sized[-1][2]) / 1024
+            hourly = next((s["hourly"] for s in book["sizes"] if (s["vcpus"], s["memory_gb"]) == (vcpus, gb)),
+                          vcpus * book["vcpu_hour"] + gb * book["gb_ram_hour"])
+            avg = {name: mean([sum(Decimal(r[c]) for c in cells) for r in judged])
+                   for name, cells in METRICS.items()}
+            gb_month = hours * 3600 / Decimal(10**9)  # GB moved in a month at 1 byte/s
+            bill["monthly_cost"] = to_cent(hourly * hours)
+            bill["usage"] = {
+                "cpu": to_cent(avg["cpu"] / 100 * vcpus * book["vcpu_hour"] * hours),
+                "ram": to_cent(avg["mem"] / 100 * gb * book["gb_ram_hour"] * hours),
+                "disk": to_cent(avg["disk"] * gb_month * book["disk_gb"]),
+                "network": to_cent(avg["net"] * gb_month * book["network_gb"]),
+            }
+            idle = mean([Decimal(Decimal(r["cpu"]) < CPU_IDLE) for r in judged])  # idle_share, 4 places
+            bill["idle_cost"] = to_cent(bill["monthly_cost"] * idle.quantize(Decimal("0.0001")))
+        out[folder.name] = bill
+    return out
+
+
+def money(cell) -> Decimal:
+    return Decimal(cell or "0")
+
+
+def test_the_bill_is_what_an_auditor_reckons_from_the_logs_to_the_cent(fleet, tmp_path):
+    data, prices = fleet
+    rows, lines, document = report(data, prices, tmp_path / "out")
+    bills = reckon(data, prices)
+    usage = {v["vm"]: v["usage"] for v in document["vms"]}
+    assert set(rows) == set(bills)
+    for vm, bill in bills.items():
+        assert money(rows[vm]["monthly_cost"]) == (bill["monthly_cost"] or 0), vm
+        if bill["usage"] is None:  # no size reported: no cost of either kind
+            assert rows[vm]["monthly_cost"] == rows[vm]["usage_cost"] == "" and usage[vm] is None
+            continue
+        assert {k: Decimal(str(v)) for k, v in usage[vm].items()} == bill["usage"], vm
+        assert money(rows[vm]["usage_cost"]) == sum(bill["usage"].values()), vm
+    # Half a cent goes up: 2 vCPUs / 4 GB is the 0.0715 size, 52.195 a month.
+    assert rows["steady"]["monthly_cost"] == "52.2" and rows["resized"]["monthly_cost"] == "52.2"
+    # A reclaimed VM saves what it costs, to the cent.
+    assert rows["notag"]["category"] == "reclaim"
+    # 1 vCPU / 2 GB at unit prices: 22.265 + 2 x 3.285 = 28.835 a month.
+    assert rows["notag"]["monthly_saving"] == rows["notag"]["monthly_cost"] == "28.84"
+
+    groups = defaultdict(list)
+    for vm, bill in bills.items():
+        groups[bill["project"]].append(vm)
+    assert {v: int(line["vms"]) for v, line in lines.items()} == {v: len(m) for v, m in groups.items()}
+    for value, members in groups.items():
+        line = lines[value]
+        priced = [bills[vm] for vm in members if bills[vm]["usage"] is not None]
+        assert int(line["unpriced_vms"]) == len(members) - len(priced)
+        assert money(line["monthly_cost"]) == sum(b["monthly_cost"] for b in priced)
+        assert money(line["idle_cost"]) == sum(b["idle_cost"] for b in priced)
+        for part in PARTS:
+            assert money(line["usage_" + part]) == sum(b["usage"][part] for b in priced), (value, part)
+        assert money(line["usage_cost"]) == sum(money(line["usage_" + p]) for p in PARTS)
+        assert line["currency"] == "EUR"
+    # The lines add up to the statement's total and to report.csv's columns, to the cent.
+    total = document["meta"]["statement"]["total"]
+    for column in ("monthly_cost", "usage_cost", "idle_cost", "monthly_saving"):
+        assert sum(money(line[column]) for line in lines.values()) == Decimal(str(total[column])), column
+    for column in ("monthly_cost", "usage_cost"):
+        assert sum(money(row[column]) for row in rows.values()) == Decimal(str(total[column])), column
+    assert lines[""]["vms"] == "1" and lines["gamma"]["vms"] == "3"  # retag: billed to its latest project
+
+
+def test_compacted_days_give_the_same_bill(fleet, tmp_path):
+    data, prices = fleet
+    _rows, lines, _doc = report(data, prices, tmp_path / "csv")
+    compacted = tmp_path / "data"
+    shutil.copytree(data, compacted)
+    done = subprocess.run(
+        # Rows past retention at once: every VM-day is answered by its rollup alone.
+        [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(compacted), "--compact-after", "1s",
+         "--retain-raw", "1s", "--trust-clock"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0 and "compacted %d days" % DAYS in done.stdout, done.stdout + done.stderr
+    assert not list((compacted / "vms").glob("*/*.csv"))
+    rows, again, _doc = report(compacted, prices, tmp_path / "rollups")
+    assert again == lines
+    original = {vm: row for vm, row in _rows.items()}
+    for vm, row in rows.items():
+        for column in ("monthly_cost", "usage_cost", "monthly_saving", "idle_share", "tags"):
+            assert row[column] == original[vm][column], (vm, column)
+
+
+@pytest.mark.parametrize(
+    "amount, billed",
+    [(0.0015 * 730, 1.10), (0.0045 * 730, 3.29), (0.0715 * 730, 52.20), (-(0.0015 * 730), -1.10),
+     (0.0025 * 730, 1.83), (0.0035 * 730, 2.56), (24.454999, 24.45), (0.1 + 0.2, 0.30)],
+)
+def test_money_rounds_half_a_cent_away_from_zero(amount, billed):
+    """round(x, 2) gives 1.09 for 1.095 (its double is 1.0949999...) but 2.56 for 2.555: a coin toss."""
+    assert cents(amount) == billed
