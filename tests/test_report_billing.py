@@ -227,6 +227,19 @@ def test_compacted_days_give_the_same_bill(fleet, tmp_path):
             assert row[column] == original[vm][column], (vm, column)
 
 
+def test_a_damaged_newest_file_leaves_the_vm_with_its_owner(fleet, tmp_path):
+    data, prices = fleet
+    damaged = tmp_path / "data"
+    shutil.copytree(data, damaged)
+    newest = sorted((damaged / "vms" / "steady").glob("*.csv"))[-1]
+    newest.write_bytes(bytes(range(256)) * 8)  # no readable row
+    rows, lines, document = report(damaged, prices, tmp_path / "out")
+    assert any(f["vm"] == "steady" for f in document["meta"]["skipped_files"])
+    # Its two readable days say project=alpha: its cost stays on alpha's bill.
+    assert rows["steady"]["tags"] == "project=alpha"
+    assert lines["alpha"]["vms"] == "2" and lines[""]["vms"] == "1"
+
+
 @pytest.mark.parametrize(
     "amount, billed",
     [(0.0015 * 730, 1.10), (0.0045 * 730, 3.29), (0.0715 * 730, 52.20), (-(0.0015 * 730), -1.10),

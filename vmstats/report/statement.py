@@ -56,27 +56,36 @@ def check_key(key: str) -> None:
 def vm_labels(
     units: Mapping[tuple[str, int], Sequence[str]], vms: Sequence[str], last_day: int
 ) -> list[Labels]:
-    """``(host, tags)`` of each VM of ``vms``: those of its latest record up to ``last_day``.
+    """``(host, tags)`` of each VM of ``vms``: those of its latest readable record up to ``last_day``.
 
     Only the last lines of each VM's latest day files are read (one small
     read per data dir), not a column of every row; a compacted day's labels
-    come from its columnar file or its rollup, which keeps them.
+    come from its columnar file or its rollup, which keeps them.  When none
+    of a day's files holds a readable row (a damaged or unreadable newest
+    file), the day before answers: a VM is billed to the owner its records
+    name, never moved to the untagged group by a file it could not read.
     """
-    latest: dict[str, int] = {}
+    days: dict[str, list[int]] = {}
     for vm, day in units:
-        if day <= last_day and day > latest.get(vm, -1):
-            latest[vm] = day
-    sources, owners = [], []
-    for k, vm in enumerate(vms):
-        day = latest.get(vm)
-        for source in units.get((vm, day), ()) if day is not None else ():
-            sources.append(source)
-            owners.append(k)
+        if day <= last_day:
+            days.setdefault(vm, []).append(day)
+    for known in days.values():
+        known.sort(reverse=True)
     best: list = [None] * len(vms)
-    # Compacted tiers' files are read once for all their VMs (logstore.last_labels_many).
-    for k, found in zip(owners, logstore.last_labels_many(sources), strict=True):
-        if found is not None and (best[k] is None or found[0] >= best[k][0]):
-            best[k] = found
+    tried = 0
+    waiting = [k for k, vm in enumerate(vms) if vm in days]
+    while waiting:
+        sources, owners = [], []
+        for k in waiting:
+            for source in units[(vms[k], days[vms[k]][tried])]:
+                sources.append(source)
+                owners.append(k)
+        # Compacted tiers' files are read once for all their VMs (logstore.last_labels_many).
+        for k, found in zip(owners, logstore.last_labels_many(sources), strict=True):
+            if found is not None and (best[k] is None or found[0] >= best[k][0]):
+                best[k] = found
+        tried += 1
+        waiting = [k for k in waiting if best[k] is None and tried < len(days[vms[k]])]
     return [("", None) if found is None else (found[1], found[2]) for found in best]
 
 
