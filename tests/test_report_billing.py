@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from serverproc import serve
+from test_client_push import wait_rows
 
 from vmstats import protocol
 from vmstats.protocol import Record
@@ -81,21 +82,25 @@ def fleet_records() -> list[Record]:
 def fleet(tmp_path_factory):
     """The fleet's logs as the real server wrote them, and the price book."""
     root = tmp_path_factory.mktemp("billing")
-    records = fleet_records()
-    payload = b"".join(line + b"\n" for line in protocol.encode_records(records))
     with serve(root / "server", "--flush-interval", "0.3", "--max-per-vm", "100000") as server:
-        with server.tcp(timeout=60) as sock:
-            sock.sendall(payload + b"#!sync all\n")
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = sock.recv(4096)
-                assert chunk, "server closed the connection"
-                reply += chunk
-    assert reply.decode().split() == ["#!ack", "all", str(len(records)), "0"]
+        send(server, fleet_records())
     assert server.returncode == 0, server.output
     prices = root / "prices.toml"
     prices.write_text(PRICES)
     return root / "server" / "data", prices
+
+
+def send(server, records: list[Record]) -> None:
+    """``records`` over TCP, returning once the server's ack says it holds every one."""
+    payload = b"".join(line + b"\n" for line in protocol.encode_records(records))
+    with server.tcp(timeout=60) as sock:
+        sock.sendall(payload + b"#!sync all\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            assert chunk, "server closed the connection"
+            reply += chunk
+    assert reply.decode().split() == ["#!ack", "all", str(len(records)), "0"]
 
 
 def report(data, prices, out, *args):
@@ -238,6 +243,27 @@ def test_a_damaged_newest_file_leaves_the_vm_with_its_owner(fleet, tmp_path):
     # Its two readable days say project=alpha: its cost stays on alpha's bill.
     assert rows["steady"]["tags"] == "project=alpha"
     assert lines["alpha"]["vms"] == "2" and lines[""]["vms"] == "1"
+
+
+def test_a_backlog_written_after_newer_records_leaves_the_vm_with_its_latest_owner(tmp_path):
+    """An agent's spooled records reach the server after its live ones: the day file ends with
+    older records, which name the owner the VM had before; the bill goes by the latest record."""
+    def minutes(first, last, project):
+        return [Record(vm="moved", ts=T0 + 60 * m, cpu=20.0, mem=30.0, vcpus=2, mem_mb=4096, host="hv1",
+                       tags=protocol.check_tags([("project", project)])) for m in range(first, last)]
+
+    with serve(tmp_path / "server", "--flush-interval", "0.3") as server:
+        send(server, minutes(600, 1440, "new"))  # live, since 10:00, re-tagged
+        assert len(wait_rows(server.data_dir, "moved", 840)) == 840  # written before the backlog comes
+        send(server, minutes(0, 600, "old"))  # the backlog from before 10:00
+    assert server.returncode == 0, server.output
+    (day_file,) = (server.data_dir / "vms" / "moved").glob("*.csv")
+    assert day_file.read_text().splitlines()[-1].endswith("project=old")  # written out of order
+    prices = tmp_path / "prices.toml"
+    prices.write_text(PRICES)
+    rows, lines, _doc = report(server.data_dir, prices, tmp_path / "out")
+    assert rows["moved"]["tags"] == "project=new" and list(lines) == ["new"]
+    assert rows["moved"]["records"] == "1440"
 
 
 @pytest.mark.parametrize(

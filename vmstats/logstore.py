@@ -844,6 +844,9 @@ def last_labels(path: str) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str,
     that, so it reads only the file's last few KiB.  ``host`` is "" when the
     row has none; a torn or malformed last line is passed over.  A compacted
     day's Part is read from its file (last_labels_many does many at once).
+    The last row written is the latest one unless records came out of order
+    (an agent's backlog after its live records): latest_labels reads the
+    whole file for those.
     """
     if isinstance(path, Part):
         return last_labels_many([path])[0]
@@ -860,20 +863,43 @@ def last_labels(path: str) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str,
     if start:
         lines = lines[1:]  # the first piece may be the end of a longer line
     for line in reversed(lines):
-        if line.count(b",") not in ROW_COMMAS:
-            continue
-        cells = line.decode("utf-8", "replace").split(",")
-        if not cells[0].isdigit():
-            continue
-        host = cells[len(FIELD_NAMES) + 1]
-        tags = None
-        if len(cells) == len(COLUMNS):
-            try:
-                tags = parse_tags(cells[-1], TAGS_SEPARATOR)
-            except ValueError:
-                continue
-        return int(cells[0]), host, tags
+        found = _labels_of(line)
+        if found is not None:
+            return found
     return None
+
+
+def latest_labels(path: str) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str, str], ...]]]]:
+    """last_labels of the latest-stamped well-formed row of a CSV day file (the last written of
+    equal stamps, as read_rows keeps), read whole: for a file whose rows are out of order."""
+    try:
+        with open_day_file(path) as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    best = None
+    for line in data.split(b"\n"):
+        found = _labels_of(line)
+        if found is not None and (best is None or found[0] >= best[0]):
+            best = found
+    return best
+
+
+def _labels_of(line: bytes) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str, str], ...]]]]:
+    """``(ts, host, tags)`` of one log line; None for a line that is not a well-formed row."""
+    if line.count(b",") not in ROW_COMMAS:
+        return None
+    cells = line.decode("utf-8", "replace").split(",")
+    if not cells[0].isdigit():
+        return None
+    host = cells[len(FIELD_NAMES) + 1]
+    tags = None
+    if len(cells) == len(COLUMNS):
+        try:
+            tags = parse_tags(cells[-1], TAGS_SEPARATOR)
+        except ValueError:
+            return None
+    return int(cells[0]), host, tags
 
 
 def read_rows(paths: Iterable[str]):

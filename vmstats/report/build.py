@@ -140,7 +140,11 @@ def build(
     vm_settings = [policy.for_vm(vm) for vm in table.vms]
     per_vm = {name: np.array([s[name] for _g, s in vm_settings], dtype=float) for name in _PER_VM}
     st = stats_mod.compute(table, window, per_vm)
-    labels = statement_mod.vm_labels(units, table.vms, last_day)
+    # Each VM-day's latest record: the labels are that record's, whatever order it was written in.
+    kept = np.flatnonzero(d["n"] > 0)
+    vm_of, day_of, ts_of = (column[kept].tolist() for column in (table.vm_index, table.day, d["last_ts"]))
+    newest = {(table.vms[i], day): ts for i, day, ts in zip(vm_of, day_of, ts_of, strict=True)}
+    labels = statement_mod.vm_labels(units, table.vms, last_day, newest)
     if placement is not None:
         labels = [
             (placement(vm, host) or host, tags) for vm, (host, tags) in zip(table.vms, labels, strict=True)

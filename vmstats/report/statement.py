@@ -54,17 +54,25 @@ def check_key(key: str) -> None:
 
 
 def vm_labels(
-    units: Mapping[tuple[str, int], Sequence[str]], vms: Sequence[str], last_day: int
+    units: Mapping[tuple[str, int], Sequence[str]],
+    vms: Sequence[str],
+    last_day: int,
+    newest: Mapping[tuple[str, int], int] | None = None,
 ) -> list[Labels]:
     """``(host, tags)`` of each VM of ``vms``: those of its latest readable record up to ``last_day``.
 
     Only the last lines of each VM's latest day files are read (one small
     read per data dir), not a column of every row; a compacted day's labels
-    come from its columnar file or its rollup, which keeps them.  When none
-    of a day's files holds a readable row (a damaged or unreadable newest
-    file), the day before answers: a VM is billed to the owner its records
-    name, never moved to the untagged group by a file it could not read.
+    come from its columnar file or its rollup, which keeps them.  ``newest``
+    holds each loaded VM-day's latest timestamp: a day whose last lines are
+    older was written out of order (an agent's backlog arriving after its live
+    records, which may name a previous owner), and its CSV files are read
+    whole for the latest record's labels.  When none of a day's files holds a
+    readable row (a damaged or unreadable newest file), the day before
+    answers: a VM is billed to the owner its records name, never moved to the
+    untagged group by a file it could not read.
     """
+    newest = newest or {}
     days: dict[str, list[int]] = {}
     for vm, day in units:
         if day <= last_day:
@@ -84,6 +92,13 @@ def vm_labels(
         for k, found in zip(owners, logstore.last_labels_many(sources), strict=True):
             if found is not None and (best[k] is None or found[0] >= best[k][0]):
                 best[k] = found
+        for k, source in zip(owners, sources, strict=True):
+            latest = newest.get((vms[k], days[vms[k]][tried]))
+            behind = best[k] is not None and latest is not None and best[k][0] < latest
+            if behind and not isinstance(source, logstore.Part):  # compacted tiers are in time order
+                found = logstore.latest_labels(source)
+                if found is not None and found[0] >= best[k][0]:
+                    best[k] = found
         tried += 1
         waiting = [k for k in waiting if best[k] is None and tried < len(days[vms[k]])]
     return [("", None) if found is None else (found[1], found[2]) for found in best]
