@@ -267,6 +267,26 @@ def test_a_backlog_written_after_newer_records_leaves_the_vm_with_its_latest_own
 
 
 @pytest.mark.parametrize(
+    "book, message",
+    [
+        ('currency = ["USD", "EUR"]\n', "currency must be one code such as USD or EUR"),  # not two currencies
+        ('currency = ""\n', "currency must be one code"),  # a bill in no unit
+        ("currency = 978\n", "currency must be one code"),
+        ("hours_per_month = 0\n", "hours_per_month must be above 0"),  # every bill 0.00
+    ],
+)
+def test_a_book_that_cannot_name_or_price_a_month_is_one_error(fleet, tmp_path, book, message):
+    data, _prices = fleet
+    prices = tmp_path / "book.toml"
+    prices.write_text(book + "vcpu_hour = 0.03\ngb_ram_hour = 0.004\n")
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(data), "-o", str(tmp_path / "out"),
+                           "--prices", str(prices)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("Error: price book %s: %s" % (prices, message)), done.stderr
+    assert not (tmp_path / "out" / "report.csv").exists()
+
+
+@pytest.mark.parametrize(
     "amount, billed",
     [(0.0015 * 730, 1.10), (0.0045 * 730, 3.29), (0.0715 * 730, 52.20), (-(0.0015 * 730), -1.10),
      (0.0025 * 730, 1.83), (0.0035 * 730, 2.56), (24.454999, 24.45), (0.1 + 0.2, 0.30)],

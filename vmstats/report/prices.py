@@ -9,6 +9,7 @@ downsize picks from the policy's size ladders.
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -17,6 +18,7 @@ from vmstats.report.settings import SHAPE_TOLERANCE, ReportError, load_toml
 EXAMPLE = os.path.join(os.path.dirname(__file__), "examples", "pricebook.toml")
 BYTES_PER_GB = 1e9
 _CENT = Decimal("0.01")
+_CURRENCY_RE = re.compile(r"[^\s,;\"']{1,16}\Z")
 
 
 def cents(value: float) -> float:
@@ -88,11 +90,21 @@ class PriceBook:
                     "price that is not negative" % (source, i + 1)
                 )
             sizes.append(Size(name, *map(float, shape)))
+        currency = data.get("currency", "USD")
+        if not (isinstance(currency, str) and _CURRENCY_RE.match(currency)):
+            # Every money cell names it: a list or a blank would make each bill's unit unreadable.
+            raise ReportError(
+                "price book %s: currency must be one code such as USD or EUR (1-16 characters, no "
+                "spaces or commas): one book, one currency" % source
+            )
+        hours = number("hours_per_month", 730.0)
+        if not hours:
+            raise ReportError("price book %s: hours_per_month must be above 0 (730 = 365 x 24 / 12)" % source)
         return cls(
             source=source,
             is_example=path is None,
-            currency=str(data.get("currency", "USD")),
-            hours_per_month=number("hours_per_month", 730.0),
+            currency=currency,
+            hours_per_month=hours,
             vcpu_hour=number("vcpu_hour"),
             gb_ram_hour=number("gb_ram_hour"),
             disk_gb=number("disk_gb", 0.0),
