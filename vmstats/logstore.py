@@ -544,17 +544,18 @@ def _clean_body(body: bytes) -> Tuple[Optional[bytes], int]:
         return body, 0
     lines = body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
     # Lines of too few and too many cells that balance out make pandas fail (wrong number
-    # of cells); a repeated header line or a quote (a plain cell to the parsers) is not a
-    # number, which pandas rejects too; an empty line, which pandas skips, leaves it one row
-    # short, which _parse_lines checks: each sends the batch to the line-by-line reading.
-    # Only a carriage return (a line break to pandas, one more row) could offset an empty
-    # line unseen: so two byte counts and one byte search are the whole fast check.  Rows
+    # of cells); a repeated header line is not a number, which pandas rejects too; an empty
+    # line, which pandas skips, leaves it one row short, which _parse_lines checks: each
+    # sends the batch to the line-by-line reading.  A carriage return (a line break to
+    # pandas, one more row) could offset an empty line unseen, and a quote in the host or
+    # tags cell is text to pandas: both are searched for, so two byte counts and two byte
+    # searches are the whole fast check.  Rows
     # have one of two widths (with or without tags): a file of rows without tags has no
     # "=", and in a file of tagged rows a short line can only be offset by one with more
     # cells than any row, which pandas rejects; a file mixing both is read line by line.
     commas = body.count(b",")
     uniform = (commas == lines * _UNTAGGED_COMMAS and b"=" not in body) or commas == lines * _TAGGED_COMMAS
-    if uniform and not body.startswith(b"\n") and b"\r" not in body:
+    if uniform and not body.startswith(b"\n") and not any(byte in body for byte in _FOREIGN):
         return (body if body.endswith(b"\n") else body + b"\n"), lines
     return None, lines
 
@@ -886,8 +887,8 @@ def latest_labels(path: str) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[st
 
 
 def _labels_of(line: bytes) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str, str], ...]]]]:
-    """``(ts, host, tags)`` of one log line; None for a line that is not a well-formed row."""
-    if line.count(b",") not in ROW_COMMAS:
+    """``(ts, host, tags)`` of one log line; None for a line the readers skip as malformed."""
+    if not _well_formed(line):
         return None
     cells = line.decode("utf-8", "replace").split(",")
     if not cells[0].isdigit():
