@@ -159,6 +159,18 @@ class ServerProcess:
     def tcp(self, timeout: float = 10.0) -> socket.socket:
         return socket.create_connection((LOOPBACK, self.tcp_port), timeout=timeout)
 
+    def send_synced(self, payload: bytes, token: str = "all", timeout: float = 60.0) -> list[str]:
+        """``payload`` over TCP, then ``#!sync token``; the server's reply, split (``#!ack token
+        held dropped`` once it holds every record: UDP may drop under load, this may not)."""
+        with self.tcp(timeout=timeout) as sock:
+            sock.sendall(payload + b"#!sync %s\n" % token.encode())
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                assert chunk, "server closed the connection"
+                reply += chunk
+        return reply.decode().split()
+
     def tcp_to(self, port: int, timeout: float = 10.0) -> socket.socket:
         """A connection to another of the server's TCP ports (the other formats')."""
         return socket.create_connection((LOOPBACK, port), timeout=timeout)

@@ -93,14 +93,7 @@ def fleet(tmp_path_factory):
 def send(server, records: list[Record]) -> None:
     """``records`` over TCP, returning once the server's ack says it holds every one."""
     payload = b"".join(line + b"\n" for line in protocol.encode_records(records))
-    with server.tcp(timeout=60) as sock:
-        sock.sendall(payload + b"#!sync all\n")
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            assert chunk, "server closed the connection"
-            reply += chunk
-    assert reply.decode().split() == ["#!ack", "all", str(len(records)), "0"]
+    assert server.send_synced(payload) == ["#!ack", "all", str(len(records)), "0"]
 
 
 def report(data, prices, out, by="project"):

@@ -51,14 +51,7 @@ def test_records_sent_to_the_server_are_reported(tmp_path):
     payload = b"".join(protocol.encode_record(r).encode() + b"\n" for r in records)
     with serve(tmp_path, "--flush-interval", "0.5") as server:
         # Over TCP with a sync: the server's ack says every record is held (UDP may drop under load).
-        with server.tcp(timeout=30) as sock:
-            sock.sendall(payload + b"#!sync day1\n")
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = sock.recv(4096)
-                assert chunk, "server closed the connection"
-                reply += chunk
-        assert reply.decode().split() == ["#!ack", "day1", str(len(records)), "0"]
+        assert server.send_synced(payload, "day1", timeout=30) == ["#!ack", "day1", str(len(records)), "0"]
     assert server.returncode == 0, server.output
     out = tmp_path / "out"
     result = subprocess.run(
