@@ -25,7 +25,9 @@ from test_client_push import wait_rows
 
 from vmstats import protocol
 from vmstats.protocol import Record
-from vmstats.report.prices import cents
+from vmstats.report import policy
+from vmstats.report.prices import PriceBook, cents
+from vmstats.report.settings import DEFAULTS
 
 DAY = 86400
 T0 = 1_790_035_200  # 2026-09-22 00:00 UTC
@@ -304,3 +306,15 @@ def test_a_book_that_cannot_name_or_price_a_month_is_one_error(fleet, tmp_path, 
 def test_money_rounds_half_a_cent_away_from_zero(amount, billed):
     """round(x, 2) gives 1.09 for 1.095 (its double is 1.0949999...) but 2.56 for 2.555: a coin toss."""
     assert cents(amount) == billed
+
+
+def test_an_upsize_names_one_extra_cost_in_its_text_evidence_and_saving():
+    # Before: the saving was rounded to the cent as money is (1.10) while the text and the
+    # evidence rounded the binary double (1.0949999... -> 1.09): one VM, two figures.
+    book = PriceBook(source="test", is_example=False, currency="EUR", hours_per_month=730,
+                     vcpu_hour=0.00075, gb_ram_hour=0.0)
+    vm = {"vcpus": 1.0, "mem_gb": 2.0, "monthly_cost": 0.0, "cpu_p95": 99.0, "mem_p95": 10.0}
+    decision = policy._upsize(vm, dict(DEFAULTS), book, 1.0, 1.0)
+    assert decision.recommended_vcpus == 2  # 2 x 0.00075 x 730 = 1.095 a month more
+    assert decision.monthly_saving == -1.10 and decision.evidence["extra_monthly_cost"] == 1.10
+    assert decision.recommendation.endswith("(1.10 more a month)")

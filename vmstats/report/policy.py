@@ -616,7 +616,8 @@ def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> 
     name, new_vcpus, new_gb, new_cost = prices.smaller(
         need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"]
     )
-    extra = new_cost - cost if _known(new_cost) else math.nan
+    # The extra cost in the text, the evidence and the saving is one figure, to the cent.
+    extra = _money(new_cost - cost) if _known(new_cost) else math.nan
     hot = []
     if cpu_hot:
         hot.append("CPU p95 %.1f%% of %g vCPU" % (vm["cpu_p95"], vcpus))
@@ -627,7 +628,7 @@ def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> 
         "upsize",
         "%s: at or above %g%% of its size" % (" and ".join(hot), limit),
         round(coverage_f * stability_f, 2),
-        monthly_saving=-_money(extra) if _known(extra) and extra > 0 else 0.0,
+        monthly_saving=-extra if _known(extra) and extra > 0 else 0.0,
         recommendation="resize up to %s (%s more a month)" % (target, format(max(extra, 0.0), ",.2f")),
         recommended_vcpus=new_vcpus,
         recommended_mem_gb=new_gb,
@@ -635,7 +636,7 @@ def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> 
         evidence={
             "need_vcpus": round(need_vcpus, 2),
             "need_mem_gb": round(need_gb, 2),
-            "extra_monthly_cost": _round(extra),
+            "extra_monthly_cost": extra if _known(extra) else None,
             "upsize_at": limit,
         },
     )
