@@ -408,6 +408,30 @@ def test_demand_from_real_logs_with_host_tags_selectors_and_unmeasured_memory(tm
     assert (one.allocated_vcpus, one.allocated_mem_gb) == (6.0, 10.0)
 
 
+def test_a_vm_is_placed_by_its_latest_record_not_the_last_row_written(tmp_path):
+    # Before: the host came from the last row of the newest file, so a backlog from before a
+    # migration, written after the live rows, put the VM back on the host it had left; and of
+    # a day kept in two data dirs (agents behind a balancer), the first dir's file won.
+    ts = T0 + 60 * np.arange(2 * 1440)
+    cpu, mem = np.full(len(ts), 25.0), np.full(len(ts), 50.0)
+    gap = (ts >= T0 + 86400 + 3600) & (ts < T0 + 86400 + 7200)  # an hour of the second day
+    moved = series("moved", ts, cpu, mem)
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_records(first, [r._replace(host="kvm02") for r, late in zip(moved, gap, strict=True) if not late])
+    write_records(first, [r._replace(host="kvm01") for r, late in zip(moved, gap, strict=True) if late])
+    split = series("split", ts, cpu, mem)
+    write_records(first, [r._replace(host="kvm01") for r in split[:1440 + 60]])
+    write_records(second, [r._replace(host="kvm02") for r in split[1440 + 60:]])
+    inv = inventory(plain("kvm01", vcpus=32, mem_gb=128), plain("kvm02", vcpus=32, mem_gb=128))
+    placed = {}
+    for dirs in ([first], [first, second], [second, first]):
+        logs = reader.find_logs([str(d) for d in dirs], days=14)
+        fleet = host_demand(inv, reader.read_vms(logs), logs.window, Settings(horizon_days=0))
+        placed[len(dirs), dirs[0].name] = (sorted(fleet.host("kvm01").vms), sorted(fleet.host("kvm02").vms))
+    assert placed == {(1, "a"): (["split"], ["moved"]), (2, "a"): ([], ["moved", "split"]),
+                      (2, "b"): ([], ["moved", "split"])}
+
+
 def test_demand_is_the_same_from_compacted_logs(tmp_path):
     """Days compacted into columnar files give the same window and minute series as their CSV."""
     import shutil

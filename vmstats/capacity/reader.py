@@ -123,7 +123,7 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
     """Each VM's use per minute of the window, a batch of VMs per read.
 
     The host tag is a label of the VM, not a measurement: as the report does,
-    it is taken from the last row of the VM's newest day file (logstore.last_labels).
+    it is taken from the VM's latest record (_host_tag).
     """
     names = sorted(logs.files) if vms is None else list(vms)
     for start in range(0, len(names), BATCH_VMS):
@@ -140,15 +140,31 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
         bounds = np.searchsorted(vm_of_row[order], np.arange(len(batch) + 1))
         for i, vm in enumerate(batch):
             rows = {name: values[bounds[i] : bounds[i + 1]] for name, values in columns.items()}
-            yield _vm_use(vm, rows, _host_tag(logs.files[vm]), logs.window, vm in logs.earlier)
+            latest = int(rows["ts"].max()) if len(rows["ts"]) else None
+            yield _vm_use(vm, rows, _host_tag(logs.files[vm], latest), logs.window, vm in logs.earlier)
 
 
-def _host_tag(paths: list[str]) -> str | None:
-    """The host tag of the VM's latest record (its newest day file's last row), or None."""
-    for path in sorted(paths, key=_day_of_path, reverse=True):
-        found = logstore.last_labels(path)
-        if found:
-            return found[1] or None
+def _host_tag(paths: list[str], latest: int | None) -> str | None:
+    """The host tag of the VM's latest record, or None.
+
+    A day file's last row is its latest record unless rows came out of order (an agent's
+    backlog written after its live records, from before a migration): a last row older than
+    ``latest``, the VM's newest stamp read, has the whole file read (logstore.latest_labels).
+    Of a day kept in several data dirs (agents behind a balancer), the latest row wins.
+    """
+    by_day: dict[str, list] = {}
+    for path in paths:
+        by_day.setdefault(_day_of_path(path), []).append(path)
+    for day in sorted(by_day, reverse=True):
+        best = None
+        for path in by_day[day]:
+            found = logstore.last_labels(path)
+            if found and latest is not None and found[0] < latest and not isinstance(path, logstore.Part):
+                found = logstore.latest_labels(path) or found
+            if found and (best is None or found[0] >= best[0]):
+                best = found
+        if best:
+            return best[1] or None
     return None
 
 
