@@ -21,3 +21,23 @@ def pytest_xdist_auto_num_workers(config) -> int | None:
     except AttributeError:  # no affinity outside Linux
         cores = os.cpu_count() or 1
     return cores + 1 if cores > 1 else 1
+
+
+#: Files whose few tests each run for many seconds (a sanitized build of the C parts, real
+#: daemons on their intervals, a fleet behind nginx): xdist hands files out by their number
+#: of tests, most first, which left one of these running alone at the end of the suite.
+LONG_FILES_FIRST = ("test_server_sanitizers.py", "test_formats_collectd_daemon.py",
+                    "test_balancer.py", "test_report_simulated.py",
+                    "test_reliability_hostile.py", "test_reliability_connections.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The files of LONG_FILES_FIRST first, then the others by their number of tests, most
+    first, as xdist orders them (setup.cfg turns its own ordering off for this one); a
+    file's tests keep their order."""
+    files: dict = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+    first = {name: rank for rank, name in enumerate(LONG_FILES_FIRST)}
+    order = sorted(files, key=lambda path: (first.get(path.name, len(first)), -len(files[path])))
+    items[:] = [item for path in order for item in files[path]]
