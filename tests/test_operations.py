@@ -155,6 +155,16 @@ def test_docs_name_only_metrics_the_server_has():
     assert not missing, ["vmstats_" + n for n in missing]
 
 
+def test_the_agent_bundle_is_the_size_the_guide_says(tmp_path):
+    """docs/OPERATIONS.md gives the bundle's size for the image budget: it is within 15 % of it."""
+    said = re.search(r"single zipapp \(~(\d+) KiB\)", (ROOT / "docs" / "OPERATIONS.md").read_text())
+    assert said, "the guide no longer gives the bundle's size"
+    result = run("agent-bundle", "-o", tmp_path / "vmstats-agent.pyz")
+    assert result.returncode == 0, result.stderr
+    size = (tmp_path / "vmstats-agent.pyz").stat().st_size / 1024
+    assert abs(size - int(said.group(1))) <= 0.15 * int(said.group(1)), "%.1f KiB" % size
+
+
 def test_option_help_shows_a_percent_sign_as_written():
     """click prints help text as written, without %-formatting: a doubled sign shows as "%%"."""
     context = click.Context(cli.main)
