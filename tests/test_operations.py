@@ -155,6 +155,50 @@ def test_docs_name_only_metrics_the_server_has():
     assert not missing, ["vmstats_" + n for n in missing]
 
 
+#: A table cell naming a server option and its default: `--max-connections` 4096, `--idle-timeout` 300 s.
+_INLINE_DEFAULT = re.compile(r"^`(--[a-z-]+)`\s+([\d,]+(?: ?[smhd])?)$")
+#: A table cell holding only a default: 2,000,000, `2d`.
+_DEFAULT_CELL = re.compile(r"^`?([\d,]+(?: ?[smhd])?)`?$")
+
+
+def _documented_server_defaults(text: str) -> list[tuple[str, str]]:
+    """``(--flag, default)`` from each table row of a guide that states a server option's default,
+    inline (``| `--flag` 4096 |``) or in the next cell (``| `--flag` ... | `2d` |``)."""
+    found = []
+    for row in text.splitlines():
+        if not row.startswith("|"):
+            continue
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for here, after in zip(cells, cells[1:] + [""], strict=True):
+            inline = _INLINE_DEFAULT.match(here)
+            flag = re.match(r"^`(--[a-z-]+)`", here)
+            if inline:
+                found.append(inline.groups())
+            elif flag and _DEFAULT_CELL.match(after):
+                found.append((flag.group(1), _DEFAULT_CELL.match(after).group(1)))
+    return found
+
+
+def test_the_guides_tables_give_the_servers_own_defaults():
+    """The limits an operator sizes a server by (docs/OPERATIONS.md's memory and connection
+    tables, docs/STORAGE.md's tiers) are the defaults ``vmstats serve`` and ``vmstats compact``
+    apply: a default changed in the code and not in the guide fails here."""
+    context = click.Context(cli.main)
+    params = {o: p for name in ("compact", "serve") for p in cli.main.get_command(context, name).params
+              for o in p.opts}
+    documented = [pair for doc in ("OPERATIONS.md", "STORAGE.md")
+                  for pair in _documented_server_defaults((ROOT / "docs" / doc).read_text())]
+    assert {"--max-buffered", "--max-vms", "--max-connections", "--http-idle-timeout",
+            "--compact-after", "--retain-rollups"} <= {flag for flag, _ in documented}, documented
+    wrong = []
+    for flag, value in documented:
+        param = params[flag]
+        said = param.type.convert(re.sub(r"[ ,]", "", value), param, context)
+        if said != param.type.convert(param.default, param, context):
+            wrong.append("%s: the guide says %s, the default is %s" % (flag, value, param.default))
+    assert not wrong, wrong
+
+
 def test_the_agent_bundle_is_the_size_the_guide_says(tmp_path):
     """docs/OPERATIONS.md gives the bundle's size for the image budget: it is within 15 % of it."""
     said = re.search(r"single zipapp \(~(\d+) KiB\)", (ROOT / "docs" / "OPERATIONS.md").read_text())
@@ -163,6 +207,16 @@ def test_the_agent_bundle_is_the_size_the_guide_says(tmp_path):
     assert result.returncode == 0, result.stderr
     size = (tmp_path / "vmstats-agent.pyz").stat().st_size / 1024
     assert abs(size - int(said.group(1))) <= 0.15 * int(said.group(1)), "%.1f KiB" % size
+
+
+def test_the_rules_guides_example_file_is_accepted(tmp_path):
+    """The rules file docs/RULES.md shows, every setting spelled out, is one ``vmstats rules
+    check`` accepts, as an operator copying it would start from."""
+    (example,) = re.findall(r"^```toml\n(.*?)^```", (ROOT / "docs" / "RULES.md").read_text(), re.M | re.S)
+    (tmp_path / "rules.toml").write_text(example)
+    result = run("rules", "check", tmp_path / "rules.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].endswith("rules.toml: 2 rules, 4 actions: OK"), result.stdout
 
 
 def test_option_help_shows_a_percent_sign_as_written():
