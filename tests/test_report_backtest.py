@@ -285,7 +285,7 @@ def test_off_hours_text_of_the_report_is_read():
         (["--decide-until", "yesterday"], "is not a YYYY-MM-DD date"),
         (["--decide-until", "9999-12-31"], "--decide-until 9999-12-31 is outside 1970-01-01 to 9989-12-23"),
         # backtest has no --days: a bad look-back is named as it was given.
-        (["--set", "days=1e9"], "Error: --set days=1e9: days is a look-back of 1 to 3660"),
+        (["--set", "days=1e9"], "Error: --set days=1e9: days is a look-back in whole days, from 1 to 3660"),
         (["--set", "headroom=inf"], "Error: --set headroom=inf: headroom='inf' is not a finite"),
         (["--net-idle", "1000", "--set", "net_idle=2000"],
          "Error: --set net_idle=2000 and --net-idle 1000 give net_idle two values"),

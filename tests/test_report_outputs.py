@@ -293,11 +293,11 @@ def test_every_money_row_names_its_currency(fleet, tmp_path):
         # A look-back is held in memory whole: however it arrives, it is bounded.
         (
             lambda d, t: [d, "-o", t / "o", "--set", "days=1000000000"],
-            "--set days=1000000000: days is a look-back of 1 to 3660",
+            "--set days=1000000000: days is a look-back in whole days, from 1 to 3660",
         ),
         (
             lambda d, t: [d, "-o", t / "o", "--policy", _write(t / "d.toml", "days = 99999\n")],
-            "d.toml: days is a look-back of 1 to 3660",
+            "d.toml: days is a look-back in whole days, from 1 to 3660",
         ),
         (
             lambda d, t: [d, "-o", t / "o", "--set", "days=1.5"],

@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 from vmstats.report.evidence import evidence_lines
+from vmstats.rules.config import parse_rules
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.simulator.score import render, score
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A count pasted before a noun's plural, or a "(s)" plural: what words.counted replaces.
 HAND_MADE = re.compile(
-    r"%[0-9]*d (VMs|vms|records|rules|hosts|files|days|hours|minutes|payloads|deliveries|"
+    r"%[0-9]*d ([a-z-]+ )?(VMs|vms|records|rules|hosts|files|days|hours|minutes|payloads|deliveries|"
     r"transitions|connections|segments|columns|periods|messages|vCPUs|lines|rows|members|times|"
     r"keys|actions|stamps|samples|datagrams|VM-days)\b"
     r'|"[^"]*[a-z]\(s\)[^"]*"')
@@ -51,3 +52,10 @@ def test_one_of_each_reads_in_the_singular(caplog):
         limited.window_start -= 3600.0  # the window over: the next message counts the silence
         limited.emit("third")
     assert "1 more unwritable message suppressed" in caplog.messages, caplog.messages
+    # A rule's description read "alarm when 1 of 1 period are above 90".
+    rule = parse_rules({"rule": [{"name": "one", "metric": "cpu", "enter": 90, "datapoints": 1,
+                                  "periods": 1}]}).rules[0]
+    assert "alarm when 1 of 1 period is above 90; ok again when 1 of 1 is back" in rule.describe()
+    rule = parse_rules({"rule": [{"name": "two", "metric": "cpu", "enter": 90, "datapoints": 2,
+                                  "periods": 3}]}).rules[0]
+    assert "alarm when 2 of 3 periods are above 90; ok again when 2 of 3 are back" in rule.describe()

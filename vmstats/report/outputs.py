@@ -157,14 +157,13 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     currency = meta["prices"]["currency"]
     totals = meta["totals"]
     print(
-        "vmstats report: %d %s, window %s .. %s (%.1f days, %d expected minutes%s)"
+        "vmstats report: %s, window %s .. %s (%.1f days, %s%s)"
         % (
-            totals["vms"],
-            plural(totals["vms"], "VM"),
+            counted(totals["vms"], "VM"),
             window["start"],
             window["end"],
             window["days"],
-            window["expected_minutes"],
+            counted(window["expected_minutes"], "expected minute"),
             "; starts at the fleet's first record, no older data" if window["clipped"] else "",
         ),
         file=stream,

@@ -130,7 +130,7 @@ def coerce(name: str, value: Any, origin: str) -> Any:
     if number < 0 and name != "utc_offset_hours":
         raise ReportError("%s: %s must not be negative" % (origin, name))
     if name == "days" and not 1 <= number <= MAX_DAYS:
-        raise ReportError("%s: days is a look-back of 1 to %d whole days" % (origin, MAX_DAYS))
+        raise ReportError("%s: days is a look-back in whole days, from 1 to %d" % (origin, MAX_DAYS))
     if name in ("coverage_min", "schedule_busy_share", "schedule_max_irregular", "zero_share") and number > 1:
         raise ReportError("%s: %s is a share between 0 and 1" % (origin, name))
     if name == "max_gb_per_vcpu" and number <= 0:

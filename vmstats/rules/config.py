@@ -21,7 +21,7 @@ from vmstats import inputfile
 from vmstats.rules import metric as metrics
 from vmstats.rules.notifiers import KINDS, Notifier
 from vmstats.server.config import parse_duration
-from vmstats.words import counted, part_of
+from vmstats.words import counted, part_of, plural
 
 #: The states a scope can be in; a new scope starts in ``ok`` without notifying.
 STATES = ("ok", "alarm", "insufficient-data", "silent")
@@ -154,10 +154,11 @@ class Rule:
         lines = ["rule %s: %s, %s per %gs period" % (self.name, who, figure, self.period)]
         if self.enter is not None:
             word = "above" if self.above else "below"
-            lines.append("  alarm when %s are %s %g; ok again when %d of %d are "
+            verb = plural(self.datapoints, "is", "are")  # "1 of 3 periods is", "2 of 3 are"
+            lines.append("  alarm when %s %s %s %g; ok again when %d of %d %s "
                          "back past %g; at least %gs in a state before leaving it"
-                         % (part_of(self.datapoints, self.periods, "period"), word, self.enter,
-                            self.datapoints, self.periods, self.exit, self.hold))
+                         % (part_of(self.datapoints, self.periods, "period"), verb, word,
+                            self.enter, self.datapoints, self.periods, verb, self.exit, self.hold))
             lines.append("  a period without data counts as: %s" % self.missing)
         if self.silent_after:
             lines.append("  silent after %gs without records from a VM that was reporting"

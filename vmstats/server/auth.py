@@ -398,5 +398,5 @@ class Authenticator:
             return True
         lines = unsigned_lines(data)
         if lines:
-            self.ingest.reject(protocol.S_UNSIGNED, "%d unsigned lines" % lines, lines)
+            self.ingest.reject(protocol.S_UNSIGNED, counted(lines, "unsigned line"), lines)
         return False

@@ -115,7 +115,7 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
                 continue
             frames.append(data)
         if unsigned:
-            self.ingest.reject(protocol.S_UNSIGNED, "%d unsigned lines" % unsigned, unsigned)
+            self.ingest.reject(protocol.S_UNSIGNED, counted(unsigned, "unsigned line"), unsigned)
         if frames:
             self.ingest.submit_signed(b"".join(frames))
 

@@ -40,6 +40,7 @@ from operator import attrgetter
 from vmstats import inputfile, protocol
 from vmstats.selectors import selected
 from vmstats.server.parse import Parsed, Parser
+from vmstats.words import counted
 
 try:  # the C fast path (setup.py); the same answers, ~1.6 us a datagram less
     from vmstats.server import _framecheck as _native
@@ -253,7 +254,7 @@ def datagram_frames(batch: list[bytes]) -> tuple[Columns, list[tuple]]:
             continue
         frames.append(read[0])
     if unsigned:
-        refused.append((protocol.S_UNSIGNED, "%d unsigned lines" % unsigned, unsigned))
+        refused.append((protocol.S_UNSIGNED, counted(unsigned, "unsigned line"), unsigned))
     return columns(frames), refused
 
 
