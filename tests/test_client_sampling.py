@@ -6,6 +6,7 @@ files' counters in the comments, not taken from the code under test.
 """
 
 import os
+import sys
 
 import pytest
 
@@ -81,23 +82,39 @@ def test_counter_wrap_reset_and_vanished_devices():
     start = sampler.Snapshot.read(snap("c"))
     end = sampler.Snapshot.read(snap("d"))
     metrics = sampler.measure(start, end, [sampler.cpu_busy_total(start.cpu, end.cpu)],
-                              procfs.read_meminfo(snap("d")), 10.0)
-    # eth0 rx wraps at 2**32: 4294960000 -> 2704 is 10000 bytes; eth0 tx resets
-    # 120000 -> 5000, counted from zero: 5000 bytes; eth1 vanished and eth2
-    # appeared: no baseline, left out.  Disks: sda +100 sectors read.
+                              procfs.read_meminfo(snap("d")), 10.0, bits=32)
+    # On a 32-bit kernel eth0 rx wraps at 2**32: 4294960000 -> 2704 is 10000
+    # bytes; eth0 tx resets 120000 -> 5000, counted from zero: 5000 bytes; eth1
+    # vanished and eth2 appeared: no baseline, left out.  Disks: sda +100 sectors read.
     assert metrics == sampler.Metrics(cpu=10.0, cpu_max=10.0, mem=12.5, disk_r=5120.0, disk_w=0.0,
                                       net_rx=1000.0, net_tx=500.0, vcpus=2, mem_mb=4096)
 
 
-@pytest.mark.parametrize("previous, current, expected", [
-    (10, 25, 15),
-    (4294967000, 200, 496),              # 32-bit wrap
-    (1000, 400, 400),                    # reset: counted from zero
-    (2 ** 40, 5, 5),                     # 64-bit counter reset
-    (3000000000, 2000000000, 2000000000),  # big drop is a reset, not a wrap
+def test_a_64_bit_kernels_counter_that_drops_was_reset_not_wrapped():
+    """An interface re-created after moving 2-4 GiB must not be billed a phantom GiB."""
+    start = sampler.Snapshot.read(snap("c"))
+    end = sampler.Snapshot.read(snap("d"))
+    metrics = sampler.measure(start, end, [sampler.cpu_busy_total(start.cpu, end.cpu)],
+                              procfs.read_meminfo(snap("d")), 10.0, bits=64)
+    # eth0 rx 4294960000 -> 2704: counted from zero, 2704 bytes in 10 s.
+    assert (metrics.net_rx, metrics.net_tx) == (270.4, 500.0)
+    # A 64-bit agent runs on a 64-bit kernel, and that is its default: an
+    # interface re-created after 2.5 GB (seen on a real veth) moved 61578 bytes, not 1.7 GB.
+    if sys.maxsize > 2 ** 32:
+        assert sampler.COUNTER_BITS == 64
+        assert sampler.counter_delta(2558437560, 61578) == 61578
+
+
+@pytest.mark.parametrize("previous, current, bits, expected", [
+    (10, 25, 64, 15),
+    (4294967000, 200, 32, 496),             # 32-bit wrap
+    (4294967000, 200, 64, 200),             # a 64-bit counter does not wrap there: a reset
+    (1000, 400, 32, 400),                   # reset: counted from zero
+    (2 ** 40, 5, 64, 5),                    # 64-bit counter reset
+    (3000000000, 2000000000, 32, 2000000000),  # big drop is a reset, not a wrap
 ])
-def test_counter_delta_is_never_negative(previous, current, expected):
-    assert sampler.counter_delta(previous, current) == expected
+def test_counter_delta_is_never_negative(previous, current, bits, expected):
+    assert sampler.counter_delta(previous, current, bits) == expected
 
 
 def test_interval_sampler_follows_changing_snapshots(tmp_path):
@@ -117,7 +134,7 @@ def test_interval_sampler_follows_changing_snapshots(tmp_path):
 
     now = [100.0]
     show("a")
-    probe = sampler.IntervalSampler(str(root), clock=lambda: now[0])
+    probe = sampler.IntervalSampler(str(root), clock=lambda: now[0], bits=32)
     probe.begin()
     show("b")
     probe.sub_sample()

@@ -17,13 +17,18 @@ CPU accounting (Linux /proc/stat, in jiffies):
 The interval's average is the ratio of the summed busy and total jiffies, so
 it is consistent with the maximum, which is the busiest sub-sample.
 
-Counters only grow, except when they wrap (32-bit counters on old kernels) or
-reset (a re-created interface, a hot-unplugged CPU, ``iowait`` which may step
-back on tickless kernels).  counter_delta() never returns a negative number.
+Counters only grow, except when they wrap or reset (a re-created interface, a
+hot-unplugged CPU, ``iowait`` which may step back on tickless kernels).
+counter_delta() never returns a negative number.  Only a 32-bit kernel has
+counters that wrap in practice (``unsigned long`` sector counts, old drivers'
+byte counts); on a 64-bit kernel every drop is a reset, because reading one as a
+32-bit wrap turns a re-created interface that had moved 2-4 GiB into a spike
+of up to 2 GiB that never happened.
 
 Standard library only, Python 3.6+.
 """
 
+import sys
 import time
 from collections import namedtuple
 
@@ -34,18 +39,24 @@ Metrics = namedtuple("Metrics", ("cpu", "cpu_max", "mem", "disk_r", "disk_w", "n
                                  "vcpus", "mem_mb"))
 
 _WRAP32 = 1 << 32
+#: The width of the kernel's counters, taken from the agent's own word size: a
+#: 64-bit Python runs only on a 64-bit kernel, and a 32-bit one almost always
+#: on a 32-bit kernel.
+COUNTER_BITS = 64 if sys.maxsize > _WRAP32 else 32
 
 
-def counter_delta(previous, current):
+def counter_delta(previous, current, bits=COUNTER_BITS):
     """How much a cumulative counter grew, never negative.
 
-    A decrease from the upper half of the 32-bit range to a small value is a
-    32-bit wrap; any other decrease is a reset, after which the counter
-    counted ``current`` from zero (the rule Prometheus' rate() applies).
+    With 32-bit counters, a decrease from the upper half of the 32-bit range
+    to a small value is a wrap; any other decrease (and every decrease of a
+    64-bit counter) is a reset, after which the counter counted ``current``
+    from zero (the rule Prometheus' rate() applies).
     """
     if current >= previous:
         return current - previous
-    if _WRAP32 // 2 <= previous < _WRAP32 and current + _WRAP32 - previous < _WRAP32 // 2:
+    if (bits == 32 and _WRAP32 // 2 <= previous < _WRAP32
+            and current + _WRAP32 - previous < _WRAP32 // 2):
         return current + _WRAP32 - previous
     return current
 
@@ -80,18 +91,19 @@ def memory(meminfo):
     return percent(total - available, total), max(1, total // 1024)
 
 
-def traffic(previous, current):
+def traffic(previous, current, bits=COUNTER_BITS):
     """Summed ``(a, b)`` growth over the devices present in both snapshots.
 
     A device that appeared or vanished during the interval has no baseline
-    and is left out for this interval rather than guessed.
+    and is left out for this interval rather than guessed.  ``bits`` is the
+    counters' width (counter_delta()).
     """
     first = second = 0
     for name, (a, b) in current.items():
         before = previous.get(name)
         if before is not None:
-            first += counter_delta(before[0], a)
-            second += counter_delta(before[1], b)
+            first += counter_delta(before[0], a, bits)
+            second += counter_delta(before[1], b, bits)
     return first, second
 
 
@@ -113,20 +125,21 @@ class Snapshot(namedtuple("Snapshot", ("cpu", "vcpus", "disks", "nics"))):
         return cls(cpu, vcpus, procfs.read_diskstats(source), procfs.read_netdev(source))
 
 
-def measure(start, end, cpu_slices, meminfo, seconds):
+def measure(start, end, cpu_slices, meminfo, seconds, bits=COUNTER_BITS):
     """The Metrics of an interval from its first and last snapshots.
 
     ``cpu_slices`` are the ``(busy, total)`` jiffies of each sub-sample in
     the interval; the average is their summed ratio and the maximum the
-    busiest one.  Memory is read at the end of the interval.
+    busiest one.  Memory is read at the end of the interval.  ``bits`` is the
+    width of the kernel's counters (counter_delta()).
     """
     busy = sum(s[0] for s in cpu_slices)
     total = sum(s[1] for s in cpu_slices)
     cpu = percent(busy, total)
     cpu_max = max([percent(b, t) for b, t in cpu_slices if t > 0] or [cpu])
     mem, mem_mb = memory(meminfo)
-    read_sectors, written_sectors = traffic(start.disks, end.disks)
-    rx, tx = traffic(start.nics, end.nics)
+    read_sectors, written_sectors = traffic(start.disks, end.disks, bits)
+    rx, tx = traffic(start.nics, end.nics, bits)
     return Metrics(
         cpu=round(cpu, 2), cpu_max=round(max(cpu_max, cpu), 2), mem=round(mem, 2),
         disk_r=rate(read_sectors * procfs.SECTOR_BYTES, seconds),
@@ -143,9 +156,10 @@ class IntervalSampler(object):
     that really elapsed, even if a sub-sample or a send ran late.
     """
 
-    def __init__(self, root="/proc", clock=time.monotonic):
+    def __init__(self, root="/proc", clock=time.monotonic, bits=COUNTER_BITS):
         self.proc = procfs.ProcFiles(root)
         self.clock = clock
+        self.bits = bits
         self._start = None
         self._started_at = None
         self._last_cpu = None
@@ -170,7 +184,7 @@ class IntervalSampler(object):
         now = self.clock()
         self._slices.append(cpu_busy_total(self._last_cpu, end.cpu))
         metrics = measure(self._start, end, self._slices, procfs.read_meminfo(self.proc),
-                          now - self._started_at)
+                          now - self._started_at, self.bits)
         self._start = end
         self._started_at = now
         self._last_cpu = end.cpu
