@@ -55,6 +55,14 @@ def test_diskstats_keeps_whole_disks_only():
     assert disks == {"sda": (20000, 40000), "nvme0n1": (7000, 9000)}
 
 
+def test_partitions_follow_the_kernels_naming_so_a_tenth_disk_is_not_a_partition():
+    names = ["nvme0n1", "nvme0n1p1", "nvme0n10", "nvme0n10p2", "nbd1", "nbd10", "sda", "sda1",
+             "sdaa", "sdaa3", "mmcblk0", "mmcblk0p1", "xvda", "xvda1", "vdb10"]
+    # nvme0n10 and nbd10 are disks of their own (a partition of nvme0n1 is nvme0n1p10).
+    assert procfs.whole_disks(names) == ["nvme0n1", "nvme0n10", "nbd1", "nbd10", "sda", "sdaa",
+                                         "mmcblk0", "xvda", "vdb10"]
+
+
 def test_netdev_skips_loopback():
     assert procfs.read_netdev(snap("a")) == {"eth0": (4294910000, 100000), "eth1": (500000, 200000)}
 

@@ -28,9 +28,12 @@ SECTOR_BYTES = 512
 #: device-mapper and md (their I/O is also counted on the disks beneath them,
 #: so summing them would count it twice), optical and floppy drives.
 _VIRTUAL_DISK_RE = re.compile(r"(loop|ram|zram|dm-|md|sr|fd)\d")
-#: What follows a whole disk's name in its partitions' names: ``sda1``,
-#: ``vda2``, ``nvme0n1p1``, ``mmcblk0p3``.
-_PARTITION_SUFFIX_RE = re.compile(r"p?\d+\Z")
+#: What follows a whole disk's name in its partitions' names, by the kernel's
+#: rule (disk_name()): a ``p`` before the number when the disk's name ends in a
+#: digit (``nvme0n1p1``, ``mmcblk0p3``), none otherwise (``sda1``, ``vda2``).  So
+#: ``nvme0n10`` is a tenth namespace, not a partition of ``nvme0n1``.
+_PARTITION_AFTER_DIGIT_RE = re.compile(r"p\d+\Z")
+_PARTITION_AFTER_LETTER_RE = re.compile(r"\d+\Z")
 
 LOOPBACK_INTERFACES = ("lo",)
 #: Longest possible aggregate cpu line: 10 counters of up to 20 digits.
@@ -182,15 +185,19 @@ def whole_disks(names):
     """The names among ``names`` that are whole disks: no partition, no virtual device.
 
     Partitions are recognised by their disk being listed too (``sda`` and
-    ``sda1``, ``nvme0n1`` and ``nvme0n1p1``); summing both would count the
-    same bytes twice.  The server applies the same rule to other agents'
+    ``sda1``, ``nvme0n1`` and ``nvme0n1p1``, named by the kernel's rule);
+    summing both would count the same bytes twice.  The server applies the same rule to other agents'
     per-device counters.
     """
     names = [name for name in names if not _VIRTUAL_DISK_RE.match(name)]
-    return [name for name in names
-            if not any(name != other and name.startswith(other)
-                       and _PARTITION_SUFFIX_RE.match(name[len(other):])
-                       for other in names)]
+    return [name for name in names if not any(_is_partition_of(name, other) for other in names)]
+
+
+def _is_partition_of(name, disk):
+    if name == disk or not disk or not name.startswith(disk):
+        return False
+    suffix = _PARTITION_AFTER_DIGIT_RE if disk[-1].isdigit() else _PARTITION_AFTER_LETTER_RE
+    return suffix.match(name[len(disk):]) is not None
 
 
 def read_netdev(source):
