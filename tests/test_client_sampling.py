@@ -6,11 +6,13 @@ files' counters in the comments, not taken from the code under test.
 """
 
 import os
+import shutil
 import sys
 
 import pytest
 
-from vmstats.client import procfs, sampler
+from vmstats import protocol
+from vmstats.client import agent, config, procfs, sampler
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "proc")
 
@@ -65,6 +67,81 @@ def test_partitions_follow_the_kernels_naming_so_a_tenth_disk_is_not_a_partition
 
 def test_netdev_skips_loopback():
     assert procfs.read_netdev(snap("a")) == {"eth0": (4294910000, 100000), "eth1": (500000, 200000)}
+
+
+NET_DEV_HEAD = ("Inter-|   Receive                                                |  Transmit\n"
+                " face |bytes    packets errs drop fifo frame compressed multicast"
+                "|bytes    packets errs drop fifo colls carrier compressed\n")
+
+
+def netdev_tree(root, counters, virtual):
+    """A /proc/net/dev with ``counters`` ({name: (rx, tx)}) and a sysfs beside it listing ``virtual``."""
+    (root / "proc" / "net").mkdir(parents=True)
+    (root / "proc" / "net" / "dev").write_text(NET_DEV_HEAD + "".join(
+        "%6s: %d 1 0 0 0 0 0 0 %d 1 0 0 0 0 0 0\n" % (name, rx, tx)
+        for name, (rx, tx) in counters.items()))
+    for name in virtual:
+        (root / "sys" / "devices" / "virtual" / "net" / name).mkdir(parents=True)
+    return str(root / "proc")
+
+
+def test_netdev_counts_the_vms_nics_not_its_bridges_veths_or_tunnels(tmp_path):
+    # A VM running containers: 1000 bytes from a container to the outside cross
+    # veth0a1b (host end rx), docker0 (rx) and eth0 (tx); 5000 bytes between
+    # the VM and a container cross only the veth and the bridge; wg0 is a tunnel
+    # whose packets go out through eth0 again.
+    proc = netdev_tree(tmp_path, {"lo": (9, 9), "eth0": (0, 1000), "docker0": (6000, 0),
+                                  "veth0a1b": (6000, 0), "wg0": (0, 300), "ifb0": (50, 50)},
+                       ["lo", "docker0", "veth0a1b", "wg0", "ifb0"])
+    assert procfs.read_netdev(proc) == {"eth0": (0, 1000)}
+
+
+def test_netdev_counts_virtual_interfaces_when_they_are_the_only_way_out(tmp_path):
+    # In a container, eth0 is one end of a veth pair: sysfs lists it as virtual.
+    proc = netdev_tree(tmp_path, {"lo": (9, 9), "eth0": (700, 300)}, ["lo", "eth0"])
+    assert procfs.read_netdev(proc) == {"eth0": (700, 300)}
+    # With no sysfs beside /proc, nothing is known to be virtual.
+    assert procfs.read_netdev(snap("a")) == {"eth0": (4294910000, 100000), "eth1": (500000, 200000)}
+
+
+def test_agent_loop_bills_the_nic_and_not_the_bridge(tmp_path):
+    """The agent's own loop over a /proc whose counters move between its reads."""
+    proc = netdev_tree(tmp_path, {"eth0": (0, 0), "br0": (0, 0)}, ["br0"])
+    for name in ("stat", "meminfo", "diskstats"):
+        shutil.copy(os.path.join(snap("a"), name), os.path.join(proc, name))
+    now = [0.0]
+
+    class Sleeper(object):
+        """Moves the clock to each deadline; the traffic happens during the first sleep."""
+        stopped = False
+
+        def until(self, deadline):
+            if now[0] == 0.0:
+                with open(os.path.join(proc, "net", "dev"), "r+") as dev:
+                    dev.write(NET_DEV_HEAD + "  eth0: 50000 1 0 0 0 0 0 0 20000 1 0 0 0 0 0 0\n"
+                                             "   br0: 90000 1 0 0 0 0 0 0 90000 1 0 0 0 0 0 0\n")
+                    dev.truncate()
+            now[0] = deadline
+            return True
+
+    settings = config.load(["--server", "127.0.0.1:9", "--proc-root", proc, "--jitter", "0",
+                            "--interval", "10", "--count", "1"], environ={})
+    sent = []
+
+    class Sender(object):
+        def send(self, lines):
+            sent.extend(lines)
+
+        def flush(self, force=False):
+            return True
+
+    runner = agent.Agent(settings, Sender(), "v1", None, sleeper=Sleeper(), clock=lambda: now[0])
+    try:
+        assert runner.run() == 1
+    finally:
+        runner.sampler.close()
+    record = protocol.Decoder().decode_line(sent[0])
+    assert (record.net_rx, record.net_tx) == (5000.0, 2000.0)   # eth0's bytes over 10 s
 
 
 def test_interval_metrics_from_three_snapshots():

@@ -109,7 +109,8 @@ OPTIONS = (
     ("tags", _tags, None, "KEY=VALUE,...",
      "extra tags for grouping the report, e.g. project=billing,owner=ops,env=prod "
      "(at most 8; keys [a-z][a-z0-9_]*, values [A-Za-z0-9._-]; default: none)"),
-    ("proc_root", _text, "/proc", "DIR", "where to read the kernel's counters"),
+    ("proc_root", _text, "/proc", "DIR",
+     "where to read the kernel's counters (sysfs is read beside it: /sys for /proc)"),
     ("spool_dir", _text, None, "DIR",
      "TCP spool (default: $STATE_DIRECTORY/spool or /var/lib/vmstats-agent/spool)"),
     ("spool_max", _number(int, 0, True), 10080, "N",

@@ -36,6 +36,9 @@ _PARTITION_AFTER_DIGIT_RE = re.compile(r"p\d+\Z")
 _PARTITION_AFTER_LETTER_RE = re.compile(r"\d+\Z")
 
 LOOPBACK_INTERFACES = ("lo",)
+#: Where sysfs lists the interfaces no hardware is behind (bridges, veth pairs,
+#: tunnels, bonds, VLANs, ifb), relative to the sysfs root beside the /proc root.
+VIRTUAL_INTERFACES_DIR = os.path.join("devices", "virtual", "net")
 #: Longest possible aggregate cpu line: 10 counters of up to 20 digits.
 CPU_LINE_MAX = 256
 
@@ -200,8 +203,37 @@ def _is_partition_of(name, disk):
     return suffix.match(name[len(disk):]) is not None
 
 
+def sys_root(proc_root):
+    """The sysfs root beside a /proc root: ``/sys`` for ``/proc``, ``/host/sys`` for ``/host/proc``."""
+    return os.path.join(os.path.dirname(os.path.normpath(proc_root)), "sys")
+
+
+def virtual_interfaces(source):
+    """The names sysfs lists as virtual interfaces; none when it cannot be read."""
+    try:
+        return frozenset(os.listdir(os.path.join(sys_root(_root(source)), VIRTUAL_INTERFACES_DIR)))
+    except OSError:
+        return frozenset()
+
+
 def read_netdev(source):
-    """``{interface: (rx_bytes, tx_bytes)}`` from ``net/dev``, loopback excluded."""
+    """``{interface: (rx_bytes, tx_bytes)}`` from ``net/dev`` for the VM's own NICs.
+
+    Loopback is left out, and so is every interface sysfs lists as virtual:
+    a byte between the VM and its containers crosses a veth and a bridge
+    without leaving the VM, and a byte that does leave through a bridge, bond,
+    VLAN, tunnel or ifb is counted again on the NIC beneath.  When every
+    interface is virtual (a container's veth ``eth0``), they are the only
+    way out and all are counted.
+    """
+    counters = _read_netdev(source)
+    virtual = virtual_interfaces(source)
+    nics = dict((name, value) for name, value in counters.items() if name not in virtual)
+    return nics or counters
+
+
+def _read_netdev(source):
+    """Every interface's ``(rx_bytes, tx_bytes)`` but loopback's."""
     interfaces = {}
     for line in _read(source, os.path.join("net", "dev")).splitlines():
         name, sep, rest = line.partition(":")
