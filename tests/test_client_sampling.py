@@ -188,6 +188,9 @@ def test_a_64_bit_kernels_counter_that_drops_was_reset_not_wrapped():
     if sys.maxsize > 2 ** 32:
         assert sampler.COUNTER_BITS == 64
         assert sampler.counter_delta(2558437560, 61578) == 61578
+    probe = sampler.IntervalSampler(snap("c"))
+    assert probe.bits == sampler.COUNTER_BITS      # the agent's sampler reads its own kernel's
+    probe.close()
 
 
 @pytest.mark.parametrize("previous, current, bits, expected", [

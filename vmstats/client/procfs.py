@@ -189,14 +189,15 @@ def whole_disks(names):
 
     Partitions are recognised by their disk being listed too (``sda`` and
     ``sda1``, ``nvme0n1`` and ``nvme0n1p1``, named by the kernel's rule);
-    summing both would count the same bytes twice.  The server applies the same rule to other agents'
-    per-device counters.
+    summing both would count the same bytes twice.  The server applies the
+    same rule to other agents' per-device counters.
     """
     names = [name for name in names if not _VIRTUAL_DISK_RE.match(name)]
     return [name for name in names if not any(_is_partition_of(name, other) for other in names)]
 
 
 def _is_partition_of(name, disk):
+    """Whether ``name`` is how the kernel names a partition of ``disk``."""
     if name == disk or not disk or not name.startswith(disk):
         return False
     suffix = _PARTITION_AFTER_DIGIT_RE if disk[-1].isdigit() else _PARTITION_AFTER_LETTER_RE
