@@ -120,7 +120,7 @@ def test_values_outside_their_bounds_clamped_or_refused():
     same([(samples, NOW)])
 
 
-def test_counters_primed_wrapped_restarted_stale_out_of_order_and_too_fast():
+def test_counters_primed_dropped_restarted_stale_out_of_order_and_too_fast():
     base = NOW - 900
     kind = "net_rx" + TOTAL
     values = [(base, 100), (base + 10, 200), (base + 10, 300), (base + 5, 400),

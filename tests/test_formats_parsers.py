@@ -132,17 +132,19 @@ def test_first_sample_primes_then_rates_per_second():
     assert rates.events["primed"] == 1
 
 
-def test_32_and_64_bit_wraps_and_restarts():
+def test_every_drop_is_a_restart_never_a_wrap():
+    # Before: a drop from the upper half of the 32-bit range was read as a wrap, so a 64-bit VM
+    # rebooted with 3e9 bytes on its NIC's counter read as 1.29 GB moved in 10 s.
     rates = CounterRates()
-    counter(rates, 0, 2**32 - 1000)
-    assert counter(rates, 10, 1000).value == 200.0  # across the 32-bit top
+    counter(rates, 0, 3_000_000_000)
+    assert counter(rates, 10, 50_000) is None  # rebooted: primed again, no rate
+    assert counter(rates, 20, 60_000).value == 1000.0
+    counter(rates, 0, 2**32 - 1000, "eth1")  # a 32-bit kernel's wrap costs one interval
+    assert counter(rates, 10, 1000, "eth1") is None
+    assert counter(rates, 20, 3000, "eth1").value == 200.0
     counter(rates, 0, 2**64 - 10, "big")
-    assert counter(rates, 10, 90, "big").value == 10.0
-    counter(rates, 20, 5000)
-    counter(rates, 30, 6000)
-    assert counter(rates, 40, 10) is None  # a restart from zero: primed again, no rate
-    assert counter(rates, 50, 110).value == 10.0
-    assert rates.events["wrapped"] == 2 and rates.events["restarted"] == 1
+    assert counter(rates, 10, 90, "big") is None
+    assert rates.events["restarted"] == 3 and "wrapped" not in rates.events
 
 
 def test_out_of_order_stale_and_bounded_state():

@@ -114,6 +114,6 @@ def run() -> int:
     reference.test_plain_tuples_lists_and_a_tally_instead_of_refusals()
     reference.test_times_outside_the_window_and_of_every_type()
     reference.test_values_outside_their_bounds_clamped_or_refused()
-    reference.test_counters_primed_wrapped_restarted_stale_out_of_order_and_too_fast()
+    reference.test_counters_primed_dropped_restarted_stale_out_of_order_and_too_fast()
     reference.test_late_samples_forced_minutes_and_every_kind_of_collectd()
     return odd_values() + counters(rng) + random_batches(rng) + malformed()

@@ -125,16 +125,13 @@ class Snapshot(namedtuple("Snapshot", ("cpu", "vcpus", "disks", "nics"))):
         return cls(cpu, vcpus, procfs.read_diskstats(source), procfs.read_netdev(source))
 
 
-def measure(start, end, cpu_slices, meminfo, seconds, bits=32):
+def measure(start, end, cpu_slices, meminfo, seconds, bits=COUNTER_BITS):
     """The Metrics of an interval from its first and last snapshots.
 
     ``cpu_slices`` are the ``(busy, total)`` jiffies of each sub-sample in
     the interval; the average is their summed ratio and the maximum the
     busiest one.  Memory is read at the end of the interval.  ``bits`` is the
-    width of the kernel's counters (counter_delta()): the agent passes its own
-    kernel's (IntervalSampler); without it a drop across the top of the 32-bit
-    range is a wrap, the reading the server gives other agents' counters,
-    whose kernel it cannot know.
+    width of the kernel's counters (counter_delta()), the agent's own by default.
     """
     busy = sum(s[0] for s in cpu_slices)
     total = sum(s[1] for s in cpu_slices)

@@ -7,7 +7,7 @@
  * reference and the fallback where this is not built.
  *
  * Only the common cases are done here: a float counter or float timestamp, a rate filed, a
- * cpu or mem sample added.  Anything else -- a reject, a counter's first sample, a wrap, a
+ * cpu or mem sample added.  Anything else -- a reject, a counter's first sample, a drop, a
  * value out of bounds, a late minute, a minute forced out -- is handed to the same Python
  * that the reference calls, with the state as the reference would have it at that point, so
  * the two cannot differ in what they say or count.

@@ -250,7 +250,7 @@ class Metrics:
                "ignored (nothing vmstats stores), or why they could not be used.",
                [((("format", f), ("outcome", o)), n) for (f, o), n in sorted(self.edge.items())])
         metric("edge_events_total", "counter",
-               "Other formats' counters primed, wrapped, restarted, stale or forgotten, and "
+               "Other formats' counters primed, restarted, stale or forgotten, and "
                "minutes written, incomplete (no cpu or mem), late or completed early.",
                [((("event", e),), n) for e, n in sorted(self.edge_events().items())])
         for name, (help_text, read) in sorted(self.gauges.items()):

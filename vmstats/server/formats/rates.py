@@ -2,13 +2,15 @@
 
 A counter's first sample only primes it (there is nothing to subtract yet).
 After that each sample gives the rate since the one before, stamped with the
-later sample's time.  When a counter goes down:
-
-* from the upper half of the 32-bit (or 64-bit) range to a value that makes a
-  small step past the top, it wrapped, and the step across the wrap is the
-  amount (as the vmstats agent reads /proc);
-* otherwise the sender restarted or the device was re-created: the counter
-  is primed again from the new value, and no rate is made of the drop.
+later sample's time.  When a counter goes down, the VM rebooted, the device
+was re-created or the sender restarted, and the counter is primed again from
+the new value: no rate is made of the drop.  It is never read as a wrap of a
+32-bit counter: the server cannot know the sender's kernel, only a 32-bit one
+has counters that wrap, and a VM rebooted with 2-4 GiB on a 64-bit counter
+would read as up to 2 GiB moved in one interval (a false alert, a bill for
+traffic that never was).  A true wrap costs one interval's rate; the minute's
+mean rate comes from the others (Prometheus's rate() and InfluxDB's
+non_negative_derivative do not count a drop either).
 
 A gap longer than ``max_gap`` also primes again, since a rate over it would
 smear a restart's unknown interval.  Samples at or before the last one's
@@ -21,8 +23,6 @@ from collections import Counter
 
 from vmstats.server.formats import TOTAL, Sample
 
-_WRAPS = (1 << 32, 1 << 64)
-
 
 class CounterRates:
     """Per-(vm, kind, device) last values; turns ``*_total`` samples into rate samples."""
@@ -32,8 +32,8 @@ class CounterRates:
         self.max_gap = max_gap
         #: (vm, kind, device) -> (ts, value), least recently updated first.
         self.last: dict[tuple, tuple[float, float]] = {}
-        self.events: Counter[str] = Counter(primed=0, wrapped=0, restarted=0, stale=0,
-                                            out_of_order=0, forgotten=0)
+        self.events: Counter[str] = Counter(primed=0, restarted=0, stale=0, out_of_order=0,
+                                            forgotten=0)
 
     def rate(self, sample: Sample) -> Sample | None:
         """The rate ``sample`` (a ``*_total`` counter) makes with the one before, or None."""
@@ -62,12 +62,8 @@ class CounterRates:
             return None
         if value >= before:
             return (value - before) / elapsed
-        amount = _wrapped(before, value)
-        if amount is None:
-            self.events["restarted"] += 1
-            return None
-        self.events["wrapped"] += 1
-        return amount / elapsed
+        self.events["restarted"] += 1
+        return None
 
     def _remember(self, key: tuple, ts: float, value: float) -> None:
         if len(self.last) >= self.max_counters:
@@ -86,11 +82,3 @@ class CounterRates:
     def __len__(self) -> int:
         return len(self.last)
 
-
-def _wrapped(before: float, value: float) -> float | None:
-    """The step across a 32- or 64-bit wrap from ``before`` to ``value``, or None (a restart)."""
-    for top in _WRAPS:
-        if top // 2 <= before < top:
-            step = top - before + value
-            return step if step < top // 2 else None
-    return None
