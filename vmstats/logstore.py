@@ -886,6 +886,25 @@ def latest_labels(path: str) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[st
     return best
 
 
+def newest_labels(sources: List, tails: List, newest: Optional[int]):
+    """The labels of a VM-day's latest record, from its ``sources`` (one per data dir) and their
+    last_labels ``tails``: the latest tail, unless one of them is older than ``newest`` (the
+    day's latest stamp, when known) -- rows written out of order, an agent's backlog after its
+    live records, may name a previous owner or host -- when the CSV sources are read whole
+    (latest_labels; a compacted day's file is in time order).  None when none has a readable row.
+    """
+    best = None
+    for found in tails:
+        if found is not None and (best is None or found[0] >= best[0]):
+            best = found
+    if best is not None and newest is not None and best[0] < newest:
+        for source in sources:
+            found = None if isinstance(source, Part) else latest_labels(source)
+            if found is not None and found[0] >= best[0]:
+                best = found
+    return best
+
+
 def _labels_of(line: bytes) -> Optional[Tuple[int, str, Optional[Tuple[Tuple[str, str], ...]]]]:
     """``(ts, host, tags)`` of one log line; None for a line the readers skip as malformed."""
     if not _well_formed(line):

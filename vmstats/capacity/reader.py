@@ -145,26 +145,20 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
 
 
 def _host_tag(paths: list[str], latest: int | None) -> str | None:
-    """The host tag of the VM's latest record, or None.
-
-    A day file's last row is its latest record unless rows came out of order (an agent's
-    backlog written after its live records, from before a migration): a last row older than
-    ``latest``, the VM's newest stamp read, has the whole file read (logstore.latest_labels).
-    Of a day kept in several data dirs (agents behind a balancer), the latest row wins.
-    """
+    """The host tag of the VM's latest record, or None: its newest day's, of a day kept in
+    several data dirs (agents behind a balancer) the latest row, and of a file whose rows came
+    out of order (a backlog from before a migration) the latest-stamped one
+    (logstore.newest_labels; ``latest`` is the VM's newest stamp read).  A day with no readable
+    row leaves the answer to the day before."""
     by_day: dict[str, list] = {}
     for path in paths:
         by_day.setdefault(_day_of_path(path), []).append(path)
-    for day in sorted(by_day, reverse=True):
-        best = None
-        for path in by_day[day]:
-            found = logstore.last_labels(path)
-            if found and latest is not None and found[0] < latest and not isinstance(path, logstore.Part):
-                found = logstore.latest_labels(path) or found
-            if found and (best is None or found[0] >= best[0]):
-                best = found
-        if best:
-            return best[1] or None
+    for n, day in enumerate(sorted(by_day, reverse=True)):
+        sources = by_day[day]
+        tails = logstore.last_labels_many(sources)
+        found = logstore.newest_labels(sources, tails, latest if n == 0 else None)
+        if found:
+            return found[1] or None
     return None
 
 

@@ -83,22 +83,16 @@ def vm_labels(
     tried = 0
     waiting = [k for k, vm in enumerate(vms) if vm in days]
     while waiting:
-        sources, owners = [], []
+        sources, spans = [], []
         for k in waiting:
-            for source in units[(vms[k], days[vms[k]][tried])]:
-                sources.append(source)
-                owners.append(k)
+            start = len(sources)
+            sources.extend(units[(vms[k], days[vms[k]][tried])])
+            spans.append((k, start, len(sources)))
         # Compacted tiers' files are read once for all their VMs (logstore.last_labels_many).
-        for k, found in zip(owners, logstore.last_labels_many(sources), strict=True):
-            if found is not None and (best[k] is None or found[0] >= best[k][0]):
-                best[k] = found
-        for k, source in zip(owners, sources, strict=True):
-            latest = newest.get((vms[k], days[vms[k]][tried]))
-            behind = best[k] is not None and latest is not None and best[k][0] < latest
-            if behind and not isinstance(source, logstore.Part):  # compacted tiers are in time order
-                found = logstore.latest_labels(source)
-                if found is not None and found[0] >= best[k][0]:
-                    best[k] = found
+        tails = logstore.last_labels_many(sources)
+        for k, start, end in spans:
+            best[k] = logstore.newest_labels(sources[start:end], tails[start:end],
+                                             newest.get((vms[k], days[vms[k]][tried])))
         tried += 1
         waiting = [k for k in waiting if best[k] is None and tried < len(days[vms[k]])]
     return [("", None) if found is None else (found[1], found[2]) for found in best]
