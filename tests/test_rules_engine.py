@@ -190,15 +190,51 @@ def test_history_is_not_live_data():
     assert eng.history_skipped == 1
 
 
-def test_reload_keeps_the_state_of_unchanged_rules_only():
+def test_a_reload_keeps_states_and_the_rules_in_force_decide_their_next_change():
+    """An unchanged rule keeps its state as it was; an edited one keeps its scopes' states and
+    its new definition decides their next change (an alarm it no longer sees is resolved, one it
+    still sees is not fired again); a removed rule's alarms are resolved, saying why."""
     clock = Clock()
-    rules = [{"name": "a", "metric": "cpu", "enter": 90}, {"name": "b", "metric": "mem", "enter": 10}]
+    rules = [{"name": "a", "metric": "cpu", "enter": 90}, {"name": "b", "metric": "cpu", "enter": 90},
+             {"name": "c", "metric": "cpu", "enter": 90}]
     eng = engine(rules, clock)
-    feed(eng, clock, "10.0.0.1", 99)
-    assert {s["rule"]: s["state"] for s in eng.states()} == {"a": "alarm", "b": "alarm"}
-    kept = eng.load(parse_rules({"rule": [rules[0], dict(rules[1], enter=20)]}))
+    feed(eng, clock, "10.0.0.1", 95)
+    feed(eng, clock, "10.0.0.2", 99)
+    assert {(s["rule"], s["state"]) for s in eng.states()} == {("a", "alarm"), ("b", "alarm"),
+                                                                ("c", "alarm")}
+    # b: its threshold moved (and it got an action); c: removed.
+    kept = eng.load(parse_rules({"rule": [rules[0], dict(rules[1], enter=97, actions=["say"])],
+                                 "action": {"say": {"kind": "log"}}}))
     assert kept == ["a"]
-    assert [(s["rule"], s["state"]) for s in eng.states()] == [("a", "alarm")]
+    removed = eng.take()
+    assert sorted((e["rule"], e["scope"], e["from"], e["to"], e["seq"], e["reason"])
+                  for e in removed) == [("c", "10.0.0.1", "alarm", "ok", 2, "the rule was removed"),
+                                        ("c", "10.0.0.2", "alarm", "ok", 2, "the rule was removed")]
+    assert {(s["rule"], s["scope"], s["state"]) for s in eng.states()} == {
+        ("a", "10.0.0.1", "alarm"), ("a", "10.0.0.2", "alarm"), ("b", "10.0.0.1", "alarm"),
+        ("b", "10.0.0.2", "alarm")}
+    clock.now += 60
+    seen = feed(eng, clock, "10.0.0.1", 95) + feed(eng, clock, "10.0.0.2", 99)
+    assert [(e["rule"], e["scope"], e["from"], e["to"], e["seq"]) for e in seen] == [
+        ("b", "10.0.0.1", "alarm", "ok", 2)]
+
+
+def test_a_rule_that_no_longer_alarms_resolves_an_alarm_carried_over_at_its_next_record():
+    clock = Clock()
+    eng = engine([{"name": "a", "metric": "cpu", "enter": 90},
+                  {"name": "g", "scope": "group", "metric": "cpu", "enter": 90}], clock)
+    feed(eng, clock, "10.0.0.1", 95)
+    assert {(s["rule"], s["state"]) for s in eng.states()} == {("a", "alarm"), ("g", "alarm")}
+    eng.take()
+    # Both now silence or scaling only: nothing else can end the alarm but their next data.
+    eng.load(parse_rules({"rule": [{"name": "a", "metric": "cpu", "silent_after": "5m"},
+                                   {"name": "g", "scope": "group", "metric": "cpu",
+                                    "scale": {"target": 200}}]}))
+    assert eng.take() == []
+    clock.now += 60
+    seen = feed(eng, clock, "10.0.0.1", 95)
+    assert sorted((e["rule"], e["from"], e["to"]) for e in seen) == [("a", "alarm", "ok"),
+                                                                     ("g", "alarm", "ok")]
 
 
 def test_expressions_and_normalised_metrics():
@@ -231,10 +267,16 @@ def test_a_restored_state_carries_on_from_the_first_record_after_a_restart():
     clock = Clock()
     eng = engine([{"name": "a", "metric": "cpu", "enter": 90, "exit": 70, "datapoints": 2,
                    "periods": 3, "missing": "breaching"}], clock)
-    fingerprint = eng.rules["a"].rule.fingerprint
-    eng.restore("a", fingerprint, "10.0.0.1", "alarm", clock.now - 600, 7)
-    eng.restore("a", "another-definition", "10.0.0.2", "alarm", clock.now - 600, 3)
+    logged = {"rule": "a", "fingerprint": "another-definition", "scope": "10.0.0.1",
+              "to": "alarm", "at": clock.now - 600, "seq": 7, "actions": []}
+    eng.restore(logged)  # whatever the definition then was: this one decides what comes next
+    eng.restore(dict(logged, scope="group", seq=3))  # not a scope of a per-VM rule: resolved
+    eng.restore(dict(logged, rule="gone", scope="10.0.0.3", seq=4, actions=["say"]))  # resolved
     assert [(s["scope"], s["state"]) for s in eng.states()] == [("10.0.0.1", "alarm")]
+    assert [(e["rule"], e["scope"], e["from"], e["to"], e["seq"], e["actions"], e["reason"])
+            for e in eng.take()] == [
+        ("a", "group", "alarm", "ok", 4, [], "the rule's scope changed"),
+        ("gone", "10.0.0.3", "alarm", "ok", 5, ["say"], "the rule was removed")]
     clock.now += 600
     eng.sweep()  # periods before the restart are not missing (they would breach)
     assert eng.take() == []

@@ -247,6 +247,56 @@ def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
     assert len(hook.received) == 3
 
 
+def test_an_edited_or_removed_rule_resolves_what_it_no_longer_sees_and_fires_nothing_twice(
+        tmp_path):
+    """Alerts an operator's receiver holds as firing stay true across edits: an edit (by SIGHUP,
+    or while the server was down) keeps the rule's states, its new threshold resolves the alarm
+    it no longer sees and leaves the one it still sees alone; removing the rule resolves the
+    rest, saying why."""
+    def states(server):
+        return sorted((s["scope"], s["state"]) for s in json.loads(server.http("/alerts"))["states"])
+
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, HOT % "")
+        with serve(tmp_path, rules) as server:
+            now = int(time.time())
+            server.send_udp(*[line("10.0.0.%d" % i, now, 93.0 + i) for i in (1, 2, 3)])
+            hook.wait(3)
+            # Enter 90 -> 95 (exit 70 -> 95), and one more action: 10.0.0.1 (94) is no
+            # longer hot, 10.0.0.2 (95) is not past the exit, 10.0.0.3 (96) still hot.
+            rules_file(tmp_path, hook.url, HOT.replace("enter = 90\nexit = 70", "enter = 95\nexit = 95")
+                       % ', "say"')
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="ok"}') == 1)
+            assert states(server) == [("10.0.0.1", "alarm"), ("10.0.0.2", "alarm"),
+                                      ("10.0.0.3", "alarm")]
+            server.send_udp(*[line("10.0.0.%d" % i, now + 1, 93.0 + i) for i in (1, 2, 3)])
+            resolved = hook.wait(4)[3]
+            assert (resolved["labels"]["scope"], resolved["status"]) == ("10.0.0.1", "resolved")
+        # Edited while the server is down: exit 95 -> 96 also sees 10.0.0.2 (95) as cool.
+        rules_file(tmp_path, hook.url, HOT.replace("enter = 90\nexit = 70", "enter = 97\nexit = 96")
+                   % "")
+        with serve(tmp_path, rules) as server:
+            assert states(server) == [("10.0.0.1", "ok"), ("10.0.0.2", "alarm"), ("10.0.0.3", "alarm")]
+            server.send_udp(*[line("10.0.0.%d" % i, int(time.time()), 93.0 + i) for i in (2, 3)])
+            resolved = hook.wait(5)[4]
+            assert (resolved["labels"]["scope"], resolved["status"]) == ("10.0.0.2", "resolved")
+            # The rule removed: what it still had in alarm is resolved, with the reason.
+            rules_file(tmp_path, hook.url, HOT.replace('"hot"', '"other"') % "")
+            server.proc.send_signal(signal.SIGHUP)
+            last = hook.wait(6)[5]
+            assert (last["labels"]["alertname"], last["labels"]["scope"], last["status"]) == (
+                "hot", "10.0.0.3", "resolved")
+            assert last["annotations"]["reason"] == "the rule was removed"
+            assert "hot 10.0.0.3: alarm -> ok: the rule was removed" in last["annotations"]["summary"]
+            server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+        assert server.returncode == 0
+    time.sleep(0.3)  # nothing else arrives: no alarm fired twice
+    assert [(a["labels"]["scope"], a["status"]) for a in hook.alerts()] == [
+        ("10.0.0.1", "firing"), ("10.0.0.2", "firing"), ("10.0.0.3", "firing"),
+        ("10.0.0.1", "resolved"), ("10.0.0.2", "resolved"), ("10.0.0.3", "resolved")]
+
+
 def test_a_bad_rules_file_stops_the_server_from_starting(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[[rule]]\nname = "a"\nmetric = "cpu"\nenter = 50\nexit = 60\nhold = "soon"\n'

@@ -127,30 +127,78 @@ class Engine:
 
     # -- rules -----------------------------------------------------------------------------------
     def load(self, ruleset: RuleSet) -> list[str]:
-        """Take a new rule set; unchanged rules (same name and definition) keep their state."""
+        """Take a new rule set; unchanged rules (same name and definition) keep their state.
+
+        A rule edited in place (same name and scope kind) keeps its scopes' states as a restart
+        restores them, and its new definition decides their next change: forgetting them let an
+        alarm whose rule got a new action fire again, and one whose threshold moved never be
+        resolved at the receiver.  A scope not ok under a rule that is gone (removed, or now of
+        the other scope kind) is resolved: a transition to ok that says why.
+        """
         old = self.rules
         self.settings = ruleset.settings
         self._routes = {}
         self.rules = {}
         kept = []
+        now = self.clock()
         for rule in ruleset.rules:
-            previous = old.get(rule.name)
+            previous = old.pop(rule.name, None)
             if previous is not None and previous.rule.fingerprint == rule.fingerprint:
                 previous.rule = rule
                 self.rules[rule.name] = previous
                 kept.append(rule.name)
-            else:
-                self.rules[rule.name] = RuleState(rule)
+                continue
+            rs = self.rules[rule.name] = RuleState(rule)
+            if previous is None:
+                continue
+            if previous.rule.scope != rule.scope:
+                self._retire(previous, "the rule's scope changed", now)
+                continue
+            for series in previous.series.values():
+                self._carry(rs, series.scope, series.state, series.since, series.seq, now)
+            rs.last_out, rs.last_in = previous.last_out, previous.last_in
+        for previous in old.values():
+            self._retire(previous, "the rule was removed", now)
         self.size = sum(len(rs.series) + len(rs.members) for rs in self.rules.values())
         return kept
 
-    def restore(self, rule: str, fingerprint: str, scope: str, state: str, since: float,
-                seq: int) -> None:
-        """A scope's state as the action log last recorded it (a restart keeps alarms)."""
-        rs = self.rules.get(rule)
-        if rs is None or rs.rule.fingerprint != fingerprint or state not in STATES:
+    def _retire(self, rs: RuleState, reason: str, now: float) -> None:
+        """The scopes of a rule no longer in force that are not ok: resolved, with the reason."""
+        for series in rs.series.values():
+            if series.state != "ok":
+                self._transition(rs, series, "ok", now, None, reason)
+
+    def restore(self, event: dict) -> None:
+        """A scope's state as the action log's last transition of it left it (a restart keeps
+        alarms).
+
+        Whatever the rule's definition then was: the rule in force decides the scope's next
+        change from its first record (an edit made while the server was down resolves an
+        alarm it no longer sees, rather than leave it firing at the receiver for ever).  A
+        scope not ok under a rule that is gone is resolved, as at a reload.
+        """
+        rs = self.rules.get(event["rule"])
+        scope, state = event["scope"], event["to"]
+        if state not in STATES:
             return
-        now = self.clock()
+        if rs is None or (scope == GROUP) != (rs.rule.scope == GROUP):
+            if state != "ok":
+                now = self.clock()
+                self.transitions += 1
+                self._emit({"kind": "transition", "rule": event["rule"],
+                            "fingerprint": event["fingerprint"], "scope": scope, "from": state,
+                            "to": "ok", "value": event.get("value"), "threshold": None,
+                            "since": now, "at": now, "seq": event["seq"] + 1,
+                            "actions": list(event["actions"]),
+                            "reason": "the rule was removed" if rs is None
+                            else "the rule's scope changed"})
+            return
+        self._carry(rs, scope, state, event["at"], event["seq"], self.clock())
+
+    def _carry(self, rs: RuleState, scope: str, state: str, since: float, seq: int,
+               now: float) -> None:
+        """A scope's state taken over from before (a restart, a reload), decided again from its
+        next record: periods before it are "not yet", never missing."""
         series = rs.series.get(scope)
         if series is None:
             if self.size >= self.settings.max_series:
@@ -158,16 +206,16 @@ class Engine:
             self.size += 1
         else:
             rs.states[series.state] -= 1
-        # Periods before the first record after the restart are "not yet", never missing.
-        rs.series[scope] = Series(scope, RESTORED, now, state, since, seq)
-        rs.series[scope].end = -1
-        rs.series[scope].settled = False
-        rs.series[scope].notified = now
+        series = rs.series[scope] = Series(scope, RESTORED, now, state, since, seq)
+        series.end = -1
+        series.settled = False
+        series.notified = now
         rs.states[state] += 1
 
-    def restore_scaling(self, rule: str, fingerprint: str, direction: str, at: float) -> None:
+    def restore_scaling(self, rule: str, direction: str, at: float) -> None:
+        """The last scaling action's time: its cooldown goes on across a restart (and an edit)."""
         rs = self.rules.get(rule)
-        if rs is not None and rs.rule.fingerprint == fingerprint:
+        if rs is not None:
             if direction == "out":
                 rs.last_out = max(at, rs.last_out or 0.0)
             else:
@@ -389,7 +437,7 @@ class Engine:
             series.last_arrival = now
         for old in [p for p in series.buckets if p <= period - rule.periods]:
             del series.buckets[old]
-        if rule.enter is not None:
+        if rule.enter is not None or (series.state != "ok" and value is not None):
             self._evaluate(rs, series, period, now)
         if rule.scale is not None:
             self._scale(rs, now)
@@ -398,9 +446,9 @@ class Engine:
     def _evaluate(self, rs: RuleState, series: Series, end: int, now: float) -> None:
         """M of the last N periods ending at ``end`` decide; the hold may defer the change."""
         rule = rs.rule
-        if rule.enter is None:  # a silence-only rule: data ends the silence, nothing else
-            series.end = end
-            if series.state == "silent":
+        if rule.enter is None:  # a silence-only or scaling rule: data ends any state but ok
+            series.end = end  # (silent; or one carried over from an edit that dropped enter)
+            if series.state != "ok":
                 self._transition(rs, series, "ok", now, None)
             return
         self.evaluations += 1
@@ -453,12 +501,16 @@ class Engine:
         self._transition(rs, series, new, now,
                          rule.enter if new == "alarm" or state != "alarm" else rule.exit)
 
-    def _transition(self, rs: RuleState, series: Series, new: str, now: float, threshold) -> None:
+    def _transition(self, rs: RuleState, series: Series, new: str, now: float, threshold,
+                    reason: str | None = None) -> None:
+        """``reason``: why a change was not measured (its rule is no longer in force)."""
         rule = rs.rule
         event = {"kind": "transition", "rule": rule.name, "fingerprint": rule.fingerprint,
                  "scope": series.scope, "from": series.state, "to": new, "value": series.value,
                  "threshold": threshold, "since": now, "at": now, "seq": series.seq + 1,
                  "actions": list(rule.actions)}
+        if reason is not None:
+            event["reason"] = reason
         if series.scope == GROUP:
             event["members"] = len(rs.members)
         rs.states[series.state] -= 1

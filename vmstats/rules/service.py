@@ -110,10 +110,9 @@ class RulesService(service.Service):
     def startService(self) -> None:
         state = self.log.open()
         for event in state.states.values():
-            self.engine.restore(event["rule"], event["fingerprint"], event["scope"], event["to"],
-                                event["at"], event["seq"])
+            self.engine.restore(event)
         for (rule, direction), event in state.scaling.items():
-            self.engine.restore_scaling(rule, event["fingerprint"], direction, event["at"])
+            self.engine.restore_scaling(rule, direction, event["at"])
         if state.pending:
             log.info("action log: %s left undelivered: sending them again",
                      counted(len(state.pending), "delivery", "deliveries"))

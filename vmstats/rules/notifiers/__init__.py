@@ -53,7 +53,8 @@ def summary(event: dict) -> str:
     if event["kind"] == "reminder":
         return "%s: still %s since %s%s" % (where, event["to"], iso(event.get("since", event["at"])),
                                             figure)
-    return "%s: %s -> %s%s" % (where, event["from"], event["to"], figure)
+    because = ": %s" % event["reason"] if event.get("reason") else ""
+    return "%s: %s -> %s%s%s" % (where, event["from"], event["to"], because, figure)
 
 
 def iso(when: float) -> str:

@@ -38,7 +38,8 @@ def alertmanager_body(event: dict, receiver: str, key: str) -> bytes:
     labels = {"alertname": event["rule"], "scope": event["scope"], "state": event["to"],
               "event": event["kind"], "source": "vmstats"}
     annotations = {"summary": summary(event), "idempotency_key": key}
-    for name in ("value", "threshold", "members", "current", "desired", "delta", "placement"):
+    for name in ("value", "threshold", "members", "current", "desired", "delta", "placement",
+                 "reason"):
         if event.get(name) is not None:
             annotations[name] = str(event[name])
     alert = {"status": "firing" if firing else "resolved", "labels": labels,
