@@ -52,6 +52,18 @@ def feed(eng: Engine, clock: Clock, vm: str, cpu: float, host=None, ts=None) -> 
     return [e for e in eng.take() if e["kind"] == "transition"]
 
 
+def warmed(eng: Engine, clock: Clock, vms: list, rows: list, period: float = 60.0) -> list[dict]:
+    """A group's members' records, and again a period later (a group decides nothing in the
+    period after its first member came); the events of the second time."""
+    eng.observe(vms, [int(clock.now)] * len(vms), rows)
+    eng.process()
+    assert eng.take() == []
+    clock.now += period
+    eng.observe(vms, [int(clock.now)] * len(vms), rows)
+    eng.process()
+    return eng.take()
+
+
 def line(vm: str, ts: int, cpu: float, mem: float = 50.0, host: str | None = None) -> bytes:
     return encode_record(Record(vm=vm, ts=ts, cpu=cpu, mem=mem, host=host, vcpus=2,
                                 mem_mb=4096)).encode("ascii")

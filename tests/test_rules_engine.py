@@ -6,7 +6,7 @@ moves, so hours of rule time take milliseconds; the server-level tests
 """
 
 import pytest
-from rulesutil import Clock, engine, feed, row
+from rulesutil import Clock, engine, feed, row, warmed
 
 from vmstats.rules.config import RulesError, parse_rules
 from vmstats.rules.evaluator import aggregate
@@ -107,11 +107,10 @@ def test_group_scopes_and_aggregates():
                    "level": 80, "enter": 1, "match": {"id": "web-*", "tags": {"host": "r1-*"}}},
                   {"name": "net", "scope": "group", "metric": "cpu", "aggregate": "max",
                    "enter": 90, "match": {"cidr": "10.1.0.0/16"}}], clock)
-    eng.observe(["web-1", "web-2", "web-3", "db-1", "10.1.2.3", "10.2.0.1"], [int(clock.now)] * 6,
-                [row(90, host="r1-a"), row(95, host="r1-b"), row(99, host="r2-a"), row(99, host="r1-a"),
-                 row(50), row(99)])
-    eng.process()
-    events = {e["rule"]: e for e in eng.take()}
+    events = {e["rule"]: e for e in warmed(
+        eng, clock, ["web-1", "web-2", "web-3", "db-1", "10.1.2.3", "10.2.0.1"],
+        [row(90, host="r1-a"), row(95, host="r1-b"), row(99, host="r2-a"), row(99, host="r1-a"),
+         row(50), row(99)])}
     assert events["web"]["to"] == "alarm" and events["web"]["value"] == 2.0
     assert events["web"]["members"] == 2
     assert "net" not in events  # 10.2.0.1 is outside the network; the one member is at 50
@@ -123,11 +122,10 @@ def test_extra_tags_choose_a_group():
     clock = Clock()
     eng = engine([{"name": "web", "scope": "group", "metric": "cpu", "aggregate": "max",
                    "enter": 90, "match": {"tags": {"project": "web*", "host": "r1"}}}], clock)
-    eng.observe(["a", "b", "c"], [int(clock.now)] * 3,
-                [row(95, host="r1", tags=(("owner", "ops"), ("project", "web-shop"))),
-                 row(99, host="r2", tags=(("project", "web"),)), row(99, host="r1")])
-    eng.process()
-    assert [(e["to"], e["value"], e["members"]) for e in eng.take()] == [("alarm", 95.0, 1)]
+    events = warmed(eng, clock, ["a", "b", "c"],
+                    [row(95, host="r1", tags=(("owner", "ops"), ("project", "web-shop"))),
+                     row(99, host="r2", tags=(("project", "web"),)), row(99, host="r1")])
+    assert [(e["to"], e["value"], e["members"]) for e in events] == [("alarm", 95.0, 1)]
 
 
 def test_target_tracking_formula_tolerance_and_clamp():
@@ -155,6 +153,8 @@ def test_cooldown_defers_a_scale_action_and_decides_again_at_its_end():
         eng.sweep()
         return eng.take()
 
+    assert load(100) == []  # the group's first period: its members are still arriving
+    clock.now += 60
     first = load(100)  # 4 members at 100 % against 50: 8 wanted
     assert [(e["kind"], e["current"], e["desired"], e["delta"], e["placement"]) for e in first] == [
         ("scale", 4, 8, 4, "h1")]
@@ -173,6 +173,34 @@ def test_cooldown_defers_a_scale_action_and_decides_again_at_its_end():
     # ... but that never blocks a needed scale-out once the scale-out cooldown has passed.
     clock.now += 200
     assert [(e["kind"], e["direction"]) for e in load(100)] == [("scale", "out")]
+
+
+def test_a_group_decides_nothing_until_its_members_have_had_a_period_to_report():
+    """A pool of ten at 20 % (four wanted) whose records come 6 s apart: at the first record a
+    group of one at 20 % asked for "2" (a scale-out, current 1), and its cooldown then held the
+    real scale-in for ten minutes. Likewise after every member went quiet."""
+    clock = Clock()
+    eng = engine([{"name": "pool", "scope": "group", "metric": "cpu", "period": 60,
+                   "actions": ["say"], "scale": {"target": 60, "min": 2, "max": 20,
+                                                 "in_cooldown": "10m"}}], clock)
+    seen = []
+    start = clock.now
+    for t in range(0, 120, 6):
+        clock.now = start + t
+        eng.observe(["10.0.0.%d" % (t // 6 % 10 + 1)], [int(clock.now)], [row(20.0)])
+        eng.process()
+        eng.sweep()
+        seen += [(t, e["kind"], e["direction"], e["current"], e["desired"]) for e in eng.take()]
+    assert seen[0] == (60, "scale", "in", 10, 4)
+    assert [s[1] for s in seen[1:]] == ["held"]
+    clock.now += 600  # every member quiet for ten minutes: the group empties
+    eng.sweep()
+    eng.take()
+    assert eng.rules["pool"].members == {}
+    eng.observe(["10.0.0.1"], [int(clock.now)], [row(20.0)])
+    eng.process()
+    eng.sweep()
+    assert eng.take() == []
 
 
 def test_state_is_bounded_and_refusals_counted():
@@ -224,6 +252,8 @@ def test_a_rule_that_no_longer_alarms_resolves_an_alarm_carried_over_at_its_next
     eng = engine([{"name": "a", "metric": "cpu", "enter": 90},
                   {"name": "g", "scope": "group", "metric": "cpu", "enter": 90}], clock)
     feed(eng, clock, "10.0.0.1", 95)
+    clock.now += 60
+    feed(eng, clock, "10.0.0.1", 95)
     assert {(s["rule"], s["state"]) for s in eng.states()} == {("a", "alarm"), ("g", "alarm")}
     eng.take()
     # Both now silence or scaling only: nothing else can end the alarm but their next data.
@@ -233,6 +263,8 @@ def test_a_rule_that_no_longer_alarms_resolves_an_alarm_carried_over_at_its_next
     assert eng.take() == []
     clock.now += 60
     seen = feed(eng, clock, "10.0.0.1", 95)
+    clock.now += 60  # the group, new, waits a period for its members
+    seen += feed(eng, clock, "10.0.0.1", 95)
     assert sorted((e["rule"], e["from"], e["to"]) for e in seen) == [("a", "alarm", "ok"),
                                                                      ("g", "alarm", "ok")]
 

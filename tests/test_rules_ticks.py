@@ -12,7 +12,7 @@ import random
 import weakref
 
 import pytest
-from rulesutil import Clock, engine, feed, row
+from rulesutil import Clock, engine, feed, row, warmed
 from twisted.internet import task
 
 from vmstats import logstore
@@ -220,10 +220,9 @@ def test_a_scale_out_is_placed_by_the_hosts_measured_headroom():
                    "scale": {"target": 50, "max": 10}},
                   {"name": "watch", "scope": "group", "metric": "cpu", "aggregate": "max",
                    "enter": 99.5}], clock)
-    eng.observe(["a", "b", "c"], [int(clock.now)] * 3,
-                [row(95, host="h1"), row(90, host="h1"), row(60, host="h2")])
-    eng.process()
-    scaled = [e for e in eng.take() if e["kind"] == "scale"]
+    scaled = [e for e in warmed(eng, clock, ["a", "b", "c"],
+                                [row(95, host="h1"), row(90, host="h1"), row(60, host="h2")])
+              if e["kind"] == "scale"]
     # mean 81.7 % against 50 %: 5 wanted; h1's two members are at 95 and 90, h2's one at 60.
     assert [(e["desired"], e["placement"]) for e in scaled] == [(5, "h2")]
 

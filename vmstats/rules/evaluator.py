@@ -91,6 +91,11 @@ class RuleState:
         self.held: tuple | None = None
         self.turn = 0
         self.group_swept = 0.0
+        #: A group without members (at start, after a reload that made the rule, after every
+        #: member went quiet) decides nothing until a period after its first member came: its
+        #: other members' records are still on their way, and a figure and a count of the
+        #: first few would scale a pool of ten at 20 % out to "2" with one member reporting.
+        self.warm_until = 0.0
 
 
 class Engine:
@@ -245,6 +250,7 @@ class Engine:
             rs.members = {vm: (value, arrival + step, host, cpu)
                           for vm, (value, arrival, host, cpu) in rs.members.items()}
             rs.group_swept += step
+            rs.warm_until += step
             if rs.last_out is not None:
                 rs.last_out += step
             if rs.last_in is not None:
@@ -405,6 +411,8 @@ class Engine:
                 self.refused += 1
                 return
             self.size += 1
+            if not rs.members:
+                rs.warm_until = now + rs.rule.period
         if rs.rule.scale is None:  # host and CPU serve the placement of a scale-out only
             rs.members[vm] = (value, now, None, None)
         else:
@@ -422,6 +430,8 @@ class Engine:
         for vm in gone:
             del rs.members[vm]
         self.size -= len(gone)
+        if now < rs.warm_until:  # members still arriving: a figure of some of them decides nothing
+            return
         figures = [member[0] for member in rs.members.values() if member[0] is not None]
         value = aggregate(rule.aggregate, figures, rule.level)
         period = int(now // rule.period)
