@@ -140,7 +140,7 @@ def latency_phase(server: ServerProcess, hook: WebhookReceiver, minute: float, p
         received = list(hook.received)
     for r in received:
         for alert in r["body"]["alerts"]:
-            key = (alert["labels"]["scope"], alert["labels"]["state"])
+            key = (alert["labels"]["scope"], alert["annotations"]["state"])
             if alert["labels"]["alertname"] == "hot" and key in sent_at:
                 latencies.append(r["at"] - sent_at.pop(key))
     latencies.sort()

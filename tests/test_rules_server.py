@@ -87,7 +87,7 @@ def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
             assert time.time() - sent < 1.0  # arrival to the receiver's 200 within a second
             alert = alerts[0]
             assert alert["status"] == "firing" and alert["labels"]["alertname"] == "hot"
-            assert alert["labels"]["scope"] == "10.0.0.1" and alert["labels"]["state"] == "alarm"
+            assert alert["labels"]["scope"] == "10.0.0.1" and alert["annotations"]["state"] == "alarm"
             body = hook.received[0]["body"]
             assert body["version"] == "4" and body["receiver"] == "hook"
             key = hook.received[0]["key"]
@@ -99,9 +99,17 @@ def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):
                 "hot", "10.0.0.1", "alarm", "ok", 95.0)
             assert call["VMSTATS_KEY"] == key[: -len(".hook")] + ".run"
             assert "hot 10.0.0.1: ok -> alarm" in smtp.messages[0]
+            time.sleep(1.05)  # resolved in a later second than it fired
             server.send_udp(line("10.0.0.1", now + 1, 50.0))
             resolved = hook.wait(2)[1]
-            assert resolved["status"] == "resolved" and resolved["labels"]["state"] == "ok"
+            assert resolved["status"] == "resolved" and resolved["annotations"]["state"] == "ok"
+            # One alert as Alertmanager sees one: the same labels, fingerprint and group when it
+            # resolves (a receiver keyed on them closes it), and the time it began.
+            fired, cleared = (r["body"] for r in hook.received[:2])
+            assert cleared["groupKey"] == fired["groupKey"] == '{}:{alertname="hot", scope="10.0.0.1"}'
+            assert resolved["labels"] == alert["labels"] and cleared["groupLabels"] == fired["groupLabels"]
+            assert resolved["fingerprint"] == alert["fingerprint"]
+            assert resolved["startsAt"] == alert["startsAt"] < resolved["endsAt"]
             page = json.loads(server.http("/alerts"))
             assert {(s["scope"], s["state"]) for s in page["states"]} == {("10.0.0.1", "ok"),
                                                                            ("10.0.0.2", "ok")}
@@ -208,10 +216,10 @@ def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
                     server.send_udp(line("10.0.0.1", now, 20.0))
                 time.sleep(1)
             alerts = hook.wait(1)
-            assert [(a["labels"]["scope"], a["labels"]["state"]) for a in alerts] == [
+            assert [(a["labels"]["scope"], a["annotations"]["state"]) for a in alerts] == [
                 ("10.0.0.1", "silent")]
             server.send_udp(line("10.0.0.1", int(time.time()), 20.0))
-            assert hook.wait(2)[1]["labels"]["state"] == "ok"
+            assert hook.wait(2)[1]["annotations"]["state"] == "ok"
 
 
 def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
@@ -292,9 +300,9 @@ def test_an_edited_or_removed_rule_resolves_what_it_no_longer_sees_and_fires_not
             server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
         assert server.returncode == 0
     time.sleep(0.3)  # nothing else arrives: no alarm fired twice
-    assert [(a["labels"]["scope"], a["status"]) for a in hook.alerts()] == [
-        ("10.0.0.1", "firing"), ("10.0.0.2", "firing"), ("10.0.0.3", "firing"),
-        ("10.0.0.1", "resolved"), ("10.0.0.2", "resolved"), ("10.0.0.3", "resolved")]
+    seen = [(a["labels"]["scope"], a["status"]) for a in hook.alerts()]
+    assert sorted(seen[:3]) == [("10.0.0.1", "firing"), ("10.0.0.2", "firing"), ("10.0.0.3", "firing")]
+    assert seen[3:] == [("10.0.0.1", "resolved"), ("10.0.0.2", "resolved"), ("10.0.0.3", "resolved")]
 
 
 def test_a_bad_rules_file_stops_the_server_from_starting(tmp_path):

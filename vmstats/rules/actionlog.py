@@ -123,7 +123,7 @@ def problem(entry) -> str | None:
             wrong = "actions are %r" % (event["actions"],)
         if wrong is None and any(event.get(name) is not None
                                  and not isinstance(event[name], _NUMBER)
-                                 for name in ("value", "threshold", "since")):
+                                 for name in ("value", "threshold", "since", "began")):
             wrong = "a figure is not a number"
         return wrong
     if kind not in _ENTRIES:

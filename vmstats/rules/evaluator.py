@@ -194,7 +194,7 @@ class Engine:
                             "fingerprint": event["fingerprint"], "scope": scope, "from": state,
                             "to": "ok", "value": event.get("value"), "threshold": None,
                             "since": now, "at": now, "seq": event["seq"] + 1,
-                            "actions": list(event["actions"]),
+                            "actions": list(event["actions"]), "began": event["at"],
                             "reason": "the rule was removed" if rs is None
                             else "the rule's scope changed"})
             return
@@ -518,7 +518,7 @@ class Engine:
         event = {"kind": "transition", "rule": rule.name, "fingerprint": rule.fingerprint,
                  "scope": series.scope, "from": series.state, "to": new, "value": series.value,
                  "threshold": threshold, "since": now, "at": now, "seq": series.seq + 1,
-                 "actions": list(rule.actions)}
+                 "actions": list(rule.actions), "began": series.since}
         if reason is not None:
             event["reason"] = reason
         if series.scope == GROUP:

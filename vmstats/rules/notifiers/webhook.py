@@ -33,24 +33,39 @@ def sign(secret: bytes, body: bytes) -> str:
 
 
 def alertmanager_body(event: dict, receiver: str, key: str) -> bytes:
-    """Alertmanager webhook v4 JSON for one event (one alert in the group)."""
+    """Alertmanager webhook v4 JSON for one event: one alert, alone in its group.
+
+    As in Alertmanager, the labels are the alert's identity, the same when it fires, is
+    reminded of and resolves (a rule and a scope; a scaling decision is an alert of its own),
+    and the group is that one alert: a receiver that keys incidents by ``groupKey`` or by the
+    labels resolves the VM that resolved, not every VM of the rule, nor none.  The state and
+    the kind of event are annotations; ``startsAt`` of a resolved alert is when the state it
+    leaves began.
+    """
     firing = event["to"] != "ok" or event["kind"] == "scale"
-    labels = {"alertname": event["rule"], "scope": event["scope"], "state": event["to"],
-              "event": event["kind"], "source": "vmstats"}
-    annotations = {"summary": summary(event), "idempotency_key": key}
+    labels = {"alertname": event["rule"], "scope": event["scope"]}
+    if event["kind"] == "scale":
+        labels["event"] = "scale"
+    group = "{%s}" % ", ".join("%s=%s" % (name, json.dumps(value))
+                               for name, value in sorted(labels.items()))
+    identity = "%s\0%s" % (event["rule"], event["scope"]) + ("\0scale" if "event" in labels else "")
+    labels["source"] = "vmstats"
+    annotations = {"summary": summary(event), "idempotency_key": key, "state": event["to"],
+                   "event": event["kind"]}
     for name in ("value", "threshold", "members", "current", "desired", "delta", "placement",
                  "reason"):
         if event.get(name) is not None:
             annotations[name] = str(event[name])
+    began = event.get("since", event["at"]) if firing else event.get("began", event["at"])
     alert = {"status": "firing" if firing else "resolved", "labels": labels,
-             "annotations": annotations, "startsAt": iso(event.get("since", event["at"])),
+             "annotations": annotations, "startsAt": iso(began),
              "endsAt": _NEVER if firing else iso(event["at"]), "generatorURL": "",
-             "fingerprint": hashlib.sha256(("%s\0%s" % (event["rule"], event["scope"]))
-                                           .encode("utf-8")).hexdigest()[:16]}
-    body = {"version": "4", "groupKey": "{}:{alertname=%s}" % json.dumps(event["rule"]),
-            "truncatedAlerts": 0, "status": alert["status"], "receiver": receiver,
-            "groupLabels": {"alertname": event["rule"]}, "commonLabels": labels,
-            "commonAnnotations": annotations, "externalURL": "", "alerts": [alert]}
+             "fingerprint": hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]}
+    body = {"version": "4", "groupKey": "{}:" + group, "truncatedAlerts": 0,
+            "status": alert["status"], "receiver": receiver,
+            "groupLabels": {name: value for name, value in labels.items() if name != "source"},
+            "commonLabels": labels, "commonAnnotations": annotations, "externalURL": "",
+            "alerts": [alert]}
     return json.dumps(body, sort_keys=True).encode("utf-8")
 
 
