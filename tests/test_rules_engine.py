@@ -295,6 +295,36 @@ def test_every_problem_is_reported_once():
     ]
 
 
+NO_ARGV = "argv: missing (the program and its arguments, as a list)"
+NOT_HTTP = "url: %r is not an http:// or https:// URL"
+
+
+@pytest.mark.parametrize("action, problem", [
+    ({"kind": "command", "argv": []}, NO_ARGV),
+    ({"kind": "command", "argv": [""]}, NO_ARGV),
+    ({"kind": "webhook", "url": "http://[::1/x"}, NOT_HTTP % "http://[::1/x"),
+    ({"kind": "webhook", "url": "http://h:99999/x"}, NOT_HTTP % "http://h:99999/x"),
+])
+def test_an_action_that_could_never_deliver_is_one_problem(action, problem):
+    """An empty argv made no action and no problem ("0 actions: OK"), so every delivery of a
+    rule naming it was given up at run time; a URL urllib cannot split was a traceback."""
+    with pytest.raises(RulesError) as caught:
+        parse_rules({"action": {"a": action}, "rule": [{"name": "r", "metric": "cpu", "enter": 1,
+                                                        "actions": ["a"]}]})
+    assert caught.value.problems == ["action a: " + problem]
+
+
+@pytest.mark.parametrize("metric, problem", [
+    ("-" * 500 + "cpu", "nests deeper than an expression can be compiled"),
+    ("-" * 100_000 + "cpu", "is 100003 characters, more than the 1000 a metric may have"),
+])
+def test_a_metric_nested_past_reason_is_one_problem(metric, problem):
+    with pytest.raises(RulesError) as caught:
+        parse_rules({"rule": [{"name": "r", "metric": metric, "enter": 1}]})
+    [only] = caught.value.problems
+    assert only.startswith("rule r: metric: ") and only.endswith(problem)
+
+
 def test_a_restored_state_carries_on_from_the_first_record_after_a_restart():
     clock = Clock()
     eng = engine([{"name": "a", "metric": "cpu", "enter": 90, "exit": 70, "datapoints": 2,

@@ -249,9 +249,21 @@ def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
             server.proc.send_signal(signal.SIGHUP)
             server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="refused"}') == 2)
             assert server.proc.poll() is None
+            # A URL urllib cannot split and a command with no program: problems, not a
+            # traceback that leaves the reload uncounted, nor an action silently left out.
+            (tmp_path / "rules.toml").write_text(
+                '[action.h]\nkind = "webhook"\nurl = "http://[::1/hook"\n\n'
+                '[action.c]\nkind = "command"\nargv = []\n' + HOT.replace('"say"', '"c"') % "")
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="refused"}') == 3)
         assert "rules reload refused, the previous rules stay" in server.output
         assert "metric: 'cpux'" in server.output and "enter: expected a number" in server.output
         assert "%s: not UTF-8 at byte 3 (line 1)" % (tmp_path / "rules.toml") in server.output
+    assert ("%s: action h: url: 'http://[::1/hook' is not an http:// or https:// URL"
+            % (tmp_path / "rules.toml")) in server.output
+    assert ("%s: action c: argv: missing (the program and its arguments, as a list)"
+            % (tmp_path / "rules.toml")) in server.output
+    assert "Traceback" not in server.output
     assert len(hook.received) == 3
 
 

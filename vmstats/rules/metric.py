@@ -34,6 +34,9 @@ DERIVED = {
 }
 NAMES = tuple(FIELD_INDEX) + tuple(DERIVED)
 _FUNCTIONS = {"max": max, "min": min, "abs": abs}
+#: The longest metric expression: far more than any figure an operator writes, and short of
+#: what nests deep enough to exhaust the parser (100,000 minus signs raised MemoryError).
+MAX_LENGTH = 1000
 _NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub,
           ast.UAdd, ast.Constant, ast.Name, ast.Load, ast.Call)
 
@@ -110,9 +113,12 @@ def compile_metric(text: str) -> Expression:
         return Expression(text, (text,))
     if text in DERIVED:
         return _compile(text, ast.parse(text, mode="eval"), checked=False)
+    if len(text) > MAX_LENGTH:  # nested past reason, the parser runs out of stack or memory
+        raise ValueError("%r... is %d characters, more than the %d a metric may have"
+                         % (text[:40], len(text), MAX_LENGTH))
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):
         raise ValueError("%r is neither a metric (%s) nor an expression of them"
                          % (text, ", ".join(NAMES))) from None
     names = []
@@ -132,7 +138,11 @@ def compile_metric(text: str) -> Expression:
             raise ValueError("%r: only numbers may appear as constants" % text)
     if not names:
         raise ValueError("%r does not use any metric" % text)
-    return _compile(text, tree, checked=True)
+    try:
+        return _compile(text, tree, checked=True)
+    except (RecursionError, MemoryError):  # a few hundred signs or brackets deep
+        raise ValueError("%r... nests deeper than an expression can be compiled"
+                         % text[:40]) from None
 
 
 def _compile(text: str, tree: ast.Expression, checked: bool) -> Expression:

@@ -63,8 +63,10 @@ class Command(Notifier):
     @classmethod
     def from_config(cls, name: str, reader) -> "Command | None":
         argv = reader.texts("argv")
-        if not argv:
-            if "argv" not in reader.table:
+        if not argv or not argv[0]:
+            # Given but empty ([] or [""]) is as much a problem as missing: without one the
+            # rules naming this action would have none, their deliveries given up at run time.
+            if reader.table.get("argv") in (None, []) or argv:  # else texts() said what's wrong
                 reader.problem("argv", "missing (the program and its arguments, as a list)")
             return None
         timeout = reader.duration("timeout", 60.0)

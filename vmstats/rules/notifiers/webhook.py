@@ -88,8 +88,12 @@ class Webhook(Notifier):
             if "url" not in reader.table:
                 reader.problem("url", "missing (http:// or https://)")
             return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:  # an unclosed [ of an IPv6 host, a port past 65535: ValueError
+            parts = urlsplit(url)
+            usable = parts.scheme in ("http", "https") and parts.hostname and (parts.port or True)
+        except ValueError:
+            usable = False
+        if not usable:
             reader.problem("url", "%r is not an http:// or https:// URL" % url)
             return None
         secret = reader.text("secret")
