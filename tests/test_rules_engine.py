@@ -203,6 +203,28 @@ def test_a_group_decides_nothing_until_its_members_have_had_a_period_to_report()
     assert eng.take() == []
 
 
+def test_a_scale_out_whose_vms_boot_past_its_cooldown_is_asked_for_again_with_the_same_desired():
+    """docs/RULES.md's example, why an action sizes the pool to ``desired`` and never adds
+    ``delta``: 400 % of demand against a target of 50, new VMs reporting 4 minutes after."""
+    clock = Clock()
+    eng = engine([{"name": "pool", "scope": "group", "metric": "cpu", "period": 60,
+                   "scale": {"target": 50, "max": 20, "out_cooldown": "3m"}}], clock)
+    start, pool, booting, decisions = clock.now, ["10.0.0.%d" % i for i in range(1, 5)], [], []
+    for t in range(0, 540, 10):
+        clock.now = start + t
+        pool += [vm for ready, vm in booting if ready == clock.now]
+        if t % 60 == 0:
+            eng.observe(pool, [int(clock.now)] * len(pool), [row(400.0 / len(pool))] * len(pool))
+        eng.process()
+        eng.sweep()
+        for e in eng.take():
+            if e["kind"] == "scale":
+                decisions.append((e["current"], e["desired"], e["delta"]))
+                booting += [(clock.now + 240, "10.0.1.%d" % (len(booting) + i)) for i in range(e["delta"])]
+    assert decisions == [(4, 8, 4), (4, 8, 4)]
+    assert len(pool) == 12  # the deltas added up; sized to ``desired`` it is 8
+
+
 def test_state_is_bounded_and_refusals_counted():
     clock = Clock()
     eng = engine([{"name": "b", "metric": "cpu", "enter": 90}], clock, max_series=3)
