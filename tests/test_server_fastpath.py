@@ -1,7 +1,9 @@
 """The receive fast path agrees with the general decoder: same records, same rows, same rejects."""
 
 import itertools
+import math
 import re
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -32,10 +34,13 @@ def reader(request):
     parse._native = built
 
 
-def regex_parser() -> Parser:
-    """A parser without the C reader: for the tests of the regexes' passes themselves."""
+def regex_parser(budget: bool = False) -> Parser:
+    """A parser without the C reader: for the tests of the regexes' passes themselves, which
+    meet more spellings than the build budget allows, unless ``budget``."""
     parser = Parser(max_future=300, max_past=0)
     parser._scan_spec = None
+    if not budget:
+        parser.build_burst = parser._builds = math.inf
     return parser
 
 
@@ -640,3 +645,31 @@ def test_bad_lines_among_the_agents_cost_the_decoder_them_alone_and_no_extra_pas
         assert list(zip(vms, tss, rows, seqs, strict=True)) == expected
         assert dict(rejects) == reasons and sum(reasons.values()) == 3
         assert sorted(calls) == sorted(bad) and len(passes) == 1 and plain == []
+
+
+def test_a_sender_inventing_a_spelling_per_line_buys_no_regex_beyond_the_budget(monkeypatch):
+    """Tag names are free, and each new spelling's regex costs ~0.5 ms to compile: past the
+    build budget a new spelling's lines go to the decoder (the same rows, a few us each), and
+    a spelling in use keeps its regex however many others pass through the cache."""
+    built = []
+    build = parse.build_shape
+    monkeypatch.setattr(parse, "build_shape", lambda key: built.append(key) or build(key))
+    parser = regex_parser(budget=True)
+    started = time.monotonic()
+    honest = b"vmstats,vm=10.0.6.1,rack=r1 mem=2,cpu=1 %d" % NOW
+    parser.parse(honest, NOW)
+    kept = parser._shapes[parse.shape_key(honest)]
+    # Half a spelling of its own that could be valid, half one that cannot (an unknown field).
+    lines = [b"vmstats,vm=10.0.6.%d,k%d=x cpu=1.5,mem=2%s %d"
+             % (i % 200, i, b",f=1" if i % 2 else b"", NOW + 60 * (i % 9)) for i in range(3000)]
+    for start in range(0, len(lines), 20):
+        payload = b"\n".join(lines[start:start + 20])
+        expected, reasons = _decoded_reasons(payload)
+        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
+        assert dict(rejects) == reasons
+        assert parser.parse(honest, NOW)[2] == [b"1,,2,,,,,,,,,rack=r1"]
+    refilled = (time.monotonic() - started) * parse.SHAPE_BUILDS_PER_SECOND
+    assert len(built) <= parse.SHAPE_BUILD_BURST + refilled + 1
+    assert parser._shapes[parse.shape_key(honest)] is kept
+    assert len(parser._shapes) == parse.MAX_SHAPES

@@ -21,8 +21,9 @@ Every other valid spelling of a record -- tags and fields in another order,
 extra tags, ``i``/``u`` typed values, ms/us/ns timestamps, as InfluxDB client
 libraries and Telegraf write them -- is a ``Shape``: the first line's tag and
 field names, value types and timestamp length give a regex of that exact
-spelling (built once and cached), whose groups are reordered into the held
-row by one ``%`` per line, again mapped in C.  A payload that mixes
+spelling (built once and cached, within a budget of builds:
+``SHAPE_BUILD_BURST``), whose groups are reordered into the held row by one
+``%`` per line, again mapped in C.  A payload that mixes
 spellings, as a parser process joins many senders' datagrams, is sieved: each
 spelling's regex, with a catch-all alternative, takes its own lines in one
 pass and hands the others on to the next (``Parser._mixed``).  What no regex
@@ -38,7 +39,8 @@ plain lists that ``marshal`` carries between them.
 import math
 import re
 import sys
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from itertools import chain, compress, repeat
 from operator import itemgetter, not_
@@ -158,8 +160,16 @@ _STAMP_LENGTHS = (10, 13, 16, 19)
 #: Digits of an untyped integer field's value that float() carries exactly (the decoder
 #: reads untyped values as floats).
 _EXACT_DIGITS = 15
-#: Shapes remembered per parser; cleared when full (senders use a handful of spellings).
+#: Shapes remembered per parser, the least recently used forgotten first (senders use a
+#: handful of spellings).
 MAX_SHAPES = 1024
+#: Regexes of new spellings a parser compiles at once, and per second after that: compiling
+#: one costs ~0.5 ms, some 500 lines' reading, so a sender inventing a spelling per line
+#: (tag names are free) would otherwise buy half a millisecond of a parser with each line of
+#: ~50 bytes.  A spelling met beyond the budget is read by the decoder (~7 us a line, the
+#: same rows) until a build is free again; a fleet's few spellings fit in the burst.
+SHAPE_BUILD_BURST = 64
+SHAPE_BUILDS_PER_SECOND = 8
 #: Spellings a line is tried with before its own is looked up (``Parser._matching``), the
 #: most recently met first.
 MAX_RECENT = 4
@@ -322,6 +332,24 @@ def line_spec() -> tuple:
     return tuple(spec), limits
 
 
+def has_shape(key: tuple) -> bool:
+    """Can a line of this spelling (``shape_key``) be valid?  What ``build_shape`` checks
+    before it compiles anything, and costs no regex."""
+    tag_keys, fields, stamp_length = key
+    names = [field.partition(b"=")[0] for field in fields]
+    if (stamp_length not in _STAMP_LENGTHS or tag_keys.count(b"vm") != 1
+            or len(set(tag_keys)) != len(tag_keys) or len(set(names)) != len(names)
+            or not set(names) <= _FIELD_SPEC.keys()
+            or not set(protocol.REQUIRED_FIELDS) <= {name.decode() for name in names}):
+        return False
+    try:
+        protocol.check_tags([(tag.decode("ascii"), "x") for tag in tag_keys
+                             if tag not in _VALUE_PATTERNS])
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
 def build_shape(key: tuple) -> Shape | None:
     """The regex of one spelling (``shape_key``), or None if no line of it can be valid.
 
@@ -332,18 +360,11 @@ def build_shape(key: tuple) -> Shape | None:
     the canonical regex admits them: integers without leading zeros, decimals
     without exponent, each provably in its field's range.
     """
+    if not has_shape(key):
+        return None
     tag_keys, fields, stamp_length = key
     names = [field.partition(b"=")[0] for field in fields]
     extras = [tag for tag in tag_keys if tag not in _VALUE_PATTERNS]
-    if (stamp_length not in _STAMP_LENGTHS or tag_keys.count(b"vm") != 1
-            or len(set(tag_keys)) != len(tag_keys) or len(set(names)) != len(names)
-            or not set(names) <= _FIELD_SPEC.keys()
-            or not set(protocol.REQUIRED_FIELDS) <= {name.decode() for name in names}):
-        return None
-    try:
-        protocol.check_tags([(tag.decode("ascii"), "x") for tag in extras])
-    except (ValueError, UnicodeDecodeError):
-        return None
     if (extras and fields == _AGENT_FIELDS and stamp_length == 10 and extras == sorted(extras)
             and tag_keys[:len(tag_keys) - len(extras)] in ((b"vm",), (b"vm", b"host"))):
         return CompactShape(tuple(extras))  # the agent's lines with tags (protocol.encode_record)
@@ -399,7 +420,13 @@ class Parser:
         self._compact_fullmatch = compact.fullmatch
         # The per-field regex as a Shape, for the paths that check lines one by one.
         self._canonical = Shape(regex, 0, ts_group, seq_group, list(range(2, ts_group)) + [1])
-        self._shapes: dict[tuple, Shape | None] = {}
+        self._shapes: OrderedDict[tuple, Shape | None] = OrderedDict()
+        #: Compilations of new spellings' regexes allowed at once and per second after that.
+        self.build_burst: float = SHAPE_BUILD_BURST
+        self.builds_per_second: float = SHAPE_BUILDS_PER_SECOND
+        # The compilations left, and when they were counted.
+        self._builds = float(SHAPE_BUILD_BURST)
+        self._builds_at = time.monotonic()
         self._recent: list[Shape] = []
         self._compact_sieve = _sieve(compact)
         self._compact_ts_of = itemgetter(compact_ts)
@@ -632,14 +659,32 @@ class Parser:
         try:
             shape = self._shapes[key]
         except KeyError:
-            if len(self._shapes) >= MAX_SHAPES:
-                self._shapes.clear()
-            shape = self._shapes[key] = build_shape(key)
+            buildable = has_shape(key)
+            if buildable and not self._may_build():
+                return None  # the decoder reads it until a build is free (SHAPE_BUILD_BURST)
+            while len(self._shapes) >= MAX_SHAPES:
+                old_key, old = self._shapes.popitem(last=False)
+                if old is not None and old in self._recent:  # in use, matched before lookups
+                    self._shapes[old_key] = old
+            shape = self._shapes[key] = build_shape(key) if buildable else None
+        else:
+            self._shapes.move_to_end(key)
         # The agent's spelling is the canonical regex's: a shape of it would match its lines twice.
         if shape is not None and shape not in self._recent and not _agents_spelling(key):
             self._recent.insert(0, shape)
             del self._recent[MAX_RECENT:]
         return shape
+
+    def _may_build(self) -> bool:
+        """Take one of the builds the budget allows (``SHAPE_BUILD_BURST``), if one is left."""
+        clock = time.monotonic()
+        self._builds = min(self.build_burst,
+                           self._builds + (clock - self._builds_at) * self.builds_per_second)
+        self._builds_at = clock
+        if self._builds < 1:
+            return False
+        self._builds -= 1
+        return True
 
     def _window(self, now: float) -> tuple[int, int]:
         """The highest and lowest timestamps the decoder accepts at ``now`` (integers)."""
