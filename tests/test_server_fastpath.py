@@ -577,7 +577,7 @@ def test_a_mixed_payload_is_sieved_one_pass_per_spelling_and_the_next_one_at_onc
     payload = b"\n".join([influx[0], agent[0], bad[0], shuffled[0], agent[1], influx[1],
                           agent[2], b"", bad[1], shuffled[1], agent[3]])
     expected, reasons = _decoded_reasons(payload)
-    parser = Parser(max_future=300, max_past=0)
+    parser = regex_parser()  # the C reads the good lines (test_server_linescan.py)
     calls, passes, plain = _watched(parser)
     parser.parse(payload, NOW)  # meets the VM ids and the spellings, and finds them mixed
     del calls[:], passes[:], plain[:]
@@ -636,7 +636,7 @@ def test_bad_lines_among_the_agents_cost_the_decoder_them_alone_and_no_extra_pas
     bad = [b"garbage one", b"garbage two", b"vmstats,vm=10.0.5.9 cpu=x,mem=2 %d" % NOW]
     payload = b"\n".join(good[:2] + bad[:2] + good[2:4] + bad[2:] + good[4:])
     expected, reasons = _decoded_reasons(payload)
-    parser = Parser(max_future=300, max_past=0)
+    parser = regex_parser()  # the C reads the good lines (test_server_linescan.py)
     calls, passes, plain = _watched(parser)
     parser.parse(payload, NOW)  # meets the VM ids
     for _ in range(2):

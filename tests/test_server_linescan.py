@@ -47,8 +47,12 @@ def regexes_counting() -> tuple[Parser, list]:
 
 
 def agrees(payload: bytes, regexes: tuple[Parser, list] | None = None) -> bool:
-    """The C takes ``payload`` exactly when the regexes take it whole (once they have met its
-    VM ids), with their columns; returns whether it took it."""
+    """The C reads exactly the lines the regexes take (once they have met its VM ids), with
+    their columns, and leaves the others to them; returns whether it read every line.
+
+    A payload the regexes take whole the C reads whole.  Otherwise the lines it read are a
+    payload the regexes take whole, to the same columns, and each line it left is one the
+    regexes do not take (a reject, or the decoder's)."""
     parser, decoded = regexes or regexes_counting()
     parser.parse(payload, NOW)
     del decoded[:]
@@ -56,18 +60,36 @@ def agrees(payload: bytes, regexes: tuple[Parser, list] | None = None) -> bool:
     hi, lo = parser._window(NOW)
     scanned = native.scan(payload, SPEC, parser._vm_ids, lo, hi)
     whole = not rejects and not decoded
-    assert (scanned is not None) == whole, payload
-    if scanned is not None:  # in order; the regexes' sieve may order VMs by spelling
-        assert per_vm(zip(*scanned, strict=True)) == per_vm(zip(vms, tss, rows, seqs,
-                                                                 strict=True)), payload
-    return scanned is not None
+    if scanned is None:  # more lines left than read: the regexes read it all
+        assert not whole, payload
+        return False
+    *columns, rest = scanned
+    assert (not rest) == whole, payload
+    if not rest:  # in order; the regexes' sieve may order VMs by spelling
+        assert per_vm(zip(*columns, strict=True)) == per_vm(zip(vms, tss, rows, seqs,
+                                                                strict=True)), payload
+        return True
+    read = [line for line in payload.split(b"\n") if line and line[:1] != b"#"]
+    for line in rest:
+        read.remove(line)
+        del decoded[:]
+        assert parser.parse(line, NOW)[4] or decoded, line
+    if read:
+        assert agrees(b"\n".join(read), regexes), payload
+    return False
+
+
+def scan_whole(payload: bytes, spec, known: dict, lo: int, hi: int) -> tuple | None:
+    """The C's columns of ``payload`` if it read every line, else None."""
+    found = native.scan(payload, spec, known, lo, hi)
+    return None if found is None or found[4] else found[:4]
 
 
 def test_the_edge_spellings_are_read_as_the_regexes_read_them():
     assert all(agrees(line) for line in EDGES)
     assert agrees(b"\n".join(EDGES) + b"\n\n")  # several spellings, blank lines, in order
-    vms, _tss, rows, _seqs = native.scan(EDGES[2], SPEC, {b"web-1.example": "web-1.example"},
-                                         0, NOW + 1)
+    vms, _tss, rows, _seqs = scan_whole(EDGES[2], SPEC, {b"web-1.example": "web-1.example"},
+                                        0, NOW + 1)
     assert rows == [b"0,,2,,,,,,,,,owner=ops;project=billing;zone=eu_1"]
 
 
@@ -82,26 +104,71 @@ def test_a_line_damaged_at_any_place_is_read_as_the_regexes_read_it_or_left_to_t
 
 
 def test_what_it_leaves_to_the_regexes():
-    """New VM ids, stamps outside the window, and anything not provably valid: None."""
+    """New VM ids, stamps outside the window, and anything not provably valid: each such line
+    is handed back whole, the others read; comments are skipped, as the regexes skip them."""
     line = EDGES[0]
     known = {b"10.0.0.1": "10.0.0.1"}
-    assert native.scan(line, SPEC, known, 0, NOW + 300) is not None
-    assert native.scan(line, SPEC, {}, 0, NOW + 300) is None
-    assert native.scan(line, SPEC, known, 0, NOW - 1) is None
-    assert native.scan(line, SPEC, known, NOW + 1, NOW + 300) is None
-    for other in (b"# a comment", b"vmstats,vm=10.0.0.1 cpu=1e2,mem=2 %d" % NOW,
+    read = scan_whole(line, SPEC, known, 0, NOW + 300)
+    assert read is not None
+    assert scan_whole(line, SPEC, {}, 0, NOW + 300) is None
+    assert scan_whole(line, SPEC, known, 0, NOW - 1) is None
+    assert scan_whole(line, SPEC, known, NOW + 1, NOW + 300) is None
+    assert scan_whole(b"# a comment\n" + line + b"\n#!sync x", SPEC, known, 0, NOW + 300) == read
+    for other in (b"vmstats,vm=10.0.0.1 cpu=1e2,mem=2 %d" % NOW,
                   b"vmstats,vm=10.0.0.1 cpu=1,mem=2,cpu=1 %d" % NOW,
                   b"vmstats,vm=10.0.0.1,vm=10.0.0.1 cpu=1,mem=2 %d" % NOW,
                   b"vmstats,vm=10.0.0.1 cpu=1 %d" % NOW,
+                  b"vmstats,vm=10.0.0.2 cpu=1,mem=2 %d" % NOW,
+                  b"vmstats,vm=10.0.0.1 cpu=1,mem=2 %d\r" % (NOW + 301),
                   b"vmstats,vm=10.0.0.1,a=1,b=1,c=1,d=1,e=1,f=1,g=1,h=1,i=1 cpu=1,mem=2 %d" % NOW):
-        assert native.scan(line + b"\n" + other, SPEC, known, 0, NOW + 300) is None, other
+        assert native.scan(b"\n".join([line, other, line]), SPEC, known, 0, NOW + 300) == \
+            (*(column * 2 for column in read), [other]), other
+
+
+def test_a_payload_mostly_left_is_left_whole():
+    """More lines left than read (past a margin): the regexes read it all, without a pass that
+    copies what the C left (the first payload of new VM ids)."""
+    good, bad = EDGES[0], b"vmstats,vm=10.0.0.9 cpu=1,mem=2 %d" % NOW
+    known = {b"10.0.0.1": "10.0.0.1"}
+    assert native.scan(b"\n".join([good] + [bad] * 9), SPEC, known, 0, NOW + 300)[4] == [bad] * 9
+    assert native.scan(b"\n".join([good] + [bad] * 10), SPEC, known, 0, NOW + 300) is None
+    assert native.scan(b"\n".join([bad] * 8), SPEC, known, 0, NOW + 300)[4] == [bad] * 8
+    assert native.scan(b"\n".join([bad] * 9), SPEC, known, 0, NOW + 300) is None
+
+
+def test_a_bad_line_among_many_costs_the_regexes_that_line_alone():
+    """A parser joins many senders' datagrams: one line of garbage among them is read by the
+    regexes and the decoder, and the rest by the C, to the columns the regexes give."""
+    good = [protocol.encode_record(protocol.Record(vm="10.0.7.%d" % (i % 50), ts=NOW - i,
+                                                   cpu=1.5, mem=2.0, seq=i)).encode()
+            for i in range(400)]
+    bad = [b"garbage", b"vmstats,vm=10.0.7.99 cpu=x,mem=2 %d" % NOW,
+           b"vmstats,vm=10.0.8.1 cpu=1,mem=2 %d" % (NOW + 86400), b"# hello"]
+    payload = b"\n".join(good[:100] + bad[:2] + good[100:300] + bad[2:] + good[300:])
+    regexes, decoded = regexes_counting()
+    vms, tss, rows, seqs, rejects, _details = regexes.parse(payload, NOW)
+    parser = Parser(max_future=300, max_past=0)
+    parser.parse(b"\n".join(good), NOW)  # meets the VM ids
+    parsed = []
+    matched = parser._matched
+    parser._matched = lambda data, now: parsed.append(data) or matched(data, now)
+    got = parser.parse(payload, NOW)
+    assert per_vm(zip(*got[:4], strict=True)) == per_vm(zip(vms, tss, rows, seqs, strict=True))
+    assert sorted(got[4]) == sorted(rejects) and sum(count for _r, count in rejects) == 3
+    assert parsed == [b"\n".join(bad[:3])]
+    # A VM with records on both sides keeps them in order: the regexes read the payload whole.
+    twice = b"vmstats,vm=10.0.7.1 cpu=1e0,mem=2,seq=401i %d" % NOW
+    del parsed[:]
+    got = parser.parse(payload + b"\n" + twice, NOW)
+    assert parsed == [b"\n".join(bad[:3] + [twice]), payload + b"\n" + twice]
+    assert per_vm(zip(*got[:4], strict=True))["10.0.7.1"][-1][3] == 401
 
 
 def test_one_vm_in_two_spellings_keeps_its_records_in_order():
     lines = [b"vmstats,vm=10.0.0.1 cpu=1,mem=2,seq=1i %d" % (NOW - 1),
              b"vmstats,vm=10.0.0.1 mem=2,cpu=3,seq=2i %d000" % NOW]
-    vms, tss, rows, seqs = native.scan(b"\n".join(lines), SPEC, {b"10.0.0.1": "10.0.0.1"}, 0,
-                                       NOW + 300)
+    vms, tss, rows, seqs = scan_whole(b"\n".join(lines), SPEC, {b"10.0.0.1": "10.0.0.1"}, 0,
+                                      NOW + 300)
     assert tss == [NOW - 1, NOW] and seqs == [1, 2] and [r[:2] for r in rows] == [b"1,", b"3,"]
 
 
@@ -127,4 +194,4 @@ def test_its_limits_are_the_protocols():
     known = {b"a" * protocol.MAX_VM_ID_LENGTH: "a"}
     for at in range(len(limits)):
         narrowed = limits[:at] + (limits[at] - 1,) + limits[at + 1:]
-        assert native.scan(line, native.spec(fields, narrowed), known, 0, NOW + 1) is None, at
+        assert scan_whole(line, native.spec(fields, narrowed), known, 0, NOW + 1) is None, at

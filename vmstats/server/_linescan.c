@@ -10,9 +10,12 @@
  *
  * The grammar is exactly the one parse.py's spelling regexes (build_shape) admit, with
  * the field table's limits handed over by parse.py (line_spec), so the facts stay in
- * protocol.FIELDS.  scan() answers only when every line of the payload is a record it
- * can prove valid, of a known VM id, stamped inside the window; otherwise it returns
- * None and parse.py's regexes and decoder take the payload, and they name every reject.
+ * protocol.FIELDS.  scan() reads the lines that are records it can prove valid, of a
+ * known VM id, stamped inside the window, skips comments, and hands the others back, whole,
+ * for parse.py's regexes and decoder, which name every reject: one bad line among a
+ * payload's hundreds (a parser joins many senders' datagrams) costs the regexes that line,
+ * not the payload.  A payload with more such lines than proven ones it leaves to them
+ * entirely (None), as the first payload of new VM ids is.
  * parse.py is the reference: the tests hold both to the same rows on every spelling
  * and on arbitrary damage, and the server runs without this module if it was not built.
  */
@@ -25,6 +28,11 @@
 #define MAX_EXTRA_TAGS 32
 #define TAGS_SEPARATOR ';'
 #define SPEC_NAME "vmstats.server._linescan.spec"
+/* scan()'s answer: vms, tss, rows, seqs, and the lines left to parse.py. */
+#define COLUMNS 5
+/* Lines scan() leaves beyond those it reads before it leaves the whole payload (None): a
+ * payload of new VM ids is judged by parse.py at once, not after a pass that copies it. */
+#define LEFT_MARGIN 8
 
 /* One field's name and the values parse.py's regexes admit for it (parse.line_spec). */
 typedef struct {
@@ -338,11 +346,12 @@ append(PyObject *list, PyObject *item)
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(payload, spec, vm_ids, lo, hi) -> (vms, tss, rows, seqs) or None\n\n"
-"Every line of the payload (blank ones aside) a record of any spelling that\n"
-"parse.py's regexes admit, its raw VM id a key of vm_ids and its stamp's seconds\n"
-"within [lo, hi]: the columns of parse.Parsed, VM ids being vm_ids' values and\n"
-"seqs None where none was sent.  None if any line is not.");
+"scan(payload, spec, vm_ids, lo, hi) -> (vms, tss, rows, seqs, rest) or None\n\n"
+"The lines of the payload that are records of any spelling parse.py's regexes\n"
+"admit, their raw VM id a key of vm_ids and their stamp's seconds within [lo, hi]:\n"
+"the columns of parse.Parsed, VM ids being vm_ids' values and seqs None where none\n"
+"was sent; rest: every other line but blank ones and comments ('#'), in order.\n"
+"None once more lines are left than read, plus LEFT_MARGIN.");
 
 static PyObject *
 scan(PyObject *self, PyObject *args)
@@ -357,35 +366,46 @@ scan(PyObject *self, PyObject *args)
     const Spec *spec = PyCapsule_GetPointer(capsule, SPEC_NAME);
     if (spec == NULL)
         return NULL;
-    PyObject *columns[4] = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0)};
+    PyObject *columns[COLUMNS] = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0),
+                                  PyList_New(0)};
     PyObject *result = NULL;
-    for (int c = 0; c < 4; c++)
+    for (int c = 0; c < COLUMNS; c++)
         if (columns[c] == NULL)
             goto done;
+    PyObject *rest = columns[COLUMNS - 1];
     const char *p = data, *end = data + size;
+    Py_ssize_t read = 0;
     Line line;
     while (p < end) {
         const char *eol = memchr(p, '\n', end - p);
         if (eol == NULL)
             eol = end;
-        if (eol == p) {  /* a blank line: datagrams that end with a newline, joined */
+        if (eol == p || *p == '#') {  /* blank (datagrams that end with a newline, joined), or a
+                                        * comment: parse.py skips both */
             p = eol + 1;
             continue;
         }
-        if (!read_line(p, eol, spec, &line) || line.ts < lo || line.ts > hi) {
-            result = Py_None;
-            goto done;
+        PyObject *vm = NULL;
+        if (read_line(p, eol, spec, &line) && line.ts >= lo && line.ts <= hi) {
+            PyObject *key = PyBytes_FromStringAndSize(line.vm.p, line.vm.n);
+            if (key == NULL)
+                goto done;
+            vm = PyDict_GetItemWithError(vm_ids, key);
+            Py_DECREF(key);
+            if (vm == NULL && PyErr_Occurred())
+                goto done;
         }
-        PyObject *key = PyBytes_FromStringAndSize(line.vm.p, line.vm.n);
-        if (key == NULL)
-            goto done;
-        PyObject *vm = PyDict_GetItemWithError(vm_ids, key);
-        Py_DECREF(key);
-        if (vm == NULL) {
-            if (!PyErr_Occurred())
-                result = Py_None;  /* a VM id met for the first time: parse.py judges it */
-            goto done;
+        if (vm == NULL) {  /* not provably valid, or a VM id met for the first time */
+            if (!append(rest, PyBytes_FromStringAndSize(p, eol - p)))
+                goto done;
+            if (PyList_GET_SIZE(rest) > read + LEFT_MARGIN) {
+                result = Py_None;
+                goto done;
+            }
+            p = eol + 1;
+            continue;
         }
+        read++;
         Py_INCREF(vm);
         PyObject *seq = Py_None;
         if (spec->seq >= 0 && (line.sent >> spec->seq & 1))
@@ -397,14 +417,14 @@ scan(PyObject *self, PyObject *args)
             goto done;
         p = eol + 1;
     }
-    result = PyTuple_Pack(4, columns[0], columns[1], columns[2], columns[3]);
+    result = PyTuple_Pack(COLUMNS, columns[0], columns[1], columns[2], columns[3], rest);
     if (result == NULL)
         goto done;
-    for (int c = 0; c < 4; c++)
+    for (int c = 0; c < COLUMNS; c++)
         Py_DECREF(columns[c]);
     return result;
 done:
-    for (int c = 0; c < 4; c++)
+    for (int c = 0; c < COLUMNS; c++)
         Py_XDECREF(columns[c]);
     if (result == Py_None)
         Py_RETURN_NONE;
