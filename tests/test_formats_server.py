@@ -156,17 +156,26 @@ def test_gzip_bodies_are_read_whole_or_refused(tmp_path):
         two = gzip.compress(b"\n".join(lines[:half]) + b"\n") + gzip.compress(
             b"\n".join(lines[half:]))
         assert post(server, "/write?precision=s", two, gz) == (204, "")
+        # 400,000 empty members (8 MB) between the halves: each member once cost the reactor a
+        # copy of the rest of the body, some 20 s in all; the post times out after 10 s.
+        many = gzip.compress(b"\n".join(minute_lines("gz-many", t0)[:half]) + b"\n") \
+            + gzip.compress(b"") * 400_000 \
+            + gzip.compress(b"\n".join(minute_lines("gz-many", t0)[half:]))
+        started = time.monotonic()
+        assert post(server, "/write?precision=s", many, gz) == (204, "")
+        assert time.monotonic() - started < 5
         whole = gzip.compress(b"\n".join(minute_lines("gz-cut", t0)))
         for vm, body in (("gz-cut", whole[:len(whole) // 2]), ("gz-cut", whole[:-4]),
                          ("gz-junk", gzip.compress(b"\n".join(minute_lines("gz-junk", t0)))
-                          + b"junk")):
+                          + b"junk"), ("gz-cut", many[:-4])):
             status, text = post(server, "/write?precision=s", body, gz)
             assert status == 400 and "body is not gzip" in json.loads(text)["error"], (vm, text)
         used = edge(server.metrics(), "influx", "used")
-        assert used == len(lines)
-    rows = logged(tmp_path / "data", "gz-two")  # both members, the whole minute
-    assert list(rows["ts"]) == [t0 + 60] and rows.iloc[0]["net_rx"] == 100.0
-    assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
+        assert used == 2 * len(lines)
+    for vm in ("gz-two", "gz-many"):  # both members, the whole minute
+        rows = logged(tmp_path / "data", vm)
+        assert list(rows["ts"]) == [t0 + 60] and rows.iloc[0]["net_rx"] == 100.0
+        assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
     assert not (tmp_path / "data" / "vms" / "gz-cut").exists()
     assert not (tmp_path / "data" / "vms" / "gz-junk").exists()
 
