@@ -4,6 +4,7 @@ import gzip
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,11 +32,12 @@ def minute_lines(host: str, t0: int, step: int = 10) -> list[bytes]:
     return out
 
 
-def post(server, path: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
+def post(server, path: str, body: bytes, headers: dict | None = None,
+         timeout: float = 10) -> tuple[int, str]:
     request = urllib.request.Request("http://127.0.0.1:%d%s" % (server.http_port, path), data=body,
                                      headers=headers or {}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -75,6 +77,47 @@ def test_http_write_v1_gzip_v2_token_and_line_numbered_errors(tmp_path):
         assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
         assert rows.iloc[0]["mem"] == 25.0 and rows.iloc[0]["net_rx"] == 100.0
         assert rows.iloc[0]["mem_mb"] == 2048 and str(rows.iloc[0]["disk_r"]) in ("nan", "<NA>")
+
+
+def test_a_large_written_body_is_fed_in_pieces_numbered_in_the_body_stalling_nothing(tmp_path):
+    """A write body is decoded in the reactor: 4 MB of lines the decoder refuses one by one
+    (no token is needed by default) held every port ~4 s in one piece.  Fed a piece per
+    reactor turn, /metrics still answers meanwhile, and the errors are numbered in the body."""
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        lines = [line for i in range(300) for line in minute_lines("big-%d" % i, t0)]
+        lines[1999:1999] = [b"not line protocol"]
+        lines[4999:4999] = [b"cpu,host=big-1,cpu=cpu-total usage_idle=\"x\" 1"]
+        status, text = post(server, "/write?precision=s", b"\n".join(lines) + b"\n")
+        message = json.loads(text)["error"]
+        assert status == 400 and message.count("line ") == 2, text
+        assert "line 2000: syntax" in message and "line 5000: field_type" in message
+        latencies: list = []
+        done = threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                server.metrics(timeout=60)
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            time.sleep(0.2)
+            status, text = post(server, "/write?precision=s", b"x\n" * 2_000_000, timeout=120)
+        finally:
+            done.set()
+            prober.join()
+        assert status == 400 and json.loads(text)["error"].count("line ") == 10
+        metrics = server.metrics()
+        assert edge(metrics, "influx", "syntax") == 2_000_001
+        assert edge(metrics, "influx", "used") == len(lines) - 2
+    assert server.returncode == 0, server.output
+    assert len(latencies) > 5 and max(latencies) < 1.5, latencies
+    for vm in ("big-0", "big-299"):
+        assert list(logged(tmp_path / "data", vm)["ts"]) == [t0 + 60]
 
 
 def test_graphite_over_tcp_and_udp_and_line_protocol_over_udp(tmp_path):

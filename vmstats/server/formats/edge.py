@@ -16,9 +16,10 @@ import logging
 from collections.abc import Callable
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet import protocol as tx_protocol
 from twisted.internet.error import CannotListenError
+from twisted.python.failure import Failure
 
 from vmstats import protocol
 from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between checks for minutes nothing more is coming for.
 TICK_SECONDS = 1.0
+#: Bytes of a written body (the HTTP write API) decoded per reactor turn: a body of 25 MiB of
+#: lines the decoder refuses one by one costs it ~25 s, which must not be one stall of every
+#: port.  A piece of bad lines costs ~15 ms, and a request needs a few turns to be answered.
+BODY_PIECE = 16 << 10
 
 
 class Edge:
@@ -56,6 +61,9 @@ class Edge:
         self.unfiled: dict[int, bytes] = {}
         self._handed = 0
         self._bad_log = RateLimitedLog(log, "unusable input")
+        #: Bodies being fed a piece per reactor turn (``feed_body``), and who waits for them.
+        self._feeding = 0
+        self._fed_waiting: list[defer.Deferred] = []
 
     def feed(self, decoder: Decoder, data: bytes, **options) -> int | None:
         """Decode ``data`` and file what it completes; returns the journal write holding it
@@ -76,6 +84,60 @@ class Edge:
         samples = decoder.decode(data, now, tally, errors=errors, lines=lines, **options)
         return self.file(decoder.name, samples, tally, now, lines, data,
                          dict(options, errors=errors), errors)
+
+    def feed_body(self, decoder: Decoder, data: bytes, errors: list,
+                  progress: Callable[[], None] = lambda: None, **options) -> defer.Deferred:
+        """``feed_lines`` for a body of any size: a piece of whole lines (``BODY_PIECE``) per
+        reactor turn, each journaled as a payload of its own.  Fires with the last journal
+        write holding any of it (None: none) once every piece is in; ``errors`` gets the first
+        ten lines not used, numbered in the body.  ``progress`` is called after each piece (the
+        writer's connection is not idle meanwhile).  ``bodies_fed`` waits for those under way."""
+        latest: list = [None, False]  # the last journal write, and whether all is in
+
+        def pieces():
+            start = lines_before = 0
+            while start < len(data):
+                end = len(data)
+                if end - start > BODY_PIECE:  # up to the last whole line that fits
+                    end = data.rfind(b"\n", start, start + BODY_PIECE) + 1
+                    if end <= start:  # one line longer than a piece: it goes whole
+                        end = data.find(b"\n", start + BODY_PIECE) + 1 or len(data)
+                piece = data[start:end]
+                found: list = []
+                since = self.feed_lines(decoder, piece, found, **options)
+                latest[0] = latest[0] if since is None else since
+                errors.extend((lines_before + number, text) for number, text in found)
+                del errors[10:]
+                lines_before += piece.count(b"\n")
+                start = end
+                progress()
+                if start >= len(data):
+                    break
+                yield None
+            latest[1] = True
+
+        steps = pieces()
+        next(steps, None)  # the first piece at once: most bodies are one
+        if latest[1]:
+            return defer.succeed(latest[0])
+        self._feeding += 1
+        return task.cooperate(steps).whenDone().addBoth(self._body_fed, latest)
+
+    def _body_fed(self, result, latest: list):
+        self._feeding -= 1
+        if not self._feeding:
+            waiting, self._fed_waiting = self._fed_waiting, []
+            for one in waiting:
+                one.callback(None)
+        return latest[0] if not isinstance(result, Failure) else result
+
+    def bodies_fed(self) -> defer.Deferred:
+        """Fires once the bodies being fed (``feed_body``) are in."""
+        if not self._feeding:
+            return defer.succeed(None)
+        waiting: defer.Deferred = defer.Deferred()
+        self._fed_waiting.append(waiting)
+        return waiting
 
     def file(self, name: str, samples: list, tally: Tally, now: float, lines: list,
              data: bytes = b"", options: dict | None = None,
@@ -338,6 +400,7 @@ class EdgeService(service.Service):
 
         waits = [defer.maybeDeferred(port.stopListening) for port in listening]
         closed = defer.gatherResults(waits, consumeErrors=True)
+        closed.addBoth(lambda _: self.edge.bodies_fed())
         return closed.addBoth(lambda _: self.pool.idle()).addBoth(written)
 
 

@@ -18,12 +18,15 @@ some samples twice in a minute's means.
 """
 
 import json
+import logging
 import zlib
 
 from twisted.web import resource, server
 
 from vmstats.server.formats import R_AUTH, Tally
 from vmstats.server.formats.lineprotocol import PRECISIONS
+
+log = logging.getLogger(__name__)
 
 #: Largest body taken (after decompression); InfluxDB's default limit is 25 MB as well.
 MAX_BODY = 25 << 20
@@ -109,7 +112,6 @@ class WritePage(resource.Resource):
             return self._error(request, 503, "unavailable", "the journal cannot be written: "
                                "retry later")
         errors: list = []
-        since = self.edge.feed_lines(self.decoder, body, errors, divisor=PRECISIONS[precision])
         gone: list = []
         request.notifyFinish().addErrback(gone.append)  # the client left: nothing to answer
 
@@ -130,7 +132,16 @@ class WritePage(resource.Resource):
                 request.write(body)
             request.finish()
 
-        self.edge.when_durable(since, answer)
+        def failed(failure) -> None:  # a bug: say so, and have the client retry
+            log.error("feeding a written body failed: %s", failure.getTraceback())
+            answer(False)
+
+        channel = getattr(request, "channel", None)
+        table = getattr(channel, "table", None)  # the writer is not idle while its body is fed
+        fed = self.edge.feed_body(self.decoder, body, errors,
+                                  (lambda: table.touch(channel)) if table else (lambda: None),
+                                  divisor=PRECISIONS[precision])
+        fed.addCallback(self.edge.when_durable, answer).addErrback(failed)
         return server.NOT_DONE_YET
 
     def _count_unauthorized(self) -> None:
