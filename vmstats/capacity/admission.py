@@ -62,7 +62,8 @@ class Manifest:
             p = entry.profile
             cpu, mem = (p.cpu_demand, p.mem_demand) if basis == "demand" else (p.vcpus, p.mem_gb)
             for i in range(entry.count):
-                out.append(Ask("%s-%d" % (entry.name, i + 1), cpu, mem, entry.group, entry.profile_text))
+                name = "%s-%d" % (entry.name, i + 1)
+                out.append(Ask(name, cpu, mem, entry.group, entry.profile_text, p.vcpus, p.mem_gb))
         return out
 
     @property

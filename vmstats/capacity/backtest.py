@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -218,9 +218,8 @@ def admit(hosts: list[HostLoad], templates: Sequence[Template], basis: str, perc
     be busier next.  Returns ``{arrival: (template index, host)}`` and the
     rounds offered.  ``hosts`` are not changed.
     """
-    state = [HostLoad(h.name, h.cpu_limit, h.mem_limit, h.cpu_level, h.mem_level,
-                      None if h.cpu is None else h.cpu.copy(), None if h.mem is None else h.mem.copy())
-             for h in hosts]
+    state = [replace(h, cpu=None if h.cpu is None else h.cpu.copy(),
+                     mem=None if h.mem is None else h.mem.copy()) for h in hosts]
     by_name = {h.name: h for h in state}
     placed: dict[str, tuple[int, str]] = {}
     for round_number in range(1, max_rounds + 1):
@@ -229,9 +228,10 @@ def admit(hosts: list[HostLoad], templates: Sequence[Template], basis: str, perc
             for copy in range(rounds_of):
                 name = "%s#%d" % (template.name, (round_number - 1) * rounds_of + copy + 1)
                 if basis == "allocation":
-                    asks.append(Ask(name, template.vcpus, template.mem_gb))
+                    cpu, mem = template.vcpus, template.mem_gb
                 else:
-                    asks.append(Ask(name, template.plan_cpu, template.plan_mem))
+                    cpu, mem = template.plan_cpu, template.plan_mem
+                asks.append(Ask(name, cpu, mem, vcpus=template.vcpus, mem_gb=template.mem_gb))
                 origin[name] = index
         offer = place(state, asks, percentile)
         by_ask = {ask.name: ask for ask in asks}

@@ -66,17 +66,29 @@ def _fit(cpu_room: float, mem_room: float, cpu_each: float, mem_each: float) -> 
     return Fit(min(by_cpu, by_mem), binding)
 
 
+def _too_large(entry: HostDemand, profile: Profile) -> Fit | None:
+    """None, or no room at all for a profile wider than the host (placement.HostLoad.holds)."""
+    host = entry.host
+    if profile.vcpus > host.vcpus + 1e-9:
+        return Fit(0, "cpu")
+    if profile.mem_gb > host.mem_gb + 1e-9:
+        return Fit(0, "memory")
+    return None
+
+
 def demand_fit(entry: HostDemand, profile: Profile, fleet: FleetDemand) -> Fit:
     """VMs of ``profile`` that fit the host's measured headroom (None: the host is unknown)."""
     if not entry.known(fleet.settings):
         return Fit(None, "")
-    return _fit(entry.cpu_headroom, entry.mem_headroom, profile.cpu_demand, profile.mem_demand)
+    return _too_large(entry, profile) or _fit(
+        entry.cpu_headroom, entry.mem_headroom, profile.cpu_demand, profile.mem_demand
+    )
 
 
 def allocation_fit(entry: HostDemand, profile: Profile) -> Fit:
     """VMs of ``profile`` Nova would still allocate on the host, by size and ratios."""
     host = entry.host
-    return _fit(
+    return _too_large(entry, profile) or _fit(
         host.alloc_vcpus - entry.allocated_vcpus,
         host.alloc_mem_gb - entry.allocated_mem_gb,
         profile.vcpus,

@@ -14,8 +14,9 @@ answers are comparable: see loads().
 """
 
 import heapq
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,6 +35,10 @@ class HostLoad:
 
     ``cpu`` / ``mem`` (per minute) are only needed for asks that carry series;
     without them a series ask counts its own level on top of the host's.
+    ``max_vcpus`` / ``max_mem_gb`` bound one VM's size, whatever its demand: the
+    host's own vCPUs and memory, as Nova's placement sets its ``max_unit``
+    (a VM wider than the host cannot run there, however little it is expected
+    to use).
     """
 
     name: str
@@ -43,6 +48,12 @@ class HostLoad:
     mem_level: float
     cpu: np.ndarray | None = None
     mem: np.ndarray | None = None
+    max_vcpus: float = math.inf
+    max_mem_gb: float = math.inf
+
+    def holds(self, ask: "Ask") -> bool:
+        """Is the host large enough for one VM of the ask's size (its demand aside)?"""
+        return ask.vcpus <= self.max_vcpus + EPSILON and ask.mem_gb <= self.max_mem_gb + EPSILON
 
     @property
     def cpu_room(self) -> float:
@@ -55,13 +66,19 @@ class HostLoad:
 
 @dataclass(frozen=True)
 class Ask:
-    """One VM to place: its demand (cores, GB; constants or per-minute series) and group."""
+    """One VM to place: its demand (cores, GB; constants or per-minute series), group and size.
+
+    ``vcpus`` / ``mem_gb`` are its size (0: not checked), held against each
+    host's ``max_vcpus`` / ``max_mem_gb``.
+    """
 
     name: str
     cpu: float | np.ndarray
     mem: float | np.ndarray
     group: str | None = None  # anti-affinity: no two VMs of a group on one host
     profile: str = ""
+    vcpus: float = 0.0
+    mem_gb: float = 0.0
 
     @property
     def series(self) -> bool:
@@ -95,14 +112,10 @@ def place(
     place every VM places none (status reject).
     """
     state = [
-        HostLoad(
-            h.name,
-            h.cpu_limit,
-            h.mem_limit,
-            h.cpu_level,
-            h.mem_level,
-            None if h.cpu is None else h.cpu.astype(np.float64, copy=True),
-            None if h.mem is None else h.mem.astype(np.float64, copy=True),
+        replace(
+            h,
+            cpu=None if h.cpu is None else h.cpu.astype(np.float64, copy=True),
+            mem=None if h.mem is None else h.mem.astype(np.float64, copy=True),
         )
         for h in hosts
     ]
@@ -122,7 +135,7 @@ def place(
         while (
             j < len(order)
             and not asks[order[j]].series
-            and (asks[order[j]].cpu, asks[order[j]].mem) == (ask.cpu, ask.mem)
+            and _shape(asks[order[j]]) == _shape(ask)
         ):
             j += 1
         _place_run(state, [asks[k] for k in order[i:j]], used, placed, rejected)
@@ -140,6 +153,11 @@ def place(
     placed = {a.name: placed[a.name] for a in asks if a.name in placed}  # in the asks' order
     rejected = {a.name: rejected[a.name] for a in asks if a.name in rejected}
     return Offer(status, placed, rejected, {h.name: (h.cpu_room, h.mem_room) for h in state})
+
+
+def _shape(ask: Ask) -> tuple:
+    """What makes two constant asks interchangeable to place(): their demand and their size."""
+    return (ask.cpu, ask.mem, ask.vcpus, ask.mem_gb)
 
 
 def _sizer(hosts: list[HostLoad]):
@@ -177,14 +195,26 @@ def _place_run(
     rejected: dict[str, str],
 ) -> None:
     """Place asks of one constant size: those of anti-affinity groups first, a heap pop each,
-    then the others all at once (_place_bulk), which spreads them the same way."""
+    then the others all at once (_place_bulk), which spreads them the same way.  Only hosts
+    large enough for one such VM are tried; where none is, each gets that as its reason."""
     cpu, mem = float(run[0].cpu), float(run[0].mem)
+    large = [k for k, h in enumerate(state) if h.holds(run[0])]
+    if state and not large:
+        for ask in run:
+            rejected[ask.name] = _too_large(ask, state)
+        return
+    hosts = [state[k] for k in large]
     grouped = [ask for ask in run if ask.group]
     if grouped:
-        _place_heap(state, grouped, cpu, mem, used, placed, rejected)
+        # Groups hold host indexes of the whole state: map them to the large hosts' and back.
+        local = {k: i for i, k in enumerate(large)}
+        mine = {g: {local[k] for k in ks if k in local} for g, ks in used.items()}
+        _place_heap(hosts, grouped, cpu, mem, mine, placed, rejected)
+        for g, ks in mine.items():
+            used.setdefault(g, set()).update(large[i] for i in ks)
     free = [ask for ask in run if not ask.group]
     if free:
-        _place_bulk(state, free, cpu, mem, placed, rejected)
+        _place_bulk(hosts, free, cpu, mem, placed, rejected)
 
 
 def _place_heap(
@@ -283,8 +313,12 @@ def _place_series(
     taken = used.get(ask.group, set()) if ask.group else set()
     cpu_level, mem_level = _scalar(ask.cpu, p), _scalar(ask.mem, p)
     cpu_low, mem_low = _low(ask.cpu), _low(ask.mem)
+    if state and not any(h.holds(ask) for h in state):
+        rejected[ask.name] = _too_large(ask, state)
+        return
     candidates = sorted(
-        (k for k, h in enumerate(state) if k not in taken and h.cpu_limit > 0 and h.mem_limit > 0),
+        (k for k, h in enumerate(state)
+         if k not in taken and h.holds(ask) and h.cpu_limit > 0 and h.mem_limit > 0),
         key=lambda k: (-_score(state[k], cpu_level, mem_level), k),
     )
     for k in candidates:
@@ -303,7 +337,7 @@ def _place_series(
         if ask.group:
             used.setdefault(ask.group, set()).add(k)
         return
-    blocked = any(_fits(state[k], cpu_level, mem_level) for k in taken)
+    blocked = any(_fits(state[k], cpu_level, mem_level) and state[k].holds(ask) for k in taken)
     rejected[ask.name] = _why(ask, blocked)
 
 
@@ -319,6 +353,15 @@ def _with(
         return host_level + ask_level, None
     total = host_series + ask
     return level(total, p), total
+
+
+def _too_large(ask: Ask, state: list[HostLoad]) -> str:
+    """The reason for an ask no host could hold at all, with the largest host to compare."""
+    vcpus = max(h.max_vcpus for h in state)
+    mem_gb = max(h.max_mem_gb for h in state)
+    return "larger than every host: %g vCPUs and %g GB asked, the most a host has is %g vCPUs and %g GB" % (
+        ask.vcpus, ask.mem_gb, vcpus, mem_gb
+    )
 
 
 def _why(ask: Ask, blocked_by_group: bool) -> str:
@@ -359,6 +402,8 @@ def loads(
                     (host.mem_gb - host.reserve_mem_gb) * rr,
                     entry.allocated_vcpus,
                     entry.allocated_mem_gb,
+                    max_vcpus=host.vcpus,
+                    max_mem_gb=host.mem_gb,
                 )
             )
         elif basis == "demand":
@@ -372,6 +417,8 @@ def loads(
                     entry.mem_demand,
                     entry.cpu + (entry.cpu_demand - entry.cpu_level) if series else None,
                     entry.mem + (entry.mem_demand - entry.mem_level) if series else None,
+                    host.vcpus,
+                    host.mem_gb,
                 )
             )
         else:

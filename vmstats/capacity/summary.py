@@ -93,11 +93,17 @@ class Summary:
             if basis == "demand" and h.status == "unknown":
                 continue  # never offered; Nova's allocation view needs sizes only
             if basis == "demand":
-                out.append(HostLoad(h.name, h.cpu_limit, h.mem_limit, h.cpu_demand, h.mem_demand))
+                out.append(
+                    HostLoad(
+                        h.name, h.cpu_limit, h.mem_limit, h.cpu_demand, h.mem_demand,
+                        max_vcpus=h.vcpus, max_mem_gb=h.mem_gb,
+                    )
+                )
             else:
                 out.append(
                     HostLoad(
-                        h.name, h.alloc_cpu_limit, h.alloc_mem_limit, h.allocated_vcpus, h.allocated_mem_gb
+                        h.name, h.alloc_cpu_limit, h.alloc_mem_limit, h.allocated_vcpus, h.allocated_mem_gb,
+                        max_vcpus=h.vcpus, max_mem_gb=h.mem_gb,
                     )
                 )
         return out

@@ -1,0 +1,121 @@
+"""Admission and headroom at the edges an operator places real VMs by, checked from outside.
+
+Small fleets of known hosts and VMs of known per-minute use are written as
+real logs and asked about through ``vmstats admit`` and ``vmstats headroom``;
+every expected figure is worked out here with numpy from the same series
+(hourly peaks summed per host, the p99.9 minute, capacity less reserve and
+buffer), importing nothing from vmstats.capacity.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_report_stats import T0, series, write_records
+
+ROOT = Path(__file__).resolve().parent.parent
+DAYS = 3
+MINUTES = DAYS * 1440
+MINUTE = np.arange(MINUTES)
+HOUR_OF_DAY = (MINUTE % 1440) // 60
+
+#: Two hosts of 16 vCPUs / 64 GB and one of 32 / 128; no reserve, no buffer, so room is exact.
+HOSTS = """\
+[defaults]
+reserve_mem_gb = 0
+buffer = 0
+
+[[host]]
+name = "small1"
+vcpus = 16
+mem_gb = 64
+
+[[host]]
+name = "small2"
+vcpus = 16
+mem_gb = 64
+
+[[host]]
+name = "big"
+vcpus = 32
+mem_gb = 128
+"""
+
+
+def vmstats(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "vmstats", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+
+
+def write(data, vm, host, vcpus, mem_gb, cpu_pct, mem_pct, seen=None):
+    """One VM's records, a minute apart from T0, with its host tag (``seen``: minutes sent)."""
+    keep = np.ones(MINUTES, bool) if seen is None else seen
+    cpu = np.broadcast_to(np.asarray(cpu_pct, float), (MINUTES,))[keep]
+    mem = np.broadcast_to(np.asarray(mem_pct, float), (MINUTES,))[keep]
+    records = series(vm, T0 + 60 * MINUTE[keep], cpu, mem, vcpus=vcpus, mem_mb=int(mem_gb * 1024))
+    write_records(data, [r._replace(host=host) for r in records])
+
+
+def hourly_level(*cores):
+    """The p99.9 minute of the per-minute sum of each VM's hourly peaks (the documented defaults)."""
+    total = sum(np.repeat(np.asarray(c, float).reshape(-1, 60).max(axis=1), 60) for c in cores)
+    return float(np.percentile(total, 99.9, method="higher"))
+
+
+def admit(tmp_path, manifest, *args):
+    (tmp_path / "m.toml").write_text(manifest)
+    done = vmstats("admit", tmp_path / "m.toml", tmp_path / "data", "--inventory", tmp_path / "hosts.toml",
+                   "--horizon-days", "0", "--json", *args)
+    return done.returncode, (json.loads(done.stdout) if done.stdout.strip() else None), done.stderr
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """small1 half busy, small2 nearly idle but fully allocated, big at a quarter."""
+    base = tmp_path_factory.mktemp("edges")
+    data = base / "data"
+    write(data, "a", "small1", 8, 32, 100.0, 100.0)  # 8 cores, 32 GB, constant
+    write(data, "b", "small2", 16, 64, 25.0, 25.0)  # 4 cores, 16 GB of a whole host's size
+    write(data, "c", "big", 8, 32, 100.0, 100.0)  # 8 cores, 32 GB
+    (base / "hosts.toml").write_text(HOSTS)
+    return base
+
+
+def test_a_host_filled_exactly_takes_the_vm_and_a_hair_more_is_refused(fleet):
+    # Room per host: small1 8 cores / 32 GB, small2 12 / 48, big 24 / 96.
+    code, out, _err = admit(fleet, '[[vms]]\nprofile = "24x96"\n')
+    assert code == 0 and out["offer"] == {"24x96-1": "big"}
+    assert out["headroom_left"]["big"] == {"cpu_cores": 0.0, "mem_gb": 0.0}
+    for over in ("24.01x96", "24x96.01"):
+        code, out, _err = admit(fleet, '[[vms]]\nprofile = "%s"\n' % over)
+        assert code == 4 and out["status"] == "reject", out
+        assert out["rejected"]["%s-1" % over].startswith("no host has room for")
+
+
+def test_a_vm_larger_than_every_host_is_refused_however_little_it_will_use(fleet):
+    """Expected use of 10% fits any host's measured room; the VM's size fits none (Nova's
+    max_unit: one VM gets at most the host's own vCPUs and memory)."""
+    for profile, why in (("33x4@10%", "33 vCPUs"), ("4x129@10%", "129 GB"), ("64x256@10%", "64 vCPUs")):
+        code, out, err = admit(fleet, '[[vms]]\nprofile = "%s"\n' % profile)
+        assert code == 4 and out["status"] == "reject" and out["offer"] == {}, (profile, out, err)
+        reason = out["rejected"]["%s-1" % profile]
+        assert reason.startswith("larger than every host: ") and why in reason, reason
+        assert "the most a host has is 32 vCPUs and 128 GB" in reason
+        assert out["allocation_basis"]["placed"] == 0  # Nova refuses it too
+    # Wider than the small hosts only: all three go to the big one, though spreading by demand
+    # alone would have put the later ones on small2 (as much room left, as a share).
+    code, out, _err = admit(fleet, '[[vms]]\nprofile = "17x8@10%"\ncount = 3\n')
+    assert code == 0 and set(out["offer"].values()) == {"big"}, out
+    room = fleet / "room"
+    done = vmstats("headroom", fleet / "data", "--inventory", fleet / "hosts.toml", "--profile", "17x8@10%",
+                   "--horizon-days", "0", "--no-after", "-o", room)
+    assert done.returncode == 0, done.stderr
+    rows = {r["host"]: r for r in json.loads((room / "headroom.json").read_text())["hosts"]}
+    assert [rows[h]["fit_now"] for h in ("small1", "small2", "big")] == [0, 0, 14]  # 24 / 1.7 cores
+    assert [rows[h]["alloc_fit_now"] for h in ("small1", "small2", "big")] == [0, 0, 7]  # (32 x 4.0 - 8) / 17
+    assert rows["small1"]["binding_now"] == rows["small1"]["alloc_binding_now"] == "cpu"
+
