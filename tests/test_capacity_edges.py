@@ -119,3 +119,25 @@ def test_a_vm_larger_than_every_host_is_refused_however_little_it_will_use(fleet
     assert [rows[h]["alloc_fit_now"] for h in ("small1", "small2", "big")] == [0, 0, 7]  # (32 x 4.0 - 8) / 17
     assert rows["small1"]["binding_now"] == rows["small1"]["alloc_binding_now"] == "cpu"
 
+
+def test_a_host_whose_every_vm_went_silent_is_unknown_not_empty(tmp_path):
+    """Both VMs of dark1 stop sending 30 hours before the end (a host cut off from the
+    aggregator looks exactly so): they count as stopped, but the host is not thereby free."""
+    data = tmp_path / "data"
+    until = MINUTE < MINUTES - 30 * 60
+    write(data, "d1", "small1", 8, 32, 90.0, 90.0, seen=until)
+    write(data, "d2", "small1", 8, 32, 90.0, 90.0, seen=until)
+    write(data, "live", "small2", 4, 16, 50.0, 50.0)
+    write(data, "other", "big", 4, 16, 50.0, 50.0)
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    # Room: small2 14 cores / 56 GB (one 8x32), big 30 / 120 (three); small1 would take two more.
+    code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "8x32"\ncount = 5\n')
+    assert code == 3 and sorted(out["offer"].values()) == ["big"] * 3 + ["small2"], out
+    assert out["basis"]["hosts_unknown"] == ["small1"] and "small1" not in out["headroom_left"]
+    done = vmstats("headroom", data, "--inventory", tmp_path / "hosts.toml", "--profile", "2x8", "--no-after",
+                   "--horizon-days", "0")
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("small1"))
+    assert line.split()[1] == "unknown", done.stdout
+    assert "no VM reporting" in done.stdout and "fleet: 22 more fit now" in done.stdout  # 56 / 8 + 30 / 2
+

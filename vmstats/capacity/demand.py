@@ -271,9 +271,16 @@ class HostDemand:
     def mem_headroom(self) -> float:
         return self.host.usable_mem_gb - self.mem_demand
 
+    @property
+    def dark(self) -> bool:
+        """It had VMs and every one went silent (stopped): the host itself has stopped reporting
+        as far as the data can tell, which is not the same as empty."""
+        return bool(self.stopped) and not self.vms
+
     def known(self, settings: Settings) -> bool:
-        """Enough of its VMs' minutes seen to say anything (an empty host is known empty)."""
-        return not self.size_unknown and self.coverage >= settings.coverage_min
+        """Enough of its VMs' minutes seen to say anything (a host that never had a VM is known
+        empty; one whose every VM went silent is not: see dark)."""
+        return not self.size_unknown and not self.dark and self.coverage >= settings.coverage_min
 
     def status(self, settings: Settings) -> str:
         if not self.known(settings):
