@@ -141,3 +141,19 @@ def test_a_host_whose_every_vm_went_silent_is_unknown_not_empty(tmp_path):
     assert line.split()[1] == "unknown", done.stdout
     assert "no VM reporting" in done.stdout and "fleet: 22 more fit now" in done.stdout  # 56 / 8 + 30 / 2
 
+
+@pytest.mark.parametrize(
+    "profile, message",
+    [
+        ("0x4", "vms[0].profile: profile '0x4': vCPUs and GB must be positive"),
+        ("4x16@0%", "vms[0].profile: profile '4x16@0%': expected use is a share above 0%"),
+        ("4x16@150%", "vms[0].profile: profile '4x16@150%': expected use is a share above 0%"),
+        ("9" * 400 + "x4", "vCPUs and GB must be finite"),
+        ("four", "vms[0].profile: unknown profile 'four'"),
+    ],
+)
+def test_a_profile_with_impossible_numbers_says_which_not_unknown(fleet, tmp_path, profile, message):
+    (tmp_path / "m.toml").write_text('[[vms]]\nprofile = "%s"\n' % profile)
+    done = vmstats("admit", tmp_path / "m.toml", fleet / "data", "--inventory", fleet / "hosts.toml")
+    assert done.returncode == 1 and done.stdout == "" and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

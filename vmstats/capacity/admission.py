@@ -27,7 +27,7 @@ from typing import Any
 
 from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.placement import Ask, HostLoad, Offer, place
-from vmstats.capacity.profiles import Profile, parse_profile
+from vmstats.capacity.profiles import Profile, parse_profile, shaped_like_profile
 from vmstats.capacity.summary import Summary
 from vmstats.words import counted, part_of
 
@@ -137,7 +137,9 @@ def _entry(item: Any, profiles: dict[str, Profile], origin: str) -> Entry:
     else:
         try:
             profile = parse_profile(text)
-        except CapacityError:
+        except CapacityError as exc:
+            if shaped_like_profile(text):  # "0x4", "4x16@150%": the numbers are wrong, say which
+                raise CapacityError("%s.profile: %s" % (origin, exc)) from None
             known = ", ".join(sorted(profiles)) or "none"
             raise CapacityError(
                 "%s.profile: unknown profile %r (named in the manifest: %s; or VCPUSxGB[@USE%%], "

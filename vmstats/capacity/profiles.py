@@ -45,6 +45,12 @@ class Profile:
         return "%s@%g%%/%g%%" % (text, self.cpu_use * 100, self.mem_use * 100)
 
 
+def shaped_like_profile(text: str) -> bool:
+    """Is ``text`` written as a profile (``VCPUSxGB[@USE%[/MEM%]]``), whatever its numbers?
+    A manifest then says what is wrong with the numbers, not that no such profile is named."""
+    return bool(_PROFILE.match(str(text)))
+
+
 def parse_profile(text: str) -> Profile:
     """A Profile from ``4x16``, ``4x16@30%`` or ``4x16@30%/60%``; CapacityError otherwise."""
     match = _PROFILE.match(str(text))
@@ -53,6 +59,8 @@ def parse_profile(text: str) -> Profile:
     vcpus, mem = float(match["vcpus"]), float(match["mem"])
     if vcpus <= 0 or mem <= 0:
         raise CapacityError("profile %r: vCPUs and GB must be positive" % text)
+    if not (math.isfinite(vcpus) and math.isfinite(mem)):  # 400 digits read as infinity
+        raise CapacityError("profile %r: vCPUs and GB must be finite" % text)
     cpu_use = 1.0 if match["cpu_use"] is None else float(match["cpu_use"]) / 100.0
     mem_use = cpu_use if match["mem_use"] is None else float(match["mem_use"]) / 100.0
     for use in (cpu_use, mem_use):
