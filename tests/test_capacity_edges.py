@@ -317,3 +317,22 @@ def test_a_replayed_trace_has_the_demand_and_room_worked_out_from_the_trace_itse
             "--json",
         )
         assert answer.returncode == code, (ask, answer.stdout, answer.stderr)
+
+
+def test_room_taken_by_a_vm_created_an_hour_ago_is_not_offered_again(tmp_path):
+    """A 16-vCPU host whose resident peaks at 12 cores at 03:00 each day has room for one
+    4-core VM.  Once that VM runs (its first 40 minutes, at 15:00, at its full 4 cores) and the
+    admission's hold has lapsed, the host must still be full: at 03:00 it will hold both."""
+    data = tmp_path / "data"
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    write(data, "resident", "small1", 16, 32, np.where(HOUR_OF_DAY == 3, 75.0, 12.5), 50.0)
+    for host in ("small2", "big"):  # the other hosts are full
+        write(data, "full-" + host, host, 16 if host == "small2" else 32, 8, 100.0, 10.0)
+    manifest = '[[vms]]\nprofile = "4x16"\n'
+    code, out, _err = admit(tmp_path, manifest)
+    assert code == 0 and out["offer"] == {"4x16-1": "small1"}
+    assert out["headroom_left"]["small1"]["cpu_cores"] == 0.0  # 16 - 12 - 4
+    write(data, "created", "small1", 4, 16, 100.0, 100.0, seen=MINUTE >= MINUTES - 40)
+    code, out, _err = admit(tmp_path, manifest)
+    assert code == 4 and out["rejected"]["4x16-1"].startswith("no host has room"), out
+    assert out["headroom_left"]["small1"] == {"cpu_cores": 0.0, "mem_gb": 32.0}  # 64 - 16 - 16

@@ -177,8 +177,11 @@ def fill(
     a gap inside a block with records counts the block's peak.  A block with
     no record, after the VM's first, counts its own ``p`` level, so a gap is
     never idle, and a collection outage is not read as every VM at its peak at
-    once.  A VM silent for ``stopped_after_minutes`` before the window's end
-    is stopped: no demand (its allocation still counts).
+    once.  The minutes before its first record in the window count that
+    level too (a VM created yesterday will be there in the host's busy hour
+    of tomorrow), though they are not expected of it for coverage.  A VM
+    silent for ``stopped_after_minutes`` before the window's end is stopped:
+    no demand (its allocation still counts).
     """
     minutes = len(use.seen)
     seen_at = np.flatnonzero(use.seen)
@@ -201,11 +204,10 @@ def fill(
         series = block_peaks(series, offset, peak_minutes)
         measured = series[known]
         gap_value = level(measured, p) if len(measured) else (0.0 if math.isnan(size) else size)
-        gap = np.isnan(series)
-        gap[:start] = False
-        series[gap] = gap_value
-        series[:start] = 0.0
-        series[np.isnan(series)] = 0.0
+        series[np.isnan(series)] = gap_value
+        # Before its first record too: a VM running now runs through the host's busy hours,
+        # which one created an hour ago has not been seen in yet.
+        series[:start] = gap_value
         filled.append(series)
     cpu, mem = filled
     size_unknown = math.isnan(use.vcpus) or math.isnan(use.mem_gb)
