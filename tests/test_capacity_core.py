@@ -517,3 +517,17 @@ def test_ten_thousand_vms_of_as_many_shapes_or_of_one_group_are_answered_in_seco
                 if ask.group:
                     by_group.setdefault(ask.group, []).append(offer.placed[ask.name])
             assert all(len(set(where)) == len(where) for where in by_group.values())
+
+
+def test_a_hold_lapses_only_once_a_summary_read_after_its_time_is_in_use():
+    from vmstats.capacity.admission import Reservations
+    from vmstats.capacity.placement import Offer
+
+    now = [100.0]
+    holds = Reservations(10.0, lambda: now[0])
+    holds.hold("web", Offer(ACCEPT, {"web-1": "h1"}), [Ask("web-1", 2.0, 4.0)])
+    assert holds.current(read_from=90.0) == {"h1": (2.0, 4.0)}
+    now[0] = 111.0  # its time is up
+    assert holds.current(read_from=90.0) == {"h1": (2.0, 4.0)}  # the summary was read before it
+    assert holds.describe(read_from=90.0)[0]["expires_in_s"] == -1.0
+    assert holds.current(read_from=110.5) == {} and holds.describe(read_from=110.5) == []

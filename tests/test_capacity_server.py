@@ -161,6 +161,31 @@ def test_answers_name_the_damaged_logs_the_summary_rests_on(tmp_path):
         assert shown[key] == basis[key], key
 
 
+def test_a_lapsed_hold_still_counts_until_a_newer_summary_has_seen_its_vms(tmp_path):
+    """Holds of 2 s, one summary at the start (a refresh slower than the hold, or one failing):
+    when the hold's time is up no summary has yet seen the VMs it was for, so the room it held
+    is not offered again."""
+    import time
+
+    base = tmp_path / "fleet"
+    write_fleet(base / "data", base / "hosts.toml")
+    with ServerProcess(tmp_path / "server", "--inventory", str(base / "hosts.toml"),
+                       "--capacity-refresh", "1h",
+                       "--admission-hold", "2s", data_dir=base / "data") as server:  # fmt: skip
+        server.wait_for(lambda s: "basis" in state(s), timeout=60)
+        fill = {"name": "fill", "vms": [{"profile": "1x2@100%", "count": 100}]}
+        code, first = post(server, fill)
+        assert code == 200 and first["status"] == "partial" and first["held"] is True
+        placed = first["placed"]
+        assert placed > 0 and first["headroom_left"]["kvm01"]["cpu_cores"] < 1
+        time.sleep(2.5)
+        code, second = post(server, dict(fill, name="again"))
+        kept = state(server)["held"]
+    assert code == 200 and second["status"] == "reject" and second["placed"] == 0, second
+    assert second["held_by_earlier_answers"]["kvm01"] == {"cpu_cores": placed * 1.0, "mem_gb": placed * 2.0}
+    assert [h["request"] for h in kept] == ["fill"] and kept[0]["expires_in_s"] < 0
+
+
 def test_without_a_status_token_admission_is_refused(tmp_path):
     inventory = tmp_path / "hosts.toml"
     inventory.write_text('[[host]]\nname = "h"\nvcpus = 8\nmem_gb = 32\n')

@@ -169,17 +169,24 @@ class Reservations:
     An admission controller that forgets its own answers offers the same
     room twice; one that holds it forever never frees it.  A hold lasts
     ``hold_s`` (long enough for the VMs to be created and their use to reach
-    the summary), then the measured demand takes over.
+    the summary), then the measured demand takes over: only once a summary
+    whose reading began after that time is in use (``read_from``, on this
+    clock), since until then no summary has seen the VMs and the room would
+    be offered again (refreshes that keep failing, or one slower than the
+    hold).
     """
 
     hold_s: float = 1800.0
     clock: Callable[[], float] = field(default=lambda: 0.0)
     held: list[tuple[float, str, dict[str, tuple[float, float]]]] = field(default_factory=list)
 
-    def current(self) -> dict[str, tuple[float, float]]:
-        """Cores and GB held per host now (expired holds dropped)."""
-        now = self.clock()
-        self.held = [h for h in self.held if h[0] > now]
+    def _keep(self, until: float, read_from: float | None) -> bool:
+        return until > self.clock() or (read_from is not None and read_from <= until)
+
+    def current(self, read_from: float | None = None) -> dict[str, tuple[float, float]]:
+        """Cores and GB held per host now: holds whose time is up are dropped once the summary
+        in use began reading the logs after it (``read_from``; None: not known)."""
+        self.held = [h for h in self.held if self._keep(h[0], read_from)]
         out: dict[str, tuple[float, float]] = {}
         for _until, _name, hosts in self.held:
             for host, (cpu, mem) in hosts.items():
@@ -196,24 +203,30 @@ class Reservations:
         if hosts:
             self.held.append((self.clock() + self.hold_s, name, hosts))
 
-    def describe(self) -> list[dict]:
+    def describe(self, read_from: float | None = None) -> list[dict]:
+        """The holds in force; ``expires_in_s`` below 0: kept until a newer summary is in use."""
         now = self.clock()
         return [
             {"request": name, "expires_in_s": round(until - now, 1), "hosts": len(hosts)}
             for until, name, hosts in self.held
-            if until > now
+            if self._keep(until, read_from)
         ]
 
 
 def answer(
-    summary: Summary, manifest: Manifest, reservations: Reservations | None = None, now: float | None = None
+    summary: Summary,
+    manifest: Manifest,
+    reservations: Reservations | None = None,
+    now: float | None = None,
+    read_from: float | None = None,
 ) -> dict:
     """Place the manifest on the summary's known hosts (demand basis), with Nova's figure beside.
 
     With ``reservations`` the room they hold is taken first, and the new
-    offer is held in turn.
+    offer is held in turn; ``read_from`` is when the summary's reading of the
+    logs began, on the reservations' clock (see Reservations).
     """
-    held = reservations.current() if reservations is not None else {}
+    held = reservations.current(read_from) if reservations is not None else {}
     demand = _less(summary.loads("demand"), held)
     asks = manifest.asks("demand")
     offer = place(demand, asks, summary.percentile, partial=manifest.partial)

@@ -80,6 +80,9 @@ class AdmissionService(service.Service):
         self.refresh_s = refresh_s
         self.token = token
         self.summary: Summary | None = None
+        #: When the reading behind ``summary`` began, on the reactor's (monotonic) clock: holds
+        #: whose time is up stay until a summary read after it is in use.
+        self.read_from: float | None = None
         self.last_error = ""
         self.reservations = admission.Reservations(hold_s, reactor.seconds)
         self.counts: dict[str, int] = {}
@@ -114,6 +117,7 @@ class AdmissionService(service.Service):
         child = _Child()
         self._child = child
         started = time.monotonic()
+        read_from = self.reactor.seconds()
         args = [
             sys.executable,
             "-m",
@@ -136,6 +140,7 @@ class AdmissionService(service.Service):
             if code == 0:
                 try:
                     self.summary = Summary.from_json(out)
+                    self.read_from = read_from
                     self.refreshes["ok"] += 1
                     self.last_error = ""
                     return None
@@ -179,7 +184,7 @@ class AdmissionService(service.Service):
             return self._error(
                 http.SERVICE_UNAVAILABLE, "no capacity summary yet (the first one is being computed)%s" % why
             )
-        result = admission.answer(self.summary, manifest, self.reservations, time.time())
+        result = admission.answer(self.summary, manifest, self.reservations, time.time(), self.read_from)
         self._count(result["status"])
         return http.OK, result
 
@@ -193,7 +198,7 @@ class AdmissionService(service.Service):
             "refreshes": dict(self.refreshes),
             "last_refresh_s": round(self.refresh_seconds, 2),
             "last_error": self.last_error,
-            "held": self.reservations.describe(),
+            "held": self.reservations.describe(self.read_from),
         }
         if self.summary is not None:
             out["basis"] = self.summary.basis(time.time())
