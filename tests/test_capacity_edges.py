@@ -336,3 +336,22 @@ def test_room_taken_by_a_vm_created_an_hour_ago_is_not_offered_again(tmp_path):
     code, out, _err = admit(tmp_path, manifest)
     assert code == 4 and out["rejected"]["4x16-1"].startswith("no host has room"), out
     assert out["headroom_left"]["small1"] == {"cpu_cores": 0.0, "mem_gb": 32.0}  # 64 - 16 - 16
+
+
+def test_an_offer_past_the_memory_ratio_says_so_beside_the_accept(tmp_path):
+    """Memory is not overcommitted (ram_ratio 1.0): small2's 64 GB are all allocated to one VM
+    that uses a quarter of them.  Measured room takes a 2x8@50% VM; the answer says that the
+    host is then allocated past its ratio, which a cloud that enforces it refuses."""
+    data = tmp_path / "data"
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    write(data, "quiet", "small2", 16, 64, 25.0, 25.0)
+    write(data, "full1", "small1", 16, 64, 100.0, 100.0)
+    write(data, "full2", "big", 32, 128, 100.0, 100.0)
+    code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "2x8@50%"\n')
+    assert code == 0 and out["offer"] == {"2x8@50%-1": "small2"}
+    assert out["allocation_basis"]["placed"] == 0
+    assert out["past_allocation_ratios"] == {"small2": {"vcpus": [18.0, 64.0], "mem_gb": [72.0, 64.0]}}
+    (tmp_path / "m.toml").write_text('[[vms]]\nprofile = "2x8@50%"\n')
+    text = vmstats("admit", tmp_path / "m.toml", data, "--inventory", tmp_path / "hosts.toml")
+    assert text.returncode == 0
+    assert "small2: allocation past the inventory's ratios (18 of 64 vCPUs, 72 of 64 GB)" in text.stdout

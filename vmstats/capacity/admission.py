@@ -248,12 +248,33 @@ def answer(
             "placed": len(nova.placed),
             "rule": "sizes within (total - reserved) x ratio, as Nova's placement",
         },
+        "past_allocation_ratios": past_ratios(summary, offer, asks),
         "held_by_earlier_answers": {
             h: {"cpu_cores": _r(c), "mem_gb": _r(m)} for h, (c, m) in sorted(held.items())
         },
         "held": reservations is not None and manifest.hold and bool(offer.placed),
         "basis": summary.basis(now),
     }
+
+
+def past_ratios(summary: Summary, offer: Offer, asks: list[Ask]) -> dict[str, dict]:
+    """The hosts of the offer whose allocation (what they hold now plus the offer's VMs' sizes)
+    goes past ``(total - reserved) x ratio`` of the inventory: a cloud that enforces its ratios,
+    as Nova does, refuses those VMs there until the ratios are raised.  ``{host: {"vcpus":
+    [allocated, limit], "mem_gb": [allocated, limit]}}``."""
+    hosts = {h.name: h for h in summary.hosts}
+    size = {a.name: (a.vcpus, a.mem_gb) for a in asks}
+    out = {}
+    for host, vms in sorted(offer.per_host().items()):
+        h = hosts[host]
+        vcpus = h.allocated_vcpus + sum(size[vm][0] for vm in vms)
+        mem_gb = h.allocated_mem_gb + sum(size[vm][1] for vm in vms)
+        if vcpus > h.alloc_cpu_limit + 1e-9 or mem_gb > h.alloc_mem_limit + 1e-9:
+            out[host] = {
+                "vcpus": [_r(vcpus), _r(h.alloc_cpu_limit)],
+                "mem_gb": [_r(mem_gb), _r(h.alloc_mem_limit)],
+            }
+    return out
 
 
 def _less(loads: list[HostLoad], held: dict[str, tuple[float, float]]) -> list[HostLoad]:
@@ -290,6 +311,11 @@ def terminal(result: dict) -> str:
         )
     for vm, why in result["rejected"].items():
         lines.append("  rejected %s: %s" % (vm, why))
+    for host, past in result["past_allocation_ratios"].items():
+        lines.append(
+            "  %s: allocation past the inventory's ratios (%g of %g vCPUs, %g of %g GB): a cloud "
+            "that enforces them refuses these VMs there" % (host, *past["vcpus"], *past["mem_gb"])
+        )
     b = result["basis"]
     lines.append(
         "based on %s of %s, %s to %s, %s known (gate %g%%)%s"
