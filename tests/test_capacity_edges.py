@@ -116,7 +116,7 @@ def test_a_vm_larger_than_every_host_is_refused_however_little_it_will_use(fleet
         code, out, err = admit(fleet, '[[vms]]\nprofile = "%s"\n' % profile)
         assert code == 4 and out["status"] == "reject" and out["offer"] == {}, (profile, out, err)
         reason = out["rejected"]["%s-1" % profile]
-        assert reason.startswith("larger than every host: ") and why in reason, reason
+        assert reason.startswith("larger than every known host: ") and why in reason, reason
         assert "the most a host has is 32 vCPUs and 128 GB" in reason
         assert out["allocation_basis"]["placed"] == 0  # Nova refuses it too
     # Wider than the small hosts only: all three go to the big one, though spreading by demand

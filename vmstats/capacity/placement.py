@@ -455,8 +455,9 @@ def _too_large(ask: Ask, state: list[HostLoad]) -> str:
     """The reason for an ask no host could hold at all, with the largest host to compare."""
     vcpus = max(h.max_vcpus for h in state)
     mem_gb = max(h.max_mem_gb for h in state)
-    return "larger than every host: %g vCPUs and %g GB asked, the most a host has is %g vCPUs and %g GB" % (
-        ask.vcpus, ask.mem_gb, vcpus, mem_gb
+    return (
+        "larger than every known host: %g vCPUs and %g GB asked, the most a host has is %g vCPUs and %g GB"
+        % (ask.vcpus, ask.mem_gb, vcpus, mem_gb)
     )
 
 
