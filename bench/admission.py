@@ -119,13 +119,26 @@ def fleet_series(vms: int, hosts: int, minutes: int, seed: int = 5):
         )
 
 
-def manifest(count: int, basis: str) -> list[Ask]:
-    """``count`` VMs of three profiles; the first 20 in one anti-affinity group."""
+#: The manifests that are hardest to place, beside the three-profile one: every VM of its own
+#: shape (8 x 31 x 41 shapes, so 10,000 are all different), or all in one anti-affinity group.
+HARD_MANIFESTS = {
+    "shapes": "VMs of as many shapes",
+    "group": "VMs in one anti-affinity group",
+}
+
+
+def manifest(count: int, basis: str, kind: str = "profiles") -> list[Ask]:
+    """``count`` VMs of three profiles, the first 20 in one anti-affinity group; or (``kind``,
+    HARD_MANIFESTS) each of its own shape, or all in one group."""
     asks = []
     for i in range(count):
-        p = parse_profile(MANIFEST_PROFILES[i % len(MANIFEST_PROFILES)])
+        text = MANIFEST_PROFILES[i % len(MANIFEST_PROFILES)]
+        if kind == "shapes":
+            text = "%dx%d@%d%%" % (1 + i % 8, 2 + i % 31, 5 + i % 41)
+        p = parse_profile(text)
         cpu, mem = (p.cpu_demand, p.mem_demand) if basis == "demand" else (p.vcpus, p.mem_gb)
-        asks.append(Ask("new%05d" % i, cpu, mem, group="db" if i < 20 else None))
+        group = "spread" if kind == "group" else ("db" if i < 20 else None)
+        asks.append(Ask("new%05d" % i, cpu, mem, group=group, vcpus=p.vcpus, mem_gb=p.mem_gb))
     return asks
 
 
@@ -169,6 +182,27 @@ def latency(args) -> dict:
         print(
             "  %6d VMs asked: %-7s %6d placed in %.3f s (allocation basis: %d placed in %.3f s)"
             % (count, offer.status, len(offer.placed), seconds, len(ref.placed), ref_s)
+        )
+    count = max(args.asks)
+    for kind, label in HARD_MANIFESTS.items():
+        seconds, offer = timed(lambda k=kind: place(demand, manifest(count, "demand", k)), args.rounds)
+        ref_s, ref = timed(
+            lambda k=kind: place(allocation, manifest(count, "allocation", k), 100.0), args.rounds
+        )
+        answers.append(
+            {
+                "asked": count,
+                "kind": kind,
+                "seconds": round(seconds, 4),
+                "status": offer.status,
+                "placed": len(offer.placed),
+                "allocation_seconds": round(ref_s, 4),
+                "allocation_placed": len(ref.placed),
+            }
+        )
+        print(
+            "  %6d %s: %-7s %6d placed in %.3f s (allocation basis: %d placed in %.3f s)"
+            % (count, label, offer.status, len(offer.placed), seconds, len(ref.placed), ref_s)
         )
     worst = max(a["seconds"] for a in answers)
     out.update(answers=answers, slowest_s=worst, target_met=worst < 1.0)
