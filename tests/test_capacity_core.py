@@ -531,3 +531,13 @@ def test_a_hold_lapses_only_once_a_summary_read_after_its_time_is_in_use():
     assert holds.current(read_from=90.0) == {"h1": (2.0, 4.0)}  # the summary was read before it
     assert holds.describe(read_from=90.0)[0]["expires_in_s"] == -1.0
     assert holds.current(read_from=110.5) == {} and holds.describe(read_from=110.5) == []
+
+
+def test_a_host_is_dark_when_no_vm_of_it_reports_not_when_a_what_if_reclaims_its_running_ones():
+    early = np.arange(MINUTES) < 1440  # sent on the first day only: stopped
+    inv = inventory(plain("h1"), plain("h2"))
+    vms = [use("idle", "h1", 0.1), use("off1", "h1", 1.0, seen=early), use("off2", "h2", 1.0, seen=early)]
+    now = host_demand(inv, vms, WINDOW, Settings())
+    after = host_demand(inv, vms, WINDOW, Settings(), removed=["idle"])
+    assert [now.host(h).status(now.settings) for h in ("h1", "h2")] == ["ok", "unknown"]
+    assert [after.host(h).status(after.settings) for h in ("h1", "h2")] == ["empty", "unknown"]

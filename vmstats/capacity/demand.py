@@ -242,6 +242,8 @@ class HostDemand:
     stopped: list[str] = field(default_factory=list)
     #: VMs the inventory names by exact id that sent nothing in the window: all their minutes missing.
     silent: list[str] = field(default_factory=list)
+    #: Some VM of it (one a what-if took away too) sent a record in the last stopped_after_hours.
+    reporting: bool = False
     by_allocation: list[str] = field(default_factory=list)
     size_unknown: list[str] = field(default_factory=list)
     covered: int = 0
@@ -276,8 +278,9 @@ class HostDemand:
     @property
     def dark(self) -> bool:
         """It had VMs and every one went silent (stopped): the host itself has stopped reporting
-        as far as the data can tell, which is not the same as empty."""
-        return bool(self.stopped) and not self.vms
+        as far as the data can tell, which is not the same as empty.  (A host whose running VMs
+        a what-if reclaims still reported: ``reporting`` is read from the data.)"""
+        return bool(self.stopped) and not self.vms and not self.reporting
 
     def known(self, settings: Settings) -> bool:
         """Enough of its VMs' minutes seen to say anything (a host that never had a VM is known
@@ -348,9 +351,12 @@ def demand_views(
         if len(use.seen) != window.minutes:
             raise ValueError("VM %s has %s, the window %d" % (use.vm, counted(len(use.seen), "minute"),
                                                               window.minutes))
+        name = inventory.host_of(use.vm, use.host_tag)
+        if name is not None and reporting(use, stopped_after):
+            for hosts in views:  # a fact of the data, whatever a what-if takes away
+                hosts[name].reporting = True
         if all(use.vm in change.removed for change in changes):
             continue
-        name = inventory.host_of(use.vm, use.host_tag)
         vm = (
             None
             if name is None
@@ -388,6 +394,13 @@ def demand_views(
             settle(entry, window, settings)
         out.append(FleetDemand(window, settings, list(hosts.values()), sorted(lost)))
     return out
+
+
+def reporting(use: VmUse, stopped_after_minutes: int) -> bool:
+    """Did the VM send a record in the last ``stopped_after_minutes`` of the window (fill()'s
+    rule for stopped, read without filling)?"""
+    seen_at = np.flatnonzero(use.seen[-stopped_after_minutes:]) if stopped_after_minutes > 0 else []
+    return len(seen_at) > 0
 
 
 def window_offset(window: Window, settings: Settings) -> int:
