@@ -166,28 +166,12 @@ def latency(args) -> dict:
         % (args.vms, args.hosts, minutes, summary_s)
     )
     answers = []
-    for count in args.asks:
-        seconds, offer = timed(lambda c=count: place(demand, manifest(c, "demand")), args.rounds)
-        ref_s, ref = timed(lambda c=count: place(allocation, manifest(c, "allocation"), 100.0), args.rounds)
-        answers.append(
-            {
-                "asked": count,
-                "seconds": round(seconds, 4),
-                "status": offer.status,
-                "placed": len(offer.placed),
-                "allocation_seconds": round(ref_s, 4),
-                "allocation_placed": len(ref.placed),
-            }
-        )
-        print(
-            "  %6d VMs asked: %-7s %6d placed in %.3f s (allocation basis: %d placed in %.3f s)"
-            % (count, offer.status, len(offer.placed), seconds, len(ref.placed), ref_s)
-        )
-    count = max(args.asks)
-    for kind, label in HARD_MANIFESTS.items():
-        seconds, offer = timed(lambda k=kind: place(demand, manifest(count, "demand", k)), args.rounds)
+    runs = [(count, "VMs asked", "profiles") for count in args.asks]
+    runs += [(max(args.asks), label, kind) for kind, label in HARD_MANIFESTS.items()]
+    for count, label, kind in runs:
+        seconds, offer = timed(lambda c=count, k=kind: place(demand, manifest(c, "demand", k)), args.rounds)
         ref_s, ref = timed(
-            lambda k=kind: place(allocation, manifest(count, "allocation", k), 100.0), args.rounds
+            lambda c=count, k=kind: place(allocation, manifest(c, "allocation", k), 100.0), args.rounds
         )
         answers.append(
             {
