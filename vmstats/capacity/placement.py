@@ -121,8 +121,7 @@ def place(
     ]
     table = _Hosts(state)
     size = _sizer(state)
-    # Larger first; among equal sizes, one shape's asks together, so they are placed as one run.
-    order = sorted(range(len(asks)), key=lambda i: (-size(asks[i]), _order_shape(asks[i])))
+    order = sorted(range(len(asks)), key=lambda i: -size(asks[i]))
     placed: dict[str, str] = {}
     rejected: dict[str, str] = {}
     used: dict[str, set[int]] = {}  # anti-affinity group -> hosts holding one of it
@@ -162,14 +161,6 @@ def place(
 def _shape(ask: Ask) -> tuple:
     """What makes two constant asks interchangeable to place(): their demand and their size."""
     return (ask.cpu, ask.mem, ask.vcpus, ask.mem_gb)
-
-
-def _order_shape(ask: Ask) -> tuple:
-    """The tie-break of place()'s order: constant asks by their shape, larger first; asks with
-    series keep their given order (their demand is not one number to sort by)."""
-    if ask.series:
-        return (0.0, 0.0, 0.0, 0.0)
-    return (-float(ask.cpu), -float(ask.mem), -ask.vcpus, -ask.mem_gb)
 
 
 def _sizer(hosts: list[HostLoad]):
