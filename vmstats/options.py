@@ -171,7 +171,9 @@ class OutputFile(FileName):
             self._refuse(_not_a_folder(existing), param, ctx)
         if existing != folder:
             self._refuse("%s does not exist (no folder is made for it)" % folder, param, ctx)
-        self._check_writable(value if os.path.lexists(value) else folder, param, ctx)
+        # The file is written beside its place and renamed over it (vmstats.outputfile):
+        # its folder is what must take it.
+        self._check_writable(os.path.dirname(os.path.realpath(value)), param, ctx)
         return value
 
 

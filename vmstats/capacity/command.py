@@ -10,6 +10,7 @@ import click
 from vmstats.capacity import defaults
 from vmstats.capacity.backtest_command import backtest_options, run_backtest
 from vmstats.options import FiniteRange, IntRange, OutputFolder, cannot_write, prepare_folder
+from vmstats.outputfile import write_text
 from vmstats.report.command import _OneLineErrors
 from vmstats.report.settings import MAX_DAYS, ReportError
 
@@ -213,8 +214,7 @@ def from_logs(
     named = logs.named()
     if summary_dir:
         os.makedirs(summary_dir, exist_ok=True)
-        with open(os.path.join(summary_dir, SUMMARY_FILE), "w", encoding="utf-8") as handle:
-            handle.write(summarise(views[0], named).to_json())
+        write_text(os.path.join(summary_dir, SUMMARY_FILE), summarise(views[0], named).to_json())
     return headroom_mod.result(
         views[0],
         views[1] if advice else None,

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 import jinja2
 
+from vmstats.outputfile import replacing, write_text
 from vmstats.report.backtest import OUTCOMES, Backtest
 from vmstats.report.outputs import money
 from vmstats.report.render import TEMPLATES
@@ -68,7 +69,7 @@ def _cell(value: Any) -> Any:
 
 
 def write_csv(result: Backtest, path: str) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with replacing(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(BACKTEST_COLUMNS)
         for row in ordered(result):
@@ -118,7 +119,7 @@ def decision_note(result: Backtest) -> str:
 
 
 def write_json(result: Backtest, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
+    with replacing(path, "w", encoding="utf-8") as handle:
         json.dump(document(result), handle, allow_nan=False, separators=(",", ":"))
         handle.write("\n")
 
@@ -136,8 +137,7 @@ def render(result: Backtest, path: str) -> None:
         rules_text=rules_text(result),
         currency=result.summary["currency"],
     )
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    write_text(path, text)
 
 
 def rules_text(result: Backtest) -> str:

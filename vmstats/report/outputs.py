@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import orjson
 
 from vmstats import logstore
+from vmstats.outputfile import replacing
 from vmstats.protocol import format_tags
 from vmstats.report.build import Report
 from vmstats.report.policy import CANDIDATES
@@ -91,7 +92,7 @@ def _cell(value: Any) -> Any:
 
 def write_csv(report: Report, path: str) -> None:
     tags = CSV_COLUMNS.index("tags")
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with replacing(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for row in report.rows:
@@ -119,7 +120,7 @@ def write_json(report: Report, path: str) -> None:
             for row in report.rows
         ],
     }
-    with open(path, "wb") as handle:
+    with replacing(path, "wb") as handle:
         handle.write(to_json(document) + b"\n")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from vmstats.outputfile import write_text
 from vmstats.report.build import Report
 from vmstats.report.evidence import evidence_lines
 from vmstats.report.outputs import to_json
@@ -243,5 +244,4 @@ def render(report: Report, path: str) -> None:
         category_bar=category_bar(meta["categories"], meta["totals"]["vms"]),
         spark_size=(SPARK_W, SPARK_H),
     )
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    write_text(path, text)

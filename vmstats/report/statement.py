@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmstats import logstore
+from vmstats.outputfile import replacing
 from vmstats.protocol import MAX_TAG_KEY_LENGTH
 from vmstats.report.policy import CANDIDATES
 from vmstats.report.prices import cents
@@ -165,7 +166,7 @@ def money(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def write_csv(document: Mapping[str, Any], out_dir: str) -> str:
     """statement.csv: one line per group, the header exactly COLUMNS; returns its path."""
     path = os.path.join(out_dir, STATEMENT_NAME)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with replacing(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
         for line in document["groups"]:

@@ -12,6 +12,7 @@ from collections import Counter
 import click
 
 from vmstats.options import FiniteRange, IntRange, OutputFile
+from vmstats.outputfile import write_text
 from vmstats.progress import Progress
 from vmstats.protocol import SECONDS_BELOW, decimal, encode_records
 from vmstats.report.settings import MAX_DAYS
@@ -195,11 +196,7 @@ def simulate(vms, days, seed, mix, speed, truth, end, inventory, workers, preloa
     if inventory:
         fleet = _place_on_hosts(fleet, seed, inventory)
     if truth:
-        try:
-            with open(truth, "w", encoding="utf-8") as handle:
-                handle.write(fleets.truth_csv(fleet))
-        except OSError as exc:
-            raise click.ClickException("cannot write --truth %s: %s" % (truth, exc.strerror)) from None
+        _write_text(truth, fleets.truth_csv(fleet), "--truth")
     counts = Counter(vm.profile for vm in fleet)
     click.echo("fleet of %s, seed %d, %s to %s UTC: %s" % (
         counted(vms, "VM"), seed,
@@ -248,8 +245,7 @@ def simulate(vms, days, seed, mix, speed, truth, end, inventory, workers, preloa
 
 def _write_text(path: str, text: str, option: str) -> None:
     try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write_text(path, text)
     except OSError as exc:
         raise click.ClickException("cannot write %s %s: %s" % (option, path, exc.strerror or exc)) from None
 
