@@ -11,6 +11,7 @@ import sys
 import click
 
 from vmstats import __version__
+from vmstats.options import remove_made_folders
 
 #: sub-command name -> "module:attribute" of its click command.
 COMMANDS = {
@@ -35,6 +36,15 @@ COMMANDS = {
 INTERRUPTED = 130
 
 
+def _failed(exc: BaseException) -> bool:
+    """Whether ``exc`` ends a command as a failure: anything but an exit with status 0."""
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code != 0
+    if isinstance(exc, SystemExit):
+        return exc.code not in (0, None)
+    return True
+
+
 class LazyGroup(click.Group):
     """A click group whose commands are imported on first use.
 
@@ -46,7 +56,11 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
+        except BaseException as exc:
+            if _failed(exc):
+                remove_made_folders(ctx)  # a failed run leaves no new output folder
+            if not isinstance(exc, KeyboardInterrupt):
+                raise
             if sys.stderr.isatty():
                 click.echo("", err=True)  # off the line a progress display or ^C left
             click.echo("vmstats %s: interrupted" % (ctx.invoked_subcommand or ""), err=True)

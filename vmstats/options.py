@@ -177,16 +177,29 @@ class OutputFile(FileName):
         return value
 
 
+#: ``click.Context.meta`` key: the folders prepare_folder made in this run, each the
+#: outermost of those one call made.
+_MADE = "vmstats.options.made"
+
+
 def prepare_folder(folder: str, files: Iterable[str]) -> None:
     """Make an output folder and prove it takes the command's ``files``, before any work.
 
     OutputFolder read the name; this is the part that needs the folder made:
     a file created (then removed) in it is the only test that holds for root,
     read-only mounts and full disks alike, and a folder or other non-file in
-    the place of one of ``files`` would fail the run only at its end.
+    the place of one of ``files`` would fail the run only at its end.  What it
+    makes is noted in the command's context, for remove_made_folders to take
+    away if the run fails.
     """
     import tempfile
 
+    made = _nearest(folder) != folder and os.path.abspath(folder)
+    while made and not os.path.lexists(os.path.dirname(made)):
+        made = os.path.dirname(made)
+    context = click.get_current_context(silent=True)
+    if made and context is not None:
+        context.meta.setdefault(_MADE, []).append(made)
     try:
         os.makedirs(folder, exist_ok=True)
         for name in files:
@@ -202,3 +215,18 @@ def prepare_folder(folder: str, files: Iterable[str]) -> None:
 def cannot_write(folder: str, exc: OSError) -> str:
     """The line for an output that could not be written: the folder and the reason, no errno."""
     return "cannot write to %s: %s" % (folder, exc.strerror or exc)
+
+
+def remove_made_folders(context: click.Context) -> None:
+    """Remove the folders prepare_folder made in a run that failed, with what it wrote in them.
+
+    An operator reads a failed run as one that changed nothing: an empty OUT/ (and
+    OUT/decision/) left by a report refused on its dates or price book, or a half
+    one left by Ctrl-C, reads as a run that happened.  Only folders that were not
+    there before the run are removed; files the run replaced in a folder that was
+    there are each whole (vmstats.outputfile).
+    """
+    import shutil
+
+    for folder in context.meta.pop(_MADE, ()):
+        shutil.rmtree(folder, ignore_errors=True)

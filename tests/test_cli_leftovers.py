@@ -1,0 +1,92 @@
+"""A failed or interrupted run leaves nothing new behind, and never a half-written output.
+
+Run in this process through the real ``vmstats`` group (click's CliRunner), with a small
+data dir written through the real log layout.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_report_stats import DAY, T0, series, write_records
+
+from vmstats import cli
+from vmstats.outputfile import replacing
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Two days of one quiet VM: enough logs for a report to run to its outputs."""
+    folder = tmp_path_factory.mktemp("data")
+    ts = T0 + 60 * np.arange(2 * DAY // 60)
+    quiet = np.ones(len(ts))
+    write_records(folder, series("10.0.0.1", ts, quiet, 30 * quiet, disk=500 * quiet, net=200 * quiet))
+    return folder
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("command", [
+    ("report", "-o", "OUT"),
+    ("backtest", "-o", "OUT"),
+    ("headroom", "--inventory", "HOSTS", "--profile", "2x4", "-o", "OUT"),
+    ("report", "-o", "OUT", "--since", "2026-01-02", "--until", "2026-01-01"),
+    ("report", "-o", "OUT", "--prices", "NOPE"),
+    ("backtest", "-o", "OUT", "--decide-until", "someday"),
+])
+def test_a_refused_run_leaves_no_output_folder(tmp_path, data, command):
+    """Each left an empty OUT/ (backtest OUT/decision/ too), made before the refusal."""
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[[host]]\nname = "h"\nvcpus = 8\nmem_gb = 32\n')
+    places = {"OUT": tmp_path / "new" / "out", "HOSTS": hosts, "NOPE": tmp_path / "no-such.toml"}
+    data_dir = tmp_path / "no-such-data" if "--since" not in command and "--prices" not in command \
+        and "--decide-until" not in command else data
+    result = run(command[0], data_dir, *(places.get(a, a) for a in command[1:]))
+    assert result.exit_code != 0 and result.stderr.startswith("Error: "), result.output
+    assert not (tmp_path / "new").exists(), sorted((tmp_path / "new").rglob("*"))
+
+
+def test_a_refused_run_keeps_a_folder_that_was_there_as_it_was(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.csv").write_text("an earlier run's\n")
+    result = run("backtest", tmp_path / "no-such-data", "-o", out)
+    assert result.exit_code != 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv"]  # decision/ made, then removed
+    assert (out / "report.csv").read_text() == "an earlier run's\n"
+
+
+def test_an_interrupted_write_leaves_the_earlier_output_whole(tmp_path, data, monkeypatch):
+    """Ctrl-C while report.json was written truncated the earlier run's file."""
+    out = tmp_path / "out"
+    assert run("report", data, "-o", out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    from vmstats.report import outputs
+
+    def interrupted(document):  # once report.json is open, before its bytes are written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "to_json", interrupted)
+    result = run("report", data, "-o", out, "--cpu-idle", "4")
+    assert result.exit_code == 130 and result.stderr == "vmstats report: interrupted\n"
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after["report.json"] == before["report.json"]
+    assert sorted(after) == sorted(before), "a partial file was left"
+
+
+def test_replacing_puts_a_file_in_place_only_when_it_is_whole(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with pytest.raises(OSError):
+        with replacing(str(path)) as handle:
+            handle.write("new, half")
+            raise OSError(28, "No space left on device")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    link = tmp_path / "link.txt"
+    link.symlink_to(path)
+    with replacing(str(link)) as handle:
+        handle.write("new")
+    assert link.is_symlink() and path.read_text() == "new"
