@@ -30,10 +30,10 @@ from serverproc import ROOT, serve
 
 from vmstats.capacity import backtest
 from vmstats.capacity.demand import Settings, VmUse, Window
-from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.inventory import parse_inventory
 from vmstats.capacity.profiles import parse_profile
 from vmstats.protocol import Record, encode_records
+from vmstats.report.settings import ReportError
 from vmstats.simulator.sender import open_sender
 
 DAY = 1440
@@ -137,7 +137,7 @@ def test_unknown_hosts_are_never_offered_and_no_arrivals_is_one_clear_error():
     assert result.unknown_hosts == ["h2"]
     assert set(result.outcomes["demand"].placed.values()) == {"h1"}
     assert result.outcomes["demand"].admitted == 10
-    with pytest.raises(CapacityError, match="no arrivals"):
+    with pytest.raises(ReportError, match="no arrivals"):  # what the logs lack: a failed run
         backtest.backtest(inventory(), day(0.5)[:2], day(0.5)[:2], PLAN, JUDGE, SETTINGS)
 
 

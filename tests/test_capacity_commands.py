@@ -336,7 +336,7 @@ def test_admit_manifest_errors_are_one_line(fleet, tmp_path, text, message):
     manifest = tmp_path / "bad.toml"
     manifest.write_text(text)
     result = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml")
-    assert result.returncode == 1 and message in result.stderr and str(manifest) in result.stderr
+    assert result.returncode == 2 and message in result.stderr and str(manifest) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -370,8 +370,8 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
         in page
     )
     bad = vmstats("report", base / "data", "-o", tmp_path / "never", "--inventory", base / "nope.toml")
-    assert bad.returncode == 1 and "inventory %s: does not exist" % (base / "nope.toml") in bad.stderr
-    assert not (tmp_path / "never" / "report.html").exists()
+    assert bad.returncode == 2 and "inventory %s: does not exist" % (base / "nope.toml") in bad.stderr
+    assert not (tmp_path / "never").exists()
     # The same pass left its per-host summary: an admission answered from it without reading the
     # logs again is the answer from the logs (the report plans with the defaults, as admit does).
     manifest = tmp_path / "app.toml"
@@ -398,10 +398,10 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
         (tmp_path / "shaped.json", 'is not a capacity summary: hosts[0].cpu_demand has the wrong type: "x"'),
     ):
         wrong = vmstats("admit", manifest, "--summary", summary)
-        assert wrong.returncode == 1 and "summary %s %s" % (summary, message) in wrong.stderr
+        assert wrong.returncode == 2 and "summary %s %s" % (summary, message) in wrong.stderr
         assert len(wrong.stderr.strip().splitlines()) == 1
     extra = vmstats("admit", manifest, base / "data", "--summary", out / "capacity-summary.json")
-    assert extra.returncode == 1 and "the manifest is the only argument" in extra.stderr
+    assert extra.returncode == 2 and "the manifest is the only argument" in extra.stderr
 
 
 def test_admit_backtest_runs_from_the_same_command(fleet):
@@ -423,7 +423,7 @@ def test_admit_backtest_runs_from_the_same_command(fleet):
     assert doc["plan"]["start"].startswith("2026-01-01") and doc["judge"]["start"].startswith("2026-01-04")
     assert set(doc["outcomes"]) == {"demand", "allocation 1.0", "allocation nova"}
     lonely = vmstats("admit", base / "data", "--inventory", base / "hosts.toml")
-    assert lonely.returncode == 1 and lonely.stderr.strip() == (
+    assert lonely.returncode == 2 and lonely.stderr.strip() == (
         "Error: expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)"
     )
 

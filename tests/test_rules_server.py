@@ -555,7 +555,7 @@ def test_alerts_names_vms_only_to_the_status_token(tmp_path):
             assert both.returncode == 2 and "--token and --token-file" in both.stderr
             token_file.write_bytes(b"\xff" + STATUS_TOKEN.encode())
             damaged = alerts_cli("--url", url, "--token-file", str(token_file))
-            assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
+            assert damaged.returncode == 2 and "Traceback" not in damaged.stderr
             assert damaged.stderr.strip().splitlines() == [
                 "Error: cannot read --token-file: %s: not UTF-8 at byte 0 (line 1)" % token_file]
 

@@ -93,12 +93,12 @@ def test_score_bad_inputs_are_one_readable_line(tmp_path):
     (tmp_path / "badtruth.csv").write_text(TRUTH.replace("reclaim\n10.0.0.2", "gone\n10.0.0.2"))
     cases = [
         ("--truth", str(tmp_path / "truth.csv"), "--report", str(tmp_path / "bad.csv"), "monthly_saving"),
-        ("--truth", str(tmp_path / "nope.csv"), "--report", str(tmp_path / "out"), "cannot read"),
+        ("--truth", str(tmp_path / "nope.csv"), "--report", str(tmp_path / "out"), "nope.csv: does not"),
         ("--truth", str(tmp_path / "badtruth.csv"), "--report", str(tmp_path / "out"), "'gone'"),
     ]
     for *args, needle in cases:
         out = vmstats("score", *args)
-        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert out.returncode == 2 and "Traceback" not in out.stderr  # the files named
         assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
 
 

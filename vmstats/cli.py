@@ -5,13 +5,15 @@ and are imported only when invoked, so ``vmstats agent`` never pays for
 pandas and ``vmstats report`` never imports Twisted.
 """
 
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 
 import click
 
 from vmstats import __version__
-from vmstats.options import remove_made_folders
+from vmstats.options import Refused, remove_made_folders
 
 #: sub-command name -> "module:attribute" of its click command.
 COMMANDS = {
@@ -36,6 +38,19 @@ COMMANDS = {
 INTERRUPTED = 130
 
 
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """click's usage errors as one line (options.Refused), as every other refusal reads:
+    click's usage block ("Usage: ... Try ... for help") says nothing of what was wrong.
+    A group given no command ("vmstats rules") still shows its help."""
+    try:
+        yield
+    except click.UsageError as exc:
+        if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+            raise
+        raise Refused(exc.format_message().replace("\n", " ")) from None
+
+
 def _failed(exc: BaseException) -> bool:
     """Whether ``exc`` ends a command as a failure: anything but an exit with status 0."""
     if isinstance(exc, click.exceptions.Exit):
@@ -50,12 +65,18 @@ class LazyGroup(click.Group):
 
     Ctrl-C ends any command with one line and status 130, as shells and
     scripts expect of an interrupted program (click's own "Aborted!" exits 1,
-    which reads as a failure of the command).
+    which reads as a failure of the command).  A usage error is one line with
+    status 2 in every command (vmstats.options.USAGE).
     """
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        with _one_line():  # "vmstats --bogus"
+            return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
-            return super().invoke(ctx)
+            with _one_line():  # the sub-command's own, and "vmstats nosuchcommand"
+                return super().invoke(ctx)
         except BaseException as exc:
             if _failed(exc):
                 remove_made_folders(ctx)  # a failed run leaves no new output folder

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from vmstats.words import counted
 
 
-class FileProblem(ValueError):
+class BadInput(Exception):
+    """Mixed into an error that says the command line, or a file it names, is wrong (not
+    that the run failed on the way): the command refuses it with a usage error's status
+    (vmstats.options.failure)."""
+
+
+class FileProblem(ValueError, BadInput):
     """A file that cannot be used as it is: ``path`` and ``problem`` (one line, no path in it)."""
 
     def __init__(self, path: str, problem: str):

@@ -8,7 +8,31 @@ from typing import Any, NoReturn
 
 import click
 
+from vmstats.inputfile import BadInput
 from vmstats.protocol import DECIMAL_RE, spells_non_finite
+
+#: Exit status of a command line refused before any work: an option's or argument's value, a
+#: missing or conflicting option, or a file it names that is missing, unreadable or wrong.
+#: click's own for a usage error; the systemd units do not restart a command that exits so
+#: (RestartPreventExitStatus=2), since the same command line would fail the same way.
+#: A run that fails on the way (the logs, the disk, the network) exits 1, click's default.
+USAGE = 2
+
+
+class Refused(click.ClickException):
+    """The command line, or a file it names, is wrong: one ``Error: ...`` line, status USAGE.
+
+    Unlike click's UsageError it adds no usage block ("Usage: ... Try ... for help"): that
+    says nothing about what was wrong, and made four lines of one."""
+
+    exit_code = USAGE
+
+
+def failure(exc: Exception) -> click.ClickException:
+    """The one line a command ends with for ``exc``: Refused for bad input (BadInput), a
+    failed run's status 1 for anything else."""
+    message = str(exc)
+    return Refused(message) if isinstance(exc, BadInput) else click.ClickException(message)
 
 #: An integer as an operator types one.  click's INT and FLOAT call int() and float(), which
 #: also take ``1_000``, Unicode digits (``\u0661\u0662`` is 12) and surrounding whitespace:
@@ -71,7 +95,7 @@ class FiniteRange(FloatRange):
 
 class _OutputPath(click.ParamType):
     """What the path types share: an empty name is refused, the checks create nothing, and a
-    refusal is one line with a usage error's status 2 that names the option.
+    refusal is one line with a usage error's status (Refused) that names the option.
 
     click adds its usage block ("Usage: ... Try ... for help") to a parameter's errors; it
     says nothing about the path, and a command that did not turn it off printed four lines for
@@ -89,9 +113,7 @@ class _OutputPath(click.ParamType):
 
     def _refuse(self, message: str, param: click.Parameter | None, ctx: click.Context | None) -> NoReturn:
         hint = param.get_error_hint(ctx) if param is not None and ctx is not None else "the %s" % self.name
-        refusal = click.ClickException("Invalid value for %s: %s" % (hint, message))
-        refusal.exit_code = 2  # a usage error's status; click adds its usage block only to UsageError
-        raise refusal
+        raise Refused("Invalid value for %s: %s" % (hint, message))
 
     def _check_writable(self, target: str, param: click.Parameter | None, ctx: click.Context | None) -> None:
         if not os.access(target, os.W_OK):

@@ -48,11 +48,11 @@ from vmstats.capacity.demand import (
     percentile_name,
     window_offset,
 )
-from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.inventory import Inventory
 from vmstats.capacity.placement import Ask, HostLoad, loads, place
 from vmstats.capacity.profiles import Profile
 from vmstats.report import load as load_mod
+from vmstats.report.settings import ReportError
 from vmstats.words import counted
 
 #: Nova's default allocation ratios since 2023 (the reference the targets name).
@@ -312,7 +312,7 @@ def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Seque
         templates = templates_from_history([u for u in plan_uses if u.vm in names], later, settings,
                                            judge_window.minutes, window_offset(plan, settings))
         if not templates:
-            raise CapacityError("no arrivals: %s" % (
+            raise ReportError("no arrivals: %s" % (
                 "every VM of the plan window is on a host (name the arrivals' VMs)" if pool is None
                 else "no VM of the plan window matches the arrivals' selectors, or none has a size"))
         arrivals = ("copies of %s of the history (their own use in each window), one of each a round "
@@ -367,7 +367,7 @@ def windows(data_dirs: Sequence[str], days: int, plan_until: str | None) -> tupl
     plan = reader.find_logs(data_dirs, days, load_mod.day_name(plan_last))
     judged = reader.find_logs(data_dirs, days, load_mod.day_name(plan_last + days))
     if judged.window.start_ts <= plan.window.end_ts:
-        raise CapacityError("the logs hold no day after the plan window %s .. %s to judge it on" % (
+        raise ReportError("the logs hold no day after the plan window %s .. %s to judge it on" % (
             load_mod.day_name(plan.first_day), load_mod.day_name(plan_last)))
     return plan, judged
 

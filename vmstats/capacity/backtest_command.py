@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import click
 
+from vmstats.options import failure
 from vmstats.report.settings import ReportError
 
 #: Options only the backtest takes, added to ``vmstats admit``.
@@ -46,7 +47,7 @@ def run_backtest(data_dirs: Sequence[str], settings, inventory_path: str, until:
         selectors = [part.strip() for part in arrivals.split(",") if part.strip()] if arrivals else ()
         result = backtest.run(data_dirs, inventory, settings, settings.days, until, selectors, profile)
     except ReportError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     if as_json:
         json.dump(result.as_dict(), sys.stdout, indent=1, sort_keys=True)
         sys.stdout.write("\n")

@@ -9,9 +9,16 @@ import click
 
 from vmstats.capacity import defaults
 from vmstats.capacity.backtest_command import backtest_options, run_backtest
-from vmstats.options import FiniteRange, IntRange, OutputFolder, cannot_write, prepare_folder
+from vmstats.options import (
+    FiniteRange,
+    IntRange,
+    OutputFolder,
+    Refused,
+    cannot_write,
+    failure,
+    prepare_folder,
+)
 from vmstats.outputfile import write_text
-from vmstats.report.command import _OneLineErrors
 from vmstats.report.settings import MAX_DAYS, ReportError
 
 
@@ -92,7 +99,7 @@ def report_changes(rows: list[dict]):
     return Change(frozenset(reclaimed), downsized), {"reclaimed": reclaimed, "downsized": sorted(downsized)}
 
 
-@click.command(cls=_OneLineErrors)
+@click.command()
 @click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
 @click.option(
     "--profile",
@@ -178,7 +185,7 @@ def headroom(
         if out_dir is not None:
             outputs.write(result, out_dir)
     except ReportError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     except OSError as exc:
         raise click.ClickException(cannot_write(out_dir, exc)) from None
     click.echo(outputs.terminal(result, top, written=out_dir is not None))
@@ -292,7 +299,7 @@ def load_manifest(path: str):
     return parse_manifest(data, path)
 
 
-@click.command(cls=_OneLineErrors)
+@click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="MANIFEST DATA_DIR...")
 @capacity_options
 @click.option(
@@ -334,16 +341,16 @@ def admit(
     try:
         settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
     except ReportError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     if summary_path:
         if backtest or arrivals or arrival_profile or len(paths) != 1:
-            raise click.ClickException(
+            raise Refused(
                 "with --summary the manifest is the only argument (no DATA_DIR, no backtest)"
             )
         try:
             result = admission.answer(load_summary(summary_path), load_manifest(paths[0]))
         except ReportError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise failure(exc) from None
         return _print_answer(result, as_json)
     if not inventory_path:
         raise click.UsageError("Missing option '--inventory'.")
@@ -351,16 +358,16 @@ def admit(
         run_backtest(paths, settings, inventory_path, until, arrivals, arrival_profile, as_json)
         return
     if arrivals or arrival_profile:
-        raise click.ClickException("--arrivals and --arrival-profile go with --backtest")
+        raise Refused("--arrivals and --arrival-profile go with --backtest")
     if len(paths) < 2:
-        raise click.ClickException("expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)")
+        raise Refused("expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)")
     manifest_path, data_dirs = paths[0], paths[1:]
     try:
         manifest = load_manifest(manifest_path)
         summary = summary_mod.from_logs(data_dirs, inventory_path, settings, until)
         result = admission.answer(summary, manifest)
     except ReportError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     _print_answer(result, as_json)
 
 

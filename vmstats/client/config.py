@@ -122,8 +122,19 @@ OPTIONS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as the agent's own checks word theirs.
+
+    argparse prints its whole usage (eight lines of options) above an unknown or
+    incomplete option: the one line that matters was below it, in a journal too.
+    """
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+
 def build_parser(prog="vmstats agent"):
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog, description="Sample this VM's CPU, memory, disk and network usage from /proc "
         "and push one record per interval to a vmstats aggregator.",
         epilog="Every option can also be set as VMSTATS_<NAME> in the environment "

@@ -29,7 +29,7 @@ from vmstats import logstore
 from vmstats.report import load as load_mod
 from vmstats.report.build import Report, build, iso, parse_day
 from vmstats.report.prices import PriceBook
-from vmstats.report.settings import Policy, ReportError
+from vmstats.report.settings import InputError, Policy, ReportError
 
 DAY = 86400
 #: VMs whose records are parsed at once (bounds memory on large fleets).
@@ -127,7 +127,7 @@ def choose_windows(
 ) -> Windows:
     """The deciding window ends at ``decide_until`` (default: leave ``judge_days`` after it)."""
     if decide_days < 1 or judge_days < 1:
-        raise ReportError("the deciding and judging windows need at least one day each")
+        raise InputError("the deciding and judging windows need at least one day each")
     days = sorted({day for _vm, day in units})
     last_data = days[-1]
     if decide_until is None:
@@ -162,6 +162,7 @@ def run(
     rules: JudgingRules = RULES,
 ) -> Backtest:
     listed: list[dict] = []
+    parse_day(decide_until, "--decide-until")  # refused whatever the logs hold
     units = load_mod.discover(data_dirs, listed, raw_only=True)  # judging needs the records themselves
     windows = choose_windows(list(units), decide_until, decide_days, judge_days)
     decision = build(

@@ -5,9 +5,8 @@ import sys
 
 import click
 
-from vmstats.options import IntRange, OutputFolder, cannot_write, prepare_folder
+from vmstats.options import IntRange, OutputFolder, cannot_write, failure, prepare_folder
 from vmstats.report.command import (
-    _OneLineErrors,
     _Progress,
     load_inputs,
     policy_options,
@@ -17,7 +16,7 @@ from vmstats.report.command import (
 from vmstats.report.settings import MAX_DAYS, ReportError
 
 
-@click.command(cls=_OneLineErrors)
+@click.command()
 @click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
 @click.option(
     "-o",
@@ -103,7 +102,7 @@ def backtest(
         outputs.write_json(result, os.path.join(out_dir, "backtest.json"))
         outputs.render(result, os.path.join(out_dir, "backtest.html"))
     except ReportError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     except OSError as exc:
         raise click.ClickException(cannot_write(out_dir, exc)) from None
     outputs.terminal_summary(result, out_dir, sys.stdout, top=top)

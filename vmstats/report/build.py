@@ -21,7 +21,7 @@ from vmstats.report import statement as statement_mod
 from vmstats.report import stats as stats_mod
 from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
 from vmstats.report.prices import PriceBook, cents
-from vmstats.report.settings import MAX_DAYS, Policy, ReportError
+from vmstats.report.settings import MAX_DAYS, InputError, Policy, ReportError
 from vmstats.words import counted
 
 #: Settings that statistics need as one value per VM (groups may differ).
@@ -60,9 +60,9 @@ def parse_day(value: str | None, option: str) -> int | None:
     try:
         day = load_mod.day_number(value)
     except ValueError:
-        raise ReportError("%s %r is not a YYYY-MM-DD date" % (option, value)) from None
+        raise InputError("%s %r is not a YYYY-MM-DD date" % (option, value)) from None
     if not FIRST_DAY <= day <= LAST_DAY:
-        raise ReportError("%s %s is outside %s to %s, the days a log can have" % (
+        raise InputError("%s %s is outside %s to %s, the days a log can have" % (
             option, value, load_mod.day_name(FIRST_DAY), load_mod.day_name(LAST_DAY)))
     return day
 
@@ -99,11 +99,12 @@ def build(
         statement_mod.check_key(by)
     today = today or datetime.datetime.now(datetime.UTC).date()
     active, expired = exclusions_mod.load(exclusions_path, today)
-    listing: list[dict] = []
-    units = load_mod.discover(data_dirs, listing)
+    # The command line's dates before the logs: a wrong one is refused whatever the logs hold.
     since_day, until_day = parse_day(since, "--since"), parse_day(until, "--until")
     if since_day is not None and until_day is not None and since_day > until_day:
-        raise ReportError("--since %s is after --until %s" % (since, until))
+        raise InputError("--since %s is after --until %s" % (since, until))
+    listing: list[dict] = []
+    units = load_mod.discover(data_dirs, listing)
     latest_day = max(day for _vm, day in units)
     last_day = until_day if until_day is not None else latest_day
     first_day = since_day if since_day is not None else last_day - int(policy.base["days"]) + 1

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from vmstats.options import FloatRange, IntRange, OutputFolder, cannot_write, prepare_folder
+from vmstats.options import FloatRange, IntRange, OutputFolder, Refused, cannot_write, failure, prepare_folder
 from vmstats.progress import Progress
-from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, ReportError, coerce
+from vmstats.report.settings import DEFAULTS, MAX_DAYS, SETTINGS, InputError, ReportError, coerce
 from vmstats.words import counted
 
 _MEANING = {s.name: s.meaning for s in SETTINGS}
@@ -29,16 +29,6 @@ _FLAGS = (
     "schedule_min_off_hours",
     "utc_offset_hours",
 )
-
-
-class _OneLineErrors(click.Command):
-    """Usage errors as one ``Error: ...`` line, like every other input error of the report."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise click.ClickException(exc.format_message().replace("\n", " ")) from None
 
 
 def _threshold_options(function):
@@ -116,23 +106,23 @@ def policy_overrides(flags: dict, extra: tuple[str, ...]) -> dict:
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep:
-            raise click.ClickException("--set expects KEY=VALUE, got %r" % item)
+            raise Refused("--set expects KEY=VALUE, got %r" % item)
         key, value = key.strip(), value.strip()
         try:
             wanted = coerce(key, value, "--set %s" % item)
             flag = "--" + key.replace("_", "-")
             if key in given and coerce(key, given[key], "option " + flag) != wanted:
-                raise ReportError(
+                raise InputError(
                     "--set %s and %s %g give %s two values: give one of them"
                     % (item, flag, given[key], key)
                 )
             if key in earlier and earlier[key][1] != wanted:
-                raise ReportError(
+                raise InputError(
                     "--set %s and --set %s give %s two values: give one of them"
                     % (earlier[key][0], item, key)
                 )
         except ReportError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise failure(exc) from None
         earlier.setdefault(key, (item, wanted))
         overrides[key] = value
     return overrides
@@ -316,7 +306,7 @@ class _Progress(Progress):
         super().close(line or "parsed %s in %.1f s" % (counted(self.total or 0, "VM-day"), self.elapsed()))
 
 
-@click.command(cls=_OneLineErrors)
+@click.command()
 @click.argument("data_dirs", nargs=-1, required=True, metavar="DATA_DIR...")
 @click.option(
     "-o",
@@ -441,7 +431,7 @@ def report(
                 )
             write_report(result, out_dir)
     except ReportError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     except OSError as exc:
         raise click.ClickException(cannot_write(out_dir, exc)) from None
     terminal_summary(result, out_dir, sys.stdout, top=top)

@@ -9,7 +9,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from vmstats.report.settings import ReportError, load_toml, parse_selector
+from vmstats.report.settings import InputError, load_toml, parse_selector
 
 
 @dataclass
@@ -33,28 +33,28 @@ def load(path: str | None, today: datetime.date) -> tuple[list[Exclusion], list[
     data = load_toml(path, "exclusions")
     entries = data.get("exclude", [])
     if set(data) - {"exclude"} or not isinstance(entries, list):
-        raise ReportError("exclusions file %s: expected only [[exclude]] tables" % path)
+        raise InputError("exclusions file %s: expected only [[exclude]] tables" % path)
     active, expired = [], []
     for i, entry in enumerate(entries):
         origin = "exclusions file %s: entry %d" % (path, i + 1)
         if not isinstance(entry, dict) or not isinstance(entry.get("vm"), str):
-            raise ReportError('%s: needs vm = "<id, pattern or CIDR>"' % origin)
+            raise InputError('%s: needs vm = "<id, pattern or CIDR>"' % origin)
         reason = entry.get("reason")
         if not isinstance(reason, str) or not reason.strip():
-            raise ReportError("%s: needs a reason" % origin)
+            raise InputError("%s: needs a reason" % origin)
         expires = entry.get("expires")
         if isinstance(expires, str):
             try:
                 expires = datetime.date.fromisoformat(expires)
             except ValueError:
-                raise ReportError("%s: expires=%r is not a YYYY-MM-DD date" % (origin, expires)) from None
+                raise InputError("%s: expires=%r is not a YYYY-MM-DD date" % (origin, expires)) from None
         elif isinstance(expires, datetime.datetime):
             expires = expires.date()
         elif expires is not None and not isinstance(expires, datetime.date):
-            raise ReportError("%s: expires must be a date" % origin)
+            raise InputError("%s: expires must be a date" % origin)
         unknown = set(entry) - {"vm", "reason", "expires"}
         if unknown:
-            raise ReportError("%s: unknown key %s" % (origin, sorted(unknown)[0]))
+            raise InputError("%s: unknown key %s" % (origin, sorted(unknown)[0]))
         patterns, networks = parse_selector([entry["vm"]], origin)
         item = Exclusion(entry["vm"], reason.strip(), expires, patterns, networks)
         (expired if expires is not None and expires < today else active).append(item)

@@ -49,7 +49,7 @@ from vmstats.report.histogram import (
     percentiles,
     rate_bin,
 )
-from vmstats.report.settings import ReportError
+from vmstats.report.settings import InputError, ReportError
 from vmstats.words import counted
 
 CACHE_VERSION = 7
@@ -182,7 +182,7 @@ def discover(data_dirs: Sequence[str], issues: list[dict] | None = None, raw_onl
         # Absolute paths key the cache, so a re-run from another folder still finds it.
         data_dir = os.path.abspath(data_dir)
         if not os.path.isdir(data_dir):
-            raise ReportError("data dir %s does not exist or is not a directory" % data_dir)
+            raise InputError("data dir %s does not exist or is not a directory" % data_dir)
         before = len(issues)
         mine, found = _discover_dir(data_dir, issues, raw_only)
         if not found and len(issues) > before:  # there were logs: none could be read

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
-from vmstats.report.settings import SHAPE_TOLERANCE, ReportError, load_toml
+from vmstats.report.settings import SHAPE_TOLERANCE, InputError, load_toml
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "examples", "pricebook.toml")
 BYTES_PER_GB = 1e9
@@ -63,7 +63,7 @@ class PriceBook:
         def number(key: str, default: float | None = None) -> float:
             value = data.get(key, default)
             if not _non_negative(value):
-                raise ReportError("price book %s: %s must be a non-negative number" % (source, key))
+                raise InputError("price book %s: %s must be a non-negative number" % (source, key))
             return float(value)
 
         unknown = set(data) - {
@@ -76,7 +76,7 @@ class PriceBook:
             "sizes",
         }
         if unknown:
-            raise ReportError("price book %s: unknown key %s" % (source, sorted(unknown)[0]))
+            raise InputError("price book %s: unknown key %s" % (source, sorted(unknown)[0]))
         sizes = []
         listed = data.get("sizes", [])
         for i, item in enumerate(listed if isinstance(listed, list) else [listed]):
@@ -85,7 +85,7 @@ class PriceBook:
             except (KeyError, TypeError):
                 shape = (-1,)
             if not all(map(_non_negative, shape)) or not shape[0] or not shape[1]:
-                raise ReportError(
+                raise InputError(
                     "price book %s: size %d needs a name, positive vcpus and memory_gb and an hourly "
                     "price that is not negative" % (source, i + 1)
                 )
@@ -93,13 +93,13 @@ class PriceBook:
         currency = data.get("currency", "USD")
         if not (isinstance(currency, str) and _CURRENCY_RE.match(currency)):
             # Every money cell names it: a list or a blank would make each bill's unit unreadable.
-            raise ReportError(
+            raise InputError(
                 "price book %s: currency must be one code such as USD or EUR (1-16 characters, no "
                 "spaces or commas): one book, one currency" % source
             )
         hours = number("hours_per_month", 730.0)
         if not hours:
-            raise ReportError("price book %s: hours_per_month must be above 0 (730 = 365 x 24 / 12)" % source)
+            raise InputError("price book %s: hours_per_month must be above 0 (730 = 365 x 24 / 12)" % source)
         return cls(
             source=source,
             is_example=path is None,

@@ -20,7 +20,15 @@ from vmstats.selectors import selected
 
 
 class ReportError(ValueError):
-    """A problem with the operator's input: reported as one line, never a traceback."""
+    """Why a report (or a command that runs one) cannot go on: one line, never a traceback.
+
+    Raised as such, the run failed on the way (the logs, a worker, the disk): exit status 1.
+    """
+
+
+class InputError(ReportError, inputfile.BadInput):
+    """The command line, or a file it names (policy, price book, exclusions, inventory), is
+    wrong: refused before any log is read, with a usage error's status (options.failure)."""
 
 
 #: Two sizes within this share of each other are one shape (1.99 GB and 2.00 GB: agents
@@ -102,7 +110,7 @@ def _number(value: Any) -> float:
 def coerce(name: str, value: Any, origin: str) -> Any:
     """Check one override against the default's type; ReportError names the origin."""
     if name not in DEFAULTS:
-        raise ReportError("%s: unknown setting %r (known: %s)" % (origin, name, ", ".join(DEFAULTS)))
+        raise InputError("%s: unknown setting %r (known: %s)" % (origin, name, ", ".join(DEFAULTS)))
     default = DEFAULTS[name]
     if isinstance(default, list):
         if isinstance(value, str):
@@ -110,43 +118,43 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         try:
             items = sorted(map(_number, value))
         except (TypeError, ValueError):
-            raise ReportError("%s: %s must be a list of numbers" % (origin, name)) from None
+            raise InputError("%s: %s must be a list of numbers" % (origin, name)) from None
         if not items or items[0] <= 0 or not all(map(math.isfinite, items)):
-            raise ReportError("%s: %s must list positive finite numbers" % (origin, name))
+            raise InputError("%s: %s must list positive finite numbers" % (origin, name))
         return items
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ReportError("%s: %s must be a number" % (origin, name))
+        raise InputError("%s: %s must be a number" % (origin, name))
     if name == "utc_offset_hours" and isinstance(value, str) and value.strip().lower() == "auto":
         return None
     try:
         number = _number(value)
     except ValueError:
-        raise ReportError("%s: %s=%r is not a number" % (origin, name, value)) from None
+        raise InputError("%s: %s=%r is not a number" % (origin, name, value)) from None
     if not math.isfinite(number):
-        raise ReportError("%s: %s=%r is not a finite number" % (origin, name, value))
+        raise InputError("%s: %s=%r is not a finite number" % (origin, name, value))
     if isinstance(default, int) and not number.is_integer():
         # Cutting 1.5 days to 1 would answer a question nobody asked.
-        raise ReportError("%s: %s=%r must be a whole number" % (origin, name, value))
+        raise InputError("%s: %s=%r must be a whole number" % (origin, name, value))
     if number < 0 and name != "utc_offset_hours":
-        raise ReportError("%s: %s must not be negative" % (origin, name))
+        raise InputError("%s: %s must not be negative" % (origin, name))
     if name == "days" and not 1 <= number <= MAX_DAYS:
-        raise ReportError("%s: days is a look-back in whole days, from 1 to %d" % (origin, MAX_DAYS))
+        raise InputError("%s: days is a look-back in whole days, from 1 to %d" % (origin, MAX_DAYS))
     if name in ("coverage_min", "schedule_busy_share", "schedule_max_irregular", "zero_share") and number > 1:
-        raise ReportError("%s: %s is a share between 0 and 1" % (origin, name))
+        raise InputError("%s: %s is a share between 0 and 1" % (origin, name))
     if name == "max_gb_per_vcpu" and number <= 0:
-        raise ReportError("%s: max_gb_per_vcpu must be positive" % origin)
+        raise InputError("%s: max_gb_per_vcpu must be positive" % origin)
     if name in ("schedule_night_start", "schedule_night_end") and number > 24:
-        raise ReportError("%s: %s is an hour of the day (0-24)" % (origin, name))
+        raise InputError("%s: %s is an hour of the day (0-24)" % (origin, name))
     if name == "utc_offset_hours" and not -12 <= number <= 14:
-        raise ReportError("%s: utc_offset_hours is an offset from -12 to 14 hours, or auto" % origin)
+        raise InputError("%s: utc_offset_hours is an offset from -12 to 14 hours, or auto" % origin)
     if name == "schedule_min_off_run" and not 1 <= number <= 24:
-        raise ReportError("%s: schedule_min_off_run is whole hours of a day (1-24)" % origin)
+        raise InputError("%s: schedule_min_off_run is whole hours of a day (1-24)" % origin)
     if name == "schedule_min_day_hours" and number > 24:
-        raise ReportError("%s: schedule_min_day_hours is hours of a day (0-24)" % origin)
+        raise InputError("%s: schedule_min_day_hours is hours of a day (0-24)" % origin)
     if name == "quality_confidence" and number > 1:
-        raise ReportError("%s: quality_confidence is a confidence between 0 and 1" % origin)
+        raise InputError("%s: quality_confidence is a confidence between 0 and 1" % origin)
     if name == "idle_percentile" and not 0 < number <= 100:
-        raise ReportError("%s: idle_percentile must be in (0, 100]" % origin)
+        raise InputError("%s: idle_percentile must be in (0, 100]" % origin)
     return int(number) if isinstance(default, int) else number
 
 
@@ -166,12 +174,12 @@ def parse_selector(values: Iterable[str], origin: str) -> tuple[list[str], list[
     patterns, networks = [], []
     for value in values:
         if not isinstance(value, str) or not value:
-            raise ReportError("%s: a VM selector must be a non-empty string" % origin)
+            raise InputError("%s: a VM selector must be a non-empty string" % origin)
         if "/" in value:
             try:
                 networks.append(ipaddress.ip_network(value, strict=False))
             except ValueError:
-                raise ReportError("%s: %r is not a CIDR network" % (origin, value)) from None
+                raise InputError("%s: %r is not a CIDR network" % (origin, value)) from None
         else:
             patterns.append(value)
     return patterns, networks
@@ -182,7 +190,7 @@ def load_toml(path: str, what: str) -> dict:
     try:
         return inputfile.load_toml(path)
     except inputfile.FileProblem as exc:
-        raise ReportError("%s file %s" % (what, exc)) from None
+        raise InputError("%s file %s" % (what, exc)) from None
 
 
 @dataclass
@@ -223,7 +231,7 @@ class Policy:
 
 def _group(data: Any, origin: str) -> Group:
     if not isinstance(data, dict) or "match" not in data:
-        raise ReportError("%s: each [[groups]] table needs a 'match' list of VM patterns or CIDRs" % origin)
+        raise InputError("%s: each [[groups]] table needs a 'match' list of VM patterns or CIDRs" % origin)
     match = data["match"]
     patterns, networks = parse_selector([match] if isinstance(match, str) else match, origin)
     name = str(data.get("name", ",".join(match if isinstance(match, list) else [match])))
@@ -232,6 +240,6 @@ def _group(data: Any, origin: str) -> Group:
         if key in ("match", "name"):
             continue
         if key in FLEET_ONLY:
-            raise ReportError("%s: %s applies to the whole fleet, not a group" % (origin, key))
+            raise InputError("%s: %s applies to the whole fleet, not a group" % (origin, key))
         overrides[key] = coerce(key, value, origin)
     return Group(name, patterns, networks, overrides)

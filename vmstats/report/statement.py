@@ -18,7 +18,7 @@ from vmstats.outputfile import replacing
 from vmstats.protocol import MAX_TAG_KEY_LENGTH
 from vmstats.report.policy import CANDIDATES
 from vmstats.report.prices import cents
-from vmstats.report.settings import ReportError
+from vmstats.report.settings import InputError
 
 STATEMENT_NAME = "statement.csv"
 #: statement.csv's header, in this order (docs/REPORT.md documents each).
@@ -47,9 +47,9 @@ Labels = tuple[str, tuple[tuple[str, str], ...] | None]
 
 
 def check_key(key: str) -> None:
-    """ReportError unless ``key`` could be a tag: ``host`` or an extra tag's key."""
+    """InputError unless ``key`` could be a tag: ``host`` or an extra tag's key."""
     if key != "host" and (key == "vm" or not _KEY_RE.match(key)):
-        raise ReportError(
+        raise InputError(
             "--by %r is not a tag: use host or an extra tag's key ([a-z][a-z0-9_]*, e.g. project)" % key
         )
 

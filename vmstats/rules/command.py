@@ -12,7 +12,7 @@ from collections import Counter
 import click
 
 from vmstats import inputfile
-from vmstats.options import IntRange
+from vmstats.options import IntRange, Refused
 from vmstats.rules.config import RulesError, load_rules
 from vmstats.words import counted
 
@@ -69,7 +69,7 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
         try:
             token = inputfile.read_secret(token_file)
         except inputfile.FileProblem as exc:
-            raise click.ClickException("cannot read --token-file: %s" % exc) from None
+            raise Refused("cannot read --token-file: %s" % exc) from None
     if url:
         page = from_server(url, token)
     else:

@@ -8,7 +8,7 @@ import time
 import click
 
 from vmstats import inputfile, protocol
-from vmstats.options import FileName, FiniteRange, FolderName, IntRange
+from vmstats.options import FileName, FiniteRange, FolderName, IntRange, Refused
 from vmstats.report.settings import MAX_DAYS
 from vmstats.server.config import MIN_PER_VM, ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, resolve_bind
@@ -227,24 +227,23 @@ def serve(**options) -> None:
         try:
             options["auth_keys"] = load_keys(keys_path)
         except (OSError, ValueError, UnicodeError) as exc:
-            raise click.ClickException("cannot read --auth-keys: %s" % one_line(exc)) from None
+            raise Refused("cannot read --auth-keys: %s" % one_line(exc)) from None
     auth_file = options.pop("collectd_auth_file")
     if options["collectd_security"] != "none" and not auth_file:
-        raise click.ClickException("--collectd-security %s needs --collectd-auth-file"
-                                   % options["collectd_security"])
+        raise Refused("--collectd-security %s needs --collectd-auth-file" % options["collectd_security"])
     if auth_file:
         from vmstats.server.formats.collectd import load_auth_file
         try:
             options["collectd_auth"] = load_auth_file(auth_file)
         except (OSError, ValueError, UnicodeError) as exc:
-            raise click.ClickException("cannot read --collectd-auth-file: %s" % one_line(exc)) from None
+            raise Refused("cannot read --collectd-auth-file: %s" % one_line(exc)) from None
     options["graphite_templates"] = list(options["graphite_templates"])
     if options["graphite_templates"]:
         from vmstats.server.formats.graphite import parse_templates
         try:
             parse_templates(options["graphite_templates"])
         except ValueError as exc:
-            raise click.ClickException("--graphite-template: %s" % exc) from None
+            raise Refused("--graphite-template: %s" % exc) from None
     token_path = options.pop("status_token_file")
     if token_path:
         # The file stands in for the flag (as `vmstats alerts --token-file` does): both given is
@@ -255,7 +254,7 @@ def serve(**options) -> None:
         try:
             options["status_token"] = inputfile.read_secret(token_path)
         except inputfile.FileProblem as exc:
-            raise click.ClickException("cannot read --status-token-file: %s" % exc) from None
+            raise Refused("cannot read --status-token-file: %s" % exc) from None
     for name in ("allow", "http_allow"):
         options[name] = networks(options[name], "--" + name.replace("_", "-"))
     try:
@@ -266,8 +265,8 @@ def serve(**options) -> None:
         if options[name] is None:
             options.pop(name)
     if options["parser_timeout"] < 1:
-        raise click.ClickException("--parser-timeout must be 1s or more (a parse takes "
-                                   "milliseconds; a shorter wait would kill working parsers)")
+        raise Refused("--parser-timeout must be 1s or more (a parse takes "
+                      "milliseconds; a shorter wait would kill working parsers)")
     for name in ("max_past", "max_future"):
         options[name] = int(options[name])
     from vmstats.server.compact import Policy
@@ -275,7 +274,7 @@ def serve(**options) -> None:
     try:
         Policy(options["compact_after"], options["retain_raw"], options["retain_rollups"]).check()
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Refused(str(exc)) from None
     if options["inventory"] and options["http_port"] < 0:
         # Without HTTP the inventory was never read: a bad one started the server all the same,
         # and an operator who asked for admission got a server that answers none.
@@ -288,7 +287,7 @@ def serve(**options) -> None:
         try:
             parse_percentile(options["capacity_percentile"])
         except CapacityError as exc:
-            raise click.ClickException("--capacity-percentile: %s" % exc) from None
+            raise Refused("--capacity-percentile: %s" % exc) from None
     config = ServerConfig(**options)
     from vmstats.capacity.errors import CapacityError
     from vmstats.rules.config import RulesError
@@ -298,9 +297,9 @@ def serve(**options) -> None:
         code = run(config)
     except RulesError as exc:  # one line per problem; the server does not start
         lead = "the rules file cannot be used:\n" if len(exc.problems) > 1 else "rules file "
-        raise click.ClickException(lead + str(exc)) from None
+        raise Refused(lead + str(exc)) from None
     except CapacityError as exc:  # a bad inventory: the server does not start
-        raise click.ClickException(str(exc)) from None
+        raise Refused(str(exc)) from None
     except (OSError, ListenError) as exc:
         raise click.ClickException(one_line(exc)) from None
     except Exception as exc:  # anything else that stops the start: one readable line
@@ -316,8 +315,7 @@ def networks(values: tuple[str, ...], option: str) -> tuple[str, ...]:
             try:
                 found.append(str(ipaddress.ip_network(text, strict=False)))
             except ValueError:
-                raise click.ClickException("%s: %r is not an address or network (CIDR)"
-                                           % (option, text)) from None
+                raise Refused("%s: %r is not an address or network (CIDR)" % (option, text)) from None
     return tuple(found)
 
 
@@ -349,10 +347,13 @@ def compact(data_dir: str, compact_after: float, retain_raw: float, retain_rollu
     from vmstats.server import compact as compact_mod
 
     if not os.path.isdir(data_dir):
-        raise click.ClickException("data dir %s does not exist or is not a directory" % data_dir)
+        raise Refused("data dir %s does not exist or is not a directory" % data_dir)
     policy = compact_mod.Policy(compact_after, retain_raw, retain_rollups)
     try:
         policy.check()
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    try:
         summary = compact_mod.compact(data_dir, policy, trust_clock=trust_clock)
     except (ValueError, compact_mod.CompactionBusy, compact_mod.LockError,
             compact_mod.VerifyError) as exc:

@@ -11,7 +11,7 @@ from collections import Counter
 
 import click
 
-from vmstats.options import FiniteRange, IntRange, OutputFile
+from vmstats.options import FiniteRange, IntRange, OutputFile, Refused, failure
 from vmstats.outputfile import write_text
 from vmstats.progress import Progress
 from vmstats.protocol import SECONDS_BELOW, decimal, encode_records
@@ -70,7 +70,9 @@ def _open(transport: str, server: str, rate: float | None, timeout: float):
     try:
         return open_sender(transport, server, rate=rate or None,
                            **({"timeout": timeout} if transport == "tcp" else {}))
-    except (ValueError, SendError) as exc:
+    except ValueError as exc:  # --server is no HOST:PORT
+        raise Refused(str(exc)) from None
+    except SendError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -338,7 +340,7 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_p
         try:
             inventory = load_inventory(inventory_path)
         except ReportError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise failure(exc) from None
     if pack_hosts:
         from vmstats.simulator.hosts import DEFAULT_FILL, HostPacker, PackError, parse_ratios
 
@@ -356,8 +358,8 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_p
             raise traces.TraceError("no trace files under %s" % ", ".join(paths))
         found = [traces.read_trace(path, fmt, vm_map=mapping, start=first, interval=interval,
                                    fill=fill, quirks=quirks) for path in files]
-    except traces.TraceError as exc:
-        raise click.ClickException(str(exc)) from None
+    except traces.TraceError as exc:  # the files named: before anything is sent
+        raise Refused(str(exc)) from None
     sender = _open(transport, server, rate, timeout)
     vms = set()
     from vmstats.simulator.sender import SendError
@@ -462,8 +464,8 @@ def score(truth, report_path, json_path, max_wrong):
     try:
         result = scoring.score(scoring.load_truth(truth), scoring.load_report(report_path))
         result.currency = scoring.report_currency(report_path)
-    except scoring.ScoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    except scoring.ScoreError as exc:  # the two files named
+        raise Refused(str(exc)) from None
     click.echo(scoring.render(result, max_wrong))
     if json_path:
         _write_text(json_path, json.dumps(result.as_dict(), indent=2, sort_keys=True), "--json")

@@ -16,10 +16,12 @@ fleet of two weeks) says so with that count.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from vmstats import inputfile
 from vmstats.simulator.fleet import TRUTH_COLUMNS
 from vmstats.simulator.profiles import EXPECTED
 from vmstats.words import counted, part_of, plural
@@ -85,17 +87,17 @@ class Score:
 
 
 def _rows(path: str, needed: tuple[str, ...], what: str) -> list[dict]:
+    """The rows of a CSV file; ScoreError worded as every input file's (vmstats.inputfile)."""
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in needed if c not in (reader.fieldnames or ())]
-            if missing:
-                raise ScoreError("%s %s lacks %s %s"
-                                 % (what, path, plural(len(missing), "column"), ", ".join(missing)))
-            return list(reader)
-    except OSError as exc:
-        raise ScoreError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
-    except (csv.Error, UnicodeDecodeError) as exc:
+        reader = csv.DictReader(io.StringIO(inputfile.read_text(path), newline=""))
+        missing = [c for c in needed if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ScoreError("%s %s lacks %s %s"
+                             % (what, path, plural(len(missing), "column"), ", ".join(missing)))
+        return list(reader)
+    except inputfile.FileProblem as exc:
+        raise ScoreError("%s %s" % (what, exc)) from None
+    except csv.Error as exc:
         raise ScoreError("%s %s is not valid CSV: %s" % (what, path, exc)) from None
 
 

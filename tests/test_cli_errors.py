@@ -1,0 +1,167 @@
+"""Every command, given bad input of each kind, ends the same way (README.md, exit status).
+
+2 when the command line is refused before any work (an option's value, a missing or
+conflicting option, a file it names that is missing, a folder, binary, empty or not what it
+should be), 1 when the run fails on the way (the logs, the network); either way exactly one
+``Error: ...`` line on stderr, nothing on stdout, no traceback, and nothing left behind.
+Run in this process through the real ``vmstats`` group (click's CliRunner).
+"""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vmstats import cli
+
+REFUSED, FAILED = 2, 1
+_CLOSED = ("--server", "127.0.0.1:9")  # a port nothing listens on
+_SERVE = ("serve", "--bind", "127.0.0.1", "--udp-port", "0", "--tcp-port", "0", "--http-port", "0",
+          "--duration", "1s", "--data-dir", "data")
+_HEADROOM = ("headroom", "data", "--inventory", "hosts.toml", "--profile", "2x4")
+_ADMIT = ("admit", "manifest.toml", "data", "--inventory", "hosts.toml")
+
+#: (command line, status, what the one line says after "Error: ").  Names in the folder the
+#: test runs in: data/ (a data dir with no logs), hosts.toml, manifest.toml (good), nope (not
+#: there), bad.toml (not TOML), bin.toml (not UTF-8), empty.toml, afile (a line of text),
+#: folder/ (an empty folder).
+CASES = [
+    # an option's value
+    (("report", "data", "-o", "out", "--days", "x"), REFUSED,
+     "Invalid value for '--days': 'x' is not an integer."),
+    (("report", "data", "-o", "out", "--cpu-idle", "nan"), REFUSED, "option --cpu-idle: cpu_idle=nan is not"),
+    (("report", "data", "-o", "out", "--set", "days"), REFUSED, "--set expects KEY=VALUE, got 'days'"),
+    (("report", "data", "-o", "out", "--set", "dayz=3"), REFUSED, "--set dayz=3: unknown setting 'dayz'"),
+    (("report", "data", "-o", "out", "--since", "yesterday"), REFUSED,
+     "--since 'yesterday' is not a YYYY-MM-DD"),
+    (("report", "data", "-o", "out", "--by", "Bad Tag"), REFUSED, "--by 'Bad Tag' is not a tag"),
+    (("backtest", "data", "-o", "out", "--decide-days", "0"), REFUSED, "Invalid value for '--decide-days'"),
+    (("backtest", "data", "-o", "out", "--decide-until", "soon"), REFUSED, "--decide-until 'soon' is not"),
+    ((*_HEADROOM[:-1], "zz"), REFUSED, "profile 'zz': expected VCPUSxGB"),
+    ((*_HEADROOM, "--percentile", "p200"), REFUSED, "percentile 'p200': must be above 0"),
+    ((*_ADMIT, "--days", "-1"), REFUSED, "Invalid value for '--days'"),
+    (("simulate", "--vms", "x", *_CLOSED), REFUSED, "Invalid value for '--vms': 'x' is not an integer."),
+    (("simulate", "--vms", "1", "--server", "127.0.0.1:x"), REFUSED, "127.0.0.1:x"),
+    (("replay", "--format", "nope", "afile", *_CLOSED), REFUSED, "Invalid value for '--format'"),
+    (("simulate-pool", "--curve", "zz", *_CLOSED), REFUSED, "Invalid value for --curve"),
+    (("score", "--truth", "afile", "--report", "afile", "--max-wrong", "x"), REFUSED,
+     "Invalid value for '--max-wrong'"),
+    (("compact", "--data-dir", "data", "--compact-after", "x"), REFUSED,
+     "Invalid value for '--compact-after'"),
+    (("alerts", "--data-dir", "data", "--recent", "-1"), REFUSED, "Invalid value for '--recent'"),
+    (("agent-bundle", "-o", "folder"), REFUSED, "Invalid value for '-o' / '--output': folder is a folder"),
+    ((*_SERVE, "--max-vms", "x"), REFUSED, "Invalid value for '--max-vms'"),
+    ((*_SERVE, "--allow", "10.0.0.0/33"), REFUSED, "--allow: '10.0.0.0/33' is not an address"),
+    ((*_SERVE, "--parser-timeout", "0s"), REFUSED, "--parser-timeout must be 1s or more"),
+    # a missing, unknown or conflicting option or argument
+    (("report", "data"), REFUSED, "Missing option '-o' / '--out'."),
+    (("report", "data", "-o", "out", "--bogus"), REFUSED, "No such option '--bogus'."),
+    (("report", "data", "-o", "out", "--set", "days=3", "--days", "4"), REFUSED, "give days two values"),
+    (("backtest", "-o", "out"), REFUSED, "Missing argument 'DATA_DIR...'."),
+    (("headroom", "data", "--profile", "2x4"), REFUSED, "Missing option '--inventory'."),
+    (("admit", "manifest.toml", "data"), REFUSED, "Missing option '--inventory'."),
+    ((*_ADMIT, "--arrivals", "x"), REFUSED, "--arrivals and --arrival-profile go with --backtest"),
+    (("admit", "--backtest", "data", "--inventory", "hosts.toml", "--arrivals", "x",
+      "--arrival-profile", "2x4"), REFUSED, "--arrivals and --arrival-profile are two kinds"),
+    (("score", "--report", "afile"), REFUSED, "Missing option '--truth'."),
+    (("simulate", "--vms", "1", "--workers", "2", "--speed", "60", *_CLOSED), REFUSED,
+     "--workers sends each VM group's day"),
+    (("replay", "--format", "bitbrains", *_CLOSED), REFUSED, "Missing argument 'PATHS...'."),
+    (("rules", "check"), REFUSED, "Missing argument 'PATH'."),
+    (("rules", "lint", "x"), REFUSED, "No such command 'lint'."),
+    (("nosuchcommand",), REFUSED, "No such command 'nosuchcommand'."),
+    ((*_SERVE, "--collectd-security", "sign"), REFUSED,
+     "--collectd-security sign needs --collectd-auth-file"),
+    ((*_SERVE, "--status-token", "a", "--status-token-file", "afile"), REFUSED, "are one setting"),
+    (("alerts", "--token", "a", "--token-file", "afile"), REFUSED,
+     "--token and --token-file are one setting"),
+    # a file the command line names: not there, a folder, not TOML, not UTF-8, empty, wrong
+    (("report", "data", "-o", "out", "--prices", "nope"), REFUSED, "price book file nope: does not exist"),
+    (("report", "data", "-o", "out", "--prices", "folder"), REFUSED,
+     "price book file folder: is a directory"),
+    (("report", "data", "-o", "out", "--policy", "bad.toml"), REFUSED,
+     "policy file bad.toml: not valid TOML"),
+    (("report", "data", "-o", "out", "--exclusions", "bin.toml"), REFUSED,
+     "exclusions file bin.toml: not UTF-8"),
+    (("report", "data", "-o", "out", "--prices", "empty.toml"), REFUSED, "price book empty.toml: vcpu_hour"),
+    (("report", "data", "-o", "out", "--inventory", "empty.toml"), REFUSED,
+     "inventory empty.toml: no [[host]]"),
+    (("report", "nope", "-o", "out"), REFUSED, "nope does not exist or is not a directory"),
+    (("report", "afile", "-o", "out"), REFUSED, "afile does not exist or is not a directory"),
+    (("backtest", "data", "-o", "out", "--prices", "bad.toml"), REFUSED,
+     "price book file bad.toml: not valid"),
+    (("headroom", "data", "--inventory", "bin.toml", "--profile", "2x4"), REFUSED,
+     "inventory bin.toml: not UTF-8"),
+    (("admit", "nope", "data", "--inventory", "hosts.toml"), REFUSED, "manifest nope: does not exist"),
+    (("admit", "empty.toml", "data", "--inventory", "hosts.toml"), REFUSED, "manifest empty.toml: vms:"),
+    (("admit", "manifest.toml", "--summary", "afile"), REFUSED, "summary afile is not a capacity summary"),
+    (("score", "--truth", "bin.toml", "--report", "afile"), REFUSED,
+     "truth file bin.toml: not UTF-8 at byte 0"),
+    (("score", "--truth", "nope", "--report", "afile"), REFUSED, "truth file nope: does not exist"),
+    (("score", "--truth", "afile", "--report", "afile"), REFUSED, "truth file afile lacks columns"),
+    (("replay", "--format", "bitbrains", "nope", *_CLOSED), REFUSED, "no such trace file or folder: nope"),
+    (("simulate", "--vms", "1", "--days", "0.01", "--inventory", "folder", *_CLOSED), REFUSED,
+     "Invalid value for '--inventory': folder is a folder"),
+    (("replay", "--format", "bitbrains", "afile", "--vm-map", "nope", *_CLOSED), REFUSED,
+     "nope: does not exist"),
+    (("compact", "--data-dir", "nope"), REFUSED, "data dir nope does not exist or is not a directory"),
+    (("alerts", "--data-dir", "data", "--token-file", "empty.toml", "--url", "http://127.0.0.1:9"), REFUSED,
+     "cannot read --token-file: empty.toml: is empty"),
+    ((*_SERVE, "--rules", "bad.toml"), REFUSED, "rules file bad.toml: not valid TOML"),
+    ((*_SERVE, "--auth-keys", "nope"), REFUSED, "cannot read --auth-keys: nope: does not exist"),
+    ((*_SERVE, "--inventory", "empty.toml"), REFUSED, "inventory empty.toml: no [[host]] tables"),
+    # where the output goes (tests/test_output_paths.py walks every such option)
+    (("report", "data", "-o", "afile"), REFUSED, "Invalid value for '-o' / '--out': afile is a file"),
+    (("backtest", "data", "-o", ""), REFUSED, "Invalid value for '-o' / '--out': an empty folder name"),
+    # the run fails on the way: what it met, not what it was given
+    (("report", "data", "-o", "out"), FAILED, "holds no VM logs"),
+    (("backtest", "data", "-o", "out"), FAILED, "holds no VM logs"),
+    ((*_HEADROOM, "-o", "out"), FAILED, "holds no VM logs"),
+    (_ADMIT, FAILED, "holds no VM logs"),
+    (("simulate", "--vms", "1", "--days", "0.01", *_CLOSED), FAILED, "TCP 127.0.0.1:9: Connection refused"),
+    (("alerts", "--data-dir", "data"), FAILED, "no action log folder at data/rules"),
+    (("alerts", "--url", "http://127.0.0.1:9"), FAILED, "cannot read http://127.0.0.1:9"),
+]
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "hosts.toml").write_text('[[host]]\nname = "h"\nvcpus = 8\nmem_gb = 32\n')
+    (tmp_path / "manifest.toml").write_text('[[vms]]\nprofile = "2x4"\n')
+    (tmp_path / "bad.toml").write_text("x = [\n")
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00\x01binary")
+    (tmp_path / "empty.toml").write_text("")
+    (tmp_path / "afile").write_text("a line\n")
+    return tmp_path
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("args, status, says", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_bad_input_is_one_line_and_its_status(place, args, status, says):
+    before = _tree(place)
+    result = CliRunner().invoke(cli.main, list(args))
+    assert isinstance(result.exception, SystemExit), result.exc_info  # no traceback
+    assert result.exit_code == status, result.output
+    assert result.stdout == "" or status == FAILED, result.stdout  # a run may have begun
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert says in lines[0], lines[0]
+    assert _tree(place) == before, "left something behind"
+
+
+def test_every_command_is_walked():
+    """A new command gets its rows above: a bad value, a missing piece, its files."""
+    walked = {args[0] for args, _status, _says in CASES}
+    assert set(cli.COMMANDS) - {"agent"} <= walked  # agent: argparse, tests/test_client_cli.py
+
+
+def test_the_agents_usage_errors_are_one_line_too():
+    result = CliRunner().invoke(cli.main, ["agent", "--bogus"])
+    assert result.exit_code == 2
+    assert result.stderr == "vmstats agent: error: unrecognized arguments: --bogus (see --help)\n"
