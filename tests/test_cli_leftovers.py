@@ -4,6 +4,12 @@ Run in this process through the real ``vmstats`` group (click's CliRunner), with
 data dir written through the real log layout.
 """
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +96,43 @@ def test_replacing_puts_a_file_in_place_only_when_it_is_whole(tmp_path):
     with replacing(str(link)) as handle:
         handle.write("new")
     assert link.is_symlink() and path.read_text() == "new"
+
+
+#: A report whose parsing processes each take a second per task, and say when one began.
+_SLOW_PARSE = textwrap.dedent("""
+    import sys, time
+    from vmstats import cli
+    from vmstats.report import load
+
+    real = load.aggregate_units
+
+    def slow(task):
+        open(sys.argv[1], "a").close()
+        time.sleep(1)
+        return real(task)
+
+    load.aggregate_units, load.TASK_UNITS = slow, 1  # one task per VM-day: two tasks, a process idle
+    cli.main(["report", sys.argv[2], "-o", sys.argv[3], "--no-cache", "--workers", "3"], "vmstats")
+""")
+
+
+def test_ctrl_c_while_logs_are_parsed_is_one_line_and_ends(tmp_path, data):
+    """Ctrl-C at a terminal reaches every process of the group: each parsing process printed
+    a traceback, and one stopped while it wrote its answer left the report hung for good."""
+    began, out = tmp_path / "began", tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_PARSE, str(began), str(data), str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not began.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert began.exists(), child.communicate()
+        os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        _stdout, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+    assert (child.returncode, stderr) == (130, "vmstats report: interrupted\n")
+    assert not out.exists()

@@ -28,6 +28,7 @@ import json
 import mmap
 import operator
 import os
+import signal
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -867,9 +868,27 @@ def _parse(
 
         import pandas  # noqa: F401  (imported once here, inherited by the forked workers)
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as local:
+        local = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                    initializer=_ignore_interrupts)
+        try:
             return _collect(local.map(aggregate_units, tasks), starts, tasks, stale, progress)
+        except BaseException:
+            local.shutdown(cancel_futures=True)  # Ctrl-C: the tasks under way, not every one left
+            raise
+        finally:
+            local.shutdown()
     return _collect(map(aggregate_units, tasks), starts, tasks, stale, progress)
+
+
+def _ignore_interrupts() -> None:
+    """A parsing process leaves Ctrl-C to the report, which then stops the pool.
+
+    Ctrl-C at a terminal reaches every process of the group: each worker printed
+    its own KeyboardInterrupt traceback, and one stopped while it wrote its answer
+    to the pool's queue left the others, and the report waiting for them, hung
+    for good.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _collect(answers, starts, tasks, stale, progress) -> tuple[list[dict[str, np.ndarray]], dict[int, list]]:
