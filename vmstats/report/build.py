@@ -125,6 +125,12 @@ def build(
             )
     d = table.data
     inside = (table.day >= first_day) & (table.day <= last_day) & (d["n"] > 0)
+    if not inside.any() and first_day > last_day:
+        # --since after the newest day with logs: the window would read backwards.
+        raise ReportError(
+            "no records on or after --since %s: the newest logs are of %s"
+            % (load_mod.day_name(first_day), load_mod.day_name(last_day))
+        )
     if not inside.any():
         raise ReportError(
             "no records between %s and %s" % (load_mod.day_name(first_day), load_mod.day_name(last_day))
