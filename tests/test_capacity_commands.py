@@ -329,6 +329,13 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
         # A profile of the wrong type is there, not missing.
         ("[[vms]]\nprofile = 5\n", "vms[0].profile: must be a profile's name or VCPUSxGB[@USE%] text, not 5"),
         ("[[vms]]\ncount = 2\n", "vms[0].profile: missing"),
+        # A newline in a name would forge a line of the answer.
+        (
+            '[[vms]]\nprofile = "2x4"\nname = "web\\nkvm09: ACCEPT"\n',
+            "vms[0].name: must be a non-empty string of printable",
+        ),
+        ('name = "shop\\u001b[2J"\n[[vms]]\nprofile = "2x4"\n', "name: must be a string of printable"),
+        ('[[vms]]\nprofile = "2x4"\ngroup = "a\\tb"\n', "vms[0].group: must be a non-empty string of print"),
     ],
 )
 def test_admit_manifest_errors_are_one_line(fleet, tmp_path, text, message):

@@ -80,8 +80,8 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         if key not in _TOP_KEYS:
             raise CapacityError("%s: %s: unknown key (known: %s)" % (where, key, ", ".join(_TOP_KEYS)))
     name = data.get("name", "")
-    if not isinstance(name, str):
-        raise CapacityError("%s: name: must be a string" % where)
+    if not isinstance(name, str) or not name.isprintable():
+        raise CapacityError("%s: name: must be a string of printable characters" % where)
     partial = data.get("partial", True)
     if not isinstance(partial, bool):
         raise CapacityError("%s: partial: must be true or false" % where)
@@ -149,14 +149,15 @@ def _entry(item: Any, profiles: dict[str, Profile], origin: str) -> Entry:
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise CapacityError("%s.count: must be a whole number of at least 1" % origin)
     name = item.get("name", text)
-    if not isinstance(name, str) or not name.strip():
-        raise CapacityError("%s.name: must be a non-empty string" % origin)
+    # The names reach answers, holds and terminal lines: a newline in one would forge a line.
+    if not isinstance(name, str) or not name.strip() or not name.isprintable():
+        raise CapacityError("%s.name: must be a non-empty string of printable characters" % origin)
     anti = item.get("anti_affinity", False)
     if not isinstance(anti, bool):
         raise CapacityError("%s.anti_affinity: must be true or false" % origin)
     group = item.get("group")
-    if group is not None and (not isinstance(group, str) or not group):
-        raise CapacityError("%s.group: must be a non-empty string" % origin)
+    if group is not None and (not isinstance(group, str) or not group or not group.isprintable()):
+        raise CapacityError("%s.group: must be a non-empty string of printable characters" % origin)
     if group is None and anti:
         group = name
     return Entry(name, profile, text, count, group)
