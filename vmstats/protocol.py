@@ -136,6 +136,11 @@ _CANONICAL_IPV4_RE = re.compile(r"%s(?:\.%s){3}\Z" % (_OCTET, _OCTET))
 _FIELD_SPEC = dict((f[0], f[1:4]) for f in FIELDS)
 
 
+def is_integer_field(name):
+    """Whether a record's field ``name`` holds an integer (FIELDS): senders round to what it holds."""
+    return _FIELD_SPEC[name][0]
+
+
 def normalize_vm_id(value):
     """Return the canonical VM id or raise DecodeError(R_BAD_VM).
 

@@ -28,7 +28,7 @@ import threading
 import time
 
 from vmstats import protocol
-from vmstats.client import procfs, sampler, spool, transport
+from vmstats.client import cgroup, procfs, sampler, spool, transport
 from vmstats.client.hostfile import DEFAULT_HOST_FILE, HostSource, host_tag
 from vmstats.words import counted
 
@@ -155,7 +155,7 @@ class Agent(object):
         self.rng = rng or random.Random()
         self.clock = clock
         self.wall = wall
-        self.sampler = sampler.IntervalSampler(config.proc_root, clock)
+        self.sampler = sampler.IntervalSampler(config.proc_root, clock, measure=config.measure)
         self.seq = 0
         self.last_ts = None
         self._last_clocks = None
@@ -239,16 +239,25 @@ class Agent(object):
         return produced
 
 
-def sample_once(config):
+def sample_once(config, vm, host):
     """One record over one second, for checking a VM by hand."""
-    vm, host = vm_identity(config)
-    probe = sampler.IntervalSampler(config.proc_root)
+    probe = sampler.IntervalSampler(config.proc_root, measure=config.measure)
     probe.begin()
     time.sleep(1.0)
     metrics = probe.finish()
     probe.close()
     return protocol.Record(vm=vm, ts=int(time.time()), seq=0, host=host.current(), tags=config.tags,
                            **metrics._asdict())
+
+
+def measured(config, host_cpus, host_bytes):
+    """What the records will measure, said once at start (cgroup.py): a container's
+    operator sees whether its limits or the host's figures are being sent."""
+    confinement = cgroup.Confinement(config.proc_root, config.measure)
+    try:
+        return confinement.describe(host_cpus, host_bytes)
+    finally:
+        confinement.close()
 
 
 def setup_logging(level):
@@ -278,15 +287,19 @@ def main(config):
     """Run the agent with loaded settings; returns the exit status."""
     setup_logging(config.log_level)
     try:
+        vm, host = vm_identity(config)
+        # Fail at start, not one jittered interval later, if /proc is unusable; and say whether
+        # a container's records will carry its cgroup's figures or the host's.
+        host_cpus = sampler.Snapshot.read(config.proc_root).vcpus
+        host_kib = procfs.read_meminfo(config.proc_root)["MemTotal"]
+        source = measured(config, host_cpus, host_kib * 1024)
         if config.once:
-            record = sample_once(config)
+            LOG.info("%s", source)
+            record = sample_once(config, vm, host)
             sys.stdout.write(protocol.encode_record(record) + "\n")
             return 0
-        vm, host = vm_identity(config)
-        # Fail at start, not one jittered interval later, if /proc is unusable.
-        sampler.Snapshot.read(config.proc_root)
-        procfs.read_meminfo(config.proc_root)
         sender = make_sender(config)
+        LOG.info("%s", source)
     except (AgentError, transport.TransportError, procfs.ProcError) as exc:
         LOG.error("%s", exc)
         return 1

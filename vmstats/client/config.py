@@ -17,6 +17,7 @@ import argparse
 import os
 
 from vmstats import __version__
+from vmstats.client.cgroup import MODES as MEASURE_MODES
 from vmstats.protocol import DEFAULT_PORT
 
 DEFAULT_CONFIG = "/etc/vmstats/agent.conf"
@@ -111,6 +112,10 @@ OPTIONS = (
      "(at most 8; keys [a-z][a-z0-9_]*, values [A-Za-z0-9._-]; default: none)"),
     ("proc_root", _text, "/proc", "DIR",
      "where to read the kernel's counters (sysfs is read beside it: /sys for /proc)"),
+    ("measure", _choice(*MEASURE_MODES), "auto", "auto|host|cgroup",
+     "what a container's records measure: auto reads CPU and memory from its cgroup where a "
+     "cgroup limit confines them, else from /proc as on a VM; host always reads /proc; cgroup "
+     "reads the container's use even without a limit"),
     ("spool_dir", _text, None, "DIR",
      "TCP spool (default: $STATE_DIRECTORY/spool or /var/lib/vmstats-agent/spool)"),
     ("spool_max", _number(int, 0, True), 10080, "N",

@@ -93,7 +93,7 @@ class ProcFiles(object):
         self._open = {}
 
 
-def _read(source, name):
+def read_text(source, name):
     """The text of ``name`` from a ProcFiles or, read once, from a root path."""
     if isinstance(source, ProcFiles):
         return source.read(name)
@@ -144,7 +144,7 @@ def read_cpu(source):
 
 def read_stat(source):
     """``(CpuTimes, vcpus)`` from ``stat``: the all-CPU jiffies and the CPU count."""
-    lines = _read(source, "stat").splitlines()
+    lines = read_text(source, "stat").splitlines()
     vcpus = sum(1 for line in lines[1:] if line.startswith("cpu") and line[3:4].isdigit())
     return _cpu_line(source, lines[0] if lines else ""), max(vcpus, 1)
 
@@ -152,7 +152,7 @@ def read_stat(source):
 def read_meminfo(source):
     """``{name: kB}`` from ``meminfo``."""
     values = {}
-    for line in _read(source, "meminfo").splitlines():
+    for line in read_text(source, "meminfo").splitlines():
         name, sep, rest = line.partition(":")
         parts = rest.split()
         if sep and parts and parts[0].isdigit():
@@ -170,7 +170,7 @@ def read_diskstats(source):
     scheme without asking /sys; virtual devices are skipped by name.
     """
     devices = {}
-    for line in _read(source, "diskstats").splitlines():
+    for line in read_text(source, "diskstats").splitlines():
         parts = line.split()
         if len(parts) < 10:
             continue
@@ -236,7 +236,7 @@ def read_netdev(source):
 def _read_netdev(source):
     """Every interface's ``(rx_bytes, tx_bytes)`` but loopback's."""
     interfaces = {}
-    for line in _read(source, os.path.join("net", "dev")).splitlines():
+    for line in read_text(source, os.path.join("net", "dev")).splitlines():
         name, sep, rest = line.partition(":")
         name = name.strip()
         if not sep or "|" in name or name in LOOPBACK_INTERFACES:

@@ -32,7 +32,7 @@ import sys
 import time
 from collections import namedtuple
 
-from vmstats.client import procfs
+from vmstats.client import cgroup, procfs
 
 #: The usage figures of one interval; names match the record's fields.
 Metrics = namedtuple("Metrics", ("cpu", "cpu_max", "mem", "disk_r", "disk_w", "net_rx", "net_tx",
@@ -126,70 +126,112 @@ class Snapshot(namedtuple("Snapshot", ("cpu", "vcpus", "disks", "nics"))):
 
 
 def measure(start, end, cpu_slices, meminfo, seconds, bits=COUNTER_BITS):
-    """The Metrics of an interval from its first and last snapshots.
+    """The Metrics of an interval from its first and last snapshots, all read from /proc.
 
     ``cpu_slices`` are the ``(busy, total)`` jiffies of each sub-sample in
     the interval; the average is their summed ratio and the maximum the
     busiest one.  Memory is read at the end of the interval.  ``bits`` is the
     width of the kernel's counters (counter_delta()), the agent's own by default.
     """
+    return combine(start, end, cpu_slices, memory(meminfo), end.vcpus, seconds, bits)
+
+
+def combine(start, end, cpu_slices, mem, vcpus, seconds, bits=COUNTER_BITS):
+    """measure() with the CPU slices (any unit), ``(mem %, mem_mb)`` and vcpus already chosen.
+
+    A container's come from its cgroup (IntervalSampler), a VM's from /proc;
+    disks and network always come from the snapshots.
+    """
     busy = sum(s[0] for s in cpu_slices)
     total = sum(s[1] for s in cpu_slices)
     cpu = percent(busy, total)
     cpu_max = max([percent(b, t) for b, t in cpu_slices if t > 0] or [cpu])
-    mem, mem_mb = memory(meminfo)
     read_sectors, written_sectors = traffic(start.disks, end.disks, bits)
     rx, tx = traffic(start.nics, end.nics, bits)
     return Metrics(
-        cpu=round(cpu, 2), cpu_max=round(max(cpu_max, cpu), 2), mem=round(mem, 2),
+        cpu=round(cpu, 2), cpu_max=round(max(cpu_max, cpu), 2), mem=round(mem[0], 2),
         disk_r=rate(read_sectors * procfs.SECTOR_BYTES, seconds),
         disk_w=rate(written_sectors * procfs.SECTOR_BYTES, seconds),
         net_rx=rate(rx, seconds), net_tx=rate(tx, seconds),
-        vcpus=end.vcpus, mem_mb=mem_mb)
+        vcpus=vcpus, mem_mb=mem[1])
 
 
 class IntervalSampler(object):
-    """Reads /proc at interval and sub-interval boundaries.
+    """Reads /proc (and a container's cgroup) at interval and sub-interval boundaries.
 
     One interval's end is the next one's start, so no jiffy or byte falls
     between two records.  ``clock`` is monotonic: rates divide by the time
     that really elapsed, even if a sub-sample or a send ran late.
+
+    ``measure`` is cgroup.MODES' choice.  Where CPU comes from is chosen at
+    each interval's start: the cgroup's CPU time over ``limit x elapsed``
+    when a limit confines it, so 100 % is a container running at its limit;
+    else /proc/stat's jiffies.  Memory is chosen at the end, when it is read.
     """
 
-    def __init__(self, root="/proc", clock=time.monotonic, bits=COUNTER_BITS):
+    def __init__(self, root="/proc", clock=time.monotonic, bits=COUNTER_BITS, measure="auto"):
         self.proc = procfs.ProcFiles(root)
         self.clock = clock
         self.bits = bits
+        self.confinement = cgroup.Confinement(root, measure)
         self._start = None
         self._started_at = None
-        self._last_cpu = None
+        self._cpus = None        # the interval's CPU limit when read from the cgroup, else None
+        self._last_cpu = None    # jiffies, or (cgroup ns, clock) when self._cpus is set
         self._slices = []
 
     def begin(self):
         """Start an interval now (also re-syncs after a long pause)."""
         self._start = Snapshot.read(self.proc)
         self._started_at = self.clock()
-        self._last_cpu = self._start.cpu
+        self._open_cpu(self._start, self._started_at)
         self._slices = []
+
+    def _open_cpu(self, snapshot, now, used_ns=None):
+        """Choose the next interval's CPU source and take its baseline (``used_ns`` if just read)."""
+        self._cpus = self.confinement.cpus(snapshot.vcpus)
+        if self._cpus is None:
+            self._last_cpu = snapshot.cpu
+        else:
+            self._last_cpu = (self.confinement.used_ns() if used_ns is None else used_ns, now)
+
+    def _close_slice(self, jiffies=None):
+        """The ``(busy, total)`` since the last sub-sample, and the cgroup ns read (or None)."""
+        if self._cpus is None:
+            cpu = procfs.read_cpu(self.proc) if jiffies is None else jiffies
+            busy_total = cpu_busy_total(self._last_cpu, cpu)
+            self._last_cpu = cpu
+            return busy_total, None
+        used, now = self.confinement.used_ns(), self.clock()
+        before, then = self._last_cpu
+        self._last_cpu = (used, now)
+        return (counter_delta(before, used, 64), self._cpus * (now - then) * 1e9), used
 
     def sub_sample(self):
         """Close one CPU sub-sample; its busy share may become the interval's max."""
-        cpu = procfs.read_cpu(self.proc)
-        self._slices.append(cpu_busy_total(self._last_cpu, cpu))
-        self._last_cpu = cpu
+        self._slices.append(self._close_slice()[0])
 
     def finish(self):
         """The Metrics of the interval since begin()/the last finish(); starts the next."""
         end = Snapshot.read(self.proc)
         now = self.clock()
-        self._slices.append(cpu_busy_total(self._last_cpu, end.cpu))
-        metrics = measure(self._start, end, self._slices, procfs.read_meminfo(self.proc),
-                          now - self._started_at, self.bits)
+        busy_total, used_ns = self._close_slice(end.cpu)
+        self._slices.append(busy_total)
+        meminfo = procfs.read_meminfo(self.proc)
+        from_cgroup = self.confinement.memory(meminfo["MemTotal"] * 1024)
+        if from_cgroup is None:
+            mem = memory(meminfo)
+        else:
+            mem = percent(*from_cgroup), max(1, from_cgroup[1] >> 20)
+        vcpus = end.vcpus if self._cpus is None else cgroup.vcpus_for(self._cpus)
+        metrics = combine(self._start, end, self._slices, mem, vcpus, now - self._started_at,
+                          self.bits)
         self._start = end
         self._started_at = now
-        self._last_cpu = end.cpu
+        self._open_cpu(end, now, used_ns)
         self._slices = []
         return metrics
 
     def close(self):
         self.proc.close()
+        self.confinement.close()

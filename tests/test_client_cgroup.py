@@ -1,0 +1,347 @@
+"""The agent in a container: CPU and memory from the cgroup that limits it.
+
+Each test builds a /proc and a /sys/fs/cgroup beside it in tmp_path, as the
+kernel shows them inside an LXD, Docker or Kubernetes container, and runs
+the agent's own sampler over them with a stepped clock.  The /proc files are
+the 2-vCPU, 4096 MiB host of tests/data/proc/a (memory 28.47 % used:
+(4194304 - 3000000) / 4194304) and do not move, so a CPU % other than 0
+can only come from the cgroup.  Expected figures are worked out in the comments.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vmstats import protocol
+from vmstats.client import cgroup, procfs, sampler
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = ROOT / "tests" / "data" / "proc" / "a"
+MIB = 1 << 20
+V2 = "30 25 0:26 %s /sys/fs/cgroup rw,nosuid,relatime - cgroup2 cgroup2 rw,nsdelegate\n"
+LXCFS = ("150 140 0:50 /proc/%s /proc/%s rw,nosuid,relatime - fuse.lxcfs lxcfs "
+         "rw,user_id=0,group_id=0,allow_other\n")
+
+
+def put(path, text):
+    """Write ``text`` in place, as the kernel rewrites a file the agent keeps open."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path), "r+" if path.exists() else "w") as handle:
+        handle.write(text)
+        handle.truncate()
+
+
+def tree(tmp_path, memberships, mountinfo):
+    """The host's /proc with ``/proc/self/cgroup`` and ``/proc/self/mountinfo`` added."""
+    proc = tmp_path / "proc"
+    shutil.copytree(str(HOST), str(proc))
+    put(proc / "self" / "cgroup", memberships)
+    put(proc / "self" / "mountinfo", mountinfo)
+    return proc
+
+
+def sample(proc, steps, measure="auto"):
+    """One 10 s interval with a sub-sample at 5 s; ``steps`` write the files at 0, 5 and 10 s."""
+    now = [100.0]
+    probe = sampler.IntervalSampler(str(proc), clock=lambda: now[0], measure=measure)
+    try:
+        steps[0]()
+        probe.begin()
+        now[0] += 5.0
+        steps[1]()
+        probe.sub_sample()
+        now[0] += 5.0
+        steps[2]()
+        return probe.finish()
+    finally:
+        probe.close()
+
+
+def v2_container(tmp_path, cpu_max="150000 100000", memory_max=str(512 * MIB), extra=""):
+    """An LXD-style container on cgroup v2: its own cgroup namespace, systemd inside.
+
+    The agent sits in its service's cgroup, capped as the shipped unit caps it
+    (MemoryMax=64M) and with a CPU quota of its own: neither is the machine's.
+    """
+    proc = tree(tmp_path, "0::/system.slice/vmstats-agent.service\n", V2 % "/" + extra)
+    top = tmp_path / "sys" / "fs" / "cgroup"
+    put(top / "cpu.max", cpu_max + "\n")
+    put(top / "cpuset.cpus.effective", "0-1\n")
+    put(top / "memory.max", memory_max + "\n")
+    own = top / "system.slice" / "vmstats-agent.service"
+    put(own / "memory.max", "%d\n" % (64 * MIB))
+    put(own / "cpu.max", "10000 100000\n")
+    put(own / "memory.current", "%d\n" % (20 * MIB))
+    put(own / "cpu.stat", "usage_usec 999\n")
+
+    def at(usage_usec):
+        def write():
+            put(top / "cpu.stat", "usage_usec %d\nuser_usec 1\nsystem_usec 1\n" % usage_usec)
+            # 300 MiB charged, 44 MiB of it inactive page cache: a 256 MiB working set.
+            put(top / "memory.current", "%d\n" % (300 * MIB))
+            put(top / "memory.stat", "anon 1\nfile 2\nactive_file 3\ninactive_file %d\n" % (44 * MIB))
+        return write
+
+    # 4.5 s of CPU in the first 5 s, 1.5 s in the next 5 s.
+    return proc, [at(1000000), at(5500000), at(7000000)]
+
+
+def test_v2_container_is_sized_and_billed_by_its_limits_not_the_host(tmp_path):
+    proc, steps = v2_container(tmp_path)
+    # A 1.5-CPU limit: 4.5 s of 7.5 s (60 %), then 1.5 of 7.5 (20 %): 6 of 15 s overall.
+    # vcpus is an integer in the protocol, so 1.5 CPUs are sent as 2.  Memory: 256 of 512 MiB.
+    assert sample(proc, steps) == sampler.Metrics(cpu=40.0, cpu_max=60.0, mem=50.0, disk_r=0.0,
+                                                  disk_w=0.0, net_rx=0.0, net_tx=0.0, vcpus=2,
+                                                  mem_mb=512)
+
+
+def test_measure_host_reads_proc_as_on_a_vm(tmp_path):
+    proc, steps = v2_container(tmp_path)
+    metrics = sample(proc, steps, measure="host")
+    assert (metrics.cpu, metrics.mem, metrics.vcpus, metrics.mem_mb) == (0.0, 28.47, 2, 4096)
+
+
+def test_cpuset_alone_is_a_cpu_limit(tmp_path):
+    """LXD's limits.cpu=1 pins the container to one CPU with no quota."""
+    proc, steps = v2_container(tmp_path, cpu_max="max 100000")
+    put(tmp_path / "sys" / "fs" / "cgroup" / "cpuset.cpus.effective", "1\n")
+    metrics = sample(proc, steps)
+    # 6 s of CPU over 10 s of one CPU; the first 5 s ran 4.5 s.
+    assert (metrics.cpu, metrics.cpu_max, metrics.vcpus) == (60.0, 90.0, 1)
+
+
+def test_v1_docker_container_with_a_nested_path(tmp_path):
+    """Docker on cgroup v1 without a cgroup namespace: /proc/self/cgroup names the host's path,
+    and the runtime bind-mounts that cgroup onto /sys/fs/cgroup/<controller>."""
+    here = "/docker/abc/system.slice/vmstats-agent.service"
+    proc = tree(tmp_path, "12:memory:%s\n4:cpu,cpuacct:%s\n3:cpuset:%s\n1:name=systemd:%s\n0::/\n"
+                % (here, here, here, here),
+                "".join("%d 31 0:%d /docker/abc /sys/fs/cgroup/%s rw,relatime - cgroup cgroup rw,%s\n"
+                        % (40 + n, 30 + n, name, name)
+                        for n, name in enumerate(("cpu,cpuacct", "memory", "cpuset")))
+                # A hybrid host's empty v2 hierarchy: cpu and memory are v1's, so it is not read.
+                + "50 31 0:40 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
+    cgroups = tmp_path / "sys" / "fs" / "cgroup"
+    cpu, memory = cgroups / "cpu,cpuacct", cgroups / "memory"
+    put(cpu / "cpu.cfs_quota_us", "50000\n")
+    put(cpu / "cpu.cfs_period_us", "100000\n")
+    put(cgroups / "cpuset" / "cpuset.effective_cpus", "0-1\n")
+    put(memory / "memory.limit_in_bytes", "%d\n" % (1024 * MIB))
+
+    def at(usage_ns):
+        def write():
+            put(cpu / "cpuacct.usage", "%d\n" % usage_ns)
+            # 600 MiB charged, 88 MiB inactive page cache in the whole tree: 512 MiB working set.
+            put(memory / "memory.usage_in_bytes", "%d\n" % (600 * MIB))
+            put(memory / "memory.stat", "cache 5\ninactive_file 0\ntotal_cache 9\n"
+                                        "total_inactive_file %d\n" % (88 * MIB))
+        return write
+
+    # Half a CPU: 2.5 s in the first 5 s is all of it (100 %), then 0.5 s (20 %): 3 of 5 s.
+    metrics = sample(proc, [at(10 * 10 ** 9), at(12500 * 10 ** 6), at(13 * 10 ** 9)])
+    assert (metrics.cpu, metrics.cpu_max, metrics.mem, metrics.vcpus, metrics.mem_mb) == (
+        60.0, 100.0, 50.0, 1, 1024)
+
+
+@pytest.mark.parametrize("cpu_max, memory_max", [
+    ("max 100000", "max"),                       # no limit set
+    ("400000 100000", str(8192 * MIB)),          # limits the 2-CPU, 4 GiB host can never reach
+])
+def test_without_a_limit_the_host_figures_are_sent(tmp_path, cpu_max, memory_max):
+    proc, steps = v2_container(tmp_path, cpu_max=cpu_max, memory_max=memory_max)
+    put(tmp_path / "sys" / "fs" / "cgroup" / "cpuset.cpus.effective", "0-1\n")
+    metrics = sample(proc, steps)
+    assert (metrics.cpu, metrics.mem, metrics.vcpus, metrics.mem_mb) == (0.0, 28.47, 2, 4096)
+    # --measure cgroup: the container's own use, of the host's size: 6 s of 20 CPU-seconds,
+    # 256 of 4096 MiB.
+    forced = sample(proc, steps, measure="cgroup")
+    assert (forced.cpu, forced.cpu_max, forced.mem, forced.vcpus, forced.mem_mb) == (
+        30.0, 45.0, 6.25, 2, 4096)
+
+
+def test_v1_unlimited_is_a_huge_number_and_means_no_limit(tmp_path):
+    proc = tree(tmp_path, "4:memory:/\n3:cpu,cpuacct:/\n",
+                "40 31 0:30 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+                "41 31 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+    cpu, memory = (tmp_path / "sys" / "fs" / "cgroup" / name for name in ("cpu,cpuacct", "memory"))
+    put(cpu / "cpu.cfs_quota_us", "-1\n")
+    put(cpu / "cpu.cfs_period_us", "100000\n")
+    put(memory / "memory.limit_in_bytes", "9223372036854771712\n")
+    put(memory / "memory.usage_in_bytes", "%d\n" % (900 * MIB))
+    put(memory / "memory.stat", "total_inactive_file 0\n")
+    steps = [lambda usage=usage: put(cpu / "cpuacct.usage", "%d\n" % usage)
+             for usage in (0, 5 * 10 ** 9, 10 * 10 ** 9)]
+    metrics = sample(proc, steps)
+    assert (metrics.cpu, metrics.mem, metrics.vcpus, metrics.mem_mb) == (0.0, 28.47, 2, 4096)
+
+
+def test_lxcfs_proc_files_are_the_containers_already_and_are_not_corrected_again(tmp_path):
+    proc, steps = v2_container(tmp_path, extra=LXCFS % ("meminfo", "meminfo") + LXCFS % ("stat", "stat"))
+    metrics = sample(proc, steps)
+    assert (metrics.cpu, metrics.mem, metrics.vcpus, metrics.mem_mb) == (0.0, 28.47, 2, 4096)
+    # --measure cgroup reads the cgroup whatever serves /proc.
+    assert sample(proc, steps, measure="cgroup").mem_mb == 512
+
+
+def test_lxcfs_meminfo_alone_leaves_cpu_to_the_cgroup(tmp_path):
+    """docker run -v /var/lib/lxcfs/proc/meminfo:/proc/meminfo: only memory is corrected by LXCFS."""
+    proc, steps = v2_container(tmp_path, extra=LXCFS % ("meminfo", "meminfo"))
+    metrics = sample(proc, steps)
+    assert (metrics.cpu, metrics.mem, metrics.vcpus, metrics.mem_mb) == (40.0, 28.47, 2, 4096)
+
+
+def test_a_mount_that_does_not_hold_the_agents_cgroup_is_not_read(tmp_path):
+    """In a cgroup namespace, a mount made outside it shows its root as /../..: where the
+    container's cgroup sits in it is unknown, so /proc is read, and --measure cgroup says why."""
+    proc, steps = v2_container(tmp_path)
+    put(proc / "self" / "mountinfo", V2 % "/../..")
+    metrics = sample(proc, steps)
+    assert (metrics.cpu, metrics.vcpus, metrics.mem_mb) == (0.0, 2, 4096)
+    with pytest.raises(procfs.ProcError, match="--measure cgroup: no cgroup mount holds"):
+        sample(proc, steps, measure="cgroup")
+
+
+def test_a_proc_without_self_is_a_vm_unless_cgroup_is_asked_for():
+    assert cgroup.Confinement(str(HOST), "auto").cpus(2) is None
+    with pytest.raises(procfs.ProcError, match="cannot read .*self/cgroup"):
+        cgroup.Confinement(str(HOST), "cgroup")
+
+
+def test_parsers_read_the_kernels_formats():
+    assert cgroup.cpu_count("0-3,8,10-11\n") == 7
+    assert cgroup.cpu_count("\n") is cgroup.cpu_count("0-x") is None
+    assert cgroup.parse_memberships("2:cpu,cpuacct:/a:b\n0::/x\n") == {
+        "cpu": "/a:b", "cpuacct": "/a:b", "": "/x"}
+    mount, = cgroup.parse_mountinfo(
+        "36 35 98:0 /my\\040dir /sys/fs/cgroup/cpu rw master:1 shared:2 - cgroup cg rw,cpu\n")
+    assert (mount.root, mount.point, mount.fstype, "cpu" in mount.options) == (
+        "/my dir", "/sys/fs/cgroup/cpu", "cgroup", True)
+    # The protocol sends vcpus as an integer: a fractional limit rounds up, never to 0.
+    assert protocol.is_integer_field("vcpus")
+    assert [cgroup.vcpus_for(c) for c in (0.25, 1.0, 1.5, 2.0)] == [1, 1, 2, 2]
+
+
+def agent(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "vmstats.client", *args],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_once_sends_the_limits_and_says_at_start_what_it_measures(tmp_path):
+    proc, steps = v2_container(tmp_path)
+    steps[0]()
+    result = agent("--once", "--vm-id", "ct1", "--proc-root", str(proc))
+    assert result.returncode == 0, result.stderr
+    record = protocol.Decoder().decode_line(result.stdout.strip().encode())
+    assert (record.vcpus, record.mem_mb, record.mem) == (2, 512, 50.0)
+    assert result.stderr.splitlines() == [
+        "vmstats-agent INFO: CPU from the cgroup (1.5 CPUs, sent as 2 vCPUs); "
+        "memory from the cgroup (512 MiB)"]
+    host = agent("--once", "--vm-id", "ct1", "--proc-root", str(proc), env={"VMSTATS_MEASURE": "host"})
+    assert host.stderr.splitlines() == ["vmstats-agent INFO: CPU and memory from /proc"]
+    assert protocol.Decoder().decode_line(host.stdout.strip().encode()).mem_mb == 4096
+
+
+BURNER = "data = b'x' * (96 << 20)\nwhile True:\n    pass\n"
+
+
+def v1_hierarchies():
+    """``{controller: (mount point, mount root, this process's cgroup)}`` for cpu, cpuacct, memory."""
+    memberships = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _number, names, path = line.split(":", 2)
+        memberships.update((name, path) for name in names.split(","))
+    found = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        dash = fields.index("-", 6)
+        if fields[dash + 1] == "cgroup":
+            for name in fields[dash + 3].split(","):
+                if name in ("cpu", "cpuacct", "memory"):
+                    found[name] = (fields[4], fields[3], memberships[name])
+    return found
+
+
+def remove_cgroups(directories):
+    """rmdir each cgroup once the processes this test put in it are gone (an exit takes a moment)."""
+    deadline = time.monotonic() + 10
+    for directory in directories:
+        while True:
+            for pid in Path(directory, "cgroup.procs").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)   # only this test's shell, burner and agent
+            try:
+                os.rmdir(directory)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def test_real_v1_cgroup_with_a_burner_is_read_as_the_container_sees_it(tmp_path):
+    """A real cgroup limited to half a CPU and 256 MiB, with a CPU and memory burner in it.
+
+    The agent runs as in a Docker container on cgroup v1: in its own mount
+    namespace, with the cgroup bind-mounted onto each hierarchy's mount point.
+    The cgroup is made a child of this test's own cgroup in each hierarchy.
+    Needs root, unshare(1) and the cpu, cpuacct and memory controllers on
+    cgroup v1 (where the kernel puts them, a v2 child cannot be made).
+    """
+    found = v1_hierarchies()
+    assert os.geteuid() == 0 and shutil.which("unshare") and set(found) == {"cpu", "cpuacct", "memory"}, (
+        "this test needs root, unshare and cgroup v1 cpu, cpuacct and memory hierarchies: %r" % found)
+    name = "vmstats-test-%d" % os.getpid()
+    children = {}
+    for controller, (point, root, path) in found.items():
+        children[controller] = os.path.join(point, os.path.relpath(path, root), name)
+    mounts = dict((found[c][0], children[c]) for c in found)   # one per hierarchy (cpu,cpuacct)
+    made = []
+    try:
+        for directory in sorted(set(children.values())):
+            os.mkdir(directory)
+            made.append(directory)
+        Path(children["cpu"], "cpu.cfs_period_us").write_text("100000")
+        Path(children["cpu"], "cpu.cfs_quota_us").write_text("50000")
+        Path(children["memory"], "memory.limit_in_bytes").write_text(str(256 * MIB))
+        usage = os.path.join(found["cpuacct"][0], "cpuacct.usage")
+        memory = found["memory"][0]
+        script = "\n".join(
+            ["set -e"]
+            + ["echo $$ > %s/cgroup.procs" % d for d in made]
+            + ["mount --bind %s %s" % (child, point) for point, child in sorted(mounts.items())]
+            + ['%s -c "$BURNER" & burner=$!' % sys.executable,
+               "sleep 1",
+               "echo $(cat %s) $(date +%%s.%%N)" % usage,
+               "%s -m vmstats.client --once --vm-id 10.0.0.1" % sys.executable,
+               "echo $(cat %s) $(date +%%s.%%N)" % usage,
+               "echo $(cat %s/memory.usage_in_bytes) $(grep '^total_inactive_file ' %s/memory.stat)"
+               % (memory, memory),
+               "%s -m vmstats.client --once --vm-id 10.0.0.1 --measure host" % sys.executable,
+               "kill $burner",
+               "wait $burner || true"])
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                              env=dict(os.environ, PYTHONPATH=str(ROOT), BURNER=BURNER),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        before, line, after, charge, host_line = done.stdout.splitlines()
+    finally:
+        remove_cgroups(made)
+    record = protocol.Decoder().decode_line(line.encode())
+    host = protocol.Decoder().decode_line(host_line.encode())
+    (used_0, t_0), (used_1, t_1) = [map(float, text.split()) for text in (before, after)]
+    cgroup_cpu = 100.0 * (used_1 - used_0) / 1e9 / (0.5 * (t_1 - t_0))
+    charged, _key, inactive = charge.split()
+    working_set = 100.0 * (int(charged) - int(inactive)) / (256 * MIB)
+    # Half a CPU is sent as 1 vCPU; the size is the limit's, not the host's.
+    assert (record.vcpus, record.mem_mb) == (1, 256), line
+    assert (host.vcpus, host.mem_mb) == (os.cpu_count(), procfs.read_meminfo("/proc")["MemTotal"] // 1024)
+    # The agent's second is inside the window the cgroup's own counter was read over, and the
+    # burner's 96 MiB are most of the working set (the agent's own memory had left at the end).
+    assert abs(record.cpu - min(100.0, cgroup_cpu)) <= 20, (record.cpu, cgroup_cpu)
+    assert working_set >= 35 and abs(record.mem - working_set) <= 10, (record.mem, working_set)
