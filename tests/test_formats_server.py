@@ -180,7 +180,9 @@ def test_line_protocol_read_in_c_and_in_the_workers_is_filed_in_arrival_order(tm
 def test_bad_format_options_are_one_readable_line(tmp_path):
     for args, message in ((["--collectd-port", "0", "--collectd-security", "sign"],
                            "--collectd-security sign needs --collectd-auth-file"),
-                          (["--graphite-template", "x.y cpu"], "has no {vm}")):
+                          (["--graphite-template", "x.y cpu"], "has no {vm}"),
+                          (["--virtual-interfaces", "veth*,docker 0"],
+                           "--virtual-interfaces: 'docker 0' can match no interface name")):
         result = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--data-dir",
                                  str(tmp_path), "--duration", "1s", *args], cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)

@@ -199,6 +199,18 @@ def test_the_guides_tables_give_the_servers_own_defaults():
     assert not wrong, wrong
 
 
+def test_the_protocol_guides_virtual_interfaces_are_the_servers_default():
+    """docs/PROTOCOL.md quotes the whole default of ``--virtual-interfaces`` for an operator to
+    start from (the setting replaces it): it is the list ``vmstats serve`` applies."""
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    quoted = re.search(r"setting\. The default:\n\n```\n(.+)\n```", text)
+    assert quoted, "the guide no longer quotes the default"
+    context = click.Context(cli.main)
+    (param,) = [p for p in cli.main.get_command(context, "serve").params
+                if "--virtual-interfaces" in p.opts]
+    assert quoted.group(1) == param.default
+
+
 def test_the_agent_bundle_is_the_size_the_guide_says(tmp_path):
     """docs/OPERATIONS.md gives the bundle's size for the image budget: it is within 15 % of it."""
     said = re.search(r"single zipapp \(~(\d+) KiB\)", (ROOT / "docs" / "OPERATIONS.md").read_text())

@@ -188,6 +188,10 @@ class UTCFormatter(logging.Formatter):
                                       "-1 = off).")
 @click.option("--graphite-template", "graphite_templates", multiple=True,
               help="'pattern field[:counter]', e.g. 'servers.{vm}.cpu.percent cpu' (repeatable).")
+@click.option("--virtual-interfaces", default=",".join(D.virtual_interfaces), show_default=True,
+              help="Comma-separated glob patterns of interface names (bridges, veths, taps, "
+                   "tunnels, bonds, VLANs) other agents' network rates leave out unless a VM "
+                   "has no other; replaces the list ('' for none, loopback is never counted).")
 @click.option("--minute-grace", type=DURATION, default=_seconds(D.minute_grace), show_default=True,
               help="How long other agents' minutes wait for late samples.")
 @click.option("--rules", "rules_file", type=click.Path(dir_okay=False), default=None,
@@ -244,6 +248,11 @@ def serve(**options) -> None:
             parse_templates(options["graphite_templates"])
         except ValueError as exc:
             raise Refused("--graphite-template: %s" % exc) from None
+    from vmstats.server.formats.interfaces import parse_patterns
+    try:
+        options["virtual_interfaces"] = parse_patterns(options["virtual_interfaces"])
+    except ValueError as exc:
+        raise Refused("--virtual-interfaces: %s" % exc) from None
     token_path = options.pop("status_token_file")
     if token_path:
         # The file stands in for the flag (as `vmstats alerts --token-file` does): both given is

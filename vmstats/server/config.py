@@ -7,6 +7,7 @@ from typing import Any
 
 from vmstats.capacity import defaults as capacity_defaults
 from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT, DEFAULT_SIG_WINDOW
+from vmstats.server.formats.interfaces import VIRTUAL_INTERFACES
 
 DEFAULT_HTTP_PORT = 8898
 #: 8 MiB absorbs about 100,000 small datagrams while the reactor is busy elsewhere.
@@ -121,6 +122,9 @@ class ServerConfig:
     graphite_templates: list[str] = field(default_factory=list)
     #: Seconds a minute stays open for late samples of other agents.
     minute_grace: float = 30.0
+    #: Glob patterns of the interface names other agents' network rates leave out
+    #: (formats/interfaces.py); when a VM's every interface matches, all are counted.
+    virtual_interfaces: tuple[str, ...] = VIRTUAL_INTERFACES
     #: Bounds of the other agents' state: counters tracked, minutes open.
     edge_max_counters: int = 200_000
     edge_max_open: int = 200_000

@@ -250,8 +250,9 @@ class Metrics:
                "ignored (nothing vmstats stores), or why they could not be used.",
                [((("format", f), ("outcome", o)), n) for (f, o), n in sorted(self.edge.items())])
         metric("edge_events_total", "counter",
-               "Other formats' counters primed, restarted, stale or forgotten, and "
-               "minutes written, incomplete (no cpu or mem), late or completed early.",
+               "Other formats' counters primed, restarted, stale or forgotten, "
+               "minutes written, incomplete (no cpu or mem), late or completed early, and "
+               "virtual interfaces left out of a minute's network rates.",
                [((("event", e),), n) for e, n in sorted(self.edge_events().items())])
         for name, (help_text, read) in sorted(self.gauges.items()):
             metric(name, "gauge", help_text, [((), int(read()))])

@@ -25,6 +25,7 @@ from vmstats import protocol
 from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
 from vmstats.server.every import Every
 from vmstats.server.formats import R_TOO_LONG, USED, Decoder, Tally
+from vmstats.server.formats.interfaces import VirtualInterfaces
 from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.formats.pool import DecodePool
@@ -413,7 +414,8 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
 
     rates = CounterRates(config.edge_max_counters)
     assembler = MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
-                                config.max_past, rates)
+                                config.max_past, rates,
+                                VirtualInterfaces(config.virtual_interfaces))
     edge = Edge(ingest, metrics, assembler, clock)
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}

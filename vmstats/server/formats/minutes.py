@@ -10,8 +10,8 @@ samples are gathered per minute and become one ``protocol.Record``:
 * ``cpu`` is the mean of the minute's CPU samples and ``cpu_max`` the largest;
   ``mem`` the mean of the memory samples; rates (disk, network) are each
   device's mean rate, summed over the VM's devices (partitions and virtual
-  disks left out, by the agent's own rule); ``vcpus`` and ``mem_mb`` the last
-  value seen;
+  disks left out, by the agent's own rule; virtual interfaces by their names,
+  interfaces.py); ``vcpus`` and ``mem_mb`` the last value seen;
 * a field with no sample in the minute stays empty (unknown), never zero; a
   minute without any cpu or without any mem sample cannot be a record (the
   protocol requires both) and is counted as incomplete instead of written.
@@ -45,6 +45,7 @@ from vmstats.server.formats import (
     shown,
     within,
 )
+from vmstats.server.formats.interfaces import VirtualInterfaces
 from vmstats.server.formats.rates import CounterRates
 
 try:  # add's loop in C (setup.py); the same state and records, ~1 us a Telegraf line less
@@ -67,6 +68,10 @@ _LIMITS = {
 }
 _MIB = 1 << 20
 _RATE_KINDS = frozenset(RATES)
+#: The rates summed over a VM's interfaces: the virtual ones are left out of both alike.
+_NET_KINDS = frozenset(kind for kind in RATES if kind.startswith("net"))
+#: The event counting an interface a minute's network rates left out as virtual.
+VIRTUAL_INTERFACE = "virtual_interface"
 #: The greatest counter value, and CPU state rate, taken: the largest double.  Arithmetic on
 #: a counter beyond it (an ``i`` or ``u`` integer of 400 digits) cannot be done in floats and
 #: raised out of ``add``; a rate past it is infinite, and an infinite jiffy rate made a minute
@@ -111,12 +116,15 @@ class MinuteAssembler:
     """Samples in, complete one-minute Records out (``take``)."""
 
     def __init__(self, grace: float = 30.0, max_open: int = 200_000, max_future: int = 300,
-                 max_past: int = 0, rates: CounterRates | None = None):
+                 max_past: int = 0, rates: CounterRates | None = None,
+                 virtual: VirtualInterfaces | None = None):
         self.grace = grace
         self.max_open = max_open
         self.max_future = max_future
         self.max_past = max_past
         self.rates = rates if rates is not None else CounterRates()  # an empty one is falsy
+        #: Which interfaces' rates a record leaves out (--virtual-interfaces).
+        self.virtual = virtual if virtual is not None else VirtualInterfaces()
         #: vm -> minute end -> Minute
         self.open: dict[str, dict[int, Minute]] = {}
         self.open_count = 0
@@ -127,7 +135,7 @@ class MinuteAssembler:
         self.max_vms = 200_000
         self.ready: list[protocol.Record] = []
         self.events: Counter[str] = Counter(records=0, incomplete=0, late=0, forced=0,
-                                            **{R_RANGE: 0})
+                                            **{R_RANGE: 0, VIRTUAL_INTERFACE: 0})
         #: The C loop that files samples (None: ``_file``, the Python it is held to).
         self.native = _native
 
@@ -319,7 +327,7 @@ class MinuteAssembler:
                 if old not in self.open:
                     del self.written[old]
                     self.newest.pop(old, None)
-        record = _record(vm, end, minute, self.events)
+        record = _record(vm, end, minute, self.events, self.virtual)
         if record is None:
             self.events["incomplete"] += 1
             return
@@ -458,8 +466,12 @@ def _double(value: float) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def _record(vm: str, end: int, minute: Minute, events: Counter) -> protocol.Record | None:
+def _record(vm: str, end: int, minute: Minute, events: Counter,
+            virtual: VirtualInterfaces) -> protocol.Record | None:
     """The minute's record, or None when cpu or mem is unknown.
+
+    ``virtual`` says which of the minute's interfaces its network rates leave out (each one
+    counted in ``events``): judged here, once a minute, rather than per line as they come.
 
     Each sample was within its bounds, but what the minute makes of many of them need not be:
     rates summed over a thousand devices past 1e15 bytes/s, ``vcpus`` counted from 5,000 CPU
@@ -498,11 +510,15 @@ def _record(vm: str, end: int, minute: Minute, events: Counter) -> protocol.Reco
     if vcpus is None and cpus and all(name.isdigit() for name in cpus):
         vcpus = len(cpus)
     rates = {}
+    left_out = virtual.left_out(name for kind in _NET_KINDS for name in minute.sums.get(kind, ()))
+    events[VIRTUAL_INTERFACE] += len(left_out)
     for kind, sums in minute.sums.items():
         counts = minute.counts[kind]
         names = sums
         if kind.startswith("disk"):
             names = whole_disks(sums)
+        elif left_out and kind in _NET_KINDS:
+            names = [name for name in sums if name not in left_out]
         rates[kind] = round(sum(sums[name] / counts[name] for name in names), 1)
     mean = cpu / cpu_count
     fields = {"cpu": round(mean, 2), "cpu_max": round(max(cpu_max, mean), 2),
