@@ -16,6 +16,7 @@ from test_formats_server import NS
 from test_server_udp import logged
 
 from vmstats.server.formats import collectd as cd
+from vmstats.server.formats.interfaces import VirtualInterfaces
 
 #: Interface -> (rx, tx) bytes per second over the minute: the VM's own NIC, then the virtual
 #: ones of a VM running Docker (docker0, a veth, a user network's bridge) and KVM (virbr0, a
@@ -122,3 +123,25 @@ def test_the_names_are_the_operators_to_change(tmp_path, setting, expected):
     assert server.returncode == 0, server.output
     for vm in ("vm-lp", "vm-cd"):
         assert net(tmp_path / "data", vm) == expected, vm
+
+
+def test_the_default_names_take_the_virtual_interfaces_and_leave_the_nics():
+    """The names docs/PROTOCOL.md promises are left out, and the NICs' names of common kernels
+    and clouds (predictable names, Xen's, Azure's accelerated VF) are not."""
+    rule = VirtualInterfaces()
+    virtual = ["docker0", "docker_gwbridge", "veth1234abc", "vethwe-bridge", "br-5f3b2c1d9e8a",
+               "br0", "br-int", "brq6a1f2b3c-4d", "cni0", "cni-podman0", "podman0", "cbr0",
+               "lxcbr0", "lxc8f3a", "lxdbr0", "cali1a2b3c4d5e6", "vxlan.calico", "tunl0",
+               "flannel.1", "cilium_host", "weave", "kube-ipvs0", "kube-bridge", "antrea-gw0",
+               "genev_sys_6081", "ovs-system", "nodelocaldns", "virbr0", "virbr0-nic", "vnet0",
+               "tap0a1b2c3d-4e", "macvtap0", "qbr0a1b2c3d-4e", "qvb0a1b2c3d-4e", "qvo0a1b2c3d-4e",
+               "vboxnet0", "vmnet8", "tun0", "wg0", "gre0", "gretap0", "erspan0", "ip6tnl0",
+               "ip_vti0", "sit0", "geneve0", "zt5u4y6nqw", "tailscale0", "bond0", "team0",
+               "vlan100", "eth0.100", "ifb0", "dummy0", "nlmon0"]
+    nics = ["eth0", "eth1", "ens3", "ens5", "ens192", "enp0s3", "enp1s0f1", "eno1", "enX0",
+            "enP30832p0s2", "em1", "p1p1", "wlan0", "ib0"]
+    assert [name for name in virtual if not rule(name)] == []
+    assert [name for name in nics if rule(name)] == []
+    assert rule.left_out(["eth0", "docker0"], ["eth0", "docker0", "tun0"]) == {"docker0", "tun0"}
+    assert rule.left_out(["veth0"], ["tun0"]) == set()  # all virtual: all counted
+    assert VirtualInterfaces(()).left_out(["eth0", "docker0"]) == set()

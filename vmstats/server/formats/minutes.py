@@ -69,7 +69,7 @@ _LIMITS = {
 _MIB = 1 << 20
 _RATE_KINDS = frozenset(RATES)
 #: The rates summed over a VM's interfaces: the virtual ones are left out of both alike.
-_NET_KINDS = frozenset(kind for kind in RATES if kind.startswith("net"))
+_NET_KINDS = frozenset(("net_rx", "net_tx"))
 #: The event counting an interface a minute's network rates left out as virtual.
 VIRTUAL_INTERFACE = "virtual_interface"
 #: The greatest counter value, and CPU state rate, taken: the largest double.  Arithmetic on
@@ -510,8 +510,9 @@ def _record(vm: str, end: int, minute: Minute, events: Counter,
     if vcpus is None and cpus and all(name.isdigit() for name in cpus):
         vcpus = len(cpus)
     rates = {}
-    left_out = virtual.left_out(name for kind in _NET_KINDS for name in minute.sums.get(kind, ()))
-    events[VIRTUAL_INTERFACE] += len(left_out)
+    left_out = virtual.left_out(minute.sums.get("net_rx", ()), minute.sums.get("net_tx", ()))
+    if left_out:
+        events[VIRTUAL_INTERFACE] += len(left_out)
     for kind, sums in minute.sums.items():
         counts = minute.counts[kind]
         names = sums
