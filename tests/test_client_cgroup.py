@@ -284,19 +284,51 @@ def remove_cgroups(directories):
                 time.sleep(0.05)
 
 
-def test_real_v1_cgroup_with_a_burner_is_read_as_the_container_sees_it(tmp_path):
-    """A real cgroup limited to half a CPU and 256 MiB, with a CPU and memory burner in it.
+def v2_root():
+    """The cgroup2 mount at /sys/fs/cgroup when cpu and memory are its controllers, else None."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        dash = fields.index("-", 6)
+        if fields[4] == "/sys/fs/cgroup" and fields[dash + 1] == "cgroup2":
+            controllers = Path("/sys/fs/cgroup/cgroup.controllers").read_text().split()
+            return "/sys/fs/cgroup" if {"cpu", "memory"} <= set(controllers) else None
+    return None
 
-    The agent runs as in a Docker container on cgroup v1: in its own mount
-    namespace, with the cgroup bind-mounted onto each hierarchy's mount point.
-    The cgroup is made a child of this test's own cgroup in each hierarchy.
-    Needs root, unshare(1) and the cpu, cpuacct and memory controllers on
-    cgroup v1 (where the kernel puts them, a v2 child cannot be made).
-    """
+
+def run_in_cgroup(made, mounts, usage, memory, usage_ns):
+    """The burner and the agent in the cgroups ``made``, seen through ``mounts`` as in a container:
+    the cgroup's CPU counter around the agent's record, its charge and inactive cache, and the
+    record the agent sends with ``--measure host``."""
+    script = "\n".join(
+        ["set -e"]
+        + ["echo $$ > %s/cgroup.procs" % d for d in made]
+        + ["mount --bind %s %s" % (child, point) for point, child in sorted(mounts.items())]
+        + ['%s -c "$BURNER" & burner=$!' % sys.executable,
+           "sleep 1",
+           "echo $(%s) $(date +%%s.%%N)" % usage,
+           "%s -m vmstats.client --once --vm-id 10.0.0.1" % sys.executable,
+           "echo $(%s) $(date +%%s.%%N)" % usage,
+           memory,
+           "%s -m vmstats.client --once --vm-id 10.0.0.1 --measure host" % sys.executable,
+           "kill $burner",
+           "wait $burner || true"])
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), BURNER=BURNER),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, line, after, charge, host_line = done.stdout.splitlines()
+    (used_0, t_0), (used_1, t_1) = [map(float, text.split()) for text in (before, after)]
+    cgroup_cpu = 100.0 * (used_1 - used_0) * usage_ns / 1e9 / (0.5 * (t_1 - t_0))
+    charged, _key, inactive = charge.split()
+    return line, host_line, cgroup_cpu, 100.0 * (int(charged) - int(inactive)) / (256 * MIB)
+
+
+def real_v1(name):
+    """A child of this test's own cgroup in each v1 hierarchy, bind-mounted over it as Docker does."""
     found = v1_hierarchies()
     assert os.geteuid() == 0 and shutil.which("unshare") and set(found) == {"cpu", "cpuacct", "memory"}, (
-        "this test needs root, unshare and cgroup v1 cpu, cpuacct and memory hierarchies: %r" % found)
-    name = "vmstats-test-%d" % os.getpid()
+        "this test needs root, unshare and cgroup v1 cpu, cpuacct and memory hierarchies "
+        "or cgroup v2 with both controllers: %r" % found)
     children = {}
     for controller, (point, root, path) in found.items():
         children[controller] = os.path.join(point, os.path.relpath(path, root), name)
@@ -309,35 +341,47 @@ def test_real_v1_cgroup_with_a_burner_is_read_as_the_container_sees_it(tmp_path)
         Path(children["cpu"], "cpu.cfs_period_us").write_text("100000")
         Path(children["cpu"], "cpu.cfs_quota_us").write_text("50000")
         Path(children["memory"], "memory.limit_in_bytes").write_text(str(256 * MIB))
-        usage = os.path.join(found["cpuacct"][0], "cpuacct.usage")
         memory = found["memory"][0]
-        script = "\n".join(
-            ["set -e"]
-            + ["echo $$ > %s/cgroup.procs" % d for d in made]
-            + ["mount --bind %s %s" % (child, point) for point, child in sorted(mounts.items())]
-            + ['%s -c "$BURNER" & burner=$!' % sys.executable,
-               "sleep 1",
-               "echo $(cat %s) $(date +%%s.%%N)" % usage,
-               "%s -m vmstats.client --once --vm-id 10.0.0.1" % sys.executable,
-               "echo $(cat %s) $(date +%%s.%%N)" % usage,
-               "echo $(cat %s/memory.usage_in_bytes) $(grep '^total_inactive_file ' %s/memory.stat)"
-               % (memory, memory),
-               "%s -m vmstats.client --once --vm-id 10.0.0.1 --measure host" % sys.executable,
-               "kill $burner",
-               "wait $burner || true"])
-        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                              env=dict(os.environ, PYTHONPATH=str(ROOT), BURNER=BURNER),
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        before, line, after, charge, host_line = done.stdout.splitlines()
+        return run_in_cgroup(
+            made, mounts, "cat %s" % os.path.join(found["cpuacct"][0], "cpuacct.usage"),
+            "echo $(cat %s/memory.usage_in_bytes) $(grep '^total_inactive_file ' %s/memory.stat)"
+            % (memory, memory), 1)
     finally:
         remove_cgroups(made)
+
+
+def real_v2(root, name):
+    """A child of the v2 root (the one cgroup exempt from the no-internal-processes rule, so the
+    controllers can be handed down there), bind-mounted over /sys/fs/cgroup as a runtime does."""
+    assert os.geteuid() == 0 and shutil.which("unshare"), "this test needs root and unshare"
+    Path(root, "cgroup.subtree_control").write_text("+cpu +memory")
+    child = os.path.join(root, name)
+    made = []
+    try:
+        os.mkdir(child)
+        made.append(child)
+        Path(child, "cpu.max").write_text("50000 100000")
+        Path(child, "memory.max").write_text(str(256 * MIB))
+        return run_in_cgroup(
+            made, {root: child}, "grep '^usage_usec ' %s/cpu.stat | cut -d' ' -f2" % root,
+            "echo $(cat %s/memory.current) $(grep '^inactive_file ' %s/memory.stat)" % (root, root),
+            1000)
+    finally:
+        remove_cgroups(made)
+
+
+def test_real_cgroup_with_a_burner_is_read_as_the_container_sees_it(tmp_path):
+    """A real cgroup limited to half a CPU and 256 MiB, with a CPU and memory burner in it.
+
+    The agent runs as in a Docker container: in its own mount namespace, with
+    the cgroup bind-mounted over the hierarchy it sees (cgroup v2 when cpu and
+    memory are there, else each v1 hierarchy).  Needs root and unshare(1).
+    """
+    name = "vmstats-test-%d" % os.getpid()
+    root = v2_root()
+    line, host_line, cgroup_cpu, working_set = real_v2(root, name) if root else real_v1(name)
     record = protocol.Decoder().decode_line(line.encode())
     host = protocol.Decoder().decode_line(host_line.encode())
-    (used_0, t_0), (used_1, t_1) = [map(float, text.split()) for text in (before, after)]
-    cgroup_cpu = 100.0 * (used_1 - used_0) / 1e9 / (0.5 * (t_1 - t_0))
-    charged, _key, inactive = charge.split()
-    working_set = 100.0 * (int(charged) - int(inactive)) / (256 * MIB)
     # Half a CPU is sent as 1 vCPU; the size is the limit's, not the host's.
     assert (record.vcpus, record.mem_mb) == (1, 256), line
     assert (host.vcpus, host.mem_mb) == (os.cpu_count(), procfs.read_meminfo("/proc")["MemTotal"] // 1024)
