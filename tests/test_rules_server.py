@@ -222,6 +222,34 @@ def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
             assert hook.wait(2)[1]["annotations"]["state"] == "ok"
 
 
+def test_a_vm_that_stops_across_a_restart_still_goes_silent(tmp_path):
+    """The restarted server had heard of no VM: one that stopped reporting across the restart
+    never went silent. Its logs say who was reporting; one quiet for longer before the stop
+    went quiet before it, and is left alone (a restart is no storm of old VMs)."""
+    body = ('[[rule]]\nname = "quiet"\nmetric = "cpu"\nperiod = 1\nsilent_after = "3s"\n'
+            'match = { tags = { host = "kvm*" } }\nactions = ["hook"]\n')
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, body)
+        with serve(tmp_path, rules) as server:
+            now = int(time.time())
+            server.send_udp(line("10.0.0.3", now - 30, 20.0, host="kvm1"),
+                            line("10.0.0.4", now, 20.0, host="other"))
+            for _ in range(2):
+                server.send_udp(*[line(vm, int(time.time()), 20.0, host="kvm1")
+                                  for vm in ("10.0.0.1", "10.0.0.2")])
+                time.sleep(0.5)
+        with serve(tmp_path, rules) as server:
+            for _ in range(10):  # 10.0.0.2 goes on reporting, 10.0.0.1 does not
+                server.send_udp(line("10.0.0.2", int(time.time()), 20.0, host="kvm1"))
+                time.sleep(0.5)
+            alerts = hook.wait(1)
+            states = json.loads(server.http("/alerts"))["states"]
+        assert [(a["labels"]["scope"], a["annotations"]["state"]) for a in alerts] == [
+            ("10.0.0.1", "silent")]
+        assert sorted((s["scope"], s["state"]) for s in states) == [("10.0.0.1", "silent"),
+                                                                    ("10.0.0.2", "ok")]
+
+
 def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
     with WebhookReceiver(SECRET.encode()) as hook:
         rules = rules_file(tmp_path, hook.url, HOT % "")

@@ -217,6 +217,30 @@ class Engine:
         series.notified = now
         rs.states[state] += 1
 
+    def reporting(self, vm: str, ts: float, labels: dict[str, str]) -> None:
+        """A VM whose logs show it reporting up to ``ts``, before this start.
+
+        A silence is timed from a VM's last record, and a restarted server had heard of none:
+        a VM that stopped across a restart never went silent.  Each silence rule whose scope
+        takes the VM and has no series of it now holds one, last heard at ``ts``, decided by
+        its next record like a restored one; a VM quiet for ``silent_after`` already is left
+        alone (it went quiet before, not across, the restart).
+        """
+        address = parse_address(vm)
+        for rs in self.rules.values():
+            rule = rs.rule
+            if (not rule.silent_after or rule.scope == GROUP or vm in rs.series
+                    or self.clock() - ts >= rule.silent_after or not rule.match(vm, labels, address)):
+                continue
+            if self.size >= self.settings.max_series:
+                self.refused += 1
+                return
+            self.size += 1
+            series = rs.series[vm] = Series(vm, RESTORED, ts)
+            series.end = -1
+            series.settled = False
+            rs.states["ok"] += 1
+
     def restore_scaling(self, rule: str, direction: str, at: float) -> None:
         """The last scaling action's time: its cooldown goes on across a restart (and an edit)."""
         rs = self.rules.get(rule)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from twisted.application import service
 from twisted.internet import defer
 
+from vmstats import logstore
 from vmstats.rules.actionlog import ActionLog
 from vmstats.rules.config import RulesError, RuleSet, load_rules
 from vmstats.rules.delivery import Dispatcher
@@ -49,6 +50,29 @@ def rules_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "rules")
 
 
+def reporting_vms(data_dir: str, since: float, now: float):
+    """``(vm, ts, labels)`` of each VM whose log's last record is stamped ``since`` or later.
+
+    One read of the last few KiB of today's file (and yesterday's, when ``since`` is in it)
+    per VM folder: what a silence rule needs to know who was reporting before a restart.
+    """
+    days = sorted({logstore.day_of(int(since)), logstore.day_of(int(now))}, reverse=True)
+    for vm in logstore.iter_vms(data_dir):
+        for day in days:
+            try:
+                last = logstore.last_labels(logstore.day_path(data_dir, vm, day))
+            except ValueError:  # a folder no VM id could name
+                break
+            if last is not None:
+                ts, host, tags = last
+                if ts >= since:
+                    labels = dict(tags or ())
+                    if host:
+                        labels["host"] = host
+                    yield vm, ts, labels
+                break
+
+
 def counts_page(state_counts: Mapping[tuple[str, str], int]) -> dict:
     """/alerts' ``counts``: ``"rule.state": n`` for the states any scope is in."""
     return {"%s.%s" % key: n for key, n in sorted(state_counts.items()) if n}
@@ -73,11 +97,13 @@ class RulesService(service.Service):
 
     def __init__(self, reactor, path: str, ruleset: RuleSet, directory: str,
                  cpu: Callable[[], float] = time.process_time,
-                 wall: WallClock | None = None):
+                 wall: WallClock | None = None, data_dir: str | None = None):
         """``wall`` is the time of day the rules judge records and stamp the log by (the
         server's, whose steps they follow); by default ``reactor.seconds``, as with a test's
-        ``task.Clock``."""
+        ``task.Clock``.  ``data_dir``: where the VMs' logs tell, at start, which VMs were
+        reporting (silence rules time their silence from there)."""
         self.reactor = reactor
+        self.data_dir = data_dir
         self.cpu = cpu
         self.path = path
         self.ruleset = ruleset
@@ -113,6 +139,11 @@ class RulesService(service.Service):
             self.engine.restore(event)
         for (rule, direction), event in state.scaling.items():
             self.engine.restore_scaling(rule, direction, event["at"])
+        quiet = [r.silent_after for r in self.ruleset.rules if r.silent_after and r.scope == "vm"]
+        if quiet and self.data_dir is not None:
+            now = self.engine.clock()
+            for vm, ts, labels in reporting_vms(self.data_dir, now - max(quiet), now):
+                self.engine.reporting(vm, ts, labels)
         if state.pending:
             log.info("action log: %s left undelivered: sending them again",
                      counted(len(state.pending), "delivery", "deliveries"))

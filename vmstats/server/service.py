@@ -91,7 +91,8 @@ class Aggregator(service.MultiService):
             from vmstats.rules.service import RulesService, rules_dir
 
             self.rules = RulesService(reactor, config.rules_file, load_rules(config.rules_file),
-                                      rules_dir(config.data_dir), wall=self.clock)
+                                      rules_dir(config.data_dir), wall=self.clock,
+                                      data_dir=config.data_dir)
             self.ingest.observe = self.rules.observe
             self.metrics.families.append(self.rules.families)
             self.rules.setServiceParent(self)  # started first: the action log replays before data
