@@ -46,6 +46,10 @@ class Dispatcher:
         self.retry_min = retry_min
         self.retry_max = retry_max
         self.pending: dict[str, Pending] = {}
+        #: rule -> its scaling deliveries pending: asked at every group evaluation, so it is
+        #: counted, not found by a pass over ``pending`` (1.6 ms a call at 20,000 pending, a
+        #: fleet gone silent while the receiver is down).
+        self._scaling: Counter[str] = Counter()
         self.counts: Counter[tuple[str, str]] = Counter()
         self._timers: dict[str, object] = {}
         #: Events whose entry could not be logged (key -> event): the next attempt of one of
@@ -67,7 +71,7 @@ class Dispatcher:
                                   started=started)
                 entries.append({"type": "attempt", "key": pending.key, "n": 1,
                                 "at": self.wall(), "age": 0.0})
-                self.pending[pending.key] = pending
+                self._hold(pending)
                 fresh.append(pending)
         if not entries:
             return defer.succeed(None)
@@ -90,13 +94,21 @@ class Dispatcher:
         for one in pending:
             since = one.aged_at if one.aged_at is not None else one.event["at"]
             one.started = started - one.age - max(0.0, now - since)
-            self.pending[one.key] = one
+            self._hold(one)
             self._attempt(one)
 
     def holds_scale(self, rule: str) -> bool:
         """True while a scaling decision of ``rule`` is not yet delivered (the next one waits)."""
-        return any(p.event["rule"] == rule and p.event["kind"] == "scale"
-                   for p in self.pending.values())
+        return self._scaling[rule] > 0
+
+    def _hold(self, pending: Pending) -> None:
+        if pending.key not in self.pending and pending.event["kind"] == "scale":
+            self._scaling[pending.event["rule"]] += 1
+        self.pending[pending.key] = pending
+
+    def _release(self, pending: Pending) -> None:
+        if self.pending.pop(pending.key, None) is not None and pending.event["kind"] == "scale":
+            self._scaling[pending.event["rule"]] -= 1
 
     def _attempt(self, pending: Pending) -> None:
         self._timers.pop(pending.key, None)
@@ -136,7 +148,7 @@ class Dispatcher:
                        errbackArgs=(pending,))
 
     def _delivered(self, _result, pending: Pending) -> None:
-        self.pending.pop(pending.key, None)
+        self._release(pending)
         self.counts[(pending.action, "delivered")] += 1
         self.log.append([{"type": "result", "key": pending.key, "n": pending.attempts, "ok": True,
                           "at": self.wall()}]).addErrback(lambda _f: None)
@@ -158,7 +170,7 @@ class Dispatcher:
         self._timers[pending.key] = self.reactor.callLater(delay, self._attempt, pending)
 
     def _give_up(self, pending: Pending, reason: str) -> None:
-        self.pending.pop(pending.key, None)
+        self._release(pending)
         self.counts[(pending.action, "gave_up")] += 1
         log.error("delivery %s to %s given up: %s", pending.key, pending.action, reason)
         self.log.append([{"type": "gave_up", "key": pending.key, "reason": reason,
