@@ -21,11 +21,11 @@ from vmstats.server.service import Aggregator
 
 
 def get(port: int, path: str, method: str = "GET", headers: dict | None = None,
-        source: str = LOOPBACK) -> tuple[int, dict, bytes]:
+        source: str = LOOPBACK, body: bytes | None = None) -> tuple[int, dict, bytes]:
     """A raw request (the path sent exactly as given): status, headers, body."""
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10, source_address=(source, 0))
     try:
-        conn.request(method, path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:

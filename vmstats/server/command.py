@@ -173,7 +173,8 @@ class UTCFormatter(logging.Formatter):
 @click.option("--influx-vm-tag", default=D.influx_vm_tag, show_default=True,
               help="The line-protocol tag that names the VM.")
 @click.option("--write-token", default=None,
-              help="Token the InfluxDB write API (/write, /api/v2/write) requires.")
+              help="Token the InfluxDB write API (/write, /api/v2/write) requires; with "
+                   "--auth-keys the write API is off (403) until it is set.")
 @click.option("--collectd-port", type=IntRange(-1, 65535), default=D.collectd_port,
               show_default=True,
               help="UDP port for collectd's network plugin (collectd's is 25826; -1 = off).")

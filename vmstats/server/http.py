@@ -11,6 +11,11 @@ past it -- declared (413 at the headers) or streamed (413 once the bytes pass it
 of it is stored, a body to an unknown path (404) before reading it, an HTTP/1.0 body without
 a Content-Length (411) that it cannot delimit, and what a page's ``refuse_early`` refuses at the
 headers (a write without its token: 401).  Each refusal is counted on /metrics.
+
+A request that changes something (any method but GET and HEAD) carrying ``Origin`` is refused
+(403) at its headers: only a browser sends that header, and nothing here is meant for one, so a
+web page a victim opens cannot use the victim's network position to write records or hold room
+(a ``text/plain`` POST needs no CORS preflight, and the write API takes one without a token).
 """
 
 import hmac
@@ -31,6 +36,14 @@ Handler = Callable[[server.Request], bytes | int]
 DEFAULT_MAX_BODY = 64 << 10
 #: Bytes read and dropped after a refusal, so the client can read the answer before the close.
 LINGER_BYTES = 4 << 20
+#: Methods a browser's page may send across origins unrefused: they change nothing here.
+SAFE_METHODS = (b"GET", b"HEAD")
+
+
+def secret_matches(given: bytes, secret: bytes) -> bool:
+    """Is ``given`` the secret?  In constant time, so that response times tell nothing of how
+    many leading bytes of a guess were right."""
+    return hmac.compare_digest(given, secret)
 
 
 class Router(resource.Resource):
@@ -158,6 +171,9 @@ class _Channel(http.HTTPChannel):
         elif self.length is not None and limit is not None and self.length > limit:
             self._refuse(http.REQUEST_ENTITY_TOO_LARGE, "too_large",
                          "body larger than %d bytes" % limit)
+        elif self._command not in SAFE_METHODS and headers.hasHeader(b"origin"):
+            self._refuse(http.FORBIDDEN, "cross_origin",
+                         "a request from a browser's page (Origin header) may only read")
         elif path in self.router.gates:
             early = self.router.gates[path](request, self._command,
                                             http.parse_qs(self._path.partition(b"?")[2], 1))
@@ -244,7 +260,7 @@ class StatusToken:
             return False
         given = request.getHeader(b"authorization") or b""
         scheme, _, value = given.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), self.token)
+        return scheme.lower() == b"bearer" and secret_matches(value.strip(), self.token)
 
 
 class HTTPService(service.Service):

@@ -151,7 +151,8 @@ class Aggregator(service.MultiService):
         self.admission = None
         if config.http_port >= 0:
             token = StatusToken(config.status_token)
-            routes = httpwrite.routes(self.edge, self.edge.influx, config.write_token)
+            routes = httpwrite.routes(self.edge, self.edge.influx, config.write_token,
+                                      self.auth.required)
             if config.inventory:
                 self.admission = self._admission(token)
                 routes[b"/admission"] = self.admission.page()

@@ -25,6 +25,7 @@ from twisted.web import resource, server
 
 from vmstats.server.formats import R_AUTH, Tally
 from vmstats.server.formats.lineprotocol import PRECISIONS
+from vmstats.server.http import secret_matches
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +71,31 @@ class WritePage(resource.Resource):
     #: The HTTP channel refuses a longer body before storing it (http.py).
     max_body = MAX_BODY
 
-    def __init__(self, edge, decoder, version: int, token: str | None):
+    def __init__(self, edge, decoder, version: int, token: str | None, signed: bool = False):
         super().__init__()
         self.edge = edge
         self.decoder = decoder
         self.version = version
         self.token = token.encode("utf-8") if token else None
+        #: The server requires signed records (--auth-keys): a write API open to anyone would
+        #: let any sender write any VM's records past the keys, so without a token it is shut.
+        self.shut = signed and self.token is None
 
     def refuse_early(self, request, method: bytes, args: dict) -> tuple[int, bytes] | None:
-        """At the headers (http.py): a write without the token is answered 401 and counted
-        before its body is read, so no one without it makes the server store a body."""
-        if method != b"POST" or self.token is None or self._authorized(request, args):
+        """At the headers (http.py): a write without the token is answered 401 (403 when the
+        API is shut) and counted before its body is read, so no one without it makes the
+        server store a body."""
+        if method != b"POST":
             return None
-        self._count_unauthorized()
-        return 401, self._error_body("unauthorized", "unauthorized access")
+        refusal = self._refusal(request, args)
+        if refusal is None:
+            return None
+        return refusal[0], self._error_body(*refusal[1:])
 
     def render_POST(self, request) -> bytes:
-        if self.token is not None and not self._authorized(request, request.args):
-            self._count_unauthorized()
-            return self._error(request, 401, "unauthorized", "unauthorized access")
+        refusal = self._refusal(request, request.args)
+        if refusal is not None:
+            return self._error(request, *refusal)
         args = request.args
         precision = args.get(b"precision", [b"ns"])[0].decode("ascii", "replace")
         allowed = V2_PRECISIONS if self.version == 2 else V1_PRECISIONS
@@ -144,20 +151,31 @@ class WritePage(resource.Resource):
         fed.addCallback(self.edge.when_durable, answer).addErrback(failed)
         return server.NOT_DONE_YET
 
-    def _count_unauthorized(self) -> None:
+    def _refusal(self, request, args: dict) -> tuple[int, str, str] | None:
+        """``(status, kind, message)`` for a write that may not be taken (counted as auth), or
+        None."""
+        if self.shut:
+            refusal = (403, "forbidden", "the write API is off: this server requires signed "
+                       "records (--auth-keys) and no --write-token is set")
+        elif self.token is not None and not self._authorized(request, args):
+            refusal = (401, "unauthorized", "unauthorized access")
+        else:
+            return None
         tally = Tally()
         tally.reject(R_AUTH, "write without a valid token")
         self.edge.count(self.decoder.name, tally)
+        return refusal
 
     def _authorized(self, request, args: dict) -> bool:
         header = request.getHeader(b"authorization") or b""
         scheme, _sep, credential = header.partition(b" ")
-        if scheme.lower() in (b"token", b"bearer") and credential.strip() == self.token:
+        if scheme.lower() in (b"token", b"bearer") and secret_matches(credential.strip(),
+                                                                       self.token):
             return True
         if self.version == 1:
-            if args.get(b"p", [b""])[0] == self.token:
+            if secret_matches(args.get(b"p", [b""])[0], self.token):
                 return True
-            if scheme.lower() == b"basic" and request.getPassword() == self.token:
+            if scheme.lower() == b"basic" and secret_matches(request.getPassword(), self.token):
                 return True
         return False
 
@@ -196,8 +214,10 @@ class Query(resource.Resource):
     render_GET = render_POST
 
 
-def routes(edge, decoder, token: str | None) -> dict[bytes, resource.Resource]:
-    """The write API's pages by path, for the HTTP service."""
-    return {b"/write": WritePage(edge, decoder, 1, token),
-            b"/api/v2/write": WritePage(edge, decoder, 2, token),
+def routes(edge, decoder, token: str | None,
+           signed: bool = False) -> dict[bytes, resource.Resource]:
+    """The write API's pages by path, for the HTTP service; ``signed``: the server requires
+    signed records (--auth-keys), so the write API needs its token or is shut."""
+    return {b"/write": WritePage(edge, decoder, 1, token, signed),
+            b"/api/v2/write": WritePage(edge, decoder, 2, token, signed),
             b"/ping": Ping(), b"/query": Query()}
