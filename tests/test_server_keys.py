@@ -217,3 +217,24 @@ def test_damaged_lines_of_the_marks_file_are_skipped_and_told_once(tmp_path, cap
     memory = SignatureMemory(str(tmp_path), None, Verifier(300, lambda: 1_700_000_000.0))
     assert memory.restore([(1, str(segment))]) == 1
     assert memory.marks[b"good"] == 1699999500  # the next save's floor: not in 2286
+
+
+def test_a_key_file_other_users_can_read_is_named_once_at_start(tmp_path):
+    """A world-readable key file lets any local user sign records for its VMs: the server
+    started without a word about it."""
+    from test_server_lifecycle import run_cli
+
+    keys = tmp_path / "keys"
+    keys.write_text("k1 %s\n" % ("a" * 64))
+    common = ("--bind", "127.0.0.1", "--udp-port", "0", "--tcp-port", "0", "--no-http",
+              "--parsers", "0", "--workers", "1", "--data-dir", str(tmp_path / "d"),
+              "--duration", "1s", "--auth-keys", str(keys))
+    keys.chmod(0o644)
+    result = run_cli(*common)
+    assert result.returncode == 0, result.stderr
+    warned = [text for text in result.stderr.splitlines() if "open to other users" in text]
+    assert len(warned) == 1 and str(keys) in warned[0] and "mode 0644" in warned[0]
+    assert "a" * 64 not in result.stderr
+    keys.chmod(0o600)
+    result = run_cli(*common)
+    assert result.returncode == 0 and "open to other users" not in result.stderr

@@ -6,6 +6,8 @@ TOML is named whichever command met it, and never ends in a traceback.
 Each caller adds what the file is for (``inventory hosts.toml: ...``).
 """
 
+import os
+import stat
 import tomllib
 from dataclasses import dataclass
 
@@ -56,6 +58,23 @@ def decode(raw: bytes, path: str) -> str:
 def read_text(path: str) -> str:
     """The file's UTF-8 text; FileProblem when it is unreadable or not UTF-8."""
     return decode(read_bytes(path), path)
+
+
+def loose_secret(path: str) -> str | None:
+    """Why the secret file at ``path`` is open to other local users, or None.
+
+    A key file others can read lets them sign records for its VMs, one they can write lets them
+    add a key of their own: the server still starts (the file is the operator's to fix), but
+    says so once.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # reading it fails next, with its own one-line error
+    if not mode & 0o077:
+        return None
+    return ("%s is open to other users (mode %04o): anyone who can read it holds its secrets; "
+            "chmod 600 it" % (path, stat.S_IMODE(mode)))
 
 
 def read_secret(path: str) -> str:
