@@ -143,18 +143,32 @@ def test_allow_drops_udp_and_refuses_tcp_and_http_from_other_sources(tmp_path):
                                                                            "10.71.0.3"]
 
 
-@pytest.mark.parametrize("bind, keys, warned", [
-    ("0.0.0.0", None, True), ("::", None, True), ("10.1.2.3", None, True),
-    ("127.0.0.1", None, False), ("::1", None, False), ("0.0.0.0", {b"k": b"s"}, False)])
+KEYS = {b"k": b"s"}
+
+
+@pytest.mark.parametrize("bind, keys, others, warned", [
+    ("0.0.0.0", None, {}, "udp 8899 / tcp 8899 / http /write 8898"),
+    ("::", None, {}, "udp 8899"), ("10.1.2.3", None, {}, "udp 8899"),
+    ("0.0.0.0", None, {"write_token": "w"}, "udp 8899 / tcp 8899 from"),
+    ("127.0.0.1", None, {}, ""), ("::1", None, {}, ""), ("0.0.0.0", KEYS, {}, ""),
+    ("127.0.0.1", KEYS, {"influx_port": 8094}, ""),
+    # --auth-keys guards only the native ports: each other format's port takes unsigned records
+    ("0.0.0.0", KEYS, {"influx_port": 8094, "graphite_port": 2003}, "influx 8094 / graphite 2003"),
+    ("0.0.0.0", KEYS, {"collectd_port": 25826}, "collectd 25826"),
+    ("0.0.0.0", KEYS, {"collectd_port": 25826, "collectd_security": "sign",
+                       "collectd_auth": {"u": "p"}}, "")])
 def test_the_warning_comes_exactly_when_unsigned_records_are_taken_from_beyond_loopback(
-        tmp_path, caplog, bind, keys, warned):
-    config = ServerConfig(bind=bind, auth_keys=keys, data_dir=str(tmp_path), parsers=0, workers=1)
+        tmp_path, caplog, bind, keys, others, warned):
+    config = ServerConfig(bind=bind, auth_keys=keys, data_dir=str(tmp_path), parsers=0, workers=1,
+                          **others)
     aggregator = Aggregator(config, Clock())  # built, never started: nothing listens
-    assert aggregator.exposed() is warned
+    assert aggregator.exposed() is bool(warned)
     with caplog.at_level(logging.WARNING):
-        aggregator._announce_exposure({"udp_port": 8899, "tcp_port": 8899})
-    assert ("UNSIGNED records" in caplog.text) is warned
-    assert aggregator.metrics.gauges["unsigned_accepted_beyond_loopback"][1]() == int(warned)
+        aggregator._announce_exposure({"udp_port": 8899, "tcp_port": 8899, "http_port": 8898,
+                                       "influx_port": 8094, "graphite_port": 2003,
+                                       "collectd_port": 25826})
+    assert ("UNSIGNED records on %s %s" % (bind, warned) in caplog.text) is bool(warned)
+    assert aggregator.metrics.gauges["unsigned_accepted_beyond_loopback"][1]() == int(bool(warned))
 
 
 def test_bind_takes_a_host_name(tmp_path):

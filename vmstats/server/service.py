@@ -161,7 +161,8 @@ class Aggregator(service.MultiService):
                                     self.rules.alerts if self.rules is not None else None)
             self.http.setServiceParent(self)
         self.metrics.gauges["unsigned_accepted_beyond_loopback"] = (
-            "1 when the push ports take unsigned records from beyond this machine (no --auth-keys).",
+            "1 when a port takes unsigned records from beyond this machine (the push ports without "
+            "--auth-keys, the write API without --write-token, the other formats' ports).",
             lambda: int(self.exposed()))
 
     def _admission(self, token: StatusToken):
@@ -210,8 +211,23 @@ class Aggregator(service.MultiService):
         return tables
 
     def exposed(self) -> bool:
-        """Do the push ports take unsigned records from other machines?"""
-        return not self.auth.required and not is_loopback(self.config.bind)
+        """Does any port take unsigned records from other machines?"""
+        return bool(self.unsigned_doors()) and not is_loopback(self.config.bind)
+
+    def unsigned_doors(self) -> list[tuple[str, str]]:
+        """``(what, its port's key in ports())`` of each way in for records no signature or
+        token vouches for: --auth-keys guards only the native ports, so each other format's
+        port is one even with keys (collectd's unless --collectd-security asks for more)."""
+        config = self.config
+        doors = [] if self.auth.required else [("udp", "udp_port"), ("tcp", "tcp_port")]
+        if self.http is not None and config.write_token is None and not self.auth.required:
+            doors.append(("http /write", "http_port"))
+        for name, port in (("influx", config.influx_port), ("graphite", config.graphite_port)):
+            if port >= 0:
+                doors.append((name, "%s_port" % name))
+        if config.collectd_port >= 0 and config.collectd_security == "none":
+            doors.append(("collectd", "collectd_port"))
+        return doors
 
     def startService(self) -> None:
         self.check_paths()
@@ -294,12 +310,13 @@ class Aggregator(service.MultiService):
         who = ("the networks in --allow (%s)" % ", ".join(self.config.allow) if self.config.allow
                else "ANY address that can reach it")
         banner = "!" * 78
-        log.warning("\n%s\nvmstats serve accepts UNSIGNED records on %s udp %d / tcp %d from %s:"
+        doors = " / ".join("%s %s" % (what, ports.get(key)) for what, key in self.unsigned_doors())
+        log.warning("\n%s\nvmstats serve accepts UNSIGNED records on %s %s from %s:"
                     "\nanyone there can write records for any VM and change what the report "
-                    "reclaims.\nRequire signatures (--auth-keys, keys bound to VMs), limit the "
-                    "sources (--allow CIDR),\nor listen on loopback only (--bind 127.0.0.1). "
-                    "See docs/OPERATIONS.md, \"Exposure\".\n%s", banner, self.config.bind,
-                    ports["udp_port"], ports["tcp_port"], who, banner)
+                    "reclaims.\nRequire signatures (--auth-keys, keys bound to VMs; --write-token "
+                    "for HTTP), limit the\nsources (--allow CIDR), or listen on loopback only "
+                    "(--bind 127.0.0.1). See docs/OPERATIONS.md,\n\"Exposure\".\n%s", banner,
+                    self.config.bind, doors, who, banner)
 
     @defer.inlineCallbacks
     def stopService(self):
