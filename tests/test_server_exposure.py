@@ -147,7 +147,10 @@ KEYS = {b"k": b"s"}
 
 
 @pytest.mark.parametrize("bind, keys, others, warned", [
-    ("0.0.0.0", None, {}, "udp 8899 / tcp 8899 / http /write 8898"),
+    ("0.0.0.0", None, {}, "udp 8899 / tcp 8899 / http /write 8898 from ANY"),
+    ("::", None, {"allow": ("10.0.0.0/8",), "http_allow": ("127.0.0.1/32",)},
+     "udp 8899 / tcp 8899 from the networks in --allow (10.0.0.0/8); http /write 8898 from "
+     "the networks in --http-allow (127.0.0.1/32)"),
     ("::", None, {}, "udp 8899"), ("10.1.2.3", None, {}, "udp 8899"),
     ("0.0.0.0", None, {"write_token": "w"}, "udp 8899 / tcp 8899 from"),
     ("127.0.0.1", None, {}, ""), ("::1", None, {}, ""), ("0.0.0.0", KEYS, {}, ""),

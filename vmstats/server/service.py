@@ -307,16 +307,21 @@ class Aggregator(service.MultiService):
         """A loud warning when anyone beyond this machine may write records unsigned."""
         if not self.exposed():
             return
-        who = ("the networks in --allow (%s)" % ", ".join(self.config.allow) if self.config.allow
-               else "ANY address that can reach it")
+        doors = {}  # who may reach them -> the ports: the HTTP port has its own --http-allow
+        for what, key in self.unsigned_doors():
+            allow, option = ((self.config.http_allow, "--http-allow") if key == "http_port"
+                             else (self.config.allow, "--allow"))
+            who = ("the networks in %s (%s)" % (option, ", ".join(allow)) if allow
+                   else "ANY address that can reach it")
+            doors.setdefault(who, []).append("%s %s" % (what, ports.get(key)))
+        where = "; ".join("%s from %s" % (" / ".join(names), who) for who, names in doors.items())
         banner = "!" * 78
-        doors = " / ".join("%s %s" % (what, ports.get(key)) for what, key in self.unsigned_doors())
-        log.warning("\n%s\nvmstats serve accepts UNSIGNED records on %s %s from %s:"
+        log.warning("\n%s\nvmstats serve accepts UNSIGNED records on %s %s:"
                     "\nanyone there can write records for any VM and change what the report "
                     "reclaims.\nRequire signatures (--auth-keys, keys bound to VMs; --write-token "
                     "for HTTP), limit the\nsources (--allow CIDR), or listen on loopback only "
                     "(--bind 127.0.0.1). See docs/OPERATIONS.md,\n\"Exposure\".\n%s", banner,
-                    self.config.bind, doors, who, banner)
+                    self.config.bind, where, banner)
 
     @defer.inlineCallbacks
     def stopService(self):
