@@ -25,8 +25,12 @@ def test_a_browser_page_on_another_origin_can_read_but_not_write(tmp_path):
         assert "access-control-allow-origin" not in headers
         status, headers, _ = get(port, "/status", headers=BROWSER)
         assert status == 200 and "access-control-allow-origin" not in headers
+        assert get(port, "/query", "POST", BROWSER, body=b"q=x")[0] == 403  # any path
+        status, headers, _ = get(port, "/write", "OPTIONS", dict(
+            BROWSER, **{"Access-Control-Request-Method": "POST"}))  # a preflight: no CORS
+        assert status == 403 and "access-control-allow-origin" not in headers
         metrics = server.metrics()
-        assert metrics['vmstats_http_requests_refused_total{reason="cross_origin"}'] == 1
+        assert metrics['vmstats_http_requests_refused_total{reason="cross_origin"}'] == 3
         assert edge(metrics, "influx", "used") == 0
         status, _, _ = get(port, "/write?db=x&precision=s", "POST",
                            {"Content-Type": "text/plain"}, body=body())
