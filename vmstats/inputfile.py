@@ -71,7 +71,7 @@ def loose_secret(path: str) -> str | None:
         mode = os.stat(path).st_mode
     except OSError:
         return None  # reading it fails next, with its own one-line error
-    if not mode & 0o077:
+    if not stat.S_ISREG(mode) or not mode & 0o077:
         return None
     return ("%s is open to other users (mode %04o): anyone who can read it holds its secrets; "
             "chmod 600 it" % (path, stat.S_IMODE(mode)))

@@ -233,10 +233,6 @@ def serve(**options) -> None:
             options["auth_keys"] = load_keys(keys_path)
         except (OSError, ValueError, UnicodeError) as exc:
             raise Refused("cannot read --auth-keys: %s" % one_line(exc)) from None
-    for path in (keys_path, options["collectd_auth_file"], options["status_token_file"]):
-        loose = path and inputfile.loose_secret(path)
-        if loose:
-            logging.getLogger(__name__).warning("%s", loose)
     auth_file = options.pop("collectd_auth_file")
     if options["collectd_security"] != "none" and not auth_file:
         raise Refused("--collectd-security %s needs --collectd-auth-file" % options["collectd_security"])
@@ -269,6 +265,10 @@ def serve(**options) -> None:
             options["status_token"] = inputfile.read_secret(token_path)
         except inputfile.FileProblem as exc:
             raise Refused("cannot read --status-token-file: %s" % exc) from None
+    for path in (keys_path, auth_file, token_path):  # read: a file that is not stops first
+        loose = path and inputfile.loose_secret(path)
+        if loose:
+            logging.getLogger(__name__).warning("%s", loose)
     for name in ("allow", "http_allow"):
         options[name] = networks(options[name], "--" + name.replace("_", "-"))
     try:
