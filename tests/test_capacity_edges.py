@@ -188,7 +188,7 @@ def test_a_host_whose_every_vm_went_silent_is_unknown_not_empty(tmp_path):
 def test_a_profile_with_impossible_numbers_says_which_not_unknown(fleet, tmp_path, profile, message):
     (tmp_path / "m.toml").write_text('[[vms]]\nprofile = "%s"\n' % profile)
     done = vmstats("admit", tmp_path / "m.toml", fleet / "data", "--inventory", fleet / "hosts.toml")
-    assert done.returncode == 1 and done.stdout == "" and message in done.stderr, done.stderr
+    assert done.returncode == 2 and done.stdout == "" and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
