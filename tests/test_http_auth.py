@@ -6,6 +6,7 @@ import time
 from serverproc import STATUS_TOKEN, serve
 from test_formats_server import edge, minute_lines
 from test_server_exposure import get, server_json
+from test_server_lifecycle import run_cli
 
 #: A write a page on another origin can send without a CORS preflight.
 BROWSER = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
@@ -75,3 +76,30 @@ def test_a_token_wrong_in_its_last_byte_or_of_the_other_kind_unlocks_nothing(tmp
         status, _, _ = get(port, "/write?precision=s&p=w-token", "POST", body=body())
         assert status == 204
     assert "w-token" not in server.output and STATUS_TOKEN not in server.output
+
+
+def test_the_write_token_comes_from_a_file_or_the_environment_out_of_ps(tmp_path):
+    """--write-token was a flag only, so any local user read it in ps; the status token's file
+    and environment forms serve it too, and both the flag and the file are one setting."""
+    token_file = tmp_path / "write-token"
+    token_file.write_text("w-from-file\n")
+    token_file.chmod(0o600)
+    for where, args, env, token in (
+        ("file", ("--write-token-file", str(token_file)), None, "w-from-file"),
+        ("env", (), {"VMSTATS_WRITE_TOKEN": "w-from-env"}, "w-from-env"),
+    ):
+        with serve(tmp_path / where, *args, env=env) as server:
+            assert token not in " ".join(server.command())
+            for given, expected in (("nearly", 401), (token, 204)):
+                status, _, _ = get(server.http_port, "/write?precision=s", "POST",
+                                   {"Authorization": "Token " + given}, body=body())
+                assert status == expected, (where, given)
+        assert token not in server.output
+    common = ("--bind", "127.0.0.1", "--udp-port", "0", "--tcp-port", "0", "--no-http", "--parsers",
+              "0", "--workers", "1", "--data-dir", str(tmp_path / "d"), "--duration", "1s")
+    both = run_cli(*common, "--write-token", "w", "--write-token-file", str(token_file))
+    assert both.returncode == 2 and both.stderr.strip().splitlines() == [
+        "Error: --write-token and --write-token-file are one setting: give one"]
+    missing = run_cli(*common, "--write-token-file", str(tmp_path / "absent"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert missing.stderr.startswith("Error: cannot read --write-token-file: ")

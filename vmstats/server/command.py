@@ -172,9 +172,12 @@ class UTCFormatter(logging.Formatter):
                    "(0 = ephemeral, -1 = off). The HTTP write API is on --http-port.")
 @click.option("--influx-vm-tag", default=D.influx_vm_tag, show_default=True,
               help="The line-protocol tag that names the VM.")
-@click.option("--write-token", default=None,
+@click.option("--write-token", default=None, envvar="VMSTATS_WRITE_TOKEN",
               help="Token the InfluxDB write API (/write, /api/v2/write) requires; with "
-                   "--auth-keys the write API is off (403) until it is set.")
+                   "--auth-keys the write API is off (403) until it is set. Prefer "
+                   "--write-token-file or $VMSTATS_WRITE_TOKEN (a flag shows in ps).")
+@click.option("--write-token-file", type=click.Path(), default=None,
+              help="File holding the write API's token (its first line); not with --write-token.")
 @click.option("--collectd-port", type=IntRange(-1, 65535), default=D.collectd_port,
               show_default=True,
               help="UDP port for collectd's network plugin (collectd's is 25826; -1 = off).")
@@ -254,18 +257,8 @@ def serve(**options) -> None:
         options["virtual_interfaces"] = parse_patterns(options["virtual_interfaces"])
     except ValueError as exc:
         raise Refused("--virtual-interfaces: %s" % exc) from None
-    token_path = options.pop("status_token_file")
-    if token_path:
-        # The file stands in for the flag (as `vmstats alerts --token-file` does): both given is
-        # a mistake that would otherwise let the file win silently; the environment's is a default.
-        source = click.get_current_context().get_parameter_source("status_token")
-        if source is click.core.ParameterSource.COMMANDLINE:
-            raise click.UsageError("--status-token and --status-token-file are one setting: give one")
-        try:
-            options["status_token"] = inputfile.read_secret(token_path)
-        except inputfile.FileProblem as exc:
-            raise Refused("cannot read --status-token-file: %s" % exc) from None
-    for path in (keys_path, auth_file, token_path):  # read: a file that is not stops first
+    token_paths = [_token_from_file(options, name) for name in ("status_token", "write_token")]
+    for path in (keys_path, auth_file, *token_paths):  # read: a file that is not stops first
         loose = path and inputfile.loose_secret(path)
         if loose:
             logging.getLogger(__name__).warning("%s", loose)
@@ -319,6 +312,25 @@ def serve(**options) -> None:
     except Exception as exc:  # anything else that stops the start: one readable line
         raise click.ClickException("%s: %s" % (type(exc).__name__, exc)) from None
     sys.exit(code)
+
+
+def _token_from_file(options: dict, name: str) -> str | None:
+    """``--NAME-file``'s first line as ``options[name]``; the file's path, or None without one.
+
+    The file stands in for the flag (as `vmstats alerts --token-file` does): both given is a
+    mistake that would otherwise let the file win silently; the environment's is a default.
+    """
+    path = options.pop(name + "_file")
+    if not path:
+        return None
+    flag = "--" + name.replace("_", "-")
+    if click.get_current_context().get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("%s and %s-file are one setting: give one" % (flag, flag))
+    try:
+        options[name] = inputfile.read_secret(path)
+    except inputfile.FileProblem as exc:
+        raise Refused("cannot read %s-file: %s" % (flag, exc)) from None
+    return path
 
 
 def networks(values: tuple[str, ...], option: str) -> tuple[str, ...]:
