@@ -449,3 +449,23 @@ def test_a_retry_delay_of_nothing_is_one_problem():
         parse_rules({"settings": {"retry_min": "2s", "retry_max": "1s"}})
     assert refused.value.problems == ["settings: retry_max: must be at least retry_min (2s), got 1s"]
     assert parse_rules({"settings": {"retry_min": "0.1s", "retry_max": "0.1s"}}).settings.retry_min == 0.1
+
+
+@pytest.mark.parametrize("metric, divisor", [
+    ("cpu / 0", "0"),
+    ("net / (2 - 2.0)", "2 - 2.0"),
+    ("mem / min(0, 5)", "min(0, 5)"),
+    ("disk / (1 / 0)", "1 / 0"),
+])
+def test_a_metric_divided_by_a_constant_zero_is_one_problem(metric, divisor):
+    """``cpu / 0`` passed the check ("OK"), and the rule then sat in insufficient-data for good."""
+    with pytest.raises(RulesError) as caught:
+        parse_rules({"rule": [{"name": "r", "metric": metric, "enter": 1}]})
+    assert caught.value.problems == [
+        "rule r: metric: %r divides by %s, which is 0: the metric would never have a value"
+        % (metric, divisor)]
+
+
+def test_a_metric_divided_by_a_figure_or_a_nonzero_constant_is_fine():
+    for metric in ("cpu / 2", "net / vcpus", "mem / (1 - 0.5)", "cpu / max(vcpus, 0)"):
+        parse_rules({"rule": [{"name": "r", "metric": metric, "enter": 1}]})

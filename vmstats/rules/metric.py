@@ -138,11 +138,27 @@ def compile_metric(text: str) -> Expression:
             raise ValueError("%r: only numbers may appear as constants" % text)
     if not names:
         raise ValueError("%r does not use any metric" % text)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and _zero(node.right):
+            raise ValueError("%r divides by %s, which is 0: the metric would never have a value"
+                             % (text, ast.unparse(node.right)))
     try:
         return _compile(text, tree, checked=True)
     except (RecursionError, MemoryError):  # a few hundred signs or brackets deep
         raise ValueError("%r... nests deeper than an expression can be compiled"
                          % text[:40]) from None
+
+
+def _zero(node: ast.AST) -> bool:
+    """Is this part of a checked expression a constant that is 0 (or cannot be worked out)?
+    A rule dividing by it is unknown at every record and never leaves insufficient-data."""
+    if any(isinstance(n, ast.Name) and n.id not in _FUNCTIONS for n in ast.walk(node)):
+        return False
+    code = compile(ast.fix_missing_locations(ast.Expression(node)), "<metric>", "eval")
+    try:
+        return eval(code, {"__builtins__": {}, **_FUNCTIONS}) == 0  # noqa: S307
+    except (ZeroDivisionError, OverflowError):
+        return True
 
 
 def _compile(text: str, tree: ast.Expression, checked: bool) -> Expression:
