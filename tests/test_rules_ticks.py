@@ -214,7 +214,8 @@ def test_an_expression_reads_only_its_inputs_and_unknown_inputs_give_none():
     record = Record(vm="x", ts=0, cpu=30.0, mem=80.0, net_rx=3000, net_tx=1000, vcpus=2)
     assert expression.read(_cells(record)) == 80 / 2 + 4000 / 2
     assert compile_metric("disk").read(_cells(record)) is None  # no disk figures sent
-    assert compile_metric("net_per_vcpu / 0 + cpu").read(_cells(record)) is None
+    # A divisor that is 0 at this record (a constant 0 is refused when the rules are read).
+    assert compile_metric("net_per_vcpu / (cpu - 30) + cpu").read(_cells(record)) is None
 
 
 def test_a_scale_out_is_placed_by_the_hosts_measured_headroom():
