@@ -108,7 +108,7 @@ _SLOW_PARSE = textwrap.dedent("""
 
     def slow(task):
         open(sys.argv[1], "a").close()
-        time.sleep(1)
+        time.sleep(5)  # a window a loaded host cannot miss: the report must still be parsing
         return real(task)
 
     load.aggregate_units, load.TASK_UNITS = slow, 1  # one task per VM-day: two tasks, a process idle
