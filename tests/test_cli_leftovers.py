@@ -122,7 +122,10 @@ def test_ctrl_c_while_logs_are_parsed_is_one_line_and_ends(tmp_path, data):
     began, out = tmp_path / "began", tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-c", _SLOW_PARSE, str(began), str(data), str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+                             start_new_session=True,
+                             # As from a terminal: a test runner's worker may ignore SIGINT, and
+                             # an ignored signal stays ignored in its children.
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not began.exists() and child.poll() is None and time.monotonic() < deadline:
