@@ -491,6 +491,46 @@ def test_a_receiver_down_then_up_gets_everything_once(tmp_path):
     assert len(set(hook.keys)) == len(hook.keys) == 5
 
 
+def test_a_receiver_down_while_a_fleet_fires_holds_max_pending_and_drops_the_oldest(tmp_path):
+    """100 VMs fire while the receiver is down and max_pending is 30: the 70 oldest webhook
+    deliveries are dropped (counted, said, logged as given up), the log lines all made, the 30
+    newest reach the receiver once it is up, and a restart sends none of the dropped."""
+    body = HOT % "" + '[settings]\nretry_min = "0.2s"\nretry_max = "0.5s"\nmax_pending = 30\n'
+    dropped = 'vmstats_rule_deliveries_total{action="hook",result="dropped"}'
+    vms = ["10.0.1.%d" % i for i in range(100)]
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, body)
+        hook.down = True
+        with serve(tmp_path, rules) as server:
+            now = int(time.time())
+            for start in range(0, 100, 10):  # ten datagrams of ten VMs' records
+                server.send_udp(b"\n".join(line(vm, now, 99.0) for vm in vms[start:start + 10]))
+            metrics = server.wait_metrics(lambda m: m["vmstats_rule_transitions_total"] == 100
+                                          and m.get(dropped) == 70, 30)
+            assert metrics["vmstats_rule_deliveries_pending"] == 30
+            assert metrics['vmstats_rule_deliveries_total{action="say",result="delivered"}'] == 100
+            page = json.loads(server.http("/alerts"))["deliveries"]
+            assert (page["pending"], page["dropped"], page["hook.dropped"]) == (30, 70, 70)
+            hook.down = False
+            server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, 30)
+        assert "70 dropped" in server.output and " dropped, the oldest first" in server.output
+        entries = [json.loads(x) for x in
+                   (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
+        order = [e["event"]["scope"] for e in entries if e["type"] == "event"]
+        assert sorted(order) == sorted(vms)
+        assert sorted(a["labels"]["scope"] for a in hook.alerts()) == sorted(order[70:])
+        posts = len(hook.keys)
+        with serve(tmp_path, rules) as server:  # nothing dropped comes back after a restart
+            server.wait_metrics(lambda m: "vmstats_rule_deliveries_pending" in m)
+            assert server.metrics()["vmstats_rule_deliveries_pending"] == 0
+        assert len(hook.keys) == len(set(hook.keys)) == posts == 30
+    offline = json.loads(alerts_cli("--data-dir", str(server.data_dir), "--json").stdout)
+    assert (offline["deliveries"]["dropped"], offline["deliveries"]["hook.dropped"]) == (70, 70)
+    assert offline["deliveries"]["hook.delivered"] == 30 and offline["deliveries"]["pending"] == 0
+    listing = alerts_cli("--data-dir", str(server.data_dir))
+    assert "deliveries pending: 0, 70 dropped (past max_pending)" in listing.stdout
+
+
 def test_sigkill_during_delivery_loses_nothing_and_sends_nothing_twice(tmp_path):
     """Each round three VMs flip state at every record and the server is SIGKILLed mid-delivery.
 

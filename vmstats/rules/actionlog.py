@@ -10,7 +10,8 @@ Entries:
 ``attempt``  a delivery attempt about to be made (number ``n``), with ``age``:
              the seconds of its retry budget spent, timed by the monotonic clock
 ``result``   what the attempt got: ``ok`` true, or the error
-``gave_up``  delivery stopped after ``retry_for``, or its action is gone
+``gave_up``  delivery stopped after ``retry_for``, or its action is gone, or
+             ``dropped`` (true): the oldest past ``max_pending`` pending
 
 After a crash ``replay`` rebuilds every scope's last state (a restart keeps
 alarms), the last scaling times (cooldowns survive) and the deliveries with
@@ -181,7 +182,7 @@ def replay(lines) -> Replayed:
             done = result.pending.pop(entry["key"], None)
             if done is not None:
                 result.gave_up += 1
-                result.outcomes[(done.action, "gave_up")] += 1
+                result.outcomes[(done.action, "dropped" if entry.get("dropped") else "gave_up")] += 1
     return result
 
 

@@ -92,7 +92,9 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
             click.echo("  %-18s %-24s %-18s since %s%s" % (s["state"], s["rule"], s["scope"],
                                                             _when(s["since"]), value))
     deliveries = page.get("deliveries", {})
-    click.echo("deliveries pending: %d" % deliveries.get("pending", 0))
+    dropped = deliveries.get("dropped")
+    click.echo("deliveries pending: %d%s" % (deliveries.get("pending", 0),
+                                            ", %d dropped (past max_pending)" % dropped if dropped else ""))
     for entry in page["recent"][-recent:] if recent else []:
         click.echo("  " + describe(entry))
 

@@ -79,15 +79,15 @@ def counts_page(state_counts: Mapping[tuple[str, str], int]) -> dict:
 
 
 def deliveries_page(pending: int, outcomes: Mapping[tuple[str, str], int]) -> dict:
-    """/alerts' ``deliveries``: ``pending``, the totals ``delivered`` and ``gave_up``, and
-    ``"action.result": n`` for each action.
+    """/alerts' ``deliveries``: ``pending``, the totals ``delivered``, ``gave_up`` and
+    ``dropped`` (past ``max_pending``), and ``"action.result": n`` for each action.
 
     The one shape whether the server counted them or ``vmstats alerts --data-dir`` read them from
     the action log, so a script reads either with the same code.
     """
-    page = {"pending": pending,
-            "delivered": sum(n for (_a, result), n in outcomes.items() if result == "delivered"),
-            "gave_up": sum(n for (_a, result), n in outcomes.items() if result == "gave_up")}
+    page: dict = {"pending": pending}
+    for total in ("delivered", "gave_up", "dropped"):
+        page[total] = sum(n for (_a, result), n in outcomes.items() if result == total)
     page.update(("%s.%s" % key, n) for key, n in sorted(outcomes.items()))
     return page
 
@@ -111,7 +111,7 @@ class RulesService(service.Service):
         s = ruleset.settings
         clock = wall if wall is not None else reactor.seconds
         self.dispatcher = Dispatcher(reactor, self.log, ruleset.actions, s.retry_for, s.retry_min,
-                                     s.retry_max, clock)
+                                     s.retry_max, clock, s.max_pending)
         self.engine = Engine(ruleset, clock, self.dispatcher.holds_scale)
         if wall is not None:
             wall.on_step.append(self.engine.clock_stepped)
@@ -235,6 +235,8 @@ class RulesService(service.Service):
         s = ruleset.settings
         self.dispatcher.retry_for, self.dispatcher.retry_min = s.retry_for, s.retry_min
         self.dispatcher.retry_max = s.retry_max
+        self.dispatcher.max_pending = s.max_pending
+        self.dispatcher.bound()
         self.reloads += 1
         log.info("rules reloaded from %s: %s, %d unchanged kept their state", self.path,
                  counted(len(ruleset.rules), "rule"), len(kept))
@@ -266,9 +268,10 @@ class RulesService(service.Service):
         deliveries = deliveries_page(len(self.dispatcher.pending), self.dispatcher.counts)
         delivered, gave_up = deliveries["delivered"], deliveries["gave_up"]
         alarms = sum(n for (_r, state), n in self.engine.state_counts().items() if state == "alarm")
-        return ("%s, %s, %d in alarm; %s made, %d gave up, %d pending (sent at the next start)"
+        dropped = ", %d dropped" % deliveries["dropped"] if deliveries["dropped"] else ""
+        return ("%s, %s, %d in alarm; %s made, %d gave up%s, %d pending (sent at the next start)"
                 % (counted(len(self.ruleset.rules), "rule"), counted(self.engine.transitions, "transition"),
-                   alarms, counted(delivered, "delivery", "deliveries"), gave_up,
+                   alarms, counted(delivered, "delivery", "deliveries"), gave_up, dropped,
                    len(self.dispatcher.pending)))
 
     def families(self) -> list:
@@ -297,7 +300,8 @@ class RulesService(service.Service):
             ("rule_history_skipped_total", "counter",
              "Records too old for live rules (replays, spools), by VM per tick.",
              [((), engine.history_skipped)]),
-            ("rule_deliveries_total", "counter", "Delivery outcomes, by action.", deliveries),
+            ("rule_deliveries_total", "counter",
+             "Delivery outcomes, by action (dropped: the oldest past max_pending).", deliveries),
             ("rule_deliveries_pending", "gauge", "Deliveries logged and not yet successful.",
              [((), len(self.dispatcher.pending))]),
             ("rule_log_syncs_total", "counter", "Batched fsyncs of the action log.",
