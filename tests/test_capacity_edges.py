@@ -175,6 +175,37 @@ def test_a_host_whose_every_vm_went_silent_is_unknown_not_empty(tmp_path):
     assert "no VM reporting" in done.stdout and "fleet: 22 more fit now" in done.stdout  # 56 / 8 + 30 / 2
 
 
+def headroom_rows(base, data, profile="2x8"):
+    """headroom.json's rows by host for ``data`` on ``base``'s hosts.toml (no advice, no trend)."""
+    done = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", profile,
+                   "--no-after", "--horizon-days", "0", "-o", base / "room")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return {r["host"]: r for r in json.loads((base / "room" / "headroom.json").read_text())["hosts"]}
+
+
+def test_a_host_most_of_whose_vms_went_silent_is_unknown_not_offered_on_the_rest(tmp_path):
+    """Two of small1's three VMs stop sending 30 hours before the end: what is measured of the
+    host is one small VM, the lesser part of it, and the host may as well be cut off from the
+    aggregator.  It is unknown and never offered; small2, with one VM of two silent (half, not
+    most), is still offered."""
+    data = tmp_path / "data"
+    until = MINUTE < MINUTES - 30 * 60
+    write(data, "gone1", "small1", 4, 16, 50.0, 50.0, seen=until)
+    write(data, "gone2", "small1", 4, 16, 50.0, 50.0, seen=until)
+    write(data, "left", "small1", 2, 8, 25.0, 25.0)
+    write(data, "off", "small2", 4, 16, 50.0, 50.0, seen=until)
+    write(data, "on", "small2", 4, 16, 50.0, 50.0)
+    write(data, "other", "big", 4, 16, 50.0, 50.0)
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "4x16"\ncount = 12\n')
+    assert code == 3 and "small1" not in out["offer"].values(), out
+    assert out["basis"]["hosts_unknown"] == ["small1"] and "small1" not in out["headroom_left"]
+    assert "small2" in out["offer"].values()
+    rows = headroom_rows(tmp_path, data)
+    assert [rows[h]["status"] for h in ("small1", "small2", "big")] == ["unknown", "ok", "ok"]
+    assert (rows["small1"]["vms"], rows["small1"]["stopped"], rows["small1"]["fit_now"]) == (1, 2, None)
+
+
 @pytest.mark.parametrize(
     "profile, message",
     [

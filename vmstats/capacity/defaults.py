@@ -9,5 +9,10 @@ docs/CAPACITY.md ("What the defaults rest on") says why each is what it is.
 PERCENTILE = 99.9
 #: Minutes of the block whose peak each VM counts at every minute of it: an hour.
 PEAK_MINUTES = 60
+#: Share of a host's VMs that may be stopped (silent for stopped_after_hours, or named by the
+#: inventory and never heard from in the window) before the host is unknown: past it the host's
+#: figure rests more on VMs not heard from than on VMs measured, and a host cut off from the
+#: aggregator, or whose agents stopped sending, looks the same as one whose VMs were shut down.
+STOPPED_SHARE_MAX = 0.5
 #: PERCENTILE as the options and the config spell it.
 PERCENTILE_TEXT = "p%g" % PERCENTILE

@@ -47,6 +47,8 @@ class Settings:
     horizon_days: float = 7.0
     #: A VM silent this long before the window's end is stopped: no demand, still allocated.
     stopped_after_hours: float = 24.0
+    #: Past this share of its VMs stopped, a host is unknown (defaults.STOPPED_SHARE_MAX says why).
+    stopped_share_max: float = defaults.STOPPED_SHARE_MAX
     #: Each VM counts its peak of every UTC block of this many minutes at each minute of the
     #: block (60: its hourly peak; 1: minute by minute).
     peak_minutes: int = defaults.PEAK_MINUTES
@@ -244,6 +246,9 @@ class HostDemand:
     silent: list[str] = field(default_factory=list)
     #: Some VM of it (one a what-if took away too) sent a record in the last stopped_after_hours.
     reporting: bool = False
+    #: Its VMs in the data (what-ifs aside), and of them those stopped or never heard from.
+    members: int = 0
+    quiet: int = 0
     by_allocation: list[str] = field(default_factory=list)
     size_unknown: list[str] = field(default_factory=list)
     covered: int = 0
@@ -282,10 +287,21 @@ class HostDemand:
         a what-if reclaims still reported: ``reporting`` is read from the data.)"""
         return bool(self.stopped) and not self.vms and not self.reporting
 
+    def mostly_stopped(self, settings: Settings) -> bool:
+        """More than ``stopped_share_max`` of its VMs stopped or never heard from: what is measured
+        of it is the lesser part (read from the data, like ``reporting``, whatever a what-if
+        takes away)."""
+        return self.members > 0 and self.quiet > settings.stopped_share_max * self.members
+
     def known(self, settings: Settings) -> bool:
         """Enough of its VMs' minutes seen to say anything (a host that never had a VM is known
-        empty; one whose every VM went silent is not: see dark)."""
-        return not self.size_unknown and not self.dark and self.coverage >= settings.coverage_min
+        empty; one whose every VM, or most, went silent is not: see dark, mostly_stopped)."""
+        return (
+            not self.size_unknown
+            and not self.dark
+            and not self.mostly_stopped(settings)
+            and self.coverage >= settings.coverage_min
+        )
 
     def status(self, settings: Settings) -> str:
         if not self.known(settings):
@@ -352,9 +368,12 @@ def demand_views(
             raise ValueError("VM %s has %s, the window %d" % (use.vm, counted(len(use.seen), "minute"),
                                                               window.minutes))
         name = inventory.host_of(use.vm, use.host_tag)
-        if name is not None and reporting(use, stopped_after):
-            for hosts in views:  # a fact of the data, whatever a what-if takes away
-                hosts[name].reporting = True
+        if name is not None:
+            heard = reporting(use, stopped_after)
+            for hosts in views:  # facts of the data, whatever a what-if takes away
+                hosts[name].members += 1
+                hosts[name].quiet += int(not heard)
+                hosts[name].reporting |= heard
         if all(use.vm in change.removed for change in changes):
             continue
         vm = (
@@ -388,9 +407,12 @@ def demand_views(
     for hosts, lost, change in zip(views, unplaced, changes, strict=True):
         for entry in hosts.values():
             for vm in named_ids(entry.host):
-                if vm not in seen and vm not in change.removed and inventory.host_of(vm, None) == entry.name:
-                    entry.silent.append(vm)
-                    entry.expected += window.minutes
+                if vm not in seen and inventory.host_of(vm, None) == entry.name:
+                    entry.members += 1
+                    entry.quiet += 1
+                    if vm not in change.removed:
+                        entry.silent.append(vm)
+                        entry.expected += window.minutes
             settle(entry, window, settings)
         out.append(FleetDemand(window, settings, list(hosts.values()), sorted(lost)))
     return out

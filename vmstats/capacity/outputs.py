@@ -105,8 +105,8 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
     )
     if f["hosts_unknown"]:
         lines.append(
-            "unknown (below the coverage gate, a VM of unknown size, or no VM reporting; counted as no "
-            "room): %s" % ", ".join(f["hosts_unknown"])
+            "unknown (below the coverage gate, a VM of unknown size, no VM reporting, or most VMs "
+            "stopped; counted as no room): %s" % ", ".join(f["hosts_unknown"])
         )
     if f["unplaced_vms"]:
         lines.append(
