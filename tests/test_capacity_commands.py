@@ -444,14 +444,16 @@ def test_every_entry_point_plans_with_the_same_defaults():
     from vmstats.server.config import ServerConfig
 
     settings = Settings()
-    assert (settings.percentile, settings.peak_minutes) == (99.9, 60)
+    assert (settings.percentile, settings.peak_minutes, settings.reserve_stopped) == (99.9, 60, True)
     for command, prefix in ((headroom, ""), (admit, ""), (serve, "capacity_")):
         options = {p.name: p.default for p in command.params}
         assert parse_percentile(options[prefix + "percentile"]) == settings.percentile
         assert options[prefix + "peak_minutes"] == settings.peak_minutes
+        assert options[prefix + "reserve_stopped"] is settings.reserve_stopped
     config = ServerConfig()
     assert parse_percentile(config.capacity_percentile) == settings.percentile
     assert config.capacity_peak_minutes == settings.peak_minutes
+    assert config.capacity_reserve_stopped is settings.reserve_stopped
 
 
 def test_a_cache_that_cannot_be_written_is_warned_in_the_running_commands_words(fleet, tmp_path):

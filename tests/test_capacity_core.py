@@ -282,21 +282,19 @@ def test_hosts_below_the_coverage_gate_are_unknown_never_free():
     assert lower.host("thin").status(lower.settings) == "ok"
 
 
-def test_stopped_vms_hold_allocation_not_demand_and_unplaced_are_listed():
+def test_stopped_vms_hold_allocation_and_their_level_unless_told_not_to_and_unplaced_are_listed():
     seen = np.zeros(MINUTES, bool)
     seen[: MINUTES - 2 * 1440] = True  # silent for the last two days
     inv = inventory(plain("h", vcpus=16, mem_gb=64))
-    fleet = host_demand(
-        inv,
-        [use("old", "h", 3.0, seen=seen), use("live", "h", 1.0), use("stray", None, 1.0)],
-        WINDOW,
-        Settings(horizon_days=0),
-    )
-    h = fleet.host("h")
-    assert h.stopped == ["old"] and h.vms == ["live"]
-    assert h.cpu_level == pytest.approx(1.0)
-    assert (h.allocated_vcpus, h.allocated_mem_gb) == (8.0, 16.0)
-    assert fleet.unplaced == ["stray"]
+    vms = [use("old", "h", 3.0, seen=seen), use("live", "h", 1.0), use("stray", None, 1.0)]
+    for reserve, cores in ((True, 3.0 + 1.0), (False, 1.0)):
+        fleet = host_demand(inv, vms, WINDOW, Settings(horizon_days=0, reserve_stopped=reserve))
+        h = fleet.host("h")
+        assert h.stopped == ["old"] and h.vms == ["live"]
+        assert h.cpu_level == pytest.approx(cores) and h.cpu_trend == pytest.approx(0.0)
+        assert h.mem_level == pytest.approx(2.0 if reserve else 1.0)
+        assert (h.allocated_vcpus, h.allocated_mem_gb) == (8.0, 16.0)
+        assert fleet.unplaced == ["stray"]
 
 
 def test_a_rising_trend_is_projected_and_a_falling_one_is_not():

@@ -206,6 +206,38 @@ def test_a_host_most_of_whose_vms_went_silent_is_unknown_not_offered_on_the_rest
     assert (rows["small1"]["vms"], rows["small1"]["stopped"], rows["small1"]["fit_now"]) == (1, 2, None)
 
 
+def write_paused(data):
+    """small1: one VM stopped 30 hours before the end (8 vCPUs, 32 GB, using half of both while it
+    ran) and one running at half of 4 vCPUs and 16 GB; the other hosts are full."""
+    write(data, "paused", "small1", 8, 32, 50.0, 50.0, seen=MINUTE < MINUTES - 30 * 60)
+    write(data, "run", "small1", 4, 16, 50.0, 50.0)
+    write(data, "full2", "small2", 16, 64, 100.0, 100.0)
+    write(data, "full3", "big", 32, 128, 100.0, 100.0)
+
+
+def test_a_stopped_vm_keeps_room_for_what_it_used_unless_told_not_to(tmp_path):
+    """The paused VM takes its 4 cores and 16 GB back when it starts: small1 has 16 - 2 - 4 cores
+    and 64 - 8 - 16 GB of room, not the 14 and 56 its running VM alone leaves.  Its size (8 and
+    32) is Nova's figure, beside; --no-reserve-stopped gives the room back."""
+    data = tmp_path / "data"
+    write_paused(data)
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "10x40"\n')
+    assert code == 0 and out["offer"] == {"10x40-1": "small1"}, out
+    assert out["headroom_left"]["small1"] == {"cpu_cores": 0.0, "mem_gb": 0.0}
+    assert out["basis"]["reserve_stopped"] is True
+    for more in ("10.01x40", "10x40.01", "12x48"):
+        code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "%s"\n' % more)
+        assert code == 4 and out["offer"] == {}, (more, out)
+    code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "14x56"\n', "--no-reserve-stopped")
+    assert code == 0 and out["offer"] == {"14x56-1": "small1"} and out["basis"]["reserve_stopped"] is False
+    rows = headroom_rows(tmp_path, data)
+    one = rows["small1"]
+    assert (one["status"], one["vms"], one["stopped"]) == ("ok", 1, 1)
+    assert (one["cpu_demand"], one["mem_demand"]) == (6, 24)
+    assert (one["allocated_vcpus"], one["allocated_mem_gb"]) == (12, 48)
+
+
 @pytest.mark.parametrize(
     "profile, message",
     [

@@ -250,3 +250,24 @@ def test_an_inventory_without_http_is_a_usage_error_not_ignored(tmp_path, no_htt
         "Error: --inventory answers POST /admission on the HTTP port: it needs HTTP "
         "(not --no-http or --http-port -1)"), result.stderr
     assert not (tmp_path / "data").exists()  # refused before the start
+
+
+@pytest.mark.parametrize("reserve", [[], ["--capacity-no-reserve-stopped"]])
+def test_a_stopped_vm_keeps_room_in_the_live_summary_unless_told_not_to(tmp_path, reserve):
+    """The server's summary reserves a stopped VM's level by default (4 cores, 16 GB on top of the
+    running VM's 2 and 8), as ``vmstats admit`` does; --capacity-no-reserve-stopped does not."""
+    from test_capacity_edges import HOSTS, write_paused
+
+    write_paused(tmp_path / "data")
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    with ServerProcess(tmp_path / "server", "--inventory", str(tmp_path / "hosts.toml"),
+                       "--capacity-refresh", "1h", "--capacity-days", "3", *reserve,
+                       data_dir=tmp_path / "data") as server:  # fmt: skip
+        server.wait_for(lambda s: "basis" in state(s), timeout=60)
+        shown = state(server)
+    one = next(h for h in shown["hosts"] if h["name"] == "small1")
+    kept = not reserve
+    assert shown["basis"]["reserve_stopped"] is kept
+    assert (one["status"], one["allocated_vcpus"], one["allocated_mem_gb"]) == ("ok", 12, 48)
+    assert one["cpu_demand"] == pytest.approx(6 if kept else 2, abs=0.01)
+    assert one["mem_demand"] == pytest.approx(24 if kept else 8, abs=0.01)

@@ -187,7 +187,8 @@ def templates_from_history(plan: Sequence[VmUse], judge: dict[str, VmUse], setti
     stopped_after = int(settings.stopped_after_hours * 60)
     out = []
     for use in plan:
-        demand = fill(use, settings.percentile, stopped_after, settings.peak_minutes, offset)
+        demand = fill(use, settings.percentile, stopped_after, settings.peak_minutes, offset,
+                      reserve_stopped=False)
         if demand.stopped or demand.size_unknown:
             continue  # nothing to learn its use from, or no size to allocate
         later = judge.get(use.vm)

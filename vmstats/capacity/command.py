@@ -55,6 +55,13 @@ def capacity_options(function):
         ),
         click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day of the window (UTC)."),
         click.option(
+            "--reserve-stopped/--no-reserve-stopped",
+            default=defaults.RESERVE_STOPPED,
+            show_default=True,
+            help="A stopped VM (silent for a day, still allocated) keeps room for its own level of "
+            "when it ran, which it takes back when it starts; or adds no demand.",
+        ),
+        click.option(
             "--horizon-days",
             type=FiniteRange(0, MAX_DAYS),
             default=7.0,
@@ -74,7 +81,14 @@ def capacity_options(function):
     return function
 
 
-def settings_from(percentile: str, coverage_min: float, days: int, horizon_days: float, peak_minutes: int):
+def settings_from(
+    percentile: str,
+    coverage_min: float,
+    days: int,
+    horizon_days: float,
+    peak_minutes: int,
+    reserve_stopped: bool = defaults.RESERVE_STOPPED,
+):
     from vmstats.capacity.demand import Settings, parse_percentile
 
     return Settings(
@@ -83,6 +97,7 @@ def settings_from(percentile: str, coverage_min: float, days: int, horizon_days:
         days=days,
         horizon_days=horizon_days,
         peak_minutes=peak_minutes,
+        reserve_stopped=reserve_stopped,
     )
 
 
@@ -148,6 +163,7 @@ def headroom(
     coverage_min,
     days,
     until,
+    reserve_stopped,
     horizon_days,
     inventory_path,
     out_dir,
@@ -174,7 +190,7 @@ def headroom(
         raise click.UsageError("Missing option '--inventory'.")
     try:
         profile = parse_profile(profile_text)
-        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
+        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes, reserve_stopped)
         inventory = load_inventory(inventory_path)
         if out_dir is not None:
             prepare_folder(out_dir, (*outputs.OUTPUTS, SUMMARY_FILE))
@@ -321,6 +337,7 @@ def admit(
     coverage_min,
     days,
     until,
+    reserve_stopped,
     horizon_days,
     inventory_path,
     as_json,
@@ -339,7 +356,7 @@ def admit(
     from vmstats.capacity import summary as summary_mod
 
     try:
-        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes)
+        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes, reserve_stopped)
     except ReportError as exc:
         raise failure(exc) from None
     if summary_path:

@@ -14,5 +14,9 @@ PEAK_MINUTES = 60
 #: figure rests more on VMs not heard from than on VMs measured, and a host cut off from the
 #: aggregator, or whose agents stopped sending, looks the same as one whose VMs were shut down.
 STOPPED_SHARE_MAX = 0.5
+#: A stopped VM (allocated, not reporting) keeps room on its host: its own level of when it ran,
+#: which it takes back when it starts.  Nova's placement counts a stopped instance's allocation
+#: too; False frees its room for others (where stopped means deleted soon, or shelved).
+RESERVE_STOPPED = True
 #: PERCENTILE as the options and the config spell it.
 PERCENTILE_TEXT = "p%g" % PERCENTILE

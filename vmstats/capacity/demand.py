@@ -45,8 +45,10 @@ class Settings:
     days: int = 14
     #: Days ahead a rising trend is projected (demand = level + slope x horizon); 0: none.
     horizon_days: float = 7.0
-    #: A VM silent this long before the window's end is stopped: no demand, still allocated.
+    #: A VM silent this long before the window's end is stopped: still allocated, and with
+    #: reserve_stopped its own level (of when it ran) still counts; without, it adds no demand.
     stopped_after_hours: float = 24.0
+    reserve_stopped: bool = defaults.RESERVE_STOPPED
     #: Past this share of its VMs stopped, a host is unknown (defaults.STOPPED_SHARE_MAX says why).
     stopped_share_max: float = defaults.STOPPED_SHARE_MAX
     #: Each VM counts its peak of every UTC block of this many minutes at each minute of the
@@ -158,7 +160,7 @@ class VmDemand:
     host: str | None
     vcpus: float
     mem_gb: float
-    cpu: np.ndarray | None  # cores per minute, gaps filled; None when stopped
+    cpu: np.ndarray | None  # cores per minute, gaps filled; when stopped its reserve, or None
     mem: np.ndarray | None
     covered: int  # minutes with a record whose use is known (measured, or its size)
     expected: int  # minutes it should have been seen in
@@ -168,7 +170,13 @@ class VmDemand:
 
 
 def fill(
-    use: VmUse, p: float, stopped_after_minutes: int, peak_minutes: int = 1, offset: int = 0
+    use: VmUse,
+    p: float,
+    stopped_after_minutes: int,
+    peak_minutes: int = 1,
+    offset: int = 0,
+    *,
+    reserve_stopped: bool,
 ) -> VmDemand:
     """A VM's demand series with nothing left unknown, and what it rests on.
 
@@ -182,14 +190,17 @@ def fill(
     once.  The minutes before its first record in the window count that
     level too (a VM created yesterday will be there in the host's busy hour
     of tomorrow), though they are not expected of it for coverage.  A VM
-    silent for ``stopped_after_minutes`` before the window's end is stopped:
-    no demand (its allocation still counts).
+    silent for ``stopped_after_minutes`` before the window's end is stopped
+    (its allocation still counts): with ``reserve_stopped`` it holds its room,
+    that level at every minute, as what it takes back when it starts; without,
+    no demand.
     """
     minutes = len(use.seen)
     seen_at = np.flatnonzero(use.seen)
-    if not len(seen_at) or minutes - 1 - seen_at[-1] >= stopped_after_minutes:
+    stopped = not len(seen_at) or minutes - 1 - seen_at[-1] >= stopped_after_minutes
+    if stopped and not reserve_stopped:
         return VmDemand(use.vm, None, use.vcpus, use.mem_gb, None, None, 0, 0, stopped=True)
-    start = 0 if use.since_start else int(seen_at[0])
+    start = 0 if use.since_start or not len(seen_at) else int(seen_at[0])
     expected = minutes - start
     cpu = use.cpu.astype(np.float64, copy=True)
     mem = use.mem.astype(np.float64, copy=True)
@@ -206,12 +217,16 @@ def fill(
         series = block_peaks(series, offset, peak_minutes)
         measured = series[known]
         gap_value = level(measured, p) if len(measured) else (0.0 if math.isnan(size) else size)
+        if stopped:  # reserved: its level of when it ran, whenever it starts again
+            series[:] = gap_value
         series[np.isnan(series)] = gap_value
         # Before its first record too: a VM running now runs through the host's busy hours,
         # which one created an hour ago has not been seen in yet.
         series[:start] = gap_value
         filled.append(series)
     cpu, mem = filled
+    if stopped:
+        return VmDemand(use.vm, None, use.vcpus, use.mem_gb, cpu, mem, 0, 0, stopped=True)
     size_unknown = math.isnan(use.vcpus) or math.isnan(use.mem_gb)
     return VmDemand(
         use.vm,
@@ -236,7 +251,8 @@ class HostDemand:
     the slope of the daily levels per week, ``*_demand`` the level plus a
     rising trend over the horizon, ``*_headroom`` the usable capacity (less
     reserve and buffer) less that demand.  ``alloc_*`` sum the members'
-    sizes (stopped ones too, as Nova does) against ``(total - reserved) x ratio``.
+    sizes (stopped ones too, as Nova does) against ``(total - reserved) x ratio``;
+    ``cpu`` and ``mem`` hold the stopped ones' reserve too (Settings.reserve_stopped).
     """
 
     host: Host
@@ -385,6 +401,7 @@ def demand_views(
                 stopped_after,
                 settings.peak_minutes,
                 window_offset(window, settings),
+                reserve_stopped=settings.reserve_stopped,
             )
         )
         for hosts, lost, change in zip(views, unplaced, changes, strict=True):
@@ -401,6 +418,8 @@ def demand_views(
                 entry.allocated_mem_gb += mem_gb
             if vm.stopped:
                 entry.stopped.append(use.vm)
+                if vm.cpu is not None:
+                    add_series(entry, vm)
             else:
                 add_vm(entry, vm)
     out = []
@@ -444,6 +463,11 @@ def add_vm(entry: HostDemand, vm: VmDemand) -> None:
         entry.size_unknown.append(vm.vm)
     entry.covered += vm.covered
     entry.expected += vm.expected
+    add_series(entry, vm)
+
+
+def add_series(entry: HostDemand, vm: VmDemand) -> None:
+    """Add a VM's demand per minute (a running VM's use, a stopped one's reserve) to its host's."""
     if entry.cpu is None:
         entry.cpu, entry.mem = vm.cpu.copy(), vm.mem.copy()
     else:

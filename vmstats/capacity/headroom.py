@@ -194,6 +194,7 @@ def result(
             "coverage_min": s.coverage_min,
             "horizon_days": s.horizon_days,
             "stopped_after_hours": s.stopped_after_hours,
+            "reserve_stopped": s.reserve_stopped,
             "stopped_share_max": s.stopped_share_max,
             **(source or {}),
         },

@@ -23,7 +23,8 @@ from vmstats.capacity.placement import HostLoad
 
 #: Bumped when the JSON's shape changes: the server refuses a summary of another version.
 #: 2: the log files the summary could not read whole (a summary of 1 would claim none).
-VERSION = 2
+#: 3: whether stopped VMs keep their room (a summary of 2 had none kept, but would claim it).
+VERSION = 3
 #: The summary's file beside a report or headroom output (``vmstats admit --summary`` reads it).
 SUMMARY_FILE = "capacity-summary.json"
 
@@ -59,6 +60,7 @@ class Summary:
     hosts: list[HostSummary]
     unplaced: int = 0
     peak_minutes: int = defaults.PEAK_MINUTES
+    reserve_stopped: bool = defaults.RESERVE_STOPPED
     made_at: float = field(default_factory=time.time)
     version: int = VERSION
     #: The log files not read whole (load.named_files): an answer from this summary names them
@@ -76,6 +78,7 @@ class Summary:
             "peaks": peaks_name(self.peak_minutes),
             "coverage_min": self.coverage_min,
             "horizon_days": self.horizon_days,
+            "reserve_stopped": self.reserve_stopped,
             "hosts": len(self.hosts),
             "hosts_known": len(known),
             "hosts_unknown": sorted(h.name for h in self.hosts if h.status == "unknown"),
@@ -161,6 +164,7 @@ _CHECKS = {
     "int": lambda v: _number(v, int),
     "str": lambda v: isinstance(v, str),
     "dict": lambda v: isinstance(v, dict),
+    "bool": lambda v: isinstance(v, bool),
 }
 
 
@@ -213,6 +217,7 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
         hosts,
         len(fleet.unplaced),
         s.peak_minutes,
+        s.reserve_stopped,
         **(named or {}),
     )
 

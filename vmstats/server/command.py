@@ -217,6 +217,10 @@ class UTCFormatter(logging.Formatter):
               show_default=True, help="Share of its VMs' minutes a host needs seen to be offered.")
 @click.option("--capacity-days", type=IntRange(1, MAX_DAYS), default=D.capacity_days, show_default=True,
               help="Days of logs the admission summary reads.")
+@click.option("--capacity-reserve-stopped/--capacity-no-reserve-stopped", default=D.capacity_reserve_stopped,
+              show_default=True,
+              help="For admission, a stopped VM (silent for a day, still allocated) keeps room for its own "
+                   "level of when it ran, which it takes back when it starts; or adds no demand.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(**options) -> None:

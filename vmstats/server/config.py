@@ -147,3 +147,4 @@ class ServerConfig:
     capacity_peak_minutes: int = capacity_defaults.PEAK_MINUTES
     capacity_coverage_min: float = 0.8
     capacity_days: int = 14
+    capacity_reserve_stopped: bool = capacity_defaults.RESERVE_STOPPED
