@@ -238,6 +238,34 @@ def test_a_stopped_vm_keeps_room_for_what_it_used_unless_told_not_to(tmp_path):
     assert (one["allocated_vcpus"], one["allocated_mem_gb"]) == (12, 48)
 
 
+def test_a_vm_made_larger_counts_at_its_new_size_at_once(tmp_path):
+    """small1's VM ran at 4 vCPUs and 16 GB, all of its CPU and half its memory, until an hour
+    ago, when it was given 8 and 32; it has used as much since (half and a quarter).  What it used
+    at the old size was all that size allowed: its CPU and memory shares count at the new size
+    (8 cores, 16 GB), for the room left as for Nova's figure.  small2's VM, made smaller (16 to
+    8 vCPUs), keeps the 8 cores it measured."""
+    data = tmp_path / "data"
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    before = MINUTE < MINUTES - 60
+    write(data, "grown", "small1", 4, 16, 100.0, 50.0, seen=before)
+    write(data, "grown", "small1", 8, 32, 50.0, 25.0, seen=~before)
+    write(data, "shrunk", "small2", 16, 64, 50.0, 25.0, seen=before)
+    write(data, "shrunk", "small2", 8, 32, 100.0, 50.0, seen=~before)
+    write(data, "full3", "big", 32, 128, 100.0, 100.0)
+    code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "8x48"\n')
+    assert code == 0 and out["offer"] == {"8x48-1": "small1"}, out
+    assert out["headroom_left"]["small1"] == {"cpu_cores": 0.0, "mem_gb": 0.0}
+    for more in ("8.01x48", "8x48.01"):
+        code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "%s"\n' % more)
+        assert code == 4 and out["offer"] == {}, (more, out)
+    rows = headroom_rows(tmp_path, data)
+    grown, shrunk = rows["small1"], rows["small2"]
+    assert (grown["cpu_demand"], grown["mem_demand"]) == (8, 16)
+    assert (grown["allocated_vcpus"], grown["allocated_mem_gb"]) == (8, 32)
+    assert (shrunk["cpu_demand"], shrunk["mem_demand"]) == (8, 16)
+    assert (shrunk["allocated_vcpus"], shrunk["allocated_mem_gb"]) == (8, 32)
+
+
 @pytest.mark.parametrize(
     "profile, message",
     [
@@ -266,7 +294,8 @@ vms = ["bitbrains-410", "bitbrains-429"]
 
 
 def trace_minutes(path):
-    """A Bitbrains file as the documented replay sends it: (ts, cores, GB) one-minute records.
+    """A Bitbrains file as the documented replay sends it: (ts, cores, GB, vCPUs, size GB)
+    one-minute records.
 
     Rows of a VM that was off (no cores or capacity) are dropped; CPU and memory
     above 100% are clamped; each row is held for five minutes or until the next row.
@@ -285,7 +314,8 @@ def trace_minutes(path):
             if cores == 0 or cpu_capacity == 0 or mem_capacity == 0:
                 continue
             mem_mb = max(1, round(mem_capacity / 1024))
-            rows[ts] = (min(cpu, 100.0) / 100 * int(cores), min(mem_used / mem_capacity, 1.0) * mem_mb / 1024)
+            share = min(mem_used / mem_capacity, 1.0)
+            rows[ts] = (min(cpu, 100.0) / 100 * int(cores), share * mem_mb / 1024, int(cores), mem_mb / 1024)
     stamps = sorted(rows)
     out = []
     for ts, nxt in zip(stamps, stamps[1:] + [None], strict=True):
@@ -296,18 +326,20 @@ def trace_minutes(path):
 
 def expected_level(records_by_vm, days):
     """The p99.9 of the VMs' hourly peaks summed, over the last ``days`` UTC days (cores, GB):
-    a minute with no record inside an hour with one counts the hour's peak; an hour with none
+    a minute measured at a smaller size than the VM's newest counts its share of the newest; a
+    minute with no record inside an hour with one counts the hour's peak; an hour with none
     counts the VM's own p99.9 of the minutes it was seen."""
-    last = max(ts for records in records_by_vm.values() for ts, _c, _m in records)
+    last = max(record[0] for records in records_by_vm.values() for record in records)
     start = (last // 86400 - days + 1) * 86400
     minutes = (last - last % 60 - start) // 60 + 1
     hours = -(-minutes // 60)
     total = np.zeros((2, hours * 60))
     for records in records_by_vm.values():
         use = np.full((2, hours * 60), np.nan)
-        for ts, cores, gb in records:  # time order: the last record of a minute wins
-            if start <= ts <= last:
-                use[:, (ts - start) // 60] = (cores, gb)
+        inside = [r for r in records if start <= r[0] <= last]
+        newest = inside[-1][3:]
+        for ts, cores, gb, vcpus, size in inside:  # time order: the last record of a minute wins
+            use[:, (ts - start) // 60] = (cores * max(1, newest[0] / vcpus), gb * max(1, newest[1] / size))
         seen = ~np.isnan(use[0])
         with np.errstate(all="ignore"):
             peaks = np.repeat(np.nanmax(use.reshape(2, hours, 60), axis=2), 60, axis=1)

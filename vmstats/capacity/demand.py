@@ -140,6 +140,9 @@ class VmUse:
     NaN where there was no record or the record did not measure that.
     ``since_start`` is True when the VM had records before the window (it was
     expected from the window's start, not from its first record inside).
+    ``vcpus`` and ``mem_gb`` are its newest record's size; ``sizes`` holds,
+    when the size changed in the window, each run of minutes measured at one
+    size as ``(first minute, vCPUs, GB)`` (empty when it never changed).
     """
 
     vm: str
@@ -150,6 +153,7 @@ class VmUse:
     cpu: np.ndarray
     mem: np.ndarray
     since_start: bool = False
+    sizes: tuple[tuple[int, float, float], ...] = ()
 
 
 @dataclass
@@ -169,6 +173,19 @@ class VmDemand:
     size_unknown: bool = False
 
 
+def at_newest_size(use: VmUse, cpu: np.ndarray, mem: np.ndarray) -> None:
+    """Minutes measured at a size smaller than the newest count their share of the newest: a VM
+    whose vCPUs or memory were raised may use the new size at once, and what it used at the
+    old size was bounded by the old size (cores and GB are scaled in place).  Minutes at a
+    larger size keep what they measured: a VM made smaller has not shown what it will use."""
+    for k, (first, vcpus, mem_gb) in enumerate(use.sizes):
+        last = use.sizes[k + 1][0] if k + 1 < len(use.sizes) else len(cpu)
+        if 0 < vcpus < use.vcpus:
+            cpu[first:last] *= use.vcpus / vcpus
+        if 0 < mem_gb < use.mem_gb:
+            mem[first:last] *= use.mem_gb / mem_gb
+
+
 def fill(
     use: VmUse,
     p: float,
@@ -181,7 +198,9 @@ def fill(
     """A VM's demand series with nothing left unknown, and what it rests on.
 
     A record without a CPU or memory figure counts the VM's whole size for it
-    (memory is counted by allocation where it is not measured).  With
+    (memory is counted by allocation where it is not measured); minutes
+    measured before the VM was made larger count at its new size
+    (at_newest_size).  With
     ``peak_minutes`` above 1 every minute counts the VM's peak of its block
     (``offset``: the window's first minute within a block, see block_peaks), so
     a gap inside a block with records counts the block's peak.  A block with
@@ -204,6 +223,7 @@ def fill(
     expected = minutes - start
     cpu = use.cpu.astype(np.float64, copy=True)
     mem = use.mem.astype(np.float64, copy=True)
+    at_newest_size(use, cpu, mem)
     by_allocation = []
     for name, series, size in (("cpu", cpu, use.vcpus), ("mem", mem, use.mem_gb)):
         blind = use.seen & np.isnan(series)

@@ -180,7 +180,18 @@ def _vm_use(vm: str, rows: dict, host: str | None, window: Window, since_start: 
     seen[slot] = True
     cpu[slot] = pick["cpu"] / 100.0 * vcpus_row
     mem[slot] = pick["mem"] / 100.0 * mem_gb_row
-    return VmUse(vm, host, _last(pick["vcpus"]), _last(pick["mem_mb"]) / 1024.0, seen, cpu, mem, since_start)
+    return VmUse(vm, host, _last(pick["vcpus"]), _last(pick["mem_mb"]) / 1024.0, seen, cpu, mem, since_start,
+                 _sizes(slot, vcpus_row, mem_gb_row))
+
+
+def _sizes(slot: np.ndarray, vcpus: np.ndarray, mem_gb: np.ndarray) -> tuple[tuple[int, float, float], ...]:
+    """The runs of minutes converted at one size (VmUse.sizes), or () when the size never changed."""
+    vcpus, mem_gb = np.nan_to_num(vcpus, nan=-1.0), np.nan_to_num(mem_gb, nan=-1.0)  # never reported: one run
+    changed = (vcpus[1:] != vcpus[:-1]) | (mem_gb[1:] != mem_gb[:-1])
+    if not changed.any():
+        return ()
+    starts = np.concatenate(([0], np.flatnonzero(changed) + 1))
+    return tuple((int(slot[i]), float(vcpus[i]), float(mem_gb[i])) for i in starts)
 
 
 def _last(values: np.ndarray) -> float:
