@@ -268,13 +268,21 @@ def test_columns_are_documented():
 
 
 def test_off_hours_text_of_the_report_is_read():
+    # The week in quarter hours: a half-hour zone's stops start on the half hour in UTC.
     mask = off_hours_mask("off Mon 00:00-17:00; Tue-Fri 02:00-17:00; Sat 02:00-24:00; Sun all day (UTC)")
-    assert mask is not None and mask.sum() == 17 + 4 * 15 + 22 + 24
-    assert mask[0] and not mask[17] and mask[24 + 2] and not mask[24 + 1] and mask[6 * 24 + 23]
+    hours = mask.reshape(168, 4)
+    assert (hours.all(axis=1) == hours.any(axis=1)).all()
+    hours = hours[:, 0]
+    assert mask is not None and hours.sum() == 17 + 4 * 15 + 22 + 24
+    assert hours[0] and not hours[17] and hours[24 + 2] and not hours[24 + 1] and hours[6 * 24 + 23]
     daily = off_hours_mask("off daily 00:00-08:00, 20:00-24:00 (UTC)")
-    assert daily.sum() == 7 * 12
-    assert off_hours_mask("off sometimes (UTC)") is None
-    assert off_hours_mask("off Mon 17:00-09:00 (UTC)") is None
+    assert daily.sum() == 7 * 12 * 4
+    half = off_hours_mask("off Mon-Fri 00:00-02:30, 13:30-24:00; Sat-Sun all day (UTC)")
+    assert half.sum() == (5 * 13 + 48) * 4
+    assert half[2 * 4 + 1] and not half[2 * 4 + 2] and not half[13 * 4 + 1] and half[13 * 4 + 2]
+    for unreadable in ("off sometimes (UTC)", "off Mon 17:00-09:00 (UTC)", "off Mon 10:10-12:00 (UTC)",
+                       "off Mon 10:60-12:00 (UTC)"):
+        assert off_hours_mask(unreadable) is None, unreadable
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ import numpy as np
 from vmstats import logstore
 from vmstats.report import load as load_mod
 from vmstats.report.build import Report, build, iso, parse_day
+from vmstats.report.policy import QUARTERS
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import InputError, Policy, ReportError
 
@@ -365,20 +366,25 @@ def _sizes(per_minute: np.ndarray, fallback: Any) -> np.ndarray:
 
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_RANGE = re.compile(r"^(\d{2}):00-(\d{2}):00$", re.ASCII)  # ASCII: no other script's digits
+_RANGE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$", re.ASCII)  # ASCII: no other script's digits
+#: Parts of an hour the off-hours are read in: a half- or quarter-hour zone's stops start there.
+_PARTS = QUARTERS
 
 
 def off_hours_mask(text: str) -> np.ndarray | None:
-    """168 booleans (Monday 00:00 UTC first) from a schedule's UTC off-hours text, None if unreadable.
+    """The week in quarter hours (168 x 4, Monday 00:00 UTC first) from a schedule's UTC
+    off-hours text, None if unreadable.
 
     The text is the report's ``off_utc`` evidence: ``off Mon 00:00-17:00;
     Tue-Fri 02:00-17:00; Sun all day (UTC)`` or ``off daily 20:00-24:00 (UTC)``
-    (in UTC the ranges never run past midnight).
+    (in UTC the ranges never run past midnight); a half-hour zone's stops start and end on
+    half hours (``Mon-Fri 12:30-24:00; Tue-Sat 00:00-03:30``).
     """
     text = text.strip()
     if not text.startswith("off ") or not text.endswith("(UTC)"):
         return None
-    mask = np.zeros(168, bool)
+    day = 24 * _PARTS
+    mask = np.zeros(7 * day, bool)
     for part in text[4:-5].strip().split(";"):
         label, _, ranges = part.strip().partition(" ")
         if label == "daily":
@@ -392,23 +398,29 @@ def off_hours_mask(text: str) -> np.ndarray | None:
             days = [_WEEKDAYS.index(label)]
         else:
             return None
-        hours = np.zeros(24, bool)
+        units = np.zeros(day, bool)
         if ranges.strip() == "all day":
-            hours[:] = True
+            units[:] = True
         else:
             for item in ranges.split(","):
                 found = _RANGE.match(item.strip())
-                if not found or int(found.group(1)) >= int(found.group(2)) or int(found.group(2)) > 24:
+                if not found:
                     return None
-                hours[int(found.group(1)) : int(found.group(2))] = True
+                h1, m1, h2, m2 = map(int, found.groups())
+                if m1 % (60 // _PARTS) or m2 % (60 // _PARTS) or m1 >= 60 or m2 >= 60:
+                    return None
+                start, end = (h * _PARTS + m * _PARTS // 60 for h, m in ((h1, m1), (h2, m2)))
+                if start >= end or end > day:
+                    return None
+                units[start:end] = True
         for d in days:
-            mask[d * 24 : d * 24 + 24] |= hours
+            mask[d * day : d * day + day] |= units
     return mask
 
 
-def hour_of_week(ts: np.ndarray) -> np.ndarray:
-    """Hour of the week of each timestamp, Monday 00:00 UTC = 0 (1970-01-01 was a Thursday)."""
-    return ((ts // DAY + 3) % 7) * 24 + (ts // 3600) % 24
+def quarter_of_week(ts: np.ndarray) -> np.ndarray:
+    """Quarter hour of the week of each timestamp, Monday 00:00 UTC = 0 (1970-01-01 was a Thursday)."""
+    return ((ts // DAY + 3) % 7) * (24 * _PARTS) + (ts // (3600 // _PARTS)) % (24 * _PARTS)
 
 
 def busy_off_hours(series: Series, windows: Windows, row: dict[str, Any], rules: JudgingRules) -> dict:
@@ -418,7 +430,7 @@ def busy_off_hours(series: Series, windows: Windows, row: dict[str, Any], rules:
     if mask is None:
         return {"readable": False}
     s = series.between(windows.judge_first, windows.judge_last)
-    inside = mask[hour_of_week(s.ts)]
+    inside = mask[quarter_of_week(s.ts)]
     off = Series(s.ts[inside], {k: v[inside] for k, v in s.col.items()})
     work = work_minutes(off, rules)
     found = stretches(off.ts, work, rules)

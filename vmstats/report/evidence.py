@@ -11,7 +11,7 @@ policy's) is worded generically, never shown as JSON.
 from collections.abc import Callable
 from typing import Any
 
-from vmstats.report.policy import rate
+from vmstats.report.policy import rate, zone
 from vmstats.words import plural
 
 _METRICS = {"cpu": "CPU", "disk": "disk", "net": "network", "mix": "work across CPU, disk and network"}
@@ -104,7 +104,7 @@ def _trend(value: Any) -> str:
 
 
 def _offset(hours: Any) -> str:
-    return ("UTC%+g" % hours if hours else "UTC") if _known(hours) else _plain(hours)
+    return zone(hours) if _known(hours) else _plain(hours)
 
 
 def _damaged(files: Any) -> str:

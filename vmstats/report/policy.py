@@ -393,8 +393,11 @@ def _money(value: float) -> float:
     return cents(value) if _known(value) else 0.0
 
 
-#: Offsets from UTC a VM's users may live at (whole hours; half-hour zones land on a neighbour).
+#: Offsets from UTC a VM's users may live at, for ``auto``: whole hours.  A half- or quarter-hour
+#: zone (India's 5.5, Nepal's 5.75) is taken when the policy sets it (``_fraction_folds``).
 OFFSETS = np.arange(-12, 15)
+#: Parts of an hour a schedule's UTC text is written in: quarter hours, the finest zone offset.
+QUARTERS = 4
 #: The middle of a 9-to-18 working day, local time: where a schedule's busy hours are centred.
 WORKDAY_CENTRE = 13.5
 #: Hours a week each local slot (weekday hour 0-23, weekend hour 0-23) stands for.
@@ -412,14 +415,28 @@ def _folds() -> np.ndarray:
 _FOLDS = _folds()
 
 
+def _fraction_folds(offset: float) -> np.ndarray:
+    """For an offset that is not a whole hour, the two local slots each UTC hour of the week
+    overlaps (2 x 168): at UTC+5:30 the UTC hour 03:00-04:00 is 08:30-09:30 local, half of
+    local hour 8 and half of 9.
+
+    The records are kept per UTC hour, so a local hour is judged on both UTC hours it touches:
+    idle only when both were, which makes the stop start and end on hours that were idle all
+    through, never on a half hour the data did not see.
+    """
+    first = np.floor(np.arange(168) + offset).astype(np.int64)
+    local = np.stack([first, first + 1]) % 168
+    return (local // 24 >= 5) * 24 + local % 24
+
+
 @dataclass
 class _Plan:
-    offset: int
+    offset: float
     inferred: bool
     off: float
     irregular: float
     idle: np.ndarray  # 48 local slots
-    utc_idle: np.ndarray  # 168 UTC hours of the week
+    utc_idle: np.ndarray  # the UTC week in parts of an hour (168 x parts, Monday 00:00 first)
 
 
 def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> _Plan | None:
@@ -447,14 +464,24 @@ def _schedule(vm: dict[str, Any], s: dict[str, Any]) -> _Plan | None:
 def _folded_schedule(hours: np.ndarray, busy: np.ndarray, s: dict[str, Any]) -> _Plan | None:
     """``_schedule`` without its first, offset-free test: every offset folded and tested."""
     fixed = s["utc_offset_hours"]
+    fraction = fixed is not None and not float(fixed).is_integer()
     if fixed is None:
         rows = np.arange(len(OFFSETS))
+        offsets = OFFSETS.astype(np.float64)
     else:
-        rows = np.flatnonzero(OFFSETS == int(round(fixed)))
-    folds = _FOLDS[rows]
-    key = (np.arange(len(rows))[:, None] * 48 + folds).ravel()
-    occ = np.bincount(key, weights=np.tile(hours, len(rows)), minlength=48 * len(rows)).reshape(-1, 48)
-    hot = np.bincount(key, weights=np.tile(busy, len(rows)), minlength=48 * len(rows)).reshape(-1, 48)
+        rows = np.array([0])
+        offsets = np.array([float(fixed)])
+    if fraction:
+        # One offset, each UTC hour counted in both local slots it overlaps: a slot's figures
+        # are those of the two UTC hours it touches.
+        folds = _fraction_folds(float(fixed))
+        key = folds.ravel()
+        weights = [np.tile(hours, 2), np.tile(busy, 2)]
+    else:
+        folds = _FOLDS[np.flatnonzero(np.isin(OFFSETS, offsets))]
+        key = (np.arange(len(rows))[:, None] * 48 + folds).ravel()
+        weights = [np.tile(hours, len(rows)), np.tile(busy, len(rows))]
+    occ, hot = (np.bincount(key, weights=w, minlength=48 * len(rows)).reshape(-1, 48) for w in weights)
     seen = occ > 0
     idle = seen & (hot == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -491,19 +518,30 @@ def _folded_schedule(hours: np.ndarray, busy: np.ndarray, s: dict[str, Any]) -> 
     if not fits.any():
         return None
     centre = _busy_centre(hours, busy)
-    distance = np.abs((centre + OFFSETS[rows] - WORKDAY_CENTRE + 12.0) % 24.0 - 12.0)
+    distance = np.abs((centre + offsets - WORKDAY_CENTRE + 12.0) % 24.0 - 12.0)
     best = min(
         np.flatnonzero(fits),
-        key=lambda i: (round(float(distance[i]), 2), float(irregular[i]), abs(int(OFFSETS[rows[i]]))),
+        key=lambda i: (round(float(distance[i]), 2), float(irregular[i]), abs(float(offsets[i]))),
     )
+    offset = float(offsets[best])
     return _Plan(
-        offset=int(OFFSETS[rows[best]]),
+        offset=int(offset) if offset.is_integer() else offset,
         inferred=fixed is None,
         off=float(off[best]),
         irregular=float(irregular[best]),
         idle=idle[best],
-        utc_idle=idle[best][folds[best]],
+        utc_idle=_utc_week(idle[best], offset) if fraction else idle[best][folds[best]],
     )
+
+
+def _utc_week(idle: np.ndarray, offset: float) -> np.ndarray:
+    """The 48 local slots' stops as the UTC week in quarter hours (168 x QUARTERS, Monday 00:00
+    UTC first): local hour ``h`` of the week is UTC ``h - offset``, which at UTC+5:30 starts
+    on a half hour."""
+    local = np.arange(168)
+    slot_idle = idle[(local // 24 >= 5) * 24 + local % 24]
+    parts = np.repeat(slot_idle, QUARTERS)  # local quarter hours of the week
+    return np.roll(parts, -round(offset * QUARTERS))
 
 
 def _long_runs(idle: np.ndarray, length: int) -> np.ndarray:
@@ -540,7 +578,14 @@ def _busy_centre(hours: np.ndarray, busy: np.ndarray) -> float:
 
 
 def zone(offset: float) -> str:
-    return "UTC" if not offset else "UTC%+g" % offset
+    """``UTC``, ``UTC-8``, ``UTC+5:30``: a zone as people write it (5.5 hours is not "UTC+5.5")."""
+    if not offset:
+        return "UTC"
+    minutes = round(abs(offset) * 60)
+    sign = "+" if offset > 0 else "-"
+    if minutes % 60:
+        return "UTC%s%d:%02d" % (sign, minutes // 60, minutes % 60)
+    return "UTC%s%d" % (sign, minutes // 60)
 
 
 def _local_text(idle: np.ndarray) -> str:
@@ -552,8 +597,13 @@ def _local_text(idle: np.ndarray) -> str:
 
 
 def _utc_text(idle: np.ndarray) -> str:
-    """UTC off-hours day by day (``Mon 00:00-17:00; Tue-Fri 02:00-17:00; ...``), for a UTC scheduler."""
-    days = [_hour_ranges(list(idle[24 * d : 24 * d + 24]), wrap=False) for d in range(7)]
+    """UTC off-hours day by day (``Mon 00:00-17:00; Tue-Fri 02:00-17:00; ...``), for a UTC scheduler.
+
+    ``idle`` is the week in whole hours (168) or in parts of an hour (a half-hour zone's stops
+    start on half hours in UTC: ``Mon-Fri 12:30-03:30``).
+    """
+    day = len(idle) // 7
+    days = [_hour_ranges(list(idle[day * d : day * d + day]), wrap=False) for d in range(7)]
     if len(set(days)) == 1:
         return "daily " + days[0]
     parts = []
@@ -570,7 +620,7 @@ def _utc_text(idle: np.ndarray) -> str:
 
 
 def _hour_ranges(idle: list[bool], wrap: bool) -> str:
-    """``18:00-08:00`` style ranges of the idle hours in a day.
+    """``18:00-08:00`` style ranges of the idle hours (or parts of hours) in a day.
 
     With ``wrap`` a range may run past midnight (a daily pattern); without it
     the day ends at 24:00 (one weekday of a weekly pattern).
@@ -579,21 +629,28 @@ def _hour_ranges(idle: list[bool], wrap: bool) -> str:
         return "all day"
     if not any(idle):
         return ""
+    count = len(idle)  # 24 hours, or 24 x QUARTERS quarter hours
     if wrap:
         first_busy = idle.index(False)  # scan from there, so a run over midnight stays whole
-        hours = [(first_busy + k) % 24 for k in range(1, 25)]
+        units = [(first_busy + k) % count for k in range(1, count + 1)]
     else:
-        hours = list(range(25))  # 24 is a busy hour that closes the day
+        units = list(range(count + 1))  # the day's end is a busy unit that closes it
     ranges = []
     run = None
-    for h in hours:
-        if h < 24 and idle[h]:
+    for u in units:
+        if u < count and idle[u]:
             if run is None:
-                run = h
+                run = u
         elif run is not None:
-            ranges.append("%02d:00-%02d:00" % (run, h))
+            ranges.append("%s-%s" % (_clock(run, count), _clock(u, count)))
             run = None
     return ", ".join(ranges)
+
+
+def _clock(unit: int, per_day: int) -> str:
+    """``HH:MM`` of the ``unit``-th part of a day cut in ``per_day`` parts (24:00 its end)."""
+    minutes = unit * 1440 // per_day
+    return "%02d:%02d" % divmod(minutes, 60)
 
 
 def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> Decision | None:

@@ -84,7 +84,7 @@ SETTINGS = (
         "utc_offset_hours",
         None,
         "hours",
-        "local time of the VM's users for schedules; auto: found per VM from its busy hours",
+        "local time of the VM's users for schedules (5.5: UTC+5:30); auto: found per VM from its busy hours",
     ),
     Setting("headroom", 0.3, "share", "room kept above p95 use when sizing down"),
     Setting("downsize_min_saving", 0.1, "share", "smallest saving (share of cost) worth a resize"),
@@ -147,6 +147,10 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         raise InputError("%s: %s is an hour of the day (0-24)" % (origin, name))
     if name == "utc_offset_hours" and not -12 <= number <= 14:
         raise InputError("%s: utc_offset_hours is an offset from -12 to 14 hours, or auto" % origin)
+    if name == "utc_offset_hours" and not (number * 4).is_integer():
+        # Zones are whole hours or end on a half or quarter hour; 5.3 is no zone's offset.
+        raise InputError("%s: utc_offset_hours=%r is no time zone's offset: whole hours, or a half or "
+                         "quarter hour (5.5 for UTC+5:30, 5.75 for UTC+5:45)" % (origin, value))
     if name == "schedule_min_off_run" and not 1 <= number <= 24:
         raise InputError("%s: schedule_min_off_run is whole hours of a day (1-24)" % origin)
     if name == "schedule_min_day_hours" and number > 24:
