@@ -224,6 +224,48 @@ def test_names_that_are_not_utf8_are_named_and_the_rest_reported_and_compacted(t
     assert (renamed / "vms" / odd_vm.name / yesterday.name).read_bytes() == content
 
 
+#: VM folders copied in by other means, named what no VM id is: a spreadsheet formula, markup,
+#: a newline and a tab, a quote and a comma, a leading sign, a letter outside ASCII.
+_NOT_VM_IDS = ("=1+2", "+1-2", "-A1", "@SUM(A1)", "<img src=x onerror=alert(1)>", "line\nbreak",
+               "tab\tname", 'quo"te,comma', "caf\u00e9", "two words")
+
+
+def test_folders_named_what_no_vm_id_is_are_named_and_never_reported(tmp_path):
+    """A folder under vms/ that the server could not have written (its name is outside the VM
+    id grammar) is no VM: report.csv would hand a spreadsheet a formula (``=1+2``) and the
+    terminal a line break.  It is named once, on one line, with what is wrong; compaction
+    leaves it."""
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end)
+    yesterday = _day_file(data, "10.0.0.1", end)
+    for name in _NOT_VM_IDS:
+        (data / "vms" / name).mkdir()
+        (data / "vms" / name / yesterday.name).write_bytes(yesterday.read_bytes())
+    out = tmp_path / "out"
+    code, stdout, err, document = report(data, out, "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    assert [v["vm"] for v in document["vms"]] == ["10.0.0.1", "10.0.0.2"]
+    cells = (out / "report.csv").read_text(encoding="utf-8").splitlines()
+    assert len(cells) == 3 and not any(line.split(",")[1].startswith(("=", "+", "-", "@")) for line in cells)
+    entries = named(document)
+    for name in _NOT_VM_IDS:
+        shown = name.replace("\n", "\\n").replace("\t", "\\t")
+        path = "%s/vms/%s" % (data, shown)
+        assert entries[path]["problem"] == "VM folder name is not a VM id of vmstats (docs/PROTOCOL.md)"
+        assert entries[path]["vm"] == shown
+        # One line of the terminal summary each.
+        line = "  %s: VM folder name is not a VM id of vmstats (docs/PROTOCOL.md)" % path
+        assert line in stdout.splitlines()
+    done = subprocess.run(
+        [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data), "--compact-after", "0s"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "line\\nbreak left alone: its name is not a VM id" in done.stderr
+    assert (data / "vms" / "=1+2" / yesterday.name).is_file()
+
+
 def test_a_day_without_a_readable_row_costs_that_day_only(tmp_path):
     """A day whose file holds no readable row has no size: not a resize to nothing, which
     would judge the VM from that day on (dropping its days before) or, on its newest day,

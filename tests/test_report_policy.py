@@ -219,7 +219,7 @@ def zoned(tmp_path_factory):
     # Weekdays 8-12 and 13-18, an evening hour 20-21: idle an hour at lunch, two before the evening.
     breaks = (weekday < 5) & (((hour >= 8) & (hour < 18) & (hour != 12)) | (hour == 20))
     for name, busy in [("office-utc", _office(0)), ("office-utc-8", _office(-8)),
-                       ("office-utc+9", _office(9)), ("office-breaks", breaks)]:
+                       ("office-utc9", _office(9)), ("office-breaks", breaks)]:
         records += series(
             name,
             TS,
@@ -256,7 +256,7 @@ def test_schedule_is_found_in_each_vms_own_time_zone(zoned):
             "off Mon-Fri 18:00-09:00; Sat-Sun all day (UTC-8) = in UTC: off Mon 00:00-17:00; "
             "Tue-Fri 02:00-17:00; Sat 02:00-24:00; Sun all day",
         ),
-        "office-utc+9": (
+        "office-utc9": (
             9,
             "off Mon-Fri 18:00-09:00; Sat-Sun all day (UTC+9) = in UTC: off Mon-Fri 09:00-24:00; "
             "Sat-Sun all day",
@@ -346,7 +346,7 @@ def test_a_set_utc_offset_is_used_as_is(zoned):
     # In UTC+9's local night the UTC-8 office is at work, and neither night nor weekend is free.
     _report, rows = run([data], policy=Policy.load(None, {"utc_offset_hours": 9}))
     assert rows["office-utc-8"]["category"] == "keep"
-    assert rows["office-utc+9"]["category"] == "schedule"
+    assert rows["office-utc9"]["category"] == "schedule"
     with pytest.raises(ReportError, match="-12 to 14"):
         Policy.load(None, {"utc_offset_hours": 15})
     assert Policy.load(None, {"utc_offset_hours": "auto"}).base["utc_offset_hours"] is None

@@ -22,7 +22,16 @@ import os
 import stat
 from typing import BinaryIO, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
-from vmstats.protocol import FIELD_NAMES, FIELDS, Record, format_float, format_tags, parse_tags
+from vmstats.protocol import (
+    FIELD_NAMES,
+    FIELDS,
+    DecodeError,
+    Record,
+    format_float,
+    format_tags,
+    normalize_vm_id,
+    parse_tags,
+)
 
 LOG_VERSION = 2
 VMS_DIR = "vms"
@@ -412,9 +421,30 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def one_line(name: str) -> str:
+    """``printable(name)`` with its control characters (a newline, a tab) escaped as ``\\n``,
+    ``\\t``: a folder named by other means stays one line wherever it is named."""
+    text = printable(name)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def is_utf8(name: str) -> bool:
     """Whether a name from os.listdir was UTF-8 on disk (no VM id or path we write is not)."""
     return printable(name) == name
+
+
+def is_vm_id(name: str) -> bool:
+    """Whether a folder name under ``vms/`` is a VM id the server could have written there
+    (docs/PROTOCOL.md, "VM ids").  A folder copied in by other means may be named anything:
+    ``=HYPERLINK(...)``, ``<b>``, a newline, which a spreadsheet, a page or a terminal would take
+    for something else; such a folder holds no VM's logs."""
+    try:
+        normalize_vm_id(name)
+    except DecodeError:
+        return False
+    return True
 
 
 def iter_vms(data_dir: str, not_folders: Optional[List[str]] = None) -> Iterator[str]:

@@ -308,6 +308,15 @@ def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, in
             issues.append(issue(path, "VM folder name is not UTF-8: not a VM id of vmstats", vm=vm))
             found += 1
             continue
+        if not logstore.is_vm_id(vm):
+            # Never a VM of the report: its name would reach report.csv, where a spreadsheet
+            # reads "=..." or "+..." as a formula, and it is named with its control characters
+            # escaped, so it stays one line on the terminal.
+            shown = logstore.one_line(vm)
+            issues.append(issue(os.path.join(data_dir, logstore.VMS_DIR, shown),
+                                "VM folder name is not a VM id of vmstats (docs/PROTOCOL.md)", vm=shown))
+            found += 1
+            continue
         try:
             files = logstore.day_files(data_dir, vm)
         except (OSError, ValueError) as exc:

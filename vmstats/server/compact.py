@@ -276,9 +276,10 @@ def _csv_by_day(data_dir: str) -> dict[int, list[tuple[str, str]]]:
     """``{day: [(vm, path)]}`` of the data dir's CSV day files, VMs sorted."""
     days: dict[int, list[tuple[str, str]]] = {}
     for vm in logstore.iter_vms(data_dir):
-        if not logstore.is_utf8(vm):  # no VM id: copied in by other means; the report names it
-            log.warning("compaction: %s left alone: its name is not UTF-8, so not a VM id",
-                        logstore.printable(vm))
+        if not logstore.is_vm_id(vm):  # copied in by other means; the report names it
+            why = "is not UTF-8, so" if not logstore.is_utf8(vm) else "is"
+            log.warning("compaction: %s left alone: its name %s not a VM id",
+                        logstore.one_line(vm), why)
             continue
         try:
             files = logstore.day_files(data_dir, vm)
