@@ -113,6 +113,30 @@ def test_page_fits_its_window_and_says_what_window_it_analysed(fleet):
     assert "quietest hour" in page and "not 0-100%" in page and profile["window"]["clipped"] is False
 
 
+def test_days_asked_for_past_the_latest_record_are_said_to_be_missing(fleet, tmp_path):
+    """--until past the data: the window ends at the latest record, and a bill read for the days
+    asked for says on every output that its last ones had no data."""
+    data, _expected, _out, _result = fleet
+    out = tmp_path / "out"
+    result = vmstats(data, "-o", out, "--since", "2026-01-05", "--until", "2026-02-28", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    window = json.loads((out / "report.json").read_text())["meta"]["window"]
+    assert (window["first_day"], window["last_day"], window["end"]) == (
+        "2026-01-05", "2026-02-28", "2026-01-14T23:59:00Z")
+    assert window["ends_early"] is True and window["clipped"] is False and window["days"] == 10.0
+    why = ("the UTC days asked for (2026-01-05 to 2026-02-28), shortened to end at the latest record "
+           "(2026-01-14 23:59 UTC): there is no newer data")
+    assert window["why"] == why
+    assert "Window: %s." % why in (out / "report.html").read_text()
+    assert ("; ends at the latest record, before the days asked for (2026-01-05 to 2026-02-28) end)"
+            in result.stdout.splitlines()[0])
+    # Days inside the data: nothing to explain.
+    result = vmstats(data, "-o", out, "--since", "2026-01-05", "--until", "2026-01-14", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    window = json.loads((out / "report.json").read_text())["meta"]["window"]
+    assert window["ends_early"] is False and "shortened" not in window["why"]
+
+
 def test_heatmap_colours_span_the_fleets_quietest_to_busiest_hour():
     profile = [10.0 + (h % 24) / 23.0 * 2.0 for h in range(168)]  # 10% at midnight .. 12% at 23:00
     profile[5] = None

@@ -398,9 +398,16 @@ def _window_meta(window, days: int, since: str | None, until: str | None, earlie
         asked = "--days %d" % days
         because = "the last %d UTC days (%s) up to the latest record" % (days, asked)
     clipped = not earlier and window.start_ts > window.first_day * 86400
-    why = because
+    # --until past the latest record: the days asked for are not all analysed, and a bill read
+    # for them must say so (the default window ends at the latest record by definition).
+    ends_early = until is not None and window.end_ts < (window.last_day + 1) * 86400 - 60
+    cuts = []
     if clipped:
-        why += ", shortened to start at the fleet's first record: there is no older data"
+        cuts.append("start at the fleet's first record: there is no older data")
+    if ends_early:
+        end = iso(window.end_ts)
+        cuts.append("end at the latest record (%s %s UTC): there is no newer data" % (end[:10], end[11:16]))
+    why = because + (", shortened to " + ", and to ".join(cuts) if cuts else "")
     return {
         "first_day": first,
         "last_day": last,
@@ -410,6 +417,7 @@ def _window_meta(window, days: int, since: str | None, until: str | None, earlie
         "days": round(length, 1),
         "asked": asked,
         "clipped": clipped,
+        "ends_early": ends_early,
         "why": why,
     }
 

@@ -158,7 +158,7 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     currency = meta["prices"]["currency"]
     totals = meta["totals"]
     print(
-        "vmstats report: %s, window %s .. %s (%.1f days, %s%s)"
+        "vmstats report: %s, window %s .. %s (%.1f days, %s%s%s)"
         % (
             counted(totals["vms"], "VM"),
             window["start"],
@@ -166,6 +166,8 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
             window["days"],
             counted(window["expected_minutes"], "expected minute"),
             "; starts at the fleet's first record, no older data" if window["clipped"] else "",
+            "; ends at the latest record, before the days asked for (%s) end" % window["asked"]
+            if window["ends_early"] else "",
         ),
         file=stream,
     )
