@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report_policy import build_fleet
+from test_report_policy import TS, build_fleet
+from test_report_stats import DAY, T0, series, write_records
 
 from vmstats.report.command import policy_overrides
 from vmstats.report.outputs import CSV_COLUMNS, to_json
@@ -135,6 +136,21 @@ def test_days_asked_for_past_the_latest_record_are_said_to_be_missing(fleet, tmp
     assert result.returncode == 0, result.stderr
     window = json.loads((out / "report.json").read_text())["meta"]["window"]
     assert window["ends_early"] is False and "shortened" not in window["why"]
+
+
+def test_a_figure_that_rounds_to_zero_is_written_0_not_minus_0(tmp_path):
+    """A CPU trend of -0.0015 points a week is 0.0 in report.csv: a spreadsheet or a diff of two
+    nights' reports shows "-0.0" as a change of sign where nothing moved."""
+    day = (TS - T0) // DAY
+    cpu = np.where(day == 6, 20.1, 20.0)  # one day's p95 a tenth up, mid-window: slope -0.0015/week
+    write_records(tmp_path / "data", series("flat", TS, cpu, np.full(len(TS), 40.0), vcpus=4, mem_mb=8192))
+    result = vmstats(tmp_path / "data", "-o", tmp_path / "out", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "out" / "report.csv", newline="", encoding="utf-8")))
+    assert rows[0]["cpu_trend"] == "0.0"
+    assert not [(name, cell) for row in rows for name, cell in row.items() if cell.startswith("-0.0")]
+    vm = json.loads((tmp_path / "out" / "report.json").read_text())["vms"][0]
+    assert str(vm["cpu_trend"]) == "0.0"
 
 
 def test_heatmap_colours_span_the_fleets_quietest_to_busiest_hour():

@@ -374,10 +374,11 @@ def _money(value: float) -> float | None:
 
 
 def _r(value: float, digits: int) -> float | None:
+    """``value`` rounded for the outputs; a small negative one is 0.0, never "-0.0" in a CSV cell."""
     if value is None or value != value:
         return None
     value = float(value)
-    return int(round(value)) if digits == 0 else round(value, digits)
+    return int(round(value)) if digits == 0 else round(value, digits) + 0.0
 
 
 def _rank_key(row: dict[str, Any]):
