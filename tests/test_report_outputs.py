@@ -153,6 +153,20 @@ def test_a_figure_that_rounds_to_zero_is_written_0_not_minus_0(tmp_path):
     assert str(vm["cpu_trend"]) == "0.0"
 
 
+def test_the_category_table_is_every_vm_not_only_candidates(fleet):
+    """Its lines add up to the fleet, stopped and keep among them: under a heading of
+    "candidates" a reader would count 14 where the card beside it says how many are."""
+    _data, _expected, out, _result = fleet
+    page = (out / "report.html").read_text()
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert "<h2>Every VM by category</h2>" in page and "Candidates by category" not in page
+    assert "the candidates are reclaim, schedule, downsize." in page
+    start = page.index('<table class="cats">')
+    table = page[start : page.index("</table>", start)]
+    counts = [int(n) for n in re.findall(r'<td class="num">(\d+) VMs?</td>', table)]
+    assert sum(counts) == meta["totals"]["vms"] and meta["totals"]["candidates"] < meta["totals"]["vms"]
+
+
 def test_heatmap_colours_span_the_fleets_quietest_to_busiest_hour():
     profile = [10.0 + (h % 24) / 23.0 * 2.0 for h in range(168)]  # 10% at midnight .. 12% at 23:00
     profile[5] = None
