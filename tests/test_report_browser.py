@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import reportdata
 from selenium import webdriver
@@ -22,6 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from test_report_policy import build_fleet
+from test_report_stats import T0, series, write_records
 
 from vmstats.report.render import OTHER_COLOUR, render
 
@@ -161,6 +163,27 @@ def test_sorting_by_a_column_and_back(browser, pages):
     assert values == sorted(values) and "sorted-asc" in saving.get_attribute("class")
     browser.find_element(By.CSS_SELECTOR, '#vms th[data-key="vm"]').click()
     assert _vms(browser) == sorted(r["vm"] for r in report.rows)[:100]
+
+
+def test_vm_ids_sort_with_their_numbers_by_value(browser, tmp_path):
+    """Sorted by VM, a fleet of addresses reads 10.0.0.2, 10.0.0.10, 10.0.0.100, as an operator
+    looks for them, not 10.0.0.10, 10.0.0.100, 10.0.0.2."""
+    ids = ["10.0.0.100", "10.0.0.2", "web-10", "10.0.0.10", "Web-9", "10.0.1.1"]
+    ts = T0 + 60 * np.arange(1440)
+    for vm in ids:
+        write_records(tmp_path / "data", series(vm, ts, np.full(len(ts), 1.0), np.full(len(ts), 30.0)))
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(tmp_path / "data"), "-o",
+                           str(tmp_path / "out"), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    _open(browser, tmp_path / "out" / "report.html")
+    header = browser.find_element(By.CSS_SELECTOR, '#vms th[data-key="vm"]')
+    header.click()
+    natural = ["10.0.0.2", "10.0.0.10", "10.0.0.100", "10.0.1.1", "Web-9", "web-10"]
+    assert _vms(browser) == natural
+    header.click()
+    assert _vms(browser) == natural[::-1]
+    assert _errors(browser) == []
 
 
 def test_category_chips_and_search_filter_every_row(browser, pages):
