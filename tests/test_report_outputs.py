@@ -167,6 +167,22 @@ def test_the_category_table_is_every_vm_not_only_candidates(fleet):
     assert sum(counts) == meta["totals"]["vms"] and meta["totals"]["candidates"] < meta["totals"]["vms"]
 
 
+def test_the_terminal_names_each_candidate_whole(tmp_path):
+    """Two ids that differ past their 22nd character are two lines a reader can tell apart."""
+    ids = ["web-frontend-prod-eu-west-01", "web-frontend-prod-eu-west-02"]
+    noise = np.random.default_rng(5).random(len(TS))
+    for vm in ids:
+        write_records(tmp_path / "data", series(vm, TS, np.round(0.5 + noise, 1), 30 + noise,
+                                                500 + 500 * noise, 200 + 200 * noise))
+    result = vmstats(tmp_path / "data", "-o", tmp_path / "out", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("rank  vm"))
+    listed = [line.split()[1] for line in lines[header + 1 : header + 3]]
+    assert sorted(listed) == ids
+    assert lines[header].index("category") == lines[header + 1].index("reclaim")
+
+
 def test_heatmap_colours_span_the_fleets_quietest_to_busiest_hour():
     profile = [10.0 + (h % 24) / 23.0 * 2.0 for h in range(168)]  # 10% at midnight .. 12% at 23:00
     profile[5] = None

@@ -222,17 +222,21 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     candidates = [r for r in report.rows if r["category"] in CANDIDATES][:top]
     if candidates:
         print("", file=stream)
+        # As wide as the longest id listed: ids of up to 64 characters that differ only at their
+        # end (web-frontend-prod-eu-01, -02) must not print alike.
+        width = max(22, *(len(row["vm"]) for row in candidates))
         print(
-            "%4s  %-22s %-9s %12s %5s  %s"
-            % ("rank", "vm", "category", "saving/mo", "conf", "recommendation"),
+            "%4s  %-*s %-9s %12s %5s  %s"
+            % ("rank", width, "vm", "category", "saving/mo", "conf", "recommendation"),
             file=stream,
         )
         for row in candidates:
             print(
-                "%4d  %-22s %-9s %12s %5.2f  %s"
+                "%4d  %-*s %-9s %12s %5.2f  %s"
                 % (
                     row["rank"],
-                    row["vm"][:22],
+                    width,
+                    row["vm"],
                     row["category"],
                     format(row["monthly_saving"], ",.2f"),
                     row["confidence"],
