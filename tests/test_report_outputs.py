@@ -183,6 +183,23 @@ def test_the_terminal_names_each_candidate_whole(tmp_path):
     assert lines[header].index("category") == lines[header + 1].index("reclaim")
 
 
+def test_the_policy_named_on_the_page_includes_the_command_lines_changes(fleet, tmp_path):
+    """A report run with --cpu-idle 4 said "Policy: built-in defaults": whoever reads the page
+    or report.json to check a bill could not tell the thresholds were not the defaults."""
+    data, _expected, out, _result = fleet
+    assert "Policy: built-in defaults." in (out / "report.html").read_text()
+    policy = tmp_path / "policy.toml"
+    policy.write_text("cpu_idle = 3.0\nheadroom = 0.3\n")
+    result = vmstats(data, "-o", tmp_path / "out", "--policy", policy, "--cpu-idle", "4",
+                     "--set", "utc_offset_hours=5.5", "--set", "headroom=0.3", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "out" / "report.json").read_text())["meta"]["policy"]
+    source = "%s, and from the command line: cpu_idle=4, utc_offset_hours=5.5" % policy
+    assert meta["source"] == source
+    assert meta["settings"]["cpu_idle"] == 4.0 and meta["settings"]["utc_offset_hours"] == 5.5
+    assert "Policy: %s." % source in (tmp_path / "out" / "report.html").read_text()
+
+
 def test_heatmap_colours_span_the_fleets_quietest_to_busiest_hour():
     profile = [10.0 + (h % 24) / 23.0 * 2.0 for h in range(168)]  # 10% at midnight .. 12% at 23:00
     profile[5] = None

@@ -219,8 +219,16 @@ class Policy:
                     ]
                 else:
                     policy.base[key] = coerce(key, value, path)
+        changed = []
         for key, value in (overrides or {}).items():
-            policy.base[key] = coerce(key, value, "option --%s" % key.replace("_", "-"))
+            wanted = coerce(key, value, "option --%s" % key.replace("_", "-"))
+            if wanted != policy.base[key]:
+                changed.append("%s=%s" % (key, _shown(wanted)))
+            policy.base[key] = wanted
+        if changed:
+            # The page and report.json name where the thresholds came from: a flag or --set
+            # that moved one is part of that, or "built-in defaults" would hide it.
+            policy.source += ", and from the command line: " + ", ".join(changed)
         return policy
 
     def for_vm(self, vm: str) -> tuple[str, dict[str, Any]]:
@@ -231,6 +239,15 @@ class Policy:
                 merged.update(group.overrides)
                 return group.name, merged
         return "", self.base
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as written on a command line (``auto``, ``5.5``, ``1,2,4``)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, list):
+        return ",".join(map(_shown, value))
+    return "%g" % value if isinstance(value, float) else str(value)
 
 
 def _group(data: Any, origin: str) -> Group:
