@@ -265,6 +265,16 @@ def decoders_of(server_pid: int) -> list:
     return children_running(server_pid, b"spawn_main")
 
 
+def cpu_seconds(pids: list) -> float:
+    """User and system CPU the processes have used, from /proc."""
+    ticks = 0
+    for pid in pids:
+        with open("/proc/%d/stat" % pid) as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def serve(workdir, *args: str, **kwargs) -> ServerProcess:
     """Shorthand: ``with serve(tmp_path, "--flush-interval", "0.5") as server: ...``."""
     return ServerProcess(workdir, *args, **kwargs)

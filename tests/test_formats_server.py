@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from serverproc import ROOT, serve
+from serverproc import ROOT, cpu_seconds, serve
 from test_server_udp import logged
 
 from vmstats import logstore
@@ -82,7 +82,9 @@ def test_http_write_v1_gzip_v2_token_and_line_numbered_errors(tmp_path):
 def test_a_large_written_body_is_fed_in_pieces_numbered_in_the_body_stalling_nothing(tmp_path):
     """A write body is decoded in the reactor: 4 MB of lines the decoder refuses one by one
     (no token is needed by default) held every port ~4 s in one piece.  Fed a piece per
-    reactor turn, /metrics still answers meanwhile, and the errors are numbered in the body."""
+    reactor turn, /metrics still answers meanwhile, and the errors are numbered in the body.
+    In one piece, an answer would wait about as long as the whole post; a loaded host stretches
+    both, so the bound is a share of the post's own time."""
     t0 = (int(time.time()) - 3600) // 60 * 60
     with serve(tmp_path, "--flush-interval", "0.3") as server:
         lines = [line for i in range(300) for line in minute_lines("big-%d" % i, t0)]
@@ -106,7 +108,9 @@ def test_a_large_written_body_is_fed_in_pieces_numbered_in_the_body_stalling_not
         prober.start()
         try:
             time.sleep(0.2)
+            started = time.monotonic()
             status, text = post(server, "/write?precision=s", b"x\n" * 2_000_000, timeout=120)
+            posting = time.monotonic() - started
         finally:
             done.set()
             prober.join()
@@ -115,7 +119,7 @@ def test_a_large_written_body_is_fed_in_pieces_numbered_in_the_body_stalling_not
         assert edge(metrics, "influx", "syntax") == 2_000_001
         assert edge(metrics, "influx", "used") == len(lines) - 2
     assert server.returncode == 0, server.output
-    assert len(latencies) > 5 and max(latencies) < 1.5, latencies
+    assert len(latencies) > 5 and max(latencies) < max(1.5, posting / 3), (posting, latencies)
     for vm in ("big-0", "big-299"):
         assert list(logged(tmp_path / "data", vm)["ts"]) == [t0 + 60]
 
@@ -202,13 +206,14 @@ def test_gzip_bodies_are_read_whole_or_refused(tmp_path):
             b"\n".join(lines[half:]))
         assert post(server, "/write?precision=s", two, gz) == (204, "")
         # 400,000 empty members (8 MB) between the halves: each member once cost the reactor a
-        # copy of the rest of the body, some 20 s in all; the post times out after 10 s.
+        # copy of the rest of the body, some 20 s of its CPU in all (CPU, not the clock: a
+        # loaded host stretches the post, not the work).
         many = gzip.compress(b"\n".join(minute_lines("gz-many", t0)[:half]) + b"\n") \
             + gzip.compress(b"") * 400_000 \
             + gzip.compress(b"\n".join(minute_lines("gz-many", t0)[half:]))
-        started = time.monotonic()
-        assert post(server, "/write?precision=s", many, gz) == (204, "")
-        assert time.monotonic() - started < 5
+        spent = cpu_seconds([server.pid])
+        assert post(server, "/write?precision=s", many, gz, timeout=60) == (204, "")
+        assert cpu_seconds([server.pid]) - spent < 5
         whole = gzip.compress(b"\n".join(minute_lines("gz-cut", t0)))
         for vm, body in (("gz-cut", whole[:len(whole) // 2]), ("gz-cut", whole[:-4]),
                          ("gz-junk", gzip.compress(b"\n".join(minute_lines("gz-junk", t0)))

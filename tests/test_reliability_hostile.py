@@ -1,14 +1,13 @@
 """Hostile and broken input against the real server: it never crashes or stalls, every valid
 record lands, every bad one is counted by the cause the protocol's decoder gives it."""
 
-import os
 import random
 import socket
 import threading
 import time
 from collections import Counter
 
-from serverproc import parsers_of, serve
+from serverproc import cpu_seconds, parsers_of, serve
 from test_reliability_faults import report
 from test_reliability_journal import raw_rows
 from test_server_tcp import read_reply
@@ -251,16 +250,6 @@ def test_idle_crowds_endless_lines_and_slow_readers_are_bounded(tmp_path):
     assert grown < 32 * 1024  # neither the 8 MiB line nor the unread replies are held
     assert raw_rows(tmp_path / "data") == Counter(
         [("10.53.0.1", t + 60 * i) for i in range(50)] + [("10.53.0.2", t)])
-
-
-def cpu_seconds(pids: list) -> float:
-    """User and system CPU the processes have used, from /proc."""
-    ticks = 0
-    for pid in pids:
-        with open("/proc/%d/stat" % pid) as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_spelling_invented_per_line_costs_the_parsers_what_a_bad_line_costs(tmp_path):
