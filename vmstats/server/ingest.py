@@ -20,6 +20,7 @@ from operator import setitem, sub
 from twisted.internet import defer
 
 from vmstats.server.buffer import Buffer
+from vmstats.server.idle import IdleWaiters
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import Parsed, Parser
 
@@ -61,7 +62,7 @@ class Ingest:
         #: a marker from ``after`` is [None, True, callback, None].  ``verdict`` is None for
         #: plain payloads; for signed frames it is told (refused any, records unbound).
         self.queue: deque[list] = deque()
-        self._idle: list[defer.Deferred] = []
+        self._idle = IdleWaiters()
         self._bad_log = RateLimitedLog(log, "rejected record")
 
     def reject(self, reason: str, detail: str, count: int = 1) -> None:
@@ -148,11 +149,7 @@ class Ingest:
 
     def idle(self) -> defer.Deferred:
         """Fires when nothing submitted is waiting to be filed (the drain before a final flush)."""
-        if not self.queue:
-            return defer.succeed(None)
-        waiting: defer.Deferred = defer.Deferred()
-        self._idle.append(waiting)
-        return waiting
+        return self._idle.wait(bool(self.queue))
 
     def _bound(self) -> None:
         """Parse the oldest payload here when too many wait behind a parser's answer for it."""
@@ -197,10 +194,8 @@ class Ingest:
             result = self.file(data, parsed)
             if done is not None:
                 done(*result)
-        if not queue and self._idle:
-            waiting, self._idle = self._idle, []
-            for one in waiting:
-                one.callback(None)
+        if not queue:
+            self._idle.fire()
 
     def _admitted(self, checked, verdict: Callable[[bool, int], None]) -> tuple:
         """``(payload, parsed)`` of the frames of a ``signing.Checked`` that are no replay, or

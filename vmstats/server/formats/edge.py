@@ -30,6 +30,7 @@ from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.formats.pool import DecodePool
 from vmstats.server.formats.rates import CounterRates
+from vmstats.server.idle import IdleWaiters
 from vmstats.server.metrics import Metrics, RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Edge:
         self._bad_log = RateLimitedLog(log, "unusable input")
         #: Bodies being fed a piece per reactor turn (``feed_body``), and who waits for them.
         self._feeding = 0
-        self._fed_waiting: list[defer.Deferred] = []
+        self._fed = IdleWaiters()
 
     def feed(self, decoder: Decoder, data: bytes, **options) -> int | None:
         """Decode ``data`` and file what it completes; returns the journal write holding it
@@ -127,18 +128,12 @@ class Edge:
     def _body_fed(self, result, latest: list):
         self._feeding -= 1
         if not self._feeding:
-            waiting, self._fed_waiting = self._fed_waiting, []
-            for one in waiting:
-                one.callback(None)
+            self._fed.fire()
         return latest[0] if not isinstance(result, Failure) else result
 
     def bodies_fed(self) -> defer.Deferred:
         """Fires once the bodies being fed (``feed_body``) are in."""
-        if not self._feeding:
-            return defer.succeed(None)
-        waiting: defer.Deferred = defer.Deferred()
-        self._fed_waiting.append(waiting)
-        return waiting
+        return self._fed.wait(bool(self._feeding))
 
     def file(self, name: str, samples: list, tally: Tally, now: float, lines: list,
              data: bytes = b"", options: dict | None = None,

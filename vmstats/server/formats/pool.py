@@ -27,6 +27,7 @@ from twisted.internet import defer
 
 from vmstats.server.every import Every
 from vmstats.server.formats import Decoder, Tally
+from vmstats.server.idle import IdleWaiters
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class DecodePool:
         #: minutes refuse once; ``executor`` and ``handed``, the reactor's time, say where and
         #: since when a worker has it).
         self.queue: deque[list] = deque()
-        self._idle: list[defer.Deferred] = []
+        self._idle = IdleWaiters()
         self._watchdog = Every(reactor, WATCH_INTERVAL, self._watch, "the decoding processes' watchdog")
         self._restart = None
 
@@ -174,18 +175,12 @@ class DecodePool:
         while queue and queue[0][2] is not None:
             decoder, now, (samples, tally, lines), data, _executor, _handed = queue.popleft()
             self.edge.file(decoder.name, samples, tally, now, lines, data)
-        if not queue and self._idle:
-            waiting, self._idle = self._idle, []
-            for one in waiting:
-                one.callback(None)
+        if not queue:
+            self._idle.fire()
 
     def idle(self) -> defer.Deferred:
         """Fires once everything submitted is filed."""
-        if not self.queue:
-            return defer.succeed(None)
-        waiting: defer.Deferred = defer.Deferred()
-        self._idle.append(waiting)
-        return waiting
+        return self._idle.wait(bool(self.queue))
 
     def stop(self) -> None:
         """After ``idle``: nothing is waiting, so the workers are killed rather than awaited (a
