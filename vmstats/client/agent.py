@@ -226,7 +226,7 @@ class Agent(object):
                 LOG.warning("fell behind by more than one interval; re-synchronising")
                 self.sampler.begin()
                 anchor, k = self.clock(), 0
-            elif not self.sleeper.stopped:
+            if not self.sleeper.stopped:  # late or not, the record goes now, not an interval on
                 self.sender.flush()
 
     def _stop(self, produced):
