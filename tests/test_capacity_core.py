@@ -485,7 +485,8 @@ def test_ten_thousand_vms_of_as_many_shapes_or_of_one_group_are_answered_in_seco
     """A manifest of 10,000 VMs, each of its own shape, or all in one anti-affinity group, on
     500 hosts: each shape was a pass over the hosts in Python and each VM of a group that had
     filled every host another pass over the heap (7 to 20 s on two shared cores, in the reactor
-    of the server that answers); now a second or so, with the same answer as VM by VM."""
+    of the server that answers); now a second or so, with the same answer as VM by VM.  CPU
+    time, not the clock: a loaded host stretches the wait, not the work."""
     import time
 
     rng = np.random.default_rng(5)
@@ -500,9 +501,9 @@ def test_ten_thousand_vms_of_as_many_shapes_or_of_one_group_are_answered_in_seco
     ]
     group = [Ask("a%05d" % i, 0.1, 0.1, "spread", vcpus=1, mem_gb=1) for i in range(10000)]
     for asks in (shapes, group):
-        started = time.perf_counter()
+        started = time.process_time()
         offer = place(hosts, asks, 99.9)
-        assert time.perf_counter() - started < 5.0  # 0.8 s with the machine's load at 7
+        assert time.process_time() - started < 5.0  # 0.8 s
         if asks is group:
             assert offer.status == PARTIAL and len(set(offer.placed.values())) == len(offer.placed) == 500
             assert set(offer.rejected.values()) == {
