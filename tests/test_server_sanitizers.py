@@ -11,6 +11,7 @@ than skips on a machine without them.
 import re
 from pathlib import Path
 
+import pytest
 import sanitizers
 
 
@@ -20,6 +21,7 @@ def test_every_c_part_setup_py_builds_is_sanitized():
     assert sorted(built) == sorted(sanitizers.MODULES)
 
 
+@pytest.mark.timeout(900)  # four builds and a hostile run: minutes of work on a loaded host, not a hang
 def test_the_c_parts_are_memory_safe_on_hostile_input(tmp_path: Path):
     gcc, libasan = sanitizers.toolchain()
     sanitizers.build(gcc, tmp_path)
