@@ -291,7 +291,8 @@ def test_csv_json_and_html_carry_blocked_by_and_data_quality(judged, tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "6 VMs with doubtful data" in result.stdout and "upsize:" in result.stdout
+    assert "6 VMs with doubtful data" in result.stdout
+    assert "more a month for 1 VM near its size (not in the saving)" in result.stdout, result.stdout
     with open(out / "report.csv", newline="") as handle:
         table = {row["vm"]: row for row in csv.DictReader(handle)}
     assert table["net-service"]["blocked_by"] == rows["net-service"]["blocked_by"]

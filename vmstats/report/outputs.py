@@ -209,8 +209,9 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     upsizes = meta["categories"]["upsize"]["vms"]
     if totals["upsize_extra_cost"]:
         print(
-            "upsize: %s more a month for %d %s near their size (not in the saving)"
-            % (money(totals["upsize_extra_cost"], currency), upsizes, plural(upsizes, "VM")),
+            "upsize: %s more a month for %s near %s size (not in the saving)"
+            % (money(totals["upsize_extra_cost"], currency), counted(upsizes, "VM"),
+               "its" if upsizes == 1 else "their"),
             file=stream,
         )
     if totals["data_quality_vms"]:
