@@ -7,7 +7,7 @@ import socket
 from collections import Counter
 
 import pytest
-from serverproc import serve
+from serverproc import ServerError, serve
 from test_server_lifecycle import fifo_in_the_way, run_cli
 from test_server_tcp import read_reply
 from test_server_udp import line, now
@@ -69,6 +69,41 @@ def test_an_acked_batch_survives_sigkill_and_is_replayed_before_listening(tmp_pa
         assert status["journal"]["replayed_records"] == 700
     assert again.returncode == 0
     assert journal_files(tmp_path / "data") == []
+
+
+def test_a_second_server_on_a_data_dir_or_journal_in_use_is_refused_and_nothing_acked_is_lost(
+        tmp_path):
+    # Before: the second server took the first one's open segment for a crash's leftover,
+    # replayed and deleted it; the first then acknowledged into the deleted file, and after its
+    # SIGKILL those records were nowhere (10 of 20 lost).
+    data = tmp_path / "data"
+    first = batch_of("10.23.0", 70, now() - 7200)
+    second = batch_of("10.23.1", 70, now() - 7200)
+    server = serve(tmp_path / "a", "--flush-interval", "1h", data_dir=data).start()
+    try:
+        assert send_acked(server.tcp_port, first, "a") == b"#!ack a 70 0\n"
+        for name, args, other in (("data", [], data),
+                                  ("journal", ["--journal-dir", str(data / "journal")],
+                                   tmp_path / "other")):
+            intruder = serve(tmp_path / name, "--flush-interval", "1h", *args, data_dir=other)
+            try:
+                with pytest.raises(ServerError):
+                    intruder.start()
+            finally:
+                intruder.kill()
+            assert intruder.returncode == 1
+            lines = intruder.output.strip().splitlines()
+            assert len(lines) == 1 and "listening" not in intruder.output, intruder.output
+            assert ("another vmstats serve (pid %d) is using it" % server.pid) in lines[0]
+            assert ("--%s-dir" % name) in lines[0]
+        assert send_acked(server.tcp_port, second, "b") == b"#!ack b 70 0\n"
+        server.proc.send_signal(signal.SIGKILL)  # its parsers may outlive it for a moment
+        server.proc.wait(10)
+    finally:
+        server.kill()
+    with serve(tmp_path / "c", "--flush-interval", "1h", data_dir=data) as again:
+        assert again.status_json()["journal"]["replayed_records"] == 140
+    assert raw_rows(data) == Counter((r.vm, r.ts) for r in first + second)
 
 
 def test_replaying_segments_already_logged_adds_no_rows_however_often(tmp_path):

@@ -14,6 +14,7 @@ from twisted.application import service
 from twisted.internet import defer
 
 from vmstats import logstore
+from vmstats.server import dirlock
 from vmstats.server.auth import Authenticator
 from vmstats.server.buffer import Buffer
 from vmstats.server.clock import WallClock, install
@@ -60,6 +61,8 @@ class Aggregator(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.metrics = Metrics()
+        #: This server's hold on its data dir and journal dir (dirlock.py).
+        self._locks: list[int | None] = []
         #: The time of day (stamps, windows); reactor.seconds() times delays (clock.py).
         self.clock = WallClock()
         self.metrics.families.append(self.clock.families)
@@ -261,9 +264,12 @@ class Aggregator(service.MultiService):
         listens: something in the way stops it with one line (ownfiles.py)."""
         config = self.config
         usable_directory(config.data_dir, "data directory (--data-dir)")
+        self._locks.append(dirlock.hold(config.data_dir, "data directory", "--data-dir"))
         existing_directory(os.path.join(config.data_dir, logstore.VMS_DIR), "VMs' log folder")
         if self.journal is not None:
             usable_directory(self.journal.directory, "journal directory")
+            self._locks.append(dirlock.hold(self.journal.directory, "journal directory",
+                                            "--journal-dir"))
             check_file(os.path.join(self.journal.directory, KEY_FILE), "edge journal key")
         if config.status_file:
             folder = os.path.dirname(os.path.abspath(config.status_file))
@@ -345,6 +351,8 @@ class Aggregator(service.MultiService):
             self.auth.memory.stop()
         if self.http is not None:
             yield defer.maybeDeferred(self.http.stopService)
+        dirlock.release(self._locks)  # drained: a next server may take the data dir
+        self._locks = []
 
     def in_flight(self) -> int:
         return self.flusher.in_flight_records
