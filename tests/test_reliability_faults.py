@@ -11,8 +11,8 @@ import time
 from collections import Counter
 
 import pytest
-from serverproc import children, decoders_of, parsers_of, serve
-from test_reliability_journal import journal_files, raw_rows
+from serverproc import children, children_running, decoders_of, parsers_of, serve
+from test_reliability_journal import journal_files, raw_rows, send_acked
 from test_server_lifecycle import fifo_in_the_way
 from test_server_tcp import read_reply
 from test_server_udp import line, now
@@ -386,6 +386,73 @@ def test_a_writer_killed_mid_flush_is_detected_the_pool_rebuilt_and_its_records_
            logged_rows=sum(logged.values()))
     assert logged == Counter({("10.43.0.1", t): 1, ("10.43.0.2", t): 1, ("10.43.0.3", t): 1})
     assert "died during a flush" in server.output
+
+
+def living(pids: list) -> list:
+    """The processes of ``pids`` that run (not gone, not a zombie awaiting its parent)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def writers_of(server_pid: int) -> tuple[list, list]:
+    """``(forkserver pids, writer pids)`` that run: the writers are the forkserver's children."""
+    forkservers = living(children_running(server_pid, b"forkserver"))
+    return forkservers, living([writer for forkserver in forkservers
+                                for writer in children(forkserver)])
+
+
+def new_writers(server_pid: int, killed: set, count: int = 2) -> tuple[list, list] | None:
+    """``(forkserver pids, writer pids)`` once ``count`` writers run that are not of ``killed``
+    (a killed pool's writers may still be ending); None before."""
+    forkservers, writers = writers_of(server_pid)
+    fresh = [writer for writer in writers if writer not in killed]
+    return (forkservers, fresh) if len(fresh) == count else None
+
+
+def test_writers_killed_between_flushes_are_replaced_and_the_next_flush_writes(tmp_path):
+    # Before: an idle writer waits for its next task holding the pool's queue lock; killed
+    # there, the pool's new workers never took a task again and every later flush waited for
+    # ever (nothing written, every TCP batch refused once the buffer was full); once the
+    # forkserver was killed too, rebuilding the pool waited for that lock in the reactor, and
+    # the server answered nothing at all.
+    t = now() - 600
+    data = tmp_path / "data"
+    sent = []
+    killed: set = set()
+    with serve(tmp_path, "--flush-interval", "0.3", "--workers", "2") as server:
+        for round_, with_forkserver in enumerate((False, True)):
+            record = Record(vm="10.44.0.%d" % (round_ + 1), ts=t, cpu=1.0, mem=2.0)
+            assert send_acked(server.tcp_port, [record], "w") == b"#!ack w 1 0\n"
+            sent.append(record)
+            count = len(sent)
+            server.wait_for(lambda s, n=count: s.metrics()["vmstats_flushed_records_total"] >= n,
+                            timeout=15)
+            forkservers, writers = server.wait_for(lambda s: new_writers(s.pid, killed))
+            for pid in writers + (forkservers if with_forkserver else []):
+                try:
+                    os.kill(pid, signal.SIGKILL)  # idle: one of them held the queue's lock
+                except ProcessLookupError:
+                    pass  # the pool, finding the first one dead, killed the other itself
+            killed.update(writers)
+            server.wait_metrics(lambda m, r=round_: m["vmstats_writer_deaths_total"] >= r + 1,
+                                timeout=15)
+        last = Record(vm="10.44.0.9", ts=t, cpu=3.0, mem=4.0)
+        assert send_acked(server.tcp_port, [last], "z") == b"#!ack z 1 0\n"
+        sent.append(last)
+        server.wait_for(lambda s: s.metrics(timeout=5)["vmstats_flushed_records_total"] >= 3,
+                        timeout=15)
+    assert server.returncode == 0, server.output
+    logged = raw_rows(data)
+    report("writers_killed_idle", records=len(sent), rounds=2, logged_rows=sum(logged.values()))
+    assert logged == Counter((r.vm, r.ts) for r in sent)
+    assert server.output.count("died between flushes") == 2
 
 
 # -- a dead parser -------------------------------------------------------------------------------

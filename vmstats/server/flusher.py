@@ -2,36 +2,38 @@
 
 APScheduler's TwistedScheduler wakes the job on the reactor; the job only
 swaps the table and hands shares to the pool.  Pool results come back in the
-pool's result thread and are delivered into Deferreds with
+executor's thread and are delivered into Deferreds with
 ``reactor.callFromThread``, so the reactor never waits on the disk.  One flush
 is in flight at a time, so two writes of the same VM never race and the log
 order follows the receive order.
 """
 
 import logging
-import multiprocessing
-import multiprocessing.pool
+import os
 import time
+from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from twisted.application import service
 from twisted.internet import defer
 
 from vmstats.server.buffer import Buffer, Table
 from vmstats.server.every import Every, IntervalJob
+from vmstats.server.executors import kill
 from vmstats.server.memory import release_free_memory
 from vmstats.server.metrics import Metrics, RateLimitedLog
-from vmstats.server.writer import MarshalledShare, WriterProcess, init_writer, write_share
+from vmstats.server.writer import MarshalledShare, WriterContext, init_writer, write_share
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
 
-#: How often the pool's worker processes are checked while a flush is in flight.
+#: How often the pool is checked for a dead worker (in a flush or between flushes).
 WATCH_INTERVAL = 0.5
 
 
 class WriterDied(RuntimeError):
-    """A pool worker exited while a flush was in flight: its task's result will never come."""
+    """A task could not reach a writer: its pool had lost a worker."""
 
 
 #: Records per pool task.  The pool pickles each task in a thread of this process, holding
@@ -93,14 +95,12 @@ class FlusherService(service.Service):
         self._unwritable = RateLimitedLog(log, "unwritable", burst=1, period=max(interval, 10.0),
                                           level=logging.ERROR)
         self._context = None
-        self._watched: list = []  # the worker processes of the in-flight flush
-        self._waiting: list[defer.Deferred] = []
         self._watchdog: Every | None = None
 
     def startService(self) -> None:
         service.Service.startService(self)
         # Forking a process that runs the reactor is unsafe: workers come from a forkserver.
-        self._context = multiprocessing.get_context("forkserver")
+        self._context = WriterContext()
         self._context.set_forkserver_preload(["vmstats.server.forkserver"])
         self.pool = self._new_pool()
         self._watchdog = Every(self.reactor, WATCH_INTERVAL, self._check_writers,
@@ -108,34 +108,36 @@ class FlusherService(service.Service):
         self._watchdog.start()
         self.schedule.start()
 
-    def _new_pool(self):
-        return WriterPool(self.workers, initializer=init_writer, context=self._context)
+    def _new_pool(self) -> ProcessPoolExecutor:
+        """A pool of ``workers`` writers, started now rather than at the first flush."""
+        pool = ProcessPoolExecutor(self.workers, mp_context=self._context, initializer=init_writer,
+                                   initargs=(os.getpid(),))
+        for _worker in range(self.workers):
+            pool.submit(int)  # an executor starts a process per task until it has them all
+        return pool
 
     def _check_writers(self) -> None:
-        """Abandon the in-flight flush if a worker died, and rebuild the pool.
+        """Replace the pool if one of its workers died, in a flush or between flushes.
 
-        ``multiprocessing.Pool`` replaces a dead worker but never answers for
-        the task it was running, so without this the flush would wait forever
-        and nothing would be written again.  The unanswered tasks' VMs go
-        back into the buffer (rows another worker did write are skipped by
-        the writer's check for rows already logged) and the next flush writes
-        them with a fresh pool.
+        The workers share their task queue's lock: one killed while it held
+        it (an idle worker waits for a task holding it) left a
+        ``multiprocessing.Pool`` with workers that never took a task again,
+        and ending that pool waited for the lock in the reactor, for ever.
+        An executor notices the death itself: it fails every task it held
+        (the flush puts their VMs back into the buffer; rows another worker
+        did write are skipped by the writer's check for rows already
+        logged) and refuses new ones, and it is ended here without waiting,
+        its processes killed, for a new one.
         """
-        if self.in_flight is None or not self._watched:
-            return
-        dead = [p.pid for p in self._watched if p.exitcode is not None]
-        if not dead:
+        if not getattr(self.pool, "_broken", False):
             return
         self.metrics.writer_deaths += 1
-        log.error("writer process %s died during a flush: rebuilding the pool; its records "
-                  "are kept for the next flush", ", ".join(map(str, dead)))
+        log.error("a writer process died %s: rebuilding the pool; %s",
+                  "during a flush" if self.in_flight is not None else "between flushes",
+                  "its records are kept for the next flush" if self.in_flight is not None
+                  else "no records were in it")
         old, self.pool = self.pool, self._new_pool()
-        self._watched = []
-        waiting, self._waiting = self._waiting, []
-        for result in waiting:
-            if not result.called:
-                result.errback(WriterDied("writer process %s died" % dead[0]))
-        old.terminate()
+        kill(old)
 
     def request_flush(self) -> None:
         """Flush soon (the buffer hit its global cap); never re-entrantly."""
@@ -156,23 +158,38 @@ class FlusherService(service.Service):
         self.in_flight_records = sum(len(rows) for rows in table.values())
         started = time.monotonic()
         tasks = split_tasks(table)
-        self._watched = list(getattr(self.pool, "_pool", ()))
-        self._waiting = [self._submit(share) for share in tasks]
-        done = defer.DeferredList(self._waiting, consumeErrors=True)
+        self._check_writers()  # a worker lost since the last look: a new pool takes the tasks
+        done = defer.DeferredList([self._submit(share) for share in tasks], consumeErrors=True)
         done.addCallback(self._settle, tasks, started, mark)
         self.in_flight = done
         done.addBoth(self._finished)
         return done
 
     def _submit(self, share) -> defer.Deferred:
+        try:
+            future = self.pool.submit(write_share, self.data_dir, MarshalledShare(share))
+        except RuntimeError as exc:  # broken since the last look: kept for the next flush
+            return defer.fail(WriterDied(str(exc)))
         result = defer.Deferred()
-        self.pool.apply_async(
-            write_share, (self.data_dir, MarshalledShare(share)),
-            callback=lambda value: self.reactor.callFromThread(_fire, result.callback, result,
-                                                               value),
-            error_callback=lambda exc: self.reactor.callFromThread(_fire, result.errback, result,
-                                                                   exc))
+        future.add_done_callback(lambda done: self.reactor.callFromThread(self._deliver, result,
+                                                                           done))
         return result
+
+    def _deliver(self, result: defer.Deferred, future) -> None:
+        """A pool task's outcome into its Deferred: the rows per VM, or why the task failed
+        (its pool lost a worker: BrokenProcessPool, and is replaced at once; ended before the
+        task ran: cancelled)."""
+        if future.cancelled():
+            result.errback(WriterDied("the writer pool was ended before the task ran"))
+            return
+        try:
+            value = future.result()
+        except (Exception, CancelledError) as exc:
+            if isinstance(exc, BrokenProcessPool):
+                self._check_writers()  # while the flush is in flight: its records are named
+            result.errback(exc)
+            return
+        result.callback(value)
 
     def _settle(self, outcomes, tasks, started: float, mark: int | None = None) -> int:
         written = vms = 0
@@ -249,8 +266,6 @@ class FlusherService(service.Service):
             release_free_memory()
 
     def _finished(self, result):
-        self._watched = []
-        self._waiting = []
         self.in_flight = None
         self.in_flight_records = 0
         if self.pending and self.running:
@@ -279,9 +294,9 @@ class FlusherService(service.Service):
         if self._watchdog is not None:
             self._watchdog.stop()
         if self.deadline_missed:
-            self.pool.terminate()
+            kill(self.pool)  # a writer stuck past the deadline is not waited for
         else:
-            self.pool.close()
+            self.pool.shutdown(wait=False)
 
     def _within(self, waiting: defer.Deferred, deadline: float) -> defer.Deferred:
         """Wait for ``waiting`` without cancelling it, up to the deadline."""
@@ -299,19 +314,6 @@ class FlusherService(service.Service):
         """Reap the worker processes once the reactor has stopped."""
         if self.pool is not None:
             if self.deadline_missed:
-                self.pool.terminate()
-            self.pool.join()
+                kill(self.pool)
+            self.pool.shutdown(wait=True)
 
-
-class WriterPool(multiprocessing.pool.Pool):
-    """A pool of WriterProcess: its ``terminate`` ends writers that ignore SIGTERM."""
-
-    @staticmethod
-    def Process(ctx, *args, **kwds):  # noqa: N802 (multiprocessing's name)
-        return WriterProcess(*args, **kwds)
-
-
-def _fire(fire, result: defer.Deferred, value) -> None:
-    """Deliver a pool result unless the flush already gave up on it (its writer died)."""
-    if not result.called:
-        fire(value)

@@ -9,7 +9,10 @@ retry exactly the VMs that failed.
 import marshal
 import multiprocessing.context
 import os
+import select
 import signal
+import threading
+import time
 
 from vmstats import logstore
 
@@ -22,16 +25,19 @@ DAY_FILE_ENDS = logstore.DayFileEnds()
 #: the UDP socket loses datagrams.
 WRITER_NICENESS = 10
 
+#: Held while this writer writes a share: a writer whose aggregator died finishes its task
+#: before it ends (_end_with).  One per process, as DAY_FILE_ENDS.
+WRITING = threading.Lock()
 
-def init_writer() -> None:
-    """Pool initializer: the writer runs below the reactor's CPU priority, and only the
-    aggregator stops it.
+
+def init_writer(aggregator: int | None = None) -> None:
+    """Pool initializer: the writer runs below the reactor's CPU priority, only the
+    aggregator stops it, and it ends when the aggregator (process id ``aggregator``) is gone.
 
     systemd (KillMode=control-group), ``timeout`` and Ctrl-C signal every process of the
     service at once; a writer that died of it took the final flush's records with it, and
     the pool's queue lock, so the aggregator then hung at exit.  Ignored here, the stop
-    signals reach the aggregator alone, which drains through its writers and then ends them
-    (a writer whose aggregator is gone reads the end of its task queue and exits).
+    signals reach the aggregator alone, which drains through its writers and then ends them.
     """
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, signal.SIG_IGN)
@@ -39,18 +45,57 @@ def init_writer() -> None:
         os.nice(WRITER_NICENESS)
     except OSError:
         pass  # not permitted here: writers simply run at normal priority
+    if aggregator is not None:
+        threading.Thread(target=_end_with, args=(aggregator,), name="end with the aggregator",
+                         daemon=True).start()
+
+
+def _end_with(aggregator: int) -> None:
+    """Wait for the aggregator's exit, then end this writer once its task is written.
+
+    An executor's worker waits for its next task on a queue whose write end it holds
+    itself, so the aggregator's death (SIGKILL, the OOM killer) never wakes it: the writers,
+    and the forkserver they keep alive, would outlive every crash.  A pidfd tells the exit
+    at once; where there is none (Linux before 5.3), the process is looked for every second.
+    """
+    try:
+        watch = os.pidfd_open(aggregator)
+    except (AttributeError, OSError):
+        while _running(aggregator):
+            time.sleep(1.0)
+    else:
+        select.select([watch], [], [])
+    with WRITING:
+        os._exit(0)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user: not expected of the aggregator, so let it be
+    return True
 
 
 class WriterProcess(multiprocessing.context.ForkServerProcess):
     """A writer's process: it ignores SIGTERM (init_writer), so ending one is SIGKILL.
 
-    The pool ends its workers with ``terminate`` when a writer hangs past the drain
-    deadline or dies mid-flush; with SIGTERM that would wait for ever.  Defined here, not
+    The executor ends its workers with ``terminate`` when one of them died; with SIGTERM that
+    would wait for ever.  Defined here, not
     beside the pool, because the forkserver unpickles it and should import only this.
     """
 
     def terminate(self) -> None:
         self.kill()
+
+
+class WriterContext(multiprocessing.context.ForkServerContext):
+    """The forkserver start method, making WriterProcess processes (the writers' executor
+    takes its processes from its context)."""
+
+    Process = WriterProcess
 
 
 class MarshalledShare:
@@ -85,12 +130,13 @@ def write_share(data_dir: str, share: list[tuple[str, dict[int, bytes]]]
     retried; a ValueError means the layout refused the VM id, which no retry fixes.
     """
     results = []
-    for vm, rows in share:
-        try:
-            written = logstore.append_missing(data_dir, vm, rows, DAY_FILE_ENDS)
-            results.append((vm, written, None, False))
-        except OSError as exc:
-            results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), True))
-        except ValueError as exc:
-            results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), False))
+    with WRITING:
+        for vm, rows in share:
+            try:
+                written = logstore.append_missing(data_dir, vm, rows, DAY_FILE_ENDS)
+                results.append((vm, written, None, False))
+            except OSError as exc:
+                results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), True))
+            except ValueError as exc:
+                results.append((vm, 0, "%s: %s" % (type(exc).__name__, exc), False))
     return results

@@ -26,6 +26,7 @@ from multiprocessing import get_context
 from twisted.internet import defer
 
 from vmstats.server.every import Every
+from vmstats.server.executors import kill
 from vmstats.server.formats import Decoder, Tally
 from vmstats.server.idle import IdleWaiters
 from vmstats.words import counted
@@ -165,7 +166,7 @@ class DecodePool:
                   "stopping its pool (the reactor decodes them)", waited, counted(len(held), "payload"))
         for entry in held:
             entry[2] = _decode_here(entry[0], entry[3], entry[1])
-        _kill(stuck)
+        kill(stuck)
         if stuck is self.executor:  # not one a death already replaced
             self._start_executor()
         self._drain()
@@ -190,14 +191,5 @@ class DecodePool:
             self._restart.cancel()
         executor, self.executor = self.executor, None
         if executor is not None:
-            _kill(executor)
+            kill(executor)
 
-
-def _kill(executor: ProcessPoolExecutor) -> None:
-    """Shut ``executor`` down without waiting and kill its processes (SIGKILL: a stopped
-    process ignores SIGTERM until it runs again)."""
-    processes = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.kill()
