@@ -106,6 +106,39 @@ def test_a_second_server_on_a_data_dir_or_journal_in_use_is_refused_and_nothing_
     assert raw_rows(data) == Counter((r.vm, r.ts) for r in first + second)
 
 
+def test_segments_left_in_another_journal_dir_are_named_at_every_start_until_replayed(tmp_path):
+    # Before: a restart after a crash with another --journal-dir said nothing of the acknowledged
+    # records left in the old one, which no later run wrote unless it used that folder again.
+    data = tmp_path / "data"
+    sent = batch_of("10.24.0", 70, now() - 7200)
+    server = serve(tmp_path / "a", "--flush-interval", "1h", data_dir=data).start()
+    try:
+        assert send_acked(server.tcp_port, sent, "a") == b"#!ack a 70 0\n"
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        server.kill()
+    left = "%s holds 1 journal segment that this run" % (data / "journal")
+    for name, args in (("b", ["--journal-dir", str(tmp_path / "elsewhere")]),
+                       ("c", ["--no-journal"])):  # named again: the data dir remembers
+        with serve(tmp_path / name, "--flush-interval", "1h", *args, data_dir=data):
+            pass
+        assert left in serve_output(tmp_path / name), name
+        assert raw_rows(data) == Counter()
+    with serve(tmp_path / "d", "--flush-interval", "1h", data_dir=data) as again:
+        assert again.status_json()["journal"]["replayed_records"] == 70
+    assert raw_rows(data) == Counter((r.vm, r.ts) for r in sent)
+    with serve(tmp_path / "e", "--flush-interval", "1h", "--journal-dir", str(tmp_path / "elsewhere"),
+               data_dir=data):
+        pass
+    assert "does not replay" not in serve_output(tmp_path / "e")
+
+
+def serve_output(workdir) -> str:
+    """What the server run in ``workdir`` printed (ServerProcess keeps it there)."""
+    return (workdir / "server-output.txt").read_text()
+
+
 def test_replaying_segments_already_logged_adds_no_rows_however_often(tmp_path):
     """A crash between a flush and the deletion of its segments, several times over."""
     data = tmp_path / "data"

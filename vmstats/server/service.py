@@ -63,6 +63,8 @@ class Aggregator(service.MultiService):
         self.metrics = Metrics()
         #: This server's hold on its data dir and journal dir (dirlock.py).
         self._locks: list[int | None] = []
+        #: Journal dirs of earlier runs holding segments this run does not replay (start).
+        self.journals_left: list[str] = []
         #: The time of day (stamps, windows); reactor.seconds() times delays (clock.py).
         self.clock = WallClock()
         self.metrics.families.append(self.clock.families)
@@ -251,25 +253,47 @@ class Aggregator(service.MultiService):
             if memory is not None:
                 memory.restore([])
                 memory.start()
-            if list_segments(journal_dir(self.config)):
-                log.warning("%s holds journal segments that --no-journal leaves unreplayed: "
-                            "start once without --no-journal to write them",
-                            journal_dir(self.config))
+        for folder in self.journals_left:
+            log.warning("%s holds %s that this run (%s) does not replay: acknowledged records "
+                        "that may not be in the logs; start once with --journal-dir %s to write "
+                        "them", folder, counted(len(list_segments(folder)), "journal segment"),
+                        "journal in %s" % self.journal.directory if self.journal is not None
+                        else "--no-journal", folder)
         super().startService()
         self._clock_watch.start()
         self._announce()
+
+    def _journals_noted(self, before: str) -> list[tuple[str, str]]:
+        """What the data dir's lock file keeps of this run for the next start: its journal
+        dir, and each journal dir of an earlier run whose segments this one does not replay.
+
+        A server restarted after a crash with another ``--journal-dir`` (or ``--no-journal``)
+        never reads the segments the crash left in the old one: acknowledged records, out of
+        the logs for good unless someone knows.  So every start names such a folder until a
+        run replays it (``journals_left``, warned in startService).
+        """
+        mine = os.path.abspath(self.journal.directory) if self.journal is not None else None
+        earlier = dirlock.notes(before, "journal") + dirlock.notes(before, "unreplayed")
+        if mine is None:
+            earlier.append(os.path.abspath(journal_dir(self.config)))  # the one it would use
+        self.journals_left = [folder for folder in dict.fromkeys(earlier)
+                              if folder != mine and list_segments(folder)]
+        return ([("journal", mine)] if mine else []) + [("unreplayed", folder)
+                                                        for folder in self.journals_left]
 
     def check_paths(self) -> None:
         """The paths the server owns that need no other step of the start, checked before it
         listens: something in the way stops it with one line (ownfiles.py)."""
         config = self.config
         usable_directory(config.data_dir, "data directory (--data-dir)")
-        self._locks.append(dirlock.hold(config.data_dir, "data directory", "--data-dir"))
+        self._locks.append(dirlock.hold(config.data_dir, "data directory", "--data-dir",
+                                        self._journals_noted)[0])
         existing_directory(os.path.join(config.data_dir, logstore.VMS_DIR), "VMs' log folder")
         if self.journal is not None:
             usable_directory(self.journal.directory, "journal directory")
-            self._locks.append(dirlock.hold(self.journal.directory, "journal directory",
-                                            "--journal-dir"))
+            if not os.path.samefile(self.journal.directory, config.data_dir):  # locked above
+                self._locks.append(dirlock.hold(self.journal.directory, "journal directory",
+                                                "--journal-dir")[0])
             check_file(os.path.join(self.journal.directory, KEY_FILE), "edge journal key")
         if config.status_file:
             folder = os.path.dirname(os.path.abspath(config.status_file))
