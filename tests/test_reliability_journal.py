@@ -7,7 +7,7 @@ import socket
 from collections import Counter
 
 import pytest
-from serverproc import ServerError, serve
+from serverproc import ServerError, ServerProcess, serve
 from test_server_lifecycle import fifo_in_the_way, run_cli
 from test_server_tcp import read_reply
 from test_server_udp import line, now
@@ -106,18 +106,24 @@ def test_a_second_server_on_a_data_dir_or_journal_in_use_is_refused_and_nothing_
     assert raw_rows(data) == Counter((r.vm, r.ts) for r in first + second)
 
 
-def test_segments_left_in_another_journal_dir_are_named_at_every_start_until_replayed(tmp_path):
-    # Before: a restart after a crash with another --journal-dir said nothing of the acknowledged
-    # records left in the old one, which no later run wrote unless it used that folder again.
-    data = tmp_path / "data"
-    sent = batch_of("10.24.0", 70, now() - 7200)
-    server = serve(tmp_path / "a", "--flush-interval", "1h", data_dir=data).start()
+def acked_then_killed(workdir, data, sent: list) -> list:
+    """``sent`` acknowledged by a server on ``data``, then SIGKILL before any flush: the
+    records are in its journal only."""
+    server = serve(workdir, "--flush-interval", "1h", data_dir=data).start()
     try:
-        assert send_acked(server.tcp_port, sent, "a") == b"#!ack a 70 0\n"
+        assert send_acked(server.tcp_port, sent, "a") == b"#!ack a %d 0\n" % len(sent)
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
     finally:
         server.kill()
+    return sent
+
+
+def test_segments_left_in_another_journal_dir_are_named_at_every_start_until_replayed(tmp_path):
+    # Before: a restart after a crash with another --journal-dir said nothing of the acknowledged
+    # records left in the old one, which no later run wrote unless it used that folder again.
+    data = tmp_path / "data"
+    sent = acked_then_killed(tmp_path / "a", data, batch_of("10.24.0", 70, now() - 7200))
     left = "%s holds 1 journal segment that this run" % (data / "journal")
     for name, args in (("b", ["--journal-dir", str(tmp_path / "elsewhere")]),
                        ("c", ["--no-journal"])):  # named again: the data dir remembers
@@ -132,6 +138,36 @@ def test_segments_left_in_another_journal_dir_are_named_at_every_start_until_rep
                data_dir=data):
         pass
     assert "does not replay" not in serve_output(tmp_path / "e")
+
+
+class WithoutOverride(ServerProcess):
+    """A server run as root without CAP_DAC_OVERRIDE (setpriv): file modes bind it, as they
+    bind a server run as another user than the one that wrote the files."""
+
+    def command(self) -> list:
+        return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] + super().command()
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
+                    reason="needs root and setpriv to run a server that file modes bind")
+def test_a_segment_that_cannot_be_read_stays_for_the_next_start(tmp_path):
+    # Before: replay logged the unreadable segment and kept it, and the first flush that
+    # wrote everything it took deleted it with the rest: 70 acknowledged records gone.
+    data = tmp_path / "data"
+    sent = acked_then_killed(tmp_path / "a", data, batch_of("10.25.0", 70, now() - 7200))
+    (segment,) = journal_files(data)
+    os.chmod(segment[1], 0)  # written by root, say, before the service ran as another user
+    later = Record(vm="10.25.1.1", ts=now() - 60, cpu=1.0, mem=2.0)
+    with WithoutOverride(tmp_path / "b", "--flush-interval", "0.3", data_dir=data) as bound:
+        assert send_acked(bound.tcp_port, [later], "b") == b"#!ack b 1 0\n"
+        bound.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] >= 1
+                       and s.metrics()["vmstats_journal_segments"] <= 1, timeout=15)
+    assert "cannot read journal segment" in bound.output
+    assert os.path.exists(segment[1])  # kept, whatever the flushes retired
+    os.chmod(segment[1], 0o600)
+    with serve(tmp_path / "c", "--flush-interval", "1h", data_dir=data) as again:
+        assert again.status_json()["journal"]["replayed_records"] == 70
+    assert raw_rows(data) == Counter((r.vm, r.ts) for r in sent + [later])
 
 
 def serve_output(workdir) -> str:

@@ -118,6 +118,9 @@ class Journal:
         self.unsynced = False
         self.sealed: list[tuple[int, str]] = []
         self.leftover: list[tuple[int, str]] = []
+        #: Leftover segments replay could not read: their records are in no table, so no flush
+        #: of this run may retire them.
+        self.unreadable: list[tuple[int, str]] = []
         self.failing = False
         #: Called before segments are deleted: what must outlive them is saved first (auth.py's
         #: signature marks, the edge's open minutes).  A hook that returns False keeps them.
@@ -330,6 +333,13 @@ class Journal:
         self.metrics.journal_retired += retired
         return retired
 
+    def unread(self, number: int) -> None:
+        """Keep leftover segment ``number``, which replay could not read (permissions, EIO),
+        out of every retirement of this run: a flush that wrote all it took says nothing of
+        the records in it.  The next start tries it again."""
+        self.unreadable += [entry for entry in self.sealed if entry[0] == number]
+        self.sealed = [entry for entry in self.sealed if entry[0] != number]
+
     def segments(self) -> int:
-        """Segments on disk (sealed plus the open one)."""
-        return len(self.sealed) + (self.fd is not None)
+        """Segments on disk (sealed, unreadable and the open one)."""
+        return len(self.sealed) + len(self.unreadable) + (self.fd is not None)

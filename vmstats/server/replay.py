@@ -58,7 +58,9 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
             with open(path, "rb") as handle:
                 data = handle.read()
         except OSError as exc:
-            log.error("cannot read journal segment %s (left in place): %s", path, exc)
+            log.error("cannot read journal segment %s: %s; left in place for the next start, "
+                      "never retired by this run (make it readable, then restart)", path, exc)
+            journal.unread(number)
             kept.append(number)
             continue
         complete = True
