@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from serverproc import LOOPBACK, ServerProcess
 
-from vmstats import protocol
+from vmstats import logstore, protocol
 from vmstats.client import cgroup, procfs, sampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,6 +195,68 @@ def test_lxcfs_meminfo_alone_leaves_cpu_to_the_cgroup(tmp_path):
     proc, steps = v2_container(tmp_path, extra=LXCFS % ("meminfo", "meminfo"))
     metrics = sample(proc, steps)
     assert (metrics.cpu, metrics.mem, metrics.vcpus, metrics.mem_mb) == (40.0, 28.47, 2, 4096)
+
+
+def host_namespace_container(tmp_path, own, init):
+    """``docker run --cgroupns=host`` on cgroup v2: the host's whole tree at /sys/fs/cgroup, the
+    agent in ``own`` and the container's PID 1 in ``init``.  The host's root cgroup holds the host's
+    CPU time and no limit; the container's scope a 1-CPU, 512 MiB limit and its own use."""
+    scope = "system.slice/docker-abc.scope"
+    proc = tree(tmp_path, "0::/%s\n" % own, V2 % "/")
+    put(proc / "1" / "cgroup", "0::/%s\n" % init)
+    top = tmp_path / "sys" / "fs" / "cgroup"
+    put(top / "cpuset.cpus.effective", "0-1\n")
+    ct = top / scope
+    put(ct / "cpu.max", "100000 100000\n")
+    put(ct / "cpuset.cpus.effective", "0-1\n")
+    put(ct / "memory.max", "%d\n" % (512 * MIB))
+    put(top / scope / "system.slice" / "vmstats-agent.service" / "memory.max", "%d\n" % (64 * MIB))
+
+    def at(host_usec, usec):
+        def write():
+            put(top / "cpu.stat", "usage_usec %d\n" % host_usec)
+            put(ct / "cpu.stat", "usage_usec %d\n" % usec)
+            put(ct / "memory.current", "%d\n" % (300 * MIB))
+            put(ct / "memory.stat", "inactive_file %d\n" % (44 * MIB))
+        return write
+
+    # The host's CPUs ran 9 s, the container 3 s then 1 s of its one CPU.
+    return proc, [at(0, 0), at(9000000, 3000000), at(18000000, 4000000)]
+
+
+@pytest.mark.parametrize("own, init", [
+    ("system.slice/docker-abc.scope", "system.slice/docker-abc.scope"),
+    # systemd inside: the agent in its service (64 MiB), PID 1 in init.scope.
+    ("system.slice/docker-abc.scope/system.slice/vmstats-agent.service",
+     "system.slice/docker-abc.scope/init.scope"),
+])
+def test_a_container_seeing_the_hosts_tree_reads_its_own_cgroup(tmp_path, own, init):
+    proc, steps = host_namespace_container(tmp_path, own, init)
+    # 4 of 10 CPU-seconds; 256 of 512 MiB.
+    assert sample(proc, steps) == sampler.Metrics(cpu=40.0, cpu_max=60.0, mem=50.0, disk_r=0.0,
+                                                  disk_w=0.0, net_rx=0.0, net_tx=0.0, vcpus=1,
+                                                  mem_mb=512)
+
+
+@pytest.mark.parametrize("init", ["0::/init.scope\n", "0::/../../init.scope\n", None])
+def test_a_vms_or_namespaced_containers_machine_is_the_top_of_its_tree(tmp_path, init):
+    """systemd's PID 1 in init.scope beside the agent's service, a PID 1 outside the agent's
+    cgroup namespace (``/..``), or none readable: the top is the machine, never the service."""
+    proc, steps = v2_container(tmp_path)
+    if init is not None:
+        put(proc / "1" / "cgroup", init)
+    assert sample(proc, steps)[:3] == (40.0, 60.0, 50.0)
+
+
+def test_the_machine_is_the_cgroup_the_agent_shares_with_pid_1():
+    assert cgroup.machine_cgroup("/a/b/c", "/a/b/d", "/") == "/a/b"
+    assert cgroup.machine_cgroup("/a/b", "/a/b", "/") == "/a/b"
+    assert cgroup.machine_cgroup("/a/b", "/", "/") == "/"
+    assert cgroup.machine_cgroup("/a/bc", "/a/b", "/") == "/a"
+    # Above the mounted tree, unknown or outside the namespace: the mount's top.
+    assert cgroup.machine_cgroup("/docker/x/s", "/init.scope", "/docker/x") == "/docker/x"
+    assert cgroup.machine_cgroup("/s", None, "/") == "/"
+    assert cgroup.machine_cgroup("/s", "/../x", "/") == "/"
 
 
 def test_a_mount_that_does_not_hold_the_agents_cgroup_is_not_read(tmp_path):
@@ -389,3 +452,68 @@ def test_real_cgroup_with_a_burner_is_read_as_the_container_sees_it(tmp_path):
     # burner's 96 MiB are most of the working set (the agent's own memory had left at the end).
     assert abs(record.cpu - min(100.0, cgroup_cpu)) <= 20, (record.cpu, cgroup_cpu)
     assert working_set >= 35 and abs(record.mem - working_set) <= 10, (record.mem, working_set)
+
+
+def written_rows(data_dir, vm, count):
+    """The server's rows for ``vm`` once ``count`` are written (a flush may lag the agent)."""
+    deadline = time.monotonic() + 20
+    while True:
+        paths = sorted(Path(logstore.vm_dir(str(data_dir), vm)).glob("*" + logstore.SUFFIX))
+        rows = logstore.read_rows(str(p) for p in paths)[0] if paths else []
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def host_tree_cgroups(name):
+    """A child cgroup of this test's own limited to 1 CPU and 256 MiB, in every hierarchy the
+    agent reads (v2 when cpu and memory are there, else v1's); ``[directory]`` to join."""
+    root = v2_root()
+    if root:
+        Path(root, "cgroup.subtree_control").write_text("+cpu +memory")
+        child = os.path.join(root, name)
+        os.mkdir(child)
+        Path(child, "cpu.max").write_text("100000 100000")
+        Path(child, "memory.max").write_text(str(256 * MIB))
+        return [child]
+    found = v1_hierarchies()
+    assert set(found) == {"cpu", "cpuacct", "memory"}, found
+    made = []
+    for controller in sorted(found):
+        point, root, path = found[controller]
+        directory = os.path.join(point, os.path.relpath(path, root), name)
+        if directory not in made:
+            os.mkdir(directory)
+            made.append(directory)
+        if controller == "cpu":
+            Path(directory, "cpu.cfs_period_us").write_text("100000")
+            Path(directory, "cpu.cfs_quota_us").write_text("100000")
+        elif controller == "memory":
+            Path(directory, "memory.limit_in_bytes").write_text(str(256 * MIB))
+    return made
+
+
+def test_real_agent_seeing_the_hosts_cgroup_tree_sends_its_containers_limits(tmp_path):
+    """``docker run --cgroupns=host``: the agent sees the host's whole cgroup tree at
+    /sys/fs/cgroup, runs as PID 1 of its own PID namespace, in a real cgroup of 1 CPU and
+    256 MiB, and sends to the real server on loopback; the written rows carry the cgroup's size,
+    not the host's root (2 CPUs here, and the host's memory).  Needs root and unshare(1)."""
+    assert os.geteuid() == 0 and shutil.which("unshare") and os.cpu_count() > 1, (
+        "this test needs root, unshare and more than one CPU")
+    made = host_tree_cgroups("vmstats-hostns-%d" % os.getpid())
+    try:
+        with ServerProcess(tmp_path / "server", "--flush-interval", "0.5") as server:
+            script = "\n".join(
+                ["set -e"] + ["echo $$ > %s/cgroup.procs" % d for d in made]
+                + ["exec unshare --pid --fork --mount-proc %s -m vmstats.client --server %s:%d "
+                   "--vm-id ct-hostns --count 2 --interval 1 --sub-interval 0.25 --jitter 0"
+                   % (sys.executable, LOOPBACK, server.udp_port)])
+            done = subprocess.run(["sh", "-c", script], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert "CPU from the cgroup (1 CPUs, sent as 1 vCPUs); memory from the cgroup " \
+                "(256 MiB)" in done.stderr, done.stderr
+            rows = written_rows(server.data_dir, "ct-hostns", 2)
+    finally:
+        remove_cgroups(made)
+    assert [(row.vcpus, row.mem_mb) for row in rows.itertuples()] == [(1, 256), (1, 256)], rows

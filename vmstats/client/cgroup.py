@@ -17,14 +17,19 @@ alone counts every file the container ever read until the limit is reached,
 so an idle container that once read a big file would look full; the host
 figure (MemTotal - MemAvailable) leaves reclaimable cache out in the same way.
 
-Which cgroup: the top of the cgroup tree the agent sees (its cgroup
-namespace's root, or the directory a runtime bind-mounted onto
-/sys/fs/cgroup), not the agent's own cgroup, which under systemd is its
+Which cgroup: the machine's, not the agent's own, which under systemd is its
 service's (the shipped unit caps that at ``MemoryMax=64M``: the agent's
-limit, not the machine's).  /proc/self/cgroup says which hierarchy and
-mount hold the agent; /proc/self/mountinfo says where that mount is and
-which cgroup is its top.  On a VM the top is the root cgroup, which has no
-limit.
+limit, not the machine's).  The machine is what the agent shares with the
+first process it can see, /proc/1 (a container's init, or a VM's systemd):
+the deepest cgroup holding both, within the tree the agent's mount shows
+(its cgroup namespace's root, or the directory a runtime bind-mounted onto
+/sys/fs/cgroup).  So a container that sees the host's whole tree
+(``docker run --cgroupns=host`` on v2) is read at its own cgroup, not the
+host's root, and a VM at its root cgroup, which has no limit.  Where
+/proc/1/cgroup cannot say (unreadable, or a PID 1 outside the agent's cgroup
+namespace), the top of the tree is read.  /proc/self/cgroup says which
+hierarchy and mount hold the agent; /proc/self/mountinfo says where that
+mount is and which cgroup is its top.
 
 A limit of ``max``, or as large as the host (v1's "unlimited" is a huge
 number), is no limit.  A /proc file that LXCFS serves is already the
@@ -99,6 +104,24 @@ def parse_memberships(text):
 def _holds(root, path):
     """Whether the cgroup ``path`` lies in the tree a mount of ``root`` shows."""
     return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def machine_cgroup(own, init, root):
+    """The cgroup that is the machine: the deepest one holding the agent's (``own``) and
+    PID 1's (``init``), when it lies in the tree a mount of ``root`` shows; else ``root``.
+
+    A PID 1 outside the agent's cgroup namespace is shown as ``/..`` paths, which say
+    nothing of where the machine is; so does a PID 1 whose cgroup is unknown (None).
+    """
+    if init is None or ".." in init.split("/"):
+        return root
+    common = []
+    for mine, theirs in zip(own.strip("/").split("/"), init.strip("/").split("/")):  # noqa: B905
+        if mine != theirs or not mine:
+            break
+        common.append(mine)
+    path = "/" + "/".join(common)
+    return path if _holds(root, path) else root
 
 
 def cpu_count(cpulist):
@@ -223,7 +246,7 @@ class MemoryCgroup(object):
 
 
 def locate(proc_root):
-    """The agent's cgroup readers beside ``proc_root``; ProcError if /proc/self is unreadable.
+    """The machine's cgroup readers beside ``proc_root``; ProcError if /proc/self is unreadable.
 
     Mount points are read relative to the directory holding the /proc root,
     as sysfs is (``/sys/fs/cgroup`` for ``/proc``): a test's tree or a
@@ -231,8 +254,12 @@ def locate(proc_root):
     """
     memberships = parse_memberships(procfs.read_text(proc_root, "self/cgroup"))
     mounts = parse_mountinfo(procfs.read_text(proc_root, "self/mountinfo"))
+    try:
+        init = parse_memberships(procfs.read_text(proc_root, "1/cgroup"))
+    except procfs.ProcError:
+        init = {}   # hidepid, or a test's tree without it: the top of the tree, as before
     base = os.path.dirname(os.path.normpath(proc_root))
-    top = {}   # controller ("" for v2) -> (version, directory), the last mount of each point winning
+    top = {}   # controller ("" for v2) -> (version, the machine's directory), the last mount winning
     lxcfs = set()
     for mount in mounts:
         where = os.path.join(base, mount.point.lstrip("/"))
@@ -249,7 +276,9 @@ def locate(proc_root):
         for controller, version in candidates:
             path = memberships.get(controller)
             if path is not None and _holds(mount.root, path):
-                top[controller] = (version, where)
+                home = machine_cgroup(path, init.get(controller), mount.root)
+                below = os.path.relpath(home, mount.root) if home != mount.root else ""
+                top[controller] = (version, os.path.join(where, below) if below else where)
     return Located(_cpu(top), _memory(top), frozenset(lxcfs))
 
 
