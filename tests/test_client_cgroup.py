@@ -8,6 +8,7 @@ the 2-vCPU, 4096 MiB host of tests/data/proc/a (memory 28.47 % used:
 can only come from the cgroup.  Expected figures are worked out in the comments.
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -80,6 +81,7 @@ def v2_container(tmp_path, cpu_max="150000 100000", memory_max=str(512 * MIB), e
     put(own / "cpu.max", "10000 100000\n")
     put(own / "memory.current", "%d\n" % (20 * MIB))
     put(own / "cpu.stat", "usage_usec 999\n")
+    put(top / "io.stat", "8:0 rbytes=0 wbytes=0 rios=0 wios=0 dbytes=0 dios=0\n")
 
     def at(usage_usec):
         def write():
@@ -270,6 +272,147 @@ def test_a_mount_that_does_not_hold_the_agents_cgroup_is_not_read(tmp_path):
         sample(proc, steps, measure="cgroup")
 
 
+def host_disks(proc, read_sectors, written_sectors):
+    """The host's /proc/diskstats with sda (8:0) at these sector counts, dm-0 (253:0) above it."""
+    put(proc / "diskstats", "".join(
+        "%4d %7d %s 1 0 %d 0 1 0 %d 0 0 0 0\n" % (major, minor, name, read_sectors, written_sectors)
+        for major, minor, name in ((8, 0, "sda"), (8, 1, "sda1"), (253, 0, "dm-0"))))
+
+
+def with_disks(steps, *writes):
+    """``steps`` each followed by its write of ``writes``."""
+    return [lambda step=step, write=write: (step(), write())
+            for step, write in zip(steps, writes, strict=True)]
+
+
+def test_v2_container_disks_are_its_io_stat_not_the_hosts(tmp_path):
+    """io.stat's bytes, the whole disk's (sda, not dm-0 above it, as /proc's rule), while the
+    host's disks move at another rate."""
+    proc, steps = v2_container(tmp_path)
+    top = tmp_path / "sys" / "fs" / "cgroup"
+
+    def at(mib_read, mib_written, host_sectors):
+        def write():
+            put(top / "io.stat", "".join(
+                "%s rbytes=%d wbytes=%d rios=1 wios=1 dbytes=0 dios=0\n"
+                % (device, mib_read * MIB, mib_written * MIB) for device in ("253:0", "8:0")))
+            host_disks(proc, host_sectors, host_sectors)
+        return write
+
+    # 1 MiB read and 3 MiB written in 10 s: 104857.6 and 314572.8 B/s (the host: 51200 B/s).
+    metrics = sample(proc, with_disks(steps, at(5, 10, 0), at(5, 12, 500), at(6, 13, 1000)))
+    assert (metrics.disk_r, metrics.disk_w) == (104857.6, 314572.8)
+    assert sample(proc, with_disks(steps, at(5, 10, 0), at(5, 12, 500), at(6, 13, 1000)),
+                  measure="host")[3:5] == (51200.0, 51200.0)
+
+
+def v1_blkio_container(tmp_path):
+    """Docker on cgroup v1 with its cgroups bind-mounted, blkio among them: 1 CPU, 1 GiB."""
+    here = "/docker/abc"
+    proc = tree(tmp_path, "".join("%d:%s:%s\n" % (n, name, here) for n, name in
+                                  enumerate(("cpu,cpuacct", "memory", "cpuset", "blkio"), 2)),
+                "".join("%d 31 0:%d /docker/abc /sys/fs/cgroup/%s rw,relatime - cgroup cgroup rw,%s\n"
+                        % (40 + n, 30 + n, name, name)
+                        for n, name in enumerate(("cpu,cpuacct", "memory", "cpuset", "blkio"))))
+    cgroups = tmp_path / "sys" / "fs" / "cgroup"
+    put(cgroups / "cpu,cpuacct" / "cpu.cfs_quota_us", "100000\n")
+    put(cgroups / "cpu,cpuacct" / "cpu.cfs_period_us", "100000\n")
+    put(cgroups / "cpu,cpuacct" / "cpuacct.usage", "0\n")
+    put(cgroups / "memory" / "memory.limit_in_bytes", "%d\n" % (1024 * MIB))
+    put(cgroups / "memory" / "memory.usage_in_bytes", "%d\n" % (100 * MIB))
+    put(cgroups / "memory" / "memory.stat", "total_inactive_file 0\n")
+    return proc, cgroups / "blkio"
+
+
+def blkio(path, mib_read, mib_written):
+    """A v1 blkio file as the kernel writes it, with sda's (8:0) figures."""
+    def write():
+        put(path, "8:0 Read %d\n8:0 Write %d\n8:0 Sync 0\n8:0 Async 0\n8:0 Discard 0\n"
+                  "8:0 Total %d\nTotal %d\n" % (mib_read * MIB, mib_written * MIB,
+                                                  (mib_read + mib_written) * MIB,
+                                                  (mib_read + mib_written) * MIB))
+    return write
+
+
+def test_v1_container_disks_are_its_blkio_bytes(tmp_path):
+    proc, directory = v1_blkio_container(tmp_path)
+    recursive = directory / "blkio.throttle.io_service_bytes_recursive"
+    put(directory / "blkio.throttle.io_service_bytes", "Total 0\n")   # the agent's own cgroup only
+    metrics = sample(proc, [blkio(recursive, 2, 4), blkio(recursive, 2, 5), blkio(recursive, 4, 6)])
+    assert (metrics.disk_r, metrics.disk_w, metrics.vcpus, metrics.mem_mb) == (
+        209715.2, 209715.2, 1, 1024)
+    # A kernel without the _recursive file: the plain one.
+    os.unlink(str(recursive))
+    plain = directory / "blkio.throttle.io_service_bytes"
+    assert sample(proc, [blkio(plain, 0, 0), blkio(plain, 0, 0), blkio(plain, 0, 1)])[3:5] == (
+        0.0, 104857.6)
+
+
+def test_a_blkio_that_lists_no_device_leaves_disks_to_proc_and_says_so_once(tmp_path):
+    """Recent kernels count a v1 cgroup's bytes only on devices with a throttle rule: "Total 0"
+    cannot tell no I/O from none counted, so the host's figures are sent, said once in the log
+    (at start, in the line saying what is measured) while it lasts; once a device is listed, the
+    cgroup's again."""
+    proc, directory = v1_blkio_container(tmp_path)
+    path = directory / "blkio.throttle.io_service_bytes_recursive"
+    put(path, "Total 0\n")
+    logger = logging.getLogger("vmstats.agent")
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    host_disks(proc, 0, 0)
+    start = cgroup.Confinement(str(proc))
+    assert start.describe(2, 4096 * MIB, procfs.read_block_devices(str(proc))) == (
+        "CPU from the cgroup (1 CPUs, sent as 1 vCPUs); memory from the cgroup (1024 MiB); "
+        "disk from /proc, the host's (%s lists no device)" % path)
+    start.close()
+    now = [100.0]
+    probe = sampler.IntervalSampler(str(proc), clock=lambda: now[0])
+    try:
+        probe.begin()
+        for step in range(1, 4):
+            now[0] += 10.0
+            host_disks(proc, 2000 * step, 4000 * step)   # 102400 and 204800 B/s
+            metrics = probe.finish()
+            assert (metrics.disk_r, metrics.disk_w) == (102400.0, 204800.0)
+        assert said == []                                  # the start line said it
+        blkio(path, 1, 1)()
+        now[0] += 10.0
+        probe.finish()                                     # still /proc's interval; the next is not
+        assert said == ["disk from the cgroup again"]
+        now[0] += 10.0
+        host_disks(proc, 99999, 99999)
+        blkio(path, 1, 2)()
+        assert probe.finish()[3:5] == (0.0, 104857.6)
+        # Readable at the interval's start, not at its end: the interval's disks are unknown,
+        # and the host's are sent from the next on, said once.
+        put(path, "Total 0\n")
+        for expected in ((None, None), (0.0, 0.0), (0.0, 0.0)):
+            now[0] += 10.0
+            assert probe.finish()[3:5] == expected
+        assert said == ["disk from the cgroup again",
+                        "disk from /proc, the host's: %s lists no device" % path]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        probe.close()
+
+
+def test_lxcfs_diskstats_are_the_containers_already(tmp_path):
+    proc, steps = v2_container(tmp_path, extra=LXCFS % ("diskstats", "diskstats"))
+    top = tmp_path / "sys" / "fs" / "cgroup"
+    moves = [lambda n=n: (put(top / "io.stat", "8:0 rbytes=%d wbytes=0\n" % (n * MIB)),
+                          host_disks(proc, 1000 * n, 0)) for n in range(3)]
+    # 2000 sectors in 10 s; the cgroup's 2 MiB only with --measure cgroup.
+    assert sample(proc, with_disks(steps, *moves))[3] == 102400.0
+    assert sample(proc, with_disks(steps, *moves), measure="cgroup")[3] == 209715.2
+
+
 def test_a_proc_without_self_is_a_vm_unless_cgroup_is_asked_for():
     assert cgroup.Confinement(str(HOST), "auto").cpus(2) is None
     with pytest.raises(procfs.ProcError, match="cannot read .*self/cgroup"):
@@ -305,7 +448,7 @@ def test_once_sends_the_limits_and_says_at_start_what_it_measures(tmp_path):
     assert (record.vcpus, record.mem_mb, record.mem) == (2, 512, 50.0)
     assert result.stderr.splitlines() == [
         "vmstats-agent INFO: CPU from the cgroup (1.5 CPUs, sent as 2 vCPUs); "
-        "memory from the cgroup (512 MiB)"]
+        "memory from the cgroup (512 MiB); disk from the cgroup"]
     host = agent("--once", "--vm-id", "ct1", "--proc-root", str(proc), env={"VMSTATS_MEASURE": "host"})
     assert host.stderr.splitlines() == ["vmstats-agent INFO: CPU and memory from /proc"]
     assert protocol.Decoder().decode_line(host.stdout.strip().encode()).mem_mb == 4096
@@ -314,8 +457,8 @@ def test_once_sends_the_limits_and_says_at_start_what_it_measures(tmp_path):
 BURNER = "data = b'x' * (96 << 20)\nwhile True:\n    pass\n"
 
 
-def v1_hierarchies():
-    """``{controller: (mount point, mount root, this process's cgroup)}`` for cpu, cpuacct, memory."""
+def v1_hierarchies(wanted=("cpu", "cpuacct", "memory")):
+    """``{controller: (mount point, mount root, this process's cgroup)}`` for ``wanted``."""
     memberships = {}
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _number, names, path = line.split(":", 2)
@@ -326,7 +469,7 @@ def v1_hierarchies():
         dash = fields.index("-", 6)
         if fields[dash + 1] == "cgroup":
             for name in fields[dash + 3].split(","):
-                if name in ("cpu", "cpuacct", "memory"):
+                if name in wanted:
                     found[name] = (fields[4], fields[3], memberships[name])
     return found
 
@@ -465,19 +608,31 @@ def written_rows(data_dir, vm, count):
         time.sleep(0.1)
 
 
-def host_tree_cgroups(name):
+def whole_disk_of(path):
+    """``MAJOR:MINOR`` of the whole disk holding ``path`` (a partition's parent)."""
+    st_dev = os.stat(str(path)).st_dev
+    device = "/sys/dev/block/%d:%d" % (os.major(st_dev), os.minor(st_dev))
+    assert os.major(st_dev) and os.path.exists(device), "this test needs %s on a block device" % path
+    if os.path.exists(os.path.join(device, "partition")):
+        device = os.path.join(os.path.realpath(device), "..")
+    return Path(device, "dev").read_text().strip()
+
+
+def host_tree_cgroups(name, disk):
     """A child cgroup of this test's own limited to 1 CPU and 256 MiB, in every hierarchy the
-    agent reads (v2 when cpu and memory are there, else v1's); ``[directory]`` to join."""
+    agent reads (v2 when cpu and memory are there, else v1's); ``[directory]`` to join, and
+    the file of its disk bytes.  v1 gets a throttle rule on ``disk`` far above any speed:
+    recent kernels count a v1 cgroup's bytes only on a device with a rule."""
     root = v2_root()
     if root:
-        Path(root, "cgroup.subtree_control").write_text("+cpu +memory")
+        Path(root, "cgroup.subtree_control").write_text("+cpu +memory +io")
         child = os.path.join(root, name)
         os.mkdir(child)
         Path(child, "cpu.max").write_text("100000 100000")
         Path(child, "memory.max").write_text(str(256 * MIB))
-        return [child]
-    found = v1_hierarchies()
-    assert set(found) == {"cpu", "cpuacct", "memory"}, found
+        return [child], os.path.join(child, "io.stat")
+    found = v1_hierarchies(("cpu", "cpuacct", "memory", "blkio"))
+    assert set(found) == {"cpu", "cpuacct", "memory", "blkio"}, found
     made = []
     for controller in sorted(found):
         point, root, path = found[controller]
@@ -490,30 +645,51 @@ def host_tree_cgroups(name):
             Path(directory, "cpu.cfs_quota_us").write_text("100000")
         elif controller == "memory":
             Path(directory, "memory.limit_in_bytes").write_text(str(256 * MIB))
-    return made
+        elif controller == "blkio":
+            Path(directory, "blkio.throttle.write_bps_device").write_text("%s %d" % (disk, 1 << 40))
+            written = os.path.join(directory, "blkio.throttle.io_service_bytes_recursive")
+    return made, written
 
 
-def test_real_agent_seeing_the_hosts_cgroup_tree_sends_its_containers_limits(tmp_path):
+def bytes_written(path):
+    """The bytes a cgroup's io.stat (v2) or blkio file (v1) says it wrote, over all devices."""
+    text = Path(path).read_text()
+    if path.endswith("io.stat"):
+        return sum(int(part[7:]) for part in text.split() if part.startswith("wbytes="))
+    return sum(int(line.split()[2]) for line in text.splitlines() if line.split()[1:2] == ["Write"])
+
+
+def test_real_agent_seeing_the_hosts_cgroup_tree_sends_its_containers_figures(tmp_path):
     """``docker run --cgroupns=host``: the agent sees the host's whole cgroup tree at
     /sys/fs/cgroup, runs as PID 1 of its own PID namespace, in a real cgroup of 1 CPU and
-    256 MiB, and sends to the real server on loopback; the written rows carry the cgroup's size,
-    not the host's root (2 CPUs here, and the host's memory).  Needs root and unshare(1)."""
+    256 MiB with a writer of direct I/O beside it, and sends to the real server on loopback.
+    The written rows carry the cgroup's size, not the host's root (2 CPUs here, and the host's
+    memory), and the cgroup's disk bytes.  Needs root and unshare(1)."""
     assert os.geteuid() == 0 and shutil.which("unshare") and os.cpu_count() > 1, (
         "this test needs root, unshare and more than one CPU")
-    made = host_tree_cgroups("vmstats-hostns-%d" % os.getpid())
+    made, written = host_tree_cgroups("vmstats-hostns-%d" % os.getpid(), whole_disk_of(tmp_path))
     try:
         with ServerProcess(tmp_path / "server", "--flush-interval", "0.5") as server:
             script = "\n".join(
                 ["set -e"] + ["echo $$ > %s/cgroup.procs" % d for d in made]
-                + ["exec unshare --pid --fork --mount-proc %s -m vmstats.client --server %s:%d "
-                   "--vm-id ct-hostns --count 2 --interval 1 --sub-interval 0.25 --jitter 0"
-                   % (sys.executable, LOOPBACK, server.udp_port)])
+                + ["(while :; do dd if=/dev/zero of=%s bs=1M count=1 oflag=direct conv=notrunc "
+                   "2>/dev/null; sleep 0.05; done) & writer=$!" % (tmp_path / "written"),
+                   "status=0",
+                   "unshare --pid --fork --mount-proc %s -m vmstats.client --server %s:%d "
+                   "--vm-id ct-hostns --count 3 --interval 1 --sub-interval 0.25 --jitter 0 "
+                   "|| status=$?" % (sys.executable, LOOPBACK, server.udp_port),
+                   "kill $writer", "wait $writer || true", "exit $status"])
             done = subprocess.run(["sh", "-c", script], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                                   capture_output=True, text=True, timeout=60)
+            total = bytes_written(written)
             assert done.returncode == 0, done.stderr
             assert "CPU from the cgroup (1 CPUs, sent as 1 vCPUs); memory from the cgroup " \
-                "(256 MiB)" in done.stderr, done.stderr
-            rows = written_rows(server.data_dir, "ct-hostns", 2)
+                "(256 MiB); disk from the cgroup" in done.stderr, done.stderr
+            rows = written_rows(server.data_dir, "ct-hostns", 3)
     finally:
         remove_cgroups(made)
-    assert [(row.vcpus, row.mem_mb) for row in rows.itertuples()] == [(1, 256), (1, 256)], rows
+    assert [(row.vcpus, row.mem_mb) for row in rows.itertuples()] == [(1, 256)] * 3, rows
+    # Each interval (about 1 s) saw some of the writer's bytes, and together no more than the
+    # cgroup counted over the whole run.
+    assert all(row.disk_w > 0 for row in rows.itertuples()), rows
+    assert rows.disk_w.sum() <= 1.2 * total, (rows, total)

@@ -255,7 +255,8 @@ def measured(config, host_cpus, host_bytes):
     operator sees whether its limits or the host's figures are being sent."""
     confinement = cgroup.Confinement(config.proc_root, config.measure)
     try:
-        return confinement.describe(host_cpus, host_bytes)
+        return confinement.describe(host_cpus, host_bytes,
+                                    procfs.read_block_devices(config.proc_root))
     finally:
         confinement.close()
 

@@ -10,6 +10,13 @@ figures in its cgroup, and its limits are the container's size:
 * Memory limit: v2 ``memory.max``; v1 ``memory.limit_in_bytes``.
 * Memory used: v2 ``memory.current`` less ``memory.stat``'s ``inactive_file``;
   v1 ``memory.usage_in_bytes`` less ``total_inactive_file`` (the whole tree's).
+* Disk bytes: v2 ``io.stat`` ``rbytes``/``wbytes``; v1 blkio's
+  ``blkio.throttle.io_service_bytes_recursive`` (else without ``_recursive``)
+  ``Read``/``Write``, per ``MAJOR:MINOR`` device.  v1 charges a container only
+  the I/O it issues itself: buffered writes go to disk from the kernel's
+  flusher threads, charged to the root cgroup; and recent kernels keep v1's
+  figures only for devices with a throttle rule.  A blkio file that lists no
+  device cannot tell "no I/O" from "not counted", so it is not taken as 0.
 
 Memory used is the working set, as the kubelet and ``docker stats`` count it:
 the charge minus the page cache the kernel would drop first.  The charge
@@ -51,13 +58,15 @@ from vmstats.client import procfs
 #: limit (its size is then the host's).
 MODES = ("auto", "host", "cgroup")
 #: /proc files LXCFS replaces with the container's own figures.
-LXCFS_FILES = ("stat", "meminfo")
+LXCFS_FILES = ("stat", "meminfo", "diskstats")
+#: The blkio files of v1 with per-device bytes, the whole subtree's first.
+V1_IO_FILES = ("blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_service_bytes")
 _ESCAPE_RE = re.compile(r"\\([0-7]{3})")
 
 Mount = namedtuple("Mount", ("root", "point", "fstype", "source", "options"))
 
 
-class Located(namedtuple("Located", ("cpu", "memory", "lxcfs"))):
+class Located(namedtuple("Located", ("cpu", "memory", "io", "lxcfs"))):
     """The cgroup readers found (None when none) and the /proc files LXCFS serves."""
 
     __slots__ = ()
@@ -245,6 +254,48 @@ class MemoryCgroup(object):
         self.files.close()
 
 
+class IoCgroup(object):
+    """The bytes a cgroup read from and wrote to each block device."""
+
+    def __init__(self, version, directory):
+        self.files = _Reader(version, directory)
+
+    def counters(self):
+        """``{"MAJOR:MINOR": (read, written)}`` cumulative bytes; ProcError when the file is
+        missing or lists no device (v1 on a kernel that counts only throttled devices)."""
+        devices = {}
+        if self.files.version == 2:
+            for line in self.files.read("io.stat").splitlines():
+                parts = line.split()
+                values = dict(part.partition("=")[::2] for part in parts[1:])
+                if parts and values.get("rbytes", "").isdigit() and values.get("wbytes", "").isdigit():
+                    devices[parts[0]] = (int(values["rbytes"]), int(values["wbytes"]))
+            name = "io.stat"
+        else:
+            name = next((n for n in V1_IO_FILES if self.files.optional(n) is not None), V1_IO_FILES[-1])
+            read, written = {}, {}
+            for line in self.files.read(name).splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[2].isdigit() and parts[1] in ("Read", "Write"):
+                    (read if parts[1] == "Read" else written)[parts[0]] = int(parts[2])
+            devices = dict((device, (read[device], written.get(device, 0))) for device in read)
+        if not devices:
+            raise procfs.ProcError("%s/%s lists no device" % (self.files.directory, name))
+        return devices
+
+    def traffic(self, names):
+        """``{disk: (read, written)}`` bytes of the whole disks among the devices, as /proc's
+        disks are chosen (procfs.whole_disks), or every device if none is a whole disk (a
+        device-mapper volume whose disks beneath were not charged); ``names`` maps
+        ``MAJOR:MINOR`` to the kernel's names (procfs.read_block_devices)."""
+        named = dict((names.get(device, device), value) for device, value in self.counters().items())
+        disks = procfs.whole_disks(named)
+        return dict((name, named[name]) for name in disks) if disks else named
+
+    def close(self):
+        self.files.close()
+
+
 def locate(proc_root):
     """The machine's cgroup readers beside ``proc_root``; ProcError if /proc/self is unreadable.
 
@@ -270,7 +321,8 @@ def locate(proc_root):
         if mount.fstype == "cgroup2":
             candidates = [("", 2)]
         elif mount.fstype == "cgroup":
-            candidates = [(c, 1) for c in ("cpu", "cpuacct", "cpuset", "memory") if c in mount.options]
+            candidates = [(c, 1) for c in ("cpu", "cpuacct", "cpuset", "memory", "blkio")
+                          if c in mount.options]
         else:
             continue
         for controller, version in candidates:
@@ -279,7 +331,8 @@ def locate(proc_root):
                 home = machine_cgroup(path, init.get(controller), mount.root)
                 below = os.path.relpath(home, mount.root) if home != mount.root else ""
                 top[controller] = (version, os.path.join(where, below) if below else where)
-    return Located(_cpu(top), _memory(top), frozenset(lxcfs))
+    io = top.get("blkio", top.get(""))
+    return Located(_cpu(top), _memory(top), io and IoCgroup(*io), frozenset(lxcfs))
 
 
 def _cpu(top):
@@ -311,7 +364,7 @@ class Confinement(object):
         if mode not in MODES:
             raise ValueError("measure must be one of %s" % ", ".join(MODES))
         self.mode = mode
-        self.found = Located(None, None, frozenset())
+        self.found = Located(None, None, None, frozenset())
         if mode == "host":
             return
         try:
@@ -350,14 +403,46 @@ class Confinement(object):
             limit = host_bytes
         return memory.used(), limit
 
-    def describe(self, host_cpus, host_bytes):
-        """One line for the log at start: what the records will measure."""
+    def disks_from_cgroup(self, cpus, host_bytes):
+        """Whether an interval's disk bytes are to come from the cgroup: always with
+        ``--measure cgroup``; with ``auto`` when a limit has the cgroup measure CPU (``cpus``,
+        what cpus() said) or memory, as a container's disks are its own too, unless LXCFS
+        serves /proc/diskstats."""
+        if self.mode == "host" or (self.mode == "auto" and "diskstats" in self.found.lxcfs):
+            return False
+        return self.mode == "cgroup" or cpus is not None or self.memory(host_bytes) is not None
+
+    def disks(self, names):
+        """The cgroup's ``{disk: (read, written)}`` bytes (IoCgroup.traffic); ProcError when
+        no blkio or io controller holds the agent, or its file cannot say."""
+        if self.found.io is None:
+            raise procfs.ProcError("no cgroup mount holds this process's blkio or io cgroup")
+        return self.found.io.traffic(names)
+
+    def disks_unread(self, host_cpus, host_bytes, names):
+        """Why disk bytes that are to come from the cgroup cannot (a line for the log), or
+        None: they can, or /proc is to be read anyway."""
+        if not self.disks_from_cgroup(self.cpus(host_cpus), host_bytes):
+            return None
+        try:
+            self.disks(names)
+        except procfs.ProcError as exc:
+            return str(exc)
+        return None
+
+    def describe(self, host_cpus, host_bytes, names):
+        """One line for the log at start: what the records will measure (``names``: the
+        block devices' names, procfs.read_block_devices)."""
         cpus, memory = self.cpus(host_cpus), self.memory(host_bytes)
         parts = []
         if cpus is not None:
             parts.append("CPU from the cgroup (%g CPUs, sent as %s vCPUs)" % (cpus, vcpus_for(cpus)))
         if memory is not None:
             parts.append("memory from the cgroup (%d MiB)" % (memory[1] >> 20))
+        if self.disks_from_cgroup(cpus, host_bytes):
+            unread = self.disks_unread(host_cpus, host_bytes, names)
+            parts.append("disk from the cgroup" if unread is None else
+                         "disk from /proc, the host's (%s)" % unread)
         if cpus is None or memory is None:
             parts.append("%s from /proc%s" % (
                 "CPU and memory" if cpus is None and memory is None else
@@ -367,6 +452,6 @@ class Confinement(object):
         return "; ".join(parts)
 
     def close(self):
-        for reader in self.found[:2]:
+        for reader in self.found[:3]:
             if reader is not None:
                 reader.close()

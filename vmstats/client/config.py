@@ -114,7 +114,8 @@ OPTIONS = (
      "where to read the kernel's counters (sysfs is read beside it: /sys for /proc)"),
     ("measure", _choice(*MEASURE_MODES), "auto", "auto|host|cgroup",
      "what a container's records measure: auto reads CPU and memory from its cgroup where a "
-     "cgroup limit confines them, else from /proc as on a VM; host always reads /proc; cgroup "
+     "cgroup limit confines them, and then its disk bytes, else /proc as on a VM; host always "
+     "reads /proc; cgroup "
      "reads the container's use even without a limit"),
     ("spool_dir", _text, None, "DIR",
      "TCP spool (default: $STATE_DIRECTORY/spool or /var/lib/vmstats-agent/spool)"),

@@ -184,6 +184,17 @@ def read_diskstats(source):
     return dict((name, devices[name]) for name in whole_disks(devices))
 
 
+def read_block_devices(source):
+    """``{"MAJOR:MINOR": name}`` of every block device ``diskstats`` lists: how a cgroup's
+    per-device figures are named as /proc's are."""
+    devices = {}
+    for line in read_text(source, "diskstats").splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            devices["%s:%s" % (parts[0], parts[1])] = parts[2]
+    return devices
+
+
 def whole_disks(names):
     """The names among ``names`` that are whole disks: no partition, no virtual device.
 

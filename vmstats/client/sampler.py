@@ -28,6 +28,7 @@ of up to 2 GiB that never happened.
 Standard library only, Python 3.6+.
 """
 
+import logging
 import sys
 import time
 from collections import namedtuple
@@ -38,6 +39,7 @@ from vmstats.client import cgroup, procfs
 Metrics = namedtuple("Metrics", ("cpu", "cpu_max", "mem", "disk_r", "disk_w", "net_rx", "net_tx",
                                  "vcpus", "mem_mb"))
 
+LOG = logging.getLogger("vmstats.agent")
 _WRAP32 = 1 << 32
 #: The width of the kernel's counters, taken from the agent's own word size: a
 #: 64-bit Python runs only on a 64-bit kernel, and a 32-bit one almost always
@@ -136,23 +138,30 @@ def measure(start, end, cpu_slices, meminfo, seconds, bits=COUNTER_BITS):
     return combine(start, end, cpu_slices, memory(meminfo), end.vcpus, seconds, bits)
 
 
-def combine(start, end, cpu_slices, mem, vcpus, seconds, bits=COUNTER_BITS):
+def combine(start, end, cpu_slices, mem, vcpus, seconds, bits=COUNTER_BITS,
+            disk_unit=procfs.SECTOR_BYTES):
     """measure() with the CPU slices (any unit), ``(mem %, mem_mb)`` and vcpus already chosen.
 
     A container's come from its cgroup (IntervalSampler), a VM's from /proc;
-    disks and network always come from the snapshots.
+    disks and network always come from the snapshots.  ``disk_unit`` is the
+    bytes one of the snapshots' disk counts stands for: a sector for
+    /proc/diskstats (counters of the kernel's width), 1 for a cgroup's bytes
+    (64-bit counters whatever the kernel), None when the interval's disk
+    traffic is unknown (sent as no field, never as 0).
     """
     busy = sum(s[0] for s in cpu_slices)
     total = sum(s[1] for s in cpu_slices)
     cpu = percent(busy, total)
     cpu_max = max([percent(b, t) for b, t in cpu_slices if t > 0] or [cpu])
-    read_sectors, written_sectors = traffic(start.disks, end.disks, bits)
+    disk_r = disk_w = None
+    if disk_unit is not None:
+        read, written = traffic(start.disks, end.disks,
+                                bits if disk_unit == procfs.SECTOR_BYTES else 64)
+        disk_r, disk_w = rate(read * disk_unit, seconds), rate(written * disk_unit, seconds)
     rx, tx = traffic(start.nics, end.nics, bits)
     return Metrics(
         cpu=round(cpu, 2), cpu_max=round(max(cpu_max, cpu), 2), mem=round(mem[0], 2),
-        disk_r=rate(read_sectors * procfs.SECTOR_BYTES, seconds),
-        disk_w=rate(written_sectors * procfs.SECTOR_BYTES, seconds),
-        net_rx=rate(rx, seconds), net_tx=rate(tx, seconds),
+        disk_r=disk_r, disk_w=disk_w, net_rx=rate(rx, seconds), net_tx=rate(tx, seconds),
         vcpus=vcpus, mem_mb=mem[1])
 
 
@@ -167,6 +176,10 @@ class IntervalSampler(object):
     each interval's start: the cgroup's CPU time over ``limit x elapsed``
     when a limit confines it, so 100 % is a container running at its limit;
     else /proc/stat's jiffies.  Memory is chosen at the end, when it is read.
+    Disks are chosen at the start too (cgroup.Confinement.disks_from_cgroup):
+    a cgroup that cannot say leaves the interval to /proc/diskstats, the
+    host's, and the log says so once until it can again; one that could at the
+    start but not at the end leaves the interval's disk traffic unknown.
     """
 
     def __init__(self, root="/proc", clock=time.monotonic, bits=COUNTER_BITS, measure="auto"):
@@ -179,21 +192,53 @@ class IntervalSampler(object):
         self._cpus = None        # the interval's CPU limit when read from the cgroup, else None
         self._last_cpu = None    # jiffies, or (cgroup ns, clock) when self._cpus is set
         self._slices = []
+        self._disk_unit = procfs.SECTOR_BYTES   # the interval's (combine()); 1: the cgroup's
+        self._host_bytes = None
+        # Why the cgroup's disk bytes could not be read, as the log last said (first: the
+        # agent's start line, cgroup.Confinement.describe), so it is said once, not every interval.
+        self._disks_unread = False
 
     def begin(self):
         """Start an interval now (also re-syncs after a long pause)."""
-        self._start = Snapshot.read(self.proc)
+        self._host_bytes = procfs.read_meminfo(self.proc)["MemTotal"] * 1024
+        snapshot = Snapshot.read(self.proc)
+        if self._disks_unread is False:
+            self._disks_unread = self.confinement.disks_unread(
+                snapshot.vcpus, self._host_bytes, procfs.read_block_devices(self.proc))
         self._started_at = self.clock()
-        self._open_cpu(self._start, self._started_at)
+        self._start = self._open(snapshot, self._started_at)
         self._slices = []
 
-    def _open_cpu(self, snapshot, now, used_ns=None):
-        """Choose the next interval's CPU source and take its baseline (``used_ns`` if just read)."""
+    def _open(self, snapshot, now, used_ns=None, disks=None):
+        """Choose the next interval's CPU and disk sources; its baseline (``used_ns`` and
+        ``disks``, the cgroup's, if just read) is the snapshot returned."""
         self._cpus = self.confinement.cpus(snapshot.vcpus)
         if self._cpus is None:
             self._last_cpu = snapshot.cpu
         else:
             self._last_cpu = (self.confinement.used_ns() if used_ns is None else used_ns, now)
+        self._disk_unit = procfs.SECTOR_BYTES
+        if self.confinement.disks_from_cgroup(self._cpus, self._host_bytes):
+            if disks is None:
+                disks = self._cgroup_disks()
+            if disks is not None:
+                self._disk_unit = 1
+                return snapshot._replace(disks=disks)
+        return snapshot
+
+    def _cgroup_disks(self):
+        """The cgroup's disk bytes, or None (said in the log once) when it cannot say."""
+        try:
+            disks = self.confinement.disks(procfs.read_block_devices(self.proc))
+        except procfs.ProcError as exc:
+            if str(exc) != self._disks_unread:
+                LOG.warning("disk from /proc, the host's: %s", exc)
+                self._disks_unread = str(exc)
+            return None
+        if self._disks_unread is not None:
+            LOG.info("disk from the cgroup again")
+            self._disks_unread = None
+        return disks
 
     def _close_slice(self, jiffies=None):
         """The ``(busy, total)`` since the last sub-sample, and the cgroup ns read (or None)."""
@@ -217,18 +262,20 @@ class IntervalSampler(object):
         now = self.clock()
         busy_total, used_ns = self._close_slice(end.cpu)
         self._slices.append(busy_total)
+        disks = self._cgroup_disks() if self._disk_unit == 1 else None
         meminfo = procfs.read_meminfo(self.proc)
-        from_cgroup = self.confinement.memory(meminfo["MemTotal"] * 1024)
+        self._host_bytes = meminfo["MemTotal"] * 1024
+        from_cgroup = self.confinement.memory(self._host_bytes)
         if from_cgroup is None:
             mem = memory(meminfo)
         else:
             mem = percent(*from_cgroup), max(1, from_cgroup[1] >> 20)
         vcpus = end.vcpus if self._cpus is None else cgroup.vcpus_for(self._cpus)
-        metrics = combine(self._start, end, self._slices, mem, vcpus, now - self._started_at,
-                          self.bits)
-        self._start = end
+        unit = None if self._disk_unit == 1 and disks is None else self._disk_unit
+        metrics = combine(self._start, end if disks is None else end._replace(disks=disks),
+                          self._slices, mem, vcpus, now - self._started_at, self.bits, unit)
         self._started_at = now
-        self._open_cpu(end, now, used_ns)
+        self._start = self._open(end, now, used_ns, disks)
         self._slices = []
         return metrics
 
