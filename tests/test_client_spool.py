@@ -1,15 +1,21 @@
 """The agent's spool, TCP sender and settings, without a server where none is needed."""
 
+import errno
 import os
 import random
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from vmstats import protocol
 from vmstats.client import config, spool, transport
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def lines(count, start=0):
@@ -290,3 +296,28 @@ def test_udp_sender_follows_a_server_that_moved(monkeypatch):
     sender.close()
     first.close()
     second.close()
+
+
+def test_a_record_the_disk_refuses_leaves_no_partial_file_behind(tmp_path):
+    """A write the kernel refuses part way (here a file size limit, as a full disk would) loses
+    that record and leaves nothing of it: before, each refused record left its partial ``.tmp``
+    file until the next start, one more every interval while the disk stayed full."""
+    script = "\n".join([
+        "import os, resource, signal, sys",
+        "from vmstats.client import spool",
+        "store = spool.Spool(sys.argv[1], 10)",
+        "store.add(b'x' * 8)",
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)",
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (16, resource.RLIM_INFINITY))",
+        "for _ in range(3):",
+        "    try:",
+        "        store.add(b'y' * 64)",
+        "    except OSError as exc:",
+        "        print(exc.errno)",
+        "print(len(store))"])
+    folder = tmp_path / "spool"
+    done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(errno.EFBIG)] * 3 + ["1"]
+    assert sorted(os.listdir(str(folder))) == ["0000000000000000.rec", "lock"]

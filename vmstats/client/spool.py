@@ -77,14 +77,23 @@ class Spool(object):
         return len(self._names)
 
     def add(self, line):
-        """Keep one record (bytes, no newline); drops the oldest if the spool is full."""
+        """Keep one record (bytes, no newline); drops the oldest if the spool is full.
+
+        A write the disk refuses (full, a quota) raises, and takes its partial
+        temporary file with it: otherwise each interval of a full disk would
+        leave one more until the next start.
+        """
         name = "%0*d%s" % (_NAME_DIGITS, self._next, SUFFIX)
         self._next += 1
         final = os.path.join(self.path, name)
         temporary = final + ".tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(line)
-        os.rename(temporary, final)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(line)
+            os.rename(temporary, final)
+        except (IOError, OSError):
+            self._unlink(name + ".tmp")
+            raise
         self._names.append(name)
         self._trim()
 
