@@ -321,3 +321,29 @@ def test_a_record_the_disk_refuses_leaves_no_partial_file_behind(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(errno.EFBIG)] * 3 + ["1"]
     assert sorted(os.listdir(str(folder))) == ["0000000000000000.rec", "lock"]
+
+
+def test_a_spooled_record_is_synced_before_its_name_and_its_name_before_add_returns(tmp_path,
+                                                                                   monkeypatch):
+    """A power cut cannot be staged here, so the order of the syncs is what is checked: the
+    record's bytes reach the disk under the temporary name, then the folder holding the new
+    name, all before ``add`` returns (after it the transport may send and forget)."""
+    store = spool.Spool(str(tmp_path / "spool"), 10)
+    synced = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        synced.append(os.readlink("/proc/self/fd/%d" % fd))
+        real_fsync(fd)
+
+    def rename(source, target):
+        synced.append("rename " + os.path.basename(target))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    store.add(b"x" * 8)
+    folder = str(tmp_path / "spool")
+    assert synced == [os.path.join(folder, "0000000000000000.rec.tmp"),
+                      "rename 0000000000000000.rec", folder]
+    assert store.oldest(10, 1000) == [("0000000000000000.rec", b"x" * 8)]

@@ -2,8 +2,10 @@
 
 One file per record, named by an increasing number, so adding is one small
 atomic write (temporary file + rename: a crash leaves either the whole record
-or nothing), removing acknowledged records is an unlink, and the oldest are
-simply the smallest names.  A week of minute records is ~10 000 small files,
+or nothing; the file and then its folder are synced, so a power cut keeps
+what was spooled, at two syncs a record, a minute apart), removing
+acknowledged records is an unlink, and the oldest are simply the smallest
+names.  A week of minute records is ~10 000 small files,
 which any file system lists in milliseconds; record bodies are read only when
 they are sent, so the agent's memory does not grow while the server is down.
 
@@ -90,12 +92,23 @@ class Spool(object):
         try:
             with open(temporary, "wb") as handle:
                 handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.rename(temporary, final)
+            self._sync_folder()
         except (IOError, OSError):
             self._unlink(name + ".tmp")
             raise
         self._names.append(name)
         self._trim()
+
+    def _sync_folder(self):
+        """The new name on disk too: a synced file whose rename was not is lost at a power cut."""
+        folder = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def _trim(self):
         excess = len(self._names) - self.max_records
