@@ -139,3 +139,38 @@ def test_ctrl_c_while_logs_are_parsed_is_one_line_and_ends(tmp_path, data):
             child.communicate()
     assert (child.returncode, stderr) == (130, "vmstats report: interrupted\n")
     assert not out.exists()
+
+
+def test_a_replaced_output_keeps_the_old_files_mode_and_owner(tmp_path, data):
+    """The replacement took the temporary file's mode: a report made 0640 for one group was 0644
+    after the next night's run, and root's run handed it to root."""
+    out = tmp_path / "out"
+    assert run("report", data, "-o", out).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.html", "report.csv", "report.json"):  # a new file: open()'s mode
+        assert (out / name).stat().st_mode & 0o7777 == 0o666 & ~umask, name
+    os.chmod(out / "report.csv", 0o640)
+    os.chmod(out / "report.json", 0o600)
+    owned = os.geteuid() == 0
+    if owned:
+        os.chown(out / "report.csv", 65534, 65534)
+    before = {name: (out / name).read_bytes() for name in ("report.csv", "report.json")}
+    assert run("report", data, "-o", out, "--cpu-idle", "4").exit_code == 0
+    assert (out / "report.json").read_bytes() != before["report.json"]  # replaced, not kept
+    assert (out / "report.csv").stat().st_mode & 0o7777 == 0o640
+    assert (out / "report.json").stat().st_mode & 0o7777 == 0o600
+    assert (out / "report.html").stat().st_mode & 0o7777 == 0o666 & ~umask
+    if owned:
+        assert ((out / "report.csv").stat().st_uid, (out / "report.csv").stat().st_gid) == (65534, 65534)
+
+
+def test_replacing_through_a_link_keeps_its_targets_mode(tmp_path):
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("old")
+    os.chmod(target, 0o604)
+    link.symlink_to(target)
+    with replacing(str(link)) as handle:
+        handle.write("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert target.stat().st_mode & 0o7777 == 0o604
