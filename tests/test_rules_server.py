@@ -362,7 +362,7 @@ def test_a_bad_rules_file_stops_the_server_from_starting(tmp_path):
         "%s: rule b: aggregate: only a group rule aggregates over members" % path]
     checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(path)],
                              capture_output=True, text=True)
-    assert checked.returncode == 1 and checked.stderr.splitlines() == problems
+    assert checked.returncode == 1 and checked.stderr.splitlines() == ["Error: " + p for p in problems]
 
 
 def test_infinite_and_nan_numbers_are_problems_not_rules_that_never_fire(tmp_path):
@@ -377,7 +377,7 @@ def test_infinite_and_nan_numbers_are_problems_not_rules_that_never_fire(tmp_pat
     checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(path)],
                              capture_output=True, text=True)
     assert checked.returncode == 1 and "Traceback" not in checked.stderr
-    assert checked.stderr.splitlines() == ["%s: %s" % (path, problem) for problem in (
+    assert checked.stderr.splitlines() == ["Error: %s: %s" % (path, problem) for problem in (
         "settings: retry_for: expected a finite duration, got inf",
         "rule a: enter: expected a finite number, got inf",
         "rule a: exit: expected a finite number, got nan",
@@ -396,7 +396,7 @@ def test_a_window_of_a_billion_periods_is_refused_at_check_start_and_reload(tmp_
     problem = "%s: rule wide: periods: 1000000000 is more than the 1440 a window may span" % wide
     checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(wide)],
                              capture_output=True, text=True)
-    assert checked.returncode == 1 and checked.stderr.splitlines() == [problem]
+    assert checked.returncode == 1 and checked.stderr.splitlines() == ["Error: " + problem]
     with pytest.raises(ServerError) as failed:
         ServerProcess(tmp_path / "refused", "--rules", str(wide)).start()
     assert problem in str(failed.value)

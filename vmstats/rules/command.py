@@ -13,7 +13,7 @@ import click
 
 from vmstats import inputfile
 from vmstats.options import IntRange, Refused
-from vmstats.rules.config import RulesError, load_rules
+from vmstats.rules.config import RulesError, read_rules
 from vmstats.words import counted
 
 
@@ -28,10 +28,16 @@ def rules() -> None:
 def check(path: str, quiet: bool) -> None:
     """Validate a rules file and explain what each rule will do (exit 1: problems, one a line)."""
     try:
-        ruleset = load_rules(path)
+        raw = inputfile.read_bytes(path)
+    except inputfile.FileProblem as exc:  # no file to check: the command line is wrong
+        raise Refused(str(exc)) from None
+    try:
+        ruleset = read_rules(raw, path)
     except RulesError as exc:
-        for problem in exc.problems:
-            click.echo("%s: %s" % (path, problem), err=True)
+        # Each problem is a failure line as every command words one, so a script or a reader
+        # scanning for "Error:" sees all of them; status 1 is the check's verdict.
+        for line in str(exc).splitlines():
+            click.echo("Error: " + line, err=True)
         sys.exit(1)
     if quiet:
         return

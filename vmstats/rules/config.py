@@ -288,7 +288,20 @@ class _Reader:
 def load_rules(path: str) -> RuleSet:
     """Read and check a rules file; RulesError lists every problem found."""
     try:
-        data = inputfile.load_toml(path)
+        raw = inputfile.read_bytes(path)
+    except inputfile.FileProblem as exc:
+        raise RulesError(path, [exc.problem]) from None
+    return read_rules(raw, path)
+
+
+def read_rules(raw: bytes, path: str) -> RuleSet:
+    """Check the rules file's bytes, read from ``path``; RulesError lists every problem found.
+
+    Apart from load_rules for ``vmstats rules check``, which tells a file it cannot
+    read (the command line is wrong) from one it read and found problems in (its verdict).
+    """
+    try:
+        data = inputfile.parse_toml(raw, path)
     except inputfile.FileProblem as exc:
         raise RulesError(path, [exc.problem]) from None
     return parse_rules(data, path)
