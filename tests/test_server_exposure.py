@@ -6,6 +6,8 @@ import http.client
 import json
 import logging
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -234,21 +236,63 @@ def test_unusable_directories_and_names_are_one_line_that_names_them(tmp_path):
     in_the_way.write_text("not a directory")
     common = ("--bind", LOOPBACK, "--udp-port", "0", "--tcp-port", "0", "--no-http",
               "--parsers", "0", "--workers", "1")
-    assert one_line_error(run_cli(*common, "--data-dir", str(in_the_way))) == (
-        "Error: cannot use the data directory (--data-dir) %s: it exists and is not a directory"
-        % in_the_way)
-    assert one_line_error(run_cli(*common, "--data-dir", str(in_the_way / "sub"))) == (
-        "Error: cannot use the data directory (--data-dir) %s: Not a directory"
-        % (in_the_way / "sub"))
+    refused = run_cli(*common, "--data-dir", str(in_the_way))
+    assert refused.returncode == 2 and one_line_error(refused) == (
+        "Error: cannot use the data directory (--data-dir) %s: a file, not a directory" % in_the_way)
+    refused = run_cli(*common, "--data-dir", str(in_the_way / "sub" / "deeper"))
+    assert refused.returncode == 2 and one_line_error(refused) == (
+        "Error: cannot use the data directory (--data-dir) %s: %s is a file, not a directory"
+        % (in_the_way / "sub" / "deeper", in_the_way))
     assert one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--journal-dir",
                                   str(in_the_way / "j"))) == (
-        "Error: cannot use the journal directory %s: Not a directory" % (in_the_way / "j"))
+        "Error: cannot use the journal directory %s: %s is a file, not a directory"
+        % (in_the_way / "j", in_the_way))
     error = one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--bind",
                                    "no-such-host.invalid"))
     assert error.startswith("Error: cannot resolve --bind no-such-host.invalid")
     error = one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--allow",
                                    "10.0.0.0/33"))
     assert "--allow" in error and "10.0.0.0/33" in error
+
+
+def test_a_data_dir_that_is_a_file_is_one_refused_line_in_process(tmp_path):
+    """Run inside a program (click's runner, whose stderr has no file descriptor), it said
+    "Error: fileno", status 1: the server started before it looked at the folder."""
+    from click.testing import CliRunner
+
+    from vmstats import cli
+
+    (tmp_path / "file").write_text("not a directory")
+    result = CliRunner().invoke(cli.main, ["serve", "--bind", LOOPBACK, "--udp-port", "0",
+                                           "--tcp-port", "0", "--no-http", "--data-dir",
+                                           str(tmp_path / "file"), "--duration", "1s"])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", "Error: cannot use the data directory (--data-dir) %s: a file, not a directory\n"
+        % (tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "not a directory"
+
+
+#: serve run inside a program whose stderr is a stream without a file descriptor.
+_IN_PROCESS = """
+import io, sys
+from vmstats import cli
+captured = io.StringIO()
+sys.stderr = captured
+try:
+    cli.main(sys.argv[1:], "vmstats")
+except SystemExit as end:
+    sys.stdout.write("status %s\\n" % end.code)
+sys.stdout.write(captured.getvalue())
+"""
+
+
+def test_a_server_run_inside_a_program_with_captured_stderr_starts(tmp_path):
+    result = subprocess.run([sys.executable, "-c", _IN_PROCESS, "serve", "--bind", LOOPBACK,
+                             "--udp-port", "0", "--tcp-port", "0", "--no-http", "--data-dir",
+                             str(tmp_path / "d"), "--duration", "1s", "--parsers", "0",
+                             "--workers", "1"], capture_output=True, text=True, timeout=60)
+    assert "status 0" in result.stdout and "fileno" not in result.stdout, result.stdout + result.stderr
+    assert "listening" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("option", ["--flush-interval", "--fsync-interval", "--capacity-refresh"])

@@ -1,8 +1,8 @@
 """The server's own files and folders when something else is in their place.
 
-At start: one line naming the path, exit 1, before it listens, and the thing in the way left as
-it was.  At run time: the server keeps going, counts it in /metrics, says it once, and recovers
-once the path is fixed.
+At start: one line naming the path, exit 1 (2 for the --data-dir the command line names), before
+it listens, and the thing in the way left as it was.  At run time: the server keeps going, counts
+it in /metrics, says it once, and recovers once the path is fixed.
 """
 
 import json
@@ -76,9 +76,9 @@ def refused(tmp_path, args, data=None) -> ServerProcess:
     return server
 
 
-def one_error_line(server: ServerProcess) -> str:
-    """The server's whole output, which must be one error line, exit status 1."""
-    assert server.returncode == 1, server.output
+def one_error_line(server: ServerProcess, status: int = 1) -> str:
+    """The server's whole output, which must be one error line, exit status ``status``."""
+    assert server.returncode == status, server.output
     assert "Traceback" not in server.output and "listening" not in server.output
     lines = server.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: cannot "), server.output
@@ -134,7 +134,8 @@ def test_a_file_or_nothing_where_a_folder_goes_stops_the_start_in_one_line(tmp_p
 def test_a_data_dir_linked_to_nothing_is_named_as_such(tmp_path):
     data = tmp_path / "data"
     dangling(data)
-    error = one_error_line(refused(tmp_path, [], data=data))
+    # The folder the command line names: a refused command line's status.
+    error = one_error_line(refused(tmp_path, [], data=data), status=2)
     assert "data directory" in error and "a symbolic link to" in error and "does not exist" in error
 
 

@@ -300,6 +300,12 @@ def serve(**options) -> None:
         except CapacityError as exc:
             raise Refused("--capacity-percentile: %s" % exc) from None
     config = ServerConfig(**options)
+    from vmstats.server.ownfiles import usable_directory
+
+    try:  # the folder the command line names: a file there is a refused command line
+        usable_directory(config.data_dir, "data directory (--data-dir)")
+    except OSError as exc:
+        raise Refused(one_line(exc)) from None
     from vmstats.capacity.errors import CapacityError
     from vmstats.rules.config import RulesError
     from vmstats.server.service import run

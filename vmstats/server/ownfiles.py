@@ -77,13 +77,27 @@ def usable_directory(path: str, what: str) -> None:
                       "exist" % (what, path, os.readlink(path)))
     try:
         os.makedirs(path, exist_ok=True)
-    except FileExistsError:
-        raise OSError(errno.ENOTDIR, "cannot use the %s %s: it exists and is not a directory"
-                      % (what, path)) from None
+    except (FileExistsError, NotADirectoryError):
+        raise OSError(errno.ENOTDIR, "cannot use the %s %s: %s" % (what, path, _not_a_folder(path))) from None
     except OSError as exc:
         raise OSError(exc.errno, "cannot use the %s %s: %s" % (what, path, exc.strerror)) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OSError(errno.EACCES, "cannot use the %s %s: not writable" % (what, path))
+
+
+def _not_a_folder(path: str) -> str:
+    """What is in the way of the folder ``path``: itself, or the nearest folder above it,
+    being something else (``data is a file, not a directory``)."""
+    place = path
+    while place and not os.path.lexists(place):
+        parent = os.path.dirname(place.rstrip(os.sep))
+        if parent == place:
+            break
+        place = parent
+    what = (problem(place) or "a file").replace("not a regular file: ", "")
+    if place == path:
+        return "%s, not a directory" % what
+    return "%s is %s, not a directory" % (place, what)
 
 
 def existing_directory(path: str, what: str) -> None:

@@ -496,6 +496,20 @@ def stop_on_signals(reactor) -> None:
 SERVER_GC_THRESHOLD = 20_000
 
 
+def _stack_stream():
+    """Where SIGUSR1's stacks go: ``sys.stderr``, or the process's own standard error when the
+    caller put a stream with no file descriptor in its place (a test runner, a program that
+    runs the command inside itself); faulthandler writes to a descriptor, and its
+    ``fileno()`` failure stopped the start with "Error: fileno".  None when there is neither."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+        return stream
+    return None
+
+
 def run(config: ServerConfig) -> int:
     """Run the aggregator until --duration elapses or a signal arrives; return the exit code.
 
@@ -529,7 +543,9 @@ def run(config: ServerConfig) -> int:
 
     # SIGUSR1 prints every thread's stack to stderr and carries on: what to ask a server that
     # seems stuck.  The stop signals are ours once the reactor runs (it installs its own first).
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    stream = _stack_stream()
+    if stream is not None:
+        faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
     reactor.callWhenRunning(stop_on_signals, reactor)
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=True)
