@@ -68,8 +68,10 @@ PLACES = {
 
 
 def refused(tmp_path, args, data=None) -> ServerProcess:
-    """A server that must exit before it listens; returns it, exited."""
-    server = ServerProcess(tmp_path, *args, data_dir=data, start_timeout=10)
+    """A server that must exit before it listens; returns it, exited.  It is waited for as long
+    as a start may take: a loaded host took over 10 s to start one and see it refuse, and the
+    test killed it, printing the line, before it could exit."""
+    server = ServerProcess(tmp_path, *args, data_dir=data, start_timeout=60)
     with pytest.raises(ServerError):
         server.start()
     server.kill()
