@@ -106,3 +106,32 @@ def test_unserved_methods_on_the_apis_are_405_in_json_with_allow(tmp_path):
             code, headers, body = status_and_json(answer)
             assert (code, headers["allow"]) == (405, allow), answer
             assert headers["content-type"] == "application/json" and allow in body["error"]
+
+
+def test_a_request_line_or_head_past_16k_is_answered_414_or_431_and_counted(tmp_path):
+    """Twisted closed a connection whose request line or one header passed 16 KiB without a
+    word (a client saw only a reset), and a head past 16 KiB in all got a bare 400, uncounted."""
+    head = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+    with serve(tmp_path) as server:
+        port = server.http_port
+        cases = [
+            # A long URL (a query string a script built), sent in one piece and then streamed on.
+            (b"GET /metrics?" + b"a" * (20 << 10), b"a" * 4096, 414, "request line longer than"),
+            (head + b"X-Big: " + b"a" * (20 << 10) + b"\r\n\r\n", b"", 431, "headers longer than"),
+            (head + b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 1000) for i in range(20)) + b"\r\n", b"",
+             431, "headers longer than"),
+        ]
+        for request, more, status, said in cases:
+            _sent, answer = stream(port, request, more, 1 << 20)
+            code, headers, body = status_and_json(answer)
+            assert (code, headers["connection"]) == (status, "close"), answer[:200]
+            assert said in body["error"] and "16384 bytes" in body["error"], body
+        # At the limit it is still a request like any other.
+        closing = head + b"Connection: close\r\n"  # the line lengths: 21 + 7 + 17 + 16339 bytes
+        fits = closing + b"X-Fits: " + b"a" * (16384 - 21 - 7 - 17 - 8) + b"\r\n\r\n"
+        _sent, answer = stream(port, fits, b"", 0)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        metrics = server.metrics()
+        refused = 'vmstats_http_requests_refused_total{reason="%s"}'
+        assert (metrics[refused % "uri_too_long"], metrics[refused % "headers_too_large"]) == (1, 2)
+        assert "vmstats_records_received_total" in server.http("/metrics")

@@ -10,7 +10,9 @@ Each route has a largest body (``max_body``, declared by its page); the channel 
 past it -- declared (413 at the headers) or streamed (413 once the bytes pass it) -- before any
 of it is stored, a body to an unknown path (404) before reading it, an HTTP/1.0 body without
 a Content-Length (411) that it cannot delimit, and what a page's ``refuse_early`` refuses at the
-headers (a write without its token: 401).  Each refusal is counted on /metrics.
+headers (a write without its token: 401).  A request line past 16 KiB is 414, a head (request
+line and headers) past it 431, where Twisted closed without a word or said a bare 400.  Each
+refusal is counted on /metrics.
 
 A request that changes something (any method but GET and HEAD) carrying ``Origin`` is refused
 (403) at its headers: only a browser sends that header, and nothing here is meant for one, so a
@@ -38,6 +40,10 @@ DEFAULT_MAX_BODY = 64 << 10
 LINGER_BYTES = 4 << 20
 #: Methods a browser's page may send across origins unrefused: they change nothing here.
 SAFE_METHODS = (b"GET", b"HEAD")
+#: RFC 6585's answer to a header block past the limit; Twisted's table of reasons lacks it.
+HEADERS_TOO_LARGE = 431
+_REASONS = {**http.RESPONSES, http.REQUEST_URI_TOO_LONG: b"URI Too Long",
+            HEADERS_TOO_LARGE: b"Request Header Fields Too Large"}
 
 
 def secret_matches(given: bytes, secret: bytes) -> bool:
@@ -138,6 +144,8 @@ class _Channel(http.HTTPChannel):
     _refused = False
     _limit = _body_left = 0
     _linger_left = 0
+    #: The request line of the request being read was taken: a line past the limit is a header.
+    _in_head = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -156,7 +164,35 @@ class _Channel(http.HTTPChannel):
             return
         super().rawDataReceived(data)
 
+    def lineReceived(self, line: bytes) -> None:
+        """A line of a request's head; past the head's limit (Twisted's ``totalHeadersSize``,
+        16 KiB with the request line) the request is refused with 414 or 431, not a bare 400."""
+        if self._refused:  # more lines of the same read, after a refusal
+            self._linger(len(line))
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_head()
+            return
+        if line:
+            self._in_head = True
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """One line past ``MAX_LENGTH`` (16 KiB): Twisted closed the connection without a word."""
+        self._refuse_head()
+        self._linger(len(line))
+
+    def _refuse_head(self) -> None:
+        """A request line (414) or header block (431) past the limit: answered, counted, closed."""
+        if self._in_head:
+            self._answer(HEADERS_TOO_LARGE, "headers_too_large",
+                         "request line and headers longer than %d bytes" % self.totalHeadersSize)
+        else:
+            self._answer(http.REQUEST_URI_TOO_LONG, "uri_too_long",
+                         "request line longer than %d bytes" % self.MAX_LENGTH)
+
     def allHeadersReceived(self) -> None:
+        self._in_head = False  # the next line is the next request's first
         request = self.requests[-1]
         path = self._path.split(b"?", 1)[0]
         limit = self.router.max_body(path)
@@ -203,11 +239,16 @@ class _Channel(http.HTTPChannel):
     def _refuse(self, code: int, reason: str | None, message: str, body: bytes = b"") -> None:
         """Answer ``code`` now, count it (under ``reason``), and drop what the client still sends
         until the close.  The answer is ``{"error": message}``, or ``body`` if given."""
-        self._refused = True
         request = self.requests[-1]
         if request.content is not None:
             request.content.close()  # what was taken of the body goes now, not at the close
         request.content = io.BytesIO()
+        self._answer(code, reason, message, body)
+
+    def _answer(self, code: int, reason: str | None, message: str, body: bytes = b"") -> None:
+        """Answer ``code`` now, count it, and drop the rest (_refuse's end; a request whose
+        head was refused has no body to drop)."""
+        self._refused = True
         if reason is not None:
             refused = self.table.counts.requests_refused
             refused[reason] = refused.get(reason, 0) + 1
@@ -215,7 +256,7 @@ class _Channel(http.HTTPChannel):
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\ncache-control: no-store\r\n"
                              b"connection: close\r\n\r\n%s"
-                             % (code, http.RESPONSES[code], len(body), body))
+                             % (code, _REASONS[code], len(body), body))
         self._linger_left = LINGER_BYTES
         self.transport.loseWriteConnection()  # the client sees the answer end, then closes
 
