@@ -145,6 +145,64 @@ def test_allow_drops_udp_and_refuses_tcp_and_http_from_other_sources(tmp_path):
                                                                            "10.71.0.3"]
 
 
+def _dual_stack() -> bool:
+    """Can this machine listen on :: and take IPv4 (as ::ffff:a.b.c.d) and ::1 on it?"""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+            sock.listen()
+            for peer in ("127.0.0.1", "::1"):
+                socket.create_connection((peer, sock.getsockname()[1]), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _synced(family: int, source: str, port: int, vm: str, t: int) -> bytes:
+    """A record sent over TCP from ``source`` to the server's ``port``, and its reply
+    (b"" when the connection was refused)."""
+    target = "::1" if family == socket.AF_INET6 else LOOPBACK
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect((target, port))
+        try:
+            sock.sendall(line(Record(vm=vm, ts=t, cpu=1.0, mem=2.0)) + b"\n#!sync s\n")
+            return read_reply(sock)
+        except ConnectionResetError:
+            return b""
+
+
+@pytest.mark.skipif(not _dual_stack(), reason="no dual-stack IPv6 loopback here")
+def test_allow_matches_ipv4_peers_of_a_dual_stack_listener_by_either_spelling(tmp_path):
+    """On --bind :: an IPv4 peer arrives as ::ffff:a.b.c.d: an IPv4 rule matches it, and so
+    does an IPv4-mapped rule (::ffff:127.0.0.0/104), which matched nothing before."""
+    t = now() - 60
+    server = serve(tmp_path, "--flush-interval", "0.3", "--allow", "::ffff:127.0.0.2/127,::1",
+                   "--http-allow", "127.0.0.1/32")
+    server.args += ["--bind", "::"]  # after the helper's --bind 127.0.0.1: it wins
+    with server:
+        port = server.tcp_port
+        assert _synced(socket.AF_INET, "127.0.0.2", port, "10.73.0.2", t) == b"#!ack s 1 0\n"
+        assert _synced(socket.AF_INET, "127.0.0.3", port, "10.73.0.3", t) == b"#!ack s 1 0\n"
+        assert _synced(socket.AF_INET, "127.0.0.4", port, "10.73.0.4", t) == b""
+        assert _synced(socket.AF_INET6, "::1", port, "10.73.0.6", t) == b"#!ack s 1 0\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # UDP: the same rule
+            sock.bind(("127.0.0.3", 0))
+            sock.sendto(line(Record(vm="10.73.1.3", ts=t, cpu=1.0, mem=2.0)), (LOOPBACK, server.udp_port))
+        with pytest.raises(OSError):  # ::1 is outside --http-allow's IPv4 network: closed
+            conn = http.client.HTTPConnection("::1", server.http_port, timeout=10)
+            conn.request("GET", "/metrics")
+            conn.getresponse()
+        # 127.0.0.1 arrives as ::ffff:127.0.0.1 and is in --http-allow 127.0.0.1/32.
+        found = server.wait_metrics(lambda m: m.get("vmstats_records_received_total") == 4)
+        assert found['vmstats_not_allowed_total{port="tcp"}'] == 1
+        assert found['vmstats_not_allowed_total{port="http"}'] == 1
+    # The start-up warning names the networks as they are matched.
+    assert "from the networks in --allow (127.0.0.2/31, ::1/128)" in server.output, server.output
+
+
 KEYS = {b"k": b"s"}
 
 

@@ -1,6 +1,5 @@
 """``vmstats serve``: the click front end of the aggregator."""
 
-import ipaddress
 import logging
 import sys
 import time
@@ -11,7 +10,7 @@ from vmstats import inputfile, protocol
 from vmstats.options import FileName, FiniteRange, FolderName, IntRange, Refused
 from vmstats.report.settings import MAX_DAYS
 from vmstats.server.config import MIN_PER_VM, ServerConfig, format_duration, parse_duration
-from vmstats.server.connections import ListenError, resolve_bind
+from vmstats.server.connections import ListenError, allow_network, resolve_bind
 from vmstats.server.journal import FSYNC_POLICIES
 from vmstats.server.signing import load_keys
 
@@ -349,7 +348,7 @@ def networks(values: tuple[str, ...], option: str) -> tuple[str, ...]:
     for value in values:
         for text in value.replace(",", " ").split():
             try:
-                found.append(str(ipaddress.ip_network(text, strict=False)))
+                found.append(str(allow_network(text)))
             except ValueError:
                 raise Refused("%s: %r is not an address or network (CIDR)" % (option, text)) from None
     return tuple(found)

@@ -101,11 +101,30 @@ def share_budget(budget: int, wanted: dict[str, int]) -> dict[str, int]:
     return {name: max(1, budget * cap // total) for name, cap in wanted.items()}
 
 
+def allow_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An ``--allow`` entry (an address or CIDR network) as the network it means; ValueError if
+    it is neither.
+
+    An IPv4-mapped IPv6 network (``::ffff:10.0.0.0/104``, ``::ffff:10.0.0.5``) is the IPv4
+    network it maps (10.0.0.0/8, 10.0.0.5/32): an IPv4 peer is matched by its IPv4 address
+    whichever socket it came in on (SourceFilter), so kept as IPv6 it matched nothing.
+    """
+    network = ipaddress.ip_network(text, strict=False)
+    mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
 class SourceFilter:
-    """``--allow``: the networks a listener accepts packets and connections from (empty: all)."""
+    """``--allow``: the networks a listener accepts packets and connections from (empty: all).
+
+    A peer is matched by its IPv4 address when it has one: an IPv4 client of a dual-stack
+    listener (``--bind ::``) arrives as ``::ffff:a.b.c.d`` and is matched as ``a.b.c.d``.
+    """
 
     def __init__(self, networks: Iterable[str] = ()):
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.networks = [allow_network(n) for n in networks]
         self._verdicts: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
