@@ -4,6 +4,7 @@ Run in this process through the real ``vmstats`` group (click's CliRunner), with
 data dir written through the real log layout.
 """
 
+import errno
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from test_report_stats import DAY, T0, series, write_records
 
 from vmstats import cli
-from vmstats.outputfile import replacing
+from vmstats.outputfile import replacing, together
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,49 @@ def test_an_interrupted_write_leaves_the_earlier_output_whole(tmp_path, data, mo
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after["report.json"] == before["report.json"]
     assert sorted(after) == sorted(before), "a partial file was left"
+
+
+@pytest.mark.parametrize("command, module, function, names", [
+    (("report",), "vmstats.report.outputs", "to_json", ["report.csv", "report.html", "report.json"]),
+    (("backtest", "--decide-until", "2026-01-01", "--decide-days", "1", "--judge-days", "1"),
+     "vmstats.report.backtest_outputs", "render",
+     ["backtest.csv", "backtest.html", "backtest.json", "decision/report.csv",
+      "decision/report.html", "decision/report.json"]),
+])
+def test_a_failed_run_into_an_earlier_runs_folder_leaves_that_runs_set_whole(
+        tmp_path, data, monkeypatch, command, module, function, names):
+    """A disk that filled half-way left this run's page beside the earlier run's JSON (and a
+    backtest's new decision/ beside its old backtest.*): a set no run made."""
+    import importlib
+
+    out = tmp_path / "out"
+    assert run(command[0], data, "-o", out, *command[1:]).exit_code == 0
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.*")
+              if p.is_file() and ".cache" not in p.parts}
+    assert sorted(before) == names
+
+    def full(*args, **kwargs):  # the last file of the run, as a full disk would fail it
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(importlib.import_module(module), function, full)
+    result = run(command[0], data, "-o", out, *command[1:], "--cpu-idle", "4")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: cannot write to %s: No space left on device\n" % out), result.output
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and ".cache" not in p.parts}
+    assert after == before, "replaced: %s" % sorted(n for n in after if after[n] != before.get(n))
+
+
+def test_a_rename_that_fails_half_way_names_the_files_already_replaced(tmp_path):
+    (tmp_path / "b.json").mkdir()
+    (tmp_path / "b.json" / "x").write_text("a folder that is not empty: no file renames over it")
+    with pytest.raises(OSError) as failed:
+        with together() as outputs:
+            for name in ("a.csv", "b.json"):
+                with replacing(outputs.stage(str(tmp_path / name))) as handle:
+                    handle.write("new")
+    assert "(a.csv replaced by this run, the rest not)" in failed.value.strerror
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.json"]
 
 
 def test_replacing_puts_a_file_in_place_only_when_it_is_whole(tmp_path):

@@ -3,6 +3,7 @@ same bytes as rendered in the process, and a failure of the child raised in the 
 
 import errno
 import io
+import os
 import re
 import types
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import reportdata
 
+from vmstats.outputfile import PARTIAL, together
 from vmstats.report import command
 from vmstats.report.histogram import SparseHistograms
 from vmstats.report.outputs import terminal_summary, write_csv, write_json
@@ -26,7 +28,8 @@ def large(tmp_path_factory):
 
 
 def test_a_large_reports_files_are_those_written_in_one_process(large, tmp_path):
-    command.write_report(large, str(tmp_path / "forked"))
+    with together() as outputs:
+        command.write_report(large, str(tmp_path / "forked"), outputs)
     here = tmp_path / "here"
     here.mkdir()
     render(large, str(here / "report.html"))
@@ -39,12 +42,16 @@ def test_a_large_reports_files_are_those_written_in_one_process(large, tmp_path)
 
 
 def test_the_childs_failure_to_write_the_page_is_raised_with_its_errno(large, tmp_path):
-    (tmp_path / "report.html").mkdir()  # in the way: the child cannot open it
+    (tmp_path / "report.csv").write_text("an earlier run's\n")
+    # In the way of the page's staged name: the child cannot put it there.
+    (tmp_path / ("report.html.%d%s" % (os.getpid(), PARTIAL))).mkdir()
     with pytest.raises(OSError) as caught:
-        command.write_report(large, str(tmp_path))
+        with together() as outputs:
+            command.write_report(large, str(tmp_path), outputs)
     assert caught.value.errno == errno.EISDIR
-    assert (tmp_path / "report.csv").stat().st_size > 0  # the parent's files are still written
-    assert (tmp_path / "report.json").stat().st_size > 0
+    # The parent's files were written, and removed with the run: none of the set is in place.
+    assert (tmp_path / "report.csv").read_text() == "an earlier run's\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["report.csv"]
 
 
 def _fails(result, path):

@@ -18,7 +18,7 @@ from vmstats.options import (
     failure,
     prepare_folder,
 )
-from vmstats.outputfile import write_text
+from vmstats.outputfile import Outputs, together, write_text
 from vmstats.report.settings import MAX_DAYS, ReportError
 
 
@@ -197,9 +197,12 @@ def headroom(
         advice = None
         if not no_after:
             advice = _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir)
-        result = from_logs(data_dirs, inventory, inventory_path, profile, settings, until, advice, out_dir)
-        if out_dir is not None:
-            outputs.write(result, out_dir)
+        with together() as files:  # headroom.csv, .json and the summary: all or none
+            summary = files.stage(os.path.join(out_dir, SUMMARY_FILE)) if out_dir is not None else None
+            result = from_logs(data_dirs, inventory, inventory_path, profile, settings, until, advice,
+                               summary)
+            if out_dir is not None:
+                outputs.write(result, out_dir, files)
     except ReportError as exc:
         raise failure(exc) from None
     except OSError as exc:
@@ -217,27 +220,27 @@ def from_logs(
     settings,
     until,
     advice,
-    summary_dir: str | None = None,
+    summary_path: str | None = None,
 ) -> dict:
     """The headroom result (headroom.result) of the logs, now and, with ``advice`` (a
     demand.Change and its description), after it: one pass over the logs for both.
 
-    With ``summary_dir`` the per-host summary of now (summary.SUMMARY_FILE) is
-    written there too, so ``vmstats admit --summary`` answers from this pass
-    instead of reading the logs again.
+    With ``summary_path`` the per-host summary of now (summary.SUMMARY_FILE) is
+    written there too (its folder made), so ``vmstats admit --summary`` answers from
+    this pass instead of reading the logs again.
     """
     from vmstats.capacity import headroom as headroom_mod
     from vmstats.capacity import reader
     from vmstats.capacity.demand import Change, demand_views
-    from vmstats.capacity.summary import SUMMARY_FILE, summarise
+    from vmstats.capacity.summary import summarise
 
     logs = reader.find_logs(data_dirs, settings.days, until)
     changes = [Change()] + ([advice[0]] if advice else [])
     views = demand_views(inventory, reader.read_vms(logs), logs.window, settings, changes)
     named = logs.named()
-    if summary_dir:
-        os.makedirs(summary_dir, exist_ok=True)
-        write_text(os.path.join(summary_dir, SUMMARY_FILE), summarise(views[0], named).to_json())
+    if summary_path:
+        os.makedirs(os.path.dirname(summary_path) or ".", exist_ok=True)
+        write_text(summary_path, summarise(views[0], named).to_json())
     return headroom_mod.result(
         views[0],
         views[1] if advice else None,
@@ -248,23 +251,27 @@ def from_logs(
 
 
 def report_section(
-    data_dirs, report, inventory, inventory_path: str, profile, days: int, until, out_dir: str
+    data_dirs, report, inventory, inventory_path: str, profile, days: int, until, out_dir: str,
+    files: Outputs,
 ) -> dict:
     """The report's capacity section: headroom for ``profile`` now and after the report's own advice
-    (and the per-host summary in ``out_dir``, for ``vmstats admit --summary``).
+    (and the per-host summary in ``out_dir``, for ``vmstats admit --summary``, staged in ``files``
+    with the report's own).
 
     The damaged log files this pass met are named once, with the report's own in
     ``report.meta`` (its terminal summary and page read them there); the section's basis
     points there instead of listing them a second time.
     """
     from vmstats.capacity.demand import Settings
+    from vmstats.capacity.summary import SUMMARY_FILE
     from vmstats.report import load as load_mod
 
     change, described = report_changes(report.rows)
     described["source"] = "this report"
     advice = (change, described)
     section = from_logs(
-        data_dirs, inventory, inventory_path, profile, Settings(days=days), until, advice, out_dir
+        data_dirs, inventory, inventory_path, profile, Settings(days=days), until, advice,
+        files.stage(os.path.join(out_dir, SUMMARY_FILE)),
     )
     basis, meta = section["basis"], report.meta
     met = basis.pop("skipped_files") + basis.pop("damaged_files")

@@ -5,21 +5,22 @@ import json
 import os
 
 from vmstats.capacity.headroom import COLUMNS
-from vmstats.outputfile import replacing
+from vmstats.outputfile import Outputs, replacing
 from vmstats.words import counted, part_of, plural
 
 OUTPUTS = ("headroom.csv", "headroom.json")
 
 
-def write(result: dict, out_dir: str) -> None:
-    """headroom.csv and headroom.json in ``out_dir`` (made if missing)."""
+def write(result: dict, out_dir: str, files: Outputs) -> None:
+    """headroom.csv and headroom.json in ``out_dir`` (made if missing), staged in ``files``."""
     os.makedirs(out_dir, exist_ok=True)
-    with replacing(os.path.join(out_dir, "headroom.csv"), "w", newline="", encoding="utf-8") as handle:
+    with replacing(files.stage(os.path.join(out_dir, "headroom.csv")), "w", newline="",
+                   encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in result["hosts"]:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    with replacing(os.path.join(out_dir, "headroom.json"), "w", encoding="utf-8") as handle:
+    with replacing(files.stage(os.path.join(out_dir, "headroom.json")), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=1, sort_keys=True)
         handle.write("\n")
 

@@ -6,11 +6,13 @@ import sys
 import click
 
 from vmstats.options import IntRange, OutputFolder, cannot_write, failure, prepare_folder
+from vmstats.outputfile import together
 from vmstats.report.command import (
     _Progress,
     load_inputs,
     policy_options,
     policy_overrides,
+    remove_old_statement,
     write_report,
 )
 from vmstats.report.settings import MAX_DAYS, ReportError
@@ -97,10 +99,13 @@ def backtest(
             **loading,
         )
         progress.close()
-        write_report(result.decision, os.path.join(out_dir, "decision"))
-        outputs.write_csv(result, os.path.join(out_dir, "backtest.csv"))
-        outputs.write_json(result, os.path.join(out_dir, "backtest.json"))
-        outputs.render(result, os.path.join(out_dir, "backtest.html"))
+        decision = os.path.join(out_dir, "decision")
+        with together() as files:  # the decision's report and the backtest's, all or none
+            write_report(result.decision, decision, files)
+            outputs.write_csv(result, files.stage(os.path.join(out_dir, "backtest.csv")))
+            outputs.write_json(result, files.stage(os.path.join(out_dir, "backtest.json")))
+            outputs.render(result, files.stage(os.path.join(out_dir, "backtest.html")))
+        remove_old_statement(result.decision, decision)
     except ReportError as exc:
         raise failure(exc) from None
     except OSError as exc:

@@ -8,7 +8,6 @@ adds up to the report it came from; docs/REPORT.md says how each is computed.
 """
 
 import csv
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -163,12 +162,10 @@ def money(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write_csv(document: Mapping[str, Any], out_dir: str) -> str:
-    """statement.csv: one line per group, the header exactly COLUMNS; returns its path."""
-    path = os.path.join(out_dir, STATEMENT_NAME)
+def write_csv(document: Mapping[str, Any], path: str) -> None:
+    """statement.csv (STATEMENT_NAME) at ``path``: one line per group, the header exactly COLUMNS."""
     with replacing(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
         for line in document["groups"]:
             writer.writerow(["" if line[c] is None else line[c] for c in COLUMNS])
-    return path
