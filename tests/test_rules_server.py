@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -518,12 +519,21 @@ def test_a_receiver_down_while_a_fleet_fires_holds_max_pending_and_drops_the_old
                    (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
         order = [e["event"]["scope"] for e in entries if e["type"] == "event"]
         assert sorted(order) == sorted(vms)
-        assert sorted(a["labels"]["scope"] for a in hook.alerts()) == sorted(order[70:])
+        # The 30 newest all arrive. A dropped delivery whose first POST was already written
+        # when it was dropped may still be read by the receiver (bytes on the wire cannot be
+        # recalled; here the receiver's thread may judge it after it came back up), but none
+        # is attempted again.
+        got = {a["labels"]["scope"]: a for a in hook.alerts()}
+        assert set(order[70:]) <= set(got)
+        gave_up = {e["key"] for e in entries if e["type"] == "gave_up" and e.get("dropped")}
+        tries = Counter(e["key"] for e in entries if e["type"] == "attempt")
+        late = [k for k in hook.keys if k in gave_up]
+        assert len(hook.keys) == 30 + len(late) and all(tries[k] == 1 for k in late), late
         posts = len(hook.keys)
         with serve(tmp_path, rules) as server:  # nothing dropped comes back after a restart
             server.wait_metrics(lambda m: "vmstats_rule_deliveries_pending" in m)
             assert server.metrics()["vmstats_rule_deliveries_pending"] == 0
-        assert len(hook.keys) == len(set(hook.keys)) == posts == 30
+        assert len(hook.keys) == len(set(hook.keys)) == posts
     offline = json.loads(alerts_cli("--data-dir", str(server.data_dir), "--json").stdout)
     assert (offline["deliveries"]["dropped"], offline["deliveries"]["hook.dropped"]) == (70, 70)
     assert offline["deliveries"]["hook.delivered"] == 30 and offline["deliveries"]["pending"] == 0
