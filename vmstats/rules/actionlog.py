@@ -8,7 +8,9 @@ Entries:
 ``event``    a transition, reminder, scaling decision or hold, with its key
              and the actions it goes to (delivery key: ``<key>.<action>``)
 ``attempt``  a delivery attempt about to be made (number ``n``), with ``age``:
-             the seconds of its retry budget spent, timed by the monotonic clock
+             the seconds of its retry budget spent, timed by the monotonic clock;
+             or a group's notification (``grouping.py``), under a key of its own,
+             whose ``covers`` maps each delivery it completes to its ``age``
 ``result``   what the attempt got: ``ok`` true, or the error
 ``gave_up``  delivery stopped after ``retry_for``, or its action is gone, or
              ``dropped`` (true): the oldest past ``max_pending`` pending
@@ -126,6 +128,10 @@ def problem(entry) -> str | None:
                                  and not isinstance(event[name], _NUMBER)
                                  for name in ("value", "threshold", "since", "began")):
             wrong = "a figure is not a number"
+        labels = event.get("labels")
+        if wrong is None and labels is not None and (not isinstance(labels, dict) or not all(
+                isinstance(value, str) for value in labels.values())):
+            wrong = "labels are %r" % (labels,)
         return wrong
     if kind not in _ENTRIES:
         return "type is %r" % (kind,)
@@ -134,12 +140,18 @@ def problem(entry) -> str | None:
             return "%s is %r" % (name, entry[name])
     if "error" in entry and not isinstance(entry["error"], str):
         return "error is %r" % (entry["error"],)
+    covers = entry.get("covers")
+    if covers is not None and (not isinstance(covers, dict) or not all(
+            isinstance(age, _NUMBER) for age in covers.values())):
+        return "covers is %r" % (covers,)
     return _wrong(entry, _ENTRIES[kind])
 
 
 def replay(lines) -> Replayed:
     """Fold log lines (bytes, parsed or not) into the state they describe."""
     result = Replayed()
+    #: A group's notification key -> the deliveries it covers, until its result.
+    batches: dict[str, list[str]] = {}
     for number, line in enumerate(lines, 1):
         if isinstance(line, (bytes, str)):
             if not line.strip():
@@ -167,6 +179,14 @@ def replay(lines) -> Replayed:
             for action in event.get("actions", ()):
                 key = "%s.%s" % (event["key"], action)
                 result.pending[key] = Pending(key, action, event)
+        elif kind == "attempt" and entry.get("covers") is not None:
+            batches[entry["key"]] = list(entry["covers"])
+            for key, age in entry["covers"].items():
+                pending = result.pending.get(key)
+                if pending is not None:
+                    pending.attempts += 1
+                    if "at" in entry:
+                        pending.age, pending.aged_at = float(age), float(entry["at"])
         elif kind == "attempt":
             pending = result.pending.get(entry["key"])
             if pending is not None and entry["n"] >= pending.attempts:
@@ -174,10 +194,13 @@ def replay(lines) -> Replayed:
                 if "age" in entry and "at" in entry:
                     pending.age, pending.aged_at = float(entry["age"]), float(entry["at"])
         elif kind == "result" and entry.get("ok"):
-            done = result.pending.pop(entry["key"], None)
-            if done is not None:
-                result.delivered += 1
-                result.outcomes[(done.action, "delivered")] += 1
+            for key in batches.pop(entry["key"], [entry["key"]]):
+                done = result.pending.pop(key, None)
+                if done is not None:
+                    result.delivered += 1
+                    result.outcomes[(done.action, "delivered")] += 1
+        elif kind == "result":
+            batches.pop(entry["key"], None)
         elif kind == "gave_up":
             done = result.pending.pop(entry["key"], None)
             if done is not None:

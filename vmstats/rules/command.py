@@ -44,7 +44,8 @@ def check(path: str, quiet: bool) -> None:
     for rule in ruleset.rules:
         click.echo(rule.describe())
     for name, action in sorted(ruleset.actions.items()):
-        click.echo("action %s: %s" % (name, action.kind))
+        click.echo("action %s: %s%s" % (name, action.kind, "" if action.grouping is None
+                                        else "; " + action.grouping.describe()))
     click.echo("%s: %s, %s: OK"
                % (path, counted(len(ruleset.rules), "rule"), counted(len(ruleset.actions), "action")))
 

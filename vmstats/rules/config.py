@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from vmstats import inputfile
 from vmstats.rules import metric as metrics
+from vmstats.rules.grouping import ALIASES, Grouping
 from vmstats.rules.notifiers import KINDS, Notifier
 from vmstats.server.config import parse_duration
 from vmstats.words import counted, part_of, plural
@@ -133,6 +134,8 @@ class Rule:
     actions: tuple[str, ...] = ()
     scale: Scale | None = None
     fingerprint: str = ""
+    #: The VMs' tags its alerts carry: those its grouped actions group by (``grouping.py``).
+    labels: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """One paragraph a person can check the rule against (``vmstats rules check``)."""
@@ -331,8 +334,10 @@ def parse_rules(data: dict, path: str = "rules") -> RuleSet:
                 reader.problem("kind", "missing (one of %s)" % ", ".join(sorted(KINDS)))
             continue
         notifier = KINDS[kind].from_config(name, reader)
+        grouping = _grouping(reader, KINDS[kind])
         reader.unknown()
         if notifier is not None:
+            notifier.grouping = grouping
             actions[name] = notifier
     rule_tables = data.get("rule", [])
     if not isinstance(rule_tables, list):
@@ -348,10 +353,52 @@ def parse_rules(data: dict, path: str = "rules") -> RuleSet:
             problems.append("rule %s: the name is used by an earlier rule" % rule.name)
             continue
         seen.add(rule.name)
+        rule.labels = tuple(sorted({tag for action in rule.actions if action in actions
+                                    and actions[action].grouping is not None
+                                    for tag in actions[action].grouping.tags}))
         rules.append(rule)
     if problems:
         raise RulesError(path, problems)
     return RuleSet(rules, actions, settings)
+
+
+#: An action's grouping keys, read by ``_grouping``.
+GROUPING_KEYS = ("group_by", "group_wait", "group_interval", "repeat_interval")
+
+
+def _grouping(reader: _Reader, kind) -> Grouping | None:
+    """An action's ``group_by`` and timers; None (each event its own notification, at once)
+    without ``group_by``."""
+    given = [key for key in GROUPING_KEYS if key in reader.table]
+    if not given:
+        return None
+    reader.used.update(given)  # refused below is one problem, not "unknown" too
+    if not kind.groups:
+        reader.problem(given[0], "a %s action takes one event at a time: only %s actions group "
+                                 "alerts" % (kind.kind, " and ".join(sorted(
+                                     name for name, other in KINDS.items() if other.groups))))
+        return None
+    if "group_by" not in reader.table:
+        reader.problem(given[0], "only with group_by (without it each event is sent on its own, "
+                                 "at once)")
+        return None
+    by = reader.get("group_by")
+    if not isinstance(by, list) or not all(isinstance(name, str) and name for name in by):
+        reader.problem("group_by", "expected a list of label names, e.g. [\"alertname\", \"host\"] "
+                                   "([] puts every alert in one group), got %r" % (by,))
+        return None
+    d = Grouping(by=())
+    wait = reader.duration("group_wait", d.wait)
+    interval = reader.duration("group_interval", d.interval)
+    repeat = reader.duration("repeat_interval", d.repeat)
+    if interval is not None and interval <= 0:
+        reader.problem("group_interval", "must be more than 0 (the least time between two "
+                                         "notifications of a group)")
+    if repeat is not None and interval and 0 < repeat < interval:
+        reader.problem("repeat_interval", "must be at least group_interval (%gs), got %gs"
+                       % (interval, repeat))
+    names = tuple(dict.fromkeys(ALIASES.get(name, name) for name in by))
+    return Grouping(by=names, wait=wait, interval=interval, repeat=repeat or None)
 
 
 def _settings(table, problems: list[str]) -> Settings:

@@ -24,9 +24,20 @@ newest say what is true now: a VM's ``alarm -> ok`` is worth more to the
 receiver than the ``ok -> alarm`` before it, and dropping the newest would
 keep stale alarms and lose the resolutions that close them; the oldest have
 also spent the most of their ``retry_for``.
+
+An action with ``group_by`` (``grouping.py``) gets its events' deliveries
+gathered into groups instead, each group one notification: logged (an
+``attempt`` whose ``covers`` names the deliveries it completes, with their
+budget spent) before it is sent under a key of its own, and on success
+every covered delivery is done.  A failed notification is sent again after
+the backoff, with what the group then holds; each delivery keeps its own
+``retry_for``.  After a crash the uncompleted deliveries are gathered again,
+and the groups also take the alerts the log says still fire, so a group's
+next notification lists them as Alertmanager's would.
 """
 
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from itertools import islice
@@ -35,6 +46,7 @@ from twisted.internet import defer
 
 from vmstats.rules.actionlog import ActionLog, Pending
 from vmstats.rules.config import Settings
+from vmstats.rules.grouping import Group, Grouping, alert_labels, identity
 from vmstats.rules.notifiers import Notifier
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.words import counted
@@ -73,6 +85,12 @@ class Dispatcher:
         #: their deliveries logs it first, so the log (a restart's states, ``vmstats alerts``)
         #: does not end up with attempts and results of an event it never heard of.
         self._unwritten: dict[str, dict] = {}
+        #: action -> group key -> Group, for the actions with ``group_by``.
+        self.groups: dict[str, dict[tuple, Group]] = {}
+        #: action -> alert -> the key of the group holding it: an alert stays in its group
+        #: until it leaves it (resolved and sent), even if its VM's tags change meanwhile (a
+        #: VM moved to another host), so no group keeps firing an alert another resolved.
+        self._placed: dict[str, dict[str, tuple]] = {}
         self.stopped = False
         self.dropped = 0
         self._failure_log = RateLimitedLog(log, "delivery failure")
@@ -82,21 +100,27 @@ class Dispatcher:
         """Log ``events`` with their first attempts, then send; fires once they are logged."""
         entries = []
         fresh = []
+        gathered = []
         started = self.reactor.seconds()
         for event in events:
             entries.append({"type": "event", "event": event})
             for action in event.get("actions", ()):
-                pending = Pending("%s.%s" % (event["key"], action), action, event, 1,
-                                  started=started)
-                entries.append({"type": "attempt", "key": pending.key, "n": 1,
-                                "at": self.wall(), "age": 0.0})
+                if self._grouping(action) is not None:  # its first attempt is its group's
+                    pending = Pending("%s.%s" % (event["key"], action), action, event, 0,
+                                      started=started)
+                    gathered.append(pending)
+                else:
+                    pending = Pending("%s.%s" % (event["key"], action), action, event, 1,
+                                      started=started)
+                    entries.append({"type": "attempt", "key": pending.key, "n": 1,
+                                    "at": self.wall(), "age": 0.0})
+                    fresh.append(pending)
                 self._hold(pending)
-                fresh.append(pending)
         if not entries:
             return defer.succeed(None)
         d = self.log.append(entries)
-        d.addCallback(lambda _: [self._send(p) for p in fresh])
-        d.addErrback(self._unlogged, fresh)
+        d.addCallback(lambda _: ([self._send(p) for p in fresh], [self._gather(p) for p in gathered]))
+        d.addErrback(self._unlogged, fresh + gathered)
         # Once sent: what a receiver took at once (a log line) is no longer pending, and what
         # is dropped (the oldest) has its attempt in the log before its gave_up.
         d.addCallback(lambda _: self.bound())
@@ -109,9 +133,17 @@ class Dispatcher:
             self._unwritten[pending.event["key"]] = pending.event
             self._later(pending)
 
-    def resume(self, pending: list[Pending]) -> None:
+    def resume(self, pending: list[Pending], firing: list[dict] = ()) -> None:
         """Deliveries the log left without success (a crash or a stop): attempt them again,
-        their budget spent being what the log says plus the downtime by the wall clock."""
+        their budget spent being what the log says plus the downtime by the wall clock.
+
+        ``firing``: the last transitions of the scopes not ok; the groups of their grouped
+        actions hold them, to list them in their next notifications.
+        """
+        for event in firing:
+            for action in event.get("actions", ()):
+                if self._grouping(action) is not None:
+                    self._group_of(action, event).seed(event, "%s.%s" % (event["key"], action))
         now, started = self.wall(), self.reactor.seconds()
         for one in pending:
             since = one.aged_at if one.aged_at is not None else one.event["at"]
@@ -121,6 +153,17 @@ class Dispatcher:
         for one in pending:
             if self.pending.get(one.key) is one:
                 self._attempt(one)
+        self._seeded()
+
+    def _seeded(self) -> None:
+        """Groups holding only alerts already notified (at start, after a reload) repeat them
+        ``repeat_interval`` from now, or list them in their next notification."""
+        now = self.reactor.seconds()
+        for action, groups in self.groups.items():
+            for group in list(groups.values()):
+                if group.last_sent is None and not group.waiting:
+                    group.last_sent = now
+                self._schedule(action, group)
 
     def bound(self) -> None:
         """Drop the oldest pending deliveries past ``max_pending``: logged as given up, so a
@@ -138,6 +181,8 @@ class Dispatcher:
             sending = self._sending.pop(pending.key, None)
             if sending is not None:
                 sending.cancel()
+            if pending.action in self.groups:
+                self._ungather(pending)
             self.counts[(pending.action, "dropped")] += 1
             entries.append({"type": "gave_up", "key": pending.key, "dropped": True,
                             "reason": "more than max_pending (%d) pending" % self.max_pending,
@@ -173,9 +218,17 @@ class Dispatcher:
         if age > self.retry_for:
             self._give_up(pending, "undelivered after %gs" % self.retry_for)
             return
-        pending.attempts += 1
         event = self._unwritten.pop(pending.event["key"], None)
         entries = [] if event is None else [{"type": "event", "event": event}]
+        if self._grouping(pending.action) is not None:  # its group's notification attempts it
+            if not entries:
+                self._gather(pending)
+                return
+            d = self.log.append(entries)
+            d.addCallbacks(lambda _: self._gather(pending), self._attempt_unlogged,
+                           errbackArgs=(pending, event))
+            return
+        pending.attempts += 1
         entries.append({"type": "attempt", "key": pending.key, "n": pending.attempts,
                         "at": self.wall(), "age": round(age, 3)})
         d = self.log.append(entries)
@@ -226,7 +279,7 @@ class Dispatcher:
     def _later(self, pending: Pending) -> None:
         if self.stopped:
             return
-        delay = min(self.retry_max, self.retry_min * 2 ** max(pending.attempts - 1, 0))
+        delay = self._delay(pending.attempts)
         self._timers[pending.key] = self.reactor.callLater(delay, self._attempt, pending)
 
     def _give_up(self, pending: Pending, reason: str) -> None:
@@ -236,6 +289,171 @@ class Dispatcher:
         self.log.append([{"type": "gave_up", "key": pending.key, "reason": reason,
                           "at": self.wall()}]).addErrback(lambda _f: None)
 
+    # -- groups (actions with group_by) -------------------------------------------------------
+    def _grouping(self, action: str) -> Grouping | None:
+        notifier = self.actions.get(action)
+        return None if notifier is None else notifier.grouping
+
+    def _group_of(self, action: str, event: dict) -> Group:
+        """The group holding the event's alert, else the one its labels make (made if new)."""
+        grouping = self._grouping(action)
+        groups = self.groups.setdefault(action, {})
+        placed = self._placed.setdefault(action, {})
+        alert = identity(event)
+        group = groups.get(placed.get(alert))
+        if group is None:
+            labels = alert_labels(event)
+            key = grouping.key(labels)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group(key, grouping.group_labels(labels), grouping,
+                                            self.reactor.seconds())
+            placed[alert] = key
+        return group
+
+    def _ungather(self, pending: Pending) -> None:
+        """A dropped delivery out of its group's waiting (its alert stays: it is the state)."""
+        key = self._placed.get(pending.action, {}).get(identity(pending.event))
+        group = self.groups.get(pending.action, {}).get(key)
+        if group is not None:
+            group.waiting.pop(pending.key, None)
+
+    def _gather(self, pending: Pending) -> None:
+        """A logged delivery to a grouped action: into its group, sent with the group."""
+        if self.stopped or self.pending.get(pending.key) is not pending:
+            return
+        if self._grouping(pending.action) is None:  # no longer grouped (a reload)
+            self._attempt(pending)
+            return
+        group = self._group_of(pending.action, pending.event)
+        group.add(pending)
+        self._schedule(pending.action, group)
+
+    def _schedule(self, action: str, group: Group) -> None:
+        """The group's timer at its next notification; a group with nothing left is let go."""
+        if self.stopped or group.sending is not None or group.dissolved:
+            return
+        due = group.due()
+        if due is None:
+            if group.timer is not None and group.timer.active():
+                group.timer.cancel()
+            group.timer = None
+            if group.empty():
+                groups = self.groups.get(action, {})
+                if groups.get(group.key) is group:
+                    del groups[group.key]
+            return
+        if group.timer is not None and group.timer.active():
+            if group.timer.getTime() <= due:
+                return
+            group.timer.cancel()
+        group.timer = self.reactor.callLater(max(0.0, due - self.reactor.seconds()), self._flush,
+                                             action, group)
+
+    def _flush(self, action: str, group: Group) -> None:
+        """The group's notification: every alert it holds, completing every delivery waiting."""
+        group.timer = None
+        if self.stopped or group.dissolved:
+            return
+        notifier = self.actions.get(action)
+        now = self.reactor.seconds()
+        covers = []
+        for pending in list(group.waiting.values()):
+            if self.pending.get(pending.key) is not pending:  # dropped past max_pending
+                del group.waiting[pending.key]
+            elif notifier is None:
+                del group.waiting[pending.key]
+                self._give_up(pending, "the action is no longer in the rules")
+            elif now - pending.started > self.retry_for:
+                del group.waiting[pending.key]
+                self._give_up(pending, "undelivered after %gs" % self.retry_for)
+            else:
+                covers.append(pending)
+        due = group.due()
+        if notifier is None or not group.alerts or due is None or due > now + 0.001:
+            self._schedule(action, group)
+            return
+        batch = group.batch(uuid.uuid4().hex + "." + action, covers)
+        for pending in covers:
+            pending.attempts += 1
+        entry = {"type": "attempt", "key": batch.key, "n": group.failures + 1, "at": self.wall(),
+                 "covers": {p.key: round(now - p.started, 3) for p in covers}}
+        d = self.log.append([entry])
+        d.addCallbacks(lambda _: self._send_group(action, group, batch), self._group_unlogged,
+                       errbackArgs=(action, group))
+
+    def _group_unlogged(self, _failure, action: str, group: Group) -> None:
+        """Not on disk: not sent (a restart could not tell it was); tried again later."""
+        self.counts[(action, "log_error")] += 1
+        group.failed(self.reactor.seconds(), self._delay(group.failures + 1))
+        self._schedule(action, group)
+
+    def _send_group(self, action: str, group: Group, batch) -> None:
+        notifier = self.actions.get(action)
+        if self.stopped or notifier is None:
+            group.sending = None
+            self._schedule(action, group)
+            return
+        self.counts[(action, "attempts")] += 1
+        d = defer.maybeDeferred(notifier.send_group, self.reactor, batch, batch.key)
+        d.addCallbacks(self._group_delivered, self._group_failed, callbackArgs=(action, group, batch),
+                       errbackArgs=(action, group, batch))
+
+    def _group_delivered(self, _result, action: str, group: Group, batch) -> None:
+        self.counts[(action, "notifications")] += 1
+        for pending in batch.covers:
+            if self.pending.get(pending.key) is pending:
+                self._release(pending)
+                self.counts[(action, "delivered")] += 1
+        self.log.append([{"type": "result", "key": batch.key, "n": group.failures + 1, "ok": True,
+                          "at": self.wall()}]).addErrback(lambda _f: None)
+        placed = {} if group.dissolved else self._placed.get(action, {})
+        for alert in group.sent(batch, self.reactor.seconds()):
+            if placed.get(alert) == group.key:
+                del placed[alert]
+        self._schedule(action, group)
+
+    def _group_failed(self, failure, action: str, group: Group, batch) -> None:
+        self.counts[(action, "failed")] += 1
+        error = failure.getErrorMessage() or failure.type.__name__
+        self._failure_log.emit("notification %s of %s to %s failed (attempt %d): %s", batch.key,
+                               counted(len(batch.alerts), "alert"), action, group.failures + 1, error)
+        self.log.append([{"type": "result", "key": batch.key, "n": group.failures + 1, "ok": False,
+                          "error": error[:300], "at": self.wall()}]).addErrback(lambda _f: None)
+        group.failed(self.reactor.seconds(), self._delay(group.failures + 1))
+        if group.dissolved:  # its deliveries belong elsewhere now (a reload)
+            for pending in batch.covers:
+                self._gather(pending)
+            return
+        self._schedule(action, group)
+
+    def regroup(self) -> None:
+        """After a reload: the groups of actions whose grouping changed (or that are gone) are
+        dissolved, their waiting deliveries gathered (or sent) as the action now says, and the
+        alerts they held, the new groups'."""
+        for action, groups in list(self.groups.items()):
+            grouping = self._grouping(action)
+            if all(group.grouping == grouping for group in groups.values()):
+                continue
+            del self.groups[action]
+            self._placed.pop(action, None)
+            for group in groups.values():
+                group.dissolved = True
+                if group.timer is not None and group.timer.active():
+                    group.timer.cancel()
+                covered = set() if group.sending is None else {p.key for p in group.sending.covers}
+                if grouping is not None:
+                    for event, key in group.alerts.values():
+                        if key not in group.waiting:
+                            self._group_of(action, event).seed(event, key)
+                for pending in group.waiting.values():
+                    if pending.key not in covered:
+                        self._attempt(pending)
+        self._seeded()
+
+    def _delay(self, attempts: int) -> float:
+        return min(self.retry_max, self.retry_min * 2 ** max(attempts - 1, 0))
+
     def stop(self) -> defer.Deferred:
         """No new attempts; what is pending stays in the log for the next start."""
         self.stopped = True
@@ -243,5 +461,9 @@ class Dispatcher:
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        for groups in self.groups.values():
+            for group in groups.values():
+                if group.timer is not None and group.timer.active():
+                    group.timer.cancel()
         closing = [defer.maybeDeferred(n.close) for n in self.actions.values()]
         return defer.DeferredList(closing, consumeErrors=True)

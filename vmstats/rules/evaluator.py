@@ -128,6 +128,9 @@ class Engine:
         self._pending_records = 0
         #: vm -> the rules (without tag conditions) whose scope takes it; rebuilt on a reload.
         self._routes: dict[str, list[RuleState]] = {}
+        #: vm -> its tags as last seen, for the VMs of rules whose alerts carry tags (their
+        #: grouped actions group by them): a silence, decided by the sweep, is labelled too.
+        self._tags: dict[str, dict[str, str]] = {}
         self.load(ruleset)
 
     # -- rules -----------------------------------------------------------------------------------
@@ -143,6 +146,8 @@ class Engine:
         old = self.rules
         self.settings = ruleset.settings
         self._routes = {}
+        if not any(rule.labels for rule in ruleset.rules):
+            self._tags = {}
         self.rules = {}
         kept = []
         now = self.clock()
@@ -229,6 +234,8 @@ class Engine:
         address = parse_address(vm)
         for rs in self.rules.values():
             rule = rs.rule
+            if rule.labels and rule.match(vm, labels, address):
+                self._labelled(vm, labels)
             if (not rule.silent_after or rule.scope == GROUP or vm in rs.series
                     or self.clock() - ts >= rule.silent_after or not rule.match(vm, labels, address)):
                 continue
@@ -344,6 +351,7 @@ class Engine:
         oldest = now - self.settings.max_age
         rules = list(self.rules.values())
         by_tags = [rs for rs in rules if rs.rule.match.tags]
+        labelled = any(rs.rule.labels for rs in rules)
         routes = self._routes
         vm_record, member = self._vm_record, self._member
         for vm, row in latest.items():
@@ -359,9 +367,12 @@ class Engine:
                                 if not rs.rule.match.tags and rs.rule.match(vm, {}, address)])
                 if len(routes) < self.settings.max_series:
                     routes[vm] = route
+            tags = None
             if by_tags:
                 tags = metrics.tags(cells)
                 route = route + _steps([rs for rs in by_tags if rs.rule.match(vm, tags)])
+            if labelled and any(step[0].rule.labels for step in route):
+                self._labelled(vm, metrics.tags(cells) if tags is None else tags)
             for rs, index, expression, group in route:
                 try:
                     if index is None:
@@ -382,6 +393,18 @@ class Engine:
                 except Exception as exc:
                     self._failed(rs, exc)
         return taken
+
+    def _labelled(self, vm: str, tags: dict[str, str]) -> None:
+        """Keep a VM's tags for the labels of its alerts (bounded as the routes are)."""
+        if vm in self._tags or len(self._tags) < self.settings.max_series:
+            self._tags[vm] = tags
+
+    def _labels(self, rule: Rule, scope: str) -> dict[str, str] | None:
+        """The tags an alert of ``rule`` about ``scope`` carries (those its actions group by)."""
+        tags = self._tags.get(scope)
+        if not rule.labels or tags is None:
+            return None
+        return {name: tags[name] for name in rule.labels if name in tags}
 
     def _failed(self, rs: RuleState, exc: Exception) -> None:
         """A rule that raised: counted, logged (rate-limited), and the other rules go on."""
@@ -547,6 +570,10 @@ class Engine:
             event["reason"] = reason
         if series.scope == GROUP:
             event["members"] = len(rs.members)
+        elif rule.labels:
+            labels = self._labels(rule, series.scope)
+            if labels:
+                event["labels"] = labels
         rs.states[series.state] -= 1
         rs.states[new] += 1
         series.state = new
@@ -605,10 +632,14 @@ class Engine:
         rule = rs.rule
         if rule.remind and series.state == "alarm" and now - series.notified >= rule.remind:
             series.notified = now
-            self._emit({"kind": "reminder", "rule": rule.name, "fingerprint": rule.fingerprint,
-                        "scope": series.scope, "from": "alarm", "to": "alarm",
-                        "value": series.value, "threshold": rule.enter, "since": series.since,
-                        "at": now, "seq": series.seq, "actions": list(rule.actions)})
+            event = {"kind": "reminder", "rule": rule.name, "fingerprint": rule.fingerprint,
+                     "scope": series.scope, "from": "alarm", "to": "alarm",
+                     "value": series.value, "threshold": rule.enter, "since": series.since,
+                     "at": now, "seq": series.seq, "actions": list(rule.actions)}
+            labels = self._labels(rule, series.scope) if series.scope != GROUP else None
+            if labels:
+                event["labels"] = labels
+            self._emit(event)
 
     def _scale(self, rs: RuleState, now: float) -> None:
         """Target tracking: act, or record why not yet and try again when that passes."""

@@ -148,7 +148,8 @@ class RulesService(service.Service):
             log.info("action log: %s left undelivered: sending them again",
                      counted(len(state.pending), "delivery", "deliveries"))
         service.Service.startService(self)
-        self.dispatcher.resume(list(state.pending.values()))
+        self.dispatcher.resume(list(state.pending.values()),
+                               [event for event in state.states.values() if event["to"] != "ok"])
         self._next_tick = self.reactor.callLater(TICK, self.tick)
         self._next_sweep = self.reactor.callLater(self._sweep_interval(), self.sweep)
         log.info("rules: %d loaded from %s; action log %s", len(self.ruleset.rules), self.path,
@@ -237,6 +238,7 @@ class RulesService(service.Service):
         self.dispatcher.retry_max = s.retry_max
         self.dispatcher.max_pending = s.max_pending
         self.dispatcher.bound()
+        self.dispatcher.regroup()
         self.reloads += 1
         log.info("rules reloaded from %s: %s, %d unchanged kept their state", self.path,
                  counted(len(ruleset.rules), "rule"), len(kept))

@@ -5,12 +5,16 @@ as ``evaluator.py`` makes them) into one delivery attempt and reports, through
 a Deferred, whether the receiver took it.  Retries, backoff, the idempotency
 key and the action log are not its business: ``delivery.py`` owns them for
 every kind alike, so a new kind is one module with ``from_config`` and
-``send``.
+``send``; a kind that can carry many alerts in one message (``groups``) has
+``send_group`` too, for an action with ``group_by`` (``grouping.py``).
 """
 
 import time
 
 from twisted.internet import defer
+
+from vmstats.rules.grouping import firing
+from vmstats.words import counted
 
 
 class DeliveryError(Exception):
@@ -21,9 +25,13 @@ class Notifier:
     """Base of every action kind."""
 
     kind = ""
+    #: Can send a group of alerts as one message (``send_group``).
+    groups = False
 
     def __init__(self, name: str):
         self.name = name
+        #: The action's ``group_by`` and timers (``grouping.Grouping``); None: one event a send.
+        self.grouping = None
 
     @classmethod
     def from_config(cls, name: str, reader) -> "Notifier | None":
@@ -32,6 +40,10 @@ class Notifier:
 
     def send(self, reactor, event: dict, key: str) -> defer.Deferred:
         """One attempt; fires on success, errbacks (DeliveryError or other) on failure."""
+        raise NotImplementedError
+
+    def send_group(self, reactor, batch, key: str) -> defer.Deferred:
+        """One attempt of a group's notification (``grouping.Batch``), as ``send``."""
         raise NotImplementedError
 
     def close(self) -> defer.Deferred | None:
@@ -55,6 +67,23 @@ def summary(event: dict) -> str:
                                             figure)
     because = ": %s" % event["reason"] if event.get("reason") else ""
     return "%s: %s -> %s%s%s" % (where, event["from"], event["to"], because, figure)
+
+
+def group_summary(batch) -> tuple[str, str]:
+    """A group's notification for people: a title, and a body of one line per alert."""
+    fired = [(event, key) for event, key in batch.alerts if firing(event)]
+    resolved = [(event, key) for event, key in batch.alerts if not firing(event)]
+    counts = ["%s:%d" % (word, len(alerts)) for word, alerts in (("FIRING", fired),
+                                                                 ("RESOLVED", resolved)) if alerts]
+    which = ", ".join("%s=%s" % kv for kv in sorted(batch.labels.items())) or "all alerts"
+    title = "[%s] %s" % (" ".join(counts), which)
+    lines = ["%s (%s)" % (title, counted(len(batch.alerts), "alert"))]
+    for word, alerts in (("firing", fired), ("resolved", resolved)):
+        if alerts:
+            lines.append("")
+            lines.append("%s:" % word)
+            lines.extend("- %s [%s]" % (summary(event), key) for event, key in alerts)
+    return title, "\n".join(lines)
 
 
 def iso(when: float) -> str:

@@ -11,7 +11,7 @@ message for a person or a filter to spot a repeat.
 
 from twisted.internet import defer
 
-from vmstats.rules.notifiers import DeliveryError, Notifier, summary
+from vmstats.rules.notifiers import DeliveryError, Notifier, group_summary, summary
 from vmstats.rules.workers import Workers
 
 #: Sends of one apprise action under way at once; more wait for one of these threads.
@@ -20,6 +20,7 @@ THREADS = 4
 
 class AppriseURL(Notifier):
     kind = "apprise"
+    groups = True
 
     def __init__(self, name: str, urls: tuple[str, ...], timeout: float = 60.0):
         super().__init__(name)
@@ -47,6 +48,15 @@ class AppriseURL(Notifier):
     def send(self, reactor, event: dict, key: str) -> defer.Deferred:
         title = "vmstats: " + summary(event)
         body = "%s\n\nidempotency key: %s\n" % (summary(event), key)
+        return self._send(reactor, title, body)
+
+    def send_group(self, reactor, batch, key: str) -> defer.Deferred:
+        """One message for the group: a line per alert, each with its delivery's key."""
+        title, text = group_summary(batch)
+        return self._send(reactor, "vmstats: " + title,
+                          "%s\n\nidempotency key: %s\n" % (text, key))
+
+    def _send(self, reactor, title: str, body: str) -> defer.Deferred:
         if self._workers is None:
             self._workers = Workers(reactor, "vmstats-apprise-" + self.name, THREADS)
         d = self._workers.run(self._notify, title, body)
@@ -75,7 +85,9 @@ class AppriseURL(Notifier):
         sender = apprise.Apprise(asset=apprise.AppriseAsset(**options))
         for url in self.urls:
             sender.add(url)
-        if not sender.notify(title=title, body=body):
+        # Text, as written: a service that sends HTML (mail does) gets it converted, line
+        # breaks kept, rather than read as HTML whose line breaks are blanks.
+        if not sender.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT):
             raise DeliveryError("apprise could not deliver to %s" % self._services())
 
 

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
+from vmstats.rules.grouping import ALERT_LABELS, alert_labels, fingerprint, firing, group_key_text
 from vmstats.rules.notifiers import DeliveryError, Notifier, iso, summary
 
 SIGNATURE_HEADER = "X-Vmstats-Signature"
@@ -42,13 +43,20 @@ def alertmanager_body(event: dict, receiver: str, key: str) -> bytes:
     the kind of event are annotations; ``startsAt`` of a resolved alert is when the state it
     leaves began.
     """
-    firing = event["to"] != "ok" or event["kind"] == "scale"
-    labels = {"alertname": event["rule"], "scope": event["scope"]}
-    if event["kind"] == "scale":
-        labels["event"] = "scale"
-    group = "{%s}" % ", ".join("%s=%s" % (name, json.dumps(value))
-                               for name, value in sorted(labels.items()))
-    identity = "%s\0%s" % (event["rule"], event["scope"]) + ("\0scale" if "event" in labels else "")
+    labels = alert_labels(event)
+    group = {name: labels[name] for name in ALERT_LABELS if name in labels}
+    return _body([_alert(event, key)], receiver, group)
+
+
+def alertmanager_group_body(batch, receiver: str) -> bytes:
+    """Alertmanager webhook v4 JSON for a group's notification: every alert of the group,
+    each with its own status, labels and key; ``groupLabels`` are the ``group_by`` values."""
+    return _body([_alert(event, key) for event, key in batch.alerts], receiver, batch.labels)
+
+
+def _alert(event: dict, key: str) -> dict:
+    is_firing = firing(event)
+    labels = alert_labels(event)
     labels["source"] = "vmstats"
     annotations = {"summary": summary(event), "idempotency_key": key, "state": event["to"],
                    "event": event["kind"]}
@@ -56,21 +64,34 @@ def alertmanager_body(event: dict, receiver: str, key: str) -> bytes:
                  "reason"):
         if event.get(name) is not None:
             annotations[name] = str(event[name])
-    began = event.get("since", event["at"]) if firing else event.get("began", event["at"])
-    alert = {"status": "firing" if firing else "resolved", "labels": labels,
-             "annotations": annotations, "startsAt": iso(began),
-             "endsAt": _NEVER if firing else iso(event["at"]), "generatorURL": "",
-             "fingerprint": hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]}
-    body = {"version": "4", "groupKey": "{}:" + group, "truncatedAlerts": 0,
-            "status": alert["status"], "receiver": receiver,
-            "groupLabels": {name: value for name, value in labels.items() if name != "source"},
-            "commonLabels": labels, "commonAnnotations": annotations, "externalURL": "",
-            "alerts": [alert]}
+    began = event.get("since", event["at"]) if is_firing else event.get("began", event["at"])
+    return {"status": "firing" if is_firing else "resolved", "labels": labels,
+            "annotations": annotations, "startsAt": iso(began),
+            "endsAt": _NEVER if is_firing else iso(event["at"]), "generatorURL": "",
+            "fingerprint": fingerprint(event)}
+
+
+def _common(tables: list[dict]) -> dict:
+    """What every one of ``tables`` holds alike (Alertmanager's commonLabels, -Annotations)."""
+    common = dict(tables[0])
+    for table in tables[1:]:
+        common = {name: value for name, value in common.items() if table.get(name) == value}
+    return common
+
+
+def _body(alerts: list[dict], receiver: str, group: dict[str, str]) -> bytes:
+    status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
+    body = {"version": "4", "groupKey": group_key_text(group), "truncatedAlerts": 0,
+            "status": status, "receiver": receiver, "groupLabels": group,
+            "commonLabels": _common([a["labels"] for a in alerts]),
+            "commonAnnotations": _common([a["annotations"] for a in alerts]),
+            "externalURL": "", "alerts": alerts}
     return json.dumps(body, sort_keys=True).encode("utf-8")
 
 
 class Webhook(Notifier):
     kind = "webhook"
+    groups = True
 
     def __init__(self, name: str, url: str, secret: bytes | None, timeout: float):
         super().__init__(name)
@@ -101,14 +122,18 @@ class Webhook(Notifier):
         return cls(name, url, secret.encode("utf-8") if secret else None, timeout or 10.0)
 
     def send(self, reactor, event: dict, key: str) -> defer.Deferred:
-        return self._slots.run(self._post, reactor, event, key)
+        return self._slots.run(lambda: self._post(reactor, alertmanager_body(event, self.name, key),
+                                                  key))
 
-    def _post(self, reactor, event: dict, key: str) -> defer.Deferred:
+    def send_group(self, reactor, batch, key: str) -> defer.Deferred:
+        return self._slots.run(lambda: self._post(reactor, alertmanager_group_body(batch, self.name),
+                                                  key))
+
+    def _post(self, reactor, body: bytes, key: str) -> defer.Deferred:
         if self._agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = CONCURRENCY
             self._agent = Agent(reactor, pool=self._pool, connectTimeout=self.timeout)
-        body = alertmanager_body(event, self.name, key)
         headers = Headers({"content-type": ["application/json"], KEY_HEADER: [key],
                            "user-agent": ["vmstats-rules"]})
         if self.secret is not None:
