@@ -301,9 +301,10 @@ def test_unusable_directories_and_names_are_one_line_that_names_them(tmp_path):
     assert refused.returncode == 2 and one_line_error(refused) == (
         "Error: cannot use the data directory (--data-dir) %s: %s is a file, not a directory"
         % (in_the_way / "sub" / "deeper", in_the_way))
-    assert one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--journal-dir",
-                                  str(in_the_way / "j"))) == (
-        "Error: cannot use the journal directory %s: %s is a file, not a directory"
+    refused = run_cli(*common, "--data-dir", str(tmp_path / "d"), "--journal-dir",
+                      str(in_the_way / "j"))
+    assert refused.returncode == 2 and one_line_error(refused) == (
+        "Error: cannot use the journal directory (--journal-dir) %s: %s is a file, not a directory"
         % (in_the_way / "j", in_the_way))
     error = one_line_error(run_cli(*common, "--data-dir", str(tmp_path / "d"), "--bind",
                                    "no-such-host.invalid"))

@@ -301,8 +301,10 @@ def serve(**options) -> None:
     config = ServerConfig(**options)
     from vmstats.server.ownfiles import usable_directory
 
-    try:  # the folder the command line names: a file there is a refused command line
+    try:  # the folders the command line names: a file there is a refused command line
         usable_directory(config.data_dir, "data directory (--data-dir)")
+        if config.journal_dir:  # "" is --no-journal
+            usable_directory(config.journal_dir, "journal directory (--journal-dir)")
     except OSError as exc:
         raise Refused(one_line(exc)) from None
     from vmstats.capacity.errors import CapacityError
