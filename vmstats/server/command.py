@@ -299,12 +299,14 @@ def serve(**options) -> None:
         except CapacityError as exc:
             raise Refused("--capacity-percentile: %s" % exc) from None
     config = ServerConfig(**options)
-    from vmstats.server.ownfiles import usable_directory
+    from vmstats.server.ownfiles import usable_directory, writable_file_place
 
     try:  # the folders the command line names: a file there is a refused command line
         usable_directory(config.data_dir, "data directory (--data-dir)")
         if config.journal_dir:  # "" is --no-journal
             usable_directory(config.journal_dir, "journal directory (--journal-dir)")
+        if config.status_file:
+            writable_file_place(config.status_file, "status file (--status-file)")
     except OSError as exc:
         raise Refused(one_line(exc)) from None
     from vmstats.capacity.errors import CapacityError

@@ -85,6 +85,15 @@ def usable_directory(path: str, what: str) -> None:
         raise OSError(errno.EACCES, "cannot use the %s %s: not writable" % (what, path))
 
 
+def writable_file_place(path: str, what: str) -> None:
+    """OSError naming ``path`` if a file cannot be put there whole: its folder missing, or a
+    directory in its place (anything else is replaced at the first write)."""
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise OSError(errno.ENOENT, "cannot write the %s %s: its folder does not exist" % (what, path))
+    if os.path.isdir(path):
+        raise OSError(errno.EISDIR, "cannot write the %s %s: a directory is in its place" % (what, path))
+
+
 def _not_a_folder(path: str) -> str:
     """What is in the way of the folder ``path``: itself, or the nearest folder above it,
     being something else (``data is a file, not a directory``)."""

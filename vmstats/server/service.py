@@ -1,6 +1,5 @@
 """Assembly and lifecycle of the aggregator: services, status file, shutdown, summary."""
 
-import errno
 import faulthandler
 import gc
 import json
@@ -37,7 +36,12 @@ from vmstats.server.ingest import Ingest
 from vmstats.server.journal import Journal, list_segments
 from vmstats.server.listeners import ListenerService
 from vmstats.server.metrics import Metrics
-from vmstats.server.ownfiles import check_file, existing_directory, usable_directory
+from vmstats.server.ownfiles import (
+    check_file,
+    existing_directory,
+    usable_directory,
+    writable_file_place,
+)
 from vmstats.server.parse import native_reader
 from vmstats.server.parsers import ParserService
 from vmstats.server.replay import replay
@@ -296,13 +300,7 @@ class Aggregator(service.MultiService):
                                                 "--journal-dir")[0])
             check_file(os.path.join(self.journal.directory, KEY_FILE), "edge journal key")
         if config.status_file:
-            folder = os.path.dirname(os.path.abspath(config.status_file))
-            if not os.path.isdir(folder):
-                raise OSError(errno.ENOENT, "cannot write the status file (--status-file) %s: "
-                              "its folder does not exist" % config.status_file)
-            if os.path.isdir(config.status_file):  # anything else is replaced whole at start
-                raise OSError(errno.EISDIR, "cannot write the status file (--status-file) %s: "
-                              "a directory is in its place" % config.status_file)
+            writable_file_place(config.status_file, "status file (--status-file)")
 
     def _restore_edge(self) -> bytes:
         """The edge's open minutes and counters back from the journal, its checkpoints on;
