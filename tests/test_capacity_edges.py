@@ -242,15 +242,13 @@ def test_a_vm_made_larger_counts_at_its_new_size_at_once(tmp_path):
     """small1's VM ran at 4 vCPUs and 16 GB, all of its CPU and half its memory, until an hour
     ago, when it was given 8 and 32; it has used as much since (half and a quarter).  What it used
     at the old size was all that size allowed: its CPU and memory shares count at the new size
-    (8 cores, 16 GB), for the room left as for Nova's figure.  small2's VM, made smaller (16 to
-    8 vCPUs), keeps the 8 cores it measured."""
+    (8 cores, 16 GB), for the room left as for Nova's figure."""
     data = tmp_path / "data"
     (tmp_path / "hosts.toml").write_text(HOSTS)
     before = MINUTE < MINUTES - 60
     write(data, "grown", "small1", 4, 16, 100.0, 50.0, seen=before)
     write(data, "grown", "small1", 8, 32, 50.0, 25.0, seen=~before)
-    write(data, "shrunk", "small2", 16, 64, 50.0, 25.0, seen=before)
-    write(data, "shrunk", "small2", 8, 32, 100.0, 50.0, seen=~before)
+    write(data, "full2", "small2", 16, 64, 100.0, 100.0)
     write(data, "full3", "big", 32, 128, 100.0, 100.0)
     code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "8x48"\n')
     assert code == 0 and out["offer"] == {"8x48-1": "small1"}, out
@@ -258,12 +256,52 @@ def test_a_vm_made_larger_counts_at_its_new_size_at_once(tmp_path):
     for more in ("8.01x48", "8x48.01"):
         code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "%s"\n' % more)
         assert code == 4 and out["offer"] == {}, (more, out)
-    rows = headroom_rows(tmp_path, data)
-    grown, shrunk = rows["small1"], rows["small2"]
+    grown = headroom_rows(tmp_path, data)["small1"]
     assert (grown["cpu_demand"], grown["mem_demand"]) == (8, 16)
     assert (grown["allocated_vcpus"], grown["allocated_mem_gb"]) == (8, 32)
-    assert (shrunk["cpu_demand"], shrunk["mem_demand"]) == (8, 16)
+
+
+@pytest.mark.parametrize("hours_ago, demand", [(1, (8, 32)), (23, (8, 32)), (48, (2, 16))])
+def test_a_vm_made_smaller_is_judged_on_its_use_since_once_seen_through_a_day(tmp_path, hours_ago, demand):
+    """small2's VM ran at 16 vCPUs and 64 GB, three quarters of both (12 cores, 48 GB), until
+    ``hours_ago``, when it was given 8 and 32, of which it has used a quarter and a half (2
+    cores, 16 GB).  What it used in the larger size says nothing of the smaller one: until it
+    has run a day at its new size it counts all of it (8 cores, 32 GB), the most it can use, and
+    its host's figure says so (by_allocation); after, its use since.  Never the 12 and 48 it
+    can no longer use, and never its use since before a day has shown it."""
+    data = tmp_path / "data"
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    before = MINUTE < MINUTES - 60 * hours_ago
+    write(data, "shrunk", "small2", 16, 64, 75.0, 75.0, seen=before)
+    write(data, "shrunk", "small2", 8, 32, 25.0, 50.0, seen=~before)
+    write(data, "full1", "small1", 16, 64, 100.0, 100.0)
+    write(data, "full3", "big", 32, 128, 100.0, 100.0)
+    rows = headroom_rows(tmp_path, data)
+    shrunk = rows["small2"]
+    assert (shrunk["status"], shrunk["cpu_demand"], shrunk["mem_demand"]) == ("ok", *demand)
+    assert shrunk["by_allocation"] == (1 if demand == (8, 32) else 0)
     assert (shrunk["allocated_vcpus"], shrunk["allocated_mem_gb"]) == (8, 32)
+    room = "%gx%g" % (16 - demand[0], 64 - demand[1])
+    code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "%s"\n' % room)
+    assert code == 0 and out["offer"] == {room + "-1": "small2"}, out
+    assert out["headroom_left"]["small2"] == {"cpu_cores": 0.0, "mem_gb": 0.0}
+    for more in ("%gx%g" % (16.01 - demand[0], 64 - demand[1]),
+                 "%gx%g" % (16 - demand[0], 64.01 - demand[1])):
+        code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "%s"\n' % more)
+        assert code == 4 and out["offer"] == {}, (more, out)
+
+
+def test_a_memory_size_that_only_drifts_is_no_resize(tmp_path):
+    """A balloon driver moves small2's VM's memory from 64 to 60 GB an hour ago (less than the
+    report's 1.2x step of a resize): it keeps what it measured (48 GB at three quarters of 64),
+    judged on its whole window, not counted at its new size in full as a VM made smaller."""
+    data = tmp_path / "data"
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    before = MINUTE < MINUTES - 60
+    write(data, "drift", "small2", 8, 64, 50.0, 75.0, seen=before)
+    write(data, "drift", "small2", 8, 60, 50.0, 40.0, seen=~before)
+    row = headroom_rows(tmp_path, data)["small2"]
+    assert (row["cpu_demand"], row["mem_demand"], row["by_allocation"]) == (4, 48, 0)
 
 
 @pytest.mark.parametrize(

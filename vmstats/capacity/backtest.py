@@ -188,7 +188,7 @@ def templates_from_history(plan: Sequence[VmUse], judge: dict[str, VmUse], setti
     out = []
     for use in plan:
         demand = fill(use, settings.percentile, stopped_after, settings.peak_minutes, offset,
-                      reserve_stopped=False)
+                      reserve_stopped=False, settle_minutes=int(settings.shrunk_settle_hours * 60))
         if demand.stopped or demand.size_unknown:
             continue  # nothing to learn its use from, or no size to allocate
         later = judge.get(use.vm)

@@ -18,5 +18,11 @@ STOPPED_SHARE_MAX = 0.5
 #: which it takes back when it starts.  Nova's placement counts a stopped instance's allocation
 #: too; False frees its room for others (where stopped means deleted soon, or shelved).
 RESERVE_STOPPED = True
+#: A VM made smaller is judged on its use since (capped by the new size) once it has run this
+#: long at the new size, and counted at the new size's whole allocation until then.  Its use at
+#: the larger size says nothing of the smaller one, and every hour of the day has to be seen at
+#: the new size once: the hourly peaks and the percentile assume the daily cycle repeats, the
+#: hours not yet seen could be anything up to the size.
+SHRUNK_SETTLE_HOURS = 24.0
 #: PERCENTILE as the options and the config spell it.
 PERCENTILE_TEXT = "p%g" % PERCENTILE

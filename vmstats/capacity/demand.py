@@ -27,6 +27,8 @@ from vmstats.capacity import defaults
 from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.inventory import Host, Inventory
 from vmstats.protocol import DECIMAL_RE
+from vmstats.report.settings import SHAPE_TOLERANCE
+from vmstats.report.stats import MAX_RESIZES, MEMORY_RESIZE
 from vmstats.words import counted
 
 MINUTE = 60
@@ -54,6 +56,9 @@ class Settings:
     #: Each VM counts its peak of every UTC block of this many minutes at each minute of the
     #: block (60: its hourly peak; 1: minute by minute).
     peak_minutes: int = defaults.PEAK_MINUTES
+    #: A VM made smaller counts its new size's whole allocation until it has run this long at it
+    #: (defaults.SHRUNK_SETTLE_HOURS says why).
+    shrunk_settle_hours: float = defaults.SHRUNK_SETTLE_HOURS
 
     def describe(self) -> str:
         return "%s of %s over %s, coverage gate %g%%" % (
@@ -177,13 +182,36 @@ def at_newest_size(use: VmUse, cpu: np.ndarray, mem: np.ndarray) -> None:
     """Minutes measured at a size smaller than the newest count their share of the newest: a VM
     whose vCPUs or memory were raised may use the new size at once, and what it used at the
     old size was bounded by the old size (cores and GB are scaled in place).  Minutes at a
-    larger size keep what they measured: a VM made smaller has not shown what it will use."""
+    larger size are left as measured here: shrunk_since() says from when a VM made smaller is
+    judged instead."""
     for k, (first, vcpus, mem_gb) in enumerate(use.sizes):
         last = use.sizes[k + 1][0] if k + 1 < len(use.sizes) else len(cpu)
         if 0 < vcpus < use.vcpus:
             cpu[first:last] *= use.vcpus / vcpus
         if 0 < mem_gb < use.mem_gb:
             mem[first:last] *= use.mem_gb / mem_gb
+
+
+def shrunk_since(use: VmUse) -> tuple[int, int]:
+    """Per resource (vCPUs, GB), the first minute of the VM at its newest size after it was last
+    made smaller, or 0 when it was not made smaller in the window.
+
+    What it used at the larger size says nothing of what it uses in less (the report judges a
+    resized VM from its resize the same way, report/stats._judged_from), and the same steps
+    are resizes: vCPUs apart by more than the report's shape tolerance, memory by more than
+    MEMORY_RESIZE (a smaller move is a balloon driver's drift).  A size changed more than
+    MAX_RESIZES times floats (dynamic memory): its minutes keep what they measured, as the
+    report judges such a VM over its whole window.
+    """
+    since = []
+    for k, factor in ((1, 1.0 + SHAPE_TOLERANCE), (2, MEMORY_RESIZE)):
+        newest = use.vcpus if k == 1 else use.mem_gb
+        sizes = [run[k] for run in use.sizes]
+        steps = sum(1 for a, b in zip(sizes, sizes[1:], strict=False)
+                    if a > 0 and b > 0 and max(a, b) > factor * min(a, b))
+        larger = [j for j, size in enumerate(sizes[:-1]) if size > factor * newest]
+        since.append(use.sizes[larger[-1] + 1][0] if larger and steps <= MAX_RESIZES else 0)
+    return since[0], since[1]
 
 
 def fill(
@@ -194,6 +222,7 @@ def fill(
     offset: int = 0,
     *,
     reserve_stopped: bool,
+    settle_minutes: int = int(defaults.SHRUNK_SETTLE_HOURS * 60),
 ) -> VmDemand:
     """A VM's demand series with nothing left unknown, and what it rests on.
 
@@ -212,7 +241,10 @@ def fill(
     silent for ``stopped_after_minutes`` before the window's end is stopped
     (its allocation still counts): with ``reserve_stopped`` it holds its room,
     that level at every minute, as what it takes back when it starts; without,
-    no demand.
+    no demand.  A VM made smaller (shrunk_since) is judged on its minutes since,
+    capped by its new size, the minutes before counting its level as a new
+    VM's do; until it has run ``settle_minutes`` at the new size it counts that
+    size in full at every minute (listed with ``by_allocation``).
     """
     minutes = len(use.seen)
     seen_at = np.flatnonzero(use.seen)
@@ -233,9 +265,16 @@ def fill(
     known = use.seen & ~np.isnan(cpu) & ~np.isnan(mem)
     covered = int(known[start:].sum())
     filled = []
-    for series, size in ((cpu, use.vcpus), (mem, use.mem_gb)):
+    for name, series, size, since in zip(("cpu", "mem"), (cpu, mem), (use.vcpus, use.mem_gb),
+                                         shrunk_since(use), strict=True):
+        judged = known
+        if since:  # made smaller: only its minutes at the new size say what it uses in it
+            series[:since] = np.nan
+            np.minimum(series, size, out=series)
+            judged = known.copy()
+            judged[:since] = False
         series = block_peaks(series, offset, peak_minutes)
-        measured = series[known]
+        measured = series[judged]
         gap_value = level(measured, p) if len(measured) else (0.0 if math.isnan(size) else size)
         if stopped:  # reserved: its level of when it ran, whenever it starts again
             series[:] = gap_value
@@ -243,6 +282,10 @@ def fill(
         # Before its first record too: a VM running now runs through the host's busy hours,
         # which one created an hour ago has not been seen in yet.
         series[:start] = gap_value
+        if since and minutes - since < settle_minutes:  # not yet seen through a day at its size
+            series[:] = size
+            if name not in by_allocation:
+                by_allocation.append(name)
         filled.append(series)
     cpu, mem = filled
     if stopped:
@@ -422,6 +465,7 @@ def demand_views(
                 settings.peak_minutes,
                 window_offset(window, settings),
                 reserve_stopped=settings.reserve_stopped,
+                settle_minutes=int(settings.shrunk_settle_hours * 60),
             )
         )
         for hosts, lost, change in zip(views, unplaced, changes, strict=True):
