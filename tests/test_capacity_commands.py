@@ -450,7 +450,9 @@ def test_every_entry_point_plans_with_the_same_defaults():
         assert parse_percentile(options[prefix + "percentile"]) == settings.percentile
         assert options[prefix + "peak_minutes"] == settings.peak_minutes
         assert options[prefix + "reserve_stopped"] is settings.reserve_stopped
+        assert options[prefix + "stopped_share_max"] == settings.stopped_share_max * 100
     config = ServerConfig()
+    assert config.capacity_stopped_share_max == settings.stopped_share_max * 100
     assert parse_percentile(config.capacity_percentile) == settings.percentile
     assert config.capacity_peak_minutes == settings.peak_minutes
     assert config.capacity_reserve_stopped is settings.reserve_stopped

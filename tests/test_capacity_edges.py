@@ -488,3 +488,120 @@ def test_an_offer_past_the_memory_ratio_says_so_beside_the_accept(tmp_path):
     text = vmstats("admit", tmp_path / "m.toml", data, "--inventory", tmp_path / "hosts.toml")
     assert text.returncode == 0
     assert "small2: allocation past the inventory's ratios (18 of 64 vCPUs, 72 of 64 GB)" in text.stdout
+
+
+#: HOSTS with small1 also claiming the VMs named web-* (they send no host tag).
+HOSTS_GLOB = HOSTS.replace('name = "small1"\n', 'name = "small1"\nvms = ["web-*"]\n')
+#: When the VMs of write_gone() last sent: the end of the first of the three days.
+GONE_AT = "2026-01-01T23:59:00Z"
+
+
+def write_gone(data):
+    """web-1 (8x32, placed on small1 by the inventory's glob) and old (4x16, tagged small2) send
+    only on the first day, so a window of the last two days holds nothing of them; web-2 (2x8
+    at half) and live2 (4x16 at half) run on; big is full."""
+    first_day = MINUTE < 1440
+    write(data, "web-1", None, 8, 32, 50.0, 50.0, seen=first_day)
+    write(data, "web-2", None, 2, 8, 50.0, 50.0)
+    write(data, "old", "small2", 4, 16, 50.0, 50.0, seen=first_day)
+    write(data, "live2", "small2", 4, 16, 50.0, 50.0)
+    write(data, "full3", "big", 32, 128, 100.0, 100.0)
+
+
+def test_vms_silent_since_before_the_window_are_named_and_keep_their_room(tmp_path):
+    """A VM its host's glob or its host tag places there, silent for longer than the window, was
+    left out of the answer as if it had never been: its host offered its whole size.  It is
+    named, with when it was last seen, as unknown; its size is kept as its room (nothing of its
+    use was measured in the window), and its allocation counts.  small1: web-2's 1 core and
+    4 GB and web-1's 8 and 32 leave 7 cores and 28 GB; small2: 2 and 8 and old's 4 and 16
+    leave 10 and 40.  --no-reserve-stopped gives the room back, as for any stopped VM; the VMs
+    are still named."""
+    data = tmp_path / "data"
+    write_gone(data)
+    (tmp_path / "hosts.toml").write_text(HOSTS_GLOB)
+    unknown = [{"vm": "web-1", "host": "small1", "last_seen": GONE_AT},
+               {"vm": "old", "host": "small2", "last_seen": GONE_AT}]  # fmt: skip
+    done = vmstats("headroom", data, "--inventory", tmp_path / "hosts.toml", "--profile", "2x8", "--no-after",
+                   "--horizon-days", "0", "--days", "2", "-o", tmp_path / "room")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "room" / "headroom.json").read_text())
+    rows = {r["host"]: r for r in result["hosts"]}
+    assert result["fleet"]["vms_unknown"] == unknown
+    assert [(rows[h]["status"], rows[h]["unheard"]) for h in ("small1", "small2")] == [("ok", 1), ("ok", 1)]
+    assert (rows["small1"]["cpu_demand"], rows["small1"]["mem_demand"]) == (9, 36)
+    assert (rows["small1"]["allocated_vcpus"], rows["small1"]["allocated_mem_gb"]) == (10, 40)
+    assert (rows["small2"]["cpu_demand"], rows["small2"]["mem_demand"]) == (6, 24)
+    assert ("not heard from in the window, unknown (their room is not offered): web-1 on small1 (last seen "
+            "%s), old on small2 (last seen %s)" % (GONE_AT, GONE_AT)) in done.stdout.splitlines()
+    assert "unheard" in (tmp_path / "room" / "headroom.csv").read_text().splitlines()[0].split(",")
+    manifest = '[[vms]]\nprofile = "%s"\ncount = 2\nanti_affinity = true\n'
+    code, out, _err = admit(tmp_path, manifest % "7x28", "--days", "2")
+    assert code == 0 and sorted(out["offer"].values()) == ["small1", "small2"], out
+    assert out["headroom_left"]["small1"] == {"cpu_cores": 0.0, "mem_gb": 0.0}
+    assert out["basis"]["vms_unknown"] == unknown
+    for more in ("7.01x28", "7x28.01"):
+        code, out, _err = admit(tmp_path, manifest % more, "--days", "2")
+        assert code == 3 and list(out["offer"].values()) == ["small2"], (more, out)
+    code, out, _err = admit(tmp_path, manifest % "15x60", "--days", "2", "--no-reserve-stopped")
+    assert code == 3 and list(out["offer"].values()) == ["small1"], out
+    assert out["basis"]["vms_unknown"] == unknown
+    done = vmstats("admit", tmp_path / "m.toml", data, "--inventory", tmp_path / "hosts.toml", "--days", "2")
+    assert done.returncode == 4 and "web-1 on small1 (last seen %s)" % GONE_AT in done.stdout, done.stdout
+
+
+def test_the_stopped_share_past_which_a_host_is_unknown_is_a_setting(tmp_path):
+    """Half of small1's and small2's VMs are silent: at the default 50% both are still offered,
+    at --stopped-share-max 40 neither is (more than 40% of their VMs silent).  A share outside
+    0-100 is one refused line."""
+    data = tmp_path / "data"
+    write_gone(data)
+    (tmp_path / "hosts.toml").write_text(HOSTS_GLOB)
+    manifest = '[[vms]]\nprofile = "1x4"\n'
+    code, out, _err = admit(tmp_path, manifest, "--days", "2")
+    assert code == 0 and out["basis"]["hosts_unknown"] == [] and out["basis"]["stopped_share_max"] == 0.5
+    code, out, _err = admit(tmp_path, manifest, "--days", "2", "--stopped-share-max", "40")
+    assert code == 4 and out["basis"]["hosts_unknown"] == ["small1", "small2"], out
+    assert out["basis"]["stopped_share_max"] == 0.4
+    done = vmstats("headroom", data, "--inventory", tmp_path / "hosts.toml", "--profile", "2x8", "--no-after",
+                   "--days", "2", "--stopped-share-max", "40", "-o", tmp_path / "room")  # fmt: skip
+    rows = {r["host"]: r for r in json.loads((tmp_path / "room" / "headroom.json").read_text())["hosts"]}
+    assert [rows[h]["status"] for h in ("small1", "small2", "big")] == ["unknown", "unknown", "ok"]
+    for bad in ("101", "-1", "half", "nan"):
+        for command in (["headroom", data, "--profile", "2x8"], ["admit", tmp_path / "m.toml", data]):
+            done = vmstats(*command, "--inventory", tmp_path / "hosts.toml", "--stopped-share-max", bad)
+            assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, (bad, done.stderr)
+            assert done.stderr.startswith("Error: Invalid value for '--stopped-share-max'"), done.stderr
+
+
+def test_the_report_and_its_summary_name_the_vms_not_heard_from(tmp_path):
+    """The report's capacity section names the VMs silent since before its window on the page and
+    in report.json; the summary it leaves carries them, so ``admit --summary`` names them too.  A
+    summary from before they were kept (version 3) is refused rather than read as naming none."""
+    data = tmp_path / "data"
+    write_gone(data)
+    (tmp_path / "hosts.toml").write_text(HOSTS_GLOB)
+    out = tmp_path / "report"
+    done = vmstats("report", data, "-o", out, "--inventory", tmp_path / "hosts.toml", "--profile", "2x8",
+                   "--days", "2", "--no-cache")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    unknown = [{"vm": "web-1", "host": "small1", "last_seen": GONE_AT},
+               {"vm": "old", "host": "small2", "last_seen": GONE_AT}]  # fmt: skip
+    section = json.loads((out / "report.json").read_text())["meta"]["capacity"]
+    assert section["fleet"]["vms_unknown"] == unknown
+    assert ("web-1 on small1 (last seen %s), old on small2 (last seen %s)." % (GONE_AT, GONE_AT)
+            in (out / "report.html").read_text())
+    (tmp_path / "m.toml").write_text('[[vms]]\nprofile = "1x4"\n')
+    done = vmstats("admit", tmp_path / "m.toml", "--summary", out / "capacity-summary.json", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["basis"]["vms_unknown"] == unknown, done.stderr
+    summary = json.loads((out / "capacity-summary.json").read_text())
+    for version, change, message in (
+        (3, {}, "capacity summary of version 3, expected 4"),
+        (4, {"unheard": ["web-1"]},
+         "hosts[0].unheard holds an entry that is not a VM and when it was last seen"),
+    ):
+        hosts = [dict(summary["hosts"][0], **change), *summary["hosts"][1:]]
+        shaped = dict(summary, version=version, hosts=hosts)
+        (tmp_path / "old.json").write_text(json.dumps(shaped))
+        done = vmstats("admit", tmp_path / "m.toml", "--summary", tmp_path / "old.json")
+        assert done.returncode == 2 and done.stderr.strip().endswith(message), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

@@ -1,6 +1,7 @@
 """``POST /admission`` on the real aggregator (loopback): answers from the live summary, errors
 that change nothing, room held between answers, and answers while records keep arriving."""
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -252,18 +253,25 @@ def test_an_inventory_without_http_is_a_usage_error_not_ignored(tmp_path, no_htt
     assert not (tmp_path / "data").exists()  # refused before the start
 
 
+@contextlib.contextmanager
+def summarising(tmp_path, write_logs, hosts: str, *options: str):
+    """A server with ``hosts`` as its inventory on the logs ``write_logs`` wrote, once its first
+    summary is in use (refreshes an hour apart)."""
+    write_logs(tmp_path / "data")
+    (tmp_path / "hosts.toml").write_text(hosts)
+    with ServerProcess(tmp_path / "server", "--inventory", str(tmp_path / "hosts.toml"),
+                       "--capacity-refresh", "1h", *options, data_dir=tmp_path / "data") as server:
+        server.wait_for(lambda s: "basis" in state(s), timeout=60)
+        yield server
+
+
 @pytest.mark.parametrize("reserve", [[], ["--capacity-no-reserve-stopped"]])
 def test_a_stopped_vm_keeps_room_in_the_live_summary_unless_told_not_to(tmp_path, reserve):
     """The server's summary reserves a stopped VM's level by default (4 cores, 16 GB on top of the
     running VM's 2 and 8), as ``vmstats admit`` does; --capacity-no-reserve-stopped does not."""
     from test_capacity_edges import HOSTS, write_paused
 
-    write_paused(tmp_path / "data")
-    (tmp_path / "hosts.toml").write_text(HOSTS)
-    with ServerProcess(tmp_path / "server", "--inventory", str(tmp_path / "hosts.toml"),
-                       "--capacity-refresh", "1h", "--capacity-days", "3", *reserve,
-                       data_dir=tmp_path / "data") as server:  # fmt: skip
-        server.wait_for(lambda s: "basis" in state(s), timeout=60)
+    with summarising(tmp_path, write_paused, HOSTS, "--capacity-days", "3", *reserve) as server:
         shown = state(server)
     one = next(h for h in shown["hosts"] if h["name"] == "small1")
     kept = not reserve
@@ -271,3 +279,43 @@ def test_a_stopped_vm_keeps_room_in_the_live_summary_unless_told_not_to(tmp_path
     assert (one["status"], one["allocated_vcpus"], one["allocated_mem_gb"]) == ("ok", 12, 48)
     assert one["cpu_demand"] == pytest.approx(6 if kept else 2, abs=0.01)
     assert one["mem_demand"] == pytest.approx(24 if kept else 8, abs=0.01)
+
+
+@pytest.mark.parametrize("share", [[], ["--capacity-stopped-share-max", "40"]])
+def test_the_live_summary_names_vms_silent_since_before_its_window(tmp_path, share):
+    """VMs placed by the inventory's glob or their host tag, silent for longer than the window,
+    are named by every answer with when they were last seen, and keep their room (7 cores and
+    28 GB left on small1, not 15 and 60), as ``vmstats admit`` counts them; past the stopped
+    share the server is given, their hosts are unknown."""
+    from test_capacity_edges import GONE_AT, HOSTS_GLOB, write_gone
+
+    with summarising(tmp_path, write_gone, HOSTS_GLOB, "--capacity-days", "2", *share) as server:
+        status, answer = post(server, {"hold": False, "vms": [{"profile": "7x28", "count": 2,
+                                                               "anti_affinity": True}]})  # fmt: skip
+    assert status == 200, answer
+    basis = answer["basis"]
+    assert basis["vms_unknown"] == [{"vm": "web-1", "host": "small1", "last_seen": GONE_AT},
+                                    {"vm": "old", "host": "small2", "last_seen": GONE_AT}]  # fmt: skip
+    if share:
+        assert basis["stopped_share_max"] == 0.4 and basis["hosts_unknown"] == ["small1", "small2"]
+        assert answer["status"] == "reject" and answer["offer"] == {}
+    else:
+        assert basis["stopped_share_max"] == 0.5 and basis["hosts_unknown"] == []
+        assert sorted(answer["offer"].values()) == ["small1", "small2"], answer
+        assert answer["headroom_left"]["small1"] == {"cpu_cores": 0.0, "mem_gb": 0.0}
+
+
+def test_a_stopped_share_outside_0_to_100_stops_the_start_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for bad in ("100.5", "-3", "many"):
+        result = subprocess.run(
+            [sys.executable, "-m", "vmstats", "serve", "--bind", LOOPBACK, "--udp-port", "0",
+             "--tcp-port", "0", "--data-dir", str(tmp_path / "data"), "--capacity-stopped-share-max", bad,
+             "--duration", "5s"],
+            capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("Error: Invalid value for '--capacity-stopped-share-max'"), \
+            result.stderr
+    assert not (tmp_path / "data").exists()  # refused before the start

@@ -330,4 +330,15 @@ def terminal(result: dict) -> str:
             "; unknown: " + ", ".join(b["hosts_unknown"]) if b["hosts_unknown"] else "",
         )
     )
+    if b["vms_unknown"]:
+        lines.append(unheard_line(b["vms_unknown"]))
     return "\n".join(lines)
+
+
+def unheard_line(vms: list[dict], most: int = 5) -> str:
+    """The VMs of known hosts' inventories not heard from in the window, for the terminal (each
+    ``{"vm", "host", "last_seen"}``): headroom and admit alike."""
+    named = ["%s on %s (last seen %s)" % (v["vm"], v["host"], v["last_seen"] or "never") for v in vms[:most]]
+    more = ", and %d more" % (len(vms) - most) if len(vms) > most else ""
+    return "not heard from in the window, unknown (their room is not offered): %s%s" % (
+        ", ".join(named), more)

@@ -38,6 +38,7 @@ import numpy as np
 
 from vmstats.capacity import reader
 from vmstats.capacity.demand import (
+    Gone,
     Settings,
     VmUse,
     Window,
@@ -293,13 +294,15 @@ def judge(inventory: Inventory, resident_sums: dict[str, tuple[np.ndarray, np.nd
 
 def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Sequence[VmUse],
              plan: Window, judge_window: Window, settings: Settings, pool: Sequence[str] | None = None,
-             profile: Profile | None = None, max_rounds: int = MAX_ROUNDS) -> Backtest:
+             profile: Profile | None = None, max_rounds: int = MAX_ROUNDS,
+             gone: Sequence[Gone] = ()) -> Backtest:
     """Plan on ``plan_uses``, admit arrivals by each basis, judge on ``judge_uses``.
 
     ``pool`` names the VMs whose copies arrive (None: the VMs the inventory
-    does not place); ``profile`` replaces them with a synthetic shape.
+    does not place); ``profile`` replaces them with a synthetic shape;
+    ``gone``: the VMs last heard from before the plan window, as an answer counts them.
     """
-    fleet = host_demand(inventory, plan_uses, plan, settings)
+    fleet = host_demand(inventory, plan_uses, plan, settings, gone=gone)
     unknown = [h.name for h in fleet.hosts if not h.known(settings)]
     residents = sum(len(h.vms) + len(h.stopped) for h in fleet.hosts)
     if profile is not None:
@@ -388,7 +391,7 @@ def run(data_dirs: Sequence[str], inventory: Inventory, settings: Settings, days
         patterns, networks = parse_selector(list(pool_selectors), "--arrivals")
         pool = [u.vm for u in plan_uses if selected(u.vm, patterns, networks)]
     result = backtest(inventory, plan_uses, judge_uses, plan_logs.window, judge_logs.window, settings, pool,
-                      profile, max_rounds)
+                      profile, max_rounds, reader.read_gone(plan_logs))
     result.issues = plan_logs.issues + judge_logs.issues
     return result
 

@@ -62,6 +62,15 @@ def capacity_options(function):
             "when it ran, which it takes back when it starts; or adds no demand.",
         ),
         click.option(
+            "--stopped-share-max",
+            type=FiniteRange(0, 100),
+            default=defaults.STOPPED_SHARE_MAX * 100,
+            show_default=True,
+            metavar="PERCENT",
+            help="A host more than this share (%) of whose VMs are stopped or never heard from is "
+            "unknown: what is measured of it is the lesser part.",
+        ),
+        click.option(
             "--horizon-days",
             type=FiniteRange(0, MAX_DAYS),
             default=7.0,
@@ -88,7 +97,9 @@ def settings_from(
     horizon_days: float,
     peak_minutes: int,
     reserve_stopped: bool = defaults.RESERVE_STOPPED,
+    stopped_share_max: float = defaults.STOPPED_SHARE_MAX * 100,
 ):
+    """demand.Settings from the options (``stopped_share_max`` in per cent, as typed)."""
     from vmstats.capacity.demand import Settings, parse_percentile
 
     return Settings(
@@ -98,6 +109,7 @@ def settings_from(
         horizon_days=horizon_days,
         peak_minutes=peak_minutes,
         reserve_stopped=reserve_stopped,
+        stopped_share_max=stopped_share_max / 100.0,
     )
 
 
@@ -164,6 +176,7 @@ def headroom(
     days,
     until,
     reserve_stopped,
+    stopped_share_max,
     horizon_days,
     inventory_path,
     out_dir,
@@ -190,7 +203,8 @@ def headroom(
         raise click.UsageError("Missing option '--inventory'.")
     try:
         profile = parse_profile(profile_text)
-        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes, reserve_stopped)
+        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes, reserve_stopped,
+                                 stopped_share_max)
         inventory = load_inventory(inventory_path)
         if out_dir is not None:
             prepare_folder(out_dir, (*outputs.OUTPUTS, SUMMARY_FILE))
@@ -236,7 +250,8 @@ def from_logs(
 
     logs = reader.find_logs(data_dirs, settings.days, until)
     changes = [Change()] + ([advice[0]] if advice else [])
-    views = demand_views(inventory, reader.read_vms(logs), logs.window, settings, changes)
+    views = demand_views(inventory, reader.read_vms(logs), logs.window, settings, changes,
+                         reader.read_gone(logs))
     named = logs.named()
     if summary_path:
         os.makedirs(os.path.dirname(summary_path) or ".", exist_ok=True)
@@ -345,6 +360,7 @@ def admit(
     days,
     until,
     reserve_stopped,
+    stopped_share_max,
     horizon_days,
     inventory_path,
     as_json,
@@ -363,7 +379,8 @@ def admit(
     from vmstats.capacity import summary as summary_mod
 
     try:
-        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes, reserve_stopped)
+        settings = settings_from(percentile, coverage_min, days, horizon_days, peak_minutes, reserve_stopped,
+                                 stopped_share_max)
     except ReportError as exc:
         raise failure(exc) from None
     if summary_path:

@@ -161,6 +161,18 @@ class VmUse:
     sizes: tuple[tuple[int, float, float], ...] = ()
 
 
+@dataclass(frozen=True)
+class Gone:
+    """A VM heard from before the window and not in it: its last record's host tag, time and size
+    (reader.read_gone).  Nothing of it is measured in the window; its host still names it."""
+
+    vm: str
+    host_tag: str | None
+    last_ts: int
+    vcpus: float
+    mem_gb: float
+
+
 @dataclass
 class VmDemand:
     """A VM as its host counts it (see fill())."""
@@ -323,6 +335,10 @@ class HostDemand:
     stopped: list[str] = field(default_factory=list)
     #: VMs the inventory names by exact id that sent nothing in the window: all their minutes missing.
     silent: list[str] = field(default_factory=list)
+    #: Every VM of it with no record in the window (the silent ones, and those its selectors or
+    #: host tags place that were last heard from before it), with its last record's time (None:
+    #: never): unknown, named wherever the host is.
+    unheard: list[tuple[str, int | None]] = field(default_factory=list)
     #: Some VM of it (one a what-if took away too) sent a record in the last stopped_after_hours.
     reporting: bool = False
     #: Its VMs in the data (what-ifs aside), and of them those stopped or never heard from.
@@ -423,20 +439,30 @@ def host_demand(
     window: Window,
     settings: Settings,
     removed: Collection[str] = (),
+    gone: Iterable[Gone] = (),
 ) -> FleetDemand:
     """Sum each host's member VMs minute by minute and take the percentile of the sum.
 
     ``vms`` may be a generator (one VM's arrays at a time are held, plus one
     pair of sums per host).  VMs in ``removed`` (the report's reclaim
-    candidates, for "after reclaiming") are left out of demand and allocation.
+    candidates, for "after reclaiming") are left out of demand and allocation;
+    ``gone`` are the VMs last heard from before the window (demand_views).
     """
-    return demand_views(inventory, vms, window, settings, [Change(frozenset(removed))])[0]
+    return demand_views(inventory, vms, window, settings, [Change(frozenset(removed))], gone)[0]
 
 
 def demand_views(
-    inventory: Inventory, vms: Iterable[VmUse], window: Window, settings: Settings, changes: Sequence[Change]
+    inventory: Inventory,
+    vms: Iterable[VmUse],
+    window: Window,
+    settings: Settings,
+    changes: Sequence[Change],
+    gone: Iterable[Gone] = (),
 ) -> list[FleetDemand]:
-    """host_demand for several what-ifs in one pass over the VMs (each read and filled once)."""
+    """host_demand for several what-ifs in one pass over the VMs (each read and filled once).
+
+    ``gone`` (reader.read_gone) are the VMs last heard from before the window (add_gone).
+    """
     stopped_after = int(settings.stopped_after_hours * 60)
     views = [{h.name: HostDemand(h) for h in inventory.hosts} for _change in changes]
     unplaced: list[list[str]] = [[] for _change in changes]
@@ -486,19 +512,61 @@ def demand_views(
                     add_series(entry, vm)
             else:
                 add_vm(entry, vm)
+    named = {vm: h.name for h in inventory.hosts for vm in named_ids(h)
+             if vm not in seen and inventory.host_of(vm, None) == h.name}
+    last_heard = {}
+    for vm in gone:
+        last_heard[vm.vm] = vm.last_ts
+        if vm.vm not in seen and vm.vm not in named:
+            add_gone(inventory, views, changes, vm, window, settings)
     out = []
     for hosts, lost, change in zip(views, unplaced, changes, strict=True):
         for entry in hosts.values():
             for vm in named_ids(entry.host):
-                if vm not in seen and inventory.host_of(vm, None) == entry.name:
+                if named.get(vm) == entry.name:
                     entry.members += 1
                     entry.quiet += 1
                     if vm not in change.removed:
                         entry.silent.append(vm)
+                        entry.unheard.append((vm, last_heard.get(vm)))
                         entry.expected += window.minutes
+            entry.unheard.sort()
             settle(entry, window, settings)
         out.append(FleetDemand(window, settings, list(hosts.values()), sorted(lost)))
     return out
+
+
+def add_gone(inventory: Inventory, views: list[dict[str, HostDemand]], changes: Sequence[Change], vm: Gone,
+             window: Window, settings: Settings) -> None:
+    """A VM its host's selectors or its last host tag place there, silent since before the window.
+
+    Unknown, not gone: named with its host, one of the host's VMs not heard from (the stopped
+    share), allocated its last size as Nova counts it, and, as a stopped VM keeps its room
+    (Settings.reserve_stopped), keeping that size at every minute: nothing of its use was
+    measured in the window, so the most it can take back is all of it.  One of unknown size
+    leaves its host's figure unknown (size_unknown).  The inventory's exact ids are not
+    placed here: they already count as missing for the coverage gate.
+    """
+    name = inventory.host_of(vm.vm, vm.host_tag)
+    if name is None:
+        return  # placed nowhere: like an unplaced VM's room, never counted as free
+    sized = not (math.isnan(vm.vcpus) or math.isnan(vm.mem_gb))
+    for hosts, change in zip(views, changes, strict=True):
+        entry = hosts[name]
+        entry.members += 1
+        entry.quiet += 1
+        if vm.vm in change.removed:
+            continue
+        entry.unheard.append((vm.vm, vm.last_ts))
+        if not sized:
+            entry.size_unknown.append(vm.vm)
+            continue
+        vcpus, mem_gb = change.resized.get(vm.vm, (vm.vcpus, vm.mem_gb))
+        entry.allocated_vcpus += vcpus
+        entry.allocated_mem_gb += mem_gb
+        if settings.reserve_stopped:
+            add_series(entry, VmDemand(vm.vm, name, vm.vcpus, vm.mem_gb, np.full(window.minutes, vm.vcpus),
+                                       np.full(window.minutes, vm.mem_gb), 0, 0, stopped=True))
 
 
 def reporting(use: VmUse, stopped_after_minutes: int) -> bool:

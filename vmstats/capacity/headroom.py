@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from vmstats.capacity.demand import FleetDemand, HostDemand, peaks_name, percentile_name
 from vmstats.capacity.profiles import Profile
+from vmstats.report.build import iso
 
 #: Columns of headroom.csv, in order (one place for the CSV, JSON rows and the terminal).
 COLUMNS = (
@@ -44,6 +45,7 @@ COLUMNS = (
     "alloc_fit_now",
     "alloc_binding_now",
     "alloc_fit_after",
+    "unheard",
 )
 
 
@@ -136,6 +138,7 @@ def rows(now: FleetDemand, after: FleetDemand | None, profile: Profile) -> list[
                 "alloc_fit_now": alloc.count,
                 "alloc_binding_now": alloc.binding,
                 "alloc_fit_after": alloc_after.count if after is not None else None,
+                "unheard": len(entry.unheard),
             }
         )
     return out
@@ -158,6 +161,11 @@ def totals(host_rows: list[dict], now: FleetDemand, after: FleetDemand | None) -
         "hosts_known": len(host_rows) - len(unknown),
         "hosts_unknown": unknown,
         "unplaced_vms": now.unplaced,
+        "vms_unknown": [
+            {"vm": vm, "host": h.name, "last_seen": None if ts is None else iso(ts)}
+            for h in now.hosts
+            for vm, ts in h.unheard
+        ],
         # An unknown host counts as no room, now and after the advice alike.
         "fit_now": total("fit_now") or 0,
         "fit_after": total("fit_after") or 0 if after is not None else None,

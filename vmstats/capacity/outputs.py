@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+from vmstats.capacity.admission import unheard_line
 from vmstats.capacity.headroom import COLUMNS
 from vmstats.outputfile import Outputs, replacing
 from vmstats.words import counted, part_of, plural
@@ -109,6 +110,8 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
             "unknown (below the coverage gate, a VM of unknown size, no VM reporting, or most VMs "
             "stopped; counted as no room): %s" % ", ".join(f["hosts_unknown"])
         )
+    if f["vms_unknown"]:
+        lines.append(unheard_line(f["vms_unknown"]))
     if f["unplaced_vms"]:
         lines.append(
             "unplaced VMs (no host in the inventory claims them): %d, e.g. %s"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vmstats import logstore
-from vmstats.capacity.demand import MINUTE, VmUse, Window
+from vmstats.capacity.demand import MINUTE, Gone, VmUse, Window
 from vmstats.report import load as load_mod
 from vmstats.report.build import parse_day
 from vmstats.report.settings import ReportError
@@ -34,6 +34,8 @@ class Logs:
     issues: list[dict] = field(default_factory=list)
     first_day: int = 0
     last_day: int = 0
+    #: VMs with logs before the window and none in it: their newest day's files (read_gone).
+    before: dict[str, list[str]] = field(default_factory=dict)
 
     def named(self) -> dict[str, list[dict]]:
         """The files not read whole as every command names them (load.named_files), for a
@@ -51,17 +53,20 @@ def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> 
     first_day = last_day - int(days) + 1
     files: dict[str, list[str]] = {}
     earlier = set()
+    newest_before: dict[str, list[str]] = {}
     for (vm, day), paths in sorted(units.items()):
         if first_day <= day <= last_day:
             files.setdefault(vm, []).extend(paths)
         elif day < first_day:
             earlier.add(vm)
+            newest_before[vm] = list(paths)  # sorted by day: the newest comes last
     if not files:
         raise ReportError(
             "no logs between %s and %s" % (load_mod.day_name(first_day), load_mod.day_name(last_day))
         )
     window = _window(files, earlier, first_day, last_day)
-    return Logs(window, files, earlier & set(files), issues, first_day, last_day)
+    before = {vm: paths for vm, paths in newest_before.items() if vm not in files}
+    return Logs(window, files, earlier & set(files), issues, first_day, last_day, before)
 
 
 def _window(files: dict[str, list[str]], earlier: set[str], first_day: int, last_day: int) -> Window:
@@ -142,6 +147,35 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
             rows = {name: values[bounds[i] : bounds[i + 1]] for name, values in columns.items()}
             latest = int(rows["ts"].max()) if len(rows["ts"]) else None
             yield _vm_use(vm, rows, _host_tag(logs.files[vm], latest), logs.window, vm in logs.earlier)
+
+
+def read_gone(logs: Logs) -> list[Gone]:
+    """The VMs heard from before the window and not in it, each as its last record left it.
+
+    Such a VM is not measured in the window, but it is not known to be gone either (shut down,
+    its agent stopped, cut off): its host and size are those of its newest day before the
+    window, so its host can name it and keep its room (demand.demand_views).  A VM none of
+    whose rows can be read there is left out, as the report leaves out a VM with no record.
+    """
+    names = sorted(logs.before)
+    out = []
+    for start in range(0, len(names), BATCH_VMS):
+        batch = names[start : start + BATCH_VMS]
+        paths = [p for vm in batch for p in logs.before[vm]]
+        owner = np.repeat(np.arange(len(batch)), [len(logs.before[vm]) for vm in batch])
+        frame, _bad = logstore.read_columns(paths, ["vcpus", "mem_mb"], as_float=True, errors={})
+        vm_of_row = owner[frame["file"].to_numpy()] if len(frame) else np.zeros(0, np.int64)
+        ts = frame["ts"].to_numpy()
+        for i, vm in enumerate(batch):
+            mine = np.flatnonzero(vm_of_row == i)
+            if not len(mine):
+                continue
+            rows = mine[np.argsort(ts[mine], kind="stable")]
+            vcpus = _last(frame["vcpus"].to_numpy()[rows])
+            mem_mb = _last(frame["mem_mb"].to_numpy()[rows])
+            latest = int(ts[rows[-1]])
+            out.append(Gone(vm, _host_tag(logs.before[vm], latest), latest, vcpus, mem_mb / 1024.0))
+    return out
 
 
 def _host_tag(paths: list[str], latest: int | None) -> str | None:

@@ -24,7 +24,9 @@ from vmstats.capacity.placement import HostLoad
 #: Bumped when the JSON's shape changes: the server refuses a summary of another version.
 #: 2: the log files the summary could not read whole (a summary of 1 would claim none).
 #: 3: whether stopped VMs keep their room (a summary of 2 had none kept, but would claim it).
-VERSION = 3
+#: 4: each host's VMs not heard from in the window, and the stopped share past which a host is
+#: unknown (a summary of 3 left out VMs last heard from before its window, and would claim none).
+VERSION = 4
 #: The summary's file beside a report or headroom output (``vmstats admit --summary`` reads it).
 SUMMARY_FILE = "capacity-summary.json"
 
@@ -47,6 +49,9 @@ class HostSummary:
     alloc_mem_limit: float
     allocated_vcpus: float
     allocated_mem_gb: float
+    #: Its VMs with no record in the window: ``{"vm", "last_seen"}`` (ISO time, or None: never
+    #: heard from), unknown; their room is never offered (demand.add_gone).
+    unheard: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Summary:
     unplaced: int = 0
     peak_minutes: int = defaults.PEAK_MINUTES
     reserve_stopped: bool = defaults.RESERVE_STOPPED
+    stopped_share_max: float = defaults.STOPPED_SHARE_MAX
     made_at: float = field(default_factory=time.time)
     version: int = VERSION
     #: The log files not read whole (load.named_files): an answer from this summary names them
@@ -79,11 +85,13 @@ class Summary:
             "coverage_min": self.coverage_min,
             "horizon_days": self.horizon_days,
             "reserve_stopped": self.reserve_stopped,
+            "stopped_share_max": self.stopped_share_max,
             "hosts": len(self.hosts),
             "hosts_known": len(known),
             "hosts_unknown": sorted(h.name for h in self.hosts if h.status == "unknown"),
             "coverage_of_known_hosts": round(min((h.coverage for h in expected), default=1.0), 4),
             "unplaced_vms": self.unplaced,
+            "vms_unknown": [dict(vm, host=h.name) for h in self.hosts for vm in h.unheard],
             "summary_age_s": round(max(0.0, (now or time.time()) - self.made_at), 1),
             "skipped_files": self.skipped_files,
             "damaged_files": self.damaged_files,
@@ -134,6 +142,10 @@ class Summary:
             _check_fields(HostSummary, host, "hosts[%d]." % i)
             if host["status"] not in ("ok", "empty", "unknown"):
                 raise ValueError("hosts[%d].status %r is not ok, empty or unknown" % (i, host["status"]))
+            if not all(isinstance(vm, dict) and set(vm) == {"vm", "last_seen"} and isinstance(vm["vm"], str)
+                       and isinstance(vm["last_seen"], (str, type(None))) for vm in host.get("unheard", [])):
+                raise ValueError("hosts[%d].unheard holds an entry that is not a VM and when it was last "
+                                 "seen" % i)
         _check_fields(cls, data, "")
         window = data["window"]
         if not all(isinstance(window.get(k), str) for k in ("start", "end")):
@@ -187,6 +199,8 @@ def _check_fields(cls, data: dict, where: str) -> None:
 def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) -> Summary:
     """The summary of a FleetDemand (its series dropped), with the files named as not read whole
     (``named``: reader.Logs.named) kept, since the summary outlives the reading."""
+    from vmstats.report.build import iso
+
     s = fleet.settings
     hosts = []
     for entry in fleet.hosts:
@@ -207,6 +221,7 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
                 host.alloc_mem_gb,
                 entry.allocated_vcpus,
                 entry.allocated_mem_gb,
+                [{"vm": vm, "last_seen": None if ts is None else iso(ts)} for vm, ts in entry.unheard],
             )
         )
     return Summary(
@@ -218,6 +233,7 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
         len(fleet.unplaced),
         s.peak_minutes,
         s.reserve_stopped,
+        s.stopped_share_max,
         **(named or {}),
     )
 
@@ -233,7 +249,7 @@ def from_logs(
 
     inventory = load_inventory(inventory_path)
     logs = reader.find_logs(data_dirs, settings.days, until)
-    fleet = host_demand(inventory, reader.read_vms(logs), logs.window, settings)
+    fleet = host_demand(inventory, reader.read_vms(logs), logs.window, settings, gone=reader.read_gone(logs))
     return summarise(fleet, logs.named())  # named once read_vms is done
 
 

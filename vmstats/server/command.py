@@ -220,6 +220,10 @@ class UTCFormatter(logging.Formatter):
               show_default=True,
               help="For admission, a stopped VM (silent for a day, still allocated) keeps room for its own "
                    "level of when it ran, which it takes back when it starts; or adds no demand.")
+@click.option("--capacity-stopped-share-max", type=FiniteRange(0, 100), default=D.capacity_stopped_share_max,
+              show_default=True, metavar="PERCENT",
+              help="For admission, a host more than this share (%) of whose VMs are stopped or never "
+                   "heard from is unknown: what is measured of it is the lesser part.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(**options) -> None:

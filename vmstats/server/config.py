@@ -148,3 +148,5 @@ class ServerConfig:
     capacity_coverage_min: float = 0.8
     capacity_days: int = 14
     capacity_reserve_stopped: bool = capacity_defaults.RESERVE_STOPPED
+    #: Per cent of a host's VMs stopped or never heard from past which the host is unknown.
+    capacity_stopped_share_max: float = capacity_defaults.STOPPED_SHARE_MAX * 100

@@ -183,7 +183,8 @@ class Aggregator(service.MultiService):
         settings = Settings(percentile=parse_percentile(config.capacity_percentile),
                             coverage_min=config.capacity_coverage_min, days=config.capacity_days,
                             peak_minutes=config.capacity_peak_minutes,
-                            reserve_stopped=config.capacity_reserve_stopped)
+                            reserve_stopped=config.capacity_reserve_stopped,
+                            stopped_share_max=config.capacity_stopped_share_max / 100.0)
         admission = AdmissionService(self.reactor, config.data_dir, config.inventory, settings,
                                      config.capacity_refresh, config.admission_hold, token)
         self.metrics.families.append(admission.families)
