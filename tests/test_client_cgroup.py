@@ -98,10 +98,75 @@ def v2_container(tmp_path, cpu_max="150000 100000", memory_max=str(512 * MIB), e
 def test_v2_container_is_sized_and_billed_by_its_limits_not_the_host(tmp_path):
     proc, steps = v2_container(tmp_path)
     # A 1.5-CPU limit: 4.5 s of 7.5 s (60 %), then 1.5 of 7.5 (20 %): 6 of 15 s overall.
-    # vcpus is an integer in the protocol, so 1.5 CPUs are sent as 2.  Memory: 256 of 512 MiB.
+    # The size sent is the limit, 1.5 vCPUs.  Memory: 256 of 512 MiB.
     assert sample(proc, steps) == sampler.Metrics(cpu=40.0, cpu_max=60.0, mem=50.0, disk_r=0.0,
-                                                  disk_w=0.0, net_rx=0.0, net_tx=0.0, vcpus=2,
+                                                  disk_w=0.0, net_rx=0.0, net_tx=0.0, vcpus=1.5,
                                                   mem_mb=512)
+
+
+def quarter_cpu_steps(tmp_path, usage_usec):
+    """The v2 container's CPU time at 0, 5 and 10 s (its memory as v2_container writes it)."""
+    top = tmp_path / "sys" / "fs" / "cgroup"
+
+    def at(used):
+        def write():
+            put(top / "cpu.stat", "usage_usec %d\nuser_usec 1\nsystem_usec 1\n" % used)
+            put(top / "memory.current", "%d\n" % (300 * MIB))
+            put(top / "memory.stat", "anon 1\nfile 2\nactive_file 3\ninactive_file %d\n" % (44 * MIB))
+        return write
+    return [at(used) for used in usage_usec]
+
+
+def test_a_quarter_cpu_quota_is_sized_0_25_and_its_cpu_is_of_that_quarter(tmp_path):
+    proc, _steps = v2_container(tmp_path, cpu_max="25000 100000")
+    # A quarter of a CPU has 1.25 s in 5 s: 1.0 s used (80 %), then 0.25 s (20 %): 1.25 of
+    # 2.5 s overall (50 %), so cpu x vcpus is the 0.125 CPUs the container used.
+    metrics = sample(proc, quarter_cpu_steps(tmp_path, (1000000, 2000000, 2250000)))
+    assert (metrics.cpu, metrics.cpu_max, metrics.vcpus, metrics.mem_mb) == (50.0, 80.0, 0.25, 512)
+    assert metrics.cpu / 100 * metrics.vcpus == pytest.approx(1.25 / 10)
+
+
+def test_a_quota_of_a_third_is_sized_to_three_places_and_cpu_is_of_that_size(tmp_path):
+    proc, _steps = v2_container(tmp_path, cpu_max="33333 100000")
+    # Sent as 0.333 vCPU, and the CPU % is of those 0.333 (3.33 s in 10 s), not of 0.33333:
+    # 1.665 s used is 50 %, so the report's cpu x vcpus is the CPU time used.
+    metrics = sample(proc, quarter_cpu_steps(tmp_path, (1000000, 1832500, 2665000)))
+    assert (metrics.cpu, metrics.cpu_max, metrics.vcpus) == (50.0, 50.0, 0.333)
+
+
+def test_v1_quarter_cpu_quota_is_sized_0_25(tmp_path):
+    here = "/docker/q"
+    proc = tree(tmp_path, "4:cpu,cpuacct:%s\n12:memory:%s\n" % (here, here),
+                "".join("%d 31 0:%d %s /sys/fs/cgroup/%s rw - cgroup cgroup rw,%s\n"
+                        % (40 + n, 30 + n, here, name, name)
+                        for n, name in enumerate(("cpu,cpuacct", "memory"))))
+    cpu = tmp_path / "sys" / "fs" / "cgroup" / "cpu,cpuacct"
+    put(cpu / "cpu.cfs_quota_us", "25000\n")
+    put(cpu / "cpu.cfs_period_us", "100000\n")
+    put(tmp_path / "sys" / "fs" / "cgroup" / "memory" / "memory.limit_in_bytes", "max\n")
+
+    def at(usage_ns):
+        return lambda: put(cpu / "cpuacct.usage", "%d\n" % usage_ns)
+
+    # 1.25 s, then 0.625 s of the 1.25 s a quarter CPU has in 5 s: 100 % then 50 %.
+    metrics = sample(proc, [at(10 ** 9), at(2250 * 10 ** 6), at(2875 * 10 ** 6)])
+    assert (metrics.cpu, metrics.cpu_max, metrics.vcpus) == (75.0, 100.0, 0.25)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_agent_in_a_quarter_cpu_container_sends_0_25_to_the_real_server(tmp_path, transport):
+    proc, steps = v2_container(tmp_path, cpu_max="25000 100000")
+    steps[0]()
+    with ServerProcess(tmp_path / "server", "--flush-interval", "0.3") as server:
+        port = server.udp_port if transport == "udp" else server.tcp_port
+        result = agent("--server", "%s:%d" % (LOOPBACK, port), "--transport", transport,
+                       "--vm-id", "ct-quarter", "--proc-root", str(proc), "--count", "2",
+                       "--interval", "0.5", "--sub-interval", "0.25", "--jitter", "0",
+                       "--spool-dir", str(tmp_path / "spool"))
+        assert result.returncode == 0, result.stderr
+        assert "CPU from the cgroup (0.25 CPUs, sent as 0.25 vCPUs)" in result.stderr
+        rows = written_rows(server.data_dir, "ct-quarter", 2)
+    assert list(rows.vcpus) == [0.25, 0.25] and list(rows.mem_mb) == [512, 512], rows
 
 
 def test_measure_host_reads_proc_as_on_a_vm(tmp_path):
@@ -149,7 +214,7 @@ def test_v1_docker_container_with_a_nested_path(tmp_path):
     # Half a CPU: 2.5 s in the first 5 s is all of it (100 %), then 0.5 s (20 %): 3 of 5 s.
     metrics = sample(proc, [at(10 * 10 ** 9), at(12500 * 10 ** 6), at(13 * 10 ** 9)])
     assert (metrics.cpu, metrics.cpu_max, metrics.mem, metrics.vcpus, metrics.mem_mb) == (
-        60.0, 100.0, 50.0, 1, 1024)
+        60.0, 100.0, 50.0, 0.5, 1024)
 
 
 @pytest.mark.parametrize("cpu_max, memory_max", [
@@ -196,7 +261,7 @@ def test_lxcfs_meminfo_alone_leaves_cpu_to_the_cgroup(tmp_path):
     """docker run -v /var/lib/lxcfs/proc/meminfo:/proc/meminfo: only memory is corrected by LXCFS."""
     proc, steps = v2_container(tmp_path, extra=LXCFS % ("meminfo", "meminfo"))
     metrics = sample(proc, steps)
-    assert (metrics.cpu, metrics.mem, metrics.vcpus, metrics.mem_mb) == (40.0, 28.47, 2, 4096)
+    assert (metrics.cpu, metrics.mem, metrics.vcpus, metrics.mem_mb) == (40.0, 28.47, 1.5, 4096)
 
 
 def host_namespace_container(tmp_path, own, init):
@@ -428,9 +493,12 @@ def test_parsers_read_the_kernels_formats():
         "36 35 98:0 /my\\040dir /sys/fs/cgroup/cpu rw master:1 shared:2 - cgroup cg rw,cpu\n")
     assert (mount.root, mount.point, mount.fstype, "cpu" in mount.options) == (
         "/my dir", "/sys/fs/cgroup/cpu", "cgroup", True)
-    # The protocol sends vcpus as an integer: a fractional limit rounds up, never to 0.
-    assert protocol.is_integer_field("vcpus")
-    assert [cgroup.vcpus_for(c) for c in (0.25, 1.0, 1.5, 2.0)] == [1, 1, 2, 2]
+    # vcpus holds 3 digits after the point: a limit is sent as it is, rounded, never as 0,
+    # and a whole one as an int (its wire form is then 2i, what older servers read).
+    assert protocol.field_places("vcpus") == 3
+    sizes = [cgroup.vcpus_for(c) for c in (0.25, 1.0, 1.5, 2.0, 1 / 3, 0.0004, 0.0006, 1.9996)]
+    assert sizes == [0.25, 1, 1.5, 2, 0.333, 0.001, 0.001, 2]
+    assert [type(size) for size in sizes[1:4:2]] == [int, int]
 
 
 def agent(*args, env=None):
@@ -445,9 +513,10 @@ def test_once_sends_the_limits_and_says_at_start_what_it_measures(tmp_path):
     result = agent("--once", "--vm-id", "ct1", "--proc-root", str(proc))
     assert result.returncode == 0, result.stderr
     record = protocol.Decoder().decode_line(result.stdout.strip().encode())
-    assert (record.vcpus, record.mem_mb, record.mem) == (2, 512, 50.0)
+    assert (record.vcpus, record.mem_mb, record.mem) == (1.5, 512, 50.0)
+    assert ",vcpus=1.5," in result.stdout
     assert result.stderr.splitlines() == [
-        "vmstats-agent INFO: CPU from the cgroup (1.5 CPUs, sent as 2 vCPUs); "
+        "vmstats-agent INFO: CPU from the cgroup (1.5 CPUs, sent as 1.5 vCPUs); "
         "memory from the cgroup (512 MiB); disk from the cgroup"]
     host = agent("--once", "--vm-id", "ct1", "--proc-root", str(proc), env={"VMSTATS_MEASURE": "host"})
     assert host.stderr.splitlines() == ["vmstats-agent INFO: CPU and memory from /proc"]
@@ -588,8 +657,8 @@ def test_real_cgroup_with_a_burner_is_read_as_the_container_sees_it(tmp_path):
     line, host_line, cgroup_cpu, working_set = real_v2(root, name) if root else real_v1(name)
     record = protocol.Decoder().decode_line(line.encode())
     host = protocol.Decoder().decode_line(host_line.encode())
-    # Half a CPU is sent as 1 vCPU; the size is the limit's, not the host's.
-    assert (record.vcpus, record.mem_mb) == (1, 256), line
+    # Half a CPU is sent as 0.5 vCPU; the size is the limit's, not the host's.
+    assert (record.vcpus, record.mem_mb) == (0.5, 256), line
     assert (host.vcpus, host.mem_mb) == (os.cpu_count(), procfs.read_meminfo("/proc")["MemTotal"] // 1024)
     # The agent's second is inside the window the cgroup's own counter was read over, and the
     # burner's 96 MiB are most of the working set (the agent's own memory had left at the end).

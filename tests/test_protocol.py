@@ -62,13 +62,16 @@ def _optional(strategy):
 
 percent = st.floats(0, 100, allow_nan=False)
 rate = st.floats(0, 1e15, allow_nan=False)
+#: A size: whole vCPUs (an int, sent as ``2i``) or a multiple of a thousandth (sent as ``0.25``).
+sizes = st.one_of(st.integers(1, 4096),
+                  st.integers(1, 4096000).map(lambda n: protocol.stepped(n / 1000, 3)))
 records = st.builds(
     Record,
     vm=st.one_of(st.ip_addresses().map(str), st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)),
     ts=st.integers(0, NOW + 300),
     cpu=percent, mem=percent, cpu_max=_optional(percent),
     disk_r=_optional(rate), disk_w=_optional(rate), net_rx=_optional(rate), net_tx=_optional(rate),
-    vcpus=_optional(st.integers(1, 4096)), mem_mb=_optional(st.integers(1, 1 << 32)),
+    vcpus=_optional(sizes), mem_mb=_optional(st.integers(1, 1 << 32)),
     seq=_optional(st.integers(0, (1 << 63) - 1)),
     host=_optional(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", fullmatch=True)),
 )

@@ -8,7 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_protocol import NOW, percent, rate, records
+from test_protocol import NOW, percent, rate, records, sizes
 
 from vmstats import logstore, protocol
 from vmstats.server import parse
@@ -64,7 +64,7 @@ def fast_row(line: bytes):
 complete = st.builds(
     protocol.Record, vm=st.ip_addresses(v=4).map(str), ts=st.integers(NOW - 10 ** 6, NOW + 300),
     cpu=percent, mem=percent, cpu_max=percent, disk_r=rate, disk_w=rate, net_rx=rate, net_tx=rate,
-    vcpus=st.integers(1, 4096), mem_mb=st.integers(1, 1 << 32), seq=st.integers(0, (1 << 63) - 1),
+    vcpus=sizes, mem_mb=st.integers(1, 1 << 32), seq=st.integers(0, (1 << 63) - 1),
     host=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", fullmatch=True))
 #: ...and with some of the optional ones left out: the path with a group per field.
 partial = st.tuples(complete, st.sets(st.sampled_from(
@@ -117,8 +117,19 @@ def test_the_compact_regex_admits_complete_lines_and_names_only_deletes_field_na
     assert groups[2].translate(None, FIELD_NAME_BYTES) + b"," + groups[1] == \
         b",".join(REGEX.fullmatch(line).groups()[2:-1] + (b"h-1",))
     assert not set(FIELD_NAME_BYTES) & set(b"0123456789.,")
-    for bad in (line + b"x", line.replace(b"cpu=1.5", b"cpu=101"), line.replace(b"2i", b"2")):
+    for bad in (line + b"x", line.replace(b"cpu=1.5", b"cpu=101"), line.replace(b"4096i", b"4096")):
         assert compact.fullmatch(bad) is None and REGEX.fullmatch(bad) is None
+    # A size: whole and typed as encode_record writes it, or a positive decimal of at most
+    # three places (untyped "2" is an integral decimal); zero, a fourth place, a typed
+    # fraction and a size the regex cannot prove in range go to the decoder.
+    for value in (b"2i", b"2", b"0.25", b"0.001", b"1.5", b"999.999", b"999i", b"0.100", b"00.5"):
+        sized = line.replace(b"vcpus=2i", b"vcpus=" + value)
+        assert compact.fullmatch(sized) is not None and REGEX.fullmatch(sized) is not None, value
+        assert REGEX.fullmatch(sized).group(10) == value.rstrip(b"i")
+    for value in (b"0", b"0i", b"0.000", b"0.", b"0.0005", b"0.2500", b"0.25i", b"2.i", b"-1",
+                  b"1e-3", b".5", b"4096", b"1000i", b"2ii"):
+        sized = line.replace(b"vcpus=2i", b"vcpus=" + value)
+        assert compact.fullmatch(sized) is None and REGEX.fullmatch(sized) is None, value
     lacking = line.replace(b",disk_w=2", b"")
     assert compact.fullmatch(lacking) is None and REGEX.fullmatch(lacking) is not None
     for value in (b"100", b"100.", b"100.000", b"99.5", b"0.", b"7"):
@@ -266,7 +277,7 @@ def test_a_payload_that_mixes_shapes_takes_the_per_field_regex_not_the_decoder()
 
 
 # -- every other valid spelling: tags and fields in any order, typed values, any precision --------
-_INT_FIELDS = {name for name, is_int, _lo, _hi, _required in protocol.FIELDS if is_int}
+_INT_FIELDS = {name for name, is_int, _lo, _hi, _required, _places in protocol.FIELDS if is_int}
 _extra_tags = st.lists(st.tuples(st.sampled_from(["project", "owner", "env", "team_2"]),
                                  st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True)),
                        max_size=3, unique_by=lambda pair: pair[0])
@@ -278,7 +289,7 @@ def _spell_value(name: str, value, typing: str) -> str:
         return "%d%s" % (value, typing) if typing or value >= 10 ** 15 else "%d" % value
     if typing and value == int(value) and value < 10 ** 15:
         return "%d%s" % (value, typing)
-    return protocol._format_number(value, False)
+    return protocol._format_number(value, False, None)
 
 
 @st.composite

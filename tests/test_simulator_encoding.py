@@ -20,7 +20,7 @@ _ints = st.one_of(st.integers(min_value=0, max_value=1 << 40), st.builds(np.int6
 @st.composite
 def records(draw):
     values = {}
-    for name, is_int, _lo, _hi, required in FIELDS:
+    for name, is_int, _lo, _hi, required, _places in FIELDS:
         if required or draw(st.booleans()):
             values[name] = draw(_ints if is_int else _floats)
     vm = draw(st.sampled_from(["10.0.0.1", "web-1.0", "a.0", "::1"]))
@@ -51,7 +51,7 @@ def clean_records(draw):
     """Plain float and int values only, the shape the batch template formats."""
     values = {}
     present = draw(st.sets(st.sampled_from([f[0] for f in FIELDS if not f[4]])))
-    for name, is_int, _lo, _hi, required in FIELDS:
+    for name, is_int, _lo, _hi, required, _places in FIELDS:
         if required or name in present:
             values[name] = draw(st.integers(0, 1 << 40) if is_int else st.one_of(
                 st.floats(min_value=0, max_value=1e17, allow_nan=False),

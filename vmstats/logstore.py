@@ -53,7 +53,7 @@ _TAGGED_COMMAS = len(COLUMNS) - 1
 ROW_COMMAS = (_UNTAGGED_COMMAS, _TAGGED_COMMAS)
 #: pandas dtypes for reading; integers are nullable because fields are optional.
 DTYPES = dict([("ts", "int64")] + [(name, "Int64" if is_int else "float64")
-                                   for name, is_int, _lo, _hi, _req in FIELDS]
+                                   for name, is_int, _lo, _hi, _req, _places in FIELDS]
               + [(name, "string") for name in TEXT_COLUMNS])
 _EPOCH = datetime.date(1970, 1, 1)
 DAY_SECONDS = 86400
@@ -718,7 +718,7 @@ def _join_parts(parts):
 
 
 #: (column, minimum, maximum) of the fields whose values the protocol bounds.
-_BOUNDS = tuple((name, lo, hi) for name, _is_int, lo, hi, _req in FIELDS)
+_BOUNDS = tuple((name, lo, hi) for name, _is_int, lo, hi, _req, _places in FIELDS)
 
 
 def _in_range(frame, columns: List[str]):

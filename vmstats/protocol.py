@@ -38,19 +38,24 @@ DEFAULT_MAX_FUTURE = 300
 #: default is generous and the server makes it configurable (0 = no limit).
 DEFAULT_MAX_PAST = 0
 
-#: Field name -> (is_integer, minimum, maximum, required).  Ranges are closed.
+#: Field name -> (is_integer, minimum, maximum, required, places).  Ranges are closed.
+#: ``places``: the most digits after the point a decimal field's value may have (None: any),
+#: so its smallest step is 10 ** -places and a positive range starts there.  Such a field
+#: (``vcpus``, a size: a container limited to 250m of a CPU is 0.25) holds an int when its
+#: value is whole, and a whole value keeps the integer's wire form (``2i``), so what an
+#: older server reads from a whole-CPU VM is unchanged.
 #: One place for what a record may hold; the log layout follows this order.
 FIELDS = (
-    ("cpu", False, 0.0, 100.0, True),
-    ("cpu_max", False, 0.0, 100.0, False),
-    ("mem", False, 0.0, 100.0, True),
-    ("disk_r", False, 0.0, 1e15, False),
-    ("disk_w", False, 0.0, 1e15, False),
-    ("net_rx", False, 0.0, 1e15, False),
-    ("net_tx", False, 0.0, 1e15, False),
-    ("vcpus", True, 1, 4096, False),
-    ("mem_mb", True, 1, 1 << 32, False),
-    ("seq", True, 0, (1 << 63) - 1, False),
+    ("cpu", False, 0.0, 100.0, True, None),
+    ("cpu_max", False, 0.0, 100.0, False, None),
+    ("mem", False, 0.0, 100.0, True, None),
+    ("disk_r", False, 0.0, 1e15, False, None),
+    ("disk_w", False, 0.0, 1e15, False, None),
+    ("net_rx", False, 0.0, 1e15, False, None),
+    ("net_tx", False, 0.0, 1e15, False, None),
+    ("vcpus", False, 0.001, 4096, False, 3),
+    ("mem_mb", True, 1, 1 << 32, False, None),
+    ("seq", True, 0, (1 << 63) - 1, False, None),
 )
 FIELD_NAMES = tuple(f[0] for f in FIELDS)
 REQUIRED_FIELDS = tuple(f[0] for f in FIELDS if f[4])
@@ -133,12 +138,25 @@ _STAMP_RE = re.compile(r"[0-9]{1,20}\Z")
 # by default, accepted without the ipaddress module's ~30 us per new id.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _CANONICAL_IPV4_RE = re.compile(r"%s(?:\.%s){3}\Z" % (_OCTET, _OCTET))
-_FIELD_SPEC = dict((f[0], f[1:4]) for f in FIELDS)
+_FIELD_SPEC = dict((f[0], f[1:4] + f[5:6]) for f in FIELDS)
 
 
 def is_integer_field(name):
     """Whether a record's field ``name`` holds an integer (FIELDS): senders round to what it holds."""
     return _FIELD_SPEC[name][0]
+
+
+def field_places(name):
+    """The most digits after the point field ``name`` holds (FIELDS), or None (any; an integer
+    field holds none): senders round to what it holds."""
+    return 0 if _FIELD_SPEC[name][0] else _FIELD_SPEC[name][3]
+
+
+def stepped(value, places):
+    """``value`` as a field of ``places`` digits holds it: an int when whole (its wire form is
+    then an integer's, ``2i``), else the float rounded to ``places`` digits."""
+    whole = int(value)
+    return whole if whole == value else round(value, places)
 
 
 def normalize_vm_id(value):
@@ -273,9 +291,11 @@ def decimal(text):
     return float(text)
 
 
-def _parse_number(name, text, is_int, lo, hi):
+def _parse_number(name, text, is_int, lo, hi, places):
     """A field's value by the one grammar (``DECIMAL``, ``_TYPED_INT_RE``), never by what
-    int() and float() would also make of it."""
+    int() and float() would also make of it.  A field of ``places`` digits refuses a value
+    with more (``0.0005``) as ``non_numeric``, as an integer field refuses ``2.5``; its value
+    is an int when whole (``stepped``)."""
     if text[-1:] in ("i", "u"):
         if not _TYPED_INT_RE.match(text):
             raise DecodeError(R_NON_NUMERIC, "%s=%r is not an integer" % (name, text[:40]))
@@ -292,6 +312,12 @@ def _parse_number(name, text, is_int, lo, hi):
             if value != int(value):
                 raise DecodeError(R_NON_NUMERIC, "%s=%r must be an integer" % (name, text[:40]))
             value = int(value)
+        elif places is not None:
+            if round(value, places) != value:
+                raise DecodeError(R_NON_NUMERIC, "%s=%r has more than %d digits after the point"
+                                  % (name, text[:40], places))
+            if value == int(value):
+                value = int(value)
     if not lo <= value <= hi:
         raise DecodeError(R_RANGE, "%s=%s outside [%s, %s]" % (name, text[:40], lo, hi))
     return value
@@ -430,17 +456,21 @@ def format_float(value):
     return text[:-2] if text.endswith(".0") else text
 
 
-def _format_number(value, is_int):
-    return "%di" % value if is_int else format_float(value)
+def _format_number(value, is_int, places):
+    """An integer field's value as ``2i``; a field of ``places`` digits likewise when whole
+    (the wire form older servers read), else its shortest decimal (``0.25``)."""
+    if is_int or (places is not None and value == int(value)):
+        return "%di" % value
+    return format_float(value)
 
 
 def encode_record(record):
     """One line (``str``, no newline) for a Record; the inverse of decode_line."""
     parts = []
-    for name, is_int, _lo, _hi, _req in FIELDS:
+    for name, is_int, _lo, _hi, _req, places in FIELDS:
         value = getattr(record, name)
         if value is not None:
-            parts.append("%s=%s" % (name, _format_number(value, is_int)))
+            parts.append("%s=%s" % (name, _format_number(value, is_int, places)))
     return "%s %s %d" % (_head(record), ",".join(parts), record.ts)
 
 
@@ -460,17 +490,20 @@ def _batch_template(kinds):
 
     None means "use encode_record": a value whose exact type is not the plain
     float/int the template formats (numpy scalars, bools, ints in float
-    fields) could print differently through ``%r``.
+    fields) could print differently through ``%r``.  A field of fixed places
+    (``vcpus``) takes the template as an int (``2i``); as a float it may be
+    whole, which only encode_record writes as an integer.
     """
     parts = []
     present = []
-    for offset, (name, is_int, _lo, _hi, _req) in enumerate(FIELDS):
+    for offset, (name, is_int, _lo, _hi, _req, places) in enumerate(FIELDS):
         kind = kinds[offset + 2]
         if kind is type(None):
             continue
-        if kind is not (int if is_int else float):
+        as_int = is_int or places is not None
+        if kind is not (int if as_int else float):
             return None
-        parts.append(name + ("=%di" if is_int else "=%r"))
+        parts.append(name + ("=%di" if as_int else "=%r"))
         present.append(offset + 2)
     if kinds[1] is not int or not parts:
         return None

@@ -73,13 +73,21 @@ class Located(namedtuple("Located", ("cpu", "memory", "io", "lxcfs"))):
 
 
 def vcpus_for(cpus):
-    """The record's ``vcpus`` for a limit of ``cpus`` CPUs.
+    """The record's ``vcpus`` for a limit of ``cpus`` CPUs: the limit itself, as the field
+    holds it (protocol.FIELDS' places: a quota of 25000 in a period of 100000 is 0.25).
 
-    The protocol decides whether a fractional count can be sent
-    (protocol.FIELDS); as an integer, a 1.5-CPU limit is sent as 2: the
-    container may run on two CPUs at once, and a size never rounds to 0.
+    Rounded to the field's places, and never below its smallest step, so a
+    size never rounds to 0.  An integer field would take the ceiling (a
+    1.5-CPU limit as 2: the container may run on two CPUs at once).  The
+    interval's CPU % is of this size (IntervalSampler), so ``cpu x vcpus`` is
+    the CPUs used whatever the rounding.
     """
-    return int(math.ceil(cpus)) if protocol.is_integer_field("vcpus") else cpus
+    places = protocol.field_places("vcpus")
+    if places == 0:
+        return int(math.ceil(cpus))
+    if places is None:
+        return cpus
+    return protocol.stepped(max(round(cpus, places), 10.0 ** -places), places)
 
 
 def parse_mountinfo(text):

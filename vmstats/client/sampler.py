@@ -173,8 +173,10 @@ class IntervalSampler(object):
     that really elapsed, even if a sub-sample or a send ran late.
 
     ``measure`` is cgroup.MODES' choice.  Where CPU comes from is chosen at
-    each interval's start: the cgroup's CPU time over ``limit x elapsed``
-    when a limit confines it, so 100 % is a container running at its limit;
+    each interval's start: the cgroup's CPU time over ``size x elapsed``
+    when a limit confines it, the size being the limit as the record's
+    ``vcpus`` holds it (cgroup.vcpus_for: 0.25 for a quarter of a CPU), so
+    100 % is a container running at its limit;
     else /proc/stat's jiffies.  Memory is chosen at the end, when it is read.
     Disks are chosen at the start too (cgroup.Confinement.disks_from_cgroup):
     a cgroup that cannot say leaves the interval to /proc/diskstats, the
@@ -189,7 +191,7 @@ class IntervalSampler(object):
         self.confinement = cgroup.Confinement(root, measure)
         self._start = None
         self._started_at = None
-        self._cpus = None        # the interval's CPU limit when read from the cgroup, else None
+        self._cpus = None        # the interval's vcpus when read from the cgroup, else None
         self._last_cpu = None    # jiffies, or (cgroup ns, clock) when self._cpus is set
         self._slices = []
         self._disk_unit = procfs.SECTOR_BYTES   # the interval's (combine()); 1: the cgroup's
@@ -212,7 +214,9 @@ class IntervalSampler(object):
     def _open(self, snapshot, now, used_ns=None, disks=None):
         """Choose the next interval's CPU and disk sources; its baseline (``used_ns`` and
         ``disks``, the cgroup's, if just read) is the snapshot returned."""
-        self._cpus = self.confinement.cpus(snapshot.vcpus)
+        limit = self.confinement.cpus(snapshot.vcpus)
+        # The size the record will carry (vcpus_for): the CPU % is of it, as a VM's is of its CPUs.
+        self._cpus = None if limit is None else cgroup.vcpus_for(limit)
         if self._cpus is None:
             self._last_cpu = snapshot.cpu
         else:
@@ -270,7 +274,7 @@ class IntervalSampler(object):
             mem = memory(meminfo)
         else:
             mem = percent(*from_cgroup), max(1, from_cgroup[1] >> 20)
-        vcpus = end.vcpus if self._cpus is None else cgroup.vcpus_for(self._cpus)
+        vcpus = end.vcpus if self._cpus is None else self._cpus
         unit = None if self._disk_unit == 1 and disks is None else self._disk_unit
         metrics = combine(self._start, end if disks is None else end._replace(disks=disks),
                           self._slices, mem, vcpus, now - self._started_at, self.bits, unit)

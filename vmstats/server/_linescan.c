@@ -38,13 +38,15 @@
 typedef struct {
     char name[32];
     Py_ssize_t name_len;
-    int zero_ok;              /* "0" is in range (the lower limit is 0) */
+    int zero_ok;              /* 0 is in range (the lower limit is 0); else a value needs a
+                               * nonzero digit (a decimal range then starts at its step) */
     int typed_digits;         /* i/u typed: [1-9] then at most this many digits in all */
     char typed_top[24];       /* ...or exactly this ("" none): a top that is a power of 10 */
     int untyped_int;          /* untyped values are integers (else decimals) */
     int untyped_digits;       /* untyped: at most this many digits before any point */
     char float_top[24];       /* untyped decimals: this, with a fraction of zeros only */
     int required;
+    Py_ssize_t fraction;      /* untyped decimals: at most this many digits after the point */
 } Field;
 
 typedef struct {
@@ -144,15 +146,25 @@ integer_ok(Span v, int zero_ok, int digits, const char *top)
     return top[0] != '\0' && span_is(v, top);
 }
 
-/* \d{1,digits}(\.\d{0,fraction})? or top(\.0{0,fraction})? */
+/* \d{1,digits}(\.\d{0,fraction})? or top(\.0{0,fraction})?, with a nonzero digit in it
+ * unless zero_ok (parse._float_pattern's lookahead) */
 static int
 decimal_ok(Span v, const Field *f, Py_ssize_t most)
 {
     const char *point = memchr(v.p, '.', v.n);
     Py_ssize_t whole = point ? point - v.p : v.n;
     Py_ssize_t fraction = point ? v.n - whole - 1 : 0;
+    if (f->fraction < most)
+        most = f->fraction;
     if (whole < 1 || fraction > most || !all_digits(v.p, whole))
         return 0;
+    if (!f->zero_ok) {
+        Py_ssize_t i = 0;
+        while (i < v.n && (v.p[i] == '0' || v.p[i] == '.'))
+            i++;
+        if (i == v.n)
+            return 0;
+    }
     if (whole <= f->untyped_digits)
         return all_digits(v.p + whole + 1, fraction);
     if (f->float_top[0] == '\0' || !span_is((Span){v.p, whole}, f->float_top))
@@ -454,7 +466,7 @@ copy_text(PyObject *text, char *into, size_t room, Py_ssize_t *length)
 PyDoc_STRVAR(spec_doc,
 "spec(fields, limits) -> the capsule scan() reads lines with\n\n"
 "fields: in the log's order, each (name, zero_ok, typed_digits, typed_top,\n"
-"untyped_int, untyped_digits, float_top, required); limits: the longest VM id,\n"
+"untyped_int, untyped_digits, float_top, required, fraction); limits: the longest VM id,\n"
 "host, extra tags, tag key, tag value and fraction; as parse.line_spec makes them.");
 
 static PyObject *
@@ -483,9 +495,9 @@ make_spec(PyObject *self, PyObject *args)
     for (Py_ssize_t i = 0; i < spec->count; i++) {
         Field *f = &spec->fields[i];
         PyObject *name, *typed_top, *float_top;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, i), "SpiSpiSp", &name, &f->zero_ok,
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, i), "SpiSpiSpn", &name, &f->zero_ok,
                               &f->typed_digits, &typed_top, &f->untyped_int, &f->untyped_digits,
-                              &float_top, &f->required)
+                              &float_top, &f->required, &f->fraction)
                 || !copy_text(name, f->name, sizeof f->name, &f->name_len)
                 || !copy_text(typed_top, f->typed_top, sizeof f->typed_top, NULL)
                 || !copy_text(float_top, f->float_top, sizeof f->float_top, NULL)) {

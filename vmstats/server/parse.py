@@ -76,22 +76,41 @@ def _int_pattern(lo: int, hi: int) -> str:
     return "0|" + body if lo == 0 else body
 
 
-def _float_pattern(lo: float, hi: float) -> str:
-    """Decimals provably in [lo, hi] (no sign, no exponent: the decoder handles those).
+def _float_pattern(lo: float, hi: float, places: int | None = None) -> str:
+    """Decimals provably in [lo, hi] (no sign, no exponent: the decoder handles those), with
+    at most ``places`` digits after the point (None: ``_FRACTION_DIGITS``).
 
     The fraction is an empty alternative (``_optional``), neither ``(?:...)?``
     nor a digit lookahead then an optional point and digits: the same
     language, and the whole regex about a sixth faster than with the lookahead
-    (measured).
+    (measured).  A positive range (``vcpus``) starts at its smallest step,
+    10 ** -places, so what it refuses is exactly zero: a lookahead for a
+    nonzero digit before any other character (``0``, ``0.000`` go to the
+    decoder, which counts them out of range).
     """
+    fraction = _FRACTION_DIGITS if places is None else places
+    positive = ""
     if lo != 0:
-        raise ValueError("the fast path only handles float ranges starting at 0")
+        if places is None or lo != 10.0 ** -places:
+            raise ValueError("the fast path only handles float ranges starting at 0, or at "
+                             "the smallest step of their places")
+        positive = r"(?=[0.]*[1-9])"
     top = int(hi)
     digits = _int_digits(top)
-    pattern = r"\d{1,%d}%s" % (digits, _optional(r"\.\d{0,%d}" % _FRACTION_DIGITS))
+    pattern = r"%s\d{1,%d}%s" % (positive, digits, _optional(r"\.\d{0,%d}" % fraction))
     if top == 10 ** digits:  # e.g. 100: "100" and "100.000" are in range, "100.5" is not
-        pattern += r"|%d%s" % (top, _optional(r"\.0{0,%d}" % _FRACTION_DIGITS))
+        pattern += r"|%d%s" % (top, _optional(r"\.0{0,%d}" % fraction))
     return pattern
+
+
+def _typed_int_pattern(lo: float, hi: float) -> str:
+    """``i``/``u`` typed integers provably in [lo, hi], without the suffix (a decimal field's
+    whole values are sent so: ``vcpus=2i``)."""
+    top = int(hi)
+    value = _int_pattern(math.ceil(lo), top)
+    if top == 10 ** _int_digits(top):  # 100i, a percentage at its top
+        value += "|%d" % top
+    return value
 
 
 def _optional(piece: str) -> str:
@@ -133,11 +152,17 @@ def build_fast_path(compact: bool = False,
                                                    _EXTRA_TAG_PATTERN) for tag in extra_tags))
     parts.append(" (" if compact else " ")
     seq_group = -1
-    for position, (name, is_int, lo, hi, required) in enumerate(protocol.FIELDS):
+    for position, (name, is_int, lo, hi, required, places) in enumerate(protocol.FIELDS):
         if position == 0 and not required:
             raise ValueError("the first field must be required for the fast path")
         group = "(%s)" if not compact or name == "seq" else "(?:%s)"
-        value = group % _int_pattern(lo, hi) + "i" if is_int else group % _float_pattern(lo, hi)
+        if is_int:
+            value = group % _int_pattern(lo, hi) + "i"
+        elif places is not None:  # whole values as encode_record writes them (2i), or decimals
+            value = group % ("%s(?=i)|%s(?!i)" % (_typed_int_pattern(lo, hi),
+                                                  _float_pattern(lo, hi, places))) + "(?:i|)"
+        else:
+            value = group % _float_pattern(lo, hi)
         piece = r"%s%s=%s" % ("" if position == 0 else ",", re.escape(name), value)
         parts.append(piece if required or compact else _optional(piece))
         if name == "seq":
@@ -186,11 +211,23 @@ _OTHER_OF = itemgetter(-1)
 _VALUE_PATTERNS = {b"vm": r"[A-Za-z0-9._:%%-]{1,%d}" % protocol.MAX_VM_ID_LENGTH,
                    b"host": r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (protocol.MAX_HOST_LENGTH - 1)}
 _EXTRA_TAG_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (protocol.MAX_TAG_VALUE_LENGTH - 1)
-_FIELD_SPEC = {name.encode("ascii"): (is_int, lo, hi)
-               for name, is_int, lo, hi, _required in protocol.FIELDS}
-#: Every field in the agent's order and typing, as ``shape_key`` reads a line's fields.
-_AGENT_FIELDS = tuple(name.encode("ascii") + (b"=i" if is_int else b"")
-                      for name, is_int, _lo, _hi, _required in protocol.FIELDS)
+_FIELD_SPEC = {name.encode("ascii"): (is_int, lo, hi, places)
+               for name, is_int, lo, hi, _required, places in protocol.FIELDS}
+#: Every field in the agent's order and typing, as ``shape_key`` reads a line's fields (a
+#: whole size typed, ``vcpus=2i``: an agent's line with a fractional one is a shape of its own).
+_AGENT_FIELDS = tuple(name.encode("ascii") + (b"=i" if is_int or places is not None else b"")
+                      for name, is_int, _lo, _hi, _required, places in protocol.FIELDS)
+#: A field of fixed places as ``shape_key`` reads it untyped (``vcpus=0.25``) -> typed, the
+#: agent's whole size: the agent's regexes admit both.
+_AGENT_UNTYPED = {name.encode("ascii"): name.encode("ascii") + b"=i"
+                  for name, is_int, _lo, _hi, _required, places in protocol.FIELDS
+                  if not is_int and places is not None}
+
+
+def _as_agents(fields: tuple) -> tuple:
+    """A line's fields (``shape_key``) with a size spelled as a decimal read as the agent's
+    typed one: the same spelling to the agent's regexes."""
+    return tuple(_AGENT_UNTYPED.get(field, field) for field in fields)
 _TAGS_SEPARATOR = TAGS_SEPARATOR.encode("ascii")
 
 
@@ -301,9 +338,9 @@ def _agents_spelling(key: tuple) -> bool:
     tag_keys, fields, stamp_length = key
     if tag_keys not in ((b"vm",), (b"vm", b"host")) or stamp_length != 10:
         return False
-    canonical = [name.encode("ascii") + (b"=i" if is_int else b"")
-                 for name, is_int, _lo, _hi, _required in protocol.FIELDS]
-    positions = [canonical.index(field) if field in canonical else -1 for field in fields]
+    canonical = list(_AGENT_FIELDS)
+    positions = [canonical.index(field) if field in canonical else -1
+                 for field in _as_agents(fields)]
     return -1 not in positions and positions == sorted(set(positions))
 
 
@@ -312,21 +349,25 @@ def line_spec() -> tuple:
     values as ``build_shape``'s regexes admit them, so the C reader's grammar has every limit
     from ``protocol`` and this module, none of its own.
 
-    Per field: its name; whether 0 is in range; for i/u typed values the most
-    digits and the top spelled out when it is a power of ten (``100i``); whether
-    untyped values are integers (exact up to ``_EXACT_DIGITS``) and their most
-    digits before any point; for untyped decimals the top spelled out likewise;
-    whether the field is required.  Then the longest VM id, host, extra tags, tag key and
-    tag value, and the most digits after a decimal point.
+    Per field: its name; whether 0 is in range (a positive range starts at 1 for
+    i/u typed values and at its smallest step for decimals: ``_float_pattern``);
+    for i/u typed values the most digits and the top spelled out when it is a
+    power of ten (``100i``); whether untyped values are integers (exact up to
+    ``_EXACT_DIGITS``) and their most digits before any point; for untyped
+    decimals the top spelled out likewise; whether the field is required; the
+    most digits after a decimal point (the field's places).  Then the longest VM
+    id, host, extra tags, tag key and tag value, and the most digits after a
+    decimal point of any field.
     """
     spec = []
-    for name, is_int, lo, hi, required in protocol.FIELDS:
+    for name, is_int, lo, hi, required, places in protocol.FIELDS:
         top = int(hi)
         digits = _int_digits(top)
         top_spelled = b"%d" % top if top == 10 ** digits else b""
         untyped = _int_digits(min(hi, 10 ** _EXACT_DIGITS - 1)) if is_int else digits
-        spec.append((name.encode("ascii"), int(lo) == 0, digits, top_spelled, is_int, untyped,
-                     b"" if is_int else top_spelled, required))
+        spec.append((name.encode("ascii"), lo <= 0, digits, top_spelled, is_int, untyped,
+                     b"" if is_int else top_spelled, required,
+                     _FRACTION_DIGITS if places is None else places))
     limits = (protocol.MAX_VM_ID_LENGTH, protocol.MAX_HOST_LENGTH, protocol.MAX_EXTRA_TAGS,
               protocol.MAX_TAG_KEY_LENGTH, protocol.MAX_TAG_VALUE_LENGTH, _FRACTION_DIGITS)
     return tuple(spec), limits
@@ -365,7 +406,7 @@ def build_shape(key: tuple) -> Shape | None:
     tag_keys, fields, stamp_length = key
     names = [field.partition(b"=")[0] for field in fields]
     extras = [tag for tag in tag_keys if tag not in _VALUE_PATTERNS]
-    if (extras and fields == _AGENT_FIELDS and stamp_length == 10 and extras == sorted(extras)
+    if (extras and _as_agents(fields) == _AGENT_FIELDS and stamp_length == 10 and extras == sorted(extras)
             and tag_keys[:len(tag_keys) - len(extras)] in ((b"vm",), (b"vm", b"host"))):
         return CompactShape(tuple(extras))  # the agent's lines with tags (protocol.encode_record)
     parts = []
@@ -377,18 +418,14 @@ def build_shape(key: tuple) -> Shape | None:
                                      ",".join(parts)[len(parts[0].partition("(")[0]):])
     values = []
     for field, name in zip(fields, names, strict=True):
-        is_int, lo, hi = _FIELD_SPEC[name]
+        is_int, lo, hi, places = _FIELD_SPEC[name]
         suffix = field[len(name) + 1:].decode("ascii")
         if suffix:  # i or u: read with int(), in range when its digits say so
-            top = int(hi)
-            value = _int_pattern(int(lo), top)
-            if top == 10 ** _int_digits(top):  # 100i, a percentage at its top
-                value += "|%d" % top
-            value = "(%s)%s" % (value, suffix)
+            value = "(%s)%s" % (_typed_int_pattern(lo, hi), suffix)
         elif is_int:  # untyped: read with float(), exact up to 15 digits
             value = "(%s)" % _int_pattern(lo, min(hi, 10 ** _EXACT_DIGITS - 1))
         else:
-            value = "(%s)" % _float_pattern(lo, hi)
+            value = "(%s)" % _float_pattern(lo, hi, places)
         values.append("%s=%s" % (re.escape(name.decode("ascii")), value))
     pattern += " %s ([1-9]\\d{9})\\d{%d}\\r?(?![^\n])" % (",".join(values), stamp_length - 10)
     regex = re.compile(pattern.encode("ascii"))

@@ -46,7 +46,7 @@ R_TRUNCATED = "truncated"
 R_AUTH = "auth"
 
 #: Field -> (least, greatest) a record may hold: the protocol's own table, the one place for them.
-BOUNDS = {name: (low, high) for name, _is_int, low, high, _required in protocol.FIELDS}
+BOUNDS = {name: (low, high) for name, _is_int, low, high, _required, _places in protocol.FIELDS}
 #: How far a percentage may stray outside 0..100 and still be taken, clamped, as rounding:
 #: Telegraf prints ``usage_idle=100.00000001``, and idle plus iowait can add up to a hair over
 #: 100.  Further out it is no rounding but a broken sender (``usage_idle=-50``), and clamping it

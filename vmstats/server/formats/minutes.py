@@ -67,6 +67,7 @@ _LIMITS = {
     MEM_PART: (0, math.inf, 0),  # bytes of one kind of memory
 }
 _MIB = 1 << 20
+_VCPU_PLACES = protocol.field_places("vcpus")
 _RATE_KINDS = frozenset(RATES)
 #: The rates summed over a VM's interfaces: the virtual ones are left out of both alike.
 _NET_KINDS = frozenset(("net_rx", "net_tx"))
@@ -524,7 +525,8 @@ def _record(vm: str, end: int, minute: Minute, events: Counter,
     mean = cpu / cpu_count
     fields = {"cpu": round(mean, 2), "cpu_max": round(max(cpu_max, mean), 2),
               "mem": round(mem / mem_count, 2), **rates,
-              "vcpus": int(vcpus) if vcpus is not None else None,
+              # A size as the record holds it (a 1.5-CPU container's gauge stays 1.5).
+              "vcpus": protocol.stepped(vcpus, _VCPU_PLACES) if vcpus is not None else None,
               "mem_mb": int(mem_mb) if mem_mb is not None else None}
     for name, value in fields.items():
         if value is not None:
