@@ -65,11 +65,14 @@ def sample(proc, steps, measure="auto"):
         probe.close()
 
 
-def v2_container(tmp_path, cpu_max="150000 100000", memory_max=str(512 * MIB), extra=""):
+def v2_container(tmp_path, cpu_max="150000 100000", memory_max=str(512 * MIB), extra="",
+                 usage_usec=(1000000, 5500000, 7000000)):
     """An LXD-style container on cgroup v2: its own cgroup namespace, systemd inside.
 
     The agent sits in its service's cgroup, capped as the shipped unit caps it
     (MemoryMax=64M) and with a CPU quota of its own: neither is the machine's.
+    The steps write its CPU time at 0, 5 and 10 s (by default 4.5 s of CPU in
+    the first 5 s, 1.5 s in the next 5 s).
     """
     proc = tree(tmp_path, "0::/system.slice/vmstats-agent.service\n", V2 % "/" + extra)
     top = tmp_path / "sys" / "fs" / "cgroup"
@@ -91,8 +94,7 @@ def v2_container(tmp_path, cpu_max="150000 100000", memory_max=str(512 * MIB), e
             put(top / "memory.stat", "anon 1\nfile 2\nactive_file 3\ninactive_file %d\n" % (44 * MIB))
         return write
 
-    # 4.5 s of CPU in the first 5 s, 1.5 s in the next 5 s.
-    return proc, [at(1000000), at(5500000), at(7000000)]
+    return proc, [at(used) for used in usage_usec]
 
 
 def test_v2_container_is_sized_and_billed_by_its_limits_not_the_host(tmp_path):
@@ -104,33 +106,22 @@ def test_v2_container_is_sized_and_billed_by_its_limits_not_the_host(tmp_path):
                                                   mem_mb=512)
 
 
-def quarter_cpu_steps(tmp_path, usage_usec):
-    """The v2 container's CPU time at 0, 5 and 10 s (its memory as v2_container writes it)."""
-    top = tmp_path / "sys" / "fs" / "cgroup"
-
-    def at(used):
-        def write():
-            put(top / "cpu.stat", "usage_usec %d\nuser_usec 1\nsystem_usec 1\n" % used)
-            put(top / "memory.current", "%d\n" % (300 * MIB))
-            put(top / "memory.stat", "anon 1\nfile 2\nactive_file 3\ninactive_file %d\n" % (44 * MIB))
-        return write
-    return [at(used) for used in usage_usec]
-
-
 def test_a_quarter_cpu_quota_is_sized_0_25_and_its_cpu_is_of_that_quarter(tmp_path):
-    proc, _steps = v2_container(tmp_path, cpu_max="25000 100000")
+    proc, steps = v2_container(tmp_path, cpu_max="25000 100000",
+                               usage_usec=(1000000, 2000000, 2250000))
     # A quarter of a CPU has 1.25 s in 5 s: 1.0 s used (80 %), then 0.25 s (20 %): 1.25 of
     # 2.5 s overall (50 %), so cpu x vcpus is the 0.125 CPUs the container used.
-    metrics = sample(proc, quarter_cpu_steps(tmp_path, (1000000, 2000000, 2250000)))
+    metrics = sample(proc, steps)
     assert (metrics.cpu, metrics.cpu_max, metrics.vcpus, metrics.mem_mb) == (50.0, 80.0, 0.25, 512)
     assert metrics.cpu / 100 * metrics.vcpus == pytest.approx(1.25 / 10)
 
 
 def test_a_quota_of_a_third_is_sized_to_three_places_and_cpu_is_of_that_size(tmp_path):
-    proc, _steps = v2_container(tmp_path, cpu_max="33333 100000")
+    proc, steps = v2_container(tmp_path, cpu_max="33333 100000",
+                               usage_usec=(1000000, 1832500, 2665000))
     # Sent as 0.333 vCPU, and the CPU % is of those 0.333 (3.33 s in 10 s), not of 0.33333:
     # 1.665 s used is 50 %, so the report's cpu x vcpus is the CPU time used.
-    metrics = sample(proc, quarter_cpu_steps(tmp_path, (1000000, 1832500, 2665000)))
+    metrics = sample(proc, steps)
     assert (metrics.cpu, metrics.cpu_max, metrics.vcpus) == (50.0, 50.0, 0.333)
 
 

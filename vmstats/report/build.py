@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vmstats import logstore
+from vmstats import logstore, protocol
 from vmstats.report import exclusions as exclusions_mod
 from vmstats.report import load as load_mod
 from vmstats.report import statement as statement_mod
@@ -293,7 +293,7 @@ def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -
         "excluded_reason": excluded.reason if excluded else "",
         "monthly_cost": _money(v["monthly_cost"]),
         "usage_cost": _money(v["usage_cost"]),
-        "vcpus": _r(v["vcpus"], 0),
+        "vcpus": _size(v["vcpus"]),
         "mem_gb": _r(v["mem_gb"], 3),
         "recommended_vcpus": _r(decision.recommended_vcpus, 3),
         "recommended_mem_gb": _r(decision.recommended_mem_gb, 3),
@@ -371,6 +371,14 @@ def _profiles(values: np.ndarray) -> list[list[float | None]]:
 def _money(value: float) -> float | None:
     """A money cell: to the cent as prices.cents rounds it, None when unknown."""
     return None if value is None or value != value else cents(float(value))
+
+
+def _size(value: float) -> int | float | None:
+    """A size for the outputs as the record holds it: whole vCPUs an int (``2``, as always), a
+    container's fraction to its places (``0.25``, never rounded to 0)."""
+    if value is None or value != value:
+        return None
+    return protocol.stepped(float(value), stats_mod.VCPU_PLACES)
 
 
 def _r(value: float, digits: int) -> float | None:

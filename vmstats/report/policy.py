@@ -671,7 +671,8 @@ def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> 
     need_vcpus = max(vcpus * vm["cpu_p95"] / 100.0 * (1 + s["headroom"]), vcpus * step) if cpu_hot else vcpus
     need_gb = max(mem_gb * vm["mem_p95"] / 100.0 * (1 + s["headroom"]), mem_gb * step) if mem_hot else mem_gb
     name, new_vcpus, new_gb, new_cost = prices.smaller(
-        need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"]
+        need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"],
+        _vcpu_step(vcpus, s),
     )
     # The extra cost in the text, the evidence and the saving is one figure, to the cent.
     extra = _money(new_cost - cost) if _known(new_cost) else math.nan
@@ -715,7 +716,8 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
     if _known(vm["mem_zero_share"]) and vm["mem_zero_share"] >= s["zero_share"]:
         need_gb = mem_gb  # memory stuck at 0 says nothing of the memory it needs: keep it
     name, new_vcpus, new_gb, new_cost = prices.smaller(
-        need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"]
+        need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"],
+        _vcpu_step(vcpus, s),
     )
     saving = cost - new_cost
     evidence = {
@@ -768,6 +770,13 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
         recommended_size=name,
         evidence=evidence,
     )
+
+
+def _vcpu_step(vcpus: float, s) -> float | None:
+    """The step a resize of this size moves in: None for whole vCPUs (a VM: the price book's
+    sizes and the ladder), ``fractional_vcpu_step`` for a size already fractional (a
+    container's limit, 1.5 vCPU, which may be told 0.5).  docs/POLICY.md, "Fractional sizes"."""
+    return None if float(vcpus).is_integer() else s["fractional_vcpu_step"]
 
 
 def _gb(value: float) -> str:

@@ -199,16 +199,27 @@ class PriceBook:
         vcpu_ladder: list[float],
         memory_ladder: list[float],
         max_gb_per_vcpu: float = 8.0,
+        vcpu_step: float | None = None,
     ) -> tuple[str, float, float, float]:
-        """The cheapest shape holding the need: ``(name, vcpus, memory_gb, monthly)``."""
+        """The cheapest shape holding the need: ``(name, vcpus, memory_gb, monthly)``.
+
+        ``vcpu_step``: the size is fractional (a container's CPU limit), so
+        the need is rounded up to a multiple of the step, at unit prices,
+        rather than to a named size or the ladder's whole vCPUs, which are
+        VM shapes (docs/POLICY.md, "Fractional sizes").
+        """
         fitting = [s for s in self.sizes if s.vcpus >= need_vcpus and s.memory_gb >= need_gb]
-        if fitting:
+        if fitting and vcpu_step is None:
             best = fitting[0]
             return best.name, best.vcpus, best.memory_gb, best.hourly * self.hours_per_month
         memory = next((m for m in memory_ladder if m >= need_gb), math.ceil(need_gb))
         # Real shapes have a bounded memory per vCPU (memory-optimised families ~8 GB).
         need_vcpus = max(need_vcpus, memory / max_gb_per_vcpu)
-        vcpus = next((v for v in vcpu_ladder if v >= need_vcpus), math.ceil(need_vcpus))
+        if vcpu_step is not None:
+            steps = max(1, math.ceil(round(need_vcpus / vcpu_step, 9)))
+            vcpus = round(steps * vcpu_step, 3)
+        else:
+            vcpus = next((v for v in vcpu_ladder if v >= need_vcpus), math.ceil(need_vcpus))
         return "", vcpus, memory, self.monthly(vcpus, memory)
 
 

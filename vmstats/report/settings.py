@@ -92,6 +92,12 @@ SETTINGS = (
     Setting("downsize_max_net", 10e6, "bytes/s", "network p95 above this keeps the size (bandwidth)"),
     Setting("max_gb_per_vcpu", 8.0, "GB/vCPU", "no recommended shape has more memory per vCPU"),
     Setting("vcpu_ladder", [1, 2, 4, 8, 16, 32, 48, 64, 96, 128], "vCPUs", "sizes a downsize may pick"),
+    Setting(
+        "fractional_vcpu_step",
+        0.25,
+        "vCPUs",
+        "a size already fractional (a container's limit) is resized in multiples of this",
+    ),
     Setting("memory_ladder_gb", [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512], "GB", "memory sizes to pick"),
 )
 DEFAULTS = {s.name: s.default for s in SETTINGS}
@@ -143,6 +149,10 @@ def coerce(name: str, value: Any, origin: str) -> Any:
         raise InputError("%s: %s is a share between 0 and 1" % (origin, name))
     if name == "max_gb_per_vcpu" and number <= 0:
         raise InputError("%s: max_gb_per_vcpu must be positive" % origin)
+    if name == "fractional_vcpu_step" and not (0 < number <= 1 and round(number, 3) == number):
+        # A size holds 3 places (protocol.FIELDS): a finer step could recommend no size at all.
+        raise InputError("%s: fractional_vcpu_step is a multiple of 0.001 vCPU from 0.001 to 1"
+                         % origin)
     if name in ("schedule_night_start", "schedule_night_end") and number > 24:
         raise InputError("%s: %s is an hour of the day (0-24)" % (origin, name))
     if name == "utc_offset_hours" and not -12 <= number <= 14:

@@ -11,10 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vmstats import protocol
 from vmstats.report import runs
 from vmstats.report.histogram import PCT_VALUES, RATE_VALUES, SparseHistograms, percentiles_of, share_below
 from vmstats.report.load import DayTable
 from vmstats.report.settings import SHAPE_TOLERANCE
+
+#: The digits after the point a size holds (protocol.FIELDS).
+VCPU_PLACES = protocol.field_places("vcpus")
 
 DAY = 86400
 #: Days are counted in trends and idle days only when this share of their minutes is present.
@@ -215,7 +219,9 @@ def _without_histograms(rows, d, vm_index, days, group, vms: int, window: Window
     out["cpu_p95_daily_mean"] = mean
 
     # Size: the last known of the window (or of the last day seen).
-    out["vcpus"] = _last_per_vm(d["vcpus"], vm_index, vms)
+    # The daily table holds sizes as float32: rounded back to the field's places, 0.1 vCPU is 0.1
+    # again (not 0.100000001), so prices, ladders and named sizes meet the size that was sent.
+    out["vcpus"] = np.round(_last_per_vm(d["vcpus"], vm_index, vms).astype(np.float64), VCPU_PLACES)
     out["mem_mb"] = _last_per_vm(d["mem_mb"], vm_index, vms)
 
     # Hour-of-week profile (Monday 00:00 UTC first) and sparklines.

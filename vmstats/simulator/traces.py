@@ -80,6 +80,7 @@ _CSV_FIELDS = tuple(f[0] for f in FIELDS if f[0] != "seq")
 #: Every field unknown: a trace's row fills in what it knows.
 _UNKNOWN = dict.fromkeys(FIELD_NAMES)
 _CSV_INT = {f[0] for f in FIELDS if f[1]}
+_CSV_PLACES = {f[0] for f in FIELDS if f[5] is not None}
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -371,7 +372,12 @@ def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
             for i, name in columns:
                 text = row[i].strip()
                 if text:
-                    values[name] = int(_finite(text)) if name in _CSV_INT else _finite(text)
+                    value = _finite(text)
+                    if name in _CSV_INT:
+                        value = int(value)
+                    elif name in _CSV_PLACES:  # a size: whole as an int (sent 2i), else as sent
+                        value = int(value) if value.is_integer() else value
+                    values[name] = value
             if "cpu" not in values:
                 raise ValueError(row)
         except ValueError:
