@@ -125,17 +125,24 @@ def judged(tmp_path_factory):
     write_records(data, before + after)
     fleet["resized"] = "keep"
 
-    # Memory sizes that move late in the window: a balloon driver's small steps (4096 -> 4300 ->
-    # 4450 MB) are drift, judged on the whole window; a doubling is a resize, judged since.
-    for vm, sizes, expected in (
-        ("memory-drift", (4096, 4300, 4450), "reclaim"),
-        ("memory-resized", (4096, 4096, 8192), "insufficient-data"),
+    # Sizes that move late in the window: a balloon driver's small steps (4096 -> 4300 -> 4450 MB)
+    # are drift, judged on the whole window; a doubling is a resize, judged since, which is one
+    # day: too short for a verdict.  Whether the VM worked does not depend on its memory, so an
+    # idle VM idle on both sides of a memory resize is reclaimed on the whole window; one that
+    # worked before it, or whose vCPUs changed (its CPU share changed meaning), waits.
+    before_resize = background()
+    before_resize["cpu"][3 * 1440 + 600 : 3 * 1440 + 720] = 80.0  # two hours of work on day 3
+    for vm, vcpus, sizes, values, expected in (
+        ("memory-drift", (2, 2, 2), (4096, 4300, 4450), background(), "reclaim"),
+        ("memory-resized", (2, 2, 2), (4096, 4096, 8192), background(), "reclaim"),
+        ("memory-resized-worked", (2, 2, 2), (4096, 4096, 8192), before_resize, "insufficient-data"),
+        ("vcpus-resized", (2, 2, 4), (4096, 4096, 4096), background(), "insufficient-data"),
     ):
-        idle = background()
         cuts = [0, 11 * 1440 + 600, 12 * 1440 + 600, MINUTES]
         records = []
-        for a, b, mem_mb in zip(cuts[:-1], cuts[1:], sizes, strict=True):
-            records += series(vm, TS[a:b], *(idle[k][a:b] for k in ("cpu", "mem", "disk", "net")), 2, mem_mb)
+        for a, b, cpus, mem_mb in zip(cuts[:-1], cuts[1:], vcpus, sizes, strict=True):
+            part = (values[k][a:b] for k in ("cpu", "mem", "disk", "net"))
+            records += series(vm, TS[a:b], *part, cpus, mem_mb)
         write_records(data, records)
         fleet[vm] = expected
 
@@ -230,7 +237,7 @@ def test_data_quality_flags_cap_confidence(judged):
         assert row["confidence"] <= 0.39 and row["confidence_label"] == "low"
         assert row["evidence"]["data_quality"]
     assert not rows["background"]["data_quality"] and rows["background"]["confidence"] > 0.39
-    assert report.meta["totals"]["data_quality_vms"] == 6
+    assert report.meta["totals"]["data_quality_vms"] == 8
 
 
 def test_memory_that_drifts_is_not_a_resize(judged):
@@ -239,8 +246,18 @@ def test_memory_that_drifts_is_not_a_resize(judged):
     assert drift["category"] == "reclaim" and drift["span_days"] > 13
     assert drift["data_quality"] == "size changed on 2 days (floating): judged at its last size"
     assert drift["mem_gb"] == pytest.approx(4450 / 1024, abs=0.01)
-    assert resized["blocked_by"] == "span 1.0 of 6 days"
-    assert resized["data_quality"].startswith("resized in the window: judged since 2026-01-14")
+    # Judged on the whole window: idle before and after; flagged, so its confidence is capped.
+    assert resized["span_days"] > 13 and resized["blocked_by"] == ""
+    assert resized["data_quality"] == (
+        "memory resized on 2026-01-14: idle before and after, judged on the whole window"
+    )
+    assert resized["confidence_label"] == "low" and resized["mem_gb"] == 8.0
+    assert resized["monthly_saving"] == resized["monthly_cost"] > 0
+    # Work before the resize is still work; a vCPU resize changes what its CPU share means.
+    for vm in ("memory-resized-worked", "vcpus-resized"):
+        row = rows[vm]
+        assert row["blocked_by"] == "span 1.0 of 6 days", (vm, row["reason"])
+        assert row["data_quality"].startswith("resized in the window: judged since 2026-01-14")
 
 
 def test_a_resized_vm_is_judged_since_its_resize(judged):
@@ -291,7 +308,7 @@ def test_csv_json_and_html_carry_blocked_by_and_data_quality(judged, tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "6 VMs with doubtful data" in result.stdout
+    assert "8 VMs with doubtful data" in result.stdout
     assert "more a month for 1 VM near its size (not in the saving)" in result.stdout, result.stdout
     with open(out / "report.csv", newline="") as handle:
         table = {row["vm"]: row for row in csv.DictReader(handle)}

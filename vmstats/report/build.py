@@ -157,26 +157,26 @@ def build(
             (placement(vm, host) or host, tags) for vm, (host, tags) in zip(table.vms, labels, strict=True)
         ]
     st["span_days"] = _span_days(units, table, window, st)
+    # A VM resized in memory only is judged since its resize; when that is too short for a
+    # verdict, whether it worked is judged on the whole window too (its memory is not work).
+    across = st["resized"] & ~st["cpu_resized"]
+    whole = stats_mod.compute(table, window, per_vm, across) if across.any() else None
+    if whole is not None:
+        whole["span_days"] = _span_days(units, table, window, whole)
 
     # Each VM's series as its row carries them (rounded, gaps None): one numpy pass per statistic.
     series = {name: _profiles(st[name]) for name in _SERIES}
+    whole_series = {name: _profiles(whole[name]) for name in _SERIES} if whole is not None else {}
     rows = []
     for i, vm in enumerate(table.vms):
         group, settings = vm_settings[i]
-        values = {
-            name: (series[name][i] if name in series else array[i])
-            for name, array in st.items()
-            if name != "spark_step_hours"
-        }
-        vcpus, mem_mb = values["vcpus"], values["mem_mb"]
-        mem_gb = mem_mb / 1024.0 if mem_mb == mem_mb else math.nan
-        values["mem_gb"] = mem_gb
-        values["monthly_cost"] = prices.monthly(vcpus, mem_gb)
-        usage = prices.usage_parts(
-            vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
-        )
-        values["usage_cost"] = math.nan if usage is None else cents(sum(usage.values()))
+        values, usage = _values(i, st, series, prices)
         decision = decide(values, settings, end_ts, prices)
+        if whole is not None and across[i] and decision.category == "insufficient-data":
+            whole_values, whole_usage = _values(i, whole, whole_series, prices)
+            on_whole = decide(whole_values, settings, end_ts, prices)
+            if on_whole.category == "reclaim":
+                values, usage, decision = whole_values, whole_usage, on_whole
         if values["last_seen"] <= 0 and vm in damaged_by_vm:
             decision = _all_damaged(damaged_by_vm[vm])
         excluded = exclusions_mod.find(active, vm)
@@ -239,6 +239,26 @@ def build(
             np.where(counts > 0, np.nansum(how, axis=0) / np.maximum(counts, 1), np.nan)
         )
     return Report(rows, window, meta, fleet)
+
+
+def _values(i: int, st: dict[str, np.ndarray], series: dict[str, list], prices: PriceBook
+            ) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """VM ``i``'s statistics as its row and the policy read them, with its costs; and its usage
+    cost's parts."""
+    values = {
+        name: (series[name][i] if name in series else array[i])
+        for name, array in st.items()
+        if name != "spark_step_hours"
+    }
+    vcpus, mem_mb = values["vcpus"], values["mem_mb"]
+    mem_gb = mem_mb / 1024.0 if mem_mb == mem_mb else math.nan
+    values["mem_gb"] = mem_gb
+    values["monthly_cost"] = prices.monthly(vcpus, mem_gb)
+    usage = prices.usage_parts(
+        vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
+    )
+    values["usage_cost"] = math.nan if usage is None else cents(sum(usage.values()))
+    return values, usage
 
 
 def _all_damaged(files: list[dict]) -> Decision:

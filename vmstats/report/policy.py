@@ -356,6 +356,9 @@ def quality_flags(vm: dict[str, Any], s: dict[str, Any]) -> list[str]:
             flags.append("%s stuck at 0 in %.0f%% of minutes" % (label, 100 * share))
     if vm["resized"]:
         flags.append("resized in the window: judged since %s" % _day(vm["judged_from"]))
+    elif vm["resized_on"]:
+        flags.append("memory resized on %s: idle before and after, judged on the whole window"
+                     % _day(vm["resized_on"]))
     elif vm["size_changes"]:
         changes = counted(vm["size_changes"], "day")
         flags.append("size changed on %s (floating): judged at its last size" % changes)

@@ -99,18 +99,27 @@ def _hist_sum(hist: np.ndarray, group: np.ndarray, offset: np.ndarray, groups: i
     return out
 
 
-def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray],
+            across_resize: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Statistics of every VM of ``table`` over ``window``, as arrays indexed like table.vms.
 
     ``settings`` holds per-VM arrays of the thresholds the statistics depend
     on (idle_percentile, cpu_idle, disk_idle, net_idle, idle_day_cpu,
-    idle_day_net_mb).
+    idle_day_net_mb).  ``across_resize``, a mask of VMs, asks for those VMs
+    only, each over the whole window whatever its resizes (``resized_on``
+    keeps the day it would have been judged from): whether a VM worked does
+    not depend on its memory size, so the days before a memory resize still
+    show whether it is idle.
     """
     vms = len(table.vms)
     d = _unknown_when_empty(table.data)
     inside = (table.day >= window.first_day) & (table.day <= window.last_day)
     # A VM resized inside the window is judged on the days after its last resize only.
-    judged_from, size_changes = _judged_from(table, d, inside, vms)
+    judged_from, size_changes, cpu_resized = _judged_from(table, d, inside, vms)
+    resized_on = np.where(judged_from > window.first_day, np.maximum(judged_from * DAY, window.start_ts), 0)
+    if across_resize is not None:
+        inside &= across_resize[table.vm_index]
+        judged_from = np.where(across_resize, np.iinfo(np.int32).min, judged_from)
     inside &= table.day >= judged_from[table.vm_index]
     group = table.vm_index[inside]
     # Usually every loaded day is inside (only stopped VMs bring one from before): then the
@@ -134,6 +143,8 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray]) ->
     resized = judged_from > window.first_day
     s["resized"] = resized
     s["size_changes"] = size_changes
+    s["cpu_resized"] = cpu_resized
+    s["resized_on"] = resized_on
     s["judged_from"] = np.where(resized, np.maximum(judged_from * DAY, window.start_ts), 0)
     expected = np.where(
         resized, np.maximum(1, (window.end_ts - s["judged_from"]) // 60 + 1), window.expected_minutes
@@ -259,8 +270,9 @@ def _unknown_when_empty(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _judged_from(table: DayTable, d: dict[str, np.ndarray], inside: np.ndarray,
-                 vms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per VM, the first day to judge it on (a day number), and how many days its size changed.
+                 vms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per VM, the first day to judge it on (a day number), how many days its size changed,
+    and whether its vCPUs were resized.
 
     A resize is a day whose first and last known sizes differ, or whose first
     differs from the day before's last.  A VM resized once or twice is judged
@@ -275,7 +287,7 @@ def _judged_from(table: DayTable, d: dict[str, np.ndarray], inside: np.ndarray,
     index, day = table.vm_index[inside], table.day[inside].astype(np.int64)
     out = np.full(vms, np.iinfo(np.int32).min, np.int64)
     if not len(index):
-        return out, np.zeros(vms, np.int64)
+        return out, np.zeros(vms, np.int64), np.zeros(vms, bool)
     def apart(a: np.ndarray, b: np.ndarray, factor: float) -> np.ndarray:
         """The larger size more than ``factor`` times the smaller (an unknown size: never)."""
         with np.errstate(invalid="ignore"):
@@ -292,13 +304,15 @@ def _judged_from(table: DayTable, d: dict[str, np.ndarray], inside: np.ndarray,
         moved |= apart(first, last, step) | apart(first, before, step)
         within |= apart(first, last, resize)
         across |= apart(first, before, resize)
+        if name == "vcpus":
+            cpu_days = within | across
     changed = within | across
     count = np.bincount(index[changed], minlength=vms)
     # Changed inside the day: judged from the next; at midnight: from that day.
     start = np.where(within, day + 1, day)
     np.maximum.at(out, index[changed], start[changed])
     out[count > MAX_RESIZES] = np.iinfo(np.int32).min
-    return out, np.bincount(index[moved], minlength=vms)
+    return out, np.bincount(index[moved], minlength=vms), np.bincount(index[cpu_days], minlength=vms) > 0
 
 
 def _runs(rows, days, group, vms) -> dict[str, np.ndarray]:
