@@ -363,6 +363,13 @@ class HostDemand:
     def name(self) -> str:
         return self.host.name
 
+    def unheard_named(self) -> list[dict]:
+        """Its VMs not heard from in the window as every output names them: ``{"vm", "last_seen"}``,
+        the ISO time of the last record or None (never heard from)."""
+        from vmstats.report.build import iso
+
+        return [{"vm": vm, "last_seen": None if ts is None else iso(ts)} for vm, ts in self.unheard]
+
     @property
     def coverage(self) -> float:
         return self.covered / self.expected if self.expected else 1.0

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from vmstats.capacity.demand import FleetDemand, HostDemand, peaks_name, percentile_name
 from vmstats.capacity.profiles import Profile
-from vmstats.report.build import iso
 
 #: Columns of headroom.csv, in order (one place for the CSV, JSON rows and the terminal).
 COLUMNS = (
@@ -161,11 +160,7 @@ def totals(host_rows: list[dict], now: FleetDemand, after: FleetDemand | None) -
         "hosts_known": len(host_rows) - len(unknown),
         "hosts_unknown": unknown,
         "unplaced_vms": now.unplaced,
-        "vms_unknown": [
-            {"vm": vm, "host": h.name, "last_seen": None if ts is None else iso(ts)}
-            for h in now.hosts
-            for vm, ts in h.unheard
-        ],
+        "vms_unknown": [dict(vm, host=h.name) for h in now.hosts for vm in h.unheard_named()],
         # An unknown host counts as no room, now and after the advice alike.
         "fit_now": total("fit_now") or 0,
         "fit_after": total("fit_after") or 0 if after is not None else None,

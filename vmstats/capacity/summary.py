@@ -199,8 +199,6 @@ def _check_fields(cls, data: dict, where: str) -> None:
 def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) -> Summary:
     """The summary of a FleetDemand (its series dropped), with the files named as not read whole
     (``named``: reader.Logs.named) kept, since the summary outlives the reading."""
-    from vmstats.report.build import iso
-
     s = fleet.settings
     hosts = []
     for entry in fleet.hosts:
@@ -221,7 +219,7 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
                 host.alloc_mem_gb,
                 entry.allocated_vcpus,
                 entry.allocated_mem_gb,
-                [{"vm": vm, "last_seen": None if ts is None else iso(ts)} for vm, ts in entry.unheard],
+                entry.unheard_named(),
             )
         )
     return Summary(
