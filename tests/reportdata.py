@@ -16,6 +16,7 @@ from test_report_policy import build_fleet
 
 from vmstats.report import statement as statement_mod
 from vmstats.report.build import Report, _rank_key, build
+from vmstats.report.money import Money
 from vmstats.report.policy import CANDIDATES
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import Policy
@@ -65,7 +66,7 @@ def grown(base: Report, count: int, seed: int = 7, by: str | None = "project") -
         unpriced_vms=sum(1 for r in rows if r["monthly_cost"] is None),
     )
     if by:
-        meta["statement"] = statement_mod.statement(rows, by, meta["prices"]["currency"])
+        meta["statement"] = statement_mod.statement(rows, by, Money.of(meta["prices"]))
     else:
         meta.pop("statement", None)
     return dataclasses.replace(base, rows=rows, meta=meta)

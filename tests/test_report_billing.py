@@ -26,7 +26,8 @@ from test_client_push import wait_rows
 from vmstats import protocol
 from vmstats.protocol import Record
 from vmstats.report import policy
-from vmstats.report.prices import PriceBook, cents
+from vmstats.report.money import Money
+from vmstats.report.prices import PriceBook
 from vmstats.report.settings import DEFAULTS
 
 DAY = 86400
@@ -112,12 +113,13 @@ def report(data, prices, out, by="project"):
     return rows, lines, json.loads((out / "report.json").read_text())
 
 
-def to_cent(amount: Decimal) -> Decimal:
-    return amount.quantize(Decimal("0.01"), ROUND_HALF_UP)
+def reckon(data: Path, prices: Path, digits: int = 2) -> dict[str, dict]:
+    """Each VM's bill from its day logs and the book, in decimal, as docs/REPORT.md states it,
+    to ``digits`` after the point (the currency's minor unit), half a unit away from zero."""
 
+    def to_cent(amount: Decimal) -> Decimal:
+        return amount.quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)
 
-def reckon(data: Path, prices: Path) -> dict[str, dict]:
-    """Each VM's bill from its day logs and the book, in decimal, as docs/REPORT.md states it."""
     book = tomllib.loads(prices.read_text(), parse_float=Decimal)
     hours = Decimal(book["hours_per_month"])
     out = {}
@@ -305,7 +307,7 @@ def test_a_book_that_cannot_name_or_price_a_month_is_one_error(fleet, tmp_path, 
 )
 def test_money_rounds_half_a_cent_away_from_zero(amount, billed):
     """round(x, 2) gives 1.09 for 1.095 (its double is 1.0949999...) but 2.56 for 2.555: a coin toss."""
-    assert cents(amount) == billed
+    assert Money("USD").round(amount) == billed
 
 
 def test_an_upsize_names_one_extra_cost_in_its_text_evidence_and_saving():

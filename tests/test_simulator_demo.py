@@ -12,6 +12,7 @@ import sys
 
 from serverproc import ROOT, serve
 
+from vmstats.report.money import Money
 from vmstats.simulator.demo import score_lines
 
 
@@ -38,7 +39,7 @@ def test_a_one_day_fleet_is_too_little_data_to_judge_not_a_failed_report(tmp_pat
     assert (score["total"], score["correct"], score["wrong"], score["accuracy"]) == (0, 0, [], None)
     assert score["insufficient_data"] == [{"vm": vm[0], "profile": vm[3], "expected": vm[4]}]
     min_days = json.loads((out / "report.json").read_text())["meta"]["policy"]["settings"]["min_days"]
-    assert score_lines(score, "USD", min_days, 1.0) == [
+    assert score_lines(score, Money("USD"), min_days, 1.0) == [
         "1 VM had too little data for the report to judge, as it should: a verdict needs 6 days of a "
         "VM's records, this run simulated 1 (run the demo with more --days to grade them).",
         "Against the simulator's truth the report is right about 0 of 0 judged VMs; USD 0.00 of the "
@@ -48,6 +49,6 @@ def test_a_one_day_fleet_is_too_little_data_to_judge_not_a_failed_report(tmp_pat
 def test_a_fleet_judged_whole_reads_as_before():
     """The default demo (two weeks, every VM judged) says nothing of unjudged VMs."""
     score = {"insufficient_data": [], "total": 200, "correct": 200, "accuracy": 1.0, "saving_correct": 12.5}
-    assert score_lines(score, "EUR", 6, 14) == [
+    assert score_lines(score, Money("EUR"), 6, 14) == [
         "Against the simulator's truth the report is right about 200 of 200 VMs (100.0 %); EUR 12.50 of "
         "the monthly saving rests on correct verdicts."]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from vmstats.report.evidence import evidence_lines
+from vmstats.report.money import Money
 from vmstats.rules.config import parse_rules
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.simulator.score import render, score
@@ -39,9 +40,10 @@ def test_one_of_each_reads_in_the_singular(caplog):
     assert "\n1 VM in the report not in the truth file (not scored)." in render(one)
     assert "\n2 VMs in the report not in the truth file (not scored)." in render(two)
     # A report's evidence read "span 1 days".
-    spans = [text for _label, text in evidence_lines({"evidence": {"span_days": 1.0, "min_days": 6}})]
+    lines = evidence_lines({"evidence": {"span_days": 1.0, "min_days": 6}}, Money("USD"))
+    spans = [text for _label, text in lines]
     assert spans == ["1 day", "6 days"]
-    assert evidence_lines({"evidence": {"span_days": 1.25}})[0][1] == "1.25 days"
+    assert evidence_lines({"evidence": {"span_days": 1.25}}, Money("USD"))[0][1] == "1.25 days"
     # The server's rate-limited log said "1 more unwritable messages suppressed".
     log = logging.getLogger("test-words")
     limited = RateLimitedLog(log, "unwritable", burst=1, period=3600.0)

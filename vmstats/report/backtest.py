@@ -28,6 +28,7 @@ import numpy as np
 from vmstats import logstore
 from vmstats.report import load as load_mod
 from vmstats.report.build import Report, build, iso, parse_day
+from vmstats.report.money import Money
 from vmstats.report.policy import QUARTERS
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import InputError, Policy, ReportError
@@ -188,7 +189,7 @@ def run(
     rows = [_judge(row, *activity[row["vm"]], rules) for row in decision.rows]
     named = [{"path": path, "why": why, "vms": len(hit)} for path, (why, hit) in sorted(skipped.items())]
     result = Backtest(windows, rules, decision, rows, skipped_files=named)
-    result.summary = summarise(rows, decision.meta["prices"]["currency"])
+    result.summary = summarise(rows, Money.of(decision.meta["prices"]))
     return result
 
 
@@ -539,7 +540,7 @@ def _size_text(row: dict[str, Any]) -> str:
     return "%s (%s)" % (name, size) if name else size
 
 
-def summarise(rows: list[dict[str, Any]], currency: str) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]], money: Money) -> dict[str, Any]:
     def count(category: str, outcome: str | None = None) -> int:
         return sum(1 for r in rows if r["category"] == category and outcome in (None, r["outcome"]))
 
@@ -547,7 +548,8 @@ def summarise(rows: list[dict[str, Any]], currency: str) -> dict[str, Any]:
     missed = [r for r in rows if r["outcome"] == "missed-saving"]
     return {
         "vms": len(rows),
-        "currency": currency,
+        "currency": money.currency,
+        "minor_unit": money.minor_unit,
         "reclaim": {
             "vms": count("reclaim"),
             "needed_later": count("reclaim", "needed-later"),
@@ -562,7 +564,7 @@ def summarise(rows: list[dict[str, Any]], currency: str) -> dict[str, Any]:
             "vms": len(quiet),
             "reclaimed": sum(1 for r in quiet if r["category"] == "reclaim"),
             "missed": len(missed),
-            "missed_monthly_cost": round(sum(r["monthly_cost"] or 0.0 for r in missed), 2),
+            "missed_monthly_cost": money.round(sum((r["monthly_cost"] or 0.0 for r in missed), 0.0)),
         },
         "outcomes": {name: sum(1 for r in rows if r["outcome"] == name) for name in OUTCOMES},
         "judge_states": {

@@ -15,7 +15,7 @@ import jinja2
 
 from vmstats.outputfile import replacing, write_text
 from vmstats.report.backtest import OUTCOMES, Backtest
-from vmstats.report.outputs import money
+from vmstats.report.money import Money
 from vmstats.report.render import TEMPLATES
 from vmstats.words import counted, plural
 
@@ -130,6 +130,8 @@ def render(result: Backtest, path: str) -> None:
     )
     env.filters["num"] = lambda v, fmt="%.1f": "" if v is None else fmt % v
     env.filters["plural"] = plural
+    money = Money.of(result.decision.meta["prices"])
+    env.filters["money"] = lambda v: "" if v is None else money.figure(v)
     text = env.get_template("backtest.html.j2").render(
         doc=document(result),
         rows=ordered(result),
@@ -170,7 +172,7 @@ def _rate(value: float) -> str:
 def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 10) -> None:
     s = result.summary
     w = result.windows.as_dict()
-    currency = s["currency"]
+    money = Money.of(result.decision.meta["prices"])
     print(
         "vmstats backtest: %s; decided on %s .. %s (%s), judged on %s .. %s (%s)"
         % (
@@ -202,7 +204,7 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
         ("schedule", "%s: %d busy inside their off-hours"
          % (vms(s["schedule"]["vms"]), s["schedule"]["busy_off_hours"])),
         ("quiet", "%s quiet in both windows: %d reclaimed, %d not (missed saving %s a month)"
-         % (vms(q["vms"]), q["reclaimed"], q["missed"], money(q["missed_monthly_cost"], currency))),
+         % (vms(q["vms"]), q["reclaimed"], q["missed"], money.text(q["missed_monthly_cost"]))),
     )  # fmt: skip
     for name, text in lines:
         print("%-9s %s" % (name, text), file=stream)

@@ -19,8 +19,9 @@ from vmstats.report import exclusions as exclusions_mod
 from vmstats.report import load as load_mod
 from vmstats.report import statement as statement_mod
 from vmstats.report import stats as stats_mod
+from vmstats.report.money import Money
 from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
-from vmstats.report.prices import PriceBook, cents
+from vmstats.report.prices import PriceBook
 from vmstats.report.settings import MAX_DAYS, InputError, Policy, ReportError
 from vmstats.words import counted
 
@@ -204,7 +205,7 @@ def build(
             )
         rows.append(
             dict(
-                _row(vm, group, values, decision, excluded),
+                _row(vm, group, values, decision, excluded, prices.money),
                 **_drill(labels[i], usage, values, settings),
                 currency=prices.currency,
             )
@@ -229,7 +230,7 @@ def build(
     meta["sparkline_start"] = iso(window.start_ts // 3600 * 3600)
     meta["daily_start"] = load_mod.day_name(window.start_ts // 86400)
     if by is not None:
-        meta["statement"] = statement_mod.statement(rows, by, prices.currency)
+        meta["statement"] = statement_mod.statement(rows, by, prices.money)
     fleet = _fleet(rows)
     with np.errstate(invalid="ignore"):
         # Fleet-wide mean CPU per hour of the week: when the fleet works, at a glance.
@@ -257,7 +258,7 @@ def _values(i: int, st: dict[str, np.ndarray], series: dict[str, list], prices: 
     usage = prices.usage_parts(
         vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
     )
-    values["usage_cost"] = math.nan if usage is None else cents(sum(usage.values()))
+    values["usage_cost"] = math.nan if usage is None else prices.money.round(sum(usage.values()))
     return values, usage
 
 
@@ -299,20 +300,22 @@ def _span_days(units, table, window, st) -> np.ndarray:
     return np.maximum(0, st["last_seen"] - start + 60) / 86400.0
 
 
-def _row(vm: str, group: str, v: dict[str, Any], decision: Decision, excluded) -> dict[str, Any]:
+def _row(
+    vm: str, group: str, v: dict[str, Any], decision: Decision, excluded, money: Money
+) -> dict[str, Any]:
     return {
         "rank": 0,
         "vm": vm,
         "category": decision.category,
-        "monthly_saving": decision.monthly_saving,
+        "monthly_saving": money.round(decision.monthly_saving),
         "confidence": decision.confidence,
         "confidence_label": confidence_label(decision.confidence),
         "reason": decision.reason,
         "recommendation": decision.recommendation,
         "group": group,
         "excluded_reason": excluded.reason if excluded else "",
-        "monthly_cost": _money(v["monthly_cost"]),
-        "usage_cost": _money(v["usage_cost"]),
+        "monthly_cost": _money(v["monthly_cost"], money),
+        "usage_cost": _money(v["usage_cost"], money),
         "vcpus": _size(v["vcpus"]),
         "mem_gb": _r(v["mem_gb"], 3),
         "recommended_vcpus": _r(decision.recommended_vcpus, 3),
@@ -388,9 +391,9 @@ def _profiles(values: np.ndarray) -> list[list[float | None]]:
     return [[None if x != x else x for x in row] for row in np.round(values, 1).tolist()]
 
 
-def _money(value: float) -> float | None:
-    """A money cell: to the cent as prices.cents rounds it, None when unknown."""
-    return None if value is None or value != value else cents(float(value))
+def _money(value: float, money: Money) -> float | None:
+    """A money cell: to the currency's minor unit as Money.round rounds it, None when unknown."""
+    return None if value is None or value != value else money.round(float(value))
 
 
 def _size(value: float) -> int | float | None:
@@ -452,11 +455,12 @@ def _window_meta(window, days: int, since: str | None, until: str | None, earlie
 
 
 def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, exclusions_path, spark_step):
-    categories = {c: {"vms": 0, "monthly_saving": 0.0} for c in CATEGORIES}
+    money = prices.money
+    categories = {c: {"vms": 0, "monthly_saving": money.round(0.0)} for c in CATEGORIES}
     for row in rows:
         entry = categories[row["category"]]
         entry["vms"] += 1
-        entry["monthly_saving"] = cents(entry["monthly_saving"] + row["monthly_saving"])
+        entry["monthly_saving"] = money.round(entry["monthly_saving"] + row["monthly_saving"])
     return {
         "data_dirs": [logstore.printable(d) for d in data_dirs],
         "window": window_meta,
@@ -469,6 +473,7 @@ def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, 
             "source": prices.source,
             "is_example": prices.is_example,
             "currency": prices.currency,
+            "minor_unit": prices.minor_unit,
             "hours_per_month": prices.hours_per_month,
         },
         "exclusions": {
@@ -480,7 +485,7 @@ def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, 
         },
         "totals": {
             "vms": len(rows),
-            **statement_mod.money(rows),
+            **statement_mod.totals(rows, money),
             "data_quality_vms": sum(1 for r in rows if r["data_quality"]),
             "bad_lines": sum(r["bad_lines"] for r in rows),
             "unpriced_vms": sum(1 for r in rows if r["monthly_cost"] is None),

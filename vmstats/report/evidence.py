@@ -11,6 +11,7 @@ policy's) is worded generically, never shown as JSON.
 from collections.abc import Callable
 from typing import Any
 
+from vmstats.report.money import Money
 from vmstats.report.policy import rate, zone
 from vmstats.words import plural
 
@@ -114,8 +115,8 @@ def _damaged(files: Any) -> str:
                      for f in files)
 
 
-def _formats(currency: str) -> dict[str, Callable[[Any], str]]:
-    money = lambda v: "%s %s" % (currency, format(v, ",.2f")) if _known(v) else "n/a"  # noqa: E731
+def _formats(money: Money) -> dict[str, Callable[[Any], str]]:
+    amount = lambda v: money.text(v) if _known(v) else "n/a"  # noqa: E731
     return {
         "margins": lambda v: _margins(v) if isinstance(v, dict) else _plain(v),
         "work_levels": lambda v: _work_levels(v) if isinstance(v, dict) else _plain(v),
@@ -130,20 +131,20 @@ def _formats(currency: str) -> dict[str, Callable[[Any], str]]:
         "coverage": lambda v: "%s of the window's minutes" % _percent(v),
         "span_days": _days,
         "min_days": _days,
-        "extra_monthly_cost": money,
-        "would_save": money,
+        "extra_monthly_cost": amount,
+        "would_save": amount,
         "upsize_at": lambda v: "%s%% of its size" % _number(v),
         "damaged_files": _damaged,
     }
 
 
-def evidence_lines(row: dict[str, Any]) -> list[tuple[str, str]]:
-    """``[(label, text)]`` for each entry of the row's evidence, in its order.
+def evidence_lines(row: dict[str, Any], money: Money) -> list[tuple[str, str]]:
+    """``[(label, text)]`` for each entry of the row's evidence, in its order; amounts in ``money``.
 
     ``blocked_by`` is the row's own ``blocked_by`` text ("net floor (p50) 487.0 kB/s above
     10.2 kB/s (47.6x)"): the words the table's column shows, not the figures behind them.
     """
-    formats = _formats(str(row.get("currency") or ""))
+    formats = _formats(money)
     lines = []
     for key, value in (row.get("evidence") or {}).items():
         if key == "blocked_by" and row.get("blocked_by"):

@@ -17,6 +17,7 @@ from vmstats import logstore
 from vmstats.outputfile import replacing
 from vmstats.protocol import format_tags
 from vmstats.report.build import Report
+from vmstats.report.money import Money
 from vmstats.report.policy import CANDIDATES
 from vmstats.words import counted, plural
 
@@ -124,10 +125,6 @@ def write_json(report: Report, path: str) -> None:
         handle.write(to_json(document) + b"\n")
 
 
-def money(value: float, currency: str) -> str:
-    return "%s %s" % (currency, format(value, ",.2f"))
-
-
 #: Damaged log files named one per line on the terminal; the rest are counted (JSON and HTML name all).
 NAMED_FILES = 20
 
@@ -155,7 +152,7 @@ def damaged_files_summary(
 def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10) -> None:
     meta = report.meta
     window = meta["window"]
-    currency = meta["prices"]["currency"]
+    money = Money.of(meta["prices"])
     totals = meta["totals"]
     print(
         "vmstats report: %s, window %s .. %s (%.1f days, %s%s%s)"
@@ -183,8 +180,8 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     print(
         "monthly cost %s; saving %s from %d %s"
         % (
-            money(totals["monthly_cost"], currency),
-            money(totals["monthly_saving"], currency),
+            money.text(totals["monthly_cost"]),
+            money.text(totals["monthly_saving"]),
             totals["candidates"],
             plural(totals["candidates"], "candidate"),
         ),
@@ -210,7 +207,7 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     if totals["upsize_extra_cost"]:
         print(
             "upsize: %s more a month for %s near %s size (not in the saving)"
-            % (money(totals["upsize_extra_cost"], currency), counted(upsizes, "VM"),
+            % (money.text(totals["upsize_extra_cost"]), counted(upsizes, "VM"),
                "its" if upsizes == 1 else "their"),
             file=stream,
         )
@@ -239,7 +236,7 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
                     width,
                     row["vm"],
                     row["category"],
-                    format(row["monthly_saving"], ",.2f"),
+                    money.figure(row["monthly_saving"]),
                     row["confidence"],
                     row["recommendation"][:60],
                 ),
@@ -270,9 +267,9 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
                     label[:24],
                     line["vms"],
                     plural(line["vms"], "VM"),
-                    format(line["monthly_cost"], ",.2f"),
-                    format(line["usage_cost"], ",.2f"),
-                    format(line["monthly_saving"], ",.2f"),
+                    money.figure(line["monthly_cost"]),
+                    money.figure(line["usage_cost"]),
+                    money.figure(line["monthly_saving"]),
                 ),
                 file=stream,
             )

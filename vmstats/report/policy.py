@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from vmstats.report import runs
-from vmstats.report.prices import PriceBook, cents
+from vmstats.report.money import Money
+from vmstats.report.prices import PriceBook
 from vmstats.report.settings import SHAPE_TOLERANCE
 from vmstats.words import counted
 
@@ -151,7 +152,7 @@ def _rule(
                 vm["mem_p95"],
             ),
             round(conf, 2),
-            monthly_saving=_money(cost),
+            monthly_saving=_money(cost, prices.money),
             recommendation="stop and remove (snapshot first)",
             recommended_vcpus=0,
             recommended_mem_gb=0,
@@ -181,7 +182,7 @@ def _rule(
             "idle %.0f of 168 hours a week in recurring stops of %s or more; local time %s (%s)"
             % (plan.off, counted(s["schedule_min_off_run"], "hour"), zone(plan.offset), found),
             round(_clip(conf), 2),
-            monthly_saving=_money(cost * plan.off / 168.0),
+            monthly_saving=_money(cost * plan.off / 168.0, prices.money),
             recommendation=text,
             off_hours_per_week=plan.off,
             evidence={
@@ -391,9 +392,10 @@ def rate(value: float) -> str:
     return "%.0f B/s" % value
 
 
-def _money(value: float) -> float:
-    """A saving or extra cost to the cent, rounded as the cost it comes from (prices.cents)."""
-    return cents(value) if _known(value) else 0.0
+def _money(value: float, money: Money) -> float:
+    """A saving or extra cost to the currency's minor unit, rounded as the cost it comes from
+    (Money.round); an unknown one is 0."""
+    return money.round(value if _known(value) else 0.0)
 
 
 #: Offsets from UTC a VM's users may live at, for ``auto``: whole hours.  A half- or quarter-hour
@@ -677,8 +679,8 @@ def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> 
         need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"],
         _vcpu_step(vcpus, s),
     )
-    # The extra cost in the text, the evidence and the saving is one figure, to the cent.
-    extra = _money(new_cost - cost) if _known(new_cost) else math.nan
+    # The extra cost in the text, the evidence and the saving is one figure, to the minor unit.
+    extra = _money(new_cost - cost, prices.money) if _known(new_cost) else math.nan
     hot = []
     if cpu_hot:
         hot.append("CPU p95 %.1f%% of %g vCPU" % (vm["cpu_p95"], vcpus))
@@ -689,8 +691,8 @@ def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> 
         "upsize",
         "%s: at or above %g%% of its size" % (" and ".join(hot), limit),
         round(coverage_f * stability_f, 2),
-        monthly_saving=-extra if _known(extra) and extra > 0 else 0.0,
-        recommendation="resize up to %s (%s more a month)" % (target, format(max(extra, 0.0), ",.2f")),
+        monthly_saving=-extra if _known(extra) and extra > 0 else prices.money.round(0.0),
+        recommendation="resize up to %s (%s more a month)" % (target, prices.money.figure(max(extra, 0.0))),
         recommended_vcpus=new_vcpus,
         recommended_mem_gb=new_gb,
         recommended_size=name,
@@ -766,7 +768,7 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
         "CPU p95 %.1f%% p99 %.1f%%, memory p95 %.1f%% max %.1f%% of %g vCPU / %s GB"
         % (vm["cpu_p95"], vm["cpu_p99"], vm["mem_p95"], vm["mem_max"], vcpus, _gb(mem_gb)),
         round(_clip(conf), 2),
-        monthly_saving=_money(saving),
+        monthly_saving=_money(saving, prices.money),
         recommendation="resize to " + target,
         recommended_vcpus=new_vcpus,
         recommended_mem_gb=new_gb,

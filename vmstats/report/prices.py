@@ -11,28 +11,13 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 
+from vmstats.report.money import Money, minor_unit_of
 from vmstats.report.settings import SHAPE_TOLERANCE, InputError, load_toml
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "examples", "pricebook.toml")
 BYTES_PER_GB = 1e9
-_CENT = Decimal("0.01")
 _CURRENCY_RE = re.compile(r"[^\s,;\"']{1,16}\Z")
-
-
-def cents(value: float) -> float:
-    """An amount of money to the cent, half a cent away from zero: the one rounding of money.
-
-    ``round(x, 2)`` rounds the binary double, so a half cent goes either way:
-    0.0015 an hour x 730 hours is 1.0949999... in binary (1.09) while 0.0035 x
-    730 is 2.5550000... (2.56).  The amount is read at 15 significant digits
-    first (as a spreadsheet shows it, without the binary noise), so the cent
-    is the one a person figuring the price on paper gets: 1.095 is 1.10.
-    """
-    if not math.isfinite(value):
-        return value
-    return float(Decimal(format(value, ".15g")).quantize(_CENT, ROUND_HALF_UP))
 
 
 @dataclass(frozen=True)
@@ -54,6 +39,15 @@ class PriceBook:
     disk_gb: float = 0.0
     network_gb: float = 0.0
     sizes: list[Size] = field(default_factory=list)
+    #: Digits after the decimal point of ``currency`` (money.minor_unit_of): ISO 4217's unless set.
+    minor_unit: int | None = None
+    #: The one rounding and formatting of every amount priced by this book.
+    money: Money = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.minor_unit is None:
+            self.minor_unit = minor_unit_of(self.currency, None, self.source)
+        self.money = Money(self.currency, self.minor_unit)
 
     @classmethod
     def load(cls, path: str | None) -> "PriceBook":
@@ -74,6 +68,7 @@ class PriceBook:
             "disk_gb",
             "network_gb",
             "sizes",
+            "minor_unit",
         }
         if unknown:
             raise InputError("price book %s: unknown key %s" % (source, sorted(unknown)[0]))
@@ -110,6 +105,7 @@ class PriceBook:
             disk_gb=number("disk_gb", 0.0),
             network_gb=number("network_gb", 0.0),
             sizes=sorted(sizes, key=lambda s: s.hourly),
+            minor_unit=minor_unit_of(currency, data.get("minor_unit"), source),
         )
 
     def hourly(self, vcpus: float, memory_gb: float) -> float:
@@ -137,8 +133,9 @@ class PriceBook:
         disk and network in a month at the window's mean rates) times the
         book's unit prices: a chargeback by what each VM consumed rather than
         what it reserved.  An unknown mean (never reported) counts as zero.
-        Each part is rounded to cents here (``cents``), once, so the VM's usage
-        cost (their sum) and a statement's columns (sums of them) add up to the cent.
+        Each part is rounded to the currency's minor unit here (``money.round``),
+        once, so the VM's usage cost (their sum) and a statement's columns (sums
+        of them) add up to the last digit.
         """
         if not (vcpus > 0 and memory_gb > 0):
             return None
@@ -149,7 +146,7 @@ class PriceBook:
             "disk": _known(disk_avg) * seconds / BYTES_PER_GB * self.disk_gb,
             "network": _known(net_avg) * seconds / BYTES_PER_GB * self.network_gb,
         }
-        return {name: cents(float(value)) for name, value in parts.items()}
+        return {name: self.money.round(float(value)) for name, value in parts.items()}
 
     def bigger_but_cheaper(self) -> str | None:
         """A shape priced below a strictly smaller one, in words; None when the book is consistent.

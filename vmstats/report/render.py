@@ -16,6 +16,7 @@ import numpy as np
 from vmstats.outputfile import write_text
 from vmstats.report.build import Report
 from vmstats.report.evidence import evidence_lines
+from vmstats.report.money import Money
 from vmstats.report.outputs import to_json
 from vmstats.report.policy import CANDIDATES, CATEGORIES, rate
 from vmstats.words import plural
@@ -64,6 +65,7 @@ def page_data(report: Report) -> str:
     travels as figures and as the words the drill-down shows (evidence.py).  ``<`` is
     escaped so no value can close the script element that holds the JSON.
     """
+    money = Money.of(report.meta["prices"])
     rows = []
     for row in report.rows:
         item = {
@@ -72,7 +74,7 @@ def page_data(report: Report) -> str:
             if k not in _NOT_ON_PAGE
         }
         item["colour"] = COLOURS.get(row["category"], OTHER_COLOUR)
-        item["evidence_text"] = evidence_lines(row)
+        item["evidence_text"] = evidence_lines(row, money)
         rows.append(item)
     return to_json(rows).decode().replace("<", "\\u003c")
 
@@ -226,8 +228,10 @@ def render(report: Report, path: str) -> None:
     env.filters["when"] = lambda text: text[:16].replace("T", " ") + " UTC"  # to the minute
     env.filters["num"] = lambda v, fmt="%.1f": "" if v is None else fmt % v
     env.filters["plural"] = plural
-    template = env.get_template("report.html.j2")
     meta = report.meta
+    money = Money.of(meta["prices"])
+    env.filters["money"] = money.figure
+    template = env.get_template("report.html.j2")
     categories = list(CATEGORIES) + [c for c in meta["categories"] if c not in CATEGORIES]
     text = template.render(
         meta=meta,
@@ -236,6 +240,7 @@ def render(report: Report, path: str) -> None:
         colours={c: COLOURS.get(c, OTHER_COLOUR) for c in categories},
         candidates=CANDIDATES,
         currency=meta["prices"]["currency"],
+        minor_unit=money.minor_unit,
         statement=meta.get("statement"),
         capacity=meta.get("capacity"),
         distribution=distribution_chart(report.fleet),

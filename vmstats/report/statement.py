@@ -15,8 +15,8 @@ from typing import Any
 from vmstats import logstore
 from vmstats.outputfile import replacing
 from vmstats.protocol import MAX_TAG_KEY_LENGTH
+from vmstats.report.money import Money
 from vmstats.report.policy import CANDIDATES
-from vmstats.report.prices import cents
 from vmstats.report.settings import InputError
 
 STATEMENT_NAME = "statement.csv"
@@ -105,45 +105,46 @@ def tag_value(row: Mapping[str, Any], key: str) -> str:
     return row["tags"].get(key, "")
 
 
-def statement(rows: Sequence[Mapping[str, Any]], key: str, currency: str) -> dict[str, Any]:
+def statement(rows: Sequence[Mapping[str, Any]], key: str, money: Money) -> dict[str, Any]:
     """Per value of tag ``key``: VMs, cost as provisioned and by use, idle share, savings.
 
     Groups are ordered by provisioned cost, highest first (then by value);
-    ``total`` holds the same figures over every VM.  Each line names ``currency``
-    (the price book's): a billing system reading statement.csv alone needs it.
+    ``total`` holds the same figures over every VM.  Each line names the
+    currency of ``money`` (the price book's): a billing system reading
+    statement.csv alone needs it.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tag_value(row, key), []).append(row)
-    lines = [_line(key, value, members, currency) for value, members in groups.items()]
+    lines = [_line(key, value, members, money) for value, members in groups.items()]
     lines.sort(key=lambda line: (-line["monthly_cost"], line["value"]))
-    return {"by": key, "groups": lines, "total": _line(key, "", rows, currency)}
+    return {"by": key, "groups": lines, "total": _line(key, "", rows, money)}
 
 
-def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
+def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], money: Money) -> dict[str, Any]:
     priced = [r for r in rows if r["monthly_cost"] is not None]
     line: dict[str, Any] = {
         "tag": key,
         "value": value,
         "vms": len(rows),
         "unpriced_vms": len(rows) - len(priced),
-        **money(rows),
-        "usage_cost": cents(sum(r["usage_cost"] or 0.0 for r in rows)),
+        **totals(rows, money),
+        "usage_cost": money.round(sum((r["usage_cost"] or 0.0 for r in rows), 0.0)),
     }
     for part in _PARTS:
-        line["usage_" + part] = cents(sum(r["usage"][part] for r in priced if r["usage"]))
-    # Money spent while idle: each VM's provisioned cost times its share of idle minutes, in
-    # cents per VM as every other figure here, so the groups add up to the total.
+        line["usage_" + part] = money.round(sum((r["usage"][part] for r in priced if r["usage"]), 0.0))
+    # Money spent while idle: each VM's provisioned cost times its share of idle minutes, rounded
+    # per VM as every other figure here, so the groups add up to the total.
     idle = sum(
-        cents(r["monthly_cost"] * r["idle_share"]) for r in priced if r["idle_share"] is not None
+        (money.round(r["monthly_cost"] * r["idle_share"]) for r in priced if r["idle_share"] is not None), 0.0
     )
-    line["idle_cost"] = cents(idle)
+    line["idle_cost"] = money.round(idle)
     line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
-    line["currency"] = currency
+    line["currency"] = money.currency
     return line
 
 
-def money(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def totals(rows: Sequence[Mapping[str, Any]], money: Money) -> dict[str, Any]:
     """Cost as provisioned, saving, candidates and upsizes' extra cost of ``rows``.
 
     The one definition of these totals, for the report's (``meta.totals``) and
@@ -154,11 +155,11 @@ def money(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     candidates = [r for r in rows if r["category"] in CANDIDATES]
     upsizes = [r for r in rows if r["category"] == "upsize"]
     return {
-        "monthly_cost": cents(sum((r["monthly_cost"] or 0.0 for r in rows), 0.0)),
-        "monthly_saving": cents(sum((r["monthly_saving"] or 0.0 for r in candidates), 0.0)),
+        "monthly_cost": money.round(sum((r["monthly_cost"] or 0.0 for r in rows), 0.0)),
+        "monthly_saving": money.round(sum((r["monthly_saving"] or 0.0 for r in candidates), 0.0)),
         "candidates": len(candidates),
         # 0.0 - ...: an empty sum is 0.0, not -0.0 (written "-0.0" in a CSV).
-        "upsize_extra_cost": cents(0.0 - sum((r["monthly_saving"] or 0.0 for r in upsizes), 0.0)),
+        "upsize_extra_cost": money.round(0.0 - sum((r["monthly_saving"] or 0.0 for r in upsizes), 0.0)),
     }
 
 

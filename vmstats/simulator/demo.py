@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from vmstats.report.money import Money
 from vmstats.words import counted, part_of, plural
 
 
@@ -16,7 +17,7 @@ def _load(out: str, *path: str) -> dict:
         return json.load(handle)
 
 
-def score_lines(score: dict, currency: str, min_days: float, days: float) -> list[str]:
+def score_lines(score: dict, money: Money, min_days: float, days: float) -> list[str]:
     """How the report fared against the truth (``vmstats score --json``).
 
     A VM the report left insufficient-data was not judged: a demo of fewer days than the
@@ -31,9 +32,9 @@ def score_lines(score: dict, currency: str, min_days: float, days: float) -> lis
                      "--days to grade them)." % (counted(unjudged, "VM"), min_days, days))
     share = " (%.1f %%)" % (100 * score["accuracy"]) if score["total"] else ""
     lines.append("Against the simulator's truth the report is right about %s%s; "
-                 "%s %.2f of the monthly saving rests on correct verdicts." % (
+                 "%s of the monthly saving rests on correct verdicts." % (
                      part_of(score["correct"], score["total"], "judged VM" if unjudged else "VM"),
-                     share, currency, score["saving_correct"]))
+                     share, money.text(money.round(score["saving_correct"]))))
     return lines
 
 
@@ -43,12 +44,12 @@ def summary(out: str, took: str) -> list[str]:
     sim = _load(out, "simulate.json")
     # The report's own totals: an upsize's extra cost is kept out of the saving there.
     meta = _load(out, "report", "report.json")["meta"]
-    totals, currency = meta["totals"], meta["prices"]["currency"]
-    lines = ["%s sent %s over %s (%.0f records/s); the report found %s that could save %s %.2f a month."
+    totals, money = meta["totals"], Money.of(meta["prices"])
+    lines = ["%s sent %s over %s (%.0f records/s); the report found %s that could save %s a month."
              % (counted(sim["vms"], "simulated VM"), counted(sim["records"], "record"), sim["transport"],
                 sim["records"] / sim["elapsed"] if sim["elapsed"] else 0,
-                counted(totals["candidates"], "candidate"), currency, totals["monthly_saving"])]
-    lines += score_lines(_load(out, "score.json"), currency, meta["policy"]["settings"]["min_days"],
+                counted(totals["candidates"], "candidate"), money.text(totals["monthly_saving"]))]
+    lines += score_lines(_load(out, "score.json"), money, meta["policy"]["settings"]["min_days"],
                          sim["days"])
     events = [e["event"] for e in _load(out, "rules", "alerts.json")["recent"] if e["type"] == "event"]
     outs = [e for e in events if e["kind"] == "scale" and e["delta"] > 0]
