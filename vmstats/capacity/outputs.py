@@ -1,9 +1,9 @@
 """Headroom's outputs: headroom.csv (COLUMNS), headroom.json (everything), the terminal table."""
 
-import csv
 import json
 import os
 
+from vmstats import csvcells
 from vmstats.capacity.admission import unheard_line
 from vmstats.capacity.headroom import COLUMNS
 from vmstats.outputfile import Outputs, replacing
@@ -17,10 +17,10 @@ def write(result: dict, out_dir: str, files: Outputs) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with replacing(files.stage(os.path.join(out_dir, "headroom.csv")), "w", newline="",
                    encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
-        writer.writeheader()
+        writer = csvcells.writer(handle)
+        writer.writerow(COLUMNS)
         for row in result["hosts"]:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+            writer.writerow([row.get(c) for c in COLUMNS])
     with replacing(files.stage(os.path.join(out_dir, "headroom.json")), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=1, sort_keys=True)
         handle.write("\n")

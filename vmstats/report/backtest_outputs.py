@@ -5,7 +5,6 @@ documents each, in this order.  JSON rows carry the same columns plus the
 windows, the judging rules and the summary.
 """
 
-import csv
 import json
 import os
 from dataclasses import asdict
@@ -13,6 +12,7 @@ from typing import Any, TextIO
 
 import jinja2
 
+from vmstats import csvcells
 from vmstats.outputfile import replacing, write_text
 from vmstats.report.backtest import OUTCOMES, Backtest
 from vmstats.report.money import Money
@@ -61,8 +61,7 @@ def ordered(result: Backtest) -> list[dict[str, Any]]:
 
 
 def _cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
+    """A yes/no column as words; everything else as csvcells writes it."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     return value
@@ -70,7 +69,7 @@ def _cell(value: Any) -> Any:
 
 def write_csv(result: Backtest, path: str) -> None:
     with replacing(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csvcells.writer(handle)
         writer.writerow(BACKTEST_COLUMNS)
         for row in ordered(result):
             writer.writerow([_cell(row.get(c)) for c in BACKTEST_COLUMNS])

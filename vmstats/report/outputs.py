@@ -6,14 +6,12 @@ columns with the same values (null where the CSV cell is empty), plus the
 evidence, hour-of-week profiles and sparklines the CSV cannot hold.
 """
 
-import csv
-import math
 import os
 from typing import Any, TextIO
 
 import orjson
 
-from vmstats import logstore
+from vmstats import csvcells, logstore
 from vmstats.outputfile import replacing
 from vmstats.protocol import format_tags
 from vmstats.report.build import Report
@@ -85,19 +83,13 @@ JSON_EXTRA = (
 OUTPUTS = ("report.html", "report.csv", "report.json")
 
 
-def _cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return value
-
-
 def write_csv(report: Report, path: str) -> None:
     tags = CSV_COLUMNS.index("tags")
     with replacing(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csvcells.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for row in report.rows:
-            cells = [_cell(row[c]) for c in CSV_COLUMNS]
+            cells = [row[c] for c in CSV_COLUMNS]
             # The extra tags as in the logs (key=value;key=value, sorted), a dict in JSON.
             cells[tags] = format_tags(sorted(row["tags"].items()), logstore.TAGS_SEPARATOR)
             writer.writerow(cells)

@@ -7,12 +7,11 @@ of report.csv (idle share is a ratio of two such sums), so a statement always
 adds up to the report it came from; docs/REPORT.md says how each is computed.
 """
 
-import csv
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vmstats import logstore
+from vmstats import csvcells, logstore
 from vmstats.outputfile import replacing
 from vmstats.protocol import MAX_TAG_KEY_LENGTH
 from vmstats.report.money import Money
@@ -166,7 +165,7 @@ def totals(rows: Sequence[Mapping[str, Any]], money: Money) -> dict[str, Any]:
 def write_csv(document: Mapping[str, Any], path: str) -> None:
     """statement.csv (STATEMENT_NAME) at ``path``: one line per group, the header exactly COLUMNS."""
     with replacing(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csvcells.writer(handle)
         writer.writerow(COLUMNS)
         for line in document["groups"]:
-            writer.writerow(["" if line[c] is None else line[c] for c in COLUMNS])
+            writer.writerow([line[c] for c in COLUMNS])

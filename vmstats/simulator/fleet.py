@@ -8,7 +8,6 @@ or on the order they are generated in).
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from itertools import repeat
 
 import numpy as np
 
+from vmstats import csvcells
 from vmstats.protocol import Record
 from vmstats.simulator.profiles import GIB, PROFILES, background, local_clock
 
@@ -120,7 +120,7 @@ def make_fleet(n: int, seed: int, mix: dict[str, float] | None = None, start: in
 def truth_csv(fleet: list[SimVM]) -> str:
     """The truth file: each VM's size, profile and the category a correct report gives it."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csvcells.writer(out)
     writer.writerow(TRUTH_COLUMNS)
     for vm in fleet:
         writer.writerow((vm.vm, vm.vcpus, vm.mem_mb, vm.profile, vm.expected))
