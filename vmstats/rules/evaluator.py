@@ -222,28 +222,32 @@ class Engine:
         series.notified = now
         rs.states[state] += 1
 
-    def reporting(self, vm: str, ts: float, labels: dict[str, str]) -> None:
-        """A VM whose logs show it reporting up to ``ts``, before this start.
+    def reporting(self, vm: str, ts: float, labels: dict[str, str], stopped: float) -> None:
+        """A VM whose logs show it reporting up to ``ts``, before the server stopped at about
+        ``stopped`` (its newest logged record) and started again now.
 
         A silence is timed from a VM's last record, and a restarted server had heard of none:
         a VM that stopped across a restart never went silent.  Each silence rule whose scope
-        takes the VM and has no series of it now holds one, last heard at ``ts``, decided by
-        its next record like a restored one; a VM quiet for ``silent_after`` already is left
-        alone (it went quiet before, not across, the restart).
+        takes the VM and has no series of it now holds one, decided by its next record like a
+        restored one; a VM quiet for ``silent_after`` at the stop is left alone (it went quiet
+        before, not across, the restart).  The time the server was down does not count: the
+        silence is timed from ``ts`` moved on by the downtime, so a slow restart neither skips
+        the silence nor, after a long one, makes every VM silent before it could report again.
         """
         address = parse_address(vm)
+        now = self.clock()
         for rs in self.rules.values():
             rule = rs.rule
             if rule.labels and rule.match(vm, labels, address):
                 self._labelled(vm, labels)
             if (not rule.silent_after or rule.scope == GROUP or vm in rs.series
-                    or self.clock() - ts >= rule.silent_after or not rule.match(vm, labels, address)):
+                    or stopped - ts >= rule.silent_after or not rule.match(vm, labels, address)):
                 continue
             if self.size >= self.settings.max_series:
                 self.refused += 1
                 return
             self.size += 1
-            series = rs.series[vm] = Series(vm, RESTORED, ts)
+            series = rs.series[vm] = Series(vm, RESTORED, ts + max(0.0, now - stopped))
             series.end = -1
             series.settled = False
             rs.states["ok"] += 1

@@ -50,13 +50,16 @@ def rules_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "rules")
 
 
-def reporting_vms(data_dir: str, since: float, now: float):
-    """``(vm, ts, labels)`` of each VM whose log's last record is stamped ``since`` or later.
+def last_heard(data_dir: str, now: float) -> list[tuple[str, int, dict[str, str]]]:
+    """``(vm, ts, labels)`` of each VM's last logged record, from its file of ``now``'s day or,
+    when it has none, of the day before.
 
-    One read of the last few KiB of today's file (and yesterday's, when ``since`` is in it)
-    per VM folder: what a silence rule needs to know who was reporting before a restart.
+    One read of the last few KiB of a file per VM folder: what a silence rule needs to know
+    who was reporting when the server stopped.
     """
-    days = sorted({logstore.day_of(int(since)), logstore.day_of(int(now))}, reverse=True)
+    today = int(now) // logstore.DAY_SECONDS
+    days = (logstore.day_name(today), logstore.day_name(today - 1))
+    heard = []
     for vm in logstore.iter_vms(data_dir):
         for day in days:
             try:
@@ -65,12 +68,12 @@ def reporting_vms(data_dir: str, since: float, now: float):
                 break
             if last is not None:
                 ts, host, tags = last
-                if ts >= since:
-                    labels = dict(tags or ())
-                    if host:
-                        labels["host"] = host
-                    yield vm, ts, labels
+                labels = dict(tags or ())
+                if host:
+                    labels["host"] = host
+                heard.append((vm, ts, labels))
                 break
+    return heard
 
 
 def counts_page(state_counts: Mapping[tuple[str, str], int]) -> dict:
@@ -141,9 +144,15 @@ class RulesService(service.Service):
             self.engine.restore_scaling(rule, direction, event["at"])
         quiet = [r.silent_after for r in self.ruleset.rules if r.silent_after and r.scope == "vm"]
         if quiet and self.data_dir is not None:
-            now = self.engine.clock()
-            for vm, ts, labels in reporting_vms(self.data_dir, now - max(quiet), now):
-                self.engine.reporting(vm, ts, labels)
+            heard = last_heard(self.data_dir, self.engine.clock())
+            # The newest record logged is about when the server stopped (never after now: an
+            # agent's clock may be ahead).  Who was reporting is judged at that moment, not
+            # at this start: a restart slower than silent_after would otherwise leave every
+            # VM that stopped across it for quiet before it, and none would go silent.
+            stopped = min(self.engine.clock(), max((ts for _vm, ts, _l in heard), default=0))
+            for vm, ts, labels in heard:
+                if stopped - ts < max(quiet):
+                    self.engine.reporting(vm, ts, labels, stopped)
         if state.pending:
             log.info("action log: %s left undelivered: sending them again",
                      counted(len(state.pending), "delivery", "deliveries"))
