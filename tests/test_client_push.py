@@ -292,13 +292,13 @@ def test_server_restart_mid_stream_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_agent_stops_promptly_on_sigterm(server, tmp_path):
-    """Signalled once its loop has begun (its first log line), the agent leaves its 60 s wait at
-    once; a bound well below the interval, as a loaded host can take seconds to run it."""
-    agent = subprocess.Popen([sys.executable, "-m", "vmstats.client", "--interval", "60", "--jitter", "0",
+    """Signalled once its loop has begun (its first log line), the agent leaves its 600 s wait at
+    once; the bound is a tenth of the interval, as a loaded host can take seconds to run it."""
+    agent = subprocess.Popen([sys.executable, "-m", "vmstats.client", "--interval", "600", "--jitter", "0",
                               "--server", "%s:%d" % (LOOPBACK, server.udp_port)],
                              env=ENV, stderr=subprocess.PIPE, text=True)
     began = ""
-    while "one record every 60s" not in began:
+    while "one record every 600s" not in began:
         line = agent.stderr.readline()
         assert line, began
         began += line
@@ -306,7 +306,7 @@ def test_agent_stops_promptly_on_sigterm(server, tmp_path):
     agent.send_signal(signal.SIGTERM)
     _out, err = agent.communicate(timeout=60)
     assert agent.returncode == 0, err
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 60
     assert "stopping on signal" in err
 
 

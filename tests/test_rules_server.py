@@ -448,11 +448,14 @@ class Blackhole:
 
 def test_a_mail_server_that_never_answers_delays_only_its_own_deliveries(tmp_path):
     """Thirty mails hang on a server that accepts and never speaks; the webhook of another
-    rule is still delivered within a second, the server answers, a hung attempt fails at the
-    action's timeout, and the server stops promptly, the mails pending for the next start."""
+    rule is still delivered, the server answers, a hung attempt fails at the action's timeout,
+    and the server stops, the mails pending for the next start.  The hung sends never end, so
+    no bound on the clock is needed: a webhook or a stop queued behind them would not come
+    (within 30 s, the test's wait and ServerProcess's stop timeout)."""
     hole = Blackhole()
     mail = ('[action.mail]\nkind = "apprise"\nurl = "mailto://u:p@127.0.0.1:%d?from=a@example.com'
-            '&to=b@example.com&mode=insecure"\ntimeout = "1s"\n' % hole.port)
+            # A send hangs for apprise's socket timeout (cto), far past ServerProcess's stop timeout.
+            '&to=b@example.com&mode=insecure&cto=300"\ntimeout = "1s"\n' % hole.port)
     body = ('[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 50\nperiod = 1\nactions = ["mail"]\n'
             '[[rule]]\nname = "memhi"\nmetric = "mem"\nenter = 50\nperiod = 1\nactions = ["hook"]\n')
     try:
@@ -463,17 +466,13 @@ def test_a_mail_server_that_never_answers_delays_only_its_own_deliveries(tmp_pat
                 server.send_udp(*[line("10.0.1.%d" % i, now, 99.0, mem=10.0) for i in range(30)])
                 wait_until(lambda: len(hole.held) >= 4)  # the mails are hanging
                 time.sleep(0.5)
-                sent = time.monotonic()
                 server.send_udp(line("10.0.2.1", now, 10.0, mem=99.0))
-                assert hook.wait(1, timeout=5)[0]["labels"]["alertname"] == "memhi"
-                assert time.monotonic() - sent < 1.0
+                assert hook.wait(1, timeout=30)[0]["labels"]["alertname"] == "memhi"
                 assert json.loads(server.http("/alerts"))["deliveries"]["pending"] >= 30
                 # Each hung attempt fails at the action's timeout, to be retried with backoff.
                 server.wait_metrics(lambda m: m.get(
                     'vmstats_rule_deliveries_total{action="mail",result="failed"}', 0) >= 4, 10)
-                stopping = time.monotonic()
-                server.stop()
-                assert time.monotonic() - stopping < 5.0, server.output
+                assert server.stop() == 0, server.output
             finally:
                 if server.returncode is None:
                     server.kill()
