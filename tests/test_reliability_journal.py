@@ -344,3 +344,40 @@ def test_an_unusable_journal_directory_is_one_readable_line(tmp_path):
                      "--journal-dir", str(tmp_path / "a-file" / "journal"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "journal directory" in result.stderr
+
+
+def _rejected(metrics: dict) -> dict:
+    prefix = 'vmstats_rejected_total{reason="'
+    return {key[len(prefix):-2]: value for key, value in metrics.items()
+            if key.startswith(prefix) and value}
+
+
+def test_lines_a_replay_rejects_are_counted_as_live_ones_and_named_per_segment(tmp_path):
+    """A segment's lines the parser refuses (damage, or a refused line journaled with the
+    accepted ones of its payload) were dropped uncounted: they go into the reject counters the
+    live path uses, reason by reason, and each segment that had any is named with its count."""
+    data = tmp_path / "data"
+    folder = data / "journal"
+    folder.mkdir(parents=True)
+    t = now() - 600
+    good = [line(Record(vm="10.23.0.1", ts=t + 60 * i, cpu=2.0, mem=3.0)) for i in range(4)]
+    bad = [b"not a record at all", b"vmstats,vm=10.23.0.1 cpu=oops,mem=3 %d" % t,
+           b"vmstats,vm=10.23.0.2 cpu=500,mem=3 %d" % t]
+    segments = {3: good[:2] + bad[:1], 4: good[2:] + bad[1:], 5: [good[0]]}
+    for number, lines in segments.items():
+        (folder / ("%010d.journal" % number)).write_bytes(b"\n".join(lines) + b"\n")
+    with serve(tmp_path, "--flush-interval", "1h") as server:
+        assert server.status_json()["journal"]["replayed_records"] == 5
+        replayed = _rejected(server.metrics())
+        assert sum(replayed.values()) == 3
+        # The same lines through the live path count the same, reason by reason.
+        with server.tcp(timeout=10) as sock:
+            sock.sendall(b"\n".join(bad) + b"\n#!sync live\n")
+            assert read_reply(sock) == b"#!ack live 0 3\n"
+        assert _rejected(server.metrics()) == {reason: 2 * n for reason, n in replayed.items()}
+    assert server.returncode == 0, server.output
+    named = [text for text in server.output.splitlines() if "of journal segment" in text]
+    assert len(named) == 2, server.output
+    assert "1 line of journal segment %s rejected" % (folder / "0000000003.journal") in named[0]
+    assert "2 lines of journal segment %s rejected" % (folder / "0000000004.journal") in named[1]
+    assert raw_rows(data) == Counter(("10.23.0.1", t + 60 * i) for i in range(4))

@@ -4,9 +4,13 @@ Each segment is parsed by the receive path's own Ingest (so the rows are the
 ones that were buffered) without its time window (a record was in the window
 when it was accepted; it may be old now), one bounded chunk at a time, and
 written in this process with the pool writer's function (which skips rows
-already logged: replay is idempotent).  A segment is deleted once all its
-rows are written; rows that cannot be written now (disk still full) go into
-the live buffer instead and their segment stays until a flush retires it.
+already logged: replay is idempotent).  Lines the parser rejects (a torn or
+damaged segment, or a line refused when it came, its payload journaled for
+the lines accepted with it) are counted in the live reject counters
+(``/metrics``' ``vmstats_rejected_total``) and named, one log line a segment.
+A segment is deleted once all its rows are written; rows that cannot be
+written now (disk still full) go into the live buffer instead and their
+segment stays until a flush retires it.
 """
 
 import logging
@@ -53,6 +57,7 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
     ingest.observe = observe
     replayed = appended = 0
     kept = []
+    rejects = scratch.metrics.rejects
     for number, path in journal.leftover:
         try:
             with open(path, "rb") as handle:
@@ -81,6 +86,7 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
                     metrics.drop("unwritable", len(table[vm]))
                     log.error("replay: dropping %s of vm %s: %s", counted(len(table[vm]), "record"), vm,
                               error)
+        _count_rejects(path, rejects, metrics)
         if complete:
             journal.retire(number, only=True)
         else:
@@ -93,3 +99,17 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
     journal.leftover = []
     return replayed
 
+
+
+def _count_rejects(path: str, rejects, metrics: Metrics) -> None:
+    """The lines of one segment its replay rejected: into the live counters, and one log line
+    (the rejected records themselves were named, rate-limited, by the ingest)."""
+    found = {reason: count for reason, count in rejects.items() if count}
+    if not found:
+        return
+    for reason, count in found.items():
+        metrics.reject(reason, count)
+    rejects.clear()
+    log.warning("replay: %s of journal segment %s rejected (%s); counted in the rejected totals",
+                counted(sum(found.values()), "line"), path,
+                ", ".join("%s %d" % item for item in sorted(found.items())))
