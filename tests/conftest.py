@@ -1,6 +1,7 @@
 """Shared fixtures, and the number of test workers."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -41,3 +42,19 @@ def pytest_collection_modifyitems(config, items) -> None:
     first = {name: rank for rank, name in enumerate(LONG_FILES_FIRST)}
     order = sorted(files, key=lambda path: (first.get(path.name, len(first)), -len(files[path])))
     items[:] = [item for path in order for item in files[path]]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB tmpfs (needs root), for full-disk tests; skipped where mounting is not
+    permitted."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (%s)" % result.stderr.strip()[:100])
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

@@ -5,12 +5,10 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
 
-import pytest
 from serverproc import children, children_running, decoders_of, parsers_of, serve
 from test_reliability_journal import journal_files, raw_rows, send_acked
 from test_server_lifecycle import fifo_in_the_way
@@ -167,21 +165,6 @@ def test_sigterm_under_load_drains_in_seconds_and_loses_nothing(tmp_path):
 
 
 # -- a full disk ---------------------------------------------------------------------------------
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 2 MiB tmpfs (needs root); skipped where mounting is not permitted."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (%s)" % result.stderr.strip()[:100])
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
-
-
 def fill_up(folder) -> list:
     """Fill the filesystem of ``folder`` to the last byte; returns the files made."""
     path = os.path.join(folder, "ballast")

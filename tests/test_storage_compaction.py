@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from serverproc import serve
+from test_reliability_faults import fill_up
 
 from vmstats import logstore
 from vmstats.protocol import Record
+from vmstats.protocol import encode_record as _encode
 from vmstats.report import load
 from vmstats.report.build import build
 from vmstats.report.prices import PriceBook
@@ -593,3 +595,46 @@ def test_the_server_compacts_on_schedule_while_it_receives(tmp_path):
     assert server.returncode == 0
     rows = _units_rows(data)
     _same_rows({k: v for k, v in rows.items() if k[0] != "10.9.9.9"}, expected)
+
+
+def protocol_line(record: Record) -> bytes:
+    return _encode(record).encode("ascii")
+
+
+def test_a_full_disk_fails_the_scheduled_pass_naming_its_file_and_loses_nothing(tmp_path, small_disk):
+    """The server's compaction on a full disk: the pass fails with the file it was writing
+    named (before: "Error writing bytes to file ... No space left on device", no file), leaves
+    no partial file and every CSV row; records acknowledged meanwhile are kept, and once space
+    returns the next passes compact all of it, row for row."""
+    data = small_disk / "data"
+    first = int(time.time()) // DAY - 5
+    _write_fleet(data, vms=6, days=2, first=first, step=300)
+    expected = _units_rows(data)
+    ballast = fill_up(small_disk)
+    options = ("--compact-interval", "1s", "--compact-after", "2d", "--flush-interval", "0.3",
+               "--journal-dir", str(tmp_path / "journal"))  # acks go on: the journal has room
+    now = int(time.time())
+    sent = [Record(vm="10.9.9.%d" % i, ts=now - 60 * i, cpu=float(i), mem=5.0) for i in range(5)]
+    with serve(tmp_path, *options, data_dir=data) as server:
+        server.wait_for(lambda s: s.metrics().get("vmstats_compaction_failures", 0) >= 1, timeout=60)
+        with server.tcp(timeout=10) as sock:
+            sock.sendall(b"\n".join(protocol_line(r) for r in sent) + b"\n#!sync full\n")
+            assert sock.recv(100) == b"#!ack full 5 0\n"
+        assert not list(data.glob("*/*" + logstore.PARTIAL_SUFFIX))
+        _same_rows(_units_rows(data), expected)  # every CSV row still there, readable
+        for path in ballast:
+            os.unlink(path)
+        server.wait_for(lambda s: len(list((data / "columnar").glob("*.parquet"))) == 2
+                        and s.metrics().get("vmstats_compaction_passes", 0) >= 1, timeout=60)
+        server.wait_for(lambda s: sum(len(p.read_text().splitlines()) - 1
+                                      for p in data.glob("vms/10.9.9.*/*.csv")) == 5, timeout=30)
+    assert server.returncode == 0, server.output
+    partial = logstore.tier_path(str(data), logstore.COLUMNAR_DIR, logstore.day_name(first))
+    failed = [text for text in server.output.splitlines() if "compaction pass exited with 1" in text]
+    assert len(failed) == 1, server.output  # logged once, however many passes failed
+    assert "Error: No space left on device: %s%s" % (partial, logstore.PARTIAL_SUFFIX) in failed[0]
+    rows = _units_rows(data)
+    _same_rows({k: v for k, v in rows.items() if not k[0].startswith("10.9.9.")}, expected)
+    assert sorted((vm, int(ts)) for (vm, _day), frame in rows.items() if vm.startswith("10.9.9.")
+                  for ts in frame["ts"]) == sorted((r.vm, r.ts) for r in sent)
+    assert not list((data / "vms").glob("*/%s.csv" % logstore.day_name(first)))

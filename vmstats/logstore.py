@@ -14,11 +14,13 @@ deleting old files and lets the report cache statistics per file.
 """
 
 import bisect
+import contextlib
 import datetime
 import errno
 import functools
 import json
 import os
+import re
 import stat
 from typing import BinaryIO, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -1094,6 +1096,29 @@ def columnar_schema():
     return pa.schema([("vm", pa.string())] + [(name, kinds[DTYPES[name]]) for name in COLUMNS])
 
 
+#: How Arrow's file errors give the system's error number: in their text only ("Error writing
+#: bytes to file. Detail: [errno 28] No space left on device"), with no file named.
+_ARROW_ERRNO = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """An OSError raised writing ``path`` names the file (``filename``): Arrow's say only "No
+    space left on device" (in their text), and an operator of a full disk could not tell which
+    file, on which disk, the compaction was writing."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        code = exc.errno
+        if code is None:
+            found = _ARROW_ERRNO.search(str(exc))
+            code = int(found.group(1)) if found else None
+        text = os.strerror(code) if code is not None else str(exc) or type(exc).__name__
+        raise OSError(code or 0, text, path) from exc
+
+
 class TierWriter:
     """Writes one fleet-day file in row groups, then puts it in place atomically.
 
@@ -1119,24 +1144,27 @@ class TierWriter:
         self._writer = pq.ParquetWriter(self.partial, schema, **self._options)
 
     def add(self, table) -> None:
-        if self._writer is None:
-            self._open(self._schema or table.schema)
-        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        with naming(self.partial):
+            if self._writer is None:
+                self._open(self._schema or table.schema)
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
 
     def close(self, info: dict) -> None:
-        if self._writer is None:
-            if self._schema is None:
-                raise ValueError("nothing to write to %s" % self.path)
-            self._open(self._schema)
-        self._writer.add_key_value_metadata({_META_KEY: json.dumps(info)})
-        self._writer.close()
+        if self._writer is None and self._schema is None:
+            raise ValueError("nothing to write to %s" % self.path)
+        with naming(self.partial):
+            if self._writer is None:
+                self._open(self._schema)
+            self._writer.add_key_value_metadata({_META_KEY: json.dumps(info)})
+            self._writer.close()
 
     def commit(self) -> None:
-        fd = os.open(self.partial, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with naming(self.partial):
+            fd = os.open(self.partial, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(self.partial, self.path)
         sync_dir(os.path.dirname(self.path))
 
