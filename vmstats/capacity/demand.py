@@ -572,8 +572,8 @@ def add_gone(inventory: Inventory, views: list[dict[str, HostDemand]], changes: 
         entry.allocated_vcpus += vcpus
         entry.allocated_mem_gb += mem_gb
         if settings.reserve_stopped:
-            add_series(entry, VmDemand(vm.vm, name, vm.vcpus, vm.mem_gb, np.full(window.minutes, vm.vcpus),
-                                       np.full(window.minutes, vm.mem_gb), 0, 0, stopped=True))
+            add_series(entry, VmDemand(vm.vm, name, vcpus, mem_gb, np.full(window.minutes, vcpus),
+                                       np.full(window.minutes, mem_gb), 0, 0, stopped=True))
 
 
 def reporting(use: VmUse, stopped_after_minutes: int) -> bool:

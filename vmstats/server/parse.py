@@ -217,6 +217,7 @@ _FIELD_SPEC = {name.encode("ascii"): (is_int, lo, hi, places)
 #: whole size typed, ``vcpus=2i``: an agent's line with a fractional one is a shape of its own).
 _AGENT_FIELDS = tuple(name.encode("ascii") + (b"=i" if is_int or places is not None else b"")
                       for name, is_int, _lo, _hi, _required, places in protocol.FIELDS)
+_TAGS_SEPARATOR = TAGS_SEPARATOR.encode("ascii")
 #: A field of fixed places as ``shape_key`` reads it untyped (``vcpus=0.25``) -> typed, the
 #: agent's whole size: the agent's regexes admit both.
 _AGENT_UNTYPED = {name.encode("ascii"): name.encode("ascii") + b"=i"
@@ -228,7 +229,6 @@ def _as_agents(fields: tuple) -> tuple:
     """A line's fields (``shape_key``) with a size spelled as a decimal read as the agent's
     typed one: the same spelling to the agent's regexes."""
     return tuple(_AGENT_UNTYPED.get(field, field) for field in fields)
-_TAGS_SEPARATOR = TAGS_SEPARATOR.encode("ascii")
 
 
 class Shape:

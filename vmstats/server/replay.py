@@ -100,7 +100,6 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
     return replayed
 
 
-
 def _count_rejects(path: str, rejects, metrics: Metrics) -> None:
     """The lines of one segment its replay rejected: into the live counters, and one log line
     (the rejected records themselves were named, rate-limited, by the ingest)."""
