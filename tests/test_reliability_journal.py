@@ -381,3 +381,57 @@ def test_lines_a_replay_rejects_are_counted_as_live_ones_and_named_per_segment(t
     assert "1 line of journal segment %s rejected" % (folder / "0000000003.journal") in named[0]
     assert "2 lines of journal segment %s rejected" % (folder / "0000000004.journal") in named[1]
     assert raw_rows(data) == Counter(("10.23.0.1", t + 60 * i) for i in range(4))
+
+
+def test_a_line_refused_live_is_not_counted_again_when_its_payload_is_replayed(tmp_path):
+    """A refused line is journaled with the accepted lines of its payload: after a crash, the
+    replay parsed it again and counted it a second time, on top of the count when it came."""
+    data = tmp_path / "data"
+    t = now() - 600
+    good = [line(Record(vm="10.24.0.1", ts=t + 60 * i, cpu=2.0, mem=3.0)) for i in range(2)]
+    bad = b"vmstats,vm=10.24.0.1 cpu=oops,mem=3 %d" % t
+    server = serve(tmp_path, "--flush-interval", "1h").start()
+    try:
+        with server.tcp(timeout=10) as sock:
+            sock.sendall(b"\n".join(good + [bad]) + b"\n#!sync k\n")
+            assert read_reply(sock) == b"#!ack k 2 1\n"
+        assert _rejected(server.metrics()) == {"non_numeric": 1}
+        server.proc.send_signal(signal.SIGKILL)  # before any flush: the payload is replayed
+        server.proc.wait(10)
+    finally:
+        server.kill()
+    for _ in range(2):
+        with serve(tmp_path, "--flush-interval", "1h") as server:
+            assert _rejected(server.metrics()) == {}
+        assert "of journal segment" not in server.output
+    assert raw_rows(data) == Counter(("10.24.0.1", t + 60 * i) for i in range(2))
+
+
+def test_lines_a_replay_rejects_count_once_however_often_the_segment_is_replayed(tmp_path):
+    """A segment whose rows cannot be written yet (a folder where a day file goes) stays for
+    the next start, which replays it again: its damaged lines were counted at every start.
+    They count at the first; the segment keeps that they were (a torn tail, which no replay
+    reads, is cut off first), until its rows are written and it is retired."""
+    data = tmp_path / "data"
+    folder = data / "journal"
+    folder.mkdir(parents=True)
+    t = now() - 600
+    good = line(Record(vm="10.25.0.1", ts=t, cpu=2.0, mem=3.0))
+    bad = [b"not a record at all", b"vmstats,vm=10.25.0.1 cpu=oops,mem=3 %d" % t]
+    segment = folder / "0000000003.journal"
+    segment.write_bytes(b"\n".join([good] + bad) + b"\nvmstats,vm=10.25.0.1 cpu=1,me")
+    in_the_way = logstore.day_path(str(data), "10.25.0.1", logstore.day_of(t))
+    os.makedirs(in_the_way)
+    counted = []
+    for _ in range(3):
+        with serve(tmp_path, "--flush-interval", "1h", "--drain-timeout", "1s") as server:
+            assert server.status_json()["journal"]["replayed_records"] == 1
+            counted.append(_rejected(server.metrics()))
+        assert segment.exists()
+    os.rmdir(in_the_way)
+    with serve(tmp_path, "--flush-interval", "1h") as server:
+        counted.append(_rejected(server.metrics()))
+    assert server.returncode == 0, server.output
+    assert counted == [{"non_numeric": 1, "syntax": 1}, {}, {}, {}]
+    assert not segment.exists()
+    assert raw_rows(data) == Counter([("10.25.0.1", t)])

@@ -21,6 +21,7 @@ from twisted.internet import defer
 
 from vmstats.server.buffer import Buffer
 from vmstats.server.idle import IdleWaiters
+from vmstats.server.journal import rejected_line
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import Parsed, Parser
 
@@ -269,6 +270,8 @@ class Ingest:
         if accepted:
             if self.journal is not None:
                 self.journal.append_records(data)
+                if rejected:  # counted now: a replay of the payload must not count them again
+                    self.journal.append(rejected_line(rejects))
             if self.observe is not None:
                 self.observe(vms, tss, rows)
         return accepted, rejected, dropped

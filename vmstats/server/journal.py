@@ -25,7 +25,8 @@ replay after any number of crashes adds no duplicate rows.
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 from vmstats.server.every import Every
 from vmstats.server.metrics import Metrics, RateLimitedLog
@@ -44,6 +45,12 @@ SEGMENT_BYTES = 64 << 20
 _CONTROL_LINE = re.compile(rb"^#![^\n]*(?:\n|\Z)", re.MULTILINE)
 #: Segment files hold what senders sent (and the edge's HMAC key sits beside them): owner only.
 SEGMENT_MODE = 0o600
+#: A control line saying how many of the segment's lines were counted as rejected already, by
+#: reason (``#!rejected non_numeric=1 syntax=2``): the lines a payload had refused, after the
+#: payload (its accepted lines are journaled with them), or those a replay rejected, appended
+#: by the replay to a segment it keeps.  A later replay counts only the rejects beyond them,
+#: so a refused line counts once however often its segment is replayed.
+REJECTED_PREFIX = b"#!rejected "
 
 
 def segment_name(number: int) -> str:
@@ -58,6 +65,29 @@ def records_of(data: bytes) -> bytes:
     if b"#" in data and (data[:2] == b"#!" or data.find(b"\n#!") >= 0):
         return _CONTROL_LINE.sub(b"", data)
     return data
+
+
+def rejected_line(counts: Iterable[tuple[str, int]]) -> bytes:
+    """The REJECTED_PREFIX line for ``(reason, count)`` pairs (a reason may come twice)."""
+    total: Counter[str] = Counter()
+    for reason, count in counts:
+        total[reason] += count
+    return REJECTED_PREFIX + b" ".join(b"%s=%d" % (reason.encode("ascii"), count)
+                                       for reason, count in sorted(total.items()) if count) + b"\n"
+
+
+def counted_rejects(data: bytes) -> Counter[str]:
+    """The rejects a segment's whole REJECTED_PREFIX lines say were counted, by reason (a torn
+    or damaged one says nothing)."""
+    counted: Counter[str] = Counter()
+    if REJECTED_PREFIX not in data:
+        return counted
+    for found in re.finditer(rb"^" + re.escape(REJECTED_PREFIX) + rb"([^\n]*)\n", data, re.MULTILINE):
+        for item in found.group(1).split():
+            reason, _sep, count = item.partition(b"=")
+            if count.isdigit() and reason:
+                counted[reason.decode("ascii", "replace")] += int(count)
+    return counted
 
 
 def list_segments(directory: str) -> list[tuple[int, str]]:
