@@ -172,9 +172,9 @@ def rules_file(folder, hook_url: str, body: str, extra_actions: str = "") -> str
     return str(path)
 
 
-def serve(tmp_path, rules: str, *args: str) -> ServerProcess:
+def serve(tmp_path, rules: str, *args: str, **kwargs) -> ServerProcess:
     return ServerProcess(tmp_path, "--rules", rules, "--parsers", "0", "--workers", "1",
-                         "--flush-interval", "1s", *args)
+                         "--flush-interval", "1s", *args, **kwargs)
 
 
 HOT = """

@@ -31,7 +31,12 @@ from rulesutil import (
     serve,
     sigkill_rounds,
 )
-from serverproc import STATUS_TOKEN, ServerError, ServerProcess
+from serverproc import ROOT, STATUS_TOKEN, ServerError, ServerProcess
+
+from vmstats import logstore
+from vmstats.protocol import Record
+from vmstats.rules.service import last_heard
+from vmstats.server import compact as compact_mod
 
 #: Offline, the count is of the scopes the action log holds; it says so, as /alerts counts all.
 IN_LOG = "in the action log (those that ever changed state; /alerts counts all)"
@@ -225,15 +230,15 @@ def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
             assert hook.wait(2)[1]["annotations"]["state"] == "ok"
 
 
-def test_a_vm_that_stops_across_a_restart_still_goes_silent(tmp_path):
-    """The restarted server had heard of no VM: one that stopped reporting across the restart
-    never went silent. Its logs say who was reporting when it stopped; one quiet for longer
-    before the stop went quiet before it, and is left alone (a restart is no storm of old VMs).
-    The restart here is always longer than ``silent_after`` (as a slow one under load is): the
-    downtime neither hides the VM that stopped nor makes the one still reporting silent."""
-    quiet = 6
+def _only_the_stopped_vm_goes_silent(tmp_path, quiet: int, between, outage: int = 0) -> None:
+    """A server hears 10.0.0.1 and 10.0.0.2 until it stops (and 10.0.0.3 once, longer than
+    ``quiet`` before); ``between(last)`` runs while it is down (``last``: the stamp of the last
+    records), then it starts again with its clock ``outage`` seconds ahead.  10.0.0.2 goes on
+    reporting, 10.0.0.1 does not: it alone goes silent, and 10.0.0.3 is left alone."""
     body = ('[[rule]]\nname = "quiet"\nmetric = "cpu"\nperiod = 1\nsilent_after = "%ds"\n'
             'match = { tags = { host = "kvm*" } }\nactions = ["hook"]\n' % quiet)
+    later = {"PYTHONPATH": str(ROOT / "tests" / "stepclock"), "VMSTATS_TEST_STEP": "1",
+             "VMSTATS_TEST_OFFSET": str(outage)} if outage else None
     with WebhookReceiver(SECRET.encode()) as hook:
         rules = rules_file(tmp_path, hook.url, body)
         with serve(tmp_path, rules) as server:
@@ -244,14 +249,14 @@ def test_a_vm_that_stops_across_a_restart_still_goes_silent(tmp_path):
                 last = int(time.time())
                 server.send_udp(*[line(vm, last, 20.0, host="kvm1") for vm in ("10.0.0.1", "10.0.0.2")])
                 time.sleep(0.5)
-        time.sleep(max(0.0, last + quiet + 1 - time.time()))  # down for longer than silent_after
-        with serve(tmp_path, rules) as server:
+        between(last)
+        with serve(tmp_path, rules, env=later) as server:
             # A sweep before 10.0.0.2 reports again: the downtime alone does not make it silent.
             server.wait_metrics(lambda m: m.get('vmstats_rule_cpu_seconds_total{kind="sweep"}', 0) > 0)
             began = time.monotonic()
             while not hook.alerts() and time.monotonic() - began < 30:
-                # 10.0.0.2 goes on reporting, 10.0.0.1 does not
-                server.send_udp(line("10.0.0.2", int(time.time()), 20.0, host="kvm1"))
+                # 10.0.0.2 goes on reporting (stamped by the server's clock), 10.0.0.1 does not
+                server.send_udp(line("10.0.0.2", int(time.time()) + outage, 20.0, host="kvm1"))
                 time.sleep(0.5)
             alerts = hook.alerts()
             states = json.loads(server.http("/alerts"))["states"]
@@ -259,6 +264,70 @@ def test_a_vm_that_stops_across_a_restart_still_goes_silent(tmp_path):
             ("10.0.0.1", "silent")]
         assert sorted((s["scope"], s["state"]) for s in states) == [("10.0.0.1", "silent"),
                                                                     ("10.0.0.2", "ok")]
+
+
+def test_a_vm_that_stops_across_a_restart_still_goes_silent(tmp_path):
+    """The restarted server had heard of no VM: one that stopped reporting across the restart
+    never went silent. Its logs say who was reporting when it stopped; one quiet for longer
+    before the stop went quiet before it, and is left alone (a restart is no storm of old VMs).
+    The restart here is always longer than ``silent_after`` (as a slow one under load is): the
+    downtime neither hides the VM that stopped nor makes the one still reporting silent."""
+    quiet = 6
+    _only_the_stopped_vm_goes_silent(  # down for longer than silent_after
+        tmp_path, quiet, lambda last: time.sleep(max(0.0, last + quiet + 1 - time.time())))
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["csv", "compacted"])
+def test_a_vm_that_stops_across_a_weekend_outage_still_goes_silent(tmp_path, compacted):
+    """A server down for days (a weekend) had no log of today or yesterday to read: no VM was
+    seeded and one that stopped across the outage never went silent.  Each VM's newest record
+    is found however old, also once its day was compacted into the columnar tier meanwhile;
+    one quiet for longer than silent_after at the stop is still left alone."""
+    outage = 3 * 86400
+    data = tmp_path / "data"
+
+    def down(_last: int) -> None:
+        assert len(list((data / "vms").glob("*/*.csv"))) >= 4
+        if compacted:  # a pass while the server was down: the CSV files are gone
+            compact_mod.compact(str(data), compact_mod.Policy(compact_after=86400),
+                                now=time.time() + outage)
+            assert list((data / "vms").glob("*/*.csv")) == []
+            assert list((data / "columnar").glob("*.parquet"))
+
+    _only_the_stopped_vm_goes_silent(tmp_path, 6, down, outage)
+
+
+def test_last_heard_takes_each_vms_newest_record_from_either_tier_and_no_stray_day(tmp_path):
+    """The newest day file of a VM's folder, the day before when it holds no whole row (torn),
+    the columnar tier for a compacted day (a CSV file beside it wins its later rows), never a
+    file dated after the clock's next day; a VM quiet for longer than ``within`` is left out."""
+    day = 20_000
+    now = (day + 5) * 86400 + 3600
+
+    def log(vm: str, ts: int, host: str = "kvm1") -> None:
+        logstore.append_missing(str(tmp_path), vm, {ts: logstore.format_tail(
+            Record(vm=vm, ts=ts, cpu=1.0, mem=2.0, host=host))})
+
+    log("10.0.0.1", day * 86400 + 100)
+    log("10.0.0.2", day * 86400 + 200)
+    log("10.0.0.3", (day + 4) * 86400 + 10)
+    compact_mod.compact(str(tmp_path), compact_mod.Policy(compact_after=86400), now=now)
+    log("10.0.0.2", day * 86400 + 300, host="kvm2")  # late, beside the compacted day
+    log("10.0.0.3", (day + 5) * 86400 + 20)
+    with open(logstore.day_path(str(tmp_path), "10.0.0.3", logstore.day_name(day + 5)), "ab") as f:
+        f.write(b"torn")  # its newest file's last line: passed over, the row before it taken
+    log("10.0.0.4", (day + 3) * 86400)
+    torn = logstore.day_path(str(tmp_path), "10.0.0.4", logstore.day_name(day + 4))
+    with open(torn, "wb") as f:
+        f.write(logstore.HEADER + b"12,3")  # no whole row: the day before answers
+    log("10.0.0.4", (day + 400) * 86400)  # a stray future-dated file
+    heard = {vm: (ts, labels) for vm, ts, labels in last_heard(str(tmp_path), now)}
+    assert heard == {"10.0.0.1": (day * 86400 + 100, {"host": "kvm1"}),
+                     "10.0.0.2": (day * 86400 + 300, {"host": "kvm2"}),
+                     "10.0.0.3": ((day + 5) * 86400 + 20, {"host": "kvm1"}),
+                     "10.0.0.4": ((day + 3) * 86400, {"host": "kvm1"})}
+    assert [vm for vm, _ts, _l in last_heard(str(tmp_path), now, within=2 * 86400)] == [
+        "10.0.0.3", "10.0.0.4"]
 
 
 def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
