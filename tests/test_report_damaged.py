@@ -82,6 +82,9 @@ _BAD_LINES = {
     "carriage return": b"%d,1\r2.5,3,40,,,,,2,4096,9,",
     "bad utf-8 in a number": b"%d,1\xff\xfe,3,40,,,,,2,4096,9,",
     "value out of range": b"%d,1e300,3,40,,,,,2,4096,9,",
+    # vcpus holds at most 3 places and starts at 0.001 (protocol.FIELDS), as the server admits.
+    "vcpus of more places than it holds": b"%d,1.5,3,40,,,,,1.23456,4096,9,",
+    "vcpus below its smallest step": b"%d,1.5,3,40,,,,,0.0001,4096,9,",
 }
 
 

@@ -31,6 +31,7 @@ from vmstats.protocol import (
     Record,
     format_float,
     format_tags,
+    holds_places,
     normalize_vm_id,
     parse_tags,
 )
@@ -719,25 +720,28 @@ def _join_parts(parts):
     return frame, owners, valid
 
 
-#: (column, minimum, maximum) of the fields whose values the protocol bounds.
-_BOUNDS = tuple((name, lo, hi) for name, _is_int, lo, hi, _req, _places in FIELDS)
+#: (column, minimum, maximum, places) of the fields whose values the protocol bounds.
+_BOUNDS = tuple((name, lo, hi, places) for name, _is_int, lo, hi, _req, places in FIELDS)
 
 
 def _in_range(frame, columns: List[str]):
-    """Rows whose known values are all within the protocol's ranges.
+    """Rows whose known values are all within the protocol's ranges and places.
 
-    The server never logs a value out of range, so such a row (``1e300``,
-    ``inf``, a negative size) is damage that happened to parse: it counts as a
-    malformed line rather than skew every statistic built on it.
+    The server never logs a value out of range, nor one of more places than its
+    field holds (``vcpus=1.23456``), so such a row (``1e300``, ``inf``, a
+    negative size) is damage or a foreign hand that happened to parse: it counts
+    as a malformed line rather than skew every statistic built on it.
     """
     import numpy as np
 
     ok = np.ones(len(frame), bool)
-    for name, lo, hi in _BOUNDS:
+    for name, lo, hi, places in _BOUNDS:
         if name in columns and len(frame):
             column = frame[name]
             values = column.to_numpy() if column.dtype == np.float64 else column.to_numpy(
                 dtype=np.float64, na_value=np.nan)
+            if places is not None:
+                ok &= _holds_places(values, places)
             # Two reductions that skip NaN settle the usual column (all in range, or all
             # unknown: NaN) without a mask.
             low, high = np.fmin.reduce(values), np.fmax.reduce(values)
@@ -746,6 +750,23 @@ def _in_range(frame, columns: List[str]):
             with np.errstate(invalid="ignore"):
                 ok &= ~((values < lo) | (values > hi))
     return ok
+
+
+def _holds_places(values, places: int):
+    """Which of ``values`` (NaN: unknown, kept) protocol.holds_places admits.
+
+    The rule is asked of each distinct value, not each row: a column of sizes
+    holds a few values over millions of rows, and a hash of them costs about
+    what a single pass of rounding would.
+    """
+    import numpy as np
+    import pandas as pd
+
+    refused = [value for value in pd.unique(values).tolist()
+               if value == value and not holds_places(value, places)]
+    if not refused:
+        return np.ones(len(values), bool)
+    return ~np.isin(values, refused)
 
 
 def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_float: bool = False,

@@ -152,6 +152,12 @@ def field_places(name):
     return 0 if _FIELD_SPEC[name][0] else _FIELD_SPEC[name][3]
 
 
+def holds_places(value, places):
+    """Whether ``value`` has at most ``places`` digits after the point (FIELDS' rule for a
+    field of fixed places): the decoder and every reader of logged values ask it here."""
+    return round(value, places) == value
+
+
 def stepped(value, places):
     """``value`` as a field of ``places`` digits holds it: an int when whole (its wire form is
     then an integer's, ``2i``), else the float rounded to ``places`` digits."""
@@ -313,7 +319,7 @@ def _parse_number(name, text, is_int, lo, hi, places):
                 raise DecodeError(R_NON_NUMERIC, "%s=%r must be an integer" % (name, text[:40]))
             value = int(value)
         elif places is not None:
-            if round(value, places) != value:
+            if not holds_places(value, places):
                 raise DecodeError(R_NON_NUMERIC, "%s=%r has more than %d digits after the point"
                                   % (name, text[:40], places))
             if value == int(value):
