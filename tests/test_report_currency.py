@@ -71,6 +71,23 @@ def in_unit(cell: str, digits: int) -> Decimal:
     return value
 
 
+def graded(tmp_path, out, rows) -> list[tuple[subprocess.CompletedProcess, dict]]:
+    """``vmstats score`` of the report in ``out`` (every VM of ``rows`` taken for idle), and of its
+    report.csv copied alone: (the run, its --json) of each."""
+    truth = tmp_path / "truth.csv"
+    truth.write_text("vm,vcpus,mem_mb,profile,expected\n"
+                     + "".join("%s,1,1024,idle,reclaim\n" % vm for vm in rows))
+    alone = tmp_path / "alone.csv"
+    alone.write_bytes((out / "report.csv").read_bytes())
+    runs = []
+    for report in (out, alone):
+        graded = tmp_path / "score.json"
+        done = run("score", "--truth", str(truth), "--report", str(report), "--json", str(graded))
+        assert done.returncode == 0, done.stderr
+        runs.append((done, json.loads(graded.read_text())))
+    return runs
+
+
 @pytest.mark.parametrize("code", sorted(BOOKS))
 def test_every_output_is_in_the_currency_s_unit(fleet, tmp_path, code):  # noqa: F811
     data, _eur = fleet
@@ -138,6 +155,17 @@ def test_every_output_is_in_the_currency_s_unit(fleet, tmp_path, code):  # noqa:
     total_line = next(line for line in text.splitlines() if line.strip().startswith("total "))
     assert total_line.split()[-1] == money.figure(total["monthly_saving"]), total_line
     assert money.figure(total["monthly_cost"]) in total_line.split(), total_line
+
+    # vmstats score of this report: its sums of savings in the unit, on the terminal and in JSON,
+    # with report.json beside the CSV (the book's unit) or the CSV alone (ISO 4217's).
+    claimed = sum(in_unit(row["monthly_saving"], digits) for row in rows.values()
+                  if row["category"] != "upsize")  # an upsize's extra cost is no saving
+    assert claimed
+    for done_score, scored in graded(tmp_path, out, rows):
+        assert "Savings claimed: %s per month;" % money.text(claimed) in done_score.stdout, done_score.stdout
+        assert (scored["currency"], scored["minor_unit"]) == (code, digits)
+        assert Decimal(str(scored["saving_total"])) == claimed
+        assert isinstance(scored["saving_total"], int if digits == 0 else float)
 
     # report.html: the cards, the statement's cells and the table's script in the unit.
     page = (out / "report.html").read_text()
@@ -227,3 +255,8 @@ def test_a_book_names_the_unit_of_a_currency_iso_does_not_know(fleet, tmp_path):
     assert rows["notag"]["monthly_cost"] == "28.8" and rows["notag"]["currency"] == "CREDITS"
     assert json.loads((out / "report.json").read_text())["meta"]["prices"]["minor_unit"] == 1
     assert "monthly cost CREDITS " in done.stdout and re.search(r"CREDITS [\d,]+\.\d;", done.stdout)
+    # vmstats score: the book's unit from report.json beside the CSV, or from the CSV's cells alone.
+    for done_score, scored in graded(tmp_path, out, rows):
+        assert re.search(r"Savings claimed: CREDITS [\d,]+\.\d per month; CREDITS [\d,]+\.\d on correct",
+                         done_score.stdout), done_score.stdout
+        assert (scored["currency"], scored["minor_unit"]) == ("CREDITS", 1)

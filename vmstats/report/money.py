@@ -56,13 +56,18 @@ def minor_unit_of(currency: str, override: object, source: str) -> int:
                 "0 to %d (e.g. 0 for JPY, 2 for USD, 3 for KWD)" % (source, MAX_MINOR_UNIT)
             )
         return override
-    digits = MINOR_UNITS.get(currency.upper())
+    digits = iso_minor_unit(currency)
     if digits is None:
         raise InputError(
             "price book %s: currency %s is not an ISO 4217 code with a minor unit: set minor_unit = the "
             "digits its amounts have after the decimal point (0 to %d)" % (source, currency, MAX_MINOR_UNIT)
         )
     return digits
+
+
+def iso_minor_unit(currency: str) -> int | None:
+    """ISO 4217's minor unit of ``currency`` (any case), None for a code it gives none."""
+    return MINOR_UNITS.get(currency.upper())
 
 
 @dataclass(frozen=True)

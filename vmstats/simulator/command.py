@@ -463,7 +463,7 @@ def score(truth, report_path, json_path, max_wrong):
 
     try:
         result = scoring.score(scoring.load_truth(truth), scoring.load_report(report_path))
-        result.currency = scoring.report_currency(report_path)
+        result.money = scoring.report_money(report_path)
     except scoring.ScoreError as exc:  # the two files named
         raise Refused(str(exc)) from None
     click.echo(scoring.render(result, max_wrong))

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 
 from vmstats import inputfile
+from vmstats.report.money import MAX_MINOR_UNIT, Money, iso_minor_unit
 from vmstats.simulator.fleet import TRUTH_COLUMNS
 from vmstats.simulator.profiles import EXPECTED
 from vmstats.words import counted, part_of, plural
@@ -32,6 +34,10 @@ REPORT_CATEGORIES = ("reclaim", "schedule", "downsize", "upsize", "keep", "stopp
 MISSING = "missing"
 #: The report's category for a VM it does not judge (too short a span or too little coverage).
 UNJUDGED = "insufficient-data"
+#: report.csv's money columns, each written to the currency's minor unit.
+MONEY_COLUMNS = ("monthly_cost", "usage_cost", "monthly_saving")
+#: The money of a report CSV written before it named its currency: cents, as all its money was.
+NO_CURRENCY = Money("", 2)
 
 
 class ScoreError(ValueError):
@@ -65,7 +71,7 @@ class Score:
     saving_total: float = 0.0
     saving_correct: float = 0.0
     saving_wrong: float = 0.0
-    currency: str = ""  # the report's (its currency column); "" for a CSV without one
+    money: Money = NO_CURRENCY  # the report's (report_money)
 
     @property
     def accuracy(self) -> float | None:
@@ -80,9 +86,10 @@ class Score:
             "per_expected": {k: {"vms": n, "correct": c} for k, (n, c) in self.per_expected.items()},
             "confusion": {k: dict(v) for k, v in self.confusion.items()},
             "wrong": [dict(zip(("vm", "profile", "expected", "got"), w, strict=True)) for w in self.wrong],
-            "extra": self.extra, "saving_total": self.saving_total,
-            "saving_correct": self.saving_correct, "saving_wrong": self.saving_wrong,
-            "currency": self.currency,
+            "extra": self.extra, "saving_total": self.money.round(self.saving_total),
+            "saving_correct": self.money.round(self.saving_correct),
+            "saving_wrong": self.money.round(self.saving_wrong),
+            "currency": self.money.currency, "minor_unit": self.money.minor_unit,
         }
 
 
@@ -135,10 +142,48 @@ def load_report(path: str) -> dict[str, tuple[str, float]]:
     return report
 
 
-def report_currency(path: str) -> str:
-    """The currency of a report CSV's money ("" for one written before it had the column)."""
-    rows = _rows(report_csv_path(path), (), "report")
-    return (rows[0].get("currency") or "").strip() if rows else ""
+def report_money(path: str) -> Money:
+    """The money of a report CSV: its ``currency`` column, to that currency's minor unit.
+
+    The CSV names the currency, not its unit, and the score's sums are printed
+    in that unit as the report prints them (JPY 1,235, BHD 12.345).  The unit
+    is, in this order: the ``minor_unit`` of the report.json beside the CSV
+    (the price book's, exact, when that file is of the same currency), ISO
+    4217's for the code, else the most digits after the point of the CSV's
+    money cells (each written to the unit, so none has more).  A CSV without
+    the column, written before it had one, is in cents.
+    """
+    path = report_csv_path(path)
+    rows = _rows(path, (), "report")
+    currency = (rows[0].get("currency") or "").strip() if rows else ""
+    if not currency:
+        return NO_CURRENCY
+    digits = _book_minor_unit(os.path.join(os.path.dirname(path), "report.json"), currency)
+    if digits is None:
+        digits = iso_minor_unit(currency)
+    if digits is None:
+        written = (_places(row.get(column)) for row in rows for column in MONEY_COLUMNS)
+        digits = min(MAX_MINOR_UNIT, max(written, default=0))
+    return Money(currency, digits)
+
+
+def _book_minor_unit(path: str, currency: str) -> int | None:
+    """``meta.prices.minor_unit`` of a report.json priced in ``currency``; None without one."""
+    try:
+        with open(path, "rb") as handle:
+            prices = json.load(handle)["meta"]["prices"]
+        digits = prices["minor_unit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if prices.get("currency") != currency or isinstance(digits, bool) or not isinstance(digits, int):
+        return None
+    return digits if 0 <= digits <= MAX_MINOR_UNIT else None
+
+
+def _places(cell: str | None) -> int:
+    """Digits after the point of a number as written (``12.345``: 3), 0 for a whole or empty one."""
+    text = (cell or "").strip()
+    return len(text.partition(".")[2]) if "e" not in text.lower() else 0
 
 
 def score(truth: dict[str, TruthRow], report: dict[str, tuple[str, float]]) -> Score:
@@ -215,7 +260,9 @@ def render(result: Score, max_wrong: int = 30) -> str:
             lines.append("  ... and %d more" % (len(result.unjudged) - max_wrong))
     if result.extra:
         lines.append("\n%s in the report not in the truth file (not scored)." % counted(result.extra, "VM"))
-    unit = result.currency + " " if result.currency else ""
-    lines += ["", "Savings claimed: %s%.2f per month; %s%.2f on correct verdicts, %s%.2f on wrong ones."
-              % (unit, result.saving_total, unit, result.saving_correct, unit, result.saving_wrong)]
+    money = result.money
+    amount = money.text if money.currency else money.figure  # no currency column: the figure alone
+    lines += ["", "Savings claimed: %s per month; %s on correct verdicts, %s on wrong ones."
+              % tuple(amount(money.round(v)) for v in (result.saving_total, result.saving_correct,
+                                                         result.saving_wrong))]
     return "\n".join(lines)
