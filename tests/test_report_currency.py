@@ -8,11 +8,13 @@ files are read back and held to what an auditor reckons from the logs in that un
 
 import csv
 import json
+import math
 import re
 import subprocess
 import sys
 from decimal import Decimal
 
+import numpy as np
 import pytest
 from test_report_billing import DAYS, PARTS, fleet, reckon  # noqa: F401 (fleet: the fixture)
 
@@ -211,6 +213,17 @@ def test_amounts_are_written_with_the_unit_s_digits():
     assert Money("JPY", 0).text(1234567) == "JPY 1,234,567"
     assert Money("KWD", 3).text(1234.5) == "KWD 1,234.500"
     assert Money("USD").text(0.5) == "USD 0.50"
+
+
+def test_an_amount_is_rounded_when_known_and_stands_for_what_it_is_told_when_not():
+    """One rounding of a figure serves the report's cells (unknown: empty) and the policy's
+    savings (unknown: nothing saved), in the unit's type: a yen figure is an int."""
+    yen, fils = Money("JPY", 0), Money("KWD", 3)
+    assert yen.amount(3321.5) == 3322 and type(yen.amount(np.float64(3321.5))) is int
+    assert fils.amount(np.float64(6.8985)) == 6.899
+    for unknown in (None, math.nan, np.float64("nan")):
+        assert yen.amount(unknown) is None and fils.amount(unknown) is None
+        assert type(yen.amount(unknown, unknown=0.0)) is int and fils.amount(unknown, unknown=0.0) == 0.0
 
 
 def test_the_table_knows_the_currencies_whose_unit_is_not_the_cent():

@@ -314,8 +314,8 @@ def _row(
         "recommendation": decision.recommendation,
         "group": group,
         "excluded_reason": excluded.reason if excluded else "",
-        "monthly_cost": _money(v["monthly_cost"], money),
-        "usage_cost": _money(v["usage_cost"], money),
+        "monthly_cost": money.amount(v["monthly_cost"]),
+        "usage_cost": money.amount(v["usage_cost"]),
         "vcpus": _size(v["vcpus"]),
         "mem_gb": _r(v["mem_gb"], 3),
         "recommended_vcpus": _r(decision.recommended_vcpus, 3),
@@ -389,11 +389,6 @@ def _profile(values: np.ndarray) -> list[float | None]:
 def _profiles(values: np.ndarray) -> list[list[float | None]]:
     """_profile of each row of a 2-d array, rounded in one numpy pass for every row."""
     return [[None if x != x else x for x in row] for row in np.round(values, 1).tolist()]
-
-
-def _money(value: float, money: Money) -> float | None:
-    """A money cell: to the currency's minor unit as Money.round rounds it, None when unknown."""
-    return None if value is None or value != value else money.round(float(value))
 
 
 def _size(value: float) -> int | float | None:

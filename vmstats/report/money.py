@@ -99,6 +99,14 @@ class Money:
         exact = Decimal(format(value, ".15g")).quantize(Decimal(1).scaleb(-self.minor_unit), ROUND_HALF_UP)
         return int(exact) if self.minor_unit == 0 else float(exact)
 
+    def amount(self, value: float | None, unknown: float | None = None) -> float | int | None:
+        """A money figure of a row or a decision: ``value`` rounded (``round``) when known; when
+        it is None or NaN (no price, no size), ``unknown`` rounded: None leaves a report's cell
+        empty, 0 is a decision's saving that nothing priced."""
+        if value is None or value != value:
+            return None if unknown is None else self.round(unknown)
+        return self.round(float(value))
+
     def figure(self, value: float) -> str:
         """``value`` with thousands separators and exactly the minor unit's digits: 1,234.50."""
         return format(value, ",.%df" % self.minor_unit)

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from vmstats.report import runs
-from vmstats.report.money import Money
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import SHAPE_TOLERANCE
 from vmstats.words import counted
@@ -152,7 +151,7 @@ def _rule(
                 vm["mem_p95"],
             ),
             round(conf, 2),
-            monthly_saving=_money(cost, prices.money),
+            monthly_saving=prices.money.amount(cost, unknown=0.0),
             recommendation="stop and remove (snapshot first)",
             recommended_vcpus=0,
             recommended_mem_gb=0,
@@ -182,7 +181,7 @@ def _rule(
             "idle %.0f of 168 hours a week in recurring stops of %s or more; local time %s (%s)"
             % (plan.off, counted(s["schedule_min_off_run"], "hour"), zone(plan.offset), found),
             round(_clip(conf), 2),
-            monthly_saving=_money(cost * plan.off / 168.0, prices.money),
+            monthly_saving=prices.money.amount(cost * plan.off / 168.0, unknown=0.0),
             recommendation=text,
             off_hours_per_week=plan.off,
             evidence={
@@ -390,12 +389,6 @@ def rate(value: float) -> str:
         if value >= size:
             return "%.1f %s" % (value / size, unit)
     return "%.0f B/s" % value
-
-
-def _money(value: float, money: Money) -> float:
-    """A saving or extra cost to the currency's minor unit, rounded as the cost it comes from
-    (Money.round); an unknown one is 0."""
-    return money.round(value if _known(value) else 0.0)
 
 
 #: Offsets from UTC a VM's users may live at, for ``auto``: whole hours.  A half- or quarter-hour
@@ -680,7 +673,7 @@ def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> 
         _vcpu_step(vcpus, s),
     )
     # The extra cost in the text, the evidence and the saving is one figure, to the minor unit.
-    extra = _money(new_cost - cost, prices.money) if _known(new_cost) else math.nan
+    extra = prices.money.amount(new_cost - cost, unknown=0.0) if _known(new_cost) else math.nan
     hot = []
     if cpu_hot:
         hot.append("CPU p95 %.1f%% of %g vCPU" % (vm["cpu_p95"], vcpus))
@@ -768,7 +761,7 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
         "CPU p95 %.1f%% p99 %.1f%%, memory p95 %.1f%% max %.1f%% of %g vCPU / %s GB"
         % (vm["cpu_p95"], vm["cpu_p99"], vm["mem_p95"], vm["mem_max"], vcpus, _gb(mem_gb)),
         round(_clip(conf), 2),
-        monthly_saving=_money(saving, prices.money),
+        monthly_saving=prices.money.amount(saving, unknown=0.0),
         recommendation="resize to " + target,
         recommended_vcpus=new_vcpus,
         recommended_mem_gb=new_gb,
