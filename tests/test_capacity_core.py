@@ -4,6 +4,10 @@ Demand is checked against sums computed here from the same constructed series;
 the log-reading path writes real logs through the layout module and reads them back.
 """
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_report_stats import T0, series, write_records
@@ -17,6 +21,7 @@ from vmstats.capacity.profiles import parse_profile
 
 MINUTES = 7 * 1440
 WINDOW = Window(T0, MINUTES)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def inventory(*hosts, defaults=None):
@@ -540,3 +545,22 @@ def test_a_host_is_dark_when_no_vm_of_it_reports_not_when_a_what_if_reclaims_its
     after = host_demand(inv, vms, WINDOW, Settings(), removed=["idle"])
     assert [now.host(h).status(now.settings) for h in ("h1", "h2")] == ["ok", "unknown"]
     assert [after.host(h).status(after.settings) for h in ("h1", "h2")] == ["empty", "unknown"]
+
+
+def test_demand_names_times_as_the_report_does_without_loading_the_report():
+    """A VM last heard from, and the window, in the report's ISO form (vmstats.stamps), from a
+    capacity process that never loads the report's builder (its policy, prices and outputs)."""
+    code = (
+        "import sys\n"
+        "from vmstats.capacity.demand import HostDemand, Window\n"
+        "from vmstats.capacity.inventory import Host\n"
+        "host = HostDemand(Host('h1', 8, 32), unheard=[('vm-a', 1764979199), ('vm-b', None)])\n"
+        "print(host.unheard_named(), Window(1764892800, 1440).describe())\n"
+        "assert 'vmstats.report.build' not in sys.modules, 'the report builder was loaded'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=str(ROOT))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "[{'vm': 'vm-a', 'last_seen': '2025-12-05T23:59:59Z'}, {'vm': 'vm-b', 'last_seen': None}] "
+        "{'start': '2025-12-05T00:00:00Z', 'end': '2025-12-05T23:59:00Z', 'minutes': 1440}")

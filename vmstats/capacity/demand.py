@@ -29,6 +29,7 @@ from vmstats.capacity.inventory import Host, Inventory
 from vmstats.protocol import DECIMAL_RE
 from vmstats.report.settings import SHAPE_TOLERANCE
 from vmstats.report.stats import MAX_RESIZES, MEMORY_RESIZE
+from vmstats.stamps import iso
 from vmstats.words import counted
 
 MINUTE = 60
@@ -132,8 +133,6 @@ class Window:
         return self.start_ts + (self.minutes - 1) * MINUTE
 
     def describe(self) -> dict:
-        from vmstats.report.build import iso
-
         return {"start": iso(self.start_ts), "end": iso(self.end_ts), "minutes": self.minutes}
 
 
@@ -366,8 +365,6 @@ class HostDemand:
     def unheard_named(self) -> list[dict]:
         """Its VMs not heard from in the window as every output names them: ``{"vm", "last_seen"}``,
         the ISO time of the last record or None (never heard from)."""
-        from vmstats.report.build import iso
-
         return [{"vm": vm, "last_seen": None if ts is None else iso(ts)} for vm, ts in self.unheard]
 
     @property

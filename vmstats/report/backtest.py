@@ -27,11 +27,12 @@ import numpy as np
 
 from vmstats import logstore
 from vmstats.report import load as load_mod
-from vmstats.report.build import Report, build, iso, parse_day
+from vmstats.report.build import Report, build, parse_day
 from vmstats.report.money import Money
 from vmstats.report.policy import QUARTERS
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import InputError, Policy, ReportError
+from vmstats.stamps import iso
 
 DAY = 86400
 #: VMs whose records are parsed at once (bounds memory on large fleets).

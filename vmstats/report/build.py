@@ -23,6 +23,7 @@ from vmstats.report.money import Money
 from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import MAX_DAYS, InputError, Policy, ReportError
+from vmstats.stamps import iso
 from vmstats.words import counted
 
 #: Settings that statistics need as one value per VM (groups may differ).
@@ -66,12 +67,6 @@ def parse_day(value: str | None, option: str) -> int | None:
         raise InputError("%s %s is outside %s to %s, the days a log can have" % (
             option, value, load_mod.day_name(FIRST_DAY), load_mod.day_name(LAST_DAY)))
     return day
-
-
-def iso(ts: float) -> str:
-    if not ts or ts != ts or ts >= np.iinfo(np.int64).max:
-        return ""
-    return datetime.datetime.fromtimestamp(int(ts), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build(
