@@ -7,7 +7,9 @@ The simulator is there to load the server, so it must be faster than the
 server or it would hide the server's limit.  In one run, on loopback:
 
 1. generate + encode only (no socket), with protocol.encode_records and,
-   as the reference, the per-record protocol.encode_record;
+   as the reference, the per-record protocol.encode_record; and the same
+   fleet as containers of fractional sizes (``vcpus=1.5``, ``0.25``), with
+   the share of the default fleet's records whose size is fractional;
 2. the simulator sending to sinks in another process that do almost nothing
    (a TCP peer that acknowledges every ``#!sync`` at once, a UDP socket that
    counts datagrams), streaming (generate, encode, send as it goes: what
@@ -23,6 +25,7 @@ does not hide the server's limit.  Everything binds 127.0.0.1.
 """
 
 import argparse
+import dataclasses
 import multiprocessing
 import socket
 import sys
@@ -41,18 +44,35 @@ from vmstats.simulator import fleet as fleets  # noqa: E402
 from vmstats.simulator.sender import TcpSender, UdpSender, cut_payloads  # noqa: E402
 
 
-def batches(vms, days, seed=1):
+def fractional(vm):
+    """The VM as a container of a fractional size: half a vCPU less, a quarter for one vCPU."""
+    return dataclasses.replace(vm, vcpus=vm.vcpus - 0.5 if vm.vcpus > 1 else 0.25)
+
+
+def batches(vms, days, seed=1, sizes=None):
+    """The default fleet's records; ``sizes`` (a SimVM -> SimVM) changes each VM's size."""
     start, stop = fleets.period(time.time(), days)
     fleet = fleets.make_fleet(vms, seed, None, start, stop)
+    if sizes:
+        fleet = [sizes(vm) for vm in fleet]
     return fleets.generate(fleet, seed, start, stop)
 
 
-def generate_only(vms, days, encoder):
+def generate_only(vms, days, encoder, sizes=None):
     began = time.perf_counter()
     count = 0
-    for _t, records in batches(vms, days):
+    for _t, records in batches(vms, days, sizes=sizes):
         count += len(encoder(records))
     return count, time.perf_counter() - began
+
+
+def fractional_share(vms, days):
+    """The share of the default fleet's records whose size is not a whole int (sent ``vcpus=1.5``)."""
+    total = fraction = 0
+    for _t, records in batches(vms, days):
+        total += len(records)
+        fraction += sum(1 for r in records if type(r.vcpus) is not int)
+    return fraction / total if total else 0.0
 
 
 def per_record(records):
@@ -203,6 +223,9 @@ def main():
     n, t_batch = generate_only(vms, days, encode_records)
     rows.append(("generate + encode_record (reference)", n, t_ref))
     rows.append(("generate + encode_records", n, t_batch))
+    n_frac, t_frac = generate_only(vms, days, encode_records, fractional)
+    rows.append(("generate + encode_records, fractional sizes", n_frac, t_frac))
+    share = fractional_share(vms, days)
 
     sim = {}
     for workers in (1, 2):
@@ -240,6 +263,8 @@ def main():
     print("server limit: TCP %.0f records/s, UDP %.0f records/s (fastest lossless pace)"
           % (srv["tcp"], srv["udp"]))
     print("\nencode_records vs encode_record (whole simulator): %.2fx" % (t_ref / t_batch))
+    print("fractional sizes vs whole (whole simulator): %.2fx the time; records of the default fleet "
+          "with a fractional size: %.1f%%" % ((t_frac / n_frac) / (t_batch / n), 100 * share))
     for transport in ("tcp", "udp"):
         print("%s simulator / server: streaming %.2fx (2 processes: %.2fx), preloaded %.2fx"
               % (transport.upper(), sim[transport, 1] / srv[transport], sim[transport, 2] / srv[transport],

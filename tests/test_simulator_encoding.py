@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vmstats import protocol
 from vmstats.protocol import FIELDS, Decoder, Record, encode_record, encode_records
 
 _floats = st.one_of(
@@ -78,3 +79,32 @@ def runs(draw):
 @given(runs())
 def test_batch_encoder_on_runs_of_one_vm_is_byte_identical(batch):
     assert encode_records(batch) == [encode_record(r).encode("utf-8") for r in batch]
+
+
+#: Sizes as senders hold them: whole ints (``2i``), fractions of up to 3 places as the agent and
+#: traces send them, whole floats (written ``2i`` too) and floats of any digits.
+_SIZES = st.one_of(st.integers(1, 4096), st.integers(1, 4096000).map(lambda n: n / 1000),
+                   st.sampled_from([0.25, 1.5, 0.001, 2.0, 4096.0, 0.1 + 0.2, 1e-05]),
+                   st.floats(min_value=0, max_value=1e17, allow_nan=False))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(clean_records(), _SIZES, st.booleans()), max_size=30))
+def test_fractional_sizes_are_written_by_the_batch_encoder_as_encode_record_writes_them(drawn):
+    # ``last``: the size is the line's last field.
+    batch = [record._replace(vcpus=size, **(dict(mem_mb=None, seq=None) if last else {}))
+             for record, size, last in drawn]
+    assert encode_records(batch) == [encode_record(r).encode("utf-8") for r in batch]
+
+
+def test_a_fleet_of_fractional_sizes_takes_the_batch_template():
+    """A container's 0.25 vCPU shares its shape's one format string (``vcpus=%r``), not a
+    per-record encode_record: a simulated fleet of containers encodes as fast as one of VMs."""
+    record = Record("ct-1", 1732262400, 3.5, 4.0, 40.0, 1.0, 2.0, 3.0, 4.0, 0.25, 1024)
+    template = protocol._batch_template(tuple(map(type, record)))
+    assert template is not None and "vcpus=%r" in template[0]
+    whole = protocol._batch_template(tuple(map(type, record._replace(vcpus=2))))
+    assert "vcpus=%di" in whole[0]
+    assert encode_records([record]) == [
+        b"vmstats,vm=ct-1 cpu=3.5,cpu_max=4,mem=40,disk_r=1,disk_w=2,net_rx=3,net_tx=4,vcpus=0.25,"
+        b"mem_mb=1024i 1732262400"]

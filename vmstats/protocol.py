@@ -492,31 +492,40 @@ def _head(record):
 
 
 def _batch_template(kinds):
-    """``(body_format, pick_values, last_is_float)`` for records of these types, or None.
+    """``(body_format, pick_values, last_is_float, sizes)`` for records of these types, or None.
 
     None means "use encode_record": a value whose exact type is not the plain
     float/int the template formats (numpy scalars, bools, ints in float
     fields) could print differently through ``%r``.  A field of fixed places
-    (``vcpus``) takes the template as an int (``2i``); as a float it may be
-    whole, which only encode_record writes as an integer.
+    (``vcpus``) takes the template as an int (``2i``), and as a float (a
+    container's 0.25) as ``%r``, its shortest decimal as encode_record writes
+    it; ``sizes`` are the positions of such floats, since only encode_record
+    writes one that is whole (``2i``) or not finite (it refuses those).
     """
     parts = []
     present = []
+    sizes = []
     for offset, (name, is_int, _lo, _hi, _req, places) in enumerate(FIELDS):
         kind = kinds[offset + 2]
         if kind is type(None):
             continue
-        as_int = is_int or places is not None
-        if kind is not (int if as_int else float):
+        if places is not None and kind is float:
+            sizes.append(offset + 2)
+        elif kind is not (int if is_int or places is not None else float):
             return None
-        parts.append(name + ("=%di" if as_int else "=%r"))
+        parts.append(name + ("=%r" if kind is float else "=%di"))
         present.append(offset + 2)
     if kinds[1] is not int or not parts:
         return None
     last_is_float = parts[-1].endswith("%r")
     # Every float is followed by a comma (the last one too), so one replace strips ".0".
     body = ",".join(parts) + ("," if last_is_float else "") + " %d"
-    return body, operator.itemgetter(*(present + [1])), last_is_float
+    return body, operator.itemgetter(*(present + [1])), last_is_float, tuple(sizes)
+
+
+def _whole_or_not_finite(value):
+    """A float size only encode_record writes: whole (``2i``), or nan/inf (it refuses them)."""
+    return value.is_integer() or not math.isfinite(value)
 
 
 def encode_records(records):
@@ -528,7 +537,8 @@ def encode_records(records):
     share one format string, so each line is its head and a single ``%``
     operation.  A float's ``%r`` ends in ``.0`` exactly when encode_record
     strips it, and the comma that follows every float in the template makes
-    that strip one ``replace``.
+    that strip one ``replace``.  A fractional size (``vcpus=0.25``) is such a
+    float; one that is whole goes to encode_record, which writes it ``2i``.
     """
     templates = {}
     lines = []
@@ -541,7 +551,10 @@ def encode_records(records):
         if template is None:
             append(encode_record(record).encode("utf-8"))
             continue
-        body, pick, last_is_float = template
+        body, pick, last_is_float, sizes = template
+        if sizes and any(_whole_or_not_finite(record[i]) for i in sizes):
+            append(encode_record(record).encode("utf-8"))
+            continue
         line = (body % pick(record)).replace(".0,", ",")
         if last_is_float:
             line = line.replace(", ", " ")
