@@ -435,3 +435,54 @@ def test_lines_a_replay_rejects_count_once_however_often_the_segment_is_replayed
     assert counted == [{"non_numeric": 1, "syntax": 1}, {}, {}, {}]
     assert not segment.exists()
     assert raw_rows(data) == Counter([("10.25.0.1", t)])
+
+
+def test_a_line_refused_for_its_time_stays_refused_when_its_payload_is_replayed(tmp_path):
+    """A payload is journaled whole, refused lines and all, and the replay parses it with no
+    time window (it cannot know when the payload came): a line acked as refused for its time,
+    too far ahead of the clock or behind it, was written to the logs after a crash.  The
+    journal names the stamps the live path took; the replay refuses the same lines, whatever
+    the clock or the limits at the restart (here a window that takes the refused lines and
+    refuses the honest one), and counts none of them again."""
+    data = tmp_path / "data"
+    t = now()
+    honest = Record(vm="10.26.0.1", ts=t - 60, cpu=2.0, mem=3.0)
+    ahead = Record(vm="10.26.0.1", ts=t + 3 * 86400, cpu=4.0, mem=3.0)
+    behind = Record(vm="10.26.0.2", ts=t - 2 * 86400, cpu=5.0, mem=3.0)
+    server = serve(tmp_path, "--flush-interval", "1h", "--max-past", "1d").start()
+    try:
+        with server.tcp(timeout=10) as sock:
+            sock.sendall(b"\n".join(map(line, [ahead, honest, behind])) + b"\n#!sync k\n")
+            assert read_reply(sock) == b"#!ack k 1 2\n"
+        assert _rejected(server.metrics()) == {"future_timestamp": 1, "past_timestamp": 1}
+        server.proc.send_signal(signal.SIGKILL)  # before any flush: the payload is replayed
+        server.proc.wait(10)
+    finally:
+        server.kill()
+    assert raw_rows(data) == Counter()
+    with serve(tmp_path, "--flush-interval", "1h", "--max-future", "7d", "--max-past", "1s") as again:
+        assert again.status_json()["journal"]["replayed_records"] == 1
+        assert _rejected(again.metrics()) == {}
+    assert again.returncode == 0, again.output
+    assert "of journal segment" not in again.output
+    assert raw_rows(data) == Counter([(honest.vm, honest.ts)])
+    assert journal_files(data) == []
+
+
+def test_a_window_applies_to_its_payload_only_across_chunks():
+    """The lines after a window line up to the next control line are its payload, though a
+    chunk's end cuts them; the lines before and after it are under no window."""
+    from vmstats.server.replay import chunks, windowed
+    segment = (b"a 1\n#!window 5 9\nb 2\nc 3\nd 4\n#!rejected future_timestamp=1\ne 5\n"
+               b"#!window 7 x\nf 6\n#!rejected past_timestamp=1\n")
+    for size in (1, 8, 20, 1 << 20):
+        pieces, window = [], None
+        for chunk in chunks(segment, size):
+            found, window = windowed(chunk, window)
+            pieces += found
+        assert b"".join(text for text, _bounds in pieces) == segment.replace(
+            b"#!window 5 9\n", b"").replace(b"#!window 7 x\n", b"")
+        under = b"".join(text for text, bounds in pieces if bounds == (5, 9))
+        assert under == b"b 2\nc 3\nd 4\n"
+        assert {bounds for _text, bounds in pieces} <= {None, (5, 9)}
+        assert window is None

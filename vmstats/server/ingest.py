@@ -19,6 +19,7 @@ from operator import setitem, sub
 
 from twisted.internet import defer
 
+from vmstats import protocol
 from vmstats.server.buffer import Buffer
 from vmstats.server.idle import IdleWaiters
 from vmstats.server.journal import rejected_line
@@ -26,6 +27,17 @@ from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import Parsed, Parser
 
 log = logging.getLogger(__name__)
+
+#: Rejects that depend on when a record came (its stamp against the clock then), which a
+#: replay, long after, cannot judge by itself.
+TIME_REASONS = frozenset((protocol.R_FUTURE, protocol.R_PAST))
+#: A control line before a journaled payload that had such rejects: ``#!window <lo> <hi>``,
+#: the lowest and highest stamps of its records the live path took.  Every line it refused for
+#: its time lies outside them (outside the window then, which holds them all) and every line
+#: it took inside, so the replay (replay.py), which parses the payload up to the next control
+#: line (its ``#!rejected`` line) within them, refuses exactly those lines, whatever the clock
+#: or ``--max-future``/``--max-past`` at the restart.
+WINDOW_PREFIX = b"#!window "
 
 Done = Callable[[int, int, int], None] | None
 
@@ -269,12 +281,22 @@ class Ingest:
         metrics.records += accepted
         if accepted:
             if self.journal is not None:
-                self.journal.append_records(data)
-                if rejected:  # counted now: a replay of the payload must not count them again
-                    self.journal.append(rejected_line(rejects))
+                if rejected:
+                    self._journal_with_rejects(data, tss, rejects)
+                else:
+                    self.journal.append_records(data)
             if self.observe is not None:
                 self.observe(vms, tss, rows)
         return accepted, rejected, dropped
+
+    def _journal_with_rejects(self, data: bytes, tss: list, rejects: list) -> None:
+        """Journal a payload some of whose lines were refused, so that its replay refuses them
+        and counts none of them again: a WINDOW_PREFIX line of the stamps taken before it if
+        any was refused for its time, the count of what was refused after it."""
+        if not TIME_REASONS.isdisjoint(dict(rejects)):
+            self.journal.append(b"%s%d %d\n" % (WINDOW_PREFIX, min(tss), max(tss)))
+        self.journal.append_records(data)
+        self.journal.append(rejected_line(rejects))
 
     def _sequence(self, vms: list, seqs: list, distinct: bool) -> None:
         """Count seq gaps; when every VM's seq is its last one plus one, without a loop."""

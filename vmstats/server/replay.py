@@ -2,7 +2,10 @@
 
 Each segment is parsed by the receive path's own Ingest (so the rows are the
 ones that were buffered) without its time window (a record was in the window
-when it was accepted; it may be old now), one bounded chunk at a time, and
+when it was accepted; it may be old now), but for a payload that had lines
+refused for their time (too far ahead or behind the clock then): it follows
+an ``ingest.WINDOW_PREFIX`` line, and is parsed within the stamps it names,
+which refuses those lines again and no other.  One bounded chunk at a time, and
 written in this process with the pool writer's function (which skips rows
 already logged: replay is idempotent).  Lines the parser rejects (a damaged
 segment) are counted in the live reject counters (``/metrics``'
@@ -21,9 +24,10 @@ import time
 from collections import Counter
 
 from vmstats.server.buffer import Buffer
-from vmstats.server.ingest import Ingest
+from vmstats.server.ingest import WINDOW_PREFIX, Ingest
 from vmstats.server.journal import Journal, counted_rejects, records_of, rejected_line
 from vmstats.server.metrics import Metrics
+from vmstats.server.parse import Parser
 from vmstats.server.writer import write_share
 from vmstats.words import counted
 
@@ -47,6 +51,73 @@ def chunks(data: bytes, size: int = CHUNK_BYTES):
         start = cut
 
 
+def windowed(chunk: bytes, window: tuple[int, int] | None
+             ) -> tuple[list[tuple[bytes, tuple[int, int] | None]], tuple[int, int] | None]:
+    """``chunk`` (whole lines of a segment) cut into ``(text, window)`` pieces: the lines after
+    a WINDOW_PREFIX line up to the next control line (its payload) with the ``(lo, hi)`` stamps
+    it names, the others with None; ``window`` is the one a payload cut by the chunk's end was
+    under (None: none), given for the next chunk and returned for the one after.
+
+    A window line that cannot be read (damage) leaves its payload without a window, as
+    before windows were journaled.
+    """
+    if window is None and WINDOW_PREFIX not in chunk:
+        return [(chunk, None)], None
+    pieces: list[tuple[bytes, tuple[int, int] | None]] = []
+    start, end = 0, len(chunk)
+    while start < end:
+        if window is not None:  # a payload under a window: up to the next control line
+            if chunk.startswith(b"#!", start):
+                stop = start
+            else:
+                found = chunk.find(b"\n#!", start)
+                stop = end if found < 0 else found + 1
+            if stop > start:
+                pieces.append((chunk[start:stop], window))
+            if stop == end:
+                return pieces, window
+            start, window = stop, None
+        if chunk.startswith(WINDOW_PREFIX, start):
+            found = start
+        else:
+            found = chunk.find(b"\n" + WINDOW_PREFIX, start)
+            if found < 0:
+                pieces.append((chunk[start:], None))
+                return pieces, None
+            found += 1
+            pieces.append((chunk[start:found], None))
+        line_end = chunk.find(b"\n", found)
+        line_end = end if line_end < 0 else line_end
+        window = _bounds(chunk[found + len(WINDOW_PREFIX):line_end])
+        start = line_end + 1
+    return pieces, window
+
+
+def _bounds(text: bytes) -> tuple[int, int] | None:
+    """The ``(lo, hi)`` of a WINDOW_PREFIX line's text, or None if it is damaged."""
+    parts = text.split()
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        return None
+    lo, hi = int(parts[0]), int(parts[1])
+    return (lo, hi) if lo <= hi else None
+
+
+class Bounded:
+    """A parser that accepts the stamps from ``lo`` to ``hi`` and no other, by the live path's
+    own checks.  A parser's window is ``now`` less its past limit to ``now`` plus its future
+    limit (``Parser._window``, and its decoder's), so at ``hi + 1`` a future limit of -1 and a
+    past one of the span (never 0, which is none) bound it to exactly ``lo`` .. ``hi``.  One
+    parser for every window, so that it learns VM ids once."""
+
+    def __init__(self):
+        self.parser = Parser(-1, 1)
+
+    def parse(self, data: bytes, lo: int, hi: int):
+        parser = self.parser
+        parser.max_past = parser.decoder.max_past = hi - lo + 1
+        return parser.parse(data, float(hi + 1))
+
+
 def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, observe=None) -> int:
     """Write every leftover segment's records to the logs; returns the records replayed.
 
@@ -59,6 +130,7 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
     scratch = Buffer(Metrics(), _NO_LIMIT, _NO_LIMIT)
     ingest = Ingest(scratch, scratch.metrics, _NO_LIMIT, 0)
     ingest.observe = observe
+    bounded = Bounded()
     replayed = appended = 0
     kept = []
     rejects = scratch.metrics.rejects
@@ -73,8 +145,14 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
             kept.append(number)
             continue
         complete = True
+        window = None
         for chunk in chunks(data):
-            ingest.payload(records_of(chunk))
+            pieces, window = windowed(chunk, window)
+            for text, bounds in pieces:
+                if bounds is None:
+                    ingest.payload(records_of(text))
+                else:
+                    ingest.file(text, bounded.parse(text, *bounds))
             table = scratch.swap()
             replayed += sum(len(rows) for rows in table.values())
             for vm, count, error, retry in write_share(data_dir, list(table.items())):
