@@ -64,6 +64,17 @@ def warmed(eng: Engine, clock: Clock, vms: list, rows: list, period: float = 60.
     return eng.take()
 
 
+def wait_until(test, timeout: float = 15.0):
+    """Poll ``test()`` until it gives something truthy (returned); AssertionError past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = test()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("not within %.0fs" % timeout)
+
+
 def line(vm: str, ts: int, cpu: float, mem: float = 50.0, host: str | None = None) -> bytes:
     return encode_record(Record(vm=vm, ts=ts, cpu=cpu, mem=mem, host=host, vcpus=2,
                                 mem_mb=4096)).encode("ascii")

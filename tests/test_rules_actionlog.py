@@ -72,3 +72,32 @@ def test_damaged_lines_are_skipped_and_counted_and_the_rest_replays(tmp_path):
     assert state.lines == len(good) and state.damage.count == len(bad)
     assert state.damage.first == "line 2: not JSON (JSONDecodeError)"
     assert "18 damaged lines skipped (first: line 2: " in state.damage.note(str(path))
+
+
+def muted(key, mute, told="ok", scope="10.0.0.1"):
+    return {"type": "muted", "key": key + ".hook", "mute": mute, "rule": "r", "scope": scope,
+            "told": told}
+
+
+def test_what_mutes_held_back_replays_and_survives_compaction():
+    """A restart (or a rewrite of the log) remembers each alert a mute held back, with what its
+    receivers last heard: the mute's end sends what still stands, once."""
+    entries = [event("a", at=1), muted("a", "m1"),
+               event("b", scope="10.0.0.2", at=2), muted("b", "m1", scope="10.0.0.2"),
+               # heard again (not muted): nothing of 10.0.0.2 is held back any more
+               event("b2", scope="10.0.0.2", to="ok", at=3),
+               {"type": "result", "key": "b2.hook", "ok": True},
+               event("c", scope="10.0.0.3", at=4), muted("c", "m2", scope="10.0.0.3"),
+               event("c2", scope="10.0.0.3", to="ok", at=5), muted("c2", "m2", scope="10.0.0.3"),
+               event("d", scope="10.0.0.4", at=6), muted("d", "m3", scope="10.0.0.4"),
+               {"type": "unmuted", "mute": "m3"},
+               event("s", kind="scale", scope="group", at=7, direction="out", current=2, desired=3,
+                     delta=1),
+               {"type": "muted", "key": "s.hook", "mute": "m1", "rule": "r", "scope": "group"}]
+    full = replay(lines(entries).splitlines())
+    assert full.pending == {} and full.damage.count == 0
+    assert {scope: (held[0], held[1], held[2]["key"]) for scope, held in full.held.items()} == {
+        ("r", "10.0.0.1"): ("m1", "ok", "a"), ("r", "10.0.0.3"): ("m2", "ok", "c2")}
+    assert full.outcomes[("hook", "muted")] == 6
+    small = replay(compacted(full))
+    assert small.held == full.held and small.pending == {} and small.states == full.states

@@ -30,6 +30,7 @@ from rulesutil import (
     rules_file,
     serve,
     sigkill_rounds,
+    wait_until,
 )
 from serverproc import ROOT, STATUS_TOKEN, ServerError, ServerProcess
 
@@ -68,16 +69,6 @@ def alerts_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProce
     """``vmstats alerts`` as an operator runs it (offline with --data-dir, or --url)."""
     return subprocess.run([sys.executable, "-m", "vmstats", "alerts", *args], capture_output=True,
                           text=True, env=env)
-
-
-def wait_until(test, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = test()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("not within %.0fs" % timeout)
 
 
 def test_a_transition_reaches_webhook_command_mail_and_log_once(tmp_path, smtp):

@@ -14,6 +14,9 @@ Entries:
 ``result``   what the attempt got: ``ok`` true, or the error
 ``gave_up``  delivery stopped after ``retry_for``, or its action is gone, or
              ``dropped`` (true): the oldest past ``max_pending`` pending
+``muted``    a delivery a mute held back, not sent (``mute``: its id; ``told``: the
+             state the alert's receivers last heard, which its end compares with)
+``unmuted``  a mute ended: what it held back was sent (``unmuted`` copies) or let go
 
 After a crash ``replay`` rebuilds every scope's last state (a restart keeps
 alarms), the last scaling times (cooldowns survive) and the deliveries with
@@ -37,7 +40,7 @@ from twisted.internet import defer
 from vmstats.inputfile import Damage
 from vmstats.rules.workers import Workers
 from vmstats.server.metrics import RateLimitedLog
-from vmstats.server.ownfiles import check_file, usable_directory
+from vmstats.server.ownfiles import check_file, replace_durably, usable_directory
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,9 @@ class Replayed:
     lines: int = 0
     #: Lines skipped as no entry of the log.
     damage: Damage = field(default_factory=Damage)
+    #: (rule, scope) -> [mute id, the state its receivers last heard, the latest event held
+    #: back]: what mutes held back and their ends have not yet released (``delivery.py``).
+    held: dict = field(default_factory=dict)
 
 
 _NUMBER = (int, float)
@@ -99,7 +105,10 @@ _KINDS = {
 }
 #: The other entries, by type.
 _ENTRIES = {"attempt": {"key": _TEXT, "n": (int,)}, "result": {"key": _TEXT},
-            "gave_up": {"key": _TEXT}}
+            "gave_up": {"key": _TEXT},
+            # A delivery a mute held back (not sent), and a mute's end (``delivery.py``).
+            "muted": {"key": _TEXT, "mute": _TEXT, "rule": _TEXT, "scope": _TEXT},
+            "unmuted": {"mute": _TEXT}}
 
 
 def _wrong(table: dict, fields: dict) -> str | None:
@@ -138,8 +147,9 @@ def problem(entry) -> str | None:
     for name in ("at", "age"):
         if name in entry and not isinstance(entry[name], _NUMBER):
             return "%s is %r" % (name, entry[name])
-    if "error" in entry and not isinstance(entry["error"], str):
-        return "error is %r" % (entry["error"],)
+    for name in ("error", "told"):
+        if name in entry and not isinstance(entry[name], str):
+            return "%s is %r" % (name, entry[name])
     covers = entry.get("covers")
     if covers is not None and (not isinstance(covers, dict) or not all(
             isinstance(age, _NUMBER) for age in covers.values())):
@@ -174,6 +184,9 @@ def replay(lines) -> Replayed:
             event = entry["event"]
             if event["kind"] == "transition":
                 result.states[(event["rule"], event["scope"])] = event
+            if event["kind"] in ("transition", "reminder"):
+                # Heard (or held back again: its ``muted`` entries follow, with what was told).
+                result.held.pop((event["rule"], event["scope"]), None)
             elif event["kind"] == "scale":
                 result.scaling[(event["rule"], event["direction"])] = event
             for action in event.get("actions", ()):
@@ -201,6 +214,19 @@ def replay(lines) -> Replayed:
                     result.outcomes[(done.action, "delivered")] += 1
         elif kind == "result":
             batches.pop(entry["key"], None)
+        elif kind == "muted":
+            done = result.pending.pop(entry["key"], None)
+            if done is not None:
+                result.outcomes[(done.action, "muted")] += 1
+            scope = (entry["rule"], entry["scope"])
+            held = result.held.get(scope)
+            event = done.event if done is not None else held and held[2]
+            if event is not None and "told" in entry:  # a scaling decision is never sent later
+                result.held[scope] = [entry["mute"], entry["told"], event]
+        elif kind == "unmuted":
+            for scope, held in list(result.held.items()):
+                if held[0] == entry["mute"]:
+                    del result.held[scope]
         elif kind == "gave_up":
             done = result.pending.pop(entry["key"], None)
             if done is not None:
@@ -248,8 +274,14 @@ def compacted(state: Replayed) -> list[dict]:
             key = "%s.%s" % (event["key"], action)
             if key not in state.pending:
                 done.append({"type": "result", "key": key, "ok": True, "compacted": True})
+    # What mutes hold back: the latest event of each alert, and its word of what was told.
+    muted = []
+    for (rule, scope), (mute, told, event) in state.held.items():
+        entries.setdefault(event["key"], {"type": "event", "event": event})
+        muted.append({"type": "muted", "key": "%s.%s" % (event["key"], event["actions"][0]),
+                      "mute": mute, "rule": rule, "scope": scope, "told": told})
     ordered = sorted(entries.values(), key=lambda e: e["event"]["at"])
-    return ordered + attempts + done
+    return ordered + muted + attempts + done
 
 
 class ActionLog:
@@ -356,17 +388,7 @@ class ActionLog:
 
     def _compact(self) -> None:
         state = read(self.path)
-        temp = self.path + ".compacting"
-        with open(temp, "wb") as out:
-            for entry in compacted(state):
-                out.write(json.dumps(entry, sort_keys=True, separators=(",", ":")).encode("utf-8")
-                          + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, self.path)
-        folder = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        replace_durably(self.path, b"".join(
+            json.dumps(entry, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+            for entry in compacted(state)), self.path + ".compacting")
         self.compactions += 1

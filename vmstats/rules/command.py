@@ -1,11 +1,13 @@
-"""``vmstats rules check FILE`` and ``vmstats alerts``: the rules' command line."""
+"""``vmstats rules check FILE``, ``vmstats alerts`` and mutes: the rules' command line."""
 
+import getpass
 import http.client
 import json
 import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 
@@ -14,12 +16,43 @@ import click
 from vmstats import inputfile
 from vmstats.options import IntRange, Refused
 from vmstats.rules.config import RulesError, read_rules
+from vmstats.rules.mutes import MuteError, parse_mute
+from vmstats.rules.mutes import describe as describe_mute
+from vmstats.server.config import DEFAULT_HTTP_PORT
 from vmstats.words import counted
+
+#: Where ``vmstats rules mute`` and its kin find the server unless told.
+DEFAULT_URL = "http://127.0.0.1:%d" % DEFAULT_HTTP_PORT
 
 
 @click.group()
 def rules() -> None:
-    """Live rules: check a rules file before the server gets it."""
+    """Live rules: check a rules file before the server gets it; mute them for maintenance."""
+
+
+def token_options(command):
+    """``--token`` and ``--token-file``: the server's status token, as ``serve`` reads its own."""
+    command = click.option(
+        "--token-file", type=click.Path(), default=None,
+        help="File holding the status token (its first line), as the server's "
+             "--status-token-file.")(command)
+    return click.option(
+        "--token", envvar="VMSTATS_STATUS_TOKEN", default=None,
+        help="The server's status token (env VMSTATS_STATUS_TOKEN); prefer --token-file (a "
+             "flag shows in ps).")(command)
+
+
+def read_token(ctx: click.Context, token: str | None, token_file: str | None) -> str | None:
+    """The token from ``--token-file`` (which stands in for ``--token``), or ``--token``."""
+    if not token_file:
+        return token
+    # The file stands in for the flag: both given is a mistake; the environment's is a default.
+    if ctx.get_parameter_source("token") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--token and --token-file are one setting: give one")
+    try:
+        return inputfile.read_secret(token_file)
+    except inputfile.FileProblem as exc:
+        raise Refused("cannot read --token-file: %s" % exc) from None
 
 
 @rules.command()
@@ -50,17 +83,119 @@ def check(path: str, quiet: bool) -> None:
                % (path, counted(len(ruleset.rules), "rule"), counted(len(ruleset.actions), "action")))
 
 
+def server_options(command):
+    """``--url`` and the token options of the commands that ask a running server."""
+    command = token_options(command)
+    return click.option("--url", default=DEFAULT_URL, show_default=True,
+                        help="The server's HTTP address (its /mutes).")(command)
+
+
+@rules.command()
+@server_options
+@click.option("--rule", "rule_names", multiple=True,
+              help="A rule's name or glob (repeat for more): its alerts and scaling are muted.")
+@click.option("--id", "ids", multiple=True, help="VM ids or globs (web-*), as a rule's match.")
+@click.option("--cidr", multiple=True, help="VMs whose id is an address in this network.")
+@click.option("--tag", "tags", multiple=True, help="NAME=GLOB: VMs whose tag matches (repeat).")
+@click.option("--host", default=None, help="VMs on this host (its glob): --tag host=HOST.")
+@click.option("--duration", default=None, help="How long from the start, e.g. 90m or 2h.")
+@click.option("--ends", default=None,
+              help="When it ends: ISO 8601 (2026-12-06T04:00:00Z; UTC without a zone) or seconds "
+                   "since 1970.")
+@click.option("--starts", default=None, help="When it begins (default: now), as --ends.")
+@click.option("--author", default=None, help="Who makes it (default: the login name).")
+@click.option("--comment", default=None, help="Why: the maintenance it is for (required).")
+@click.pass_context
+def mute(ctx: click.Context, url: str, token: str | None, token_file: str | None,
+         rule_names: tuple[str, ...], ids: tuple[str, ...], cidr: tuple[str, ...],
+         tags: tuple[str, ...], host: str | None, duration: str | None, ends: str | None,
+         starts: str | None, author: str | None, comment: str | None) -> None:
+    """Mute rules' notifications and scaling for planned maintenance (docs/RULES.md, Mutes).
+
+    The rules still evaluate; what the mute covers is not sent or acted on until its end,
+    when an alert still firing is notified once.  Prints the mute's id.
+    """
+    token = read_token(ctx, token, token_file)
+    match: dict = {}
+    if ids:
+        match["id"] = list(ids)
+    if cidr:
+        match["cidr"] = list(cidr)
+    wanted: dict[str, str] = {}
+    for pair in tags + (("host=" + host,) if host is not None else ()):
+        name, sep, glob = pair.partition("=")
+        if not sep or not name:
+            raise Refused("--tag %r: expected NAME=GLOB, e.g. owner=web-team" % pair)
+        if name in wanted:
+            raise Refused("tag %s is given twice (--tag and --host name the same tag)" % name)
+        wanted[name] = glob
+    if wanted:
+        match["tags"] = wanted
+    data: dict = {"author": author if author is not None else _login()}
+    for key, value in (("match", match), ("rule", list(rule_names)), ("duration", duration),
+                       ("ends", ends), ("starts", starts), ("comment", comment)):
+        if value:
+            data[key] = value
+    try:  # the server checks the same, in the same words; refused here without a round trip
+        parse_mute(data, time.time())
+    except MuteError as exc:
+        raise Refused(str(exc)) from None
+    made = ask(url, "/mutes", token, "POST", data)
+    click.echo(_mute_line(made))
+
+
+@rules.command()
+@server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON.")
+@click.pass_context
+def mutes(ctx: click.Context, url: str, token: str | None, token_file: str | None,
+          as_json: bool) -> None:
+    """The mutes in force and to come, one a line, ending soonest first."""
+    page = ask(url, "/mutes", read_token(ctx, token, token_file))
+    if not isinstance(page, dict) or not isinstance(page.get("mutes"), list):
+        raise click.ClickException("%s/mutes is not a vmstats /mutes page" % url.rstrip("/"))
+    if as_json:
+        click.echo(json.dumps(page, indent=1, sort_keys=True))
+        return
+    click.echo(counted(len(page["mutes"]), "mute"))
+    for entry in page["mutes"]:
+        click.echo("  " + _mute_line(entry))
+
+
+@rules.command()
+@click.argument("mute_id", metavar="ID")
+@server_options
+@click.pass_context
+def unmute(ctx: click.Context, mute_id: str, url: str, token: str | None,
+           token_file: str | None) -> None:
+    """End a mute now: an alert it held back that still fires is notified once."""
+    ended = ask(url, "/mutes?id=" + urllib.parse.quote(mute_id, safe=""),
+                read_token(ctx, token, token_file), "DELETE")
+    click.echo("ended " + _mute_line(ended))
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container): the author must be given
+        return ""
+
+
+def _mute_line(entry) -> str:
+    """One line for a mute the server answered with."""
+    try:
+        return describe_mute(entry)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise click.ClickException("the server's answer is not a mute: %.200r" % (entry,)) from None
+
+
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default="vmstats-data",
               show_default=True, help="The server's data dir (its action log is read).")
 @click.option("--url", default=None,
-              help="Ask a running server instead, e.g. http://127.0.0.1:8898 (its /alerts).")
-@click.option("--token", envvar="VMSTATS_STATUS_TOKEN", default=None,
-              help="With --url: the server's status token (env VMSTATS_STATUS_TOKEN), for "
-                   "per-VM states and the log; prefer --token-file (a flag shows in ps).")
-@click.option("--token-file", type=click.Path(), default=None,
-              help="File holding the status token (its first line), as the server's "
-                   "--status-token-file.")
+              help="Ask a running server instead, e.g. http://127.0.0.1:8898 (its /alerts); with "
+                   "its status token for per-VM states and the log.")
+@token_options
 @click.option("--recent", type=IntRange(0), default=20, show_default=True,
               help="Log entries to list.")
 @click.option("--json", "as_json", is_flag=True,
@@ -69,14 +204,7 @@ def check(path: str, quiet: bool) -> None:
 def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None,
            token_file: str | None, recent: int, as_json: bool) -> None:
     """Current rule states (not ok first) and the action log's recent entries."""
-    if token_file:
-        # The file stands in for the flag: both given is a mistake; the environment's is a default.
-        if ctx.get_parameter_source("token") is click.core.ParameterSource.COMMANDLINE:
-            raise click.UsageError("--token and --token-file are one setting: give one")
-        try:
-            token = inputfile.read_secret(token_file)
-        except inputfile.FileProblem as exc:
-            raise Refused("cannot read --token-file: %s" % exc) from None
+    token = read_token(ctx, token, token_file)
     if url:
         page = from_server(url, token)
     else:
@@ -96,8 +224,9 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
     for s in states:
         if s["state"] != "ok":
             value = "" if s.get("value") is None else " value %.4g" % s["value"]
-            click.echo("  %-18s %-24s %-18s since %s%s" % (s["state"], s["rule"], s["scope"],
-                                                            _when(s["since"]), value))
+            muted = " muted by %s" % s["muted"] if s.get("muted") else ""
+            click.echo("  %-18s %-24s %-18s since %s%s%s" % (s["state"], s["rule"], s["scope"],
+                                                              _when(s["since"]), value, muted))
     deliveries = page.get("deliveries", {})
     dropped = deliveries.get("dropped")
     click.echo("deliveries pending: %d%s" % (deliveries.get("pending", 0),
@@ -106,26 +235,53 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
         click.echo("  " + describe(entry))
 
 
-def from_server(url: str, token: str | None) -> dict:
-    """The server's /alerts page; one ClickException line when it cannot be had or read.
+def ask(url: str, path: str, token: str | None, method: str = "GET",
+        body: dict | None = None) -> object:
+    """A JSON answer of the server at ``url``; one ClickException line when it cannot be had.
 
     A URL that is no URL (``notaurl``, ``http://[::1``), a refused connection, an HTTP
-    error and an answer that is not the /alerts page (another service on that port) are
-    each one line naming the address, not a traceback.
+    error and an answer that is not JSON are each one line naming the address, not a
+    traceback.  An HTTP error whose body says what was wrong (``{"error": ...}``, as the
+    server's pages answer) is that line: status 2 when the server refused what was asked
+    (4xx: the mute, the id, the token), 1 when it failed (5xx).
     """
-    where = url.rstrip("/") + "/alerts"
+    where = url.rstrip("/") + path
+    data = None if body is None else json.dumps(body).encode("utf-8")
     try:
-        request = urllib.request.Request(where)
+        request = urllib.request.Request(where, data=data, method=method)
         if token:
             request.add_header("Authorization", "Bearer " + token)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(request, timeout=10) as response:
-            page = json.load(response)
+            return json.load(response)
     except urllib.error.HTTPError as exc:
+        said = _error_of(exc)
+        if said is not None:
+            raise (Refused if exc.code < 500 else click.ClickException)(
+                "%s: %s" % (where, said)) from None
         raise click.ClickException("cannot read %s: HTTP %d %s" % (where, exc.code, exc.reason)) from None
     except urllib.error.URLError as exc:
         raise click.ClickException("cannot read %s: %s" % (where, exc.reason)) from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise click.ClickException("cannot read %s: %s" % (where, str(exc) or type(exc).__name__)) from None
+
+
+def _error_of(exc: urllib.error.HTTPError) -> str | None:
+    """The ``error`` line of a vmstats page's refusal, if that is what came back."""
+    try:
+        said = json.loads(exc.read(64 << 10))
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    error = said.get("error") if isinstance(said, dict) else None
+    return error if isinstance(error, str) else None
+
+
+def from_server(url: str, token: str | None) -> dict:
+    """The server's /alerts page; one ClickException line when it cannot be had or read
+    (``ask``), or is not the /alerts page (another service on that port)."""
+    where = url.rstrip("/") + "/alerts"
+    page = ask(url, "/alerts", token)
     if not (isinstance(page, dict) and isinstance(page.get("recent", []), list)
             and isinstance(page.get("states", []), list)):
         raise click.ClickException("%s is not a vmstats /alerts page" % where)
@@ -137,6 +293,7 @@ def from_log(data_dir: str) -> dict:
     """The /alerts page (with the token's details) from the action log alone: the server may be
     stopped. Counts are of the scopes the log holds (those that ever changed state)."""
     from vmstats.rules.actionlog import FILE_NAME, read
+    from vmstats.rules.mutes import MuteSet
     from vmstats.rules.service import counts_page, deliveries_page, rules_dir
 
     folder = rules_dir(data_dir)
@@ -150,6 +307,11 @@ def from_log(data_dir: str) -> dict:
         state = read(path)
     except OSError as exc:
         raise click.ClickException("cannot read the action log: %s" % exc) from None
+    mutes = MuteSet(folder)
+    try:
+        mutes.load(time.time())
+    except OSError as exc:
+        raise click.ClickException("cannot read the mutes: %s" % exc) from None
     if state.damage.count:
         click.echo("warning: " + state.damage.note(path), err=True)
     states = [{"rule": e["rule"], "scope": e["scope"], "state": e["to"], "since": e["at"],
@@ -160,7 +322,8 @@ def from_log(data_dir: str) -> dict:
     return {"rules": None, "series": None, "series_refused": None,
             "counts": counts_page(Counter((s["rule"], s["state"]) for s in states)),
             "deliveries": deliveries_page(len(state.pending), state.outcomes),
-            "states": states, "recent": list(state.recent)}
+            "states": states, "recent": list(state.recent),
+            "mutes": [m.as_dict() for m in sorted(mutes.mutes.values(), key=lambda m: m.ends)]}
 
 
 def describe(entry: dict) -> str:
@@ -171,11 +334,17 @@ def describe(entry: dict) -> str:
     if kind == "event":
         event = entry["event"]
         if event["kind"] == "held":
-            text = "%s: scale %s held by %s" % (event["rule"], event["direction"], event["reason"])
+            text = "%s: scale %s held by %s" % (event["rule"], event["direction"], event["reason"]
+                                                if event.get("mute") is None
+                                                else "mute " + event["mute"])
         else:
             text = summary(event)
         return "%s event   %s [%s]" % (_when(event["at"]), text, event["key"])
     when = _when(entry["at"]) if "at" in entry else "-" * 20
+    if kind == "muted":
+        return "%s muted    %s by mute %s" % (when, entry["key"], entry["mute"])
+    if kind == "unmuted":
+        return "%s unmuted  mute %s ended" % (when, entry["mute"])
     if kind == "result":
         return "%s %s %s" % (when, "done    " if entry.get("ok") else "failed  ",
                              entry["key"] + ("" if entry.get("ok") else ": " + entry.get("error", "")))

@@ -34,6 +34,14 @@ the backoff, with what the group then holds; each delivery keeps its own
 ``retry_for``.  After a crash the uncompleted deliveries are gathered again,
 and the groups also take the alerts the log says still fire, so a group's
 next notification lists them as Alertmanager's would.
+
+A mute (``mutes.py``) is checked here, when an event is delivered: an event a
+mute covers is logged with a ``muted`` entry per action instead of attempts,
+and is not sent.  Each alert held back so is remembered with the state its
+receivers last heard (``told``); when the mute ends, an alert whose state is
+other than that (still firing, most often) is sent then, once, as a copy of
+its latest event under a new key, marked ``unmuted``.  The log holds all of it,
+so a restart remembers what a mute held back.
 """
 
 import logging
@@ -60,7 +68,8 @@ class Dispatcher:
     def __init__(self, reactor, action_log: ActionLog, actions: dict[str, Notifier],
                  retry_for: float, retry_min: float = 1.0, retry_max: float = 300.0,
                  wall: Callable[[], float] | None = None,
-                 max_pending: int = Settings.max_pending):
+                 max_pending: int = Settings.max_pending,
+                 muted: Callable[[dict], object] = lambda event: None):
         #: Times delays and the retry budget (the server's is monotonic: vmstats/server/clock.py).
         self.reactor = reactor
         #: The time of day of the log's ``at``; a test's ``task.Clock`` serves as both.
@@ -91,6 +100,11 @@ class Dispatcher:
         #: until it leaves it (resolved and sent), even if its VM's tags change meanwhile (a
         #: VM moved to another host), so no group keeps firing an alert another resolved.
         self._placed: dict[str, dict[str, tuple]] = {}
+        #: The mute covering an event now (``mutes.Mute``) or None; asked once an event.
+        self.muted = muted
+        #: (rule, scope) -> [mute id, the state its receivers last heard, the latest event held
+        #: back]: what a mute's end may have to send (``release``).
+        self.held_back: dict[tuple[str, str], list] = {}
         self.stopped = False
         self.dropped = 0
         self._failure_log = RateLimitedLog(log, "delivery failure")
@@ -104,6 +118,18 @@ class Dispatcher:
         started = self.reactor.seconds()
         for event in events:
             entries.append({"type": "event", "event": event})
+            if event["kind"] in ("transition", "reminder") and event.get("actions"):
+                mute = self.muted(event)
+                if mute is not None:
+                    entries += self._hold_back(event, mute.id)
+                    continue
+                if self.held_back:  # heard now: a mute's end has nothing older of it to send
+                    self.held_back.pop((event["rule"], event["scope"]), None)
+            elif event["kind"] == "scale" and event.get("actions"):
+                mute = self.muted(event)
+                if mute is not None:  # decided as the mute began: not acted on (never sent later)
+                    entries += self._muted_entries(event, mute.id, None)
+                    continue
             for action in event.get("actions", ()):
                 if self._grouping(action) is not None:  # its first attempt is its group's
                     pending = Pending("%s.%s" % (event["key"], action), action, event, 0,
@@ -125,6 +151,54 @@ class Dispatcher:
         # is dropped (the oldest) has its attempt in the log before its gave_up.
         d.addCallback(lambda _: self.bound())
         return d
+
+    def _hold_back(self, event: dict, mute: str) -> list[dict]:
+        """An event a mute covers: remembered for the mute's end, logged as muted per action."""
+        scope = (event["rule"], event["scope"])
+        held = self.held_back.get(scope)
+        told = held[1] if held is not None else (
+            event["from"] if event["kind"] == "transition" else event["to"])
+        self.held_back[scope] = [mute, told, event]
+        return self._muted_entries(event, mute, told)
+
+    def _muted_entries(self, event: dict, mute: str, told: str | None) -> list[dict]:
+        """Each of the event's deliveries, logged and counted as muted (not pending)."""
+        for action in event["actions"]:
+            self.counts[(action, "muted")] += 1
+        return [self._muted_entry(event, action, mute, told) for action in event["actions"]]
+
+    def _muted_entry(self, event: dict, action: str, mute: str, told: str | None) -> dict:
+        """The log's word that ``mute`` holds back the event's delivery to ``action``; its
+        ``told``, what the receivers last heard, is what the mute's end compares with."""
+        entry = {"type": "muted", "key": "%s.%s" % (event["key"], action), "mute": mute,
+                 "rule": event["rule"], "scope": event["scope"], "at": self.wall()}
+        if told is not None:
+            entry["told"] = told
+        return entry
+
+    def release(self, mute: str) -> int:
+        """A mute ended (or was expired): each alert it held back whose state is not what its
+        receivers last heard is sent now, once; one another mute covers stays held by that
+        one.  Returns how many were sent."""
+        copies, entries = [], []
+        for scope, (held_by, told, event) in list(self.held_back.items()):
+            if held_by != mute:
+                continue
+            other = self.muted(event)
+            if other is not None:
+                self.held_back[scope][0] = other.id
+                entries.append(self._muted_entry(event, event["actions"][0], other.id, told))
+                continue
+            del self.held_back[scope]
+            if event["to"] != told:
+                copy = dict(event, unmuted=mute)
+                copy["key"] = uuid.uuid4().hex
+                copies.append(copy)
+        entries.append({"type": "unmuted", "mute": mute, "at": self.wall()})
+        if copies:  # logged before the mute's end is, so a crash between sends them still
+            self.submit(copies).addErrback(lambda _f: None)
+        self.log.append(entries).addErrback(lambda _f: None)
+        return len(copies)
 
     def _unlogged(self, failure, fresh: list[Pending]) -> None:
         """Not on disk: nothing may be sent (it could be sent twice); try to log it again."""

@@ -102,9 +102,16 @@ class Engine:
     """All rules over the live stream; ``events`` is the outbox the service drains."""
 
     def __init__(self, ruleset: RuleSet, clock: Callable[[], float],
-                 pending_scale: Callable[[str], bool] = lambda rule: False):
+                 pending_scale: Callable[[str], bool] = lambda rule: False,
+                 muted: Callable[[str], object] = lambda rule: None):
         self.clock = clock
         self.pending_scale = pending_scale
+        #: The mute covering a rule's scaling now (``mutes.Mute``: its ``id`` and ``ends``), or
+        #: None: asked only when a decision would be acted on (``_scale``), never per record.
+        self.muted = muted
+        #: Keep every VM's tags (``_tags``), not only those of rules whose alerts carry them:
+        #: set while a mute names tags (``host``), which it matches at delivery against them.
+        self.keep_tags = False
         self.settings = ruleset.settings
         self.rules: dict[str, RuleState] = {}
         self.events: list[dict] = []
@@ -146,7 +153,7 @@ class Engine:
         old = self.rules
         self.settings = ruleset.settings
         self._routes = {}
-        if not any(rule.labels for rule in ruleset.rules):
+        if not self.keep_tags and not any(rule.labels for rule in ruleset.rules):
             self._tags = {}
         self.rules = {}
         kept = []
@@ -355,7 +362,8 @@ class Engine:
         oldest = now - self.settings.max_age
         rules = list(self.rules.values())
         by_tags = [rs for rs in rules if rs.rule.match.tags]
-        labelled = any(rs.rule.labels for rs in rules)
+        keep_tags = self.keep_tags
+        labelled = keep_tags or any(rs.rule.labels for rs in rules)
         routes = self._routes
         vm_record, member = self._vm_record, self._member
         for vm, row in latest.items():
@@ -375,7 +383,7 @@ class Engine:
             if by_tags:
                 tags = metrics.tags(cells)
                 route = route + _steps([rs for rs in by_tags if rs.rule.match(vm, tags)])
-            if labelled and any(step[0].rule.labels for step in route):
+            if labelled and (keep_tags or any(step[0].rule.labels for step in route)):
                 self._labelled(vm, metrics.tags(cells) if tags is None else tags)
             for rs, index, expression, group in route:
                 try:
@@ -402,6 +410,16 @@ class Engine:
         """Keep a VM's tags for the labels of its alerts (bounded as the routes are)."""
         if vm in self._tags or len(self._tags) < self.settings.max_series:
             self._tags[vm] = tags
+
+    def keeping_tags(self, keep: bool) -> None:
+        """Keep every VM's tags from its next record on (a mute names tags), or stop."""
+        self.keep_tags = keep
+        if not keep and not any(rs.rule.labels for rs in self.rules.values()):
+            self._tags = {}
+
+    def vm_tags(self, vm: str) -> dict[str, str] | None:
+        """A VM's tags as last seen (``host`` among them); None when not kept or not yet seen."""
+        return self._tags.get(vm)
 
     def _labels(self, rule: Rule, scope: str) -> dict[str, str] | None:
         """The tags an alert of ``rule`` about ``scope`` carries (those its actions group by)."""
@@ -665,16 +683,23 @@ class Engine:
                 "current": members, "desired": desired, "delta": desired - members,
                 "direction": direction, "at": now, "seq": series.seq}
         ready = scaling.ready_at(scale, rs.last_out, rs.last_in, out)
-        reason = None
+        reason = mute = None
         if self.pending_scale(rule.name):
             reason = "pending action"
         elif now < ready:
             reason = "cooldown"
+        else:
+            mute = self.muted(rule.name)
+            if mute is not None:  # not acted on; made again on the figures of the mute's end
+                reason, ready = "muted", mute.ends
         if reason is not None:
-            if rs.held != (reason, direction):
-                rs.held = (reason, direction)
-                self._emit(dict(base, kind="held", reason=reason, until=ready if reason == "cooldown"
-                                else None, actions=[]))
+            if rs.held != (reason, direction, mute and mute.id):
+                rs.held = (reason, direction, mute and mute.id)
+                held = dict(base, kind="held", reason=reason, until=ready if reason != "pending action"
+                            else None, actions=[])
+                if mute is not None:
+                    held["mute"] = mute.id
+                self._emit(held)
             return
         rs.held = None
         hosts: dict[str, list[float]] = {}

@@ -22,8 +22,11 @@ from vmstats import logstore
 from vmstats.rules.actionlog import ActionLog
 from vmstats.rules.config import RulesError, RuleSet, load_rules
 from vmstats.rules.delivery import Dispatcher
-from vmstats.rules.evaluator import Engine
+from vmstats.rules.evaluator import GROUP, Engine
+from vmstats.rules.mutes import MAX_MUTES, Mute, MuteError, MuteSet, parse_mute
+from vmstats.rules.workers import Workers
 from vmstats.server.clock import WallClock
+from vmstats.server.ownfiles import replace_durably
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,9 @@ FLOOD = 5000
 #: The sweep runs a quarter of the shortest period, silence or hold apart, within these bounds.
 SWEEP_MIN = 0.1
 SWEEP_MAX = 5.0
+#: The end of a mute is looked for at least this often: a step of the wall clock (mutes end at
+#: a time of day) moves it by at most this much.
+MUTE_CHECK = 30.0
 
 
 def rules_dir(data_dir: str) -> str:
@@ -231,8 +237,13 @@ class RulesService(service.Service):
         s = ruleset.settings
         clock = wall if wall is not None else reactor.seconds
         self.dispatcher = Dispatcher(reactor, self.log, ruleset.actions, s.retry_for, s.retry_min,
-                                     s.retry_max, clock, s.max_pending)
-        self.engine = Engine(ruleset, clock, self.dispatcher.holds_scale)
+                                     s.retry_max, clock, s.max_pending, self.muting)
+        self.engine = Engine(ruleset, clock, self.dispatcher.holds_scale,
+                             lambda rule: self.mutes.covering(rule, GROUP, None, self.engine.clock()))
+        self.mutes = MuteSet(directory)
+        #: The mutes file is replaced on a thread of its own, one write after another.
+        self._mute_writer = Workers(reactor, "vmstats-mutes", 1)
+        self._next_mute = None
         if wall is not None:
             wall.on_step.append(self.engine.clock_stepped)
         self.reloads = 0
@@ -255,6 +266,9 @@ class RulesService(service.Service):
     # -- lifecycle -------------------------------------------------------------------------------
     def startService(self) -> None:
         state = self.log.open()
+        ended = self.mutes.load(self.engine.clock())
+        self.engine.keeping_tags(self.mutes.names_tags())
+        self.dispatcher.held_back = state.held
         for event in state.states.values():
             self.engine.restore(event)
         for (rule, direction), event in state.scaling.items():
@@ -274,8 +288,16 @@ class RulesService(service.Service):
             log.info("action log: %s left undelivered: sending them again",
                      counted(len(state.pending), "delivery", "deliveries"))
         service.Service.startService(self)
+        # The groups list what still fires in their next notifications, but not what a mute holds.
         self.dispatcher.resume(list(state.pending.values()),
-                               [event for event in state.states.values() if event["to"] != "ok"])
+                               [event for event in state.states.values() if event["to"] != "ok"
+                                and (event["rule"], event["scope"]) not in state.held])
+        # Mutes that ended while the server was down: what they held back is sent now.
+        for mute in sorted({held[0] for held in state.held.values()} - set(self.mutes.mutes)):
+            self.dispatcher.release(mute)
+        if ended:
+            self._save_mutes().addErrback(lambda _f: None)
+        self._schedule_mutes()
         self._next_tick = self.reactor.callLater(TICK, self.tick)
         self._next_sweep = self.reactor.callLater(self._sweep_interval(), self.sweep)
         log.info("rules: %d loaded from %s; action log %s", len(self.ruleset.rules), self.path,
@@ -294,10 +316,11 @@ class RulesService(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
-        for call in (self._next_tick, self._next_sweep):
+        for call in (self._next_tick, self._next_sweep, self._next_mute):
             if call is not None and call.active():
                 call.cancel()
-        self._next_tick = self._next_sweep = None
+        self._next_tick = self._next_sweep = self._next_mute = None
+        self._mute_writer.close()
         self.engine.process()  # what the drain filed still reaches the log
         self._submit()
         yield self.log.idle()
@@ -370,6 +393,90 @@ class RulesService(service.Service):
                  counted(len(ruleset.rules), "rule"), len(kept))
         return True
 
+    # -- mutes (mutes.py) -------------------------------------------------------------------------
+    def muting(self, event: dict) -> Mute | None:
+        """The mute covering an event now, if any (asked by the dispatcher at delivery)."""
+        scope = event["scope"]
+        tags = None if scope == GROUP else self.engine.vm_tags(scope)
+        if tags is None:
+            tags = event.get("labels")  # those its grouped actions name, if any
+        return self.mutes.covering(event["rule"], scope, tags, self.engine.clock())
+
+    def add_mute(self, data) -> defer.Deferred:
+        """A new mute, in force once on disk: fires with (HTTP status, the mute or an error)."""
+        now = self.engine.clock()
+        try:
+            mute = parse_mute(data, now)
+        except MuteError as exc:
+            return defer.succeed((400, {"error": str(exc)}))
+        if len(self.mutes.mutes) >= MAX_MUTES:
+            return defer.succeed((400, {"error": "%d mutes are in force already, the most there may "
+                                                 "be: expire some first" % MAX_MUTES}))
+        self.mutes.mutes[mute.id] = mute
+        self.engine.keeping_tags(self.mutes.names_tags())
+
+        def saved(_):
+            log.info("mute %s added: %s", mute.id, mute.describe())
+            self._schedule_mutes()
+            return 201, mute.as_dict()
+
+        def failed(failure):
+            self.mutes.mutes.pop(mute.id, None)
+            self.engine.keeping_tags(self.mutes.names_tags())
+            return 500, {"error": "cannot write %s: %s" % (self.mutes.path, failure.getErrorMessage())}
+
+        return self._save_mutes().addCallbacks(saved, failed)
+
+    def expire_mute(self, mute_id: str) -> defer.Deferred:
+        """End a mute now (what it held back is sent if it still fires): (HTTP status, answer)."""
+        mute = self.mutes.mutes.get(mute_id)
+        if mute is None:
+            return defer.succeed((404, {"error": "no mute %s in force (ended, or never made)"
+                                                % mute_id}))
+        mute.ends = min(mute.ends, self.engine.clock())
+        self._end_mutes()
+        self._schedule_mutes()
+        return self._save_mutes().addCallbacks(
+            lambda _: (200, mute.as_dict()),
+            lambda f: (500, {"error": "ended, but cannot write %s (it ends again at a restart): %s"
+                                      % (self.mutes.path, f.getErrorMessage())}))
+
+    def _save_mutes(self) -> defer.Deferred:
+        return self._mute_writer.run(replace_durably, self.mutes.path, self.mutes.text())
+
+    def _end_mutes(self) -> list[Mute]:
+        """The mutes past their end, taken out, and what they held back sent."""
+        ended = self.mutes.ended(self.engine.clock())
+        for mute in ended:
+            sent = self.dispatcher.release(mute.id)
+            log.info("mute %s ended (%s); %s it held back still %s", mute.id, mute.comment,
+                     counted(sent, "alert"), "stands" if sent == 1 else "stand")
+        if ended:
+            self.engine.keeping_tags(self.mutes.names_tags())
+            self._submit()  # a scaling decision the mute held is made again from the next tick
+        return ended
+
+    def _mute_timer(self) -> None:
+        self._next_mute = None
+        if self._end_mutes():
+            self._save_mutes().addErrback(lambda f: log.error("cannot write %s: %s",
+                                                              self.mutes.path, f.getErrorMessage()))
+        self._schedule_mutes()
+
+    def _schedule_mutes(self) -> None:
+        if self._next_mute is not None and self._next_mute.active():
+            self._next_mute.cancel()
+        self._next_mute = None
+        end = self.mutes.next_end()
+        if end is not None and self.running:
+            wait = min(max(0.0, end - self.engine.clock()), MUTE_CHECK)
+            self._next_mute = self.reactor.callLater(wait, self._mute_timer)
+
+    def mutes_page(self) -> dict:
+        """``GET /mutes``: the mutes in force and to come, ending soonest first."""
+        ordered = sorted(self.mutes.mutes.values(), key=lambda m: m.ends)
+        return {"mutes": [m.as_dict() for m in ordered]}
+
     # -- reading ---------------------------------------------------------------------------------
     def alerts(self, details: bool = True) -> dict:
         """What /alerts serves and ``vmstats alerts`` prints: states, then the recent log.
@@ -385,7 +492,15 @@ class RulesService(service.Service):
                 "series": engine.size, "series_refused": engine.refused}
         if details:
             page["states"] = engine.states(1000)
+            now = engine.clock()
+            if self.mutes.mutes:  # evaluated and shown as ever; notifications held back
+                for row in page["states"]:
+                    mute = self.mutes.covering(row["rule"], row["scope"], engine.vm_tags(row["scope"]),
+                                               now)
+                    if mute is not None:
+                        row["muted"] = mute.id
             page["recent"] = list(self.log.recent)
+            page["mutes"] = self.mutes_page()["mutes"]
         else:
             page["details"] = ("send 'Authorization: Bearer <token>' (--status-token) for the "
                                "per-VM states and the action log")
@@ -439,6 +554,8 @@ class RulesService(service.Service):
             ("rule_log_compactions_total", "counter",
              "Rewrites of the action log down to the entries that replay to the same state.",
              [((), self.log.compactions)]),
+            ("rule_mutes", "gauge", "Mutes in force or to come (not yet ended).",
+             [((), len(self.mutes.mutes))]),
             ("rule_reloads_total", "counter", "Rules reloads, by outcome.",
              [((("result", "ok"),), self.reloads), ((("result", "refused"),), self.reload_failures)]),
         ]

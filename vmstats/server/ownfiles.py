@@ -32,6 +32,27 @@ def problem(path: str) -> str | None:
     return None
 
 
+def replace_durably(path: str, data: bytes, temp: str | None = None, mode: int = 0o640) -> None:
+    """Put ``data`` at ``path`` whole, durably (written under ``temp``, synced, renamed over it,
+    the folder synced): a crash leaves the old file or the new one, never a part.  Blocking:
+    call it on a thread."""
+    temp = temp or path + ".new"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def in_the_way(path: str, what: str, why: str, number: int = errno.EINVAL) -> OSError:
     """The one line for something else in the place of ``what`` (left there: it may hold what
     the operator needs, such as a segment's acknowledged records on a disk not mounted)."""

@@ -165,6 +165,11 @@ class Aggregator(service.MultiService):
             if config.inventory:
                 self.admission = self._admission(token)
                 routes[b"/admission"] = self.admission.page()
+            if self.rules is not None:  # beside /alerts: mutes of the live rules (docs/RULES.md)
+                from vmstats.rules.mutepage import MutesPage
+
+                mutes = routes[b"/mutes"] = MutesPage(self.rules, token)
+                self.metrics.families.append(mutes.families)
             self.http = HTTPService(reactor, config.bind, config.http_port, self.metrics_text,
                                     self.status, self.tables["http"], token, routes,
                                     self.rules.alerts if self.rules is not None else None)

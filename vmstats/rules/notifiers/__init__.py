@@ -58,6 +58,8 @@ def summary(event: dict) -> str:
     if figure and event.get("threshold") is not None:
         figure += ", threshold %.4g" % event["threshold"]
     figure += ")" if figure else ""
+    if event.get("unmuted"):
+        figure += " (held back by mute %s until its end)" % event["unmuted"]
     if event["kind"] == "scale":
         return "%s: scale %s from %d to %d (delta %+d, placement %s)%s" % (
             where, "out" if event["delta"] > 0 else "in", event["current"], event["desired"],

@@ -61,7 +61,7 @@ def _alert(event: dict, key: str) -> dict:
     annotations = {"summary": summary(event), "idempotency_key": key, "state": event["to"],
                    "event": event["kind"]}
     for name in ("value", "threshold", "members", "current", "desired", "delta", "placement",
-                 "reason"):
+                 "reason", "unmuted"):
         if event.get(name) is not None:
             annotations[name] = str(event[name])
     began = event.get("since", event["at"]) if is_firing else event.get("began", event["at"])

@@ -1,0 +1,265 @@
+"""Mutes in the real server: added, listed and ended over /mutes and ``vmstats rules mute``.
+
+Records over UDP in, the rules tests' webhook receiver (HMAC-checked, keys kept)
+and command recorder out: a muted alert is not delivered, but shown muted on
+/alerts and logged as muted; at the mute's end an alert still firing is
+delivered once, one that resolved meanwhile not at all; a muted scaling
+decision is not acted on until the mute ends; a mute survives a restart, and
+one that ended while the server was down sends what it held back at the start;
+bad mutes are refused with one line and counted.
+"""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from rulesutil import (
+    HOT,
+    SECRET,
+    WebhookReceiver,
+    calls,
+    line,
+    recorder_script,
+    rules_file,
+    serve,
+    wait_until,
+)
+from serverproc import STATUS_TOKEN
+
+
+def rules_cli(server, *args: str, token: str | None = STATUS_TOKEN) -> subprocess.CompletedProcess:
+    """``vmstats rules ...`` against the server, as an operator runs it."""
+    where = ["--url", "http://127.0.0.1:%d" % server.http_port]
+    if token:
+        where += ["--token", token]
+    return subprocess.run([sys.executable, "-m", "vmstats", "rules", *args, *where],
+                          capture_output=True, text=True, timeout=60)
+
+
+def add_mute(server, *args: str) -> str:
+    done = rules_cli(server, "mute", "--author", "ana", "--comment", "kernel updates", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[0]
+
+
+def log_entries(server) -> list[dict]:
+    path = server.data_dir / "rules" / "actions.log"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def muted_entries(server, scope: str) -> list[dict]:
+    return [e for e in log_entries(server) if e["type"] == "muted" and e["scope"] == scope]
+
+
+def scopes(hook) -> list[tuple[str, str]]:
+    return [(a["labels"]["scope"], a["status"]) for a in hook.alerts()]
+
+
+def post(server, body: bytes, token: str | None = STATUS_TOKEN, method: str = "POST",
+         path: str = "/mutes") -> tuple[int, dict]:
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (server.http_port, path),
+                                     data=body, method=method)
+    if token:
+        request.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_muted_alert_is_not_sent_and_one_still_firing_is_sent_once_at_the_end(tmp_path):
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, HOT % "")) as server:
+            mute = add_mute(server, "--id", "10.0.0.1", "--id", "10.0.0.3", "--duration", "6s")
+            now = int(time.time())
+            server.send_udp(line("10.0.0.1", now, 95.0), line("10.0.0.2", now, 95.0),
+                            line("10.0.0.3", now, 95.0))
+            # 10.0.0.3 resolves within the mute: its receivers never heard it fire.
+            wait_until(lambda: muted_entries(server, "10.0.0.3"))
+            server.send_udp(line("10.0.0.3", now + 1, 20.0))
+            wait_until(lambda: len(muted_entries(server, "10.0.0.3")) == 4)  # two events, hook and say
+            assert hook.wait(1) and scopes(hook) == [("10.0.0.2", "firing")]
+            page = json.loads(server.http("/alerts"))
+            states = {s["scope"]: s for s in page["states"]}
+            assert (states["10.0.0.1"]["state"], states["10.0.0.1"]["muted"]) == ("alarm", mute)
+            assert "muted" not in states["10.0.0.2"] and [m["id"] for m in page["mutes"]] == [mute]
+            assert {(e["key"].rsplit(".", 1)[1], e["mute"]) for e in muted_entries(server, "10.0.0.1")} \
+                == {("hook", mute), ("say", mute)}
+            assert "hot 10.0.0.1" not in server.output  # the log action is muted too
+            # The mute ends on its own: 10.0.0.1 still fires, and is sent then, once.
+            wait_until(lambda: len(hook.alerts()) == 2)
+            wait_until(lambda: any(e["type"] == "unmuted" and e["mute"] == mute
+                                   for e in log_entries(server)))
+            metrics = server.wait_metrics(
+                lambda m: m.get('vmstats_rule_deliveries_total{action="hook",result="delivered"}') == 2
+                and m["vmstats_rule_deliveries_pending"] == 0 and m["vmstats_rule_mutes"] == 0)
+            assert metrics['vmstats_rule_deliveries_total{action="hook",result="muted"}'] == 3
+            late = hook.alerts()[1]
+            assert (late["labels"]["scope"], late["status"], late["annotations"]["state"]) == (
+                "10.0.0.1", "firing", "alarm")
+            assert late["annotations"]["unmuted"] == mute
+            listing = rules_cli(server, "mutes")
+            assert listing.returncode == 0 and listing.stdout == "0 mutes\n", listing
+        assert scopes(hook) == [("10.0.0.2", "firing"), ("10.0.0.1", "firing")]
+        assert len(set(hook.keys)) == 2
+
+
+def test_scaling_is_not_acted_on_while_muted_and_is_decided_again_at_the_end(tmp_path):
+    script, call_file = recorder_script(tmp_path)
+    body = ('[action.run]\nkind = "command"\nargv = ["%s", "%s"]\n\n[[rule]]\nname = "pool"\n'
+            'scope = "group"\nmatch = { id = "web-*" }\nmetric = "cpu"\nperiod = 1\nactions = ["run"]\n'
+            '[rule.scale]\ntarget = 50\nmax = 10\n' % (sys.executable, script))
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            mute = add_mute(server, "--rule", "po*", "--duration", "1h")
+
+            def send() -> None:
+                now = int(time.time())
+                server.send_udp(*[line("web-%d" % i, now, 100.0, host="h1") for i in range(4)])
+
+            def held() -> list[dict]:
+                send()
+                time.sleep(0.2)
+                return [e["event"] for e in log_entries(server) if e["type"] == "event"
+                        and e["event"]["kind"] == "held" and e["event"]["reason"] == "muted"]
+
+            event = wait_until(held)[0]
+            assert (event["mute"], event["direction"], event["desired"]) == (mute, "out", 8)
+            for _ in range(5):  # decided again and again, never acted on
+                send()
+                time.sleep(0.2)
+            assert calls(call_file) == []
+            state = json.loads(server.http("/alerts"))["states"]
+            assert [(s["scope"], s.get("muted")) for s in state] == [("group", mute)]
+            ended = rules_cli(server, "unmute", mute)
+            assert ended.returncode == 0 and ended.stdout.startswith("ended " + mute), ended
+
+            def acted() -> list[dict]:
+                send()
+                time.sleep(0.2)
+                return calls(call_file)
+
+            first = wait_until(acted)[0]
+            assert (first["VMSTATS_EVENT"], first["VMSTATS_CURRENT"], first["VMSTATS_DESIRED"]) == (
+                "scale", "4", "8")
+
+
+def test_a_mute_survives_a_restart_and_one_ended_meanwhile_sends_what_it_held(tmp_path):
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, HOT % "")
+        with serve(tmp_path, rules) as server:
+            by_host = add_mute(server, "--host", "kvm9", "--rule", "hot", "--duration", "1h")
+            brief = add_mute(server, "--id", "10.0.0.7", "--duration", "8s")
+        ends = json.loads((server.data_dir / "rules" / "mutes.json").read_text())
+        brief_end = {m["id"]: m["ends"] for m in ends["mutes"]}[brief]
+        with serve(tmp_path, rules) as server:
+            listing = rules_cli(server, "mutes")
+            assert listing.returncode == 0 and listing.stdout.startswith("2 mutes\n"), listing
+            assert "host kvm9" in listing.stdout and "by ana: kernel updates" in listing.stdout
+            now = int(time.time())
+            server.send_udp(line("10.0.0.5", now, 95.0, host="kvm9"),
+                            line("10.0.0.6", now, 95.0, host="kvm1"),
+                            line("10.0.0.7", now, 95.0, host="kvm1"))
+            assert hook.wait(1) and scopes(hook) == [("10.0.0.6", "firing")]
+            wait_until(lambda: muted_entries(server, "10.0.0.5") and muted_entries(server, "10.0.0.7"))
+            assert {e["mute"] for e in muted_entries(server, "10.0.0.5")} == {by_host}
+        assert time.time() < brief_end, "the host was too slow for this test's 8 s mute"
+        # Down while the brief mute ends: at the next start 10.0.0.7, still firing, is sent once.
+        wait_until(lambda: time.time() > brief_end + 0.5)
+        with serve(tmp_path, rules) as server:
+            wait_until(lambda: len(hook.alerts()) == 2)
+            assert scopes(hook)[1] == ("10.0.0.7", "firing")
+            listing = rules_cli(server, "mutes")
+            assert listing.stdout.startswith("1 mute\n") and by_host in listing.stdout, listing
+            # Ended by hand: 10.0.0.5 (on kvm9) still fires, and is sent then.
+            assert rules_cli(server, "unmute", by_host).returncode == 0
+            wait_until(lambda: len(hook.alerts()) == 3)
+            assert scopes(hook)[2] == ("10.0.0.5", "firing")
+            server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+        assert len(hook.alerts()) == 3 and len(set(hook.keys)) == 3
+
+
+def test_bad_mutes_are_refused_with_one_line_and_counted(tmp_path):
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, HOT % "")) as server:
+            for args, said in [
+                (("--rule", "hot"), "no end: a mute needs ends (a time) or duration"),
+                (("--rule", "hot", "--ends", "2020-01-01T00:00:00Z"),
+                 "ends 2020-01-01T00:00:00Z is in the past"),
+                (("--rule", "hot", "--duration", "1h", "--ends", "2099-01-01T00:00:00Z"),
+                 "ends and duration: give one"),
+                (("--duration", "1h"), "no matcher"),
+                (("--rule", "hot", "--duration", "soon"), "duration: 'soon' is not a duration"),
+                (("--rule", "hot", "--duration", "1h", "--cidr", "10.0.0.0/33"), "match: cidr:"),
+                (("--rule", "hot", "--duration", "1h", "--tag", "nameless"), "expected NAME=GLOB"),
+            ]:
+                done = rules_cli(server, "mute", "--author", "ana", "--comment", "x", *args)
+                assert done.returncode == 2, (args, done)
+                assert len(done.stderr.splitlines()) == 1 and said in done.stderr, (args, done.stderr)
+            no_comment = rules_cli(server, "mute", "--rule", "hot", "--duration", "1h")
+            assert no_comment.returncode == 2 and "comment: missing" in no_comment.stderr
+            # The server checks the same (a client that is not the command line).
+            past = json.dumps({"rule": "hot", "ends": 1_000_000_000, "author": "a", "comment": "b"})
+            code, answer = post(server, past.encode())
+            assert code == 400 and "is in the past" in answer["error"]
+            for body in (b"not json", b"[1, 2]", b'{"rule": "hot", "duration": "1h", "who": 1}'):
+                code, answer = post(server, body)
+                assert code == 400 and "\n" not in answer["error"], (body, answer)
+            code, answer = post(server, b"{}", token=None)
+            assert code == 401 and "Bearer" in answer["error"]
+            anonymous = rules_cli(server, "mutes", token=None)
+            assert anonymous.returncode == 2 and len(anonymous.stderr.splitlines()) == 1, anonymous
+            unknown = rules_cli(server, "unmute", "0123456789ab")
+            assert unknown.returncode == 2 and "no mute 0123456789ab in force" in unknown.stderr
+            code, _answer = post(server, b"", method="DELETE", path="/mutes")
+            assert code == 400
+            metrics = server.metrics()
+            assert metrics['vmstats_rule_mute_requests_total{result="error_400"}'] == 5
+            assert metrics['vmstats_rule_mute_requests_total{result="error_401"}'] >= 2
+            assert metrics["vmstats_rule_mutes"] == 0 and server.returncode is None
+            # Nothing refused is in force: the alert goes out.
+            server.send_udp(line("10.0.0.1", int(time.time()), 95.0))
+            assert hook.wait(1)[0]["labels"]["scope"] == "10.0.0.1"
+    gone = rules_cli(server, "mutes")  # the server is stopped: a failure, not a refusal
+    assert gone.returncode == 1 and len(gone.stderr.splitlines()) == 1, gone
+
+
+def test_an_alert_notified_before_the_mute_that_resolved_within_it_is_sent_resolved(tmp_path):
+    """Its receivers last heard it fire: at the mute's end they hear it resolved, once."""
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, HOT % "")) as server:
+            now = int(time.time())
+            server.send_udp(line("10.0.0.1", now, 95.0))
+            hook.wait(1)
+            mute = add_mute(server, "--rule", "hot", "--duration", "1h")
+            server.send_udp(line("10.0.0.1", now + 1, 20.0))
+            wait_until(lambda: muted_entries(server, "10.0.0.1"))
+            assert scopes(hook) == [("10.0.0.1", "firing")]
+            assert rules_cli(server, "unmute", mute).returncode == 0
+            wait_until(lambda: len(hook.alerts()) == 2)
+            server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+        assert scopes(hook) == [("10.0.0.1", "firing"), ("10.0.0.1", "resolved")]
+        assert hook.alerts()[1]["annotations"]["unmuted"] == mute
+
+
+def test_a_damaged_mutes_file_costs_its_bad_entries_not_the_start(tmp_path):
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, HOT % "")
+        with serve(tmp_path, rules) as server:
+            kept = add_mute(server, "--id", "10.0.0.1", "--duration", "1h")
+        path = server.data_dir / "rules" / "mutes.json"
+        entries = json.loads(path.read_text())
+        entries["mutes"].append({"id": "bad", "ends": "never"})
+        path.write_text(json.dumps(entries))
+        with serve(tmp_path, rules) as server:
+            listing = rules_cli(server, "mutes")
+            assert listing.stdout.startswith("1 mute\n") and kept in listing.stdout, listing
+        assert "1 entries skipped, not mutes" in server.output
+        path.write_text("{not json")
+        with serve(tmp_path, rules) as server:
+            assert rules_cli(server, "mutes").stdout == "0 mutes\n"
+        assert "not a mutes file" in server.output

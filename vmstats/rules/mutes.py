@@ -1,0 +1,302 @@
+"""Mutes: planned maintenance without pages.  Alertmanager's silences, for the rules.
+
+A mute names what it covers the way a rule names its VMs (``match``: ids,
+networks, tags such as ``host``; the same ``config.Match``) and which rules
+(names or globs, matched as ``selectors.selected`` matches VM ids), from a
+start to an end, with who made it and why.  While a mute covers an alert the
+rules still evaluate it and /alerts shows it, but its notifications are not
+sent and its scaling decisions are not acted on: the action log says each was
+muted, and by which mute.  When the mute ends, an alert it held back that
+stands other than its receivers last heard (still firing, most often) is
+notified then, once, as Alertmanager does (``delivery.py``).
+
+This module holds the mute itself (its checks, one readable line for a
+refusal), what it covers, and the file the mutes persist in beside the action
+log (``DATA_DIR/rules/mutes.json``, replaced whole and fsync'd, so a crash
+leaves the old set or the new one).  The check runs when an event is delivered
+or a scaling decision would be acted on, never per record.
+"""
+
+import json
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from vmstats import selectors
+from vmstats.rules.config import Match, _match, _Reader
+from vmstats.server.ownfiles import check_file, read_file
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "mutes.json"
+#: Mutes in force at once, at most: each delivery and scaling decision is checked against them.
+MAX_MUTES = 1000
+#: The longest an author or a comment may be (they are listed one mute a line).
+MAX_AUTHOR = 100
+MAX_COMMENT = 1000
+#: Control characters would break the one-line listing (``vmstats rules mutes``).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A time given as seconds since 1970 on a command line.
+_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]+)?\Z")
+#: The keys of a mute as the API takes it.
+KEYS = ("match", "rule", "starts", "ends", "duration", "author", "comment")
+
+
+class MuteError(ValueError):
+    """A mute refused: the message is one line naming every problem."""
+
+
+@dataclass
+class Mute:
+    """One mute: what it covers, from ``starts`` to ``ends`` (times of day), who and why."""
+
+    id: str
+    match: Match
+    rules: tuple[str, ...]
+    starts: float
+    ends: float
+    author: str
+    comment: str
+    created: float
+    #: The matchers as given (``match``'s table), listed back as they were written.
+    given: dict = field(default_factory=dict)
+
+    @property
+    def names_vms(self) -> bool:
+        """Does it name VMs (ids, networks or tags)?  Then it covers VMs' alerts, not groups'."""
+        m = self.match
+        return bool(m.ids or m.networks or m.tags)
+
+    def active(self, now: float) -> bool:
+        return self.starts <= now < self.ends
+
+    def covers(self, rule: str, scope: str, tags: dict[str, str] | None) -> bool:
+        """Does it cover the alert of ``rule`` about ``scope`` (a VM, or ``"group"``)?
+
+        ``tags``: the VM's tags as last seen (None: unknown, so a mute naming tags does
+        not cover it: a page too many rather than one missed).
+        """
+        if self.rules and not selectors.selected(rule, self.rules, []):
+            return False
+        if not self.names_vms:
+            return True
+        if scope == "group":  # a group's figure and scaling are its rule's: name the rule
+            return False
+        if self.match.tags and tags is None:
+            return False
+        return self.match(scope, tags or {})
+
+    def as_dict(self) -> dict:
+        """The mute as the API answers it and the file holds it."""
+        return {"id": self.id, "match": self.given, "rule": list(self.rules),
+                "starts": self.starts, "ends": self.ends, "author": self.author,
+                "comment": self.comment, "created": self.created,
+                "starts_at": iso(self.starts), "ends_at": iso(self.ends)}
+
+    def describe(self) -> str:
+        return describe(self.as_dict())
+
+
+def describe(entry: dict) -> str:
+    """One line for a mute (``as_dict``'s form): ``vmstats rules mutes`` and the server's log."""
+    what = []
+    if entry.get("rule"):
+        what.append("rule " + " or ".join(entry["rule"]))
+    match = entry.get("match") or {}
+    for key, word in (("id", "id"), ("cidr", "in")):
+        if match.get(key):
+            given = match[key]
+            what.append(word + " " + " or ".join([given] if isinstance(given, str) else given))
+    what += ["%s %s" % kv for kv in sorted((match.get("tags") or {}).items())]
+    return "%s  %s .. %s  %s  by %s: %s" % (entry["id"], iso(entry["starts"]), iso(entry["ends"]),
+                                             ", ".join(what), entry["author"], entry["comment"])
+
+
+def iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def parse_time(value, what: str, problems: list[str]) -> float | None:
+    """Seconds since the epoch from a number or an ISO 8601 time (``2026-12-06T04:00:00Z``;
+    without a zone, UTC)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return float(value)
+    elif isinstance(value, str) and _SECONDS.match(value.strip()):
+        return float(value)
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            return when.timestamp()
+    problems.append("%s: %r is not a time (seconds since 1970, or ISO 8601 such as "
+                    "2026-12-06T04:00:00Z)" % (what, value))
+    return None
+
+
+def _text(reader: _Reader, key: str, longest: int) -> str | None:
+    value = reader.text(key)
+    if value is None:
+        if key not in reader.table:
+            reader.problems.append("%s: missing (%s)" % (key, "who makes the mute" if key == "author"
+                                                         else "why: the maintenance it is for"))
+        return None
+    value = value.strip()
+    if not value:
+        reader.problems.append("%s: empty" % key)
+    elif len(value) > longest:
+        reader.problems.append("%s: longer than %d characters" % (key, longest))
+    elif _CONTROL.search(value):
+        reader.problems.append("%s: holds a control character (a line break?)" % key)
+    else:
+        return value
+    return None
+
+
+def parse_mute(data, now: float, mute_id: str | None = None, created: float | None = None) -> Mute:
+    """Check a mute as the API or the command line gives it; MuteError in one line otherwise.
+
+    Refused: no end (neither ``ends`` nor ``duration``), an end in the past or not after the
+    start, no matcher at all (a mute of everything says ``rule = "*"``), unknown keys.
+    """
+    if not isinstance(data, dict):
+        raise MuteError("a mute is a JSON object such as {\"rule\": \"hot\", \"duration\": \"2h\", "
+                        "\"author\": \"ana\", \"comment\": \"kernel updates\"}")
+    problems: list[str] = []
+    reader = _Reader("mute", data, problems)
+    match = _match(reader)
+    rules = reader.texts("rule")
+    for name in rules:
+        if not name:
+            problems.append("rule: an empty name")
+    starts = now if data.get("starts") is None else parse_time(reader.get("starts"), "starts", problems)
+    ends = None
+    duration = reader.duration("duration")
+    if "ends" in data:
+        ends = parse_time(reader.get("ends"), "ends", problems)
+        if "duration" in data:
+            problems.append("ends and duration: give one (the end, or how long from the start)")
+    elif duration is not None:
+        if duration <= 0:
+            problems.append("duration: must be more than 0")
+        elif starts is not None:
+            ends = starts + duration
+    elif "duration" not in data:
+        problems.append("no end: a mute needs ends (a time) or duration (such as 2h); one that "
+                        "never ends would hide every page it covers for good")
+    author = _text(reader, "author", MAX_AUTHOR)
+    comment = _text(reader, "comment", MAX_COMMENT)
+    reader.unknown(set(KEYS))
+    if ends is not None and starts is not None and not problems:
+        if ends <= now:
+            problems.append("ends %s is in the past (now %s)" % (iso(ends), iso(now)))
+        elif ends <= starts:
+            problems.append("ends %s is not after starts %s" % (iso(ends), iso(starts)))
+    given = {key: value for key, value in (data.get("match") or {}).items()} \
+        if isinstance(data.get("match"), dict) else {}
+    if not problems and not rules and not given:
+        problems.append("no matcher: name a rule (rule; \"*\" for every rule) or VMs (match: id, "
+                        "cidr, tags such as host)")
+    if problems:
+        raise MuteError("; ".join(p.removeprefix("mute: ") for p in problems))
+    return Mute(id=mute_id or uuid.uuid4().hex[:12], match=match, rules=rules, starts=starts,
+                ends=ends, author=author, comment=comment,
+                created=now if created is None else created, given=given)
+
+
+def request_of(mute: Mute) -> dict:
+    """The API's form of a mute (what ``parse_mute`` reads back to the same mute)."""
+    out = {"starts": mute.starts, "ends": mute.ends, "author": mute.author, "comment": mute.comment}
+    if mute.rules:
+        out["rule"] = list(mute.rules)
+    if mute.given:
+        out["match"] = mute.given
+    return out
+
+
+class MuteSet:
+    """The mutes in force (and those to come), the file they persist in, and the checks."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, FILE_NAME)
+        self.mutes: dict[str, Mute] = {}
+
+    def load(self, now: float) -> list[str]:
+        """Read the file (at start); mutes that ended meanwhile are dropped.  Returns the ids
+        of those dropped.  An entry the file holds that is no mute is skipped, said once."""
+        check_file(self.path, "rules mutes file")
+        raw = read_file(self.path, "rules mutes file")
+        if not raw:
+            return []
+        try:
+            entries = json.loads(raw)["mutes"]
+            if not isinstance(entries, list):
+                raise TypeError("mutes is not a list")
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("%s: not a mutes file (%s): no mute from it is in force", self.path, exc)
+            return []
+        ended, bad = [], []
+        for entry in entries:
+            try:
+                mute = parse_mute(request_of_entry(entry), entry["starts"], entry["id"],
+                                  entry["created"])
+            except (MuteError, KeyError, TypeError) as exc:
+                bad.append(str(exc))
+                continue
+            if mute.ends <= now:
+                ended.append(mute.id)
+            else:
+                self.mutes[mute.id] = mute
+        if bad:
+            log.warning("%s: %d entries skipped, not mutes (the first: %s)", self.path, len(bad),
+                        bad[0])
+        return ended
+
+    def text(self) -> bytes:
+        """What the file holds: every mute not yet ended."""
+        return (json.dumps({"mutes": [m.as_dict() for m in self.mutes.values()]}, indent=1,
+                           sort_keys=True) + "\n").encode("utf-8")
+
+    def covering(self, rule: str, scope: str, tags: dict[str, str] | None,
+                 now: float) -> Mute | None:
+        """The mute in force covering the alert, the one ending last if several do."""
+        found = None
+        for mute in self.mutes.values():
+            if mute.active(now) and mute.covers(rule, scope, tags) and (
+                    found is None or mute.ends > found.ends):
+                found = mute
+        return found
+
+    def names_tags(self) -> bool:
+        """Does a mute (in force or to come) name tags?  The rules then keep each VM's tags."""
+        return any(mute.match.tags for mute in self.mutes.values())
+
+    def ended(self, now: float) -> list[Mute]:
+        """The mutes that ended by ``now``, taken out."""
+        gone = [m for m in self.mutes.values() if m.ends <= now]
+        for mute in gone:
+            del self.mutes[mute.id]
+        return gone
+
+    def next_end(self) -> float | None:
+        return min((m.ends for m in self.mutes.values()), default=None)
+
+
+def request_of_entry(entry: dict) -> dict:
+    """A file's entry back in the API's form (its ``ends`` may have passed: checked by the
+    caller against the time it was made)."""
+    out = {key: entry[key] for key in ("starts", "ends", "author", "comment") if key in entry}
+    if entry.get("rule"):
+        out["rule"] = entry["rule"]
+    if entry.get("match"):
+        out["match"] = entry["match"]
+    return out
