@@ -210,3 +210,33 @@ def test_impossible_graphite_and_collectd_values_are_refused_like_line_protocol(
     assert (row["cpu"], row["mem"]) == (100.0, 0.0)
     row = logged(tmp_path / "data", "cd").iloc[0]
     assert (row["cpu"], row["mem"], str(row["mem_mb"])) == (30.0, 60.0, "<NA>")
+
+
+def test_collectd_packets_signed_or_encrypted_inside_themselves_are_refused_and_the_port_goes_on(
+        tmp_path):
+    """A signature part inside a signed packet, a thousand deep, cost an HMAC of the rest per
+    layer and then the interpreter's recursion: the decoding process failed, the reactor failed
+    again decoding it in its place, and the payload held every collectd packet after it, and
+    the server's stop, for good.  Now each such packet is one ``syntax``, and the next is used."""
+    (tmp_path / "auth").write_text("fleet: s3cret\n")
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    good = (collectd_list("cd-ok", t0 + 30, "cpu", "", "percent", "active", [(cd.GAUGE, 30.0)])
+            + collectd_list("cd-ok", t0 + 30, "memory", "", "percent", "used", [(cd.GAUGE, 60.0)]))
+    nested = collectd_list("cd-deep", t0 + 30, "memory", "", "percent", "used", [(cd.GAUGE, 1.0)])
+    for _ in range(1200):
+        nested = cd.sign(nested, "fleet", "s3cret")
+    assert len(nested) < 65507  # one UDP datagram
+    twice_sealed = cd.encrypt(cd.encrypt(good, "fleet", "s3cret", b"\1" * 16), "fleet", "s3cret",
+                              b"\2" * 16)
+    with serve(tmp_path / "srv", "--flush-interval", "0.3", "--collectd-port", "0",
+               "--collectd-auth-file", str(tmp_path / "auth")) as server:
+        port = server.status["collectd_port"]
+        server.send_udp_to(port, nested)
+        server.send_udp_to(port, twice_sealed)
+        server.send_udp_to(port, cd.sign(good, "fleet", "s3cret"))
+        metrics = server.wait_metrics(lambda m: sum(outcomes(m, "collectd").values()) >= 4,
+                                      timeout=30)
+        assert outcomes(metrics, "collectd") == {"used": 2, "syntax": 2}
+    assert server.returncode == 0, server.output
+    assert logged(tmp_path / "srv" / "data", "cd-ok").iloc[0][["cpu", "mem"]].tolist() == [30.0, 60.0]
+    assert not (tmp_path / "srv" / "data" / "vms" / "cd-deep").exists()

@@ -18,6 +18,11 @@ AES-256 in OFB mode (key: SHA-256 of the password) the SHA-1 of the payload
 followed by the payload, which is a packet of its own.  Decryption needs
 the ``cryptography`` library (the ``collectd`` extra); signing does not.
 
+collectd signs or encrypts a packet once: a signature part inside a signed or
+encrypted packet, or an encrypted part inside an encrypted one, is ``syntax``
+(nested a thousand deep, they cost an HMAC of the rest each and exhausted the
+interpreter's recursion).
+
 Mapped plugins (everything else is counted as ignored, per value list):
 
 | plugin / type | vmstats |
@@ -145,9 +150,15 @@ class CollectdDecoder(Decoder):
                                   % (kind, length, pos, end))
             body = data[pos + 4:pos + length]
             if kind == SIGNATURE:
+                if level:  # each layer would cost an HMAC of the rest and a level of recursion
+                    raise PacketError(R_SYNTAX, "a signature part inside a signed or encrypted "
+                                                "packet (collectd signs a packet once, first)")
                 self._signed(data, pos, length, level, out, tally)
                 return
             if kind == ENCRYPTION:
+                if level == 2:
+                    raise PacketError(R_SYNTAX, "an encrypted part inside an encrypted one "
+                                                "(collectd encrypts a packet once)")
                 self._encrypted(body, out, tally)
                 pos += length
                 continue

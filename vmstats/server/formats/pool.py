@@ -27,7 +27,7 @@ from twisted.internet import defer
 
 from vmstats.server.every import Every
 from vmstats.server.executors import kill
-from vmstats.server.formats import Decoder, Tally
+from vmstats.server.formats import R_SYNTAX, Decoder, Tally
 from vmstats.server.idle import IdleWaiters
 from vmstats.words import counted
 
@@ -57,10 +57,22 @@ def _decode(name: str, data: bytes, now: float) -> tuple[list, dict, list, list]
 
 
 def _decode_here(decoder: Decoder, data: bytes, now: float) -> tuple[list, Tally, list]:
-    """``_decode``'s result, decoded in the reactor."""
+    """``_decode``'s result, decoded in the reactor.
+
+    A decoder that raises (a bug its input found) costs that payload, counted as one
+    ``syntax`` reject, and never the port: left undecoded, the payload would hold every one
+    behind it in the queue, and the server's stop, for good."""
     tally = Tally()
     lines: list = []
-    return decoder.decode(data, now, tally, lines=lines), tally, lines
+    try:
+        return decoder.decode(data, now, tally, lines=lines), tally, lines
+    except Exception as exc:
+        log.exception("a %s payload of %d bytes could not be decoded: counted as syntax",
+                      decoder.name, len(data))
+        tally = Tally()  # what it counted before it failed goes with its samples
+        tally.reject(R_SYNTAX, "%s payload could not be decoded (%s)" % (decoder.name,
+                                                                        type(exc).__name__))
+        return [], tally, []
 
 
 class DecodePool:
