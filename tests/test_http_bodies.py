@@ -135,3 +135,31 @@ def test_a_request_line_or_head_past_16k_is_answered_414_or_431_and_counted(tmp_
         refused = 'vmstats_http_requests_refused_total{reason="%s"}'
         assert (metrics[refused % "uri_too_long"], metrics[refused % "headers_too_large"]) == (1, 2)
         assert "vmstats_records_received_total" in server.http("/metrics")
+
+
+def test_a_request_that_cannot_be_read_is_a_400_in_json_and_counted(tmp_path):
+    """Twisted answered these with a bare 400 that no counter saw: an operator could not tell
+    a client sending broken requests from one sending none.  Each is now counted, the answer
+    says why, and the next well-formed request is served."""
+    line = b"cpu,cpu=cpu-total,host=h1 usage_idle=50,usage_iowait=0 1\n"
+    write = b"POST /write?db=x HTTP/1.1\r\nHost: x\r\n"
+    cases = [
+        write + b"Content-Length: abc\r\n\r\n" + line,
+        write + b"Content-Length: -5\r\n\r\n" + line,
+        write + b"Content-Length: 5\r\nContent-Length: %d\r\n\r\n" % len(line) + line,
+        write + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n" + line,
+        b"GET /metrics HTTP/1.1\r\nNo colon here\r\n\r\n",
+        b"GET /met\x00rics HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 600 + b"\r\n",
+    ]
+    with serve(tmp_path, "--influx-port", "0") as server:
+        for request in cases:
+            _sent, answer = stream(server.http_port, request, b"", 0)
+            code, headers, body = status_and_json(answer)
+            assert (code, headers["connection"]) == (400, "close"), (request[:60], answer[:200])
+            assert body["error"].startswith("malformed request"), body
+        metrics = server.metrics()
+        assert metrics['vmstats_http_requests_refused_total{reason="bad_request"}'] == len(cases)
+        # None of the write bodies was taken.
+        assert not any(key.startswith("vmstats_edge_lines_total") and value
+                       for key, value in metrics.items())

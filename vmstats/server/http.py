@@ -11,8 +11,9 @@ past it -- declared (413 at the headers) or streamed (413 once the bytes pass it
 of it is stored, a body to an unknown path (404) before reading it, an HTTP/1.0 body without
 a Content-Length (411) that it cannot delimit, and what a page's ``refuse_early`` refuses at the
 headers (a write without its token: 401).  A request line past 16 KiB is 414, a head (request
-line and headers) past it 431, where Twisted closed without a word or said a bare 400.  Each
-refusal is counted on /metrics.
+line and headers) past it 431, where Twisted closed without a word or said a bare 400, and a request
+Twisted cannot read (a bad Content-Length, header or chunk) 400 in JSON.  Each refusal is
+counted on /metrics.
 
 A request that changes something (any method but GET and HEAD) carrying ``Origin`` is refused
 (403) at its headers: only a browser sends that header, and nothing here is meant for one, so a
@@ -190,6 +191,17 @@ class _Channel(http.HTTPChannel):
         else:
             self._answer(http.REQUEST_URI_TOO_LONG, "uri_too_long",
                          "request line longer than %d bytes" % self.MAX_LENGTH)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's answer to a request it cannot read (a request line or header that does not
+        parse, a Content-Length that is no number or given twice, a bad chunk, over 500
+        headers) was a bare 400, counted nowhere: now it is counted as ``bad_request`` and says
+        so in JSON, as every other refusal here."""
+        if self._refused:
+            return
+        self._answer(http.BAD_REQUEST, "bad_request",
+                     "malformed request: its request line, a header, its length or a chunk "
+                     "cannot be read")
 
     def allHeadersReceived(self) -> None:
         self._in_head = False  # the next line is the next request's first
