@@ -82,3 +82,33 @@ def test_a_frame_sent_many_times_over_udp_and_tcp_is_accepted_once_whichever_par
     assert metrics['vmstats_parsed_payloads_total{where="remote"}'] >= 1
     for i in range(1, 4):
         assert list(logged(tmp_path / "data", "10.12.0.%d" % i)["cpu"]) == [1.0]
+
+
+def test_blank_lines_and_comments_between_signed_frames_refuse_nothing(tmp_path):
+    """A sender that ends each frame with a newline of its own, or notes a comment between its
+    frames, had its batch answered ``#!nak auth`` -- to be resent for ever -- while no counter
+    showed any reject: a blank line or a comment was taken for an unsigned record.  They are no
+    records: the batch is acknowledged whole, and a real unsigned line still refuses it."""
+    keys = tmp_path / "keys"
+    keys.write_text("k1 s3cret\n")
+    t = now() - 60
+    frames = [protocol.sign_payload("k1", "s3cret", line(Record(vm="10.13.0.%d" % i, ts=t,
+                                                                 cpu=float(i), mem=2.0)))
+              for i in range(1, 4)]
+    unsigned = line(Record(vm="10.13.0.9", ts=t, cpu=9.0, mem=2.0))
+    with serve(tmp_path, "--flush-interval", "0.3", "--auth-keys", str(keys)) as server:
+        with server.tcp() as sock:
+            replies = sock.makefile("rb")
+            sock.sendall(frames[0] + b"\n\r\n" + frames[1] + b"\n# a note\n\n" + frames[2]
+                         + b"\n#!sync ok\n")
+            assert replies.readline() == b"#!ack ok 3 0\n"
+            sock.sendall(unsigned + b"\n#!sync no\n")
+            assert replies.readline() == b"#!nak no auth\n"
+        metrics = server.metrics()
+        assert metrics["vmstats_records_received_total"] == 3
+        assert {key: value for key, value in metrics.items()
+                if key.startswith("vmstats_rejected_total") and value} == {
+            'vmstats_rejected_total{reason="sig_missing"}': 1}
+    for i in range(1, 4):
+        assert list(logged(tmp_path / "data", "10.13.0.%d" % i)["cpu"]) == [float(i)]
+    assert not (tmp_path / "data" / "vms" / "10.13.0.9").exists()

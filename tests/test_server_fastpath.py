@@ -480,8 +480,9 @@ def _mixed_line(record_strategy):
 
 
 def _decoded_reasons(payload: bytes) -> tuple[list, dict]:
-    """What the decoder makes of each record line (the server skips blank lines and comments)."""
-    lines = [line for line in payload.split(b"\n") if line and line[:1] != b"#"]
+    """What the decoder makes of each record line (the server skips blank lines, a CRLF
+    sender's ``\r`` among them, and comments)."""
+    lines = [line for line in payload.split(b"\n") if line and line[:1] != b"#" and line != b"\r"]
     decoder = protocol.Decoder(clock=lambda: NOW)
     expected, reasons = [], {}
     for line in lines:

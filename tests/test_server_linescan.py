@@ -64,7 +64,8 @@ def agrees(payload: bytes, regexes: tuple[Parser, list] | None = None) -> bool:
         assert not whole, payload
         return False
     *columns, rest = scanned
-    assert (not rest) == whole, payload
+    # A lone \r (a CRLF sender's blank line) the C hands back, and the regexes skip.
+    assert (not [line for line in rest if line != b"\r"]) == whole, payload
     if not rest:  # in order; the regexes' sieve may order VMs by spelling
         assert per_vm(zip(*columns, strict=True)) == per_vm(zip(vms, tss, rows, seqs,
                                                                 strict=True)), payload
@@ -73,7 +74,7 @@ def agrees(payload: bytes, regexes: tuple[Parser, list] | None = None) -> bool:
     for line in rest:
         read.remove(line)
         del decoded[:]
-        assert parser.parse(line, NOW)[4] or decoded, line
+        assert parser.parse(line, NOW)[4] or decoded or line == b"\r", line
     if read:
         assert agrees(b"\n".join(read), regexes), payload
     return False

@@ -191,3 +191,34 @@ def test_a_sender_that_half_closes_after_its_sync_still_gets_the_reply(tmp_path)
             assert sock.recv(100) == b""
         assert server.metrics()['vmstats_rejected_total{reason="truncated"}'] == 1
     assert list(logged(tmp_path / "data", "10.3.0.9")["ts"]) == [r.ts for r in sent]
+
+
+@pytest.mark.parametrize("parsers", ["0", "2"])
+def test_a_key_given_twice_is_refused_and_a_crlf_blank_line_is_no_reject(tmp_path, parsers):
+    """A line naming two VMs (``vm=a,vm=b``), two hosts or a field twice was filed, silently,
+    under the last one, where a tag of the extra kind given twice was refused: the sender could
+    not tell which record it made.  And the blank line of a CRLF sender (``\\r\\n``), which
+    the protocol tolerates like any trailing ``\\r``, was counted and acknowledged as a
+    ``syntax`` reject.  Sent after the VMs are known, so every parse path sees them."""
+    t = now() - 60
+    known = b"".join(line(Record(vm=vm, ts=t - 60, cpu=1.0, mem=1.0)) + b"\n"
+                     for vm in ("d-1", "d-2", "d-3"))
+    twice = [b"vmstats,vm=d-1,vm=d-2 cpu=5,mem=5 %d" % t,
+             b"vmstats,vm=d-3,host=h1,host=h2 cpu=5,mem=5 %d" % t,
+             b"vmstats,vm=d-3 cpu=5,mem=5,cpu=6 %d" % t]
+    good = line(Record(vm="d-1", ts=t + 1, cpu=7.0, mem=7.0))
+    with serve(tmp_path, "--flush-interval", "0.3", "--parsers", parsers) as server:
+        assert server.send_synced(known) == ["#!ack", "all", "3", "0"]
+        with server.tcp() as sock:
+            sock.sendall(b"\r\n".join(twice) + b"\r\n\r\n" + good + b"\r\n\r\n#!sync a\r\n")
+            assert read_reply(sock) == b"#!ack a 1 3\n"
+        server.send_udp(b"\n".join(twice))
+        server.send_udp(good + b"\r\n\r\n")
+        metrics = server.wait_received(3 + 2 + 3 + 3)  # known, good twice, rejects
+        assert {key: value for key, value in metrics.items()
+                if key.startswith("vmstats_rejected_total") and value} == {
+            'vmstats_rejected_total{reason="syntax"}': 6}
+    assert server.returncode == 0
+    assert list(logged(tmp_path / "data", "d-1")["cpu"]) == [1.0, 7.0]
+    assert list(logged(tmp_path / "data", "d-2")["cpu"]) == [1.0]
+    assert list(logged(tmp_path / "data", "d-3")["cpu"]) == [1.0]

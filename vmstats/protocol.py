@@ -390,8 +390,12 @@ class Decoder(object):
             if not sep or not value:
                 raise DecodeError(R_SYNTAX, "tag %r is not key=value" % tag[:40])
             if key == "vm":
+                if vm is not None:  # a line naming two VMs: which one it is for, no one knows
+                    raise DecodeError(R_SYNTAX, "tag 'vm' given twice")
                 vm = self.vm_id(value)
             elif key == "host":
+                if host is not None:
+                    raise DecodeError(R_SYNTAX, "tag 'host' given twice")
                 if len(value) > MAX_HOST_LENGTH or not _TOKEN_RE.match(value):
                     raise DecodeError(R_SYNTAX, "host tag %r is not a safe name" % value[:40])
                 host = value
@@ -414,6 +418,8 @@ class Decoder(object):
                 if not sep:
                     raise DecodeError(R_SYNTAX, "field %r is not key=value" % field[:40])
                 raise DecodeError(R_UNKNOWN, "unknown field %r" % key[:40])
+            if key in values:
+                raise DecodeError(R_SYNTAX, "field %r given twice" % key)
             values[key] = _parse_number(key, text, *spec)
         for name in REQUIRED_FIELDS:
             if name not in values:
@@ -446,7 +452,7 @@ class Decoder(object):
         if now is None:
             now = self.clock()
         for line in data.split(b"\n") if isinstance(data, (bytes, bytearray)) else data.split("\n"):
-            if not line or line[:1] in (b"#", "#"):
+            if not line or line[:1] in (b"#", "#") or line in (b"\r", "\r"):
                 continue
             try:
                 records.append(self.decode_line(line, now))

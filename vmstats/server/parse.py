@@ -603,7 +603,7 @@ class Parser:
             end = rest.find(b"\n", start)
             end = len(rest) if end < 0 else end
             first = rest[start:end]
-            if not first or first[:1] == b"#":  # blank lines and comments: not records
+            if not first or first[:1] == b"#" or first == b"\r":  # blank lines, comments
                 start = end + 1
                 continue
             if spellings == MAX_SPELLINGS:  # the rest goes line by line
@@ -772,7 +772,7 @@ class Parser:
         add = self._adder(out, now)
         fullmatch, decode, canonical = self._fullmatch, self.decoder.decode_line, self._canonical
         for line in data.split(b"\n"):
-            if not line or line[:1] == b"#":
+            if not line or line[:1] == b"#" or line == b"\r":  # a blank line of a CRLF sender
                 continue
             found = fullmatch(line)
             if found is not None:

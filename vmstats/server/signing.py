@@ -391,8 +391,9 @@ def split_frames(data: bytes) -> Columns:
 
 
 def unsigned_lines(data: bytes) -> int:
-    """Record lines of ``data`` (not blank, not ``#``): each is a sig_missing reject."""
-    return sum(1 for line in data.split(b"\n") if line and line[:1] != b"#")
+    """Record lines of ``data`` (not blank, not ``#``): each is a sig_missing reject.  A lone
+    ``\r`` is a blank line that ended in CRLF."""
+    return sum(1 for line in data.split(b"\n") if line and line[:1] != b"#" and line != b"\r")
 
 
 def native_checks() -> bool:
