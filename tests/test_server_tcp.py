@@ -222,3 +222,19 @@ def test_a_key_given_twice_is_refused_and_a_crlf_blank_line_is_no_reject(tmp_pat
     assert list(logged(tmp_path / "data", "d-1")["cpu"]) == [1.0, 7.0]
     assert list(logged(tmp_path / "data", "d-2")["cpu"]) == [1.0]
     assert list(logged(tmp_path / "data", "d-3")["cpu"]) == [1.0]
+
+
+def test_a_sync_without_a_usable_token_is_counted_and_the_next_one_answered(tmp_path):
+    """``#!sync`` with a token of other characters was counted as ``syntax``; one with no
+    token at all was passed over as another reader's control line, uncounted, and its sender
+    waited for a reply that could never come.  Both are counted; the batch goes on to the
+    next good sync."""
+    t = now() - 60
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        with server.tcp() as sock:
+            sock.sendall(line(Record(vm="s-1", ts=t, cpu=1.0, mem=1.0)) + b"\n#!sync\n"
+                         + b"#!sync a/b\n#!sync ok\n")
+            assert read_reply(sock) == b"#!ack ok 1 0\n"
+        metrics = server.metrics()
+    assert metrics['vmstats_rejected_total{reason="syntax"}'] == 2
+    assert list(logged(tmp_path / "data", "s-1")["cpu"]) == [1.0]

@@ -33,6 +33,9 @@ from vmstats.words import counted
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
+#: ``#!sync`` without its token: a sync that can never be answered, refused and counted rather
+#: than passed over as another reader's control line (its sender would wait for a reply).
+_BARE_SYNC = protocol.SYNC_PREFIX.rstrip()
 #: Bytes read from a TCP connection at once (Twisted's default is 64 KiB).
 TCP_READ_BYTES = 256 << 10
 
@@ -378,9 +381,9 @@ class TCPReceiver(tx_protocol.Protocol):
                 if end < 0:
                     return self._incomplete(buf, max_line)
                 line, buf = buf[:end].rstrip(b"\r"), buf[end + 1:]
-                if line.startswith(protocol.SYNC_PREFIX):
+                if line.startswith(protocol.SYNC_PREFIX) or line == _BARE_SYNC:
                     self._submit_signed(frames)
-                    self._sync(line[len(protocol.SYNC_PREFIX):])
+                    self._sync(line[len(protocol.SYNC_PREFIX):])  # a bare one: no token, counted
                 continue  # other control lines are for other readers
             # Plain lines up to the next control line (or the last complete line).
             cut = frame_start(buf)
