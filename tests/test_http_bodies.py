@@ -163,3 +163,26 @@ def test_a_request_that_cannot_be_read_is_a_400_in_json_and_counted(tmp_path):
         # None of the write bodies was taken.
         assert not any(key.startswith("vmstats_edge_lines_total") and value
                        for key, value in metrics.items())
+
+
+def test_a_write_body_in_an_encoding_the_api_cannot_read_is_a_415_at_its_headers(tmp_path):
+    """A body in any Content-Encoding but gzip was read as plain text: a deflate or brotli body
+    became a 400 of garbage "lines", or, were it text, was taken as if no encoding had been
+    named.  It is refused at its headers, said and counted; ``identity`` is plain text."""
+    import time
+
+    line = b"cpu,cpu=cpu-total,host=enc1 usage_idle=50,usage_iowait=0 %d\n" % (
+        (int(time.time()) - 120) * 10**9)
+    with serve(tmp_path, "--influx-port", "0") as server:
+        for encoding, status in ((b"br", 415), (b"deflate", 415), (b"identity", 204)):
+            request = (b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       b"Content-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s"
+                       % (encoding, len(line), line))
+            _sent, answer = stream(server.http_port, request, b"", 0)
+            assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+            if status == 415:
+                assert "not supported" in status_and_json(answer)[2]["error"]
+        metrics = server.metrics()
+        refused = 'vmstats_http_requests_refused_total{reason="unsupported_encoding"}'
+        assert metrics[refused] == 2
+        assert metrics['vmstats_edge_lines_total{format="influx",outcome="used"}'] == 1

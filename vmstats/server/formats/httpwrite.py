@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 #: Largest body taken (after decompression); InfluxDB's default limit is 25 MB as well.
 MAX_BODY = 25 << 20
 V1_PRECISIONS = ("n", "ns", "u", "us", "ms", "s", "m", "h")
+#: Content-Encodings a body may have (InfluxDB's); any other is 415 at the headers.
+ENCODINGS = (b"", b"identity", b"gzip")
 V2_PRECISIONS = ("ns", "us", "ms", "s")
 
 
@@ -88,9 +90,17 @@ class WritePage(resource.Resource):
         if method != b"POST":
             return None
         refusal = self._refusal(request, args)
-        if refusal is None:
-            return None
-        return refusal[0], self._error_body(*refusal[1:])
+        if refusal is not None:
+            return refusal[0], self._error_body(*refusal[1:])
+        encoding = (request.getHeader(b"content-encoding") or b"").strip().lower()
+        if encoding not in ENCODINGS:  # read as plain text, its every line would be garbage
+            table = getattr(getattr(request, "channel", None), "table", None)
+            if table is not None:
+                refused = table.counts.requests_refused
+                refused["unsupported_encoding"] = refused.get("unsupported_encoding", 0) + 1
+            return 415, self._error_body("invalid", "Content-Encoding %r is not supported: "
+                                         "send gzip or none" % encoding.decode("latin-1")[:40])
+        return None
 
     def render_POST(self, request) -> bytes:
         refusal = self._refusal(request, request.args)
