@@ -332,3 +332,37 @@ def test_a_reload_that_ends_an_actions_grouping_sends_what_its_groups_held_one_b
     dispatcher.regroup()
     [group] = dispatcher.groups["hook"].values()
     assert group.labels == {"alertname": "hot"} and list(group.waiting) == ["vm2-1.hook"]
+
+
+def test_a_mute_made_while_alerts_fire_keeps_them_out_of_the_groups_repeats():
+    """Alertmanager leaves silenced alerts out of a group's notifications: a mute made for
+    maintenance while vm0 and vm1 fire must not page them every repeat_interval."""
+    muting: set[str] = set()
+
+    class _Mute:
+        id = "m1"
+
+    def muted(event: dict):
+        return _Mute() if event["scope"] in muting else None
+
+    clock, _log, receiver, dispatcher = _dispatcher(
+        Grouping(by=("alertname",), wait=10, interval=60, repeat=600), muted=muted)
+    dispatcher.submit([_event("vm%d" % i, "alarm", 0.0, 1) for i in range(3)])
+    clock.advance(10)
+    assert len(_answer(receiver)["alerts"]) == 3
+    muting.update(("vm0", "vm1"))
+    clock.advance(600)  # the repeat: vm2 alone
+    assert [a["labels"]["scope"] for a in _answer(receiver)["alerts"]] == ["vm2"]
+    # News of vm2 within the mute: sent with vm2 only, the muted ones still left out.
+    dispatcher.submit([_event("vm2", "ok", 700.0, 2)])
+    clock.advance(60)
+    body = _answer(receiver)
+    assert [(a["labels"]["scope"], a["status"]) for a in body["alerts"]] == [("vm2", "resolved")]
+    # Every alert the group holds is muted: the repeats send nothing, and are not retried.
+    for _ in range(3):
+        clock.advance(600)
+    assert len(receiver.sends) == 3
+    # The mute ends with vm0 and vm1 still firing: the next repeat carries them again.
+    muting.clear()
+    clock.advance(600)
+    assert sorted(a["labels"]["scope"] for a in _answer(receiver)["alerts"]) == ["vm0", "vm1"]

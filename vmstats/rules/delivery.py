@@ -447,7 +447,12 @@ class Dispatcher:
         if notifier is None or not group.alerts or due is None or due > now + 0.001:
             self._schedule(action, group)
             return
-        batch = group.batch(uuid.uuid4().hex + "." + action, covers)
+        batch = group.batch(uuid.uuid4().hex + "." + action, covers,
+                            lambda event: self.muted(event) is not None)
+        if batch is None:
+            group.passed(now)
+            self._schedule(action, group)
+            return
         for pending in covers:
             pending.attempts += 1
         entry = {"type": "attempt", "key": batch.key, "n": group.failures + 1, "at": self.wall(),

@@ -27,6 +27,7 @@ and retries each notification as it does a single event.
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: The labels every alert has: its rule, its scope, and ``event = "scale"`` for a scaling
@@ -171,11 +172,29 @@ class Group:
             return None
         return max(when, self.not_before)
 
-    def batch(self, key: str, covers: list) -> Batch:
-        """The notification: every alert the group holds, oldest first."""
-        alerts = sorted(self.alerts.values(), key=lambda held: held[0]["at"])
+    def batch(self, key: str, covers: list,
+              muted: Callable[[dict], bool] = lambda event: False) -> Batch | None:
+        """The notification: every alert the group holds, oldest first; None if nothing is left.
+
+        An alert the group only carries again (no delivery of it waits: a repeat, or news of
+        another alert) is left out while a mute covers it, as Alertmanager leaves silenced
+        alerts out of a group's notifications: a mute made while the alert fired would
+        otherwise page it every ``repeat_interval`` through the maintenance it was made for.
+        """
+        news = {pending.key for pending in covers}
+        shown = [held for held in self.alerts.values() if held[1] in news or not muted(held[0])]
+        if not shown:
+            if not covers:
+                return None
+            shown = list(self.alerts.values())  # deliveries wait on it: never left uncompleted
+        alerts = sorted(shown, key=lambda held: held[0]["at"])
         self.sending = Batch(key, self.labels, alerts, covers)
         return self.sending
+
+    def passed(self, now: float) -> None:
+        """A notification due held nothing to send (each alert muted): the next repeat is
+        timed from now, as if it had been sent."""
+        self.last_sent = now
 
     def sent(self, batch: Batch, now: float) -> list[str]:
         """The receiver took ``batch``: resolved alerts and scaling decisions it carried leave
