@@ -186,3 +186,51 @@ def test_a_write_body_in_an_encoding_the_api_cannot_read_is_a_415_at_its_headers
         refused = 'vmstats_http_requests_refused_total{reason="unsupported_encoding"}'
         assert metrics[refused] == 2
         assert metrics['vmstats_edge_lines_total{format="influx",outcome="used"}'] == 1
+
+
+def test_write_bodies_held_at_once_are_bounded_and_a_body_past_the_bound_is_retried(tmp_path):
+    """A write body is read whole, unzipped and fed over many reactor turns, so bodies that
+    arrive together are held together: 30 connections' 25 MiB bodies held 850 MB, and the
+    HTTP port's 256 connections could hold ten times that.  With ``--http-body-memory`` at its
+    least, one body is held at a time: the others are answered 503 with Retry-After, take
+    nothing, and are taken whole when sent again."""
+    import gzip
+    import threading
+    import time
+
+    stamp = (int(time.time()) - 120) * 10**9
+    lines = b"".join(b"cpu,cpu=cpu-total,host=hb%d usage_idle=50,usage_iowait=0 %d\n"
+                     % (i % 50, stamp) for i in range(1000))
+    plain = lines * (8 * 1024 * 1024 // len(lines))
+    body = gzip.compress(plain, 1)
+    per_body = plain.count(b"\n")
+    request = (b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               b"Content-Encoding: gzip\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    writers = 4
+    with serve(tmp_path, "--influx-port", "0", "--http-body-memory", str(1 << 20),
+               "--http-idle-timeout", "120") as server:
+        answers: list = []
+
+        def write() -> None:
+            answers.append(stream(server.http_port, request, b"", 0)[1])
+
+        threads = [threading.Thread(target=write) for _ in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        codes = [int(answer.split(b" ", 2)[1]) for answer in answers]
+        assert len(codes) == writers and set(codes) <= {204, 503}, answers
+        busy = [status_and_json(answer) for answer in answers if b" 503 " in answer[:13]]
+        assert busy, "every body was held at once: %s" % codes
+        for _code, headers, error in busy:
+            assert headers["retry-after"] == "1" and "--http-body-memory" in error["error"]
+        for _ in busy:  # what a client does with a 503: send it again, here one at a time
+            assert stream(server.http_port, request, b"", 0)[1].startswith(b"HTTP/1.1 204 ")
+        metrics = server.wait_metrics(lambda m: m['vmstats_edge_lines_total{format="influx",'
+                                                  'outcome="used"}'] >= writers * per_body)
+        assert metrics['vmstats_edge_lines_total{format="influx",outcome="used"}'] \
+            == writers * per_body
+        assert metrics['vmstats_http_requests_refused_total{reason="busy"}'] == len(busy)
+        assert metrics["vmstats_http_body_bytes_held"] == 0

@@ -144,6 +144,10 @@ class UTCFormatter(logging.Formatter):
               show_default=True, help="Open HTTP connections allowed from one address.")
 @click.option("--http-idle-timeout", type=DURATION, default=_seconds(D.http_idle_timeout),
               show_default=True, help="Close HTTP connections silent this long (0 = never).")
+@click.option("--http-body-memory", type=IntRange(1 << 20), default=D.http_body_memory,
+              show_default=True, metavar="BYTES",
+              help="Bytes of InfluxDB write bodies held in memory at once; a body past it is "
+                   "answered 503 with Retry-After (one body is always taken).")
 @click.option("--allow", "allow", multiple=True, metavar="CIDR[,CIDR...]",
               help="Accept UDP datagrams and TCP connections only from these networks "
                    "(repeatable; default: any).  Others are dropped and counted.")

@@ -92,6 +92,10 @@ class ServerConfig:
     http_max_connections: int = 256
     http_max_per_source: int = 32
     http_idle_timeout: float = 30.0
+    #: Bytes of InfluxDB write bodies held in memory at once (read, unzipped, being fed): a
+    #: body that would pass it is answered 503 with Retry-After until others are in.  Without
+    #: it, every HTTP connection could hold a 25 MiB body and its unzipped copy at once.
+    http_body_memory: int = 128 << 20
     #: Networks the push ports (UDP, TCP) and the HTTP port accept; empty: any.
     allow: tuple[str, ...] = ()
     http_allow: tuple[str, ...] = ()

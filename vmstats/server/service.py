@@ -160,8 +160,12 @@ class Aggregator(service.MultiService):
         self.admission = None
         if config.http_port >= 0:
             token = StatusToken(config.status_token)
+            bodies = httpwrite.BodyBudget(config.http_body_memory)
             routes = httpwrite.routes(self.edge, self.edge.influx, config.write_token,
-                                      self.auth.required)
+                                      self.auth.required, bodies)
+            self.metrics.gauges["http_body_bytes_held"] = (
+                "Bytes of InfluxDB write bodies held in memory, read and being fed (bounded by "
+                "--http-body-memory).", lambda: bodies.held)
             if config.inventory:
                 self.admission = self._admission(token)
                 routes[b"/admission"] = self.admission.page()

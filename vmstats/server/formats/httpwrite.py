@@ -21,6 +21,7 @@ import json
 import logging
 import zlib
 
+from twisted.internet import defer
 from twisted.web import resource, server
 
 from vmstats.server.formats import R_AUTH, Tally
@@ -66,6 +67,29 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return b"".join(out)
 
 
+class BodyBudget:
+    """The bytes of write bodies held in memory at once, against ``--http-body-memory``.
+
+    A body is read whole (and unzipped) before it is fed, and fed over many reactor turns, so
+    bodies arriving together are held together: 30 connections' 25 MiB bodies held 850 MB.
+    One body is always taken when none is held, so a limit below a body's size slows writers
+    rather than shutting them out."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Hold ``size`` more bytes, if the limit allows."""
+        if self.held and self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 class WritePage(resource.Resource):
     """One of the write endpoints (``version`` 1 or 2) feeding the influx decoder."""
 
@@ -73,11 +97,13 @@ class WritePage(resource.Resource):
     #: The HTTP channel refuses a longer body before storing it (http.py).
     max_body = MAX_BODY
 
-    def __init__(self, edge, decoder, version: int, token: str | None, signed: bool = False):
+    def __init__(self, edge, decoder, version: int, token: str | None, signed: bool = False,
+                 budget: BodyBudget | None = None):
         super().__init__()
         self.edge = edge
         self.decoder = decoder
         self.version = version
+        self.budget = budget or BodyBudget(MAX_BODY)
         self.token = token.encode("utf-8") if token else None
         #: The server requires signed records (--auth-keys): a write API open to anyone would
         #: let any sender write any VM's records past the keys, so without a token it is shut.
@@ -116,18 +142,59 @@ class WritePage(resource.Resource):
             return self._error(request, 400, "invalid", "bucket is required")
         body = request.content.read(MAX_BODY + 1)
         self.edge.metrics.bytes += len(body)
+        held = [len(body)]
+        if not self.budget.take(held[0]):
+            return self._busy(request)
+        try:
+            taken = self._take(request, body, precision, held)
+        except BaseException:
+            self.budget.give(held[0])
+            raise
+        if isinstance(taken, bytes):  # refused: nothing of it is held any more
+            self.budget.give(held[0])
+            return taken
+        taken.addBoth(self._fed, held[0])
+        return server.NOT_DONE_YET
+
+    def _take(self, request, body: bytes, precision: str, held: list) -> bytes | defer.Deferred:
+        """An error answer, or the Deferred of feeding ``body``; ``held`` holds what the budget
+        counts for it (its unzipped size once unzipped)."""
         if (request.getHeader(b"content-encoding") or b"").strip().lower() == b"gzip":
             try:
                 body = gunzip(body, MAX_BODY)
             except zlib.error as exc:
                 return self._error(request, 400, "invalid", "body is not gzip: %s" % exc)
+            self.budget.give(held[0])
+            held[0] = 0
+            if not self.budget.take(len(body)):
+                return self._busy(request)
+            held[0] = len(body)
         if len(body) > MAX_BODY:
-            return self._error(request, 413, "request too large",
-                               "body over %d bytes" % MAX_BODY)
+            return self._error(request, 413, "request too large", "body over %d bytes" % MAX_BODY)
         if self.edge.journal_failing():  # take nothing that could not be kept: the client retries
             request.setHeader(b"retry-after", b"1")
             return self._error(request, 503, "unavailable", "the journal cannot be written: "
                                "retry later")
+        return self._feed(request, body, precision)
+
+    def _fed(self, result, held: int):
+        """The body is in (or failed): its bytes are no longer held."""
+        self.budget.give(held)
+        return result
+
+    def _busy(self, request) -> bytes:
+        """503 for a body past --http-body-memory: the client retries once others are in."""
+        table = getattr(getattr(request, "channel", None), "table", None)
+        if table is not None:
+            refused = table.counts.requests_refused
+            refused["busy"] = refused.get("busy", 0) + 1
+        request.setHeader(b"retry-after", b"1")
+        return self._error(request, 503, "unavailable", "the server holds %d bytes of write "
+                           "bodies (--http-body-memory): retry later" % self.budget.held)
+
+    def _feed(self, request, body: bytes, precision: str):
+        """Feed ``body`` to the edge and answer once it is durable; the Deferred of its
+        feeding, which fires once the body is no longer needed."""
         errors: list = []
         gone: list = []
         request.notifyFinish().addErrback(gone.append)  # the client left: nothing to answer
@@ -158,8 +225,10 @@ class WritePage(resource.Resource):
         fed = self.edge.feed_body(self.decoder, body, errors,
                                   (lambda: table.touch(channel)) if table else (lambda: None),
                                   divisor=PRECISIONS[precision])
+        done = defer.Deferred()
+        fed.addBoth(lambda result: (done.callback(None), result)[1])
         fed.addCallback(self.edge.when_durable, answer).addErrback(failed)
-        return server.NOT_DONE_YET
+        return done
 
     def _refusal(self, request, args: dict) -> tuple[int, str, str] | None:
         """``(status, kind, message)`` for a write that may not be taken (counted as auth), or
@@ -224,10 +293,12 @@ class Query(resource.Resource):
     render_GET = render_POST
 
 
-def routes(edge, decoder, token: str | None,
-           signed: bool = False) -> dict[bytes, resource.Resource]:
+def routes(edge, decoder, token: str | None, signed: bool = False,
+           budget: BodyBudget | None = None) -> dict[bytes, resource.Resource]:
     """The write API's pages by path, for the HTTP service; ``signed``: the server requires
-    signed records (--auth-keys), so the write API needs its token or is shut."""
-    return {b"/write": WritePage(edge, decoder, 1, token, signed),
-            b"/api/v2/write": WritePage(edge, decoder, 2, token, signed),
+    signed records (--auth-keys), so the write API needs its token or is shut; ``budget``: the
+    bytes of bodies both versions may hold at once."""
+    budget = budget or BodyBudget(MAX_BODY)
+    return {b"/write": WritePage(edge, decoder, 1, token, signed, budget),
+            b"/api/v2/write": WritePage(edge, decoder, 2, token, signed, budget),
             b"/ping": Ping(), b"/query": Query()}
