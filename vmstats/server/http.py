@@ -262,8 +262,7 @@ class _Channel(http.HTTPChannel):
         head was refused has no body to drop)."""
         self._refused = True
         if reason is not None:
-            refused = self.table.counts.requests_refused
-            refused[reason] = refused.get(reason, 0) + 1
+            self.table.counts.refused(reason)
         body = body or _json_error(message)
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\ncache-control: no-store\r\n"

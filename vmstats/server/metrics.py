@@ -62,6 +62,10 @@ class ConnectionCounts:
         #: How many are open now: set by the owner of the table (a read function).
         self.open = lambda: 0
 
+    def refused(self, reason: str) -> None:
+        """Count an HTTP request refused for ``reason``."""
+        self.requests_refused[reason] = self.requests_refused.get(reason, 0) + 1
+
 
 class Metrics:
     """The server's counters (monotonic) plus a few gauges read from their owners."""

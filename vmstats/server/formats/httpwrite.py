@@ -120,10 +120,7 @@ class WritePage(resource.Resource):
             return refusal[0], self._error_body(*refusal[1:])
         encoding = (request.getHeader(b"content-encoding") or b"").strip().lower()
         if encoding not in ENCODINGS:  # read as plain text, its every line would be garbage
-            table = getattr(getattr(request, "channel", None), "table", None)
-            if table is not None:
-                refused = table.counts.requests_refused
-                refused["unsupported_encoding"] = refused.get("unsupported_encoding", 0) + 1
+            _count_refused(request, "unsupported_encoding")
             return 415, self._error_body("invalid", "Content-Encoding %r is not supported: "
                                          "send gzip or none" % encoding.decode("latin-1")[:40])
         return None
@@ -184,10 +181,7 @@ class WritePage(resource.Resource):
 
     def _busy(self, request) -> bytes:
         """503 for a body past --http-body-memory: the client retries once others are in."""
-        table = getattr(getattr(request, "channel", None), "table", None)
-        if table is not None:
-            refused = table.counts.requests_refused
-            refused["busy"] = refused.get("busy", 0) + 1
+        _count_refused(request, "busy")
         request.setHeader(b"retry-after", b"1")
         return self._error(request, 503, "unavailable", "the server holds %d bytes of write "
                            "bodies (--http-body-memory): retry later" % self.budget.held)
@@ -225,9 +219,13 @@ class WritePage(resource.Resource):
         fed = self.edge.feed_body(self.decoder, body, errors,
                                   (lambda: table.touch(channel)) if table else (lambda: None),
                                   divisor=PRECISIONS[precision])
-        done = defer.Deferred()
-        fed.addBoth(lambda result: (done.callback(None), result)[1])
-        fed.addCallback(self.edge.when_durable, answer).addErrback(failed)
+        done = defer.Deferred()  # fires once the body is fed: it need not be held after
+
+        def fed_all(result):
+            done.callback(None)
+            return result
+
+        fed.addBoth(fed_all).addCallback(self.edge.when_durable, answer).addErrback(failed)
         return done
 
     def _refusal(self, request, args: dict) -> tuple[int, str, str] | None:
@@ -266,6 +264,13 @@ class WritePage(resource.Resource):
     def _error_body(self, kind: str, message: str) -> bytes:
         body = {"code": kind, "message": message} if self.version == 2 else {"error": message}
         return json.dumps(body).encode("utf-8")
+
+
+def _count_refused(request, reason: str) -> None:
+    """Count a refused write in ``vmstats_http_requests_refused_total`` (its port's table)."""
+    table = getattr(getattr(request, "channel", None), "table", None)
+    if table is not None:
+        table.counts.refused(reason)
 
 
 class Ping(resource.Resource):
