@@ -442,9 +442,8 @@ class Parser:
     """Turns payloads into ``Parsed`` columns; the same rows whichever process runs it."""
 
     def __init__(self, max_future: int, max_past: int):
-        self.max_future = max_future
-        self.max_past = max_past
-        self.decoder = protocol.Decoder(max_future=max_future, max_past=max_past)
+        self.decoder = protocol.Decoder()
+        self.limit(max_future, max_past)
         regex, ts_group, seq_group = build_fast_path()
         self._findall = regex.findall
         self._fullmatch = regex.fullmatch
@@ -475,6 +474,13 @@ class Parser:
         self._mixing = 0
         self._lead: tuple[Callable, Shape | None] | None = None
         self._scan_spec = None if _native is None else _native.spec(*line_spec())
+
+    def limit(self, max_future: int, max_past: int) -> None:
+        """The stamps taken, from ``now - max_past`` (0: no limit) to ``now + max_future``,
+        for the fast paths and the decoder alike; a replay narrows them per payload
+        (replay.Bounded) without a parser of its own for each, which would learn VM ids again."""
+        self.max_future = self.decoder.max_future = max_future
+        self.max_past = self.decoder.max_past = max_past
 
     def parse(self, data: bytes, now: float) -> Parsed:
         """Every record of one payload, in order, and a count of every reject by reason.

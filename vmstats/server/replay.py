@@ -113,9 +113,8 @@ class Bounded:
         self.parser = Parser(-1, 1)
 
     def parse(self, data: bytes, lo: int, hi: int):
-        parser = self.parser
-        parser.max_past = parser.decoder.max_past = hi - lo + 1
-        return parser.parse(data, float(hi + 1))
+        self.parser.limit(-1, hi - lo + 1)
+        return self.parser.parse(data, float(hi + 1))
 
 
 def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, observe=None) -> int:
