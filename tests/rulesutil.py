@@ -259,3 +259,9 @@ def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
             "posts": len(keys), "repeats_caught_by_key": len(keys) - len(set(keys)),
             "resent": sum(1 for e in entries if e["type"] == "attempt" and e["n"] > 1),
             "chain_broken": broken}
+
+
+def log_entries(server) -> list[dict]:
+    """The server's action log (DATA_DIR/rules/actions.log), an entry a line; none if not yet made."""
+    path = server.data_dir / "rules" / "actions.log"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []

@@ -22,6 +22,7 @@ from rulesutil import (
     WebhookReceiver,
     calls,
     line,
+    log_entries,
     recorder_script,
     rules_file,
     serve,
@@ -43,11 +44,6 @@ def add_mute(server, *args: str) -> str:
     done = rules_cli(server, "mute", "--author", "ana", "--comment", "kernel updates", *args)
     assert done.returncode == 0, done.stderr
     return done.stdout.split()[0]
-
-
-def log_entries(server) -> list[dict]:
-    path = server.data_dir / "rules" / "actions.log"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def muted_entries(server, scope: str) -> list[dict]:

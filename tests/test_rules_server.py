@@ -26,6 +26,7 @@ from rulesutil import (
     WebhookReceiver,
     calls,
     line,
+    log_entries,
     recorder_script,
     rules_file,
     serve,
@@ -172,8 +173,7 @@ def test_the_action_log_past_its_cap_is_rewritten_and_replays_to_the_same_states
                 and m.get("vmstats_rule_log_compactions_total", 0) >= 1)
             assert metrics["vmstats_rule_log_errors_total"] == 0
     assert server.returncode == 0, server.output
-    entries = [json.loads(entry) for entry in
-               (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
+    entries = log_entries(server)
     assert any(entry.get("compacted") for entry in entries)  # the file is a rewritten one
     listing = alerts_cli("--data-dir", str(server.data_dir), "--recent", "0")
     assert "60 scopes %s, 60 not ok" % IN_LOG in listing.stdout, listing.stdout
@@ -582,8 +582,7 @@ def test_a_receiver_down_while_a_fleet_fires_holds_max_pending_and_drops_the_old
             hook.down = False
             server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, 30)
         assert "70 dropped" in server.output and " dropped, the oldest first" in server.output
-        entries = [json.loads(x) for x in
-                   (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
+        entries = log_entries(server)
         order = [e["event"]["scope"] for e in entries if e["type"] == "event"]
         assert sorted(order) == sorted(vms)
         # The 30 newest all arrive. A dropped delivery whose first POST was already written
