@@ -19,6 +19,7 @@ from vmstats.rules.config import RulesError, read_rules
 from vmstats.rules.mutes import MuteError, parse_mute
 from vmstats.rules.mutes import describe as describe_mute
 from vmstats.server.config import DEFAULT_HTTP_PORT
+from vmstats.stamps import moment
 from vmstats.words import counted
 
 #: Where ``vmstats rules mute`` and its kin find the server unless told.
@@ -226,7 +227,7 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
             value = "" if s.get("value") is None else " value %.4g" % s["value"]
             muted = " muted by %s" % s["muted"] if s.get("muted") else ""
             click.echo("  %-18s %-24s %-18s since %s%s%s" % (s["state"], s["rule"], s["scope"],
-                                                              _when(s["since"]), value, muted))
+                                                              moment(s["since"]), value, muted))
     deliveries = page.get("deliveries", {})
     dropped = deliveries.get("dropped")
     click.echo("deliveries pending: %d%s" % (deliveries.get("pending", 0),
@@ -339,8 +340,8 @@ def describe(entry: dict) -> str:
                                                 else "mute " + event["mute"])
         else:
             text = summary(event)
-        return "%s event   %s [%s]" % (_when(event["at"]), text, event["key"])
-    when = _when(entry["at"]) if "at" in entry else "-" * 20
+        return "%s event   %s [%s]" % (moment(event["at"]), text, event["key"])
+    when = moment(entry["at"]) if "at" in entry else "-" * 20
     if kind == "muted":
         return "%s muted    %s by mute %s" % (when, entry["key"], entry["mute"])
     if kind == "unmuted":
@@ -350,7 +351,3 @@ def describe(entry: dict) -> str:
                              entry["key"] + ("" if entry.get("ok") else ": " + entry.get("error", "")))
     return "%s %-8s %s%s" % (when, kind, entry.get("key", ""),
                              " #%d" % entry["n"] if "n" in entry else "")
-
-
-def _when(at: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))

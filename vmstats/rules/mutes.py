@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +29,7 @@ from datetime import datetime, timezone
 from vmstats import selectors
 from vmstats.rules.config import Match, _match, _Reader
 from vmstats.server.ownfiles import check_file, read_file
+from vmstats.stamps import moment
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Mute:
         return {"id": self.id, "match": self.given, "rule": list(self.rules),
                 "starts": self.starts, "ends": self.ends, "author": self.author,
                 "comment": self.comment, "created": self.created,
-                "starts_at": iso(self.starts), "ends_at": iso(self.ends)}
+                "starts_at": moment(self.starts), "ends_at": moment(self.ends)}
 
     def describe(self) -> str:
         return describe(self.as_dict())
@@ -113,12 +113,8 @@ def describe(entry: dict) -> str:
             given = match[key]
             what.append(word + " " + " or ".join([given] if isinstance(given, str) else given))
     what += ["%s %s" % kv for kv in sorted((match.get("tags") or {}).items())]
-    return "%s  %s .. %s  %s  by %s: %s" % (entry["id"], iso(entry["starts"]), iso(entry["ends"]),
+    return "%s  %s .. %s  %s  by %s: %s" % (entry["id"], moment(entry["starts"]), moment(entry["ends"]),
                                              ", ".join(what), entry["author"], entry["comment"])
-
-
-def iso(at: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def parse_time(value, what: str, problems: list[str]) -> float | None:
@@ -198,9 +194,9 @@ def parse_mute(data, now: float, mute_id: str | None = None, created: float | No
     reader.unknown(set(KEYS))
     if ends is not None and starts is not None and not problems:
         if ends <= now:
-            problems.append("ends %s is in the past (now %s)" % (iso(ends), iso(now)))
+            problems.append("ends %s is in the past (now %s)" % (moment(ends), moment(now)))
         elif ends <= starts:
-            problems.append("ends %s is not after starts %s" % (iso(ends), iso(starts)))
+            problems.append("ends %s is not after starts %s" % (moment(ends), moment(starts)))
     given = {key: value for key, value in (data.get("match") or {}).items()} \
         if isinstance(data.get("match"), dict) else {}
     if not problems and not rules and not given:

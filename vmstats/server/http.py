@@ -24,13 +24,13 @@ web page a victim opens cannot use the victim's network position to write record
 import hmac
 import io
 import json
-import time
 from collections.abc import Callable, Iterable
 
 from twisted.application import service
 from twisted.web import http, resource, server
 
 from vmstats.server.connections import ConnectionTable, listen_tcp, listening
+from vmstats.stamps import moment
 
 #: A route's handler: the request in, the body out (bytes, or server.NOT_DONE_YET).
 Handler = Callable[[server.Request], bytes | int]
@@ -371,4 +371,4 @@ def _body(request: server.Request, text: str, content_type: bytes) -> bytes:
 def last_seen_table(last_seen: dict[str, float], limit: int = 10000) -> dict[str, str]:
     """VM -> ISO time last heard from, most recent first, bounded for a readable page."""
     ordered = sorted(last_seen.items(), key=lambda item: -item[1])[:limit]
-    return {vm: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)) for vm, when in ordered}
+    return {vm: moment(when) for vm, when in ordered}

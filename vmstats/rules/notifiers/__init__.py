@@ -9,11 +9,10 @@ every kind alike, so a new kind is one module with ``from_config`` and
 ``send_group`` too, for an action with ``group_by`` (``grouping.py``).
 """
 
-import time
-
 from twisted.internet import defer
 
 from vmstats.rules.grouping import firing
+from vmstats.stamps import moment
 from vmstats.words import counted
 
 
@@ -65,7 +64,7 @@ def summary(event: dict) -> str:
             where, "out" if event["delta"] > 0 else "in", event["current"], event["desired"],
             event["delta"], event.get("placement") or "-", figure)
     if event["kind"] == "reminder":
-        return "%s: still %s since %s%s" % (where, event["to"], iso(event.get("since", event["at"])),
+        return "%s: still %s since %s%s" % (where, event["to"], moment(event.get("since", event["at"])),
                                             figure)
     because = ": %s" % event["reason"] if event.get("reason") else ""
     return "%s: %s -> %s%s%s" % (where, event["from"], event["to"], because, figure)
@@ -86,10 +85,6 @@ def group_summary(batch) -> tuple[str, str]:
             lines.append("%s:" % word)
             lines.extend("- %s [%s]" % (summary(event), key) for event, key in alerts)
     return title, "\n".join(lines)
-
-
-def iso(when: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _kinds() -> dict:

@@ -18,7 +18,8 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, read
 from twisted.web.http_headers import Headers
 
 from vmstats.rules.grouping import ALERT_LABELS, alert_labels, fingerprint, firing, group_key_text
-from vmstats.rules.notifiers import DeliveryError, Notifier, iso, summary
+from vmstats.rules.notifiers import DeliveryError, Notifier, summary
+from vmstats.stamps import moment
 
 SIGNATURE_HEADER = "X-Vmstats-Signature"
 KEY_HEADER = "Idempotency-Key"
@@ -66,8 +67,8 @@ def _alert(event: dict, key: str) -> dict:
             annotations[name] = str(event[name])
     began = event.get("since", event["at"]) if is_firing else event.get("began", event["at"])
     return {"status": "firing" if is_firing else "resolved", "labels": labels,
-            "annotations": annotations, "startsAt": iso(began),
-            "endsAt": _NEVER if is_firing else iso(event["at"]), "generatorURL": "",
+            "annotations": annotations, "startsAt": moment(began),
+            "endsAt": _NEVER if is_firing else moment(event["at"]), "generatorURL": "",
             "fingerprint": fingerprint(event)}
 
 
