@@ -30,6 +30,8 @@ from rulesutil import (
 )
 from serverproc import STATUS_TOKEN
 
+from vmstats.rules.service import last_heard
+
 
 def rules_cli(server, *args: str, token: str | None = STATUS_TOKEN) -> subprocess.CompletedProcess:
     """``vmstats rules ...`` against the server, as an operator runs it."""
@@ -259,3 +261,63 @@ def test_a_damaged_mutes_file_costs_its_bad_entries_not_the_start(tmp_path):
         with serve(tmp_path, rules) as server:
             assert rules_cli(server, "mutes").stdout == "0 mutes\n"
         assert "not a mutes file" in server.output
+
+
+def events_after(server, since: float, rule: str, scope: str) -> list[dict]:
+    return [e["event"] for e in log_entries(server) if e["type"] == "event"
+            and (e["event"]["rule"], e["event"]["scope"]) == (rule, scope) and e["event"]["at"] > since]
+
+
+def test_a_mute_by_tag_covers_vms_that_said_their_tags_before_it_and_before_a_restart(tmp_path):
+    """A mute of ``host = kvm9`` covers every VM known to be on kvm9 at once: one whose host
+    went down for the maintenance before the mute was made (its reminders), and, after a
+    restart, one that stopped across it (its silence), though neither reports again."""
+    body = ('[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\n'
+            'remind = "1s"\nactions = ["hook"]\n\n'
+            '[[rule]]\nname = "quiet"\nmetric = "cpu"\nperiod = 1\nsilent_after = "2s"\n'
+            'actions = ["hook"]\n')
+    down, other, still = "10.0.0.5", "10.0.0.6", "10.0.0.7"  # on kvm9, kvm1, kvm9
+    mute = {"match": {"tags": {"host": "kvm9"}}, "duration": "1h", "author": "ana",
+            "comment": "kvm9 kernel updates"}
+
+    def report(*which: str) -> None:
+        now = int(time.time())
+        server.send_udp(*[line(vm, now, 95.0 if vm == down else 20.0,
+                               host="kvm1" if vm == other else "kvm9") for vm in which])
+
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, body)
+        with serve(tmp_path, rules) as server:
+            def logged() -> bool:  # in the VMs' logs, and firing
+                report(down, other, still)
+                time.sleep(0.2)
+                heard = {vm for vm, _ts, _labels in last_heard(str(server.data_dir), time.time())}
+                return heard == {down, other, still} and bool(hook.alerts())
+
+            wait_until(logged)
+            # kvm9 goes down with ``down`` on it; then the mute is made.
+            code, made = post(server, json.dumps(mute).encode())
+            assert code == 201, made
+            answered = time.time()
+
+            def muted_reminders() -> list[dict]:
+                report(other, still)
+                time.sleep(0.2)
+                return len(muted_entries(server, down)) >= 2 and events_after(server, answered, "hot", down)
+
+            reminders = wait_until(muted_reminders)
+            muted = {e["key"] for e in muted_entries(server, down)}
+            sent = {e["key"] for e in log_entries(server) if e["type"] == "attempt"}
+            assert {e["kind"] for e in reminders} == {"reminder"}
+            assert all(e["key"] + ".hook" in muted and e["key"] + ".hook" not in sent for e in reminders)
+            report(other, still)  # reporting until the stop
+        with serve(tmp_path, rules) as server:
+            # Neither reports again: both go silent, the one on kvm9 muted.
+            wait_until(lambda: muted_entries(server, still) and [
+                a for a in hook.alerts() if a["labels"]["scope"] == other
+                and a["annotations"]["state"] == "silent"])
+            assert {e["mute"] for e in muted_entries(server, still)} == {made["id"]}
+            assert [a for a in hook.alerts() if a["labels"]["scope"] == still] == []
+            states = {(s["rule"], s["scope"]): s for s in json.loads(server.http("/alerts"))["states"]}
+            assert states[("quiet", still)]["muted"] == made["id"]
+            assert "muted" not in states[("quiet", other)]

@@ -417,6 +417,21 @@ class Engine:
         if not keep and not any(rs.rule.labels for rs in self.rules.values()):
             self._tags = {}
 
+    def seed_tags(self, heard: list[tuple[str, int, dict[str, str]]]) -> None:
+        """Each VM's tags as its newest logged record carries them (``service.last_heard``),
+        for a VM whose records since have not said (bounded as the routes are).
+
+        Tags are kept from a mute's creation (or a start), not before: a VM that reported
+        them earlier, and has not reported since (stopped: its host is being rebooted, the
+        maintenance the mute is for), would be unknown to it, and its silence paged.
+        """
+        if not self.keep_tags:
+            return
+        tags = self._tags
+        for vm, _ts, labels in heard:
+            if vm not in tags and len(tags) < self.settings.max_series:
+                tags[vm] = labels
+
     def vm_tags(self, vm: str) -> dict[str, str] | None:
         """A VM's tags as last seen (``host`` among them); None when not kept or not yet seen."""
         return self._tags.get(vm)

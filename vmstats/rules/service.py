@@ -274,14 +274,16 @@ class RulesService(service.Service):
         for (rule, direction), event in state.scaling.items():
             self.engine.restore_scaling(rule, direction, event["at"])
         quiet = [r.silent_after for r in self.ruleset.rules if r.silent_after and r.scope == "vm"]
-        if quiet and self.data_dir is not None:
-            heard = last_heard(self.data_dir, self.engine.clock(), max(quiet))
+        tagged = self.engine.keep_tags  # a mute names tags: every VM's, however long ago
+        if (quiet or tagged) and self.data_dir is not None:
+            heard = last_heard(self.data_dir, self.engine.clock(), None if tagged else max(quiet))
+            self.engine.seed_tags(heard)
             # The newest record logged is about when the server stopped (never after now: an
             # agent's clock may be ahead).  Who was reporting is judged at that moment, not
             # at this start: a restart slower than silent_after would otherwise leave every
             # VM that stopped across it for quiet before it, and none would go silent.
             stopped = min(self.engine.clock(), max((ts for _vm, ts, _l in heard), default=0))
-            for vm, ts, labels in heard:
+            for vm, ts, labels in heard if quiet else ():
                 if stopped - ts < max(quiet):
                     self.engine.reporting(vm, ts, labels, stopped)
         if state.pending:
@@ -412,13 +414,16 @@ class RulesService(service.Service):
         if len(self.mutes.mutes) >= MAX_MUTES:
             return defer.succeed((400, {"error": "%d mutes are in force already, the most there may "
                                                  "be: expire some first" % MAX_MUTES}))
+        seed = bool(mute.match.tags) and not self.engine.keep_tags
         self.mutes.mutes[mute.id] = mute
         self.engine.keeping_tags(self.mutes.names_tags())
 
         def saved(_):
             log.info("mute %s added: %s", mute.id, mute.describe())
             self._schedule_mutes()
-            return 201, mute.as_dict()
+            if not seed:
+                return 201, mute.as_dict()
+            return self._seed_tags().addCallback(lambda _: (201, mute.as_dict()))
 
         def failed(failure):
             self.mutes.mutes.pop(mute.id, None)
@@ -426,6 +431,24 @@ class RulesService(service.Service):
             return 500, {"error": "cannot write %s: %s" % (self.mutes.path, failure.getErrorMessage())}
 
         return self._save_mutes().addCallbacks(saved, failed)
+
+    def _seed_tags(self) -> defer.Deferred:
+        """The tags of every VM the logs know, from each one's newest logged record (read on
+        the mutes' thread), for a mute naming tags that the rules kept none for until now.
+
+        A VM that reported its tags before the mute and has not reported since (its host
+        already down for the maintenance) is then covered all the same; one whose records
+        came in meanwhile keeps what they said.  What the logs cannot say yet (records of
+        the last flush interval, not yet written) its next record does.
+        """
+        def failed(failure) -> None:
+            log.warning("rules: the VMs' logs were not read for their tags (a mute naming "
+                        "tags covers each VM from its next record): %s", failure.getErrorMessage())
+
+        if self.data_dir is None:
+            return defer.succeed(None)
+        return self._mute_writer.run(last_heard, self.data_dir, self.engine.clock()).addCallbacks(
+            self.engine.seed_tags, failed)
 
     def expire_mute(self, mute_id: str) -> defer.Deferred:
         """End a mute now (what it held back is sent if it still fires): (HTTP status, answer)."""
