@@ -321,3 +321,40 @@ def test_a_mute_by_tag_covers_vms_that_said_their_tags_before_it_and_before_a_re
             states = {(s["rule"], s["scope"]): s for s in json.loads(server.http("/alerts"))["states"]}
             assert states[("quiet", still)]["muted"] == made["id"]
             assert "muted" not in states[("quiet", other)]
+
+
+def test_a_member_under_a_mute_is_left_out_of_its_groups_figure(tmp_path):
+    """A pool member being rebooted reads 0 % CPU: it pulled the pool's mean down to a
+    scale-in its mute did not cover (the group's decision is its rule's).  Muted, its readings
+    are left out of the figure (it still counts as a member), so nothing is decided from it;
+    once every member is muted, the group's alerts and scaling are muted by those mutes."""
+    body = ('[[rule]]\nname = "pool"\nscope = "group"\nmatch = { id = "web-*" }\nmetric = "cpu"\n'
+            'enter = 60\nexit = 50\nperiod = 1\nactions = ["hook"]\n'
+            '[rule.scale]\ntarget = 40\nmin = 1\nmax = 10\n')
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            rebooted = add_mute(server, "--id", "web-3", "--duration", "1h")
+
+            def group() -> dict | None:
+                now = int(time.time())
+                server.send_udp(*[line("web-%d" % i, now, 0.0 if i == 3 else 40.0, host="h1")
+                                  for i in range(4)])
+                time.sleep(0.2)
+                rows = [s for s in json.loads(server.http("/alerts"))["states"]
+                        if s["scope"] == "group" and s["value"] is not None]
+                return rows[0] if rows else None
+
+            for _ in range(3):  # a few figures, each of the three others only
+                row = wait_until(group)
+                assert row["value"] == 40.0 and row["state"] == "ok" and "muted" not in row, row
+            decided = [e["event"] for e in log_entries(server) if e["type"] == "event"]
+            assert decided == [] and hook.alerts() == []  # no scale-in from the rebooted member
+            # Every member under maintenance: the group's alerts are muted by their mutes.
+            everyone = add_mute(server, "--id", "web-*", "--duration", "30m")
+            def muted() -> str | None:
+                group()  # the members go on reporting
+                return next((s["muted"] for s in json.loads(server.http("/alerts"))["states"]
+                             if s["scope"] == "group" and s.get("muted")), None)
+
+            assert wait_until(muted) == everyone  # the first of the mutes to end that leaves one out
+            assert rebooted != everyone

@@ -24,7 +24,7 @@ import logging
 import math
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from itertools import count, repeat
 
 from vmstats.rules import metric as metrics
@@ -103,12 +103,17 @@ class Engine:
 
     def __init__(self, ruleset: RuleSet, clock: Callable[[], float],
                  pending_scale: Callable[[str], bool] = lambda rule: False,
-                 muted: Callable[[str], object] = lambda rule: None):
+                 muted: Callable[[str], object] = lambda rule: None,
+                 muted_members: Callable[[str, Iterable[str]], Collection[str]] = lambda rule, vms: ()):
         self.clock = clock
         self.pending_scale = pending_scale
         #: The mute covering a rule's scaling now (``mutes.Mute``: its ``id`` and ``ends``), or
         #: None: asked only when a decision would be acted on (``_scale``), never per record.
         self.muted = muted
+        #: The members of a group rule (of those given) a mute naming them covers now: their
+        #: readings are left out of the group's figure.  Asked when a group's figure is made
+        #: (a tick at most), never per record.
+        self.muted_members = muted_members
         #: Keep every VM's tags (``_tags``), not only those of rules whose alerts carry them:
         #: set while a mute names tags (``host``), which it matches at delivery against them.
         self.keep_tags = False
@@ -516,7 +521,14 @@ class Engine:
         self.size -= len(gone)
         if now < rs.warm_until:  # members still arriving: a figure of some of them decides nothing
             return
-        figures = [member[0] for member in rs.members.values() if member[0] is not None]
+        # A member a mute covers (under maintenance) neither raises nor holds up the figure;
+        # it still counts as a member (it is in the pool, back after the maintenance).
+        muted = self.muted_members(rule.name, rs.members)
+        if muted:
+            figures = [member[0] for vm, member in rs.members.items()
+                       if member[0] is not None and vm not in muted]
+        else:
+            figures = [member[0] for member in rs.members.values() if member[0] is not None]
         value = aggregate(rule.aggregate, figures, rule.level)
         period = int(now // rule.period)
         series = rs.series.get(GROUP)
@@ -718,8 +730,9 @@ class Engine:
             return
         rs.held = None
         hosts: dict[str, list[float]] = {}
-        for _value, _arrival, host, cpu in rs.members.values():
-            if host and cpu is not None:
+        muted = self.muted_members(rule.name, rs.members) if out else ()
+        for vm, (_value, _arrival, host, cpu) in rs.members.items():
+            if host and cpu is not None and vm not in muted:  # not a host under maintenance
                 hosts.setdefault(host, []).append(cpu)
         where = scaling.placement(hosts, scale.hosts, rs.turn) if out else None
         if out and not hosts and scale.hosts:
@@ -740,6 +753,11 @@ class Engine:
                              "since": series.since, "value": series.value})
         rows.sort(key=lambda r: (r["state"] == "ok", -r["since"]))
         return rows[:limit]
+
+    def members(self, rule: str) -> list[str]:
+        """The VMs counted in a group rule's figure and count (reported within two periods)."""
+        rs = self.rules.get(rule)
+        return list(rs.members) if rs is not None else []
 
     def state_counts(self) -> dict[tuple[str, str], int]:
         return {(name, state): rs.states[state] for name, rs in self.rules.items()

@@ -14,7 +14,8 @@ This module holds the mute itself (its checks, one readable line for a
 refusal), what it covers, and the file the mutes persist in beside the action
 log (``DATA_DIR/rules/mutes.json``, replaced whole and fsync'd, so a crash
 leaves the old set or the new one).  The check runs when an event is delivered
-or a scaling decision would be acted on, never per record.
+or a scaling decision would be acted on, and when the figure of a group whose
+members a mute names is made (they are left out of it), never per record.
 """
 
 import json
@@ -23,6 +24,7 @@ import math
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -269,6 +271,25 @@ class MuteSet:
         for mute in self.mutes.values():
             if mute.active(now) and mute.covers(rule, scope, tags) and (
                     found is None or mute.ends > found.ends):
+                found = mute
+        return found
+
+    def naming_vms(self, rule: str, now: float) -> list[Mute]:
+        """The mutes in force that name VMs and cover ``rule``'s alerts about them."""
+        return [m for m in self.mutes.values() if m.names_vms and m.active(now)
+                and (not m.rules or selectors.selected(rule, m.rules, []))]
+
+    def covering_all(self, rule: str, vms: list[str],
+                     tags_of: Callable[[str], dict[str, str] | None], now: float) -> Mute | None:
+        """The mute covering a group's alert of ``rule`` because one covers each of its
+        members ``vms`` (a group of VMs all under maintenance): the one whose end first
+        leaves a member uncovered.  None when a member is not covered (or there is none)."""
+        found = None
+        for vm in vms:
+            mute = self.covering(rule, vm, tags_of(vm), now)
+            if mute is None:
+                return None
+            if found is None or mute.ends < found.ends:
                 found = mute
         return found
 

@@ -239,8 +239,11 @@ class RulesService(service.Service):
         self.dispatcher = Dispatcher(reactor, self.log, ruleset.actions, s.retry_for, s.retry_min,
                                      s.retry_max, clock, s.max_pending, self.muting)
         self.engine = Engine(ruleset, clock, self.dispatcher.holds_scale,
-                             lambda rule: self.mutes.covering(rule, GROUP, None, self.engine.clock()))
+                             lambda rule: self.mute_of(rule, GROUP), self.muted_members)
         self.mutes = MuteSet(directory)
+        #: rule -> (the ids of the mutes naming VMs that cover it, vm -> (its tags as last
+        #: judged, covered?)): a group's members are judged again only when those change.
+        self._members_judged: dict[str, tuple[tuple[str, ...], dict]] = {}
         #: The mutes file is replaced on a thread of its own, one write after another.
         self._mute_writer = Workers(reactor, "vmstats-mutes", 1)
         self._next_mute = None
@@ -398,11 +401,48 @@ class RulesService(service.Service):
     # -- mutes (mutes.py) -------------------------------------------------------------------------
     def muting(self, event: dict) -> Mute | None:
         """The mute covering an event now, if any (asked by the dispatcher at delivery)."""
-        scope = event["scope"]
-        tags = None if scope == GROUP else self.engine.vm_tags(scope)
-        if tags is None:
-            tags = event.get("labels")  # those its grouped actions name, if any
-        return self.mutes.covering(event["rule"], scope, tags, self.engine.clock())
+        return self.mute_of(event["rule"], event["scope"], event.get("labels"))
+
+    def mute_of(self, rule: str, scope: str, labels: dict[str, str] | None = None) -> Mute | None:
+        """The mute covering the alert of ``rule`` about ``scope`` now.
+
+        A VM's: by its tags as the server knows them (else those its event carries).  A
+        group's: a mute naming its rule, or, when every member is under a mute naming it,
+        those mutes (a group of VMs all under maintenance has nothing else to say).
+        """
+        now = self.engine.clock()
+        if scope != GROUP:
+            tags = self.engine.vm_tags(scope)
+            return self.mutes.covering(rule, scope, labels if tags is None else tags, now)
+        found = self.mutes.covering(rule, GROUP, None, now)
+        if found is None and self.mutes.naming_vms(rule, now):
+            found = self.mutes.covering_all(rule, self.engine.members(rule), self.engine.vm_tags, now)
+        return found
+
+    def muted_members(self, rule: str, vms) -> set[str] | tuple:
+        """The members of a group rule (of ``vms``) a mute naming VMs covers now: the engine
+        leaves their readings out of the group's figure.
+
+        Asked each time the figure is made (a tick at most): each member is judged once while
+        the same mutes are in force and its tags are the same, not each time.
+        """
+        mutes = self.mutes.naming_vms(rule, self.engine.clock())
+        if not mutes:
+            self._members_judged.pop(rule, None)
+            return ()
+        ids = tuple(mute.id for mute in mutes)
+        judged = self._members_judged.get(rule)
+        if judged is None or judged[0] != ids or len(judged[1]) > 2 * len(vms) + 100:
+            judged = self._members_judged[rule] = (ids, {})
+        known, tags_of, covered = judged[1], self.engine.vm_tags, set()
+        for vm in vms:
+            tags = tags_of(vm)
+            seen = known.get(vm)
+            if seen is None or seen[0] is not tags:
+                seen = known[vm] = (tags, any(mute.covers(rule, vm, tags) for mute in mutes))
+            if seen[1]:
+                covered.add(vm)
+        return covered
 
     def add_mute(self, data) -> defer.Deferred:
         """A new mute, in force once on disk: fires with (HTTP status, the mute or an error)."""
@@ -515,11 +555,9 @@ class RulesService(service.Service):
                 "series": engine.size, "series_refused": engine.refused}
         if details:
             page["states"] = engine.states(1000)
-            now = engine.clock()
             if self.mutes.mutes:  # evaluated and shown as ever; notifications held back
                 for row in page["states"]:
-                    mute = self.mutes.covering(row["rule"], row["scope"], engine.vm_tags(row["scope"]),
-                                               now)
+                    mute = self.mute_of(row["rule"], row["scope"])
                     if mute is not None:
                         row["muted"] = mute.id
             page["recent"] = list(self.log.recent)
