@@ -11,6 +11,7 @@ import csv
 import html
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,19 @@ def backtest(tmp_path_factory):
     assert done.returncode == 0, done.stderr
     document = json.loads((out / "backtest.json").read_text())
     return history, out, done.stdout, document, {row["vm"]: row for row in document["vms"]}
+
+
+@pytest.fixture(scope="module")
+def compacted(backtest, tmp_path_factory):
+    """The history's logs compacted whole into the columnar tier, once for the module (a pass
+    takes seconds): (data dir, the pass's summary).  A test that damages it works on a copy."""
+    from vmstats.server import compact as compact_mod
+
+    data = tmp_path_factory.mktemp("compacted") / "data"
+    shutil.copytree(backtest[1].parent / "data", data)
+    # now=4e9: every day closed long ago.
+    summary = compact_mod.compact(str(data), compact_mod.Policy(0, 1e10, 1e10), now=4e9)
+    return data, summary
 
 
 # -- the independent computation ---------------------------------------------------------------
@@ -326,7 +340,6 @@ def test_an_excluded_quiet_vm_is_not_a_missed_saving(backtest, tmp_path):
 def test_a_fifo_or_folder_in_a_judged_day_file_is_named_not_fatal(backtest, tmp_path):
     """Damage in the judging window ends nothing: the file is named and the rest judged."""
     import os
-    import shutil
 
     _history_, out, _stdout, _doc, rows = backtest
     data = tmp_path / "data"
@@ -347,17 +360,10 @@ def test_a_fifo_or_folder_in_a_judged_day_file_is_named_not_fatal(backtest, tmp_
     assert {vm: r["outcome"] for vm, r in again.items()} == {vm: r["outcome"] for vm, r in rows.items()}
 
 
-def test_compacted_logs_give_the_same_backtest(backtest, tmp_path):
+def test_compacted_logs_give_the_same_backtest(backtest, compacted, tmp_path):
     """The judging window's records come from the columnar tier as they did from the CSV files."""
-    import shutil
-
-    from vmstats.server import compact as compact_mod
-
     _history_, out, _stdout, _doc, rows = backtest
-    data = tmp_path / "data"
-    shutil.copytree(out.parent / "data", data)
-    policy = compact_mod.Policy(0, 1e10, 1e10)
-    summary = compact_mod.compact(str(data), policy, now=4e9)  # every day closed long ago
+    data, summary = compacted
     assert summary.days_compacted and not list(data.glob("vms/*/*.csv"))
     done = vmstats("backtest", data, "-o", tmp_path / "out", "--policy", out.parent / "policy.toml")
     assert done.returncode == 0, done.stderr
@@ -365,20 +371,15 @@ def test_compacted_logs_give_the_same_backtest(backtest, tmp_path):
     assert again == rows
 
 
-def test_a_damaged_columnar_file_is_named_once_with_the_vms_it_held(backtest, tmp_path):
+def test_a_damaged_columnar_file_is_named_once_with_the_vms_it_held(backtest, compacted, tmp_path):
     """A columnar file holds a day of every VM: when its rows cannot be read it is one damaged
     file, named once with how many VMs lost that day, not once per VM."""
-    import shutil
-
     import pyarrow.parquet as pq
     from test_report_damaged import _rewrite_tier
 
-    from vmstats.server import compact as compact_mod
-
     _history_, out, _stdout, _doc, rows = backtest
     data = tmp_path / "data"
-    shutil.copytree(out.parent / "data", data)
-    compact_mod.compact(str(data), compact_mod.Policy(0, 1e10, 1e10), now=4e9)
+    shutil.copytree(compacted[0], data)
     damaged = sorted((data / "columnar").iterdir())[-3]  # a judged day
     held = len(set(pq.read_table(damaged, columns=["vm"]).column("vm").to_pylist()))
     assert held > 1
@@ -393,17 +394,12 @@ def test_a_damaged_columnar_file_is_named_once_with_the_vms_it_held(backtest, tm
     assert "(rows of %d VMs)" % held in done.stdout
 
 
-def test_a_truncated_columnar_file_is_named_too(backtest, tmp_path):
+def test_a_truncated_columnar_file_is_named_too(backtest, compacted, tmp_path):
     """A columnar file too damaged to list its VMs never becomes a day to read; its day is still
     missing from the windows, so the backtest names it rather than judging without it in silence."""
-    import shutil
-
-    from vmstats.server import compact as compact_mod
-
     _history_, out, _stdout, _doc, _rows = backtest
     data = tmp_path / "data"
-    shutil.copytree(out.parent / "data", data)
-    compact_mod.compact(str(data), compact_mod.Policy(0, 1e10, 1e10), now=4e9)
+    shutil.copytree(compacted[0], data)
     damaged = sorted((data / "columnar").iterdir())[-3]  # a judged day
     damaged.write_bytes(damaged.read_bytes()[:100])
     done = vmstats("backtest", data, "-o", tmp_path / "out", "--policy", out.parent / "policy.toml")
@@ -416,8 +412,6 @@ def test_a_truncated_columnar_file_is_named_too(backtest, tmp_path):
 
 def test_a_judged_day_file_with_nul_bytes_is_named_with_its_rows_kept(backtest, tmp_path):
     """NUL bytes in one line cost that line only; the file is named, as the report names it."""
-    import shutil
-
     _history_, out, _stdout, _doc, rows = backtest
     data = tmp_path / "data"
     shutil.copytree(out.parent / "data", data)
@@ -434,8 +428,6 @@ def test_a_judged_day_file_with_nul_bytes_is_named_with_its_rows_kept(backtest, 
 
 def test_a_judged_day_file_with_no_readable_row_says_so(backtest, tmp_path):
     """A file whose every row is damaged is not "N malformed lines skipped": nothing of it was used."""
-    import shutil
-
     _history_, out, _stdout, _doc, _rows = backtest
     data = tmp_path / "data"
     shutil.copytree(out.parent / "data", data)

@@ -118,13 +118,24 @@ def _damage(kind: str, data_dir: Path, end: int) -> tuple[Path, int]:
 KINDS = (*_BAD_LINES, "random junk", "truncated gzip", "directory", "fifo", "dangling link")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_damaged_file_is_named_and_the_rest_reported(tmp_path, kind):
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def undamaged(tmp_path_factory) -> tuple[int, dict]:
+    """(end, report.json) of write_fleet's two days ending at ``end``, before any damage: one
+    report for the module's tests that damage their own copy of the same fleet (``--no-cache``:
+    the report neither reads nor writes a cache, so it leaves nothing in the data dir)."""
+    base = tmp_path_factory.mktemp("undamaged")
     end = _end()
-    write_fleet(data, end)
-    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 7, "--no-cache")
+    write_fleet(base / "data", end)
+    code, _out, err, clean = report(base / "data", base / "clean", "--days", 7, "--no-cache")
     assert code == 0, err
+    return end, clean
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_file_is_named_and_the_rest_reported(tmp_path, kind, undamaged):
+    data = tmp_path / "data"
+    end, clean = undamaged
+    write_fleet(data, end)
     path, rows = _damage(kind, data, end)
     out = tmp_path / "out"
     code, stdout, err, document = report(data, out, "--days", 7, timeout=60)
@@ -296,14 +307,12 @@ def test_a_day_without_a_readable_row_costs_that_day_only(tmp_path):
         assert "resized" not in row["data_quality"] and "impossible" not in row["data_quality"], row
 
 
-def test_a_fifo_as_a_vms_newest_or_oldest_day_file_never_blocks(tmp_path):
+def test_a_fifo_as_a_vms_newest_or_oldest_day_file_never_blocks(tmp_path, undamaged):
     """The report reads the newest day file's last row for a VM's labels and headroom the
     oldest's first row for the window's start: a FIFO in either place is named, not waited on."""
     data = tmp_path / "data"
-    end = _end()
+    end, clean = undamaged
     write_fleet(data, end)
-    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 7, "--no-cache")
-    assert code == 0, err
     newest, oldest = _day_file(data, "10.0.0.1", end), _day_file(data, "10.0.0.2", end - 3 * DAY)
     lost = newest.read_bytes().count(b"\n") - 1  # its rows, after the header
     newest.unlink()
