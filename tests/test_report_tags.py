@@ -43,30 +43,32 @@ def test_tags_travel_from_the_agent_through_the_server_to_the_report(tmp_path):
     conf.write_text("# a second team's VM\ntags = project=search, owner=web-team\nhost = hv-b\n")
     with ServerProcess(tmp_path / "server", "--flush-interval", "0.3") as server:
         address = "%s:%d" % (LOOPBACK, server.udp_port)
-        with_env = subprocess.run(
-            agent_command("--server", address, "--count", "2", "--vm-id", "billing-db", "--host", "hv-a"),
-            env=dict(ENV, VMSTATS_TAGS="project=billing,env=prod"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert with_env.returncode == 0, with_env.stderr
-        from_file = subprocess.run(
-            agent_command("--server", address, "--count", "2", "--vm-id", "search-1", "--config", str(conf)),
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert from_file.returncode == 0, from_file.stderr
-        untagged = subprocess.run(
-            agent_command("--server", address, "--count", "2", "--vm-id", "plain-vm"),
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert untagged.returncode == 0, untagged.stderr
+        # The three agents at once: each spends its two intervals waiting.
+        agents = {
+            "with_env": subprocess.Popen(
+                agent_command("--server", address, "--count", "2", "--vm-id", "billing-db", "--host", "hv-a"),
+                env=dict(ENV, VMSTATS_TAGS="project=billing,env=prod"),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ),
+            "from_file": subprocess.Popen(
+                agent_command("--server", address, "--count", "2", "--vm-id", "search-1",
+                              "--config", str(conf)),
+                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ),
+            "untagged": subprocess.Popen(
+                agent_command("--server", address, "--count", "2", "--vm-id", "plain-vm"),
+                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ),
+        }
+        try:
+            for name, agent in agents.items():
+                _out, err = agent.communicate(timeout=60)
+                assert agent.returncode == 0, (name, err)
+        finally:
+            for agent in agents.values():
+                if agent.poll() is None:
+                    agent.kill()
+                    agent.wait()
         rows = {vm: wait_rows(server.data_dir, vm, 2) for vm in ("billing-db", "search-1", "plain-vm")}
     # The logs: the tags cell, sorted by key; an untagged row is a version-1 row.
     assert [r["tags"] for r in rows["billing-db"]] == ["env=prod;project=billing"] * 2
