@@ -445,7 +445,7 @@ def test_the_server_counts_a_lock_folder_and_logs_it_once(tmp_path):
     data = tmp_path / "data"
     _write_fleet(data, vms=1, days=2, first=int(time.time()) // DAY - 4, step=3600)
     (data / "compaction.lock").mkdir()
-    with serve(tmp_path, "--compact-interval", "1s", "--compact-after", "1d") as server:
+    with serve(tmp_path, "--compact-interval", "0.3s", "--compact-after", "1d") as server:
         server.wait_for(lambda s: s.metrics().get("vmstats_compaction_failures", 0) >= 3, timeout=60)
         assert server.metrics()["vmstats_compaction_passes"] == 0
         (data / "compaction.lock").rmdir()
