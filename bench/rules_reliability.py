@@ -1,4 +1,4 @@
-"""Rules reliability: SIGKILLs during delivery, and a receiver outage.
+"""Rules reliability: SIGKILLs during delivery, a receiver outage, and a group under both.
 
     .venv/bin/python bench/rules_reliability.py                 # 20 kills, a 10-minute outage
     .venv/bin/python bench/rules_reliability.py --outage 60     # a shorter outage
@@ -15,10 +15,23 @@ receiver recognised.
 Outage: the receiver answers 503 for ``--outage`` seconds while 20 VMs go
 into alarm, then recovers; with the default retry settings (backoff to 5
 minutes, for 24 h) every transition must arrive exactly once.
+
+Group: a pool of 10 VMs under one group rule (mean CPU, 2 of 2 periods of
+1 s, and target tracking with hour-long cooldowns) reports over UDP with
+``--group-loss`` of its datagrams dropped at random (the agents' side of
+loss: members missing from some periods), hot then calm, ``--group-kills``
+times; each time the server is SIGKILLed as soon as the calm phase's
+transition is logged, while the slow receiver still has it.  Every phase
+must make exactly one transition of the group (no flap from a missing
+member, none lost to the warm-up each start begins with), each received
+once by key, and the whole run exactly one scaling action: hot phases ask
+for a scale-out, calm ones a scale-in, and the cooldowns, restored from the
+action log at each start, hold every decision after the first.
 """
 
 import argparse
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -29,7 +42,99 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from rulesutil import HOT, SECRET, WebhookReceiver, line, rules_file, serve, sigkill_rounds  # noqa: E402
+from rulesutil import (  # noqa: E402
+    HOT,
+    SECRET,
+    WebhookReceiver,
+    line,
+    log_entries,
+    rules_file,
+    serve,
+    sigkill_rounds,
+    wait_until,
+)
+
+from vmstats.words import counted  # noqa: E402
+
+#: The group run's rule: a pool's mean CPU, 2 of 2 periods of 1 s, and target tracking whose
+#: hour-long cooldowns allow one scaling action in the whole run.
+POOL = """
+[[rule]]
+name = "pool"
+scope = "group"
+match = { id = "10.0.2.*" }
+metric = "cpu"
+aggregate = "mean"
+enter = 80
+exit = 50
+period = 1
+datapoints = 2
+periods = 2
+actions = ["hook"]
+[rule.scale]
+target = 50
+min = 1
+max = 40
+out_cooldown = "1h"
+in_cooldown = "1h"
+
+[settings]
+retry_min = "0.2s"
+retry_max = "0.5s"
+"""
+
+
+def group(folder: Path, hook: WebhookReceiver, kills: int, loss: float, members: int = 10) -> dict:
+    """A pool through ``kills`` SIGKILLs (and a last clean run), ``loss`` of its datagrams
+    dropped; what the action log decided and the receiver got (see the module's doc)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rules = rules_file(folder, hook.url, POOL)
+    chance = random.Random(7)
+    vms = ["10.0.2.%d" % i for i in range(1, members + 1)]
+    counts = {"sent": 0, "dropped": 0}
+    server = None
+
+    def transitions() -> int:
+        return sum(1 for e in log_entries(server) if e["type"] == "event"
+                   and e["event"]["kind"] == "transition")
+
+    def report(cpu: float) -> None:
+        now = int(time.time())
+        kept = [vm for vm in vms if chance.random() >= loss]
+        counts["sent"] += len(kept)
+        counts["dropped"] += members - len(kept)
+        server.send_udp(*[line(vm, now, cpu) for vm in kept])
+        time.sleep(0.25)
+
+    for kill in range(kills + 1):
+        server = serve(folder, rules).start()
+        try:
+            for cpu in (95.0, 20.0):  # hot until the group's alarm is logged, calm until its ok
+                want = transitions() + 1
+                wait_until(lambda cpu=cpu, want=want: report(cpu) or transitions() >= want, 60)
+            if kill < kills:
+                server.kill()  # the calm phase's transition logged, its delivery under way
+            else:
+                server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, 60)
+        finally:
+            if server.returncode is None:
+                server.kill()
+    with hook.lock:
+        keys = list(hook.keys)
+    events = [e["event"] for e in log_entries(server) if e["type"] == "event"]
+    changes = sorted((e for e in events if e["kind"] == "transition"), key=lambda e: e["seq"])
+    states = [e["to"] for e in changes]
+    delivered = {e["key"] + ".hook" for e in events if e["actions"]}
+    return {"rounds": kills, "records": counts["sent"], "datagrams_dropped": counts["dropped"],
+            "phases": 2 * (kills + 1), "transitions": len(changes),
+            "lost": sorted(delivered - set(keys)),
+            # A step of the chain decided twice, or a POST the log never held.
+            "duplicated": len(changes) - len({e["seq"] for e in changes}) + len(set(keys) - delivered),
+            "chain_broken": int([e["seq"] for e in changes] != list(range(1, len(changes) + 1))
+                                or any(a == b for a, b in zip(states, states[1:], strict=False))),
+            "scale_actions": sum(1 for e in events if e["kind"] == "scale"),
+            "held_by_cooldown": sum(1 for e in events if e["kind"] == "held" and e["reason"] == "cooldown"),
+            "posts": len(keys), "repeats_caught_by_key": len(keys) - len(set(keys))}
 
 
 def outage(folder: Path, seconds: float, vms: int = 20) -> dict:
@@ -56,6 +161,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--outage", type=float, default=600.0, help="seconds (0: skip)")
+    parser.add_argument("--group-kills", type=int, default=5,
+                        help="SIGKILLs of the group run (-1: skip it)")
+    parser.add_argument("--group-loss", type=float, default=0.2, help="its datagrams dropped, 0-1")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vmstats-bench-rules-rel-"))
@@ -70,6 +178,12 @@ def main() -> int:
         if args.outage:
             results["outage"] = outage(work / "outage", args.outage)
             print(json.dumps(results["outage"]), flush=True)
+        if args.group_kills >= 0:
+            began = time.time()
+            with WebhookReceiver(SECRET.encode(), delay=0.3) as hook:
+                results["group"] = group(work / "group", hook, args.group_kills, args.group_loss)
+            results["group"]["seconds"] = round(time.time() - began)
+            print(json.dumps(results["group"]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     kills = results["sigkill"]
@@ -87,6 +201,17 @@ def main() -> int:
         print("receiver down %gs: %d transitions, %d received (%d distinct) %.1fs after recovery "
               "[target all, once: %s]" % (o["outage_s"], o["transitions"], o["received"], o["distinct"],
                                           o["all_delivered_s_after_recovery"], "met" if once else "MISSED"))
+    if "group" in results:
+        g = results["group"]
+        whole = (not g["lost"] and not g["duplicated"] and not g["chain_broken"]
+                 and g["transitions"] == g["phases"] and g["scale_actions"] == 1)
+        ok = ok and whole
+        print("group of 10, %d%% of its datagrams dropped, %s: %d phases, %d transitions, "
+              "%d lost, %d duplicated, %s, %d held by a cooldown [target a transition a phase, 0 "
+              "lost, 0 duplicated, 1 scaling action: %s]"
+              % (round(100 * args.group_loss), counted(g["rounds"], "SIGKILL"), g["phases"], g["transitions"],
+                 len(g["lost"]), g["duplicated"], counted(g["scale_actions"], "scaling action"),
+                 g["held_by_cooldown"], "met" if whole else "MISSED"))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0 if ok else 1
