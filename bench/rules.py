@@ -72,6 +72,8 @@ SILENT_AFTER = "5m"
 #: the rules' ticks: read before and after each flood.
 PARSED_HERE = 'vmstats_parsed_payloads_total{where="here"}'
 TICK_CPU = 'vmstats_rule_cpu_seconds_total{kind="tick"}'
+#: The reactor's CPU microseconds a record in a flood (``reactor_seconds``).
+REACTOR = "reactor_us"
 
 
 def vm_id(k: int) -> str:
@@ -283,13 +285,21 @@ def host_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def reactor_seconds(pid: int) -> float:
+    """User+system CPU of the server's own process (the reactor and its threads), without its
+    parsers and writers: under the flood the reactor is what bounds the rate."""
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def flood(server: ServerProcess, chunks: list[bytes],
           clock: FlushClock) -> tuple[float, float, bool, float]:
     """(records/s over one TCP connection, timed to the last batch's acknowledgement,
     the server's CPU microseconds per record, its processes together, from the flood's first
     record until its last is in the logs, whether a flush cut into the flood, the CPU seconds
     the host spent on anything but the server and this process until the acknowledgement,
-    and until then the payloads the reactor parsed itself and the rules' ticks' CPU seconds).
+    and until then the payloads the reactor parsed itself, the rules' ticks' CPU seconds and
+    the reactor's CPU microseconds per record).
 
     The last is a neighbour's share of a shared host: a round it is large in says the host's
     load, not the server's, set its rate.
@@ -304,13 +314,16 @@ def flood(server: ServerProcess, chunks: list[bytes],
     start = server.metrics()
     clock.wait_for_next()
     cpu, busy, own = cpu_seconds(server.pid), host_busy(), sum(os.times()[:2])
+    reactor = reactor_seconds(server.pid)
     reply, elapsed = send_synced(server.tcp_port, chunks, timeout=120)
+    reactor = reactor_seconds(server.pid) - reactor
     others = (host_busy() - busy) - (sum(os.times()[:2]) - own) - (cpu_seconds(server.pid) - cpu)
     assert reply.startswith(b"#!ack"), reply
     end = server.metrics()
     cut = end["vmstats_buffered_records"] < count
     written_out(server)
     seen = {key: end.get(key, 0) - start.get(key, 0) for key in (PARSED_HERE, TICK_CPU)}
+    seen[REACTOR] = reactor / count * 1e6
     return (count / elapsed, (cpu_seconds(server.pid) - cpu) / count * 1e6, cut, max(0.0, others),
             seen)
 
@@ -352,6 +365,7 @@ def main() -> int:
                 others: dict[str, list[float]] = {"without": [], "with": []}
                 here: dict[str, list[int]] = {"without": [], "with": []}
                 ticks: dict[str, list[float]] = {"without": [], "with": []}
+                reactor: dict[str, list[float]] = {"without": [], "with": []}
                 transitions = []  # decided by the rules during each round (none is expected)
                 for turn in range(rounds):
                     chunks = flood_chunks(args.flood)  # the same records for both, in turn
@@ -362,17 +376,19 @@ def main() -> int:
                         others[name].append(round(neighbours, 2))
                         here[name].append(int(seen[PARSED_HERE]))
                         ticks[name].append(round(seen[TICK_CPU], 3))
+                        reactor[name].append(round(seen[REACTOR], 3))
                         rates[name].append(rate)
                         cpu[name].append(us)
                         cut[name].append(flushed)
                     transitions.append(int(with_rules.metrics().get(
                         "vmstats_rule_transitions_total", 0) - before))
-                    print("ingest records/s: without %.0f (%.2f CPU us each; others on the host "
-                          "%.2f s; %d payloads parsed in the reactor), with 50 rules %.0f (%.2f; "
-                          "%.2f s; %d; ticks %.3f CPU s); %d transitions%s" % (
-                              rates["without"][-1], cpu["without"][-1], others["without"][-1],
-                              here["without"][-1], rates["with"][-1], cpu["with"][-1],
-                              others["with"][-1], here["with"][-1], ticks["with"][-1],
+                    print("ingest records/s: without %.0f (%.2f CPU us each, the reactor %.2f; "
+                          "others on the host %.2f s; %d payloads parsed in the reactor), with 50 "
+                          "rules %.0f (%.2f, %.2f; %.2f s; %d; ticks %.3f CPU s); %d transitions%s" % (
+                              rates["without"][-1], cpu["without"][-1], reactor["without"][-1],
+                              others["without"][-1], here["without"][-1], rates["with"][-1],
+                              cpu["with"][-1], reactor["with"][-1], others["with"][-1],
+                              here["with"][-1], ticks["with"][-1],
                               transitions[-1],
                               "".join("; a flush cut into the flood %s rules" % name
                                       for name in ("without", "with") if cut[name][-1])),
@@ -387,6 +403,10 @@ def main() -> int:
                              "rates_with_rules": [round(r) for r in rates["with"]],
                              "cpu_us_without": round(statistics.median(cpu["without"]), 2),
                              "cpu_us_with_rules": round(statistics.median(cpu["with"]), 2),
+                             "reactor_us_without": reactor["without"],
+                             "reactor_us_with_rules": reactor["with"],
+                             "round_ratios": [round(w / o, 3) for w, o in zip(rates["with"],
+                                                                              rates["without"], strict=True)],
                              "rule_evaluations": int(evaluated), "transitions": transitions,
                              "flush_cut_without": cut["without"], "flush_cut_with_rules": cut["with"],
                              "others_cpu_s_without": others["without"],
@@ -406,10 +426,15 @@ def main() -> int:
           % (latency["p50_ms"], latency["p99_ms"], latency["max_ms"],
              latency["transitions_expected"], latency["unmatched"], "met" if ok_latency else "MISSED"))
     print("ingest with 50 rules: %d records/s vs %d without = %.1f %% [target >= 90 %%: %s]; "
-          "medians %d vs %d; server CPU per record (median) %.2f us with rules, %.2f without"
+          "medians %d vs %d (%.1f %%), median of the rounds' ratios %.1f %%; server CPU per record "
+          "(median) %.2f us with rules, %.2f without; the reactor's %.3f and %.3f"
           % (ingest["with_rules"], ingest["without"], 100 * ingest["ratio"],
              "met" if ok_ingest else "MISSED", ingest["median_with_rules"],
-             ingest["median_without"], ingest["cpu_us_with_rules"], ingest["cpu_us_without"]))
+             ingest["median_without"],
+             100 * ingest["median_with_rules"] / ingest["median_without"],
+             100 * statistics.median(ingest["round_ratios"]), ingest["cpu_us_with_rules"],
+             ingest["cpu_us_without"], statistics.median(ingest["reactor_us_with_rules"]),
+             statistics.median(ingest["reactor_us_without"])))
     inner = results["in_process"]
     print("in process: the hand-off and its fold %.3f us per record (%.0f ms per million); a tick "
           "over the %d VMs, each with a newer record, %.1f ms (median of %d, best %.1f)"
