@@ -151,8 +151,8 @@ def make_edge(directory, clock: Clock, journal: Journal) -> Edge:
         def __init__(self):
             self.payloads: list = []
 
-        def submit(self, payload, done=None, aged=True):
-            assert not aged  # its samples passed --max-past when they came
+        def submit(self, payload, done=None, timed=True):
+            assert not timed  # its samples were judged for their time when they came
             self.payloads.append(payload)
             if done is not None:
                 done(1, 0, 0)
@@ -233,7 +233,7 @@ def test_a_past_limit_shorter_than_a_minute_and_its_grace_still_files_the_edges_
     edge.tick()  # the clock completes the minute ending now - 31 s
     assert ingest.payload(stale) == (0, 3, 0)  # records of agents are held to the limit still
     ingest.payload(b"\n".join(protocol.encode_records(
-        [protocol.Record(vm="restarted", ts=t0, cpu=1.0, mem=2.0)])), aged=False)  # as at a restart
+        [protocol.Record(vm="restarted", ts=t0, cpu=1.0, mem=2.0)])), timed=False)  # as at a restart
     assert sorted(ingest.buffer.table) == ["restarted"] + ["tg-%02d" % i for i in range(VMS)]
     assert all(list(rows) == [t0 + 60] for vm, rows in ingest.buffer.table.items()
                if vm != "restarted")

@@ -386,3 +386,37 @@ def test_a_restart_after_a_step_back_holds_no_open_minute_for_the_step(tmp_path,
     with edge_server(tmp_path, 1, offset=-HOUR, grace="2") as server:
         server.wait_for(lambda s: rows(tmp_path, "tg-00") == 1, timeout=10)
         assert server.metrics()["vmstats_edge_open_minutes"] == 0
+
+
+@pytest.mark.parametrize("later", [("--max-future", "5m"), ("--max-future", "30s")],
+                         ids=["clock-back-an-hour", "max-future-lowered"])
+def test_a_restart_writes_every_minute_acknowledged_whatever_the_clock_or_limits(tmp_path,
+                                                                                   later):
+    """Minute 1 of 12 VMs completed by minute 2's first samples (and handed to ingest), minute
+    2 open, a SIGKILL before any flush, then a start with the clock an hour back or
+    --max-future lowered below the minutes' ends: both minutes are written and nothing is
+    refused.  Before, the start filed the minutes the edge completed again against the new
+    clock and limit, and refused them (``future_timestamp``) though their samples had been
+    acknowledged: minute 2, in the journal as samples only, was lost."""
+    ahead = later[1] == "30s"
+    # Ahead: both minutes end up to 3 minutes past the clock (inside the first run's 300 s).
+    t0 = (now() // 60 + 1) * 60 if ahead else (now() - 180) // 60 * 60
+    first = stepped_server(tmp_path, 1, "--flush-interval", "60", "--minute-grace", "2").start()
+    try:
+        for n in range(1, 9):  # steps 7 and 8 (minute 2) complete minute 1
+            write_step(first, n, t0)
+        first.wait_metrics(lambda m: m['vmstats_edge_events_total{event="records"}'] >= VMS)
+        first.proc.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+    with stepped_server(tmp_path, 1, "--flush-interval", "0.3", "--minute-grace", "2", *later,
+                        offset=0 if ahead else -HOUR) as server:
+        refused = {key: value for key, value in server.metrics().items()
+                   if key.startswith("vmstats_rejected_total") and value}
+        assert refused == {}
+    assert server.returncode == 0, server.output  # the stop completes minute 2 as it stands
+    for i in range(VMS):
+        got = logged(tmp_path / "data", "tg-%02d" % i)
+        assert list(got["ts"]) == [t0 + 60, t0 + 120]
+        want = expected(i, 1)
+        assert {key: got.iloc[0][key] for key in want} == want

@@ -24,7 +24,7 @@ from vmstats.server.buffer import Buffer
 from vmstats.server.idle import IdleWaiters
 from vmstats.server.journal import rejected_line
 from vmstats.server.metrics import Metrics, RateLimitedLog
-from vmstats.server.parse import Parsed, Parser
+from vmstats.server.parse import NO_LIMIT, Parsed, Parser
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,11 @@ class Ingest:
         self.metrics = metrics
         self.clock = clock
         self.parser = Parser(max_future, max_past)
-        #: For payloads whose records were checked against --max-past as samples, when they
-        #: came (the edge's minutes): filed a minute and its grace later, or at a restart long
-        #: after, they would be too old now.  None without a past limit: ``parser`` will do.
-        self.unaged = Parser(max_future, 0) if max_past else None
+        #: For payloads whose records' samples were checked against --max-future and
+        #: --max-past when they came (the edge's minutes): filed a minute and its grace later,
+        #: or at a restart long after, with the clock stepped back or the limits changed since,
+        #: they may be outside the window now, and were acknowledged.  So no time is refused.
+        self.untimed = Parser(NO_LIMIT, 0)
         self.parsers = parsers
         #: With --auth-keys, what checks signed frames here and admits them (auth.Authenticator).
         self.signatures = None
@@ -84,38 +85,36 @@ class Ingest:
         self._bad_log.emit("%s: %s", reason, detail)
 
     # -- arrival order ---------------------------------------------------------------------------
-    def payload(self, data: bytes, aged: bool = True) -> tuple[int, int, int]:
+    def payload(self, data: bytes, timed: bool = True) -> tuple[int, int, int]:
         """Parse and file one payload now (nothing may be waiting: that would reorder).
 
-        ``aged=False``: its records passed --max-past earlier, as samples (``unaged``).
+        ``timed=False``: its records' times were judged earlier, as samples (``untimed``).
         """
-        return self.file(data, self._parse_now(data, aged))
+        return self.file(data, self._parse_now(data, timed))
 
-    def submit(self, data: bytes, done: Done = None, aged: bool = True) -> None:
+    def submit(self, data: bytes, done: Done = None, timed: bool = True) -> None:
         """Parse ``data`` where there is room (a parser process, else here) and file it in turn.
 
-        ``aged=False`` as for ``payload``: such a payload is parsed here, the parser processes
-        knowing only the one window (it is one record a VM a minute, the edge's).
+        ``timed=False`` as for ``payload``: such a payload is parsed here, the parser processes
+        knowing only the live window (it is one record a VM a minute, the edge's).
         """
         parsers = self.parsers
-        if (parsers is None or not parsers.has_room()
-                or (not aged and self.unaged is not None)):
+        if parsers is None or not parsers.has_room() or not timed:
             self.metrics.parsed_here += 1
             if not self.queue:
-                result = self.payload(data, aged)
+                result = self.payload(data, timed)
                 if done is not None:
                     done(*result)
                 return
-            self.queue.append([data, self._parse_now(data, aged), done, None])
+            self.queue.append([data, self._parse_now(data, timed), done, None])
             return
         entry = [data, None, done, None]
         self.queue.append(entry)
         parsers.parse(data, self.clock()).addBoth(self._parsed, entry)
         self._bound()
 
-    def _parse_now(self, data: bytes, aged: bool) -> Parsed:
-        parser = self.parser if aged or self.unaged is None else self.unaged
-        return parser.parse(data, self.clock())
+    def _parse_now(self, data: bytes, timed: bool) -> Parsed:
+        return (self.parser if timed else self.untimed).parse(data, self.clock())
 
     def submit_signed(self, frames: bytes, done: Done = None,
                       verdict: Callable[[bool, int], None] = lambda refused, unbound: None) -> None:

@@ -55,6 +55,9 @@ except ImportError:  # built without a C compiler
 
 #: (vms, timestamps, held rows, seqs (None: none sent), [(reject reason, count)], [detail])
 Parsed = tuple[list, list, list, list, list, list]
+#: A time limit no stamp reaches: a parser with it as its future limit and no past one (0)
+#: refuses no record for its time (a replay's, the edge's minutes').
+NO_LIMIT = 1 << 40
 #: Reject details kept per payload for the rate-limited log; beyond this only counts travel.
 MAX_DETAILS = 10
 #: Digits after a decimal point that the regexes (and the C reader) admit: more than a

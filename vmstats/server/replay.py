@@ -27,7 +27,7 @@ from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import WINDOW_PREFIX, Ingest
 from vmstats.server.journal import Journal, counted_rejects, records_of, rejected_line
 from vmstats.server.metrics import Metrics
-from vmstats.server.parse import Parser
+from vmstats.server.parse import NO_LIMIT, Parser
 from vmstats.server.writer import write_share
 from vmstats.words import counted
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 #: Bytes of a segment parsed and written at once: bounds replay's memory (~3x this); larger
 #: chunks mean fewer appends per VM file, which is most of replay's cost.
 CHUNK_BYTES = 16 << 20
-_NO_LIMIT = 1 << 40
 
 
 def chunks(data: bytes, size: int = CHUNK_BYTES):
@@ -126,8 +125,8 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
     if not journal.leftover:
         return 0
     started = time.monotonic()
-    scratch = Buffer(Metrics(), _NO_LIMIT, _NO_LIMIT)
-    ingest = Ingest(scratch, scratch.metrics, _NO_LIMIT, 0)
+    scratch = Buffer(Metrics(), NO_LIMIT, NO_LIMIT)
+    ingest = Ingest(scratch, scratch.metrics, NO_LIMIT, 0)
     ingest.observe = observe
     bounded = Bounded()
     replayed = appended = 0

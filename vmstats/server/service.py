@@ -262,7 +262,7 @@ class Aggregator(service.MultiService):
             replay(self.journal, self.config.data_dir, self.buffer, self.metrics,
                    self.ingest.observe)
             if edge_records:  # minutes the edge completed again: logged once (writer.py)
-                self.ingest.payload(edge_records, aged=False)
+                self.ingest.payload(edge_records, timed=False)
         else:
             if memory is not None:
                 memory.restore([])

@@ -171,15 +171,16 @@ class Edge:
         records = self.assembler.take()
         if records:
             payload = b"\n".join(protocol.encode_records(records))
-            # Its samples passed --max-past when they came; the minute is a grace later.
+            # Its samples were judged for their time when they came (MinuteAssembler.add): the
+            # minute is filed a grace later, or at a restart after a step back, and was acknowledged.
             if self.journal is None:
-                self.ingest.submit(payload, aged=False)
+                self.ingest.submit(payload, timed=False)
                 return
             self._handed += 1
             handed = self._handed
             self.unfiled[handed] = payload
             self.ingest.submit(payload, lambda *_result: self.unfiled.pop(handed, None),
-                               aged=False)
+                               timed=False)
 
     def clock_stepped(self, step: float) -> None:
         """The wall clock was stepped: the open minutes move with it, and the journal says so

@@ -9,11 +9,13 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
 * ``in <format> <now> <options> <encoding> <payload>``: a payload whose samples
   went into the assembler, at the moment they went in (its newlines written
   as NULs when it has none, as text formats do not: a third of base64's cost,
-  which binary payloads get).  Decoding is deterministic and ``now`` is the
-  arrival time the decoder and the assembler used, so decoding it again and
-  adding the samples repeats exactly what the assembler did with it: the
-  same counter steps, the same minutes completed by later samples, the same
-  samples refused as late.
+  which binary payloads get).  Decoding is deterministic, ``now`` is the
+  arrival time the decoder and the assembler used and ``options`` hold the
+  ``--max-future``/``--max-past`` they judged the samples by, so decoding it
+  again and adding the samples repeats exactly what the assembler did with
+  it, whatever the clock or the limits at the restart: the same counter
+  steps, the same minutes completed by later samples, the same samples
+  refused as late or for their time, and none refused that was taken.
 * ``done <[[vm, end], ...]>``: minutes the clock completed (``tick``, and the
   shutdown's ``complete_all``); the one decision a replay cannot repeat by
   itself, so it is journaled in its place in the sequence.
@@ -34,8 +36,9 @@ assembler then holds the open minutes it held when the server died, the
 counters their last values, and the records completed meanwhile come back
 to be written (the writer skips rows already in the logs, and a repeated
 minute is byte for byte the record already logged, so nothing is logged
-twice).  A restored minute last touched later than the clock now says (the
-clock went back while the server was down, which no ``step`` line tells) is
+twice), with no time refused: their samples were judged when they came.
+A restored minute last touched later than the clock now says (the clock
+went back while the server was down, which no ``step`` line tells) is
 taken as touched now: it waits its grace, not the clock's way back to then.
 
 Each line carries an HMAC (with a key kept in the journal directory, made
@@ -190,8 +193,10 @@ class EdgeJournal:
     def payload(self, name: str, now: float, options: dict | None, data: bytes) -> int:
         """Journal a payload whose samples are going into the assembler; returns its write."""
         since = self.journal.next_write()
+        assembler = self.edge.assembler
         opts = {"divisor": options.get("divisor"), "errors": "errors" in options} if options \
             else {}
+        opts["limits"] = [assembler.max_future, assembler.max_past]
         if b"\0" in data:
             encoding, text = b"b64", base64.b64encode(data)
         else:
@@ -322,6 +327,8 @@ class EdgeJournal:
             kwargs["errors"] = []
         tally = Tally()
         samples = decoder.decode(data, now, tally, **kwargs)
-        if samples:
-            self.edge.assembler.add(samples, now, tally)
+        if samples:  # judged by the limits they were judged by then (journals before: these)
+            limits = options.get("limits")
+            self.edge.assembler.add(samples, now, tally,
+                                    limits=(int(limits[0]), int(limits[1])) if limits else None)
 

@@ -142,12 +142,14 @@ class MinuteAssembler:
 
     # -- samples in ------------------------------------------------------------------------------
     def add(self, samples: list[Sample], now: float, tally: Tally,
-            refused: list | None = None) -> None:
+            refused: list | None = None, limits: tuple[int, int] | None = None) -> None:
         """File samples (counter samples become rates first); complete what they finish.
 
         A sample not filed is counted in ``tally`` -- or, with ``refused`` given, listed there
         as ``(index in samples, reason, detail)`` for a caller that counts by line (the edge:
         a line its decoder counted as used must not count twice, however many samples it made).
+        ``limits`` are the ``(max_future, max_past)`` to judge them by, if not this run's: a
+        replay's, those of the run that took them (its answer said which it refused).
 
         The samples are filed by the C loop (``_minutes.c``) where it was built, else by
         ``_file``: this runs in the reactor for every sample of every other agent, and was
@@ -156,8 +158,9 @@ class MinuteAssembler:
         # A sample's minute ends up to 59 s after it, and that minute's record must pass the
         # native ingest's own --max-future check when it is filed, later: a sample whose minute
         # would end past now + max_future is refused now, not dropped once acknowledged.
-        latest = (int(now) + self.max_future) // 60 * 60
-        earliest = now - self.max_past if self.max_past else -math.inf
+        max_future, max_past = limits if limits is not None else (self.max_future, self.max_past)
+        latest = (int(now) + max_future) // 60 * 60
+        earliest = now - max_past if max_past else -math.inf
         if refused is None:
             def reject(_index: int, reason: str, detail: str) -> None:
                 tally.reject(reason, detail)
