@@ -218,3 +218,35 @@ def test_the_decoding_processes_get_the_c_reader_too():
     payload = b"\n".join(TELEGRAF).replace(b"host=", b"vm=")
     assert decoded(copy, payload) == decoded(python_decoder(vm_tag="vm"), payload)
     assert native.scan(payload, copy._scan_spec, copy._vms, copy._known, NOW, 1e9, None)
+
+
+
+#: Lines giving a tag or field they are read for twice (which value was meant, no one knows),
+#: with the key: the VM's tag, a mapped tag, a field.
+TWICE = [(b"cpu,cpu=cpu-total,host=vm1,host=vm2 usage_idle=50,usage_iowait=0", "tag 'host'"),
+         (b"cpu,cpu=cpu0,cpu=cpu-total,host=vm1 usage_idle=50", "tag 'cpu'"),
+         (b"mem,host=vm1 available_percent=10,available_percent=75", "field 'available_percent'"),
+         (b"net,host=vm1,interface=eth0,interface=eth1 bytes_recv=1i", "tag 'interface'"),
+         (b"system,host=vm1 n_cpus=2i,n_cpus=4i", "field 'n_cpus'")]
+
+
+def test_a_tag_or_field_read_twice_is_a_syntax_reject_on_every_path():
+    """As the native protocol refuses ``vm=a,vm=b`` or a field twice: the C leaves the payload
+    to the Python, whose plain reader, line-by-line reader and scanner of escapes each refuse
+    the line (only it) as ``syntax``, naming the key.  Before, the C and the plain reader took
+    the first value and the line-by-line reader the last.  Keys not read may repeat."""
+    good = b"\n".join(TELEGRAF)
+    for line, key in TWICE:
+        for reader, payload in (("plain", good + b"\n" + line + b" " + STAMP),
+                                ("line by line", good + b"\n# a comment\n" + line + b" " + STAMP),
+                                ("escapes", good + b"\n" + line + b',note="a b" ' + STAMP)):
+            for errors in (False, True):
+                assert not agrees(payload, errors=errors), (line, reader)
+                _samples, counts, details, lines, _errors, _types = decoded(
+                    python_decoder(), payload, errors=errors)
+                assert dict(counts)["syntax"] == 1 and dict(counts)["used"] == 5, (line, reader)
+                assert any(key + " given twice" in detail for detail in details), (reader, details)
+    # Keys no mapping reads, given twice: data with no use, as before.
+    assert agrees(good + b"\ncpu,cpu=cpu-total,host=vm1,dc=a,dc=b usage_idle=50,usage_user=1,"
+                  b"usage_user=2 " + STAMP)
+    assert agrees(b"disk,host=vm1,host=vm2 free=1i " + STAMP)  # ignored: nothing of it is read

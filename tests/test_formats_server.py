@@ -181,6 +181,44 @@ def test_line_protocol_read_in_c_and_in_the_workers_is_filed_in_arrival_order(tm
     assert (rows.iloc[0]["cpu"], rows.iloc[0]["net_rx"]) == (13.5, 100.0)
 
 
+
+def test_a_line_giving_a_tag_or_field_twice_is_a_counted_syntax_reject(tmp_path):
+    """``host=a,host=b`` or a field twice, on the line-protocol port (read in C, which leaves
+    such a payload to the Python: its plain reader, and with a comment line its line-by-line
+    reader) and on the HTTP write API (a 400 naming the line): the line is refused as
+    ``syntax``, counted once, and the payload's other lines are filed.  Before, each was filed
+    under one of its values: a row for the second VM, another mem mean."""
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    at = (t0 + 30) * NS
+
+    def twice(host: bytes) -> list[bytes]:
+        return [b"cpu,cpu=cpu-total,host=%s,host=lp-other usage_idle=1,usage_iowait=0 %d"
+                % (host, at),
+                b"mem,host=%s available_percent=10,available_percent=75 %d" % (host, at)]
+
+    with serve(tmp_path, "--flush-interval", "0.3", "--influx-port", "0") as server:
+        port = server.status["influx_port"]
+        server.send_udp_to(port, b"\n".join(minute_lines("lp-plain", t0 * NS, 10 * NS)
+                                            + twice(b"lp-plain")))
+        server.send_udp_to(port, b"\n".join(minute_lines("lp-lines", t0 * NS, 10 * NS)
+                                            + [b"# a comment"] + twice(b"lp-lines")))
+        status, text = post(server, "/api/v2/write?org=o&bucket=b&precision=ns",
+                            b"\n".join(minute_lines("http-lines", t0 * NS, 10 * NS)
+                                       + twice(b"http-lines")))
+        assert status == 400
+        message = json.loads(text)["message"]
+        assert ("line 20: syntax: tag 'host' given twice" in message
+                and "line 21: syntax: field 'available_percent' given twice" in message), message
+        metrics = server.wait_metrics(lambda m: edge(m, "influx", "used") == 3 * 19)
+        assert edge(metrics, "influx", "syntax") == 6
+    assert server.returncode == 0, server.output
+    assert not (tmp_path / "data" / "vms" / "lp-other").exists()
+    for vm in ("lp-plain", "lp-lines", "http-lines"):
+        rows = logged(tmp_path / "data", vm)
+        assert list(rows["ts"]) == [t0 + 60]
+        assert (rows.iloc[0]["cpu"], rows.iloc[0]["cpu_max"], rows.iloc[0]["mem"]) == (
+            13.5, 16.0, 25.0), vm
+
 def test_bad_format_options_are_one_readable_line(tmp_path):
     for args, message in ((["--collectd-port", "0", "--collectd-security", "sign"],
                            "--collectd-security sign needs --collectd-auth-file"),

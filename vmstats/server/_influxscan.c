@@ -12,7 +12,8 @@
  * the payload is plain and either used or ignored, each VM tag a VM id the decoder knows
  * or accepts (its `known`), each value one it can convert exactly as Python does; any
  * other payload (a reject, an escape, a boolean where a number is needed, a 20-digit
- * integer, a value to clamp) gets None, and influx.py reads it and names every reject.
+ * integer, a value to clamp) gets None, and influx.py reads it and names every reject
+ * (a tag or field it reads given twice among them).
  * influx.py is the reference: the tests hold both to the same samples, tallies and lines
  * on Telegraf's lines and on arbitrary damage, and the server runs without this module
  * if it was not built.
@@ -212,7 +213,7 @@ number_object(const Number *n)
     return n->is_int ? PyLong_FromLongLong(n->i) : PyFloat_FromDouble(n->f);
 }
 
-/* One plain line's parts: the tags and fields its measurement needs, first of each. */
+/* One plain line's parts: the tags and fields its measurement needs (each given once). */
 typedef struct {
     int measurement;                /* -1: not mapped */
     Span vm;
@@ -270,12 +271,16 @@ read_line(const char *p, const char *end, const Spec *spec, Line *line)
             return 0;
         if (m == NULL)
             continue;
-        if (!line->has_vm && span_is(key, spec->vm_tag)) {
+        if (span_is(key, spec->vm_tag)) {
+            if (line->has_vm)
+                return 0;  /* given twice: a syntax reject, influx.py's to name */
             line->vm = value;
             line->has_vm = 1;
         }
         for (Py_ssize_t t = 0; t < m->tags; t++)
-            if (!line->has_tag[t] && span_is(key, m->tag[t])) {
+            if (span_is(key, m->tag[t])) {
+                if (line->has_tag[t])
+                    return 0;
                 line->tag[t] = value;
                 line->has_tag[t] = 1;
             }
@@ -299,7 +304,9 @@ read_line(const char *p, const char *end, const Spec *spec, Line *line)
         if (m == NULL)
             continue;
         for (Py_ssize_t f = 0; f < m->fields; f++)
-            if (line->field_type[f] == V_BAD && span_is(key, m->field[f])) {
+            if (span_is(key, m->field[f])) {
+                if (line->field_type[f] != V_BAD)
+                    return 0;
                 line->field[f] = value;
                 line->field_type[f] = type;
             }

@@ -47,6 +47,7 @@ from vmstats.server.formats.lineprotocol import (
     number,
     parse_line,
     plain_value,
+    twice,
 )
 
 try:  # the C reader of plain payloads (setup.py); the same samples, ~4 us a line less
@@ -180,28 +181,24 @@ class InfluxDecoder(Decoder):
             if handler is None:
                 ignored += 1
                 continue
-            raw = plain_value(tags, vm_key)
-            vm = vm_of.get(raw)
-            if vm is None:
-                try:
-                    vm = self._vm(raw)
-                except LineError as exc:
-                    tally.reject(exc.reason, exc.detail)
-                    continue
-            tag_keys, field_keys = needs[measurement]
-            body = b"," + body
-            tag_map = {}
-            for key, text in tag_keys:
-                value = plain_value(tags, text)
-                if value is not None:
-                    tag_map[key] = value
-            field_map = {}
-            for key, text in field_keys:
-                value = plain_value(body, text)
-                if value is not None:
-                    field_map[key] = value
             before = len(out)
             try:
+                raw = plain_value(tags, vm_key)
+                tag_keys, field_keys = needs[measurement]
+                body = b"," + body
+                tag_map = {}
+                for key, text in tag_keys:
+                    value = plain_value(tags, text)
+                    if value is not None:
+                        tag_map[key] = value
+                field_map = {}
+                for key, text in field_keys:
+                    value = plain_value(body, text, "field")
+                    if value is not None:
+                        field_map[key] = value
+                vm = vm_of.get(raw)
+                if vm is None:
+                    vm = self._vm(raw)
                 handler(out, vm, int(stamp) / divisor if stamp else now, tag_map, field_map)
             except (LineError, ValueError, OverflowError) as exc:
                 tally.reject(getattr(exc, "reason", "syntax"), getattr(exc, "detail", str(exc)))
@@ -217,6 +214,19 @@ class InfluxDecoder(Decoder):
         tally.counts[USED] += used
         tally.counts[IGNORED] += ignored
         return out
+
+    def _read_once(self, measurement: bytes, repeated: list) -> None:
+        """LineError (``syntax``) if a key ``repeated`` (``parse_line``'s) is one this line is
+        read for, in the order ``_plain`` looks them up: the VM's tag, then the measurement's
+        tags and fields.  A line naming two VMs, or two idle times, could mean either: it is
+        refused, as the native protocol refuses one (keys not read are data it has no use
+        for)."""
+        tag_keys, field_keys = _NEEDS[measurement]
+        for what, keys in (("tag", (self.vm_tag,)), ("tag", [key for key, _text in tag_keys]),
+                           ("field", [key for key, _text in field_keys])):
+            for key in keys:
+                if (what, key) in repeated:
+                    raise twice(what, key)
 
     def _vm(self, raw: bytes | None) -> str:
         """The VM id a tag value names (cached); LineError if it names none."""
@@ -253,11 +263,14 @@ class InfluxDecoder(Decoder):
             try:
                 if len(line) > self.max_line:
                     raise LineError(R_TOO_LONG, "line of %d bytes" % len(line))
-                measurement, tags, fields, stamp = parse_line(line)
+                repeated: list = []
+                measurement, tags, fields, stamp = parse_line(line, repeated)
                 handler = mapping.get(measurement)
                 if handler is None:
                     ignored += 1
                     continue
+                if repeated:
+                    self._read_once(measurement, repeated)
                 raw = tags.get(vm_tag)
                 vm = self._vms.get(raw) or self._vm(raw)
                 ts = now if stamp is None else stamp / divisor

@@ -54,12 +54,17 @@ class LineError(ValueError):
         self.detail = detail
 
 
-def parse_line(line: bytes) -> Point:
-    """One line (no newline) as a Point; raises LineError, whatever the input."""
+def parse_line(line: bytes, repeated: list | None = None) -> Point:
+    """One line (no newline) as a Point; raises LineError, whatever the input.
+
+    A key given twice keeps its last value in the Point; ``repeated`` (if given) gets
+    ``("tag", key)`` or ``("field", key)`` for each such key, for a reader that refuses a line
+    giving twice a key it reads (which value was meant, no one knows) and ignores the rest.
+    """
     if line[-1:] == b"\r":
         line = line[:-1]
     if b"\\" in line or b'"' in line:
-        return _scan(line)
+        return _scan(line, repeated)
     parts = line.split(b" ")
     if len(parts) == 2:
         head, body = parts
@@ -78,10 +83,20 @@ def parse_line(line: bytes) -> Point:
         if not _PLAIN_TAG.fullmatch(tag):
             raise LineError(R_SYNTAX, "tag %r is not key=value" % _clip(tag))
         key, _sep, value = tag.partition(b"=")
+        if repeated is not None and key in tag_map:
+            repeated.append(("tag", key))
         tag_map[key] = value
     if not _PLAIN_FIELDS.fullmatch(body):
         raise LineError(R_SYNTAX, "fields %r are not key=value,..." % _clip(body))
-    fields = dict(field.split(b"=", 1) for field in body.split(b","))
+    pairs = body.split(b",")
+    fields = dict(field.split(b"=", 1) for field in pairs)
+    if repeated is not None and len(fields) < len(pairs):
+        seen: set[bytes] = set()
+        for field in pairs:
+            key = field.partition(b"=")[0]
+            if key in seen:
+                repeated.append(("field", key))
+            seen.add(key)
     return measurement, tag_map, fields, stamp
 
 
@@ -90,14 +105,25 @@ def lines(data: bytes) -> int:
     return sum(1 for line in data.split(b"\n") if line and line[:1] != b"#" and not line.isspace())
 
 
-def plain_value(text: bytes, key: bytes) -> bytes | None:
-    """The value after ``key`` (``b",name="``) in ``b"," + tags`` or ``b"," + fields``."""
+def plain_value(text: bytes, key: bytes, what: str = "tag") -> bytes | None:
+    """The value after ``key`` (``b",name="``) in ``b"," + tags`` or ``b"," + fields``
+    (``what``); LineError (``syntax``) if the key is given twice, as ``parse_line``'s
+    ``repeated`` would say (a plain value holds no ``,`` or ``=``: a second match is a key)."""
     start = text.find(key)
     if start < 0:
         return None
     start += len(key)
     end = text.find(b",", start)
-    return text[start:end] if end >= 0 else text[start:]
+    if end < 0:
+        return text[start:]
+    if text.find(key, end) >= 0:
+        raise twice(what, key[1:-1])
+    return text[start:end]
+
+
+def twice(what: str, key: bytes) -> LineError:
+    """The error of a line giving a tag or field it is read for twice."""
+    return LineError(R_SYNTAX, "%s %r given twice" % (what, _clip(key)))
 
 
 def number(value) -> float:
@@ -142,7 +168,7 @@ def _clip(data: bytes) -> str:
 
 
 # -- the slow path: escapes and quoted strings -------------------------------------------------
-def _scan(line: bytes) -> Point:
+def _scan(line: bytes, repeated: list | None = None) -> Point:
     """A character scanner for lines with escapes or strings (the fast path's equal)."""
     measurement, pos = _token(line, 0, b", ")
     if not measurement:
@@ -155,6 +181,8 @@ def _scan(line: bytes) -> Point:
         value, pos = _token(line, pos + 1, b",= ")
         if not value:
             raise LineError(R_SYNTAX, "tag %r has no value" % _clip(key))
+        if repeated is not None and key in tags:
+            repeated.append(("tag", key))
         tags[key] = value
     if line[pos:pos + 1] != b" ":
         raise LineError(R_SYNTAX, "no fields")
@@ -165,6 +193,8 @@ def _scan(line: bytes) -> Point:
         if not key or line[pos:pos + 1] != b"=":
             raise LineError(R_SYNTAX, "field without key=value")
         pos += 1
+        if repeated is not None and key in fields:
+            repeated.append(("field", key))
         if line[pos:pos + 1] == b'"':
             value, pos = _string(line, pos + 1)
             fields[key] = value
