@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 from serverproc import serve
 from test_server_udp import line, logged, now
 
@@ -112,3 +113,34 @@ def test_blank_lines_and_comments_between_signed_frames_refuse_nothing(tmp_path)
     for i in range(1, 4):
         assert list(logged(tmp_path / "data", "10.13.0.%d" % i)["cpu"]) == [float(i)]
     assert not (tmp_path / "data" / "vms" / "10.13.0.9").exists()
+
+
+@pytest.mark.parametrize("required", [True, False], ids=["auth-keys", "signatures-optional"])
+def test_a_frame_with_a_broken_header_over_tcp_is_one_reject_payload_and_all(tmp_path, required):
+    """Two frames whose headers are broken, one giving its length (its payload not ended by a
+    newline, a good frame straight after it) and one not (its payload up to the next control
+    line), then a sync: each is one ``sig_malformed`` and nothing else, as a datagram holding
+    it is, and the good frame is taken.  Before, each payload line was read on as a line of its
+    own: counted again as ``sig_missing`` under --auth-keys, and taken as an unsigned record
+    (of a frame refused) without."""
+    keys = tmp_path / "keys"
+    keys.write_text("k1 s3cret\n")
+    t = now() - 120
+    evil = b"\n".join(line(Record(vm="10.13.0.66", ts=t + 60 * i, cpu=66.0, mem=1.0))
+                      for i in range(2))
+    good = protocol.sign_payload("k1", "s3cret", line(Record(vm="10.13.0.1", ts=t, cpu=1.0,
+                                                             mem=1.0)))
+    sized = b"#!sig1 k1 notanumber n %d %s\n%s" % (len(evil), b"0" * 64, evil)
+    unsized = b"#!sig1 k1 %d n\n%s\n" % (t, evil)
+    args = ("--auth-keys", str(keys)) if required else ()
+    with serve(tmp_path, "--flush-interval", "0.3", *args) as server:
+        with server.tcp() as sock:
+            sock.sendall(sized + good + b"\n" + unsized + b"#!sync r\n")
+            assert sock.makefile("rb").readline() == b"#!nak r auth\n"
+        server.wait_received(1)
+        metrics = server.metrics()
+    rejects = {key: value for key, value in metrics.items()
+               if key.startswith("vmstats_rejected_total") and value}
+    assert rejects == {'vmstats_rejected_total{reason="sig_malformed"}': 2}
+    assert metrics["vmstats_records_received_total"] == 1
+    assert list(logstore.iter_vms(str(tmp_path / "data"))) == ["10.13.0.1"]

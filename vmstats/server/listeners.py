@@ -281,6 +281,11 @@ class TCPReceiver(tx_protocol.Protocol):
         self.metrics = factory.metrics
         self.buffer = b""
         self.skipping = False  # discarding the rest of an over-long line
+        #: The payload of a frame whose header is broken, refused with it (``_broken_frame``):
+        #: bytes of it still to come (its header's length), or its lines up to the next
+        #: control line (no length to go by).
+        self.discard_bytes = 0
+        self.discard_lines = False
         self.accepted = self.rejected = 0
         self.busy = self.auth_failed = False
         self.first_write: int | None = None  # the journal write holding this batch's first records
@@ -315,7 +320,7 @@ class TCPReceiver(tx_protocol.Protocol):
 
     def _end_of_stream(self) -> None:
         """Count a last line the close cut off: it may be cut inside a value, so it is not filed."""
-        if self.buffer and not self.skipping:
+        if self.buffer and not self.skipping and not self.discard_lines:
             self.ingest.reject(protocol.R_TRUNCATED, "TCP stream ended inside a line (%d bytes)"
                                % len(self.buffer))
         self.buffer = b""
@@ -353,6 +358,11 @@ class TCPReceiver(tx_protocol.Protocol):
         max_line = self.factory.max_line
         signed = self.auth.required
         while buf:
+            if self.discard_bytes or self.discard_lines:
+                buf = self._discarded(buf)
+                if self.discard_bytes or self.discard_lines:
+                    return buf  # all of it the broken frame's so far
+                continue
             if buf[:2] == b"#!":
                 if buf.startswith(protocol.SIG_PREFIX):
                     try:
@@ -360,7 +370,7 @@ class TCPReceiver(tx_protocol.Protocol):
                     except protocol.SignatureError as exc:
                         self._submit_signed(frames)
                         self._auth_trouble(exc.reason, exc.detail)
-                        buf = self._skip_line(buf)
+                        buf = self._broken_frame(buf)
                         continue
                     if parts is False:
                         return buf  # wait for the rest of the frame
@@ -435,12 +445,43 @@ class TCPReceiver(tx_protocol.Protocol):
         """Count rejects the listener itself made, in arrival order with the payloads."""
         self.ingest.after(lambda: self._filed(0, count, 0))
 
-    def _skip_line(self, buf: bytes) -> bytes:
+    def _broken_frame(self, buf: bytes) -> bytes:
+        """After a frame's header found broken (counted once, under its reason): the frame
+        is refused whole, as a datagram holding it is, its payload with it -- not read on as
+        lines that would count again (``sig_missing``) or, signatures optional, be taken.
+        Its payload is the length its header gives, if it gives one that can be; else the
+        lines after it up to the next control line."""
         end = buf.find(b"\n")
-        if end < 0:
+        header = buf[:end] if end >= 0 else b""
+        fields = header.split(b" ")
+        if (len(fields) == 6 and fields[4].isdigit()
+                and int(fields[4]) <= protocol.MAX_DATAGRAM_SIZE):
+            self.discard_bytes = int(fields[4])
+        else:
+            self.discard_lines = True
+        if end < 0:  # a header too long to be one: its end is skipped as it comes
             self.skipping = True
             return b""
         return buf[end + 1:]
+
+    def _discarded(self, buf: bytes) -> bytes:
+        """``buf`` less what of it is the broken frame's payload (``_broken_frame``)."""
+        if self.discard_bytes:
+            taken = min(self.discard_bytes, len(buf))
+            self.discard_bytes -= taken
+            return buf[taken:]
+        if buf[:2] == b"#!":
+            self.discard_lines = False
+            return buf
+        cut = frame_start(buf)
+        if cut >= 0:
+            self.discard_lines = False
+            return buf[cut + 1:]
+        rest = buf[buf.rfind(b"\n") + 1:]
+        if len(rest) >= 2:  # a line of it not yet whole (not a control line): skipped as it comes
+            self.skipping = True
+            return b""
+        return rest  # one byte: a control line may begin there
 
     def _incomplete(self, buf: bytes, max_line: int) -> bytes:
         if len(buf) > max_line:
