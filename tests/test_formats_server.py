@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -9,10 +10,12 @@ import time
 import urllib.error
 import urllib.request
 
-from serverproc import ROOT, cpu_seconds, serve
+from serverproc import LOOPBACK, ROOT, cpu_seconds, serve
 from test_server_udp import logged
 
-from vmstats import logstore
+from vmstats import logstore, protocol
+from vmstats.client.spool import Spool
+from vmstats.client.transport import TcpSender
 
 #: Nanoseconds a second: the line-protocol port's precision.
 NS = 10**9
@@ -286,3 +289,33 @@ def test_samples_the_minutes_refuse_are_a_400_naming_the_line_and_counted_once(t
     rows = logged(tmp_path / "data", "kept")  # the good lines around the refused ones are kept
     assert list(rows["ts"]) == [t0 + 60] and rows.iloc[0]["cpu"] == 13.5
     assert not (tmp_path / "data" / "vms" / "ahead").exists()
+
+
+def test_a_first_sample_from_before_max_past_is_named_as_refused_for_the_window(tmp_path, caplog):
+    """A VM's first sample two days old against --max-past 1h, from Telegraf over HTTP and from
+    the agent's spool over TCP: each sender, the log and the counters say it was refused for
+    the window (``past_timestamp``, past --max-past), never ``late`` (which is a minute already
+    written).  Before, the HTTP answer and the log said only ``sample 172800s old``, and the
+    agent asked whether the VM's clock was off, though its records had only waited."""
+    old = int(time.time()) - 2 * 86400
+    with serve(tmp_path, "--flush-interval", "0.3", "--max-past", "1h") as server:
+        status, text = post(server, "/write?precision=s", b"\n".join(minute_lines("old-vm", old)))
+        assert status == 400
+        error = json.loads(text)["error"]
+        assert ("line 1: past_timestamp: stamped 1728" in error
+                and "s before this server's clock, past --max-past" in error), error
+        spool = Spool(str(tmp_path / "spool"), 100)
+        sender = TcpSender(LOOPBACK, server.tcp_port, spool)
+        with caplog.at_level(logging.WARNING, logger="vmstats.client.transport"):
+            sender.send([protocol.encode_record(protocol.Record(vm="old-agent", ts=old, cpu=1.0,
+                                                                mem=2.0)).encode()])
+        sender.close()
+        assert (sender.acked, sender.rejected) == (0, 1)
+        assert "spooled longer than its --max-past" in caplog.text, caplog.text
+        metrics = server.metrics()
+        assert edge(metrics, "influx", "past_timestamp") == 19
+        assert metrics['vmstats_rejected_total{reason="past_timestamp"}'] == 1
+        assert metrics.get('vmstats_edge_events_total{event="late"}', 0) == 0
+    assert server.returncode == 0, server.output
+    assert "influx: past_timestamp: line 1: stamped " in server.output, server.output
+

@@ -312,9 +312,11 @@ class TcpSender(object):
         self.rejected += rejected
         if rejected:
             # The agent's own records are well formed: what the server refuses is most
-            # often a stamp outside its time window, i.e. a clock that is off.
+            # often a stamp outside its time window: a clock that is off, or records spooled
+            # longer than the server's --max-past takes (an outage of the server or network).
             LOG.warning("server rejected %d of %s (not resent): invalid, or stamped "
-                        "outside the server's time window (is this VM's clock off? run NTP)",
+                        "outside the server's time window (spooled longer than its "
+                        "--max-past, or this VM's clock off: run NTP)",
                         rejected, counted(len(batch), "record"))
 
     def _await_reply(self, token):

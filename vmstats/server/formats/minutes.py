@@ -363,11 +363,16 @@ class MinuteAssembler:
 
 
 def _refuse_time(index: int, ts: float, now: float, latest: float, reject) -> None:
-    """A sample too far ahead of the clock or behind it (``--max-future``, ``--max-past``)."""
+    """A sample too far ahead of the clock or behind it (``--max-future``, ``--max-past``),
+    in the words the native records' refusals use (parse.py): which window, which way and
+    by how much -- a sender's first sample from days ago is refused for the window, not
+    "late" (a minute already written) nor merely "old"."""
     if ts > latest:
-        reject(index, protocol.R_FUTURE, "sample %ds ahead" % (ts - now))
+        reject(index, protocol.R_FUTURE, "stamped %.0fs ahead of this server's clock: its "
+               "minute would end past --max-future" % (ts - now))
     else:
-        reject(index, protocol.R_PAST, "sample %ds old" % (now - ts))
+        reject(index, protocol.R_PAST, "stamped %.0fs before this server's clock, past "
+               "--max-past" % (now - ts))
 
 
 def _refuse_counter(index: int, kind: str, value: float, _high: None, reject) -> None:
