@@ -345,8 +345,10 @@ def _compact(folder: Path, *args) -> subprocess.CompletedProcess:
     )
 
 
-def _rewrite_tier(path: Path, describe=None, column: str | None = None) -> None:
-    """Rewrite a tier file with its description changed by ``describe`` or ``column`` as text."""
+def _rewrite_tier(path: Path, describe=None, column: str | None = None,
+                  cells: dict | None = None) -> None:
+    """Rewrite a tier file with its description changed by ``describe``, ``column`` as text,
+    or ``cells`` (``{(vm, its row's place among the VM's rows, column): value}``) set."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -357,7 +359,23 @@ def _rewrite_tier(path: Path, describe=None, column: str | None = None) -> None:
     if column is not None:
         table = table.set_column(table.schema.get_field_index(column), column,
                                  pa.array(["x"] * table.num_rows))
+    for (vm, at, name), value in (cells or {}).items():
+        values = table.column(name).to_pylist()
+        values[table.column("vm").to_pylist().index(vm) + at] = value
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array(values, table.schema.field(name).type))
     pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+def _compacted_fleet(tmp_path: Path) -> tuple[Path, int, Path]:
+    """``(data dir, end, newest columnar file)`` of eight days of the fleet compacted after a
+    day (three days kept as rows)."""
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end, days=8)
+    done = _compact(data, "--compact-after", "1d", "--retain-raw", "3d")
+    assert done.returncode == 0, done.stderr
+    return data, end, sorted((data / "columnar").iterdir())[-1]
 
 
 def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_path):
@@ -435,12 +453,7 @@ def test_compaction_leaves_tier_entries_it_cannot_read_and_goes_on(tmp_path):
     """A link to nothing in columnar/, a columnar file described right but with a column of
     text, a folder and a FIFO in rollups/ past retention: each is named and left where it is,
     by the report too, and the pass compacts and retires everything else."""
-    data = tmp_path / "data"
-    end = _end()
-    write_fleet(data, end, days=8)
-    done = _compact(data, "--compact-after", "1d", "--retain-raw", "3d")
-    assert done.returncode == 0, done.stderr
-    damaged = sorted((data / "columnar").iterdir())[-1]
+    data, end, damaged = _compacted_fleet(tmp_path)
     _rewrite_tier(damaged, column="cpu")
     late = data / "vms" / "10.0.0.1" / (damaged.stem + ".csv")  # rows that would be merged into it
     late.write_bytes(_day_file(data, "10.0.0.1", end).read_bytes())
@@ -587,3 +600,30 @@ def test_no_content_breaks_read_columns_and_good_rows_survive(tmp_path_factory, 
     # Every line is either a row kept or a malformed line counted (blank lines are neither).
     assert len(kept) + bad[0] == len([line for line in b"\n".join(lines).split(b"\n") if line])
     assert kept["cpu"].dropna().between(0, 100).all()
+
+
+
+def test_a_compacted_row_the_log_reader_would_refuse_is_refused_from_the_columnar_file(tmp_path):
+    """A columnar day file written by another hand, one row holding vcpus=1.23456 (more places
+    than vcpus holds) and one cpu=1e300 (out of range), read as rows (a row logged late for
+    that day beside it: rollups do not answer such a day): the report drops both and counts
+    each as a malformed line of its VM's day, as the CSV reader does (one rule,
+    ``_in_range``), and its figures are those of the file without them.  Before, the columnar
+    rows were read as they were: cpu_max 1e300, and both rows counted as records."""
+    data, _end_time, path = _compacted_fleet(tmp_path)
+    day = calendar.timegm(time.strptime(path.stem, "%Y-%m-%d"))
+    late = Record(vm="10.0.0.1", ts=day + 600, cpu=0.5, mem=30.0, disk_r=1.0, disk_w=1.0,
+                  net_rx=1.0, net_tx=1.0, vcpus=2, mem_mb=4096)  # as the row compacted there
+    logstore.append_missing(str(data), "10.0.0.1", {late.ts: logstore.format_tail(late)})
+    code, _out, err, clean = report(data, tmp_path / "clean", "--days", 10, "--no-cache")
+    assert code == 0, err
+    _rewrite_tier(path, cells={("10.0.0.1", 0, "vcpus"): 1.23456, ("10.0.0.1", 1, "cpu"): 1e300})
+    code, _out, err, document = report(data, tmp_path / "out", "--days", 10, "--no-cache")
+    assert code == 0 and "Traceback" not in err, err
+    before = {v["vm"]: v for v in clean["vms"]}
+    after = {v["vm"]: v for v in document["vms"]}
+    assert (after["10.0.0.1"]["bad_lines"], after["10.0.0.2"]["bad_lines"]) == (2, 0)
+    assert after["10.0.0.1"]["records"] == before["10.0.0.1"]["records"] - 2
+    for vm, row in before.items():
+        for column in ("category", "cpu_p95", "cpu_max", "mem_p95", "vcpus"):
+            assert after[vm][column] == row[column], (vm, column)

@@ -883,7 +883,24 @@ def _read_parts(parts: List[Tuple[int, "Part"]], wanted: List[str], final: Dict[
         for index, count in found.items():
             bad[index] += count
         if frame is not None and len(frame):
-            frames.append(frame)
+            frames.append(_held_rows(frame, wanted, bad))
+
+
+def _held_rows(frame, wanted: List[str], bad: List[int]):
+    """``frame`` (rows of columnar files) less the rows the CSV reader would refuse by the
+    protocol's ranges and places (``_in_range``, the one rule both readers hold): compaction
+    writes only rows it read, but a file written by another hand or version is read here too,
+    and a ``vcpus=1.23456`` in it would be sized and billed at that size.  Each row dropped is
+    counted as a malformed line of its VM's day (``bad``), as in the CSV."""
+    import numpy as np
+
+    ok = _in_range(frame, wanted)
+    if ok.all():
+        return frame
+    refused = np.bincount(frame["file"].to_numpy()[~ok], minlength=len(bad))
+    for index in np.flatnonzero(refused):
+        bad[index] += int(refused[index])
+    return frame[ok]
 
 
 #: Bytes read from the end of a day file to find its last row's labels.
