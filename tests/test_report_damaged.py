@@ -627,3 +627,35 @@ def test_a_compacted_row_the_log_reader_would_refuse_is_refused_from_the_columna
     for vm, row in before.items():
         for column in ("category", "cpu_p95", "cpu_max", "mem_p95", "vcpus"):
             assert after[vm][column] == row[column], (vm, column)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.none(), st.lists(_LINES, min_size=1, max_size=3)), min_size=2, max_size=12),
+       st.sampled_from([64, 3, 0]), st.booleans())
+def test_files_read_together_read_as_each_alone(tmp_path_factory, damages, tries, as_float):
+    """A batch split around its damaged files (and past the tries it may take) keeps each file's own
+    rows, in file order, and counts each file's own malformed lines, as reading it alone does; with
+    the tries to spare, only damaged files are read line by line."""
+    folder = tmp_path_factory.mktemp("batch")
+    paths = []
+    for index, damage in enumerate(damages):
+        rows = [b"%d,%d.5,2,30,1,1,1,1,2,4096,%d,h%d" % (1794523200 + 60 * i, index, i, index)
+                for i in range(5)]
+        path = folder / ("%02d.csv" % index)
+        path.write_bytes(logstore.HEADER + b"\n".join(rows[:2] + (damage or []) + rows[2:]) + b"\n")
+        paths.append(str(path))
+    alone = [logstore.read_columns([path], as_float=as_float) for path in paths]
+    lenient = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logstore, "_STRICT_TRIES", tries)
+        parse = logstore._parse_lenient
+        patch.setattr(logstore, "_parse_lenient", lambda lines, *rest: lenient.append(len(lines)) or
+                      parse(lines, *rest))
+        frame, bad = logstore.read_columns(paths, as_float=as_float)
+    if tries == 64:
+        assert sum(lenient) <= sum(7 if damage else 0 for damage in damages), lenient
+    assert bad == [counts[0] for _frame, counts in alone]
+    for index, (own, _counts) in enumerate(alone):
+        mine = frame[frame["file"] == index].drop(columns="file").reset_index(drop=True)
+        assert mine.equals(own.drop(columns="file").reset_index(drop=True)), paths[index]
+    assert frame["file"].is_monotonic_increasing
