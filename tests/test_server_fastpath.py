@@ -146,6 +146,8 @@ def parsed(row: bytes) -> list:
             for i, c in enumerate(cells)]
 
 
+# Once: fast_row is the regex alone and the decoder never meets the C reader.
+@pytest.mark.parametrize("reader", ["c"], indirect=True)
 @settings(max_examples=800, deadline=None)
 @given(records)
 def test_canonical_lines_give_the_decoders_row_byte_for_byte(record):
