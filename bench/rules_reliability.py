@@ -46,6 +46,7 @@ from rulesutil import (  # noqa: E402
     HOT,
     SECRET,
     WebhookReceiver,
+    killed_servers,
     line,
     log_entries,
     rules_file,
@@ -92,13 +93,12 @@ def group(folder: Path, hook: WebhookReceiver, kills: int, loss: float, members:
     chance = random.Random(7)
     vms = ["10.0.2.%d" % i for i in range(1, members + 1)]
     counts = {"sent": 0, "dropped": 0}
-    server = None
 
-    def transitions() -> int:
+    def transitions(server) -> int:
         return sum(1 for e in log_entries(server) if e["type"] == "event"
                    and e["event"]["kind"] == "transition")
 
-    def report(cpu: float) -> None:
+    def report(server, cpu: float) -> None:
         now = int(time.time())
         kept = [vm for vm in vms if chance.random() >= loss]
         counts["sent"] += len(kept)
@@ -106,19 +106,11 @@ def group(folder: Path, hook: WebhookReceiver, kills: int, loss: float, members:
         server.send_udp(*[line(vm, now, cpu) for vm in kept])
         time.sleep(0.25)
 
-    for kill in range(kills + 1):
-        server = serve(folder, rules).start()
-        try:
-            for cpu in (95.0, 20.0):  # hot until the group's alarm is logged, calm until its ok
-                want = transitions() + 1
-                wait_until(lambda cpu=cpu, want=want: report(cpu) or transitions() >= want, 60)
-            if kill < kills:
-                server.kill()  # the calm phase's transition logged, its delivery under way
-            else:
-                server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, 60)
-        finally:
-            if server.returncode is None:
-                server.kill()
+    for server in killed_servers(folder, rules, kills, 60):
+        for cpu in (95.0, 20.0):  # hot until the group's alarm is logged, calm until its ok
+            want = transitions(server) + 1
+            wait_until(lambda run=server, cpu=cpu, want=want:
+                       report(run, cpu) or transitions(run) >= want, 60)
     with hook.lock:
         keys = list(hook.keys)
     events = [e["event"] for e in log_entries(server) if e["type"] == "event"]
@@ -189,9 +181,9 @@ def main() -> int:
     kills = results["sigkill"]
     ok = not kills["lost"] and not kills["duplicated"] and not kills["chain_broken"]
     ok = ok and kills["transitions"] == kills["records"]
-    print("\n%d SIGKILLs during delivery: %d acknowledged records, %d transitions, %d lost, "
+    print("\n%s during delivery: %d acknowledged records, %d transitions, %d lost, "
           "%d duplicated, %d resends caught by the key [target 0 lost, 0 duplicated: %s]"
-          % (kills["rounds"], kills["records"], kills["transitions"], len(kills["lost"]),
+          % (counted(kills["rounds"], "SIGKILL"), kills["records"], kills["transitions"], len(kills["lost"]),
              kills["duplicated"],
              kills["repeats_caught_by_key"], "met" if ok else "MISSED"))
     if "outage" in results:

@@ -12,6 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 
 from serverproc import ServerProcess
 
@@ -201,6 +202,23 @@ actions = ["hook", "say"%s]
 
 
 
+def killed_servers(folder: Path, rules: str, kills: int, drain: float) -> Iterator[ServerProcess]:
+    """The server on ``folder``, started ``kills + 1`` times: each run is SIGKILLed once the
+    caller's round with it is done, the last is waited on until no delivery is pending
+    (``drain`` seconds at most).  The caller's loop variable is the last run afterwards."""
+    for kill in range(kills + 1):
+        server = serve(folder, rules).start()
+        try:
+            yield server
+            if kill < kills:
+                server.kill()  # the round's last transition logged, its delivery under way
+            else:
+                server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, drain)
+        finally:
+            if server.returncode is None:
+                server.kill()
+
+
 def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
     """SIGKILL a server ``rounds`` times while deliveries are under way; what the receiver got.
 
@@ -218,27 +236,18 @@ def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
     vms = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
     server = None
     sent = 0
-    for kill in range(rounds + 1):
-        server = serve(folder, rules).start()
-        try:
-            for _ in range(6):
-                # Three VMs in turn, each flipping at each of its records: a VM's records are
-                # 0.75 s apart, never in one rules tick, so each must make a transition.
-                vm = vms[sent % 3]
-                cpu = 95.0 if (sent // 3) % 2 == 0 else 10.0
-                sent += 1
-                ts += 1
-                with server.tcp() as sock:
-                    sock.sendall(line(vm, ts, cpu) + b"\n#!sync 1\n")
-                    sock.recv(100)
-                time.sleep(0.25)
-            if kill < rounds:
-                server.kill()
-            else:
-                server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, 30)
-        finally:
-            if server.returncode is None:
-                server.kill()
+    for server in killed_servers(folder, rules, rounds, 30):
+        for _ in range(6):
+            # Three VMs in turn, each flipping at each of its records: a VM's records are
+            # 0.75 s apart, never in one rules tick, so each must make a transition.
+            vm = vms[sent % 3]
+            cpu = 95.0 if (sent // 3) % 2 == 0 else 10.0
+            sent += 1
+            ts += 1
+            with server.tcp() as sock:
+                sock.sendall(line(vm, ts, cpu) + b"\n#!sync 1\n")
+                sock.recv(100)
+            time.sleep(0.25)
     with hook.lock:
         keys = list(hook.keys)
     entries = [json.loads(x) for x in (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
