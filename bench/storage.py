@@ -47,7 +47,7 @@ from vmstats.report import load  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "storage"
 TRACE = ROOT.parent / "shared" / "traces" / "bitbrains-rnd-2013-8-sample"
-KEEP = ["--retain-raw", "100000d", "--retain-rollups", "100000d"]
+KEEP = ["--retain-raw", "36500d", "--retain-rollups", "36500d"]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
