@@ -143,8 +143,14 @@ def test_signed_frames_verify_and_reject_by_cause():
     stale = protocol.sign_payload("k1", "secret-one", payload, now=NOW - 1000)
     assert cause(*protocol.split_signed(stale)[:5]) == protocol.S_STALE
     assert protocol.split_signed(frame[:-3]) is False
-    with pytest.raises(protocol.SignatureError):
+    with pytest.raises(protocol.SignatureError) as caught:
         protocol.split_signed(b"#!sig1 k1 x y 5 abc\nhello")
+    assert caught.value.length == 5  # the payload a stream reader refuses with the header
+    for header in (b"#!sig1 k1 12 y five abc", b"#!sig1 k1 12 y %d %s" % (protocol.MAX_DATAGRAM_SIZE + 1,
+                                                                          b"0" * 64)):
+        with pytest.raises(protocol.SignatureError) as caught:
+            protocol.split_signed(header + b"\nhello")
+        assert caught.value.length is None, header  # no length to go by: its lines are refused
     assert protocol.split_signed(payload) is None
 
 

@@ -116,10 +116,13 @@ REJECT_REASONS = (
 class DecodeError(ValueError):
     """The only exception the decoder raises; ``reason`` is one of REJECT_REASONS."""
 
-    def __init__(self, reason, detail):
+    def __init__(self, reason, detail, length=None):
         ValueError.__init__(self, "%s: %s" % (reason, detail))
         self.reason = reason
         self.detail = detail
+        #: The payload length a broken header still gives (a stream reader refuses that many
+        #: bytes with it), else None.
+        self.length = length
 
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -631,10 +634,13 @@ DEFAULT_SIG_WINDOW = 300
 class SignatureError(ValueError):
     """A signed frame that cannot be accepted; ``reason`` names the cause."""
 
-    def __init__(self, reason, detail):
+    def __init__(self, reason, detail, length=None):
         ValueError.__init__(self, "%s: %s" % (reason, detail))
         self.reason = reason
         self.detail = detail
+        #: The payload length a broken header still gives (a stream reader refuses that many
+        #: bytes with it), else None.
+        self.length = length
 
 
 S_MALFORMED = "sig_malformed"
@@ -693,11 +699,11 @@ def split_signed(data):
             raise SignatureError(S_MALFORMED, "signature header too long")
         return False
     parts = data[:end].split(b" ")
-    if len(parts) != 6 or not parts[2].isdigit() or not parts[4].isdigit() or len(parts[5]) != 64:
-        raise SignatureError(S_MALFORMED, "bad signature header")
-    length = int(parts[4])
-    if length > MAX_DATAGRAM_SIZE:
+    length = int(parts[4]) if len(parts) == 6 and parts[4].isdigit() else None
+    if length is not None and length > MAX_DATAGRAM_SIZE:
         raise SignatureError(S_MALFORMED, "signed payload of %d bytes is too large" % length)
+    if length is None or not parts[2].isdigit() or len(parts[5]) != 64:
+        raise SignatureError(S_MALFORMED, "bad signature header", length)
     start = end + 1
     if len(data) < start + length:
         return False

@@ -370,7 +370,7 @@ class TCPReceiver(tx_protocol.Protocol):
                     except protocol.SignatureError as exc:
                         self._submit_signed(frames)
                         self._auth_trouble(exc.reason, exc.detail)
-                        buf = self._broken_frame(buf)
+                        buf = self._broken_frame(buf, exc.length)
                         continue
                     if parts is False:
                         return buf  # wait for the rest of the frame
@@ -445,18 +445,15 @@ class TCPReceiver(tx_protocol.Protocol):
         """Count rejects the listener itself made, in arrival order with the payloads."""
         self.ingest.after(lambda: self._filed(0, count, 0))
 
-    def _broken_frame(self, buf: bytes) -> bytes:
+    def _broken_frame(self, buf: bytes, length: int | None) -> bytes:
         """After a frame's header found broken (counted once, under its reason): the frame
         is refused whole, as a datagram holding it is, its payload with it -- not read on as
         lines that would count again (``sig_missing``) or, signatures optional, be taken.
-        Its payload is the length its header gives, if it gives one that can be; else the
-        lines after it up to the next control line."""
+        Its payload is the ``length`` its header gives (``SignatureError.length``), if it gives
+        one that can be; else the lines after it up to the next control line."""
         end = buf.find(b"\n")
-        header = buf[:end] if end >= 0 else b""
-        fields = header.split(b" ")
-        if (len(fields) == 6 and fields[4].isdigit()
-                and int(fields[4]) <= protocol.MAX_DATAGRAM_SIZE):
-            self.discard_bytes = int(fields[4])
+        if length is not None:
+            self.discard_bytes = length
         else:
             self.discard_lines = True
         if end < 0:  # a header too long to be one: its end is skipped as it comes
