@@ -836,9 +836,7 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
         if valid is not None:
             ok &= valid
         if len(owners) != len(lines) or not ok.all():
-            counts = np.bincount(lines, minlength=len(paths)) - np.bincount(owners[ok], minlength=len(paths))
-            for index in np.flatnonzero(counts):
-                bad[index] += int(counts[index])
+            _count_dropped(bad, lines, owners[ok])
             frame = frame[ok]
         frames.append(frame)
         batch.clear()
@@ -918,15 +916,24 @@ def _held_rows(frame, wanted: List[str], bad: List[int]):
     writes only rows it read, but a file written by another hand or version is read here too,
     and a ``vcpus=1.23456`` in it would be sized and billed at that size.  Each row dropped is
     counted as a malformed line of its VM's day (``bad``), as in the CSV."""
-    import numpy as np
-
     ok = _in_range(frame, wanted)
     if ok.all():
         return frame
-    refused = np.bincount(frame["file"].to_numpy()[~ok], minlength=len(bad))
-    for index in np.flatnonzero(refused):
-        bad[index] += int(refused[index])
+    files = frame["file"].to_numpy()
+    _count_dropped(bad, files, files[ok])
     return frame[ok]
+
+
+def _count_dropped(bad: List[int], read, kept) -> None:
+    """Add to ``bad`` (per file) the rows read but not kept: ``read`` and ``kept`` hold the
+    file index of each row read and of each row kept.  The one count of refused rows for CSV
+    batches and columnar files alike, so a row refused either way is a malformed line of its
+    file once."""
+    import numpy as np
+
+    counts = np.bincount(read, minlength=len(bad)) - np.bincount(kept, minlength=len(bad))
+    for index in np.flatnonzero(counts):
+        bad[index] += int(counts[index])
 
 
 #: Bytes read from the end of a day file to find its last row's labels.
