@@ -9,7 +9,9 @@ one that ended while the server was down sends what it held back at the start;
 bad mutes are refused with one line and counted.
 """
 
+import http.client
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ from rulesutil import (
 )
 from serverproc import STATUS_TOKEN
 
+from vmstats import logstore
+from vmstats.protocol import Record
 from vmstats.rules.service import last_heard
 
 
@@ -358,3 +362,49 @@ def test_a_member_under_a_mute_is_left_out_of_its_groups_figure(tmp_path):
 
             assert wait_until(muted) == everyone  # the first of the mutes to end that leaves one out
             assert rebooted != everyone
+
+
+def test_a_mute_by_tag_made_while_the_tags_are_being_read_is_answered_once_they_are(tmp_path):
+    """Two mutes by tag made at once: the first starts the reading of every VM's tags from
+    the logs; the second, answered without a reading of its own, was answered before that
+    one had read them, and a VM on its host known only from the logs was not covered yet.
+    Each is answered once the tags are read: from its answer on, it covers that VM."""
+    body = '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\nactions = ["hook"]\n'
+    down = "10.0.0.5"  # on kvm8, firing, then its host goes down
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, body)
+        with serve(tmp_path, rules) as server:
+            # Other VMs' logs, so that reading every VM's newest record takes a while.
+            stamp = int(time.time()) - 3600
+            for n in range(3000):
+                vm = "10.1.%d.%d" % divmod(n, 250)
+                record = Record(vm=vm, ts=stamp, cpu=1.0, mem=5.0, host="kvm1", vcpus=1, mem_mb=512)
+                logstore.append_missing(str(server.data_dir), vm, {stamp: logstore.format_tail(record)})
+
+            def logged() -> bool:
+                server.send_udp(line(down, int(time.time()), 95.0, host="kvm8"))
+                time.sleep(0.2)
+                return any(vm == down for vm, _ts, _l in last_heard(str(server.data_dir), time.time())) \
+                    and bool(hook.alerts())
+
+            wait_until(logged)
+            mutes = [{"match": {"tags": {"host": host}}, "duration": "1h", "author": "ana",
+                      "comment": "%s kernel updates" % host} for host in ("kvm9", "kvm8")]
+            # Both requests reach the server in one turn of its loop (it is stopped meanwhile).
+            connections = [http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+                           for _ in mutes]
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                for connection, mute in zip(connections, mutes, strict=True):
+                    connection.request("POST", "/mutes", json.dumps(mute), {
+                        "Authorization": "Bearer " + STATUS_TOKEN, "Content-Type": "application/json"})
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            answer = connections[1].getresponse()
+            made = json.loads(answer.read())
+            assert answer.status == 201, made
+            states = {(s["rule"], s["scope"]): s for s in json.loads(server.http("/alerts"))["states"]}
+            assert states[("hot", down)].get("muted") == made["id"]
+            assert connections[0].getresponse().status == 201
+            for connection in connections:
+                connection.close()

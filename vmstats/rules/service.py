@@ -247,6 +247,10 @@ class RulesService(service.Service):
         #: The mutes file is replaced on a thread of its own, one write after another.
         self._mute_writer = Workers(reactor, "vmstats-mutes", 1)
         self._next_mute = None
+        #: While the VMs' logs are read for their tags (``_seed_tags``): how many readings are
+        #: under way, and the answers to mutes by tag that wait for them (``_tags_read``).
+        self._readings = 0
+        self._tags_waiters: list[defer.Deferred] = []
         if wall is not None:
             wall.on_step.append(self.engine.clock_stepped)
         self.reloads = 0
@@ -457,13 +461,17 @@ class RulesService(service.Service):
         seed = bool(mute.match.tags) and not self.engine.keep_tags
         self.mutes.mutes[mute.id] = mute
         self.engine.keeping_tags(self.mutes.names_tags())
+        if seed:
+            self._seed_tags()
 
         def saved(_):
             log.info("mute %s added: %s", mute.id, mute.describe())
             self._schedule_mutes()
-            if not seed:
+            if not mute.match.tags:
                 return 201, mute.as_dict()
-            return self._seed_tags().addCallback(lambda _: (201, mute.as_dict()))
+            # Answered once every VM's tags are known: read for this mute, or by a reading
+            # another mute by tag started a moment before (which this one did not repeat).
+            return self._tags_read().addCallback(lambda _: (201, mute.as_dict()))
 
         def failed(failure):
             self.mutes.mutes.pop(mute.id, None)
@@ -472,23 +480,41 @@ class RulesService(service.Service):
 
         return self._save_mutes().addCallbacks(saved, failed)
 
-    def _seed_tags(self) -> defer.Deferred:
+    def _seed_tags(self) -> None:
         """The tags of every VM the logs know, from each one's newest logged record (read on
         the mutes' thread), for a mute naming tags that the rules kept none for until now.
 
         A VM that reported its tags before the mute and has not reported since (its host
         already down for the maintenance) is then covered all the same; one whose records
         came in meanwhile keeps what they said.  What the logs cannot say yet (records of
-        the last flush interval, not yet written) its next record does.
+        the last flush interval, not yet written) its next record does.  Mutes by tag are
+        answered once the reading is done (``_tags_read``).
         """
         def failed(failure) -> None:
             log.warning("rules: the VMs' logs were not read for their tags (a mute naming "
                         "tags covers each VM from its next record): %s", failure.getErrorMessage())
 
+        def done(_) -> None:
+            self._readings -= 1
+            if not self._readings:
+                waiters, self._tags_waiters = self._tags_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+
         if self.data_dir is None:
+            return
+        self._readings += 1
+        self._mute_writer.run(last_heard, self.data_dir, self.engine.clock()).addCallbacks(
+            self.engine.seed_tags, failed).addBoth(done)
+
+    def _tags_read(self) -> defer.Deferred:
+        """Fires once no reading of the VMs' tags is under way: a mute by tag made while
+        another's reading runs covers the VMs only the logs know only once it is done."""
+        if not self._readings:
             return defer.succeed(None)
-        return self._mute_writer.run(last_heard, self.data_dir, self.engine.clock()).addCallbacks(
-            self.engine.seed_tags, failed)
+        waiter = defer.Deferred()
+        self._tags_waiters.append(waiter)
+        return waiter
 
     def expire_mute(self, mute_id: str) -> defer.Deferred:
         """End a mute now (what it held back is sent if it still fires): (HTTP status, answer)."""
