@@ -408,3 +408,25 @@ def test_a_mute_by_tag_made_while_the_tags_are_being_read_is_answered_once_they_
             assert connections[0].getresponse().status == 201
             for connection in connections:
                 connection.close()
+
+
+def test_a_vm_moved_onto_a_muted_host_and_off_it_is_judged_by_its_latest_tags(tmp_path):
+    """A VM's tags are read again only when its record carries other ones: migrated onto
+    the host under maintenance it is covered from its next record, and moved off it, not."""
+    body = '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\nactions = ["hook"]\n'
+    vm = "10.0.0.5"
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, body)
+        with serve(tmp_path, rules) as server:
+            code, made = post(server, json.dumps({"match": {"tags": {"host": "kvm9"}}, "duration": "1h",
+                                                  "author": "ana", "comment": "kvm9"}).encode())
+            assert code == 201, made
+            for host, muted in (("kvm1", None), ("kvm9", made["id"]), ("kvm1", None)):
+                def judged(host: str = host, muted: str | None = muted) -> bool:
+                    server.send_udp(line(vm, int(time.time()), 95.0, host=host))
+                    time.sleep(0.1)
+                    states = json.loads(server.http("/alerts"))["states"]
+                    return [s.get("muted") for s in states if s["scope"] == vm] == [muted]
+
+                wait_until(judged)
+            assert [a["labels"]["scope"] for a in hook.alerts()] == [vm]  # fired on kvm1, once

@@ -55,6 +55,12 @@ def tags(cells: list) -> dict[str, str]:
     return found
 
 
+def tag_cells(cells: list) -> tuple[bytes, bytes]:
+    """The cells of a held row that ``tags`` reads (host, extra tags): a row whose cells are
+    those of the VM's last has its tags."""
+    return cells[_HOST], cells[_TAGS] if len(cells) > _TAGS else b""
+
+
 def host_of(cells: list) -> str | None:
     return cells[_HOST].decode("utf-8", "replace") if cells[_HOST] else None
 
