@@ -1,5 +1,7 @@
 """Each policy rule on constructed series: exactly one category per VM, with the rule's numbers."""
 
+import re
+
 import numpy as np
 import pytest
 from test_report_stats import DAY, T0, run, series, write_records
@@ -432,5 +434,11 @@ def test_shipped_examples_load_and_document_every_setting():
     book = PriceBook.load(None)
     assert book.is_example and book.sizes and book.monthly(1, 2) == pytest.approx(0.0318 * 730)
     doc = (root / "docs/POLICY.md").read_text()
+    # Each setting's row gives its default ("auto" for none, a ladder as its rungs).
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", doc, re.M))
     for setting in SETTINGS:
-        assert "| `%s` |" % setting.name in doc, setting.name
+        assert setting.name in rows, setting.name
+        said = [float(v) for v in rows[setting.name].split(", ")] if rows[setting.name] != "auto" else None
+        default = setting.default if isinstance(setting.default, list) or setting.default is None else [
+            setting.default]
+        assert said == default, (setting.name, rows[setting.name], setting.default)
