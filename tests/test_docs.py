@@ -198,3 +198,27 @@ def test_every_series_the_docs_name_is_on_a_running_servers_metrics(tmp_path):
                            if not re.search(r"[\"']%s[\"']" % re.escape(v), sources)}
             wrong += ["vmstats_%s{%s}: %s" % (name, label, v) for v in sorted(missing)]
     assert not wrong, wrong
+
+
+def test_the_capacity_settings_table_gives_headrooms_own_defaults():
+    """docs/CAPACITY.md's settings table (option, default) is what ``vmstats headroom`` applies:
+    a default changed in vmstats/capacity/defaults.py and not in the guide fails here."""
+    import click
+
+    from vmstats import cli
+
+    text = (ROOT / "docs" / "CAPACITY.md").read_text()
+    table = text.split("## Settings", 1)[1].strip().split("\n\n", 1)[0]
+    context = click.Context(cli.main)
+    params = {o: p for p in cli.main.get_command(context, "headroom").params for o in p.opts}
+    checked = 0
+    for row in table.splitlines()[2:]:
+        _name, option, default, _meaning = [c.strip() for c in row.strip("|").split("|")]
+        flag = re.match(r"`(--[a-z-]+)`", option)
+        if not flag or not re.fullmatch(r"p?[\d.]+", default):
+            continue
+        param = params[flag.group(1)]
+        assert param.type.convert(default, param, context) == param.type.convert(
+            param.default, param, context), (flag.group(1), default, param.default)
+        checked += 1
+    assert checked >= 5, table
