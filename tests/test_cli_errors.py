@@ -53,6 +53,9 @@ CASES = [
     ((*_SERVE, "--max-vms", "x"), REFUSED, "Invalid value for '--max-vms'"),
     ((*_SERVE, "--allow", "10.0.0.0/33"), REFUSED, "--allow: '10.0.0.0/33' is not an address"),
     ((*_SERVE, "--parser-timeout", "0s"), REFUSED, "--parser-timeout must be 1s or more"),
+    # SO_RCVBUF is a C int: past it, "TypeError: a bytes-like object is required" and exit 1
+    ((*_SERVE, "--rcvbuf", "2147483648"), REFUSED,
+     "Invalid value for '--rcvbuf': 2147483648 is not in the range 4096<=x<=2147483647."),
     # a missing, unknown or conflicting option or argument
     (("report", "data"), REFUSED, "Missing option '-o' / '--out'."),
     (("report", "data", "-o", "out", "--bogus"), REFUSED, "No such option '--bogus'."),

@@ -9,7 +9,7 @@ import click
 from vmstats import inputfile, protocol
 from vmstats.options import FileName, FiniteRange, FolderName, IntRange, Refused
 from vmstats.report.settings import MAX_DAYS
-from vmstats.server.config import MIN_PER_VM, ServerConfig, format_duration, parse_duration
+from vmstats.server.config import MAX_RCVBUF, MIN_PER_VM, ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, allow_network, resolve_bind
 from vmstats.server.journal import FSYNC_POLICIES
 from vmstats.server.signing import load_keys
@@ -124,7 +124,7 @@ class UTCFormatter(logging.Formatter):
               show_default=True, help="Reject records stamped further ahead than this.")
 @click.option("--drain-timeout", type=DURATION, default=_seconds(D.drain_timeout), show_default=True,
               help="Deadline for the final flush at shutdown (missed: exit 1).")
-@click.option("--rcvbuf", type=IntRange(4096), default=D.rcvbuf, show_default=True,
+@click.option("--rcvbuf", type=IntRange(4096, MAX_RCVBUF), default=D.rcvbuf, show_default=True,
               help="UDP socket receive buffer in bytes (beyond net.core.rmem_max only "
                    "with CAP_NET_ADMIN).")
 @click.option("--max-line", type=IntRange(64, protocol.MAX_DATAGRAM_SIZE),

@@ -12,6 +12,8 @@ from vmstats.server.formats.interfaces import VIRTUAL_INTERFACES
 DEFAULT_HTTP_PORT = 8898
 #: 8 MiB absorbs about 100,000 small datagrams while the reactor is busy elsewhere.
 DEFAULT_RCVBUF = 8 << 20
+#: SO_RCVBUF is a C int: a larger --rcvbuf cannot even be asked for (Linux grants half of it).
+MAX_RCVBUF = (1 << 31) - 1
 #: The least --max-per-vm: the most records of one VM our senders put in one acknowledged batch
 #: (the agent 200, replay and simulate 1,000).  A batch larger than the cap is answered busy
 #: every time it is sent, so its sender would never move on.
