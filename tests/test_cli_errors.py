@@ -24,7 +24,7 @@ _ADMIT = ("admit", "manifest.toml", "data", "--inventory", "hosts.toml")
 #: (command line, status, what the one line says after "Error: ").  Names in the folder the
 #: test runs in: data/ (a data dir with no logs), hosts.toml, manifest.toml (good), nope (not
 #: there), bad.toml (not TOML), bin.toml (not UTF-8), empty.toml, afile (a line of text),
-#: folder/ (an empty folder).
+#: folder/ (an empty folder), twice.keys (a key file naming one key id twice).
 CASES = [
     # an option's value
     (("report", "data", "-o", "out", "--days", "x"), REFUSED,
@@ -112,6 +112,9 @@ CASES = [
      "cannot read --token-file: empty.toml: is empty"),
     ((*_SERVE, "--rules", "bad.toml"), REFUSED, "rules file bad.toml: not valid TOML"),
     ((*_SERVE, "--auth-keys", "nope"), REFUSED, "cannot read --auth-keys: nope: does not exist"),
+    # the later line's secret and VMs silently replaced the earlier's
+    ((*_SERVE, "--auth-keys", "twice.keys"), REFUSED,
+     "twice.keys:3: key 'web' given twice (first on line 1)"),
     ((*_SERVE, "--inventory", "empty.toml"), REFUSED, "inventory empty.toml: no [[host]] tables"),
     # where the output goes (tests/test_output_paths.py walks every such option)
     (("report", "data", "-o", "afile"), REFUSED, "Invalid value for '-o' / '--out': afile is a file"),
@@ -138,6 +141,7 @@ def place(tmp_path, monkeypatch) -> Path:
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00\x01binary")
     (tmp_path / "empty.toml").write_text("")
     (tmp_path / "afile").write_text("a line\n")
+    (tmp_path / "twice.keys").write_text("web s3cret web-*\nops 0ther\nweb n3w\n")
     return tmp_path
 
 

@@ -140,8 +140,11 @@ def load_keys(path: str) -> dict[bytes, Key]:
 
     Raises ValueError with the file and line on anything malformed, and with the file and the
     problem when it cannot be read or is not UTF-8 (``inputfile``): one line, never a traceback.
+    A key id given twice is malformed too: the later line's secret and VMs would silently
+    replace the earlier's, voiding the secret the agents hold or widening what the key signs.
     """
     keys: dict[bytes, Key] = {}
+    lines: dict[bytes, int] = {}  # key id -> the line that gave it
     for number, text in enumerate(inputfile.read_text(path).split("\n"), 1):
         text = text.strip()
         if not text or text.startswith("#"):
@@ -155,7 +158,13 @@ def load_keys(path: str) -> dict[bytes, Key]:
             vms = VmPatterns(parts[2:]) if len(parts) > 2 else None
         except (ValueError, protocol.DecodeError) as exc:
             raise ValueError("%s:%d: bad VM pattern: %s" % (path, number, exc)) from None
-        keys[parts[0].encode("ascii")] = Key(parts[1].encode("utf-8"), vms)
+        key_id = parts[0].encode("ascii")
+        if key_id in lines:  # which secret, and which VMs? The later line would win unseen.
+            raise ValueError("%s:%d: key %r given twice (first on line %d): one line per key; "
+                             "to rotate, add the new secret under a new key id"
+                             % (path, number, parts[0], lines[key_id]))
+        lines[key_id] = number
+        keys[key_id] = Key(parts[1].encode("utf-8"), vms)
     if not keys:
         raise ValueError("%s: no keys" % path)
     return keys
