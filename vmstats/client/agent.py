@@ -43,7 +43,12 @@ CLOCK_STEP = 5.0
 
 
 class AgentError(Exception):
-    """The agent cannot start (one readable line)."""
+    """The agent cannot start (one readable line); ``status`` is its exit status: 1, or 2 for a
+    bad setting (the unit does not restart after it: only an edit mends it)."""
+
+    def __init__(self, message, status=1):
+        Exception.__init__(self, message)
+        self.status = status
 
 
 def vm_identity(config):
@@ -85,7 +90,7 @@ def make_sender(config):
         return transport.TcpSender(host, port, store, signer, timeout=config.timeout,
                                    backoff=transport.Backoff(maximum=config.backoff_max))
     except (transport.TransportError, spool.SpoolError) as exc:
-        raise AgentError(str(exc))
+        raise AgentError(str(exc), 2 if isinstance(exc, transport.KeyFileError) else 1)
 
 
 class Sleeper(object):
@@ -303,7 +308,7 @@ def main(config):
         LOG.info("%s", source)
     except (AgentError, transport.TransportError, procfs.ProcError) as exc:
         LOG.error("%s", exc)
-        return 1
+        return getattr(exc, "status", 1)
     agent = Agent(config, sender, vm, host)
     try:
         produced = agent.run()

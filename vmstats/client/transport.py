@@ -37,6 +37,11 @@ class TransportError(ValueError):
     """The server address or key cannot be used (one readable line)."""
 
 
+class KeyFileError(TransportError):
+    """The key file was read and is damaged: a bad setting, which no restart mends (exit 2),
+    unlike a key file not there or not readable yet (provisioned after the agent started)."""
+
+
 class DeliveryError(Exception):
     """A batch was not acknowledged; it stays in the spool."""
 
@@ -104,10 +109,10 @@ class Signer(object):
         except (IOError, OSError) as exc:
             raise TransportError("cannot read key file %s: %s" % (path, exc.strerror or exc))
         except (ValueError, UnicodeError) as exc:
-            raise TransportError("bad key file: %s" % exc)
+            raise KeyFileError("bad key file: %s" % exc)
         if len(keys) != 1:
-            raise TransportError("key file %s must hold exactly one key for the agent, not %d"
-                                 % (path, len(keys)))
+            raise KeyFileError("key file %s must hold exactly one key for the agent, not %d"
+                               % (path, len(keys)))
         key_id, secret = list(keys.items())[0]
         return cls(key_id, secret)
 
