@@ -238,3 +238,53 @@ def test_materna_files_read_as_the_same_records_by_their_headers(tmp_path):
     broken.write_text(MATERNA_HEADER.replace("Disk read throughput [KB/s]; ", "") + "\n")
     with pytest.raises(TraceError, match="header without 'Disk read throughput'"):
         list(read_trace(str(broken), "bitbrains"))
+
+
+def _replay(tmp_path, server, *paths):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "vmstats", "replay", "--format", "csv",
+                           "--server", "127.0.0.1:%d" % server.tcp_port, *map(str, paths)],
+                          capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+
+
+def test_a_trace_refused_for_its_header_stops_the_replay_before_anything_is_sent(tmp_path):
+    """17 good files (a turn of 60 records each: one acknowledged batch of 1,020) and one whose
+    header lacks cpu: refused as bad input (2) with nothing sent, since the headers are read
+    before the first send. Before, the good files' batch went to the server and the replay then
+    stopped with exit 1, as if the run had failed on the way."""
+    from serverproc import serve
+
+    good = []
+    for n in range(17):
+        path = tmp_path / ("good-%02d.csv" % n)
+        path.write_text("vm,timestamp,cpu,mem\n" + "".join(
+            "web%d,%d,1,2\n" % (n, 1714521600 + 60 * k) for k in range(60)))
+        good.append(path)
+    bad = tmp_path / "z-bad.csv"
+    bad.write_text("vm,timestamp,cpux,mem\nweb99,1714521600,1,2\n")
+    with serve(tmp_path / "server") as server:
+        result = _replay(tmp_path, server, *good, bad)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            "Error: %s: csv header lacks cpu (needs vm,timestamp,cpu and usually mem)" % bad]
+        assert server.metrics().get("vmstats_records_received_total", 0) == 0
+    assert not list((tmp_path / "server" / "data" / "vms").glob("*"))
+
+
+def test_a_csv_trace_saved_by_a_spreadsheet_with_its_byte_order_mark_replays(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark (and ends lines with CRLF):
+    it stuck to the first name, and the replay said the header lacked vm."""
+    from serverproc import serve
+
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(b"\xef\xbb\xbfvm,timestamp,cpu,mem\r\nweb1,1714521600,1.5,2\r\n"
+                     b"web1,1714521660,2.5,3\r\n")
+    with serve(tmp_path / "server", "--flush-interval", "0.3") as server:
+        result = _replay(tmp_path, server, path)
+        assert result.returncode == 0, result.stderr
+        server.wait_received(2)
+    day = tmp_path / "server" / "data" / "vms" / "web1" / "2024-05-01.csv"
+    assert [line.split(",")[:4] for line in day.read_text().splitlines()[1:]] == [
+        ["1714521600", "1.5", "", "2"], ["1714521660", "2.5", "", "3"]]

@@ -89,9 +89,12 @@ class TraceError(ValueError):
 
 
 def _open_text(path: str):
+    """The file as text; "utf-8-sig" drops the byte-order mark a spreadsheet's "CSV UTF-8"
+    export puts first, which would otherwise stick to the header's first name (``\ufeffvm``)."""
     if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace",
+                                newline="")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def _lines(path: str, quirks: Counter) -> Iterator[str]:
@@ -338,10 +341,9 @@ def _planetlab_rows(path: str, start: int, interval: int, quirks: Counter,
     return rows
 
 
-def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
-    by_vm: dict[str, list[tuple[int, dict]]] = {}
-    reader = csv.reader(_lines(path, quirks))
-    header = [h.strip().lower() for h in next(reader, [])]
+def _csv_header(path: str, cells: list[str]) -> list[str]:
+    """The header's column names (lower case); TraceError when it lacks one or has a stranger."""
+    header = [h.strip().lower() for h in cells]
     missing = [c for c in ("vm", "timestamp", "cpu") if c not in header]
     if missing:
         raise TraceError("%s: csv header lacks %s (needs vm,timestamp,cpu and usually mem)"
@@ -349,6 +351,13 @@ def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
     unknown = [h for h in header if h not in _CSV_FIELDS + ("vm", "timestamp")]
     if unknown:
         raise TraceError("%s: unknown csv %s %s" % (path, plural(len(unknown), "column"), ",".join(unknown)))
+    return header
+
+
+def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
+    by_vm: dict[str, list[tuple[int, dict]]] = {}
+    reader = csv.reader(_lines(path, quirks))
+    header = _csv_header(path, next(reader, []))
     columns = [(i, h) for i, h in enumerate(header) if h in _CSV_FIELDS]
     vm_col = header.index("vm")
     ts_col = header.index("timestamp")
@@ -430,6 +439,21 @@ class Trace:
         self.fill = dict(fill or {})
         self.quirks = Counter() if quirks is None else quirks
         self._records: Iterator[Record] | None = None
+        self._check_header()
+
+    def _check_header(self) -> None:
+        """Read the file's first line now, though its records are read later: a file that
+        cannot be read at all, or whose header lacks a column, is then refused before any
+        record is sent (exit 2), not after other files' records went (exit 1)."""
+        lines = _lines(self.path, Counter())  # its quirks are counted when the rows are read
+        try:
+            first = next(lines, "")
+        finally:
+            lines.close()
+        if self.fmt == "csv":
+            _csv_header(self.path, next(csv.reader([first]), []))
+        elif self.fmt == "bitbrains":
+            _bitbrains_header(self.path, first)
 
     def _vm_for(self, name: str) -> str:
         if self.vm is not None:
