@@ -234,3 +234,37 @@ def test_write_bodies_held_at_once_are_bounded_and_a_body_past_the_bound_is_retr
             == writers * per_body
         assert metrics['vmstats_http_requests_refused_total{reason="busy"}'] == len(busy)
         assert metrics["vmstats_http_body_bytes_held"] == 0
+
+
+def test_every_request_refused_whole_is_counted_by_its_reason(tmp_path):
+    """A write refused for its query or its gzip, one that unzips past the limit, a path not
+    served and a method a path does not serve were answered but counted nowhere: a Telegraf
+    sending the wrong precision or a broken gzip showed nothing in /metrics."""
+    import gzip
+
+    bomb = gzip.compress(b"cpu,host=a usage_idle=1\n" * (MAX_BODY // 24 + 1))
+    requests = [  # (request, answer's status, reason counted)
+        (b"POST /write?precision=xx HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400, "bad_query"),
+        (b"POST /api/v2/write HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400, "bad_query"),
+        (b"POST /write HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc", 400,
+         "bad_gzip"),
+        (b"POST /write HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+         % (len(bomb), bomb), 413, "too_large"),
+        (b"GET /nonexistent HTTP/1.1\r\n\r\n", 404, "not_found"),
+        (b"DELETE /metrics HTTP/1.1\r\n\r\n", 405, "method_not_allowed"),
+    ]
+    with serve(tmp_path) as server:
+        for request, status, _reason in requests:
+            _sent, answer = stream(server.http_port, request.replace(
+                b"\r\n", b"\r\nHost: x\r\nConnection: close\r\n", 1), b"", 0)
+            code, headers, _body = status_and_json(answer)  # JSON, the 404 too
+            assert code == status and headers["content-type"].startswith("application/json"), answer
+        metrics = server.metrics()
+        counted = {name[len('vmstats_http_requests_refused_total{reason="'):-2]: value
+                   for name, value in metrics.items()
+                   if name.startswith("vmstats_http_requests_refused_total")}
+        expected: dict = {}
+        for _request, _status, reason in requests:
+            expected[reason] = expected.get(reason, 0) + 1
+        assert counted == expected
+        assert not any(k.startswith("vmstats_edge_lines_total") and v for k, v in metrics.items())

@@ -96,10 +96,14 @@ class Router(resource.Resource):
     def render(self, request: server.Request) -> bytes | int:
         request.setHeader(b"cache-control", b"no-store")
         methods = self.routes.get(request.path)
-        if methods is None:
-            return _plain(request, http.NOT_FOUND, b"not found\n")
+        if methods is None:  # a scanner's probes, a client's wrong URL: counted, as every refusal
+            count_refused(request, "not_found")
+            request.setResponseCode(http.NOT_FOUND)
+            request.setHeader(b"content-type", b"application/json")
+            return _json_error("not found")
         handler = methods.get(request.method)
         if handler is None:
+            count_refused(request, "method_not_allowed")
             allowed = b", ".join(sorted(methods))
             request.setHeader(b"allow", allowed)
             request.setResponseCode(http.NOT_ALLOWED)
@@ -109,10 +113,11 @@ class Router(resource.Resource):
         return handler(request)
 
 
-def _plain(request: server.Request, code: int, body: bytes) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return body
+def count_refused(request: server.Request, reason: str) -> None:
+    """Count a request refused for ``reason`` in ``vmstats_http_requests_refused_total``."""
+    table = getattr(getattr(request, "channel", None), "table", None)
+    if table is not None:
+        table.counts.refused(reason)
 
 
 def _json_error(message: str) -> bytes:

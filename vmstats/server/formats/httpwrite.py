@@ -26,7 +26,7 @@ from twisted.web import resource, server
 
 from vmstats.server.formats import R_AUTH, Tally
 from vmstats.server.formats.lineprotocol import PRECISIONS
-from vmstats.server.http import secret_matches
+from vmstats.server.http import count_refused, secret_matches
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class WritePage(resource.Resource):
             return refusal[0], self._error_body(*refusal[1:])
         encoding = (request.getHeader(b"content-encoding") or b"").strip().lower()
         if encoding not in ENCODINGS:  # read as plain text, its every line would be garbage
-            _count_refused(request, "unsupported_encoding")
+            count_refused(request, "unsupported_encoding")
             return 415, self._error_body("invalid", "Content-Encoding %r is not supported: "
                                          "send gzip or none" % encoding.decode("latin-1")[:40])
         return None
@@ -133,9 +133,11 @@ class WritePage(resource.Resource):
         precision = args.get(b"precision", [b"ns"])[0].decode("ascii", "replace")
         allowed = V2_PRECISIONS if self.version == 2 else V1_PRECISIONS
         if precision not in allowed:
+            count_refused(request, "bad_query")
             return self._error(request, 400, "invalid", "precision %r is not one of %s"
                                % (precision, ", ".join(allowed)))
         if self.version == 2 and not args.get(b"bucket", [b""])[0]:
+            count_refused(request, "bad_query")
             return self._error(request, 400, "invalid", "bucket is required")
         body = request.content.read(MAX_BODY + 1)
         self.edge.metrics.bytes += len(body)
@@ -160,15 +162,18 @@ class WritePage(resource.Resource):
             try:
                 body = gunzip(body, MAX_BODY)
             except zlib.error as exc:
+                count_refused(request, "bad_gzip")
                 return self._error(request, 400, "invalid", "body is not gzip: %s" % exc)
             self.budget.give(held[0])
             held[0] = 0
             if not self.budget.take(len(body)):
                 return self._busy(request)
             held[0] = len(body)
-        if len(body) > MAX_BODY:
+        if len(body) > MAX_BODY:  # unzipped: the HTTP port bounded only what was sent
+            count_refused(request, "too_large")
             return self._error(request, 413, "request too large", "body over %d bytes" % MAX_BODY)
         if self.edge.journal_failing():  # take nothing that could not be kept: the client retries
+            count_refused(request, "journal")
             request.setHeader(b"retry-after", b"1")
             return self._error(request, 503, "unavailable", "the journal cannot be written: "
                                "retry later")
@@ -181,7 +186,7 @@ class WritePage(resource.Resource):
 
     def _busy(self, request) -> bytes:
         """503 for a body past --http-body-memory: the client retries once others are in."""
-        _count_refused(request, "busy")
+        count_refused(request, "busy")
         request.setHeader(b"retry-after", b"1")
         return self._error(request, 503, "unavailable", "the server holds %d bytes of write "
                            "bodies (--http-body-memory): retry later" % self.budget.held)
@@ -197,6 +202,7 @@ class WritePage(resource.Resource):
             if gone:
                 return
             if not journaled:
+                count_refused(request, "journal")
                 request.setHeader(b"retry-after", b"1")
                 body = self._error(request, 503, "unavailable",
                                    "the journal write failed: retry later")
@@ -264,13 +270,6 @@ class WritePage(resource.Resource):
     def _error_body(self, kind: str, message: str) -> bytes:
         body = {"code": kind, "message": message} if self.version == 2 else {"error": message}
         return json.dumps(body).encode("utf-8")
-
-
-def _count_refused(request, reason: str) -> None:
-    """Count a refused write in ``vmstats_http_requests_refused_total`` (its port's table)."""
-    table = getattr(getattr(request, "channel", None), "table", None)
-    if table is not None:
-        table.counts.refused(reason)
 
 
 class Ping(resource.Resource):
