@@ -336,3 +336,26 @@ def test_sigusr1_prints_every_threads_stack_and_the_server_carries_on(tmp_path):
     dump = server.output
     assert "Current thread" in dump and "service.py" in dump  # the reactor thread, in run()
     assert len(logged(tmp_path / "data", "10.9.0.2")) == 1
+
+
+def test_a_status_file_on_a_full_disk_is_one_line_naming_it_and_leaves_nothing(tmp_path, small_disk):
+    """The status file's folder is full: the start fails (1) naming the file, as its other
+    checks name theirs. Before, the line was a bare "No space left on device", and each start
+    (a unit restarting on failure) left one more empty ``.status-*`` file on that disk."""
+    from test_reliability_faults import fill_up
+
+    fill_up(small_disk)
+    before = set(os.listdir(small_disk))
+    status = small_disk / "status.json"
+    for _start in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "vmstats", "serve", "--bind", "127.0.0.1", "--udp-port", "0",
+             "--tcp-port", "0", "--http-port", "0", "--data-dir", str(tmp_path / "data"),
+             "--status-file", str(status), "--duration", "60s"],
+            capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+        assert result.returncode == 1, result.stderr
+        errors = [text for text in result.stderr.splitlines() if text.startswith("Error")]
+        assert errors == ["Error: cannot write the status file (--status-file) %s: No space left "
+                          "on device" % status], result.stderr
+        assert "Traceback" not in result.stderr
+    assert set(os.listdir(small_disk)) == before

@@ -1,5 +1,6 @@
 """Assembly and lifecycle of the aggregator: services, status file, shutdown, summary."""
 
+import contextlib
 import faulthandler
 import gc
 import json
@@ -340,7 +341,11 @@ class Aggregator(service.MultiService):
         if self.config.status_file:
             status = dict(ports, pid=os.getpid(), data_dir=os.path.abspath(self.config.data_dir),
                           bind=self.config.bind, rcvbuf=self.listeners.rcvbuf_granted)
-            write_atomically(self.config.status_file, json.dumps(status, indent=1) + "\n")
+            try:
+                write_atomically(self.config.status_file, json.dumps(status, indent=1) + "\n")
+            except OSError as exc:  # a full disk: say which file, as the start's checks do
+                raise OSError(exc.errno, "cannot write the status file (--status-file) %s: %s"
+                              % (self.config.status_file, exc.strerror or exc)) from None
 
     def _announce_exposure(self, ports: dict) -> None:
         """A loud warning when anyone beyond this machine may write records unsigned."""
@@ -463,12 +468,18 @@ def open_files() -> int:
 
 
 def write_atomically(path: str, text: str) -> None:
-    """Readers polling for the file see nothing or all of it."""
+    """Readers polling for the file see nothing or all of it; a write that fails (a full disk
+    takes the name but not the bytes) leaves no temporary file behind, at any number of starts."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, temp = tempfile.mkstemp(dir=folder, prefix=".status-")
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(temp, path)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def stop_on_signals(reactor) -> None:
