@@ -318,6 +318,41 @@ def test_what_waits_for_a_tick_is_bounded_by_the_fleet_not_the_flood(monkeypatch
     assert not eng._pending and not eng._rows
 
 
+def test_past_the_bound_the_hand_off_folds_only_when_its_payloads_hold_many_records(monkeypatch):
+    """A fleet coming round again lets each payload go as its VMs come again: past
+    PENDING_MAX the payloads still pointed at hold about a fleet's records, and the fold
+    waits for the tick.  Payloads each kept by a VM that does not come again hold every
+    record: those are folded.  Either way the references keep no more records than counted,
+    and the tick reads each VM's last record, in the order VMs first arrived, as updating
+    two dicts record by record would."""
+    monkeypatch.setattr(evaluator, "PENDING_MAX", 400)
+    clock = Clock()
+    eng = engine([{"name": "hot", "metric": "cpu", "enter": 90}], clock)
+    fleet = ["10.0.4.%d" % i for i in range(1, 41)]
+    expected_tss: dict[str, int] = {}
+    expected_rows: dict[str, bytes] = {}
+
+    def hand_over(names: list[str], i: int) -> None:
+        tss = [int(clock.now) - 100 + i] * len(names)
+        rows = [row(20 + (i + k) % 50) for k in range(len(names))]
+        expected_tss.update(zip(names, tss, strict=True))
+        expected_rows.update(zip(names, rows, strict=True))
+        eng.observe(names, tss, rows)
+        held = {id(p): len(p[0]) for p in eng._pending.values()}
+        assert sum(held.values()) <= eng._pending_records < 400
+
+    for i in range(100):  # 1,000 records, the fleet of 40 ten at a time, round and round
+        hand_over(fleet[i % 4 * 10:i % 4 * 10 + 10], i)
+    assert not eng._rows  # never folded: the payloads held only the fleet's last 40
+    for i in range(100):  # each payload kept by a VM of its own
+        hand_over(["10.0.5.%d" % (i + 1)] + fleet[i % 4 * 9:i % 4 * 9 + 9], i)
+    assert eng._rows  # folded past the bound
+    eng._fold()
+    assert list(eng._tss.items()) == list(expected_tss.items())
+    assert list(eng._rows.items()) == list(expected_rows.items())
+    assert eng.process() == 2000
+
+
 class Column(list):
     """A payload's column that a weak reference can watch."""
 

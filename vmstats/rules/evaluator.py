@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from itertools import count, repeat
+from operator import itemgetter
 
 from vmstats.rules import metric as metrics
 from vmstats.rules import scaling
@@ -135,7 +136,8 @@ class Engine:
         self._taken = 0
         #: vm -> the columns (vms, tss, rows) of the last payload handed over since the last
         #: fold that holds a record of it, in the order VMs first arrived; and the records
-        #: handed over since the last fold (at most ``PENDING_MAX`` before a fold).
+        #: handed over since the last fold, or what those payloads hold (``observe``): the
+        #: records the references keep are at most this, and at most ``PENDING_MAX``.
         self._pending: dict[str, tuple[list, list, list]] = {}
         self._pending_records = 0
         #: vm -> the rules (without tag conditions) whose scope takes it; rebuilt on a reload.
@@ -320,7 +322,10 @@ class Engine:
         after they were filed, 0.016 by itself, and the fold's pass over every name the
         rest.  Updating each VM's latest stamp and row here (two dict updates a payload)
         cost about 0.1 us a record, most of it cache misses on the row and stamp each record
-        replaced.  Past ``PENDING_MAX`` records the hand-off folds at once.
+        replaced.  Past ``PENDING_MAX`` records the hand-off folds at once, unless the
+        payloads still pointed at hold few of them (a fleet's records coming round again,
+        each payload let go as its VMs came again): then it only counts again from what
+        they hold, and the fold waits for the tick.
         """
         size = len(vms)
         if len(tss) != size or len(rows) != size:
@@ -330,7 +335,17 @@ class Engine:
         self._pending_records += size
         self._taken += size
         if self._pending_records >= PENDING_MAX:
-            self._fold()
+            held = self._held()
+            if held > PENDING_MAX // 4:
+                self._fold()
+            else:  # 0.6 ms for a fleet of 10,000 against 2.7 for its fold
+                self._pending_records = held
+
+    def _held(self) -> int:
+        """Records of the payloads the hand-off points at, each payload counted once."""
+        columns = self._pending.values()
+        payloads = dict(zip(map(id, columns), columns, strict=True)).values()
+        return sum(map(len, map(itemgetter(0), payloads)))
 
     def _fold(self) -> None:
         """Each VM's last record since the last fold into ``_tss`` and ``_rows``.
@@ -380,7 +395,6 @@ class Engine:
             if ts < oldest:
                 self.history_skipped += 1
                 continue
-            cells = row.split(b",")
             route = routes.get(vm)
             if route is None:
                 address = parse_address(vm)
@@ -388,6 +402,9 @@ class Engine:
                                 if not rs.rule.match.tags and rs.rule.match(vm, {}, address)])
                 if len(routes) < self.settings.max_series:
                     routes[vm] = route
+            if not route and not by_tags and not keep_tags:
+                continue  # no rule takes the VM and no mute wants its tags: its row is not read
+            cells = row.split(b",")
             tags = None
             if by_tags:
                 tags = tags_of(vm, cells)
@@ -686,20 +703,22 @@ class Engine:
             if series is not None:
                 self._remind(rs, series, now)
             return
+        silent_after, period, hold, remind = rule.silent_after, rule.period, rule.hold, rule.remind
         for series in list(rs.series.values()):
-            if (rule.silent_after and series.state != "silent"
-                    and now - series.last_arrival >= rule.silent_after):
+            state = series.state
+            if silent_after and state != "silent" and now - series.last_arrival >= silent_after:
                 self._transition(rs, series, "silent", now, None)
                 continue
-            if series.state == "silent" or series.first == RESTORED:
+            if state == "silent" or series.first == RESTORED:
                 continue  # restored: its clock and periods are known from its next record
             # The VM's current period on its clock; a record for period p may arrive in p + 1.
-            due = int((now - series.offset) // rule.period) - 2
+            due = int((now - series.offset) // period) - 2
             if due > series.end:
                 self._evaluate(rs, series, due, now)
-            elif series.blocked and now - series.since >= rule.hold:
+            elif series.blocked and now - series.since >= hold:
                 self._evaluate(rs, series, series.end, now)
-            self._remind(rs, series, now)
+            if remind and series.state == "alarm":
+                self._remind(rs, series, now)
 
     def _remind(self, rs: RuleState, series: Series, now: float) -> None:
         rule = rs.rule
