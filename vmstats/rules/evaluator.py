@@ -40,10 +40,11 @@ GROUP = "group"
 _CPU = metrics.FIELD_INDEX["cpu"]
 #: ``first`` of a scope restored from the action log, until its first record sets it.
 RESTORED = 1 << 62
-#: Records handed over since the last fold: past this many the hand-off folds at once, so the
-#: payloads the rules hold between two ticks stay bounded whatever the mix of VMs (ticks are
-#: up to 2 s apart under a flood) -- at most a few MB of column references -- and each fold,
-#: one step per VM in Python, runs a few times a million records.
+#: Records handed over since the last fold: past this many the hand-off folds at once if the
+#: payloads it points at hold more than a quarter of them, so the payloads the rules hold
+#: between two ticks stay bounded whatever the mix of VMs (ticks are up to 2 s apart under a
+#: flood) -- at most a few MB of column references.  A fleet coming round again holds about
+#: its own records: the fold, one step per VM in Python, then waits for the tick.
 PENDING_MAX = 1 << 18
 
 
