@@ -301,9 +301,10 @@ def test_a_tick_reads_each_vms_last_record_however_the_handed_over_payloads_were
 
 
 def test_what_waits_for_a_tick_is_bounded_by_the_fleet_not_the_flood(monkeypatch):
-    """A flood between two ticks: past PENDING_MAX records the hand-off folds, so the rules
-    hold a bounded backlog of references plus one record per VM; the tick still counts every
-    record that arrived (what spaces ticks out under a flood)."""
+    """A flood between two ticks: past PENDING_MAX records the hand-off folds (or, its
+    payloads holding few records, counts again from those), so the rules hold a bounded
+    backlog of references plus one record per VM; the tick still counts every record that
+    arrived (what spaces ticks out under a flood)."""
     monkeypatch.setattr(evaluator, "PENDING_MAX", 100)
     clock = Clock()
     eng = engine([{"name": "hot", "metric": "cpu", "enter": 90}], clock)
