@@ -17,8 +17,6 @@ from serverproc import serve
 from test_operations import OPERATOR_DOCS, _cli_options, _doc_command_lines
 
 ROOT = Path(__file__).resolve().parent.parent
-#: What an operator reads and copies from, BENCHMARKS.md's "how to reproduce" lines included.
-DOCS = OPERATOR_DOCS
 #: A flag: one or two dashes, then a letter, not inside a word (``re-run``, ``x--y``).
 FLAG = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
 #: Flags the docs give to other programs, each with the program (so a vmstats flag renamed to
@@ -38,7 +36,7 @@ def _bench_lines() -> list[tuple[str, str, str]]:
     """``(doc, script, rest)`` for each mention of a benchmark script with what follows it up
     to the end of that command (``;``, ``|``, ``&&``)."""
     found = []
-    for doc in DOCS:
+    for doc in OPERATOR_DOCS:
         for line in _spans(doc):
             for match in re.finditer(r"\bbench/(\w+)\.py\b([^;|&]*)", line):
                 found.append((doc.name, match.group(1), match.group(2)))
@@ -99,7 +97,7 @@ def test_every_flag_the_docs_name_is_one_a_command_has(bench_options):
     takes: a renamed or removed option shows here, not when an operator types it."""
     known = set().union(*_cli_options().values(), *bench_options.values(), _demo_options())
     wrong = []
-    for doc in DOCS:
+    for doc in OPERATOR_DOCS:
         for flag in set(FLAG.findall(" ".join(_spans(doc)))):
             if flag.startswith("--") and flag not in known and flag not in FOREIGN:
                 wrong.append("%s: %s" % (doc.name, flag))
@@ -159,7 +157,7 @@ SERIES = re.compile(r"\bvmstats_([a-z0-9_]*[a-z0-9])(?:\{([^}]*)\})?")
 def _documented_series() -> dict[str, dict[str, set[str]]]:
     """``{name: {label: {values}}}`` of every series the docs name (a value ``...`` is none)."""
     series: dict[str, dict[str, set[str]]] = {}
-    for doc in DOCS:
+    for doc in OPERATOR_DOCS:
         for name, labels in SERIES.findall(doc.read_text()):
             named = series.setdefault(name, {})
             for part in re.findall(r"(\w+)((?:=(?:\"[^\"]*\"\|?)+)?)", labels or ""):
