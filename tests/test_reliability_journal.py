@@ -465,6 +465,10 @@ def test_a_line_refused_for_its_time_stays_refused_when_its_payload_is_replayed(
         assert _rejected(again.metrics()) == {}
     assert again.returncode == 0, again.output
     assert "of journal segment" not in again.output
+    # Named by the stamps the payload was taken within, not by limits of this run's or a clock.
+    window = "outside %d..%d, the stamps its journaled payload was taken within" % (honest.ts, honest.ts)
+    for record in (ahead, behind):
+        assert "vm %s stamped %d, %s" % (record.vm, record.ts, window) in again.output, again.output
     assert raw_rows(data) == Counter([(honest.vm, honest.ts)])
     assert journal_files(data) == []
 

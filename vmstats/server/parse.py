@@ -445,7 +445,11 @@ class Parser:
     """Turns payloads into ``Parsed`` columns; the same rows whichever process runs it."""
 
     def __init__(self, max_future: int, max_past: int):
-        self.decoder = protocol.Decoder()
+        # The decoder judges no stamp: every path's are judged here (``_adder``), against
+        # the limits or a replay's stamps alike, in the same words.
+        self.decoder = protocol.Decoder(max_future=NO_LIMIT, max_past=0)
+        #: The stamps taken while a replay parses a journaled payload (``parse_within``).
+        self._stamps: tuple[int, int] | None = None
         self.limit(max_future, max_past)
         regex, ts_group, seq_group = build_fast_path()
         self._findall = regex.findall
@@ -480,10 +484,20 @@ class Parser:
 
     def limit(self, max_future: int, max_past: int) -> None:
         """The stamps taken, from ``now - max_past`` (0: no limit) to ``now + max_future``,
-        for the fast paths and the decoder alike; a replay narrows them per payload
-        (replay.Bounded) without a parser of its own for each, which would learn VM ids again."""
-        self.max_future = self.decoder.max_future = max_future
-        self.max_past = self.decoder.max_past = max_past
+        for the fast paths and the decoder's lines alike (``_window``)."""
+        self.max_future = max_future
+        self.max_past = max_past
+
+    def parse_within(self, data: bytes, lo: int, hi: int) -> Parsed:
+        """``parse``, taking the stamps from ``lo`` to ``hi`` and no other, whatever the limits
+        and the clock: a journaled payload some of whose lines were refused for their time
+        when it came names the stamps taken then (replay.py).  The same parser serves every
+        payload, so that it learns VM ids once."""
+        self._stamps = (lo, hi)
+        try:
+            return self.parse(data, float(hi))
+        finally:
+            self._stamps = None
 
     def parse(self, data: bytes, now: float) -> Parsed:
         """Every record of one payload, in order, and a count of every reject by reason.
@@ -753,7 +767,11 @@ class Parser:
         return True
 
     def _window(self, now: float) -> tuple[int, int]:
-        """The highest and lowest timestamps the decoder accepts at ``now`` (integers)."""
+        """The highest and lowest timestamps taken at ``now`` (integers): ``now + max_future``
+        and ``now - max_past`` (the protocol decoder's arithmetic, which takes a stamp
+        ``max_future`` ahead of a clock between seconds), or a replay's stamps."""
+        if self._stamps is not None:
+            return self._stamps[1], self._stamps[0]
         return int(now) + self.max_future, (math.ceil(now) - self.max_past if self.max_past else 0)
 
     def _vm_id(self, raw: bytes) -> str:
@@ -803,7 +821,10 @@ class Parser:
         hi, lo = self._window(now)
 
         def add(groups: tuple | None, record: protocol.Record | None, shape: Shape | None) -> None:
-            if record is not None:  # the decoder checked everything
+            if record is not None:  # the decoder checked everything but the stamp
+                if record.ts > hi or record.ts < lo:
+                    _reject(out, *self._refusal(record.vm, record.ts, now, record.ts > hi))
+                    return
                 vms.append(sys.intern(record.vm))
                 tss.append(record.ts)
                 rows.append(format_tail(record))
@@ -816,7 +837,7 @@ class Parser:
                 return
             ts = int(shape.ts_of(groups))
             if ts > hi or ts < lo:
-                _reject(out, *_out_of_window(vm, ts, now, ts > hi))
+                _reject(out, *self._refusal(vm, ts, now, ts > hi))
                 return
             vms.append(vm)
             tss.append(ts)
@@ -825,6 +846,15 @@ class Parser:
             seqs.append(int(seq) if seq else None)
 
         return add
+
+    def _refusal(self, vm: str, ts: int, now: float, ahead: bool) -> tuple[str, str]:
+        """The reason and the log's words for a record stamped outside the stamps taken."""
+        if self._stamps is None:
+            return _out_of_window(vm, ts, now, ahead)
+        return (protocol.R_FUTURE if ahead else protocol.R_PAST), (
+            "%s: vm %s stamped %d, outside %d..%d, the stamps its journaled payload was taken "
+            "within when it came (refused then for its time)"
+            % (protocol.R_FUTURE if ahead else protocol.R_PAST, vm, ts, *self._stamps))
 
 
 def _out_of_window(vm: str, ts: int, now: float, ahead: bool) -> tuple[str, str]:

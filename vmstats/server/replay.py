@@ -27,7 +27,7 @@ from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import WINDOW_PREFIX, Ingest
 from vmstats.server.journal import Journal, counted_rejects, records_of, rejected_line
 from vmstats.server.metrics import Metrics
-from vmstats.server.parse import NO_LIMIT, Parser
+from vmstats.server.parse import NO_LIMIT
 from vmstats.server.writer import write_share
 from vmstats.words import counted
 
@@ -101,21 +101,6 @@ def _bounds(text: bytes) -> tuple[int, int] | None:
     return (lo, hi) if lo <= hi else None
 
 
-class Bounded:
-    """A parser that accepts the stamps from ``lo`` to ``hi`` and no other, by the live path's
-    own checks.  A parser's window is ``now`` less its past limit to ``now`` plus its future
-    limit (``Parser._window``, and its decoder's), so at ``hi + 1`` a future limit of -1 and a
-    past one of the span (never 0, which is none) bound it to exactly ``lo`` .. ``hi``.  One
-    parser for every window, so that it learns VM ids once."""
-
-    def __init__(self):
-        self.parser = Parser(-1, 1)
-
-    def parse(self, data: bytes, lo: int, hi: int):
-        self.parser.limit(-1, hi - lo + 1)
-        return self.parser.parse(data, float(hi + 1))
-
-
 def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, observe=None) -> int:
     """Write every leftover segment's records to the logs; returns the records replayed.
 
@@ -128,7 +113,6 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
     scratch = Buffer(Metrics(), NO_LIMIT, NO_LIMIT)
     ingest = Ingest(scratch, scratch.metrics, NO_LIMIT, 0)
     ingest.observe = observe
-    bounded = Bounded()
     replayed = appended = 0
     kept = []
     rejects = scratch.metrics.rejects
@@ -150,7 +134,7 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
                 if bounds is None:
                     ingest.payload(records_of(text))
                 else:
-                    ingest.file(text, bounded.parse(text, *bounds))
+                    ingest.file(text, ingest.parser.parse_within(text, *bounds))
             table = scratch.swap()
             replayed += sum(len(rows) for rows in table.values())
             for vm, count, error, retry in write_share(data_dir, list(table.items())):
