@@ -3,6 +3,7 @@
 import gzip
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -303,7 +304,7 @@ def test_a_first_sample_from_before_max_past_is_named_as_refused_for_the_window(
         assert status == 400
         error = json.loads(text)["error"]
         assert ("line 1: past_timestamp: stamped 1728" in error
-                and "s before this server's clock, past --max-past" in error), error
+                and "s before this server's clock, past --max-past 3600s (timestamp " in error), error
         spool = Spool(str(tmp_path / "spool"), 100)
         sender = TcpSender(LOOPBACK, server.tcp_port, spool)
         with caplog.at_level(logging.WARNING, logger="vmstats.client.transport"):
@@ -316,6 +317,17 @@ def test_a_first_sample_from_before_max_past_is_named_as_refused_for_the_window(
         assert edge(metrics, "influx", "past_timestamp") == 19
         assert metrics['vmstats_rejected_total{reason="past_timestamp"}'] == 1
         assert metrics.get('vmstats_edge_events_total{event="late"}', 0) == 0
+        # The native records' refusals say the same, with the same values: by the regexes, by
+        # the decoder (a spelling the regexes leave to it), and ahead of the clock.
+        server.send_udp(b"vmstats,vm=old-udp cpu=1,mem=2 %d" % old,
+                        b"vmstats,vm=odd-udp cpu=1e0,mem=2 %d" % old,
+                        b"vmstats,vm=ahead-udp cpu=1,mem=2 %d" % (time.time() + 900))
+        server.wait_for(lambda s: s.metrics()['vmstats_rejected_total{reason="past_timestamp"}'] == 3)
     assert server.returncode == 0, server.output
     assert "influx: past_timestamp: line 1: stamped " in server.output, server.output
+    for vm in ("old-agent", "old-udp", "odd-udp"):
+        assert re.search(r"past_timestamp: vm %s stamped 1728\d\ds before this server's clock, past "
+                         r"--max-past 3600s \(timestamp %d, server time " % (vm, old), server.output), vm
+    assert re.search(r"future_timestamp: vm ahead-udp stamped (899|90\d)s ahead of this server's "
+                     r"clock, past --max-future 300s \(timestamp ", server.output), server.output
 

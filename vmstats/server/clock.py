@@ -22,12 +22,38 @@ import logging
 import time
 from collections.abc import Callable
 
+from vmstats import protocol
+
 log = logging.getLogger(__name__)
 
 #: A change of the wall clock's offset from the monotonic clock larger than this is a step.
 #: NTP slews smaller errors (ntpd steps from 0.128 s, chrony's ``makestep`` from 1 s); a
 #: leap second is a 1-second step and changes nothing worth telling.
 STEP_SECONDS = 1.0
+
+
+def outside_window(ts: float, now: float, ahead: bool, max_future: int, max_past: int,
+                   vm: str | None = None, minute: bool = False) -> tuple[str, str]:
+    """The reason and the words for a stamp refused for the time window, whichever path
+    refused it (native records by the C reader's regexes or the decoder, other agents'
+    samples by the C loop or its Python): which way, by how much, which limit and its value,
+    the stamp and the clock.  Built only for a refusal, never on the way of a record taken.
+
+    A VM stamping ahead of the server has a clock that is off (or the server's is); one
+    behind, more often, records that waited (an agent's spool through an outage).  The
+    operator reads by how much and against which setting, not two epoch numbers to
+    subtract.  ``minute``: a sample refused because the minute it makes would end past the
+    limit (the edge's minutes, formats/minutes.py), though the sample itself is not.
+    """
+    who = "stamped" if vm is None else "vm %s stamped" % vm
+    if ahead:
+        edge = ": its minute would end past" if minute else ", past"
+        return protocol.R_FUTURE, (
+            "%s %.0fs ahead of this server's clock%s --max-future %ds (timestamp %d, server time "
+            "%d): the VM's clock or the server's is off" % (who, ts - now, edge, max_future, ts, now))
+    return protocol.R_PAST, (
+        "%s %.0fs before this server's clock, past --max-past %ds (timestamp %d, server time %d)"
+        % (who, now - ts, max_past, ts, now))
 
 
 def install(reactor) -> None:

@@ -47,6 +47,7 @@ from operator import itemgetter, not_
 
 from vmstats import protocol
 from vmstats.logstore import TAGS_SEPARATOR, format_tail
+from vmstats.server.clock import outside_window
 
 try:  # the C reader of every spelling (setup.py); the same rows, ~1 us a record less
     from vmstats.server import _linescan as _native
@@ -850,27 +851,12 @@ class Parser:
     def _refusal(self, vm: str, ts: int, now: float, ahead: bool) -> tuple[str, str]:
         """The reason and the log's words for a record stamped outside the stamps taken."""
         if self._stamps is None:
-            return _out_of_window(vm, ts, now, ahead)
+            reason, words = outside_window(ts, now, ahead, self.max_future, self.max_past, vm)
+            return reason, "%s: %s" % (reason, words)
         return (protocol.R_FUTURE if ahead else protocol.R_PAST), (
             "%s: vm %s stamped %d, outside %d..%d, the stamps its journaled payload was taken "
             "within when it came (refused then for its time)"
             % (protocol.R_FUTURE if ahead else protocol.R_PAST, vm, ts, *self._stamps))
-
-
-def _out_of_window(vm: str, ts: int, now: float, ahead: bool) -> tuple[str, str]:
-    """The reason and the log's words for a record stamped outside the time window.
-
-    A VM stamping ahead of the server has a clock that is off (or the server's is): the
-    operator reads by how much, not two epoch numbers to subtract.
-    """
-    if ahead:
-        return protocol.R_FUTURE, (
-            "%s: vm %s stamped %.0fs ahead of this server's clock, past --max-future (timestamp "
-            "%d, server time %d): the VM's clock or the server's is off"
-            % (protocol.R_FUTURE, vm, ts - now, ts, now))
-    return protocol.R_PAST, (
-        "%s: vm %s stamped %.0fs before this server's clock, past --max-past (timestamp %d, "
-        "server time %d)" % (protocol.R_PAST, vm, now - ts, ts, now))
 
 
 def native_reader() -> bool:

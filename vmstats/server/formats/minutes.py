@@ -31,6 +31,7 @@ from collections import Counter
 
 from vmstats import protocol
 from vmstats.client.procfs import whole_disks
+from vmstats.server.clock import outside_window
 from vmstats.server.formats import (
     BOUNDS,
     CPU_STATE,
@@ -161,12 +162,7 @@ class MinuteAssembler:
         max_future, max_past = limits if limits is not None else (self.max_future, self.max_past)
         latest = (int(now) + max_future) // 60 * 60
         earliest = now - max_past if max_past else -math.inf
-        if refused is None:
-            def reject(_index: int, reason: str, detail: str) -> None:
-                tally.reject(reason, detail)
-        else:
-            def reject(index: int, reason: str, detail: str) -> None:
-                refused.append((index, reason, detail))
+        reject = _Rejects((max_future, max_past), tally, refused)
         if self.native is not None:
             finished = self.native.add(self, samples, now, earliest, latest, reject)
         else:
@@ -362,17 +358,31 @@ class MinuteAssembler:
         self.rates.load(state["counters"])
 
 
-def _refuse_time(index: int, ts: float, now: float, latest: float, reject) -> None:
+class _Rejects:
+    """Where ``add``'s refusals go (``tally``, or the ``refused`` list of a caller that counts
+    by line), with the ``(max_future, max_past)`` its samples were judged by: the C loop
+    hands it to ``_refuse_time`` as it is, which words a refusal with them."""
+
+    __slots__ = ("limits", "_tally", "_refused")
+
+    def __init__(self, limits: tuple[int, int], tally, refused: list | None):
+        self.limits = limits
+        self._tally = tally
+        self._refused = refused
+
+    def __call__(self, index: int, reason: str, detail: str) -> None:
+        if self._refused is None:
+            self._tally.reject(reason, detail)
+        else:
+            self._refused.append((index, reason, detail))
+
+
+def _refuse_time(index: int, ts: float, now: float, latest: float, reject: _Rejects) -> None:
     """A sample too far ahead of the clock or behind it (``--max-future``, ``--max-past``),
-    in the words the native records' refusals use (parse.py): which window, which way and
-    by how much -- a sender's first sample from days ago is refused for the window, not
-    "late" (a minute already written) nor merely "old"."""
-    if ts > latest:
-        reject(index, protocol.R_FUTURE, "stamped %.0fs ahead of this server's clock: its "
-               "minute would end past --max-future" % (ts - now))
-    else:
-        reject(index, protocol.R_PAST, "stamped %.0fs before this server's clock, past "
-               "--max-past" % (now - ts))
+    in the words every refusal for the window uses (clock.outside_window): which window,
+    which way and by how much -- a sender's first sample from days ago is refused for the
+    window, not "late" (a minute already written) nor merely "old"."""
+    reject(index, *outside_window(ts, now, ts > latest, *reject.limits, minute=True))
 
 
 def _refuse_counter(index: int, kind: str, value: float, _high: None, reject) -> None:
