@@ -254,22 +254,36 @@ def test_a_currency_without_a_known_unit_is_refused_in_one_line(fleet, tmp_path,
     assert not (tmp_path / "out").exists() or not (tmp_path / "out" / "report.csv").exists()
 
 
-def test_a_book_names_the_unit_of_a_currency_iso_does_not_know(fleet, tmp_path):  # noqa: F811
-    """Internal credits in tenths: the book's minor_unit rounds and writes every amount."""
+@pytest.mark.parametrize("code, digits, cost", [("CREDITS", 1, "28.8"), ("USD", 3, "28.835")])
+def test_a_book_names_the_unit_of_its_currency_and_the_csv_alone_says_it(fleet, tmp_path, code,  # noqa: F811
+                                                                        digits, cost):
+    """Internal credits in tenths, or USD in mills: the book's minor_unit rounds and writes every
+    amount.  report.csv names it beside its currency: copied without its report.json, a report
+    in mills was scored to ISO's cents.  A minor_unit cell that is no unit is refused in one
+    line, not guessed."""
     data, _eur = fleet
     prices = tmp_path / "book.toml"
-    prices.write_text('currency = "CREDITS"\nminor_unit = 1\nvcpu_hour = 0.0305\ngb_ram_hour = 0.0045\n')
+    prices.write_text('currency = "%s"\nminor_unit = %d\nvcpu_hour = 0.0305\ngb_ram_hour = 0.0045\n'
+                      % (code, digits))
     out = tmp_path / "out"
     done = run("report", str(data), "-o", str(out), "--prices", str(prices), "--days", str(DAYS),
                "--set", "min_days=0", "--no-cache")
     assert done.returncode == 0, done.stderr
     rows = {row["vm"]: row for row in read_csv(out / "report.csv")}
-    # 1 vCPU / 2 GB: (0.0305 + 2 x 0.0045) x 730 = 28.835, in tenths 28.8.
-    assert rows["notag"]["monthly_cost"] == "28.8" and rows["notag"]["currency"] == "CREDITS"
-    assert json.loads((out / "report.json").read_text())["meta"]["prices"]["minor_unit"] == 1
-    assert "monthly cost CREDITS " in done.stdout and re.search(r"CREDITS [\d,]+\.\d;", done.stdout)
-    # vmstats score: the book's unit from report.json beside the CSV, or from the CSV's cells alone.
+    # 1 vCPU / 2 GB: (0.0305 + 2 x 0.0045) x 730 = 28.835: in tenths 28.8, in mills 28.835.
+    assert [rows["notag"][c] for c in ("monthly_cost", "currency", "minor_unit")] == [cost, code, str(digits)]
+    assert json.loads((out / "report.json").read_text())["meta"]["prices"]["minor_unit"] == digits
+    amount = r"%s [\d,]+\.\d{%d}" % (code, digits)
+    assert "monthly cost %s " % code in done.stdout and re.search(amount + ";", done.stdout)
+    # vmstats score: the book's unit with report.json beside the CSV, and from the CSV alone.
     for done_score, scored in graded(tmp_path, out, rows):
-        assert re.search(r"Savings claimed: CREDITS [\d,]+\.\d per month; CREDITS [\d,]+\.\d on correct",
+        assert re.search(r"Savings claimed: %s per month; %s on correct" % (amount, amount),
                          done_score.stdout), done_score.stdout
-        assert (scored["currency"], scored["minor_unit"]) == ("CREDITS", 1)
+        assert (scored["currency"], scored["minor_unit"]) == (code, digits)
+    broken = tmp_path / "broken.csv"
+    broken.write_text((out / "report.csv").read_text().replace(",%s,%d\n" % (code, digits),
+                                                               ",%s,three\n" % code, 1))
+    done = run("score", "--truth", str(tmp_path / "truth.csv"), "--report", str(broken))
+    assert done.returncode == 2 and done.stdout == "", done
+    assert re.fullmatch(r"Error: report \S+broken.csv:2: minor_unit 'three' is not the digits "
+                        r"of its money \(0 to 6, the same on every row\)\n", done.stderr), done.stderr

@@ -330,8 +330,10 @@ def test_every_money_row_names_its_currency(fleet, tmp_path):
     for name in ("report.csv", "statement.csv"):
         with open(out / name, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert rows and list(rows[0])[-1] == "currency", name
+        assert rows and "currency" in rows[0], name
         assert {row["currency"] for row in rows} == {"EUR"}, name
+    with open(out / "report.csv", newline="") as handle:
+        assert {(row["currency"], row["minor_unit"]) for row in csv.DictReader(handle)} == {("EUR", "2")}
     document = json.loads((out / "report.json").read_text())
     assert {v["currency"] for v in document["vms"]} == {"EUR"}
     statement = document["meta"]["statement"]

@@ -203,6 +203,7 @@ def build(
                 _row(vm, group, values, decision, excluded, prices.money),
                 **_drill(labels[i], usage, values, settings),
                 currency=prices.currency,
+                minor_unit=prices.money.minor_unit,
             )
         )
 

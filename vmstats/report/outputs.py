@@ -66,8 +66,11 @@ CSV_COLUMNS = (
     "blocked_by",
     "data_quality",
     "span_days",
-    # Money is in the price book's currency: a bill read from the CSV alone names it on every row.
+    # Money is in the price book's currency: a bill read from the CSV alone names it on every row,
+    # and its minor unit, which a book may set for an ISO code too (the CSV's cells cannot say it:
+    # 12.5 is written so to cents and to mills alike).
     "currency",
+    "minor_unit",
 )
 JSON_EXTRA = (
     "evidence",

@@ -145,26 +145,44 @@ def load_report(path: str) -> dict[str, tuple[str, float]]:
 def report_money(path: str) -> Money:
     """The money of a report CSV: its ``currency`` column, to that currency's minor unit.
 
-    The CSV names the currency, not its unit, and the score's sums are printed
-    in that unit as the report prints them (JPY 1,235, BHD 12.345).  The unit
-    is, in this order: the ``minor_unit`` of the report.json beside the CSV
-    (the price book's, exact, when that file is of the same currency), ISO
-    4217's for the code, else the most digits after the point of the CSV's
-    money cells (each written to the unit, so none has more).  A CSV without
-    the column, written before it had one, is in cents.
+    The score's sums are printed in that unit as the report prints them (JPY
+    1,235, BHD 12.345).  The unit is the CSV's ``minor_unit`` column (the price
+    book's, which may set one for an ISO code too: USD in mills).  A CSV written
+    before it had that column: the ``minor_unit`` of the report.json beside it
+    (exact, when that file is of the same currency), else ISO 4217's for the
+    code, else the most digits after the point of its money cells (each written
+    to the unit, so none has more).  A CSV without ``currency``, written before
+    it had one, is in cents.
     """
     path = report_csv_path(path)
     rows = _rows(path, (), "report")
     currency = (rows[0].get("currency") or "").strip() if rows else ""
     if not currency:
         return NO_CURRENCY
-    digits = _book_minor_unit(os.path.join(os.path.dirname(path), "report.json"), currency)
+    digits = _minor_unit_column(path, rows)
+    if digits is None:
+        digits = _book_minor_unit(os.path.join(os.path.dirname(path), "report.json"), currency)
     if digits is None:
         digits = iso_minor_unit(currency)
     if digits is None:
         written = (_places(row.get(column)) for row in rows for column in MONEY_COLUMNS)
         digits = min(MAX_MINOR_UNIT, max(written, default=0))
     return Money(currency, digits)
+
+
+def _minor_unit_column(path: str, rows: list[dict]) -> int | None:
+    """The CSV's ``minor_unit`` (the same on every row); None for a CSV without the column.
+    A cell that is no unit the report writes is ScoreError: a guess would print every sum
+    to the wrong digits."""
+    if "minor_unit" not in rows[0]:
+        return None
+    first = (rows[0]["minor_unit"] or "").strip()
+    for number, row in enumerate(rows, 2):
+        text = (row.get("minor_unit") or "").strip()
+        if text != first or not (text.isascii() and text.isdigit()) or int(text) > MAX_MINOR_UNIT:
+            raise ScoreError("report %s:%d: minor_unit %r is not the digits of its money (0 to %d, "
+                             "the same on every row)" % (path, number, text, MAX_MINOR_UNIT))
+    return int(first)
 
 
 def _book_minor_unit(path: str, currency: str) -> int | None:
