@@ -24,7 +24,8 @@ _ADMIT = ("admit", "manifest.toml", "data", "--inventory", "hosts.toml")
 #: (command line, status, what the one line says after "Error: ").  Names in the folder the
 #: test runs in: data/ (a data dir with no logs), hosts.toml, manifest.toml (good), nope (not
 #: there), bad.toml (not TOML), bin.toml (not UTF-8), empty.toml, afile (a line of text),
-#: folder/ (an empty folder), twice.keys (a key file naming one key id twice).
+#: folder/ (an empty folder), twice.keys (a key file naming one key id twice), deep.json (JSON
+#: nested 100,000 deep).
 CASES = [
     # an option's value
     (("report", "data", "-o", "out", "--days", "x"), REFUSED,
@@ -98,6 +99,11 @@ CASES = [
     (("admit", "nope", "data", "--inventory", "hosts.toml"), REFUSED, "manifest nope: does not exist"),
     (("admit", "empty.toml", "data", "--inventory", "hosts.toml"), REFUSED, "manifest empty.toml: vms:"),
     (("admit", "manifest.toml", "--summary", "afile"), REFUSED, "summary afile is not a capacity summary"),
+    # JSON nested past the parser's recursion: a RecursionError's traceback, exit 1
+    (("admit", "deep.json", "data", "--inventory", "hosts.toml"), REFUSED,
+     "manifest deep.json: not valid JSON: nested too deeply"),
+    (("admit", "manifest.toml", "--summary", "deep.json"), REFUSED,
+     "summary deep.json is not a capacity summary: not valid JSON: nested too deeply"),
     (("score", "--truth", "bin.toml", "--report", "afile"), REFUSED,
      "truth file bin.toml: not UTF-8 at byte 0"),
     (("score", "--truth", "nope", "--report", "afile"), REFUSED, "truth file nope: does not exist"),
@@ -142,6 +148,7 @@ def place(tmp_path, monkeypatch) -> Path:
     (tmp_path / "empty.toml").write_text("")
     (tmp_path / "afile").write_text("a line\n")
     (tmp_path / "twice.keys").write_text("web s3cret web-*\nops 0ther\nweb n3w\n")
+    (tmp_path / "deep.json").write_text("[" * 100000)
     return tmp_path
 
 

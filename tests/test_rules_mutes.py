@@ -265,6 +265,10 @@ def test_a_damaged_mutes_file_costs_its_bad_entries_not_the_start(tmp_path):
         with serve(tmp_path, rules) as server:
             assert rules_cli(server, "mutes").stdout == "0 mutes\n"
         assert "not a mutes file" in server.output
+        path.write_text('{"mutes": ' + "[" * 100000)  # nested past the parser's recursion
+        with serve(tmp_path, rules) as server:  # before: Error: RecursionError, exit 1, no start
+            assert rules_cli(server, "mutes").stdout == "0 mutes\n"
+        assert "not a mutes file" in server.output
 
 
 def events_after(server, since: float, rule: str, scope: str) -> list[dict]:

@@ -6,6 +6,7 @@ TOML is named whichever command met it, and never ends in a traceback.
 Each caller adds what the file is for (``inventory hosts.toml: ...``).
 """
 
+import json
 import os
 import stat
 import tomllib
@@ -97,6 +98,18 @@ def parse_toml(raw: bytes, path: str) -> dict:
         raise FileProblem(path, "not valid TOML: %s" % exc) from None
     except RecursionError:  # tomllib recurses once per nested array or inline table
         raise FileProblem(path, "not valid TOML: nested too deeply") from None
+
+
+def parse_json(raw: bytes, path: str):
+    """JSON ``raw`` (read from ``path``: UTF-8, -16 or -32, as JSON allows) parsed; FileProblem
+    when it is not JSON, or nests deeper than the parser recurses (``[`` x 100,000 is a few
+    hundred KiB), which would otherwise end the command in a RecursionError's traceback."""
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise FileProblem(path, "not valid JSON: %s" % exc) from None
+    except RecursionError:
+        raise FileProblem(path, "not valid JSON: nested too deeply") from None
 
 
 def load_toml(path: str) -> dict:

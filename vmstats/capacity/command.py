@@ -326,10 +326,7 @@ def load_manifest(path: str):
     try:
         raw = inputfile.read_bytes(path)
         if path.endswith(".json"):
-            try:
-                data = json.loads(raw)  # UTF-8, -16 or -32, as JSON allows
-            except ValueError as exc:
-                raise inputfile.FileProblem(path, "not valid JSON: %s" % exc) from None
+            data = inputfile.parse_json(raw, path)
         else:
             data = inputfile.parse_toml(raw, path)
     except inputfile.FileProblem as exc:

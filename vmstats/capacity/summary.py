@@ -130,7 +130,10 @@ class Summary:
         type would otherwise surface as a traceback deep in an answer, or as
         figures that are silently wrong, for admit and the server alike.
         """
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except RecursionError:  # '[' x 100,000: a damaged file, not a traceback
+            raise ValueError("not valid JSON: nested too deeply") from None
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object, got %s" % type(data).__name__)
         if data.get("version") != VERSION:

@@ -239,7 +239,7 @@ class MuteSet:
             entries = json.loads(raw)["mutes"]
             if not isinstance(entries, list):
                 raise TypeError("mutes is not a list")
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # nested past reason too
             log.warning("%s: not a mutes file (%s): no mute from it is in force", self.path, exc)
             return []
         ended, bad = [], []
