@@ -328,7 +328,10 @@ def test_an_emptied_edge_key_neither_stops_the_start_nor_loses_payloads(tmp_path
         server.wait_metrics(lambda m: m.get(USED_GRAPHITE, 0) == 12)
     assert "Traceback" not in server.output and len(logged(tmp_path / "data", "10.0.0.9")) == 1
     assert len(logged(tmp_path / "data", "gr-1")) == 1
-    assert server.output.count("edge.key") == 1  # told once
+    assert server.output.count("holds no key") == 1  # told once
+    # and what it cost: the line made under the lost key. Before, a journal whose every edge
+    # line failed its HMAC (a new key, a flipped byte) was passed over in silence.
+    assert server.output.count("1 #!edge line without this journal's HMAC ignored") == 1
 
 
 def test_a_journal_directory_removed_under_the_server_keeps_the_edge_key_and_minutes(tmp_path):

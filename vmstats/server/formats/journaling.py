@@ -277,6 +277,10 @@ class EdgeJournal:
                 if kind == b"state":
                     entries = []
                 entries.append((kind, rest))
+        if self.forged:  # said even when no line is left: a damaged segment's one trace in the log
+            log.warning("journal: %s without this journal's HMAC ignored (sent "
+                        "inside payloads, or the key file %s changed)", counted(self.forged, "#!edge line"),
+                        KEY_FILE)
         if not entries:
             return b""
         edge = self.edge
@@ -308,10 +312,6 @@ class EdgeJournal:
             counter.update(saved)
         assembler.touched_by(edge.clock())
         self.changed = True  # the segments replayed go: the next retire writes a checkpoint
-        if self.forged:
-            log.warning("journal: %s without this journal's HMAC ignored (sent "
-                        "inside payloads, or the key file %s changed)", counted(self.forged, "#!edge line"),
-                        KEY_FILE)
         records = protocol.encode_records(assembler.take())
         log.info("edge: %s replayed after the checkpoint; %s restored, %s to write again",
                  counted(replayed, "payload"), counted(assembler.open_count, "open minute"),
