@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from rulesutil import (
     HOT,
     SECRET,
@@ -434,3 +435,38 @@ def test_a_vm_moved_onto_a_muted_host_and_off_it_is_judged_by_its_latest_tags(tm
 
                 wait_until(judged)
             assert [a["labels"]["scope"] for a in hook.alerts()] == [vm]  # fired on kvm1, once
+
+
+@pytest.mark.parametrize("answer", [b"[]", b"null", b"[" * 100000])
+def test_a_mute_answered_by_something_that_is_not_the_server_is_one_line(answer):
+    """Another service on the port answering JSON that is no mute: `[]` or `null` ended
+    `rules mute` and `unmute` in an AttributeError's traceback, and JSON nested 100,000 deep
+    every mutes command in a RecursionError's."""
+    import http.server
+    import threading
+    from types import SimpleNamespace
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = do_DELETE = answer  # noqa: N815 (http.server's names)
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        server = SimpleNamespace(http_port=other.server_address[1])
+        for args in (("mute", "--id", "x", "--duration", "1h", "--comment", "c"),
+                     ("unmute", "abc"), ("mutes",)):
+            done = rules_cli(server, *args)
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            lines = done.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -838,7 +838,7 @@ def test_alerts_names_vms_only_to_the_status_token(tmp_path):
                 "Error: cannot read --token-file: %s: not UTF-8 at byte 0 (line 1)" % token_file]
 
 
-@pytest.mark.parametrize("answer", [b"[1, 2]", b'{"states": 3}', b"not json"])
+@pytest.mark.parametrize("answer", [b"[1, 2]", b'{"states": 3}', b"not json", b"[" * 100000])
 def test_alerts_from_something_that_is_not_the_server_is_one_line(answer):
     """Another service on the port, or no URL at all: one line naming the address, exit 1."""
     import http.server

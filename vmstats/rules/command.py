@@ -186,7 +186,7 @@ def _mute_line(entry) -> str:
     """One line for a mute the server answered with."""
     try:
         return describe_mute(entry)
-    except (KeyError, TypeError, ValueError, OverflowError):
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError):  # [] or null too
         raise click.ClickException("the server's answer is not a mute: %.200r" % (entry,)) from None
 
 
@@ -264,7 +264,7 @@ def ask(url: str, path: str, token: str | None, method: str = "GET",
         raise click.ClickException("cannot read %s: HTTP %d %s" % (where, exc.code, exc.reason)) from None
     except urllib.error.URLError as exc:
         raise click.ClickException("cannot read %s: %s" % (where, exc.reason)) from None
-    except (OSError, ValueError, http.client.HTTPException) as exc:
+    except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:  # JSON nested past reason
         raise click.ClickException("cannot read %s: %s" % (where, str(exc) or type(exc).__name__)) from None
 
 
@@ -272,7 +272,7 @@ def _error_of(exc: urllib.error.HTTPError) -> str | None:
     """The ``error`` line of a vmstats page's refusal, if that is what came back."""
     try:
         said = json.loads(exc.read(64 << 10))
-    except (OSError, ValueError, http.client.HTTPException):
+    except (OSError, ValueError, RecursionError, http.client.HTTPException):
         return None
     error = said.get("error") if isinstance(said, dict) else None
     return error if isinstance(error, str) else None
