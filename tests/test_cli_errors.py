@@ -43,6 +43,15 @@ CASES = [
     ((*_ADMIT, "--days", "-1"), REFUSED, "Invalid value for '--days'"),
     (("simulate", "--vms", "x", *_CLOSED), REFUSED, "Invalid value for '--vms': 'x' is not an integer."),
     (("simulate", "--vms", "1", "--server", "127.0.0.1:x"), REFUSED, "127.0.0.1:x"),
+    # the generators take no negative seed, and an infinite weight made every share NaN:
+    # both ended in a ValueError's traceback; a profile weighed twice took the later weight
+    (("simulate", "--vms", "1", "--seed", "-1", *_CLOSED), REFUSED,
+     "Invalid value for '--seed': -1 is not in the range x>=0."),
+    (("replay", "--format", "csv", "afile", "--seed", "-1", *_CLOSED), REFUSED,
+     "Invalid value for '--seed': -1 is not in the range x>=0."),
+    (("simulate", "--vms", "1", "--mix", "idle=1e400", *_CLOSED), REFUSED,
+     "weight of idle in --mix must be a finite number >= 0"),
+    (("simulate", "--vms", "1", "--mix", "idle=1,idle=2", *_CLOSED), REFUSED, "idle given twice in --mix"),
     (("replay", "--format", "nope", "afile", *_CLOSED), REFUSED, "Invalid value for '--format'"),
     (("simulate-pool", "--curve", "zz", *_CLOSED), REFUSED, "Invalid value for --curve"),
     (("score", "--truth", "afile", "--report", "afile", "--max-wrong", "x"), REFUSED,

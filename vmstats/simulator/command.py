@@ -140,7 +140,7 @@ def common_options(func):
 @click.option("--days", type=FiniteRange(min=0, max=MAX_DAYS, min_open=True), default=7.0, show_default=True,
               help="Simulated days of 1-minute records, ending at the current minute (at most "
                    "the report's longest look-back).")
-@click.option("--seed", type=IntRange(), default=1, show_default=True,
+@click.option("--seed", type=IntRange(0), default=1, show_default=True,
               help="The same seed gives the same VM sizes and profiles; with the same --end, "
                    "the same records too (without it the records move with the current minute).")
 @click.option("--mix", default=None,
@@ -297,7 +297,7 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
 @click.option("--pack-ratio", default=None, metavar="CPU:RAM",
               help="Allocation ratios the packing fills to, e.g. 1.0:1.0 for a cloud without "
                    "overcommit. Default: Nova's 4.0:1.0.")
-@click.option("--seed", type=IntRange(), default=1, show_default=True,
+@click.option("--seed", type=IntRange(0), default=1, show_default=True,
               help="Seed of the hosts' sizes (--pack-hosts).")
 @common_options
 def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_path, pack_hosts, pack_fill,

@@ -9,6 +9,7 @@ or on the order they are generated in).
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -69,8 +70,10 @@ def parse_mix(text: str | None) -> dict[str, float]:
             weight = float(value) if sep else 1.0
         except ValueError:
             raise MixError("weight of %s in --mix is not a number: %r" % (name, value)) from None
-        if not weight >= 0:
-            raise MixError("weight of %s in --mix must be >= 0" % name)
+        if not 0 <= weight < math.inf:  # inf would make every share NaN
+            raise MixError("weight of %s in --mix must be a finite number >= 0" % name)
+        if name in weights:  # which weight was meant? The later one would win unseen.
+            raise MixError("%s given twice in --mix" % name)
         weights[name] = weight
     if not sum(weights.values()) > 0:
         raise MixError("--mix gives no profile a positive weight")
