@@ -54,6 +54,13 @@ CASES = [
     (("simulate", "--vms", "1", "--mix", "idle=1,idle=2", *_CLOSED), REFUSED, "idle given twice in --mix"),
     (("replay", "--format", "nope", "afile", *_CLOSED), REFUSED, "Invalid value for '--format'"),
     (("simulate-pool", "--curve", "zz", *_CLOSED), REFUSED, "Invalid value for --curve"),
+    # names the server refuses in every record (or reads as another VM): sent, then exit 1
+    (("simulate-pool", "--prefix", "../x", *_CLOSED), REFUSED,
+     "Invalid value for --prefix: ../x-1: the server would refuse every record"),
+    (("simulate-pool", "--prefix", "a,b=c", *_CLOSED), REFUSED,
+     "Invalid value for --prefix: a,b=c-1: the server would read another VM"),
+    (("simulate-pool", "--hosts", "kvm1,a/b", *_CLOSED), REFUSED,
+     "Invalid value for --hosts: a/b: the server would refuse every record"),
     (("score", "--truth", "afile", "--report", "afile", "--max-wrong", "x"), REFUSED,
      "Invalid value for '--max-wrong'"),
     (("compact", "--data-dir", "data", "--compact-after", "x"), REFUSED,

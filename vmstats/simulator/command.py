@@ -472,6 +472,28 @@ def score(truth, report_path, json_path, max_wrong):
     sys.stdout.flush()
 
 
+def _check_pool_names(pool) -> None:
+    """Refuse a --prefix or --hosts the server would refuse every record of (a VM id or host
+    tag outside the protocol's grammar), before anything is sent: judged by the decoder the
+    server runs, on the first and the last member a pool can have, on each host."""
+    from vmstats import protocol
+    from vmstats.protocol import Record, encode_record
+
+    decoder = protocol.Decoder(max_future=float("inf"))
+    largest = max(pool.members, pool.maximum)
+    for option, vm, host in ([("--prefix", "%s-%d" % (pool.prefix, n), None) for n in (1, largest)]
+                             + [("--hosts", "%s-1" % pool.prefix, host) for host in pool.hosts]):
+        line = encode_record(Record(vm=vm, ts=0, cpu=0.0, mem=0.0, host=host))
+        try:
+            record = decoder.decode_line(line, now=0.0)
+        except protocol.DecodeError as exc:
+            raise click.BadParameter("%s: the server would refuse every record: %s"
+                                     % (host or vm, exc.detail), param_hint=option) from None
+        if (record.vm, record.host, record.tags) != (vm, host, None):  # a ',' read as a tag
+            raise click.BadParameter("%s: the server would read another VM or host in its "
+                                     "records" % (host or vm), param_hint=option)
+
+
 @click.command("simulate-pool")
 @click.option("--curve", default="0:120,15:360,35:360,50:90", show_default=True,
               help="The pool's total demand over the run, second:demand (percent of one VM's CPU).")
@@ -506,6 +528,7 @@ def simulate_pool(curve, members, prefix, hosts, duration, interval, desired_fil
         except ValueError:
             raise click.BadParameter("expected N:SECOND, e.g. 2:20", param_hint="--silent") from None
     pool = Pool(points, members, prefix, tuple(h for h in hosts.split(",") if h), desired_file, stop)
+    _check_pool_names(pool)
     sender = _open(transport, server, rate, timeout)
 
     def show(step):
