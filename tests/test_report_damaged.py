@@ -347,15 +347,17 @@ def _compact(folder: Path, *args) -> subprocess.CompletedProcess:
 
 def _rewrite_tier(path: Path, describe=None, column: str | None = None,
                   cells: dict | None = None) -> None:
-    """Rewrite a tier file with its description changed by ``describe``, ``column`` as text,
-    or ``cells`` (``{(vm, its row's place among the VM's rows, column): value}``) set."""
+    """Rewrite a tier file with its description changed by ``describe`` (to bytes as they are,
+    or to what is written as JSON), ``column`` as text, or ``cells`` (``{(vm, its row's place
+    among the VM's rows, column): value}``) set."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     handle = pq.ParquetFile(path)
     table, meta = handle.read(), dict(handle.metadata.metadata)
     if describe is not None:
-        meta[b"vmstats"] = json.dumps(describe(json.loads(meta[b"vmstats"]))).encode()
+        described = describe(json.loads(meta[b"vmstats"]))
+        meta[b"vmstats"] = described if isinstance(described, bytes) else json.dumps(described).encode()
     if column is not None:
         table = table.set_column(table.schema.get_field_index(column), column,
                                  pa.array(["x"] * table.num_rows))
@@ -380,7 +382,8 @@ def _compacted_fleet(tmp_path: Path) -> tuple[Path, int, Path]:
 
 def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_path):
     """Compacted files that are a FIFO (Arrow would wait on it for ever), or Parquet with a
-    description or a column of the wrong shape, and a file or a dangling link where a VM's
+    description or a column of the wrong shape, or a description nested past the JSON parser's
+    recursion (a RecursionError stopped the report), and a file or a dangling link where a VM's
     folder should be: the report and the backtest name each and use the rest; compaction
     leaves them and goes on."""
     data = tmp_path / "data"
@@ -391,7 +394,7 @@ def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_pat
     rollups, columnar = sorted((data / "rollups").iterdir()), sorted((data / "columnar").iterdir())
     assert len(rollups) >= 5 and columnar, (rollups, columnar)
     lost = {}  # the records of the rollup files about to be damaged, per VM
-    for path in rollups[:4]:
+    for path in rollups[:5]:
         import pyarrow.parquet as pq
 
         table = pq.read_table(path, columns=["vm", "n"]).to_pydict()
@@ -409,6 +412,7 @@ def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_pat
         str(rollups[1]): "unreadable rollups file: its vmstats description does not list VM names",
         str(rollups[2]): "unreadable rollups file: its vmstats description's version is not a number",
         str(rollups[3]): "unreadable rollup: cpu_sum is not a column of numbers (string)",
+        str(rollups[4]): "unreadable rollups file: its vmstats description is not JSON",
         str(data / "vms" / "web-1"): "not a folder where a VM's folder of logs should be",
         str(data / "vms" / "web-2"): "a link to nothing where a VM's folder of logs should be",
     }
@@ -416,6 +420,7 @@ def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_pat
     _rewrite_tier(rollups[1], lambda info: {**info, "vms": ["10.0.0.1", 2]})
     _rewrite_tier(rollups[2], lambda info: {**info, "version": [7]})
     _rewrite_tier(rollups[3], column="cpu_sum")
+    _rewrite_tier(rollups[4], lambda info: b"[" * 100_000)
     (data / "vms" / "web-1").write_text("not a folder")
     (data / "vms" / "web-2").symlink_to(tmp_path / "gone")
     code, stdout, err, document = report(data, tmp_path / "out", "--days", 10, "--no-cache", timeout=60)
@@ -424,7 +429,7 @@ def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_pat
     for path, problem in problems.items():
         assert entries[path]["problem"] == problem, (path, entries.get(path))
         assert path in stdout
-    # The 4 damaged days are missing, nothing else: the other days' rows are all there.
+    # The 5 damaged days are missing, nothing else: the other days' rows are all there.
     before = {v["vm"]: v for v in clean["vms"]}
     after = {v["vm"]: v for v in document["vms"]}
     assert set(after) == set(before) and set(lost) == set(before)

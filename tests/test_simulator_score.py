@@ -75,16 +75,22 @@ def test_score_command_prints_the_table_and_writes_json(tmp_path):
 
 
 def test_score_names_the_reports_currency(tmp_path):
+    """A CSV written before it had a minor_unit column is in its currency's ISO unit when the
+    report.json beside it cannot tell: not there, or damaged (nested past the JSON parser's
+    recursion, which ended the score in a RecursionError's traceback)."""
     write(tmp_path)
     lines = REPORT.splitlines()
     (tmp_path / "out" / "report.csv").write_text(
         "\n".join([lines[0] + ",currency"] + [line + ",EUR" for line in lines[1:]]) + "\n")
-    out = vmstats("score", "--truth", str(tmp_path / "truth.csv"), "--report", str(tmp_path / "out"),
-                  "--json", str(tmp_path / "score.json"))
-    assert out.returncode == 0, out.stderr
-    assert "Savings claimed: EUR 375.75 per month; EUR 65.75 on correct verdicts, EUR 300.00 on wrong" \
-        in out.stdout
-    assert json.loads((tmp_path / "score.json").read_text())["currency"] == "EUR"
+    for beside in (None, "[" * 100_000):
+        if beside is not None:
+            (tmp_path / "out" / "report.json").write_text(beside)
+        out = vmstats("score", "--truth", str(tmp_path / "truth.csv"), "--report", str(tmp_path / "out"),
+                      "--json", str(tmp_path / "score.json"))
+        assert out.returncode == 0, out.stderr
+        assert "Savings claimed: EUR 375.75 per month; EUR 65.75 on correct verdicts, EUR 300.00 on " \
+            "wrong" in out.stdout
+        assert json.loads((tmp_path / "score.json").read_text())["currency"] == "EUR"
 
 
 def test_score_bad_inputs_are_one_readable_line(tmp_path):

@@ -1144,7 +1144,7 @@ def _description(meta: Mapping[bytes, bytes]) -> dict:
         raise DamagedTier("a Parquet file without vmstats' description")
     try:
         info = json.loads(meta[_META_KEY])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise DamagedTier("its vmstats description is not JSON") from None
     vms = info.get("vms") if isinstance(info, dict) else None
     if not isinstance(vms, list) or not all(type(vm) is str for vm in vms):

@@ -191,7 +191,7 @@ def _book_minor_unit(path: str, currency: str) -> int | None:
         with open(path, "rb") as handle:
             prices = json.load(handle)["meta"]["prices"]
         digits = prices["minor_unit"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # damaged: as if not there
         return None
     if prices.get("currency") != currency or isinstance(digits, bool) or not isinstance(digits, int):
         return None
