@@ -93,6 +93,9 @@ CASES = [
     ((*_SERVE, "--collectd-security", "sign"), REFUSED,
      "--collectd-security sign needs --collectd-auth-file"),
     ((*_SERVE, "--status-token", "a", "--status-token-file", "afile"), REFUSED, "are one setting"),
+    ((*_SERVE, "--write-token", " "), REFUSED, "--write-token is only spaces: give the token"),
+    ((*_SERVE, "--status-token", " \t"), REFUSED, "--status-token is only spaces: give the token"),
+    ((*_SERVE, "--influx-vm-tag", ""), REFUSED, "--influx-vm-tag is empty: name the"),
     (("alerts", "--token", "a", "--token-file", "afile"), REFUSED,
      "--token and --token-file are one setting"),
     # a file the command line names: not there, a folder, not TOML, not UTF-8, empty, wrong

@@ -269,6 +269,19 @@ def serve(**options) -> None:
     except ValueError as exc:
         raise Refused("--virtual-interfaces: %s" % exc) from None
     token_paths = [_token_from_file(options, name) for name in ("status_token", "write_token")]
+    for name in ("status_token", "write_token"):
+        # A request's token is compared without the spaces around it, as a file's is read:
+        # kept, a flag's or the environment's spaces made a token no request can give (every
+        # write refused, 401). An empty one is no token, as if not given (the start says so
+        # of the write API); one of spaces alone is a mistake, not that.
+        given = options[name]
+        if given:
+            options[name] = given.strip()
+            if not options[name]:
+                raise Refused("--%s is only spaces: give the token, or leave the option out"
+                              % name.replace("_", "-"))
+    if not options["influx_vm_tag"]:  # every line would be refused as naming no VM
+        raise Refused("--influx-vm-tag is empty: name the line-protocol tag that names the VM")
     for path in (keys_path, auth_file, *token_paths):  # read: a file that is not stops first
         loose = path and inputfile.loose_secret(path)
         if loose:
