@@ -254,6 +254,31 @@ def test_a_currency_without_a_known_unit_is_refused_in_one_line(fleet, tmp_path,
     assert not (tmp_path / "out").exists() or not (tmp_path / "out" / "report.csv").exists()
 
 
+@pytest.mark.parametrize(
+    "book, message",
+    [
+        ("vcpu_hour = 1e308\ngb_ram_hour = 0.004\n",  # a month of it is infinite
+         "vcpu_hour makes a month of USD inf, past the USD 10,000,000,000,000.00 amounts are "
+         "reckoned exactly to"),
+        ('currency = "JPY"\nvcpu_hour = 3\ngb_ram_hour = 0.4\ndisk_gb = 1e15\n',
+         "disk_gb makes a month of JPY 1e+15, past the JPY 1,000,000,000,000,000 amounts"),
+        ('vcpu_hour = 0.03\ngb_ram_hour = 0.004\n[[sizes]]\nname = "huge"\nvcpus = 2\n'
+         'memory_gb = 4\nhourly = 2e10\n', "size huge's hourly makes a month of USD 1.46e+13, past"),
+    ],
+)
+def test_a_price_whose_month_is_past_exact_amounts_is_refused_in_one_line(fleet, tmp_path, book,  # noqa: F811
+                                                                         message):
+    """A price whose month alone is past the amounts reckoned to the unit: before, a report of
+    "monthly cost USD inf" with numpy's warnings on the terminal."""
+    data, _eur = fleet
+    prices = tmp_path / "book.toml"
+    prices.write_text(book)
+    done = run("report", str(data), "-o", str(tmp_path / "out"), "--prices", str(prices))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("Error: price book %s: %s" % (prices, message)), done.stderr
+    assert not (tmp_path / "out" / "report.csv").exists()
+
+
 @pytest.mark.parametrize("code, digits, cost", [("CREDITS", 1, "28.8"), ("USD", 3, "28.835")])
 def test_a_book_names_the_unit_of_its_currency_and_the_csv_alone_says_it(fleet, tmp_path, code,  # noqa: F811
                                                                         digits, cost):

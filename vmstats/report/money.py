@@ -42,6 +42,12 @@ MINOR_UNITS: dict[str, int] = {
 MAX_MINOR_UNIT = 6
 
 
+def largest_exact(minor_unit: int) -> float:
+    """The amounts ``Money.round`` reckons to the unit are below this: 15 significant digits,
+    ``minor_unit`` of them after the point (USD: under 10,000,000,000,000.00)."""
+    return 10.0 ** (15 - minor_unit)
+
+
 def minor_unit_of(currency: str, override: object, source: str) -> int:
     """The minor unit of ``currency``: the book's ``minor_unit`` when set, else ISO 4217's.
 

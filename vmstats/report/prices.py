@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from vmstats.report.money import Money, minor_unit_of
+from vmstats.report.money import Money, largest_exact, minor_unit_of
 from vmstats.report.settings import SHAPE_TOLERANCE, InputError, load_toml
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "examples", "pricebook.toml")
@@ -95,7 +95,8 @@ class PriceBook:
         hours = number("hours_per_month", 730.0)
         if not hours:
             raise InputError("price book %s: hours_per_month must be above 0 (730 = 365 x 24 / 12)" % source)
-        return cls(
+        minor_unit = minor_unit_of(currency, data.get("minor_unit"), source)
+        book = cls(
             source=source,
             is_example=path is None,
             currency=currency,
@@ -105,8 +106,32 @@ class PriceBook:
             disk_gb=number("disk_gb", 0.0),
             network_gb=number("network_gb", 0.0),
             sizes=sorted(sizes, key=lambda s: s.hourly),
-            minor_unit=minor_unit_of(currency, data.get("minor_unit"), source),
+            minor_unit=minor_unit,
         )
+        book.check_months()
+        return book
+
+    def check_months(self) -> None:
+        """Refuse a price whose month alone is past what an amount is reckoned exactly to.
+
+        A typo of ``vcpu_hour = 1e308`` made every cost infinite (a report of "monthly cost
+        USD inf", numpy's warnings on the terminal); one a little smaller, amounts whose
+        minor unit is noise.  A month of one unit of each price is checked, so a fleet's
+        sums may still pass the limit for a price near it (docs/REPORT.md).
+        """
+        largest = largest_exact(self.minor_unit)
+        months = [("vcpu_hour", self.vcpu_hour * self.hours_per_month),
+                  ("gb_ram_hour", self.gb_ram_hour * self.hours_per_month),
+                  ("disk_gb", self.disk_gb), ("network_gb", self.network_gb)]
+        months += [("size %s's hourly" % size.name, size.hourly * self.hours_per_month)
+                   for size in self.sizes]
+        for key, month in months:
+            if not month < largest:
+                raise InputError(
+                    "price book %s: %s makes a month of %s %.6g, past the %s %s amounts are "
+                    "reckoned exactly to (15 significant digits)"
+                    % (self.source, key, self.currency, month, self.currency,
+                       self.money.figure(largest)))
 
     def hourly(self, vcpus: float, memory_gb: float) -> float:
         """Hourly price of a shape: its named size when one matches, else unit prices.
