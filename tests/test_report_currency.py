@@ -145,7 +145,7 @@ def test_every_output_is_in_the_currency_s_unit(fleet, tmp_path, code):  # noqa:
         assert sum(in_unit(row[column], digits) for row in rows.values()) == Decimal(str(total[column]))
     assert sum(in_unit(line["idle_cost"], digits) for line in lines) == sum(
         b["idle_cost"] for b in bills.values() if b["idle_cost"] is not None)
-    assert {line["currency"] for line in lines} == {code}
+    assert {(line["currency"], line["minor_unit"]) for line in lines} == {(code, str(digits))}
     totals = meta["totals"]
     assert totals["monthly_cost"] == total["monthly_cost"]
     assert totals["monthly_saving"] == total["monthly_saving"]

@@ -37,6 +37,7 @@ COLUMNS = (
     "candidates",
     "upsize_extra_cost",
     "currency",
+    "minor_unit",
 )
 _PARTS = ("cpu", "ram", "disk", "network")
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,%d}\Z" % (MAX_TAG_KEY_LENGTH - 1))
@@ -140,6 +141,7 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], money: Money)
     line["idle_cost"] = money.round(idle)
     line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
     line["currency"] = money.currency
+    line["minor_unit"] = money.minor_unit  # read alone, 12.5 would be cents or mills
     return line
 
 
