@@ -24,6 +24,7 @@ import re
 import stat
 from typing import BinaryIO, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
+from vmstats import inputfile
 from vmstats.protocol import (
     FIELD_NAMES,
     FIELDS,
@@ -1143,8 +1144,8 @@ def _description(meta: Mapping[bytes, bytes]) -> dict:
     if _META_KEY not in meta:
         raise DamagedTier("a Parquet file without vmstats' description")
     try:
-        info = json.loads(meta[_META_KEY])
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        info = inputfile.json_loads(meta[_META_KEY])
+    except ValueError:
         raise DamagedTier("its vmstats description is not JSON") from None
     vms = info.get("vms") if isinstance(info, dict) else None
     if not isinstance(vms, list) or not all(type(vm) is str for vm in vms):

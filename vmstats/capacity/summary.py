@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from vmstats import inputfile
 from vmstats.capacity import defaults
 from vmstats.capacity.demand import FleetDemand, Settings, peaks_name, percentile_name
 from vmstats.capacity.placement import HostLoad
@@ -131,9 +132,9 @@ class Summary:
         figures that are silently wrong, for admit and the server alike.
         """
         try:
-            data = json.loads(text)
-        except RecursionError:  # '[' x 100,000: a damaged file, not a traceback
-            raise ValueError("not valid JSON: nested too deeply") from None
+            data = inputfile.json_loads(text)
+        except ValueError as exc:
+            raise ValueError("not valid JSON: %s" % exc) from None
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object, got %s" % type(data).__name__)
         if data.get("version") != VERSION:

@@ -38,7 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vmstats import logstore
+from vmstats import inputfile, logstore
 from vmstats.protocol import FIELD_NAMES
 from vmstats.report import runs
 from vmstats.report.histogram import (
@@ -941,7 +941,7 @@ def _read_cache(cache_dir: str | None) -> dict | None:
             return None
         start = len(_MAGIC) + 8
         size = int.from_bytes(blob[len(_MAGIC) : start], "little")
-        header = json.loads(blob[start : start + size])
+        header = inputfile.json_loads(blob[start : start + size])
         if header.get("version") != CACHE_VERSION:
             return None
         base = start + size + (-(start + size) % 64)

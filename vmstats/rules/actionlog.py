@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
+from vmstats import inputfile
 from vmstats.inputfile import Damage
 from vmstats.rules.workers import Workers
 from vmstats.server.metrics import RateLimitedLog
@@ -167,8 +168,8 @@ def replay(lines) -> Replayed:
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-            except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested past reason
+                entry = inputfile.json_loads(line)
+            except ValueError as exc:  # not JSON, not UTF-8, nested past reason
                 entry, wrong = None, "not JSON (%s)" % type(exc).__name__
             else:
                 wrong = problem(entry)

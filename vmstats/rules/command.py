@@ -255,7 +255,7 @@ def ask(url: str, path: str, token: str | None, method: str = "GET",
         if data is not None:
             request.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
+            return inputfile.json_loads(response.read())
     except urllib.error.HTTPError as exc:
         said = _error_of(exc)
         if said is not None:
@@ -264,15 +264,15 @@ def ask(url: str, path: str, token: str | None, method: str = "GET",
         raise click.ClickException("cannot read %s: HTTP %d %s" % (where, exc.code, exc.reason)) from None
     except urllib.error.URLError as exc:
         raise click.ClickException("cannot read %s: %s" % (where, exc.reason)) from None
-    except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:  # JSON nested past reason
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise click.ClickException("cannot read %s: %s" % (where, str(exc) or type(exc).__name__)) from None
 
 
 def _error_of(exc: urllib.error.HTTPError) -> str | None:
     """The ``error`` line of a vmstats page's refusal, if that is what came back."""
     try:
-        said = json.loads(exc.read(64 << 10))
-    except (OSError, ValueError, RecursionError, http.client.HTTPException):
+        said = inputfile.json_loads(exc.read(64 << 10))
+    except (OSError, ValueError, http.client.HTTPException):
         return None
     error = said.get("error") if isinstance(said, dict) else None
     return error if isinstance(error, str) else None

@@ -13,6 +13,8 @@ from collections import Counter
 
 from twisted.web import http, resource, server
 
+from vmstats import inputfile
+
 #: A mute is a few hundred bytes; the channel refuses a longer body before storing it.
 MAX_BODY = 16 << 10
 
@@ -59,11 +61,9 @@ class MutesPage(resource.Resource):
         if refused is not None:
             return _json(request, *refused)
         try:
-            data = json.loads(request.content.read(MAX_BODY + 1))
+            data = inputfile.json_loads(request.content.read(MAX_BODY + 1))
         except (ValueError, UnicodeDecodeError) as exc:
             return _json(request, *self._error(http.BAD_REQUEST, "a mute is JSON: %s" % exc))
-        except RecursionError:
-            return _json(request, *self._error(http.BAD_REQUEST, "a mute is JSON: nested too deeply"))
         return self._later(request, self.rules.add_mute(data))
 
     def render_DELETE(self, request) -> bytes | int:

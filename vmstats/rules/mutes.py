@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from vmstats import selectors
+from vmstats import inputfile, selectors
 from vmstats.rules.config import Match, _match, _Reader
 from vmstats.server.ownfiles import check_file, read_file
 from vmstats.stamps import moment
@@ -236,10 +236,10 @@ class MuteSet:
         if not raw:
             return []
         try:
-            entries = json.loads(raw)["mutes"]
+            entries = inputfile.json_loads(raw)["mutes"]
             if not isinstance(entries, list):
                 raise TypeError("mutes is not a list")
-        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # nested past reason too
+        except (ValueError, TypeError, KeyError) as exc:
             log.warning("%s: not a mutes file (%s): no mute from it is in force", self.path, exc)
             return []
         ended, bad = [], []

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -189,9 +188,9 @@ def _book_minor_unit(path: str, currency: str) -> int | None:
     """``meta.prices.minor_unit`` of a report.json priced in ``currency``; None without one."""
     try:
         with open(path, "rb") as handle:
-            prices = json.load(handle)["meta"]["prices"]
+            prices = inputfile.json_loads(handle.read())["meta"]["prices"]
         digits = prices["minor_unit"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # damaged: as if not there
+    except (OSError, ValueError, KeyError, TypeError):  # damaged: as if not there
         return None
     if prices.get("currency") != currency or isinstance(digits, bool) or not isinstance(digits, int):
         return None
