@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmstats import logstore
+from vmstats.logstore import append
 from vmstats.server.writer import write_share
 
 DAY = 86400
@@ -174,16 +175,16 @@ def test_a_failed_write_is_reported_for_a_retry(tmp_path, in_the_way):
 
 def test_a_short_write_is_continued_and_a_write_of_nothing_is_an_error(tmp_path, monkeypatch, memory):
     real_write = os.write
-    monkeypatch.setattr(logstore.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
     rows = {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(3)}
     assert logged(str(tmp_path / "new"), rows, memory) == 3
     reference_append(str(tmp_path / "old"), VM, rows)
     assert files(tmp_path / "new") == files(tmp_path / "old")
-    monkeypatch.setattr(logstore.os, "write", lambda fd, data: 0)
+    monkeypatch.setattr(os, "write", lambda fd, data: 0)
     with pytest.raises(OSError):
         logged(str(tmp_path / "new"), {T0 + DAY: row(T0 + DAY)}, memory)
     # The failed append is not remembered as written: the next check reads the file.
-    monkeypatch.setattr(logstore.os, "write", real_write)
+    monkeypatch.setattr(os, "write", real_write)
     assert logged(str(tmp_path / "new"), rows, memory) == 0
 
 
@@ -229,9 +230,9 @@ def test_only_the_new_bytes_are_read_when_the_end_is_remembered(tmp_path, monkey
     assert logged(data, {T0 + 60 * i: row(T0 + 60 * i, i) for i in range(1000)}, memory) == 1000
     reads = []
     real_pread = os.pread
-    monkeypatch.setattr(logstore.os, "pread", lambda fd, n, at: reads.append(n) or real_pread(fd, n, at))
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(n) or real_pread(fd, n, at))
     assert logged(data, {T0 + 60_000: row(T0 + 60_000)}, memory) == 1
-    assert reads == [logstore._TAIL]
+    assert reads == [append._TAIL]
     memory = logstore.DayFileEnds()
     size = len(body(data, T0))
     assert logged(data, {T0 + 60_060: row(T0 + 60_060)}, memory) == 1

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from serverproc import serve
 
 from vmstats import logstore
+from vmstats.logstore import text
 from vmstats.protocol import Record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -652,9 +653,9 @@ def test_files_read_together_read_as_each_alone(tmp_path_factory, damages, tries
     alone = [logstore.read_columns([path], as_float=as_float) for path in paths]
     lenient = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(logstore, "_STRICT_TRIES", tries)
-        parse = logstore._parse_lenient
-        patch.setattr(logstore, "_parse_lenient", lambda lines, *rest: lenient.append(len(lines)) or
+        patch.setattr(text, "_STRICT_TRIES", tries)
+        parse = text._parse_lenient
+        patch.setattr(text, "_parse_lenient", lambda lines, *rest: lenient.append(len(lines)) or
                       parse(lines, *rest))
         frame, bad = logstore.read_columns(paths, as_float=as_float)
     if tries == 64:
