@@ -54,6 +54,21 @@ CASES = [
     (("simulate", "--vms", "1", "--mix", "idle=1,idle=2", *_CLOSED), REFUSED, "idle given twice in --mix"),
     (("replay", "--format", "nope", "afile", *_CLOSED), REFUSED, "Invalid value for '--format'"),
     (("simulate-pool", "--curve", "zz", *_CLOSED), REFUSED, "Invalid value for --curve"),
+    # an infinite demand had every member report 100 %, a nan one 0 %, without a word
+    (("simulate-pool", "--curve", "0:120,10:inf", *_CLOSED), REFUSED,
+     "Invalid value for --curve: '10:inf': second and demand must be finite numbers"),
+    (("simulate-pool", "--curve", "0:nan", *_CLOSED), REFUSED,
+     "Invalid value for --curve: '0:nan': second and demand must be finite numbers"),
+    (("simulate-pool", "--curve", "0:-1", *_CLOSED), REFUSED, "Invalid value for --curve: demand cannot be"),
+    # a member the pool never has, or a second the run never reaches, was never stopped
+    (("simulate-pool", "--silent", "99:1", *_CLOSED), REFUSED,
+     "Invalid value for --silent: member 99: the pool has 3 members (1 to 3) and no --desired-file"),
+    (("simulate-pool", "--silent", "101:1", "--desired-file", "nope", *_CLOSED), REFUSED,
+     "Invalid value for --silent: member 101: the pool has members 1 to 100 at most"),
+    (("simulate-pool", "--silent", "2:nan", *_CLOSED), REFUSED,
+     "Invalid value for --silent: second nan: the run lasts 0 to 60 seconds (--duration)"),
+    (("simulate-pool", "--silent", "2:61", *_CLOSED), REFUSED,
+     "Invalid value for --silent: second 61: the run lasts 0 to 60 seconds"),
     # names the server refuses in every record (or reads as another VM): sent, then exit 1
     (("simulate-pool", "--prefix", "../x", *_CLOSED), REFUSED,
      "Invalid value for --prefix: ../x-1: the server would refuse every record"),

@@ -509,25 +509,24 @@ def _check_pool_names(pool) -> None:
 @click.option("--desired-file", type=click.Path(dir_okay=False), default=None,
               help="Read the member count a scaling action wrote here before each report.")
 @click.option("--silent", default=None, metavar="N:SECOND",
-              help="Member N stops reporting at SECOND (a stopped agent).")
+              help="Member N stops reporting at SECOND (a stopped agent); N is one of the "
+                   "--members (or one it can grow to with --desired-file), SECOND within --duration.")
 @common_options
 def simulate_pool(curve, members, prefix, hosts, duration, interval, desired_file, silent, server,
                   transport, rate, timeout, json_path):
     """A live pool following a load curve, scaled by the rules' actions (docs/RULES.md)."""
-    from vmstats.simulator.pool import Pool, parse_curve, run
+    from vmstats.simulator.pool import Pool, parse_curve, parse_silent, run
 
     try:
         points = parse_curve(curve)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--curve") from None
-    stop = None
-    if silent:
+    pool = Pool(points, members, prefix, tuple(h for h in hosts.split(",") if h), desired_file)
+    if silent is not None:
         try:
-            number, _, second = silent.partition(":")
-            stop = (int(number), float(second))
-        except ValueError:
-            raise click.BadParameter("expected N:SECOND, e.g. 2:20", param_hint="--silent") from None
-    pool = Pool(points, members, prefix, tuple(h for h in hosts.split(",") if h), desired_file, stop)
+            pool.silent = parse_silent(silent, pool, duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--silent") from None
     _check_pool_names(pool)
     sender = _open(transport, server, rate, timeout)
 

@@ -10,6 +10,7 @@ removed at the next report.  ``silent`` names a member that stops reporting
 at a given second, as a stopped agent would.
 """
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,12 +25,41 @@ def parse_curve(text: str) -> list[tuple[float, float]]:
         second, sep, demand = part.partition(":")
         if not sep:
             raise ValueError("%r is not second:demand" % part)
-        points.append((float(second), float(demand)))
+        point = (float(second), float(demand))
+        if not all(math.isfinite(value) for value in point):
+            # an infinite demand made every member report 100 % (and nan, 0 %) without a word
+            raise ValueError("%r: second and demand must be finite numbers" % part)
+        points.append(point)
     if not points or any(b[0] <= a[0] for a, b in zip(points, points[1:], strict=False)):
         raise ValueError("the curve needs points with seconds in ascending order")
     if any(demand < 0 for _s, demand in points):
         raise ValueError("demand cannot be negative")
     return points
+
+
+def parse_silent(text: str, pool: "Pool", duration: float) -> tuple[int, float]:
+    """``"2:20"`` (member 2 stops at second 20) for ``pool`` over a run of ``duration``
+    seconds; ValueError, saying why, for a member the pool never has or a second the run
+    never reaches: either would run the whole pool reporting, the stop asked for silently
+    not made.  A member past the starting count is accepted only when ``desired_file`` can
+    grow the pool (up to ``maximum``)."""
+    number_text, sep, second_text = text.partition(":")
+    try:
+        number, second = int(number_text), float(second_text)
+    except ValueError:
+        raise ValueError("expected N:SECOND, e.g. 2:20") from None
+    if not sep:
+        raise ValueError("expected N:SECOND, e.g. 2:20")
+    largest = pool.maximum if pool.desired_file else pool.members
+    if not 1 <= number <= largest:
+        if pool.desired_file:
+            raise ValueError("member %d: the pool has members 1 to %d at most" % (number, largest))
+        raise ValueError("member %d: the pool has %d member%s (1 to %d) and no --desired-file to "
+                         "grow it" % (number, largest, "" if largest == 1 else "s", largest))
+    if not 0 <= second <= duration:  # nan fails both comparisons
+        raise ValueError("second %s: the run lasts 0 to %g seconds (--duration)"
+                         % (second_text.strip(), duration))
+    return number, second
 
 
 def demand_at(curve: list[tuple[float, float]], second: float) -> float:
