@@ -470,3 +470,32 @@ def test_a_mute_answered_by_something_that_is_not_the_server_is_one_line(answer)
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_a_mute_by_tag_whose_tags_cannot_be_read_is_refused_and_not_kept(tmp_path):
+    """The VMs' logs cannot be read (the VMs' folder is no folder: a failing disk): a mute by
+    tag would cover only VMs that report again, not those whose host is already down, the
+    ones it is made for. It was answered 201 all the same; it is refused (503, one ``error``
+    line) and nothing of it is kept, on disk or in force; a mute by id needs no reading."""
+    body = '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\nactions = ["hook"]\n'
+    mute = {"match": {"tags": {"host": "kvm9"}}, "duration": "1h", "author": "ana", "comment": "kvm9"}
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            vms = server.data_dir / logstore.VMS_DIR
+            vms.mkdir(parents=True, exist_ok=True)
+            vms.rmdir()
+            vms.write_text("not a folder\n")
+            code, said = post(server, json.dumps(mute).encode())
+            assert code == 503, said
+            assert list(said) == ["error"] and "the mute was not made" in said["error"], said
+            assert json.loads(server.http("/mutes"))["mutes"] == []
+            metrics = server.metrics()
+            assert metrics['vmstats_rule_mute_requests_total{result="error_503"}'] == 1
+            assert metrics["vmstats_rule_mutes"] == 0
+            done = rules_cli(server, "mute", "--host", "kvm9", "--duration", "1h", "--author", "ana",
+                             "--comment", "kvm9")
+            assert (done.returncode, done.stdout) == (1, ""), done
+            assert done.stderr.count("\n") == 1 and "the mute was not made" in done.stderr
+            add_mute(server, "--id", "10.0.0.5", "--duration", "1h")
+        assert [m["match"] for m in json.loads((server.data_dir / "rules" / "mutes.json").read_text())
+                ["mutes"]] == [{"id": ["10.0.0.5"]}]

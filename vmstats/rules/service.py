@@ -251,6 +251,8 @@ class RulesService(service.Service):
         #: under way, and the answers to mutes by tag that wait for them (``_tags_read``).
         self._readings = 0
         self._tags_waiters: list[defer.Deferred] = []
+        #: Why a reading of the batch the waiters wait on failed (None: none did).
+        self._unread: str | None = None
         if wall is not None:
             wall.on_step.append(self.engine.clock_stepped)
         self.reloads = 0
@@ -464,21 +466,37 @@ class RulesService(service.Service):
         if seed:
             self._seed_tags()
 
+        def withdrawn() -> None:
+            self.mutes.mutes.pop(mute.id, None)
+            self.engine.keeping_tags(self.mutes.names_tags())
+
+        def read(unread: str | None):
+            if unread is None:
+                return self._save_mutes().addCallbacks(saved, failed)
+            # It would cover only the VMs that report again, not those whose host is down
+            # already (the maintenance it is for): refused, rather than a 201 that pages.
+            # Written again in case another mute's change wrote it meanwhile: not on disk either.
+            withdrawn()
+            refusal = 503, {"error": "the VMs' logs cannot be read for their tags (%s): the mute was "
+                                     "not made; a mute by id or cidr needs no reading" % unread}
+            return self._save_mutes().addErrback(self._unwritten).addBoth(lambda _: refusal)
+
         def saved(_):
             log.info("mute %s added: %s", mute.id, mute.describe())
             self._schedule_mutes()
-            if not mute.match.tags:
-                return 201, mute.as_dict()
-            # Answered once every VM's tags are known: read for this mute, or by a reading
-            # another mute by tag started a moment before (which this one did not repeat).
-            return self._tags_read().addCallback(lambda _: (201, mute.as_dict()))
+            return 201, mute.as_dict()
 
         def failed(failure):
-            self.mutes.mutes.pop(mute.id, None)
-            self.engine.keeping_tags(self.mutes.names_tags())
+            withdrawn()
             return 500, {"error": "cannot write %s: %s" % (self.mutes.path, failure.getErrorMessage())}
 
-        return self._save_mutes().addCallbacks(saved, failed)
+        # A mute by tag is made once every VM's tags are known: read for it, or by a reading
+        # another mute by tag started a moment before (which this one did not repeat).
+        return (self._tags_read() if mute.match.tags else defer.succeed(None)).addCallback(read)
+
+    def _unwritten(self, failure) -> None:
+        """A write of the mutes file failed: logged (what asked for it goes on)."""
+        log.error("cannot write %s: %s", self.mutes.path, failure.getErrorMessage())
 
     def _seed_tags(self) -> None:
         """The tags of every VM the logs know, from each one's newest logged record (read on
@@ -491,15 +509,16 @@ class RulesService(service.Service):
         answered once the reading is done (``_tags_read``).
         """
         def failed(failure) -> None:
-            log.warning("rules: the VMs' logs were not read for their tags (a mute naming "
-                        "tags covers each VM from its next record): %s", failure.getErrorMessage())
+            self._unread = failure.getErrorMessage() or failure.type.__name__
+            log.warning("rules: the VMs' logs were not read for their tags: %s", self._unread)
 
         def done(_) -> None:
             self._readings -= 1
             if not self._readings:
                 waiters, self._tags_waiters = self._tags_waiters, []
+                unread, self._unread = self._unread, None
                 for waiter in waiters:
-                    waiter.callback(None)
+                    waiter.callback(unread)
 
         if self.data_dir is None:
             return
@@ -509,7 +528,8 @@ class RulesService(service.Service):
 
     def _tags_read(self) -> defer.Deferred:
         """Fires once no reading of the VMs' tags is under way: a mute by tag made while
-        another's reading runs covers the VMs only the logs know only once it is done."""
+        another's reading runs covers the VMs only the logs know only once it is done.  With
+        None, or why a reading under way failed (then no mute by tag waiting on it is made)."""
         if not self._readings:
             return defer.succeed(None)
         waiter = defer.Deferred()
@@ -548,8 +568,7 @@ class RulesService(service.Service):
     def _mute_timer(self) -> None:
         self._next_mute = None
         if self._end_mutes():
-            self._save_mutes().addErrback(lambda f: log.error("cannot write %s: %s",
-                                                              self.mutes.path, f.getErrorMessage()))
+            self._save_mutes().addErrback(self._unwritten)
         self._schedule_mutes()
 
     def _schedule_mutes(self) -> None:
