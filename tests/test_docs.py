@@ -220,3 +220,14 @@ def test_the_capacity_settings_table_gives_headrooms_own_defaults():
             param.default, param, context), (flag.group(1), default, param.default)
         checked += 1
     assert checked >= 5, table
+
+
+def test_every_file_a_shipped_unit_reads_is_in_the_operations_guide():
+    """A unit's ``EnvironmentFile=`` is a place an operator sets things: one the guide does not
+    name (``/etc/vmstats/agent.env`` was read by the agent's unit, named nowhere) is a setting
+    nobody knows to look for, or a stray file nobody knows is read."""
+    guide = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    read = {(unit.name, path) for unit in sorted((ROOT / "packaging").glob("*.service"))
+            for path in re.findall(r"^EnvironmentFile=-?(\S+)", unit.read_text(), re.M)}
+    assert {name for name, _path in read} >= {"vmstats-agent.service", "vmstats-server.service"}
+    assert [(name, path) for name, path in sorted(read) if "`%s`" % path not in guide] == []
