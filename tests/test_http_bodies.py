@@ -165,6 +165,34 @@ def test_a_request_that_cannot_be_read_is_a_400_in_json_and_counted(tmp_path):
                        for key, value in metrics.items())
 
 
+def test_a_head_whose_lines_end_in_a_bare_lf_is_a_prompt_400_and_bodies_keep_theirs(tmp_path):
+    """``printf 'GET /metrics HTTP/1.1\\nHost: x\\n\\n' | nc`` got no answer until the idle
+    timeout: Twisted splits a head at CRLF only and waited for one.  It is refused at once,
+    said and counted; an LF inside a body (the write API's lines) is the body's, and the
+    request after it on the same connection is served."""
+    line = b"cpu,cpu=cpu-total,host=h1 usage_idle=50,usage_iowait=0 1\n"
+    with serve(tmp_path, "--http-idle-timeout", "60s") as server:
+        for request in (b"GET /metrics HTTP/1.1\nHost: x\n\n", b"GET /metrics HTTP/1.1\r\nHost: x\n"):
+            with socket.create_connection((LOOPBACK, server.http_port), timeout=10) as sock:
+                sock.sendall(request)  # and nothing more: the connection stays open
+                answer = b""
+                while not answer.endswith(b"}\n"):
+                    data = sock.recv(65536)
+                    assert data, answer
+                    answer += data
+            code, headers, body = status_and_json(answer)
+            assert (code, headers["connection"]) == (400, "close"), answer
+            assert body["error"] == ("malformed request: the lines of its head end in a bare LF, "
+                                     "not CRLF (\\r\\n)"), body
+        pipelined = (b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                     b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                     % (2 * len(line), line * 2))
+        _sent, answer = stream(server.http_port, pipelined, b"", 0)
+        assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200 OK" in answer, answer[:300]
+        metrics = server.metrics()
+        assert metrics['vmstats_http_requests_refused_total{reason="bad_request"}'] == 2
+
+
 def test_a_write_body_in_an_encoding_the_api_cannot_read_is_a_415_at_its_headers(tmp_path):
     """A body in any Content-Encoding but gzip was read as plain text: a deflate or brotli body
     became a 400 of garbage "lines", or, were it text, was taken as if no encoding had been

@@ -12,8 +12,8 @@ of it is stored, a body to an unknown path (404) before reading it, an HTTP/1.0 
 a Content-Length (411) that it cannot delimit, and what a page's ``refuse_early`` refuses at the
 headers (a write without its token: 401).  A request line past 16 KiB is 414, a head (request
 line and headers) past it 431, where Twisted closed without a word or said a bare 400, and a request
-Twisted cannot read (a bad Content-Length, header or chunk) 400 in JSON.  Each refusal is
-counted on /metrics.
+Twisted cannot read (a bad Content-Length, header or chunk, or a head in bare-LF lines, which it
+waited on until the idle timeout) 400 in JSON.  Each refusal is counted on /metrics.
 
 A request that changes something (any method but GET and HEAD) carrying ``Origin`` is refused
 (403) at its headers: only a browser sends that header, and nothing here is meant for one, so a
@@ -152,6 +152,8 @@ class _Channel(http.HTTPChannel):
     _linger_left = 0
     #: The request line of the request being read was taken: a line past the limit is a header.
     _in_head = False
+    #: Calls of dataReceived under way (Twisted calls it again from inside when a request ends).
+    _depth = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -162,7 +164,25 @@ class _Channel(http.HTTPChannel):
         if self._refused:
             self._linger(len(data))
             return
-        super().dataReceived(data)
+        self._depth += 1
+        try:
+            super().dataReceived(data)
+        finally:
+            self._depth -= 1
+        # Read to its end (not a call made inside that reading, nor paused by a request under
+        # way), a head's unfinished line is all the buffer holds: an LF in it ended a line.
+        if (self.line_mode and not self._depth and not self.paused and not self._refused
+                and b"\n" in self._buffer):
+            self._bare_lf()
+
+    def _bare_lf(self) -> None:
+        """A head whose lines end in a bare LF: Twisted splits lines at CRLF only, so it waited
+        for one until the idle timeout, and the client (``printf ... | nc``) heard nothing.
+        RFC 9112 lets a server take LF alone as a line's end, but a proxy in front that does not
+        would frame the request differently (Twisted's issue 4893): it is refused at once."""
+        self.clearLineBuffer()
+        self._answer(http.BAD_REQUEST, "bad_request",
+                     "malformed request: the lines of its head end in a bare LF, not CRLF (\\r\\n)")
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._refused:
