@@ -321,6 +321,24 @@ def test_bad_windows_are_one_line_and_non_zero(tmp_path, extra, message):
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
+def test_a_judging_window_in_a_gap_of_the_logs_is_not_judged_on_nothing(tmp_path):
+    """Logs of 2026-01-01 and 2026-01-04 only: judging 01-02 .. 01-03 read no record, yet the
+    run ended 0 with "0 busy in the judging window", a verdict on nothing.  It fails as a
+    deciding window without records does (status 1, one line naming the days)."""
+    minutes, ones = 60 * np.arange(1440), np.ones(1440)
+    for start in (T0, T0 + 3 * DAY):
+        write_records(tmp_path / "data", series("a", start + minutes, ones, ones, vcpus=1))
+    done = vmstats("backtest", tmp_path / "data", "-o", tmp_path / "out", "--decide-until", "2026-01-01",
+                   "--decide-days", 1, "--judge-days", 2)
+    assert (done.returncode, done.stdout) == (1, ""), done
+    assert done.stderr == ("Error: no logs in the judging window (2026-01-02 .. 2026-01-03, the days after "
+                           "the deciding window): nothing to judge on\n")
+    assert not (tmp_path / "out").exists()
+    done = vmstats("backtest", tmp_path / "data", "-o", tmp_path / "out", "--decide-until", "2026-01-01",
+                   "--decide-days", 1, "--judge-days", 3)
+    assert done.returncode == 0, done.stderr  # its last day has logs: judged on those
+
+
 def test_an_excluded_quiet_vm_is_not_a_missed_saving(backtest, tmp_path):
     _history_, out, _stdout, _doc, rows = backtest
     exclusions = tmp_path / "exclusions.toml"

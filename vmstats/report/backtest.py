@@ -148,6 +148,11 @@ def choose_windows(
             % (load_mod.day_name(decide_last), load_mod.day_name(days[0]))
         )
     judge_last = min(decide_last + judge_days, last_data)
+    if not any(decide_last < day <= judge_last for day in days):  # a gap in the logs
+        raise ReportError(
+            "no logs in the judging window (%s .. %s, the days after the deciding window): nothing "
+            "to judge on" % (load_mod.day_name(decide_last + 1), load_mod.day_name(judge_last))
+        )
     return Windows(decide_last - decide_days + 1, decide_last, decide_last + 1, judge_last)
 
 
