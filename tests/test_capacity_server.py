@@ -72,6 +72,11 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
         (post(server, {"vms": []}), 400, "vms: a list of at least one entry"),
         (post(server, b"[" * (2 << 20), raw=True), 413, "larger than"),
         (post(server, b"[" * 200000, raw=True), 400, "nested too deeply"),
+        # json.loads kept the last of a key given twice: one size asked for, the other placed
+        (post(server, b'{"vms": [{"profile": "2x4", "profile": "64x512"}]}', raw=True), 400,
+         "manifest is not valid JSON: 'profile' is given twice in one object"),
+        (post(server, {"profiles": {"2x4": "64x512"}, "vms": [{"profile": "2x4"}]}), 400,
+         "manifest: profiles.2x4: a profile's name may not be written as a size"),
     ]
     for (code, body), want_code, want in cases:
         assert code == want_code and list(body) == ["error"] and want in body["error"], body
@@ -87,7 +92,7 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
         server.http("/admission", token=None)
     assert denied.value.code == 401
     metrics = server.metrics()
-    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 5
+    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 7
     assert metrics['vmstats_admission_requests_total{result="error_401"}'] == 4  # three POSTs, the GET
 
 

@@ -25,7 +25,8 @@ _ADMIT = ("admit", "manifest.toml", "data", "--inventory", "hosts.toml")
 #: test runs in: data/ (a data dir with no logs), hosts.toml, manifest.toml (good), nope (not
 #: there), bad.toml (not TOML), bin.toml (not UTF-8), empty.toml, afile (a line of text),
 #: folder/ (an empty folder), twice.keys (a key file naming one key id twice), deep.json (JSON
-#: nested 100,000 deep).
+#: nested 100,000 deep), twice.json (a manifest giving a key twice), sized.toml (a manifest
+#: naming a profile "2x4").
 CASES = [
     # an option's value
     (("report", "data", "-o", "out", "--days", "x"), REFUSED,
@@ -136,6 +137,10 @@ CASES = [
     # JSON nested past the parser's recursion: a RecursionError's traceback, exit 1
     (("admit", "deep.json", "data", "--inventory", "hosts.toml"), REFUSED,
      "manifest deep.json: not valid JSON: nested too deeply"),
+    (("admit", "twice.json", "data", "--inventory", "hosts.toml"), REFUSED,
+     "manifest twice.json: not valid JSON: 'count' is given twice in one object"),
+    (("admit", "sized.toml", "data", "--inventory", "hosts.toml"), REFUSED,
+     "manifest sized.toml: profiles.2x4: a profile's name may not be written as a size"),
     (("admit", "manifest.toml", "--summary", "deep.json"), REFUSED,
      "summary deep.json is not a capacity summary: not valid JSON: nested too deeply"),
     (("score", "--truth", "bin.toml", "--report", "afile"), REFUSED,
@@ -183,6 +188,8 @@ def place(tmp_path, monkeypatch) -> Path:
     (tmp_path / "afile").write_text("a line\n")
     (tmp_path / "twice.keys").write_text("web s3cret web-*\nops 0ther\nweb n3w\n")
     (tmp_path / "deep.json").write_text("[" * 100000)
+    (tmp_path / "twice.json").write_text('{"vms": [{"profile": "2x4", "count": 1, "count": 500}]}')
+    (tmp_path / "sized.toml").write_text('[profiles]\n"2x4" = "64x512"\n[[vms]]\nprofile = "2x4"\n')
     return tmp_path
 
 

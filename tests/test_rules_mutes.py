@@ -212,6 +212,11 @@ def test_bad_mutes_are_refused_with_one_line_and_counted(tmp_path):
             for body in (b"not json", b"[1, 2]", b'{"rule": "hot", "duration": "1h", "who": 1}'):
                 code, answer = post(server, body)
                 assert code == 400 and "\n" not in answer["error"], (body, answer)
+            # A key given twice was taken at its last value: which duration was meant?
+            twice = b'{"rule": "hot", "duration": "10m", "duration": "30d", "author": "a", "comment": "b"}'
+            code, answer = post(server, twice)
+            assert (code, answer) == (400, {"error": "a mute is JSON: 'duration' is given twice in one "
+                                                     "object"})
             code, answer = post(server, b"{}", token=None)
             assert code == 401 and "Bearer" in answer["error"]
             anonymous = rules_cli(server, "mutes", token=None)
@@ -221,7 +226,7 @@ def test_bad_mutes_are_refused_with_one_line_and_counted(tmp_path):
             code, _answer = post(server, b"", method="DELETE", path="/mutes")
             assert code == 400
             metrics = server.metrics()
-            assert metrics['vmstats_rule_mute_requests_total{result="error_400"}'] == 5
+            assert metrics['vmstats_rule_mute_requests_total{result="error_400"}'] == 6
             assert metrics['vmstats_rule_mute_requests_total{result="error_401"}'] >= 2
             assert metrics["vmstats_rule_mutes"] == 0 and server.returncode is None
             # Nothing refused is in force: the alert goes out.

@@ -100,22 +100,40 @@ def parse_toml(raw: bytes, path: str) -> dict:
         raise FileProblem(path, "not valid TOML: nested too deeply") from None
 
 
-def json_loads(text: str | bytes):
+def json_loads(text: str | bytes, **options):
     """``json.loads``, with JSON nested deeper than the parser recurses a ValueError as any
     other text that is not JSON: ``[`` x 100,000 is a few hundred KiB, which a file, a body
     or an answer may hold, and the RecursionError it raised ended commands in a traceback,
     stopped the server's start, or escaped each reader's ``except ValueError``."""
     try:
-        return json.loads(text)
+        return json.loads(text, **options)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
 
+def json_document(text: str | bytes):
+    """``json_loads`` for what an operator wrote (a manifest, a mute): a key given twice in one
+    object is a ValueError.  ``json.loads`` keeps the last silently, so ``{"profile": "2x4",
+    "profile": "64x512"}`` asked for one size and got the other; TOML refuses the same."""
+    return json_loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise ValueError("%r is given twice in one object" % key)
+            seen.add(key)
+    return found
+
+
 def parse_json(raw: bytes, path: str):
     """JSON ``raw`` (read from ``path``: UTF-8, -16 or -32, as JSON allows) parsed; FileProblem
-    when it is not JSON (``json_loads``)."""
+    when it is not JSON or gives a key twice (``json_document``)."""
     try:
-        return json_loads(raw)
+        return json_document(raw)
     except ValueError as exc:
         raise FileProblem(path, "not valid JSON: %s" % exc) from None
 

@@ -93,6 +93,9 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         raise CapacityError('%s: profiles: must be a table of name = "VCPUSxGB[@USE%%]"' % where)
     profiles = {}
     for key, text in named.items():
+        if shaped_like_profile(key):  # "2x4" = "64x512": an entry's profile "2x4" would be either
+            raise CapacityError("%s: profiles.%s: a profile's name may not be written as a size"
+                                % (where, key))
         if not isinstance(text, str):
             raise CapacityError('%s: profiles.%s: must be a string like "4x16@30%%"' % (where, key))
         try:

@@ -171,7 +171,7 @@ class AdmissionService(service.Service):
         if len(body) > MAX_BODY:
             return self._error(http.REQUEST_ENTITY_TOO_LARGE, "manifest larger than %d bytes" % MAX_BODY)
         try:
-            data = inputfile.json_loads(body)  # '[' x 200,000 fits in MAX_BODY
+            data = inputfile.json_document(body)  # '[' x 200,000 fits in MAX_BODY
         except (ValueError, UnicodeDecodeError) as exc:
             return self._error(http.BAD_REQUEST, "manifest is not valid JSON: %s" % exc)
         try:

@@ -61,7 +61,7 @@ class MutesPage(resource.Resource):
         if refused is not None:
             return _json(request, *refused)
         try:
-            data = inputfile.json_loads(request.content.read(MAX_BODY + 1))
+            data = inputfile.json_document(request.content.read(MAX_BODY + 1))
         except (ValueError, UnicodeDecodeError) as exc:
             return _json(request, *self._error(http.BAD_REQUEST, "a mute is JSON: %s" % exc))
         return self._later(request, self.rules.add_mute(data))
