@@ -137,6 +137,12 @@ CASES = [
     # JSON nested past the parser's recursion: a RecursionError's traceback, exit 1
     (("admit", "deep.json", "data", "--inventory", "hosts.toml"), REFUSED,
      "manifest deep.json: not valid JSON: nested too deeply"),
+    # an empty --arrivals ("$ARRIVALS" unset) or --arrival-profile ran the default arrivals
+    (("admit", "--backtest", "data", "--inventory", "hosts.toml", "--arrivals", " , "), REFUSED,
+     "--arrivals ' , ' names no VM: give ids, globs or CIDRs, or leave it out"),
+    (("admit", "--backtest", "data", "--inventory", "hosts.toml", "--arrival-profile", ""), REFUSED,
+     "profile '': expected VCPUSxGB"),
+    ((*_ADMIT, "--arrivals", ""), REFUSED, "--arrivals and --arrival-profile go with --backtest"),
     (("admit", "twice.json", "data", "--inventory", "hosts.toml"), REFUSED,
      "manifest twice.json: not valid JSON: 'count' is given twice in one object"),
     (("admit", "sized.toml", "data", "--inventory", "hosts.toml"), REFUSED,

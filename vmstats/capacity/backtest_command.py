@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import click
 
-from vmstats.options import failure
+from vmstats.options import Refused, failure
 from vmstats.report.settings import ReportError
 
 #: Options only the backtest takes, added to ``vmstats admit``.
@@ -39,12 +39,15 @@ def run_backtest(data_dirs: Sequence[str], settings, inventory_path: str, until:
     from vmstats.capacity.inventory import load_inventory
     from vmstats.capacity.profiles import parse_profile
 
-    if arrivals and profile_text:
+    if arrivals is not None and profile_text is not None:
         raise click.UsageError("--arrivals and --arrival-profile are two kinds of arrivals: give one")
+    selectors = [part.strip() for part in (arrivals or "").split(",") if part.strip()]
+    if arrivals is not None and not selectors:  # "$ARRIVALS" unset: not the default's VMs
+        raise Refused("--arrivals %r names no VM: give ids, globs or CIDRs, or leave it out for "
+                      "the VMs the inventory does not place" % arrivals)
     try:
         inventory = load_inventory(inventory_path)
-        profile = parse_profile(profile_text) if profile_text else None
-        selectors = [part.strip() for part in arrivals.split(",") if part.strip()] if arrivals else ()
+        profile = parse_profile(profile_text) if profile_text is not None else None
         result = backtest.run(data_dirs, inventory, settings, settings.days, until, selectors, profile)
     except ReportError as exc:
         raise failure(exc) from None

@@ -381,7 +381,7 @@ def admit(
     except ReportError as exc:
         raise failure(exc) from None
     if summary_path:
-        if backtest or arrivals or arrival_profile or len(paths) != 1:
+        if backtest or arrivals is not None or arrival_profile is not None or len(paths) != 1:
             raise Refused(
                 "with --summary the manifest is the only argument (no DATA_DIR, no backtest)"
             )
@@ -395,7 +395,7 @@ def admit(
     if backtest:
         run_backtest(paths, settings, inventory_path, until, arrivals, arrival_profile, as_json)
         return
-    if arrivals or arrival_profile:
+    if arrivals is not None or arrival_profile is not None:
         raise Refused("--arrivals and --arrival-profile go with --backtest")
     if len(paths) < 2:
         raise Refused("expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)")
