@@ -355,6 +355,14 @@ def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
                 '[action.c]\nkind = "command"\nargv = []\n' + HOT.replace('"say"', '"c"') % "")
             server.proc.send_signal(signal.SIGHUP)
             server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="refused"}') == 3)
+            # A FIFO in the file's place (a --rules <(...) pipe): opening it on the reactor
+            # stopped the whole server until someone wrote to it.  Refused, the server answers.
+            (tmp_path / "rules.toml").unlink()
+            os.mkfifo(tmp_path / "rules.toml")
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="refused"}') == 4)
+            server.send_udp(line("10.0.0.4", int(time.time()), 99.0))
+            assert len(hook.wait(5)) == 5  # the rules in force still notify
         assert "rules reload refused, the previous rules stay" in server.output
         assert "metric: 'cpux'" in server.output and "enter: expected a number" in server.output
         assert "%s: not UTF-8 at byte 3 (line 1)" % (tmp_path / "rules.toml") in server.output
@@ -362,8 +370,10 @@ def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
             % (tmp_path / "rules.toml")) in server.output
     assert ("%s: action c: argv: missing (the program and its arguments, as a list)"
             % (tmp_path / "rules.toml")) in server.output
+    assert ("%s: not a regular file: a FIFO, which a reload does not read (it may never end)"
+            % (tmp_path / "rules.toml")) in server.output
     assert "Traceback" not in server.output
-    assert len(hook.received) == 3
+    assert len(hook.received) == 5
 
 
 def test_an_edited_or_removed_rule_resolves_what_it_no_longer_sees_and_fires_nothing_twice(

@@ -12,6 +12,7 @@ problem and the rules in force stay.
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 
@@ -199,6 +200,19 @@ def _newer_from_columnar(path: str, day: str, found: dict[str, tuple[str, Labels
             found[vm] = (day, last)
 
 
+def _finite(path: str) -> None:
+    """RulesError when ``path`` is a FIFO, socket or device (a ``--rules <(...)`` pipe, or one
+    put in the file's place): a reload runs on the reactor, and opening a FIFO no one writes
+    to stopped the whole server, ingest and HTTP, until one did.  A start may read one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # load_rules says what is wrong with it
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise RulesError(path, ["%s, which a reload does not read (it may never end)"
+                                % logstore.not_regular(mode)])
+
+
 def counts_page(state_counts: Mapping[tuple[str, str], int]) -> dict:
     """/alerts' ``counts``: ``"rule.state": n`` for the states any scope is in."""
     return {"%s.%s" % key: n for key, n in sorted(state_counts.items()) if n}
@@ -381,6 +395,7 @@ class RulesService(service.Service):
     def reload(self) -> bool:
         """Read the rules file again; on any problem keep the rules in force."""
         try:
+            _finite(self.path)
             ruleset = load_rules(self.path)
         except RulesError as exc:
             self.reload_failures += 1
