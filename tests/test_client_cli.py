@@ -17,7 +17,9 @@ FIXTURE = ROOT / "tests" / "data" / "proc" / "c"
 
 def agent(*args, env=None, via_click=False):
     base = [sys.executable, "-m"] + (["vmstats", "agent"] if via_click else ["vmstats.client"])
-    environment = dict(os.environ, PYTHONPATH=str(ROOT), VMSTATS_CONFIG="")
+    # Only the settings a test gives: a VMSTATS_* of the caller's would be warned of.
+    outside = {k: v for k, v in os.environ.items() if not k.startswith("VMSTATS_")}
+    environment = dict(outside, PYTHONPATH=str(ROOT), VMSTATS_CONFIG="")
     environment.update(env or {})
     return subprocess.run(base + list(args), env=environment, capture_output=True, text=True, timeout=60)
 
@@ -37,6 +39,21 @@ def test_settings_come_from_the_environment_and_a_config_file(tmp_path):
     result = agent("--once", env={"VMSTATS_CONFIG": str(conf), "VMSTATS_HOST": "from-env"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("vmstats,vm=10.9.9.9,host=from-env ")
+
+
+def test_a_variable_that_names_no_setting_is_warned_of_not_silently_ignored():
+    """A typo in /etc/vmstats/agent.env (VMSTATS_INTERVL=10) left the default interval in
+    force with nothing said: each VMSTATS_* name that is no setting is one warning at start,
+    with the setting it is closest to; the agent runs (other vmstats commands read variables
+    of their own from a shared environment)."""
+    result = agent("--once", "--proc-root", str(FIXTURE), "--vm-id", "10.1.2.3",
+                   env={"VMSTATS_INTERVL": "10", "VMSTATS_STATUS_TOKEN": "t", "VMSTATS_HOST": "kvm1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("vmstats,vm=10.1.2.3,host=kvm1 ")
+    warnings = [line for line in result.stderr.splitlines() if " WARNING: " in line]
+    assert warnings == [
+        "vmstats-agent WARNING: VMSTATS_INTERVL is no setting of the agent: ignored (VMSTATS_INTERVAL?)",
+        "vmstats-agent WARNING: VMSTATS_STATUS_TOKEN is no setting of the agent: ignored"]
 
 
 # Status 2: a malformed setting (restarting cannot help); 1: the setting may start working later.

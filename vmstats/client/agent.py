@@ -292,6 +292,9 @@ def setup_logging(level):
 def main(config):
     """Run the agent with loaded settings; returns the exit status."""
     setup_logging(config.log_level)
+    for name, close in getattr(config, "unknown_env", ()):
+        LOG.warning("%s is no setting of the agent: ignored%s", name,
+                    " (%s?)" % close if close else "")
     try:
         vm, host = vm_identity(config)
         # Fail at start, not one jittered interval later, if /proc is unusable; and say whether

@@ -182,6 +182,22 @@ def read_config_file(path):
     return values
 
 
+def unknown_environment(environ):
+    """``[(name, the setting's variable it is closest to or None)]`` for each ``VMSTATS_*``
+    variable that names no setting.  A typo in /etc/vmstats/agent.env (``VMSTATS_INTERVL``)
+    left the default in force without a word; the agent warns of each at start.  A warning,
+    not a refusal as in the config file: the environment is shared, and other vmstats
+    commands read variables of their own (``VMSTATS_STATUS_TOKEN``)."""
+    known = sorted([ENV_PREFIX + o[0].upper() for o in OPTIONS] + [ENV_PREFIX + "CONFIG"])
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            import difflib  # only then: the agent's footprint is measured (OPERATIONS.md)
+            close = difflib.get_close_matches(name, known, 1, 0.8)
+            found.append((name, close[0] if close else None))
+    return found
+
+
 def load(argv=None, environ=None, prog="vmstats agent"):
     """The agent's settings as an argparse Namespace; raises ConfigError.
 
@@ -209,6 +225,7 @@ def load(argv=None, environ=None, prog="vmstats agent"):
             setattr(args, name, convert(raw))
         except ValueError as exc:
             raise ConfigError("%s: %s" % (source, exc))
+    args.unknown_env = unknown_environment(environ)
     if args.spool_dir is None:
         args.spool_dir = _default_spool()
     if args.jitter is None:
