@@ -226,6 +226,25 @@ def test_zipapp_runs_on_the_oldest_supported_python(server, tmp_path):
     assert_each_once(wait_rows(server.data_dir, "old-python", 2), 2)
 
 
+def test_its_files_are_read_as_utf8_whatever_the_locale_and_python(tmp_path):
+    """Python 3.6 with no LANG (a unit on a minimal image) read agent.conf and the host file
+    as ASCII: a comment naming "Müller" stopped the agent at start, and the host file was
+    "not text", while 3.7+ read both; and an editor's byte order mark made the first line
+    no setting on every Python.  Both are read as UTF-8, the mark skipped."""
+    python = oldest_python() or sys.executable
+    bundle = tmp_path / "vmstats-agent.pyz"
+    subprocess.run([sys.executable, "-m", "vmstats", "agent-bundle", "-o", str(bundle)], env=ENV,
+                   check=True, capture_output=True, timeout=60)
+    conf, host = tmp_path / "agent.conf", tmp_path / "host"
+    conf.write_text("\ufeff# owner: Müller\nvm-id = 10.7.7.7\n", encoding="utf-8")
+    host.write_text("# hôte de calcul\nkvm7\n", encoding="utf-8")
+    result = subprocess.run([python, "-I", str(bundle), "--once", "--config", str(conf),
+                             "--host-file", str(host), "--proc-root", str(ROOT / "tests/data/proc/c")],
+                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("vmstats,vm=10.7.7.7,host=kvm7 "), result.stdout
+
+
 def test_server_down_at_start_then_every_spooled_record_arrives_once(tmp_path):
     port = free_port()
     spool_dir = tmp_path / "spool"

@@ -21,6 +21,8 @@ from vmstats.client.cgroup import MODES as MEASURE_MODES
 from vmstats.protocol import DEFAULT_PORT
 
 DEFAULT_CONFIG = "/etc/vmstats/agent.conf"
+#: How the agent reads the files an operator writes for it: UTF-8, a byte order mark skipped.
+TEXT = "utf-8-sig"
 ENV_PREFIX = "VMSTATS_"
 
 
@@ -161,13 +163,20 @@ def build_parser(prog="vmstats agent"):
 
 
 def read_config_file(path):
-    """``{name: text}`` from a config file; ConfigError if unreadable or malformed."""
+    """``{name: text}`` from a config file; ConfigError if unreadable or malformed.
+
+    Read as UTF-8 whatever the locale, a byte order mark (an editor's) skipped: Python 3.6
+    in the C locale (a unit with no LANG) read it as ASCII, and a comment naming "Müller"
+    stopped the agent there while the same file worked on 3.7+.
+    """
     known = dict((o[0], o) for o in OPTIONS)
     values = {}
     try:
-        with open(path, "r") as handle:
+        with open(path, "r", encoding=TEXT) as handle:
             lines = handle.read().splitlines()
-    except (IOError, OSError, UnicodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError("cannot read config file %s: not UTF-8 text (byte %d)" % (path, exc.start))
+    except (IOError, OSError) as exc:
         raise ConfigError("cannot read config file %s: %s" % (path, getattr(exc, "strerror", exc)))
     for number, line in enumerate(lines, 1):
         line = line.strip()

@@ -21,6 +21,8 @@ import logging
 import os
 import re
 
+from vmstats.client.config import TEXT
+
 LOG = logging.getLogger("vmstats.agent")
 #: Where the platform writes the hypervisor's name (``--host-file`` changes it).
 DEFAULT_HOST_FILE = "/etc/vmstats/host"
@@ -42,7 +44,7 @@ def read_host_file(path):
     ValueError with a readable reason when it exists but names no host.
     """
     try:
-        with open(path, "r") as handle:
+        with open(path, "r", encoding=TEXT) as handle:  # whatever the locale (config.TEXT)
             text = handle.read(4096)
     except (IOError, OSError) as exc:
         if getattr(exc, "errno", None) == 2:
