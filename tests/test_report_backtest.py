@@ -339,6 +339,22 @@ def test_a_judging_window_in_a_gap_of_the_logs_is_not_judged_on_nothing(tmp_path
     assert done.returncode == 0, done.stderr  # its last day has logs: judged on those
 
 
+def test_vms_left_unjudged_for_want_of_data_are_counted_on_the_terminal(tmp_path):
+    """A judging window with records for a quarter of its minutes: the reclaimed VM is
+    no-data, and the terminal said only "0 busy in the judging window", a decision that held
+    to the eye.  A no-data line counts the VMs not judged."""
+    minutes = 60 * np.arange(7 * 1440 + 360)
+    idle = np.full(len(minutes), 0.5)
+    write_records(tmp_path / "data", series("quiet", T0 + minutes, idle, idle, idle, idle, vcpus=2))
+    done = vmstats("backtest", tmp_path / "data", "-o", tmp_path / "out", "--decide-until", "2026-01-07",
+                   "--decide-days", 7, "--judge-days", 1)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "reclaim   1 VM: 0 busy in the judging window (needed later), 0 with a stretch of work " \
+        "in the deciding window" in lines
+    assert "no-data   1 VM: too little data in the judging window to judge" in lines
+
+
 def test_an_excluded_quiet_vm_is_not_a_missed_saving(backtest, tmp_path):
     _history_, out, _stdout, _doc, rows = backtest
     exclusions = tmp_path / "exclusions.toml"

@@ -205,6 +205,9 @@ def terminal_summary(result: Backtest, out_dir: str, stream: TextIO, top: int = 
         ("quiet", "%s quiet in both windows: %d reclaimed, %d not (missed saving %s a month)"
          % (vms(q["vms"]), q["reclaimed"], q["missed"], money.text(q["missed_monthly_cost"]))),
     )  # fmt: skip
+    unjudged = s["outcomes"]["no-data"]
+    if unjudged:  # else the zeros above read as decisions that held
+        lines += (("no-data", "%s: %s" % (vms(unjudged), OUTCOMES["no-data"])),)
     for name, text in lines:
         print("%-9s %s" % (name, text), file=stream)
     faults = [r for r in ordered(result) if r["outcome"] in FAULTS][:top]
