@@ -1,18 +1,20 @@
 """What the HTTP write API acknowledges survives SIGKILL: open minutes and counters come back."""
 
+import hmac
 import io
 import json
 import os
 import shutil
 import signal
 import time
+from hashlib import sha256
 
 import influxdb_client
 import pytest
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 from serverproc import serve
-from test_reliability_journal import raw_rows
+from test_reliability_journal import changed, raw_rows
 from test_server_udp import line, logged
 from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
@@ -23,10 +25,10 @@ from vmstats.server.buffer import Buffer
 from vmstats.server.formats.edge import Edge
 from vmstats.server.formats.httpwrite import WritePage
 from vmstats.server.formats.influx import InfluxDecoder
-from vmstats.server.formats.journaling import PREFIX, EdgeJournal
+from vmstats.server.formats.journaling import KEY_FILE, MAC_DIGITS, PREFIX, EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.ingest import Ingest
-from vmstats.server.journal import Journal
+from vmstats.server.journal import Journal, frame, list_segments
 from vmstats.server.metrics import Metrics
 
 VMS = 12
@@ -55,12 +57,13 @@ def step_lines(step: int, t0: int) -> list[str]:
     return out
 
 
-def expected(i: int, minute: int) -> dict:
-    """Minute ``minute`` (1-3) of VM ``i``, worked out by hand from ``step_lines``."""
-    steps = range(6 * (minute - 1) + 1, 6 * minute + 1)
+def expected(i: int, minute: int, steps: range | None = None) -> dict:
+    """Minute ``minute`` (1-3) of VM ``i``, worked out by hand from ``step_lines`` (of
+    ``steps`` only, if given: the counters primed by the first)."""
+    steps = steps or range(6 * (minute - 1) + 1, 6 * minute + 1)
     cpu = [busy(i, s) for s in steps]
-    return {"cpu": round(sum(cpu) / 6, 2), "cpu_max": float(max(cpu)),
-            "mem": round(sum(40 + s % 3 for s in steps) / 6, 2),
+    return {"cpu": round(sum(cpu) / len(cpu), 2), "cpu_max": float(max(cpu)),
+            "mem": round(sum(40 + s % 3 for s in steps) / len(cpu), 2),
             # bytes_recv grows 1,000 * (i + 1) per 10 s step; the first sample only primes it
             "net_rx": 100.0 * (i + 1), "net_tx": 0.0, "mem_mb": 2048}
 
@@ -369,3 +372,65 @@ def test_a_journal_directory_removed_under_the_server_keeps_the_edge_key_and_min
         for minute in (1, 2):
             row = by_ts[t0 + 60 * minute]
             assert {key: row[key] for key in expected(i, minute)} == expected(i, minute), i
+
+
+DAMAGED = 'vmstats_journal_damaged_total{part="%s"}'
+
+
+def test_a_damaged_or_unreadable_edge_checkpoint_is_refused_counted_and_the_rest_replayed(
+        tmp_path):
+    """A checkpoint (``#!edge ... state``) with a byte changed failed its HMAC and was taken
+    for a forged line: it is a damaged write now, refused by its checksum, named and counted.
+    One that passes both but is JSON nested past the parser (written with the key by someone
+    else) stopped the start with a RecursionError: it is skipped and counted, and the
+    checkpoint and payloads before it are still replayed."""
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    args = ("--flush-interval", "0.3")
+    first = tmp_path / "first"
+    server = serve(first, *args).start()
+    try:
+        write_step(server, 1, t0)
+        # A flush checkpoints step 1 and retires its segment; the next is due in 30 s.
+        server.wait_metrics(lambda m: m["vmstats_journal_segments_retired_total"] >= 1)
+        for step in (2, 3):
+            write_step(server, step, t0)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        server.kill()
+    shutil.copytree(first / "data", tmp_path / "nested" / "data")
+    os.rename(first, tmp_path / "flipped")  # no journal left behind at the first one's path
+    # A bit flipped inside the checkpoint: { (0x7b) read as [ (0x5b).
+    segments = [path for _n, path in list_segments(str(tmp_path / "flipped" / "data" / "journal"))]
+    [holder] = [path for path in segments if b" state {" in open(path, "rb").read()]
+    start = changed(holder, b" state {", b" state [")
+    # A checkpoint signed with the key, after the payloads of steps 2 and 3.
+    journal = tmp_path / "nested" / "data" / "journal"
+    key = (journal / KEY_FILE).read_bytes().strip()
+    body = b"state " + b"[" * 100_000
+    mac = hmac.new(key, body, sha256).hexdigest()[:MAC_DIGITS].encode()
+    with open(list_segments(str(journal))[-1][1], "ab") as segment:
+        segment.write(frame(PREFIX + mac + b" " + body + b"\n"))
+    counts = {}
+    for case in ("flipped", "nested"):
+        server = serve(tmp_path / case, *args).start()
+        try:
+            counts[case] = (server.metrics()[DAMAGED % "unit"],
+                            server.metrics()[DAMAGED % "edge_line"])
+            for step in (4, 5, 6):
+                write_step(server, step, t0)
+            assert server.stop() == 0, server.output
+        finally:
+            server.kill()
+        assert "Traceback" not in server.output and "HMAC" not in server.output, server.output
+        if case == "flipped":
+            assert "journal segment %s: " % holder in server.output
+            assert " at offset %d fail their checksum" % start in server.output
+    assert counts == {"flipped": (1, 0), "nested": (0, 1)}
+    for i in range(VMS):
+        # Without its checkpoint, minute 1 is what the payloads after it hold: steps 2-6, the
+        # counters primed again by step 2.  With it, steps 1-6, as acknowledged.
+        for case, steps in (("flipped", range(2, 7)), ("nested", None)):
+            [row] = logged(tmp_path / case / "data", "tg-%02d" % i).to_dict("records")
+            want = expected(i, 1, steps)
+            assert row["ts"] == t0 + 60 and {key: row[key] for key in want} == want, (case, i)

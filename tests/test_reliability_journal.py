@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from vmstats import logstore
 from vmstats.protocol import Record
 from vmstats.server import replay as replay_module
-from vmstats.server.journal import Journal, list_segments
+from vmstats.server.journal import Journal, check_units, frame, list_segments, unit_chunks
 from vmstats.server.metrics import Metrics
 from vmstats.server.writer import write_share
 
@@ -247,11 +247,12 @@ def test_one_write_per_reactor_turn_and_replies_wait_for_it(tmp_path, monkeypatc
     journal.when_durable(lambda ok: order.append(("second", ok)), journal.next_write())
     assert order == [] and writes == []
     clock.advance(0)
-    assert writes == [8] and order == [("first", True), ("second", True)]
+    unit = frame(b"a 1\nb 2\n")  # one unit: its header and checksum with the bytes
+    assert writes == [len(unit)] and order == [("first", True), ("second", True)]
     journal.when_durable(lambda ok: order.append(("idle", ok)), None)  # nothing queued: at once
     assert order[-1] == ("idle", True)
     journal.close()
-    assert open(list_segments(journal.directory)[0][1], "rb").read() == b"a 1\nb 2\n"
+    assert open(list_segments(journal.directory)[0][1], "rb").read() == unit
 
 
 def test_a_failed_write_refuses_its_waiters_and_the_next_write_starts_a_new_segment(
@@ -283,8 +284,13 @@ def test_a_failed_write_refuses_its_waiters_and_the_next_write_starts_a_new_segm
     assert results == [False, True, True, False] and not journal.failing
     journal.close()
     contents = [open(path, "rb").read() for _n, path in list_segments(journal.directory)]
-    assert contents == [b"x 1\ny 2", b"z 3\n"]  # the torn segment ends there
-    assert list(replay_module.chunks(contents[0])) == [b"x 1\n"]
+    first, second = frame(b"x 1\n"), frame(b"y 2\n")
+    torn = contents[0][len(first):]  # the torn segment ends there, inside its second unit
+    assert contents[0].startswith(first) and 0 < len(torn) < len(second)
+    assert second.startswith(torn) and contents[1] == frame(b"z 3\n")
+    units = check_units(contents[0])
+    assert units.torn == len(frame(b"x 1\n")) and not units.damaged
+    assert list(unit_chunks(contents[0], units.good, 100)) == [b"x 1\n"]
 
 
 def test_chunks_cut_at_line_ends_only():
@@ -490,3 +496,120 @@ def test_a_window_applies_to_its_payload_only_across_chunks():
         assert under == b"b 2\nc 3\nd 4\n"
         assert {bounds for _text, bounds in pieces} <= {None, (5, 9)}
         assert window is None
+
+
+# -- damage inside a segment ---------------------------------------------------------------------
+DAMAGED_UNITS = 'vmstats_journal_damaged_total{part="unit"}'
+
+
+def kill_after(workdir, data, *batches: list) -> str:
+    """Each batch acknowledged (one journal write each: the next is sent after the ack), then
+    SIGKILL before any flush; returns the one segment left."""
+    server = serve(workdir, "--flush-interval", "1h", data_dir=data).start()
+    try:
+        for number, batch in enumerate(batches):
+            with server.tcp(timeout=10) as sock:
+                sock.sendall(b"\n".join(map(line, batch)) + b"\n#!sync %d\n" % number)
+                assert read_reply(sock).startswith(b"#!ack %d " % number)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        server.kill()
+    [(_number, path)] = journal_files(data)
+    return path
+
+
+def changed(path: str, old: bytes, new: bytes) -> int:
+    """``old`` in the segment at ``path`` replaced by ``new`` of the same length (the bytes a
+    flipped bit or a damaged copy would hold); returns where the unit holding it starts."""
+    with open(path, "rb") as handle:
+        segment = handle.read()
+    at = segment.index(old)
+    with open(path, "wb") as handle:
+        handle.write(segment[:at] + new + segment[at + len(new):])
+    return segment.rfind(b"#!crc32 ", 0, at)
+
+
+def test_a_byte_changed_inside_a_journaled_line_refuses_its_write_and_replays_the_rest(tmp_path):
+    """A byte changed inside a segment (a bit flipped on the disk, a damaged copy) was replayed
+    as it was: a record whose VM id or value changed went to the logs as if it had been sent.
+    Each write carries a CRC-32 of its bytes; the one that fails it is refused, named with its
+    segment and offset, and counted, and the writes after it are replayed."""
+    data = tmp_path / "data"
+    t = now() - 7200
+    first = [Record(vm="10.27.0.1", ts=t + 60 * i, cpu=2.0, mem=3.0) for i in range(3)]
+    second = [Record(vm="10.27.0.2", ts=t + 60 * i, cpu=4.0, mem=5.0) for i in range(3)]
+    path = kill_after(tmp_path / "a", data, first, second)
+    start = changed(path, b"vm=10.27.0.1", b"vm=10.27.0.9")  # one bit: 1 is 0x31, 9 0x39
+    assert start == 0
+    with serve(tmp_path / "b", "--flush-interval", "1h", data_dir=data) as again:
+        assert again.metrics()[DAMAGED_UNITS] == 1
+        assert again.status_json()["journal"]["replayed_records"] == 3
+        assert _rejected(again.metrics()) == {}
+    assert again.returncode == 0, again.output
+    named = [text for text in again.output.splitlines() if "fail their checksum" in text]
+    assert len(named) == 1 and path in named[0] and " at offset 0 " in named[0], again.output
+    assert raw_rows(data) == Counter((r.vm, r.ts) for r in second)
+    assert journal_files(data) == []
+
+
+def test_a_garbled_window_line_refuses_its_write_rather_than_trust_it(tmp_path):
+    """A ``#!window`` line one byte off named other stamps, and the replay parsed its payload
+    within them: a line refused for its time went to the logs.  The line is in its write's
+    checksum like every other, so the write is refused (with its payload's honest record, which
+    cannot be told from the others), counted, and the next write replayed."""
+    data = tmp_path / "data"
+    t = now()
+    honest = Record(vm="10.28.0.1", ts=t - 60, cpu=2.0, mem=3.0)
+    ahead = Record(vm="10.28.0.1", ts=t + 3 * 86400, cpu=4.0, mem=3.0)
+    later = Record(vm="10.28.0.2", ts=t - 60, cpu=5.0, mem=3.0)
+    path = kill_after(tmp_path / "a", data, [ahead, honest], [later])
+    # The high stamp's first digit from 1 to 9 (one bit): a window to the year 2280.
+    changed(path, b"#!window %d %d\n" % (honest.ts, honest.ts),
+            b"#!window %d 9%s\n" % (honest.ts, str(honest.ts)[1:].encode()))
+    with serve(tmp_path / "b", "--flush-interval", "1h", data_dir=data) as again:
+        assert again.metrics()[DAMAGED_UNITS] == 1
+        assert again.status_json()["journal"]["replayed_records"] == 1
+        assert _rejected(again.metrics()) == {}
+    assert again.returncode == 0, again.output
+    assert raw_rows(data) == Counter([(later.vm, later.ts)])
+
+
+def test_segments_of_the_version_before_checksums_replay_beside_checksummed_ones(tmp_path):
+    """A segment's name tells its form: ``N.journal`` (written before checksums, replayed as
+    it is) or ``N.v2.journal`` (checked unit by unit), so no damage to its bytes can make a
+    checked segment pass for an unchecked one.  A damaged unit of a segment kept for the next
+    start (a row that cannot be written yet) counts once, like its rejected lines."""
+    data = tmp_path / "data"
+    folder = data / "journal"
+    folder.mkdir(parents=True)
+    t = now() - 600
+    old = Record(vm="10.29.0.1", ts=t, cpu=1.0, mem=2.0)
+    new = Record(vm="10.29.0.2", ts=t, cpu=3.0, mem=4.0)
+    (folder / "0000000004.journal").write_bytes(line(old) + b"\nnot a record\n")
+    good = frame(line(new) + b"\n")
+    bad = frame(line(Record(vm="10.29.0.3", ts=t, cpu=5.0, mem=6.0)) + b"\n")
+    bad = bad[:-5] + b"X" + bad[-4:]
+    (folder / "0000000005.v2.journal").write_bytes(bad + good + b"#!crc32 99 0000")  # torn tail
+    in_the_way = logstore.day_path(str(data), new.vm, logstore.day_of(t))
+    os.makedirs(in_the_way)
+    counted, outputs = [], []
+    for run in range(2):
+        with serve(tmp_path / str(run), "--flush-interval", "1h", "--drain-timeout", "1s",
+                   data_dir=data) as server:
+            assert server.status_json()["journal"]["replayed_records"] == 2 - run
+            metrics = server.metrics()
+            counted.append((metrics[DAMAGED_UNITS], _rejected(metrics)))
+        outputs.append(server.output)
+    assert counted == [(1, {"measurement": 1}), (0, {})]
+    assert "ends in a write cut short at offset %d" % len(bad + good) in outputs[0]
+    os.rmdir(in_the_way)
+    extra = Record(vm="10.29.0.4", ts=t, cpu=7.0, mem=8.0)
+    with serve(tmp_path / "last", "--flush-interval", "1h", data_dir=data) as server:
+        assert server.metrics()[DAMAGED_UNITS] == 0
+        assert send_acked(server.tcp_port, [extra], "x") == b"#!ack x 1 0\n"
+        # What this version writes is checked, numbered after the segments it found.
+        assert [os.path.basename(path) for _n, path in journal_files(data)] == [
+            "0000000006.v2.journal"]
+    assert server.returncode == 0, server.output
+    assert raw_rows(data) == Counter((r.vm, r.ts) for r in (old, new, extra))

@@ -99,6 +99,10 @@ class Metrics:
         #: Saves of the signature marks (auth.py) that failed: replay floors not on disk.
         self.signature_marks_errors = 0
         self.journal_retired = 0
+        #: Pieces of journal segments refused at start as damaged: ``unit`` (a write whose
+        #: checksum did not match), ``edge_line`` (an ``#!edge`` line that failed its HMAC or
+        #: could not be read back).
+        self.journal_damaged: Counter[str] = Counter({"unit": 0, "edge_line": 0})
         self.replayed_records = 0
         self.writer_deaths = 0
         self.parsed_remote = 0  # payloads parsed by parser processes
@@ -152,7 +156,8 @@ class Metrics:
             "write_failures": self.write_failures,
             "journal": {"bytes": self.journal_bytes, "syncs": self.journal_syncs,
                         "errors": self.journal_errors, "segments_retired": self.journal_retired,
-                        "replayed_records": self.replayed_records},
+                        "replayed_records": self.replayed_records,
+                        "damaged": dict(self.journal_damaged)},
             "writer_deaths": self.writer_deaths,
             "parsing": {"remote": self.parsed_remote, "here": self.parsed_here,
                         "parser_deaths": self.parser_deaths,
@@ -235,6 +240,11 @@ class Metrics:
         metric("replayed_records_total", "counter",
                "Records replayed from journal segments left by a crash.",
                [((), self.replayed_records)])
+        metric("journal_damaged_total", "counter",
+               "Pieces of journal segments refused at start as damaged, by part: unit (one "
+               "write, whose checksum did not match), edge_line (an other format's line that "
+               "failed its HMAC or could not be read back).",
+               [((("part", part),), n) for part, n in sorted(self.journal_damaged.items())])
         metric("writer_deaths_total", "counter",
                "Flushes abandoned because a writer process died (pool rebuilt, records kept).",
                [((), self.writer_deaths)])

@@ -1,5 +1,12 @@
 """Start-up replay: journal segments left by a crash are written to the logs before listening.
 
+A segment's units are checked first (journal.check_units): one whose bytes
+fail their CRC-32 is refused whole (none of its records written, none of its
+control lines trusted), named with its segment and offset, and counted
+(``vmstats_journal_damaged_total``, once: a segment kept for the next start
+notes it), and the units after it are replayed.  Segments of the version
+before checksums are replayed as they are.
+
 Each segment is parsed by the receive path's own Ingest (so the rows are the
 ones that were buffered) without its time window (a record was in the window
 when it was accepted; it may be old now), but for a payload that had lines
@@ -25,7 +32,17 @@ from collections import Counter
 
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import WINDOW_PREFIX, Ingest
-from vmstats.server.journal import Journal, counted_rejects, records_of, rejected_line
+from vmstats.server.journal import (
+    Journal,
+    Units,
+    check_units,
+    counted_rejects,
+    frame,
+    has_units,
+    records_of,
+    rejected_line,
+    unit_chunks,
+)
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import NO_LIMIT
 from vmstats.server.writer import write_share
@@ -33,6 +50,9 @@ from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
+#: The key of a ``#!rejected`` note (journal.REJECTED_PREFIX) counting a segment's damaged
+#: units, which a replay refused and counted (``vmstats_journal_damaged_total``).
+DAMAGED = "damaged_units"
 #: Bytes of a segment parsed and written at once: bounds replay's memory (~3x this); larger
 #: chunks mean fewer appends per VM file, which is most of replay's cost.
 CHUNK_BYTES = 16 << 20
@@ -126,9 +146,14 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
             journal.unread(number)
             kept.append(number)
             continue
+        units = check_units(data) if has_units(path) else None
+        # What the segment says was counted, from its units that are whole only.
+        before = counted_rejects(data if units is None or not units.damaged
+                                 else b"".join(unit_chunks(data, units.good, len(data))))
+        damaged = _refuse_damage(path, units, before, metrics)
         complete = True
         window = None
-        for chunk in chunks(data):
+        for chunk in chunks(data) if units is None else unit_chunks(data, units.good, CHUNK_BYTES):
             pieces, window = windowed(chunk, window)
             for text, bounds in pieces:
                 if bounds is None:
@@ -150,13 +175,15 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
                     metrics.drop("unwritable", len(table[vm]))
                     log.error("replay: dropping %s of vm %s: %s", counted(len(table[vm]), "record"), vm,
                               error)
-        new = _count_rejects(path, rejects, counted_rejects(data), metrics)
+        new = _count_rejects(path, rejects, before, metrics)
         if complete:
             journal.retire(number, only=True)
         else:
             kept.append(number)
+        if damaged:
+            new[DAMAGED] = damaged
         if new and os.path.exists(path):  # replayed again at the next start: say what counted
-            _note_counted(path, data, new)
+            _note_counted(path, data, new, units)
     metrics.replayed_records += replayed
     log.info("replayed %s from %s in %.2fs: %d appended, %d already in the logs%s",
              counted(replayed, "record"), counted(len(journal.leftover), "journal segment"),
@@ -189,17 +216,41 @@ def _count_rejects(path: str, rejects: Counter[str], before: Counter[str],
     return found
 
 
-def _note_counted(path: str, data: bytes, new: dict[str, int]) -> None:
+def _refuse_damage(path: str, units: Units | None, before: Counter[str],
+                   metrics: Metrics) -> int:
+    """Name every stretch of a segment whose checksum did not match (refused: none of its
+    records is written) and a torn last unit; returns the damaged units counted now, those
+    beyond the ones the segment says were counted (a kept segment is replayed again)."""
+    if units is None:
+        return 0
+    for offset, length in units.damaged:
+        log.error("replay: journal segment %s: %d bytes at offset %d fail their checksum "
+                  "(changed on the disk or in a copy): refused, the rest replayed",
+                  path, length, offset)
+    if units.torn is not None:
+        log.warning("replay: journal segment %s ends in a write cut short at offset %d (the "
+                    "process or the machine stopped during it): not replayed", path, units.torn)
+    new = max(0, len(units.damaged) - before[DAMAGED])
+    metrics.journal_damaged["unit"] += new
+    return new
+
+
+def _note_counted(path: str, data: bytes, new: dict[str, int], units: Units | None) -> None:
     """Append to a segment the replay keeps that its ``new`` rejects are counted, so the next
-    start's replay does not count them again.  A torn last line, which no replay reads
-    (chunks), is cut off first, so that the note is a line of its own."""
-    end = data.rfind(b"\n") + 1
+    start's replay does not count them again.  A torn last line or unit, which no replay reads
+    (chunks), is cut off first, so that the note is a line (or a unit) of its own."""
+    if units is None:
+        end, note = data.rfind(b"\n") + 1, rejected_line(new.items())
+    else:  # a unit of its own, after a line end (damage may have taken the last one)
+        end = len(data) if units.torn is None else units.torn
+        note = (b"\n" if data[end - 1:end] not in (b"", b"\n") else b"") + frame(
+            rejected_line(new.items()))
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             if end < len(data):
                 os.ftruncate(fd, end)
-            os.pwrite(fd, rejected_line(new.items()), end)
+            os.pwrite(fd, note, end)
             os.fsync(fd)
         finally:
             os.close(fd)

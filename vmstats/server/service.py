@@ -321,6 +321,8 @@ class Aggregator(service.MultiService):
             "1 when the edge's journal key could not be kept in its file: a crash of this run "
             "loses the other agents' open minutes.", lambda: int(self.edge.journal.key_in_memory))
         records = self.edge.journal.restore(self.journal.leftover)
+        self.metrics.journal_damaged["edge_line"] += (self.edge.journal.forged
+                                                      + self.edge.journal.unreadable)
         self.journal.before_retire.append(self.edge.journal.checkpoint)
         return records
 

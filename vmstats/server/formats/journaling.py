@@ -44,7 +44,11 @@ taken as touched now: it waits its grace, not the clock's way back to then.
 Each line carries an HMAC (with a key kept in the journal directory, made
 when first needed) because native payloads are journaled as they arrived: a sender
 could put a ``#!edge`` line in a datagram, and a replay must not take it for
-the edge's own.
+the edge's own.  (A byte changed on the disk is caught before, by the
+checksum of the journal write holding the line: journal.check_units.)  A
+line that passes both and cannot be read back is skipped and counted; JSON
+is read with ``inputfile.json_loads``, so one nested past the parser is such
+a line, not a RecursionError that stops the start.
 """
 
 import base64
@@ -57,6 +61,7 @@ import secrets
 from hashlib import sha256
 
 from vmstats import protocol
+from vmstats.inputfile import json_loads
 from vmstats.server.formats import Tally
 from vmstats.server.journal import read_segments
 from vmstats.server.ownfiles import read_file
@@ -154,6 +159,8 @@ class EdgeJournal:
         self.checkpoints = 0
         #: ``#!edge`` lines found at start without this journal's HMAC (forged in a payload).
         self.forged = 0
+        #: ``#!edge`` lines with this journal's HMAC that could not be read back at start.
+        self.unreadable = 0
         self.last_checkpoint: float | None = None
         #: Set at shutdown: the last checkpoint is written whenever the final flush retires.
         self.closing = False
@@ -271,12 +278,20 @@ class EdgeJournal:
         Nothing is counted twice: the decoders' tallies and the assembler's events of the
         replay are not the live counters'.
         """
-        entries: list[tuple[bytes, bytes]] = []
+        entries: list[tuple[bytes, object]] = []
         for _number, data in read_segments(segments, "the edge"):
             for kind, rest in self.lines(data):
                 if kind == b"state":
-                    entries = []
-                entries.append((kind, rest))
+                    try:  # read here: one that cannot be read must not drop what came before
+                        state = json_loads(rest)
+                    except ValueError as exc:
+                        self.unreadable += 1
+                        log.error("journal: an edge checkpoint could not be read (skipped): %s",
+                                  exc)
+                        continue
+                    entries = [(kind, state)]
+                else:
+                    entries.append((kind, rest))
         if self.forged:  # said even when no line is left: a damaged segment's one trace in the log
             log.warning("journal: %s without this journal's HMAC ignored (sent "
                         "inside payloads, or the key file %s changed)", counted(self.forged, "#!edge line"),
@@ -291,20 +306,22 @@ class EdgeJournal:
         for kind, rest in entries:
             try:
                 if kind == b"state":
-                    state = json.loads(rest)
+                    state = rest
                     assembler.load(state)
                     pending = [payload.encode("utf-8") for payload in state["pending"]]
                 elif kind == b"in":
                     name, now, options, encoding, text = rest.split(b" ", 4)
                     data = (base64.b64decode(text) if encoding == b"b64"
                             else text.replace(b"\0", b"\n"))
-                    self._repeat(name.decode("ascii"), float(now), json.loads(options), data)
+                    self._repeat(name.decode("ascii"), float(now), json_loads(options), data)
                     replayed += 1
                 elif kind == b"done":
-                    assembler.complete([(vm, end) for vm, end in json.loads(rest)])
+                    assembler.complete([(vm, end) for vm, end in json_loads(rest)])
                 elif kind == b"step":
                     assembler.clock_stepped(float(rest))
-            except (ValueError, KeyError, TypeError) as exc:  # a bug or a changed format
+            except (ValueError, KeyError, TypeError) as exc:  # a bug, a changed format, or
+                # a line written with the key by someone else (nested past the parser, say)
+                self.unreadable += 1
                 log.error("journal: an edge line could not be replayed (skipped): %s", exc)
         for counter, saved in zip((assembler.events, assembler.rates.events), events,
                                   strict=True):
