@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import report as report_bench  # noqa: E402
 
 from vmstats import logstore  # noqa: E402
-from vmstats.report import load  # noqa: E402
+from vmstats.report.discover import discover  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "storage"
 TRACE = ROOT.parent / "shared" / "traces" / "bitbrains-rnd-2013-8-sample"
@@ -183,7 +183,7 @@ def ninety(compacted: Path, vms: int) -> None:
 
 def all_rows(data_dir: Path) -> dict:
     """(vm, ts) -> the row's values, over every raw tier, merged as the readers merge them."""
-    units = load.discover([str(data_dir)], raw_only=True)
+    units = discover([str(data_dir)], raw_only=True)
     keys = sorted(units)
     sources = [s for key in keys for s in units[key]]
     owner = np.repeat(np.arange(len(keys)), [len(units[key]) for key in keys])

@@ -462,7 +462,7 @@ def test_a_cache_that_cannot_be_written_is_warned_in_the_running_commands_words(
     """headroom reads through the report's loader: its warning names no other command.  (A
     file given as --cache-dir is refused before the run: the cache's own file in the way is
     what the run finds only when it writes.)"""
-    from vmstats.report.load import CACHE_NAME
+    from vmstats.report.cache import CACHE_NAME
 
     base, _expected = fleet
     taken = tmp_path / "cache"

@@ -12,6 +12,7 @@ from test_report_stats import run
 
 from vmstats import logstore
 from vmstats.report import distributed, load
+from vmstats.report.discover import discover
 from vmstats.report.settings import ReportError
 from vmstats.server import compact
 
@@ -72,7 +73,7 @@ def test_a_cluster_of_two_workers_gives_the_single_machine_report(split_fleet, d
 
 def test_tasks_are_the_ones_the_single_machine_runs(split_fleet, dask_pool):
     _whole, first, second = split_fleet
-    units = load.discover([str(first), str(second)])
+    units = discover([str(first), str(second)])
     days = [day for _vm, day in units]
     local = load.load(units, None, min(days), max(days), workers=1)
     spread = load.load(units, None, min(days), max(days), pool=dask_pool)
@@ -87,7 +88,7 @@ def test_compacted_days_are_read_by_the_workers_as_csv_is(split_fleet, dask_pool
     """One aggregator's days compacted to columnar files (its rollups removed, so the workers read
     the rows), the other's still CSV: the same report as from CSV alone."""
     _whole, first, second = split_fleet
-    last = max(day for _vm, day in load.discover([str(first)]))
+    last = max(day for _vm, day in discover([str(first)]))
     policy = compact.Policy(compact_after=DAY, retain_raw=3660 * DAY, retain_rollups=3660 * DAY)
     compacted = tmp_path / "compacted"
     shutil.copytree(first, compacted)

@@ -16,6 +16,7 @@ from test_report_stats import DAY, T0, run, series, write_records
 
 from vmstats.protocol import Record
 from vmstats.report import load, runs, stats
+from vmstats.report.discover import discover
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import SETTINGS, Policy
 
@@ -365,7 +366,7 @@ def test_run_aggregates_merge_to_the_brute_force_level(tmp_path):
         for t, c, n in zip(ts, cpu, net, strict=True)
     ]
     write_records(tmp_path, records)
-    units = load.discover([str(tmp_path)])
+    units = discover([str(tmp_path)])
     table = load.load(units, None, min(d for _v, d in units), max(d for _v, d in units), workers=1)
     day = table.day - table.day.min()
     levels = stats._runs(table.data, day, table.vm_index, 1)

@@ -1,7 +1,7 @@
 """Rollup files keep value histograms sparse; what the report reads back is the aggregate as written.
 
 Files are written with the compactor's own writer (logstore.TierWriter,
-rollup_table) and read with the report's reader (load.read_rollups): the
+rollup_table) and read with the report's reader (read_rollups): the
 sparse encoding, the dense one older files hold, a VM subset of a file,
 counts past 16 bits and empty histograms all give back the same arrays.
 """
@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from vmstats import logstore
-from vmstats.report import load, runs
+from vmstats.report import runs
+from vmstats.report.aggregate import HISTOGRAMS, ROLLUP_VERSION, empty_table, read_rollups
+from vmstats.report.discover import discover
 from vmstats.report.settings import ReportError
 
 DAY = "2026-01-05"
@@ -20,15 +22,15 @@ DAY = "2026-01-05"
 def _aggregates(rows: int, seed: int = 5) -> dict[str, np.ndarray]:
     """A table of VM-day aggregates with random values and histograms of a few bins each."""
     rng = np.random.default_rng(seed)
-    table = load.empty_table(rows)
+    table = empty_table(rows)
     for name, values in table.items():
-        if name in load.HISTOGRAMS:
+        if name in HISTOGRAMS:
             continue
         if values.dtype.kind == "f":
             values[...] = rng.uniform(0, 100, values.shape)
         else:
             values[...] = rng.integers(0, 100, values.shape)
-    for name, bins in load.HISTOGRAMS.items():
+    for name, bins in HISTOGRAMS.items():
         hist = np.zeros((rows, bins), np.uint32)
         for row in range(rows):
             if row % 5 == 2:
@@ -53,7 +55,7 @@ def _as_lists(table):
     return table
 
 
-def _write(data_dir, vms, table, sparse, lists: bool = False, version: int = load.ROLLUP_VERSION) -> str:
+def _write(data_dir, vms, table, sparse, lists: bool = False, version: int = ROLLUP_VERSION) -> str:
     path = logstore.tier_path(str(data_dir), logstore.ROLLUPS_DIR, DAY)
     writer = logstore.rollup_writer(path)
     labels = [(1, "host", None)] * len(vms)
@@ -74,7 +76,7 @@ def test_sparse_and_dense_rollups_read_back_the_same(tmp_path):
     vms = ["vm%02d" % i for i in range(12)]
     table = _aggregates(len(vms))
     # Histograms sparse or dense, other 2-d aggregates as binary cells or as older files' lists.
-    for sparse, lists in ((load.HISTOGRAMS, False), ((), False), (load.HISTOGRAMS, True), ((), True)):
+    for sparse, lists in ((HISTOGRAMS, False), ((), False), (HISTOGRAMS, True), ((), True)):
         data_dir = tmp_path / ("%s-%s" % ("sparse" if sparse else "dense", "lists" if lists else "cells"))
         path = _write(data_dir, vms, table, sparse, lists)
         schema = pq.read_schema(path)
@@ -83,11 +85,11 @@ def test_sparse_and_dense_rollups_read_back_the_same(tmp_path):
         kind = str(schema.field("h_cpu_sum").type)
         assert kind.startswith("fixed_size_list" if lists else "fixed_size_binary"), kind
         # The whole file (a fleet's report), then a few VMs out of order (one VM's report).
-        whole, issues = load.read_rollups([logstore.Part(path, vm, logstore.ROLLUPS_DIR) for vm in vms])
+        whole, issues = read_rollups([logstore.Part(path, vm, logstore.ROLLUPS_DIR) for vm in vms])
         assert issues == {}
         _same(whole, table, np.arange(len(vms)))
         some = [7, 1, 2]
-        part, issues = load.read_rollups([logstore.Part(path, vms[i], logstore.ROLLUPS_DIR) for i in some])
+        part, issues = read_rollups([logstore.Part(path, vms[i], logstore.ROLLUPS_DIR) for i in some])
         assert issues == {}
         _same(part, table, some)
 
@@ -99,11 +101,11 @@ def test_rollups_of_the_version_before_mixed_stretches_are_read_with_their_lower
     table = _aggregates(len(vms))
     older = {name: values for name, values in table.items() if not name.endswith("_mix")}
     for version, data_dir in ((6, tmp_path / "v6"), (5, tmp_path / "v5")):
-        _write(data_dir, vms, older, load.HISTOGRAMS, version=version)
+        _write(data_dir, vms, older, HISTOGRAMS, version=version)
     issues = []
-    units = load.discover([str(tmp_path / "v6")], issues)
+    units = discover([str(tmp_path / "v6")], issues)
     assert issues == [] and len(units) == len(vms)
-    read, problems = load.read_rollups([sources[0] for sources in units.values()])
+    read, problems = read_rollups([sources[0] for sources in units.values()])
     assert problems == {}
     _same({k: v for k, v in read.items() if not k.endswith("_mix")}, older, np.arange(len(vms)))
     for field in ("run_", "head_", "tail_"):
@@ -111,14 +113,14 @@ def test_rollups_of_the_version_before_mixed_stretches_are_read_with_their_lower
         np.testing.assert_allclose(read[field + "mix"], bound, rtol=1e-6, err_msg=field)
     # A version the reader does not know is named, not guessed at.
     with pytest.raises(ReportError, match="holds no readable VM logs: 1 file"):
-        load.discover([str(tmp_path / "v5")], issues)
+        discover([str(tmp_path / "v5")], issues)
     assert "rollups of another aggregate version (5)" in issues[0]["problem"]
 
 
 def test_the_sparse_columns_hold_only_the_non_empty_bins(tmp_path):
     vms = ["vm%02d" % i for i in range(10)]
     table = _aggregates(len(vms))
-    path = _write(tmp_path, vms, table, load.HISTOGRAMS)
+    path = _write(tmp_path, vms, table, HISTOGRAMS)
     columns = ["hist_mem" + logstore.SPARSE_BINS, "hist_mem" + logstore.SPARSE_COUNTS]
     stored = pq.read_table(path, columns=columns)
     bins = [np.frombuffer(cell, "<u2") for cell in stored.column(0).to_pylist()]
@@ -132,10 +134,10 @@ def test_a_rollup_file_whose_bins_do_not_fit_is_named_not_read(tmp_path):
     vms = ["vm0", "vm1"]
     table = _aggregates(len(vms))
     narrow = dict(table, hist_disk=table["hist_disk"][:, :100])  # fewer bins than the report's
-    path = _write(tmp_path, vms, narrow, load.HISTOGRAMS)
-    read, issues = load.read_rollups([logstore.Part(path, vm, logstore.ROLLUPS_DIR) for vm in vms])
+    path = _write(tmp_path, vms, narrow, HISTOGRAMS)
+    read, issues = read_rollups([logstore.Part(path, vm, logstore.ROLLUPS_DIR) for vm in vms])
     assert sorted(issues) == [0, 1]
-    assert "hist_disk has 100 bins, not %d" % load.HISTOGRAMS["hist_disk"] in issues[0][0]["problem"]
+    assert "hist_disk has 100 bins, not %d" % HISTOGRAMS["hist_disk"] in issues[0][0]["problem"]
     assert read["n"].tolist() == [0, 0]
 
 
@@ -149,12 +151,12 @@ def _days_of_rollups(tmp_path, vms, days, sparse):
         path = logstore.tier_path(str(tmp_path), logstore.ROLLUPS_DIR, name)
         writer = logstore.rollup_writer(path)
         writer.add(logstore.rollup_table(vms, [(1, "host", None)] * len(vms), table, sparse=sparse))
-        writer.close({"version": load.ROLLUP_VERSION, "day": name, "vms": vms})
+        writer.close({"version": ROLLUP_VERSION, "day": name, "vms": vms})
         writer.commit()
         tables.append((path, table))
     parts = [logstore.Part(tables[d][0], vm, logstore.ROLLUPS_DIR) for vm in vms for d in range(days)]
     dense = {name: np.stack([tables[d][1][name][v] for v in range(len(vms)) for d in range(days)])
-             for name in load.HISTOGRAMS}
+             for name in HISTOGRAMS}
     return parts, dense
 
 
@@ -166,16 +168,16 @@ def test_histograms_kept_sparse_sum_per_vm_as_the_dense_rows_do(tmp_path):
     from vmstats.report.stats import _hist_sum
 
     vms, days = ["vm%02d" % i for i in range(9)], 6
-    for sparse in (load.HISTOGRAMS, ()):  # files with sparse and with dense histograms
+    for sparse in (HISTOGRAMS, ()):  # files with sparse and with dense histograms
         folder = tmp_path / ("sparse" if sparse else "dense")
         parts, dense = _days_of_rollups(folder, vms, days, sparse)
-        read, issues = load.read_rollups(parts, sparse=True)
+        read, issues = read_rollups(parts, sparse=True)
         assert issues == {}
         group = np.repeat(np.arange(len(vms)), days)
         offset = np.tile(np.arange(days), len(vms))
         rng = np.random.default_rng(1)
         keep = rng.random(len(group)) < 0.6  # days outside the window or before a resize
-        for name in load.HISTOGRAMS:
+        for name in HISTOGRAMS:
             hist = read[name]
             assert isinstance(hist, SparseHistograms) and hist.shape == dense[name].shape
             np.testing.assert_array_equal(hist.dense(), dense[name])

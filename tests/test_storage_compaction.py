@@ -25,8 +25,9 @@ from test_reliability_faults import fill_up
 from vmstats import logstore
 from vmstats.protocol import Record
 from vmstats.protocol import encode_record as _encode
-from vmstats.report import load
+from vmstats.report import aggregate
 from vmstats.report.build import build
+from vmstats.report.discover import discover
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import Policy
 from vmstats.server import compact as compact_mod
@@ -67,7 +68,7 @@ def _write_fleet(data_dir, vms: int, days: int, first: int = FIRST, seed: int = 
 
 def _units_rows(data_dir) -> dict:
     """Every VM-day's rows as the readers merge them (all raw tiers): {(vm, day): frame}."""
-    units = load.discover([str(data_dir)], raw_only=True)
+    units = discover([str(data_dir)], raw_only=True)
     keys = sorted(units)
     sources = [source for key in keys for source in units[key]]
     owner = np.repeat(np.arange(len(keys)), [len(units[key]) for key in keys])
@@ -96,7 +97,7 @@ def _compact(data_dir, **kwargs) -> compact_mod.Summary:
 
 def _aggregates(units: dict) -> dict:
     keys = sorted(units)
-    table, _issues = load.aggregate_units([units[k] for k in keys])
+    table, _issues = aggregate.aggregate_units([units[k] for k in keys])
     return {name: values for name, values in table.items()}, keys
 
 
@@ -104,7 +105,7 @@ def test_closed_days_are_compacted_verified_and_answer_identically(tmp_path):
     data = tmp_path / "data"
     _write_fleet(data, vms=5, days=4)
     csv_rows = _units_rows(data)
-    csv_units = load.discover([str(data)])
+    csv_units = discover([str(data)])
     before, keys = _aggregates(csv_units)
     now = (FIRST + 4) * DAY + HOUR  # day 3 is today; days 0 and 1 ended 2 days ago or more
     summary = _compact(data, policy={"compact_after": 2, "retain_raw": 30, "retain_rollups": 60}, now=now)
@@ -122,13 +123,13 @@ def test_closed_days_are_compacted_verified_and_answer_identically(tmp_path):
     assert pairs == sorted(set(pairs))
     # The rows, the aggregates and the report are those of the CSV files, from every tier.
     _same_rows(_units_rows(data), csv_rows)
-    units = load.discover([str(data)])
-    assert all(load._is_rollup(units[k]) == (k[1] < FIRST + 2) for k in units)
+    units = discover([str(data)])
+    assert all(aggregate.is_rollup(units[k]) == (k[1] < FIRST + 2) for k in units)
     after, keys_after = _aggregates(units)
     no_rollups = tmp_path / "columnar-only"
     shutil.copytree(data, no_rollups)
     shutil.rmtree(no_rollups / "rollups")
-    columnar, keys_columnar = _aggregates(load.discover([str(no_rollups)]))
+    columnar, keys_columnar = _aggregates(discover([str(no_rollups)]))
     assert keys == keys_after == keys_columnar
     for name in before:
         np.testing.assert_array_equal(before[name], after[name], err_msg=name)
@@ -141,12 +142,12 @@ def test_a_days_rollups_are_one_row_group_whatever_the_chunks(tmp_path):
     data = tmp_path / "data"
     vms = compact_mod.CHUNK_VMS + 6
     _write_fleet(data, vms=vms, days=1, step=900)
-    before, keys = _aggregates(load.discover([str(data)]))
+    before, keys = _aggregates(discover([str(data)]))
     _compact(data, policy={"compact_after": 1, "retain_raw": 30, "retain_rollups": 60}, now=(FIRST + 2) * DAY)
     meta = pq.ParquetFile(data / "rollups" / (logstore.day_name(FIRST) + ".parquet")).metadata
     assert (meta.num_row_groups, meta.num_rows) == (1, vms)
-    units = load.discover([str(data)])
-    assert all(load._is_rollup(sources) for sources in units.values())
+    units = discover([str(data)])
+    assert all(aggregate.is_rollup(sources) for sources in units.values())
     after, keys_after = _aggregates(units)
     assert keys_after == keys
     for name in before:
@@ -244,9 +245,9 @@ def test_a_window_of_rollups_and_csv_days_is_the_csv_report(tmp_path):
     policy = {"compact_after": 2, "retain_raw": 30, "retain_rollups": 60}
     _compact(mixed, policy=policy, now=(FIRST + 8) * DAY)
     shutil.rmtree(mixed / "columnar")
-    units = load.discover([str(mixed)])
-    assert {load._is_rollup(units[key]) for key in units if key[1] <= FIRST + 5} == {True}
-    assert {load._is_rollup(units[key]) for key in units if key[1] > FIRST + 5} == {False}
+    units = discover([str(mixed)])
+    assert {aggregate.is_rollup(units[key]) for key in units if key[1] <= FIRST + 5} == {True}
+    assert {aggregate.is_rollup(units[key]) for key in units if key[1] > FIRST + 5} == {False}
     for days in (8, 5):
         expected = _report([csv_dir], days=days)
         resized = next(row for row in expected if row["vm"] == "resized")
@@ -467,13 +468,13 @@ def test_rows_logged_after_compaction_win_and_are_merged_next_pass(tmp_path):
     logstore.append_missing(str(data), vm, {ts: logstore.format_tail(late)})
     frame = _units_rows(data)[(vm, FIRST + 1)]
     assert frame.loc[frame.ts == ts, "cpu"].tolist() == [99.5]
-    units = load.discover([str(data)])
-    assert not load._is_rollup(units[(vm, FIRST + 1)])  # a CSV beside the rollup: rows answer
+    units = discover([str(data)])
+    assert not aggregate.is_rollup(units[(vm, FIRST + 1)])  # a CSV beside the rollup: rows answer
     merged = _units_rows(data)
     summary = _compact(data, policy=policy, now=now)
     assert summary.days_compacted == 1 and summary.csv_removed == 1
     _same_rows(_units_rows(data), merged)
-    assert load._is_rollup(load.discover([str(data)])[(vm, FIRST + 1)])
+    assert aggregate.is_rollup(discover([str(data)])[(vm, FIRST + 1)])
 
 
 def _kill_at_random(data_dir, rng: random.Random, kills: int):

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from vmstats import logstore
 from vmstats.capacity import reader
 from vmstats.capacity.demand import (
     Gone,
@@ -52,7 +53,6 @@ from vmstats.capacity.demand import (
 from vmstats.capacity.inventory import Inventory
 from vmstats.capacity.placement import Ask, HostLoad, loads, place
 from vmstats.capacity.profiles import Profile
-from vmstats.report import load as load_mod
 from vmstats.report.settings import ReportError
 from vmstats.words import counted
 
@@ -368,11 +368,11 @@ def windows(data_dirs: Sequence[str], days: int, plan_until: str | None) -> tupl
         from vmstats.report.build import parse_day
 
         plan_last = parse_day(plan_until, "--until")
-    plan = reader.find_logs(data_dirs, days, load_mod.day_name(plan_last))
-    judged = reader.find_logs(data_dirs, days, load_mod.day_name(plan_last + days))
+    plan = reader.find_logs(data_dirs, days, logstore.day_name(plan_last))
+    judged = reader.find_logs(data_dirs, days, logstore.day_name(plan_last + days))
     if judged.window.start_ts <= plan.window.end_ts:
         raise ReportError("the logs hold no day after the plan window %s .. %s to judge it on" % (
-            load_mod.day_name(plan.first_day), load_mod.day_name(plan_last)))
+            logstore.day_name(plan.first_day), logstore.day_name(plan_last)))
     return plan, judged
 
 

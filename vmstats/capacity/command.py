@@ -279,7 +279,7 @@ def report_section(
     """
     from vmstats.capacity.demand import Settings
     from vmstats.capacity.summary import SUMMARY_FILE
-    from vmstats.report import load as load_mod
+    from vmstats.report.issues import named_files
 
     change, described = report_changes(report.rows)
     described["source"] = "this report"
@@ -291,7 +291,7 @@ def report_section(
     basis, meta = section["basis"], report.meta
     met = basis.pop("skipped_files") + basis.pop("damaged_files")
     # The report's entry of a file both met comes last, so it is the one kept.
-    meta.update(load_mod.named_files(met + meta["skipped_files"] + meta["damaged_files"]))
+    meta.update(named_files(met + meta["skipped_files"] + meta["damaged_files"]))
     basis["damaged_logs"] = "meta.skipped_files, meta.damaged_files"
     return section
 

@@ -14,7 +14,7 @@ of the minutes they should have been is reported unknown, never free.
 
 The computation (host_demand) is pure: VM series and an inventory in, host
 demand out, so tests and backtests can feed it constructed series.  The
-reading of logs (reader.py) is the report's own (report/load.py, logstore).
+reading of logs (reader.py) is the report's own (report/discover.py, logstore).
 """
 
 import math

@@ -1,4 +1,4 @@
-"""VM use per minute from the logs, read the report's way (report/load.py, logstore).
+"""VM use per minute from the logs, read the report's way (report/discover.py, logstore).
 
 The window is the report's: ``days`` whole UTC days ending with the latest
 day that has logs (or ``until``), clipped to the fleet's first record when
@@ -14,8 +14,9 @@ import numpy as np
 
 from vmstats import logstore
 from vmstats.capacity.demand import MINUTE, Gone, VmUse, Window
-from vmstats.report import load as load_mod
 from vmstats.report.build import parse_day
+from vmstats.report.discover import discover
+from vmstats.report.issues import file_issues, named_files
 from vmstats.report.settings import ReportError
 
 #: VMs parsed per logstore call: amortises pandas' per-call cost, bounds memory.
@@ -26,7 +27,7 @@ _COLUMNS = ["cpu", "mem", "vcpus", "mem_mb"]
 @dataclass
 class Logs:
     """What reading found: the window, each VM's files in it, and the files not read whole
-    (``issues``, as the report names them: load.issue, complete once read_vms is done)."""
+    (``issues``, as the report names them: issues.issue, complete once read_vms is done)."""
 
     window: Window
     files: dict[str, list[str]]
@@ -38,16 +39,16 @@ class Logs:
     before: dict[str, list[str]] = field(default_factory=dict)
 
     def named(self) -> dict[str, list[dict]]:
-        """The files not read whole as every command names them (load.named_files), for a
+        """The files not read whole as every command names them (issues.named_files), for a
         headroom result and for the summary admission answers rest on alike."""
-        return load_mod.named_files(self.issues)
+        return named_files(self.issues)
 
 
 def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> Logs:
     """The window and the day files of each VM inside it; ReportError for unusable data dirs."""
     issues: list[dict] = []
     # Minute-by-minute demand needs the records themselves: CSV and columnar tiers, not rollups.
-    units = load_mod.discover(data_dirs, issues, raw_only=True)
+    units = discover(data_dirs, issues, raw_only=True)
     until_day = parse_day(until, "--until")
     last_day = until_day if until_day is not None else max(day for _vm, day in units)
     first_day = last_day - int(days) + 1
@@ -62,7 +63,7 @@ def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> 
             newest_before[vm] = list(paths)  # sorted by day: the newest comes last
     if not files:
         raise ReportError(
-            "no logs between %s and %s" % (load_mod.day_name(first_day), load_mod.day_name(last_day))
+            "no logs between %s and %s" % (logstore.day_name(first_day), logstore.day_name(last_day))
         )
     window = _window(files, earlier, first_day, last_day)
     before = {vm: paths for vm, paths in newest_before.items() if vm not in files}
@@ -137,7 +138,7 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
         owner = np.repeat(np.arange(len(batch)), [len(logs.files[vm]) for vm in batch])
         errors: dict[int, str] = {}
         frame, bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
-        for found in load_mod.file_issues(paths, owner, frame, bad, errors).values():
+        for found in file_issues(paths, owner, frame, bad, errors).values():
             logs.issues += found
         vm_of_row = owner[frame["file"].to_numpy()] if len(frame) else np.zeros(0, np.int64)
         order = np.argsort(vm_of_row, kind="stable")

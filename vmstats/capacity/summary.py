@@ -70,7 +70,7 @@ class Summary:
     stopped_share_max: float = defaults.STOPPED_SHARE_MAX
     made_at: float = field(default_factory=time.time)
     version: int = VERSION
-    #: The log files not read whole (load.named_files): an answer from this summary names them
+    #: The log files not read whole (issues.named_files): an answer from this summary names them
     #: as an answer read from the logs does, however long after the logs were read.
     skipped_files: list[dict] = field(default_factory=list)
     damaged_files: list[dict] = field(default_factory=list)

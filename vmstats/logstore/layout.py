@@ -28,9 +28,10 @@ def day_name(day: int) -> str:
     """``YYYY-MM-DD`` of day number ``day`` (UTC days since 1970-01-01): its files' name.
 
     Cached: a flush names the same one or two days for every VM it writes,
-    and the date arithmetic costs several times the cache lookup.
+    and the date arithmetic costs several times the cache lookup.  ``day`` may
+    be a numpy integer (the report's day arrays), which timedelta refuses.
     """
-    return (_EPOCH + datetime.timedelta(days=day)).isoformat()
+    return (_EPOCH + datetime.timedelta(days=int(day))).isoformat()
 
 
 def day_of(ts: int) -> str:

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from vmstats import logstore
-from vmstats.report import load as load_mod
 from vmstats.report.build import Report, build, parse_day
+from vmstats.report.discover import discover
+from vmstats.report.issues import damage_words, rows_per_file
 from vmstats.report.money import Money
 from vmstats.report.policy import QUARTERS
 from vmstats.report.prices import PriceBook
@@ -87,7 +88,7 @@ class Windows:
     judge_last: int
 
     def as_dict(self) -> dict[str, Any]:
-        name = load_mod.day_name
+        name = logstore.day_name
         return {
             "decide": {
                 "first_day": name(self.decide_first),
@@ -140,18 +141,18 @@ def choose_windows(
     if decide_last >= last_data:
         raise ReportError(
             "no logs after the deciding window (it ends %s, the last log is of %s): nothing to judge on"
-            % (load_mod.day_name(decide_last), load_mod.day_name(last_data))
+            % (logstore.day_name(decide_last), logstore.day_name(last_data))
         )
     if decide_last < days[0]:
         raise ReportError(
             "the deciding window ends %s, before the first log (%s)"
-            % (load_mod.day_name(decide_last), load_mod.day_name(days[0]))
+            % (logstore.day_name(decide_last), logstore.day_name(days[0]))
         )
     judge_last = min(decide_last + judge_days, last_data)
     if not any(decide_last < day <= judge_last for day in days):  # a gap in the logs
         raise ReportError(
             "no logs in the judging window (%s .. %s, the days after the deciding window): nothing "
-            "to judge on" % (load_mod.day_name(decide_last + 1), load_mod.day_name(judge_last))
+            "to judge on" % (logstore.day_name(decide_last + 1), logstore.day_name(judge_last))
         )
     return Windows(decide_last - decide_days + 1, decide_last, decide_last + 1, judge_last)
 
@@ -171,15 +172,15 @@ def run(
 ) -> Backtest:
     listed: list[dict] = []
     parse_day(decide_until, "--decide-until")  # refused whatever the logs hold
-    units = load_mod.discover(data_dirs, listed, raw_only=True)  # judging needs the records themselves
+    units = discover(data_dirs, listed, raw_only=True)  # judging needs the records themselves
     windows = choose_windows(list(units), decide_until, decide_days, judge_days)
     decision = build(
         data_dirs,
         policy,
         prices,
         exclusions_path,
-        since=load_mod.day_name(windows.decide_first),
-        until=load_mod.day_name(windows.decide_last),
+        since=logstore.day_name(windows.decide_first),
+        until=logstore.day_name(windows.decide_last),
         cache_dir=cache_dir,
         progress=progress,
         workers=workers,
@@ -202,7 +203,7 @@ def run(
 def _in_windows(day: str, windows: Windows) -> bool:
     """Whether a named file's day is judged or decided on; a file of no known day may be."""
     try:
-        number = load_mod.day_number(day)
+        number = logstore.day_number(day)
     except ValueError:
         return True
     return windows.decide_first <= number <= windows.judge_last
@@ -259,10 +260,10 @@ def _read_series(paths: list[str], owner: list[int], vms: int, errors: dict[int,
     goes in ``errors`` too, so the backtest names it as the report would.
     """
     frame, bad = logstore.read_columns(paths, _COLUMNS, as_float=True, errors=errors)
-    kept = load_mod.rows_per_file(frame, len(paths))
+    kept = rows_per_file(frame, len(paths))
     for i, count in enumerate(bad):
         if count and i not in errors:
-            errors[i] = load_mod.damage_words(int(kept[i]), count)
+            errors[i] = damage_words(int(kept[i]), count)
     if not len(frame):
         empty = np.zeros(0)
         return [Series(np.zeros(0, np.int64), {name: empty for name in _COLUMNS[1:]}) for _ in range(vms)]

@@ -19,6 +19,8 @@ from vmstats.report import exclusions as exclusions_mod
 from vmstats.report import load as load_mod
 from vmstats.report import statement as statement_mod
 from vmstats.report import stats as stats_mod
+from vmstats.report.discover import discover
+from vmstats.report.issues import named_files
 from vmstats.report.money import Money
 from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
 from vmstats.report.prices import PriceBook
@@ -60,12 +62,12 @@ def parse_day(value: str | None, option: str) -> int | None:
     if value is None:
         return None
     try:
-        day = load_mod.day_number(value)
+        day = logstore.day_number(value)
     except ValueError:
         raise InputError("%s %r is not a YYYY-MM-DD date" % (option, value)) from None
     if not FIRST_DAY <= day <= LAST_DAY:
         raise InputError("%s %s is outside %s to %s, the days a log can have" % (
-            option, value, load_mod.day_name(FIRST_DAY), load_mod.day_name(LAST_DAY)))
+            option, value, logstore.day_name(FIRST_DAY), logstore.day_name(LAST_DAY)))
     return day
 
 
@@ -100,7 +102,7 @@ def build(
     if since_day is not None and until_day is not None and since_day > until_day:
         raise InputError("--since %s is after --until %s" % (since, until))
     listing: list[dict] = []
-    units = load_mod.discover(data_dirs, listing)
+    units = discover(data_dirs, listing)
     latest_day = max(day for _vm, day in units)
     last_day = until_day if until_day is not None else latest_day
     first_day = since_day if since_day is not None else last_day - int(policy.base["days"]) + 1
@@ -125,18 +127,18 @@ def build(
         # --since after the newest day with logs: the window would read backwards.
         raise ReportError(
             "no records on or after --since %s: the newest logs are of %s"
-            % (load_mod.day_name(first_day), load_mod.day_name(last_day))
+            % (logstore.day_name(first_day), logstore.day_name(last_day))
         )
     if not inside.any():
         raise ReportError(
-            "no records between %s and %s" % (load_mod.day_name(first_day), load_mod.day_name(last_day))
+            "no records between %s and %s" % (logstore.day_name(first_day), logstore.day_name(last_day))
         )
     end_ts = int(d["last_ts"][inside].max())
     earlier = any(day < first_day for _vm, day in units)
     start_ts = first_day * 86400 if earlier else int(d["first_ts"][inside].min())
     window = stats_mod.Window(first_day, last_day, start_ts, end_ts)
 
-    named = load_mod.named_files(listing + table.issues)
+    named = named_files(listing + table.issues)
     damaged_by_vm: dict[str, list[dict]] = {}
     for entry in named["skipped_files"] + named["damaged_files"]:
         damaged_by_vm.setdefault(entry["vm"], []).append(entry)
@@ -224,7 +226,7 @@ def build(
     )
     meta.update(named)
     meta["sparkline_start"] = iso(window.start_ts // 3600 * 3600)
-    meta["daily_start"] = load_mod.day_name(window.start_ts // 86400)
+    meta["daily_start"] = logstore.day_name(window.start_ts // 86400)
     if by is not None:
         meta["statement"] = statement_mod.statement(rows, by, prices.money)
     fleet = _fleet(rows)
@@ -413,7 +415,7 @@ def _rank_key(row: dict[str, Any]):
 def _window_meta(window, days: int, since: str | None, until: str | None, earlier: bool) -> dict[str, Any]:
     """The window analysed, what was asked for, and in plain words why they differ."""
     length = (window.end_ts - window.start_ts + 60) / 86400.0
-    first, last = load_mod.day_name(window.first_day), load_mod.day_name(window.last_day)
+    first, last = logstore.day_name(window.first_day), logstore.day_name(window.last_day)
     if since is not None or until is not None:
         asked = "%s to %s" % (first, last)
         because = "the UTC days asked for (%s)" % asked

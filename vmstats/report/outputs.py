@@ -127,7 +127,7 @@ NAMED_FILES = 20
 def damaged_files_summary(
     named: dict[str, Any], stream: TextIO, rest: str = "all named in report.json (meta.%s) and report.html"
 ) -> None:
-    """The log files skipped or read in part (load.named_files), named: damage is never silent.
+    """The log files skipped or read in part (issues.named_files), named: damage is never silent.
 
     ``rest`` says where a command names the files past the first NAMED_FILES
     (``%s``: the key, ``skipped_files`` or ``damaged_files``).

@@ -1,6 +1,6 @@
 """Per-VM statistics over the report window, computed for all VMs at once.
 
-Everything here works on the per-VM-day aggregates of load.py with numpy
+Everything here works on the per-VM-day aggregates (aggregate.py) with numpy
 group sums (no Python loop per VM or per record), which is what keeps a
 1,000-VM fortnight fast on a slow interpreter.  Missing data is not idle:
 coverage is a statistic of its own and averages are over present minutes.

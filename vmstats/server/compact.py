@@ -484,7 +484,7 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
     """The VM-day rollups of a columnar file, computed by the report's own aggregation."""
     import pyarrow as pa
 
-    from vmstats.report import load
+    from vmstats.report import aggregate
 
     name = logstore.day_name(day)
     vms = logstore.tier_info(columnar)["vms"]
@@ -494,7 +494,7 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
         for start in range(0, len(vms), CHUNK_VMS):
             chunk = vms[start:start + CHUNK_VMS]
             parts = [logstore.Part(columnar, vm, logstore.COLUMNAR_DIR) for vm in chunk]
-            table, issues = load.aggregate_units([[part] for part in parts])
+            table, issues = aggregate.aggregate_units([[part] for part in parts])
             # Malformed lines the CSV had are carried over and counted, not a failure to read.
             unread = [entry for entries in issues.values() for entry in entries if not entry["bad_lines"]]
             if unread:  # a columnar file (past retention) whose rows cannot be read
@@ -502,11 +502,11 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
             labels = logstore.last_labels_many(parts)
             pending.append(logstore.rollup_table(
                 chunk, [(None, None, None) if label is None else (label[0], label[1], _tags_text(label[2]))
-                        for label in labels], table, sparse=load.HISTOGRAMS))
+                        for label in labels], table, sparse=aggregate.HISTOGRAMS))
             if len(pending) * CHUNK_VMS >= logstore.ROLLUP_GROUP_VMS or start + CHUNK_VMS >= len(vms):
                 writer.add(pa.concat_tables(pending))
                 pending = []
-        writer.close({"version": load.ROLLUP_VERSION, "day": name, "vms": vms})
+        writer.close({"version": aggregate.ROLLUP_VERSION, "day": name, "vms": vms})
     except BaseException:
         writer.abort()
         raise
