@@ -47,13 +47,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from vmstats import logstore
 from vmstats.server.config import FUTURE_DATED, RETENTION_HELD_BACK
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
+# numpy and pyarrow are imported by the functions of a pass: `vmstats serve` imports this
+# module at every start (its Policy checks the options), and numpy alone is a tenth of a second.
 
 DAY = logstore.DAY_SECONDS
 #: VMs read, checked and written per row group: bounds memory (a VM-day is at most a few
@@ -387,6 +387,7 @@ def _chunk(target: str, chunk: list[str], old: list[str], csv_of: dict[str, str]
            seen: dict[str, os.stat_result], unreadable: set[str]):
     """The merged, sorted rows of a few VMs as a pyarrow table, with rows and malformed lines
     per VM and a digest of the values (checked against the file when it is read back)."""
+    import numpy as np
     import pyarrow as pa
 
     old_set = set(old)
@@ -431,6 +432,7 @@ def _chunk(target: str, chunk: list[str], old: list[str], csv_of: dict[str, str]
 
 def _digest(table) -> bytes:
     """A hash of every value of a table, column by column, unknown values included."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -448,6 +450,7 @@ def _digest(table) -> bytes:
 
 def _verify(path: str, info: dict, digests: list[bytes]) -> None:
     """Read the written file back: its description, rows per VM and every value as written."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     if logstore.tier_info(path)["vms"] != info["vms"]:
