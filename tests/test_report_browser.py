@@ -114,7 +114,9 @@ def _vms(browser) -> list[str]:
 
 
 def _shown(browser) -> str:
-    return browser.find_element(By.ID, "shown").text
+    """The pager's count, read in one script: each draw writes the pager anew, so an element
+    found before a draw the search's timer ran was stale when its text was asked for."""
+    return browser.execute_script("return document.getElementById('shown').innerText")
 
 
 def _money(text: str) -> float:
