@@ -54,6 +54,11 @@ CASES = [
      "weight of idle in --mix must be a finite number >= 0"),
     (("simulate", "--vms", "1", "--mix", "idle=1,idle=2", *_CLOSED), REFUSED, "idle given twice in --mix"),
     (("replay", "--format", "nope", "afile", *_CLOSED), REFUSED, "Invalid value for '--format'"),
+    # a size the server refuses: every record was sent and refused, then exit 1
+    (("replay", "--format", "csv", "afile", "--fill-size", "0:4096", *_CLOSED), REFUSED,
+     "Invalid value for --fill-size: 0:4096: the server would refuse every record: vcpus=0i outside"),
+    (("replay", "--format", "csv", "afile", "--fill-size", "2:-5", *_CLOSED), REFUSED,
+     "Invalid value for --fill-size: 2:-5: the server would refuse every record: mem_mb=-5i outside"),
     (("simulate-pool", "--curve", "zz", *_CLOSED), REFUSED, "Invalid value for --curve"),
     # an infinite demand had every member report 100 %, a nan one 0 %, without a word
     (("simulate-pool", "--curve", "0:120,10:inf", *_CLOSED), REFUSED,

@@ -323,6 +323,14 @@ def replay(paths, fmt, vm_map, start, interval, fill_mem, fill_size, inventory_p
             raise click.BadParameter("expected VCPUS:MEM_MB such as 2:4096",
                                      param_hint="--fill-size") from None
         fill.update(vcpus=vcpus, mem_mb=mem_mb)
+        from vmstats import protocol
+
+        try:  # 0:0 or -1:4096 was sent, every record refused by the server, then exit 1
+            _as_the_server_reads(protocol.Record(vm="x", ts=0, cpu=0.0, mem=0.0, vcpus=vcpus,
+                                                 mem_mb=mem_mb))
+        except protocol.DecodeError as exc:
+            raise click.BadParameter("%s: the server would refuse every record: %s"
+                                     % (fill_size, exc.detail), param_hint="--fill-size") from None
     if fmt == "planetlab" and "mem" not in fill:
         raise click.UsageError("planetlab traces hold CPU only and every record needs mem: "
                                "pass --fill-mem PCT to state the memory use to assume")
@@ -472,20 +480,27 @@ def score(truth, report_path, json_path, max_wrong):
     sys.stdout.flush()
 
 
+def _as_the_server_reads(record):
+    """``record`` encoded, then decoded by the decoder the server runs (its time unbounded):
+    what the server would take, or protocol.DecodeError saying why it would refuse it."""
+    from vmstats import protocol
+
+    decoder = protocol.Decoder(max_future=float("inf"))
+    return decoder.decode_line(protocol.encode_record(record), now=0.0)
+
+
 def _check_pool_names(pool) -> None:
     """Refuse a --prefix or --hosts the server would refuse every record of (a VM id or host
     tag outside the protocol's grammar), before anything is sent: judged by the decoder the
     server runs, on the first and the last member a pool can have, on each host."""
     from vmstats import protocol
-    from vmstats.protocol import Record, encode_record
+    from vmstats.protocol import Record
 
-    decoder = protocol.Decoder(max_future=float("inf"))
     largest = max(pool.members, pool.maximum)
     for option, vm, host in ([("--prefix", "%s-%d" % (pool.prefix, n), None) for n in (1, largest)]
                              + [("--hosts", "%s-1" % pool.prefix, host) for host in pool.hosts]):
-        line = encode_record(Record(vm=vm, ts=0, cpu=0.0, mem=0.0, host=host))
         try:
-            record = decoder.decode_line(line, now=0.0)
+            record = _as_the_server_reads(Record(vm=vm, ts=0, cpu=0.0, mem=0.0, host=host))
         except protocol.DecodeError as exc:
             raise click.BadParameter("%s: the server would refuse every record: %s"
                                      % (host or vm, exc.detail), param_hint=option) from None
