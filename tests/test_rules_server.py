@@ -492,6 +492,38 @@ def test_a_window_of_a_billion_periods_is_refused_at_check_start_and_reload(tmp_
         assert problem.replace(str(wide), rules) in server.output
 
 
+def test_a_command_whose_program_is_not_there_is_said_at_check_start_and_reload(tmp_path):
+    """A typo in a command action's program failed only when an alert or a scaling decision
+    was delivered, the moment it was needed.  Check, start and reload say so; a warning, not a
+    refusal: the file may be checked on another machine, the program installed after the start."""
+    missing = tmp_path / "no-such-resize"
+    body = ('[action.resize]\nkind = "command"\nargv = ["%s", "--pool", "web"]\n\n[[rule]]\n'
+            'name = "hot"\nmetric = "cpu"\nenter = 50\nperiod = 1\nactions = ["resize"]\n')
+    path = tmp_path / "command.toml"
+
+    def check(program: str) -> list[str]:
+        path.write_text(body % program)
+        done = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(path)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stderr.splitlines()
+
+    doubt = "action resize: program %s does not exist: its deliveries will fail until it is there"
+    assert check(str(missing)) == ["warning: " + doubt % missing]
+    assert check("true") == []  # found in PATH: nothing said
+    script = tmp_path / "resize.sh"
+    script.write_text("#!/bin/sh\n")  # not made executable
+    assert check(str(script)) == ["warning: " + doubt.replace("does not exist", "is no "
+                                  "executable file") % script]
+    path.write_text(body % missing)
+    with serve(tmp_path / "server", str(path)) as server:
+        path.write_text(body % "pool-resize-typo")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="ok"}') == 1)
+    assert (doubt % missing) in server.output  # at start
+    assert "action resize: program pool-resize-typo is not found in PATH (" in server.output
+
+
 class Blackhole:
     """A mail server that accepts connections and never says a word."""
 

@@ -73,6 +73,8 @@ def check(path: str, quiet: bool) -> None:
         for line in str(exc).splitlines():
             click.echo("Error: " + line, err=True)
         sys.exit(1)
+    for doubt in ruleset.doubts():  # the file is right; this machine may not be the server's
+        click.echo("warning: " + doubt, err=True)
     if quiet:
         return
     for rule in ruleset.rules:

@@ -203,6 +203,10 @@ class RuleSet:
     actions: dict[str, Notifier]
     settings: Settings
 
+    def doubts(self) -> list[str]:
+        """What may stop its actions on this machine (``Notifier.doubts``), by action name."""
+        return [doubt for _name, action in sorted(self.actions.items()) for doubt in action.doubts()]
+
 
 class _Reader:
     """Typed access to one TOML table, appending one sentence per problem."""

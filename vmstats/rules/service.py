@@ -200,6 +200,13 @@ def _newer_from_columnar(path: str, day: str, found: dict[str, tuple[str, Labels
             found[vm] = (day, last)
 
 
+def _say_doubts(ruleset: RuleSet) -> None:
+    """Each action that may fail on this machine (RuleSet.doubts), in the log: taken, since
+    the program may be installed after the server starts, but said before it is needed."""
+    for doubt in ruleset.doubts():
+        log.warning("rules: %s", doubt)
+
+
 def _finite(path: str) -> None:
     """RulesError when ``path`` is a FIFO, socket or device (a ``--rules <(...)`` pipe, or one
     put in the file's place): a reload runs on the reactor, and opening a FIFO no one writes
@@ -309,6 +316,7 @@ class RulesService(service.Service):
             for vm, ts, labels in heard if quiet else ():
                 if stopped - ts < max(quiet):
                     self.engine.reporting(vm, ts, labels, stopped)
+        _say_doubts(self.ruleset)
         if state.pending:
             log.info("action log: %s left undelivered: sending them again",
                      counted(len(state.pending), "delivery", "deliveries"))
@@ -417,6 +425,7 @@ class RulesService(service.Service):
         self.reloads += 1
         log.info("rules reloaded from %s: %s, %d unchanged kept their state", self.path,
                  counted(len(ruleset.rules), "rule"), len(kept))
+        _say_doubts(ruleset)
         return True
 
     # -- mutes (mutes.py) -------------------------------------------------------------------------

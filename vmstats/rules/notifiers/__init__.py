@@ -49,6 +49,12 @@ class Notifier:
         """Release connections at shutdown."""
         return None
 
+    def doubts(self) -> list[str]:
+        """What may stop this action on this machine though the file is right (a program not
+        installed yet): said by ``rules check`` and in the server's log at start and reload,
+        not refused, since the file may be checked on another machine than the server's."""
+        return []
+
 
 def summary(event: dict) -> str:
     """One line for people: what happened to which scope, with its figures."""

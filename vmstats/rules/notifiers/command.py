@@ -8,6 +8,7 @@ inject words.  Exit status 0 is delivered; anything else, or running past
 """
 
 import os
+import shutil
 
 from twisted.internet import defer, error, protocol
 
@@ -71,6 +72,20 @@ class Command(Notifier):
             return None
         timeout = reader.duration("timeout", 60.0)
         return cls(name, argv, timeout or 60.0)
+
+    def doubts(self) -> list[str]:
+        """A program that is not there (a typo, a package not installed) failed only when an
+        alert or a scaling decision was delivered, the moment it was needed."""
+        program = self.argv[0]
+        path = os.environ.get("PATH", "/usr/bin:/bin")  # the PATH it runs with (environment)
+        if shutil.which(program, path=path) is not None:
+            return []
+        if os.sep in program:
+            why = "is no executable file" if os.path.exists(program) else "does not exist"
+        else:
+            why = "is not found in PATH (%s)" % path
+        return ["action %s: program %s %s: its deliveries will fail until it is there"
+                % (self.name, program, why)]
 
     def send(self, reactor, event: dict, key: str) -> defer.Deferred:
         return self._slots.run(self._run, reactor, event, key)
