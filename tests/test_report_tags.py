@@ -216,6 +216,20 @@ def test_a_run_without_by_removes_the_statement_an_earlier_run_left(tagged, tmp_
     assert report(data, "-o", out).stderr.count("statement.csv") == 0  # nothing to remove, nothing said
 
 
+def test_a_statement_by_a_tag_no_vm_carries_says_so_and_names_the_tags_seen(tagged, tmp_path):
+    """``--by projct`` billed the whole fleet to one untagged group without a word."""
+    data, _out = tagged
+    done = report(data, "-o", tmp_path / "typo", "--by", "projct")
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "no VM carries" in line]
+    assert len(warned) == 1 and warned[0].startswith("vmstats report: warning: no VM carries tag 'projct'")
+    seen = warned[0].split("(tags the VMs carry: ")[1].rstrip(")").split(", ")
+    assert "project" in seen and "host" in seen and seen == sorted(seen)
+    with open(tmp_path / "typo" / "statement.csv", newline="") as handle:
+        assert [row["value"] for row in csv.DictReader(handle)] == [""]  # one untagged group
+    assert "no VM carries" not in report(data, "-o", tmp_path / "right", "--by", "project").stderr
+
+
 def test_usage_cost_is_the_usage_matrix_times_unit_prices(tagged):
     data, _out = tagged
     result, by_vm = run([data])

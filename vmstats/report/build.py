@@ -229,6 +229,7 @@ def build(
     meta["daily_start"] = logstore.day_name(window.start_ts // 86400)
     if by is not None:
         meta["statement"] = statement_mod.statement(rows, by, prices.money)
+        meta["statement_unmatched"] = statement_mod.unmatched(meta["statement"], rows)
     fleet = _fleet(rows)
     with np.errstate(invalid="ignore"):
         # Fleet-wide mean CPU per hour of the week: when the fleet works, at a glance.

@@ -441,4 +441,6 @@ def report(
         raise failure(exc) from None
     except OSError as exc:
         raise click.ClickException(cannot_write(out_dir, exc)) from None
+    if result.meta.get("statement_unmatched"):
+        click.echo("vmstats report: warning: " + result.meta["statement_unmatched"], err=True)
     terminal_summary(result, out_dir, sys.stdout, top=top)

@@ -121,6 +121,17 @@ def statement(rows: Sequence[Mapping[str, Any]], key: str, money: Money) -> dict
     return {"by": key, "groups": lines, "total": _line(key, "", rows, money)}
 
 
+def unmatched(statement: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the statement is one untagged line, when no VM carries its tag (``--by projct``): a
+    typo, or a tag the agents do not send yet, which a bill of one empty group hides."""
+    if not rows or any(line["value"] for line in statement["groups"]):
+        return None
+    seen = {key for r in rows for key in r["tags"]}
+    seen.update("host" for r in rows[:1] if any(r["host"] for r in rows))
+    return "no VM carries tag %r: the statement is one untagged group (tags the VMs carry: %s)" % (
+        statement["by"], ", ".join(sorted(seen)) or "none")
+
+
 def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], money: Money) -> dict[str, Any]:
     priced = [r for r in rows if r["monthly_cost"] is not None]
     line: dict[str, Any] = {
