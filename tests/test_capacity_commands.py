@@ -1,6 +1,7 @@
 """``vmstats headroom`` and ``vmstats admit`` end to end: real logs, the real report's advice."""
 
 import csv
+import datetime
 import json
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from capacitydata import damaged_copy, fits, write_fleet
+from test_report_stats import T0
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -472,3 +474,23 @@ def test_a_cache_that_cannot_be_written_is_warned_in_the_running_commands_words(
     assert done.returncode == 0, done.stderr
     assert "warning: statistics cache not written to %s: Is a directory" % taken in done.stderr.splitlines()
     assert "vmstats report" not in done.stderr
+
+
+def test_the_reports_capacity_section_is_of_the_reports_own_window(fleet, tmp_path):
+    """A report of some days (--since/--until, or --days) reads headroom on those days, not
+    on the default look-back ending there: one page, one window."""
+    base, _expected = fleet
+    first = datetime.datetime.fromtimestamp(T0, datetime.UTC).date()
+    since, until = (first + datetime.timedelta(days=n) for n in (2, 4))
+    windows = {"since": ["--since", since.isoformat()],
+               "since and until": ["--since", since.isoformat(), "--until", until.isoformat()],
+               "days": ["--days", "2", "--until", until.isoformat()]}  # fmt: skip
+    for name, args in windows.items():
+        out = tmp_path / name.replace(" ", "-")
+        result = vmstats("report", base / "data", "--inventory", base / "hosts.toml", "--no-cache",
+                         "-o", out, *args)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        meta = json.loads((out / "report.json").read_text())["meta"]
+        section = meta["capacity"]["basis"]["window"]
+        assert section["minutes"] == round(meta["window"]["expected_minutes"]), (name, section)
+        assert section["start"][:10] == meta["window"]["start"][:10], name

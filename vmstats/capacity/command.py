@@ -266,17 +266,21 @@ def from_logs(
 
 
 def report_section(
-    data_dirs, report, inventory, inventory_path: str, profile, days: int, until, out_dir: str,
-    files: Outputs,
+    data_dirs, report, inventory, inventory_path: str, profile, out_dir: str, files: Outputs
 ) -> dict:
     """The report's capacity section: headroom for ``profile`` now and after the report's own advice
     (and the per-host summary in ``out_dir``, for ``vmstats admit --summary``, staged in ``files``
     with the report's own).
 
+    It reads the report's own UTC days (``meta.window``), whichever of ``--days``, ``--since``
+    and ``--until`` chose them: a page whose headroom came from other days than its verdicts
+    would set a reclaim's room against load it was not judged on.
+
     The damaged log files this pass met are named once, with the report's own in
     ``report.meta`` (its terminal summary and page read them there); the section's basis
     points there instead of listing them a second time.
     """
+    from vmstats import logstore
     from vmstats.capacity.demand import Settings
     from vmstats.capacity.summary import SUMMARY_FILE
     from vmstats.report.issues import named_files
@@ -284,8 +288,10 @@ def report_section(
     change, described = report_changes(report.rows)
     described["source"] = "this report"
     advice = (change, described)
+    window = report.meta["window"]
+    days = logstore.day_number(window["last_day"]) - logstore.day_number(window["first_day"]) + 1
     section = from_logs(
-        data_dirs, inventory, inventory_path, profile, Settings(days=days), until, advice,
+        data_dirs, inventory, inventory_path, profile, Settings(days=days), window["last_day"], advice,
         files.stage(os.path.join(out_dir, SUMMARY_FILE)),
     )
     basis, meta = section["basis"], report.meta

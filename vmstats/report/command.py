@@ -430,10 +430,8 @@ def report(
                 if inventory_path:
                     from vmstats.capacity.command import report_section
 
-                    days_back = int(policy.base["days"])
                     result.meta["capacity"] = report_section(
-                        data_dirs, result, inventory, inventory_path, profile, days_back, until,
-                        out_dir, outputs,
+                        data_dirs, result, inventory, inventory_path, profile, out_dir, outputs
                     )
                 write_report(result, out_dir, outputs)
             remove_old_statement(result, out_dir)
