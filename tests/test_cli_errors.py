@@ -37,6 +37,12 @@ CASES = [
     (("report", "data", "-o", "out", "--since", "yesterday"), REFUSED,
      "--since 'yesterday' is not a YYYY-MM-DD"),
     (("report", "data", "-o", "out", "--by", "Bad Tag"), REFUSED, "--by 'Bad Tag' is not a tag"),
+    # --since names the window's first day and --days counted back from its last: together one
+    # of them was dropped without a word
+    (("report", "data", "-o", "out", "--since", "2026-11-01", "--days", "7"), REFUSED,
+     "--days 7 and --since 2026-11-01 both choose the window's first day: give --since [--until]"),
+    (("report", "data", "-o", "out", "--since", "2026-11-01", "--set", "days=7"), REFUSED,
+     "--set days=7 and --since 2026-11-01 both choose the window's first day"),
     (("backtest", "data", "-o", "out", "--decide-days", "0"), REFUSED, "Invalid value for '--decide-days'"),
     (("backtest", "data", "-o", "out", "--decide-until", "soon"), REFUSED, "--decide-until 'soon' is not"),
     ((*_HEADROOM[:-1], "zz"), REFUSED, "profile 'zz': expected VCPUSxGB"),

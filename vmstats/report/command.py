@@ -391,6 +391,12 @@ def report(
     from vmstats.report.outputs import OUTPUTS, terminal_summary
 
     overrides = policy_overrides(dict(thresholds, days=days), extra)
+    if since is not None and "days" in overrides:
+        given = "--days %d" % days if days is not None else "--set days=%s" % overrides["days"]
+        raise Refused(
+            "%s and --since %s both choose the window's first day: give --since [--until] or"
+            " --days [--until]" % (given, since)
+        )
     use_system_allocator()
     progress = _Progress()
     try:
