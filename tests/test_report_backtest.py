@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from test_report_stats import T0, series, write_records
 
+from vmstats import logstore
 from vmstats.report.backtest import RULES, off_hours_mask
 from vmstats.report.backtest_outputs import BACKTEST_COLUMNS
 
@@ -473,3 +474,33 @@ def test_a_judged_day_file_with_no_readable_row_says_so(backtest, tmp_path):
     document = json.loads((tmp_path / "out" / "backtest.json").read_text())
     assert document["skipped_files"] == [
         {"path": str(judged), "why": "no readable row (%d malformed lines)" % len(rows), "vms": 1}]
+
+
+def test_a_downsize_or_schedule_with_few_judged_minutes_is_not_called_held(backtest, tmp_path):
+    """Three days of logs in a 14-day judging window: a reclaimed VM there is no-data (under
+    half the minutes), and so must a downsize or a schedule be; they were called held on any
+    minute at all.  An overrun seen in those minutes is still an overrun."""
+    _history, out, _stdout, _doc, rows = backtest
+    data = tmp_path / "data"
+    shutil.copytree(out.parent / "data", data)
+    kept = {logstore.day_name((JUDGE_START + n * DAY) // DAY) for n in (11, 12, 13)}
+    for vm in ("idle", "grown", "steady", "office"):
+        for day_file in (data / "vms" / vm).iterdir():
+            day = day_file.name.removesuffix(".csv")
+            if day >= logstore.day_name(JUDGE_START // DAY) and day not in kept:
+                day_file.unlink()
+    done = vmstats("backtest", data, "-o", tmp_path / "out", "--decide-days", 14, "--judge-days", 14,
+                   "--policy", out.parent / "policy.toml")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    again = {r["vm"]: r for r in json.loads((tmp_path / "out" / "backtest.json").read_text())["vms"]}
+    assert {vm: again[vm]["category"] for vm in ("idle", "grown", "steady", "office")} == {
+        vm: rows[vm]["category"] for vm in ("idle", "grown", "steady", "office")}
+    assert again["idle"]["outcome"] == "no-data" and again["idle"]["judge_coverage"] < RULES.min_coverage
+    assert again["steady"]["outcome"] == "no-data", again["steady"]
+    assert again["steady"]["detail"] == "records for 21.4% of the judging window's minutes"
+    assert again["office"]["outcome"] == "no-data", again["office"]
+    share = re.fullmatch(r"records for ([\d.]+)% of its off-hours minutes in the judging window",
+                         again["office"]["detail"])  # fmt: skip
+    assert share and 0 < float(share[1]) < 100 * RULES.min_coverage, again["office"]["detail"]
+    assert again["grown"]["outcome"] == "overrun" and again["grown"]["overrun_share"] > RULES.overrun_share
+    assert "no-data   3 VMs: too little data in the judging window to judge" in done.stdout.splitlines()

@@ -442,9 +442,11 @@ def busy_off_hours(series: Series, windows: Windows, row: dict[str, Any], rules:
     off = Series(s.ts[inside], {k: v[inside] for k, v in s.col.items()})
     work = work_minutes(off, rules)
     found = stretches(off.ts, work, rules)
+    every = 60 * np.arange(windows.judge_first * 1440, (windows.judge_last + 1) * 1440, dtype=np.int64)
     return {
         "readable": True,
-        "minutes": int(inside.sum()),
+        "minutes": len(np.unique(off.ts // 60)),
+        "expected": int(mask[quarter_of_week(every)].sum()),
         "work_minutes": int(work.sum()),
         "longest_stretch": max((m for _t, m in found), default=0),
         "first_stretch": iso(found[0][0]) if found else "",
@@ -507,16 +509,21 @@ def _judge(row: dict[str, Any], decide: Activity, judge: Activity, overrun, off_
         else:
             out["outcome"] = "no-data" if judge.state == "unknown" else "held"
     elif category == "downsize":
+        # An overrun is seen in whatever minutes there are; a size that held is only known to
+        # have held over as much of the window as a reclaim needs to be judged (min_coverage).
         if overrun is None:
             out["outcome"] = "no-data"
         elif overrun > rules.overrun_share:
             out["outcome"] = "overrun"
             out["detail"] = "%.1f%% of judged minutes above %s" % (100 * overrun, _size_text(row))
+        elif judge.coverage < rules.min_coverage:
+            out["outcome"] = "no-data"
+            out["detail"] = "records for %.1f%% of the judging window's minutes" % (100 * judge.coverage)
         else:
             out["outcome"] = "held"
             out["detail"] = "%.2f%% of judged minutes above the new size" % (100 * overrun)
     elif category == "schedule":
-        _judge_schedule(out, off_hours)
+        _judge_schedule(out, off_hours, rules)
     elif category in OTHER_CATEGORIES:
         out["outcome"] = "no-data" if judge.state == "unknown" else "held"
     else:
@@ -524,7 +531,7 @@ def _judge(row: dict[str, Any], decide: Activity, judge: Activity, overrun, off_
     return out
 
 
-def _judge_schedule(out: dict[str, Any], off_hours: dict | None) -> None:
+def _judge_schedule(out: dict[str, Any], off_hours: dict | None, rules: JudgingRules) -> None:
     if not off_hours or not off_hours.get("readable"):
         out["outcome"] = "not-judged"
         out["detail"] = "off-hours not readable from the report"
@@ -537,8 +544,12 @@ def _judge_schedule(out: dict[str, Any], off_hours: dict | None) -> None:
             off_hours["longest_stretch"],
             off_hours["first_stretch"],
         )
+    elif off_hours["minutes"] < rules.min_coverage * off_hours["expected"]:
+        out["outcome"] = "no-data"
+        out["detail"] = "records for %.1f%% of its off-hours minutes in the judging window" % (
+            100 * off_hours["minutes"] / off_hours["expected"])
     else:
-        out["outcome"] = "no-data" if off_hours["minutes"] == 0 else "held"
+        out["outcome"] = "held"
 
 
 def _size_text(row: dict[str, Any]) -> str:
