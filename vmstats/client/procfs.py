@@ -186,9 +186,14 @@ def read_diskstats(source):
 
 def read_block_devices(source):
     """``{"MAJOR:MINOR": name}`` of every block device ``diskstats`` lists: how a cgroup's
-    per-device figures are named as /proc's are."""
+    per-device figures are named as /proc's are; none when the file cannot be read (an
+    OpenVZ container has none), so a cgroup's devices keep their numbers as names."""
     devices = {}
-    for line in read_text(source, "diskstats").splitlines():
+    try:
+        text = read_text(source, "diskstats")
+    except ProcError:
+        return devices
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 3:
             devices["%s:%s" % (parts[0], parts[1])] = parts[2]

@@ -29,6 +29,7 @@ Standard library only, Python 3.6+.
 """
 
 import logging
+import os
 import sys
 import time
 from collections import namedtuple
@@ -94,12 +95,15 @@ def memory(meminfo):
 
 
 def traffic(previous, current, bits=COUNTER_BITS):
-    """Summed ``(a, b)`` growth over the devices present in both snapshots.
+    """Summed ``(a, b)`` growth over the devices present in both snapshots, or None when
+    either snapshot could not read its devices (Snapshot.read): unknown, never 0.
 
     A device that appeared or vanished during the interval has no baseline
     and is left out for this interval rather than guessed.  ``bits`` is the
     counters' width (counter_delta()).
     """
+    if previous is None or current is None:
+        return None
     first = second = 0
     for name, (a, b) in current.items():
         before = previous.get(name)
@@ -116,15 +120,35 @@ def rate(amount, seconds):
     return round(amount / seconds, 1)
 
 
+#: The /proc files a record can go without, with the fields they give: an OpenVZ container
+#: has no /proc/diskstats, and a host hardened by hand may hide one.  Without ``stat`` and
+#: ``meminfo`` there is no record (``cpu`` and ``mem`` are required), so those stop the agent.
+OPTIONAL_FILES = (("diskstats", "disk_r/disk_w"), (os.path.join("net", "dev"), "net_rx/net_tx"))
+
+
 class Snapshot(namedtuple("Snapshot", ("cpu", "vcpus", "disks", "nics"))):
-    """The cumulative counters of one moment (CPU, whole disks, interfaces)."""
+    """The cumulative counters of one moment (CPU, whole disks, interfaces).
+
+    ``disks`` or ``nics`` is None when its file (OPTIONAL_FILES) cannot be read or parsed:
+    the interval's fields from it are then sent as none (unknown), and the CPU and memory
+    still go.  ``unread``, a list, collects ``(fields, reason)`` for each such file.
+    """
 
     __slots__ = ()
 
     @classmethod
-    def read(cls, source):
+    def read(cls, source, unread=None):
         cpu, vcpus = procfs.read_stat(source)
-        return cls(cpu, vcpus, procfs.read_diskstats(source), procfs.read_netdev(source))
+        optional = []
+        for (_name, fields), reader in zip(OPTIONAL_FILES,  # noqa: B905 (3.6: no strict)
+                                           (procfs.read_diskstats, procfs.read_netdev)):
+            try:
+                optional.append(reader(source))
+            except procfs.ProcError as exc:
+                optional.append(None)
+                if unread is not None:
+                    unread.append((fields, str(exc)))
+        return cls(cpu, vcpus, *optional)
 
 
 def measure(start, end, cpu_slices, meminfo, seconds, bits=COUNTER_BITS):
@@ -153,16 +177,17 @@ def combine(start, end, cpu_slices, mem, vcpus, seconds, bits=COUNTER_BITS,
     total = sum(s[1] for s in cpu_slices)
     cpu = percent(busy, total)
     cpu_max = max([percent(b, t) for b, t in cpu_slices if t > 0] or [cpu])
-    disk_r = disk_w = None
-    if disk_unit is not None:
-        read, written = traffic(start.disks, end.disks,
-                                bits if disk_unit == procfs.SECTOR_BYTES else 64)
-        disk_r, disk_w = rate(read * disk_unit, seconds), rate(written * disk_unit, seconds)
-    rx, tx = traffic(start.nics, end.nics, bits)
+    disk_r = disk_w = net_rx = net_tx = None
+    moved = None if disk_unit is None else traffic(
+        start.disks, end.disks, bits if disk_unit == procfs.SECTOR_BYTES else 64)
+    if moved is not None:
+        disk_r, disk_w = rate(moved[0] * disk_unit, seconds), rate(moved[1] * disk_unit, seconds)
+    moved = traffic(start.nics, end.nics, bits)
+    if moved is not None:
+        net_rx, net_tx = rate(moved[0], seconds), rate(moved[1], seconds)
     return Metrics(
         cpu=round(cpu, 2), cpu_max=round(max(cpu_max, cpu), 2), mem=round(mem[0], 2),
-        disk_r=disk_r, disk_w=disk_w, net_rx=rate(rx, seconds), net_tx=rate(tx, seconds),
-        vcpus=vcpus, mem_mb=mem[1])
+        disk_r=disk_r, disk_w=disk_w, net_rx=net_rx, net_tx=net_tx, vcpus=vcpus, mem_mb=mem[1])
 
 
 class IntervalSampler(object):
@@ -199,11 +224,13 @@ class IntervalSampler(object):
         # Why the cgroup's disk bytes could not be read, as the log last said (first: the
         # agent's start line, cgroup.Confinement.describe), so it is said once, not every interval.
         self._disks_unread = False
+        # The OPTIONAL_FILES that could not be read, as the log last said: [(fields, reason)].
+        self._files_unread = []
 
     def begin(self):
         """Start an interval now (also re-syncs after a long pause)."""
         self._host_bytes = procfs.read_meminfo(self.proc)["MemTotal"] * 1024
-        snapshot = Snapshot.read(self.proc)
+        snapshot = self._snapshot()
         if self._disks_unread is False:
             self._disks_unread = self.confinement.disks_unread(
                 snapshot.vcpus, self._host_bytes, procfs.read_block_devices(self.proc))
@@ -228,6 +255,21 @@ class IntervalSampler(object):
             if disks is not None:
                 self._disk_unit = 1
                 return snapshot._replace(disks=disks)
+        return snapshot
+
+    def _snapshot(self):
+        """Snapshot.read, saying once which fields go unsent for a file it cannot read (and
+        once when they are back), not at every interval."""
+        unread = []
+        snapshot = Snapshot.read(self.proc, unread)
+        if unread != self._files_unread:
+            for fields, reason in unread:
+                if (fields, reason) not in self._files_unread:
+                    LOG.warning("%s; records carry no %s until it can be read", reason, fields)
+            back = set(f for f, _r in self._files_unread) - set(f for f, _r in unread)
+            for fields in sorted(back):
+                LOG.info("%s read again", fields)
+            self._files_unread = unread
         return snapshot
 
     def _cgroup_disks(self):
@@ -262,7 +304,7 @@ class IntervalSampler(object):
 
     def finish(self):
         """The Metrics of the interval since begin()/the last finish(); starts the next."""
-        end = Snapshot.read(self.proc)
+        end = self._snapshot()
         now = self.clock()
         busy_total, used_ns = self._close_slice(end.cpu)
         self._slices.append(busy_total)
