@@ -22,9 +22,12 @@ def server(tmp_path_factory):
         yield running
 
 
+def command(*args):
+    return agent_command(*args, python=PYTHON) if PYTHON else agent_command(*args)
+
+
 def agent(*args, timeout=60):
-    command = agent_command(*args, python=PYTHON) if PYTHON else agent_command(*args)
-    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command(*args), env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def proc_without(tmp_path, *missing):
@@ -57,3 +60,23 @@ def test_without_proc_stat_the_agent_stops_at_start_in_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "vmstats-agent ERROR: cannot read %s/stat: No such file or directory" % (tmp_path / "proc")]
+
+
+def test_quoted_values_and_comments_in_the_config_mean_what_they_say(server, tmp_path):
+    """``host = "kvm07"`` (as agent.env is written) sent the host ``kvm07-``, and a quoted
+    spool_dir made a folder named ``"`` in the working directory, without a word."""
+    spool = tmp_path / "spool"
+    conf = tmp_path / "agent.conf"
+    conf.write_text('host = "kvm07"   # rack 3\r\nspool_dir = \'%s\'\r\ntransport = tcp # acked\r\n'
+                    'tags = "project=billing, owner=ops"\r\n' % spool)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    result = subprocess.run(command("--config", str(conf), "--server", "127.0.0.1:%d" % server.tcp_port,
+                                    "--count", "1", "--proc-root", str(FIXTURE)),
+                            env=dict(ENV, VMSTATS_VM_ID='"quoted-vm"'), cwd=str(workdir),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "1 record made, 1 acknowledged, 0 left in the spool at %s\n" % spool in result.stderr
+    rows = wait_rows(server.data_dir, "quoted-vm", 1)
+    assert [(r["host"], r["tags"]) for r in rows] == [("kvm07", "owner=ops;project=billing")]
+    assert os.listdir(str(workdir)) == [] and os.listdir(str(spool)) == ["lock"]

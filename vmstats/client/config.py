@@ -8,7 +8,8 @@ declared once, in OPTIONS, and every source goes through the same converter,
 so a bad value reads the same wherever it came from.
 
 The config file holds ``name = value`` lines (names as the long flags,
-without dashes or with underscores), ``#`` comments and blank lines.
+without dashes or with underscores), ``#`` comments and blank lines; a value
+may be quoted and followed by a `` # comment``.
 
 Standard library only, Python 3.6+.
 """
@@ -162,6 +163,30 @@ def build_parser(prog="vmstats agent"):
     return parser
 
 
+def unquoted(text):
+    """A value as meant: one pair of quotes around it removed, as systemd removes them in
+    agent.env (and a Docker env file does not).  Left on, they became part of the value:
+    ``host = "kvm07"`` tagged records with a host ``kvm07-`` that does not exist, and a quoted
+    ``spool_dir`` made a folder named ``"`` under the working directory, both without a word."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1].strip()
+    return text
+
+
+def _without_comment(text):
+    """``text`` up to a `` #`` that starts a comment after the value (outside quotes)."""
+    quote = None
+    for index, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and index and text[index - 1].isspace():
+            return text[:index]
+    return text
+
+
 def read_config_file(path):
     """``{name: text}`` from a config file; ConfigError if unreadable or malformed.
 
@@ -187,7 +212,7 @@ def read_config_file(path):
         if not sep or name not in known:
             raise ConfigError("%s:%d: expected 'name = value' with a known name, got %r"
                               % (path, number, line[:60]))
-        values[name] = value.strip()
+        values[name] = unquoted(_without_comment(value))
     return values
 
 
@@ -224,7 +249,7 @@ def load(argv=None, environ=None, prog="vmstats agent"):
         if flag is not None:
             raw, source = flag, "--" + name.replace("_", "-")
         elif environ.get(env_name):
-            raw, source = environ[env_name], env_name
+            raw, source = unquoted(environ[env_name]), env_name
         elif name in from_file:
             raw, source = from_file[name], "%s in %s" % (name, path)
         else:
