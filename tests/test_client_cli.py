@@ -64,6 +64,14 @@ def test_a_variable_that_names_no_setting_is_warned_of_not_silently_ignored():
     (["--server", "127.0.0.1:8899", "--vm-id", "../etc"], 2, "--vm-id: vm id '../etc' is not an IP"),
     (["--server", "127.0.0.1:8899", "--proc-root", "/nonexistent"], 1, "cannot read /nonexistent/stat"),
     (["--server", "127.0.0.1:8899", "--interval", "0"], 2, "--interval: '0' must be > 0"),
+    # Beyond select()'s range: a traceback at the first wait, after a clean start line.
+    (["--server", "127.0.0.1:8899", "--interval", "1e12", "--jitter", "0", "--count", "1"], 2,
+     "--interval: '1e12' must be at most 86400 (a day)"),
+    (["--server", "127.0.0.1:8899", "--jitter", "1e300", "--count", "1"], 2,
+     "--jitter: '1e300' must be at most 86400 (a day)"),
+    # A vanishing sub-sample spun at 100 % CPU for ever without a record.
+    (["--server", "127.0.0.1:8899", "--sub-interval", "1e-320", "--jitter", "0", "--count", "1"], 2,
+     "--sub-interval: '1e-320' must be >= 0.01"),
     (["--transport", "tcp"], 2, "no server address"),
 ])
 def test_bad_settings_exit_non_zero_with_one_line(args, status, message):

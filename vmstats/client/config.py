@@ -31,7 +31,15 @@ class ConfigError(Exception):
     """A setting is invalid (one readable line)."""
 
 
-def _number(kind, minimum, strict):
+#: The longest time a setting may give, in seconds (a day): beyond what the kernel's timers and
+#: select() take, ``--interval 1e12`` ended the agent in a traceback at its first wait.
+MAX_SECONDS = 86400.0
+#: The shortest sub-sample (s): shorter ones measure nothing more (a jiffy is 1-10 ms) and a
+#: vanishing one (``--sub-interval 1e-320``) spun the agent at 100 % CPU without a sample.
+MIN_SUB_INTERVAL = 0.01
+
+
+def _number(kind, minimum, strict, maximum=None):
     def convert(text):
         try:
             value = kind(text)
@@ -40,8 +48,16 @@ def _number(kind, minimum, strict):
         if value != value or (value <= minimum if strict else value < minimum) \
                 or value == float("inf"):
             raise ValueError("%r must be %s %s" % (text, ">" if strict else ">=", minimum))
+        if maximum is not None and value > maximum:
+            raise ValueError("%r must be at most %g%s" % (text, maximum,
+                                                         " (a day)" if maximum == MAX_SECONDS else ""))
         return value
     return convert
+
+
+def _seconds(minimum=0, strict=True):
+    """A duration setting's converter: above ``minimum``, at most a day."""
+    return _number(float, minimum, strict, MAX_SECONDS)
 
 
 def _choice(*allowed):
@@ -93,10 +109,10 @@ OPTIONS = (
     ("server", _server, None, "HOST:PORT", "aggregator address (port defaults to %d)" % DEFAULT_PORT),
     ("transport", _choice("udp", "tcp"), "udp", "udp|tcp",
      "udp: fire-and-forget; tcp: spooled on disk until acknowledged"),
-    ("interval", _number(float, 0, True), 60.0, "SECONDS", "one record per interval"),
-    ("sub_interval", _number(float, 0, True), 5.0, "SECONDS",
+    ("interval", _seconds(), 60.0, "SECONDS", "one record per interval"),
+    ("sub_interval", _seconds(MIN_SUB_INTERVAL, False), 5.0, "SECONDS",
      "CPU sub-sample period; the record's cpu_max is the busiest sub-sample"),
-    ("jitter", _number(float, 0, False), None, "SECONDS",
+    ("jitter", _seconds(0, False), None, "SECONDS",
      "random delay before the first interval, so a fleet spreads its sends "
      "(default: up to one interval; 0 disables)"),
     ("count", _number(int, 0, True), None, "N",
@@ -125,8 +141,8 @@ OPTIONS = (
     ("spool_max", _number(int, 0, True), 10080, "N",
      "most records kept while the server is unreachable; the oldest go first"),
     ("key_file", _text, None, "FILE", "sign records with the key in FILE ('key_id secret')"),
-    ("timeout", _number(float, 0, True), 10.0, "SECONDS", "TCP connect and acknowledgement timeout"),
-    ("backoff_max", _number(float, 0, True), 60.0, "SECONDS", "longest TCP reconnect delay"),
+    ("timeout", _seconds(), 10.0, "SECONDS", "TCP connect and acknowledgement timeout"),
+    ("backoff_max", _seconds(), 60.0, "SECONDS", "longest TCP reconnect delay"),
     ("log_level", _choice("debug", "info", "warning", "error"), "info", "LEVEL", "stderr log level"),
 )
 
