@@ -385,6 +385,19 @@ def test_signed_udp_accepted_and_forgeries_rejected_by_cause(auth_server, tmp_pa
         assert raw_rows(auth_server.data_dir, vm) == []
 
 
+def test_a_key_file_an_editor_wrote_with_a_byte_order_mark_and_crlf_signs(auth_server, tmp_path):
+    """The mark made the agent refuse its key at start ("expected 'key_id secret'", exit 2)."""
+    spool_dir = tmp_path / "spool"
+    key = tmp_path / "agent.key"
+    key.write_bytes(b"\xef\xbb\xbfk2 secret-two\r\n")
+    result = run_agent("--server", "%s:%d" % (LOOPBACK, auth_server.tcp_port), "--transport", "tcp",
+                       "--count", "1", "--vm-id", "bom-key", "--key-file", str(key),
+                       "--spool-dir", str(spool_dir))
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(str(spool_dir)) == ["lock"]
+    assert len(wait_rows(auth_server.data_dir, "bom-key", 1)) == 1
+
+
 def test_tcp_batch_with_a_wrong_key_stays_spooled_until_the_key_is_fixed(auth_server, tmp_path):
     """Refused batches stay spooled for the next start; --count says so and exits 3, as a smoke
     check must not pass when the server took nothing."""

@@ -760,10 +760,12 @@ def load_keys(path):
     one.  A damaged file (bytes that are not UTF-8, a NUL or other control
     character inside the secret) is refused here: loaded, it would only sign
     with a key the server does not share, and every batch would be refused.
+    A byte order mark (an editor's) is skipped, as in the agent's other files:
+    it stopped the agent with "expected 'key_id secret'" on a line that is one.
     """
     keys = {}
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, "r", encoding="utf-8-sig") as handle:
             text = handle.read()
     except UnicodeDecodeError as exc:
         raise ValueError("%s: not UTF-8 text (byte %d)" % (path, exc.start))
