@@ -80,3 +80,30 @@ def test_quoted_values_and_comments_in_the_config_mean_what_they_say(server, tmp
     rows = wait_rows(server.data_dir, "quoted-vm", 1)
     assert [(r["host"], r["tags"]) for r in rows] == [("kvm07", "owner=ops;project=billing")]
     assert os.listdir(str(workdir)) == [] and os.listdir(str(spool)) == ["lock"]
+
+
+def test_a_spool_folder_removed_under_a_running_agent_is_made_again(server, tmp_path):
+    """Each later record was 'lost' (cannot spool it: No such file or directory) until a
+    restart; the folder, and its lock, are made again at the next record."""
+    spool = tmp_path / "state" / "spool"
+    running = subprocess.Popen(command("--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp",
+                                       "--count", "6", "--vm-id", "cleaned-vm", "--spool-dir", str(spool),
+                                       "--proc-root", str(FIXTURE)),
+                               env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        assert len(wait_rows(server.data_dir, "cleaned-vm", 1)) >= 1
+        while spool.parent.exists():             # as an image's clean-up would, records and lock
+            shutil.rmtree(str(spool.parent), ignore_errors=True)
+        _out, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    assert running.returncode == 0, err
+    assert "spool directory %s was removed; made again" % spool in err
+    assert "cannot spool" not in err
+    # A record between its spooling and its sending when the folder went is lost, and said.
+    lost = 1 if "made again (1 record it held lost)" in err else 0
+    seqs = [int(r["seq"]) for r in wait_rows(server.data_dir, "cleaned-vm", 6 - lost)]
+    assert len(seqs) == len(set(seqs)) == 6 - lost and seqs[-1] == 5, err
+    assert os.listdir(str(spool)) == ["lock"]

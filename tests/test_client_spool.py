@@ -246,7 +246,8 @@ def test_bad_config_file_line_is_located(tmp_path):
 def test_a_record_the_spool_cannot_store_is_counted_not_fatal(tmp_path, caplog):
     store = spool.Spool(str(tmp_path / "spool"), 10)
     sender = transport.TcpSender("127.0.0.1", 9, store, timeout=1)
-    shutil.rmtree(str(tmp_path / "spool"))    # as good as a full or failed disk
+    shutil.rmtree(str(tmp_path / "spool"))    # as good as a full or failed disk (a folder
+    (tmp_path / "spool").write_text("")        # removed alone is made again: test_client_hostile)
     sender.send(lines(2))
     assert sender.lost == 2 and len(store) == 0
     assert "cannot spool a record" in caplog.text

@@ -27,8 +27,9 @@ SUFFIX = ".rec"
 _NAME_DIGITS = 16
 
 
-class SpoolError(Exception):
-    """The spool directory cannot be used (one readable line)."""
+class SpoolError(OSError):
+    """The spool directory cannot be used (one readable line); an OSError, as a record the
+    disk refuses is, because a running agent meets it the same way (TcpSender.send)."""
 
 
 class Spool(object):
@@ -41,6 +42,16 @@ class Spool(object):
         self.max_records = max_records
         #: Records dropped because the spool was full (oldest first).
         self.dropped = 0
+        self._lock = self._take()
+        self._names = self._scan()
+        self._next = int(self._names[-1][:_NAME_DIGITS]) + 1 if self._names else 0
+        if self._names:
+            LOG.info("spool %s holds %s", path, counted(len(self._names), "unacknowledged record"))
+        self._trim()
+
+    def _take(self):
+        """Make the folder if need be and lock it for this agent: the open lock file."""
+        path = self.path
         if os.path.lexists(path) and not os.path.isdir(path):
             raise SpoolError("spool directory %s is %s" % (path, not_a_folder(path)))
         try:
@@ -49,21 +60,17 @@ class Spool(object):
             raise SpoolError("spool directory %s is not writable: %s" % (path, exc.strerror or exc))
         lock = os.path.join(path, "lock")
         try:
-            self._lock = open(lock, "a")
+            handle = open(lock, "a")
         except (IOError, OSError) as exc:
             raise SpoolError("cannot open the spool's lock file %s: %s" % (lock, exc.strerror or exc))
         try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (IOError, OSError) as exc:
-            self._lock.close()
+            handle.close()
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise SpoolError("spool directory %s is in use by another agent" % path)
             raise SpoolError("cannot lock spool directory %s: %s" % (path, exc.strerror or exc))
-        self._names = self._scan()
-        self._next = int(self._names[-1][:_NAME_DIGITS]) + 1 if self._names else 0
-        if self._names:
-            LOG.info("spool %s holds %s", path, counted(len(self._names), "unacknowledged record"))
-        self._trim()
+        return handle
 
     def _scan(self):
         names = []
@@ -87,6 +94,17 @@ class Spool(object):
         """
         name = "%0*d%s" % (_NAME_DIGITS, self._next, SUFFIX)
         self._next += 1
+        try:
+            self._write(name, line)
+        except (IOError, OSError) as exc:
+            if exc.errno != errno.ENOENT or os.path.isdir(self.path):
+                raise
+            self._again()
+            self._write(name, line)
+        self._names.append(name)
+        self._trim()
+
+    def _write(self, name, line):
         final = os.path.join(self.path, name)
         temporary = final + ".tmp"
         try:
@@ -99,8 +117,16 @@ class Spool(object):
         except (IOError, OSError):
             self._unlink(name + ".tmp")
             raise
-        self._names.append(name)
-        self._trim()
+
+    def _again(self):
+        """The folder was removed under the running agent (a clean-up, an image being made
+        ready to clone): make it again, with its lock, rather than lose every later record
+        until a restart.  What it held went with it, and is said."""
+        gone, self._names = len(self._names), []
+        self._lock.close()
+        self._lock = self._take()
+        LOG.warning("spool directory %s was removed; made again%s", self.path,
+                    " (%s it held lost)" % counted(gone, "record") if gone else "")
 
     def _sync_folder(self):
         """The new name on disk too: a synced file whose rename was not is lost at a power cut."""
