@@ -91,7 +91,20 @@ def tier_info(path: str) -> dict:
         meta = pq.read_metadata(path).metadata or {}
     except pyarrow.ArrowInvalid as exc:
         raise DamagedTier("not a Parquet file: %s" % exc) from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     return _description(meta)
+
+
+def _unreadable(path: str, exc: OSError) -> Exception:
+    """What to raise for a tier file that cannot be opened or read (no permission, EIO):
+    DamagedTier, named and gone around like any file not of ours, so one such file never
+    stops a pass over the other days; FileNotFoundError as it is (retention removed it since
+    it was listed)."""
+    if type(exc) is FileNotFoundError:
+        return exc
+    why = os.strerror(exc.errno) if exc.errno else os_problem(path, exc)  # Arrow's text names the file again
+    return DamagedTier("cannot be read: %s" % why)
 
 
 def check_tier_file(path: str) -> None:
@@ -255,4 +268,6 @@ def read_tier_part(path: str, vms: Iterable[str], columns: Optional[List[str]] =
                 return info, handle.read(columns=wanted, use_threads=threads)
     except pyarrow.ArrowInvalid as exc:
         raise DamagedTier("not a Parquet file: %s" % exc) from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     return info, read_tier(path, vms, columns)
