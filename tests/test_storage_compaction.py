@@ -645,6 +645,58 @@ def test_a_full_disk_fails_the_scheduled_pass_naming_its_file_and_loses_nothing(
 RETIRE_ALL = ("--compact-after", "1d", "--retain-raw", "2d", "--retain-rollups", "30d", "--trust-clock")
 
 
+def test_late_records_of_a_vm_silent_on_a_retired_day_join_its_rollups(tmp_path):
+    """A day past --retain-raw is kept as rollups only.  Records of a VM that sent none that day
+    arrive late (an agent's spool after a long partition): they are rolled up beside the day's
+    other VMs.  Before, the pass wrote the day's rollup file anew from those records alone,
+    and every other VM's rollups of the day were gone."""
+    today = int(time.time()) // DAY
+    first = today - 10
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    _write_fleet(raw, vms=3, days=3, first=first, step=600)
+    shutil.copytree(raw, data)
+    done = _compact_cli(data, *RETIRE_ALL)
+    assert done.returncode == 0, done.stderr
+    assert not list(data.glob("columnar/*.parquet")) and len(list(data.glob("rollups/*.parquet"))) == 3
+    start = (first + 1) * DAY
+    late = {ts: logstore.format_tail(Record("10.0.0.9", ts, 40.0, mem=20.0, vcpus=2, mem_mb=2048))
+            for ts in range(start, start + 6 * HOUR, 600)}
+    for folder in (raw, data):
+        logstore.append_missing(str(folder), "10.0.0.9", late)
+    done = _compact_cli(data, *RETIRE_ALL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("compacted 1 day (36 rows, 1 CSV file removed, 0 kept)"), done.stdout
+    assert not list(data.glob("vms/*/*.csv")) and not list(data.glob("columnar/*.parquet"))
+    rollups = logstore.tier_path(str(data), logstore.ROLLUPS_DIR, logstore.day_name(first + 1))
+    assert logstore.tier_info(rollups)["vms"] == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.9"]
+    assert pq.ParquetFile(rollups).metadata.num_row_groups == 1
+    assert _report([data], days=3) == _report([raw], days=3)
+
+
+def test_rows_are_not_retired_on_the_word_of_rollups_the_report_cannot_read(tmp_path):
+    """Rollups of an aggregate version this vmstats does not read (written by a newer one, run
+    before a downgrade) are left out of reports.  Retention rolls the day's rows up again before
+    it removes them; before, it removed them, and the report lost the day."""
+    today = int(time.time()) // DAY
+    first = today - 10
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    _write_fleet(raw, vms=3, days=3, first=first, step=600)
+    shutil.copytree(raw, data)
+    done = _compact_cli(data, "--compact-after", "1d")
+    assert done.returncode == 0, done.stderr
+    rollups = logstore.tier_path(str(data), logstore.ROLLUPS_DIR, logstore.day_name(first + 1))
+    info = dict(logstore.tier_info(rollups), version=aggregate.ROLLUP_VERSION + 1)
+    writer = logstore.rollup_writer(rollups)
+    writer.add(pq.read_table(rollups).replace_schema_metadata(None))
+    writer.close(info)
+    writer.commit()
+    done = _compact_cli(data, *RETIRE_ALL)
+    assert done.returncode == 0, done.stderr
+    assert not list(data.glob("columnar/*.parquet"))
+    assert logstore.tier_info(rollups)["version"] == aggregate.ROLLUP_VERSION
+    assert _report([data], days=3) == _report([raw], days=3)
+
+
 @pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
                     reason="needs root and setpriv to run a pass that file modes bind")
 def test_a_compacted_file_the_pass_cannot_read_is_named_and_the_other_days_go_on(tmp_path):

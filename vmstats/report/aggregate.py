@@ -38,6 +38,12 @@ ROLLUP_VERSION = 7
 #: (their rows are gone: refusing them would lose those days).  6: no mixed work stretches.
 OLDER_ROLLUPS = {6: runs.mix_from_metrics}
 
+
+def readable_rollups(version) -> bool:
+    """Whether rollups written with aggregate ``version`` (a file's footer) can answer a report:
+    the report leaves others out, so compaction must not retire the rows they were made from."""
+    return version == ROLLUP_VERSION or version in OLDER_ROLLUPS
+
 #: Scalar aggregates per VM-day and their dtypes.  ``n`` counts records after
 #: de-duplication, ``minutes`` distinct minutes; sums skip unknown values and
 #: ``*_n`` counts the known ones; maxima are NaN when nothing was known.

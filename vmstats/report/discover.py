@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from vmstats import logstore
-from vmstats.report.aggregate import OLDER_ROLLUPS, ROLLUP_VERSION, Source, is_rollup
+from vmstats.report.aggregate import Source, is_rollup, readable_rollups
 from vmstats.report.issues import issue
 from vmstats.report.settings import InputError, ReportError
 from vmstats.words import counted
@@ -105,8 +105,7 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Un
                 info = logstore.tier_info(path)
                 vms = info["vms"]
                 version = info.get("version")
-                readable = version == ROLLUP_VERSION or version in OLDER_ROLLUPS
-                if tier == logstore.ROLLUPS_DIR and not readable:
+                if tier == logstore.ROLLUPS_DIR and not readable_rollups(version):
                     raise ValueError("rollups of another aggregate version (%s)" % version)
             except (OSError, ValueError, KeyError) as exc:
                 issues.append(issue(path, "unreadable %s file: %s" % (tier, exc), vm="", day=day))

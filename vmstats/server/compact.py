@@ -307,7 +307,8 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
         return
     if kept:
         # The day's rows were retired already: rows that came since cannot join its rollups
-        # (its other rows are gone), so they go the way of the day's other raw rows.
+        # (its other rows are gone), so they go the way of the day's other raw rows.  A VM
+        # the rollups do not hold (silent that day until now) is rolled up beside them below.
         late = [(vm, path) for vm, path in files if vm in kept]
         for _vm, path in late:
             logstore.remove_quietly(path)
@@ -344,7 +345,8 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
             return
         writer.close(info)
         _verify(writer.partial, info, digests)
-        rollups = _write_rollups(data_dir, day, writer.partial, commit=False)
+        rollups = _write_rollups(data_dir, day, writer.partial, commit=False,
+                                 beside=rollup_target if kept else None)
     except logstore.DamagedTier as exc:  # the day's columnar file: described well, rows unreadable
         writer.abort()
         _leave_day(name, files, summary, exc)
@@ -476,15 +478,27 @@ def _listed(path: str) -> list[str]:
 
 
 def _rolled_up(columnar: str, rollups: str) -> bool:
-    """Whether a rollup file holds every VM of a columnar file."""
+    """Whether a rollup file holds every VM of a columnar file, in an aggregate version the
+    report reads (rollups of another version, from a newer vmstats run before a downgrade, are
+    left out of reports: the rows must not be retired on their word)."""
+    from vmstats.report import aggregate
+
     try:
-        return set(logstore.tier_info(columnar)["vms"]) <= set(logstore.tier_info(rollups)["vms"])
+        info = logstore.tier_info(rollups)
+        return (aggregate.readable_rollups(info.get("version"))
+                and set(logstore.tier_info(columnar)["vms"]) <= set(info["vms"]))
     except (OSError, ValueError):
         return False
 
 
-def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
-    """The VM-day rollups of a columnar file, computed by the report's own aggregation."""
+def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True, beside: str | None = None):
+    """The VM-day rollups of a columnar file, computed by the report's own aggregation.
+
+    ``beside``: the day's rollup file, whose rows were retired, to keep the VMs of: the
+    columnar file then holds only VMs it lacks (late records of VMs silent that day), and
+    the new file holds both.  Written alone it would replace every other VM's rollups of
+    the day with those few.
+    """
     import pyarrow as pa
 
     from vmstats.report import aggregate
@@ -492,7 +506,9 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
     name = logstore.day_name(day)
     vms = logstore.tier_info(columnar)["vms"]
     writer = logstore.rollup_writer(logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name))
-    pending: list = []  # rollup tables of chunks not yet written: one row group of many VMs
+    # Rollup tables of chunks not yet written: one row group of many VMs.  With ``beside``, all
+    # of them, to be put in VM order with the kept ones (a day's late VMs are few).
+    pending: list = [] if beside is None else [_kept_rollups(beside, vms)]
     try:
         for start in range(0, len(vms), CHUNK_VMS):
             chunk = vms[start:start + CHUNK_VMS]
@@ -506,9 +522,12 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
             pending.append(logstore.rollup_table(
                 chunk, [(None, None, None) if label is None else (label[0], label[1], _tags_text(label[2]))
                         for label in labels], table, sparse=aggregate.HISTOGRAMS))
-            if len(pending) * CHUNK_VMS >= logstore.ROLLUP_GROUP_VMS or start + CHUNK_VMS >= len(vms):
+            if beside is None and (len(pending) * CHUNK_VMS >= logstore.ROLLUP_GROUP_VMS
+                                   or start + CHUNK_VMS >= len(vms)):
                 writer.add(pa.concat_tables(pending))
                 pending = []
+        if beside is not None:
+            vms = _add_in_order(writer, pending, beside)
         writer.close({"version": aggregate.ROLLUP_VERSION, "day": name, "vms": vms})
     except BaseException:
         writer.abort()
@@ -516,6 +535,43 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
     if commit:
         writer.commit()
     return writer
+
+
+def _kept_rollups(path: str, replaced: list[str]):
+    """The rollups of a day file whose rows were retired, but those of ``replaced``; DamagedTier
+    when they cannot share a file with rollups written now (another aggregate version)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from vmstats.report import aggregate
+
+    version = logstore.tier_info(path).get("version")
+    if version != aggregate.ROLLUP_VERSION:
+        raise logstore.DamagedTier("%s: its rollups are of aggregate version %s, not %d: the late VMs' "
+                                   "rollups cannot join them" % (path, version, aggregate.ROLLUP_VERSION))
+    try:
+        table = pq.read_table(path)
+    except OSError as exc:
+        raise logstore.DamagedTier("%s: %s" % (path, exc)) from None
+    table = table.replace_schema_metadata(None)  # the file's description: the new file has its own
+    return table.filter(pc.invert(pc.is_in(table.column("vm"), value_set=pa.array(replaced, pa.string()))))
+
+
+def _add_in_order(writer, tables: list, path: str) -> list[str]:
+    """Write the kept and the new rollups as one file's row groups, in VM order; its VMs."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        table = pa.concat_tables(tables)
+    except pa.ArrowInvalid as exc:
+        raise logstore.DamagedTier("%s: its columns are not those of the rollups written now: %s"
+                                   % (path, exc)) from None
+    table = table.take(pc.sort_indices(table, [("vm", "ascending")]))
+    for start in range(0, table.num_rows, logstore.ROLLUP_GROUP_VMS):
+        writer.add(table.slice(start, logstore.ROLLUP_GROUP_VMS))
+    return table.column("vm").to_pylist()
 
 
 def _tags_text(tags) -> str | None:
