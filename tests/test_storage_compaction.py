@@ -727,3 +727,59 @@ def test_a_compacted_file_the_pass_cannot_read_is_named_and_the_other_days_go_on
     assert "%s: cannot be read: Permission denied" % locked in done.stderr
     assert [p.name for p in data.glob("vms/*/*.csv")] == [names[0] + ".csv"]
     assert sorted(p.stem for p in data.glob("columnar/*.parquet")) == [names[0]]
+
+
+def _split_at_noon(source, first, second, vm: str, day: str) -> None:
+    """Move the afternoon of ``vm``'s ``day`` from data dir ``first`` to ``second``: its agent
+    went on through another aggregator (a failover behind the balancer)."""
+    path = Path(logstore.day_path(str(first), vm, day))
+    header, *rows = path.read_bytes().splitlines(keepends=True)
+    moved = Path(logstore.day_path(str(second), vm, day))
+    moved.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + b"".join(r for r in rows if int(r.split(b",")[0]) % DAY < 12 * HOUR))
+    moved.write_bytes(header + b"".join(r for r in rows if int(r.split(b",")[0]) % DAY >= 12 * HOUR))
+
+
+def test_a_vm_day_split_over_two_compacted_data_dirs_is_read_from_their_rows(tmp_path):
+    """Two aggregators each compacted their share of a VM-day (rows kept, rollups beside them):
+    the report merges the rows of both, as it did before compaction.  Before, the first dir's
+    rollup answered and the other's half of the day was left out while its rows were there."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    _write_fleet(first, vms=3, days=3, step=600)
+    day = logstore.day_name(FIRST + 1)
+    _split_at_noon(first, first, second, "10.0.0.2", day)
+    _split_at_noon(first, first, second, "10.0.0.3", logstore.day_name(FIRST + 2))
+    before = _report([first, second], days=3)
+    policy = {"compact_after": 1, "retain_raw": 30, "retain_rollups": 60}
+    for data in (first, second):
+        _compact(data, policy=policy, now=(FIRST + 6) * DAY)
+        assert not list(data.glob("vms/*/*.csv")) and list(data.glob("rollups/*.parquet"))
+    assert _report([first, second], days=3) == before
+    units = discover([str(first), str(second)])
+    assert [logstore.source_path(s) for s in units[("10.0.0.2", FIRST + 1)]] == [
+        logstore.tier_path(str(d), logstore.COLUMNAR_DIR, day) for d in (first, second)]
+    assert aggregate.is_rollup(units[("10.0.0.1", FIRST + 1)])  # in one dir: its rollup answers
+    report = build([str(first), str(second)], Policy.load(overrides={"days": 3}), PriceBook.load(None),
+                   workers=1)
+    assert report.meta["skipped_files"] == []
+
+
+def test_a_late_file_beside_a_retired_days_rollup_does_not_stand_for_the_day(tmp_path):
+    """A late record for a day whose rows were retired: until the next pass removes it, the
+    report keeps answering the VM-day from its rollup and names the file as left out.  Before,
+    the late file's one record stood for the whole day."""
+    data = tmp_path / "data"
+    _write_fleet(data, vms=3, days=3, step=600)
+    policy = {"compact_after": 1, "retain_raw": 2, "retain_rollups": 60}
+    _compact(data, policy=policy, now=(FIRST + 3) * DAY + 3 * DAY, trust_clock=True)
+    assert not list(data.glob("columnar/*.parquet"))
+    expected = _report([data], days=3)
+    ts = (FIRST + 1) * DAY + 30
+    late = Record("10.0.0.2", ts, 99.0, mem=5.0)
+    logstore.append_missing(str(data), late.vm, {ts: logstore.format_tail(late)})
+    assert _report([data], days=3) == expected
+    assert aggregate.is_rollup(discover([str(data)])[("10.0.0.2", FIRST + 1)])
+    report = build([str(data)], Policy.load(overrides={"days": 3}), PriceBook.load(None), workers=1)
+    (named,) = report.meta["skipped_files"]
+    assert named["path"] == logstore.day_path(str(data), "10.0.0.2", logstore.day_name(FIRST + 1))
+    assert named["problem"].startswith("left out: it came after its day's rows were retired")

@@ -36,7 +36,8 @@ def discover(data_dirs: Sequence[str], issues: list[dict] | None = None, raw_onl
     never hides the rest of the fleet.
     """
     units: Units = {}
-    rolled: dict[tuple[str, int], str] = {}  # the data dir whose rollup answers a unit
+    # Rows still kept beside a rollup that answers a unit: what merges with another dir's rows.
+    rows_of: Units = {}
     issues = [] if issues is None else issues
     for data_dir in data_dirs:
         # Absolute paths key the cache, so a re-run from another folder still finds it.
@@ -44,7 +45,8 @@ def discover(data_dirs: Sequence[str], issues: list[dict] | None = None, raw_onl
         if not os.path.isdir(data_dir):
             raise InputError("data dir %s does not exist or is not a directory" % data_dir)
         before = len(issues)
-        mine, found = _discover_dir(data_dir, issues, raw_only)
+        kept: Units | None = {} if len(data_dirs) > 1 else None
+        mine, found = _discover_dir(data_dir, issues, raw_only, kept)
         if not found and len(issues) > before:  # there were logs: none could be read
             first = issues[before]
             raise ReportError(
@@ -57,28 +59,37 @@ def discover(data_dirs: Sequence[str], issues: list[dict] | None = None, raw_onl
                 % (data_dir, logstore.VMS_DIR, logstore.SUFFIX)
             )
         if not units:  # the first data dir: nothing to merge with
-            units = mine
+            units, rows_of = mine, kept or {}
             continue
         for key, sources in mine.items():
-            _merge_unit(units, rolled, key, sources, issues)
+            _merge_unit(units, rows_of, key, sources, issues, kept.get(key) if kept else None)
     return units
 
 
-def _merge_unit(units: Units, rolled: dict, key, sources: list, issues: list[dict]) -> None:
-    """Add one data dir's sources of a unit to ``units``.
+def _merge_unit(units: Units, rows_of: Units, key, sources: list, issues: list[dict],
+                rows: list | None) -> None:
+    """Add one data dir's sources of a unit to ``units`` (``rows``: its columnar rows, when
+    a rollup of that dir answers the unit and they are still kept).
 
     Rows of several data dirs merge exactly (a timestamp resent to two
     aggregators counts once); aggregates cannot, as the same record may be in
-    both.  So a unit that some data dir holds only as a rollup is answered by
-    the first such rollup, and the other dirs' sources are named as left out.
+    both.  So a unit that every data dir holding it still has rows of is
+    answered by those rows, merged, whether or not the dirs also hold its
+    rollup (a VM whose agent moved to another aggregator mid-day, compacted in
+    both); one that some data dir holds only as a rollup is answered by the
+    first such rollup, and the other dirs' sources are named as left out.
     """
     rollup = is_rollup(sources)
     known = units.get(key)
     if known is None:
         units[key] = list(sources)
+        if rows is not None:
+            rows_of[key] = rows
         return
-    if not rollup and not is_rollup(known):
-        known.extend(sources)
+    known_rows = rows_of.pop(key, None) if is_rollup(known) else known
+    new_rows = rows if rollup else sources
+    if known_rows is not None and new_rows is not None:
+        units[key] = list(known_rows) + list(new_rows)
         return
     if rollup and not is_rollup(known):
         left_out, units[key] = known, list(sources)
@@ -90,9 +101,11 @@ def _merge_unit(units: Units, rolled: dict, key, sources: list, issues: list[dic
         issues.append(issue(logstore.source_path(source), why, vm=key[0], day=logstore.day_name(key[1])))
 
 
-def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Units, int]:
+def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
+                  kept: Units | None = None) -> tuple[Units, int]:
     """The units of one data dir (rollups where no CSV file is beside them, rows otherwise),
-    and how many entries were found, readable or not."""
+    and how many entries were found, readable or not.  ``kept``, if given, is filled with
+    the columnar rows of the units a rollup answers (for a merge with other data dirs)."""
     csv, found = _discover_csv(data_dir, issues)
     tiers = [logstore.COLUMNAR_DIR] + ([] if raw_only else [logstore.ROLLUPS_DIR])
     # Columnar Parts by unit; rollups as the units they answer ([Part]), the first units found.
@@ -119,8 +132,18 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool) -> tuple[Un
             held.update(zip(keys, sources, strict=True))
     columnar = parts[logstore.COLUMNAR_DIR]
     units: Units = parts.get(logstore.ROLLUPS_DIR, {})
-    for key in csv.keys() & units.keys():  # a CSV file beside a rollup: its rows answer
-        del units[key]
+    for key in csv.keys() & units.keys():
+        if key in columnar:  # a CSV file beside a compacted day: its rows and the day's answer
+            del units[key]
+            continue
+        # The day's rows were retired: the rollup holds all of them, the CSV file only records
+        # that came since, which cannot join it (the next compaction removes them).
+        for path in csv.pop(key):
+            issues.append(issue(path, "left out: it came after its day's rows were retired "
+                                "(--retain-raw), so it cannot join the day's rollup",
+                                vm=key[0], day=logstore.day_name(key[1])))
+    if kept is not None:
+        kept.update((key, [columnar[key]]) for key in columnar.keys() & units.keys())
     for key in (csv.keys() | columnar.keys()) - units.keys():
         # Columnar rows before the CSV's: a row logged after compaction wins its timestamp.
         units[key] = ([columnar[key]] if key in columnar else []) + csv.get(key, [])
