@@ -1,9 +1,16 @@
 """The report on a real Dask cluster (two local worker processes) gives what one machine gives."""
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +168,116 @@ def test_an_unreachable_scheduler_is_one_line(split_fleet, tmp_path, monkeypatch
     with pytest.raises(ReportError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         with distributed.pool("tcp://127.0.0.1:9", [str(split_fleet[1])], workers=1):
             pass
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _cluster(tmp_path, worker_prefix: tuple = (), worker_args: tuple = ()):
+    """A real scheduler and one worker process (``worker_prefix`` runs it in another setting),
+    each its own ``dask`` command, as an operator starts them; killed at the end.  Yields the
+    address, a client of its own and the scheduler's and worker's processes."""
+    dask = str(Path(sys.executable).parent / "dask")
+    address = "tcp://127.0.0.1:%d" % _free_port()
+    logs = [open(tmp_path / name, "w") for name in ("scheduler.log", "worker.log")]
+    port = address.rsplit(":", 1)[1]
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", port,
+                                   "--dashboard-address", "127.0.0.1:0"], stdout=logs[0], stderr=logs[0])]
+    try:
+        processes.append(subprocess.Popen([*worker_prefix, dask, "worker", address, "--nworkers", "1",
+                                           "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address",
+                                           "127.0.0.1:0", *worker_args], stdout=logs[1], stderr=logs[1]))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            yield address, client, processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        for log in logs:
+            log.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to give a worker a mount of its own")
+def test_a_worker_that_sees_other_files_stops_the_report_in_one_line(split_fleet, tmp_path):
+    """A worker whose mount at the data dir's path is a stale copy (a day file missing): the
+    report stops with one line naming the worker and the file, exit 1, and nothing is cached.
+    Before, that worker's tasks named the file as skipped, as a damaged one, and the report
+    was written without the VM-day, exit 0, the gap kept in the cache for later runs."""
+    _whole, first, _second = split_fleet
+    real, stale = tmp_path / "real", tmp_path / "stale"
+    shutil.copytree(first, real)
+    shutil.copytree(first, stale)
+    vm = sorted(logstore.iter_vms(str(real)))[0]
+    day, missing = logstore.day_files(str(real), vm)[2]
+    os.unlink(logstore.day_path(str(stale), vm, day))
+    bind = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(stale), str(real))
+    out = tmp_path / "out"
+
+    def report(*extra):
+        return subprocess.run([sys.executable, "-m", "vmstats", "report", str(real), "-o", str(out), *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    with _cluster(tmp_path, bind) as (address, _client, _processes):
+        done = report("--dask", address)
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()[-1:]
+    assert re.fullmatch(r"Error: Dask worker tcp://127\.0\.0\.1:\d+ cannot read %s, which this machine "
+                        r"reads: every worker must see the data dirs as this machine does, at the same path"
+                        % re.escape(missing), line), done.stderr
+    assert "Traceback" not in done.stderr
+    alone = report()
+    assert alone.returncode == 0, alone.stderr
+    assert "skipped" not in alone.stdout + alone.stderr
+    assert json.loads((out / "report.json").read_text())["meta"]["skipped_files"] == []
+
+
+def test_a_scheduler_lost_mid_report_is_one_error(tmp_path):
+    """The scheduler dies while a task runs: a ReportError (one line from the command), not
+    Dask's FutureCancelledError and its traceback."""
+    with _cluster(tmp_path) as (address, client, (scheduler, _worker)), \
+            distributed.pool(address, [str(tmp_path)], workers=1) as pool:
+        with _killed_while_processing(client, scheduler), pytest.raises(
+                ReportError, match=r"^lost the Dask scheduler at %s while parsing logs "
+                                   r"\(scheduler-connection-lost\); no report written: retry once it is back$"
+                                   % re.escape(address)):
+            next(pool.map(time.sleep, [120]))  # a task still running when the scheduler goes
+
+
+def test_a_cluster_left_without_workers_mid_report_is_one_error(tmp_path, monkeypatch):
+    """The only worker dies (no nanny to start it again) while a task runs: a ReportError once
+    no worker has come for CONNECT_TIMEOUT.  Before, the report waited for one for ever."""
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT", 2)
+    with _cluster(tmp_path, worker_args=("--no-nanny",)) as (address, client, (_scheduler, worker)), \
+            distributed.pool(address, [str(tmp_path)], workers=1) as pool:
+        with _killed_while_processing(client, worker), pytest.raises(
+                ReportError, match=r"^the Dask cluster at %s has had no workers for 2 s while parsing logs; "
+                                   r"no report written: start workers and retry$" % re.escape(address)):
+            next(pool.map(time.sleep, [120]))
+
+
+@contextlib.contextmanager
+def _killed_while_processing(client, process):
+    """SIGKILL ``process`` (in a thread) as soon as the cluster runs a task."""
+
+    def kill() -> None:
+        deadline = time.monotonic() + 60
+        while not any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield
+    finally:
+        killer.join()

@@ -20,6 +20,7 @@ lifetime.
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from vmstats.report.settings import ReportError
@@ -33,6 +34,8 @@ CONNECT_TIMEOUT = 20
 #: was ~15% beside the parsing itself (traced per thread on 20M records); 256 (~0.25 s of
 #: parsing, a ~2 MB answer, a worker peak of ~230 MiB) makes it ~5%.
 MAX_TASK_UNITS = 256
+#: Seconds between looks at whether the cluster still has workers, while a task's answer is awaited.
+_WORKERS_CHECK = 1.0
 #: Tasks per worker thread, at least, while tasks may still be cut finer: the last tasks to
 #: finish leave the other workers idle, so a small report is cut in smaller tasks.
 TASKS_PER_THREAD = 4
@@ -41,8 +44,9 @@ TASKS_PER_THREAD = 4
 class DaskPool:
     """Runs the report's tasks on a cluster: ``map`` like an Executor's, answers in task order."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, address: str = LOCAL) -> None:
         self.client = client
+        self.address = address
 
     def task_units(self, units: int) -> int:
         """VM-days per task: up to MAX_TASK_UNITS, as long as every worker thread gets several tasks."""
@@ -52,22 +56,78 @@ class DaskPool:
         return max(TASK_UNITS, min(MAX_TASK_UNITS, -(-units // (TASKS_PER_THREAD * threads))))
 
     def map(self, function: Callable, tasks: list) -> Iterator:
+        """``function(task)`` of each task, run on the workers: ``(aggregates, issues)`` as
+        aggregate.aggregate_units answers.  A ReportError, never a partial answer or a
+        traceback, when the cluster cannot give the answers this machine would."""
+        from concurrent.futures import CancelledError
+
         from distributed import KilledWorker
 
         # pure=False: two runs over files changed in between must not reuse answers by key.
-        futures = self.client.map(function, tasks, pure=False)
+        futures = self.client.map(_on_worker, tasks, function=function, pure=False)
         try:
             for future in futures:
                 try:
-                    yield future.result()
+                    answer, unread, worker = self._result(future)
                 except KilledWorker:
                     raise ReportError(
                         "a Dask worker died while parsing logs (out of memory?); "
                         "give the workers more memory or retry"
                     ) from None
+                except CancelledError as exc:  # the scheduler went away: every task is cancelled
+                    raise ReportError(
+                        "lost the Dask scheduler at %s while parsing logs (%s); no report written: "
+                        "retry once it is back" % (self.address, getattr(exc, "reason", None) or "cancelled")
+                    ) from None
+                _check_view(unread, worker)
                 future.release()  # its answer is here now: the worker may drop its copy
+                yield answer
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+
+    def _result(self, future):
+        """A task's answer; ReportError once the cluster has had no worker for CONNECT_TIMEOUT
+        seconds (the last one gone, none restarting it): Dask would wait for one for ever."""
+        alone_since = None
+        while True:
+            try:
+                return future.result(timeout=_WORKERS_CHECK)
+            except TimeoutError:
+                if self.client.nthreads():
+                    alone_since = None
+                    continue
+                now = time.monotonic()
+                alone_since = now if alone_since is None else alone_since
+                if now - alone_since >= CONNECT_TIMEOUT:
+                    raise ReportError("the Dask cluster at %s has had no workers for %d s while parsing "
+                                      "logs; no report written: start workers and retry"
+                                      % (self.address, CONNECT_TIMEOUT)) from None
+
+
+def _on_worker(task: list, function: Callable) -> tuple:
+    """Runs on a worker: ``function(task)``, the files of its issues that this worker could not
+    open (``os.access``), and the worker's address, for _check_view on the report machine."""
+    from distributed import get_worker
+
+    answer = function(task)
+    _aggregates, issues = answer
+    unread = sorted({entry["path"] for entries in issues.values() for entry in entries
+                     if not entry["rows"] and not os.access(entry["path"], os.R_OK)})
+    return answer, unread, get_worker().address
+
+
+def _check_view(unread: list[str], worker: str) -> None:
+    """A file a worker could not open but this machine can is not damage to name and go around:
+    that worker sees other data at the same path (a stale copy, a mount of another export, a
+    user the files shut out), and its share of the report would be silently short, its gaps
+    then kept in the report's cache.  A file gone here too vanished (compaction removed it since
+    it was listed): that is what a run on this machine alone would have met."""
+    for path in unread:
+        if os.access(path, os.R_OK):
+            raise ReportError(
+                "Dask worker %s cannot read %s, which this machine reads: every worker must see "
+                "the data dirs as this machine does, at the same path" % (worker, path)
+            )
 
 
 def _unseen(data_dirs: Sequence[str]) -> list[str]:
@@ -110,7 +170,7 @@ def pool(address: str, data_dirs: Iterable[str], workers: int) -> Iterator[DaskP
             except (OSError, TimeoutError, ValueError) as exc:
                 raise ReportError("cannot reach the Dask scheduler at %s: %s" % (address, exc)) from None
         _check_workers(client, address, dirs)
-        yield DaskPool(client)
+        yield DaskPool(client, address)
 
 
 def _local_config() -> dict:
