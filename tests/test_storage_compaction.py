@@ -783,3 +783,25 @@ def test_a_late_file_beside_a_retired_days_rollup_does_not_stand_for_the_day(tmp
     (named,) = report.meta["skipped_files"]
     assert named["path"] == logstore.day_path(str(data), "10.0.0.2", logstore.day_name(FIRST + 1))
     assert named["problem"].startswith("left out: it came after its day's rows were retired")
+
+
+def test_a_report_read_while_a_pass_moves_its_days_finds_them_where_they_went(tmp_path):
+    """A compaction pass runs while the report reads (the nightly report and the hourly pass
+    meet): the CSV files it listed are gone when it comes to them, their rows in the columnar
+    files and rollups.  The report lists the logs again and is the one it would have been.
+    Before, those VM-days were named as skipped ("No such file or directory") and left out."""
+    data, before = tmp_path / "data", tmp_path / "before"
+    _write_fleet(data, vms=40, days=4, step=1800)  # 160 VM-days: three tasks of the report's
+    shutil.copytree(data, before)
+    passes = []
+
+    def progress(done: int, total: int) -> None:  # after the first task: the pass runs now
+        if not passes:
+            policy = {"compact_after": 1, "retain_raw": 30, "retain_rollups": 60}
+            passes.append(_compact(data, policy=policy, now=(FIRST + 6) * DAY))
+
+    report = build([str(data)], Policy.load(overrides={"days": 4}), PriceBook.load(None), workers=1,
+                   progress=progress)
+    assert passes[0].csv_removed == 160 and not list(data.glob("vms/*/*.csv"))
+    assert report.meta["skipped_files"] == []
+    assert json.loads(json.dumps(report.rows, default=str)) == _report([before], days=4)

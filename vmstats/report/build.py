@@ -8,6 +8,9 @@ excluded, each by provisioned monthly cost, highest first.
 
 import datetime
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +58,12 @@ class Report:
 #: window of up to MAX_DAYS before or after the day must still have dates to name.
 FIRST_DAY = 0
 LAST_DAY = (datetime.date.max - datetime.date(1970, 1, 1)).days - MAX_DAYS
+#: Times, at most, the logs are listed and read again when files listed were gone by the time
+#: they were read: a compaction pass moved their rows meanwhile (it removes a day's CSV files
+#: once the day's columnar file and rollups are in place, so a new listing finds the rows
+#: there).  A pass moves a day at a time and a listing again parses only the VM-days whose
+#: files changed (the cache), so this outlasts a pass over weeks of days.
+_RELISTS = 30
 
 
 def parse_day(value: str | None, option: str) -> int | None:
@@ -69,6 +78,11 @@ def parse_day(value: str | None, option: str) -> int | None:
         raise InputError("%s %s is outside %s to %s, the days a log can have" % (
             option, value, logstore.day_name(FIRST_DAY), logstore.day_name(LAST_DAY)))
     return day
+
+
+def _vanished(issues: list[dict]) -> bool:
+    """Whether a file the report could not read is gone (not merely damaged or shut)."""
+    return any(not entry["rows"] and not os.path.lexists(entry["path"]) for entry in issues)
 
 
 def build(
@@ -101,14 +115,23 @@ def build(
     since_day, until_day = parse_day(since, "--since"), parse_day(until, "--until")
     if since_day is not None and until_day is not None and since_day > until_day:
         raise InputError("--since %s is after --until %s" % (since, until))
-    listing: list[dict] = []
-    units = discover(data_dirs, listing)
-    latest_day = max(day for _vm, day in units)
-    last_day = until_day if until_day is not None else latest_day
-    first_day = since_day if since_day is not None else last_day - int(policy.base["days"]) + 1
-    table = load_mod.load(
-        units, cache_dir, first_day, last_day, progress=progress, workers=workers, pool=pool
-    )
+    relisting = None  # with --no-cache, a cache of this run's own once it lists again
+    try:
+        for listed in range(1 + _RELISTS):
+            listing: list[dict] = []
+            units = discover(data_dirs, listing)
+            latest_day = max(day for _vm, day in units)
+            last_day = until_day if until_day is not None else latest_day
+            first_day = since_day if since_day is not None else last_day - int(policy.base["days"]) + 1
+            table = load_mod.load(units, cache_dir or relisting, first_day, last_day, progress=progress,
+                                  workers=workers, pool=pool)
+            if listed == _RELISTS or not _vanished(table.issues):
+                break
+            if cache_dir is None and relisting is None:  # the next listings parse only what moved
+                relisting = tempfile.mkdtemp(prefix="vmstats-report-")
+    finally:
+        if relisting is not None:
+            shutil.rmtree(relisting, ignore_errors=True)
     if until_day is None:
         # The newest day file may hold no valid record (torn, junk, not a file): the window
         # ends with the last day that has data, as the contract says, not with a file name.
