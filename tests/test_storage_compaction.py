@@ -643,13 +643,23 @@ def test_a_full_disk_fails_the_scheduled_pass_naming_its_file_and_loses_nothing(
 
 
 RETIRE_ALL = ("--compact-after", "1d", "--retain-raw", "2d", "--retain-rollups", "30d", "--trust-clock")
+#: A pass over sys.argv[1] with RETIRE_ALL's policy, SIGKILLed once its first columnar file is in place.
+KILLED_AFTER_COLUMNAR = '''
+import os, signal, sys
+from vmstats.server import compact
+def step(what):
+    if what.startswith("columnar "):
+        os.kill(os.getpid(), signal.SIGKILL)
+compact.compact(sys.argv[1], compact.Policy(86400, 2 * 86400, 30 * 86400), step=step, trust_clock=True)
+'''
 
 
 def test_late_records_of_a_vm_silent_on_a_retired_day_join_its_rollups(tmp_path):
     """A day past --retain-raw is kept as rollups only.  Records of a VM that sent none that day
     arrive late (an agent's spool after a long partition): they are rolled up beside the day's
-    other VMs.  Before, the pass wrote the day's rollup file anew from those records alone,
-    and every other VM's rollups of the day were gone."""
+    other VMs, also when the pass that takes them is killed between its renames.  Before, the
+    pass wrote the day's rollup file anew from those records alone, and every other VM's
+    rollups of the day were gone."""
     today = int(time.time()) // DAY
     first = today - 10
     raw, data = tmp_path / "raw", tmp_path / "data"
@@ -663,6 +673,12 @@ def test_late_records_of_a_vm_silent_on_a_retired_day_join_its_rollups(tmp_path)
             for ts in range(start, start + 6 * HOUR, 600)}
     for folder in (raw, data):
         logstore.append_missing(str(folder), "10.0.0.9", late)
+    # A pass killed between its two renames (the new columnar file in place, not its rollups),
+    # then the next one: it must keep the other VMs' rollups too, though the day now has rows.
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_COLUMNAR, str(data)],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(data.glob("columnar/*.parquet")) and list(data.glob("vms/*/*.csv"))
     done = _compact_cli(data, *RETIRE_ALL)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("compacted 1 day (36 rows, 1 CSV file removed, 0 kept)"), done.stdout

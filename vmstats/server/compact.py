@@ -308,7 +308,8 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
     if kept:
         # The day's rows were retired already: rows that came since cannot join its rollups
         # (its other rows are gone), so they go the way of the day's other raw rows.  A VM
-        # the rollups do not hold (silent that day until now) is rolled up beside them below.
+        # the rollups do not hold (silent that day until now) is rolled up beside them
+        # (_write_rollups), also by a pass after one killed between its two renames.
         late = [(vm, path) for vm, path in files if vm in kept]
         for _vm, path in late:
             logstore.remove_quietly(path)
@@ -345,8 +346,7 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
             return
         writer.close(info)
         _verify(writer.partial, info, digests)
-        rollups = _write_rollups(data_dir, day, writer.partial, commit=False,
-                                 beside=rollup_target if kept else None)
+        rollups = _write_rollups(data_dir, day, writer.partial, commit=False)
     except logstore.DamagedTier as exc:  # the day's columnar file: described well, rows unreadable
         writer.abort()
         _leave_day(name, files, summary, exc)
@@ -491,13 +491,13 @@ def _rolled_up(columnar: str, rollups: str) -> bool:
         return False
 
 
-def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True, beside: str | None = None):
+def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True):
     """The VM-day rollups of a columnar file, computed by the report's own aggregation.
 
-    ``beside``: the day's rollup file, whose rows were retired, to keep the VMs of: the
-    columnar file then holds only VMs it lacks (late records of VMs silent that day), and
-    the new file holds both.  Written alone it would replace every other VM's rollups of
-    the day with those few.
+    The day's rollup file, if there is one, may hold VMs the columnar file does not: its rows
+    were retired, and the columnar file holds only records that came since, of VMs silent that
+    day until then (an agent's spool after a long partition).  Their rollups are kept beside the
+    new ones: written alone, the new file would replace every other VM's rollups of the day.
     """
     import pyarrow as pa
 
@@ -505,7 +505,9 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True, 
 
     name = logstore.day_name(day)
     vms = logstore.tier_info(columnar)["vms"]
-    writer = logstore.rollup_writer(logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name))
+    target = logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name)
+    beside = target if _others(target, vms) else None
+    writer = logstore.rollup_writer(target)
     # Rollup tables of chunks not yet written: one row group of many VMs.  With ``beside``, all
     # of them, to be put in VM order with the kept ones (a day's late VMs are few).
     pending: list = [] if beside is None else [_kept_rollups(beside, vms)]
@@ -535,6 +537,15 @@ def _write_rollups(data_dir: str, day: int, columnar: str, commit: bool = True, 
     if commit:
         writer.commit()
     return writer
+
+
+def _others(path: str, vms: list[str]) -> bool:
+    """Whether a rollup file holds VMs besides ``vms`` (one that cannot be read holds none
+    worth keeping: the new file replaces it, as it always did)."""
+    try:
+        return bool(set(logstore.tier_info(path)["vms"]) - set(vms))
+    except (OSError, ValueError):
+        return False
 
 
 def _kept_rollups(path: str, replaced: list[str]):
