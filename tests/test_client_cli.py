@@ -59,6 +59,12 @@ def test_a_variable_that_names_no_setting_is_warned_of_not_silently_ignored():
 # Status 2: a malformed setting (restarting cannot help); 1: the setting may start working later.
 @pytest.mark.parametrize("args, status, message", [
     (["--server", "127.0.0.1:99999"], 2, "--server: bad server address"),
+    # A URL is no address: "cannot resolve", exit 1, restarted by the unit every 10 s for ever.
+    (["--server", "http://127.0.0.1:8899"], 2,
+     "--server: bad server address 'http://127.0.0.1:8899': expected HOST:PORT, [IPv6]:PORT or "
+     "an IPv6 address, not a URL"),
+    (["--server", "stats.internal:8899/write"], 2, "--server: bad server address"),
+    (["--server", "ops@stats.internal"], 2, "not a URL or a path"),
     (["--server", "no-such-host.invalid:8899"], 1, "cannot resolve server"),
     (["--server", "127.0.0.1:8899", "--key-file", "/nonexistent/key"], 1, "cannot read key file"),
     (["--server", "127.0.0.1:8899", "--vm-id", "../etc"], 2, "--vm-id: vm id '../etc' is not an IP"),

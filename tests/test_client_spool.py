@@ -197,12 +197,15 @@ def test_backoff_doubles_with_jitter_up_to_the_cap():
     ("aggregator.example", ("aggregator.example", protocol.DEFAULT_PORT)),
     ("[::1]:9000", ("::1", 9000)),
     ("::1", ("::1", protocol.DEFAULT_PORT)),
+    ("fe80::1%eth0", ("fe80::1%eth0", protocol.DEFAULT_PORT)),
+    ("stats_1.internal", ("stats_1.internal", protocol.DEFAULT_PORT)),
 ])
 def test_server_addresses(text, expected):
     assert transport.parse_server(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "host:", "host:0", "host:70000", "host:abc", "[::1", ":80"])
+@pytest.mark.parametrize("text", ["", "host:", "host:0", "host:70000", "host:abc", "[::1", ":80",
+                                  "udp://10.0.0.1:8899", "stats:8899:1", "a b:8899", "[a/b]:1"])
 def test_bad_server_addresses(text):
     with pytest.raises(transport.TransportError):
         transport.parse_server(text)

@@ -17,6 +17,7 @@ Standard library only, Python 3.6+.
 import logging
 import os
 import random
+import re
 import socket
 import time
 
@@ -50,6 +51,12 @@ class Refused(DeliveryError):
     """The server answered ``#!nak``: the connection is fine, the batch waits."""
 
 
+#: What no host name or address holds: a URL's scheme, user or path, a space.  A URL given as
+#: the server (``http://stats:8899``) was looked up as a name, "cannot resolve", exit 1, and
+#: the unit restarted the agent every 10 s for ever on a setting only an edit mends.
+_NOT_IN_HOST_RE = re.compile(r"[/@?#\[\]\s]")
+
+
 def parse_server(text):
     """``(host, port)`` from ``HOST:PORT``, ``[IPv6]:PORT`` or ``HOST`` (default port)."""
     text = (text or "").strip()
@@ -63,9 +70,24 @@ def parse_server(text):
         host, port = text[1:end], text[end + 2:] or port
     elif text.count(":") == 1:
         host, port = text.split(":")
+    elif ":" in text and not _ipv6(text):
+        raise TransportError("bad server address %r: expected HOST:PORT, [IPv6]:PORT or an "
+                             "IPv6 address%s" % (text, ", not a URL" if "://" in text else ""))
+    if _NOT_IN_HOST_RE.search(host):
+        raise TransportError("bad server address %r: expected HOST:PORT, not a URL or a path"
+                             % text)
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise TransportError("bad server address %r: expected HOST:PORT with a port 1-65535" % text)
     return host, int(port)
+
+
+def _ipv6(text):
+    """Whether ``text`` is an IPv6 address (with a zone, ``fe80::1%eth0``, or not)."""
+    try:
+        socket.inet_pton(socket.AF_INET6, text.partition("%")[0])
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def resolve(host, port, kind):
