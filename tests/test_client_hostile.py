@@ -6,11 +6,16 @@ and asserts on what the server wrote and what the agent said.
 
 import os
 import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 from serverproc import ServerProcess
 from test_client_push import ENV, ROOT, agent_command, oldest_python, wait_rows
+
+from vmstats.client import spool as spool_module
+from vmstats.client import transport
 
 FIXTURE = ROOT / "tests" / "data" / "proc" / "c"
 PYTHON = oldest_python()
@@ -107,3 +112,29 @@ def test_a_spool_folder_removed_under_a_running_agent_is_made_again(server, tmp_
     seqs = [int(r["seq"]) for r in wait_rows(server.data_dir, "cleaned-vm", 6 - lost)]
     assert len(seqs) == len(set(seqs)) == 6 - lost and seqs[-1] == 5, err
     assert os.listdir(str(spool)) == ["lock"]
+
+
+def test_tcp_goes_to_the_servers_next_address_when_its_first_refuses(server, tmp_path, monkeypatch):
+    """A name with an IPv6 and an IPv4 address (IPv6 first where the VM routes it) of a server
+    listening on IPv4 only: every connection was refused on IPv6 and nothing delivered.  A name
+    with two addresses cannot be set up here without the machine's resolver: this one answer
+    is stood in for; the connections and the server are real."""
+    port = server.tcp_port
+    real = socket.getaddrinfo
+
+    def dual_stack(host, *args, **kwargs):
+        if host != "stats.dual.test":
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", dual_stack)
+    store = spool_module.Spool(str(tmp_path / "spool"), 10)
+    sender = transport.TcpSender("stats.dual.test", port, store, timeout=5)
+    try:
+        sender.send([b"vmstats,vm=dual-vm cpu=1,mem=2,seq=0i %d" % int(time.time())])
+        assert len(store) == 0 and sender.acked == 1
+        assert sender.sock.getpeername()[:2] == ("127.0.0.1", port)
+    finally:
+        sender.close()
+    assert len(wait_rows(server.data_dir, "dual-vm", 1)) == 1

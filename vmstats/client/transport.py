@@ -92,12 +92,16 @@ def _ipv6(text):
 
 def resolve(host, port, kind):
     """The socket address of the server (first answer of the resolver)."""
+    return addresses(host, port, kind)[0]
+
+
+def addresses(host, port, kind):
+    """``[(family, address)]`` of the server, in the resolver's order."""
     try:
         answers = socket.getaddrinfo(host, port, 0, kind)
     except (socket.gaierror, UnicodeError) as exc:
         raise TransportError("cannot resolve server %s: %s" % (host, getattr(exc, "strerror", exc)))
-    family, _type, _proto, _name, address = answers[0]
-    return family, address
+    return [(family, address) for family, _type, _proto, _name, address in answers]
 
 
 def local_address(host, port):
@@ -300,14 +304,22 @@ class TcpSender(object):
         return False
 
     def _connect(self):
-        family, address = resolve(self.host, self.port, socket.SOCK_STREAM)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(address)
-        except (OSError, socket.timeout):
-            sock.close()
-            raise
+        """Connect to the first of the server's addresses that answers, in the resolver's
+        order: a name with an IPv6 and an IPv4 address (IPv6 first where the VM has a route
+        for it) of a server listening on IPv4 alone (``--bind 0.0.0.0``, the default) was
+        refused on IPv6 at every try, and nothing was ever delivered."""
+        failure = None
+        for family, address in addresses(self.host, self.port, socket.SOCK_STREAM):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(address)
+                break
+            except (OSError, socket.timeout) as exc:
+                sock.close()
+                failure = exc
+        else:
+            raise failure
         self.sock = sock
         self._pending = b""
         if self.backoff.failures:
