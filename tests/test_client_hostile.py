@@ -5,6 +5,7 @@ and asserts on what the server wrote and what the agent said.
 """
 
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -138,3 +139,27 @@ def test_tcp_goes_to_the_servers_next_address_when_its_first_refuses(server, tmp
     finally:
         sender.close()
     assert len(wait_rows(server.data_dir, "dual-vm", 1)) == 1
+
+
+def test_a_damaged_spool_file_too_big_for_a_record_is_discarded_unread(server, tmp_path):
+    """A record file of hundreds of MiB (damage) was read whole: a MemoryError under the
+    agent's memory cap at every start, so that nothing was delivered ever again."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with open(str(spool / "0000000000000000.rec"), "wb") as damaged:
+        damaged.truncate(1 << 30)                # sparse: no disk, 1 GiB to read
+    (spool / "0000000000000001.rec").write_text("vmstats,vm=capped-vm cpu=1,mem=2,seq=7i %d"
+                                                % (time.time() - 60))
+
+    def cap_memory():                            # as the unit's MemoryMax=64M caps it, roughly
+        resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
+
+    result = subprocess.run(command("--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp",
+                                    "--count", "1", "--vm-id", "capped-vm", "--spool-dir", str(spool),
+                                    "--proc-root", str(FIXTURE)),
+                            env=ENV, capture_output=True, text=True, timeout=60, preexec_fn=cap_memory)
+    assert result.returncode == 0, result.stderr
+    assert "spool: discarded 1 unreadable record file (gone, empty, not a regular file, or larger " \
+        "than any record)" in result.stderr
+    assert sorted(int(r["seq"]) for r in wait_rows(server.data_dir, "capped-vm", 2)) == [0, 7]
+    assert os.listdir(str(spool)) == ["lock"]

@@ -114,7 +114,7 @@ def test_a_fifo_with_a_records_name_in_the_spool_is_discarded_not_waited_on(serv
                        "--count", "2", "--vm-id", "fifo-vm", "--spool-dir", str(spool_dir),
                        timeout=30)
     assert result.returncode == 0, result.stderr
-    assert "discarded 2 unreadable record files" in result.stderr
+    assert "discarded 2 unreadable record files (gone, empty, not a regular file" in result.stderr
     assert_each_once(wait_rows(server.data_dir, "fifo-vm", 2), 2)
     assert sorted(os.listdir(str(spool_dir))) == ["0000000000000001.rec", "lock"]  # a folder stays
 

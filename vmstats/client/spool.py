@@ -20,6 +20,7 @@ import logging
 import os
 import stat
 
+from vmstats.protocol import MAX_DATAGRAM_SIZE
 from vmstats.words import counted
 
 LOG = logging.getLogger("vmstats.agent")
@@ -150,8 +151,8 @@ class Spool(object):
     def oldest(self, max_records, max_bytes):
         """``[(name, line)]`` of the oldest records, within both limits (at least one).
 
-        A file that vanished or is empty (a crash between create and write)
-        is discarded rather than sent.
+        A file that vanished or is empty (a crash between create and write),
+        or that is no record (read_record), is discarded rather than sent.
         """
         batch = []
         size = 0
@@ -168,7 +169,8 @@ class Spool(object):
             batch.append((name, line))
             size += len(line) + 1
         if broken:
-            LOG.warning("spool: discarded %s", counted(len(broken), "unreadable record file"))
+            LOG.warning("spool: discarded %s (gone, empty, not a regular file, or larger than "
+                        "any record)", counted(len(broken), "unreadable record file"))
             self.remove(broken)
         return batch
 
@@ -197,20 +199,25 @@ def not_a_folder(path):
 
 
 def read_record(path):
-    """A record file's line; b"" for anything that is not a readable regular file.
+    """A record file's line; b"" for anything that is not a readable regular file of at most
+    MAX_DATAGRAM_SIZE bytes (the longest line the server takes).
 
     Opened without blocking and checked before the read: a FIFO with a record's name in the
-    spool (nothing the agent makes) would otherwise hold the agent for ever at its next send.
+    spool (nothing the agent makes) would otherwise hold the agent for ever at its next send,
+    and a damaged file of hundreds of MiB ended it in a MemoryError (or the unit's MemoryMax)
+    at every start, so that nothing was ever delivered again.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (IOError, OSError):
         return b""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_DATAGRAM_SIZE:
             return b""
         with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read().strip()
+            line = handle.read(MAX_DATAGRAM_SIZE + 1)
+        return b"" if len(line) > MAX_DATAGRAM_SIZE else line.strip()
     except (IOError, OSError):
         return b""
     finally:
