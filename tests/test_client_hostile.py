@@ -163,3 +163,14 @@ def test_a_damaged_spool_file_too_big_for_a_record_is_discarded_unread(server, t
         "than any record)" in result.stderr
     assert sorted(int(r["seq"]) for r in wait_rows(server.data_dir, "capped-vm", 2)) == [0, 7]
     assert os.listdir(str(spool)) == ["lock"]
+
+
+def test_tcp_to_the_aggregators_http_port_says_what_answered(server, tmp_path):
+    """The HTTP port given for the TCP one: its '400 Bad Request' was swallowed, and the log
+    said only 'connection closed by the server', which points at a server in trouble."""
+    result = agent("--server", "127.0.0.1:%d" % server.http_port, "--transport", "tcp", "--count", "1",
+                   "--vm-id", "wrong-port", "--spool-dir", str(tmp_path / "spool"), "--timeout", "5",
+                   "--backoff-max", "0.5", "--proc-root", str(FIXTURE))
+    assert result.returncode == 3, result.stderr
+    assert ("failed (connection closed by the server, after answering 'HTTP/1.1 400 Bad Request': "
+            "is port %d the aggregator's TCP port?)" % server.http_port) in result.stderr

@@ -361,9 +361,13 @@ class TcpSender(object):
     def _await_reply(self, token):
         """``(accepted, rejected, refused)`` for ``token``; ``refused`` is None for an ack.
 
-        Replies to older tokens (a batch given up on after a timeout) are skipped.
+        Replies to older tokens (a batch given up on after a timeout) are skipped.  The first
+        line that is no control line at all is named in the failure: the port of another
+        service (the aggregator's HTTP port given for its TCP one) answered with its own
+        error, and "connection closed by the server" pointed at a server in trouble instead.
         """
         deadline = self.clock() + self.timeout
+        stray = None
         while True:
             end = self._pending.find(b"\n")
             while end >= 0:
@@ -373,17 +377,21 @@ class TcpSender(object):
                     return reply[1:]
                 if reply is None and token in line:
                     raise DeliveryError("unexpected reply %r" % line[:80])
+                if stray is None and reply is None and line.strip() and not line.startswith(b"#!"):
+                    stray = line.strip()[:60].decode("ascii", "replace")
                 end = self._pending.find(b"\n")
             remaining = deadline - self.clock()
+            said = "" if stray is None else (", after answering %r: is port %d the aggregator's "
+                                             "TCP port?" % (stray, self.port))
             if remaining <= 0:
-                raise DeliveryError("no acknowledgement within %.1fs" % self.timeout)
+                raise DeliveryError("no acknowledgement within %.1fs%s" % (self.timeout, said))
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(4096)
             except socket.timeout:
-                raise DeliveryError("no acknowledgement within %.1fs" % self.timeout)
+                raise DeliveryError("no acknowledgement within %.1fs%s" % (self.timeout, said))
             if not data:
-                raise DeliveryError("connection closed by the server")
+                raise DeliveryError("connection closed by the server" + said)
             if len(self._pending) > 65536:
                 raise DeliveryError("oversized reply")
             self._pending += data
