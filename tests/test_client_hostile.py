@@ -7,6 +7,7 @@ and asserts on what the server wrote and what the agent said.
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -174,3 +175,40 @@ def test_tcp_to_the_aggregators_http_port_says_what_answered(server, tmp_path):
     assert result.returncode == 3, result.stderr
     assert ("failed (connection closed by the server, after answering 'HTTP/1.1 400 Bad Request': "
             "is port %d the aggregator's TCP port?)" % server.http_port) in result.stderr
+
+
+def test_a_stop_during_a_delivery_the_server_never_answers_waits_once_not_twice(tmp_path):
+    """A server that takes connections and never answers (here: stopped with SIGSTOP, its
+    kernel still accepting): a SIGTERM during the wait for its acknowledgement was followed by
+    a second, forced attempt, so the stop took --timeout twice.  The records stay spooled."""
+    spool = tmp_path / "spool"
+    with ServerProcess(tmp_path / "server") as hung:
+        hung.proc.send_signal(signal.SIGSTOP)
+        try:
+            running = subprocess.Popen(
+                command("--server", "127.0.0.1:%d" % hung.tcp_port, "--transport", "tcp",
+                        "--vm-id", "stopped-vm", "--spool-dir", str(spool), "--timeout", "4",
+                        "--proc-root", str(FIXTURE)),
+                env=ENV, stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 30     # its first record spooled: now it waits
+                while not spooled(spool):
+                    assert time.monotonic() < deadline and running.poll() is None
+                    time.sleep(0.05)
+                running.send_signal(signal.SIGTERM)
+                _out, err = running.communicate(timeout=60)
+            finally:
+                if running.poll() is None:
+                    running.kill()
+                    running.wait()
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
+    assert running.returncode == 0, err
+    assert err.count("failed (no acknowledgement within 4.0s)") == 1, err
+    assert "1 record left in the spool for the next start" in err
+    assert spooled(spool) == 1
+
+
+def spooled(folder):
+    """How many records the spool at ``folder`` holds."""
+    return len([n for n in os.listdir(str(folder)) if n.endswith(".rec")]) if folder.exists() else 0

@@ -100,6 +100,8 @@ class Sleeper(object):
         self.clock = clock
         self.stopped = False
         self.signal = None
+        #: When (on ``clock``) the stop was asked for, or None.
+        self.stopped_at = None
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
@@ -112,9 +114,11 @@ class Sleeper(object):
     def _on_signal(self, number, _frame):
         # No logging here: the handler may run while the logging lock is held.
         self.signal = number
+        self.stopped_at = self.clock()
         self.stopped = True
 
     def stop(self):
+        self.stopped_at = self.clock()
         self.stopped = True
         try:
             os.write(self._write, b"x")
@@ -237,7 +241,13 @@ class Agent(object):
     def _stop(self, produced):
         if getattr(self.sleeper, "signal", None):
             LOG.info("stopping on signal %d", self.sleeper.signal)
-        if not self.sender.flush(force=True) and not self.config.count:
+        # One last delivery attempt, unless one already failed after the stop was asked for:
+        # a server that takes connections and never answers (stopped, swapping) made a stop
+        # wait out --timeout twice, and the unit's stop timeout may be near.
+        stopped_at = getattr(self.sleeper, "stopped_at", None)
+        failed_at = getattr(self.sender, "failed_at", None)
+        again = stopped_at is None or failed_at is None or failed_at < stopped_at
+        if not self.sender.flush(force=again) and not self.config.count:
             # A --count run says it in its last line (count_outcome), with the spool's path.
             left = len(self.sender.spool)
             LOG.warning("%s left in the spool for the next start", counted(left, "record"))

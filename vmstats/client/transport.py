@@ -247,6 +247,8 @@ class TcpSender(object):
         self._tokens = 0
         self._prefix = os.urandom(3).hex()
         self.retry_at = 0.0
+        #: When (on ``clock``) a delivery last failed, or None.
+        self.failed_at = None
         self.acked = 0
         self.rejected = 0
         self.lost = 0
@@ -296,7 +298,8 @@ class TcpSender(object):
 
     def _later(self, exc):
         delay = self.backoff.next_delay()
-        self.retry_at = self.clock() + delay
+        self.failed_at = self.clock()
+        self.retry_at = self.failed_at + delay
         LOG.warning("TCP delivery to %s:%d failed (%s); %s spooled, retry in %.1fs",
                     self.host, self.port, getattr(exc, "strerror", None) or exc,
                     counted(len(self.spool), "record"),
