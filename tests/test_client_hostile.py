@@ -16,8 +16,9 @@ import pytest
 from serverproc import ServerProcess
 from test_client_push import ENV, ROOT, agent_command, oldest_python, wait_rows
 
+from vmstats.client import agent as agent_module
+from vmstats.client import config, transport
 from vmstats.client import spool as spool_module
-from vmstats.client import transport
 
 FIXTURE = ROOT / "tests" / "data" / "proc" / "c"
 PYTHON = oldest_python()
@@ -212,3 +213,37 @@ def test_a_stop_during_a_delivery_the_server_never_answers_waits_once_not_twice(
 def spooled(folder):
     """How many records the spool at ``folder`` holds."""
     return len([n for n in os.listdir(str(folder)) if n.endswith(".rec")]) if folder.exists() else 0
+
+
+def test_a_clock_stepped_back_by_whole_intervals_loses_no_record_as_a_resend(server, tmp_path):
+    """NTP takes a clock that ran two minutes fast back by exactly 120 s: the next records got
+    the very stamps of two records already sent, and the server kept one record per (VM,
+    second), taking each for a resend.  The agent's loop runs on a stood-in clock (minutes
+    pass at once); the records, the sender, the spool and the server are real."""
+    now, mono = int(time.time()) - 600, [0.0]
+
+    class Sleeper(object):
+        stopped = False
+
+        def until(self, deadline):
+            mono[0] = deadline
+            return True
+
+    def wall():
+        return now + mono[0] - (120.0 if mono[0] > 250 else 0.0)   # back 120 s after 4 records
+
+    settings = config.load(["--server", "127.0.0.1:%d" % server.tcp_port, "--proc-root", str(FIXTURE),
+                            "--jitter", "0", "--interval", "60", "--count", "6"], environ={})
+    store = spool_module.Spool(str(tmp_path / "spool"), 100)
+    sender = transport.TcpSender("127.0.0.1", server.tcp_port, store, timeout=10)
+    runner = agent_module.Agent(settings, sender, "stepped-vm", None, sleeper=Sleeper(),
+                                clock=lambda: mono[0], wall=wall)
+    try:
+        assert runner.run() == 6
+    finally:
+        runner.sampler.close()
+        sender.close()
+    assert sender.acked == 6 and len(store) == 0
+    rows = wait_rows(server.data_dir, "stepped-vm", 6)
+    assert sorted(int(r["seq"]) for r in rows) == list(range(6))
+    assert len(set(r["ts"] for r in rows)) == 6

@@ -17,6 +17,7 @@ for the next start.
 Standard library only, Python 3.6+.
 """
 
+import collections
 import logging
 import os
 import random
@@ -40,6 +41,11 @@ _ROUTE_PROBE = "192.0.2.1"
 LEFT_IN_SPOOL = 3
 #: A wall clock this far (s) behind the monotonic clock's progress was stepped back.
 CLOCK_STEP = 5.0
+#: How long (s) the stamps of the records sent are remembered, so that a clock stepped back
+#: never stamps a record with a second already used: the server keeps one record per (VM,
+#: second) and took the new one for a resend of the old.  Its --max-future (300 s) refused
+#: the records of a clock that was further ahead, so they cannot collide.
+RECENT_STAMPS = 600.0
 
 
 class AgentError(Exception):
@@ -168,6 +174,8 @@ class Agent(object):
         self.seq = 0
         self.last_ts = None
         self._last_clocks = None
+        self._recent = collections.deque(
+            maxlen=min(4096, max(16, int(RECENT_STAMPS / config.interval) + 1)))
 
     def stamp(self):
         """The wall-clock second of an interval's end, increasing record to record.
@@ -175,7 +183,10 @@ class Agent(object):
         The wall clock is compared with the monotonic one: falling behind it
         by more than CLOCK_STEP is a step back (NTP correcting a fast clock),
         and the new time is taken; otherwise a stamp that would not move
-        forward becomes the previous one plus one.
+        forward becomes the previous one plus one.  Either way a second
+        already used in the last RECENT_STAMPS becomes the next free one: a
+        step back by a whole number of intervals (two minutes, exactly) gave
+        the next records the very stamps of records already sent.
         """
         wall, mono = self.wall(), self.clock()
         ts = int(round(wall))
@@ -186,6 +197,9 @@ class Agent(object):
                             expected - wall)
             elif ts <= self.last_ts:
                 ts = self.last_ts + 1
+        while ts in self._recent:
+            ts += 1
+        self._recent.append(ts)
         self.last_ts = ts
         self._last_clocks = (wall, mono)
         return ts
