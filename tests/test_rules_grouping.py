@@ -17,8 +17,8 @@ from vmstats.rules import actionlog
 from vmstats.rules.config import RulesError, parse_rules
 from vmstats.rules.delivery import Dispatcher
 from vmstats.rules.evaluator import Engine
-from vmstats.rules.grouping import Grouping
-from vmstats.rules.notifiers import DeliveryError, Notifier
+from vmstats.rules.grouping import Batch, Grouping
+from vmstats.rules.notifiers import DeliveryError, Notifier, group_summary
 from vmstats.rules.notifiers.webhook import alertmanager_body, alertmanager_group_body
 
 
@@ -74,6 +74,9 @@ def test_group_by_takes_alertmanagers_defaults_and_names_the_tags_rules_carry():
      "group_interval: must be more than 0 (the least time between two notifications of a group)"),
     (dict(HOOK, group_by=["host"], group_interval="5m", repeat_interval="1m"),
      "repeat_interval: must be at least group_interval (300s), got 60s"),
+    (dict(HOOK, group_by=["host"], max_alerts=-1), "max_alerts: must be at least 0, got -1"),
+    (dict(HOOK, max_alerts=10),
+     "max_alerts: only with group_by (without it each event is sent on its own, at once)"),
     (dict(HOOK, group_by=["host"], group_wait="soon"),
      "group_wait: 'soon' is not a duration like 90s, 5m or 1h"),
 ])
@@ -215,6 +218,43 @@ def test_each_alert_of_a_group_resolves_or_goes_silent_on_its_own_then_leaves_it
     assert dispatcher.groups["hook"] == {} and dispatcher._placed["hook"] == {}
     clock.advance(10_000)
     assert len(receiver.sends) == 4
+
+
+def test_max_alerts_bounds_a_notification_news_first_and_what_it_cuts_waits_for_the_next():
+    clock, log, receiver, dispatcher = _dispatcher(Grouping(by=("alertname",), wait=10,
+                                                            interval=60, repeat=600, max_alerts=50))
+    dispatcher.submit([_event("vm%03d" % i, "alarm", float(i) / 100, 1) for i in range(120)])
+    clock.advance(10)
+    first = _answer(receiver)
+    assert (len(first["alerts"]), first["truncatedAlerts"]) == (50, 70)
+    assert [a["labels"]["scope"] for a in first["alerts"]] == ["vm%03d" % i for i in range(50)]
+    assert dispatcher.counts[("hook", "delivered")] == 50 and len(dispatcher.pending) == 70
+    # What was cut is not done: the attempt covers the 50 it carried, a replay keeps the rest.
+    assert len([e for e in log.entries if e["type"] == "attempt"][0]["covers"]) == 50
+    assert len(actionlog.replay(log.entries).pending) == 70
+    # Three resolve meanwhile: news, as the 70 cut are; the oldest news go first.
+    dispatcher.submit([_event(vm, "ok", 20.0, 2) for vm in ("vm000", "vm001", "vm119")])
+    clock.advance(60)
+    second = _answer(receiver)
+    assert [a["labels"]["scope"] for a in second["alerts"]] == ["vm%03d" % i for i in range(50, 100)]
+    assert second["truncatedAlerts"] == 70
+    clock.advance(60)
+    third = _answer(receiver)  # the last 22 news, then 28 of the alerts carried again
+    shown = {a["labels"]["scope"]: a["status"] for a in third["alerts"]}
+    assert len(shown) == 50 and third["truncatedAlerts"] == 70
+    assert {vm for vm, status in shown.items() if status == "resolved"} == {"vm000", "vm001", "vm119"}
+    assert {"vm%03d" % i for i in range(100, 119)} <= set(shown)
+    assert not dispatcher.pending and dispatcher.counts[("hook", "delivered")] == 123
+    assert dispatcher.counts[("hook", "notifications")] == 3
+    # Nothing new: the repeat carries the first 50 of the 117 still firing, and says so.
+    clock.advance(600)
+    repeat = _answer(receiver)
+    assert (len(repeat["alerts"]), repeat["truncatedAlerts"]) == (50, 67)
+    # A mail or chat message says so under its title.
+    title, text = group_summary(Batch("k", {"alertname": "hot"}, [(_event("vm0", "alarm", 0.0, 1), "k1")],
+                                      [], 67))
+    assert text.splitlines()[:2] == [title + " (1 alert)",
+                                     "and 67 more of the group, not listed (max_alerts)"]
 
 
 def test_an_alert_that_fires_and_resolves_within_group_wait_is_sent_once_resolved():

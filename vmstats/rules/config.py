@@ -367,7 +367,7 @@ def parse_rules(data: dict, path: str = "rules") -> RuleSet:
 
 
 #: An action's grouping keys, read by ``_grouping``.
-GROUPING_KEYS = ("group_by", "group_wait", "group_interval", "repeat_interval")
+GROUPING_KEYS = ("group_by", "group_wait", "group_interval", "repeat_interval", "max_alerts")
 
 
 def _grouping(reader: _Reader, kind) -> Grouping | None:
@@ -401,8 +401,10 @@ def _grouping(reader: _Reader, kind) -> Grouping | None:
     if repeat is not None and interval and 0 < repeat < interval:
         reader.problem("repeat_interval", "must be at least group_interval (%gs), got %gs"
                        % (interval, repeat))
+    max_alerts = reader.number("max_alerts", 0, minimum=0, integer=True)
     names = tuple(dict.fromkeys(ALIASES.get(name, name) for name in by))
-    return Grouping(by=names, wait=wait, interval=interval, repeat=repeat or None)
+    return Grouping(by=names, wait=wait, interval=interval, repeat=repeat or None,
+                    max_alerts=max_alerts or 0)
 
 
 def _settings(table, problems: list[str]) -> Settings:

@@ -453,10 +453,10 @@ class Dispatcher:
             group.passed(now)
             self._schedule(action, group)
             return
-        for pending in covers:
+        for pending in batch.covers:  # past max_alerts, those of the alerts it carries
             pending.attempts += 1
         entry = {"type": "attempt", "key": batch.key, "n": group.failures + 1, "at": self.wall(),
-                 "covers": {p.key: round(now - p.started, 3) for p in covers}}
+                 "covers": {p.key: round(now - p.started, 3) for p in batch.covers}}
         d = self.log.append([entry])
         d.addCallbacks(lambda _: self._send_group(action, group, batch), self._group_unlogged,
                        errbackArgs=(action, group))

@@ -11,7 +11,10 @@ Alertmanager does:
 - ``group_interval``: after a notification, changes to the group (alerts that
   fire, resolve or are reminded of) wait until this long after it;
 - ``repeat_interval``: a group with alerts still firing and nothing new is
-  sent again this long after its last notification.
+  sent again this long after its last notification;
+- ``max_alerts``: a notification carries at most this many alerts, news first,
+  and says how many it left out (``truncatedAlerts``); unlike Alertmanager's,
+  which drops what it cuts, news left out waits for the next notification.
 
 Each notification carries every alert of the group that fires, and those
 that resolved since the last one (then they leave the group).  An alert is a
@@ -46,6 +49,9 @@ class Grouping:
     interval: float = 300.0
     #: None: a group is not sent again while nothing changes in it.
     repeat: float | None = 14400.0
+    #: Alerts a notification carries at most (0: all of them), as Alertmanager's webhook
+    #: ``max_alerts``: a receiver that takes a bounded body (a chat, a ticket) gets one.
+    max_alerts: int = 0
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -54,10 +60,12 @@ class Grouping:
 
     def describe(self) -> str:
         """For ``vmstats rules check``."""
-        return ("one notification per %s, first after %gs, changes at most every %gs, %s"
+        return ("one notification per %s, first after %gs, changes at most every %gs, %s%s"
                 % ("group of " + ", ".join(self.by) if self.by else "action (every alert)",
                    self.wait, self.interval, "never repeated" if self.repeat is None
-                   else "repeated every %gs while firing" % self.repeat))
+                   else "repeated every %gs while firing" % self.repeat,
+                   ", at most %d alerts a notification" % self.max_alerts if self.max_alerts
+                   else ""))
 
     def key(self, labels: dict[str, str]) -> tuple:
         """The group of an alert with these labels (a label it lacks groups as missing)."""
@@ -116,6 +124,8 @@ class Batch:
     labels: dict[str, str]
     alerts: list[tuple[dict, str]]
     covers: list = field(default_factory=list)
+    #: Alerts of the group left out past ``max_alerts`` (Alertmanager's ``truncatedAlerts``).
+    truncated: int = 0
 
     @property
     def status(self) -> str:
@@ -174,21 +184,34 @@ class Group:
 
     def batch(self, key: str, covers: list,
               muted: Callable[[dict], bool] = lambda event: False) -> Batch | None:
-        """The notification: every alert the group holds, oldest first; None if nothing is left.
+        """The notification: the alerts the group holds, oldest first; None if nothing is left.
 
         An alert the group only carries again (no delivery of it waits: a repeat, or news of
         another alert) is left out while a mute covers it, as Alertmanager leaves silenced
         alerts out of a group's notifications: a mute made while the alert fired would
         otherwise page it every ``repeat_interval`` through the maintenance it was made for.
+
+        Past ``max_alerts`` the news (alerts a delivery waits on) come first, the oldest
+        first, then the alerts carried again; the rest are counted in ``truncated``, and the
+        deliveries of news left out are not covered: they wait for the next notification
+        (``group_interval`` on), so a resolution is never cut for good.
         """
-        news = {pending.key for pending in covers}
-        shown = [held for held in self.alerts.values() if held[1] in news or not muted(held[0])]
+        news = {identity(pending.event) for pending in covers}
+        shown = [held for alert, held in self.alerts.items() if alert in news or not muted(held[0])]
         if not shown:
             if not covers:
                 return None
             shown = list(self.alerts.values())  # deliveries wait on it: never left uncompleted
+        truncated = 0
+        limit = self.grouping.max_alerts
+        if limit and len(shown) > limit:
+            shown.sort(key=lambda held: (identity(held[0]) not in news, held[0]["at"]))
+            truncated = len(shown) - limit
+            shown = shown[:limit]
+            kept = {identity(event) for event, _key in shown}
+            covers = [pending for pending in covers if identity(pending.event) in kept]
         alerts = sorted(shown, key=lambda held: held[0]["at"])
-        self.sending = Batch(key, self.labels, alerts, covers)
+        self.sending = Batch(key, self.labels, alerts, covers, truncated)
         return self.sending
 
     def passed(self, now: float) -> None:

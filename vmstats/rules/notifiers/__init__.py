@@ -85,6 +85,8 @@ def group_summary(batch) -> tuple[str, str]:
     which = ", ".join("%s=%s" % kv for kv in sorted(batch.labels.items())) or "all alerts"
     title = "[%s] %s" % (" ".join(counts), which)
     lines = ["%s (%s)" % (title, counted(len(batch.alerts), "alert"))]
+    if batch.truncated:
+        lines.append("and %d more of the group, not listed (max_alerts)" % batch.truncated)
     for word, alerts in (("firing", fired), ("resolved", resolved)):
         if alerts:
             lines.append("")

@@ -52,7 +52,8 @@ def alertmanager_body(event: dict, receiver: str, key: str) -> bytes:
 def alertmanager_group_body(batch, receiver: str) -> bytes:
     """Alertmanager webhook v4 JSON for a group's notification: every alert of the group,
     each with its own status, labels and key; ``groupLabels`` are the ``group_by`` values."""
-    return _body([_alert(event, key) for event, key in batch.alerts], receiver, batch.labels)
+    return _body([_alert(event, key) for event, key in batch.alerts], receiver, batch.labels,
+                 batch.truncated)
 
 
 def _alert(event: dict, key: str) -> dict:
@@ -80,9 +81,9 @@ def _common(tables: list[dict]) -> dict:
     return common
 
 
-def _body(alerts: list[dict], receiver: str, group: dict[str, str]) -> bytes:
+def _body(alerts: list[dict], receiver: str, group: dict[str, str], truncated: int = 0) -> bytes:
     status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
-    body = {"version": "4", "groupKey": group_key_text(group), "truncatedAlerts": 0,
+    body = {"version": "4", "groupKey": group_key_text(group), "truncatedAlerts": truncated,
             "status": status, "receiver": receiver, "groupLabels": group,
             "commonLabels": _common([a["labels"] for a in alerts]),
             "commonAnnotations": _common([a["annotations"] for a in alerts]),
