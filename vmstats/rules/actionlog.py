@@ -306,6 +306,7 @@ class ActionLog:
         self._idle: list[defer.Deferred] = []
         #: A thread of its own: the log's writes never wait behind a notifier's send.
         self._workers = Workers(reactor, "vmstats-actionlog", 1)
+        self._closed = False
 
     def open(self) -> Replayed:
         """Create the folder, repair a torn end and replay (at start, before any record);
@@ -320,7 +321,13 @@ class ActionLog:
         return state
 
     def append(self, entries: list[dict]) -> defer.Deferred:
-        """Queue ``entries``; the Deferred fires when they are on disk (errback: not written)."""
+        """Queue ``entries``; the Deferred fires when they are on disk (errback: not written).
+
+        After ``close`` (a send answered as the server stops) nothing is written, and that is
+        no trouble to report: without its result a delivery is sent again at the next start.
+        """
+        if self._closed:
+            return defer.fail(OSError("the action log is closed: the server stops"))
         self.recent.extend(entries)
         done: defer.Deferred = defer.Deferred()
         data = b"".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
@@ -340,6 +347,7 @@ class ActionLog:
 
     def close(self) -> None:
         """At the end, once ``idle``: the writer thread ends."""
+        self._closed = True
         self._workers.close()
 
     def _write(self) -> None:

@@ -341,6 +341,8 @@ class Dispatcher:
         self._sending.pop(pending.key, None)
         if self.pending.get(pending.key) is not pending:  # dropped (its send cancelled)
             return
+        if self.stopped:  # a send the stop cut short: pending, sent again at the next start
+            return
         self.counts[(pending.action, "failed")] += 1
         error = failure.getErrorMessage() or failure.type.__name__
         self._failure_log.emit("delivery %s to %s failed (attempt %d): %s", pending.key,
@@ -493,6 +495,9 @@ class Dispatcher:
         self._schedule(action, group)
 
     def _group_failed(self, failure, action: str, group: Group, batch) -> None:
+        if self.stopped:  # cut short by the stop: its deliveries are sent again at the next start
+            group.sending = None
+            return
         self.counts[(action, "failed")] += 1
         error = failure.getErrorMessage() or failure.type.__name__
         self._failure_log.emit("notification %s of %s to %s failed (attempt %d): %s", batch.key,

@@ -13,8 +13,9 @@ import json
 from io import BytesIO
 from urllib.parse import urlsplit
 
-from twisted.internet import defer
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.internet import defer, error, protocol
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from vmstats.rules.grouping import ALERT_LABELS, alert_labels, fingerprint, firing, group_key_text
@@ -27,6 +28,9 @@ _NEVER = "0001-01-01T00:00:00Z"
 #: Requests in flight to one receiver; the rest wait their turn (a fleet going silent at once
 #: is thousands of events: they must not become thousands of connections and lookups).
 CONCURRENCY = 16
+#: Bytes of a receiver's answer kept, to quote in a failure; the rest is read and let go, so
+#: a receiver answering megabytes (or without end) costs no memory.
+ANSWER_KEPT = 200
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -142,22 +146,89 @@ class Webhook(Notifier):
             headers.addRawHeader(SIGNATURE_HEADER, sign(self.secret, body))
         d = self._agent.request(b"POST", self.url.encode("utf-8"), headers,
                                 FileBodyProducer(BytesIO(body)))
-        d.addCallback(self._answered)
+        d.addCallback(_answered)
         d.addTimeout(self.timeout, reactor)
+        d.addErrback(self._said)
         return d
 
-    def _answered(self, response) -> defer.Deferred:
-        def judge(_body):
-            if not 200 <= response.code < 300:
-                raise DeliveryError("HTTP %d" % response.code)
-            return response.code
-
-        return readBody(response).addCallback(judge)
+    def _said(self, failure):
+        """A failed send as one line a person reads in the log and ``vmstats alerts`` (not
+        the repr of a list of Twisted failures)."""
+        if failure.check(DeliveryError):
+            return failure
+        raise DeliveryError(_why(failure, self.timeout))
 
     def close(self):
         if self._pool is not None:
             return self._pool.closeCachedConnections()
         return None
 
+
+class _Answer(protocol.Protocol):
+    """A receiver's answer body: its first ``ANSWER_KEPT`` bytes kept, the rest let go.
+
+    An answer without a length ends when the connection closes (an HTTP/1.0 receiver, as
+    Python's ``http.server`` answers by default): complete, not a loss.  Twisted's
+    ``readBody`` held every byte and failed such an answer, so a 200 was retried, and
+    sent again, for a day.  A cancel (the timeout) aborts the connection; what it says
+    after that is not news.
+    """
+
+    def __init__(self, done: defer.Deferred):
+        self.done = done
+        self.head = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(self.head) < ANSWER_KEPT:
+            self.head += data[:ANSWER_KEPT - len(self.head)]
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(self.head)
+        else:
+            self.done.errback(DeliveryError("the connection closed in the middle of the answer"))
+
+
+def _answered(response) -> defer.Deferred:
+    """The receiver's verdict: 2xx took it; anything else (a redirect too: not followed, the
+    signed body is not sent elsewhere) is a failure, retried, that names what it said."""
+    reader = _Answer(defer.Deferred(lambda _d: abort()))
+
+    def abort() -> None:
+        transport = reader.transport
+        stop = getattr(transport, "abortConnection", None) or getattr(transport, "stopProducing", None)
+        if stop is not None:
+            stop()
+
+    def judge(head: bytes):
+        if 200 <= response.code < 300:
+            return response.code
+        said = "HTTP %d" % response.code
+        if 300 <= response.code < 400:
+            where = response.headers.getRawHeaders(b"location", [b""])[0]
+            said += " (a redirect to %s, not followed: point url at it)" % where.decode(
+                "utf-8", "replace")[:200]
+        else:
+            text = " ".join(head.decode("utf-8", "replace").split())[:120]
+            said += ": %s" % text if text else ""
+        raise DeliveryError(said)
+
+    response.deliverBody(reader)
+    return reader.done.addCallback(judge)
+
+
+def _why(failure, timeout: float) -> str:
+    """Why a request failed, in words: Twisted's ResponseFailed wraps a list of failures."""
+    if failure.check(defer.TimeoutError, defer.CancelledError):
+        return "no answer within %gs" % timeout
+    reasons = getattr(failure.value, "reasons", None) or [failure]
+    first = reasons[0]
+    if first.check(defer.CancelledError):
+        return "no answer within %gs" % timeout
+    if first.check(error.ConnectionDone, error.ConnectionLost):
+        return "the connection closed before the answer"
+    return first.getErrorMessage() or first.type.__name__
 
 NOTIFIER = Webhook
