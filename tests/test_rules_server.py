@@ -821,6 +821,43 @@ def test_a_group_scales_out_with_placement_and_a_cooldown_that_defers(tmp_path):
             assert any(e["reason"] == "cooldown" and e["direction"] == "out" for e in held)
 
 
+def test_a_scaling_command_that_fails_is_retried_within_its_cooldown_then_decided_again(tmp_path):
+    """A decision whose command keeps failing is not acted on a day late on the figures it was
+    made on, nor does it hold the rule's next decisions back for that day."""
+    log_file = tmp_path / "calls.txt"
+    script = tmp_path / "resize.py"
+    script.write_text("import os, sys\nwith open(%r, 'a') as out:\n"
+                      "    out.write(os.environ['VMSTATS_DESIRED'] + '\\n')\n"
+                      "sys.stderr.write('quota exceeded\\n')\nsys.exit(3)\n" % str(log_file))
+    body = ('[action.run]\nkind = "command"\nargv = ["%s", "%s"]\n\n[[rule]]\nname = "pool"\n'
+            'scope = "group"\nmatch = { id = "web-*" }\nmetric = "cpu"\nperiod = 1\n'
+            'actions = ["run"]\n[rule.scale]\ntarget = 50\nmax = 10\nout_cooldown = "2s"\n'
+            'in_cooldown = "1s"\n\n[settings]\nretry_min = "0.2s"\nretry_max = "0.5s"\n'
+            % (sys.executable, script))
+
+    def asked() -> list[str]:
+        return log_file.read_text().split() if log_file.exists() else []
+
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            def report(cpu: float) -> None:
+                server.send_udp(*[line("web-%d" % i, int(time.time()), cpu) for i in range(4)])
+                time.sleep(0.3)
+
+            wait_until(lambda: report(100.0) or len(asked()) >= 3, 20)  # 4 -> 8, failing
+            # The pool calms down: the next decision is a scale-in to 1, made once the failed
+            # scale-out's cooldown is over, not the scale-out retried for a day.
+            wait_until(lambda: report(10.0) or "1" in asked(), 20)
+            entries = log_entries(server)
+    assert set(asked()) == {"8", "1"} and asked().index("1") > asked().index("8")
+    out = next(e["event"] for e in entries if e["type"] == "event" and e["event"]["kind"] == "scale")
+    gave_up = [e for e in entries if e["type"] == "gave_up" and e["key"] == out["key"] + ".run"]
+    assert [e["reason"] for e in gave_up] == [
+        "undelivered within its 2s cooldown: the rule decides again on the figures of now"]
+    errors = {e["error"] for e in entries if e["type"] == "result" and not e["ok"]}
+    assert errors == {"exit 3 quota exceeded"}
+
+
 def test_a_simulated_pool_rising_and_falling_scales_out_then_in(tmp_path):
     """vmstats simulate-pool follows its load curve; the rule's command resizes it."""
     desired = tmp_path / "desired"

@@ -289,8 +289,8 @@ class Dispatcher:
             self._give_up(pending, "the action is no longer in the rules")
             return
         age = self.reactor.seconds() - pending.started
-        if age > self.retry_for:
-            self._give_up(pending, "undelivered after %gs" % self.retry_for)
+        if age > self._budget(pending):
+            self._give_up(pending, self._too_late(pending))
             return
         event = self._unwritten.pop(pending.event["key"], None)
         entries = [] if event is None else [{"type": "event", "event": event}]
@@ -356,7 +356,28 @@ class Dispatcher:
         if self.stopped:
             return
         delay = self._delay(pending.attempts)
+        budget = self._budget(pending)
+        if budget < self.retry_for:  # a scaling decision: given up as its cooldown ends
+            left = budget - (self.reactor.seconds() - pending.started)
+            delay = min(delay, max(0.0, left) + 0.001)
         self._timers[pending.key] = self.reactor.callLater(delay, self._attempt, pending)
+
+    def _budget(self, pending: Pending) -> float:
+        """How long a delivery is retried: ``retry_for``; a scaling decision's, at most its
+        cooldown.  A decision retried for a day was acted on when it finally went through,
+        on the figures of a day before, and held every later decision of its rule back (one
+        at a time): past its cooldown it is given up, and the rule decides again on the
+        figures of then (``evaluator.Engine._scale``)."""
+        cooldown = pending.event.get("cooldown") if pending.event["kind"] == "scale" else None
+        return self.retry_for if cooldown is None else min(self.retry_for, cooldown)
+
+    def _too_late(self, pending: Pending) -> str:
+        """Why a delivery past its budget is given up, in the log's words."""
+        budget = self._budget(pending)
+        if budget < self.retry_for:
+            return ("undelivered within its %gs cooldown: the rule decides again on the figures "
+                    "of now" % budget)
+        return "undelivered after %gs" % self.retry_for
 
     def _give_up(self, pending: Pending, reason: str) -> None:
         self._release(pending)
@@ -440,9 +461,9 @@ class Dispatcher:
             elif notifier is None:
                 del group.waiting[pending.key]
                 self._give_up(pending, "the action is no longer in the rules")
-            elif now - pending.started > self.retry_for:
+            elif now - pending.started > self._budget(pending):
                 del group.waiting[pending.key]
-                self._give_up(pending, "undelivered after %gs" % self.retry_for)
+                self._give_up(pending, self._too_late(pending))
             else:
                 covers.append(pending)
         due = group.due()

@@ -785,7 +785,10 @@ class Engine:
             rs.last_out = now
         else:
             rs.last_in = now
-        self._emit(dict(base, kind="scale", placement=where, actions=list(rule.actions)))
+        # Its deliveries are retried within its cooldown only (``delivery.Dispatcher``): past
+        # it, the next decision is made on the figures of then, not this one sent late.
+        self._emit(dict(base, kind="scale", placement=where, actions=list(rule.actions),
+                        cooldown=scale.out_cooldown if out else scale.in_cooldown))
 
     # -- reading ---------------------------------------------------------------------------------
     def states(self, limit: int = 10000) -> list[dict]:
