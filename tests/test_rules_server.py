@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -856,6 +857,44 @@ def test_a_scaling_command_that_fails_is_retried_within_its_cooldown_then_decide
         "undelivered within its 2s cooldown: the rule decides again on the figures of now"]
     errors = {e["error"] for e in entries if e["type"] == "result" and not e["ok"]}
     assert errors == {"exit 3 quota exceeded"}
+
+
+def test_a_command_past_its_timeout_is_killed_with_what_it_started(tmp_path):
+    """A script whose child hangs (a cloud CLI waiting on a dead API): the timeout kills both,
+    not the script alone, which left the child running on, one more at every retry."""
+    pids = tmp_path / "children.txt"
+    script = tmp_path / "resize.sh"
+    script.write_text("#!/bin/sh\nsleep 300 &\necho $! >> %s\nwait\n" % pids)
+    script.chmod(0o755)
+    body = ('[action.run]\nkind = "command"\nargv = ["%s"]\ntimeout = "1s"\n\n'
+            '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nperiod = 1\nactions = ["run"]\n'
+            '\n[settings]\nretry_min = "0.2s"\nretry_max = "0.5s"\n' % script)
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return "zombie" not in Path("/proc/%d/status" % pid).read_text(errors="replace").lower()
+
+    def started() -> list[int]:
+        return [int(x) for x in pids.read_text().split()] if pids.exists() else []
+
+    try:
+        with serve(tmp_path, rules_file(tmp_path, "http://127.0.0.1:9/", body)) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 99.0))
+            server.wait_metrics(lambda m: m.get(
+                'vmstats_rule_deliveries_total{action="run",result="failed"}', 0) >= 2, timeout=20)
+            errors = {e["error"] for e in log_entries(server) if e["type"] == "result" and not e["ok"]}
+            assert errors == {"still running after 1s: killed"}
+            wait_until(lambda: len(started()) >= 2 and not any(alive(pid) for pid in started()[:2]),
+                       10)
+    finally:
+        for pid in started():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_a_simulated_pool_rising_and_falling_scales_out_then_in(tmp_path):

@@ -9,6 +9,8 @@ inject words.  Exit status 0 is delivered; anything else, or running past
 
 import os
 import shutil
+import signal
+import sys
 
 from twisted.internet import defer, error, protocol
 
@@ -16,6 +18,15 @@ from vmstats.rules.notifiers import DeliveryError, Notifier, summary
 
 #: Programs of one action running at once; more events wait their turn.
 CONCURRENCY = 8
+
+#: Starts the action's program as the leader of a session of its own (then exec'd: the same
+#: process, exit status and output), so a timeout kills what it started as well: a script's
+#: hung cloud CLI lived on after its parent was killed, holding its pipes, one more at every
+#: retry.  127, with a line on stderr, when the program cannot be run.
+LEADER = ("import os, sys\nos.setsid()\ntry:\n    os.execvp(sys.argv[1], sys.argv[1:])\n"
+          "except OSError as exc:\n"
+          "    sys.stderr.write('cannot run %s: %s\\n' % (sys.argv[1], exc.strerror))\n"
+          "    sys.exit(127)\n")
 
 #: Event field -> environment variable.
 ENVIRONMENT = {"rule": "VMSTATS_RULE", "scope": "VMSTATS_SCOPE", "to": "VMSTATS_STATE",
@@ -94,18 +105,23 @@ class Command(Notifier):
         done: defer.Deferred = defer.Deferred()
         run = _Run(done)
         try:
-            process = reactor.spawnProcess(run, self.argv[0], list(self.argv),
+            process = reactor.spawnProcess(run, sys.executable,
+                                           [sys.executable, "-I", "-S", "-c", LEADER, *self.argv],
                                            env=environment(event, key))
         except OSError as exc:
             return defer.fail(DeliveryError("cannot run %s: %s" % (self.argv[0], exc)))
+        session = process.pid
 
         def overdue():
             if not done.called:
                 done.errback(DeliveryError("still running after %gs: killed" % self.timeout))
-                try:
-                    process.signalProcess("KILL")
-                except error.ProcessExitedAlready:
-                    pass
+                try:  # the program and whatever it started (its session's process group)
+                    os.killpg(session, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):  # not a leader yet, or all gone
+                    try:
+                        process.signalProcess("KILL")
+                    except error.ProcessExitedAlready:
+                        pass
 
         timer = reactor.callLater(self.timeout, overdue)
         done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
