@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/rules_reliability.py                 # 20 kills, a 10-minute outage
     .venv/bin/python bench/rules_reliability.py --outage 60     # a shorter outage
+    .venv/bin/python bench/rules_reliability.py --kills 0 --outage 0 --group-kills -1  # grouped only
 
 Kills: ``--kills`` times the server is SIGKILLed while a slow receiver (0.3 s
 a request, honouring the idempotency key) has deliveries under way; each
@@ -27,6 +28,16 @@ member, none lost to the warm-up each start begins with), each received
 once by key, and the whole run exactly one scaling action: hot phases ask
 for a scale-out, calm ones a scale-in, and the cooldowns, restored from the
 action log at each start, hold every decision after the first.
+
+Grouped: 200 VMs behind one webhook with ``group_by = ["alertname"]`` and
+``max_alerts = 50`` (1 s group timers), all hot then all calm, ``--grouped-kills``
+times; each time the server is SIGKILLed as soon as the phase's second
+notification is logged, while the slow receiver holds it and the other 100
+alerts wait their turn.  Every notification must carry at most 50 alerts (the
+rest counted in ``truncatedAlerts``), and every transition must reach the
+receiver, or be superseded there by a later one of its VM (what a group
+sends is each alert's latest event): lost are those neither; at the end the
+receiver's latest status of each alert must be the log's.
 """
 
 import argparse
@@ -129,6 +140,95 @@ def group(folder: Path, hook: WebhookReceiver, kills: int, loss: float, members:
             "posts": len(keys), "repeats_caught_by_key": len(keys) - len(set(keys))}
 
 
+#: The grouped run's actions (the rule is HOT): a webhook grouping every alert of the rule, 50
+#: a notification.
+GROUPED = """
+[action.hook]
+kind = "webhook"
+url = "%s"
+secret = "%s"
+timeout = "5s"
+group_by = ["alertname"]
+group_wait = "1s"
+group_interval = "1s"
+repeat_interval = 0
+max_alerts = 50
+
+[action.say]
+kind = "log"
+
+[settings]
+retry_min = "0.2s"
+retry_max = "0.5s"
+"""
+
+
+def grouped(folder: Path, hook: WebhookReceiver, kills: int, vms: int = 200,
+            max_alerts: int = 50) -> dict:
+    """``vms`` VMs hot, then calm, through ``kills`` SIGKILLs (and a last clean run), each
+    phase's alerts in notifications of at most ``max_alerts``; see the module's doc."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rules = folder / "rules.toml"
+    rules.write_text(GROUPED % (hook.url, SECRET) + HOT % "")
+    names = ["10.0.3.%d" % i if i < 250 else "10.0.4.%d" % (i - 250) for i in range(vms)]
+
+    def logged(server, kind: str) -> list[dict]:
+        return [e for e in log_entries(server) if e["type"] == kind]
+
+    def notifications(server) -> int:  # the group's attempts (the log action's are not)
+        return sum(1 for e in logged(server, "attempt") if "covers" in e)
+
+    began = time.time()
+    phases = 0
+    for server in killed_servers(folder, str(rules), kills, 120):
+        cpu = 95.0 if phases % 2 == 0 else 20.0
+        want = (phases + 1) * vms
+        attempts = notifications(server)
+
+        def moved(run=server, cpu=cpu, want=want) -> bool:
+            now = int(time.time())
+            run.send_udp(*[line(vm, now, cpu) for vm in names])
+            time.sleep(0.25)
+            return sum(1 for e in logged(run, "event") if e["event"]["kind"] == "transition") >= want
+
+        wait_until(moved, 60)
+        # The phase's second notification logged (under way at the slow receiver, the first
+        # taken, 100 alerts waiting their turn): kill.
+        wait_until(lambda run=server, attempts=attempts: notifications(run) > attempts + 1, 30)
+        phases += 1
+    seconds = time.time() - began
+    events = {e["event"]["key"] + ".hook": e["event"] for e in logged(server, "event")}
+    with hook.lock:
+        bodies = [r["body"] for r in hook.received]
+        keys = list(hook.keys)
+    received = {}  # delivery key -> the alert as received
+    latest = {}  # VM -> (seq, status) of the latest event of it the receiver got
+    for body in bodies:
+        for alert in body["alerts"]:
+            key = alert["annotations"]["idempotency_key"]
+            received[key] = alert
+            event = events.get(key)
+            if event is not None and event["seq"] >= latest.get(event["scope"], (0, ""))[0]:
+                latest[event["scope"]] = (event["seq"], alert["status"])
+    lost = [key for key, event in events.items() if key not in received
+            and latest.get(event["scope"], (0, ""))[0] <= event["seq"]]
+    final = {}
+    for event in events.values():
+        if event["seq"] >= final.get(event["scope"], (0, ""))[0]:
+            final[event["scope"]] = (event["seq"], "resolved" if event["to"] == "ok" else "firing")
+    return {"vms": vms, "rounds": kills, "phases": phases, "transitions": len(events),
+            "notifications": len(bodies), "posts": len(keys),
+            "repeats_caught_by_key": len(keys) - len(set(keys)),
+            "most_alerts_in_one": max((len(b["alerts"]) for b in bodies), default=0),
+            "max_alerts": max_alerts,
+            "truncated_said": sum(1 for b in bodies if b["truncatedAlerts"]),
+            "superseded": sum(1 for key in events if key not in received) - len(lost),
+            "lost": lost,
+            "disagree_at_end": sum(1 for vm, (_seq, status) in final.items()
+                                   if latest.get(vm, (0, ""))[1] != status),
+            "seconds": round(seconds)}
+
+
 def outage(folder: Path, seconds: float, vms: int = 20) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     with WebhookReceiver(SECRET.encode()) as hook:
@@ -156,6 +256,8 @@ def main() -> int:
     parser.add_argument("--group-kills", type=int, default=5,
                         help="SIGKILLs of the group run (-1: skip it)")
     parser.add_argument("--group-loss", type=float, default=0.2, help="its datagrams dropped, 0-1")
+    parser.add_argument("--grouped-kills", type=int, default=5,
+                        help="SIGKILLs of the grouped (max_alerts) run (-1: skip it)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vmstats-bench-rules-rel-"))
@@ -176,6 +278,10 @@ def main() -> int:
                 results["group"] = group(work / "group", hook, args.group_kills, args.group_loss)
             results["group"]["seconds"] = round(time.time() - began)
             print(json.dumps(results["group"]), flush=True)
+        if args.grouped_kills >= 0:
+            with WebhookReceiver(SECRET.encode(), delay=0.3) as hook:
+                results["grouped"] = grouped(work / "grouped", hook, args.grouped_kills)
+            print(json.dumps(results["grouped"]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     kills = results["sigkill"]
@@ -204,6 +310,18 @@ def main() -> int:
               % (round(100 * args.group_loss), counted(g["rounds"], "SIGKILL"), g["phases"], g["transitions"],
                  len(g["lost"]), g["duplicated"], counted(g["scale_actions"], "scaling action"),
                  g["held_by_cooldown"], "met" if whole else "MISSED"))
+    if "grouped" in results:
+        g = results["grouped"]
+        whole = (not g["lost"] and not g["disagree_at_end"] and g["most_alerts_in_one"] <= g["max_alerts"]
+                 and g["transitions"] == g["phases"] * g["vms"])
+        ok = ok and whole
+        print("%d VMs grouped, max_alerts %d, %s: %d transitions in %d notifications (at most %d "
+              "alerts each, %d saying how many they left out), %d lost, %d superseded by a later "
+              "event of their VM, %d alerts whose last status at the receiver is not the log's "
+              "[target 0 lost, at most %d alerts a notification, all agree: %s]"
+              % (g["vms"], g["max_alerts"], counted(g["rounds"], "SIGKILL"), g["transitions"],
+                 g["notifications"], g["most_alerts_in_one"], g["truncated_said"], len(g["lost"]),
+                 g["superseded"], g["disagree_at_end"], g["max_alerts"], "met" if whole else "MISSED"))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0 if ok else 1
