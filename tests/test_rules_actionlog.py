@@ -29,13 +29,19 @@ def test_compaction_keeps_states_cooldowns_and_pending_deliveries(tmp_path):
     entries = [event("a", to="alarm", at=1), {"type": "result", "key": "a.hook", "ok": True},
                event("b", to="ok", at=2),
                {"type": "attempt", "key": "b.hook", "n": 3, "at": 50.5, "age": 40.25},
+               event("f", scope="10.0.0.2", kind="reminder", at=2.5),  # before its transition
+               {"type": "result", "key": "f.hook", "ok": True},
                event("c", scope="10.0.0.2", at=3), {"type": "gave_up", "key": "c.hook"},
                event("d", kind="scale", scope="group", at=4, direction="out", current=2,
                      desired=3, delta=1),
-               {"type": "result", "key": "d.hook", "ok": True}]
+               {"type": "result", "key": "d.hook", "ok": True},
+               event("e", kind="reminder", to="alarm", at=5), {"type": "result", "key": "e.hook", "ok": True}]
     full = replay(lines(entries).splitlines())
     small = replay(compacted(full))
     assert small.states == full.states and small.scaling == full.scaling
+    # The last reminder since each scope's transition: a restart times the next one from it.
+    assert {scope: e["key"] for scope, e in full.reminded.items()} == {("r", "10.0.0.1"): "e"}
+    assert small.reminded == full.reminded
     # With the retry budget it had spent: a compaction must not start it again.
     assert {k: (p.action, p.attempts, p.age, p.aged_at) for k, p in small.pending.items()} == {
         "b.hook": ("hook", 3, 40.25, 50.5)}

@@ -322,6 +322,27 @@ def test_last_heard_takes_each_vms_newest_record_from_either_tier_and_no_stray_d
         "10.0.0.3", "10.0.0.4"]
 
 
+def test_a_reminder_is_due_remind_after_the_last_notification_across_a_restart(tmp_path):
+    """Timed from the start, a server restarted more often than ``remind`` never reminded; the
+    action log says when the alarm was last notified, and the next reminder is due from then."""
+    body = HOT.replace('actions = ["hook", "say"%s]', 'remind = "60s"\nactions = ["hook"]')
+    later = {"PYTHONPATH": str(ROOT / "tests" / "stepclock"), "VMSTATS_TEST_STEP": "1",
+             "VMSTATS_TEST_OFFSET": "58"}  # the restart is 58 s after the stop by its clock
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, body)
+        with serve(tmp_path, rules) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 99.0))
+            hook.wait(1)
+        with serve(tmp_path, rules, env=later) as server:
+            def hot() -> list[dict]:
+                server.send_udp(line("10.0.0.1", int(time.time()) + 58, 99.0))
+                time.sleep(0.2)
+                return hook.alerts()[1:]
+
+            reminder = wait_until(hot, 10)
+    assert [(a["annotations"]["event"], a["status"]) for a in reminder] == [("reminder", "firing")]
+
+
 def test_sighup_reload_keeps_unchanged_state_and_refuses_a_bad_file(tmp_path):
     with WebhookReceiver(SECRET.encode()) as hook:
         rules = rules_file(tmp_path, hook.url, HOT % "")

@@ -77,6 +77,9 @@ class Replayed:
     states: dict = field(default_factory=dict)
     #: (rule, direction) -> the last scaling event.
     scaling: dict = field(default_factory=dict)
+    #: (rule, scope) -> the last reminder since the scope's last transition: a restart times
+    #: the next one from it, not from the start.
+    reminded: dict = field(default_factory=dict)
     #: delivery key -> Pending, oldest first.
     pending: dict = field(default_factory=dict)
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))
@@ -185,6 +188,9 @@ def replay(lines) -> Replayed:
             event = entry["event"]
             if event["kind"] == "transition":
                 result.states[(event["rule"], event["scope"])] = event
+                result.reminded.pop((event["rule"], event["scope"]), None)
+            elif event["kind"] == "reminder":
+                result.reminded[(event["rule"], event["scope"])] = event
             if event["kind"] in ("transition", "reminder"):
                 # Heard (or held back again: its ``muted`` entries follow, with what was told).
                 result.held.pop((event["rule"], event["scope"]), None)
@@ -254,9 +260,11 @@ def read(path: str, repair: bool = False) -> Replayed:
 
 
 def compacted(state: Replayed) -> list[dict]:
-    """The fewest entries that replay to the same states, cooldowns and pending deliveries."""
+    """The fewest entries that replay to the same states, cooldowns, reminders and pending
+    deliveries."""
     entries: dict[str, dict] = {}
-    for event in list(state.states.values()) + list(state.scaling.values()):
+    for event in (list(state.states.values()) + list(state.scaling.values())
+                  + list(state.reminded.values())):
         entries[event["key"]] = {"type": "event", "event": event}
     attempts = []
     for pending in state.pending.values():

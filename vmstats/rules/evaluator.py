@@ -184,7 +184,8 @@ class Engine:
                 self._retire(previous, "the rule's scope changed", now)
                 continue
             for series in previous.series.values():
-                self._carry(rs, series.scope, series.state, series.since, series.seq, now)
+                self._carry(rs, series.scope, series.state, series.since, series.seq, now,
+                            series.notified)
             rs.last_out, rs.last_in = previous.last_out, previous.last_in
         for previous in old.values():
             self._retire(previous, "the rule was removed", now)
@@ -197,9 +198,11 @@ class Engine:
             if series.state != "ok":
                 self._transition(rs, series, "ok", now, None, reason)
 
-    def restore(self, event: dict) -> None:
+    def restore(self, event: dict, reminded: dict | None = None) -> None:
         """A scope's state as the action log's last transition of it left it (a restart keeps
-        alarms).
+        alarms); ``reminded``, the last reminder of it since, if any: the next is due ``remind``
+        after the last notification, as before the restart (timed from the start, a server
+        restarted more often than ``remind`` never reminded).
 
         Whatever the rule's definition then was: the rule in force decides the scope's next
         change from its first record (an edit made while the server was down resolves an
@@ -222,12 +225,14 @@ class Engine:
                             "reason": "the rule was removed" if rs is None
                             else "the rule's scope changed"})
             return
-        self._carry(rs, scope, state, event["at"], event["seq"], self.clock())
+        self._carry(rs, scope, state, event["at"], event["seq"], self.clock(),
+                    (reminded or event)["at"])
 
     def _carry(self, rs: RuleState, scope: str, state: str, since: float, seq: int,
-               now: float) -> None:
+               now: float, notified: float) -> None:
         """A scope's state taken over from before (a restart, a reload), decided again from its
-        next record: periods before it are "not yet", never missing."""
+        next record: periods before it are "not yet", never missing.  ``notified``: when its
+        receivers last heard of it (its reminders are timed from then)."""
         series = rs.series.get(scope)
         if series is None:
             if self.size >= self.settings.max_series:
@@ -238,7 +243,7 @@ class Engine:
         series = rs.series[scope] = Series(scope, RESTORED, now, state, since, seq)
         series.end = -1
         series.settled = False
-        series.notified = now
+        series.notified = min(notified, now)
         rs.states[state] += 1
 
     def reporting(self, vm: str, ts: float, labels: dict[str, str], stopped: float) -> None:
