@@ -553,6 +553,38 @@ def test_a_byte_changed_inside_a_journaled_line_refuses_its_write_and_replays_th
     assert journal_files(data) == []
 
 
+@pytest.mark.parametrize("digit", [b"9", b"0"], ids=["past_the_end", "short"])
+def test_a_damaged_length_refuses_its_write_and_replays_the_writes_after_it(tmp_path, digit):
+    """A unit header whose length was changed names other bytes than its write's: past the end
+    of the segment it looks like the last write cut short by a crash, which a replay leaves out
+    with everything after it; shorter, its checksum covers part of the write.  A header found
+    at a line start after the claimed start tells damage from a tear: the unit is refused,
+    named and counted, and the replay takes up again at that header."""
+    data = tmp_path / "data"
+    t = now() - 7200
+    batches = [[Record(vm="10.31.0.%d" % n, ts=t + 60 * i, cpu=2.0, mem=3.0) for i in range(30)]
+               for n in (1, 2, 3)]
+    path = kill_after(tmp_path / "a", data, *batches)
+    with open(path, "rb") as handle:
+        segment = handle.read()
+    start = segment.index(b"#!crc32 ", 1)  # the middle write's header
+    length = segment[start + 8:segment.index(b" ", start + 8)]
+    assert len(length) == 4 and length[:1] == b"1"  # 9xxx is past the end, 0xxx short of it
+    with open(path, "r+b") as handle:
+        handle.seek(start + 8)
+        handle.write(digit)
+    assert (start + 30 + int(digit + length[1:]) > len(segment)) == (digit == b"9")
+    with serve(tmp_path / "b", "--flush-interval", "1h", data_dir=data) as again:
+        assert again.metrics()[DAMAGED_UNITS] == 1
+        assert again.status_json()["journal"]["replayed_records"] == 60
+    assert again.returncode == 0, again.output
+    named = [text for text in again.output.splitlines() if "fail their checksum" in text]
+    assert len(named) == 1 and path in named[0] and " at offset %d " % start in named[0]
+    assert "cut short" not in again.output
+    assert raw_rows(data) == Counter((r.vm, r.ts) for r in batches[0] + batches[2])
+    assert journal_files(data) == []
+
+
 def test_a_garbled_window_line_refuses_its_write_rather_than_trust_it(tmp_path):
     """A ``#!window`` line one byte off named other stamps, and the replay parsed its payload
     within them: a line refused for its time went to the logs.  The line is in its write's

@@ -91,7 +91,7 @@ class Units(NamedTuple):
     #: header that cannot be read, up to the next header.
     damaged: list[tuple[int, int]]
     #: Offset of a last unit shorter than its header says (the process or the machine stopped
-    #: during its write), or None.
+    #: during its write: no header follows it), or None.
     torn: int | None
 
 
@@ -100,7 +100,11 @@ def check_units(data: bytes) -> Units:
 
     A damaged stretch ends at the next header: every ``#!`` line in a segment is the
     server's own (``Journal.append_records``), and none of them begins like a header, so a
-    header found is a unit's, whatever the damage before it.
+    header found is a unit's, whatever the damage before it.  The same header tells a tear
+    from damage: a unit that runs past the end of the segment is the last write cut short
+    only if no header follows its start; one followed by a header had its length changed
+    (as one whose length is short of its bytes fails its checksum), so it is damage, and
+    the units after it are read, not left out with it.
     """
     good: list[tuple[int, int]] = []
     damaged: list[tuple[int, int]] = []
