@@ -21,6 +21,9 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from vmstats import protocol
+from vmstats.protocol import Record
+from vmstats.server import journal as journal_module
+from vmstats.server import replay as replay_module
 from vmstats.server.buffer import Buffer
 from vmstats.server.formats.edge import Edge
 from vmstats.server.formats.httpwrite import WritePage
@@ -28,8 +31,9 @@ from vmstats.server.formats.influx import InfluxDecoder
 from vmstats.server.formats.journaling import KEY_FILE, MAC_DIGITS, PREFIX, EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.ingest import Ingest
-from vmstats.server.journal import Journal, frame, list_segments
+from vmstats.server.journal import Journal, check_units, frame, list_segments
 from vmstats.server.metrics import Metrics
+from vmstats.server.replay import replay
 
 VMS = 12
 STEPS = 18  # three minutes of 10 s steps
@@ -215,6 +219,48 @@ def test_a_replay_repeats_clock_completions_and_ignores_forged_lines(tmp_path):
     assert json.dumps(edge3.assembler.state(), sort_keys=True) == before[0]
     edge3.assembler.complete_all()
     assert len(edge3.assembler.take()) == VMS  # minute 2 of each VM
+
+
+def test_the_start_reads_and_checks_each_segment_once_and_settles_the_edge_before_retiring(
+        tmp_path, monkeypatch):
+    """The edge read every leftover segment and checked its units, and the replay did both
+    again (3 of every 4 ms of a 64 MiB segment's reading and checking were spent twice).  The
+    edge now takes its lines from the replay's one pass, and has its minutes back before the
+    replay retires a segment: the checkpoint written then holds them."""
+    directory, clock, journal, edge = edge_on_a_clock(tmp_path, "off")
+    t0 = 1_800_000_000 - 600
+    edge.feed(edge.influx, "\n".join(step_lines(1, t0)).encode(), divisor=1)
+    clock.advance(0)
+    journal.seal()
+    edge.feed(edge.influx, "\n".join(step_lines(2, t0)).encode(), divisor=1)
+    native = Record(vm="10.33.0.1", ts=t0, cpu=1.0, mem=2.0)
+    journal.append_records(line(native) + b"\n")
+    clock.advance(0)
+    state = json.dumps(edge.assembler.state(), sort_keys=True)
+    journal.close()
+    assert len(list_segments(directory)) == 2
+    checked = []
+
+    def counted(data):
+        checked.append(len(data))
+        return check_units(data)
+
+    monkeypatch.setattr(replay_module, "check_units", counted)
+    monkeypatch.setattr(journal_module, "check_units", counted)
+    again = Journal(Clock(), directory, Metrics(), fsync="off")
+    leftover = again.open()
+    edge2 = make_edge(directory, clock, again)
+    again.before_retire.append(edge2.journal.checkpoint)
+    sizes = [os.path.getsize(path) for _n, path in leftover]
+    data = str(tmp_path / "data")
+    assert replay(again, data, Buffer(Metrics(), 10, 10), Metrics(), readers=[edge2.journal]) == 1
+    assert checked == sizes and json.dumps(edge2.assembler.state(), sort_keys=True) == state
+    assert [(native.vm, native.ts)] == list(raw_rows(data))
+    again.close()
+    [(_n, path)] = list_segments(directory)  # the two replayed retired, the checkpoint's left
+    edge3 = make_edge(directory, clock, Journal(Clock(), directory, Metrics(), fsync="off"))
+    edge3.journal.restore([(_n, path)])
+    assert json.dumps(edge3.assembler.state(), sort_keys=True) == state
 
 
 def test_a_past_limit_shorter_than_a_minute_and_its_grace_still_files_the_edges_minutes(
@@ -434,3 +480,4 @@ def test_a_damaged_or_unreadable_edge_checkpoint_is_refused_counted_and_the_rest
             [row] = logged(tmp_path / case / "data", "tg-%02d" % i).to_dict("records")
             want = expected(i, 1, steps)
             assert row["ts"] == t0 + 60 and {key: row[key] for key in want} == want, (case, i)
+

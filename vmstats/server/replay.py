@@ -5,7 +5,10 @@ fail their CRC-32 is refused whole (none of its records written, none of its
 control lines trusted), named with its segment and offset, and counted
 (``vmstats_journal_damaged_total``, once: a segment kept for the next start
 notes it), and the units after it are replayed.  Segments of the version
-before checksums are replayed as they are.
+before checksums are replayed as they are.  This is the one pass at start that
+reads and checks the segments: the other readers of their lines (the edge's,
+formats/journaling.py) take each piece as it goes by, and settle before any
+segment is retired (a retirement first saves what they hold elsewhere).
 
 Each segment is parsed by the receive path's own Ingest (so the rows are the
 ones that were buffered) without its time window (a record was in the window
@@ -29,6 +32,8 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import WINDOW_PREFIX, Ingest
@@ -56,6 +61,28 @@ DAMAGED = "damaged_units"
 #: Bytes of a segment parsed and written at once: bounds replay's memory (~3x this); larger
 #: chunks mean fewer appends per VM file, which is most of replay's cost.
 CHUNK_BYTES = 16 << 20
+
+
+class Reader(Protocol):
+    """Another reader of the leftover segments (the edge's lines), fed by the replay's one
+    pass: each segment is read and its units checked once at start, not once per reader."""
+
+    def take(self, data: bytes) -> object:
+        """Whole lines of a segment, of its units whose checksum matched, in order."""
+
+    def settle(self) -> object:
+        """Every segment was read: called before the replay retires any (what they hold for
+        this reader must be in memory before a retirement saves it elsewhere)."""
+
+
+class _Outcome(NamedTuple):
+    """What the replay of one segment leaves to do once every segment is read."""
+
+    number: int
+    path: str
+    complete: bool
+    #: Where a note of what was counted goes, and the note (None: nothing to note).
+    note: tuple[int, int, bytes] | None
 
 
 def chunks(data: bytes, size: int = CHUNK_BYTES):
@@ -121,13 +148,18 @@ def _bounds(text: bytes) -> tuple[int, int] | None:
     return (lo, hi) if lo <= hi else None
 
 
-def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, observe=None) -> int:
+def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, observe=None,
+           readers: Sequence[Reader] = ()) -> int:
     """Write every leftover segment's records to the logs; returns the records replayed.
 
     ``observe`` (the live rules' intake) sees them too: a record acknowledged
-    just before a crash still gets the transition it would have caused.
+    just before a crash still gets the transition it would have caused.  ``readers``
+    take each piece of checked bytes as it is replayed, and settle once all are read;
+    only then is any segment retired.
     """
     if not journal.leftover:
+        for reader in readers:
+            reader.settle()
         return 0
     started = time.monotonic()
     scratch = Buffer(Metrics(), NO_LIMIT, NO_LIMIT)
@@ -135,6 +167,7 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
     ingest.observe = observe
     replayed = appended = 0
     kept = []
+    outcomes: list[_Outcome] = []
     rejects = scratch.metrics.rejects
     for number, path in journal.leftover:
         try:
@@ -154,6 +187,8 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
         complete = True
         window = None
         for chunk in chunks(data) if units is None else unit_chunks(data, units.good, CHUNK_BYTES):
+            for reader in readers:
+                reader.take(chunk)
             pieces, window = windowed(chunk, window)
             for text, bounds in pieces:
                 if bounds is None:
@@ -176,14 +211,19 @@ def replay(journal: Journal, data_dir: str, live: Buffer, metrics: Metrics, obse
                     log.error("replay: dropping %s of vm %s: %s", counted(len(table[vm]), "record"), vm,
                               error)
         new = _count_rejects(path, rejects, before, metrics)
-        if complete:
-            journal.retire(number, only=True)
-        else:
-            kept.append(number)
         if damaged:
             new[DAMAGED] = damaged
-        if new and os.path.exists(path):  # replayed again at the next start: say what counted
-            _note_counted(path, data, new, units)
+        outcomes.append(_Outcome(number, path, complete,
+                                 _counted_note(data, new, units) if new else None))
+        if not complete:
+            kept.append(number)
+    for reader in readers:
+        reader.settle()
+    for number, path, complete, note in outcomes:
+        if complete:
+            journal.retire(number, only=True)
+        if note is not None and os.path.exists(path):  # replayed again at the next start
+            _note_counted(path, *note)
     metrics.replayed_records += replayed
     log.info("replayed %s from %s in %.2fs: %d appended, %d already in the logs%s",
              counted(replayed, "record"), counted(len(journal.leftover), "journal segment"),
@@ -235,20 +275,26 @@ def _refuse_damage(path: str, units: Units | None, before: Counter[str],
     return new
 
 
-def _note_counted(path: str, data: bytes, new: dict[str, int], units: Units | None) -> None:
-    """Append to a segment the replay keeps that its ``new`` rejects are counted, so the next
-    start's replay does not count them again.  A torn last line or unit, which no replay reads
-    (chunks), is cut off first, so that the note is a line (or a unit) of its own."""
+def _counted_note(data: bytes, new: dict[str, int], units: Units | None
+                  ) -> tuple[int, int, bytes]:
+    """``(size, end, note)``: the note that a segment's ``new`` rejects are counted, so the
+    next start's replay does not count them again, and where it goes.  A torn last line or
+    unit, which no replay reads (chunks), is cut off first (``end``, before the segment's
+    ``size``), so that the note is a line (or a unit) of its own."""
     if units is None:
-        end, note = data.rfind(b"\n") + 1, rejected_line(new.items())
-    else:  # a unit of its own, after a line end (damage may have taken the last one)
-        end = len(data) if units.torn is None else units.torn
-        note = (b"\n" if data[end - 1:end] not in (b"", b"\n") else b"") + frame(
-            rejected_line(new.items()))
+        return len(data), data.rfind(b"\n") + 1, rejected_line(new.items())
+    # a unit of its own, after a line end (damage may have taken the last one)
+    end = len(data) if units.torn is None else units.torn
+    return len(data), end, (b"\n" if data[end - 1:end] not in (b"", b"\n") else b"") + frame(
+        rejected_line(new.items()))
+
+
+def _note_counted(path: str, size: int, end: int, note: bytes) -> None:
+    """Append ``note`` (``_counted_note``) to a segment the replay keeps, at ``end``."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            if end < len(data):
+            if end < size:
                 os.ftruncate(fd, end)
             os.pwrite(fd, note, end)
             os.fsync(fd)

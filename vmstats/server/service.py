@@ -259,11 +259,14 @@ class Aggregator(service.MultiService):
             if memory is not None:
                 memory.restore(self.journal.leftover)
                 memory.start()  # before replay: it retires segments, the marks go first
-            edge_records = self._restore_edge()
+            edge = self._edge_journal()
+            # One pass reads each segment and checks its units: the edge takes its lines
+            # from it and settles before the replay retires any segment.
             replay(self.journal, self.config.data_dir, self.buffer, self.metrics,
-                   self.ingest.observe)
-            if edge_records:  # minutes the edge completed again: logged once (writer.py)
-                self.ingest.payload(edge_records, timed=False)
+                   self.ingest.observe, readers=[edge])
+            self.metrics.journal_damaged["edge_line"] += edge.forged + edge.unreadable
+            if edge.restored:  # minutes the edge completed again: logged once (writer.py)
+                self.ingest.payload(edge.restored, timed=False)
         else:
             if memory is not None:
                 memory.restore([])
@@ -313,18 +316,15 @@ class Aggregator(service.MultiService):
         if config.status_file:
             writable_file_place(config.status_file, "status file (--status-file)")
 
-    def _restore_edge(self) -> bytes:
-        """The edge's open minutes and counters back from the journal, its checkpoints on;
-        returns the records its replay completed (to be written)."""
+    def _edge_journal(self) -> EdgeJournal:
+        """The edge's lines in the journal, its checkpoints on: the replay hands it the
+        leftover segments' lines, which bring its open minutes and counters back."""
         self.edge.journal = EdgeJournal(self.journal, self.edge, self.journal.directory)
         self.metrics.gauges["edge_key_in_memory"] = (
             "1 when the edge's journal key could not be kept in its file: a crash of this run "
             "loses the other agents' open minutes.", lambda: int(self.edge.journal.key_in_memory))
-        records = self.edge.journal.restore(self.journal.leftover)
-        self.metrics.journal_damaged["edge_line"] += (self.edge.journal.forged
-                                                      + self.edge.journal.unreadable)
         self.journal.before_retire.append(self.edge.journal.checkpoint)
-        return records
+        return self.edge.journal
 
     def ports(self) -> dict:
         ports = {"udp_port": self.listeners.udp_port, "tcp_port": self.listeners.tcp_port,

@@ -30,8 +30,11 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
   of about one flush interval (at least CHECKPOINT_SECONDS), not everything
   ever sent.
 
-At start, before the native replay, ``restore`` loads the last checkpoint of
-the leftover segments and repeats every ``in`` and ``done`` after it.  The
+At start the native replay's one pass over the leftover segments hands this
+journal their checked lines (``take``: each segment is read and its units
+checked once, not once for the edge and once for the records), and before
+the replay retires any, ``settle`` loads the last checkpoint and repeats
+every ``in`` and ``done`` after it.  The
 assembler then holds the open minutes it held when the server died, the
 counters their last values, and the records completed meanwhile come back
 to be written (the writer skips rows already in the logs, and a repeated
@@ -161,6 +164,10 @@ class EdgeJournal:
         self.forged = 0
         #: ``#!edge`` lines with this journal's HMAC that could not be read back at start.
         self.unreadable = 0
+        #: What ``take`` kept for ``settle``: the last checkpoint that could be read, the lines after.
+        self._entries: list[tuple[bytes, object]] = []
+        #: The records ``settle`` completed again, to be written.
+        self.restored = b""
         self.last_checkpoint: float | None = None
         #: Set at shutdown: the last checkpoint is written whenever the final flush retires.
         self.closing = False
@@ -273,31 +280,46 @@ class EdgeJournal:
         return found
 
     def restore(self, segments: list[tuple[int, str]]) -> bytes:
-        """Rebuild the assembler from the leftover segments; returns the records to write again.
+        """Rebuild the assembler from ``segments`` read here (``take``, then ``settle``);
+        returns the records to write again.  The server's start hands ``take`` the replay's
+        pieces instead (replay.replay's ``readers``), so each segment is read and checked once."""
+        for _number, data in read_segments(segments, "the edge"):
+            self.take(data)
+        return self.settle()
+
+    def take(self, data: bytes) -> None:
+        """Keep the last checkpoint in whole lines of leftover segments (their checked units,
+        in order) and the lines after it, for ``settle``."""
+        if PREFIX[:1] not in data:  # a memchr: most pieces hold records alone
+            return
+        for kind, rest in self.lines(data):
+            if kind == b"state":
+                try:  # read here: one that cannot be read must not drop what came before
+                    state = json_loads(rest)
+                except ValueError as exc:
+                    self.unreadable += 1
+                    log.error("journal: an edge checkpoint could not be read (skipped): %s",
+                              exc)
+                    continue
+                self._entries = [(kind, state)]
+            else:
+                self._entries.append((kind, rest))
+
+    def settle(self) -> bytes:
+        """Apply what ``take`` kept: the checkpoint whole, then the lines after it.  Returns the
+        records to write again (``restored`` holds them too).
 
         Nothing is counted twice: the decoders' tallies and the assembler's events of the
         replay are not the live counters'.
         """
-        entries: list[tuple[bytes, object]] = []
-        for _number, data in read_segments(segments, "the edge"):
-            for kind, rest in self.lines(data):
-                if kind == b"state":
-                    try:  # read here: one that cannot be read must not drop what came before
-                        state = json_loads(rest)
-                    except ValueError as exc:
-                        self.unreadable += 1
-                        log.error("journal: an edge checkpoint could not be read (skipped): %s",
-                                  exc)
-                        continue
-                    entries = [(kind, state)]
-                else:
-                    entries.append((kind, rest))
+        entries, self._entries = self._entries, []
         if self.forged:  # said even when no line is left: a damaged segment's one trace in the log
             log.warning("journal: %s without this journal's HMAC ignored (sent "
                         "inside payloads, or the key file %s changed)", counted(self.forged, "#!edge line"),
                         KEY_FILE)
         if not entries:
-            return b""
+            self.restored = b""
+            return self.restored
         edge = self.edge
         assembler = edge.assembler
         events = (dict(assembler.events), dict(assembler.rates.events))
@@ -333,7 +355,8 @@ class EdgeJournal:
         log.info("edge: %s replayed after the checkpoint; %s restored, %s to write again",
                  counted(replayed, "payload"), counted(assembler.open_count, "open minute"),
                  counted(len(records) + len(pending), "record"))
-        return b"\n".join(pending + records)
+        self.restored = b"\n".join(pending + records)
+        return self.restored
 
     def _repeat(self, name: str, now: float, options: dict, data: bytes) -> None:
         decoder = self.edge.decoders[name]
