@@ -423,17 +423,10 @@ def test_a_journal_directory_removed_under_the_server_keeps_the_edge_key_and_min
 DAMAGED = 'vmstats_journal_damaged_total{part="%s"}'
 
 
-def test_a_damaged_or_unreadable_edge_checkpoint_is_refused_counted_and_the_rest_replayed(
-        tmp_path):
-    """A checkpoint (``#!edge ... state``) with a byte changed failed its HMAC and was taken
-    for a forged line: it is a damaged write now, refused by its checksum, named and counted.
-    One that passes both but is JSON nested past the parser (written with the key by someone
-    else) stopped the start with a RecursionError: it is skipped and counted, and the
-    checkpoint and payloads before it are still replayed."""
-    t0 = (int(time.time()) - 3600) // 60 * 60
-    args = ("--flush-interval", "0.3")
-    first = tmp_path / "first"
-    server = serve(first, *args).start()
+def killed_after_a_checkpoint(workdir, args: tuple, t0: int) -> None:
+    """A server at ``workdir`` that checkpointed step 1, took steps 2-3 after it, and was
+    SIGKILLed: its journal holds the checkpoint and the payloads after it."""
+    server = serve(workdir, *args).start()
     try:
         write_step(server, 1, t0)
         # A flush checkpoints step 1 and retires its segment; the next is due in 30 s.
@@ -444,6 +437,34 @@ def test_a_damaged_or_unreadable_edge_checkpoint_is_refused_counted_and_the_rest
         server.proc.wait(10)
     finally:
         server.kill()
+
+
+def restarted_for_steps_4_to_6(workdir, args: tuple, t0: int) -> tuple[tuple, str]:
+    """The server at ``workdir`` started again, sent steps 4-6 and stopped: the damaged units
+    and edge lines it counted at start, and its output."""
+    server = serve(workdir, *args).start()
+    try:
+        counts = (server.metrics()[DAMAGED % "unit"], server.metrics()[DAMAGED % "edge_line"])
+        for step in (4, 5, 6):
+            write_step(server, step, t0)
+        assert server.stop() == 0, server.output
+    finally:
+        server.kill()
+    assert "Traceback" not in server.output, server.output
+    return counts, server.output
+
+
+def test_a_damaged_or_unreadable_edge_checkpoint_is_refused_counted_and_the_rest_replayed(
+        tmp_path):
+    """A checkpoint (``#!edge ... state``) with a byte changed failed its HMAC and was taken
+    for a forged line: it is a damaged write now, refused by its checksum, named and counted.
+    One that passes both but is JSON nested past the parser (written with the key by someone
+    else) stopped the start with a RecursionError: it is skipped and counted, and the
+    checkpoint and payloads before it are still replayed."""
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    args = ("--flush-interval", "0.3")
+    first = tmp_path / "first"
+    killed_after_a_checkpoint(first, args, t0)
     shutil.copytree(first / "data", tmp_path / "nested" / "data")
     os.rename(first, tmp_path / "flipped")  # no journal left behind at the first one's path
     # A bit flipped inside the checkpoint: { (0x7b) read as [ (0x5b).
@@ -459,19 +480,11 @@ def test_a_damaged_or_unreadable_edge_checkpoint_is_refused_counted_and_the_rest
         segment.write(frame(PREFIX + mac + b" " + body + b"\n"))
     counts = {}
     for case in ("flipped", "nested"):
-        server = serve(tmp_path / case, *args).start()
-        try:
-            counts[case] = (server.metrics()[DAMAGED % "unit"],
-                            server.metrics()[DAMAGED % "edge_line"])
-            for step in (4, 5, 6):
-                write_step(server, step, t0)
-            assert server.stop() == 0, server.output
-        finally:
-            server.kill()
-        assert "Traceback" not in server.output and "HMAC" not in server.output, server.output
+        counts[case], output = restarted_for_steps_4_to_6(tmp_path / case, args, t0)
+        assert "HMAC" not in output, output
         if case == "flipped":
-            assert "journal segment %s: " % holder in server.output
-            assert " at offset %d fail their checksum" % start in server.output
+            assert "journal segment %s: " % holder in output
+            assert " at offset %d fail their checksum" % start in output
     assert counts == {"flipped": (1, 0), "nested": (0, 1)}
     for i in range(VMS):
         # Without its checkpoint, minute 1 is what the payloads after it hold: steps 2-6, the
@@ -481,3 +494,56 @@ def test_a_damaged_or_unreadable_edge_checkpoint_is_refused_counted_and_the_rest
             want = expected(i, 1, steps)
             assert row["ts"] == t0 + 60 and {key: row[key] for key in want} == want, (case, i)
 
+
+
+def test_a_checkpoint_written_partly_or_unloadable_is_refused_whole_never_half_applied(tmp_path):
+    """A checkpoint the crash cut short is a write cut short: left out, said, and the one before
+    it in force with the lines after that.  One whose bytes are whole (its checksum and HMAC
+    pass) but which cannot be loaded whole (its counters not the list of five they are, written
+    by a bug or with the key by someone else) was applied up to the failing part: its open
+    minutes replaced the ones held, the lines before it were dropped and its counters left
+    empty, and minute 1 lost steps 1-3.  It is read whole before anything is applied: refused,
+    counted, and the checkpoint before it in force with every line after that."""
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    args = ("--flush-interval", "0.3")
+    first = tmp_path / "first"
+    killed_after_a_checkpoint(first, args, t0)
+    for case in ("torn", "unloadable"):
+        shutil.copytree(first / "data", tmp_path / case / "data")
+    journal = first / "data" / "journal"
+    key = (journal / KEY_FILE).read_bytes().strip()
+    [holder] = [path for _n, path in list_segments(str(journal))
+                if b" state {" in open(path, "rb").read()]
+    text = open(holder, "rb").read()
+    at = text.index(b" state {") + len(b" state ")
+    state = json.loads(text[at:text.index(b"\n", at)])
+    assert state["open"] and state["counters"]  # step 1's minutes and its primed counters
+
+    def signed(checkpoint: dict) -> bytes:
+        body = b"state " + json.dumps(checkpoint).encode()
+        return PREFIX + hmac.new(key, body, sha256).hexdigest()[:MAC_DIGITS].encode() + b" " \
+            + body + b"\n"
+
+    # After the payloads of steps 2 and 3: a checkpoint of other minutes (every sample's
+    # minute a copy of the first VM's) whose write the crash cut short ...
+    other = dict(state, open=[[vm, end, state["open"][0][2]] for vm, end, _m in state["open"]])
+    unit = frame(signed(other))
+    last = list_segments(str(tmp_path / "torn" / "data" / "journal"))[-1][1]
+    size = os.path.getsize(last)
+    with open(last, "ab") as segment:
+        segment.write(unit[:len(unit) * 2 // 3])
+    # ... and one written whole whose counters cannot be loaded, after its open minutes.
+    last = list_segments(str(tmp_path / "unloadable" / "data" / "journal"))[-1][1]
+    with open(last, "ab") as segment:
+        segment.write(frame(signed(dict(other, counters=[["tg-00", "bytes_recv_total"]]))))
+    counts = {}
+    for case in ("torn", "unloadable"):
+        counts[case], output = restarted_for_steps_4_to_6(tmp_path / case, args, t0)
+        said = "ends in a write cut short at offset %d" % size
+        assert (said in output) == (case == "torn"), output
+    assert counts == {"torn": (0, 0), "unloadable": (0, 1)}
+    for case in ("torn", "unloadable"):
+        for i in range(VMS):
+            [row] = logged(tmp_path / case / "data", "tg-%02d" % i).to_dict("records")
+            want = expected(i, 1)
+            assert row["ts"] == t0 + 60 and {key: row[key] for key in want} == want, (case, i)

@@ -51,7 +51,10 @@ the edge's own.  (A byte changed on the disk is caught before, by the
 checksum of the journal write holding the line: journal.check_units.)  A
 line that passes both and cannot be read back is skipped and counted; JSON
 is read with ``inputfile.json_loads``, so one nested past the parser is such
-a line, not a RecursionError that stops the start.
+a line, not a RecursionError that stops the start.  A checkpoint is read whole
+(``MinuteAssembler.read_state``) before any of it is applied: one that cannot
+be is such a line too, and never leaves the assembler half replaced.  One the
+crash cut short is in a write cut short, which no replay reads.
 """
 
 import base64
@@ -142,6 +145,14 @@ def _key_in_memory(path: str, what: str, exc: OSError) -> bytes:
     return secrets.token_hex(32).encode("ascii")
 
 
+def _pending(state: dict) -> list[bytes]:
+    """A checkpoint's records handed to the native path and not yet filed there."""
+    pending = state["pending"]
+    if not isinstance(pending, list) or not all(isinstance(text, str) for text in pending):
+        raise TypeError("a checkpoint's pending records are not a list of strings")
+    return [text.encode("utf-8") for text in pending]
+
+
 class EdgeJournal:
     """Writes the edge's lines to the journal and reads them back after a crash."""
 
@@ -164,7 +175,7 @@ class EdgeJournal:
         self.forged = 0
         #: ``#!edge`` lines with this journal's HMAC that could not be read back at start.
         self.unreadable = 0
-        #: What ``take`` kept for ``settle``: the last checkpoint that could be read, the lines after.
+        #: What ``take`` kept for ``settle``: the last checkpoint read whole, the lines after.
         self._entries: list[tuple[bytes, object]] = []
         #: The records ``settle`` completed again, to be written.
         self.restored = b""
@@ -294,14 +305,15 @@ class EdgeJournal:
             return
         for kind, rest in self.lines(data):
             if kind == b"state":
-                try:  # read here: one that cannot be read must not drop what came before
-                    state = json_loads(rest)
-                except ValueError as exc:
+                try:  # read whole here: one that cannot be must not drop what came before
+                    raw = json_loads(rest)
+                    state, pending = self.edge.assembler.read_state(raw), _pending(raw)
+                except (ValueError, KeyError, TypeError) as exc:
                     self.unreadable += 1
                     log.error("journal: an edge checkpoint could not be read (skipped): %s",
                               exc)
                     continue
-                self._entries = [(kind, state)]
+                self._entries = [(kind, (state, pending))]
             else:
                 self._entries.append((kind, rest))
 
@@ -327,10 +339,9 @@ class EdgeJournal:
         replayed = 0
         for kind, rest in entries:
             try:
-                if kind == b"state":
-                    state = rest
-                    assembler.load(state)
-                    pending = [payload.encode("utf-8") for payload in state["pending"]]
+                if kind == b"state":  # read whole by take: adopting it cannot fail halfway
+                    state, pending = rest
+                    assembler.adopt(state)
                 elif kind == b"in":
                     name, now, options, encoding, text = rest.split(b" ", 4)
                     data = (base64.b64decode(text) if encoding == b"b64"

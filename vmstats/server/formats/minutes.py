@@ -28,6 +28,7 @@ early (counted), so memory stays bounded whatever senders do.
 import math
 import sys
 from collections import Counter
+from typing import NamedTuple
 
 from vmstats import protocol
 from vmstats.client.procfs import whole_disks
@@ -349,13 +350,36 @@ class MinuteAssembler:
 
     def load(self, state: dict) -> None:
         """Start from ``state`` (what ``state`` returned), replacing whatever is held."""
-        self.open = {}
+        self.adopt(self.read_state(state))
+
+    def read_state(self, state: dict) -> "LoadedState":
+        """``state`` (what ``state`` returned, read back) made ready for ``adopt``, without
+        touching what is held: one that cannot be read whole (a part missing or of another
+        shape) raises here, KeyError, TypeError or ValueError, before anything is replaced."""
+        opened: dict[str, dict[int, Minute]] = {}
         for vm, end, minute in state["open"]:
-            self.open.setdefault(vm, {})[int(end)] = _minute_from(minute)
+            opened.setdefault(vm, {})[int(end)] = _minute_from(minute)
+        return LoadedState(opened, {vm: int(end) for vm, end in state["written"]},
+                           {vm: float(ts) for vm, ts in state["newest"]},
+                           self.rates.read_state(state["counters"]))
+
+    def adopt(self, state: "LoadedState") -> None:
+        """Replace whatever is held by ``state`` (``read_state``'s): assignments only, so a
+        checkpoint is applied whole or, refused by ``read_state``, not at all."""
+        self.open = state.open
         self.open_count = sum(map(len, self.open.values()))
-        self.written = {vm: int(end) for vm, end in state["written"]}
-        self.newest = {vm: float(ts) for vm, ts in state["newest"]}
-        self.rates.load(state["counters"])
+        self.written = state.written
+        self.newest = state.newest
+        self.rates.last = state.counters
+
+
+class LoadedState(NamedTuple):
+    """A checkpoint's state read whole (``MinuteAssembler.read_state``), not yet in force."""
+
+    open: dict
+    written: dict
+    newest: dict
+    counters: dict
 
 
 class _Rejects:

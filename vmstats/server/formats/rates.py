@@ -77,7 +77,13 @@ class CounterRates:
 
     def load(self, state: list) -> None:
         """Start from ``state`` (what ``state`` returned)."""
-        self.last = {(vm, kind, device): (ts, value) for vm, kind, device, ts, value in state}
+        self.last = self.read_state(state)
+
+    @staticmethod
+    def read_state(state: list) -> dict[tuple, tuple[float, float]]:
+        """``state`` (what ``state`` returned) as ``last`` holds it; raises (ValueError,
+        TypeError) on one of another shape, before anything held is replaced."""
+        return {(vm, kind, device): (ts, value) for vm, kind, device, ts, value in state}
 
     def __len__(self) -> int:
         return len(self.last)
