@@ -1003,3 +1003,18 @@ def test_alerts_from_something_that_is_not_the_server_is_one_line(answer):
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_a_rules_file_saved_with_a_byte_order_mark_checks_and_loads(tmp_path):
+    """An editor's byte order mark before the first line: TOML refused the file at "line 1,
+    column 1", a place where nothing is wrong to the eye."""
+    path = tmp_path / "rules.toml"
+    path.write_bytes(b'\xef\xbb\xbf[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\n')
+    checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(path)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "hot" in checked.stdout
+    path.write_bytes(b"\xef\xbb\xbfname = \"\xe9\"\n")  # the offset is still the file's
+    checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(path)],
+                             capture_output=True, text=True)
+    assert checked.returncode != 0 and "not UTF-8 at byte 11 (line 1)" in checked.stderr, checked.stderr

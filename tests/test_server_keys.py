@@ -238,3 +238,18 @@ def test_a_key_file_other_users_can_read_is_named_once_at_start(tmp_path):
     keys.chmod(0o600)
     result = run_cli(*common)
     assert result.returncode == 0 and "open to other users" not in result.stderr
+
+
+def test_a_key_file_saved_with_a_byte_order_mark_signs_as_the_agents_does(tmp_path):
+    """An editor's byte order mark before the first key: the agent's copy of the same file
+    signs (vmstats.protocol.load_keys skips the mark), so the server's must read it too.  It
+    refused to start ("expected 'key_id secret'" on a line that is one)."""
+    keys = tmp_path / "keys"
+    keys.write_bytes(b"\xef\xbb\xbffleet a-secret\n")
+    t = now() - 60
+    with serve(tmp_path, "--flush-interval", "0.3", "--auth-keys", str(keys)) as server:
+        [(key_id, secret)] = protocol.load_keys(str(keys)).items()  # the agent's reading
+        signed = protocol.sign_payload(key_id, secret, records("web-1", ts=t))
+        assert send_tcp(server, signed, "b") == b"#!ack b 1 0\n"  # 1 taken, 0 refused
+        server.wait_metrics(lambda m: m["vmstats_flushed_records_total"] >= 1)
+    assert raw_rows(tmp_path / "data") == {("web-1", t): 1}

@@ -6,6 +6,7 @@ TOML is named whichever command met it, and never ends in a traceback.
 Each caller adds what the file is for (``inventory hosts.toml: ...``).
 """
 
+import codecs
 import json
 import os
 import stat
@@ -44,16 +45,22 @@ def read_bytes(path: str) -> bytes:
 
 
 def decode(raw: bytes, path: str) -> str:
-    """``raw`` as UTF-8 text; FileProblem with the first bad byte's offset and line.
+    """``raw`` as UTF-8 text, less a leading byte order mark; FileProblem with the first bad
+    byte's offset and line.
 
-    The offset counts from 0, as a hex dump shows it; the line is where an
-    editor would show the odd character (a Latin-1 name pasted into a comment).
+    The mark is what some editors put first in a UTF-8 file: kept, it was read as part of
+    the first line (TOML refused "line 1, column 1", a key file its first key), and the agent
+    reads its own files past it already.  The offset counts from 0 in the file, as a hex
+    dump shows it; the line is where an editor would show the odd character (a Latin-1 name
+    pasted into a comment).
     """
+    mark = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        return raw.decode("utf-8")
+        return raw[mark:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise FileProblem(path, "not UTF-8 at byte %d (line %d)" % (exc.start, line)) from None
+        start = exc.start + mark
+        line = raw.count(b"\n", 0, start) + 1
+        raise FileProblem(path, "not UTF-8 at byte %d (line %d)" % (start, line)) from None
 
 
 def read_text(path: str) -> str:
