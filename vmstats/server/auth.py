@@ -207,9 +207,21 @@ class SignatureMemory:
         self._saver: Every | None = None
         self._trouble = RateLimitedLog(log, "signature marks error", burst=1, period=60.0)
         self.failing = False
+        #: Signatures restored from the journal, and #!seen lines skipped as from the future.
+        self._restored = self._ahead = 0
 
     def restore(self, segments: list[tuple[int, str]]) -> int:
-        """Load the floors and the signatures journaled since; returns the signatures restored."""
+        """Load the floors and the signatures journaled since; returns the signatures restored.
+
+        The server's start calls ``load_marks`` and hands ``take`` the journal replay's pieces
+        instead (replay.replay's ``readers``), so each segment is read and checked once."""
+        self.load_marks()
+        for _number, data in read_segments(segments, "its signatures"):
+            self.take(data)
+        return self.settle()
+
+    def load_marks(self) -> None:
+        """The floors saved in the marks file (a damaged line costs its key's floor only)."""
         text = read_file(self.path, "signature marks file")
         now = self.verifier.clock()
         damage = Damage()
@@ -226,19 +238,26 @@ class SignatureMemory:
             log.warning("%s", damage.note(self.path))
         self.verifier.floors = dict(self.marks)
         self.saved = dict(self.marks)
-        restored = 0
-        ahead = 0
-        for _number, data in read_segments(segments, "its signatures"):
-            for key_id, stamp, identity in seen_in(data):
-                if stamp > now + self.verifier.window:  # damage: no frame accepted is signed so
-                    ahead += 1
-                    continue
-                self.verifier.remember(stamp, identity, now)
-                self._mark(key_id, stamp)
-                restored += 1
-        if ahead:
-            log.warning("journal: %s signed in the future skipped (damaged)", counted(ahead, "#!seen line"))
-        return restored
+        self._restored = self._ahead = 0
+
+    def take(self, data: bytes) -> None:
+        """The signatures seen in whole lines of a leftover segment (its checked units)."""
+        now = self.verifier.clock()
+        for key_id, stamp, identity in seen_in(data):
+            if stamp > now + self.verifier.window:  # damage: no frame accepted is signed so
+                self._ahead += 1
+                continue
+            self.verifier.remember(stamp, identity, now)
+            self._mark(key_id, stamp)
+            self._restored += 1
+
+    def settle(self) -> int:
+        """Every leftover segment was taken: says what was skipped; returns the signatures
+        restored."""
+        if self._ahead:
+            log.warning("journal: %s signed in the future skipped (damaged)",
+                        counted(self._ahead, "#!seen line"))
+        return self._restored
 
     def start(self) -> None:
         if self.journal is not None:

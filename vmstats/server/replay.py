@@ -7,8 +7,9 @@ control lines trusted), named with its segment and offset, and counted
 notes it), and the units after it are replayed.  Segments of the version
 before checksums are replayed as they are.  This is the one pass at start that
 reads and checks the segments: the other readers of their lines (the edge's,
-formats/journaling.py) take each piece as it goes by, and settle before any
-segment is retired (a retirement first saves what they hold elsewhere).
+formats/journaling.py, and the signatures seen, auth.py) take each piece as it
+goes by, and settle before any segment is retired (a retirement first saves
+what they hold elsewhere).
 
 Each segment is parsed by the receive path's own Ingest (so the rows are the
 ones that were buffered) without its time window (a record was in the window
@@ -64,8 +65,9 @@ CHUNK_BYTES = 16 << 20
 
 
 class Reader(Protocol):
-    """Another reader of the leftover segments (the edge's lines), fed by the replay's one
-    pass: each segment is read and its units checked once at start, not once per reader."""
+    """Another reader of the leftover segments (the edge's lines, the signatures seen), fed
+    by the replay's one pass: each segment is read and its units checked once at start, not
+    once per reader."""
 
     def take(self, data: bytes) -> object:
         """Whole lines of a segment, of its units whose checksum matched, in order."""

@@ -256,14 +256,16 @@ class Aggregator(service.MultiService):
         if self.journal is not None:
             # Leftovers of a crash reach the logs before anything new is accepted.
             self.journal.open()
-            if memory is not None:
-                memory.restore(self.journal.leftover)
-                memory.start()  # before replay: it retires segments, the marks go first
             edge = self._edge_journal()
-            # One pass reads each segment and checks its units: the edge takes its lines
-            # from it and settles before the replay retires any segment.
+            readers: list = [edge]
+            if memory is not None:
+                memory.load_marks()
+                memory.start()  # before replay: it retires segments, the marks go first
+                readers.append(memory)
+            # One pass reads each segment and checks its units: the edge and the signature
+            # memory take their lines from it and settle before the replay retires any segment.
             replay(self.journal, self.config.data_dir, self.buffer, self.metrics,
-                   self.ingest.observe, readers=[edge])
+                   self.ingest.observe, readers=readers)
             self.metrics.journal_damaged["edge_line"] += edge.forged + edge.unreadable
             if edge.restored:  # minutes the edge completed again: logged once (writer.py)
                 self.ingest.payload(edge.restored, timed=False)
