@@ -247,3 +247,32 @@ def test_a_clock_stepped_back_by_whole_intervals_loses_no_record_as_a_resend(ser
     rows = wait_rows(server.data_dir, "stepped-vm", 6)
     assert sorted(int(r["seq"]) for r in rows) == list(range(6))
     assert len(set(r["ts"] for r in rows)) == 6
+
+
+def test_udp_goes_to_the_servers_next_address_when_its_first_refuses(server, monkeypatch, caplog):
+    """The same name over UDP: every datagram went to IPv6, where nothing listens, and was lost
+    without a word.  The kernel's "port unreachable" (to a connected socket only) now moves the
+    agent to the next address: the first datagram is lost, not the ones after it."""
+    port = server.udp_port
+    real = socket.getaddrinfo
+
+    def dual_stack(host, *args, **kwargs):
+        if host != "stats.dual.test":
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", dual_stack)
+    sender = transport.UdpSender("stats.dual.test", port)
+    now = int(time.time())
+    try:
+        with caplog.at_level("INFO", logger="vmstats.agent"):
+            for seq in range(5):
+                sender.send([b"vmstats,vm=udp-dual-vm cpu=1,mem=2,seq=%di %d" % (seq, now - 300 + 60 * seq)])
+                time.sleep(0.1)  # a minute, as far as the refusal's way back is concerned
+        assert sender.address[0] == "127.0.0.1"
+    finally:
+        sender.close()
+    seqs = sorted(int(row["seq"]) for row in wait_rows(server.data_dir, "udp-dual-vm", 4))
+    assert seqs == [1, 2, 3, 4]
+    assert "sending to 127.0.0.1, the server's next address" in caplog.text

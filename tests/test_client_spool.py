@@ -274,14 +274,14 @@ def test_udp_sender_follows_a_server_that_moved(monkeypatch):
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(5)
     answers = {"agg.example": first.getsockname()}
-    real = transport.resolve
+    real = transport.addresses
 
     def fake(host, port, kind):
         if host not in answers:
             raise transport.TransportError("cannot resolve server %s" % host)
         return real(answers[host][0], answers[host][1], kind)
 
-    monkeypatch.setattr(transport, "resolve", fake)
+    monkeypatch.setattr(transport, "addresses", fake)
     now = [0.0]
     sender = transport.UdpSender("agg.example", 1, clock=lambda: now[0])
     sender.send(lines(1))

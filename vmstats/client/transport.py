@@ -14,6 +14,7 @@ fleet does not reconnect in lock-step after a server restart.
 Standard library only, Python 3.6+.
 """
 
+import errno
 import logging
 import os
 import random
@@ -155,36 +156,71 @@ class UdpSender(object):
 
     The server's name is resolved again every RESOLVE_EVERY seconds, so
     agents follow an aggregator that moved to a new address without a
-    restart; a failed lookup keeps the last known address.
+    restart; a failed lookup keeps the last known addresses.
+
+    The socket is connected to one of the name's addresses: a datagram to a
+    port nobody listens on comes back as an ICMP "port unreachable", which
+    the kernel reports to a connected socket (and only to one) as
+    ECONNREFUSED on a later send.  That, or an address the VM cannot route,
+    moves the agent to the name's next address (IPv4 after IPv6, for a
+    server listening on IPv4 alone): one datagram is lost there, not every
+    one after it.
     """
 
     RESOLVE_EVERY = 300.0
+    #: Errors of one address that another of the same name may not have.
+    _MOVE_ON = (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
 
     def __init__(self, host, port, signer=None, clock=time.monotonic):
         self.host = host
         self.port = port
         self.clock = clock
-        self.family, self.address = resolve(host, port, socket.SOCK_DGRAM)
+        self.candidates = addresses(host, port, socket.SOCK_DGRAM)
         self.resolved_at = clock()
         self.signer = signer
         self.limit = protocol.SAFE_DATAGRAM_SIZE - (signer.overhead if signer else 0)
-        self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        self.sock = None
+        self.family, self.address = self.candidates[0]
+        self._connect(0)
         self.sent = 0
         self.failed = 0
+        self.last_error = None
+        self.said_moves = set()
+
+    def _connect(self, index):
+        """Point the socket at candidate ``index``; an error of connect() itself (no route)
+        is left for the next send to meet."""
+        family, address = self.candidates[index]
+        if self.sock is None or family != self.family:
+            if self.sock is not None:
+                self.sock.close()
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.index, self.family, self.address = index, family, address
+        try:
+            self.sock.connect(address)
+            self.unroutable = None
+        except OSError as exc:
+            self.unroutable = exc
 
     def _refresh(self):
         self.resolved_at = self.clock()
         try:
-            family, address = resolve(self.host, self.port, socket.SOCK_DGRAM)
+            candidates = addresses(self.host, self.port, socket.SOCK_DGRAM)
         except TransportError as exc:
             LOG.debug("%s; still sending to %s", exc, self.address[0])
             return
-        if address != self.address:
-            LOG.info("server %s moved from %s to %s", self.host, self.address[0], address[0])
-            if family != self.family:
-                self.sock.close()
-                self.sock = socket.socket(family, socket.SOCK_DGRAM)
-            self.family, self.address = family, address
+        if candidates != self.candidates:
+            moved = (self.family, self.address) not in candidates
+            self.candidates = candidates
+            if moved:
+                LOG.info("server %s moved from %s to %s", self.host, self.address[0], candidates[0][1][0])
+            self._connect(0 if moved else candidates.index((self.family, self.address)))
+
+    def _send(self, payload):
+        if self.unroutable is not None:
+            raise self.unroutable
+        self.sock.send(payload)
 
     def send(self, lines):
         """Send encoded lines now; a failure is logged and the records are lost."""
@@ -193,12 +229,31 @@ class UdpSender(object):
         for payload in protocol.pack_lines(lines, self.limit):
             if self.signer:
                 payload = self.signer.sign(payload)
-            try:
-                self.sock.sendto(payload, self.address)
-                self.sent += 1
-            except OSError as exc:
-                self.failed += 1
-                LOG.warning("UDP send to %s failed: %s", self.address[0], exc.strerror or exc)
+            for attempt in range(len(self.candidates) + 1):
+                try:
+                    self._send(payload)
+                except OSError as exc:
+                    if exc.errno in self._MOVE_ON and attempt < len(self.candidates):
+                        self._next(exc)
+                        continue
+                    self.failed += 1
+                    if str(exc) != self.last_error:  # once a streak: a server away for an hour
+                        LOG.warning("UDP send to %s failed: %s", self.address[0], exc.strerror or exc)
+                    self.last_error = str(exc)
+                else:
+                    self.sent += 1
+                    self.last_error = None
+                break
+
+    def _next(self, exc):
+        """After a refusal (which reports an EARLIER datagram: this one was not sent) or no
+        route: the name's next address, or this one again when it has only one."""
+        was = self.address[0]
+        self._connect((self.index + 1) % len(self.candidates))
+        if self.address[0] != was and (was, self.address[0]) not in self.said_moves:
+            self.said_moves.add((was, self.address[0]))  # a server down on both: two lines, not one a minute
+            LOG.info("UDP to %s failed (%s): sending to %s, the server's next address",
+                     was, exc.strerror or exc, self.address[0])
 
     def flush(self, force=False):
         """Nothing is ever pending over UDP."""
