@@ -281,3 +281,35 @@ def _killed_while_processing(client, process):
         yield
     finally:
         killer.join()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to give a worker a mount of its own")
+def test_a_worker_that_sees_an_older_copy_stops_the_report_in_one_line(split_fleet, tmp_path):
+    """A worker whose mount at the data dir's path is a copy taken earlier (a day file shorter,
+    as a replica behind): the report wrote that worker's older rows as the VM-day's, exit 0,
+    and kept them in its cache for later runs.  Now one line names the worker and the file."""
+    _whole, first, _second = split_fleet
+    real, stale = tmp_path / "real", tmp_path / "stale"
+    shutil.copytree(first, real)
+    shutil.copytree(first, stale)
+    vm = sorted(logstore.iter_vms(str(real)))[0]
+    day, path = logstore.day_files(str(real), vm)[2]
+    older = logstore.day_path(str(stale), vm, day)
+    lines = Path(older).read_bytes().splitlines(keepends=True)
+    Path(older).write_bytes(b"".join(lines[: len(lines) // 2]))
+    os.utime(older, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns - 60 * 10**9))
+    bind = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(stale), str(real))
+    out = tmp_path / "out"
+    with _cluster(tmp_path, bind) as (address, _client, _processes):
+        done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(real), "-o", str(out),
+                               "--dask", address], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()[-1:]
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    assert re.fullmatch(r"Error: Dask worker tcp://127\.0\.0\.1:\d+ sees another version of %s \(\d+ bytes, "
+                        r"modified %s\) than this machine \(%d bytes, modified %s\): every worker must "
+                        r"see the data dirs as this machine does, at the same path"
+                        % (re.escape(path), stamp, os.stat(path).st_size, stamp), line), done.stderr
+    assert not list(out.glob(".cache/report-cache*")) and not (out / "report.html").exists()

@@ -45,6 +45,16 @@ def _file_signature(path: str, vm: str, info: os.stat_result) -> str:
     return "%s%s\0%d\0%d" % (path, vm, info.st_size, info.st_mtime_ns)
 
 
+def signature_files(sig: str) -> dict[str, tuple[int, int]]:
+    """A signature's files, ``{path (NUL and the VM, for a shared file): (size, mtime_ns)}``."""
+    files = {}
+    for line in sig.split("\n"):
+        if line:
+            name, size, mtime_ns = line.rsplit("\0", 2)
+            files[name] = (int(size), int(mtime_ns))
+    return files
+
+
 def _signature_of_files(sources: list[Source], issues: list[dict],
                         stats: dict[str, os.stat_result] | None) -> tuple[str, list[Source]]:
     out = []

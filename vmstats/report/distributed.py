@@ -23,6 +23,8 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from vmstats import stamps
+from vmstats.report.cache import signature, signature_files
 from vmstats.report.settings import ReportError
 
 #: The ``--dask`` address that starts a local cluster instead of joining one.
@@ -55,20 +57,22 @@ class DaskPool:
         threads = max(1, sum(self.client.nthreads().values()))
         return max(TASK_UNITS, min(MAX_TASK_UNITS, -(-units // (TASKS_PER_THREAD * threads))))
 
-    def map(self, function: Callable, tasks: list) -> Iterator:
+    def map(self, function: Callable, tasks: list, signatures: list | None = None) -> Iterator:
         """``function(task)`` of each task, run on the workers: ``(aggregates, issues)`` as
         aggregate.aggregate_units answers.  A ReportError, never a partial answer or a
-        traceback, when the cluster cannot give the answers this machine would."""
+        traceback, when the cluster cannot give the answers this machine would: among them a
+        worker that sees other files than ``signatures``, this machine's listing of them."""
         from concurrent.futures import CancelledError
 
         from distributed import KilledWorker
 
         # pure=False: two runs over files changed in between must not reuse answers by key.
-        futures = self.client.map(_on_worker, tasks, function=function, pure=False)
+        listed = signatures if signatures is not None else [None] * len(tasks)
+        futures = self.client.map(_on_worker, tasks, listed, function=function, pure=False)
         try:
-            for future in futures:
+            for index, future in enumerate(futures):
                 try:
-                    answer, unread, worker = self._result(future)
+                    answer, unread, other, worker = self._result(future)
                 except KilledWorker:
                     raise ReportError(
                         "a Dask worker died while parsing logs (out of memory?); "
@@ -80,6 +84,7 @@ class DaskPool:
                         "retry once it is back" % (self.address, getattr(exc, "reason", None) or "cancelled")
                     ) from None
                 _check_view(unread, worker)
+                _check_versions(tasks[index], listed[index], other, worker)
                 future.release()  # its answer is here now: the worker may drop its copy
                 yield answer
         finally:
@@ -104,16 +109,22 @@ class DaskPool:
                                       % (self.address, CONNECT_TIMEOUT)) from None
 
 
-def _on_worker(task: list, function: Callable) -> tuple:
+def _on_worker(task: list, listed: list[str] | None, function: Callable) -> tuple:
     """Runs on a worker: ``function(task)``, the files of its issues that this worker could not
-    open (``os.access``), and the worker's address, for _check_view on the report machine."""
+    open (``os.access``), the units whose files this worker finds other than ``listed`` says
+    (by position: their signature here), and the worker's address, for _check_view and
+    _check_versions on the report machine."""
     from distributed import get_worker
 
+    other = []
+    if listed is not None:
+        seen = [signature(sources, [])[0] for sources in task]
+        other = [(k, sig) for k, (sig, was) in enumerate(zip(seen, listed, strict=True)) if sig != was]
     answer = function(task)
     _aggregates, issues = answer
     unread = sorted({entry["path"] for entries in issues.values() for entry in entries
                      if not entry["rows"] and not os.access(entry["path"], os.R_OK)})
-    return answer, unread, get_worker().address
+    return answer, unread, other, get_worker().address
 
 
 def _check_view(unread: list[str], worker: str) -> None:
@@ -124,10 +135,38 @@ def _check_view(unread: list[str], worker: str) -> None:
     it was listed): that is what a run on this machine alone would have met."""
     for path in unread:
         if os.access(path, os.R_OK):
-            raise ReportError(
-                "Dask worker %s cannot read %s, which this machine reads: every worker must see "
-                "the data dirs as this machine does, at the same path" % (worker, path)
-            )
+            raise _other_view(worker, "cannot read %s, which this machine reads" % path)
+
+
+def _check_versions(task: list, listed: list[str], other: list[tuple[int, str]], worker: str) -> None:
+    """A worker that finds a unit's files other than this machine listed them (a file missing,
+    shorter, or of another time: a stale copy, a replica behind, another export at the path)
+    would give aggregates of other data, then kept in the report's cache as this data's.  Where
+    this machine still finds what it listed, that is the worker's view, named; where it does
+    not, the files changed under the report (today's log grew, compaction moved a day), as a
+    run on this machine alone would have met."""
+    for k, seen in other:
+        here = signature(task[k], [])[0]
+        if here != listed[k]:
+            continue
+        theirs = signature_files(seen)
+        for name, version in signature_files(here).items():
+            path = name.split("\0", 1)[0]
+            if name not in theirs:
+                raise _other_view(worker, "cannot read %s, which this machine reads" % path)
+            if theirs[name] != version:
+                raise _other_view(worker, "sees another version of %s (%s) than this machine (%s)"
+                                  % (path, _version(theirs[name]), _version(version)))
+
+
+def _other_view(worker: str, what: str) -> ReportError:
+    return ReportError("Dask worker %s %s: every worker must see the data dirs as this machine "
+                       "does, at the same path" % (worker, what))
+
+
+def _version(version: tuple[int, int]) -> str:
+    size, mtime_ns = version
+    return "%d bytes, modified %s" % (size, stamps.moment(mtime_ns // 10**9))
 
 
 def _unseen(data_dirs: Sequence[str]) -> list[str]:

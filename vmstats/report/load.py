@@ -32,7 +32,10 @@ class Pool(Protocol):
     """What computes the units' aggregates besides local processes: ``map`` like an Executor's,
     answers in the order of the tasks."""
 
-    def map(self, function: Callable, tasks: list) -> Iterable: ...
+    def map(self, function: Callable, tasks: list, signatures: list[list[str]] | None = None) -> Iterable:
+        """``signatures``: each task's units' files as this machine listed them (cache.signature),
+        so that a pool reading them elsewhere can tell when it sees other files."""
+        ...
 
     def task_units(self, units: int) -> int:
         """Units per task when ``units`` are to be parsed (a task's cost beside its work differs)."""
@@ -171,7 +174,7 @@ def _load_rows(keys, wanted: Units, listed: list[dict], cache_dir, progress, wor
         try:
             # A task's units from one columnar file, VMs in its order: one read of a few row groups.
             stale = sorted(stale, key=lambda i: _first_file(readable[keys[i]]))
-            tables, found = _parse(keys, readable, stale, progress, workers, pool)
+            tables, found = _parse(keys, readable, signatures, stale, progress, workers, pool)
         except BrokenProcessPool:
             raise ReportError("a log-parsing process died (out of memory?); retry with --workers 1") from None
         parts.extend(tables)
@@ -209,14 +212,15 @@ def _table(keys, data, parsed: int, cached: int, issues: list[dict]) -> DayTable
 
 
 def _parse(
-    keys, readable, stale, progress, workers, pool
+    keys, readable, signatures, stale, progress, workers, pool
 ) -> tuple[list[dict[str, np.ndarray]], dict[int, list]]:
     """Aggregates of the ``stale`` units (positions in ``keys``), and their files' issues by position."""
     size = pool.task_units(len(stale)) if pool is not None else TASK_UNITS
     starts = range(0, len(stale), size)
     tasks = [[readable[keys[i]] for i in stale[s : s + size]] for s in starts]
     if pool is not None:
-        return _collect(pool.map(aggregate_units, tasks), starts, tasks, stale, progress)
+        listed = [[signatures[i] for i in stale[s : s + size]] for s in starts]
+        return _collect(pool.map(aggregate_units, tasks, listed), starts, tasks, stale, progress)
     if workers > 1 and len(tasks) > 1 and "fork" in _start_methods():
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
