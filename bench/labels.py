@@ -106,7 +106,7 @@ def read(path: Path) -> Trace:
                 continue
             try:
                 rows.append([_stamp(cells[places[0]].strip())]
-                            + [float(cells[i]) for i in places[1:]])
+                            + [_number(cells[i]) for i in places[1:]])
             except ValueError:
                 continue
     data = np.array(rows, dtype=np.float64).reshape(-1, len(_COLUMNS))
@@ -129,6 +129,14 @@ def read(path: Path) -> Trace:
         data[:, _NET_RX] + data[:, _NET_TX],
         data[:, _NET_TX],
     )
+
+
+def _number(text: str) -> float:
+    """A cell's number; ``138,5`` (a decimal comma, as a German-locale export writes it) too."""
+    text = text.strip()
+    if text.count(",") == 1 and "." not in text:
+        text = text.replace(",", ".")
+    return float(text)
 
 
 def _stamp(text: str) -> float:

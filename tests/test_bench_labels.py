@@ -135,9 +135,15 @@ def test_materna_layout_reads_as_the_same_trace(tmp_path):
         lines.append("; ".join(str(v) for v in (stamp, 2, 5000.0, cpu * 50, cpu, 4194304.0, 1048576.0, 25.0,
                                                 0.0, 1.0, 40, net / 2, net / 2)))  # fmt: skip
     (tmp_path / "5.csv").write_text("\n".join(lines) + "\n")
-    read = labels.read(tmp_path / "5.csv")
-    for field in ("ts", "cpu", "cores", "mem_kb", "mem_cap_kb", "disk", "net", "net_tx"):
-        assert (getattr(read, field) == getattr(expected, field)).all(), field
+    # The same file as a German-locale spreadsheet exports it: decimal commas.
+    (tmp_path / "comma" / "5.csv").parent.mkdir()
+    commas = [lines[0]] + ["; ".join([cells[0]] + [cell.replace(".", ",") for cell in cells[1:]])
+                           for cells in (line.split("; ") for line in lines[1:])]  # fmt: skip
+    assert any(",0" in line for line in commas)
+    (tmp_path / "comma" / "5.csv").write_text("\n".join(commas) + "\n")
+    for read in (labels.read(tmp_path / "5.csv"), labels.read(tmp_path / "comma" / "5.csv")):
+        for field in ("ts", "cpu", "cores", "mem_kb", "mem_cap_kb", "disk", "net", "net_tx"):
+            assert (getattr(read, field) == getattr(expected, field)).all(), field
     (tmp_path / "6.csv").write_text(header.replace("CPU usage [%]; ", "") + "\n")
     with pytest.raises(ValueError, match="no 'CPU usage \\[%\\]' column"):
         labels.read(tmp_path / "6.csv")

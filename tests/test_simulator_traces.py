@@ -213,14 +213,16 @@ MATERNA_HEADER = ("Timestamp; CPU cores; CPU capacity provisioned [MHZ]; CPU usa
                   "Network received throughput [KB/s]; Network transmitted throughput [KB/s]")
 
 
-def as_materna(path: Path, out: Path, rows: int = 60) -> None:
-    """The first ``rows`` rows of a GWA-T-12 file laid out as GWA-T-13 publishes them."""
+def as_materna(path: Path, out: Path, rows: int = 60, comma: bool = False) -> None:
+    """The first ``rows`` rows of a GWA-T-12 file laid out as GWA-T-13 publishes them (``comma``:
+    numbers with a decimal comma, as a German-locale export writes them)."""
     lines = []
+    number = (lambda v: repr(v).replace(".", ",")) if comma else repr
     for cells in _bitbrains_source(path)[:rows]:
         stamp = datetime.datetime.fromtimestamp(cells[0], datetime.timezone.utc)
         mem_pct = cells[6] / cells[5] * 100 if cells[5] else 0.0
-        lines.append("; ".join([stamp.strftime("%d.%m.%Y %H:%M:%S"), *map(repr, cells[1:7]), repr(mem_pct),
-                                *map(repr, cells[7:9]), "40", *map(repr, cells[9:11])]))
+        lines.append("; ".join([stamp.strftime("%d.%m.%Y %H:%M:%S"), *map(number, cells[1:7]),
+                                number(mem_pct), *map(number, cells[7:9]), "40", *map(number, cells[9:11])]))
     out.write_text(MATERNA_HEADER + "\n" + "\n".join(lines) + "\n")
 
 
@@ -234,6 +236,10 @@ def test_materna_files_read_as_the_same_records_by_their_headers(tmp_path):
     twelve = [r for r in read_trace(str(source), "bitbrains", vm="vm") if r.ts < stamps[-1]]
     thirteen = [r for r in read_trace(str(materna), "bitbrains", vm="vm") if r.ts < stamps[-1]]
     assert len(thirteen) > 250 and thirteen == twelve
+    as_materna(source, tmp_path / "commas.csv", comma=True)
+    assert "," in (tmp_path / "commas.csv").read_text().splitlines()[1]
+    commas = read_trace(str(tmp_path / "commas.csv"), "bitbrains", vm="vm")
+    assert [r for r in commas if r.ts < stamps[-1]] == twelve
     broken = tmp_path / "broken.csv"
     broken.write_text(MATERNA_HEADER.replace("Disk read throughput [KB/s]; ", "") + "\n")
     with pytest.raises(TraceError, match="header without 'Disk read throughput'"):

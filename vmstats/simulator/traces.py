@@ -276,6 +276,13 @@ def _bitbrains_stamp(text: str) -> int:
     return int(moment.timestamp())
 
 
+def _decimal_point(text: str) -> str:
+    """A number as a spreadsheet of a German (or French...) locale exports it, ``138,5``, read
+    as ``138.5``: the cells are separated by semicolons, so a lone comma can only be the
+    decimal one.  A cell with both marks (``1.234,5``) is left to fail as a bad row."""
+    return text.replace(",", ".") if "," in text and "." not in text and text.count(",") == 1 else text
+
+
 def _bitbrains_rows(path: str, quirks: Counter) -> list[tuple[int, dict]]:
     rows = []
     last_capacity = None
@@ -292,9 +299,9 @@ def _bitbrains_rows(path: str, quirks: Counter) -> list[tuple[int, dict]]:
                 raise ValueError(line)
             stamp = _bitbrains_stamp(cells[at["ts"]])
             cores, cpu_capacity, cpu, mem_capacity, mem_used, disk_r, disk_w, net_rx, net_tx = (
-                _finite(cells[at[key]]) for key in ("cores", "cpu_capacity", "cpu", "mem_capacity",
-                                                    "mem_used", "disk_r", "disk_w", "net_rx",
-                                                    "net_tx"))
+                _finite(_decimal_point(cells[at[key]])) for key in (
+                    "cores", "cpu_capacity", "cpu", "mem_capacity", "mem_used", "disk_r", "disk_w",
+                    "net_rx", "net_tx"))
         except ValueError:
             quirks["bad_row"] += 1
             continue
