@@ -95,8 +95,8 @@ def read(path: Path) -> Trace:
     rows = []
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        names = [name.strip() for name in next(handle, "").split(";")]
-        places = [next((i for i, name in enumerate(names) if name.startswith(column)), None)
+        names = [" ".join(name.split()).lower() for name in next(handle, "").split(";")]
+        places = [next((i for i, name in enumerate(names) if name.startswith(column.lower())), None)
                   for column in _COLUMNS]
         if None in places:
             raise ValueError("%s: no %r column" % (path, _COLUMNS[places.index(None)]))
@@ -140,9 +140,13 @@ def _number(text: str) -> float:
 
 
 def _stamp(text: str) -> float:
-    """Unix seconds as GWA-T-12 writes them, or GWA-T-13's ``dd.mm.yyyy HH:MM:SS`` (UTC)."""
+    """Unix seconds as GWA-T-12 writes them (its ``[ms]`` header notwithstanding; real
+    milliseconds, or finer, are told by their size), or GWA-T-13's ``dd.mm.yyyy HH:MM:SS`` (UTC)."""
     try:
-        return float(text)
+        value = float(text)
+        while value >= 1e11:  # past the year 5138 in seconds: ms, us or ns
+            value = float(int(value) // 1000)
+        return value
     except ValueError:
         moment = datetime.datetime.strptime(text, "%d.%m.%Y %H:%M:%S")
         return moment.replace(tzinfo=datetime.timezone.utc).timestamp()

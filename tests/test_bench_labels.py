@@ -141,7 +141,14 @@ def test_materna_layout_reads_as_the_same_trace(tmp_path):
                            for cells in (line.split("; ") for line in lines[1:])]  # fmt: skip
     assert any(",0" in line for line in commas)
     (tmp_path / "comma" / "5.csv").write_text("\n".join(commas) + "\n")
-    for read in (labels.read(tmp_path / "5.csv"), labels.read(tmp_path / "comma" / "5.csv")):
+    # Headers in another case and spacing, and stamps in real milliseconds: the same rows.
+    (tmp_path / "ms" / "5.csv").parent.mkdir()
+    millis = [lines[0].upper().replace("; ", ";  ")] + [
+        "; ".join([str(int(ts) * 1000)] + line.split("; ")[1:])
+        for (ts, _c, _n), line in zip(rows, lines[1:], strict=True)]
+    (tmp_path / "ms" / "5.csv").write_text("\n".join(millis) + "\n")
+    for read in (labels.read(tmp_path / "5.csv"), labels.read(tmp_path / "comma" / "5.csv"),
+                 labels.read(tmp_path / "ms" / "5.csv")):
         for field in ("ts", "cpu", "cores", "mem_kb", "mem_cap_kb", "disk", "net", "net_tx"):
             assert (getattr(read, field) == getattr(expected, field)).all(), field
     (tmp_path / "6.csv").write_text(header.replace("CPU usage [%]; ", "") + "\n")

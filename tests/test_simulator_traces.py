@@ -240,6 +240,10 @@ def test_materna_files_read_as_the_same_records_by_their_headers(tmp_path):
     assert "," in (tmp_path / "commas.csv").read_text().splitlines()[1]
     commas = read_trace(str(tmp_path / "commas.csv"), "bitbrains", vm="vm")
     assert [r for r in commas if r.ts < stamps[-1]] == twelve
+    shouted = tmp_path / "shouted.csv"  # headers in another case and spacing
+    shouted.write_text(materna.read_text().replace(MATERNA_HEADER,
+                                                   MATERNA_HEADER.upper().replace("; ", ";  ")))
+    assert [r for r in read_trace(str(shouted), "bitbrains", vm="vm") if r.ts < stamps[-1]] == twelve
     broken = tmp_path / "broken.csv"
     broken.write_text(MATERNA_HEADER.replace("Disk read throughput [KB/s]; ", "") + "\n")
     with pytest.raises(TraceError, match="header without 'Disk read throughput'"):

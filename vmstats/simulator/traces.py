@@ -246,10 +246,10 @@ _BITBRAINS_COLUMNS = {
 
 def _bitbrains_header(path: str, header: str) -> tuple[int, dict[str, int]]:
     """The header's number of cells and the place of each column a replay reads."""
-    names = [cell.strip() for cell in header.split(";")]
+    names = [" ".join(cell.split()).lower() for cell in header.split(";")]  # "CPU Usage  [%]" too
     places = {}
     for key, start in _BITBRAINS_COLUMNS.items():
-        found = [i for i, name in enumerate(names) if name.startswith(start)]
+        found = [i for i, name in enumerate(names) if name.startswith(start.lower())]
         if found:
             places[key] = found[0]
     missing = [start for key, start in _BITBRAINS_COLUMNS.items() if key not in places]
