@@ -298,3 +298,30 @@ def test_a_csv_trace_saved_by_a_spreadsheet_with_its_byte_order_mark_replays(tmp
     day = tmp_path / "server" / "data" / "vms" / "web1" / "2024-05-01.csv"
     assert [line.split(",")[:4] for line in day.read_text().splitlines()[1:]] == [
         ["1714521600", "1.5", "", "2"], ["1714521660", "2.5", "", "3"]]
+
+
+def test_rows_are_held_for_their_own_spacing_unless_an_interval_is_given(tmp_path):
+    """A Bitbrains-layout trace of 15-minute rows (every third row of a real file), or a CSV of
+    5-minute rows: each row stood for 5 minutes (1 for the CSV) and the rest of its interval was
+    sent as a gap, a third (a fifth) of the fleet's minutes.  Each VM's rows are now held for
+    their median spacing; ``interval=`` still says it outright."""
+    source = DATA / "bitbrains" / "410.csv.gz"
+    with gzip.open(source, "rt") as handle:
+        lines = handle.read().splitlines()
+    coarse = tmp_path / "coarse.csv"
+    coarse.write_text("\n".join([lines[0], *lines[1:61:3]]) + "\n")
+    stamps = [int(float(line.split(";")[0])) for line in lines[1:61:3]]
+    assert {b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)} <= {899, 900, 901}
+    trace = read_trace(str(coarse), "bitbrains")
+    held = [r.ts for r in trace]
+    assert held == [ts + 60 * k for ts in stamps for k in range(15)]
+    assert trace.quirks["other_interval"] == 1 and trace.quirks["gap"] == 0
+    told = read_trace(str(coarse), "bitbrains", interval=300)
+    assert len(list(told)) == 5 * len(stamps) and told.quirks["gap"] == len(stamps) - 1
+
+    fleet = tmp_path / "fleet.csv"
+    fleet.write_text("vm,timestamp,cpu,mem\n" + "".join(
+        "web1,%d,1,2\n" % (1714521600 + 300 * k) for k in range(4)))
+    trace = read_trace(str(fleet), "csv")
+    assert [r.ts for r in trace] == [1714521600 + 60 * k for k in range(20)]
+    assert trace.quirks["other_interval"] == 1

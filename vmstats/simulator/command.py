@@ -278,8 +278,8 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
               help="planetlab only: time of the first 5-minute slot (Unix seconds or ISO 8601). "
                    "Default: 2011-03-06T00:00Z, the day the sample was recorded.")
 @click.option("--interval", type=IntRange(60), default=None,
-              help="Seconds per trace row (a multiple of 60). "
-                   "Default: 300 for bitbrains and planetlab, 60 for csv.")
+              help="Seconds per trace row (a multiple of 60). Default: each VM's median row "
+                   "spacing (bitbrains, csv; 300 and 60 for a VM of two rows), 300 for planetlab.")
 @click.option("--fill-mem", type=FiniteRange(0, 100), default=None,
               help="Memory % to send when the trace has none "
                    "(planetlab is CPU only; the protocol requires mem).")

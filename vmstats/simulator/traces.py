@@ -64,6 +64,8 @@ QUIRKS = {
     "vm_off": "rows with zero cores or capacity (VM off): nothing sent, missing is not idle",
     "duplicate_timestamp": "rows repeating an earlier timestamp of the same VM: the last one kept",
     "out_of_order": "rows older than the row before them: sorted back into time order",
+    "other_interval": "VMs whose rows come at another interval than the format's (their median "
+                      "spacing): each row held for that spacing",
     "short_hold": "rows held for less than the interval because the next row came early",
     "gap": "intervals longer than 1.5 rows with no data: nothing sent for the hole",
     "gap_minutes": "minutes inside those holes",
@@ -440,6 +442,9 @@ class Trace:
         self.vm = vm
         self.vm_map = vm_map or {}
         self.start = int(PLANETLAB_START.timestamp()) if start is None else int(start)
+        #: Without --interval, a VM's rows are held for their own spacing (_spacing), planetlab's
+        #: (which has no stamps) for this.
+        self.told_interval = bool(interval)
         self.interval = interval or DEFAULT_INTERVAL[fmt]
         if self.interval < 60 or self.interval % 60:
             raise TraceError("interval must be a whole number of minutes, got %ss" % self.interval)
@@ -482,15 +487,32 @@ class Trace:
             for name, rows in _csv_rows(self.path, self.quirks).items():
                 if self.fill:
                     rows = [(ts, dict(self.fill, **values)) for ts, values in rows]
-                yield from _records(self._vm_for(name), rows, self.interval, self.quirks)
+                yield from _records(self._vm_for(name), rows, self._interval_of(rows), self.quirks)
             return
         name = source_name(self.path)
         vm = self._vm_for(name)
         if self.fmt == "bitbrains":
             rows = _bitbrains_rows(self.path, self.quirks)
+            yield from _records(vm, rows, self._interval_of(rows), self.quirks)
         else:
             rows = _planetlab_rows(self.path, self.start, self.interval, self.quirks, self.fill)
-        yield from _records(vm, rows, self.interval, self.quirks)
+            yield from _records(vm, rows, self.interval, self.quirks)
+
+    def _interval_of(self, rows: list[tuple[int, dict]]) -> int:
+        """How long each of a VM's rows is held: ``--interval`` when given, else the median
+        spacing of its rows in whole minutes.  A trace of 15-minute or 1-minute rows replayed
+        as 5-minute data sent a third of each interval and called the rest a gap (or held a
+        row past the next one); the format's interval stays for a VM of two rows or fewer."""
+        if self.told_interval:
+            return self.interval
+        stamps = sorted({ts for ts, _values in rows})
+        if len(stamps) < 3:
+            return self.interval
+        spacing = sorted(b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True))[(len(stamps) - 1) // 2]
+        interval = max(60, round(spacing / 60) * 60)
+        if interval != self.interval:
+            self.quirks["other_interval"] += 1
+        return interval
 
 
 def read_trace(path: str, fmt: str, **options) -> Trace:
