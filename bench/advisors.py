@@ -6,8 +6,8 @@ As the vendors document them (the wording this follows is quoted in BENCHMARKS.m
   instance is flagged when its *daily* CPU utilization was 10% or less and
   its network I/O 5 MB or less on at least 4 of the last 14 days.  Here: per
   UTC day with data, the mean CPU % of the day's rows and the day's network
-  received + sent (KB/s x 300 s per row, MB = 10^6 bytes); flagged when at
-  least 4 days of the window qualify.
+  received + sent (KB/s x the seconds a row stands for, 300 in the published
+  trace; MB = 10^6 bytes); flagged when at least 4 days of the window qualify.
 - **Azure Advisor, shutdown recommendation**: over the last 7 days, metrics
   are aggregated to 30 minutes (the maximum of the finer averages); a
   shutdown is recommended when the P95 of the maximum CPU utilization is
@@ -22,7 +22,7 @@ flagged by a rule counts as reclaimed by that rule.
 """
 
 import numpy as np
-from labels import ROW_SECONDS, Trace
+from labels import Trace
 
 DAY = 86400
 TA_CPU, TA_NET_MB, TA_DAYS, TA_LOOKBACK = 10.0, 5.0, 4, 14
@@ -37,7 +37,7 @@ def trusted_advisor(t: Trace, start: int, end: int) -> bool:
     day = w.ts // DAY
     days, index = np.unique(day, return_inverse=True)
     cpu_mean = np.bincount(index, weights=w.cpu) / np.bincount(index)
-    net_mb = np.bincount(index, weights=w.net) * 1024 * ROW_SECONDS / 1e6
+    net_mb = np.bincount(index, weights=w.net) * 1024 * w.step / 1e6
     low = (cpu_mean <= TA_CPU) & (net_mb <= TA_NET_MB)
     return int(low.sum()) >= TA_DAYS
 

@@ -6,7 +6,8 @@ between fields, the ``Timestamp [ms]`` column in Unix seconds) with numpy
 alone and imports nothing of vmstats: a policy graded by its own idea of
 "busy" would always pass.
 
-Definitions (5-minute rows, values as recorded):
+Definitions (values as recorded; rows of 5 minutes in the published trace, and each
+trace's own step, the median spacing of its rows, in another):
 
 - a row is **off** when its CPU cores, CPU capacity or memory capacity is 0:
   the VM was off or not reporting, which is neither work nor idleness; off
@@ -19,10 +20,10 @@ Definitions (5-minute rows, values as recorded):
   the few KB/s of monitoring agents, NTP and heartbeats).  CPU above 100 %
   (a recording quirk of this trace) is work like any other high value.
   Memory is never work on its own: page cache moves while nothing runs.
-- a **stretch of work** is a run of work rows, each within ``MAX_STEP``
-  seconds of the one before (a missing row breaks nothing, a gap does),
+- a **stretch of work** is a run of work rows, each within ``MAX_STEPS`` steps
+  of the one before (a missing row breaks nothing, a gap does),
   lasting at least ``STRETCH`` seconds from its first row's start to its
-  last row's end: 30 minutes is 6 rows.
+  last row's end (a row lasts the trace's step): 30 minutes is 6 5-minute rows.
 - a VM is **busy** in a window when it has at least one stretch of work
   inside it.
 - a VM is **quiet** in a window when it has data for at least
@@ -49,12 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROW_SECONDS = 300
+ROW_SECONDS = 300  # the published trace's step; a trace of two rows or fewer is taken to have it
 WORK_CPU = 10.0  # % of provisioned CPU
 WORK_DISK = 1024.0  # KB/s, read + write
 WORK_NET = 100.0  # KB/s, received + sent
 STRETCH = 30 * 60  # seconds
-MAX_STEP = 2 * ROW_SECONDS  # seconds between two rows of one stretch
+MAX_STEPS = 2  # steps between two rows of one stretch
 MIN_PRESENT = 0.5  # share of the window's rows
 QUIET_MAX_WORK_SHARE = 0.01
 QUIET_CPU = 5.0  # %, median
@@ -81,10 +82,11 @@ class Trace:
     disk: np.ndarray  # KB/s read + write
     net: np.ndarray  # KB/s received + sent
     net_tx: np.ndarray  # KB/s sent
+    step: int = ROW_SECONDS  # seconds a row stands for: the median spacing of the rows
 
     def window(self, start: int, end: int) -> "Trace":
         inside = (self.ts >= start) & (self.ts < end)
-        return Trace(self.name, *(getattr(self, f)[inside] for f in _ARRAYS))
+        return Trace(self.name, *(getattr(self, f)[inside] for f in _ARRAYS), step=self.step)
 
 
 _ARRAYS = ("ts", "cpu", "cores", "mem_kb", "mem_cap_kb", "disk", "net", "net_tx")
@@ -118,6 +120,10 @@ def read(path: Path) -> Trace:
     last = np.r_[data[1:, _TS] != data[:-1, _TS], True]
     data = data[last]
     name = path.name.split(".")[0]
+    ts = data[:, _TS].astype(np.int64)
+    step = ROW_SECONDS
+    if len(ts) > 2:
+        step = max(60, int(round(float(np.median(np.diff(ts))) / 60)) * 60)
     return Trace(
         name,
         data[:, _TS].astype(np.int64),
@@ -128,6 +134,7 @@ def read(path: Path) -> Trace:
         data[:, _DISK_R] + data[:, _DISK_W],
         data[:, _NET_RX] + data[:, _NET_TX],
         data[:, _NET_TX],
+        step=step,
     )
 
 
@@ -170,28 +177,28 @@ def work_rows(t: Trace) -> np.ndarray:
     return (t.cpu >= WORK_CPU) | (t.disk >= WORK_DISK) | (t.net >= WORK_NET)
 
 
-def stretches(ts: np.ndarray, work: np.ndarray) -> list[tuple[int, int]]:
-    """``(start, end)`` seconds of each stretch of work lasting at least STRETCH."""
+def stretches(ts: np.ndarray, work: np.ndarray, step: int = ROW_SECONDS) -> list[tuple[int, int]]:
+    """``(start, end)`` seconds of each stretch of work lasting at least STRETCH (rows of ``step`` s)."""
     found = []
     run_start = previous = None
     for stamp, busy in zip(ts.tolist(), work.tolist(), strict=True):
-        if busy and run_start is not None and stamp - previous <= MAX_STEP:
+        if busy and run_start is not None and stamp - previous <= MAX_STEPS * step:
             previous = stamp
             continue
-        if run_start is not None and previous + ROW_SECONDS - run_start >= STRETCH:
-            found.append((run_start, previous + ROW_SECONDS))
+        if run_start is not None and previous + step - run_start >= STRETCH:
+            found.append((run_start, previous + step))
         run_start = previous = stamp if busy else None
-    if run_start is not None and previous + ROW_SECONDS - run_start >= STRETCH:
-        found.append((run_start, previous + ROW_SECONDS))
+    if run_start is not None and previous + step - run_start >= STRETCH:
+        found.append((run_start, previous + step))
     return found
 
 
 def label(t: Trace, start: int, end: int) -> str:
     """``busy``, ``quiet``, ``neither`` or ``unknown`` for the window [start, end)."""
     w = t.window(start, end)
-    if stretches(w.ts, work_rows(w)):
+    if stretches(w.ts, work_rows(w), t.step):
         return "busy"
-    if len(w.ts) < MIN_PRESENT * (end - start) / ROW_SECONDS:
+    if len(w.ts) < MIN_PRESENT * (end - start) / t.step:
         return "unknown"
     work_share = float(work_rows(w).mean())
     if work_share <= QUIET_MAX_WORK_SHARE and np.median(w.cpu) < QUIET_CPU and np.median(w.net) < QUIET_NET:

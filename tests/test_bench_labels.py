@@ -154,3 +154,17 @@ def test_materna_layout_reads_as_the_same_trace(tmp_path):
     (tmp_path / "6.csv").write_text(header.replace("CPU usage [%]; ", "") + "\n")
     with pytest.raises(ValueError, match="no 'CPU usage \\[%\\]' column"):
         labels.read(tmp_path / "6.csv")
+
+
+def test_a_trace_of_fifteen_minute_rows_is_labelled_by_its_own_step(tmp_path):
+    """Rows 15 minutes apart: two work rows in a row are 30 minutes of work (busy), and a day
+    of such rows is a whole day of data.  Taken as 5-minute rows, that was 20 minutes of work
+    and a third of the day present: the VM was neither busy nor judged at all (unknown)."""
+    step = 900
+    rows = [(T0 + step * k, 1.0, 2.0) for k in range(DAY // step)]
+    rows += [(T0 + DAY + step * k, 80.0 if k < 2 else 1.0, 2.0) for k in range(DAY // step)]
+    trace = write(tmp_path / "15.csv.gz", rows)
+    assert trace.step == step
+    assert labels.label(trace, T0, T0 + DAY) == "quiet"
+    assert labels.label(trace, T0 + DAY, T0 + 2 * DAY) == "busy"
+    assert labels.stretches(trace.ts, labels.work_rows(trace), trace.step) == [(T0 + DAY, T0 + DAY + 1800)]
