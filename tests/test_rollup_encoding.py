@@ -6,6 +6,8 @@ sparse encoding, the dense one older files hold, a VM subset of a file,
 counts past 16 bits and empty histograms all give back the same arrays.
 """
 
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -197,3 +199,26 @@ def test_histograms_kept_sparse_sum_per_vm_as_the_dense_rows_do(tmp_path):
             # Two rows of one chunk in one group (not a report's case, but a sum all the same).
             np.testing.assert_array_equal(hist.group_sum(np.zeros(len(group), np.int64), 1),
                                           dense[name].sum(axis=0, dtype=np.int64)[None, :])
+
+
+def test_rollups_no_report_reads_are_not_named_while_the_days_rows_answer(tmp_path):
+    """A newer vmstats's rollups beside the day's rows (a downgrade before compaction rolled
+    them again): every report named the file as skipped, though not a record was missing.
+    Only a VM-day the file alone held (its rows gone) is named, with how many."""
+    from vmstats.protocol import Record
+
+    vms = ["vm0", "vm1", "vm2"]
+    path = _write(tmp_path, vms, _aggregates(len(vms)), HISTOGRAMS, version=ROLLUP_VERSION + 1)
+    start = logstore.day_number(DAY) * 86400
+    for vm in vms:
+        record = Record(vm=vm, ts=start + 600, cpu=1.0, mem=2.0)
+        logstore.append_missing(str(tmp_path), vm, {record.ts: logstore.format_row(record)})
+    issues = []
+    units = discover([str(tmp_path)], issues)
+    assert issues == [] and sorted(units) == [(vm, logstore.day_number(DAY)) for vm in vms]
+    os.unlink(logstore.day_path(str(tmp_path), "vm1", DAY))
+    units = discover([str(tmp_path)], issues)
+    assert sorted(units) == [(vm, logstore.day_number(DAY)) for vm in ("vm0", "vm2")]
+    assert [entry["path"] for entry in issues] == [path]
+    assert "another aggregate version (%d), and the rows of 1 of its 3 VMs are gone" % (ROLLUP_VERSION + 1) \
+        in issues[0]["problem"]

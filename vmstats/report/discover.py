@@ -110,6 +110,7 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
     tiers = [logstore.COLUMNAR_DIR] + ([] if raw_only else [logstore.ROLLUPS_DIR])
     # Columnar Parts by unit; rollups as the units they answer ([Part]), the first units found.
     parts: dict[str, dict] = {tier: {} for tier in tiers}
+    unused: list[tuple[str, str, int, list[str], object]] = []  # rollups of another version
     for tier in tiers:
         held = parts[tier]
         for day, path in logstore.tier_days(data_dir, tier):
@@ -119,7 +120,8 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
                 vms = info["vms"]
                 version = info.get("version")
                 if tier == logstore.ROLLUPS_DIR and not readable_rollups(version):
-                    raise ValueError("rollups of another aggregate version (%s)" % version)
+                    unused.append((path, day, number, vms, version))
+                    continue
             except (OSError, ValueError, KeyError) as exc:
                 issues.append(issue(path, "unreadable %s file: %s" % (tier, exc), vm="", day=day))
                 continue
@@ -131,6 +133,14 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
                 sources = map(list, zip(sources, strict=False))  # each unit's sources: [its Part]
             held.update(zip(keys, sources, strict=True))
     columnar = parts[logstore.COLUMNAR_DIR]
+    for path, day, number, vms, version in unused:
+        # Rollups no report reads (a newer vmstats wrote them before a downgrade) keep the day's
+        # rows until compaction rolls them again: only a VM-day they alone held is missing.
+        lost = [vm for vm in vms if (vm, number) not in columnar and (vm, number) not in csv]
+        if lost:
+            issues.append(issue(path, "unreadable %s file: rollups of another aggregate version (%s), "
+                                "and the rows of %d of its %d VMs are gone"
+                                % (logstore.ROLLUPS_DIR, version, len(lost), len(vms)), vm="", day=day))
     units: Units = parts.get(logstore.ROLLUPS_DIR, {})
     for key in csv.keys() & units.keys():
         if key in columnar:  # a CSV file beside a compacted day: its rows and the day's answer
