@@ -45,6 +45,8 @@ import advisors  # noqa: E402
 import labels  # noqa: E402
 from tracereplay import OUT, replayed  # noqa: E402
 
+from vmstats.simulator.traces import default_vm_id  # noqa: E402
+
 TRACE = ROOT.parent / "shared" / "traces" / "bitbrains-rnd-2013-8"
 DAY = 86400
 #: The targets of the policy on this trace (issue 19).
@@ -144,9 +146,10 @@ def main() -> None:
 
     doc, seconds = run_backtest(data, OUT / "accuracy-backtest", first + args.days - 1, args.days)
     print("vmstats backtest: %.1f s" % seconds)
-    # Replayed VMs are named bitbrains-<file name> (docs/SIMULATOR.md).
+    # Replayed VMs are named bitbrains-<file name>, made safe where the name is not a valid id
+    # (docs/SIMULATOR.md): the replay's own naming, not the report's.
     rows = {row["vm"]: row for row in doc["vms"]}
-    vm_of = {name: "bitbrains-%s" % name for name in traces}
+    vm_of = {name: default_vm_id("bitbrains", name) for name in traces}
     truth = {}
     for name, trace in traces.items():
         row = rows.get(vm_of[name], {})

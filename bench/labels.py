@@ -119,7 +119,7 @@ def read(path: Path) -> Trace:
     data = data[np.argsort(data[:, _TS], kind="stable")]
     last = np.r_[data[1:, _TS] != data[:-1, _TS], True]
     data = data[last]
-    name = path.name.split(".")[0]
+    name = path.name.removesuffix(".gz").removesuffix(".csv")  # as the replay names its VM
     ts = data[:, _TS].astype(np.int64)
     step = ROW_SECONDS
     if len(ts) > 2:

@@ -168,3 +168,13 @@ def test_a_trace_of_fifteen_minute_rows_is_labelled_by_its_own_step(tmp_path):
     assert labels.label(trace, T0, T0 + DAY) == "quiet"
     assert labels.label(trace, T0 + DAY, T0 + 2 * DAY) == "busy"
     assert labels.stretches(trace.ts, labels.work_rows(trace), trace.step) == [(T0 + DAY, T0 + DAY + 1800)]
+
+
+def test_a_trace_is_named_as_the_replay_names_its_vm(tmp_path):
+    """``web.01.csv`` and ``web.02.csv`` were both ``web`` to the labels, one trace hiding the
+    other, and neither matched the replayed VMs ``bitbrains-web.01`` and ``bitbrains-web.02``."""
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    for name in ("web.01.csv.gz", "web.02.csv.gz"):
+        write(folder / name, quiet_rows(T0, T0 + DAY))
+    assert sorted(labels.read_all(folder)) == ["web.01", "web.02"]
