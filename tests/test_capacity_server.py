@@ -118,7 +118,8 @@ def test_answers_from_the_summary_and_holds_what_it_offered(live):
     # The next answer starts from what the first holds; a question with hold = false holds nothing.
     code, second = post(server, dict(MANIFEST, name="ask-only", hold=False))
     assert code == 200 and second["held"] is False
-    assert second["held_by_earlier_answers"]["kvm01"] == {"cpu_cores": 2.0, "mem_gb": 6.0}
+    assert second["held_by_earlier_answers"]["kvm01"] == {"cpu_cores": 2.0, "mem_gb": 6.0,
+                                                          "allocated_vcpus": 3.0, "allocated_mem_gb": 10.0}
     assert second["headroom_left"]["kvm01"]["mem_gb"] == pytest.approx(left["mem_gb"] - 6.0, abs=1e-3)
     assert [h["request"] for h in state(server)["held"]] == ["shop"]
 
@@ -188,7 +189,9 @@ def test_a_lapsed_hold_still_counts_until_a_newer_summary_has_seen_its_vms(tmp_p
         code, second = post(server, dict(fill, name="again"))
         kept = state(server)["held"]
     assert code == 200 and second["status"] == "reject" and second["placed"] == 0, second
-    assert second["held_by_earlier_answers"]["kvm01"] == {"cpu_cores": placed * 1.0, "mem_gb": placed * 2.0}
+    assert second["held_by_earlier_answers"]["kvm01"] == {
+        "cpu_cores": placed * 1.0, "mem_gb": placed * 2.0, "allocated_vcpus": placed * 1.0,
+        "allocated_mem_gb": placed * 2.0}
     assert [h["request"] for h in kept] == ["fill"] and kept[0]["expires_in_s"] < 0
 
 
@@ -324,3 +327,23 @@ def test_a_stopped_share_outside_0_to_100_stops_the_start_with_one_line(tmp_path
         assert result.stderr.startswith("Error: Invalid value for '--capacity-stopped-share-max'"), \
             result.stderr
     assert not (tmp_path / "data").exists()  # refused before the start
+
+
+def test_the_allocation_figure_counts_the_sizes_earlier_answers_hold(tmp_path):
+    """small1 has 12 of its 64 vCPUs and 48 of its 64 GB allocated (Nova's ratios 4 and 1).  The
+    first answer holds two 1x8 VMs there (56, then 64 GB); the next 1x8 takes it to 72 GB, past
+    the RAM ratio, so Nova would refuse it.  The allocation figure and past_allocation_ratios
+    left the held VMs out, as if they were never going to be created: it said Nova places it."""
+    from test_capacity_edges import HOSTS, write_paused
+
+    with summarising(tmp_path, write_paused, HOSTS, "--capacity-days", "3") as server:
+        code, first = post(server, {"name": "first", "vms": [{"profile": "1x8@25%", "count": 2}]})
+        assert code == 200 and first["status"] == "accept" and first["held"] is True, first
+        assert set(first["offer"].values()) == {"small1"} and first["past_allocation_ratios"] == {}
+        assert first["allocation_basis"]["placed"] == 2
+        code, second = post(server, {"hold": False, "vms": [{"profile": "1x8@25%"}]})
+    assert code == 200 and second["status"] == "accept" and second["offer"] == {"1x8@25%-1": "small1"}
+    assert second["allocation_basis"]["placed"] == 0
+    assert second["past_allocation_ratios"] == {"small1": {"vcpus": [15.0, 64.0], "mem_gb": [72.0, 64.0]}}
+    assert second["held_by_earlier_answers"] == {"small1": {
+        "cpu_cores": 0.5, "mem_gb": 4.0, "allocated_vcpus": 2.0, "allocated_mem_gb": 16.0}}

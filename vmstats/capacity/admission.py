@@ -177,33 +177,40 @@ class Reservations:
     whose reading began after that time is in use (``read_from``, on this
     clock), since until then no summary has seen the VMs and the room would
     be offered again (refreshes that keep failing, or one slower than the
-    hold).
+    hold).  A hold keeps the VMs' sizes beside their demand: until the VMs
+    are in the data, Nova's allocation figure would not count them either.
     """
 
     hold_s: float = 1800.0
     clock: Callable[[], float] = field(default=lambda: 0.0)
-    held: list[tuple[float, str, dict[str, tuple[float, float]]]] = field(default_factory=list)
+    #: (until, request, {host: (cores, GB of demand, vCPUs, GB allocated)})
+    held: list[tuple[float, str, dict[str, tuple[float, float, float, float]]]] = field(default_factory=list)
 
     def _keep(self, until: float, read_from: float | None) -> bool:
         return until > self.clock() or (read_from is not None and read_from <= until)
 
-    def current(self, read_from: float | None = None) -> dict[str, tuple[float, float]]:
-        """Cores and GB held per host now: holds whose time is up are dropped once the summary
-        in use began reading the logs after it (``read_from``; None: not known)."""
+    def totals(self, read_from: float | None = None) -> dict[str, tuple[float, float, float, float]]:
+        """Per host, what the holds in force add: cores and GB of demand, vCPUs and GB of size.
+        Holds whose time is up are dropped once the summary in use began reading the logs after
+        it (``read_from``; None: not known)."""
         self.held = [h for h in self.held if self._keep(h[0], read_from)]
-        out: dict[str, tuple[float, float]] = {}
+        out: dict[str, tuple[float, float, float, float]] = {}
         for _until, _name, hosts in self.held:
-            for host, (cpu, mem) in hosts.items():
-                c, m = out.get(host, (0.0, 0.0))
-                out[host] = (c + cpu, m + mem)
+            for host, added in hosts.items():
+                out[host] = tuple(a + b for a, b in zip(out.get(host, (0.0,) * 4), added, strict=True))
         return out
+
+    def current(self, read_from: float | None = None) -> dict[str, tuple[float, float]]:
+        """Cores and GB of demand held per host now (totals)."""
+        return {host: (cpu, mem) for host, (cpu, mem, _v, _g) in self.totals(read_from).items()}
 
     def hold(self, name: str, offer: Offer, asks: list[Ask]) -> None:
         by_name = {a.name: a for a in asks}
-        hosts: dict[str, tuple[float, float]] = {}
+        hosts: dict[str, tuple[float, float, float, float]] = {}
         for vm, host in offer.placed.items():
-            c, m = hosts.get(host, (0.0, 0.0))
-            hosts[host] = (c + float(by_name[vm].cpu), m + float(by_name[vm].mem))
+            ask = by_name[vm]
+            c, m, v, g = hosts.get(host, (0.0,) * 4)
+            hosts[host] = (c + float(ask.cpu), m + float(ask.mem), v + ask.vcpus, g + ask.mem_gb)
         if hosts:
             self.held.append((self.clock() + self.hold_s, name, hosts))
 
@@ -230,11 +237,15 @@ def answer(
     offer is held in turn; ``read_from`` is when the summary's reading of the
     logs began, on the reservations' clock (see Reservations).
     """
-    held = reservations.current(read_from) if reservations is not None else {}
+    totals = reservations.totals(read_from) if reservations is not None else {}
+    held = {host: (cpu, mem) for host, (cpu, mem, _v, _g) in totals.items()}
+    sizes = {host: (vcpus, mem_gb) for host, (_c, _m, vcpus, mem_gb) in totals.items()}
     demand = _less(summary.loads("demand"), held)
     asks = manifest.asks("demand")
     offer = place(demand, asks, summary.percentile, partial=manifest.partial)
-    nova = place(summary.loads("allocation"), manifest.asks("allocation"), 100.0, partial=manifest.partial)
+    # The VMs earlier answers hold room for are not in the data yet: Nova will have them allocated.
+    allocation = _less(summary.loads("allocation"), sizes)
+    nova = place(allocation, manifest.asks("allocation"), 100.0, partial=manifest.partial)
     if reservations is not None and manifest.hold:
         reservations.hold(manifest.name or "unnamed", offer, asks)
     return {
@@ -252,27 +263,33 @@ def answer(
             "placed": len(nova.placed),
             "rule": "sizes within (total - reserved) x ratio, as Nova's placement",
         },
-        "past_allocation_ratios": past_ratios(summary, offer, asks),
+        "past_allocation_ratios": past_ratios(summary, offer, asks, sizes),
         "held_by_earlier_answers": {
-            h: {"cpu_cores": _r(c), "mem_gb": _r(m)} for h, (c, m) in sorted(held.items())
+            h: {"cpu_cores": _r(c), "mem_gb": _r(m), "allocated_vcpus": _r(v), "allocated_mem_gb": _r(g)}
+            for h, (c, m, v, g) in sorted(totals.items())
         },
         "held": reservations is not None and manifest.hold and bool(offer.placed),
         "basis": summary.basis(now),
     }
 
 
-def past_ratios(summary: Summary, offer: Offer, asks: list[Ask]) -> dict[str, dict]:
-    """The hosts of the offer whose allocation (what they hold now plus the offer's VMs' sizes)
-    goes past ``(total - reserved) x ratio`` of the inventory: a cloud that enforces its ratios,
-    as Nova does, refuses those VMs there until the ratios are raised.  ``{host: {"vcpus":
-    [allocated, limit], "mem_gb": [allocated, limit]}}``."""
+def past_ratios(
+    summary: Summary, offer: Offer, asks: list[Ask], held: dict[str, tuple[float, float]] | None = None
+) -> dict[str, dict]:
+    """The hosts of the offer whose allocation (what they hold now, the sizes earlier answers
+    hold room for (``held``: vCPUs, GB per host), plus the offer's VMs' sizes) goes past
+    ``(total - reserved) x ratio`` of the inventory: a cloud that enforces its ratios, as Nova
+    does, refuses those VMs there until the ratios are raised.  ``{host: {"vcpus": [allocated,
+    limit], "mem_gb": [allocated, limit]}}``."""
     hosts = {h.name: h for h in summary.hosts}
     size = {a.name: (a.vcpus, a.mem_gb) for a in asks}
+    held = held or {}
     out = {}
     for host, vms in sorted(offer.per_host().items()):
         h = hosts[host]
-        vcpus = h.allocated_vcpus + sum(size[vm][0] for vm in vms)
-        mem_gb = h.allocated_mem_gb + sum(size[vm][1] for vm in vms)
+        before_vcpus, before_mem = held.get(host, (0.0, 0.0))
+        vcpus = h.allocated_vcpus + before_vcpus + sum(size[vm][0] for vm in vms)
+        mem_gb = h.allocated_mem_gb + before_mem + sum(size[vm][1] for vm in vms)
         if vcpus > h.alloc_cpu_limit + 1e-9 or mem_gb > h.alloc_mem_limit + 1e-9:
             out[host] = {
                 "vcpus": [_r(vcpus), _r(h.alloc_cpu_limit)],
@@ -282,6 +299,8 @@ def past_ratios(summary: Summary, offer: Offer, asks: list[Ask]) -> dict[str, di
 
 
 def _less(loads: list[HostLoad], held: dict[str, tuple[float, float]]) -> list[HostLoad]:
+    """The loads less the room earlier answers hold: added to each host's level (cores and GB of
+    demand on the demand basis, vCPUs and GB of size on the allocation basis)."""
     for load in loads:
         cpu, mem = held.get(load.name, (0.0, 0.0))
         load.cpu_level += cpu
