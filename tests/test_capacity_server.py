@@ -12,6 +12,7 @@ from serverproc import LOOPBACK, STATUS_TOKEN, ServerProcess
 from test_http_bodies import status_and_json, stream
 from test_server_udp import line, now
 
+from vmstats.capacity.admission import MAX_SHAPES
 from vmstats.capacity.service import MAX_BODY
 from vmstats.protocol import Record
 
@@ -77,6 +78,9 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
          "manifest is not valid JSON: 'profile' is given twice in one object"),
         (post(server, {"profiles": {"2x4": "64x512"}, "vms": [{"profile": "2x4"}]}), 400,
          "manifest: profiles.2x4: a profile's name may not be written as a size"),
+        # Each shape is a pass over the hosts in the reactor: 1 MiB held it 3 s on 500 hosts.
+        (post(server, {"vms": [{"profile": "1x%d" % (i + 1)} for i in range(MAX_SHAPES + 1)]}), 400,
+         "manifest: asks for VMs of more than %d shapes (sizes and expected use)" % MAX_SHAPES),
     ]
     for (code, body), want_code, want in cases:
         assert code == want_code and list(body) == ["error"] and want in body["error"], body
@@ -92,7 +96,7 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
         server.http("/admission", token=None)
     assert denied.value.code == 401
     metrics = server.metrics()
-    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 7
+    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 8
     assert metrics['vmstats_admission_requests_total{result="error_401"}'] == 4  # three POSTs, the GET
 
 

@@ -33,6 +33,10 @@ from vmstats.words import counted, part_of
 
 #: VMs one manifest may ask for: bounds the work one request can cause.
 MAX_VMS = 100_000
+#: Shapes (size and expected use) one manifest may ask for: each is a pass over the hosts, so
+#: they, not the VMs, bound the time an answer holds the server's reactor (10,000: under a
+#: second on 500 hosts, BENCHMARKS.md "Admission"; 1 MiB of JSON holds 40,000).
+MAX_SHAPES = 10_000
 _TOP_KEYS = ("name", "partial", "hold", "profiles", "vms")
 _ENTRY_KEYS = ("profile", "count", "name", "anti_affinity", "group")
 
@@ -117,6 +121,9 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         if total > MAX_VMS:
             raise CapacityError("%s: asks for more than %s" % (where, counted(MAX_VMS, "VM")))
         entries.append(entry)
+    if len({e.profile for e in entries}) > MAX_SHAPES:
+        raise CapacityError("%s: asks for VMs of more than %s (sizes and expected use)"
+                            % (where, counted(MAX_SHAPES, "shape")))
     return Manifest(name, partial, tuple(entries), hold)
 
 
