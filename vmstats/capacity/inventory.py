@@ -34,6 +34,11 @@ DEFAULTS = {
     "buffer": 0.10,  # share of capacity kept free on top of the reserve
 }
 _HOST_KEYS = ("name", "vcpus", "mem_gb", "vms") + tuple(DEFAULTS)
+#: Largest number the inventory takes (vCPUs, GB, reserves, ratios): far past any host, and small
+#: enough that what is worked out from it (``(total - reserved) x ratio``, VMs that fit) stays a
+#: number.  1e300 vCPUs at ratio 1e10 overflowed to infinity: headroom ended in a traceback and
+#: the server's summary could not be read back, so every admission was answered 503.
+MAX_NUMBER = 1e12
 
 
 @dataclass(frozen=True)
@@ -176,10 +181,13 @@ def _host(entry: Any, defaults: dict[str, float], origin: str) -> Host:
 
 
 def _number(value: Any, key: str, origin: str) -> float:
-    """A checked number: sizes positive, reserves not negative, ratios positive, buffer a share."""
+    """A checked number: sizes positive, reserves not negative, ratios positive, buffer a share,
+    none past MAX_NUMBER."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise CapacityError("%s: must be a number, not %r" % (origin, value))
     number = float(value)
+    if number > MAX_NUMBER:
+        raise CapacityError("%s: must be at most %g, not %g" % (origin, MAX_NUMBER, number))
     if key in ("vcpus", "mem_gb", "cpu_ratio", "ram_ratio") and number <= 0:
         raise CapacityError("%s: must be positive" % origin)
     if number < 0:
