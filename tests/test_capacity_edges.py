@@ -7,6 +7,7 @@ every expected figure is worked out here with numpy from the same series
 buffer), importing nothing from vmstats.capacity.
 """
 
+import csv
 import json
 import subprocess
 import sys
@@ -213,6 +214,28 @@ def write_paused(data):
     write(data, "run", "small1", 4, 16, 50.0, 50.0)
     write(data, "full2", "small2", 16, 64, 100.0, 100.0)
     write(data, "full3", "big", 32, 128, 100.0, 100.0)
+
+
+def test_a_full_host_has_no_room_left_not_minus_nothing(tmp_path):
+    """small1 filled to its limit, small2 and big full: the room left on each is 0, in the answer's
+    JSON, on the terminal and in headroom.csv.  A flat week's trend is a float's noise above 0
+    (1e-15 cores a week), and the room left after it was written -0.0, which reads as a host
+    already past its limit."""
+    write_paused(tmp_path / "data")
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    (tmp_path / "m.toml").write_text('[[vms]]\nprofile = "10x40"\n')
+    args = ("admit", tmp_path / "m.toml", tmp_path / "data", "--inventory", tmp_path / "hosts.toml")
+    answer, text = vmstats(*args, "--json"), vmstats(*args)
+    assert answer.returncode == text.returncode == 0, answer.stderr
+    left = json.loads(answer.stdout)["headroom_left"]
+    assert left == {host: {"cpu_cores": 0.0, "mem_gb": 0.0} for host in ("big", "small1", "small2")}
+    assert "-0.0" not in answer.stdout and "(left: 0.0 cores, 0.0 GB)" in text.stdout, text.stdout
+    done = vmstats("headroom", tmp_path / "data", "--inventory", tmp_path / "hosts.toml", "--profile", "1x1",
+                   "--no-after", "-o", tmp_path / "out")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "headroom.csv").open()))
+    assert [(r["host"], r["cpu_headroom"], r["mem_headroom"]) for r in rows] == [
+        ("small1", "10.0", "40.0"), ("small2", "0.0", "0.0"), ("big", "0.0", "0.0")]
 
 
 def test_a_stopped_vm_keeps_room_for_what_it_used_unless_told_not_to(tmp_path):

@@ -316,7 +316,9 @@ def _less(loads: list[HostLoad], held: dict[str, tuple[float, float]]) -> list[H
 
 
 def _r(value: float) -> float | None:
-    return None if math.isnan(value) else round(value, 3)
+    """Rounded to 3 places, never -0.0: a float's noise below 0 (a flat trend's) read as a host
+    past its limit."""
+    return None if math.isnan(value) else round(value, 3) + 0.0
 
 
 def terminal(result: dict) -> str:

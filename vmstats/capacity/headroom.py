@@ -208,4 +208,6 @@ def result(
 
 
 def _r(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, 3)
+    """Rounded to 3 places, never -0.0: a float's noise below 0 (a flat trend's) read as a host
+    past its limit."""
+    return None if value is None or math.isnan(value) else round(value, 3) + 0.0
