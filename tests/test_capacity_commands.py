@@ -142,6 +142,14 @@ def test_a_fleet_with_no_host_known_has_no_room_now_or_after(fleet, tmp_path):
     document = json.loads((tmp_path / "out" / "headroom.json").read_text())
     assert all(row["status"] == "unknown" for row in document["hosts"])
     assert document["fleet"]["fit_after"] == 0 and document["fleet"]["hosts_known"] == 0
+    # Admission says why: not that no host has room, which sent the operator to buy hosts.
+    manifest = tmp_path / "one.toml"
+    manifest.write_text('[[vms]]\nprofile = "1x1"\n')
+    answer = vmstats("admit", manifest, data, "--inventory", base / "hosts.toml", "--coverage-min", "1",
+                     "--json")  # fmt: skip
+    assert answer.returncode == 4, answer.stderr
+    assert json.loads(answer.stdout)["rejected"] == {
+        "1x1-1": "no host is known: every host of the inventory is unknown, and its room is never offered"}
 
 
 @pytest.mark.parametrize(
@@ -330,6 +338,9 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
     assert answer["allocation_basis"]["placed"] == 2
     text = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml")
     assert text.returncode == 3 and text.stdout.startswith("shop: PARTIAL, 2 of 3 VMs placed")
+    # stray sends no host tag and no selector names it: its use is on no host, as headroom says.
+    assert text.stdout.splitlines()[-1] == (
+        "unplaced VMs (no host in the inventory claims them, so their use counts on none): 1")
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,8 @@ MAX_VMS = 100_000
 #: they, not the VMs, bound the time an answer holds the server's reactor (10,000: under a
 #: second on 500 hosts, BENCHMARKS.md "Admission"; 1 MiB of JSON holds 40,000).
 MAX_SHAPES = 10_000
+#: Why a VM is rejected when the summary knows no host at all.
+NO_HOST_KNOWN = "no host is known: every host of the inventory is unknown, and its room is never offered"
 _TOP_KEYS = ("name", "partial", "hold", "profiles", "vms")
 _ENTRY_KEYS = ("profile", "count", "name", "anti_affinity", "group")
 
@@ -250,6 +252,8 @@ def answer(
     demand = _less(summary.loads("demand"), held)
     asks = manifest.asks("demand")
     offer = place(demand, asks, summary.percentile, partial=manifest.partial)
+    if not demand:  # "no host has room" would send the operator to buy hosts the data cannot judge
+        offer.rejected = {vm: NO_HOST_KNOWN for vm in offer.rejected}
     # The VMs earlier answers hold room for are not in the data yet: Nova will have them allocated.
     allocation = _less(summary.loads("allocation"), sizes)
     nova = place(allocation, manifest.asks("allocation"), 100.0, partial=manifest.partial)
@@ -363,6 +367,9 @@ def terminal(result: dict) -> str:
     )
     if b["vms_unknown"]:
         lines.append(unheard_line(b["vms_unknown"]))
+    if b["unplaced_vms"]:  # as headroom says: the host they run on may be offered without them
+        lines.append("unplaced VMs (no host in the inventory claims them, so their use counts on none): %d"
+                     % b["unplaced_vms"])
     return "\n".join(lines)
 
 
