@@ -163,6 +163,9 @@ def test_a_fleet_with_no_host_known_has_no_room_now_or_after(fleet, tmp_path):
         # int() and float() would read these as 4 and 99: other scripts' digits, separators.
         (["--profile", "\uff14x16"], "profile '\uff14x16': expected VCPUSxGB"),
         (["--profile", "2x8", "--percentile", "p9_9"], "percentile 'p9_9': expected p99"),
+        # Read as 0.5%: a hundred times the VMs of half their size would fit.
+        (["--profile", "2x8@0.5"], "profile '2x8@0.5': expected use is a per cent with its % sign"),
+        (["--profile", "2x8@50%/0.5"], "profile '2x8@50%/0.5': expected use is a per cent with its % sign"),
     ],
 )
 def test_headroom_errors_are_one_line(fleet, args, message):
@@ -354,6 +357,8 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
         ("[[vms]\n", ": not valid TOML"),
         # A profile of the wrong type is there, not missing.
         ("[[vms]]\nprofile = 5\n", "vms[0].profile: must be a profile's name or VCPUSxGB[@USE%] text, not 5"),
+        ('[[vms]]\nprofile = "2x8@0.5"\n',
+         "vms[0].profile: profile '2x8@0.5': expected use is a per cent with its % sign, e.g. 4x16@30%"),
         ("[[vms]]\ncount = 2\n", "vms[0].profile: missing"),
         # A newline in a name would forge a line of the answer.
         (

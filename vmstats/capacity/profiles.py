@@ -13,7 +13,8 @@ from vmstats.capacity.errors import CapacityError
 
 _PROFILE = re.compile(
     r"^\s*(?P<vcpus>\d+(?:\.\d+)?)\s*[xX]\s*(?P<mem>\d+(?:\.\d+)?)\s*(?:g|gb|G|GB)?\s*"
-    r"(?:@\s*(?P<cpu_use>\d+(?:\.\d+)?)\s*%?\s*(?:/\s*(?P<mem_use>\d+(?:\.\d+)?)\s*%?)?)?\s*$",
+    r"(?:@\s*(?P<cpu_use>\d+(?:\.\d+)?)\s*(?P<cpu_pct>%)?\s*"
+    r"(?:/\s*(?P<mem_use>\d+(?:\.\d+)?)\s*(?P<mem_pct>%)?)?)?\s*$",
     re.ASCII,  # \d and \s of every script would read "\uff14x16" as 4 x 16
 )
 
@@ -61,6 +62,10 @@ def parse_profile(text: str) -> Profile:
         raise CapacityError("profile %r: vCPUs and GB must be positive" % text)
     if not (math.isfinite(vcpus) and math.isfinite(mem)):  # 400 digits read as infinity
         raise CapacityError("profile %r: vCPUs and GB must be finite" % text)
+    # "4x16@0.5" read as 0.5% would admit a hundred times the VMs meant by half: say which.
+    if (match["cpu_use"] is not None and not match["cpu_pct"]) or (match["mem_use"] is not None
+                                                                  and not match["mem_pct"]):
+        raise CapacityError("profile %r: expected use is a per cent with its %% sign, e.g. 4x16@30%%" % text)
     cpu_use = 1.0 if match["cpu_use"] is None else float(match["cpu_use"]) / 100.0
     mem_use = cpu_use if match["mem_use"] is None else float(match["mem_use"]) / 100.0
     for use in (cpu_use, mem_use):
