@@ -27,12 +27,19 @@ def pytest_xdist_auto_num_workers(config) -> int | None:
     return 2 * cores if cores > 1 else 1
 
 
-#: Files whose few tests each run for many seconds (a sanitized build of the C parts, real
-#: daemons on their intervals, a fleet behind nginx): xdist hands files out by their number
-#: of tests, most first, which left one of these running alone at the end of the suite.
-LONG_FILES_FIRST = ("test_server_sanitizers.py", "test_formats_collectd_daemon.py",
-                    "test_balancer.py", "test_report_simulated.py",
-                    "test_reliability_hostile.py", "test_reliability_connections.py")
+#: The files that take longest, about the longest first: a worker that has nothing left to
+#: take then finishes with short files while the others do too.  Handed out by their number of
+#: tests instead, a file whose few tests each run for many seconds (a sanitized build of the C
+#: parts, real daemons on their intervals, a fleet behind nginx, a browser, a flood of VM ids)
+#: started late and ran on alone at the end of the suite.
+LONG_FILES_FIRST = ("test_server_sanitizers.py", "test_rules_server.py",
+                    "test_storage_compaction.py", "test_capacity_edges.py",
+                    "test_reliability_journal.py", "test_report_browser.py",
+                    "test_report_damaged.py", "test_formats_collectd_daemon.py",
+                    "test_report_backtest.py", "test_server_fastpath.py",
+                    "test_server_clock.py", "test_balancer.py", "test_server_max_vms.py",
+                    "test_report_simulated.py", "test_reliability_hostile.py",
+                    "test_reliability_connections.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
