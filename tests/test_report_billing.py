@@ -300,6 +300,42 @@ def test_a_book_that_cannot_name_or_price_a_month_is_one_error(fleet, tmp_path, 
     assert not (tmp_path / "out" / "report.csv").exists()
 
 
+def _sizes(*sizes: dict) -> str:
+    """``[[sizes]]``: each a 2 vCPU / 4 GB size at 0.0715 an hour but for its own keys (TOML values)."""
+    base = {"vcpus": 2, "memory_gb": 4, "hourly": 0.0715}
+    tables = ("".join("%s = %s\n" % item for item in dict(base, **size).items()) for size in sizes)
+    return "".join("[[sizes]]\n" + table for table in tables)
+
+
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        # Two zones' prices of one shape: every 2 vCPU / 4 GB VM was billed the cheaper zone's.
+        (_sizes({"name": '"m-eu"', "zone": '"eu"', "hourly": 0.09}, {"name": '"m-us"', "zone": '"us"'}),
+         "size 1 (m-eu): unknown key zone"),
+        # A size in another currency: billed 7,300 EUR a month for 10 yen an hour.
+        (_sizes({"name": '"m"', "currency": '"JPY"', "hourly": 10}), "size 1 (m): unknown key currency"),
+        # Two families of one shape (3.99 GB is the 4 GB shape, as an agent reports it).
+        (_sizes({"name": '"t3"'}, {"name": '"c5"', "memory_gb": 3.99, "hourly": 0.09}),
+         "sizes t3 (2 vCPU / 4 GB) and c5 (3.99 GB) are one shape"),
+        (_sizes({"name": '"m"'}, {"name": '"m"', "vcpus": 4, "memory_gb": 8, "hourly": 0.143}),
+         "two sizes are named m"),
+    ],
+    ids=["zones", "currency", "families", "names"],
+)
+def test_a_book_that_would_bill_a_shape_at_a_price_it_does_not_say_is_one_error(fleet, tmp_path, sizes,
+                                                                                 message):
+    data, _prices = fleet
+    prices = tmp_path / "book.toml"
+    prices.write_text('currency = "EUR"\nvcpu_hour = 0.0305\ngb_ram_hour = 0.0045\n' + sizes)
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(data), "-o", str(tmp_path / "out"),
+                           "--prices", str(prices), "--days", str(DAYS)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("Error: price book %s: %s" % (prices, message)), done.stderr
+    assert not (tmp_path / "out" / "report.csv").exists()
+
+
 @pytest.mark.parametrize(
     "amount, billed",
     [(0.0015 * 730, 1.10), (0.0045 * 730, 3.29), (0.0715 * 730, 52.20), (-(0.0015 * 730), -1.10),

@@ -72,7 +72,7 @@ class PriceBook:
         }
         if unknown:
             raise InputError("price book %s: unknown key %s" % (source, sorted(unknown)[0]))
-        sizes = []
+        sizes: list[Size] = []
         listed = data.get("sizes", [])
         for i, item in enumerate(listed if isinstance(listed, list) else [listed]):
             try:
@@ -84,7 +84,9 @@ class PriceBook:
                     "price book %s: size %d needs a name, positive vcpus and memory_gb and an hourly "
                     "price that is not negative" % (source, i + 1)
                 )
-            sizes.append(Size(name, *map(float, shape)))
+            size = Size(name, *map(float, shape))
+            _check_size(source, i + 1, item, size, sizes)
+            sizes.append(size)
         currency = data.get("currency", "USD")
         if not (isinstance(currency, str) and _CURRENCY_RE.match(currency)):
             # Every money cell names it: a list or a blank would make each bill's unit unreadable.
@@ -243,6 +245,34 @@ class PriceBook:
         else:
             vcpus = next((v for v in vcpu_ladder if v >= need_vcpus), math.ceil(need_vcpus))
         return "", vcpus, memory, self.monthly(vcpus, memory)
+
+
+def _check_size(source: str, number: int, item: dict, size: Size, before: list[Size]) -> None:
+    """InputError for a size that would price VMs other than as the book reads.
+
+    A VM is priced by its shape alone (the agent reports vCPUs and memory, not a
+    family, zone or currency), so a key the size table does not know (``zone``,
+    ``currency``, a misspelt ``hourly``) was ignored, and two sizes of one shape
+    (a zone's price and another's, two families of one shape) billed every such
+    VM at the cheaper one, with nothing on the page to show it.  One name for
+    two shapes would leave ``recommended_size`` naming either.
+    """
+    unknown = sorted(set(item) - {"name", "vcpus", "memory_gb", "hourly"})
+    if unknown:
+        raise InputError(
+            "price book %s: size %d (%s): unknown key %s (a size is name, vcpus, memory_gb and hourly: "
+            "one book prices one zone in one currency)" % (source, number, size.name, unknown[0])
+        )
+    for other in before:
+        if other.vcpus == size.vcpus and same_size(other.memory_gb, size.memory_gb):
+            raise InputError(
+                "price book %s: sizes %s (%g vCPU / %g GB) and %s (%g GB) are one shape: a VM is priced "
+                "by its shape alone, so give each shape one size and one price"
+                % (source, other.name, other.vcpus, other.memory_gb, size.name, size.memory_gb)
+            )
+        if other.name == size.name:
+            raise InputError("price book %s: two sizes are named %s: give each its own name"
+                             % (source, size.name))
 
 
 def _non_negative(value: object) -> bool:
