@@ -356,3 +356,30 @@ def test_an_upsize_names_one_extra_cost_in_its_text_evidence_and_saving():
     assert decision.recommended_vcpus == 2  # 2 x 0.00075 x 730 = 1.095 a month more
     assert decision.monthly_saving == -1.10 and decision.evidence["extra_monthly_cost"] == 1.10
     assert decision.recommendation.endswith("(1.10 more a month)")
+
+
+def test_the_terminal_and_the_page_name_each_owner_whole_and_the_unit_of_their_bill(tmp_path):
+    """Two owners whose names differ past their 24th character printed as one owner twice, and
+    the statement's amounts on the terminal named neither their currency nor their period."""
+    owners = ("team-infrastructure-platform-eu", "team-infrastructure-platform-us")
+    records = [Record(vm="vm-%d" % k, ts=T0 + 60 * m, cpu=20.0, mem=30.0, vcpus=2 + 2 * k,
+                      mem_mb=4096 * (1 + k), host="hv1", tags=protocol.check_tags([("project", owner)]))
+               for m in range(1440) for k, owner in enumerate(owners)]
+    with serve(tmp_path / "server", "--flush-interval", "0.3") as server:
+        send(server, records)
+    assert server.returncode == 0, server.output
+    prices = tmp_path / "prices.toml"
+    prices.write_text(PRICES)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "vmstats", "report", str(server.data_dir), "-o", str(out), "--prices",
+         str(prices), "--by", "project", "--days", "1", "--set", "min_days=0", "--no-cache"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    listing = done.stdout[done.stdout.index("statement by project: 2 groups (EUR a month)\n"):].splitlines()
+    assert sorted(line.split()[0] for line in listing[1:3]) == list(owners)
+    assert listing[3].split()[0] == "total"
+    page = " ".join((out / "report.html").read_text().split())
+    assert "Statement by project: cost as provisioned and by use, EUR a month</h2>" in page
+    assert "a monthly rate (730 hours) at each VM's last size, not the cost of the 1.0 days analysed" in page

@@ -100,7 +100,7 @@ def test_counts_of_one_read_in_the_singular(tmp_path):
     terminal_summary(one, str(tmp_path), stream)
     text = stream.getvalue()
     assert text.startswith("vmstats report: 1 VM, window ")
-    assert "from 1 candidate\n" in text and "statement by project: 1 group\n" in text
+    assert "from 1 candidate\n" in text and "statement by project: 1 group (USD a month)\n" in text
     assert re.search(r"^  total +1 VM  +provisioned", text, re.M), text
     render(one, str(tmp_path / "report.html"))
     page = (tmp_path / "report.html").read_text()

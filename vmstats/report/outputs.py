@@ -246,20 +246,26 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
         print("", file=stream)
         groups = statement["groups"]
         count = len(groups)
-        print("statement by %s: %d %s" % (statement["by"], count, plural(count, "group")), file=stream)
+        # Its lines are bills: they name their unit and period, as the money line above does.
+        print("statement by %s: %d %s (%s a month)" % (statement["by"], count, plural(count, "group"),
+                                                      money.currency), file=stream)
         shown = [(line["value"] or "(no %s)" % statement["by"], line) for line in groups[:top]]
         if len(groups) > top:
             shown.append(("... %d more %s" % (len(groups) - top, plural(len(groups) - top, "group")), None))
         # The total closes the list, so the lines shown are read against the report's figures.
         shown.append(("total", statement["total"]))
+        # As wide as the longest value shown: values of up to 64 characters that differ only at
+        # their end (team-platform-eu, -us) must not print as one owner twice.
+        width = max(24, *(len(label) for label, line in shown if line is not None))
         for label, line in shown:
             if line is None:
                 print("  %s (statement.csv)" % label, file=stream)
                 continue
             print(
-                "  %-24s %4d %-3s  provisioned %12s  by use %12s  saving %12s"
+                "  %-*s %4d %-3s  provisioned %12s  by use %12s  saving %12s"
                 % (
-                    label[:24],
+                    width,
+                    label,
                     line["vms"],
                     plural(line["vms"], "VM"),
                     money.figure(line["monthly_cost"]),
