@@ -383,3 +383,32 @@ def test_the_terminal_and_the_page_name_each_owner_whole_and_the_unit_of_their_b
     page = " ".join((out / "report.html").read_text().split())
     assert "Statement by project: cost as provisioned and by use, EUR a month</h2>" in page
     assert "a monthly rate (730 hours) at each VM's last size, not the cost of the 1.0 days analysed" in page
+
+
+def test_a_stopped_vm_s_share_of_its_owner_s_line_is_said(fleet, tmp_path):
+    """A VM silent since before the window stayed on its owner's line at a month of its last size,
+    usage 0, with nothing in statement.csv, on the page or the terminal to tell it from a live one."""
+    data, prices = fleet
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "vmstats", "report", str(data), "-o", str(out), "--prices", str(prices),
+         "--by", "project", "--since", "2026-09-24", "--until", "2026-09-24", "--set", "min_days=0",
+         "--no-cache"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    with open(out / "report.csv", newline="") as handle:
+        rows = {row["vm"]: row for row in csv.DictReader(handle)}
+    with open(out / "statement.csv", newline="") as handle:
+        lines = {line["value"]: line for line in csv.DictReader(handle)}
+    gone = rows["gone"]  # its last record two days before the window's one day
+    assert gone["category"] == "stopped" and gone["records"] == "0" and gone["monthly_cost"] == "283.24"
+    said = {value: (line["stopped_vms"], line["stopped_cost"]) for value, line in lines.items()}
+    assert said == {"beta": ("1", "283.24"), "alpha": ("0", "0.0"), "gamma": ("0", "0.0"), "": ("0", "0.0")}
+    total = json.loads((out / "report.json").read_text())["meta"]["statement"]["total"]
+    assert (total["stopped_vms"], total["stopped_cost"]) == (1, 283.24)
+    assert "  of which stopped (silent at the window's end, billed at their last size): 1 VM, EUR 283.24" \
+        in done.stdout.splitlines()
+    page = (out / "report.html").read_text()
+    beta = page.index('data-filter="project=beta"')
+    assert "(1 stopped: 283.24 of its cost)" in page[beta : page.index("</tr>", beta)]

@@ -274,5 +274,12 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
                 ),
                 file=stream,
             )
+        stopped = statement["total"]["stopped_vms"]
+        if stopped:
+            print(
+                "  of which stopped (silent at the window's end, billed at their last size): %s, %s"
+                % (counted(stopped, "VM"), money.text(statement["total"]["stopped_cost"])),
+                file=stream,
+            )
     print("", file=stream)
     print("written: %s" % ", ".join(os.path.join(out_dir, n) for n in names), file=stream)

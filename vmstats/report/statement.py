@@ -38,6 +38,9 @@ COLUMNS = (
     "upsize_extra_cost",
     "currency",
     "minor_unit",
+    # Last, so a reader of the columns above by position reads them as before.
+    "stopped_vms",
+    "stopped_cost",
 )
 _PARTS = ("cpu", "ram", "disk", "network")
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,%d}\Z" % (MAX_TAG_KEY_LENGTH - 1))
@@ -153,6 +156,13 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], money: Money)
     line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
     line["currency"] = money.currency
     line["minor_unit"] = money.minor_unit  # read alone, 12.5 would be cents or mills
+    # A VM silent at the window's end (category stopped, also one whose last record predates the
+    # window by months) is billed a month at its last size like any other: the statement cannot
+    # tell a powered-off VM from a deleted one.  The part of the line it makes is said, so an
+    # owner is not billed for a VM that is gone without the line showing it.
+    stopped = [r for r in rows if r["category"] == "stopped"]
+    line["stopped_vms"] = len(stopped)
+    line["stopped_cost"] = money.round(sum((r["monthly_cost"] or 0.0 for r in stopped), 0.0))
     return line
 
 
