@@ -38,6 +38,7 @@ from serverproc import ROOT, STATUS_TOKEN, ServerError, ServerProcess
 
 from vmstats import logstore
 from vmstats.protocol import Record
+from vmstats.rules.config import NO_RULES
 from vmstats.rules.service import last_heard
 from vmstats.server import compact as compact_mod
 
@@ -512,6 +513,40 @@ def test_a_window_of_a_billion_periods_is_refused_at_check_start_and_reload(tmp_
             assert len(hook.wait(3)) == 3  # the rules in force stay, and the server answers
             assert json.loads(server.http("/alerts"))["rules"][0]["name"] == "hot"
         assert problem.replace(str(wide), rules) in server.output
+
+
+def test_a_file_emptied_by_mistake_is_refused_and_rule_equals_empty_list_is_taken(tmp_path):
+    """A rules file cut to nothing (an editor's save cut short, a template rendered empty)
+    read as "no rules" resolved every alert at the next SIGHUP and watched nothing since, in
+    silence.  It is refused, with one line, and the rules in force stay; ``rule = []``, which
+    says it on purpose, is taken (its alerts resolved: the rule was removed)."""
+    with WebhookReceiver(SECRET.encode()) as hook:
+        rules = rules_file(tmp_path, hook.url, HOT % "")
+        with serve(tmp_path, rules) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 95.0))
+            hook.wait(1)
+            refused = 0
+            for text in ("", '# rules moved to the new host\n[settings]\nmax_age = "5m"\n'):
+                (tmp_path / "rules.toml").write_text(text)
+                server.proc.send_signal(signal.SIGHUP)
+                refused += 1
+                server.wait_metrics(
+                    lambda m, n=refused: m.get('vmstats_rule_reloads_total{result="refused"}') == n)
+            page = json.loads(server.http("/alerts"))
+            assert [(s["rule"], s["state"]) for s in page["states"]] == [("hot", "alarm")]
+            assert [r["name"] for r in page["rules"]] == ["hot"]
+            assert len(hook.alerts()) == 1  # nothing resolved
+            rules_file(tmp_path, hook.url, "")  # its actions stay: they carry the resolution
+            (tmp_path / "rules.toml").write_text("rule = []\n" + (tmp_path / "rules.toml").read_text())
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="ok"}') == 1)
+            resolved = hook.wait(2)[1]
+            assert (resolved["status"], resolved["annotations"]["reason"]) == (
+                "resolved", "the rule was removed")
+    assert server.output.count("%s: %s" % (rules, NO_RULES)) == 2
+    checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", rules],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_a_command_whose_program_is_not_there_is_said_at_check_start_and_reload(tmp_path):

@@ -292,6 +292,11 @@ class _Reader:
             self.problem(key, "unknown setting (a typo?)")
 
 
+#: A rules file without any ``rule`` key: refused, at check, start and reload alike.
+NO_RULES = ("no [[rule]] in the file (empty, or only comments, settings and actions): "
+            "to run without rules on purpose, write rule = []")
+
+
 def load_rules(path: str) -> RuleSet:
     """Read and check a rules file; RulesError lists every problem found."""
     try:
@@ -311,6 +316,11 @@ def read_rules(raw: bytes, path: str) -> RuleSet:
         data = inputfile.parse_toml(raw, path)
     except inputfile.FileProblem as exc:
         raise RulesError(path, [exc.problem]) from None
+    if "rule" not in data:
+        # An empty file (an editor's save cut short, a config tool's template that rendered
+        # nothing) read as "no rules" resolved every alert at the next SIGHUP and watched
+        # nothing from then on, without a word: no rule is said in so many words.
+        raise RulesError(path, [NO_RULES])
     return parse_rules(data, path)
 
 
