@@ -320,6 +320,10 @@ def read_rules(raw: bytes, path: str) -> RuleSet:
         # An empty file (an editor's save cut short, a config tool's template that rendered
         # nothing) read as "no rules" resolved every alert at the next SIGHUP and watched
         # nothing from then on, without a word: no rule is said in so many words.
+        try:
+            parse_rules(data, path)
+        except RulesError as exc:  # its other problems are said too
+            raise RulesError(path, exc.problems + [NO_RULES]) from None
         raise RulesError(path, [NO_RULES])
     return parse_rules(data, path)
 
