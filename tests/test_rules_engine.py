@@ -469,3 +469,58 @@ def test_a_metric_divided_by_a_constant_zero_is_one_problem(metric, divisor):
 def test_a_metric_divided_by_a_figure_or_a_nonzero_constant_is_fine():
     for metric in ("cpu / 2", "net / vcpus", "mem / (1 - 0.5)", "cpu / max(vcpus, 0)"):
         parse_rules({"rule": [{"name": "r", "metric": metric, "enter": 1}]})
+
+
+def test_an_alarm_without_data_for_stale_after_is_insufficient_data_vm_group_and_restored():
+    """A VM deleted (or a pool drained) while in alarm kept the alarm for ever under
+    missing = "keep"; a restart that restored it, too.  After ``stale_after`` (by default the
+    window, at least 5 minutes) without a value it is insufficient-data, once, with why."""
+    clock = Clock()
+    rules = [{"name": "hot", "metric": "cpu", "enter": 90, "period": 60, "remind": "10m"},
+             {"name": "pool", "scope": "group", "metric": "cpu", "enter": 90, "period": 60}]
+    eng = engine(rules, clock)
+    assert [rs.rule.stale_after for rs in eng.rules.values()] == [300.0, 300.0]
+    fired = []
+    for _ in range(2):  # a group decides from the period after its first member came
+        eng.observe(["10.0.0.1", "10.0.0.2"], [int(clock.now)] * 2, [row(95.0), row(95.0)])
+        eng.process()
+        fired += [(e["rule"], e["scope"], e["to"]) for e in eng.take()]
+        clock.now += 60
+    assert sorted(fired) == [("hot", "10.0.0.1", "alarm"), ("hot", "10.0.0.2", "alarm"),
+                             ("pool", "group", "alarm")]
+    seen = []
+    for _ in range(12):  # an hour without a record
+        clock.now += 300
+        eng.sweep()
+        seen += eng.take()
+    assert sorted((e["rule"], e["scope"], e["kind"], e["to"]) for e in seen) == [
+        ("hot", "10.0.0.1", "transition", "insufficient-data"),
+        ("hot", "10.0.0.2", "transition", "insufficient-data"),
+        ("pool", "group", "transition", "insufficient-data")]
+    assert {e["reason"] for e in seen} == {"no data for 300s (stale_after)"}
+    assert [e["to"] for e in feed(eng, clock, "10.0.0.1", 20.0)] == ["ok"]
+    # Restored in alarm at a start, never heard from again: the same, timed from the start.
+    again = engine(rules, clock)
+    again.restore({"rule": "hot", "scope": "10.0.0.9", "to": "alarm", "at": clock.now - 9999,
+                   "seq": 3, "fingerprint": "f", "actions": ["say"]})
+    clock.now += 299
+    again.sweep()
+    assert again.take() == []
+    clock.now += 1
+    again.sweep()
+    assert [(e["scope"], e["to"]) for e in again.take()] == [("10.0.0.9", "insufficient-data")]
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ({"stale_after": "0s"}, "stale_after: must be more than 0"),
+    ({"stale_after": "1h", "missing": "breaching"}, "stale_after: missing = 'breaching' already"),
+    ({"stale_after": "1h", "silent_after": "5m"}, "stale_after: a VM that stops reporting goes silent"),
+])
+def test_stale_after_where_it_could_not_apply_is_a_problem(extra, problem):
+    with pytest.raises(RulesError, match=problem):
+        parse_rules({"rule": [dict({"name": "w", "metric": "cpu", "enter": 50}, **extra)]})
+    quiet = parse_rules({"rule": [{"name": "w", "metric": "cpu", "enter": 50, "silent_after": "5m"},
+                                  {"name": "b", "metric": "cpu", "enter": 50, "missing": "ok"},
+                                  {"name": "d", "metric": "cpu", "enter": 50, "period": "1h",
+                                   "periods": 3, "datapoints": 2}]})
+    assert [r.stale_after for r in quiet.rules] == [None, None, 10800.0]

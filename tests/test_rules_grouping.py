@@ -406,3 +406,29 @@ def test_a_mute_made_while_alerts_fire_keeps_them_out_of_the_groups_repeats():
     muting.clear()
     clock.advance(600)
     assert sorted(a["labels"]["scope"] for a in _answer(receiver)["alerts"]) == ["vm0", "vm1"]
+
+
+def test_insufficient_data_is_told_as_such_in_a_group_and_does_not_repeat():
+    """Counted among the firing, "insufficient-data" paged someone as an alarm and kept its
+    group repeating for an alarm no one measured.  A mail lists it under its own heading; the
+    Alertmanager JSON resolves it (its annotations say the state), and it leaves the group."""
+    clock, _log, receiver, dispatcher = _dispatcher(Grouping(by=(), wait=1, interval=60,
+                                                             repeat=600))
+    dispatcher.submit([_event("vm0", "alarm", 0.0, 1), _event("vm1", "alarm", 0.0, 1)])
+    clock.advance(1)
+    _answer(receiver)
+    dispatcher.submit([_event("vm1", "insufficient-data", 5.0, 2), _event("vm2", "ok", 5.0, 2)])
+    clock.advance(60)
+    body = _answer(receiver)
+    assert [(a["labels"]["scope"], a["status"], a["annotations"]["state"]) for a in body["alerts"]] == [
+        ("vm0", "firing", "alarm"), ("vm1", "resolved", "insufficient-data"),
+        ("vm2", "resolved", "ok")]
+    clock.advance(600)
+    repeat = _answer(receiver)
+    assert [a["labels"]["scope"] for a in repeat["alerts"]] == ["vm0"]
+    title, text = group_summary(Batch("k", {"alertname": "hot"}, [
+        (_event("vm0", "alarm", 0.0, 1), "k0"), (_event("vm1", "insufficient-data", 0.0, 2), "k1"),
+        (_event("vm2", "ok", 0.0, 2), "k2")]))
+    assert title == "[FIRING:1 INSUFFICIENT-DATA:1 RESOLVED:1] alertname=hot"
+    lines = text.splitlines()
+    assert lines[lines.index("insufficient-data:") + 1].startswith("- hot vm1: ok -> insufficient-data")

@@ -223,6 +223,46 @@ def test_a_vm_that_stops_reporting_goes_silent(tmp_path):
             assert hook.wait(2)[1]["annotations"]["state"] == "ok"
 
 
+def test_an_alarm_without_data_is_insufficient_data_told_as_such_to_every_receiver(tmp_path):
+    """A VM deleted while in alarm, under a rule without ``silent_after``, kept firing for ever
+    (a reminder every ``remind``); and "insufficient-data" reached receivers as ``firing``.
+    After ``stale_after`` without data it is insufficient-data: the webhook resolves the alert
+    (its annotations say the state and why), a command is told VMSTATS_STATUS, no reminder
+    follows, and its next value decides again."""
+    script, call_file = recorder_script(tmp_path)
+    body = HOT.replace("period = 1", 'period = 1\nstale_after = "1s"\nremind = "0.5s"') % ', "run"'
+    actions = '[action.run]\nkind = "command"\nargv = ["%s", "%s"]\n' % (sys.executable, script)
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body, actions)) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 95.0),
+                            line("10.0.0.2", int(time.time()), 95.0))
+            for _ in range(4):  # 10.0.0.2 keeps reporting its alarm; 10.0.0.1 is gone
+                time.sleep(0.4)
+                server.send_udp(line("10.0.0.2", int(time.time()), 95.0))
+            stale = wait_until(lambda: [a for a in hook.alerts()
+                                        if a["annotations"]["state"] == "insufficient-data"], 5)
+            assert [(a["labels"]["scope"], a["status"]) for a in stale] == [("10.0.0.1", "resolved")]
+            assert stale[0]["annotations"]["reason"] == "no data for 1s (stale_after)"
+            assert stale[0]["endsAt"] != "0001-01-01T00:00:00Z"
+            ran = wait_until(lambda: [c for c in calls(call_file)
+                                      if c["VMSTATS_STATE"] == "insufficient-data"], 5)
+            assert ran[0]["VMSTATS_STATUS"] == "insufficient-data"
+            assert {c["VMSTATS_STATUS"] for c in calls(call_file) if c["VMSTATS_STATE"] == "alarm"} == {
+                "firing"}
+            time.sleep(0.6)  # past the next reminder: 10.0.0.2's, none of 10.0.0.1's
+            one = [(a["annotations"]["event"], a["annotations"]["state"]) for a in hook.alerts()
+                   if a["labels"]["scope"] == "10.0.0.1"]
+            assert one[0] == ("transition", "alarm") and one[-1] == ("transition", "insufficient-data")
+            assert ("reminder", "alarm") in [
+                (a["annotations"]["event"], a["annotations"]["state"]) for a in hook.alerts()
+                if a["labels"]["scope"] == "10.0.0.2"]
+            server.send_udp(line("10.0.0.1", int(time.time()), 96.0))  # back, and still hot
+            back = wait_until(lambda: [a for a in hook.alerts() if a["labels"]["scope"] == "10.0.0.1"
+                                       and a["annotations"]["state"] == "alarm"][1:], 5)
+            assert back[0]["status"] == "firing"
+        assert "10.0.0.1: alarm -> insufficient-data: no data for 1s (stale_after)" in server.output
+
+
 def _only_the_stopped_vm_goes_silent(tmp_path, quiet: int, between, outage: int = 0) -> None:
     """A server hears 10.0.0.1 and 10.0.0.2 until it stops (and 10.0.0.3 once, longer than
     ``quiet`` before); ``between(last)`` runs while it is down (``last``: the stamp of the last

@@ -130,6 +130,8 @@ class Rule:
     hold: float = 0.0
     missing: str = "keep"
     silent_after: float | None = None
+    #: An alarm without data this long (missing = "keep", no silent_after) is insufficient-data.
+    stale_after: float | None = None
     remind: float | None = None
     actions: tuple[str, ...] = ()
     scale: Scale | None = None
@@ -166,6 +168,8 @@ class Rule:
         if self.silent_after:
             lines.append("  silent after %gs without records from a VM that was reporting"
                          % self.silent_after)
+        if self.stale_after:
+            lines.append("  an alarm without data for %gs: insufficient-data" % self.stale_after)
         if self.remind:
             lines.append("  reminder every %gs while in alarm" % self.remind)
         if self.scale is not None:
@@ -507,6 +511,7 @@ def _rule(number: int, table, action_names: set[str], problems: list[str]) -> Ru
     if silent_after is not None and scope != "vm":
         reader.problem("silent_after", "only a per-VM rule has VMs that go silent "
                                        "(a group counts its reporting members)")
+    stale_after = _stale_after(reader, missing, silent_after, period, periods)
     remind = reader.duration("remind")
     actions = reader.texts("actions")
     for action in actions:
@@ -530,8 +535,39 @@ def _rule(number: int, table, action_names: set[str], problems: list[str]) -> Ru
     return Rule(name=name, scope=scope, match=match, metric=metric, value_of=value_of,
                 aggregate=aggregate, level=level, above=direction == "above", enter=enter,
                 exit=exit_, period=period, datapoints=datapoints, periods=periods, hold=hold,
-                missing=missing, silent_after=silent_after or None, remind=remind or None,
+                missing=missing, silent_after=silent_after or None, stale_after=stale_after,
+                remind=remind or None,
                 actions=actions, scale=scale, fingerprint=fingerprint)
+
+
+#: ``stale_after`` at least, by default: Alertmanager's ``resolve_timeout``.
+STALE_MIN = 300.0
+
+
+def _stale_after(reader: _Reader, missing, silent_after, period, periods) -> float | None:
+    """How long an alarm lasts without data before it is insufficient-data (None: never).
+
+    With ``missing = "keep"`` a VM deleted (or a pool drained) while in alarm kept its alarm
+    for ever, reminded of it every ``remind``.  The other ways to handle missing data already
+    say what a quiet scope becomes (``ok``, ``breaching``: the operator's own choice, as for a
+    heartbeat, ``insufficient``), and so does ``silent_after``: for those it is a problem.  By
+    default the rule's window, and at least ``STALE_MIN``: by then the window holds nothing.
+    """
+    given = reader.duration("stale_after")
+    if "stale_after" in reader.table and given is not None:
+        if given <= 0:
+            reader.problem("stale_after", "must be more than 0")
+        elif missing != "keep":
+            reader.problem("stale_after", "missing = %r already says what a period without "
+                                          "data counts as" % missing)
+        elif silent_after:
+            reader.problem("stale_after", "a VM that stops reporting goes silent "
+                                          "(silent_after)")
+        return given
+    if missing != "keep" or silent_after or not isinstance(period, float) or not isinstance(
+            periods, int):
+        return None
+    return max(STALE_MIN, period * periods)
 
 
 def _match(reader: _Reader) -> Match:

@@ -31,6 +31,7 @@ from operator import itemgetter
 from vmstats.rules import metric as metrics
 from vmstats.rules import scaling
 from vmstats.rules.config import STATES, Rule, RuleSet, parse_address
+from vmstats.rules.grouping import INSUFFICIENT
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.words import counted
 
@@ -52,13 +53,16 @@ class Series:
     """One scope's state: a VM under a per-VM rule, or a rule's group."""
 
     __slots__ = ("scope", "buckets", "first", "last_arrival", "state", "since", "notified",
-                 "value", "seq", "end", "blocked", "offset", "settled")
+                 "value", "seq", "end", "blocked", "offset", "settled", "valued")
 
     def __init__(self, scope: str, first: int, now: float, state: str = "ok", since=None, seq=0):
         self.scope = scope
         self.buckets: dict[int, float] = {}
         self.first = first
         self.last_arrival = now
+        #: When a record with a value (the metric known) last came: an alarm without one for
+        #: the rule's ``stale_after`` is insufficient-data.  (A group's is ``last_arrival``.)
+        self.valued = now
         self.state = state
         self.since = now if since is None else since
         self.notified = self.since
@@ -297,6 +301,7 @@ class Engine:
         for rs in self.rules.values():
             for series in rs.series.values():
                 series.last_arrival += step
+                series.valued += step
                 series.since += step
                 series.notified += step
                 series.offset += step
@@ -523,6 +528,7 @@ class Engine:
         if value is not None:
             buckets[period] = value
             series.value = value
+            series.valued = now
         if len(buckets) > rs.keep:  # periods out of every window to come, a few at a time
             for old in [p for p in buckets if p <= period - rule.periods]:
                 del buckets[old]
@@ -707,13 +713,20 @@ class Engine:
                 self._scale(rs, now)
             series = rs.series.get(GROUP)
             if series is not None:
+                if rule.stale_after and series.state == "alarm" and (
+                        now - series.last_arrival >= rule.stale_after):
+                    self._stale(rs, series, now)
                 self._remind(rs, series, now)
             return
         silent_after, period, hold, remind = rule.silent_after, rule.period, rule.hold, rule.remind
+        stale_after = rule.stale_after
         for series in list(rs.series.values()):
             state = series.state
             if silent_after and state != "silent" and now - series.last_arrival >= silent_after:
                 self._transition(rs, series, "silent", now, None)
+                continue
+            if stale_after and state == "alarm" and now - series.valued >= stale_after:
+                self._stale(rs, series, now)
                 continue
             if state == "silent" or series.first == RESTORED:
                 continue  # restored: its clock and periods are known from its next record
@@ -725,6 +738,18 @@ class Engine:
                 self._evaluate(rs, series, series.end, now)
             if remind and series.state == "alarm":
                 self._remind(rs, series, now)
+
+    def _stale(self, rs: RuleState, series: Series, now: float) -> None:
+        """An alarm without data for ``stale_after``: insufficient-data, no hold (as a silence).
+
+        Kept firing, an alarm of a VM that was deleted (or of a pool drained) was reminded of
+        for ever; resolved, it would say the VM is fine, which no one measured.  Its next
+        value decides again (``_evaluate``: back to alarm, or ok once enough periods have data).
+        """
+        series.blocked = False
+        series.settled = False
+        self._transition(rs, series, INSUFFICIENT, now, None,
+                         "no data for %gs (stale_after)" % rs.rule.stale_after)
 
     def _remind(self, rs: RuleState, series: Series, now: float) -> None:
         rule = rs.rule

@@ -103,10 +103,25 @@ def group_key_text(labels: dict[str, str]) -> str:
                                  for name, value in sorted(labels.items()))
 
 
+#: The state a rule is in when it cannot tell (missing = "insufficient", or no data for a
+#: rule's ``stale_after``): neither an alarm nor ok.
+INSUFFICIENT = "insufficient-data"
+
+
+def status(event: dict) -> str:
+    """What receivers are told an alert is: ``firing`` (an alarm, a silence, a reminder; a
+    scaling decision, which is news, never resolved), ``resolved`` (back to ``ok``) or
+    ``insufficient-data`` (no alarm, and not ok either: the rule cannot tell).  Told as
+    firing, "we cannot tell" paged someone and, for a VM that was gone, reminded for ever."""
+    if event["kind"] == "scale":
+        return "firing"
+    to = event["to"]
+    return "resolved" if to == "ok" else INSUFFICIENT if to == INSUFFICIENT else "firing"
+
+
 def firing(event: dict) -> bool:
-    """A scaling decision fires (it is news, never resolved); a transition or reminder fires
-    unless it is to ``ok``."""
-    return event["kind"] == "scale" or event["to"] != "ok"
+    """The alert fires (``status``): it stays in its group, and its group repeats."""
+    return status(event) == "firing"
 
 
 def _order(event: dict) -> tuple:

@@ -11,7 +11,7 @@ every kind alike, so a new kind is one module with ``from_config`` and
 
 from twisted.internet import defer
 
-from vmstats.rules.grouping import firing
+from vmstats.rules.grouping import INSUFFICIENT, status
 from vmstats.stamps import moment
 from vmstats.words import counted
 
@@ -76,18 +76,23 @@ def summary(event: dict) -> str:
     return "%s: %s -> %s%s%s" % (where, event["from"], event["to"], because, figure)
 
 
+#: A group's alerts by status (``grouping.status``), in the order a notification lists them.
+_SECTIONS = ("firing", INSUFFICIENT, "resolved")
+
+
 def group_summary(batch) -> tuple[str, str]:
-    """A group's notification for people: a title, and a body of one line per alert."""
-    fired = [(event, key) for event, key in batch.alerts if firing(event)]
-    resolved = [(event, key) for event, key in batch.alerts if not firing(event)]
-    counts = ["%s:%d" % (word, len(alerts)) for word, alerts in (("FIRING", fired),
-                                                                 ("RESOLVED", resolved)) if alerts]
+    """A group's notification for people: a title, and a body of one line per alert, under
+    its status: firing, insufficient-data (no alarm, but not ok), resolved."""
+    sections: dict[str, list] = {word: [] for word in _SECTIONS}
+    for event, key in batch.alerts:
+        sections[status(event)].append((event, key))
+    counts = ["%s:%d" % (word.upper(), len(alerts)) for word, alerts in sections.items() if alerts]
     which = ", ".join("%s=%s" % kv for kv in sorted(batch.labels.items())) or "all alerts"
     title = "[%s] %s" % (" ".join(counts), which)
     lines = ["%s (%s)" % (title, counted(len(batch.alerts), "alert"))]
     if batch.truncated:
         lines.append("and %d more of the group, not listed (max_alerts)" % batch.truncated)
-    for word, alerts in (("firing", fired), ("resolved", resolved)):
+    for word, alerts in sections.items():
         if alerts:
             lines.append("")
             lines.append("%s:" % word)

@@ -14,6 +14,7 @@ import sys
 
 from twisted.internet import defer, error, protocol
 
+from vmstats.rules.grouping import status
 from vmstats.rules.notifiers import DeliveryError, Notifier, summary
 
 #: Programs of one action running at once; more events wait their turn.
@@ -38,7 +39,7 @@ ENVIRONMENT = {"rule": "VMSTATS_RULE", "scope": "VMSTATS_SCOPE", "to": "VMSTATS_
 
 def environment(event: dict, key: str) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "VMSTATS_KEY": key,
-           "VMSTATS_SUMMARY": summary(event)}
+           "VMSTATS_SUMMARY": summary(event), "VMSTATS_STATUS": status(event)}
     for name, variable in ENVIRONMENT.items():
         if event.get(name) is not None:
             env[variable] = str(event[name])
