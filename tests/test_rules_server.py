@@ -263,6 +263,34 @@ def test_an_alarm_without_data_is_insufficient_data_told_as_such_to_every_receiv
         assert "10.0.0.1: alarm -> insufficient-data: no data for 1s (stale_after)" in server.output
 
 
+def test_a_late_record_never_replaces_a_newer_ones_value(tmp_path):
+    """Rules judge a VM on its newest-stamped record.  An older record that arrived after a
+    newer one (a resend, a relay's retried batch) was taken instead: in the same tick it hid
+    the newer one (an alarm never raised), in a later one it replaced the period's value (an
+    alarm still true resolved)."""
+    body = HOT.replace("period = 1", 'period = "1h"') % ""
+    now = int(time.time())
+    new = now if now % 3600 >= 2 else now - 2  # both stamps in one hour, one period
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            # In one tick: the newer record, then the older, in two datagrams and in one.
+            server.send_udp(line("10.0.0.1", new, 95.0), line("10.0.0.1", new - 1, 10.0),
+                            line("10.0.0.2", new, 95.0) + b"\n" + line("10.0.0.2", new - 1, 10.0))
+            fired = hook.wait(2)
+            assert sorted((a["labels"]["scope"], a["annotations"]["value"]) for a in fired) == [
+                ("10.0.0.1", "95.0"), ("10.0.0.2", "95.0")]
+            # Ticks apart: the older record comes once the alarm is out; then a marker VM's.
+            server.send_udp(line("10.0.0.1", new - 1, 10.0))
+            time.sleep(0.3)
+            server.send_udp(line("10.0.0.3", new, 95.0))
+            assert hook.wait(3)[2]["labels"]["scope"] == "10.0.0.3"
+            time.sleep(0.2)
+            assert [a["annotations"]["state"] for a in hook.alerts()] == ["alarm"] * 3
+            states = {s["scope"]: (s["state"], s["value"])
+                      for s in json.loads(server.http("/alerts"))["states"]}
+            assert states["10.0.0.1"] == ("alarm", 95.0)
+
+
 def _only_the_stopped_vm_goes_silent(tmp_path, quiet: int, between, outage: int = 0) -> None:
     """A server hears 10.0.0.1 and 10.0.0.2 until it stops (and 10.0.0.3 once, longer than
     ``quiet`` before); ``between(last)`` runs while it is down (``last``: the stamp of the last

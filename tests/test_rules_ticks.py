@@ -263,9 +263,10 @@ def test_under_a_flood_ticks_wait_for_the_servers_own_work(tmp_path, share, take
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_tick_reads_each_vms_last_record_however_the_handed_over_payloads_were_folded(
         seed, monkeypatch):
-    """The hand-off keeps references and folds them at a tick or past a bound: each VM's last
-    record, in the order VMs first arrived, as updating two dicts per payload kept them; and
-    the rules decide the same whatever the bound made of the folds."""
+    """The hand-off keeps references and folds them at a tick or past a bound: each VM's
+    newest-stamped record (the last of equals, however late an older one came), in the order
+    VMs first arrived, as updating two dicts per payload kept them; and the rules decide the
+    same whatever the bound made of the folds."""
     rng = random.Random(seed)
     clock = Clock()
     small = engine(MIXED_RULES, clock)  # folds every few records
@@ -280,8 +281,9 @@ def test_a_tick_reads_each_vms_last_record_however_the_handed_over_payloads_were
             names = [rng.choice(vms) for _ in range(rng.randint(1, 9))]
             tss = [int(clock.now) - rng.choice([0, 0, 3, 70]) for _ in names]
             rows = [row(rng.uniform(5, 99), mem=rng.uniform(5, 70)) for _ in names]
-            expected_tss.update(zip(names, tss, strict=True))
-            expected_rows.update(zip(names, rows, strict=True))
+            for vm, ts, cells in zip(names, tss, rows, strict=True):
+                if ts >= expected_tss.get(vm, ts):
+                    expected_tss[vm], expected_rows[vm] = ts, cells
             small.observe(names, tss, rows)
             monkeypatch.setattr(evaluator, "PENDING_MAX", 1 << 30)
             large.observe(names, tss, rows)
@@ -360,9 +362,12 @@ class Column(list):
 
 def test_a_payload_whose_vms_all_came_again_is_let_go_before_the_fold():
     """Under a flood each VM's next record comes a few payloads on: the payload it replaces
-    is freed then, while recent, not held until the tick."""
+    is freed then, while recent, not held until the tick (past EXACT records: below, the
+    hand-off keeps every payload, so that the tick takes each VM's newest stamp)."""
     clock = Clock()
     eng = engine([{"name": "hot", "metric": "cpu", "enter": 90}], clock)
+    flood = ["10.9.%d.%d" % (i // 250, i % 250) for i in range(evaluator.EXACT)]
+    eng.observe(flood, [int(clock.now)] * len(flood), [row(20)] * len(flood))
     vms = ["10.0.3.%d" % i for i in range(1, 5)]
     stamp = int(clock.now)
     first = Column(vms)
@@ -374,8 +379,8 @@ def test_a_payload_whose_vms_all_came_again_is_let_go_before_the_fold():
     eng.observe(Column(vms[2:]), [stamp + 1] * 2, [row(40)] * 2)
     assert watch() is None
     eng._fold()
-    assert eng._tss == dict.fromkeys(vms, stamp + 1)
-    assert list(eng._rows.values()) == [row(30)] * 2 + [row(40)] * 2
+    assert {vm: eng._tss[vm] for vm in vms} == dict.fromkeys(vms, stamp + 1)
+    assert [eng._rows[vm] for vm in vms] == [row(30)] * 2 + [row(40)] * 2
 
 
 def test_columns_of_different_lengths_are_refused_at_the_hand_off():
@@ -459,3 +464,30 @@ def test_a_vms_tags_are_read_again_only_when_its_record_carries_other_ones():
         eng.sweep()
         assert eng.vm_tags("10.0.0.2") == {"host": "kvm1", "rack": tags[0][1]}
         assert ("racked" in {e["rule"] for e in eng.take() if e["kind"] == "transition"}) is fired
+
+
+def test_the_newest_stamp_decides_under_a_flood_and_for_a_group():
+    """Past EXACT records a tick the fold reads the payloads the VMs point at: a payload that
+    holds a VM twice (a spool, a relay's batch) gives its newest-stamped record, not its last.
+    A group member's figure is its newest too: a late record does not move it back."""
+    clock = Clock()
+    eng = engine([{"name": "hot", "metric": "cpu", "enter": 90, "period": 3600},
+                  {"name": "pool", "scope": "group", "metric": "cpu", "aggregate": "max",
+                   "enter": 90, "exit": 50, "period": 60}], clock)
+    now = int(clock.now) - int(clock.now) % 3600 + 1800
+    clock.now = now
+    fleet = ["10.1.%d.%d" % (i // 250, i % 250) for i in range(evaluator.EXACT + 1)]
+    eng.observe(fleet, [now] * len(fleet), [row(20.0)] * len(fleet))
+    eng.observe(["10.0.0.1", "10.0.0.1"], [now, now - 1], [row(95.0), row(10.0)])
+    eng.process()
+    assert [(e["rule"], e["scope"], e["to"]) for e in eng.take()] == [("hot", "10.0.0.1", "alarm")]
+    clock.now += 60  # the group decides from the period after its first member came
+    eng.observe(["10.0.0.1"], [now + 60], [row(95.0)])
+    eng.process()
+    assert [(e["rule"], e["scope"], e["to"]) for e in eng.take()] == [("pool", "group", "alarm")]
+    clock.now += 10
+    eng.observe(["10.0.0.1"], [now + 30], [row(10.0)])  # late: older than the last one taken
+    eng.process()
+    eng.sweep()
+    assert eng.take() == [] and eng.rules["pool"].members["10.0.0.1"][0] == 95.0
+    assert eng.rules["hot"].series["10.0.0.1"].value == 95.0
