@@ -524,3 +524,22 @@ def test_stale_after_where_it_could_not_apply_is_a_problem(extra, problem):
                                   {"name": "d", "metric": "cpu", "enter": 50, "period": "1h",
                                    "periods": 3, "datapoints": 2}]})
     assert [r.stale_after for r in quiet.rules] == [None, None, 10800.0]
+
+
+def test_a_silence_whose_rule_no_longer_watches_silence_goes_stale():
+    """An edit that drops silent_after left a silent VM silent (firing) for ever: only a record
+    of it ended the state, and the VM was gone.  It goes stale as an alarm does."""
+    clock = Clock()
+    rule = {"name": "r", "metric": "cpu", "enter": 90, "period": 60}
+    eng = engine([dict(rule, silent_after="2m")], clock)
+    feed(eng, clock, "10.0.0.1", 20.0)
+    clock.now += 120
+    eng.sweep()
+    assert [e["to"] for e in eng.take()] == ["silent"]
+    eng.load(parse_rules({"rule": [rule]}))
+    clock.now += 299
+    eng.sweep()
+    assert eng.take() == []
+    clock.now += 1
+    eng.sweep()
+    assert [(e["from"], e["to"]) for e in eng.take()] == [("silent", "insufficient-data")]

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 GROUP = "group"
 _CPU = metrics.FIELD_INDEX["cpu"]
+#: The states that go stale (``Engine._stale``): an alarm, and a silence under a rule edited
+#: since to have no ``silent_after`` (which nothing else would end but a record).
+_STALE = ("alarm", "silent")
 #: ``first`` of a scope restored from the action log, until its first record sets it.
 RESTORED = 1 << 62
 #: Records handed over since the last fold: past this many the hand-off folds at once if the
@@ -769,7 +772,7 @@ class Engine:
             if silent_after and state != "silent" and now - series.last_arrival >= silent_after:
                 self._transition(rs, series, "silent", now, None)
                 continue
-            if stale_after and state == "alarm" and now - series.valued >= stale_after:
+            if stale_after and state in _STALE and now - series.valued >= stale_after:
                 self._stale(rs, series, now)
                 continue
             if state == "silent" or series.first == RESTORED:
@@ -785,6 +788,7 @@ class Engine:
 
     def _stale(self, rs: RuleState, series: Series, now: float) -> None:
         """An alarm without data for ``stale_after``: insufficient-data, no hold (as a silence).
+        So is a silence whose rule was edited to watch silence no more: it fired for ever.
 
         Kept firing, an alarm of a VM that was deleted (or of a pool drained) was reminded of
         for ever; resolved, it would say the VM is fine, which no one measured.  Its next
