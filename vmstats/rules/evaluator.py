@@ -440,10 +440,6 @@ class Engine:
             if ts < oldest:
                 self.history_skipped += 1
                 continue
-            known = newest.get(vm)
-            late = known is not None and ts < known
-            if not late and (known is not None or len(newest) < bound):
-                newest[vm] = ts
             route = routes.get(vm)
             if route is None:
                 address = parse_address(vm)
@@ -453,6 +449,10 @@ class Engine:
                     routes[vm] = route
             if not route and not by_tags and not keep_tags:
                 continue  # no rule takes the VM and no mute wants its tags: its row is not read
+            known = newest.get(vm)
+            late = known is not None and ts < known
+            if not late and (known is not None or len(newest) < bound):
+                newest[vm] = ts
             cells = row.split(b",")
             tags = None
             if by_tags:
