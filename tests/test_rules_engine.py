@@ -543,3 +543,18 @@ def test_a_silence_whose_rule_no_longer_watches_silence_goes_stale():
     clock.now += 1
     eng.sweep()
     assert [(e["from"], e["to"]) for e in eng.take()] == [("silent", "insufficient-data")]
+
+
+def test_a_step_of_the_servers_clock_does_not_make_an_alarm_stale():
+    """``stale_after`` is timed from the last value's arrival, which moves with a step of the
+    wall clock as silences do: an hour's step forward makes no alarm insufficient-data."""
+    clock = Clock()
+    eng = engine([{"name": "hot", "metric": "cpu", "enter": 90, "period": 60}], clock)
+    assert [e["to"] for e in feed(eng, clock, "10.0.0.1", 95.0)] == ["alarm"]
+    clock.now += 3600
+    eng.clock_stepped(3600)
+    eng.sweep()
+    assert eng.take() == []
+    clock.now += 300
+    eng.sweep()
+    assert [e["to"] for e in eng.take()] == ["insufficient-data"]
