@@ -432,3 +432,15 @@ def test_insufficient_data_is_told_as_such_in_a_group_and_does_not_repeat():
     assert title == "[FIRING:1 INSUFFICIENT-DATA:1 RESOLVED:1] alertname=hot"
     lines = text.splitlines()
     assert lines[lines.index("insufficient-data:") + 1].startswith("- hot vm1: ok -> insufficient-data")
+
+
+def test_after_a_restart_a_group_lists_what_fires_not_what_is_insufficient_data():
+    """At start the groups hold the alerts the log says are not ok, to list them in their next
+    notification: an insufficient-data alert, told once and gone from its group, came back
+    in every group's next notification after each restart."""
+    clock, _log, receiver, dispatcher = _dispatcher(Grouping(by=(), wait=1, interval=60,
+                                                             repeat=600))
+    dispatcher.resume([], [_event("vm0", "alarm", 0.0, 1), _event("vm1", "insufficient-data", 0.0, 2)])
+    dispatcher.submit([_event("vm2", "alarm", 1.0, 1)])
+    clock.advance(60)  # the group was told of them before: its next notification, an interval on
+    assert [a["labels"]["scope"] for a in _answer(receiver)["alerts"]] == ["vm0", "vm2"]

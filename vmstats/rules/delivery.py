@@ -55,6 +55,7 @@ from twisted.internet import defer
 from vmstats.rules.actionlog import ActionLog, Pending
 from vmstats.rules.config import Settings
 from vmstats.rules.grouping import Group, Grouping, alert_labels, identity
+from vmstats.rules.grouping import firing as fires
 from vmstats.rules.notifiers import Notifier
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.words import counted
@@ -212,9 +213,12 @@ class Dispatcher:
         their budget spent being what the log says plus the downtime by the wall clock.
 
         ``firing``: the last transitions of the scopes not ok; the groups of their grouped
-        actions hold them, to list them in their next notifications.
+        actions hold those that fire (not insufficient-data: it left its group once told, as a
+        resolved alert does), to list them in their next notifications.
         """
         for event in firing:
+            if not fires(event):
+                continue
             for action in event.get("actions", ()):
                 if self._grouping(action) is not None:
                     self._group_of(action, event).seed(event, "%s.%s" % (event["key"], action))
