@@ -558,3 +558,33 @@ def test_a_step_of_the_servers_clock_does_not_make_an_alarm_stale():
     clock.now += 300
     eng.sweep()
     assert [e["to"] for e in eng.take()] == ["insufficient-data"]
+
+
+def test_the_scopes_of_vms_long_gone_are_forgotten_so_new_vms_are_not_refused():
+    """A pool's or CI's VMs come and go: the scopes of the deleted ones were kept for ever, and
+    once they filled max_series every new VM was refused, its alarms never raised.  A scope
+    ok (or insufficient-data) and quiet for a day is forgotten; one that fires is kept."""
+    clock = Clock()
+    eng = engine([{"name": "hot", "metric": "cpu", "enter": 90, "period": 60}], clock,
+                 max_series=2)
+    feed(eng, clock, "10.0.0.1", 20.0)
+    feed(eng, clock, "10.0.0.2", 95.0)  # deleted in alarm: stale, then forgotten too
+    seen = []
+    for _ in range(48):
+        clock.now += 1800
+        eng.sweep()
+        seen += [(e["scope"], e["to"]) for e in eng.take() if e["kind"] == "transition"]
+    assert seen == [("10.0.0.2", "insufficient-data")] and eng.size == 0
+    assert "10.0.0.1" not in eng._newest and "10.0.0.1" not in eng._routes
+    assert [(e["scope"], e["to"]) for e in feed(eng, clock, "10.0.1.1", 95.0)] == [
+        ("10.0.1.1", "alarm")]
+    assert feed(eng, clock, "10.0.0.1", 20.0) == [] and eng.refused == 0  # back: ok, no word
+    # A heartbeat rule (missing = breaching) keeps firing for its VM: not forgotten.
+    beat = engine([{"name": "beat", "metric": "cpu", "enter": 90, "period": 60,
+                    "missing": "breaching"}], clock)
+    feed(beat, clock, "10.0.0.3", 20.0)
+    for _ in range(96):
+        clock.now += 1800
+        beat.sweep()
+    assert [(e["scope"], e["to"]) for e in beat.take()] == [("10.0.0.3", "alarm")]
+    assert beat.states()[0]["state"] == "alarm"

@@ -42,6 +42,14 @@ _CPU = metrics.FIELD_INDEX["cpu"]
 #: The states that go stale (``Engine._stale``): an alarm, and a silence under a rule edited
 #: since to have no ``silent_after`` (which nothing else would end but a record).
 _STALE = ("alarm", "silent")
+#: The states a quiet VM's scope is forgotten in (``Engine._forget``): its receivers were told
+#: all there is (a scope starts ok without a word).
+_FORGOTTEN = ("ok", INSUFFICIENT)
+#: A VM's scope that is ok (or insufficient-data) and has had no record for this long, or for
+#: twice the rule's window, silence or staleness if longer, is forgotten: it decides nothing
+#: more, and a fleet whose VMs come and go (a pool's, CI's) filled ``max_series`` with the
+#: scopes of VMs long deleted, after which every new VM was refused.
+FORGET = 86400.0
 #: ``first`` of a scope restored from the action log, until its first record sets it.
 RESTORED = 1 << 62
 #: Records handed over since the last fold: past this many the hand-off folds at once if the
@@ -100,6 +108,9 @@ class RuleState:
         self.gaps_are_quiet = rule.missing in ("keep", "ok")
         #: A VM's periods kept at most (a window's, and as many that no window will read again).
         self.keep = 2 * rule.periods
+        #: A quiet VM's scope in ok or insufficient-data is dropped after this (``FORGET``).
+        self.forget = max(FORGET, 2 * rule.periods * rule.period, 2 * (rule.silent_after or 0),
+                          2 * (rule.stale_after or 0))
         self.states: Counter[str] = Counter()
         self.last_out: float | None = None
         self.last_in: float | None = None
@@ -766,9 +777,12 @@ class Engine:
                 self._remind(rs, series, now)
             return
         silent_after, period, hold, remind = rule.silent_after, rule.period, rule.hold, rule.remind
-        stale_after = rule.stale_after
+        stale_after, forget = rule.stale_after, rs.forget
         for series in list(rs.series.values()):
             state = series.state
+            if state in _FORGOTTEN and now - series.last_arrival >= forget:
+                self._forget(rs, series)
+                continue
             if silent_after and state != "silent" and now - series.last_arrival >= silent_after:
                 self._transition(rs, series, "silent", now, None)
                 continue
@@ -785,6 +799,19 @@ class Engine:
                 self._evaluate(rs, series, series.end, now)
             if remind and series.state == "alarm":
                 self._remind(rs, series, now)
+
+    def _forget(self, rs: RuleState, series: Series) -> None:
+        """Drop a scope that has told its receivers all there is (ok, or insufficient-data) and
+        heard nothing for ``rs.forget``: its VM, if it comes back, starts ok again without a
+        word, as a new one does.  Its VM's routes, tags and newest stamp go with it once no
+        rule holds it."""
+        del rs.series[series.scope]
+        rs.states[series.state] -= 1
+        self.size -= 1
+        vm = series.scope
+        if not any(vm in other.series or vm in other.members for other in self.rules.values()):
+            for held in (self._routes, self._newest, self._tags, self._tags_read):
+                held.pop(vm, None)
 
     def _stale(self, rs: RuleState, series: Series, now: float) -> None:
         """An alarm without data for ``stale_after``: insufficient-data, no hold (as a silence).
