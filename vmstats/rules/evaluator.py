@@ -390,7 +390,7 @@ class Engine:
         return sum(map(len, map(itemgetter(0), payloads)))
 
     def _fold(self) -> None:
-        """Each VM's last record since the last fold into ``_tss`` and ``_rows``.
+        """Each VM's newest-stamped record since the last fold into ``_tss`` and ``_rows``.
 
         Only the payloads some VM points at are read: each one's names once (a C pass that
         maps each VM to its last position in the payload), then one step per VM.  VMs keep
@@ -425,7 +425,7 @@ class Engine:
 
     # -- ticks -----------------------------------------------------------------------------------
     def process(self) -> int:
-        """Feed what arrived since the last tick to the rules (the latest record per VM).
+        """Feed what arrived since the last tick to the rules (the newest-stamped record per VM).
 
         Only VMs with a record since the last tick are read, and of each record only the cells
         its rules use; what time alone decides (silence, missing periods) is the sweep's.
