@@ -9,7 +9,7 @@ import pytest
 from rulesutil import Clock, engine, feed, row, warmed
 
 from vmstats.rules.config import RulesError, parse_rules
-from vmstats.rules.evaluator import aggregate
+from vmstats.rules.evaluator import Engine, aggregate
 from vmstats.rules.metric import NAMES
 from vmstats.rules.scaling import desired_count, placement
 
@@ -588,3 +588,24 @@ def test_the_scopes_of_vms_long_gone_are_forgotten_so_new_vms_are_not_refused():
         beat.sweep()
     assert [(e["scope"], e["to"]) for e in beat.take()] == [("10.0.0.3", "alarm")]
     assert beat.states()[0]["state"] == "alarm"
+
+
+def test_an_edit_that_no_longer_takes_a_firing_vm_resolves_it_saying_why():
+    """A rule's match narrowed (by SIGHUP, or while the server was down) past a VM in alarm:
+    no record of it reached the rule again, and its alarm fired for ever.  Resolved at the
+    edit, with the reason; the VMs the rule still takes keep their states."""
+    clock = Clock()
+    rule = {"name": "hot", "metric": "cpu", "enter": 90, "period": 60, "actions": ["say"]}
+    eng = engine([dict(rule, match={"id": "web-*"})], clock)
+    for vm in ("web-1", "web-db-2"):
+        assert [e["to"] for e in feed(eng, clock, vm, 95.0)] == ["alarm"]
+    edited = {"rule": [dict(rule, match={"id": "web-db-*"})], "action": {"say": {"kind": "log"}}}
+    eng.load(parse_rules(edited))
+    assert [(e["scope"], e["from"], e["to"], e["reason"]) for e in eng.take()] == [
+        ("web-1", "alarm", "ok", "the rule no longer takes the VM")]
+    assert {s["scope"]: s["state"] for s in eng.states()} == {"web-1": "ok", "web-db-2": "alarm"}
+    # The same edit made while the server was down: at the start, from the action log.
+    again = Engine(parse_rules(edited), clock)
+    again.restore({"rule": "hot", "scope": "web-1", "to": "alarm", "at": clock.now - 60,
+                   "seq": 1, "fingerprint": "f", "actions": ["say"]})
+    assert [(e["scope"], e["to"]) for e in again.take()] == [("web-1", "ok")]

@@ -2,7 +2,7 @@
 
 The receive path hands over each payload's columns (``observe``: one C-level
 dict update a payload, no parsing, no I/O, no Python step per record).  Each tick folds what was
-handed over into each VM's latest record, reads their figures once, and feeds
+handed over into each VM's newest-stamped record, reads their figures once, and feeds
 every rule whose scope takes the VM: a per-VM rule files the value under its period and
 decides that VM's state; a group rule updates its member's value and
 decides the group's state (and scaling) once for the tick.  A slower sweep
@@ -154,7 +154,7 @@ class Engine:
         self.errors = 0
         self._error_log = RateLimitedLog(log, "rule failure", level=logging.ERROR)
         self.size = 0
-        #: Each VM's latest record since the last tick (vm -> timestamp, vm -> row), as of the
+        #: Each VM's newest-stamped record since the last tick (vm -> timestamp, vm -> row), as of the
         #: last fold, and how many records arrived: a tick reads only the latest per VM.
         self._tss: dict[str, int] = {}
         self._rows: dict[str, bytes] = {}
@@ -276,6 +276,13 @@ class Engine:
         series.settled = False
         series.notified = min(notified, now)
         rs.states[state] += 1
+        match = rs.rule.match
+        if state != "ok" and scope != GROUP:
+            tags = self._tags.get(scope)
+            if (tags is not None or not match.tags) and not match(scope, tags or {}):
+                # Edited to take the VM no more: no record of it will reach the rule again,
+                # and its alarm fired for ever (or went stale, as if the VM were gone).
+                self._transition(rs, series, "ok", now, None, "the rule no longer takes the VM")
 
     def reporting(self, vm: str, ts: float, labels: dict[str, str], stopped: float) -> None:
         """A VM whose logs show it reporting up to ``ts``, before the server stopped at about
