@@ -139,8 +139,9 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
         lost = [vm for vm in vms if (vm, number) not in columnar and (vm, number) not in csv]
         if lost:
             issues.append(issue(path, "unreadable %s file: rollups of another aggregate version (%s), "
-                                "and the rows of %d of its %d VMs are gone"
-                                % (logstore.ROLLUPS_DIR, version, len(lost), len(vms)), vm="", day=day))
+                                "and the rows of %d of its %s are gone"
+                                % (logstore.ROLLUPS_DIR, version, len(lost), counted(len(vms), "VM")),
+                                vm="", day=day))
     units: Units = parts.get(logstore.ROLLUPS_DIR, {})
     for key in csv.keys() & units.keys():
         if key in columnar:  # a CSV file beside a compacted day: its rows and the day's answer
