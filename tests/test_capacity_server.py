@@ -351,3 +351,21 @@ def test_the_allocation_figure_counts_the_sizes_earlier_answers_hold(tmp_path):
     assert second["past_allocation_ratios"] == {"small1": {"vcpus": [15.0, 64.0], "mem_gb": [72.0, 64.0]}}
     assert second["held_by_earlier_answers"] == {"small1": {
         "cpu_cores": 0.5, "mem_gb": 4.0, "allocated_vcpus": 2.0, "allocated_mem_gb": 16.0}}
+
+
+def test_answers_say_that_refreshes_fail_and_rest_on_the_summary_before(tmp_path):
+    """The inventory edited into a mistake while the server runs: refreshes fail, and answers come
+    from the last summary made, of the inventory as it was.  The answer said only how old that
+    summary was, not that it could not be refreshed, nor why."""
+    from test_capacity_edges import HOSTS, write_paused
+
+    with summarising(tmp_path, write_paused, HOSTS, "--capacity-days", "3",
+                     "--capacity-refresh", "0.5s") as server:  # fmt: skip
+        code, fine = post(server, {"hold": False, "vms": [{"profile": "1x1"}]})
+        assert code == 200 and fine["basis"]["refresh_error"] == "", fine["basis"]
+        (tmp_path / "hosts.toml").write_text(HOSTS + "vcpus = 8\n")  # big's vcpus given twice
+        server.wait_for(lambda s: state(s)["refreshes"]["failed"] > 0, timeout=20)
+        code, stale = post(server, {"hold": False, "vms": [{"profile": "1x1"}]})
+    assert code == 200 and stale["status"] == "accept"
+    assert stale["basis"]["refresh_error"].startswith(
+        "inventory %s: not valid TOML: " % (tmp_path / "hosts.toml")), stale["basis"]

@@ -184,6 +184,9 @@ class AdmissionService(service.Service):
                 http.SERVICE_UNAVAILABLE, "no capacity summary yet (the first one is being computed)%s" % why
             )
         result = admission.answer(self.summary, manifest, self.reservations, time.time(), self.read_from)
+        # While refreshes fail (an inventory edited into a mistake, logs gone) the answer rests on
+        # an older summary, of the inventory as it was: say why, not only how old it is.
+        result["basis"]["refresh_error"] = self.last_error
         self._count(result["status"])
         return http.OK, result
 
