@@ -176,16 +176,24 @@ def test_headroom_errors_are_one_line(fleet, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_an_inventory_number_past_any_host_is_one_line(fleet, tmp_path):
-    """1e300 vCPUs at a CPU ratio of 1e10: (total - reserved) x ratio overflowed to infinity, and
-    headroom ended in a traceback (the server's summary, of the same inventory, was unreadable)."""
+@pytest.mark.parametrize(
+    "host, message",
+    [
+        # (total - reserved) x ratio overflowed to infinity: headroom ended in a traceback (the
+        # server's summary, of the same inventory, was unreadable).
+        ("vcpus = 1e300\ncpu_ratio = 1e10\nmem_gb = 64", "vcpus: must be at most 1e+12, not 1e+300"),
+        # Nothing usable left: the host was shown "empty", -1 vCPU usable, never offered.
+        ("vcpus = 4\nreserve_vcpus = 3\nbuffer = 0.5\nmem_gb = 64",
+         "buffer: 0.5 of 4 vCPUs on top of reserve_vcpus = 3 holds back the whole host"),
+    ],
+)
+def test_an_inventory_host_of_impossible_numbers_is_one_line(fleet, tmp_path, host, message):
     base, _expected = fleet
     hosts = tmp_path / "hosts.toml"
-    hosts.write_text('[[host]]\nname = "kvm01"\nvcpus = 1e300\ncpu_ratio = 1e10\nmem_gb = 64\n')
+    hosts.write_text('[[host]]\nname = "kvm01"\n%s\n' % host)
     result = vmstats("headroom", base / "data", "--inventory", hosts, "--profile", "2x8", "--no-after")
     assert result.returncode == 2, result.stderr
-    assert result.stderr == (
-        "Error: inventory %s: host[0] (kvm01).vcpus: must be at most 1e+12, not 1e+300\n" % hosts)
+    assert result.stderr == "Error: inventory %s: host[0] (kvm01).%s\n" % (hosts, message)
 
 
 def test_headroom_refuses_an_empty_output_folder(fleet):

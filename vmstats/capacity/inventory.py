@@ -168,6 +168,13 @@ def _host(entry: Any, defaults: dict[str, float], origin: str) -> Host:
         raise CapacityError(
             "%s.reserve_mem_gb: %g holds back the whole host" % (origin, values["reserve_mem_gb"])
         )
+    for size, reserve, unit in (("vcpus", "reserve_vcpus", "vCPUs"), ("mem_gb", "reserve_mem_gb", "GB")):
+        # Demand may fill what is left of both: nothing left is a host never offered, shown "ok".
+        if values[size] - values[reserve] - values["buffer"] * values[size] <= 0:
+            raise CapacityError(
+                "%s.buffer: %g of %g %s on top of %s = %g holds back the whole host"
+                % (origin, values["buffer"], values[size], unit, reserve, values[reserve])
+            )
     vms = entry.get("vms", [])
     if isinstance(vms, str):
         vms = [vms]
