@@ -218,3 +218,27 @@ def test_replacing_through_a_link_keeps_its_targets_mode(tmp_path):
         handle.write("new")
     assert link.is_symlink() and target.read_text() == "new"
     assert target.stat().st_mode & 0o7777 == 0o604
+
+
+def test_standard_output_that_cannot_be_written_is_one_line(tmp_path, data):
+    """A report's summary to a full disk (``> /dev/full``) ended in a traceback; now one line,
+    status 1, and no output folder, as any failed run.  A reader that went away (``| head``)
+    had what it wanted: no word, the report kept, status 141 as a shell reports SIGPIPE."""
+    command = [sys.executable, "-m", "vmstats", "report", str(data), "--no-cache", "-o"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*command, str(tmp_path / "full")], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    full_disk = "Error: cannot write to standard output: No space left on device"
+    assert done.stderr.splitlines()[-1:] == [full_disk], done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "full").exists()
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([*command, str(tmp_path / "piped")], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    assert (tmp_path / "piped" / "report.html").exists()

@@ -7,8 +7,9 @@ pandas and ``vmstats report`` never imports Twisted.
 
 import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -36,6 +37,9 @@ COMMANDS = {
 
 #: Exit status of a command stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it.
 INTERRUPTED = 130
+#: Exit status of a command whose standard output's reader went away ("| head"): 128 + SIGPIPE,
+#: as a shell reports a program that signal ended.  Its work is done: its outputs are kept.
+READER_GONE = 141
 
 
 @contextlib.contextmanager
@@ -54,10 +58,64 @@ def _one_line() -> Iterator[None]:
 def _failed(exc: BaseException) -> bool:
     """Whether ``exc`` ends a command as a failure: anything but an exit with status 0."""
     if isinstance(exc, click.exceptions.Exit):
-        return exc.exit_code != 0
+        return exc.exit_code not in (0, READER_GONE)
     if isinstance(exc, SystemExit):
         return exc.code not in (0, None)
     return True
+
+
+@contextlib.contextmanager
+def _watching_stdout() -> Iterator[list]:
+    """Tells a failure to write standard output (a redirection to a full disk, a pipe whose
+    reader went away) from the command's other errors: a summary or listing failing there
+    ended in a traceback.  The list yielded holds each such failure met."""
+    stream = sys.stdout
+    lost: list = []
+
+    def watched(method):
+        def call(*args):
+            try:
+                return method(*args)
+            except OSError as exc:
+                lost.append(exc)  # click's own probes of the stream swallow some: the one met is told
+                raise
+        return call
+
+    saved = {name: stream.__dict__.get(name) for name in ("write", "flush")}
+    try:
+        stream.write, stream.flush = watched(stream.write), watched(stream.flush)
+    except (AttributeError, TypeError):  # a stream that takes no attributes: left as it is
+        yield lost
+        return
+    try:
+        yield lost
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                stream.__dict__.pop(name, None)
+            else:
+                setattr(stream, name, value)
+
+
+def _written(run: Callable[[], object]) -> object:
+    """``run()``, with standard output flushed before it ends (here, where a failure can be
+    told, not at exit) and a failure to write it one line, exit status 1; what stdout still
+    holds is then dropped, so the exit's own flush does not fail once more."""
+    with _watching_stdout() as lost:
+        try:
+            try:
+                return run()
+            finally:
+                sys.stdout.flush()
+        except OSError as exc:
+            if not any(exc is met for met in lost):
+                raise
+            devnull = os.open(os.devnull, os.O_WRONLY)  # what stdout still holds is dropped
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            if isinstance(exc, BrokenPipeError):  # "| head": the reader had what it wanted
+                raise click.exceptions.Exit(READER_GONE) from None
+            raise click.ClickException("cannot write to standard output: %s" % (exc.strerror or "")) from None
 
 
 class LazyGroup(click.Group):
@@ -70,13 +128,14 @@ class LazyGroup(click.Group):
     """
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
-        with _one_line():  # "vmstats --bogus"
-            return super().make_context(info_name, args, parent=parent, **extra)
+        with _one_line():  # "vmstats --bogus", and "vmstats --version" to a full disk
+            return _written(lambda: super(LazyGroup, self).make_context(info_name, args, parent=parent,
+                                                                        **extra))
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             with _one_line():  # the sub-command's own, and "vmstats nosuchcommand"
-                return super().invoke(ctx)
+                return _written(lambda: super(LazyGroup, self).invoke(ctx))
         except BaseException as exc:
             if _failed(exc):
                 remove_made_folders(ctx)  # a failed run leaves no new output folder
