@@ -369,3 +369,22 @@ def test_answers_say_that_refreshes_fail_and_rest_on_the_summary_before(tmp_path
     assert code == 200 and stale["status"] == "accept"
     assert stale["basis"]["refresh_error"].startswith(
         "inventory %s: not valid TOML: " % (tmp_path / "hosts.toml")), stale["basis"]
+
+
+def test_no_summary_yet_is_a_503_that_says_when_to_ask_again(tmp_path):
+    """A server with no logs yet answers 503 until a summary is in: a deploy pipeline had no
+    Retry-After to tell it when, and either hammered the server or gave up."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "hosts.toml").write_text('[[host]]\nname = "h"\nvcpus = 8\nmem_gb = 32\n')
+    with ServerProcess(tmp_path / "server", "--inventory", str(tmp_path / "hosts.toml"),
+                       "--capacity-refresh", "40s", data_dir=tmp_path / "data") as server:
+        server.wait_for(lambda s: state(s)["refreshes"]["failed"] > 0, timeout=30)
+        request = urllib.request.Request(
+            "http://%s:%d/admission" % (LOOPBACK, server.http_port), method="POST",
+            data=json.dumps({"hold": False, "vms": [{"profile": "1x1"}]}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer " + STATUS_TOKEN})
+        with pytest.raises(urllib.error.HTTPError) as answered:
+            urllib.request.urlopen(request, timeout=10)
+    assert answered.value.code == 503
+    assert 1 <= int(answered.value.headers["Retry-After"]) <= 40, answered.value.headers
+    assert "no capacity summary yet" in json.loads(answered.value.read())["error"]

@@ -15,6 +15,7 @@ but the rejected requests' moves.
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -36,6 +37,8 @@ log = logging.getLogger("vmstats.capacity")
 MAX_BODY = 1 << 20
 #: Seconds a summary child may run before it is killed (and the next refresh tries again).
 CHILD_TIMEOUT = 3600.0
+#: Retry-After of a 503 while the first summary is computed (its duration not known yet).
+FIRST_REFRESH_GUESS_S = 5.0
 
 
 class _Child(protocol.ProcessProtocol):
@@ -190,6 +193,16 @@ class AdmissionService(service.Service):
         self._count(result["status"])
         return http.OK, result
 
+    def retry_after(self) -> int:
+        """Whole seconds until a summary may be in: the refresh under way's last duration (a
+        few seconds for the first), or the time to the next one after a failed refresh."""
+        if self._child is not None:
+            return max(1, math.ceil(self.refresh_seconds or FIRST_REFRESH_GUESS_S))
+        call = self._loop.call if self._loop is not None else None
+        if call is not None and call.active():
+            return max(1, math.ceil(call.getTime() - self.reactor.seconds()))
+        return max(1, math.ceil(self.refresh_s))
+
     def state(self, authorised: bool) -> tuple[int, dict]:
         """``GET /admission``: the summary's basis and hosts, and what earlier answers hold."""
         if not authorised:
@@ -274,6 +287,8 @@ class AdmissionPage(resource.Resource):
         body = request.content.read(MAX_BODY + 1)
         token = self.owner.token
         code, out = self.owner.answer(body, token.admits(request), token.token is not None)
+        if code == http.SERVICE_UNAVAILABLE:  # a deploy pipeline told when to ask again
+            request.setHeader(b"retry-after", b"%d" % self.owner.retry_after())
         return _json(request, code, out)
 
     def render_GET(self, request) -> bytes:
