@@ -188,6 +188,7 @@ CASES = [
     (_ADMIT, FAILED, "holds no VM logs"),
     (("simulate", "--vms", "1", "--days", "0.01", *_CLOSED), FAILED, "TCP 127.0.0.1:9: Connection refused"),
     (("alerts", "--data-dir", "data"), FAILED, "no action log folder at data/rules"),
+    (("alerts", "--data-dir", "nowhere"), REFUSED, "data dir nowhere does not exist or is not a directory"),
     (("alerts", "--url", "http://127.0.0.1:9"), FAILED, "cannot read http://127.0.0.1:9"),
 ]
 

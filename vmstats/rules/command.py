@@ -299,6 +299,8 @@ def from_log(data_dir: str) -> dict:
     from vmstats.rules.mutes import MuteSet
     from vmstats.rules.service import counts_page, deliveries_page, rules_dir
 
+    if not os.path.isdir(data_dir):  # a mistyped --data-dir: the command line, not the run
+        raise Refused("data dir %s does not exist or is not a directory" % data_dir)
     folder = rules_dir(data_dir)
     if not os.path.isdir(folder):
         raise click.ClickException("no action log folder at %s (is --data-dir right, and was the "
