@@ -412,3 +412,28 @@ def test_a_stopped_vm_s_share_of_its_owner_s_line_is_said(fleet, tmp_path):
     page = (out / "report.html").read_text()
     beta = page.index('data-filter="project=beta"')
     assert "(1 stopped: 283.24 of its cost)" in page[beta : page.index("</tr>", beta)]
+
+
+def test_a_book_of_sizes_alone_says_which_vms_it_bills_nothing(fleet, tmp_path):
+    """A book meant to price by its sizes alone (unit prices 0) billed every VM of another shape
+    0.00, on its owner's statement line too, with nothing to tell it from a free VM."""
+    data, prices = fleet
+    book = tmp_path / "sizes.toml"
+    book.write_text(PRICES.replace("vcpu_hour = 0.0305", "vcpu_hour = 0").replace("gb_ram_hour = 0.0045",
+                                                                                  "gb_ram_hour = 0"))
+    command = [sys.executable, "-m", "vmstats", "report", str(data), "--by", "project", "--days", str(DAYS),
+               "--set", "min_days=0", "--no-cache"]
+    done = subprocess.run(command + ["-o", str(tmp_path / "out"), "--prices", str(book)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "out" / "report.csv", newline="") as handle:
+        costs = {row["vm"]: row["monthly_cost"] for row in csv.DictReader(handle)}
+    free = sorted(vm for vm, cost in costs.items() if cost == "0.0")
+    assert free == ["gappy", "gone", "late", "notag", "retag"]  # all but the 2 vCPU / 4 GB size, and nosize
+    warned = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert warned == ["vmstats report: warning: price book %s: 5 VMs match none of its sizes and are billed "
+                      "0 at its unit prices of 0 (vcpu_hour, gb_ram_hour), e.g. notag (1 vCPU / 2 GB)" % book]
+    # A book with unit prices bills those VMs by them: nothing to say.
+    done = subprocess.run(command + ["-o", str(tmp_path / "priced"), "--prices", str(prices)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr

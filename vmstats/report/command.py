@@ -447,4 +447,8 @@ def report(
         raise click.ClickException(cannot_write(out_dir, exc)) from None
     if result.meta.get("statement_unmatched"):
         click.echo("vmstats report: warning: " + result.meta["statement_unmatched"], err=True)
+    free = prices.free_outside_sizes([(r["vm"], r["vcpus"], r["mem_gb"]) for r in result.rows
+                                      if r["vcpus"] is not None and r["mem_gb"] is not None])
+    if free:
+        click.echo("vmstats report: warning: price book " + free, err=True)
     terminal_summary(result, out_dir, sys.stdout, top=top)

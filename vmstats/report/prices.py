@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from vmstats.report.money import Money, largest_exact, minor_unit_of
 from vmstats.report.settings import SHAPE_TOLERANCE, InputError, load_toml
+from vmstats.words import counted
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "examples", "pricebook.toml")
 BYTES_PER_GB = 1e9
@@ -135,16 +136,38 @@ class PriceBook:
                     % (self.source, key, self.currency, month, self.currency,
                        self.money.figure(largest)))
 
-    def hourly(self, vcpus: float, memory_gb: float) -> float:
-        """Hourly price of a shape: its named size when one matches, else unit prices.
+    def named(self, vcpus: float, memory_gb: float) -> Size | None:
+        """The named size of a shape, None when none matches.
 
         Sizes match within SHAPE_TOLERANCE: an agent reports the memory its
         guest sees (1.99 GB of a 2 GB size), which is still that size.
         """
-        for size in self.sizes:
-            if size.vcpus == vcpus and same_size(size.memory_gb, memory_gb):
-                return size.hourly
-        return vcpus * self.vcpu_hour + memory_gb * self.gb_ram_hour
+        return next((s for s in self.sizes if s.vcpus == vcpus and same_size(s.memory_gb, memory_gb)), None)
+
+    def hourly(self, vcpus: float, memory_gb: float) -> float:
+        """Hourly price of a shape: its named size when one matches, else unit prices."""
+        size = self.named(vcpus, memory_gb)
+        return size.hourly if size else vcpus * self.vcpu_hour + memory_gb * self.gb_ram_hour
+
+    def free_outside_sizes(self, shapes: list[tuple[str, float, float]]) -> str | None:
+        """Which of ``shapes`` (``(vm, vcpus, memory_gb)``) the book bills 0 by default, in words.
+
+        A book of named sizes whose unit prices are 0 (written so because only
+        its sizes are meant to price anything) bills every VM of another shape
+        0.00, on its owner's statement line too, which reads as a free VM; a
+        price of 0 is a price, so this is a warning, not an error.
+        """
+        if not self.sizes or self.vcpu_hour or self.gb_ram_hour:
+            return None
+        free = [(vm, v, m) for vm, v, m in shapes if v > 0 and m > 0 and self.named(v, m) is None]
+        if not free:
+            return None
+        vm, vcpus, memory_gb = free[0]
+        one = len(free) == 1
+        return ("%s: %s match%s none of its sizes and %s billed 0 at its unit prices of 0 (vcpu_hour, "
+                "gb_ram_hour), e.g. %s (%g vCPU / %g GB)"
+                % (self.source, counted(len(free), "VM"), "es" if one else "", "is" if one else "are", vm,
+                   vcpus, round(memory_gb, 3)))
 
     def monthly(self, vcpus: float, memory_gb: float) -> float:
         if not (vcpus > 0 and memory_gb > 0):
