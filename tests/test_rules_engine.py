@@ -609,3 +609,20 @@ def test_an_edit_that_no_longer_takes_a_firing_vm_resolves_it_saying_why():
     again.restore({"rule": "hot", "scope": "web-1", "to": "alarm", "at": clock.now - 60,
                    "seq": 1, "fingerprint": "f", "actions": ["say"]})
     assert [(e["scope"], e["to"]) for e in again.take()] == [("web-1", "ok")]
+
+
+def test_a_vm_whose_tags_no_longer_match_a_firing_rule_is_resolved_saying_why():
+    """A VM that moved to another host kept the alarm of a rule matching its old host for ever:
+    no record of it reached that rule again.  Resolved at its first record with other tags."""
+    clock = Clock()
+    eng = engine([{"name": "rack1", "metric": "cpu", "enter": 90, "period": 60,
+                   "match": {"tags": {"host": "kvm1"}}}], clock)
+    assert [e["to"] for e in feed(eng, clock, "10.0.0.1", 95.0, host="kvm1")] == ["alarm"]
+    clock.now += 60
+    assert feed(eng, clock, "10.0.0.1", 95.0, host="kvm1") == []
+    clock.now += 60
+    moved = feed(eng, clock, "10.0.0.1", 95.0, host="kvm2")
+    assert [(e["from"], e["to"], e["reason"]) for e in moved] == [
+        ("alarm", "ok", "the rule no longer takes the VM")]
+    clock.now += 60
+    assert feed(eng, clock, "10.0.0.1", 95.0, host="kvm2") == []

@@ -456,14 +456,15 @@ def test_a_vms_tags_are_read_again_only_when_its_record_carries_other_ones():
     clock.now += 60
     feed(eng, clock, "10.0.0.1", 30.0, host="kvm9")
     assert eng.vm_tags("10.0.0.1") == {"host": "kvm9"}
-    # A rule matching tags follows the record's (its route is read from the same tags).
-    for tags, fired in (((("rack", "r1"),), True), ((("rack", "r2"),), False)):
+    # A rule matching tags follows the record's (its route is read from the same tags): the
+    # VM moved off rack r1 no longer reaches it, and its alarm there is resolved.
+    for tags, moves in (((("rack", "r1"),), [("ok", "alarm")]), ((("rack", "r2"),), [("alarm", "ok")])):
         clock.now += 60
         eng.observe(["10.0.0.2"], [int(clock.now)], [row(95.0, host="kvm1", tags=tags)])
         eng.process()
         eng.sweep()
         assert eng.vm_tags("10.0.0.2") == {"host": "kvm1", "rack": tags[0][1]}
-        assert ("racked" in {e["rule"] for e in eng.take() if e["kind"] == "transition"}) is fired
+        assert [(e["from"], e["to"]) for e in eng.take() if e["rule"] == "racked"] == moves
 
 
 def test_the_newest_stamp_decides_under_a_flood_and_for_a_group():

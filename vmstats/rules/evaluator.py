@@ -474,8 +474,12 @@ class Engine:
             cells = row.split(b",")
             tags = None
             if by_tags:
+                seen = self._tags_read.get(vm)
                 tags = tags_of(vm, cells)
-                route = route + _steps([rs for rs in by_tags if rs.rule.match(vm, tags)])
+                taken = [rs for rs in by_tags if rs.rule.match(vm, tags)]
+                route = route + _steps(taken)
+                if len(taken) < len(by_tags) and (seen is None or seen[1] is not tags):
+                    self._untaken(vm, [rs for rs in by_tags if rs not in taken], now)
             if labelled and (keep_tags or any(step[0].rule.labels for step in route)):
                 if tags is None:
                     tags = tags_of(vm, cells)
@@ -501,6 +505,18 @@ class Engine:
                 except Exception as exc:
                     self._failed(rs, exc)
         return taken
+
+    def _untaken(self, vm: str, rules: list[RuleState], now: float) -> None:
+        """A VM whose tags changed (or first seen since a start) and that these rules' tag
+        conditions no longer take: its scopes not ok under them are resolved, saying why.
+
+        A VM that moved to another host kept the alarm of a rule matching its old host for
+        ever: no record of it reached that rule again.  Looked at only when its tags changed.
+        """
+        for rs in rules:
+            series = rs.series.get(vm)
+            if series is not None and series.state != "ok" and rs.rule.scope != GROUP:
+                self._transition(rs, series, "ok", now, None, "the rule no longer takes the VM")
 
     def _tags_of(self, vm: str, cells: list) -> dict[str, str]:
         """A VM's tags from its row: those read last while its tag cells are the same (the
