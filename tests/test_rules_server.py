@@ -157,8 +157,11 @@ def test_alerts_offline_before_any_change_of_state_and_without_rules(tmp_path):
     unreadable = alerts_cli("--data-dir", str(server.data_dir))
     assert unreadable.returncode == 1 and unreadable.stderr.startswith(
         "Error: cannot read the action log: ") and len(unreadable.stderr.splitlines()) == 1
+    (tmp_path / "elsewhere").mkdir()  # a data dir of a server run without --rules
     missing = alerts_cli("--data-dir", str(tmp_path / "elsewhere"))
     assert missing.returncode == 1 and "was the server run with --rules?" in missing.stderr
+    mistyped = alerts_cli("--data-dir", str(tmp_path / "nowhere"))  # the command line's mistake
+    assert mistyped.returncode == 2 and "does not exist or is not a directory" in mistyped.stderr
 
 
 def test_the_action_log_past_its_cap_is_rewritten_and_replays_to_the_same_states(tmp_path):
