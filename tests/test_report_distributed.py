@@ -205,6 +205,21 @@ def _cluster(tmp_path, worker_prefix: tuple = (), worker_args: tuple = ()):
             log.close()
 
 
+def _two_views(split_fleet, tmp_path) -> tuple:
+    """Two copies of a data dir, ``real`` (this machine's) and ``stale`` (a worker's, mounted at
+    real's path by the command prefix ``bind``): ``(real, stale's copy of one day file, real's
+    path of it, bind)``, for a test to make that one file differ."""
+    _whole, first, _second = split_fleet
+    real, stale = tmp_path / "real", tmp_path / "stale"
+    shutil.copytree(first, real)
+    shutil.copytree(first, stale)
+    vm = sorted(logstore.iter_vms(str(real)))[0]
+    day, path = logstore.day_files(str(real), vm)[2]
+    bind = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(stale), str(real))
+    return real, logstore.day_path(str(stale), vm, day), path, bind
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare to give a worker a mount of its own")
 def test_a_worker_that_sees_other_files_stops_the_report_in_one_line(split_fleet, tmp_path):
@@ -212,15 +227,8 @@ def test_a_worker_that_sees_other_files_stops_the_report_in_one_line(split_fleet
     report stops with one line naming the worker and the file, exit 1, and nothing is cached.
     Before, that worker's tasks named the file as skipped, as a damaged one, and the report
     was written without the VM-day, exit 0, the gap kept in the cache for later runs."""
-    _whole, first, _second = split_fleet
-    real, stale = tmp_path / "real", tmp_path / "stale"
-    shutil.copytree(first, real)
-    shutil.copytree(first, stale)
-    vm = sorted(logstore.iter_vms(str(real)))[0]
-    day, missing = logstore.day_files(str(real), vm)[2]
-    os.unlink(logstore.day_path(str(stale), vm, day))
-    bind = ("unshare", "-m", "--propagation", "private", "sh", "-c",
-            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(stale), str(real))
+    real, stale, missing, bind = _two_views(split_fleet, tmp_path)
+    os.unlink(stale)
     out = tmp_path / "out"
 
     def report(*extra):
@@ -289,18 +297,10 @@ def test_a_worker_that_sees_an_older_copy_stops_the_report_in_one_line(split_fle
     """A worker whose mount at the data dir's path is a copy taken earlier (a day file shorter,
     as a replica behind): the report wrote that worker's older rows as the VM-day's, exit 0,
     and kept them in its cache for later runs.  Now one line names the worker and the file."""
-    _whole, first, _second = split_fleet
-    real, stale = tmp_path / "real", tmp_path / "stale"
-    shutil.copytree(first, real)
-    shutil.copytree(first, stale)
-    vm = sorted(logstore.iter_vms(str(real)))[0]
-    day, path = logstore.day_files(str(real), vm)[2]
-    older = logstore.day_path(str(stale), vm, day)
+    real, older, path, bind = _two_views(split_fleet, tmp_path)
     lines = Path(older).read_bytes().splitlines(keepends=True)
     Path(older).write_bytes(b"".join(lines[: len(lines) // 2]))
     os.utime(older, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns - 60 * 10**9))
-    bind = ("unshare", "-m", "--propagation", "private", "sh", "-c",
-            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(stale), str(real))
     out = tmp_path / "out"
     with _cluster(tmp_path, bind) as (address, _client, _processes):
         done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(real), "-o", str(out),
