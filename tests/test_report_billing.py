@@ -406,6 +406,9 @@ def test_a_stopped_vm_s_share_of_its_owner_s_line_is_said(fleet, tmp_path):
     said = {value: (line["stopped_vms"], line["stopped_cost"]) for value, line in lines.items()}
     assert said == {"beta": ("1", "283.24"), "alpha": ("0", "0.0"), "gamma": ("0", "0.0"), "": ("0", "0.0")}
     total = json.loads((out / "report.json").read_text())["meta"]["statement"]["total"]
+    # The idle share is of the VMs whose minutes were judged: the stopped month is in neither side.
+    judged = total["monthly_cost"] - total["stopped_cost"]
+    assert total["idle_cost"] > 0 and total["idle_share"] == round(total["idle_cost"] / judged, 4)
     assert (total["stopped_vms"], total["stopped_cost"]) == (1, 283.24)
     assert "  of which stopped (silent at the window's end, billed at their last size): 1 VM, EUR 283.24" \
         in done.stdout.splitlines()

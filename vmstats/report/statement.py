@@ -149,11 +149,13 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], money: Money)
         line["usage_" + part] = money.round(sum((r["usage"][part] for r in priced if r["usage"]), 0.0))
     # Money spent while idle: each VM's provisioned cost times its share of idle minutes, rounded
     # per VM as every other figure here, so the groups add up to the total.
-    idle = sum(
-        (money.round(r["monthly_cost"] * r["idle_share"]) for r in priced if r["idle_share"] is not None), 0.0
-    )
+    known = [r for r in priced if r["idle_share"] is not None]
+    idle = sum((money.round(r["monthly_cost"] * r["idle_share"]) for r in known), 0.0)
     line["idle_cost"] = money.round(idle)
-    line["idle_share"] = round(idle / line["monthly_cost"], 4) if line["monthly_cost"] else None
+    # Of the cost of the VMs whose idle share is known: a stopped VM's month (no minutes, no
+    # share) in the denominator made a group with one read less idle than its VMs are.
+    judged = sum((r["monthly_cost"] for r in known), 0.0)
+    line["idle_share"] = round(idle / judged, 4) if judged else None
     line["currency"] = money.currency
     line["minor_unit"] = money.minor_unit  # read alone, 12.5 would be cents or mills
     # A VM silent at the window's end (category stopped, also one whose last record predates the
