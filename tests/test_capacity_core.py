@@ -102,6 +102,8 @@ def test_inventory_defaults_overrides_and_derived_limits(tmp_path):
             "host[1].name: 'a' is named twice",
         ),
         ("[[host]]\nvcpus = 4\nmem_gb = 8\n", "host[0].name: missing"),
+        ("[[host]]\nname = 'kvm01 '\nvcpus = 4\nmem_gb = 8\n",
+         "host[0].name: 'kvm01 ' has white space around it"),
         (
             "[defaults]\nbufer = 0.1\n[[host]]\nname = 'a'\nvcpus = 4\nmem_gb = 8\n",
             "defaults.bufer: unknown key",

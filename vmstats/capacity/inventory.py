@@ -149,6 +149,8 @@ def _host(entry: Any, defaults: dict[str, float], origin: str) -> Host:
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
         raise CapacityError("%s.name: missing or not a non-empty string" % origin)
+    if name != name.strip():  # "kvm01 " is no VM's host tag: its VMs counted on no host, it looked empty
+        raise CapacityError("%s.name: %r has white space around it, which no host tag has" % (origin, name))
     origin = "%s (%s)" % (origin, name)
     for key in entry:
         if key not in _HOST_KEYS:
