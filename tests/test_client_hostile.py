@@ -117,21 +117,27 @@ def test_a_spool_folder_removed_under_a_running_agent_is_made_again(server, tmp_
     assert os.listdir(str(spool)) == ["lock"]
 
 
-def test_tcp_goes_to_the_servers_next_address_when_its_first_refuses(server, tmp_path, monkeypatch):
-    """A name with an IPv6 and an IPv4 address (IPv6 first where the VM routes it) of a server
-    listening on IPv4 only: every connection was refused on IPv6 and nothing delivered.  A name
-    with two addresses cannot be set up here without the machine's resolver: this one answer
-    is stood in for; the connections and the server are real."""
-    port = server.tcp_port
+def dual_stack(monkeypatch, port: int, kind: int) -> None:
+    """``stats.dual.test`` resolves to ::1 then 127.0.0.1 (a name with an AAAA and an A record,
+    IPv6 first): a name with two addresses cannot be set up here without the machine's
+    resolver, so this one answer is stood in for; the sockets and the server are real."""
     real = socket.getaddrinfo
 
-    def dual_stack(host, *args, **kwargs):
+    def answer(host, *args, **kwargs):
         if host != "stats.dual.test":
             return real(host, *args, **kwargs)
-        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return [(family, kind, 0, "", address)
+                for family, address in ((socket.AF_INET6, ("::1", port, 0, 0)),
+                                        (socket.AF_INET, ("127.0.0.1", port)))]
 
-    monkeypatch.setattr(socket, "getaddrinfo", dual_stack)
+    monkeypatch.setattr(socket, "getaddrinfo", answer)
+
+
+def test_tcp_goes_to_the_servers_next_address_when_its_first_refuses(server, tmp_path, monkeypatch):
+    """A name with an IPv6 and an IPv4 address (IPv6 first where the VM routes it) of a server
+    listening on IPv4 only: every connection was refused on IPv6 and nothing delivered."""
+    port = server.tcp_port
+    dual_stack(monkeypatch, port, socket.SOCK_STREAM)
     store = spool_module.Spool(str(tmp_path / "spool"), 10)
     sender = transport.TcpSender("stats.dual.test", port, store, timeout=5)
     try:
@@ -254,15 +260,7 @@ def test_udp_goes_to_the_servers_next_address_when_its_first_refuses(server, mon
     without a word.  The kernel's "port unreachable" (to a connected socket only) now moves the
     agent to the next address: the first datagram is lost, not the ones after it."""
     port = server.udp_port
-    real = socket.getaddrinfo
-
-    def dual_stack(host, *args, **kwargs):
-        if host != "stats.dual.test":
-            return real(host, *args, **kwargs)
-        return [(socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("::1", port, 0, 0)),
-                (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", port))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", dual_stack)
+    dual_stack(monkeypatch, port, socket.SOCK_DGRAM)
     sender = transport.UdpSender("stats.dual.test", port)
     now = int(time.time())
     try:

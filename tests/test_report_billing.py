@@ -99,13 +99,24 @@ def send(server, records: list[Record]) -> None:
     assert server.send_synced(payload) == ["#!ack", "all", str(len(records)), "0"]
 
 
-def report(data, prices, out, by="project"):
+def run_report(data, prices, out, by="project", window=("--days", str(DAYS))):
+    """``vmstats report`` as an operator runs it; its completed process, once it succeeded."""
     done = subprocess.run(
         [sys.executable, "-m", "vmstats", "report", str(data), "-o", str(out), "--prices", str(prices),
-         "--by", by, "--days", str(DAYS), "--set", "min_days=0", "--no-cache"],
+         "--by", by, *window, "--set", "min_days=0", "--no-cache"],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def report(data, prices, out, by="project", window=("--days", str(DAYS))):
+    run_report(data, prices, out, by, window)
+    return read_outputs(out)
+
+
+def read_outputs(out):
+    """The report's rows by VM, its statement's lines by value, and report.json."""
     with open(out / "report.csv", newline="") as handle:
         rows = {row["vm"]: row for row in csv.DictReader(handle)}
     with open(out / "statement.csv", newline="") as handle:
@@ -390,17 +401,9 @@ def test_a_stopped_vm_s_share_of_its_owner_s_line_is_said(fleet, tmp_path):
     usage 0, with nothing in statement.csv, on the page or the terminal to tell it from a live one."""
     data, prices = fleet
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "vmstats", "report", str(data), "-o", str(out), "--prices", str(prices),
-         "--by", "project", "--since", "2026-09-24", "--until", "2026-09-24", "--set", "min_days=0",
-         "--no-cache"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    with open(out / "report.csv", newline="") as handle:
-        rows = {row["vm"]: row for row in csv.DictReader(handle)}
-    with open(out / "statement.csv", newline="") as handle:
-        lines = {line["value"]: line for line in csv.DictReader(handle)}
+    window = ("--since", "2026-09-24", "--until", "2026-09-24")
+    done = run_report(data, prices, out, window=window)
+    rows, lines, _doc = read_outputs(out)
     gone = rows["gone"]  # its last record two days before the window's one day
     assert gone["category"] == "stopped" and gone["records"] == "0" and gone["monthly_cost"] == "283.24"
     said = {value: (line["stopped_vms"], line["stopped_cost"]) for value, line in lines.items()}
