@@ -17,7 +17,6 @@ from test_report_policy import build_fleet
 from vmstats.report import statement as statement_mod
 from vmstats.report.build import Report, _rank_key, build
 from vmstats.report.money import Money
-from vmstats.report.policy import CANDIDATES
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import Policy
 
@@ -51,22 +50,16 @@ def grown(base: Report, count: int, seed: int = 7, by: str | None = "project") -
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     meta = copy.deepcopy(base.meta)
-    categories = {name: {"vms": 0, "monthly_saving": 0.0} for name in meta["categories"]}
-    for row in rows:
-        entry = categories.setdefault(row["category"], {"vms": 0, "monthly_saving": 0.0})
-        entry["vms"] += 1
-        entry["monthly_saving"] = round(entry["monthly_saving"] + row["monthly_saving"], 2)
-    meta["categories"] = categories
+    money = Money.of(meta["prices"])
+    meta["categories"] = statement_mod.categories(rows, money)
     meta["totals"] = dict(
         meta["totals"],
         vms=len(rows),
-        monthly_cost=round(sum(r["monthly_cost"] or 0.0 for r in rows), 2),
-        monthly_saving=round(sum(r["monthly_saving"] for r in rows), 2),
-        candidates=sum(1 for r in rows if r["category"] in CANDIDATES),
+        **statement_mod.totals(rows, money),
         unpriced_vms=sum(1 for r in rows if r["monthly_cost"] is None),
     )
     if by:
-        meta["statement"] = statement_mod.statement(rows, by, Money.of(meta["prices"]))
+        meta["statement"] = statement_mod.statement(rows, by, money)
     else:
         meta.pop("statement", None)
     return dataclasses.replace(base, rows=rows, meta=meta)

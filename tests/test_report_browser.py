@@ -74,7 +74,7 @@ def pages(tmp_path_factory):
     # What a newer policy may add: a category and fields this page does not know.
     small.meta["categories"][small.rows[-1]["category"]]["vms"] -= 1
     small.rows[-1]["category"] = "upsize"
-    small.meta["categories"]["upsize"] = {"vms": 1, "monthly_saving": 0.0}
+    small.meta["categories"]["upsize"] = {"vms": 1, "monthly_saving": 0.0, "extra_cost": 0.0}
     for row in small.rows[:3]:
         row["data_quality"] = ["clock skew 40 s", "gap of 6 h on 2026-01-05"]
         row["blocked_by"] = "trend"

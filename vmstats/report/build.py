@@ -25,7 +25,7 @@ from vmstats.report import stats as stats_mod
 from vmstats.report.discover import discover
 from vmstats.report.issues import named_files
 from vmstats.report.money import Money
-from vmstats.report.policy import CANDIDATES, CATEGORIES, Decision, confidence_label, decide
+from vmstats.report.policy import CANDIDATES, Decision, confidence_label, decide
 from vmstats.report.prices import PriceBook
 from vmstats.report.settings import MAX_DAYS, InputError, Policy, ReportError
 from vmstats.stamps import iso
@@ -473,11 +473,6 @@ def _window_meta(window, days: int, since: str | None, until: str | None, earlie
 
 def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, exclusions_path, spark_step):
     money = prices.money
-    categories = {c: {"vms": 0, "monthly_saving": money.round(0.0)} for c in CATEGORIES}
-    for row in rows:
-        entry = categories[row["category"]]
-        entry["vms"] += 1
-        entry["monthly_saving"] = money.round(entry["monthly_saving"] + row["monthly_saving"])
     return {
         "data_dirs": [logstore.printable(d) for d in data_dirs],
         "window": window_meta,
@@ -507,7 +502,7 @@ def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, 
             "bad_lines": sum(r["bad_lines"] for r in rows),
             "unpriced_vms": sum(1 for r in rows if r["monthly_cost"] is None),
         },
-        "categories": categories,
+        "categories": statement_mod.categories(rows, money),
         "too_young": _too_young(rows, policy.base),
         "cache": {"parsed_vm_days": table.parsed_units, "cached_vm_days": table.cached_units},
         "sparkline_step_hours": spark_step,

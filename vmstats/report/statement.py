@@ -15,7 +15,7 @@ from vmstats import csvcells, logstore
 from vmstats.outputfile import replacing
 from vmstats.protocol import MAX_TAG_KEY_LENGTH
 from vmstats.report.money import Money
-from vmstats.report.policy import CANDIDATES
+from vmstats.report.policy import CANDIDATES, CATEGORIES
 from vmstats.report.settings import InputError
 
 STATEMENT_NAME = "statement.csv"
@@ -184,6 +184,29 @@ def totals(rows: Sequence[Mapping[str, Any]], money: Money) -> dict[str, Any]:
         "candidates": len(candidates),
         # 0.0 - ...: an empty sum is 0.0, not -0.0 (written "-0.0" in a CSV).
         "upsize_extra_cost": money.round(0.0 - sum((r["monthly_saving"] or 0.0 for r in upsizes), 0.0)),
+    }
+
+
+def categories(rows: Sequence[Mapping[str, Any]], money: Money) -> dict[str, dict[str, Any]]:
+    """Per category of the policy: VMs, saving and extra cost (report.json's ``meta.categories``).
+
+    A category's ``monthly_saving`` is its candidates' saving (0 outside CANDIDATES) and its
+    ``extra_cost`` what its VMs would add (an upsize's, as a positive amount; 0 elsewhere):
+    an upsize's negative saving in ``monthly_saving`` made the categories' savings add up
+    to less than ``meta.totals.monthly_saving``, the figure the page's header prints.
+    """
+    found = {name: [] for name in CATEGORIES}
+    for row in rows:
+        found.setdefault(row["category"], []).append(row)
+    return {
+        name: {
+            "vms": len(members),
+            "monthly_saving": money.round(sum(
+                (r["monthly_saving"] or 0.0 for r in members if name in CANDIDATES), 0.0)),
+            "extra_cost": money.round(0.0 - sum(
+                (r["monthly_saving"] or 0.0 for r in members if name == "upsize"), 0.0)),
+        }
+        for name, members in found.items()
     }
 
 
