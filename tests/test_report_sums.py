@@ -57,3 +57,46 @@ def test_the_categories_savings_add_up_to_the_total_and_an_upsize_s_cost_is_its_
     assert sum(Decimal(r["monthly_saving"]) for r in rows if r["category"] in CANDIDATES) == saved
     assert [Decimal(r["monthly_saving"]) for r in rows if r["category"] == "upsize"] == [
         -Decimal(str(totals["upsize_extra_cost"]))]
+
+
+#: A size whose month (308,708,033.53 x 730 = 225,356,864,476.90) is within the amounts reckoned
+#: exactly (USD: under 10^13), and 36 of it too: a float sum() of the 36 is ...168.41.
+BIG = """\
+currency = "USD"
+hours_per_month = 730
+vcpu_hour = 0.05
+gb_ram_hour = 0.005
+disk_gb = 0.02
+network_gb = 0.01
+[[sizes]]
+name = "big"
+vcpus = 2
+memory_gb = 4
+hourly = 308708033.53
+"""
+
+
+def test_a_total_is_the_sum_of_the_lines_printed_to_the_cent(tmp_path):
+    data, out, book = tmp_path / "data", tmp_path / "out", tmp_path / "prices.toml"
+    book.write_text(BIG)
+    ts = list(range(T0, T0 + 86400, 600))
+    flat = np.ones(len(ts))
+    for i in range(36):
+        records = series("vm-%02d" % i, ts, 30 * flat, 50 * flat, 1e3 * flat, 1e3 * flat)
+        write_records(data, [r._replace(tags=(("project", "p%d" % (i % 2)),)) for r in records])
+    done = run_report(str(data), "-o", str(out), "--prices", str(book), "--by", "project")
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    with open(out / "report.csv", newline="", encoding="utf-8") as handle:
+        cells = [Decimal(row["monthly_cost"]) for row in csv.DictReader(handle)]
+    with open(out / "statement.csv", newline="", encoding="utf-8") as handle:
+        lines = [Decimal(line["monthly_cost"]) for line in csv.DictReader(handle)]
+    assert cells == [Decimal("225356864476.90")] * 36
+    exact = sum(cells)
+    assert exact == sum(lines) == Decimal("8112847121168.40")
+    assert Decimal(str(meta["totals"]["monthly_cost"])) == exact
+    assert Decimal(str(meta["statement"]["total"]["monthly_cost"])) == exact
+    # The terminal's statement: its two lines and its total, as printed, add up.
+    assert "monthly cost USD 8,112,847,121,168.40;" in done.stdout
+    printed = [line.split("provisioned")[1].split()[0] for line in done.stdout.splitlines()
+               if "provisioned" in line]
+    assert printed == ["4,056,423,560,584.20", "4,056,423,560,584.20", "8,112,847,121,168.40"]

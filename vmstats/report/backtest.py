@@ -582,7 +582,7 @@ def summarise(rows: list[dict[str, Any]], money: Money) -> dict[str, Any]:
             "vms": len(quiet),
             "reclaimed": sum(1 for r in quiet if r["category"] == "reclaim"),
             "missed": len(missed),
-            "missed_monthly_cost": money.round(sum((r["monthly_cost"] or 0.0 for r in missed), 0.0)),
+            "missed_monthly_cost": money.total(r["monthly_cost"] or 0.0 for r in missed),
         },
         "outcomes": {name: sum(1 for r in rows if r["outcome"] == name) for name in OUTCOMES},
         "judge_states": {

@@ -280,7 +280,7 @@ def _values(i: int, st: dict[str, np.ndarray], series: dict[str, list], prices: 
     usage = prices.usage_parts(
         vcpus, mem_gb, values["cpu_avg"], values["mem_avg"], values["disk_avg"], values["net_avg"]
     )
-    values["usage_cost"] = math.nan if usage is None else prices.money.round(sum(usage.values()))
+    values["usage_cost"] = math.nan if usage is None else prices.money.total(usage.values())
     return values, usage
 
 

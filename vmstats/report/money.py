@@ -10,6 +10,7 @@ credits, a crypto-currency) or overrides the table.
 """
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -97,13 +98,33 @@ class Money:
         significant digits first (as a spreadsheet shows it, without the binary
         noise), so the unit is the one a person figuring the price on paper
         gets: 1.095 is 1.10.  A currency without a minor unit (JPY) gives an
-        int, which CSV and JSON write as 1235, not 1235.0.  Sums of rounded
-        amounts rounded again are exact: each is a whole number of minor units.
+        int, which CSV and JSON write as 1235, not 1235.0.  Rounded amounts are
+        added by ``total``, in whole minor units.
         """
         if not math.isfinite(value):
             return value
         exact = Decimal(format(value, ".15g")).quantize(Decimal(1).scaleb(-self.minor_unit), ROUND_HALF_UP)
         return int(exact) if self.minor_unit == 0 else float(exact)
+
+    def total(self, amounts: Iterable[float | int]) -> float | int:
+        """The sum of ``amounts`` (each already to the minor unit, ``round``), exact to the unit.
+
+        ``sum()`` of floats rounds at every addition, and near the amounts reckoned exactly
+        (``largest_exact``) the error reaches half a unit: 36 VMs at USD 225,356,864,476.90
+        a month summed to ...168.41, not the ...168.40 that adding the printed lines gives
+        (at 2 digits such a fleet is absurd, but a bill of 100,000 VMs in IDR or a currency of
+        6 digits meets it).  Each amount is counted as a whole number of minor units, which
+        a double holds exactly below 2**53, and the sum is divided once: the total is the sum
+        of the lines a person adds up.  A non-finite amount makes the total what ``sum`` gives.
+        """
+        scale = 10**self.minor_unit
+        units, odd = 0, []
+        for value in amounts:
+            if math.isfinite(value):
+                units += int(round(value * scale))
+            else:
+                odd.append(value)
+        return self.round(math.fsum(odd) if odd else units / scale)
 
     def amount(self, value: float | None, unknown: float | None = None) -> float | int | None:
         """A money figure of a row or a decision: ``value`` rounded (``round``) when known; when

@@ -143,18 +143,18 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], money: Money)
         "vms": len(rows),
         "unpriced_vms": len(rows) - len(priced),
         **totals(rows, money),
-        "usage_cost": money.round(sum((r["usage_cost"] or 0.0 for r in rows), 0.0)),
+        "usage_cost": money.total(r["usage_cost"] or 0.0 for r in rows),
     }
     for part in _PARTS:
-        line["usage_" + part] = money.round(sum((r["usage"][part] for r in priced if r["usage"]), 0.0))
+        line["usage_" + part] = money.total(r["usage"][part] for r in priced if r["usage"])
     # Money spent while idle: each VM's provisioned cost times its share of idle minutes, rounded
     # per VM as every other figure here, so the groups add up to the total.
     known = [r for r in priced if r["idle_share"] is not None]
-    idle = sum((money.round(r["monthly_cost"] * r["idle_share"]) for r in known), 0.0)
-    line["idle_cost"] = money.round(idle)
+    idle = money.total(money.round(r["monthly_cost"] * r["idle_share"]) for r in known)
+    line["idle_cost"] = idle
     # Of the cost of the VMs whose idle share is known: a stopped VM's month (no minutes, no
     # share) in the denominator made a group with one read less idle than its VMs are.
-    judged = sum((r["monthly_cost"] for r in known), 0.0)
+    judged = money.total(r["monthly_cost"] for r in known)
     line["idle_share"] = round(idle / judged, 4) if judged else None
     line["currency"] = money.currency
     line["minor_unit"] = money.minor_unit  # read alone, 12.5 would be cents or mills
@@ -164,7 +164,7 @@ def _line(key: str, value: str, rows: Sequence[Mapping[str, Any]], money: Money)
     # owner is not billed for a VM that is gone without the line showing it.
     stopped = [r for r in rows if r["category"] == "stopped"]
     line["stopped_vms"] = len(stopped)
-    line["stopped_cost"] = money.round(sum((r["monthly_cost"] or 0.0 for r in stopped), 0.0))
+    line["stopped_cost"] = money.total(r["monthly_cost"] or 0.0 for r in stopped)
     return line
 
 
@@ -179,11 +179,11 @@ def totals(rows: Sequence[Mapping[str, Any]], money: Money) -> dict[str, Any]:
     candidates = [r for r in rows if r["category"] in CANDIDATES]
     upsizes = [r for r in rows if r["category"] == "upsize"]
     return {
-        "monthly_cost": money.round(sum((r["monthly_cost"] or 0.0 for r in rows), 0.0)),
-        "monthly_saving": money.round(sum((r["monthly_saving"] or 0.0 for r in candidates), 0.0)),
+        "monthly_cost": money.total(r["monthly_cost"] or 0.0 for r in rows),
+        "monthly_saving": money.total(r["monthly_saving"] or 0.0 for r in candidates),
         "candidates": len(candidates),
-        # 0.0 - ...: an empty sum is 0.0, not -0.0 (written "-0.0" in a CSV).
-        "upsize_extra_cost": money.round(0.0 - sum((r["monthly_saving"] or 0.0 for r in upsizes), 0.0)),
+        # Whole units, negated: an empty sum is 0.0, not -0.0 (written "-0.0" in a CSV).
+        "upsize_extra_cost": money.total(-(r["monthly_saving"] or 0.0) for r in upsizes),
     }
 
 
@@ -201,10 +201,8 @@ def categories(rows: Sequence[Mapping[str, Any]], money: Money) -> dict[str, dic
     return {
         name: {
             "vms": len(members),
-            "monthly_saving": money.round(sum(
-                (r["monthly_saving"] or 0.0 for r in members if name in CANDIDATES), 0.0)),
-            "extra_cost": money.round(0.0 - sum(
-                (r["monthly_saving"] or 0.0 for r in members if name == "upsize"), 0.0)),
+            "monthly_saving": money.total(r["monthly_saving"] or 0.0 for r in members if name in CANDIDATES),
+            "extra_cost": money.total(-(r["monthly_saving"] or 0.0) for r in members if name == "upsize"),
         }
         for name, members in found.items()
     }
