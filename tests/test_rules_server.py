@@ -1124,3 +1124,45 @@ def test_a_rules_file_saved_with_a_byte_order_mark_checks_and_loads(tmp_path):
     checked = subprocess.run([sys.executable, "-m", "vmstats", "rules", "check", str(path)],
                              capture_output=True, text=True)
     assert checked.returncode != 0 and "not UTF-8 at byte 11 (line 1)" in checked.stderr, checked.stderr
+
+
+def test_a_rule_removed_with_its_action_still_resolves_its_alerts_at_that_receiver(tmp_path):
+    """An operator deletes a noisy rule and the webhook it alone used in one SIGHUP: the
+    receiver held its alerts firing for ever, since the resolutions found the action gone
+    ("the action is no longer in the rules").  The retired action lives on until they are
+    delivered; a rule whose action was renamed to another receiver resolves its alerts at the
+    old one too, and the new one hears of them from then on."""
+    pager = ('[action.pager]\nkind = "webhook"\nurl = "%s"\nsecret = "%s"\ntimeout = "2s"\n')
+    noisy = ('[[rule]]\nname = "noisy"\nmetric = "mem"\nenter = 90\nexit = 70\nperiod = 1\n'
+             'actions = ["%s"]\n')
+    with WebhookReceiver(SECRET.encode()) as hook, WebhookReceiver(SECRET.encode()) as old, \
+            WebhookReceiver(SECRET.encode()) as new:
+        rules = rules_file(tmp_path, hook.url, HOT % "" + noisy % "pager",
+                           pager % (old.url, SECRET))
+        with serve(tmp_path, rules) as server:
+            now = int(time.time())
+            server.send_udp(line("10.0.0.1", now, 95.0, mem=95.0))
+            hook.wait(1)
+            assert old.wait(1)[0]["status"] == "firing"
+            # The rule keeps its name and its alarm; its action is another receiver now.
+            rules_file(tmp_path, hook.url, HOT % "" + noisy % "oncall",
+                       (pager % (new.url, SECRET)).replace("pager", "oncall"))
+            server.proc.send_signal(signal.SIGHUP)
+            told = old.wait(2)[1]
+            assert (told["labels"]["alertname"], told["status"]) == ("noisy", "resolved")
+            assert told["annotations"]["reason"] == "the rule no longer notifies this action"
+            server.send_udp(line("10.0.0.1", now + 1, 95.0, mem=20.0))
+            assert new.wait(1)[0]["status"] == "resolved"
+            server.send_udp(line("10.0.0.1", now + 2, 95.0, mem=95.0))
+            assert new.wait(2)[1]["status"] == "firing"
+            # Now the rule and its action go in one reload.
+            rules_file(tmp_path, hook.url, HOT % "")
+            server.proc.send_signal(signal.SIGHUP)
+            gone = new.wait(3)[2]
+            assert (gone["labels"]["alertname"], gone["status"]) == ("noisy", "resolved")
+            assert gone["annotations"]["reason"] == "the rule was removed"
+            server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+            assert json.loads(server.http("/alerts"))["deliveries"]["gave_up"] == 0
+        assert server.returncode == 0
+    assert "given up" not in server.output
+    assert len(old.alerts()) == 2 and len(new.alerts()) == 3

@@ -6,7 +6,9 @@ written goes in the next one, so a burst costs one fsync, not one per line).
 Entries:
 
 ``event``    a transition, reminder, scaling decision or hold, with its key
-             and the actions it goes to (delivery key: ``<key>.<action>``)
+             and the actions it goes to (delivery key: ``<key>.<action>``); a
+             ``farewell`` transition resolves an alert at actions its edited
+             rule dropped, and leaves the scope's state as it was
 ``attempt``  a delivery attempt about to be made (number ``n``), with ``age``:
              the seconds of its retry budget spent, timed by the monotonic clock;
              or a group's notification (``grouping.py``), under a key of its own,
@@ -186,12 +188,14 @@ def replay(lines) -> Replayed:
         kind = entry.get("type")
         if kind == "event":
             event = entry["event"]
-            if event["kind"] == "transition":
+            if event.get("farewell"):
+                pass  # an edited rule's word to the actions it dropped: the state is unchanged
+            elif event["kind"] == "transition":
                 result.states[(event["rule"], event["scope"])] = event
                 result.reminded.pop((event["rule"], event["scope"]), None)
             elif event["kind"] == "reminder":
                 result.reminded[(event["rule"], event["scope"])] = event
-            if event["kind"] in ("transition", "reminder"):
+            if event["kind"] in ("transition", "reminder") and not event.get("farewell"):
                 # Heard (or held back again: its ``muted`` entries follow, with what was told).
                 result.held.pop((event["rule"], event["scope"]), None)
             elif event["kind"] == "scale":

@@ -77,6 +77,10 @@ class Dispatcher:
         self.wall = wall if wall is not None else reactor.seconds
         self.log = action_log
         self.actions = actions
+        #: Notifiers of actions a reload took out of the rules, kept until the deliveries
+        #: still pending to them (the resolutions of the alerts they were told of) are done
+        #: or given up (``retire``): action -> (notifier, deliveries left).
+        self.retired: dict[str, list] = {}
         self.retry_for = retry_for
         self.retry_min = retry_min
         self.retry_max = retry_max
@@ -119,7 +123,9 @@ class Dispatcher:
         started = self.reactor.seconds()
         for event in events:
             entries.append({"type": "event", "event": event})
-            if event["kind"] in ("transition", "reminder") and event.get("actions"):
+            if event.get("farewell"):
+                pass  # to actions the rule dropped: a mute's end would not reach them
+            elif event["kind"] in ("transition", "reminder") and event.get("actions"):
                 mute = self.muted(event)
                 if mute is not None:
                     entries += self._hold_back(event, mute.id)
@@ -277,19 +283,78 @@ class Dispatcher:
         return self._scaling[rule] > 0
 
     def _hold(self, pending: Pending) -> None:
-        if pending.key not in self.pending and pending.event["kind"] == "scale":
-            self._scaling[pending.event["rule"]] += 1
+        if pending.key not in self.pending:
+            if pending.event["kind"] == "scale":
+                self._scaling[pending.event["rule"]] += 1
+            retired = self.retired.get(pending.action)
+            if retired is not None:
+                retired[1] += 1
         self.pending[pending.key] = pending
 
     def _release(self, pending: Pending) -> None:
-        if self.pending.pop(pending.key, None) is not None and pending.event["kind"] == "scale":
+        if self.pending.pop(pending.key, None) is None:
+            return
+        if pending.event["kind"] == "scale":
             self._scaling[pending.event["rule"]] -= 1
+        retired = self.retired.get(pending.action)
+        if retired is not None:
+            retired[1] -= 1
+            if retired[1] <= 0:  # after what is under way now (a group's send) is done with it
+                self.reactor.callLater(0, self._let_go, pending.action, retired)
+
+    def notifier(self, action: str) -> Notifier | None:
+        """The action's notifier: the rules' own, else a retired one still owed deliveries."""
+        notifier = self.actions.get(action)
+        if notifier is None:
+            retired = self.retired.get(action)
+            notifier = None if retired is None else retired[0]
+        return notifier
+
+    def retire(self, replaced: dict[str, Notifier]) -> None:
+        """After a reload: the notifiers ``replaced`` (the previous rules'), closed, but those of
+        actions no longer in the rules only once no delivery to them is pending.
+
+        Removing a rule and the action it alone used, in one reload, left its firing alerts
+        firing at that receiver for ever: their resolutions found the action gone.  Deliveries
+        to a retired action keep its ``retry_for``; a restart forgets it (its settings are
+        not in the log), and they are given up then.
+        """
+        for action, notifier in replaced.items():
+            if action in self.actions:  # the rules' own notifier of that name replaces it
+                defer.maybeDeferred(notifier.close).addErrback(lambda _f: None)
+            else:
+                self.retired[action] = [notifier, 0]
+        for action in [action for action in self.retired if action in self.actions]:
+            defer.maybeDeferred(self.retired.pop(action)[0].close).addErrback(lambda _f: None)
+        for retired in self.retired.values():
+            retired[1] = 0
+        for pending in self.pending.values():
+            retired = self.retired.get(pending.action)
+            if retired is not None:
+                retired[1] += 1
+        for action, retired in self.retired.items():
+            # Once the reload's own events (the removed rules' resolutions) are submitted.
+            self.reactor.callLater(0, self._let_go, action, retired)
+
+    def _let_go(self, action: str, retired: list) -> None:
+        """A retired action with nothing left to deliver: closed, its groups let go."""
+        if self.retired.get(action) is not retired or retired[1] > 0:
+            return
+        del self.retired[action]
+        for group in self.groups.pop(action, {}).values():
+            group.dissolved = True
+            if group.timer is not None and group.timer.active():
+                group.timer.cancel()
+        self._placed.pop(action, None)
+        log.info("action %s, no longer in the rules, is let go: nothing left to deliver to it",
+                 action)
+        defer.maybeDeferred(retired[0].close).addErrback(lambda _f: None)
 
     def _attempt(self, pending: Pending) -> None:
         self._timers.pop(pending.key, None)
         if self.stopped or self.pending.get(pending.key) is not pending:
             return
-        if pending.action not in self.actions:
+        if self.notifier(pending.action) is None:
             self._give_up(pending, "the action is no longer in the rules")
             return
         age = self.reactor.seconds() - pending.started
@@ -321,7 +386,7 @@ class Dispatcher:
     def _send(self, pending: Pending) -> None:
         if self.stopped or self.pending.get(pending.key) is not pending:  # dropped meanwhile
             return
-        notifier = self.actions.get(pending.action)
+        notifier = self.notifier(pending.action)
         if notifier is None:
             self._give_up(pending, "the action is no longer in the rules")
             return
@@ -392,7 +457,7 @@ class Dispatcher:
 
     # -- groups (actions with group_by) -------------------------------------------------------
     def _grouping(self, action: str) -> Grouping | None:
-        notifier = self.actions.get(action)
+        notifier = self.notifier(action)
         return None if notifier is None else notifier.grouping
 
     def _group_of(self, action: str, event: dict) -> Group:
@@ -456,7 +521,7 @@ class Dispatcher:
         group.timer = None
         if self.stopped or group.dissolved:
             return
-        notifier = self.actions.get(action)
+        notifier = self.notifier(action)
         now = self.reactor.seconds()
         covers = []
         for pending in list(group.waiting.values()):
@@ -495,7 +560,7 @@ class Dispatcher:
         self._schedule(action, group)
 
     def _send_group(self, action: str, group: Group, batch) -> None:
-        notifier = self.actions.get(action)
+        notifier = self.notifier(action)
         if self.stopped or notifier is None:
             group.sending = None
             self._schedule(action, group)
@@ -575,4 +640,5 @@ class Dispatcher:
                 if group.timer is not None and group.timer.active():
                     group.timer.cancel()
         closing = [defer.maybeDeferred(n.close) for n in self.actions.values()]
+        closing += [defer.maybeDeferred(retired[0].close) for retired in self.retired.values()]
         return defer.DeferredList(closing, consumeErrors=True)

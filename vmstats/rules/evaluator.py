@@ -218,10 +218,40 @@ class Engine:
                 self._carry(rs, series.scope, series.state, series.since, series.seq, now,
                             series.notified)
             rs.last_out, rs.last_in = previous.last_out, previous.last_in
+            self._farewell(previous, [a for a in previous.rule.actions if a not in rule.actions],
+                           now)
         for previous in old.values():
             self._retire(previous, "the rule was removed", now)
         self.size = sum(len(rs.series) + len(rs.members) for rs in self.rules.values())
         return kept
+
+    def _farewell(self, previous: RuleState, lost: list[str], now: float) -> None:
+        """An edited rule that no longer notifies ``lost`` actions (one renamed, or taken off
+        the rule): each of its scopes not ok is resolved at those actions alone, saying why.
+
+        Their receivers hold the alerts firing, and the rule's later news of them (its
+        resolution) goes to its actions as they now are: without this, an alert moved to
+        another receiver fired at the old one for ever.  The scope's state is unchanged (the
+        event is a ``farewell``: the log's replay does not take it for the scope's state).
+        """
+        if not lost:
+            return
+        for series in previous.series.values():
+            if series.state == "ok":
+                continue
+            event = {"kind": "transition", "rule": previous.rule.name,
+                     "fingerprint": previous.rule.fingerprint, "scope": series.scope,
+                     "from": series.state, "to": "ok", "value": series.value, "threshold": None,
+                     "since": now, "at": now, "seq": series.seq, "actions": list(lost),
+                     "began": series.since, "farewell": True,
+                     "reason": "the rule no longer notifies this action"}
+            if series.scope == GROUP:
+                event["members"] = len(previous.members)
+            else:
+                labels = self._labels(previous.rule, series.scope)
+                if labels:
+                    event["labels"] = labels
+            self._emit(event)
 
     def _retire(self, rs: RuleState, reason: str, now: float) -> None:
         """The scopes of a rule no longer in force that are not ok: resolved, with the reason."""

@@ -414,8 +414,10 @@ class RulesService(service.Service):
         kept = self.engine.load(ruleset)
         self.ruleset = ruleset
         replaced, self.dispatcher.actions = self.dispatcher.actions, ruleset.actions
-        for notifier in replaced.values():  # their threads end after what they were given
-            defer.maybeDeferred(notifier.close).addErrback(lambda _f: None)
+        # Their threads end after what they were given; those of actions gone from the rules
+        # once the resolutions of the alerts they told of (submitted now) are delivered.
+        self.dispatcher.retire(replaced)
+        self._submit()
         s = ruleset.settings
         self.dispatcher.retry_for, self.dispatcher.retry_min = s.retry_for, s.retry_min
         self.dispatcher.retry_max = s.retry_max
