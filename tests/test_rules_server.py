@@ -247,9 +247,19 @@ def test_an_alarm_without_data_is_insufficient_data_told_as_such_to_every_receiv
             assert [(a["labels"]["scope"], a["status"]) for a in stale] == [("10.0.0.1", "resolved")]
             assert stale[0]["annotations"]["reason"] == "no data for 1s (stale_after)"
             assert stale[0]["endsAt"] != "0001-01-01T00:00:00Z"
+            # The data stopped: no current value, the last one labelled so, with its age.
+            said = stale[0]["annotations"]
+            assert "value" not in said and said["last_value"] == "95.0"
+            assert float(said["last_value_age"].rstrip("s")) >= 1
+            assert said["last_value_at"] <= stale[0]["endsAt"]
+            assert "(no current value: the last, 95, came at %s, " % said["last_value_at"] in (
+                said["summary"])
             ran = wait_until(lambda: [c for c in calls(call_file)
                                       if c["VMSTATS_STATE"] == "insufficient-data"], 5)
             assert ran[0]["VMSTATS_STATUS"] == "insufficient-data"
+            assert "VMSTATS_VALUE" not in ran[0] and ran[0]["VMSTATS_LAST_VALUE"] == "95.0"
+            assert float(ran[0]["VMSTATS_AT"]) - float(ran[0]["VMSTATS_LAST_VALUE_AT"]) == (
+                pytest.approx(float(ran[0]["VMSTATS_LAST_VALUE_AGE"]), abs=0.1))
             assert {c["VMSTATS_STATUS"] for c in calls(call_file) if c["VMSTATS_STATE"] == "alarm"} == {
                 "firing"}
             time.sleep(0.6)  # past the next reminder: 10.0.0.2's, none of 10.0.0.1's

@@ -772,8 +772,14 @@ class Engine:
                          rule.enter if new == "alarm" or state != "alarm" else rule.exit)
 
     def _transition(self, rs: RuleState, series: Series, new: str, now: float, threshold,
-                    reason: str | None = None) -> None:
-        """``reason``: why a change was not measured (its rule is no longer in force)."""
+                    reason: str | None = None, stopped: bool = False) -> None:
+        """``reason``: why a change was not measured (its rule is no longer in force).
+
+        ``stopped``: the change is the data's end (a silence, an alarm gone stale): the event
+        has no ``value``, and its ``last_value`` and ``last_value_at`` say what the last one
+        was and when it came.  Given as ``value``, a figure minutes old read as the VM's
+        current one in every notification ("insufficient-data (value 95)").
+        """
         rule = rs.rule
         event = {"kind": "transition", "rule": rule.name, "fingerprint": rule.fingerprint,
                  "scope": series.scope, "from": series.state, "to": new, "value": series.value,
@@ -781,6 +787,16 @@ class Engine:
                  "actions": list(rule.actions), "began": series.since}
         if reason is not None:
             event["reason"] = reason
+        if stopped:
+            event["value"] = None
+            if series.scope == GROUP:  # a group's value is that of its last period with one
+                newest = max(series.buckets, default=None)
+                last, at = (None, None) if newest is None else (series.buckets[newest],
+                                                                 series.last_arrival)
+            else:
+                last, at = series.value, series.valued
+            if last is not None:
+                event["last_value"], event["last_value_at"] = last, at
         if series.scope == GROUP:
             event["members"] = len(rs.members)
         elif rule.labels:
@@ -837,7 +853,7 @@ class Engine:
                 self._forget(rs, series)
                 continue
             if silent_after and state != "silent" and now - series.last_arrival >= silent_after:
-                self._transition(rs, series, "silent", now, None)
+                self._transition(rs, series, "silent", now, None, stopped=True)
                 continue
             if stale_after and state in _STALE and now - series.valued >= stale_after:
                 self._stale(rs, series, now)
@@ -877,7 +893,7 @@ class Engine:
         series.blocked = False
         series.settled = False
         self._transition(rs, series, INSUFFICIENT, now, None,
-                         "no data for %gs (stale_after)" % rs.rule.stale_after)
+                         "no data for %gs (stale_after)" % rs.rule.stale_after, stopped=True)
 
     def _remind(self, rs: RuleState, series: Series, now: float) -> None:
         rule = rs.rule

@@ -56,6 +56,15 @@ class Notifier:
         return []
 
 
+def last_value_age(event: dict) -> float:
+    """Seconds between a stopped scope's last value and its event (``last_value_at``)."""
+    return max(0.0, round(event["at"] - event["last_value_at"], 1))
+
+
+def seconds(age: float) -> str:
+    return "%gs" % age
+
+
 def summary(event: dict) -> str:
     """One line for people: what happened to which scope, with its figures."""
     where = "%s %s" % (event["rule"], event["scope"])
@@ -63,6 +72,9 @@ def summary(event: dict) -> str:
     if figure and event.get("threshold") is not None:
         figure += ", threshold %.4g" % event["threshold"]
     figure += ")" if figure else ""
+    if event.get("last_value") is not None:
+        figure += " (no current value: the last, %.4g, came at %s, %s before)" % (
+            event["last_value"], moment(event["last_value_at"]), seconds(last_value_age(event)))
     if event.get("unmuted"):
         figure += " (held back by mute %s until its end)" % event["unmuted"]
     if event["kind"] == "scale":

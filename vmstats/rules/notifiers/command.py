@@ -15,7 +15,7 @@ import sys
 from twisted.internet import defer, error, protocol
 
 from vmstats.rules.grouping import status
-from vmstats.rules.notifiers import DeliveryError, Notifier, summary
+from vmstats.rules.notifiers import DeliveryError, Notifier, last_value_age, summary
 
 #: Programs of one action running at once; more events wait their turn.
 CONCURRENCY = 8
@@ -34,7 +34,8 @@ ENVIRONMENT = {"rule": "VMSTATS_RULE", "scope": "VMSTATS_SCOPE", "to": "VMSTATS_
                "from": "VMSTATS_PREVIOUS_STATE", "kind": "VMSTATS_EVENT", "value": "VMSTATS_VALUE",
                "threshold": "VMSTATS_THRESHOLD", "members": "VMSTATS_MEMBERS",
                "current": "VMSTATS_CURRENT", "desired": "VMSTATS_DESIRED", "delta": "VMSTATS_DELTA",
-               "placement": "VMSTATS_PLACEMENT", "at": "VMSTATS_AT"}
+               "placement": "VMSTATS_PLACEMENT", "at": "VMSTATS_AT",
+               "last_value": "VMSTATS_LAST_VALUE", "last_value_at": "VMSTATS_LAST_VALUE_AT"}
 
 
 def environment(event: dict, key: str) -> dict[str, str]:
@@ -43,6 +44,8 @@ def environment(event: dict, key: str) -> dict[str, str]:
     for name, variable in ENVIRONMENT.items():
         if event.get(name) is not None:
             env[variable] = str(event[name])
+    if event.get("last_value") is not None:  # the data stopped: no VMSTATS_VALUE, the last's age
+        env["VMSTATS_LAST_VALUE_AGE"] = "%g" % last_value_age(event)
     return env
 
 

@@ -19,7 +19,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from vmstats.rules.grouping import ALERT_LABELS, alert_labels, fingerprint, firing, group_key_text
-from vmstats.rules.notifiers import DeliveryError, Notifier, summary
+from vmstats.rules.notifiers import DeliveryError, Notifier, last_value_age, seconds, summary
 from vmstats.stamps import moment
 
 SIGNATURE_HEADER = "X-Vmstats-Signature"
@@ -67,9 +67,12 @@ def _alert(event: dict, key: str) -> dict:
     annotations = {"summary": summary(event), "idempotency_key": key, "state": event["to"],
                    "event": event["kind"]}
     for name in ("value", "threshold", "members", "current", "desired", "delta", "placement",
-                 "reason", "unmuted"):
+                 "reason", "unmuted", "last_value"):
         if event.get(name) is not None:
             annotations[name] = str(event[name])
+    if event.get("last_value") is not None:  # no current value: the last, and how old it is
+        annotations["last_value_at"] = moment(event["last_value_at"])
+        annotations["last_value_age"] = seconds(last_value_age(event))
     began = event.get("since", event["at"]) if is_firing else event.get("began", event["at"])
     return {"status": "firing" if is_firing else "resolved", "labels": labels,
             "annotations": annotations, "startsAt": moment(began),
