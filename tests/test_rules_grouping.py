@@ -444,3 +444,24 @@ def test_after_a_restart_a_group_lists_what_fires_not_what_is_insufficient_data(
     dispatcher.submit([_event("vm2", "alarm", 1.0, 1)])
     clock.advance(60)  # the group was told of them before: its next notification, an interval on
     assert [a["labels"]["scope"] for a in _answer(receiver)["alerts"]] == ["vm0", "vm2"]
+
+
+def test_a_grouped_action_removed_by_a_reload_sends_its_groups_resolutions_then_is_let_go():
+    clock, _log, receiver, dispatcher = _dispatcher(Grouping(by=("alertname",), wait=5,
+                                                             interval=60, repeat=None))
+    dispatcher.submit([_event("vm0", "alarm", 0.0, 1), _event("vm1", "alarm", 0.0, 1)])
+    clock.advance(5)
+    _answer(receiver)
+    # The rule and its action removed in one reload: the rule's resolutions still go out.
+    replaced, dispatcher.actions = dispatcher.actions, {}
+    dispatcher.retire(replaced)
+    dispatcher.submit([_event("vm0", "ok", 10.0, 2), _event("vm1", "ok", 10.0, 2)])
+    clock.advance(0)
+    assert "hook" in dispatcher.retired
+    clock.advance(60)
+    body = _answer(receiver)
+    assert sorted((a["labels"]["scope"], a["status"]) for a in body["alerts"]) == [
+        ("vm0", "resolved"), ("vm1", "resolved")]
+    clock.advance(0)
+    assert dispatcher.retired == {} and dispatcher.groups == {} and not dispatcher.pending
+    assert dispatcher.counts[("hook", "gave_up")] == 0
