@@ -7,14 +7,19 @@ comes to, what the action log says of it in words, and that a stop while a
 send hangs leaves it pending without an error.
 """
 
+import json
+import os
+import random
 import re
+import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from rulesutil import HOT, line, log_entries, rules_file, serve
+from rulesutil import HOT, SECRET, WebhookReceiver, line, log_entries, rules_file, serve
+from serverproc import ServerProcess
 
 FAST = '[settings]\nretry_min = "0.2s"\nretry_max = "0.5s"\n'
 
@@ -151,3 +156,75 @@ def test_a_stop_while_a_send_hangs_leaves_it_pending_without_an_error(tmp_path, 
     assert errors == {"no answer within 2s"}
     assert "ERROR" not in server.output and "Traceback" not in server.output, server.output
     assert "1 pending (sent at the next start)" in server.output
+
+
+class _Unanswered:
+    """A name server on loopback that takes every query and never answers: a host name whose
+    resolution hangs (the resolver's own timeout, 30 s), as behind a dead DNS server."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(20):  # port 53 is the resolver's; the address is this test's own
+            self.address = "127.%d.%d.%d" % tuple(random.randrange(1, 255) for _ in range(3))
+            try:
+                self.sock.bind((self.address, 53))
+                break
+            except OSError:
+                continue
+        else:
+            raise AssertionError("no loopback address free for port 53")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _ResolvedThrough(ServerProcess):
+    """The server with its own mount of /etc/resolv.conf (naming ``_Unanswered``): the
+    machine's file is left as it is."""
+
+    def __init__(self, resolv_conf: Path, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resolv_conf = resolv_conf
+
+    def command(self) -> list:
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', "sh",
+                str(self.resolv_conf), *super().command()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to give the server a resolv.conf of its own")
+def test_a_webhook_whose_name_never_resolves_delays_only_its_own_deliveries(tmp_path):
+    """Thirty alerts to a webhook whose host name the DNS never answers: every send of it
+    fails at its ``timeout`` (the lookup included), and another rule's webhook is delivered
+    at once.  Before, the lookups ran on the reactor's shared pool of 10 threads: sixteen of
+    them hanging held it, and every other webhook's lookup (even of 127.0.0.1) waited
+    behind them past its own timeout, as did the server's stop."""
+    dns = _Unanswered()
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver %s\noptions timeout:30 attempts:1\n" % dns.address)
+    slow = ('[action.slow]\nkind = "webhook"\nurl = "http://alerts.vmstats-test.example:9/hook"\n'
+            'timeout = "1s"\n')
+    body = ('[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 50\nperiod = 1\nactions = ["slow"]\n'
+            '[[rule]]\nname = "memhi"\nmetric = "mem"\nenter = 50\nperiod = 1\nactions = ["hook"]\n')
+    try:
+        with WebhookReceiver(SECRET.encode()) as hook:
+            rules = rules_file(tmp_path, hook.url, body + FAST, slow)
+            server = _ResolvedThrough(conf, tmp_path, "--rules", rules, "--parsers", "0",
+                                      "--workers", "1", "--flush-interval", "1s").start()
+            try:
+                now = int(time.time())
+                server.send_udp(*[line("10.0.1.%d" % i, now, 99.0, mem=10.0) for i in range(30)])
+                time.sleep(0.5)  # the slow webhook's lookups are hanging
+                server.send_udp(line("10.0.2.1", now, 10.0, mem=99.0))
+                assert hook.wait(1, timeout=2)[0]["labels"]["alertname"] == "memhi"
+                server.wait_metrics(lambda m: m.get(
+                    'vmstats_rule_deliveries_total{action="slow",result="failed"}', 0) >= 16, 3)
+                assert server.stop() == 0, server.output
+            finally:
+                if server.returncode is None:
+                    server.kill()
+        assert "no answer within 1s" in server.output
+        assert json.loads(hook.received[0]["body"]["alerts"][0]["annotations"]["value"]) == 99.0
+    finally:
+        dns.close()

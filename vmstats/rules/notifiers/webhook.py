@@ -19,6 +19,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from vmstats.rules.grouping import ALERT_LABELS, alert_labels, fingerprint, firing, group_key_text
+from vmstats.rules.lookups import Lookups, ResolvingOwnNames
 from vmstats.rules.notifiers import DeliveryError, Notifier, last_value_age, seconds, summary
 from vmstats.stamps import moment
 
@@ -109,6 +110,7 @@ class Webhook(Notifier):
         self.timeout = timeout
         self._agent = None
         self._pool = None
+        self._lookups: Lookups | None = None
         self._slots = defer.DeferredSemaphore(CONCURRENCY)
 
     @classmethod
@@ -140,6 +142,8 @@ class Webhook(Notifier):
 
     def _post(self, reactor, body: bytes, key: str) -> defer.Deferred:
         if self._agent is None:
+            self._lookups = Lookups(reactor, "vmstats-lookups-" + self.name)
+            reactor = ResolvingOwnNames(reactor, self._lookups)
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = CONCURRENCY
             self._agent = Agent(reactor, pool=self._pool, connectTimeout=self.timeout)
@@ -151,20 +155,27 @@ class Webhook(Notifier):
                                 FileBodyProducer(BytesIO(body)))
         d.addCallback(_answered)
         d.addTimeout(self.timeout, reactor)
-        d.addErrback(self._said)
+        d.addErrback(self._said, reactor, reactor.seconds())
         return d
 
-    def _said(self, failure):
+    def _said(self, failure, reactor, began: float):
         """A failed send as one line a person reads in the log and ``vmstats alerts`` (not
         the repr of a list of Twisted failures)."""
         if failure.check(DeliveryError):
             return failure
+        if failure.check(error.DNSLookupError) and (
+                reactor.seconds() - began >= self.timeout * 0.99):
+            # Cut short by the timeout while the name was looked up (Twisted words it as a
+            # name not found): a DNS that does not answer, not a name that does not exist.
+            raise DeliveryError("no answer within %gs: %s not resolved by then"
+                                % (self.timeout, urlsplit(self.url).hostname))
         raise DeliveryError(_why(failure, self.timeout))
 
     def close(self):
-        if self._pool is not None:
-            return self._pool.closeCachedConnections()
-        return None
+        if self._lookups is not None:
+            self._lookups.close()
+        pool, self._pool, self._agent, self._lookups = self._pool, None, None, None
+        return None if pool is None else pool.closeCachedConnections()
 
 
 class _Answer(protocol.Protocol):
