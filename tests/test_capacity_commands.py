@@ -474,6 +474,20 @@ def test_admit_backtest_runs_from_the_same_command(fleet):
     )
 
 
+_NEEDS_DATA = "--backtest needs DATA_DIR... (the logs to plan and judge on)"
+
+
+@pytest.mark.parametrize("args, says", [
+    # click's own "Missing argument 'MANIFEST DATA_DIR...'" asked the backtest for a manifest
+    (("--backtest", "--inventory", "hosts.toml"), _NEEDS_DATA),
+    (("--backtest",), _NEEDS_DATA),
+    (("--inventory", "hosts.toml"), "expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)"),
+])
+def test_admit_without_a_data_dir_says_what_it_needs_in_one_line(args, says):
+    done = vmstats("admit", *args)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", "Error: %s\n" % says)
+
+
 def test_every_entry_point_plans_with_the_same_defaults():
     """The commands, the server's admission API and the library judge demand alike unless told."""
     from vmstats.capacity.command import admit, headroom

@@ -341,7 +341,7 @@ def load_manifest(path: str):
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, metavar="MANIFEST DATA_DIR...")
+@click.argument("paths", nargs=-1, metavar="MANIFEST DATA_DIR...")
 @capacity_options
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the answer as JSON (as POST /admission gives it)."
@@ -386,6 +386,9 @@ def admit(
                                  stopped_share_max)
     except ReportError as exc:
         raise failure(exc) from None
+    if not paths:  # click's "Missing argument 'MANIFEST DATA_DIR...'" asked --backtest for a manifest
+        raise Refused("--backtest needs DATA_DIR... (the logs to plan and judge on)" if backtest else
+                      "expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)")
     if summary_path:
         if backtest or arrivals is not None or arrival_profile is not None or len(paths) != 1:
             raise Refused(
