@@ -166,6 +166,9 @@ def test_a_fleet_with_no_host_known_has_no_room_now_or_after(fleet, tmp_path):
         # Read as 0.5%: a hundred times the VMs of half their size would fit.
         (["--profile", "2x8@0.5"], "profile '2x8@0.5': expected use is a per cent with its % sign"),
         (["--profile", "2x8@50%/0.5"], "profile '2x8@50%/0.5': expected use is a per cent with its % sign"),
+        # 4,360,000 of these fitted on kvm01 (16 vCPUs): no running VM peaks at almost nothing.
+        (["--profile", "2x8@0.0001%"], "profile '2x8@0.0001%': expected use of 0.0001% is below 1%"),
+        (["--profile", "1x0.00001@1%"], "a VM has at least 1 vCPU and 0.0625 GB (64 MB)"),
     ],
 )
 def test_headroom_errors_are_one_line(fleet, args, message):

@@ -335,6 +335,11 @@ def test_a_memory_size_that_only_drifts_is_no_resize(tmp_path):
         ("4x16@150%", "vms[0].profile: profile '4x16@150%': expected use is a share above 0%"),
         ("9" * 400 + "x4", "vCPUs and GB must be finite"),
         ("four", "vms[0].profile: unknown profile 'four'"),
+        # Each VM counts its expected use against the room: almost none fitted millions on a host.
+        ("2x8@0.0001%", "vms[0].profile: profile '2x8@0.0001%': expected use of 0.0001% is below 1%"),
+        ("2x8@30%/0.5%", "profile '2x8@30%/0.5%': expected use of 0.5% is below 1%"),
+        ("1x0.000001", "profile '1x0.000001': a VM has at least 1 vCPU and 0.0625 GB (64 MB)"),
+        ("0.001x4@50%", "profile '0.001x4@50%': a VM has at least 1 vCPU"),
     ],
 )
 def test_a_profile_with_impossible_numbers_says_which_not_unknown(fleet, tmp_path, profile, message):

@@ -19,6 +19,18 @@ _PROFILE = re.compile(
 )
 
 
+#: Least expected use taken, per resource (a share of the size): a guest's peak holds its kernel,
+#: its services and their memory, and a VM expected to peak below 1% of its size is a typo (a
+#: decimal point, a digit short) or one the report would reclaim.  Taken as written, 0.0001% put
+#: 4,360,000 VMs of 2 vCPUs on a host of 16: each VM counts its expected use against the room.
+MIN_USE = 0.01
+#: Least size taken: one vCPU (Nova's flavors count whole vCPUs, at least one) and 64 MB (the
+#: smallest flavor clouds ship, OpenStack's m1.nano).  With MIN_USE no VM counts less than 0.01
+#: cores, so no host fits more than 100 VMs per usable vCPU however idle they are expected to be.
+MIN_VCPUS = 1.0
+MIN_MEM_GB = 0.0625
+
+
 @dataclass(frozen=True)
 class Profile:
     """A VM shape and its expected use (shares of its size, 0-1)."""
@@ -62,6 +74,9 @@ def parse_profile(text: str) -> Profile:
         raise CapacityError("profile %r: vCPUs and GB must be positive" % text)
     if not (math.isfinite(vcpus) and math.isfinite(mem)):  # 400 digits read as infinity
         raise CapacityError("profile %r: vCPUs and GB must be finite" % text)
+    if vcpus < MIN_VCPUS or mem < MIN_MEM_GB:
+        raise CapacityError("profile %r: a VM has at least %g vCPU and %g GB (64 MB), as the smallest "
+                            "flavor" % (text, MIN_VCPUS, MIN_MEM_GB))
     # "4x16@0.5" read as 0.5% would admit a hundred times the VMs meant by half: say which.
     if (match["cpu_use"] is not None and not match["cpu_pct"]) or (match["mem_use"] is not None
                                                                   and not match["mem_pct"]):
@@ -71,4 +86,7 @@ def parse_profile(text: str) -> Profile:
     for use in (cpu_use, mem_use):
         if not 0 < use <= 1 or math.isnan(use):
             raise CapacityError("profile %r: expected use is a share above 0%% and at most 100%%" % text)
+        if use < MIN_USE:  # 0.0001% fitted millions of VMs on one host
+            raise CapacityError("profile %r: expected use of %g%% is below %g%%, no running VM's peak: "
+                                "give what it uses at its busiest" % (text, use * 100, MIN_USE * 100))
     return Profile(vcpus, mem, cpu_use, mem_use)
