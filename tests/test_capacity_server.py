@@ -388,3 +388,29 @@ def test_no_summary_yet_is_a_503_that_says_when_to_ask_again(tmp_path):
     assert answered.value.code == 503
     assert 1 <= int(answered.value.headers["Retry-After"]) <= 40, answered.value.headers
     assert "no capacity summary yet" in json.loads(answered.value.read())["error"]
+
+
+def test_an_answer_of_many_shapes_leaves_the_reactor_serving(tmp_path):
+    """10,000 VMs of as many shapes on 503 hosts take the placing most of a second or more: it
+    held the reactor, so a /status asked meanwhile waited for the answer (2 to 3 s on a loaded
+    machine, ingest waiting alike).  Placed in a worker thread, /status is answered while the
+    POST is still being placed, and the answer is the same."""
+    import http.client
+    import select
+    import time
+
+    from test_capacity_edges import HOSTS, write_paused
+
+    empty = "".join('[[host]]\nname = "e%03d"\nvcpus = 64\nmem_gb = 256\n' % i for i in range(500))
+    shapes = [{"profile": "%dx%d@%d%%" % (1 + i % 8, 2 + i % 31, 5 + i % 41)} for i in range(MAX_SHAPES)]
+    with summarising(tmp_path, write_paused, HOSTS + empty, "--capacity-days", "3") as server:
+        posting = http.client.HTTPConnection(LOOPBACK, server.http_port, timeout=60)
+        posting.request("POST", "/admission", json.dumps({"hold": False, "vms": shapes}),
+                        {"Authorization": "Bearer " + STATUS_TOKEN})  # fmt: skip
+        time.sleep(0.1)  # the body read: the placing has begun
+        assert "records" in server.http("/status", timeout=30)
+        answered_first = select.select([posting.sock], [], [], 0)[0] == []
+        response = posting.getresponse()
+        answer = json.loads(response.read())
+    assert response.status == 200 and answer["status"] == "accept" and answer["placed"] == MAX_SHAPES
+    assert answered_first, "/status waited for the admission answer"

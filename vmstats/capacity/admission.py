@@ -34,8 +34,9 @@ from vmstats.words import counted, part_of
 #: VMs one manifest may ask for: bounds the work one request can cause.
 MAX_VMS = 100_000
 #: Shapes (size and expected use) one manifest may ask for: each is a pass over the hosts, so
-#: they, not the VMs, bound the time an answer holds the server's reactor (10,000: under a
-#: second on 500 hosts, BENCHMARKS.md "Admission"; 1 MiB of JSON holds 40,000).
+#: they, not the VMs, bound the time an answer takes (10,000: under a second on 500 hosts,
+#: BENCHMARKS.md "Admission"; 1 MiB of JSON holds 40,000).  The server places in a worker
+#: thread, one answer at a time: the next answer waits that long, ingest does not.
 MAX_SHAPES = 10_000
 #: Why a VM is rejected when the summary knows no host at all.
 NO_HOST_KNOWN = "no host is known: every host of the inventory is unknown, and its room is never offered"
@@ -247,6 +248,23 @@ def answer(
     logs began, on the reservations' clock (see Reservations).
     """
     totals = reservations.totals(read_from) if reservations is not None else {}
+    result, offer, asks = placed(summary, manifest, totals, now)
+    result["held"] = reservations is not None and manifest.hold and bool(offer.placed)
+    if result["held"]:
+        reservations.hold(manifest.name or "unnamed", offer, asks)
+    return result
+
+
+def placed(
+    summary: Summary,
+    manifest: Manifest,
+    totals: dict[str, tuple[float, float, float, float]],
+    now: float | None = None,
+) -> tuple[dict, Offer, list[Ask]]:
+    """The answer (without ``held``), its offer and its asks, with the room earlier answers hold
+    taken first (``totals``: Reservations.totals).  It reads its arguments and changes nothing,
+    so the server computes it in a worker thread while the reactor goes on (service.py) and
+    holds the offer afterwards, in the reactor."""
     held = {host: (cpu, mem) for host, (cpu, mem, _v, _g) in totals.items()}
     sizes = {host: (vcpus, mem_gb) for host, (_c, _m, vcpus, mem_gb) in totals.items()}
     demand = _less(summary.loads("demand"), held)
@@ -257,8 +275,6 @@ def answer(
     # The VMs earlier answers hold room for are not in the data yet: Nova will have them allocated.
     allocation = _less(summary.loads("allocation"), sizes)
     nova = place(allocation, manifest.asks("allocation"), 100.0, partial=manifest.partial)
-    if reservations is not None and manifest.hold:
-        reservations.hold(manifest.name or "unnamed", offer, asks)
     return {
         "request": manifest.name,
         "status": offer.status,
@@ -279,9 +295,8 @@ def answer(
             h: {"cpu_cores": _r(c), "mem_gb": _r(m), "allocated_vcpus": _r(v), "allocated_mem_gb": _r(g)}
             for h, (c, m, v, g) in sorted(totals.items())
         },
-        "held": reservations is not None and manifest.hold and bool(offer.placed),
         "basis": summary.basis(now),
-    }
+    }, offer, asks
 
 
 def past_ratios(

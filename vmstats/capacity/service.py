@@ -5,7 +5,10 @@ the logs the flusher wrote and summarise demand per host (summary.py); the
 reactor only parses the child's JSON, so reading two weeks of logs never
 holds up ingest.  An answer places the manifest on the latest summary, less
 the room earlier answers still hold (admission.Reservations): a few
-milliseconds for hundreds of hosts, whatever the fleet's size.
+milliseconds for hundreds of hosts, whatever the fleet's size, and up to a
+few seconds for a manifest of many shapes, so the placing is done in a
+worker thread (the reactor's pool), one answer at a time, and the reactor
+goes on taking records and serving /status meanwhile.
 
 Requests need the status token (``Authorization: Bearer``), as /status
 details do.  A bad token, a bad manifest or an unknown profile is one JSON
@@ -21,8 +24,8 @@ import sys
 import time
 
 from twisted.application import service
-from twisted.internet import defer, error, protocol, task
-from twisted.web import http, resource
+from twisted.internet import defer, error, protocol, task, threads
+from twisted.web import http, resource, server
 
 from vmstats import inputfile
 from vmstats.capacity import admission
@@ -94,6 +97,8 @@ class AdmissionService(service.Service):
         self.refresh_seconds = 0.0
         self._loop: task.LoopingCall | None = None
         self._child = None
+        #: One answer at a time: each places on what the answers before it hold.
+        self._turn = defer.DeferredLock()
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -160,8 +165,8 @@ class AdmissionService(service.Service):
 
     # --- the HTTP page ----------------------------------------------------------------
 
-    def answer(self, body: bytes, authorised: bool, has_token: bool) -> tuple[int, dict]:
-        """``(status, JSON)`` for a POST: every check before any change."""
+    def refusal(self, body_size: int, authorised: bool, has_token: bool) -> tuple[int, dict] | None:
+        """``(status, JSON)`` of a POST refused for its token or size (counted), or None."""
         if not has_token:
             return self._error(
                 http.FORBIDDEN,
@@ -171,27 +176,54 @@ class AdmissionService(service.Service):
             return self._error(
                 http.UNAUTHORIZED, "send 'Authorization: Bearer <token>' with the status token"
             )
-        if len(body) > MAX_BODY:
+        if body_size > MAX_BODY:
             return self._error(http.REQUEST_ENTITY_TOO_LARGE, "manifest larger than %d bytes" % MAX_BODY)
-        try:
-            data = inputfile.json_document(body)  # '[' x 200,000 fits in MAX_BODY
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._error(http.BAD_REQUEST, "manifest is not valid JSON: %s" % exc)
-        try:
-            manifest = admission.parse_manifest(data)
-        except CapacityError as exc:
-            return self._error(http.BAD_REQUEST, str(exc))
-        if self.summary is None:
+        return None
+
+    def answer(self, body: bytes, authorised: bool, has_token: bool) -> defer.Deferred:
+        """The Deferred ``(status, JSON)`` of a POST: every check before any change.
+
+        The manifest is read and placed in a worker thread (_place): 10,000 shapes on 500
+        hosts held the reactor 2 to 3 s, ingest and /status waiting.  Answers take turns, so
+        each places on the room the ones before it hold, and the hold is made in the reactor.
+        """
+        refused = self.refusal(len(body), authorised, has_token)
+        if refused is not None:
+            return defer.succeed(refused)
+        return self._turn.run(self._answer_in_turn, body)
+
+    def _answer_in_turn(self, body: bytes) -> defer.Deferred:
+        summary, read_from = self.summary, self.read_from
+        totals = self.reservations.totals(read_from) if summary is not None else {}
+        placing = threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), _place, body, summary, totals, time.time()
+        )
+        return placing.addCallback(self._settle)
+
+    def _settle(self, outcome: tuple) -> tuple[int, dict]:
+        """In the reactor: the worker's outcome counted, and an offer held."""
+        if outcome[0] == "error":
+            return self._error(outcome[1], outcome[2])
+        if outcome[0] == "no summary":
             why = "; last refresh failed: %s" % self.last_error if self.last_error else ""
             return self._error(
                 http.SERVICE_UNAVAILABLE, "no capacity summary yet (the first one is being computed)%s" % why
             )
-        result = admission.answer(self.summary, manifest, self.reservations, time.time(), self.read_from)
+        _kind, result, offer, asks, manifest = outcome
+        result["held"] = manifest.hold and bool(offer.placed)
+        if result["held"]:
+            self.reservations.hold(manifest.name or "unnamed", offer, asks)
         # While refreshes fail (an inventory edited into a mistake, logs gone) the answer rests on
         # an older summary, of the inventory as it was: say why, not only how old it is.
         result["basis"]["refresh_error"] = self.last_error
         self._count(result["status"])
         return http.OK, result
+
+    def failed(self, failure) -> tuple[int, dict]:
+        """A 500 for an answer that ended in an error (logged with its traceback), not a POST
+        left without an answer."""
+        log.error("admission answer failed: %s", failure.getTraceback())
+        return self._error(http.INTERNAL_SERVER_ERROR, "the answer failed: see the server's log")
 
     def retry_after(self) -> int:
         """Whole seconds until a summary may be in: the refresh under way's last duration (a
@@ -255,6 +287,24 @@ class AdmissionService(service.Service):
         return AdmissionPage(self)
 
 
+def _place(body: bytes, summary: Summary | None, totals: dict, now: float) -> tuple:
+    """In a worker thread: the manifest read and placed on ``summary`` less ``totals`` (what
+    earlier answers hold).  It touches nothing the reactor does; the outcome is ``("error",
+    status, message)``, ``("no summary",)`` or ``("answer", result, offer, asks, manifest)``."""
+    try:
+        data = inputfile.json_document(body)  # '[' x 200,000 fits in MAX_BODY
+    except (ValueError, UnicodeDecodeError) as exc:
+        return "error", http.BAD_REQUEST, "manifest is not valid JSON: %s" % exc
+    try:
+        manifest = admission.parse_manifest(data)
+    except CapacityError as exc:
+        return "error", http.BAD_REQUEST, str(exc)
+    if summary is None:
+        return ("no summary",)
+    result, offer, asks = admission.placed(summary, manifest, totals, now)
+    return "answer", result, offer, asks, manifest
+
+
 def _kill(child: _Child) -> None:
     log.warning("capacity summary took over %d s: stopped", CHILD_TIMEOUT)
     try:
@@ -280,16 +330,27 @@ class AdmissionPage(resource.Resource):
         token = self.owner.token
         if method != b"POST" or (token.token is not None and token.admits(request)):
             return None
-        code, out = self.owner.answer(b"", token.admits(request), token.token is not None)
+        code, out = self.owner.refusal(0, token.admits(request), token.token is not None)
         return code, _dumps(out)
 
-    def render_POST(self, request) -> bytes:
+    def render_POST(self, request) -> int:
         body = request.content.read(MAX_BODY + 1)
         token = self.owner.token
-        code, out = self.owner.answer(body, token.admits(request), token.token is not None)
-        if code == http.SERVICE_UNAVAILABLE:  # a deploy pipeline told when to ask again
-            request.setHeader(b"retry-after", b"%d" % self.owner.retry_after())
-        return _json(request, code, out)
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def done(answered: tuple[int, dict]) -> None:
+            code, out = answered
+            if gone:  # the client went away while it was placed: the hold stands, as answered
+                return
+            if code == http.SERVICE_UNAVAILABLE:  # a deploy pipeline told when to ask again
+                request.setHeader(b"retry-after", b"%d" % self.owner.retry_after())
+            request.write(_json(request, code, out))
+            request.finish()
+
+        answering = self.owner.answer(body, token.admits(request), token.token is not None)
+        answering.addErrback(self.owner.failed).addCallback(done)
+        return server.NOT_DONE_YET
 
     def render_GET(self, request) -> bytes:
         code, out = self.owner.state(self.owner.token.admits(request))
