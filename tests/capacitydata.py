@@ -107,6 +107,8 @@ def write_fleet(data_dir: Path, inventory_path: Path) -> dict:
         "after_reclaim": _demand([fleet["busy"], fleet["oversized"]]),
         "allocated_vcpus": sum(m[1] for m in members),
         "allocated_mem_gb": sum(m[2] for m in members) / 1024,
+        # stray's use, counted on no host: admission withholds it from the known hosts' room.
+        "unplaced": _demand([fleet["stray"]]),
     }
 
 

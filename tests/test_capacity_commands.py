@@ -342,9 +342,12 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
     }
     assert "anti-affinity" in next(iter(answer["rejected"].values()))
     cpu, mem = expected["now"]
+    stray_cpu, stray_mem = expected["unplaced"]  # on no host: withheld from kvm01, the only one known
+    assert answer["withheld_for_unplaced"] == {"kvm01": {"cpu_cores": pytest.approx(stray_cpu, abs=1e-3),
+                                                         "mem_gb": pytest.approx(stray_mem, abs=1e-3)}}
     left = answer["headroom_left"]["kvm01"]
-    assert left["cpu_cores"] == pytest.approx(16 - cpu - 1.0 - 1.0, abs=1e-3)
-    assert left["mem_gb"] == pytest.approx(64 - mem - 4.0 - 2.0, abs=1e-3)
+    assert left["cpu_cores"] == pytest.approx(16 - cpu - stray_cpu - 1.0 - 1.0, abs=1e-3)
+    assert left["mem_gb"] == pytest.approx(64 - mem - stray_mem - 4.0 - 2.0, abs=1e-3)
     basis = answer["basis"]
     assert basis["hosts_unknown"] == ["kvm02"] and basis["window"]["minutes"] == 7 * 1440
     # Nova's view: kvm01's memory is over-allocated already, and kvm02 (unknown to us, not to
@@ -354,7 +357,9 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
     assert text.returncode == 3 and text.stdout.startswith("shop: PARTIAL, 2 of 3 VMs placed")
     # stray sends no host tag and no selector names it: its use is on no host, as headroom says.
     assert text.stdout.splitlines()[-1] == (
-        "unplaced VMs (no host in the inventory claims them, so their use counts on none): 1")
+        "unplaced VMs (no host in the inventory claims them, so their use counts on none): 1, "
+        "%.1f cores and %.1f GB: no host tag nor selector: 1 VM, %.1f cores, %.1f GB; withheld from the "
+        "known hosts' room, each giving its share" % (stray_cpu, stray_mem, stray_cpu, stray_mem))
 
 
 @pytest.mark.parametrize(
@@ -547,3 +552,52 @@ def test_the_reports_capacity_section_is_of_the_reports_own_window(fleet, tmp_pa
         section = meta["capacity"]["basis"]["window"]
         assert section["minutes"] == round(meta["window"]["expected_minutes"]), (name, section)
         assert section["start"][:10] == meta["window"]["start"][:10], name
+
+
+def test_a_vm_tagged_with_a_host_the_inventory_lacks_is_said_and_its_use_withheld(fleet, tmp_path):
+    """heavy runs on kvm01 but tags it kvm01.lab, a name the inventory does not list: its 7.2 cores
+    and 28.8 GB counted on no host, so kvm01 was offered room for 8 more 2x8@50% VMs it did not
+    have, and the terminal said only "unplaced VMs: 2".  Each output now names the tag, the VMs
+    and their use, and admission takes that use out of the known hosts' room (here kvm01's)."""
+    import numpy as np
+    from capacitydata import MINUTES, TS
+    from test_report_stats import series, write_records
+
+    base, expected = fleet
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    busy = np.full(MINUTES, 90.0)
+    write_records(data, [r._replace(host="kvm01.lab") for r in series(
+        "heavy", TS, busy, busy, busy * 1e4, busy * 1e4, vcpus=8, mem_mb=32768)])
+    manifest = tmp_path / "fill.toml"
+    manifest.write_text('name = "fill"\n[[vms]]\nprofile = "2x8@50%"\ncount = 20\n')
+    stray_cpu, stray_mem = expected["unplaced"]
+    tags = [{"host_tag": "kvm01.lab", "vms": 1, "cpu_cores": 7.2, "mem_gb": 28.8},
+            {"host_tag": None, "vms": 1, "cpu_cores": round(stray_cpu, 3), "mem_gb": round(stray_mem, 3)}]
+    use = {"cpu_cores": round(7.2 + stray_cpu, 3), "mem_gb": round(28.8 + stray_mem, 3), "by_host_tag": tags}
+    said = ("unplaced VMs (no host in the inventory claims them, so their use counts on none): 2, "
+            "%.1f cores and %.1f GB: host tag kvm01.lab (not in the inventory): 1 VM, 7.2 cores, 28.8 GB; "
+            "no host tag nor selector: 1 VM, %.1f cores, %.1f GB; " % (7.2 + stray_cpu, 28.8 + stray_mem,
+                                                                       stray_cpu, stray_mem))
+    cpu, mem = expected["now"]
+    room = fits(16 - cpu - use["cpu_cores"], 64 - mem - use["mem_gb"], 1.0, 4.0)
+    assert room < fits(16 - cpu, 64 - mem, 1.0, 4.0) == 8
+    args = ("admit", manifest, data, "--inventory", base / "hosts.toml", "--horizon-days", "0")
+    answer, text = vmstats(*args, "--json"), vmstats(*args)
+    assert answer.returncode == text.returncode == 3, answer.stderr
+    answer = json.loads(answer.stdout)
+    assert answer["basis"]["unplaced_vms"] == 2 and answer["basis"]["unplaced_use"] == use
+    withheld = {"cpu_cores": use["cpu_cores"], "mem_gb": use["mem_gb"]}
+    assert answer["withheld_for_unplaced"] == {"kvm01": withheld}
+    assert answer["placed"] == room, answer
+    assert said + "withheld from the known hosts' room, each giving its share" in text.stdout.splitlines()
+    # headroom says the same, in its terminal line and its JSON, and leaves it in the summary.
+    out = tmp_path / "out"
+    done = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8@50%", "--no-after",
+                   "--horizon-days", "0", "-o", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (said + "the counts above leave it out, admission withholds it from the known hosts; e.g. heavy, "
+            "stray") in done.stdout.splitlines(), done.stdout
+    assert json.loads((out / "headroom.json").read_text())["fleet"]["unplaced_use"] == use
+    again = vmstats("admit", manifest, "--summary", out / "capacity-summary.json", "--json")
+    assert again.returncode == 3 and json.loads(again.stdout)["placed"] == room, again.stderr

@@ -112,10 +112,19 @@ def test_answers_from_the_summary_and_holds_what_it_offered(live):
     assert code == 200 and answer["status"] == "partial" and answer["held"] is True
     assert sorted(answer["offer"].values()) == ["kvm01", "kvm01"] and "cache-1" in answer["offer"]
     assert "anti-affinity" in next(iter(answer["rejected"].values()))
-    left = answer["headroom_left"]["kvm01"]
-    assert left["cpu_cores"] == pytest.approx(16 - one["cpu_demand"] - 2.0, abs=1e-3)
-    assert left["mem_gb"] == pytest.approx(64 - one["mem_demand"] - 6.0, abs=1e-3)
+    # stray's use counts on no host: kvm01, the only one known, gives it room as well.
     basis = answer["basis"]
+    unplaced = basis["unplaced_use"]
+    assert unplaced["by_host_tag"] == [{"host_tag": None, "vms": 1, "cpu_cores": unplaced["cpu_cores"],
+                                        "mem_gb": unplaced["mem_gb"]}]  # fmt: skip
+    stray_cpu, stray_mem = expected["unplaced"]
+    assert stray_cpu - 1e-3 <= unplaced["cpu_cores"] <= stray_cpu + 0.5
+    assert stray_mem - 1e-3 <= unplaced["mem_gb"] <= stray_mem + 0.5
+    withheld = answer["withheld_for_unplaced"]["kvm01"]
+    assert withheld == {"cpu_cores": unplaced["cpu_cores"], "mem_gb": unplaced["mem_gb"]}
+    left = answer["headroom_left"]["kvm01"]
+    assert left["cpu_cores"] == pytest.approx(16 - one["cpu_demand"] - withheld["cpu_cores"] - 2.0, abs=1e-3)
+    assert left["mem_gb"] == pytest.approx(64 - one["mem_demand"] - withheld["mem_gb"] - 6.0, abs=1e-3)
     assert basis["window"]["minutes"] == 7 * 1440 and basis["percentile"] == "p99.9"
     assert basis["hosts_unknown"] == ["kvm02"] and basis["coverage_min"] == 0.8
     assert 0 <= basis["summary_age_s"] < 600

@@ -408,15 +408,49 @@ class HostDemand:
         return "empty" if not self.vms else "ok"
 
 
+@dataclass(frozen=True)
+class UnplacedUse:
+    """The use of the VMs no host of the inventory claims, by the host tag they carry (None: no
+    tag): their summed demand at the percentile (plus a rising trend), cores and GB, as a host's.
+
+    The tag names a host the inventory does not list (one missing from it, or a host listed
+    under another name: ``kvm01.example.com`` for ``kvm01``), so the room they take may be on
+    a known host, which then looks emptier than it is (admission.withhold_unplaced).
+    """
+
+    host_tag: str | None
+    vms: tuple[str, ...]
+    cpu: float
+    mem: float
+
+    def describe(self) -> dict:
+        return {"host_tag": self.host_tag, "vms": len(self.vms), "cpu_cores": _r3(self.cpu),
+                "mem_gb": _r3(self.mem)}
+
+
+def _r3(value: float) -> float:
+    return round(value, 3) + 0.0
+
+
 @dataclass
 class FleetDemand:
-    """Every host's demand over one window, and the VMs no host claims."""
+    """Every host's demand over one window, and the VMs no host claims (``unplaced``), with
+    their use: per host tag (``unplaced_use``) and all of it summed minute by minute
+    (``unplaced_cpu``, ``unplaced_mem``: cores and GB)."""
 
     window: Window
     settings: Settings
     hosts: list[HostDemand]
     unplaced: list[str]
     source: str = ""
+    unplaced_use: list[UnplacedUse] = field(default_factory=list)
+    unplaced_cpu: float = 0.0
+    unplaced_mem: float = 0.0
+
+    def unplaced_described(self) -> dict:
+        """The unplaced VMs' use as every output gives it: the total and each host tag's."""
+        return {"cpu_cores": _r3(self.unplaced_cpu), "mem_gb": _r3(self.unplaced_mem),
+                "by_host_tag": [u.describe() for u in self.unplaced_use]}
 
     def host(self, name: str) -> HostDemand:
         for entry in self.hosts:
@@ -470,6 +504,8 @@ def demand_views(
     stopped_after = int(settings.stopped_after_hours * 60)
     views = [{h.name: HostDemand(h) for h in inventory.hosts} for _change in changes]
     unplaced: list[list[str]] = [[] for _change in changes]
+    #: Per view, per host tag of unplaced VMs: their VMs and summed demand per minute (cores, GB).
+    strays: list[dict[str | None, list]] = [{} for _change in changes]
     seen: set[str] = set()
     for use in vms:
         seen.add(use.vm)
@@ -485,24 +521,24 @@ def demand_views(
                 hosts[name].reporting |= heard
         if all(use.vm in change.removed for change in changes):
             continue
-        vm = (
-            None
-            if name is None
-            else fill(
-                use,
-                settings.percentile,
-                stopped_after,
-                settings.peak_minutes,
-                window_offset(window, settings),
-                reserve_stopped=settings.reserve_stopped,
-                settle_minutes=int(settings.shrunk_settle_hours * 60),
-            )
+        vm = fill(
+            use,
+            settings.percentile,
+            stopped_after,
+            settings.peak_minutes,
+            window_offset(window, settings),
+            reserve_stopped=settings.reserve_stopped,
+            settle_minutes=int(settings.shrunk_settle_hours * 60),
         )
-        for hosts, lost, change in zip(views, unplaced, changes, strict=True):
+        for hosts, lost, stray, change in zip(views, unplaced, strays, changes, strict=True):
             if use.vm in change.removed:
                 continue
-            if vm is None:
+            if name is None:  # counted on no host: its use is summed apart, to be said and withheld
                 lost.append(use.vm)
+                group = stray.setdefault(use.host_tag or None, [[], 0.0, 0.0])
+                group[0].append(use.vm)
+                if vm.cpu is not None:
+                    group[1], group[2] = group[1] + vm.cpu, group[2] + vm.mem
                 continue
             entry = hosts[name]
             vcpus, mem_gb = change.resized.get(use.vm, (vm.vcpus, vm.mem_gb))
@@ -537,7 +573,29 @@ def demand_views(
             entry.unheard.sort()
             settle(entry, window, settings)
         out.append(FleetDemand(window, settings, list(hosts.values()), sorted(lost)))
+    for fleet, stray in zip(out, strays, strict=True):
+        unplaced_use(fleet, stray)
     return out
+
+
+def unplaced_use(fleet: FleetDemand, stray: dict[str | None, list]) -> None:
+    """The unplaced VMs' use, per host tag and in all, judged as a host's demand is (settle): the
+    percentile of their summed demand per minute, plus a rising trend over the horizon."""
+    total_cpu, total_mem = 0.0, 0.0
+    for tag in sorted(stray, key=lambda t: (t is None, t or "")):
+        vms, cpu, mem = stray[tag]
+        use = UnplacedUse(tag, tuple(sorted(vms)), judged(cpu, fleet), judged(mem, fleet))
+        fleet.unplaced_use.append(use)
+        total_cpu, total_mem = total_cpu + cpu, total_mem + mem
+    fleet.unplaced_cpu, fleet.unplaced_mem = judged(total_cpu, fleet), judged(total_mem, fleet)
+
+
+def judged(series: np.ndarray | float, fleet: FleetDemand) -> float:
+    """Summed demand per minute as a host's demand figure: its level plus a rising trend."""
+    if not isinstance(series, np.ndarray):  # nothing measured (stopped, room not reserved)
+        return 0.0
+    p, ahead = fleet.settings.percentile, fleet.settings.horizon_days / 7.0
+    return level(series, p) + max(0.0, trend(series, fleet.window, p)) * ahead
 
 
 def add_gone(inventory: Inventory, views: list[dict[str, HostDemand]], changes: Sequence[Change], vm: Gone,

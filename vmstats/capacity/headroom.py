@@ -160,6 +160,7 @@ def totals(host_rows: list[dict], now: FleetDemand, after: FleetDemand | None) -
         "hosts_known": len(host_rows) - len(unknown),
         "hosts_unknown": unknown,
         "unplaced_vms": now.unplaced,
+        "unplaced_use": now.unplaced_described() if now.unplaced else {},
         "vms_unknown": [dict(vm, host=h.name) for h in now.hosts for vm in h.unheard_named()],
         # An unknown host counts as no room, now and after the advice alike.
         "fit_now": total("fit_now") or 0,

@@ -4,7 +4,7 @@ import json
 import os
 
 from vmstats import csvcells
-from vmstats.capacity.admission import unheard_line
+from vmstats.capacity.admission import unheard_line, unplaced_line
 from vmstats.capacity.headroom import COLUMNS
 from vmstats.outputfile import Outputs, replacing
 from vmstats.words import counted, part_of, plural
@@ -114,8 +114,8 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
         lines.append(unheard_line(f["vms_unknown"]))
     if f["unplaced_vms"]:
         lines.append(
-            "unplaced VMs (no host in the inventory claims them): %d, e.g. %s"
-            % (len(f["unplaced_vms"]), ", ".join(f["unplaced_vms"][:5]))
+            "%s; e.g. %s" % (unplaced_line(len(f["unplaced_vms"]), f["unplaced_use"], withheld=False),
+                             ", ".join(f["unplaced_vms"][:5]))
         )
     if after:
         a = result["after"]

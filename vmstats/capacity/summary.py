@@ -27,7 +27,9 @@ from vmstats.capacity.placement import HostLoad
 #: 3: whether stopped VMs keep their room (a summary of 2 had none kept, but would claim it).
 #: 4: each host's VMs not heard from in the window, and the stopped share past which a host is
 #: unknown (a summary of 3 left out VMs last heard from before its window, and would claim none).
-VERSION = 4
+#: 5: the use of the VMs no host claims (a summary of 4 had it counted nowhere, and admission
+#: offered it as room).
+VERSION = 5
 #: The summary's file beside a report or headroom output (``vmstats admit --summary`` reads it).
 SUMMARY_FILE = "capacity-summary.json"
 
@@ -74,6 +76,9 @@ class Summary:
     #: as an answer read from the logs does, however long after the logs were read.
     skipped_files: list[dict] = field(default_factory=list)
     damaged_files: list[dict] = field(default_factory=list)
+    #: The unplaced VMs' use (demand.FleetDemand.unplaced_described): ``cpu_cores`` and ``mem_gb``
+    #: in all, and ``by_host_tag``, each ``{"host_tag", "vms", "cpu_cores", "mem_gb"}``.
+    unplaced_use: dict = field(default_factory=dict)
 
     def basis(self, now: float | None = None) -> dict:
         """What an answer rests on, said in every answer, with the logs it could not read whole."""
@@ -92,6 +97,7 @@ class Summary:
             "hosts_unknown": sorted(h.name for h in self.hosts if h.status == "unknown"),
             "coverage_of_known_hosts": round(min((h.coverage for h in expected), default=1.0), 4),
             "unplaced_vms": self.unplaced,
+            "unplaced_use": self.unplaced_use,
             "vms_unknown": [dict(vm, host=h.name) for h in self.hosts for vm in h.unheard],
             "summary_age_s": round(max(0.0, (now or time.time()) - self.made_at), 1),
             "skipped_files": self.skipped_files,
@@ -163,8 +169,25 @@ class Summary:
                 for f in data[name]
             ):
                 raise ValueError("%s holds an entry that names no file" % name)
+        if "unplaced_use" in data and not _unplaced_use(data["unplaced_use"]):
+            raise ValueError("unplaced_use is not the unplaced VMs' cores and GB by host tag")
         data["hosts"] = [HostSummary(**h) for h in hosts]
         return cls(**data)
+
+
+def _unplaced_use(use: dict) -> bool:
+    """Is ``use`` the shape Summary.unplaced_use has (empty, or totals and each host tag's)?"""
+    if not use:
+        return True
+    tags = use.get("by_host_tag")
+    return (
+        set(use) == {"cpu_cores", "mem_gb", "by_host_tag"}
+        and _number(use["cpu_cores"], float) and _number(use["mem_gb"], float)
+        and isinstance(tags, list)
+        and all(isinstance(t, dict) and set(t) == {"host_tag", "vms", "cpu_cores", "mem_gb"}
+                and isinstance(t["host_tag"], (str, type(None))) and _number(t["vms"], int)
+                and _number(t["cpu_cores"], float) and _number(t["mem_gb"], float) for t in tags)
+    )
 
 
 def _number(value, kind) -> bool:
@@ -237,6 +260,7 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
         s.reserve_stopped,
         s.stopped_share_max,
         **(named or {}),
+        unplaced_use=fleet.unplaced_described() if fleet.unplaced else {},
     )
 
 
