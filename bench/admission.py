@@ -293,6 +293,37 @@ def manifest_json(count: int) -> dict:
     return {"name": "bench-%d" % count, "hold": False, "vms": entries}
 
 
+def shapes_json(count: int) -> dict:
+    """``count`` VMs each of its own shape (as the latency part's "shapes"): the slowest to place."""
+    return {"name": "shapes-%d" % count, "hold": False,
+            "vms": [{"profile": "%dx%d@%d%%" % (1 + i % 8, 2 + i % 31, 5 + i % 41)} for i in range(count)]}
+
+
+def status_while_placing(server, body: dict) -> dict:
+    """One POST of ``body``, and /status asked every 20 ms until its answer: how long the answer
+    took, and how long /status took meanwhile (the reactor's wait, if it places in the reactor)."""
+    import threading
+
+    done: dict = {}
+
+    def ask() -> None:
+        done["seconds"], done["answer"] = post(server.http_port, body)
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    time.sleep(0.05)
+    times = []
+    while asking.is_alive():
+        start = time.perf_counter()
+        server.http("/status", timeout=30)
+        times.append(time.perf_counter() - start)
+        time.sleep(0.02)
+    asking.join()
+    answer = done["answer"]
+    return {"asked": answer["asked"], "placed": answer["placed"], "seconds": round(done["seconds"], 3),
+            "status_during": _spread(times) if times else None}
+
+
 def _spread(times: list[float]) -> dict:
     ordered = sorted(times)
     return {
@@ -352,6 +383,14 @@ def _http_part(args, work: Path) -> dict:
         print(
             "one answer for %d VMs: %s, %d placed in %.3f s"
             % (big["asked"], big["status"], big["placed"], seconds)
+        )
+        many = out["shapes"] = status_while_placing(server, shapes_json(args.big))
+        during = many["status_during"] or {"answers": 0, "p50_ms": 0.0, "max_ms": 0.0}
+        print(
+            "one answer for %d VMs of as many shapes: %d placed in %.3f s; /status meanwhile: %d "
+            "answers, p50 %.1f ms, max %.1f ms"
+            % (many["asked"], many["placed"], many["seconds"], during["answers"], during["p50_ms"],
+               during["max_ms"])
         )
         idle = [post(port, manifest_json(100))[0] for _ in range(args.answers)]
         out["idle"] = _spread(idle)
