@@ -10,7 +10,10 @@ be a live link, ``-2+3+cmd|...`` a command, in the operator's own bill.  Such
 text is written with a leading ``'`` (OWASP's advice), which the spreadsheet
 shows as the text it is.  Numbers are written as numbers: a negative saving
 stays -12.5, and text that is exactly a number ("-5") is left as it is, since
-a spreadsheet reads it as that number and nothing else.
+a spreadsheet reads it as that number and nothing else.  Text that only looks like a
+number, a date or a truth value (a tag ``0012``, ``1E5``, ``3-4``, ``TRUE``) is written as it
+is, never as ``="0012"``: that would be the wrong value for every program reading the file as
+CSV.  docs/REPORT.md ("Reading the CSV files") says how to read such columns as text.
 """
 
 import csv
