@@ -45,6 +45,10 @@ MAX_COMMENT = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: A time given as seconds since 1970 on a command line.
 _SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]+)?\Z")
+#: The last second a mute's time may be (9999-12-31T23:59:59Z, ISO 8601's last four-digit
+#: year): every time of a mute is written as a time of day in answers, listings and its file,
+#: and 1e300 has none -- taken, it was in force but could be neither listed nor saved.
+LATEST = 253402300799.0
 #: The keys of a mute as the API takes it.
 KEYS = ("match", "rule", "starts", "ends", "duration", "author", "comment")
 
@@ -122,11 +126,12 @@ def describe(entry: dict) -> str:
 def parse_time(value, what: str, problems: list[str]) -> float | None:
     """Seconds since the epoch from a number or an ISO 8601 time (``2026-12-06T04:00:00Z``;
     without a zone, UTC)."""
+    at = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if math.isfinite(value):
-            return float(value)
+            at = float(value)
     elif isinstance(value, str) and _SECONDS.match(value.strip()):
-        return float(value)
+        at = float(value)
     elif isinstance(value, str):
         try:
             when = datetime.fromisoformat(value.strip())
@@ -135,10 +140,17 @@ def parse_time(value, what: str, problems: list[str]) -> float | None:
         else:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
-            return when.timestamp()
-    problems.append("%s: %r is not a time (seconds since 1970, or ISO 8601 such as "
-                    "2026-12-06T04:00:00Z)" % (what, value))
-    return None
+            try:
+                at = when.timestamp()
+            except OverflowError:  # year 1 less a zone's hours is before year 1
+                pass
+    if at is None:
+        problems.append("%s: %r is not a time (seconds since 1970, or ISO 8601 such as "
+                        "2026-12-06T04:00:00Z)" % (what, value))
+    elif not 0 <= at <= LATEST:
+        problems.append("%s: %r is not between 1970 and the end of 9999" % (what, value))
+        at = None
+    return at
 
 
 def _text(reader: _Reader, key: str, longest: int) -> str | None:
@@ -188,7 +200,9 @@ def parse_mute(data, now: float, mute_id: str | None = None, created: float | No
             problems.append("duration: must be more than 0")
         elif starts is not None:
             ends = starts + duration
-    elif "duration" not in data:
+            if ends > LATEST:  # a number of seconds is not bounded as 36500d is
+                problems.append("duration: %r from the start ends after 9999" % (duration,))
+    elif data.get("duration") is None:  # missing, or null: a mute with no end at all
         problems.append("no end: a mute needs ends (a time) or duration (such as 2h); one that "
                         "never ends would hide every page it covers for good")
     author = _text(reader, "author", MAX_AUTHOR)
