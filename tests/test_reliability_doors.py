@@ -4,9 +4,16 @@ no state that breaks the pages or the alerts after it, no reactor held for secon
 
 import json
 import time
+import urllib.request
 
 from rulesutil import HOT, SECRET, WebhookReceiver, line, rules_file, serve
+from serverproc import LOOPBACK, ServerProcess
 from test_rules_mutes import post
+
+from vmstats.server.config import ServerConfig
+
+#: The server's bound on other agents' open minutes.
+MAX_OPEN = ServerConfig.edge_max_open
 
 
 def test_a_mute_whose_times_are_no_time_of_day_or_never_end_is_refused(tmp_path):
@@ -34,3 +41,25 @@ def test_a_mute_whose_times_are_no_time_of_day_or_never_end_is_refused(tmp_path)
             assert hook.wait(1)[0]["labels"]["scope"] == "10.0.0.1"
             [state] = json.loads(server.http("/alerts"))["states"]
             assert state["state"] == "alarm" and "muted" not in state
+
+
+def test_a_sender_inventing_vms_past_the_open_minutes_bound_does_not_hold_the_reactor(tmp_path):
+    """Past 200,000 open minutes each new one forced the oldest out after a pass over them all:
+    30 ms a sample, so one 8 MB body naming 210,000 hosts held the reactor (every port, every
+    page) for five minutes.  Now it is answered in a second or two, the bound kept and counted."""
+    vms = 210_000
+    body = b"".join(b"mem,host=vm%d available_percent=5\n" % i for i in range(vms))
+    with ServerProcess(tmp_path, "--parsers", "0", "--workers", "1") as server:
+        request = urllib.request.Request("http://%s:%d/write?db=x" % (LOOPBACK, server.http_port),
+                                         data=body)
+        began = time.monotonic()
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 204
+        assert time.monotonic() - began < 15
+        metrics = server.metrics()
+        assert metrics['vmstats_edge_lines_total{format="influx",outcome="used"}'] == vms
+        assert metrics["vmstats_edge_open_minutes"] == MAX_OPEN
+        # Memory only, no CPU: each minute forced out is counted, and as incomplete.
+        forced = metrics['vmstats_edge_events_total{event="forced"}']
+        assert forced == vms - MAX_OPEN
+        assert metrics['vmstats_edge_events_total{event="incomplete"}'] == forced
