@@ -3,6 +3,7 @@ server over loopback: each is refused and counted, and costs nothing else -- no 
 no state that breaks the pages or the alerts after it, no reactor held for seconds."""
 
 import json
+import socket
 import time
 import urllib.request
 
@@ -63,3 +64,36 @@ def test_a_sender_inventing_vms_past_the_open_minutes_bound_does_not_hold_the_re
         forced = metrics['vmstats_edge_events_total{event="forced"}']
         assert forced == vms - MAX_OPEN
         assert metrics['vmstats_edge_events_total{event="incomplete"}'] == forced
+
+
+def ask_raw(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; every byte answered until the server closes."""
+    with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    return answer
+
+
+def test_a_write_whose_transfer_encoding_is_identity_is_refused_not_acknowledged_unread(tmp_path):
+    """Twisted reads ``Transfer-Encoding: identity`` as no body: the write was answered 204
+    with none of its lines taken, and the lines were then read as a second request."""
+    now = int(time.time())
+    body = b"mem,host=web1 available_percent=50 %d\ncpu,cpu=cpu-total,host=web1 usage_idle=50 %d\n" \
+        % (now, now)
+    head = b"POST /write?db=x&precision=s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    with ServerProcess(tmp_path, "--parsers", "0", "--workers", "1") as server:
+        for coding in (b"identity", b"Identity", b"identity, chunked"):
+            answer = ask_raw(server.http_port, head + b"Transfer-Encoding: %s\r\n\r\n%s"
+                             % (coding, body))
+            assert answer.startswith(b"HTTP/1.1 400 "), answer
+            assert answer.count(b"HTTP/1.1") == 1 and b"cannot be read" in answer, answer
+        metrics = server.metrics()
+        assert metrics['vmstats_http_requests_refused_total{reason="bad_request"}'] == 3
+        assert 'vmstats_edge_lines_total{format="influx",outcome="used"}' not in metrics
+        # Chunked, in any case, is read.
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        answer = ask_raw(server.http_port, head + b"Transfer-Encoding: Chunked\r\n\r\n" + chunked)
+        assert answer.startswith(b"HTTP/1.1 204 "), answer
+        assert server.metrics()['vmstats_edge_lines_total{format="influx",outcome="used"}'] == 2

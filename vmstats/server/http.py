@@ -13,7 +13,8 @@ a Content-Length (411) that it cannot delimit, and what a page's ``refuse_early`
 headers (a write without its token: 401).  A request line past 16 KiB is 414, a head (request
 line and headers) past it 431, where Twisted closed without a word or said a bare 400, and a request
 Twisted cannot read (a bad Content-Length, header or chunk, or a head in bare-LF lines, which it
-waited on until the idle timeout) 400 in JSON.  Each refusal is counted on /metrics.
+waited on until the idle timeout) 400 in JSON, as is a Transfer-Encoding other than chunked
+(Twisted read ``identity`` as no body at all).  Each refusal is counted on /metrics.
 
 A request that changes something (any method but GET and HEAD) carrying ``Origin`` is refused
 (403) at its headers: only a browser sends that header, and nothing here is meant for one, so a
@@ -235,7 +236,16 @@ class _Channel(http.HTTPChannel):
         limit = self.router.max_body(path)
         headers = request.requestHeaders
         delimited = headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
-        if self.length != 0 and limit is None:
+        codings = headers.getRawHeaders(b"transfer-encoding")
+        if codings is not None and [c.strip().lower() for c in codings] != [b"chunked"]:
+            # Twisted skips "identity" (RFC 2616's, gone since RFC 7230) as if there were no
+            # body: a write sent so was answered 204 with none of its lines read, and the lines
+            # were then read as the next request.  RFC 9112 (6.1): any coding but a final
+            # chunked leaves the body's length unknown, and the answer is 400.
+            self._refuse(http.BAD_REQUEST, "bad_request",
+                         "Transfer-Encoding %r cannot be read: send Content-Length, or chunked"
+                         % b", ".join(codings).decode("latin-1")[:60])
+        elif self.length != 0 and limit is None:
             self._refuse(http.NOT_FOUND, "not_found", "not found")
         elif (self._command in (b"POST", b"PUT", b"PATCH") and not delimited
               and self._version != b"HTTP/1.1"):
