@@ -1035,7 +1035,8 @@ def test_a_command_past_its_timeout_is_killed_with_what_it_started(tmp_path):
 
 
 def test_a_simulated_pool_rising_and_falling_scales_out_then_in(tmp_path):
-    """vmstats simulate-pool follows its load curve; the rule's command resizes it."""
+    """vmstats simulate-pool follows its load curve; the rule's command resizes it.  Periods,
+    reports, cooldowns and the curve are on a clock of quarter seconds: a run of 7 s."""
     desired = tmp_path / "desired"
     script, call_file = recorder_script(tmp_path)
     resize = tmp_path / "resize.sh"
@@ -1043,22 +1044,22 @@ def test_a_simulated_pool_rising_and_falling_scales_out_then_in(tmp_path):
                       % (desired, sys.executable, script))
     resize.chmod(0o755)
     body = ('[action.resize]\nkind = "command"\nargv = ["%s"]\n\n[[rule]]\nname = "pool"\n'
-            'scope = "group"\nmatch = { id = "pool-*" }\nmetric = "cpu"\nperiod = "0.5s"\n'
+            'scope = "group"\nmatch = { id = "pool-*" }\nmetric = "cpu"\nperiod = "0.25s"\n'
             'actions = ["resize"]\n[rule.scale]\ntarget = 50\nmin = 2\nmax = 8\n'
-            'out_cooldown = "1.5s"\nin_cooldown = "2s"\n' % resize)
+            'out_cooldown = "0.75s"\nin_cooldown = "1s"\n' % resize)
     with WebhookReceiver(SECRET.encode()) as hook:
         with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
             run = subprocess.run(
                 [sys.executable, "-m", "vmstats", "simulate-pool", "--server",
                  "127.0.0.1:%d" % server.udp_port, "--transport", "udp", "--members", "2",
-                 "--curve", "0:80,2:300,7:300,9:60", "--duration", "14", "--interval", "0.5",
+                 "--curve", "0:80,1:300,3.5:300,4.5:60", "--duration", "7", "--interval", "0.25",
                  "--desired-file", str(desired)], capture_output=True, text=True, timeout=60)
             assert run.returncode == 0, run.stderr
     scales = [c for c in calls(call_file) if c["VMSTATS_EVENT"] == "scale"]
     deltas = [int(c["VMSTATS_DELTA"]) for c in scales]
     assert any(d > 0 for d in deltas) and any(d < 0 for d in deltas), deltas
     outs = [float(c["VMSTATS_AT"]) for c in scales if int(c["VMSTATS_DELTA"]) > 0]
-    assert all(b - a >= 1.5 for a, b in zip(outs, outs[1:], strict=False))
+    assert all(b - a >= 0.75 for a, b in zip(outs, outs[1:], strict=False))
     assert max(int(c["VMSTATS_DESIRED"]) for c in scales) >= 6  # 300 % of demand at 50 % each
     assert desired.read_text().strip() == "2"  # back at the minimum once the load fell
     assert "members 6" in run.stdout or "members 7" in run.stdout or "members 8" in run.stdout
