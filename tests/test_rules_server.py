@@ -260,6 +260,17 @@ def test_an_alarm_without_data_is_insufficient_data_told_as_such_to_every_receiv
             assert "VMSTATS_VALUE" not in ran[0] and ran[0]["VMSTATS_LAST_VALUE"] == "95.0"
             assert float(ran[0]["VMSTATS_AT"]) - float(ran[0]["VMSTATS_LAST_VALUE_AT"]) == (
                 pytest.approx(float(ran[0]["VMSTATS_LAST_VALUE_AGE"]), abs=0.1))
+            # /alerts and `vmstats alerts` say it alike: no value, the last one as such.
+            [row] = [s for s in json.loads(server.http("/alerts"))["states"]
+                     if s["scope"] == "10.0.0.1"]
+            assert row["value"] is None and row["last_value"] == 95.0
+            assert row["last_value_at"] == float(ran[0]["VMSTATS_LAST_VALUE_AT"])
+            online = alerts_cli("--url", "http://127.0.0.1:%d" % server.http_port,
+                                "--token", STATUS_TOKEN)
+            assert " no current value (last 95 at " in online.stdout, online.stdout
+            offline = alerts_cli("--data-dir", str(server.data_dir), "--json")
+            [row] = [s for s in json.loads(offline.stdout)["states"] if s["scope"] == "10.0.0.1"]
+            assert row["value"] is None and row["last_value"] == 95.0
             assert {c["VMSTATS_STATUS"] for c in calls(call_file) if c["VMSTATS_STATE"] == "alarm"} == {
                 "firing"}
             time.sleep(0.6)  # past the next reminder: 10.0.0.2's, none of 10.0.0.1's

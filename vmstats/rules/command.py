@@ -227,6 +227,9 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
     for s in states:
         if s["state"] != "ok":
             value = "" if s.get("value") is None else " value %.4g" % s["value"]
+            if s.get("last_value") is not None:  # the data stopped: no current value
+                value = " no current value (last %.4g at %s)" % (s["last_value"],
+                                                                moment(s["last_value_at"]))
             muted = " muted by %s" % s["muted"] if s.get("muted") else ""
             click.echo("  %-18s %-24s %-18s since %s%s%s" % (s["state"], s["rule"], s["scope"],
                                                               moment(s["since"]), value, muted))
@@ -319,8 +322,10 @@ def from_log(data_dir: str) -> dict:
         raise click.ClickException("cannot read the mutes: %s" % exc) from None
     if state.damage.count:
         click.echo("warning: " + state.damage.note(path), err=True)
-    states = [{"rule": e["rule"], "scope": e["scope"], "state": e["to"], "since": e["at"],
-               "value": e.get("value")} for e in state.states.values()]
+    states = [dict({"rule": e["rule"], "scope": e["scope"], "state": e["to"], "since": e["at"],
+                    "value": e.get("value")},
+                   **{name: e[name] for name in ("last_value", "last_value_at") if name in e})
+              for e in state.states.values()]
     states.sort(key=lambda r: (r["state"] == "ok", -r["since"]))
     # What only the running server knows (its rules file, its series in memory) is null here,
     # so a script reads every key of either page with the same code.

@@ -42,6 +42,8 @@ _CPU = metrics.FIELD_INDEX["cpu"]
 #: The states that go stale (``Engine._stale``): an alarm, and a silence under a rule edited
 #: since to have no ``silent_after`` (which nothing else would end but a record).
 _STALE = ("alarm", "silent")
+#: States whose scope has no current value to show (``states``): its last one is said as such.
+_NO_VALUE = ("silent", INSUFFICIENT)
 #: The states a quiet VM's scope is forgotten in (``Engine._forget``): its receivers were told
 #: all there is (a scope starts ok without a word).
 _FORGOTTEN = ("ok", INSUFFICIENT)
@@ -970,8 +972,14 @@ class Engine:
         rows = []
         for rs in self.rules.values():
             for series in rs.series.values():
-                rows.append({"rule": rs.rule.name, "scope": series.scope, "state": series.state,
-                             "since": series.since, "value": series.value})
+                row = {"rule": rs.rule.name, "scope": series.scope, "state": series.state,
+                       "since": series.since, "value": series.value}
+                if series.state in _NO_VALUE and series.scope != GROUP and series.value is not None:
+                    # Its data stopped (or is too thin to judge): the last value, said as such,
+                    # as its notifications say it (a group's value is None by then already).
+                    row["value"], row["last_value"] = None, series.value
+                    row["last_value_at"] = series.valued
+                rows.append(row)
         rows.sort(key=lambda r: (r["state"] == "ok", -r["since"]))
         return rows[:limit]
 
