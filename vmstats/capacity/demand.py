@@ -558,7 +558,10 @@ def demand_views(
     for vm in gone:
         last_heard[vm.vm] = vm.last_ts
         if vm.vm not in seen and vm.vm not in named:
-            add_gone(inventory, views, changes, vm, window, settings)
+            if inventory.host_of(vm.vm, vm.host_tag) is None:
+                add_gone_unplaced(unplaced, strays, changes, vm, window, settings)
+            else:
+                add_gone(inventory, views, changes, vm, window, settings)
     out = []
     for hosts, lost, change in zip(views, unplaced, changes, strict=True):
         for entry in hosts.values():
@@ -598,6 +601,25 @@ def judged(series: np.ndarray | float, fleet: FleetDemand) -> float:
     return level(series, p) + max(0.0, trend(series, fleet.window, p)) * ahead
 
 
+def add_gone_unplaced(unplaced: list[list[str]], strays: list[dict[str | None, list]],
+                      changes: Sequence[Change], vm: Gone, window: Window, settings: Settings) -> None:
+    """A VM silent since before the window whose host tag names no host of the inventory (and no
+    selector places): unplaced, as one heard from in it is, and with its size as its use at every
+    minute, the room a VM kept on its host keeps (add_gone; none without reserve_stopped, or
+    when its size was never sent).  Left out, it was named nowhere."""
+    sized = not (math.isnan(vm.vcpus) or math.isnan(vm.mem_gb))
+    for lost, stray, change in zip(unplaced, strays, changes, strict=True):
+        if vm.vm in change.removed:
+            continue
+        lost.append(vm.vm)
+        group = stray.setdefault(vm.host_tag or None, [[], 0.0, 0.0])
+        group[0].append(vm.vm)
+        if sized and settings.reserve_stopped:
+            vcpus, mem_gb = change.resized.get(vm.vm, (vm.vcpus, vm.mem_gb))
+            group[1] = group[1] + np.full(window.minutes, vcpus)
+            group[2] = group[2] + np.full(window.minutes, mem_gb)
+
+
 def add_gone(inventory: Inventory, views: list[dict[str, HostDemand]], changes: Sequence[Change], vm: Gone,
              window: Window, settings: Settings) -> None:
     """A VM its host's selectors or its last host tag place there, silent since before the window.
@@ -611,7 +633,7 @@ def add_gone(inventory: Inventory, views: list[dict[str, HostDemand]], changes: 
     """
     name = inventory.host_of(vm.vm, vm.host_tag)
     if name is None:
-        return  # placed nowhere: like an unplaced VM's room, never counted as free
+        return  # placed nowhere: add_gone_unplaced
     sized = not (math.isnan(vm.vcpus) or math.isnan(vm.mem_gb))
     for hosts, change in zip(views, changes, strict=True):
         entry = hosts[name]
