@@ -339,6 +339,27 @@ def test_a_fifo_as_a_vms_newest_or_oldest_day_file_never_blocks(tmp_path, undama
     assert [(h["host"], h["vms"]) for h in hosts] == [("kvm01", 2)]
 
 
+def test_a_tier_folder_that_is_not_a_folder_is_named_and_the_rows_answer(tmp_path, undamaged):
+    """A file where ``columnar/`` should be and a link loop where ``rollups/`` should be: the
+    report ended with "cannot write to OUT: Not a directory" (the listing's OSError taken for
+    one of its own writes) though every row was in the CSV files; now each folder is named
+    and the report is the undamaged one."""
+    data = tmp_path / "data"
+    end, clean = undamaged
+    write_fleet(data, end)
+    (data / "columnar").write_text("not a folder")
+    (data / "rollups").symlink_to(data / "rollups")
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    entries = named(document)
+    assert entries[str(data / "columnar")]["problem"] == "unreadable columnar folder: Not a directory"
+    assert entries[str(data / "rollups")]["problem"] == (
+        "unreadable rollups folder: Too many levels of symbolic links")
+    assert str(data / "columnar") in stdout
+    assert [(v["vm"], v["records"]) for v in document["vms"]] == [
+        (v["vm"], v["records"]) for v in clean["vms"]]
+
+
 def _compact(folder: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(folder), *args],

@@ -113,7 +113,16 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
     unused: list[tuple[str, str, int, list[str], object]] = []  # rollups of another version
     for tier in tiers:
         held = parts[tier]
-        for day, path in logstore.tier_days(data_dir, tier):
+        try:
+            listed = logstore.tier_days(data_dir, tier)
+        except OSError as exc:
+            # A file, a FIFO or a link loop where the tier's folder should be holds no days of
+            # it: named like any entry that cannot be read, and the other tiers still answer.
+            folder = os.path.join(data_dir, tier)
+            why = "unreadable %s folder: %s" % (tier, exc.strerror or exc)
+            issues.append(issue(folder, why, vm="", day=""))
+            continue
+        for day, path in listed:
             try:
                 number = logstore.day_number(day)
                 info = logstore.tier_info(path)
