@@ -360,6 +360,50 @@ def test_a_tier_folder_that_is_not_a_folder_is_named_and_the_rows_answer(tmp_pat
         (v["vm"], v["records"]) for v in clean["vms"]]
 
 
+def test_a_damaged_or_foreign_cache_is_parsed_around_never_waited_on(tmp_path, undamaged):
+    """``--cache-dir`` holding, in the cache file's place, a FIFO (the report waited on it for
+    ever), a header that is JSON but not an object, a cached issue without its path, or arrays
+    of another width (a build with the same cache version): each stopped the report or made it
+    hang; now each is only a cache that does not answer, and the report is the undamaged one.
+    A folder named like an older version's cache, which the report cannot remove, warned that
+    the cache was not written when it was."""
+    from vmstats.report import cache
+
+    data = tmp_path / "data"
+    end, clean = undamaged
+    write_fleet(data, end)
+    code, _out, err, _document = report(data, tmp_path / "out", "--days", 7, "--cache-dir", tmp_path / "good")
+    assert code == 0, err
+    good = cache.read_cache(str(tmp_path / "good"))
+    assert good is not None and good["keys"]
+    header = b"[1, 2]"
+    damaged = {
+        "fifo": None,
+        "header": cache._MAGIC + len(header).to_bytes(8, "little") + header,
+        "issue": {**good, "issues": {0: [{"problem": "no path"}]}},
+        "width": {**good, "data": {**good["data"], "h_n": good["data"]["h_n"][:, :3]}},
+        "older": "report-cache-v1.bin",
+    }
+    for kind, content in damaged.items():
+        folder = tmp_path / kind
+        folder.mkdir()
+        if content is None:
+            os.mkfifo(folder / cache.CACHE_NAME)
+        elif isinstance(content, bytes):
+            (folder / cache.CACHE_NAME).write_bytes(content)
+        elif isinstance(content, str):
+            (folder / content).mkdir()
+        else:
+            cache.write_cache(str(folder), content)
+        code, _out, err, document = report(data, tmp_path / kind / "out", "--days", 7, "--cache-dir", folder,
+                                           timeout=10)
+        assert code == 0 and "Traceback" not in err and "warning" not in err, (kind, err)
+        assert document["meta"]["cache"]["cached_vm_days"] == 0, kind
+        assert [(v["vm"], v["records"]) for v in document["vms"]] == [
+            (v["vm"], v["records"]) for v in clean["vms"]], kind
+        assert cache.read_cache(str(folder))["sigs"] == good["sigs"], kind  # rewritten whole
+
+
 def _compact(folder: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(folder), *args],

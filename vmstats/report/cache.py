@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from vmstats import inputfile, logstore
-from vmstats.report.aggregate import AGGREGATES, ROLLUP_VERSION, Source
+from vmstats.report.aggregate import AGGREGATES, ROLLUP_VERSION, Source, empty_table
 from vmstats.report.issues import issue
 
 #: The cache holds aggregates: its version is theirs.
@@ -94,14 +94,15 @@ def read_cache(cache_dir: str | None) -> dict | None:
     if not cache_dir:
         return None
     try:
-        with open(os.path.join(cache_dir, CACHE_NAME), "rb") as handle:
+        # Opened as a day file is: a FIFO put in its place would block an open() for ever.
+        with logstore.open_day_file(os.path.join(cache_dir, CACHE_NAME)) as handle:
             blob = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         if blob[: len(_MAGIC)] != _MAGIC:
             return None
         start = len(_MAGIC) + 8
         size = int.from_bytes(blob[len(_MAGIC) : start], "little")
         header = inputfile.json_loads(blob[start : start + size])
-        if header.get("version") != CACHE_VERSION:
+        if not isinstance(header, dict) or header.get("version") != CACHE_VERSION:
             return None
         base = start + size + (-(start + size) % 64)
         keys = list(zip(header["vm"], header["day"], strict=True))
@@ -109,12 +110,42 @@ def read_cache(cache_dir: str | None) -> dict | None:
         for name, dtype, shape, offset in header["arrays"]:
             count = int(np.prod(shape))
             data[name] = np.frombuffer(blob, np.dtype(dtype), count, base + offset).reshape(shape)
-    except (OSError, ValueError, KeyError, TypeError):
+        issues = {int(i): entries for i, entries in header.get("issues", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if set(data) != AGGREGATES or any(len(v) != len(keys) for v in data.values()):
+    if not _of_our_shape(data, len(keys), issues) or not isinstance(header.get("sig"), list):
         return None
-    issues = {int(i): entries for i, entries in header.get("issues", {}).items()}
     return {"keys": keys, "sigs": header["sig"], "data": data, "issues": issues}
+
+
+#: What the report takes from each cached issue (issues.issue's fields), by type.
+_ISSUE_FIELDS = {"path": str, "vm": str, "day": str, "problem": str, "rows": int, "bad_lines": int}
+#: An aggregate table of no rows: the dtype kind and row shape each cached array must have.
+_EMPTY = empty_table(0)
+
+
+def _of_our_shape(data: dict, rows: int, issues: dict) -> bool:
+    """Whether a cache's arrays and issues are what the report's aggregation makes.
+
+    A cache file of another build with the same version (an array of another dtype or width)
+    or a damaged header that still parses would otherwise stop the report with a traceback,
+    where it should only cost the time of parsing the logs again.
+    """
+    if set(data) != AGGREGATES:
+        return False
+    for name, values in data.items():
+        expected = _EMPTY[name]
+        if (len(values) != rows or values.dtype.kind != expected.dtype.kind
+                or values.shape[1:] != expected.shape[1:]):
+            return False
+    for position, entries in issues.items():
+        if not 0 <= position < rows or not isinstance(entries, list):
+            return False
+        for entry in entries:
+            if not isinstance(entry, dict) or any(type(entry.get(key)) is not kind
+                                                  for key, kind in _ISSUE_FIELDS.items()):
+                return False
+    return True
 
 
 def write_cache(cache_dir: str, cache: dict) -> None:
@@ -145,9 +176,6 @@ def write_cache(cache_dir: str, cache: dict) -> None:
             for _name, values in arrays:
                 handle.write(values.data)
         os.replace(temporary, path)
-        for name in os.listdir(cache_dir):  # caches of older versions are dead weight
-            if name.startswith("report-cache-v") and name != CACHE_NAME and not name.endswith(".tmp"):
-                os.unlink(os.path.join(cache_dir, name))
     except OSError as exc:
         # headroom, admit and backtest read through here too: no command's name in the line.
         print("warning: statistics cache not written to %s: %s" % (cache_dir, exc.strerror or exc),
@@ -156,3 +184,21 @@ def write_cache(cache_dir: str, cache: dict) -> None:
             os.unlink(temporary)
         except OSError:
             pass
+        return
+    _remove_older(cache_dir)
+
+
+def _remove_older(cache_dir: str) -> None:
+    """Remove the caches of older versions (dead weight) beside a cache just written.  What
+    cannot be removed (a folder of that name, a folder that cannot be listed) stays, unsaid:
+    the cache itself was written, and a warning that it was not misled."""
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("report-cache-v") and name != CACHE_NAME and not name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(cache_dir, name))
+            except OSError:
+                pass
