@@ -520,6 +520,34 @@ def test_damaged_tier_files_and_odd_vm_entries_are_named_and_never_block(tmp_pat
     assert not list((data / "vms" / "10.0.0.2").glob("*.csv"))  # the rest compacted
 
 
+def test_a_tier_files_vm_names_that_are_no_vm_ids_are_never_reported(tmp_path):
+    """A rollup file whose VMs include ``=HYPERLINK(...)`` (written by another hand): the CSV
+    tier's folder of that name was never a VM of the report, but from the rollup it was
+    reported as one, into report.csv.  Now the name is left out and the file named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    write_fleet(data, _end())
+    done = _compact(data, "--compact-after", "0s")
+    assert done.returncode == 0, done.stderr
+    rollup = sorted((data / "rollups").iterdir())[-1]
+    stranger = '=HYPERLINK("http://x","y")'
+    handle = pq.ParquetFile(rollup)
+    table, info = handle.read(), json.loads(handle.metadata.metadata[b"vmstats"])
+    info["vms"] = [stranger if vm == "10.0.0.1" else vm for vm in info["vms"]]
+    renamed = [stranger if vm == "10.0.0.1" else vm for vm in table.column("vm").to_pylist()]
+    table = table.set_column(0, "vm", pa.array(renamed, pa.string()))
+    pq.write_table(table.replace_schema_metadata({b"vmstats": json.dumps(info).encode()}), rollup)
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    assert [v["vm"] for v in document["vms"]] == ["10.0.0.1", "10.0.0.2"]
+    assert "HYPERLINK" not in (tmp_path / "out" / "report.csv").read_text()
+    assert named(document)[str(rollup)]["problem"] == (
+        "1 VM name left out: not a VM id of vmstats (docs/PROTOCOL.md), e.g. " + stranger)
+    assert str(rollup) in stdout
+
+
 def test_compaction_leaves_tier_entries_it_cannot_read_and_goes_on(tmp_path):
     """A link to nothing in columnar/, a columnar file described right but with a column of
     text, a folder and a FIFO in rollups/ past retention: each is named and left where it is,

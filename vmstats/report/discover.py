@@ -111,6 +111,7 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
     # Columnar Parts by unit; rollups as the units they answer ([Part]), the first units found.
     parts: dict[str, dict] = {tier: {} for tier in tiers}
     unused: list[tuple[str, str, int, list[str], object]] = []  # rollups of another version
+    vm_ids: set[str] = set()  # names the tier files gave that are VM ids: each checked once
     for tier in tiers:
         held = parts[tier]
         try:
@@ -134,6 +135,7 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
             except (OSError, ValueError, KeyError) as exc:
                 issues.append(issue(path, "unreadable %s file: %s" % (tier, exc), vm="", day=day))
                 continue
+            vms = _vm_ids_only(vms, vm_ids, path, day, issues)
             # A file holds up to thousands of VMs: its keys and Parts made without a Python
             # call per VM (~0.1 s of a 90-day report of 1,000 VMs otherwise).
             keys = zip(vms, itertools.repeat(number), strict=False)
@@ -168,6 +170,27 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
         # Columnar rows before the CSV's: a row logged after compaction wins its timestamp.
         units[key] = ([columnar[key]] if key in columnar else []) + csv.get(key, [])
     return _sorted_units(units), found + len(units)
+
+
+def _vm_ids_only(vms: list[str], vm_ids: set[str], path: str, day: str, issues: list[dict]) -> list[str]:
+    """``vms`` (a tier file's description) less the names that are no VM id, each named.
+
+    The CSV tier's folders are checked so (_discover_csv): a name such as ``=HYPERLINK(...)``
+    would reach report.csv as a VM, where a spreadsheet takes it for a formula.  A tier
+    file's description is read from the file like a folder's name, so it is checked alike;
+    ``vm_ids`` keeps the names found good, and a day's file costs one set difference.
+    """
+    strangers = set(vms).difference(vm_ids)
+    if not strangers:
+        return vms
+    refused = {vm for vm in strangers if not logstore.is_vm_id(vm)}
+    vm_ids.update(strangers - refused)
+    if not refused:
+        return vms
+    issues.append(issue(path, "%s left out: not a VM id of vmstats (docs/PROTOCOL.md), e.g. %s"
+                        % (counted(len(refused), "VM name"), logstore.one_line(min(refused))),
+                        vm="", day=day))
+    return [vm for vm in vms if vm not in refused]
 
 
 #: ``logstore.Part`` from a ``(path, vm, tier)`` tuple, without the named tuple's Python ``__new__``.
