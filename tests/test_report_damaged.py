@@ -404,6 +404,39 @@ def test_a_damaged_or_foreign_cache_is_parsed_around_never_waited_on(tmp_path, u
         assert cache.read_cache(str(folder))["sigs"] == good["sigs"], kind  # rewritten whole
 
 
+def test_a_row_stamped_outside_its_files_day_is_a_malformed_line(tmp_path, undamaged):
+    """A row of another day in a day file (copied by hand, damage): one stamped in 2255 made the
+    report ask numpy for petabytes for its daily tables (a traceback), and a row of the day
+    before was counted twice, in that day and in this one.  Each is now a malformed line of its
+    file, from the CSV tier and from a columnar file alike."""
+    data = tmp_path / "data"
+    end, clean = undamaged
+    write_fleet(data, end)
+    path, earlier = _day_file(data, "10.0.0.1", end - 60), _day_file(data, "10.0.0.1", end - DAY)
+    rows = path.read_bytes().count(b"\n") - 1
+    copied = earlier.read_bytes().split(b"\n")[1]  # a row of the day before, also in its own file
+    with path.open("ab") as handle:
+        handle.write(b"9000000000000000000,1.5,3,40,,,,,2,4096,9,\n" + copied + b"\n")
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    entry = named(document)[str(path)]
+    assert (entry["rows"], entry["bad_lines"]) == (rows, 2), entry
+    assert [(v["vm"], v["records"]) for v in document["vms"]] == [
+        (v["vm"], v["records"]) for v in clean["vms"]]
+    # Compacted: the day's columnar file answers (its rollups removed), a stamp in it moved.
+    done = _compact(data, "--compact-after", "0s")
+    assert done.returncode == 0, done.stderr
+    columnar = sorted((data / "columnar").iterdir())[0]
+    (data / "rollups" / columnar.name).unlink()
+    _rewrite_tier(columnar, cells={("10.0.0.2", 0, "ts"): 9_000_000_000_000_000_000})
+    code, stdout, err, document = report(data, tmp_path / "again", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    assert named(document)[str(columnar)]["bad_lines"] == 1
+    records = {v["vm"]: v["records"] for v in clean["vms"]}
+    assert {v["vm"]: v["records"] for v in document["vms"]} == {
+        "10.0.0.1": records["10.0.0.1"], "10.0.0.2": records["10.0.0.2"] - 1}
+
+
 def _compact(folder: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vmstats", "compact", "--data-dir", str(folder), *args],

@@ -5,12 +5,14 @@ No content makes these fail: a line that does not parse, or a value out of the
 protocol's ranges, is dropped and counted against its file.
 """
 
+import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from vmstats.logstore.files import describe_error, read_body
+from vmstats.logstore.layout import DAY_SECONDS, SUFFIX, day_number
 from vmstats.logstore.rows import COLUMNS, DTYPES, TEXT_COLUMNS
 from vmstats.logstore.text import clean_body, good_lines, parse_lines
-from vmstats.logstore.tiers import COLUMNAR_DIR, Part, read_tier, tier_info
+from vmstats.logstore.tiers import COLUMNAR_DIR, TIER_SUFFIX, Part, read_tier, tier_info
 from vmstats.protocol import FIELDS, holds_places
 
 #: Files parsed per pandas call by read_columns: large enough to amortise the
@@ -95,6 +97,8 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
     batch_lines: List[int] = []
     size = 0
 
+    days = _file_days(paths)
+
     def flush() -> None:
         nonlocal size
         if not batch:
@@ -102,7 +106,7 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
         lines = np.repeat(np.array(batch_files, dtype=np.int32), batch_lines)
         frame, owners, valid = parse_lines(b"".join(batch), lines, wanted, parsed)
         frame["file"] = owners
-        ok = frame["ts"].notna().to_numpy() & _in_range(frame, wanted)
+        ok = frame["ts"].notna().to_numpy() & _in_range(frame, wanted) & _in_day(frame, days)
         if valid is not None:
             ok &= valid
         if len(owners) != len(lines) or not ok.all():
@@ -142,7 +146,7 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
             flush()
     flush()
     if columnar:
-        _read_parts(columnar, wanted, final, frames, bad, errors)
+        _read_parts(columnar, wanted, final, frames, bad, errors, days)
     if not frames:
         empty = pd.DataFrame({c: pd.Series(dtype=final[c]) for c in wanted})
         empty["file"] = pd.Series(dtype="int32")
@@ -157,7 +161,7 @@ def read_columns(paths: List[str], columns: Optional[Iterable[str]] = None, as_f
 
 
 def _read_parts(parts: List[Tuple[int, "Part"]], wanted: List[str], final: Dict[str, str], frames: list,
-                bad: List[int], errors: Optional[Dict[int, str]]) -> None:
+                bad: List[int], errors: Optional[Dict[int, str]], days) -> None:
     """read_columns' share of columnar Parts: their rows into ``frames``, their counts into
     ``bad``; a file that cannot be read fails, or with ``errors`` is named there."""
     by_path: Dict[str, List[Tuple[int, Part]]] = {}
@@ -177,21 +181,64 @@ def _read_parts(parts: List[Tuple[int, "Part"]], wanted: List[str], final: Dict[
         for index, count in found.items():
             bad[index] += count
         if frame is not None and len(frame):
-            frames.append(_held_rows(frame, wanted, bad))
+            frames.append(_held_rows(frame, wanted, bad, days))
 
 
-def _held_rows(frame, wanted: List[str], bad: List[int]):
+def _held_rows(frame, wanted: List[str], bad: List[int], days):
     """``frame`` (rows of columnar files) less the rows the CSV reader would refuse by the
     protocol's ranges and places (``_in_range``, the one rule both readers hold): compaction
     writes only rows it read, but a file written by another hand or version is read here too,
     and a ``vcpus=1.23456`` in it would be sized and billed at that size.  Each row dropped is
-    counted as a malformed line of its VM's day (``bad``), as in the CSV."""
-    ok = _in_range(frame, wanted)
+    counted as a malformed line of its VM's day (``bad``), as in the CSV.  So is a row stamped
+    outside the file's day (``days``: _in_day)."""
+    ok = _in_range(frame, wanted) & _in_day(frame, days)
     if ok.all():
         return frame
     files = frame["file"].to_numpy()
     _count_dropped(bad, files, files[ok])
     return frame[ok]
+
+
+#: _file_days' mark of a file whose name gives no day (read_rows of any path): no row refused.
+_ANY_DAY = -(1 << 62)
+
+
+def _file_days(paths) -> "object":
+    """The UTC day number each of ``paths`` (CSV paths or Parts) holds, by its name
+    (``<YYYY-MM-DD>.csv``, ``<YYYY-MM-DD>.parquet``), or _ANY_DAY for a name that gives none."""
+    import numpy as np
+
+    days = np.full(len(paths), _ANY_DAY, np.int64)
+    known: Dict[str, int] = {}  # a report's files share a few day names: each parsed once
+    for index, path in enumerate(paths):
+        name = (path.path if type(path) is Part else path).rpartition(os.sep)[2]
+        day = known.get(name)
+        if day is None:
+            stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name[: -len(TIER_SUFFIX)] \
+                if name.endswith(TIER_SUFFIX) else ""
+            try:
+                day = day_number(stem) if len(stem) == 10 else _ANY_DAY
+            except ValueError:
+                day = _ANY_DAY
+            known[name] = day
+        days[index] = day
+    return days
+
+
+def _in_day(frame, days):
+    """Rows stamped within their file's UTC day (``days``: _file_days, by the ``file`` column).
+
+    The writer files each row under the day of its stamp, so a row of another day in a file
+    (a file copied or renamed by hand, damage) was counted twice, in this day and in its own,
+    and a stamp decades away made the report size its daily tables by it (a traceback: petabytes
+    asked of numpy).  It is a malformed line of its file instead.
+    """
+    import numpy as np
+
+    owners = frame["file"].to_numpy()
+    expected = days[owners]
+    ts = frame["ts"].to_numpy(dtype=np.int64, na_value=0) if frame["ts"].hasnans else frame["ts"].to_numpy()
+    return (expected == _ANY_DAY) | (ts // DAY_SECONDS == expected)
 
 
 def _count_dropped(bad: List[int], read, kept) -> None:
