@@ -619,6 +619,29 @@ def test_compaction_leaves_tier_entries_it_cannot_read_and_goes_on(tmp_path):
     assert 2 < len(list((data / "rollups").iterdir())) < rollups
 
 
+def test_a_columnar_file_of_no_vm_past_retention_is_retired_and_stops_no_pass(tmp_path):
+    """A columnar file described and written with no VM (another hand's; a pass never writes
+    one) and no rollups beside it: past --retain-raw every pass stopped with "Error: nothing to
+    write to DIR/rollups/<day>.parquet", so retention stopped for good.  It holds no row: it is
+    retired like any other, and the pass goes on."""
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    write_fleet(data, _end())
+    done = _compact(data, "--compact-after", "0s")
+    assert done.returncode == 0, done.stderr
+    empty = sorted((data / "columnar").iterdir())[0]
+    handle = pq.ParquetFile(empty)
+    meta = dict(handle.metadata.metadata)
+    meta[b"vmstats"] = json.dumps({**json.loads(meta[b"vmstats"]), "vms": [], "rows": [], "bad": []}).encode()
+    pq.write_table(handle.read().slice(0, 0).replace_schema_metadata(meta), empty)
+    (data / "rollups" / empty.name).unlink()
+    done = _compact(data, "--compact-after", "0s", "--retain-raw", "0s")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert not list((data / "columnar").iterdir())  # the empty file and the other day's retired
+    assert not (data / "rollups" / empty.name).exists()
+
+
 def test_200_junk_files_in_a_real_data_dir(tmp_path):
     """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
     with serve(tmp_path, "--flush-interval", "1") as server:

@@ -208,7 +208,9 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
             if elapsed_days(day, retain_now) < policy.retain_raw:
                 continue
             try:
-                if day not in rollup_days or not _rolled_up(path, rollup_days[day]):
+                if not logstore.tier_info(path)["vms"]:
+                    pass  # no VM's rows (a pass never writes such a file): nothing to roll up first
+                elif day not in rollup_days or not _rolled_up(path, rollup_days[day]):
                     _write_rollups(data_dir, day, path)
             except logstore.DamagedTier as exc:  # not ours to remove: its rows cannot be rolled up
                 log.warning("compaction: %s left in place past retention: %s", path, exc)
