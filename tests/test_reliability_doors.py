@@ -117,6 +117,39 @@ def test_new_counters_past_the_bound_cost_what_those_under_it_cost(tmp_path):
         assert metrics['vmstats_edge_events_total{event="forgotten"}'] == 2 * counters
 
 
+def rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` (MB), from the kernel."""
+    with open("/proc/%d/status" % pid) as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_a_client_pipelining_requests_without_reading_the_answers_is_not_read_further(tmp_path):
+    """Twisted stops reading a client whose answers fill the transport only between requests,
+    but hears of it while a request writes its answer, and answered the rest of the pipeline at
+    once: ``GET /metrics`` sent over and over, never reading, grew the server 60 MB a second."""
+    with ServerProcess(tmp_path, "--parsers", "0", "--workers", "1") as server:
+        pid = server.pid
+        before = rss_mb(pid)
+        pipeline = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+        with socket.create_connection((LOOPBACK, server.http_port)) as sock:
+            sock.settimeout(1.0)  # a send blocked this long: the server reads no more
+            began = time.monotonic()
+            try:
+                while time.monotonic() - began < 3:
+                    sock.sendall(pipeline)
+            except TimeoutError:
+                pass
+            grown = rss_mb(pid) - before
+            assert grown < 50, "the server grew %.0f MB" % grown
+            # Read, and the requests held are answered.
+            answered, last = 0, b""
+            while answered < 2000:
+                data = sock.recv(1 << 20)
+                assert data, "the server closed the connection"
+                answered += (last + data).count(b"HTTP/1.1 200 ") - last.count(b"HTTP/1.1 200 ")
+                last = data[-16:]
+
+
 def ask_raw(port: int, request: bytes) -> bytes:
     """Send ``request`` on a new connection; every byte answered until the server closes."""
     with socket.create_connection((LOOPBACK, port), timeout=5) as sock:

@@ -311,6 +311,22 @@ class _Channel(http.HTTPChannel):
         if self._linger_left < 0:
             self.transport.abortConnection()
 
+    def pauseProducing(self) -> None:
+        """The client is not reading its answers (the transport's buffer is full): read and
+        answer nothing more of its pipeline until it does.  Twisted pauses reading only when no
+        request is under way, but the transport says so while a request writes its answer, and
+        the rest of the pipeline already read was answered at once: a client sending ``GET
+        /metrics`` over and over without reading grew the server by 60 MB a second."""
+        super().pauseProducing()
+        self.paused = True  # the line reader stops before the next request's head
+        self._networkProducer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The client read its answers: the requests held meanwhile are answered."""
+        super().resumeProducing()
+        self.paused = False
+        self.dataReceived(b"")
+
     def connectionLost(self, reason) -> None:
         self.table.remove(self)
         super().connectionLost(reason)
