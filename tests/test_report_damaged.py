@@ -642,6 +642,33 @@ def test_a_columnar_file_of_no_vm_past_retention_is_retired_and_stops_no_pass(tm
     assert not (data / "rollups" / empty.name).exists()
 
 
+def test_rows_a_columnar_files_footer_lists_and_it_lacks_are_named(tmp_path, undamaged):
+    """A columnar file cut down by another hand (a VM's rows gone, its footer as written):
+    the VM-day lost them unsaid.  They are malformed lines of the file now, as a torn CSV's."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    end, clean = undamaged
+    write_fleet(data, end)
+    done = _compact(data, "--compact-after", "0s")
+    assert done.returncode == 0, done.stderr
+    columnar = sorted((data / "columnar").iterdir())[-1]
+    handle = pq.ParquetFile(columnar)
+    table, meta = handle.read(), dict(handle.metadata.metadata)
+    mine = pc.equal(table.column("vm"), "10.0.0.1")
+    lost = pc.sum(mine).as_py()
+    pq.write_table(table.filter(pc.invert(mine)).replace_schema_metadata(meta), columnar)
+    (data / "rollups" / columnar.name).unlink()
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    entry = named(document)[str(columnar)]
+    assert lost > 0 and (entry["vm"], entry["rows"], entry["bad_lines"]) == ("10.0.0.1", 0, lost), entry
+    records = {v["vm"]: v["records"] for v in clean["vms"]}
+    assert {v["vm"]: v["records"] for v in document["vms"]} == {
+        "10.0.0.1": records["10.0.0.1"] - lost, "10.0.0.2": records["10.0.0.2"]}
+
+
 def test_200_junk_files_in_a_real_data_dir(tmp_path):
     """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
     with serve(tmp_path, "--flush-interval", "1") as server:

@@ -257,7 +257,10 @@ def _columnar_frame(parts: List[Tuple[int, "Part"]], wanted: List[str], final: D
     """``(frame, bad)`` of columnar Parts (``(index, part)``): rows with ``file`` = index.
 
     ``bad`` maps each index to the malformed lines its VM's CSV had when it
-    was compacted, so the report counts them the same from either tier.
+    was compacted, so the report counts them the same from either tier, and
+    to the rows the footer says the file holds of that VM and it does not (a
+    file cut down or rewritten by another hand): otherwise that VM-day lost
+    them unsaid.
     """
     import numpy as np
     import pandas as pd
@@ -278,6 +281,11 @@ def _columnar_frame(parts: List[Tuple[int, "Part"]], wanted: List[str], final: D
         # Nullable integers and text as the CSV reader gives them (a seq near 2**63 stays exact).
         frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}.get)
         frame["file"] = frame.pop("vm").map(index_of).astype(np.int32)
+        if "rows" in info:
+            held = np.bincount(frame["file"].to_numpy(), minlength=max(index_of.values()) + 1)
+            promised = dict(zip(info["vms"], info["rows"], strict=True))
+            for vm, index in index_of.items():
+                bad[index] += max(0, promised.get(vm, 0) - int(held[index]))
         frames.append(frame)
     if not frames:
         return None, bad
