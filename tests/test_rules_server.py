@@ -357,9 +357,15 @@ def test_a_vm_that_stops_across_a_restart_still_goes_silent(tmp_path):
     before the stop went quiet before it, and is left alone (a restart is no storm of old VMs).
     The restart here is always longer than ``silent_after`` (as a slow one under load is): the
     downtime neither hides the VM that stopped nor makes the one still reporting silent.  (The
-    server starts again with its clock ``silent_after`` + 1 s on, rather than waited for.)"""
+    server starts again with its clock ``silent_after`` + 1 s on, rather than waited for.)
+    A file in the columnar folder's place (a restore gone wrong), whose listing the start read
+    unguarded and stopped on, costs that tier only: the CSV days still say who stopped."""
     quiet = 4
-    _only_the_stopped_vm_goes_silent(tmp_path, quiet, lambda _last: None, quiet + 1)
+
+    def down(_last: int) -> None:
+        (tmp_path / "data" / "columnar").write_text("not a folder")
+
+    _only_the_stopped_vm_goes_silent(tmp_path, quiet, down, quiet + 1)
 
 
 @pytest.mark.parametrize("compacted", [False, True], ids=["csv", "compacted"])

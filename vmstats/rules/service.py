@@ -97,7 +97,13 @@ def last_heard(data_dir: str, now: float, within: float | None = None
         if day > known:
             known = day
             probes = _probe_days(limit, known)
-    columnar = [(day, path) for day, path in logstore.tier_days(data_dir, logstore.COLUMNAR_DIR)
+    try:
+        listed = logstore.tier_days(data_dir, logstore.COLUMNAR_DIR)
+    except OSError as exc:  # a file or a link loop in the folder's place: no compacted days
+        log.warning("rules: columnar folder of %s not read for the VMs' last records: %s",
+                    data_dir, exc.strerror or exc)
+        listed = []
+    columnar = [(day, path) for day, path in listed
                 if _DAY_FILE.match(day + logstore.SUFFIX) and day <= limit]
     newest = max([day for day, _more in csv_days.values()] + [day for day, _path in columnar[-1:]],
                  default=None)
