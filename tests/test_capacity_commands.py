@@ -62,11 +62,19 @@ def test_headroom_counts_per_host_now_and_after_the_reports_advice(headroom):
     assert one["cpu_demand"] == pytest.approx(cpu, abs=1e-3) and one["mem_demand"] == pytest.approx(
         mem, abs=1e-3
     )
+    # stray's use counts on no host: kvm01, the only host known, gives all of it, as admission takes it.
+    stray_cpu, stray_mem = expected["unplaced"]
+    assert (one["cpu_withheld"], one["mem_withheld"]) == (pytest.approx(stray_cpu, abs=1e-3),
+                                                          pytest.approx(stray_mem, abs=1e-3))
+    withheld = {"kvm01": {"cpu_cores": one["cpu_withheld"], "mem_gb": one["mem_withheld"]}}
+    assert data["fleet"]["withheld_for_unplaced"] == data["fleet"]["withheld_for_unplaced_after"] == withheld
+    cpu, mem = cpu + stray_cpu, mem + stray_mem
     assert one["fit_now"] == fits(16 - cpu, 64 - mem, 1.0, 4.0)
     assert one["binding_now"] == ("cpu" if (16 - cpu) / 1.0 < (64 - mem) / 4.0 else "memory")
     # After: the idle VM reclaimed (its demand gone), the oversized one downsized (allocation only).
     assert data["after"]["reclaimed"] == ["idle"] and data["after"]["downsized"] == ["oversized"]
     cpu_after, mem_after = expected["after_reclaim"]
+    cpu_after, mem_after = cpu_after + stray_cpu, mem_after + stray_mem
     assert one["fit_after"] == fits(16 - cpu_after, 64 - mem_after, 1.0, 4.0) > one["fit_now"]
     # Nova's view: 20 vCPUs and 80 GB allocated against 64 vCPUs (ratio 4) and 64 GB (ratio 1).
     assert (one["allocated_vcpus"], one["allocated_mem_gb"]) == (20, 80)
@@ -359,7 +367,8 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
     assert text.stdout.splitlines()[-1] == (
         "unplaced VMs (no host in the inventory claims them, so their use counts on none): 1, "
         "%.1f cores and %.1f GB: no host tag nor selector: 1 VM, %.1f cores, %.1f GB; withheld from the "
-        "known hosts' room, each giving its share" % (stray_cpu, stray_mem, stray_cpu, stray_mem))
+        "known hosts' room, each giving its share (kvm01 %.1f cores, %.1f GB)"
+        % (stray_cpu, stray_mem, stray_cpu, stray_mem, stray_cpu, stray_mem))
 
 
 @pytest.mark.parametrize(
@@ -558,7 +567,8 @@ def test_a_vm_tagged_with_a_host_the_inventory_lacks_is_said_and_its_use_withhel
     """heavy runs on kvm01 but tags it kvm01.lab, a name the inventory does not list: its 7.2 cores
     and 28.8 GB counted on no host, so kvm01 was offered room for 8 more 2x8@50% VMs it did not
     have, and the terminal said only "unplaced VMs: 2".  Each output now names the tag, the VMs
-    and their use, and admission takes that use out of the known hosts' room (here kvm01's)."""
+    and their use, and admission takes that use out of the known hosts' room (here kvm01's);
+    headroom takes it out the same way, so both say how many more fit alike."""
     import numpy as np
     from capacitydata import MINUTES, TS
     from test_report_stats import series, write_records
@@ -590,14 +600,22 @@ def test_a_vm_tagged_with_a_host_the_inventory_lacks_is_said_and_its_use_withhel
     withheld = {"cpu_cores": use["cpu_cores"], "mem_gb": use["mem_gb"]}
     assert answer["withheld_for_unplaced"] == {"kvm01": withheld}
     assert answer["placed"] == room, answer
-    assert said + "withheld from the known hosts' room, each giving its share" in text.stdout.splitlines()
-    # headroom says the same, in its terminal line and its JSON, and leaves it in the summary.
+    # headroom counts what admission places: the same use withheld from kvm01's room, per host and
+    # for the fleet (it said 8 where admission placed 1), and its terminal and JSON say so.
     out = tmp_path / "out"
     done = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8@50%", "--no-after",
                    "--horizon-days", "0", "-o", out)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (said + "the counts above leave it out, admission withholds it from the known hosts; e.g. heavy, "
-            "stray") in done.stdout.splitlines(), done.stdout
-    assert json.loads((out / "headroom.json").read_text())["fleet"]["unplaced_use"] == use
+    counted = json.loads((out / "headroom.json").read_text())
+    one = counted["hosts"][0]
+    assert one["host"] == "kvm01" and one["fit_now"] == counted["fleet"]["fit_now"] == room, one
+    assert "fleet: %d more fit now" % room in done.stdout
+    assert {"cpu_cores": one["cpu_withheld"], "mem_gb": one["mem_withheld"]} == withheld
+    assert counted["fleet"]["withheld_for_unplaced"] == answer["withheld_for_unplaced"]
+    assert counted["fleet"]["unplaced_use"] == use
+    said += "withheld from the known hosts' room, each giving its share (kvm01 %.1f cores, %.1f GB)" % (
+        use["cpu_cores"], use["mem_gb"])
+    assert said in text.stdout.splitlines(), text.stdout
+    assert said + "; e.g. heavy, stray" in done.stdout.splitlines(), done.stdout
     again = vmstats("admit", manifest, "--summary", out / "capacity-summary.json", "--json")
     assert again.returncode == 3 and json.loads(again.stdout)["placed"] == room, again.stderr

@@ -78,6 +78,12 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
          "manifest is not valid JSON: 'profile' is given twice in one object"),
         (post(server, {"profiles": {"2x4": "64x512"}, "vms": [{"profile": "2x4"}]}), 400,
          "manifest: profiles.2x4: a profile's name may not be written as a size"),
+        # An expected use below 1% fitted millions of VMs on one host: refused, named, as admit does.
+        (post(server, {"vms": [{"profile": "2x8@0.0001%", "count": 3}]}), 400,
+         "vms[0].profile: profile '2x8@0.0001%': expected use of 0.0001% is below 1%, no running VM's "
+         "peak: give what it uses at its busiest"),
+        (post(server, {"profiles": {"quiet": "4x16@30%/0.5%"}, "vms": [{"profile": "quiet"}]}), 400,
+         "profiles.quiet: profile '4x16@30%/0.5%': expected use of 0.5% is below 1%"),
         # Each shape is a pass over the hosts in the reactor: 1 MiB held it 3 s on 500 hosts.
         (post(server, {"vms": [{"profile": "1x%d" % (i + 1)} for i in range(MAX_SHAPES + 1)]}), 400,
          "manifest: asks for VMs of more than %d shapes (sizes and expected use)" % MAX_SHAPES),
@@ -96,7 +102,7 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
         server.http("/admission", token=None)
     assert denied.value.code == 401
     metrics = server.metrics()
-    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 8
+    assert metrics['vmstats_admission_requests_total{result="error_400"}'] == 10
     assert metrics['vmstats_admission_requests_total{result="error_401"}'] == 4  # three POSTs, the GET
 
 

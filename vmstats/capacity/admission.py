@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmstats.capacity import unplaced
 from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.placement import Ask, HostLoad, Offer, place
 from vmstats.capacity.profiles import Profile, parse_profile, shaped_like_profile
@@ -268,8 +269,8 @@ def placed(
     held = {host: (cpu, mem) for host, (cpu, mem, _v, _g) in totals.items()}
     sizes = {host: (vcpus, mem_gb) for host, (_c, _m, vcpus, mem_gb) in totals.items()}
     demand = _less(summary.loads("demand"), held)
-    unplaced = summary.unplaced_use
-    withheld = withhold(demand, unplaced.get("cpu_cores", 0.0), unplaced.get("mem_gb", 0.0))
+    use = summary.unplaced_use
+    withheld = withhold(demand, use.get("cpu_cores", 0.0), use.get("mem_gb", 0.0))
     asks = manifest.asks("demand")
     offer = place(demand, asks, summary.percentile, partial=manifest.partial)
     if not demand:  # "no host has room" would send the operator to buy hosts the data cannot judge
@@ -293,9 +294,7 @@ def placed(
             "rule": "sizes within (total - reserved) x ratio, as Nova's placement",
         },
         "past_allocation_ratios": past_ratios(summary, offer, asks, sizes),
-        "withheld_for_unplaced": {
-            h: {"cpu_cores": _r(c), "mem_gb": _r(m)} for h, (c, m) in sorted(withheld.items())
-        },
+        "withheld_for_unplaced": unplaced.described(withheld),
         "held_by_earlier_answers": {
             h: {"cpu_cores": _r(c), "mem_gb": _r(m), "allocated_vcpus": _r(v), "allocated_mem_gb": _r(g)}
             for h, (c, m, v, g) in sorted(totals.items())
@@ -340,42 +339,20 @@ def _less(loads: list[HostLoad], held: dict[str, tuple[float, float]]) -> list[H
 
 
 def withhold(loads: list[HostLoad], cpu: float, mem: float) -> dict[str, tuple[float, float]]:
-    """Take the unplaced VMs' use (``cpu`` cores, ``mem`` GB) out of the known hosts' room,
-    from each host in proportion to the room it has (all of it when the use is as large);
-    returns what each host had taken, ``{host: (cores, GB)}`` (hosts with none left out).
+    """Take the unplaced VMs' use (``cpu`` cores, ``mem`` GB) out of the known hosts' room, each
+    host giving its share (unplaced.shares, as headroom's counts do); returns the shares,
+    ``{host: (cores, GB)}`` (hosts with none left out).
 
     Their host tag names no host of the inventory (or they carry none), so where they run is
     not known: a host listed under another name than its VMs' tag carries their use unseen,
-    and offered as room it is filled past its capacity.  Counted on no host, that use was
-    offered; taken from every host alike it is not, and no host is guessed at.
+    and offered as room it is filled past its capacity.
     """
-    taken: dict[str, list[float]] = {load.name: [0.0, 0.0] for load in loads}
-    for k, (amount, room_of) in enumerate(((cpu, lambda h: h.cpu_room), (mem, lambda h: h.mem_room))):
-        rooms = [max(0.0, room_of(load)) for load in loads]
-        total = sum(rooms)
-        if amount <= 0 or total <= 0:
-            continue
-        share = min(1.0, amount / total)
-        for load, room in zip(loads, rooms, strict=True):
-            taken[load.name][k] = room * share
+    taken = unplaced.shares({load.name: (load.cpu_room, load.mem_room) for load in loads}, cpu, mem)
     for load in loads:
-        load.cpu_level += taken[load.name][0]
-        load.mem_level += taken[load.name][1]
-    return {host: (c, m) for host, (c, m) in taken.items() if c > 0 or m > 0}
-
-
-def unplaced_line(vms: int, use: dict, withheld: bool) -> str:
-    """The VMs no host claims and their use, for the terminal: headroom's and admit's alike
-    (``use``: Summary.unplaced_use; ``withheld``: an admission answer, which withholds it)."""
-    tags = use.get("by_host_tag", [])
-    parts = ["%s: %s, %.1f cores, %.1f GB" % (
-        "host tag %s (not in the inventory)" % t["host_tag"] if t["host_tag"] is not None
-        else "no host tag nor selector", counted(t["vms"], "VM"), t["cpu_cores"], t["mem_gb"]) for t in tags]
-    said = "unplaced VMs (no host in the inventory claims them, so their use counts on none): %d" % vms
-    if use:
-        said += ", %.1f cores and %.1f GB: %s" % (use["cpu_cores"], use["mem_gb"], "; ".join(parts))
-    return said + ("; withheld from the known hosts' room, each giving its share" if withheld
-                   else "; the counts above leave it out, admission withholds it from the known hosts")
+        cpu_share, mem_share = taken.get(load.name, (0.0, 0.0))
+        load.cpu_level += cpu_share
+        load.mem_level += mem_share
+    return taken
 
 
 def _r(value: float) -> float | None:
@@ -427,7 +404,7 @@ def terminal(result: dict) -> str:
     if b["vms_unknown"]:
         lines.append(unheard_line(b["vms_unknown"]))
     if b["unplaced_vms"]:  # as headroom says: the host they run on may be offered without them
-        lines.append(unplaced_line(b["unplaced_vms"], b["unplaced_use"], withheld=True))
+        lines.append(unplaced.line(b["unplaced_vms"], b["unplaced_use"], result["withheld_for_unplaced"]))
     return "\n".join(lines)
 
 

@@ -415,7 +415,7 @@ class UnplacedUse:
 
     The tag names a host the inventory does not list (one missing from it, or a host listed
     under another name: ``kvm01.example.com`` for ``kvm01``), so the room they take may be on
-    a known host, which then looks emptier than it is (admission.withhold_unplaced).
+    a known host, which then looks emptier than it is (unplaced.shares withholds it).
     """
 
     host_tag: str | None

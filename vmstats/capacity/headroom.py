@@ -6,12 +6,15 @@ resource that gives the smaller count is the *binding* one); the
 allocation-based count, Nova's, is the same with sizes against
 ``(total - reserved) x ratio``.  Each is given now and after the report's
 recommendations (reclaim candidates gone, downsizes applied: a downsize
-frees allocation, not measured use).  Unknown hosts count nothing.
+frees allocation, not measured use).  Unknown hosts count nothing.  The
+unplaced VMs' use is withheld from the known hosts' room first, each giving its
+share (unplaced.shares), as admission withholds it: the two answer alike.
 """
 
 import math
 from dataclasses import dataclass
 
+from vmstats.capacity import unplaced
 from vmstats.capacity.demand import FleetDemand, HostDemand, peaks_name, percentile_name
 from vmstats.capacity.profiles import Profile
 
@@ -33,6 +36,8 @@ COLUMNS = (
     "mem_trend_week",
     "cpu_headroom",
     "mem_headroom",
+    "cpu_withheld",
+    "mem_withheld",
     "fit_now",
     "binding_now",
     "fit_after",
@@ -77,12 +82,24 @@ def _too_large(entry: HostDemand, profile: Profile) -> Fit | None:
     return None
 
 
-def demand_fit(entry: HostDemand, profile: Profile, fleet: FleetDemand) -> Fit:
-    """VMs of ``profile`` that fit the host's measured headroom (None: the host is unknown)."""
+def withheld(fleet: FleetDemand) -> dict[str, tuple[float, float]]:
+    """Each known host's share of the unplaced VMs' use (unplaced.shares), ``{host: (cores,
+    GB)}``: the figures admission withholds (the summary's, rounded as it keeps them), so a
+    count here is the count an admission answer places on the same logs."""
+    use = fleet.unplaced_described() if fleet.unplaced else {}
+    rooms = {h.name: (h.cpu_headroom, h.mem_headroom) for h in fleet.hosts if h.known(fleet.settings)}
+    return unplaced.shares(rooms, use.get("cpu_cores", 0.0), use.get("mem_gb", 0.0))
+
+
+def demand_fit(
+    entry: HostDemand, profile: Profile, fleet: FleetDemand, share: tuple[float, float] = (0.0, 0.0)
+) -> Fit:
+    """VMs of ``profile`` that fit the host's measured headroom less its ``share`` of the
+    unplaced use (withheld; cores, GB) (None: the host is unknown)."""
     if not entry.known(fleet.settings):
         return Fit(None, "")
     return _too_large(entry, profile) or _fit(
-        entry.cpu_headroom, entry.mem_headroom, profile.cpu_demand, profile.mem_demand
+        entry.cpu_headroom - share[0], entry.mem_headroom - share[1], profile.cpu_demand, profile.mem_demand
     )
 
 
@@ -100,12 +117,16 @@ def allocation_fit(entry: HostDemand, profile: Profile) -> Fit:
 def rows(now: FleetDemand, after: FleetDemand | None, profile: Profile) -> list[dict]:
     """One row per host (COLUMNS), in inventory order."""
     later = {h.name: h for h in after.hosts} if after is not None else {}
+    held_now = withheld(now)
+    held_after = withheld(after) if after is not None else {}
     out = []
     for entry in now.hosts:
         host = entry.host
-        fit, alloc = demand_fit(entry, profile, now), allocation_fit(entry, profile)
+        share = held_now.get(entry.name, (0.0, 0.0))
+        fit, alloc = demand_fit(entry, profile, now, share), allocation_fit(entry, profile)
         then = later.get(entry.name)
-        fit_after = demand_fit(then, profile, after) if then is not None else Fit(None, "")
+        fit_after = (demand_fit(then, profile, after, held_after.get(entry.name, (0.0, 0.0)))
+                     if then is not None else Fit(None, ""))
         alloc_after = allocation_fit(then, profile) if then is not None else Fit(None, "")
         known = entry.known(now.settings)
         out.append(
@@ -126,6 +147,8 @@ def rows(now: FleetDemand, after: FleetDemand | None, profile: Profile) -> list[
                 "mem_trend_week": _r(entry.mem_trend) if known else None,
                 "cpu_headroom": _r(entry.cpu_headroom) if known else None,
                 "mem_headroom": _r(entry.mem_headroom) if known else None,
+                "cpu_withheld": _r(share[0]) if known else None,
+                "mem_withheld": _r(share[1]) if known else None,
                 "fit_now": fit.count,
                 "binding_now": fit.binding,
                 "fit_after": fit_after.count,
@@ -161,6 +184,10 @@ def totals(host_rows: list[dict], now: FleetDemand, after: FleetDemand | None) -
         "hosts_unknown": unknown,
         "unplaced_vms": now.unplaced,
         "unplaced_use": now.unplaced_described() if now.unplaced else {},
+        # Each known host's share of that use, taken from its room before the counts (now, and
+        # after the advice, whose unplaced VMs are those it keeps), as admission's answers say.
+        "withheld_for_unplaced": unplaced.described(withheld(now)),
+        "withheld_for_unplaced_after": unplaced.described(withheld(after)) if after is not None else None,
         "vms_unknown": [dict(vm, host=h.name) for h in now.hosts for vm in h.unheard_named()],
         # An unknown host counts as no room, now and after the advice alike.
         "fit_now": total("fit_now") or 0,

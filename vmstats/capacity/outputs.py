@@ -4,7 +4,8 @@ import json
 import os
 
 from vmstats import csvcells
-from vmstats.capacity.admission import unheard_line, unplaced_line
+from vmstats.capacity import unplaced
+from vmstats.capacity.admission import unheard_line
 from vmstats.capacity.headroom import COLUMNS
 from vmstats.outputfile import Outputs, replacing
 from vmstats.words import counted, part_of, plural
@@ -114,8 +115,9 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
         lines.append(unheard_line(f["vms_unknown"]))
     if f["unplaced_vms"]:
         lines.append(
-            "%s; e.g. %s" % (unplaced_line(len(f["unplaced_vms"]), f["unplaced_use"], withheld=False),
-                             ", ".join(f["unplaced_vms"][:5]))
+            "%s; e.g. %s"
+            % (unplaced.line(len(f["unplaced_vms"]), f["unplaced_use"], f["withheld_for_unplaced"]),
+               ", ".join(f["unplaced_vms"][:5]))
         )
     if after:
         a = result["after"]

@@ -1,0 +1,62 @@
+"""The unplaced VMs' use withheld from the known hosts' room: one rule for headroom and admission.
+
+A VM whose host tag names no host of the inventory (or that carries none and no
+selector claims) runs on some host all the same: one missing from the inventory,
+or one listed under another name than its VMs' tag, which then looks emptier
+than it is.  Nothing in the data says which, so its use is taken from every
+known host in proportion to the room each has.  Headroom's counts and
+admission's offers both rest on :func:`shares`, so for the same logs and
+profile they say the same number.
+"""
+
+from vmstats.words import counted
+
+
+def shares(
+    rooms: dict[str, tuple[float, float]], cpu: float, mem: float
+) -> dict[str, tuple[float, float]]:
+    """Each known host's share of the unplaced use (``cpu`` cores, ``mem`` GB), ``{host: (cores,
+    GB)}`` with the hosts that give none left out; ``rooms`` is each known host's room
+    (cores, GB) before it.
+
+    Shared in proportion to the room each host has (all of it when the use is as large): spread
+    so, the fleet's room is what it is with that use on some host of it, whichever, and no
+    host is guessed at.  A host past its limit (room below 0) has nothing to give.
+    """
+    taken = {host: [0.0, 0.0] for host in rooms}
+    for k, amount in enumerate((cpu, mem)):
+        free = {host: max(0.0, room[k]) for host, room in rooms.items()}
+        total = sum(free.values())
+        if amount <= 0 or total <= 0:
+            continue
+        share = min(1.0, amount / total)
+        for host, room in free.items():
+            taken[host][k] = room * share
+    return {host: (c, m) for host, (c, m) in taken.items() if c > 0 or m > 0}
+
+
+def described(withheld: dict[str, tuple[float, float]]) -> dict[str, dict]:
+    """The shares as every output gives them: ``{host: {"cpu_cores", "mem_gb"}}``, by host name."""
+    return {h: {"cpu_cores": _r(c), "mem_gb": _r(m)} for h, (c, m) in sorted(withheld.items())}
+
+
+def line(vms: int, use: dict, withheld: dict[str, dict] | None = None, most: int = 5) -> str:
+    """The VMs no host claims, their use and who gives room for it, for the terminal: headroom's
+    and admit's alike (``use``: Summary.unplaced_use; ``withheld``: described shares)."""
+    tags = use.get("by_host_tag", [])
+    parts = ["%s: %s, %.1f cores, %.1f GB" % (
+        "host tag %s (not in the inventory)" % t["host_tag"] if t["host_tag"] is not None
+        else "no host tag nor selector", counted(t["vms"], "VM"), t["cpu_cores"], t["mem_gb"]) for t in tags]
+    said = "unplaced VMs (no host in the inventory claims them, so their use counts on none): %d" % vms
+    if use:
+        said += ", %.1f cores and %.1f GB: %s" % (use["cpu_cores"], use["mem_gb"], "; ".join(parts))
+    said += "; withheld from the known hosts' room, each giving its share"
+    if withheld:
+        given = ["%s %.1f cores, %.1f GB" % (h, w["cpu_cores"], w["mem_gb"]) for h, w in withheld.items()]
+        said += " (%s%s)" % (", ".join(given[:most]), ", ..." if len(given) > most else "")
+    return said
+
+
+def _r(value: float) -> float:
+    """Rounded to 3 places, never -0.0."""
+    return round(value, 3) + 0.0
