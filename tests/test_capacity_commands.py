@@ -432,6 +432,13 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
         % (section["fleet"]["fit_now"], section["fleet"]["fit_after"])
         in page
     )
+    # The unplaced VM's use, and who gives room for it, as headroom's terminal says them.
+    use, given = section["fleet"]["unplaced_use"], section["fleet"]["withheld_for_unplaced"]
+    assert use["cpu_cores"] > 0 and given, section["fleet"]
+    shares = ", ".join("%s %.1f cores, %.1f GB" % (h, w["cpu_cores"], w["mem_gb"]) for h, w in given.items())
+    said = "%.1f cores and %.1f GB, withheld from the known hosts' room: %s" % (
+        use["cpu_cores"], use["mem_gb"], shares)
+    assert '<span id="capacity-unplaced">%s</span>' % said in " ".join(page.split())
     bad = vmstats("report", base / "data", "-o", tmp_path / "never", "--inventory", base / "nope.toml")
     assert bad.returncode == 2 and "inventory %s: does not exist" % (base / "nope.toml") in bad.stderr
     assert not (tmp_path / "never").exists()
