@@ -106,7 +106,9 @@ def test_graphite_and_collectd_samples_the_minutes_refuse_are_counted_once(tmp_p
         graphite = [b"servers.gr.cpu.percent 20 %d" % (t0 + 30),
                     b"servers.gr.mem.percent 40 %d" % (t0 + 30),
                     b"servers.gr.cpu.percent 20 %d" % ahead,
-                    b"servers.gr.vcpus 0 %d" % (t0 + 30)]
+                    b"servers.gr.vcpus 0 %d" % (t0 + 30),
+                    # Before 1970 (-1 alone means now): no minute of it was ever written.
+                    b"servers.gr.cpu.percent 20 -300"]
         server.send_udp_to(server.status["graphite_port"], b"\n".join(graphite))
         packet = (collectd_list("cd", t0 + 30, "cpu", "", "percent", "active", [(cd.GAUGE, 30.0)])
                   + collectd_list("cd", t0 + 30, "memory", "", "percent", "used",
@@ -114,10 +116,10 @@ def test_graphite_and_collectd_samples_the_minutes_refuse_are_counted_once(tmp_p
                   + collectd_list("cd", ahead, "interface", "eth0", "if_octets", "",
                                   [(cd.DERIVE, 10), (cd.DERIVE, 20)]))
         server.send_udp_to(server.status["collectd_port"], packet)
-        metrics = server.wait_metrics(lambda m: sum(outcomes(m, "graphite").values()) >= 4
+        metrics = server.wait_metrics(lambda m: sum(outcomes(m, "graphite").values()) >= 5
                                       and sum(outcomes(m, "collectd").values()) >= 3)
         assert outcomes(metrics, "graphite") == {"used": 2, "future_timestamp": 1,
-                                                 "out_of_range": 1}
+                                                 "out_of_range": 2}
         assert outcomes(metrics, "collectd") == {"used": 2, "future_timestamp": 1}
     assert server.returncode == 0, server.output
     assert logged(tmp_path / "data", "gr").iloc[0][["cpu", "mem"]].tolist() == [20.0, 40.0]

@@ -17,8 +17,8 @@ matches is counted as ignored.
 
 Graphite writes dots in host names as ``_`` (``10_0_0_5``): a VM segment
 made of four numbers joined by ``_`` is read as that IPv4 address.  A
-timestamp of ``-1`` (or none) means now; Graphite 1.1 tags (``path;tag=value``)
-are dropped before matching.
+timestamp of ``-1`` (or none) means now (another below 0 is out of range);
+Graphite 1.1 tags (``path;tag=value``) are dropped before matching.
 """
 
 import math
@@ -30,6 +30,7 @@ from vmstats.server.formats import (
     IGNORED,
     R_BAD_VM,
     R_NON_FINITE,
+    R_RANGE,
     R_SYNTAX,
     R_TOO_LONG,
     R_UTF8,
@@ -138,6 +139,9 @@ class GraphiteDecoder(Decoder):
                 continue
             if ts == -1:
                 ts = now
+            elif ts < 0:  # no minute before 1970 was ever written: "late" would say one was
+                tally.reject(R_RANGE, "%r: timestamp before 1970" % text[:60])
+                continue
             path = parts[0].decode("utf-8").partition(";")[0]
             for template in self.templates:
                 match = template.regex.match(path)
