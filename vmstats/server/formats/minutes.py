@@ -349,7 +349,6 @@ class MinuteAssembler:
         self.events["records"] += 1
         self.ready.append(record)
 
-
     def _forget_written(self) -> None:
         """Forget the minute last written of the ``max_vms // 2`` VMs written longest ago that
         have no minute open.  Called only once more VMs than ``max_vms`` without an open minute
