@@ -366,7 +366,8 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
     # stray sends no host tag and no selector names it: its use is on no host, as headroom says.
     assert text.stdout.splitlines()[-1] == (
         "unplaced VMs (no host in the inventory claims them, so their use counts on none): 1, "
-        "%.1f cores and %.1f GB: no host tag nor selector: 1 VM, %.1f cores, %.1f GB; withheld from the "
+        "%.1f cores and %.1f GB (allocated 2 vCPUs, 4.0 GB): no host tag nor selector: 1 VM, %.1f cores, "
+        "%.1f GB; withheld from the "
         "known hosts' room, each giving its share (kvm01 %.1f cores, %.1f GB)"
         % (stray_cpu, stray_mem, stray_cpu, stray_mem, stray_cpu, stray_mem))
 
@@ -439,6 +440,10 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
     said = "%.1f cores and %.1f GB, withheld from the known hosts' room: %s" % (
         use["cpu_cores"], use["mem_gb"], shares)
     assert '<span id="capacity-unplaced">%s</span>' % said in " ".join(page.split())
+    # The summary the same pass left says the shares the page shows, for a script to read.
+    summary = json.loads((out / "capacity-summary.json").read_text())
+    assert summary["withheld_for_unplaced"] == given
+    assert summary["alloc_withheld_for_unplaced"] == section["fleet"]["alloc_withheld_for_unplaced"] != {}
     bad = vmstats("report", base / "data", "-o", tmp_path / "never", "--inventory", base / "nope.toml")
     assert bad.returncode == 2 and "inventory %s: does not exist" % (base / "nope.toml") in bad.stderr
     assert not (tmp_path / "never").exists()
@@ -589,11 +594,15 @@ def test_a_vm_tagged_with_a_host_the_inventory_lacks_is_said_and_its_use_withhel
     manifest = tmp_path / "fill.toml"
     manifest.write_text('name = "fill"\n[[vms]]\nprofile = "2x8@50%"\ncount = 20\n')
     stray_cpu, stray_mem = expected["unplaced"]
-    tags = [{"host_tag": "kvm01.lab", "vms": 1, "cpu_cores": 7.2, "mem_gb": 28.8},
-            {"host_tag": None, "vms": 1, "cpu_cores": round(stray_cpu, 3), "mem_gb": round(stray_mem, 3)}]
-    use = {"cpu_cores": round(7.2 + stray_cpu, 3), "mem_gb": round(28.8 + stray_mem, 3), "by_host_tag": tags}
+    tags = [{"host_tag": "kvm01.lab", "vms": 1, "cpu_cores": 7.2, "mem_gb": 28.8, "allocated_vcpus": 8.0,
+             "allocated_mem_gb": 32.0},
+            {"host_tag": None, "vms": 1, "cpu_cores": round(stray_cpu, 3), "mem_gb": round(stray_mem, 3),
+             "allocated_vcpus": 2.0, "allocated_mem_gb": 4.0}]
+    use = {"cpu_cores": round(7.2 + stray_cpu, 3), "mem_gb": round(28.8 + stray_mem, 3),
+           "allocated_vcpus": 10.0, "allocated_mem_gb": 36.0, "by_host_tag": tags}
     said = ("unplaced VMs (no host in the inventory claims them, so their use counts on none): 2, "
-            "%.1f cores and %.1f GB: host tag kvm01.lab (not in the inventory): 1 VM, 7.2 cores, 28.8 GB; "
+            "%.1f cores and %.1f GB (allocated 10 vCPUs, 36.0 GB): "
+            "host tag kvm01.lab (not in the inventory): 1 VM, 7.2 cores, 28.8 GB; "
             "no host tag nor selector: 1 VM, %.1f cores, %.1f GB; " % (7.2 + stray_cpu, 28.8 + stray_mem,
                                                                        stray_cpu, stray_mem))
     cpu, mem = expected["now"]
@@ -626,3 +635,57 @@ def test_a_vm_tagged_with_a_host_the_inventory_lacks_is_said_and_its_use_withhel
     assert said + "; e.g. heavy, stray" in done.stdout.splitlines(), done.stdout
     again = vmstats("admit", manifest, "--summary", out / "capacity-summary.json", "--json")
     assert again.returncode == 3 and json.loads(again.stdout)["placed"] == room, again.stderr
+
+
+def test_novas_count_withholds_the_unplaced_vms_sizes_as_demand_withholds_their_use(fleet, tmp_path):
+    """big (16 vCPUs, 192 GB) runs on kvm02 but tags it kvm02.lab: Nova has its size allocated
+    there, yet the allocation view beside every answer counted it on no host and offered kvm02's
+    252 GB of allocation room whole, 31 more 2x8 VMs where 7 fit.  The unplaced VMs' sizes are
+    now taken from every host's allocation room by the rule their use is taken by, in admit's
+    answer (from the logs and from the summary), in headroom's counts, its CSV and its JSON."""
+    import numpy as np
+    from capacitydata import MINUTES, TS
+    from test_report_stats import series, write_records
+
+    base, _expected = fleet
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    quiet = np.full(MINUTES, 5.0)
+    write_records(data, [r._replace(host="kvm02.lab") for r in series(
+        "big", TS, quiet, quiet * 2, quiet * 1e4, quiet * 1e4, vcpus=16, mem_mb=192 * 1024)])
+    # Nova's room: kvm01 44 vCPUs (64 less 20 allocated), none of its memory (80 GB of 64 allocated);
+    # kvm02 254 vCPUs, 252 GB.  The unplaced sizes (big and stray: 18 vCPUs, 196 GB) are shared in
+    # proportion to that room: 196 GB all from kvm02, the vCPUs 44:254.
+    sized = {"kvm01": {"vcpus": round(18 * 44 / 298, 3), "mem_gb": 0.0},
+             "kvm02": {"vcpus": round(18 * 254 / 298, 3), "mem_gb": 196.0}}
+    nova = fits(254 - 18 * 254 / 298, 252 - 196, 2, 8)
+    assert nova == 7 < fits(254, 252, 2, 8) == 31
+    manifest = tmp_path / "fill.toml"
+    manifest.write_text('name = "fill"\n[[vms]]\nprofile = "2x8@50%"\ncount = 20\n')
+    answer = vmstats("admit", manifest, data, "--inventory", base / "hosts.toml", "--json")
+    assert answer.returncode in (0, 3), answer.stderr
+    answer = json.loads(answer.stdout)
+    assert answer["basis"]["unplaced_use"]["allocated_vcpus"] == 18.0
+    assert answer["basis"]["unplaced_use"]["allocated_mem_gb"] == 196.0
+    assert answer["allocation_basis"]["withheld_for_unplaced"] == sized
+    assert answer["allocation_basis"]["placed"] == nova, answer["allocation_basis"]
+    out = tmp_path / "out"
+    done = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8@50%", "--no-after",
+                   "-o", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    counted = json.loads((out / "headroom.json").read_text())
+    rows = {r["host"]: r for r in counted["hosts"]}
+    assert rows["kvm02"]["alloc_fit_now"] == nova and rows["kvm01"]["alloc_fit_now"] == 0
+    assert counted["fleet"]["alloc_fit_now"] == nova
+    assert counted["fleet"]["alloc_withheld_for_unplaced"] == sized
+    with open(out / "headroom.csv", newline="") as handle:
+        table = {r["host"]: r for r in csv.DictReader(handle)}
+    assert float(table["kvm02"]["alloc_mem_withheld"]) == 196.0
+    assert table["kvm02"]["alloc_fit_now"] == str(nova)
+    # The summary headroom left carries the sizes and the shares: an answer from it says the same.
+    summary = json.loads((out / "capacity-summary.json").read_text())
+    assert summary["alloc_withheld_for_unplaced"] == sized
+    assert summary["withheld_for_unplaced"] == counted["fleet"]["withheld_for_unplaced"] != {}
+    again = vmstats("admit", manifest, "--summary", out / "capacity-summary.json", "--json")
+    assert again.returncode in (0, 3), again.stderr
+    assert json.loads(again.stdout)["allocation_basis"] == answer["allocation_basis"]

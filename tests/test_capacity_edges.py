@@ -623,8 +623,8 @@ def test_the_report_and_its_summary_name_the_vms_not_heard_from(tmp_path):
     assert done.returncode == 0 and json.loads(done.stdout)["basis"]["vms_unknown"] == unknown, done.stderr
     summary = json.loads((out / "capacity-summary.json").read_text())
     for version, change, message in (
-        (3, {}, "capacity summary of version 3, expected 5"),
-        (5, {"unheard": ["web-1"]},
+        (5, {}, "capacity summary of version 5, expected 6"),
+        (6, {"unheard": ["web-1"]},
          "hosts[0].unheard holds an entry that is not a VM and when it was last seen"),
     ):
         hosts = [dict(summary["hosts"][0], **change), *summary["hosts"][1:]]
@@ -644,15 +644,17 @@ def test_a_vm_silent_since_before_the_window_on_a_host_the_inventory_lacks_is_un
     write_gone(data)
     write(data, "lost", "small9", 4, 16, 50.0, 50.0, seen=MINUTE < 1440)
     (tmp_path / "hosts.toml").write_text(HOSTS_GLOB)
-    use = {"cpu_cores": 4.0, "mem_gb": 16.0,
-           "by_host_tag": [{"host_tag": "small9", "vms": 1, "cpu_cores": 4.0, "mem_gb": 16.0}]}
+    sized = {"allocated_vcpus": 4.0, "allocated_mem_gb": 16.0}  # allocated, stopped or not, as Nova counts it
+    use = {"cpu_cores": 4.0, "mem_gb": 16.0, **sized,
+           "by_host_tag": [{"host_tag": "small9", "vms": 1, "cpu_cores": 4.0, "mem_gb": 16.0, **sized}]}
     code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "1x4"\n', "--days", "2")
     assert code == 0 and out["basis"]["unplaced_vms"] == 1 and out["basis"]["unplaced_use"] == use, out
     withheld = out["withheld_for_unplaced"].values()
     assert sum(w["cpu_cores"] for w in withheld) == pytest.approx(4.0, abs=0.01)
     assert sum(w["mem_gb"] for w in withheld) == pytest.approx(16.0, abs=0.01)
     code, out, _err = admit(tmp_path, '[[vms]]\nprofile = "1x4"\n', "--days", "2", "--no-reserve-stopped")
-    assert code == 0 and out["basis"]["unplaced_use"]["by_host_tag"][0]["cpu_cores"] == 0.0, out
+    tag = out["basis"]["unplaced_use"]["by_host_tag"][0]
+    assert code == 0 and tag == dict(use["by_host_tag"][0], cpu_cores=0.0, mem_gb=0.0), out
     assert out["withheld_for_unplaced"] == {}
     done = vmstats("headroom", data, "--inventory", tmp_path / "hosts.toml", "--profile", "1x4", "--no-after",
                    "--days", "2")  # fmt: skip

@@ -122,12 +122,18 @@ def test_answers_from_the_summary_and_holds_what_it_offered(live):
     basis = answer["basis"]
     unplaced = basis["unplaced_use"]
     assert unplaced["by_host_tag"] == [{"host_tag": None, "vms": 1, "cpu_cores": unplaced["cpu_cores"],
-                                        "mem_gb": unplaced["mem_gb"]}]  # fmt: skip
+                                        "mem_gb": unplaced["mem_gb"], "allocated_vcpus": 2.0,
+                                        "allocated_mem_gb": 4.0}]  # fmt: skip
     stray_cpu, stray_mem = expected["unplaced"]
     assert stray_cpu - 1e-3 <= unplaced["cpu_cores"] <= stray_cpu + 0.5
     assert stray_mem - 1e-3 <= unplaced["mem_gb"] <= stray_mem + 0.5
     withheld = answer["withheld_for_unplaced"]["kvm01"]
     assert withheld == {"cpu_cores": unplaced["cpu_cores"], "mem_gb": unplaced["mem_gb"]}
+    # Nova's view takes stray's size (2 vCPUs, 4 GB) from the room its ratios leave, on every host:
+    # kvm01 has 44 vCPUs and no memory left to allocate, kvm02 254 vCPUs and 252 GB.
+    assert answer["allocation_basis"]["withheld_for_unplaced"] == {
+        "kvm01": {"vcpus": round(2 * 44 / 298, 3), "mem_gb": 0.0},
+        "kvm02": {"vcpus": round(2 * 254 / 298, 3), "mem_gb": 4.0}}
     left = answer["headroom_left"]["kvm01"]
     assert left["cpu_cores"] == pytest.approx(16 - one["cpu_demand"] - withheld["cpu_cores"] - 2.0, abs=1e-3)
     assert left["mem_gb"] == pytest.approx(64 - one["mem_demand"] - withheld["mem_gb"] - 6.0, abs=1e-3)

@@ -270,13 +270,15 @@ def placed(
     sizes = {host: (vcpus, mem_gb) for host, (_c, _m, vcpus, mem_gb) in totals.items()}
     demand = _less(summary.loads("demand"), held)
     use = summary.unplaced_use
-    withheld = withhold(demand, use.get("cpu_cores", 0.0), use.get("mem_gb", 0.0))
+    withheld = withhold(demand, *unplaced.amounts(use, "demand"))
     asks = manifest.asks("demand")
     offer = place(demand, asks, summary.percentile, partial=manifest.partial)
     if not demand:  # "no host has room" would send the operator to buy hosts the data cannot judge
         offer.rejected = {vm: NO_HOST_KNOWN for vm in offer.rejected}
     # The VMs earlier answers hold room for are not in the data yet: Nova will have them allocated.
     allocation = _less(summary.loads("allocation"), sizes)
+    # The unplaced VMs are allocated on some host too: their sizes hold that room in Nova's view.
+    sized = withhold(allocation, *unplaced.amounts(use, "allocation"))
     nova = place(allocation, manifest.asks("allocation"), 100.0, partial=manifest.partial)
     return {
         "request": manifest.name,
@@ -292,6 +294,7 @@ def placed(
             "status": nova.status,
             "placed": len(nova.placed),
             "rule": "sizes within (total - reserved) x ratio, as Nova's placement",
+            "withheld_for_unplaced": unplaced.described(sized, "allocation"),
         },
         "past_allocation_ratios": past_ratios(summary, offer, asks, sizes),
         "withheld_for_unplaced": unplaced.described(withheld),
@@ -339,9 +342,10 @@ def _less(loads: list[HostLoad], held: dict[str, tuple[float, float]]) -> list[H
 
 
 def withhold(loads: list[HostLoad], cpu: float, mem: float) -> dict[str, tuple[float, float]]:
-    """Take the unplaced VMs' use (``cpu`` cores, ``mem`` GB) out of the known hosts' room, each
-    host giving its share (unplaced.shares, as headroom's counts do); returns the shares,
-    ``{host: (cores, GB)}`` (hosts with none left out).
+    """Take the unplaced VMs' use (``cpu`` cores, ``mem`` GB; on the allocation basis their
+    sizes, vCPUs and GB) out of the hosts' room, each host giving its share (unplaced.shares,
+    as headroom's counts do); returns the shares, ``{host: (cores, GB)}`` (hosts with none left
+    out).
 
     Their host tag names no host of the inventory (or they carry none), so where they run is
     not known: a host listed under another name than its VMs' tag carries their use unseen,

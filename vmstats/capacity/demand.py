@@ -422,10 +422,15 @@ class UnplacedUse:
     vms: tuple[str, ...]
     cpu: float
     mem: float
+    #: Their sizes summed (vCPUs, GB), as a host's allocation figure counts its VMs': the room
+    #: Nova's allocation view has them hold.
+    vcpus: float = 0.0
+    mem_gb: float = 0.0
 
     def describe(self) -> dict:
         return {"host_tag": self.host_tag, "vms": len(self.vms), "cpu_cores": _r3(self.cpu),
-                "mem_gb": _r3(self.mem)}
+                "mem_gb": _r3(self.mem), "allocated_vcpus": _r3(self.vcpus),
+                "allocated_mem_gb": _r3(self.mem_gb)}
 
 
 def _r3(value: float) -> float:
@@ -448,8 +453,11 @@ class FleetDemand:
     unplaced_mem: float = 0.0
 
     def unplaced_described(self) -> dict:
-        """The unplaced VMs' use as every output gives it: the total and each host tag's."""
+        """The unplaced VMs' use and sizes as every output gives them: the total and each host
+        tag's."""
         return {"cpu_cores": _r3(self.unplaced_cpu), "mem_gb": _r3(self.unplaced_mem),
+                "allocated_vcpus": _r3(sum(u.vcpus for u in self.unplaced_use)),
+                "allocated_mem_gb": _r3(sum(u.mem_gb for u in self.unplaced_use)),
                 "by_host_tag": [u.describe() for u in self.unplaced_use]}
 
     def host(self, name: str) -> HostDemand:
@@ -533,15 +541,17 @@ def demand_views(
         for hosts, lost, stray, change in zip(views, unplaced, strays, changes, strict=True):
             if use.vm in change.removed:
                 continue
-            if name is None:  # counted on no host: its use is summed apart, to be said and withheld
+            vcpus, mem_gb = change.resized.get(use.vm, (vm.vcpus, vm.mem_gb))
+            if name is None:  # counted on no host: its use and size summed apart, said and withheld
                 lost.append(use.vm)
-                group = stray.setdefault(use.host_tag or None, [[], 0.0, 0.0])
+                group = stray.setdefault(use.host_tag or None, [[], 0.0, 0.0, 0.0, 0.0])
                 group[0].append(use.vm)
                 if vm.cpu is not None:
                     group[1], group[2] = group[1] + vm.cpu, group[2] + vm.mem
+                group[3] += 0.0 if math.isnan(vcpus) else vcpus
+                group[4] += 0.0 if math.isnan(mem_gb) else mem_gb
                 continue
             entry = hosts[name]
-            vcpus, mem_gb = change.resized.get(use.vm, (vm.vcpus, vm.mem_gb))
             if not math.isnan(vcpus):
                 entry.allocated_vcpus += vcpus
             if not math.isnan(mem_gb):
@@ -586,8 +596,8 @@ def unplaced_use(fleet: FleetDemand, stray: dict[str | None, list]) -> None:
     percentile of their summed demand per minute, plus a rising trend over the horizon."""
     total_cpu, total_mem = 0.0, 0.0
     for tag in sorted(stray, key=lambda t: (t is None, t or "")):
-        vms, cpu, mem = stray[tag]
-        use = UnplacedUse(tag, tuple(sorted(vms)), judged(cpu, fleet), judged(mem, fleet))
+        vms, cpu, mem, vcpus, mem_gb = stray[tag]
+        use = UnplacedUse(tag, tuple(sorted(vms)), judged(cpu, fleet), judged(mem, fleet), vcpus, mem_gb)
         fleet.unplaced_use.append(use)
         total_cpu, total_mem = total_cpu + cpu, total_mem + mem
     fleet.unplaced_cpu, fleet.unplaced_mem = judged(total_cpu, fleet), judged(total_mem, fleet)
@@ -606,16 +616,20 @@ def add_gone_unplaced(unplaced: list[list[str]], strays: list[dict[str | None, l
     """A VM silent since before the window whose host tag names no host of the inventory (and no
     selector places): unplaced, as one heard from in it is, and with its size as its use at every
     minute, the room a VM kept on its host keeps (add_gone; none without reserve_stopped, or
-    when its size was never sent).  Left out, it was named nowhere."""
+    when its size was never sent), and that size allocated, as Nova counts it.  Left out, it was
+    named nowhere."""
     sized = not (math.isnan(vm.vcpus) or math.isnan(vm.mem_gb))
     for lost, stray, change in zip(unplaced, strays, changes, strict=True):
         if vm.vm in change.removed:
             continue
         lost.append(vm.vm)
-        group = stray.setdefault(vm.host_tag or None, [[], 0.0, 0.0])
+        group = stray.setdefault(vm.host_tag or None, [[], 0.0, 0.0, 0.0, 0.0])
         group[0].append(vm.vm)
-        if sized and settings.reserve_stopped:
-            vcpus, mem_gb = change.resized.get(vm.vm, (vm.vcpus, vm.mem_gb))
+        if not sized:
+            continue
+        vcpus, mem_gb = change.resized.get(vm.vm, (vm.vcpus, vm.mem_gb))
+        group[3], group[4] = group[3] + vcpus, group[4] + mem_gb  # allocated, as add_gone counts it
+        if settings.reserve_stopped:
             group[1] = group[1] + np.full(window.minutes, vcpus)
             group[2] = group[2] + np.full(window.minutes, mem_gb)
 

@@ -8,7 +8,8 @@ allocation-based count, Nova's, is the same with sizes against
 recommendations (reclaim candidates gone, downsizes applied: a downsize
 frees allocation, not measured use).  Unknown hosts count nothing.  The
 unplaced VMs' use is withheld from the known hosts' room first, each giving its
-share (unplaced.shares), as admission withholds it: the two answer alike.
+share (unplaced.shares), as admission withholds it: the two answer alike; their
+sizes are withheld from Nova's count the same way.
 """
 
 import math
@@ -46,6 +47,8 @@ COLUMNS = (
     "allocated_mem_gb",
     "alloc_vcpus_limit",
     "alloc_mem_limit",
+    "alloc_vcpus_withheld",
+    "alloc_mem_withheld",
     "alloc_fit_now",
     "alloc_binding_now",
     "alloc_fit_after",
@@ -82,13 +85,22 @@ def _too_large(entry: HostDemand, profile: Profile) -> Fit | None:
     return None
 
 
-def withheld(fleet: FleetDemand) -> dict[str, tuple[float, float]]:
-    """Each known host's share of the unplaced VMs' use (unplaced.shares), ``{host: (cores,
-    GB)}``: the figures admission withholds (the summary's, rounded as it keeps them), so a
-    count here is the count an admission answer places on the same logs."""
+def withheld(fleet: FleetDemand, basis: str = "demand") -> dict[str, tuple[float, float]]:
+    """Each host's share of the unplaced VMs' use (unplaced.shares), ``{host: (cores, GB)}``, or
+    on the ``"allocation"`` basis of their sizes, ``{host: (vCPUs, GB)}``: the figures admission
+    withholds (the summary's, rounded as it keeps them), so a count here is the count an
+    admission answer places on the same logs.  The one place they are worked out from a
+    FleetDemand: headroom's rows and totals, the report's page and capacity-summary.json.
+
+    The demand basis shares among the known hosts, by their measured room; the allocation basis
+    among every host, by the room Nova's ratios leave (Nova allocates on unknown hosts too)."""
     use = fleet.unplaced_described() if fleet.unplaced else {}
-    rooms = {h.name: (h.cpu_headroom, h.mem_headroom) for h in fleet.hosts if h.known(fleet.settings)}
-    return unplaced.shares(rooms, use.get("cpu_cores", 0.0), use.get("mem_gb", 0.0))
+    if basis == "demand":
+        rooms = {h.name: (h.cpu_headroom, h.mem_headroom) for h in fleet.hosts if h.known(fleet.settings)}
+    else:
+        rooms = {h.name: (h.host.alloc_vcpus - h.allocated_vcpus, h.host.alloc_mem_gb - h.allocated_mem_gb)
+                 for h in fleet.hosts}
+    return unplaced.shares(rooms, *unplaced.amounts(use, basis))
 
 
 def demand_fit(
@@ -103,12 +115,13 @@ def demand_fit(
     )
 
 
-def allocation_fit(entry: HostDemand, profile: Profile) -> Fit:
-    """VMs of ``profile`` Nova would still allocate on the host, by size and ratios."""
+def allocation_fit(entry: HostDemand, profile: Profile, share: tuple[float, float] = (0.0, 0.0)) -> Fit:
+    """VMs of ``profile`` Nova would still allocate on the host, by size and ratios, less its
+    ``share`` of the unplaced VMs' sizes (withheld; vCPUs, GB)."""
     host = entry.host
     return _too_large(entry, profile) or _fit(
-        host.alloc_vcpus - entry.allocated_vcpus,
-        host.alloc_mem_gb - entry.allocated_mem_gb,
+        host.alloc_vcpus - entry.allocated_vcpus - share[0],
+        host.alloc_mem_gb - entry.allocated_mem_gb - share[1],
         profile.vcpus,
         profile.mem_gb,
     )
@@ -117,17 +130,20 @@ def allocation_fit(entry: HostDemand, profile: Profile) -> Fit:
 def rows(now: FleetDemand, after: FleetDemand | None, profile: Profile) -> list[dict]:
     """One row per host (COLUMNS), in inventory order."""
     later = {h.name: h for h in after.hosts} if after is not None else {}
-    held_now = withheld(now)
+    none = (0.0, 0.0)
+    held_now, sized_now = withheld(now), withheld(now, "allocation")
     held_after = withheld(after) if after is not None else {}
+    sized_after = withheld(after, "allocation") if after is not None else {}
     out = []
     for entry in now.hosts:
         host = entry.host
-        share = held_now.get(entry.name, (0.0, 0.0))
-        fit, alloc = demand_fit(entry, profile, now, share), allocation_fit(entry, profile)
+        share, sized = held_now.get(entry.name, none), sized_now.get(entry.name, none)
+        fit, alloc = demand_fit(entry, profile, now, share), allocation_fit(entry, profile, sized)
         then = later.get(entry.name)
-        fit_after = (demand_fit(then, profile, after, held_after.get(entry.name, (0.0, 0.0)))
+        fit_after = (demand_fit(then, profile, after, held_after.get(entry.name, none))
                      if then is not None else Fit(None, ""))
-        alloc_after = allocation_fit(then, profile) if then is not None else Fit(None, "")
+        alloc_after = (allocation_fit(then, profile, sized_after.get(entry.name, none))
+                       if then is not None else Fit(None, ""))
         known = entry.known(now.settings)
         out.append(
             {
@@ -157,6 +173,8 @@ def rows(now: FleetDemand, after: FleetDemand | None, profile: Profile) -> list[
                 "allocated_mem_gb": _r(entry.allocated_mem_gb),
                 "alloc_vcpus_limit": _r(host.alloc_vcpus),
                 "alloc_mem_limit": _r(host.alloc_mem_gb),
+                "alloc_vcpus_withheld": _r(sized[0]),
+                "alloc_mem_withheld": _r(sized[1]),
                 "alloc_fit_now": alloc.count,
                 "alloc_binding_now": alloc.binding,
                 "alloc_fit_after": alloc_after.count if after is not None else None,
@@ -188,6 +206,10 @@ def totals(host_rows: list[dict], now: FleetDemand, after: FleetDemand | None) -
         # after the advice, whose unplaced VMs are those it keeps), as admission's answers say.
         "withheld_for_unplaced": unplaced.described(withheld(now)),
         "withheld_for_unplaced_after": unplaced.described(withheld(after)) if after is not None else None,
+        # Their sizes, taken from the room Nova's ratios leave before its counts, alike.
+        "alloc_withheld_for_unplaced": unplaced.described(withheld(now, "allocation"), "allocation"),
+        "alloc_withheld_for_unplaced_after": (unplaced.described(withheld(after, "allocation"), "allocation")
+                                              if after is not None else None),
         "vms_unknown": [dict(vm, host=h.name) for h in now.hosts for vm in h.unheard_named()],
         # An unknown host counts as no room, now and after the advice alike.
         "fit_now": total("fit_now") or 0,

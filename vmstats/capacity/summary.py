@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from vmstats import inputfile
-from vmstats.capacity import defaults
+from vmstats.capacity import defaults, unplaced
 from vmstats.capacity.demand import FleetDemand, Settings, peaks_name, percentile_name
+from vmstats.capacity.headroom import withheld
 from vmstats.capacity.placement import HostLoad
 
 #: Bumped when the JSON's shape changes: the server refuses a summary of another version.
@@ -29,7 +30,9 @@ from vmstats.capacity.placement import HostLoad
 #: unknown (a summary of 3 left out VMs last heard from before its window, and would claim none).
 #: 5: the use of the VMs no host claims (a summary of 4 had it counted nowhere, and admission
 #: offered it as room).
-VERSION = 5
+#: 6: the unplaced VMs' sizes, and each host's share withheld for them on both bases (a summary
+#: of 5 had Nova's allocation view offer the room their sizes hold, and would claim none).
+VERSION = 6
 #: The summary's file beside a report or headroom output (``vmstats admit --summary`` reads it).
 SUMMARY_FILE = "capacity-summary.json"
 
@@ -79,6 +82,12 @@ class Summary:
     #: The unplaced VMs' use (demand.FleetDemand.unplaced_described): ``cpu_cores`` and ``mem_gb``
     #: in all, and ``by_host_tag``, each ``{"host_tag", "vms", "cpu_cores", "mem_gb"}``.
     unplaced_use: dict = field(default_factory=dict)
+    #: Each host's share of that use withheld from its room, ``{host: {"cpu_cores", "mem_gb"}}``,
+    #: and of their sizes from the room Nova's ratios leave, ``{host: {"vcpus", "mem_gb"}}``
+    #: (headroom.withheld): what the report's page and headroom.json show, for a script.  An
+    #: answer works its own out on the same rule, after the room earlier answers hold.
+    withheld_for_unplaced: dict = field(default_factory=dict)
+    alloc_withheld_for_unplaced: dict = field(default_factory=dict)
 
     def basis(self, now: float | None = None) -> dict:
         """What an answer rests on, said in every answer, with the logs it could not read whole."""
@@ -171,6 +180,11 @@ class Summary:
                 raise ValueError("%s holds an entry that names no file" % name)
         if "unplaced_use" in data and not _unplaced_use(data["unplaced_use"]):
             raise ValueError("unplaced_use is not the unplaced VMs' cores and GB by host tag")
+        for name, keys in (("withheld_for_unplaced", {"cpu_cores", "mem_gb"}),
+                           ("alloc_withheld_for_unplaced", {"vcpus", "mem_gb"})):
+            if not all(isinstance(w, dict) and set(w) == keys and all(_number(v, float) for v in w.values())
+                       for w in data.get(name, {}).values()):
+                raise ValueError("%s is not each host's %s" % (name, " and ".join(sorted(keys))))
         data["hosts"] = [HostSummary(**h) for h in hosts]
         return cls(**data)
 
@@ -180,13 +194,14 @@ def _unplaced_use(use: dict) -> bool:
     if not use:
         return True
     tags = use.get("by_host_tag")
+    figures = ("cpu_cores", "mem_gb", "allocated_vcpus", "allocated_mem_gb")
     return (
-        set(use) == {"cpu_cores", "mem_gb", "by_host_tag"}
-        and _number(use["cpu_cores"], float) and _number(use["mem_gb"], float)
+        set(use) == {*figures, "by_host_tag"}
+        and all(_number(use[k], float) for k in figures)
         and isinstance(tags, list)
-        and all(isinstance(t, dict) and set(t) == {"host_tag", "vms", "cpu_cores", "mem_gb"}
+        and all(isinstance(t, dict) and set(t) == {"host_tag", "vms", *figures}
                 and isinstance(t["host_tag"], (str, type(None))) and _number(t["vms"], int)
-                and _number(t["cpu_cores"], float) and _number(t["mem_gb"], float) for t in tags)
+                and all(_number(t[k], float) for k in figures) for t in tags)
     )
 
 
@@ -261,6 +276,8 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
         s.stopped_share_max,
         **(named or {}),
         unplaced_use=fleet.unplaced_described() if fleet.unplaced else {},
+        withheld_for_unplaced=unplaced.described(withheld(fleet)),
+        alloc_withheld_for_unplaced=unplaced.described(withheld(fleet, "allocation"), "allocation"),
     )
 
 

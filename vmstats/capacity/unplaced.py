@@ -6,7 +6,9 @@ or one listed under another name than its VMs' tag, which then looks emptier
 than it is.  Nothing in the data says which, so its use is taken from every
 known host in proportion to the room each has.  Headroom's counts and
 admission's offers both rest on :func:`shares`, so for the same logs and
-profile they say the same number.
+profile they say the same number.  Nova's allocation view beside them takes the
+unplaced VMs' sizes by the same rule (:func:`amounts` says which figures each
+basis takes): allocated on some host, they hold that room by allocation too.
 """
 
 from vmstats.words import counted
@@ -35,9 +37,27 @@ def shares(
     return {host: (c, m) for host, (c, m) in taken.items() if c > 0 or m > 0}
 
 
-def described(withheld: dict[str, tuple[float, float]]) -> dict[str, dict]:
-    """The shares as every output gives them: ``{host: {"cpu_cores", "mem_gb"}}``, by host name."""
-    return {h: {"cpu_cores": _r(c), "mem_gb": _r(m)} for h, (c, m) in sorted(withheld.items())}
+#: What each basis withholds of the unplaced VMs (keys of Summary.unplaced_use), and the keys its
+#: shares are given under: their measured use on the demand basis, their sizes on Nova's
+#: allocation basis.
+_BASES = {
+    "demand": (("cpu_cores", "mem_gb"), ("cpu_cores", "mem_gb")),
+    "allocation": (("allocated_vcpus", "allocated_mem_gb"), ("vcpus", "mem_gb")),
+}
+
+
+def amounts(use: dict, basis: str = "demand") -> tuple[float, float]:
+    """What ``basis`` withholds of the unplaced VMs' ``use`` (Summary.unplaced_use, {} when there
+    are none): cores and GB of demand, or vCPUs and GB allocated."""
+    cpu, mem = _BASES[basis][0]
+    return use.get(cpu, 0.0), use.get(mem, 0.0)
+
+
+def described(withheld: dict[str, tuple[float, float]], basis: str = "demand") -> dict[str, dict]:
+    """The shares as every output gives them, by host name: ``{host: {"cpu_cores", "mem_gb"}}``,
+    or on the allocation basis ``{host: {"vcpus", "mem_gb"}}``."""
+    cpu, mem = _BASES[basis][1]
+    return {h: {cpu: _r(c), mem: _r(m)} for h, (c, m) in sorted(withheld.items())}
 
 
 def line(vms: int, use: dict, withheld: dict[str, dict] | None = None, most: int = 5) -> str:
@@ -49,7 +69,8 @@ def line(vms: int, use: dict, withheld: dict[str, dict] | None = None, most: int
         else "no host tag nor selector", counted(t["vms"], "VM"), t["cpu_cores"], t["mem_gb"]) for t in tags]
     said = "unplaced VMs (no host in the inventory claims them, so their use counts on none): %d" % vms
     if use:
-        said += ", %.1f cores and %.1f GB: %s" % (use["cpu_cores"], use["mem_gb"], "; ".join(parts))
+        said += ", %.1f cores and %.1f GB (allocated %g vCPUs, %.1f GB): %s" % (
+            use["cpu_cores"], use["mem_gb"], *amounts(use, "allocation"), "; ".join(parts))
     said += "; withheld from the known hosts' room, each giving its share"
     if withheld:
         given = ["%s %.1f cores, %.1f GB" % (h, w["cpu_cores"], w["mem_gb"]) for h, w in withheld.items()]
