@@ -821,3 +821,60 @@ def test_a_report_read_while_a_pass_moves_its_days_finds_them_where_they_went(tm
     assert passes[0].csv_removed == 160 and not list(data.glob("vms/*/*.csv"))
     assert report.meta["skipped_files"] == []
     assert json.loads(json.dumps(report.rows, default=str)) == _report([before], days=4)
+
+
+def _files(folder: Path) -> dict:
+    """``{path: (bytes, mtime)}`` of every file under ``folder``: what must survive a pass."""
+    return {str(path): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _linked_data_dirs(tmp_path) -> tuple[Path, Path, int]:
+    """``(data dir, other data dir, first day)``: two VMs' closed days in each; in the first,
+    a VM folder and a day file that are symbolic links into the other."""
+    first = int(time.time()) // DAY - 5
+    data, other = tmp_path / "data", tmp_path / "other"
+    _write_fleet(data, vms=2, days=2, first=first, step=3600)
+    _write_fleet(other, vms=2, days=2, first=first, seed=4, step=3600)
+    (data / "vms" / "10.0.0.9").symlink_to(other / "vms" / "10.0.0.1")
+    day_file = Path(logstore.day_path(str(data), "10.0.0.2", logstore.day_name(first)))
+    day_file.unlink()
+    day_file.symlink_to(logstore.day_path(str(other), "10.0.0.2", logstore.day_name(first)))
+    return data, other, first
+
+
+def test_a_pass_follows_no_symbolic_link_into_another_data_dir(tmp_path):
+    """A VM folder and a day file linked into another data dir: a pass compacted their rows
+    into this data dir and removed the other dir's CSV files.  It now leaves links alone, says
+    so once on stderr (exit status 0), and compacts the rest; the other dir is untouched."""
+    data, other, first = _linked_data_dirs(tmp_path)
+    before = _files(other)
+    done = _compact_cli(data, "--compact-after", "1d", "--trust-clock")
+    assert done.returncode == 0, done.stderr
+    assert _files(other) == before
+    linked = logstore.day_path(str(data), "10.0.0.2", logstore.day_name(first))
+    assert done.stderr.splitlines() == [
+        "vmstats compact: warning: symbolic links left alone: 2 VM folders or day files under vms, "
+        "e.g. %s -> %s: a pass follows no link out of the data dir (it may lead into another "
+        "data dir, whose files are not this one's to remove), so their rows stay uncompacted; "
+        "move the files into the data dir, or put the whole data dir on the other disk"
+        % (linked, logstore.day_path(str(other), "10.0.0.2", logstore.day_name(first)))]
+    assert os.path.islink(linked) and (data / "vms" / "10.0.0.9").is_symlink()
+    assert not list((data / "vms").glob("10.0.0.1/*.csv"))  # the rest compacted
+    held = {day: logstore.tier_info(logstore.tier_path(str(data), logstore.COLUMNAR_DIR, day))["vms"]
+            for day in (logstore.day_name(first), logstore.day_name(first + 1))}
+    assert list(held.values()) == [["10.0.0.1"], ["10.0.0.1", "10.0.0.2"]]
+
+
+def test_the_servers_pass_counts_symbolic_links_and_leaves_the_other_dir_alone(tmp_path):
+    """The same under the server's scheduled pass: counted in
+    vmstats_compaction_links_left, logged, and the other data dir's files all kept."""
+    data, other, first = _linked_data_dirs(tmp_path)
+    before = _files(other)
+    with serve(tmp_path, "--compact-interval", "0.5s", "--compact-after", "1d", data_dir=data) as server:
+        server.wait_for(lambda s: s.metrics().get("vmstats_compaction_passes", 0) >= 1, timeout=60)
+        assert server.metrics()["vmstats_compaction_links_left"] >= 1
+    assert server.returncode == 0
+    assert "compaction: symbolic links left alone: 2 VM folders or day files" in server.output
+    assert _files(other) == before
+    assert len(list((data / "columnar").glob("*.parquet"))) == 2

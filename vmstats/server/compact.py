@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmstats import logstore
-from vmstats.server.config import FUTURE_DATED, RETENTION_HELD_BACK
+from vmstats.server.config import FUTURE_DATED, LINKS_LEFT, RETENTION_HELD_BACK
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ class Summary:
     newest_day: int | None = None
     #: Day files dated after the clock's next day: not trusted as the newest data, left in place.
     future_files: list[str] = field(default_factory=list)
+    #: VM folders and day files under vms/ that are symbolic links: never followed, left in place.
+    links: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         """What the pass did: one line for stdout (the notices go to stderr)."""
@@ -142,6 +144,19 @@ class Summary:
                          "--trust-clock` measures it from the clock"
                          % (RETENTION_HELD_BACK, self.clock_ahead / DAY,
                             logstore.day_name(self.newest_day)))
+        if self.links:
+            first = self.links[0]
+            try:
+                target = os.readlink(first)
+            except OSError as exc:  # removed since, or its folder made unreadable
+                target = "(%s)" % (exc.strerror or exc)
+            found.append("%s: %s under %s, e.g. %s -> %s: a pass follows no link out of the data "
+                         "dir (it may lead into another data dir, whose files are not this one's "
+                         "to remove), so their rows stay uncompacted; move the files into the data "
+                         "dir, or put the whole data dir on the other disk"
+                         % (LINKS_LEFT, counted(len(self.links), "VM folder or day file",
+                                                "VM folders or day files"), logstore.VMS_DIR,
+                            logstore.one_line(first), logstore.one_line(target)))
         return found
 
 
@@ -187,7 +202,7 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
     with _lock(data_dir):
         for tier in (logstore.COLUMNAR_DIR, logstore.ROLLUPS_DIR):
             summary.partial_removed += _remove_partials(os.path.join(data_dir, tier))
-        csv_days = _csv_by_day(data_dir)
+        csv_days = _csv_by_day(data_dir, summary.links)
         rollup_days = {logstore.day_number(name): path
                        for name, path in logstore.tier_days(data_dir, logstore.ROLLUPS_DIR)}
         dated: dict[int, list[str]] = {}
@@ -274,8 +289,13 @@ def _remove_partials(folder: str) -> int:
     return removed
 
 
-def _csv_by_day(data_dir: str) -> dict[int, list[tuple[str, str]]]:
-    """``{day: [(vm, path)]}`` of the data dir's CSV day files, VMs sorted."""
+def _csv_by_day(data_dir: str, links: list[str]) -> dict[int, list[tuple[str, str]]]:
+    """``{day: [(vm, path)]}`` of the data dir's CSV day files, VMs sorted.
+
+    A VM folder or day file that is a symbolic link is added to ``links`` instead: a pass
+    removes the files it compacts, and a link may lead anywhere, into another data dir (an
+    operator's copy, a disk shared by two aggregators) whose files are not this pass's to
+    remove, nor its rows this data dir's.  The report still reads them where they are."""
     days: dict[int, list[tuple[str, str]]] = {}
     for vm in logstore.iter_vms(data_dir):
         if not logstore.is_vm_id(vm):  # copied in by other means; the report names it
@@ -283,12 +303,19 @@ def _csv_by_day(data_dir: str) -> dict[int, list[tuple[str, str]]]:
             log.warning("compaction: %s left alone: its name %s not a VM id",
                         logstore.one_line(vm), why)
             continue
+        folder = logstore.vm_dir(data_dir, vm)
+        if os.path.islink(folder):
+            links.append(folder)
+            continue
         try:
             files = logstore.day_files(data_dir, vm)
         except (OSError, ValueError) as exc:
             log.warning("compaction: VM folder %s not listed: %s", vm, exc)
             continue
         for name, path in files:
+            if os.path.islink(path):
+                links.append(path)
+                continue
             try:
                 days.setdefault(logstore.day_number(name), []).append((vm, path))
             except ValueError:

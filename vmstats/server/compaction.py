@@ -16,7 +16,7 @@ import sys
 from twisted.application import service
 from twisted.internet import defer, protocol
 
-from vmstats.server.config import FUTURE_DATED, RETENTION_HELD_BACK, format_duration
+from vmstats.server.config import FUTURE_DATED, LINKS_LEFT, RETENTION_HELD_BACK, format_duration
 from vmstats.server.every import IntervalJob
 from vmstats.server.metrics import Metrics
 
@@ -63,6 +63,7 @@ class CompactionService(service.Service):
         self.failures = 0
         self.held_back = 0
         self.future_dated = 0
+        self.links_left = 0
         #: The last failed pass's error: the same one again (a lock folder, a full disk) is
         #: counted but not logged every pass.
         self.last_error: str | None = None
@@ -77,6 +78,9 @@ class CompactionService(service.Service):
         metrics.gauges["compaction_future_dated"] = (
             "Compaction passes that found day files dated after the clock's next day, left in "
             "place and not taken as the newest data (docs/STORAGE.md).", lambda: self.future_dated)
+        metrics.gauges["compaction_links_left"] = (
+            "Compaction passes that found symbolic links under vms/ (a VM folder or a day file) "
+            "and left them alone, uncompacted (docs/STORAGE.md).", lambda: self.links_left)
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -105,6 +109,7 @@ class CompactionService(service.Service):
             for line in errors.splitlines():  # the pass's warnings: an operator should look
                 self.held_back += RETENTION_HELD_BACK in line
                 self.future_dated += FUTURE_DATED in line
+                self.links_left += LINKS_LEFT in line
                 log.warning("compaction: %s", line.removeprefix("vmstats compact: warning: "))
         else:
             self.failures += 1

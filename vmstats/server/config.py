@@ -35,6 +35,8 @@ MAX_DURATION = 36500 * 86400
 RETENTION_HELD_BACK = "retention held back"
 #: How a pass's notice names day files dated after the clock's next day (compact.py).
 FUTURE_DATED = "future-dated"
+#: How a pass's notice names the symbolic links under vms/ it left alone (compact.py).
+LINKS_LEFT = "symbolic links left alone"
 
 
 def parse_duration(text: str) -> float:
