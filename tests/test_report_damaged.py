@@ -669,6 +669,102 @@ def test_rows_a_columnar_files_footer_lists_and_it_lacks_are_named(tmp_path, und
         "10.0.0.1": records["10.0.0.1"] - lost, "10.0.0.2": records["10.0.0.2"]}
 
 
+def _retold(path: Path, vms=None, rows=None) -> None:
+    """Rewrite a tier file with its footer as written and its table's ``vm`` column set to
+    ``vms`` (or only the rows ``rows`` of it kept): what another hand's tool might leave."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    handle = pq.ParquetFile(path)
+    table, meta = handle.read(), dict(handle.metadata.metadata)
+    if rows is not None:
+        table = table.take(pa.array(rows))
+    if vms is not None:
+        table = table.set_column(0, "vm", pa.array(vms, pa.string()))
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+#: (tier, how its newest file is damaged, what the report names it by).
+DISAGREEING = {
+    "rollup footer twice": ("rollups", lambda path: _rewrite_tier(
+        path, lambda info: {**info, "vms": ["10.0.0.1", "10.0.0.1"]}),
+        "damaged rollups file: its description lists 10.0.0.1 more than once; its table holds "
+        "10.0.0.2, which its description does not list; each VM read as its table holds it"),
+    "rollup unlisted": ("rollups", lambda path: _rewrite_tier(
+        path, lambda info: {**info, "vms": ["10.0.0.1"]}),
+        "damaged rollups file: its table holds 10.0.0.2, which its description does not list; "
+        "each VM read as its table holds it"),
+    "columnar unlisted": ("columnar", lambda path: _rewrite_tier(
+        path, lambda info: {**info, "vms": info["vms"][:1], "rows": info["rows"][:1], "bad": [0]}),
+        "damaged columnar file: its table holds 10.0.0.2, which its description does not list; "
+        "each VM read as its table holds it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DISAGREEING))
+def test_a_tier_file_whose_footer_disagrees_with_its_table_is_named_and_loses_no_vm_day(
+        tmp_path, undamaged, case):
+    """A tier file whose footer lists a VM twice, or not at all, beside a table that holds
+    that VM's rows or rollup: readers trusted the footer, and the VM-day was gone from the
+    report without a word.  Each VM is read as the table holds it, and the file is named."""
+    tier, damage, problem = DISAGREEING[case]
+    data = tmp_path / "data"
+    end, clean = undamaged
+    write_fleet(data, end)
+    # Rollups: the rows retired, so the rollups alone answer; columnar: the rollups removed.
+    done = _compact(data, "--compact-after", "0s", *(["--retain-raw", "0s"] if tier == "rollups" else []))
+    assert done.returncode == 0, done.stderr
+    path = sorted((data / tier).iterdir())[-1]
+    if tier == "columnar":
+        for rollup in (data / "rollups").iterdir():
+            rollup.unlink()
+    damage(path)
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    assert [(v["vm"], v["records"]) for v in document["vms"]] == [
+        (v["vm"], v["records"]) for v in clean["vms"]]
+    entry = named(document)[str(path)]
+    assert entry["problem"] == problem and entry["rows"] > 0, entry
+    assert str(path) in stdout
+
+
+def test_compaction_retires_no_rows_on_the_word_of_a_footer_its_table_belies(tmp_path, undamaged):
+    """A rollup file whose table lacks a VM its footer lists: retention removed the day's
+    columnar file on the footer's word, and a late CSV file of that VM was removed as if its
+    day's rollup held it; both VM-days were lost.  Now the pass reads the rollup file's table:
+    the rows are rolled up again before they are retired, the late file rolled up beside the
+    others, and the file named in a warning."""
+    data, late = tmp_path / "data", tmp_path / "late"
+    end, clean = undamaged
+    write_fleet(data, end)
+    write_fleet(late, end)
+    done = _compact(data, "--compact-after", "0s")  # every day's rows and rollups kept
+    assert done.returncode == 0, done.stderr
+    first, middle, last = sorted((data / "rollups").iterdir())
+    for path in (first, last):
+        _retold(path, rows=[0])  # 10.0.0.1's rollup only, its footer listing both VMs
+    _retold(middle, rows=[0, 0])  # 10.0.0.1's twice: as many rows as the footer's VMs
+    # The last day's rows retired by hand (a pass of --retain-raw 0s before the damage), then
+    # a late CSV file of 10.0.0.2 for it: the rollups alone stand for that day.
+    (data / "columnar" / last.name).unlink()
+    arrived = Path(logstore.day_path(str(data), "10.0.0.2", last.stem))
+    arrived.parent.mkdir(parents=True, exist_ok=True)
+    arrived.write_bytes(Path(logstore.day_path(str(late), "10.0.0.2", last.stem)).read_bytes())
+    done = _compact(data, "--compact-after", "0s", "--retain-raw", "0s")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for path in (first, last):
+        assert ("compaction: %s: its description lists 10.0.0.2, whose rollup its table lacks; each "
+                "VM read as its table holds it" % path) in done.stderr
+    assert not list((data / "columnar").iterdir()) and not arrived.exists()
+    for path in (first, middle, last):
+        assert logstore.table_vms(str(path)) == ["10.0.0.1", "10.0.0.2"], path
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    assert [(v["vm"], v["records"]) for v in document["vms"]] == [
+        (v["vm"], v["records"]) for v in clean["vms"]]
+    assert not document["meta"]["skipped_files"] + document["meta"]["damaged_files"]
+
+
 def test_200_junk_files_in_a_real_data_dir(tmp_path):
     """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
     with serve(tmp_path, "--flush-interval", "1") as server:

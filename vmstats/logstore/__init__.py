@@ -82,6 +82,7 @@ from vmstats.logstore.tiers import (
     read_tier,
     read_tier_part,
     source_path,
+    table_vms,
     tier_days,
     tier_info,
     tier_path,
@@ -98,5 +99,5 @@ __all__ = [
     "iter_vms", "last_labels", "last_labels_many", "latest_labels", "naming", "newest_labels",
     "not_regular", "one_line", "open_day_file", "printable", "read_columns", "read_rows", "read_tier",
     "read_tier_part", "remove_quietly", "rollup_arrays", "rollup_table", "rollup_writer", "source_path",
-    "split_days", "sync_dir", "tier_days", "tier_info", "tier_path", "vm_dir",
+    "split_days", "sync_dir", "table_vms", "tier_days", "tier_info", "tier_path", "vm_dir",
 ]

@@ -10,7 +10,9 @@ Both are Parquet (columnar files zstd, rollups LZ4_RAW: see rollups.py) written 
 temporary name and renamed into place, so a reader sees the old file or the new one, never
 half of one.  A file's key-value metadata names the VMs it holds (and, for the columnar tier,
 each VM's rows and the malformed lines its CSV had), so finding what a file holds reads its
-footer, not its data.  How a rollup's aggregates are laid out in columns is rollups.py's.
+footer, not its data; tier_info checks it against the table's row count, also in the footer,
+and reads the table's VMs only for a file whose footer disagrees.  How a rollup's aggregates
+are laid out in columns is rollups.py's.
 """
 
 import contextlib
@@ -23,6 +25,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
 from vmstats import inputfile
 from vmstats.logstore.files import not_regular, os_problem, remove_quietly, sync_dir
 from vmstats.logstore.rows import COLUMNS, DTYPES
+from vmstats.words import counted
 
 COLUMNAR_DIR = "columnar"
 ROLLUPS_DIR = "rollups"
@@ -77,10 +80,13 @@ class DamagedTier(ValueError):
 
 
 def tier_info(path: str) -> dict:
-    """A tier file's description: ``{"vms": [...], ...}`` (its footer only is read).
+    """A tier file's description: ``{"vms": [...], ...}`` (its footer only is read, unless it
+    disagrees with the table).
 
     Columnar files also hold ``rows`` and ``bad`` (per VM, in ``vms`` order);
-    rollup files ``version``, the aggregate's version they were written with.
+    rollup files ``version``, the aggregate's version they were written with.  A footer that
+    disagrees with its table (_agrees) is read as the table bears it out, and ``disagrees``
+    says how (_as_held): its readers name the file.
     Raises OSError (or DamagedTier for a file that is not one of ours).
     """
     import pyarrow
@@ -88,12 +94,36 @@ def tier_info(path: str) -> dict:
 
     check_tier_file(path)
     try:
-        meta = pq.read_metadata(path).metadata or {}
+        footer = pq.read_metadata(path)
+        info = _description(footer.metadata or {})
     except pyarrow.ArrowInvalid as exc:
         raise DamagedTier("not a Parquet file: %s" % exc) from None
     except OSError as exc:
         raise _unreadable(path, exc) from None
-    return _description(meta)
+    if _agrees(path, info, footer.num_rows):
+        return info
+    return _as_held(path, info, table_vms(path))
+
+
+def table_vms(path: str) -> List[str]:
+    """The ``vm`` column of a tier file's table, row by row: what it holds, whatever its footer
+    says (a rollup file's is a few KB; compaction reads it before it retires rows on its word).
+    DamagedTier when the table has no such column of names."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path) as handle:
+            held = handle.read(columns=["vm"]).column("vm").to_pylist()
+    except pyarrow.ArrowInvalid as exc:
+        raise DamagedTier("its table cannot be read: %s" % exc) from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    except KeyError:
+        raise DamagedTier("its table has no vm column") from None
+    if any(type(vm) is not str for vm in held):
+        raise DamagedTier("its table's vm column is not of VM names")
+    return held
 
 
 def _unreadable(path: str, exc: OSError) -> Exception:
@@ -141,6 +171,71 @@ def _description(meta: Mapping[bytes, bytes]) -> dict:
     if type(info.get("version", 0)) is not int:
         raise DamagedTier("its vmstats description's version is not a number")
     return info
+
+
+def _rollups(path: str, info: dict) -> bool:
+    """Whether ``path`` is a rollup file (one row per VM), not a columnar one (rows per VM)."""
+    return "rows" not in info and os.path.basename(os.path.dirname(path)) == ROLLUPS_DIR
+
+
+def _agrees(path: str, info: dict, rows: int) -> bool:
+    """Whether a tier file's description can be the whole truth of its table, as far as its
+    footer tells (``rows``: the table's rows, which Parquet keeps there): each VM listed once,
+    and as many rows as the description gives (a rollup file: one a VM; a columnar file: the
+    rows it lists per VM, or fewer, which the reader counts per VM: read._columnar_frame).
+    A file vmstats writes always agrees, so only one that does not costs a read of its table."""
+    vms = info["vms"]
+    if len(set(vms)) != len(vms):
+        return False
+    if _rollups(path, info):
+        return rows == len(vms)
+    return "rows" not in info or sum(info["rows"]) >= rows
+
+
+def _as_held(path: str, info: dict, held: List[str]) -> dict:
+    """The description of a file whose footer disagrees with its table (``held``: the table's
+    ``vm`` column), as the table bears it out, with ``disagrees`` saying how, for its readers
+    to name the file: a VM listed twice once, a VM the table holds and the footer does not list
+    added (its rows or rollup are there to read: trusting the footer lost them unsaid).  A
+    rollup file lists only the VMs the table holds, so the rows of those it lacks answer where
+    they are still kept (a rollup's word would retire them); a columnar file keeps listing them,
+    its reader counting their rows as malformed lines (read._columnar_frame)."""
+    from collections import Counter
+
+    vms, counts = info["vms"], Counter(held)
+    said = []
+    twice = sorted(vm for vm, n in Counter(vms).items() if n > 1)
+    if twice:
+        said.append("its description lists %s more than once" % _some(twice))
+    unlisted = sorted(set(counts).difference(vms))
+    if unlisted:
+        said.append("its table holds %s, which its description does not list" % _some(unlisted))
+    lacking = sorted(set(vms).difference(counts))
+    rollups = _rollups(path, info)
+    if rollups:
+        if lacking:
+            said.append("its description lists %s, whose rollup its table lacks" % _some(lacking))
+        doubled = sorted(vm for vm, n in counts.items() if n > 1)
+        if doubled:
+            said.append("its table holds more than one rollup of %s (the last is read)" % _some(doubled))
+        out = dict(info, vms=sorted(counts))
+    else:
+        listed = sorted(set(vms) | set(counts))
+        rows = dict(zip(vms, info.get("rows", [0] * len(vms)), strict=True))
+        bad = dict(zip(vms, info.get("bad", [0] * len(vms)), strict=True))
+        out = dict(info, vms=listed, rows=[rows.get(vm, counts[vm]) for vm in listed],
+                   bad=[bad.get(vm, 0) for vm in listed])
+        if not said:
+            said.append("its table holds %s, its description %d"
+                        % (counted(len(held), "row"), sum(info.get("rows", []))))
+    out["disagrees"] = "%s; each VM read as its table holds it" % "; ".join(said)
+    return out
+
+
+def _some(vms: List[str]) -> str:
+    """A few of ``vms`` for a line that names them: the first two and how many more."""
+    shown = ", ".join(vms[:2])
+    return shown if len(vms) <= 2 else "%s and %d more" % (shown, len(vms) - 2)
 
 
 def columnar_schema():

@@ -135,6 +135,10 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
             except (OSError, ValueError, KeyError) as exc:
                 issues.append(issue(path, "unreadable %s file: %s" % (tier, exc), vm="", day=day))
                 continue
+            if "disagrees" in info:  # its footer and its table: read as the table holds them
+                read = len(vms) if tier == logstore.ROLLUPS_DIR else sum(info["rows"])
+                issues.append(issue(path, "damaged %s file: %s" % (tier, info["disagrees"]),
+                                    rows=read, vm="", day=day))
             vms = _vm_ids_only(vms, vm_ids, path, day, issues)
             # A file holds up to thousands of VMs: its keys and Parts made without a Python
             # call per VM (~0.1 s of a 90-day report of 1,000 VMs otherwise).

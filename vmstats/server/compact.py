@@ -223,7 +223,7 @@ def compact(data_dir: str, policy: Policy, now: float | None = None,
             if elapsed_days(day, retain_now) < policy.retain_raw:
                 continue
             try:
-                if not logstore.tier_info(path)["vms"]:
+                if not _described(path)["vms"]:
                     pass  # no VM's rows (a pass never writes such a file): nothing to roll up first
                 elif day not in rollup_days or not _rolled_up(path, rollup_days[day]):
                     _write_rollups(data_dir, day, path)
@@ -496,26 +496,37 @@ def _verify(path: str, info: dict, digests: list[bytes]) -> None:
         raise VerifyError("%s: its rows per VM do not read back" % path)
 
 
+def _described(path: str) -> dict:
+    """A tier file's description (logstore.tier_info); one whose footer disagrees with its
+    table is named in a warning: it is read, merged and rolled up as its table holds it."""
+    info = logstore.tier_info(path)
+    if "disagrees" in info:
+        log.warning("compaction: %s: %s", path, info["disagrees"])
+    return info
+
+
 def _listed(path: str) -> list[str]:
     """The VMs of a tier file, none when there is no file; DamagedTier names the file."""
     if not os.path.lexists(path):
         return []
     try:
-        return logstore.tier_info(path)["vms"]
+        return _described(path)["vms"]
     except logstore.DamagedTier as exc:
         raise logstore.DamagedTier("%s: %s" % (path, exc)) from None
 
 
 def _rolled_up(columnar: str, rollups: str) -> bool:
-    """Whether a rollup file holds every VM of a columnar file, in an aggregate version the
-    report reads (rollups of another version, from a newer vmstats run before a downgrade, are
-    left out of reports: the rows must not be retired on their word)."""
+    """Whether a rollup file holds every VM of a columnar file, once each, in an aggregate
+    version the report reads (rollups of another version, from a newer vmstats run before a
+    downgrade, are left out of reports: the rows must not be retired on their word).  The
+    rollup file's table is read, not its footer, which may list a VM whose rollup is not there."""
     from vmstats.report import aggregate
 
     try:
-        info = logstore.tier_info(rollups)
-        return (aggregate.readable_rollups(info.get("version"))
-                and set(logstore.tier_info(columnar)["vms"]) <= set(info["vms"]))
+        if not aggregate.readable_rollups(_described(rollups).get("version")):
+            return False
+        held = logstore.table_vms(rollups)
+        return len(set(held)) == len(held) and set(logstore.tier_info(columnar)["vms"]) <= set(held)
     except (OSError, ValueError):
         return False
 
