@@ -164,6 +164,35 @@ def test_late_samples_forced_minutes_and_every_kind_of_collectd():
     same([(first, NOW - 150), (late, NOW)], max_open=1)
 
 
+def test_devices_past_a_minutes_bound_are_refused_alike():
+    """Past ``max_devices`` in one table of a minute (a rate's devices, a second's CPUs or
+    memory kinds) each new name is refused as device_cap; those within keep being filed."""
+    samples = []
+    for k in range(6):
+        ts = NOW - 300 + 10 * k
+        for vm in ("a", "b"):
+            samples += [Sample(vm, ts, "cpu", "", 5.0), Sample(vm, ts, "mem", "", 6.0)]
+            samples += [Sample(vm, ts, kind, "d%d" % i, 1.5 * i + k)
+                        for kind in ("disk_r", "net_tx") for i in range(5)]
+            samples += [Sample(vm, ts, "net_rx" + TOTAL, "e%d" % i, 1000 * k * i) for i in range(5)]
+            samples += [Sample(vm, ts, CPU_STATE, "%d:%s" % (cpu, state), 10.0 + cpu)
+                        for cpu in range(5) for state in ("idle", "user")]
+            samples += [Sample(vm, ts, MEM_PART, part, 1024.0 * (k + 1))
+                        for part in ("used", "free", "cached", "buffers", "slab")]
+    refused = {}
+    for most in (1, 3, 5):
+        for by_line in (True, False):
+            [seen] = same([(samples, NOW)], by_line=by_line, max_devices=most)
+            reasons = ([reason for _index, reason, _detail in seen["refused"]] if by_line
+                       else [reason for reason, n in seen["counts"].items() for _ in range(n)])
+            assert set(reasons) <= {"device_cap"}
+            refused[most, by_line] = len(reasons)
+    # Each moment of each VM: 2 disk_r, 2 net_tx, 2 net_rx (its rates from the second on),
+    # 2 CPUs of two states each and 2 memory kinds past 3.
+    assert refused[3, True] == refused[3, False] == 2 * (6 * (2 + 2 + 4 + 2) + 5 * 2)
+    assert refused[1, True] > refused[3, True] and refused[5, True] == 0
+
+
 SAMPLES = st.lists(st.builds(
     Sample,
     st.sampled_from(["a", "b", "c"]),
@@ -177,7 +206,8 @@ SAMPLES = st.lists(st.builds(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(SAMPLES, st.floats(NOW - 200, NOW + 200)), min_size=1, max_size=4),
-       st.sampled_from([0, 120]), st.sampled_from([2, 1000]), st.booleans())
-def test_random_samples_end_alike(batches, max_past, max_open, by_line):
-    same(batches, by_line=by_line, max_past=max_past, max_open=max_open)
+       st.sampled_from([0, 120]), st.sampled_from([2, 1000]), st.sampled_from([1, 2, 4096]),
+       st.booleans())
+def test_random_samples_end_alike(batches, max_past, max_open, max_devices, by_line):
+    same(batches, by_line=by_line, max_past=max_past, max_open=max_open, max_devices=max_devices)
 

@@ -8,9 +8,10 @@
  *
  * Only the common cases are done here: a float counter or float timestamp, a rate filed, a
  * cpu or mem sample added.  Anything else -- a reject, a counter's first sample, a drop, a
- * value out of bounds, a late minute, a minute forced out -- is handed to the same Python
- * that the reference calls, with the state as the reference would have it at that point, so
- * the two cannot differ in what they say or count.
+ * value out of bounds, a late minute, a minute forced out, a device past the minute's bound
+ * (max_devices) -- is handed to the same Python that the reference calls, with the state as
+ * the reference would have it at that point, so the two cannot differ in what they say or
+ * count.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,8 +23,8 @@ static PyObject *minute_type, *put_fn, *within_fn, *out_of_range, *counters, *li
     *rate_kinds, *refuse_time, *refuse_counter, *refuse_rate, *r_range;
 static PyObject *s_cpu, *s_mem, *s_mem_mb, *s_vcpus, *s_sums, *s_counts, *s_touched, *s_cpu_sum, *s_cpu_count,
     *s_cpu_max, *s_mem_sum, *s_mem_count, *s_detail, *s_open_count, *s_max_open,
-    *s_force_oldest, *s_late, *s_step, *s_last, *s_max_gap, *f_zero, *i_zero, *i_one, *i_sixty,
-    *f_double_max;
+    *s_force_oldest, *s_late, *s_too_many, *s_step, *s_last, *s_max_gap, *f_zero, *i_zero,
+    *i_one, *i_sixty, *f_double_max;
 
 /* a <= b, as Python compares them (the common case of two floats without a call). */
 static int
@@ -162,9 +163,11 @@ put_quick(PyObject *minute, PyObject *kind, PyObject *value)
     return 1;
 }
 
-/* A rate into the minute's per-device sums and counts. */
+/* A rate into the minute's per-device sums and counts: 0 filed, 1 refused (a new device where
+ * the kind's sums hold ``most`` already: the reference's len(sums) >= max_devices), -1 on an
+ * error. */
 static int
-put_rate(PyObject *minute, PyObject *kind, PyObject *device, PyObject *value)
+put_rate(PyObject *minute, PyObject *kind, PyObject *device, PyObject *value, Py_ssize_t most)
 {
     int failed = -1;
     PyObject *all_sums = PyObject_GetAttr(minute, s_sums);
@@ -188,11 +191,22 @@ put_rate(PyObject *minute, PyObject *kind, PyObject *device, PyObject *value)
         Py_XDECREF(new_counts);
         goto done;
     }
+    PyObject *sum = PyDict_GetItemWithError(sums, device);
+    if (sum == NULL) {
+        if (PyErr_Occurred())
+            goto done;
+        Py_ssize_t held = PyObject_Length(sums);
+        if (held < 0)
+            goto done;
+        if (held >= most) {
+            failed = 1;
+            goto done;
+        }
+    }
     PyObject *counts = PyObject_GetItem(all_counts, kind);
     if (counts == NULL)
         goto done;
-    PyObject *sum = PyDict_GetItemWithError(sums, device);
-    PyObject *count = sum == NULL && PyErr_Occurred() ? NULL : PyDict_GetItemWithError(counts, device);
+    PyObject *count = PyDict_GetItemWithError(counts, device);
     if (PyErr_Occurred()) {
         Py_DECREF(counts);
         goto done;
@@ -260,10 +274,25 @@ call_late(PyObject *self, Py_ssize_t index, PyObject *vm, PyObject *end, PyObjec
     return result;
 }
 
+/* assembler._too_many_devices(index, vm, kind, device, reject): a device past its minute's
+ * bound. */
+static int
+call_too_many(PyObject *self, Py_ssize_t index, PyObject *vm, PyObject *kind, PyObject *device,
+              PyObject *reject)
+{
+    PyObject *too_many = PyObject_GetAttr(self, s_too_many);
+    if (too_many == NULL)
+        return -1;
+    int result = call_at(too_many, index, vm, kind, device, reject);
+    Py_DECREF(too_many);
+    return result;
+}
+
 /* The state of one add: what the reference holds in local names. */
 typedef struct {
     PyObject *self, *open, *written, *newest, *last, *step, *reject, *now, *earliest, *latest,
-        *finished;
+        *finished, *most_obj;
+    Py_ssize_t most;  /* the assembler's max_devices */
     double max_gap;
     PyObject *held_vm, *held_ts, *held;  /* strong references, or NULL */
 } Adding;
@@ -505,7 +534,9 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
     if (is_rate < 0)
         goto done;
     if (is_rate) {
-        result = put_rate(a->held, kind, device, value);
+        result = put_rate(a->held, kind, device, value, a->most);
+        if (result == 1)
+            result = call_too_many(a->self, index, vm, kind, device, a->reject);
         goto done;
     }
     int quick = put_quick(a->held, kind, value);
@@ -513,11 +544,13 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
         result = quick < 0 ? -1 : 0;
         goto done;
     }
-    PyObject *put = PyObject_CallFunctionObjArgs(put_fn, a->held, kind, device, value, ts, NULL);
+    PyObject *put = PyObject_CallFunctionObjArgs(put_fn, a->held, kind, device, value, ts,
+                                                 a->most_obj, NULL);
     if (put == NULL)
         goto done;
+    int refused = put == Py_False;
     Py_DECREF(put);
-    result = 0;
+    result = refused ? call_too_many(a->self, index, vm, kind, device, a->reject) : 0;
 done:
     Py_DECREF(kind);
     Py_DECREF(value);
@@ -546,7 +579,11 @@ add(PyObject *module, PyObject *args)
         || (rates = PyObject_GetAttrString(a.self, "rates")) == NULL
         || (a.last = PyObject_GetAttr(rates, s_last)) == NULL
         || (a.step = PyObject_GetAttr(rates, s_step)) == NULL
-        || (gap = PyObject_GetAttr(rates, s_max_gap)) == NULL)
+        || (gap = PyObject_GetAttr(rates, s_max_gap)) == NULL
+        || (a.most_obj = PyObject_GetAttrString(a.self, "max_devices")) == NULL)
+        goto out;
+    /* An int, as the reference compares it with a table's length (past a Py_ssize_t: never). */
+    if ((a.most = PyNumber_AsSsize_t(a.most_obj, NULL)) == -1 && PyErr_Occurred())
         goto out;
     if (!PyDict_Check(a.open) || !PyDict_Check(a.written) || !PyDict_Check(a.newest)
         || !PyDict_Check(a.last)) {
@@ -587,6 +624,7 @@ out:  /* on success too: every reference this call took is dropped here */
     Py_XDECREF(a.last);
     Py_XDECREF(a.step);
     Py_XDECREF(gap);
+    Py_XDECREF(a.most_obj);
     return done;
 }
 
@@ -629,7 +667,8 @@ PyInit__minutes(void)
         {&s_touched, "touched"}, {&s_cpu_sum, "cpu_sum"}, {&s_cpu_count, "cpu_count"},
         {&s_cpu_max, "cpu_max"}, {&s_mem_sum, "mem_sum"}, {&s_mem_count, "mem_count"},
         {&s_detail, "detail"}, {&s_open_count, "open_count"}, {&s_max_open, "max_open"},
-        {&s_force_oldest, "_force_oldest"}, {&s_late, "_late"}, {&s_step, "step"},
+        {&s_force_oldest, "_force_oldest"}, {&s_late, "_late"},
+        {&s_too_many, "_too_many_devices"}, {&s_step, "step"},
         {&s_last, "last"}, {&s_max_gap, "max_gap"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {

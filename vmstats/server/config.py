@@ -7,6 +7,7 @@ from typing import Any
 
 from vmstats.capacity import defaults as capacity_defaults
 from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT, DEFAULT_SIG_WINDOW
+from vmstats.server.formats import MAX_DEVICES
 from vmstats.server.formats.interfaces import VIRTUAL_INTERFACES
 
 DEFAULT_HTTP_PORT = 8898
@@ -133,9 +134,11 @@ class ServerConfig:
     #: Glob patterns of the interface names other agents' network rates leave out
     #: (formats/interfaces.py); when a VM's every interface matches, all are counted.
     virtual_interfaces: tuple[str, ...] = VIRTUAL_INTERFACES
-    #: Bounds of the other agents' state: counters tracked, minutes open.
+    #: Bounds of the other agents' state: counters tracked, minutes open, devices of one kind
+    #: (disks, interfaces; a second's CPUs or memory kinds) in one VM's minute.
     edge_max_counters: int = 200_000
     edge_max_open: int = 200_000
+    edge_max_devices: int = MAX_DEVICES
     #: Compaction and retention (docs/STORAGE.md): how often a pass runs (0: never), and
     #: how long after a day ends its CSV files are compacted, its rows kept, its rollups kept.
     compact_interval: float = 3600.0

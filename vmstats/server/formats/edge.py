@@ -411,7 +411,8 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
     rates = CounterRates(config.edge_max_counters)
     assembler = MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
                                 config.max_past, rates,
-                                VirtualInterfaces(config.virtual_interfaces))
+                                VirtualInterfaces(config.virtual_interfaces),
+                                config.edge_max_devices)
     edge = Edge(ingest, metrics, assembler, clock)
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}

@@ -22,7 +22,9 @@ its last sample arrived (senders that stopped, or history sent in a burst);
 at shutdown every open minute is written as it stands.  A sample for a
 minute already written is late and counted, never merged into a second row.
 At most ``max_open`` minutes are held; beyond that the oldest are completed
-early (counted), so memory stays bounded whatever senders do.
+early (counted), so memory stays bounded whatever senders do.  Within one, each
+table of names (a rate's devices, a second's CPUs or memory kinds) holds at most
+``max_devices``: a sample naming one more is refused as ``device_cap``.
 """
 
 import heapq
@@ -37,8 +39,10 @@ from vmstats.server.clock import outside_window
 from vmstats.server.formats import (
     BOUNDS,
     CPU_STATE,
+    MAX_DEVICES,
     MEM_PART,
     PERCENT_SLACK,
+    R_DEVICE_CAP,
     R_RANGE,
     RATES,
     TOTAL,
@@ -127,9 +131,11 @@ class MinuteAssembler:
 
     def __init__(self, grace: float = 30.0, max_open: int = 200_000, max_future: int = 300,
                  max_past: int = 0, rates: CounterRates | None = None,
-                 virtual: VirtualInterfaces | None = None):
+                 virtual: VirtualInterfaces | None = None, max_devices: int = MAX_DEVICES):
         self.grace = grace
         self.max_open = max_open
+        #: The most names each table of a minute holds (``MAX_DEVICES``), an int of at least 1.
+        self.max_devices = max_devices
         self.max_future = max_future
         self.max_past = max_past
         self.rates = rates if rates is not None else CounterRates()  # an empty one is falsy
@@ -201,6 +207,7 @@ class MinuteAssembler:
         open_ = self.open
         written = self.written
         newest = self.newest
+        most = self.max_devices
         finished: set[str] = set()
         held_vm = held_ts = held = None  # the minute of the last sample filed, its vm and ts
         for index, (vm, ts, kind, device, value) in enumerate(samples):
@@ -259,12 +266,24 @@ class MinuteAssembler:
                     held.sums[kind] = {device: value}
                     held.counts[kind] = {device: 1}
                 else:
+                    total = sums.get(device)
+                    if total is None:  # a new device: past the bound, refused
+                        if len(sums) >= most:
+                            self._too_many_devices(index, vm, kind, device, reject)
+                            continue
+                        total = 0.0
                     counts = held.counts[kind]
-                    sums[device] = sums.get(device, 0.0) + value
+                    sums[device] = total + value
                     counts[device] = counts.get(device, 0) + 1
-            else:
-                _put(held, kind, device, value, ts)
+            elif _put(held, kind, device, value, ts, most) is False:
+                self._too_many_devices(index, vm, kind, device, reject)
         return finished
+
+    def _too_many_devices(self, index: int, vm: str, kind: str, device: str, reject) -> None:
+        """A sample naming one device more than its minute's table holds (``max_devices``):
+        refused: a sender making names up costs no more memory than the bound."""
+        reject(index, R_DEVICE_CAP, "%s's minute already holds %d devices of %s: %r refused"
+               % (vm, self.max_devices, kind, device))
 
     def _late(self, index: int, vm: str, end: int, reject) -> None:
         self.events["late"] += 1
@@ -473,9 +492,9 @@ def _minute_from(state: list) -> Minute:
     minute = Minute(touched)
     if isinstance(cpu, list):  # a checkpoint of the samples themselves
         for value in cpu:
-            _put(minute, "cpu", "", value, touched)
+            _put(minute, "cpu", "", value, touched, MAX_DEVICES)
         for value in mem:
-            _put(minute, "mem", "", value, touched)
+            _put(minute, "mem", "", value, touched, MAX_DEVICES)
     else:
         minute.cpu_sum, minute.cpu_count = cpu["sum"], cpu["count"]
         if cpu["count"]:
@@ -494,8 +513,10 @@ def _minute_from(state: list) -> Minute:
     return minute
 
 
-def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> None:
-    """Every kind but the rates, which ``add`` files itself (they are most of the samples)."""
+def _put(minute: Minute, kind: str, device: str, value: float, ts: float,
+         most: int) -> bool | None:
+    """Every kind but the rates, which ``add`` files itself (they are most of the samples).
+    False: refused, the second's table of CPUs or memory kinds holding ``most`` others."""
     if kind == "cpu":
         minute.cpu_sum += value
         minute.cpu_count += 1
@@ -511,10 +532,13 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> Non
         acc = minute.states.get(second)
         if acc is None:
             acc = minute.states[second] = [0.0, 0.0, set()]
-        if device.rpartition(":")[2] in IDLE_STATES:
+        cpu, _colon, state = device.rpartition(":")
+        if len(acc[2]) >= most and cpu not in acc[2]:
+            return False
+        if state in IDLE_STATES:
             acc[0] += value
         acc[1] += value
-        acc[2].add(device.rpartition(":")[0])
+        acc[2].add(cpu)
     elif kind == MEM_PART:
         second = int(round(ts))
         if minute.parts is None:
@@ -522,11 +546,14 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float) -> Non
         parts = minute.parts.get(second)
         if parts is None:
             parts = minute.parts[second] = {}
+        if len(parts) >= most and device not in parts:
+            return False
         parts[device] = value
     elif kind == "mem_mb":
         minute.mem_mb = value
     elif kind == "vcpus":
         minute.vcpus = value
+    return None
 
 
 def _double(value: float) -> float:
