@@ -107,3 +107,25 @@ def test_what_mutes_held_back_replays_and_survives_compaction():
     assert full.outcomes[("hook", "muted")] == 6
     small = replay(compacted(full))
     assert small.held == full.held and small.pending == {} and small.states == full.states
+
+
+def test_a_retired_actions_settings_last_while_it_is_owed_deliveries_and_are_never_shown():
+    """A reload retired ``hook`` (its settings, secret too, in a ``retired`` entry): replay and
+    compaction keep them while a delivery to it is pending, so a restart still reaches its
+    receiver, and drop them once none is; ``back`` says the name is in the rules again.  The
+    entry is no ``recent`` one (/alerts and ``vmstats alerts`` show those)."""
+    table = {"kind": "webhook", "url": "http://127.0.0.1:9/hook", "secret": "s3cret"}
+    retired = {"type": "retired", "action": "hook", "kind": "webhook", "table": table, "at": 2.0}
+    entries = [event("a", to="alarm", at=1), {"type": "result", "key": "a.hook", "ok": True},
+               retired, event("b", to="ok", at=3)]
+    full = replay(lines(entries).splitlines())
+    assert full.retired == {"hook": retired} and full.damage.count == 0
+    assert "s3cret" not in json.dumps(list(full.recent))
+    small = replay(compacted(full))
+    assert small.retired == full.retired and list(small.pending) == ["b.hook"]
+    done = replay(compacted(full) + [{"type": "result", "key": "b.hook", "ok": True}])
+    assert replay(compacted(done)).retired == {}
+    back = dict(retired, back=True)
+    del back["table"]
+    assert replay(lines(entries + [back]).splitlines()).retired == {}
+    assert replay(lines([dict(retired, table="x")]).splitlines()).damage.count == 1

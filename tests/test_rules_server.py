@@ -1194,3 +1194,57 @@ def test_a_rule_removed_with_its_action_still_resolves_its_alerts_at_that_receiv
         assert server.returncode == 0
     assert "given up" not in server.output
     assert len(old.alerts()) == 2 and len(new.alerts()) == 3
+
+
+@pytest.mark.parametrize("end", ["stop", "sigkill"])
+def test_a_restart_after_a_reload_retired_an_action_still_resolves_its_alerts_there(
+        tmp_path, end):
+    """A rule and the webhook it alone used go in one SIGHUP while that receiver is down; the
+    server stops (or is killed) before the resolution got through, and starts again on the
+    new file: the receiver still gets it.  The log did not hold the retired action's settings,
+    so the restart gave the resolution up and the receiver kept the alert firing for ever.  A
+    retired command is not run from the log: its delivery is given up, said and counted."""
+    flag, ran = tmp_path / "down", tmp_path / "ran"
+    pager = ('[action.pager]\nkind = "webhook"\nurl = "%s"\nsecret = "%s"\ntimeout = "2s"\n'
+             '[action.cloud]\nkind = "command"\nargv = ["/bin/sh", "-c", '
+             '"test -e %s && exit 3; echo $VMSTATS_STATUS >> %s"]\n')
+    noisy = ('[[rule]]\nname = "noisy"\nmetric = "mem"\nenter = 90\nexit = 70\nperiod = 1\n'
+             'actions = ["pager", "cloud"]\n')
+    fast = '[settings]\nretry_min = "0.2s"\nretry_max = "0.5s"\n'
+    with WebhookReceiver(SECRET.encode()) as hook, WebhookReceiver(SECRET.encode()) as old:
+        rules = rules_file(tmp_path, hook.url, HOT % "" + noisy + fast,
+                           pager % (old.url, SECRET, flag, ran))
+        server = serve(tmp_path, rules).start()
+        try:
+            server.send_udp(line("10.0.0.1", int(time.time()), 20.0, mem=95.0))
+            assert old.wait(1)[0]["status"] == "firing"
+            wait_until(lambda: ran.exists() and ran.read_text() == "firing\n")
+            old.down = True
+            flag.touch()
+            rules_file(tmp_path, hook.url, HOT % "" + fast)
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_metrics(lambda m: all(
+                m.get('vmstats_rule_deliveries_total{action="%s",result="failed"}' % a, 0) >= 1
+                for a in ("pager", "cloud")))
+            if end == "stop":
+                assert server.stop() == 0
+            else:
+                server.kill()
+        finally:
+            server.kill()
+        old.down = False
+        flag.unlink()
+        with serve(tmp_path, rules) as again:
+            told = old.wait(2, 5)[1]
+            assert (told["labels"]["alertname"], told["status"]) == ("noisy", "resolved")
+            assert told["annotations"]["reason"] == "the rule was removed"
+            metrics = again.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+            assert metrics['vmstats_rule_deliveries_total{action="pager",result="delivered"}'] == 1
+            assert metrics['vmstats_rule_deliveries_total{action="cloud",result="gave_up"}'] == 1
+            page = json.loads(again.http("/alerts"))
+            assert SECRET not in json.dumps(page)  # the kept settings are not shown
+        assert again.returncode == 0
+    assert "cloud, taken out of the rules by a reload before the restart: 1 delivery" in again.output
+    assert "not run after a restart" in again.output
+    assert ran.read_text() == "firing\n"  # the retired command was not run again
+    assert len(old.alerts()) == 2 and hook.alerts() == []

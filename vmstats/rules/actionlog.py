@@ -19,6 +19,11 @@ Entries:
 ``muted``    a delivery a mute held back, not sent (``mute``: its id; ``told``: the
              state the alert's receivers last heard, which its end compares with)
 ``unmuted``  a mute ended: what it held back was sent (``unmuted`` copies) or let go
+``retired``  a reload took ``action`` out of the rules: its ``kind`` and, but for a
+             command, its ``table`` (the ``[action.NAME]`` settings, a secret too), so a
+             restart still makes the deliveries owed to it; ``back`` (true): the name is
+             in the rules again.  Kept while deliveries to it are pending, and never
+             among the ``recent`` entries /alerts and ``vmstats alerts`` show
 
 After a crash ``replay`` rebuilds every scope's last state (a restart keeps
 alarms), the last scaling times (cooldowns survive) and the deliveries with
@@ -95,6 +100,8 @@ class Replayed:
     #: (rule, scope) -> [mute id, the state its receivers last heard, the latest event held
     #: back]: what mutes held back and their ends have not yet released (``delivery.py``).
     held: dict = field(default_factory=dict)
+    #: action -> the last ``retired`` entry of an action a reload took out of the rules.
+    retired: dict = field(default_factory=dict)
 
 
 _NUMBER = (int, float)
@@ -114,7 +121,9 @@ _ENTRIES = {"attempt": {"key": _TEXT, "n": (int,)}, "result": {"key": _TEXT},
             "gave_up": {"key": _TEXT},
             # A delivery a mute held back (not sent), and a mute's end (``delivery.py``).
             "muted": {"key": _TEXT, "mute": _TEXT, "rule": _TEXT, "scope": _TEXT},
-            "unmuted": {"mute": _TEXT}}
+            "unmuted": {"mute": _TEXT},
+            # An action a reload retired, with what a restart needs to reach it.
+            "retired": {"action": _TEXT, "kind": _TEXT}}
 
 
 def _wrong(table: dict, fields: dict) -> str | None:
@@ -156,6 +165,8 @@ def problem(entry) -> str | None:
     for name in ("error", "told"):
         if name in entry and not isinstance(entry[name], str):
             return "%s is %r" % (name, entry[name])
+    if "table" in entry and not isinstance(entry["table"], dict):
+        return "table is %r" % (entry["table"],)
     covers = entry.get("covers")
     if covers is not None and (not isinstance(covers, dict) or not all(
             isinstance(age, _NUMBER) for age in covers.values())):
@@ -184,8 +195,14 @@ def replay(lines) -> Replayed:
             result.damage.skip(number, wrong)
             continue
         result.lines += 1
-        result.recent.append(entry)
         kind = entry.get("type")
+        if kind == "retired":  # settings, a secret among them: not for the pages
+            if entry.get("back"):
+                result.retired.pop(entry["action"], None)
+            else:
+                result.retired[entry["action"]] = entry
+            continue
+        result.recent.append(entry)
         if kind == "event":
             event = entry["event"]
             if event.get("farewell"):
@@ -294,7 +311,9 @@ def compacted(state: Replayed) -> list[dict]:
         muted.append({"type": "muted", "key": "%s.%s" % (event["key"], event["actions"][0]),
                       "mute": mute, "rule": rule, "scope": scope, "told": told})
     ordered = sorted(entries.values(), key=lambda e: e["event"]["at"])
-    return ordered + muted + attempts + done
+    owed = {pending.action for pending in state.pending.values()}
+    retired = [entry for action, entry in state.retired.items() if action in owed]
+    return retired + ordered + muted + attempts + done
 
 
 class ActionLog:
@@ -340,7 +359,7 @@ class ActionLog:
         """
         if self._closed:
             return defer.fail(OSError("the action log is closed: the server stops"))
-        self.recent.extend(entries)
+        self.recent.extend(entry for entry in entries if entry.get("type") != "retired")
         done: defer.Deferred = defer.Deferred()
         data = b"".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
                         for e in entries)

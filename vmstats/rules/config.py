@@ -343,23 +343,8 @@ def parse_rules(data: dict, path: str = "rules") -> RuleSet:
         problems.append("action: expected tables [action.NAME]")
         action_tables = {}
     for name, table in action_tables.items():
-        where = "action %s" % name
-        if not _NAME_RE.match(name):
-            problems.append("%s: a name is 1-64 letters, digits, '_', '.' or '-'" % where)
-        if not isinstance(table, dict):
-            problems.append("%s: expected a table" % where)
-            continue
-        reader = _Reader(where, table, problems)
-        kind = reader.text("kind", choices=sorted(KINDS))
-        if kind is None:
-            if "kind" not in table:
-                reader.problem("kind", "missing (one of %s)" % ", ".join(sorted(KINDS)))
-            continue
-        notifier = KINDS[kind].from_config(name, reader)
-        grouping = _grouping(reader, KINDS[kind])
-        reader.unknown()
+        notifier = _action(name, table, problems)
         if notifier is not None:
-            notifier.grouping = grouping
             actions[name] = notifier
     rule_tables = data.get("rule", [])
     if not isinstance(rule_tables, list):
@@ -382,6 +367,37 @@ def parse_rules(data: dict, path: str = "rules") -> RuleSet:
     if problems:
         raise RulesError(path, problems)
     return RuleSet(rules, actions, settings)
+
+
+def _action(name: str, table, problems: list[str]) -> Notifier | None:
+    """One ``[action.NAME]`` table's notifier, or None with its problems appended."""
+    where = "action %s" % name
+    if not _NAME_RE.match(name):
+        problems.append("%s: a name is 1-64 letters, digits, '_', '.' or '-'" % where)
+    if not isinstance(table, dict):
+        problems.append("%s: expected a table" % where)
+        return None
+    reader = _Reader(where, table, problems)
+    kind = reader.text("kind", choices=sorted(KINDS))
+    if kind is None:
+        if "kind" not in table:
+            reader.problem("kind", "missing (one of %s)" % ", ".join(sorted(KINDS)))
+        return None
+    notifier = KINDS[kind].from_config(name, reader)
+    grouping = _grouping(reader, KINDS[kind])
+    reader.unknown()
+    if notifier is not None:
+        notifier.grouping = grouping
+        notifier.table = table
+    return notifier
+
+
+def retired_action(name: str, table) -> tuple[Notifier | None, list[str]]:
+    """A retired action's notifier, rebuilt at start from the table the action log kept of it
+    (``delivery.Dispatcher.retire``), or None and why not."""
+    problems: list[str] = []
+    notifier = _action(name, table, problems)
+    return (None if problems else notifier), problems
 
 
 #: An action's grouping keys, read by ``_grouping``.

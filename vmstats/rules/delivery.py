@@ -44,6 +44,7 @@ its latest event under a new key, marked ``unmuted``.  The log holds all of it,
 so a restart remembers what a mute held back.
 """
 
+import json
 import logging
 import uuid
 from collections import Counter
@@ -53,7 +54,7 @@ from itertools import islice
 from twisted.internet import defer
 
 from vmstats.rules.actionlog import ActionLog, Pending
-from vmstats.rules.config import Settings
+from vmstats.rules.config import Settings, retired_action
 from vmstats.rules.grouping import Group, Grouping, alert_labels, identity
 from vmstats.rules.grouping import firing as fires
 from vmstats.rules.notifiers import Notifier
@@ -81,6 +82,11 @@ class Dispatcher:
         #: still pending to them (the resolutions of the alerts they were told of) are done
         #: or given up (``retire``): action -> (notifier, deliveries left).
         self.retired: dict[str, list] = {}
+        #: Actions whose ``retired`` entry the log holds (not since said ``back``).
+        self._logged_retired: set[str] = set()
+        #: action -> why the deliveries owed to it are given up, for a retired action a
+        #: restart does not reach again (a command): said instead of "no longer in the rules".
+        self._gone: dict[str, str] = {}
         self.retry_for = retry_for
         self.retry_min = retry_min
         self.retry_max = retry_max
@@ -316,16 +322,27 @@ class Dispatcher:
 
         Removing a rule and the action it alone used, in one reload, left its firing alerts
         firing at that receiver for ever: their resolutions found the action gone.  Deliveries
-        to a retired action keep its ``retry_for``; a restart forgets it (its settings are
-        not in the log), and they are given up then.
+        to a retired action keep its ``retry_for``; the log keeps its settings (a ``retired``
+        entry, before the reload's events), so a restart before they are done makes them
+        too (``revive``).
         """
+        entries = []
         for action, notifier in replaced.items():
             if action in self.actions:  # the rules' own notifier of that name replaces it
                 defer.maybeDeferred(notifier.close).addErrback(lambda _f: None)
             else:
                 self.retired[action] = [notifier, 0]
+                entries.append(self._retired_entry(action, notifier))
         for action in [action for action in self.retired if action in self.actions]:
             defer.maybeDeferred(self.retired.pop(action)[0].close).addErrback(lambda _f: None)
+        for action in sorted(self._logged_retired & set(self.actions)):  # named again: the file wins
+            self._logged_retired.discard(action)
+            entries.append({"type": "retired", "action": action,
+                            "kind": self.actions[action].kind, "back": True, "at": self.wall()})
+        self._gone = {action: why for action, why in self._gone.items()
+                      if action not in self.actions}
+        if entries:  # before the reload's events: a restart after them still reaches the action
+            self.log.append(entries).addErrback(lambda _f: None)
         for retired in self.retired.values():
             retired[1] = 0
         for pending in self.pending.values():
@@ -335,6 +352,60 @@ class Dispatcher:
         for action, retired in self.retired.items():
             # Once the reload's own events (the removed rules' resolutions) are submitted.
             self.reactor.callLater(0, self._let_go, action, retired)
+
+    def _retired_entry(self, action: str, notifier: Notifier) -> dict:
+        """The log's word that a reload retired ``action``: its settings, so a restart can
+        still make the deliveries owed to it; not a command's (see ``revive``)."""
+        self._logged_retired.add(action)
+        entry = {"type": "retired", "action": action, "kind": notifier.kind, "at": self.wall()}
+        if notifier.kind != "command":
+            try:
+                json.dumps(notifier.table)
+            except (TypeError, ValueError):  # nothing a valid action holds; said at a restart
+                return entry
+            entry["table"] = notifier.table
+        return entry
+
+    def revive(self, retired: dict[str, dict], pending: list[Pending]) -> None:
+        """At start, before ``resume``: the actions a reload retired before the stop that are
+        still owed deliveries, rebuilt from the settings the log kept, so their receivers
+        still hear the resolutions (a restart between a reload and them left alerts firing
+        there for ever).  A command is not run again from the log: what the rules file no
+        longer names, no file names for an operator to read, and a written log line would
+        become a program to run; its deliveries are given up, said and counted."""
+        self._logged_retired = set(retired) - set(self.actions)
+        back = [{"type": "retired", "action": action, "kind": self.actions[action].kind,
+                 "back": True, "at": self.wall()}
+                for action in sorted(set(retired) & set(self.actions))]
+        if back:  # the file names them again: a later restart must not reach the old receiver
+            self.log.append(back).addErrback(lambda _f: None)
+        owed = Counter(p.action for p in pending if p.action not in self.actions)
+        for action, count in sorted(owed.items()):
+            entry = retired.get(action)
+            if entry is None:  # removed while the server was down: given up at its attempt
+                continue
+            notifier, why = None, None
+            if entry["kind"] == "command":
+                why = ("a command action a reload took out of the rules is not run after a "
+                       "restart (docs/RULES.md)")
+            elif "table" not in entry:
+                why = "the action log holds no settings of it"
+            else:
+                notifier, problems = retired_action(action, entry["table"])
+                if notifier is None:
+                    why = "its settings in the action log are refused: %s" % "; ".join(problems)
+            if notifier is None:
+                self._gone[action] = why
+                log.warning("action %s, taken out of the rules by a reload before the restart: "
+                            "%s owed to it given up: %s", action,
+                            counted(count, "delivery", "deliveries"), why)
+                continue
+            self.retired[action] = [notifier, 0]
+            log.info("action %s, taken out of the rules by a reload before the restart, is kept "
+                     "for the %s owed to it", action, counted(count, "delivery", "deliveries"))
+
+    def _gone_reason(self, action: str) -> str:
+        return self._gone.get(action, "the action is no longer in the rules")
 
     def _let_go(self, action: str, retired: list) -> None:
         """A retired action with nothing left to deliver: closed, its groups let go."""
@@ -355,7 +426,7 @@ class Dispatcher:
         if self.stopped or self.pending.get(pending.key) is not pending:
             return
         if self.notifier(pending.action) is None:
-            self._give_up(pending, "the action is no longer in the rules")
+            self._give_up(pending, self._gone_reason(pending.action))
             return
         age = self.reactor.seconds() - pending.started
         if age > self._budget(pending):
@@ -388,7 +459,7 @@ class Dispatcher:
             return
         notifier = self.notifier(pending.action)
         if notifier is None:
-            self._give_up(pending, "the action is no longer in the rules")
+            self._give_up(pending, self._gone_reason(pending.action))
             return
         self.counts[(pending.action, "attempts")] += 1
         d = defer.maybeDeferred(notifier.send, self.reactor, pending.event, pending.key)
@@ -529,7 +600,7 @@ class Dispatcher:
                 del group.waiting[pending.key]
             elif notifier is None:
                 del group.waiting[pending.key]
-                self._give_up(pending, "the action is no longer in the rules")
+                self._give_up(pending, self._gone_reason(action))
             elif now - pending.started > self._budget(pending):
                 del group.waiting[pending.key]
                 self._give_up(pending, self._too_late(pending))

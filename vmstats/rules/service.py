@@ -327,6 +327,8 @@ class RulesService(service.Service):
             log.info("action log: %s left undelivered: sending them again",
                      counted(len(state.pending), "delivery", "deliveries"))
         service.Service.startService(self)
+        # Actions a reload retired before the stop, kept for the deliveries owed to them.
+        self.dispatcher.revive(state.retired, list(state.pending.values()))
         # The groups list what still fires in their next notifications, but not what a mute holds.
         self.dispatcher.resume(list(state.pending.values()),
                                [event for event in state.states.values() if event["to"] != "ok"

@@ -31,6 +31,9 @@ class Notifier:
         self.name = name
         #: The action's ``group_by`` and timers (``grouping.Grouping``); None: one event a send.
         self.grouping = None
+        #: The ``[action.NAME]`` table it was built from: the action log keeps it when a reload
+        #: retires the action with deliveries still owed, so a restart can make them.
+        self.table: dict = {}
 
     @classmethod
     def from_config(cls, name: str, reader) -> "Notifier | None":
