@@ -196,6 +196,11 @@ def test_headroom_errors_are_one_line(fleet, args, message):
         # Nothing usable left: the host was shown "empty", -1 vCPU usable, never offered.
         ("vcpus = 4\nreserve_vcpus = 3\nbuffer = 0.5\nmem_gb = 64",
          "buffer: 0.5 of 4 vCPUs on top of reserve_vcpus = 3 holds back the whole host"),
+        # A cap of no VM is a host never offered; half a VM is no count.
+        ("vcpus = 4\nmem_gb = 64\nmax_instances = 0", "max_instances: must be a whole number of VMs, at "
+         "least 1, not 0"),
+        ("vcpus = 4\nmem_gb = 64\nmax_instances = 2.5", "max_instances: must be a whole number of VMs, at "
+         "least 1, not 2.5"),
     ],
 )
 def test_an_inventory_host_of_impossible_numbers_is_one_line(fleet, tmp_path, host, message):
@@ -689,3 +694,33 @@ def test_novas_count_withholds_the_unplaced_vms_sizes_as_demand_withholds_their_
     again = vmstats("admit", manifest, "--summary", out / "capacity-summary.json", "--json")
     assert again.returncode in (0, 3), again.stderr
     assert json.loads(again.stdout)["allocation_basis"] == answer["allocation_basis"]
+
+
+def test_a_host_at_its_instance_cap_is_not_offered_however_much_room_it_has(fleet, tmp_path):
+    """kvm01 holds 3 VMs and the inventory caps it at 4 (Nova's max_instances_per_host, its
+    NumInstancesFilter): with room for 8 more 1x2@10% by CPU and memory, it was offered 8, and
+    Nova would refuse all but one.  Headroom counts 1, binding "instances" (2 after the advice
+    reclaims idle), and admit places 1, saying the cap refused the rest."""
+    base, _expected = fleet
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text((base / "hosts.toml").read_text().replace(
+        'name = "kvm01"\n', 'name = "kvm01"\nmax_instances = 4\n'))
+    out = tmp_path / "out"
+    done = vmstats("headroom", base / "data", "--inventory", hosts, "--profile", "1x2@10%", "-o", out)
+    assert done.returncode == 0, done.stderr
+    one = json.loads((out / "headroom.json").read_text())["hosts"][0]
+    assert one["host"] == "kvm01" and (one["fit_now"], one["binding_now"]) == (1, "instances"), one
+    assert (one["fit_after"], one["binding_after"]) == (2, "instances"), one
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('name = "small"\n[[vms]]\nprofile = "1x2@10%"\ncount = 3\n')
+    answer = vmstats("admit", manifest, base / "data", "--inventory", hosts, "--json")
+    assert answer.returncode == 3, answer.stderr
+    answer = json.loads(answer.stdout)
+    assert list(answer["offer"].values()) == ["kvm01"], answer
+    assert set(answer["rejected"].values()) == {"every host with room for 0.10 cores and 0.20 GB of demand "
+                                                "is at its instance cap (max_instances): kvm01"}
+    summary = json.loads((out / "capacity-summary.json").read_text())["hosts"][0]
+    assert (summary["instances"], summary["max_instances"]) == (3, 4)
+    # Uncapped, the same logs offer kvm01 all three (the room is there).
+    free = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml", "--json")
+    assert free.returncode == 0 and len(json.loads(free.stdout)["offer"]) == 3, free.stdout

@@ -143,7 +143,7 @@ def test_answers_from_the_summary_and_holds_what_it_offered(live):
     # The next answer starts from what the first holds; a question with hold = false holds nothing.
     code, second = post(server, dict(MANIFEST, name="ask-only", hold=False))
     assert code == 200 and second["held"] is False
-    assert second["held_by_earlier_answers"]["kvm01"] == {"cpu_cores": 2.0, "mem_gb": 6.0,
+    assert second["held_by_earlier_answers"]["kvm01"] == {"cpu_cores": 2.0, "mem_gb": 6.0, "vms": 2,
                                                           "allocated_vcpus": 3.0, "allocated_mem_gb": 10.0}
     assert second["headroom_left"]["kvm01"]["mem_gb"] == pytest.approx(left["mem_gb"] - 6.0, abs=1e-3)
     assert [h["request"] for h in state(server)["held"]] == ["shop"]
@@ -216,7 +216,7 @@ def test_a_lapsed_hold_still_counts_until_a_newer_summary_has_seen_its_vms(tmp_p
     assert code == 200 and second["status"] == "reject" and second["placed"] == 0, second
     assert second["held_by_earlier_answers"]["kvm01"] == {
         "cpu_cores": placed * 1.0, "mem_gb": placed * 2.0, "allocated_vcpus": placed * 1.0,
-        "allocated_mem_gb": placed * 2.0}
+        "allocated_mem_gb": placed * 2.0, "vms": placed}
     assert [h["request"] for h in kept] == ["fill"] and kept[0]["expires_in_s"] < 0
 
 
@@ -371,7 +371,7 @@ def test_the_allocation_figure_counts_the_sizes_earlier_answers_hold(tmp_path):
     assert second["allocation_basis"]["placed"] == 0
     assert second["past_allocation_ratios"] == {"small1": {"vcpus": [15.0, 64.0], "mem_gb": [72.0, 64.0]}}
     assert second["held_by_earlier_answers"] == {"small1": {
-        "cpu_cores": 0.5, "mem_gb": 4.0, "allocated_vcpus": 2.0, "allocated_mem_gb": 16.0}}
+        "cpu_cores": 0.5, "mem_gb": 4.0, "allocated_vcpus": 2.0, "allocated_mem_gb": 16.0, "vms": 2}}
 
 
 def test_answers_say_that_refreshes_fail_and_rest_on_the_summary_before(tmp_path):
@@ -435,3 +435,24 @@ def test_an_answer_of_many_shapes_leaves_the_reactor_serving(tmp_path):
         answer = json.loads(response.read())
     assert response.status == 200 and answer["status"] == "accept" and answer["placed"] == MAX_SHAPES
     assert answered_first, "/status waited for the admission answer"
+
+
+def test_a_host_at_its_instance_cap_counts_the_vms_earlier_answers_hold(tmp_path):
+    """small1 holds 2 VMs (one stopped: Nova counts it) and is capped at 4, with room for many
+    more 1x8@25% by CPU and memory; small2 and big are full.  The first answer places 2 and says
+    the cap refused the third; the next finds small1 at its cap with the 2 held, not in the data
+    yet.  Without the cap small1 took all of them."""
+    from test_capacity_edges import HOSTS, write_paused
+
+    capped = HOSTS.replace('name = "small1"\n', 'name = "small1"\nmax_instances = 4\n')
+    at_cap = ("every host with room for 0.25 cores and 2.00 GB of demand is at its instance cap "
+              "(max_instances): small1")
+    with summarising(tmp_path, write_paused, capped, "--capacity-days", "3") as server:
+        code, first = post(server, {"name": "first", "vms": [{"profile": "1x8@25%", "count": 3}]})
+        assert code == 200 and first["status"] == "partial" and first["held"] is True, first
+        assert list(first["offer"].values()) == ["small1", "small1"]
+        assert list(first["rejected"].values()) == [at_cap]
+        code, second = post(server, {"hold": False, "vms": [{"profile": "1x8@25%"}]})
+    assert code == 200 and second["status"] == "reject" and list(second["rejected"].values()) == [at_cap]
+    assert second["held_by_earlier_answers"]["small1"]["vms"] == 2
+    assert second["allocation_basis"]["placed"] == 0

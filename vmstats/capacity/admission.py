@@ -189,39 +189,40 @@ class Reservations:
     clock), since until then no summary has seen the VMs and the room would
     be offered again (refreshes that keep failing, or one slower than the
     hold).  A hold keeps the VMs' sizes beside their demand: until the VMs
-    are in the data, Nova's allocation figure would not count them either.
+    are in the data, Nova's allocation figure would not count them either;
+    and their number, which a host's instance cap counts as well.
     """
 
     hold_s: float = 1800.0
     clock: Callable[[], float] = field(default=lambda: 0.0)
-    #: (until, request, {host: (cores, GB of demand, vCPUs, GB allocated)})
-    held: list[tuple[float, str, dict[str, tuple[float, float, float, float]]]] = field(default_factory=list)
+    #: (until, request, {host: (cores, GB of demand, vCPUs, GB allocated, VMs)})
+    held: list[tuple[float, str, dict[str, tuple[float, ...]]]] = field(default_factory=list)
 
     def _keep(self, until: float, read_from: float | None) -> bool:
         return until > self.clock() or (read_from is not None and read_from <= until)
 
-    def totals(self, read_from: float | None = None) -> dict[str, tuple[float, float, float, float]]:
-        """Per host, what the holds in force add: cores and GB of demand, vCPUs and GB of size.
-        Holds whose time is up are dropped once the summary in use began reading the logs after
-        it (``read_from``; None: not known)."""
+    def totals(self, read_from: float | None = None) -> dict[str, tuple[float, ...]]:
+        """Per host, what the holds in force add: cores and GB of demand, vCPUs and GB of size,
+        and VMs.  Holds whose time is up are dropped once the summary in use began reading the
+        logs after it (``read_from``; None: not known)."""
         self.held = [h for h in self.held if self._keep(h[0], read_from)]
-        out: dict[str, tuple[float, float, float, float]] = {}
+        out: dict[str, tuple[float, ...]] = {}
         for _until, _name, hosts in self.held:
             for host, added in hosts.items():
-                out[host] = tuple(a + b for a, b in zip(out.get(host, (0.0,) * 4), added, strict=True))
+                out[host] = tuple(a + b for a, b in zip(out.get(host, (0.0,) * 5), added, strict=True))
         return out
 
     def current(self, read_from: float | None = None) -> dict[str, tuple[float, float]]:
         """Cores and GB of demand held per host now (totals)."""
-        return {host: (cpu, mem) for host, (cpu, mem, _v, _g) in self.totals(read_from).items()}
+        return {host: (cpu, mem) for host, (cpu, mem, *_sizes) in self.totals(read_from).items()}
 
     def hold(self, name: str, offer: Offer, asks: list[Ask]) -> None:
         by_name = {a.name: a for a in asks}
-        hosts: dict[str, tuple[float, float, float, float]] = {}
+        hosts: dict[str, tuple[float, ...]] = {}
         for vm, host in offer.placed.items():
             ask = by_name[vm]
-            c, m, v, g = hosts.get(host, (0.0,) * 4)
-            hosts[host] = (c + float(ask.cpu), m + float(ask.mem), v + ask.vcpus, g + ask.mem_gb)
+            c, m, v, g, n = hosts.get(host, (0.0,) * 5)
+            hosts[host] = (c + float(ask.cpu), m + float(ask.mem), v + ask.vcpus, g + ask.mem_gb, n + 1)
         if hosts:
             self.held.append((self.clock() + self.hold_s, name, hosts))
 
@@ -259,16 +260,17 @@ def answer(
 def placed(
     summary: Summary,
     manifest: Manifest,
-    totals: dict[str, tuple[float, float, float, float]],
+    totals: dict[str, tuple[float, ...]],
     now: float | None = None,
 ) -> tuple[dict, Offer, list[Ask]]:
     """The answer (without ``held``), its offer and its asks, with the room earlier answers hold
     taken first (``totals``: Reservations.totals).  It reads its arguments and changes nothing,
     so the server computes it in a worker thread while the reactor goes on (service.py) and
     holds the offer afterwards, in the reactor."""
-    held = {host: (cpu, mem) for host, (cpu, mem, _v, _g) in totals.items()}
-    sizes = {host: (vcpus, mem_gb) for host, (_c, _m, vcpus, mem_gb) in totals.items()}
-    demand = _less(summary.loads("demand"), held)
+    held = {host: (cpu, mem) for host, (cpu, mem, _v, _g, _n) in totals.items()}
+    sizes = {host: (vcpus, mem_gb) for host, (_c, _m, vcpus, mem_gb, _n) in totals.items()}
+    vms = {host: n for host, (_c, _m, _v, _g, n) in totals.items()}
+    demand = _less(summary.loads("demand"), held, vms)
     use = summary.unplaced_use
     withheld = withhold(demand, *unplaced.amounts(use, "demand"))
     asks = manifest.asks("demand")
@@ -276,7 +278,7 @@ def placed(
     if not demand:  # "no host has room" would send the operator to buy hosts the data cannot judge
         offer.rejected = {vm: NO_HOST_KNOWN for vm in offer.rejected}
     # The VMs earlier answers hold room for are not in the data yet: Nova will have them allocated.
-    allocation = _less(summary.loads("allocation"), sizes)
+    allocation = _less(summary.loads("allocation"), sizes, vms)
     # The unplaced VMs are allocated on some host too: their sizes hold that room in Nova's view.
     sized = withhold(allocation, *unplaced.amounts(use, "allocation"))
     nova = place(allocation, manifest.asks("allocation"), 100.0, partial=manifest.partial)
@@ -299,8 +301,9 @@ def placed(
         "past_allocation_ratios": past_ratios(summary, offer, asks, sizes),
         "withheld_for_unplaced": unplaced.described(withheld),
         "held_by_earlier_answers": {
-            h: {"cpu_cores": _r(c), "mem_gb": _r(m), "allocated_vcpus": _r(v), "allocated_mem_gb": _r(g)}
-            for h, (c, m, v, g) in sorted(totals.items())
+            h: {"cpu_cores": _r(c), "mem_gb": _r(m), "allocated_vcpus": _r(v), "allocated_mem_gb": _r(g),
+                "vms": int(n)}
+            for h, (c, m, v, g, n) in sorted(totals.items())
         },
         "basis": summary.basis(now),
     }, offer, asks
@@ -331,13 +334,17 @@ def past_ratios(
     return out
 
 
-def _less(loads: list[HostLoad], held: dict[str, tuple[float, float]]) -> list[HostLoad]:
+def _less(
+    loads: list[HostLoad], held: dict[str, tuple[float, float]], vms: dict[str, float] | None = None
+) -> list[HostLoad]:
     """The loads less the room earlier answers hold: added to each host's level (cores and GB of
-    demand on the demand basis, vCPUs and GB of size on the allocation basis)."""
+    demand on the demand basis, vCPUs and GB of size on the allocation basis), and their VMs
+    (``vms`` per host) taken from the instances each host may still take."""
     for load in loads:
         cpu, mem = held.get(load.name, (0.0, 0.0))
         load.cpu_level += cpu
         load.mem_level += mem
+        load.instances_left = max(0.0, load.instances_left - (vms or {}).get(load.name, 0))
     return loads
 
 

@@ -372,6 +372,17 @@ class HostDemand:
         return self.covered / self.expected if self.expected else 1.0
 
     @property
+    def instances(self) -> int:
+        """Its VMs as Nova counts them against ``max_instances``: running, stopped and not heard
+        from alike (those a what-if takes away aside)."""
+        return len(self.vms) + len(self.stopped) + len(self.unheard)
+
+    @property
+    def instances_left(self) -> float:
+        """VMs it may still take under its inventory's ``max_instances`` (inf: no cap)."""
+        return max(0.0, self.host.max_instances - self.instances)
+
+    @property
     def cpu_headroom(self) -> float:
         return self.host.usable_vcpus - self.cpu_demand
 

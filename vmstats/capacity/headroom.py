@@ -64,7 +64,9 @@ class Fit:
     binding: str
 
 
-def _fit(cpu_room: float, mem_room: float, cpu_each: float, mem_each: float) -> Fit:
+def _fit(cpu_room: float, mem_room: float, cpu_each: float, mem_each: float, left: float = math.inf) -> Fit:
+    """VMs of (``cpu_each``, ``mem_each``) that fit the room, at most ``left`` (the host's
+    instances left under its cap: "instances" binds when it is the smaller count)."""
     by_cpu = math.floor(max(0.0, cpu_room) / cpu_each + 1e-9)
     by_mem = math.floor(max(0.0, mem_room) / mem_each + 1e-9)
     if by_cpu == by_mem:
@@ -72,6 +74,8 @@ def _fit(cpu_room: float, mem_room: float, cpu_each: float, mem_each: float) -> 
         binding = "cpu" if cpu_room / cpu_each - by_cpu <= mem_room / mem_each - by_mem else "memory"
     else:
         binding = "cpu" if by_cpu < by_mem else "memory"
+    if left < min(by_cpu, by_mem):
+        return Fit(int(left), "instances")
     return Fit(min(by_cpu, by_mem), binding)
 
 
@@ -107,23 +111,25 @@ def demand_fit(
     entry: HostDemand, profile: Profile, fleet: FleetDemand, share: tuple[float, float] = (0.0, 0.0)
 ) -> Fit:
     """VMs of ``profile`` that fit the host's measured headroom less its ``share`` of the
-    unplaced use (withheld; cores, GB) (None: the host is unknown)."""
+    unplaced use (withheld; cores, GB), and its instance cap (None: the host is unknown)."""
     if not entry.known(fleet.settings):
         return Fit(None, "")
     return _too_large(entry, profile) or _fit(
-        entry.cpu_headroom - share[0], entry.mem_headroom - share[1], profile.cpu_demand, profile.mem_demand
+        entry.cpu_headroom - share[0], entry.mem_headroom - share[1], profile.cpu_demand, profile.mem_demand,
+        entry.instances_left,
     )
 
 
 def allocation_fit(entry: HostDemand, profile: Profile, share: tuple[float, float] = (0.0, 0.0)) -> Fit:
     """VMs of ``profile`` Nova would still allocate on the host, by size and ratios, less its
-    ``share`` of the unplaced VMs' sizes (withheld; vCPUs, GB)."""
+    ``share`` of the unplaced VMs' sizes (withheld; vCPUs, GB), and within its instance cap."""
     host = entry.host
     return _too_large(entry, profile) or _fit(
         host.alloc_vcpus - entry.allocated_vcpus - share[0],
         host.alloc_mem_gb - entry.allocated_mem_gb - share[1],
         profile.vcpus,
         profile.mem_gb,
+        entry.instances_left,
     )
 
 

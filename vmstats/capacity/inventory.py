@@ -8,6 +8,7 @@ The file's one definition (docs/CAPACITY.md describes it for people)::
 
     [[host]]
     name = "kvm01"   vcpus = 64   mem_gb = 256   vms = ["web-*", "10.1.0.0/24"]
+    max_instances = 50     # optional: Nova's max_instances_per_host (none by default)
 
 Every key but ``name``, ``vcpus`` and ``mem_gb`` is optional; a host's own
 keys override ``[defaults]``, which override the built-in defaults below
@@ -32,6 +33,9 @@ DEFAULTS = {
     "cpu_ratio": 4.0,  # Nova's allocation ratios since 2023 (16.0 / 1.5 before)
     "ram_ratio": 1.0,
     "buffer": 0.10,  # share of capacity kept free on top of the reserve
+    # VMs a host may hold in all, as Nova's NumInstancesFilter caps them (max_instances_per_host):
+    # none by default, as that filter is not among Nova's default ones.
+    "max_instances": math.inf,
 }
 _HOST_KEYS = ("name", "vcpus", "mem_gb", "vms") + tuple(DEFAULTS)
 #: Largest number the inventory takes (vCPUs, GB, reserves, ratios): far past any host, and small
@@ -53,6 +57,7 @@ class Host:
     cpu_ratio: float = DEFAULTS["cpu_ratio"]
     ram_ratio: float = DEFAULTS["ram_ratio"]
     buffer: float = DEFAULTS["buffer"]
+    max_instances: float = DEFAULTS["max_instances"]
     vms: tuple[str, ...] = ()
     patterns: tuple[str, ...] = field(default=(), compare=False, repr=False)
     networks: tuple[Any, ...] = field(default=(), compare=False, repr=False)
@@ -191,7 +196,7 @@ def _host(entry: Any, defaults: dict[str, float], origin: str) -> Host:
 
 def _number(value: Any, key: str, origin: str) -> float:
     """A checked number: sizes positive, reserves not negative, ratios positive, buffer a share,
-    none past MAX_NUMBER."""
+    an instance cap a whole number of at least 1, none past MAX_NUMBER."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise CapacityError("%s: must be a number, not %r" % (origin, value))
     number = float(value)
@@ -203,4 +208,7 @@ def _number(value: Any, key: str, origin: str) -> float:
         raise CapacityError("%s: must not be negative" % origin)
     if key == "buffer" and number >= 1:
         raise CapacityError("%s: is a share of capacity below 1" % origin)
+    if key == "max_instances" and (number < 1 or not number.is_integer()):
+        # 0 would be a host never offered, shown as one with room; 2.5 VMs is no count.
+        raise CapacityError("%s: must be a whole number of VMs, at least 1, not %g" % (origin, number))
     return number

@@ -61,7 +61,7 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
             b["window"]["end"],
             b["coverage_min"] * 100,
         ),
-        "%-16s %-7s %5s %12s %12s %5s %-6s %6s %8s %8s"
+        "%-16s %-7s %5s %12s %12s %5s %-9s %6s %8s %8s"
         % (
             "host",
             "status",
@@ -78,7 +78,7 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
     ordered = sorted(result["hosts"], key=lambda r: (r["fit_now"] is None, -(r["fit_now"] or 0), r["host"]))
     for row in ordered[:top]:
         lines.append(
-            "%-16s %-7s %4.0f%% %12s %12s %5s %-6s %6s %8s %8s"
+            "%-16s %-7s %4.0f%% %12s %12s %5s %-9s %6s %8s %8s"
             % (
                 row["host"][:16],
                 row["status"],

@@ -38,7 +38,9 @@ class HostLoad:
     ``max_vcpus`` / ``max_mem_gb`` bound one VM's size, whatever its demand: the
     host's own vCPUs and memory, as Nova's placement sets its ``max_unit``
     (a VM wider than the host cannot run there, however little it is expected
-    to use).
+    to use).  ``instances_left`` is how many more VMs it may take, whatever their
+    size: its inventory's ``max_instances`` less the VMs it holds, as Nova's
+    NumInstancesFilter refuses a host at its cap (inf: no cap).
     """
 
     name: str
@@ -50,6 +52,7 @@ class HostLoad:
     mem: np.ndarray | None = None
     max_vcpus: float = math.inf
     max_mem_gb: float = math.inf
+    instances_left: float = math.inf
 
     def holds(self, ask: "Ask") -> bool:
         """Is the host large enough for one VM of the ask's size (its demand aside)?"""
@@ -181,9 +184,11 @@ def _score(host: HostLoad, cpu: float, mem: float) -> float:
     )
 
 
-def _fits(host: HostLoad, cpu: float, mem: float) -> bool:
+def _fits(host: HostLoad, cpu: float, mem: float, capped: bool = True) -> bool:
+    """Does one more VM of (``cpu``, ``mem``) fit the host (``capped``: under its instance cap too)?"""
     return (
-        host.cpu_room - cpu >= -EPSILON
+        (not capped or host.instances_left >= 1)
+        and host.cpu_room - cpu >= -EPSILON
         and host.mem_room - mem >= -EPSILON
         and host.cpu_limit > 0
         and host.mem_limit > 0
@@ -208,17 +213,28 @@ class _Hosts:
         self.mem_level = np.array([h.mem_level for h in hosts], dtype=np.float64)
         self.max_vcpus = np.array([h.max_vcpus for h in hosts], dtype=np.float64)
         self.max_mem_gb = np.array([h.max_mem_gb for h in hosts], dtype=np.float64)
+        self.instances_left = np.array([h.instances_left for h in hosts], dtype=np.float64)
         self.open = (self.cpu_limit > 0) & (self.mem_limit > 0)
 
-    def add(self, k: int, cpu: float, mem: float) -> None:
-        """Constant demand placed on host ``k``: the arrays and the HostLoad alike."""
+    def add(self, k: int, cpu: float, mem: float, vms: int = 1) -> None:
+        """``vms`` VMs of constant demand, ``cpu`` and ``mem`` in all, placed on host ``k``: the
+        arrays and the HostLoad alike."""
         self.cpu_level[k] += cpu
         self.mem_level[k] += mem
+        self.instances_left[k] -= vms
         _add(self.hosts[k], cpu, mem)
+        self.hosts[k].instances_left -= vms
 
     def sync(self, k: int) -> None:
         self.cpu_level[k] = self.hosts[k].cpu_level
         self.mem_level[k] = self.hosts[k].mem_level
+        self.instances_left[k] = self.hosts[k].instances_left
+
+    def capped(self, index: np.ndarray, cpu: float, mem: float) -> list[str]:
+        """The hosts of ``index`` with room for one more VM of (``cpu``, ``mem``) that are at
+        their instance cap: where the cap, not the room, refuses it."""
+        at_cap = index[self.instances_left[index] < 1]
+        return [self.names[k] for k in at_cap[_room(self, at_cap, cpu, mem, capped=False) > 0]]
 
     def holding(self, ask: Ask) -> np.ndarray:
         """Indexes of the hosts large enough for one VM of the ask's size (HostLoad.holds)."""
@@ -264,14 +280,17 @@ def _scores(hosts: _Hosts, index: np.ndarray, cpu: float, mem: float, k: np.ndar
     )
 
 
-def _room(hosts: _Hosts, index: np.ndarray, cpu: float, mem: float) -> np.ndarray:
-    """How many VMs of (``cpu``, ``mem``) each host of ``index`` has room for (_fits, counted)."""
+def _room(hosts: _Hosts, index: np.ndarray, cpu: float, mem: float, capped: bool = True) -> np.ndarray:
+    """How many VMs of (``cpu``, ``mem``) each host of ``index`` has room for (_fits, counted),
+    at most its instances left (``capped``)."""
     cpu_room = hosts.cpu_limit[index] - hosts.cpu_level[index]
     mem_room = hosts.mem_limit[index] - hosts.mem_level[index]
     with np.errstate(divide="ignore", invalid="ignore"):
         by_cpu = np.floor(cpu_room / cpu + EPSILON) if cpu > 0 else np.where(cpu_room >= -EPSILON, np.inf, 0)
         by_mem = np.floor(mem_room / mem + EPSILON) if mem > 0 else np.where(mem_room >= -EPSILON, np.inf, 0)
     room = np.minimum(by_cpu, by_mem)
+    if capped:
+        room = np.minimum(room, np.floor(hosts.instances_left[index] + EPSILON))
     room[~hosts.open[index] | ~(room > 0)] = 0
     return room
 
@@ -292,7 +311,7 @@ def _place_one(
     taken = used.get(ask.group, set()) if ask.group else set()
     free = fit[~np.isin(fit, list(taken))] if taken else fit
     if not len(free):
-        rejected[ask.name] = _why(ask, len(fit) > 0)
+        rejected[ask.name] = _why(ask, len(fit) > 0, hosts.capped(index, cpu, mem))
         return
     where = int(free[np.argmax(_scores(hosts, free, cpu, mem))])
     placed[ask.name] = hosts.names[where]
@@ -330,7 +349,7 @@ def _place_heap(
         while heap and heap[0][1] in taken:
             skipped.append(heapq.heappop(heap))
         if not heap:
-            rejected[ask.name] = _why(ask, bool(skipped))
+            rejected[ask.name] = _why(ask, bool(skipped), hosts.capped(index, cpu, mem))
             if ask.group:
                 full[ask.group] = rejected[ask.name]
         else:
@@ -370,10 +389,12 @@ def _place_bulk(
     chosen = host[np.lexsort((host, -score))[:n]]
     for ask, where in zip(run, chosen.tolist(), strict=False):
         placed[ask.name] = hosts.names[where]
-    for ask in run[len(chosen) :]:
-        rejected[ask.name] = _why(ask, False)
     for where, count in zip(*np.unique(chosen, return_counts=True), strict=True):
-        hosts.add(int(where), int(count) * cpu, int(count) * mem)
+        hosts.add(int(where), int(count) * cpu, int(count) * mem, int(count))
+    if len(chosen) < n:
+        why = _why(run[0], False, hosts.capped(index, cpu, mem))
+        for ask in run[len(chosen) :]:
+            rejected[ask.name] = why
 
 
 def _add(host: HostLoad, cpu: float, mem: float) -> None:
@@ -404,7 +425,8 @@ def _place_series(
         return None
     candidates = sorted(
         (k for k, h in enumerate(state)
-         if k not in taken and h.holds(ask) and h.cpu_limit > 0 and h.mem_limit > 0),
+         if k not in taken and h.holds(ask) and h.cpu_limit > 0 and h.mem_limit > 0
+         and h.instances_left >= 1),
         key=lambda k: (-_score(state[k], cpu_level, mem_level), k),
     )
     for k in candidates:
@@ -419,12 +441,15 @@ def _place_series(
             continue
         host.cpu_level, host.mem_level = cpu_after, mem_after
         host.cpu, host.mem = new_cpu, new_mem
+        host.instances_left -= 1
         placed[ask.name] = host.name
         if ask.group:
             used.setdefault(ask.group, set()).add(k)
         return k
     blocked = any(_fits(state[k], cpu_level, mem_level) and state[k].holds(ask) for k in taken)
-    rejected[ask.name] = _why(ask, blocked)
+    capped = [h.name for k, h in enumerate(state) if k not in taken and h.holds(ask) and h.instances_left < 1
+              and _fits(h, cpu_level, mem_level, capped=False)]
+    rejected[ask.name] = _why(ask, blocked, capped)
     return None
 
 
@@ -452,10 +477,16 @@ def _too_large(ask: Ask, state: list[HostLoad]) -> str:
     )
 
 
-def _why(ask: Ask, blocked_by_group: bool) -> str:
+def _why(ask: Ask, blocked_by_group: bool, capped: Sequence[str] = (), most: int = 5) -> str:
+    """Why an ask found no host: its group, the instance cap of the hosts with room (``capped``),
+    or no room at all."""
     if blocked_by_group:
         return "anti-affinity: every host with room already holds a VM of group %r" % ask.group
-    return "no host has room for %.2f cores and %.2f GB of demand" % (_scalar(ask.cpu), _scalar(ask.mem))
+    demand = "%.2f cores and %.2f GB of demand" % (_scalar(ask.cpu), _scalar(ask.mem))
+    if capped:  # the cap binds: without it these hosts would take the VM
+        return "every host with room for %s is at its instance cap (max_instances): %s%s" % (
+            demand, ", ".join(capped[:most]), ", ..." if len(capped) > most else "")
+    return "no host has room for %s" % demand
 
 
 def loads(
@@ -492,6 +523,7 @@ def loads(
                     entry.allocated_mem_gb,
                     max_vcpus=host.vcpus,
                     max_mem_gb=host.mem_gb,
+                    instances_left=entry.instances_left,
                 )
             )
         elif basis == "demand":
@@ -507,6 +539,7 @@ def loads(
                     entry.mem + (entry.mem_demand - entry.mem_level) if series else None,
                     host.vcpus,
                     host.mem_gb,
+                    entry.instances_left,
                 )
             )
         else:

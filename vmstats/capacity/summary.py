@@ -58,6 +58,15 @@ class HostSummary:
     #: Its VMs with no record in the window: ``{"vm", "last_seen"}`` (ISO time, or None: never
     #: heard from), unknown; their room is never offered (demand.add_gone).
     unheard: list[dict] = field(default_factory=list)
+    #: Its VMs as Nova counts them (HostDemand.instances) and the inventory's cap on them (None:
+    #: none).  A summary from before the inventory could say a cap has none, which is so.
+    instances: int = 0
+    max_instances: int | None = None
+
+    @property
+    def instances_left(self) -> float:
+        """VMs it may still take under its cap (inf: no cap)."""
+        return math.inf if self.max_instances is None else max(0, self.max_instances - self.instances)
 
 
 @dataclass
@@ -123,14 +132,14 @@ class Summary:
                 out.append(
                     HostLoad(
                         h.name, h.cpu_limit, h.mem_limit, h.cpu_demand, h.mem_demand,
-                        max_vcpus=h.vcpus, max_mem_gb=h.mem_gb,
+                        max_vcpus=h.vcpus, max_mem_gb=h.mem_gb, instances_left=h.instances_left,
                     )
                 )
             else:
                 out.append(
                     HostLoad(
                         h.name, h.alloc_cpu_limit, h.alloc_mem_limit, h.allocated_vcpus, h.allocated_mem_gb,
-                        max_vcpus=h.vcpus, max_mem_gb=h.mem_gb,
+                        max_vcpus=h.vcpus, max_mem_gb=h.mem_gb, instances_left=h.instances_left,
                     )
                 )
         return out
@@ -219,6 +228,7 @@ _CHECKS = {
     "str": lambda v: isinstance(v, str),
     "dict": lambda v: isinstance(v, dict),
     "bool": lambda v: isinstance(v, bool),
+    "int | None": lambda v: v is None or _number(v, int),
 }
 
 
@@ -262,6 +272,8 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
                 entry.allocated_vcpus,
                 entry.allocated_mem_gb,
                 entry.unheard_named(),
+                entry.instances,
+                None if math.isinf(host.max_instances) else int(host.max_instances),
             )
         )
     return Summary(
