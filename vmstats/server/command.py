@@ -148,6 +148,10 @@ class UTCFormatter(logging.Formatter):
               show_default=True, metavar="BYTES",
               help="Bytes of InfluxDB write bodies held in memory at once; a body past it is "
                    "answered 503 with Retry-After (one body is always taken).")
+@click.option("--http-body-timeout", type=DURATION, default=_seconds(D.http_body_timeout),
+              show_default=True,
+              help="Seconds a request body may take to arrive after its headers; a slower one "
+                   "is answered 408 and its connection closed (0 = never).")
 @click.option("--allow", "allow", multiple=True, metavar="CIDR[,CIDR...]",
               help="Accept UDP datagrams and TCP connections only from these networks "
                    "(repeatable; default: any).  Others are dropped and counted.")

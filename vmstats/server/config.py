@@ -101,6 +101,10 @@ class ServerConfig:
     #: body that would pass it is answered 503 with Retry-After until others are in.  Without
     #: it, every HTTP connection could hold a 25 MiB body and its unzipped copy at once.
     http_body_memory: int = 128 << 20
+    #: Seconds a request body may take to arrive whole after its headers: past it the request
+    #: is answered 408 and its connection closed.  The idle timeout alone let a sender of one
+    #: byte a second keep its connection, and the room its body holds, for as long as it liked.
+    http_body_timeout: float = 60.0
     #: Networks the push ports (UDP, TCP) and the HTTP port accept; empty: any.
     allow: tuple[str, ...] = ()
     http_allow: tuple[str, ...] = ()

@@ -16,6 +16,12 @@ Twisted cannot read (a bad Content-Length, header or chunk, or a head in bare-LF
 waited on until the idle timeout) 400 in JSON, as is a Transfer-Encoding other than chunked
 (Twisted read ``identity`` as no body at all).  Each refusal is counted on /metrics.
 
+A page may hold a body's bytes against its budget from the headers on (``admit_body``: the write
+API's --http-body-memory), so a body that does not fit is refused before it is stored, and
+every body must arrive whole within ``body_timeout`` (--http-body-timeout) of its headers:
+Twisted's only timeout is an idle one, which a sender of a byte a second never meets.  A slower
+body is answered 408 (counted as ``body_timeout``) and its connection closed.
+
 A request that changes something (any method but GET and HEAD) carrying ``Origin`` is refused
 (403) at its headers: only a browser sends that header, and nothing here is meant for one, so a
 web page a victim opens cannot use the victim's network position to write records or hold room
@@ -66,6 +72,9 @@ class Router(resource.Resource):
         #: path -> a page's check at the headers: ``(request, method, query args)`` to None (go
         #: on) or ``(status, JSON body)`` to answer before the body is read (a missing token).
         self.gates: dict[bytes, Callable] = {}
+        #: path -> a page's admission of body bytes before they are stored: ``(request, size)``
+        #: to None (held) or ``(status, JSON body)`` refusing the body (past a memory budget).
+        self.admits: dict[bytes, Callable] = {}
 
     def add(self, path: bytes, handler: Handler, methods: Iterable[bytes] = (b"GET",),
             max_body: int = DEFAULT_MAX_BODY) -> None:
@@ -89,6 +98,9 @@ class Router(resource.Resource):
         gate = getattr(page, "refuse_early", None)
         if gate is not None:
             self.gates[path] = gate
+        admit = getattr(page, "admit_body", None)
+        if admit is not None:
+            self.admits[path] = admit
 
     def max_body(self, path: bytes) -> int | None:
         """The largest body a request to ``path`` may send; None for a path not served."""
@@ -126,7 +138,28 @@ def _json_error(message: str) -> bytes:
 
 
 class _Request(server.Request):
-    """A request whose response does not name the server or its version."""
+    """A request whose response does not name the server or its version, and whose body's
+    bytes a page may hold against its budget from the headers on (``body_hold``: anything
+    with ``release()``), given back here if the request ends before the page takes them."""
+
+    body_hold = None
+
+    def release_body(self) -> None:
+        """Give back what the body holds, unless the page took it (a refused or cut body, a
+        lost connection, an answer given without reading the body)."""
+        if self.body_hold is not None:
+            self.body_hold.release()
+            self.body_hold = None
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.release_body()
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self.release_body()
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
@@ -135,14 +168,17 @@ class _Request(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.channel.body_fits(len(data)):
-            super().handleContentChunk(data)
+            self.content.write(data)  # Request.handleContentChunk's one line, a call less a chunk
 
 
 class _Channel(http.HTTPChannel):
     """An HTTP/1.1 connection that its port's connection table keeps in line.
 
     Bodies are bounded here, before Twisted stores them (in a temporary file past 100 KB):
-    a refused request is answered at once and its remaining bytes are dropped, not kept.
+    a refused request is answered at once and its remaining bytes are dropped, not kept.  A
+    page may hold a body's bytes against its budget as they arrive (``Router.admits``), and a
+    body must arrive whole within ``body_timeout`` of its headers: Twisted's own timeout is an
+    idle one, which a sender of one byte a second never meets.
     """
 
     table: ConnectionTable
@@ -155,6 +191,12 @@ class _Channel(http.HTTPChannel):
     _in_head = False
     #: Calls of dataReceived under way (Twisted calls it again from inside when a request ends).
     _depth = 0
+    #: Seconds a body may take to arrive from its headers (--http-body-timeout; None: no limit).
+    body_timeout: float | None = None
+    #: The call that cuts the body (or a refused connection's lingering) short at its deadline.
+    _body_timer = None
+    #: The route's admission of a chunked body's reads as they arrive (None: not needed).
+    _admit = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -189,6 +231,11 @@ class _Channel(http.HTTPChannel):
         if self._refused:
             self._linger(len(data))
             return
+        if self._admit is not None:  # a chunked body: held as it arrives, a read at a time
+            refused = self._admit(self.requests[-1], len(data))
+            if refused is not None:  # counted by the page
+                self._refuse(refused[0], None, "", refused[1])
+                return
         super().rawDataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -262,10 +309,22 @@ class _Channel(http.HTTPChannel):
                                             http.parse_qs(self._path.partition(b"?")[2], 1))
             if early is not None:  # counted by the page, as it counts its own refusals
                 self._refuse(early[0], None, "", early[1])
+        admit = self.router.admits.get(path)
+        if not self._refused and admit is not None and self.length:
+            # A declared body is held whole from here, so a body taken is never cut for room
+            # and one that does not fit is refused before any of it is sent.
+            early = admit(request, self.length)
+            if early is not None:
+                self._refuse(early[0], None, "", early[1])
         if self._refused:
             self.length = None  # no request is run: the rest goes to rawDataReceived, dropped
             return
         self._limit = self._body_left = limit or 0
+        # Chunked: held as its bytes arrive, framing and all (rawDataReceived), so that a body
+        # of one-byte chunks holds the bytes it costs, not a sixth of them.
+        self._admit = admit if self.length is None else None
+        if self.length != 0 and self.body_timeout:
+            self._start_body_timer()
         super().allHeadersReceived()
 
     def body_fits(self, size: int) -> bool:
@@ -281,7 +340,30 @@ class _Channel(http.HTTPChannel):
 
     def allContentReceived(self) -> None:
         if not self._refused:  # a body refused mid-stream may still end in the same read
+            self._stop_body_timer()
+            self._admit = None  # what is read now is the next request's, buffered
             super().allContentReceived()
+
+    def _start_body_timer(self) -> None:
+        self._body_timer = self.table.reactor.callLater(self.body_timeout, self._body_late)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            if self._body_timer.active():
+                self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_late(self) -> None:
+        """A body not whole ``body_timeout`` after its headers, or a refused request's sender
+        still sending then: one byte a second held its connection (never idle) and its body's
+        room for as long as it liked.  The body is refused (408, ``body_timeout``) and the
+        connection closed; a refused one only closed, its answer long sent."""
+        if not self._refused:
+            self._refuse(http.REQUEST_TIMEOUT, "body_timeout",
+                         "the body did not arrive within %g s of the headers "
+                         "(--http-body-timeout)" % self.body_timeout)
+        self._body_timer = None
+        self.table.close_gently(self)
 
     def _refuse(self, code: int, reason: str | None, message: str, body: bytes = b"") -> None:
         """Answer ``code`` now, count it (under ``reason``), and drop what the client still sends
@@ -290,6 +372,7 @@ class _Channel(http.HTTPChannel):
         if request.content is not None:
             request.content.close()  # what was taken of the body goes now, not at the close
         request.content = io.BytesIO()
+        request.release_body()  # and so does the room held for it
         self._answer(code, reason, message, body)
 
     def _answer(self, code: int, reason: str | None, message: str, body: bytes = b"") -> None:
@@ -299,12 +382,15 @@ class _Channel(http.HTTPChannel):
         if reason is not None:
             self.table.counts.refused(reason)
         body = body or _json_error(message)
+        retry = b"retry-after: 1\r\n" if code == http.SERVICE_UNAVAILABLE else b""
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                             b"content-length: %d\r\ncache-control: no-store\r\n"
+                             b"content-length: %d\r\ncache-control: no-store\r\n%s"
                              b"connection: close\r\n\r\n%s"
-                             % (code, _REASONS[code], len(body), body))
+                             % (code, _REASONS[code], len(body), retry, body))
         self._linger_left = LINGER_BYTES
         self.transport.loseWriteConnection()  # the client sees the answer end, then closes
+        if self._body_timer is None and self.body_timeout:
+            self._start_body_timer()  # the rest it sends is dropped, for that long at most
 
     def _linger(self, size: int) -> None:
         self._linger_left -= size
@@ -329,6 +415,7 @@ class _Channel(http.HTTPChannel):
 
     def connectionLost(self, reason) -> None:
         self.table.remove(self)
+        self._stop_body_timer()
         super().connectionLost(reason)
 
 
@@ -336,10 +423,12 @@ class _Site(server.Site):
     protocol = _Channel
     requestFactory = _Request
 
-    def __init__(self, root: resource.Resource, table: ConnectionTable):
+    def __init__(self, root: resource.Resource, table: ConnectionTable,
+                 body_timeout: float | None = None):
         # The table closes idle connections (counted); Twisted's own timer would be a second one.
         super().__init__(root, timeout=None)
         self.table = table
+        self.body_timeout = body_timeout
         self.noisy = False
 
     def buildProtocol(self, addr):
@@ -349,6 +438,7 @@ class _Site(server.Site):
         channel.table = self.table
         channel.router = self.resource
         channel.peer = addr.host
+        channel.body_timeout = self.body_timeout
         return channel
 
 
@@ -375,7 +465,8 @@ class HTTPService(service.Service):
                  status_json: Callable[[bool], dict], table: ConnectionTable,
                  token: StatusToken | None = None,
                  routes: dict[bytes, resource.Resource] | None = None,
-                 alerts_json: Callable[[bool], dict] | None = None):
+                 alerts_json: Callable[[bool], dict] | None = None,
+                 body_timeout: float | None = None):
         self.reactor = reactor
         self.bind = bind
         self.port = port
@@ -394,7 +485,7 @@ class HTTPService(service.Service):
         # Other services' pages by full path (b"/api/v2/write"), each with its methods and limit.
         for path, page in (routes or {}).items():
             self.router.add_page(path, page)
-        self.site = _Site(self.router, table)
+        self.site = _Site(self.router, table, body_timeout)
         self.listening = None
 
     def startService(self) -> None:

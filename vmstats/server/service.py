@@ -165,8 +165,8 @@ class Aggregator(service.MultiService):
             routes = httpwrite.routes(self.edge, self.edge.influx, config.write_token,
                                       self.auth.required, bodies)
             self.metrics.gauges["http_body_bytes_held"] = (
-                "Bytes of InfluxDB write bodies held in memory, read and being fed (bounded by "
-                "--http-body-memory).", lambda: bodies.held)
+                "Bytes of InfluxDB write bodies held: admitted at their headers or arriving, read "
+                "and being fed (bounded by --http-body-memory).", lambda: bodies.held)
             if config.inventory:
                 self.admission = self._admission(token)
                 routes[b"/admission"] = self.admission.page()
@@ -177,7 +177,8 @@ class Aggregator(service.MultiService):
                 self.metrics.families.append(mutes.families)
             self.http = HTTPService(reactor, config.bind, config.http_port, self.metrics_text,
                                     self.status, self.tables["http"], token, routes,
-                                    self.rules.alerts if self.rules is not None else None)
+                                    self.rules.alerts if self.rules is not None else None,
+                                    config.http_body_timeout or None)
             self.http.setServiceParent(self)
         self.metrics.gauges["unsigned_accepted_beyond_loopback"] = (
             "1 when a port takes unsigned records from beyond this machine (the push ports without "

@@ -68,26 +68,57 @@ def gunzip(data: bytes, limit: int) -> bytes:
 
 
 class BodyBudget:
-    """The bytes of write bodies held in memory at once, against ``--http-body-memory``.
+    """The bytes of write bodies held at once, against ``--http-body-memory``.
 
     A body is read whole (and unzipped) before it is fed, and fed over many reactor turns, so
     bodies arriving together are held together: 30 connections' 25 MiB bodies held 850 MB.
-    One body is always taken when none is held, so a limit below a body's size slows writers
-    rather than shutting them out."""
+    A body counts from its headers on, not from when it is whole: Twisted stores a body while
+    it arrives (in memory, then in a temporary file past 100 KB), so slow senders' bodies
+    held memory and disk that no limit saw.  One body is always taken when no other is held,
+    so a limit below a body's size slows writers rather than shutting them out."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
 
-    def take(self, size: int) -> bool:
-        """Hold ``size`` more bytes, if the limit allows."""
-        if self.held and self.held + size > self.limit:
+    def hold(self) -> "BodyHold":
+        """A new body's share, holding nothing yet."""
+        return BodyHold(self)
+
+
+class BodyHold:
+    """One body's bytes in a ``BodyBudget``: its declared Content-Length from its headers (a
+    chunked body's bytes, framing included, as they arrive), then its read and unzipped bytes
+    until it is fed.  Whoever has it last (the request while the body arrives, then the page)
+    releases it."""
+
+    __slots__ = ("budget", "size")
+
+    def __init__(self, budget: BodyBudget):
+        self.budget = budget
+        self.size = 0
+
+    def grow(self, size: int) -> bool:
+        """Hold ``size`` more bytes, if the limit allows (always, when no other body holds any)."""
+        budget = self.budget
+        if budget.held > self.size and budget.held + size > budget.limit:
             return False
-        self.held += size
+        budget.held += size
+        self.size += size
         return True
 
-    def give(self, size: int) -> None:
-        self.held -= size
+    def resize(self, size: int) -> bool:
+        """Hold ``size`` bytes in all, if the limit allows: more, or give back the excess."""
+        if size > self.size:
+            return self.grow(size - self.size)
+        self.budget.held -= self.size - size
+        self.size = size
+        return True
+
+    def release(self) -> None:
+        """Give back all it holds."""
+        self.budget.held -= self.size
+        self.size = 0
 
 
 class WritePage(resource.Resource):
@@ -125,6 +156,19 @@ class WritePage(resource.Resource):
                                          "send gzip or none" % encoding.decode("latin-1")[:40])
         return None
 
+    def admit_body(self, request, size: int) -> tuple[int, bytes] | None:
+        """Hold ``size`` more bytes of ``request``'s body against --http-body-memory before they
+        are stored (http.py calls it with the declared Content-Length at the headers, and with
+        each read of a chunked body as it arrives); None, or the 503 (busy) refusing the body
+        there, before the rest of it is sent or stored."""
+        hold = getattr(request, "body_hold", None)
+        if hold is None:
+            hold = request.body_hold = self.budget.hold()
+        if hold.grow(size):
+            return None
+        count_refused(request, "busy")
+        return 503, self._error_body("unavailable", self._busy_message())
+
     def render_POST(self, request) -> bytes:
         refusal = self._refusal(request, request.args)
         if refusal is not None:
@@ -141,22 +185,27 @@ class WritePage(resource.Resource):
             return self._error(request, 400, "invalid", "bucket is required")
         body = request.content.read(MAX_BODY + 1)
         self.edge.metrics.bytes += len(body)
-        held = [len(body)]
-        if not self.budget.take(held[0]):
+        # The body was held as it arrived (admit_body, a chunked one with its framing); the page
+        # holds it from here until it is fed, whatever becomes of the request.
+        hold = getattr(request, "body_hold", None) or self.budget.hold()
+        request.body_hold = None
+        if not hold.resize(len(body)):
+            hold.release()
             return self._busy(request)
         try:
-            taken = self._take(request, body, precision, held)
+            taken = self._take(request, body, precision, hold)
         except BaseException:
-            self.budget.give(held[0])
+            hold.release()
             raise
         if isinstance(taken, bytes):  # refused: nothing of it is held any more
-            self.budget.give(held[0])
+            hold.release()
             return taken
-        taken.addBoth(self._fed, held[0])
+        taken.addBoth(self._fed, hold)
         return server.NOT_DONE_YET
 
-    def _take(self, request, body: bytes, precision: str, held: list) -> bytes | defer.Deferred:
-        """An error answer, or the Deferred of feeding ``body``; ``held`` holds what the budget
+    def _take(self, request, body: bytes, precision: str,
+              hold: BodyHold) -> bytes | defer.Deferred:
+        """An error answer, or the Deferred of feeding ``body``; ``hold`` holds what the budget
         counts for it (its unzipped size once unzipped)."""
         if (request.getHeader(b"content-encoding") or b"").strip().lower() == b"gzip":
             try:
@@ -164,11 +213,9 @@ class WritePage(resource.Resource):
             except zlib.error as exc:
                 count_refused(request, "bad_gzip")
                 return self._error(request, 400, "invalid", "body is not gzip: %s" % exc)
-            self.budget.give(held[0])
-            held[0] = 0
-            if not self.budget.take(len(body)):
+            hold.release()  # given back before the unzipped size is held: one body always fits
+            if not hold.grow(len(body)):
                 return self._busy(request)
-            held[0] = len(body)
         if len(body) > MAX_BODY:  # unzipped: the HTTP port bounded only what was sent
             count_refused(request, "too_large")
             return self._error(request, 413, "request too large", "body over %d bytes" % MAX_BODY)
@@ -179,17 +226,20 @@ class WritePage(resource.Resource):
                                "retry later")
         return self._feed(request, body, precision)
 
-    def _fed(self, result, held: int):
+    def _fed(self, result, hold: BodyHold):
         """The body is in (or failed): its bytes are no longer held."""
-        self.budget.give(held)
+        hold.release()
         return result
 
     def _busy(self, request) -> bytes:
         """503 for a body past --http-body-memory: the client retries once others are in."""
         count_refused(request, "busy")
         request.setHeader(b"retry-after", b"1")
-        return self._error(request, 503, "unavailable", "the server holds %d bytes of write "
-                           "bodies (--http-body-memory): retry later" % self.budget.held)
+        return self._error(request, 503, "unavailable", self._busy_message())
+
+    def _busy_message(self) -> str:
+        return ("the server holds %d bytes of write bodies (--http-body-memory): retry later"
+                % self.budget.held)
 
     def _feed(self, request, body: bytes, precision: str):
         """Feed ``body`` to the edge and answer once it is durable; the Deferred of its
