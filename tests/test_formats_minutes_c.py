@@ -43,7 +43,7 @@ def outcome(assembler: MinuteAssembler, samples: list, now: float, by_line: bool
     return {"error": error, "refused": refused, "counts": dict(tally.counts),
             "details": tally.details, "records": assembler.take(),
             "events": dict(assembler.events), "rates": dict(assembler.rates.events),
-            "open_count": assembler.open_count,
+            "open_count": assembler.open_count, "names": assembler.names,
             "state": json.dumps(assembler.state(), default=repr)}
 
 
@@ -60,6 +60,8 @@ def same(batches: list[tuple[list, float]], by_line: bool = True, **options) -> 
         seen.append(got)
     assert in_c.complete_all() == in_python.complete_all()
     assert in_c.take() == in_python.take()
+    # Every name counted in was counted out with its minute: none left to fill the budget.
+    assert in_c.names == in_python.names == 0
     return seen
 
 
@@ -164,13 +166,13 @@ def test_late_samples_forced_minutes_and_every_kind_of_collectd():
     same([(first, NOW - 150), (late, NOW)], max_open=1)
 
 
-def test_devices_past_a_minutes_bound_are_refused_alike():
-    """Past ``max_devices`` in one table of a minute (a rate's devices, a second's CPUs or
-    memory kinds) each new name is refused as device_cap; those within keep being filed."""
+def named(start: float, vms: tuple[str, ...] = ("a", "b")) -> list[Sample]:
+    """Two VMs' samples at six moments 10 s apart from ``start``, each naming five disks,
+    interfaces, CPUs (two states each) and memory kinds."""
     samples = []
     for k in range(6):
-        ts = NOW - 300 + 10 * k
-        for vm in ("a", "b"):
+        ts = start + 10 * k
+        for vm in vms:
             samples += [Sample(vm, ts, "cpu", "", 5.0), Sample(vm, ts, "mem", "", 6.0)]
             samples += [Sample(vm, ts, kind, "d%d" % i, 1.5 * i + k)
                         for kind in ("disk_r", "net_tx") for i in range(5)]
@@ -179,18 +181,65 @@ def test_devices_past_a_minutes_bound_are_refused_alike():
                         for cpu in range(5) for state in ("idle", "user")]
             samples += [Sample(vm, ts, MEM_PART, part, 1024.0 * (k + 1))
                         for part in ("used", "free", "cached", "buffers", "slab")]
+    return samples
+
+
+def reasons_of(seen: dict, by_line: bool) -> list[str]:
+    """The reasons of one ``add``'s refusals, one per refused sample."""
+    if by_line:
+        return [reason for _index, reason, _detail in seen["refused"]]
+    return [reason for reason, n in seen["counts"].items() for _ in range(n)]
+
+
+def test_devices_past_a_minutes_bound_are_refused_alike():
+    """Past ``max_devices`` of one kind in a minute (a rate's devices; CPUs, or memory kinds,
+    of all its seconds together) each new name is refused as device_cap; those within keep
+    being filed."""
     refused = {}
-    for most in (1, 3, 5):
+    for most in (1, 3, 25):
         for by_line in (True, False):
-            [seen] = same([(samples, NOW)], by_line=by_line, max_devices=most)
-            reasons = ([reason for _index, reason, _detail in seen["refused"]] if by_line
-                       else [reason for reason, n in seen["counts"].items() for _ in range(n)])
+            [seen] = same([(named(NOW - 300), NOW)], by_line=by_line, max_devices=most)
+            reasons = reasons_of(seen, by_line)
             assert set(reasons) <= {"device_cap"}
             refused[most, by_line] = len(reasons)
-    # Each moment of each VM: 2 disk_r, 2 net_tx, 2 net_rx (its rates from the second on),
-    # 2 CPUs of two states each and 2 memory kinds past 3.
-    assert refused[3, True] == refused[3, False] == 2 * (6 * (2 + 2 + 4 + 2) + 5 * 2)
-    assert refused[1, True] > refused[3, True] and refused[5, True] == 0
+    # Two minutes of each VM, of one moment (NOW - 300) and of five.  Past 3: each moment's
+    # 2 disk_r, 2 net_tx, 2 net_rx (its rates from the second moment on); and of each
+    # minute's CPUs (two states each) and memory kinds, each second's five counted together:
+    # 5 - 3 and 25 - 3.  Counted per second, the five moments' CPUs were 25 names in all but
+    # never more than 5 at once, and none was refused past 5.
+    per_vm = 6 * (2 + 2) + 5 * 2 + 2 * (5 - 3 + 25 - 3) + (5 - 3 + 25 - 3)
+    assert refused[3, True] == refused[3, False] == 2 * per_vm
+    assert refused[1, True] > refused[3, True] and refused[25, True] == 0
+
+
+def test_names_past_all_open_minutes_bound_are_refused_alike():
+    """Past ``max_names`` held by every open minute together each new name is refused as
+    name_budget (a minute's own bound is judged first); the minutes written give theirs
+    back, so the same samples of two other VMs later are refused no more than the first."""
+    later = [(named(NOW - 300), NOW), ([], NOW + 400), (named(NOW + 300, ("c", "d")), NOW + 600)]
+    for most, budget in ((8192, 1), (8192, 30), (3, 30), (25, 1000)):
+        for by_line in (True, False):
+            first, _empty, again = same(later, by_line=by_line, max_devices=most,
+                                        max_names=budget)
+            reasons = reasons_of(first, by_line)
+            assert set(reasons) <= {"device_cap", "name_budget"}
+            assert ("name_budget" in reasons) == (budget < 1000)
+            assert reasons_of(again, by_line) == reasons
+            # Held after it: the later minute of each VM (the first one written), within both.
+            held = 2 * (3 * min(5, most) + 2 * min(25, most))
+            assert first["names"] == held if budget == 1000 else first["names"] <= budget
+
+
+def test_minutes_whose_every_name_was_refused_are_forced_out_past_the_open_bound():
+    """A sender spreading names over ever new VMs once the budget is full opens minutes that
+    hold nothing.  Past ``max_open`` those were never forced out (only the minute just opened
+    may not be): with the oldest all such, none was, and each new minute was one more, and
+    one more pass over them all."""
+    samples = [Sample("v%03d" % vm, NOW - 30, "net_rx", "eth0", 5.0) for vm in range(200)]
+    [seen] = same([(samples, NOW)], max_open=10, max_names=3)
+    assert seen["open_count"] <= 10 and seen["events"]["forced"] == 190
+    assert seen["refused"][0][1:] == ("name_budget", "open minutes already hold 3 device names:"
+                                      " v003's net_rx 'eth0' refused")
 
 
 SAMPLES = st.lists(st.builds(
@@ -207,7 +256,8 @@ SAMPLES = st.lists(st.builds(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(SAMPLES, st.floats(NOW - 200, NOW + 200)), min_size=1, max_size=4),
        st.sampled_from([0, 120]), st.sampled_from([2, 1000]), st.sampled_from([1, 2, 4096]),
-       st.booleans())
-def test_random_samples_end_alike(batches, max_past, max_open, max_devices, by_line):
-    same(batches, by_line=by_line, max_past=max_past, max_open=max_open, max_devices=max_devices)
+       st.sampled_from([1, 7, 10**6]), st.booleans())
+def test_random_samples_end_alike(batches, max_past, max_open, max_devices, max_names, by_line):
+    same(batches, by_line=by_line, max_past=max_past, max_open=max_open, max_devices=max_devices,
+         max_names=max_names)
 

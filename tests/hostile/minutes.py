@@ -75,7 +75,8 @@ def random_batches(rng: random.Random) -> int:
                               rng.choice(VALUES)) for _ in range(rng.randrange(60))]
             batches.append((samples, now))
         same(batches, by_line=rng.random() < 0.5, max_past=rng.choice((0, 120)),
-             max_open=rng.choice((1, 2, 1000)), max_devices=rng.choice((1, 2, 4096)))
+             max_open=rng.choice((1, 2, 1000)), max_devices=rng.choice((1, 2, 4096)),
+             max_names=rng.choice((1, 3, 10**6)))
         count += 1
     return count
 
@@ -117,4 +118,5 @@ def run() -> int:
     reference.test_counters_primed_dropped_restarted_stale_out_of_order_and_too_fast()
     reference.test_late_samples_forced_minutes_and_every_kind_of_collectd()
     reference.test_devices_past_a_minutes_bound_are_refused_alike()
+    reference.test_names_past_all_open_minutes_bound_are_refused_alike()
     return odd_values() + counters(rng) + random_batches(rng) + malformed()

@@ -9,7 +9,7 @@
  * Only the common cases are done here: a float counter or float timestamp, a rate filed, a
  * cpu or mem sample added.  Anything else -- a reject, a counter's first sample, a drop, a
  * value out of bounds, a late minute, a minute forced out, a device past the minute's bound
- * (max_devices) -- is handed to the same Python that the reference calls, with the state as
+ * (max_devices) or all open minutes' (max_names) -- is handed to the same Python that the reference calls, with the state as
  * the reference would have it at that point, so the two cannot differ in what they say or
  * count.
  */
@@ -20,10 +20,11 @@
 
 /* Set once by configure(): minutes.py's tables and helpers. */
 static PyObject *minute_type, *put_fn, *within_fn, *out_of_range, *counters, *limits,
-    *rate_kinds, *refuse_time, *refuse_counter, *refuse_rate, *r_range;
+    *rate_kinds, *refuse_time, *refuse_counter, *refuse_rate, *r_range, *r_device_cap,
+    *r_name_budget;
 static PyObject *s_cpu, *s_mem, *s_mem_mb, *s_vcpus, *s_sums, *s_counts, *s_touched, *s_cpu_sum, *s_cpu_count,
     *s_cpu_max, *s_mem_sum, *s_mem_count, *s_detail, *s_open_count, *s_max_open,
-    *s_force_oldest, *s_late, *s_too_many, *s_step, *s_last, *s_max_gap, *f_zero, *i_zero,
+    *s_force_oldest, *s_late, *s_refuse_name, *s_names, *s_step, *s_last, *s_max_gap, *f_zero, *i_zero,
     *i_one, *i_sixty, *f_double_max;
 
 /* a <= b, as Python compares them (the common case of two floats without a call). */
@@ -163,11 +164,30 @@ put_quick(PyObject *minute, PyObject *kind, PyObject *value)
     return 1;
 }
 
-/* A rate into the minute's per-device sums and counts: 0 filed, 1 refused (a new device where
- * the kind's sums hold ``most`` already: the reference's len(sums) >= max_devices), -1 on an
- * error. */
+/* assembler._admit(held): one name more for a minute holding ``held`` of its kind.  0: taken
+ * (assembler.names one more), 1: refused past the minute's bound (``most``, max_devices),
+ * 2: refused past all open minutes' (``max_names``), -1 on an error.  Compared as the
+ * reference compares them; called for a new name only, never for each sample. */
 static int
-put_rate(PyObject *minute, PyObject *kind, PyObject *device, PyObject *value, Py_ssize_t most)
+admit(PyObject *self, Py_ssize_t held, Py_ssize_t most, PyObject *max_names)
+{
+    if (held >= most)
+        return 1;
+    PyObject *names = PyObject_GetAttr(self, s_names);
+    if (names == NULL)
+        return -1;
+    int full = PyObject_RichCompareBool(names, max_names, Py_GE);
+    Py_DECREF(names);
+    if (full != 0)
+        return full < 0 ? -1 : 2;
+    return add_attr(self, s_names, i_one) < 0 ? -1 : 0;
+}
+
+/* A rate into the minute's per-device sums and counts: 0 filed, 1 or 2 refused (a new device
+ * past a bound: ``admit``'s answer), -1 on an error. */
+static int
+put_rate(PyObject *minute, PyObject *kind, PyObject *device, PyObject *value, Py_ssize_t most,
+         PyObject *self, PyObject *max_names)
 {
     int failed = -1;
     PyObject *all_sums = PyObject_GetAttr(minute, s_sums);
@@ -182,6 +202,11 @@ put_rate(PyObject *minute, PyObject *kind, PyObject *device, PyObject *value, Py
     if (sums == NULL) {
         if (PyErr_Occurred())
             goto done;
+        int admitted = admit(self, 0, most, max_names);
+        if (admitted != 0) {
+            failed = admitted;
+            goto done;
+        }
         PyObject *new_sums = Py_BuildValue("{OO}", device, value);
         PyObject *new_counts = Py_BuildValue("{OO}", device, i_one);
         if (new_sums != NULL && new_counts != NULL && PyDict_SetItem(all_sums, kind, new_sums) == 0
@@ -198,8 +223,9 @@ put_rate(PyObject *minute, PyObject *kind, PyObject *device, PyObject *value, Py
         Py_ssize_t held = PyObject_Length(sums);
         if (held < 0)
             goto done;
-        if (held >= most) {
-            failed = 1;
+        int admitted = admit(self, held, most, max_names);
+        if (admitted != 0) {
+            failed = admitted;
             goto done;
         }
     }
@@ -274,24 +300,27 @@ call_late(PyObject *self, Py_ssize_t index, PyObject *vm, PyObject *end, PyObjec
     return result;
 }
 
-/* assembler._too_many_devices(index, vm, kind, device, reject): a device past its minute's
- * bound. */
+/* assembler._refuse_name(index, vm, kind, device, reason, reject): a device past a bound. */
 static int
-call_too_many(PyObject *self, Py_ssize_t index, PyObject *vm, PyObject *kind, PyObject *device,
-              PyObject *reject)
+call_refuse_name(PyObject *self, Py_ssize_t index, PyObject *vm, PyObject *kind,
+                 PyObject *device, PyObject *reason, PyObject *reject)
 {
-    PyObject *too_many = PyObject_GetAttr(self, s_too_many);
-    if (too_many == NULL)
+    PyObject *at = PyLong_FromSsize_t(index);
+    if (at == NULL)
         return -1;
-    int result = call_at(too_many, index, vm, kind, device, reject);
-    Py_DECREF(too_many);
-    return result;
+    PyObject *result = PyObject_CallMethodObjArgs(self, s_refuse_name, at, vm, kind, device,
+                                                  reason, reject, NULL);
+    Py_DECREF(at);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
 }
 
 /* The state of one add: what the reference holds in local names. */
 typedef struct {
     PyObject *self, *open, *written, *newest, *last, *step, *reject, *now, *earliest, *latest,
-        *finished, *most_obj;
+        *finished, *most_obj, *max_names;
     Py_ssize_t most;  /* the assembler's max_devices */
     double max_gap;
     PyObject *held_vm, *held_ts, *held;  /* strong references, or NULL */
@@ -368,7 +397,7 @@ find_minute(Adding *a, Py_ssize_t index, PyObject *vm, PyObject *ts)
             goto done;
         if (over) {
             Py_CLEAR(a->held_vm);  /* the minute forced out may be this one */
-            PyObject *forced = PyObject_CallMethodNoArgs(a->self, s_force_oldest);
+            PyObject *forced = PyObject_CallMethodOneArg(a->self, s_force_oldest, a->held);
             if (forced == NULL)
                 goto done;
             Py_DECREF(forced);
@@ -534,9 +563,10 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
     if (is_rate < 0)
         goto done;
     if (is_rate) {
-        result = put_rate(a->held, kind, device, value, a->most);
-        if (result == 1)
-            result = call_too_many(a->self, index, vm, kind, device, a->reject);
+        result = put_rate(a->held, kind, device, value, a->most, a->self, a->max_names);
+        if (result > 0)
+            result = call_refuse_name(a->self, index, vm, kind, device,
+                                      result == 1 ? r_device_cap : r_name_budget, a->reject);
         goto done;
     }
     int quick = put_quick(a->held, kind, value);
@@ -545,12 +575,13 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
         goto done;
     }
     PyObject *put = PyObject_CallFunctionObjArgs(put_fn, a->held, kind, device, value, ts,
-                                                 a->most_obj, NULL);
+                                                 a->self, NULL);
     if (put == NULL)
         goto done;
-    int refused = put == Py_False;
+    /* None: filed; else the reason it was refused, worded by the same Python. */
+    result = put == Py_None ? 0
+        : call_refuse_name(a->self, index, vm, kind, device, put, a->reject);
     Py_DECREF(put);
-    result = refused ? call_too_many(a->self, index, vm, kind, device, a->reject) : 0;
 done:
     Py_DECREF(kind);
     Py_DECREF(value);
@@ -580,7 +611,8 @@ add(PyObject *module, PyObject *args)
         || (a.last = PyObject_GetAttr(rates, s_last)) == NULL
         || (a.step = PyObject_GetAttr(rates, s_step)) == NULL
         || (gap = PyObject_GetAttr(rates, s_max_gap)) == NULL
-        || (a.most_obj = PyObject_GetAttrString(a.self, "max_devices")) == NULL)
+        || (a.most_obj = PyObject_GetAttrString(a.self, "max_devices")) == NULL
+        || (a.max_names = PyObject_GetAttrString(a.self, "max_names")) == NULL)
         goto out;
     /* An int, as the reference compares it with a table's length (past a Py_ssize_t: never). */
     if ((a.most = PyNumber_AsSsize_t(a.most_obj, NULL)) == -1 && PyErr_Occurred())
@@ -625,25 +657,28 @@ out:  /* on success too: every reference this call took is dropped here */
     Py_XDECREF(a.step);
     Py_XDECREF(gap);
     Py_XDECREF(a.most_obj);
+    Py_XDECREF(a.max_names);
     return done;
 }
 
 PyDoc_STRVAR(configure_doc,
 "configure(Minute, put, within, OutOfRange, counters, limits, rate_kinds, refuse_time,\n"
-"refuse_counter, refuse_rate, R_RANGE): minutes.py's tables and helpers, once.");
+"refuse_counter, refuse_rate, R_RANGE, R_DEVICE_CAP, R_NAME_BUDGET): minutes.py's tables\n"
+"and helpers, once.");
 
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
-    PyObject *given[11];
-    if (!PyArg_ParseTuple(args, "OOOOO!O!O!OOOU", &given[0], &given[1], &given[2], &given[3],
+    PyObject *given[13];
+    if (!PyArg_ParseTuple(args, "OOOOO!O!O!OOOUUU", &given[0], &given[1], &given[2], &given[3],
                           &PyDict_Type, &given[4], &PyDict_Type, &given[5],
                           &PyFrozenSet_Type, &given[6], &given[7], &given[8], &given[9],
-                          &given[10]))
+                          &given[10], &given[11], &given[12]))
         return NULL;
     PyObject **slots[] = {&minute_type, &put_fn, &within_fn, &out_of_range, &counters, &limits,
-                          &rate_kinds, &refuse_time, &refuse_counter, &refuse_rate, &r_range};
-    for (int i = 0; i < 11; i++)
+                          &rate_kinds, &refuse_time, &refuse_counter, &refuse_rate, &r_range,
+                          &r_device_cap, &r_name_budget};
+    for (int i = 0; i < 13; i++)
         Py_XSETREF(*slots[i], Py_NewRef(given[i]));
     Py_RETURN_NONE;
 }
@@ -668,7 +703,7 @@ PyInit__minutes(void)
         {&s_cpu_max, "cpu_max"}, {&s_mem_sum, "mem_sum"}, {&s_mem_count, "mem_count"},
         {&s_detail, "detail"}, {&s_open_count, "open_count"}, {&s_max_open, "max_open"},
         {&s_force_oldest, "_force_oldest"}, {&s_late, "_late"},
-        {&s_too_many, "_too_many_devices"}, {&s_step, "step"},
+        {&s_refuse_name, "_refuse_name"}, {&s_names, "names"}, {&s_step, "step"},
         {&s_last, "last"}, {&s_max_gap, "max_gap"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {

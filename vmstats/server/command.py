@@ -118,6 +118,10 @@ class UTCFormatter(logging.Formatter):
 @click.option("--max-vms", type=IntRange(1), default=D.max_vms, show_default=True,
               help="Cap on VMs known at once: records of new VMs beyond it are dropped "
                    "(counted; VMs silent 10 min are forgotten when it is reached).")
+@click.option("--edge-max-names", type=IntRange(1), default=D.edge_max_names, show_default=True,
+              help="Cap on device names (disks, interfaces, each second's CPUs and memory kinds) "
+                   "the minutes of Telegraf, collectd and Graphite hold at once: a new one past "
+                   "it is refused as name_budget until minutes written make room.")
 @click.option("--max-past", type=DURATION, default=_seconds(D.max_past), show_default=True,
               help="Reject records older than this (0 = no limit).")
 @click.option("--max-future", type=DURATION, default=_seconds(D.max_future),

@@ -46,6 +46,9 @@ R_TRUNCATED = "truncated"
 R_AUTH = "auth"
 #: A sample naming one device more than its VM's minute holds of that kind (``MAX_DEVICES``).
 R_DEVICE_CAP = "device_cap"
+#: A sample naming a device new to its minute while the open minutes of every VM together hold
+#: ``MAX_NAMES`` device names already.
+R_NAME_BUDGET = "name_budget"
 
 #: Field -> (least, greatest) a record may hold: the protocol's own table, the one place for them.
 BOUNDS = {name: (low, high) for name, _is_int, low, high, _required, _places in protocol.FIELDS}
@@ -56,6 +59,11 @@ BOUNDS = {name: (low, high) for name, _is_int, low, high, _required, _places in 
 #: as many disks or interfaces.  Without it one VM's minute held whatever a sender named:
 #: 600,000 interfaces took the server to 278 MiB.
 MAX_DEVICES = 2 * BOUNDS["vcpus"][1]
+#: The most device names the open minutes of all VMs hold together (rates' devices, and each
+#: second's CPUs and memory kinds).  ``MAX_DEVICES`` bounds one VM's minute, but 200,000 open
+#: minutes of four rate kinds each could still hold 6.5 billion names; this bounds their sum
+#: (docs/OPERATIONS.md, "Memory", has the arithmetic of the default).
+MAX_NAMES = 1_000_000
 #: How far a percentage may stray outside 0..100 and still be taken, clamped, as rounding:
 #: Telegraf prints ``usage_idle=100.00000001``, and idle plus iowait can add up to a hair over
 #: 100.  Further out it is no rounding but a broken sender (``usage_idle=-50``), and clamping it

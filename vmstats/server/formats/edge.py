@@ -412,7 +412,7 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
     assembler = MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
                                 config.max_past, rates,
                                 VirtualInterfaces(config.virtual_interfaces),
-                                config.edge_max_devices)
+                                config.edge_max_devices, config.edge_max_names)
     edge = Edge(ingest, metrics, assembler, clock)
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}
@@ -432,6 +432,9 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
         "Cumulative counters of other agents tracked for rates (bounded).", lambda: len(rates))
     metrics.gauges["edge_open_minutes"] = (
         "Minutes of other agents' VMs being assembled (bounded).", lambda: assembler.open_count)
+    metrics.gauges["edge_device_names"] = (
+        "Device names the open minutes hold (bounded by --edge-max-names).",
+        lambda: assembler.names)
     metrics.edge_events = lambda: {**rates.events, **assembler.events}
     # The native parsers' number serves here too: processes that take decoding off the reactor.
     return edge, EdgeService(reactor, config.bind, edge, udp, tcp, config.max_line, table,

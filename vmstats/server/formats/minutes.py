@@ -23,8 +23,10 @@ at shutdown every open minute is written as it stands.  A sample for a
 minute already written is late and counted, never merged into a second row.
 At most ``max_open`` minutes are held; beyond that the oldest are completed
 early (counted), so memory stays bounded whatever senders do.  Within one, each
-table of names (a rate's devices, a second's CPUs or memory kinds) holds at most
-``max_devices``: a sample naming one more is refused as ``device_cap``.
+kind of names (a rate's devices; the CPUs, or memory kinds, of all its seconds
+together) holds at most ``max_devices``: a sample naming one more is refused as
+``device_cap``.  All open minutes together hold at most ``max_names`` names: past
+that a new one is refused as ``name_budget`` until minutes written make room.
 """
 
 import heapq
@@ -40,9 +42,11 @@ from vmstats.server.formats import (
     BOUNDS,
     CPU_STATE,
     MAX_DEVICES,
+    MAX_NAMES,
     MEM_PART,
     PERCENT_SLACK,
     R_DEVICE_CAP,
+    R_NAME_BUDGET,
     R_RANGE,
     RATES,
     TOTAL,
@@ -106,7 +110,7 @@ class Minute:
     """
 
     __slots__ = ("cpu_sum", "cpu_count", "cpu_max", "mem_sum", "mem_count", "mem_mb", "vcpus",
-                 "sums", "counts", "states", "parts", "touched")
+                 "sums", "counts", "states", "parts", "cpu_names", "part_names", "touched")
 
     def __init__(self, now: float):
         self.cpu_sum = 0.0
@@ -123,6 +127,10 @@ class Minute:
         self.counts: dict[str, dict[str, int]] = {}
         self.states: dict[int, list] | None = None
         self.parts: dict[int, dict[str, float]] | None = None
+        #: The (second, CPU) and (second, memory kind) names ``states`` and ``parts`` hold:
+        #: each bounded per minute, not per second (61 seconds of 8,192 CPUs were 50 MB).
+        self.cpu_names = 0
+        self.part_names = 0
         self.touched = now
 
 
@@ -131,11 +139,16 @@ class MinuteAssembler:
 
     def __init__(self, grace: float = 30.0, max_open: int = 200_000, max_future: int = 300,
                  max_past: int = 0, rates: CounterRates | None = None,
-                 virtual: VirtualInterfaces | None = None, max_devices: int = MAX_DEVICES):
+                 virtual: VirtualInterfaces | None = None, max_devices: int = MAX_DEVICES,
+                 max_names: int = MAX_NAMES):
         self.grace = grace
         self.max_open = max_open
-        #: The most names each table of a minute holds (``MAX_DEVICES``), an int of at least 1.
+        #: The most names of each kind a minute holds (``MAX_DEVICES``), an int of at least 1.
         self.max_devices = max_devices
+        #: The most names all open minutes hold together (``MAX_NAMES``), and those they hold:
+        #: counted up as each is filed, down as its minute is written.
+        self.max_names = max_names
+        self.names = 0
         self.max_future = max_future
         self.max_past = max_past
         self.rates = rates if rates is not None else CounterRates()  # an empty one is falsy
@@ -207,7 +220,6 @@ class MinuteAssembler:
         open_ = self.open
         written = self.written
         newest = self.newest
-        most = self.max_devices
         finished: set[str] = set()
         held_vm = held_ts = held = None  # the minute of the last sample filed, its vm and ts
         for index, (vm, ts, kind, device, value) in enumerate(samples):
@@ -253,7 +265,7 @@ class MinuteAssembler:
                     self.open_count += 1
                     if self.open_count > self.max_open:
                         held_vm = None  # the minute forced out may be this one
-                        self._force_oldest()
+                        self._force_oldest(held)
                 else:
                     held.touched = now
                 if ts > newest.get(vm, 0.0):
@@ -263,27 +275,51 @@ class MinuteAssembler:
             if kind in _RATE_KINDS:  # the most common kind: Telegraf's and collectd's devices
                 sums = held.sums.get(kind)
                 if sums is None:
+                    refused = self._admit(0)
+                    if refused is not None:
+                        self._refuse_name(index, vm, kind, device, refused, reject)
+                        continue
                     held.sums[kind] = {device: value}
                     held.counts[kind] = {device: 1}
                 else:
                     total = sums.get(device)
-                    if total is None:  # a new device: past the bound, refused
-                        if len(sums) >= most:
-                            self._too_many_devices(index, vm, kind, device, reject)
+                    if total is None:  # a new device: past a bound, refused
+                        refused = self._admit(len(sums))
+                        if refused is not None:
+                            self._refuse_name(index, vm, kind, device, refused, reject)
                             continue
                         total = 0.0
                     counts = held.counts[kind]
                     sums[device] = total + value
                     counts[device] = counts.get(device, 0) + 1
-            elif _put(held, kind, device, value, ts, most) is False:
-                self._too_many_devices(index, vm, kind, device, reject)
+            else:
+                refused = _put(held, kind, device, value, ts, self)
+                if refused is not None:
+                    self._refuse_name(index, vm, kind, device, refused, reject)
         return finished
 
-    def _too_many_devices(self, index: int, vm: str, kind: str, device: str, reject) -> None:
-        """A sample naming one device more than its minute's table holds (``max_devices``):
-        refused: a sender making names up costs no more memory than the bound."""
-        reject(index, R_DEVICE_CAP, "%s's minute already holds %d devices of %s: %r refused"
-               % (vm, self.max_devices, kind, device))
+    def _admit(self, held: int) -> str | None:
+        """One name more for a minute holding ``held`` of its kind: counted in ``names`` and
+        None, or the reason it is refused -- the minute's bound (``max_devices``), then all
+        open minutes' (``max_names``).  Called for new names only, never for each sample."""
+        if held >= self.max_devices:
+            return R_DEVICE_CAP
+        if self.names >= self.max_names:
+            return R_NAME_BUDGET
+        self.names += 1
+        return None
+
+    def _refuse_name(self, index: int, vm: str, kind: str, device: str, reason: str,
+                     reject) -> None:
+        """A sample naming a device past a bound (``_admit``'s reason): refused, so a sender
+        making names up costs no more memory than the bounds, and loses only that sample."""
+        if reason == R_DEVICE_CAP:
+            detail = ("%s's minute already holds %d devices of %s: %r refused"
+                      % (vm, self.max_devices, kind, device))
+        else:
+            detail = ("open minutes already hold %d device names: %s's %s %r refused"
+                      % (self.max_names, vm, kind, device))
+        reject(index, reason, detail)
 
     def _late(self, index: int, vm: str, end: int, reject) -> None:
         self.events["late"] += 1
@@ -336,18 +372,21 @@ class MinuteAssembler:
         ready, self.ready = self.ready, []
         return ready
 
-    def _force_oldest(self) -> None:
+    def _force_oldest(self, opened: Minute) -> None:
         """Past ``max_open``: complete the oldest open minutes early, a share of the bound at
         once (``FORCED_SHARE``).  Finding them is a pass over every open minute: made for each
         new minute past the bound (a sender inventing VMs), it held the reactor 30 ms a sample
-        at 200,000 minutes.  The minute just opened holds nothing yet and is never one of them:
-        the sample it was opened for would be filed into a minute already written.  The oldest
-        are those of the earliest end, then of the least VM id: the same after a replay."""
+        at 200,000 minutes.  The minute just opened (``opened``) is never one of them: the
+        sample it was opened for would be filed into a minute already written.  Others that
+        hold nothing are (their samples all refused, past ``max_names``): were they skipped
+        too, the oldest could all be such and none be forced, each new minute one more and
+        one more pass.  The oldest are those of the earliest end, then of the least VM id:
+        the same after a replay."""
         count = max(1, self.max_open // FORCED_SHARE)
         oldest = heapq.nsmallest(count + 1, ((end, vm) for vm, minutes in self.open.items()
                                              for end in minutes))
         for end, vm in [(end, vm) for end, vm in oldest
-                        if not _holds_nothing(self.open[vm][end])][:count]:
+                        if self.open[vm][end] is not opened][:count]:
             self.events["forced"] += 1
             self._complete(vm, end)
 
@@ -355,6 +394,7 @@ class MinuteAssembler:
         minutes = self.open[vm]
         minute = minutes.pop(end)
         self.open_count -= 1
+        self.names -= _names_in(minute)
         if not minutes:
             del self.open[vm]
         if end > self.written.get(vm, 0):
@@ -417,6 +457,8 @@ class MinuteAssembler:
         checkpoint is applied whole or, refused by ``read_state``, not at all."""
         self.open = state.open
         self.open_count = sum(map(len, self.open.values()))
+        self.names = sum(_names_in(minute) for minutes in self.open.values()
+                         for minute in minutes.values())
         self.written = state.written
         self.newest = state.newest
         self.rates.last = state.counters
@@ -492,9 +534,9 @@ def _minute_from(state: list) -> Minute:
     minute = Minute(touched)
     if isinstance(cpu, list):  # a checkpoint of the samples themselves
         for value in cpu:
-            _put(minute, "cpu", "", value, touched, MAX_DEVICES)
+            _put(minute, "cpu", "", value, touched, None)
         for value in mem:
-            _put(minute, "mem", "", value, touched, MAX_DEVICES)
+            _put(minute, "mem", "", value, touched, None)
     else:
         minute.cpu_sum, minute.cpu_count = cpu["sum"], cpu["count"]
         if cpu["count"]:
@@ -508,15 +550,24 @@ def _minute_from(state: list) -> Minute:
     if states is not None:
         minute.states = {second: [idle, total, set(names)]
                          for second, idle, total, names in states}
+        minute.cpu_names = sum(len(names) for _idle, _total, names in minute.states.values())
     if parts is not None:
         minute.parts = {second: kinds for second, kinds in parts}
+        minute.part_names = sum(map(len, minute.parts.values()))
     return minute
 
 
+def _names_in(minute: Minute) -> int:
+    """The device names ``minute`` holds, as ``MinuteAssembler.names`` counted them in."""
+    return sum(map(len, minute.sums.values())) + minute.cpu_names + minute.part_names
+
+
 def _put(minute: Minute, kind: str, device: str, value: float, ts: float,
-         most: int) -> bool | None:
+         assembler: MinuteAssembler | None) -> str | None:
     """Every kind but the rates, which ``add`` files itself (they are most of the samples).
-    False: refused, the second's table of CPUs or memory kinds holding ``most`` others."""
+    None when filed, else why not (``assembler._admit``'s reason): a CPU or memory kind new
+    to its second, past the minute's or all minutes' bound.  (``assembler`` may be None for
+    the cpu and mem kinds only, which name nothing.)"""
     if kind == "cpu":
         minute.cpu_sum += value
         minute.cpu_count += 1
@@ -527,27 +578,35 @@ def _put(minute: Minute, kind: str, device: str, value: float, ts: float,
         minute.mem_count += 1
     elif kind == CPU_STATE:
         second = int(round(ts))
-        if minute.states is None:
-            minute.states = {}
-        acc = minute.states.get(second)
-        if acc is None:
-            acc = minute.states[second] = [0.0, 0.0, set()]
+        states = minute.states
+        acc = states.get(second) if states is not None else None
         cpu, _colon, state = device.rpartition(":")
-        if len(acc[2]) >= most and cpu not in acc[2]:
-            return False
+        if acc is None or cpu not in acc[2]:
+            refused = assembler._admit(minute.cpu_names)
+            if refused is not None:
+                return refused
+            minute.cpu_names += 1
+            if acc is None:
+                if states is None:
+                    states = minute.states = {}
+                acc = states[second] = [0.0, 0.0, set()]
+            acc[2].add(cpu)
         if state in IDLE_STATES:
             acc[0] += value
         acc[1] += value
-        acc[2].add(cpu)
     elif kind == MEM_PART:
         second = int(round(ts))
-        if minute.parts is None:
-            minute.parts = {}
-        parts = minute.parts.get(second)
-        if parts is None:
-            parts = minute.parts[second] = {}
-        if len(parts) >= most and device not in parts:
-            return False
+        held = minute.parts
+        parts = held.get(second) if held is not None else None
+        if parts is None or device not in parts:
+            refused = assembler._admit(minute.part_names)
+            if refused is not None:
+                return refused
+            minute.part_names += 1
+            if parts is None:
+                if held is None:
+                    held = minute.parts = {}
+                parts = held[second] = {}
         parts[device] = value
     elif kind == "mem_mb":
         minute.mem_mb = value
@@ -564,12 +623,6 @@ def _double(value: float) -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
-
-
-def _holds_nothing(minute: Minute) -> bool:
-    """No sample was filed into ``minute`` (it was opened for one about to be)."""
-    return not (minute.cpu_count or minute.mem_count or minute.sums or minute.states
-                or minute.parts or minute.vcpus is not None or minute.mem_mb is not None)
 
 
 def _record(vm: str, end: int, minute: Minute, events: Counter,
@@ -646,4 +699,5 @@ def _record(vm: str, end: int, minute: Minute, events: Counter,
 
 if _native is not None:
     _native.configure(Minute, _put, within, OutOfRange, _COUNTERS, _LIMITS, _RATE_KINDS,
-                      _refuse_time, _refuse_counter, _refuse_rate, R_RANGE)
+                      _refuse_time, _refuse_counter, _refuse_rate, R_RANGE, R_DEVICE_CAP,
+                      R_NAME_BUDGET)
