@@ -194,23 +194,21 @@ def test_answers_name_the_damaged_logs_the_summary_rests_on(tmp_path):
 
 
 def test_a_lapsed_hold_still_counts_until_a_newer_summary_has_seen_its_vms(tmp_path):
-    """Holds of 2 s, one summary at the start (a refresh slower than the hold, or one failing):
+    """Holds of 1 s, one summary at the start (a refresh slower than the hold, or one failing):
     when the hold's time is up no summary has yet seen the VMs it was for, so the room it held
     is not offered again."""
-    import time
-
     base = tmp_path / "fleet"
     write_fleet(base / "data", base / "hosts.toml")
     with ServerProcess(tmp_path / "server", "--inventory", str(base / "hosts.toml"),
                        "--capacity-refresh", "1h",
-                       "--admission-hold", "2s", data_dir=base / "data") as server:  # fmt: skip
+                       "--admission-hold", "1s", data_dir=base / "data") as server:  # fmt: skip
         server.wait_for(lambda s: "basis" in state(s), timeout=60)
         fill = {"name": "fill", "vms": [{"profile": "1x2@100%", "count": 100}]}
         code, first = post(server, fill)
         assert code == 200 and first["status"] == "partial" and first["held"] is True
         placed = first["placed"]
         assert placed > 0 and first["headroom_left"]["kvm01"]["cpu_cores"] < 1
-        time.sleep(2.5)
+        server.wait_for(lambda s: all(h["expires_in_s"] < 0 for h in state(s)["held"]))  # time is up
         code, second = post(server, dict(fill, name="again"))
         kept = state(server)["held"]
     assert code == 200 and second["status"] == "reject" and second["placed"] == 0, second
@@ -298,14 +296,29 @@ def summarising(tmp_path, write_logs, hosts: str, *options: str):
         yield server
 
 
+@pytest.fixture(scope="module")
+def paused(tmp_path_factory):
+    """One server on test_capacity_edges' paused fleet (its HOSTS, --capacity-days 3), shared
+    because its start and first summary take seconds: one test holds room on it, the other
+    reads the summary only, which holds do not change, so either runs alone or first."""
+    from test_capacity_edges import HOSTS, write_paused
+
+    base = tmp_path_factory.mktemp("paused")
+    with summarising(base, write_paused, HOSTS, "--capacity-days", "3") as server:
+        yield server
+
+
 @pytest.mark.parametrize("reserve", [[], ["--capacity-no-reserve-stopped"]])
-def test_a_stopped_vm_keeps_room_in_the_live_summary_unless_told_not_to(tmp_path, reserve):
+def test_a_stopped_vm_keeps_room_in_the_live_summary_unless_told_not_to(tmp_path, reserve, request):
     """The server's summary reserves a stopped VM's level by default (4 cores, 16 GB on top of the
     running VM's 2 and 8), as ``vmstats admit`` does; --capacity-no-reserve-stopped does not."""
     from test_capacity_edges import HOSTS, write_paused
 
-    with summarising(tmp_path, write_paused, HOSTS, "--capacity-days", "3", *reserve) as server:
-        shown = state(server)
+    if reserve:
+        with summarising(tmp_path, write_paused, HOSTS, "--capacity-days", "3", *reserve) as server:
+            shown = state(server)
+    else:
+        shown = state(request.getfixturevalue("paused"))
     one = next(h for h in shown["hosts"] if h["name"] == "small1")
     kept = not reserve
     assert shown["basis"]["reserve_stopped"] is kept
@@ -354,19 +367,17 @@ def test_a_stopped_share_outside_0_to_100_stops_the_start_with_one_line(tmp_path
     assert not (tmp_path / "data").exists()  # refused before the start
 
 
-def test_the_allocation_figure_counts_the_sizes_earlier_answers_hold(tmp_path):
+def test_the_allocation_figure_counts_the_sizes_earlier_answers_hold(paused):
     """small1 has 12 of its 64 vCPUs and 48 of its 64 GB allocated (Nova's ratios 4 and 1).  The
     first answer holds two 1x8 VMs there (56, then 64 GB); the next 1x8 takes it to 72 GB, past
     the RAM ratio, so Nova would refuse it.  The allocation figure and past_allocation_ratios
     left the held VMs out, as if they were never going to be created: it said Nova places it."""
-    from test_capacity_edges import HOSTS, write_paused
-
-    with summarising(tmp_path, write_paused, HOSTS, "--capacity-days", "3") as server:
-        code, first = post(server, {"name": "first", "vms": [{"profile": "1x8@25%", "count": 2}]})
-        assert code == 200 and first["status"] == "accept" and first["held"] is True, first
-        assert set(first["offer"].values()) == {"small1"} and first["past_allocation_ratios"] == {}
-        assert first["allocation_basis"]["placed"] == 2
-        code, second = post(server, {"hold": False, "vms": [{"profile": "1x8@25%"}]})
+    server = paused
+    code, first = post(server, {"name": "first", "vms": [{"profile": "1x8@25%", "count": 2}]})
+    assert code == 200 and first["status"] == "accept" and first["held"] is True, first
+    assert set(first["offer"].values()) == {"small1"} and first["past_allocation_ratios"] == {}
+    assert first["allocation_basis"]["placed"] == 2
+    code, second = post(server, {"hold": False, "vms": [{"profile": "1x8@25%"}]})
     assert code == 200 and second["status"] == "accept" and second["offer"] == {"1x8@25%-1": "small1"}
     assert second["allocation_basis"]["placed"] == 0
     assert second["past_allocation_ratios"] == {"small1": {"vcpus": [15.0, 64.0], "mem_gb": [72.0, 64.0]}}
