@@ -60,7 +60,7 @@ def test_duplicates_are_replaced_not_repeated(tmp_path):
         server.send_udp(line(Record(vm="10.1.0.1", ts=t0, cpu=2.0, mem=2.0)))  # same (vm, ts)
         server.wait_received(2)
         # A retransmit after a flush lands again; the reader keeps the last one.
-        time.sleep(0.8)
+        server.wait_metrics(lambda m: m["vmstats_flushed_records_total"] == 1)
         server.send_udp(line(Record(vm="10.1.0.1", ts=t0, cpu=3.0, mem=3.0)))
         server.wait_received(3)
     frame = logged(tmp_path / "data", "10.1.0.1")
