@@ -156,6 +156,10 @@ class UTCFormatter(logging.Formatter):
               show_default=True,
               help="Seconds a request body may take to arrive after its headers; a slower one "
                    "is answered 408 and its connection closed (0 = never).")
+@click.option("--http-head-timeout", type=DURATION, default=_seconds(D.http_head_timeout),
+              show_default=True,
+              help="Seconds a request's line and headers may take from their first byte; a "
+                   "slower head is answered 408 and its connection closed (0 = never).")
 @click.option("--allow", "allow", multiple=True, metavar="CIDR[,CIDR...]",
               help="Accept UDP datagrams and TCP connections only from these networks "
                    "(repeatable; default: any).  Others are dropped and counted.")

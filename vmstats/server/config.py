@@ -105,6 +105,11 @@ class ServerConfig:
     #: is answered 408 and its connection closed.  The idle timeout alone let a sender of one
     #: byte a second keep its connection, and the room its body holds, for as long as it liked.
     http_body_timeout: float = 60.0
+    #: Seconds a request's head (request line and headers, at most 16 KiB) may take from its
+    #: first byte to its end: past it 408 and the connection closed.  A head trickled a byte a
+    #: second, never idle, held its connection for hours.  Clients write a head in one go; 20 s
+    #: is Apache's (mod_reqtimeout) and lets 16 KiB through a 9.6 kbit/s link (OPERATIONS.md).
+    http_head_timeout: float = 20.0
     #: Networks the push ports (UDP, TCP) and the HTTP port accept; empty: any.
     allow: tuple[str, ...] = ()
     http_allow: tuple[str, ...] = ()

@@ -20,7 +20,12 @@ A page may hold a body's bytes against its budget from the headers on (``admit_b
 API's --http-body-memory), so a body that does not fit is refused before it is stored, and
 every body must arrive whole within ``body_timeout`` (--http-body-timeout) of its headers:
 Twisted's only timeout is an idle one, which a sender of a byte a second never meets.  A slower
-body is answered 408 (counted as ``body_timeout``) and its connection closed.
+body is answered 408 (counted as ``body_timeout``) and its connection closed.  A request's head
+(request line and headers, up to 16 KiB) must likewise be whole within ``head_timeout``
+(--http-head-timeout) of its first byte, or 408 (``head_timeout``): a head trickled a byte a
+second held its connection for hours.  Both are one reactor timer per connection, started only
+while a head or body is under way, so a keep-alive connection idle between requests is left to
+the idle timeout.
 
 A request that changes something (any method but GET and HEAD) carrying ``Origin`` is refused
 (403) at its headers: only a browser sends that header, and nothing here is meant for one, so a
@@ -31,16 +36,20 @@ web page a victim opens cannot use the victim's network position to write record
 import hmac
 import io
 import json
+import logging
 from collections.abc import Callable, Iterable
 
 from twisted.application import service
 from twisted.web import http, resource, server
 
 from vmstats.server.connections import ConnectionTable, listen_tcp, listening
+from vmstats.server.metrics import RateLimitedLog
 from vmstats.stamps import moment
 
 #: A route's handler: the request in, the body out (bytes, or server.NOT_DONE_YET).
 Handler = Callable[[server.Request], bytes | int]
+
+log = logging.getLogger(__name__)
 
 #: Largest body of a route whose page declares none (a GET, /query's few words).
 DEFAULT_MAX_BODY = 64 << 10
@@ -177,8 +186,9 @@ class _Channel(http.HTTPChannel):
     Bodies are bounded here, before Twisted stores them (in a temporary file past 100 KB):
     a refused request is answered at once and its remaining bytes are dropped, not kept.  A
     page may hold a body's bytes against its budget as they arrive (``Router.admits``), and a
-    body must arrive whole within ``body_timeout`` of its headers: Twisted's own timeout is an
-    idle one, which a sender of one byte a second never meets.
+    body must arrive whole within ``body_timeout`` of its headers, and a head within
+    ``head_timeout`` of its first byte: Twisted's own timeout is an idle one, which a sender of
+    one byte a second never meets.
     """
 
     table: ConnectionTable
@@ -193,8 +203,14 @@ class _Channel(http.HTTPChannel):
     _depth = 0
     #: Seconds a body may take to arrive from its headers (--http-body-timeout; None: no limit).
     body_timeout: float | None = None
-    #: The call that cuts the body (or a refused connection's lingering) short at its deadline.
-    _body_timer = None
+    #: Seconds a head may take from its first byte to its end (--http-head-timeout; None: none).
+    head_timeout: float | None = None
+    #: Where a head or body cut at its deadline is logged (rate-limited: a crowd is one line).
+    late_log: RateLimitedLog | None = None
+    #: The call that cuts the head or body under way (or a refused connection's lingering) short
+    #: at its deadline, and the reason it is counted under: ``head_timeout`` or ``body_timeout``.
+    _deadline = None
+    _late_reason = ""
     #: The route's admission of a chunked body's reads as they arrive (None: not needed).
     _admit = None
 
@@ -217,6 +233,12 @@ class _Channel(http.HTTPChannel):
         if (self.line_mode and not self._depth and not self.paused and not self._refused
                 and b"\n" in self._buffer):
             self._bare_lf()
+        # A head begun and not yet whole: from here it has head_timeout to end.  A head read
+        # whole in one go (as clients send it) starts no timer, and a connection waiting for
+        # its next request (nothing buffered, no line taken) is the idle timeout's.
+        if (self.head_timeout and self._deadline is None and self.line_mode and not self.paused
+                and not self._refused and (self._buffer or self._in_head)):
+            self._start_deadline(self.head_timeout, "head_timeout")
 
     def _bare_lf(self) -> None:
         """A head whose lines end in a bare LF: Twisted splits lines at CRLF only, so it waited
@@ -278,6 +300,7 @@ class _Channel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._in_head = False  # the next line is the next request's first
+        self._stop_deadline()  # the head's: the head is whole
         request = self.requests[-1]
         path = self._path.split(b"?", 1)[0]
         limit = self.router.max_body(path)
@@ -324,7 +347,7 @@ class _Channel(http.HTTPChannel):
         # of one-byte chunks holds the bytes it costs, not a sixth of them.
         self._admit = admit if self.length is None else None
         if self.length != 0 and self.body_timeout:
-            self._start_body_timer()
+            self._start_deadline(self.body_timeout, "body_timeout")
         super().allHeadersReceived()
 
     def body_fits(self, size: int) -> bool:
@@ -340,29 +363,40 @@ class _Channel(http.HTTPChannel):
 
     def allContentReceived(self) -> None:
         if not self._refused:  # a body refused mid-stream may still end in the same read
-            self._stop_body_timer()
+            self._stop_deadline()
             self._admit = None  # what is read now is the next request's, buffered
             super().allContentReceived()
 
-    def _start_body_timer(self) -> None:
-        self._body_timer = self.table.reactor.callLater(self.body_timeout, self._body_late)
+    def _start_deadline(self, seconds: float, reason: str) -> None:
+        self._deadline = self.table.reactor.callLater(seconds, self._late)
+        self._late_reason = reason
 
-    def _stop_body_timer(self) -> None:
-        if self._body_timer is not None:
-            if self._body_timer.active():
-                self._body_timer.cancel()
-            self._body_timer = None
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
 
-    def _body_late(self) -> None:
-        """A body not whole ``body_timeout`` after its headers, or a refused request's sender
-        still sending then: one byte a second held its connection (never idle) and its body's
-        room for as long as it liked.  The body is refused (408, ``body_timeout``) and the
-        connection closed; a refused one only closed, its answer long sent."""
+    def _late(self) -> None:
+        """A head not whole ``head_timeout`` after its first byte, a body not whole
+        ``body_timeout`` after its headers, or a refused request's sender still sending then:
+        one byte a second, never idle, held its connection (and a body's room) for as long as it
+        liked.  The request is answered 408 (counted under the reason) and the connection
+        closed; a refused one only closed, its answer long sent."""
         if not self._refused:
-            self._refuse(http.REQUEST_TIMEOUT, "body_timeout",
-                         "the body did not arrive within %g s of the headers "
-                         "(--http-body-timeout)" % self.body_timeout)
-        self._body_timer = None
+            if self._late_reason == "head_timeout":
+                what, seconds, option = ("request line and headers", self.head_timeout,
+                                         "--http-head-timeout")
+                since = "its first byte"
+            else:
+                what, seconds, option = "body", self.body_timeout, "--http-body-timeout"
+                since = "the headers"
+            message = "the %s did not arrive within %g s of %s (%s)" % (what, seconds, since,
+                                                                       option)
+            if self.late_log is not None:
+                self.late_log.emit("closing the HTTP connection from %s: %s", self.peer, message)
+            self._answer(http.REQUEST_TIMEOUT, self._late_reason, message)
+        self._deadline = None
         self.table.close_gently(self)
 
     def _refuse(self, code: int, reason: str | None, message: str, body: bytes = b"") -> None:
@@ -389,8 +423,9 @@ class _Channel(http.HTTPChannel):
                              % (code, _REASONS[code], len(body), retry, body))
         self._linger_left = LINGER_BYTES
         self.transport.loseWriteConnection()  # the client sees the answer end, then closes
-        if self._body_timer is None and self.body_timeout:
-            self._start_body_timer()  # the rest it sends is dropped, for that long at most
+        if self._deadline is None and self.body_timeout:
+            # The rest it sends is dropped, for that long at most.
+            self._start_deadline(self.body_timeout, "body_timeout")
 
     def _linger(self, size: int) -> None:
         self._linger_left -= size
@@ -415,7 +450,7 @@ class _Channel(http.HTTPChannel):
 
     def connectionLost(self, reason) -> None:
         self.table.remove(self)
-        self._stop_body_timer()
+        self._stop_deadline()
         super().connectionLost(reason)
 
 
@@ -424,11 +459,13 @@ class _Site(server.Site):
     requestFactory = _Request
 
     def __init__(self, root: resource.Resource, table: ConnectionTable,
-                 body_timeout: float | None = None):
+                 body_timeout: float | None = None, head_timeout: float | None = None):
         # The table closes idle connections (counted); Twisted's own timer would be a second one.
         super().__init__(root, timeout=None)
         self.table = table
         self.body_timeout = body_timeout
+        self.head_timeout = head_timeout
+        self.late_log = RateLimitedLog(log, "HTTP timeout")
         self.noisy = False
 
     def buildProtocol(self, addr):
@@ -439,6 +476,8 @@ class _Site(server.Site):
         channel.router = self.resource
         channel.peer = addr.host
         channel.body_timeout = self.body_timeout
+        channel.head_timeout = self.head_timeout
+        channel.late_log = self.late_log
         return channel
 
 
@@ -466,7 +505,7 @@ class HTTPService(service.Service):
                  token: StatusToken | None = None,
                  routes: dict[bytes, resource.Resource] | None = None,
                  alerts_json: Callable[[bool], dict] | None = None,
-                 body_timeout: float | None = None):
+                 body_timeout: float | None = None, head_timeout: float | None = None):
         self.reactor = reactor
         self.bind = bind
         self.port = port
@@ -485,7 +524,7 @@ class HTTPService(service.Service):
         # Other services' pages by full path (b"/api/v2/write"), each with its methods and limit.
         for path, page in (routes or {}).items():
             self.router.add_page(path, page)
-        self.site = _Site(self.router, table, body_timeout)
+        self.site = _Site(self.router, table, body_timeout, head_timeout)
         self.listening = None
 
     def startService(self) -> None:

@@ -210,7 +210,8 @@ class Metrics:
                "HTTP requests refused: before their body was stored, too_large, not_found, "
                "length_required, cross_origin, uri_too_long, headers_too_large, bad_request, "
                "unsupported_encoding; busy, a write body past --http-body-memory (503); "
-               "body_timeout, a body not whole within --http-body-timeout (408).",
+               "body_timeout, a body not whole within --http-body-timeout (408); head_timeout, "
+               "a request line and headers not whole within --http-head-timeout (408).",
                [((("reason", reason),), n) for reason, n in
                 sorted(self.connections["http"].requests_refused.items())])
         metric("acks_total", "counter", "TCP batches acknowledged.", [((), self.acks)])

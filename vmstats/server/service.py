@@ -178,7 +178,8 @@ class Aggregator(service.MultiService):
             self.http = HTTPService(reactor, config.bind, config.http_port, self.metrics_text,
                                     self.status, self.tables["http"], token, routes,
                                     self.rules.alerts if self.rules is not None else None,
-                                    config.http_body_timeout or None)
+                                    config.http_body_timeout or None,
+                                    config.http_head_timeout or None)
             self.http.setServiceParent(self)
         self.metrics.gauges["unsigned_accepted_beyond_loopback"] = (
             "1 when a port takes unsigned records from beyond this machine (the push ports without "

@@ -1,0 +1,92 @@
+"""A request's head (request line and headers) must be whole within --http-head-timeout of its
+first byte.
+
+Every byte read reset --http-idle-timeout, so a head trickled a byte a second (up to the 16 KiB
+head limit) kept its connection for hours; the deadline runs from a request's first byte, so a
+keep-alive connection waiting between requests is still the idle timeout's alone.
+"""
+
+import socket
+import threading
+import time
+
+from serverproc import LOOPBACK, serve
+from test_http_bodies import status_and_json
+from test_http_bodies_in_flight import REFUSED, USED, lines, read_answer, write_head
+
+OPEN = 'vmstats_connections_open{port="http"}'
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One response's head and body (by its Content-Length), leaving the connection open."""
+    sock.settimeout(3)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536) or b"<closed>"
+        assert not data.endswith(b"<closed>"), data
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        more = sock.recv(65536)
+        assert more, (head, body)
+        body += more
+    return head, body
+
+
+def test_a_head_trickled_past_the_head_timeout_is_cut_and_a_write_still_lands(tmp_path):
+    """A head sent a byte every 50 ms, never idle for --http-idle-timeout, is answered 408 at
+    --http-head-timeout, counted as head_timeout and closed; a write meanwhile lands whole."""
+    good = lines(300, "hd")
+    with serve(tmp_path, "--influx-port", "0", "--http-head-timeout", "0.5s") as server:
+        port = server.http_port
+        result: dict = {}
+
+        def trickle() -> None:
+            head = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200
+            with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+                started = time.monotonic()
+                sock.settimeout(0.05)
+                try:
+                    for byte in head:
+                        sock.sendall(bytes([byte]))
+                        try:
+                            data = sock.recv(65536)
+                        except socket.timeout:
+                            continue
+                        result["answer"] = data + read_answer(sock, 2)
+                        break
+                except OSError as exc:
+                    result["answer"] = repr(exc).encode()
+                result["took"] = time.monotonic() - started
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+            sock.sendall(write_head(len(good)) + good)
+            assert read_answer(sock, 3).startswith(b"HTTP/1.1 204 ")
+        sender.join(5)
+        code, headers, error = status_and_json(result["answer"])
+        assert (code, headers["connection"]) == (408, "close"), result
+        assert "--http-head-timeout" in error["error"] and 0.4 < result["took"] < 2, result
+        metrics = server.wait_metrics(lambda m: m[OPEN] <= 1 and m[USED] >= 300, timeout=3)
+        assert (metrics[REFUSED % "head_timeout"], metrics[USED]) == (1, 300)
+
+
+def test_a_keep_alive_connection_idle_past_the_head_timeout_is_answered(tmp_path):
+    """The head deadline runs from a request's first byte: a connection that waits longer than
+    it (but less than --http-idle-timeout) between two requests is kept, and answered twice."""
+    with serve(tmp_path, "--http-head-timeout", "0.3s", "--http-idle-timeout", "10s") as server:
+        with socket.create_connection((LOOPBACK, server.http_port), timeout=5) as sock:
+            request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+            sock.sendall(request)
+            head, _ = read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            time.sleep(1.0)  # three head deadlines
+            sock.sendall(request[:10])  # a head that pauses inside its deadline is fine too
+            time.sleep(0.1)
+            sock.sendall(request[10:])
+            head, body = read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert REFUSED % "head_timeout" not in body.decode()
+        assert server.metrics().get(REFUSED % "head_timeout", 0) == 0
