@@ -224,7 +224,9 @@ def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
 
     Each round starts the server on the same data dir and sends six records
     over TCP, each acknowledged (so filed: its transition is the server's to
-    deliver) and each flipping the VM's state, then kills it.  A last round
+    deliver) and each flipping the VM's state, each once the one before is in
+    the action log (so no two records of a VM meet in one rules tick, however
+    slow the host), then kills it.  A last round
     runs until nothing is pending.  Compared against the action log: every
     logged transition's key received (not lost), no key acted on twice
     (duplicated: the receiver dedups by key, as it should), and the chain of
@@ -237,9 +239,12 @@ def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
     server = None
     sent = 0
     for server in killed_servers(folder, rules, rounds, 30):
+        log = server.data_dir / "rules" / "actions.log"
         for _ in range(6):
-            # Three VMs in turn, each flipping at each of its records: a VM's records are
-            # 0.75 s apart, never in one rules tick, so each must make a transition.
+            # Three VMs in turn, each flipping at each of its records: the next record waits
+            # for this one's transition in the log, so a VM's records are never in one rules
+            # tick and each must make a transition.  Past 5 s without it the rounds go on:
+            # the count of transitions against records says what went missing.
             vm = vms[sent % 3]
             cpu = 95.0 if (sent // 3) % 2 == 0 else 10.0
             sent += 1
@@ -247,7 +252,9 @@ def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
             with server.tcp() as sock:
                 sock.sendall(line(vm, ts, cpu) + b"\n#!sync 1\n")
                 sock.recv(100)
-            time.sleep(0.25)
+            deadline = time.monotonic() + 5.0
+            while _logged_events(log) < sent and time.monotonic() < deadline:
+                time.sleep(0.01)
     with hook.lock:
         keys = list(hook.keys)
     entries = [json.loads(x) for x in (server.data_dir / "rules" / "actions.log").read_text().splitlines()]
@@ -268,6 +275,14 @@ def sigkill_rounds(folder: Path, hook: "WebhookReceiver", rounds: int) -> dict:
             "posts": len(keys), "repeats_caught_by_key": len(keys) - len(set(keys)),
             "resent": sum(1 for e in entries if e["type"] == "attempt" and e["n"] > 1),
             "chain_broken": broken}
+
+
+def _logged_events(log: Path) -> int:
+    """The events in an action log so far (its entries are written compact, keys sorted)."""
+    try:
+        return log.read_bytes().count(b'"type":"event"')
+    except FileNotFoundError:
+        return 0
 
 
 def log_entries(server) -> list[dict]:
