@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -1234,6 +1235,9 @@ def test_a_restart_after_a_reload_retired_an_action_still_resolves_its_alerts_th
             server.kill()
         old.down = False
         flag.unlink()
+        log = server.data_dir / "rules" / "actions.log"
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600  # it holds the webhook's secret
+        log.chmod(0o640)  # as an earlier version made it
         with serve(tmp_path, rules) as again:
             told = old.wait(2, 5)[1]
             assert (told["labels"]["alertname"], told["status"]) == ("noisy", "resolved")
@@ -1248,3 +1252,4 @@ def test_a_restart_after_a_reload_retired_an_action_still_resolves_its_alerts_th
     assert "not run after a restart" in again.output
     assert ran.read_text() == "firing\n"  # the retired command was not run again
     assert len(old.alerts()) == 2 and hook.alerts() == []
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600  # made owner-only at its next write

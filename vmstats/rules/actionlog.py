@@ -53,6 +53,8 @@ from vmstats.server.ownfiles import check_file, replace_durably, usable_director
 log = logging.getLogger(__name__)
 
 FILE_NAME = "actions.log"
+#: Owner-only, like the journal: a retired action's entry holds its webhook secret or apprise URL.
+MODE = 0o600
 #: Entries kept in memory for /alerts and ``vmstats alerts``.
 RECENT = 200
 
@@ -414,13 +416,16 @@ class ActionLog:
 
     def _write_sync(self, data: bytes) -> None:
         """On a thread: append, fsync; rewrite compacted when the file has grown past its cap."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, MODE)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
-            size = os.fstat(fd).st_size
+            known = os.fstat(fd)
+            size = known.st_size
+            if known.st_mode & 0o077:  # made by an earlier version, open to its group
+                os.fchmod(fd, MODE)
         finally:
             os.close(fd)
         if size > self.max_bytes:
@@ -430,5 +435,5 @@ class ActionLog:
         state = read(self.path)
         replace_durably(self.path, b"".join(
             json.dumps(entry, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
-            for entry in compacted(state)), self.path + ".compacting")
+            for entry in compacted(state)), self.path + ".compacting", MODE)
         self.compactions += 1
