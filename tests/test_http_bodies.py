@@ -25,6 +25,21 @@ def temp_bytes(pid: int) -> int:
     return total
 
 
+def read_answer(sock: socket.socket, timeout: float) -> bytes:
+    """What the server says until it closes, or until ``timeout`` seconds pass."""
+    sock.settimeout(timeout)
+    answer = b""
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    except OSError:
+        pass
+    return answer
+
+
 def stream(port: int, head: bytes, chunk: bytes, most: int) -> tuple[int, bytes]:
     """Send ``head`` then up to ``most`` bytes of ``chunk``s until the server answers; (sent, answer)."""
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
@@ -36,16 +51,7 @@ def stream(port: int, head: bytes, chunk: bytes, most: int) -> tuple[int, bytes]
                 sent += len(chunk)
         except OSError:  # the server closed after answering
             pass
-        answer = b""
-        try:
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                answer += data
-        except OSError:
-            pass
-        return sent, answer
+        return sent, read_answer(sock, 10)
 
 
 def status_and_json(answer: bytes) -> tuple[int, dict, dict]:

@@ -11,7 +11,7 @@ import threading
 import time
 
 from serverproc import LOOPBACK, serve
-from test_http_bodies import status_and_json
+from test_http_bodies import read_answer, status_and_json
 
 HELD = "vmstats_http_body_bytes_held"
 REFUSED = 'vmstats_http_requests_refused_total{reason="%s"}'
@@ -28,21 +28,6 @@ def write_head(length: int | None) -> bytes:
     framing = (b"Content-Length: %d" % length if length is not None
                else b"Transfer-Encoding: chunked")
     return b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n\r\n" % framing
-
-
-def read_answer(sock: socket.socket, timeout: float) -> bytes:
-    """What the server says until it closes, or until ``timeout`` seconds pass."""
-    sock.settimeout(timeout)
-    answer = b""
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-    except OSError:
-        pass
-    return answer
 
 
 def test_bodies_in_flight_are_held_in_the_budget_and_one_past_it_is_refused_early(tmp_path):

@@ -11,8 +11,8 @@ import threading
 import time
 
 from serverproc import LOOPBACK, serve
-from test_http_bodies import status_and_json
-from test_http_bodies_in_flight import REFUSED, USED, lines, read_answer, write_head
+from test_http_bodies import read_answer, status_and_json
+from test_http_bodies_in_flight import REFUSED, USED, lines, write_head
 
 OPEN = 'vmstats_connections_open{port="http"}'
 
