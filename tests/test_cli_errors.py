@@ -95,6 +95,10 @@ CASES = [
     (("alerts", "--data-dir", "data", "--recent", "-1"), REFUSED, "Invalid value for '--recent'"),
     (("agent-bundle", "-o", "folder"), REFUSED, "Invalid value for '-o' / '--output': folder is a folder"),
     ((*_SERVE, "--max-vms", "x"), REFUSED, "Invalid value for '--max-vms'"),
+    ((*_SERVE, "--edge-max-name-bytes", "0"), REFUSED,
+     "Invalid value for '--edge-max-name-bytes': 0 is not in the range x>=1."),
+    ((*_SERVE, "--edge-max-name-bytes", "256B"), REFUSED,
+     "Invalid value for '--edge-max-name-bytes': '256B' is not an integer."),
     ((*_SERVE, "--allow", "10.0.0.0/33"), REFUSED, "--allow: '10.0.0.0/33' is not an address"),
     ((*_SERVE, "--parser-timeout", "0s"), REFUSED, "--parser-timeout must be 1s or more"),
     # SO_RCVBUF is a C int: past it, "TypeError: a bytes-like object is required" and exit 1

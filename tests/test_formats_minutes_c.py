@@ -242,13 +242,50 @@ def test_minutes_whose_every_name_was_refused_are_forced_out_past_the_open_bound
                                       " v003's net_rx 'eth0' refused")
 
 
+def test_device_names_past_their_bytes_are_refused_alike():
+    """A name longer than ``max_name_bytes`` in UTF-8 (ASCII: its length; other characters
+    count two to four) is refused as too_long, of every kind, before a minute or a counter
+    holds it; a name of the bound itself is taken.  Without the bound a name was held as long
+    as the line that carried it (64 KiB), and the bound on names counted it as one."""
+    names = ["e" * 16, "e" * 17, "\u00e9" * 8, "\u00e9" * 9, "\u20ac" * 5, "\u20ac" * 6,
+             "\udcff" * 5, "\udcff" * 6, "x" * 70_000]
+    kinds = ("disk_r", "net_rx" + TOTAL, CPU_STATE, CPU_STATE + TOTAL, MEM_PART, "cpu", "other")
+    batches = [([Sample("a", NOW - 35 + k, kind, name, 10.0 * k) for k in (0, 10)
+                 for kind in kinds for name in names]
+                + [Sample("a", NOW - 25, "cpu", "", 5.0), Sample("a", NOW - 25, "mem", "", 6.0)],
+                NOW)]
+    for by_line in (True, False):
+        [seen] = same(batches, by_line=by_line, max_name_bytes=16)
+        refused = 2 * len(kinds) * 5  # e*17, é*9, €*6, \udcff*6 and x*70,000 at both moments
+        assert reasons_of(seen, by_line) == ["too_long"] * refused
+    [seen] = same(batches, max_name_bytes=16)
+    assert {index for index, _reason, _detail in seen["refused"]} == {
+        k * len(kinds) * len(names) + kind * len(names) + name
+        for k in (0, 1) for kind in range(len(kinds)) for name in (1, 3, 5, 7, 8)}
+    assert seen["refused"][0][2] == ("a's disk_r device name of 17 bytes is over 16: "
+                                     "'eeeeeeeeeeeeeeeee'... refused")
+    assert seen["refused"][4][2].startswith("a's disk_r device name of 70000 bytes is over 16")
+    # No counter was primed for a name refused: the counters hold the names taken alone.
+    in_c, _in_python = assemblers(max_name_bytes=16)
+    in_c.add(batches[0][0], NOW, Tally())
+    assert sorted(len(device.encode("utf-8", "surrogatepass")) for _vm, _kind, device
+                  in in_c.rates.last) == [15] * 4 + [16] * 4
+    # The default holds any Linux device's name (NAME_MAX, 255) and collectd's cpu:state of two
+    # instances of 127 bytes each.
+    [seen] = same([([Sample("a", NOW - 5, CPU_STATE, "c" * 127 + ":" + "s" * 127, 1.0),
+                     Sample("a", NOW - 5, "disk_r", "d" * 255, 1.0),
+                     Sample("a", NOW - 5, "disk_r", "d" * 257, 1.0)], NOW)])
+    assert [reason for _index, reason, _detail in seen["refused"]] == ["too_long"]
+
+
 SAMPLES = st.lists(st.builds(
     Sample,
     st.sampled_from(["a", "b", "c"]),
     st.one_of(st.floats(NOW - 700, NOW + 400), st.integers(int(NOW) - 700, int(NOW) + 400)),
     st.sampled_from(["cpu", "mem", "mem_mb", "vcpus", "disk_r", "net_tx", "disk_r" + TOTAL,
                      "net_rx" + TOTAL, CPU_STATE, CPU_STATE + TOTAL, MEM_PART, "other"]),
-    st.sampled_from(["", "sda", "sda1", "eth0", "0:idle", "1:user", "used", "free"]),
+    st.sampled_from(["", "sda", "sda1", "eth0", "0:idle", "1:user", "used", "free",
+                     "eth0" * 70, "\u00e9" * 3, "0:" + "\u20ac" * 2]),
     st.one_of(st.floats(allow_nan=False), st.integers(-(2**66), 2**66),
               st.floats(-10, 110), st.integers(0, 10**12))), max_size=60)
 
@@ -256,8 +293,9 @@ SAMPLES = st.lists(st.builds(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(SAMPLES, st.floats(NOW - 200, NOW + 200)), min_size=1, max_size=4),
        st.sampled_from([0, 120]), st.sampled_from([2, 1000]), st.sampled_from([1, 2, 4096]),
-       st.sampled_from([1, 7, 10**6]), st.booleans())
-def test_random_samples_end_alike(batches, max_past, max_open, max_devices, max_names, by_line):
+       st.sampled_from([1, 7, 10**6]), st.sampled_from([5, 6, 256]), st.booleans())
+def test_random_samples_end_alike(batches, max_past, max_open, max_devices, max_names,
+                                  max_name_bytes, by_line):
     same(batches, by_line=by_line, max_past=max_past, max_open=max_open, max_devices=max_devices,
-         max_names=max_names)
+         max_names=max_names, max_name_bytes=max_name_bytes)
 

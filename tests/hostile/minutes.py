@@ -23,6 +23,11 @@ TIMES = [NOW, NOW - 1, NOW - 59.999, NOW - 60, NOW - 60.000001, NOW + 299, NOW +
          NOW - 10**6, int(NOW), int(NOW) - 61, 0, -1, 0.0, -0.0, 1e300, -1e300, 10**30,
          math.nan, math.inf, -math.inf, True]
 VMS = ["a", "b", "", "a" * 1000, "\udcff", 7, ("a",), None]
+#: Device names about the bound on their bytes (``max_name_bytes`` 16 below): of ASCII, of
+#: characters of two, three and four bytes, a lone surrogate, 64 KiB, and what is no str.
+LONG_NAMES = ["e" * 16, "e" * 17, "\u00e9" * 8, "\u00e9" * 9, "\u20ac" * 6, "\U0001f600" * 4,
+              "\U0001f600" * 5, "\udcff" * 6, "x" * 65536, b"e" * 17, b"\xff" * 8, None, 7,
+              ("e",) * 17]
 
 
 def odd_values() -> int:
@@ -35,6 +40,13 @@ def odd_values() -> int:
                 same([(batch, NOW)])
                 same([([Sample("a", NOW - 15, kind, device, 10)] + batch, NOW)])
                 count += 2
+    for device in LONG_NAMES:
+        for kind in ("disk_r", "net_rx" + TOTAL, CPU_STATE, MEM_PART, "cpu"):
+            # (A name that is no str and is taken would be filed, and no checkpoint holds it.)
+            for most in (16, 0, -1, -5) + ((2**70,) if isinstance(device, str) else ()):
+                same([([Sample("a", NOW - 5, kind, device, 5),
+                        Sample("a", NOW - 5, kind, "e", 5)], NOW)], max_name_bytes=most)
+                count += 1
     for ts in TIMES + ["x", None]:
         for vm in VMS:
             same([([Sample(vm, ts, "cpu", "", 1.0), Sample(vm, ts, "net_rx" + TOTAL, "e", 5)],
@@ -71,12 +83,13 @@ def random_batches(rng: random.Random) -> int:
         for _ in range(rng.randrange(1, 5)):
             now = NOW + rng.uniform(-200, 200)
             samples = [Sample(rng.choice(VMS[:4]), rng.choice(TIMES[:11] + [now - rng.uniform(0, 700)]),
-                              rng.choice(KINDS), rng.choice(("", "sda", "eth0", "0:idle", "used")),
+                              rng.choice(KINDS), rng.choice(("", "sda", "eth0", "0:idle", "used",
+                                                             *LONG_NAMES[:9])),
                               rng.choice(VALUES)) for _ in range(rng.randrange(60))]
             batches.append((samples, now))
         same(batches, by_line=rng.random() < 0.5, max_past=rng.choice((0, 120)),
              max_open=rng.choice((1, 2, 1000)), max_devices=rng.choice((1, 2, 4096)),
-             max_names=rng.choice((1, 3, 10**6)))
+             max_names=rng.choice((1, 3, 10**6)), max_name_bytes=rng.choice((16, 256)))
         count += 1
     return count
 
@@ -119,4 +132,5 @@ def run() -> int:
     reference.test_late_samples_forced_minutes_and_every_kind_of_collectd()
     reference.test_devices_past_a_minutes_bound_are_refused_alike()
     reference.test_names_past_all_open_minutes_bound_are_refused_alike()
+    reference.test_device_names_past_their_bytes_are_refused_alike()
     return odd_values() + counters(rng) + random_batches(rng) + malformed()

@@ -9,9 +9,10 @@
  * Only the common cases are done here: a float counter or float timestamp, a rate filed, a
  * cpu or mem sample added.  Anything else -- a reject, a counter's first sample, a drop, a
  * value out of bounds, a late minute, a minute forced out, a device past the minute's bound
- * (max_devices) or all open minutes' (max_names) -- is handed to the same Python that the reference calls, with the state as
- * the reference would have it at that point, so the two cannot differ in what they say or
- * count.
+ * (max_devices) or all open minutes' (max_names), a device name longer than max_name_bytes,
+ * or one that is not ASCII and could be -- is handed to the same Python that the reference
+ * calls, with the state as the reference would have it at that point, so the two cannot
+ * differ in what they say or count.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -21,10 +22,10 @@
 /* Set once by configure(): minutes.py's tables and helpers. */
 static PyObject *minute_type, *put_fn, *within_fn, *out_of_range, *counters, *limits,
     *rate_kinds, *refuse_time, *refuse_counter, *refuse_rate, *r_range, *r_device_cap,
-    *r_name_budget;
+    *r_name_budget, *too_long_fn;
 static PyObject *s_cpu, *s_mem, *s_mem_mb, *s_vcpus, *s_sums, *s_counts, *s_touched, *s_cpu_sum, *s_cpu_count,
     *s_cpu_max, *s_mem_sum, *s_mem_count, *s_detail, *s_open_count, *s_max_open,
-    *s_force_oldest, *s_late, *s_refuse_name, *s_names, *s_step, *s_last, *s_max_gap, *f_zero, *i_zero,
+    *s_force_oldest, *s_late, *s_refuse_name, *s_refuse_long, *s_names, *s_step, *s_last, *s_max_gap, *f_zero, *i_zero,
     *i_one, *i_sixty, *f_double_max;
 
 /* a <= b, as Python compares them (the common case of two floats without a call). */
@@ -317,11 +318,30 @@ call_refuse_name(PyObject *self, Py_ssize_t index, PyObject *vm, PyObject *kind,
     return 0;
 }
 
+/* assembler._refuse_long(index, vm, kind, device, reject): a device name too long. */
+static int
+call_refuse_long(PyObject *self, Py_ssize_t index, PyObject *vm, PyObject *kind,
+                 PyObject *device, PyObject *reject)
+{
+    PyObject *at = PyLong_FromSsize_t(index);
+    if (at == NULL)
+        return -1;
+    PyObject *result = PyObject_CallMethodObjArgs(self, s_refuse_long, at, vm, kind, device,
+                                                  reject, NULL);
+    Py_DECREF(at);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
 /* The state of one add: what the reference holds in local names. */
 typedef struct {
     PyObject *self, *open, *written, *newest, *last, *step, *reject, *now, *earliest, *latest,
-        *finished, *most_obj, *max_names;
+        *finished, *most_obj, *max_names, *most_bytes_obj;
     Py_ssize_t most;  /* the assembler's max_devices */
+    /* Its max_name_bytes, and that // 4: a name of no more characters is no more bytes. */
+    Py_ssize_t most_bytes, short_name;
     double max_gap;
     PyObject *held_vm, *held_ts, *held;  /* strong references, or NULL */
 } Adding;
@@ -428,6 +448,27 @@ done:
     return result;
 }
 
+/* Is ``device`` longer than max_name_bytes (1), or not (0); -1 on an error.  The reference's
+ * ``len(device) > short and _too_long(device, most)``: a str of ASCII is judged here by its
+ * length, which is its bytes; anything else longer than ``short`` by the same Python. */
+static int
+name_too_long(Adding *a, PyObject *device)
+{
+    if (PyUnicode_CheckExact(device)) {
+        Py_ssize_t length = PyUnicode_GET_LENGTH(device);
+        if (length <= a->short_name)
+            return 0;
+        if (PyUnicode_IS_ASCII(device))
+            return length > a->most_bytes;
+    }
+    PyObject *answer = PyObject_CallFunctionObjArgs(too_long_fn, device, a->most_bytes_obj, NULL);
+    if (answer == NULL)
+        return -1;
+    int too = PyObject_IsTrue(answer);
+    Py_DECREF(answer);
+    return too;
+}
+
 /* One sample; 0 when done with (filed or refused), -1 on an error. */
 static int add_tuple(Adding *a, Py_ssize_t index, PyObject *sample);
 
@@ -462,6 +503,9 @@ add_tuple(Adding *a, Py_ssize_t index, PyObject *sample)
         return -1;
     if (!inside)
         return call_at(refuse_time, index, ts, a->now, a->latest, a->reject);
+    int too_long = name_too_long(a, device);  /* before a counter holds the name */
+    if (too_long)
+        return too_long < 0 ? -1 : call_refuse_long(a->self, index, vm, kind, device, a->reject);
     Py_INCREF(kind);
     Py_INCREF(value);
     int result = -1;
@@ -612,11 +656,16 @@ add(PyObject *module, PyObject *args)
         || (a.step = PyObject_GetAttr(rates, s_step)) == NULL
         || (gap = PyObject_GetAttr(rates, s_max_gap)) == NULL
         || (a.most_obj = PyObject_GetAttrString(a.self, "max_devices")) == NULL
-        || (a.max_names = PyObject_GetAttrString(a.self, "max_names")) == NULL)
+        || (a.max_names = PyObject_GetAttrString(a.self, "max_names")) == NULL
+        || (a.most_bytes_obj = PyObject_GetAttrString(a.self, "max_name_bytes")) == NULL)
         goto out;
-    /* An int, as the reference compares it with a table's length (past a Py_ssize_t: never). */
+    /* Ints, as the reference compares them with lengths (past a Py_ssize_t: never). */
     if ((a.most = PyNumber_AsSsize_t(a.most_obj, NULL)) == -1 && PyErr_Occurred())
         goto out;
+    if ((a.most_bytes = PyNumber_AsSsize_t(a.most_bytes_obj, NULL)) == -1 && PyErr_Occurred())
+        goto out;
+    /* most_bytes // 4 as Python floors it (a bound below 0 too) */
+    a.short_name = a.most_bytes / 4 - (a.most_bytes < 0 && a.most_bytes % 4 != 0);
     if (!PyDict_Check(a.open) || !PyDict_Check(a.written) || !PyDict_Check(a.newest)
         || !PyDict_Check(a.last)) {
         PyErr_SetString(PyExc_TypeError, "the assembler's state must be dicts");
@@ -658,27 +707,28 @@ out:  /* on success too: every reference this call took is dropped here */
     Py_XDECREF(gap);
     Py_XDECREF(a.most_obj);
     Py_XDECREF(a.max_names);
+    Py_XDECREF(a.most_bytes_obj);
     return done;
 }
 
 PyDoc_STRVAR(configure_doc,
 "configure(Minute, put, within, OutOfRange, counters, limits, rate_kinds, refuse_time,\n"
-"refuse_counter, refuse_rate, R_RANGE, R_DEVICE_CAP, R_NAME_BUDGET): minutes.py's tables\n"
-"and helpers, once.");
+"refuse_counter, refuse_rate, R_RANGE, R_DEVICE_CAP, R_NAME_BUDGET, too_long): minutes.py's\n"
+"tables and helpers, once.");
 
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
-    PyObject *given[13];
-    if (!PyArg_ParseTuple(args, "OOOOO!O!O!OOOUUU", &given[0], &given[1], &given[2], &given[3],
+    PyObject *given[14];
+    if (!PyArg_ParseTuple(args, "OOOOO!O!O!OOOUUUO", &given[0], &given[1], &given[2], &given[3],
                           &PyDict_Type, &given[4], &PyDict_Type, &given[5],
                           &PyFrozenSet_Type, &given[6], &given[7], &given[8], &given[9],
-                          &given[10], &given[11], &given[12]))
+                          &given[10], &given[11], &given[12], &given[13]))
         return NULL;
     PyObject **slots[] = {&minute_type, &put_fn, &within_fn, &out_of_range, &counters, &limits,
                           &rate_kinds, &refuse_time, &refuse_counter, &refuse_rate, &r_range,
-                          &r_device_cap, &r_name_budget};
-    for (int i = 0; i < 13; i++)
+                          &r_device_cap, &r_name_budget, &too_long_fn};
+    for (int i = 0; i < 14; i++)
         Py_XSETREF(*slots[i], Py_NewRef(given[i]));
     Py_RETURN_NONE;
 }
@@ -703,7 +753,7 @@ PyInit__minutes(void)
         {&s_cpu_max, "cpu_max"}, {&s_mem_sum, "mem_sum"}, {&s_mem_count, "mem_count"},
         {&s_detail, "detail"}, {&s_open_count, "open_count"}, {&s_max_open, "max_open"},
         {&s_force_oldest, "_force_oldest"}, {&s_late, "_late"},
-        {&s_refuse_name, "_refuse_name"}, {&s_names, "names"}, {&s_step, "step"},
+        {&s_refuse_name, "_refuse_name"}, {&s_refuse_long, "_refuse_long"}, {&s_names, "names"}, {&s_step, "step"},
         {&s_last, "last"}, {&s_max_gap, "max_gap"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {

@@ -122,6 +122,11 @@ class UTCFormatter(logging.Formatter):
               help="Cap on device names (disks, interfaces, each second's CPUs and memory kinds) "
                    "the minutes of Telegraf, collectd and Graphite hold at once: a new one past "
                    "it is refused as name_budget until minutes written make room.")
+@click.option("--edge-max-name-bytes", type=IntRange(1), default=D.edge_max_name_bytes,
+              show_default=True,
+              help="Longest device name (interface, disk, CPU, collectd instance, tag) those "
+                   "minutes take, in bytes: a sample naming a longer one is refused as too_long "
+                   "(256 holds any Linux device's name, NAME_MAX 255, and collectd's, 127).")
 @click.option("--max-past", type=DURATION, default=_seconds(D.max_past), show_default=True,
               help="Reject records older than this (0 = no limit).")
 @click.option("--max-future", type=DURATION, default=_seconds(D.max_future),

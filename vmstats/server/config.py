@@ -7,7 +7,7 @@ from typing import Any
 
 from vmstats.capacity import defaults as capacity_defaults
 from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT, DEFAULT_SIG_WINDOW
-from vmstats.server.formats import MAX_DEVICES, MAX_NAMES
+from vmstats.server.formats import MAX_DEVICES, MAX_NAME_BYTES, MAX_NAMES
 from vmstats.server.formats.interfaces import VIRTUAL_INTERFACES
 
 DEFAULT_HTTP_PORT = 8898
@@ -145,11 +145,13 @@ class ServerConfig:
     virtual_interfaces: tuple[str, ...] = VIRTUAL_INTERFACES
     #: Bounds of the other agents' state: counters tracked, minutes open, devices of one kind
     #: (disks, interfaces; the CPUs or memory kinds of all its seconds) in one VM's minute,
-    #: and device names in all open minutes together (--edge-max-names).
+    #: and device names in all open minutes together (--edge-max-names); and the bytes of one
+    #: device name (--edge-max-name-bytes), since the bound on names counts names.
     edge_max_counters: int = 200_000
     edge_max_open: int = 200_000
     edge_max_devices: int = MAX_DEVICES
     edge_max_names: int = MAX_NAMES
+    edge_max_name_bytes: int = MAX_NAME_BYTES
     #: Compaction and retention (docs/STORAGE.md): how often a pass runs (0: never), and
     #: how long after a day ends its CSV files are compacted, its rows kept, its rollups kept.
     compact_interval: float = 3600.0

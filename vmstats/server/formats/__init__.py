@@ -64,6 +64,14 @@ MAX_DEVICES = 2 * BOUNDS["vcpus"][1]
 #: minutes of four rate kinds each could still hold 6.5 billion names; this bounds their sum
 #: (docs/OPERATIONS.md, "Memory", has the arithmetic of the default).
 MAX_NAMES = 1_000_000
+#: The longest device name (an interface, disk, CPU, collectd instance, a tag used as a device)
+#: taken, in bytes of UTF-8; a sample naming a longer one is refused as ``too_long``.  A name
+#: is held in its minute and in its counter, and ``MAX_NAMES`` counts names, not bytes: up to
+#: ``--max-line`` (64 KiB) each, a million names could hold 64 GB.  256 holds any name a device
+#: has on Linux (a file name under /sys/block or /sys/class/net: ``NAME_MAX``, 255 bytes;
+#: an interface's ``IFNAMSIZ`` is 16) and collectd's longest instance (``DATA_MAX_NAME_LEN``,
+#: 128 with its NUL: a CPU state's ``cpu:state`` of two is 255).
+MAX_NAME_BYTES = 256
 #: How far a percentage may stray outside 0..100 and still be taken, clamped, as rounding:
 #: Telegraf prints ``usage_idle=100.00000001``, and idle plus iowait can add up to a hair over
 #: 100.  Further out it is no rounding but a broken sender (``usage_idle=-50``), and clamping it

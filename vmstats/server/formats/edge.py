@@ -412,7 +412,8 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
     assembler = MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
                                 config.max_past, rates,
                                 VirtualInterfaces(config.virtual_interfaces),
-                                config.edge_max_devices, config.edge_max_names)
+                                config.edge_max_devices, config.edge_max_names,
+                                config.edge_max_name_bytes)
     edge = Edge(ingest, metrics, assembler, clock)
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}

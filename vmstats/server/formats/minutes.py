@@ -26,7 +26,9 @@ early (counted), so memory stays bounded whatever senders do.  Within one, each
 kind of names (a rate's devices; the CPUs, or memory kinds, of all its seconds
 together) holds at most ``max_devices``: a sample naming one more is refused as
 ``device_cap``.  All open minutes together hold at most ``max_names`` names: past
-that a new one is refused as ``name_budget`` until minutes written make room.
+that a new one is refused as ``name_budget`` until minutes written make room.  A
+name longer than ``max_name_bytes`` is refused as ``too_long`` before it is held
+anywhere (a minute, a counter): the bound on names counts names, not their bytes.
 """
 
 import heapq
@@ -42,12 +44,14 @@ from vmstats.server.formats import (
     BOUNDS,
     CPU_STATE,
     MAX_DEVICES,
+    MAX_NAME_BYTES,
     MAX_NAMES,
     MEM_PART,
     PERCENT_SLACK,
     R_DEVICE_CAP,
     R_NAME_BUDGET,
     R_RANGE,
+    R_TOO_LONG,
     RATES,
     TOTAL,
     OutOfRange,
@@ -140,7 +144,7 @@ class MinuteAssembler:
     def __init__(self, grace: float = 30.0, max_open: int = 200_000, max_future: int = 300,
                  max_past: int = 0, rates: CounterRates | None = None,
                  virtual: VirtualInterfaces | None = None, max_devices: int = MAX_DEVICES,
-                 max_names: int = MAX_NAMES):
+                 max_names: int = MAX_NAMES, max_name_bytes: int = MAX_NAME_BYTES):
         self.grace = grace
         self.max_open = max_open
         #: The most names of each kind a minute holds (``MAX_DEVICES``), an int of at least 1.
@@ -149,6 +153,8 @@ class MinuteAssembler:
         #: counted up as each is filed, down as its minute is written.
         self.max_names = max_names
         self.names = 0
+        #: The longest device name taken, in bytes of UTF-8 (``MAX_NAME_BYTES``).
+        self.max_name_bytes = max_name_bytes
         self.max_future = max_future
         self.max_past = max_past
         self.rates = rates if rates is not None else CounterRates()  # an empty one is falsy
@@ -217,6 +223,8 @@ class MinuteAssembler:
         newest time being the same.
         """
         step = self.rates.step
+        most_bytes = self.max_name_bytes
+        short = most_bytes // 4  # a name of no more characters is no more bytes (UTF-8)
         open_ = self.open
         written = self.written
         newest = self.newest
@@ -225,6 +233,9 @@ class MinuteAssembler:
         for index, (vm, ts, kind, device, value) in enumerate(samples):
             if not earliest <= ts <= latest:
                 _refuse_time(index, ts, now, latest, reject)
+                continue
+            if len(device) > short and _too_long(device, most_bytes):  # before a counter holds it
+                self._refuse_long(index, vm, kind, device, reject)
                 continue
             if kind in _COUNTERS:
                 # Bytes or jiffies so far: never negative, nor beyond what a double holds.
@@ -320,6 +331,14 @@ class MinuteAssembler:
             detail = ("open minutes already hold %d device names: %s's %s %r refused"
                       % (self.max_names, vm, kind, device))
         reject(index, reason, detail)
+
+    def _refuse_long(self, index: int, vm: str, kind: str, device: str, reject) -> None:
+        """A sample naming a device longer than ``max_name_bytes``: refused before a minute or
+        a counter holds the name, so the bound on names bounds their bytes too.  The detail
+        shows the name's start and its length, not all of it (up to 64 KiB)."""
+        size = len(device.encode("utf-8", "surrogatepass"))
+        reject(index, R_TOO_LONG, "%s's %s device name of %d bytes is over %d: %r... refused"
+               % (vm, kind, size, self.max_name_bytes, device[:32]))
 
     def _late(self, index: int, vm: str, end: int, reject) -> None:
         self.events["late"] += 1
@@ -490,6 +509,15 @@ class _Rejects:
             self._tally.reject(reason, detail)
         else:
             self._refused.append((index, reason, detail))
+
+
+def _too_long(device: str, most: int) -> bool:
+    """Is ``device`` more than ``most`` bytes of UTF-8?  Counted without encoding it where its
+    characters alone say (a name of ASCII, or of no more than ``most // 4`` characters): the
+    C loop calls this only for the other names, rare, and for what is not a str at all."""
+    return len(device) > most // 4 and (
+        len(device) > most
+        or (not device.isascii() and len(device.encode("utf-8", "surrogatepass")) > most))
 
 
 def _refuse_time(index: int, ts: float, now: float, latest: float, reject: _Rejects) -> None:
@@ -700,4 +728,4 @@ def _record(vm: str, end: int, minute: Minute, events: Counter,
 if _native is not None:
     _native.configure(Minute, _put, within, OutOfRange, _COUNTERS, _LIMITS, _RATE_KINDS,
                       _refuse_time, _refuse_counter, _refuse_rate, R_RANGE, R_DEVICE_CAP,
-                      R_NAME_BUDGET)
+                      R_NAME_BUDGET, _too_long)
