@@ -129,3 +129,24 @@ def test_a_retired_actions_settings_last_while_it_is_owed_deliveries_and_are_nev
     del back["table"]
     assert replay(lines(entries + [back]).splitlines()).retired == {}
     assert replay(lines([dict(retired, table="x")]).splitlines()).damage.count == 1
+
+
+def test_an_actions_settings_last_while_it_is_in_the_rules_or_told_of_an_alert_not_ok():
+    """The ``settings`` entry the first event to an action logged: compaction keeps it while
+    the action is in the rules (it is not logged again), owed a delivery, or told of an alert
+    not ok (a start without it in the file still resolves that there), and drops it after.
+    Never a ``recent`` entry: it holds the webhook's secret."""
+    table = {"kind": "webhook", "url": "http://127.0.0.1:9/hook", "secret": "s3cret"}
+    settings = {"type": "settings", "action": "hook", "kind": "webhook", "table": table,
+                "at": 0.5}
+    entries = [settings, event("a", to="alarm", at=1), {"type": "result", "key": "a.hook",
+                                                       "ok": True}]
+    full = replay(lines(entries).splitlines())
+    assert full.settings == {"hook": settings} and full.damage.count == 0
+    assert "s3cret" not in json.dumps(list(full.recent))
+    assert replay(compacted(full)).settings == full.settings  # the alert fires
+    resolved = replay(lines(entries + [event("b", to="ok", at=2), {
+        "type": "result", "key": "b.hook", "ok": True}]).splitlines())
+    assert replay(compacted(resolved)).settings == {}  # nothing it was told of is owed
+    assert replay(compacted(resolved, frozenset({"hook"}))).settings == full.settings
+    assert replay(lines([dict(settings, action=3)]).splitlines()).damage.count == 1

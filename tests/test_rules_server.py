@@ -1253,3 +1253,67 @@ def test_a_restart_after_a_reload_retired_an_action_still_resolves_its_alerts_th
     assert ran.read_text() == "firing\n"  # the retired command was not run again
     assert len(old.alerts()) == 2 and hook.alerts() == []
     assert stat.S_IMODE(log.stat().st_mode) == 0o600  # made owner-only at its next write
+
+
+def test_an_action_taken_out_of_the_file_while_the_server_was_down_still_resolves_its_alerts(
+        tmp_path):
+    """A rule and the webhook, command and log actions it alone used are deleted from the file
+    while the server is stopped: no reload retired them, so the start gave the resolutions up
+    ("the action is no longer in the rules") and the receiver kept the alerts firing for ever.
+    The first event to each action logged its settings (once, not with every event), and the
+    start rebuilds the webhook and the log action from them, resolves the alerts there, signed
+    with the webhook's own secret, then lets them go; the command is given up, said and
+    counted, as after a reload."""
+    pager_secret = "pager-secret"
+    actions = ('[action.pager]\nkind = "webhook"\nurl = "%s"\nsecret = "%s"\ntimeout = "2s"\n'
+               '[action.cloud]\nkind = "command"\nargv = ["/bin/sh", "-c", "echo $VMSTATS_STATUS '
+               '>> %s"]\n[action.note]\nkind = "log"\nlevel = "warning"\n')
+    noisy = ('[[rule]]\nname = "noisy"\nmetric = "mem"\nenter = 90\nexit = 70\nperiod = 1\n'
+             'actions = ["pager", "cloud", "note"]\n')
+    ran = tmp_path / "ran"
+    with WebhookReceiver(SECRET.encode()) as hook, \
+            WebhookReceiver(pager_secret.encode()) as pager:
+        rules = rules_file(tmp_path, hook.url, HOT % "" + noisy,
+                           actions % (pager.url, pager_secret, ran))
+        with serve(tmp_path, rules) as server:
+            now = int(time.time())
+            # Two alerts fire, one of them resolves and fires again: four events to each action.
+            for sent, (vm, ts, mem) in enumerate((("10.0.0.1", now, 95.0),
+                                                  ("10.0.0.2", now, 95.0),
+                                                  ("10.0.0.1", now + 1, 20.0),
+                                                  ("10.0.0.1", now + 2, 95.0)), 1):
+                server.send_udp(line(vm, ts, 20.0, mem=mem))
+                pager.wait(sent)
+            assert [a["status"] for a in pager.wait(4)] == ["firing", "firing", "resolved",
+                                                            "firing"]
+            server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+            entries = log_entries(server)
+        assert server.returncode == 0
+        settings = [e for e in entries if e["type"] == "settings"]
+        assert sorted(e["action"] for e in settings) == ["cloud", "note", "pager"]  # once each
+        assert sum(e["type"] == "event" for e in entries) == 4
+        rules_file(tmp_path, hook.url, HOT % "")  # the rule and its actions deleted, offline
+        with serve(tmp_path, rules) as again:
+            told = pager.wait(6)[4:]
+            assert sorted((a["labels"]["scope"], a["status"]) for a in told) == [
+                ("10.0.0.1", "resolved"), ("10.0.0.2", "resolved")]
+            assert {a["annotations"]["reason"] for a in told} == {"the rule was removed"}
+            metrics = again.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+            for action, result in (("pager", "delivered"), ("note", "delivered"),
+                                   ("cloud", "gave_up")):
+                assert metrics['vmstats_rule_deliveries_total{action="%s",result="%s"}'
+                               % (action, result)] == 2
+            log = again.data_dir / "rules" / "actions.log"
+            wait_until(lambda: "action pager, no longer in the rules, is let go" in (
+                again.workdir / "server-output.txt").read_text())
+        assert again.returncode == 0
+        offline = alerts_cli("--data-dir", str(again.data_dir), "--json")
+        assert offline.returncode == 0 and pager_secret not in offline.stdout
+    assert pager.bad_signatures == 0 and hook.alerts() == []
+    assert "action pager, taken out of the rules while the server was down, is kept" in again.output
+    assert ("action cloud, taken out of the rules while the server was down: 2 deliveries owed "
+            "to it given up: a command action taken out of the rules is not run after a "
+            "restart") in again.output
+    assert "noisy 10.0.0.2" in again.output  # the log action's resolution, in the server's log
+    assert ran.read_text().split() == ["firing", "firing", "resolved", "firing"]
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600  # it holds the webhook's secret

@@ -24,6 +24,12 @@ Entries:
              restart still makes the deliveries owed to it; ``back`` (true): the name is
              in the rules again.  Kept while deliveries to it are pending, and never
              among the ``recent`` entries /alerts and ``vmstats alerts`` show
+``settings`` an action's ``kind`` and, but for a command, its ``table``, logged with the
+             first event that goes to it (and again only once they change): an action
+             taken out of the file while the server was down (no reload to retire it)
+             is rebuilt from it at start, to resolve what it was told of.  Kept while
+             the action is in the rules, owed deliveries or told of alerts not ok;
+             never shown, as ``retired``
 
 After a crash ``replay`` rebuilds every scope's last state (a restart keeps
 alarms), the last scaling times (cooldowns survive) and the deliveries with
@@ -104,6 +110,8 @@ class Replayed:
     held: dict = field(default_factory=dict)
     #: action -> the last ``retired`` entry of an action a reload took out of the rules.
     retired: dict = field(default_factory=dict)
+    #: action -> its last ``settings`` entry.
+    settings: dict = field(default_factory=dict)
 
 
 _NUMBER = (int, float)
@@ -125,7 +133,11 @@ _ENTRIES = {"attempt": {"key": _TEXT, "n": (int,)}, "result": {"key": _TEXT},
             "muted": {"key": _TEXT, "mute": _TEXT, "rule": _TEXT, "scope": _TEXT},
             "unmuted": {"mute": _TEXT},
             # An action a reload retired, with what a restart needs to reach it.
-            "retired": {"action": _TEXT, "kind": _TEXT}}
+            "retired": {"action": _TEXT, "kind": _TEXT},
+            # An action's settings, as the first event to it found them.
+            "settings": {"action": _TEXT, "kind": _TEXT}}
+#: Entries that hold an action's settings (a secret among them): never among the ``recent``.
+PRIVATE = ("retired", "settings")
 
 
 def _wrong(table: dict, fields: dict) -> str | None:
@@ -203,6 +215,9 @@ def replay(lines) -> Replayed:
                 result.retired.pop(entry["action"], None)
             else:
                 result.retired[entry["action"]] = entry
+            continue
+        if kind == "settings":
+            result.settings[entry["action"]] = entry
             continue
         result.recent.append(entry)
         if kind == "event":
@@ -282,9 +297,11 @@ def read(path: str, repair: bool = False) -> Replayed:
     return replay(good.split(b"\n"))
 
 
-def compacted(state: Replayed) -> list[dict]:
+def compacted(state: Replayed, named: frozenset = frozenset()) -> list[dict]:
     """The fewest entries that replay to the same states, cooldowns, reminders and pending
-    deliveries."""
+    deliveries, and the settings a start needs: of the actions ``named`` (in the rules now:
+    the dispatcher logs them once, not again) and of those owed deliveries or told of an
+    alert not ok (a start without them in the file still resolves it there)."""
     entries: dict[str, dict] = {}
     for event in (list(state.states.values()) + list(state.scaling.values())
                   + list(state.reminded.values())):
@@ -315,7 +332,14 @@ def compacted(state: Replayed) -> list[dict]:
     ordered = sorted(entries.values(), key=lambda e: e["event"]["at"])
     owed = {pending.action for pending in state.pending.values()}
     retired = [entry for action, entry in state.retired.items() if action in owed]
-    return retired + ordered + muted + attempts + done
+    told = set(named) | owed
+    for event in list(state.states.values()) + list(state.reminded.values()):
+        if event["to"] != "ok":
+            told.update(event["actions"])
+    for _mute, _told, event in state.held.values():
+        told.update(event["actions"])
+    settings = [entry for action, entry in state.settings.items() if action in told]
+    return retired + settings + ordered + muted + attempts + done
 
 
 class ActionLog:
@@ -327,6 +351,9 @@ class ActionLog:
         self.path = os.path.join(directory, FILE_NAME)
         self.max_bytes = max_bytes
         self.recent: deque = deque(maxlen=RECENT)
+        #: The actions in the rules now (the dispatcher's, replaced whole on the reactor): a
+        #: compaction keeps their ``settings`` entries, which are logged once, not again.
+        self.named: frozenset = frozenset()
         self.syncs = 0
         self.errors = 0
         #: The last write failed; each failure is counted (``errors``), said once a minute.
@@ -361,7 +388,7 @@ class ActionLog:
         """
         if self._closed:
             return defer.fail(OSError("the action log is closed: the server stops"))
-        self.recent.extend(entry for entry in entries if entry.get("type") != "retired")
+        self.recent.extend(entry for entry in entries if entry.get("type") not in PRIVATE)
         done: defer.Deferred = defer.Deferred()
         data = b"".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
                         for e in entries)
@@ -435,5 +462,5 @@ class ActionLog:
         state = read(self.path)
         replace_durably(self.path, b"".join(
             json.dumps(entry, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
-            for entry in compacted(state)), self.path + ".compacting", MODE)
+            for entry in compacted(state, self.named)), self.path + ".compacting", MODE)
         self.compactions += 1

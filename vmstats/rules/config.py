@@ -393,8 +393,8 @@ def _action(name: str, table, problems: list[str]) -> Notifier | None:
 
 
 def retired_action(name: str, table) -> tuple[Notifier | None, list[str]]:
-    """A retired action's notifier, rebuilt at start from the table the action log kept of it
-    (``delivery.Dispatcher.retire``), or None and why not."""
+    """An action no longer in the file, rebuilt at start from the table the action log kept of
+    it (``delivery.Dispatcher.revive``), or None and why not."""
     problems: list[str] = []
     notifier = _action(name, table, problems)
     return (None if problems else notifier), problems

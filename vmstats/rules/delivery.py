@@ -53,7 +53,7 @@ from itertools import islice
 
 from twisted.internet import defer
 
-from vmstats.rules.actionlog import ActionLog, Pending
+from vmstats.rules.actionlog import ActionLog, Pending, Replayed
 from vmstats.rules.config import Settings, retired_action
 from vmstats.rules.grouping import Group, Grouping, alert_labels, identity
 from vmstats.rules.grouping import firing as fires
@@ -62,6 +62,11 @@ from vmstats.server.metrics import RateLimitedLog
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
+
+
+def _settings_text(entry: dict) -> str:
+    """What of a ``settings`` or ``retired`` entry says which receiver it reaches."""
+    return json.dumps([entry["kind"], entry.get("table")], sort_keys=True)
 
 
 class Dispatcher:
@@ -78,6 +83,11 @@ class Dispatcher:
         self.wall = wall if wall is not None else reactor.seconds
         self.log = action_log
         self.actions = actions
+        action_log.named = frozenset(actions)
+        #: action -> (its notifier, its settings as logged): the ``settings`` entry the log
+        #: holds of each action in the rules, so it is written once and at a change, not with
+        #: every event.
+        self._settings: dict[str, tuple[Notifier, str]] = {}
         #: Notifiers of actions a reload took out of the rules, kept until the deliveries
         #: still pending to them (the resolutions of the alerts they were told of) are done
         #: or given up (``retire``): action -> (notifier, deliveries left).
@@ -124,6 +134,7 @@ class Dispatcher:
     def submit(self, events: list[dict]) -> defer.Deferred:
         """Log ``events`` with their first attempts, then send; fires once they are logged."""
         entries = []
+        settings = []
         fresh = []
         gathered = []
         started = self.reactor.seconds()
@@ -144,6 +155,7 @@ class Dispatcher:
                     entries += self._muted_entries(event, mute.id, None)
                     continue
             for action in event.get("actions", ()):
+                settings += self._settings_of(action)
                 if self._grouping(action) is not None:  # its first attempt is its group's
                     pending = Pending("%s.%s" % (event["key"], action), action, event, 0,
                                       started=started)
@@ -157,7 +169,7 @@ class Dispatcher:
                 self._hold(pending)
         if not entries:
             return defer.succeed(None)
-        d = self.log.append(entries)
+        d = self.log.append(settings + entries)
         d.addCallback(lambda _: ([self._send(p) for p in fresh], [self._gather(p) for p in gathered]))
         d.addErrback(self._unlogged, fresh + gathered)
         # Once sent: what a receiver took at once (a log line) is no longer pending, and what
@@ -216,6 +228,7 @@ class Dispatcher:
     def _unlogged(self, failure, fresh: list[Pending]) -> None:
         """Not on disk: nothing may be sent (it could be sent twice); try to log it again."""
         for pending in fresh:
+            self._settings.pop(pending.action, None)  # logged again with the event
             self.counts[(pending.action, "log_error")] += 1
             self._unwritten[pending.event["key"]] = pending.event
             self._later(pending)
@@ -335,6 +348,10 @@ class Dispatcher:
                 entries.append(self._retired_entry(action, notifier))
         for action in [action for action in self.retired if action in self.actions]:
             defer.maybeDeferred(self.retired.pop(action)[0].close).addErrback(lambda _f: None)
+        # Settings of actions gone may be compacted away: logged again if a name comes back.
+        self.log.named = frozenset(self.actions)
+        self._settings = {action: known for action, known in self._settings.items()
+                          if action in self.actions}
         for action in sorted(self._logged_retired & set(self.actions)):  # named again: the file wins
             self._logged_retired.discard(action)
             entries.append({"type": "retired", "action": action,
@@ -357,7 +374,11 @@ class Dispatcher:
         """The log's word that a reload retired ``action``: its settings, so a restart can
         still make the deliveries owed to it; not a command's (see ``revive``)."""
         self._logged_retired.add(action)
-        entry = {"type": "retired", "action": action, "kind": notifier.kind, "at": self.wall()}
+        return self._settings_entry(action, notifier, "retired")
+
+    def _settings_entry(self, action: str, notifier: Notifier, kind: str = "settings") -> dict:
+        """An entry with the action's kind and, but for a command's, its settings."""
+        entry = {"type": kind, "action": action, "kind": notifier.kind, "at": self.wall()}
         if notifier.kind != "command":
             try:
                 json.dumps(notifier.table)
@@ -366,28 +387,72 @@ class Dispatcher:
             entry["table"] = notifier.table
         return entry
 
-    def revive(self, retired: dict[str, dict], pending: list[Pending]) -> None:
-        """At start, before ``resume``: the actions a reload retired before the stop that are
-        still owed deliveries, rebuilt from the settings the log kept, so their receivers
-        still hear the resolutions (a restart between a reload and them left alerts firing
-        there for ever).  A command is not run again from the log: what the rules file no
-        longer names, no file names for an operator to read, and a written log line would
-        become a program to run; its deliveries are given up, said and counted."""
+    def _settings_of(self, action: str) -> list[dict]:
+        """The ``settings`` entry to log before a delivery to ``action``, if the log does not
+        hold these settings yet: an action taken out of the file while the server is down is
+        rebuilt from it at start (``revive``).  Once per action and change of its settings: a
+        lookup and an identity test an event, not an entry."""
+        notifier = self.actions.get(action)
+        if notifier is None:  # a retired action's are in its ``retired`` entry
+            return []
+        known = self._settings.get(action)
+        if known is not None and known[0] is notifier:
+            return []
+        entry = self._settings_entry(action, notifier)
+        text = _settings_text(entry)
+        self._settings[action] = (notifier, text)
+        return [] if known is not None and known[1] == text else [entry]
+
+    def revive(self, state: Replayed, starting: list[dict] = ()) -> None:
+        """At start, before ``resume``: the actions no longer in the file that are still owed
+        deliveries (those the log holds, and ``starting``: the events the start makes, the
+        resolutions of a rule removed while the server was down), rebuilt from the settings the
+        log kept, so their receivers still hear the resolutions of what they were told: a
+        ``retired`` entry, by a reload before the stop, else the ``settings`` entry the first
+        event to the action wrote (an edit while the server was down, which no reload saw).
+        Without either (a log an earlier version wrote), its deliveries are given up.
+
+        A command is not run again from the log: what the rules file no longer names, no
+        file names for an operator to read, and a written log line would become a program
+        to run; its deliveries are given up, said and counted."""
+        retired, pending = state.retired, list(state.pending.values())
         self._logged_retired = set(retired) - set(self.actions)
-        back = [{"type": "retired", "action": action, "kind": self.actions[action].kind,
-                 "back": True, "at": self.wall()}
-                for action in sorted(set(retired) & set(self.actions))]
-        if back:  # the file names them again: a later restart must not reach the old receiver
-            self.log.append(back).addErrback(lambda _f: None)
+        entries = [{"type": "retired", "action": action, "kind": self.actions[action].kind,
+                    "back": True, "at": self.wall()}
+                   for action in sorted(set(retired) & set(self.actions))]
+        # The file's actions whose settings the log holds as they are now are not logged again.
+        for action, notifier in self.actions.items():
+            logged = state.settings.get(action)
+            if logged is not None:
+                text = _settings_text(logged)
+                self._settings[action] = (notifier, text)
+                if text != _settings_text(self._settings_entry(action, notifier)):
+                    del self._settings[action]
+        # Those told of alerts still firing or owed deliveries by a log without their settings
+        # (an earlier version's): logged now, before the file may lose them.
+        told = {p.action for p in pending}
+        for event in state.states.values():
+            if event["to"] != "ok":
+                told.update(event["actions"])
+        for action in sorted(told):
+            entries += self._settings_of(action)
+        # A name back in the file: a later restart must not reach the old receiver.
+        if entries:
+            self.log.append(entries).addErrback(lambda _f: None)
         owed = Counter(p.action for p in pending if p.action not in self.actions)
+        owed.update(action for event in starting for action in event.get("actions", ())
+                    if action not in self.actions)
         for action, count in sorted(owed.items()):
             entry = retired.get(action)
-            if entry is None:  # removed while the server was down: given up at its attempt
+            how = "by a reload before the restart"
+            if entry is None:
+                entry, how = state.settings.get(action), "while the server was down"
+            if entry is None:  # nothing of it logged: given up at its attempt
                 continue
             notifier, why = None, None
             if entry["kind"] == "command":
-                why = ("a command action a reload took out of the rules is not run after a "
-                       "restart (docs/RULES.md)")
+                why = ("a command action taken out of the rules is not run after a restart "
+                       "(docs/RULES.md)")
             elif "table" not in entry:
                 why = "the action log holds no settings of it"
             else:
@@ -396,13 +461,14 @@ class Dispatcher:
                     why = "its settings in the action log are refused: %s" % "; ".join(problems)
             if notifier is None:
                 self._gone[action] = why
-                log.warning("action %s, taken out of the rules by a reload before the restart: "
-                            "%s owed to it given up: %s", action,
-                            counted(count, "delivery", "deliveries"), why)
+                log.warning("action %s, taken out of the rules %s: %s owed to it given up: %s",
+                            action, how, counted(count, "delivery", "deliveries"), why)
                 continue
-            self.retired[action] = [notifier, 0]
-            log.info("action %s, taken out of the rules by a reload before the restart, is kept "
-                     "for the %s owed to it", action, counted(count, "delivery", "deliveries"))
+            retired_now = self.retired[action] = [notifier, 0]
+            log.info("action %s, taken out of the rules %s, is kept for the %s owed to it",
+                     action, how, counted(count, "delivery", "deliveries"))
+            # Let go once they are done; at once if none is held after all (a mute holds them).
+            self.reactor.callLater(0, self._let_go, action, retired_now)
 
     def _gone_reason(self, action: str) -> str:
         return self._gone.get(action, "the action is no longer in the rules")
@@ -433,7 +499,8 @@ class Dispatcher:
             self._give_up(pending, self._too_late(pending))
             return
         event = self._unwritten.pop(pending.event["key"], None)
-        entries = [] if event is None else [{"type": "event", "event": event}]
+        entries = [] if event is None else (self._settings_of(pending.action)
+                                            + [{"type": "event", "event": event}])
         if self._grouping(pending.action) is not None:  # its group's notification attempts it
             if not entries:
                 self._gather(pending)
@@ -452,6 +519,7 @@ class Dispatcher:
     def _attempt_unlogged(self, _failure, pending: Pending, event: dict | None) -> None:
         if event is not None:
             self._unwritten[event["key"]] = event
+            self._settings.pop(pending.action, None)
         self._later(pending)
 
     def _send(self, pending: Pending) -> None:

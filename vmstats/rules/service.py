@@ -327,8 +327,10 @@ class RulesService(service.Service):
             log.info("action log: %s left undelivered: sending them again",
                      counted(len(state.pending), "delivery", "deliveries"))
         service.Service.startService(self)
-        # Actions a reload retired before the stop, kept for the deliveries owed to them.
-        self.dispatcher.revive(state.retired, list(state.pending.values()))
+        # Actions taken out of the rules before the stop (by a reload) or while the server was
+        # down, kept for the deliveries owed to them: those logged, and the resolutions the
+        # restore made of alerts they were told of (sent below).
+        self.dispatcher.revive(state, self.engine.events)
         # The groups list what still fires in their next notifications, but not what a mute holds.
         self.dispatcher.resume(list(state.pending.values()),
                                [event for event in state.states.values() if event["to"] != "ok"
@@ -336,6 +338,7 @@ class RulesService(service.Service):
         # Mutes that ended while the server was down: what they held back is sent now.
         for mute in sorted({held[0] for held in state.held.values()} - set(self.mutes.mutes)):
             self.dispatcher.release(mute)
+        self._submit()  # the restore's events, before a revived action would be let go
         if ended:
             self._save_mutes().addErrback(lambda _f: None)
         self._schedule_mutes()

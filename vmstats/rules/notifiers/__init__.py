@@ -31,8 +31,9 @@ class Notifier:
         self.name = name
         #: The action's ``group_by`` and timers (``grouping.Grouping``); None: one event a send.
         self.grouping = None
-        #: The ``[action.NAME]`` table it was built from: the action log keeps it when a reload
-        #: retires the action with deliveries still owed, so a restart can make them.
+        #: The ``[action.NAME]`` table it was built from: the action log keeps it (from the first
+        #: event to the action, and when a reload retires it), so a start whose file no longer
+        #: names the action can still make the deliveries owed to it.
         self.table: dict = {}
 
     @classmethod
