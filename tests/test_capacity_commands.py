@@ -697,14 +697,15 @@ def test_novas_count_withholds_the_unplaced_vms_sizes_as_demand_withholds_their_
 
 
 def test_a_host_at_its_instance_cap_is_not_offered_however_much_room_it_has(fleet, tmp_path):
-    """kvm01 holds 3 VMs and the inventory caps it at 4 (Nova's max_instances_per_host, its
-    NumInstancesFilter): with room for 8 more 1x2@10% by CPU and memory, it was offered 8, and
-    Nova would refuse all but one.  Headroom counts 1, binding "instances" (2 after the advice
-    reclaims idle), and admit places 1, saying the cap refused the rest."""
+    """kvm01 holds 3 VMs and the inventory caps it at 5 (Nova's max_instances_per_host, its
+    NumInstancesFilter), less stray, which no host claims and kvm01, the only capped host, counts
+    as its own: with room for 8 more 1x2@10% by CPU and memory, it was offered 8, and Nova would
+    refuse all but one.  Headroom counts 1, binding "instances" (2 after the advice reclaims
+    idle), and admit places 1, saying the cap refused the rest."""
     base, _expected = fleet
     hosts = tmp_path / "hosts.toml"
     hosts.write_text((base / "hosts.toml").read_text().replace(
-        'name = "kvm01"\n', 'name = "kvm01"\nmax_instances = 4\n'))
+        'name = "kvm01"\n', 'name = "kvm01"\nmax_instances = 5\n'))
     out = tmp_path / "out"
     done = vmstats("headroom", base / "data", "--inventory", hosts, "--profile", "1x2@10%", "-o", out)
     assert done.returncode == 0, done.stderr
@@ -718,9 +719,11 @@ def test_a_host_at_its_instance_cap_is_not_offered_however_much_room_it_has(flee
     answer = json.loads(answer.stdout)
     assert list(answer["offer"].values()) == ["kvm01"], answer
     assert set(answer["rejected"].values()) == {"every host with room for 0.10 cores and 0.20 GB of demand "
-                                                "is at its instance cap (max_instances): kvm01"}
-    summary = json.loads((out / "capacity-summary.json").read_text())["hosts"][0]
-    assert (summary["instances"], summary["max_instances"]) == (3, 4)
+                                                "is at its instance cap (max_instances): kvm01 (1 "
+                                                "instance of it withheld for unplaced VMs)"}
+    summary = json.loads((out / "capacity-summary.json").read_text())
+    assert (summary["hosts"][0]["instances"], summary["hosts"][0]["max_instances"]) == (3, 5)
+    assert summary["instances_withheld_for_unplaced"] == {"kvm01": 1}
     # Uncapped, the same logs offer kvm01 all three (the room is there).
     free = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml", "--json")
     assert free.returncode == 0 and len(json.loads(free.stdout)["offer"]) == 3, free.stdout

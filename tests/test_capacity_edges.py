@@ -623,8 +623,8 @@ def test_the_report_and_its_summary_name_the_vms_not_heard_from(tmp_path):
     assert done.returncode == 0 and json.loads(done.stdout)["basis"]["vms_unknown"] == unknown, done.stderr
     summary = json.loads((out / "capacity-summary.json").read_text())
     for version, change, message in (
-        (5, {}, "capacity summary of version 5, expected 6"),
-        (6, {"unheard": ["web-1"]},
+        (6, {}, "capacity summary of version 6, expected 7"),
+        (7, {"unheard": ["web-1"]},
          "hosts[0].unheard holds an entry that is not a VM and when it was last seen"),
     ):
         hosts = [dict(summary["hosts"][0], **change), *summary["hosts"][1:]]

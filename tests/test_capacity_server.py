@@ -467,3 +467,22 @@ def test_a_host_at_its_instance_cap_counts_the_vms_earlier_answers_hold(tmp_path
     assert code == 200 and second["status"] == "reject" and list(second["rejected"].values()) == [at_cap]
     assert second["held_by_earlier_answers"]["small1"]["vms"] == 2
     assert second["allocation_basis"]["placed"] == 0
+
+
+def test_the_unplaced_vms_count_against_the_capped_hosts_in_the_live_answer(tmp_path):
+    """test_capacity_unplaced's capped fleet on the server: 4 hosts capped at 10, each holding 4,
+    and 10 VMs that name their hosts otherwise.  POST /admission offered 6 more on each, 24;
+    it now withholds each host's share of the 10 (3), places 12 and says why the rest were
+    refused.  A second answer finds the 12 held, and every host at its cap."""
+    from test_capacity_unplaced import AT_CAP, CAPPED, write_capped
+
+    ask = {"name": "fill", "vms": [{"profile": "1x2@10%", "count": 20}]}
+    with summarising(tmp_path, write_capped, CAPPED) as server:
+        code, first = post(server, ask)
+        code_again, second = post(server, dict(ask, hold=False))
+    assert code == 200 and first["status"] == "partial" and first["placed"] == 12, first
+    assert sorted(first["offer"].values()) == sorted(["cap1", "cap2", "cap3", "cap4"] * 3)
+    assert set(first["rejected"].values()) == {AT_CAP}
+    assert first["instances_withheld_for_unplaced"] == {"cap%d" % k: 3 for k in range(1, 5)}
+    assert first["allocation_basis"]["placed"] == 12
+    assert code_again == 200 and second["status"] == "reject" and second["placed"] == 0, second

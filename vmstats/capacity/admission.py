@@ -27,7 +27,7 @@ from typing import Any
 
 from vmstats.capacity import unplaced
 from vmstats.capacity.errors import CapacityError
-from vmstats.capacity.placement import Ask, HostLoad, Offer, place
+from vmstats.capacity.placement import Ask, HostLoad, Offer, add_level, place
 from vmstats.capacity.profiles import Profile, parse_profile, shaped_like_profile
 from vmstats.capacity.summary import Summary
 from vmstats.words import counted, part_of
@@ -271,14 +271,18 @@ def placed(
     sizes = {host: (vcpus, mem_gb) for host, (_c, _m, vcpus, mem_gb, _n) in totals.items()}
     vms = {host: n for host, (_c, _m, _v, _g, n) in totals.items()}
     demand = _less(summary.loads("demand"), held, vms)
+    # The VMs earlier answers hold room for are not in the data yet: Nova will have them allocated.
+    allocation = _less(summary.loads("allocation"), sizes, vms)
+    # The unplaced VMs run on some host, and count against its max_instances: every capped host
+    # (the allocation loads hold them all) gives its share, on both bases.
+    counted_vms = withhold_instances(allocation, summary.unplaced)
+    withhold_instances(demand, summary.unplaced, counted_vms)
     use = summary.unplaced_use
     withheld = withhold(demand, *unplaced.amounts(use, "demand"))
     asks = manifest.asks("demand")
     offer = place(demand, asks, summary.percentile, partial=manifest.partial)
     if not demand:  # "no host has room" would send the operator to buy hosts the data cannot judge
         offer.rejected = {vm: NO_HOST_KNOWN for vm in offer.rejected}
-    # The VMs earlier answers hold room for are not in the data yet: Nova will have them allocated.
-    allocation = _less(summary.loads("allocation"), sizes, vms)
     # The unplaced VMs are allocated on some host too: their sizes hold that room in Nova's view.
     sized = withhold(allocation, *unplaced.amounts(use, "allocation"))
     nova = place(allocation, manifest.asks("allocation"), 100.0, partial=manifest.partial)
@@ -298,8 +302,9 @@ def placed(
             "rule": "sizes within (total - reserved) x ratio, as Nova's placement",
             "withheld_for_unplaced": unplaced.described(sized, "allocation"),
         },
-        "past_allocation_ratios": past_ratios(summary, offer, asks, sizes),
+        "past_allocation_ratios": past_ratios(allocation, offer, asks),
         "withheld_for_unplaced": unplaced.described(withheld),
+        "instances_withheld_for_unplaced": counted_vms,
         "held_by_earlier_answers": {
             h: {"cpu_cores": _r(c), "mem_gb": _r(m), "allocated_vcpus": _r(v), "allocated_mem_gb": _r(g),
                 "vms": int(n)}
@@ -309,27 +314,28 @@ def placed(
     }, offer, asks
 
 
-def past_ratios(
-    summary: Summary, offer: Offer, asks: list[Ask], held: dict[str, tuple[float, float]] | None = None
-) -> dict[str, dict]:
-    """The hosts of the offer whose allocation (what they hold now, the sizes earlier answers
-    hold room for (``held``: vCPUs, GB per host), plus the offer's VMs' sizes) goes past
+def past_ratios(allocation: list[HostLoad], offer: Offer, asks: list[Ask]) -> dict[str, dict]:
+    """The hosts of the offer whose allocation, plus the offer's VMs' sizes, goes past
     ``(total - reserved) x ratio`` of the inventory: a cloud that enforces its ratios, as Nova
     does, refuses those VMs there until the ratios are raised.  ``{host: {"vcpus": [allocated,
-    limit], "mem_gb": [allocated, limit]}}``."""
-    hosts = {h.name: h for h in summary.hosts}
+    limit], "mem_gb": [allocated, limit]}}``.
+
+    ``allocation`` is Nova's view the answer's allocation basis placed on (its loads, which
+    place() does not change): what each host holds now, the sizes earlier answers hold room
+    for, and its share of the unplaced VMs' sizes.  Read from there, the hosts named past the
+    ratios are those the allocation basis had no room on, by the same figures: summed apart,
+    the unplaced VMs' share was left out, and a host whose room they hold was not named."""
+    hosts = {h.name: h for h in allocation}
     size = {a.name: (a.vcpus, a.mem_gb) for a in asks}
-    held = held or {}
     out = {}
     for host, vms in sorted(offer.per_host().items()):
         h = hosts[host]
-        before_vcpus, before_mem = held.get(host, (0.0, 0.0))
-        vcpus = h.allocated_vcpus + before_vcpus + sum(size[vm][0] for vm in vms)
-        mem_gb = h.allocated_mem_gb + before_mem + sum(size[vm][1] for vm in vms)
-        if vcpus > h.alloc_cpu_limit + 1e-9 or mem_gb > h.alloc_mem_limit + 1e-9:
+        vcpus = h.cpu_level + sum(size[vm][0] for vm in vms)
+        mem_gb = h.mem_level + sum(size[vm][1] for vm in vms)
+        if vcpus > h.cpu_limit + 1e-9 or mem_gb > h.mem_limit + 1e-9:
             out[host] = {
-                "vcpus": [_r(vcpus), _r(h.alloc_cpu_limit)],
-                "mem_gb": [_r(mem_gb), _r(h.alloc_mem_limit)],
+                "vcpus": [_r(vcpus), _r(h.cpu_limit)],
+                "mem_gb": [_r(mem_gb), _r(h.mem_limit)],
             }
     return out
 
@@ -360,9 +366,27 @@ def withhold(loads: list[HostLoad], cpu: float, mem: float) -> dict[str, tuple[f
     """
     taken = unplaced.shares({load.name: (load.cpu_room, load.mem_room) for load in loads}, cpu, mem)
     for load in loads:
-        cpu_share, mem_share = taken.get(load.name, (0.0, 0.0))
-        load.cpu_level += cpu_share
-        load.mem_level += mem_share
+        add_level(load, *taken.get(load.name, (0.0, 0.0)))  # a series too, as the backtest's loads have
+    return taken
+
+
+def withhold_instances(
+    loads: list[HostLoad], vms: int, taken: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Take the ``vms`` unplaced VMs out of the capped hosts' instances left, each host giving its
+    share (unplaced.instance_shares, of the loads' own instances left unless ``taken`` gives the
+    shares already worked out); returns the shares, ``{host: VMs}``.
+
+    Nova counts them against the cap of the host they run on: left out, a fleet of capped hosts
+    was offered the instances its unplaced VMs already hold.
+    """
+    if taken is None:
+        taken = unplaced.instance_shares({load.name: load.instances_left for load in loads}, vms)
+    for load in loads:
+        share = taken.get(load.name, 0)
+        if share:
+            load.instances_left = max(0.0, load.instances_left - share)
+            load.instances_withheld = share
     return taken
 
 
@@ -415,7 +439,8 @@ def terminal(result: dict) -> str:
     if b["vms_unknown"]:
         lines.append(unheard_line(b["vms_unknown"]))
     if b["unplaced_vms"]:  # as headroom says: the host they run on may be offered without them
-        lines.append(unplaced.line(b["unplaced_vms"], b["unplaced_use"], result["withheld_for_unplaced"]))
+        lines.append(unplaced.line(b["unplaced_vms"], b["unplaced_use"], result["withheld_for_unplaced"],
+                                   instances=result["instances_withheld_for_unplaced"]))
     return "\n".join(lines)
 
 

@@ -9,7 +9,8 @@ recommendations (reclaim candidates gone, downsizes applied: a downsize
 frees allocation, not measured use).  Unknown hosts count nothing.  The
 unplaced VMs' use is withheld from the known hosts' room first, each giving its
 share (unplaced.shares), as admission withholds it: the two answer alike; their
-sizes are withheld from Nova's count the same way.
+sizes are withheld from Nova's count the same way, and their number from the
+capped hosts' ``max_instances`` (unplaced.instance_shares), on both counts.
 """
 
 import math
@@ -39,6 +40,7 @@ COLUMNS = (
     "mem_headroom",
     "cpu_withheld",
     "mem_withheld",
+    "instances_withheld",
     "fit_now",
     "binding_now",
     "fit_after",
@@ -107,29 +109,41 @@ def withheld(fleet: FleetDemand, basis: str = "demand") -> dict[str, tuple[float
     return unplaced.shares(rooms, *unplaced.amounts(use, basis))
 
 
+def instances_withheld(fleet: FleetDemand) -> dict[str, int]:
+    """Each capped host's share of the unplaced VMs' number (unplaced.instance_shares), ``{host:
+    VMs}``, taken from the VMs its ``max_instances`` still lets it take on both counts: the one
+    place it is worked out from a FleetDemand, as :func:`withheld` is for their use and sizes.
+    Every host shares, unknown ones too: Nova counts instances wherever they run."""
+    return unplaced.instance_shares({h.name: h.instances_left for h in fleet.hosts}, len(fleet.unplaced))
+
+
 def demand_fit(
-    entry: HostDemand, profile: Profile, fleet: FleetDemand, share: tuple[float, float] = (0.0, 0.0)
+    entry: HostDemand, profile: Profile, fleet: FleetDemand, share: tuple[float, float] = (0.0, 0.0),
+    vms: int = 0,
 ) -> Fit:
     """VMs of ``profile`` that fit the host's measured headroom less its ``share`` of the
-    unplaced use (withheld; cores, GB), and its instance cap (None: the host is unknown)."""
+    unplaced use (withheld; cores, GB), and its instance cap less its share of their number
+    (``vms``) (None: the host is unknown)."""
     if not entry.known(fleet.settings):
         return Fit(None, "")
     return _too_large(entry, profile) or _fit(
         entry.cpu_headroom - share[0], entry.mem_headroom - share[1], profile.cpu_demand, profile.mem_demand,
-        entry.instances_left,
+        entry.instances_left - vms,
     )
 
 
-def allocation_fit(entry: HostDemand, profile: Profile, share: tuple[float, float] = (0.0, 0.0)) -> Fit:
+def allocation_fit(entry: HostDemand, profile: Profile, share: tuple[float, float] = (0.0, 0.0),
+                   vms: int = 0) -> Fit:
     """VMs of ``profile`` Nova would still allocate on the host, by size and ratios, less its
-    ``share`` of the unplaced VMs' sizes (withheld; vCPUs, GB), and within its instance cap."""
+    ``share`` of the unplaced VMs' sizes (withheld; vCPUs, GB), and within its instance cap less
+    its share of their number (``vms``)."""
     host = entry.host
     return _too_large(entry, profile) or _fit(
         host.alloc_vcpus - entry.allocated_vcpus - share[0],
         host.alloc_mem_gb - entry.allocated_mem_gb - share[1],
         profile.vcpus,
         profile.mem_gb,
-        entry.instances_left,
+        entry.instances_left - vms,
     )
 
 
@@ -140,15 +154,19 @@ def rows(now: FleetDemand, after: FleetDemand | None, profile: Profile) -> list[
     held_now, sized_now = withheld(now), withheld(now, "allocation")
     held_after = withheld(after) if after is not None else {}
     sized_after = withheld(after, "allocation") if after is not None else {}
+    counted_now = instances_withheld(now)
+    counted_after = instances_withheld(after) if after is not None else {}
     out = []
     for entry in now.hosts:
         host = entry.host
         share, sized = held_now.get(entry.name, none), sized_now.get(entry.name, none)
-        fit, alloc = demand_fit(entry, profile, now, share), allocation_fit(entry, profile, sized)
+        vms = counted_now.get(entry.name, 0)
+        fit, alloc = demand_fit(entry, profile, now, share, vms), allocation_fit(entry, profile, sized, vms)
         then = later.get(entry.name)
-        fit_after = (demand_fit(then, profile, after, held_after.get(entry.name, none))
+        vms_after = counted_after.get(entry.name, 0)
+        fit_after = (demand_fit(then, profile, after, held_after.get(entry.name, none), vms_after)
                      if then is not None else Fit(None, ""))
-        alloc_after = (allocation_fit(then, profile, sized_after.get(entry.name, none))
+        alloc_after = (allocation_fit(then, profile, sized_after.get(entry.name, none), vms_after)
                        if then is not None else Fit(None, ""))
         known = entry.known(now.settings)
         out.append(
@@ -171,6 +189,7 @@ def rows(now: FleetDemand, after: FleetDemand | None, profile: Profile) -> list[
                 "mem_headroom": _r(entry.mem_headroom) if known else None,
                 "cpu_withheld": _r(share[0]) if known else None,
                 "mem_withheld": _r(share[1]) if known else None,
+                "instances_withheld": vms,
                 "fit_now": fit.count,
                 "binding_now": fit.binding,
                 "fit_after": fit_after.count,
@@ -216,6 +235,9 @@ def totals(host_rows: list[dict], now: FleetDemand, after: FleetDemand | None) -
         "alloc_withheld_for_unplaced": unplaced.described(withheld(now, "allocation"), "allocation"),
         "alloc_withheld_for_unplaced_after": (unplaced.described(withheld(after, "allocation"), "allocation")
                                               if after is not None else None),
+        # Their number, taken from the capped hosts' max_instances before both counts, alike.
+        "instances_withheld_for_unplaced": instances_withheld(now),
+        "instances_withheld_for_unplaced_after": instances_withheld(after) if after is not None else None,
         "vms_unknown": [dict(vm, host=h.name) for h in now.hosts for vm in h.unheard_named()],
         # An unknown host counts as no room, now and after the advice alike.
         "fit_now": total("fit_now") or 0,

@@ -116,7 +116,8 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
     if f["unplaced_vms"]:
         lines.append(
             "%s; e.g. %s"
-            % (unplaced.line(len(f["unplaced_vms"]), f["unplaced_use"], f["withheld_for_unplaced"]),
+            % (unplaced.line(len(f["unplaced_vms"]), f["unplaced_use"], f["withheld_for_unplaced"],
+                             instances=f["instances_withheld_for_unplaced"]),
                ", ".join(f["unplaced_vms"][:5]))
         )
     if after:

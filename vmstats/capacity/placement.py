@@ -40,7 +40,9 @@ class HostLoad:
     (a VM wider than the host cannot run there, however little it is expected
     to use).  ``instances_left`` is how many more VMs it may take, whatever their
     size: its inventory's ``max_instances`` less the VMs it holds, as Nova's
-    NumInstancesFilter refuses a host at its cap (inf: no cap).
+    NumInstancesFilter refuses a host at its cap (inf: no cap).  ``instances_withheld``
+    is how many of those the unplaced VMs' share took (unplaced.instance_shares), said
+    when the cap turns a VM away.
     """
 
     name: str
@@ -53,6 +55,7 @@ class HostLoad:
     max_vcpus: float = math.inf
     max_mem_gb: float = math.inf
     instances_left: float = math.inf
+    instances_withheld: float = 0.0
 
     def holds(self, ask: "Ask") -> bool:
         """Is the host large enough for one VM of the ask's size (its demand aside)?"""
@@ -224,7 +227,7 @@ class _Hosts:
         arrays and the HostLoad alike."""
         self.cpu_level[k] += cpu
         self.mem_level[k] += mem
-        _add(self.hosts[k], cpu, mem)
+        add_level(self.hosts[k], cpu, mem)
         if self.capping:
             self.instances_left[k] -= vms
             self.hosts[k].instances_left -= vms
@@ -234,13 +237,13 @@ class _Hosts:
         self.mem_level[k] = self.hosts[k].mem_level
         self.instances_left[k] = self.hosts[k].instances_left
 
-    def capped(self, index: np.ndarray, cpu: float, mem: float) -> list[str]:
+    def capped(self, index: np.ndarray, cpu: float, mem: float) -> list[HostLoad]:
         """The hosts of ``index`` with room for one more VM of (``cpu``, ``mem``) that are at
         their instance cap: where the cap, not the room, refuses it."""
         if not self.capping:
             return []
         at_cap = index[self.instances_left[index] < 1]
-        return [self.names[k] for k in at_cap[_room(self, at_cap, cpu, mem, capped=False) > 0]]
+        return [self.hosts[k] for k in at_cap[_room(self, at_cap, cpu, mem, capped=False) > 0]]
 
     def holding(self, ask: Ask) -> np.ndarray:
         """Indexes of the hosts large enough for one VM of the ask's size (HostLoad.holds)."""
@@ -403,7 +406,7 @@ def _place_bulk(
             rejected[ask.name] = why
 
 
-def _add(host: HostLoad, cpu: float, mem: float) -> None:
+def add_level(host: HostLoad, cpu: float, mem: float) -> None:
     """Constant demand placed on a host: its levels and, when it has them, its series move as much."""
     host.cpu_level += cpu
     host.mem_level += mem
@@ -453,7 +456,7 @@ def _place_series(
             used.setdefault(ask.group, set()).add(k)
         return k
     blocked = any(_fits(state[k], cpu_level, mem_level) and state[k].holds(ask) for k in taken)
-    capped = [h.name for k, h in enumerate(state) if k not in taken and h.holds(ask) and h.instances_left < 1
+    capped = [h for k, h in enumerate(state) if k not in taken and h.holds(ask) and h.instances_left < 1
               and _fits(h, cpu_level, mem_level, capped=False)]
     rejected[ask.name] = _why(ask, blocked, capped)
     return None
@@ -483,15 +486,18 @@ def _too_large(ask: Ask, state: list[HostLoad]) -> str:
     )
 
 
-def _why(ask: Ask, blocked_by_group: bool, capped: Sequence[str] = (), most: int = 5) -> str:
-    """Why an ask found no host: its group, the instance cap of the hosts with room (``capped``),
-    or no room at all."""
+def _why(ask: Ask, blocked_by_group: bool, capped: Sequence[HostLoad] = (), most: int = 5) -> str:
+    """Why an ask found no host: its group, the instance cap of the hosts with room (``capped``,
+    each named with the VMs of its cap withheld for the unplaced VMs, when any), or no room at
+    all."""
     if blocked_by_group:
         return "anti-affinity: every host with room already holds a VM of group %r" % ask.group
     demand = "%.2f cores and %.2f GB of demand" % (_scalar(ask.cpu), _scalar(ask.mem))
     if capped:  # the cap binds: without it these hosts would take the VM
+        named = [h.name if not h.instances_withheld else "%s (%s of it withheld for unplaced VMs)" % (
+            h.name, counted(int(h.instances_withheld), "instance")) for h in capped[:most]]
         return "every host with room for %s is at its instance cap (max_instances): %s%s" % (
-            demand, ", ".join(capped[:most]), ", ..." if len(capped) > most else "")
+            demand, ", ".join(named), ", ..." if len(capped) > most else "")
     return "no host has room for %s" % demand
 
 

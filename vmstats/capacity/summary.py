@@ -20,7 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from vmstats import inputfile
 from vmstats.capacity import defaults, unplaced
 from vmstats.capacity.demand import FleetDemand, Settings, peaks_name, percentile_name
-from vmstats.capacity.headroom import withheld
+from vmstats.capacity.headroom import instances_withheld, withheld
 from vmstats.capacity.placement import HostLoad
 
 #: Bumped when the JSON's shape changes: the server refuses a summary of another version.
@@ -32,7 +32,9 @@ from vmstats.capacity.placement import HostLoad
 #: offered it as room).
 #: 6: the unplaced VMs' sizes, and each host's share withheld for them on both bases (a summary
 #: of 5 had Nova's allocation view offer the room their sizes hold, and would claim none).
-VERSION = 6
+#: 7: each capped host's share of the unplaced VMs' number against its max_instances (a summary of
+#: 6 had them count against no host's cap, and would claim none).
+VERSION = 7
 #: The summary's file beside a report or headroom output (``vmstats admit --summary`` reads it).
 SUMMARY_FILE = "capacity-summary.json"
 
@@ -97,6 +99,9 @@ class Summary:
     #: answer works its own out on the same rule, after the room earlier answers hold.
     withheld_for_unplaced: dict = field(default_factory=dict)
     alloc_withheld_for_unplaced: dict = field(default_factory=dict)
+    #: Each capped host's share of their number against its max_instances, ``{host: VMs}``
+    #: (headroom.instances_withheld), alike.
+    instances_withheld_for_unplaced: dict = field(default_factory=dict)
 
     def basis(self, now: float | None = None) -> dict:
         """What an answer rests on, said in every answer, with the logs it could not read whole."""
@@ -194,6 +199,9 @@ class Summary:
             if not all(isinstance(w, dict) and set(w) == keys and all(_number(v, float) for v in w.values())
                        for w in data.get(name, {}).values()):
                 raise ValueError("%s is not each host's %s" % (name, " and ".join(sorted(keys))))
+        counts = data.get("instances_withheld_for_unplaced", {}).values()
+        if not all(_number(n, int) and n >= 0 for n in counts):
+            raise ValueError("instances_withheld_for_unplaced is not each host's count of VMs")
         data["hosts"] = [HostSummary(**h) for h in hosts]
         return cls(**data)
 
@@ -290,6 +298,7 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
         unplaced_use=fleet.unplaced_described() if fleet.unplaced else {},
         withheld_for_unplaced=unplaced.described(withheld(fleet)),
         alloc_withheld_for_unplaced=unplaced.described(withheld(fleet, "allocation"), "allocation"),
+        instances_withheld_for_unplaced=instances_withheld(fleet),
     )
 
 

@@ -9,9 +9,28 @@ admission's offers both rest on :func:`shares`, so for the same logs and
 profile they say the same number.  Nova's allocation view beside them takes the
 unplaced VMs' sizes by the same rule (:func:`amounts` says which figures each
 basis takes): allocated on some host, they hold that room by allocation too.
+Their number counts against the capped hosts' ``max_instances`` by the same
+rule (:func:`instance_shares`), as Nova counts them on the host they run on.
 """
 
+import math
+
 from vmstats.words import counted
+
+
+def parts(rooms: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Each host's part (a share of 1, per resource) of the unplaced VMs: its room (cores, GB;
+    below 0 is none) over the hosts' room together.  :func:`shares` takes the use by these parts,
+    and the backtest judges the unplaced VMs' measured use on each host by them, so both put it
+    where the live view withholds it."""
+    out = {host: [0.0, 0.0] for host in rooms}
+    for k in (0, 1):
+        free = {host: max(0.0, room[k]) for host, room in rooms.items()}
+        total = sum(free.values())
+        if total > 0:
+            for host, room in free.items():
+                out[host][k] = room / total
+    return {host: (c, m) for host, (c, m) in out.items()}
 
 
 def shares(
@@ -21,20 +40,41 @@ def shares(
     GB)}`` with the hosts that give none left out; ``rooms`` is each known host's room
     (cores, GB) before it.
 
-    Shared in proportion to the room each host has (all of it when the use is as large): spread
-    so, the fleet's room is what it is with that use on some host of it, whichever, and no
-    host is guessed at.  A host past its limit (room below 0) has nothing to give.
+    Shared in proportion to the room each host has (:func:`parts`; all of it when the use is as
+    large): spread so, the fleet's room is what it is with that use on some host of it,
+    whichever, and no host is guessed at.  A host past its limit (room below 0) has nothing to
+    give.
     """
-    taken = {host: [0.0, 0.0] for host in rooms}
-    for k, amount in enumerate((cpu, mem)):
-        free = {host: max(0.0, room[k]) for host, room in rooms.items()}
-        total = sum(free.values())
-        if amount <= 0 or total <= 0:
-            continue
-        share = min(1.0, amount / total)
-        for host, room in free.items():
-            taken[host][k] = room * share
-    return {host: (c, m) for host, (c, m) in taken.items() if c > 0 or m > 0}
+    taken = {}
+    for host, (cpu_part, mem_part) in parts(rooms).items():
+        room_cpu, room_mem = rooms[host]
+        c = min(max(0.0, room_cpu), max(0.0, cpu) * cpu_part)
+        m = min(max(0.0, room_mem), max(0.0, mem) * mem_part)
+        if c > 0 or m > 0:
+            taken[host] = (c, m)
+    return taken
+
+
+def instance_shares(rooms: dict[str, float], vms: int) -> dict[str, int]:
+    """Each capped host's share of the ``vms`` unplaced VMs against its ``max_instances``, by the
+    rule their sizes are shared by (:func:`parts`, ``rooms``: the VMs each host may still take,
+    inf with no cap), ``{host: VMs}`` with the hosts that give none left out.
+
+    Nova counts the unplaced VMs against the cap of the host they run on, whichever that is.
+    Counted conservatively: a share of a VM is a whole one (Nova refuses the next VM at the cap,
+    not a part of it), and the hosts without a cap take none of them, as their unlimited room
+    would take all in proportion and leave every capped host its whole room, as if the unplaced
+    VMs were known to run on the uncapped ones.
+    """
+    capped = {host: (room, 0.0) for host, room in rooms.items() if math.isfinite(room)}
+    if vms <= 0:
+        return {}
+    taken = {}
+    for host, (part, _none) in parts(capped).items():
+        share = min(capped[host][0], math.ceil(vms * part - 1e-9))
+        if share > 0:
+            taken[host] = int(share)
+    return taken
 
 
 #: What each basis withholds of the unplaced VMs (keys of Summary.unplaced_use), and the keys its
@@ -60,9 +100,11 @@ def described(withheld: dict[str, tuple[float, float]], basis: str = "demand") -
     return {h: {cpu: _r(c), mem: _r(m)} for h, (c, m) in sorted(withheld.items())}
 
 
-def line(vms: int, use: dict, withheld: dict[str, dict] | None = None, most: int = 5) -> str:
+def line(vms: int, use: dict, withheld: dict[str, dict] | None = None, most: int = 5,
+         instances: dict[str, int] | None = None) -> str:
     """The VMs no host claims, their use and who gives room for it, for the terminal: headroom's
-    and admit's alike (``use``: Summary.unplaced_use; ``withheld``: described shares)."""
+    and admit's alike (``use``: Summary.unplaced_use; ``withheld``: described shares;
+    ``instances``: the capped hosts' shares of their number, instance_shares)."""
     tags = use.get("by_host_tag", [])
     parts = ["%s: %s, %.1f cores, %.1f GB" % (
         "host tag %s (not in the inventory)" % t["host_tag"] if t["host_tag"] is not None
@@ -75,6 +117,10 @@ def line(vms: int, use: dict, withheld: dict[str, dict] | None = None, most: int
     if withheld:
         given = ["%s %.1f cores, %.1f GB" % (h, w["cpu_cores"], w["mem_gb"]) for h, w in withheld.items()]
         said += " (%s%s)" % (", ".join(given[:most]), ", ..." if len(given) > most else "")
+    if instances:
+        given = ["%s %d" % (h, n) for h, n in instances.items()]
+        said += "; and from the capped hosts' max_instances (%s%s)" % (
+            ", ".join(given[:most]), ", ..." if len(given) > most else "")
     return said
 
 
