@@ -23,6 +23,14 @@ nothing (the VM was off or silent; the judging window's coverage is shown),
 a record without a memory (or CPU) figure counts the VM's whole size for it,
 as the plan does.
 
+The VMs the inventory does not place run on some host all the same, as the
+live view holds (unplaced.py): the plan withholds their use, their sizes on
+the allocation bases and their number from the capped hosts, as an admission
+answer does, and the judge adds their measured use to each host in the
+proportions the plan withheld it by (unplaced.parts of the plan's room).
+Left out, a plan was judged on hosts that carried none of the use it had
+been told to leave room for, and offered none of it itself.
+
 The computation (``backtest``) is pure: VM windows and an inventory in, a
 Backtest out; ``run`` reads the logs the way ``vmstats admit`` does.
 """
@@ -37,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from vmstats import logstore
-from vmstats.capacity import reader
+from vmstats.capacity import reader, unplaced
+from vmstats.capacity.admission import withhold, withhold_instances
 from vmstats.capacity.demand import (
     Gone,
     Settings,
@@ -50,6 +59,7 @@ from vmstats.capacity.demand import (
     percentile_name,
     window_offset,
 )
+from vmstats.capacity.headroom import instances_withheld, rooms
 from vmstats.capacity.inventory import Inventory
 from vmstats.capacity.placement import Ask, HostLoad, loads, place
 from vmstats.capacity.profiles import Profile
@@ -322,10 +332,17 @@ def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Seque
         arrivals = ("copies of %s of the history (their own use in each window), one of each a round "
                     "until a round is not placed whole" % counted(len(templates), "VM"))
         rounds_of = 1
-    sums, seen, expected = _resident_sums(inventory, judge_uses, judge_window.minutes)
+    sums, seen, expected = _resident_sums(inventory, judge_uses, judge_window.minutes,
+                                          unplaced.parts(rooms(fleet)))
+    use = fleet.unplaced_described() if fleet.unplaced else {}
+    counted_vms = instances_withheld(fleet)
     outcomes = {}
     for name, (basis, cpu_ratio, ram_ratio) in BASES.items():
         hosts = loads(fleet, basis, series=(basis == "demand"), cpu_ratio=cpu_ratio, ram_ratio=ram_ratio)
+        # The unplaced VMs' room, withheld as a live answer withholds it (on the known hosts the
+        # bases are compared on; by their sizes at this basis's ratios on the allocation ones).
+        withhold(hosts, *unplaced.amounts(use, basis))
+        withhold_instances(hosts, len(fleet.unplaced), counted_vms)
         placed, rounds = admit(hosts, templates, basis, settings.percentile, rounds_of, max_rounds)
         outcomes[name] = judge(inventory, sums, placed, templates, judge_window.minutes, name, len(placed),
                                rounds)
@@ -335,16 +352,23 @@ def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Seque
                     inventory.source)
 
 
-def _resident_sums(inventory: Inventory, uses: Sequence[VmUse],
-                   minutes: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, int]:
-    """Each host's measured use per minute of the judging window, and the residents' coverage."""
+def _resident_sums(inventory: Inventory, uses: Sequence[VmUse], minutes: int,
+                   parts: dict[str, tuple[float, float]] | None = None,
+                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, int]:
+    """Each host's measured use per minute of the judging window, and the residents' coverage.
+
+    The VMs no host claims add their use to each host of ``parts`` (unplaced.parts: a share of 1
+    per resource) in proportion, where the plan withheld it."""
     sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    stray_cpu, stray_mem = np.zeros(minutes), np.zeros(minutes)
     seen = expected = 0
     for use in uses:
         host = inventory.host_of(use.vm, use.host_tag)
-        if host is None:
-            continue
         cpu, mem = measured(use)
+        if host is None:
+            stray_cpu += cpu
+            stray_mem += mem
+            continue
         if host in sums:
             sums[host][0][:] += cpu
             sums[host][1][:] += mem
@@ -352,6 +376,11 @@ def _resident_sums(inventory: Inventory, uses: Sequence[VmUse],
             sums[host] = (cpu.copy(), mem.copy())
         seen += int(use.seen.sum())
         expected += minutes
+    for host, (cpu_part, mem_part) in (parts or {}).items():
+        if cpu_part > 0 or mem_part > 0:
+            cpu, mem = sums.setdefault(host, (np.zeros(minutes), np.zeros(minutes)))
+            cpu += cpu_part * stray_cpu
+            mem += mem_part * stray_mem
     return sums, seen, expected
 
 

@@ -101,12 +101,17 @@ def withheld(fleet: FleetDemand, basis: str = "demand") -> dict[str, tuple[float
     The demand basis shares among the known hosts, by their measured room; the allocation basis
     among every host, by the room Nova's ratios leave (Nova allocates on unknown hosts too)."""
     use = fleet.unplaced_described() if fleet.unplaced else {}
+    return unplaced.shares(rooms(fleet, basis), *unplaced.amounts(use, basis))
+
+
+def rooms(fleet: FleetDemand, basis: str = "demand") -> dict[str, tuple[float, float]]:
+    """The room the unplaced VMs are shared by (:func:`withheld`): the known hosts' measured room
+    (cores, GB), or every host's room under Nova's ratios (vCPUs, GB).  The backtest judges
+    their measured use on the hosts in the same proportions (unplaced.parts)."""
     if basis == "demand":
-        rooms = {h.name: (h.cpu_headroom, h.mem_headroom) for h in fleet.hosts if h.known(fleet.settings)}
-    else:
-        rooms = {h.name: (h.host.alloc_vcpus - h.allocated_vcpus, h.host.alloc_mem_gb - h.allocated_mem_gb)
-                 for h in fleet.hosts}
-    return unplaced.shares(rooms, *unplaced.amounts(use, basis))
+        return {h.name: (h.cpu_headroom, h.mem_headroom) for h in fleet.hosts if h.known(fleet.settings)}
+    return {h.name: (h.host.alloc_vcpus - h.allocated_vcpus, h.host.alloc_mem_gb - h.allocated_mem_gb)
+            for h in fleet.hosts}
 
 
 def instances_withheld(fleet: FleetDemand) -> dict[str, int]:
