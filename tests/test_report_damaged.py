@@ -765,6 +765,34 @@ def test_compaction_retires_no_rows_on_the_word_of_a_footer_its_table_belies(tmp
     assert not document["meta"]["skipped_files"] + document["meta"]["damaged_files"]
 
 
+#: What a report says of each VM that a damaged rollup file could change.
+_FIGURES = ("vm", "records", "days_with_data", "cpu_avg", "cpu_p95", "mem_p95", "cpu_max")
+
+
+def test_a_vm_its_rollup_table_lacks_at_the_footers_count_is_read_from_its_kept_rows(
+        tmp_path, undamaged):
+    """A rollup file whose table holds one VM twice and lacks another has as many rows as its
+    footer lists VMs, so its footer seems to agree: the missing VM's day was named and left
+    empty until a pass rolled the day up again, though the day's columnar rows were there.  The
+    report reads that VM-day from the kept rows in the same read, and names the file."""
+    data = tmp_path / "data"
+    end, clean = undamaged
+    write_fleet(data, end)
+    done = _compact(data, "--compact-after", "0s")  # rows and rollups of every day kept
+    assert done.returncode == 0, done.stderr
+    middle = sorted((data / "rollups").iterdir())[1]
+    _retold(middle, rows=[0, 0])  # 10.0.0.1's rollup twice, 10.0.0.2's gone
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    assert [[v[k] for k in _FIGURES] for v in document["vms"]] == [
+        [v[k] for k in _FIGURES] for v in clean["vms"]]
+    entry = named(document)[str(middle)]
+    assert entry["problem"] == (
+        "damaged rollups file: its table lacks the rollup of 10.0.0.2; its table holds more than "
+        "one rollup of 10.0.0.1 (the last is read); 10.0.0.2 read from the day's kept rows instead")
+    assert entry["rows"] > 0 and str(middle) in stdout, entry
+
+
 def test_200_junk_files_in_a_real_data_dir(tmp_path):
     """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
     with serve(tmp_path, "--flush-interval", "1") as server:

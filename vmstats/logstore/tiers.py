@@ -24,6 +24,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
 
 from vmstats import inputfile
 from vmstats.logstore.files import not_regular, os_problem, remove_quietly, sync_dir
+from vmstats.logstore.layout import day_path
 from vmstats.logstore.rows import COLUMNS, DTYPES
 from vmstats.words import counted
 
@@ -236,6 +237,26 @@ def _some(vms: List[str]) -> str:
     """A few of ``vms`` for a line that names them: the first two and how many more."""
     shown = ", ".join(vms[:2])
     return shown if len(vms) <= 2 else "%s and %d more" % (shown, len(vms) - 2)
+
+
+def kept_rows(data_dir: str, day: str, vms: Iterable[str]) -> Dict[str, list]:
+    """``{vm: [its columnar Part, then its CSV file if any]}`` of the ``vms`` whose rows of UTC
+    ``day`` the data dir's columnar file still holds: the sources the report reads for a
+    VM-day of rows (report/discover.py), for a VM whose rollup turns out to be missing from
+    its rollup file's table when that is read.  Without the day's columnar rows a CSV file
+    holds only what came after they were retired, so it answers for nothing here."""
+    path = tier_path(data_dir, COLUMNAR_DIR, day)
+    try:
+        listed = set(tier_info(path)["vms"])
+    except (OSError, ValueError):  # gone, or damaged (its own reader names it)
+        return {}
+    found = {}
+    for vm in vms:
+        if vm not in listed:
+            continue
+        csv = day_path(data_dir, vm, day)
+        found[vm] = [Part(path, vm, COLUMNAR_DIR)] + ([csv] if os.path.isfile(csv) else [])
+    return found
 
 
 def columnar_schema():

@@ -11,6 +11,7 @@ aggregates.
 
 import collections
 import functools
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -157,7 +158,8 @@ def aggregate_units(paths_per_unit: list[list[Source]]) -> Aggregates:
 
 def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates:
     """The kept aggregates of rollup Parts, each file read once; a VM-day its file does not
-    hold (or a file that cannot be read) is empty and named in the issues.
+    hold is read from its rows if its data dir still keeps them (_answer_from_rows), else it is
+    empty, and named in the issues either way, as is a file that cannot be read.
 
     ``sparse`` keeps the histograms as the files' cells (histogram.SparseHistograms: what a
     long window's report sums per VM without a dense VM-day table); otherwise they are dense
@@ -166,6 +168,7 @@ def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates
     out = {name: values for name, values in empty_table(len(parts)).items() if name not in HISTOGRAMS}
     hists = {name: SparseHistograms(len(parts), bins) for name, bins in HISTOGRAMS.items()}
     issues: dict[int, list[dict]] = {}
+    fallback: list[tuple[int, list[Source]]] = []  # units their rollup file lacks: read from rows
     by_path: dict[str, list[int]] = {}
     for i, part in enumerate(parts):
         by_path.setdefault(part.path, []).append(i)
@@ -185,10 +188,10 @@ def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates
         else:
             row_of = {vm: k for k, vm in enumerate(vms)}
             found = [(i, row_of[parts[i].vm]) for i in mine if parts[i].vm in row_of]
-            for i in mine:
-                if parts[i].vm not in row_of:
-                    issues[i] = [issue(path, "rollup missing from its file", vm=parts[i].vm,
-                                       day=file_day(path))]
+            lacking = [i for i in mine if parts[i].vm not in row_of]
+            if lacking:
+                _answer_from_rows(path, vms, [(i, parts[i].vm) for i in lacking], len(found),
+                                  fallback, issues)
             if not found:
                 continue
             positions = np.array([i for i, _k in found])
@@ -201,9 +204,65 @@ def read_rollups(parts: list[logstore.Part], sparse: bool = False) -> Aggregates
             out[name][positions] = values if whole else values[rows]
         for name, hist in hists.items():
             _place_file_rows(hist, data[name], positions, rows, len(vms))
+    if fallback:
+        _place_rows(out, hists, fallback, issues)
     for name, hist in hists.items():
         out[name] = hist if sparse else hist.dense()
     return out, issues
+
+
+def _answer_from_rows(path: str, held: list[str], lacking: list[tuple[int, str]], read: int,
+                      fallback: list[tuple[int, list[Source]]], issues: dict[int, list[dict]]) -> None:
+    """Name a rollup file whose table lacks the rollups of ``lacking`` (``[(unit, vm)]``), and add
+    to ``fallback`` the units whose rows its data dir still keeps (``held``: the table's VMs,
+    ``read``: how many of the units asked it answered).
+
+    A footer that disagrees with its table is found when the report lists the tiers
+    (tiers.tier_info), and the rows answer those VMs; but a table that holds one VM twice and
+    lacks another has as many rows as its footer lists VMs, so only reading it tells.  The
+    missing VM's rows are read here, in the same read, as discover would have given them (the
+    day's columnar rows, then its CSV file), rather than leaving the VM-day empty until a
+    compaction pass rolls the day up again.
+    """
+    day = file_day(path)
+    data_dir = os.path.dirname(os.path.dirname(path))
+    kept = logstore.kept_rows(data_dir, day, [vm for _i, vm in lacking])
+    answered = [vm for _i, vm in lacking if vm in kept]
+    said = ["its table lacks the rollup of %s" % _some(sorted({vm for _i, vm in lacking}))]
+    doubled = sorted(vm for vm, n in collections.Counter(held).items() if n > 1)
+    if doubled:
+        said.append("its table holds more than one rollup of %s (the last is read)" % _some(doubled))
+    if answered:
+        said.append("%s read from the day's kept rows instead" % _some(sorted(set(answered))))
+    problem = "damaged rollups file: %s" % "; ".join(said)
+    for i, vm in lacking:
+        rows = read + len(answered)
+        issues[i] = [issue(path, problem, rows=rows, vm=vm, day=day)]
+        if vm in kept:
+            fallback.append((i, kept[vm]))
+
+
+def _some(vms: list[str]) -> str:
+    """A few of ``vms`` for a line that names them: the first two and how many more."""
+    shown = ", ".join(vms[:2])
+    return shown if len(vms) <= 2 else "%s and %d more" % (shown, len(vms) - 2)
+
+
+def _place_rows(out: dict[str, np.ndarray], hists: dict[str, SparseHistograms],
+                fallback: list[tuple[int, list[Source]]], issues: dict[int, list[dict]]) -> None:
+    """Put the aggregates of ``fallback``'s units (``[(unit, its rows' sources)]``), reduced
+    from their rows, at their units in read_rollups' table."""
+    positions = np.array([i for i, _sources in fallback], np.int64)
+    table, found = _aggregate_rows([sources for _i, sources in fallback])
+    for name, values in table.items():
+        if name in hists:
+            hists[name].add_dense(positions, values)
+            continue
+        if values.dtype != out[name].dtype:
+            out[name] = out[name].astype(np.result_type(out[name], values))
+        out[name][positions] = values
+    for k, entries in found.items():
+        issues.setdefault(int(positions[k]), []).extend(entries)
 
 
 def _rollup_file(path: str, vms: set[str]) -> tuple[list[str], dict]:
