@@ -10,7 +10,14 @@ import os
 import stat
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from vmstats.logstore.layout import DAY_SECONDS, day_file_in, day_name, split_days, vm_dir
+from vmstats.logstore.layout import (
+    DAY_SECONDS,
+    day_file_in,
+    day_name,
+    refuse_link,
+    split_days,
+    vm_dir,
+)
 from vmstats.logstore.rows import HEADER, strip_header
 
 #: A row as written: its timestamp, then its tail (format_tail), then the newline.
@@ -18,7 +25,9 @@ _ROW = b"%d,%s\n"
 #: Flags of the one open that both checks a day file for rows already logged and appends to
 #: it.  O_NONBLOCK so that a FIFO in the way does not block the open (it is then seen not to
 #: be a regular file, see _append_blind); a regular file's reads and writes ignore it.
-_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+#: O_NOFOLLOW so that a day file that is a symbolic link is seen (ELOOP) and judged before it is
+#: written through (_open_day), at no cost to the usual open.
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
 #: Flags of an append to a day file that is not a regular file, as ``open(path, "ab")`` uses
 #: them.  No O_NONBLOCK: a FIFO in the way blocks the writer, which the server detects (drain
 #: deadline, dead writer) and reports.
@@ -124,31 +133,51 @@ def append_missing(data_dir: str, vm: str, rows: Mapping[int, bytes],
     some logged, cost one read of the whole day file (at most 1,440 rows).
     """
     folder = vm_dir(data_dir, vm)
+    # A VM folder that is a symbolic link out of the data dir (or to another VM's folder) is
+    # not written through: LinkRefused, an OSError, so the VM's rows are kept and retried.  One
+    # lstat per VM and flush; a day file that is a link is caught by its open (_open_day).
+    refuse_link(data_dir, folder)
     if not rows:
         os.makedirs(folder, exist_ok=True)
         return 0
     ends = ends if ends is not None else DayFileEnds()
     written = 0
     for day, stamps in split_days(rows):
-        written += _append_day(folder, day_file_in(folder, day_name(day)), day, stamps, rows, ends)
+        written += _append_day(data_dir, folder, day_file_in(folder, day_name(day)), day, stamps,
+                               rows, ends)
     return written
 
 
-def _append_day(folder: str, path: str, day: int, stamps: List[int], rows: Mapping[int, bytes],
-                ends: DayFileEnds) -> int:
+def _open_day(data_dir: str, folder: str, path: str) -> int:
+    """The day file ``path`` opened to check and append, made (with its folder) if missing.
+
+    The open follows no symbolic link in the file's own place: one is judged (link_problem)
+    and opened through only when it leads elsewhere inside the data dir.
+    """
+    try:
+        try:
+            return os.open(path, _OPEN_FLAGS, 0o666)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            return os.open(path, _OPEN_FLAGS, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP or not os.path.islink(path):
+            raise
+    refuse_link(data_dir, path)
+    return os.open(path, _OPEN_FLAGS & ~os.O_NOFOLLOW, 0o666)
+
+
+def _append_day(data_dir: str, folder: str, path: str, day: int, stamps: List[int],
+                rows: Mapping[int, bytes], ends: DayFileEnds) -> int:
     """Append the rows at ``stamps`` (sorted, all of UTC day ``day``) that ``path`` lacks.
 
     The directory is made only when the open says it is missing (a new VM, or
     its folder deleted since, e.g. by retention): an open that succeeds proves
     it exists, which costs nothing, where ``os.makedirs`` costs three system
     calls.  Five system calls in all for the usual flush (open, fstat, a read
-    of the remembered tail, write, close).
+    of the remembered tail, write, close), besides append_missing's lstat of the folder.
     """
-    try:
-        fd = os.open(path, _OPEN_FLAGS, 0o666)
-    except FileNotFoundError:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(path, _OPEN_FLAGS, 0o666)
+    fd = _open_day(data_dir, folder, path)
     try:
         st = os.fstat(fd)
         regular = stat.S_ISREG(st.st_mode)

@@ -115,19 +115,88 @@ def iter_vms(data_dir: str, not_folders: Optional[List[str]] = None) -> Iterator
 
 
 def day_files(data_dir: str, vm: str, first_day: Optional[str] = None,
-              last_day: Optional[str] = None) -> List[Tuple[str, str]]:
-    """``(day, path)`` of one VM's log files, oldest first, within the day range."""
+              last_day: Optional[str] = None, links: Optional[List[str]] = None) -> List[Tuple[str, str]]:
+    """``(day, path)`` of one VM's log files, oldest first, within the day range.
+
+    With ``links`` given, the day files that are symbolic links are added to it instead (a
+    listing tells them apart without a ``stat`` each), for the caller to judge (link_problem).
+    """
     folder = vm_dir(data_dir, vm)
     prefix = folder + os.sep  # os.path.join's result without its cost, paid per file
     found = []
-    for name in sorted(os.listdir(folder)):
+    linked: frozenset = frozenset()
+    if links is None:
+        names = sorted(os.listdir(folder))
+    else:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+        names = sorted(entry.name for entry in entries)
+        linked = frozenset(entry.name for entry in entries if entry.is_symlink())
+    for name in names:
         if not name.endswith(SUFFIX):
             continue
         day = name[: -len(SUFFIX)]
         if (first_day and day < first_day) or (last_day and day > last_day):
             continue
+        if name in linked:
+            links.append(prefix + name)
+            continue
         found.append((day, prefix + name))
     return found
+
+
+class LinkRefused(OSError):
+    """A VM folder or day file that is a symbolic link vmstats does not go through (link_problem):
+    the writer keeps the VM's rows and retries them, as after any failed write."""
+
+
+def link_problem(data_dir: str, path: str) -> Optional[str]:
+    """Why a VM folder or day file that is a symbolic link (``path``) is not gone through, or
+    None for one that leads elsewhere inside the data dir, which is then read and written as if
+    it stood there.
+
+    A link out of the data dir may lead into another data dir (an operator's copy, a disk two
+    aggregators share): writing through it would put this fleet's rows in that dir's files, and
+    reading it would count that dir's VM as this fleet's, while compaction, which removes what
+    it compacts, leaves every link below ``vms/`` alone.  A link into ``vms/`` itself stands for
+    another VM's (or another day's) logs under a second name: written through, two VMs' rows
+    would mix in one file; read, one VM would count twice.  The data dir itself and its
+    ``vms/`` may be links: that is where the operator put it.
+    """
+    target = os.path.realpath(path)
+    if not _below(target, os.path.realpath(data_dir)):
+        return "a symbolic link out of the data dir (-> %s)" % one_line(target)
+    vms = (os.path.abspath(_vms_root(data_dir)), os.path.realpath(_vms_root(data_dir)))
+    hop = path
+    for _hop in range(40):  # each link of a chain: an alias may lead through another VM's name
+        try:
+            hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
+        except OSError:  # the end of the chain (or a loop, which realpath resolved as it could)
+            break
+        if any(_below(hop, root) or hop == root for root in vms):
+            return "a symbolic link to other logs of the data dir (-> %s)" % one_line(hop)
+    return None
+
+
+def _below(path: str, root: str) -> bool:
+    """Whether ``path`` (absolute, normalised) lies inside the folder ``root``."""
+    return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def followed(data_dir: str, day_file: str) -> bool:
+    """Whether a day file is read where it stands: neither it nor its VM folder is a symbolic
+    link that link_problem refuses (a ``stat`` each for a file read outside a listing)."""
+    return all(not os.path.islink(path) or link_problem(data_dir, path) is None
+               for path in (os.path.dirname(day_file), day_file))
+
+
+def refuse_link(data_dir: str, path: str) -> None:
+    """LinkRefused if ``path`` is a symbolic link that link_problem refuses."""
+    if os.path.islink(path):
+        problem = link_problem(data_dir, path)
+        if problem is not None:
+            raise LinkRefused("%s is %s: not written through (docs/STORAGE.md, \"Symbolic links "
+                              "under vms/\")" % (one_line(path), problem))
 
 
 def printable(text: str) -> str:

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
 
 from vmstats import inputfile
 from vmstats.logstore.files import not_regular, os_problem, remove_quietly, sync_dir
-from vmstats.logstore.layout import day_path
+from vmstats.logstore.layout import day_path, followed
 from vmstats.logstore.rows import COLUMNS, DTYPES
 from vmstats.words import counted
 
@@ -255,7 +255,8 @@ def kept_rows(data_dir: str, day: str, vms: Iterable[str]) -> Dict[str, list]:
         if vm not in listed:
             continue
         csv = day_path(data_dir, vm, day)
-        found[vm] = [Part(path, vm, COLUMNAR_DIR)] + ([csv] if os.path.isfile(csv) else [])
+        beside = os.path.isfile(csv) and followed(data_dir, csv)
+        found[vm] = [Part(path, vm, COLUMNAR_DIR)] + ([csv] if beside else [])
     return found
 
 

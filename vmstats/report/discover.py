@@ -209,6 +209,26 @@ def _sorted_units(units: Units) -> Units:
     return dict(zip(keys, map(units.__getitem__, keys), strict=True))
 
 
+#: How the report names a VM folder or day file it does not read through a symbolic link.
+_LINK_LEFT_OUT = ("left out: %s, whose rows this data dir does not count "
+                  "(docs/STORAGE.md, \"Symbolic links under vms/\")")
+
+
+def _followed(data_dir: str, files: list[tuple[str, str]], links: list[str],
+              issues: list[dict]) -> list[tuple[str, str]]:
+    """``files`` and the day files of ``links`` (symbolic links) that lead elsewhere inside the
+    data dir, in day order; the others named as left out (logstore.link_problem), as the
+    server does not write through them and compaction leaves them alone."""
+    for path in links:
+        problem = logstore.link_problem(data_dir, path)
+        if problem is None:
+            name = os.path.basename(path)
+            files.append((name[: -len(logstore.SUFFIX)], path))
+        else:
+            issues.append(issue(path, _LINK_LEFT_OUT % problem))
+    return sorted(files)
+
+
 def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, int], list[str]], int]:
     """``({(vm, day): [path]}, entries found)`` of one data dir's CSV day files (an unlistable
     VM folder is an entry: the dir is not empty, only that VM unreadable)."""
@@ -240,14 +260,22 @@ def _discover_csv(data_dir: str, issues: list[dict]) -> tuple[dict[tuple[str, in
                                 "VM folder name is not a VM id of vmstats (docs/PROTOCOL.md)", vm=shown))
             found += 1
             continue
+        folder = os.path.join(data_dir, logstore.VMS_DIR, vm)
+        problem = logstore.link_problem(data_dir, folder) if os.path.islink(folder) else None
+        if problem is not None:
+            issues.append(issue(folder, _LINK_LEFT_OUT % problem, vm=vm))
+            found += 1
+            continue
+        links: list[str] = []
         try:
-            files = logstore.day_files(data_dir, vm)
+            files = logstore.day_files(data_dir, vm, links=links)
         except (OSError, ValueError) as exc:
-            path = os.path.join(data_dir, logstore.VMS_DIR, vm)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            issues.append(issue(path, "VM folder not listed: %s" % reason, vm=vm))
+            issues.append(issue(folder, "VM folder not listed: %s" % reason, vm=vm))
             found += 1  # it is there: the data dir is not empty, only this VM unreadable
             continue
+        if links:
+            files = _followed(data_dir, files, links, issues)
         for day, path in files:
             number = numbers.get(day)
             if number is None:  # each VM has the same few days: each name is parsed once

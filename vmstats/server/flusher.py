@@ -22,7 +22,13 @@ from vmstats.server.every import Every, IntervalJob
 from vmstats.server.executors import kill
 from vmstats.server.memory import release_free_memory
 from vmstats.server.metrics import Metrics, RateLimitedLog
-from vmstats.server.writer import MarshalledShare, WriterContext, init_writer, write_share
+from vmstats.server.writer import (
+    LINK_REFUSED,
+    MarshalledShare,
+    WriterContext,
+    init_writer,
+    write_share,
+)
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
@@ -91,6 +97,9 @@ class FlusherService(service.Service):
         self.unwritten = 0
         #: VMs whose last write failed (a gauge: disk full, permissions).
         self.failing_vms = 0
+        #: VMs whose last write was refused for a symbolic link (logstore.LinkRefused): said
+        #: once when a VM joins them, not every flush, since only the operator can end it.
+        self.linked_vms: set[str] = set()
         self._trouble = RateLimitedLog(log, "write failure", burst=1, period=max(interval, 10.0))
         self._unwritable = RateLimitedLog(log, "unwritable", burst=1, period=max(interval, 10.0),
                                           level=logging.ERROR)
@@ -197,6 +206,8 @@ class FlusherService(service.Service):
         first_error = None
         lost_vms = lost_records = 0  # refused by the layout: no retry can write them
         lost_error = None
+        linked: dict[str, str] = {}  # VMs refused for a symbolic link: their error
+        answered: set[str] = set()  # VMs a writer tried (whose task did not fail whole)
         for (ok, results), task in zip(outcomes, tasks, strict=True):
             vms += len(task)
             if not ok:
@@ -209,6 +220,7 @@ class FlusherService(service.Service):
                     kept.append(vm)
                 continue
             rows_of = dict(task)
+            answered.update(vm for vm, _count, _error, _retry in results)
             for vm, count, error, retry in results:
                 if error is None:
                     written += count
@@ -218,7 +230,10 @@ class FlusherService(service.Service):
                     continue
                 self.metrics.write_failures += 1
                 if retry:
-                    first_error = first_error or "vm %s: %s" % (vm, error)
+                    if error.startswith(LINK_REFUSED):
+                        linked[vm] = error
+                    else:
+                        first_error = first_error or "vm %s: %s" % (vm, error)
                     self.buffer.restore(vm, rows_of[vm])
                     kept.append(vm)
                 else:
@@ -232,12 +247,13 @@ class FlusherService(service.Service):
             self._unwritable.emit("dropping %s of %s the log layout refuses: %s",
                                   counted(lost_records, "record"), counted(lost_vms, "VM"), lost_error)
         self.failing_vms = len(kept)
-        if kept:
+        self._say_links(linked, answered)
+        if first_error is not None:
             # Once per period, not once per VM: a full disk fails every VM of every flush.
             self._trouble.emit("writing the records of %s failed (will retry; %s held): %s",
                                counted(len(kept), "VM"), counted(self.buffer.count, "record"),
                                first_error)
-        elif mark is not None:
+        if not kept and mark is not None:
             self.journal.retire(mark)  # everything the flush took is in the logs
         self._free(tasks, self.in_flight_records)
         self.metrics.flushes += 1
@@ -246,6 +262,24 @@ class FlusherService(service.Service):
         log.debug("flushed %s of %s in %.3fs", counted(written, "record"), counted(vms, "VM"),
                   time.monotonic() - started)
         return written
+
+    def _say_links(self, linked: dict[str, str], tried: set[str]) -> None:
+        """Log the VMs a flush did not write for a symbolic link (``linked``: their errors) that
+        were not refused so before, in one line; forget those of ``tried`` (the VMs a writer
+        tried) that are no longer refused.
+
+        Their rows stay in memory and their journal segments on disk, and are retried every
+        flush, so nothing acknowledged is lost; but only the operator can end it (by moving the
+        files into the data dir), so it is said once, not every flush."""
+        self.linked_vms -= tried - linked.keys()
+        new = sorted(linked.keys() - self.linked_vms)
+        self.linked_vms |= linked.keys()
+        if new:
+            log.error("not writing the records of %s through a symbolic link (kept in memory and "
+                      "in the journal, retried every flush; %s now held back so): %s%s",
+                      counted(len(new), "VM"), counted(len(self.linked_vms), "VM"),
+                      linked[new[0]].removeprefix(LINK_REFUSED),
+                      "" if len(new) == 1 else " (and %d more)" % (len(new) - 1))
 
     def _free(self, tasks: list, records: int = 0) -> None:
         """Let go of a flush's rows one task (<= TASK_RECORDS) per reactor turn.

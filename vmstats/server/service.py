@@ -138,6 +138,10 @@ class Aggregator(service.MultiService):
         self.metrics.gauges["write_failing_vms"] = (
             "VMs whose last log write failed (disk full, permissions): retried each flush.",
             lambda: self.flusher.failing_vms)
+        self.metrics.gauges["write_links_refused_vms"] = (
+            "VMs whose folder or day file is a symbolic link out of the data dir (or to other "
+            "logs in it): not written through, their rows held and retried each flush "
+            "(docs/STORAGE.md).", lambda: len(self.flusher.linked_vms))
         if self.journal is not None:
             self.metrics.gauges["journal_segments"] = (
                 "Journal segments on disk (records not yet confirmed in the logs).",

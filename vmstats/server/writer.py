@@ -79,6 +79,10 @@ def _running(pid: int) -> bool:
     return True
 
 
+#: How write_share's error for a VM refused for a symbolic link begins (logstore.LinkRefused).
+LINK_REFUSED = "LinkRefused: "
+
+
 class WriterProcess(multiprocessing.context.ForkServerProcess):
     """A writer's process: it ignores SIGTERM (init_writer), so ending one is SIGKILL.
 
