@@ -92,6 +92,13 @@ def test_unplaced_vms_count_against_the_capped_hosts_max_instances(tmp_path):
         assert answer["instances_withheld_for_unplaced"] == shares
     text = vmstats("admit", manifest, tmp_path / "data", "--inventory", hosts)
     assert text.returncode == 3 and said in text.stdout and AT_CAP in text.stdout, text.stdout
+    # The report's page says the same shares as headroom's terminal.
+    report = vmstats("report", tmp_path / "data", "-o", tmp_path / "report", "--inventory", hosts,
+                     "--profile", "1x2@10%", "--no-cache")  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    page = " ".join((tmp_path / "report" / "report.html").read_text().split())
+    assert ('<span id="capacity-unplaced-instances">counted against the capped hosts\' max_instances: '
+            'cap1 3, cap2 3, cap3 3, cap4 3</span>') in page, page
 
 
 def test_an_uncapped_host_takes_none_of_the_unplaced_vms_and_a_share_counts_whole():
