@@ -3,6 +3,7 @@
     .venv/bin/python bench/ingest.py            # full run (5-17 minutes here)
     .venv/bin/python bench/ingest.py --quick    # smoke run (about a minute)
     .venv/bin/python bench/ingest.py --telegraf # only Telegraf's lines against native TCP
+    .venv/bin/python bench/ingest.py --telegraf --refused  # and a flood the minutes refuse
     .venv/bin/python bench/ingest.py --shapes   # every record shape beside the agent's
     .venv/bin/python bench/ingest.py --shapes --only signed --paths udp_single  # a part of it
 
@@ -556,7 +557,9 @@ class TelegrafLines:
     """The lines Telegraf's cpu, mem, diskio, net and system inputs send, for 10,000 VMs.
 
     Each VM sends the five every 10 s, with every field those inputs emit
-    (their READMEs' sets), nanosecond timestamps, counters that grow.
+    (their READMEs' sets), nanosecond timestamps, counters that grow.  ``ahead`` stamps them
+    that many seconds past the clock: a day is a sender whose clock is off, every line refused
+    by the minutes (``future_timestamp``).
     """
 
     SHAPES = (
@@ -573,9 +576,11 @@ class TelegrafLines:
         b"system,host=vm%d load1=0.5,load15=0.25,load5=0.3,n_cpus=2i,n_users=1i %d",
     )
 
-    def __init__(self):
+    def __init__(self, ahead: int = 0):
         self.next = 0
         self.base = (int(time.time()) // 86400 - 30) * 86400
+        if ahead:
+            self.base = int(time.time()) + ahead
 
     def to_minute_start(self) -> None:
         """Skip to a minute's start at least a minute past the last lines sent.
@@ -655,20 +660,36 @@ def telegraf_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed)
     return telegraf_throughput(receiver, lines, count, speed)
 
 
-def telegraf_main(workdir: Path, speed: HostSpeed, count: int) -> dict:
-    """Telegraf's lines and native records, in turn, through one ``vmstats serve``.
+def refused_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed) -> dict:
+    """``count`` Telegraf lines every one of which the minutes refuse, timed as the others: a
+    sender whose clock is a day ahead.  Each refusal is counted, and logged ten lines in ten
+    seconds; this is what the rest cost."""
+    key = 'vmstats_edge_lines_total{format="influx",outcome="future_timestamp"}'
+    before = receiver.metrics().get(key, 0)
+    result = telegraf_throughput(receiver, lines, count, speed)
+    refused = receiver.metrics().get(key, 0) - before
+    if refused != count:
+        raise RuntimeError("%d of the %d lines stamped ahead were refused" % (refused, count))
+    return result
+
+
+def telegraf_main(workdir: Path, speed: HostSpeed, count: int, refused: bool = False) -> dict:
+    """Telegraf's lines and native records, in turn, through one ``vmstats serve``; with
+    ``refused``, then as many lines the minutes refuse (``refused_phase``).
 
     The native phase is ``tcp_throughput``, unchanged; each phase is
     measured with the host at speed (``at_speed``) like every other step.
     """
     receiver = unpinned(lambda: Vmstats(workdir / "vmstats", "--influx-port", "0"))
-    native, telegraf = Lines(), TelegrafLines()
+    native, telegraf, ahead = Lines(), TelegrafLines(), TelegrafLines(ahead=86400)
     results: dict = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:])}
+    phases = [("native", lambda: tcp_throughput(receiver, native, count, speed)),
+              ("telegraf", lambda: telegraf_phase(receiver, telegraf, count, speed))]
+    if refused:
+        phases.append(("refused", lambda: refused_phase(receiver, ahead, count, speed)))
     try:
         print("warm-up: one record per VM, logged, in %.1f s" % warm_up(receiver, native), flush=True)
-        for name, phase in (("native", lambda: tcp_throughput(receiver, native, count, speed)),
-                            ("telegraf", lambda: telegraf_phase(receiver, telegraf, count,
-                                                                speed))):
+        for name, phase in phases:
             attempts = at_speed({"vmstats": receiver}, speed, phase, lambda done: True)
             chosen = min(attempts, key=lambda one: max(one["probe_ms"], one["probe_after_ms"]))
             results[name] = dict(chosen, other_attempts=[a for a in attempts if a is not chosen])
@@ -683,6 +704,10 @@ def telegraf_main(workdir: Path, speed: HostSpeed, count: int) -> dict:
     print("Telegraf lines/s over native records/s: %.2f (target >= 0.50); %d minutes assembled "
           "from the measured lines; logs hold %d of %d records received"
           % (results["ratio"], results["telegraf"]["minutes_written"], rows, received))
+    if refused:
+        results["refused_cpu_ratio"] = round(results["refused"]["cpu_us_per_record"]
+                                             / results["telegraf"]["cpu_us_per_record"], 2)
+        print("a refused line's CPU over a line taken: %.2f" % results["refused_cpu_ratio"])
     return results
 
 
@@ -856,6 +881,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--telegraf", action="store_true",
                         help="only Telegraf's lines on the line-protocol port against native TCP")
+    parser.add_argument("--refused", action="store_true",
+                        help="with --telegraf: then as many lines the minutes refuse (stamped a "
+                             "day ahead)")
     parser.add_argument("--shapes", action="store_true",
                         help="only the record shapes (%s), each beside the agent's"
                         % ", ".join(SHAPES))
@@ -885,7 +913,7 @@ def main() -> int:
     speed.calibrate(5.0)
     if args.telegraf:
         try:
-            results = telegraf_main(workdir, speed, tcp_records // 2)
+            results = telegraf_main(workdir, speed, tcp_records // 2, args.refused)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         if args.json:

@@ -264,7 +264,7 @@ def test_device_names_past_their_bytes_are_refused_alike():
         for k in (0, 1) for kind in range(len(kinds)) for name in (1, 3, 5, 7, 8)}
     assert seen["refused"][0][2] == ("a's disk_r device name of 17 bytes is over 16: "
                                      "'eeeeeeeeeeeeeeeee'... refused")
-    assert seen["refused"][4][2].startswith("a's disk_r device name of 70000 bytes is over 16")
+    assert str(seen["refused"][4][2]).startswith("a's disk_r device name of 70000 bytes is over 16")
     # No counter was primed for a name refused: the counters hold the names taken alone.
     in_c, _in_python = assemblers(max_name_bytes=16)
     in_c.add(batches[0][0], NOW, Tally())

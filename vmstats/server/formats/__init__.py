@@ -10,6 +10,7 @@ edge knows the difference.
 """
 
 from collections import Counter
+from collections.abc import Callable
 from typing import NamedTuple
 
 from vmstats import protocol
@@ -93,6 +94,42 @@ class Sample(NamedTuple):
     value: float
 
 
+class Words:
+    """A refusal's words, put together only when read (``str``): most never are.
+
+    A flood of refused samples is counted whole, but logged ten lines in ten seconds
+    (metrics.RateLimitedLog) and answered ten lines a request: wording every refusal (a time
+    window's sentence, a device's ``%r``) made a refused line cost more than a line taken.
+    ``form`` is a %-format of ``args``, or a function of them; either is applied on each read.
+    Anything that prints one (``%s``, ``str``, a log line) reads the same text as before.
+    """
+
+    __slots__ = ("form", "args")
+
+    def __init__(self, form: "str | Callable[..., str]", *args) -> None:
+        self.form = form
+        self.args = args
+
+    def __str__(self) -> str:
+        form = self.form
+        return form % self.args if form.__class__ is str else form(*self.args)
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+    def __eq__(self, other: object) -> bool:
+        """The same words: made alike (the C loop's refusals and its reference's, compared
+        without wording them), or reading the same."""
+        if isinstance(other, Words) and self.form == other.form and self.args == other.args:
+            return True
+        if isinstance(other, (str, Words)):
+            return str(self) == str(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
 class Tally:
     """What a decoder made of its input, by outcome: used, ignored, or a reject reason.
 
@@ -104,13 +141,15 @@ class Tally:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
-        #: The first few reject messages, for the rate-limited log and HTTP 400 answers.
-        self.details: list[str] = []
+        #: The first few reject messages, for the rate-limited log (a ``Words`` is worded only
+        #: if its line is printed).
+        self.details: list[str | Words] = []
 
-    def reject(self, reason: str, detail: str, count: int = 1) -> None:
+    def reject(self, reason: str, detail: "str | Words", count: int = 1) -> None:
         self.counts[reason] += count
         if len(self.details) < 10:
-            self.details.append("%s: %s" % (reason, detail))
+            self.details.append(Words("%s: %s", reason, detail) if detail.__class__ is Words
+                                else "%s: %s" % (reason, detail))
 
     @property
     def rejected(self) -> int:
@@ -151,7 +190,11 @@ def within(name: str, value: float, low: float, high: float, slack: float = 0.0)
         return value
     if low - slack <= value <= high + slack:
         return low if value < low else high
-    raise OutOfRange("%s=%s outside [%s, %s]" % (name, shown(value), low, high))
+    raise OutOfRange(Words(_outside, name, value, low, high))
+
+
+def _outside(name: str, value: float, low: float, high: float) -> str:
+    return "%s=%s outside [%s, %s]" % (name, shown(value), low, high)
 
 
 def shown(value: float) -> str:
@@ -171,7 +214,7 @@ class OutOfRange(ValueError):
 
     reason = R_RANGE
 
-    def __init__(self, detail: str):
+    def __init__(self, detail: "str | Words"):
         super().__init__(detail)
         self.detail = detail
 

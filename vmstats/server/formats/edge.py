@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from vmstats import protocol
 from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
 from vmstats.server.every import Every
-from vmstats.server.formats import R_TOO_LONG, USED, Decoder, Tally
+from vmstats.server.formats import R_TOO_LONG, USED, Decoder, Tally, Words
 from vmstats.server.formats.interfaces import VirtualInterfaces
 from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
@@ -217,7 +217,11 @@ class Edge:
 
 def _refused_lines(tally: Tally, refused: list, lines: list, unit: str,
                    errors: list | None) -> None:
-    """Move the lines the minutes refused samples of from ``used`` to the first reason."""
+    """Move the lines the minutes refused samples of from ``used`` to the first reason.
+
+    Only what can be read is worded: the tally's first ten details (``Words``, worded if the
+    rate-limited log prints them) and the ten least line numbers ``errors`` can keep.  A
+    flood of refused lines is counted per reason, not worded line by line."""
     starts, numbers = lines[0::2], lines[1::2]
     by_line: dict[int, tuple[str, str]] = {}
     for index, reason, detail in refused:
@@ -227,11 +231,15 @@ def _refused_lines(tally: Tally, refused: list, lines: list, unit: str,
             continue
         by_line.setdefault(numbers[at], (reason, detail))
     tally.counts[USED] -= len(by_line)
-    for number, (reason, detail) in sorted(by_line.items()):
-        tally.reject(reason, "%s %d: %s" % (unit, number, detail))
-        if errors is not None:
-            errors.append((number, "%s: %s" % (reason, detail)))
+    ordered = sorted(by_line.items())
+    room = 10 - len(tally.details)
+    for number, (reason, detail) in ordered[:max(room, 0)]:
+        tally.reject(reason, Words("%s %d: %s", unit, number, detail))
+    for _number, (reason, _detail) in ordered[max(room, 0):]:
+        tally.counts[reason] += 1
     if errors is not None:
+        errors.extend((number, "%s: %s" % (reason, detail))
+                      for number, (reason, detail) in ordered[:10])
         errors.sort()
         del errors[10:]
 

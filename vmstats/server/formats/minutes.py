@@ -57,6 +57,7 @@ from vmstats.server.formats import (
     OutOfRange,
     Sample,
     Tally,
+    Words,
     shown,
     within,
 )
@@ -102,6 +103,9 @@ _DOUBLE_MAX = sys.float_info.max
 #: Counter kinds -> (the rate kind they become, the greatest rate a record may hold).
 _COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, _DOUBLE_MAX))[1])
              for kind in RATES + (CPU_STATE,)}
+#: Stamps within this of 0 are worded as any other (outside_window's ``%d`` and ``%.0f``).
+_STAMP_MAX = 1e300
+R_FUTURE, R_PAST = protocol.R_FUTURE, protocol.R_PAST
 
 
 class Minute:
@@ -325,24 +329,22 @@ class MinuteAssembler:
         """A sample naming a device past a bound (``_admit``'s reason): refused, so a sender
         making names up costs no more memory than the bounds, and loses only that sample."""
         if reason == R_DEVICE_CAP:
-            detail = ("%s's minute already holds %d devices of %s: %r refused"
-                      % (vm, self.max_devices, kind, device))
+            detail = Words("%s's minute already holds %d devices of %s: %r refused",
+                           vm, self.max_devices, kind, device)
         else:
-            detail = ("open minutes already hold %d device names: %s's %s %r refused"
-                      % (self.max_names, vm, kind, device))
+            detail = Words("open minutes already hold %d device names: %s's %s %r refused",
+                           self.max_names, vm, kind, device)
         reject(index, reason, detail)
 
     def _refuse_long(self, index: int, vm: str, kind: str, device: str, reject) -> None:
         """A sample naming a device longer than ``max_name_bytes``: refused before a minute or
         a counter holds the name, so the bound on names bounds their bytes too.  The detail
         shows the name's start and its length, not all of it (up to 64 KiB)."""
-        size = len(device.encode("utf-8", "surrogatepass"))
-        reject(index, R_TOO_LONG, "%s's %s device name of %d bytes is over %d: %r... refused"
-               % (vm, kind, size, self.max_name_bytes, device[:32]))
+        reject(index, R_TOO_LONG, Words(_long_words, vm, kind, device, self.max_name_bytes))
 
     def _late(self, index: int, vm: str, end: int, reject) -> None:
         self.events["late"] += 1
-        reject(index, "late", "sample for %s's minute ending %d, already written" % (vm, end))
+        reject(index, "late", Words("sample for %s's minute ending %d, already written", vm, end))
 
     def clock_stepped(self, step: float) -> None:
         """The wall clock was stepped (vmstats/server/clock.py): each open minute's last
@@ -524,19 +526,43 @@ def _refuse_time(index: int, ts: float, now: float, latest: float, reject: _Reje
     """A sample too far ahead of the clock or behind it (``--max-future``, ``--max-past``),
     in the words every refusal for the window uses (clock.outside_window): which window,
     which way and by how much -- a sender's first sample from days ago is refused for the
-    window, not "late" (a minute already written) nor merely "old"."""
-    reject(index, *outside_window(ts, now, ts > latest, *reject.limits, minute=True))
+    window, not "late" (a minute already written) nor merely "old".  Worded when read: a
+    sender whose clock is a day off sends nothing else.  (A stamp those words cannot show,
+    NaN or past a double, is worded at once and raises here as it always did.)"""
+    ahead = ts > latest
+    if (ts.__class__ is float or ts.__class__ is int) and -_STAMP_MAX < ts < _STAMP_MAX:
+        reason = R_FUTURE if ahead else R_PAST  # outside_window's, without its words
+        reject(index, reason, Words(_window_words, ts, now, ahead, reject.limits))
+    else:
+        reject(index, *outside_window(ts, now, ahead, *reject.limits, minute=True))
+
+
+def _window_words(ts: float, now: float, ahead: bool, limits: tuple[int, int]) -> str:
+    return outside_window(ts, now, ahead, *limits, minute=True)[1]
 
 
 def _refuse_counter(index: int, kind: str, value: float, _high: None, reject) -> None:
     """A cumulative counter below zero or past the largest double (the C calls each refusal
     with the same arguments)."""
-    reject(index, R_RANGE, "%s=%s outside [0, %s]" % (kind, shown(value), _DOUBLE_MAX))
+    reject(index, R_RANGE, Words(_counter_words, kind, value))
+
+
+def _counter_words(kind: str, value: float) -> str:
+    return "%s=%s outside [0, %s]" % (kind, shown(value), _DOUBLE_MAX)
 
 
 def _refuse_rate(index: int, kind: str, value: float, high: float, reject) -> None:
     """A counter's rate no record could hold: the whole minute would be lost with it."""
-    reject(index, R_RANGE, "%s=%s/s outside [0, %s]" % (kind, value, high))
+    reject(index, R_RANGE, Words("%s=%s/s outside [0, %s]", kind, value, high))
+
+
+def _long_words(vm: str, kind: str, device: str, most: int) -> str:
+    """``_refuse_long``'s words: the name's start and its size (a name that is no str, which
+    no decoder makes, by its length)."""
+    size = (len(device.encode("utf-8", "surrogatepass")) if isinstance(device, str)
+            else len(device))
+    return "%s's %s device name of %d bytes is over %d: %r... refused" % (
+        vm, kind, size, most, device[:32])
 
 
 def _minute_state(minute: Minute) -> list:
