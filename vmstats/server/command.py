@@ -118,6 +118,13 @@ class UTCFormatter(logging.Formatter):
 @click.option("--max-vms", type=IntRange(1), default=D.max_vms, show_default=True,
               help="Cap on VMs known at once: records of new VMs beyond it are dropped "
                    "(counted; VMs silent 10 min are forgotten when it is reached).")
+@click.option("--edge-max-open", type=IntRange(1), default=D.edge_max_open, show_default=True,
+              help="Cap on minutes of Telegraf, collectd and Graphite VMs assembled at once: one "
+                   "more writes the oldest 1% early, as they stand (counted as forced).")
+@click.option("--edge-max-counters", type=IntRange(1), default=D.edge_max_counters,
+              show_default=True,
+              help="Cap on those agents' cumulative counters tracked for rates: one more forgets "
+                   "the 1% least recently updated (counted as forgotten; each primes again).")
 @click.option("--edge-max-names", type=IntRange(1), default=D.edge_max_names, show_default=True,
               help="Cap on device names (disks, interfaces, each second's CPUs and memory kinds) "
                    "the minutes of Telegraf, collectd and Graphite hold at once: a new one past "

@@ -143,7 +143,8 @@ class ServerConfig:
     #: Glob patterns of the interface names other agents' network rates leave out
     #: (formats/interfaces.py); when a VM's every interface matches, all are counted.
     virtual_interfaces: tuple[str, ...] = VIRTUAL_INTERFACES
-    #: Bounds of the other agents' state: counters tracked, minutes open, devices of one kind
+    #: Bounds of the other agents' state: counters tracked (--edge-max-counters), minutes open
+    #: (--edge-max-open), devices of one kind
     #: (disks, interfaces; the CPUs or memory kinds of all its seconds) in one VM's minute,
     #: and device names in all open minutes together (--edge-max-names); and the bytes of one
     #: device name (--edge-max-name-bytes), since the bound on names counts names.
