@@ -7,7 +7,8 @@ from vmstats.rules.actionlog import compacted, read, replay
 
 def event(key, rule="r", scope="10.0.0.1", to="alarm", kind="transition", at=1.0, **more):
     fields = dict(key=key, rule=rule, scope=scope, to=to, kind=kind, at=at, actions=["hook"],
-                  fingerprint="f", seq=1, **more)
+                  fingerprint="f", seq=1)
+    fields.update(more)
     fields.setdefault("from", "ok")
     return {"type": "event", "event": fields}
 
@@ -150,3 +151,19 @@ def test_an_actions_settings_last_while_it_is_in_the_rules_or_told_of_an_alert_n
     assert replay(compacted(resolved)).settings == {}  # nothing it was told of is owed
     assert replay(compacted(resolved, frozenset({"hook"}))).settings == full.settings
     assert replay(lines([dict(settings, action=3)]).splitlines()).damage.count == 1
+
+
+def test_a_farewell_since_the_scopes_last_transition_is_remembered_through_compaction():
+    """A start says farewell to an action an edit took off a firing rule once: replay (and a
+    compacted log) remembers it was said, until the scope's next transition."""
+    fired = event("a", to="alarm", at=1, actions=["old"])
+    farewell = event("b", to="ok", at=2, actions=["old"], farewell=True)
+    entries = [fired, {"type": "result", "key": "a.old", "ok": True}, farewell,
+               {"type": "result", "key": "b.old", "ok": True}]
+    full = replay(lines(entries).splitlines())
+    assert full.farewelled == {("r", "10.0.0.1"): {"old": farewell["event"]}}
+    small = replay(compacted(full))
+    assert small.farewelled == full.farewelled and small.pending == {}
+    assert small.states == full.states
+    moved = replay(lines(entries + [event("c", to="ok", at=3)]).splitlines())
+    assert moved.farewelled == {}

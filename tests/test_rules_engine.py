@@ -502,7 +502,7 @@ def test_an_alarm_without_data_for_stale_after_is_insufficient_data_vm_group_and
     # Restored in alarm at a start, never heard from again: the same, timed from the start.
     again = engine(rules, clock)
     again.restore({"rule": "hot", "scope": "10.0.0.9", "to": "alarm", "at": clock.now - 9999,
-                   "seq": 3, "fingerprint": "f", "actions": ["say"]})
+                   "seq": 3, "fingerprint": "f", "actions": []})  # the rule's (none)
     clock.now += 299
     again.sweep()
     assert again.take() == []

@@ -1317,3 +1317,38 @@ def test_an_action_taken_out_of_the_file_while_the_server_was_down_still_resolve
     assert "noisy 10.0.0.2" in again.output  # the log action's resolution, in the server's log
     assert ran.read_text().split() == ["firing", "firing", "resolved", "firing"]
     assert stat.S_IMODE(log.stat().st_mode) == 0o600  # it holds the webhook's secret
+
+
+def test_a_rule_pointed_at_another_action_while_the_server_was_down_resolves_at_the_old_one(
+        tmp_path):
+    """A firing rule's webhook replaced by another in the file while the server is stopped:
+    the start kept the alarm and told the new receiver of its next change only, and the old
+    one held the alert firing for ever (a reload said farewell to it; a start did not).  The
+    start resolves it there, once: a second start does not again."""
+    pager_secret = "pager-secret"
+    pager = '[action.pager]\nkind = "webhook"\nurl = "%s"\nsecret = "%s"\ntimeout = "2s"\n'
+    noisy = ('[[rule]]\nname = "noisy"\nmetric = "mem"\nenter = 90\nexit = 70\nperiod = 1\n'
+             'actions = ["%s"]\n')
+    with WebhookReceiver(SECRET.encode()) as hook, \
+            WebhookReceiver(pager_secret.encode()) as old:
+        rules = rules_file(tmp_path, hook.url, HOT % "" + noisy % "pager",
+                           pager % (old.url, pager_secret))
+        with serve(tmp_path, rules) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 20.0, mem=95.0))
+            assert old.wait(1)[0]["status"] == "firing"
+            server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+        rules_file(tmp_path, hook.url, HOT % "" + noisy % "hook")  # pager gone, offline
+        for start in range(2):
+            with serve(tmp_path, rules) as again:
+                metrics = again.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+                page = json.loads(again.http("/alerts", token=STATUS_TOKEN))
+                assert [(s["rule"], s["state"]) for s in page["states"]] == [("noisy", "alarm")]
+                if start == 0:
+                    told = old.wait(2)[1]
+                    assert (told["labels"]["alertname"], told["status"]) == ("noisy", "resolved")
+                    assert told["annotations"]["reason"] == "the rule no longer notifies this action"
+                    assert metrics[
+                        'vmstats_rule_deliveries_total{action="pager",result="delivered"}'] == 1
+            assert again.returncode == 0
+    assert len(old.alerts()) == 2 and old.bad_signatures == 0  # the second start said nothing
+    assert hook.alerts() == []  # the new action hears of the alert's next change

@@ -112,6 +112,9 @@ class Replayed:
     retired: dict = field(default_factory=dict)
     #: action -> its last ``settings`` entry.
     settings: dict = field(default_factory=dict)
+    #: (rule, scope) -> action -> the ``farewell`` that resolved the scope's alert there since
+    #: its last transition: a start does not say farewell to it again.
+    farewelled: dict = field(default_factory=dict)
 
 
 _NUMBER = (int, float)
@@ -223,10 +226,13 @@ def replay(lines) -> Replayed:
         if kind == "event":
             event = entry["event"]
             if event.get("farewell"):
-                pass  # an edited rule's word to the actions it dropped: the state is unchanged
+                # An edited rule's word to the actions it dropped: the state is unchanged.
+                told = result.farewelled.setdefault((event["rule"], event["scope"]), {})
+                told.update((action, event) for action in event["actions"])
             elif event["kind"] == "transition":
                 result.states[(event["rule"], event["scope"])] = event
                 result.reminded.pop((event["rule"], event["scope"]), None)
+                result.farewelled.pop((event["rule"], event["scope"]), None)
             elif event["kind"] == "reminder":
                 result.reminded[(event["rule"], event["scope"])] = event
             if event["kind"] in ("transition", "reminder") and not event.get("farewell"):
@@ -303,8 +309,9 @@ def compacted(state: Replayed, named: frozenset = frozenset()) -> list[dict]:
     the dispatcher logs them once, not again) and of those owed deliveries or told of an
     alert not ok (a start without them in the file still resolves it there)."""
     entries: dict[str, dict] = {}
+    farewells = [event for told in state.farewelled.values() for event in told.values()]
     for event in (list(state.states.values()) + list(state.scaling.values())
-                  + list(state.reminded.values())):
+                  + list(state.reminded.values()) + farewells):
         entries[event["key"]] = {"type": "event", "event": event}
     attempts = []
     for pending in state.pending.values():

@@ -261,7 +261,7 @@ class Engine:
             if series.state != "ok":
                 self._transition(rs, series, "ok", now, None, reason)
 
-    def restore(self, event: dict, reminded: dict | None = None) -> None:
+    def restore(self, event: dict, reminded: dict | None = None, farewelled=()) -> None:
         """A scope's state as the action log's last transition of it left it (a restart keeps
         alarms); ``reminded``, the last reminder of it since, if any: the next is due ``remind``
         after the last notification, as before the restart (timed from the start, a server
@@ -270,7 +270,9 @@ class Engine:
         Whatever the rule's definition then was: the rule in force decides the scope's next
         change from its first record (an edit made while the server was down resolves an
         alarm it no longer sees, rather than leave it firing at the receiver for ever).  A
-        scope not ok under a rule that is gone is resolved, as at a reload.
+        scope not ok under a rule that is gone is resolved, as at a reload; so is one whose
+        rule no longer names an action the event went to, at that action alone (a farewell, as
+        at a reload), unless ``farewelled`` says it was already.
         """
         rs = self.rules.get(event["rule"])
         scope, state = event["scope"], event["to"]
@@ -288,6 +290,22 @@ class Engine:
                             "reason": "the rule was removed" if rs is None
                             else "the rule's scope changed"})
             return
+        lost = [action for action in event["actions"]
+                if action not in rs.rule.actions and action not in farewelled]
+        if state != "ok" and lost:
+            now = self.clock()
+            farewell = {"kind": "transition", "rule": event["rule"],
+                        "fingerprint": event["fingerprint"], "scope": scope, "from": state,
+                        "to": "ok", "value": event.get("value"), "threshold": None,
+                        "since": now, "at": now, "seq": event["seq"], "actions": lost,
+                        "began": event["at"], "farewell": True,
+                        "reason": "the rule no longer notifies this action"}
+            if scope == GROUP:
+                if event.get("members") is not None:
+                    farewell["members"] = event["members"]
+            elif event.get("labels"):
+                farewell["labels"] = event["labels"]
+            self._emit(farewell)
         self._carry(rs, scope, state, event["at"], event["seq"], self.clock(),
                     (reminded or event)["at"])
 

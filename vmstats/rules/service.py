@@ -306,7 +306,7 @@ class RulesService(service.Service):
         self.engine.keeping_tags(self.mutes.names_tags())
         self.dispatcher.held_back = state.held
         for key, event in state.states.items():
-            self.engine.restore(event, state.reminded.get(key))
+            self.engine.restore(event, state.reminded.get(key), state.farewelled.get(key, {}))
         for (rule, direction), event in state.scaling.items():
             self.engine.restore_scaling(rule, direction, event["at"])
         quiet = [r.silent_after for r in self.ruleset.rules if r.silent_after and r.scope == "vm"]
