@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest.py            # full run (5-17 minutes here)
     .venv/bin/python bench/ingest.py --quick    # smoke run (about a minute)
     .venv/bin/python bench/ingest.py --telegraf # only Telegraf's lines against native TCP
-    .venv/bin/python bench/ingest.py --telegraf --refused  # and a flood the minutes refuse
+    .venv/bin/python bench/ingest.py --telegraf --refused  # and floods of refused lines
     .venv/bin/python bench/ingest.py --shapes   # every record shape beside the agent's
     .venv/bin/python bench/ingest.py --shapes --only signed --paths udp_single  # a part of it
 
@@ -617,6 +617,16 @@ class TelegrafLines:
         return out
 
 
+class MalformedLines(TelegrafLines):
+    """Telegraf's lines made malformed by turns, every one refused by the decoder before the
+    minutes see it: a host tag naming no VM (``-vm1``, ``bad_vm_id``) and one without its
+    ``=`` (``syntax``), a sender misconfigured."""
+
+    def take(self, count: int) -> list[bytes]:
+        return [line.replace(b",host=", b",host=-" if i % 2 else b",host", 1)
+                for i, line in enumerate(super().take(count))]
+
+
 def edge_seen(receiver) -> int:
     """Telegraf lines the server accounted for: used, ignored or rejected."""
     return int(sum(v for k, v in receiver.metrics().items()
@@ -660,40 +670,51 @@ def telegraf_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed)
     return telegraf_throughput(receiver, lines, count, speed)
 
 
-def refused_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed) -> dict:
-    """``count`` Telegraf lines every one of which the minutes refuse, timed as the others: a
-    sender whose clock is a day ahead.  Each refusal is counted, and logged ten lines in ten
-    seconds; this is what the rest cost."""
-    key = 'vmstats_edge_lines_total{format="influx",outcome="future_timestamp"}'
-    before = receiver.metrics().get(key, 0)
+def refused_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed,
+                  outcomes: tuple[str, ...] = ("future_timestamp",)) -> dict:
+    """``count`` Telegraf lines every one of which is refused (as ``outcomes``), timed as the
+    others: a sender whose clock is a day ahead (the minutes refuse them), or whose lines are
+    malformed (``MalformedLines``: the decoder does).  Each refusal is counted, and logged ten
+    lines in ten seconds; this is what the rest cost."""
+    keys = ['vmstats_edge_lines_total{format="influx",outcome="%s"}' % one for one in outcomes]
+
+    def refused() -> int:
+        metrics = receiver.metrics()
+        return int(sum(metrics.get(key, 0) for key in keys))
+
+    before = refused()
     result = telegraf_throughput(receiver, lines, count, speed)
-    refused = receiver.metrics().get(key, 0) - before
-    if refused != count:
-        raise RuntimeError("%d of the %d lines stamped ahead were refused" % (refused, count))
+    if refused() - before != count:
+        raise RuntimeError("%d of the %d lines were refused as %s"
+                           % (refused() - before, count, " or ".join(outcomes)))
     return result
 
 
 def telegraf_main(workdir: Path, speed: HostSpeed, count: int, refused: bool = False) -> dict:
     """Telegraf's lines and native records, in turn, through one ``vmstats serve``; with
-    ``refused``, then as many lines the minutes refuse (``refused_phase``).
+    ``refused``, then as many lines the minutes refuse, and as many malformed ones
+    (``refused_phase``).
 
     The native phase is ``tcp_throughput``, unchanged; each phase is
     measured with the host at speed (``at_speed``) like every other step.
     """
     receiver = unpinned(lambda: Vmstats(workdir / "vmstats", "--influx-port", "0"))
-    native, telegraf, ahead = Lines(), TelegrafLines(), TelegrafLines(ahead=86400)
+    native, telegraf, ahead, malformed = (Lines(), TelegrafLines(), TelegrafLines(ahead=86400),
+                                          MalformedLines())
     results: dict = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:])}
     phases = [("native", lambda: tcp_throughput(receiver, native, count, speed)),
               ("telegraf", lambda: telegraf_phase(receiver, telegraf, count, speed))]
     if refused:
         phases.append(("refused", lambda: refused_phase(receiver, ahead, count, speed)))
+        phases.append(("malformed", lambda: refused_phase(receiver, malformed, count, speed,
+                                                          ("bad_vm_id", "syntax"))))
     try:
         print("warm-up: one record per VM, logged, in %.1f s" % warm_up(receiver, native), flush=True)
         for name, phase in phases:
             attempts = at_speed({"vmstats": receiver}, speed, phase, lambda done: True)
             chosen = min(attempts, key=lambda one: max(one["probe_ms"], one["probe_after_ms"]))
             results[name] = dict(chosen, other_attempts=[a for a in attempts if a is not chosen])
-            print("  %-8s %7d per second (%s), %.2f CPU us each, probe %.2f/%.2f ms" % (
+            print("  %-9s %7d per second (%s), %.2f CPU us each, probe %.2f/%.2f ms" % (
                 name, chosen["rate"], "records" if name == "native" else "lines",
                 chosen["cpu_us_per_record"], chosen["probe_ms"], chosen["probe_after_ms"]),
                 flush=True)
@@ -707,7 +728,10 @@ def telegraf_main(workdir: Path, speed: HostSpeed, count: int, refused: bool = F
     if refused:
         results["refused_cpu_ratio"] = round(results["refused"]["cpu_us_per_record"]
                                              / results["telegraf"]["cpu_us_per_record"], 2)
-        print("a refused line's CPU over a line taken: %.2f" % results["refused_cpu_ratio"])
+        results["malformed_cpu_ratio"] = round(results["malformed"]["cpu_us_per_record"]
+                                               / results["telegraf"]["cpu_us_per_record"], 2)
+        print("a refused line's CPU over a line taken: %.2f, a malformed one's: %.2f"
+              % (results["refused_cpu_ratio"], results["malformed_cpu_ratio"]))
     return results
 
 
@@ -883,7 +907,7 @@ def main() -> int:
                         help="only Telegraf's lines on the line-protocol port against native TCP")
     parser.add_argument("--refused", action="store_true",
                         help="with --telegraf: then as many lines the minutes refuse (stamped a "
-                             "day ahead)")
+                             "day ahead), and as many malformed ones")
     parser.add_argument("--shapes", action="store_true",
                         help="only the record shapes (%s), each beside the agent's"
                         % ", ".join(SHAPES))

@@ -245,7 +245,7 @@ def test_a_tag_or_field_read_twice_is_a_syntax_reject_on_every_path():
                 _samples, counts, details, lines, _errors, _types = decoded(
                     python_decoder(), payload, errors=errors)
                 assert dict(counts)["syntax"] == 1 and dict(counts)["used"] == 5, (line, reader)
-                assert any(key + " given twice" in detail for detail in details), (reader, details)
+                assert any(key + " given twice" in str(detail) for detail in details), (reader, details)
     # Keys no mapping reads, given twice: data with no use, as before.
     assert agrees(good + b"\ncpu,cpu=cpu-total,host=vm1,dc=a,dc=b usage_idle=50,usage_user=1,"
                   b"usage_user=2 " + STAMP)

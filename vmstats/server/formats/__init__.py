@@ -228,13 +228,28 @@ class VmIds:
 
     def __init__(self, size: int = 65536) -> None:
         self._cache: dict[str, str] = {}
+        #: Names refused, with their refusal's words: a sender flooding a bad name (each line
+        #: refused, ten logged in ten seconds) is not judged and worded again line by line.
+        #: Only names of an id's length: a longer one is refused at its first check, and
+        #: names of up to a line's 64 KiB would make the bound on entries none on bytes.
+        self._refused: dict[str, str] = {}
         self._size = size
 
     def __call__(self, raw: str) -> str:
         """The canonical id; raises protocol.DecodeError (reason bad_vm_id) if ``raw`` is not one."""
         vm = self._cache.get(raw)
         if vm is None:
-            vm = protocol.normalize_vm_id(raw)
+            detail = self._refused.get(raw)
+            if detail is not None:
+                raise protocol.DecodeError(protocol.R_BAD_VM, detail)
+            try:
+                vm = protocol.normalize_vm_id(raw)
+            except protocol.DecodeError as exc:
+                if len(raw) <= protocol.MAX_VM_ID_LENGTH:
+                    if len(self._refused) >= self._size:
+                        self._refused.clear()
+                    self._refused[raw] = exc.detail
+                raise
             if len(self._cache) >= self._size:
                 self._cache.clear()
             self._cache[raw] = vm

@@ -58,6 +58,7 @@ from vmstats.server.formats import (
     Sample,
     Tally,
     VmIds,
+    Words,
 )
 
 HOST, TIME, PLUGIN, PLUGIN_INSTANCE, TYPE, TYPE_INSTANCE, VALUES, INTERVAL = range(8)
@@ -76,7 +77,9 @@ _PAIRS = {("interface", "if_octets"): ("net_rx" + TOTAL, "net_tx" + TOTAL),
 
 
 class PacketError(ValueError):
-    def __init__(self, reason: str, detail: str):
+    """A packet that is not collectd's; ``detail`` is often ``Words``, worded only if read."""
+
+    def __init__(self, reason: str, detail: "str | Words"):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -132,9 +135,9 @@ class CollectdDecoder(Decoder):
         except PacketError as exc:
             tally.reject(exc.reason, exc.detail)
         except (struct.error, IndexError) as exc:
-            tally.reject(R_TRUNCATED, "packet ends inside a part (%s)" % exc)
+            tally.reject(R_TRUNCATED, Words("packet ends inside a part (%s)", str(exc)))
         if sum(tally.counts.values()) == before:  # notifications only, or no parts at all
-            tally.reject(R_NO_VALUES, "packet of %d bytes without values" % len(data))
+            tally.reject(R_NO_VALUES, Words("packet of %d bytes without values", len(data)))
         return out
 
     # -- the packet ------------------------------------------------------------------------------
@@ -146,8 +149,8 @@ class CollectdDecoder(Decoder):
         while pos + 4 <= end:
             kind, length = _HEADER.unpack_from(data, pos)
             if length < 4 or pos + length > end:
-                raise PacketError(R_TRUNCATED, "part 0x%04x of %d bytes at %d in a %d-byte packet"
-                                  % (kind, length, pos, end))
+                raise PacketError(R_TRUNCATED, Words("part 0x%04x of %d bytes at %d in a %d-byte "
+                                                     "packet", kind, length, pos, end))
             body = data[pos + 4:pos + length]
             if kind == SIGNATURE:
                 if level:  # each layer would cost an HMAC of the rest and a level of recursion
@@ -167,26 +170,26 @@ class CollectdDecoder(Decoder):
                     SECURITY_LEVELS[level] if level else "plain", SECURITY_LEVELS[self.level]))
             if kind in _STRINGS:
                 if not body or body[-1] != 0:
-                    raise PacketError(R_SYNTAX, "string part 0x%04x is not NUL-terminated" % kind)
+                    raise PacketError(R_SYNTAX, Words("string part 0x%04x is not NUL-terminated", kind))
                 try:
                     state[_STRINGS[kind]] = body[:-1].decode("utf-8")
                 except UnicodeDecodeError:
                     raise PacketError(protocol.R_UTF8, "string part is not UTF-8") from None
             elif kind == TIME or kind == TIME_HR:
                 if length != 12:
-                    raise PacketError(R_SYNTAX, "time part of %d bytes" % length)
+                    raise PacketError(R_SYNTAX, Words("time part of %d bytes", length))
                 (value,) = struct.unpack_from("!Q", body)
                 state[1] = value / _HR if kind == TIME_HR else float(value)
             elif kind == VALUES:
                 self._values(state, body, out, tally)
             pos += length  # interval, notifications, unknown parts: nothing to take
         if pos != end:
-            raise PacketError(R_TRUNCATED, "%d bytes after the last part" % (end - pos))
+            raise PacketError(R_TRUNCATED, Words("%d bytes after the last part", end - pos))
 
     def _signed(self, data: bytes, pos: int, length: int, level: int, out: list,
                 tally: Tally) -> None:
         if length <= 36:
-            raise PacketError(R_SIGNATURE, "signature part of %d bytes" % length)
+            raise PacketError(R_SIGNATURE, Words("signature part of %d bytes", length))
         mac = data[pos + 4:pos + 36]
         user = data[pos + 36:pos + length]
         password = self.users.get(user)
@@ -224,7 +227,7 @@ class CollectdDecoder(Decoder):
     def _values(self, state: list, body: bytes, out: list, tally: Tally) -> None:
         (count,) = struct.unpack_from("!H", body)
         if len(body) != 2 + 9 * count or count == 0:
-            raise PacketError(R_SYNTAX, "values part of %d bytes for %d values" % (len(body), count))
+            raise PacketError(R_SYNTAX, Words("values part of %d bytes for %d values", len(body), count))
         kinds = body[2:2 + count]
         values = []
         for index in range(count):
@@ -237,14 +240,14 @@ class CollectdDecoder(Decoder):
             elif kind in (COUNTER, ABSOLUTE):
                 values.append(struct.unpack_from("!Q", body, offset)[0])
             else:
-                raise PacketError(R_SYNTAX, "unknown data source type %d" % kind)
+                raise PacketError(R_SYNTAX, Words("unknown data source type %d", kind))
         host, ts, plugin, instance, type_, type_instance = state
         mapped = _map(plugin, instance, type_, type_instance, kinds, values)
         if mapped is None:
             tally.counts[IGNORED] += 1
             return
         if any(value != value or value in (float("inf"), float("-inf")) for _k, _d, value in mapped):
-            tally.reject(R_NON_FINITE, "%s/%s value is not finite" % (plugin, type_))
+            tally.reject(R_NON_FINITE, Words("%s/%s value is not finite", plugin, type_))
             return
         try:
             vm = self.vm_ids(host)

@@ -41,6 +41,7 @@ from vmstats.server.formats import (
     Sample,
     Tally,
     VmIds,
+    Words,
 )
 
 FIELDS = GAUGES + RATES
@@ -111,7 +112,7 @@ class GraphiteDecoder(Decoder):
             if not line:
                 continue
             if len(line) > self.max_line:
-                tally.reject(R_TOO_LONG, "line of %d bytes" % len(line))
+                tally.reject(R_TOO_LONG, Words("line of %d bytes", len(line)))
                 continue
             try:
                 text = line.decode("utf-8")
@@ -122,25 +123,25 @@ class GraphiteDecoder(Decoder):
             # a no-break space or U+2003 between the path and the value.
             parts = line.split()
             if len(parts) not in (2, 3):
-                tally.reject(R_SYNTAX, "%r is not 'path value [timestamp]'" % text[:60])
+                tally.reject(R_SYNTAX, Words("%r is not 'path value [timestamp]'", text[:60]))
                 continue
             numbers = parts[1:]
             if not all(map(_DECIMAL, numbers)):
                 words = [number.decode("utf-8") for number in numbers]
                 if any(map(protocol.spells_non_finite, words)):
-                    tally.reject(R_NON_FINITE, "%r is not finite" % text[:60])
+                    tally.reject(R_NON_FINITE, Words("%r is not finite", text[:60]))
                 else:
-                    tally.reject(R_SYNTAX, "%r has no decimal value and time" % text[:60])
+                    tally.reject(R_SYNTAX, Words("%r has no decimal value and time", text[:60]))
                 continue
             value = float(parts[1])
             ts = float(parts[2]) if len(parts) == 3 else -1.0
             if not math.isfinite(value) or not math.isfinite(ts):  # digits past a double's
-                tally.reject(R_NON_FINITE, "%r is not finite" % text[:60])
+                tally.reject(R_NON_FINITE, Words("%r is not finite", text[:60]))
                 continue
             if ts == -1:
                 ts = now
             elif ts < 0:  # no minute before 1970 was ever written: "late" would say one was
-                tally.reject(R_RANGE, "%r: timestamp before 1970" % text[:60])
+                tally.reject(R_RANGE, Words("%r: timestamp before 1970", text[:60]))
                 continue
             path = parts[0].decode("utf-8").partition(";")[0]
             for template in self.templates:

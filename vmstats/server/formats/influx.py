@@ -38,6 +38,7 @@ from vmstats.server.formats import (
     Sample,
     Tally,
     VmIds,
+    Words,
     percent,
 )
 from vmstats.server.formats.lineprotocol import (
@@ -201,7 +202,10 @@ class InfluxDecoder(Decoder):
                     vm = self._vm(raw)
                 handler(out, vm, int(stamp) / divisor if stamp else now, tag_map, field_map)
             except (LineError, ValueError, OverflowError) as exc:
-                tally.reject(getattr(exc, "reason", "syntax"), getattr(exc, "detail", str(exc)))
+                if exc.__class__ is LineError:  # its words, unread (Words) until logged
+                    tally.reject(exc.reason, exc.detail)
+                else:
+                    tally.reject("syntax", str(exc))
                 del out[before:]  # a refused line gives nothing, not the values before its fault
                 continue
             if len(out) > before:
@@ -231,7 +235,7 @@ class InfluxDecoder(Decoder):
     def _vm(self, raw: bytes | None) -> str:
         """The VM id a tag value names (cached); LineError if it names none."""
         if raw is None:
-            raise LineError(R_NO_VM, "no %r tag" % self.vm_tag.decode("utf-8", "replace"))
+            raise LineError(R_NO_VM, Words(_no_tag, self.vm_tag))
         try:
             vm = self.vm_ids(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -262,7 +266,7 @@ class InfluxDecoder(Decoder):
             before = len(out)
             try:
                 if len(line) > self.max_line:
-                    raise LineError(R_TOO_LONG, "line of %d bytes" % len(line))
+                    raise LineError(R_TOO_LONG, Words("line of %d bytes", len(line)))
                 repeated: list = []
                 measurement, tags, fields, stamp = parse_line(line, repeated)
                 handler = mapping.get(measurement)
@@ -283,12 +287,12 @@ class InfluxDecoder(Decoder):
                     ignored += 1
             except LineError as exc:
                 del out[before:]
-                tally.reject(exc.reason, "line %d: %s" % (number_, exc.detail))
+                tally.reject(exc.reason, Words("line %d: %s", number_, exc.detail))
                 if errors is not None and len(errors) < 10:
                     errors.append((number_, "%s: %s" % (exc.reason, exc.detail)))
             except (ValueError, OverflowError) as exc:  # float() of a value the regex let through
                 del out[before:]
-                tally.reject("syntax", "line %d: %s" % (number_, exc))
+                tally.reject("syntax", Words("line %d: %s", number_, str(exc)))
                 if errors is not None and len(errors) < 10:
                     errors.append((number_, "syntax: %s" % exc))
         tally.counts[USED] += used
@@ -341,6 +345,11 @@ class InfluxDecoder(Decoder):
         cpus = fields.get(b"n_cpus")
         if cpus is not None:
             out.append(Sample(vm, ts, "vcpus", "", number(cpus)))
+
+
+def _no_tag(vm_tag: bytes) -> str:
+    """The words of a line without the VM's tag (a ``Words`` form)."""
+    return "no %r tag" % vm_tag.decode("utf-8", "replace")
 
 
 def _used(available: float) -> float:

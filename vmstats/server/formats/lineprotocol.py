@@ -20,7 +20,7 @@ through a character scanner that gives the same result.
 import math
 import re
 
-from vmstats.server.formats import R_NON_FINITE, R_SYNTAX, R_TYPE
+from vmstats.server.formats import R_NON_FINITE, R_SYNTAX, R_TYPE, Words
 
 #: Divisors from a timestamp in a precision to seconds (v1 and v2 spellings).
 PRECISIONS = {"ns": 1e9, "n": 1e9, "us": 1e6, "u": 1e6, "ms": 1e3, "s": 1.0, "m": 1 / 60,
@@ -46,12 +46,18 @@ Point = tuple[bytes, dict[bytes, bytes], dict[bytes, object], int | None]
 
 
 class LineError(ValueError):
-    """A line that is not line protocol; ``reason`` is the counter it is filed under."""
+    """A line that is not line protocol; ``reason`` is the counter it is filed under.
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__("%s: %s" % (reason, detail))
+    ``detail`` is most often ``Words``, worded only if read: a flood of malformed lines is
+    counted whole but logged ten lines in ten seconds (formats.Words)."""
+
+    def __init__(self, reason: str, detail: "str | Words"):
+        super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail
+
+    def __str__(self) -> str:
+        return "%s: %s" % (self.reason, self.detail)
 
 
 def parse_line(line: bytes, repeated: list | None = None) -> Point:
@@ -81,13 +87,13 @@ def parse_line(line: bytes, repeated: list | None = None) -> Point:
     tag_map = {}
     for tag in tags[1:]:
         if not _PLAIN_TAG.fullmatch(tag):
-            raise LineError(R_SYNTAX, "tag %r is not key=value" % _clip(tag))
+            raise LineError(R_SYNTAX, Words(_clipped, "tag %r is not key=value", tag))
         key, _sep, value = tag.partition(b"=")
         if repeated is not None and key in tag_map:
             repeated.append(("tag", key))
         tag_map[key] = value
     if not _PLAIN_FIELDS.fullmatch(body):
-        raise LineError(R_SYNTAX, "fields %r are not key=value,..." % _clip(body))
+        raise LineError(R_SYNTAX, Words(_clipped, "fields %r are not key=value,...", body))
     pairs = body.split(b",")
     fields = dict(field.split(b"=", 1) for field in pairs)
     if repeated is not None and len(fields) < len(pairs):
@@ -123,7 +129,7 @@ def plain_value(text: bytes, key: bytes, what: str = "tag") -> bytes | None:
 
 def twice(what: str, key: bytes) -> LineError:
     """The error of a line giving a tag or field it is read for twice."""
-    return LineError(R_SYNTAX, "%s %r given twice" % (what, _clip(key)))
+    return LineError(R_SYNTAX, Words(_twice_words, what, key))
 
 
 def number(value) -> float:
@@ -136,10 +142,10 @@ def number(value) -> float:
             raise LineError(R_TYPE, "boolean where a number is needed")
         result = float(value)
         if result != result or result in (math.inf, -math.inf):
-            raise LineError(R_NON_FINITE, "%r is not finite" % _clip(value))
+            raise LineError(R_NON_FINITE, Words(_clipped, "%r is not finite", value))
         return result
     if type(value) in (bool, str):
-        raise LineError(R_TYPE, "%s where a number is needed" % type(value).__name__)
+        raise LineError(R_TYPE, Words("%s where a number is needed", type(value).__name__))
     return value
 
 
@@ -159,12 +165,21 @@ def _timestamp(text: bytes) -> int:
         raise LineError(R_SYNTAX, "empty timestamp")
     digits = text[1:] if text[:1] == b"-" else text
     if not digits.isdigit() or len(digits) > 19:
-        raise LineError(R_SYNTAX, "timestamp %r is not an integer" % _clip(text))
+        raise LineError(R_SYNTAX, Words(_clipped, "timestamp %r is not an integer", text))
     return int(text)
 
 
 def _clip(data: bytes) -> str:
     return data[:40].decode("utf-8", "replace")
+
+
+def _clipped(form: str, data: bytes) -> str:
+    """A refusal's words naming the start of what it refuses (a ``Words`` form)."""
+    return form % _clip(data)
+
+
+def _twice_words(what: str, key: bytes) -> str:
+    return "%s %r given twice" % (what, _clip(key))
 
 
 # -- the slow path: escapes and quoted strings -------------------------------------------------
@@ -180,7 +195,7 @@ def _scan(line: bytes, repeated: list | None = None) -> Point:
             raise LineError(R_SYNTAX, "tag without key=value")
         value, pos = _token(line, pos + 1, b",= ")
         if not value:
-            raise LineError(R_SYNTAX, "tag %r has no value" % _clip(key))
+            raise LineError(R_SYNTAX, Words(_clipped, "tag %r has no value", key))
         if repeated is not None and key in tags:
             repeated.append(("tag", key))
         tags[key] = value
@@ -204,7 +219,7 @@ def _scan(line: bytes, repeated: list | None = None) -> Point:
                 end += 1
             raw = line[pos:end]
             if not re.fullmatch(_VALUE, raw):
-                raise LineError(R_SYNTAX, "field %r has no valid value" % _clip(key))
+                raise LineError(R_SYNTAX, Words(_clipped, "field %r has no valid value", key))
             fields[key] = raw
             pos = end
         if line[pos:pos + 1] == b",":
