@@ -13,7 +13,8 @@ import logging
 import pickle
 import struct
 
-from vmstats.server.formats import Tally, Words
+from vmstats.server.clock import outside_window, window_reason
+from vmstats.server.formats import Sample, Tally, Words
 from vmstats.server.formats.collectd import CollectdDecoder
 from vmstats.server.formats.edge import Edge
 from vmstats.server.formats.graphite import GraphiteDecoder, Template
@@ -153,3 +154,14 @@ def test_a_flood_of_malformed_lines_is_counted_whole_and_ten_logged_as_before(ca
         "influx: bad_vm_id: vm id 'vm%d..' is not an IP or a safe name" % (vm % 7)
         for vm in range(10)]
 
+
+def test_the_window_reason_is_chosen_in_one_place():
+    """The minutes' refusals (worded when read) and every refusal's words name one reason."""
+    for ahead, reason in ((True, "future_timestamp"), (False, "past_timestamp")):
+        assert window_reason(ahead) == reason
+        assert outside_window(NOW, NOW, ahead, 300, 3600, minute=True)[0] == reason
+    assembler = MinuteAssembler(max_past=3600)
+    refused: list = []
+    assembler.add([Sample("a", NOW + 900, "cpu", "", 5.0), Sample("a", NOW - 7200, "cpu", "", 5.0)],
+                  NOW, Tally(), refused)
+    assert [reason for _index, reason, _words in refused] == ["future_timestamp", "past_timestamp"]

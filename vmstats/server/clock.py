@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 STEP_SECONDS = 1.0
 
 
+def window_reason(ahead: bool) -> str:
+    """The reason a stamp outside the time window is refused for, without its words: the one
+    place the choice is made, for ``outside_window`` and for the refusals worded only when
+    read (the edge's minutes) or worded otherwise (a journaled payload's stamps)."""
+    return protocol.R_FUTURE if ahead else protocol.R_PAST
+
+
 def outside_window(ts: float, now: float, ahead: bool, max_future: int, max_past: int,
                    vm: str | None = None, minute: bool = False) -> tuple[str, str]:
     """The reason and the words for a stamp refused for the time window, whichever path
@@ -46,12 +53,13 @@ def outside_window(ts: float, now: float, ahead: bool, max_future: int, max_past
     limit (the edge's minutes, formats/minutes.py), though the sample itself is not.
     """
     who = "stamped" if vm is None else "vm %s stamped" % vm
+    reason = window_reason(ahead)
     if ahead:
         edge = ": its minute would end past" if minute else ", past"
-        return protocol.R_FUTURE, (
+        return reason, (
             "%s %.0fs ahead of this server's clock%s --max-future %ds (timestamp %d, server time "
             "%d): the VM's clock or the server's is off" % (who, ts - now, edge, max_future, ts, now))
-    return protocol.R_PAST, (
+    return reason, (
         "%s %.0fs before this server's clock, past --max-past %ds (timestamp %d, server time %d)"
         % (who, now - ts, max_past, ts, now))
 

@@ -47,7 +47,7 @@ from operator import itemgetter, not_
 
 from vmstats import protocol
 from vmstats.logstore import TAGS_SEPARATOR, format_tail
-from vmstats.server.clock import outside_window
+from vmstats.server.clock import outside_window, window_reason
 
 try:  # the C reader of every spelling (setup.py); the same rows, ~1 us a record less
     from vmstats.server import _linescan as _native
@@ -853,10 +853,10 @@ class Parser:
         if self._stamps is None:
             reason, words = outside_window(ts, now, ahead, self.max_future, self.max_past, vm)
             return reason, "%s: %s" % (reason, words)
-        return (protocol.R_FUTURE if ahead else protocol.R_PAST), (
+        reason = window_reason(ahead)
+        return reason, (
             "%s: vm %s stamped %d, outside %d..%d, the stamps its journaled payload was taken "
-            "within when it came (refused then for its time)"
-            % (protocol.R_FUTURE if ahead else protocol.R_PAST, vm, ts, *self._stamps))
+            "within when it came (refused then for its time)" % (reason, vm, ts, *self._stamps))
 
 
 def native_reader() -> bool:

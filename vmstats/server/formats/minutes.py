@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from vmstats import protocol
 from vmstats.client.procfs import whole_disks
-from vmstats.server.clock import outside_window
+from vmstats.server.clock import outside_window, window_reason
 from vmstats.server.formats import (
     BOUNDS,
     CPU_STATE,
@@ -105,7 +105,6 @@ _COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, _DOUBLE_MAX))[1])
              for kind in RATES + (CPU_STATE,)}
 #: Stamps within this of 0 are worded as any other (outside_window's ``%d`` and ``%.0f``).
 _STAMP_MAX = 1e300
-R_FUTURE, R_PAST = protocol.R_FUTURE, protocol.R_PAST
 
 
 class Minute:
@@ -531,8 +530,7 @@ def _refuse_time(index: int, ts: float, now: float, latest: float, reject: _Reje
     NaN or past a double, is worded at once and raises here as it always did.)"""
     ahead = ts > latest
     if (ts.__class__ is float or ts.__class__ is int) and -_STAMP_MAX < ts < _STAMP_MAX:
-        reason = R_FUTURE if ahead else R_PAST  # outside_window's, without its words
-        reject(index, reason, Words(_window_words, ts, now, ahead, reject.limits))
+        reject(index, window_reason(ahead), Words(_window_words, ts, now, ahead, reject.limits))
     else:
         reject(index, *outside_window(ts, now, ahead, *reject.limits, minute=True))
 
