@@ -25,8 +25,8 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
         data += sock.recv(65536) or b"<closed>"
         assert not data.endswith(b"<closed>"), data
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")))
+    length = int(next((line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), b"0"))  # 204: none
     while len(body) < length:
         more = sock.recv(65536)
         assert more, (head, body)
@@ -90,3 +90,25 @@ def test_a_keep_alive_connection_idle_past_the_head_timeout_is_answered(tmp_path
             assert head.startswith(b"HTTP/1.1 200 "), head
             assert REFUSED % "head_timeout" not in body.decode()
         assert server.metrics().get(REFUSED % "head_timeout", 0) == 0
+
+
+def test_a_pipelined_head_left_unfinished_is_cut_at_the_head_timeout(tmp_path):
+    """A whole write and the start of the next request's head in one send, then nothing: the
+    write is answered and lands, and the unfinished head (read with the write, already the
+    server's) is answered 408 at --http-head-timeout, not left to the idle timeout."""
+    good = lines(50, "pl")
+    head = write_head(len(good)).replace(b"Connection: close\r\n", b"")
+    with serve(tmp_path, "--influx-port", "0", "--http-head-timeout", "0.5s",
+               "--http-idle-timeout", "30s") as server:
+        with socket.create_connection((LOOPBACK, server.http_port), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(head + good + b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            first, _ = read_response(sock)
+            assert first.startswith(b"HTTP/1.1 204 "), first
+            answer = read_answer(sock, 3)
+            took = time.monotonic() - started
+        code, headers, error = status_and_json(answer)
+        assert (code, headers["connection"]) == (408, "close"), answer
+        assert "--http-head-timeout" in error["error"] and 0.4 < took < 2, took
+        metrics = server.wait_metrics(lambda m: m[USED] >= 50, timeout=3)
+        assert (metrics[REFUSED % "head_timeout"], metrics[USED]) == (1, 50)
