@@ -11,8 +11,11 @@ One ``vmstats serve --influx-port 0`` on loopback (its defaults otherwise) takes
   sent once the last one's 204 came; lines per second from the first byte to the last 204;
 * the same bodies gzip-compressed (``Content-Encoding: gzip``);
 * ``chunks``: a body of ``--chunked-kib`` KiB of those lines sent chunked in 1-byte chunks (what
-  a sender can make the server do per byte), and 90 such bodies' worth in 16 KiB chunks: the
-  server's CPU microseconds per chunk, and per KiB, from its /proc times around the request.
+  a sender can make the server do per byte: refused since chunks must carry 64 bytes on average),
+  in 64-byte chunks (the smallest taken), and 90 such bodies' worth in 16 KiB chunks: the
+  server's CPU microseconds per chunk, and per KiB, from its /proc times around the request
+  (to its close), and per KiB against the plain bodies' (``x plain``: their CPU per KiB in
+  the same run).
 
 Every line sent is checked to have been taken (``vmstats_edge_lines_total{outcome="used"}``).
 
@@ -94,16 +97,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def chunked(port: int, pid: int, data: bytes, size: int) -> float:
-    """Server CPU seconds to take ``data`` as a chunked body of ``size``-byte chunks."""
+def chunked(port: int, pid: int, data: bytes, size: int) -> tuple[float, bool]:
+    """Server CPU seconds to take (or refuse) ``data`` as a chunked body of ``size``-byte
+    chunks, to the connection's close; and whether it was taken (204)."""
     framed = b"".join(b"%x\r\n%s\r\n" % (len(data[at:at + size]), data[at:at + size])
                       for at in range(0, len(data), size)) + b"0\r\n\r\n"
     with socket.create_connection((LOOPBACK, port), timeout=120) as sock:
         before = cpu_seconds(pid)
-        sock.sendall(b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     + framed)
-        answer(sock)
-        return cpu_seconds(pid) - before
+        try:
+            sock.sendall(b"POST /write?db=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" + framed)
+        except OSError:  # refused, and closed before the rest was sent
+            pass
+        said = b""
+        try:
+            while more := sock.recv(65536):
+                said += more
+        except OSError:
+            pass
+        taken = said.startswith(b"HTTP/1.1 204 ")
+        if not taken and not said.startswith(b"HTTP/1.1 400 "):
+            raise RuntimeError("neither 204 nor 400: %r" % said[:300])
+        return cpu_seconds(pid) - before, taken
 
 
 def main() -> None:
@@ -129,20 +144,31 @@ def main() -> None:
             print("bodies: %d writers x %d bodies x %d lines (%d KB plain, %d KB gzip each)"
                   % (args.writers, args.bodies, LINES_PER_BODY, len(plain[0]) // 1000,
                      len(zipped[0]) // 1000))
+            plain_kib = None
             for name, bodies, headers in (("plain", plain, b""),
                                           ("gzip", zipped, b"Content-Encoding: gzip\r\n")):
-                best = min(post_all(port, args.writers, bodies, headers)
-                           for _ in range(args.rounds))
-                print("  %-5s %9.0f lines/s  (%.3f s a round, best of %d)"
-                      % (name, lines / best, best, args.rounds))
+                took, cpu = [], []
+                for _ in range(args.rounds):
+                    before = cpu_seconds(pid)
+                    took.append(post_all(port, args.writers, bodies, headers))
+                    cpu.append(cpu_seconds(pid) - before)
+                best = min(took)
+                kib = min(cpu) / (args.writers * sum(map(len, plain)) / 1024) * 1e6
+                plain_kib = plain_kib or kib
+                print("  %-5s %9.0f lines/s  (%.3f s a round, best of %d; %.2f us CPU a plain "
+                      "KiB)" % (name, lines / best, best, args.rounds, kib))
             print("chunks: a %d KiB body" % (len(data) // 1024))
             sent = 2 * args.rounds * lines
-            for size, body in ((1, data), (16 << 10, data * 90)):
-                best = min(chunked(port, pid, body, size) for _ in range(args.rounds))
+            for size, body in ((1, data), (64, data), (16 << 10, data * 90)):
+                runs = [chunked(port, pid, body, size) for _ in range(args.rounds)]
+                best = min(cpu for cpu, _ in runs)
+                taken = sum(taken for _, taken in runs)
                 count = -(-len(body) // size)
-                sent += args.rounds * body.count(b"\n")
-                print("  %5d-byte chunks: %7.2f us a chunk, %8.2f us a KiB  (%.3f s CPU)"
-                      % (size, best / count * 1e6, best / (len(body) / 1024) * 1e6, best))
+                sent += taken * body.count(b"\n")
+                per_kib = best / (len(body) / 1024) * 1e6
+                print("  %5d-byte chunks: %s, %7.2f us a chunk, %8.2f us a KiB (%.1f x plain), "
+                      "%.3f s CPU" % (size, "taken" if taken else "refused", best / count * 1e6,
+                                      per_kib, per_kib / plain_kib, best))
             used = server.wait_metrics(lambda m: m.get(USED, 0) >= sent, timeout=60)[USED]
             if used != sent:
                 raise SystemExit("%d lines sent, %d taken" % (sent, used))

@@ -14,7 +14,10 @@ headers (a write without its token: 401).  A request line past 16 KiB is 414, a 
 line and headers) past it 431, where Twisted closed without a word or said a bare 400, and a request
 Twisted cannot read (a bad Content-Length, header or chunk, or a head in bare-LF lines, which it
 waited on until the idle timeout) 400 in JSON, as is a Transfer-Encoding other than chunked
-(Twisted read ``identity`` as no body at all).  Each refusal is counted on /metrics.
+(Twisted read ``identity`` as no body at all).  A chunked body whose chunks carry too little
+data (``CHUNK_AVERAGE``) is 400 (``chunk_overhead``): Twisted's decoder spends ~1.8 us of the
+reactor a chunk, so one-byte chunks held it 45 s for a 25 MiB body.  Each refusal is counted
+on /metrics.
 
 A page may hold a body's bytes against its budget from the headers on (``admit_body``: the write
 API's --http-body-memory), so a body that does not fit is refused before it is stored, and
@@ -59,6 +62,12 @@ LINGER_BYTES = 4 << 20
 SAFE_METHODS = (b"GET", b"HEAD")
 #: RFC 6585's answer to a header block past the limit; Twisted's table of reasons lacks it.
 HEADERS_TOO_LARGE = 431
+#: A chunked body's chunks past its first CHUNKS_FREE must carry CHUNK_AVERAGE bytes of data each
+#: on average, or it is refused (400, ``chunk_overhead``): each chunk costs the reactor ~1.8 us
+#: in Twisted's decoder (in Python), so a body of one-byte chunks cost 300 times a plain body's
+#: parsing, 45 s for 25 MiB.  At 64 bytes a chunk it is ~3 times (a line a chunk still passes).
+CHUNKS_FREE = 1024
+CHUNK_AVERAGE = 64
 _REASONS = {**http.RESPONSES, http.REQUEST_URI_TOO_LONG: b"URI Too Long",
             HEADERS_TOO_LARGE: b"Request Header Fields Too Large"}
 
@@ -180,6 +189,23 @@ class _Request(server.Request):
             self.content.write(data)  # Request.handleContentChunk's one line, a call less a chunk
 
 
+class _ChunkedBody(http._ChunkedTransferDecoder):
+    """Twisted's chunked decoder, counting the chunks it reads (``chunks``) so the channel can
+    weigh them against the data they carry, and reading nothing more once ``stop`` is set: the
+    rest of a read full of one-byte chunks is not worth decoding to drop."""
+
+    chunks = 0
+    stop = False
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        if self.stop:
+            del self._buffer[:]
+            return False
+        read = super()._dataReceived_CHUNK_LENGTH()
+        self.chunks += read
+        return read
+
+
 class _Channel(http.HTTPChannel):
     """An HTTP/1.1 connection that its port's connection table keeps in line.
 
@@ -213,6 +239,8 @@ class _Channel(http.HTTPChannel):
     _late_reason = ""
     #: The route's admission of a chunked body's reads as they arrive (None: not needed).
     _admit = None
+    #: The decoder of the chunked body under way, counting its chunks (None: not chunked).
+    _chunked: _ChunkedBody | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -346,6 +374,11 @@ class _Channel(http.HTTPChannel):
         # Chunked: held as its bytes arrive, framing and all (rawDataReceived), so that a body
         # of one-byte chunks holds the bytes it costs, not a sixth of them.
         self._admit = admit if self.length is None else None
+        decoder = self._transferDecoder
+        self._chunked = None
+        if isinstance(decoder, http._ChunkedTransferDecoder):  # no byte of the body read yet
+            self._chunked = self._transferDecoder = _ChunkedBody(decoder.dataCallback,
+                                                                 decoder.finishCallback)
         if self.length != 0 and self.body_timeout:
             self._start_deadline(self.body_timeout, "body_timeout")
         super().allHeadersReceived()
@@ -359,12 +392,24 @@ class _Channel(http.HTTPChannel):
             self._refuse(http.REQUEST_ENTITY_TOO_LARGE, "too_large",
                          "body larger than %d bytes" % self._limit)
             return False
+        chunked = self._chunked
+        if chunked is not None:
+            data = self._limit - self._body_left
+            if chunked.chunks > CHUNKS_FREE + data // CHUNK_AVERAGE:
+                chunked.stop = True
+                self._refuse(http.BAD_REQUEST, "chunk_overhead",
+                             "chunked body of %d chunks for %d bytes: past the first %d, chunks "
+                             "must carry %d bytes on average (send larger chunks, or a "
+                             "Content-Length)" % (chunked.chunks, data, CHUNKS_FREE,
+                                                  CHUNK_AVERAGE))
+                return False
         return True
 
     def allContentReceived(self) -> None:
         if not self._refused:  # a body refused mid-stream may still end in the same read
             self._stop_deadline()
             self._admit = None  # what is read now is the next request's, buffered
+            self._chunked = None
             super().allContentReceived()
 
     def _start_deadline(self, seconds: float, reason: str) -> None:
