@@ -12,7 +12,7 @@ One ``vmstats serve --influx-port 0`` on loopback (its defaults otherwise) takes
 * the same bodies gzip-compressed (``Content-Encoding: gzip``);
 * ``chunks``: a body of ``--chunked-kib`` KiB of those lines sent chunked in 1-byte chunks (what
   a sender can make the server do per byte: refused since chunks must carry 64 bytes on average),
-  in 64-byte chunks (the smallest taken), and 90 such bodies' worth in 16 KiB chunks: the
+  16 such bodies' worth in 64-byte chunks (the smallest taken), and 90 in 16 KiB chunks: the
   server's CPU microseconds per chunk, and per KiB, from its /proc times around the request
   (to its close), and per KiB against the plain bodies' (``x plain``: their CPU per KiB in
   the same run).
@@ -159,13 +159,17 @@ def main() -> None:
                       "KiB)" % (name, lines / best, best, args.rounds, kib))
             print("chunks: a %d KiB body" % (len(data) // 1024))
             sent = 2 * args.rounds * lines
-            for size, body in ((1, data), (64, data), (16 << 10, data * 90)):
+            for size, body in ((1, data), (64, data * 16), (16 << 10, data * 90)):
                 runs = [chunked(port, pid, body, size) for _ in range(args.rounds)]
                 best = min(cpu for cpu, _ in runs)
                 taken = sum(taken for _, taken in runs)
                 count = -(-len(body) // size)
                 sent += taken * body.count(b"\n")
                 per_kib = best / (len(body) / 1024) * 1e6
+                if not best:  # under one 10 ms tick of /proc's
+                    print("  %5d-byte chunks: %s, under 0.01 s CPU (%d chunks sent)"
+                          % (size, "taken" if taken else "refused", count))
+                    continue
                 print("  %5d-byte chunks: %s, %7.2f us a chunk, %8.2f us a KiB (%.1f x plain), "
                       "%.3f s CPU" % (size, "taken" if taken else "refused", best / count * 1e6,
                                       per_kib, per_kib / plain_kib, best))
