@@ -64,8 +64,8 @@ _DAY_FILE = re.compile(r"\d{4}-\d{2}-\d{2}" + re.escape(logstore.SUFFIX) + r"\Z"
 Labels = tuple[int, str, tuple[tuple[str, str], ...] | None]
 
 
-def last_heard(data_dir: str, now: float, within: float | None = None
-               ) -> list[tuple[str, int, dict[str, str]]]:
+def last_heard(data_dir: str, now: float, within: float | None = None,
+               links: list[tuple[str, str]] | None = None) -> list[tuple[str, int, dict[str, str]]]:
     """``(vm, ts, labels)`` of each VM's newest logged record, however long ago it came.
 
     A server down over a weekend finds no file of today or yesterday: each VM's newest record
@@ -79,6 +79,11 @@ def last_heard(data_dir: str, now: float, within: float | None = None
     ``within``: a VM whose records all came more than ``within`` seconds before the newest
     record (or ``now``, if earlier) may be left out, unread: for a caller that judges VMs
     against the moment the server stopped (a retired VM's folder then costs a listing).
+
+    A VM folder or day file that is a symbolic link out of the data dir, or to other logs of
+    it, is not read (logstore.link_problem, as the server's writer and the report): another
+    data dir's VM would be seeded here and go silent.  ``links`` gets ``(path, why)`` of each
+    left out, for the caller to say; one ``lstat`` per VM folder and newest day file.
     """
     limit = logstore.day_name(int(now) // logstore.DAY_SECONDS + 1)
     csv_days: dict[str, tuple[str, Iterator[str]]] = {}
@@ -88,6 +93,8 @@ def last_heard(data_dir: str, now: float, within: float | None = None
         try:
             folder = logstore.vm_dir(data_dir, vm)
         except ValueError:  # a folder no VM id could name
+            continue
+        if _refused(data_dir, folder, links):
             continue
         days = _days_newest_first(folder, limit, probes)
         day = next(days, None)
@@ -116,7 +123,11 @@ def last_heard(data_dir: str, now: float, within: float | None = None
     found: dict[str, tuple[str, Labels]] = {}
     for vm, (day, more) in csv_days.items():
         while day is not None and day >= first:
-            last = logstore.last_labels(logstore.day_path(data_dir, vm, day))
+            path = logstore.day_path(data_dir, vm, day)
+            if _refused(data_dir, path, links):
+                day = next(more, None)
+                continue
+            last = logstore.last_labels(path)
             if last is not None:
                 found[vm] = (day, last)
                 break
@@ -132,6 +143,16 @@ def last_heard(data_dir: str, now: float, within: float | None = None
             labels["host"] = host
         heard.append((vm, ts, labels))
     return heard
+
+
+def _refused(data_dir: str, path: str, links: list[tuple[str, str]] | None) -> bool:
+    """Whether ``path`` is a symbolic link logstore.link_problem refuses (added to ``links``)."""
+    if not os.path.islink(path):
+        return False
+    problem = logstore.link_problem(data_dir, path)
+    if problem is not None and links is not None:
+        links.append((path, problem))
+    return problem is not None
 
 
 #: Day files whose names a VM folder is probed for (the newest day any VM logged up to the
@@ -312,7 +333,14 @@ class RulesService(service.Service):
         quiet = [r.silent_after for r in self.ruleset.rules if r.silent_after and r.scope == "vm"]
         tagged = self.engine.keep_tags  # a mute names tags: every VM's, however long ago
         if (quiet or tagged) and self.data_dir is not None:
-            heard = last_heard(self.data_dir, self.engine.clock(), None if tagged else max(quiet))
+            links: list[tuple[str, str]] = []
+            heard = last_heard(self.data_dir, self.engine.clock(), None if tagged else max(quiet),
+                               links)
+            if links:
+                log.warning("rules: %s under vms/ not read for the VMs' last records, e.g. %s is "
+                            "%s: not this data dir's logs (docs/STORAGE.md, \"Symbolic links "
+                            "under vms/\")", counted(len(links), "VM folder or day file",
+                                                      "VM folders or day files"), *links[0])
             self.engine.seed_tags(heard)
             # The newest record logged is about when the server stopped (never after now: an
             # agent's clock may be ahead).  Who was reporting is judged at that moment, not
