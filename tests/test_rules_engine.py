@@ -87,6 +87,26 @@ def test_silent_vm_is_its_own_state_and_data_ends_it():
         ("10.0.0.1", "silent", "ok")]
 
 
+def test_a_record_handed_off_before_the_sweep_keeps_its_vm_from_going_silent():
+    """A record that had arrived but waited for the next tick when a sweep came past
+    ``silent_after`` (or ``stale_after``): the sweep said the VM silent (or without data) and
+    the tick ok again, two notifications for a VM that reported in time.  It is judged after
+    the tick now; one whose silence is real still goes silent."""
+    clock = Clock()
+    eng = engine([{"name": "s", "metric": "cpu", "period": 1, "silent_after": "2s"},
+                  {"name": "t", "metric": "cpu", "enter": 90, "period": 1, "stale_after": "2s"}],
+                 clock)
+    for vm in ("10.0.0.1", "10.0.0.2"):
+        feed(eng, clock, vm, 95)
+    eng.take()
+    clock.now += 2.5
+    eng.observe(["10.0.0.1"], [int(clock.now)], [row(95)])  # arrived; the tick comes after
+    eng.sweep()
+    eng.process()
+    assert [(e["rule"], e["scope"], e["to"]) for e in eng.take() if e["kind"] == "transition"] == [
+        ("s", "10.0.0.2", "silent"), ("t", "10.0.0.2", "insufficient-data")]
+
+
 def test_reminders_repeat_while_in_alarm_only():
     clock = Clock()
     eng = engine([{"name": "r", "metric": "cpu", "enter": 90, "period": 60, "remind": "10m"}], clock)

@@ -873,10 +873,12 @@ class Engine:
                 self._forget(rs, series)
                 continue
             if silent_after and state != "silent" and now - series.last_arrival >= silent_after:
-                self._transition(rs, series, "silent", now, None, stopped=True)
+                if not self._handed(series.scope):
+                    self._transition(rs, series, "silent", now, None, stopped=True)
                 continue
             if stale_after and state in _STALE and now - series.valued >= stale_after:
-                self._stale(rs, series, now)
+                if not self._handed(series.scope):
+                    self._stale(rs, series, now)
                 continue
             if state == "silent" or series.first == RESTORED:
                 continue  # restored: its clock and periods are known from its next record
@@ -888,6 +890,13 @@ class Engine:
                 self._evaluate(rs, series, series.end, now)
             if remind and series.state == "alarm":
                 self._remind(rs, series, now)
+
+    def _handed(self, vm: str) -> bool:
+        """Whether a record of ``vm`` was handed off since the last tick (observe): a sweep
+        before that tick said it silent (or without data) and the tick ok again, two
+        notifications for a VM that had reported in time.  It is judged after the tick; asked
+        only of a scope the sweep would end so."""
+        return vm in self._pending or vm in self._tss
 
     def _forget(self, rs: RuleState, series: Series) -> None:
         """Drop a scope that has told its receivers all there is (ok, or insufficient-data) and
