@@ -200,6 +200,23 @@ def test_sigint_also_drains(tmp_path):
     assert len(logged(tmp_path / "data", "10.9.0.1")) == 1
 
 
+def test_the_stop_waits_for_every_process_pools_thread_so_its_exit_prints_no_error(tmp_path):
+    """Python 3.11's exit wakes each process pool's thread still running without the lock the
+    thread closes its pipe under (CPython gh-125451): a stop sometimes ended in a traceback of
+    ``OSError: [Errno 9] Bad file descriptor``.  Here (tests/slowwakeup) each pool's thread
+    reaps slowly, as on a loaded host, and the exit's wake-up is slower still, so a thread not
+    joined before the exit -- the writers', or the decoders' that the Graphite port starts --
+    closes its pipe under the wake-up every time."""
+    env = {"PYTHONPATH": str(ROOT / "tests" / "slowwakeup"), "VMSTATS_TEST_SLOW_WAKEUP": "0.5"}
+    with serve(tmp_path, "--flush-interval", "60", "--workers", "1", "--parsers", "1",
+               "--graphite-port", "0", env=env) as server:
+        server.send_udp(line(Record(vm="10.9.0.2", ts=now() - 60, cpu=1.0, mem=2.0)))
+        server.wait_received(1)
+        assert server.stop() == 0, server.output
+    assert "Traceback" not in server.output and "OSError" not in server.output, server.output
+    assert len(logged(tmp_path / "data", "10.9.0.2")) == 1
+
+
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_to_the_whole_process_group_still_drains(tmp_path, number):
     """systemd (KillMode=control-group), ``timeout`` and Ctrl-C signal every process of the

@@ -17,9 +17,9 @@ from concurrent.futures.process import BrokenProcessPool
 from twisted.application import service
 from twisted.internet import defer
 
+from vmstats.server import executors
 from vmstats.server.buffer import Buffer, Table
 from vmstats.server.every import Every, IntervalJob
-from vmstats.server.executors import kill
 from vmstats.server.memory import release_free_memory
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.writer import (
@@ -105,6 +105,8 @@ class FlusherService(service.Service):
                                           level=logging.ERROR)
         self._context = None
         self._watchdog: Every | None = None
+        #: The manager threads of the pools ended so far, joined at the stop (executors.join).
+        self._ended: list = []
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -146,7 +148,7 @@ class FlusherService(service.Service):
                   "its records are kept for the next flush" if self.in_flight is not None
                   else "no records were in it")
         old, self.pool = self.pool, self._new_pool()
-        kill(old)
+        self._ended.append(executors.kill(old))
 
     def request_flush(self) -> None:
         """Flush soon (the buffer hit its global cap); never re-entrantly."""
@@ -327,10 +329,10 @@ class FlusherService(service.Service):
         self.unwritten = self.buffer.count + self.in_flight_records
         if self._watchdog is not None:
             self._watchdog.stop()
-        if self.deadline_missed:
-            kill(self.pool)  # a writer stuck past the deadline is not waited for
+        if self.deadline_missed:  # a writer stuck past the deadline is not waited for
+            self._ended.append(executors.kill(self.pool))
         else:
-            self.pool.shutdown(wait=False)
+            self._ended.append(executors.end(self.pool))
 
     def _within(self, waiting: defer.Deferred, deadline: float) -> defer.Deferred:
         """Wait for ``waiting`` without cancelling it, up to the deadline."""
@@ -345,9 +347,11 @@ class FlusherService(service.Service):
         return mirror
 
     def join(self) -> None:
-        """Reap the worker processes once the reactor has stopped."""
+        """Reap the worker processes once the reactor has stopped: the threads of every pool
+        ended, this one's included, are joined (executors.join)."""
         if self.pool is not None:
-            if self.deadline_missed:
-                kill(self.pool)
-            self.pool.shutdown(wait=True)
+            self._ended.append(executors.kill(self.pool) if self.deadline_missed
+                               else executors.end(self.pool))
+        ended, self._ended = self._ended, []
+        executors.join(ended)
 

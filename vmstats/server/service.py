@@ -421,6 +421,12 @@ class Aggregator(service.MultiService):
                                 "data dir and per-VM last-seen times"
         return status
 
+    def join(self) -> None:
+        """Once the reactor has stopped: reap the writers and wait for the threads of every
+        process pool ended, the decoders' too (vmstats/server/executors.py says why)."""
+        self.flusher.join()
+        self.edge_service.pool.join()
+
     def summary(self) -> str:
         """The one-screen account printed at exit."""
         s = self.metrics.snapshot(self.buffer.count, len(self.buffer.table), self.in_flight())
@@ -581,9 +587,9 @@ def run(config: ServerConfig) -> int:
     if failure:
         if aggregator.flusher.pool is not None:
             aggregator.flusher.deadline_missed = True  # nothing to drain: just end the workers
-            aggregator.flusher.join()
+        aggregator.join()
         raise failure[0]
-    aggregator.flusher.join()
+    aggregator.join()
     print(aggregator.summary(), file=sys.stdout, flush=True)
     if aggregator.flusher.deadline_missed or aggregator.flusher.unwritten:
         return 1

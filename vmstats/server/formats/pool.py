@@ -25,8 +25,8 @@ from multiprocessing import get_context
 
 from twisted.internet import defer
 
+from vmstats.server import executors
 from vmstats.server.every import Every
-from vmstats.server.executors import kill
 from vmstats.server.formats import R_SYNTAX, Decoder, Tally
 from vmstats.server.idle import IdleWaiters
 from vmstats.words import counted
@@ -95,6 +95,8 @@ class DecodePool:
         self._idle = IdleWaiters()
         self._watchdog = Every(reactor, WATCH_INTERVAL, self._watch, "the decoding processes' watchdog")
         self._restart = None
+        #: The manager threads of the executors ended so far, joined at the stop (``join``).
+        self._ended: list = []
 
     def start(self) -> None:
         if self.workers > 0 and self.decoders:
@@ -159,7 +161,7 @@ class DecodePool:
             return
         self.edge.metrics.parser_deaths += 1
         self.executor = None
-        executor.shutdown(wait=False, cancel_futures=True)
+        self._ended.append(executors.end(executor, cancel=True))
         log.error("a decoding process died; starting new ones in %.0fs", RESTART_DELAY)
         self._restart = self.reactor.callLater(RESTART_DELAY, self._start_executor)
 
@@ -178,7 +180,7 @@ class DecodePool:
                   "stopping its pool (the reactor decodes them)", waited, counted(len(held), "payload"))
         for entry in held:
             entry[2] = _decode_here(entry[0], entry[3], entry[1])
-        kill(stuck)
+        self._ended.append(executors.kill(stuck))
         if stuck is self.executor:  # not one a death already replaced
             self._start_executor()
         self._drain()
@@ -203,5 +205,10 @@ class DecodePool:
             self._restart.cancel()
         executor, self.executor = self.executor, None
         if executor is not None:
-            kill(executor)
+            self._ended.append(executors.kill(executor))
+
+    def join(self) -> None:
+        """Once the reactor has stopped: wait for the ended executors' threads (executors.join)."""
+        ended, self._ended = self._ended, []
+        executors.join(ended)
 
