@@ -64,8 +64,8 @@ SAFE_METHODS = (b"GET", b"HEAD")
 HEADERS_TOO_LARGE = 431
 #: A chunked body's chunks past its first CHUNKS_FREE must carry CHUNK_AVERAGE bytes of data each
 #: on average, or it is refused (400, ``chunk_overhead``): each chunk costs the reactor ~1.8 us
-#: in Twisted's decoder (in Python), so a body of one-byte chunks cost 300 times a plain body's
-#: parsing, 45 s for 25 MiB.  At 64 bytes a chunk it is ~3 times (a line a chunk still passes).
+#: in Twisted's decoder (in Python), so a body of one-byte chunks cost ~225 times a plain body's
+#: parsing, 45 s for 25 MiB.  At 64 bytes a chunk it is ~5 times (a line a chunk still passes).
 CHUNKS_FREE = 1024
 CHUNK_AVERAGE = 64
 _REASONS = {**http.RESPONSES, http.REQUEST_URI_TOO_LONG: b"URI Too Long",
