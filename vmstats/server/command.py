@@ -125,6 +125,11 @@ class UTCFormatter(logging.Formatter):
               show_default=True,
               help="Cap on those agents' cumulative counters tracked for rates: one more forgets "
                    "the 1% least recently updated (counted as forgotten; each primes again).")
+@click.option("--edge-max-written", type=IntRange(1), default=D.edge_max_written,
+              show_default=True,
+              help="Cap on those agents' VMs whose minute last written is remembered beside those "
+                   "with a minute open (a sample for it is late): one more forgets the half "
+                   "written longest ago.")
 @click.option("--edge-max-names", type=IntRange(1), default=D.edge_max_names, show_default=True,
               help="Cap on device names (disks, interfaces, each second's CPUs and memory kinds) "
                    "the minutes of Telegraf, collectd and Graphite hold at once: a new one past "

@@ -9,6 +9,7 @@ from vmstats.capacity import defaults as capacity_defaults
 from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT, DEFAULT_SIG_WINDOW
 from vmstats.server.formats import MAX_DEVICES, MAX_NAME_BYTES, MAX_NAMES
 from vmstats.server.formats.interfaces import VIRTUAL_INTERFACES
+from vmstats.server.formats.minutes import MAX_WRITTEN
 
 DEFAULT_HTTP_PORT = 8898
 #: 8 MiB absorbs about 100,000 small datagrams while the reactor is busy elsewhere.
@@ -144,12 +145,14 @@ class ServerConfig:
     #: (formats/interfaces.py); when a VM's every interface matches, all are counted.
     virtual_interfaces: tuple[str, ...] = VIRTUAL_INTERFACES
     #: Bounds of the other agents' state: counters tracked (--edge-max-counters), minutes open
-    #: (--edge-max-open), devices of one kind
+    #: (--edge-max-open), VMs whose minute last written is remembered beside those open
+    #: (--edge-max-written: a sample for it is late), devices of one kind
     #: (disks, interfaces; the CPUs or memory kinds of all its seconds) in one VM's minute,
     #: and device names in all open minutes together (--edge-max-names); and the bytes of one
     #: device name (--edge-max-name-bytes), since the bound on names counts names.
     edge_max_counters: int = 200_000
     edge_max_open: int = 200_000
+    edge_max_written: int = MAX_WRITTEN
     edge_max_devices: int = MAX_DEVICES
     edge_max_names: int = MAX_NAMES
     edge_max_name_bytes: int = MAX_NAME_BYTES

@@ -421,7 +421,7 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
                                 config.max_past, rates,
                                 VirtualInterfaces(config.virtual_interfaces),
                                 config.edge_max_devices, config.edge_max_names,
-                                config.edge_max_name_bytes)
+                                config.edge_max_name_bytes, config.edge_max_written)
     edge = Edge(ingest, metrics, assembler, clock)
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}

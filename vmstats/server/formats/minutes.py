@@ -90,7 +90,7 @@ _NET_KINDS = frozenset(("net_rx", "net_tx"))
 #: The event counting an interface a minute's network rates left out as virtual.
 VIRTUAL_INTERFACE = "virtual_interface"
 #: VMs whose last minute written is remembered (a sample for it is late) beside those with a
-#: minute open; past that the half written longest ago are forgotten.
+#: minute open; past that the half written longest ago are forgotten (--edge-max-written).
 MAX_WRITTEN = 200_000
 #: Past the bound on open minutes, one in this many of it is completed early at once (at
 #: least one): the pass that finds the oldest is made once per so many new minutes.
@@ -147,7 +147,8 @@ class MinuteAssembler:
     def __init__(self, grace: float = 30.0, max_open: int = 200_000, max_future: int = 300,
                  max_past: int = 0, rates: CounterRates | None = None,
                  virtual: VirtualInterfaces | None = None, max_devices: int = MAX_DEVICES,
-                 max_names: int = MAX_NAMES, max_name_bytes: int = MAX_NAME_BYTES):
+                 max_names: int = MAX_NAMES, max_name_bytes: int = MAX_NAME_BYTES,
+                 max_written: int = MAX_WRITTEN):
         self.grace = grace
         self.max_open = max_open
         #: The most names of each kind a minute holds (``MAX_DEVICES``), an int of at least 1.
@@ -170,7 +171,8 @@ class MinuteAssembler:
         self.written: dict[str, int] = {}
         #: vm -> the latest sample time seen
         self.newest: dict[str, float] = {}
-        self.max_vms = MAX_WRITTEN
+        #: VMs whose minute last written is remembered beside those open (``MAX_WRITTEN``).
+        self.max_vms = max_written
         self.ready: list[protocol.Record] = []
         self.events: Counter[str] = Counter(records=0, incomplete=0, late=0, forced=0,
                                             **{R_RANGE: 0, VIRTUAL_INTERFACE: 0})
