@@ -1,6 +1,8 @@
 """Record lines for _linescan.c: every spelling damaged, cut, stretched past every limit.
 
-parse.py's regexes are the reference, through test_server_linescan's ``agrees``.
+parse.py's regexes are the reference, through test_server_linescan's ``agrees``: they cost
+two hundred times the scans, so this runs in the ordinary Python and the sanitized build
+makes its calls again (driver.RECORDED).
 """
 
 import random
