@@ -250,3 +250,25 @@ def test_a_tag_or_field_read_twice_is_a_syntax_reject_on_every_path():
     assert agrees(good + b"\ncpu,cpu=cpu-total,host=vm1,dc=a,dc=b usage_idle=50,usage_user=1,"
                   b"usage_user=2 " + STAMP)
     assert agrees(b"disk,host=vm1,host=vm2 free=1i " + STAMP)  # ignored: nothing of it is read
+
+
+def test_bad_lines_amid_good_ones_are_refused_as_line_by_line_parsing_refuses_them():
+    # A name refused once is refused again from the decoder's memory: every path, payload
+    # after payload, gives what a fresh decoder's line-by-line parsing gives.
+    bad = [b"system,host=-vm1 n_cpus=2i " + STAMP, b"cpu,cpu=cpu-total,hostvm1 usage_idle=1",
+           b"mem,host=bad/vm used_percent=40 " + STAMP]
+    data = b"\n".join(TELEGRAF[:4] + bad + TELEGRAF[4:] + bad[::2] + TELEGRAF[:2]) + b"\n"
+    for decoder in (InfluxDecoder(), python_decoder()):
+        for _round in range(2):
+            for errors in (None, []):
+                tally, lines = Tally(), []
+                samples = decoder.decode(data, NOW, tally, errors=errors, lines=lines)
+                fresh, fresh_tally, fresh_lines = python_decoder(), Tally(), []
+                fresh_errors = None if errors is None else []
+                expected = fresh._line_by_line(data, NOW, fresh_tally, 1e9, fresh_errors,
+                                               fresh_lines)
+                assert samples == expected and lines == fresh_lines
+                assert tally.counts == fresh_tally.counts and tally.counts["bad_vm_id"] == 4
+                assert list(map(str, tally.details)) == list(map(str, fresh_tally.details))
+                assert errors == fresh_errors
+        assert set(decoder._bad_vms) == {b"-vm1", b"bad/vm"}

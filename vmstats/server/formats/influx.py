@@ -98,6 +98,10 @@ class InfluxDecoder(Decoder):
         self.vm_ids = VmIds()
         #: Raw tag value -> VM id, for the fast path (bounded like VmIds).
         self._vms: dict[bytes, str] = {}
+        #: Raw tag value -> the words of its refusal as a VM id (bounded, and only values of
+        #: an id's length, like VmIds'): a sender flooding one bad name has each line refused
+        #: without decoding the name and raising twice again (``_vm``).
+        self._bad_vms: dict[bytes, str] = {}
         self._map = {b"cpu": self._cpu, b"mem": self._mem, b"diskio": self._diskio,
                      b"net": self._net, b"system": self._system}
         #: The C reader's tables (None: not built, every payload read here).
@@ -236,11 +240,18 @@ class InfluxDecoder(Decoder):
         """The VM id a tag value names (cached); LineError if it names none."""
         if raw is None:
             raise LineError(R_NO_VM, Words(_no_tag, self.vm_tag))
+        detail = self._bad_vms.get(raw)
+        if detail is not None:
+            raise LineError(R_BAD_VM, detail)
         try:
             vm = self.vm_ids(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise LineError(R_UTF8, "tag value is not UTF-8") from None
         except protocol.DecodeError as exc:
+            if len(raw) <= protocol.MAX_VM_ID_LENGTH:
+                if len(self._bad_vms) >= 65536:
+                    self._bad_vms.clear()
+                self._bad_vms[raw] = exc.detail
             raise LineError(R_BAD_VM, exc.detail) from None
         if len(self._vms) >= 65536:
             self._vms.clear()
