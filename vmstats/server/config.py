@@ -7,9 +7,8 @@ from typing import Any
 
 from vmstats.capacity import defaults as capacity_defaults
 from vmstats.protocol import DEFAULT_MAX_FUTURE, DEFAULT_MAX_PAST, DEFAULT_PORT, DEFAULT_SIG_WINDOW
-from vmstats.server.formats import MAX_DEVICES, MAX_NAME_BYTES, MAX_NAMES
+from vmstats.server.formats import MAX_DEVICES, MAX_NAME_BYTES, MAX_NAMES, MAX_WRITTEN
 from vmstats.server.formats.interfaces import VIRTUAL_INTERFACES
-from vmstats.server.formats.minutes import MAX_WRITTEN
 
 DEFAULT_HTTP_PORT = 8898
 #: 8 MiB absorbs about 100,000 small datagrams while the reactor is busy elsewhere.

@@ -73,6 +73,11 @@ MAX_NAMES = 1_000_000
 #: an interface's ``IFNAMSIZ`` is 16) and collectd's longest instance (``DATA_MAX_NAME_LEN``,
 #: 128 with its NUL: a CPU state's ``cpu:state`` of two is 255).
 MAX_NAME_BYTES = 256
+#: VMs whose last minute written is remembered (a sample for it is late) beside those with a
+#: minute open; past that the half written longest ago are forgotten (--edge-max-written).
+#: Here with the other bounds, so the server's settings read it without loading the minutes'
+#: C loop.
+MAX_WRITTEN = 200_000
 #: How far a percentage may stray outside 0..100 and still be taken, clamped, as rounding:
 #: Telegraf prints ``usage_idle=100.00000001``, and idle plus iowait can add up to a hair over
 #: 100.  Further out it is no rounding but a broken sender (``usage_idle=-50``), and clamping it

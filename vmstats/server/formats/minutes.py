@@ -46,6 +46,7 @@ from vmstats.server.formats import (
     MAX_DEVICES,
     MAX_NAME_BYTES,
     MAX_NAMES,
+    MAX_WRITTEN,
     MEM_PART,
     PERCENT_SLACK,
     R_DEVICE_CAP,
@@ -89,9 +90,6 @@ _RATE_KINDS = frozenset(RATES)
 _NET_KINDS = frozenset(("net_rx", "net_tx"))
 #: The event counting an interface a minute's network rates left out as virtual.
 VIRTUAL_INTERFACE = "virtual_interface"
-#: VMs whose last minute written is remembered (a sample for it is late) beside those with a
-#: minute open; past that the half written longest ago are forgotten (--edge-max-written).
-MAX_WRITTEN = 200_000
 #: Past the bound on open minutes, one in this many of it is completed early at once (at
 #: least one): the pass that finds the oldest is made once per so many new minutes.
 FORCED_SHARE = 100
