@@ -78,6 +78,27 @@ MAX_NAME_BYTES = 256
 #: Here with the other bounds, so the server's settings read it without loading the minutes'
 #: C loop.
 MAX_WRITTEN = 200_000
+
+
+class Bounds(NamedTuple):
+    """The bounds on what the assembler holds (the ``--edge-max-*`` options), as one value: the
+    edge journals them with each payload (journaling.py) so that a replay takes a payload by
+    the bounds it was taken under.  An operator may lower one between a crash and the next
+    start; a sample acknowledged then must not be refused, nor a minute's later samples made
+    late by one forced out early, when it is replayed."""
+
+    name_bytes: int
+    devices: int
+    names: int
+    open: int
+    written: int
+    counters: int
+
+
+#: The option that sets each of ``Bounds`` (the devices of a kind in a minute have none).
+BOUND_OPTIONS = {"name_bytes": "--edge-max-name-bytes", "devices": "MAX_DEVICES",
+                 "names": "--edge-max-names", "open": "--edge-max-open",
+                 "written": "--edge-max-written", "counters": "--edge-max-counters"}
 #: How far a percentage may stray outside 0..100 and still be taken, clamped, as rounding:
 #: Telegraf prints ``usage_idle=100.00000001``, and idle plus iowait can add up to a hair over
 #: 100.  Further out it is no rounding but a broken sender (``usage_idle=-50``), and clamping it

@@ -107,6 +107,13 @@ class InfluxDecoder(Decoder):
         #: The C reader's tables (None: not built, every payload read here).
         self._scan_spec = self._new_scan_spec()
 
+    def with_max_line(self, max_line: int) -> "InfluxDecoder":
+        """This decoder reading lines of up to ``max_line`` bytes: a replay's, for payloads
+        taken under another ``--max-line`` (formats/journaling.py)."""
+        other = InfluxDecoder(self.vm_tag.decode("utf-8"), max_line=max_line)
+        other.divisor = self.divisor
+        return other
+
     def _new_scan_spec(self):
         return None if _native is None else _native.spec(*scan_spec(self.vm_tag, self.max_line))
 

@@ -11,11 +11,16 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
   as NULs when it has none, as text formats do not: a third of base64's cost,
   which binary payloads get).  Decoding is deterministic, ``now`` is the
   arrival time the decoder and the assembler used and ``options`` hold the
-  ``--max-future``/``--max-past`` they judged the samples by, so decoding it
-  again and adding the samples repeats exactly what the assembler did with
-  it, whatever the clock or the limits at the restart: the same counter
-  steps, the same minutes completed by later samples, the same samples
-  refused as late or for their time, and none refused that was taken.
+  ``--max-future``/``--max-past`` they judged the samples by and the bounds
+  the assembler held them by (``--edge-max-name-bytes``, ``--edge-max-open``
+  and the others: formats.Bounds), so decoding it again and adding the
+  samples repeats exactly what the assembler did with it, whatever the clock,
+  the limits or the bounds at the restart: the same counter steps, the same
+  minutes completed by later samples, the same samples refused as late, for
+  their time or past a bound, and none refused that was taken.  (A bound
+  lowered before the restart guards what comes after it; what the journal
+  holds was acknowledged under the old one, and the replay says how much of
+  it it kept past the new one.)
 * ``done <[[vm, end], ...]>``: minutes the clock completed (``tick``, and the
   shutdown's ``complete_all``); the one decision a replay cannot repeat by
   itself, so it is journaled in its place in the sequence.
@@ -68,7 +73,7 @@ from hashlib import sha256
 
 from vmstats import protocol
 from vmstats.inputfile import json_loads
-from vmstats.server.formats import Tally
+from vmstats.server.formats import BOUND_OPTIONS, Bounds, Tally
 from vmstats.server.journal import read_segments
 from vmstats.server.ownfiles import read_file
 from vmstats.words import counted
@@ -175,6 +180,15 @@ class EdgeJournal:
         self.forged = 0
         #: ``#!edge`` lines with this journal's HMAC that could not be read back at start.
         self.unreadable = 0
+        #: Of the last replay: payloads taken under other bounds than this run's (replayed by
+        #: those), those bounds (the assembler's, the decoders' --max-line), and what they
+        #: kept past this run's: samples naming a device longer, lines longer.
+        self.other_bounds = 0
+        self.bounds_then: set[Bounds] = set()
+        self.lines_then: set[int] = set()
+        self.kept_long = self.kept_lines = 0
+        #: (format, --max-line) -> the decoder a replay reads such payloads with.
+        self._replicas: dict[tuple[str, int], object] = {}
         #: What ``take`` kept for ``settle``: the last checkpoint read whole, the lines after.
         self._entries: list[tuple[bytes, object]] = []
         #: The records ``settle`` completed again, to be written.
@@ -222,6 +236,10 @@ class EdgeJournal:
         opts = {"divisor": options.get("divisor"), "errors": "errors" in options} if options \
             else {}
         opts["limits"] = [assembler.max_future, assembler.max_past]
+        opts["bounds"] = assembler.bounds
+        max_line = getattr(self.edge.decoders.get(name), "max_line", None)
+        if max_line is not None:  # the decoder's own bound (the line protocol's --max-line)
+            opts["max_line"] = max_line
         if b"\0" in data:
             encoding, text = b"b64", base64.b64encode(data)
         else:
@@ -337,25 +355,35 @@ class EdgeJournal:
         events = (dict(assembler.events), dict(assembler.rates.events))
         pending: list[bytes] = []
         replayed = 0
-        for kind, rest in entries:
-            try:
-                if kind == b"state":  # read whole by take: adopting it cannot fail halfway
-                    state, pending = rest
-                    assembler.adopt(state)
-                elif kind == b"in":
-                    name, now, options, encoding, text = rest.split(b" ", 4)
-                    data = (base64.b64decode(text) if encoding == b"b64"
-                            else text.replace(b"\0", b"\n"))
-                    self._repeat(name.decode("ascii"), float(now), json_loads(options), data)
-                    replayed += 1
-                elif kind == b"done":
-                    assembler.complete([(vm, end) for vm, end in json_loads(rest)])
-                elif kind == b"step":
-                    assembler.clock_stepped(float(rest))
-            except (ValueError, KeyError, TypeError) as exc:  # a bug, a changed format, or
-                # a line written with the key by someone else (nested past the parser, say)
-                self.unreadable += 1
-                log.error("journal: an edge line could not be replayed (skipped): %s", exc)
+        current = assembler.bounds
+        self.other_bounds = self.kept_long = self.kept_lines = 0
+        self.bounds_then, self.lines_then = set(), set()
+        try:
+            for kind, rest in entries:
+                try:
+                    if kind == b"state":  # read whole by take: adopting it cannot fail halfway
+                        state, pending = rest
+                        assembler.adopt(state)
+                    elif kind == b"in":
+                        name, now, options, encoding, text = rest.split(b" ", 4)
+                        data = (base64.b64decode(text) if encoding == b"b64"
+                                else text.replace(b"\0", b"\n"))
+                        self._repeat(name.decode("ascii"), float(now), json_loads(options), data,
+                                     current)
+                        replayed += 1
+                    elif kind == b"done":
+                        assembler.complete([(vm, end) for vm, end in json_loads(rest)])
+                    elif kind == b"step":
+                        assembler.clock_stepped(float(rest))
+                except (ValueError, KeyError, TypeError) as exc:  # a bug, a changed format, or
+                    # a line written with the key by someone else (nested past the parser, say)
+                    self.unreadable += 1
+                    log.error("journal: an edge line could not be replayed (skipped): %s", exc)
+        finally:
+            assembler.bounds = current  # what comes now is judged by this run's bounds
+        self._replicas.clear()
+        if self.other_bounds:
+            self._say_bounds(current)
         for counter, saved in zip((assembler.events, assembler.rates.events), events,
                                   strict=True):
             counter.clear()
@@ -369,8 +397,28 @@ class EdgeJournal:
         self.restored = b"\n".join(pending + records)
         return self.restored
 
-    def _repeat(self, name: str, now: float, options: dict, data: bytes) -> None:
+    def _repeat(self, name: str, now: float, options: dict, data: bytes,
+                current: Bounds) -> None:
+        """Decode a journaled payload again and add its samples by the limits and the bounds
+        they were taken under (journals before the bounds were journaled: this run's)."""
         decoder = self.edge.decoders[name]
+        assembler = self.edge.assembler
+        bounds = Bounds(*map(int, options["bounds"])) if "bounds" in options else current
+        assembler.bounds = bounds
+        line_now = getattr(decoder, "max_line", None)  # None: a decoder without the bound
+        max_line = int(options.get("max_line") or line_now or 0)
+        other_line = line_now is not None and max_line != line_now
+        if bounds != current or other_line:
+            self.other_bounds += 1
+            if bounds != current:
+                self.bounds_then.add(bounds)
+            if other_line:
+                self.lines_then.add(max_line)
+                if max_line > line_now:
+                    self.kept_lines += sum(len(line) > line_now for line in data.split(b"\n"))
+                if (name, max_line) not in self._replicas:
+                    self._replicas[name, max_line] = decoder.with_max_line(max_line)
+                decoder = self._replicas[name, max_line]
         kwargs: dict = {}
         if options.get("divisor"):
             kwargs["divisor"] = options["divisor"]
@@ -380,6 +428,37 @@ class EdgeJournal:
         samples = decoder.decode(data, now, tally, **kwargs)
         if samples:  # judged by the limits they were judged by then (journals before: these)
             limits = options.get("limits")
-            self.edge.assembler.add(samples, now, tally,
-                                    limits=(int(limits[0]), int(limits[1])) if limits else None)
+            # Past a name bound lowered since, the samples taken are counted (the others are
+            # not: which of them this run's bounds would refuse depends on all that came before).
+            refused: list | None = [] if bounds.name_bytes > current.name_bytes else None
+            assembler.add(samples, now, tally, refused,
+                          limits=(int(limits[0]), int(limits[1])) if limits else None)
+            if refused is not None:
+                self.kept_long += assembler.named_past(samples, current.name_bytes, refused)
 
+    def _say_bounds(self, current: Bounds) -> None:
+        """One line when a replay took payloads by edge bounds other than this run's (an
+        operator changed one between the crash and this start): what the journal holds was
+        acknowledged under them, so it is written by them; what comes now is judged by the
+        new ones."""
+        then = self.bounds_then
+        changed = ["%s %s (now %d)" % (
+            BOUND_OPTIONS[field], "/".join(str(value) for value in
+                                           sorted({getattr(old, field) for old in then})),
+            getattr(current, field))
+            for field in Bounds._fields if any(getattr(old, field) != getattr(current, field)
+                                              for old in then)]
+        if self.lines_then:
+            changed.append("--max-line %s (now %d)" % (
+                "/".join(map(str, sorted(self.lines_then))), self.edge.influx.max_line))
+        kept = []
+        if self.kept_long:
+            kept.append("%s naming a device longer than --edge-max-name-bytes (%d)"
+                        % (counted(self.kept_long, "sample"), current.name_bytes))
+        if self.kept_lines:
+            kept.append("%s longer than --max-line (%d)" % (counted(self.kept_lines, "line"),
+                                                            self.edge.influx.max_line))
+        log.warning("edge: %s taken under other edge bounds (%s) replayed by those, as they "
+                    "were acknowledged%s; new input is judged by this run's bounds",
+                    counted(self.other_bounds, "journaled payload"), ", ".join(changed),
+                    "; kept past this run's: " + " and ".join(kept) if kept else "")

@@ -55,6 +55,7 @@ from vmstats.server.formats import (
     R_TOO_LONG,
     RATES,
     TOTAL,
+    Bounds,
     OutOfRange,
     Sample,
     Tally,
@@ -176,6 +177,25 @@ class MinuteAssembler:
                                             **{R_RANGE: 0, VIRTUAL_INTERFACE: 0})
         #: The C loop that files samples (None: ``_file``, the Python it is held to).
         self.native = _native
+
+    @property
+    def bounds(self) -> Bounds:
+        """The bounds samples are taken and minutes held by now."""
+        return Bounds(self.max_name_bytes, self.max_devices, self.max_names, self.max_open,
+                      self.max_vms, self.rates.max_counters)
+
+    @bounds.setter
+    def bounds(self, bounds: Bounds) -> None:
+        (self.max_name_bytes, self.max_devices, self.max_names, self.max_open, self.max_vms,
+         self.rates.max_counters) = bounds
+
+    @staticmethod
+    def named_past(samples: list[Sample], most: int, refused: list) -> int:
+        """How many of ``samples`` that ``add`` filed (not among ``refused``, its list) name a
+        device longer than ``most`` bytes: those a replay kept past a bound lowered since."""
+        out = {item[0] for item in refused}
+        return sum(1 for index, sample in enumerate(samples)
+                   if index not in out and _too_long(sample[3], most))
 
     # -- samples in ------------------------------------------------------------------------------
     def add(self, samples: list[Sample], now: float, tally: Tally,
