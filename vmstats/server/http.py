@@ -12,11 +12,12 @@ of it is stored, a body to an unknown path (404) before reading it, an HTTP/1.0 
 a Content-Length (411) that it cannot delimit, and what a page's ``refuse_early`` refuses at the
 headers (a write without its token: 401).  A request line past 16 KiB is 414, a head (request
 line and headers) past it 431, where Twisted closed without a word or said a bare 400, and a request
-Twisted cannot read (a bad Content-Length, header or chunk, or a head in bare-LF lines, which it
+Twisted cannot read (a bad Content-Length or header, or a head in bare-LF lines, which it
 waited on until the idle timeout) 400 in JSON, as is a Transfer-Encoding other than chunked
-(Twisted read ``identity`` as no body at all).  A chunked body whose chunks carry too little
-data (``CHUNK_AVERAGE``) is 400 (``chunk_overhead``): Twisted's decoder spends ~1.8 us of the
-reactor a chunk, so one-byte chunks held it 45 s for a 25 MiB body.  Each refusal is counted
+(Twisted read ``identity`` as no body at all).  A chunked body is decoded here (chunked.py), not
+by Twisted's private decoder: bad framing is 400 saying what is wrong with it, chunks carrying
+too little data are 400 (``chunk_overhead``), and its limit counts its bytes on the wire, framing
+included, so chunk extensions cannot carry 17 times the limit past it.  Each refusal is counted
 on /metrics.
 
 A page may hold a body's bytes against its budget from the headers on (``admit_body``: the write
@@ -45,6 +46,7 @@ from collections.abc import Callable, Iterable
 from twisted.application import service
 from twisted.web import http, resource, server
 
+from vmstats.server.chunked import ChunkedBody
 from vmstats.server.connections import ConnectionTable, listen_tcp, listening
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.stamps import moment
@@ -62,12 +64,6 @@ LINGER_BYTES = 4 << 20
 SAFE_METHODS = (b"GET", b"HEAD")
 #: RFC 6585's answer to a header block past the limit; Twisted's table of reasons lacks it.
 HEADERS_TOO_LARGE = 431
-#: A chunked body's chunks past its first CHUNKS_FREE must carry CHUNK_AVERAGE bytes of data each
-#: on average, or it is refused (400, ``chunk_overhead``): each chunk costs the reactor ~1.8 us
-#: in Twisted's decoder (in Python), so a body of one-byte chunks cost ~225 times a plain body's
-#: parsing, 45 s for 25 MiB.  At 64 bytes a chunk it is ~5 times (a line a chunk still passes).
-CHUNKS_FREE = 1024
-CHUNK_AVERAGE = 64
 _REASONS = {**http.RESPONSES, http.REQUEST_URI_TOO_LONG: b"URI Too Long",
             HEADERS_TOO_LARGE: b"Request Header Fields Too Large"}
 
@@ -151,6 +147,10 @@ def count_refused(request: server.Request, reason: str) -> None:
         table.counts.refused(reason)
 
 
+def _too_large(limit: int) -> str:
+    return "body larger than %d bytes" % limit
+
+
 def _json_error(message: str) -> bytes:
     return (json.dumps({"error": message}) + "\n").encode("utf-8")
 
@@ -184,27 +184,6 @@ class _Request(server.Request):
             self.responseHeaders.removeHeader(b"server")
         super().write(data)
 
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.channel.body_fits(len(data)):
-            self.content.write(data)  # Request.handleContentChunk's one line, a call less a chunk
-
-
-class _ChunkedBody(http._ChunkedTransferDecoder):
-    """Twisted's chunked decoder, counting the chunks it reads (``chunks``) so the channel can
-    weigh them against the data they carry, and reading nothing more once ``stop`` is set: the
-    rest of a read full of one-byte chunks is not worth decoding to drop."""
-
-    chunks = 0
-    stop = False
-
-    def _dataReceived_CHUNK_LENGTH(self) -> bool:
-        if self.stop:
-            del self._buffer[:]
-            return False
-        read = super()._dataReceived_CHUNK_LENGTH()
-        self.chunks += read
-        return read
-
 
 class _Channel(http.HTTPChannel):
     """An HTTP/1.1 connection that its port's connection table keeps in line.
@@ -221,7 +200,7 @@ class _Channel(http.HTTPChannel):
     router: Router
     peer = ""
     _refused = False
-    _limit = _body_left = 0
+    _limit = 0
     _linger_left = 0
     #: The request line of the request being read was taken: a line past the limit is a header.
     _in_head = False
@@ -239,8 +218,6 @@ class _Channel(http.HTTPChannel):
     _late_reason = ""
     #: The route's admission of a chunked body's reads as they arrive (None: not needed).
     _admit = None
-    #: The decoder of the chunked body under way, counting its chunks (None: not chunked).
-    _chunked: _ChunkedBody | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -317,14 +294,13 @@ class _Channel(http.HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """Twisted's answer to a request it cannot read (a request line or header that does not
-        parse, a Content-Length that is no number or given twice, a bad chunk, over 500
-        headers) was a bare 400, counted nowhere: now it is counted as ``bad_request`` and says
-        so in JSON, as every other refusal here."""
+        parse, a Content-Length that is no number or given twice, over 500 headers) was a bare
+        400, counted nowhere: now it is counted as ``bad_request`` and says so in JSON, as every
+        other refusal here.  (A bad chunk is the chunked body's decoder's, which says which.)"""
         if self._refused:
             return
         self._answer(http.BAD_REQUEST, "bad_request",
-                     "malformed request: its request line, a header, its length or a chunk "
-                     "cannot be read")
+                     "malformed request: its request line, a header or its length cannot be read")
 
     def allHeadersReceived(self) -> None:
         self._in_head = False  # the next line is the next request's first
@@ -350,8 +326,7 @@ class _Channel(http.HTTPChannel):
             self._refuse(http.LENGTH_REQUIRED, "length_required",
                          "a body needs a Content-Length header")
         elif self.length is not None and limit is not None and self.length > limit:
-            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, "too_large",
-                         "body larger than %d bytes" % limit)
+            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, "too_large", _too_large(limit))
         elif self._command not in SAFE_METHODS and headers.hasHeader(b"origin"):
             self._refuse(http.FORBIDDEN, "cross_origin",
                          "a request from a browser's page (Origin header) may only read")
@@ -370,46 +345,29 @@ class _Channel(http.HTTPChannel):
         if self._refused:
             self.length = None  # no request is run: the rest goes to rawDataReceived, dropped
             return
-        self._limit = self._body_left = limit or 0
+        self._limit = limit or 0
         # Chunked: held as its bytes arrive, framing and all (rawDataReceived), so that a body
         # of one-byte chunks holds the bytes it costs, not a sixth of them.
         self._admit = admit if self.length is None else None
-        decoder = self._transferDecoder
-        self._chunked = None
-        if isinstance(decoder, http._ChunkedTransferDecoder):  # no byte of the body read yet
-            self._chunked = self._transferDecoder = _ChunkedBody(decoder.dataCallback,
-                                                                 decoder.finishCallback)
+        if codings is not None:  # chunked (any other coding was refused): no byte of it read yet
+            self._transferDecoder = ChunkedBody(request.handleContentChunk, self._finishRequestBody,
+                                                self._refuse_chunked, self._limit)
         if self.length != 0 and self.body_timeout:
             self._start_deadline(self.body_timeout, "body_timeout")
         super().allHeadersReceived()
 
-    def body_fits(self, size: int) -> bool:
-        """Take ``size`` more body bytes?  Past the route's limit the request is refused (413)."""
-        if self._refused:
-            return False
-        self._body_left -= size
-        if self._body_left < 0:
-            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, "too_large",
-                         "body larger than %d bytes" % self._limit)
-            return False
-        chunked = self._chunked
-        if chunked is not None:
-            data = self._limit - self._body_left
-            if chunked.chunks > CHUNKS_FREE + data // CHUNK_AVERAGE:
-                chunked.stop = True
-                self._refuse(http.BAD_REQUEST, "chunk_overhead",
-                             "chunked body of %d chunks for %d bytes: past the first %d, chunks "
-                             "must carry %d bytes on average (send larger chunks, or a "
-                             "Content-Length)" % (chunked.chunks, data, CHUNKS_FREE,
-                                                  CHUNK_AVERAGE))
-                return False
-        return True
+    def _refuse_chunked(self, reason: str, message: str) -> None:
+        """The chunked body's decoder refused it: past the route's limit (413), malformed or
+        of chunks carrying too little (400)."""
+        if reason == "too_large":
+            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, reason, _too_large(self._limit))
+        else:
+            self._refuse(http.BAD_REQUEST, reason, message)
 
     def allContentReceived(self) -> None:
         if not self._refused:  # a body refused mid-stream may still end in the same read
             self._stop_deadline()
             self._admit = None  # what is read now is the next request's, buffered
-            self._chunked = None
             super().allContentReceived()
 
     def _start_deadline(self, seconds: float, reason: str) -> None:
