@@ -112,3 +112,31 @@ def test_a_pipelined_head_left_unfinished_is_cut_at_the_head_timeout(tmp_path):
         assert "--http-head-timeout" in error["error"] and 0.4 < took < 2, took
         metrics = server.wait_metrics(lambda m: m[USED] >= 50, timeout=3)
         assert (metrics[REFUSED % "head_timeout"], metrics[USED]) == (1, 50)
+
+
+def test_a_head_begun_while_the_answer_before_it_is_made_is_cut_from_its_first_byte(tmp_path):
+    """The start of a head sent behind a write whose answer takes seconds (a megabyte of
+    malformed lines, each worded) waited unread until that answer was done, and only then had
+    its --http-head-timeout: a client held the connection for the answer's time and the
+    deadline on top.  Its deadline runs from when it was read, so the 408 follows the answer
+    at once when the deadline passed meanwhile."""
+    slow = b"m\n" * 600_000
+    head = write_head(len(slow)).replace(b"Connection: close\r\n", b"")
+    with serve(tmp_path, "--influx-port", "0", "--http-head-timeout", "0.5s",
+               "--http-idle-timeout", "30s") as server:
+        with socket.create_connection((LOOPBACK, server.http_port), timeout=10) as sock:
+            sock.sendall(head + slow + b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            sent = time.monotonic()
+            said = sock.recv(65536)  # the write's answer, and maybe the 408 right behind it
+            answered = time.monotonic() - sent
+            said += read_answer(sock, 5)
+            took = time.monotonic() - sent
+        first, late, answer = said.partition(b"HTTP/1.1 408 ")
+        assert first.startswith(b"HTTP/1.1 400 ") and b"partial write" in first, said[:300]
+        code, headers, error = status_and_json(late + answer)
+        assert (code, headers["connection"]) == (408, "close"), answer
+        assert "--http-head-timeout" in error["error"]
+        # From the head's first byte (read with the write's last), not from the answer's end.
+        assert took < max(answered, 0.5) + 0.25, (answered, took)
+        assert answered > 0.3, answered  # else the two cannot be told apart
+        assert server.metrics()[REFUSED % "head_timeout"] == 1

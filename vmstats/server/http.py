@@ -218,6 +218,9 @@ class _Channel(http.HTTPChannel):
     _late_reason = ""
     #: The route's admission of a chunked body's reads as they arrive (None: not needed).
     _admit = None
+    #: When the first bytes of a request were read while the answer before it was under way
+    #: (None: none are): its head's deadline runs from then, not from that answer's end.
+    _head_since: float | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -238,12 +241,20 @@ class _Channel(http.HTTPChannel):
         if (self.line_mode and not self._depth and not self.paused and not self._refused
                 and b"\n" in self._buffer):
             self._bare_lf()
+        # Bytes of the next request read while the answer before it is under way (Twisted holds
+        # them, unread, until that answer is done): its head's time runs from this read.
+        if self._head_since is None and self._dataBuffer:
+            self._head_since = self.table.reactor.seconds()
         # A head begun and not yet whole: from here it has head_timeout to end.  A head read
         # whole in one go (as clients send it) starts no timer, and a connection waiting for
         # its next request (nothing buffered, no line taken) is the idle timeout's.
         if (self.head_timeout and self._deadline is None and self.line_mode and not self.paused
                 and not self._refused and (self._buffer or self._in_head)):
-            self._start_deadline(self.head_timeout, "head_timeout")
+            seconds = self.head_timeout
+            if self._head_since is not None:  # read behind an answer: what is left of its time
+                seconds -= self.table.reactor.seconds() - self._head_since
+                self._head_since = None
+            self._start_deadline(max(seconds, 0), "head_timeout")
 
     def _bare_lf(self) -> None:
         """A head whose lines end in a bare LF: Twisted splits lines at CRLF only, so it waited
@@ -305,6 +316,7 @@ class _Channel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._in_head = False  # the next line is the next request's first
         self._stop_deadline()  # the head's: the head is whole
+        self._head_since = None
         request = self.requests[-1]
         path = self._path.split(b"?", 1)[0]
         limit = self.router.max_body(path)
