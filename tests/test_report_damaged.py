@@ -793,6 +793,48 @@ def test_a_vm_its_rollup_table_lacks_at_the_footers_count_is_read_from_its_kept_
     assert entry["rows"] > 0 and str(middle) in stdout, entry
 
 
+def test_a_late_csv_file_of_a_vm_its_retired_days_rollup_table_lacks_is_read_before_the_pass(
+        tmp_path, undamaged):
+    """A rollup file whose table lacks a VM its footer lists (one VM held twice, at the
+    footer's count), its day's rows retired, and that VM's records of the day written late to
+    its CSV file: the report left the file out on the footer's word (as if the rollup held
+    the VM) and the VM's day was empty; the next pass then removed the file as past retention,
+    and the day was lost.  The report reads the late file, the pass rolls it up beside the
+    others, and the report after the pass is the report before it."""
+    data = tmp_path / "data"
+    end, clean = undamaged
+    write_fleet(data, end)
+    done = _compact(data, "--compact-after", "0s", "--retain-raw", "0s")  # rollups alone answer
+    assert done.returncode == 0 and not list((data / "columnar").iterdir()), done.stderr
+    middle = sorted((data / "rollups").iterdir())[1]
+    _retold(middle, rows=[0, 0])  # 10.0.0.1's rollup twice, 10.0.0.2's gone
+    # 10.0.0.2's afternoon of that day, sent late (an agent's spool), written by the writer.
+    start = logstore.day_number(middle.stem) * DAY + DAY // 2
+    late = {ts: logstore.format_tail(Record(vm="10.0.0.2", ts=ts, cpu=60.5, mem=30.0, disk_r=1.0,
+                                            disk_w=1.0, net_rx=1.0, net_tx=1.0, vcpus=2, mem_mb=4096))
+            for ts in range(start, start + DAY // 2, 60)}
+    logstore.append_missing(str(data), "10.0.0.2", late)
+    arrived = Path(logstore.day_path(str(data), "10.0.0.2", middle.stem))
+    code, stdout, err, before = report(data, tmp_path / "before", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    records = {v["vm"]: v["records"] for v in clean["vms"]}
+    assert {v["vm"]: v["records"] for v in before["vms"]} == {
+        "10.0.0.1": records["10.0.0.1"], "10.0.0.2": records["10.0.0.2"] - DAY // 60 + len(late)}
+    assert str(arrived) not in named(before)
+    assert named(before)[str(middle)]["problem"] == (
+        "damaged rollups file: its table lacks the rollup of 10.0.0.2; its table holds more than "
+        "one rollup of 10.0.0.1 (the last is read); 10.0.0.2 read from its CSV file instead, "
+        "which came after the day's rows were retired")
+    done = _compact(data, "--compact-after", "0s", "--retain-raw", "0s")
+    assert done.returncode == 0 and "0 late CSV files" in done.stdout, done.stdout + done.stderr
+    assert not arrived.exists() and logstore.table_vms(str(middle)) == ["10.0.0.1", "10.0.0.2"]
+    code, stdout, err, after = report(data, tmp_path / "after", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    assert [[v[k] for k in _FIGURES] for v in after["vms"]] == [
+        [v[k] for k in _FIGURES] for v in before["vms"]]
+    assert not after["meta"]["skipped_files"] + after["meta"]["damaged_files"]
+
+
 def test_200_junk_files_in_a_real_data_dir(tmp_path):
     """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
     with serve(tmp_path, "--flush-interval", "1") as server:

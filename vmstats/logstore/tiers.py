@@ -244,7 +244,8 @@ def kept_rows(data_dir: str, day: str, vms: Iterable[str]) -> Dict[str, list]:
     ``day`` the data dir's columnar file still holds: the sources the report reads for a
     VM-day of rows (report/discover.py), for a VM whose rollup turns out to be missing from
     its rollup file's table when that is read.  Without the day's columnar rows a CSV file
-    holds only what came after they were retired, so it answers for nothing here."""
+    holds only what came after they were retired: the report's listing (discover.py) already
+    gave such a VM-day that file, having read the table then, so it answers for nothing here."""
     path = tier_path(data_dir, COLUMNAR_DIR, day)
     try:
         listed = set(tier_info(path)["vms"])

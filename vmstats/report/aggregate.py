@@ -228,18 +228,26 @@ def _answer_from_rows(path: str, held: list[str], lacking: list[tuple[int, str]]
     data_dir = os.path.dirname(os.path.dirname(path))
     kept = logstore.kept_rows(data_dir, day, [vm for _i, vm in lacking])
     answered = [vm for _i, vm in lacking if vm in kept]
-    said = ["its table lacks the rollup of %s" % _some(sorted({vm for _i, vm in lacking}))]
-    doubled = sorted(vm for vm, n in collections.Counter(held).items() if n > 1)
-    if doubled:
-        said.append("its table holds more than one rollup of %s (the last is read)" % _some(doubled))
-    if answered:
-        said.append("%s read from the day's kept rows instead" % _some(sorted(set(answered))))
-    problem = "damaged rollups file: %s" % "; ".join(said)
+    problem = lacking_words(held, [vm for _i, vm in lacking], answered, "the day's kept rows instead")
     for i, vm in lacking:
         rows = read + len(answered)
         issues[i] = [issue(path, problem, rows=rows, vm=vm, day=day)]
         if vm in kept:
             fallback.append((i, kept[vm]))
+
+
+def lacking_words(held: list[str], lacking: list[str], answered: list[str], source: str) -> str:
+    """How the report names a rollup file whose table (``held``: its ``vm`` column) lacks the
+    rollups of ``lacking``, ``answered`` of them read from ``source`` (its words end with where,
+    e.g. "the day's kept rows instead"): worded in one
+    place for the read that finds the gap (read_rollups) and the listing (discover.py)."""
+    said = ["its table lacks the rollup of %s" % _some(sorted(set(lacking)))]
+    doubled = sorted(vm for vm, n in collections.Counter(held).items() if n > 1)
+    if doubled:
+        said.append("its table holds more than one rollup of %s (the last is read)" % _some(doubled))
+    if answered:
+        said.append("%s read from %s" % (_some(sorted(set(answered))), source))
+    return "damaged rollups file: %s" % "; ".join(said)
 
 
 def _some(vms: list[str]) -> str:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from vmstats import logstore
-from vmstats.report.aggregate import Source, is_rollup, readable_rollups
+from vmstats.report.aggregate import Source, is_rollup, lacking_words, readable_rollups
 from vmstats.report.issues import issue
 from vmstats.report.settings import InputError, ReportError
 from vmstats.words import counted
@@ -158,22 +158,58 @@ def _discover_dir(data_dir: str, issues: list[dict], raw_only: bool,
                                 % (logstore.ROLLUPS_DIR, version, len(lost), counted(len(vms), "VM")),
                                 vm="", day=day))
     units: Units = parts.get(logstore.ROLLUPS_DIR, {})
+    retired = []  # units of a CSV file beside the rollup of a day whose rows were retired
     for key in csv.keys() & units.keys():
         if key in columnar:  # a CSV file beside a compacted day: its rows and the day's answer
             del units[key]
-            continue
-        # The day's rows were retired: the rollup holds all of them, the CSV file only records
-        # that came since, which cannot join it (the next compaction removes them).
-        for path in csv.pop(key):
-            issues.append(issue(path, "left out: it came after its day's rows were retired "
-                                "(--retain-raw), so it cannot join the day's rollup",
-                                vm=key[0], day=logstore.day_name(key[1])))
+        else:
+            retired.append(key)
+    if retired:
+        _late_files(units, csv, retired, issues)
     if kept is not None:
         kept.update((key, [columnar[key]]) for key in columnar.keys() & units.keys())
     for key in (csv.keys() | columnar.keys()) - units.keys():
         # Columnar rows before the CSV's: a row logged after compaction wins its timestamp.
         units[key] = ([columnar[key]] if key in columnar else []) + csv.get(key, [])
     return _sorted_units(units), found + len(units)
+
+
+def _late_files(units: Units, csv: dict[tuple[str, int], list[str]], retired: list[tuple[str, int]],
+                issues: list[dict]) -> None:
+    """Decide the ``retired`` units: a CSV file beside the rollup of a day whose rows were retired.
+
+    The CSV file holds only records that came since, which cannot join the VM's rollup (the
+    day's other rows are gone): it is left out and named, and the next pass removes it.  But a
+    rollup file whose table lacks a VM its footer lists (another hand's tool: the footer has
+    as many VMs as the table rows) holds no rollup for those records to join; a pass rolls the
+    CSV file up beside the others, so it answers here too, not only after the next pass.  The
+    table's VMs are read for that (as a pass reads them), once a file, only for such units: a
+    data dir without late files reads nothing more.
+    """
+    held: dict[str, list[str] | None] = {}
+    lacking: dict[str, list[tuple[str, int]]] = {}
+    for key in sorted(retired):
+        path = units[key][0].path
+        if path not in held:
+            try:
+                held[path] = logstore.table_vms(path)
+            except (OSError, ValueError):  # unreadable: read_rollups names it for its VMs
+                held[path] = None
+        table = held[path]
+        if table is not None and key[0] not in table:
+            del units[key]  # its CSV file answers, as after the pass that rolls it up
+            lacking.setdefault(path, []).append(key)
+            continue
+        for path in csv.pop(key):
+            issues.append(issue(path, "left out: it came after its day's rows were retired "
+                                "(--retain-raw), so it cannot join the day's rollup",
+                                vm=key[0], day=logstore.day_name(key[1])))
+    for path, keys in lacking.items():
+        vms = [vm for vm, _day in keys]
+        problem = lacking_words(held[path], vms, vms, "its CSV file instead, which came after the "
+                                "day's rows were retired")
+        for vm, day in keys:
+            issues.append(issue(path, problem, rows=len(set(held[path])), vm=vm, day=logstore.day_name(day)))
 
 
 def _vm_ids_only(vms: list[str], vm_ids: set[str], path: str, day: str, issues: list[dict]) -> list[str]:

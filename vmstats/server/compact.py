@@ -330,7 +330,7 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
     rollup_target = logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name)
     try:
         old = _listed(target)
-        kept = set() if old else set(_listed(rollup_target))
+        kept = set() if old else _held(rollup_target)
     except logstore.DamagedTier as exc:
         _leave_day(name, files, summary, exc)
         return
@@ -515,6 +515,17 @@ def _listed(path: str) -> list[str]:
         raise logstore.DamagedTier("%s: %s" % (path, exc)) from None
 
 
+def _held(path: str) -> set[str]:
+    """The VMs whose rollups a rollup file both lists and holds (none without a file).
+
+    Its table is read, not its footer alone: a footer may list a VM whose rollup the table
+    lacks (as many VMs as the table has rows, one of them held twice), and a late CSV file of
+    that VM, removed on the footer's word as if its rollup held it, was lost with its day.
+    Read only for a retired day that has CSV files: a late record's, rare."""
+    listed = _listed(path)
+    return set(listed).intersection(logstore.table_vms(path)) if listed else set()
+
+
 def _rolled_up(columnar: str, rollups: str) -> bool:
     """Whether a rollup file holds every VM of a columnar file, once each, in an aggregate
     version the report reads (rollups of another version, from a newer vmstats run before a
@@ -592,7 +603,6 @@ def _kept_rollups(path: str, replaced: list[str]):
     """The rollups of a day file whose rows were retired, but those of ``replaced``; DamagedTier
     when they cannot share a file with rollups written now (another aggregate version)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from vmstats.report import aggregate
@@ -606,7 +616,12 @@ def _kept_rollups(path: str, replaced: list[str]):
     except OSError as exc:
         raise logstore.DamagedTier("%s: %s" % (path, exc)) from None
     table = table.replace_schema_metadata(None)  # the file's description: the new file has its own
-    return table.filter(pc.invert(pc.is_in(table.column("vm"), value_set=pa.array(replaced, pa.string()))))
+    # Each kept VM once, its last rollup (as the report reads a table holding one twice): a
+    # file that held it twice would otherwise pass the damage on to the one written now.
+    vms = table.column("vm").to_pylist()
+    last = {vm: row for row, vm in enumerate(vms)}
+    replaced_set = set(replaced)
+    return table.take(pa.array(sorted(row for vm, row in last.items() if vm not in replaced_set), pa.int64()))
 
 
 def _add_in_order(writer, tables: list, path: str) -> list[str]:
