@@ -9,6 +9,12 @@ build, is held to the reference as before, and is written down with its answer. 
 sanitized Python then makes the same calls, in the same order, on the sanitized build
 (``replay``): each must give the answer written down, so every input still meets the
 sanitized C and every answer is still one the reference accepted.
+
+_influxscan.c's ``scan`` also calls back into Python (``known``: a tag value's VM id, which
+the decoder also puts in the ``vms`` it passed) and extends a ``lines`` list; its recorder
+(``CallingRecorder``) writes down each callback's answer and what it did to ``vms``, and
+the replay answers the sanitized build's callbacks from that, in order, so the build meets
+the same dictionary and the same answers the reference decoder gave.
 """
 
 import importlib
@@ -58,13 +64,55 @@ class Recorder:
         return answer
 
 
+class CallingRecorder(Recorder):
+    """A Recorder for ``scan(data, spec, vms, known, now, divisor, lines)``: besides the call
+    and its answer, each ``known(raw)`` the scan made, its answer (or the exception it
+    raised), whether it left ``raw`` in ``vms`` and how many entries ``vms`` then held, and
+    ``lines`` before and after."""
+
+    def scan(self, data, spec: Spec, vms, known, now, divisor, lines):
+        assert isinstance(spec, Spec), "a scan with a spec its recorder did not make"
+        if vms != self.known:  # one copy while it holds, written down once (pickle's memo)
+            self.known = dict(vms) if isinstance(vms, dict) else vms
+        asked: list[tuple] = []
+
+        def answering(raw):
+            size = len(vms)
+            try:
+                answer = known(raw)
+            except Exception as error:  # the C must pass it on; replayed as it was
+                asked.append((raw, ("raised", error), size, len(vms), raw in vms))
+                raise
+            asked.append((raw, ("answered", answer), size, len(vms), raw in vms))
+            return answer
+
+        before = list(lines) if isinstance(lines, list) else lines
+        try:
+            answer, recorded = self._call(
+                "scan", (data, spec.made, vms, answering if callable(known) else known, now,
+                         divisor, lines),
+                (data, spec.index, self.known, asked if callable(known) else (known,), now,
+                 divisor, before))
+        except Exception:
+            self.calls[-1] += (list(lines) if isinstance(lines, list) else lines,)
+            raise
+        self.calls.append(("scan", recorded, ("answered", answer),
+                           list(lines) if isinstance(lines, list) else lines))
+        return answer
+
+
+#: The modules whose ``scan`` calls back into Python (CallingRecorder).
+CALLING = ("_influxscan",)
+
+
 def recording(name: str) -> Recorder:
     """``vmstats.server.NAME`` (the package's own build) behind a Recorder, in sys.modules
     and on the package before anything imports it, so every user of the module calls
     through it."""
     full = "vmstats.server." + name
     assert full not in sys.modules, full + " was imported before its recorder"
-    recorder = Recorder(importlib.import_module(full))
+    kind = CallingRecorder if name in CALLING else Recorder
+    recorder = kind(importlib.import_module(full))
     sys.modules[full] = recorder
     setattr(sys.modules["vmstats.server"], name, recorder)
     return recorder
@@ -77,6 +125,33 @@ def write(recorder: Recorder, path: Path) -> int:
     return len(recorder.calls)
 
 
+def _answering(asked: list[tuple], vms: dict):
+    """``known`` for a replayed scan: each call the one written down next, for the same
+    tag value, answered (or raised) as it was and leaving ``vms`` as that one did."""
+    pending = iter(asked)
+
+    def known(raw):
+        written = next(pending, None)
+        assert written is not None, "known(%r) called more often than written down" % raw[:80]
+        expected, outcome, size, after, kept = written
+        assert raw == expected and len(vms) == size, (raw[:80], expected[:80], len(vms), size)
+        if after < size:
+            vms.clear()
+        if kept and outcome[0] == "answered":
+            vms[raw] = outcome[1]
+        assert len(vms) == after, (raw[:80], len(vms), after)
+        if outcome[0] == "raised":
+            raise outcome[1]
+        return outcome[1]
+
+    return known, pending
+
+
+def _same(got: tuple, expected: tuple) -> bool:
+    """Equal, or equal as written (a NaN in a sample is not equal to itself)."""
+    return got == expected or repr(got) == repr(expected)
+
+
 def replay(module: object, path: Path) -> int:
     """Every call written in ``path`` made again on ``module``, in order: each must end as
     it ended when it was written down; how many calls."""
@@ -84,10 +159,21 @@ def replay(module: object, path: Path) -> int:
         calls = pickle.load(source)
     assert calls, "%s holds no calls" % path
     made: dict[int, object] = {}
-    for index, (name, arguments, expected) in enumerate(calls):
-        if name == "scan":
+    for index, (name, arguments, expected, *lines_after) in enumerate(calls):
+        pending = None
+        calling = name == "scan" and len(arguments) == 7
+        if name == "scan" and not calling:
             data, spec, known, lo, hi = arguments
             arguments = (data, made[spec], known, lo, hi)
+        elif calling:
+            data, spec, vms, asked, now, divisor, lines = arguments
+            vms = dict(vms) if isinstance(vms, dict) else vms
+            if isinstance(asked, tuple):  # not a callable: passed as it was
+                known = asked[0]
+            else:
+                known, pending = _answering(asked, vms)
+            lines = list(lines) if isinstance(lines, list) else lines
+            arguments = (data, made[spec], vms, known, now, divisor, lines)
         try:
             answer = getattr(module, name)(*arguments)
         except Exception as error:
@@ -98,6 +184,11 @@ def replay(module: object, path: Path) -> int:
                 got = ("made", index)
             else:
                 got = ("answered", answer)
-        assert got == expected, "call %d, %s%s: %r, written down %r" % (
+        assert _same(got, expected), "call %d, %s%s: %r, written down %r" % (
             index, name, repr(arguments)[:300], got, expected)
+        if pending is not None:
+            assert next(pending, None) is None, "call %d: fewer known() calls" % index
+        if calling:
+            assert _same(lines, lines_after[0]), "call %d: lines %r, written down %r" % (
+                index, lines, lines_after[0])
     return len(calls)

@@ -1,6 +1,9 @@
 """Telegraf's lines for _influxscan.c: numbers of every size, escapes at the end, bad UTF-8.
 
-influx.py's decoder is the reference, through test_formats_influxscan's ``agrees``.
+influx.py's decoder is the reference, through test_formats_influxscan's ``agrees``: it
+costs far more than the scans, so this runs in the ordinary Python and the sanitized build
+makes its calls again (driver.RECORDED), the decoder's answers to the scans' callbacks
+written down with them (answers.CallingRecorder).
 """
 
 import math
