@@ -1,5 +1,6 @@
 """Simulated fleets and replayed traces through the real server: the logs hold exactly what was sent."""
 
+import bisect
 import csv
 import gzip
 import signal
@@ -132,8 +133,8 @@ def test_replay_bitbrains_logs_hold_the_source_values_held_five_minutes(tmp_path
         stamps = sorted(int(row[0]) for row in source)
         for row in source:
             stamp = int(row[0])
-            following = [s for s in stamps if s > stamp]
-            limit = following[0] if following else stamp + 300
+            following = bisect.bisect_right(stamps, stamp)  # the first later stamp's place
+            limit = stamps[following] if following < len(stamps) else stamp + 300
             held = [stamp + 60 * k for k in range(5) if stamp + 60 * k < limit]
             for ts in held:
                 cells = rows[ts]
