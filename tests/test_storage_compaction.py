@@ -689,6 +689,37 @@ def test_late_records_of_a_vm_silent_on_a_retired_day_join_its_rollups(tmp_path)
     assert _report([data], days=3) == _report([raw], days=3)
 
 
+def test_a_late_file_of_a_vm_a_retired_days_rollups_hold_never_replaces_its_rollup(tmp_path):
+    """A pass killed before its retention step leaves a retired day's columnar file holding only
+    a late VM's rows.  A late file of a VM whose rollup the day holds (records sent again: a
+    journal replayed) was then merged with none of its rows, and its rollup written anew from
+    those records alone: its day shrank to them.  It is past retention, as without that file."""
+    today = int(time.time()) // DAY
+    first = today - 10
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    _write_fleet(raw, vms=3, days=3, first=first, step=600)
+    shutil.copytree(raw, data)
+    done = _compact_cli(data, *RETIRE_ALL)
+    assert done.returncode == 0 and not list(data.glob("columnar/*.parquet")), done.stderr
+    start = (first + 1) * DAY
+    late = {ts: logstore.format_tail(Record("10.0.0.9", ts, 40.0, mem=20.0, vcpus=2, mem_mb=2048))
+            for ts in range(start, start + 6 * HOUR, 600)}
+    for folder in (raw, data):
+        logstore.append_missing(str(folder), "10.0.0.9", late)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_COLUMNAR, str(data)],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # 10.0.0.1's first six hours of that day, logged again by the writer into a new day file.
+    day_file = Path(logstore.day_path(str(raw), "10.0.0.1", logstore.day_name(first + 1)))
+    again = dict(line.split(b",", 1) for line in day_file.read_bytes().splitlines()[1:37])
+    assert logstore.append_missing(str(data), "10.0.0.1", {int(ts): tail for ts, tail in again.items()}) == 36
+    done = _compact_cli(data, *RETIRE_ALL)
+    assert done.returncode == 0, done.stderr
+    assert "1 late CSV file past retention" in done.stdout, done.stdout
+    assert not list(data.glob("vms/*/*.csv")) and not list(data.glob("columnar/*.parquet"))
+    assert _report([data], days=3) == _report([raw], days=3)
+
+
 def test_rows_are_not_retired_on_the_word_of_rollups_the_report_cannot_read(tmp_path):
     """Rollups of an aggregate version this vmstats does not read (written by a newer one, run
     before a downgrade) are left out of reports.  Retention rolls the day's rows up again before

@@ -330,7 +330,7 @@ def _compact_day(data_dir: str, day: int, files: list[tuple[str, str]], summary:
     rollup_target = logstore.tier_path(data_dir, logstore.ROLLUPS_DIR, name)
     try:
         old = _listed(target)
-        kept = set() if old else _held(rollup_target)
+        kept = _held(rollup_target, old)
     except logstore.DamagedTier as exc:
         _leave_day(name, files, summary, exc)
         return
@@ -515,15 +515,19 @@ def _listed(path: str) -> list[str]:
         raise logstore.DamagedTier("%s: %s" % (path, exc)) from None
 
 
-def _held(path: str) -> set[str]:
-    """The VMs whose rollups a rollup file both lists and holds (none without a file).
+def _held(path: str, rows: list[str]) -> set[str]:
+    """The VMs whose rows of the day were retired: a rollup file lists and holds their rollups,
+    and the day's columnar file (``rows``: its VMs) holds none of their rows.
 
-    Its table is read, not its footer alone: a footer may list a VM whose rollup the table
-    lacks (as many VMs as the table has rows, one of them held twice), and a late CSV file of
-    that VM, removed on the footer's word as if its rollup held it, was lost with its day.
-    Read only for a retired day that has CSV files: a late record's, rare."""
-    listed = _listed(path)
-    return set(listed).intersection(logstore.table_vms(path)) if listed else set()
+    A columnar file beside the rollups of a retired day holds only late VMs' rows (a pass
+    killed before its retention step leaves it): a late file of a VM the rollups hold was
+    merged with none of its rows, and its rollup rewritten from the late records alone.  And
+    the table is read, not the footer alone: a footer may list a VM whose rollup the table
+    lacks (as many VMs as the table has rows, one of them held twice), and a late file of that
+    VM, removed on the footer's word, was lost with its day.  Read only when the rollup file
+    lists a VM the columnar file lacks (a retired day with CSV files: a late record's, rare)."""
+    listed = set(_listed(path)).difference(rows)
+    return listed.intersection(logstore.table_vms(path)) if listed else set()
 
 
 def _rolled_up(columnar: str, rollups: str) -> bool:
