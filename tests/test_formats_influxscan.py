@@ -10,11 +10,13 @@ to random ones.  bin/test builds it, so these tests fail rather than skip where 
 
 import pickle
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmstats.server.formats import Tally, influx
 from vmstats.server.formats.influx import InfluxDecoder
+from vmstats.server.formats.lineprotocol import FAULTS, LineError, fault, parse_line
 
 NOW = 1732262400.0
 STAMP = b"1732262400000000000"
@@ -219,6 +221,38 @@ def test_the_decoding_processes_get_the_c_reader_too():
     assert decoded(copy, payload) == decoded(python_decoder(vm_tag="vm"), payload)
     assert native.scan(payload, copy._scan_spec, copy._vms, copy._known, NOW, 1e9, None)
 
+
+
+#: A line for each of parse_line's faults on lines without escapes (lineprotocol.FAULTS, in
+#: order), then one whose VM tag value alone is refused.
+FAULTY = [b"cpu,host=vm1 usage_idle=1 " + STAMP + b" 1", b"cpu,host=vm1 usage_idle=1 ",
+          b"cpu,host=vm1 usage_idle=1 -12a", b",host=vm1 usage_idle=1", b"cpu,hostvm1 usage_idle=1",
+          b"cpu,host=vm1 usage_idle=1,usage_iowait=x " + STAMP, b"system,host=-vm1 n_cpus=2i"]
+
+
+def test_the_c_reader_leaves_a_refused_line_with_why_and_reads_the_rest():
+    """A payload of malformed lines is not read again line by line in Python (several times
+    a line taken): the C names parse_line's fault, or the words of the VM's refusal, and
+    reads the good lines; the decoder words each as its Python reader would (``agrees``)."""
+    decoder = InfluxDecoder()
+    payload = b"\n".join(TELEGRAF + FAULTY) + b"\n"
+    assert agrees(payload, (decoder, python_decoder())) is False  # not whole: None, as before
+    left: list = []
+    samples, used, ignored, plain = native.scan(payload, decoder._scan_spec, decoder._vms,
+                                                decoder._known, NOW, 1e9, None,
+                                                decoder._bad_vms, left)
+    assert (len(samples), used, ignored, plain) == (8, 5, 4, 0)
+    assert [entry[0] for entry in left] == list(range(len(TELEGRAF) + 1,
+                                                      len(TELEGRAF) + len(FAULTY) + 1))
+    for (number, start, end, why, at, to), line in zip(left, FAULTY, strict=True):
+        assert payload[start:end] == line, number
+        if line is FAULTY[-1]:
+            assert why == decoder._bad_vms[b"-vm1"] and "-vm1" in str(why)
+            continue
+        with pytest.raises(LineError) as raised:
+            parse_line(line)
+        assert fault(why, payload[at:to]) == raised.value.detail, line
+    assert [entry[3] for entry in left[:-1]] == list(range(1, len(FAULTS) + 1))
 
 
 #: Lines giving a tag or field they are read for twice (which value was meant, no one knows),

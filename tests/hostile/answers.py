@@ -11,10 +11,12 @@ sanitized Python then makes the same calls, in the same order, on the sanitized 
 sanitized C and every answer is still one the reference accepted.
 
 _influxscan.c's ``scan`` also calls back into Python (``known``: a tag value's VM id, which
-the decoder also puts in the ``vms`` it passed) and extends a ``lines`` list; its recorder
-(``CallingRecorder``) writes down each callback's answer and what it did to ``vms``, and
-the replay answers the sanitized build's callbacks from that, in order, so the build meets
-the same dictionary and the same answers the reference decoder gave.
+the decoder also puts in the ``vms`` it passed, or None, its refusal's words then in the
+``bad_vms`` it may pass) and extends a ``lines`` list, and the ``deferred`` one it may pass;
+its recorder (``CallingRecorder``) writes down each callback's answer and what it did to
+``vms`` and ``bad_vms``, and the replay answers the sanitized build's callbacks from that, in
+order, so the build meets the same dictionaries and the same answers the reference decoder
+gave.
 """
 
 import importlib
@@ -64,40 +66,60 @@ class Recorder:
         return answer
 
 
-class CallingRecorder(Recorder):
-    """A Recorder for ``scan(data, spec, vms, known, now, divisor, lines)``: besides the call
-    and its answer, each ``known(raw)`` the scan made, its answer (or the exception it
-    raised), whether it left ``raw`` in ``vms`` and how many entries ``vms`` then held, and
-    ``lines`` before and after."""
+def _as_written(value):
+    """A list or dict as it is now (the C extends and the callbacks fill them), else itself."""
+    return list(value) if isinstance(value, list) else dict(value) if isinstance(
+        value, dict) else value
 
-    def scan(self, data, spec: Spec, vms, known, now, divisor, lines):
+
+class CallingRecorder(Recorder):
+    """A Recorder for ``scan(data, spec, vms, known, now, divisor, lines[, bad_vms,
+    deferred])``: besides the call and its answer, each ``known(raw)`` the scan made, its
+    answer (or the exception it raised), whether it left ``raw`` in ``vms`` and how many
+    entries ``vms`` then held (and ``bad_vms``, with what it left there for ``raw``), and
+    ``lines`` (and ``deferred``) before and after."""
+
+    def __init__(self, module: object) -> None:
+        super().__init__(module)
+        self.refused: dict = {}
+
+    def scan(self, data, spec: Spec, vms, known, now, divisor, lines, *more):
         assert isinstance(spec, Spec), "a scan with a spec its recorder did not make"
         if vms != self.known:  # one copy while it holds, written down once (pickle's memo)
-            self.known = dict(vms) if isinstance(vms, dict) else vms
+            self.known = _as_written(vms)
+        bad = more[0] if more else None
+        if more and bad != self.refused:
+            self.refused = _as_written(bad)
         asked: list[tuple] = []
 
         def answering(raw):
             size = len(vms)
+            bad_size = len(bad) if isinstance(bad, dict) else None
+
+            def written(outcome):
+                left = None if bad_size is None else (bad_size, len(bad), bad.get(raw))
+                asked.append((raw, outcome, size, len(vms), raw in vms, left))
+
             try:
                 answer = known(raw)
             except Exception as error:  # the C must pass it on; replayed as it was
-                asked.append((raw, ("raised", error), size, len(vms), raw in vms))
+                written(("raised", error))
                 raise
-            asked.append((raw, ("answered", answer), size, len(vms), raw in vms))
+            written(("answered", answer))
             return answer
 
-        before = list(lines) if isinstance(lines, list) else lines
+        before = (_as_written(lines),) + ((self.refused, _as_written(more[1])) if more else ())
         try:
             answer, recorded = self._call(
                 "scan", (data, spec.made, vms, answering if callable(known) else known, now,
-                         divisor, lines),
+                         divisor, lines, *more),
                 (data, spec.index, self.known, asked if callable(known) else (known,), now,
-                 divisor, before))
+                 divisor, *before))
         except Exception:
-            self.calls[-1] += (list(lines) if isinstance(lines, list) else lines,)
+            self.calls[-1] += (_as_written(lines),) + ((_as_written(more[1]),) if more else ())
             raise
-        self.calls.append(("scan", recorded, ("answered", answer),
-                           list(lines) if isinstance(lines, list) else lines))
+        self.calls.append(("scan", recorded, ("answered", answer), _as_written(lines))
+                          + ((_as_written(more[1]),) if more else ()))
         return answer
 
 
@@ -125,21 +147,30 @@ def write(recorder: Recorder, path: Path) -> int:
     return len(recorder.calls)
 
 
-def _answering(asked: list[tuple], vms: dict):
+def _answering(asked: list[tuple], vms: dict, bad_vms: dict | None = None):
     """``known`` for a replayed scan: each call the one written down next, for the same
-    tag value, answered (or raised) as it was and leaving ``vms`` as that one did."""
+    tag value, answered (or raised) as it was and leaving ``vms`` (and ``bad_vms``) as that
+    one did."""
     pending = iter(asked)
 
     def known(raw):
         written = next(pending, None)
         assert written is not None, "known(%r) called more often than written down" % raw[:80]
-        expected, outcome, size, after, kept = written
+        expected, outcome, size, after, kept, left = written
         assert raw == expected and len(vms) == size, (raw[:80], expected[:80], len(vms), size)
         if after < size:
             vms.clear()
         if kept and outcome[0] == "answered":
             vms[raw] = outcome[1]
         assert len(vms) == after, (raw[:80], len(vms), after)
+        if left is not None:
+            bad_size, bad_after, words = left
+            assert len(bad_vms) == bad_size, (raw[:80], len(bad_vms), bad_size)
+            if bad_after < bad_size:
+                bad_vms.clear()
+            if words is not None:
+                bad_vms[raw] = words
+            assert len(bad_vms) == bad_after, (raw[:80], len(bad_vms), bad_after)
         if outcome[0] == "raised":
             raise outcome[1]
         return outcome[1]
@@ -159,21 +190,22 @@ def replay(module: object, path: Path) -> int:
         calls = pickle.load(source)
     assert calls, "%s holds no calls" % path
     made: dict[int, object] = {}
-    for index, (name, arguments, expected, *lines_after) in enumerate(calls):
+    for index, (name, arguments, expected, *lists_after) in enumerate(calls):
         pending = None
-        calling = name == "scan" and len(arguments) == 7
+        calling = name == "scan" and len(arguments) in (7, 9)
         if name == "scan" and not calling:
             data, spec, known, lo, hi = arguments
             arguments = (data, made[spec], known, lo, hi)
         elif calling:
-            data, spec, vms, asked, now, divisor, lines = arguments
-            vms = dict(vms) if isinstance(vms, dict) else vms
+            data, spec, vms, asked, now, divisor, *lists = arguments
+            vms = _as_written(vms)
+            lists = [_as_written(value) for value in lists]  # lines[, bad_vms, deferred]
             if isinstance(asked, tuple):  # not a callable: passed as it was
                 known = asked[0]
             else:
-                known, pending = _answering(asked, vms)
-            lines = list(lines) if isinstance(lines, list) else lines
-            arguments = (data, made[spec], vms, known, now, divisor, lines)
+                bad_vms = lists[1] if len(lists) > 1 and isinstance(lists[1], dict) else None
+                known, pending = _answering(asked, vms, bad_vms)
+            arguments = (data, made[spec], vms, known, now, divisor, *lists)
         try:
             answer = getattr(module, name)(*arguments)
         except Exception as error:
@@ -189,6 +221,7 @@ def replay(module: object, path: Path) -> int:
         if pending is not None:
             assert next(pending, None) is None, "call %d: fewer known() calls" % index
         if calling:
-            assert _same(lines, lines_after[0]), "call %d: lines %r, written down %r" % (
-                index, lines, lines_after[0])
+            extended = [lists[0]] + lists[2:]  # lines[, deferred]
+            assert _same(tuple(extended), tuple(lists_after)), \
+                "call %d: lines %r, written down %r" % (index, extended, lists_after)
     return len(calls)

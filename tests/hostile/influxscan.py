@@ -92,10 +92,20 @@ def direct(rng: random.Random) -> int:
             count += 1
         else:
             raise AssertionError(lines_arg)
+    for bad_vms, deferred in (({}, ()), ({}, {}), ([], []), (None, [])):
+        try:
+            native.scan(payload, decoder._scan_spec, {}, lambda raw: "vm", NOW, 1e9, [],
+                        bad_vms, deferred)
+        except TypeError:
+            count += 1
+        else:
+            raise AssertionError((bad_vms, deferred))
     for _ in range(300):
-        native.scan(rng.randbytes(rng.randrange(400)), decoder._scan_spec, {b"vm1": "vm1"},
-                    lambda raw: "vm", NOW, 1e9, [])
-        count += 1
+        data = rng.randbytes(rng.randrange(400))
+        native.scan(data, decoder._scan_spec, {b"vm1": "vm1"}, lambda raw: "vm", NOW, 1e9, [])
+        native.scan(data, decoder._scan_spec, {b"vm1": "vm1"}, lambda raw: None, NOW, 1e9, [],
+                    {}, [])
+        count += 2
     return count
 
 

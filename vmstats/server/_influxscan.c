@@ -8,12 +8,16 @@
  *
  * The grammar is exactly influx.py's PLAIN_LINE, and the mapping that of its handlers
  * (_cpu, _mem, _diskio, _net, _system), with the names, kinds and bounds handed over by
- * influx.py (scan_spec), so the facts stay there.  scan() answers only when every line of
- * the payload is plain and either used or ignored, each VM tag a VM id the decoder knows
- * or accepts (its `known`), each value one it can convert exactly as Python does; any
- * other payload (a reject, an escape, a boolean where a number is needed, a 20-digit
- * integer, a value to clamp) gets None, and influx.py reads it and names every reject
- * (a tag or field it reads given twice among them).
+ * influx.py (scan_spec), so the facts stay there.  scan() reads the lines that are plain
+ * and either used or ignored, each VM tag a VM id the decoder knows or accepts (its
+ * `known`), each value one it can convert exactly as Python does.  Any other line (a
+ * reject, an escape, a boolean where a number is needed, a 20-digit integer, a value to
+ * clamp) it leaves to influx.py, which reads it and names every reject (a tag or field it
+ * reads given twice among them) -- the whole payload, as it used to, or (given `deferred`)
+ * that line alone, told why where the reason is plain: the words of its VM tag value's
+ * refusal, or the fault lineprotocol.parse_line finds first in a line without escapes
+ * (syntax_fault, its grammar).  A sender of malformed lines made every payload of theirs
+ * be read again in Python, several times the cost of a line taken.
  * influx.py is the reference: the tests hold both to the same samples, tallies and lines
  * on Telegraf's lines and on arbitrary damage, and the server runs without this module
  * if it was not built.
@@ -224,6 +228,7 @@ typedef struct {
     int field_type[MAX_FIELDS];     /* V_BAD: not sent */
     int has_stamp;
     double stamp;
+    int twice;                      /* a tag or field it reads given twice */
 } Line;
 
 /* A tag's or field's key ([^=,\s\\"]+) and its '=' at *q, moving *q past them; 0 if none. */
@@ -257,6 +262,7 @@ read_line(const char *p, const char *end, const Spec *spec, Line *line)
             line->measurement = m;
     const Measurement *m = line->measurement >= 0 ? &spec->m[line->measurement] : NULL;
     line->has_vm = 0;
+    line->twice = 0;
     memset(line->has_tag, 0, sizeof line->has_tag);
     while (*q == ',') {  /* ,key=value */
         Span key, value;
@@ -271,16 +277,16 @@ read_line(const char *p, const char *end, const Spec *spec, Line *line)
             return 0;
         if (m == NULL)
             continue;
+        /* A key read given twice is a syntax reject, influx.py's to name; the line is read
+         * on, as it may still be plain (which decides how influx.py words its rejects). */
         if (span_is(key, spec->vm_tag)) {
-            if (line->has_vm)
-                return 0;  /* given twice: a syntax reject, influx.py's to name */
+            line->twice |= line->has_vm;
             line->vm = value;
             line->has_vm = 1;
         }
         for (Py_ssize_t t = 0; t < m->tags; t++)
             if (span_is(key, m->tag[t])) {
-                if (line->has_tag[t])
-                    return 0;
+                line->twice |= line->has_tag[t];
                 line->tag[t] = value;
                 line->has_tag[t] = 1;
             }
@@ -305,8 +311,7 @@ read_line(const char *p, const char *end, const Spec *spec, Line *line)
             continue;
         for (Py_ssize_t f = 0; f < m->fields; f++)
             if (span_is(key, m->field[f])) {
-                if (line->field_type[f] != V_BAD)
-                    return 0;
+                line->twice |= line->field_type[f] != V_BAD;
                 line->field[f] = value;
                 line->field_type[f] = type;
             }
@@ -517,22 +522,141 @@ vm_of(PyObject *vms, PyObject *known, Span raw, PyObject **last_raw, PyObject **
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(payload, spec, vms, known, now, divisor, lines) -> (samples, used, ignored) or None\n\n"
+"scan(payload, spec, vms, known, now, divisor, lines[, bad_vms, deferred])\n"
+"    -> (samples, used, ignored, plain) or None\n\n"
 "Every line of the payload plain (influx.py's PLAIN_LINE) and either used or\n"
 "ignored: the samples InfluxDecoder._plain makes of it, how many lines it used\n"
 "and ignored, and `lines` (a list, or None) extended as its `lines` would be.\n"
 "A VM tag value not in vms is handed to known(raw), which answers its VM id or\n"
-"None.  None (lines as they were) if any line is not one this reads.");
+"None.  None (lines as they were) if any line is not one this reads -- unless\n"
+"`deferred` is a list: then each such line is left out and appended to it as\n"
+"(number, start, end, detail), its number and where it is in the payload (its\n"
+"newline left out), detail the words of its VM tag value's refusal if that is\n"
+"all that refused it (the value of bad_vms, the decoder's dict of them), else\n"
+"None; blank, space and # lines are left out and not listed, as Python skips\n"
+"them.  `plain` says whether every line was plain, a line of no more than the\n"
+"longest and no blank or comment line among them: influx.py words its rejects\n"
+"by it.");
+
+/* lineprotocol.parse_line's faults (its FAULTS, in order), for a line of neither escapes nor
+ * strings, which it reads by splitting. */
+enum { F_NONE, F_PARTS, F_EMPTY_STAMP, F_STAMP, F_EMPTY_MEASUREMENT, F_TAG, F_FIELDS };
+
+/* [^,= ]+=[^,= ]+, the whole of [p, end): a plain tag's, and a field's key and '=' (*value
+ * set to after the '='), as lineprotocol's _PLAIN_TAG and _PLAIN_FIELDS read them. */
+static int
+key_value(const char *p, const char *end, const char **value)
+{
+    const char *q = p;
+    while (q < end && *q != '=' && *q != ',' && *q != ' ')
+        q++;
+    if (q == p || q == end || *q != '=')
+        return 0;
+    *value = q + 1;
+    return 1;
+}
+
+/* The fault parse_line raises first on the line [p, end) (a CR before its end dropped, no
+ * backslash nor quote in it), F_NONE if none, and the text its words name. */
+static int
+syntax_fault(const char *p, const char *end, Span *named)
+{
+    const char *space1 = memchr(p, ' ', end - p), *space2 = NULL;
+    if (space1 != NULL) {
+        space2 = memchr(space1 + 1, ' ', end - space1 - 1);
+        if (space2 != NULL && memchr(space2 + 1, ' ', end - space2 - 1) != NULL)
+            space1 = NULL;  /* four parts or more */
+    }
+    if (space1 == NULL)
+        return F_PARTS;
+    const char *body_end = space2 == NULL ? end : space2;
+    if (space2 != NULL) {  /* _timestamp: -?\d{1,19}, ASCII digits */
+        const char *digits = space2 + 1;
+        named->p = digits;
+        named->n = end - digits;
+        if (named->n == 0)
+            return F_EMPTY_STAMP;
+        digits += *digits == '-';
+        if (end - digits < 1 || end - digits > 19)
+            return F_STAMP;
+        for (const char *d = digits; d < end; d++)
+            if (!is_digit(*d))
+                return F_STAMP;
+    }
+    const char *comma = memchr(p, ',', space1 - p);
+    const char *tag = comma == NULL ? space1 : comma;
+    if (tag == p)
+        return F_EMPTY_MEASUREMENT;
+    while (tag < space1) {  /* ,key=value */
+        const char *start = tag + 1, *value;
+        tag = memchr(start, ',', space1 - start);
+        if (tag == NULL)
+            tag = space1;
+        named->p = start;
+        named->n = tag - start;
+        if (!key_value(start, tag, &value) || value == tag || memchr(value, '=', tag - value))
+            return F_TAG;
+    }
+    named->p = space1 + 1;
+    named->n = body_end - named->p;
+    const char *field = named->p;
+    do {  /* key=VALUE, at least once */
+        const char *stop = memchr(field, ',', body_end - field), *value;
+        if (stop == NULL)
+            stop = body_end;
+        if (!key_value(field, stop, &value))
+            return F_FIELDS;
+        Span text = {value, stop - value};
+        if (value_type(text) == V_BAD)
+            return F_FIELDS;
+        field = stop + 1;
+    } while (field <= body_end);
+    return F_NONE;
+}
+
+/* A line this does not read, listed for influx.py (scan's `deferred`) with why: the words of
+ * its VM's refusal (`detail`), or parse_line's fault, or neither; 0 on an error. */
+static int
+defer(PyObject *deferred, Py_ssize_t number, const char *data, const char *start,
+      const char *eol, PyObject *detail, int why_syntax)
+{
+    int fault = F_NONE;
+    Span named = {start, 0};
+    if (why_syntax && memchr(start, '\\', eol - start) == NULL
+            && memchr(start, '"', eol - start) == NULL)
+        fault = syntax_fault(start, eol > start && eol[-1] == '\r' ? eol - 1 : eol, &named);
+    PyObject *item;
+    if (fault != F_NONE)
+        item = Py_BuildValue("(nnninn)", number, start - data, eol - data, fault,
+                             named.p - data, named.p + named.n - data);
+    else
+        item = Py_BuildValue("(nnnOnn)", number, start - data, eol - data,
+                             detail == NULL ? Py_None : detail, (Py_ssize_t)0, (Py_ssize_t)0);
+    return append(deferred, item);
+}
+
+/* Is [p, end) a line Python skips: empty, a # comment, or all white space (bytes.isspace)? */
+static int
+skipped(const char *p, const char *end)
+{
+    if (p == end || *p == '#')
+        return 1;
+    for (; p < end; p++)
+        if (!(*p == ' ' || *p == '\t' || *p == '\r' || *p == '\v' || *p == '\f'))
+            return 0;
+    return 1;
+}
 
 static PyObject *
 scan(PyObject *self, PyObject *args)
 {
     const char *data;
     Py_ssize_t size;
-    PyObject *capsule, *vms, *known, *now, *lines;
+    PyObject *capsule, *vms, *known, *now, *lines, *bad_vms = Py_None, *deferred = Py_None;
     double divisor;
-    if (!PyArg_ParseTuple(args, "y#O!O!OOdO", &data, &size, &PyCapsule_Type, &capsule,
-                          &PyDict_Type, &vms, &known, &now, &divisor, &lines))
+    if (!PyArg_ParseTuple(args, "y#O!O!OOdO|OO", &data, &size, &PyCapsule_Type, &capsule,
+                          &PyDict_Type, &vms, &known, &now, &divisor, &lines, &bad_vms,
+                          &deferred))
         return NULL;
     const Spec *spec = PyCapsule_GetPointer(capsule, SPEC_NAME);
     if (spec == NULL)
@@ -541,7 +665,13 @@ scan(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "lines must be a list or None");
         return NULL;
     }
+    if (deferred != Py_None && (!PyList_Check(deferred) || !PyDict_Check(bad_vms))) {
+        PyErr_SetString(PyExc_TypeError, "deferred must be a list, with bad_vms a dict");
+        return NULL;
+    }
+    int deferring = deferred != Py_None, plain = 1;
     Py_ssize_t lines_before = lines == Py_None ? 0 : PyList_GET_SIZE(lines);
+    Py_ssize_t deferred_before = deferring ? PyList_GET_SIZE(deferred) : 0;
     PyObject *out = PyList_New(0), *result = NULL;
     PyObject *last_raw = NULL, *last_vm = NULL, *ts = NULL;
     Device devices[2] = {{NULL, NULL}, {NULL, NULL}};
@@ -556,31 +686,43 @@ scan(PyObject *self, PyObject *args)
         goto done;
     }
     while (p < end) {
-        const char *eol = memchr(p, '\n', end - p);
+        const char *eol = memchr(p, '\n', end - p), *start = p;
         if (eol == NULL)
             eol = end;
         number++;
         const char *stop = eol > p && eol[-1] == '\r' ? eol - 1 : eol;
-        Line line;
-        if (eol - p > spec->max_line || !read_line(p, stop, spec, &line)) {
-            result = Py_None;
-            goto done;
-        }
         p = eol + 1;
+        PyObject *detail = NULL;  /* borrowed: a VM tag value's refusal */
+        int why_syntax = 0;
+        Line line;
+        if (eol - start > spec->max_line || !read_line(start, stop, spec, &line)) {
+            if (!deferring) {
+                result = Py_None;
+                goto done;
+            }
+            plain = 0;
+            if (skipped(start, eol))
+                continue;
+            why_syntax = eol - start <= spec->max_line;
+            goto deferred_line;
+        }
         if (line.measurement < 0) {
             ignored++;
             continue;
         }
-        if (!line.has_vm) {
-            result = Py_None;
-            goto done;
-        }
+        if (line.twice || !line.has_vm)
+            goto deferred_line;
         PyObject *vm = vm_of(vms, known, line.vm, &last_raw, &last_vm);
         if (vm == NULL)
             goto done;
         if (vm == Py_None) {
-            result = Py_None;
-            goto done;
+            if (deferring) {
+                /* last_raw holds the value: the words known() left for it, if any. */
+                detail = PyDict_GetItemWithError(bad_vms, last_raw);
+                if (detail == NULL && PyErr_Occurred())
+                    goto done;
+            }
+            goto deferred_line;
         }
         if (ts == NULL || line.has_stamp != last_stamped
                 || (line.has_stamp && line.stamp != last_stamp)) {
@@ -596,8 +738,10 @@ scan(PyObject *self, PyObject *args)
         if (mapped < 0)
             goto done;
         if (mapped == 0) {
-            result = Py_None;
-            goto done;
+            /* what it made of the line before leaving it goes: Python reads it whole */
+            if (deferring && PyList_SetSlice(out, before, PyList_GET_SIZE(out), NULL) < 0)
+                goto done;
+            goto deferred_line;
         }
         if (PyList_GET_SIZE(out) == before) {
             ignored++;
@@ -607,8 +751,16 @@ scan(PyObject *self, PyObject *args)
         if (lines != Py_None && (!append(lines, PyLong_FromSsize_t(before))
                                  || !append(lines, PyLong_FromSsize_t(number))))
             goto done;
+        continue;
+    deferred_line:
+        if (!deferring) {
+            result = Py_None;
+            goto done;
+        }
+        if (!defer(deferred, number, data, start, eol, detail, why_syntax))
+            goto done;
     }
-    result = Py_BuildValue("(Onn)", out, used, ignored);
+    result = Py_BuildValue("(Onni)", out, used, ignored, plain);
 done:
     Py_XDECREF(out);
     Py_XDECREF(last_raw);
@@ -619,12 +771,13 @@ done:
         Py_XDECREF(devices[d].name);
     }
     if (result == Py_None || result == NULL) {
-        if (lines != Py_None && PyList_GET_SIZE(lines) > lines_before) {
-            PyObject *type, *value, *trace;
-            PyErr_Fetch(&type, &value, &trace);
+        PyObject *type, *value, *trace;
+        PyErr_Fetch(&type, &value, &trace);
+        if (lines != Py_None && PyList_GET_SIZE(lines) > lines_before)
             PyList_SetSlice(lines, lines_before, PyList_GET_SIZE(lines), NULL);
-            PyErr_Restore(type, value, trace);
-        }
+        if (deferring && PyList_GET_SIZE(deferred) > deferred_before)
+            PyList_SetSlice(deferred, deferred_before, PyList_GET_SIZE(deferred), NULL);
+        PyErr_Restore(type, value, trace);
         if (result == Py_None)
             Py_RETURN_NONE;
     }

@@ -29,6 +29,7 @@ from vmstats.server.formats import (
     R_BAD_VM,
     R_NO_VM,
     R_RANGE,
+    R_SYNTAX,
     R_TOO_LONG,
     R_UTF8,
     TOTAL,
@@ -45,13 +46,14 @@ from vmstats.server.formats.lineprotocol import (
     PLAIN_LINE,
     PRECISIONS,
     LineError,
+    fault,
     number,
     parse_line,
     plain_value,
     twice,
 )
 
-try:  # the C reader of plain payloads (setup.py); the same samples, ~4 us a line less
+try:  # the C reader of plain lines (setup.py); the same samples, ~4 us a line less
     from vmstats.server import _influxscan as _native
 except ImportError:  # built without a C compiler
     _native = None
@@ -132,15 +134,16 @@ class InfluxDecoder(Decoder):
         ``lines`` (if given) the index of the line's first sample and its number per used line
         (Decoder.decode).
 
-        A payload whose every line is plain (no escapes, no strings, no blank or
-        comment lines: what Telegraf sends) is read by the C reader where it was
-        built, which answers for payloads whose every line it uses or ignores;
-        otherwise such a payload is split by one regex pass, and only the tags
-        and fields the mapping needs are looked up (``_plain``, the C's
+        The C reader, where it was built, reads the lines it uses or ignores and
+        leaves the others, each read here as the reader of the whole payload would
+        read it (``_scanned``).  Without it, or when a line it left gives samples,
+        a payload whose every line is plain (no escapes, no strings, no blank or
+        comment lines: what Telegraf sends) is split by one regex pass, and only
+        the tags and fields the mapping needs are looked up (``_plain``, the C's
         reference); anything else goes line by line through ``parse_line``.
         """
         divisor = divisor or self.divisor
-        samples = self._scanned(data, now, tally, divisor, lines)
+        samples = self._scanned(data, now, tally, divisor, lines, errors)
         if samples is not None:
             return samples
         if (b"\n\n" not in data and data[:1] not in (b"\n", b"#") and b"\n#" not in data
@@ -166,18 +169,69 @@ class InfluxDecoder(Decoder):
         return None if samples is None else (samples, tally, lines)
 
     def _scanned(self, data: bytes, now: float, tally: Tally, divisor: float,
-                 lines: list | None) -> list[Sample] | None:
-        """The payload read by the C reader, if it was built and reads every line; else None."""
+                 lines: list | None, errors: list | None = None) -> list[Sample] | None:
+        """The payload read by the C reader, if it was built; else None.
+
+        The lines it leaves (a reject, a value to clamp, an escape) are read here, one by
+        one, as the reader of the whole payload it would otherwise go to reads them (the
+        plain one or the line-by-line one, whose words differ: ``line N:``): a sender of
+        malformed lines costs no more than one of Telegraf's.  Should one of them give
+        samples, the whole payload is that reader's (None): their order is the lines'.
+        """
         # An integer divisor (not one of PRECISIONS) divides exactly in Python, not in C.
         if self._scan_spec is None or type(divisor) is not float:
             return None
-        found = _native.scan(data, self._scan_spec, self._vms, self._known, now, divisor, lines)
+        left: list = []
+        before = 0 if lines is None else len(lines)
+        found = _native.scan(data, self._scan_spec, self._vms, self._known, now, divisor, lines,
+                             self._bad_vms, left)
         if found is None:
             return None
-        samples, used, ignored = found
-        tally.counts[USED] += used
-        tally.counts[IGNORED] += ignored
+        samples, used, ignored, plain = found
+        counts = tally.counts
+        if left:
+            read = self._left(data, left, plain and errors is None, now, divisor, errors)
+            if read is None:
+                if lines is not None:
+                    del lines[before:]
+                return None
+            for outcome, count in read.counts.items():  # in the readers' order: rejects first
+                if outcome != USED and outcome != IGNORED:
+                    counts[outcome] += count
+            used += read.counts[USED]
+            ignored += read.counts[IGNORED]
+            tally.details.extend(read.details[:10 - len(tally.details)])
+        counts[USED] += used
+        counts[IGNORED] += ignored
         return samples
+
+    def _left(self, data: bytes, left: list, plain: bool, now: float, divisor: float,
+              errors: list | None) -> Tally | None:
+        """The lines the C reader left (``scan``'s ``deferred``), read by ``_plain`` if the
+        payload is one it reads, else as ``_line_by_line`` does; their tally, or None if
+        one gives samples.  A line the C found refused comes with why, counted and not read
+        again: the words of its VM tag value's refusal (the decoder's memory of that value),
+        or ``parse_line``'s fault and the text it names (``fault``)."""
+        tally = Tally()
+        if plain:  # every line plain: none has a fault
+            for _number, start, end, why, _at, _to in left:
+                if why is not None:
+                    tally.reject(R_BAD_VM, why)
+                    continue
+                match = PLAIN_LINE.match(data, start, end)
+                if match is None or self._plain([match.groups()], now, tally, divisor):
+                    return None
+            return tally
+        found: list | None = None if errors is None else []
+        if self._read_lines([(number_, data[start:end] if why is None
+                              else (R_SYNTAX, fault(why, data[at:to])) if why.__class__ is int
+                              else (R_BAD_VM, why))
+                             for number_, start, end, why, at, to in left],
+                            now, tally, divisor, found):
+            return None
+        if errors is not None:
+            errors.extend(found[:10 - len(errors)])
+        return tally
 
     def _plain(self, matches: list, now: float, tally: Tally, divisor: float,
                lines: list | None = None) -> list[Sample]:
@@ -274,11 +328,24 @@ class InfluxDecoder(Decoder):
 
     def _line_by_line(self, data: bytes, now: float, tally: Tally, divisor: float,
                       errors: list | None, lines: list | None = None) -> list[Sample]:
+        return self._read_lines(enumerate(data.split(b"\n"), 1), now, tally, divisor, errors,
+                                lines)
+
+    def _read_lines(self, numbered, now: float, tally: Tally, divisor: float,
+                    errors: list | None, lines: list | None = None) -> list[Sample]:
+        """``(number, line)`` read one by one; a line that is not bytes is the reject the C
+        reader found it is (``_left``): ``(reason, detail)``."""
         out: list[Sample] = []
         used = ignored = 0
         mapping = self._map
         vm_tag = self.vm_tag
-        for number_, line in enumerate(data.split(b"\n"), 1):
+        for number_, line in numbered:
+            if line.__class__ is not bytes:
+                reason, detail = line
+                tally.reject(reason, Words("line %d: %s", number_, detail))
+                if errors is not None and len(errors) < 10:
+                    errors.append((number_, "%s: %s" % (reason, detail)))
+                continue
             if not line or line[:1] == b"#" or line.isspace():
                 continue
             before = len(out)

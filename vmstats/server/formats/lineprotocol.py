@@ -41,6 +41,15 @@ PLAIN_LINE = re.compile(rb'^([^,\s\\"]+)((?:,[^=,\s\\"]+=[^=,\s\\"]+)*) (%s(?:,%
 _TRUE = frozenset((b"t", b"T", b"true", b"True", b"TRUE"))
 _FALSE = frozenset((b"f", b"F", b"false", b"False", b"FALSE"))
 
+#: The words of ``parse_line``'s faults on a line without escapes or strings, in the order of
+#: the C reader's codes for them (_influxscan.c's ``syntax_fault``, 1 on): it finds the fault
+#: of such a line as ``parse_line`` does, and ``fault`` words it.  A str, or a form that names
+#: the start of the text at fault.
+FAULTS = ("expected 'measurement[,tags] fields [timestamp]'", "empty timestamp",
+          "timestamp %r is not an integer", "empty measurement", "tag %r is not key=value",
+          "fields %r are not key=value,...")
+_PARTS, _EMPTY_STAMP, _STAMP, _EMPTY_MEASUREMENT, _TAG, _FIELDS = FAULTS
+
 #: (measurement, tags, fields, timestamp or None); raw field values are bytes until converted.
 Point = tuple[bytes, dict[bytes, bytes], dict[bytes, object], int | None]
 
@@ -79,21 +88,21 @@ def parse_line(line: bytes, repeated: list | None = None) -> Point:
         head, body, text = parts
         stamp = _timestamp(text)
     else:
-        raise LineError(R_SYNTAX, "expected 'measurement[,tags] fields [timestamp]'")
+        raise LineError(R_SYNTAX, _PARTS)
     tags = head.split(b",")
     measurement = tags[0]
     if not measurement:
-        raise LineError(R_SYNTAX, "empty measurement")
+        raise LineError(R_SYNTAX, _EMPTY_MEASUREMENT)
     tag_map = {}
     for tag in tags[1:]:
         if not _PLAIN_TAG.fullmatch(tag):
-            raise LineError(R_SYNTAX, Words(_clipped, "tag %r is not key=value", tag))
+            raise LineError(R_SYNTAX, Words(_clipped, _TAG, tag))
         key, _sep, value = tag.partition(b"=")
         if repeated is not None and key in tag_map:
             repeated.append(("tag", key))
         tag_map[key] = value
     if not _PLAIN_FIELDS.fullmatch(body):
-        raise LineError(R_SYNTAX, Words(_clipped, "fields %r are not key=value,...", body))
+        raise LineError(R_SYNTAX, Words(_clipped, _FIELDS, body))
     pairs = body.split(b",")
     fields = dict(field.split(b"=", 1) for field in pairs)
     if repeated is not None and len(fields) < len(pairs):
@@ -104,6 +113,12 @@ def parse_line(line: bytes, repeated: list | None = None) -> Point:
                 repeated.append(("field", key))
             seen.add(key)
     return measurement, tag_map, fields, stamp
+
+
+def fault(code: int, text: bytes) -> "str | Words":
+    """The words ``parse_line`` gives its fault ``code`` (1 on, ``FAULTS``') naming ``text``."""
+    form = FAULTS[code - 1]
+    return Words(_clipped, form, text) if "%r" in form else form
 
 
 def lines(data: bytes) -> int:
@@ -162,10 +177,10 @@ def typed(value):
 
 def _timestamp(text: bytes) -> int:
     if not text:
-        raise LineError(R_SYNTAX, "empty timestamp")
+        raise LineError(R_SYNTAX, _EMPTY_STAMP)
     digits = text[1:] if text[:1] == b"-" else text
     if not digits.isdigit() or len(digits) > 19:
-        raise LineError(R_SYNTAX, Words(_clipped, "timestamp %r is not an integer", text))
+        raise LineError(R_SYNTAX, Words(_clipped, _STAMP, text))
     return int(text)
 
 
@@ -187,7 +202,7 @@ def _scan(line: bytes, repeated: list | None = None) -> Point:
     """A character scanner for lines with escapes or strings (the fast path's equal)."""
     measurement, pos = _token(line, 0, b", ")
     if not measurement:
-        raise LineError(R_SYNTAX, "empty measurement")
+        raise LineError(R_SYNTAX, _EMPTY_MEASUREMENT)
     tags = {}
     while pos < len(line) and line[pos:pos + 1] == b",":
         key, pos = _token(line, pos + 1, b",= ")
