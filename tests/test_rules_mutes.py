@@ -214,6 +214,11 @@ def test_bad_mutes_are_refused_with_one_line_and_counted(tmp_path):
             for body in (b"not json", b"[1, 2]", b'{"rule": "hot", "duration": "1h", "who": 1}'):
                 code, answer = post(server, body)
                 assert code == 400 and "\n" not in answer["error"], (body, answer)
+            # Matchers that are all empty name nothing: such a mute would cover every rule.
+            for match in ({"id": []}, {"tags": {}}, {"cidr": [], "id": []}):
+                empty = {"rule": [], "match": match, "duration": "1h", "author": "a", "comment": "b"}
+                code, answer = post(server, json.dumps(empty).encode())
+                assert code == 400 and answer["error"].startswith("no matcher"), (match, answer)
             # A key given twice was taken at its last value: which duration was meant?
             twice = b'{"rule": "hot", "duration": "10m", "duration": "30d", "author": "a", "comment": "b"}'
             code, answer = post(server, twice)
@@ -228,7 +233,7 @@ def test_bad_mutes_are_refused_with_one_line_and_counted(tmp_path):
             code, _answer = post(server, b"", method="DELETE", path="/mutes")
             assert code == 400
             metrics = server.metrics()
-            assert metrics['vmstats_rule_mute_requests_total{result="error_400"}'] == 6
+            assert metrics['vmstats_rule_mute_requests_total{result="error_400"}'] == 9
             assert metrics['vmstats_rule_mute_requests_total{result="error_401"}'] >= 2
             assert metrics["vmstats_rule_mutes"] == 0 and server.returncode is None
             # Nothing refused is in force: the alert goes out.

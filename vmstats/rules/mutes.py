@@ -176,7 +176,8 @@ def parse_mute(data, now: float, mute_id: str | None = None, created: float | No
     """Check a mute as the API or the command line gives it; MuteError in one line otherwise.
 
     Refused: no end (neither ``ends`` nor ``duration``), an end in the past or not after the
-    start, no matcher at all (a mute of everything says ``rule = "*"``), unknown keys.
+    start, no matcher at all, or only empty ones (a mute of everything says ``rule = "*"``),
+    unknown keys.
     """
     if not isinstance(data, dict):
         raise MuteError("a mute is a JSON object such as {\"rule\": \"hot\", \"duration\": \"2h\", "
@@ -215,7 +216,9 @@ def parse_mute(data, now: float, mute_id: str | None = None, created: float | No
             problems.append("ends %s is not after starts %s" % (moment(ends), moment(starts)))
     given = {key: value for key, value in (data.get("match") or {}).items()} \
         if isinstance(data.get("match"), dict) else {}
-    if not problems and not rules and not given:
+    # What the matchers name, not the keys given: {"match": {"id": []}} or {"tags": {}} names
+    # nothing, and a mute of no rule and no VM covers every rule's alerts and scaling.
+    if not problems and not rules and not (match.ids or match.networks or match.tags):
         problems.append("no matcher: name a rule (rule; \"*\" for every rule) or VMs (match: id, "
                         "cidr, tags such as host)")
     if problems:
