@@ -4,6 +4,8 @@ import gzip
 import json
 import logging
 import re
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -184,6 +186,45 @@ def test_line_protocol_read_in_c_and_in_the_workers_is_filed_in_arrival_order(tm
     assert list(rows["ts"]) == [t0 + 60]
     assert (rows.iloc[0]["cpu"], rows.iloc[0]["net_rx"]) == (13.5, 100.0)
 
+
+
+def test_a_last_line_cut_by_a_reset_or_the_servers_own_close_is_counted_truncated(tmp_path):
+    """A line-protocol or Graphite TCP stream's last line without its newline is filed when
+    the sender ends the stream itself (``printf ... | nc``), not when the stream was cut: by a
+    reset, or by the server closing a connection it evicted for a newcomer or found idle. Such
+    a line may end inside a value (``usage_idle=5`` of 55: a CPU 95 % busy) or a timestamp (read
+    a thousand times too early); it is counted as ``truncated``.  Before, each was filed."""
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    at = (t0 + 30) * NS
+    with serve(tmp_path, "--flush-interval", "0.3", "--influx-port", "0", "--graphite-port", "0",
+               "--graphite-template", "servers.{vm}.cpu.percent cpu", "--max-per-source", "2",
+               "--idle-timeout", "0.5s") as server:
+        influx, graphite = server.status["influx_port"], server.status["graphite_port"]
+        whole = b"mem,host=%s available_percent=75 %d\n"
+        reset = server.tcp_to(influx)  # a reset: the sender's host went away mid-line
+        reset.sendall(whole % (b"lp-reset", at) + b"cpu,cpu=cpu-total,host=lp-reset usage_idle=5")
+        time.sleep(0.2)
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()
+        server.wait_metrics(lambda m: edge(m, "influx", "truncated") == 1)
+        with server.tcp_to(graphite) as cut:  # evicted for newcomers (two a source)
+            cut.sendall(b"servers.gr-cut.cpu.percent 5")
+            time.sleep(0.2)
+            with server.tcp_to(graphite), server.tcp_to(graphite):
+                server.wait_metrics(lambda m: edge(m, "graphite", "truncated") == 1)
+        with server.tcp_to(influx) as idle:  # closed by the server once silent for half a second
+            stamped = b"cpu,cpu=cpu-total,host=lp-idle usage_idle=55 %d" % at
+            idle.sendall(whole % (b"lp-idle", at) + stamped[:-3])
+            server.wait_metrics(lambda m: edge(m, "influx", "truncated") == 2)
+        with server.tcp_to(influx) as done:  # the sender's own end: its last line counts
+            done.sendall(whole % (b"lp-done", at) + b"cpu,cpu=cpu-total,host=lp-done usage_idle=45 %d"
+                         % at)
+            done.shutdown(socket.SHUT_WR)
+            metrics = server.wait_metrics(lambda m: edge(m, "influx", "used") == 4)
+        assert edge(metrics, "influx", "truncated") == 2 and edge(metrics, "graphite", "used") == 0
+    assert server.returncode == 0, server.output  # the stop writes the minutes open
+    assert sorted(logstore.iter_vms(str(tmp_path / "data"))) == ["lp-done"]
+    assert logged(tmp_path / "data", "lp-done").iloc[0]["cpu"] == 55.0
 
 
 def test_a_line_giving_a_tag_or_field_twice_is_a_counted_syntax_reject(tmp_path):

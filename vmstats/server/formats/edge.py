@@ -18,13 +18,13 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet import protocol as tx_protocol
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.python.failure import Failure
 
 from vmstats import protocol
 from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
 from vmstats.server.every import Every
-from vmstats.server.formats import R_TOO_LONG, USED, Decoder, Tally, Words
+from vmstats.server.formats import R_TOO_LONG, R_TRUNCATED, USED, Decoder, Tally, Words
 from vmstats.server.formats.interfaces import VirtualInterfaces
 from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
@@ -277,11 +277,21 @@ class LineReceiver(tx_protocol.Protocol):
         self.factory.table.add(self, self.peer)
 
     def connectionLost(self, reason=None) -> None:
-        self.factory.table.remove(self)
+        # False: the server closed it itself (evicted for a newcomer, idle, at the stop).
+        held = self.factory.table.remove(self)
         self.factory.protocols.discard(self)
-        if self.rest and not self.skipping:  # a last line without its newline still counts
-            rest, self.rest = self.rest, b""
+        rest, self.rest = self.rest, b""
+        if not rest.strip() or self.skipping:
+            return
+        if held and (reason is None or reason.check(ConnectionDone)):
+            # The sender ended its stream after a last line without its newline: it counts.
             self.factory.pool.submit(self.factory.decoder, rest)
+            return
+        # Cut by a reset or by our own close, the line may end inside a value or a timestamp
+        # (usage_idle=5 of 55.5, a stamp read a thousand times too small): never filed.
+        tally = Tally()
+        tally.reject(R_TRUNCATED, Words("TCP stream cut inside a line (%d bytes)", len(rest)))
+        self.factory.edge.count(self.factory.decoder.name, tally)
 
     def dataReceived(self, data: bytes) -> None:
         self.factory.table.touch(self)
