@@ -835,6 +835,36 @@ def test_a_late_csv_file_of_a_vm_its_retired_days_rollup_table_lacks_is_read_bef
     assert not after["meta"]["skipped_files"] + after["meta"]["damaged_files"]
 
 
+def test_a_rollup_file_that_fails_two_vms_two_ways_is_named_for_both(tmp_path):
+    """A rollup file whose table lacks two VMs its footer lists, its day's rows retired: one
+    VM answered by its late CSV file (the listing names the file), the other by nothing (the
+    aggregation names it).  The file was named once, by the last read only, and the VM its
+    late file answered went unmentioned.  Its one entry names both."""
+    data = tmp_path / "data"
+    end = _end()
+    write_fleet(data, end)
+    write_fleet(data, end, vms=("10.0.0.3",))
+    done = _compact(data, "--compact-after", "0s", "--retain-raw", "0s")  # rollups alone answer
+    assert done.returncode == 0 and not list((data / "columnar").iterdir()), done.stderr
+    middle = sorted((data / "rollups").iterdir())[1]
+    _retold(middle, rows=[0, 0, 0])  # 10.0.0.1's rollup thrice, at the footer's count
+    start = logstore.day_number(middle.stem) * DAY + DAY // 2
+    late = {ts: logstore.format_tail(Record(vm="10.0.0.2", ts=ts, cpu=60.5, mem=30.0, disk_r=1.0,
+                                            disk_w=1.0, net_rx=1.0, net_tx=1.0, vcpus=2, mem_mb=4096))
+            for ts in range(start, start + DAY // 2, 60)}
+    logstore.append_missing(str(data), "10.0.0.2", late)
+    code, stdout, err, document = report(data, tmp_path / "out", "--days", 7, "--no-cache", timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    entries = [e for e in document["meta"]["skipped_files"] + document["meta"]["damaged_files"]
+               if e["path"] == str(middle)]
+    problem = (
+        "damaged rollups file: its table lacks the rollup of 10.0.0.2, 10.0.0.3; its table holds "
+        "more than one rollup of 10.0.0.1 (the last is read); 10.0.0.2 read from its CSV file "
+        "instead, which came after the day's rows were retired")
+    assert [(e["problem"], e["vm"], e["day"]) for e in entries] == [(problem, "", middle.stem)], entries
+    assert entries[0]["rows"] > 0 and "%s: %s" % (middle, problem) in stdout, stdout
+
+
 def test_200_junk_files_in_a_real_data_dir(tmp_path):
     """The target of issue 18: exit 0 on 200 random junk files mixed into real data, all named."""
     with serve(tmp_path, "--flush-interval", "1") as server:

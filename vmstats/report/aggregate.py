@@ -29,7 +29,7 @@ from vmstats.report.histogram import (
     percentiles,
     rate_bin,
 )
-from vmstats.report.issues import file_day, file_issues, issue
+from vmstats.report.issues import file_day, file_issues, issue, rollup_lacks
 
 #: The aggregate's version, written into every rollup file (and the report cache's, cache.py):
 #: a rollup written by a version whose fields differ is not used (raw data answers, or the
@@ -227,33 +227,12 @@ def _answer_from_rows(path: str, held: list[str], lacking: list[tuple[int, str]]
     day = file_day(path)
     data_dir = os.path.dirname(os.path.dirname(path))
     kept = logstore.kept_rows(data_dir, day, [vm for _i, vm in lacking])
-    answered = [vm for _i, vm in lacking if vm in kept]
-    problem = lacking_words(held, [vm for _i, vm in lacking], answered, "the day's kept rows instead")
+    answered = {vm: "the day's kept rows instead" for _i, vm in lacking if vm in kept}
+    rows = read + len(answered)
     for i, vm in lacking:
-        rows = read + len(answered)
-        issues[i] = [issue(path, problem, rows=rows, vm=vm, day=day)]
+        issues[i] = [rollup_lacks(path, held, [vm for _i, vm in lacking], answered, rows, vm, day)]
         if vm in kept:
             fallback.append((i, kept[vm]))
-
-
-def lacking_words(held: list[str], lacking: list[str], answered: list[str], source: str) -> str:
-    """How the report names a rollup file whose table (``held``: its ``vm`` column) lacks the
-    rollups of ``lacking``, ``answered`` of them read from ``source`` (its words end with where,
-    e.g. "the day's kept rows instead"): worded in one
-    place for the read that finds the gap (read_rollups) and the listing (discover.py)."""
-    said = ["its table lacks the rollup of %s" % _some(sorted(set(lacking)))]
-    doubled = sorted(vm for vm, n in collections.Counter(held).items() if n > 1)
-    if doubled:
-        said.append("its table holds more than one rollup of %s (the last is read)" % _some(doubled))
-    if answered:
-        said.append("%s read from %s" % (_some(sorted(set(answered))), source))
-    return "damaged rollups file: %s" % "; ".join(said)
-
-
-def _some(vms: list[str]) -> str:
-    """A few of ``vms`` for a line that names them: the first two and how many more."""
-    shown = ", ".join(vms[:2])
-    return shown if len(vms) <= 2 else "%s and %d more" % (shown, len(vms) - 2)
 
 
 def _place_rows(out: dict[str, np.ndarray], hists: dict[str, SparseHistograms],

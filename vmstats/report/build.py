@@ -162,9 +162,12 @@ def build(
     window = stats_mod.Window(first_day, last_day, start_ts, end_ts)
 
     named = named_files(listing + table.issues)
-    damaged_by_vm: dict[str, list[dict]] = {}
-    for entry in named["skipped_files"] + named["damaged_files"]:
-        damaged_by_vm.setdefault(entry["vm"], []).append(entry)
+    # By each read's VM: a file that failed several VMs is named once, for all of them.
+    by_path = {entry["path"]: entry for entry in named["skipped_files"] + named["damaged_files"]}
+    paths_by_vm: dict[str, dict[str, None]] = {}
+    for entry in listing + table.issues:
+        paths_by_vm.setdefault(entry["vm"], {})[entry["path"]] = None
+    damaged_by_vm = {vm: [by_path[path] for path in sorted(paths)] for vm, paths in paths_by_vm.items()}
     vm_settings = [policy.for_vm(vm) for vm in table.vms]
     per_vm = {name: np.array([s[name] for _g, s in vm_settings], dtype=float) for name in _PER_VM}
     st = stats_mod.compute(table, window, per_vm)

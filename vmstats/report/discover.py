@@ -13,8 +13,8 @@ import os
 from collections.abc import Sequence
 
 from vmstats import logstore
-from vmstats.report.aggregate import Source, is_rollup, lacking_words, readable_rollups
-from vmstats.report.issues import issue
+from vmstats.report.aggregate import Source, is_rollup, readable_rollups
+from vmstats.report.issues import issue, rollup_lacks
 from vmstats.report.settings import InputError, ReportError
 from vmstats.words import counted
 
@@ -205,11 +205,12 @@ def _late_files(units: Units, csv: dict[tuple[str, int], list[str]], retired: li
                                 "(--retain-raw), so it cannot join the day's rollup",
                                 vm=key[0], day=logstore.day_name(key[1])))
     for path, keys in lacking.items():
+        table = held[path] or []
         vms = [vm for vm, _day in keys]
-        problem = lacking_words(held[path], vms, vms, "its CSV file instead, which came after the "
-                                "day's rows were retired")
+        answered = dict.fromkeys(vms, "its CSV file instead, which came after the day's rows were retired")
         for vm, day in keys:
-            issues.append(issue(path, problem, rows=len(set(held[path])), vm=vm, day=logstore.day_name(day)))
+            day_name = logstore.day_name(day)
+            issues.append(rollup_lacks(path, table, vms, answered, len(set(table)), vm, day_name))
 
 
 def _vm_ids_only(vms: list[str], vm_ids: set[str], path: str, day: str, issues: list[dict]) -> list[str]:
