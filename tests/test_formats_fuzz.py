@@ -5,6 +5,7 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_protocol import UNICODE
 
 from vmstats import protocol
 from vmstats.server.formats import Tally, lineprotocol
@@ -68,7 +69,7 @@ def test_graphite_never_crashes_and_counts_every_line(data):
 
 
 PART = st.one_of(
-    st.tuples(st.sampled_from([0, 2, 3, 4, 5]), st.text(max_size=12)).map(
+    st.tuples(st.sampled_from([0, 2, 3, 4, 5]), st.text(UNICODE, max_size=12)).map(
         lambda kv: cd.part_string(*kv)),
     st.tuples(st.sampled_from([1, 7, 8, 9]), st.integers(0, 2**64 - 1)).map(
         lambda kv: cd.part_number(*kv)),

@@ -8,7 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_protocol import NOW, percent, rate, records, sizes
+from test_protocol import NOW, UNICODE, percent, rate, records, sizes
 
 from vmstats import logstore, protocol
 from vmstats.server import parse
@@ -65,7 +65,7 @@ complete = st.builds(
     protocol.Record, vm=st.ip_addresses(v=4).map(str), ts=st.integers(NOW - 10 ** 6, NOW + 300),
     cpu=percent, mem=percent, cpu_max=percent, disk_r=rate, disk_w=rate, net_rx=rate, net_tx=rate,
     vcpus=sizes, mem_mb=st.integers(1, 1 << 32), seq=st.integers(0, (1 << 63) - 1),
-    host=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", fullmatch=True))
+    host=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", fullmatch=True, alphabet=UNICODE))
 #: ...and with some of the optional ones left out: the path with a group per field.
 partial = st.tuples(complete, st.sets(st.sampled_from(
     [name for name in protocol.FIELD_NAMES + ("host",) if name not in protocol.REQUIRED_FIELDS]),
@@ -281,7 +281,8 @@ def test_a_payload_that_mixes_shapes_takes_the_per_field_regex_not_the_decoder()
 # -- every other valid spelling: tags and fields in any order, typed values, any precision --------
 _INT_FIELDS = {name for name, is_int, _lo, _hi, _required, _places in protocol.FIELDS if is_int}
 _extra_tags = st.lists(st.tuples(st.sampled_from(["project", "owner", "env", "team_2"]),
-                                 st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True)),
+                                 st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True,
+                                               alphabet=UNICODE)),
                        max_size=3, unique_by=lambda pair: pair[0])
 
 
