@@ -109,10 +109,12 @@ class InfluxDecoder(Decoder):
         #: The C reader's tables (None: not built, every payload read here).
         self._scan_spec = self._new_scan_spec()
 
-    def with_max_line(self, max_line: int) -> "InfluxDecoder":
-        """This decoder reading lines of up to ``max_line`` bytes: a replay's, for payloads
-        taken under another ``--max-line`` (formats/journaling.py)."""
-        other = InfluxDecoder(self.vm_tag.decode("utf-8"), max_line=max_line)
+    def with_max_line(self, max_line: int, vm_tag: str | None = None) -> "InfluxDecoder":
+        """This decoder reading lines of up to ``max_line`` bytes, naming the VM by ``vm_tag``
+        (None: this one's): a replay's, for payloads taken under another ``--max-line`` or
+        ``--influx-vm-tag`` (formats/journaling.py)."""
+        other = InfluxDecoder(self.vm_tag.decode("utf-8") if vm_tag is None else vm_tag,
+                              max_line=max_line)
         other.divisor = self.divisor
         return other
 

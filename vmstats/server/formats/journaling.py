@@ -13,7 +13,9 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
   arrival time the decoder and the assembler used and ``options`` hold the
   ``--max-future``/``--max-past`` they judged the samples by and the bounds
   the assembler held them by (``--edge-max-name-bytes``, ``--edge-max-open``
-  and the others: formats.Bounds), so decoding it again and adding the
+  and the others: formats.Bounds) and, for the line protocol, the
+  ``--max-line`` and ``--influx-vm-tag`` it was read by (the Graphite
+  templates are not journaled), so decoding it again and adding the
   samples repeats exactly what the assembler did with it, whatever the clock,
   the limits or the bounds at the restart: the same counter steps, the same
   minutes completed by later samples, the same samples refused as late, for
@@ -187,8 +189,10 @@ class EdgeJournal:
         self.bounds_then: set[Bounds] = set()
         self.lines_then: set[int] = set()
         self.kept_long = self.kept_lines = 0
-        #: (format, --max-line) -> the decoder a replay reads such payloads with.
-        self._replicas: dict[tuple[str, int], object] = {}
+        #: Of the last replay: the --influx-vm-tag values other than this run's it read by.
+        self.tags_then: set[str] = set()
+        #: (format, --max-line, --influx-vm-tag) -> the decoder a replay reads such payloads with.
+        self._replicas: dict[tuple[str, int, str | None], object] = {}
         #: What ``take`` kept for ``settle``: the last checkpoint read whole, the lines after.
         self._entries: list[tuple[bytes, object]] = []
         #: The records ``settle`` completed again, to be written.
@@ -237,9 +241,13 @@ class EdgeJournal:
             else {}
         opts["limits"] = [assembler.max_future, assembler.max_past]
         opts["bounds"] = assembler.bounds
-        max_line = getattr(self.edge.decoders.get(name), "max_line", None)
+        decoder = self.edge.decoders.get(name)
+        max_line = getattr(decoder, "max_line", None)
         if max_line is not None:  # the decoder's own bound (the line protocol's --max-line)
             opts["max_line"] = max_line
+        vm_tag = getattr(decoder, "vm_tag", None)
+        if vm_tag is not None:  # the tag that names the VM (--influx-vm-tag): a few bytes
+            opts["vm_tag"] = vm_tag.decode("utf-8")
         if b"\0" in data:
             encoding, text = b"b64", base64.b64encode(data)
         else:
@@ -357,7 +365,7 @@ class EdgeJournal:
         replayed = 0
         current = assembler.bounds
         self.other_bounds = self.kept_long = self.kept_lines = 0
-        self.bounds_then, self.lines_then = set(), set()
+        self.bounds_then, self.lines_then, self.tags_then = set(), set(), set()
         try:
             for kind, rest in entries:
                 try:
@@ -408,17 +416,24 @@ class EdgeJournal:
         line_now = getattr(decoder, "max_line", None)  # None: a decoder without the bound
         max_line = int(options.get("max_line") or line_now or 0)
         other_line = line_now is not None and max_line != line_now
-        if bounds != current or other_line:
+        tag_now = getattr(decoder, "vm_tag", None)  # journals before it was journaled: this
+        vm_tag = options.get("vm_tag") if tag_now is not None else None
+        other_tag = vm_tag is not None and vm_tag.encode("utf-8") != tag_now
+        if bounds != current or other_line or other_tag:
             self.other_bounds += 1
             if bounds != current:
                 self.bounds_then.add(bounds)
+            if other_line and max_line > line_now:
+                self.kept_lines += sum(len(line) > line_now for line in data.split(b"\n"))
             if other_line:
                 self.lines_then.add(max_line)
-                if max_line > line_now:
-                    self.kept_lines += sum(len(line) > line_now for line in data.split(b"\n"))
-                if (name, max_line) not in self._replicas:
-                    self._replicas[name, max_line] = decoder.with_max_line(max_line)
-                decoder = self._replicas[name, max_line]
+            if other_tag:
+                self.tags_then.add(vm_tag)
+            if other_line or other_tag:
+                key = (name, max_line, vm_tag if other_tag else None)
+                if key not in self._replicas:
+                    self._replicas[key] = decoder.with_max_line(max_line, key[2])
+                decoder = self._replicas[key]
         kwargs: dict = {}
         if options.get("divisor"):
             kwargs["divisor"] = options["divisor"]
@@ -451,6 +466,9 @@ class EdgeJournal:
         if self.lines_then:
             changed.append("--max-line %s (now %d)" % (
                 "/".join(map(str, sorted(self.lines_then))), self.edge.influx.max_line))
+        if self.tags_then:
+            changed.append("--influx-vm-tag %s (now %s)" % (
+                "/".join(sorted(self.tags_then)), self.edge.influx.vm_tag.decode("utf-8")))
         kept = []
         if self.kept_long:
             kept.append("%s naming a device longer than --edge-max-name-bytes (%d)"
