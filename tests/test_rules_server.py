@@ -288,6 +288,24 @@ def test_an_alarm_without_data_is_insufficient_data_told_as_such_to_every_receiv
         assert "10.0.0.1: alarm -> insufficient-data: no data for 1s (stale_after)" in server.output
 
 
+def test_a_rule_matching_by_tags_keeps_judging_every_tick(tmp_path):
+    """A rule matching VMs by their tags stopped every rule's judging after its first tick:
+    the tick answered the VMs its tag rules took (a list) where the service spaces ticks by a
+    count, its comparison raised, and no tick was scheduled again.  An alarm raised after that
+    first tick reached no receiver until the server stopped."""
+    body = HOT.replace("period = 1", 'period = 1\nmatch = { tags = { host = "kvm*" } }') % ""
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            server.send_udp(line("10.0.0.1", int(time.time()), 95.0, host="kvm1"),
+                            line("10.0.0.2", int(time.time()), 20.0, host="kvm1"),
+                            line("10.0.0.3", int(time.time()), 95.0, host="other"))
+            assert [a["labels"]["scope"] for a in hook.wait(1, 3)] == ["10.0.0.1"]
+            time.sleep(0.3)  # ticks later, 10.0.0.2 runs hot
+            server.send_udp(line("10.0.0.2", int(time.time()), 96.0, host="kvm1"))
+            assert [a["labels"]["scope"] for a in hook.wait(2, 3)] == ["10.0.0.1", "10.0.0.2"]
+        assert "Traceback" not in server.output
+
+
 def test_a_late_record_never_replaces_a_newer_ones_value(tmp_path):
     """Rules judge a VM on its newest-stamped record.  An older record that arrived after a
     newer one (a resend, a relay's retried batch) was taken instead: in the same tick it hid

@@ -526,10 +526,10 @@ class Engine:
             if by_tags:
                 seen = self._tags_read.get(vm)
                 tags = tags_of(vm, cells)
-                taken = [rs for rs in by_tags if rs.rule.match(vm, tags)]
-                route = route + _steps(taken)
-                if len(taken) < len(by_tags) and (seen is None or seen[1] is not tags):
-                    self._untaken(vm, [rs for rs in by_tags if rs not in taken], now)
+                matched = [rs for rs in by_tags if rs.rule.match(vm, tags)]
+                route = route + _steps(matched)
+                if len(matched) < len(by_tags) and (seen is None or seen[1] is not tags):
+                    self._untaken(vm, [rs for rs in by_tags if rs not in matched], now)
             if labelled and (keep_tags or any(step[0].rule.labels for step in route)):
                 if tags is None:
                     tags = tags_of(vm, cells)

@@ -413,13 +413,13 @@ class RulesService(service.Service):
             taken = self.engine.process()
             self._submit()
         finally:
+            if self.running:  # first: nothing below may cost the rules their next tick
+                self._next_tick = self.reactor.callLater(TICK, self.tick)
             self._tick_cpu = self.cpu()
             self._tick_at = self.reactor.seconds()
             self.cpu_spent["tick"] += self._tick_cpu - began
             # Not a slow tick alone (a fleet's first sight): a flood.
             self._spacing = (self._tick_cpu - began) / BUDGET if taken >= FLOOD else 0.0
-            if self.running:
-                self._next_tick = self.reactor.callLater(TICK, self.tick)
 
     def sweep(self) -> None:
         began = time.perf_counter()
