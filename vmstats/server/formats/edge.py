@@ -24,7 +24,16 @@ from twisted.python.failure import Failure
 from vmstats import protocol
 from vmstats.server.connections import ConnectionTable, listen_error, listen_tcp
 from vmstats.server.every import Every
-from vmstats.server.formats import R_TOO_LONG, R_TRUNCATED, USED, Decoder, Tally, Words
+from vmstats.server.formats import (
+    R_HTTP,
+    R_TOO_LONG,
+    R_TRUNCATED,
+    USED,
+    Decoder,
+    Tally,
+    Words,
+    misdirected,
+)
 from vmstats.server.formats.interfaces import VirtualInterfaces
 from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
@@ -270,6 +279,8 @@ class LineReceiver(tx_protocol.Protocol):
         self.factory = factory
         self.rest = b""
         self.skipping = False
+        #: Until the connection's first line is in: is it an HTTP client's (misdirected.py)?
+        self.opening = True
         self.peer = self.source = ""
         self.last_active = 0.0
 
@@ -304,15 +315,33 @@ class LineReceiver(tx_protocol.Protocol):
             data = data[end + 1:]
         data = self.rest + data if self.rest else data
         end = data.rfind(b"\n") + 1
+        if self.opening and end:
+            self.opening = False
+            what = misdirected.request(data[:data.find(b"\n")])
+            if what is not None:
+                self._http_client(what)
+                return
         block, self.rest = data[:end], data[end:]
         if len(self.rest) > self.factory.max_line:
             self.rest = b""
             self.skipping = True
+            self.opening = False  # a first line too long to be a request line
             tally = Tally()
             tally.reject(R_TOO_LONG, "line over %d bytes" % self.factory.max_line)
             self.factory.edge.count(self.factory.decoder.name, tally)
         if block:
             self.factory.pool.submit(self.factory.decoder, block)
+
+    def _http_client(self, what: str) -> None:
+        """An HTTP client on this line port: counted and logged once, with its method and path
+        only (its headers may carry a token), answered 400, and closed with nothing read."""
+        name = self.factory.decoder.name
+        self.rest = b""
+        tally = Tally()
+        tally.reject(R_HTTP, misdirected.words(name, what))
+        self.factory.edge.count(name, tally)
+        self.transport.write(misdirected.answer(name))
+        self.transport.loseConnection()
 
 
 class LineFactory(tx_protocol.Factory):

@@ -1,0 +1,53 @@
+"""An HTTP client pointed at a line port by mistake: its request is not read as lines.
+
+Before, Telegraf's ``outputs.influxdb`` given the line-protocol TCP port had its request line
+and headers refused line by line, each quoted in the log: ``timestamp 's3cr3t-influx' is not an
+integer`` put its ``Authorization`` token in the server's log, and the connection stayed open.
+"""
+
+import http.client
+import time
+
+from serverproc import LOOPBACK, serve
+from test_formats_server import edge
+
+SECRET = "s3cr3t-influx"
+BEARER = "b34r3r-graphite"
+
+
+def test_an_http_request_on_a_line_port_is_answered_400_counted_once_and_logs_no_header(tmp_path):
+    with serve(tmp_path, "--flush-interval", "0.3", "--influx-port", "0", "--graphite-port", "0",
+               "--graphite-template", "servers.{vm}.cpu.percent cpu") as server:
+        influx, graphite = server.status["influx_port"], server.status["graphite_port"]
+        # A real HTTP client, as Telegraf's outputs.influxdb_v2 writes (a v1 client's token
+        # rides in the query: p=).
+        client = http.client.HTTPConnection(LOOPBACK, influx, timeout=5)
+        client.request("POST", "/api/v2/write?org=o&bucket=b&p=" + SECRET,
+                       body=b"cpu,cpu=cpu-total,host=vm1 usage_idle=5 %d\n" % time.time_ns(),
+                       headers={"Authorization": "Token " + SECRET})
+        response = client.getresponse()
+        assert response.status == 400
+        assert b"/api/v2/write (--http-port)" in response.read()
+        assert client.sock is None or client.sock.recv(1) == b""  # closed by the server
+        client.close()
+        with server.tcp_to(graphite, timeout=5) as sock:
+            sock.sendall(b"POST /metrics/write HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                         + BEARER.encode() + b"\r\nContent-Length: 28\r\n\r\n"
+                         b"servers.vm1.cpu.percent 5 1\n")
+            answer = b""
+            while chunk := sock.recv(4096):  # to the server's close
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        metrics = server.wait_metrics(lambda m: edge(m, "influx", "http_request") == 1
+                                      and edge(m, "graphite", "http_request") == 1)
+        # Counted once each, and nothing of the request read as lines.
+        outcomes = {key: n for key, n in metrics.items() if key.startswith("vmstats_edge_lines_total")}
+        assert sum(outcomes.values()) == 2, outcomes
+    assert server.returncode == 0, server.output
+    assert ("influx: http_request: an HTTP client (POST /api/v2/write) wrote to the influx line port"
+            in server.output), server.output
+    assert "graphite: http_request: an HTTP client (POST /metrics/write)" in server.output
+    for path in [*tmp_path.rglob("*"), tmp_path / "server-output.txt"]:
+        if path.is_file():
+            text = path.read_bytes()
+            assert SECRET.encode() not in text and BEARER.encode() not in text, path

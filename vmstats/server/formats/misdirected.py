@@ -1,0 +1,52 @@
+"""HTTP clients pointed at a line port: recognised by their request line, answered, never read.
+
+A Telegraf ``outputs.influxdb`` (or any HTTP client) given the line-protocol
+or Graphite TCP port by mistake sends ``POST /api/v2/write HTTP/1.1`` and its
+headers, which the decoders would refuse line by line, quoting each: its
+``Authorization: Token ...`` header landed in the server's log.  The
+connection's first line alone is looked at (no cost to the lines after it):
+when it is an HTTP request line the connection is counted once, logged with
+the method and path only (no query: InfluxDB 1.x clients put ``p=<token>``
+there), answered with a 400 the client shows its operator, and closed unread.
+"""
+
+import re
+
+#: ``METHOD SP target SP HTTP/x.y`` (RFC 9112's request line), CR optional.  No line of
+#: either format matches: a line-protocol field is ``key=value`` and a Graphite value is a
+#: number, never ``HTTP/1.1``.
+_REQUEST_LINE = re.compile(rb"([A-Z]{3,10}) (\S{1,8192}) HTTP/\d\.\d\r?").fullmatch
+#: The start of a path that is quoted: origin-form only (a proxy's absolute URL may hold a
+#: user and password), up to its query.
+_PATH = re.compile(rb"/[!-~]{0,59}?(?=[?#]|\Z)|/[!-~]{60}")
+
+#: Where each format's HTTP clients should write instead.
+_INSTEAD = {
+    "influx": "the InfluxDB write API is the HTTP port's /write and /api/v2/write (--http-port)",
+    "graphite": "this port takes Graphite plaintext lines; the HTTP port (--http-port) takes "
+                "the InfluxDB write API at /write and /api/v2/write",
+}
+
+
+def request(line: bytes) -> str | None:
+    """``METHOD /path`` (the path may be left out) if ``line`` is an HTTP request line."""
+    match = _REQUEST_LINE(line)
+    if match is None:
+        return None
+    method, target = match.groups()
+    path = _PATH.match(target)
+    return method.decode("ascii") + (" " + path.group(0).decode("ascii") if path else "")
+
+
+def words(fmt: str, what: str) -> str:
+    """The log line's words (after the format's name) for an HTTP client on its port."""
+    return ("an HTTP client (%s) wrote to the %s line port, closed unread: %s"
+            % (what, fmt, _INSTEAD.get(fmt, "write to the HTTP port (--http-port)")))
+
+
+def answer(fmt: str) -> bytes:
+    """The 400 the client is sent, so it reports an error instead of a lost connection."""
+    body = ("400 Bad Request: this is vmstats' %s line port, not HTTP; %s\n"
+            % (fmt, _INSTEAD.get(fmt, "write to the HTTP port (--http-port)"))).encode("ascii")
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
