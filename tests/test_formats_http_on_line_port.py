@@ -44,10 +44,34 @@ def test_an_http_request_on_a_line_port_is_answered_400_counted_once_and_logs_no
         outcomes = {key: n for key, n in metrics.items() if key.startswith("vmstats_edge_lines_total")}
         assert sum(outcomes.values()) == 2, outcomes
     assert server.returncode == 0, server.output
-    assert ("influx: http_request: an HTTP client (POST /api/v2/write) wrote to the influx line port"
+    assert ("influx: http_request: an HTTP client (POST /api/v2/write) wrote to the influx line port (TCP)"
             in server.output), server.output
     assert "graphite: http_request: an HTTP client (POST /metrics/write)" in server.output
     for path in [*tmp_path.rglob("*"), tmp_path / "server-output.txt"]:
         if path.is_file():
             text = path.read_bytes()
             assert SECRET.encode() not in text and BEARER.encode() not in text, path
+
+
+def test_an_http_request_in_a_datagram_to_a_line_port_is_counted_once_and_logs_no_header(
+        tmp_path):
+    """The same request sent as a datagram to the line ports' UDP twins: before, the Influx
+    decoder refused its header lines one by one, quoting the token in the log."""
+    with serve(tmp_path, "--flush-interval", "0.3", "--influx-port", "0", "--graphite-port", "0",
+               "--graphite-template", "servers.{vm}.cpu.percent cpu",) as server:
+        influx, graphite = server.status["influx_port"], server.status["graphite_port"]
+        for port, secret in ((influx, SECRET), (graphite, BEARER)):
+            server.send_udp_to(port, b"POST /write?db=x&p=%s HTTP/1.1\r\nHost: x\r\n"
+                               b"Authorization: Token %s\r\nContent-Length: 46\r\n\r\n"
+                               b"cpu,host=vm1 usage_idle=5 1700000000000000000\n"
+                               % (secret.encode(), secret.encode()))
+        # A line of each format whose measurement or path starts with a capital is read.
+        server.send_udp_to(influx, b"POST,host=vm1 usage_idle=5\n")
+        metrics = server.wait_metrics(lambda m: edge(m, "influx", "http_request") == 1
+                                      and edge(m, "graphite", "http_request") == 1
+                                      and edge(m, "influx", "ignored") == 1)
+        outcomes = {key: n for key, n in metrics.items() if key.startswith("vmstats_edge_lines_total")}
+        assert sum(outcomes.values()) == 3, outcomes
+    assert "an HTTP client (POST /write) wrote to the influx line port (UDP), dropped" in (
+        server.output), server.output
+    assert SECRET not in server.output and BEARER not in server.output

@@ -8,6 +8,8 @@ connection's first line alone is looked at (no cost to the lines after it):
 when it is an HTTP request line the connection is counted once, logged with
 the method and path only (no query: InfluxDB 1.x clients put ``p=<token>``
 there), answered with a 400 the client shows its operator, and closed unread.
+A datagram on a line port's UDP twin that starts with a request line is counted
+and logged alike, and dropped unanswered.
 """
 
 import re
@@ -38,10 +40,13 @@ def request(line: bytes) -> str | None:
     return method.decode("ascii") + (" " + path.group(0).decode("ascii") if path else "")
 
 
-def words(fmt: str, what: str) -> str:
-    """The log line's words (after the format's name) for an HTTP client on its port."""
-    return ("an HTTP client (%s) wrote to the %s line port, closed unread: %s"
-            % (what, fmt, _INSTEAD.get(fmt, "write to the HTTP port (--http-port)")))
+def words(fmt: str, what: str, transport: str = "TCP") -> str:
+    """The log line's words (after the format's name) for an HTTP client on its port (over
+    UDP: a request sent as a datagram, dropped; never answered, as its source may be forged)."""
+    ended = "dropped unread" if transport == "UDP" else "closed unread"
+    return ("an HTTP client (%s) wrote to the %s line port (%s), %s: %s"
+            % (what, fmt, transport, ended,
+               _INSTEAD.get(fmt, "write to the HTTP port (--http-port)")))
 
 
 def answer(fmt: str) -> bytes:
