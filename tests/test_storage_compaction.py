@@ -654,14 +654,11 @@ compact.compact(sys.argv[1], compact.Policy(86400, 2 * 86400, 30 * 86400), step=
 '''
 
 
-def test_late_records_of_a_vm_silent_on_a_retired_day_join_its_rollups(tmp_path):
-    """A day past --retain-raw is kept as rollups only.  Records of a VM that sent none that day
-    arrive late (an agent's spool after a long partition): they are rolled up beside the day's
-    other VMs, also when the pass that takes them is killed between its renames.  Before, the
-    pass wrote the day's rollup file anew from those records alone, and every other VM's
-    rollups of the day were gone."""
-    today = int(time.time()) // DAY
-    first = today - 10
+def _late_vm_then_a_pass_killed_between_its_renames(tmp_path) -> tuple[int, Path, Path]:
+    """Three VMs' three days, all retired (raw: a copy never compacted); then six hours of a
+    late VM's rows on the middle day, and a pass killed between its two renames (the new
+    columnar file in place, not its rollups).  The first day, and the two folders."""
+    first = int(time.time()) // DAY - 10
     raw, data = tmp_path / "raw", tmp_path / "data"
     _write_fleet(raw, vms=3, days=3, first=first, step=600)
     shutil.copytree(raw, data)
@@ -673,11 +670,20 @@ def test_late_records_of_a_vm_silent_on_a_retired_day_join_its_rollups(tmp_path)
             for ts in range(start, start + 6 * HOUR, 600)}
     for folder in (raw, data):
         logstore.append_missing(str(folder), "10.0.0.9", late)
-    # A pass killed between its two renames (the new columnar file in place, not its rollups),
-    # then the next one: it must keep the other VMs' rollups too, though the day now has rows.
     killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_COLUMNAR, str(data)],
                             env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return first, raw, data
+
+
+def test_late_records_of_a_vm_silent_on_a_retired_day_join_its_rollups(tmp_path):
+    """A day past --retain-raw is kept as rollups only.  Records of a VM that sent none that day
+    arrive late (an agent's spool after a long partition): they are rolled up beside the day's
+    other VMs, also when the pass that takes them is killed between its renames.  Before, the
+    pass wrote the day's rollup file anew from those records alone, and every other VM's
+    rollups of the day were gone."""
+    first, raw, data = _late_vm_then_a_pass_killed_between_its_renames(tmp_path)
+    # The next pass must keep the other VMs' rollups too, though the day now has rows.
     assert list(data.glob("columnar/*.parquet")) and list(data.glob("vms/*/*.csv"))
     done = _compact_cli(data, *RETIRE_ALL)
     assert done.returncode == 0, done.stderr
@@ -694,21 +700,7 @@ def test_a_late_file_of_a_vm_a_retired_days_rollups_hold_never_replaces_its_roll
     a late VM's rows.  A late file of a VM whose rollup the day holds (records sent again: a
     journal replayed) was then merged with none of its rows, and its rollup written anew from
     those records alone: its day shrank to them.  It is past retention, as without that file."""
-    today = int(time.time()) // DAY
-    first = today - 10
-    raw, data = tmp_path / "raw", tmp_path / "data"
-    _write_fleet(raw, vms=3, days=3, first=first, step=600)
-    shutil.copytree(raw, data)
-    done = _compact_cli(data, *RETIRE_ALL)
-    assert done.returncode == 0 and not list(data.glob("columnar/*.parquet")), done.stderr
-    start = (first + 1) * DAY
-    late = {ts: logstore.format_tail(Record("10.0.0.9", ts, 40.0, mem=20.0, vcpus=2, mem_mb=2048))
-            for ts in range(start, start + 6 * HOUR, 600)}
-    for folder in (raw, data):
-        logstore.append_missing(str(folder), "10.0.0.9", late)
-    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_COLUMNAR, str(data)],
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    first, raw, data = _late_vm_then_a_pass_killed_between_its_renames(tmp_path)
     # 10.0.0.1's first six hours of that day, logged again by the writer into a new day file.
     day_file = Path(logstore.day_path(str(raw), "10.0.0.1", logstore.day_name(first + 1)))
     again = dict(line.split(b",", 1) for line in day_file.read_bytes().splitlines()[1:37])
