@@ -189,16 +189,16 @@ def _late_files(units: Units, csv: dict[tuple[str, int], list[str]], retired: li
     held: dict[str, list[str] | None] = {}
     lacking: dict[str, list[tuple[str, int]]] = {}
     for key in sorted(retired):
-        path = units[key][0].path
-        if path not in held:
+        rollup = units[key][0].path
+        if rollup not in held:
             try:
-                held[path] = logstore.table_vms(path)
+                held[rollup] = logstore.table_vms(rollup)
             except (OSError, ValueError):  # unreadable: read_rollups names it for its VMs
-                held[path] = None
-        table = held[path]
+                held[rollup] = None
+        table = held[rollup]
         if table is not None and key[0] not in table:
             del units[key]  # its CSV file answers, as after the pass that rolls it up
-            lacking.setdefault(path, []).append(key)
+            lacking.setdefault(rollup, []).append(key)
             continue
         for path in csv.pop(key):
             issues.append(issue(path, "left out: it came after its day's rows were retired "

@@ -109,7 +109,7 @@ class InfluxDecoder(Decoder):
         #: The C reader's tables (None: not built, every payload read here).
         self._scan_spec = self._new_scan_spec()
 
-    def with_max_line(self, max_line: int, vm_tag: str | None = None) -> "InfluxDecoder":
+    def replica(self, max_line: int, vm_tag: str | None = None) -> "InfluxDecoder":
         """This decoder reading lines of up to ``max_line`` bytes, naming the VM by ``vm_tag``
         (None: this one's): a replay's, for payloads taken under another ``--max-line`` or
         ``--influx-vm-tag`` (formats/journaling.py)."""

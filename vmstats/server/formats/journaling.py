@@ -432,7 +432,7 @@ class EdgeJournal:
             if other_line or other_tag:
                 key = (name, max_line, vm_tag if other_tag else None)
                 if key not in self._replicas:
-                    self._replicas[key] = decoder.with_max_line(max_line, key[2])
+                    self._replicas[key] = decoder.replica(max_line, key[2])
                 decoder = self._replicas[key]
         kwargs: dict = {}
         if options.get("divisor"):
