@@ -67,8 +67,8 @@ def test_samples_journaled_under_higher_edge_bounds_are_written_after_they_are_l
         server.kill()
     row = logged(tmp_path / "data", "long").iloc[0]
     assert (row["cpu"], row["mem"], row["net_rx"]) == (10.0, 40.0, 100.0)
-    assert ("edge: 1 journaled payload taken under other edge bounds (--edge-max-name-bytes 256 "
+    assert ("edge: 1 journaled payload taken under other settings (--edge-max-name-bytes 256 "
             "(now 64), --max-line 65536 (now 1024)) replayed by those, as they were "
             "acknowledged; kept past this run's: 12 samples naming a device longer than "
             "--edge-max-name-bytes (64) and 6 lines longer than --max-line (1024); new input is "
-            "judged by this run's bounds") in server.output
+            "taken by this run's") in server.output

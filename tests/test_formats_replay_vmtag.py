@@ -50,6 +50,6 @@ def test_samples_journaled_under_another_influx_vm_tag_are_written_for_their_vm(
     assert (row["cpu"], row["mem"]) == (10.0, 40.0)
     assert len(logged(tmp_path / "data", "fresh")) == 1
     assert not os.path.exists(vm_dir(str(tmp_path / "data"), "other"))
-    assert ("edge: 1 journaled payload taken under other edge bounds (--influx-vm-tag host "
-            "(now vm)) replayed by those, as they were acknowledged; new input is judged by "
-            "this run's bounds") in server.output
+    assert ("edge: 1 journaled payload taken under other settings (--influx-vm-tag host "
+            "(now vm)) replayed by those, as they were acknowledged; new input is taken by "
+            "this run's") in server.output

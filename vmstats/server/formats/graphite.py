@@ -99,8 +99,18 @@ class GraphiteDecoder(Decoder):
 
     def __init__(self, templates: list[Template], max_line: int = 65536):
         self.templates = templates
+        #: The templates as configured: the journal keeps them (once a checkpoint, not per
+        #: payload), and a replay reads each payload by those it was taken under.
+        self.texts = [template.text for template in templates]
         self.max_line = max_line
         self.vm_ids = VmIds()
+
+    def replica(self, max_line: int, templates: list[str] | None = None) -> "GraphiteDecoder":
+        """This decoder reading lines of up to ``max_line`` bytes through ``templates`` (None:
+        this one's): a replay's, for payloads taken under another ``--max-line`` or other
+        ``--graphite-template`` (formats/journaling.py).  ValueError if one no longer parses."""
+        return GraphiteDecoder(self.templates if templates is None else parse_templates(templates),
+                               max_line)
 
     def decode(self, data: bytes, now: float, tally: Tally,
                lines: list | None = None) -> list[Sample]:

@@ -3,7 +3,7 @@
 An open minute lives in the assembler until it completes, possibly a minute
 and a half after its first sample; the samples in it were acknowledged long
 before (HTTP 204).  So the edge writes to the native journal, in the same
-once-per-turn write and under the same ``--fsync`` policy, three kinds of
+once-per-turn write and under the same ``--fsync`` policy, five kinds of
 control line (``#!edge <mac> <kind> ...``, comments to every other reader):
 
 * ``in <format> <now> <options> <encoding> <payload>``: a payload whose samples
@@ -13,16 +13,22 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
   arrival time the decoder and the assembler used and ``options`` hold the
   ``--max-future``/``--max-past`` they judged the samples by and the bounds
   the assembler held them by (``--edge-max-name-bytes``, ``--edge-max-open``
-  and the others: formats.Bounds) and, for the line protocol, the
-  ``--max-line`` and ``--influx-vm-tag`` it was read by (the Graphite
-  templates are not journaled), so decoding it again and adding the
-  samples repeats exactly what the assembler did with it, whatever the clock,
-  the limits or the bounds at the restart: the same counter steps, the same
-  minutes completed by later samples, the same samples refused as late, for
+  and the others: formats.Bounds) and, for the line protocol and Graphite, the
+  ``--max-line`` it was read by and the line protocol's ``--influx-vm-tag``
+  (the Graphite templates: the ``settings`` line before it), so decoding it
+  again and adding the samples repeats exactly what the assembler did with it,
+  whatever the clock, the limits, the bounds or the settings at the restart:
+  the same counter steps, the same minutes completed by later samples, the
+  same samples refused as late, for
   their time or past a bound, and none refused that was taken.  (A bound
   lowered before the restart guards what comes after it; what the journal
   holds was acknowledged under the old one, and the replay says how much of
   it it kept past the new one.)
+* ``settings <format> <json>``: what a format's payloads are read by that is too long to
+  repeat in each (Graphite's ``{"templates": [...]}``), written before the format's first
+  payload after each checkpoint (the segments before one go, and a replay starts from it):
+  the payloads after it, up to the next, are decoded by it.  A run's templates cost a line
+  every CHECKPOINT_SECONDS or more, not bytes a payload.
 * ``done <[[vm, end], ...]>``: minutes the clock completed (``tick``, and the
   shutdown's ``complete_all``); the one decision a replay cannot repeat by
   itself, so it is journaled in its place in the sequence.
@@ -160,6 +166,16 @@ def _pending(state: dict) -> list[bytes]:
     return [text.encode("utf-8") for text in pending]
 
 
+def _settings(raw: object) -> dict:
+    """A ``settings`` line's JSON, checked: TypeError if it is not what ``_note`` writes."""
+    if not isinstance(raw, dict):
+        raise TypeError("a settings line holds no object")
+    templates = raw.get("templates", [])
+    if not isinstance(templates, list) or not all(isinstance(text, str) for text in templates):
+        raise TypeError("a settings line's templates are not a list of strings")
+    return raw
+
+
 class EdgeJournal:
     """Writes the edge's lines to the journal and reads them back after a crash."""
 
@@ -182,17 +198,22 @@ class EdgeJournal:
         self.forged = 0
         #: ``#!edge`` lines with this journal's HMAC that could not be read back at start.
         self.unreadable = 0
-        #: Of the last replay: payloads taken under other bounds than this run's (replayed by
+        #: Of the last replay: payloads taken under other settings than this run's (replayed by
         #: those), those bounds (the assembler's, the decoders' --max-line), and what they
         #: kept past this run's: samples naming a device longer, lines longer.
-        self.other_bounds = 0
+        self.other_settings = 0
         self.bounds_then: set[Bounds] = set()
         self.lines_then: set[int] = set()
         self.kept_long = self.kept_lines = 0
-        #: Of the last replay: the --influx-vm-tag values other than this run's it read by.
+        #: Of the last replay: the --influx-vm-tag values other than this run's it read by, and
+        #: the sets of --graphite-template.
         self.tags_then: set[str] = set()
-        #: (format, --max-line, --influx-vm-tag) -> the decoder a replay reads such payloads with.
-        self._replicas: dict[tuple[str, int, str | None], object] = {}
+        self.templates_then: set[tuple[str, ...]] = set()
+        #: (format, --max-line, --influx-vm-tag, templates) -> the decoder a replay reads such
+        #: payloads with (None: this run's setting).
+        self._replicas: dict[tuple, object] = {}
+        #: Formats whose settings line (``_note``) is in the journal since the last checkpoint.
+        self._noted: set[str] = set()
         #: What ``take`` kept for ``settle``: the last checkpoint read whole, the lines after.
         self._entries: list[tuple[bytes, object]] = []
         #: The records ``settle`` completed again, to be written.
@@ -220,6 +241,7 @@ class EdgeJournal:
         self.last_checkpoint = None
         self.changed = True
         self.checkpoint_in = None
+        self._noted.clear()  # the new segment holds none of them
         if self._key is None or self.key_in_memory:
             return  # made when first needed, or never in a file this run
         problem = store_key(self.directory, self._key)
@@ -236,6 +258,8 @@ class EdgeJournal:
     def payload(self, name: str, now: float, options: dict | None, data: bytes) -> int:
         """Journal a payload whose samples are going into the assembler; returns its write."""
         since = self.journal.next_write()
+        if name not in self._noted:
+            self._note(name)
         assembler = self.edge.assembler
         opts = {"divisor": options.get("divisor"), "errors": "errors" in options} if options \
             else {}
@@ -257,6 +281,18 @@ class EdgeJournal:
             encoding, text)))
         self.changed = True
         return since
+
+    def _note(self, name: str) -> None:
+        """Journal the settings of format ``name`` a replay cannot find in each payload's line,
+        before its first payload since the last checkpoint: the Graphite templates, which
+        may be many and long.  A replay reads the payloads after it by them, until the next
+        such line (a restart writes its own before its first payload)."""
+        self._noted.add(name)
+        texts = getattr(self.edge.decoders.get(name), "texts", None)
+        if texts is not None:
+            self.journal.append(self._line(b"settings %s %s" % (
+                name.encode("ascii"),
+                json.dumps({"templates": texts}, separators=(",", ":")).encode("utf-8"))))
 
     def completed(self, keys: list[tuple[str, int]]) -> None:
         """Journal minutes the clock completed (the replay completes them at the same point)."""
@@ -291,6 +327,7 @@ class EdgeJournal:
             return False
         self.checkpoint_in = journal.number if journal.fd is not None else None
         self.changed = False
+        self._noted.clear()  # the segments before it go: their settings lines with them
         self.saved_empty = empty
         self.last_checkpoint = now
         self.checkpoints += 1
@@ -364,8 +401,11 @@ class EdgeJournal:
         pending: list[bytes] = []
         replayed = 0
         current = assembler.bounds
-        self.other_bounds = self.kept_long = self.kept_lines = 0
+        #: Format -> the settings its payloads were taken under (``_note``), as met.
+        settings: dict[str, dict] = {}
+        self.other_settings = self.kept_long = self.kept_lines = 0
         self.bounds_then, self.lines_then, self.tags_then = set(), set(), set()
+        self.templates_then = set()
         try:
             for kind, rest in entries:
                 try:
@@ -376,9 +416,13 @@ class EdgeJournal:
                         name, now, options, encoding, text = rest.split(b" ", 4)
                         data = (base64.b64decode(text) if encoding == b"b64"
                                 else text.replace(b"\0", b"\n"))
-                        self._repeat(name.decode("ascii"), float(now), json_loads(options), data,
-                                     current)
+                        name = name.decode("ascii")
+                        self._repeat(name, float(now), json_loads(options), data, current,
+                                     settings.get(name, {}))
                         replayed += 1
+                    elif kind == b"settings":
+                        name, _sep, text = rest.partition(b" ")
+                        settings[name.decode("ascii")] = _settings(json_loads(text))
                     elif kind == b"done":
                         assembler.complete([(vm, end) for vm, end in json_loads(rest)])
                     elif kind == b"step":
@@ -390,8 +434,8 @@ class EdgeJournal:
         finally:
             assembler.bounds = current  # what comes now is judged by this run's bounds
         self._replicas.clear()
-        if self.other_bounds:
-            self._say_bounds(current)
+        if self.other_settings:
+            self._say_settings(current)
         for counter, saved in zip((assembler.events, assembler.rates.events), events,
                                   strict=True):
             counter.clear()
@@ -406,9 +450,10 @@ class EdgeJournal:
         return self.restored
 
     def _repeat(self, name: str, now: float, options: dict, data: bytes,
-                current: Bounds) -> None:
-        """Decode a journaled payload again and add its samples by the limits and the bounds
-        they were taken under (journals before the bounds were journaled: this run's)."""
+                current: Bounds, settings: dict) -> None:
+        """Decode a journaled payload again and add its samples by the limits, the bounds and
+        the format's ``settings`` they were taken under (journals before these were journaled:
+        this run's)."""
         decoder = self.edge.decoders[name]
         assembler = self.edge.assembler
         bounds = Bounds(*map(int, options["bounds"])) if "bounds" in options else current
@@ -419,8 +464,11 @@ class EdgeJournal:
         tag_now = getattr(decoder, "vm_tag", None)  # journals before it was journaled: this
         vm_tag = options.get("vm_tag") if tag_now is not None else None
         other_tag = vm_tag is not None and vm_tag.encode("utf-8") != tag_now
-        if bounds != current or other_line or other_tag:
-            self.other_bounds += 1
+        texts_now = getattr(decoder, "texts", None)  # the Graphite templates
+        templates = settings.get("templates") if texts_now is not None else None
+        other_templates = templates is not None and templates != texts_now
+        if bounds != current or other_line or other_tag or other_templates:
+            self.other_settings += 1
             if bounds != current:
                 self.bounds_then.add(bounds)
             if other_line and max_line > line_now:
@@ -429,10 +477,16 @@ class EdgeJournal:
                 self.lines_then.add(max_line)
             if other_tag:
                 self.tags_then.add(vm_tag)
-            if other_line or other_tag:
-                key = (name, max_line, vm_tag if other_tag else None)
+            if other_templates:
+                self.templates_then.add(tuple(templates))
+            if other_line or other_tag or other_templates:
+                changed = {"vm_tag": vm_tag} if other_tag else {}
+                if other_templates:
+                    changed["templates"] = list(templates)
+                key = (name, max_line, vm_tag if other_tag else None,
+                       tuple(templates) if other_templates else None)
                 if key not in self._replicas:
-                    self._replicas[key] = decoder.replica(max_line, key[2])
+                    self._replicas[key] = decoder.replica(max_line, **changed)
                 decoder = self._replicas[key]
         kwargs: dict = {}
         if options.get("divisor"):
@@ -451,11 +505,11 @@ class EdgeJournal:
             if refused is not None:
                 self.kept_long += assembler.named_past(samples, current.name_bytes, refused)
 
-    def _say_bounds(self, current: Bounds) -> None:
-        """One line when a replay took payloads by edge bounds other than this run's (an
-        operator changed one between the crash and this start): what the journal holds was
-        acknowledged under them, so it is written by them; what comes now is judged by the
-        new ones."""
+    def _say_settings(self, current: Bounds) -> None:
+        """One line when a replay took payloads by settings other than this run's (an operator
+        changed an edge bound, --max-line, --influx-vm-tag or --graphite-template between the
+        crash and this start): what the journal holds was acknowledged under them, so it is
+        written by them; what comes now is taken by the new ones."""
         then = self.bounds_then
         changed = ["%s %s (now %d)" % (
             BOUND_OPTIONS[field], "/".join(str(value) for value in
@@ -469,6 +523,9 @@ class EdgeJournal:
         if self.tags_then:
             changed.append("--influx-vm-tag %s (now %s)" % (
                 "/".join(sorted(self.tags_then)), self.edge.influx.vm_tag.decode("utf-8")))
+        if self.templates_then:  # many and long: counted, not quoted
+            changed.append("%s of --graphite-template" % counted(len(self.templates_then),
+                                                                 "other set"))
         kept = []
         if self.kept_long:
             kept.append("%s naming a device longer than --edge-max-name-bytes (%d)"
@@ -476,7 +533,7 @@ class EdgeJournal:
         if self.kept_lines:
             kept.append("%s longer than --max-line (%d)" % (counted(self.kept_lines, "line"),
                                                             self.edge.influx.max_line))
-        log.warning("edge: %s taken under other edge bounds (%s) replayed by those, as they "
-                    "were acknowledged%s; new input is judged by this run's bounds",
-                    counted(self.other_bounds, "journaled payload"), ", ".join(changed),
+        log.warning("edge: %s taken under other settings (%s) replayed by those, as they "
+                    "were acknowledged%s; new input is taken by this run's",
+                    counted(self.other_settings, "journaled payload"), ", ".join(changed),
                     "; kept past this run's: " + " and ".join(kept) if kept else "")

@@ -1,0 +1,56 @@
+"""A journal replayed after ``--graphite-template`` was changed files samples under the VMs and
+fields they were taken for.
+
+Graphite lines over TCP are taken by one set of templates: their samples are in the journal once
+counted as used.  The server is killed while their minute is open and started again with other
+templates: the replay reads the payload by the templates it was taken under, so the minute is
+written for its VM (not for the segment the new templates take for one), says so in one line,
+and new input is read by the new templates.
+"""
+
+import os
+import signal
+import time
+
+from serverproc import serve
+from test_server_udp import logged
+
+from vmstats.logstore.layout import vm_dir
+
+BEFORE = ("--graphite-template", "servers.{vm}.cpu.percent cpu",
+          "--graphite-template", "servers.{vm}.mem.percent mem")
+#: The same paths read with the VM's name where the old templates had ``percent``.
+AFTER = ("--graphite-template", "servers.*.{field}.{vm}")
+USED = 'vmstats_edge_lines_total{format="graphite",outcome="used"}'
+
+
+def test_graphite_lines_journaled_under_other_templates_are_written_for_their_vm(tmp_path):
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    args = ("--flush-interval", "60", "--minute-grace", "3600s",  # no checkpoint before the kill
+            "--graphite-port", "0")
+    server = serve(tmp_path, *args, *BEFORE).start()
+    try:
+        with server.tcp_to(server.status["graphite_port"]) as sock:
+            sock.sendall(b"".join(b"servers.graphed.cpu.percent 10 %d\n"
+                                  b"servers.graphed.mem.percent 40 %d\n"
+                                  % (t0 + 10 * k + 1, t0 + 10 * k + 1) for k in range(6)))
+        server.wait_metrics(lambda m: m.get(USED, 0) == 12)  # counted after it is journaled
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        server.kill()
+        server = serve(tmp_path, *args, *AFTER).start()
+        with server.tcp_to(server.status["graphite_port"]) as sock:
+            sock.sendall(b"servers.x.cpu.fresh 20 %d\nservers.x.mem.fresh 50 %d\n"
+                         % (t0 + 1, t0 + 1))
+        server.wait_metrics(lambda m: m.get(USED, 0) == 2)
+        assert server.stop() == 0, server.output
+    finally:
+        server.kill()
+    row = logged(tmp_path / "data", "graphed").iloc[0]
+    assert (row["cpu"], row["mem"]) == (10.0, 40.0)
+    row = logged(tmp_path / "data", "fresh").iloc[0]
+    assert (row["cpu"], row["mem"]) == (20.0, 50.0)
+    assert not os.path.exists(vm_dir(str(tmp_path / "data"), "percent"))
+    assert ("edge: 1 journaled payload taken under other settings (1 other set of "
+            "--graphite-template) replayed by those, as they were acknowledged; new input is "
+            "taken by this run's") in server.output
