@@ -481,7 +481,7 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
                            CollectdDecoder(config.collectd_auth, config.collectd_security))
         edge.decoders["collectd"] = udp["collectd"][1]
     if config.graphite_port >= 0:
-        graphite = GraphiteDecoder(parse_templates(config.graphite_templates))
+        graphite = GraphiteDecoder(parse_templates(config.graphite_templates), config.max_line)
         udp["graphite"] = tcp["graphite"] = (config.graphite_port, graphite)
         edge.decoders["graphite"] = graphite
     metrics.gauges["edge_counters"] = (
