@@ -14,7 +14,10 @@ headers (a write without its token: 401).  A request line past 16 KiB is 414, a 
 line and headers) past it 431, where Twisted closed without a word or said a bare 400, and a request
 Twisted cannot read (a bad Content-Length or header, or a head in bare-LF lines, which it
 waited on until the idle timeout) 400 in JSON, as is a Transfer-Encoding other than chunked
-(Twisted read ``identity`` as no body at all).  A chunked body is decoded here (chunked.py), not
+(Twisted read ``identity`` as no body at all).  A header that is not a list given twice
+(``Authorization``: ``SINGLE_HEADERS``) is 400 (``duplicate_header``), where Twisted's ``getHeader``
+read the last one and a proxy in front may have judged the first; two Content-Lengths, or one
+beside a Transfer-Encoding, were already Twisted's 400.  A chunked body is decoded here (chunked.py), not
 by Twisted's private decoder: bad framing is 400 saying what is wrong with it, chunks carrying
 too little data are 400 (``chunk_overhead``), and its limit counts its bytes on the wire, framing
 included, so chunk extensions cannot carry 17 times the limit past it.  Each refusal is counted
@@ -62,6 +65,10 @@ DEFAULT_MAX_BODY = 64 << 10
 LINGER_BYTES = 4 << 20
 #: Methods a browser's page may send across origins unrefused: they change nothing here.
 SAFE_METHODS = (b"GET", b"HEAD")
+#: Headers a request may carry once (RFC 9110, 5.3: not lists): two are refused, 400, not read
+#: last-wins as Twisted's ``getHeader`` reads them.  (Two Content-Lengths, or one beside a
+#: Transfer-Encoding, are Twisted's 400 ``bad_request`` before this.)
+SINGLE_HEADERS = (b"authorization",)
 #: RFC 6585's answer to a header block past the limit; Twisted's table of reasons lacks it.
 HEADERS_TOO_LARGE = 431
 _REASONS = {**http.RESPONSES, http.REQUEST_URI_TOO_LONG: b"URI Too Long",
@@ -323,7 +330,14 @@ class _Channel(http.HTTPChannel):
         headers = request.requestHeaders
         delimited = headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
         codings = headers.getRawHeaders(b"transfer-encoding")
-        if codings is not None and [c.strip().lower() for c in codings] != [b"chunked"]:
+        repeated = [name for name in SINGLE_HEADERS if len(headers.getRawHeaders(name, ())) > 1]
+        if repeated:
+            # Twisted's getHeader reads the last one, a proxy in front may have checked the
+            # first: which credentials is this?  (The values are never logged or quoted.)
+            self._refuse(http.BAD_REQUEST, "duplicate_header",
+                         "malformed request: %s given more than once"
+                         % repeated[0].decode("ascii").title())
+        elif codings is not None and [c.strip().lower() for c in codings] != [b"chunked"]:
             # Twisted skips "identity" (RFC 2616's, gone since RFC 7230) as if there were no
             # body: a write sent so was answered 204 with none of its lines read, and the lines
             # were then read as the next request.  RFC 9112 (6.1): any coding but a final

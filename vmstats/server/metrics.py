@@ -209,6 +209,7 @@ class Metrics:
         metric("http_requests_refused_total", "counter",
                "HTTP requests refused: before their body was stored, too_large, not_found, "
                "length_required, cross_origin, uri_too_long, headers_too_large, bad_request, "
+               "duplicate_header, "
                "unsupported_encoding, chunk_overhead; busy, a write body past --http-body-memory (503); "
                "body_timeout, a body not whole within --http-body-timeout (408); head_timeout, "
                "a request line and headers not whole within --http-head-timeout (408).",
