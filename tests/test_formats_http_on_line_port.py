@@ -75,3 +75,43 @@ def test_an_http_request_in_a_datagram_to_a_line_port_is_counted_once_and_logs_n
     assert "an HTTP client (POST /write) wrote to the influx line port (UDP), dropped" in (
         server.output), server.output
     assert SECRET not in server.output and BEARER not in server.output
+
+
+def test_an_http_client_on_the_native_tcp_port_is_answered_400_at_once_and_logs_no_header(
+        tmp_path):
+    """``curl`` or Telegraf given the native port (8899) instead of the HTTP port: before, its
+    request line and headers were refused line by line as records and it heard nothing until
+    --idle-timeout (5 minutes).  Now it is answered 400 at once, counted once as ``http_request``
+    among the port's rejects, and the agents' connections are read as before."""
+    with serve(tmp_path, "--flush-interval", "0.3") as server:
+        client = http.client.HTTPConnection(LOOPBACK, server.tcp_port, timeout=3)
+        client.request("POST", "/write?db=x&p=" + SECRET, body=b"cpu,host=vm1 usage_idle=5 1\n",
+                       headers={"Authorization": "Token " + SECRET})
+        response = client.getresponse()
+        assert response.status == 400
+        assert b"the HTTP port (--http-port) serves /metrics" in response.read()
+        client.close()
+        # A request line that arrives in two reads.
+        with server.tcp(timeout=3) as sock:
+            sock.sendall(b"GE")
+            time.sleep(0.05)
+            sock.sendall(b"T /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+                         % BEARER.encode())
+            answer = b""
+            while chunk := sock.recv(4096):  # to the server's close
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+        # An agent's connection is read as ever, its batch acknowledged.
+        stamp = int(time.time()) - 120
+        replies = server.send_synced(b"vmstats,vm=10.9.0.1 cpu=5,mem=40 %d\n" % stamp)
+        assert replies == ["#!ack", "all", "1", "0"], replies
+        metrics = server.metrics()
+    rejected = {key: n for key, n in metrics.items() if key.startswith("vmstats_rejected_total") and n}
+    assert rejected == {'vmstats_rejected_total{reason="http_request"}': 2}, rejected
+    assert server.returncode == 0, server.output
+    assert "an HTTP client (POST /write) wrote to the native line port (TCP), closed" in server.output
+    assert "an HTTP client (GET /metrics)" in server.output
+    for path in [*tmp_path.rglob("*"), tmp_path / "server-output.txt"]:
+        if path.is_file():
+            text = path.read_bytes()
+            assert SECRET.encode() not in text and BEARER.encode() not in text, path

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from vmstats import protocol
 from vmstats.server.auth import Authenticator
 from vmstats.server.connections import ConnectionTable, SourceFilter, listen_tcp, listening
+from vmstats.server.formats import misdirected
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import frame_start, has_frame
@@ -295,6 +296,8 @@ class TCPReceiver(tx_protocol.Protocol):
         self.last_active = 0.0  # set by the table
         self.unanswered = 0  # syncs whose reply is not written yet
         self.reading = True
+        #: Until the connection's first line is in: is it an HTTP client's (misdirected.py)?
+        self.opening = True
 
     def connectionMade(self) -> None:
         self.table.add(self, self.peer)
@@ -338,7 +341,28 @@ class TCPReceiver(tx_protocol.Protocol):
                 return
             self.skipping = False
             data = data[end + 1:]
-        self.buffer = self._consume(self.buffer + data if self.buffer else data)
+        data = self.buffer + data if self.buffer else data
+        if self.opening:  # a test a read until the first line is in; none after it
+            end = data.find(b"\n")
+            if end >= 0 or len(data) > self.factory.max_line:
+                self.opening = False
+                # A request line starts with its method, in capitals: no record or frame does.
+                what = misdirected.request(data[:end]) if end > 0 and data[:1].isupper() else None
+                if what is not None:
+                    self._http_client(what)
+                    return
+        self.buffer = self._consume(data)
+
+    def _http_client(self, what: str) -> None:
+        """An HTTP client on the native port (``curl``, a browser, Telegraf given the wrong
+        port): counted once as ``http_request`` and logged with its method and path only (its
+        headers may carry a token), answered 400, and closed with nothing of it read as records.
+        Before, its request line and headers were refused line by line and it waited for an
+        answer until --idle-timeout."""
+        self.buffer = b""
+        self.ingest.reject(protocol.R_HTTP, misdirected.words("native", what))
+        self.transport.write(misdirected.answer("native"))
+        self.transport.loseConnection()
 
     def _consume(self, buf: bytes) -> bytes:
         """Handle every complete line or frame in ``buf``; return the incomplete rest.

@@ -46,7 +46,7 @@ R_DECRYPT = "decrypt"
 R_TRUNCATED = "truncated"
 R_AUTH = "auth"
 #: A TCP connection to a line port whose first line was an HTTP request line (misdirected.py).
-R_HTTP = "http_request"
+R_HTTP = protocol.R_HTTP
 #: A sample naming one device more than its VM's minute holds of that kind (``MAX_DEVICES``).
 R_DEVICE_CAP = "device_cap"
 #: A sample naming a device new to its minute while the open minutes of every VM together hold

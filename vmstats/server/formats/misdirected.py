@@ -9,7 +9,9 @@ when it is an HTTP request line the connection is counted once, logged with
 the method and path only (no query: InfluxDB 1.x clients put ``p=<token>``
 there), answered with a 400 the client shows its operator, and closed unread.
 A datagram on a line port's UDP twin that starts with a request line is counted
-and logged alike, and dropped unanswered.
+and logged alike, and dropped unanswered.  The native TCP port (listeners.py)
+answers and closes such a connection the same way, counting it among its
+rejects (``vmstats_rejected_total{reason="http_request"}``).
 """
 
 import re
@@ -27,6 +29,8 @@ _INSTEAD = {
     "influx": "the InfluxDB write API is the HTTP port's /write and /api/v2/write (--http-port)",
     "graphite": "this port takes Graphite plaintext lines; the HTTP port (--http-port) takes "
                 "the InfluxDB write API at /write and /api/v2/write",
+    "native": "this port takes the vmstats agent's records; the HTTP port (--http-port) serves "
+              "/metrics and /status, and the InfluxDB write API at /write and /api/v2/write",
 }
 
 
