@@ -56,7 +56,8 @@ def test_whitespace_around_a_value_is_not_part_of_it_spaces_or_tabs(tmp_path):
 def test_authorization_given_twice_is_refused_and_counted_never_read_last_wins(tmp_path):
     """Before, the last ``Authorization`` won: a wrong token then the right one wrote (204), where a
     proxy in front checking the first would have seen another.  Now 400 at the headers, counted
-    as ``duplicate_header``, nothing of the body taken, and neither value logged or quoted."""
+    as ``duplicate_header``, nothing of the body taken, and neither value logged or quoted; so is
+    a second ``Host`` (RFC 9112, 3.2)."""
     body = lines(2, "dup")
     cl = b"Content-Length: %d\r\n\r\n" % len(body)
     cases = [
@@ -65,16 +66,19 @@ def test_authorization_given_twice_is_refused_and_counted_never_read_last_wins(t
         b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer %s\r\n"
         b"authorization: Bearer %s\r\n\r\n" % (WRONG, STATUS_TOKEN.encode()),
     ]
+    host_twice = b"GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"
     with serve(tmp_path, "--influx-port", "0", "--write-token", TOKEN.decode()) as server:
         for request in cases:
             code, headers, error = status_and_json(ask(server.http_port, request))
             assert (code, headers["connection"]) == (400, "close"), (request[:200], error)
             assert error == {"error": "malformed request: Authorization given more than once"}
+        code, _headers, error = status_and_json(ask(server.http_port, host_twice))
+        assert (code, error["error"]) == (400, "malformed request: Host given more than once")
         # One well-formed write still lands, and the refused ones did not.
         answer = ask(server.http_port, V2 + b"Authorization: Token %s\r\n" % TOKEN + cl + body)
         assert answer.startswith(b"HTTP/1.1 204 "), answer
         metrics = server.wait_metrics(lambda m: m.get(USED, 0) >= 2, timeout=3)
-        assert (metrics[REFUSED % "duplicate_header"], metrics[USED]) == (3, 2)
+        assert (metrics[REFUSED % "duplicate_header"], metrics[USED]) == (4, 2)
     assert WRONG.decode() not in server.output, server.output
 
 

@@ -15,13 +15,13 @@ line and headers) past it 431, where Twisted closed without a word or said a bar
 Twisted cannot read (a bad Content-Length or header, or a head in bare-LF lines, which it
 waited on until the idle timeout) 400 in JSON, as is a Transfer-Encoding other than chunked
 (Twisted read ``identity`` as no body at all).  A header that is not a list given twice
-(``Authorization``: ``SINGLE_HEADERS``) is 400 (``duplicate_header``), where Twisted's ``getHeader``
-read the last one and a proxy in front may have judged the first; two Content-Lengths, or one
-beside a Transfer-Encoding, were already Twisted's 400.  A chunked body is decoded here (chunked.py), not
-by Twisted's private decoder: bad framing is 400 saying what is wrong with it, chunks carrying
-too little data are 400 (``chunk_overhead``), and its limit counts its bytes on the wire, framing
-included, so chunk extensions cannot carry 17 times the limit past it.  Each refusal is counted
-on /metrics.
+(``Authorization``, ``Host``: ``SINGLE_HEADERS``) is 400 (``duplicate_header``), where Twisted's
+``getHeader`` read the last one and a proxy in front may have judged the first; two
+Content-Lengths, or one beside a Transfer-Encoding, were already Twisted's 400.  A chunked body
+is decoded here (chunked.py), not by Twisted's private decoder: bad framing is 400 saying what
+is wrong with it, chunks carrying too little data are 400 (``chunk_overhead``), and its limit
+counts its bytes on the wire, framing included, so chunk extensions cannot carry 17 times the
+limit past it.  Each refusal is counted on /metrics.
 
 A page may hold a body's bytes against its budget from the headers on (``admit_body``: the write
 API's --http-body-memory), so a body that does not fit is refused before it is stored, and
@@ -66,9 +66,9 @@ LINGER_BYTES = 4 << 20
 #: Methods a browser's page may send across origins unrefused: they change nothing here.
 SAFE_METHODS = (b"GET", b"HEAD")
 #: Headers a request may carry once (RFC 9110, 5.3: not lists): two are refused, 400, not read
-#: last-wins as Twisted's ``getHeader`` reads them.  (Two Content-Lengths, or one beside a
-#: Transfer-Encoding, are Twisted's 400 ``bad_request`` before this.)
-SINGLE_HEADERS = (b"authorization",)
+#: last-wins as Twisted's ``getHeader`` reads them (Host: RFC 9112, 3.2 says so).  Two
+#: Content-Lengths, or one beside a Transfer-Encoding, are Twisted's 400 ``bad_request`` before.
+SINGLE_HEADERS = (b"authorization", b"host")
 #: RFC 6585's answer to a header block past the limit; Twisted's table of reasons lacks it.
 HEADERS_TOO_LARGE = 431
 _REASONS = {**http.RESPONSES, http.REQUEST_URI_TOO_LONG: b"URI Too Long",

@@ -342,7 +342,7 @@ class TCPReceiver(tx_protocol.Protocol):
             self.skipping = False
             data = data[end + 1:]
         data = self.buffer + data if self.buffer else data
-        if self.opening:  # a test a read until the first line is in; none after it
+        if self.opening:  # a look at each read until the first line is in, none after it
             end = data.find(b"\n")
             if end >= 0 or len(data) > self.factory.max_line:
                 self.opening = False
