@@ -57,13 +57,15 @@ def toolchain() -> tuple[str, Path]:
     raise RuntimeError("gcc with libasan is missing after .ci/debian-packages")
 
 
-def compile_module(gcc: str, source: Path, into: Path, libraries: list[str]) -> Path:
-    """One extension module compiled from ``source`` with the sanitizers, into ``into``."""
+def compile_module(gcc: str, source: Path, into: Path, libraries: list[str],
+                   flags: list[str] = FLAGS) -> Path:
+    """One extension module compiled from ``source`` with the sanitizers (or ``flags``), into
+    ``into``."""
     paths = sysconfig.get_paths()
     includes = sorted({"-I" + paths["include"], "-I" + paths["platinclude"]})
     into.mkdir(parents=True, exist_ok=True)
     target = into / (source.stem + sysconfig.get_config_var("EXT_SUFFIX"))
-    done = subprocess.run([gcc, *FLAGS, *includes, str(source), "-o", str(target), *libraries],
+    done = subprocess.run([gcc, *flags, *includes, str(source), "-o", str(target), *libraries],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError("%s did not compile:\n%s" % (source.name, done.stderr))

@@ -15,6 +15,7 @@ import click
 
 from vmstats import __version__
 from vmstats.options import Refused, remove_made_folders
+from vmstats.server.native import StaleBuild
 
 #: sub-command name -> "module:attribute" of its click command.
 COMMANDS = {
@@ -46,13 +47,17 @@ READER_GONE = 141
 def _one_line() -> Iterator[None]:
     """click's usage errors as one line (options.Refused), as every other refusal reads:
     click's usage block ("Usage: ... Try ... for help") says nothing of what was wrong.
-    A group given no command ("vmstats rules") still shows its help."""
+    A group given no command ("vmstats rules") still shows its help.  A C part built from an
+    older source than the Python that imports it (server/native.py) is refused the same way,
+    wherever the command imports it: a rebuild is the one thing that makes it run."""
     try:
         yield
     except click.UsageError as exc:
         if isinstance(exc, click.exceptions.NoArgsIsHelpError):
             raise
         raise Refused(exc.format_message().replace("\n", " ")) from None
+    except StaleBuild as exc:
+        raise Refused(str(exc)) from None
 
 
 def _failed(exc: BaseException) -> bool:

@@ -40,6 +40,8 @@ class Recorder:
 
     def __init__(self, module: object) -> None:
         self.module = module
+        #: The build's version, which its importer checks (vmstats/server/native.py).
+        self.VERSION = module.VERSION
         self.calls: list[tuple] = []
         self.known: dict = {}
 

@@ -22,6 +22,11 @@
 #include <string.h>
 #include <openssl/sha.h>
 
+/* What passes between this module and signing.py (its functions, their arguments, what they
+ * answer), numbered: raised with every change to it, here and in signing.py's
+ * FRAMECHECK_VERSION, so that a build of an older source is refused at import (native.py). */
+#define MODULE_VERSION 1
+
 #define SIG_PREFIX "#!sig1 "
 #define SIG_PREFIX_LEN 7
 #define HEX_MAC_LEN 64
@@ -221,5 +226,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__framecheck(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", MODULE_VERSION) < 0)
+        Py_CLEAR(m);
+    return m;
 }

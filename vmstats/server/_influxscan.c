@@ -28,6 +28,11 @@
 #include <stdint.h>
 #include <string.h>
 
+/* What passes between this module and influx.py (its functions, their arguments, what they
+ * answer), numbered: raised with every change to it, here and in influx.py's
+ * INFLUXSCAN_VERSION, so that a build of an older source is refused at import (native.py). */
+#define MODULE_VERSION 1
+
 #define SPEC_NAME "vmstats.server._influxscan.spec"
 #define MAX_TAGS 2
 #define MAX_FIELDS 4
@@ -915,5 +920,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__influxscan(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", MODULE_VERSION) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -23,6 +23,11 @@
 #include <Python.h>
 #include <string.h>
 
+/* What passes between this module and parse.py (its functions, their arguments, what they
+ * answer), numbered: raised with every change to it, here and in parse.py's
+ * LINESCAN_VERSION, so that a build of an older source is refused at import (native.py). */
+#define MODULE_VERSION 1
+
 /* Room in the fixed arrays; the limits themselves come from parse.line_spec. */
 #define MAX_FIELDS 32
 #define MAX_EXTRA_TAGS 32
@@ -530,5 +535,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__linescan(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", MODULE_VERSION) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -19,6 +19,11 @@
 #include <float.h>
 #include <math.h>
 
+/* What passes between this module and minutes.py (its functions, their arguments, what they
+ * answer), numbered: raised with every change to it, here and in minutes.py's
+ * MINUTES_VERSION, so that a build of an older source is refused at import (native.py). */
+#define MODULE_VERSION 1
+
 /* Set once by configure(): minutes.py's tables and helpers. */
 static PyObject *minute_type, *put_fn, *within_fn, *out_of_range, *counters, *limits,
     *rate_kinds, *refuse_time, *refuse_counter, *refuse_rate, *r_range, *r_device_cap,
@@ -764,5 +769,8 @@ PyInit__minutes(void)
         || (f_double_max = PyFloat_FromDouble(DBL_MAX)) == NULL
         || (i_zero = PyLong_FromLong(0)) == NULL || (i_sixty = PyLong_FromLong(60)) == NULL)
         return NULL;
-    return PyModule_Create(&module_def);
+    PyObject *m = PyModule_Create(&module_def);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", MODULE_VERSION) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -361,6 +361,7 @@ def serve(**options) -> None:
         raise Refused(one_line(exc)) from None
     from vmstats.capacity.errors import CapacityError
     from vmstats.rules.config import RulesError
+    from vmstats.server.native import StaleBuild
     from vmstats.server.service import run
 
     try:
@@ -369,6 +370,8 @@ def serve(**options) -> None:
         lead = "the rules file cannot be used:\n" if len(exc.problems) > 1 else "rules file "
         raise Refused(lead + str(exc)) from None
     except CapacityError as exc:  # a bad inventory: the server does not start
+        raise Refused(str(exc)) from None
+    except StaleBuild as exc:  # a C part imported as the server is built (cli.py's line)
         raise Refused(str(exc)) from None
     except (OSError, ListenError) as exc:
         raise click.ClickException(one_line(exc)) from None

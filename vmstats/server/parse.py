@@ -47,12 +47,15 @@ from operator import itemgetter, not_
 
 from vmstats import protocol
 from vmstats.logstore import TAGS_SEPARATOR, format_tail
+from vmstats.server import native
 from vmstats.server.clock import outside_window, window_reason
 
-try:  # the C reader of every spelling (setup.py); the same rows, ~1 us a record less
-    from vmstats.server import _linescan as _native
-except ImportError:  # built without a C compiler
-    _native = None
+#: The version of _linescan.c this module calls (its VERSION): raised with every change to
+#: what passes between them, so that a build of an older source is refused (native.py).
+LINESCAN_VERSION = 1
+#: The C reader of every spelling (setup.py); the same rows, ~1 us a record less.  None where
+#: it was not built (no C compiler).
+_native = native.load("_linescan", LINESCAN_VERSION)
 
 #: (vms, timestamps, held rows, seqs (None: none sent), [(reject reason, count)], [detail])
 Parsed = tuple[list, list, list, list, list, list]

@@ -39,13 +39,16 @@ from operator import attrgetter
 
 from vmstats import inputfile, protocol
 from vmstats.selectors import selected
+from vmstats.server import native
 from vmstats.server.parse import Parsed, Parser
 from vmstats.words import counted
 
-try:  # the C fast path (setup.py); the same answers, ~1.6 us a datagram less
-    from vmstats.server import _framecheck as _native
-except ImportError:  # built without a C compiler or OpenSSL's headers
-    _native = None
+#: The version of _framecheck.c this module calls (its VERSION): raised with every change to
+#: what passes between them, so that a build of an older source is refused (native.py).
+FRAMECHECK_VERSION = 1
+#: The C fast path (setup.py); the same answers, ~1.6 us a datagram less.  None where it was
+#: not built (no C compiler or OpenSSL's headers).
+_native = native.load("_framecheck", FRAMECHECK_VERSION)
 
 _compare = hmac.compare_digest
 #: SHA-256's block: HMAC pads (or first hashes) its key to this length.

@@ -23,6 +23,7 @@ hide in a plausible difference (idle 50, iowait -30: cpu 80).
 
 from vmstats import protocol
 from vmstats.client.procfs import LOOPBACK_INTERFACES
+from vmstats.server import native
 from vmstats.server.formats import (
     BOUNDS,
     IGNORED,
@@ -53,10 +54,12 @@ from vmstats.server.formats.lineprotocol import (
     twice,
 )
 
-try:  # the C reader of plain lines (setup.py); the same samples, ~4 us a line less
-    from vmstats.server import _influxscan as _native
-except ImportError:  # built without a C compiler
-    _native = None
+#: The version of _influxscan.c this module calls (its VERSION): raised with every change to
+#: what passes between them, so that a build of an older source is refused (native.py).
+INFLUXSCAN_VERSION = 1
+#: The C reader of plain lines (setup.py); the same samples, ~4 us a line less.  None where it
+#: was not built (no C compiler).
+_native = native.load("_influxscan", INFLUXSCAN_VERSION)
 
 _MIB = 1 << 20
 #: diskio's and net's cumulative byte counters: (field, the counter kind it becomes).

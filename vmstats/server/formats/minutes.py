@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 from vmstats import protocol
 from vmstats.client.procfs import whole_disks
+from vmstats.server import native
 from vmstats.server.clock import outside_window, window_reason
 from vmstats.server.formats import (
     BOUNDS,
@@ -66,10 +67,12 @@ from vmstats.server.formats import (
 from vmstats.server.formats.interfaces import VirtualInterfaces
 from vmstats.server.formats.rates import CounterRates
 
-try:  # add's loop in C (setup.py); the same state and records, ~1 us a Telegraf line less
-    from vmstats.server import _minutes as _native
-except ImportError:  # built without a C compiler
-    _native = None
+#: The version of _minutes.c this module calls (its VERSION): raised with every change to
+#: what passes between them, so that a build of an older source is refused (native.py).
+MINUTES_VERSION = 1
+#: add's loop in C (setup.py); the same state and records, ~1 us a Telegraf line less.  None
+#: where it was not built (no C compiler).
+_native = native.load("_minutes", MINUTES_VERSION)
 
 #: CPU states that are idle time (collectd's names; iowait is idle, as for the agent).
 IDLE_STATES = frozenset(("idle", "wait"))

@@ -1,0 +1,76 @@
+"""A C part built from an older source than the Python that calls it stops the server at start
+with one line.
+
+A checkout pulled and served without rebuilding kept the C parts of the old source: the server
+started fine, then answered 500 to every HTTP write (the old ``_influxscan.scan`` took other
+arguments).  Each test runs ``vmstats serve`` from a copy of the package, built as it is here,
+with one C part compiled again from its ``.c`` whose version is one older (what a build of the
+older source is, to native.py).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import sanitizers
+from serverproc import LOOPBACK, ROOT
+
+from vmstats.server import parse, signing
+from vmstats.server.formats import influx, minutes
+
+SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
+#: Each C part and the version of its source the Python calls.
+CALLED = {"_framecheck": signing.FRAMECHECK_VERSION, "_linescan": parse.LINESCAN_VERSION,
+          "_influxscan": influx.INFLUXSCAN_VERSION, "_minutes": minutes.MINUTES_VERSION}
+#: A plain build, as quick as gcc makes one: these builds are loaded, never timed.
+PLAIN = ["-O0", "-shared", "-fPIC"]
+
+
+def package_copy(into: Path, left_out: tuple[str, ...] = ()) -> Path:
+    """The package copied into ``into`` with its C parts as built here, but those
+    ``left_out``, beside the setup.py it was built with: the server module of the copy."""
+    shutil.copytree(ROOT / "vmstats", into / "vmstats",
+                    ignore=shutil.ignore_patterns(*(name + SUFFIX for name in left_out)))
+    shutil.copy2(ROOT / "setup.py", into / "setup.py")
+    server = into / "vmstats" / "server"
+    built = {path.name for path in server.glob("_*" + SUFFIX)}
+    assert built == {name + SUFFIX for name in CALLED if name not in left_out}, built
+    return server
+
+
+def build_older(name: str, into: Path, scratch: Path) -> None:
+    """``name`` compiled into ``into`` from its ``.c`` with the version before its own."""
+    text = (sanitizers.SOURCES / (name + ".c")).read_text()
+    older, found = re.subn(r"^#define MODULE_VERSION %d$" % CALLED[name],
+                           "#define MODULE_VERSION %d" % (CALLED[name] - 1), text, flags=re.M)
+    assert found == 1, name
+    scratch.mkdir()
+    source = scratch / (name + ".c")
+    source.write_text(older)
+    gcc = shutil.which("gcc")
+    assert gcc, "gcc is missing: .ci/debian-packages installs it"
+    built = sanitizers.compile_module(gcc, source, into, sanitizers.MODULES[name], flags=PLAIN)
+    assert built.parent == into
+
+
+@pytest.mark.parametrize("name", sorted(CALLED))
+def test_a_c_part_built_from_an_older_source_stops_serve_with_one_line(tmp_path, name):
+    tree = tmp_path / "tree"
+    build_older(name, package_copy(tree), tmp_path / "older")
+    done = subprocess.run(
+        [sys.executable, "-m", "vmstats", "serve", "--bind", LOOPBACK, "--udp-port", "0",
+         "--tcp-port", "0", "--http-port", "0", "--data-dir", str(tmp_path / "data"),
+         "--duration", "5s"],  # a server that starts ends by itself, with status 0
+        cwd=str(tree), env=dict(os.environ, PYTHONPATH=str(tree)),
+        capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr == (
+        "Error: C module vmstats.server.%s is stale: built from version %d of %s.c, its Python "
+        "calls version %d; rebuild it: %s -m pip install -e %s\n"
+        % (name, CALLED[name] - 1, name, CALLED[name], sys.executable, tree))
+
