@@ -1,11 +1,12 @@
 """A C part built from an older source than the Python that calls it stops the server at start
-with one line.
+with one line; a C part not built at all leaves the work to Python, said at start.
 
 A checkout pulled and served without rebuilding kept the C parts of the old source: the server
 started fine, then answered 500 to every HTTP write (the old ``_influxscan.scan`` took other
 arguments).  Each test runs ``vmstats serve`` from a copy of the package, built as it is here,
 with one C part compiled again from its ``.c`` whose version is one older (what a build of the
-older source is, to native.py).
+older source is, to native.py), or with parts left out (what a machine without a compiler
+builds).
 """
 
 import os
@@ -14,11 +15,14 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
 import sanitizers
-from serverproc import LOOPBACK, ROOT
+from serverproc import LOOPBACK, ROOT, serve
+from test_formats_server import edge, minute_lines, post
+from test_server_udp import logged
 
 from vmstats.server import parse, signing
 from vmstats.server.formats import influx, minutes
@@ -74,3 +78,20 @@ def test_a_c_part_built_from_an_older_source_stops_serve_with_one_line(tmp_path,
         "calls version %d; rebuild it: %s -m pip install -e %s\n"
         % (name, CALLED[name] - 1, name, CALLED[name], sys.executable, tree))
 
+
+def test_c_parts_not_built_leave_the_edge_to_python_and_say_so(tmp_path):
+    tree = tmp_path / "tree"
+    package_copy(tree, left_out=("_influxscan", "_minutes"))
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    server = serve(tree, "--flush-interval", "0.3")
+    server.env["PYTHONPATH"] = str(tree)
+    with server:
+        lines = minute_lines("unbuilt-vm", t0)
+        assert post(server, "/api/v2/write?org=o&bucket=b&precision=s", b"\n".join(lines)) == (204, "")
+        server.wait_metrics(lambda metrics: edge(metrics, "influx", "used") == len(lines))
+    assert server.returncode == 0, server.output
+    warned = [line for line in server.output.splitlines() if "built without its C parts" in line]
+    assert len(warned) == 1 and "Telegraf's lines are read" in warned[0], server.output
+    rows = logged(tree / "data", "unbuilt-vm")  # the Python did the C parts' work
+    assert list(rows["ts"]) == [t0 + 60]
+    assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0

@@ -83,6 +83,11 @@ _ALL_INTERFACES = b"all"
 _LOW, _HIGH = BOUNDS["cpu"]
 
 
+def native_scan() -> bool:
+    """Are Telegraf's plain lines read by the C part (``_influxscan``, built with the package)?"""
+    return _native is not None
+
+
 def scan_spec(vm_tag: bytes, max_line: int) -> tuple:
     """What the C reader (``_influxscan.spec``) maps lines with: this module's tables."""
     kinds = ("cpu", "mem", "mem_mb", *(kind for _field, kind in _DISK_FIELDS + _NET_FIELDS),

@@ -772,6 +772,11 @@ def _record(vm: str, end: int, minute: Minute, events: Counter,
     return protocol.Record(vm=vm, ts=end, **fields)
 
 
+def native_filing() -> bool:
+    """Are samples filed into their minutes by the C part (``_minutes``, built with the package)?"""
+    return _native is not None
+
+
 if _native is not None:
     _native.configure(Minute, _put, within, OutOfRange, _COUNTERS, _LIMITS, _RATE_KINDS,
                       _refuse_time, _refuse_counter, _refuse_rate, R_RANGE, R_DEVICE_CAP,
