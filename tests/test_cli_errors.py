@@ -141,6 +141,30 @@ CASES = [
     ((*_SERVE, "--influx-vm-tag", ""), REFUSED, "--influx-vm-tag is empty: name the"),
     (("alerts", "--token", "a", "--token-file", "afile"), REFUSED,
      "--token and --token-file are one setting"),
+    # a server's address that is none: urllib's reason, exit 1, as if the network had failed
+    (("alerts", "--url", "not-a-url"), REFUSED,
+     "Invalid value for '--url': 'not-a-url' is not a URL: give http://HOST:PORT, e.g. "),
+    (("alerts", "--url", "http://"), REFUSED, "Invalid value for '--url': 'http://' names no host"),
+    (("rules", "mutes", "--url", "http://host:notaport"), REFUSED,
+     "'http://host:notaport': the port is not a number from 1 to 65535"),
+    (("rules", "unmute", "0123456789ab", "--url", "http://[::1"), REFUSED,
+     "'http://[::1' is not a URL: Invalid IPv6 URL"),
+    (("rules", "mutes", "--url", "http://host:8898 "), REFUSED, "has a space or control character"),
+    # other schemes were asked: ftp:// went out, file:///srv read the local file /srv/alerts
+    (("rules", "mutes", "--url", "ftp://127.0.0.1:9/"), REFUSED,
+     "'ftp://127.0.0.1:9/' is not an http:// or https:// URL"),
+    (("alerts", "--url", "file:///etc/passwd"), REFUSED, "'file:///etc/passwd' is not an http://"),
+    # a password or a token in the address was echoed in the line (test_a_secret_... below)
+    (("rules", "mute", "--rule", "x", "--duration", "1h", "--comment", "c", "--url",
+      "http://ops:s3cret@127.0.0.1:9"), REFUSED,
+     "'http://***@127.0.0.1:9': a user or password in the URL is not sent; give the status token"),
+    (("alerts", "--url", "http://127.0.0.1:9/?token=s3cret"), REFUSED,
+     "'http://127.0.0.1:9/?...': the server's address takes no query (?) or fragment (#)"),
+    (("alerts", "--url", "http://127.0.0.1:9", "--token", "s3\ncret"), REFUSED,
+     "the status token has a control character, which a header cannot carry"),
+    (("alerts", "--url", "http://127.0.0.1:9", "--timeout", "0"), REFUSED,
+     "Invalid value for '--timeout': 0.0 is not in the range x>0."),
+    (("rules", "mutes", "--timeout", "inf"), REFUSED, "Invalid value for '--timeout': 'inf' is not"),
     # a file the command line names: not there, a folder, not TOML, not UTF-8, empty, wrong
     (("report", "data", "-o", "out", "--prices", "nope"), REFUSED, "price book file nope: does not exist"),
     (("report", "data", "-o", "out", "--prices", "folder"), REFUSED,
@@ -205,7 +229,10 @@ CASES = [
     (("simulate", "--vms", "1", "--days", "0.01", *_CLOSED), FAILED, "TCP 127.0.0.1:9: Connection refused"),
     (("alerts", "--data-dir", "data"), FAILED, "no action log folder at data/rules"),
     (("alerts", "--data-dir", "nowhere"), REFUSED, "data dir nowhere does not exist or is not a directory"),
-    (("alerts", "--url", "http://127.0.0.1:9"), FAILED, "cannot read http://127.0.0.1:9"),
+    (("alerts", "--url", "http://127.0.0.1:9"), FAILED,
+     "cannot read http://127.0.0.1:9/alerts: Connection refused"),
+    (("rules", "unmute", "0123456789ab", "--url", "http://127.0.0.1:9/vmstats/"), FAILED,
+     "cannot read http://127.0.0.1:9/vmstats/mutes?id=0123456789ab: Connection refused"),
 ]
 
 
@@ -254,3 +281,21 @@ def test_the_agents_usage_errors_are_one_line_too():
     result = CliRunner().invoke(cli.main, ["agent", "--bogus"])
     assert result.exit_code == 2
     assert result.stderr == "vmstats agent: error: unrecognized arguments: --bogus (see --help)\n"
+
+
+@pytest.mark.parametrize("args", [
+    ("alerts", "--url", "http://ops:s3cret@127.0.0.1:9"),
+    ("alerts", "--url", "http://s3cret@127.0.0.1:9/alerts"),
+    ("rules", "mutes", "--url", "https://127.0.0.1:9/?token=s3cret"),
+    ("rules", "unmute", "0123456789ab", "--url", "http://127.0.0.1:9/#s3cret"),
+    ("rules", "mutes", "--url", "ftp://ops:s3cret@127.0.0.1:9/"),
+    ("rules", "mutes", "--url", "http://ops:s3cret@127.0.0.1:x"),
+    ("rules", "mutes", "--url", "http://127.0.0.1:9", "--token", "s3cret\r\n"),
+])
+def test_a_secret_in_the_url_or_token_is_never_echoed(args):
+    """Error lines go to terminals, CI logs and tickets: the password, token or query the
+    address carried (or a token a header cannot carry) is not in them."""
+    result = CliRunner().invoke(cli.main, list(args))
+    assert result.exit_code == REFUSED, result.output
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert "s3cret" not in result.output, result.output

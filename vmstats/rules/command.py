@@ -1,14 +1,11 @@
 """``vmstats rules check FILE``, ``vmstats alerts`` and mutes: the rules' command line."""
 
 import getpass
-import http.client
 import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter
 
 import click
@@ -18,12 +15,9 @@ from vmstats.options import IntRange, Refused
 from vmstats.rules.config import RulesError, read_rules
 from vmstats.rules.mutes import MuteError, parse_mute
 from vmstats.rules.mutes import describe as describe_mute
-from vmstats.server.config import DEFAULT_HTTP_PORT
+from vmstats.serverclient import DEFAULT_URL, ServerURL, ServerURLType, ask, timeout_option
 from vmstats.stamps import moment
 from vmstats.words import counted
-
-#: Where ``vmstats rules mute`` and its kin find the server unless told.
-DEFAULT_URL = "http://127.0.0.1:%d" % DEFAULT_HTTP_PORT
 
 
 @click.group()
@@ -87,9 +81,10 @@ def check(path: str, quiet: bool) -> None:
 
 
 def server_options(command):
-    """``--url`` and the token options of the commands that ask a running server."""
-    command = token_options(command)
-    return click.option("--url", default=DEFAULT_URL, show_default=True,
+    """``--url``, ``--timeout`` and the token options of the commands that ask a running server
+    (vmstats.serverclient)."""
+    command = timeout_option(token_options(command))
+    return click.option("--url", type=ServerURLType(), default=DEFAULT_URL, show_default=True,
                         help="The server's HTTP address (its /mutes).")(command)
 
 
@@ -109,8 +104,8 @@ def server_options(command):
 @click.option("--author", default=None, help="Who makes it (default: the login name).")
 @click.option("--comment", default=None, help="Why: the maintenance it is for (required).")
 @click.pass_context
-def mute(ctx: click.Context, url: str, token: str | None, token_file: str | None,
-         rule_names: tuple[str, ...], ids: tuple[str, ...], cidr: tuple[str, ...],
+def mute(ctx: click.Context, url: ServerURL, token: str | None, token_file: str | None,
+         timeout: float, rule_names: tuple[str, ...], ids: tuple[str, ...], cidr: tuple[str, ...],
          tags: tuple[str, ...], host: str | None, duration: str | None, ends: str | None,
          starts: str | None, author: str | None, comment: str | None) -> None:
     """Mute rules' notifications and scaling for planned maintenance (docs/RULES.md, Mutes).
@@ -143,7 +138,7 @@ def mute(ctx: click.Context, url: str, token: str | None, token_file: str | None
         parse_mute(data, time.time())
     except MuteError as exc:
         raise Refused(str(exc)) from None
-    made = ask(url, "/mutes", token, "POST", data)
+    made = ask(url, "/mutes", token, "POST", data, timeout)
     click.echo(_mute_line(made))
 
 
@@ -151,12 +146,12 @@ def mute(ctx: click.Context, url: str, token: str | None, token_file: str | None
 @server_options
 @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON.")
 @click.pass_context
-def mutes(ctx: click.Context, url: str, token: str | None, token_file: str | None,
-          as_json: bool) -> None:
+def mutes(ctx: click.Context, url: ServerURL, token: str | None, token_file: str | None,
+          timeout: float, as_json: bool) -> None:
     """The mutes in force and to come, one a line, ending soonest first."""
-    page = ask(url, "/mutes", read_token(ctx, token, token_file))
+    page = ask(url, "/mutes", read_token(ctx, token, token_file), timeout=timeout)
     if not isinstance(page, dict) or not isinstance(page.get("mutes"), list):
-        raise click.ClickException("%s/mutes is not a vmstats /mutes page" % url.rstrip("/"))
+        raise click.ClickException("%s is not a vmstats /mutes page" % url.url("/mutes"))
     if as_json:
         click.echo(json.dumps(page, indent=1, sort_keys=True))
         return
@@ -169,11 +164,11 @@ def mutes(ctx: click.Context, url: str, token: str | None, token_file: str | Non
 @click.argument("mute_id", metavar="ID")
 @server_options
 @click.pass_context
-def unmute(ctx: click.Context, mute_id: str, url: str, token: str | None,
-           token_file: str | None) -> None:
+def unmute(ctx: click.Context, mute_id: str, url: ServerURL, token: str | None,
+           token_file: str | None, timeout: float) -> None:
     """End a mute now: an alert it held back that still fires is notified once."""
     ended = ask(url, "/mutes?id=" + urllib.parse.quote(mute_id, safe=""),
-                read_token(ctx, token, token_file), "DELETE")
+                read_token(ctx, token, token_file), "DELETE", timeout=timeout)
     click.echo("ended " + _mute_line(ended))
 
 
@@ -195,21 +190,22 @@ def _mute_line(entry) -> str:
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default="vmstats-data",
               show_default=True, help="The server's data dir (its action log is read).")
-@click.option("--url", default=None,
+@click.option("--url", type=ServerURLType(), default=None,
               help="Ask a running server instead, e.g. http://127.0.0.1:8898 (its /alerts); with "
                    "its status token for per-VM states and the log.")
 @token_options
+@timeout_option
 @click.option("--recent", type=IntRange(0), default=20, show_default=True,
               help="Log entries to list.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON: the /alerts page from either source (docs/RULES.md).")
 @click.pass_context
-def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None,
-           token_file: str | None, recent: int, as_json: bool) -> None:
+def alerts(ctx: click.Context, data_dir: str, url: ServerURL | None, token: str | None,
+           token_file: str | None, timeout: float, recent: int, as_json: bool) -> None:
     """Current rule states (not ok first) and the action log's recent entries."""
     token = read_token(ctx, token, token_file)
     if url:
-        page = from_server(url, token)
+        page = from_server(url, token, timeout)
     else:
         page = from_log(data_dir)
     if as_json:
@@ -241,53 +237,11 @@ def alerts(ctx: click.Context, data_dir: str, url: str | None, token: str | None
         click.echo("  " + describe(entry))
 
 
-def ask(url: str, path: str, token: str | None, method: str = "GET",
-        body: dict | None = None) -> object:
-    """A JSON answer of the server at ``url``; one ClickException line when it cannot be had.
-
-    A URL that is no URL (``notaurl``, ``http://[::1``), a refused connection, an HTTP
-    error and an answer that is not JSON are each one line naming the address, not a
-    traceback.  An HTTP error whose body says what was wrong (``{"error": ...}``, as the
-    server's pages answer) is that line: status 2 when the server refused what was asked
-    (4xx: the mute, the id, the token), 1 when it failed (5xx).
-    """
-    where = url.rstrip("/") + path
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    try:
-        request = urllib.request.Request(where, data=data, method=method)
-        if token:
-            request.add_header("Authorization", "Bearer " + token)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return inputfile.json_loads(response.read())
-    except urllib.error.HTTPError as exc:
-        said = _error_of(exc)
-        if said is not None:
-            raise (Refused if exc.code < 500 else click.ClickException)(
-                "%s: %s" % (where, said)) from None
-        raise click.ClickException("cannot read %s: HTTP %d %s" % (where, exc.code, exc.reason)) from None
-    except urllib.error.URLError as exc:
-        raise click.ClickException("cannot read %s: %s" % (where, exc.reason)) from None
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise click.ClickException("cannot read %s: %s" % (where, str(exc) or type(exc).__name__)) from None
-
-
-def _error_of(exc: urllib.error.HTTPError) -> str | None:
-    """The ``error`` line of a vmstats page's refusal, if that is what came back."""
-    try:
-        said = inputfile.json_loads(exc.read(64 << 10))
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
-    error = said.get("error") if isinstance(said, dict) else None
-    return error if isinstance(error, str) else None
-
-
-def from_server(url: str, token: str | None) -> dict:
+def from_server(url: ServerURL, token: str | None, timeout: float) -> dict:
     """The server's /alerts page; one ClickException line when it cannot be had or read
     (``ask``), or is not the /alerts page (another service on that port)."""
-    where = url.rstrip("/") + "/alerts"
-    page = ask(url, "/alerts", token)
+    where = url.url("/alerts")
+    page = ask(url, "/alerts", token, timeout=timeout)
     if not (isinstance(page, dict) and isinstance(page.get("recent", []), list)
             and isinstance(page.get("states", []), list)):
         raise click.ClickException("%s is not a vmstats /alerts page" % where)

@@ -1,0 +1,154 @@
+"""The commands that ask a running server (``--url``) against loopback ports that are not one.
+
+Each runs as an operator runs it (``python -m vmstats``) against a real listener: a port that
+takes the connection and never answers (another service waiting for its own protocol, a stuck
+process), one whose queue is full (the connection is never taken, as behind a firewall dropping it), one
+that answers something other than HTTP or hangs up, one that redirects, and a plain HTTP server
+that answers well.  Each ends with one ``Error:`` line that says what happened, promptly;
+refusals of the address itself are in tests/test_cli_errors.py.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+#: Every command that asks a server, with what it needs besides --url.
+COMMANDS = {
+    "alerts": ("alerts",),
+    "rules mutes": ("rules", "mutes"),
+    "rules mute": ("rules", "mute", "--rule", "hot", "--duration", "1h", "--author", "ana",
+                   "--comment", "patching"),
+    "rules unmute": ("rules", "unmute", "0123456789ab"),
+}
+
+
+def run(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "vmstats", *args], capture_output=True, text=True,
+                          timeout=30, env=env)
+    return done, time.monotonic() - started
+
+
+def one_line(done: subprocess.CompletedProcess) -> str:
+    """The one ``Error:`` line of a failed run (status 1: the run failed on the way)."""
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    return lines[0]
+
+
+@contextmanager
+def listening(backlog: int = 8) -> Iterator[socket.socket]:
+    """A loopback port that takes connections and never reads or answers them: the kernel
+    completes each handshake and holds the request until the socket is closed."""
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(backlog)
+        yield listener
+    finally:
+        listener.close()
+
+
+@contextmanager
+def answering(reply: bytes) -> Iterator[int]:
+    """A loopback port that reads each request's head and body, sends ``reply`` and hangs up."""
+    with listening() as listener:
+        def serve() -> None:
+            while True:
+                try:
+                    peer, _ = listener.accept()
+                except OSError:  # the listener was closed
+                    return
+                with peer:
+                    peer.settimeout(5)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = peer.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    while len(body) < length:
+                        body += peer.recv(4096)
+                    peer.sendall(reply)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+            thread.join(5)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_port_that_never_answers_is_said_so_within_the_timeout(command):
+    """A service waiting for its own protocol takes the connection and says nothing: the
+    command waited its fixed 10 s, then said only "timed out"."""
+    with listening() as listener:
+        port = listener.getsockname()[1]
+        done, took = run(*COMMANDS[command], "--url", "http://127.0.0.1:%d" % port, "--timeout", "0.5")
+    line = one_line(done)
+    assert "no HTTP answer from 127.0.0.1:%d within 0.5 s" % port in line, line
+    assert "--timeout waits longer" in line
+    assert took < 3.5, took
+
+
+def test_a_connection_never_taken_is_given_up_at_the_connect_limit():
+    """The port's queue is full (one connection waits in it): the handshake is never
+    answered, as behind a firewall that drops it; the line says the connection never came."""
+    with listening(backlog=0) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # fills the queue
+            done, took = run("alerts", "--url", "http://127.0.0.1:%d" % port, "--timeout", "0.5")
+    line = one_line(done)
+    assert line.endswith("no connection to 127.0.0.1:%d within 0.5 s" % port), line
+    assert took < 3.5, took
+
+
+@pytest.mark.parametrize("reply, says", [
+    (b"hello\n", "does not answer HTTP (it said 'hello\\n')"),
+    (b"", "closed the connection without an HTTP answer"),
+])
+def test_a_port_that_does_not_speak_http_is_said_so(reply, says):
+    with answering(reply) as port:
+        done, took = run("rules", "mutes", "--url", "http://127.0.0.1:%d" % port)
+    line = one_line(done)
+    assert line == "Error: cannot read http://127.0.0.1:%d/mutes: 127.0.0.1:%d %s" % (port, port, says)
+    assert took < 3.5, took
+
+
+def test_a_redirect_is_reported_not_followed():
+    """urllib followed it (a POST became a GET there, so a mute was never made); the operator
+    is told where the server said to go instead."""
+    to = b"http://127.0.0.1:9/mutes"
+    reply = b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % to
+    with answering(reply) as port:
+        done, _took = run(*COMMANDS["rules mute"], "--url", "http://127.0.0.1:%d" % port)
+    assert one_line(done) == ("Error: cannot read http://127.0.0.1:%d/mutes: HTTP 302 Found "
+                              "to %s (give the address it names as --url)" % (port, to.decode()))
+
+
+def test_the_address_is_asked_directly_whatever_proxy_the_environment_names():
+    """An ``http_proxy`` meant for the outside world sent the request for 127.0.0.1 to it."""
+    page = json.dumps({"states": [], "recent": [], "counts": {}}).encode()
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(page), page)
+    env = dict(os.environ, http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    env.pop("no_proxy", None)
+    env.pop("NO_PROXY", None)
+    with answering(reply) as port:
+        done, _took = run("alerts", "--url", "http://127.0.0.1:%d/" % port, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"states": [], "recent": [], "counts": {}}

@@ -1,0 +1,238 @@
+"""Asking a running server over HTTP: its address (``--url``) and one request's JSON answer.
+
+``vmstats alerts --url`` and ``vmstats rules mute``, ``mutes`` and ``unmute`` share this, so an
+address is read, refused and shown the same way in each, and every way a request can fail is
+one ``Error:`` line (README.md, exit status):
+
+- an address that is no ``http://`` or ``https://`` URL, or carries a user, a password, a
+  query or a fragment, is the command line's mistake: refused before any work, status 2.
+  urllib took ``ftp://`` and ``file://`` (``file:///srv`` read the local file /srv/alerts), and
+  echoed a password or token written in the URL into the error line; the line shows
+  ``***`` and ``?...`` in their place.
+- what happens on the way (nothing listens, no answer, not HTTP, an HTTP error) is a failure,
+  status 1, except a refusal the server words (4xx with ``{"error": ...}``): status 2.
+
+The connection and the answer have their own time limits: a host that does not take the
+connection is given up after CONNECT_TIMEOUT, and a port that takes it but never answers
+(another service waiting for its own protocol, a stuck process) after ``--timeout``, each
+said as what it was.  The request goes straight to the address: no proxy from the
+environment (an ``http_proxy`` meant for the outside sent requests for 127.0.0.1 through it),
+and a redirect is reported, not followed (urllib turned a redirected POST into a GET, so a
+mute was never made).
+"""
+
+import http.client
+import json
+import re
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from vmstats import inputfile
+from vmstats.options import FiniteRange, Refused
+from vmstats.server.config import DEFAULT_HTTP_PORT
+
+#: Where ``vmstats rules mute`` and its kin find the server unless told.
+DEFAULT_URL = "http://127.0.0.1:%d" % DEFAULT_HTTP_PORT
+
+#: Seconds to wait for the server's answer (``--timeout``): its pages take milliseconds, but
+#: a busy server on a slow link may take seconds, and a mute by tag reads the VMs' logs first.
+ANSWER_TIMEOUT = 10.0
+
+#: Seconds to wait for the connection, at most (``--timeout`` if that is less): enough for a
+#: lost SYN to be sent again twice (after 1 s and 3 s), short of the answer's wait, so an
+#: address where nothing takes the connection (a firewall dropping it) is said promptly.
+CONNECT_TIMEOUT = 4.0
+
+#: Characters of a non-HTTP answer quoted in the error line.
+_QUOTED = 40
+
+
+class UrlProblem(ValueError):
+    """An address that cannot be asked: the message shows it without a secret (``shown``)."""
+
+
+@dataclass(frozen=True)
+class ServerURL:
+    """A server's address, checked: ``prefix`` is the path before its pages ("" or, behind
+    a proxy, ``/vmstats``), without the trailing slash."""
+
+    scheme: str
+    host: str
+    port: int
+    prefix: str
+
+    @property
+    def place(self) -> str:
+        """``host:port`` (``[::1]:8898``), as the error lines name where they went."""
+        return ("[%s]:%d" if ":" in self.host else "%s:%d") % (self.host, self.port)
+
+    def url(self, path: str = "") -> str:
+        """The address of ``path`` (``/alerts``) on the server."""
+        return "%s://%s%s%s" % (self.scheme, self.place, self.prefix, path)
+
+
+def shown(text: str) -> str:
+    """``text`` as a line may show it: a user and password before the host become ``***``,
+    a query or fragment ``?...`` or ``#...`` (either may carry a token)."""
+    start = text.find("://")
+    start = 0 if start < 0 else start + 3
+    end = len(text)
+    for mark in "/?#":
+        found = text.find(mark, start)
+        if found >= 0:
+            end = min(end, found)
+    at = text.rfind("@", start, end)
+    if at >= 0:
+        text = text[:start] + "***" + text[at:]
+    cut = min((i for i in (text.find("?", start), text.find("#", start)) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut + 1] + "..."
+
+
+def parse_url(text: str) -> ServerURL:
+    """The server's address in ``text``; UrlProblem, naming it as ``shown``, if it is none."""
+    said = repr(shown(text))
+    if re.search(r"[\x00-\x20\x7f]", text):
+        raise UrlProblem("%s has a space or control character" % said)
+    if "://" not in text:
+        raise UrlProblem("%s is not a URL: give http://HOST:PORT, e.g. %s" % (said, DEFAULT_URL))
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise UrlProblem("%s is not a URL: %s" % (said, exc)) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise UrlProblem("%s is not an http:// or https:// URL" % said)
+    if "@" in parts.netloc:
+        raise UrlProblem("%s: a user or password in the URL is not sent; give the status token "
+                         "with --token-file" % said)
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise UrlProblem("%s: the server's address takes no query (?) or fragment (#)" % said)
+    if not parts.hostname:
+        raise UrlProblem("%s names no host" % said)
+    try:
+        port = parts.port
+    except ValueError:  # "Port could not be cast to integer value", "Port out of range"
+        port = 0
+    if port == 0:
+        raise UrlProblem("%s: the port is not a number from 1 to 65535" % said)
+    scheme = parts.scheme.lower()
+    return ServerURL(scheme, parts.hostname, port or (443 if scheme == "https" else 80),
+                     parts.path.rstrip("/"))
+
+
+class ServerURLType(click.ParamType):
+    """``--url``: refused before any work when it is no server address (status 2, one line
+    that shows no secret)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ServerURL:
+        if isinstance(value, ServerURL):
+            return value
+        try:
+            return parse_url(value)
+        except UrlProblem as exc:
+            hint = param.get_error_hint(ctx) if param is not None and ctx is not None else "--url"
+            raise Refused("Invalid value for %s: %s" % (hint, exc)) from None
+
+
+def timeout_option(command):
+    """``--timeout``: how long to wait for the server's answer."""
+    return click.option(
+        "--timeout", type=FiniteRange(0, min_open=True), default=ANSWER_TIMEOUT, show_default=True,
+        metavar="SECONDS",
+        help="Seconds to wait for the server's answer (for the connection, at most %g)."
+             % CONNECT_TIMEOUT)(command)
+
+
+def ask(server: ServerURL, path: str, token: str | None, method: str = "GET",
+        body: dict | None = None, timeout: float = ANSWER_TIMEOUT) -> object:
+    """The JSON answer of ``server`` to ``method path``; one ClickException line when it
+    cannot be had.
+
+    Each way it fails is said as what it was, naming the address: nothing listening, no
+    connection or no answer in time, an answer that is not HTTP or not JSON, an HTTP error.
+    An HTTP error whose body says what was wrong (``{"error": ...}``, as the server's pages
+    answer) is that line: status 2 when the server refused what was asked (4xx: the mute,
+    the id, the token), 1 when it failed (5xx).
+    """
+    where = server.url(path)
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    headers: dict[str, str | bytes] = {"Accept": "application/json"}
+    if token:
+        if re.search(r"[\x00-\x1f\x7f]", token):  # http.client's refusal quoted the token
+            raise Refused("the status token has a control character, which a header cannot carry")
+        headers["Authorization"] = ("Bearer " + token).encode("utf-8")  # as the server reads it
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    status, reason, answer, location = _exchange(server, method, path, data, headers, timeout)
+    if status >= 400:
+        said = _error_of(answer)
+        if said is not None:
+            raise (Refused if status < 500 else click.ClickException)("%s: %s" % (where, said))
+        raise click.ClickException("cannot read %s: HTTP %d %s" % (where, status, reason))
+    if status >= 300:  # not followed: see the module's note
+        to = " to %s" % shown(location)[:200] if location else ""
+        raise click.ClickException("cannot read %s: HTTP %d %s%s (give the address it names as "
+                                   "--url)" % (where, status, reason, to))
+    try:
+        return inputfile.json_loads(answer)
+    except ValueError as exc:
+        raise click.ClickException("cannot read %s: the answer is not JSON (%s)" % (where, exc)) from None
+
+
+def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
+              headers: dict[str, str | bytes], timeout: float) -> tuple[int, str, bytes, str | None]:
+    """One request: the answer's status, reason, body and Location; ClickException if none."""
+    where = server.url(path)
+    connect = min(CONNECT_TIMEOUT, timeout)
+    kind = http.client.HTTPSConnection if server.scheme == "https" else http.client.HTTPConnection
+    connection = kind(server.host, server.port, timeout=connect)
+    try:
+        try:
+            connection.connect()
+        except TimeoutError:
+            raise click.ClickException("cannot read %s: no connection to %s within %g s"
+                                       % (where, server.place, connect)) from None
+        except socket.gaierror as exc:
+            raise click.ClickException("cannot read %s: cannot resolve %s: %s"
+                                       % (where, server.host, exc.strerror or exc)) from None
+        except OSError as exc:
+            raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
+        connection.sock.settimeout(timeout)
+        try:
+            connection.request(method, server.prefix + path, body=data, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.reason, response.read(), response.getheader("Location")
+        except TimeoutError:
+            raise click.ClickException(
+                "cannot read %s: no HTTP answer from %s within %g s (is it the server's HTTP "
+                "port? --timeout waits longer)" % (where, server.place, timeout)) from None
+        except http.client.RemoteDisconnected:
+            raise click.ClickException("cannot read %s: %s closed the connection without an HTTP "
+                                       "answer" % (where, server.place)) from None
+        except http.client.BadStatusLine as exc:
+            raise click.ClickException("cannot read %s: %s does not answer HTTP (it said %r)"
+                                       % (where, server.place, exc.line[:_QUOTED])) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
+    finally:
+        connection.close()
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, without errno's number: ``Connection refused``."""
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _error_of(answer: bytes) -> str | None:
+    """The ``error`` line of a vmstats page's refusal, if that is what came back."""
+    try:
+        said = inputfile.json_loads(answer[:64 << 10])
+    except ValueError:
+        return None
+    error = said.get("error") if isinstance(said, dict) else None
+    return error if isinstance(error, str) else None
