@@ -150,6 +150,7 @@ CASES = [
     (("rules", "unmute", "0123456789ab", "--url", "http://[::1"), REFUSED,
      "'http://[::1' is not a URL: Invalid IPv6 URL"),
     (("rules", "mutes", "--url", "http://host:8898 "), REFUSED, "has a space or control character"),
+    (("rules", "mutes", "--url", "http://a..b:8898"), REFUSED, "'a..b' is not a host name"),
     # other schemes were asked: ftp:// went out, file:///srv read the local file /srv/alerts
     (("rules", "mutes", "--url", "ftp://127.0.0.1:9/"), REFUSED,
      "'ftp://127.0.0.1:9/' is not an http:// or https:// URL"),

@@ -59,8 +59,9 @@ def listening(backlog: int = 8) -> Iterator[socket.socket]:
 
 
 @contextmanager
-def answering(reply: bytes) -> Iterator[int]:
-    """A loopback port that reads each request's head and body, sends ``reply`` and hangs up."""
+def answering(reply: bytes, heads: list[bytes] | None = None) -> Iterator[int]:
+    """A loopback port that reads each request's head and body (its head put in ``heads``),
+    sends ``reply`` and hangs up."""
     with listening() as listener:
         def serve() -> None:
             while True:
@@ -77,6 +78,8 @@ def answering(reply: bytes) -> Iterator[int]:
                             break
                         data += chunk
                     head, _, body = data.partition(b"\r\n\r\n")
+                    if heads is not None:
+                        heads.append(head)
                     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                                    if line.lower().startswith(b"content-length:")), 0)
                     while len(body) < length:
@@ -141,14 +144,22 @@ def test_a_redirect_is_reported_not_followed():
 
 
 def test_the_address_is_asked_directly_whatever_proxy_the_environment_names():
-    """An ``http_proxy`` meant for the outside world sent the request for 127.0.0.1 to it."""
+    """An ``http_proxy`` meant for the outside world sent the request for 127.0.0.1 to it.
+
+    The path before the pages and the token are sent as the server reads them: a path that
+    is not ASCII %-encoded (http.client refused it), the token in UTF-8 (it was Latin-1)."""
     page = json.dumps({"states": [], "recent": [], "counts": {}}).encode()
     reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
         len(page), page)
     env = dict(os.environ, http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
     env.pop("no_proxy", None)
     env.pop("NO_PROXY", None)
-    with answering(reply) as port:
-        done, _took = run("alerts", "--url", "http://127.0.0.1:%d/" % port, "--json", env=env)
+    heads: list[bytes] = []
+    with answering(reply, heads) as port:
+        done, _took = run("alerts", "--url", "http://127.0.0.1:%d/près/" % port, "--json",
+                          "--token", "jeton-é", env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"states": [], "recent": [], "counts": {}}
+    [head] = heads
+    assert head.startswith(b"GET /pr%C3%A8s/alerts HTTP/1.1\r\n"), head
+    assert b"\r\nAuthorization: Bearer jeton-\xc3\xa9" in head, head

@@ -118,9 +118,18 @@ def parse_url(text: str) -> ServerURL:
         port = 0
     if port == 0:
         raise UrlProblem("%s: the port is not a number from 1 to 65535" % said)
+    host = parts.hostname
+    if ":" in host:  # an IPv6 address; its zone is written %25eth0 in a URL
+        host = urllib.parse.unquote(host)
+    else:
+        try:
+            host.encode("idna")  # what the connection does with it: a traceback there
+        except UnicodeError:
+            raise UrlProblem("%s: %r is not a host name" % (said, host)) from None
     scheme = parts.scheme.lower()
-    return ServerURL(scheme, parts.hostname, port or (443 if scheme == "https" else 80),
-                     parts.path.rstrip("/"))
+    # A path as a browser sends it: a character a request line cannot carry is %-encoded.
+    prefix = urllib.parse.quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=-._~")
+    return ServerURL(scheme, host, port or (443 if scheme == "https" else 80), prefix)
 
 
 class ServerURLType(click.ParamType):
@@ -200,7 +209,7 @@ def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
         except socket.gaierror as exc:
             raise click.ClickException("cannot read %s: cannot resolve %s: %s"
                                        % (where, server.host, exc.strerror or exc)) from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
         connection.sock.settimeout(timeout)
         try:
@@ -217,7 +226,7 @@ def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
         except http.client.BadStatusLine as exc:
             raise click.ClickException("cannot read %s: %s does not answer HTTP (it said %r)"
                                        % (where, server.place, exc.line[:_QUOTED])) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
     finally:
         connection.close()
