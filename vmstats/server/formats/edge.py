@@ -472,18 +472,18 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
     edge = Edge(ingest, metrics, assembler, clock)
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}
+    # Every format's decoder, its port on or off: the journal may hold payloads a port took
+    # before a restart that turned it off, acknowledged and so to be replayed (journaling.py).
     edge.influx = InfluxDecoder(config.influx_vm_tag, max_line=config.max_line)
-    edge.decoders["influx"] = edge.influx
+    collectd = CollectdDecoder(config.collectd_auth, config.collectd_security)
+    graphite = GraphiteDecoder(parse_templates(config.graphite_templates), config.max_line)
+    edge.decoders.update(influx=edge.influx, collectd=collectd, graphite=graphite)
     if config.influx_port >= 0:
         udp["influx"] = tcp["influx"] = (config.influx_port, edge.influx)
     if config.collectd_port >= 0:
-        udp["collectd"] = (config.collectd_port,
-                           CollectdDecoder(config.collectd_auth, config.collectd_security))
-        edge.decoders["collectd"] = udp["collectd"][1]
+        udp["collectd"] = (config.collectd_port, collectd)
     if config.graphite_port >= 0:
-        graphite = GraphiteDecoder(parse_templates(config.graphite_templates), config.max_line)
         udp["graphite"] = tcp["graphite"] = (config.graphite_port, graphite)
-        edge.decoders["graphite"] = graphite
     metrics.gauges["edge_counters"] = (
         "Cumulative counters of other agents tracked for rates (bounded).", lambda: len(rates))
     metrics.gauges["edge_open_minutes"] = (

@@ -454,7 +454,9 @@ class EdgeJournal:
         """Decode a journaled payload again and add its samples by the limits, the bounds and
         the format's ``settings`` they were taken under (journals before these were journaled:
         this run's)."""
-        decoder = self.edge.decoders[name]
+        decoder = self.edge.decoders.get(name)
+        if decoder is None:  # every format's decoder is built, its port on or off (edge.build)
+            raise ValueError("a payload of a format this server does not read: %r" % name)
         assembler = self.edge.assembler
         bounds = Bounds(*map(int, options["bounds"])) if "bounds" in options else current
         assembler.bounds = bounds
