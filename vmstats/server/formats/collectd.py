@@ -110,6 +110,11 @@ class CollectdDecoder(Decoder):
 
     name = "collectd"
     unit = "value list"
+    #: The journal keeps the samples of a packet, not the packet (formats/journaling.py): a
+    #: signed or encrypted one was verified by passwords a restart may no longer have (an auth
+    #: file changed, or left out with the port), and one taken under a lower --collectd-security
+    #: would be refused by a higher one; and the passwords must never be written to the journal.
+    journal_samples = True
 
     def __init__(self, users: dict[str, str] | None = None, security: str = "none"):
         if security not in SECURITY_LEVELS:

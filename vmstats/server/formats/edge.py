@@ -157,7 +157,7 @@ class Edge:
         since = None
         if samples:
             if self.journal is not None:
-                since = self.journal.payload(name, now, options, data)
+                since = self.journal.payload(name, now, options, data, samples)
             refused: list = []
             self.assembler.add(samples, now, tally, refused)
             if refused:

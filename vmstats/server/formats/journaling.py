@@ -9,7 +9,9 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
 * ``in <format> <now> <options> <encoding> <payload>``: a payload whose samples
   went into the assembler, at the moment they went in (its newlines written
   as NULs when it has none, as text formats do not: a third of base64's cost,
-  which binary payloads get).  Decoding is deterministic, ``now`` is the
+  which binary payloads get; collectd's is the samples it was decoded to, encoding
+  ``samples``: a signed or encrypted packet was verified by passwords the restart may no
+  longer have, and a password is never journaled).  Decoding is deterministic, ``now`` is the
   arrival time the decoder and the assembler used and ``options`` hold the
   ``--max-future``/``--max-past`` they judged the samples by and the bounds
   the assembler held them by (``--edge-max-name-bytes``, ``--edge-max-open``
@@ -81,7 +83,7 @@ from hashlib import sha256
 
 from vmstats import protocol
 from vmstats.inputfile import json_loads
-from vmstats.server.formats import BOUND_OPTIONS, Bounds, Tally
+from vmstats.server.formats import BOUND_OPTIONS, Bounds, Sample, Tally
 from vmstats.server.journal import read_segments
 from vmstats.server.ownfiles import read_file
 from vmstats.words import counted
@@ -164,6 +166,21 @@ def _pending(state: dict) -> list[bytes]:
     if not isinstance(pending, list) or not all(isinstance(text, str) for text in pending):
         raise TypeError("a checkpoint's pending records are not a list of strings")
     return [text.encode("utf-8") for text in pending]
+
+
+def _samples(raw: object) -> list[Sample]:
+    """A ``samples`` payload's JSON, checked: TypeError if it is not what ``payload`` writes."""
+    if not isinstance(raw, list):
+        raise TypeError("a samples payload holds no list")
+    samples = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)
+                and isinstance(item[2], str) and isinstance(item[3], str)
+                and all(isinstance(item[k], (int, float)) and not isinstance(item[k], bool)
+                        for k in (1, 4))):
+            raise TypeError("a journaled sample is not [vm, time, kind, device, value]")
+        samples.append(Sample(*item))
+    return samples
 
 
 def _settings(raw: object) -> dict:
@@ -255,8 +272,12 @@ class EdgeJournal:
         mac = hmac.new(self.key, body, sha256).hexdigest()[:MAC_DIGITS].encode("ascii")
         return PREFIX + mac + b" " + body + b"\n"
 
-    def payload(self, name: str, now: float, options: dict | None, data: bytes) -> int:
-        """Journal a payload whose samples are going into the assembler; returns its write."""
+    def payload(self, name: str, now: float, options: dict | None, data: bytes,
+                samples: list | None = None) -> int:
+        """Journal a payload whose samples are going into the assembler; returns its write.
+
+        A format whose decoder says ``journal_samples`` (collectd) is journaled as ``samples``
+        (its encoding): what it was decoded to, which a replay takes as it is."""
         since = self.journal.next_write()
         if name not in self._noted:
             self._note(name)
@@ -272,7 +293,11 @@ class EdgeJournal:
         vm_tag = getattr(decoder, "vm_tag", None)
         if vm_tag is not None:  # the tag that names the VM (--influx-vm-tag): a few bytes
             opts["vm_tag"] = vm_tag.decode("utf-8")
-        if b"\0" in data:
+        if samples is not None and getattr(decoder, "journal_samples", False):
+            encoding = b"samples"
+            text = json.dumps([list(sample) for sample in samples],
+                              separators=(",", ":")).encode("ascii")
+        elif b"\0" in data:
             encoding, text = b"b64", base64.b64encode(data)
         else:
             encoding, text = b"nul", data.replace(b"\n", b"\0")
@@ -415,6 +440,7 @@ class EdgeJournal:
                     elif kind == b"in":
                         name, now, options, encoding, text = rest.split(b" ", 4)
                         data = (base64.b64decode(text) if encoding == b"b64"
+                                else _samples(json_loads(text)) if encoding == b"samples"
                                 else text.replace(b"\0", b"\n"))
                         name = name.decode("ascii")
                         self._repeat(name, float(now), json_loads(options), data, current,
@@ -449,17 +475,23 @@ class EdgeJournal:
         self.restored = b"\n".join(pending + records)
         return self.restored
 
-    def _repeat(self, name: str, now: float, options: dict, data: bytes,
+    def _repeat(self, name: str, now: float, options: dict, data: bytes | list,
                 current: Bounds, settings: dict) -> None:
-        """Decode a journaled payload again and add its samples by the limits, the bounds and
-        the format's ``settings`` they were taken under (journals before these were journaled:
-        this run's)."""
+        """Decode a journaled payload again (``data`` a list: the samples it was decoded to)
+        and add its samples by the limits, the bounds and the format's ``settings`` they were
+        taken under (journals before these were journaled: this run's)."""
         decoder = self.edge.decoders.get(name)
         if decoder is None:  # every format's decoder is built, its port on or off (edge.build)
             raise ValueError("a payload of a format this server does not read: %r" % name)
         assembler = self.edge.assembler
         bounds = Bounds(*map(int, options["bounds"])) if "bounds" in options else current
         assembler.bounds = bounds
+        if isinstance(data, list):  # decoded when it came: by no setting of this run
+            if bounds != current:
+                self.other_settings += 1
+                self.bounds_then.add(bounds)
+            self._add(data, now, options, Tally(), bounds, current)
+            return
         line_now = getattr(decoder, "max_line", None)  # None: a decoder without the bound
         max_line = int(options.get("max_line") or line_now or 0)
         other_line = line_now is not None and max_line != line_now
@@ -496,8 +528,15 @@ class EdgeJournal:
         if options.get("errors"):
             kwargs["errors"] = []
         tally = Tally()
-        samples = decoder.decode(data, now, tally, **kwargs)
-        if samples:  # judged by the limits they were judged by then (journals before: these)
+        self._add(decoder.decode(data, now, tally, **kwargs), now, options, tally, bounds,
+                  current)
+
+    def _add(self, samples: list, now: float, options: dict, tally: Tally, bounds: Bounds,
+             current: Bounds) -> None:
+        """A journaled payload's samples into the assembler, judged by the limits they were
+        judged by then (journals before these were journaled: this run's)."""
+        if samples:
+            assembler = self.edge.assembler
             limits = options.get("limits")
             # Past a name bound lowered since, the samples taken are counted (the others are
             # not: which of them this run's bounds would refuse depends on all that came before).
