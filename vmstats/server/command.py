@@ -12,7 +12,6 @@ from vmstats.report.settings import MAX_DAYS
 from vmstats.server.config import MAX_RCVBUF, MIN_PER_VM, ServerConfig, format_duration, parse_duration
 from vmstats.server.connections import ListenError, allow_network, resolve_bind
 from vmstats.server.journal import FSYNC_POLICIES
-from vmstats.server.signing import load_keys
 
 
 class _Duration(click.ParamType):
@@ -272,6 +271,11 @@ def serve(**options) -> None:
         options["http_port"] = -1
     keys_path = options.pop("auth_keys")
     if keys_path:
+        # Imported here, not with this module: signing loads _framecheck and _linescan, and a
+        # stale build of either refuses the import (server/native.py), which stopped
+        # ``vmstats compact`` too -- it shares this module and needs no C part.
+        from vmstats.server.signing import load_keys
+
         try:
             options["auth_keys"] = load_keys(keys_path)
         except (OSError, ValueError, UnicodeError) as exc:
