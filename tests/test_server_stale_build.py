@@ -114,3 +114,34 @@ def test_c_parts_not_built_leave_the_edge_to_python_and_say_so(tmp_path):
     rows = logged(tree / "data", "unbuilt-vm")  # the Python did the C parts' work
     assert list(rows["ts"]) == [t0 + 60]
     assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
+
+
+def test_c_parts_built_that_do_not_load_leave_the_edge_to_python_and_say_why(tmp_path):
+    """A .so cut short (a copy a full disk ended) killed the server at start with SIGBUS, not a
+    word said; one that is no library was taken for a part not built, its work done in Python
+    with no word of why."""
+    tree = tmp_path / "tree"
+    server = package_copy(tree)
+    scan, filing = server / ("_influxscan" + SUFFIX), server / ("_minutes" + SUFFIX)
+    whole = scan.read_bytes()
+    scan.write_bytes(whole[:4096])  # the loader maps the rest: SIGBUS, not an ImportError
+    filing.write_bytes(b"not a shared object\n" * 64)
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    served = serve(tree, "--flush-interval", "0.3")
+    served.env["PYTHONPATH"] = str(tree)
+    with served:
+        lines = minute_lines("unloaded-vm", t0)
+        assert post(served, "/api/v2/write?org=o&bucket=b&precision=s", b"\n".join(lines)) == (204, "")
+        served.wait_metrics(lambda metrics: edge(metrics, "influx", "used") == len(lines))
+    assert served.returncode == 0, served.output
+    warned = [line for line in served.output.splitlines() if "WARNING" in line and "C " in line]
+    rebuild = "rebuild it: %s -m pip install -e %s" % (sys.executable, tree)
+    assert [line.split(": ", 1)[1] for line in warned] == [
+        "C module vmstats.server._influxscan is built but does not load (%s: cut short: 4096 bytes, "
+        "its ELF header lays out %d): its work is done in Python, slower; %s"
+        % (scan, len(whole), rebuild),
+        "C module vmstats.server._minutes is built but does not load (%s: invalid ELF header): "
+        "its work is done in Python, slower; %s" % (filing, rebuild)], served.output
+    rows = logged(tree / "data", "unloaded-vm")  # the Python did the C parts' work
+    assert list(rows["ts"]) == [t0 + 60]
+    assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0

@@ -14,7 +14,7 @@ from twisted.application import service
 from twisted.internet import defer
 
 from vmstats import logstore
-from vmstats.server import dirlock
+from vmstats.server import dirlock, native
 from vmstats.server.auth import Authenticator
 from vmstats.server.buffer import Buffer
 from vmstats.server.clock import WallClock, install
@@ -52,6 +52,33 @@ from vmstats.server.signing import keys_config, native_checks
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
+
+
+def _say_what_python_does(signed: bool) -> None:
+    """A warning at start for each C part whose work is done in Python, slower: one that does
+    not load, with the loader's error (native.unloadable), else one not built; the signed
+    frames' part only where frames are ``signed``."""
+    broken = native.unloadable()
+    for line in broken.values():
+        log.warning(line)
+    unbuilt = {name for name, loaded in (("_linescan", native_reader()),
+                                         ("_influxscan", native_scan()),
+                                         ("_minutes", native_filing()),
+                                         ("_framecheck", native_checks()))
+               if not loaded and name not in broken}
+    if "_linescan" in unbuilt:
+        log.warning("records are read by regexes in Python: this vmstats was built without "
+                    "its C part (it needs a C compiler and Python's headers), so a parser "
+                    "spends ~1.2 us a record where it would spend ~0.4")
+    if unbuilt & {"_influxscan", "_minutes"}:
+        log.warning("Telegraf's lines are read, and other agents' samples filed into their "
+                    "minutes, in Python: this vmstats was built without its C parts (they "
+                    "need a C compiler and Python's headers), so a Telegraf line costs ~4 us "
+                    "more to read and ~1 us more to file")
+    if signed and "_framecheck" in unbuilt:
+        log.warning("signed frames are checked in Python: this vmstats was built without its "
+                    "C part (it needs a C compiler and OpenSSL's headers), so a signed "
+                    "one-record datagram costs ~1.5x the CPU of a plain one, not ~1.2x")
 
 
 class Aggregator(service.MultiService):
@@ -112,19 +139,7 @@ class Aggregator(service.MultiService):
         self.auth.remember_in(journal_dir(config), self.journal, reactor)
         if self.parsers is not None and self.auth.required:  # they check signatures too
             self.parsers.auth_config = keys_config(self.auth.keys, config.sig_window)
-        if not native_reader():
-            log.warning("records are read by regexes in Python: this vmstats was built without "
-                        "its C part (it needs a C compiler and Python's headers), so a parser "
-                        "spends ~1.2 us a record where it would spend ~0.4")
-        if not (native_scan() and native_filing()):
-            log.warning("Telegraf's lines are read, and other agents' samples filed into their "
-                        "minutes, in Python: this vmstats was built without its C parts (they "
-                        "need a C compiler and Python's headers), so a Telegraf line costs ~4 us "
-                        "more to read and ~1 us more to file")
-        if self.auth.required and not native_checks():
-            log.warning("signed frames are checked in Python: this vmstats was built without its "
-                        "C part (it needs a C compiler and OpenSSL's headers), so a signed "
-                        "one-record datagram costs ~1.5x the CPU of a plain one, not ~1.2x")
+        _say_what_python_does(self.auth.required)
         self.tables = self._connection_tables()
         self.listeners = ListenerService(
             reactor, config.bind, config.udp_port, config.tcp_port, self.ingest, self.auth,
