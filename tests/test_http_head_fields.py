@@ -4,7 +4,8 @@ Whitespace around a field's value (SP or HTAB, either side) is not part of it; a
 not a list (``Authorization``) given twice is refused rather than read last-wins, since a proxy
 in front may have judged the first; and a body framed two ways (``Content-Length`` beside
 ``Transfer-Encoding``) is refused before any of it is read, so what follows it is never served
-as a request of its own.  Each on the real server, over a raw socket.
+as a request of its own; a list (``Content-Encoding``) is read whole, its lines together.
+Each on the real server, over a raw socket.
 """
 
 import gzip
@@ -103,3 +104,37 @@ def test_a_body_framed_two_ways_is_refused_and_nothing_after_it_is_served(tmp_pa
             assert headers["connection"] == "close"
         metrics = server.metrics()
         assert metrics[REFUSED % "bad_request"] == len(heads)
+
+
+def test_content_encoding_is_read_as_a_list_not_last_wins(tmp_path):
+    """``Content-Encoding: gzip`` then ``Content-Encoding: identity`` on two lines named a gzipped
+    body read as plain text (400, garbage lines), and ``br`` then ``gzip`` a brotli body read as
+    gzip.  Its lines and their members are one list (RFC 9110, 8.4): ``identity`` and empty
+    members are dropped, one ``gzip`` is read, anything else is 415 at the headers."""
+    plain = [lines(3, "ce%d" % i) for i in range(3)]
+    auth = b"Authorization: Token %s\r\n" % TOKEN
+
+    def write(codings: bytes, body: bytes) -> bytes:
+        return V2 + auth + codings + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    taken = [
+        write(b"Content-Encoding: gzip\r\nContent-Encoding: identity\r\n", gzip.compress(plain[0])),
+        write(b"Content-Encoding: identity\r\ncontent-encoding: GZIP\r\n", gzip.compress(plain[1])),
+        write(b"Content-Encoding: identity, , gzip\r\n", gzip.compress(plain[2])),
+    ]
+    refused = [
+        write(b"Content-Encoding: br\r\nContent-Encoding: gzip\r\n", gzip.compress(plain[0])),
+        write(b"Content-Encoding: gzip\r\nContent-Encoding: gzip\r\n",
+              gzip.compress(gzip.compress(plain[0]))),
+        write(b"Content-Encoding: gzip, deflate\r\n", gzip.compress(plain[0])),
+    ]
+    with serve(tmp_path, "--influx-port", "0", "--write-token", TOKEN.decode()) as server:
+        for request in taken:
+            answer = ask(server.http_port, request)
+            assert answer.startswith(b"HTTP/1.1 204 "), (request[:200], answer)
+        for request in refused:
+            code, headers, error = status_and_json(ask(server.http_port, request))
+            assert (code, headers["connection"]) == (415, "close"), (request[:200], error)
+            assert "is not supported: send gzip (once) or none" in error["message"], error
+        metrics = server.wait_metrics(lambda m: m.get(USED, 0) >= 9, timeout=3)
+        assert (metrics[USED], metrics[REFUSED % "unsupported_encoding"]) == (9, 3)

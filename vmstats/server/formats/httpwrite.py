@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 #: Largest body taken (after decompression); InfluxDB's default limit is 25 MB as well.
 MAX_BODY = 25 << 20
 V1_PRECISIONS = ("n", "ns", "u", "us", "ms", "s", "m", "h")
-#: Content-Encodings a body may have (InfluxDB's); any other is 415 at the headers.
-ENCODINGS = (b"", b"identity", b"gzip")
+#: The one Content-Encoding a body may have (InfluxDB's), besides none; any other is 415 at the
+#: headers (``body_coding``).
+GZIP = b"gzip"
 V2_PRECISIONS = ("ns", "us", "ms", "s")
 
 
@@ -65,6 +66,23 @@ def gunzip(data: bytes, limit: int) -> bytes:
         if not inflate.eof:
             raise zlib.error("the stream is cut short")
     return b"".join(out)
+
+
+def body_coding(request) -> bytes | None:
+    """The body's coding, ``GZIP`` or ``b""`` (plain), or None for one that cannot be read.
+
+    Content-Encoding is a list (RFC 9110, 8.4): its header lines and their comma-separated
+    members are one list, in order.  Read last-wins (Twisted's ``getHeader``), ``gzip`` then
+    ``identity`` on two lines had a gzipped body read as plain text (a 400 of garbage lines),
+    and ``br`` then ``gzip`` a brotli body gunzipped.  ``identity`` (no coding) and empty members
+    are dropped; what is left must be nothing or one ``gzip``: a body gzipped twice, or in a
+    coding besides gzip, would be read as garbage."""
+    named = [coding for line in request.requestHeaders.getRawHeaders(b"content-encoding", ())
+             for coding in (member.strip().lower() for member in line.split(b","))
+             if coding and coding != b"identity"]
+    if not named:
+        return b""
+    return GZIP if named == [GZIP] else None
 
 
 class BodyBudget:
@@ -149,11 +167,11 @@ class WritePage(resource.Resource):
         refusal = self._refusal(request, args)
         if refusal is not None:
             return refusal[0], self._error_body(*refusal[1:])
-        encoding = (request.getHeader(b"content-encoding") or b"").strip().lower()
-        if encoding not in ENCODINGS:  # read as plain text, its every line would be garbage
+        if body_coding(request) is None:  # read as plain text, its every line would be garbage
+            named = b", ".join(request.requestHeaders.getRawHeaders(b"content-encoding"))
             count_refused(request, "unsupported_encoding")
             return 415, self._error_body("invalid", "Content-Encoding %r is not supported: "
-                                         "send gzip or none" % encoding.decode("latin-1")[:40])
+                                         "send gzip (once) or none" % named.decode("latin-1")[:40])
         return None
 
     def admit_body(self, request, size: int) -> tuple[int, bytes] | None:
@@ -207,7 +225,7 @@ class WritePage(resource.Resource):
               hold: BodyHold) -> bytes | defer.Deferred:
         """An error answer, or the Deferred of feeding ``body``; ``hold`` holds what the budget
         counts for it (its unzipped size once unzipped)."""
-        if (request.getHeader(b"content-encoding") or b"").strip().lower() == b"gzip":
+        if body_coding(request) == GZIP:  # any other but none was refused at the headers
             try:
                 body = gunzip(body, MAX_BODY)
             except zlib.error as exc:
