@@ -89,3 +89,31 @@ def test_a_chunked_body_is_bounded_on_the_wire_framing_included(tmp_path):
         assert (code, error["error"]) == (413, "body larger than %d bytes" % MAX_BODY), error
         metrics = server.metrics()
         assert (metrics[REFUSED % "too_large"], metrics.get(USED, 0)) == (2, 0)
+
+
+def test_spaces_or_tabs_before_a_chunk_extension_are_taken_and_nowhere_else(tmp_path):
+    """RFC 9112 (7.1.1) lets BWS stand before an extension's ``;`` (``1a ;x=y``, ``1a<TAB>;x``);
+    they were refused as a size that is not hexadecimal digits, 400.  Taken now; a space with no
+    extension after it, one before the size, and a size line of spaces past 1 KiB still are not."""
+    line = b"cpu,cpu=cpu-total,host=h1 usage_idle=50,usage_iowait=0 1\n"
+    head = write_head(None)
+    refused = [
+        (head + b"%x \r\n%s\r\n0\r\n\r\n" % (len(line), line), "not hexadecimal"),
+        (head + b" %x;x\r\n%s\r\n0\r\n\r\n" % (len(line), line), "not hexadecimal"),
+        (head + b"%x%s;x\r\n%s\r\n0\r\n\r\n" % (len(line), b" " * 1100, line),
+         "size line is longer than 1024 bytes"),
+        (head + b"%x ;x\n%s\r\n0\r\n\r\n" % (len(line), line), "holds a control character"),
+    ]
+    body = lines(40, "bws")
+    spaced = (b" ;x=y", b"\t;x", b" \t ; name = \"v\" ; flag", b"  ;x")
+    framed = b"".join(b"%x%s\r\n%s\r\n" % (len(piece), spaced[i % len(spaced)], piece)
+                      for i, piece in enumerate(body.splitlines(keepends=True)))
+    with serve(tmp_path, "--influx-port", "0") as server:
+        _took, answer = ask(server.http_port, head + framed + b"0 ;last\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 204 "), answer[:300]
+        for request, said in refused:
+            _took, answer = ask(server.http_port, request)
+            code, _headers, error = status_and_json(answer)
+            assert code == 400 and said in error["error"], (request[-90:], error)
+        metrics = server.wait_metrics(lambda m: m.get(USED, 0) >= 40, timeout=3)
+        assert (metrics[USED], metrics[REFUSED % "bad_request"]) == (40, len(refused))

@@ -8,14 +8,16 @@ looked up by name, a buffer cut at every step and a store of the body per chunk 
 ~2 us a 64-byte chunk beyond its lines' parsing; here a read's chunks are decoded in one loop and
 their data stored in one call, ~0.7 us (BENCHMARKS.md, "HTTP writes").
 
-What it takes is what Twisted's took, no more (a proxy in front frames a body as the RFC does,
-so the two never disagree on where a body ends): a size of hex digits only (no sign, ``0x``,
-space or ``_``, which ``int(x, 16)`` would take), extensions of visible characters, tabs and
-spaces, ignored; every chunk's data followed by CRLF exactly; lines ended by CRLF, never by a
-bare LF or CR (refused as soon as one is seen, not waited on); trailer fields read and dropped.
-What it bounds: a size line (extensions included) to ``SIZE_LINE_LIMIT``, the trailer section
-to ``TRAILER_LIMIT``, the body's bytes on the wire (framing included, not its data alone) to the
-route's limit, and the chunks to what their data is worth (``CHUNKS_FREE``, ``CHUNK_AVERAGE``).
+What it takes is what RFC 9112's grammar allows, no more (a proxy in front frames a body as the
+RFC does, so the two never disagree on where a body ends): a size of hex digits only (no sign,
+``0x``, ``_`` or space around it, which ``int(x, 16)`` would take) but for spaces and tabs before
+an extension's ``;`` (``1a ;x=y``: the grammar's BWS, which Twisted's refused), extensions of
+visible characters, tabs and spaces, ignored; every chunk's data followed by CRLF exactly; lines
+ended by CRLF, never by a bare LF or CR (refused as soon as one is seen, not waited on); trailer
+fields read and dropped.  What it bounds: a size line (extensions included) to
+``SIZE_LINE_LIMIT``, the trailer section to ``TRAILER_LIMIT``, the body's bytes on the wire
+(framing included, not its data alone) to the route's limit, and the chunks to what their data
+is worth (``CHUNKS_FREE``, ``CHUNK_AVERAGE``).
 """
 
 from collections.abc import Callable
@@ -117,7 +119,9 @@ class ChunkedBody:
                                             pieces, chunks, left, state)
                 line = data[at:eol]
                 semicolon = line.find(b";")
-                digits = line if semicolon < 0 else line[:semicolon]
+                # Spaces and tabs may stand before an extension's ";" (RFC 9112, 7.1.1: BWS),
+                # nowhere else around the size: only a line with an extension pays for them.
+                digits = line if semicolon < 0 else line[:semicolon].rstrip(b" \t")
                 if not digits or digits.translate(None, _HEX_DIGITS):
                     return self._malformed("chunk size %r is not hexadecimal digits"
                                            % digits[:40].decode("latin-1"))
