@@ -115,3 +115,39 @@ def test_an_http_client_on_the_native_tcp_port_is_answered_400_at_once_and_logs_
         if path.is_file():
             text = path.read_bytes()
             assert SECRET.encode() not in text and BEARER.encode() not in text, path
+
+
+def test_an_http_request_in_a_datagram_to_the_native_udp_port_is_counted_once_and_logs_no_header(
+        tmp_path):
+    """The native UDP port (8899) read a request sent there as a datagram line by line: its
+    request line and headers were refused one by one, and a header with no space after its
+    colon (``X-Token:...``, ``Authorization:Token ...``) was quoted whole in the log.  Now the
+    datagram is dropped, counted once as ``http_request``, whether a parser process reads the
+    socket (the default) or the reactor does (``--parsers 0``); records sent beside it are read."""
+    stamp = int(time.time()) - 120
+    request = (b"POST /write?db=x HTTP/1.1\r\nHost: stats\r\nX-Token:%s\r\n"
+               b"Authorization:Token %s\r\nContent-Length: 37\r\n\r\n"
+               b"vmstats,vm=10.9.0.9 cpu=5,mem=40 %d\n" % (SECRET.encode(), BEARER.encode(), stamp))
+    record = b"vmstats,vm=10.9.0.%d cpu=5,mem=40 %d\n"
+    for parsers in ("2", "0"):
+        with serve(tmp_path / parsers, "--parsers", parsers) as server:
+            if parsers != "0":  # the parser processes read the socket
+                server.wait_for(lambda s: s.metrics()["vmstats_parsers_reading_udp"] == 2,
+                                timeout=10)
+            server.send_udp(record % (1, stamp), request, record % (2, stamp),
+                            b"GET /metrics HTTP/1.1\r\nHost: stats\r\n\r\n")
+            metrics = server.wait_metrics(
+                lambda m: m.get('vmstats_rejected_total{reason="http_request"}') == 2
+                and m["vmstats_records_received_total"] == 2, timeout=5)
+            rejected = {key: n for key, n in metrics.items()
+                        if key.startswith("vmstats_rejected_total") and n}
+            assert rejected == {'vmstats_rejected_total{reason="http_request"}': 2}, rejected
+            assert metrics["vmstats_datagrams_received_total"] == 4
+        assert server.returncode == 0, server.output
+        assert ("http_request: an HTTP client (POST /write) wrote to the native line port (UDP), "
+                "dropped unread") in server.output, server.output
+        assert "an HTTP client (GET /metrics)" in server.output
+        for path in [*(tmp_path / parsers).rglob("*")]:
+            if path.is_file():
+                text = path.read_bytes()
+                assert SECRET.encode() not in text and BEARER.encode() not in text, path

@@ -107,7 +107,7 @@ R_BAD_VM = "bad_vm_id"
 R_UTF8 = "bad_utf8"
 R_TOO_LONG = "too_long"
 R_TRUNCATED = "truncated"  # a stream closed inside a line: the line may be cut anywhere
-R_HTTP = "http_request"  # a TCP connection whose first line is an HTTP request line
+R_HTTP = "http_request"  # a TCP connection, or a datagram, whose first line is an HTTP request line
 REJECT_REASONS = (
     R_SYNTAX, R_MEASUREMENT, R_MISSING, R_UNKNOWN, R_NON_NUMERIC, R_NON_FINITE,
     R_RANGE, R_FUTURE, R_PAST, R_BAD_VM, R_UTF8, R_TOO_LONG, R_TRUNCATED, R_HTTP,

@@ -79,6 +79,14 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         metrics.datagrams += len(batch)
         joined = b"\n".join(batch)
         metrics.bytes += len(joined) - len(batch) + 1
+        # An HTTP request's line holds " HTTP/"; no part of a valid record may hold "/": one
+        # memchr a batch, as for "#" (has_frame), and the longer search only where one is found.
+        # (Under --auth-keys a request is unsigned lines, counted so and never quoted.)
+        if self._plain and b"/" in joined and b" HTTP/" in joined:
+            batch = self._without_requests(batch)
+            if not batch:
+                return
+            joined = b"\n".join(batch)
         if self._plain and not has_frame(joined):
             self._held.append(joined)
             self._held_bytes += len(joined)
@@ -99,6 +107,18 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
             elif not self.auth.unsigned(data):
                 continue
             self._submit(data)
+
+    def _without_requests(self, batch: list[bytes]) -> list[bytes]:
+        """The datagrams of ``batch`` but those that are HTTP requests (curl, or a client given
+        this port for the HTTP port's), each counted once as ``http_request`` and named by its
+        method and path, never read as lines: its headers (``Authorization:Token ...``) were
+        refused line by line, quoted in the log.  (A parser process reading the socket looks
+        for them only among the datagrams of a payload whose lines were refused:
+        parseworker.py.)"""
+        kept, requests = misdirected.among(batch)
+        for what in requests:
+            self.ingest.reject(protocol.R_HTTP, misdirected.words("native", what, "UDP"))
+        return kept
 
     def _signed(self, batch: list[bytes]) -> None:
         """Datagrams under --auth-keys: whole frames go to be checked and parsed as one

@@ -26,7 +26,8 @@ import time
 
 from vmstats import protocol
 from vmstats.protocol import MAX_DATAGRAM_SIZE
-from vmstats.server.parse import Parser, has_frame
+from vmstats.server.formats import misdirected
+from vmstats.server.parse import MAX_DETAILS, Parsed, Parser, has_frame
 from vmstats.server.signing import FrameCheck, check_frames, checker_from, datagram_frames, split_frames
 
 #: Request: sequence number, the reactor's time (for the timestamp window), payload length.
@@ -170,13 +171,36 @@ class Worker:
             batch = [data for data in batch if data[:2] != b"#!"]
             payload = b"\n".join(batch)
         parsed = None
+        datagrams, size = len(batch), sum(map(len, batch))
         if batch:
             try:
                 parsed = self.parser.parse(payload, time.time())
+                if parsed[4]:  # lines were refused: an HTTP request sent here would be some
+                    payload, parsed = self.without_requests(batch, payload, parsed)
             except Exception as exc:  # a bug: the reactor parses this payload itself
                 print("datagrams: %r" % (exc,), file=sys.stderr, flush=True)
-        self.reply(UDP_BATCH, marshal.dumps((parsed, payload, len(batch), sum(map(len, batch)),
-                                             frames, None)))
+                parsed = None
+        self.reply(UDP_BATCH, marshal.dumps((parsed, payload, datagrams, size, frames, None)))
+
+    def without_requests(self, batch: list[bytes], payload: bytes,
+                         parsed: Parsed) -> tuple[bytes, Parsed]:
+        """``payload`` and its columns without the datagrams that are HTTP requests (curl, or
+        a client given this port for the HTTP port's): each is counted once as
+        ``http_request`` and named by its method and path, never read as lines, so its headers
+        (``Authorization:Token ...``) are neither quoted in the log nor journaled.  Looked for
+        only in a payload some of whose lines were refused, as a request line always is: a
+        payload of records pays nothing for it."""
+        kept, requests = misdirected.among(batch)
+        if not requests:
+            return payload, parsed
+        payload = b"\n".join(kept)
+        parsed = self.parser.parse(payload, time.time()) if kept else ([], [], [], [], [], [])
+        parsed[4].append((protocol.R_HTTP, len(requests)))
+        parsed[4].sort()
+        room = max(MAX_DETAILS - len(parsed[5]), 0)
+        parsed[5].extend("%s: %s" % (protocol.R_HTTP, misdirected.words("native", what, "UDP"))
+                         for what in requests[:room])
+        return payload, parsed
 
     def send_signed(self, batch: list[bytes]) -> None:
         """Datagrams under --auth-keys: each must be one whole signed frame.

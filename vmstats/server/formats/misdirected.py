@@ -11,7 +11,8 @@ there), answered with a 400 the client shows its operator, and closed unread.
 A datagram on a line port's UDP twin that starts with a request line is counted
 and logged alike, and dropped unanswered.  The native TCP port (listeners.py)
 answers and closes such a connection the same way, counting it among its
-rejects (``vmstats_rejected_total{reason="http_request"}``).
+rejects (``vmstats_rejected_total{reason="http_request"}``), and its UDP port
+drops such a datagram (``among``) before its lines are read, counted alike.
 """
 
 import re
@@ -42,6 +43,24 @@ def request(line: bytes) -> str | None:
     method, target = match.groups()
     path = _PATH.match(target)
     return method.decode("ascii") + (" " + path.group(0).decode("ascii") if path else "")
+
+
+def among(batch: list[bytes]) -> tuple[list[bytes], list[str]]:
+    """The datagrams of ``batch`` that are not HTTP requests, and ``METHOD /path`` of each that
+    is (its first line a request line).  A test per datagram: the native UDP port calls it only
+    for a batch a request may be in (listeners.py, parseworker.py)."""
+    kept: list[bytes] = []
+    found: list[str] = []
+    for data in batch:
+        what = None
+        if data[:1].isupper():  # a request line starts with its method, in capitals
+            end = data.find(b"\n")
+            what = request(data if end < 0 else data[:end])
+        if what is None:
+            kept.append(data)
+        else:
+            found.append(what)
+    return kept, found
 
 
 def words(fmt: str, what: str, transport: str = "TCP") -> str:
