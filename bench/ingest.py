@@ -4,6 +4,7 @@
     .venv/bin/python bench/ingest.py --quick    # smoke run (about a minute)
     .venv/bin/python bench/ingest.py --telegraf # only Telegraf's lines against native TCP
     .venv/bin/python bench/ingest.py --telegraf --refused  # and floods of refused lines
+    .venv/bin/python bench/ingest.py --graphite # only Graphite's lines against native TCP
     .venv/bin/python bench/ingest.py --shapes   # every record shape beside the agent's
     .venv/bin/python bench/ingest.py --shapes --only signed --paths udp_single  # a part of it
 
@@ -591,7 +592,7 @@ class TelegrafLines:
         stamps) completed 40,000 minutes instead of 30,000, a third more of the reactor's work
         for the same lines.  The skip is under two minutes of stamps: the counters stay primed.
         """
-        per_round = 5 * VMS
+        per_round = len(self.SHAPES) * VMS
         if self.next:
             rounds = -(-self.next // per_round) + 6
             self.next = (rounds + (-rounds) % 6) * per_round
@@ -617,6 +618,44 @@ class TelegrafLines:
         return out
 
 
+class GraphiteLines(TelegrafLines):
+    """Graphite plaintext for 10,000 VMs as an operator's collectors send it to carbon: each VM
+    every 10 s its CPU and memory share, disk and network byte counters that grow, and its size,
+    mapped onto vmstats' fields by ``TEMPLATES`` (``--graphite-template``)."""
+
+    TEMPLATES = (
+        "servers.{vm}.cpu.percent cpu",
+        "servers.{vm}.memory.percent mem",
+        "servers.{vm}.disk.{device}.read_bytes disk_r:counter",
+        "servers.{vm}.disk.{device}.write_bytes disk_w:counter",
+        "servers.{vm}.interface.{device}.rx_bytes net_rx:counter",
+        "servers.{vm}.interface.{device}.tx_bytes net_tx:counter",
+        "servers.{vm}.{field}",
+    )
+    SHAPES = (
+        b"servers.vm%d.cpu.percent %d.5 %d",
+        b"servers.vm%d.memory.percent %d.25 %d",
+        b"servers.vm%d.disk.vda.read_bytes %d %d",
+        b"servers.vm%d.disk.vda.write_bytes %d %d",
+        b"servers.vm%d.interface.eth0.rx_bytes %d %d",
+        b"servers.vm%d.interface.eth0.tx_bytes %d %d",
+        b"servers.vm%d.vcpus %d %d",
+        b"servers.vm%d.mem_mb %d %d",
+    )
+
+    def take(self, count: int) -> list[bytes]:
+        start, self.next = self.next, self.next + count
+        per_vm = len(self.SHAPES)
+        out = []
+        for i in range(start, start + count):
+            vm, shape = (i // per_vm) % VMS, i % per_vm
+            k = i // (per_vm * VMS)
+            value = (40 + i % 50, 30 + i % 40, 40960 * k, 8192 * k, 12345 * k, 2345 * k, 2,
+                     4096)[shape]
+            out.append(self.SHAPES[shape] % (vm, value, self.base + 10 * k))
+        return out
+
+
 class MalformedLines(TelegrafLines):
     """Telegraf's lines made malformed by turns, every one refused by the decoder before the
     minutes see it: a host tag naming no VM (``-vm1``, ``bad_vm_id``) and one without its
@@ -633,16 +672,17 @@ def edge_seen(receiver) -> int:
                    if k.startswith("vmstats_edge_lines_total")))
 
 
-def telegraf_throughput(receiver, lines: TelegrafLines, count: int, speed: HostSpeed) -> dict:
-    """Telegraf's lines/s over the line-protocol port of one connection (socket_writer's way),
-    timed until the server has accounted for the last one (that port sends no replies)."""
+def telegraf_throughput(receiver, lines: TelegrafLines, count: int, speed: HostSpeed,
+                        port: str = "influx_port") -> dict:
+    """Telegraf's lines/s over the line-protocol port of one connection (socket_writer's way;
+    Graphite's to ``graphite_port``, carbon's), timed until the server has accounted for the
+    last one (those ports send no replies)."""
     records = lines.take(count)
     chunks = [b"\n".join(records[offset:offset + 500]) + b"\n" for offset in range(0, count, 500)]
     probe_ms = speed.measure()
     before, cpu_before = edge_seen(receiver), cpu_seconds(receiver.pid)
     written_before = receiver.metrics().get('vmstats_edge_events_total{event="records"}', 0)
-    with socket.create_connection((LOOPBACK, receiver.server.status["influx_port"]),
-                                  timeout=60) as sock:
+    with socket.create_connection((LOOPBACK, receiver.server.status[port]), timeout=60) as sock:
         started = time.perf_counter()
         for chunk in chunks:
             sock.sendall(chunk)
@@ -662,12 +702,25 @@ def telegraf_throughput(receiver, lines: TelegrafLines, count: int, speed: HostS
             "probe_after_ms": probe_after_ms, "minutes_written": int(written - written_before)}
 
 
-def telegraf_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed) -> dict:
+def telegraf_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed,
+                   port: str = "influx_port") -> dict:
     """One attempt at the Telegraf phase: a minute's first round of every VM's lines, untimed
     (the counters primed, the minute before completed), then ``count`` lines timed."""
     lines.to_minute_start()
-    telegraf_throughput(receiver, lines, 5 * VMS, speed)
-    return telegraf_throughput(receiver, lines, count, speed)
+    telegraf_throughput(receiver, lines, len(lines.SHAPES) * VMS, speed, port)
+    return telegraf_throughput(receiver, lines, count, speed, port)
+
+
+def graphite_phase(receiver, lines: GraphiteLines, count: int, speed: HostSpeed) -> dict:
+    """The Telegraf phase's way with Graphite's lines on its own port; every line sent, the
+    untimed round's too, must be used (none ignored, none refused)."""
+    key = 'vmstats_edge_lines_total{format="graphite",outcome="used"}'
+    before = receiver.metrics().get(key, 0)
+    result = telegraf_phase(receiver, lines, count, speed, "graphite_port")
+    used, sent = int(receiver.metrics().get(key, 0) - before), count + len(lines.SHAPES) * VMS
+    if used != sent:
+        raise RuntimeError("%d of the %d Graphite lines sent were used" % (used, sent))
+    return result
 
 
 def refused_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed,
@@ -690,20 +743,26 @@ def refused_phase(receiver, lines: TelegrafLines, count: int, speed: HostSpeed,
     return result
 
 
-def telegraf_main(workdir: Path, speed: HostSpeed, count: int, refused: bool = False) -> dict:
-    """Telegraf's lines and native records, in turn, through one ``vmstats serve``; with
-    ``refused``, then as many lines the minutes refuse, and as many malformed ones
-    (``refused_phase``).
+def telegraf_main(workdir: Path, speed: HostSpeed, count: int, refused: bool = False,
+                  formats: tuple[str, ...] = ("telegraf",)) -> dict:
+    """Native records, then Telegraf's lines and/or Graphite's (``formats``), in turn, through
+    one ``vmstats serve``; with ``refused``, then as many Telegraf lines the minutes refuse,
+    and as many malformed ones (``refused_phase``).
 
     The native phase is ``tcp_throughput``, unchanged; each phase is
     measured with the host at speed (``at_speed``) like every other step.
     """
-    receiver = unpinned(lambda: Vmstats(workdir / "vmstats", "--influx-port", "0"))
-    native, telegraf, ahead, malformed = (Lines(), TelegrafLines(), TelegrafLines(ahead=86400),
-                                          MalformedLines())
+    templates = [arg for text in GraphiteLines.TEMPLATES for arg in ("--graphite-template", text)]
+    receiver = unpinned(lambda: Vmstats(workdir / "vmstats", "--influx-port", "0",
+                                        "--graphite-port", "0", *templates))
+    native, telegraf, ahead, malformed, graphite = (
+        Lines(), TelegrafLines(), TelegrafLines(ahead=86400), MalformedLines(), GraphiteLines())
     results: dict = {"command": " ".join(["bench/ingest.py"] + sys.argv[1:])}
-    phases = [("native", lambda: tcp_throughput(receiver, native, count, speed)),
-              ("telegraf", lambda: telegraf_phase(receiver, telegraf, count, speed))]
+    phases = [("native", lambda: tcp_throughput(receiver, native, count, speed))]
+    if "telegraf" in formats:
+        phases.append(("telegraf", lambda: telegraf_phase(receiver, telegraf, count, speed)))
+    if "graphite" in formats:
+        phases.append(("graphite", lambda: graphite_phase(receiver, graphite, count, speed)))
     if refused:
         phases.append(("refused", lambda: refused_phase(receiver, ahead, count, speed)))
         phases.append(("malformed", lambda: refused_phase(receiver, malformed, count, speed,
@@ -720,11 +779,16 @@ def telegraf_main(workdir: Path, speed: HostSpeed, count: int, refused: bool = F
                 flush=True)
     finally:
         received, rows = receiver.stop()
-    results["ratio"] = round(results["telegraf"]["rate"] / results["native"]["rate"], 2)
     results["logged"], results["received"] = rows, received
-    print("Telegraf lines/s over native records/s: %.2f (target >= 0.50); %d minutes assembled "
-          "from the measured lines; logs hold %d of %d records received"
-          % (results["ratio"], results["telegraf"]["minutes_written"], rows, received))
+    for name in formats:
+        results["%s_ratio" % name if name != "telegraf" else "ratio"] = ratio = round(
+            results[name]["rate"] / results["native"]["rate"], 2)
+        print("%s lines/s over native records/s: %.2f%s; %d minutes assembled from the measured "
+              "lines" % (name.capitalize(), ratio, " (target >= 0.50)" if name == "telegraf" else "",
+                         results[name]["minutes_written"]))
+    print("logs hold %d of %d records received" % (rows, received))
+    if rows != received:
+        raise RuntimeError("%d records received, %d in the logs" % (received, rows))
     if refused:
         results["refused_cpu_ratio"] = round(results["refused"]["cpu_us_per_record"]
                                              / results["telegraf"]["cpu_us_per_record"], 2)
@@ -905,6 +969,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--telegraf", action="store_true",
                         help="only Telegraf's lines on the line-protocol port against native TCP")
+    parser.add_argument("--graphite", action="store_true",
+                        help="only Graphite's lines on the Graphite port against native TCP "
+                             "(with --telegraf: both)")
     parser.add_argument("--refused", action="store_true",
                         help="with --telegraf: then as many lines the minutes refuse (stamped a "
                              "day ahead), and as many malformed ones")
@@ -916,6 +983,8 @@ def main() -> int:
     parser.add_argument("--paths", default=",".join(SHAPE_PATHS),
                         help="with --shapes: these of %s (comma-separated)" % ", ".join(SHAPE_PATHS))
     args = parser.parse_args()
+    if args.refused and not args.telegraf:
+        parser.error("--refused needs --telegraf")
     if args.reference_server:
         reference_main(args.reference_server, args.rcvbuf)
         return 0
@@ -935,9 +1004,10 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vmstats-bench-"))
     speed = HostSpeed(cores)
     speed.calibrate(5.0)
-    if args.telegraf:
+    if args.telegraf or args.graphite:
+        formats = tuple(name for name in ("telegraf", "graphite") if getattr(args, name))
         try:
-            results = telegraf_main(workdir, speed, tcp_records // 2, args.refused)
+            results = telegraf_main(workdir, speed, tcp_records // 2, args.refused, formats)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         if args.json:
