@@ -10,15 +10,18 @@ refusals of the address itself are in tests/test_cli_errors.py.
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+
+from vmstats.serverclient import MAX_ANSWER
 
 #: Every command that asks a server, with what it needs besides --url.
 COMMANDS = {
@@ -30,10 +33,16 @@ COMMANDS = {
 }
 
 
-def run(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+def run(*args: str, env: dict | None = None,
+        memory: int | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """The command as an operator runs it; with ``memory``, its address space held to that
+    many bytes (a command that reads without bound then fails fast, not the machine)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "vmstats", *args], capture_output=True, text=True,
-                          timeout=30, env=env)
+                          timeout=30, env=env, preexec_fn=limit if memory else None)
     return done, time.monotonic() - started
 
 
@@ -59,9 +68,10 @@ def listening(backlog: int = 8) -> Iterator[socket.socket]:
 
 
 @contextmanager
-def answering(reply: bytes, heads: list[bytes] | None = None) -> Iterator[int]:
+def answering(reply: bytes | Callable[[socket.socket], None],
+              heads: list[bytes] | None = None) -> Iterator[int]:
     """A loopback port that reads each request's head and body (its head put in ``heads``),
-    sends ``reply`` and hangs up."""
+    sends ``reply`` (or lets ``reply`` talk to the peer) and hangs up."""
     with listening() as listener:
         def serve() -> None:
             while True:
@@ -84,7 +94,10 @@ def answering(reply: bytes, heads: list[bytes] | None = None) -> Iterator[int]:
                                    if line.lower().startswith(b"content-length:")), 0)
                     while len(body) < length:
                         body += peer.recv(4096)
-                    peer.sendall(reply)
+                    try:
+                        reply(peer) if callable(reply) else peer.sendall(reply)
+                    except OSError:  # the command hung up, as it should
+                        pass
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
@@ -163,3 +176,58 @@ def test_the_address_is_asked_directly_whatever_proxy_the_environment_names():
     [head] = heads
     assert head.startswith(b"GET /pr%C3%A8s/alerts HTTP/1.1\r\n"), head
     assert b"\r\nAuthorization: Bearer jeton-\xc3\xa9" in head, head
+
+
+def trickle(head: bytes, rest: bytes) -> Callable[[socket.socket], None]:
+    """Sends ``head`` at once, then ``rest`` a byte every 0.05 s: each wait for data is short,
+    the answer never ends in time."""
+    def talk(peer: socket.socket) -> None:
+        peer.sendall(head)
+        for byte in rest:
+            time.sleep(0.05)
+            peer.sendall(bytes([byte]))
+    return talk
+
+
+@pytest.mark.parametrize("head, rest", [
+    (b"HTTP/1.1 200 OK\r\n", b"X-Slow: y\r\n" * 500),  # its headers
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 6000\r\n\r\n", b"[" + b"0," * 2999),  # its body
+])
+def test_an_answer_trickled_a_byte_at_a_time_is_given_up_at_the_timeout(head, rest):
+    """--timeout was the limit on each wait for data: a byte every 0.05 s held the command
+    open as long as the server kept it up (here 5 minutes).  It is the whole exchange's."""
+    with answering(trickle(head, rest)) as port:
+        done, took = run("rules", "mutes", "--url", "http://127.0.0.1:%d" % port, "--timeout", "0.5")
+    line = one_line(done)
+    assert line.startswith("Error: cannot read http://127.0.0.1:%d/mutes: the answer from "
+                           "127.0.0.1:%d did not end within 0.5 s (" % (port, port)), line
+    assert line.endswith(" bytes by then; --timeout waits longer)"), line
+    assert took < 3.5, took
+
+
+def endless(head: bytes) -> Callable[[socket.socket], None]:
+    """Sends ``head``, then JSON's opening of a list that never ends, as fast as it is read."""
+    def talk(peer: socket.socket) -> None:
+        peer.sendall(head + b"[")
+        piece = b"0," * (32 << 10)
+        for _ in range(4 * MAX_ANSWER // len(piece)):  # bounded, four times the cap
+            peer.sendall(piece)
+    return talk
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n",  # until it hangs up
+    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_ANSWER + 1),
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffff\r\n",  # a 1 TB chunk
+])
+def test_an_answer_without_end_is_given_up_at_the_size_cap(head):
+    """A broken or hostile endpoint that answers without end was read whole: the command's
+    memory grew until the machine's ran out.  Held here to 1 GiB of address space, it fails
+    there without the cap; with it, it stops at MAX_ANSWER, long before --timeout."""
+    with answering(endless(head)) as port:
+        done, took = run("alerts", "--url", "http://127.0.0.1:%d" % port, "--timeout", "20",
+                         memory=1 << 30)
+    assert one_line(done) == ("Error: cannot read http://127.0.0.1:%d/alerts: the answer from "
+                              "127.0.0.1:%d is larger than %d MiB, more than a vmstats page (is it "
+                              "the server's HTTP port?)" % (port, port, MAX_ANSWER >> 20))
+    assert took < 4, took

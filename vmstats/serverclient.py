@@ -12,19 +12,25 @@ one ``Error:`` line (README.md, exit status):
 - what happens on the way (nothing listens, no answer, not HTTP, an HTTP error) is a failure,
   status 1, except a refusal the server words (4xx with ``{"error": ...}``): status 2.
 
-The connection and the answer have their own time limits: a host that does not take the
-connection is given up after CONNECT_TIMEOUT, and a port that takes it but never answers
-(another service waiting for its own protocol, a stuck process) after ``--timeout``, each
-said as what it was.  The request goes straight to the address: no proxy from the
-environment (an ``http_proxy`` meant for the outside sent requests for 127.0.0.1 through it),
-and a redirect is reported, not followed (urllib turned a redirected POST into a GET, so a
-mute was never made).
+``--timeout`` is how long the command waits, full stop: the whole exchange, connection,
+request and answer, ends by then, so a server that trickles its answer a byte a second is
+given up as surely as one that says nothing (a limit on each wait alone let it hold the
+command for ever).  A host that does not take the connection is given up sooner, after
+CONNECT_TIMEOUT, and an answer larger than MAX_ANSWER is not read on (an endless or broken
+endpoint would fill memory); each said as what it was.
+
+The request goes straight to the address: no proxy from the environment (an ``http_proxy``
+meant for the outside sent requests for 127.0.0.1 through it), and a redirect is reported,
+not followed (urllib turned a redirected POST into a GET, so a mute was never made).
 """
 
+import functools
 import http.client
+import io
 import json
 import re
 import socket
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +52,11 @@ ANSWER_TIMEOUT = 10.0
 #: lost SYN to be sent again twice (after 1 s and 3 s), short of the answer's wait, so an
 #: address where nothing takes the connection (a firewall dropping it) is said promptly.
 CONNECT_TIMEOUT = 4.0
+
+#: Bytes of an answer's body read at most.  A server's /alerts with its token lists every
+#: scope of every rule (about 115 bytes each) and the last 200 log entries: 1,000 VMs in alarm
+#: made 150 kB, so this holds some 500,000 scopes, and stops an endless answer at a bound.
+MAX_ANSWER = 64 << 20
 
 #: Characters of a non-HTTP answer quoted in the error line.
 _QUOTED = 40
@@ -153,7 +164,7 @@ def timeout_option(command):
     return click.option(
         "--timeout", type=FiniteRange(0, min_open=True), default=ANSWER_TIMEOUT, show_default=True,
         metavar="SECONDS",
-        help="Seconds to wait for the server's answer (for the connection, at most %g)."
+        help="Seconds to wait for the server's whole answer (for the connection, at most %g)."
              % CONNECT_TIMEOUT)(command)
 
 
@@ -195,8 +206,10 @@ def ask(server: ServerURL, path: str, token: str | None, method: str = "GET",
 
 def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
               headers: dict[str, str | bytes], timeout: float) -> tuple[int, str, bytes, str | None]:
-    """One request: the answer's status, reason, body and Location; ClickException if none."""
+    """One request, over by ``timeout`` seconds from now: the answer's status, reason, body
+    (at most MAX_ANSWER bytes) and Location; ClickException if none."""
     where = server.url(path)
+    ends = time.monotonic() + timeout
     connect = min(CONNECT_TIMEOUT, timeout)
     kind = http.client.HTTPSConnection if server.scheme == "https" else http.client.HTTPConnection
     connection = kind(server.host, server.port, timeout=connect)
@@ -211,15 +224,28 @@ def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
                                        % (where, server.host, exc.strerror or exc)) from None
         except (OSError, ValueError) as exc:
             raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
-        connection.sock.settimeout(timeout)
+        reader = _Deadline(connection.sock, ends)
+        connection.response_class = functools.partial(_TimedResponse, reader=reader)
         try:
+            connection.sock.settimeout(max(ends - time.monotonic(), 0.001))
             connection.request(method, server.prefix + path, body=data, headers=headers)
             response = connection.getresponse()
-            return response.status, response.reason, response.read(), response.getheader("Location")
+            if response.length is not None and response.length > MAX_ANSWER:
+                raise _TooLarge()
+            body = _body_of(response)
+            return response.status, response.reason, body, response.getheader("Location")
         except TimeoutError:
+            if reader.got:  # it began to answer, and did not finish
+                raise click.ClickException(
+                    "cannot read %s: the answer from %s did not end within %g s (%d bytes by "
+                    "then; --timeout waits longer)" % (where, server.place, timeout, reader.got)) from None
             raise click.ClickException(
                 "cannot read %s: no HTTP answer from %s within %g s (is it the server's HTTP "
                 "port? --timeout waits longer)" % (where, server.place, timeout)) from None
+        except _TooLarge:
+            raise click.ClickException(
+                "cannot read %s: the answer from %s is larger than %d MiB, more than a vmstats "
+                "page (is it the server's HTTP port?)" % (where, server.place, MAX_ANSWER >> 20)) from None
         except http.client.RemoteDisconnected:
             raise click.ClickException("cannot read %s: %s closed the connection without an HTTP "
                                        "answer" % (where, server.place)) from None
@@ -230,6 +256,69 @@ def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
             raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
     finally:
         connection.close()
+
+
+class _TooLarge(Exception):
+    """An answer past MAX_ANSWER."""
+
+
+class _Deadline(io.RawIOBase):
+    """The connection's bytes, each wait for them bounded by what is left of the exchange's
+    time (a socket's own timeout is per wait: a byte a second never reached it)."""
+
+    def __init__(self, sock: socket.socket, ends: float):
+        super().__init__()
+        self.sock = sock
+        self.ends = ends
+        self.got = 0  # bytes received: whether the server began to answer
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.ends - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the exchange's time is up")
+        self.sock.settimeout(left)
+        count = self.sock.recv_into(buffer)
+        self.got += count
+        return count
+
+
+class _TimedResponse(http.client.HTTPResponse):
+    """An answer read through ``reader`` (its status line and headers too), not the socket's
+    own file."""
+
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
+                 url: str | None = None, *, reader: _Deadline):
+        super().__init__(sock, debuglevel, method, url)
+        # The socket's own file is not read from, but held: the connection hands the socket
+        # to an answer that ends at the hang-up, and the file keeps it open until then.
+        self._held = self.fp
+        self.fp = io.BufferedReader(reader)
+
+    def _close_conn(self) -> None:
+        super()._close_conn()
+        self._held.close()
+
+
+def _body_of(response: http.client.HTTPResponse) -> bytes:
+    """The answer's body, read in pieces so that no more than MAX_ANSWER bytes are held;
+    _TooLarge past that, IncompleteRead if it ends short of its Content-Length."""
+    pieces = []
+    size = 0
+    while True:
+        piece = response.read(64 << 10)
+        if not piece:
+            break
+        size += len(piece)
+        if size > MAX_ANSWER:
+            raise _TooLarge()
+        pieces.append(piece)
+    body = b"".join(pieces)
+    if response.length:  # the connection closed before the body's announced end
+        raise http.client.IncompleteRead(body, response.length)
+    return body
 
 
 def _reason(exc: Exception) -> str:
