@@ -17,9 +17,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
+from serverproc import STATUS_TOKEN, ServerProcess
 
 from vmstats.serverclient import MAX_ANSWER
 
@@ -231,3 +233,23 @@ def test_an_answer_without_end_is_given_up_at_the_size_cap(head):
                               "127.0.0.1:%d is larger than %d MiB, more than a vmstats page (is it "
                               "the server's HTTP port?)" % (port, port, MAX_ANSWER >> 20))
     assert took < 4, took
+
+
+def test_a_server_without_rules_says_so_on_its_rules_pages(tmp_path):
+    """``alerts --url`` of a server started without --rules said only "not found", as for a
+    wrong address: the server's 404 for /alerts and /mutes says why (a mute's POST too,
+    refused at its headers), and the commands show it."""
+    with ServerProcess(tmp_path) as server:
+        url = "http://127.0.0.1:%d" % server.http_port
+        with ThreadPoolExecutor() as pool:  # at once: each command's start is most of its time
+            runs = {command: pool.submit(run, *COMMANDS[command], "--url", url, "--token",
+                                         STATUS_TOKEN) for command in ("alerts", "rules mutes",
+                                                                       "rules mute")}
+            elsewhere = pool.submit(run, "alerts", "--url", url + "/elsewhere")
+            said = {command: done.result()[0] for command, done in runs.items()}
+            other = elsewhere.result()[0]
+    why = "this server runs without --rules: start it with --rules FILE for /alerts and /mutes"
+    for command, path in (("alerts", "/alerts"), ("rules mutes", "/mutes"), ("rules mute", "/mutes")):
+        done = said[command]
+        assert (done.returncode, done.stderr) == (2, "Error: %s%s: %s\n" % (url, path, why)), command
+    assert other.stderr == "Error: %s/elsewhere/alerts: not found\n" % url  # a wrong address

@@ -96,6 +96,9 @@ class Router(resource.Resource):
         #: path -> a page's admission of body bytes before they are stored: ``(request, size)``
         #: to None (held) or ``(status, JSON body)`` refusing the body (past a memory budget).
         self.admits: dict[bytes, Callable] = {}
+        #: path -> why a page this server could serve is not served: its 404's ``error`` line
+        #: (a client asking /alerts of a server without rules is told so, not "not found").
+        self.absent: dict[bytes, str] = {}
 
     def add(self, path: bytes, handler: Handler, methods: Iterable[bytes] = (b"GET",),
             max_body: int = DEFAULT_MAX_BODY) -> None:
@@ -134,7 +137,7 @@ class Router(resource.Resource):
             count_refused(request, "not_found")
             request.setResponseCode(http.NOT_FOUND)
             request.setHeader(b"content-type", b"application/json")
-            return _json_error("not found")
+            return _json_error(self.absent.get(request.path, "not found"))
         handler = methods.get(request.method)
         if handler is None:
             count_refused(request, "method_not_allowed")
@@ -346,7 +349,7 @@ class _Channel(http.HTTPChannel):
                          "Transfer-Encoding %r cannot be read: send Content-Length, or chunked"
                          % b", ".join(codings).decode("latin-1")[:60])
         elif self.length != 0 and limit is None:
-            self._refuse(http.NOT_FOUND, "not_found", "not found")
+            self._refuse(http.NOT_FOUND, "not_found", self.router.absent.get(path, "not found"))
         elif (self._command in (b"POST", b"PUT", b"PATCH") and not delimited
               and self._version != b"HTTP/1.1"):
             self._refuse(http.LENGTH_REQUIRED, "length_required",
@@ -524,6 +527,11 @@ class StatusToken:
         return scheme.lower() == b"bearer" and secret_matches(value.strip(), self.token)
 
 
+#: The 404 of /alerts and /mutes on a server started without rules, as ``vmstats alerts
+#: --url`` and ``vmstats rules mutes`` show it after the address.
+RULES_OFF = "this server runs without --rules: start it with --rules FILE for /alerts and /mutes"
+
+
 class HTTPService(service.Service):
     """Serves the server's own numbers; reads state, never changes it."""
 
@@ -550,6 +558,9 @@ class HTTPService(service.Service):
             self.router.add(b"/alerts", lambda request: _body(
                 request, json.dumps(alerts_json(self.token.admits(request)), indent=1,
                                     sort_keys=True), b"application/json"))
+        else:  # the rules' pages (/mutes beside /alerts) say why they are not here
+            for path in (b"/alerts", b"/mutes"):
+                self.router.absent[path] = RULES_OFF
         # Other services' pages by full path (b"/api/v2/write"), each with its methods and limit.
         for path, page in (routes or {}).items():
             self.router.add_page(path, page)
