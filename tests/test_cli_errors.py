@@ -139,8 +139,17 @@ CASES = [
     ((*_SERVE, "--write-token", " "), REFUSED, "--write-token is only spaces: give the token"),
     ((*_SERVE, "--status-token", " \t"), REFUSED, "--status-token is only spaces: give the token"),
     ((*_SERVE, "--influx-vm-tag", ""), REFUSED, "--influx-vm-tag is empty: name the"),
-    (("alerts", "--token", "a", "--token-file", "afile"), REFUSED,
+    (("alerts", "--token", "a", "--token-file", "afile", "--url", "http://127.0.0.1:9"), REFUSED,
      "--token and --token-file are one setting"),
+    # options of the source not read were dropped without a word: the log read, the wait unused
+    (("alerts", "--data-dir", "data", "--timeout", "3"), REFUSED,
+     "--timeout only with --url: without it the action log in --data-dir is read, which needs no "
+     "server"),
+    (("alerts", "--token-file", "afile", "--timeout", "3"), REFUSED,
+     "--token-file and --timeout only with --url"),
+    (("alerts", "--token", "a"), REFUSED, "--token only with --url"),
+    (("alerts", "--data-dir", "data", "--url", "http://127.0.0.1:9"), REFUSED,
+     "--data-dir and --url are two sources: give one"),
     # a server's address that is none: urllib's reason, exit 1, as if the network had failed
     (("alerts", "--url", "not-a-url"), REFUSED,
      "Invalid value for '--url': 'not-a-url' is not a URL: give http://HOST:PORT, e.g. "),
@@ -211,7 +220,7 @@ CASES = [
     (("replay", "--format", "bitbrains", "afile", "--vm-map", "nope", *_CLOSED), REFUSED,
      "nope: does not exist"),
     (("compact", "--data-dir", "nope"), REFUSED, "data dir nope does not exist or is not a directory"),
-    (("alerts", "--data-dir", "data", "--token-file", "empty.toml", "--url", "http://127.0.0.1:9"), REFUSED,
+    (("alerts", "--token-file", "empty.toml", "--url", "http://127.0.0.1:9"), REFUSED,
      "cannot read --token-file: empty.toml: is empty"),
     ((*_SERVE, "--rules", "bad.toml"), REFUSED, "rules file bad.toml: not valid TOML"),
     ((*_SERVE, "--auth-keys", "nope"), REFUSED, "cannot read --auth-keys: nope: does not exist"),
@@ -300,3 +309,12 @@ def test_a_secret_in_the_url_or_token_is_never_echoed(args):
     assert result.exit_code == REFUSED, result.output
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("Error: "), result.stderr
     assert "s3cret" not in result.output, result.output
+
+
+def test_a_token_from_the_environment_is_no_mistake_without_url(place):
+    """VMSTATS_STATUS_TOKEN is set for every command a shell runs: reading the log with it set
+    goes on (here to the log's own failure), where ``--token`` on the line is refused."""
+    result = CliRunner().invoke(cli.main, ["alerts", "--data-dir", "data"],
+                                env={"VMSTATS_STATUS_TOKEN": "a"})
+    assert result.exit_code == FAILED, result.output
+    assert result.stderr.startswith("Error: no action log folder at data/rules ("), result.stderr

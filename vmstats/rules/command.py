@@ -189,7 +189,7 @@ def _mute_line(entry) -> str:
 
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default="vmstats-data",
-              show_default=True, help="The server's data dir (its action log is read).")
+              show_default=True, help="The server's data dir (its action log is read; not with --url).")
 @click.option("--url", type=ServerURLType(), default=None,
               help="Ask a running server instead, e.g. http://127.0.0.1:8898 (its /alerts); with "
                    "its status token for per-VM states and the log.")
@@ -203,6 +203,7 @@ def _mute_line(entry) -> str:
 def alerts(ctx: click.Context, data_dir: str, url: ServerURL | None, token: str | None,
            token_file: str | None, timeout: float, recent: int, as_json: bool) -> None:
     """Current rule states (not ok first) and the action log's recent entries."""
+    one_source(ctx, url is not None)
     token = read_token(ctx, token, token_file)
     if url:
         page = from_server(url, token, timeout)
@@ -235,6 +236,27 @@ def alerts(ctx: click.Context, data_dir: str, url: ServerURL | None, token: str 
                                             ", %d dropped (past max_pending)" % dropped if dropped else ""))
     for entry in page["recent"][-recent:] if recent else []:
         click.echo("  " + describe(entry))
+
+
+#: ``alerts``' options that only asking a running server (``--url``) uses.
+_SERVER_ONLY = ("timeout", "token", "token_file")
+
+
+def one_source(ctx: click.Context, asks_server: bool) -> None:
+    """Refuse an option of the source not read: ``--timeout`` or a token without ``--url`` (the
+    log is read, and they were dropped without a word), ``--data-dir`` with it.  A token from
+    the environment (VMSTATS_STATUS_TOKEN) is a default for every command, not refused."""
+    given = [p for p in ctx.command.params
+             if ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if asks_server:
+        if any(p.name == "data_dir" for p in given):
+            raise click.UsageError("--data-dir and --url are two sources: give one (--url asks a "
+                                   "running server, --data-dir reads its action log)")
+        return
+    idle = [p.opts[0] for p in given if p.name in _SERVER_ONLY]
+    if idle:
+        raise click.UsageError("%s only with --url: without it the action log in --data-dir is "
+                               "read, which needs no server" % " and ".join(idle))
 
 
 def from_server(url: ServerURL, token: str | None, timeout: float) -> dict:
