@@ -250,6 +250,27 @@ def children(pid: int) -> list:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children, theirs, and so on (from /proc)."""
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
+
+
+def living(pids: list) -> list:
+    """The processes of ``pids`` that run (not gone, not a zombie awaiting its parent)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
 def children_running(server_pid: int, marker: bytes) -> list:
     """The server's child processes whose command line holds ``marker``."""
     found = []

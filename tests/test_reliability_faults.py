@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 
-from serverproc import children, children_running, decoders_of, parsers_of, serve
+from serverproc import children, children_running, decoders_of, living, parsers_of, serve
 from test_reliability_journal import journal_files, raw_rows, send_acked
 from test_server_lifecycle import fifo_in_the_way
 from test_server_tcp import read_reply
@@ -369,19 +369,6 @@ def test_a_writer_killed_mid_flush_is_detected_the_pool_rebuilt_and_its_records_
            logged_rows=sum(logged.values()))
     assert logged == Counter({("10.43.0.1", t): 1, ("10.43.0.2", t): 1, ("10.43.0.3", t): 1})
     assert "died during a flush" in server.output
-
-
-def living(pids: list) -> list:
-    """The processes of ``pids`` that run (not gone, not a zombie awaiting its parent)."""
-    alive = []
-    for pid in pids:
-        try:
-            state = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
 
 
 def writers_of(server_pid: int) -> tuple[list, list]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serverproc import ROOT, children, serve
+from serverproc import ROOT, decoders_of, descendants, living, serve
 from test_server_tcp import read_reply
 from test_server_udp import line, logged, now
 
@@ -192,6 +192,33 @@ def test_a_port_in_use_is_one_line_and_no_leftover_processes(tmp_path):
     assert str(port) in result.stderr.strip().splitlines()[-1]
 
 
+def test_every_child_process_ends_within_seconds_of_the_server_being_killed(tmp_path):
+    """SIGKILL (the OOM killer, ``kill -9``) leaves no process behind: the parsers, the writers
+    and their forkserver, the other formats' decoding processes and multiprocessing's resource
+    tracker all end.  Before, the decoders waited on a queue they held both ends of, and kept
+    the resource tracker alive with them, for good: a crash loop leaked three a restart."""
+    server = serve(tmp_path, "--graphite-port", "0", "--workers", "1").start()
+    try:
+        with server.tcp_to(server.status["graphite_port"]) as sock:  # the decoders start on use
+            sock.sendall(b"servers.gr-1.cpu.percent 7 %d\n" % now())
+        server.wait_for(lambda s: decoders_of(s.pid), timeout=20)
+        family = descendants(server.pid)
+        commands = b" ".join(Path("/proc/%d/cmdline" % pid).read_bytes() for pid in family)
+        for kind in (b"parseworker", b"forkserver", b"resource_tracker", b"spawn_main"):
+            assert kind in commands
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        deadline = time.monotonic() + 5.0
+        while living(family) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = living(family)
+    finally:
+        server.kill()
+        for pid in living(family):  # not to outlive the test, whatever it found
+            os.kill(pid, signal.SIGKILL)
+    assert not left, [Path("/proc/%d/cmdline" % pid).read_bytes() for pid in left]
+
+
 def test_sigint_also_drains(tmp_path):
     with serve(tmp_path, "--flush-interval", "60") as server:
         server.send_udp(line(Record(vm="10.9.0.1", ts=now() - 60, cpu=1.0, mem=2.0)))
@@ -233,13 +260,6 @@ def test_a_stop_signal_to_the_whole_process_group_still_drains(tmp_path, number)
         assert server.stop(number) == 0, server.output
     assert "Traceback" not in server.output and "missed the" not in server.output, server.output
     assert all_rows(tmp_path / "data") == 20
-
-
-def descendants(pid: int) -> list[int]:
-    found = children(pid)
-    for child in list(found):
-        found += descendants(child)
-    return found
 
 
 @contextlib.contextmanager

@@ -9,12 +9,11 @@ retry exactly the VMs that failed.
 import marshal
 import multiprocessing.context
 import os
-import select
 import signal
 import threading
-import time
 
 from vmstats import logstore
+from vmstats.server import lifeline
 
 #: What this writer process has seen of the day files' ends (logstore.DayFileEnds): a pool
 #: worker lives as long as the server, and remembering saves re-reading a whole day file to
@@ -26,7 +25,7 @@ DAY_FILE_ENDS = logstore.DayFileEnds()
 WRITER_NICENESS = 10
 
 #: Held while this writer writes a share: a writer whose aggregator died finishes its task
-#: before it ends (_end_with).  One per process, as DAY_FILE_ENDS.
+#: before it ends (lifeline.end_with).  One per process, as DAY_FILE_ENDS.
 WRITING = threading.Lock()
 
 
@@ -46,37 +45,7 @@ def init_writer(aggregator: int | None = None) -> None:
     except OSError:
         pass  # not permitted here: writers simply run at normal priority
     if aggregator is not None:
-        threading.Thread(target=_end_with, args=(aggregator,), name="end with the aggregator",
-                         daemon=True).start()
-
-
-def _end_with(aggregator: int) -> None:
-    """Wait for the aggregator's exit, then end this writer once its task is written.
-
-    An executor's worker waits for its next task on a queue whose write end it holds
-    itself, so the aggregator's death (SIGKILL, the OOM killer) never wakes it: the writers,
-    and the forkserver they keep alive, would outlive every crash.  A pidfd tells the exit
-    at once; where there is none (Linux before 5.3), the process is looked for every second.
-    """
-    try:
-        watch = os.pidfd_open(aggregator)
-    except (AttributeError, OSError):
-        while _running(aggregator):
-            time.sleep(1.0)
-    else:
-        select.select([watch], [], [])
-    with WRITING:
-        os._exit(0)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # a process of another user: not expected of the aggregator, so let it be
-    return True
+        lifeline.end_with(aggregator, WRITING)  # a share being written is finished first
 
 
 #: How write_share's error for a VM refused for a symbolic link begins (logstore.LinkRefused).

@@ -18,6 +18,7 @@ thread, which holds the reactor's GIL meanwhile).
 """
 
 import logging
+import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,7 +26,7 @@ from multiprocessing import get_context
 
 from twisted.internet import defer
 
-from vmstats.server import executors
+from vmstats.server import executors, lifeline
 from vmstats.server.every import Every
 from vmstats.server.formats import R_SYNTAX, Decoder, Tally
 from vmstats.server.idle import IdleWaiters
@@ -44,8 +45,11 @@ RESTART_DELAY = 1.0
 _WORKER_DECODERS: dict[str, Decoder] = {}
 
 
-def _start_worker(decoders: dict[str, Decoder]) -> None:
+def _start_worker(decoders: dict[str, Decoder], aggregator: int) -> None:
+    """Executor initializer: the decoders, and this worker's end with the aggregator (process
+    id ``aggregator``), whose death it would never see otherwise (vmstats/server/lifeline.py)."""
     _WORKER_DECODERS.update(decoders)
+    lifeline.end_with(aggregator)
 
 
 def _decode(name: str, data: bytes, now: float) -> tuple[list, dict, list, list]:
@@ -107,7 +111,7 @@ class DecodePool:
         self._restart = None
         self.executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
                                             initializer=_start_worker,
-                                            initargs=(self.decoders,))
+                                            initargs=(self.decoders, os.getpid()))
 
     def submit(self, decoder: Decoder, data: bytes) -> None:
         """Decode ``data`` in a worker if one has room (else here) and file it in turn."""
