@@ -48,6 +48,24 @@ def package_copy(into: Path, left_out: tuple[str, ...] = ()) -> Path:
     return server
 
 
+def minute_by_python(tree: Path, vm: str) -> str:
+    """The output of the copy in ``tree`` served while a minute of ``vm`` is written to its HTTP
+    port, once that minute is filed as the C parts would have filed it: the Python did their
+    work, whatever else the server said."""
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    server = serve(tree, "--flush-interval", "0.3")
+    server.env["PYTHONPATH"] = str(tree)
+    with server:
+        lines = minute_lines(vm, t0)
+        assert post(server, "/api/v2/write?org=o&bucket=b&precision=s", b"\n".join(lines)) == (204, "")
+        server.wait_metrics(lambda metrics: edge(metrics, "influx", "used") == len(lines))
+    assert server.returncode == 0, server.output
+    rows = logged(tree / "data", vm)
+    assert list(rows["ts"]) == [t0 + 60]
+    assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
+    return server.output
+
+
 def build_older(name: str, into: Path, scratch: Path) -> None:
     """``name`` compiled into ``into`` from its ``.c`` with the version before its own."""
     text = (sanitizers.SOURCES / (name + ".c")).read_text()
@@ -101,19 +119,9 @@ def test_compact_runs_on_stale_c_parts(tmp_path):
 def test_c_parts_not_built_leave_the_edge_to_python_and_say_so(tmp_path):
     tree = tmp_path / "tree"
     package_copy(tree, left_out=("_influxscan", "_minutes"))
-    t0 = (int(time.time()) - 3600) // 60 * 60
-    server = serve(tree, "--flush-interval", "0.3")
-    server.env["PYTHONPATH"] = str(tree)
-    with server:
-        lines = minute_lines("unbuilt-vm", t0)
-        assert post(server, "/api/v2/write?org=o&bucket=b&precision=s", b"\n".join(lines)) == (204, "")
-        server.wait_metrics(lambda metrics: edge(metrics, "influx", "used") == len(lines))
-    assert server.returncode == 0, server.output
-    warned = [line for line in server.output.splitlines() if "built without its C parts" in line]
-    assert len(warned) == 1 and "Telegraf's lines are read" in warned[0], server.output
-    rows = logged(tree / "data", "unbuilt-vm")  # the Python did the C parts' work
-    assert list(rows["ts"]) == [t0 + 60]
-    assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
+    output = minute_by_python(tree, "unbuilt-vm")
+    warned = [line for line in output.splitlines() if "built without its C parts" in line]
+    assert len(warned) == 1 and "Telegraf's lines are read" in warned[0], output
 
 
 def test_c_parts_built_that_do_not_load_leave_the_edge_to_python_and_say_why(tmp_path):
@@ -126,22 +134,12 @@ def test_c_parts_built_that_do_not_load_leave_the_edge_to_python_and_say_why(tmp
     whole = scan.read_bytes()
     scan.write_bytes(whole[:4096])  # the loader maps the rest: SIGBUS, not an ImportError
     filing.write_bytes(b"not a shared object\n" * 64)
-    t0 = (int(time.time()) - 3600) // 60 * 60
-    served = serve(tree, "--flush-interval", "0.3")
-    served.env["PYTHONPATH"] = str(tree)
-    with served:
-        lines = minute_lines("unloaded-vm", t0)
-        assert post(served, "/api/v2/write?org=o&bucket=b&precision=s", b"\n".join(lines)) == (204, "")
-        served.wait_metrics(lambda metrics: edge(metrics, "influx", "used") == len(lines))
-    assert served.returncode == 0, served.output
-    warned = [line for line in served.output.splitlines() if "WARNING" in line and "C " in line]
+    output = minute_by_python(tree, "unloaded-vm")
+    warned = [line for line in output.splitlines() if "WARNING" in line and "C " in line]
     rebuild = "rebuild it: %s -m pip install -e %s" % (sys.executable, tree)
     assert [line.split(": ", 1)[1] for line in warned] == [
         "C module vmstats.server._influxscan is built but does not load (%s: cut short: 4096 bytes, "
         "its ELF header lays out %d): its work is done in Python, slower; %s"
         % (scan, len(whole), rebuild),
         "C module vmstats.server._minutes is built but does not load (%s: invalid ELF header): "
-        "its work is done in Python, slower; %s" % (filing, rebuild)], served.output
-    rows = logged(tree / "data", "unloaded-vm")  # the Python did the C parts' work
-    assert list(rows["ts"]) == [t0 + 60]
-    assert rows.iloc[0]["cpu"] == 13.5 and rows.iloc[0]["cpu_max"] == 16.0
+        "its work is done in Python, slower; %s" % (filing, rebuild)], output
