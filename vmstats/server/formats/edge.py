@@ -269,14 +269,12 @@ class DatagramReceiver(tx_protocol.DatagramProtocol):
             return
         metrics.datagrams += 1
         metrics.bytes += len(data)
-        if data[:1].isupper():  # a request line starts with its method, in capitals
-            end = data.find(b"\n")
-            what = misdirected.request(data if end < 0 else data[:end])
-            if what is not None:  # its headers would be quoted by the decoder's refusals
-                tally = Tally()
-                tally.reject(R_HTTP, misdirected.words(self.decoder.name, what, "UDP"))
-                self.edge.count(self.decoder.name, tally)
-                return
+        what = misdirected.request_in(data)
+        if what is not None:  # its headers would be quoted by the decoder's refusals
+            tally = Tally()
+            tally.reject(R_HTTP, misdirected.words(self.decoder.name, what, "UDP"))
+            self.edge.count(self.decoder.name, tally)
+            return
         self.pool.submit(self.decoder, data)
 
 

@@ -45,17 +45,24 @@ def request(line: bytes) -> str | None:
     return method.decode("ascii") + (" " + path.group(0).decode("ascii") if path else "")
 
 
+def request_in(data: bytes) -> str | None:
+    """``METHOD /path`` if the datagram ``data`` is an HTTP request (its first line a request
+    line); the test of each datagram on a UDP port, the native one's (``among``) and the line
+    ports' (edge.py).  Most datagrams are let by at their first byte."""
+    if not data[:1].isupper():  # a request line starts with its method, in capitals
+        return None
+    end = data.find(b"\n")
+    return request(data if end < 0 else data[:end])
+
+
 def among(batch: list[bytes]) -> tuple[list[bytes], list[str]]:
     """The datagrams of ``batch`` that are not HTTP requests, and ``METHOD /path`` of each that
-    is (its first line a request line).  A test per datagram: the native UDP port calls it only
+    is (``request_in``).  A test per datagram: the native UDP port calls it only
     for a batch a request may be in (listeners.py, parseworker.py)."""
     kept: list[bytes] = []
     found: list[str] = []
     for data in batch:
-        what = None
-        if data[:1].isupper():  # a request line starts with its method, in capitals
-            end = data.find(b"\n")
-            what = request(data if end < 0 else data[:end])
+        what = request_in(data)
         if what is None:
             kept.append(data)
         else:
