@@ -5,9 +5,13 @@ as used: journaled first) while their minute is open; the server is killed and s
 with none of those ports (nor the Graphite templates).  The replay needs no port to decode a
 payload again: it reads each by the settings it was taken under, so every VM's minute is
 written.  Before, the Graphite and collectd payloads were skipped ("an edge line could not be
-replayed (skipped): 'graphite'") and their samples, taken and counted, were lost.
+replayed (skipped): 'graphite'") and their samples, taken and counted, were lost.  The log
+says the Graphite payloads were read by the templates they were taken under although the port
+is off now; it used to call that "other settings (1 other set of --graphite-template)", as if
+the operator had changed the templates rather than turned the port off.
 """
 
+import re
 import signal
 import time
 
@@ -51,6 +55,10 @@ def test_payloads_of_a_port_turned_off_at_the_restart_are_replayed_and_written(t
     finally:
         server.kill()
     assert "could not be replayed" not in server.output
+    assert re.search(r"edge: \d+ journaled Graphite payloads? replayed by the --graphite-template "
+                     r"they were taken under, although the Graphite port is off now",
+                     server.output), server.output
+    assert "other settings" not in server.output
     data = tmp_path / "data"
     for vm, cpu, mem in (("graphed", 10.0, 40.0), ("collected", 20.0, 50.0), ("lined", 30.0, 30.0)):
         row = logged(data, vm).iloc[0]

@@ -65,6 +65,8 @@ class Edge:
         self.clock = clock
         #: The decoders by format name (a replay decodes journaled payloads again).
         self.decoders: dict[str, Decoder] = decoders if decoders is not None else {}
+        #: The formats whose port is on (a replay says which payloads' port is off now).
+        self.ports_on: set[str] = set()
         #: The journal's edge lines (journaling.py); None without a journal.
         self.journal: EdgeJournal | None = None
         #: Completed minutes' payloads handed to ingest and not yet filed there (so not yet in
@@ -482,6 +484,7 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
         udp["collectd"] = (config.collectd_port, collectd)
     if config.graphite_port >= 0:
         udp["graphite"] = tcp["graphite"] = (config.graphite_port, graphite)
+    edge.ports_on.update(udp, tcp)
     metrics.gauges["edge_counters"] = (
         "Cumulative counters of other agents tracked for rates (bounded).", lambda: len(rates))
     metrics.gauges["edge_open_minutes"] = (

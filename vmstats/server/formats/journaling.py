@@ -226,6 +226,9 @@ class EdgeJournal:
         #: the sets of --graphite-template.
         self.tags_then: set[str] = set()
         self.templates_then: set[tuple[str, ...]] = set()
+        #: Of the last replay: Graphite payloads read by the templates they were taken under
+        #: while the Graphite port is off (no templates now is no change an operator made).
+        self.templates_port_off = 0
         #: (format, --max-line, --influx-vm-tag, templates) -> the decoder a replay reads such
         #: payloads with (None: this run's setting).
         self._replicas: dict[tuple, object] = {}
@@ -431,6 +434,7 @@ class EdgeJournal:
         self.other_settings = self.kept_long = self.kept_lines = 0
         self.bounds_then, self.lines_then, self.tags_then = set(), set(), set()
         self.templates_then = set()
+        self.templates_port_off = 0
         try:
             for kind, rest in entries:
                 try:
@@ -462,6 +466,10 @@ class EdgeJournal:
         self._replicas.clear()
         if self.other_settings:
             self._say_settings(current)
+        if self.templates_port_off:
+            log.warning("edge: %s replayed by the --graphite-template they were taken under, "
+                        "although the Graphite port is off now",
+                        counted(self.templates_port_off, "journaled Graphite payload"))
         for counter, saved in zip((assembler.events, assembler.rates.events), events,
                                   strict=True):
             counter.clear()
@@ -501,7 +509,11 @@ class EdgeJournal:
         texts_now = getattr(decoder, "texts", None)  # the Graphite templates
         templates = settings.get("templates") if texts_now is not None else None
         other_templates = templates is not None and templates != texts_now
-        if bounds != current or other_line or other_tag or other_templates:
+        # The port off now: its templates read nothing new, so theirs are no other setting.
+        said_templates = other_templates and name in self.edge.ports_on
+        if other_templates and not said_templates:
+            self.templates_port_off += 1
+        if bounds != current or other_line or other_tag or said_templates:
             self.other_settings += 1
             if bounds != current:
                 self.bounds_then.add(bounds)
@@ -511,17 +523,17 @@ class EdgeJournal:
                 self.lines_then.add(max_line)
             if other_tag:
                 self.tags_then.add(vm_tag)
-            if other_templates:
+            if said_templates:
                 self.templates_then.add(tuple(templates))
-            if other_line or other_tag or other_templates:
-                changed = {"vm_tag": vm_tag} if other_tag else {}
-                if other_templates:
-                    changed["templates"] = list(templates)
-                key = (name, max_line, vm_tag if other_tag else None,
-                       tuple(templates) if other_templates else None)
-                if key not in self._replicas:
-                    self._replicas[key] = decoder.replica(max_line, **changed)
-                decoder = self._replicas[key]
+        if other_line or other_tag or other_templates:
+            changed = {"vm_tag": vm_tag} if other_tag else {}
+            if other_templates:
+                changed["templates"] = list(templates)
+            key = (name, max_line, vm_tag if other_tag else None,
+                   tuple(templates) if other_templates else None)
+            if key not in self._replicas:
+                self._replicas[key] = decoder.replica(max_line, **changed)
+            decoder = self._replicas[key]
         kwargs: dict = {}
         if options.get("divisor"):
             kwargs["divisor"] = options["divisor"]
