@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from serverproc import serve
+from serverproc import descendants, living, serve
 from test_reliability_faults import fill_up
 
 from vmstats import logstore
@@ -901,3 +901,42 @@ def test_the_servers_pass_counts_symbolic_links_and_leaves_the_other_dir_alone(t
     assert "compaction: symbolic links left alone: 2 VM folders or day files" in server.output
     assert _files(other) == before
     assert len(list((data / "columnar").glob("*.parquet"))) == 2
+
+
+def test_a_compaction_pass_ends_with_the_server_killed_under_it(tmp_path):
+    """A scheduled pass held just after its first columnar file is in place (tests/stallcompact):
+    SIGKILL of the server ends it within seconds, and a later pass and the readers find every
+    row.  Before, the pass was tied to nothing and ran on after the server, beside a restarted
+    server's own passes (each turned away by the compaction lock while it ran)."""
+    data, marker = tmp_path / "data", tmp_path / "stalled-pass"
+    _write_fleet(data, vms=2, days=2, first=int(time.time()) // DAY - 4, step=3600)
+    before = _units_rows(data)
+    env = {"PYTHONPATH": str(ROOT / "tests" / "stallcompact"),
+           "VMSTATS_TEST_STALL_COMPACT": str(marker)}
+    server = serve(tmp_path, "--compact-interval", "0.3s", "--compact-after", "1d", env=env).start()
+    stalled = []
+    try:
+        server.wait_for(lambda s: marker.exists() and marker.read_text(), timeout=60)
+        stalled = [int(marker.read_text())]
+        assert stalled[0] in descendants(server.pid)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        deadline = time.monotonic() + 5.0
+        while living(stalled) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = living(stalled)
+    finally:
+        server.kill()
+        for pid in living(stalled):  # not to outlive the test, whatever it found
+            os.kill(pid, signal.SIGKILL)
+    assert not left
+    assert list(data.glob("columnar/*.parquet")) and list(data.glob("vms/*/*.csv"))
+    done = subprocess.run([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data),
+                           "--compact-after", "1d"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not list(data.glob("vms/*/*.csv"))
+    after = _units_rows(data)
+    assert sorted(after) == sorted(before)
+    for key, rows in before.items():
+        assert after[key].equals(rows), key

@@ -429,8 +429,11 @@ def one_line(exc: BaseException) -> str:
 @click.option("--trust-clock", is_flag=True,
               help="Measure retention from the wall clock alone, not capped at the newest data's "
                    "day: for a data dir that no longer receives data, once the clock is checked.")
+@click.option("--end-with", type=int, hidden=True,
+              help="End the pass when process END_WITH ends: the server's scheduled pass ends "
+                   "with the server, however it is killed (a pass is safe to cut anywhere).")
 def compact(data_dir: str, compact_after: float, retain_raw: float, retain_rollups: float,
-            trust_clock: bool) -> None:
+            trust_clock: bool, end_with: int | None) -> None:
     """Compact old CSV day files into columnar files and rollups, and apply retention (one pass).
 
     Safe to kill at any moment and to run while the server writes (docs/STORAGE.md).  What
@@ -442,6 +445,10 @@ def compact(data_dir: str, compact_after: float, retain_raw: float, retain_rollu
 
     from vmstats.server import compact as compact_mod
 
+    if end_with is not None:
+        from vmstats.server import lifeline
+
+        lifeline.end_with(end_with)
     if not os.path.isdir(data_dir):
         raise Refused("data dir %s does not exist or is not a directory" % data_dir)
     policy = compact_mod.Policy(compact_after, retain_raw, retain_rollups)

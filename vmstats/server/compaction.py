@@ -7,10 +7,12 @@ flushes for as long.  So the job only starts a child process (the same
 a ProcessProtocol: the reactor never waits.  One pass runs at a time; the
 pass's own lock also keeps a hand-run pass and the server's apart.  A pass
 is safe to kill at any moment (compact.py), so stopping the server ends a
-running one with SIGTERM rather than waiting for it.
+running one with SIGTERM rather than waiting for it, and a server killed
+outright takes it along (``vmstats compact --end-with``, lifeline.py).
 """
 
 import logging
+import os
 import sys
 
 from twisted.application import service
@@ -91,7 +93,10 @@ class CompactionService(service.Service):
         if self.running_pass is not None or not self.running:
             return None
         child = _Pass()
-        command = [sys.executable, "-m", "vmstats", "compact"] + self.arguments
+        # Tied to this process: a server killed outright (SIGKILL, the OOM killer) takes its
+        # pass with it, as it does its other children, rather than leave it running on.
+        command = ([sys.executable, "-m", "vmstats", "compact"] + self.arguments
+                   + ["--end-with", str(os.getpid())])
         self.running_pass = child
         self.transport = self.reactor.spawnProcess(child, sys.executable, command, env=None)
         child.done.addCallback(self._ended, child)

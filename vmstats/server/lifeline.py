@@ -7,7 +7,8 @@ killer or a crash in C, the aggregator left its workers blocked for good, and wi
 multiprocessing resource tracker, which waits for the end of a pipe they hold.  Each crash and
 restart leaked more of them, wherever no supervisor kills the whole process group.  (The
 writers' forkserver ends by itself: it watches a pipe only the aggregator holds; so do the parser
-processes, whose input only the aggregator writes.)
+processes, whose input only the aggregator writes.)  The scheduled compaction pass, a
+process of its own, watches the same way (``vmstats compact --end-with``).
 
 A parent-death signal (``PR_SET_PDEATHSIG``) does not fit: a writer's parent is the forkserver,
 and the signal follows the thread that started the process, which an executor does not promise
