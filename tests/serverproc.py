@@ -119,6 +119,20 @@ class ServerProcess:
         self.proc.wait(timeout)
         return self._collect()
 
+    def killed_leaving(self, pids: list[int], within: float = 5.0) -> list[int]:
+        """SIGKILL the server (the OOM killer, ``kill -9``): which of ``pids`` still run
+        ``within`` seconds after it is gone.  Those are then killed, not to outlive the test."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._collect()
+        deadline = time.monotonic() + within
+        while living(pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = living(pids)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        return left
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serverproc import ROOT, decoders_of, descendants, living, serve
+from serverproc import ROOT, decoders_of, descendants, serve
 from test_server_tcp import read_reply
 from test_server_udp import line, logged, now
 
@@ -197,26 +197,16 @@ def test_every_child_process_ends_within_seconds_of_the_server_being_killed(tmp_
     and their forkserver, the other formats' decoding processes and multiprocessing's resource
     tracker all end.  Before, the decoders waited on a queue they held both ends of, and kept
     the resource tracker alive with them, for good: a crash loop leaked three a restart."""
-    server = serve(tmp_path, "--graphite-port", "0", "--workers", "1").start()
-    try:
+    with serve(tmp_path, "--graphite-port", "0", "--workers", "1") as server:
         with server.tcp_to(server.status["graphite_port"]) as sock:  # the decoders start on use
             sock.sendall(b"servers.gr-1.cpu.percent 7 %d\n" % now())
         server.wait_for(lambda s: decoders_of(s.pid), timeout=20)
         family = descendants(server.pid)
-        commands = b" ".join(Path("/proc/%d/cmdline" % pid).read_bytes() for pid in family)
+        commands = [Path("/proc/%d/cmdline" % pid).read_bytes() for pid in family]
         for kind in (b"parseworker", b"forkserver", b"resource_tracker", b"spawn_main"):
-            assert kind in commands
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        deadline = time.monotonic() + 5.0
-        while living(family) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = living(family)
-    finally:
-        server.kill()
-        for pid in living(family):  # not to outlive the test, whatever it found
-            os.kill(pid, signal.SIGKILL)
-    assert not left, [Path("/proc/%d/cmdline" % pid).read_bytes() for pid in left]
+            assert kind in b" ".join(commands)
+        left = server.killed_leaving(family)
+    assert not left, [command for pid, command in zip(family, commands, strict=True) if pid in left]
 
 
 def test_sigint_also_drains(tmp_path):

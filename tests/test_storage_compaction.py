@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from serverproc import descendants, living, serve
+from serverproc import descendants, serve
 from test_reliability_faults import fill_up
 
 from vmstats import logstore
@@ -913,23 +913,11 @@ def test_a_compaction_pass_ends_with_the_server_killed_under_it(tmp_path):
     before = _units_rows(data)
     env = {"PYTHONPATH": str(ROOT / "tests" / "stallcompact"),
            "VMSTATS_TEST_STALL_COMPACT": str(marker)}
-    server = serve(tmp_path, "--compact-interval", "0.3s", "--compact-after", "1d", env=env).start()
-    stalled = []
-    try:
+    with serve(tmp_path, "--compact-interval", "0.3s", "--compact-after", "1d", env=env) as server:
         server.wait_for(lambda s: marker.exists() and marker.read_text(), timeout=60)
-        stalled = [int(marker.read_text())]
-        assert stalled[0] in descendants(server.pid)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        deadline = time.monotonic() + 5.0
-        while living(stalled) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = living(stalled)
-    finally:
-        server.kill()
-        for pid in living(stalled):  # not to outlive the test, whatever it found
-            os.kill(pid, signal.SIGKILL)
-    assert not left
+        stalled = int(marker.read_text())
+        assert stalled in descendants(server.pid)
+        assert server.killed_leaving([stalled]) == []
     assert list(data.glob("columnar/*.parquet")) and list(data.glob("vms/*/*.csv"))
     done = subprocess.run([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data),
                            "--compact-after", "1d"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
