@@ -8,11 +8,26 @@ integer`` put its ``Authorization`` token in the server's log, and the connectio
 import http.client
 import time
 
-from serverproc import LOOPBACK, serve
+from serverproc import LOOPBACK, ROOT, serve
 from test_formats_server import edge
 
 SECRET = "s3cr3t-influx"
 BEARER = "b34r3r-graphite"
+#: Makes a parser process fail on a payload holding VMSTATS_TEST_PARSER_FAULT, as a bug would.
+PARSER_FAULT = str(ROOT / "tests" / "parserfault")
+
+
+def misdirected(stamp: int, host: bytes = b"stats") -> bytes:
+    """A request as curl sends it to the native UDP port, a record in its body: headers with no
+    space after their colon are the ones a refusal quoted whole."""
+    return (b"POST /write?db=x HTTP/1.1\r\nHost: %s\r\nX-Token:%s\r\n"
+            b"Authorization:Token %s\r\nContent-Length: 37\r\n\r\n"
+            b"vmstats,vm=10.9.0.9 cpu=5,mem=40 %d\n"
+            % (host, SECRET.encode(), BEARER.encode(), stamp))
+
+
+def rejects(metrics: dict) -> dict:
+    return {key: n for key, n in metrics.items() if key.startswith("vmstats_rejected_total") and n}
 
 
 def assert_no_secret(root) -> None:
@@ -151,3 +166,31 @@ def test_an_http_request_in_a_datagram_to_the_native_udp_port_is_counted_once_an
                 "dropped unread") in server.output, server.output
         assert "an HTTP client (GET /metrics)" in server.output
         assert_no_secret(tmp_path / parsers)
+
+
+def test_a_datagram_batch_a_parser_process_fails_on_is_read_by_the_reactor_without_its_requests(
+        tmp_path):
+    """A parser process that fails on the datagrams it read (a bug) hands them to the reactor.
+    Before, it handed them over joined, and the reactor parsed them line by line: an HTTP
+    request among them had its headers refused as records, the record in its body filed, and
+    the payload, token and all, journaled.  Now the reactor takes them as it takes the ones it
+    reads itself: the request is dropped and counted once, the records beside it kept."""
+    stamp = int(time.time()) - 120
+    record = b"vmstats,vm=10.9.0.%d cpu=5,mem=40 %d\n"
+    env = {"PYTHONPATH": PARSER_FAULT, "VMSTATS_TEST_PARSER_FAULT": "Host: faulty"}
+    with serve(tmp_path, "--parsers", "1", "--flush-interval", "60", env=env) as server:
+        server.wait_for(lambda s: s.metrics()["vmstats_parsers_reading_udp"] == 1, timeout=10)
+        server.send_udp(record % (1, stamp), misdirected(stamp, b"faulty"), record % (2, stamp))
+        metrics = server.wait_metrics(
+            lambda m: m.get('vmstats_rejected_total{reason="http_request"}') == 1
+            and m["vmstats_records_received_total"] == 2, timeout=10)
+        assert rejects(metrics) == {'vmstats_rejected_total{reason="http_request"}': 1}
+        assert metrics["vmstats_datagrams_received_total"] == 3
+        assert_no_secret(tmp_path)  # the journal holds the records until the flush: not the request
+    assert server.returncode == 0, server.output
+    assert "RuntimeError(\"a parser fault" in server.output, server.output
+    assert "an HTTP client (POST /write) wrote to the native line port (UDP)" in server.output
+    assert sorted(path.name for path in (tmp_path / "data" / "vms").iterdir()) == [
+        "10.9.0.1", "10.9.0.2"]
+    assert_no_secret(tmp_path)
+

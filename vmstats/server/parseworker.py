@@ -177,9 +177,13 @@ class Worker:
                 parsed = self.parser.parse(payload, time.time())
                 if parsed[4]:  # lines were refused: an HTTP request sent here would be some
                     payload, parsed = self.without_requests(batch, payload, parsed)
-            except Exception as exc:  # a bug: the reactor parses this payload itself
+            except Exception as exc:  # a bug: the reactor takes these datagrams as it reads its own
                 print("datagrams: %r" % (exc,), file=sys.stderr, flush=True)
-                parsed = None
+                # As they came, not joined: the reactor's receiver drops those that are HTTP
+                # requests (listeners.py) before it parses the rest.  Joined, they were parsed
+                # line by line, a request's headers refused as records (and journaled with them).
+                self.reply(UDP_BATCH, marshal.dumps((None, b"", 0, 0, batch + frames, None)))
+                return
         self.reply(UDP_BATCH, marshal.dumps((parsed, payload, datagrams, size, frames, None)))
 
     def without_requests(self, batch: list[bytes], payload: bytes,
