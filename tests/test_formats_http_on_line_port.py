@@ -11,6 +11,8 @@ import time
 from serverproc import LOOPBACK, ROOT, serve
 from test_formats_server import edge
 
+from vmstats import protocol
+
 SECRET = "s3cr3t-influx"
 BEARER = "b34r3r-graphite"
 #: Makes a parser process fail on a payload holding VMSTATS_TEST_PARSER_FAULT, as a bug would.
@@ -194,3 +196,31 @@ def test_a_datagram_batch_a_parser_process_fails_on_is_read_by_the_reactor_witho
         "10.9.0.1", "10.9.0.2"]
     assert_no_secret(tmp_path)
 
+
+def test_under_auth_keys_an_http_request_in_a_datagram_is_counted_as_one_not_as_unsigned_lines(
+        tmp_path):
+    """With --auth-keys every unsigned line is refused as sig_missing, and a request sent to the
+    native UDP port was counted so, one per header line (six here): the counters told the
+    operator unsigned records came.  It is counted once as http_request, as without keys,
+    whether a parser process reads the socket or the reactor does (``--parsers 0``)."""
+    keys = tmp_path / "keys"
+    keys.write_text("k1 first-secret\n")
+    stamp = int(time.time()) - 120
+    record = b"vmstats,vm=10.9.1.%d cpu=5,mem=40 %d\n"
+    for parsers in ("2", "0"):
+        with serve(tmp_path / parsers, "--parsers", parsers, "--auth-keys", str(keys)) as server:
+            if parsers != "0":
+                server.wait_for(lambda s: s.metrics()["vmstats_parsers_reading_udp"] == 2,
+                                timeout=10)
+            server.send_udp(protocol.sign_payload("k1", "first-secret", record % (1, stamp)),
+                            misdirected(stamp), record % (2, stamp))
+            metrics = server.wait_metrics(
+                lambda m: m.get('vmstats_rejected_total{reason="http_request"}') == 1
+                and m.get('vmstats_rejected_total{reason="sig_missing"}') == 1
+                and m["vmstats_records_received_total"] == 1, timeout=10)
+            assert rejects(metrics) == {'vmstats_rejected_total{reason="http_request"}': 1,
+                                        'vmstats_rejected_total{reason="sig_missing"}': 1}
+        assert server.returncode == 0, server.output
+        assert ("http_request: an HTTP client (POST /write) wrote to the native line port (UDP), "
+                "dropped unread") in server.output, server.output
+        assert_no_secret(tmp_path / parsers)

@@ -28,7 +28,7 @@ from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import frame_start, has_frame
 from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
-from vmstats.server.signing import unsigned_lines
+from vmstats.server.signing import request_refused, unsigned_lines
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         metrics.bytes += len(joined) - len(batch) + 1
         # An HTTP request's line holds " HTTP/"; no part of a valid record may hold "/": one
         # memchr a batch, as for "#" (has_frame), and the longer search only where one is found.
-        # (Under --auth-keys a request is unsigned lines, counted so and never quoted.)
+        # (Under --auth-keys each unsigned datagram is looked at: _signed.)
         if self._plain and b"/" in joined and b" HTTP/" in joined:
             batch = self._without_requests(batch)
             if not batch:
@@ -127,7 +127,11 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         unsigned = 0
         for data in batch:
             if data[:2] != b"#!" or not data.startswith(protocol.SIG_PREFIX):
-                unsigned += unsigned_lines(data)
+                request = request_refused(data)
+                if request is None:
+                    unsigned += unsigned_lines(data)
+                else:
+                    self.ingest.reject(*request)
                 continue
             try:
                 parts = protocol.split_signed(data)

@@ -40,6 +40,7 @@ from operator import attrgetter
 from vmstats import inputfile, protocol
 from vmstats.selectors import selected
 from vmstats.server import native
+from vmstats.server.formats import misdirected
 from vmstats.server.parse import Parsed, Parser
 from vmstats.words import counted
 
@@ -240,8 +241,9 @@ def read_frame(data: bytes, pos: int = 0) -> tuple[Frame, int] | None | bool:
 def datagram_frames(batch: list[bytes]) -> tuple[Columns, list[tuple]]:
     """Datagrams under --auth-keys, each one whole signed frame: ``(frames as columns, refused)``.
 
-    ``refused`` holds ``(reason, detail, count)``: malformed frames, and the
-    lines of unsigned datagrams (each a sig_missing reject).  When every
+    ``refused`` holds ``(reason, detail, count)``: malformed frames, HTTP
+    requests (``http_request``, as without --auth-keys: ``request_refused``), and
+    the lines of other unsigned datagrams (each a sig_missing reject).  When every
     datagram is a frame with the usual header, the columns come from C-level
     ``map`` calls over the batch, no Python step per datagram.
     """
@@ -254,7 +256,11 @@ def datagram_frames(batch: list[bytes]) -> tuple[Columns, list[tuple]]:
     unsigned = 0
     for data in batch:
         if data[:7] != protocol.SIG_PREFIX:
-            unsigned += unsigned_lines(data)
+            request = request_refused(data)
+            if request is None:
+                unsigned += unsigned_lines(data)
+            else:
+                refused.append(request)
             continue
         try:
             read = read_frame(data)
@@ -400,6 +406,17 @@ def split_frames(data: bytes) -> Columns:
         frame, pos = read
         frames.append(frame)
     return columns(frames)
+
+
+def request_refused(data: bytes) -> tuple[str, str, int] | None:
+    """``(http_request, detail, 1)`` if the unsigned datagram ``data`` is an HTTP request (curl,
+    or a client given the native UDP port for the HTTP port's): counted as what it is, once, as
+    without --auth-keys, not as its lines' sig_missing, and named by its method and path only
+    (misdirected.py).  None for any other datagram."""
+    what = misdirected.request_in(data)
+    if what is None:
+        return None
+    return protocol.R_HTTP, misdirected.words("native", what, "UDP"), 1
 
 
 def unsigned_lines(data: bytes) -> int:
