@@ -4,14 +4,21 @@ Each runs as an operator runs it (``python -m vmstats``) against a real listener
 takes the connection and never answers (another service waiting for its own protocol, a stuck
 process), one whose queue is full (the connection is never taken, as behind a firewall dropping it), one
 that answers something other than HTTP or hangs up, one that redirects, and a plain HTTP server
-that answers well.  Each ends with one ``Error:`` line that says what happened, promptly;
+that answers well; for https://, ports that never end the TLS handshake, answer it in plain
+HTTP or with a certificate trusted or not; and a name server on loopback that never answers
+the command's lookup.  Each ends with one ``Error:`` line that says what happened, promptly;
 refusals of the address itself are in tests/test_cli_errors.py.
 """
 
+import datetime
+import ipaddress
 import json
 import os
+import random
 import resource
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,6 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from serverproc import STATUS_TOKEN, ServerProcess
 
 from vmstats.serverclient import MAX_ANSWER
@@ -35,15 +46,16 @@ COMMANDS = {
 }
 
 
-def run(*args: str, env: dict | None = None,
-        memory: int | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    """The command as an operator runs it; with ``memory``, its address space held to that
-    many bytes (a command that reads without bound then fails fast, not the machine)."""
+def run(*args: str, env: dict | None = None, memory: int | None = None,
+        under: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, float]:
+    """The command as an operator runs it (``under`` another command that runs it); with
+    ``memory``, its address space held to that many bytes (a command that reads without bound
+    then fails fast, not the machine)."""
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "vmstats", *args], capture_output=True, text=True,
+    done = subprocess.run([*under, sys.executable, "-m", "vmstats", *args], capture_output=True, text=True,
                           timeout=30, env=env, preexec_fn=limit if memory else None)
     return done, time.monotonic() - started
 
@@ -70,10 +82,8 @@ def listening(backlog: int = 8) -> Iterator[socket.socket]:
 
 
 @contextmanager
-def answering(reply: bytes | Callable[[socket.socket], None],
-              heads: list[bytes] | None = None) -> Iterator[int]:
-    """A loopback port that reads each request's head and body (its head put in ``heads``),
-    sends ``reply`` (or lets ``reply`` talk to the peer) and hangs up."""
+def serving(talk: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback port whose each connection ``talk`` has, in a thread, until it returns."""
     with listening() as listener:
         def serve() -> None:
             while True:
@@ -83,21 +93,8 @@ def answering(reply: bytes | Callable[[socket.socket], None],
                     return
                 with peer:
                     peer.settimeout(5)
-                    data = b""
-                    while b"\r\n\r\n" not in data:
-                        chunk = peer.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                    head, _, body = data.partition(b"\r\n\r\n")
-                    if heads is not None:
-                        heads.append(head)
-                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                                   if line.lower().startswith(b"content-length:")), 0)
-                    while len(body) < length:
-                        body += peer.recv(4096)
                     try:
-                        reply(peer) if callable(reply) else peer.sendall(reply)
+                        talk(peer)
                     except OSError:  # the command hung up, as it should
                         pass
 
@@ -108,6 +105,35 @@ def answering(reply: bytes | Callable[[socket.socket], None],
         finally:
             listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
             thread.join(5)
+
+
+def answering(reply: bytes | Callable[[socket.socket], None],
+              heads: list[bytes] | None = None):
+    """A loopback port that reads each request's head and body (its head put in ``heads``),
+    sends ``reply`` (or lets ``reply`` talk to the peer) and hangs up."""
+    return serving(answer(reply, heads))
+
+
+def answer(reply: bytes | Callable[[socket.socket], None],
+           heads: list[bytes] | None = None) -> Callable[[socket.socket], None]:
+    """What ``answering`` says to each connection."""
+    def talk(peer: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = peer.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        if heads is not None:
+            heads.append(head)
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += peer.recv(4096)
+        reply(peer) if callable(reply) else peer.sendall(reply)
+
+    return talk
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -133,6 +159,140 @@ def test_a_connection_never_taken_is_given_up_at_the_connect_limit():
     line = one_line(done)
     assert line.endswith("no connection to 127.0.0.1:%d within 0.5 s" % port), line
     assert took < 3.5, took
+
+
+@contextmanager
+def silent_resolver(folder) -> Iterator[tuple[tuple[str, ...], socket.socket]]:
+    """What runs a command whose system resolver asks a name server that never answers, and
+    that server: a loopback UDP port 53 that answers nothing, named by a resolv.conf bind-mounted over
+    /etc/resolv.conf in a mount namespace of the command's own (``unshare``; root only).  Its
+    resolver waits 10 s (``timeout:10``) before it gives up, as one whose server is down."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a resolver of the test's own needs root and unshare(1)")
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(20):  # an address of loopback's /8 no other run holds
+            address = "127.%d.%d.%d" % tuple(random.randrange(1, 255) for _ in range(3))
+            try:
+                server.bind((address, 53))
+                break
+            except OSError:
+                continue
+        else:
+            pytest.skip("no loopback address's port 53 was free")
+        (folder / "resolv.conf").write_text("nameserver %s\noptions timeout:10 attempts:1\n" % address)
+        under = ("unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+                 str(folder / "resolv.conf"))
+        if subprocess.run([*under, "true"], capture_output=True).returncode != 0:
+            pytest.skip("unshare --mount and mount --bind are not allowed here")
+        yield under, server
+    finally:
+        server.close()
+
+
+def test_a_name_whose_resolver_never_answers_is_given_up_at_the_timeout(tmp_path):
+    """The lookup was http.client's, outside every limit: a resolver that never answered held
+    the command for the resolver's own wait (here 10 s; 5 s a try, times its tries and servers,
+    by default), whatever --timeout said."""
+    with silent_resolver(tmp_path) as (under, server):
+        done, took = run("alerts", "--url", "http://vmstats.test:8898", "--timeout", "0.5",
+                         under=under)
+        server.settimeout(0)
+        assert b"\x07vmstats\x04test\x00" in server.recv(512)  # the name was asked of it
+    assert one_line(done) == ("Error: cannot read http://vmstats.test:8898/alerts: vmstats.test not "
+                              "resolved within 0.5 s (is the name right? --timeout waits longer)")
+    assert took < 3.5, took
+
+
+def tls_trickle(peer: socket.socket) -> None:
+    """Reads the ClientHello, announces a 16 KiB handshake record and sends it a byte every
+    0.05 s (10 s in all): each wait for the peer's bytes is short, the handshake never ends."""
+    peer.recv(4096)
+    peer.sendall(b"\x16\x03\x03\x40\x00")
+    for _ in range(200):
+        time.sleep(0.05)
+        peer.sendall(b"\x00")
+
+
+def tls_silent(peer: socket.socket) -> None:
+    """Reads the ClientHello and says nothing, as a service waiting for its own protocol,
+    until the command hangs up."""
+    peer.recv(4096)
+    peer.recv(4096)
+
+
+@pytest.mark.parametrize("talk", [tls_silent, tls_trickle], ids=["silent", "trickle"])
+def test_a_tls_handshake_that_does_not_end_is_given_up_at_the_timeout(talk):
+    """https:// to a port that takes the connection and never ends the handshake: said as
+    "no connection" (it was made) when silent, and held for as long as the peer sent a byte
+    now and then when it trickled (each of the handshake's waits was bounded, not all)."""
+    with serving(talk) as port:
+        done, took = run("rules", "mutes", "--url", "https://127.0.0.1:%d" % port, "--timeout", "0.5")
+    assert one_line(done) == ("Error: cannot read https://127.0.0.1:%d/mutes: the TLS handshake "
+                              "with 127.0.0.1:%d did not end within 0.5 s (is it an https:// port? "
+                              "--timeout waits longer)" % (port, port))
+    assert took < 3.5, took
+
+
+def test_a_plain_http_port_asked_over_https_is_said_so():
+    """The server's own port speaks plain HTTP: its answer to the ClientHello is no TLS, and
+    the line says so without OpenSSL's codes."""
+    def plain(peer: socket.socket) -> None:
+        peer.recv(4096)
+        peer.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    with serving(plain) as port:
+        done, _took = run("alerts", "--url", "https://127.0.0.1:%d" % port)
+    line = one_line(done)
+    assert line.startswith("Error: cannot read https://127.0.0.1:%d/alerts: the TLS handshake with "
+                           "127.0.0.1:%d failed: " % (port, port)), line
+    assert line.endswith(" (is it an https:// port?)") and "_ssl.c" not in line, line
+
+
+def self_signed(folder) -> ssl.SSLContext:
+    """A server's TLS context with a new certificate for 127.0.0.1, written to
+    ``folder/cert.pem`` for a client to trust."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmstats test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context
+
+
+def test_https_asks_through_a_certificate_it_checks(tmp_path):
+    """The TLS is made here, not by http.client: a server whose certificate the machine trusts
+    (SSL_CERT_FILE names it) is asked and answers; one it does not trust is said so."""
+    context = self_signed(tmp_path)
+    page = json.dumps({"mutes": []}).encode()
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(page), page)
+    heads: list[bytes] = []
+    talk = answer(reply, heads)
+    with serving(lambda peer: talk(context.wrap_socket(peer, server_side=True))) as port:
+        url = "https://127.0.0.1:%d" % port
+        trusted, _took = run("rules", "mutes", "--url", url, "--json",
+                             env=dict(os.environ, SSL_CERT_FILE=str(tmp_path / "cert.pem")))
+        untrusted, _took = run("rules", "mutes", "--url", url,
+                               env={k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"})
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout) == {"mutes": []}
+    assert heads[0].startswith(b"GET /mutes HTTP/1.1\r\n"), heads
+    assert b"\r\nHost: 127.0.0.1:%d\r\n" % port in heads[0], heads
+    line = one_line(untrusted)
+    assert line.startswith("Error: cannot read %s/mutes: the certificate of 127.0.0.1:%d is not "
+                           "trusted: self" % (url, port)), line  # OpenSSL's "self-signed certificate"
 
 
 @pytest.mark.parametrize("reply, says", [

@@ -12,12 +12,14 @@ one ``Error:`` line (README.md, exit status):
 - what happens on the way (nothing listens, no answer, not HTTP, an HTTP error) is a failure,
   status 1, except a refusal the server words (4xx with ``{"error": ...}``): status 2.
 
-``--timeout`` is how long the command waits, full stop: the whole exchange, connection,
-request and answer, ends by then, so a server that trickles its answer a byte a second is
-given up as surely as one that says nothing (a limit on each wait alone let it hold the
-command for ever).  A host that does not take the connection is given up sooner, after
-CONNECT_TIMEOUT, and an answer larger than MAX_ANSWER is not read on (an endless or broken
-endpoint would fill memory); each said as what it was.
+``--timeout`` is how long the command waits, full stop: the whole exchange, the name's
+lookup, the connection, the TLS handshake, the request and the answer, ends by then, so a
+server that trickles its answer (or its handshake) a byte a second is given up as surely as
+one that says nothing, and so is a resolver that never answers (a limit on each wait alone
+let them hold the command for ever; a cron job's runs piled up).  A host that does not take
+the connection is given up sooner, after CONNECT_TIMEOUT, and an answer larger than
+MAX_ANSWER is not read on (an endless or broken endpoint would fill memory); each said as
+what it was, naming the step whose time ran out.
 
 The request goes straight to the address: no proxy from the environment (an ``http_proxy``
 meant for the outside sent requests for 127.0.0.1 through it), and a redirect is reported,
@@ -29,7 +31,10 @@ import http.client
 import io
 import json
 import re
+import selectors
 import socket
+import ssl
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -160,12 +165,12 @@ class ServerURLType(click.ParamType):
 
 
 def timeout_option(command):
-    """``--timeout``: how long to wait for the server's answer."""
+    """``--timeout``: how long the command waits for the server, all told."""
     return click.option(
         "--timeout", type=FiniteRange(0, min_open=True), default=ANSWER_TIMEOUT, show_default=True,
         metavar="SECONDS",
-        help="Seconds to wait for the server's whole answer (for the connection, at most %g)."
-             % CONNECT_TIMEOUT)(command)
+        help="Seconds the whole exchange may take: the name's lookup, the connection (at most "
+             "%g of them), the TLS handshake, the request and the answer." % CONNECT_TIMEOUT)(command)
 
 
 def ask(server: ServerURL, path: str, token: str | None, method: str = "GET",
@@ -210,20 +215,10 @@ def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
     (at most MAX_ANSWER bytes) and Location; ClickException if none."""
     where = server.url(path)
     ends = time.monotonic() + timeout
-    connect = min(CONNECT_TIMEOUT, timeout)
     kind = http.client.HTTPSConnection if server.scheme == "https" else http.client.HTTPConnection
-    connection = kind(server.host, server.port, timeout=connect)
+    connection = kind(server.host, server.port)  # its Host header; the socket is made here
     try:
-        try:
-            connection.connect()
-        except TimeoutError:
-            raise click.ClickException("cannot read %s: no connection to %s within %g s"
-                                       % (where, server.place, connect)) from None
-        except socket.gaierror as exc:
-            raise click.ClickException("cannot read %s: cannot resolve %s: %s"
-                                       % (where, server.host, exc.strerror or exc)) from None
-        except (OSError, ValueError) as exc:
-            raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
+        connection.sock = _connected(server, where, ends, timeout)
         reader = _Deadline(connection.sock, ends)
         connection.response_class = functools.partial(_TimedResponse, reader=reader)
         try:
@@ -256,6 +251,132 @@ def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
             raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
     finally:
         connection.close()
+
+
+def _connected(server: ServerURL, where: str, ends: float, timeout: float) -> socket.socket:
+    """A connection to ``server``, through TLS for https://, made by ``ends``: the name looked
+    up, each of its addresses tried in turn (for CONNECT_TIMEOUT each at most), the handshake
+    done; ClickException naming the step that failed or was not over in time.
+
+    http.client's own connect bounded neither the lookup (a resolver that does not answer
+    held the command for its own retries, 10 s and more) nor the handshake as a whole (each
+    wait alone: a peer sending a byte now and then held it for ever)."""
+    try:
+        addresses = _looked_up(server.host, server.port, ends)
+    except TimeoutError:
+        raise click.ClickException("cannot read %s: %s not resolved within %g s (is the name "
+                                   "right? --timeout waits longer)" % (where, server.host, timeout)) from None
+    except socket.gaierror as exc:
+        raise click.ClickException("cannot read %s: cannot resolve %s: %s"
+                                   % (where, server.host, exc.strerror or exc)) from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
+    try:
+        sock = _dialled(addresses, ends, timeout)
+    except TimeoutError as exc:  # the seconds it waited: the connect's limit or the command's
+        raise click.ClickException("cannot read %s: no connection to %s within %g s"
+                                   % (where, server.place, exc.args[0])) from None
+    except OSError as exc:
+        raise click.ClickException("cannot read %s: %s" % (where, _reason(exc))) from None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client sets it
+    except OSError:
+        pass
+    if server.scheme != "https":
+        return sock
+    try:
+        return _handshake(sock, server.host, ends)
+    except TimeoutError:
+        sock.close()
+        raise click.ClickException(
+            "cannot read %s: the TLS handshake with %s did not end within %g s (is it an "
+            "https:// port? --timeout waits longer)" % (where, server.place, timeout)) from None
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise click.ClickException("cannot read %s: the certificate of %s is not trusted: %s"
+                                   % (where, server.place, exc.verify_message)) from None
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise click.ClickException(
+            "cannot read %s: the TLS handshake with %s failed: %s (is it an https:// port?)"
+            % (where, server.place, _ssl_reason(exc))) from None
+
+
+def _looked_up(host: str, port: int, ends: float) -> list[tuple]:
+    """``host``'s addresses, looked up by the system's resolver in a thread of its own and
+    waited for until ``ends``; TimeoutError past it.  The lookup cannot be stopped: its thread
+    is left to end or to end with the command (a daemon thread)."""
+    done = threading.Event()
+    found: list = []
+
+    def look() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as exc:  # gaierror, UnicodeError: said by the caller
+            found.append(exc)
+        done.set()
+
+    threading.Thread(target=look, name="lookup", daemon=True).start()
+    if not done.wait(max(ends - time.monotonic(), 0)):
+        raise TimeoutError(host)
+    if isinstance(found[0], Exception):
+        raise found[0]
+    return found[0]
+
+
+def _dialled(addresses: list[tuple], ends: float, timeout: float) -> socket.socket:
+    """A TCP connection to the first of ``addresses`` that takes it, each given CONNECT_TIMEOUT
+    or what is left before ``ends``, if less; else the last one's OSError, or TimeoutError
+    with the seconds waited (CONNECT_TIMEOUT, or ``timeout`` when the command's time ran out)."""
+    problem: OSError = TimeoutError(timeout)  # no time left to try any
+    for family, kind, proto, _name, address in addresses:
+        limit = min(CONNECT_TIMEOUT, ends - time.monotonic())
+        if limit <= 0:
+            break
+        sock = None
+        try:
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(limit)
+            sock.connect(address)
+            return sock
+        except TimeoutError:
+            problem = TimeoutError(CONNECT_TIMEOUT if limit == CONNECT_TIMEOUT else timeout)
+        except OSError as exc:
+            problem = exc
+        if sock is not None:
+            sock.close()
+    raise problem
+
+
+def _handshake(sock: socket.socket, host: str, ends: float) -> ssl.SSLSocket:
+    """``sock`` through TLS, its certificate checked for ``host`` as http.client checks it,
+    the handshake over by ``ends`` (TimeoutError past it): driven without blocking, so the
+    whole of it is bounded, not each wait for the peer's bytes."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    tls = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+    try:
+        tls.setblocking(False)
+        with selectors.DefaultSelector() as waiting:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    event = selectors.EVENT_READ
+                except ssl.SSLWantWriteError:
+                    event = selectors.EVENT_WRITE
+                left = ends - time.monotonic()
+                waiting.register(tls, event)
+                ready = left > 0 and waiting.select(left)
+                waiting.unregister(tls)
+                if not ready:
+                    raise TimeoutError("the TLS handshake")
+        tls.setblocking(True)
+    except BaseException:
+        tls.close()
+        raise
+    return tls
 
 
 class _TooLarge(Exception):
@@ -324,6 +445,12 @@ def _body_of(response: http.client.HTTPResponse) -> bytes:
 def _reason(exc: Exception) -> str:
     """What went wrong, without errno's number: ``Connection refused``."""
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _ssl_reason(exc: Exception) -> str:
+    """A TLS failure's reason without OpenSSL's code and source line: ``[SSL:
+    WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1002)`` is ``wrong version number``."""
+    return re.sub(r"^\[SSL(: \w+)?\] | \(_ssl\.c:\d+\)$", "", _reason(exc)).strip() or type(exc).__name__
 
 
 def _error_of(answer: bytes) -> str | None:
