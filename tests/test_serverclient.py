@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from serverproc import STATUS_TOKEN, ServerProcess
 
-from vmstats.serverclient import MAX_ANSWER
+from vmstats.serverclient import MAX_ANSWER, is_status_page
 
 #: Every command that asks a server, with what it needs besides --url.
 COMMANDS = {
@@ -408,8 +409,75 @@ def test_a_server_without_rules_says_so_on_its_rules_pages(tmp_path):
             elsewhere = pool.submit(run, "alerts", "--url", url + "/elsewhere")
             said = {command: done.result()[0] for command, done in runs.items()}
             other = elsewhere.result()[0]
+        with urllib.request.urlopen(url + "/status", timeout=5) as answer:
+            status = answer.read()
     why = "this server runs without --rules: start it with --rules FILE for /alerts and /mutes"
     for command, path in (("alerts", "/alerts"), ("rules mutes", "/mutes"), ("rules mute", "/mutes")):
         done = said[command]
         assert (done.returncode, done.stderr) == (2, "Error: %s%s: %s\n" % (url, path, why)), command
-    assert other.stderr == "Error: %s/elsewhere/alerts: not found\n" % url  # a wrong address
+    # a wrong address: the path before the pages (or the port) is not the server's
+    assert other.stderr == ("Error: %s/elsewhere/alerts: not found, nor is %s/elsewhere/status a "
+                            "vmstats page (HTTP 404 Not Found): no vmstats server answers at "
+                            "%s/elsewhere (is --url its HTTP port, and the path a proxy serves it "
+                            "under?)\n" % (url, url, url)), other.stderr
+    assert is_status_page(status)  # how the commands know a vmstats server from its /status
+
+
+#: A 404 of a vmstats server older than its pages' naming why one is absent: JSON since the
+#: routes counted their refusals, plain text before.
+OLD_404 = {
+    "json": b'HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 23\r\n'
+            b'\r\n{"error": "not found"}\n',
+    "text": b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n"
+            b"not found\n",
+}
+
+
+@pytest.mark.parametrize("shape", OLD_404)
+def test_a_server_older_than_a_page_is_told_from_a_wrong_address(shape):
+    """An older server lacks /mutes and said only "not found", as a wrong port or path does:
+    the operator could not tell which.  Here a loopback server answers as one did (its /status
+    as every version has, each other path its 404): the line says a vmstats server answers
+    there without the page, and at a wrong path that none does."""
+    status = json.dumps({"uptime_seconds": 12.5, "records_received": 0, "vms_seen": 0}).encode()
+    heads: list[bytes] = []
+
+    def reply(peer: socket.socket) -> None:
+        if heads[-1].split(b" ")[1] == b"/status":
+            peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(status), status))
+        else:
+            peer.sendall(OLD_404[shape])
+
+    with answering(reply, heads) as port:
+        url = "http://127.0.0.1:%d" % port
+        old, _took = run(*COMMANDS["rules mute"], "--url", url)
+        wrong, _took = run("rules", "mutes", "--url", url + "/vm")
+    said = "%s/mutes: not found" % url if shape == "json" else \
+        "cannot read %s/mutes: HTTP 404 Not Found" % url
+    assert (old.returncode, old.stderr) == (
+        2 if shape == "json" else 1,
+        "Error: %s: %s is a vmstats server (its /status answers) without /mutes: older than this "
+        "command, or run without the option that serves it (a current server says which)\n"
+        % (said, url)), old.stderr
+    said = "%s/vm/mutes: not found" % url if shape == "json" else \
+        "cannot read %s/vm/mutes: HTTP 404 Not Found" % url
+    assert wrong.stderr == ("Error: %s, nor is %s/vm/status a vmstats page (HTTP 404 Not Found): "
+                            "no vmstats server answers at %s/vm (is --url its HTTP port, and the "
+                            "path a proxy serves it under?)\n" % (said, url, url)), wrong.stderr
+    assert [head.split(b"\r\n")[0] for head in heads] == [
+        b"POST /mutes HTTP/1.1", b"GET /status HTTP/1.1", b"GET /vm/mutes HTTP/1.1",
+        b"GET /vm/status HTTP/1.1"]
+
+
+def test_a_page_of_the_servers_wording_is_not_asked_further():
+    """A 404 that says why (no such mute, a server without --rules) is the server's answer:
+    shown as it is, with no /status asked after it."""
+    page = b'{"error": "no mute 0123456789ab in force"}'
+    reply = b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(page), page)
+    heads: list[bytes] = []
+    with answering(reply, heads) as port:
+        done, _took = run(*COMMANDS["rules unmute"], "--url", "http://127.0.0.1:%d" % port)
+    assert (done.returncode, done.stderr) == (2, "Error: http://127.0.0.1:%d/mutes?id=0123456789ab: "
+                                                 "no mute 0123456789ab in force\n" % port)
+    assert len(heads) == 1, heads

@@ -11,6 +11,9 @@ one ``Error:`` line (README.md, exit status):
   ``***`` and ``?...`` in their place.
 - what happens on the way (nothing listens, no answer, not HTTP, an HTTP error) is a failure,
   status 1, except a refusal the server words (4xx with ``{"error": ...}``): status 2.
+- a page not found, without the server's word why, is looked into (``_not_found``): an older
+  server that lacks the page is told from a wrong port or path by whether the same address
+  answers a vmstats /status, since the server names no version.
 
 ``--timeout`` is how long the command waits, full stop: the whole exchange, the name's
 lookup, the connection, the TLS handshake, the request and the answer, ends by then, so a
@@ -62,6 +65,15 @@ CONNECT_TIMEOUT = 4.0
 #: scope of every rule (about 115 bytes each) and the last 200 log entries: 1,000 VMs in alarm
 #: made 150 kB, so this holds some 500,000 scopes, and stops an endless answer at a bound.
 MAX_ANSWER = 64 << 20
+
+#: What a vmstats server's 404 says of a path it has no page for (``{"error": "not found"}``;
+#: plain text ``not found`` in its first versions), where a page it lacks for a reason says why.
+NOT_FOUND = "not found"
+
+#: The page every vmstats server has answered, asked when another is not found; and keys its
+#: JSON has held from the first version on, by which it is known.
+STATUS_PAGE = "/status"
+STATUS_KEYS = ("uptime_seconds", "records_received", "vms_seen")
 
 #: Characters of a non-HTTP answer quoted in the error line.
 _QUOTED = 40
@@ -193,12 +205,15 @@ def ask(server: ServerURL, path: str, token: str | None, method: str = "GET",
         headers["Authorization"] = ("Bearer " + token).encode("utf-8")  # as the server reads it
     if data is not None:
         headers["Content-Type"] = "application/json"
-    status, reason, answer, location = _exchange(server, method, path, data, headers, timeout)
+    ends = time.monotonic() + timeout
+    status, reason, answer, location = _exchange(server, method, path, data, headers, ends, timeout)
     if status >= 400:
         said = _error_of(answer)
-        if said is not None:
-            raise (Refused if status < 500 else click.ClickException)("%s: %s" % (where, said))
-        raise click.ClickException("cannot read %s: HTTP %d %s" % (where, status, reason))
+        line = "%s: %s" % (where, said) if said is not None else \
+            "cannot read %s: HTTP %d %s" % (where, status, reason)
+        if status == 404 and said in (None, NOT_FOUND):  # no page of the server's naming
+            line += _not_found(server, path, ends, timeout)
+        raise (Refused if said is not None and status < 500 else click.ClickException)(line)
     if status >= 300:  # not followed: see the module's note
         to = " to %s" % shown(location)[:200] if location else ""
         raise click.ClickException("cannot read %s: HTTP %d %s%s (give the address it names as "
@@ -210,11 +225,12 @@ def ask(server: ServerURL, path: str, token: str | None, method: str = "GET",
 
 
 def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
-              headers: dict[str, str | bytes], timeout: float) -> tuple[int, str, bytes, str | None]:
-    """One request, over by ``timeout`` seconds from now: the answer's status, reason, body
-    (at most MAX_ANSWER bytes) and Location; ClickException if none."""
+              headers: dict[str, str | bytes], ends: float,
+              timeout: float) -> tuple[int, str, bytes, str | None]:
+    """One request, over by ``ends`` (``timeout`` seconds from the command's first): the
+    answer's status, reason, body (at most MAX_ANSWER bytes) and Location; ClickException if
+    none."""
     where = server.url(path)
-    ends = time.monotonic() + timeout
     kind = http.client.HTTPSConnection if server.scheme == "https" else http.client.HTTPConnection
     connection = kind(server.host, server.port)  # its Host header; the socket is made here
     try:
@@ -377,6 +393,43 @@ def _handshake(sock: socket.socket, host: str, ends: float) -> ssl.SSLSocket:
         tls.close()
         raise
     return tls
+
+
+def _not_found(server: ServerURL, path: str, ends: float, timeout: float) -> str:
+    """What the address tells of a page not found, said after the 404: whether a vmstats
+    server answers there (its /status, asked in what is left of ``timeout``), so that an
+    address that is wrong (the port, the path before the pages) is told from a server that
+    lacks the page; "" if that cannot be had.
+
+    The server names no version (no ``Server`` header; /status has none), so an older one
+    is known by the page it lacks: a server of this version serves /alerts and /mutes, or
+    says in their 404 which option would (``--rules``).  Its /status answered with
+    STATUS_KEYS from the first version on."""
+    page = path.partition("?")[0]
+    probe = server.url(STATUS_PAGE)
+    if ends - time.monotonic() <= 0:
+        return ""
+    try:
+        status, reason, answer, _location = _exchange(
+            server, "GET", STATUS_PAGE, None, {"Accept": "application/json"}, ends, timeout)
+    except click.ClickException:  # the time ran out, or the peer went: the 404 alone is sure
+        return ""
+    if status == 200 and is_status_page(answer):
+        return (": %s is a vmstats server (its %s answers) without %s: older than this command, "
+                "or run without the option that serves it (a current server says which)"
+                % (server.url(), STATUS_PAGE, page))
+    return (", nor is %s a vmstats page (HTTP %d %s): no vmstats server answers at %s (is --url "
+            "its HTTP port, and the path a proxy serves it under?)"
+            % (probe, status, reason, server.url()))
+
+
+def is_status_page(answer: bytes) -> bool:
+    """Is ``answer`` a vmstats server's /status (without its token)?"""
+    try:
+        page = inputfile.json_loads(answer)
+    except ValueError:
+        return False
+    return isinstance(page, dict) and all(key in page for key in STATUS_KEYS)
 
 
 class _TooLarge(Exception):
