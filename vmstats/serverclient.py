@@ -15,14 +15,15 @@ one ``Error:`` line (README.md, exit status):
   server that lacks the page is told from a wrong port or path by whether the same address
   answers a vmstats /status, since the server names no version.
 
-``--timeout`` is how long the command waits, full stop: the whole exchange, the name's
-lookup, the connection, the TLS handshake, the request and the answer, ends by then, so a
-server that trickles its answer (or its handshake) a byte a second is given up as surely as
-one that says nothing, and so is a resolver that never answers (a limit on each wait alone
-let them hold the command for ever; a cron job's runs piled up).  A host that does not take
-the connection is given up sooner, after CONNECT_TIMEOUT, and an answer larger than
-MAX_ANSWER is not read on (an endless or broken endpoint would fill memory); each said as
-what it was, naming the step whose time ran out.
+``--timeout`` is how long the command waits, full stop (a script run from cron counts on
+it): the whole exchange, the name's lookup, the connection, the TLS handshake, the request
+and the answer, ends by then, so a server that trickles its answer a byte a second is given
+up as surely as one that says nothing (a limit on each wait alone let it hold the command
+for ever), and so is a resolver that never answers (the lookup had no limit: the resolver's
+own retries, 10 s and more, ran their course).  A host that does not take the connection is
+given up sooner, after CONNECT_TIMEOUT, and an answer larger than MAX_ANSWER is not read on
+(an endless or broken endpoint would fill memory); each said as what it was, naming the
+step whose time ran out (a TLS handshake that did not end was said as no connection).
 
 The request goes straight to the address: no proxy from the environment (an ``http_proxy``
 meant for the outside sent requests for 127.0.0.1 through it), and a redirect is reported,
@@ -231,10 +232,15 @@ def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
     answer's status, reason, body (at most MAX_ANSWER bytes) and Location; ClickException if
     none."""
     where = server.url(path)
-    kind = http.client.HTTPSConnection if server.scheme == "https" else http.client.HTTPConnection
-    connection = kind(server.host, server.port)  # its Host header; the socket is made here
-    try:
-        connection.sock = _connected(server, where, ends, timeout)
+    if server.scheme == "https":
+        context = ssl.create_default_context()  # the system's CA store, or SSL_CERT_FILE
+        context.set_alpn_protocols(["http/1.1"])  # as http.client's own
+        connection = http.client.HTTPSConnection(server.host, server.port, context=context)
+    else:
+        context = None
+        connection = http.client.HTTPConnection(server.host, server.port)
+    try:  # the connection writes the request and reads the answer; the socket is made here
+        connection.sock = _connected(server, where, ends, timeout, context)
         reader = _Deadline(connection.sock, ends)
         connection.response_class = functools.partial(_TimedResponse, reader=reader)
         try:
@@ -269,14 +275,17 @@ def _exchange(server: ServerURL, method: str, path: str, data: bytes | None,
         connection.close()
 
 
-def _connected(server: ServerURL, where: str, ends: float, timeout: float) -> socket.socket:
-    """A connection to ``server``, through TLS for https://, made by ``ends``: the name looked
-    up, each of its addresses tried in turn (for CONNECT_TIMEOUT each at most), the handshake
-    done; ClickException naming the step that failed or was not over in time.
+def _connected(server: ServerURL, where: str, ends: float, timeout: float,
+               context: ssl.SSLContext | None) -> socket.socket:
+    """A connection to ``server``, through TLS in ``context`` (https://), made by ``ends``:
+    the name looked up, each of its addresses tried in turn (for CONNECT_TIMEOUT each at
+    most), the handshake done; ClickException naming the step that failed or was not over in
+    time.
 
-    http.client's own connect bounded neither the lookup (a resolver that does not answer
-    held the command for its own retries, 10 s and more) nor the handshake as a whole (each
-    wait alone: a peer sending a byte now and then held it for ever)."""
+    http.client's own connect did not bound the lookup (a resolver that does not answer held
+    the command for its own retries, 10 s and more), gave each address and then the handshake
+    a limit of their own, on top of one another and not counted in ``ends``, and said a
+    handshake that did not end as no connection."""
     try:
         addresses = _looked_up(server.host, server.port, ends)
     except TimeoutError:
@@ -298,10 +307,10 @@ def _connected(server: ServerURL, where: str, ends: float, timeout: float) -> so
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client sets it
     except OSError:
         pass
-    if server.scheme != "https":
+    if context is None:
         return sock
     try:
-        return _handshake(sock, server.host, ends)
+        return _handshake(sock, context, server.host, ends)
     except TimeoutError:
         sock.close()
         raise click.ClickException(
@@ -364,12 +373,10 @@ def _dialled(addresses: list[tuple], ends: float, timeout: float) -> socket.sock
     raise problem
 
 
-def _handshake(sock: socket.socket, host: str, ends: float) -> ssl.SSLSocket:
+def _handshake(sock: socket.socket, context: ssl.SSLContext, host: str, ends: float) -> ssl.SSLSocket:
     """``sock`` through TLS, its certificate checked for ``host`` as http.client checks it,
     the handshake over by ``ends`` (TimeoutError past it): driven without blocking, so the
     whole of it is bounded, not each wait for the peer's bytes."""
-    context = ssl.create_default_context()
-    context.set_alpn_protocols(["http/1.1"])
     tls = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
     try:
         tls.setblocking(False)
