@@ -209,6 +209,39 @@ def test_every_child_process_ends_within_seconds_of_the_server_being_killed(tmp_
     assert not left, [command for pid, command in zip(family, commands, strict=True) if pid in left]
 
 
+def test_children_stopped_when_the_server_is_killed_end_with_it(tmp_path):
+    """A child stopped when the server is killed (``kill -STOP``, a debugger, a frozen cgroup)
+    cannot notice the death itself: the kernel kills it (``PR_SET_PDEATHSIG``).  Before, the
+    parser, the writer and its forkserver and the decoding process, stopped then, stayed for
+    good.  Multiprocessing's resource tracker, left running, ends once the others are gone."""
+    used = 'vmstats_edge_lines_total{format="graphite",outcome="used"}'
+    with serve(tmp_path, "--graphite-port", "0", "--graphite-template",
+               "servers.{vm}.cpu.percent cpu", "--workers", "1", "--parsers", "1",
+               "--flush-interval", "0.3") as server:
+        with server.tcp_to(server.status["graphite_port"]) as sock:  # the decoders start on use
+            sock.sendall(b"servers.gr-1.cpu.percent 7 %d\n" % now())
+        server.send_udp(line(Record(vm="10.9.0.9", ts=now() - 60, cpu=1.0, mem=2.0)))
+        # Each child asks for the signal as it starts: stopped only once each is at work (the
+        # parser reads the UDP socket, a decoder decoded the line, the writer logged the record).
+        server.wait_metrics(lambda m: m.get("vmstats_parsers_reading_udp") == 1
+                            and m.get(used) == 1 and m.get("vmstats_flushed_records_total") == 1)
+        family = descendants(server.pid)
+        commands = {pid: Path("/proc/%d/cmdline" % pid).read_bytes() for pid in family}
+        stopped = [pid for pid in family if b"resource_tracker" not in commands[pid]]
+        for kind in (b"parseworker", b"forkserver", b"spawn_main"):
+            assert kind in b" ".join(commands[pid] for pid in stopped)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        server.wait_for(lambda s: all(state(pid) == "T" for pid in stopped), timeout=5)
+        left = server.killed_leaving(family)
+    assert not left, [commands[pid] for pid in left]
+
+
+def state(pid: int) -> str:
+    """The process's state letter (/proc/PID/stat): R, S, T (stopped), Z..."""
+    return Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0]
+
+
 def test_sigint_also_drains(tmp_path):
     with serve(tmp_path, "--flush-interval", "60") as server:
         server.send_udp(line(Record(vm="10.9.0.1", ts=now() - 60, cpu=1.0, mem=2.0)))

@@ -904,10 +904,11 @@ def test_the_servers_pass_counts_symbolic_links_and_leaves_the_other_dir_alone(t
 
 
 def test_a_compaction_pass_ends_with_the_server_killed_under_it(tmp_path):
-    """A scheduled pass held just after its first columnar file is in place (tests/stallcompact):
-    SIGKILL of the server ends it within seconds, and a later pass and the readers find every
-    row.  Before, the pass was tied to nothing and ran on after the server, beside a restarted
-    server's own passes (each turned away by the compaction lock while it ran)."""
+    """A scheduled pass held just after its first columnar file is in place (tests/stallcompact),
+    and stopped there (``kill -STOP``): SIGKILL of the server ends it within seconds, and a later
+    pass and the readers find every row.  Before, the pass was tied to nothing and ran on after
+    the server, beside a restarted server's own passes (each turned away by the compaction lock
+    while it ran); then, watching the server's pid, it still stayed for good if stopped."""
     data, marker = tmp_path / "data", tmp_path / "stalled-pass"
     _write_fleet(data, vms=2, days=2, first=int(time.time()) // DAY - 4, step=3600)
     before = _units_rows(data)
@@ -917,6 +918,7 @@ def test_a_compaction_pass_ends_with_the_server_killed_under_it(tmp_path):
         server.wait_for(lambda s: marker.exists() and marker.read_text(), timeout=60)
         stalled = int(marker.read_text())
         assert stalled in descendants(server.pid)
+        os.kill(stalled, signal.SIGSTOP)
         assert server.killed_leaving([stalled]) == []
     assert list(data.glob("columnar/*.parquet")) and list(data.glob("vms/*/*.csv"))
     done = subprocess.run([sys.executable, "-m", "vmstats", "compact", "--data-dir", str(data),

@@ -3,7 +3,8 @@
 Started and fed by ``parsers.ParserService``; this module holds the framing both sides use
 and imports nothing heavier than the parser.  It ignores SIGINT and SIGTERM:
 the aggregator still needs it while it drains after a signal, and it exits
-when its stdin closes (the aggregator is done, or died).
+when its stdin closes (the aggregator is done, or died); the kernel kills it
+when the aggregator dies, even stopped then (lifeline.py).
 
 Given the aggregator's UDP socket (``--udp-fd``), it also reads datagrams
 itself, parses them and sends the columns with the payload (the journal
@@ -26,6 +27,7 @@ import time
 
 from vmstats import protocol
 from vmstats.protocol import MAX_DATAGRAM_SIZE
+from vmstats.server import lifeline
 from vmstats.server.formats import misdirected
 from vmstats.server.parse import MAX_DETAILS, Parsed, Parser, has_frame
 from vmstats.server.signing import FrameCheck, check_frames, checker_from, datagram_frames, split_frames
@@ -52,6 +54,7 @@ COALESCE_SECONDS = 0.002
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    lifeline.killed_with_parent()  # stopped when the aggregator dies, it reads no end of file
     parser = Parser(max_future=int(argv[0]), max_past=int(argv[1]))
     checker = None
     if "--auth" in argv:  # the keys come first on stdin (signing.keys_config), never in argv

@@ -45,7 +45,9 @@ def init_writer(aggregator: int | None = None) -> None:
     except OSError:
         pass  # not permitted here: writers simply run at normal priority
     if aggregator is not None:
-        lifeline.end_with(aggregator, WRITING)  # a share being written is finished first
+        # Killed with its parent, the forkserver, itself killed with the aggregator; else (the
+        # moment before, or no parent-death signal) it finishes the share it writes first.
+        lifeline.end_with(aggregator, WRITING)
 
 
 #: How write_share's error for a VM refused for a symbolic link begins (logstore.LinkRefused).
