@@ -3,12 +3,14 @@ that change nothing, room held between answers, and answers while records keep a
 
 import contextlib
 import json
+import os
+import signal
 import urllib.error
 import urllib.request
 
 import pytest
 from capacitydata import damaged_copy, write_fleet
-from serverproc import LOOPBACK, STATUS_TOKEN, ServerProcess
+from serverproc import LOOPBACK, ROOT, STATUS_TOKEN, ServerProcess, descendants
 from test_http_bodies import status_and_json, stream
 from test_server_udp import line, now
 
@@ -486,3 +488,22 @@ def test_the_unplaced_vms_count_against_the_capped_hosts_in_the_live_answer(tmp_
     assert first["instances_withheld_for_unplaced"] == {"cap%d" % k: 3 for k in range(1, 5)}
     assert first["allocation_basis"]["placed"] == 12
     assert code_again == 200 and second["status"] == "reject" and second["placed"] == 0, second
+
+
+def test_a_summary_stopped_when_the_server_is_killed_ends_with_it(tmp_path):
+    """A refresh's summary held as it starts reading (tests/stallsummary) and stopped there
+    (``kill -STOP``): SIGKILL of the server ends it within seconds.  Before, it was tied to
+    nothing: running, it read on for up to an hour for a server that was gone; stopped, it
+    stayed for good."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "hosts.toml").write_text('[[host]]\nname = "h"\nvcpus = 8\nmem_gb = 32\n')
+    marker = tmp_path / "stalled-summary"
+    env = {"PYTHONPATH": str(ROOT / "tests" / "stallsummary"),
+           "VMSTATS_TEST_STALL_SUMMARY": str(marker)}
+    with ServerProcess(tmp_path / "server", "--inventory", str(tmp_path / "hosts.toml"),
+                       data_dir=tmp_path / "data", env=env) as server:
+        server.wait_for(lambda s: marker.exists() and marker.read_text(), timeout=30)
+        stalled = int(marker.read_text())
+        assert stalled in descendants(server.pid)
+        os.kill(stalled, signal.SIGSTOP)
+        assert server.killed_leaving([stalled]) == []

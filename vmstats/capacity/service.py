@@ -136,6 +136,10 @@ class AdmissionService(service.Service):
             self.inventory_path,
             "--settings",
             json.dumps(self.settings.__dict__),
+            # Tied to this process: a server killed outright (SIGKILL, the OOM killer) takes a
+            # summary in the making with it, rather than leave it reading on for nobody.
+            "--end-with",
+            str(os.getpid()),
         ]
         self.reactor.spawnProcess(child, sys.executable, args, env=dict(os.environ))
         timeout = self.reactor.callLater(CHILD_TIMEOUT, _kill, child)

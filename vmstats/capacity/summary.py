@@ -326,7 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inventory", required=True)
     parser.add_argument("--settings", required=True, help="Settings as JSON")
     parser.add_argument("--nice", type=int, default=10)
+    parser.add_argument("--end-with", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.end_with is not None:  # no summary is wanted of a server that is gone
+        from vmstats.server import lifeline
+
+        lifeline.end_with(args.end_with)
     if args.nice:
         os.nice(args.nice)  # the aggregator's ingest comes first
     try:
