@@ -211,7 +211,7 @@ def killed_servers(folder: Path, rules: str, kills: int, drain: float) -> Iterat
         try:
             yield server
             if kill < kills:
-                server.kill()  # the round's last transition logged, its delivery under way
+                server.kill_outright()  # the round's last transition logged, its delivery under way
             else:
                 server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0, drain)
         finally:

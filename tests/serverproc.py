@@ -33,6 +33,12 @@ STATUS_TOKEN = "test-status-token"
 WAIT = 30.0
 
 
+#: Seconds a killed server's processes get to end (kill_outright): they are killed by the kernel
+#: as it dies, the resource tracker ends once they are gone; the bound costs time only when
+#: one is left.
+GONE_WITHIN = 10.0
+
+
 class ServerError(RuntimeError):
     """The server did not start, or did not stop, as expected."""
 
@@ -98,8 +104,12 @@ class ServerProcess:
                           % (self.start_timeout, self.output))
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Signal the server and wait for it; returns its exit code (output in .output)."""
+        """Signal the server and wait for it; returns its exit code (output in .output).
+        SIGKILL is :meth:`kill_outright`, with its guard."""
         if self.proc is None:
+            return self.returncode
+        if sig == signal.SIGKILL and self.proc.poll() is None:
+            self.kill_outright()
             return self.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -119,6 +129,18 @@ class ServerProcess:
         self.proc.wait(timeout)
         return self._collect()
 
+    def kill_outright(self, within: float = GONE_WITHIN) -> None:
+        """SIGKILL the server (the OOM killer, ``kill -9``) and fail (ServerError) if a process
+        of its family, as it was just before, outlives it by ``within`` seconds: the guard each
+        test that kills a server outright has, that no process is left behind
+        (docs/OPERATIONS.md).  What is left is killed, not to outlive the test."""
+        family = descendants(self.proc.pid)
+        commands = {pid: command_line(pid) for pid in family}
+        left = self.killed_leaving(family, within)
+        if left:
+            raise ServerError("%d processes outlived the killed server by %.0fs: %s" % (
+                len(left), within, "; ".join(commands[pid] for pid in left)))
+
     def killed_leaving(self, pids: list[int], within: float = 5.0) -> list[int]:
         """SIGKILL the server (the OOM killer, ``kill -9``): which of ``pids`` still run
         ``within`` seconds after it is gone.  Those are then killed, not to outlive the test."""
@@ -127,7 +149,7 @@ class ServerProcess:
         self._collect()
         deadline = time.monotonic() + within
         while living(pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.01)
         left = living(pids)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
@@ -250,26 +272,43 @@ class ServerProcess:
             timeout)
 
 
-def children(pid: int) -> list:
-    """The process ids whose parent is ``pid`` (from /proc)."""
-    found = []
+def parents() -> dict[int, int]:
+    """Each process's parent (from /proc, in one pass): ``{pid: ppid}``."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path("/proc/%s/stat" % entry).read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
+            found[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
     return found
+
+
+def children(pid: int) -> list:
+    """The process ids whose parent is ``pid`` (from /proc)."""
+    return [child for child, parent in parents().items() if parent == pid]
 
 
 def descendants(pid: int) -> list[int]:
-    """The process ids of ``pid``'s children, theirs, and so on (from /proc)."""
-    found = children(pid)
-    for child in list(found):
-        found += descendants(child)
+    """The process ids of ``pid``'s children, theirs, and so on (from /proc, in one pass)."""
+    below: dict[int, list[int]] = {}
+    for child, parent in parents().items():
+        below.setdefault(parent, []).append(child)
+    found, level = [], below.get(pid, [])
+    while level:
+        found += level
+        level = [child for parent in level for child in below.get(parent, [])]
     return found
+
+
+def command_line(pid: int) -> str:
+    """The process's command line, its arguments joined by spaces ('' if it is gone)."""
+    try:
+        return Path("/proc/%d/cmdline" % pid).read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def living(pids: list) -> list:

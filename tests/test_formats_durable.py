@@ -5,7 +5,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import time
 from hashlib import sha256
 
@@ -93,9 +92,7 @@ def test_every_acknowledged_sample_survives_sigkills_inside_open_minutes(tmp_pat
                 if KILLS[step]:
                     time.sleep(1.0)  # a flush: the earlier payloads are in the checkpoint only
                     flushed_kills += 1
-                server.proc.send_signal(signal.SIGKILL)
-                server.proc.wait(10)
-                server.kill()
+                server.kill_outright()
                 kills += 1
                 server = serve(tmp_path, *args).start()
                 restored.append(server_line(tmp_path, "edge:"))
@@ -400,9 +397,7 @@ def test_a_journal_directory_removed_under_the_server_keeps_the_edge_key_and_min
         time.sleep(1.0)  # flushes: steps 1-2 are now in memory only, until a checkpoint
         for step in (4, 5, 6):
             write_step(server, step, t0)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        server.kill()
+        server.kill_outright()
         before = (tmp_path / "server-output.txt").read_text()
         server = serve(tmp_path, *args).start()
         for step in range(7, 14):
@@ -433,8 +428,7 @@ def killed_after_a_checkpoint(workdir, args: tuple, t0: int) -> None:
         server.wait_metrics(lambda m: m["vmstats_journal_segments_retired_total"] >= 1)
         for step in (2, 3):
             write_step(server, step, t0)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
+        server.kill_outright()
     finally:
         server.kill()
 

@@ -8,7 +8,6 @@ was taken under, so the minute is written whole, says what it kept past the new 
 input naming such a device is refused.
 """
 
-import signal
 import time
 import urllib.request
 
@@ -54,9 +53,7 @@ def test_samples_journaled_under_higher_edge_bounds_are_written_after_they_are_l
     server = serve(tmp_path, *args).start()
     try:
         assert write(server, lines("long", t0, LONG, PAD)) == 204  # acknowledged: journaled
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        server.kill()
+        server.kill_outright()
         server = serve(tmp_path, *args, *LOWERED).start()
         # New input is judged by the new bound: refused and counted.
         assert write(server, lines("new", t0, LONG)) == 400

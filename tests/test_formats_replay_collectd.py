@@ -9,7 +9,6 @@ Before, the journal held the packets and the replay verified them again by the n
 signed and encrypted ones were refused as forged, the plain one as unsigned, and lost.
 """
 
-import signal
 import time
 
 import pytest
@@ -43,9 +42,7 @@ def test_packets_taken_before_the_passwords_changed_are_written(tmp_path):
                              for packet in minute("sealed")),
                            *minute("plain"))
         server.wait_metrics(lambda m: outcomes(m, "collectd").get("used") == 36)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        server.kill()
+        server.kill_outright()
         journal = b"".join(path.read_bytes() for path in (tmp_path / "data").rglob("*")
                            if path.is_file())
         assert journal.count(b" in collectd ") == 18 and b"s3cret" not in journal

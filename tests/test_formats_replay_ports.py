@@ -12,7 +12,6 @@ the operator had changed the templates rather than turned the port off.
 """
 
 import re
-import signal
 import time
 
 from serverproc import serve
@@ -47,9 +46,7 @@ def test_payloads_of_a_port_turned_off_at_the_restart_are_replayed_and_written(t
             b"mem,host=lined available_percent=70 %d" % (ts * 10**9, ts * 10**9) for ts in times))
         server.wait_metrics(lambda m: all(outcomes(m, fmt).get("used") == 12
                                           for fmt in ("graphite", "collectd", "influx")))
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        server.kill()
+        server.kill_outright()
         server = serve(tmp_path, *KEEP_OPEN).start()  # every other format's port off
         assert server.stop() == 0, server.output
     finally:

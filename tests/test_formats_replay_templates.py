@@ -12,7 +12,6 @@ whatever ``--max-line`` said).
 """
 
 import os
-import signal
 import time
 
 from serverproc import serve
@@ -42,9 +41,7 @@ def test_graphite_lines_journaled_under_other_templates_are_written_for_their_vm
                                   % (t0 + 10 * k + 1, PAD.encode() if k == 0 else b"",
                                      t0 + 10 * k + 1) for k in range(6)))
         server.wait_metrics(lambda m: m.get(USED, 0) == 12)  # counted after it is journaled
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        server.kill()
+        server.kill_outright()
         server = serve(tmp_path, *args, *AFTER).start()
         with server.tcp_to(server.status["graphite_port"]) as sock:
             sock.sendall(b"servers.x.cpu.fresh%s 30 %d\n" % (PAD.encode(), t0 + 1)

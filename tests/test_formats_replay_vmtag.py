@@ -9,7 +9,6 @@ tag's value), says so in one line, and new input is read by the new tag.
 """
 
 import os
-import signal
 import time
 
 from serverproc import serve
@@ -38,9 +37,7 @@ def test_samples_journaled_under_another_influx_vm_tag_are_written_for_their_vm(
     server = serve(tmp_path, *args).start()
     try:
         assert write(server, lines(t0, "host", "tagged")) == 204  # acknowledged: journaled
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        server.kill()
+        server.kill_outright()
         server = serve(tmp_path, *args, "--influx-vm-tag", "vm").start()
         assert write(server, lines(t0, "vm", "fresh")) == 204  # new input: by the new tag
         assert server.stop() == 0, server.output

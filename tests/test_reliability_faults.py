@@ -97,9 +97,7 @@ def test_sigkill_at_random_moments_under_tcp_load_loses_and_duplicates_nothing(t
         for kill in range(kills):
             time.sleep(rng.uniform(0.8, 1.6))
             received_before_kill.append(server.metrics()["vmstats_records_received_total"])
-            server.proc.send_signal(signal.SIGKILL)
-            server.proc.wait(10)
-            server.kill()
+            server.kill_outright()
             time.sleep(rng.uniform(0.0, 0.3))  # the agents find nobody listening
             server = serve(tmp_path / ("run%d" % (kill + 1)), "--flush-interval", "0.5",
                            "--tcp-port", str(port), data_dir=data).start()

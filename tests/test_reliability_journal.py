@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import signal
 import socket
 from collections import Counter
 
@@ -56,8 +55,7 @@ def test_an_acked_batch_survives_sigkill_and_is_replayed_before_listening(tmp_pa
     server = serve(tmp_path, "--flush-interval", "1h").start()
     try:
         assert send_acked(server.tcp_port, sent, "k1") == b"#!ack k1 700 0\n"
-        server.proc.send_signal(signal.SIGKILL)  # right after the ack: nothing was flushed
-        server.proc.wait(10)
+        server.kill_outright()  # right after the ack: nothing was flushed
     finally:
         server.kill()
     assert raw_rows(tmp_path / "data") == Counter()
@@ -97,8 +95,7 @@ def test_a_second_server_on_a_data_dir_or_journal_in_use_is_refused_and_nothing_
             assert ("another vmstats serve (pid %d) is using it" % server.pid) in lines[0]
             assert ("--%s-dir" % name) in lines[0]
         assert send_acked(server.tcp_port, second, "b") == b"#!ack b 70 0\n"
-        server.proc.send_signal(signal.SIGKILL)  # its parsers may outlive it for a moment
-        server.proc.wait(10)
+        server.kill_outright()
     finally:
         server.kill()
     with serve(tmp_path / "c", "--flush-interval", "1h", data_dir=data) as again:
@@ -112,8 +109,7 @@ def acked_then_killed(workdir, data, sent: list) -> list:
     server = serve(workdir, "--flush-interval", "1h", data_dir=data).start()
     try:
         assert send_acked(server.tcp_port, sent, "a") == b"#!ack a %d 0\n" % len(sent)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
+        server.kill_outright()
     finally:
         server.kill()
     return sent
@@ -402,8 +398,7 @@ def test_a_line_refused_live_is_not_counted_again_when_its_payload_is_replayed(t
             sock.sendall(b"\n".join(good + [bad]) + b"\n#!sync k\n")
             assert read_reply(sock) == b"#!ack k 2 1\n"
         assert _rejected(server.metrics()) == {"non_numeric": 1}
-        server.proc.send_signal(signal.SIGKILL)  # before any flush: the payload is replayed
-        server.proc.wait(10)
+        server.kill_outright()  # before any flush: the payload is replayed
     finally:
         server.kill()
     for _ in range(2):
@@ -461,8 +456,7 @@ def test_a_line_refused_for_its_time_stays_refused_when_its_payload_is_replayed(
             sock.sendall(b"\n".join(map(line, [ahead, honest, behind])) + b"\n#!sync k\n")
             assert read_reply(sock) == b"#!ack k 1 2\n"
         assert _rejected(server.metrics()) == {"future_timestamp": 1, "past_timestamp": 1}
-        server.proc.send_signal(signal.SIGKILL)  # before any flush: the payload is replayed
-        server.proc.wait(10)
+        server.kill_outright()  # before any flush: the payload is replayed
     finally:
         server.kill()
     assert raw_rows(data) == Counter()
@@ -511,8 +505,7 @@ def kill_after(workdir, data, *batches: list) -> str:
             with server.tcp(timeout=10) as sock:
                 sock.sendall(b"\n".join(map(line, batch)) + b"\n#!sync %d\n" % number)
                 assert read_reply(sock).startswith(b"#!ack %d " % number)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
+        server.kill_outright()
     finally:
         server.kill()
     [(_number, path)] = journal_files(data)

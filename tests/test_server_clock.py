@@ -332,7 +332,7 @@ def killed_after_a_step(tmp_path, step: float | None, t0: int, grace: str) -> No
         if step is not None:
             os.kill(server.pid, signal.SIGUSR2)
             server.wait_metrics(lambda m: m["vmstats_clock_steps_total"] == 1)
-        server.proc.send_signal(signal.SIGKILL)
+        server.kill_outright()
     finally:
         server.kill()
 
@@ -406,7 +406,7 @@ def test_a_restart_writes_every_minute_acknowledged_whatever_the_clock_or_limits
         for n in range(1, 9):  # steps 7 and 8 (minute 2) complete minute 1
             write_step(first, n, t0)
         first.wait_metrics(lambda m: m['vmstats_edge_events_total{event="records"}'] >= VMS)
-        first.proc.send_signal(signal.SIGKILL)
+        first.kill_outright()
     finally:
         first.kill()
     with stepped_server(tmp_path, 1, "--flush-interval", "0.3", "--minute-grace", "2", *later,
