@@ -24,7 +24,7 @@ from vmstats.rules.actionlog import ActionLog
 from vmstats.rules.config import RulesError, RuleSet, load_rules
 from vmstats.rules.delivery import Dispatcher
 from vmstats.rules.evaluator import GROUP, Engine
-from vmstats.rules.mutes import MAX_MUTES, Mute, MuteError, MuteSet, parse_mute
+from vmstats.rules.mutes import MAX_MUTES, MAX_SELECTORS, Mute, MuteError, MuteSet, parse_mute
 from vmstats.rules.workers import Workers
 from vmstats.server.clock import WallClock
 from vmstats.server.ownfiles import replace_durably
@@ -525,6 +525,14 @@ class RulesService(service.Service):
         if len(self.mutes.mutes) >= MAX_MUTES:
             return defer.succeed((400, {"error": "%d mutes are in force already, the most there may "
                                                  "be: expire some first" % MAX_MUTES}))
+        named = sum(m.selectors for m in self.mutes.mutes.values())
+        if named + mute.selectors > MAX_SELECTORS:
+            return defer.succeed((400, {"error": "the mutes in force name %s already (rule names, "
+                                                 "ids, cidrs, tags), and this one %d more: %d at most in "
+                                                 "all (name a host's VMs by their host tag, not one "
+                                                 "by one; or expire some first)"
+                                                 % (counted(named, "selector"),
+                                                    mute.selectors, MAX_SELECTORS)}))
         seed = bool(mute.match.tags) and not self.engine.keep_tags
         self.mutes.mutes[mute.id] = mute
         self.engine.keeping_tags(self.mutes.names_tags())
