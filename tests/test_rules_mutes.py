@@ -542,3 +542,23 @@ def test_the_selectors_of_the_mutes_in_force_are_bounded_and_each_one_in_length(
         code, answer = post(server, mute(["vm-x"]))  # room again
         assert code == 201, answer
         assert server.metrics()['vmstats_rule_mute_requests_total{result="error_400"}'] == 3
+
+
+def test_a_mute_holding_what_a_listing_cannot_show_is_refused(tmp_path):
+    """A comment holding half a surrogate pair (JSON's "\\ud800") was taken, and from then on
+    every ``vmstats rules mutes`` ended in a UnicodeEncodeError traceback; U+2028 and U+0085
+    broke the one-line listing, and U+202E turned the rest of its line around."""
+    with serve(tmp_path, rules_file(tmp_path, "http://127.0.0.1:9/hook", HOT % "")) as server:
+        for field, text in [("comment", "kernel \\ud800"), ("author", "\\udfffana"),
+                            ("comment", "two\\u2028lines"), ("comment", "next\\u0085line"),
+                            ("author", "\\u202eana"), ("rule", "hot\\ud800")]:
+            body = {"rule": "hot", "duration": "1h", "author": "ana", "comment": "kernel updates"}
+            body[field] = "@"
+            raw = json.dumps(body).replace('"@"', '"%s"' % text).encode()
+            code, answer = post(server, raw)
+            assert code == 400 and "not printable" in answer["error"], (text, answer)
+        code, answer = post(server, json.dumps({"rule": "hot", "duration": "1h", "author": "ana",
+                                                "comment": "kernel updates"}).encode())
+        assert code == 201, answer
+        listing = rules_cli(server, "mutes")
+        assert listing.returncode == 0 and "kernel updates" in listing.stdout, listing

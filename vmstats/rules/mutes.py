@@ -50,8 +50,12 @@ MAX_SELECTOR = 256
 #: The longest an author or a comment may be (they are listed one mute a line).
 MAX_AUTHOR = 100
 MAX_COMMENT = 1000
-#: Control characters would break the one-line listing (``vmstats rules mutes``).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What is said of a text holding what the one-line listing (``vmstats rules mutes``) cannot
+#: show as it is: a control character (a line break), a line or paragraph separator (U+2028),
+#: a format character (U+202E turns the rest of the line around) or half a surrogate pair,
+#: which no terminal's encoding can write: taken, it ended every listing in a traceback.
+UNPRINTABLE = ("holds a character that is not printable (a line break, a control or format "
+               "character, or half a surrogate pair)")
 #: A time given as seconds since 1970 on a command line.
 _SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]+)?\Z")
 #: The last second a mute's time may be (9999-12-31T23:59:59Z, ISO 8601's last four-digit
@@ -180,8 +184,8 @@ def _text(reader: _Reader, key: str, longest: int) -> str | None:
         reader.problems.append("%s: empty" % key)
     elif len(value) > longest:
         reader.problems.append("%s: longer than %d characters" % (key, longest))
-    elif _CONTROL.search(value):
-        reader.problems.append("%s: holds a control character (a line break?)" % key)
+    elif not value.isprintable():
+        reader.problems.append("%s: %s" % (key, UNPRINTABLE))
     else:
         return value
     return None
@@ -209,6 +213,9 @@ def parse_mute(data, now: float, mute_id: str | None = None, created: float | No
     for key, text in named:
         if len(text) > MAX_SELECTOR:
             problems.append("%s: %r... is longer than %d characters" % (key, text[:20], MAX_SELECTOR))
+            break
+        if not text.isprintable():
+            problems.append("%s: %r %s" % (key, text[:20], UNPRINTABLE))
             break
     starts = now if data.get("starts") is None else parse_time(reader.get("starts"), "starts", problems)
     ends = None
