@@ -302,3 +302,30 @@ def test_every_request_refused_whole_is_counted_by_its_reason(tmp_path):
             expected[reason] = expected.get(reason, 0) + 1
         assert counted == expected
         assert not any(k.startswith("vmstats_edge_lines_total") and v for k, v in metrics.items())
+
+
+def test_a_post_labelled_as_a_form_is_read_by_its_page_not_parsed_as_one(tmp_path):
+    """Twisted parsed each POST body labelled multipart/form-data or x-www-form-urlencoded into
+    the request's arguments, on the reactor, before any page saw it: 90 times the CPU of the
+    same bytes unlabelled on the open /query (a 20 MB write held the reactor 8 s), a 400 for a
+    body that is no form whatever the page, and a urlencoded body's text replaced the URL's
+    arguments (curl --data-binary labels a write so)."""
+    import time
+
+    line = b"cpu,cpu=cpu-total,host=form1 usage_idle=50,usage_iowait=0 %d\n" % (
+        int(time.time()) - 120)
+    with serve(tmp_path, "--influx-port", "0") as server:
+        for kind, body in ((b"multipart/form-data; boundary=x", line),
+                           (b"multipart/form-data", line),
+                           (b"application/x-www-form-urlencoded", b"# cron&precision=h\n" + line)):
+            request = (b"POST /write?db=x&precision=s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n%s" % (kind, len(body), body))
+            _sent, answer = stream(server.http_port, request, b"", 0)
+            assert answer.startswith(b"HTTP/1.1 204 "), (kind, answer[:300])
+        request = (b"POST /query HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
+                   b"multipart/form-data\r\nContent-Length: 3\r\n\r\nq=x")
+        _sent, answer = stream(server.http_port, request, b"", 0)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"statement_id" in answer, answer[:300]
+        metrics = server.metrics()
+        assert metrics.get('vmstats_http_requests_refused_total{reason="bad_request"}', 0) == 0
+        assert metrics['vmstats_edge_lines_total{format="influx",outcome="used"}'] == 3
