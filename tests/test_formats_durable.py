@@ -24,6 +24,7 @@ from vmstats.protocol import Record
 from vmstats.server import journal as journal_module
 from vmstats.server import replay as replay_module
 from vmstats.server.buffer import Buffer
+from vmstats.server.formats import Decoder
 from vmstats.server.formats.edge import Edge
 from vmstats.server.formats.httpwrite import WritePage
 from vmstats.server.formats.influx import InfluxDecoder
@@ -325,7 +326,7 @@ def test_binary_and_text_payloads_come_back_byte_for_byte(tmp_path):
     directory, clock, journal, edge = edge_on_a_clock(tmp_path, "off")
     seen = []
 
-    class Recorder:
+    class Recorder(Decoder):
         name = "rec"
 
         def decode(self, data, now, tally, **options):

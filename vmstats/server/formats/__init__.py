@@ -189,8 +189,37 @@ class Decoder:
 
     #: The name the format's counters carry in /metrics.
     name = "?"
+    #: The format as the log names it to an operator.
+    title = "?"
     #: What the format counts as one outcome in ``Tally`` (collectd: a value list).
     unit = "line"
+    #: Does the journal keep what a payload was decoded to, not the payload (formats/
+    #: journaling.py)?  Then a replay never decodes it again, and none of ``settings`` matters
+    #: to it (collectd's passwords are never journaled).
+    journal_samples = False
+    #: The command-line option that sets each of ``settings`` (a replay's log line names it).
+    options: dict[str, str] = {}
+
+    def settings(self) -> dict:
+        """Everything ``decode`` reads besides its input, as JSON values.
+
+        For a format whose payloads the journal keeps as they came, the journal keeps these
+        too, and a replay decodes each payload by a decoder made from those it was taken under
+        (``from_settings``): whatever the server acknowledged is written as it was decoded
+        then, whatever the settings at the restart.  This is the one place for them: a
+        setting a decoder reads and does not return here would make a replay decode
+        acknowledged payloads differently, and tests/test_formats_replay_settings.py fails for
+        it (it makes every decoder from each of the server's settings changed, and from what
+        this returns, and compares them).
+        """
+        return {}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Decoder":
+        """A decoder that decodes as one whose ``settings()`` were ``settings``; TypeError or
+        ValueError if no decoder can (a journal of another version, a template that no longer
+        parses)."""
+        return cls(**settings)
 
     def decode(self, data: bytes, now: float, tally: Tally,
                lines: list | None = None) -> list[Sample]:

@@ -109,6 +109,7 @@ class CollectdDecoder(Decoder):
     """collectd packets to samples; ``security`` is the least a packet must have."""
 
     name = "collectd"
+    title = "collectd"
     unit = "value list"
     #: The journal keeps the samples of a packet, not the packet (formats/journaling.py): a
     #: signed or encrypted one was verified by passwords a restart may no longer have (an auth

@@ -56,7 +56,7 @@ class Edge:
     """Decodes payloads of any format and files the records they complete."""
 
     def __init__(self, ingest, metrics: Metrics, assembler: MinuteAssembler, clock: Callable,
-                 decoders: dict[str, Decoder] | None = None):
+                 decoders: dict[str, Decoder] | None = None, reading: set[str] | None = None):
         self.ingest = ingest
         self.metrics = metrics
         self.assembler = assembler
@@ -65,8 +65,10 @@ class Edge:
         self.clock = clock
         #: The decoders by format name (a replay decodes journaled payloads again).
         self.decoders: dict[str, Decoder] = decoders if decoders is not None else {}
-        #: The formats whose port is on (a replay says which payloads' port is off now).
-        self.ports_on: set[str] = set()
+        #: The formats that take new input in this run, by a port or the HTTP write API (a
+        #: replay says which payloads' settings no longer read anything).  None: every one of
+        #: ``decoders``, as for an Edge made directly with its decoders.
+        self.reading = reading
         #: The journal's edge lines (journaling.py); None without a journal.
         self.journal: EdgeJournal | None = None
         #: Completed minutes' payloads handed to ingest and not yet filed there (so not yet in
@@ -77,6 +79,10 @@ class Edge:
         #: Bodies being fed a piece per reactor turn (``feed_body``), and who waits for them.
         self._feeding = 0
         self._fed = IdleWaiters()
+
+    def reads(self, name: str) -> bool:
+        """Does format ``name`` take new input in this run?"""
+        return name in self.decoders if self.reading is None else name in self.reading
 
     def feed(self, decoder: Decoder, data: bytes, **options) -> int | None:
         """Decode ``data`` and file what it completes; returns the journal write holding it
@@ -456,35 +462,43 @@ class EdgeService(service.Service):
         return closed.addBoth(lambda _: self.pool.idle()).addBoth(written)
 
 
-def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
-          table: ConnectionTable) -> tuple[Edge, EdgeService]:
-    """The edge as ``config`` asks for it (ports of -1 are off)."""
+def decoders(config) -> dict[str, Decoder]:
+    """Every format's decoder as ``config`` sets it, its port on or off: the journal may hold
+    payloads a port took before a restart that turned it off, acknowledged and so to be
+    replayed (journaling.py).  The one place the server's settings reach a decoder: a replay
+    decodes by what ``Decoder.settings`` says of each, which tests/test_formats_replay_settings.py
+    holds to what is made here from every setting."""
     from vmstats.server.formats.collectd import CollectdDecoder
     from vmstats.server.formats.graphite import GraphiteDecoder, parse_templates
     from vmstats.server.formats.influx import InfluxDecoder
 
+    return {"influx": InfluxDecoder(config.influx_vm_tag, max_line=config.max_line),
+            "collectd": CollectdDecoder(config.collectd_auth, config.collectd_security),
+            "graphite": GraphiteDecoder(parse_templates(config.graphite_templates), config.max_line)}
+
+
+def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
+          table: ConnectionTable) -> tuple[Edge, EdgeService]:
+    """The edge as ``config`` asks for it (ports of -1 are off)."""
     rates = CounterRates(config.edge_max_counters)
     assembler = MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
                                 config.max_past, rates,
                                 VirtualInterfaces(config.virtual_interfaces),
                                 config.edge_max_devices, config.edge_max_names,
                                 config.edge_max_name_bytes, config.edge_max_written)
-    edge = Edge(ingest, metrics, assembler, clock)
+    made = decoders(config)
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}
-    # Every format's decoder, its port on or off: the journal may hold payloads a port took
-    # before a restart that turned it off, acknowledged and so to be replayed (journaling.py).
-    edge.influx = InfluxDecoder(config.influx_vm_tag, max_line=config.max_line)
-    collectd = CollectdDecoder(config.collectd_auth, config.collectd_security)
-    graphite = GraphiteDecoder(parse_templates(config.graphite_templates), config.max_line)
-    edge.decoders.update(influx=edge.influx, collectd=collectd, graphite=graphite)
     if config.influx_port >= 0:
-        udp["influx"] = tcp["influx"] = (config.influx_port, edge.influx)
+        udp["influx"] = tcp["influx"] = (config.influx_port, made["influx"])
     if config.collectd_port >= 0:
-        udp["collectd"] = (config.collectd_port, collectd)
+        udp["collectd"] = (config.collectd_port, made["collectd"])
     if config.graphite_port >= 0:
-        udp["graphite"] = tcp["graphite"] = (config.graphite_port, graphite)
-    edge.ports_on.update(udp, tcp)
+        udp["graphite"] = tcp["graphite"] = (config.graphite_port, made["graphite"])
+    # The line protocol comes on the HTTP port too (/write, /api/v2/write: http.py).
+    reading = {*udp, *tcp, *(("influx",) if config.http_port >= 0 else ())}
+    edge = Edge(ingest, metrics, assembler, clock, made, reading)
+    edge.influx = made["influx"]
     metrics.gauges["edge_counters"] = (
         "Cumulative counters of other agents tracked for rates (bounded).", lambda: len(rates))
     metrics.gauges["edge_open_minutes"] = (

@@ -96,21 +96,28 @@ class GraphiteDecoder(Decoder):
     """``path value [timestamp]`` lines to samples through the templates."""
 
     name = "graphite"
+    title = "Graphite"
+    options = {"max_line": "--max-line", "templates": "--graphite-template"}
 
     def __init__(self, templates: list[Template], max_line: int = 65536):
         self.templates = templates
-        #: The templates as configured: the journal keeps them (once a checkpoint, not per
-        #: payload), and a replay reads each payload by those it was taken under.
-        self.texts = [template.text for template in templates]
         self.max_line = max_line
         self.vm_ids = VmIds()
 
-    def replica(self, max_line: int, templates: list[str] | None = None) -> "GraphiteDecoder":
-        """This decoder reading lines of up to ``max_line`` bytes through ``templates`` (None:
-        this one's): a replay's, for payloads taken under another ``--max-line`` or other
-        ``--graphite-template`` (formats/journaling.py).  ValueError if one no longer parses."""
-        return GraphiteDecoder(self.templates if templates is None else parse_templates(templates),
-                               max_line)
+    def settings(self) -> dict:
+        """What a replay decodes this decoder's journaled payloads by (Decoder.settings): the
+        templates as configured, which the journal keeps once a checkpoint, not per payload."""
+        return {"max_line": self.max_line, "templates": [template.text for template in self.templates]}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "GraphiteDecoder":
+        """ValueError if a template no longer parses, TypeError if ``settings`` are no
+        GraphiteDecoder's."""
+        settings = dict(settings)
+        texts = settings.pop("templates", [])
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            raise TypeError("the Graphite templates are not a list of strings")
+        return cls(parse_templates(texts), **settings)
 
     def decode(self, data: bytes, now: float, tally: Tally,
                lines: list | None = None) -> list[Sample]:

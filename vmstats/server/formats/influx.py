@@ -100,9 +100,12 @@ class InfluxDecoder(Decoder):
     """Telegraf's cpu, mem, diskio, net and system lines to samples; the VM is a tag."""
 
     name = "influx"
+    title = "line-protocol"
+    options = {"max_line": "--max-line", "vm_tag": "--influx-vm-tag"}
 
     def __init__(self, vm_tag: str = "host", precision: str = "ns", max_line: int = 65536):
         self.vm_tag = vm_tag.encode("utf-8")
+        self.precision = precision
         self.divisor = PRECISIONS[precision]
         self.max_line = max_line
         self.vm_ids = VmIds()
@@ -117,14 +120,10 @@ class InfluxDecoder(Decoder):
         #: The C reader's tables (None: not built, every payload read here).
         self._scan_spec = self._new_scan_spec()
 
-    def replica(self, max_line: int, vm_tag: str | None = None) -> "InfluxDecoder":
-        """This decoder reading lines of up to ``max_line`` bytes, naming the VM by ``vm_tag``
-        (None: this one's): a replay's, for payloads taken under another ``--max-line`` or
-        ``--influx-vm-tag`` (formats/journaling.py)."""
-        other = InfluxDecoder(self.vm_tag.decode("utf-8") if vm_tag is None else vm_tag,
-                              max_line=max_line)
-        other.divisor = self.divisor
-        return other
+    def settings(self) -> dict:
+        """What a replay decodes this decoder's journaled payloads by (Decoder.settings)."""
+        return {"max_line": self.max_line, "vm_tag": self.vm_tag.decode("utf-8"),
+                "precision": self.precision}
 
     def _new_scan_spec(self):
         return None if _native is None else _native.spec(*scan_spec(self.vm_tag, self.max_line))

@@ -15,22 +15,27 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
   arrival time the decoder and the assembler used and ``options`` hold the
   ``--max-future``/``--max-past`` they judged the samples by and the bounds
   the assembler held them by (``--edge-max-name-bytes``, ``--edge-max-open``
-  and the others: formats.Bounds) and, for the line protocol and Graphite, the
-  ``--max-line`` it was read by and the line protocol's ``--influx-vm-tag``
-  (the Graphite templates: the ``settings`` line before it), so decoding it
-  again and adding the samples repeats exactly what the assembler did with it,
-  whatever the clock, the limits, the bounds or the settings at the restart:
-  the same counter steps, the same minutes completed by later samples, the
-  same samples refused as late, for
-  their time or past a bound, and none refused that was taken.  (A bound
-  lowered before the restart guards what comes after it; what the journal
-  holds was acknowledged under the old one, and the replay says how much of
-  it it kept past the new one.)
-* ``settings <format> <json>``: what a format's payloads are read by that is too long to
-  repeat in each (Graphite's ``{"templates": [...]}``), written before the format's first
-  payload after each checkpoint (the segments before one go, and a replay starts from it):
-  the payloads after it, up to the next, are decoded by it.  A run's templates cost a line
-  every CHECKPOINT_SECONDS or more, not bytes a payload.
+  and the others: formats.Bounds), and with the format's ``settings`` line
+  before it, decoding it again and adding the samples repeats exactly what
+  the assembler did with it, whatever the clock, the limits, the bounds or the
+  settings at the restart: the same counter steps, the same minutes completed
+  by later samples, the same samples refused as late, for their time or past a
+  bound, and none refused that was taken.  (A bound lowered before the restart
+  guards what comes after it; what the journal holds was acknowledged under
+  the old one, and the replay says how much of it it kept past the new one.)
+* ``settings <format> <json>``: everything the decoder of a format journaled as it came (the
+  line protocol, Graphite) reads besides the payload, as ``Decoder.settings`` says (the
+  ``--max-line``, the ``--influx-vm-tag``, the Graphite templates), written before the
+  format's first payload after each checkpoint (the segments before one go, and a replay
+  starts from it): the payloads after it, up to the next, are decoded by a decoder made from
+  it (``Decoder.from_settings``).  A run's settings cost a line every CHECKPOINT_SECONDS or
+  more, not bytes a payload.  The decoder says what it reads, so a setting added to one is
+  journaled with it; tests/test_formats_replay_settings.py holds every decoder to it for every
+  one of the server's settings.  (Journaling these formats' samples instead, as collectd's,
+  would need no settings, but costs the reactor more per line than a few percent of what a
+  line costs now: BENCHMARKS.md, "What the edge journals".)  A journal of the version before,
+  which kept ``max_line`` and ``vm_tag`` in each payload's options (``LEGACY_SETTINGS``), is
+  read by those.
 * ``done <[[vm, end], ...]>``: minutes the clock completed (``tick``, and the
   shutdown's ``complete_all``); the one decision a replay cannot repeat by
   itself, so it is journaled in its place in the sequence.
@@ -83,7 +88,7 @@ from hashlib import sha256
 
 from vmstats import protocol
 from vmstats.inputfile import json_loads
-from vmstats.server.formats import BOUND_OPTIONS, Bounds, Sample, Tally
+from vmstats.server.formats import BOUND_OPTIONS, Bounds, Decoder, Sample, Tally
 from vmstats.server.journal import read_segments
 from vmstats.server.ownfiles import read_file
 from vmstats.words import counted
@@ -98,6 +103,9 @@ CHECKPOINT_SECONDS = 30.0
 KEY_FILE = "edge.key"
 #: Hex digits of the HMAC kept in each line: 128 bits.
 MAC_DIGITS = 32
+#: Settings the version before journaled in each payload's line, not in a ``settings`` line: a
+#: replay of its journal takes them from there.
+LEGACY_SETTINGS = ("max_line", "vm_tag")
 
 
 def load_key(directory: str) -> tuple[bytes, bool]:
@@ -183,16 +191,6 @@ def _samples(raw: object) -> list[Sample]:
     return samples
 
 
-def _settings(raw: object) -> dict:
-    """A ``settings`` line's JSON, checked: TypeError if it is not what ``_note`` writes."""
-    if not isinstance(raw, dict):
-        raise TypeError("a settings line holds no object")
-    templates = raw.get("templates", [])
-    if not isinstance(templates, list) or not all(isinstance(text, str) for text in templates):
-        raise TypeError("a settings line's templates are not a list of strings")
-    return raw
-
-
 class EdgeJournal:
     """Writes the edge's lines to the journal and reads them back after a crash."""
 
@@ -216,22 +214,22 @@ class EdgeJournal:
         #: ``#!edge`` lines with this journal's HMAC that could not be read back at start.
         self.unreadable = 0
         #: Of the last replay: payloads taken under other settings than this run's (replayed by
-        #: those), those bounds (the assembler's, the decoders' --max-line), and what they
-        #: kept past this run's: samples naming a device longer, lines longer.
+        #: those), those bounds (the assembler's), and what they kept past this run's: samples
+        #: naming a device longer, lines longer than --max-line.
         self.other_settings = 0
         self.bounds_then: set[Bounds] = set()
-        self.lines_then: set[int] = set()
         self.kept_long = self.kept_lines = 0
-        #: Of the last replay: the --influx-vm-tag values other than this run's it read by, and
-        #: the sets of --graphite-template.
-        self.tags_then: set[str] = set()
-        self.templates_then: set[tuple[str, ...]] = set()
-        #: Of the last replay: Graphite payloads read by the templates they were taken under
-        #: while the Graphite port is off (no templates now is no change an operator made).
-        self.templates_port_off = 0
-        #: (format, --max-line, --influx-vm-tag, templates) -> the decoder a replay reads such
-        #: payloads with (None: this run's setting).
-        self._replicas: dict[tuple, object] = {}
+        #: Of the last replay: the decoders' settings other than this run's it read by, by the
+        #: option that sets each (``Decoder.options``): the values then (a list's, Graphite's
+        #: templates, as a tuple), and this run's.
+        self.settings_then: dict[str, tuple[set, object]] = {}
+        #: Of the last replay: format -> payloads it read by settings other than this run's
+        #: although the format takes no new input now (its port off: no change an operator
+        #: made to how it reads), and those settings' options.
+        self.port_off: dict[str, tuple[int, list[str]]] = {}
+        #: (format, settings as JSON) -> the decoder a replay reads payloads taken under those
+        #: settings with (``Decoder.from_settings``).
+        self._replicas: dict[tuple[str, str], Decoder] = {}
         #: Formats whose settings line (``_note``) is in the journal since the last checkpoint.
         self._noted: set[str] = set()
         #: What ``take`` kept for ``settle``: the last checkpoint read whole, the lines after.
@@ -290,13 +288,7 @@ class EdgeJournal:
         opts["limits"] = [assembler.max_future, assembler.max_past]
         opts["bounds"] = assembler.bounds
         decoder = self.edge.decoders.get(name)
-        max_line = getattr(decoder, "max_line", None)
-        if max_line is not None:  # the decoder's own bound (the line protocol's --max-line)
-            opts["max_line"] = max_line
-        vm_tag = getattr(decoder, "vm_tag", None)
-        if vm_tag is not None:  # the tag that names the VM (--influx-vm-tag): a few bytes
-            opts["vm_tag"] = vm_tag.decode("utf-8")
-        if samples is not None and getattr(decoder, "journal_samples", False):
+        if samples is not None and decoder is not None and decoder.journal_samples:
             encoding = b"samples"
             text = json.dumps([list(sample) for sample in samples],
                               separators=(",", ":")).encode("ascii")
@@ -311,16 +303,17 @@ class EdgeJournal:
         return since
 
     def _note(self, name: str) -> None:
-        """Journal the settings of format ``name`` a replay cannot find in each payload's line,
-        before its first payload since the last checkpoint: the Graphite templates, which
-        may be many and long.  A replay reads the payloads after it by them, until the next
-        such line (a restart writes its own before its first payload)."""
+        """Journal what format ``name`` decodes by (``Decoder.settings``: its templates, its
+        --max-line, the tag naming the VM), before its first payload since the last checkpoint:
+        a replay reads the payloads after it by those, until the next such line (a restart
+        writes its own before its first payload).  Not for a format journaled as the samples
+        its payloads were decoded to, which a replay never decodes again."""
         self._noted.add(name)
-        texts = getattr(self.edge.decoders.get(name), "texts", None)
-        if texts is not None:
+        decoder = self.edge.decoders.get(name)
+        if decoder is not None and not decoder.journal_samples:
             self.journal.append(self._line(b"settings %s %s" % (
                 name.encode("ascii"),
-                json.dumps({"templates": texts}, separators=(",", ":")).encode("utf-8"))))
+                json.dumps(decoder.settings(), separators=(",", ":")).encode("utf-8"))))
 
     def completed(self, keys: list[tuple[str, int]]) -> None:
         """Journal minutes the clock completed (the replay completes them at the same point)."""
@@ -432,9 +425,9 @@ class EdgeJournal:
         #: Format -> the settings its payloads were taken under (``_note``), as met.
         settings: dict[str, dict] = {}
         self.other_settings = self.kept_long = self.kept_lines = 0
-        self.bounds_then, self.lines_then, self.tags_then = set(), set(), set()
-        self.templates_then = set()
-        self.templates_port_off = 0
+        self.bounds_then = set()
+        self.settings_then = {}
+        self.port_off = {}
         try:
             for kind, rest in entries:
                 try:
@@ -448,11 +441,12 @@ class EdgeJournal:
                                 else text.replace(b"\0", b"\n"))
                         name = name.decode("ascii")
                         self._repeat(name, float(now), json_loads(options), data, current,
-                                     settings.get(name, {}))
+                                     settings.get(name))
                         replayed += 1
                     elif kind == b"settings":
                         name, _sep, text = rest.partition(b" ")
-                        settings[name.decode("ascii")] = _settings(json_loads(text))
+                        name = name.decode("ascii")
+                        settings[name] = self._taken_by(name, json_loads(text))
                     elif kind == b"done":
                         assembler.complete([(vm, end) for vm, end in json_loads(rest)])
                     elif kind == b"step":
@@ -466,10 +460,11 @@ class EdgeJournal:
         self._replicas.clear()
         if self.other_settings:
             self._say_settings(current)
-        if self.templates_port_off:
-            log.warning("edge: %s replayed by the --graphite-template they were taken under, "
-                        "although the Graphite port is off now",
-                        counted(self.templates_port_off, "journaled Graphite payload"))
+        for name, (payloads, options) in self.port_off.items():
+            title = edge.decoders[name].title
+            log.warning("edge: %s replayed by the %s they were taken under, although the %s "
+                        "port is off now", counted(payloads, "journaled %s payload" % title),
+                        " and ".join(options), title)
         for counter, saved in zip((assembler.events, assembler.rates.events), events,
                                   strict=True):
             counter.clear()
@@ -483,13 +478,35 @@ class EdgeJournal:
         self.restored = b"\n".join(pending + records)
         return self.restored
 
+    def _taken_by(self, name: str, raw: object) -> dict:
+        """A ``settings`` line's JSON: the settings of format ``name`` its payloads after it
+        were taken under (those it lacks, of a journal from before they were journaled: this
+        run's).  TypeError or ValueError if no decoder can be made from them, so that the line
+        is counted unreadable, not each payload after it."""
+        decoder = self.edge.decoders.get(name)
+        if decoder is None:
+            raise ValueError("settings of a format this server does not read: %r" % name)
+        if not isinstance(raw, dict):
+            raise TypeError("a settings line holds no object")
+        then = {**decoder.settings(), **raw}
+        self._replica(name, then)
+        return then
+
+    def _replica(self, name: str, settings: dict) -> Decoder:
+        """The decoder of format ``name`` made from ``settings`` (one a replay per set)."""
+        key = (name, json.dumps(settings, sort_keys=True))
+        replica = self._replicas.get(key)
+        if replica is None:
+            replica = self._replicas[key] = type(self.edge.decoders[name]).from_settings(settings)
+        return replica
+
     def _repeat(self, name: str, now: float, options: dict, data: bytes | list,
-                current: Bounds, settings: dict) -> None:
+                current: Bounds, settings: dict | None) -> None:
         """Decode a journaled payload again (``data`` a list: the samples it was decoded to)
         and add its samples by the limits, the bounds and the format's ``settings`` they were
-        taken under (journals before these were journaled: this run's)."""
+        taken under (None: none journaled, this run's)."""
         decoder = self.edge.decoders.get(name)
-        if decoder is None:  # every format's decoder is built, its port on or off (edge.build)
+        if decoder is None:  # every format's decoder is built, its port on or off (edge.decoders)
             raise ValueError("a payload of a format this server does not read: %r" % name)
         assembler = self.edge.assembler
         bounds = Bounds(*map(int, options["bounds"])) if "bounds" in options else current
@@ -500,40 +517,30 @@ class EdgeJournal:
                 self.bounds_then.add(bounds)
             self._add(data, now, options, Tally(), bounds, current)
             return
-        line_now = getattr(decoder, "max_line", None)  # None: a decoder without the bound
-        max_line = int(options.get("max_line") or line_now or 0)
-        other_line = line_now is not None and max_line != line_now
-        tag_now = getattr(decoder, "vm_tag", None)  # journals before it was journaled: this
-        vm_tag = options.get("vm_tag") if tag_now is not None else None
-        other_tag = vm_tag is not None and vm_tag.encode("utf-8") != tag_now
-        texts_now = getattr(decoder, "texts", None)  # the Graphite templates
-        templates = settings.get("templates") if texts_now is not None else None
-        other_templates = templates is not None and templates != texts_now
-        # The port off now: its templates read nothing new, so theirs are no other setting.
-        said_templates = other_templates and name in self.edge.ports_on
-        if other_templates and not said_templates:
-            self.templates_port_off += 1
-        if bounds != current or other_line or other_tag or said_templates:
+        ours = decoder.settings()
+        then = dict(ours if settings is None else settings)
+        for key in LEGACY_SETTINGS:  # the version before journaled these in each payload's line
+            if options.get(key) and key in then:
+                then[key] = options[key]
+        differ = [key for key in ours if then[key] != ours[key]]
+        reading = self.edge.reads(name)
+        if differ and not reading:  # its settings read nothing new now: no change to be told
+            payloads, said = self.port_off.get(name, (0, []))
+            named = [decoder.options.get(key, key) for key in differ]
+            self.port_off[name] = (payloads + 1, said + [one for one in named if one not in said])
+        if bounds != current or (differ and reading):
             self.other_settings += 1
             if bounds != current:
                 self.bounds_then.add(bounds)
-            if other_line and max_line > line_now:
-                self.kept_lines += sum(len(line) > line_now for line in data.split(b"\n"))
-            if other_line:
-                self.lines_then.add(max_line)
-            if other_tag:
-                self.tags_then.add(vm_tag)
-            if said_templates:
-                self.templates_then.add(tuple(templates))
-        if other_line or other_tag or other_templates:
-            changed = {"vm_tag": vm_tag} if other_tag else {}
-            if other_templates:
-                changed["templates"] = list(templates)
-            key = (name, max_line, vm_tag if other_tag else None,
-                   tuple(templates) if other_templates else None)
-            if key not in self._replicas:
-                self._replicas[key] = decoder.replica(max_line, **changed)
-            decoder = self._replicas[key]
+            for key in differ if reading else ():
+                value = then[key]
+                values, _ours = self.settings_then.setdefault(decoder.options.get(key, key),
+                                                              (set(), ours[key]))
+                values.add(tuple(value) if isinstance(value, list) else value)
+                if key == "max_line" and value > ours[key]:
+                    self.kept_lines += sum(len(line) > ours[key] for line in data.split(b"\n"))
+        if differ:
+            decoder = self._replica(name, then)
         kwargs: dict = {}
         if options.get("divisor"):
             kwargs["divisor"] = options["divisor"]
@@ -570,22 +577,19 @@ class EdgeJournal:
             getattr(current, field))
             for field in Bounds._fields if any(getattr(old, field) != getattr(current, field)
                                               for old in then)]
-        if self.lines_then:
-            changed.append("--max-line %s (now %d)" % (
-                "/".join(map(str, sorted(self.lines_then))), self.edge.influx.max_line))
-        if self.tags_then:
-            changed.append("--influx-vm-tag %s (now %s)" % (
-                "/".join(sorted(self.tags_then)), self.edge.influx.vm_tag.decode("utf-8")))
-        if self.templates_then:  # many and long: counted, not quoted
-            changed.append("%s of --graphite-template" % counted(len(self.templates_then),
-                                                                 "other set"))
+        for option, (values, ours) in self.settings_then.items():
+            if any(isinstance(value, tuple) for value in values):  # many and long: counted
+                changed.append("%s of %s" % (counted(len(values), "other set"), option))
+            else:
+                changed.append("%s %s (now %s)" % (option, "/".join(map(str, sorted(values))),
+                                                   ours))
         kept = []
         if self.kept_long:
             kept.append("%s naming a device longer than --edge-max-name-bytes (%d)"
                         % (counted(self.kept_long, "sample"), current.name_bytes))
         if self.kept_lines:
             kept.append("%s longer than --max-line (%d)" % (counted(self.kept_lines, "line"),
-                                                            self.edge.influx.max_line))
+                                                            self.settings_then["--max-line"][1]))
         log.warning("edge: %s taken under other settings (%s) replayed by those, as they "
                     "were acknowledged%s; new input is taken by this run's",
                     counted(self.other_settings, "journaled payload"), ", ".join(changed),
