@@ -224,3 +224,57 @@ def test_under_auth_keys_an_http_request_in_a_datagram_is_counted_as_one_not_as_
         assert ("http_request: an HTTP client (POST /write) wrote to the native line port (UDP), "
                 "dropped unread") in server.output, server.output
         assert_no_secret(tmp_path / parsers)
+
+
+def read_to_close(sock) -> bytes:
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer
+
+
+def test_an_http_request_after_records_on_the_native_tcp_port_is_answered_as_at_its_start(
+        tmp_path):
+    """A request line after records (``cat records request | nc stats 8899``): before, only a
+    connection's first line was looked at, and the request's lines were refused one by one as
+    records (six rejects), the record in its body filed, the payload journaled with its token,
+    and the connection left open.  Now it ends the stream as a request at its start does:
+    counted once, answered 400 and closed; the records before it are filed, and the sync
+    before it answered first.  Nothing after it is read, its sync included."""
+    stamp = int(time.time()) - 120
+    record = b"vmstats,vm=10.9.2.%d cpu=5,mem=40 %d\n"
+    keys = tmp_path / "keys"
+    keys.write_text("k1 first-secret\n")
+    for signed in (False, True):
+        run = tmp_path / ("signed" if signed else "plain")
+        options = ("--auth-keys", str(keys)) if signed else ()
+        with serve(run, "--flush-interval", "60", *options) as server:
+            first, second = record % (1, stamp), record % (2, stamp)
+            if signed:
+                first = protocol.sign_payload("k1", "first-secret", first)
+                second = protocol.sign_payload("k1", "first-secret", second)
+            with server.tcp(timeout=5) as sock:  # all of it in one write
+                sock.sendall(first + b"#!sync one\n" + second + misdirected(stamp)
+                             + b"#!sync two\n")
+                answer = read_to_close(sock)
+            assert answer.startswith(b"#!ack one 1 0\nHTTP/1.1 400 Bad Request\r\n"), answer
+            with server.tcp(timeout=5) as sock:  # the request in a read of its own
+                sock.sendall(record % (3, stamp) + b"#!sync three\n")
+                assert sock.recv(100) == (b"#!nak three auth\n" if signed else b"#!ack three 1 0\n")
+                sock.sendall(b"GET /metrics?token=%s HTTP/1.1\r\nX-Token:%s\r\n\r\n"
+                             % (SECRET.encode(), SECRET.encode()))
+                assert read_to_close(sock).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+            expected = {'vmstats_rejected_total{reason="http_request"}': 2}
+            if signed:
+                expected['vmstats_rejected_total{reason="sig_missing"}'] = 1
+            filed = 2 if signed else 3
+            metrics = server.wait_metrics(
+                lambda m, n=filed: m["vmstats_records_received_total"] == n)
+            assert rejects(metrics) == expected
+            assert_no_secret(run)  # the journal, until the flush, holds the records alone
+        assert server.returncode == 0, server.output
+        assert "an HTTP client (POST /write) wrote to the native line port (TCP)" in server.output
+        assert "an HTTP client (GET /metrics)" in server.output
+        vms = sorted(path.name for path in (run / "data" / "vms").iterdir())
+        assert vms == (["10.9.2.1", "10.9.2.2"] if signed else ["10.9.2.1", "10.9.2.2", "10.9.2.3"])
+        assert_no_secret(run)

@@ -319,9 +319,12 @@ class TCPReceiver(tx_protocol.Protocol):
         self.source = ""  # set by the table
         self.last_active = 0.0  # set by the table
         self.unanswered = 0  # syncs whose reply is not written yet
+        #: False once the sender ended its stream, or an HTTP request line did (_http_client).
         self.reading = True
         #: Until the connection's first line is in: is it an HTTP client's (misdirected.py)?
         self.opening = True
+        #: An HTTP client's request was read: it is answered 400 once the syncs before it are.
+        self.answer_http = False
 
     def connectionMade(self) -> None:
         self.table.add(self, self.peer)
@@ -354,11 +357,16 @@ class TCPReceiver(tx_protocol.Protocol):
 
     def _close_when_answered(self) -> None:
         if not self.reading and not self.unanswered and self.transport is not None:
+            if self.answer_http:
+                self.answer_http = False
+                self.transport.write(misdirected.answer("native"))
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.table.touch(self)
         self.metrics.bytes += len(data)
+        if not self.reading:  # after an HTTP client's request: nothing more of it is read
+            return
         if self.skipping:
             end = data.find(b"\n")
             if end < 0:
@@ -382,11 +390,16 @@ class TCPReceiver(tx_protocol.Protocol):
         port): counted once as ``http_request`` and logged with its method and path only (its
         headers may carry a token), answered 400, and closed with nothing of it read as records.
         Before, its request line and headers were refused line by line and it waited for an
-        answer until --idle-timeout."""
+        answer until --idle-timeout.
+
+        A request after records (``cat records request | nc``) ends the stream alike: what
+        came before it is filed, and the syncs before it are answered before the 400 and
+        the close; nothing after it is read, a sync included."""
         self.buffer = b""
+        self.reading = False
+        self.answer_http = True
         self.ingest.reject(protocol.R_HTTP, misdirected.words("native", what))
-        self.transport.write(misdirected.answer("native"))
-        self.transport.loseConnection()
+        self._close_when_answered()
 
     def _consume(self, buf: bytes) -> bytes:
         """Handle every complete line or frame in ``buf``; return the incomplete rest.
@@ -450,13 +463,26 @@ class TCPReceiver(tx_protocol.Protocol):
                 return self._incomplete(buf, max_line)
             self._submit_signed(frames)
             block, buf = buf[:end], buf[end:]
-            if max_line < protocol.MAX_DATAGRAM_SIZE and len(block) > max_line:
-                block = self._drop_long_lines(block, max_line)
-            if self.auth.unsigned(block):
-                self._ingest(block)
-            else:
-                self.ingest.after(self._auth_failed)
+            # An HTTP request line holds " HTTP/"; no part of a valid record may hold "/": one
+            # memchr a block, as for "#" (frame_start), and the longer search only where it is.
+            if b"/" in block and b" HTTP/" in block:
+                request = misdirected.request_line_in(block)
+                if request is not None:
+                    if request[0]:
+                        self._lines(block[:request[0]], max_line)
+                    self._http_client(request[1])
+                    return b""
+            self._lines(block, max_line)
         return buf
+
+    def _lines(self, block: bytes, max_line: int) -> None:
+        """Plain lines (whole ones, no control line among them): filed, or refused unsigned."""
+        if max_line < protocol.MAX_DATAGRAM_SIZE and len(block) > max_line:
+            block = self._drop_long_lines(block, max_line)
+        if self.auth.unsigned(block):
+            self._ingest(block)
+        else:
+            self.ingest.after(self._auth_failed)
 
     def _ingest(self, payload: bytes) -> None:
         self.ingest.submit(payload, self._filed)

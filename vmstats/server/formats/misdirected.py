@@ -13,6 +13,9 @@ and logged alike, and dropped unanswered.  The native TCP port (listeners.py)
 answers and closes such a connection the same way, counting it among its
 rejects (``vmstats_rejected_total{reason="http_request"}``), and its UDP port
 drops such a datagram (``among``) before its lines are read, counted alike.
+On the native TCP port a request line after records (``request_line_in``) ends
+the stream there too: the records before it are kept, the connection answered
+once its syncs are.
 """
 
 import re
@@ -53,6 +56,24 @@ def request_in(data: bytes) -> str | None:
         return None
     end = data.find(b"\n")
     return request(data if end < 0 else data[:end])
+
+
+def request_line_in(block: bytes) -> tuple[int, str] | None:
+    """Where the first HTTP request line among the whole lines of ``block`` starts, and its
+    ``METHOD /path``; None if none is one.  For a native TCP stream whose first line was a
+    record (listeners.py): it asks only of a block holding ``/``, which no valid record does.
+    A line is looked at only where ``" HTTP/"`` is, each at most once."""
+    at = block.find(b" HTTP/")
+    while at >= 0:
+        start = block.rfind(b"\n", 0, at) + 1
+        end = block.find(b"\n", at)
+        what = request(block[start:] if end < 0 else block[start:end])
+        if what is not None:
+            return start, what
+        if end < 0:
+            return None
+        at = block.find(b" HTTP/", end)
+    return None
 
 
 def among(batch: list[bytes]) -> tuple[list[bytes], list[str]]:
