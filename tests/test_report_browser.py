@@ -349,3 +349,42 @@ def test_ten_thousand_vms_build_one_page_of_rows_and_sort_them_all(browser, page
     browser.find_element(By.CSS_SELECTOR, '#pager button[data-page="next"]').click()
     assert _shown(browser).startswith("101-200 of 10,000")
     assert browser.execute_script("return document.documentElement.scrollWidth") <= WIDTH
+
+
+def _report_of(tmp_path, vms: dict, *options: str) -> Path:
+    """The real command's report.html over one day of records of ``vms`` (id -> host, tags)."""
+    ts = T0 + 60 * np.arange(1440)
+    for vm, (host, tags) in vms.items():
+        records = series(vm, ts, np.full(len(ts), 1.0), np.full(len(ts), 30.0))
+        write_records(tmp_path / "data", [r._replace(host=host, tags=tags) for r in records])
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(tmp_path / "data"), "-o",
+                           str(tmp_path / "out"), "--no-cache", *options], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "out" / "report.html"
+
+
+def test_a_statement_line_lists_its_own_vms_not_those_of_values_it_begins(browser, tmp_path):
+    """Host kvm1's line lists kvm1's VMs: its VM count, not kvm10's and kvm11's VMs as well (the
+    search matched host=kvm1 inside host=kvm10). A word KEY=VALUE is the tag's whole value."""
+    vms = {"a": ("kvm1", (("owner", "bob"),)), "b": ("kvm1", (("owner", "bobby"),)),
+           "c": ("kvm10", (("owner", "bobby"),)), "d": ("kvm11", (("owner", "Bob"),))}
+    page = _report_of(tmp_path, vms, "--by", "host")
+    statement = json.loads((tmp_path / "out" / "report.json").read_text())["meta"]["statement"]
+    lines = {g["value"]: g["vms"] for g in statement["groups"]}
+    assert lines == {"kvm1": 2, "kvm10": 1, "kvm11": 1}
+    _open(browser, page)
+    for host, count in lines.items():
+        browser.find_element(By.CSS_SELECTOR, '#statement button[data-filter="host=%s"]' % host).click()
+        listed = sorted(vm for vm, (on, _tags) in vms.items() if on == host)
+        _until(browser, lambda listed=listed: sorted(_vms(browser)) == listed)
+        noun = "VM" if count == 1 else "VMs"
+        assert _shown(browser) == "1-%d of %d %s (filtered from 4)" % (count, count, noun)
+    # Typed, the same: a tag's whole value, as written; a word without "=" is still any text.
+    search = browser.find_element(By.ID, "search")
+    for words, listed in (("owner=bob", ["a"]), ("owner=Bob", ["d"]), ("owner=bobby kvm1", ["b", "c"]),
+                          ("bob", ["a", "b", "c", "d"])):
+        search.clear()
+        search.send_keys(words)
+        _until(browser, lambda listed=listed: sorted(_vms(browser)) == listed)
+    assert _errors(browser) == []
