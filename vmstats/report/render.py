@@ -153,9 +153,10 @@ def week_heatmap(profile: list) -> str:
     days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
     low, high = heat_range(profile)
     legend_y = top + 7 * cell + 8
+    size = (left + 24 * cell + 4, legend_y + 22)
     parts = [
-        '<svg width="%d" height="%d" role="img" aria-label="fleet CPU by hour of week">'
-        % (left + 24 * cell + 4, legend_y + 22)
+        '<svg width="%d" height="%d" viewBox="0 0 %d %d" role="img" aria-label="fleet CPU by hour of week">'
+        % (size + size)
     ]
     for hour in range(0, 24, 3):
         parts.append(
@@ -205,7 +206,10 @@ def week_heatmap(profile: list) -> str:
 def category_bar(categories: dict[str, dict[str, Any]], total: int) -> str:
     width = 520
     x = 0.0
-    parts = ['<svg width="%d" height="18" role="img" aria-label="VMs by category">' % width]
+    parts = [
+        '<svg class="bar" width="%d" height="18" viewBox="0 0 %d 18" preserveAspectRatio="none" role="img" '
+        'aria-label="VMs by category">' % (width, width)
+    ]
     for name, entry in categories.items():
         count = entry["vms"]
         if not count:
