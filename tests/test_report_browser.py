@@ -444,3 +444,24 @@ def test_coverage_with_a_gap_never_reads_as_the_whole_window(browser, tmp_path):
     shown = dict(zip(_vms(browser), _column(browser, 7), strict=True))
     assert shown == {"whole": "100%", "gap": "99%"}
     assert _errors(browser) == []
+
+
+def test_the_tables_size_is_the_one_its_reason_names(browser, tmp_path):
+    """A VM of 32,724 MB (the Bitbrains trace's "32 GB") is 31.957 GB in report.csv and 31.96 GB
+    in a reason or recommendation; the table said 32.0 GB, a size it is not. A whole size reads
+    whole, as a reason writes it."""
+    ts = T0 + 60 * np.arange(1440)
+    for vm, mem_mb in (("odd", 32724), ("even", 16384)):
+        write_records(tmp_path / "data", series(vm, ts, np.full(len(ts), 1.0), np.full(len(ts), 30.0),
+                                                vcpus=8, mem_mb=mem_mb))
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(tmp_path / "data"), "-o",
+                           str(tmp_path / "out"), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    _open(browser, tmp_path / "out" / "report.html")
+    sizes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#vms tbody tr[data-index]'),"
+        " tr => [tr.cells[1].textContent, tr.cells[6].querySelector('.small').textContent])"
+    )
+    assert dict(sizes) == {"odd": "8 vCPU / 31.96 GB", "even": "8 vCPU / 16 GB"}
+    assert _errors(browser) == []
