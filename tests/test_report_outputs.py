@@ -183,6 +183,25 @@ def test_the_terminal_names_each_candidate_whole(tmp_path):
     assert lines[header].index("category") == lines[header + 1].index("reclaim")
 
 
+def test_the_terminal_gives_each_candidates_recommendation_whole(tmp_path):
+    """An office VM's schedule in its local time and in UTC runs past 60 characters; cut there,
+    the terminal told the operator to switch it off at hours of which part were missing."""
+    hour, weekday = (TS // 3600) % 24, ((TS // DAY) + 3) % 7
+    office = (weekday < 5) & (hour >= 7) & (hour < 15)  # 09:00-17:00 at UTC+2
+    noise = np.random.default_rng(3).random(len(TS))
+    write_records(tmp_path / "data", series("office", TS, np.where(office, 40 + 20 * noise, 1.0),
+                                            np.where(office, 60.0, 35.0), np.where(office, 1e6, 500.0),
+                                            np.where(office, 5e5, 200.0), vcpus=4, mem_mb=16384))
+    result = vmstats(tmp_path / "data", "-o", tmp_path / "out", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "out" / "report.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["category"] == "schedule" and len(row["recommendation"]) > 60
+    assert "in UTC" in row["recommendation"]
+    line = next(line for line in result.stdout.splitlines() if line.split()[1:2] == ["office"])
+    assert line.endswith("  " + row["recommendation"])
+
+
 def test_the_policy_named_on_the_page_includes_the_command_lines_changes(fleet, tmp_path):
     """A report run with --cpu-idle 4 said "Policy: built-in defaults": whoever reads the page
     or report.json to check a bill could not tell the thresholds were not the defaults."""

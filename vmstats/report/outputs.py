@@ -233,7 +233,10 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
                     row["category"],
                     money.figure(row["monthly_saving"]),
                     row["confidence"],
-                    row["recommendation"][:60],
+                    # Whole, however long: it is what to do, and a schedule cut at 60 characters
+                    # ("... = in UTC: off Mon-Fri 00:00-07:00, 1") was a wrong schedule. Last on
+                    # its line, it wraps without moving the columns before it.
+                    row["recommendation"],
                 ),
                 file=stream,
             )
