@@ -465,3 +465,22 @@ def test_the_tables_size_is_the_one_its_reason_names(browser, tmp_path):
     )
     assert dict(sizes) == {"odd": "8 vCPU / 31.96 GB", "even": "8 vCPU / 16 GB"}
     assert _errors(browser) == []
+
+
+def test_the_statements_line_of_vms_without_the_tag_lists_them(browser, tmp_path):
+    """The VMs no owner is billed for are the ones to act on: their line ("no owner") lists them,
+    as every other line lists its own; it was the one line that could not be clicked."""
+    vms = {"a": ("kvm1", (("owner", "bob"),)), "b": ("kvm1", None), "c": ("kvm2", (("env", "dev"),))}
+    page = _report_of(tmp_path, vms, "--by", "owner")
+    groups = json.loads((tmp_path / "out" / "report.json").read_text())["meta"]["statement"]["groups"]
+    assert {g["value"]: g["vms"] for g in groups} == {"bob": 1, "": 2}
+    _open(browser, page)
+    button = browser.find_element(By.CSS_SELECTOR, '#statement button[data-filter="owner="]')
+    assert button.text == "no owner"
+    button.click()
+    _until(browser, lambda: sorted(_vms(browser)) == ["b", "c"])
+    assert _shown(browser) == "1-2 of 2 VMs (filtered from 3)"
+    assert browser.find_element(By.ID, "search").get_attribute("value") == "owner="
+    browser.find_element(By.CSS_SELECTOR, '#statement button[data-filter="owner=bob"]').click()
+    _until(browser, lambda: _vms(browser) == ["a"])
+    assert _errors(browser) == []
