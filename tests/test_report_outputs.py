@@ -114,6 +114,16 @@ def test_page_fits_its_window_and_says_what_window_it_analysed(fleet):
     assert "quietest hour" in page and "not 0-100%" in page and profile["window"]["clipped"] is False
 
 
+def test_the_tables_percentages_say_of_what(fleet):
+    """The VM table's CPU and memory p95 were bare numbers ("1.9"): % of the VM's own size, the
+    page has to say so, as report.csv's documentation does."""
+    _data, _expected, out, _result = fleet
+    page = (out / "report.html").read_text()
+    assert '<th class="num" data-key="cpu_p95" data-type="num" title="% of its vCPUs">CPU p95 %</th>' in page
+    assert '<th class="num" data-key="mem_p95" data-type="num" title="% of its memory">mem p95 %</th>' in page
+    assert "CPU p95 and mem p95: % of the VM's vCPUs and of its memory" in page
+
+
 def test_days_asked_for_past_the_latest_record_are_said_to_be_missing(fleet, tmp_path):
     """--until past the data: the window ends at the latest record, and a bill read for the days
     asked for says on every output that its last ones had no data."""
