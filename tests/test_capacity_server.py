@@ -507,3 +507,29 @@ def test_a_summary_stopped_when_the_server_is_killed_ends_with_it(tmp_path):
         assert stalled in descendants(server.pid)
         os.kill(stalled, signal.SIGSTOP)
         assert server.killed_leaving([stalled]) == []
+
+
+def test_a_request_given_up_on_before_its_answer_holds_no_room(live):
+    """Answers take turns: a deploy job that timed out while an answer of many shapes was
+    placed ahead of it, and asked again, found the room taken by its own earlier tries, each
+    held for --admission-hold by an answer nobody read.  A request whose client has gone is
+    neither placed nor held, and is counted as given up."""
+    import http.client
+    import socket
+    import time
+
+    server, _expected = live
+    shapes = [{"profile": "%dx%d@%d%%" % (1 + i % 8, 2 + i % 31, 5 + i % 41)} for i in range(MAX_SHAPES)]
+    ahead = http.client.HTTPConnection(LOOPBACK, server.http_port, timeout=60)
+    ahead.request("POST", "/admission", json.dumps({"hold": False, "vms": shapes}),
+                  {"Authorization": "Bearer " + STATUS_TOKEN})  # fmt: skip
+    time.sleep(0.05)  # its body read: its turn has begun
+    for attempt in range(3):
+        body = json.dumps({"name": "tried-%d" % attempt, "vms": [{"profile": "1x2"}]}).encode()
+        with socket.create_connection((LOOPBACK, server.http_port), timeout=10) as sock:
+            sock.sendall(b"POST /admission HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (STATUS_TOKEN.encode(), len(body), body))
+        # Closed at once: the server reads the request, then finds its client gone.
+    assert ahead.getresponse().status == 200
+    server.wait_metrics(lambda m: m.get('vmstats_admission_requests_total{result="given_up"}') == 3, 10)
+    assert not [h for h in state(server)["held"] if h["request"].startswith("tried-")]

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol, task, threads
@@ -184,28 +185,38 @@ class AdmissionService(service.Service):
             return self._error(http.REQUEST_ENTITY_TOO_LARGE, "manifest larger than %d bytes" % MAX_BODY)
         return None
 
-    def answer(self, body: bytes, authorised: bool, has_token: bool) -> defer.Deferred:
+    def answer(self, body: bytes, authorised: bool, has_token: bool,
+               awaited: Callable[[], bool] = lambda: True) -> defer.Deferred:
         """The Deferred ``(status, JSON)`` of a POST: every check before any change.
 
         The manifest is read and placed in a worker thread (_place): 10,000 shapes on 500
         hosts held the reactor 2 to 3 s, ingest and /status waiting.  Answers take turns, so
         each places on the room the ones before it hold, and the hold is made in the reactor.
+        ``awaited``: is the answer still awaited (its client connected)?  One given up on is
+        neither placed nor held: a deploy job that timed out and asked again found the room
+        taken by its own earlier tries, held for --admission-hold by answers nobody read.
         """
         refused = self.refusal(len(body), authorised, has_token)
         if refused is not None:
             return defer.succeed(refused)
-        return self._turn.run(self._answer_in_turn, body)
+        return self._turn.run(self._answer_in_turn, body, awaited)
 
-    def _answer_in_turn(self, body: bytes) -> defer.Deferred:
+    def _answer_in_turn(self, body: bytes, awaited: Callable[[], bool]) -> defer.Deferred:
+        if not awaited():  # its client gave up while the answers before it were placed
+            return defer.succeed(self._given_up())
         summary, read_from = self.summary, self.read_from
         totals = self.reservations.totals(read_from) if summary is not None else {}
         placing = threads.deferToThreadPool(
             self.reactor, self.reactor.getThreadPool(), _place, body, summary, totals, time.time()
         )
-        return placing.addCallback(self._settle)
+        return placing.addCallback(self._settle, awaited)
 
-    def _settle(self, outcome: tuple) -> tuple[int, dict]:
-        """In the reactor: the worker's outcome counted, and an offer held."""
+    def _given_up(self) -> tuple[int, dict]:
+        self._count("given_up")
+        return http.REQUEST_TIMEOUT, {"error": "the client gave up before the answer"}
+
+    def _settle(self, outcome: tuple, awaited: Callable[[], bool] = lambda: True) -> tuple[int, dict]:
+        """In the reactor: the worker's outcome counted, and an offer held if still awaited."""
         if outcome[0] == "error":
             return self._error(outcome[1], outcome[2])
         if outcome[0] == "no summary":
@@ -214,6 +225,8 @@ class AdmissionService(service.Service):
                 http.SERVICE_UNAVAILABLE, "no capacity summary yet (the first one is being computed)%s" % why
             )
         _kind, result, offer, asks, manifest = outcome
+        if not awaited():  # its client gave up while it was placed: no one will use the offer
+            return self._given_up()
         result["held"] = manifest.hold and bool(offer.placed)
         if result["held"]:
             self.reservations.hold(manifest.name or "unnamed", offer, asks)
@@ -345,14 +358,15 @@ class AdmissionPage(resource.Resource):
 
         def done(answered: tuple[int, dict]) -> None:
             code, out = answered
-            if gone:  # the client went away while it was placed: the hold stands, as answered
+            if gone:  # the client went away: nothing was held for it (answer's ``awaited``)
                 return
             if code == http.SERVICE_UNAVAILABLE:  # a deploy pipeline told when to ask again
                 request.setHeader(b"retry-after", b"%d" % self.owner.retry_after())
             request.write(_json(request, code, out))
             request.finish()
 
-        answering = self.owner.answer(body, token.admits(request), token.token is not None)
+        answering = self.owner.answer(body, token.admits(request), token.token is not None,
+                                      lambda: not gone)
         answering.addErrback(self.owner.failed).addCallback(done)
         return server.NOT_DONE_YET
 
