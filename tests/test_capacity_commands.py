@@ -212,6 +212,36 @@ def test_an_inventory_host_of_impossible_numbers_is_one_line(fleet, tmp_path, ho
     assert result.stderr == "Error: inventory %s: host[0] (kvm01).%s\n" % (hosts, message)
 
 
+def test_a_host_named_as_no_host_tag_is_one_line_unless_the_inventory_lists_its_vms(fleet, tmp_path):
+    """kvm01's VMs send host=kvm01; listed as "kvm 01" (no record carries such a tag), the host was
+    shown empty and offered whole: 1 of 1 placed there, beside the use of its unplaced VMs."""
+    base, _expected = fleet
+    text = (base / "hosts.toml").read_text()
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text('name = "one"\n[[vms]]\nprofile = "2x8@50%"\n')
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(text.replace('name = "kvm01"', 'name = "kvm 01"'))
+    result = vmstats("admit", manifest, base / "data", "--inventory", hosts)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (
+        "Error: inventory %s: host[0].name: 'kvm 01' is no host tag (at most 255 letters, digits, '.', "
+        "'_' or '-', the first a letter or digit), so no VM is on it: give the tag its VMs send (the VM "
+        "agent sends 'kvm-01' for it), or name its VMs under vms\n" % hosts
+    )
+    # Text that is not printable would split every line naming the host, selectors or not.
+    hosts.write_text(text.replace('name = "kvm02"', 'name = "kvm\\n02"'))
+    result = vmstats("admit", manifest, base / "data", "--inventory", hosts)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "Error: inventory %s: host[1].name: 'kvm\\n02' is not printable text, which no host tag is\n" % hosts
+    )
+    # A host whose VMs the inventory names (kvm02: patchy-*) needs no tag: its name is free text.
+    hosts.write_text(text.replace('name = "kvm02"', 'name = "kvm 02"'))
+    result = vmstats("headroom", base / "data", "--inventory", hosts, "--profile", "2x8", "--no-after")
+    assert result.returncode == 0, result.stderr
+    assert "\nkvm 02 " in result.stdout
+
+
 def test_headroom_refuses_an_empty_output_folder(fleet):
     base, _expected = fleet
     inventory = base / "hosts.toml"

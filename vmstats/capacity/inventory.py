@@ -23,6 +23,8 @@ from typing import Any
 
 from vmstats import inputfile
 from vmstats.capacity.errors import CapacityError
+from vmstats.client.hostfile import host_tag
+from vmstats.protocol import MAX_HOST_LENGTH
 from vmstats.report.settings import ReportError, parse_selector
 from vmstats.selectors import selected
 
@@ -156,6 +158,12 @@ def _host(entry: Any, defaults: dict[str, float], origin: str) -> Host:
         raise CapacityError("%s.name: missing or not a non-empty string" % origin)
     if name != name.strip():  # "kvm01 " is no VM's host tag: its VMs counted on no host, it looked empty
         raise CapacityError("%s.name: %r has white space around it, which no host tag has" % (origin, name))
+    if not name.isprintable():  # "kvm\n01" split every line naming the host in two
+        raise CapacityError("%s.name: %r is not printable text, which no host tag is" % (origin, name))
+    if not entry.get("vms") and host_tag(name) != name:
+        # "kvm 01": no record carries such a host tag, and no selector names a VM of it, so the
+        # host was shown empty and offered whole while its VMs, tagged kvm-01, ran there unplaced.
+        raise CapacityError("%s.name: %s" % (origin, _no_tag(name)))
     origin = "%s (%s)" % (origin, name)
     for key in entry:
         if key not in _HOST_KEYS:
@@ -192,6 +200,15 @@ def _host(entry: Any, defaults: dict[str, float], origin: str) -> Host:
     except ReportError as exc:
         raise CapacityError(str(exc)) from None
     return Host(name, vms=tuple(vms), patterns=tuple(patterns), networks=tuple(networks), **values)
+
+
+def _no_tag(name: str) -> str:
+    """Why a host named ``name`` with no ``vms`` selectors can hold no VM, and what would."""
+    tag = host_tag(name)
+    sent = " (the VM agent sends %r for it)" % tag if tag else ""
+    return ("%r is no host tag (at most %d letters, digits, '.', '_' or '-', the first a letter or "
+            "digit), so no VM is on it: give the tag its VMs send%s, or name its VMs under vms"
+            % (name, MAX_HOST_LENGTH, sent))
 
 
 def _number(value: Any, key: str, origin: str) -> float:
