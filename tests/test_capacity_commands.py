@@ -514,6 +514,26 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
     assert extra.returncode == 2 and "the manifest is the only argument" in extra.stderr
 
 
+def test_an_until_past_the_logs_says_which_days_they_hold(fleet, tmp_path):
+    """The logs hold 2026-01-01 to 2026-01-07.  A backtest planned up to their last day said "no
+    logs between 2026-01-08 and 2026-01-10", days the operator never gave; an admission asked of a
+    day before them named the days asked, not the ones to ask."""
+    base, _expected = fleet
+    hosts = base / "hosts.toml"
+    late = vmstats("admit", "--backtest", base / "data", "--inventory", hosts, "--days", "3",
+                   "--until", "2026-01-07", "--arrival-profile", "1x2@50%")
+    assert late.returncode == 1, late.stderr
+    assert late.stderr == ("Error: the logs hold no day after the plan window 2026-01-05 .. 2026-01-07 to "
+                           "judge it on (their last is 2026-01-07): give an --until before it, or fewer "
+                           "--days\n")
+    manifest = tmp_path / "app.toml"
+    manifest.write_text('[[vms]]\nprofile = "2x8@50%"\n')
+    early = vmstats("admit", manifest, base / "data", "--inventory", hosts, "--until", "2025-12-20")
+    assert early.returncode == 1, early.stderr
+    assert early.stderr == ("Error: no logs between 2025-12-07 and 2025-12-20 (the logs hold 2026-01-01 to "
+                            "2026-01-07)\n")
+
+
 def test_admit_backtest_runs_from_the_same_command(fleet):
     base, _expected = fleet
     result = vmstats(

@@ -398,10 +398,15 @@ def windows(data_dirs: Sequence[str], days: int, plan_until: str | None) -> tupl
 
         plan_last = parse_day(plan_until, "--until")
     plan = reader.find_logs(data_dirs, days, logstore.day_name(plan_last))
-    judged = reader.find_logs(data_dirs, days, logstore.day_name(plan_last + days))
-    if judged.window.start_ts <= plan.window.end_ts:
-        raise ReportError("the logs hold no day after the plan window %s .. %s to judge it on" % (
-            logstore.day_name(plan.first_day), logstore.day_name(plan_last)))
+    try:
+        judged: reader.Logs | None = reader.find_logs(data_dirs, days, logstore.day_name(plan_last + days))
+    except ReportError:  # "no logs between" the days after --until: named no day the operator gave
+        judged = None
+    if judged is None or judged.window.start_ts <= plan.window.end_ts:
+        raise ReportError("the logs hold no day after the plan window %s .. %s to judge it on (their last "
+                          "is %s): give an --until before it, or fewer --days" % (
+                              logstore.day_name(plan.first_day), logstore.day_name(plan_last),
+                              logstore.day_name(plan.held[1])))
     return plan, judged
 
 

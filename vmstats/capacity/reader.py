@@ -37,6 +37,8 @@ class Logs:
     last_day: int = 0
     #: VMs with logs before the window and none in it: their newest day's files (read_gone).
     before: dict[str, list[str]] = field(default_factory=dict)
+    #: The first and the last day the data dirs hold logs of, in or out of the window.
+    held: tuple[int, int] = (0, 0)
 
     def named(self) -> dict[str, list[dict]]:
         """The files not read whole as every command names them (issues.named_files), for a
@@ -61,13 +63,13 @@ def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> 
         elif day < first_day:
             earlier.add(vm)
             newest_before[vm] = list(paths)  # sorted by day: the newest comes last
-    if not files:
-        raise ReportError(
-            "no logs between %s and %s" % (logstore.day_name(first_day), logstore.day_name(last_day))
-        )
+    held = (min(day for _vm, day in units), max(day for _vm, day in units))
+    if not files:  # an --until past the logs' days: say which days they hold, so it can be moved
+        raise ReportError("no logs between %s and %s (the logs hold %s to %s)" % tuple(
+            map(logstore.day_name, (first_day, last_day) + held)))
     window = _window(files, earlier, first_day, last_day)
     before = {vm: paths for vm, paths in newest_before.items() if vm not in files}
-    return Logs(window, files, earlier & set(files), issues, first_day, last_day, before)
+    return Logs(window, files, earlier & set(files), issues, first_day, last_day, before, held)
 
 
 def _window(files: dict[str, list[str]], earlier: set[str], first_day: int, last_day: int) -> Window:
