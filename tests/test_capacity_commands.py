@@ -428,6 +428,9 @@ def test_admit_from_the_logs_places_with_anti_affinity_and_says_what_it_rests_on
         ),
         ('name = "shop\\u001b[2J"\n[[vms]]\nprofile = "2x4"\n', "name: must be a string of printable"),
         ('[[vms]]\nprofile = "2x4"\ngroup = "a\\tb"\n', "vms[0].group: must be a non-empty string of print"),
+        # Two entries of one profile and no name: "vms[1].name" named a key that is not there.
+        ('[[vms]]\nprofile = "2x4"\n[[vms]]\nprofile = "2x4"\nanti_affinity = true\n',
+         "vms[1]: its VMs are named after its profile '2x4', as an entry's before it: give it a name"),
     ],
 )
 def test_admit_manifest_errors_are_one_line(fleet, tmp_path, text, message):

@@ -119,6 +119,9 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     for index, item in enumerate(vms):
         entry = _entry(item, profiles, "%s: vms[%d]" % (where, index))
         if entry.name in names:
+            if "name" not in item:  # "vms[1].name" sent the operator to a key never written
+                raise CapacityError("%s: vms[%d]: its VMs are named after its profile %r, as an entry's "
+                                    "before it: give it a name" % (where, index, entry.name))
             raise CapacityError("%s: vms[%d].name: %r is used twice" % (where, index, entry.name))
         names.add(entry.name)
         total += entry.count
