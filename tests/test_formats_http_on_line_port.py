@@ -278,3 +278,42 @@ def test_an_http_request_after_records_on_the_native_tcp_port_is_answered_as_at_
         vms = sorted(path.name for path in (run / "data" / "vms").iterdir())
         assert vms == (["10.9.2.1", "10.9.2.2"] if signed else ["10.9.2.1", "10.9.2.2", "10.9.2.3"])
         assert_no_secret(run)
+
+
+def test_an_http_request_after_lines_on_a_line_port_is_answered_as_at_its_start(tmp_path):
+    """curl or Telegraf speaking HTTP to the line-protocol or Graphite TCP port after some lines
+    (``cat lines request | nc stats 8086``): before, only a connection's first line was looked
+    at, so the request's lines went to the decoder, which refused its headers one by one and
+    quoted them (``Authorization:Token ...`` in the log), filed the line in its body, journaled
+    the payload with the token, and left the connection open.  Now it ends the stream as a
+    request at its start does: counted once, answered 400 and closed, the lines before it read."""
+    now = int(time.time())
+    with serve(tmp_path, "--flush-interval", "60", "--influx-port", "0", "--graphite-port", "0",
+               "--graphite-template", "servers.{vm}.cpu.percent cpu") as server:
+        influx, graphite = server.status["influx_port"], server.status["graphite_port"]
+        with server.tcp_to(influx, timeout=5) as sock:  # lines and the request in one write
+            sock.sendall(b"cpu,cpu=cpu-total,host=vm1 usage_idle=5 %d\n" % (now * 10**9)
+                         + misdirected(now))
+            assert read_to_close(sock).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        with server.tcp_to(graphite, timeout=5) as sock:  # the request in a read of its own
+            sock.sendall(b"servers.vm2.cpu.percent 5 %d\n" % now)
+            server.wait_metrics(lambda m: edge(m, "graphite", "used") == 1)
+            sock.sendall(b"POST /metrics/write HTTP/1.1\r\nHost: x\r\nAuthorization:Bearer "
+                         + BEARER.encode() + b"\r\nContent-Length: 28\r\n\r\n"
+                         b"servers.vm3.cpu.percent 5 %d\n" % now)
+            assert read_to_close(sock).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        metrics = server.wait_metrics(lambda m: edge(m, "influx", "http_request") == 1
+                                      and edge(m, "graphite", "http_request") == 1)
+        outcomes = {key: n for key, n in metrics.items()
+                    if key.startswith("vmstats_edge_lines_total") and n}
+        assert outcomes == {'vmstats_edge_lines_total{format="influx",outcome="used"}': 1,
+                            'vmstats_edge_lines_total{format="influx",outcome="http_request"}': 1,
+                            'vmstats_edge_lines_total{format="graphite",outcome="used"}': 1,
+                            'vmstats_edge_lines_total{format="graphite",outcome="http_request"}': 1,
+                            }, outcomes
+        assert_no_secret(tmp_path)  # the journal holds the lines alone
+    assert server.returncode == 0, server.output
+    assert "an HTTP client (POST /write) wrote to the influx line port (TCP)" in server.output
+    assert "an HTTP client (POST /metrics/write) wrote to the graphite line port (TCP)" in (
+        server.output)
+    assert_no_secret(tmp_path)

@@ -465,13 +465,12 @@ class TCPReceiver(tx_protocol.Protocol):
             block, buf = buf[:end], buf[end:]
             # An HTTP request line holds " HTTP/"; no part of a valid record may hold "/": one
             # memchr a block, as for "#" (frame_start), and the longer search only where it is.
-            if b"/" in block and b" HTTP/" in block:
-                request = misdirected.request_line_in(block)
-                if request is not None:
-                    if request[0]:
-                        self._lines(block[:request[0]], max_line)
-                    self._http_client(request[1])
-                    return b""
+            request = misdirected.request_line_in(block)
+            if request is not None:
+                if request[0]:
+                    self._lines(block[:request[0]], max_line)
+                self._http_client(request[1])
+                return b""
             self._lines(block, max_line)
         return buf
 

@@ -293,8 +293,6 @@ class LineReceiver(tx_protocol.Protocol):
         self.factory = factory
         self.rest = b""
         self.skipping = False
-        #: Until the connection's first line is in: is it an HTTP client's (misdirected.py)?
-        self.opening = True
         self.peer = self.source = ""
         self.last_active = 0.0
 
@@ -329,17 +327,18 @@ class LineReceiver(tx_protocol.Protocol):
             data = data[end + 1:]
         data = self.rest + data if self.rest else data
         end = data.rfind(b"\n") + 1
-        if self.opening and end:
-            self.opening = False
-            what = misdirected.request(data[:data.find(b"\n")])
-            if what is not None:
-                self._http_client(what)
-                return
         block, self.rest = data[:end], data[end:]
+        # Any line may be an HTTP client's request line, the first or one after lines (``cat
+        # lines request | nc``): one memchr a block for "/" (misdirected.py).
+        request = misdirected.request_line_in(block)
+        if request is not None:
+            if request[0]:
+                self.factory.pool.submit(self.factory.decoder, block[:request[0]])
+            self._http_client(request[1])
+            return
         if len(self.rest) > self.factory.max_line:
             self.rest = b""
             self.skipping = True
-            self.opening = False  # a first line too long to be a request line
             tally = Tally()
             tally.reject(R_TOO_LONG, "line over %d bytes" % self.factory.max_line)
             self.factory.edge.count(self.factory.decoder.name, tally)
@@ -348,7 +347,9 @@ class LineReceiver(tx_protocol.Protocol):
 
     def _http_client(self, what: str) -> None:
         """An HTTP client on this line port: counted and logged once, with its method and path
-        only (its headers may carry a token), answered 400, and closed with nothing read."""
+        only (its headers may carry a token), answered 400, and closed with nothing of it read.
+        Lines before it were decoded as ever; before, a request after lines went to the decoder,
+        its headers refused and quoted one by one, and the payload journaled, token and all."""
         name = self.factory.decoder.name
         self.rest = b""
         tally = Tally()
