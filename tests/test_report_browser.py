@@ -484,3 +484,23 @@ def test_the_statements_line_of_vms_without_the_tag_lists_them(browser, tmp_path
     browser.find_element(By.CSS_SELECTOR, '#statement button[data-filter="owner=bob"]').click()
     _until(browser, lambda: _vms(browser) == ["a"])
     assert _errors(browser) == []
+
+
+def test_an_upsizes_drill_down_says_what_it_would_add_not_a_negative_saving(browser, tmp_path):
+    """A VM pinned at its size is told to grow: its panel read "saving USD -56.36 / month"."""
+    ts = T0 + 60 * np.arange(7 * 1440)
+    noise = np.random.default_rng(2).random(len(ts))
+    write_records(tmp_path / "data", series("pinned", ts, 95 + 3 * noise, np.full(len(ts), 40.0),
+                                            net=np.full(len(ts), 2e6), vcpus=2, mem_mb=8192))
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(tmp_path / "data"), "-o",
+                           str(tmp_path / "out"), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = json.loads((tmp_path / "out" / "report.json").read_text())["vms"][0]
+    assert row["category"] == "upsize" and row["monthly_saving"] < 0
+    _open(browser, tmp_path / "out" / "report.html")
+    browser.find_element(By.CSS_SELECTOR, "#vms tbody .vmlink").click()
+    text = browser.find_element(By.ID, "drill").text
+    assert "extra cost USD %.2f / month (not in the saving)" % -row["monthly_saving"] in text
+    assert "saving USD -" not in text
+    assert _errors(browser) == []
