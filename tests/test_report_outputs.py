@@ -124,6 +124,13 @@ def test_the_tables_percentages_say_of_what(fleet):
     assert "CPU p95 and mem p95: % of the VM's vCPUs and of its memory" in page
 
 
+def test_the_footer_gives_the_price_books_hours_as_the_statement_does(fleet):
+    """The footer said "730.0 hours a month" of a book that says 730, as the statement does."""
+    _data, _expected, out, _result = fleet
+    page = " ".join((out / "report.html").read_text().split())
+    assert "(USD, 730 hours a month)" in page and "730.0" not in page
+
+
 def test_days_asked_for_past_the_latest_record_are_said_to_be_missing(fleet, tmp_path):
     """--until past the data: the window ends at the latest record, and a bill read for the days
     asked for says on every output that its last ones had no data."""
