@@ -33,6 +33,9 @@ TCP_BATCH_RECORDS = 200
 #: Room a signature header takes in a datagram: prefix, ts, nonce, length,
 #: 64 hex digits and separators, plus the key id.
 _SIG_OVERHEAD = 112
+#: How often (s) a sender looks the server's name up again, so that an aggregator moved to a
+#: new address (a DNS change) is followed without restarting the agents.
+RESOLVE_EVERY = 300.0
 
 
 class TransportError(ValueError):
@@ -167,7 +170,7 @@ class UdpSender(object):
     one after it.
     """
 
-    RESOLVE_EVERY = 300.0
+    RESOLVE_EVERY = RESOLVE_EVERY
     #: Errors of one address that another of the same name may not have.
     _MOVE_ON = (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
                 errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
@@ -221,6 +224,10 @@ class UdpSender(object):
         if self.unroutable is not None:
             raise self.unroutable
         self.sock.send(payload)
+
+    def look_up_again(self):
+        """Look the server's name up at the next send (SIGHUP), not at the next RESOLVE_EVERY."""
+        self.resolved_at = float("-inf")
 
     def send(self, lines):
         """Send encoded lines now; a failure is logged and the records are lost."""
@@ -286,7 +293,14 @@ class Backoff(object):
 
 
 class TcpSender(object):
-    """Acknowledged delivery of the spool's records over one TCP connection."""
+    """Acknowledged delivery of the spool's records over one TCP connection.
+
+    The name is looked up at every connection, and again every RESOLVE_EVERY seconds while
+    one is open: a connection to an address the name no longer has is closed and the next
+    batch goes to the new one.  Before, a connection lived as long as the old aggregator
+    answered, so a fleet kept sending to a server moved away from (left running for its
+    reports) for as long as it ran, and the new one never heard of it.
+    """
 
     def __init__(self, host, port, spool, signer=None, timeout=10.0, backoff=None,
                  clock=time.monotonic):
@@ -298,6 +312,7 @@ class TcpSender(object):
         self.backoff = backoff or Backoff()
         self.clock = clock
         self.sock = None
+        self.resolved_at = float("-inf")
         self._pending = b""
         self._tokens = 0
         self._prefix = os.urandom(3).hex()
@@ -332,6 +347,8 @@ class TcpSender(object):
             return True
         if not force and self.clock() < self.retry_at:
             return False
+        if self.sock is not None and self.clock() - self.resolved_at >= RESOLVE_EVERY:
+            self._check_address()
         fresh = self.sock is None
         while len(self.spool):
             try:
@@ -350,6 +367,25 @@ class TcpSender(object):
                     continue
                 return self._later(exc)
         return True
+
+    def look_up_again(self):
+        """Close the connection, so the next batch goes where the name points now (SIGHUP), and
+        try at once rather than after the backoff's delay."""
+        self._disconnect()
+        self.retry_at = 0.0
+
+    def _check_address(self):
+        """Close the connection if the name no longer has its address; a failed lookup keeps it."""
+        self.resolved_at = self.clock()
+        try:
+            answers = addresses(self.host, self.port, socket.SOCK_STREAM)
+            peer = self.sock.getpeername()
+        except (TransportError, OSError) as exc:
+            LOG.debug("%s; still sending over the open connection", exc)
+            return
+        if all(address[:2] != peer[:2] for _family, address in answers):
+            LOG.info("server %s moved from %s to %s", self.host, peer[0], answers[0][1][0])
+            self._disconnect()
 
     def _later(self, exc):
         delay = self.backoff.next_delay()
@@ -379,6 +415,7 @@ class TcpSender(object):
         else:
             raise failure
         self.sock = sock
+        self.resolved_at = self.clock()
         self._pending = b""
         if self.backoff.failures:
             LOG.info("connected to %s:%d", self.host, self.port)

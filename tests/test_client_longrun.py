@@ -1,0 +1,56 @@
+"""The agent over a long unattended life, against the real aggregator on loopback: an
+aggregator that moves, an operator's SIGHUP.
+
+The agent runs as its own process (on the oldest Python here, as VM images do) where it can;
+a name whose answer changes cannot be set up without the machine's resolver, so that test
+drives the sender in-process with the lookup answered from a table it edits.
+"""
+
+import time
+
+import pytest
+from serverproc import ServerProcess
+from test_client_push import wait_rows
+
+from vmstats.client import spool as spool_module
+from vmstats.client import transport
+
+
+def record(vm, seq):
+    return b"vmstats,vm=%s cpu=1,mem=2,seq=%di %d" % (vm.encode(), seq, int(time.time()) - 60 + seq)
+
+
+@pytest.fixture()
+def two_servers(tmp_path):
+    with ServerProcess(tmp_path / "old", "--flush-interval", "0.5") as old, \
+            ServerProcess(tmp_path / "new", "--flush-interval", "0.5") as new:
+        yield old, new
+
+
+def test_tcp_follows_a_moved_aggregator_while_the_old_one_still_answers(two_servers, tmp_path,
+                                                                        monkeypatch):
+    """The name moved to a new aggregator and the old one was left running (for its reports):
+    the open connection lived as long as the old one answered, so every record went on to it
+    and the new one never heard of the VM.  Now the name is looked up again every
+    RESOLVE_EVERY seconds and a connection to an address it no longer has is closed."""
+    old, new = two_servers
+    answers = {"agg.example": old.tcp_port}
+    real = transport.addresses
+    monkeypatch.setattr(transport, "addresses",
+                        lambda host, port, kind: real("127.0.0.1", answers[host], kind))
+    now = [1000.0]
+    store = spool_module.Spool(str(tmp_path / "spool"), 10)
+    sender = transport.TcpSender("agg.example", 1, store, timeout=5, clock=lambda: now[0])
+    try:
+        sender.send([record("moving-vm", 0)])
+        answers["agg.example"] = new.tcp_port
+        now[0] += transport.RESOLVE_EVERY - 1
+        sender.send([record("moving-vm", 1)])          # not looked up again yet: the old one
+        now[0] += 2
+        sender.send([record("moving-vm", 2)])
+        sender.send([record("moving-vm", 3)])
+        assert len(store) == 0 and sender.acked == 4
+    finally:
+        sender.close()
+    assert [r["seq"] for r in wait_rows(old.data_dir, "moving-vm", 2)] == ["0", "1"]
+    assert [r["seq"] for r in wait_rows(new.data_dir, "moving-vm", 2)] == ["2", "3"]
