@@ -6,11 +6,15 @@ a name whose answer changes cannot be set up without the machine's resolver, so 
 drives the sender in-process with the lookup answered from a table it edits.
 """
 
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from serverproc import ServerProcess
-from test_client_push import wait_rows
+from test_client_push import ENV, agent_command, assert_each_once, oldest_python, wait_rows
 
 from vmstats.client import spool as spool_module
 from vmstats.client import transport
@@ -54,3 +58,36 @@ def test_tcp_follows_a_moved_aggregator_while_the_old_one_still_answers(two_serv
         sender.close()
     assert [r["seq"] for r in wait_rows(old.data_dir, "moving-vm", 2)] == ["0", "1"]
     assert [r["seq"] for r in wait_rows(new.data_dir, "moving-vm", 2)] == ["2", "3"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("server"), "--flush-interval", "0.5") as running:
+        yield running
+
+
+@pytest.mark.parametrize("python", [sys.executable, oldest_python()], ids=["current", "oldest"])
+def test_sighup_does_not_end_the_agent(server, tmp_path, python):
+    """A habitual ``kill -HUP`` (a "reload") ended the agent by SIGHUP's default action, which
+    systemd counts as a clean exit: Restart=on-failure left it stopped and the VM reported
+    nothing more.  Now it looks the server up again, delivers, and goes on to its count."""
+    if python is None:
+        pytest.skip("no Python 3.6/3.7 here")
+    vm = "hup-vm-%s" % os.path.basename(python)
+    agent = subprocess.Popen(
+        agent_command("--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp",
+                      "--count", "3", "--vm-id", vm, "--spool-dir", str(tmp_path / "spool"),
+                      python=python),
+        env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        assert len(wait_rows(server.data_dir, vm, 1)) >= 1
+        agent.send_signal(signal.SIGHUP)
+        _out, err = agent.communicate(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, err
+    assert "SIGHUP: looking up server 127.0.0.1:%d again, delivering the spool now" \
+        % server.tcp_port in err
+    assert_each_once(wait_rows(server.data_dir, vm, 3), 3)

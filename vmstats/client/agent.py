@@ -12,7 +12,8 @@ fleet booted together does not send in the same second.
 Sleeping is a select() on a self-pipe that SIGTERM/SIGINT write to, so a
 stop request is answered at once without polling; a TCP agent then makes one
 last delivery attempt and anything still unacknowledged stays in the spool
-for the next start.
+for the next start.  SIGHUP does not stop the agent: it looks the server up
+again and a TCP agent delivers its spool at once (Agent.hangup).
 
 Standard library only, Python 3.6+.
 """
@@ -100,7 +101,14 @@ def make_sender(config):
 
 
 class Sleeper(object):
-    """Sleeps until a deadline or a stop signal, whichever comes first."""
+    """Sleeps until a deadline or a stop signal, whichever comes first.
+
+    SIGHUP wakes it without stopping it: ``on_hangup`` runs (outside the signal handler) and
+    the sleep goes on.  Its default action ended the agent at once, without the last delivery,
+    and systemd counts a death by SIGHUP as a clean exit, so ``Restart=on-failure`` did not
+    start it again: one habitual ``kill -HUP`` (a "reload") and the VM reported nothing more.
+    A SIGHUP ignored on purpose (``nohup``) is left ignored.
+    """
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
@@ -108,20 +116,35 @@ class Sleeper(object):
         self.signal = None
         #: When (on ``clock``) the stop was asked for, or None.
         self.stopped_at = None
+        #: Called with no argument after a SIGHUP, at the next wake-up.
+        self.on_hangup = None
+        self._hangups = 0
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self._previous = None
         if threading.current_thread() is threading.main_thread():
-            self._previous = (signal.set_wakeup_fd(self._write),
-                              [(n, signal.signal(n, self._on_signal))
-                               for n in (signal.SIGTERM, signal.SIGINT)])
+            handlers = [(n, signal.signal(n, self._on_signal))
+                        for n in (signal.SIGTERM, signal.SIGINT)]
+            if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+                handlers.append((signal.SIGHUP, signal.signal(signal.SIGHUP, self._on_hangup)))
+            self._previous = (signal.set_wakeup_fd(self._write), handlers)
 
     def _on_signal(self, number, _frame):
         # No logging here: the handler may run while the logging lock is held.
         self.signal = number
         self.stopped_at = self.clock()
         self.stopped = True
+
+    def _on_hangup(self, _number, _frame):
+        self._hangups += 1
+
+    def _hung_up(self):
+        """Run ``on_hangup`` once for the SIGHUPs received since the last call."""
+        if self._hangups and not self.stopped:
+            self._hangups = 0
+            if self.on_hangup is not None:
+                self.on_hangup()
 
     def stop(self):
         self.stopped_at = self.clock()
@@ -143,6 +166,7 @@ class Sleeper(object):
                     os.read(self._read, 512)
                 except OSError:
                     pass
+            self._hung_up()
         return False
 
     def close(self):
@@ -167,6 +191,8 @@ class Agent(object):
         # A plain name (or None) is a fixed tag; a HostSource may follow a file.
         self.host = host if isinstance(host, HostSource) else HostSource(fixed=host)
         self.sleeper = sleeper or Sleeper(clock)
+        if hasattr(self.sleeper, "on_hangup"):
+            self.sleeper.on_hangup = self.hangup
         self.rng = rng or random.Random()
         self.clock = clock
         self.wall = wall
@@ -203,6 +229,18 @@ class Agent(object):
         self.last_ts = ts
         self._last_clocks = (wall, mono)
         return ts
+
+    def hangup(self):
+        """SIGHUP: the server's name looked up again now, and a TCP spool delivered now rather
+        than after the backoff's delay (an aggregator moved, or back).  Settings are read at
+        start only: this is no reload, and the log says so."""
+        LOG.info("SIGHUP: looking up server %s again%s; settings are read at start only "
+                 "(restart the agent to change them)", self.config.server,
+                 ", delivering the spool now" if isinstance(self.sender, transport.TcpSender) else "")
+        look_up_again = getattr(self.sender, "look_up_again", None)
+        if look_up_again is not None:
+            look_up_again()
+            self.sender.flush()
 
     def record(self, metrics, ts):
         values = metrics._asdict()
