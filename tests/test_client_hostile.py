@@ -239,7 +239,8 @@ def test_a_clock_stepped_back_by_whole_intervals_loses_no_record_as_a_resend(ser
         return now + mono[0] - (120.0 if mono[0] > 250 else 0.0)   # back 120 s after 4 records
 
     settings = config.load(["--server", "127.0.0.1:%d" % server.tcp_port, "--proc-root", str(FIXTURE),
-                            "--jitter", "0", "--interval", "60", "--count", "6"], environ={})
+                            "--jitter", "0", "--interval", "60", "--count", "6",
+                            "--vm-id", "stepped-vm"], environ={})
     store = spool_module.Spool(str(tmp_path / "spool"), 100)
     sender = transport.TcpSender("127.0.0.1", server.tcp_port, store, timeout=10)
     runner = agent_module.Agent(settings, sender, "stepped-vm", None, sleeper=Sleeper(),

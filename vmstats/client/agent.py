@@ -63,8 +63,7 @@ def vm_identity(config):
     if config.vm_id:
         raw = config.vm_id
     elif config.server:
-        host, port = transport.parse_server(config.server)
-        raw = transport.local_address(host, port)
+        raw = address_towards(config.server)
     else:
         try:
             raw = transport.local_address(_ROUTE_PROBE, protocol.DEFAULT_PORT)
@@ -75,6 +74,12 @@ def vm_identity(config):
     except protocol.DecodeError as exc:
         raise AgentError("bad VM id: %s" % exc.detail)
     return vm, host_source(config)
+
+
+def address_towards(server):
+    """The VM's source address towards ``server`` (``HOST:PORT``): its default id."""
+    host, port = transport.parse_server(server)
+    return transport.local_address(host, port)
 
 
 def host_source(config):
@@ -198,6 +203,8 @@ class Agent(object):
         self.wall = wall
         self.sampler = sampler.IntervalSampler(config.proc_root, clock, measure=config.measure)
         self.seq = 0
+        #: When (on ``clock``) an id taken from the VM's address was last taken (Agent.vm_now).
+        self._vm_taken_at = clock()
         self.last_ts = None
         self._last_clocks = None
         self._recent = collections.deque(
@@ -237,14 +244,39 @@ class Agent(object):
         LOG.info("SIGHUP: looking up server %s again%s; settings are read at start only "
                  "(restart the agent to change them)", self.config.server,
                  ", delivering the spool now" if isinstance(self.sender, transport.TcpSender) else "")
+        self._vm_taken_at = float("-inf")
         look_up_again = getattr(self.sender, "look_up_again", None)
         if look_up_again is not None:
             look_up_again()
             self.sender.flush()
 
+    def vm_now(self):
+        """The VM id, a default one (the VM's address towards the server) taken again every
+        transport.RESOLVE_EVERY seconds and after a SIGHUP.
+
+        It was taken once at start: a VM whose address changed (a new DHCP lease, a clone's
+        network set up after the agent started) went on sending as its old address, which the
+        network may give another VM, so that two VMs' records were stored as one VM's.  A
+        failed lookup keeps the id.
+        """
+        if self.config.vm_id or not self.config.server \
+                or self.clock() - self._vm_taken_at < transport.RESOLVE_EVERY:
+            return self.vm
+        self._vm_taken_at = self.clock()
+        try:
+            vm = protocol.normalize_vm_id(address_towards(self.config.server))
+        except (transport.TransportError, protocol.DecodeError) as exc:
+            LOG.debug("VM id kept: %s", getattr(exc, "detail", exc))
+            return self.vm
+        if vm != self.vm:
+            LOG.warning("this VM's address towards the server is now %s: records go as VM %s, "
+                        "not %s (--vm-id sets an id that stays)", vm, vm, self.vm)
+            self.vm = vm
+        return self.vm
+
     def record(self, metrics, ts):
         values = metrics._asdict()
-        record = protocol.Record(vm=self.vm, ts=ts, seq=self.seq, host=self.host.current(),
+        record = protocol.Record(vm=self.vm_now(), ts=ts, seq=self.seq, host=self.host.current(),
                                  tags=self.config.tags, **values)
         self.seq += 1
         return record
