@@ -1,5 +1,5 @@
 """The agent over a long unattended life, against the real aggregator on loopback: an
-aggregator that moves, an operator's SIGHUP.
+aggregator that moves, an operator's SIGHUP, a VM given a new address, a full disk.
 
 The agent runs as its own process (on the oldest Python here, as VM images do) where it can;
 a name whose answer changes cannot be set up without the machine's resolver, so that test
@@ -7,7 +7,9 @@ drives the sender in-process with the lookup answered from a table it edits.
 """
 
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -134,3 +136,42 @@ def test_a_default_vm_id_follows_the_vms_address_after_it_changed(server, monkey
             break
         time.sleep(0.05)
     assert old and new and old + new == [0, 1, 2, 3], (old, new)
+
+
+def full_disk():
+    """In the agent's process before it starts: every write to a file is refused (EFBIG), as a
+    full disk refuses it (ENOSPC cannot be staged without filling one); pipes still work."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+
+
+def run_on_a_full_disk(server_address, vm, spool):
+    return subprocess.run(
+        agent_command("--server", server_address, "--transport", "tcp", "--count", "3",
+                      "--vm-id", vm, "--spool-dir", spool, python=oldest_python() or sys.executable),
+        env=ENV, capture_output=True, text=True, timeout=60, preexec_fn=full_disk)
+
+
+def test_a_tcp_agent_on_a_full_disk_still_delivers_to_a_server_that_is_up(server, tmp_path):
+    """Every record the disk refused to spool was lost, the server up or not: a VM whose disk
+    filled up (the one an operator most wants to see) reported nothing, and ``--count`` passed
+    with "0 left in the spool".  Now such records are held in memory until acknowledged."""
+    result = run_on_a_full_disk("127.0.0.1:%d" % server.tcp_port, "full-disk-vm",
+                                str(tmp_path / "spool"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("cannot spool a record (File too large): held in memory") == 1
+    assert "3 records made, 3 acknowledged, 0 left in the spool" in result.stderr
+    assert_each_once(wait_rows(server.data_dir, "full-disk-vm", 3), 3)
+    assert os.listdir(str(tmp_path / "spool")) == ["lock"]
+
+
+def test_a_count_run_on_a_full_disk_with_the_server_away_fails(tmp_path):
+    """The same with no server: the records held in memory are lost at the stop, and the smoke
+    check says so and fails, where it said "0 left in the spool" and passed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        away = "127.0.0.1:%d" % probe.getsockname()[1]   # bound, not listening: refused
+        result = run_on_a_full_disk(away, "full-away-vm", str(tmp_path / "spool"))
+    assert result.returncode == agent_module.LEFT_IN_SPOOL, result.stderr
+    assert "3 records made, 0 acknowledged, 0 left in the spool at %s, 3 lost (the disk " \
+        "refused to spool them)" % (tmp_path / "spool") in result.stderr

@@ -333,8 +333,10 @@ class Agent(object):
         again = stopped_at is None or failed_at is None or failed_at < stopped_at
         if not self.sender.flush(force=again) and not self.config.count:
             # A --count run says it in its last line (count_outcome), with the spool's path.
-            left = len(self.sender.spool)
-            LOG.warning("%s left in the spool for the next start", counted(left, "record"))
+            held = len(self.sender.held)
+            LOG.warning("%s left in the spool for the next start%s",
+                        counted(len(self.sender.spool), "record"),
+                        ", %d lost (the disk refused to spool them)" % held if held else "")
         return produced
 
 
@@ -432,9 +434,10 @@ def count_outcome(sender, produced):
     if not isinstance(sender, transport.TcpSender):
         return 0
     left = len(sender.spool)
+    lost = len(sender.held) + sender.lost
     rejected = ", %d rejected as malformed" % sender.rejected if sender.rejected else ""
-    (LOG.warning if left else LOG.info)(
-        "%s made, %d acknowledged%s, %d left in the spool at %s", counted(produced, "record"),
+    (LOG.warning if left or lost else LOG.info)(
+        "%s made, %d acknowledged%s, %d left in the spool at %s%s", counted(produced, "record"),
         sender.acked + sender.rejected, rejected, left,
-        sender.spool.path)
-    return LEFT_IN_SPOOL if left else 0
+        sender.spool.path, ", %d lost (the disk refused to spool them)" % lost if lost else "")
+    return LEFT_IN_SPOOL if left or lost else 0

@@ -14,6 +14,7 @@ fleet does not reconnect in lock-step after a server restart.
 Standard library only, Python 3.6+.
 """
 
+import collections
 import errno
 import logging
 import os
@@ -33,6 +34,9 @@ TCP_BATCH_RECORDS = 200
 #: Room a signature header takes in a datagram: prefix, ts, nonce, length,
 #: 64 hex digits and separators, plus the key id.
 _SIG_OVERHEAD = 112
+#: Records a TCP agent holds in memory while the disk refuses to spool them (a day of minutes,
+#: ~300 KiB): the oldest beyond it are lost.
+HELD_MAX = 1440
 #: How often (s) a sender looks the server's name up again, so that an aggregator moved to a
 #: new address (a DNS change) is followed without restarting the agents.
 RESOLVE_EVERY = 300.0
@@ -321,41 +325,66 @@ class TcpSender(object):
         self.failed_at = None
         self.acked = 0
         self.rejected = 0
+        #: Records lost: the disk refused them and HELD_MAX newer ones came before delivery.
         self.lost = 0
+        #: Records the disk refused to spool, oldest first, until the server acknowledges them.
+        self.held = collections.deque()
+        self._spool_error = None
+
+    @property
+    def waiting(self):
+        """Records not yet acknowledged: spooled, and held in memory."""
+        return len(self.spool) + len(self.held)
 
     def send(self, lines):
         """Spool the records, then deliver what the backoff allows.
 
-        A record the spool cannot store (disk full) is logged and lost: the
-        agent keeps running and keeps delivering what the spool holds.
+        A record the spool cannot store (disk full, a quota) is held in memory
+        and delivered after the spooled ones.  It was lost: on a VM whose disk
+        filled up a TCP agent delivered nothing at all, with the server up, and
+        ``--count`` said 0 left in the spool and passed.  A record held in
+        memory is lost if the agent stops before delivering it.
         """
         for line in lines:
             try:
                 self.spool.add(line)
             except (IOError, OSError) as exc:
-                self.lost += 1
-                LOG.error("cannot spool a record (%s): lost, %d so far", exc.strerror or exc, self.lost)
+                if len(self.held) >= HELD_MAX:
+                    self.held.popleft()
+                    self.lost += 1
+                self.held.append(line)
+                error = exc.strerror or str(exc)    # not the file's name: one per record
+                if error != self._spool_error:        # once a streak: a disk full for hours
+                    LOG.error("cannot spool a record (%s): held in memory until delivered "
+                              "(lost if the agent stops first)", error)
+                self._spool_error = error
+            else:
+                if self._spool_error is not None:
+                    LOG.info("spooling records again")
+                self._spool_error = None
         self.flush()
 
     def flush(self, force=False):
         """Send spooled batches until the spool is empty or delivery fails.
 
-        Returns True when the spool is empty.  Before the backoff delay has
-        passed this does nothing, unless ``force`` (a last try at exit).
+        Returns True when the spool is empty (and no record is held in memory).
+        Before the backoff delay has passed this does nothing, unless ``force``
+        (a last try at exit).
         """
-        if not len(self.spool):
+        if not self.waiting:
             return True
         if not force and self.clock() < self.retry_at:
             return False
         if self.sock is not None and self.clock() - self.resolved_at >= RESOLVE_EVERY:
             self._check_address()
         fresh = self.sock is None
-        while len(self.spool):
+        while self.waiting:
             try:
                 if self.sock is None:
                     self._connect()
                     fresh = True
-                self._deliver(self.spool.oldest(TCP_BATCH_RECORDS, TCP_BATCH_BYTES))
+                self._deliver(self.spool.oldest(TCP_BATCH_RECORDS, TCP_BATCH_BYTES)
+                              if len(self.spool) else self._held_batch())
             except Refused as exc:
                 return self._later(exc)
             except (DeliveryError, TransportError, OSError) as exc:
@@ -393,9 +422,19 @@ class TcpSender(object):
         self.retry_at = self.failed_at + delay
         LOG.warning("TCP delivery to %s:%d failed (%s); %s spooled, retry in %.1fs",
                     self.host, self.port, getattr(exc, "strerror", None) or exc,
-                    counted(len(self.spool), "record"),
+                    counted(self.waiting, "record"),
                     delay)
         return False
+
+    def _held_batch(self):
+        """``[(None, line)]`` of the oldest records held in memory, within a batch's limits."""
+        batch, size = [], 0
+        for line in self.held:
+            if len(batch) >= TCP_BATCH_RECORDS or (batch and size + len(line) + 1 > TCP_BATCH_BYTES):
+                break
+            batch.append((None, line))
+            size += len(line) + 1
+        return batch
 
     def _connect(self):
         """Connect to the first of the server's addresses that answers, in the resolver's
@@ -439,7 +478,11 @@ class TcpSender(object):
         accepted, rejected, refused = self._await_reply(token)
         if refused is not None:
             raise Refused("server refused the batch: %s" % refused)
-        self.spool.remove([name for name, _line in batch])
+        spooled = [name for name, _line in batch if name is not None]
+        if spooled:
+            self.spool.remove(spooled)
+        for _held in range(len(batch) - len(spooled)):
+            self.held.popleft()
         self.backoff.reset()
         self.retry_at = 0.0
         self.acked += accepted
