@@ -139,6 +139,8 @@ def test_systemd_unit_runs_the_bundle_unprivileged_and_restarts_on_failure(tmp_p
     assert settings["DynamicUser"] == "yes" and "User" not in settings
     assert settings["Restart"] == "on-failure" and settings["RestartPreventExitStatus"] == "2"
     assert settings["StateDirectory"] == "vmstats-agent"
+    # Started after the clock is set, where the image waits for it (docs/OPERATIONS.md, Time).
+    assert "time-sync.target" in settings["After"].split()
     analyze = shutil.which("systemd-analyze")
     if analyze:
         copy = tmp_path / "vmstats-agent.service"
