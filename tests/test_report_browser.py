@@ -394,8 +394,14 @@ def test_a_narrow_window_scrolls_only_the_tables_never_the_page(browser, tmp_pat
     """In a window narrower than 1,000 pixels every column of the VM table keeps its room (at 800
     pixels the recommendation had 6 pixels, a letter a line) and the table scrolls inside its
     box; at a phone's 360 the fleet's charts and a VM's heat map shrink to the window (the
-    charts, 520 pixels wide, made the whole page scroll sideways below 560)."""
-    page = _report_of(tmp_path, {"a": ("kvm1", None), "b": ("kvm2", (("owner", "bob"),))}, "--by", "host")
+    charts, 520 pixels wide, made the whole page scroll sideways below 560). A long file name
+    in the page's notes (the price book's, as given) wraps too: one with nothing to break it at
+    made the page scroll sideways at 360 pixels."""
+    prices = tmp_path / ("pricebooks_of_the_datacentre_" * 2) / "pricebook.toml"
+    prices.parent.mkdir()
+    shutil.copy(ROOT / "vmstats" / "report" / "examples" / "pricebook.toml", prices)
+    page = _report_of(tmp_path, {"a": ("kvm1", None), "b": ("kvm2", (("owner", "bob"),))}, "--by", "host",
+                      "--prices", str(prices))
     script = (
         "var out = [], w = document.documentElement.clientWidth;"
         "document.querySelectorAll('body *').forEach(function (e) {"
