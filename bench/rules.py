@@ -57,6 +57,7 @@ from vmstats import logstore  # noqa: E402
 from vmstats.protocol import Record, encode_record  # noqa: E402
 from vmstats.rules.config import parse_rules  # noqa: E402
 from vmstats.rules.evaluator import Engine  # noqa: E402
+from vmstats.rules.mutes import MuteSet, parse_mute  # noqa: E402
 
 VMS = 10_000
 NETS = 40
@@ -216,7 +217,8 @@ def in_process(minute: float, count: int) -> dict:
         began = time.process_time()
         engine.sweep()
         sweeps.append(time.process_time() - began)
-    return {"handoff_us_per_record": round(handoff / (per_vm * VMS) * 1e6, 3),
+    return {**mute_lookups(),
+            "handoff_us_per_record": round(handoff / (per_vm * VMS) * 1e6, 3),
             "handoff_ms_per_million": round(handoff / (per_vm * VMS) * 1e9, 1),
             "tick_ms_median": round(1000 * statistics.median(ticks), 1),
             "tick_ms_min": round(1000 * min(ticks), 1), "ticks": len(ticks),
@@ -354,6 +356,29 @@ def flood(server: ServerProcess, chunks: list[bytes],
             seen)
 
 
+def mute_lookups(mutes: int = 1000, rows: int = 1000) -> dict:
+    """The mute look-ups of a /alerts page (one a row, on the reactor), CPU time: ``mutes``
+    single-VM mutes in force (one per VM under maintenance) and 3 by glob, network and tag,
+    ``rows`` alarm rows about other VMs and the muted ones (median of 5)."""
+    now = time.time()
+    held = MuteSet(tempfile.gettempdir())
+    for k in range(mutes):
+        held.add(parse_mute({"match": {"id": vm_id(k)}, "duration": "2h", "author": "ops",
+                             "comment": "maintenance"}, now))
+    for match in ({"id": "db-*"}, {"cidr": "192.0.2.0/24"}, {"tags": {"host": "kvm9"}}):
+        held.add(parse_mute({"match": match, "duration": "1h", "author": "ops",
+                             "comment": "maintenance"}, now))
+    alerts = [("cpu_hot", vm_id(k * VMS // rows if k % 2 else k), {"host": "kvm1"})
+              for k in range(rows)]
+    pages = []
+    for _ in range(5):
+        began = time.process_time()
+        muted = sum(held.covering(rule, vm, tags, now) is not None for rule, vm, tags in alerts)
+        pages.append(time.process_time() - began)
+    return {"mute_page_ms_median": round(1000 * statistics.median(pages), 2),
+            "mute_page_mutes": mutes + 3, "mute_page_rows": rows, "mute_page_muted": muted}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer periods and rounds")
@@ -467,6 +492,9 @@ def main() -> int:
           "best %.1f); a sweep of them %.1f ms"
           % (inner["handoff_us_per_record"], inner["handoff_ms_per_million"], VMS,
              inner["tick_ms_median"], inner["ticks"], inner["tick_ms_min"], inner["sweep_ms_median"]))
+    print("in process: the mute look-ups of a /alerts page of %d rows (%d muted) under %d mutes, "
+          "%.2f ms (median of 5)" % (inner["mute_page_rows"], inner["mute_page_muted"],
+                                     inner["mute_page_mutes"], inner["mute_page_ms_median"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0 if ok_latency and ok_ingest else 1

@@ -534,13 +534,13 @@ class RulesService(service.Service):
                                                  % (counted(named, "selector"),
                                                     mute.selectors, MAX_SELECTORS)}))
         seed = bool(mute.match.tags) and not self.engine.keep_tags
-        self.mutes.mutes[mute.id] = mute
+        self.mutes.add(mute)
         self.engine.keeping_tags(self.mutes.names_tags())
         if seed:
             self._seed_tags()
 
         def withdrawn() -> None:
-            self.mutes.mutes.pop(mute.id, None)
+            self.mutes.remove(mute.id)
             self.engine.keeping_tags(self.mutes.names_tags())
 
         def read(unread: str | None):
