@@ -321,8 +321,6 @@ class TCPReceiver(tx_protocol.Protocol):
         self.unanswered = 0  # syncs whose reply is not written yet
         #: False once the sender ended its stream, or an HTTP request line did (_http_client).
         self.reading = True
-        #: Until the connection's first line is in: is it an HTTP client's (misdirected.py)?
-        self.opening = True
         #: An HTTP client's request was read: it is answered 400 once the syncs before it are.
         self.answer_http = False
 
@@ -374,15 +372,6 @@ class TCPReceiver(tx_protocol.Protocol):
             self.skipping = False
             data = data[end + 1:]
         data = self.buffer + data if self.buffer else data
-        if self.opening:  # a look at each read until the first line is in, none after it
-            end = data.find(b"\n")
-            if end >= 0 or len(data) > self.factory.max_line:
-                self.opening = False
-                # A request line starts with its method, in capitals: no record or frame does.
-                what = misdirected.request(data[:end]) if end > 0 and data[:1].isupper() else None
-                if what is not None:
-                    self._http_client(what)
-                    return
         self.buffer = self._consume(data)
 
     def _http_client(self, what: str) -> None:
