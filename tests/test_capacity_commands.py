@@ -590,7 +590,9 @@ def test_every_entry_point_plans_with_the_same_defaults():
         assert options[prefix + "peak_minutes"] == settings.peak_minutes
         assert options[prefix + "reserve_stopped"] is settings.reserve_stopped
         assert options[prefix + "stopped_share_max"] == settings.stopped_share_max * 100
+        assert options[prefix + "horizon_days"] == settings.horizon_days
     config = ServerConfig()
+    assert config.capacity_horizon_days == settings.horizon_days
     assert config.capacity_stopped_share_max == settings.stopped_share_max * 100
     assert parse_percentile(config.capacity_percentile) == settings.percentile
     assert config.capacity_peak_minutes == settings.peak_minutes

@@ -8,6 +8,7 @@ import signal
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 from capacitydata import damaged_copy, write_fleet
 from serverproc import LOOPBACK, ROOT, STATUS_TOKEN, ServerProcess, descendants
@@ -533,3 +534,60 @@ def test_a_request_given_up_on_before_its_answer_holds_no_room(live):
     assert ahead.getresponse().status == 200
     server.wait_metrics(lambda m: m.get('vmstats_admission_requests_total{result="given_up"}') == 3, 10)
     assert not [h for h in state(server)["held"] if h["request"].startswith("tried-")]
+
+
+GROWING = '[defaults]\nreserve_mem_gb = 0\nbuffer = 0\n\n[[host]]\nname = "grow"\nvcpus = 16\nmem_gb = 64\n'
+
+
+def write_growing(data):
+    """One VM of 8 vCPUs on "grow", 10% busy on its first day and 15 points busier each day
+    after: 0.8, 2.0, 3.2 and 4.4 cores, a rise of 8.4 cores a week."""
+    from test_report_stats import T0, series, write_records
+
+    minutes = np.arange(4 * 1440)
+    cpu = 10.0 + 15.0 * (minutes // 1440)
+    records = series("app", T0 + 60 * minutes, cpu, np.full(len(minutes), 30.0), vcpus=8, mem_mb=32768)
+    write_records(data, [r._replace(host="grow") for r in records])
+
+
+@pytest.mark.parametrize("horizon", [None, "0"])
+def test_the_servers_trend_horizon_is_an_option_as_the_commands_is(tmp_path, horizon):
+    """The server projected every rising trend 7 days ahead, with no option to say otherwise,
+    where ``vmstats admit --horizon-days`` answers the same logs with another horizon: a
+    server and a command told alike gave different answers.  --capacity-horizon-days 0 leaves
+    grow's 4.4 cores (11.6 of 16 free: two VMs of 4 busy cores fit); the default adds the
+    week's rise of 8.4 (3.2 free: none fits)."""
+    option = ["--capacity-horizon-days", horizon] if horizon is not None else []
+    with summarising(tmp_path, write_growing, GROWING, "--capacity-days", "4", *option) as server:
+        code, answer = post(server, {"hold": False, "vms": [{"profile": "4x4@100%/10%", "count": 2}]})
+    assert code == 200, answer
+    if horizon == "0":
+        assert (answer["status"], answer["basis"]["horizon_days"]) == ("accept", 0.0), answer
+        assert answer["headroom_left"]["grow"]["cpu_cores"] == pytest.approx(16 - 4.4 - 8, abs=0.01)
+    else:
+        assert (answer["status"], answer["basis"]["horizon_days"]) == ("reject", 7.0), answer
+        assert answer["headroom_left"]["grow"]["cpu_cores"] == pytest.approx(16 - 4.4 - 8.4, abs=0.01)
+
+
+def test_a_trend_horizon_the_command_refuses_stops_the_servers_start_with_one_line(tmp_path):
+    """--capacity-horizon-days takes what admit's --horizon-days takes (0 to the longest window),
+    refused in the same words."""
+    import subprocess
+    import sys
+
+    from vmstats.report.settings import MAX_DAYS
+
+    for bad in ("nan", "-1", str(MAX_DAYS + 1), "week"):
+        result = subprocess.run(
+            [sys.executable, "-m", "vmstats", "serve", "--bind", LOOPBACK, "--udp-port", "0",
+             "--tcp-port", "0", "--data-dir", str(tmp_path / "data"), "--capacity-horizon-days", bad,
+             "--duration", "5s"],
+            capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        said = result.stderr.split(": ", 2)[-1]
+        assert result.stderr.startswith("Error: Invalid value for '--capacity-horizon-days'"), result.stderr
+        command = subprocess.run(
+            [sys.executable, "-m", "vmstats", "admit", "m.toml", "data", "--inventory", "h.toml",
+             "--horizon-days", bad], capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+        assert command.returncode == 2 and command.stderr.endswith(said), (command.stderr, said)
+    assert not (tmp_path / "data").exists()  # refused before the start

@@ -73,7 +73,7 @@ def capacity_options(function):
         click.option(
             "--horizon-days",
             type=FiniteRange(0, MAX_DAYS),
-            default=7.0,
+            default=defaults.HORIZON_DAYS,
             show_default=True,
             help="Days ahead a rising trend is projected and added to demand.",
         ),

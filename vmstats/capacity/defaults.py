@@ -24,5 +24,8 @@ RESERVE_STOPPED = True
 #: the new size once: the hourly peaks and the percentile assume the daily cycle repeats, the
 #: hours not yet seen could be anything up to the size.
 SHRUNK_SETTLE_HOURS = 24.0
+#: Days ahead a host's rising trend (the slope of its daily levels) is projected and added to its
+#: demand; a falling one is never credited, and 0 projects nothing.
+HORIZON_DAYS = 7.0
 #: PERCENTILE as the options and the config spell it.
 PERCENTILE_TEXT = "p%g" % PERCENTILE

@@ -47,7 +47,7 @@ class Settings:
     #: Days of history (whole UTC days ending with the latest record's day).
     days: int = 14
     #: Days ahead a rising trend is projected (demand = level + slope x horizon); 0: none.
-    horizon_days: float = 7.0
+    horizon_days: float = defaults.HORIZON_DAYS
     #: A VM silent this long before the window's end is stopped: still allocated, and with
     #: reserve_stopped its own level (of when it ran) still counts; without, it adds no demand.
     stopped_after_hours: float = 24.0

@@ -248,6 +248,9 @@ class UTCFormatter(logging.Formatter):
               show_default=True, help="Share of its VMs' minutes a host needs seen to be offered.")
 @click.option("--capacity-days", type=IntRange(1, MAX_DAYS), default=D.capacity_days, show_default=True,
               help="Days of logs the admission summary reads.")
+@click.option("--capacity-horizon-days", type=FiniteRange(0, MAX_DAYS), default=D.capacity_horizon_days,
+              show_default=True, help="Days ahead a rising trend is projected and added to demand for "
+                                      "admission (0: none).")
 @click.option("--capacity-reserve-stopped/--capacity-no-reserve-stopped", default=D.capacity_reserve_stopped,
               show_default=True,
               help="For admission, a stopped VM (silent for a day, still allocated) keeps room for its own "

@@ -174,6 +174,8 @@ class ServerConfig:
     capacity_peak_minutes: int = capacity_defaults.PEAK_MINUTES
     capacity_coverage_min: float = 0.8
     capacity_days: int = 14
+    #: Days ahead a rising trend is projected and added to a host's demand for admission.
+    capacity_horizon_days: float = capacity_defaults.HORIZON_DAYS
     capacity_reserve_stopped: bool = capacity_defaults.RESERVE_STOPPED
     #: Per cent of a host's VMs stopped or never heard from past which the host is unknown.
     capacity_stopped_share_max: float = capacity_defaults.STOPPED_SHARE_MAX * 100

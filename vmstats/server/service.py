@@ -220,6 +220,7 @@ class Aggregator(service.MultiService):
         config = self.config
         settings = Settings(percentile=parse_percentile(config.capacity_percentile),
                             coverage_min=config.capacity_coverage_min, days=config.capacity_days,
+                            horizon_days=config.capacity_horizon_days,
                             peak_minutes=config.capacity_peak_minutes,
                             reserve_stopped=config.capacity_reserve_stopped,
                             stopped_share_max=config.capacity_stopped_share_max / 100.0)
