@@ -782,3 +782,45 @@ def test_a_host_at_its_instance_cap_is_not_offered_however_much_room_it_has(flee
     # Uncapped, the same logs offer kvm01 all three (the room is there).
     free = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml", "--json")
     assert free.returncode == 0 and len(json.loads(free.stdout)["offer"]) == 3, free.stdout
+
+
+def test_headroom_names_the_days_it_planned_on_and_plans_on_the_days_of_its_advice(headroom, fleet, tmp_path):
+    """The logs hold 2026-01-01 to 2026-01-07.  headroom said only the window's first and last
+    minute, so 7 days of the 14 asked went unsaid, and not which days the report's advice (the
+    "after" figures) was made on.  With a newest day file of junk (2026-01-08) and --days 3 the
+    two differed: the advice was of 01-05 to 01-07, the figures now of 01-06 and 01-07 only.
+    Each output now names the days, and the figures rest on the days of the advice."""
+    result, data, _out, _expected = headroom
+    first = datetime.datetime.fromtimestamp(T0, datetime.UTC).date()
+    day = [(first + datetime.timedelta(days=n)).isoformat() for n in range(8)]
+    assert {k: data["basis"]["window"][k] for k in ("first_day", "last_day", "days")} == {
+        "first_day": day[0], "last_day": day[6], "days": 7}
+    assert data["basis"]["days_asked"] == 14
+    assert data["after"]["window"] == {"first_day": day[0], "last_day": day[6], "days": 7}
+    assert "over %s .. %s, 7 days of the 14 asked (%sT00:00:00Z to %sT23:59:00Z)" % (
+        day[0], day[6], day[0], day[6]) in result.stdout.splitlines()[0]
+    assert "after: the report's advice on %s .. %s, 7 days (" % (day[0], day[6]) in result.stdout
+
+    base, _expected = fleet
+    data_dir, _torn, junk = damaged_copy(base, tmp_path, 1)
+    later = Path(junk[0]).with_name(day[7] + ".csv")
+    Path(junk[0]).rename(later)  # a day after the logs' last, holding no record
+    out = tmp_path / "out"
+    short = vmstats("headroom", data_dir, "--inventory", base / "hosts.toml", "--profile", "2x8@50%",
+                    "--days", "3", "-o", out)  # fmt: skip
+    assert short.returncode == 0, short.stderr
+    shown = json.loads((out / "headroom.json").read_text())
+    days = {"first_day": day[4], "last_day": day[6], "days": 3}
+    assert shown["after"]["window"] == days
+    window = shown["basis"]["window"]
+    assert {k: window[k] for k in days} == days and window["minutes"] == 4320
+    assert "over %s .. %s, 3 days (" % (day[4], day[6]) in short.stdout.splitlines()[0]
+    assert "after: the report's advice on %s .. %s, 3 days (" % (day[4], day[6]) in short.stdout
+    # The file of junk the report's window ends before is still named, on stderr and in the JSON.
+    assert str(later) in short.stderr and [f["path"] for f in shown["basis"]["skipped_files"]] == [str(later)]
+    # The report's capacity section names the report's days alike.
+    report = vmstats("report", data_dir, "--inventory", base / "hosts.toml", "--profile", "2x8@50%",
+                     "--days", "3", "--no-cache", "-o", tmp_path / "report")  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    section = json.loads((tmp_path / "report" / "report.json").read_text())["meta"]["capacity"]
+    assert section["after"]["window"] == days and section["basis"]["window"]["days"] == 3

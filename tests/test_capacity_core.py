@@ -565,4 +565,5 @@ def test_demand_names_times_as_the_report_does_without_loading_the_report():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
         "[{'vm': 'vm-a', 'last_seen': '2025-12-05T23:59:59Z'}, {'vm': 'vm-b', 'last_seen': None}] "
-        "{'start': '2025-12-05T00:00:00Z', 'end': '2025-12-05T23:59:00Z', 'minutes': 1440}")
+        "{'start': '2025-12-05T00:00:00Z', 'end': '2025-12-05T23:59:00Z', 'minutes': 1440, "
+        "'first_day': '2025-12-05', 'last_day': '2025-12-05', 'days': 1}")

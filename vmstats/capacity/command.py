@@ -210,11 +210,16 @@ def headroom(
             prepare_folder(out_dir, (*outputs.OUTPUTS, SUMMARY_FILE))
         advice = None
         if not no_after:
-            advice = _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir)
+            advice, meta = _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path,
+                                   cache_dir)
+            # The figures now and after rest on the days the advice was made on: the report's own.
+            settings, until = report_days(settings, meta["window"])
         with together() as files:  # headroom.csv, .json and the summary: all or none
             summary = files.stage(os.path.join(out_dir, SUMMARY_FILE)) if out_dir is not None else None
             result = from_logs(data_dirs, inventory, inventory_path, profile, settings, until, advice,
                                summary)
+            if advice is not None:  # the damaged files the report met (a newest day of junk) too
+                result["basis"].update(_named_with(result["basis"], meta))
             if out_dir is not None:
                 outputs.write(result, out_dir, files)
     except ReportError as exc:
@@ -280,18 +285,17 @@ def report_section(
     ``report.meta`` (its terminal summary and page read them there); the section's basis
     points there instead of listing them a second time.
     """
-    from vmstats import logstore
     from vmstats.capacity.demand import Settings
     from vmstats.capacity.summary import SUMMARY_FILE
     from vmstats.report.issues import named_files
 
     change, described = report_changes(report.rows)
     described["source"] = "this report"
+    described["window"] = advice_days(report.meta["window"])
     advice = (change, described)
-    window = report.meta["window"]
-    days = logstore.day_number(window["last_day"]) - logstore.day_number(window["first_day"]) + 1
+    settings, until = report_days(Settings(), report.meta["window"])
     section = from_logs(
-        data_dirs, inventory, inventory_path, profile, Settings(days=days), window["last_day"], advice,
+        data_dirs, inventory, inventory_path, profile, settings, until, advice,
         files.stage(os.path.join(out_dir, SUMMARY_FILE)),
     )
     basis, meta = section["basis"], report.meta
@@ -302,8 +306,40 @@ def report_section(
     return section
 
 
+def _named_with(basis: dict, meta: dict) -> dict[str, list[dict]]:
+    """The damaged log files a capacity pass met (``basis``) and those its report met (``meta``),
+    each named once: a report's window ends before a newest day file with no record in it, so
+    the capacity pass on its days never reads that file."""
+    from vmstats.report.issues import named_files
+
+    met = basis["skipped_files"] + basis["damaged_files"]
+    return named_files(meta["skipped_files"] + meta["damaged_files"] + met)
+
+
+def report_days(settings, window: dict):
+    """``settings`` for the report's UTC days (its ``meta.window``), and the last of them as
+    ``--until``: a capacity pass on them reads the days the report's advice was made on, whichever
+    the report chose (its window ends with the last day holding a record, so a newest day file
+    with none, torn or junk, moves it back a day)."""
+    from dataclasses import replace
+
+    from vmstats import logstore
+
+    days = logstore.day_number(window["last_day"]) - logstore.day_number(window["first_day"]) + 1
+    return replace(settings, days=days), window["last_day"]
+
+
+def advice_days(window: dict) -> dict:
+    """The UTC days the report's advice rests on (its ``meta.window``), as a capacity window names
+    its own (demand.day_span): ``{"first_day", "last_day", "days"}``."""
+    from vmstats.capacity.demand import day_span
+
+    return day_span(window["start"], window["end"])
+
+
 def _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, cache_dir):
-    """Run the report on the same window; its reclaim and downsize rows become the what-if."""
+    """Run the report on the same window; its reclaim and downsize rows become the what-if.
+    Returns the what-if and its description, and the report's ``meta``."""
     from vmstats.report.build import build
     from vmstats.report.prices import PriceBook
     from vmstats.report.settings import Policy
@@ -320,7 +356,8 @@ def _advice(data_dirs, days, until, policy_path, prices_path, exclusions_path, c
     )
     change, described = report_changes(report.rows)
     described["source"] = "policy %s" % policy.source
-    return change, described
+    described["window"] = advice_days(report.meta["window"])
+    return (change, described), report.meta
 
 
 def load_manifest(path: str):

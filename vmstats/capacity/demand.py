@@ -17,6 +17,7 @@ demand out, so tests and backtests can feed it constructed series.  The
 reading of logs (reader.py) is the report's own (report/discover.py, logstore).
 """
 
+import datetime
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,7 +134,16 @@ class Window:
         return self.start_ts + (self.minutes - 1) * MINUTE
 
     def describe(self) -> dict:
-        return {"start": iso(self.start_ts), "end": iso(self.end_ts), "minutes": self.minutes}
+        """The minutes, and the UTC days they fall on (``first_day`` .. ``last_day``, ``days`` of
+        them): the days of logs a figure rests on, which can be fewer than asked for."""
+        return {"start": iso(self.start_ts), "end": iso(self.end_ts), "minutes": self.minutes,
+                **day_span(iso(self.start_ts), iso(self.end_ts))}
+
+
+def day_span(start: str, end: str) -> dict:
+    """The UTC days from the ISO time ``start`` to ``end``: ``{"first_day", "last_day", "days"}``."""
+    first, last = (datetime.date.fromisoformat(stamp[:10]) for stamp in (start, end))
+    return {"first_day": first.isoformat(), "last_day": last.isoformat(), "days": (last - first).days + 1}
 
 
 @dataclass

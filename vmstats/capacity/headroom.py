@@ -275,6 +275,7 @@ def result(
         },
         "basis": {
             "window": now.window.describe(),
+            "days_asked": s.days,
             "percentile": percentile_name(s.percentile),
             "peaks": peaks_name(s.peak_minutes),
             "coverage_min": s.coverage_min,

@@ -41,6 +41,18 @@ def _some(names: list[str], most: int = 5) -> str:
     return " (%s%s)" % (", ".join(names[:most]), ", ..." if len(names) > most else "")
 
 
+def days_named(window: dict) -> str:
+    """The UTC days of a window (demand.Window.describe, command.advice_days) in words."""
+    return "%s .. %s, %s" % (window["first_day"], window["last_day"], counted(window["days"], "day"))
+
+
+def days_line(window: dict, asked: int | None = None) -> str:
+    """The days of logs a figure rests on, its first and last minute, and how many days fewer
+    than asked it had (the logs hold no more: they start later, or end before the days asked)."""
+    fewer = " of the %d asked" % asked if asked and window["days"] < asked else ""
+    return "%s%s (%s to %s)" % (days_named(window), fewer, window["start"], window["end"])
+
+
 def terminal(result: dict, top: int = 20, written: bool = True) -> str:
     """The profile, the basis, the hosts with the most room first (unknown last), the fleet.
 
@@ -50,15 +62,14 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
     p, b, f = result["profile"], result["basis"], result["fleet"]
     after = result["after"] is not None
     lines = [
-        "headroom for %s (%.2f cores, %.2f GB expected each): %s of %s over %s to %s, coverage gate %g%%"
+        "headroom for %s (%.2f cores, %.2f GB expected each): %s of %s over %s, coverage gate %g%%"
         % (
             p["name"],
             p["cpu_demand"],
             p["mem_demand"],
             b["percentile"],
             b["peaks"],
-            b["window"]["start"],
-            b["window"]["end"],
+            days_line(b["window"], b.get("days_asked")),
             b["coverage_min"] * 100,
         ),
         "%-16s %-7s %5s %12s %12s %5s %-9s %6s %8s %8s"
@@ -123,8 +134,9 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
     if after:
         a = result["after"]
         lines.append(
-            "after: the report's advice (%s): reclaim %s%s, downsize %d%s"
+            "after: the report's advice on %s (%s): reclaim %s%s, downsize %d%s"
             % (
+                days_named(a["window"]),
                 a["source"],
                 counted(len(a["reclaimed"]), "VM"),
                 _some(a["reclaimed"]),
