@@ -555,6 +555,7 @@ def test_admit_backtest_runs_from_the_same_command(fleet):
     doc = json.loads(result.stdout)
     assert doc["plan"]["start"].startswith("2026-01-01") and doc["judge"]["start"].startswith("2026-01-04")
     assert set(doc["outcomes"]) == {"demand", "allocation 1.0", "allocation nova"}
+    assert (doc["plan"]["days"], doc["judge"]["days"], doc["fewer_days"], result.stderr) == (3, 3, [], "")
     lonely = vmstats("admit", base / "data", "--inventory", base / "hosts.toml")
     assert lonely.returncode == 2 and lonely.stderr.strip() == (
         "Error: expected MANIFEST DATA_DIR... (or --backtest DATA_DIR...)"
@@ -824,3 +825,26 @@ def test_headroom_names_the_days_it_planned_on_and_plans_on_the_days_of_its_advi
     assert report.returncode == 0, report.stderr
     section = json.loads((tmp_path / "report" / "report.json").read_text())["meta"]["capacity"]
     assert section["after"]["window"] == days and section["basis"]["window"]["days"] == 3
+
+
+def test_a_backtest_on_fewer_days_than_asked_says_so(fleet):
+    """The logs hold 2026-01-01 to 2026-01-07; --days 5 judges 01-03 to 01-07 and plans on the five
+    days before, of which the logs hold two.  The plan on two days was given as one on five, said
+    only by the header's first and last minute.  A warning says it now, and the JSON's
+    fewer_days, as each window's days and the days asked."""
+    base, _expected = fleet
+    args = ("admit", "--backtest", base / "data", "--inventory", base / "hosts.toml", "--days", "5",
+            "--arrival-profile", "1x2@50%")
+    said = ("the plan rests on 2 days of logs (2026-01-01 .. 2026-01-02), not the 5 of --days: the logs "
+            "hold no day before 2026-01-01")
+    done = vmstats(*args, "--json")
+    assert done.returncode == 0 and done.stderr == "warning: %s\n" % said, done.stderr
+    doc = json.loads(done.stdout)
+    plan = doc["plan"]
+    assert (plan["first_day"], plan["last_day"], plan["days"]) == ("2026-01-01", "2026-01-02", 2)
+    assert (doc["judge"]["days"], doc["days_asked"], doc["fewer_days"]) == (5, 5, [said])
+    text = vmstats(*args)
+    assert text.returncode == 0 and text.stderr == done.stderr, text.stderr
+    assert text.stdout.startswith(
+        "admission backtest: plan 2026-01-01T00:00 .. 2026-01-02T23:59 (2 days of the 5 asked), judged "
+        "2026-01-03T00:00 .. 2026-01-07T23:59 (5 days)\n"), text.stdout

@@ -150,6 +150,23 @@ class Backtest:
     outcomes: dict[str, Outcome]
     source: str = ""
     issues: list[dict] = field(default_factory=list)
+    #: The days each window was asked to hold (--days; 0: not said, as the pure backtest() is).
+    days_asked: int = 0
+
+    def fewer_days(self) -> list[str]:
+        """What each window holds when its logs hold fewer UTC days than asked: a plan on two
+        days given as one on fourteen would be trusted as such.  The plan falls short where the
+        logs start later than its first day asked, the judging window where they end earlier."""
+        out = []
+        for name, window, where in (("the plan", self.plan, "before"), ("the judging window", self.judge,
+                                                                           "after")):
+            span = window.describe()
+            if span["days"] < self.days_asked:
+                edge = span["first_day"] if where == "before" else span["last_day"]
+                out.append("%s rests on %s of logs (%s .. %s), not the %d of --days: the logs hold no "
+                           "day %s %s" % (name, counted(span["days"], "day"), span["first_day"],
+                                          span["last_day"], self.days_asked, where, edge))
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         demand = self.outcomes["demand"].admitted
@@ -158,6 +175,8 @@ class Backtest:
         return {
             "plan": self.plan.describe(),
             "judge": self.judge.describe(),
+            "days_asked": self.days_asked,
+            "fewer_days": self.fewer_days(),
             "basis": "%s of summed demand (%s), trend over %g days, buffer per host (inventory)"
             % (percentile_name(self.settings.percentile), peaks_name(self.settings.peak_minutes),
                self.settings.horizon_days),
@@ -427,16 +446,22 @@ def run(data_dirs: Sequence[str], inventory: Inventory, settings: Settings, days
     result = backtest(inventory, plan_uses, judge_uses, plan_logs.window, judge_logs.window, settings, pool,
                       profile, max_rounds, reader.read_gone(plan_logs))
     result.issues = plan_logs.issues + judge_logs.issues
+    result.days_asked = days
     return result
+
+
+def _days(window: dict, asked: int) -> str:
+    """A window's UTC days in words, with the days asked when it holds fewer."""
+    return counted(window["days"], "day") + (" of the %d asked" % asked if window["days"] < asked else "")
 
 
 def render(result: Backtest) -> str:
     """The terminal summary: windows, arrivals, and one line per basis."""
     doc = result.as_dict()
     lines = [
-        "admission backtest: plan %s .. %s, judged %s .. %s" % (
-            doc["plan"]["start"][:16], doc["plan"]["end"][:16], doc["judge"]["start"][:16],
-            doc["judge"]["end"][:16]),
+        "admission backtest: plan %s .. %s (%s), judged %s .. %s (%s)" % (
+            doc["plan"]["start"][:16], doc["plan"]["end"][:16], _days(doc["plan"], result.days_asked),
+            doc["judge"]["start"][:16], doc["judge"]["end"][:16], _days(doc["judge"], result.days_asked)),
         "hosts: %d (%d unknown: never offered), residents %d, unplaced %d; judging window coverage %.1f%%" % (
             result.hosts, len(result.unknown_hosts), result.residents, len(result.unplaced),
             100 * result.judge_coverage),

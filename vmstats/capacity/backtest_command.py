@@ -51,6 +51,8 @@ def run_backtest(data_dirs: Sequence[str], settings, inventory_path: str, until:
         result = backtest.run(data_dirs, inventory, settings, settings.days, until, selectors, profile)
     except ReportError as exc:
         raise failure(exc) from None
+    for short in result.fewer_days():  # on stderr with --json too, where no one reads the header
+        click.echo("warning: " + short, err=True)
     if as_json:
         json.dump(result.as_dict(), sys.stdout, indent=1, sort_keys=True)
         sys.stdout.write("\n")
