@@ -10,11 +10,13 @@ import hmac
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
-from serverproc import ServerProcess
+from serverproc import STATUS_TOKEN, ServerProcess
 
 from vmstats import logstore
 from vmstats.protocol import Record, encode_record
@@ -289,3 +291,17 @@ def log_entries(server) -> list[dict]:
     """The server's action log (DATA_DIR/rules/actions.log), an entry a line; none if not yet made."""
     path = server.data_dir / "rules" / "actions.log"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def post(server, body: bytes, token: str | None = STATUS_TOKEN, method: str = "POST",
+         path: str = "/mutes") -> tuple[int, dict]:
+    """``body`` sent to the server's HTTP port: the status and the JSON answer, errors included."""
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (server.http_port, path),
+                                     data=body, method=method)
+    if token:
+        request.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

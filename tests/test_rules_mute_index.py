@@ -12,8 +12,7 @@ names the same mute on each row.
 import json
 import time
 
-from rulesutil import SECRET, WebhookReceiver, line, rules_file, serve, wait_until
-from test_rules_mutes import post
+from rulesutil import SECRET, WebhookReceiver, line, post, rules_file, serve, wait_until
 
 from vmstats.rules.mutes import Mute, MuteSet, parse_mute, request_of_entry
 

@@ -15,8 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from rulesutil import (
@@ -26,6 +24,7 @@ from rulesutil import (
     calls,
     line,
     log_entries,
+    post,
     recorder_script,
     rules_file,
     serve,
@@ -59,19 +58,6 @@ def muted_entries(server, scope: str) -> list[dict]:
 
 def scopes(hook) -> list[tuple[str, str]]:
     return [(a["labels"]["scope"], a["status"]) for a in hook.alerts()]
-
-
-def post(server, body: bytes, token: str | None = STATUS_TOKEN, method: str = "POST",
-         path: str = "/mutes") -> tuple[int, dict]:
-    request = urllib.request.Request("http://127.0.0.1:%d%s" % (server.http_port, path),
-                                     data=body, method=method)
-    if token:
-        request.add_header("Authorization", "Bearer " + token)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_a_muted_alert_is_not_sent_and_one_still_firing_is_sent_once_at_the_end(tmp_path):
