@@ -167,9 +167,40 @@ def test_a_damaged_spool_file_too_big_for_a_record_is_discarded_unread(server, t
                                     "--proc-root", str(FIXTURE)),
                             env=ENV, capture_output=True, text=True, timeout=60, preexec_fn=cap_memory)
     assert result.returncode == 0, result.stderr
-    assert "spool: discarded 1 unreadable record file (gone, empty, not a regular file, or larger " \
-        "than any record)" in result.stderr
+    assert "spool: discarded 1 unreadable record file (gone, empty, not a regular file, larger " \
+        "than any record" in result.stderr
     assert sorted(int(r["seq"]) for r in wait_rows(server.data_dir, "capped-vm", 2)) == [0, 7]
+    assert os.listdir(str(spool)) == ["lock"]
+
+
+@pytest.mark.parametrize("damage", [b"\x00\x17\xfe\n#!sync junk-1\nvmstats,vm=torn-vm cpu",
+                                    b"#!sig1 k1 1700000000 abc 50000 " + b"a" * 64 + b"\n"],
+                         ids=["a sync marker among garbage", "a signature header"])
+def test_a_damaged_spool_file_is_skipped_and_the_count_stays_right(server, tmp_path, damage):
+    """A record file holding garbage around a control line: it went to the server as it was.
+    A ``#!sync`` in it took the record before it out of the batch's acknowledgement (1 made,
+    '3 acknowledged, 1 rejected' of 4 records delivered and one damaged file); a ``#!sig1``
+    header swallowed the batch's own sync, so the batch was never acknowledged and the spool
+    never delivered again.  The damaged lines are skipped and counted; the others arrive once."""
+    vm = "torn-%d-vm" % len(damage)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    now = int(time.time())
+    for number, seq in ((0, 100), (2, 102)):
+        (spool / ("%016d.rec" % number)).write_bytes(
+            b"vmstats,vm=%s cpu=1,mem=2,seq=%di %d" % (vm.encode(), seq, now - 600 + seq))
+    (spool / "0000000000000001.rec").write_bytes(damage)
+    result = agent("--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp", "--count", "1",
+                   "--vm-id", vm, "--spool-dir", str(spool), "--timeout", "2", "--backoff-max", "0.5",
+                   "--proc-root", str(FIXTURE))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "vmstats-agent INFO: 1 record made, 3 acknowledged, 0 left in the spool at %s" % spool)
+    skipped = damage.count(b"\n") + (not damage.endswith(b"\n"))
+    assert ("spool: skipped %d line%s of 1 record file that" % (skipped, "s" if skipped > 1 else "")) \
+        in result.stderr
+    assert "rejected" not in result.stderr
+    assert sorted(int(r["seq"]) for r in wait_rows(server.data_dir, vm, 3)) == [0, 100, 102]
     assert os.listdir(str(spool)) == ["lock"]
 
 

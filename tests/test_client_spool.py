@@ -351,8 +351,8 @@ def test_a_spooled_record_is_synced_before_its_name_and_its_name_before_add_retu
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
-    store.add(b"x" * 8)
+    store.add(lines(1)[0])
     folder = str(tmp_path / "spool")
     assert synced == [os.path.join(folder, "0000000000000000.rec.tmp"),
                       "rename 0000000000000000.rec", folder]
-    assert store.oldest(10, 1000) == [("0000000000000000.rec", b"x" * 8)]
+    assert store.oldest(10, 1000) == [("0000000000000000.rec", lines(1)[0])]

@@ -11,6 +11,13 @@ they are sent, so the agent's memory does not grow while the server is down.
 
 A lock file keeps two agents from sharing (and double-sending) one spool.
 
+What is read back is checked line by line as the server would check it (Spool.oldest): only
+record lines are sent.  A damaged file (torn, or garbage bytes from a file system repaired after
+a crash) was sent as it was, and a control line in it went to the server as one: a ``#!sync``
+took the records before it out of the batch's acknowledgement (the count said fewer delivered
+than were, and a refusal of them went unseen), and a ``#!sig1`` header swallowed the batch's own
+``#!sync``, so that the batch was never acknowledged and nothing was delivered again.
+
 Standard library only, Python 3.6+.
 """
 
@@ -20,7 +27,7 @@ import logging
 import os
 import stat
 
-from vmstats.protocol import MAX_DATAGRAM_SIZE
+from vmstats.protocol import MAX_DATAGRAM_SIZE, DecodeError, Decoder
 from vmstats.words import counted
 
 LOG = logging.getLogger("vmstats.agent")
@@ -43,6 +50,11 @@ class Spool(object):
         self.max_records = max_records
         #: Records dropped because the spool was full (oldest first).
         self.dropped = 0
+        #: Lines of record files skipped as no record (damage), never sent.
+        self.damaged = 0
+        # The server's own check of a line, without its time window: an old record is the
+        # server's to refuse, and it says so in its acknowledgement.
+        self._decoder = Decoder(max_future=float("inf"), max_past=0)
         self._lock = self._take()
         self._names = self._scan()
         self._next = int(self._names[-1][:_NAME_DIGITS]) + 1 if self._names else 0
@@ -152,15 +164,20 @@ class Spool(object):
         """``[(name, line)]`` of the oldest records, within both limits (at least one).
 
         A file that vanished or is empty (a crash between create and write),
-        or that is no record (read_record), is discarded rather than sent.
+        or that is no record (read_record), is discarded rather than sent; so is
+        a file none of whose lines is a record, and the lines of a file that are
+        none (records_in) are skipped and counted in ``damaged``.
         """
         batch = []
         size = 0
         broken = []
+        skipped = damaged_files = 0
         for name in self._names:
             if len(batch) >= max_records:
                 break
-            line = read_record(os.path.join(self.path, name))
+            line, bad = self.records_in(read_record(os.path.join(self.path, name)))
+            skipped += bad
+            damaged_files += 1 if bad else 0
             if not line:
                 broken.append(name)
                 continue
@@ -168,11 +185,38 @@ class Spool(object):
                 break
             batch.append((name, line))
             size += len(line) + 1
+        if skipped:
+            self.damaged += skipped
+            LOG.warning("spool: skipped %s of %s that %s no record (torn or damaged), not sent; "
+                        "%d skipped so far", counted(skipped, "line"),
+                        counted(damaged_files, "record file"),
+                        "is" if skipped == 1 else "are", self.damaged)
         if broken:
-            LOG.warning("spool: discarded %s (gone, empty, not a regular file, or larger than "
-                        "any record)", counted(len(broken), "unreadable record file"))
+            LOG.warning("spool: discarded %s (gone, empty, not a regular file, larger than "
+                        "any record, or no record in it)",
+                        counted(len(broken), "unreadable record file"))
             self.remove(broken)
         return batch
+
+    def records_in(self, data):
+        """``(the record lines of a record file's bytes, how many other lines it holds)``.
+
+        A file holds one line the agent wrote; anything else in it is damage, and is never
+        sent: the server would take a control line among it (``#!sync``, ``#!sig1``) as
+        the agent's own.
+        """
+        records, bad = [], 0
+        for part in data.split(b"\n"):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                self._decoder.decode_line(part)
+            except DecodeError:
+                bad += 1
+            else:
+                records.append(part)
+        return b"\n".join(records), bad
 
     def remove(self, names):
         """Forget records the server acknowledged."""
