@@ -149,6 +149,59 @@ def test_tcp_goes_to_the_servers_next_address_when_its_first_refuses(server, tmp
     assert len(wait_rows(server.data_dir, "dual-vm", 1)) == 1
 
 
+class BlackHole(object):
+    """A TCP address that takes no connection and refuses none, as a firewall that drops
+    packets: a listener never accepting, its one-place queue filled, so the kernel drops
+    every further SYN and a connect waits out its timeout."""
+
+    def __init__(self, host, port):
+        self.listener = socket.socket()
+        self.listener.bind((host, port))
+        self.listener.listen(0)
+        self.fillers = []
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((host, port))
+            self.fillers.append(filler)
+
+    def close(self):
+        for sock in self.fillers + [self.listener]:
+            sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to give the agent an /etc/hosts of its own")
+def test_a_server_name_with_a_black_holed_address_delivers_without_waiting_for_it(tmp_path):
+    """A name with two addresses, the first one's packets dropped (an AAAA whose network
+    drops IPv6, a firewall), the second the live server: each connection waited the whole
+    --timeout on the first (10 s by default, N times that for N such addresses) before the
+    second was tried, the agent's sampling stalled meanwhile, and at a reconnect again.  The
+    agent runs with an /etc/hosts of its own (a mount namespace); resolver, sockets and
+    server are real."""
+    hosts = tmp_path / "hosts"
+    with ServerProcess(tmp_path / "server", "--flush-interval", "0.5", "--bind", "127.0.0.2") as live:
+        # 127.0.0.1 first: the resolver sorts the address matching the source address first.
+        hosts.write_text("127.0.0.2 stats.multi.test\n127.0.0.1 stats.multi.test\n")
+        hole = BlackHole("127.0.0.1", live.tcp_port)
+        try:
+            started = time.monotonic()
+            result = subprocess.run(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
+                + command("--server", "stats.multi.test:%d" % live.tcp_port, "--transport", "tcp",
+                          "--count", "2", "--vm-id", "multi-vm", "--timeout", "5",
+                          "--spool-dir", str(tmp_path / "spool"), "--proc-root", str(FIXTURE)),
+                env=ENV, capture_output=True, text=True, timeout=60)
+            spent = time.monotonic() - started
+        finally:
+            hole.close()
+        assert result.returncode == 0, result.stderr
+        assert sorted(int(r["seq"]) for r in wait_rows(live.data_dir, "multi-vm", 2)) == [0, 1]
+    assert "fell behind" not in result.stderr
+    assert spent < 5, "%.1fs: the live address waited for the black hole's --timeout" % spent
+
+
 def test_a_damaged_spool_file_too_big_for_a_record_is_discarded_unread(server, tmp_path):
     """A record file of hundreds of MiB (damage) was read whole: a MemoryError under the
     agent's memory cap at every start, so that nothing was delivered ever again."""

@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import re
+import select
 import socket
 import time
 
@@ -37,6 +38,9 @@ _SIG_OVERHEAD = 112
 #: Records a TCP agent holds in memory while the disk refuses to spool them (a day of minutes,
 #: ~300 KiB): the oldest beyond it are lost.
 HELD_MAX = 1440
+#: How long (s) a TCP connection to one of the server's addresses is waited for before the next
+#: address is tried beside it (RFC 8305's "Connection Attempt Delay").
+ATTEMPT_DELAY = 0.25
 #: How often (s) a sender looks the server's name up again, so that an aggregator moved to a
 #: new address (a DNS change) is followed without restarting the agents.
 RESOLVE_EVERY = 300.0
@@ -296,6 +300,68 @@ class Backoff(object):
         self.failures = 0
 
 
+def connect_first(candidates, timeout, clock=time.monotonic):
+    """A connected TCP socket to the first of ``candidates`` (``[(family, address)]``, in the
+    resolver's order) to answer, all within ``timeout`` seconds; the last failure else.
+
+    One address after the other, each given ATTEMPT_DELAY before the next is tried beside it,
+    and at once after a refusal: the first that connects wins, the others are closed.  Each
+    address was given the whole timeout in turn, so an address whose packets are dropped (an
+    AAAA record where IPv6 is filtered) held every connection for the timeout, N times it for
+    N such addresses, and the agent's sampling with it.
+    """
+    deadline = clock() + timeout
+    waiting = list(candidates)
+    trying = {}
+    failure = None
+    winner = None
+    next_at = clock()
+    try:
+        while winner is None and (waiting or trying):
+            if waiting and (not trying or clock() >= next_at):
+                family, address = waiting.pop(0)
+                try:
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                except OSError as exc:            # a family the VM has switched off
+                    failure = exc
+                    continue
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code == 0:
+                    winner = sock
+                elif code in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+                    trying[sock] = address
+                    next_at = clock() + ATTEMPT_DELAY
+                else:
+                    sock.close()
+                    failure = OSError(code, os.strerror(code))
+                continue
+            remaining = deadline - clock()
+            if remaining <= 0:
+                break
+            wait = min(remaining, max(0.0, next_at - clock())) if waiting else remaining
+            _r, ready, _x = select.select([], list(trying), [], wait)
+            for sock in ready:
+                del trying[sock]
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code == 0 and winner is None:
+                    winner = sock
+                    continue
+                sock.close()
+                if code:
+                    failure = OSError(code, os.strerror(code))
+                    next_at = clock()
+    finally:
+        for sock in trying:
+            sock.close()
+    if winner is not None:
+        winner.setblocking(True)
+        return winner
+    if trying or failure is None:
+        raise socket.timeout("timed out")
+    raise failure
+
+
 class TcpSender(object):
     """Acknowledged delivery of the spool's records over one TCP connection.
 
@@ -437,23 +503,15 @@ class TcpSender(object):
         return batch
 
     def _connect(self):
-        """Connect to the first of the server's addresses that answers, in the resolver's
-        order: a name with an IPv6 and an IPv4 address (IPv6 first where the VM has a route
-        for it) of a server listening on IPv4 alone (``--bind 0.0.0.0``, the default) was
-        refused on IPv6 at every try, and nothing was ever delivered."""
-        failure = None
-        for family, address in addresses(self.host, self.port, socket.SOCK_STREAM):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(address)
-                break
-            except (OSError, socket.timeout) as exc:
-                sock.close()
-                failure = exc
-        else:
-            raise failure
-        self.sock = sock
+        """Connect to the first of the server's addresses that answers (connect_first).
+
+        A name with an IPv6 and an IPv4 address (IPv6 first where the VM has a route for it)
+        of a server listening on IPv4 alone (``--bind 0.0.0.0``, the default) was refused on
+        IPv6 at every try, and nothing was ever delivered.
+        """
+        self.sock = connect_first(addresses(self.host, self.port, socket.SOCK_STREAM),
+                                  self.timeout, self.clock)
+        self.sock.settimeout(self.timeout)
         self.resolved_at = self.clock()
         self._pending = b""
         if self.backoff.failures:
