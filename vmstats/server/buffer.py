@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from vmstats.server.metrics import Metrics
+from vmstats.server.sharedids import GAP, WATCHED, SharedIds
 
 Table = dict[str, dict[int, bytes]]
 
@@ -51,6 +52,8 @@ class Buffer:
         self.last_seq: dict[str, int] = {}
         #: vm -> ``clock()`` when it was last heard from (the ingest stamps it).
         self.last_seen: dict[str, float] = {}
+        #: VMs whose counter stepped back, watched for a second agent under their id.
+        self.shared = SharedIds(metrics, clock)
 
     def put(self, vm: str, ts: int, row: bytes, seq: int | None = None) -> bool:
         """Hold one record; False (and counted) when a cap leaves no room.
@@ -78,20 +81,34 @@ class Buffer:
             self.metrics.repeated += 1  # a resend of a row held: it replaces it
         rows[ts] = row
         if seq is not None:
-            self.sequence(vm, seq)
+            self.sequence(vm, seq, ts)
         return True
 
-    def sequence(self, vm: str, seq: int) -> None:
-        """Estimate lost UDP records from gaps in an agent's counter.
+    def sequence(self, vm: str, seq: int, ts: int, source: str = "") -> None:
+        """Estimate lost UDP records from gaps in an agent's counter; watch a counter that
+        steps back for a second agent under the same id (sharedids.py).
 
         A counter that goes backwards far is an agent restart (start over);
         a repeat or a small step back is a resend or reordering (no loss).
         """
         last = self.last_seq.get(vm)
-        restarted = last is not None and (seq == 0 or seq + 1000 < last)
-        self.last_seq[vm] = seq if last is None or seq > last or restarted else last
+        if last == WATCHED:  # each counter's own gaps are its losses, not the steps between two
+            watch = self.shared.watched[vm]
+            last = watch.last
+            watch.last = seq if seq > last or seq == 0 or seq + GAP < last else last
+            self.metrics.seq_lost += self.shared.see(vm, watch, seq, ts, source)
+            if self.shared.release(vm, watch, self.clock()):
+                self.last_seq[vm] = watch.last
+            return
+        restarted = last is not None and (seq == 0 or seq + GAP < last)
+        now = seq if last is None or seq > last or restarted else last
         if last is not None and seq > last + 1:
             self.metrics.seq_lost += seq - last - 1
+        if last is not None and seq <= last and self.shared.watch(vm, last, seq, ts, source):
+            self.shared.watched[vm].last = now
+            self.last_seq[vm] = WATCHED
+        else:
+            self.last_seq[vm] = now
 
     def swap(self) -> Table:
         """Take everything held, leaving an empty table (the flusher owns the result)."""
@@ -110,6 +127,7 @@ class Buffer:
         before = len(self.last_seen)
         self.last_seen = {vm: seen for vm, seen in self.last_seen.items() if seen >= horizon}
         self.last_seq = {vm: seq for vm, seq in self.last_seq.items() if vm in self.last_seen}
+        self.shared.forget(self.last_seen)
         return before - len(self.last_seen)
 
     def seen_at(self, wall: float) -> dict[str, float]:

@@ -275,7 +275,7 @@ class Ingest:
                 buffer.count += added
                 metrics.repeated += count - added  # resends of rows held: replaced, kept once
                 seen.update(zip(vm_set, repeat(now)))
-                self._sequence(vms, seqs, len(vm_set) == count)
+                self._sequence(vms, tss, seqs, len(vm_set) == count)
                 accepted = count
         metrics.records += accepted
         if accepted:
@@ -297,8 +297,12 @@ class Ingest:
         self.journal.append_records(data)
         self.journal.append(rejected_line(rejects))
 
-    def _sequence(self, vms: list, seqs: list, distinct: bool) -> None:
-        """Count seq gaps; when every VM's seq is its last one plus one, without a loop."""
+    def _sequence(self, vms: list, tss: list, seqs: list, distinct: bool) -> None:
+        """Count seq gaps; when every VM's seq is its last one plus one, without a loop.
+
+        A VM watched for a second agent under its id (sharedids.py) has
+        ``WATCHED`` as its last seq, which no seq follows: its payloads take the loop.
+        """
         last_seq = self.buffer.last_seq
         if distinct and None not in seqs:
             steps = set(map(sub, seqs, map(last_seq.get, vms, repeat(-2))))
@@ -306,9 +310,9 @@ class Ingest:
                 last_seq.update(zip(vms, seqs, strict=True))
                 return
         sequence = self.buffer.sequence
-        for vm, seq in zip(vms, seqs, strict=True):
+        for vm, ts, seq in zip(vms, tss, seqs, strict=True):
             if seq is not None:
-                sequence(vm, seq)
+                sequence(vm, seq, ts)
 
     def _file_each(self, parsed: Parsed, now: float) -> tuple[int, int]:
         """One record at a time, for payloads that meet a cap: each drop is counted by cause."""

@@ -83,6 +83,9 @@ class Metrics:
         self.drops: Counter[str] = Counter({"per_vm_cap": 0, "global_cap": 0, "vm_cap": 0,
                                               "unwritable": 0})
         self.seq_lost = 0
+        #: VM ids found sent by more than one machine (two seq counters taking turns;
+        #: sharedids.py), once each time one is found.
+        self.shared_ids = 0
         #: Per port with connections: "tcp" (the push port) and "http".
         self.connections = {"tcp": ConnectionCounts(), "http": ConnectionCounts()}
         #: UDP datagrams from sources outside --allow.
@@ -139,6 +142,7 @@ class Metrics:
             "dropped": dict(self.drops),
             "dropped_total": sum(self.drops.values()),
             "estimated_lost_records": self.seq_lost,
+            "shared_vm_ids_found": self.shared_ids,
             "buffered_records": buffered,
             "in_flight_records": in_flight,
             "vms_buffered": vms,
@@ -190,6 +194,10 @@ class Metrics:
                [((("cause", c),), n) for c, n in sorted(self.drops.items())])
         metric("estimated_lost_records_total", "counter",
                "Records missing from agents' seq counters (UDP loss).", [((), self.seq_lost)])
+        metric("shared_vm_ids_found_total", "counter",
+               "VM ids found sent by more than one machine: two seq counters taking turns under "
+               "one id (their records are filed as one VM's; the ids are on /status and in the "
+               "log).", [((), self.shared_ids)])
         ports = sorted(self.connections.items())
         metric("connections_total", "counter", "Connections accepted, by port (tcp: the push "
                "port).", [((("port", kind),), c.accepted) for kind, c in ports])

@@ -164,6 +164,10 @@ class Aggregator(service.MultiService):
             "VMs whose folder or day file is a symbolic link out of the data dir (or to other "
             "logs in it): not written through, their rows held and retried each flush "
             "(docs/STORAGE.md).", lambda: len(self.flusher.linked_vms))
+        self.metrics.gauges["shared_vm_ids"] = (
+            "VM ids whose two seq counters took turns within the last 15 minutes: sent by more "
+            "than one machine now (docs/OPERATIONS.md, One VM id, two machines).",
+            self.buffer.shared.shared_now)
         if self.journal is not None:
             self.metrics.gauges["journal_segments"] = (
                 "Journal segments on disk (records not yet confirmed in the logs).",
@@ -439,9 +443,10 @@ class Aggregator(service.MultiService):
         if details:
             status["data_dir"] = os.path.abspath(self.config.data_dir)
             status["last_seen"] = last_seen_table(self.buffer.seen_at(self.clock()))
+            status["shared_vm_ids"] = self.buffer.shared.listing(self.clock())
         else:
             status["details"] = "send 'Authorization: Bearer <token>' (--status-token) for the " \
-                                "data dir and per-VM last-seen times"
+                                "data dir, per-VM last-seen times and the VM ids found shared"
         return status
 
     def join(self) -> None:
@@ -469,6 +474,9 @@ class Aggregator(service.MultiService):
         lines.append("  dropped           %d" % s["dropped_total"])
         lines += ["    %-22s %d" % (k, v) for k, v in sorted(s["dropped"].items()) if v]
         lines.append("  est. lost (seq)   %d" % s["estimated_lost_records"])
+        if s["shared_vm_ids_found"]:
+            lines.append("  shared VM ids     %d (sent by more than one machine: /status, the log)"
+                         % s["shared_vm_ids_found"])
         if s["edge"]:
             lines.append("  other formats     %s" % ", ".join(
                 "%s %d" % (key, count) for key, count in s["edge"].items()))

@@ -1,0 +1,145 @@
+"""One VM id sent by two machines is found, counted, listed and logged once; an agent restart, a
+replayed spool and UDP reordering are not taken for it; every record is logged either way."""
+
+import socket
+import time
+
+from serverproc import LOOPBACK, serve
+
+from vmstats import logstore, protocol
+from vmstats.protocol import Record
+from vmstats.server import sharedids
+from vmstats.server.buffer import Buffer
+from vmstats.server.metrics import Metrics
+
+FOUND = "vmstats_shared_vm_ids_found_total"
+LOGGED = "is sent by more than one machine"
+
+
+def line(vm: str, seq: int, ts: int) -> bytes:
+    return protocol.encode_record(Record(vm=vm, ts=ts, cpu=1.5, mem=40.0, seq=seq)).encode()
+
+
+def logged_seqs(data_dir, vm: str) -> list:
+    """(ts, seq) of every row logged for ``vm``, in stamp order."""
+    frame, bad = logstore.read_rows(path for _day, path in logstore.day_files(str(data_dir), vm))
+    assert bad == 0
+    return sorted(zip(frame["ts"], frame["seq"], strict=True))
+
+
+def udp_from(address: str) -> socket.socket:
+    """A sender of its own (its own source address and port), as a second machine is."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, 0))
+    return sock
+
+
+def test_two_machines_under_one_id_are_found_counted_listed_and_logged_once(tmp_path):
+    """A clone with the original's baked id (counters far apart) and a snapshot beside its
+    original (counters 3 apart), each two real senders a minute apart, half a minute between."""
+    t0 = int(time.time()) - 3600
+    pairs = {"clone-1": (7, 5000), "snap-1": (100, 103)}
+    sent = {vm: [] for vm in pairs}
+    first, second = udp_from(LOOPBACK), udp_from("127.0.0.2")
+    with first, second, serve(tmp_path, "--flush-interval", "0.5") as server:
+        count = 0
+
+        def minutes(start: int, end: int) -> None:
+            nonlocal count
+            for i in range(start, end):
+                for vm, (a, b) in pairs.items():
+                    for sock, seq, ts in ((first, a + i, t0 + 60 * i),
+                                          (second, b + i, t0 + 60 * i + 30)):
+                        sock.sendto(line(vm, seq, ts), (LOOPBACK, server.udp_port))
+                        sent[vm].append((ts, seq))
+                        count += 1
+                server.wait_received(count)  # a minute at a time, in order
+
+        minutes(0, 8)
+        metrics = server.wait_metrics(lambda m: m[FOUND] == 2)
+        assert metrics["vmstats_shared_vm_ids"] == 2
+        status = server.status_json()
+        assert sorted(status["shared_vm_ids"]) == ["clone-1", "snap-1"]
+        assert all(entry["now"] and entry["times"] == 1 and entry["senders"] == []
+                   for entry in status["shared_vm_ids"].values())  # UDP: no address read
+        assert status["shared_vm_ids_found"] == 2
+        # Each counter's own gaps are its losses: none here, once found.
+        lost_then = metrics["vmstats_estimated_lost_records_total"]
+        minutes(8, 12)  # more of the same: counted and logged once all the same
+        server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] == count)
+        metrics = server.metrics()
+        assert metrics[FOUND] == 2
+        assert metrics["vmstats_estimated_lost_records_total"] == lost_then
+    assert server.returncode == 0
+    for vm in pairs:  # detection only: every record is logged as it came
+        assert logged_seqs(tmp_path / "data", vm) == sorted(sent[vm])
+        assert server.output.count("VM id %s %s" % (vm, LOGGED)) == 1, server.output
+    assert "shared VM ids     2" in server.output
+
+
+def test_a_restart_a_replayed_spool_and_reordering_are_no_second_machine(tmp_path):
+    """Each non-case under an id of its own, in one server: none is listed, none counted."""
+    t0 = int(time.time()) - 7200
+    restart = [(seq, t0 + 60 * seq) for seq in range(10)]  # then a new process from 0
+    restart += [(seq, t0 + 900 + 60 * seq) for seq in range(10)]
+    restart += [(seq, t0 + 1800 + 60 * seq) for seq in range(1, 10)]  # again, its 0 lost
+    # Reordered datagrams: the late one of a pair comes after the next, seven times.
+    order = [0, 1, 3, 2, 4, 6, 5, 7, 9, 8, 10, 12, 11, 13, 15, 14, 16, 18, 17, 19, 21, 20, 22]
+    reordered = [(seq, t0 + 60 * seq) for seq in order]
+    # A TCP agent's batch filed but not acknowledged, sent again four times, then its restart
+    # (the spool delivered first: records before the process's own, with older stamps).
+    batch = [(seq, t0 + 60 * seq) for seq in range(10, 30)]
+    spool = [(seq, t0 + 60 * seq) for seq in range(10)] + batch * 5
+    spool += [(seq, t0 + 60 * seq) for seq in range(30, 40)]
+    spool += [(seq, t0 + 3000 + 60 * seq) for seq in range(10)]
+    # No parser processes: the reactor reads the datagrams, in the order sent (the reordering
+    # here is the one made above).
+    with serve(tmp_path, "--flush-interval", "0.5", "--parsers", "0") as server:
+        for vm, records in (("restarted", restart), ("reordered", reordered)):
+            server.send_udp(*(line(vm, seq, ts) for seq, ts in records))
+        server.wait_received(len(restart) + len(reordered))
+        for start in range(0, len(spool), 10):
+            reply = server.send_synced(b"\n".join(line("spooled", seq, ts)
+                                                   for seq, ts in spool[start:start + 10]) + b"\n")
+            assert reply[0] == "#!ack", reply
+        distinct = len(restart) + len(reordered) + len(set(spool))
+        server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] == distinct)
+        metrics = server.metrics()
+        status = server.status_json()
+    assert metrics[FOUND] == 0 and metrics["vmstats_shared_vm_ids"] == 0
+    assert status["shared_vm_ids"] == {}
+    # Reordering's holes count as before (a late record comes after its gap was counted), the
+    # restarts and resends nothing.
+    assert metrics["vmstats_estimated_lost_records_total"] == 7
+    assert LOGGED not in server.output
+    assert logged_seqs(tmp_path / "data", "restarted") == sorted(
+        {(ts, seq) for seq, ts in restart})
+    assert logged_seqs(tmp_path / "data", "reordered") == sorted((ts, seq) for seq, ts in reordered)
+    assert logged_seqs(tmp_path / "data", "spooled") == sorted({(ts, seq) for seq, ts in spool})
+
+
+def test_what_is_kept_is_bounded_and_a_vm_left_unwatched_counts_as_before():
+    """More shared ids than /status lists, more stepping-back VMs than are watched: the listing
+    keeps the latest MAX_LISTED, and a VM past MAX_WATCHED is filed and counted as it was."""
+    clock = [0.0]
+    metrics = Metrics()
+    buffer = Buffer(metrics, 10 ** 9, 10 ** 9, clock=lambda: clock[0])
+    t0 = 1_800_000_000
+    for n in range(sharedids.MAX_LISTED + 5):
+        for i in range(8):
+            clock[0] += 1.0
+            buffer.put("clone-%d" % n, t0 + 60 * i, b"row", 7 + i)
+            buffer.put("clone-%d" % n, t0 + 60 * i + 30, b"row", 5000 + i)
+    assert metrics.shared_ids == sharedids.MAX_LISTED + 5
+    listed = buffer.shared.listing(time.time())
+    assert len(listed) == sharedids.MAX_LISTED and "clone-%d" % (sharedids.MAX_LISTED + 4) in listed
+    assert "clone-0" not in listed
+    for n in range(sharedids.MAX_WATCHED):  # fill the watch with restarts
+        buffer.put("restarted-%d" % n, t0, b"row", 9)
+        buffer.put("restarted-%d" % n, t0 + 60, b"row", 0)
+    assert len(buffer.shared.watched) == sharedids.MAX_WATCHED
+    lost = metrics.seq_lost
+    for seq, ts in ((0, t0), (1, t0 + 60), (4, t0 + 240), (3, t0 + 180), (0, t0 + 300)):
+        buffer.put("late", ts, b"row", seq)
+    assert "late" not in buffer.shared.watched and buffer.last_seq["late"] == 0
+    assert metrics.seq_lost == lost + 2  # 2 and 3 skipped, 3 came late: as before the watch
