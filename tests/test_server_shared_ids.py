@@ -77,6 +77,37 @@ def test_two_machines_under_one_id_are_found_counted_listed_and_logged_once(tmp_
     assert "shared VM ids     2" in server.output
 
 
+def synced(sock: socket.socket, payload: bytes) -> str:
+    """``payload`` and ``#!sync``, on a connection kept open; the reply's first word."""
+    sock.sendall(payload + b"\n#!sync t\n")
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        assert chunk, "server closed the connection"
+        reply += chunk
+    return reply.split()[0].decode()
+
+
+def test_over_tcp_the_shared_ids_senders_are_named(tmp_path):
+    """Two machines (two source addresses) under one id over TCP: /status and the log name both."""
+    t0 = int(time.time()) - 3600
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        first = socket.create_connection((LOOPBACK, server.tcp_port), source_address=("127.0.0.2", 0))
+        second = socket.create_connection((LOOPBACK, server.tcp_port),
+                                          source_address=("127.0.0.3", 0))
+        with first, second:
+            for i in range(8):
+                assert synced(first, line("baked-id", 40 + i, t0 + 60 * i)) == "#!ack"
+                assert synced(second, line("baked-id", 9000 + i, t0 + 60 * i + 20)) == "#!ack"
+        entry = server.status_json()["shared_vm_ids"]["baked-id"]
+        server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] == 16)
+    assert sorted(entry["senders"]) == ["127.0.0.2", "127.0.0.3"] and entry["now"]
+    said = [text for text in server.output.splitlines() if LOGGED in text]
+    assert len(said) == 1 and "Senders: 127.0.0.2, 127.0.0.3" in said[0], said
+    assert [seq for _ts, seq in logged_seqs(tmp_path / "data", "baked-id")] == [
+        seq for i in range(8) for seq in (40 + i, 9000 + i)]
+
+
 def test_a_restart_a_replayed_spool_and_reordering_are_no_second_machine(tmp_path):
     """Each non-case under an id of its own, in one server: none is listed, none counted."""
     t0 = int(time.time()) - 7200

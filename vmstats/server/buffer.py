@@ -55,8 +55,9 @@ class Buffer:
         #: VMs whose counter stepped back, watched for a second agent under their id.
         self.shared = SharedIds(metrics, clock)
 
-    def put(self, vm: str, ts: int, row: bytes, seq: int | None = None) -> bool:
-        """Hold one record; False (and counted) when a cap leaves no room.
+    def put(self, vm: str, ts: int, row: bytes, seq: int | None = None, source: str = "") -> bool:
+        """Hold one record; False (and counted) when a cap leaves no room (``source``: the
+        sender's address, where known).
 
         The caller notes the VM in ``last_seen`` when this returns True: that
         is what makes it known, and counted against ``max_vms``.
@@ -81,7 +82,7 @@ class Buffer:
             self.metrics.repeated += 1  # a resend of a row held: it replaces it
         rows[ts] = row
         if seq is not None:
-            self.sequence(vm, seq, ts)
+            self.sequence(vm, seq, ts, source)
         return True
 
     def sequence(self, vm: str, seq: int, ts: int, source: str = "") -> None:

@@ -72,9 +72,10 @@ class Ingest:
         self.signatures = None
         #: Called with each filed payload's (vms, timestamps, rows): the live rules' intake.
         self.observe: Callable[[list, list, list], None] | None = None
-        #: Payloads submitted and not yet filed, oldest first: [data, parsed, done, verdict];
-        #: a marker from ``after`` is [None, True, callback, None].  ``verdict`` is None for
-        #: plain payloads; for signed frames it is told (refused any, records unbound).
+        #: Payloads submitted and not yet filed, oldest first: [data, parsed, done, verdict,
+        #: source]; a marker from ``after`` is [None, True, callback, None, ""].  ``verdict`` is
+        #: None for plain payloads; for signed frames it is told (refused any, records unbound).
+        #: ``source``: the sender's address where known (a TCP peer), else "".
         self.queue: deque[list] = deque()
         self._idle = IdleWaiters()
         self._bad_log = RateLimitedLog(log, "rejected record")
@@ -92,23 +93,24 @@ class Ingest:
         """
         return self.file(data, self._parse_now(data, timed))
 
-    def submit(self, data: bytes, done: Done = None, timed: bool = True) -> None:
+    def submit(self, data: bytes, done: Done = None, timed: bool = True, source: str = "") -> None:
         """Parse ``data`` where there is room (a parser process, else here) and file it in turn.
 
         ``timed=False`` as for ``payload``: such a payload is parsed here, the parser processes
-        knowing only the live window (it is one record a VM a minute, the edge's).
+        knowing only the live window (it is one record a VM a minute, the edge's).  ``source``:
+        the sender's address where known (a TCP peer), named if its VM id proves shared.
         """
         parsers = self.parsers
         if parsers is None or not parsers.has_room() or not timed:
             self.metrics.parsed_here += 1
             if not self.queue:
-                result = self.payload(data, timed)
+                result = self.file(data, self._parse_now(data, timed), source)
                 if done is not None:
                     done(*result)
                 return
-            self.queue.append([data, self._parse_now(data, timed), done, None])
+            self.queue.append([data, self._parse_now(data, timed), done, None, source])
             return
-        entry = [data, None, done, None]
+        entry = [data, None, done, None, source]
         self.queue.append(entry)
         parsers.parse(data, self.clock()).addBoth(self._parsed, entry)
         self._bound()
@@ -117,14 +119,15 @@ class Ingest:
         return (self.parser if timed else self.untimed).parse(data, self.clock())
 
     def submit_signed(self, frames: bytes, done: Done = None,
-                      verdict: Callable[[bool, int], None] = lambda refused, unbound: None) -> None:
+                      verdict: Callable[[bool, int], None] = lambda refused, unbound: None,
+                      source: str = "") -> None:
         """Signed frames (laid end to end) under --auth-keys: checked and parsed where there is
         room, then, in turn, admitted (no replay) and filed.
 
         ``verdict(refused, unbound)`` is told, before ``done``, whether any
         frame was refused and how many records were removed as unbound.
         """
-        entry = [frames, None, done, verdict]
+        entry = [frames, None, done, verdict, source]
         self.queue.append(entry)
         parsers = self.parsers
         if parsers is None or not parsers.has_room():
@@ -140,7 +143,7 @@ class Ingest:
 
         ``parsed`` is None when the parser failed on it: it is parsed here.
         """
-        entry = [data, None, None, None]
+        entry = [data, None, None, None, ""]
         self.queue.append(entry)
         self._parsed(parsed, entry)
         self._bound()
@@ -149,13 +152,13 @@ class Ingest:
         """Signed datagrams a parser process read, checked and parsed itself (``signing.Checked``):
         admitted and filed after what is queued."""
         self.metrics.parsed_remote += 1
-        self.queue.append([None, checked, None, lambda refused, unbound: None])
+        self.queue.append([None, checked, None, lambda refused, unbound: None, ""])
         self._drain()
 
     def after(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once everything submitted so far is filed."""
         if self.queue:
-            self.queue.append([None, True, callback, None])
+            self.queue.append([None, True, callback, None, ""])
         else:
             callback()
 
@@ -193,7 +196,7 @@ class Ingest:
         """File every payload at the head of the queue whose columns are in, in order."""
         queue = self.queue
         while queue and queue[0][1] is not None:
-            data, parsed, done, verdict = queue.popleft()
+            data, parsed, done, verdict, source = queue.popleft()
             if parsed is True:
                 done()
                 continue
@@ -203,7 +206,7 @@ class Ingest:
                     if done is not None:
                         done(0, 0, 0)
                     continue
-            result = self.file(data, parsed)
+            result = self.file(data, parsed, source)
             if done is not None:
                 done(*result)
         if not queue:
@@ -238,8 +241,9 @@ class Ingest:
         return data, parsed
 
     # -- filing ----------------------------------------------------------------------------------
-    def file(self, data: bytes, parsed: Parsed) -> tuple[int, int, int]:
-        """Put one payload's parsed records in the buffer and journal the payload if any held."""
+    def file(self, data: bytes, parsed: Parsed, source: str = "") -> tuple[int, int, int]:
+        """Put one payload's parsed records in the buffer and journal the payload if any held
+        (``source``: the sender's address, where known)."""
         vms, tss, rows, seqs, rejects, details = parsed
         metrics = self.metrics
         rejected = 0
@@ -258,9 +262,9 @@ class Ingest:
         dropped = 0
         seen = buffer.last_seen
         if buffer.count + count >= buffer.max_buffered:
-            accepted, dropped = self._file_each(parsed, now)
+            accepted, dropped = self._file_each(parsed, now, source)
         elif len(seen) + count > buffer.max_vms and not seen.keys() >= set(vms):
-            accepted, dropped = self._file_each(parsed, now)  # new VMs near the VM cap
+            accepted, dropped = self._file_each(parsed, now, source)  # new VMs near the VM cap
         else:
             vm_set = set(vms)
             for vm in vm_set.difference(table):
@@ -268,14 +272,14 @@ class Ingest:
             rows_of = table.__getitem__
             sizes = list(map(len, map(rows_of, vm_set)))
             if max(sizes) + count > buffer.max_per_vm:
-                accepted, dropped = self._file_each(parsed, now)
+                accepted, dropped = self._file_each(parsed, now, source)
             else:
                 deque(map(setitem, map(rows_of, vms), tss, rows), 0)
                 added = sum(map(len, map(rows_of, vm_set))) - sum(sizes)
                 buffer.count += added
                 metrics.repeated += count - added  # resends of rows held: replaced, kept once
                 seen.update(zip(vm_set, repeat(now)))
-                self._sequence(vms, tss, seqs, len(vm_set) == count)
+                self._sequence(vms, tss, seqs, len(vm_set) == count, source)
                 accepted = count
         metrics.records += accepted
         if accepted:
@@ -297,7 +301,7 @@ class Ingest:
         self.journal.append_records(data)
         self.journal.append(rejected_line(rejects))
 
-    def _sequence(self, vms: list, tss: list, seqs: list, distinct: bool) -> None:
+    def _sequence(self, vms: list, tss: list, seqs: list, distinct: bool, source: str) -> None:
         """Count seq gaps; when every VM's seq is its last one plus one, without a loop.
 
         A VM watched for a second agent under its id (sharedids.py) has
@@ -312,14 +316,14 @@ class Ingest:
         sequence = self.buffer.sequence
         for vm, ts, seq in zip(vms, tss, seqs, strict=True):
             if seq is not None:
-                sequence(vm, seq, ts)
+                sequence(vm, seq, ts, source)
 
-    def _file_each(self, parsed: Parsed, now: float) -> tuple[int, int]:
+    def _file_each(self, parsed: Parsed, now: float, source: str) -> tuple[int, int]:
         """One record at a time, for payloads that meet a cap: each drop is counted by cause."""
         put, seen = self.buffer.put, self.buffer.last_seen
         accepted = dropped = 0
         for vm, ts, row, seq in zip(*parsed[:4], strict=True):
-            if put(vm, ts, row, seq):
+            if put(vm, ts, row, seq, source):
                 accepted += 1
                 seen[vm] = now
             else:

@@ -473,12 +473,12 @@ class TCPReceiver(tx_protocol.Protocol):
             self.ingest.after(self._auth_failed)
 
     def _ingest(self, payload: bytes) -> None:
-        self.ingest.submit(payload, self._filed)
+        self.ingest.submit(payload, self._filed, source=self.peer)
 
     def _submit_signed(self, frames: list[bytes]) -> None:
         """Hand the frames gathered so far over (and empty the list)."""
         if frames:
-            self.ingest.submit_signed(b"".join(frames), self._filed, self._verdict)
+            self.ingest.submit_signed(b"".join(frames), self._filed, self._verdict, self.peer)
             del frames[:]
 
     def _verdict(self, refused: bool, unbound: int) -> None:
