@@ -165,9 +165,9 @@ def test_what_is_kept_is_bounded_and_a_vm_left_unwatched_counts_as_before():
     listed = buffer.shared.listing(time.time())
     assert len(listed) == sharedids.MAX_LISTED and "clone-%d" % (sharedids.MAX_LISTED + 4) in listed
     assert "clone-0" not in listed
-    for n in range(sharedids.MAX_WATCHED):  # fill the watch with restarts
+    for n in range(sharedids.MAX_WATCHED):  # fill the watch with restarts whose 0 was lost
         buffer.put("restarted-%d" % n, t0, b"row", 9)
-        buffer.put("restarted-%d" % n, t0 + 60, b"row", 0)
+        buffer.put("restarted-%d" % n, t0 + 60, b"row", 1)
     assert len(buffer.shared.watched) == sharedids.MAX_WATCHED
     lost = metrics.seq_lost
     for seq, ts in ((0, t0), (1, t0 + 60), (4, t0 + 240), (3, t0 + 180), (0, t0 + 300)):

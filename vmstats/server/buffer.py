@@ -94,7 +94,10 @@ class Buffer:
         """
         last = self.last_seq.get(vm)
         if last == WATCHED:  # each counter's own gaps are its losses, not the steps between two
-            watch = self.shared.watched[vm]
+            watch = self.shared.watched.get(vm)
+            if watch is None:  # cannot be (both are kept and forgotten together); start over
+                self.last_seq[vm] = seq
+                return
             last = watch.last
             watch.last = seq if seq > last or seq == 0 or seq + GAP < last else last
             self.metrics.seq_lost += self.shared.see(vm, watch, seq, ts, source)
@@ -105,7 +108,9 @@ class Buffer:
         now = seq if last is None or seq > last or restarted else last
         if last is not None and seq > last + 1:
             self.metrics.seq_lost += seq - last - 1
-        if last is not None and seq <= last and self.shared.watch(vm, last, seq, ts, source):
+        # A step back to 0 is an agent's restart; a second agent under the id shows at its
+        # next record all the same, and an upgrade restarting a fleet starts no watches.
+        if last is not None and 0 < seq <= last and self.shared.watch(vm, last, seq, ts, source):
             self.shared.watched[vm].last = now
             self.last_seq[vm] = WATCHED
         else:

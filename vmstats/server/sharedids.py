@@ -17,7 +17,8 @@ looked for, and nothing else:
 - UDP reordering delivers a record after a later one of the same counter:
   also late, and it never makes a counter advance after another one did.
 
-Only a VM whose counter stepped back (or repeated) is watched: the filing
+Only a VM whose counter stepped back (or repeated; not to 0, an agent's
+restart, so that restarting a fleet starts no watches) is watched: the filing
 fast path (ingest.py, every VM's ``seq`` its last plus one) is not touched.
 A watched VM's ``Buffer.last_seq`` holds ``WATCHED``, which no ``seq`` follows,
 so its records take the careful path, which calls ``see`` with each one's
