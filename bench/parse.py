@@ -60,8 +60,8 @@ def timed(work, rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
         started = time.process_time()
-        work()
-        best = min(best, time.process_time() - started)
+        spent = work()  # a case that sets up state first times its filing itself
+        best = min(best, spent if spent is not None else time.process_time() - started)
     return best / VMS * 1e6
 
 
@@ -110,10 +110,42 @@ def main() -> int:
             for data, columns in zip(work, parsed, strict=True):
                 ingest.file(data, columns)
 
+        #: Every VM's last seq the one before its record's (7): the steady state, where each
+        #: payload's counters take the fast path (the case above meets each VM's first seq).
+        next_seqs = dict.fromkeys((vm for columns in parsed for vm in columns[0]), 6)
+
+        def file_next(work=work, parsed=parsed, next_seqs=next_seqs):
+            metrics = Metrics()
+            buffer = Buffer(metrics, 10 ** 9, 10 ** 6)
+            buffer.last_seq = next_seqs.copy()
+            ingest = Ingest(buffer, metrics, 300, 0, clock=lambda: NOW)
+            started = time.process_time()
+            for data, columns in zip(work, parsed, strict=True):
+                ingest.file(data, columns)
+            spent = time.process_time() - started
+            assert metrics.seq_lost == 0
+            return spent
+
         cases = [("parse, known ids", parse_known), ("parse, new ids", parse_new),
-                 ("file into the buffer", file_known)]
+                 ("file into the buffer", file_known), ("file, seq = last + 1", file_next)]
         if "max_vms" in Buffer.__init__.__code__.co_varnames:
             cases.append(("file, at --max-vms", lambda: file_known(at_cap=True)))
+        if hasattr(Buffer(Metrics(), 1, 1), "shared"):
+            def file_watched(work=work, parsed=parsed, next_seqs=next_seqs):
+                """Every VM watched for a second sender (its counter stepped back): the
+                careful path for each record, what a fleet restarted at once costs."""
+                metrics = Metrics()
+                buffer = Buffer(metrics, 10 ** 9, 10 ** 6)
+                for vm in next_seqs:
+                    buffer.sequence(vm, 6, NOW - 120)
+                    buffer.sequence(vm, 3, NOW - 90)
+                ingest = Ingest(buffer, metrics, 300, 0, clock=lambda: NOW)
+                started = time.process_time()
+                for data, columns in zip(work, parsed, strict=True):
+                    ingest.file(data, columns)
+                return time.process_time() - started
+
+            cases.append(("file, every VM watched", file_watched))
         results = {name: [] for name, _ in cases}
         results["reference"] = []
         for _ in range(3):  # interleaved, so a slow phase of the host touches every case
