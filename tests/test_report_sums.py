@@ -9,12 +9,17 @@ import csv
 import json
 import subprocess
 import sys
-from decimal import Decimal
+import tomllib
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 
 import numpy as np
+from test_report_policy import build_fleet
 from test_report_stats import T0, series, write_records
 
 from vmstats.report.policy import CANDIDATES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_report(*args: str) -> subprocess.CompletedProcess:
@@ -100,3 +105,48 @@ def test_a_total_is_the_sum_of_the_lines_printed_to_the_cent(tmp_path):
     printed = [line.split("provisioned")[1].split()[0] for line in done.stdout.splitlines()
                if "provisioned" in line]
     assert printed == ["4,056,423,560,584.20", "4,056,423,560,584.20", "8,112,847,121,168.40"]
+
+
+def _cents(value: Decimal) -> Decimal:
+    """``value`` to the cent, half a cent up: as a person rounds a bill on paper."""
+    return value.quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+
+def test_each_saving_is_what_its_printed_cells_give_and_the_total_their_sum(tmp_path):
+    """An operator checks the savings in a spreadsheet from the cells printed: a schedule saves
+    its monthly_cost x off_hours_per_week / 168, a downsize its monthly_cost less the new size's
+    month from the price book.  Reckoned from the costs before rounding, the shipped example
+    book's schedule of 112.71 a month x 128/168 was 85.88 (the cells give 85.87) and its downsize
+    of 185.71 to a large at 56.36 was 129.36 (the cells give 129.35): the header's total was two
+    cents above the sum an operator makes."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    build_fleet(data)
+    done = run_report(str(data), "-o", str(out))
+    book = tomllib.loads((ROOT / "vmstats" / "report" / "examples" / "pricebook.toml").read_text())
+    hours = Decimal(str(book["hours_per_month"]))
+    sizes = {size["name"]: Decimal(str(size["hourly"])) for size in book["sizes"]}
+    with open(out / "report.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    reckoned = {}
+    for row in rows:
+        cost = Decimal(row["monthly_cost"])
+        if row["category"] == "reclaim":
+            reckoned[row["vm"]] = cost
+        elif row["category"] == "schedule":
+            reckoned[row["vm"]] = _cents(cost * Decimal(row["off_hours_per_week"]) / 168)
+        elif row["category"] == "downsize":
+            hourly = sizes.get(row["recommended_size"]) or (
+                Decimal(row["recommended_vcpus"]) * Decimal(str(book["vcpu_hour"]))
+                + Decimal(row["recommended_mem_gb"]) * Decimal(str(book["gb_ram_hour"])))
+            reckoned[row["vm"]] = cost - _cents(hourly * hours)
+    assert {r["category"] for r in rows} >= {"schedule", "downsize"}
+    assert {r["vm"]: Decimal(r["monthly_saving"]) for r in rows if r["vm"] in reckoned} == reckoned
+    total = sum(reckoned.values())
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert Decimal(str(meta["totals"]["monthly_saving"])) == total
+    category = {r["vm"]: r["category"] for r in rows}
+    for name in ("schedule", "downsize"):
+        assert Decimal(str(meta["categories"][name]["monthly_saving"])) == sum(
+            saving for vm, saving in reckoned.items() if category[vm] == name)
+    assert "saving USD {:,.2f} from".format(total) in done.stdout
+    assert "USD {:,.2f}</div>".format(total) in (out / "report.html").read_text()

@@ -126,6 +126,20 @@ class Money:
                 odd.append(value)
         return self.round(math.fsum(odd) if odd else units / scale)
 
+    def saving(self, cost: float, new_cost: float = 0.0, share: float = 1.0) -> float | int:
+        """What a decision saves a month, reckoned from the amounts the report prints: ``share``
+        of ``cost`` as rounded (``round``), rounded, less ``new_cost`` as rounded, exact to the unit.
+
+        The one rule for every saving and extra cost: a reclaim saves its ``monthly_cost`` cell,
+        a schedule that cell x off-hours / 168, a resize the cell less the new size's month
+        (negative, an upsize's extra cost).  Reckoned from the costs before rounding, a schedule
+        of 112.712 a month x 128/168 was 85.88 where the cells give 112.71 x 128/168 = 85.87,
+        and the header's total was cents above the sum of what an operator checks.  An unknown
+        ``cost`` or ``new_cost`` (NaN: no size, no price) gives NaN.
+        """
+        kept = self.round(self.round(cost) * share)
+        return self.total((kept, -self.round(new_cost)))
+
     def amount(self, value: float | None, unknown: float | None = None) -> float | int | None:
         """A money figure of a row or a decision: ``value`` rounded (``round``) when known; when
         it is None or NaN (no price, no size), ``unknown`` rounded: None leaves a report's cell

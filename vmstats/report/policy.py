@@ -151,7 +151,7 @@ def _rule(
                 vm["mem_p95"],
             ),
             round(conf, 2),
-            monthly_saving=prices.money.amount(cost, unknown=0.0),
+            monthly_saving=prices.money.amount(prices.money.saving(cost), unknown=0.0),
             recommendation="stop and remove (snapshot first)",
             recommended_vcpus=0,
             recommended_mem_gb=0,
@@ -181,7 +181,7 @@ def _rule(
             "idle %.0f of 168 hours a week in recurring stops of %s or more; local time %s (%s)"
             % (plan.off, counted(s["schedule_min_off_run"], "hour"), zone(plan.offset), found),
             round(_clip(conf), 2),
-            monthly_saving=prices.money.amount(cost * plan.off / 168.0, unknown=0.0),
+            monthly_saving=prices.money.amount(prices.money.saving(cost, share=plan.off / 168), unknown=0.0),
             recommendation=text,
             off_hours_per_week=plan.off,
             evidence={
@@ -672,8 +672,9 @@ def _upsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -> 
         need_vcpus, need_gb, s["vcpu_ladder"], s["memory_ladder_gb"], s["max_gb_per_vcpu"],
         _vcpu_step(vcpus, s),
     )
-    # The extra cost in the text, the evidence and the saving is one figure, to the minor unit.
-    extra = prices.money.amount(new_cost - cost, unknown=0.0) if _known(new_cost) else math.nan
+    # The extra cost in the text, the evidence and the saving is one figure, to the minor unit:
+    # the new size's month less this one's, as printed (Money.saving read the other way).
+    extra = prices.money.saving(new_cost, cost) if _known(new_cost) else math.nan
     hot = []
     if cpu_hot:
         hot.append("CPU p95 %.1f%% of %g vCPU" % (vm["cpu_p95"], vcpus))
@@ -761,7 +762,7 @@ def _downsize(vm, s, prices: PriceBook, coverage_f: float, stability_f: float) -
         "CPU p95 %.1f%% p99 %.1f%%, memory p95 %.1f%% max %.1f%% of %g vCPU / %s GB"
         % (vm["cpu_p95"], vm["cpu_p99"], vm["mem_p95"], vm["mem_max"], vcpus, _gb(mem_gb)),
         round(_clip(conf), 2),
-        monthly_saving=prices.money.amount(saving, unknown=0.0),
+        monthly_saving=prices.money.amount(prices.money.saving(cost, new_cost), unknown=0.0),
         recommendation="resize to " + target,
         recommended_vcpus=new_vcpus,
         recommended_mem_gb=new_gb,
