@@ -155,6 +155,12 @@ def test_days_asked_for_past_the_latest_record_are_said_to_be_missing(fleet, tmp
     assert window["ends_early"] is False and "shortened" not in window["why"]
 
 
+def page_rows(page: Path) -> list[dict]:
+    """The rows report.html carries for its script (its table and drill-downs are drawn from them)."""
+    found = re.search(r'<script type="application/json" id="report-rows">(.*?)</script>', page.read_text())
+    return json.loads(found.group(1))
+
+
 def test_a_figure_that_rounds_to_zero_is_written_0_not_minus_0(tmp_path):
     """A CPU trend of -0.0015 points a week is 0.0 in report.csv: a spreadsheet or a diff of two
     nights' reports shows "-0.0" as a change of sign where nothing moved."""
@@ -168,6 +174,30 @@ def test_a_figure_that_rounds_to_zero_is_written_0_not_minus_0(tmp_path):
     assert not [(name, cell) for row in rows for name, cell in row.items() if cell.startswith("-0.0")]
     vm = json.loads((tmp_path / "out" / "report.json").read_text())["vms"][0]
     assert str(vm["cpu_trend"]) == "0.0"
+    # The evidence too: report.json's figures, and the words of the page's drill-down.
+    assert vm["evidence"]["cpu_trend"] == 0 and str(vm["evidence"]["cpu_trend"]) == "0.0"
+    assert "-0.0" not in json.dumps(vm["evidence"])
+    rows = page_rows(tmp_path / "out" / "report.html")
+    words = dict(rows[0]["evidence_text"])
+    assert words["CPU trend"] == "0.00 points a week"
+
+
+def test_a_trend_in_the_drill_down_reads_as_its_csv_cell(tmp_path):
+    """A memory trend of -0.03 points a week (report.csv's cell) read "-0.0 points a week" in the
+    page's evidence, and +0.01 "+0.0": a sign on a zero, and a figure the CSV does not give."""
+    cpu = 60 + 30 * np.random.default_rng(1).random(len(TS))
+    mem = 75 + 0.2 * ((TS - T0) // DAY == 1)  # one early day a little fuller: a slope just below 0
+    busy = np.full(len(TS), 5e5)
+    records = series("busy", TS, np.round(cpu, 1), mem, busy, busy, vcpus=4, mem_mb=8192)
+    write_records(tmp_path / "data", records)
+    result = vmstats(tmp_path / "data", "-o", tmp_path / "out", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    row = next(csv.DictReader(open(tmp_path / "out" / "report.csv", newline="", encoding="utf-8")))
+    rows = page_rows(tmp_path / "out" / "report.html")
+    words = dict(rows[0]["evidence_text"])
+    assert float(row["mem_trend"]) < 0 and round(float(row["mem_trend"]), 1) == 0
+    assert words["memory trend"] == "%s points a week" % row["mem_trend"]
+    assert words["CPU trend"] == "%+.2f points a week" % float(row["cpu_trend"])
 
 
 def test_the_category_table_is_every_vm_not_only_candidates(fleet):

@@ -101,7 +101,12 @@ def _work_levels(levels: dict[str, Any]) -> str:
 
 
 def _trend(value: Any) -> str:
-    return "%+.1f points a week" % value if _known(value) else "n/a"
+    """A slope to the hundredth, as report.csv's ``cpu_trend`` cell gives it: to the tenth, -0.03
+    read "-0.0", a sign on a zero; a zero is unsigned."""
+    if not _known(value):
+        return "n/a"
+    value = round(float(value), 2) + 0.0
+    return "%s points a week" % ("%+.2f" % value if value else "0.00")
 
 
 def _offset(hours: Any) -> str:

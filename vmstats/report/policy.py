@@ -784,4 +784,5 @@ def _gb(value: float) -> str:
 
 
 def _round(value: float, digits: int = 2) -> float | None:
-    return round(value, digits) if _known(value) else None
+    """An evidence figure to ``digits`` places; a small negative one is 0.0, never -0.0 in report.json."""
+    return round(value, digits) + 0.0 if _known(value) else None
