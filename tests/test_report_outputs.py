@@ -42,7 +42,7 @@ def fleet(tmp_path_factory):
     exclusions.write_text(
         '[[exclude]]\nvm = "idle"\nreason = "DR standby, idle by design"\nexpires = %s\n\n'
         '[[exclude]]\nvm = "oversized*"\nreason = "old freeze"\nexpires = %s\n'
-        % (today + datetime.timedelta(days=30), today - datetime.timedelta(days=1))
+        % (today + datetime.timedelta(days=30), "2026-01-13")  # the day before the window's last
     )
     out = base / "out"
     result = vmstats(data, "-o", out, "--exclusions", exclusions)
@@ -347,6 +347,62 @@ def test_exclusions_and_expiry(fleet):
     assert "expired exclusions, no longer applied: oversized* (old freeze, expired %s)" % expired in (
         result.stdout.splitlines()
     )
+
+
+#: Exclusions whose end falls about the window's end (2026-01-14 23:59 UTC), each given as a
+#: date (a UTC day, inclusive) or as a time with its offset (that instant).
+ABOUT_THE_END = """\
+[[exclude]]
+vm = "idle"
+reason = "ran out after the window, before today"
+expires = 2026-01-20
+[[exclude]]
+vm = "oversized"
+reason = "runs to the window's last day"
+expires = 2026-01-14
+[[exclude]]
+vm = "network-only"
+reason = "ran out the day before the window's last"
+expires = 2026-01-13
+[[exclude]]
+vm = "memory-only"
+reason = "ran out at 08:00 in Tokyo on the 15th, 23:00 UTC on the 14th"
+expires = 2026-01-15T08:00:00+09:00
+[[exclude]]
+vm = "business-hours"
+reason = "runs to 19:30 in New York on the 14th, 00:30 UTC on the 15th"
+expires = 2026-01-14T19:30:00-05:00
+"""
+
+
+def test_an_exclusion_is_judged_at_the_windows_end_not_on_the_day_of_the_run(fleet, tmp_path):
+    """A report of January's logs run in December: an exclusion that ran out in between held all
+    through the window, and the report of the window must not turn it into a reclaim (nor give
+    another report of the same logs on another day).  A date is a UTC day, as --since and --until
+    are; a time with an offset (the operator's zone) is that instant."""
+    data, _expected, _out, _result = fleet
+    exclusions = tmp_path / "exclusions.toml"
+    exclusions.write_text(ABOUT_THE_END)
+    result = vmstats(data, "-o", tmp_path / "out", "--exclusions", exclusions, "--no-cache")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "out" / "report.json").read_text())
+    category = {v["vm"]: v["category"] for v in document["vms"]}
+    assert document["meta"]["window"]["end"] == "2026-01-14T23:59:00Z"
+    assert [category[vm] for vm in ("idle", "oversized", "business-hours")] == ["excluded"] * 3
+    assert [category[vm] for vm in ("network-only", "memory-only")] == ["downsize", "reclaim"]
+    expired = document["meta"]["exclusions"]["expired"]
+    assert [(e["vm"], e["expires"]) for e in expired] == [
+        ("network-only", "2026-01-13"), ("memory-only", "2026-01-15T08:00:00+09:00")]
+    assert document["meta"]["exclusions"]["active"] == 3
+    # A report of an earlier window (the first week) finds every one of them in force.
+    result = vmstats(data, "-o", tmp_path / "week", "--exclusions", exclusions, "--no-cache",
+                     "--until", "2026-01-07")
+    assert result.returncode == 0, result.stderr
+    week = json.loads((tmp_path / "week" / "report.json").read_text())
+    assert week["meta"]["exclusions"]["expired"] == []
+    assert {v["vm"] for v in week["vms"] if v["category"] == "excluded"} == {
+        "idle", "oversized", "network-only", "memory-only", "business-hours"}
+    assert "expired exclusions" not in result.stdout
 
 
 def test_terminal_summary(fleet):

@@ -415,11 +415,13 @@ def test_groups_and_exclusions_select_by_pattern_or_cidr(tmp_path):
         '[[exclude]]\nvm = "192.168.0.0/24"\nreason = "lab"\n'
         '[[exclude]]\nvm = "db-*"\nreason = "old"\nexpires = 2026-01-31\n'
     )
-    active, expired = exclusions.load(str(path), datetime.date(2026, 2, 1))
+    # Judged at a window's end: a record of 2026-02-01 00:00 UTC, then of 2026-01-31 23:59.
+    end = int(datetime.datetime(2026, 2, 1, tzinfo=datetime.UTC).timestamp())
+    active, expired = exclusions.split(exclusions.load(str(path)), end)
     assert exclusions.find(active, "192.168.0.77").reason == "lab"
     assert exclusions.find(active, "192.168.1.1") is None and exclusions.find(active, "db-1") is None
     assert [e.selector for e in expired] == ["db-*"]
-    active, expired = exclusions.load(str(path), datetime.date(2026, 1, 31))  # the expiry day still counts
+    active, expired = exclusions.split(exclusions.load(str(path)), end - 60)  # the expiry day still counts
     assert exclusions.find(active, "db-1").reason == "old" and expired == []
 
 

@@ -93,7 +93,6 @@ def build(
     since: str | None = None,
     until: str | None = None,
     cache_dir: str | None = None,
-    today: datetime.date | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 2,
     by: str | None = None,
@@ -109,8 +108,7 @@ def build(
     """
     if by is not None:
         statement_mod.check_key(by)
-    today = today or datetime.datetime.now(datetime.UTC).date()
-    active, expired = exclusions_mod.load(exclusions_path, today)
+    exclusions = exclusions_mod.load(exclusions_path)
     # The command line's dates before the logs: a wrong one is refused whatever the logs hold.
     since_day, until_day = parse_day(since, "--since"), parse_day(until, "--until")
     if since_day is not None and until_day is not None and since_day > until_day:
@@ -160,6 +158,9 @@ def build(
     earlier = any(day < first_day for _vm, day in units)
     start_ts = first_day * 86400 if earlier else int(d["first_ts"][inside].min())
     window = stats_mod.Window(first_day, last_day, start_ts, end_ts)
+    # At the window's end, not on the day of the run: a report of last month's logs keeps the
+    # exclusions that held then (docs/POLICY.md, excluded).
+    active, expired = exclusions_mod.split(exclusions, end_ts)
 
     named = named_files(listing + table.issues)
     # By each read's VM: a file that failed several VMs is named once, for all of them.
