@@ -124,6 +124,24 @@ def test_the_tables_percentages_say_of_what(fleet):
     assert "CPU p95 and mem p95: % of the VM's vCPUs and of its memory" in page
 
 
+def test_the_fleet_chart_says_what_its_bars_count(fleet):
+    """The utilisation chart's y axis had numbers and no label: VMs, not per cent or days."""
+    _data, expected, out, _result = fleet
+    page = (out / "report.html").read_text()
+    chart = re.search(r'<svg [^>]*aria-label="VMs by CPU and memory p95">.*?</svg>', page).group(0)
+    title = re.search(r'<text x="([\d.]+)" y="[\d.]+" font-size="(\d+)" text-anchor="middle" '
+                      r'transform="rotate\(-90 [\d.]+ [\d.]+\)">([^<]*)</text>', chart)
+    assert title and title.group(3) == "VMs per band"
+    # Left of the tick values: the widest, right-aligned, starts clear of the title's line.
+    ticks = re.findall(r'<text x="(\d+)" y="[\d.]+" font-size="10" text-anchor="end">(\d+)</text>', chart)
+    assert [value for _x, value in ticks][-1] == "0" and len(ticks) == 5
+    widest = max(len(value) for _x, value in ticks)
+    assert float(title.group(1)) + int(title.group(2)) / 2 < int(ticks[0][0]) - widest * 6
+    # The counts on it are the fleet's: every VM with enough data, once per metric.
+    fleet = json.loads((out / "report.json").read_text())["fleet"]
+    assert sum(fleet["cpu_p95"]) == len(expected) - 2  # stopped and sparse are not drawn
+
+
 def test_the_footer_gives_the_price_books_hours_as_the_statement_does(fleet):
     """The footer said "730.0 hours a month" of a book that says 730, as the statement does."""
     _data, _expected, out, _result = fleet
