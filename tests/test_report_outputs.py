@@ -317,6 +317,26 @@ def test_json_gaps_are_null_and_numpy_numbers_plain():
     assert text == b'{"a":[null,1.5,3],"2":null}'
 
 
+def test_first_seen_is_the_first_record_in_the_window_as_its_doc_says(fleet, tmp_path):
+    """``first_seen`` was documented as the first record "in the loaded data": read as the VM's
+    first record ever, a VM running since long before the window looked new."""
+    data, _expected, _out, _result = fleet
+    out = tmp_path / "out"
+    result = vmstats(data, "-o", out, "--since", "2026-01-12", "--until", "2026-01-14", "--no-cache")
+    assert result.returncode == 0, result.stderr
+    rows = {r["vm"]: r for r in csv.DictReader(open(out / "report.csv", newline="", encoding="utf-8"))}
+    # Logs since 2026-01-01: its first record in the window, and its span from its first log.
+    assert rows["idle"]["first_seen"] == "2026-01-12T00:00:00Z" and rows["idle"]["span_days"] == "14.0"
+    # Silent since 2026-01-10 23:59: none in the window, the first record of its last day of logs.
+    assert rows["stopped"]["category"] == "stopped"
+    assert (rows["stopped"]["first_seen"], rows["stopped"]["last_seen"]) == (
+        "2026-01-10T00:00:00Z", "2026-01-10T23:59:00Z")
+    doc = (ROOT / "docs/REPORT.md").read_text()
+    documented = re.search(r"^\| `first_seen` \| (.*) \|$", doc, re.M).group(1)
+    assert "first record of the VM in the window" in documented
+    assert "`span_days`" in documented and "last day of logs" in documented
+
+
 def test_csv_columns_are_exactly_the_documented_ones(fleet):
     _data, expected, out, _result = fleet
     documented = re.findall(r"^\| `([a-z_0-9]+)` \|", (ROOT / "docs/REPORT.md").read_text(), re.M)
