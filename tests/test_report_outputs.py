@@ -346,6 +346,19 @@ def test_csv_columns_are_exactly_the_documented_ones(fleet):
     assert len(rows) == len(expected) + 1
 
 
+def test_a_recommended_size_is_written_as_the_vms_own_size_is(fleet):
+    """A row read "vcpus 8, recommended_vcpus 4.0": a whole size is whole in both columns (the
+    documentation's "whole for a whole size"), 0 for a reclaim."""
+    _data, _expected, out, _result = fleet
+    rows = {r["vm"]: r for r in csv.DictReader(open(out / "report.csv", newline="", encoding="utf-8"))}
+    sizes = {vm: (r["category"], r["vcpus"], r["recommended_vcpus"]) for vm, r in rows.items()
+             if r["recommended_vcpus"]}
+    assert sizes == {"oversized": ("downsize", "8", "4"), "network-only": ("downsize", "8", "2"),
+                     "memory-only": ("reclaim", "8", "0")}
+    vms = {v["vm"]: v for v in json.loads((out / "report.json").read_text())["vms"]}
+    assert repr(vms["oversized"]["recommended_vcpus"]) == "4"
+
+
 def test_json_holds_the_same_data_as_csv(fleet):
     _data, _expected, out, _result = fleet
     document = json.loads((out / "report.json").read_text())

@@ -344,7 +344,7 @@ def _row(
         "usage_cost": money.amount(v["usage_cost"]),
         "vcpus": _size(v["vcpus"]),
         "mem_gb": _r(v["mem_gb"], 3),
-        "recommended_vcpus": _r(decision.recommended_vcpus, 3),
+        "recommended_vcpus": _size(decision.recommended_vcpus),
         "recommended_mem_gb": _r(decision.recommended_mem_gb, 3),
         "recommended_size": decision.recommended_size,
         "off_hours_per_week": decision.off_hours_per_week,
