@@ -481,6 +481,30 @@ def test_coverage_with_a_gap_never_reads_as_the_whole_window(browser, tmp_path):
     assert _errors(browser) == []
 
 
+def test_a_vms_heat_map_and_daily_chart_give_each_figure_to_the_tenth(browser, tmp_path):
+    """The drill-down's heat map read "lightest 1% to darkest 12.5%" (and its cells "1%"), where
+    the fleet's, above, reads "1.0%": a mean of 1.0 is written as a mean of 1.0."""
+    ts = T0 + 60 * np.arange(1440)
+    cpu = np.where((ts // 3600) % 24 == 3, 12.5, 1.0)  # busy from 03:00 to 04:00 UTC
+    write_records(tmp_path / "data", series("night", ts, cpu, np.full(len(ts), 30.0)))
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(tmp_path / "data"), "-o",
+                           str(tmp_path / "out"), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    _open(browser, tmp_path / "out" / "report.html")
+    assert "from its quietest hour (1.0%, lightest) to its busiest (12.5%, darkest)" in " ".join(
+        browser.find_element(By.CSS_SELECTOR, ".caption").text.split())
+    browser.find_element(By.CSS_SELECTOR, "#vms tbody .vmlink").click()
+    drill = browser.find_element(By.ID, "drill")
+    assert "Mean CPU per hour of the week (UTC), lightest 1.0% to darkest 12.5%." in drill.text
+    titles = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#vm-heatmap rect title, #daily-chart circle title'),"
+        " t => t.textContent)")
+    assert "Thu 00:00 UTC: 1.0%" in titles and "Thu 03:00 UTC: 12.5%" in titles
+    assert "2026-01-01 CPU p95 1.0%" in titles and "2026-01-01 memory p95 30.0%" in titles
+    assert _errors(browser) == []
+
+
 def test_the_tables_size_is_the_one_its_reason_names(browser, tmp_path):
     """A VM of 32,724 MB (the Bitbrains trace's "32 GB") is 31.957 GB in report.csv and 31.96 GB
     in a reason or recommendation; the table said 32.0 GB, a size it is not. A whole size reads
