@@ -8,6 +8,7 @@ integer`` put its ``Authorization`` token in the server's log, and the connectio
 import http.client
 import time
 
+import pytest
 from serverproc import LOOPBACK, ROOT, serve
 from test_formats_server import edge
 
@@ -315,5 +316,149 @@ def test_an_http_request_after_lines_on_a_line_port_is_answered_as_at_its_start(
     assert server.returncode == 0, server.output
     assert "an HTTP client (POST /write) wrote to the influx line port (TCP)" in server.output
     assert "an HTTP client (POST /metrics/write) wrote to the graphite line port (TCP)" in (
+        server.output)
+    assert_no_secret(tmp_path)
+
+
+def after_records(stamp: int, first: int, host: bytes = b"stats") -> bytes:
+    """One datagram: a record, then a request (a client that joins both, or a request written
+    after records to the wrong port), a record of 10.9.0.9 in the request's body."""
+    return b"vmstats,vm=10.9.4.%d cpu=5,mem=40 %d\n" % (first, stamp) + misdirected(stamp, host)
+
+
+def reading_udp(server, parsers: str) -> None:
+    """Wait until the parser processes read the UDP socket, if there are any."""
+    if parsers != "0":
+        server.wait_for(lambda s: s.metrics()["vmstats_parsers_reading_udp"] == int(parsers),
+                        timeout=10)
+
+
+@pytest.mark.parametrize("parsers", ["2", "0"])
+def test_an_http_request_after_records_in_a_datagram_is_dropped_and_the_records_kept(
+        tmp_path, parsers):
+    """A datagram to the native UDP port holding records and then an HTTP request: only its
+    first line was looked at, so the request's lines were refused one by one as records, the
+    token in its headers quoted in the log and journaled with the payload.  Now the request is
+    counted once as http_request, named by its method and path, and nothing of it read; the
+    records before it are filed, in the reactor (``--parsers 0``) or a parser process."""
+    stamp = int(time.time()) - 120
+    with serve(tmp_path, "--parsers", parsers, "--flush-interval", "60") as server:
+        reading_udp(server, parsers)
+        server.send_udp(after_records(stamp, 1), b"vmstats,vm=10.9.4.2 cpu=5,mem=40 %d" % stamp)
+        metrics = server.wait_metrics(
+            lambda m: m["vmstats_records_received_total"] >= 2 and rejects(m), timeout=5)
+        assert_no_secret(tmp_path)  # the log, and the journal until the flush: records alone
+        assert rejects(metrics) == {'vmstats_rejected_total{reason="http_request"}': 1}
+        assert metrics["vmstats_records_received_total"] == 2
+    assert server.returncode == 0, server.output
+    assert ("http_request: an HTTP client (POST /write) wrote to the native line port (UDP), "
+            "dropped unread") in server.output, server.output
+    assert sorted(path.name for path in (tmp_path / "data" / "vms").iterdir()) == [
+        "10.9.4.1", "10.9.4.2"]
+    assert_no_secret(tmp_path)
+
+
+def test_a_request_after_records_in_a_datagram_a_parser_fails_on_is_dropped_by_the_reactor(
+        tmp_path):
+    """The datagrams a parser process fails on (a bug) go to the reactor as they came, which
+    looked at each one's first line only: the request after a record was read as records."""
+    stamp = int(time.time()) - 120
+    env = {"PYTHONPATH": PARSER_FAULT, "VMSTATS_TEST_PARSER_FAULT": "Host: faulty"}
+    with serve(tmp_path, "--parsers", "1", "--flush-interval", "60", env=env) as server:
+        reading_udp(server, "1")
+        server.send_udp(after_records(stamp, 1, b"faulty"))
+        metrics = server.wait_metrics(
+            lambda m: m["vmstats_records_received_total"] >= 1 and rejects(m), timeout=5)
+        assert_no_secret(tmp_path)
+        assert rejects(metrics) == {'vmstats_rejected_total{reason="http_request"}': 1}
+        assert metrics["vmstats_records_received_total"] == 1
+    assert server.returncode == 0, server.output
+    assert "RuntimeError(\"a parser fault" in server.output, server.output
+    assert sorted(path.name for path in (tmp_path / "data" / "vms").iterdir()) == ["10.9.4.1"]
+    assert_no_secret(tmp_path)
+
+
+@pytest.mark.parametrize("parsers", ["2", "0"])
+def test_under_auth_keys_a_request_after_unsigned_lines_in_a_datagram_is_counted_once(
+        tmp_path, parsers):
+    """Under --auth-keys an unsigned datagram's lines are refused as sig_missing; a request
+    after them was counted so too, a line each (seven for one record), as only the first line
+    was looked at.  Now the lines before it are sig_missing and the request one http_request,
+    in the reactor (``--parsers 0``) or a parser process."""
+    keys = tmp_path / "keys"
+    keys.write_text("k1 first-secret\n")
+    stamp = int(time.time()) - 120
+    with serve(tmp_path, "--parsers", parsers, "--auth-keys", str(keys)) as server:
+        reading_udp(server, parsers)
+        server.send_udp(after_records(stamp, 1), protocol.sign_payload(
+            "k1", "first-secret", b"vmstats,vm=10.9.4.2 cpu=5,mem=40 %d\n" % stamp))
+        metrics = server.wait_metrics(
+            lambda m: m["vmstats_records_received_total"] >= 1
+            and m.get('vmstats_rejected_total{reason="sig_missing"}'), timeout=5)
+        assert_no_secret(tmp_path)
+        assert rejects(metrics) == {'vmstats_rejected_total{reason="http_request"}': 1,
+                                    'vmstats_rejected_total{reason="sig_missing"}': 1}
+    assert server.returncode == 0, server.output
+    assert "an HTTP client (POST /write) wrote to the native line port (UDP)" in (
+        server.output), server.output
+    assert_no_secret(tmp_path)
+
+
+@pytest.mark.parametrize("run", ["parser", "reactor", "optional"])
+def test_an_http_request_after_records_in_a_signed_frame_is_dropped_and_the_records_kept(
+        tmp_path, run):
+    """A sender that signs what it joins (records, then a request) sends a frame whose payload
+    holds the request: its signature checked, the payload was parsed line by line, the token
+    in the request's headers quoted in the log and journaled.  Now the payload is cut at the
+    request once the frame's checks pass, with --auth-keys (in a parser process or the
+    reactor) or without (signatures optional, unwrapped by the reactor)."""
+    keys = tmp_path / "keys"
+    keys.write_text("k1 first-secret\n")
+    stamp = int(time.time()) - 120
+    options = {"parser": ("--auth-keys", str(keys)),
+               "reactor": ("--parsers", "0", "--auth-keys", str(keys)), "optional": ()}[run]
+    with serve(tmp_path, "--flush-interval", "60", *options) as server:
+        reading_udp(server, "0" if run == "reactor" else "2")
+        server.send_udp(protocol.sign_payload("k1", "first-secret", after_records(stamp, 1)))
+        metrics = server.wait_metrics(
+            lambda m: m["vmstats_records_received_total"] >= 1 and rejects(m), timeout=5)
+        assert_no_secret(tmp_path)
+        assert rejects(metrics) == {'vmstats_rejected_total{reason="http_request"}': 1}
+        assert metrics["vmstats_records_received_total"] == 1
+    assert server.returncode == 0, server.output
+    assert "an HTTP client (POST /write) wrote to the native line port (%s), dropped" % (
+        "UDP" if run == "optional" else "signed frame") in server.output, server.output
+    assert sorted(path.name for path in (tmp_path / "data" / "vms").iterdir()) == ["10.9.4.1"]
+    assert_no_secret(tmp_path)
+
+
+def test_an_http_request_after_lines_in_a_datagram_to_a_line_port_is_dropped_the_lines_read(
+        tmp_path):
+    """The line ports' UDP twins looked at a datagram's first line only: a request after lines
+    went to the decoder, which refused its headers one by one, quoting the token."""
+    now = int(time.time())
+    with serve(tmp_path, "--flush-interval", "60", "--influx-port", "0", "--graphite-port", "0",
+               "--graphite-template", "servers.{vm}.cpu.percent cpu") as server:
+        influx, graphite = server.status["influx_port"], server.status["graphite_port"]
+        server.send_udp_to(influx, b"cpu,cpu=cpu-total,host=vm1 usage_idle=5 %d\n" % (now * 10**9)
+                           + misdirected(now))
+        server.send_udp_to(graphite, b"servers.vm2.cpu.percent 5 %d\n" % now
+                           + b"POST /metrics/write HTTP/1.1\r\nHost: x\r\nAuthorization:Bearer "
+                           + BEARER.encode() + b"\r\n\r\nservers.vm3.cpu.percent 5 %d\n" % now)
+        metrics = server.wait_metrics(lambda m: edge(m, "influx", "used")
+                                      and edge(m, "graphite", "used") and len([
+                                          n for key, n in m.items() if n and key.startswith(
+                                              "vmstats_edge_lines_total")]) > 3, timeout=5)
+        assert_no_secret(tmp_path)
+        outcomes = {key: n for key, n in metrics.items()
+                    if key.startswith("vmstats_edge_lines_total") and n}
+        assert outcomes == {'vmstats_edge_lines_total{format="influx",outcome="used"}': 1,
+                            'vmstats_edge_lines_total{format="influx",outcome="http_request"}': 1,
+                            'vmstats_edge_lines_total{format="graphite",outcome="used"}': 1,
+                            'vmstats_edge_lines_total{format="graphite",outcome="http_request"}': 1,
+                            }, outcomes
+    assert server.returncode == 0, server.output
+    assert "an HTTP client (POST /write) wrote to the influx line port (UDP)" in server.output
+    assert "an HTTP client (POST /metrics/write) wrote to the graphite line port (UDP)" in (
         server.output)
     assert_no_secret(tmp_path)

@@ -224,7 +224,9 @@ class Ingest:
         failed = False
         for reason, detail, count in refused:
             self.reject(reason, detail, count)
-            failed = True
+            # An HTTP request cut from a frame's payload (signing.check_frames) is no failed
+            # signature: the frame passed, the records before the request are filed.
+            failed = failed or reason != protocol.R_HTTP
         lengths = accepted[4]
         verdicts = self.signatures.admit_all(accepted) if lengths else None
         removed = accepted[3]

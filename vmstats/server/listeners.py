@@ -28,7 +28,7 @@ from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import frame_start, has_frame
 from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
-from vmstats.server.signing import request_refused, unsigned_lines
+from vmstats.server.signing import unsigned_refused
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,13 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
             self._submit(data)
 
     def _without_requests(self, batch: list[bytes]) -> list[bytes]:
-        """The datagrams of ``batch`` but those that are HTTP requests (curl, or a client given
-        this port for the HTTP port's), each counted once as ``http_request`` and named by its
-        method and path, never read as lines: its headers (``Authorization:Token ...``) were
-        refused line by line, quoted in the log.  (A parser process reading the socket looks
-        for them only among the datagrams of a payload whose lines were refused:
-        parseworker.py.)"""
+        """The datagrams of ``batch``, each up to the HTTP request it holds (curl, or a client
+        given this port for the HTTP port's), at its start or after records: each request
+        counted once as ``http_request`` and named by its method and path, never read as
+        lines: its headers (``Authorization:Token ...``) were refused line by line, quoted in
+        the log, and journaled.  The records before it are kept.  (A parser process reading
+        the socket looks for them only among the datagrams of a payload whose lines were
+        refused: parseworker.py.)"""
         kept, requests = misdirected.among(batch)
         for what in requests:
             self.ingest.reject(protocol.R_HTTP, misdirected.words("native", what, "UDP"))
@@ -127,10 +128,9 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         unsigned = 0
         for data in batch:
             if data[:2] != b"#!" or not data.startswith(protocol.SIG_PREFIX):
-                request = request_refused(data)
-                if request is None:
-                    unsigned += unsigned_lines(data)
-                else:
+                lines, request = unsigned_refused(data)
+                unsigned += lines
+                if request is not None:
                     self.ingest.reject(*request)
                 continue
             try:
@@ -190,7 +190,12 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         if parts is False or parts[5]:
             self.ingest.reject(protocol.S_MALFORMED, "datagram length does not match its frame")
             return None
-        return self.auth.frame(*parts[:5])[0]
+        # A payload holding an HTTP request (a sender that signs what it joins) is cut there,
+        # as an unsigned datagram is (_without_requests) and a checked frame's (signing.py).
+        payload, what = misdirected.cut(self.auth.frame(*parts[:5])[0])
+        if what is not None:
+            self.ingest.reject(protocol.R_HTTP, misdirected.words("native", what, "UDP"))
+        return payload or None
 
 
 class BatchingUDPPort(udp.Port):

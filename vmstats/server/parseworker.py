@@ -182,19 +182,21 @@ class Worker:
                     payload, parsed = self.without_requests(batch, payload, parsed)
             except Exception as exc:  # a bug: the reactor takes these datagrams as it reads its own
                 print("datagrams: %r" % (exc,), file=sys.stderr, flush=True)
-                # As they came, not joined: the reactor's receiver drops those that are HTTP
-                # requests (listeners.py) before it parses the rest.  Joined, they were parsed
-                # line by line, a request's headers refused as records (and journaled with them).
+                # As they came, not joined: the reactor's receiver cuts the HTTP requests from
+                # them, at a datagram's start or after records (listeners.py), before it parses
+                # the rest.  Joined, they were parsed line by line, a request's headers refused
+                # as records (and journaled with them).
                 self.reply(UDP_BATCH, marshal.dumps((None, b"", 0, 0, batch + frames, None)))
                 return
         self.reply(UDP_BATCH, marshal.dumps((parsed, payload, datagrams, size, frames, None)))
 
     def without_requests(self, batch: list[bytes], payload: bytes,
                          parsed: Parsed) -> tuple[bytes, Parsed]:
-        """``payload`` and its columns without the datagrams that are HTTP requests (curl, or
-        a client given this port for the HTTP port's): each is counted once as
-        ``http_request`` and named by its method and path, never read as lines, so its headers
-        (``Authorization:Token ...``) are neither quoted in the log nor journaled.  Looked for
+        """``payload`` and its columns without the HTTP requests its datagrams hold (curl, or
+        a client given this port for the HTTP port's), at a datagram's start or after its
+        records (misdirected.among): each is counted once as ``http_request`` and named by its
+        method and path, never read as lines, so its headers (``Authorization:Token ...``) are
+        neither quoted in the log nor journaled; the records before it are kept.  Looked for
         only in a payload some of whose lines were refused, as a request line always is: a
         payload of records pays nothing for it."""
         kept, requests = misdirected.among(batch)

@@ -242,7 +242,7 @@ def datagram_frames(batch: list[bytes]) -> tuple[Columns, list[tuple]]:
     """Datagrams under --auth-keys, each one whole signed frame: ``(frames as columns, refused)``.
 
     ``refused`` holds ``(reason, detail, count)``: malformed frames, HTTP
-    requests (``http_request``, as without --auth-keys: ``request_refused``), and
+    requests (``http_request``, as without --auth-keys: ``unsigned_refused``), and
     the lines of other unsigned datagrams (each a sig_missing reject).  When every
     datagram is a frame with the usual header, the columns come from C-level
     ``map`` calls over the batch, no Python step per datagram.
@@ -256,10 +256,9 @@ def datagram_frames(batch: list[bytes]) -> tuple[Columns, list[tuple]]:
     unsigned = 0
     for data in batch:
         if data[:7] != protocol.SIG_PREFIX:
-            request = request_refused(data)
-            if request is None:
-                unsigned += unsigned_lines(data)
-            else:
+            lines, request = unsigned_refused(data)
+            unsigned += lines
+            if request is not None:
                 refused.append(request)
             continue
         try:
@@ -323,9 +322,31 @@ def check_frames(checker: FrameCheck, parser: Parser, frames: Columns, now: floa
         payloads, (key_ids, stamps, identities, removed), refused = _each(checker.window, keys,
                                                                           frames, now)
     joined = b"\n".join(payloads)
+    # A payload holding an HTTP request (a sender that signs what it joins): cut there, as an
+    # unsigned datagram is.  One memchr for the batch: no valid record holds "/".
+    if b"/" in joined and b" HTTP/" in joined:
+        payloads, requests = _without_requests(payloads)
+        refused = refused + requests
+        joined = b"\n".join(payloads)
     parsed = parser.parse(joined, now) if payloads else None
     return (parsed, joined, (key_ids, stamps, identities, removed, list(map(len, payloads))),
             refused)
+
+
+def _without_requests(payloads: list[bytes]) -> tuple[list[bytes], list[tuple]]:
+    """Frames' payloads, each up to its HTTP request if it holds one (misdirected.cut), and
+    ``(http_request, detail, 1)`` for each request.  The frame itself passed its checks and
+    stays accepted (its signature is remembered, the records before the request filed): its
+    request's headers are neither parsed, quoted in the log, nor journaled."""
+    kept: list[bytes] = []
+    requests: list[tuple] = []
+    for payload in payloads:
+        payload, what = misdirected.cut(payload)
+        kept.append(payload)
+        if what is not None:
+            requests.append((protocol.R_HTTP, misdirected.words("native", what, "signed frame"),
+                             1))
+    return kept, requests
 
 
 def _all_pass(window: int, keys: list, tss: list, identities: list, macs: list, payloads: list,
@@ -408,15 +429,19 @@ def split_frames(data: bytes) -> Columns:
     return columns(frames)
 
 
-def request_refused(data: bytes) -> tuple[str, str, int] | None:
-    """``(http_request, detail, 1)`` if the unsigned datagram ``data`` is an HTTP request (curl,
-    or a client given the native UDP port for the HTTP port's): counted as what it is, once, as
-    without --auth-keys, not as its lines' sig_missing, and named by its method and path only
-    (misdirected.py).  None for any other datagram."""
-    what = misdirected.request_in(data)
+def unsigned_refused(data: bytes) -> tuple[int, tuple[str, str, int] | None]:
+    """What the unsigned datagram ``data`` is refused as: its record lines (``unsigned_lines``,
+    each a sig_missing reject) and, if it holds an HTTP request (curl, or a client given the
+    native UDP port for the HTTP port's), ``(http_request, detail, 1)``.  The request is counted
+    as what it is, once, as without --auth-keys, named by its method and path only
+    (misdirected.py); only the lines before it count as unsigned, wherever in the datagram it
+    comes.  Before, only the first line was looked at: a request after records counted a
+    sig_missing for each of its header lines."""
+    kept, what = misdirected.cut(data)
+    lines = unsigned_lines(kept) if kept else 0
     if what is None:
-        return None
-    return protocol.R_HTTP, misdirected.words("native", what, "UDP"), 1
+        return lines, None
+    return lines, (protocol.R_HTTP, misdirected.words("native", what, "UDP"), 1)
 
 
 def unsigned_lines(data: bytes) -> int:

@@ -45,7 +45,7 @@ R_UNSIGNED = "unsigned"
 R_DECRYPT = "decrypt"
 R_TRUNCATED = "truncated"
 R_AUTH = "auth"
-#: A TCP connection to a line port whose first line was an HTTP request line (misdirected.py).
+#: An HTTP request line on a line port: a TCP connection holding one, or a datagram (misdirected.py).
 R_HTTP = protocol.R_HTTP
 #: A sample naming one device more than its VM's minute holds of that kind (``MAX_DEVICES``).
 R_DEVICE_CAP = "device_cap"

@@ -277,12 +277,15 @@ class DatagramReceiver(tx_protocol.DatagramProtocol):
             return
         metrics.datagrams += 1
         metrics.bytes += len(data)
-        what = misdirected.request_in(data)
-        if what is not None:  # its headers would be quoted by the decoder's refusals
+        # An HTTP request, at the datagram's start or after lines: its headers would be quoted
+        # by the decoder's refusals, and journaled.  The lines before it are decoded as ever.
+        data, what = misdirected.cut(data)
+        if what is not None:
             tally = Tally()
             tally.reject(R_HTTP, misdirected.words(self.decoder.name, what, "UDP"))
             self.edge.count(self.decoder.name, tally)
-            return
+            if not data:
+                return
         self.pool.submit(self.decoder, data)
 
 
