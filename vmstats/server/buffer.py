@@ -93,6 +93,9 @@ class Buffer:
         a repeat or a small step back is a resend or reordering (no loss).
         """
         last = self.last_seq.get(vm)
+        if last is None or seq == last + 1:  # a VM's first seq, or its next (no seq is WATCHED + 1)
+            self.last_seq[vm] = seq
+            return
         if last == WATCHED:  # each counter's own gaps are its losses, not the steps between two
             watch = self.shared.watched.get(vm)
             if watch is None:  # cannot be (both are kept and forgotten together); start over
@@ -104,13 +107,15 @@ class Buffer:
             if self.shared.release(vm, watch, self.clock()):
                 self.last_seq[vm] = watch.last
             return
-        restarted = last is not None and (seq == 0 or seq + GAP < last)
-        now = seq if last is None or seq > last or restarted else last
-        if last is not None and seq > last + 1:
+        if seq > last:
             self.metrics.seq_lost += seq - last - 1
+            self.last_seq[vm] = seq
+            return
+        restarted = seq == 0 or seq + GAP < last
+        now = seq if restarted else last
         # A step back to 0 is an agent's restart; a second agent under the id shows at its
         # next record all the same, and an upgrade restarting a fleet starts no watches.
-        if last is not None and 0 < seq <= last and self.shared.watch(vm, last, seq, ts, source):
+        if seq and self.shared.watch(vm, last, seq, ts, source):
             self.shared.watched[vm].last = now
             self.last_seq[vm] = WATCHED
         else:
