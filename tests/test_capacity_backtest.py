@@ -9,9 +9,9 @@ usable by the plan; 8 and 16 the judge's capacity):
 - a1, on no host (the arrivals' VM): 2 vCPUs / 4 GB, 0.5 core and 1 GB on the
   plan day, 2 cores and 1 GB on the judged day (it got busy).
 
-a1 runs on some host all the same: the plan withholds its use from the hosts'
-room in proportion to it, as a live answer does, and the judge adds its use
-to the hosts in the same proportions.  Demand basis: h1 has 6 - 1 = 5 cores
+a1 runs on some host all the same: each plan withholds its use (or its size)
+from the hosts' room in proportion to it, as a live answer does, and that
+plan's judge adds its use to the hosts in the same proportions.  Demand basis: h1 has 6 - 1 = 5 cores
 and 12 - 2 = 10 GB of room, h2 6 - 2 = 4 cores and 10 GB; a1's 0.5 core is
 withheld 5:4 (0.28 from h1, 0.22 from h2), its 1 GB 10:8 (0.56, 0.44): 9
 copies of a1 on h1 (4.72 / 0.5), 7 on h2 (3.78 / 0.5): 16.  Allocation at
@@ -20,8 +20,9 @@ a1's 2 vCPUs and 4 GB each: 5 and 10, 2 copies each: 4.  Nova (CPU 4.0, RAM
 1.0): 30 - 1 = 29 vCPUs but still 10 GB: 2 each, 4.  On the judged day a1's
 copies use 2 cores each: h1 carries 1 + 9 x 2 + 5/9 x 2 = 20.1 cores, h2
 1 + 7 x 2 + 4/9 x 2 = 15.9: every minute of both hosts is over (2 x 1440);
-with 2 copies a host carries at most 2 + 4 + 0.89 = 6.89 cores (h2 in r2's
-busy hour): not over, 0.
+with 2 copies a host carries at most 2 + 4 + 1 = 7 cores (h2 in r2's busy
+hour, half of a1's 2 cores where the allocation plans withheld half its
+size): not over, 0.
 """
 
 import json
@@ -100,7 +101,8 @@ def test_history_arrivals_admitted_and_judged_as_worked_out_by_hand():
     assert demand.over_minutes == demand.over_cpu_minutes == 2 * DAY and demand.over_mem_minutes == 0
     assert demand.host_minutes == 2 * DAY
     assert ratio_1.over_minutes == nova.over_minutes == 0
-    assert ratio_1.peak_cpu_share == pytest.approx((2 + 4 + 8 / 9) / 8)  # r2's busy hour, a1's part
+    # r2's busy hour, and a1's half, where ratio 1.0 withheld its size (h2's 4/9 of it by demand)
+    assert ratio_1.peak_cpu_share == pytest.approx((2 + 4 + 2 / 2) / 8)
     assert result.baseline.over_minutes == 0 and result.baseline.admitted == 0
     assert result.unplaced == ["a1"] and result.residents == 2
     doc = result.as_dict()
@@ -121,6 +123,34 @@ def test_the_unplaced_vms_room_is_withheld_in_the_plan_and_their_use_judged_on_t
     assert result.baseline.peak_cpu_share == pytest.approx((1 + 3) / 8)
     assert result.outcomes["demand"].peak_cpu_share == pytest.approx((1 + 3 + 4 * 0.5) / 8)
     assert all(o.over_minutes == 0 for o in result.outcomes.values())
+
+
+def test_each_basis_is_judged_with_the_unplaced_use_where_its_own_plan_withheld_it():
+    """u (4 vCPUs, 4 cores busy) runs on no host the inventory names.  h1 holds two idle VMs of 8
+    vCPUs (1 core used, 16 vCPUs allocated), h2 one busy VM of 4 vCPUs and 28 GB.  Nova's plan
+    (CPU 4.0, RAM 1.0) withholds u's 4 vCPUs by the room its ratios leave, 16 : 28 (1.45 from
+    h1), and offers h1 14 copies of 1x1@35%: 1 + 14 x 0.35 + 1.45 = 7.35 of 8 cores.  The judge
+    put u's use where the demand plan withheld it instead, by measured room 7 : 4 (2.55 on h1):
+    8.45 cores, every minute of h1 over, for a placement whose plan had kept u elsewhere: the
+    plan and the judge of one basis answered "does it fit" on two different fleets.  Each
+    basis is now judged with u where its own plan put it."""
+    host = dict(vcpus=8, mem_gb=32, reserve_mem_gb=0, buffer=0)
+    inv = parse_inventory({"host": [dict(name="h1", **host), dict(name="h2", **host)]}, "test.toml")
+    fleet = [use("r1a", "h1", 0.5, 0.4, vcpus=8, mem_gb=4.0), use("r1b", "h1", 0.5, 0.4, vcpus=8, mem_gb=4.0),
+             use("r2", "h2", 4.0, 14.0, vcpus=4, mem_gb=28.0), use("u", None, 4.0, 1.0, vcpus=4, mem_gb=2.0)]
+    result = backtest.backtest(inv, fleet, fleet, PLAN, JUDGE, SETTINGS, profile=parse_profile("1x1@35%"))
+    nova = result.outcomes["allocation nova"]
+    assert (nova.admitted, sorted(nova.placed.values()).count("h1")) == (17, 14)
+    h1, h2 = nova.per_host
+    assert (h1["over_minutes"], h2["over_minutes"]) == (0, 0), nova.per_host
+    assert h1["peak_cpu_share"] == pytest.approx((1 + 14 * 0.35 + 4 * 16 / 44) / 8)
+    assert h2["peak_cpu_share"] == pytest.approx((4 + 3 * 0.35 + 4 * 28 / 44) / 8)
+    # The demand basis withheld u by measured room, and is judged so: 12 on h1, 7 on h2, none over.
+    demand = result.outcomes["demand"]
+    assert (demand.admitted, demand.over_minutes) == (19, 0)
+    assert demand.per_host[0]["peak_cpu_share"] == pytest.approx((1 + 12 * 0.35 + 4 * 7 / 11) / 8)
+    # Residents only: no plan of their own, judged with u where the demand basis puts it.
+    assert result.baseline.per_host[1]["peak_cpu_share"] == pytest.approx((4 + 4 * 4 / 11) / 8)
 
 
 def test_a_profile_planned_and_judged_at_its_expected_use():

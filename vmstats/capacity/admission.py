@@ -367,7 +367,7 @@ def withhold(loads: list[HostLoad], cpu: float, mem: float) -> dict[str, tuple[f
     not known: a host listed under another name than its VMs' tag carries their use unseen,
     and offered as room it is filled past its capacity.
     """
-    taken = unplaced.shares({load.name: (load.cpu_room, load.mem_room) for load in loads}, cpu, mem)
+    taken = unplaced.shares(unplaced.rooms_of(loads), cpu, mem)
     for load in loads:
         add_level(load, *taken.get(load.name, (0.0, 0.0)))  # a series too, as the backtest's loads have
     return taken

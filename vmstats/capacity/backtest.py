@@ -26,10 +26,13 @@ as the plan does.
 The VMs the inventory does not place run on some host all the same, as the
 live view holds (unplaced.py): the plan withholds their use, their sizes on
 the allocation bases and their number from the capped hosts, as an admission
-answer does, and the judge adds their measured use to each host in the
-proportions the plan withheld it by (unplaced.parts of the plan's room).
-Left out, a plan was judged on hosts that carried none of the use it had
-been told to leave room for, and offered none of it itself.
+answer does, and each basis's judge adds their measured use to each host in
+the proportions that basis's plan withheld their room by (unplaced.parts of
+unplaced.rooms_of its loads); the residents alone, with no plan, are judged
+with it where the demand basis puts it.  Left out, a plan was judged on hosts
+that carried none of the use it had been told to leave room for, and offered
+none of it itself; judged where another basis's plan put it, a plan was
+marked over for use it had kept room for on another host.
 
 The computation (``backtest``) is pure: VM windows and an inventory in, a
 Backtest out; ``run`` reads the logs the way ``vmstats admit`` does.
@@ -59,7 +62,7 @@ from vmstats.capacity.demand import (
     percentile_name,
     window_offset,
 )
-from vmstats.capacity.headroom import instances_withheld, rooms
+from vmstats.capacity.headroom import instances_withheld
 from vmstats.capacity.inventory import Inventory
 from vmstats.capacity.placement import Ask, HostLoad, loads, place
 from vmstats.capacity.profiles import Profile
@@ -82,6 +85,9 @@ BASES = {
     "allocation 1.0": ("allocation", 1.0, 1.0),
     "allocation nova": ("allocation", NOVA_CPU_RATIO, NOVA_RAM_RATIO),
 }
+
+#: A host's (or the unplaced VMs') use per minute of the judging window: cores, GB.
+_Use = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -286,10 +292,14 @@ def _add(host: HostLoad, ask: Ask, percentile: float) -> None:
         host.mem_level += float(level(ask.mem, percentile) if isinstance(ask.mem, np.ndarray) else ask.mem)
 
 
-def judge(inventory: Inventory, resident_sums: dict[str, tuple[np.ndarray, np.ndarray]],
+def judge(inventory: Inventory, resident_sums: dict[str, _Use],
           placed: dict[str, tuple[int, str]], templates: Sequence[Template], minutes: int,
-          basis: str, admitted: int, rounds: int) -> Outcome:
-    """Host-minutes over capacity in the judging window with the admitted VMs on their hosts."""
+          basis: str, admitted: int, rounds: int, stray: _Use | None = None,
+          parts: dict[str, tuple[float, float]] | None = None) -> Outcome:
+    """Host-minutes over capacity in the judging window with the admitted VMs on their hosts,
+    and the use of the VMs no host claims (``stray``) on each host of ``parts`` in proportion
+    (unplaced.parts of the plan's loads: a share of 1 per resource), where the plan withheld
+    their room."""
     counts: dict[str, dict[int, int]] = {}
     for index, host_name in placed.values():
         per = counts.setdefault(host_name, {})
@@ -298,6 +308,10 @@ def judge(inventory: Inventory, resident_sums: dict[str, tuple[np.ndarray, np.nd
     for host in inventory.hosts:
         cpu, mem = resident_sums.get(host.name, (np.zeros(minutes), np.zeros(minutes)))
         cpu, mem = cpu.copy(), mem.copy()
+        cpu_part, mem_part = (parts or {}).get(host.name, (0.0, 0.0))
+        if stray is not None and (cpu_part > 0 or mem_part > 0):
+            cpu += cpu_part * stray[0]
+            mem += mem_part * stray[1]
         for index, count in counts.get(host.name, {}).items():
             cpu += count * np.asarray(templates[index].judge_cpu, float)
             mem += count * np.asarray(templates[index].judge_mem, float)
@@ -351,34 +365,36 @@ def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Seque
         arrivals = ("copies of %s of the history (their own use in each window), one of each a round "
                     "until a round is not placed whole" % counted(len(templates), "VM"))
         rounds_of = 1
-    sums, seen, expected = _resident_sums(inventory, judge_uses, judge_window.minutes,
-                                          unplaced.parts(rooms(fleet)))
+    residents_use, stray, seen, expected = _resident_sums(inventory, judge_uses, judge_window.minutes)
     use = fleet.unplaced_described() if fleet.unplaced else {}
     counted_vms = instances_withheld(fleet)
     outcomes = {}
+    spread = {}
     for name, (basis, cpu_ratio, ram_ratio) in BASES.items():
         hosts = loads(fleet, basis, series=(basis == "demand"), cpu_ratio=cpu_ratio, ram_ratio=ram_ratio)
+        # Where this plan puts the unplaced VMs: its judge puts their measured use there too.
+        spread[name] = unplaced.parts(unplaced.rooms_of(hosts))
         # The unplaced VMs' room, withheld as a live answer withholds it (on the known hosts the
         # bases are compared on; by their sizes at this basis's ratios on the allocation ones).
         withhold(hosts, *unplaced.amounts(use, basis))
         withhold_instances(hosts, len(fleet.unplaced), counted_vms)
         placed, rounds = admit(hosts, templates, basis, settings.percentile, rounds_of, max_rounds)
-        outcomes[name] = judge(inventory, sums, placed, templates, judge_window.minutes, name, len(placed),
-                               rounds)
-    baseline = judge(inventory, sums, {}, templates, judge_window.minutes, "residents only", 0, 0)
+        outcomes[name] = judge(inventory, residents_use, placed, templates, judge_window.minutes, name,
+                               len(placed), rounds, stray, spread[name])
+    # The residents alone have no plan of their own: the unplaced VMs where measured room puts them.
+    baseline = judge(inventory, residents_use, {}, templates, judge_window.minutes, "residents only", 0, 0,
+                     stray, spread["demand"])
     return Backtest(plan, judge_window, settings, arrivals, len(inventory.hosts), unknown, residents,
                     fleet.unplaced, seen / expected if expected else 1.0, baseline, outcomes,
                     inventory.source)
 
 
 def _resident_sums(inventory: Inventory, uses: Sequence[VmUse], minutes: int,
-                   parts: dict[str, tuple[float, float]] | None = None,
-                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, int]:
-    """Each host's measured use per minute of the judging window, and the residents' coverage.
-
-    The VMs no host claims add their use to each host of ``parts`` (unplaced.parts: a share of 1
-    per resource) in proportion, where the plan withheld it."""
-    sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+                   ) -> tuple[dict[str, _Use], _Use, int, int]:
+    """Each host's measured use per minute of the judging window, the use of the VMs no host
+    claims (cores, GB per minute: :func:`judge` puts it on the hosts), and the residents'
+    coverage."""
+    sums: dict[str, _Use] = {}
     stray_cpu, stray_mem = np.zeros(minutes), np.zeros(minutes)
     seen = expected = 0
     for use in uses:
@@ -395,12 +411,7 @@ def _resident_sums(inventory: Inventory, uses: Sequence[VmUse], minutes: int,
             sums[host] = (cpu.copy(), mem.copy())
         seen += int(use.seen.sum())
         expected += minutes
-    for host, (cpu_part, mem_part) in (parts or {}).items():
-        if cpu_part > 0 or mem_part > 0:
-            cpu, mem = sums.setdefault(host, (np.zeros(minutes), np.zeros(minutes)))
-            cpu += cpu_part * stray_cpu
-            mem += mem_part * stray_mem
-    return sums, seen, expected
+    return sums, (stray_cpu, stray_mem), seen, expected
 
 
 def windows(data_dirs: Sequence[str], days: int, plan_until: str | None) -> tuple[reader.Logs, reader.Logs]:

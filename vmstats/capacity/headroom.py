@@ -106,8 +106,7 @@ def withheld(fleet: FleetDemand, basis: str = "demand") -> dict[str, tuple[float
 
 def rooms(fleet: FleetDemand, basis: str = "demand") -> dict[str, tuple[float, float]]:
     """The room the unplaced VMs are shared by (:func:`withheld`): the known hosts' measured room
-    (cores, GB), or every host's room under Nova's ratios (vCPUs, GB).  The backtest judges
-    their measured use on the hosts in the same proportions (unplaced.parts)."""
+    (cores, GB), or every host's room under Nova's ratios (vCPUs, GB)."""
     if basis == "demand":
         return {h.name: (h.cpu_headroom, h.mem_headroom) for h in fleet.hosts if h.known(fleet.settings)}
     return {h.name: (h.host.alloc_vcpus - h.allocated_vcpus, h.host.alloc_mem_gb - h.allocated_mem_gb)

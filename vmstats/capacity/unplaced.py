@@ -33,6 +33,15 @@ def parts(rooms: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float
     return {host: (c, m) for host, (c, m) in out.items()}
 
 
+def rooms_of(loads) -> dict[str, tuple[float, float]]:
+    """Each placement load's room (placement.HostLoad: cores and GB of demand, or vCPUs and GB
+    of size), the room the unplaced VMs are spread by: an answer withholds their room by its
+    :func:`parts` (admission.withhold), and the backtest's judge puts their measured use on each
+    host by the same parts of the same plan's loads, so the plan and its judge agree on where
+    they run."""
+    return {load.name: (load.cpu_room, load.mem_room) for load in loads}
+
+
 def shares(
     rooms: dict[str, tuple[float, float]], cpu: float, mem: float
 ) -> dict[str, tuple[float, float]]:
