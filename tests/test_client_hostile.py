@@ -6,6 +6,7 @@ and asserts on what the server wrote and what the agent said.
 
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -14,7 +15,7 @@ import time
 
 import pytest
 from serverproc import ServerProcess
-from test_client_push import ENV, ROOT, agent_command, oldest_python, wait_rows
+from test_client_push import ENV, ROOT, STATE, agent_command, oldest_python, raw_rows, wait_rows
 
 from vmstats.client import agent as agent_module
 from vmstats.client import config, transport
@@ -87,7 +88,7 @@ def test_quoted_values_and_comments_in_the_config_mean_what_they_say(server, tmp
     assert "1 record made, 1 acknowledged, 0 left in the spool at %s\n" % spool in result.stderr
     rows = wait_rows(server.data_dir, "quoted-vm", 1)
     assert [(r["host"], r["tags"]) for r in rows] == [("kvm07", "owner=ops;project=billing")]
-    assert os.listdir(str(workdir)) == [] and os.listdir(str(spool)) == ["lock"]
+    assert os.listdir(str(workdir)) == [] and sorted(os.listdir(str(spool))) == STATE
 
 
 def test_a_spool_folder_removed_under_a_running_agent_is_made_again(server, tmp_path):
@@ -114,7 +115,7 @@ def test_a_spool_folder_removed_under_a_running_agent_is_made_again(server, tmp_
     lost = 1 if "made again (1 record it held lost)" in err else 0
     seqs = [int(r["seq"]) for r in wait_rows(server.data_dir, "cleaned-vm", 6 - lost)]
     assert len(seqs) == len(set(seqs)) == 6 - lost and seqs[-1] == 5, err
-    assert os.listdir(str(spool)) == ["lock"]
+    assert sorted(os.listdir(str(spool))) == STATE
 
 
 def dual_stack(monkeypatch, port: int, kind: int) -> None:
@@ -149,6 +150,21 @@ def test_tcp_goes_to_the_servers_next_address_when_its_first_refuses(server, tmp
     assert len(wait_rows(server.data_dir, "dual-vm", 1)) == 1
 
 
+#: A mount namespace of its own is how a test gives the agent files of the machine's (its
+#: /etc/hosts, its /etc/machine-id) without touching the machine's.
+NEEDS_UNSHARE = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                                   reason="needs root and unshare to give the agent files of its own")
+
+
+def namespaced(binds, argv):
+    """``argv`` run in a mount namespace where each file ``binds`` maps to a machine path
+    shows that file instead."""
+    mounts = " && ".join("mount --bind %s %s" % (shlex.quote(str(source)), shlex.quote(target))
+                         for source, target in binds.items())
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", mounts + ' && exec "$@"',
+            "sh"] + list(argv)
+
+
 class BlackHole(object):
     """A TCP address that takes no connection and refuses none, as a firewall that drops
     packets: a listener never accepting, its one-place queue filled, so the kernel drops
@@ -170,8 +186,7 @@ class BlackHole(object):
             sock.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                    reason="needs root and unshare to give the agent an /etc/hosts of its own")
+@NEEDS_UNSHARE
 def test_a_server_name_with_a_black_holed_address_delivers_without_waiting_for_it(tmp_path):
     """A name with two addresses, the first one's packets dropped (an AAAA whose network
     drops IPv6, a firewall), the second the live server: each connection waited the whole
@@ -186,12 +201,11 @@ def test_a_server_name_with_a_black_holed_address_delivers_without_waiting_for_i
         hole = BlackHole("127.0.0.1", live.tcp_port)
         try:
             started = time.monotonic()
-            result = subprocess.run(
-                ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
-                + command("--server", "stats.multi.test:%d" % live.tcp_port, "--transport", "tcp",
-                          "--count", "2", "--vm-id", "multi-vm", "--timeout", "5",
-                          "--spool-dir", str(tmp_path / "spool"), "--proc-root", str(FIXTURE)),
+            result = subprocess.run(namespaced(
+                {hosts: "/etc/hosts"},
+                command("--server", "stats.multi.test:%d" % live.tcp_port, "--transport", "tcp",
+                        "--count", "2", "--vm-id", "multi-vm", "--timeout", "5",
+                        "--spool-dir", str(tmp_path / "spool"), "--proc-root", str(FIXTURE))),
                 env=ENV, capture_output=True, text=True, timeout=60)
             spent = time.monotonic() - started
         finally:
@@ -223,7 +237,7 @@ def test_a_damaged_spool_file_too_big_for_a_record_is_discarded_unread(server, t
     assert "spool: discarded 1 unreadable record file (gone, empty, not a regular file, larger " \
         "than any record" in result.stderr
     assert sorted(int(r["seq"]) for r in wait_rows(server.data_dir, "capped-vm", 2)) == [0, 7]
-    assert os.listdir(str(spool)) == ["lock"]
+    assert sorted(os.listdir(str(spool))) == STATE
 
 
 @pytest.mark.parametrize("damage", [b"\x00\x17\xfe\n#!sync junk-1\nvmstats,vm=torn-vm cpu",
@@ -254,7 +268,42 @@ def test_a_damaged_spool_file_is_skipped_and_the_count_stays_right(server, tmp_p
         in result.stderr
     assert "rejected" not in result.stderr
     assert sorted(int(r["seq"]) for r in wait_rows(server.data_dir, vm, 3)) == [0, 100, 102]
-    assert os.listdir(str(spool)) == ["lock"]
+    assert sorted(os.listdir(str(spool))) == STATE
+
+
+@NEEDS_UNSHARE
+def test_a_spool_an_image_brought_from_another_machine_is_set_aside_not_sent(server, tmp_path):
+    """An image made from a VM whose agent had records not yet acknowledged: every clone sent
+    them at its first start, as the original VM's.  The spool names the machine it was written
+    on (systemd's machine id, made anew for each clone of a prepared image); a clone sets
+    another machine's records aside, says so in one line, and sends only its own."""
+    spool = tmp_path / "spool"
+    image, clone = tmp_path / "image-id", tmp_path / "clone-id"
+    image.write_text("0123456789abcdef0123456789abcdef\n")
+    clone.write_text("fedcba9876543210fedcba9876543210\n")
+    with socket.socket() as away:                 # bound, not listening: the image's VM sent nothing
+        away.bind(("127.0.0.1", 0))
+        made = subprocess.run(namespaced({image: "/etc/machine-id"}, command(
+            "--server", "127.0.0.1:%d" % away.getsockname()[1], "--transport", "tcp", "--count", "1",
+            "--vm-id", "image-vm", "--spool-dir", str(spool), "--backoff-max", "0.5",
+            "--proc-root", str(FIXTURE))), env=ENV, capture_output=True, text=True, timeout=60)
+    assert made.returncode == agent_module.LEFT_IN_SPOOL, made.stderr
+    result = subprocess.run(namespaced({clone: "/etc/machine-id"}, command(
+        "--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp", "--count", "1",
+        "--vm-id", "clone-vm", "--spool-dir", str(spool), "--proc-root", str(FIXTURE))),
+        env=ENV, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    aside = spool / "from-0123456789abcdef0123456789abcdef"
+    assert "1 record made, 1 acknowledged, 0 left in the spool" in result.stderr
+    assert len(wait_rows(server.data_dir, "clone-vm", 1)) == 1
+    assert raw_rows(server.data_dir, "image-vm") == []
+    said = [line for line in result.stderr.splitlines() if "another machine" in line]
+    assert said == ["vmstats-agent WARNING: spool %s was written on another machine (machine id "
+                    "0123456789abcdef0123456789abcdef, this one's is fedcba9876543210fedcba9876543210: "
+                    "an image made from a VM with records not yet sent?): its 1 record set aside "
+                    "in %s, not sent" % (spool, aside)]
+    assert [n for n in os.listdir(str(aside))] == ["0000000000000000.rec"]
+    assert (spool / spool_module.MARK).read_text() == "fedcba9876543210fedcba9876543210\n"
 
 
 def test_tcp_to_the_aggregators_http_port_says_what_answered(server, tmp_path):

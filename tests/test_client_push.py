@@ -19,6 +19,11 @@ import pytest
 from serverproc import LOOPBACK, ServerProcess
 
 from vmstats import logstore, protocol
+from vmstats.client import spool as spool_module
+
+#: What a TCP agent's spool folder holds once every record is acknowledged: its lock, and the
+#: machine it was written on where the machine has an id.
+STATE = sorted(["lock"] + ([spool_module.MARK] if spool_module.machine_id() else []))
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -99,7 +104,7 @@ def test_tcp_records_are_acknowledged_and_leave_the_spool(server, tmp_path):
     result = run_agent("--server", "%s:%d" % (LOOPBACK, server.tcp_port), "--transport", "tcp",
                        "--count", "3", "--vm-id", "tcp-vm", "--spool-dir", str(spool_dir))
     assert result.returncode == 0, result.stderr
-    assert os.listdir(str(spool_dir)) == ["lock"]
+    assert sorted(os.listdir(str(spool_dir))) == STATE
     assert "failed" not in result.stderr
     assert_each_once(wait_rows(server.data_dir, "tcp-vm", 3), 3)
 
@@ -116,7 +121,7 @@ def test_a_fifo_with_a_records_name_in_the_spool_is_discarded_not_waited_on(serv
     assert result.returncode == 0, result.stderr
     assert "discarded 2 unreadable record files (gone, empty, not a regular file" in result.stderr
     assert_each_once(wait_rows(server.data_dir, "fifo-vm", 2), 2)
-    assert sorted(os.listdir(str(spool_dir))) == ["0000000000000001.rec", "lock"]  # a folder stays
+    assert sorted(os.listdir(str(spool_dir))) == sorted(STATE + ["0000000000000001.rec"])  # a folder stays
 
 
 @pytest.mark.parametrize("what", ["a file", "a link to nothing", "a folder at its lock"])
@@ -222,7 +227,7 @@ def test_zipapp_runs_on_the_oldest_supported_python(server, tmp_path):
                              "--server", "%s:%d" % (LOOPBACK, server.tcp_port)],
                             env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert os.listdir(str(tmp_path / "spool")) == ["lock"]
+    assert sorted(os.listdir(str(tmp_path / "spool"))) == STATE
     assert_each_once(wait_rows(server.data_dir, "old-python", 2), 2)
 
 
@@ -265,7 +270,7 @@ def test_server_down_at_start_then_every_spooled_record_arrives_once(tmp_path):
             agent.kill()
             agent.wait()
     assert "failed" in err                    # it did notice the server was away
-    assert os.listdir(str(spool_dir)) == ["lock"]
+    assert sorted(os.listdir(str(spool_dir))) == STATE
     assert_each_once(raw_rows(server.data_dir, "late-vm"), 8)
 
 
@@ -306,7 +311,7 @@ def test_server_restart_mid_stream_loses_and_duplicates_nothing(tmp_path):
             agent.kill()
             agent.wait()
     assert "failed" in err                    # it did notice the restart
-    assert os.listdir(str(spool_dir)) == ["lock"]
+    assert sorted(os.listdir(str(spool_dir))) == STATE
     assert_each_once(raw_rows(data, "restart-vm"), 10)
 
 
@@ -396,7 +401,7 @@ def test_a_key_file_an_editor_wrote_with_a_byte_order_mark_and_crlf_signs(auth_s
                        "--count", "1", "--vm-id", "bom-key", "--key-file", str(key),
                        "--spool-dir", str(spool_dir))
     assert result.returncode == 0, result.stderr
-    assert os.listdir(str(spool_dir)) == ["lock"]
+    assert sorted(os.listdir(str(spool_dir))) == STATE
     assert len(wait_rows(auth_server.data_dir, "bom-key", 1)) == 1
 
 
@@ -412,13 +417,13 @@ def test_tcp_batch_with_a_wrong_key_stays_spooled_until_the_key_is_fixed(auth_se
     assert "refused the batch: auth" in wrong.stderr
     assert wrong.stderr.splitlines()[-1] == (
         "vmstats-agent WARNING: 2 records made, 0 acknowledged, 2 left in the spool at %s" % spool_dir)
-    assert len(os.listdir(str(spool_dir))) == 3       # two records and the lock
+    assert len([n for n in os.listdir(str(spool_dir)) if n.endswith(".rec")]) == 2
     assert rejected(auth_server, "sig_bad") >= 1
     right = run_agent(*common, "--count", "1", "--key-file", key_file(tmp_path, "good", "k1 secret-one\n"))
     assert right.returncode == 0, right.stderr
     assert right.stderr.splitlines()[-1] == (  # the backlog went with this run's record
         "vmstats-agent INFO: 1 record made, 3 acknowledged, 0 left in the spool at %s" % spool_dir)
-    assert os.listdir(str(spool_dir)) == ["lock"]
+    assert sorted(os.listdir(str(spool_dir))) == STATE
     rows = wait_rows(auth_server.data_dir, "tcp-signed", 3)
     # Two records from the first run (seq 0, 1), one from the second (seq restarts).
     assert sorted(int(r["seq"]) for r in rows) == [0, 0, 1]

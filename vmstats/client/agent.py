@@ -98,7 +98,7 @@ def make_sender(config):
             return transport.UdpSender(host, port, signer)
         # Resolve now so a bad name fails at start, not at the first send.
         transport.resolve(host, port, socket.SOCK_STREAM)
-        store = spool.Spool(config.spool_dir, config.spool_max)
+        store = spool.Spool(config.spool_dir, config.spool_max, spool.machine_id())
         return transport.TcpSender(host, port, store, signer, timeout=config.timeout,
                                    backoff=transport.Backoff(maximum=config.backoff_max))
     except (transport.TransportError, spool.SpoolError) as exc:

@@ -9,7 +9,9 @@ names.  A week of minute records is ~10 000 small files,
 which any file system lists in milliseconds; record bodies are read only when
 they are sent, so the agent's memory does not grow while the server is down.
 
-A lock file keeps two agents from sharing (and double-sending) one spool.
+A lock file keeps two agents from sharing (and double-sending) one spool, and a mark file
+names the machine it was written on (Spool._claim): the records of a spool an image brought along
+from the VM it was made from are set aside at start, not sent by every clone.
 
 What is read back is checked line by line as the server would check it (Spool.oldest): only
 record lines are sent.  A damaged file (torn, or garbage bytes from a file system repaired after
@@ -33,6 +35,12 @@ from vmstats.words import counted
 LOG = logging.getLogger("vmstats.agent")
 SUFFIX = ".rec"
 _NAME_DIGITS = 16
+#: The spool's mark: the id of the machine its records were written on.
+MARK = "machine-id"
+#: Where the machine's id is read (systemd's, and D-Bus's where systemd is not).
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+#: The folder (in the spool) that another machine's records are moved to: ``from-<its id>``.
+ASIDE_PREFIX = "from-"
 
 
 class SpoolError(OSError):
@@ -43,11 +51,13 @@ class SpoolError(OSError):
 class Spool(object):
     """Records (encoded lines, bytes) waiting for the server's acknowledgement."""
 
-    def __init__(self, path, max_records):
+    def __init__(self, path, max_records, machine=None):
         if max_records < 1:
             raise SpoolError("spool size must be at least 1 record")
         self.path = path
         self.max_records = max_records
+        #: This machine's id (machine_id()), or None: the spool is then not checked.
+        self.machine = machine
         #: Records dropped because the spool was full (oldest first).
         self.dropped = 0
         #: Lines of record files skipped as no record (damage), never sent.
@@ -56,6 +66,7 @@ class Spool(object):
         # server's to refuse, and it says so in its acknowledgement.
         self._decoder = Decoder(max_future=float("inf"), max_past=0)
         self._lock = self._take()
+        self._claim()
         self._names = self._scan()
         self._next = int(self._names[-1][:_NAME_DIGITS]) + 1 if self._names else 0
         if self._names:
@@ -84,6 +95,53 @@ class Spool(object):
                 raise SpoolError("spool directory %s is in use by another agent" % path)
             raise SpoolError("cannot lock spool directory %s: %s" % (path, exc.strerror or exc))
         return handle
+
+    def _claim(self):
+        """Mark the spool as this machine's; the records of another machine's are set aside.
+
+        A VM image made from a running VM whose agent had records not yet acknowledged took
+        them along: every clone sent them at its first start, as the original VM's (the
+        server kept one of each, whichever clone sent it), and a clone with the same fixed
+        ``--vm-id`` mixed them with its own.  They are moved to ``from-<machine id>`` in the
+        spool, said in one warning, never sent.  A spool without a mark (an agent's from before
+        the mark) is taken as this machine's.
+        """
+        if not self.machine:
+            return
+        mark = os.path.join(self.path, MARK)
+        try:
+            with open(mark, "rb") as handle:
+                written = handle.read(256).decode("ascii", "replace").strip()
+        except (IOError, OSError):
+            written = ""
+        if written == self.machine:
+            return
+        if written:
+            self._set_aside(written)
+        try:
+            self._write(MARK, self.machine.encode("ascii", "replace") + b"\n")
+        except (IOError, OSError) as exc:   # a full disk: records are then held in memory
+            LOG.warning("cannot mark spool directory %s as this machine's (%s): it is checked "
+                        "again at the next start", self.path, exc.strerror or exc)
+
+    def _set_aside(self, written):
+        """Move the records of the spool written on machine ``written`` out of the way."""
+        names = [n for n in os.listdir(self.path) if n.endswith(SUFFIX)]
+        if not names:
+            return
+        aside = os.path.join(self.path, ASIDE_PREFIX + "".join(
+            c for c in written if c.isalnum())[:64])
+        try:
+            os.makedirs(aside, exist_ok=True)
+            for name in names:
+                os.rename(os.path.join(self.path, name), os.path.join(aside, name))
+        except (IOError, OSError) as exc:
+            raise SpoolError("cannot set aside the records spool directory %s holds from "
+                             "another machine: %s" % (self.path, exc.strerror or exc))
+        LOG.warning("spool %s was written on another machine (machine id %s, this one's is %s: "
+                    "an image made from a VM with records not yet sent?): its %s set aside in "
+                    "%s, not sent", self.path, written[:64], self.machine,
+                    counted(len(names), "record"), aside)
 
     def _scan(self):
         names = []
@@ -138,6 +196,7 @@ class Spool(object):
         gone, self._names = len(self._names), []
         self._lock.close()
         self._lock = self._take()
+        self._claim()
         LOG.warning("spool directory %s was removed; made again%s", self.path,
                     " (%s it held lost)" % counted(gone, "record") if gone else "")
 
@@ -233,6 +292,20 @@ class Spool(object):
 
     def close(self):
         self._lock.close()
+
+
+def machine_id(files=MACHINE_ID_FILES):
+    """This machine's id (systemd's /etc/machine-id, made anew for each clone of a prepared
+    image), or None where there is none."""
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(256).decode("ascii", "replace").strip()
+        except (IOError, OSError):
+            continue
+        if text and text != "uninitialized":
+            return text
+    return None
 
 
 def not_a_folder(path):
