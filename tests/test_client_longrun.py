@@ -17,10 +17,10 @@ import time
 
 import pytest
 from serverproc import ServerProcess
-from test_client_push import ENV, agent_command, assert_each_once, oldest_python, raw_rows, wait_rows
+from test_client_push import ENV, ROOT, agent_command, assert_each_once, oldest_python, raw_rows, wait_rows
 
 from vmstats.client import agent as agent_module
-from vmstats.client import config, transport
+from vmstats.client import config, laststamp, transport
 from vmstats.client import spool as spool_module
 
 
@@ -138,6 +138,35 @@ def test_a_default_vm_id_follows_the_vms_address_after_it_changed(server, monkey
     assert old and new and old + new == [0, 1, 2, 3], (old, new)
 
 
+@pytest.mark.parametrize("transport_name", ["tcp", "udp"])
+def test_a_clock_behind_at_the_next_start_stamps_after_what_was_sent(server, tmp_path, transport_name):
+    """A guest rebooted with its clock an hour behind (a hardware clock kept in local time, no
+    time sync): the agent's memory of the stamps it used did not outlive the restart, so its
+    records went an hour back, between records already sent (and onto their very seconds,
+    which the server drops as resends).  The last stamp is kept in the agent's state folder;
+    records go on from it until the clock catches up.  The second run's clock is
+    set back by tests/stepclock; the agents, their folder and the server are real."""
+    vm = "reboot-%s-vm" % transport_name
+    port = server.tcp_port if transport_name == "tcp" else server.udp_port
+    state = tmp_path / "state"                    # as the unit's StateDirectory= gives it
+    args = ("--server", "127.0.0.1:%d" % port, "--transport", transport_name, "--vm-id", vm,
+            "--interval", "0.5", "--sub-interval", "0.25")  # stamps: a second apart at least
+    env = dict(ENV, STATE_DIRECTORY=str(state))
+    first = subprocess.run(agent_command(*args, "--count", "1"), env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    kept = int((state / "spool" / laststamp.NAME).read_text())
+    behind = dict(env, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "stepclock")]),
+                  VMSTATS_TEST_STEP="1", VMSTATS_TEST_OFFSET="-3600")
+    second = subprocess.run(agent_command(*args, "--count", "2"), env=behind, capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    stamps = sorted(int(r["ts"]) for r in wait_rows(server.data_dir, vm, 3))
+    assert stamps == [kept, kept + 1, kept + 2], stamps   # a second apart at least
+    assert "less than one interval after the last stamp sent before this start (%d)" % kept \
+        in second.stderr
+
+
 def full_disk():
     """In the agent's process before it starts: every write to a file is refused (EFBIG), as a
     full disk refuses it (ENOSPC cannot be staged without filling one); pipes still work."""
@@ -162,7 +191,7 @@ def test_a_tcp_agent_on_a_full_disk_still_delivers_to_a_server_that_is_up(server
     assert result.stderr.count("cannot spool a record (File too large): held in memory") == 1
     assert "3 records made, 3 acknowledged, 0 left in the spool" in result.stderr
     assert_each_once(wait_rows(server.data_dir, "full-disk-vm", 3), 3)
-    assert os.listdir(str(tmp_path / "spool")) == ["lock"]
+    assert os.listdir(str(tmp_path / "spool")) == ["lock"]        # nothing else could be written
 
 
 def test_a_count_run_on_a_full_disk_with_the_server_away_fails(tmp_path):

@@ -19,11 +19,12 @@ import pytest
 from serverproc import LOOPBACK, ServerProcess
 
 from vmstats import logstore, protocol
+from vmstats.client import laststamp
 from vmstats.client import spool as spool_module
 
-#: What a TCP agent's spool folder holds once every record is acknowledged: its lock, and the
-#: machine it was written on where the machine has an id.
-STATE = sorted(["lock"] + ([spool_module.MARK] if spool_module.machine_id() else []))
+#: What a TCP agent's spool folder holds once every record is acknowledged: its lock, the last
+#: stamp given, and the machine it was written on where the machine has an id.
+STATE = sorted(["lock", laststamp.NAME] + ([spool_module.MARK] if spool_module.machine_id() else []))
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -5,7 +5,9 @@ do not drift however long a send takes.  Each record is stamped with the
 wall clock when its interval ends, read afresh every time so an NTP step at
 boot does not leave every later record off by the step; a stamp that would
 not move forward (rounding, a small step back) becomes the previous one plus
-one second, because the server keeps one record per (vm, ts).
+one second, because the server keeps one record per (vm, ts).  The last stamp is kept on disk
+(laststamp.py): a clock behind it at the next start (a reboot without time sync) has records
+stamped on from it as time goes by instead, until it catches up (Agent.stamp).
 Before the first interval the agent waits a random part of ``--jitter``, so a
 fleet booted together does not send in the same second.
 
@@ -30,7 +32,7 @@ import threading
 import time
 
 from vmstats import protocol
-from vmstats.client import cgroup, procfs, sampler, spool, transport
+from vmstats.client import cgroup, laststamp, procfs, sampler, spool, transport
 from vmstats.client.hostfile import DEFAULT_HOST_FILE, HostSource, host_tag
 from vmstats.words import counted
 
@@ -189,7 +191,7 @@ class Agent(object):
     """Samples and sends; ``run()`` returns the number of records produced."""
 
     def __init__(self, config, sender, vm, host, sleeper=None, rng=None,
-                 clock=time.monotonic, wall=time.time):
+                 clock=time.monotonic, wall=time.time, last=None):
         self.config = config
         self.sender = sender
         self.vm = vm
@@ -209,6 +211,12 @@ class Agent(object):
         self._last_clocks = None
         self._recent = collections.deque(
             maxlen=min(4096, max(16, int(RECENT_STAMPS / config.interval) + 1)))
+        #: Where the last stamp is kept (laststamp.LastStamp), or None.
+        self.last = last
+        #: The stamp a record must come after, while the clock is behind the one kept, and when
+        #: (on ``clock``) it was given (None for the one kept from before the start).
+        self._floor = last.load(wall()) if last is not None else None
+        self._floor_at = None
 
     def stamp(self):
         """The wall-clock second of an interval's end, increasing record to record.
@@ -220,6 +228,16 @@ class Agent(object):
         already used in the last RECENT_STAMPS becomes the next free one: a
         step back by a whole number of intervals (two minutes, exactly) gave
         the next records the very stamps of records already sent.
+
+        A clock behind the last stamp kept from before this start (a reboot
+        of a guest whose clock starts behind, without time sync) is not
+        followed back: the first record is stamped one interval after it, each
+        next one after the one before by the time gone by (on the monotonic
+        clock), until the clock catches up.  Followed, it
+        stamped records with seconds already sent, which the server dropped
+        as resends, and between them, in time already measured; waiting for
+        it would send nothing for as long as it is behind, for ever without
+        time sync.
         """
         wall, mono = self.wall(), self.clock()
         ts = int(round(wall))
@@ -230,6 +248,18 @@ class Agent(object):
                             expected - wall)
             elif ts <= self.last_ts:
                 ts = self.last_ts + 1
+        if self._floor is not None:
+            step = max(1, int(round(self.config.interval)))
+            if ts < self._floor + step:
+                if self.last_ts is None:
+                    LOG.warning("the clock reads %d, less than one interval after the last stamp "
+                                "sent before this start (%d): records are stamped on from that "
+                                "one as time goes by, until the clock catches up", ts, self._floor)
+                gone = step if self._floor_at is None else int(round(mono - self._floor_at))
+                ts = self._floor = self._floor + max(1, gone)
+                self._floor_at = mono
+            else:
+                self._floor = None
         while ts in self._recent:
             ts += 1
         self._recent.append(ts)
@@ -310,6 +340,8 @@ class Agent(object):
             k += 1
             record = self.record(self.sampler.finish(), self.stamp())
             self.sender.send([protocol.encode_record(record).encode("utf-8")])
+            if self.last is not None:
+                self.last.save(record.ts)
             produced += 1
             if self.config.count and produced >= self.config.count:
                 return self._stop(produced)
@@ -338,6 +370,23 @@ class Agent(object):
                         counted(len(self.sender.spool), "record"),
                         ", %d lost (the disk refused to spool them)" % held if held else "")
         return produced
+
+
+def last_stamp(config, environ=os.environ):
+    """Where the last stamp is kept (laststamp.LastStamp): the spool folder, for a TCP agent and
+    for any agent under the unit (``$STATE_DIRECTORY`` set); None for a UDP agent run by hand,
+    which has no folder of its own."""
+    if config.transport != "tcp":
+        if not environ.get("STATE_DIRECTORY"):
+            return None
+        try:
+            os.makedirs(config.spool_dir, exist_ok=True)
+        except (IOError, OSError) as exc:
+            LOG.warning("cannot keep the last stamp in %s (%s): a clock behind at the next start "
+                        "may stamp records with seconds already sent", config.spool_dir,
+                        exc.strerror or exc)
+            return None
+    return laststamp.LastStamp(config.spool_dir)
 
 
 def sample_once(config, vm, host):
@@ -408,7 +457,7 @@ def main(config):
     except (AgentError, transport.TransportError, procfs.ProcError) as exc:
         LOG.error("%s", exc)
         return getattr(exc, "status", 1)
-    agent = Agent(config, sender, vm, host)
+    agent = Agent(config, sender, vm, host, last=last_stamp(config))
     try:
         produced = agent.run()
         if config.count:

@@ -137,7 +137,8 @@ OPTIONS = (
      "reads /proc; cgroup "
      "reads the container's use even without a limit"),
     ("spool_dir", _text, None, "DIR",
-     "TCP spool (default: $STATE_DIRECTORY/spool or /var/lib/vmstats-agent/spool)"),
+     "TCP spool, and where the last stamp given is kept "
+     "(default: $STATE_DIRECTORY/spool or /var/lib/vmstats-agent/spool)"),
     ("spool_max", _number(int, 0, True), 10080, "N",
      "most records kept while the server is unreachable; the oldest go first"),
     ("key_file", _text, None, "FILE", "sign records with the key in FILE ('key_id secret')"),
