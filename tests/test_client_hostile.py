@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -198,6 +199,12 @@ def test_a_server_name_with_a_black_holed_address_delivers_without_waiting_for_i
     with ServerProcess(tmp_path / "server", "--flush-interval", "0.5", "--bind", "127.0.0.2") as live:
         # 127.0.0.1 first: the resolver sorts the address matching the source address first.
         hosts.write_text("127.0.0.2 stats.multi.test\n127.0.0.1 stats.multi.test\n")
+        order = subprocess.run(namespaced({hosts: "/etc/hosts"}, [
+            sys.executable, "-c", "import socket, sys; from vmstats.client.transport import addresses; "
+            "print(addresses(sys.argv[1], 1, socket.SOCK_STREAM)[0][1][0])", "stats.multi.test"]),
+            env=ENV, capture_output=True, text=True, timeout=30)
+        # Were the live address first, the agent would never meet the black hole.
+        assert order.stdout.split() == ["127.0.0.1"], order.stdout + order.stderr
         hole = BlackHole("127.0.0.1", live.tcp_port)
         try:
             started = time.monotonic()
