@@ -502,7 +502,8 @@ def test_a_mute_by_tag_whose_tags_cannot_be_read_is_refused_and_not_kept(tmp_pat
 def test_the_selectors_of_the_mutes_in_force_are_bounded_and_each_one_in_length(tmp_path):
     """100 mutes of 1,000 id globs each (13 KB bodies) held the reactor 14 s for a few alerts:
     each check tries every glob.  The selectors of all mutes in force are bounded, and so is
-    each one's length (a 16 KB glob took 70 ms to compile)."""
+    each one's length (a 16 KB glob took 70 ms to compile).  The log names a few of a mute's
+    selectors, /mutes all of them."""
     from vmstats.rules.mutes import MAX_SELECTOR, MAX_SELECTORS
 
     def mute(ids: list[str], **more) -> bytes:
@@ -528,6 +529,12 @@ def test_the_selectors_of_the_mutes_in_force_are_bounded_and_each_one_in_length(
         code, answer = post(server, mute(["vm-x"]))  # room again
         assert code == 201, answer
         assert server.metrics()['vmstats_rule_mute_requests_total{result="error_400"}'] == 3
+        assert len(json.loads(server.http("/mutes"))["mutes"][0]["match"]["id"]) == half  # whole
+    # Each mute added is one log line, bounded: logged whole, one of 1,000 ids was 13 KB.
+    added = [x for x in server.output.splitlines() if " added: " in x]
+    assert len(added) == 3 and all(made_id in x for made_id, x in zip(made, added, strict=False))
+    assert all(len(x) < 400 for x in added), [len(x) for x in added]
+    assert "id vm-0 or vm-1 or vm-2 or %d more" % (half - 3) in added[0], added[0]
 
 
 def test_a_mute_holding_what_a_listing_cannot_show_is_refused(tmp_path):
@@ -548,3 +555,53 @@ def test_a_mute_holding_what_a_listing_cannot_show_is_refused(tmp_path):
         assert code == 201, answer
         listing = rules_cli(server, "mutes")
         assert listing.returncode == 0 and "kernel updates" in listing.stdout, listing
+
+
+def test_a_mute_ended_before_its_answer_is_refused_409_not_answered_made(tmp_path):
+    """A mute by tag is in force and listed while the VMs' logs are read for it, before its
+    answer: an operator who sees it on /mutes may end it then.  The POST was answered 201
+    all the same, with a mute no longer in force, on disk or listed, and "added" was logged
+    after "ended".  It is answered 409 (one line: ended before it was made); the DELETE's 200
+    stands, and nothing of the mute is kept."""
+    body = '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\nactions = ["hook"]\n'
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            # Other VMs' logs, so that reading every VM's newest record takes a while.
+            stamp = int(time.time()) - 3600
+            for n in range(5000):
+                vm = "10.1.%d.%d" % divmod(n, 250)
+                record = Record(vm=vm, ts=stamp, cpu=1.0, mem=5.0, host="kvm1", vcpus=1, mem_mb=512)
+                logstore.append_missing(str(server.data_dir), vm, {stamp: logstore.format_tail(record)})
+            mute = {"match": {"tags": {"host": "kvm9"}}, "duration": "1h", "author": "ana",
+                    "comment": "kvm9 kernel updates"}
+            headers = {"Authorization": "Bearer " + STATUS_TOKEN, "Content-Type": "application/json"}
+            making, listing = (http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+                               for _ in range(2))
+            # The POST and a listing reach the server in one turn of its loop, the DELETE the
+            # next: all three while the logs are being read (the server is stopped meanwhile).
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                making.request("POST", "/mutes", json.dumps(mute), headers)
+                listing.request("GET", "/mutes", headers=headers)
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            listed = json.loads(listing.getresponse().read())["mutes"]
+            assert [m["comment"] for m in listed] == [mute["comment"]]
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                listing.request("DELETE", "/mutes?id=" + listed[0]["id"], headers=headers)
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            ended = listing.getresponse()
+            assert ended.status == 200, ended.read()
+            ended.read()
+            answer = making.getresponse()
+            said = json.loads(answer.read())
+            assert answer.status == 409, said
+            assert list(said) == ["error"] and "ended before it was made" in said["error"], said
+            assert listed[0]["id"] in said["error"] and "\n" not in said["error"]
+            for connection in (making, listing):
+                connection.close()
+            assert json.loads(server.http("/mutes"))["mutes"] == []
+            assert server.metrics()['vmstats_rule_mute_requests_total{result="error_409"}'] == 1
+        assert json.loads((server.data_dir / "rules" / "mutes.json").read_text())["mutes"] == []

@@ -58,6 +58,12 @@ MAX_COMMENT = 1000
 #: which no terminal's encoding can write: taken, it ended every listing in a traceback.
 UNPRINTABLE = ("holds a character that is not printable (a line break, a control or format "
                "character, or half a surrogate pair)")
+#: What the server's log says of a mute it adds: the first few selectors of each kind (the
+#: others counted), each, and the comment, cut at a length.  Logged whole, a mute naming 2,000
+#: ids was one line of 16 KB; ``GET /mutes`` and ``vmstats rules mutes`` give it whole.
+LOGGED_SELECTORS = 3
+LOGGED_SELECTOR = 64
+LOGGED_TEXT = 80
 #: A time given as seconds since 1970 on a command line.
 _SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]+)?\Z")
 #: The last second a mute's time may be (9999-12-31T23:59:59Z, ISO 8601's last four-digit
@@ -128,20 +134,44 @@ class Mute:
     def describe(self) -> str:
         return describe(self.as_dict())
 
+    def brief(self) -> str:
+        """The server log's line for it: ``describe``'s, bounded (LOGGED_SELECTORS)."""
+        return describe(self.as_dict(), LOGGED_SELECTORS)
 
-def describe(entry: dict) -> str:
-    """One line for a mute (``as_dict``'s form): ``vmstats rules mutes`` and the server's log."""
+
+def clipped(text: str, longest: int = LOGGED_TEXT) -> str:
+    """``text``, cut to ``longest`` characters (``...`` says where)."""
+    return text if len(text) <= longest else text[:longest - 3] + "..."
+
+
+def describe(entry: dict, most: int | None = None) -> str:
+    """One line for a mute (``as_dict``'s form): ``vmstats rules mutes`` (whole) and the
+    server's log (``most``: that many selectors of each kind named, each and the author and
+    comment cut, the rest counted, so that the line stays short whatever the mute names)."""
+    def named(word: str, given: list[str]) -> str:
+        if most is None:
+            return word + " " + " or ".join(given)
+        shown = " or ".join(clipped(text, LOGGED_SELECTOR) for text in given[:most])
+        return word + " " + shown + (" or %d more" % (len(given) - most) if len(given) > most else "")
+
     what = []
     if entry.get("rule"):
-        what.append("rule " + " or ".join(entry["rule"]))
+        what.append(named("rule", entry["rule"]))
     match = entry.get("match") or {}
     for key, word in (("id", "id"), ("cidr", "in")):
         if match.get(key):
             given = match[key]
-            what.append(word + " " + " or ".join([given] if isinstance(given, str) else given))
-    what += ["%s %s" % kv for kv in sorted((match.get("tags") or {}).items())]
+            what.append(named(word, [given] if isinstance(given, str) else given))
+    tags = ["%s %s" % kv for kv in sorted((match.get("tags") or {}).items())]
+    if most is not None and len(tags) > most:
+        tags = [clipped(tag, 2 * LOGGED_SELECTOR) for tag in tags[:most]] + [
+            "%d more tags" % (len(tags) - most)]
+    what += tags
+    author, comment = entry["author"], entry["comment"]
+    if most is not None:
+        author, comment = clipped(author), clipped(comment)
     return "%s  %s .. %s  %s  by %s: %s" % (entry["id"], moment(entry["starts"]), moment(entry["ends"]),
-                                             ", ".join(what), entry["author"], entry["comment"])
+                                             ", ".join(what), author, comment)
 
 
 def parse_time(value, what: str, problems: list[str]) -> float | None:

@@ -24,7 +24,15 @@ from vmstats.rules.actionlog import ActionLog
 from vmstats.rules.config import RulesError, RuleSet, load_rules
 from vmstats.rules.delivery import Dispatcher
 from vmstats.rules.evaluator import GROUP, Engine
-from vmstats.rules.mutes import MAX_MUTES, MAX_SELECTORS, Mute, MuteError, MuteSet, parse_mute
+from vmstats.rules.mutes import (
+    MAX_MUTES,
+    MAX_SELECTORS,
+    Mute,
+    MuteError,
+    MuteSet,
+    clipped,
+    parse_mute,
+)
 from vmstats.rules.workers import Workers
 from vmstats.server.clock import WallClock
 from vmstats.server.ownfiles import replace_durably
@@ -543,7 +551,21 @@ class RulesService(service.Service):
             self.mutes.remove(mute.id)
             self.engine.keeping_tags(self.mutes.names_tags())
 
+        def ended() -> tuple[int, dict] | None:
+            """409 if the mute ended while it was being made: it is in force (and listed) from
+            the request, so ``DELETE /mutes`` (or its own end) may take it out before its
+            answer; a 201 then named a mute in force nowhere, on disk or listed."""
+            if self.mutes.mutes.get(mute.id) is mute:
+                return None
+            log.info("mute %s ended before it was made (%s): not in force", mute.id,
+                     clipped(mute.comment))
+            return 409, {"error": "mute %s ended before it was made (DELETE /mutes, or its end "
+                                  "came): it is not in force" % mute.id}
+
         def read(unread: str | None):
+            refused = ended()
+            if refused is not None:
+                return refused
             if unread is None:
                 return self._save_mutes().addCallbacks(saved, failed)
             # It would cover only the VMs that report again, not those whose host is down
@@ -555,11 +577,17 @@ class RulesService(service.Service):
             return self._save_mutes().addErrback(self._unwritten).addBoth(lambda _: refusal)
 
         def saved(_):
-            log.info("mute %s added: %s", mute.id, mute.describe())
+            refused = ended()  # the write of the file without it is queued behind this one
+            if refused is not None:
+                return refused
+            log.info("mute %s added: %s", mute.id, mute.brief())
             self._schedule_mutes()
             return 201, mute.as_dict()
 
         def failed(failure):
+            refused = ended()
+            if refused is not None:
+                return refused
             withdrawn()
             return 500, {"error": "cannot write %s: %s" % (self.mutes.path, failure.getErrorMessage())}
 
@@ -631,7 +659,7 @@ class RulesService(service.Service):
         ended = self.mutes.ended(self.engine.clock())
         for mute in ended:
             sent = self.dispatcher.release(mute.id)
-            log.info("mute %s ended (%s); %s it held back still %s", mute.id, mute.comment,
+            log.info("mute %s ended (%s); %s it held back still %s", mute.id, clipped(mute.comment),
                      counted(sent, "alert"), "stands" if sent == 1 else "stand")
         if ended:
             self.engine.keeping_tags(self.mutes.names_tags())
