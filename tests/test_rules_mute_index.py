@@ -14,6 +14,7 @@ import time
 
 from rulesutil import SECRET, WebhookReceiver, line, post, rules_file, serve, wait_until
 
+from vmstats import selectors
 from vmstats.rules.mutes import Mute, MuteSet, parse_mute, request_of_entry
 
 RULES = ("hot", "warm", "disk")
@@ -87,6 +88,28 @@ def test_the_index_names_the_mute_trying_every_mute_names(tmp_path):
             covered += want is not None
     assert covered > 500  # the mix does cover: not a comparison of two Nones
     assert mutes.covering("hot", "vm-1", None, now).match.ids == ("vm-1", "vm-2", "vm-3")
+
+
+def test_a_groups_members_are_judged_by_the_index_as_by_every_mute(tmp_path):
+    """``naming_vms`` and ``judge`` (a group rule's members under maintenance) use the index:
+    the mutes they name and the members they find covered are those a plain loop finds."""
+    now = 1_800_000_000.0
+    mutes = MuteSet(str(tmp_path))
+    for mute in made(mix(now), now):
+        mutes.add(mute)
+    covered = 0
+    for rule in RULES + ("other",):
+        for at in (now, now + 2 * 3600):
+            plain = [m for m in mutes.mutes.values() if m.names_vms and m.active(at)
+                     and (not m.rules or selectors.selected(rule, m.rules, []))]
+            naming = mutes.naming_vms(rule, at)
+            assert [m.id for m in naming] == [m.id for m in plain], (rule, at)
+            judge = mutes.judge(rule, naming)
+            for _rule, vm, tags in alerts():
+                want = any(m.covers(rule, vm, tags) for m in plain)
+                assert judge(vm, tags) == want, (rule, vm, tags, at)
+                covered += want
+    assert covered > 500
 
 
 def test_alerts_names_the_same_mutes_through_the_server(tmp_path):

@@ -514,11 +514,12 @@ class RulesService(service.Service):
         if judged is None or judged[0] != ids or len(judged[1]) > 2 * len(vms) + 100:
             judged = self._members_judged[rule] = (ids, {})
         known, tags_of, covered = judged[1], self.engine.vm_tags, set()
+        judge = self.mutes.judge(rule, mutes)
         for vm in vms:
             tags = tags_of(vm)
             seen = known.get(vm)
             if seen is None or seen[0] is not tags:
-                seen = known[vm] = (tags, any(mute.covers(rule, vm, tags) for mute in mutes))
+                seen = known[vm] = (tags, judge(vm, tags))
             if seen[1]:
                 covered.add(vm)
         return covered
