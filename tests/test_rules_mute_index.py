@@ -112,6 +112,21 @@ def test_a_groups_members_are_judged_by_the_index_as_by_every_mute(tmp_path):
     assert covered > 500
 
 
+def test_a_mute_of_plain_ids_covers_as_its_globs_would(tmp_path):
+    """A mute naming VMs by plain ids looks the VM up in them instead of trying each as a
+    glob: it covers what its ``match`` (every id a glob) covers, no more, no less."""
+    now = 1_800_000_000.0
+    mutes = made(mix(now) + [{"match": {"id": ["vm-1", "vm-2"], "tags": {"host": "kvm9"}},
+                              "ends": now + 60}], now)
+    assert sum(m.plain_ids is not None for m in mutes) > 40
+    for mute in mutes:
+        for rule, scope, tags in alerts():
+            want = (not mute.rules or selectors.selected(rule, mute.rules, [])) and (
+                not mute.names_vms or (scope != "group" and not (mute.match.tags and tags is None)
+                                       and mute.match(scope, tags or {})))
+            assert mute.covers(rule, scope, tags) == want, (mute.given, rule, scope, tags)
+
+
 def test_alerts_names_the_same_mutes_through_the_server(tmp_path):
     """Rows of three rules about 12 VMs on two hosts under a mix of mutes: each row's ``muted``
     is the mute a plain loop over the server's own listing of its mutes names."""

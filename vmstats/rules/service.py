@@ -26,6 +26,7 @@ from vmstats.rules.delivery import Dispatcher
 from vmstats.rules.evaluator import GROUP, Engine
 from vmstats.rules.mutes import (
     MAX_MUTES,
+    MAX_PLAIN_IDS,
     MAX_SELECTORS,
     Mute,
     MuteError,
@@ -537,11 +538,18 @@ class RulesService(service.Service):
         named = sum(m.selectors for m in self.mutes.mutes.values())
         if named + mute.selectors > MAX_SELECTORS:
             return defer.succeed((400, {"error": "the mutes in force name %s already (rule names, "
-                                                 "ids, cidrs, tags), and this one %d more: %d at most in "
+                                                 "globs, cidrs, tags), and this one %d more: %d at most in "
                                                  "all (name a host's VMs by their host tag, not one "
                                                  "by one; or expire some first)"
                                                  % (counted(named, "selector"),
                                                     mute.selectors, MAX_SELECTORS)}))
+        plain = sum(m.plain for m in self.mutes.mutes.values())
+        if plain + mute.plain > MAX_PLAIN_IDS:
+            return defer.succeed((400, {"error": "the mutes in force name %s already, and this one %d "
+                                                 "more: %d at most in all (name a host's VMs by "
+                                                 "their host tag, not one by one; or expire some "
+                                                 "first)" % (counted(plain, "VM id"), mute.plain,
+                                                             MAX_PLAIN_IDS)}))
         seed = bool(mute.match.tags) and not self.engine.keep_tags
         self.mutes.add(mute)
         self.engine.keeping_tags(self.mutes.names_tags())
