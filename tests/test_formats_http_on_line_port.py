@@ -432,6 +432,38 @@ def test_an_http_request_after_records_in_a_signed_frame_is_dropped_and_the_reco
     assert_no_secret(tmp_path)
 
 
+@pytest.mark.parametrize("keyed", [False, True])
+def test_an_http_request_after_records_in_a_signed_frame_over_tcp_is_dropped_the_stream_read_on(
+        tmp_path, keyed):
+    """The same frame over the native TCP port: under --auth-keys its payload is cut once its
+    checks pass (signing.check_frames), but a server without keys unwrapped it and read all of
+    it as lines, the request's headers refused one by one, the token quoted in the log and
+    journaled, the record in its body filed.  Now both cut it: the request counted once and
+    named by its method and path, the frame's records before it filed, and the stream read on
+    (a frame after it filed, the sync answered for both)."""
+    keys = tmp_path / "keys"
+    keys.write_text("k1 first-secret\n")
+    stamp = int(time.time()) - 120
+    options = ("--auth-keys", str(keys)) if keyed else ()
+    with serve(tmp_path, "--flush-interval", "60", *options) as server:
+        after = protocol.sign_payload("k1", "first-secret",
+                                      b"vmstats,vm=10.9.5.2 cpu=5,mem=40 %d\n" % stamp)
+        reply = server.send_synced(
+            protocol.sign_payload("k1", "first-secret", after_records(stamp, 1).replace(
+                b"10.9.4.1", b"10.9.5.1")) + after, "one", timeout=5)
+        metrics = server.wait_metrics(lambda m: m["vmstats_records_received_total"] >= 2)
+        assert_no_secret(tmp_path)  # the log, and the journal until the flush: records alone
+        assert reply == ["#!ack", "one", "2", "0"], reply
+        assert rejects(metrics) == {'vmstats_rejected_total{reason="http_request"}': 1}
+        assert metrics["vmstats_records_received_total"] == 2
+    assert server.returncode == 0, server.output
+    assert ("an HTTP client (POST /write) wrote to the native line port (signed frame), dropped "
+            "unread") in server.output, server.output
+    assert sorted(path.name for path in (tmp_path / "data" / "vms").iterdir()) == [
+        "10.9.5.1", "10.9.5.2"]
+    assert_no_secret(tmp_path)
+
+
 def test_an_http_request_after_lines_in_a_datagram_to_a_line_port_is_dropped_the_lines_read(
         tmp_path):
     """The line ports' UDP twins looked at a datagram's first line only: a request after lines

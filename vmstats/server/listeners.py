@@ -439,7 +439,7 @@ class TCPReceiver(tx_protocol.Protocol):
                     else:
                         if unbound:
                             self._rejected(unbound)
-                        self._ingest(payload)
+                        self._unwrapped(payload)
                     buf = parts[5]
                     continue
                 end = buf.find(b"\n")
@@ -476,6 +476,20 @@ class TCPReceiver(tx_protocol.Protocol):
             self._ingest(block)
         else:
             self.ingest.after(self._auth_failed)
+
+    def _unwrapped(self, payload: bytes) -> None:
+        """A signed frame's payload, unwrapped without --auth-keys: up to the HTTP request it
+        holds, if any (a sender that signs what it joins), as under --auth-keys
+        (signing.check_frames) and over UDP (``UDPReceiver._unwrap``).  The request is counted
+        once as ``http_request``, named by its method and path; its headers (a token) are
+        neither refused line by line, quoted in the log, nor journaled.  The frame stays
+        accepted and the stream goes on, as with keys: the records before the request are
+        filed."""
+        payload, what = misdirected.cut(payload)
+        if what is not None:
+            self.ingest.reject(protocol.R_HTTP, misdirected.words("native", what, "signed frame"))
+        if payload:
+            self._ingest(payload)
 
     def _ingest(self, payload: bytes) -> None:
         self.ingest.submit(payload, self._filed, source=self.peer)
