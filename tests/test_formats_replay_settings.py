@@ -22,10 +22,10 @@ from twisted.internet.task import Clock
 
 from vmstats.server.config import ServerConfig
 from vmstats.server.formats import Tally
-from vmstats.server.formats.edge import Edge, decoders
+from vmstats.server.formats.edge import Edge, decoders, minute_assembler
 from vmstats.server.formats.graphite import GraphiteDecoder, parse_templates
 from vmstats.server.formats.influx import InfluxDecoder
-from vmstats.server.formats.journaling import EdgeJournal
+from vmstats.server.formats.journaling import EdgeJournal, taken_under
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.journal import Journal
 from vmstats.server.metrics import Metrics
@@ -103,6 +103,40 @@ def test_a_decoder_made_from_its_journaled_settings_decodes_as_the_one_taken_by(
         again = type(decoder).from_settings(settings)
         assert pickle.dumps(again) == pickle.dumps(decoder), (name, changed)
         assert decoded(again, LINES[name]) == decoded(decoder, LINES[name]), (name, changed)
+
+
+#: The settings the assembler reads that no payload's line keeps, applied to a minute as it is
+#: written, by the run that writes it (docs/OPERATIONS.md): a minute may hold samples of two
+#: runs, and is written by one list.
+WHEN_WRITTEN = {"virtual_interfaces"}
+
+
+def assembled_by(assembler: MinuteAssembler) -> dict:
+    """Everything a fresh assembler was set to: its own plain values, its counters' bound, and
+    which interfaces it leaves out."""
+    plain = (int, float, str, tuple, type(None))
+    return {**{key: value for key, value in vars(assembler).items() if isinstance(value, plain)},
+            **{"rates." + key: value for key, value in vars(assembler.rates).items()
+               if isinstance(value, plain)},
+            "virtual": assembler.virtual.patterns}
+
+
+@pytest.mark.parametrize("setting", [field.name for field in dataclasses.fields(ServerConfig)])
+def test_each_setting_the_minutes_are_assembled_by_is_journaled_with_each_payload(setting):
+    """The assembler is made outside the decoders' settings (edge.minute_assembler), and what
+    a replay repeats a payload by is what its line keeps (journaling.taken_under).
+    --minute-grace was not kept: a replay after it was changed completed minutes the run that
+    took them held open, and refused a sample they took as late."""
+    changed = {setting: other(setting, getattr(ServerConfig(), setting)),
+               **WITH.get(setting, {})}
+    made = minute_assembler(dataclasses.replace(ServerConfig(), **changed))
+    plain = minute_assembler(ServerConfig())
+    moved = assembled_by(made) != assembled_by(plain)
+    kept = json.dumps(taken_under(made)) != json.dumps(taken_under(plain))
+    if setting in WHEN_WRITTEN:
+        assert moved and not kept
+    else:
+        assert kept == moved, (setting, "reaches the assembler: journal it (taken_under)")
 
 
 def test_the_lines_here_tell_each_decoder_setting_apart():

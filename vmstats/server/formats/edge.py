@@ -481,15 +481,24 @@ def decoders(config) -> dict[str, Decoder]:
             "graphite": GraphiteDecoder(parse_templates(config.graphite_templates), config.max_line)}
 
 
+def minute_assembler(config) -> MinuteAssembler:
+    """The minute assembler as ``config`` sets it: the one place the server's settings reach
+    it.  A replay repeats each journaled payload by what the journal says the assembler took
+    it under (journaling.taken_under: the limits, the bounds, the grace); the one setting it
+    reads that is not journaled, --virtual-interfaces, is applied to a minute as it is
+    written.  tests/test_formats_replay_settings.py holds both to every setting."""
+    return MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
+                           config.max_past, CounterRates(config.edge_max_counters),
+                           VirtualInterfaces(config.virtual_interfaces),
+                           config.edge_max_devices, config.edge_max_names,
+                           config.edge_max_name_bytes, config.edge_max_written)
+
+
 def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
           table: ConnectionTable) -> tuple[Edge, EdgeService]:
     """The edge as ``config`` asks for it (ports of -1 are off)."""
-    rates = CounterRates(config.edge_max_counters)
-    assembler = MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
-                                config.max_past, rates,
-                                VirtualInterfaces(config.virtual_interfaces),
-                                config.edge_max_devices, config.edge_max_names,
-                                config.edge_max_name_bytes, config.edge_max_written)
+    assembler = minute_assembler(config)
+    rates = assembler.rates
     made = decoders(config)
     udp: dict[str, tuple[int, Decoder]] = {}
     tcp: dict[str, tuple[int, Decoder]] = {}

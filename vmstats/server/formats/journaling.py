@@ -15,12 +15,15 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
   arrival time the decoder and the assembler used and ``options`` hold the
   ``--max-future``/``--max-past`` they judged the samples by and the bounds
   the assembler held them by (``--edge-max-name-bytes``, ``--edge-max-open``
-  and the others: formats.Bounds), and with the format's ``settings`` line
-  before it, decoding it again and adding the samples repeats exactly what
-  the assembler did with it, whatever the clock, the limits, the bounds or the
-  settings at the restart: the same counter steps, the same minutes completed
-  by later samples, the same samples refused as late, for their time or past a
-  bound, and none refused that was taken.  (A bound lowered before the restart
+  and the others: formats.Bounds) and the ``--minute-grace`` that decided which
+  minutes the VM's later samples completed (``taken_under``), and with the
+  format's ``settings`` line before it, decoding it again and adding the samples
+  repeats exactly what the assembler did with it, whatever the clock, the
+  limits, the bounds or the settings at the restart: the same counter steps,
+  the same minutes completed by later samples (the grace journaled too: before,
+  a replay by a shorter one completed minutes the run held open and refused a
+  sample they took as late), the same samples refused as late, for their time
+  or past a bound, and none refused that was taken.  (A bound lowered before the restart
   guards what comes after it; what the journal holds was acknowledged under
   the old one, and the replay says how much of it it kept past the new one.)
 * ``settings <format> <json>``: everything the decoder of a format journaled as it came (the
@@ -168,6 +171,22 @@ def _key_in_memory(path: str, what: str, exc: OSError) -> bytes:
     return secrets.token_hex(32).encode("ascii")
 
 
+def taken_under(assembler) -> dict:
+    """What the assembler takes a payload's samples by, as each payload's line keeps it for a
+    replay to repeat: the ``(max_future, max_past)`` its samples are judged by, the bounds it
+    holds them by, and the grace that decides which minutes a VM's later samples complete (so
+    which samples after them are late).  Of the settings that reach the assembler
+    (edge.minute_assembler) only --virtual-interfaces is not here: it is applied to a minute
+    as it is written, by the run that writes it (tests/test_formats_replay_settings.py)."""
+    return {"limits": [assembler.max_future, assembler.max_past], "bounds": assembler.bounds,
+            "grace": assembler.grace}
+
+
+def _seconds(value: float) -> str:
+    """A --minute-grace as it is given: ``30s``, ``1.5s``."""
+    return "%gs" % value
+
+
 def _pending(state: dict) -> list[bytes]:
     """A checkpoint's records handed to the native path and not yet filed there."""
     pending = state["pending"]
@@ -218,6 +237,10 @@ class EdgeJournal:
         #: naming a device longer, lines longer than --max-line.
         self.other_settings = 0
         self.bounds_then: set[Bounds] = set()
+        #: Of the last replay: the --minute-grace values other than this run's it repeated by,
+        #: and this run's (which the minutes restored wait by from the start on).
+        self.grace_then: set[float] = set()
+        self.grace_now = 0.0
         self.kept_long = self.kept_lines = 0
         #: Of the last replay: the decoders' settings other than this run's it read by, by the
         #: option that sets each (``Decoder.options``): the values then (a list's, Graphite's
@@ -282,11 +305,9 @@ class EdgeJournal:
         since = self.journal.next_write()
         if name not in self._noted:
             self._note(name)
-        assembler = self.edge.assembler
         opts = {"divisor": options.get("divisor"), "errors": "errors" in options} if options \
             else {}
-        opts["limits"] = [assembler.max_future, assembler.max_past]
-        opts["bounds"] = assembler.bounds
+        opts.update(taken_under(self.edge.assembler))
         decoder = self.edge.decoders.get(name)
         if samples is not None and decoder is not None and decoder.journal_samples:
             encoding = b"samples"
@@ -422,10 +443,12 @@ class EdgeJournal:
         pending: list[bytes] = []
         replayed = 0
         current = assembler.bounds
+        grace = self.grace_now = assembler.grace
         #: Format -> the settings its payloads were taken under (``_note``), as met.
         settings: dict[str, dict] = {}
         self.other_settings = self.kept_long = self.kept_lines = 0
         self.bounds_then = set()
+        self.grace_then = set()
         self.settings_then = {}
         self.port_off = {}
         try:
@@ -457,6 +480,7 @@ class EdgeJournal:
                     log.error("journal: an edge line could not be replayed (skipped): %s", exc)
         finally:
             assembler.bounds = current  # what comes now is judged by this run's bounds
+            assembler.grace = grace  # and waited for by this run's grace
         self._replicas.clear()
         if self.other_settings:
             self._say_settings(current)
@@ -503,18 +527,25 @@ class EdgeJournal:
     def _repeat(self, name: str, now: float, options: dict, data: bytes | list,
                 current: Bounds, settings: dict | None) -> None:
         """Decode a journaled payload again (``data`` a list: the samples it was decoded to)
-        and add its samples by the limits, the bounds and the format's ``settings`` they were
-        taken under (None: none journaled, this run's)."""
+        and add its samples by the limits, the bounds, the grace and the format's ``settings``
+        they were taken under (None: none journaled, this run's)."""
         decoder = self.edge.decoders.get(name)
         if decoder is None:  # every format's decoder is built, its port on or off (edge.decoders)
             raise ValueError("a payload of a format this server does not read: %r" % name)
         assembler = self.edge.assembler
         bounds = Bounds(*map(int, options["bounds"])) if "bounds" in options else current
         assembler.bounds = bounds
+        # The grace decides which minutes a VM's later samples complete, and so which samples
+        # after them are late: repeated by the one the payload was taken under.
+        grace = float(options.get("grace", self.grace_now))
+        assembler.grace = grace
+        other = bounds != current or grace != self.grace_now
+        if bounds != current:
+            self.bounds_then.add(bounds)
+        if grace != self.grace_now:
+            self.grace_then.add(grace)
         if isinstance(data, list):  # decoded when it came: by no setting of this run
-            if bounds != current:
-                self.other_settings += 1
-                self.bounds_then.add(bounds)
+            self.other_settings += other
             self._add(data, now, options, Tally(), bounds, current)
             return
         ours = decoder.settings()
@@ -528,10 +559,8 @@ class EdgeJournal:
             payloads, said = self.port_off.get(name, (0, []))
             named = [decoder.options.get(key, key) for key in differ]
             self.port_off[name] = (payloads + 1, said + [one for one in named if one not in said])
-        if bounds != current or (differ and reading):
+        if other or (differ and reading):
             self.other_settings += 1
-            if bounds != current:
-                self.bounds_then.add(bounds)
             for key in differ if reading else ():
                 value = then[key]
                 values, _ours = self.settings_then.setdefault(decoder.options.get(key, key),
@@ -567,9 +596,10 @@ class EdgeJournal:
 
     def _say_settings(self, current: Bounds) -> None:
         """One line when a replay took payloads by settings other than this run's (an operator
-        changed an edge bound, --max-line, --influx-vm-tag or --graphite-template between the
-        crash and this start): what the journal holds was acknowledged under them, so it is
-        written by them; what comes now is taken by the new ones."""
+        changed an edge bound, --minute-grace, --max-line, --influx-vm-tag or
+        --graphite-template between the crash and this start): what the journal holds was
+        acknowledged under them, so it is written by them; what comes now is taken by the new
+        ones."""
         then = self.bounds_then
         changed = ["%s %s (now %d)" % (
             BOUND_OPTIONS[field], "/".join(str(value) for value in
@@ -577,6 +607,9 @@ class EdgeJournal:
             getattr(current, field))
             for field in Bounds._fields if any(getattr(old, field) != getattr(current, field)
                                               for old in then)]
+        if self.grace_then:
+            changed.append("--minute-grace %s (now %s)" % (
+                "/".join(map(_seconds, sorted(self.grace_then))), _seconds(self.grace_now)))
         for option, (values, ours) in self.settings_then.items():
             if any(isinstance(value, tuple) for value in values):  # many and long: counted
                 changed.append("%s of %s" % (counted(len(values), "other set"), option))
