@@ -619,3 +619,49 @@ def test_a_mute_ended_before_its_answer_is_refused_409_not_answered_made(tmp_pat
             assert json.loads(server.http("/mutes"))["mutes"] == []
             assert server.metrics()['vmstats_rule_mute_requests_total{result="error_409"}'] == 1
         assert json.loads((server.data_dir / "rules" / "mutes.json").read_text())["mutes"] == []
+
+
+def test_alerts_a_refused_mute_held_back_while_it_was_made_are_sent(tmp_path):
+    """A mute by tag holds back what fires while the VMs' logs are read for it; refused then
+    (its file cannot be written: 500), it was taken out without letting go of what it held,
+    and those alerts were never sent, until a restart."""
+    body = '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\nactions = ["hook"]\n'
+    with WebhookReceiver(SECRET.encode()) as hook:
+        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
+            stamp = int(time.time()) - 3600
+            for n in range(5000):
+                vm = "10.1.%d.%d" % divmod(n, 250)
+                record = Record(vm=vm, ts=stamp, cpu=1.0, mem=5.0, host="kvm1", vcpus=1, mem_mb=512)
+                logstore.append_missing(str(server.data_dir), vm, {stamp: logstore.format_tail(record)})
+            mutes_file = server.data_dir / "rules" / "mutes.json"
+            if mutes_file.exists():
+                mutes_file.unlink()
+            mutes_file.mkdir(parents=True)  # the file cannot be written in its place
+            mute = {"match": {"tags": {"host": "kvm9"}}, "duration": "1h", "author": "ana",
+                    "comment": "kvm9 kernel updates"}
+            headers = {"Authorization": "Bearer " + STATUS_TOKEN, "Content-Type": "application/json"}
+            making, listing = (http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+                               for _ in range(2))
+            # The POST and a listing in one turn of the server's loop, the hot record the next:
+            # all while the logs are read (the server is stopped meanwhile).
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                making.request("POST", "/mutes", json.dumps(mute), headers)
+                listing.request("GET", "/mutes", headers=headers)
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            assert len(json.loads(listing.getresponse().read())["mutes"]) == 1
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                server.send_udp(line("10.9.0.1", int(time.time()), 95.0, host="kvm9"))
+                listing.request("GET", "/mutes", headers=headers)
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            listing.getresponse().read()
+            answer = making.getresponse()
+            said = json.loads(answer.read())
+            assert answer.status == 500 and "cannot write" in said["error"], said
+            assert muted_entries(server, "10.9.0.1"), "the alert came after the mute's answer"
+            assert hook.wait(1) and scopes(hook) == [("10.9.0.1", "firing")]
+            for connection in (making, listing):
+                connection.close()

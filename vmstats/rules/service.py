@@ -557,8 +557,12 @@ class RulesService(service.Service):
             self._seed_tags()
 
         def withdrawn() -> None:
+            """Refused after all: what it held back while it was made is let go, as at a
+            mute's end; kept, it was never sent until a restart."""
             self.mutes.remove(mute.id)
             self.engine.keeping_tags(self.mutes.names_tags())
+            self.dispatcher.release(mute.id)
+            self._submit()
 
         def ended() -> tuple[int, dict] | None:
             """409 if the mute ended while it was being made: it is in force (and listed) from
