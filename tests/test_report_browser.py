@@ -546,7 +546,8 @@ def test_the_statements_line_of_vms_without_the_tag_lists_them(browser, tmp_path
 
 
 def test_an_upsizes_drill_down_says_what_it_would_add_not_a_negative_saving(browser, tmp_path):
-    """A VM pinned at its size is told to grow: its panel read "saving USD -56.36 / month"."""
+    """A VM pinned at its size is told to grow: its panel read "saving USD -56.36 / month".
+    Its costs beside it name the currency the same way."""
     ts = T0 + 60 * np.arange(7 * 1440)
     noise = np.random.default_rng(2).random(len(ts))
     write_records(tmp_path / "data", series("pinned", ts, 95 + 3 * noise, np.full(len(ts), 40.0),
@@ -562,4 +563,7 @@ def test_an_upsizes_drill_down_says_what_it_would_add_not_a_negative_saving(brow
     text = browser.find_element(By.ID, "drill").text
     assert "extra cost USD %.2f / month (not in the saving)" % -row["monthly_saving"] in text
     assert "saving USD -" not in text
+    # Its costs name their currency as the saving does (they read "cost as provisioned 112.71").
+    assert "cost as provisioned USD %.2f / month, by use USD %.2f / month" % (
+        row["monthly_cost"], row["usage_cost"]) in text
     assert _errors(browser) == []
