@@ -392,12 +392,15 @@ def test_exclusions_and_expiry(fleet):
     # The expired exclusion does not apply, and the report says it expired.
     assert by_vm["oversized"]["category"] == "downsize"
     assert [e["vm"] for e in document["meta"]["exclusions"]["expired"]] == ["oversized*"]
-    assert "old freeze" in (out / "report.html").read_text()
-    # ... and so does the terminal (a nightly run's journal), naming it with its reason and date.
     expired = document["meta"]["exclusions"]["expired"][0]["expires"]
-    assert "expired exclusions, no longer applied: oversized* (old freeze, expired %s)" % expired in (
-        result.stdout.splitlines()
-    )
+    page = (out / "report.html").read_text()
+    assert ("Exclusions expired at the window's end, no longer applied:\n  <b>oversized*</b> (old freeze, "
+            "expired %s)</div>" % expired) in page
+    # ... and so does the terminal (a nightly run's journal), naming it with its reason and date.
+    line = "exclusions expired at the window's end, no longer applied: oversized* (old freeze, expired %s)"
+    assert line % expired in result.stdout.splitlines()
+    # The one still in force today gets no note that it expired since.
+    assert "expired since" not in page and "expired since" not in result.stdout
 
 
 #: Exclusions whose end falls about the window's end (2026-01-14 23:59 UTC), each given as a
@@ -445,6 +448,19 @@ def test_an_exclusion_is_judged_at_the_windows_end_not_on_the_day_of_the_run(fle
     assert [(e["vm"], e["expires"]) for e in expired] == [
         ("network-only", "2026-01-13"), ("memory-only", "2026-01-15T08:00:00+09:00")]
     assert document["meta"]["exclusions"]["active"] == 3
+    # The three that held at the window's end have all run out before this run (in December):
+    # the page and the terminal say so, earliest first, to be renewed or dropped before the next report.
+    lapsed = ("oversized (runs to the window's last day, expired 2026-01-14); business-hours (runs to 19:30 "
+              "in New York on the 14th, 00:30 UTC on the 15th, expired 2026-01-14T19:30:00-05:00); idle (ran "
+              "out after the window, before today, expired 2026-01-20)")
+    assert ("exclusions applied at the window's end but expired since (renew or drop them): " + lapsed
+            in result.stdout.splitlines())
+    html = (tmp_path / "out" / "report.html").read_text()
+    page = re.search(r'id="exclusions-lapsed">([^<]*)(.*?)</div>', html, re.S)
+    assert page[1] == "Exclusions applied at the window's end but expired since; renew or drop them:\n  "
+    assert re.sub(r"</?b>", "", page[2]).replace("&#39;", "'") == lapsed
+    # The report.json of the same logs stays the same whatever day it is run.
+    assert "since" not in json.dumps(document["meta"]["exclusions"])
     # A report of an earlier window (the first week) finds every one of them in force.
     result = vmstats(data, "-o", tmp_path / "week", "--exclusions", exclusions, "--no-cache",
                      "--until", "2026-01-07")
@@ -453,7 +469,10 @@ def test_an_exclusion_is_judged_at_the_windows_end_not_on_the_day_of_the_run(fle
     assert week["meta"]["exclusions"]["expired"] == []
     assert {v["vm"] for v in week["vms"] if v["category"] == "excluded"} == {
         "idle", "oversized", "network-only", "memory-only", "business-hours"}
-    assert "expired exclusions" not in result.stdout
+    assert "expired at the window's end" not in result.stdout
+    line = next(line for line in result.stdout.splitlines() if "but expired since" in line)
+    assert re.findall(r"(?:: |; )([a-z-]+) \(", line) == [
+        "network-only", "memory-only", "oversized", "business-hours", "idle"]
 
 
 def test_terminal_summary(fleet):

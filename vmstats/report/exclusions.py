@@ -17,6 +17,19 @@ from typing import Any
 from vmstats.report.settings import InputError, load_toml, parse_selector
 
 
+def ends_of(expires: datetime.date | None) -> float | None:
+    """The Unix time an exclusion's ``expires`` ends it at (None: never): the end of its UTC day
+    for a date, the instant for a time (a time without an offset is UTC)."""
+    if expires is None:
+        return None
+    if isinstance(expires, datetime.datetime):
+        when = expires
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        return when.timestamp()
+    return (expires - datetime.date(1970, 1, 1)).days * 86400.0 + 86400.0
+
+
 @dataclass
 class Exclusion:
     selector: str
@@ -27,16 +40,8 @@ class Exclusion:
     networks: list[Any]
 
     def ends(self) -> float | None:
-        """The Unix time the exclusion stops applying at (None: never): the end of its UTC day
-        for a date, the instant for a time (a time without an offset is UTC)."""
-        if self.expires is None:
-            return None
-        if isinstance(self.expires, datetime.datetime):
-            when = self.expires
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=datetime.UTC)
-            return when.timestamp()
-        return (self.expires - datetime.date(1970, 1, 1)).days * 86400.0 + 86400.0
+        """The Unix time the exclusion stops applying at (None: never)."""
+        return ends_of(self.expires)
 
     def expired_at(self, end_ts: int) -> bool:
         """Whether it no longer applies at ``end_ts``, the report window's last record."""
@@ -94,3 +99,30 @@ def find(exclusions: list[Exclusion], vm: str) -> Exclusion | None:
         if item.matches(vm):
             return item
     return None
+
+
+def since_expired(rows: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """The exclusions that held at the window's end, so excluded VMs of ``rows``, but have
+    expired by ``now`` (the run's time), each once as ``{vm, reason, expires}``, earliest first.
+
+    This report applies them (judged at the window's end), a report of a later window will not: the page
+    and the terminal name them so the operator renews or drops them in time.  report.csv and
+    report.json leave them out, so the same logs still give the same files on any day.
+    """
+    found: dict[str, tuple[float, dict[str, Any]]] = {}
+    for row in rows:
+        evidence = row.get("evidence") or {}
+        expires = evidence.get("expires") if row["category"] == "excluded" else None
+        if not expires or evidence["exclusion"] in found:
+            continue
+        ends = ends_of(
+            datetime.datetime.fromisoformat(expires)
+            if "T" in expires
+            else datetime.date.fromisoformat(expires)
+        )
+        if ends is not None and ends <= now:
+            found[evidence["exclusion"]] = (
+                ends,
+                {"vm": evidence["exclusion"], "reason": row["excluded_reason"], "expires": expires},
+            )
+    return [item for _ends, item in sorted(found.values(), key=lambda pair: (pair[0], pair[1]["vm"]))]

@@ -7,6 +7,7 @@ evidence, hour-of-week profiles and sparklines the CSV cannot hold.
 """
 
 import os
+import time
 from typing import Any, TextIO
 
 import orjson
@@ -14,6 +15,7 @@ import orjson
 from vmstats import csvcells, logstore
 from vmstats.outputfile import replacing
 from vmstats.protocol import format_tags
+from vmstats.report import exclusions as exclusions_mod
 from vmstats.report.build import Report
 from vmstats.report.money import Money
 from vmstats.report.policy import CANDIDATES
@@ -194,8 +196,16 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
     if expired:
         # As on the page: a lapsed promise must not turn silently into a reclaim advice.
         print(
-            "expired exclusions, no longer applied: %s"
+            "exclusions expired at the window's end, no longer applied: %s"
             % "; ".join("%s (%s, expired %s)" % (e["vm"], e["reason"], e["expires"]) for e in expired),
+            file=stream,
+        )
+    lapsed = exclusions_mod.since_expired(report.rows, time.time())
+    if lapsed:
+        # Still applied (at the window's end), but the next report will not apply them.
+        print(
+            "exclusions applied at the window's end but expired since (renew or drop them): %s"
+            % "; ".join("%s (%s, expired %s)" % (e["vm"], e["reason"], e["expires"]) for e in lapsed),
             file=stream,
         )
     upsizes = meta["categories"]["upsize"]["vms"]

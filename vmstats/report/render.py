@@ -8,12 +8,14 @@ second or two instead of laying out 10,000 table rows and their charts.
 
 import html
 import os
+import time
 from typing import Any
 
 import jinja2
 import numpy as np
 
 from vmstats.outputfile import write_text
+from vmstats.report import exclusions as exclusions_mod
 from vmstats.report.build import Report
 from vmstats.report.evidence import evidence_lines
 from vmstats.report.money import Money
@@ -255,6 +257,7 @@ def render(report: Report, path: str) -> None:
         currency=meta["prices"]["currency"],
         minor_unit=money.minor_unit,
         statement=meta.get("statement"),
+        lapsed=exclusions_mod.since_expired(report.rows, time.time()),
         capacity=meta.get("capacity"),
         distribution=distribution_chart(report.fleet),
         heatmap=week_heatmap(report.fleet["hour_of_week_cpu"]),
