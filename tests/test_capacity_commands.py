@@ -848,3 +848,40 @@ def test_a_backtest_on_fewer_days_than_asked_says_so(fleet):
     assert text.stdout.startswith(
         "admission backtest: plan 2026-01-01T00:00 .. 2026-01-02T23:59 (2 days of the 5 asked), judged "
         "2026-01-03T00:00 .. 2026-01-07T23:59 (5 days)\n"), text.stdout
+
+
+def test_admit_names_the_days_it_rests_on_as_headroom_does(headroom, fleet, tmp_path):
+    """The logs hold 2026-01-01 to 2026-01-07 and --days 14 is the default.  admit's basis line
+    said only the window's first and last minute, so 7 days of the 14 asked went unsaid, though
+    headroom's first line says it.  Read from the logs or from a summary headroom left, it now
+    says the days in headroom's words, and the answer's basis the days asked."""
+    _result, _data, out, _expected = headroom
+    base, _expected = fleet
+    manifest = tmp_path / "app.toml"
+    manifest.write_text('[[vms]]\nprofile = "2x8@50%"\n')
+    said = ("based on p99.9 of hourly peaks over 2026-01-01 .. 2026-01-07, 7 days of the 14 asked "
+            "(2026-01-01T00:00:00Z to 2026-01-07T23:59:00Z), 1 of 2 hosts known (gate 80%); unknown: kvm02")
+    from_logs = vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml")
+    from_summary = vmstats("admit", manifest, "--summary", out / "capacity-summary.json")
+    for answer in (from_logs, from_summary):
+        assert answer.returncode == 0, answer.stderr
+        assert said in answer.stdout.splitlines(), answer.stdout
+    basis = json.loads(vmstats("admit", manifest, base / "data", "--inventory", base / "hosts.toml",
+                               "--json").stdout)["basis"]  # fmt: skip
+    assert basis["days_asked"] == 14
+    assert (basis["window"]["first_day"], basis["window"]["days"]) == ("2026-01-01", 7)
+    # A summary written before its window named its days, or kept the days asked, is said alike.
+    older = json.loads((out / "capacity-summary.json").read_text())
+    for key in ("first_day", "last_day", "days"):
+        del older["window"][key]
+    del older["days_asked"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    answer = vmstats("admit", manifest, "--summary", tmp_path / "older.json")
+    assert answer.returncode == 0, answer.stderr
+    assert said.replace(" of the 14 asked", "") in answer.stdout.splitlines(), answer.stdout
+    older["window"]["start"] = "yesterday"
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    answer = vmstats("admit", manifest, "--summary", tmp_path / "older.json")
+    assert answer.returncode == 2 and answer.stderr.count("\n") == 1, answer.stderr
+    assert "window's start and end are not ISO times" in answer.stderr
+

@@ -428,12 +428,11 @@ def terminal(result: dict) -> str:
         )
     b = result["basis"]
     lines.append(
-        "based on %s of %s, %s to %s, %s known (gate %g%%)%s"
+        "based on %s of %s over %s, %s known (gate %g%%)%s"
         % (
             b["percentile"],
             b["peaks"],
-            b["window"]["start"],
-            b["window"]["end"],
+            days_line(b["window"], b.get("days_asked")),
             part_of(b["hosts_known"], b["hosts"], "host"),
             b["coverage_min"] * 100,
             "; unknown: " + ", ".join(b["hosts_unknown"]) if b["hosts_unknown"] else "",
@@ -445,6 +444,19 @@ def terminal(result: dict) -> str:
         lines.append(unplaced.line(b["unplaced_vms"], b["unplaced_use"], result["withheld_for_unplaced"],
                                    instances=result["instances_withheld_for_unplaced"]))
     return "\n".join(lines)
+
+
+def days_named(window: dict) -> str:
+    """The UTC days of a window (demand.Window.describe, command.advice_days) in words."""
+    return "%s .. %s, %s" % (window["first_day"], window["last_day"], counted(window["days"], "day"))
+
+
+def days_line(window: dict, asked: int | None = None) -> str:
+    """The days of logs a figure rests on, its first and last minute, and how many days fewer
+    than asked it had (the logs hold no more: they start later, or end before the days asked):
+    headroom's first line and admit's basis line alike."""
+    fewer = " of the %d asked" % asked if asked and window["days"] < asked else ""
+    return "%s%s (%s to %s)" % (days_named(window), fewer, window["start"], window["end"])
 
 
 def unheard_line(vms: list[dict], most: int = 5) -> str:

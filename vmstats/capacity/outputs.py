@@ -5,7 +5,7 @@ import os
 
 from vmstats import csvcells
 from vmstats.capacity import unplaced
-from vmstats.capacity.admission import unheard_line
+from vmstats.capacity.admission import days_line, days_named, unheard_line
 from vmstats.capacity.headroom import COLUMNS
 from vmstats.outputfile import Outputs, replacing
 from vmstats.words import counted, part_of, plural
@@ -39,18 +39,6 @@ def _some(names: list[str], most: int = 5) -> str:
     if not names:
         return ""
     return " (%s%s)" % (", ".join(names[:most]), ", ..." if len(names) > most else "")
-
-
-def days_named(window: dict) -> str:
-    """The UTC days of a window (demand.Window.describe, command.advice_days) in words."""
-    return "%s .. %s, %s" % (window["first_day"], window["last_day"], counted(window["days"], "day"))
-
-
-def days_line(window: dict, asked: int | None = None) -> str:
-    """The days of logs a figure rests on, its first and last minute, and how many days fewer
-    than asked it had (the logs hold no more: they start later, or end before the days asked)."""
-    fewer = " of the %d asked" % asked if asked and window["days"] < asked else ""
-    return "%s%s (%s to %s)" % (days_named(window), fewer, window["start"], window["end"])
 
 
 def terminal(result: dict, top: int = 20, written: bool = True) -> str:

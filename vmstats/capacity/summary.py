@@ -19,7 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from vmstats import inputfile
 from vmstats.capacity import defaults, unplaced
-from vmstats.capacity.demand import FleetDemand, Settings, peaks_name, percentile_name
+from vmstats.capacity.demand import FleetDemand, Settings, day_span, peaks_name, percentile_name
 from vmstats.capacity.headroom import instances_withheld, withheld
 from vmstats.capacity.placement import HostLoad
 
@@ -102,13 +102,18 @@ class Summary:
     #: Each capped host's share of their number against its max_instances, ``{host: VMs}``
     #: (headroom.instances_withheld), alike.
     instances_withheld_for_unplaced: dict = field(default_factory=dict)
+    #: The days of logs asked for (Settings.days), which the window holds fewer of when the logs
+    #: start later; None: a summary from before it was kept, whose window is said without it.
+    days_asked: int | None = None
 
     def basis(self, now: float | None = None) -> dict:
         """What an answer rests on, said in every answer, with the logs it could not read whole."""
         known = [h for h in self.hosts if h.status != "unknown"]
         expected = [h for h in known if h.vms]
         return {
-            "window": self.window,
+            # Its days worked out of its minutes: a summary from before windows named them has none.
+            "window": {**self.window, **day_span(self.window["start"], self.window["end"])},
+            "days_asked": self.days_asked,
             "percentile": percentile_name(self.percentile),
             "peaks": peaks_name(self.peak_minutes),
             "coverage_min": self.coverage_min,
@@ -183,6 +188,10 @@ class Summary:
         window = data["window"]
         if not all(isinstance(window.get(k), str) for k in ("start", "end")):
             raise ValueError("window has no start and end")
+        try:  # basis() names the window's days from them
+            day_span(window["start"], window["end"])
+        except ValueError:
+            raise ValueError("window's start and end are not ISO times") from None
         for name in ("skipped_files", "damaged_files"):
             if not all(
                 isinstance(f, dict)
@@ -299,6 +308,7 @@ def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) ->
         withheld_for_unplaced=unplaced.described(withheld(fleet)),
         alloc_withheld_for_unplaced=unplaced.described(withheld(fleet, "allocation"), "allocation"),
         instances_withheld_for_unplaced=instances_withheld(fleet),
+        days_asked=s.days,
     )
 
 
