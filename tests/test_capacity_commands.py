@@ -885,3 +885,27 @@ def test_admit_names_the_days_it_rests_on_as_headroom_does(headroom, fleet, tmp_
     assert answer.returncode == 2 and answer.stderr.count("\n") == 1, answer.stderr
     assert "window's start and end are not ISO times" in answer.stderr
 
+
+def test_a_vm_of_junk_alone_is_not_an_unplaced_vm(fleet, tmp_path):
+    """ghost-00's only day file is random bytes: no record says it is a VM, nor where it runs.
+    It was counted among the unplaced VMs (2, and named as one) beside stray, adding no use;
+    now stray alone is, and the junk file is still named as skipped."""
+    base, _expected = fleet
+    data, _torn, junk = damaged_copy(base, tmp_path, junk=1)
+    out = tmp_path / "out"
+    shown = vmstats("headroom", data, "--inventory", base / "hosts.toml", "--profile", "2x8", "--no-after",
+                    "-o", out)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads((out / "headroom.json").read_text())
+    assert doc["fleet"]["unplaced_vms"] == ["stray"]
+    assert [t["vms"] for t in doc["fleet"]["unplaced_use"]["by_host_tag"]] == [1]
+    assert [f["path"] for f in doc["basis"]["skipped_files"]] == junk
+    line = next(s for s in shown.stdout.splitlines() if s.startswith("unplaced VMs"))
+    assert line.startswith("unplaced VMs (no host in the inventory claims them, so their use counts on "
+                           "none): 1, ") and line.endswith("; e.g. stray"), line
+    manifest = tmp_path / "app.toml"
+    manifest.write_text('[[vms]]\nprofile = "2x8@50%"\n')
+    answer = vmstats("admit", manifest, data, "--inventory", base / "hosts.toml", "--json")
+    basis = json.loads(answer.stdout)["basis"]
+    assert basis["unplaced_vms"] == 1 and basis["unplaced_use"]["by_host_tag"][0]["vms"] == 1
+    assert junk[0] in answer.stderr

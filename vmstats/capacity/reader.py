@@ -131,7 +131,9 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
     """Each VM's use per minute of the window, a batch of VMs per read.
 
     The host tag is a label of the VM, not a measurement: as the report does,
-    it is taken from the VM's latest record (_host_tag).
+    it is taken from the VM's latest record (_host_tag).  A VM with no readable record in the
+    window and no log before it is not yielded: its files are named as skipped, and nothing
+    else says it is a VM.
     """
     names = sorted(logs.files) if vms is None else list(vms)
     for start in range(0, len(names), BATCH_VMS):
@@ -148,6 +150,11 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
         bounds = np.searchsorted(vm_of_row[order], np.arange(len(batch) + 1))
         for i, vm in enumerate(batch):
             rows = {name: values[bounds[i] : bounds[i + 1]] for name, values in columns.items()}
+            if not len(rows["ts"]) and vm not in logs.earlier:
+                # No readable record, ever (its files junk, named in logs.issues): nothing says it
+                # is a VM, nor where it runs; counted, it was an unplaced VM adding no use.  The
+                # report leaves out a VM with no record alike.
+                continue
             latest = int(rows["ts"].max()) if len(rows["ts"]) else None
             yield _vm_use(vm, rows, _host_tag(logs.files[vm], latest), logs.window, vm in logs.earlier)
 
