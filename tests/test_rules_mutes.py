@@ -9,6 +9,7 @@ one that ended while the server was down sends what it held back at the start;
 bad mutes are refused with one line and counted.
 """
 
+import contextlib
 import http.client
 import json
 import signal
@@ -571,41 +572,53 @@ def test_a_mute_holding_what_a_listing_cannot_show_is_refused(tmp_path):
         assert listing.returncode == 0 and "kernel updates" in listing.stdout, listing
 
 
+HOT_HOOK = '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\nactions = ["hook"]\n'
+HEADERS = {"Authorization": "Bearer " + STATUS_TOKEN, "Content-Type": "application/json"}
+
+
+@contextlib.contextmanager
+def one_turn(server):
+    """The server stopped (SIGSTOP) meanwhile: what is sent within reaches it in one turn of
+    its loop, while a reading on its mutes' thread is still under way."""
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+
+
+def making_a_mute_by_tag(server) -> tuple[http.client.HTTPConnection, http.client.HTTPConnection, list]:
+    """A mute by tag POSTed, and listed, while the VMs' logs are read for it (5,000 other VMs'
+    logs make the reading take a while): the POST's connection (its answer not read yet), a
+    second one, and the listing."""
+    stamp = int(time.time()) - 3600
+    for n in range(5000):
+        vm = "10.1.%d.%d" % divmod(n, 250)
+        record = Record(vm=vm, ts=stamp, cpu=1.0, mem=5.0, host="kvm1", vcpus=1, mem_mb=512)
+        logstore.append_missing(str(server.data_dir), vm, {stamp: logstore.format_tail(record)})
+    mute = {"match": {"tags": {"host": "kvm9"}}, "duration": "1h", "author": "ana",
+            "comment": "kvm9 kernel updates"}
+    making, other = (http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+                     for _ in range(2))
+    with one_turn(server):
+        making.request("POST", "/mutes", json.dumps(mute), HEADERS)
+        other.request("GET", "/mutes", headers=HEADERS)
+    listed = json.loads(other.getresponse().read())["mutes"]
+    assert [m["comment"] for m in listed] == [mute["comment"]]
+    return making, other, listed
+
+
 def test_a_mute_ended_before_its_answer_is_refused_409_not_answered_made(tmp_path):
     """A mute by tag is in force and listed while the VMs' logs are read for it, before its
     answer: an operator who sees it on /mutes may end it then.  The POST was answered 201
     all the same, with a mute no longer in force, on disk or listed, and "added" was logged
     after "ended".  It is answered 409 (one line: ended before it was made); the DELETE's 200
     stands, and nothing of the mute is kept."""
-    body = '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\nactions = ["hook"]\n'
     with WebhookReceiver(SECRET.encode()) as hook:
-        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
-            # Other VMs' logs, so that reading every VM's newest record takes a while.
-            stamp = int(time.time()) - 3600
-            for n in range(5000):
-                vm = "10.1.%d.%d" % divmod(n, 250)
-                record = Record(vm=vm, ts=stamp, cpu=1.0, mem=5.0, host="kvm1", vcpus=1, mem_mb=512)
-                logstore.append_missing(str(server.data_dir), vm, {stamp: logstore.format_tail(record)})
-            mute = {"match": {"tags": {"host": "kvm9"}}, "duration": "1h", "author": "ana",
-                    "comment": "kvm9 kernel updates"}
-            headers = {"Authorization": "Bearer " + STATUS_TOKEN, "Content-Type": "application/json"}
-            making, listing = (http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
-                               for _ in range(2))
-            # The POST and a listing reach the server in one turn of its loop, the DELETE the
-            # next: all three while the logs are being read (the server is stopped meanwhile).
-            server.proc.send_signal(signal.SIGSTOP)
-            try:
-                making.request("POST", "/mutes", json.dumps(mute), headers)
-                listing.request("GET", "/mutes", headers=headers)
-            finally:
-                server.proc.send_signal(signal.SIGCONT)
-            listed = json.loads(listing.getresponse().read())["mutes"]
-            assert [m["comment"] for m in listed] == [mute["comment"]]
-            server.proc.send_signal(signal.SIGSTOP)
-            try:
-                listing.request("DELETE", "/mutes?id=" + listed[0]["id"], headers=headers)
-            finally:
-                server.proc.send_signal(signal.SIGCONT)
+        with serve(tmp_path, rules_file(tmp_path, hook.url, HOT_HOOK)) as server:
+            making, listing, listed = making_a_mute_by_tag(server)
+            with one_turn(server):  # the DELETE while the logs are still being read
+                listing.request("DELETE", "/mutes?id=" + listed[0]["id"], headers=HEADERS)
             ended = listing.getresponse()
             assert ended.status == 200, ended.read()
             ended.read()
@@ -625,38 +638,16 @@ def test_alerts_a_refused_mute_held_back_while_it_was_made_are_sent(tmp_path):
     """A mute by tag holds back what fires while the VMs' logs are read for it; refused then
     (its file cannot be written: 500), it was taken out without letting go of what it held,
     and those alerts were never sent, until a restart."""
-    body = '[[rule]]\nname = "hot"\nmetric = "cpu"\nenter = 90\nexit = 70\nperiod = 1\nactions = ["hook"]\n'
     with WebhookReceiver(SECRET.encode()) as hook:
-        with serve(tmp_path, rules_file(tmp_path, hook.url, body)) as server:
-            stamp = int(time.time()) - 3600
-            for n in range(5000):
-                vm = "10.1.%d.%d" % divmod(n, 250)
-                record = Record(vm=vm, ts=stamp, cpu=1.0, mem=5.0, host="kvm1", vcpus=1, mem_mb=512)
-                logstore.append_missing(str(server.data_dir), vm, {stamp: logstore.format_tail(record)})
+        with serve(tmp_path, rules_file(tmp_path, hook.url, HOT_HOOK)) as server:
             mutes_file = server.data_dir / "rules" / "mutes.json"
             if mutes_file.exists():
                 mutes_file.unlink()
             mutes_file.mkdir(parents=True)  # the file cannot be written in its place
-            mute = {"match": {"tags": {"host": "kvm9"}}, "duration": "1h", "author": "ana",
-                    "comment": "kvm9 kernel updates"}
-            headers = {"Authorization": "Bearer " + STATUS_TOKEN, "Content-Type": "application/json"}
-            making, listing = (http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
-                               for _ in range(2))
-            # The POST and a listing in one turn of the server's loop, the hot record the next:
-            # all while the logs are read (the server is stopped meanwhile).
-            server.proc.send_signal(signal.SIGSTOP)
-            try:
-                making.request("POST", "/mutes", json.dumps(mute), headers)
-                listing.request("GET", "/mutes", headers=headers)
-            finally:
-                server.proc.send_signal(signal.SIGCONT)
-            assert len(json.loads(listing.getresponse().read())["mutes"]) == 1
-            server.proc.send_signal(signal.SIGSTOP)
-            try:
+            making, listing, _listed = making_a_mute_by_tag(server)
+            with one_turn(server):  # the hot record while the logs are still being read
                 server.send_udp(line("10.9.0.1", int(time.time()), 95.0, host="kvm9"))
-                listing.request("GET", "/mutes", headers=headers)
-            finally:
-                server.proc.send_signal(signal.SIGCONT)
+                listing.request("GET", "/mutes", headers=HEADERS)
             listing.getresponse().read()
             answer = making.getresponse()
             said = json.loads(answer.read())
