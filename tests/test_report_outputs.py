@@ -41,7 +41,8 @@ def fleet(tmp_path_factory):
     exclusions = base / "exclusions.toml"
     exclusions.write_text(
         '[[exclude]]\nvm = "idle"\nreason = "DR standby, idle by design"\nexpires = %s\n\n'
-        '[[exclude]]\nvm = "oversized*"\nreason = "old freeze"\nexpires = %s\n'
+        '[[exclude]]\nvm = "oversized*"\nreason = "old freeze"\nexpires = %s\n\n'
+        '[[exclude]]\nvm = "idel"\nreason = "DR standby, mistyped"\n'
         % (today + datetime.timedelta(days=30), "2026-01-13")  # the day before the window's last
     )
     out = base / "out"
@@ -401,6 +402,14 @@ def test_exclusions_and_expiry(fleet):
     assert line % expired in result.stdout.splitlines()
     # The one still in force today gets no note that it expired since.
     assert "expired since" not in page and "expired since" not in result.stdout
+    # One in force that names no VM (a typo) is said, or the VM it meant would be reclaimed
+    # with nothing to show the promise was never applied.
+    assert document["meta"]["exclusions"]["unapplied"] == [
+        {"vm": "idel", "reason": "DR standby, mistyped", "expires": None}]
+    assert ("Exclusions in force that applied to no VM of the window (a typo?):\n  <b>idel</b> "
+            "(DR standby, mistyped)</div>") in page
+    assert ("exclusions in force that applied to no VM of the window (a typo?): idel (DR standby, "
+            "mistyped)") in result.stdout.splitlines()
 
 
 #: Exclusions whose end falls about the window's end (2026-01-14 23:59 UTC), each given as a

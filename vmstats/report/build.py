@@ -193,6 +193,7 @@ def build(
     series = {name: _profiles(st[name]) for name in _SERIES}
     whole_series = {name: _profiles(whole[name]) for name in _SERIES} if whole is not None else {}
     rows = []
+    applied: dict[int, None] = {}  # id() of each active exclusion that applied to a VM
     for i, vm in enumerate(table.vms):
         group, settings = vm_settings[i]
         values, usage = _values(i, st, series, prices)
@@ -206,6 +207,7 @@ def build(
             decision = _all_damaged(damaged_by_vm[vm])
         excluded = exclusions_mod.find(active, vm)
         if excluded is not None:
+            applied[id(excluded)] = None
             decision = Decision(
                 "excluded",
                 "excluded: %s%s; would be %s: %s"
@@ -248,6 +250,7 @@ def build(
         table,
         active,
         expired,
+        [item for item in active if id(item) not in applied],
         exclusions_path,
         int(st["spark_step_hours"]),
     )
@@ -475,7 +478,8 @@ def _window_meta(window, days: int, since: str | None, until: str | None, earlie
     }
 
 
-def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, exclusions_path, spark_step):
+def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, unapplied, exclusions_path,
+          spark_step):
     money = prices.money
     return {
         "data_dirs": [logstore.printable(d) for d in data_dirs],
@@ -497,6 +501,13 @@ def _meta(window_meta, data_dirs, policy, prices, rows, table, active, expired, 
             "active": len(active),
             "expired": [
                 {"vm": e.selector, "reason": e.reason, "expires": e.expires.isoformat()} for e in expired
+            ],
+            # In force but naming no VM of the window (a typo, VMs gone, one an earlier entry
+            # covers): said, or a mistyped promise would go unnoticed until its VM is reclaimed.
+            "unapplied": [
+                {"vm": e.selector, "reason": e.reason,
+                 "expires": e.expires.isoformat() if e.expires else None}
+                for e in unapplied
             ],
         },
         "totals": {

@@ -200,6 +200,13 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
             % "; ".join("%s (%s, expired %s)" % (e["vm"], e["reason"], e["expires"]) for e in expired),
             file=stream,
         )
+    unapplied = meta["exclusions"]["unapplied"]
+    if unapplied:
+        print(
+            "exclusions in force that applied to no VM of the window (a typo?): %s"
+            % "; ".join("%s (%s)" % (e["vm"], e["reason"]) for e in unapplied),
+            file=stream,
+        )
     lapsed = exclusions_mod.since_expired(report.rows, time.time())
     if lapsed:
         # Still applied (at the window's end), but the next report will not apply them.
