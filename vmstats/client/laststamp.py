@@ -13,6 +13,8 @@ Standard library only, Python 3.6+.
 import logging
 import os
 
+from vmstats.client.spool import put_whole
+
 LOG = logging.getLogger("vmstats.agent")
 #: The file's name, in the agent's state folder (the spool folder).
 NAME = "last-stamp"
@@ -50,22 +52,13 @@ class LastStamp(object):
     def save(self, stamp):
         """Keep ``stamp`` (a whole file put in place by a rename, so a crash leaves the old one
         or the new one); a failure is said once a streak, and the agent goes on."""
-        temporary = self.path + ".tmp"
         try:
-            with open(temporary, "wb") as handle:
-                handle.write(b"%d\n" % stamp)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(temporary, self.path)
+            put_whole(self.path, b"%d\n" % stamp)
         except (IOError, OSError) as exc:
             error = exc.strerror or str(exc)
             if error != self._error:
                 LOG.warning("cannot keep the last stamp in %s (%s): a clock behind at the next "
                             "start may stamp records with seconds already sent", self.path, error)
             self._error = error
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
             return
         self._error = None

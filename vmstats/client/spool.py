@@ -176,18 +176,8 @@ class Spool(object):
         self._trim()
 
     def _write(self, name, line):
-        final = os.path.join(self.path, name)
-        temporary = final + ".tmp"
-        try:
-            with open(temporary, "wb") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(temporary, final)
-            self._sync_folder()
-        except (IOError, OSError):
-            self._unlink(name + ".tmp")
-            raise
+        put_whole(os.path.join(self.path, name), line)
+        self._sync_folder()
 
     def _again(self):
         """The folder was removed under the running agent (a clean-up, an image being made
@@ -339,3 +329,21 @@ def read_record(path):
         return b""
     finally:
         os.close(fd)
+
+
+def put_whole(path, data):
+    """``data`` as the file ``path``, put in place by a rename once synced, so a crash leaves
+    the old file or the new one, never a part (its ``.tmp`` is removed on failure)."""
+    temporary = path + ".tmp"
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(temporary, path)
+    except (IOError, OSError):
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
