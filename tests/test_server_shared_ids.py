@@ -1,6 +1,7 @@
 """One VM id sent by two machines is found, counted, listed and logged once; an agent restart, a
 replayed spool and UDP reordering are not taken for it; every record is logged either way."""
 
+import json
 import socket
 import time
 
@@ -8,7 +9,7 @@ from serverproc import LOOPBACK, serve
 
 from vmstats import logstore, protocol
 from vmstats.protocol import Record
-from vmstats.server import sharedids
+from vmstats.server import sharedids, sharedkept
 from vmstats.server.buffer import Buffer
 from vmstats.server.metrics import Metrics
 
@@ -75,6 +76,46 @@ def test_two_machines_under_one_id_are_found_counted_listed_and_logged_once(tmp_
         assert logged_seqs(tmp_path / "data", vm) == sorted(sent[vm])
         assert server.output.count("VM id %s %s" % (vm, LOGGED)) == 1, server.output
     assert "shared VM ids     2" in server.output
+
+
+def test_an_id_found_is_kept_across_a_restart_for_a_week(tmp_path):
+    """Found by one server, which stops; the next lists it before any record and says so at its
+    start, watches it from its first record (the first step between the counters is no loss)
+    and finds it again. An id last found eight days ago is not kept; a damaged line costs itself."""
+    t0 = int(time.time()) - 3600
+    first, second = udp_from(LOOPBACK), udp_from("127.0.0.2")
+
+    def minutes(server, start: int, end: int) -> None:
+        for i in range(start, end):  # the lower counter first: its next record is a step back
+            for sock, seq, ts in ((first, 7 + i, t0 + 60 * i), (second, 5000 + i, t0 + 60 * i + 30)):
+                sock.sendto(line("clone-1", seq, ts), (LOOPBACK, server.udp_port))
+            server.wait_received(2 * (i - start + 1))
+
+    kept = tmp_path / "data" / "journal" / sharedkept.FILE
+    with first, second:
+        with serve(tmp_path, "--flush-interval", "0.5", "--parsers", "0") as server:
+            minutes(server, 0, 5)
+            server.wait_metrics(lambda m: m[FOUND] == 1)
+            found = server.status_json()["shared_vm_ids"]["clone-1"]
+        saved = kept.read_text().splitlines()
+        assert [json.loads(text)["vm"] for text in saved] == ["clone-1"]
+        gone = dict(json.loads(saved[0]), vm="gone-1", first=time.time() - 9 * 86400,
+                    last=time.time() - 8 * 86400)
+        kept.write_text("\n".join([saved[0], json.dumps(gone), "{damaged"]) + "\n")
+        with serve(tmp_path, "--flush-interval", "0.5", "--parsers", "0") as server:
+            listed = server.status_json()["shared_vm_ids"]
+            assert listed == {"clone-1": dict(found, now=False, before_start=True)}
+            minutes(server, 5, 10)
+            metrics = server.wait_metrics(lambda m: m[FOUND] == 1)
+            entry = server.status_json()["shared_vm_ids"]["clone-1"]
+    assert metrics["vmstats_estimated_lost_records_total"] == 0
+    assert entry["times"] == 2 and entry["now"] and not entry["before_start"]
+    assert entry["first"] == found["first"]
+    said = [text for text in server.output.splitlines() if "before this start" in text]
+    assert len(said) == 1 and ": clone-1; listed on /status" in said[0], said
+    assert "%s: 1 damaged line skipped" % kept in server.output
+    assert "shared VM ids     1 found (" in server.output
+    assert [json.loads(text)["vm"] for text in kept.read_text().splitlines()] == ["clone-1"]
 
 
 def synced(sock: socket.socket, payload: bytes) -> str:

@@ -94,6 +94,11 @@ class Buffer:
         """
         last = self.last_seq.get(vm)
         if last is None or seq == last + 1:  # a VM's first seq, or its next (no seq is WATCHED + 1)
+            # An id found shared before (kept across a restart): watched from its first record.
+            if last is None and vm in self.shared.found and self.shared.watch_first(
+                    vm, seq, ts, source):
+                self.last_seq[vm] = WATCHED
+                return
             self.last_seq[vm] = seq
             return
         if last == WATCHED:  # each counter's own gaps are its losses, not the steps between two

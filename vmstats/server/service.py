@@ -48,6 +48,7 @@ from vmstats.server.ownfiles import (
 from vmstats.server.parse import native_reader
 from vmstats.server.parsers import ParserService
 from vmstats.server.replay import replay
+from vmstats.server.sharedkept import SharedKept
 from vmstats.server.signing import keys_config, native_checks
 from vmstats.words import counted
 
@@ -164,6 +165,8 @@ class Aggregator(service.MultiService):
             "VMs whose folder or day file is a symbolic link out of the data dir (or to other "
             "logs in it): not written through, their rows held and retried each flush "
             "(docs/STORAGE.md).", lambda: len(self.flusher.linked_vms))
+        #: The shared VM ids found, kept across a restart beside the signature marks.
+        self.shared_kept = SharedKept(journal_dir(config), self.buffer.shared, self.clock, reactor)
         self.metrics.gauges["shared_vm_ids"] = (
             "VM ids whose two seq counters took turns within the last 15 minutes: sent by more "
             "than one machine now (docs/OPERATIONS.md, One VM id, two machines).",
@@ -312,6 +315,8 @@ class Aggregator(service.MultiService):
                         "them", folder, counted(len(list_segments(folder)), "journal segment"),
                         "journal in %s" % self.journal.directory if self.journal is not None
                         else "--no-journal", folder)
+        self.shared_kept.load()  # before any record: a kept id is watched from its first one
+        self.shared_kept.start()
         super().startService()
         self._clock_watch.start()
         self._announce()
@@ -348,6 +353,7 @@ class Aggregator(service.MultiService):
                 self._locks.append(dirlock.hold(self.journal.directory, "journal directory",
                                                 "--journal-dir")[0])
             check_file(os.path.join(self.journal.directory, KEY_FILE), "edge journal key")
+        check_file(self.shared_kept.path, "shared VM ids file")
         if config.status_file:
             writable_file_place(config.status_file, "status file (--status-file)")
 
@@ -417,6 +423,7 @@ class Aggregator(service.MultiService):
         if self.rules is not None:
             yield defer.maybeDeferred(self.rules.stopService)
         yield defer.maybeDeferred(self.flusher.stopService)
+        self.shared_kept.stop()  # every record filed: the findings as they end
         if self.parsers is not None:
             yield defer.maybeDeferred(self.parsers.stopService)
         if self.journal is not None:
@@ -474,9 +481,11 @@ class Aggregator(service.MultiService):
         lines.append("  dropped           %d" % s["dropped_total"])
         lines += ["    %-22s %d" % (k, v) for k, v in sorted(s["dropped"].items()) if v]
         lines.append("  est. lost (seq)   %d" % s["estimated_lost_records"])
-        if s["shared_vm_ids_found"]:
-            lines.append("  shared VM ids     %d (sent by more than one machine: /status, the log)"
-                         % s["shared_vm_ids_found"])
+        if self.buffer.shared.found:
+            before = sum(1 for found in self.buffer.shared.found.values() if found.before)
+            lines.append("  shared VM ids     %d found (sent by more than one machine: /status, the "
+                         "log)%s" % (s["shared_vm_ids_found"], ", and %d before this start, not since"
+                                     % before if before else ""))
         if s["edge"]:
             lines.append("  other formats     %s" % ", ".join(
                 "%s %d" % (key, count) for key, count in s["edge"].items()))

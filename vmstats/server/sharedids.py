@@ -25,6 +25,11 @@ so its records take the careful path, which calls ``see`` with each one's
 ``seq`` and stamp.  A VM whose counters stop alternating for ``WATCH_FOR`` is
 let go back to the fast path.  Detection only: every record is filed as
 before, whatever is found here.
+
+The ids found are kept across a restart (sharedkept.py): one found before is
+listed at once, and its first record after the start begins a watch, so its
+two counters are followed from there (their first step apart is no loss, and
+no step back has to come first).
 """
 
 import logging
@@ -90,13 +95,15 @@ class Watch:
 @dataclass
 class Found:
     """A shared id as /status lists it: monotonic times first and last found, the senders
-    known, and how many times it was found (a new watch each)."""
+    known, how many times it was found (a new watch each), and whether it was last found
+    before this start (kept across the restart, not found again since)."""
 
     first: float
     last: float
     logged: float
     sources: dict[str, None]
     times: int = 1
+    before: bool = False
 
 
 class SharedIds:
@@ -106,8 +113,12 @@ class SharedIds:
         self.metrics = metrics
         self.clock = clock
         self.watched: dict[str, Watch] = {}
-        #: Ids found shared, oldest first (bounded: MAX_LISTED).
+        #: Ids found shared, oldest first (bounded: MAX_LISTED); those found before the start
+        #: are put here first (sharedkept.py).
         self.found: dict[str, Found] = {}
+        #: Changes to ``found`` worth saving at once (an id found, found again, a sender), and
+        #: any change (also a finding's ``last`` moved): sharedkept.py saves by them.
+        self.news = self.changes = 0
 
     def watch(self, vm: str, last: int, seq: int, ts: int, source: str = "") -> bool:
         """Begin watching ``vm``, whose counter was at ``last`` when ``seq`` (not above it) came;
@@ -116,6 +127,16 @@ class SharedIds:
             return False
         watch = self.watched[vm] = Watch(last, self.clock(), [Head(last, None, 0)])
         self.see(vm, watch, seq, ts, source)
+        return True
+
+    def watch_first(self, vm: str, seq: int, ts: int, source: str = "") -> bool:
+        """Begin watching ``vm`` at its first record (an id found shared before): its counter
+        is the first head; False when MAX_WATCHED are watched already."""
+        if len(self.watched) >= MAX_WATCHED:
+            return False
+        watch = self.watched[vm] = Watch(seq, self.clock(), [Head(seq, ts, 1)], records=1)
+        if source:
+            watch.sources[source] = None
         return True
 
     def see(self, vm: str, watch: Watch, seq: int, ts: int, source: str = "") -> int:
@@ -153,19 +174,23 @@ class SharedIds:
         if watch.turns < SWITCHES:
             return
         found = self.found.get(vm)
+        self.changes += 1
         if not watch.shared:
             watch.shared = True
             self.metrics.shared_ids += 1
+            self.news += 1
             if found is None:
                 if len(self.found) >= MAX_LISTED:
                     del self.found[next(iter(self.found))]
                 found = self.found[vm] = Found(now, now, float("-inf"), {})
             else:
                 found.times += 1
+                found.before = False
         found.last = now
         for source in watch.sources:
-            if len(found.sources) < MAX_SOURCES:
-                found.sources.setdefault(source)
+            if len(found.sources) < MAX_SOURCES and source not in found.sources:
+                found.sources[source] = None
+                self.news += 1
         if now - found.logged >= LOG_EVERY:
             found.logged = now
             known = ", ".join(found.sources) if found.sources else "not known (UDP)"
@@ -182,6 +207,16 @@ class SharedIds:
         del self.watched[vm]
         return True
 
+    def drop_older(self, horizon: float) -> int:
+        """Forget the ids last found before ``horizon`` (a ``clock()`` reading): a finding is
+        kept for sharedkept.KEEP_FOR, not for ever; returns how many went."""
+        old = [vm for vm, found in self.found.items() if found.last < horizon]
+        for vm in old:
+            del self.found[vm]
+        if old:
+            self.news += 1
+        return len(old)
+
     def shared_now(self) -> int:
         """Ids found shared and still watched: their counters took turns within WATCH_FOR."""
         return sum(1 for watch in self.watched.values() if watch.shared)
@@ -192,11 +227,13 @@ class SharedIds:
 
     def listing(self, wall: float) -> dict[str, dict]:
         """The ids found shared, most recent first, for /status: when first and last found
-        (times of day; ``wall`` is now), how many times, the senders known, and whether their
-        counters still take turns (``now``)."""
+        (times of day; ``wall`` is now), how many times, the senders known, whether their
+        counters still take turns (``now``) and whether it was last found before this start
+        (``before_start``)."""
         offset = wall - self.clock()
         ordered = sorted(self.found.items(), key=lambda item: -item[1].last)
         return {vm: {"first": moment(f.first + offset), "last": moment(f.last + offset),
                      "times": f.times, "senders": list(f.sources),
-                     "now": vm in self.watched and self.watched[vm].shared}
+                     "now": vm in self.watched and self.watched[vm].shared,
+                     "before_start": f.before}
                 for vm, f in ordered}
