@@ -167,6 +167,49 @@ def test_a_clock_behind_at_the_next_start_stamps_after_what_was_sent(server, tmp
         in second.stderr
 
 
+def test_a_clock_set_back_while_stopped_is_followed_once_the_server_refuses_stamps_ahead(server, tmp_path):
+    """A guest whose clock ran an hour ahead, set right while the agent was stopped: its spool
+    and its last stamp were an hour ahead, and the agent stamped on from that stamp (as for a
+    clock behind at boot), so the server refused every record as from the future for the hour,
+    and again after each restart.  The refusal is heard: the records stamped ahead are dropped,
+    counted and named, and the next records go by the clock.  The first run's clock is set
+    ahead by tests/stepclock; the agents, their folder and the server are real."""
+    vm = "ahead-vm"
+    state = tmp_path / "state"                    # as the unit's StateDirectory= gives it
+    spool = state / "spool"
+    args = ("--transport", "tcp", "--vm-id", vm, "--interval", "0.5", "--sub-interval", "0.25",
+            "--backoff-max", "0.5", "--timeout", "2")
+    env = dict(ENV, STATE_DIRECTORY=str(state))
+    ahead = dict(env, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "stepclock")]),
+                 VMSTATS_TEST_STEP="1", VMSTATS_TEST_OFFSET="3600")
+    with socket.socket() as away:                 # bound, not listening: the records stay spooled
+        away.bind(("127.0.0.1", 0))
+        first = subprocess.run(agent_command("--server", "127.0.0.1:%d" % away.getsockname()[1],
+                                             *args, "--count", "2"),
+                               env=ahead, capture_output=True, text=True, timeout=60)
+    assert first.returncode == agent_module.LEFT_IN_SPOOL, first.stderr
+    assert int((spool / laststamp.NAME).read_text()) > time.time() + 3000
+    started = time.time()
+    second = subprocess.run(agent_command("--server", "127.0.0.1:%d" % server.tcp_port, *args,
+                                          "--count", "3", python=oldest_python() or sys.executable),
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    # The records after the first go by the clock, and land.
+    stamps = [int(r["ts"]) for r in wait_rows(server.data_dir, vm, 2, timeout=5)]
+    assert len(stamps) == 2 and all(started - 1 <= ts <= time.time() + 1 for ts in stamps), stamps
+    # The two spooled records and the first stamped on from the kept stamp: refused, said so.
+    assert "server rejected 3 of 3 records (not resent, not stamped again): 3 stamped up to " \
+        in second.stderr
+    assert "s ahead of this VM's clock, from the future to the server" in second.stderr
+    assert "as from the future: the clock was ahead before this start and is right now; " \
+        "records are stamped by it again" in second.stderr
+    assert second.stderr.splitlines()[-1].endswith(
+        "3 records made, 5 acknowledged, 3 rejected by the server (3 stamped ahead of this VM's "
+        "clock), 0 left in the spool at %s" % spool)
+    assert int((spool / laststamp.NAME).read_text()) <= time.time() + 1
+    assert not [n for n in os.listdir(str(spool)) if n.endswith(spool_module.SUFFIX)]
+
+
 def full_disk():
     """In the agent's process before it starts: every write to a file is refused (EFBIG), as a
     full disk refuses it (ENOSPC cannot be staged without filling one); pipes still work."""

@@ -217,6 +217,8 @@ class Agent(object):
         #: (on ``clock``) it was given (None for the one kept from before the start).
         self._floor = last.load(wall()) if last is not None else None
         self._floor_at = None
+        #: The sender's count of records refused as stamped ahead, when last looked at.
+        self._refused_ahead = 0
 
     def stamp(self):
         """The wall-clock second of an interval's end, increasing record to record.
@@ -266,6 +268,32 @@ class Agent(object):
         self.last_ts = ts
         self._last_clocks = (wall, mono)
         return ts
+
+    def heed_refusals(self):
+        """Stop stamping on from the last stamp kept once the server refuses records stamped
+        ahead of this clock as from the future.
+
+        A clock behind that stamp at start is either one behind (a reboot without time sync),
+        which the kept stamp mends, or one set right after it ran ahead while the agent was
+        stopped, which the kept stamp keeps ahead: every record was refused, for as long as the
+        clock had been ahead, and again after each restart.  Only the server can tell the two
+        apart, and a TCP agent hears it: on a refusal the clock is taken as right from the next
+        record on, and its stamp replaces the one kept.  (A UDP agent hears nothing.)
+        """
+        refused = getattr(self.sender, "refused_ahead", 0)
+        if refused == self._refused_ahead:
+            return
+        self._refused_ahead = refused
+        if self._floor is None:
+            return
+        now = int(round(self.wall()))
+        LOG.warning("the server refused records stamped on from the last stamp kept (%ds ahead "
+                    "of this clock) as from the future: the clock was ahead before this start "
+                    "and is right now; records are stamped by it again", self._floor - now)
+        self._floor = self._floor_at = None
+        self.last_ts = self._last_clocks = None
+        if self.last is not None:
+            self.last.save(now)
 
     def hangup(self):
         """SIGHUP: the server's name looked up again now, and a TCP spool delivered now rather
@@ -342,6 +370,7 @@ class Agent(object):
             self.sender.send([protocol.encode_record(record).encode("utf-8")])
             if self.last is not None:
                 self.last.save(record.ts)
+            self.heed_refusals()
             produced += 1
             if self.config.count and produced >= self.config.count:
                 return self._stop(produced)
@@ -353,6 +382,7 @@ class Agent(object):
                 anchor, k = self.clock(), 0
             if not self.sleeper.stopped:  # late or not, the record goes now, not an interval on
                 self.sender.flush()
+                self.heed_refusals()
 
     def _stop(self, produced):
         if getattr(self.sleeper, "signal", None):
@@ -363,7 +393,9 @@ class Agent(object):
         stopped_at = getattr(self.sleeper, "stopped_at", None)
         failed_at = getattr(self.sender, "failed_at", None)
         again = stopped_at is None or failed_at is None or failed_at < stopped_at
-        if not self.sender.flush(force=again) and not self.config.count:
+        delivered = self.sender.flush(force=again)
+        self.heed_refusals()
+        if not delivered and not self.config.count:
             # A --count run says it in its last line (count_outcome), with the spool's path.
             held = len(self.sender.held)
             LOG.warning("%s left in the spool for the next start%s",
@@ -484,7 +516,9 @@ def count_outcome(sender, produced):
         return 0
     left = len(sender.spool)
     lost = len(sender.held) + sender.lost
-    rejected = ", %d rejected as malformed" % sender.rejected if sender.rejected else ""
+    ahead = sender.refused_ahead
+    rejected = (", %d rejected by the server%s" % (sender.rejected, " (%d stamped ahead of this "
+                "VM's clock)" % ahead if ahead else "")) if sender.rejected else ""
     (LOG.warning if left or lost else LOG.info)(
         "%s made, %d acknowledged%s, %d left in the spool at %s%s", counted(produced, "record"),
         sender.acked + sender.rejected, rejected, left,

@@ -44,6 +44,9 @@ ATTEMPT_DELAY = 0.25
 #: How often (s) a sender looks the server's name up again, so that an aggregator moved to a
 #: new address (a DNS change) is followed without restarting the agents.
 RESOLVE_EVERY = 300.0
+#: A record stamped further ahead of this VM's clock than this (s) was stamped by a clock that
+#: was ahead then: the agent stamps with the clock, a few seconds on at most after a step back.
+AHEAD_SLACK = 5.0
 
 
 class TransportError(ValueError):
@@ -100,6 +103,12 @@ def _ipv6(text):
     except (OSError, ValueError):
         return False
     return True
+
+
+def stamp_of(line):
+    """A record line's stamp (its last field, in seconds), or None."""
+    tail = line.rpartition(b" ")[2]
+    return protocol.normalize_timestamp(int(tail)) if tail.isdigit() else None
 
 
 def resolve(host, port, kind):
@@ -373,7 +382,7 @@ class TcpSender(object):
     """
 
     def __init__(self, host, port, spool, signer=None, timeout=10.0, backoff=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, wall=time.time):
         self.host = host
         self.port = port
         self.spool = spool
@@ -381,6 +390,7 @@ class TcpSender(object):
         self.timeout = timeout
         self.backoff = backoff or Backoff()
         self.clock = clock
+        self.wall = wall
         self.sock = None
         self.resolved_at = float("-inf")
         self._pending = b""
@@ -391,6 +401,9 @@ class TcpSender(object):
         self.failed_at = None
         self.acked = 0
         self.rejected = 0
+        #: Of ``rejected``, records stamped ahead of this VM's clock (AHEAD_SLACK): the server
+        #: refuses them as from the future, for good.  The agent stops stamping ahead on it.
+        self.refused_ahead = 0
         #: Records lost: the disk refused them and HELD_MAX newer ones came before delivery.
         self.lost = 0
         #: Records the disk refused to spool, oldest first, until the server acknowledges them.
@@ -546,13 +559,36 @@ class TcpSender(object):
         self.acked += accepted
         self.rejected += rejected
         if rejected:
-            # The agent's own records are well formed: what the server refuses is most
-            # often a stamp outside its time window: a clock that is off, or records spooled
-            # longer than the server's --max-past takes (an outage of the server or network).
-            LOG.warning("server rejected %d of %s (not resent): invalid, or stamped "
-                        "outside the server's time window (spooled longer than its "
-                        "--max-past, or this VM's clock off: run NTP)",
-                        rejected, counted(len(batch), "record"))
+            self._said_rejected(rejected, batch)
+
+    def _said_rejected(self, rejected, batch):
+        """Count and say the records of ``batch`` the server rejected (final: not resent).
+
+        The agent's own records are well formed: what the server refuses is most often a stamp
+        outside its time window: records spooled longer than its --max-past takes (an outage of
+        the server or network), or a clock that is off.  Records stamped ahead of this VM's
+        clock now were stamped by a clock that was ahead and has been set right since (by hand
+        or by time sync, while the agent was stopped): the server refuses them as from the
+        future, and they are named so, not left under "invalid".
+        """
+        now = self.wall()
+        leads = [ts - now for ts in (stamp_of(line) for _name, line in batch)
+                 if ts is not None and ts > now + AHEAD_SLACK]
+        # Taken as refused for their stamps only when as many records were rejected at least:
+        # records spooled before a reboot with a clock behind lead that clock too, and a
+        # batch of them refused for age (--max-past) beside accepted ones is no such refusal.
+        ahead = len(leads) if rejected >= len(leads) else 0
+        self.refused_ahead += ahead
+        if ahead:
+            LOG.warning("server rejected %d of %s (not resent, not stamped again): %d stamped up "
+                        "to %ds ahead of this VM's clock, from the future to the server: the "
+                        "clock that stamped them was ahead, and has been set back since",
+                        rejected, counted(len(batch), "record"), ahead, max(leads))
+            return
+        LOG.warning("server rejected %d of %s (not resent): invalid, or stamped "
+                    "outside the server's time window (spooled longer than its "
+                    "--max-past, or this VM's clock off: run NTP)",
+                    rejected, counted(len(batch), "record"))
 
     def _await_reply(self, token):
         """``(accepted, rejected, refused)`` for ``token``; ``refused`` is None for an ack.
