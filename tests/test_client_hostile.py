@@ -278,27 +278,26 @@ def test_a_damaged_spool_file_is_skipped_and_the_count_stays_right(server, tmp_p
     assert sorted(os.listdir(str(spool))) == STATE
 
 
-@NEEDS_UNSHARE
 def test_a_spool_an_image_brought_from_another_machine_is_set_aside_not_sent(server, tmp_path):
     """An image made from a VM whose agent had records not yet acknowledged: every clone sent
     them at its first start, as the original VM's.  The spool names the machine it was written
     on (systemd's machine id, made anew for each clone of a prepared image); a clone sets
-    another machine's records aside, says so in one line, and sends only its own."""
+    another machine's records aside, says so in one line, and sends only its own.  Each run
+    reads a machine id file of the test's own (--machine-id-file): the host's is not needed."""
     spool = tmp_path / "spool"
     image, clone = tmp_path / "image-id", tmp_path / "clone-id"
     image.write_text("0123456789abcdef0123456789abcdef\n")
     clone.write_text("fedcba9876543210fedcba9876543210\n")
     with socket.socket() as away:                 # bound, not listening: the image's VM sent nothing
         away.bind(("127.0.0.1", 0))
-        made = subprocess.run(namespaced({image: "/etc/machine-id"}, command(
-            "--server", "127.0.0.1:%d" % away.getsockname()[1], "--transport", "tcp", "--count", "1",
-            "--vm-id", "image-vm", "--spool-dir", str(spool), "--backoff-max", "0.5",
-            "--proc-root", str(FIXTURE))), env=ENV, capture_output=True, text=True, timeout=60)
+        made = agent("--server", "127.0.0.1:%d" % away.getsockname()[1], "--transport", "tcp",
+                     "--count", "1", "--vm-id", "image-vm", "--spool-dir", str(spool),
+                     "--backoff-max", "0.5", "--proc-root", str(FIXTURE),
+                     "--machine-id-file", str(image))
     assert made.returncode == agent_module.LEFT_IN_SPOOL, made.stderr
-    result = subprocess.run(namespaced({clone: "/etc/machine-id"}, command(
-        "--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp", "--count", "1",
-        "--vm-id", "clone-vm", "--spool-dir", str(spool), "--proc-root", str(FIXTURE))),
-        env=ENV, capture_output=True, text=True, timeout=60)
+    result = agent("--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp", "--count", "1",
+                   "--vm-id", "clone-vm", "--spool-dir", str(spool), "--proc-root", str(FIXTURE),
+                   "--machine-id-file", str(clone))
     assert result.returncode == 0, result.stderr
     aside = spool / "from-0123456789abcdef0123456789abcdef"
     assert "1 record made, 1 acknowledged, 0 left in the spool" in result.stderr
@@ -311,6 +310,20 @@ def test_a_spool_an_image_brought_from_another_machine_is_set_aside_not_sent(ser
                     "in %s, not sent" % (spool, aside)]
     assert [n for n in os.listdir(str(aside))] == ["0000000000000000.rec"]
     assert (spool / spool_module.MARK).read_text() == "fedcba9876543210fedcba9876543210\n"
+
+
+def test_a_machine_without_an_id_delivers_its_spool_unchecked_and_says_so(server, tmp_path):
+    """No machine id where it is read (a container, an image whose id was emptied and never
+    made again): the spool is not marked nor checked, said once at start, and records go."""
+    spool, missing = tmp_path / "spool", tmp_path / "no-machine-id"
+    result = agent("--server", "127.0.0.1:%d" % server.tcp_port, "--transport", "tcp", "--count", "1",
+                   "--vm-id", "no-id-vm", "--spool-dir", str(spool), "--proc-root", str(FIXTURE),
+                   "--machine-id-file", str(missing))
+    assert result.returncode == 0, result.stderr
+    assert "vmstats-agent INFO: no machine id in %s: spool %s is not checked for records an image " \
+        "brought from another machine" % (missing, spool) in result.stderr.splitlines()
+    assert len(wait_rows(server.data_dir, "no-id-vm", 1)) == 1
+    assert sorted(os.listdir(str(spool))) == ["last-stamp", "lock"]
 
 
 def test_tcp_to_the_aggregators_http_port_says_what_answered(server, tmp_path):

@@ -356,3 +356,25 @@ def test_a_spooled_record_is_synced_before_its_name_and_its_name_before_add_retu
     assert synced == [os.path.join(folder, "0000000000000000.rec.tmp"),
                       "rename 0000000000000000.rec", folder]
     assert store.oldest(10, 1000) == [("0000000000000000.rec", lines(1)[0])]
+
+
+def test_the_machine_id_is_read_where_systemd_reads_it_and_is_none_where_none_is_there(tmp_path):
+    """/etc/machine-id, else D-Bus's /var/lib/dbus/machine-id where it holds no id (missing,
+    emptied for an image, systemd's first-boot ``uninitialized``, damaged), as systemd falls
+    back; none in either: None, and the spool is not checked.  A damaged /etc/machine-id was
+    taken as the id, and the D-Bus one never looked at.  Read in a root of the test's own."""
+    etc, dbus = tmp_path / "etc" / "machine-id", tmp_path / "var" / "lib" / "dbus" / "machine-id"
+    files = (str(etc), str(dbus))
+    assert spool.machine_id(files) is None
+    dbus.parent.mkdir(parents=True)
+    dbus.write_text("00112233445566778899AABBCCDDEEFF\n")
+    assert spool.machine_id(files) == "00112233445566778899aabbccddeeff"
+    etc.parent.mkdir()
+    for held in ("", "uninitialized\n", "not-a-machine-id\n", "0123456789abcdef\n"):
+        etc.write_text(held)
+        assert spool.machine_id(files) == "00112233445566778899aabbccddeeff", held
+    etc.write_text("fedcba9876543210fedcba9876543210\n")
+    assert spool.machine_id(files) == "fedcba9876543210fedcba9876543210"
+    dbus.unlink()
+    etc.write_text("")
+    assert spool.machine_id(files) is None

@@ -100,7 +100,12 @@ def make_sender(config):
             return transport.UdpSender(host, port, signer)
         # Resolve now so a bad name fails at start, not at the first send.
         transport.resolve(host, port, socket.SOCK_STREAM)
-        store = spool.Spool(config.spool_dir, config.spool_max, spool.machine_id())
+        files = (config.machine_id_file,) if config.machine_id_file else spool.MACHINE_ID_FILES
+        machine = spool.machine_id(files)
+        if machine is None:
+            LOG.info("no machine id in %s: spool %s is not checked for records an image brought "
+                     "from another machine", " or ".join(files), config.spool_dir)
+        store = spool.Spool(config.spool_dir, config.spool_max, machine)
         return transport.TcpSender(host, port, store, signer, timeout=config.timeout,
                                    backoff=transport.Backoff(maximum=config.backoff_max))
     except (transport.TransportError, spool.SpoolError) as exc:

@@ -141,6 +141,10 @@ OPTIONS = (
      "(default: $STATE_DIRECTORY/spool or /var/lib/vmstats-agent/spool)"),
     ("spool_max", _number(int, 0, True), 10080, "N",
      "most records kept while the server is unreachable; the oldest go first"),
+    ("machine_id_file", _text, None, "FILE",
+     "the file naming this machine, which the TCP spool is marked with, so that records an "
+     "image brought from another machine are set aside, not sent (default: systemd's "
+     "/etc/machine-id, else /var/lib/dbus/machine-id; none there: the spool is not checked)"),
     ("key_file", _text, None, "FILE", "sign records with the key in FILE ('key_id secret')"),
     ("timeout", _seconds(), 10.0, "SECONDS", "TCP connect and acknowledgement timeout"),
     ("backoff_max", _seconds(), 60.0, "SECONDS", "longest TCP reconnect delay"),

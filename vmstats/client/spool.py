@@ -39,6 +39,9 @@ _NAME_DIGITS = 16
 MARK = "machine-id"
 #: Where the machine's id is read (systemd's, and D-Bus's where systemd is not).
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+#: A machine id: 128 bits as 32 hex digits (systemd's sd-id128 format).
+_ID_DIGITS = 32
+_HEX = frozenset("0123456789abcdef")
 #: The folder (in the spool) that another machine's records are moved to: ``from-<its id>``.
 ASIDE_PREFIX = "from-"
 
@@ -285,15 +288,21 @@ class Spool(object):
 
 
 def machine_id(files=MACHINE_ID_FILES):
-    """This machine's id (systemd's /etc/machine-id, made anew for each clone of a prepared
-    image), or None where there is none."""
+    """This machine's id (lowercase), or None where there is none.
+
+    The first of ``files`` that holds one, as systemd takes it: /etc/machine-id (made anew
+    for each clone of a prepared image), else D-Bus's /var/lib/dbus/machine-id, which
+    systemd itself falls back to where /etc/machine-id is missing, empty (an image made
+    ready to clone), ``uninitialized`` (a first boot not yet committed) or no id at all.
+    Where none holds one, the spool is not checked (agent.make_sender says so at start).
+    """
     for path in files:
         try:
             with open(path, "rb") as handle:
-                text = handle.read(256).decode("ascii", "replace").strip()
+                text = handle.read(256).decode("ascii", "replace").strip().lower()
         except (IOError, OSError):
             continue
-        if text and text != "uninitialized":
+        if len(text) == _ID_DIGITS and set(text) <= _HEX:
             return text
     return None
 
