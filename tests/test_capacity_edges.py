@@ -9,6 +9,7 @@ buffer), importing nothing from vmstats.capacity.
 
 import csv
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_report_stats import T0, series, write_records
+
+from vmstats import logstore
 
 ROOT = Path(__file__).resolve().parent.parent
 DAYS = 3
@@ -575,6 +578,38 @@ def test_vms_silent_since_before_the_window_are_named_and_keep_their_room(tmp_pa
     assert out["basis"]["vms_unknown"] == unknown
     done = vmstats("admit", tmp_path / "m.toml", data, "--inventory", tmp_path / "hosts.toml", "--days", "2")
     assert done.returncode == 4 and "web-1 on small1 (last seen %s)" % GONE_AT in done.stdout, done.stdout
+
+
+def test_a_vm_whose_logs_in_the_window_are_junk_is_not_heard_from_there(tmp_path):
+    """old (4x16, tagged small2) sent on the first day only, then left a day file of random bytes
+    on each day of the window.  It was counted among the unplaced VMs, of no host and no use, so
+    small2 was offered old's 4 cores and 16 GB (an 11x44 VM placed there, into 14 and 56 free).
+    It is read as a VM with no file in the window is: not heard from there, on the host of its
+    last record, keeping its size (10 and 40 free); its junk files are named as skipped."""
+    data = tmp_path / "data"
+    write_gone(data)
+    junk = []
+    for day in ("2026-01-02", "2026-01-03"):
+        path = Path(logstore.day_path(str(data), "old", day))
+        path.write_bytes(random.Random(day).randbytes(4096))
+        junk.append(str(path))
+    (tmp_path / "hosts.toml").write_text(HOSTS_GLOB)
+    unknown = [{"vm": "web-1", "host": "small1", "last_seen": GONE_AT},
+               {"vm": "old", "host": "small2", "last_seen": GONE_AT}]  # fmt: skip
+    done = vmstats("headroom", data, "--inventory", tmp_path / "hosts.toml", "--profile", "2x8", "--no-after",
+                   "--horizon-days", "0", "--days", "2", "-o", tmp_path / "room")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "room" / "headroom.json").read_text())
+    assert result["fleet"]["vms_unknown"] == unknown and result["fleet"]["unplaced_vms"] == []
+    small2 = next(r for r in result["hosts"] if r["host"] == "small2")
+    assert (small2["cpu_demand"], small2["mem_demand"], small2["unheard"]) == (6, 24, 1)
+    assert [f["path"] for f in result["basis"]["skipped_files"]] == junk
+    assert "old on small2 (last seen %s)" % GONE_AT in done.stdout and not any(
+        line.startswith("unplaced VMs") for line in done.stdout.splitlines()), done.stdout
+    code, out, err = admit(tmp_path, '[[vms]]\nprofile = "11x44"\n', "--days", "2")
+    assert code == 4 and out["offer"] == {}, out
+    assert out["basis"]["vms_unknown"] == unknown and out["basis"]["unplaced_vms"] == 0
+    assert all(path in err for path in junk), err
 
 
 def test_the_stopped_share_past_which_a_host_is_unknown_is_a_setting(tmp_path):

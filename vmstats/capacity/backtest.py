@@ -455,7 +455,7 @@ def run(data_dirs: Sequence[str], inventory: Inventory, settings: Settings, days
         patterns, networks = parse_selector(list(pool_selectors), "--arrivals")
         pool = [u.vm for u in plan_uses if selected(u.vm, patterns, networks)]
     result = backtest(inventory, plan_uses, judge_uses, plan_logs.window, judge_logs.window, settings, pool,
-                      profile, max_rounds, reader.read_gone(plan_logs))
+                      profile, max_rounds, list(reader.read_gone(plan_logs)))
     result.issues = plan_logs.issues + judge_logs.issues
     result.days_asked = days
     return result

@@ -528,7 +528,8 @@ def demand_views(
 ) -> list[FleetDemand]:
     """host_demand for several what-ifs in one pass over the VMs (each read and filled once).
 
-    ``gone`` (reader.read_gone) are the VMs last heard from before the window (add_gone).
+    ``gone`` (reader.read_gone) are the VMs last heard from before the window (add_gone),
+    iterated after ``vms``: reading the VMs finds those whose records in the window are junk.
     """
     stopped_after = int(settings.stopped_after_hours * 60)
     views = [{h.name: HostDemand(h) for h in inventory.hosts} for _change in changes]

@@ -35,10 +35,15 @@ class Logs:
     issues: list[dict] = field(default_factory=list)
     first_day: int = 0
     last_day: int = 0
-    #: VMs with logs before the window and none in it: their newest day's files (read_gone).
+    #: Each VM with logs before the window: its newest day's files there (read_gone).
     before: dict[str, list[str]] = field(default_factory=dict)
     #: The first and the last day the data dirs hold logs of, in or out of the window.
     held: tuple[int, int] = (0, 0)
+    #: The VMs with logs before the window and no readable record in it: no file in it
+    #: (find_logs), or none read there (read_vms adds those, so read_gone is iterated after it).
+    unheard: set[str] = field(default_factory=set)
+    #: read_vms has read every VM of the window: ``unheard`` and ``issues`` are complete.
+    vms_read: bool = False
 
     def named(self) -> dict[str, list[dict]]:
         """The files not read whole as every command names them (issues.named_files), for a
@@ -68,8 +73,9 @@ def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> 
         raise ReportError("no logs between %s and %s (the logs hold %s to %s)" % tuple(
             map(logstore.day_name, (first_day, last_day) + held)))
     window = _window(files, earlier, first_day, last_day)
-    before = {vm: paths for vm, paths in newest_before.items() if vm not in files}
-    return Logs(window, files, earlier & set(files), issues, first_day, last_day, before, held)
+    unheard = {vm for vm in newest_before if vm not in files}
+    return Logs(window, files, earlier & set(files), issues, first_day, last_day, newest_before, held,
+                unheard)
 
 
 def _window(files: dict[str, list[str]], earlier: set[str], first_day: int, last_day: int) -> Window:
@@ -132,8 +138,9 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
 
     The host tag is a label of the VM, not a measurement: as the report does,
     it is taken from the VM's latest record (_host_tag).  A VM with no readable record in the
-    window and no log before it is not yielded: its files are named as skipped, and nothing
-    else says it is a VM.
+    window is not yielded, its files named as skipped: as a VM with no file there, it is one not
+    heard from in the window when it has logs before it (``logs.unheard``, read_gone), and with
+    none nothing says it is a VM.
     """
     names = sorted(logs.files) if vms is None else list(vms)
     for start in range(0, len(names), BATCH_VMS):
@@ -150,25 +157,34 @@ def read_vms(logs: Logs, vms: Sequence[str] | None = None) -> Iterator[VmUse]:
         bounds = np.searchsorted(vm_of_row[order], np.arange(len(batch) + 1))
         for i, vm in enumerate(batch):
             rows = {name: values[bounds[i] : bounds[i + 1]] for name, values in columns.items()}
-            if not len(rows["ts"]) and vm not in logs.earlier:
-                # No readable record, ever (its files junk, named in logs.issues): nothing says it
-                # is a VM, nor where it runs; counted, it was an unplaced VM adding no use.  The
-                # report leaves out a VM with no record alike.
+            if not len(rows["ts"]):
+                # No readable record in the window (its files junk, named in logs.issues): read as
+                # a VM with no file there.  Yielded, it was an unplaced VM adding no use, its
+                # host's room offered.  With logs before the window it is not heard from in it;
+                # with none, nothing says it is a VM (the report leaves out a VM with no record).
+                if vm in logs.earlier:
+                    logs.unheard.add(vm)
                 continue
-            latest = int(rows["ts"].max()) if len(rows["ts"]) else None
+            latest = int(rows["ts"].max())
             yield _vm_use(vm, rows, _host_tag(logs.files[vm], latest), logs.window, vm in logs.earlier)
+    logs.vms_read = logs.vms_read or vms is None
 
 
-def read_gone(logs: Logs) -> list[Gone]:
+def read_gone(logs: Logs) -> Iterator[Gone]:
     """The VMs heard from before the window and not in it, each as its last record left it.
 
     Such a VM is not measured in the window, but it is not known to be gone either (shut down,
     its agent stopped, cut off): its host and size are those of its newest day before the
     window, so its host can name it and keep its room (demand.demand_views).  A VM none of
     whose rows can be read there is left out, as the report leaves out a VM with no record.
+
+    Lazy, and iterated once read_vms is done (demand_views takes ``gone`` after the VMs): a VM
+    whose files in the window hold no readable record is one of these, and only reading them
+    finds it.  Iterated before, it was left out, and counted as an unplaced VM of no use.
     """
-    names = sorted(logs.before)
-    out = []
+    if not logs.vms_read:
+        raise RuntimeError("read_gone before read_vms has read the window: its VMs of junk alone are missed")
+    names = sorted(logs.unheard)
     for start in range(0, len(names), BATCH_VMS):
         batch = names[start : start + BATCH_VMS]
         paths = [p for vm in batch for p in logs.before[vm]]
@@ -184,8 +200,7 @@ def read_gone(logs: Logs) -> list[Gone]:
             vcpus = _last(frame["vcpus"].to_numpy()[rows])
             mem_mb = _last(frame["mem_mb"].to_numpy()[rows])
             latest = int(ts[rows[-1]])
-            out.append(Gone(vm, _host_tag(logs.before[vm], latest), latest, vcpus, mem_mb / 1024.0))
-    return out
+            yield Gone(vm, _host_tag(logs.before[vm], latest), latest, vcpus, mem_mb / 1024.0)
 
 
 def _host_tag(paths: list[str], latest: int | None) -> str | None:
