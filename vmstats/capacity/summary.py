@@ -23,7 +23,10 @@ from vmstats.capacity.demand import FleetDemand, Settings, day_span, peaks_name,
 from vmstats.capacity.headroom import instances_withheld, withheld
 from vmstats.capacity.placement import HostLoad
 
-#: Bumped when the JSON's shape changes: the server refuses a summary of another version.
+#: Bumped when a summary of the version before would be read wrong: the server and admit --summary
+#: refuse a summary of another version.  A field added with a default that is true of the
+#: summaries before it needs none, and those are still answered from: so instances and
+#: max_instances came within version 6 (none kept: no cap), days_asked within 7 (None: not kept).
 #: 2: the log files the summary could not read whole (a summary of 1 would claim none).
 #: 3: whether stopped VMs keep their room (a summary of 2 had none kept, but would claim it).
 #: 4: each host's VMs not heard from in the window, and the stopped share past which a host is
