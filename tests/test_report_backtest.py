@@ -359,6 +359,26 @@ def test_vms_left_unjudged_for_want_of_data_are_counted_on_the_terminal(tmp_path
     assert "no-data   1 VM: too little data in the judging window to judge" in lines
 
 
+def test_an_upsizes_extra_cost_reads_as_a_cost_on_the_backtest_page(tmp_path):
+    """A VM pinned at its size is told to grow; backtest.html's saving cell read "-56.35", as the
+    report's table did.  It reads "+56.35" over "extra cost"; backtest.csv keeps the figure."""
+    minutes = 60 * np.arange(8 * 1440)
+    noise = np.random.default_rng(2).random(len(minutes))
+    flat = np.full(len(minutes), 40.0)
+    write_records(tmp_path / "data", series("pinned", T0 + minutes, 95 + 3 * noise, flat,
+                                            net=np.full(len(minutes), 2e6), vcpus=2, mem_mb=8192))
+    done = vmstats("backtest", tmp_path / "data", "-o", tmp_path / "out", "--decide-until", "2026-01-07",
+                   "--decide-days", 7, "--judge-days", 1)
+    assert done.returncode == 0, done.stderr
+    with (tmp_path / "out" / "backtest.csv").open(newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["category"] == "upsize" and float(row["monthly_saving"]) < 0
+    page = (tmp_path / "out" / "backtest.html").read_text()
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", page.split("<td>pinned</td>", 1)[1], re.S)
+    saving = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", cells[4])).strip()
+    assert saving == "+%s extra cost" % row["monthly_saving"].lstrip("-")
+
+
 def test_an_excluded_quiet_vm_is_not_a_missed_saving(backtest, tmp_path):
     _history_, out, _stdout, _doc, rows = backtest
     exclusions = tmp_path / "exclusions.toml"

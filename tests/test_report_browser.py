@@ -8,6 +8,7 @@ installed by .ci/debian-packages when missing (a failure there fails these
 tests; they never skip).  One browser serves the whole module to keep it fast.
 """
 
+import csv
 import json
 import shutil
 import subprocess
@@ -545,25 +546,94 @@ def test_the_statements_line_of_vms_without_the_tag_lists_them(browser, tmp_path
     assert _errors(browser) == []
 
 
-def test_an_upsizes_drill_down_says_what_it_would_add_not_a_negative_saving(browser, tmp_path):
-    """A VM pinned at its size is told to grow: its panel read "saving USD -56.36 / month".
-    Its costs beside it name the currency the same way."""
+#: An exclusion applied at the window's end (2026-01-07) that has run out before any run of
+#: this suite, and one that runs on.
+LAPSED_AND_KEPT = """\
+[[exclude]]
+vm = "pinned-dr"
+reason = "DR standby"
+expires = 2026-01-20
+[[exclude]]
+vm = "kept"
+reason = "legal hold"
+expires = 9999-12-31
+"""
+
+
+@pytest.fixture(scope="module")
+def worded(tmp_path_factory):
+    """The real command's report over a week of four VMs: ``pinned``, told to grow; ``pinned-dr``,
+    as pinned but excluded until a day gone by; ``kept``, excluded until a day to come; ``nosize``,
+    whose agent never sent its size.  Returns (out folder, report.json's rows by VM, stdout)."""
+    folder = tmp_path_factory.mktemp("worded")
     ts = T0 + 60 * np.arange(7 * 1440)
     noise = np.random.default_rng(2).random(len(ts))
-    write_records(tmp_path / "data", series("pinned", ts, 95 + 3 * noise, np.full(len(ts), 40.0),
-                                            net=np.full(len(ts), 2e6), vcpus=2, mem_mb=8192))
-    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(tmp_path / "data"), "-o",
-                           str(tmp_path / "out"), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    for vm in ("pinned", "pinned-dr"):
+        write_records(folder / "data", series(vm, ts, 95 + 3 * noise, np.full(len(ts), 40.0),
+                                              net=np.full(len(ts), 2e6), vcpus=2, mem_mb=8192))
+    write_records(folder / "data", series("kept", ts, 1 + noise, np.full(len(ts), 30.0), vcpus=2,
+                                          mem_mb=4096))
+    write_records(folder / "data", series("nosize", ts, 1 + noise, np.full(len(ts), 30.0), vcpus=None,
+                                          mem_mb=None))
+    (folder / "exclusions.toml").write_text(LAPSED_AND_KEPT)
+    done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(folder / "data"), "-o",
+                           str(folder / "out"), "--no-cache", "--exclusions", str(folder / "exclusions.toml"),
+                           "--by", "host"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    row = json.loads((tmp_path / "out" / "report.json").read_text())["vms"][0]
-    assert row["category"] == "upsize" and row["monthly_saving"] < 0
-    _open(browser, tmp_path / "out" / "report.html")
-    browser.find_element(By.CSS_SELECTOR, "#vms tbody .vmlink").click()
+    rows = {row["vm"]: row for row in json.loads((folder / "out" / "report.json").read_text())["vms"]}
+    return folder / "out", rows, done.stdout
+
+
+def _drill(browser, vm: str) -> str:
+    """The drill-down panel's text for ``vm``, opened from its row of the table."""
+    row = next(tr for tr in browser.find_elements(By.CSS_SELECTOR, "#vms tbody tr[data-index]")
+               if tr.find_element(By.CSS_SELECTOR, ".vmlink").text == vm)
+    row.find_element(By.CSS_SELECTOR, ".vmlink").click()
     text = browser.find_element(By.ID, "drill").text
+    browser.find_element(By.CSS_SELECTOR, "#drill .close").click()
+    return text
+
+
+def _cell(browser, vm: str, index: int) -> str:
+    """The text of ``vm``'s cell ``index`` in the VM table, its lines joined by " | "."""
+    return browser.execute_script(
+        "var b = Array.from(document.querySelectorAll('#vms tbody .vmlink'))"
+        ".find(b => b.textContent === arguments[0]);"
+        " return b.closest('tr').cells[arguments[1]].innerText.trim().split('\\n').join(' | ');", vm, index)
+
+
+def test_an_upsizes_drill_down_says_what_it_would_add_not_a_negative_saving(browser, worded):
+    """A VM pinned at its size is told to grow: its panel read "saving USD -56.36 / month".
+    Its costs beside it name the currency the same way."""
+    out, rows, _stdout = worded
+    row = rows["pinned"]
+    assert row["category"] == "upsize" and row["monthly_saving"] < 0
+    _open(browser, out / "report.html")
+    text = _drill(browser, "pinned")
     assert "extra cost USD %.2f / month (not in the saving)" % -row["monthly_saving"] in text
     assert "saving USD -" not in text
     # Its costs name their currency as the saving does (they read "cost as provisioned 112.71").
     assert "cost as provisioned USD %.2f / month, by use USD %.2f / month" % (
         row["monthly_cost"], row["usage_cost"]) in text
+    assert _errors(browser) == []
+
+
+def test_an_upsizes_extra_cost_reads_as_a_cost_in_the_table_too(browser, worded):
+    """The table's saving cell read "-56.35" for the upsize its drill-down calls an extra cost, and
+    an excluded upsize's evidence "would save a month USD -56.35".  Both read as what it would add;
+    report.csv and report.json keep the figure, negative, as documented."""
+    out, rows, _stdout = worded
+    extra = -rows["pinned"]["monthly_saving"]
+    _open(browser, out / "report.html")
+    assert _cell(browser, "pinned", 3) == "+%.2f | extra cost" % extra
+    # Sorted by saving, most first, an extra cost comes after every saving and every zero.
+    browser.find_element(By.CSS_SELECTOR, '#vms th[data-key="monthly_saving"]').click()
+    assert _vms(browser)[-1] == "pinned"
+    evidence = _drill(browser, "pinned-dr")
+    assert "would add a month (extra cost) USD %.2f" % extra in evidence
+    assert "USD -" not in evidence and "would save" not in evidence
+    assert rows["pinned-dr"]["evidence"]["would_save"] == -extra
+    with (out / "report.csv").open(newline="") as handle:
+        cells = {line["vm"]: line for line in csv.DictReader(handle)}
+    assert float(cells["pinned"]["monthly_saving"]) == -extra
     assert _errors(browser) == []

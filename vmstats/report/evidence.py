@@ -43,6 +43,8 @@ LABELS = {
     "upsize_at": "upsize at",
     "would_be": "would be",
     "would_save": "would save a month",
+    # An excluded upsize's ``would_save`` is negative: worded as the upsize's own extra cost.
+    "would_add": "would add a month (extra cost)",
     "exclusion": "excluded by",
     "expires": "exclusion expires",
     "damaged_files": "damaged files",
@@ -154,6 +156,9 @@ def evidence_lines(row: dict[str, Any], money: Money) -> list[tuple[str, str]]:
     for key, value in (row.get("evidence") or {}).items():
         if key == "blocked_by" and row.get("blocked_by"):
             text = str(row["blocked_by"])
+        elif key == "would_save" and _known(value) and value < 0:
+            # What an excluded upsize would add is a cost, never "would save USD -56.36".
+            key, text = "would_add", formats[key](-value)
         elif key in formats and value is not None:
             text = formats[key](value)
         else:
