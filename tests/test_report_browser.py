@@ -637,3 +637,27 @@ def test_an_upsizes_extra_cost_reads_as_a_cost_in_the_table_too(browser, worded)
         cells = {line["vm"]: line for line in csv.DictReader(handle)}
     assert float(cells["pinned"]["monthly_saving"]) == -extra
     assert _errors(browser) == []
+
+
+def test_an_exclusion_expired_since_the_window_says_so_on_its_row(browser, worded):
+    """An exclusion is judged at the window's end; one applied then whose day has passed since read
+    "excluded: DR standby (until 2026-01-20)" on its row and "exclusion expires 2026-01-20" in its
+    panel, while the page's note said it had expired.  Its row says so too; one still running keeps
+    its "until"; report.csv and report.json keep the window's words, the same on any day."""
+    out, rows, _stdout = worded
+    _open(browser, out / "report.html")
+    lapsed = "expired 2026-01-20, after the window's end: renew or drop it"
+    reason = _cell(browser, "pinned-dr", 5)
+    assert reason.startswith("none (excluded) | excluded: DR standby (%s); would be upsize: " % lapsed)
+    assert "until 2026-01-20" not in browser.find_element(By.ID, "vms").text
+    panel = _drill(browser, "pinned-dr")
+    assert "exclusion %s" % lapsed in panel and "until 2026-01-20" not in panel
+    assert "exclusion expires" not in panel
+    assert "excluded: legal hold (until 9999-12-31); would be " in _cell(browser, "kept", 5)
+    assert "exclusion expires 9999-12-31" in _drill(browser, "kept")
+    # The files keep the words of the window's end.
+    assert rows["pinned-dr"]["reason"].startswith(
+        "excluded: DR standby (until 2026-01-20); would be upsize: ")
+    assert rows["pinned-dr"]["evidence"]["expires"] == "2026-01-20"
+    assert "excluded: DR standby (until 2026-01-20);" in (out / "report.csv").read_text()
+    assert _errors(browser) == []

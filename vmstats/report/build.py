@@ -213,7 +213,7 @@ def build(
                 "excluded: %s%s; would be %s: %s"
                 % (
                     excluded.reason,
-                    " (until %s)" % excluded.expires.isoformat() if excluded.expires else "",
+                    exclusions_mod.until_note(excluded.expires.isoformat()) if excluded.expires else "",
                     decision.category,
                     decision.reason,
                 ),

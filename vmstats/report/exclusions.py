@@ -101,6 +101,20 @@ def find(exclusions: list[Exclusion], vm: str) -> Exclusion | None:
     return None
 
 
+def until_note(expires: str) -> str:
+    """The words an excluded VM's reason gives its exclusion's end (``expires`` as written):
+    true at the window's end, where the exclusion is judged, so report.csv and report.json
+    keep them on any day."""
+    return " (until %s)" % expires
+
+
+def lapsed_words(expires: str) -> str:
+    """What the page says of an exclusion applied at the window's end whose ``expires`` has
+    passed by the time it is drawn (``since_expired``), in place of ``until_note``'s words:
+    "until" a day gone by read as a promise still kept."""
+    return "expired %s, after the window's end: renew or drop it" % expires
+
+
 def since_expired(rows: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
     """The exclusions that held at the window's end, so excluded VMs of ``rows``, but have
     expired by ``now`` (the run's time), each once as ``{vm, reason, expires}``, earliest first.

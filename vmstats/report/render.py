@@ -17,7 +17,7 @@ import numpy as np
 from vmstats.outputfile import write_text
 from vmstats.report import exclusions as exclusions_mod
 from vmstats.report.build import Report
-from vmstats.report.evidence import evidence_lines
+from vmstats.report.evidence import LABELS, evidence_lines
 from vmstats.report.money import Money
 from vmstats.report.outputs import to_json
 from vmstats.report.policy import CANDIDATES, CATEGORIES, rate
@@ -59,15 +59,34 @@ def _series(values: list, digits: int) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def page_data(report: Report) -> str:
+def _lapsed_words(item: dict[str, Any], expires: str) -> None:
+    """An excluded row's words once its exclusion has expired since the window's end: its
+    reason's "(until D)" and its evidence's "exclusion expires D" say it expired, as the
+    page's note of such exclusions does (report.csv and report.json keep the words of the
+    window's end, so the same logs give the same files on any day)."""
+    head = "excluded: %s" % item["excluded_reason"]
+    until = exclusions_mod.until_note(expires)
+    words = exclusions_mod.lapsed_words(expires)
+    if item["reason"].startswith(head + until):
+        item["reason"] = "%s (%s)%s" % (head, words, item["reason"][len(head + until):])
+    item["evidence_text"] = [
+        ("exclusion", words) if label == LABELS["expires"] else (label, text)
+        for label, text in item["evidence_text"]
+    ]
+
+
+def page_data(report: Report, lapsed: list[dict[str, Any]] | None = None) -> str:
     """The rows for the page's script: every field of each row, long series as text.
 
     Fields this module does not know (a newer policy's) travel too, and the
     drill-down shows them, so additions need no change here.  The evidence
     travels as figures and as the words the drill-down shows (evidence.py).  ``<`` is
-    escaped so no value can close the script element that holds the JSON.
+    escaped so no value can close the script element that holds the JSON.  ``lapsed``
+    (exclusions.since_expired) are the exclusions expired since the window's end, whose
+    rows say so (``_lapsed_words``).
     """
     money = Money.of(report.meta["prices"])
+    gone = {entry["vm"]: entry["expires"] for entry in lapsed or ()}
     rows = []
     for row in report.rows:
         item = {
@@ -77,6 +96,9 @@ def page_data(report: Report) -> str:
         }
         item["colour"] = COLOURS.get(row["category"], OTHER_COLOUR)
         item["evidence_text"] = evidence_lines(row, money)
+        selector = (row.get("evidence") or {}).get("exclusion") if row["category"] == "excluded" else None
+        if selector in gone:
+            _lapsed_words(item, gone[selector])
         rows.append(item)
     return to_json(rows).decode().replace("<", "\\u003c")
 
@@ -248,16 +270,17 @@ def render(report: Report, path: str) -> None:
     env.filters["money"] = money.figure
     template = env.get_template("report.html.j2")
     categories = list(CATEGORIES) + [c for c in meta["categories"] if c not in CATEGORIES]
+    lapsed = exclusions_mod.since_expired(report.rows, time.time())
     text = template.render(
         meta=meta,
-        data=page_data(report),
+        data=page_data(report, lapsed),
         categories=categories,
         colours={c: COLOURS.get(c, OTHER_COLOUR) for c in categories},
         candidates=CANDIDATES,
         currency=meta["prices"]["currency"],
         minor_unit=money.minor_unit,
         statement=meta.get("statement"),
-        lapsed=exclusions_mod.since_expired(report.rows, time.time()),
+        lapsed=lapsed,
         capacity=meta.get("capacity"),
         distribution=distribution_chart(report.fleet),
         heatmap=week_heatmap(report.fleet["hour_of_week_cpu"]),
