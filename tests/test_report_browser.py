@@ -661,3 +661,24 @@ def test_an_exclusion_expired_since_the_window_says_so_on_its_row(browser, worde
     assert rows["pinned-dr"]["evidence"]["expires"] == "2026-01-20"
     assert "excluded: DR standby (until 2026-01-20);" in (out / "report.csv").read_text()
     assert _errors(browser) == []
+
+
+def test_a_vm_without_a_size_is_not_priced_in_one_wording(browser, worded):
+    """A VM whose agent never sent its size has no price: the header said "not priced", its panel
+    "cost as provisioned unknown, by use unknown", its row "? vCPU / ? GB", the statement
+    "unpriced".  Each fact has one wording everywhere: "not priced", "size not reported"."""
+    out, rows, stdout = worded
+    assert rows["nosize"]["monthly_cost"] is None and rows["nosize"]["vcpus"] is None
+    _open(browser, out / "report.html")
+    cards = browser.find_element(By.CSS_SELECTOR, ".cards").text
+    assert "1\nVM not priced (size not reported)" in cards
+    assert _cell(browser, "nosize", 6) == "not priced | size not reported"
+    panel = _drill(browser, "nosize")
+    assert "; not priced (size not reported)" in panel
+    assert "unknown," not in panel and "by use unknown" not in panel
+    statement = browser.find_element(By.ID, "statement").text
+    assert "(1 not priced)" in statement and "unpriced" not in statement
+    page = browser.find_element(By.TAG_NAME, "body").text
+    assert "? vCPU" not in page and "without a reported size" not in page
+    assert "1 VM not priced (size not reported): no cost or saving for it" in stdout.splitlines()
+    assert _errors(browser) == []

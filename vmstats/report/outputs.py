@@ -185,9 +185,11 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
         file=stream,
     )
     if totals["unpriced_vms"]:
+        # The page's words for these two facts: "not priced", "size not reported".
+        unpriced = totals["unpriced_vms"]
         print(
-            "%d %s never reported their size: no cost or saving for them"
-            % (totals["unpriced_vms"], plural(totals["unpriced_vms"], "VM")),
+            "%s not priced (size not reported): no cost or saving for %s"
+            % (counted(unpriced, "VM"), "it" if unpriced == 1 else "them"),
             file=stream,
         )
     if meta["too_young"]:
