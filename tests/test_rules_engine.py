@@ -646,3 +646,23 @@ def test_a_vm_whose_tags_no_longer_match_a_firing_rule_is_resolved_saying_why():
         ("alarm", "ok", "the rule no longer takes the VM")]
     clock.now += 60
     assert feed(eng, clock, "10.0.0.1", 95.0, host="kvm2") == []
+
+
+def test_the_states_page_puts_what_is_not_ok_first_then_the_most_recent_and_stops_at_its_limit():
+    """The page is chosen from every rule's series without building them all: the order is the
+    one an operator reads (not ok first, most recent first), across rules, cut at the limit."""
+    clock = Clock()
+    eng = engine([{"name": "a", "metric": "cpu", "enter": 90},
+                  {"name": "b", "metric": "cpu", "enter": 50}], clock)
+    for i in range(40):  # a VM a minute; every 7th hot for both rules, every 5th for b only
+        clock.now += 60
+        feed(eng, clock, f"vm-{i:02d}", 95 if i % 7 == 0 else 60 if i % 5 == 0 else 10)
+    everything = eng.states()
+    assert len(everything) == 80
+    expected = sorted(everything, key=lambda r: (r["state"] == "ok", -r["since"]))
+    assert everything == expected
+    page = eng.states(12)
+    assert page == expected[:12]
+    assert [r["state"] != "ok" for r in page] == [True] * 12  # 14 are not ok: a cut among them
+    assert eng.states(3) == expected[:3]
+    assert eng.states(20)[-6:] == expected[14:20]  # the most recent ok ones after them
