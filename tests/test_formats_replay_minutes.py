@@ -6,8 +6,10 @@ while their minute is open and started again under another setting.
 ``--minute-grace`` decides which minutes a VM's later samples complete, and so which samples
 after them are late: the replay repeats the payloads by the grace they were taken under (each
 payload's line holds it), so a sample the minute took is not refused as late at the restart.
-``--virtual-interfaces`` is applied to a minute as it is written, by the run that writes it: a
-minute open at the crash is written by the restart, by the restart's list (docs/OPERATIONS.md).
+``--virtual-interfaces`` is applied to a minute as it is written: a minute the run completed
+before the crash (not yet flushed) is completed again by the replay by the list journaled after
+the last checkpoint, as the run wrote it; a minute open at the crash is written by the restart,
+by the restart's list (docs/OPERATIONS.md).
 """
 
 import time
@@ -74,3 +76,29 @@ def test_a_minute_open_at_a_crash_is_written_by_the_restarts_virtual_interfaces(
     finally:
         server.kill()
     assert row_at(tmp_path / "data", "bridged", t0 + 60)["net_rx"] == 100.0
+
+
+def test_a_minute_completed_before_a_crash_is_written_by_the_list_it_was_completed_under(tmp_path):
+    """A minute its VM's later sample completed (51 s past its end, past the 30 s grace) under
+    --virtual-interfaces '' (eth0 and veth9 at 100 B/s each: 200), handed to the native path
+    and not yet flushed when the server is killed, is written as it was completed (200) after a
+    restart under the default list, which would leave veth9 out (100); the minute still open
+    at the crash is written by the restart's list."""
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    end = t0 + 60
+    args = ("--flush-interval", "60")  # no checkpoint before the kill: the payloads replayed
+    server = serve(tmp_path, *args, "--virtual-interfaces", "").start()
+    try:
+        body = [sample("bridged", t0 + 10 * k + 1, 10, 1000 * k) for k in range(8)]
+        body.append(sample("bridged", end + 51, 10, 1000 * 8 + 1000 * 3))
+        assert write(server, "\n".join(body).encode()) == 204
+        server.kill_outright()
+        server = serve(tmp_path, *args).start()
+        assert server.stop() == 0, server.output
+    finally:
+        server.kill()
+    assert row_at(tmp_path / "data", "bridged", end)["net_rx"] == 200.0
+    assert row_at(tmp_path / "data", "bridged", end + 60)["net_rx"] == 100.0
+    assert ("edge: minutes completed before the restart written by the --virtual-interfaces "
+            "the run before completed them under, as it wrote them (1 minute, 1 other list); "
+            "the minutes still open are written by this run's") in server.output, server.output

@@ -106,8 +106,9 @@ def test_a_decoder_made_from_its_journaled_settings_decodes_as_the_one_taken_by(
 
 
 #: The settings the assembler reads that no payload's line keeps, applied to a minute as it is
-#: written, by the run that writes it (docs/OPERATIONS.md): a minute may hold samples of two
-#: runs, and is written by one list.
+#: written: journaled once after each checkpoint (an ``#!edge ... virtual`` line), by which a
+#: replay writes the minutes the run completed (tests/test_formats_replay_minutes.py); a minute
+#: open at a crash may hold samples of two runs, and is written by one list.
 WHEN_WRITTEN = {"virtual_interfaces"}
 
 

@@ -485,8 +485,10 @@ def minute_assembler(config) -> MinuteAssembler:
     """The minute assembler as ``config`` sets it: the one place the server's settings reach
     it.  A replay repeats each journaled payload by what the journal says the assembler took
     it under (journaling.taken_under: the limits, the bounds, the grace); the one setting it
-    reads that is not journaled, --virtual-interfaces, is applied to a minute as it is
-    written.  tests/test_formats_replay_settings.py holds both to every setting."""
+    reads that is not journaled with each payload, --virtual-interfaces, is applied to a
+    minute as it is written, and journaled once after each checkpoint (a replay writes the
+    minutes the run completed by it).  tests/test_formats_replay_settings.py holds both to
+    every setting."""
     return MinuteAssembler(config.minute_grace, config.edge_max_open, config.max_future,
                            config.max_past, CounterRates(config.edge_max_counters),
                            VirtualInterfaces(config.virtual_interfaces),

@@ -39,6 +39,12 @@ control line (``#!edge <mac> <kind> ...``, comments to every other reader):
   line costs now: BENCHMARKS.md, "What the edge journals".)  A journal of the version before,
   which kept ``max_line`` and ``vm_tag`` in each payload's options (``LEGACY_SETTINGS``), is
   read by those.
+* ``virtual <json>``: the ``--virtual-interfaces`` patterns the minutes are written by (which
+  interfaces' rates a record leaves out), before the first ``in`` or ``done`` line after each
+  checkpoint: a replay completes the minutes the run completed after it by that list, so a
+  minute completed and not yet flushed at a crash is written as the run wrote it, not by a
+  list changed at the restart (the minutes still open after the replay are written by this
+  run's).  Its samples were taken whatever the list: it is applied as a minute is written.
 * ``done <[[vm, end], ...]>``: minutes the clock completed (``tick``, and the
   shutdown's ``complete_all``); the one decision a replay cannot repeat by
   itself, so it is journaled in its place in the sequence.
@@ -92,6 +98,7 @@ from hashlib import sha256
 from vmstats import protocol
 from vmstats.inputfile import json_loads
 from vmstats.server.formats import BOUND_OPTIONS, Bounds, Decoder, Sample, Tally
+from vmstats.server.formats.interfaces import VirtualInterfaces
 from vmstats.server.journal import read_segments
 from vmstats.server.ownfiles import read_file
 from vmstats.words import counted
@@ -177,7 +184,8 @@ def taken_under(assembler) -> dict:
     holds them by, and the grace that decides which minutes a VM's later samples complete (so
     which samples after them are late).  Of the settings that reach the assembler
     (edge.minute_assembler) only --virtual-interfaces is not here: it is applied to a minute
-    as it is written, by the run that writes it (tests/test_formats_replay_settings.py)."""
+    as it is written, and journaled once after each checkpoint (``virtual`` lines,
+    ``EdgeJournal._note_virtual``), not with each payload (tests/test_formats_replay_settings.py)."""
     return {"limits": [assembler.max_future, assembler.max_past], "bounds": assembler.bounds,
             "grace": assembler.grace}
 
@@ -193,6 +201,13 @@ def _pending(state: dict) -> list[bytes]:
     if not isinstance(pending, list) or not all(isinstance(text, str) for text in pending):
         raise TypeError("a checkpoint's pending records are not a list of strings")
     return [text.encode("utf-8") for text in pending]
+
+
+def _patterns(raw: object) -> tuple[str, ...]:
+    """A ``virtual`` line's JSON, checked: TypeError if it is not a list of patterns."""
+    if not isinstance(raw, list) or not all(isinstance(text, str) for text in raw):
+        raise TypeError("a virtual line holds no list of patterns")
+    return tuple(raw)
 
 
 def _samples(raw: object) -> list[Sample]:
@@ -255,6 +270,12 @@ class EdgeJournal:
         self._replicas: dict[tuple[str, str], Decoder] = {}
         #: Formats whose settings line (``_note``) is in the journal since the last checkpoint.
         self._noted: set[str] = set()
+        #: Is the --virtual-interfaces line (``_note_virtual``) there since the last checkpoint?
+        self._listed = False
+        #: Of the last replay: the minutes it completed by a --virtual-interfaces list other
+        #: than this run's (journaled by the run that completed them), and those lists.
+        self.written_then = 0
+        self.virtual_then: set[tuple[str, ...]] = set()
         #: What ``take`` kept for ``settle``: the last checkpoint read whole, the lines after.
         self._entries: list[tuple[bytes, object]] = []
         #: The records ``settle`` completed again, to be written.
@@ -283,6 +304,7 @@ class EdgeJournal:
         self.changed = True
         self.checkpoint_in = None
         self._noted.clear()  # the new segment holds none of them
+        self._listed = False
         if self._key is None or self.key_in_memory:
             return  # made when first needed, or never in a file this run
         problem = store_key(self.directory, self._key)
@@ -303,6 +325,8 @@ class EdgeJournal:
         A format whose decoder says ``journal_samples`` (collectd) is journaled as ``samples``
         (its encoding): what it was decoded to, which a replay takes as it is."""
         since = self.journal.next_write()
+        if not self._listed:
+            self._note_virtual()
         if name not in self._noted:
             self._note(name)
         opts = {"divisor": options.get("divisor"), "errors": "errors" in options} if options \
@@ -336,9 +360,20 @@ class EdgeJournal:
                 name.encode("ascii"),
                 json.dumps(decoder.settings(), separators=(",", ":")).encode("utf-8"))))
 
+    def _note_virtual(self) -> None:
+        """Journal the --virtual-interfaces patterns the minutes are written by, before the
+        first line after a checkpoint that may complete one (``in``, ``done``): a replay
+        completes the minutes after it by them, as this run wrote them.  A line every
+        checkpoint, not with each payload: the default list is some 400 bytes."""
+        self._listed = True
+        self.journal.append(self._line(b"virtual " + json.dumps(
+            list(self.edge.assembler.virtual.patterns), separators=(",", ":")).encode("utf-8")))
+
     def completed(self, keys: list[tuple[str, int]]) -> None:
         """Journal minutes the clock completed (the replay completes them at the same point)."""
         if keys:
+            if not self._listed:
+                self._note_virtual()
             self.journal.append(self._line(b"done " + json.dumps(keys).encode("utf-8")))
             self.changed = True
 
@@ -370,6 +405,7 @@ class EdgeJournal:
         self.checkpoint_in = journal.number if journal.fd is not None else None
         self.changed = False
         self._noted.clear()  # the segments before it go: their settings lines with them
+        self._listed = False
         self.saved_empty = empty
         self.last_checkpoint = now
         self.checkpoints += 1
@@ -444,6 +480,7 @@ class EdgeJournal:
         replayed = 0
         current = assembler.bounds
         grace = self.grace_now = assembler.grace
+        virtual = assembler.virtual
         #: Format -> the settings its payloads were taken under (``_note``), as met.
         settings: dict[str, dict] = {}
         self.other_settings = self.kept_long = self.kept_lines = 0
@@ -451,8 +488,13 @@ class EdgeJournal:
         self.grace_then = set()
         self.settings_then = {}
         self.port_off = {}
+        self.written_then = 0
+        self.virtual_then = set()
         try:
             for kind, rest in entries:
+                other_list = assembler.virtual is not virtual
+                if other_list:
+                    before = assembler.events["records"]
                 try:
                     if kind == b"state":  # read whole by take: adopting it cannot fail halfway
                         state, pending = rest
@@ -470,6 +512,10 @@ class EdgeJournal:
                         name, _sep, text = rest.partition(b" ")
                         name = name.decode("ascii")
                         settings[name] = self._taken_by(name, json_loads(text))
+                    elif kind == b"virtual":
+                        patterns = _patterns(json_loads(rest))
+                        assembler.virtual = (virtual if patterns == virtual.patterns
+                                             else VirtualInterfaces(patterns))
                     elif kind == b"done":
                         assembler.complete([(vm, end) for vm, end in json_loads(rest)])
                     elif kind == b"step":
@@ -478,12 +524,24 @@ class EdgeJournal:
                     # a line written with the key by someone else (nested past the parser, say)
                     self.unreadable += 1
                     log.error("journal: an edge line could not be replayed (skipped): %s", exc)
+                if other_list:
+                    written = assembler.events["records"] - before
+                    if written:
+                        self.written_then += written
+                        self.virtual_then.add(assembler.virtual.patterns)
         finally:
             assembler.bounds = current  # what comes now is judged by this run's bounds
             assembler.grace = grace  # and waited for by this run's grace
+            assembler.virtual = virtual  # and written by this run's list
         self._replicas.clear()
         if self.other_settings:
             self._say_settings(current)
+        if self.written_then:
+            log.warning("edge: minutes completed before the restart written by the "
+                        "--virtual-interfaces the run before completed them under, as it "
+                        "wrote them (%s, %s); the minutes still open are written by this run's",
+                        counted(self.written_then, "minute"),
+                        counted(len(self.virtual_then), "other list"))
         for name, (payloads, options) in self.port_off.items():
             title = edge.decoders[name].title
             log.warning("edge: %s replayed by the %s they were taken under, although the %s "
