@@ -13,6 +13,7 @@ from test_protocol import NOW, UNICODE, percent, rate, records, sizes
 from vmstats import logstore, protocol
 from vmstats.server import parse
 from vmstats.server.buffer import Buffer
+from vmstats.server.clock import FIRST_STAMP
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import FIELD_NAME_BYTES, CompactShape, Parser, build_fast_path
@@ -85,13 +86,18 @@ def test_a_payload_parses_to_the_decoders_records_in_order_whatever_the_path(bat
 
 
 def _decoded(payload: bytes) -> tuple[list, int]:
-    """The decoder's ``(vm, ts, held row, seq)`` for each line of ``payload``, and its rejects."""
+    """The decoder's ``(vm, ts, held row, seq)`` for each line of ``payload``, and its rejects;
+    and the server's one rule beyond it, a stamp at the epoch refused (clock.FIRST_STAMP: the
+    wire decoder, the agent's spool's too, reads it)."""
     decoder = protocol.Decoder(clock=lambda: NOW)
     expected, rejects = [], 0
     for line in payload.split(b"\n"):
         try:
             record = decoder.decode_line(line)
         except protocol.DecodeError:
+            rejects += 1
+            continue
+        if record.ts < FIRST_STAMP:
             rejects += 1
             continue
         expected.append((record.vm, record.ts, logstore.format_tail(record), record.seq))
@@ -493,6 +499,9 @@ def _decoded_reasons(payload: bytes) -> tuple[list, dict]:
             record = decoder.decode_line(line)
         except protocol.DecodeError as exc:
             reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
+            continue
+        if record.ts < FIRST_STAMP:  # the server's rule beyond the decoder's (``_decoded``)
+            reasons[protocol.R_PAST] = reasons.get(protocol.R_PAST, 0) + 1
             continue
         expected.append((record.vm, record.ts, logstore.format_tail(record), record.seq))
     return expected, reasons

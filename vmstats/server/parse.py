@@ -48,7 +48,7 @@ from operator import itemgetter, not_
 from vmstats import protocol
 from vmstats.logstore import TAGS_SEPARATOR, format_tail
 from vmstats.server import native
-from vmstats.server.clock import outside_window, window_reason
+from vmstats.server.clock import FIRST_STAMP, outside_window, window_reason
 
 #: The version of _linescan.c this module calls (its VERSION): raised with every change to
 #: what passes between them, so that a build of an older source is refused (native.py).
@@ -488,9 +488,13 @@ class Parser:
 
     def limit(self, max_future: int, max_past: int) -> None:
         """The stamps taken, from ``now - max_past`` (0: no limit) to ``now + max_future``,
-        for the fast paths and the decoder's lines alike (``_window``)."""
+        for the fast paths and the decoder's lines alike (``_window``); never one before
+        ``FIRST_STAMP`` (the epoch, a stamp left unset), but by a parser of no limit
+        (``NO_LIMIT``: a replay's, the edge's minutes'), which takes what was acknowledged."""
         self.max_future = max_future
         self.max_past = max_past
+        #: The least stamp taken.
+        self.first = 0 if max_future >= NO_LIMIT else FIRST_STAMP
 
     def parse_within(self, data: bytes, lo: int, hi: int) -> Parsed:
         """``parse``, taking the stamps from ``lo`` to ``hi`` and no other, whatever the limits
@@ -772,11 +776,13 @@ class Parser:
 
     def _window(self, now: float) -> tuple[int, int]:
         """The highest and lowest timestamps taken at ``now`` (integers): ``now + max_future``
-        and ``now - max_past`` (the protocol decoder's arithmetic, which takes a stamp
-        ``max_future`` ahead of a clock between seconds), or a replay's stamps."""
+        and ``now - max_past`` or ``first``, the later (the protocol decoder's arithmetic,
+        which takes a stamp ``max_future`` ahead of a clock between seconds), or a replay's
+        stamps."""
         if self._stamps is not None:
             return self._stamps[1], self._stamps[0]
-        return int(now) + self.max_future, (math.ceil(now) - self.max_past if self.max_past else 0)
+        return int(now) + self.max_future, (
+            max(math.ceil(now) - self.max_past, self.first) if self.max_past else self.first)
 
     def _vm_id(self, raw: bytes) -> str:
         vm = self._vm_ids.get(raw)

@@ -40,7 +40,7 @@ from typing import NamedTuple
 from vmstats import protocol
 from vmstats.client.procfs import whole_disks
 from vmstats.server import native
-from vmstats.server.clock import outside_window, window_reason
+from vmstats.server.clock import FIRST_STAMP, outside_window, window_reason
 from vmstats.server.formats import (
     BOUNDS,
     CPU_STATE,
@@ -105,6 +105,11 @@ _DOUBLE_MAX = sys.float_info.max
 #: Counter kinds -> (the rate kind they become, the greatest rate a record may hold).
 _COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, _DOUBLE_MAX))[1])
              for kind in RATES + (CPU_STATE,)}
+#: The least stamp taken whatever --max-past (clock.FIRST_STAMP: 0 is a stamp left unset), as a
+#: float: the C loop compares two floats at once.  A sample stamped 0 was refused before as
+#: ``late`` ("already written": its minute ends at 0), in words that sent an operator looking
+#: for a minute no one wrote; a replay judges by it too, so it refuses what the run refused.
+_FIRST_STAMP = float(FIRST_STAMP)
 #: Stamps within this of 0 are worded as any other (outside_window's ``%d`` and ``%.0f``).
 _STAMP_MAX = 1e300
 
@@ -220,7 +225,9 @@ class MinuteAssembler:
         # would end past now + max_future is refused now, not dropped once acknowledged.
         max_future, max_past = limits if limits is not None else (self.max_future, self.max_past)
         latest = (int(now) + max_future) // 60 * 60
-        earliest = now - max_past if max_past else -math.inf
+        earliest = now - max_past if max_past else _FIRST_STAMP
+        if earliest < _FIRST_STAMP:
+            earliest = _FIRST_STAMP
         reject = _Rejects((max_future, max_past), tally, refused)
         if self.native is not None:
             finished = self.native.add(self, samples, now, earliest, latest, reject)
