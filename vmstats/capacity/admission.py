@@ -30,7 +30,7 @@ from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.placement import Ask, HostLoad, Offer, add_level, place
 from vmstats.capacity.profiles import Profile, parse_profile, shaped_like_profile
 from vmstats.capacity.summary import Summary
-from vmstats.words import counted, part_of
+from vmstats.words import counted, part_of, plural
 
 #: VMs one manifest may ask for: bounds the work one request can cause.
 MAX_VMS = 100_000
@@ -399,8 +399,32 @@ def _r(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 3) + 0.0
 
 
+#: Hosts the terminal lists one line each (the offer's, those past the ratios), and reasons for
+#: rejecting: past these a line counts the rest, and ``--json`` lists every one.
+MOST_LINES = 20
+#: Names a terminal line gives of a list before it counts the rest.
+MOST_NAMES = 5
+
+
+def few(names: list[str], most: int = MOST_NAMES) -> str:
+    """The first ``most`` of ``names`` and a count of the rest: a line that named every one of
+    100,000 VMs (or hosts) would scroll the answer away."""
+    shown = ", ".join(names[:most])
+    return shown + (", ... and %d more" % (len(names) - most) if len(names) > most else "")
+
+
+def _in_order(name: str) -> tuple[str, int]:
+    """A VM's place among its entry's (``web-2`` before ``web-10``): its name is the entry's and
+    its number (Manifest.asks), and the answer's JSON sorts them as text."""
+    entry, _dash, number = name.rpartition("-")
+    return (entry, int(number)) if number.isdigit() else (name, 0)
+
+
 def terminal(result: dict) -> str:
-    """The answer for people: status, the offer per host, what was rejected, the basis."""
+    """The answer for people: status, the offer per host, what was rejected grouped by why, the
+    basis.  Each part is bounded (MOST_LINES lines, MOST_NAMES names a line), so the answer's
+    first line and the basis after it stay on the screen whatever the manifest asked for: the
+    answer's JSON (``--json``) keeps every VM."""
     lines = [
         "%s: %s, %s placed (allocation at Nova's ratios would place %d)"
         % (
@@ -413,29 +437,54 @@ def terminal(result: dict) -> str:
     per_host: dict[str, list[str]] = {}
     for vm, host in result["offer"].items():
         per_host.setdefault(host, []).append(vm)
-    for host in sorted(per_host):
-        left = result["headroom_left"][host]
+    why: dict[str, list[str]] = {}
+    for vm, reason in result["rejected"].items():
+        why.setdefault(reason, []).append(vm)
+    for vms in (*per_host.values(), *why.values()):
+        vms.sort(key=_in_order)
+    hosts = sorted(per_host)
+    for host in hosts[:MOST_LINES]:
+        left, vms = result["headroom_left"][host], per_host[host]
         lines.append(
-            "  %-16s %s  (left: %.1f cores, %.1f GB)"
-            % (host, ", ".join(per_host[host]), left["cpu_cores"], left["mem_gb"])
+            "  %-16s %s%s  (left: %.1f cores, %.1f GB)"
+            % (host, counted(len(vms), "VM") + ": " if len(vms) > MOST_NAMES else "", few(vms),
+               left["cpu_cores"], left["mem_gb"])
         )
-    for vm, why in result["rejected"].items():
-        lines.append("  rejected %s: %s" % (vm, why))
-    for host, past in result["past_allocation_ratios"].items():
+    if len(hosts) > MOST_LINES:
+        rest = len(hosts) - MOST_LINES
+        lines.append("  ... and %d more %s in the offer" % (rest, plural(rest, "host")))
+    groups = sorted(why.items(), key=lambda item: (-len(item[1]), item[0]))  # the most first
+    for reason, vms in groups[:MOST_LINES]:
+        lines.append("  %d rejected: %s (%s)" % (len(vms), reason, few(vms)))
+    if len(groups) > MOST_LINES:
+        rest, reasons = sum(len(vms) for _reason, vms in groups[MOST_LINES:]), len(groups) - MOST_LINES
+        lines.append("  ... and %d more rejected for %d other %s"
+                     % (rest, reasons, plural(reasons, "reason")))
+    folded = max(len(hosts), len(groups)) > MOST_LINES or any(
+        len(vms) > MOST_NAMES for vms in (*per_host.values(), *why.values()))
+    if folded:
+        lines.append("  (--json lists every VM: the host offered it, or why it was rejected)")
+    past = result["past_allocation_ratios"]
+    for host, figures in list(past.items())[:MOST_LINES]:
         lines.append(
             "  %s: allocation past the inventory's ratios (%g of %g vCPUs, %g of %g GB): a cloud "
-            "that enforces them refuses these VMs there" % (host, *past["vcpus"], *past["mem_gb"])
+            "that enforces them refuses these VMs there" % (host, *figures["vcpus"], *figures["mem_gb"])
         )
+    if len(past) > MOST_LINES:
+        rest = len(past) - MOST_LINES
+        lines.append("  ... and %d more %s past the inventory's ratios (--json names every one)"
+                     % (rest, plural(rest, "host")))
     b = result["basis"]
     lines.append(
-        "based on %s of %s over %s, %s known (gate %g%%)%s"
+        "based on %s of %s over %s, %s known (gate %g%%)%s%s"
         % (
             b["percentile"],
             b["peaks"],
             days_line(b["window"], b.get("days_asked")),
             part_of(b["hosts_known"], b["hosts"], "host"),
             b["coverage_min"] * 100,
-            "; unknown: " + ", ".join(b["hosts_unknown"]) if b["hosts_unknown"] else "",
+            "; unknown: " + few(b["hosts_unknown"]) if b["hosts_unknown"] else "",
+            " (--json names every one)" if len(b["hosts_unknown"]) > MOST_NAMES else "",
         )
     )
     if b["vms_unknown"]:

@@ -5,7 +5,7 @@ import os
 
 from vmstats import csvcells
 from vmstats.capacity import unplaced
-from vmstats.capacity.admission import days_line, days_named, unheard_line
+from vmstats.capacity.admission import MOST_NAMES, days_line, days_named, few, unheard_line
 from vmstats.capacity.headroom import COLUMNS
 from vmstats.outputfile import Outputs, replacing
 from vmstats.words import counted, part_of, plural
@@ -49,6 +49,7 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
     """
     p, b, f = result["profile"], result["basis"], result["fleet"]
     after = result["after"] is not None
+    where = "in headroom.csv" if written else "(-o OUT/ lists every host in headroom.csv)"
     lines = [
         "headroom for %s (%.2f cores, %.2f GB expected each): %s of %s over %s, coverage gate %g%%"
         % (
@@ -93,7 +94,6 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
         )
     if len(ordered) > top:
         rest = len(ordered) - top
-        where = "in headroom.csv" if written else "(-o OUT/ lists every host in headroom.csv)"
         lines.append("... %d more %s %s" % (rest, plural(rest, "host"), where))
     lines.append(
         "fleet: %d more fit now%s (allocation at Nova's ratios: %d%s); %s known"
@@ -106,9 +106,11 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
         )
     )
     if f["hosts_unknown"]:
+        unknown = f["hosts_unknown"]
         lines.append(
             "unknown (below the coverage gate, a VM of unknown size, no VM reporting, or most VMs "
-            "stopped; counted as no room): %s" % ", ".join(f["hosts_unknown"])
+            "stopped; counted as no room): %s%s"
+            % (few(unknown), " " + where if len(unknown) > MOST_NAMES else "")
         )
     if f["vms_unknown"]:
         lines.append(unheard_line(f["vms_unknown"]))
