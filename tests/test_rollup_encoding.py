@@ -101,7 +101,8 @@ def test_rollups_of_the_version_before_mixed_stretches_are_read_with_their_lower
     those days: its mixed levels are each metric's own over its scale, the most it proves."""
     vms = ["vm0", "vm1", "vm2"]
     table = _aggregates(len(vms))
-    older = {name: values for name, values in table.items() if not name.endswith("_mix")}
+    older = {name: values for name, values in table.items()
+             if not name.endswith("_mix") and name != "shared_id"}
     for version, data_dir in ((6, tmp_path / "v6"), (5, tmp_path / "v5")):
         _write(data_dir, vms, older, HISTOGRAMS, version=version)
     issues = []
@@ -109,7 +110,9 @@ def test_rollups_of_the_version_before_mixed_stretches_are_read_with_their_lower
     assert issues == [] and len(units) == len(vms)
     read, problems = read_rollups([sources[0] for sources in units.values()])
     assert problems == {}
-    _same({k: v for k, v in read.items() if not k.endswith("_mix")}, older, np.arange(len(vms)))
+    _same({k: v for k, v in read.items() if not k.endswith("_mix") and k != "shared_id"}, older,
+          np.arange(len(vms)))
+    assert read["shared_id"].tolist() == [0, 0, 0]
     for field in ("run_", "head_", "tail_"):
         bound = np.max([table[field + m] / runs.MIX_SCALES[m] for m in runs.RUN_METRICS], axis=0)
         np.testing.assert_allclose(read[field + "mix"], bound, rtol=1e-6, err_msg=field)
@@ -117,6 +120,20 @@ def test_rollups_of_the_version_before_mixed_stretches_are_read_with_their_lower
     with pytest.raises(ReportError, match="holds no readable VM logs: 1 file"):
         discover([str(tmp_path / "v5")], issues)
     assert "rollups of another aggregate version (5)" in issues[0]["problem"]
+
+
+def test_rollups_of_the_version_before_shared_ids_are_read_as_not_shared(tmp_path):
+    """Version 7 kept no ``shared_id``: its VM-days were not checked, and read as not shared."""
+    vms = ["vm0", "vm1", "vm2"]
+    older = {name: values for name, values in _aggregates(len(vms)).items() if name != "shared_id"}
+    _write(tmp_path, vms, older, HISTOGRAMS, version=7)
+    issues = []
+    units = discover([str(tmp_path)], issues)
+    assert issues == [] and len(units) == len(vms)
+    read, problems = read_rollups([sources[0] for sources in units.values()])
+    assert problems == {}
+    _same({k: v for k, v in read.items() if k != "shared_id"}, older, np.arange(len(vms)))
+    assert read["shared_id"].tolist() == [0, 0, 0]
 
 
 def test_the_sparse_columns_hold_only_the_non_empty_bins(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 
 from vmstats import logstore
 from vmstats.protocol import FIELD_NAMES
-from vmstats.report import runs
+from vmstats.report import runs, sharedseq
 from vmstats.report.histogram import (
     PCT_BINS,
     PCT_VALUES,
@@ -34,10 +34,18 @@ from vmstats.report.issues import file_day, file_issues, issue, rollup_lacks
 #: The aggregate's version, written into every rollup file (and the report cache's, cache.py):
 #: a rollup written by a version whose fields differ is not used (raw data answers, or the
 #: VM-day is named as unreadable).
-ROLLUP_VERSION = 7
+ROLLUP_VERSION = 8
+
+
+def _not_shared(data: dict) -> dict:
+    """A rollup written before ``shared_id`` was kept: its VM-days were not checked (no flag)."""
+    return {"shared_id": np.zeros(len(data["n"]), np.int8)}
+
+
 #: Older rollup versions still read, and what they lack filled from what they hold
-#: (their rows are gone: refusing them would lose those days).  6: no mixed work stretches.
-OLDER_ROLLUPS = {6: runs.mix_from_metrics}
+#: (their rows are gone: refusing them would lose those days).  6: no mixed work stretches;
+#: 7 (and 6): no ``shared_id``.
+OLDER_ROLLUPS = {6: lambda data: {**runs.mix_from_metrics(data), **_not_shared(data)}, 7: _not_shared}
 
 
 def readable_rollups(version) -> bool:
@@ -71,6 +79,8 @@ SCALARS = {
     "bad": np.int32,
     "cpu_p95": np.float32,
     "mem_p95": np.float32,
+    # 1 when two ``seq`` counters took turns in the day: one id, two machines (sharedseq.py).
+    "shared_id": np.int8,
 }
 #: Per-hour (24 columns) aggregates: records, sums and maxima, for schedules and sparklines.
 HOURLY = {
@@ -84,8 +94,9 @@ HOURLY = {
 #: Sustained levels and frozen stretches (runs.py): scalars and per-edge-minute columns.
 RUNS = runs.fields()
 HISTOGRAMS = {"hist_cpu": PCT_BINS, "hist_mem": PCT_BINS, "hist_disk": RATE_BINS, "hist_net": RATE_BINS}
-#: Every field the statistics use: all of the wire format's but the agent's sequence counter.
-_READ = [name for name in FIELD_NAMES if name != "seq"]
+#: Every field the statistics use: all of the wire format's, the agent's sequence counter for
+#: sharedseq.py.
+_READ = list(FIELD_NAMES)
 #: A VM-day's source: a CSV day file's path, or its VM's Part of a compacted tier's file.
 Source = str | logstore.Part
 
@@ -377,6 +388,9 @@ def _aggregate_rows(paths_per_unit: list[list[Source]]) -> Aggregates:
     out["h_net_sum"].reshape(cells)[where] = np.add.reduceat(np.nan_to_num(net), cell_starts)
 
     rows = len(paths_per_unit)
+    for u in sharedseq.stepped_back(unit, col["seq"]).tolist():
+        lo, hi = np.searchsorted(unit, [u, u + 1])
+        out["shared_id"][u] = sharedseq.shared(col["seq"][lo:hi], ts[lo:hi])
     runs.aggregate(out, unit, ts, {"cpu": col["cpu"], "mem": col["mem"], "disk": disk, "net": net}, rows)
     for name, values, binner, bins in (
         ("hist_cpu", col["cpu"], pct_bin, PCT_BINS),

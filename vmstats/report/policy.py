@@ -348,6 +348,9 @@ def _blocker(checks: list[Check]) -> Check | None:
 def quality_flags(vm: dict[str, Any], s: dict[str, Any]) -> list[str]:
     """What makes this VM's data doubtful, in words (empty when nothing does)."""
     flags = []
+    if vm["shared_days"]:
+        flags.append("shared-id: two machines send under this id (seq counters take turns) on %s"
+                     % ", ".join(_day(day) for day in vm["shared_days"]))
     if vm["frozen_minutes"] >= s["frozen_hours"] * 60:
         flags.append("frozen: identical readings for %.0f h" % (vm["frozen_minutes"] / 60.0))
     for metric, label in (("mem", "memory"), ("cpu", "CPU")):

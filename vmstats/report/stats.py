@@ -136,6 +136,7 @@ def compute(table: DayTable, window: Window, settings: dict[str, np.ndarray],
     s["last_seen"] = np.zeros(vms, np.int64)
     np.maximum.at(s["last_seen"], table.vm_index, np.where(d["n"] > 0, d["last_ts"], 0))
     s["bad_lines"] = _group_sum(d["bad"].astype(np.float64), table.vm_index, vms).astype(np.int64)
+    s["shared_days"] = _shared_days(d["shared_id"], table, window, vms)
 
     n = _group_sum(rows["n"].astype(np.float64), group, vms)
     s["records"] = n.astype(np.int64)
@@ -337,6 +338,18 @@ def _runs(rows, days, group, vms) -> dict[str, np.ndarray]:
             crossing = runs.crossing_level(tail[:-1], head[1:])[later - 1]
             np.maximum.at(level, group[later], crossing.astype(np.float64))
         out["run_" + m] = level
+    return out
+
+
+def _shared_days(shared: np.ndarray, table: DayTable, window: Window, vms: int) -> np.ndarray:
+    """Per VM, the window's days (each its first second, oldest first) whose records show two machines
+    under its id (aggregate ``shared_id``), or None: whatever part of the window it is judged
+    on, every reading of the window may be the other machine's."""
+    out = np.full(vms, None, object)
+    found = np.flatnonzero((shared > 0) & (table.day >= window.first_day) & (table.day <= window.last_day))
+    for k in found[np.argsort(table.day[found], kind="stable")].tolist():
+        i = int(table.vm_index[k])
+        out[i] = (out[i] or ()) + (int(table.day[k]) * DAY,)
     return out
 
 
