@@ -19,7 +19,6 @@ listeners' receive loops:
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from operator import gt
@@ -29,7 +28,7 @@ from vmstats.inputfile import Damage
 from vmstats.server.every import Every
 from vmstats.server.journal import read_segments
 from vmstats.server.metrics import RateLimitedLog
-from vmstats.server.ownfiles import read_file
+from vmstats.server.ownfiles import read_file, replace_durably
 from vmstats.server.signing import (
     KEY_ID,
     Accepted,
@@ -299,21 +298,7 @@ class SignatureMemory:
         text = b"".join(b"%s %d\n" % item for item in sorted(self.marks.items()))
         try:
             os.makedirs(self.directory, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=self.directory, prefix=".signatures-")
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    out.write(text)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temp, self.path)
-            except BaseException:
-                os.unlink(temp)
-                raise
-            folder = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            replace_durably(self.path, text, os.path.join(self.directory, ".signatures.new"), 0o600)
         except OSError as exc:
             if self.metrics is not None:
                 self.metrics.signature_marks_errors += 1

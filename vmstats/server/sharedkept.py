@@ -19,14 +19,13 @@ A damaged line costs its id only.
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 
 from vmstats.inputfile import Damage
 from vmstats.protocol import MAX_VM_ID_LENGTH, DecodeError, normalize_vm_id
 from vmstats.server.every import Every
 from vmstats.server.metrics import RateLimitedLog
-from vmstats.server.ownfiles import read_file
+from vmstats.server.ownfiles import read_file, replace_durably
 from vmstats.server.sharedids import MAX_LISTED, MAX_SOURCES, Found, SharedIds
 from vmstats.words import counted
 
@@ -134,16 +133,8 @@ class SharedKept:
                        for vm, f in self.shared.found.items())
         try:
             os.makedirs(self.directory, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=self.directory, prefix=".shared-vm-ids-")
-            try:
-                with os.fdopen(handle, "w") as out:
-                    out.write(text)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temp, self.path)
-            except BaseException:
-                os.unlink(temp)
-                raise
+            replace_durably(self.path, text.encode(), os.path.join(self.directory, ".shared-vm-ids.new"),
+                            0o600)
         except OSError as exc:
             self._trouble.emit("cannot save the shared VM ids found in %s (a restart would "
                                "forget those found since the last save): %s", self.path, exc)
