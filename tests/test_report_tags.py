@@ -200,7 +200,15 @@ def test_the_terminal_statement_ends_with_its_total_and_names_the_groups_it_leav
     assert listing[3] == "  ... 2 more groups (statement.csv)"
     totals = json.loads((out / "report.json").read_text())["meta"]["totals"]
     assert listing[4].split()[1:3] == [str(totals["vms"]), "VMs"]
-    assert listing[4].endswith("saving %12s" % "{:,.2f}".format(totals["monthly_saving"]))
+    # The fleet has an upsize: each owner's line names what its upsizes would add, apart from
+    # its saving, as statement.csv does; the terminal once showed the saving alone.
+    assert listing[4].endswith("saving %12s  upsize extra %12s" % (
+        "{:,.2f}".format(totals["monthly_saving"]), "{:,.2f}".format(totals["upsize_extra_cost"])))
+    lines = {line["value"]: line for line in read_csv(tmp_path / "out" / "statement.csv")}
+    for shown in (listing[1], listing[2]):
+        extra = float(lines[shown.split()[0]]["upsize_extra_cost"])
+        assert shown.endswith("upsize extra %12s" % "{:,.2f}".format(extra))
+    assert totals["upsize_extra_cost"] > 0
 
 
 def test_a_run_without_by_removes_the_statement_an_earlier_run_left(tagged, tmp_path):

@@ -279,12 +279,16 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
         # As wide as the longest value shown: values of up to 64 characters that differ only at
         # their end (team-platform-eu, -us) must not print as one owner twice.
         width = max(24, *(len(label) for label, line in shown if line is not None))
+        # An owner's upsizes would add to its bill: shown apart from its saving, as the page's
+        # "upsize extra" column is, on every line once any VM of the fleet is an upsize.
+        upsizing = bool(statement["total"]["upsize_extra_cost"])
         for label, line in shown:
             if line is None:
                 print("  %s (statement.csv)" % label, file=stream)
                 continue
+            extra = "  upsize extra %12s" % money.figure(line["upsize_extra_cost"]) if upsizing else ""
             print(
-                "  %-*s %4d %-3s  provisioned %12s  by use %12s  saving %12s"
+                "  %-*s %4d %-3s  provisioned %12s  by use %12s  saving %12s%s"
                 % (
                     width,
                     label,
@@ -293,6 +297,7 @@ def terminal_summary(report: Report, out_dir: str, stream: TextIO, top: int = 10
                     money.figure(line["monthly_cost"]),
                     money.figure(line["usage_cost"]),
                     money.figure(line["monthly_saving"]),
+                    extra,
                 ),
                 file=stream,
             )
