@@ -930,3 +930,37 @@ def test_a_compaction_pass_ends_with_the_server_killed_under_it(tmp_path):
     assert sorted(after) == sorted(before)
     for key, rows in before.items():
         assert after[key].equals(rows), key
+
+
+#: What each older aggregate version lacks, from the version it was followed by.
+LACKED = {6: ["run_mix", "head_mix", "tail_mix", "shared_id"], 7: ["shared_id"]}
+
+
+@pytest.mark.parametrize("older", sorted(aggregate.OLDER_ROLLUPS))
+def test_late_records_of_a_vm_on_a_day_retired_before_an_upgrade_join_its_older_rollups(tmp_path, older):
+    """A day retired by an earlier version keeps rollups of an older aggregate version, which
+    the report still reads.  A late VM's records on that day could not be rolled up beside them
+    ("cannot join them"): its CSV file was left in place, with a warning on every pass.  The kept
+    rollups are now brought to this version as the report reads them, and the late VM joins."""
+    first = int(time.time()) // DAY - 10
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    _write_fleet(raw, vms=3, days=3, first=first, step=600)
+    shutil.copytree(raw, data)
+    assert _compact_cli(data, *RETIRE_ALL).returncode == 0
+    rollups = logstore.tier_path(str(data), logstore.ROLLUPS_DIR, logstore.day_name(first + 1))
+    writer = logstore.rollup_writer(rollups)
+    writer.add(pq.read_table(rollups).drop_columns(LACKED[older]).replace_schema_metadata(None))
+    writer.close(dict(logstore.tier_info(rollups), version=older))
+    writer.commit()
+    start = (first + 1) * DAY
+    late = {ts: logstore.format_tail(Record("10.0.0.9", ts, 40.0, mem=20.0, vcpus=2, mem_mb=2048))
+            for ts in range(start, start + 6 * HOUR, 600)}
+    for folder in (raw, data):
+        logstore.append_missing(str(folder), "10.0.0.9", late)
+    done = _compact_cli(data, *RETIRE_ALL)
+    assert done.returncode == 0, done.stderr
+    assert "cannot join" not in done.stderr and not list(data.glob("vms/*/*.csv")), done.stderr
+    info = logstore.tier_info(rollups)
+    assert info["version"] == aggregate.ROLLUP_VERSION
+    assert info["vms"] == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.9"]
+    assert _report([data], days=3) == _report([raw], days=3)

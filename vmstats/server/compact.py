@@ -604,20 +604,29 @@ def _others(path: str, vms: list[str]) -> bool:
 
 
 def _kept_rollups(path: str, replaced: list[str]):
-    """The rollups of a day file whose rows were retired, but those of ``replaced``; DamagedTier
-    when they cannot share a file with rollups written now (another aggregate version)."""
+    """The rollups of a day file whose rows were retired, but those of ``replaced``, in the
+    aggregate version written now; DamagedTier when they cannot share a file with rollups
+    written now (a version this vmstats does not read).
+
+    Rollups of an older version the report still reads (aggregate.OLDER_ROLLUPS) are brought
+    to this version by the report's own filling of what they lack: left as they were, a late
+    VM's records on a day retired before an upgrade could never be rolled up, and its CSV file
+    was left in place with a warning on every pass.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from vmstats.report import aggregate
 
     version = logstore.tier_info(path).get("version")
-    if version != aggregate.ROLLUP_VERSION:
+    if not aggregate.readable_rollups(version):
         raise logstore.DamagedTier("%s: its rollups are of aggregate version %s, not %d: the late VMs' "
                                    "rollups cannot join them" % (path, version, aggregate.ROLLUP_VERSION))
     try:
         table = pq.read_table(path)
-    except OSError as exc:
+        if version != aggregate.ROLLUP_VERSION:
+            table = _upgraded(table, aggregate.OLDER_ROLLUPS[version])
+    except (OSError, ValueError) as exc:
         raise logstore.DamagedTier("%s: %s" % (path, exc)) from None
     table = table.replace_schema_metadata(None)  # the file's description: the new file has its own
     # Each kept VM once, its last rollup (as the report reads a table holding one twice): a
@@ -628,12 +637,31 @@ def _kept_rollups(path: str, replaced: list[str]):
     return table.take(pa.array(sorted(row for vm, row in last.items() if vm not in replaced_set), pa.int64()))
 
 
+def _upgraded(table, upgrade):
+    """``table`` (rollups of an older aggregate version) with the columns ``upgrade`` fills
+    from what it holds, as the report fills them when it reads such a file."""
+    from vmstats.report import aggregate
+
+    vms, data = logstore.rollup_arrays(table)
+    added = {name: values for name, values in upgrade(data).items() if name not in data}
+    columns = logstore.rollup_table(vms, [(None, None, None)] * len(vms), added,
+                                    sparse=set(aggregate.HISTOGRAMS) & set(added))
+    for k, name in enumerate(columns.column_names):
+        if name not in ("vm", "label_ts", "host", "tags"):
+            table = table.append_column(columns.schema.field(k), columns.column(k))
+    return table
+
+
 def _add_in_order(writer, tables: list, path: str) -> list[str]:
     """Write the kept and the new rollups as one file's row groups, in VM order; its VMs."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     try:
+        # In the new rollups' column order: a kept table brought from an older version has the
+        # columns it gained at its end.
+        order = tables[-1].column_names
+        tables = [t.select(order) if sorted(t.column_names) == sorted(order) else t for t in tables]
         table = pa.concat_tables(tables)
     except pa.ArrowInvalid as exc:
         raise logstore.DamagedTier("%s: its columns are not those of the rollups written now: %s"
