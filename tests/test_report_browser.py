@@ -562,9 +562,10 @@ expires = 9999-12-31
 
 @pytest.fixture(scope="module")
 def worded(tmp_path_factory):
-    """The real command's report over a week of four VMs: ``pinned``, told to grow; ``pinned-dr``,
+    """The real command's report over a week of five VMs: ``pinned``, told to grow; ``pinned-dr``,
     as pinned but excluded until a day gone by; ``kept``, excluded until a day to come; ``nosize``,
-    whose agent never sent its size.  Returns (out folder, report.json's rows by VM, stdout)."""
+    whose agent never sent its size; ``halfsize``, whose agent sent its vCPUs but not its memory.
+    Returns (out folder, report.json's rows by VM, stdout)."""
     folder = tmp_path_factory.mktemp("worded")
     ts = T0 + 60 * np.arange(7 * 1440)
     noise = np.random.default_rng(2).random(len(ts))
@@ -574,6 +575,8 @@ def worded(tmp_path_factory):
     write_records(folder / "data", series("kept", ts, 1 + noise, np.full(len(ts), 30.0), vcpus=2,
                                           mem_mb=4096))
     write_records(folder / "data", series("nosize", ts, 1 + noise, np.full(len(ts), 30.0), vcpus=None,
+                                          mem_mb=None))
+    write_records(folder / "data", series("halfsize", ts, 1 + noise, np.full(len(ts), 30.0), vcpus=4,
                                           mem_mb=None))
     (folder / "exclusions.toml").write_text(LAPSED_AND_KEPT)
     done = subprocess.run([sys.executable, "-m", "vmstats", "report", str(folder / "data"), "-o",
@@ -671,14 +674,19 @@ def test_a_vm_without_a_size_is_not_priced_in_one_wording(browser, worded):
     assert rows["nosize"]["monthly_cost"] is None and rows["nosize"]["vcpus"] is None
     _open(browser, out / "report.html")
     cards = browser.find_element(By.CSS_SELECTOR, ".cards").text
-    assert "1\nVM not priced (size not reported)" in cards
+    assert "2\nVMs not priced (size not reported)" in cards
     assert _cell(browser, "nosize", 6) == "not priced | size not reported"
     panel = _drill(browser, "nosize")
     assert "; not priced (size not reported)" in panel
     assert "unknown," not in panel and "by use unknown" not in panel
+    # Half a size: its row and its panel name the part that was not reported, alike.  The
+    # panel said "size not reported" beside a row showing its 4 vCPUs.
+    assert rows["halfsize"]["monthly_cost"] is None and rows["halfsize"]["vcpus"] == 4
+    assert _cell(browser, "halfsize", 6) == "not priced | 4 vCPU / memory not reported"
+    assert "; not priced (4 vCPU / memory not reported)" in _drill(browser, "halfsize")
     statement = browser.find_element(By.ID, "statement").text
-    assert "(1 not priced)" in statement and "unpriced" not in statement
+    assert "(2 not priced)" in statement and "unpriced" not in statement
     page = browser.find_element(By.TAG_NAME, "body").text
     assert "? vCPU" not in page and "without a reported size" not in page
-    assert "1 VM not priced (size not reported): no cost or saving for it" in stdout.splitlines()
+    assert "2 VMs not priced (size not reported): no cost or saving for them" in stdout.splitlines()
     assert _errors(browser) == []
