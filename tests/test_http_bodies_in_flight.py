@@ -128,3 +128,38 @@ def test_a_slow_body_is_cut_at_the_body_timeout_and_a_good_write_still_lands(tmp
         metrics = server.wait_metrics(lambda m: m['vmstats_connections_open{port="http"}'] <= 1,
                                       timeout=3)
         assert (metrics[REFUSED % "body_timeout"], metrics[HELD], metrics[USED]) == (2, 0, 500)
+
+
+def test_a_body_sent_by_a_method_its_path_does_not_serve_holds_nothing(tmp_path):
+    """The write token is asked of a POST at its headers; a body sent to the write API by any
+    other method (answered 405 in the end) was held against --http-body-memory and stored
+    while it arrived: a client without the token holding the budget with a few such bodies,
+    trickled within --http-body-timeout, had every writer with the token answered 503.  Such a
+    body is now refused 405 at its headers, holding and storing nothing, and counted once."""
+    good = lines(6000, "tk")  # ~430 KiB: with 900 KiB held by another, past 1 MiB
+    with serve(tmp_path, "--influx-port", "0", "--write-token", "tok",
+               "--http-body-memory", str(1 << 20)) as server:
+        port = server.http_port
+        held = []
+        try:
+            for method, path, allow in ((b"PUT", b"/write", "POST"),
+                                        (b"GET", b"/api/v2/write?bucket=b", "POST"),
+                                        (b"DELETE", b"/write", "POST"),
+                                        (b"PATCH", b"/metrics", "GET, HEAD")):
+                sock = socket.create_connection((LOOPBACK, port), timeout=5)
+                held.append(sock)
+                sock.sendall(b"%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                             % (method, path, 900 << 10) + b"x" * 1000)
+                code, headers, error = status_and_json(read_answer(sock, 2))
+                assert (code, headers["allow"], headers["connection"]) == (405, allow, "close")
+                assert allow in error["error"]
+            assert server.metrics()[HELD] == 0
+            with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+                sock.sendall(write_head(len(good)).replace(b"?db=x", b"?db=x&p=tok") + good)
+                assert read_answer(sock, 5).startswith(b"HTTP/1.1 204 ")
+        finally:
+            for sock in held:
+                sock.close()
+        metrics = server.wait_metrics(lambda m: m[USED] >= 6000, timeout=5)
+        assert (metrics[REFUSED % "method_not_allowed"], metrics.get(REFUSED % "busy", 0),
+                metrics[HELD]) == (4, 0, 0)

@@ -8,12 +8,13 @@ directory and per-VM times only to a caller with the status token: the counts ar
 
 Each route has a largest body (``max_body``, declared by its page); the channel refuses a body
 past it -- declared (413 at the headers) or streamed (413 once the bytes pass it) -- before any
-of it is stored, a body to an unknown path (404) before reading it, an HTTP/1.0 body without
-a Content-Length (411) that it cannot delimit, and what a page's ``refuse_early`` refuses at the
-headers (a write without its token: 401).  A request line past 16 KiB is 414, a head (request
-line and headers) past it 431, where Twisted closed without a word or said a bare 400, and a request
-Twisted cannot read (a bad Content-Length or header, or a head in bare-LF lines, which it
-waited on until the idle timeout) 400 in JSON, as is a Transfer-Encoding other than chunked
+of it is stored, a body to an unknown path (404) or by a method its path does not serve (405)
+before reading it, an HTTP/1.0 body without a Content-Length (411) that it cannot delimit, and
+what a page's ``refuse_early`` refuses at the headers (a write without its token: 401).  A
+request line past 16 KiB is 414, a head (request line and headers) past it 431, where Twisted
+closed without a word or said a bare 400, and a request Twisted cannot read (a bad
+Content-Length or header, or a head in bare-LF lines, which it waited on until the idle
+timeout) 400 in JSON, as is a Transfer-Encoding other than chunked
 (Twisted read ``identity`` as no body at all).  A header that is not a list given twice
 (``Authorization``, ``Host``: ``SINGLE_HEADERS``) is 400 (``duplicate_header``), where Twisted's
 ``getHeader`` read the last one and a proxy in front may have judged the first; two
@@ -141,13 +142,18 @@ class Router(resource.Resource):
         handler = methods.get(request.method)
         if handler is None:
             count_refused(request, "method_not_allowed")
-            allowed = b", ".join(sorted(methods))
+            allowed, message = self.not_allowed(request.path, request.method)
             request.setHeader(b"allow", allowed)
             request.setResponseCode(http.NOT_ALLOWED)
             request.setHeader(b"content-type", b"application/json")
-            return _json_error("method %s not allowed: use %s"
-                               % (request.method.decode("latin-1"), allowed.decode("ascii")))
+            return _json_error(message)
         return handler(request)
+
+    def not_allowed(self, path: bytes, method: bytes) -> tuple[bytes, str]:
+        """The 405 of ``method`` on ``path`` (a path served): its ``Allow`` and its words."""
+        allowed = b", ".join(sorted(self.routes[path]))
+        return allowed, "method %s not allowed: use %s" % (method.decode("latin-1"),
+                                                           allowed.decode("ascii"))
 
 
 def count_refused(request: server.Request, reason: str) -> None:
@@ -350,6 +356,13 @@ class _Channel(http.HTTPChannel):
                          % b", ".join(codings).decode("latin-1")[:60])
         elif self.length != 0 and limit is None:
             self._refuse(http.NOT_FOUND, "not_found", self.router.absent.get(path, "not found"))
+        elif self.length != 0 and self._command not in self.router.routes[path]:
+            # Answered 405 by the router in the end, but only once the body was in: held
+            # against a page's budget and stored meanwhile, past the page's check of a token
+            # (asked of the methods it serves), so a client without the write token could hold
+            # the write API's budget with PUTs and shut out every writer with it.
+            allowed, message = self.router.not_allowed(path, self._command)
+            self._refuse(http.NOT_ALLOWED, "method_not_allowed", message, allow=allowed)
         elif (self._command in (b"POST", b"PUT", b"PATCH") and not delimited
               and self._version != b"HTTP/1.1"):
             self._refuse(http.LENGTH_REQUIRED, "length_required",
@@ -431,28 +444,33 @@ class _Channel(http.HTTPChannel):
         self._deadline = None
         self.table.close_gently(self)
 
-    def _refuse(self, code: int, reason: str | None, message: str, body: bytes = b"") -> None:
+    def _refuse(self, code: int, reason: str | None, message: str, body: bytes = b"",
+                allow: bytes = b"") -> None:
         """Answer ``code`` now, count it (under ``reason``), and drop what the client still sends
-        until the close.  The answer is ``{"error": message}``, or ``body`` if given."""
+        until the close.  The answer is ``{"error": message}``, or ``body`` if given; a 405
+        names the methods served in ``allow``."""
         request = self.requests[-1]
         if request.content is not None:
             request.content.close()  # what was taken of the body goes now, not at the close
         request.content = io.BytesIO()
         request.release_body()  # and so does the room held for it
-        self._answer(code, reason, message, body)
+        self._answer(code, reason, message, body, allow)
 
-    def _answer(self, code: int, reason: str | None, message: str, body: bytes = b"") -> None:
+    def _answer(self, code: int, reason: str | None, message: str, body: bytes = b"",
+                allow: bytes = b"") -> None:
         """Answer ``code`` now, count it, and drop the rest (_refuse's end; a request whose
         head was refused has no body to drop)."""
         self._refused = True
         if reason is not None:
             self.table.counts.refused(reason)
         body = body or _json_error(message)
-        retry = b"retry-after: 1\r\n" if code == http.SERVICE_UNAVAILABLE else b""
+        more = b"retry-after: 1\r\n" if code == http.SERVICE_UNAVAILABLE else b""
+        if allow:
+            more += b"allow: %s\r\n" % allow
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\ncache-control: no-store\r\n%s"
                              b"connection: close\r\n\r\n%s"
-                             % (code, _REASONS[code], len(body), retry, body))
+                             % (code, _REASONS[code], len(body), more, body))
         self._linger_left = LINGER_BYTES
         self.transport.loseWriteConnection()  # the client sees the answer end, then closes
         if self._deadline is None and self.body_timeout:
