@@ -86,7 +86,13 @@ records = st.builds(
 @settings(max_examples=500, deadline=None)
 @given(records)
 def test_encode_then_decode_is_the_identity(record):
-    decoded = decoder().decode_line(protocol.encode_record(record))
+    line = protocol.encode_record(record)
+    if record.ts < protocol.FIRST_STAMP:  # before 2000: no reading of a set clock, as the server
+        with pytest.raises(DecodeError) as refused:
+            decoder().decode_line(line)
+        assert refused.value.reason == protocol.R_PAST
+        return
+    decoded = decoder().decode_line(line)
     assert decoded == record._replace(vm=protocol.normalize_vm_id(record.vm))
 
 
@@ -239,3 +245,18 @@ def test_vm_ids_outside_the_grammar_are_bad_vm_ids(raw):
     with pytest.raises(DecodeError) as caught:
         protocol.normalize_vm_id(raw)
     assert caught.value.reason == protocol.R_BAD_VM
+
+
+@pytest.mark.parametrize("stamp", [0, 300, 86_400, 1_000_000, protocol.FIRST_STAMP - 1])
+def test_a_stamp_before_2000_is_refused_whatever_the_past_limit(stamp):
+    """The server takes no stamp before protocol.FIRST_STAMP (a clock counting from boot, a
+    stamp left unset), and accepts exactly what the decoder accepts; a decoder that judges no
+    stamp (the agent's spool, the server's own parser) reads the line as any other."""
+    line = "vmstats,vm=10.0.0.1 cpu=1,mem=2 %d" % stamp
+    for strict in (decoder(), Decoder(max_past=3600, clock=lambda: NOW)):
+        with pytest.raises(DecodeError) as caught:
+            strict.decode_line(line)
+        assert caught.value.reason == protocol.R_PAST
+    assert Decoder(max_future=float("inf"), first=0).decode_line(line).ts == stamp
+    assert decoder().decode_line(line.replace(" %d" % stamp, " %d" % protocol.FIRST_STAMP)).ts \
+        == protocol.FIRST_STAMP

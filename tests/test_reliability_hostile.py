@@ -15,7 +15,6 @@ from test_server_udp import line, now
 
 from vmstats import protocol
 from vmstats.protocol import Record
-from vmstats.server.clock import FIRST_STAMP
 
 LOOPBACK = "127.0.0.1"
 IDLE_CLOSED = 'vmstats_connections_idle_closed_total{port="tcp"}'
@@ -69,15 +68,11 @@ def mutated_line(rng: random.Random, t: int) -> bytes:
 
 def verdicts(lines: list, decoder: protocol.Decoder, keep: set | None = None) -> Counter:
     """What the protocol's decoder says of each line: a reject reason, or ``accepted`` (whose
-    (vm, ts) go into ``keep``); and the server's one rule beyond it, a stamp at the epoch refused
-    (clock.FIRST_STAMP: the wire decoder, the agent's spool's too, reads it)."""
+    (vm, ts) go into ``keep``)."""
     counts: Counter = Counter()
     for raw in lines:
         try:
             record = decoder.decode_line(raw)
-            if record.ts < FIRST_STAMP:
-                counts[protocol.R_PAST] += 1
-                continue
             counts["accepted"] += 1
             if keep is not None:
                 keep.add((record.vm, record.ts))

@@ -21,7 +21,6 @@ from rulesutil import HOT, SECRET, WebhookReceiver, row, rules_file
 from rulesutil import line as rule_line
 from serverproc import LOOPBACK, ROOT, serve
 from test_formats_durable import VMS, expected, write_step
-from test_formats_replay_bounds import write
 from test_server_udp import line, logged, now
 
 from vmstats.protocol import Record
@@ -30,7 +29,6 @@ from vmstats.rules.service import RulesService
 from vmstats.server.clock import WallClock
 from vmstats.server.formats import Sample, Tally
 from vmstats.server.formats.minutes import MinuteAssembler
-from vmstats.server.parse import NO_LIMIT, Parser
 
 STEPCLOCK = str(Path(__file__).resolve().parent / "stepclock")
 HOUR = 3600
@@ -215,44 +213,6 @@ def test_a_vm_whose_clock_is_ten_minutes_ahead_is_named_with_its_lead(tmp_path):
         server.wait_for(lambda s: rows(tmp_path, "10.7.1.2") == 1)
     assert re.search(r"future_timestamp: vm 10\.7\.1\.1 stamped (599|60\d)s ahead of this "
                      r"server's clock", server.output), server.output
-
-
-def test_a_stamp_of_0_is_refused_and_named_whatever_max_past(tmp_path):
-    """0 is the epoch, a stamp a sender left unset: under the default --max-past 0 (no limit) it
-    made 1970-01-01.csv in the VM's folder.  Refused as past_timestamp and counted, by the
-    native port (the other record of its datagram kept), Telegraf's write API and Graphite,
-    with a log line saying why; a stamp of 1 s, a moment the sender claims, is still taken."""
-    stamp = now() - 120
-    with serve(tmp_path, "--flush-interval", "0.3", "--graphite-port", "0",
-               "--graphite-template", "servers.{vm}.cpu.percent cpu") as server:
-        server.send_udp(line(Record(vm="10.7.2.1", ts=0, cpu=1.0, mem=2.0)) + b"\n"
-                        + line(Record(vm="10.7.2.1", ts=stamp, cpu=1.0, mem=2.0)),
-                        line(Record(vm="10.7.2.2", ts=1, cpu=1.0, mem=2.0)))
-        assert write(server, b"mem,host=unset used_percent=40 0") == 400
-        server.send_udp_to(server.status["graphite_port"], b"servers.unset.cpu.percent 5 0")
-        metrics = server.wait_metrics(
-            lambda m: m.get('vmstats_edge_lines_total{format="graphite",outcome="past_timestamp"}')
-            == 1)
-        assert metrics['vmstats_rejected_total{reason="past_timestamp"}'] == 1
-        assert metrics['vmstats_edge_lines_total{format="influx",outcome="past_timestamp"}'] == 1
-        server.wait_for(lambda s: rows(tmp_path, "10.7.2.1") == 1 and rows(tmp_path, "10.7.2.2"))
-    assert server.returncode == 0, server.output
-    assert list(logged(tmp_path / "data", "10.7.2.1")["ts"]) == [stamp]
-    assert "1970-01-01.csv" not in os.listdir(tmp_path / "data" / "vms" / "10.7.2.1")
-    assert list(logged(tmp_path / "data", "10.7.2.2")["ts"]) == [1]
-    assert sorted(os.listdir(tmp_path / "data" / "vms")) == ["10.7.2.1", "10.7.2.2"]
-    assert ("past_timestamp: vm 10.7.2.1 stamped 0, at or before the epoch (1970-01-01 "
-            "00:00:00 UTC): a stamp the sender left unset or could not read, not a time it "
-            "measured; refused whatever --max-past") in server.output, server.output
-    assert server.output.count("at or before the epoch") == 3, server.output
-
-
-def test_a_replay_takes_a_stamp_of_0_an_earlier_version_acknowledged():
-    """The live parser refuses 0; a parser of no limit (a journal replay's, the edge's
-    minutes') takes it: a journal written before 0 was refused holds it acknowledged."""
-    data = line(Record(vm="10.7.2.3", ts=0, cpu=1.0, mem=2.0))
-    assert Parser(300, 0).parse(data, now())[4] == [("past_timestamp", 1)]
-    assert Parser(NO_LIMIT, 0).parse(data, now())[1] == [0]
 
 
 def test_a_pause_between_the_two_clock_reads_is_no_step():

@@ -280,9 +280,14 @@ def test_ctrl_c_mid_run_exits_130_with_one_line(tmp_path):
                                   "5138-11-16T09:46Z, the last minute a record can be stamped in"),
     (["--end", "9999-12-31"], "Error: Invalid value for --end: 9999-12-31 is after 5138-11-16T09:46Z, "
                               "the last minute a record can be stamped in"),
-    # --end 0 is the epoch, not "now": a day up to it has no minute a record can be stamped in.
+    # --end 0 is the epoch, not "now": a day up to it has no minute the server takes a stamp
+    # of; nor has a week up to 2000-01-03 every minute.
     (["--end", "0", "--days", "1"], "Error: Invalid value for --days: the 1 day up to --end 0 would "
-                                    "start before 1970-01-01"),
+                                    "start before 2000-01-01T00:00:00Z, the first moment the server "
+                                    "takes a stamp from"),
+    (["--end", "2000-01-03", "--days", "7"], "Error: Invalid value for --days: the 7 days up to --end "
+                                             "2000-01-03 would start before 2000-01-01T00:00:00Z, "
+                                             "the first moment the server takes a stamp from"),
 ])
 def test_times_out_of_any_records_reach_are_one_line(args, message):
     """Huge --days and --end ended in OverflowError and 'year 3170843 is out of range' tracebacks."""

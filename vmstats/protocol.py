@@ -269,6 +269,13 @@ def format_tags(tags, separator=","):
 
 #: Stamps below this are Unix seconds (until year 5138); larger ones are ms, us or ns.
 SECONDS_BELOW = 100000000000
+#: The least stamp the server takes a record or sample with, whatever ``--max-past`` (0, its
+#: default, sets no limit): 2000-01-01T00:00:00Z.  An earlier stamp is no reading of a real
+#: clock: a VM booted without a hardware clock counts from the epoch until NTP sets it (300,
+#: 86400, 1e6), and a sender writes 0 for a stamp it has not got; each made its VM a
+#: ``1970-01-01.csv``.  The one place this moment is set: the server's parsers, the other
+#: formats' minutes, its log's words and ``vmstats simulate`` all read it from here.
+FIRST_STAMP = 946684800
 
 
 def normalize_timestamp(value):
@@ -341,10 +348,15 @@ class Decoder(object):
     """
 
     def __init__(self, max_future=DEFAULT_MAX_FUTURE, max_past=DEFAULT_MAX_PAST,
-                 clock=None, vm_cache_size=65536):
+                 clock=None, vm_cache_size=65536, first=FIRST_STAMP):
         import time
         self.max_future = max_future
         self.max_past = max_past
+        #: The least stamp taken, whatever ``max_past``: FIRST_STAMP, as the server, whose
+        #: parser accepts exactly what this decoder accepts (docs/PROTOCOL.md); 0 for a caller
+        #: that judges no stamp (the agent's spool, the server's parser, which judges every
+        #: path's stamps itself).
+        self.first = first
         self.clock = clock or time.time
         self._vm_cache = {}
         self._vm_cache_size = vm_cache_size
@@ -431,6 +443,9 @@ class Decoder(object):
         if not _STAMP_RE.match(stamp):  # str.isdigit() takes every script's digits
             raise DecodeError(R_SYNTAX if stamp else R_MISSING, "timestamp %r is not an integer" % stamp[:40])
         ts = normalize_timestamp(int(stamp))
+        if ts < self.first:
+            raise DecodeError(R_PAST, "timestamp %d is before %d, the first stamp taken: a clock "
+                              "not yet set, or a stamp left unset" % (ts, self.first))
         if now is None:
             now = self.clock()
         if ts > now + self.max_future:

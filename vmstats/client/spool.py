@@ -67,7 +67,7 @@ class Spool(object):
         self.damaged = 0
         # The server's own check of a line, without its time window: an old record is the
         # server's to refuse, and it says so in its acknowledgement.
-        self._decoder = Decoder(max_future=float("inf"), max_past=0)
+        self._decoder = Decoder(max_future=float("inf"), max_past=0, first=0)
         self._lock = self._take()
         self._claim()
         self._names = self._scan()

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 
 from vmstats import protocol
+from vmstats.protocol import FIRST_STAMP
+from vmstats.stamps import moment
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,6 @@ log = logging.getLogger(__name__)
 #: NTP slews smaller errors (ntpd steps from 0.128 s, chrony's ``makestep`` from 1 s); a
 #: leap second is a 1-second step and changes nothing worth telling.
 STEP_SECONDS = 1.0
-#: The least stamp a record or sample is taken with as it arrives, whatever ``--max-past``
-#: (0, its default, sets no limit): 0 is the epoch itself, which no VM measured a minute of --
-#: a sender writes it for a stamp it has not got (a field left unset, a clock read that
-#: failed), and a record taken with it made ``1970-01-01.csv`` in its VM's folder.  So a stamp
-#: at or before the epoch is refused as ``past_timestamp``, in words that say why.  What was
-#: taken before, a journal's, is not judged again (a replay takes what was acknowledged).
-FIRST_STAMP = 1
 
 
 def window_reason(ahead: bool) -> str:
@@ -62,10 +57,11 @@ def outside_window(ts: float, now: float, ahead: bool, max_future: int, max_past
     who = "stamped" if vm is None else "vm %s stamped" % vm
     reason = window_reason(ahead)
     if not ahead and ts < FIRST_STAMP:
+        # Refused whatever --max-past (protocol.FIRST_STAMP): the words name no limit of 0.
         return reason, (
-            "%s %d, at or before the epoch (1970-01-01 00:00:00 UTC): a stamp the sender left "
-            "unset or could not read, not a time it measured; refused whatever --max-past "
-            "(server time %d)" % (who, ts, now))
+            "%s %d, before %s, the first moment a stamp is taken from: a clock not set since "
+            "boot (counting from 1970) or a stamp left unset, not a time measured; refused "
+            "whatever --max-past (server time %d)" % (who, ts, moment(FIRST_STAMP), now))
     if ahead:
         edge = ": its minute would end past" if minute else ", past"
         return reason, (

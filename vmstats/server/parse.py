@@ -47,8 +47,9 @@ from operator import itemgetter, not_
 
 from vmstats import protocol
 from vmstats.logstore import TAGS_SEPARATOR, format_tail
+from vmstats.protocol import FIRST_STAMP
 from vmstats.server import native
-from vmstats.server.clock import FIRST_STAMP, outside_window, window_reason
+from vmstats.server.clock import outside_window, window_reason
 
 #: The version of _linescan.c this module calls (its VERSION): raised with every change to
 #: what passes between them, so that a build of an older source is refused (native.py).
@@ -451,7 +452,7 @@ class Parser:
     def __init__(self, max_future: int, max_past: int):
         # The decoder judges no stamp: every path's are judged here (``_adder``), against
         # the limits or a replay's stamps alike, in the same words.
-        self.decoder = protocol.Decoder(max_future=NO_LIMIT, max_past=0)
+        self.decoder = protocol.Decoder(max_future=NO_LIMIT, max_past=0, first=0)
         #: The stamps taken while a replay parses a journaled payload (``parse_within``).
         self._stamps: tuple[int, int] | None = None
         self.limit(max_future, max_past)
@@ -489,7 +490,7 @@ class Parser:
     def limit(self, max_future: int, max_past: int) -> None:
         """The stamps taken, from ``now - max_past`` (0: no limit) to ``now + max_future``,
         for the fast paths and the decoder's lines alike (``_window``); never one before
-        ``FIRST_STAMP`` (the epoch, a stamp left unset), but by a parser of no limit
+        ``FIRST_STAMP`` (2000: a clock not yet set, a stamp left unset), but by a parser of no limit
         (``NO_LIMIT``: a replay's, the edge's minutes'), which takes what was acknowledged."""
         self.max_future = max_future
         self.max_past = max_past

@@ -11,10 +11,11 @@ from collections import Counter
 
 import click
 
+from vmstats import stamps
 from vmstats.options import FiniteRange, IntRange, OutputFile, Refused, failure
 from vmstats.outputfile import write_text
 from vmstats.progress import Progress
-from vmstats.protocol import SECONDS_BELOW, decimal, encode_records
+from vmstats.protocol import FIRST_STAMP, SECONDS_BELOW, decimal, encode_records
 from vmstats.report.settings import MAX_DAYS
 from vmstats.words import counted, plural
 
@@ -191,9 +192,11 @@ def simulate(vms, days, seed, mix, speed, truth, end, inventory, workers, preloa
         raise click.BadParameter(str(exc), param_hint="--server") from None
     end_at = _moment(end, "--end")
     start, stop = fleets.period(time.time() if end_at is None else end_at, days)
-    if start < 0:  # a stamp is digits (docs/PROTOCOL.md): none is before the epoch
-        raise click.BadParameter("the %g %s up to --end %s would start before 1970-01-01"
-                                 % (days, plural(days, "day"), end), param_hint="--days")
+    if start < FIRST_STAMP:  # the server takes no stamp before it: every record refused
+        raise click.BadParameter("the %g %s up to --end %s would start before %s, the first "
+                                 "moment the server takes a stamp from"
+                                 % (days, plural(days, "day"), end, stamps.moment(FIRST_STAMP)),
+                                 param_hint="--days")
     fleet = fleets.make_fleet(vms, seed, weights, start, stop)
     if inventory:
         fleet = _place_on_hosts(fleet, seed, inventory)
@@ -485,7 +488,7 @@ def _as_the_server_reads(record):
     what the server would take, or protocol.DecodeError saying why it would refuse it."""
     from vmstats import protocol
 
-    decoder = protocol.Decoder(max_future=float("inf"))
+    decoder = protocol.Decoder(max_future=float("inf"), first=0)
     return decoder.decode_line(protocol.encode_record(record), now=0.0)
 
 

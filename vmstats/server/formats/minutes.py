@@ -39,8 +39,9 @@ from typing import NamedTuple
 
 from vmstats import protocol
 from vmstats.client.procfs import whole_disks
+from vmstats.protocol import FIRST_STAMP
 from vmstats.server import native
-from vmstats.server.clock import FIRST_STAMP, outside_window, window_reason
+from vmstats.server.clock import outside_window, window_reason
 from vmstats.server.formats import (
     BOUNDS,
     CPU_STATE,
@@ -105,10 +106,11 @@ _DOUBLE_MAX = sys.float_info.max
 #: Counter kinds -> (the rate kind they become, the greatest rate a record may hold).
 _COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, _DOUBLE_MAX))[1])
              for kind in RATES + (CPU_STATE,)}
-#: The least stamp taken whatever --max-past (clock.FIRST_STAMP: 0 is a stamp left unset), as a
-#: float: the C loop compares two floats at once.  A sample stamped 0 was refused before as
-#: ``late`` ("already written": its minute ends at 0), in words that sent an operator looking
-#: for a minute no one wrote; a replay judges by it too, so it refuses what the run refused.
+#: The least stamp taken whatever --max-past (protocol.FIRST_STAMP: 2000, before which no
+#: clock that was set reads), as a float: the C loop compares two floats at once.  A sample
+#: stamped 0 was refused before as ``late`` ("already written": its minute ends at 0), in words
+#: that sent an operator looking for a minute no one wrote; a replay judges by it too, so it
+#: refuses what the run refused.
 _FIRST_STAMP = float(FIRST_STAMP)
 #: Stamps within this of 0 are worded as any other (outside_window's ``%d`` and ``%.0f``).
 _STAMP_MAX = 1e300
