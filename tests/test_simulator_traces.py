@@ -2,6 +2,7 @@
 
 import datetime
 import gzip
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -325,3 +326,44 @@ def test_rows_are_held_for_their_own_spacing_unless_an_interval_is_given(tmp_pat
     trace = read_trace(str(fleet), "csv")
     assert [r.ts for r in trace] == [1714521600 + 60 * k for k in range(20)]
     assert trace.quirks["other_interval"] == 1
+
+
+#: A trace of times from its own start, as a benchmark or a spreadsheet writes one.
+RELATIVE = "vm,timestamp,cpu,mem\nrel1,0,10,20\nrel1,60,11,21\nrel1,120,12,22\n"
+
+
+def test_a_relative_csv_trace_counts_from_start_and_keeps_its_first_row(tmp_path):
+    """Stamps 0, 60, 120 were sent as they were: the server refused the first (0) and filed the
+    rest in 1970-01-01.csv, and refuses all three now (nothing before 2000 is a set clock's)."""
+    path = tmp_path / "rel.csv"
+    path.write_text(RELATIVE + "rel1,1714521600,13,23\n")  # an absolute stamp stays as it is
+    start = 1_796_083_200
+    assert [(r.ts, r.cpu) for r in read_trace(str(path), "csv", start=start)] == [
+        (1714521600, 13.0), (start, 10.0), (start + 60, 11.0), (start + 120, 12.0)]
+    with pytest.raises(TraceError, match=r"rel\.csv: timestamp 0 is before 2000-01-01T00:00:00Z, "
+                                         r"the first moment the server takes a stamp from: .* "
+                                         r"pass --start TIME"):
+        read_trace(str(path), "csv")  # refused as the file is opened, before any record is read
+    late = tmp_path / "late.csv"  # relative past its first row: refused as it is met
+    late.write_text("vm,timestamp,cpu,mem\nrel2,1714521600,1,2\nrel2,60,1,2\n")
+    with pytest.raises(TraceError, match=r"late\.csv: timestamp 60 is before 2000"):
+        list(read_trace(str(late), "csv"))
+
+
+def test_a_relative_csv_trace_replays_whole_from_start_and_without_it_sends_nothing(tmp_path):
+    from serverproc import serve
+
+    path = tmp_path / "rel.csv"
+    path.write_text(RELATIVE)
+    with serve(tmp_path / "server", "--flush-interval", "0.3") as server:
+        result = _replay(tmp_path, server, path)
+        assert result.returncode == 2, result.stderr
+        assert "pass --start TIME" in result.stderr.splitlines()[-1], result.stderr
+        result = _replay(tmp_path, server, "--start", "2026-12-01T00:00Z", path)
+        assert result.returncode == 0, result.stderr
+        server.wait_received(3)
+        assert server.metrics()['vmstats_rejected_total{reason="past_timestamp"}'] == 0
+    assert sorted(os.listdir(tmp_path / "server" / "data" / "vms" / "rel1")) == ["2026-12-01.csv"]
+    day = tmp_path / "server" / "data" / "vms" / "rel1" / "2026-12-01.csv"
+    assert [line.split(",")[:4] for line in day.read_text().splitlines()[1:]] == [
+        ["1796083200", "10", "", "20"], ["1796083260", "11", "", "21"], ["1796083320", "12", "", "22"]]

@@ -278,8 +278,10 @@ def _place_on_hosts(fleet: list, seed: int, path: str) -> list:
               help="CSV 'source,vm': the id each source (file name or csv vm) is sent as. "
                    "Default: bitbrains-<file>, planetlab-<file>, the csv's own vm.")
 @click.option("--start", default=None,
-              help="planetlab only: time of the first 5-minute slot (Unix seconds or ISO 8601). "
-                   "Default: 2011-03-06T00:00Z, the day the sample was recorded.")
+              help="planetlab: time of the first 5-minute slot (Unix seconds or ISO 8601); "
+                   "default 2011-03-06T00:00Z, the day the sample was recorded. csv: the time a "
+                   "trace's relative stamps (digits before 2000-01-01: 0, 60, ...) count from; "
+                   "without it such a trace is refused.")
 @click.option("--interval", type=IntRange(60), default=None,
               help="Seconds per trace row (a multiple of 60). Default: each VM's median row "
                    "spacing (bitbrains, csv; 300 and 60 for a VM of two rows), 300 for planetlab.")

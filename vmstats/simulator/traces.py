@@ -15,7 +15,8 @@ Formats (docs/SIMULATOR.md has the details):
   per 5-minute slot of one day, starting at ``start``.
 - ``csv``: a generic CSV with a header naming at least ``vm``, ``timestamp``,
   ``cpu`` and ``mem``; optional ``cpu_max``, ``disk_r``, ``disk_w``,
-  ``net_rx``, ``net_tx``, ``vcpus``, ``mem_mb``.
+  ``net_rx``, ``net_tx``, ``vcpus``, ``mem_mb``.  Stamps in digits before
+  2000-01-01 (``0``, ``60``, ...) are seconds from ``start``, a relative trace's.
 
 Coarse data is *held*: a row of an ``interval``-second trace (300 s for
 bitbrains and planetlab) becomes ``interval // 60`` one-minute records with
@@ -38,10 +39,11 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from vmstats import inputfile
+from vmstats import inputfile, stamps
 from vmstats.protocol import (
     FIELD_NAMES,
     FIELDS,
+    FIRST_STAMP,
     MAX_VM_ID_LENGTH,
     DecodeError,
     Record,
@@ -363,7 +365,7 @@ def _csv_header(path: str, cells: list[str]) -> list[str]:
     return header
 
 
-def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
+def _csv_rows(path: str, quirks: Counter, start: int | None) -> dict[str, list[tuple[int, dict]]]:
     by_vm: dict[str, list[tuple[int, dict]]] = {}
     reader = csv.reader(_lines(path, quirks))
     header = _csv_header(path, next(reader, []))
@@ -385,7 +387,7 @@ def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
         try:
             if len(row) != len(header):
                 raise ValueError(row)
-            stamp = _timestamp(row[ts_col].strip())
+            stamp = _timestamp(row[ts_col].strip(), path, start)
             values = {}
             for i, name in columns:
                 text = row[i].strip()
@@ -398,6 +400,8 @@ def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
                     values[name] = value
             if "cpu" not in values:
                 raise ValueError(row)
+        except TraceError:
+            raise
         except ValueError:
             quirks["bad_row"] += 1
             continue
@@ -413,10 +417,22 @@ def _csv_rows(path: str, quirks: Counter) -> dict[str, list[tuple[int, dict]]]:
     return by_vm
 
 
-def _timestamp(text: str) -> int:
-    """Unix seconds (s/ms/us/ns by magnitude) or ISO 8601 (UTC unless it says otherwise)."""
+def _timestamp(text: str, path: str, start: int | None) -> int:
+    """Unix seconds (s/ms/us/ns by magnitude) or ISO 8601 (UTC unless it says otherwise).
+
+    Digits before FIRST_STAMP (2000-01-01) are a relative trace's seconds (``0``, ``60``, ...),
+    counted from ``start`` (``--start``): sent as they were, the server refuses every one of
+    them (no clock that was set reads 1970).  Without ``start`` such a trace is a TraceError
+    naming ``--start`` (not a ValueError, which would skip the row as a bad one)."""
     if text.isdigit():
-        return normalize_timestamp(int(text))
+        stamp = normalize_timestamp(int(text))
+        if stamp >= FIRST_STAMP:
+            return stamp
+        if start is None:
+            raise TraceError("%s: timestamp %s is before %s, the first moment the server takes a "
+                             "stamp from: a trace of times from its start? pass --start TIME, the "
+                             "moment its 0 stands for" % (path, text, stamps.moment(FIRST_STAMP)))
+        return start + stamp
     moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
@@ -442,6 +458,8 @@ class Trace:
         self.vm = vm
         self.vm_map = vm_map or {}
         self.start = int(PLANETLAB_START.timestamp()) if start is None else int(start)
+        #: The moment a csv trace's relative stamps count from (``--start``), or None.
+        self.zero = None if start is None else int(start)
         #: Without --interval, a VM's rows are held for their own spacing (_spacing), planetlab's
         #: (which has no stamps) for this.
         self.told_interval = bool(interval)
@@ -456,14 +474,24 @@ class Trace:
     def _check_header(self) -> None:
         """Read the file's first line now, though its records are read later: a file that
         cannot be read at all, or whose header lacks a column, is then refused before any
-        record is sent (exit 2), not after other files' records went (exit 1)."""
+        record is sent (exit 2), not after other files' records went (exit 1); so is a csv
+        whose first row is stamped in relative time without ``--start``."""
         lines = _lines(self.path, Counter())  # its quirks are counted when the rows are read
         try:
             first = next(lines, "")
+            second = next(lines, "")
         finally:
             lines.close()
         if self.fmt == "csv":
-            _csv_header(self.path, next(csv.reader([first]), []))
+            header = _csv_header(self.path, next(csv.reader([first]), []))
+            row = next(csv.reader([second]), [])
+            try:
+                if len(row) == len(header):
+                    _timestamp(row[header.index("timestamp")].strip(), self.path, self.zero)
+            except TraceError:
+                raise
+            except ValueError:  # a bad row, counted as one when the rows are read
+                pass
         elif self.fmt == "bitbrains":
             _bitbrains_header(self.path, first)
 
@@ -484,7 +512,7 @@ class Trace:
 
     def _read(self) -> Iterator[Record]:
         if self.fmt == "csv":
-            for name, rows in _csv_rows(self.path, self.quirks).items():
+            for name, rows in _csv_rows(self.path, self.quirks, self.zero).items():
                 if self.fill:
                     rows = [(ts, dict(self.fill, **values)) for ts, values in rows]
                 yield from _records(self._vm_for(name), rows, self._interval_of(rows), self.quirks)
@@ -519,7 +547,8 @@ def read_trace(path: str, fmt: str, **options) -> Trace:
     """Records of one trace file; ``.quirks`` on the result counts what was met.
 
     Options: ``vm`` (force one id), ``vm_map`` (source name -> id),
-    ``start`` (Unix seconds of a planetlab file's first slot), ``interval``
+    ``start`` (Unix seconds of a planetlab file's first slot, and what a csv's relative
+    stamps count from), ``interval``
     (seconds per row; default 300 for bitbrains/planetlab, 60 for csv),
     ``fill`` (values for fields the trace lacks, e.g. ``{"mem": 50.0}``:
     planetlab has CPU only), ``quirks`` (a Counter to add to).
