@@ -110,7 +110,9 @@ _COUNTERS = {kind + TOTAL: (kind, BOUNDS.get(kind, (0, _DOUBLE_MAX))[1])
 #: clock that was set reads), as a float: the C loop compares two floats at once.  A sample
 #: stamped 0 was refused before as ``late`` ("already written": its minute ends at 0), in words
 #: that sent an operator looking for a minute no one wrote; a replay judges by it too, so it
-#: refuses what the run refused.
+#: refuses what the run refused (and, of a journal left by a version that took stamps from 1,
+#: the samples before 2000 it journaled after its last checkpoint: their minutes are not
+#: written after the upgrade; a minute the checkpoint holds open is, as it stands).
 _FIRST_STAMP = float(FIRST_STAMP)
 #: Stamps within this of 0 are worded as any other (outside_window's ``%d`` and ``%.0f``).
 _STAMP_MAX = 1e300
