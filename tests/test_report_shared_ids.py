@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from serverproc import serve
 
-from vmstats import logstore, protocol
+from vmstats import logstore, protocol, seqturns
 from vmstats.protocol import Record
 from vmstats.report import sharedseq
-from vmstats.server import compact, sharedids
+from vmstats.server import compact
+from vmstats.server.buffer import Buffer
 from vmstats.server.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,28 +145,30 @@ def test_a_shared_day_rolled_up_keeps_its_flag_and_only_its_day(tmp_path):
 
 
 def test_the_report_counts_turns_as_the_server_does():
-    """The server's own watch and the report's reading of the logs agree, record for record:
-    two counters (a snapshot's, 3 apart; a clone's, far apart), a restart with one straggler
-    of the old process, and two counters that take turns too seldom (more than WATCH_FOR apart)."""
-    gap = int(sharedids.WATCH_FOR) + 60
+    """The server's buffer (its clock the records' stamps) and the report's reading of the logs
+    agree, record for record: two counters (a snapshot's, 3 apart; a clone's, far apart, the
+    lower or the higher first), a restart with one straggler of the old process, two counters
+    that take turns too seldom (more than WATCH_FOR apart), and two that pause for longer
+    between their turns than the watch lasts (three turns before, three after)."""
+    gap = int(seqturns.WATCH_FOR) + 60
+    taking_turns = [10, 5000, 11, 5001, 12, 5002, 13, 5003]
     cases = {
         "snapshot": ([100 + i // 2 + 3 * (i % 2) for i in range(20)], [30 * i for i in range(20)], True),
         "restart": ([500, 501, 502, 0, 503, 1, 2, 3, 4, 5], [60 * i for i in range(10)], False),
         "seldom": ([10, 11, 5000, 12, 5001, 13, 5002, 14, 5003], [gap * i for i in range(9)], False),
         "often": ([10, 11, 5000, 12, 5001, 13, 5002, 14, 5003], [60 * i for i in range(9)], True),
+        "higher first": ([seq for pair in zip(taking_turns[1::2], taking_turns[::2], strict=True)
+                          for seq in pair], [30 * i for i in range(8)], True),
+        "paused": (taking_turns[:7] + [5003, 14, 5004, 15, 5005, 16],
+                   [60 * i for i in range(7)] + [gap + 60 * i for i in range(7, 13)], False),
     }
     for name, (seqs, stamps, expected) in cases.items():
         clock = [0.0]
-        server = sharedids.SharedIds(Metrics(), lambda clock=clock: clock[0])
-        watch = None
+        metrics = Metrics()
+        buffer = Buffer(metrics, 10 ** 9, 10 ** 9, clock=lambda clock=clock: clock[0])
         for seq, ts in zip(seqs, stamps, strict=True):
             clock[0] = float(ts)
-            if watch is not None and server.release(name, watch, clock[0]):
-                watch = None  # let go, as the server does; the next record starts a new watch
-            if watch is None:
-                server.watch_first(name, seq, ts)
-                watch = server.watched[name]
-            else:
-                server.see(name, watch, seq, ts)
-        assert (name in server.found) == expected, name
+            assert buffer.put(name, ts, b"row", seq)
+        assert (name in buffer.shared.found) == expected, name
+        assert metrics.shared_ids == expected, name
         assert sharedseq.shared(np.array(seqs, float), np.array(stamps, float)) == expected, name

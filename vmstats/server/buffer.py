@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from vmstats.server.metrics import Metrics
-from vmstats.server.sharedids import GAP, WATCHED, SharedIds
+from vmstats.server.sharedids import SharedIds
 
 Table = dict[str, dict[int, bytes]]
 
@@ -87,44 +87,23 @@ class Buffer:
 
     def sequence(self, vm: str, seq: int, ts: int, source: str = "") -> None:
         """Estimate lost UDP records from gaps in an agent's counter; watch a counter that
-        steps back for a second agent under the same id (sharedids.py).
+        steps back for a second agent under the same id (seqturns.py, whose ``step`` takes
+        every record that is not its VM's next, nor the first of a VM not found shared before).
 
         A counter that goes backwards far is an agent restart (start over);
         a repeat or a small step back is a resend or reordering (no loss).
         """
         last = self.last_seq.get(vm)
-        if last is None or seq == last + 1:  # a VM's first seq, or its next (no seq is WATCHED + 1)
-            # An id found shared before (kept across a restart): watched from its first record.
-            if last is None and vm in self.shared.found and self.shared.watch_first(
-                    vm, seq, ts, source):
-                self.last_seq[vm] = WATCHED
+        if last is None:
+            if vm not in self.shared.found:  # a VM's first seq (an id found shared before is
+                self.last_seq[vm] = seq       # watched from its first record, below)
                 return
+        elif seq == last + 1:  # its next (no seq follows WATCHED)
             self.last_seq[vm] = seq
             return
-        if last == WATCHED:  # each counter's own gaps are its losses, not the steps between two
-            watch = self.shared.watched.get(vm)
-            if watch is None:  # cannot be (both are kept and forgotten together); start over
-                self.last_seq[vm] = seq
-                return
-            last = watch.last
-            watch.last = seq if seq > last or seq == 0 or seq + GAP < last else last
-            self.metrics.seq_lost += self.shared.see(vm, watch, seq, ts, source)
-            if self.shared.release(vm, watch, self.clock()):
-                self.last_seq[vm] = watch.last
-            return
-        if seq > last:
-            self.metrics.seq_lost += seq - last - 1
-            self.last_seq[vm] = seq
-            return
-        restarted = seq == 0 or seq + GAP < last
-        now = seq if restarted else last
-        # A step back to 0 is an agent's restart; a second agent under the id shows at its
-        # next record all the same, and an upgrade restarting a fleet starts no watches.
-        if seq and self.shared.watch(vm, last, seq, ts, source):
-            self.shared.watched[vm].last = now
-            self.last_seq[vm] = WATCHED
-        else:
-            self.last_seq[vm] = now
+        self.last_seq[vm], lost = self.shared.step(vm, last, seq, ts, self.clock(), source)
+        if lost:
+            self.metrics.seq_lost += lost
 
     def swap(self) -> Table:
         """Take everything held, leaving an empty table (the flusher owns the result)."""

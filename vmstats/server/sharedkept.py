@@ -9,7 +9,7 @@ sharedids.MAX_LISTED lines) beside the signature marks: at once when an id is
 found, found again or shows a new sender, at most once a minute when only
 their last times move, and at the stop.  The next start lists them on /status
 (``before_start`` until found again), names them in one log line, and watches
-each from its first record (sharedids.SharedIds.watch_first).
+each from its first record (seqturns.Watches.step, through SharedIds.known).
 
 A finding is kept for ``KEEP_FOR`` after it was last found: an id whose second
 machine is gone, or was given its own id, leaves /status and the file then.
@@ -23,10 +23,11 @@ from collections.abc import Callable
 
 from vmstats.inputfile import Damage
 from vmstats.protocol import MAX_VM_ID_LENGTH, DecodeError, normalize_vm_id
+from vmstats.seqturns import MAX_SOURCES
 from vmstats.server.every import Every
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.server.ownfiles import read_file, replace_durably
-from vmstats.server.sharedids import MAX_LISTED, MAX_SOURCES, Found, SharedIds
+from vmstats.server.sharedids import MAX_LISTED, Found, SharedIds
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)

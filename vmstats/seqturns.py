@@ -1,0 +1,176 @@
+"""One VM id, two machines, told from the agents' ``seq`` counters taking turns: the rule, once.
+
+A cloned image with a baked ``--vm-id``, two VMs whose id follows an address
+the network gave both, a restored snapshot running beside its original: their
+records are filed as one VM's, and the report and capacity judge a chimera.
+Nothing in a record says which machine sent it, but every agent numbers its
+records (``seq``, +1 a record, from 0 at its start), and one agent's counter
+and its stamps rise together.  Two live agents under one id show as two
+counters that *both* keep advancing, each taking its turn; this is what is
+looked for, and nothing else:
+
+- an agent restart starts a new counter (at 0) and the old one never
+  advances again (its spool, over TCP, is delivered before anything the new
+  process sends);
+- a resend or a replayed spool repeats records whose ``seq`` and stamp are
+  at or below a counter's head: late, not new;
+- UDP reordering delivers a record after a later one of the same counter:
+  also late, and it never makes a counter advance after another one did.
+
+Only a VM whose counter stepped back (or repeated; not to 0, an agent's
+restart, so that restarting a fleet starts no watches) is watched, for
+``WATCH_FOR`` after it began or its counters last took turns; ``SWITCHES``
+turns while watched make the id shared.
+
+The same code serves both places that apply the rule, so they cannot drift
+apart: the server feeds ``Watches.step`` each record as it comes, with its
+monotonic clock (server/buffer.py, server/sharedids.py, which keeps and lists
+what is found), and the report feeds it a VM-day's rows from the logs in time
+order, their stamps for the clock (report/sharedseq.py).  Plain Python of the
+standard library, no state but what it is given.
+"""
+
+from dataclasses import dataclass, field
+
+#: A counter continues when it moves forward by at most this (losses between); a step back by
+#: more is taken for an agent restart, as is one to 0.
+GAP = 1000
+#: Turns taken by two counters (a counter advancing after another one advanced since its
+#: previous record) before the id is called shared: two agents a minute apart reach it within
+#: about three minutes; a restart, a resend, a replayed spool or reordering take none, and a
+#: restart's straggler from the old process at most two.
+SWITCHES = 4
+#: Seconds a VM stays watched after it started to be, or its counters last took turns; a watch
+#: idle this long is let go at the VM's next record, which is then taken as an unwatched one's.
+WATCH_FOR = 900.0
+#: Counters remembered per watched VM: an agent restarting in a loop leaves one a start.
+MAX_HEADS = 3
+#: Sender addresses remembered per watched VM (where the caller knows them).
+MAX_SOURCES = 8
+#: A VM's last seq while it is watched: no ``seq`` (0..2^63-1) is this plus one, so the filing
+#: fast path (every VM's ``seq`` its last plus one) sends its records here.
+WATCHED = -(1 << 64)
+
+
+def steps_back(last, seq):
+    """Whether ``seq`` after ``last`` begins a watch: a step back or a repeat, not to 0.  Ints or
+    numpy arrays alike (the report's first pass looks at every row with it)."""
+    return (seq <= last) & (seq != 0)
+
+
+def kept(last: int, seq: int) -> int:
+    """The last seq an unwatched VM keeps after ``seq``: the higher, unless ``seq`` is an agent's
+    restart (0, or a step back by more than GAP)."""
+    return seq if seq > last or seq == 0 or seq + GAP < last else last
+
+
+@dataclass(slots=True)
+class Head:
+    """One counter's latest record: its ``seq``, stamp (None: not seen, from before the watch),
+    and the index of the VM's record that last moved it (``moved``) or last advanced it."""
+
+    seq: int
+    ts: int | None
+    moved: int
+    advanced: int = -1
+
+
+@dataclass(slots=True)
+class Counters:
+    """One watched VM's counters and the turns they took."""
+
+    #: The last seq the VM would have had unwatched, moved as it would have been (``kept``).
+    last: int
+    #: When the watch began, or the counters last took turns (the caller's clock).
+    since: float
+    heads: list[Head]
+    turns: int = 0
+    records: int = 0
+    #: SWITCHES turns taken in this watch.
+    shared: bool = False
+    sources: dict[str, None] = field(default_factory=dict)
+
+    def see(self, seq: int, ts: int, now: float, source: str = "") -> tuple[int, bool]:
+        """Take one record; returns what its own counter skipped (the loss estimate's share: one
+        ``last`` would count the steps between two counters) and whether it took a turn."""
+        self.last = kept(self.last, seq)
+        self.records += 1
+        index = self.records
+        if source and source not in self.sources and len(self.sources) < MAX_SOURCES:
+            self.sources[source] = None
+        heads = self.heads
+        best = None
+        for head in heads:  # the nearest counter below, the latest moved on a tie
+            if head.seq < seq <= head.seq + GAP and (
+                    best is None or (head.seq, head.moved) > (best.seq, best.moved)):
+                best = head
+        if best is None or seq > best.seq + 1:
+            for head in heads:  # older than a counter at or above it: a resend, a replay, reordering
+                if head.seq >= seq and head.ts is not None and head.ts >= ts:
+                    return 0, False
+        if best is None:
+            if len(heads) >= MAX_HEADS:
+                heads.remove(min(heads, key=lambda h: h.moved))
+            heads.append(Head(seq, ts, index))  # a new counter: a restart, or another agent
+            return 0, False
+        turned = any(other.advanced > best.moved for other in heads if other is not best)
+        if turned:
+            self.turns += 1
+            self.since = now
+            self.shared = self.turns >= SWITCHES
+        skipped = seq - best.seq - 1
+        best.seq, best.ts, best.moved, best.advanced = seq, ts, index, index
+        return skipped, turned
+
+
+class Watches:
+    """The careful path of every VM's ``seq``: the watches (at most ``max_watched``).  The caller
+    keeps each VM's last seq (an int or WATCHED; None before its first record) and passes it to
+    ``step``, which returns the next."""
+
+    def __init__(self, max_watched: int):
+        self.max_watched = max_watched
+        self.watched: dict[str, Counters] = {}
+
+    def known(self, vm: str) -> bool:
+        """Whether ``vm`` is watched from its first record (an id found shared before)."""
+        return False
+
+    def turned(self, vm: str, counters: Counters, now: float) -> None:
+        """Called when ``vm``'s counters took a turn (``counters.shared`` once SWITCHES)."""
+
+    def step(self, vm: str, last: int | None, seq: int, ts: int, now: float,
+             source: str = "") -> tuple[int, int]:
+        """Take ``vm``'s record ``seq`` (stamped ``ts``, at ``now``, from ``source`` where known)
+        after its last seq ``last``; returns its next last seq and the records it counts lost."""
+        if last is None:  # a VM's first record
+            if self.known(vm) and len(self.watched) < self.max_watched:
+                counters = self.watched[vm] = Counters(seq, now, [Head(seq, ts, 1)], records=1)
+                if source:
+                    counters.sources[source] = None
+                return WATCHED, 0
+            return seq, 0
+        lost = 0
+        if last == WATCHED:
+            counters = self.watched.get(vm)
+            if counters is None:  # cannot be (both are kept and forgotten together); start over
+                return seq, 0
+            if now - counters.since < WATCH_FOR:
+                skipped, turned = counters.see(seq, ts, now, source)
+                if turned:
+                    self.turned(vm, counters, now)
+                return WATCHED, skipped
+            del self.watched[vm]  # let go: this record is an unwatched VM's
+            last = counters.last
+        if seq == last + 1:
+            return seq, lost
+        if seq > last:
+            return seq, lost + seq - last - 1
+        if steps_back(last, seq) and len(self.watched) < self.max_watched:
+            counters = self.watched[vm] = Counters(last, now, [Head(last, None, 0)])
+            return WATCHED, lost + counters.see(seq, ts, now, source)[0]
+        return kept(last, seq), lost
+
+    def forget(self, kept_vms) -> None:
+        """Forget the watches of the VMs not in ``kept_vms`` (the caller forgot them)."""
+        self.watched = {vm: c for vm, c in self.watched.items() if vm in kept_vms}
