@@ -28,6 +28,13 @@ monotonic clock (server/buffer.py, server/sharedids.py, which keeps and lists
 what is found), and the report feeds it a VM-day's rows from the logs in time
 order, their stamps for the clock (report/sharedseq.py).  Plain Python of the
 standard library, no state but what it is given.
+
+It also keeps the loss estimate to each counter's own gaps: a jump up is
+counted as lost records at the VM's next record, which tells it apart from the
+step from one counter up to another.  A next record inside the jump's hole but
+stamped after the record that jumped continues a counter below it (one
+counter's stamps rise with it: a record late into the hole is stamped before),
+and only what that counter skipped counts.
 """
 
 from dataclasses import dataclass, field
@@ -50,6 +57,8 @@ MAX_SOURCES = 8
 #: A VM's last seq while it is watched: no ``seq`` (0..2^63-1) is this plus one, so the filing
 #: fast path (every VM's ``seq`` its last plus one) sends its records here.
 WATCHED = -(1 << 64)
+#: A VM's last seq while its latest record's jump up waits for the next record to be counted.
+JUMPED = WATCHED - 2
 
 
 def steps_back(last, seq):
@@ -124,13 +133,15 @@ class Counters:
 
 
 class Watches:
-    """The careful path of every VM's ``seq``: the watches (at most ``max_watched``).  The caller
-    keeps each VM's last seq (an int or WATCHED; None before its first record) and passes it to
-    ``step``, which returns the next."""
+    """The careful path of every VM's ``seq``: the watches (at most ``max_watched``) and the jumps
+    waiting for their next record.  The caller keeps each VM's last seq (an int, WATCHED or
+    JUMPED; None before its first record) and passes it to ``step``, which returns the next."""
 
     def __init__(self, max_watched: int):
         self.max_watched = max_watched
         self.watched: dict[str, Counters] = {}
+        #: vm -> (the last seq before its jump up, the seq jumped to, that record's stamp).
+        self.jumped: dict[str, tuple[int, int, int]] = {}
 
     def known(self, vm: str) -> bool:
         """Whether ``vm`` is watched from its first record (an id found shared before)."""
@@ -162,15 +173,27 @@ class Watches:
                 return WATCHED, skipped
             del self.watched[vm]  # let go: this record is an unwatched VM's
             last = counters.last
+        elif last == JUMPED:
+            jump = self.jumped.pop(vm, None)
+            if jump is None:  # cannot be (both are kept and forgotten together); start over
+                return seq, 0
+            before, last, jumped_ts = jump
+            # Inside the hole but stamped after the record that jumped: not one counter (whose
+            # stamps rise with it; a record late into the hole is stamped before), but the next
+            # of a counter below, whose step to the other was no loss; what that one skipped is.
+            inside = before < seq < last and ts > jumped_ts
+            lost = seq - before - 1 if inside else last - before - 1
         if seq == last + 1:
             return seq, lost
         if seq > last:
-            return seq, lost + seq - last - 1
+            self.jumped[vm] = (last, seq, ts)
+            return JUMPED, lost
         if steps_back(last, seq) and len(self.watched) < self.max_watched:
             counters = self.watched[vm] = Counters(last, now, [Head(last, None, 0)])
             return WATCHED, lost + counters.see(seq, ts, now, source)[0]
         return kept(last, seq), lost
 
     def forget(self, kept_vms) -> None:
-        """Forget the watches of the VMs not in ``kept_vms`` (the caller forgot them)."""
+        """Forget the watches and jumps of the VMs not in ``kept_vms`` (the caller forgot them)."""
         self.watched = {vm: c for vm, c in self.watched.items() if vm in kept_vms}
+        self.jumped = {vm: j for vm, j in self.jumped.items() if vm in kept_vms}

@@ -52,7 +52,8 @@ class Buffer:
         self.last_seq: dict[str, int] = {}
         #: vm -> ``clock()`` when it was last heard from (the ingest stamps it).
         self.last_seen: dict[str, float] = {}
-        #: VMs whose counter stepped back, watched for a second agent under their id.
+        #: VMs whose counter stepped back, watched for a second agent under their id, and the
+        #: jumps up waiting for their VM's next record to be counted.
         self.shared = SharedIds(metrics, clock)
 
     def put(self, vm: str, ts: int, row: bytes, seq: int | None = None, source: str = "") -> bool:
@@ -98,7 +99,7 @@ class Buffer:
             if vm not in self.shared.found:  # a VM's first seq (an id found shared before is
                 self.last_seq[vm] = seq       # watched from its first record, below)
                 return
-        elif seq == last + 1:  # its next (no seq follows WATCHED)
+        elif seq == last + 1:  # its next (no seq follows WATCHED or JUMPED)
             self.last_seq[vm] = seq
             return
         self.last_seq[vm], lost = self.shared.step(vm, last, seq, ts, self.clock(), source)
