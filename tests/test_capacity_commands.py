@@ -517,6 +517,62 @@ def test_the_report_with_an_inventory_has_the_same_capacity_section(headroom, fl
     assert extra.returncode == 2 and "the manifest is the only argument" in extra.stderr
 
 
+def test_a_summary_from_a_newer_vmstats_with_fields_this_one_lacks_is_answered_from(headroom, tmp_path):
+    """A servers' upgrade runs two versions at once: a summary of this VERSION written by a newer
+    vmstats, with fields added where this one has none (at the top, in a host, in its unheard
+    VMs, in the unplaced VMs' use and shares), was refused as "unknown field".  It is answered from
+    as the summary without them is, those fields left out of the answer; a missing required field
+    or one of the wrong type is still refused in one line."""
+    _result, _data, out, _expected = headroom
+    summary = json.loads((out / "capacity-summary.json").read_text())
+    assert all(summary[k] for k in ("unplaced_use", "withheld_for_unplaced", "alloc_withheld_for_unplaced"))
+    summary["hosts"][0]["unheard"] = [{"vm": "gone-1", "last_seen": "2026-01-01T00:10:00Z"}]
+    (tmp_path / "known.json").write_text(json.dumps(summary))
+    newer = json.loads(json.dumps(summary))
+    newer["gpu_percentile"] = 99.0
+    newer["hosts"][0]["gpus"] = 4
+    newer["hosts"][0]["unheard"][0]["stopped_by"] = "nova"
+    newer["unplaced_use"]["gpus"] = 0
+    newer["unplaced_use"]["by_host_tag"][0]["gpus"] = 0
+    for shares in ("withheld_for_unplaced", "alloc_withheld_for_unplaced"):
+        for share in newer[shares].values():
+            share["gpus"] = 0
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    manifest = tmp_path / "app.toml"
+    manifest.write_text('name = "shop"\n[[vms]]\nprofile = "2x8@50%"\ncount = 3\n')
+    answers = []
+    for name in ("known.json", "newer.json"):
+        done = vmstats("admit", manifest, "--summary", tmp_path / name, "--json")
+        assert done.returncode == 0 and done.stderr == "", (name, done.stderr)
+        answer = json.loads(done.stdout)
+        del answer["basis"]["summary_age_s"]
+        answers.append(answer)
+    assert answers[1] == answers[0]
+    assert answers[1]["basis"]["vms_unknown"] == [
+        {"vm": "gone-1", "last_seen": "2026-01-01T00:10:00Z", "host": "kvm01"}]
+    assert "gpus" not in json.dumps(answers[1])
+    terse = vmstats("admit", manifest, "--summary", tmp_path / "newer.json")
+    assert terse.returncode == 0 and terse.stdout.startswith("shop: ACCEPT"), terse.stderr
+    for change, message in (
+        (lambda s: s["hosts"][0].pop("cpu_demand"), "missing field hosts[0].cpu_demand"),
+        (lambda s: s.pop("percentile"), "missing field percentile"),
+        (lambda s: s.update(percentile="high"), 'percentile has the wrong type: "high"'),
+        (lambda s: s["hosts"][0]["unheard"][0].pop("last_seen"),
+         "hosts[0].unheard holds an entry that is not a VM and when it was last seen"),
+        (lambda s: s["unplaced_use"].pop("mem_gb"),
+         "unplaced_use is not the unplaced VMs' cores and GB by host tag"),
+        (lambda s: s["withheld_for_unplaced"]["kvm01"].update(cpu_cores="x"),
+         "withheld_for_unplaced is not each host's cpu_cores and mem_gb"),
+    ):
+        shaped = json.loads(json.dumps(newer))
+        change(shaped)
+        (tmp_path / "shaped.json").write_text(json.dumps(shaped))
+        wrong = vmstats("admit", manifest, "--summary", tmp_path / "shaped.json")
+        assert wrong.returncode == 2, (message, wrong.stderr)
+        assert wrong.stderr == "Error: summary %s is not a capacity summary: %s\n" % (
+            tmp_path / "shaped.json", message)
+
+
 def test_an_until_past_the_logs_says_which_days_they_hold(fleet, tmp_path):
     """The logs hold 2026-01-01 to 2026-01-07.  A backtest planned up to their last day said "no
     logs between 2026-01-08 and 2026-01-10", days the operator never gave; an admission asked of a

@@ -27,6 +27,9 @@ from vmstats.capacity.placement import HostLoad
 #: refuse a summary of another version.  A field added with a default that is true of the
 #: summaries before it needs none, and those are still answered from: so instances and
 #: max_instances came within version 6 (none kept: no cap), days_asked within 7 (None: not kept).
+#: So a field this version does not know (anywhere in the summary) is ignored: it is a newer
+#: vmstats's, of the same version, and read right without it, as during an upgrade that runs
+#: both; a missing required field, or one of the wrong type, is still refused.
 #: 2: the log files the summary could not read whole (a summary of 1 would claim none).
 #: 3: whether stopped VMs keep their room (a summary of 2 had none kept, but would claim it).
 #: 4: each host's VMs not heard from in the window, and the stopped share past which a host is
@@ -180,14 +183,17 @@ class Summary:
         if not isinstance(hosts, list) or not all(isinstance(h, dict) for h in hosts):
             raise ValueError("hosts is not a list of objects")
         for i, host in enumerate(hosts):
-            _check_fields(HostSummary, host, "hosts[%d]." % i)
+            host = hosts[i] = _check_fields(HostSummary, host, "hosts[%d]." % i)
             if host["status"] not in ("ok", "empty", "unknown"):
                 raise ValueError("hosts[%d].status %r is not ok, empty or unknown" % (i, host["status"]))
-            if not all(isinstance(vm, dict) and set(vm) == {"vm", "last_seen"} and isinstance(vm["vm"], str)
-                       and isinstance(vm["last_seen"], (str, type(None))) for vm in host.get("unheard", [])):
+            unheard = host.get("unheard", [])
+            if not all(isinstance(vm, dict) and isinstance(vm.get("vm"), str)
+                       and isinstance(vm.get("last_seen", 0), (str, type(None))) for vm in unheard):
                 raise ValueError("hosts[%d].unheard holds an entry that is not a VM and when it was last "
                                  "seen" % i)
-        _check_fields(cls, data, "")
+            if "unheard" in host:
+                host["unheard"] = [{"vm": vm["vm"], "last_seen": vm["last_seen"]} for vm in host["unheard"]]
+        data = _check_fields(cls, data, "")
         window = data["window"]
         if not all(isinstance(window.get(k), str) for k in ("start", "end")):
             raise ValueError("window has no start and end")
@@ -204,13 +210,17 @@ class Summary:
                 for f in data[name]
             ):
                 raise ValueError("%s holds an entry that names no file" % name)
-        if "unplaced_use" in data and not _unplaced_use(data["unplaced_use"]):
-            raise ValueError("unplaced_use is not the unplaced VMs' cores and GB by host tag")
-        for name, keys in (("withheld_for_unplaced", {"cpu_cores", "mem_gb"}),
-                           ("alloc_withheld_for_unplaced", {"vcpus", "mem_gb"})):
-            if not all(isinstance(w, dict) and set(w) == keys and all(_number(v, float) for v in w.values())
+        if "unplaced_use" in data:
+            if not _unplaced_use(data["unplaced_use"]):
+                raise ValueError("unplaced_use is not the unplaced VMs' cores and GB by host tag")
+            data["unplaced_use"] = _unplaced_use_known(data["unplaced_use"])
+        for name, keys in (("withheld_for_unplaced", ("cpu_cores", "mem_gb")),
+                           ("alloc_withheld_for_unplaced", ("vcpus", "mem_gb"))):
+            if not all(isinstance(w, dict) and all(_number(w.get(k), float) for k in keys)
                        for w in data.get(name, {}).values()):
                 raise ValueError("%s is not each host's %s" % (name, " and ".join(sorted(keys))))
+            if name in data:
+                data[name] = {h: {k: w[k] for k in keys} for h, w in data[name].items()}
         counts = data.get("instances_withheld_for_unplaced", {}).values()
         if not all(_number(n, int) and n >= 0 for n in counts):
             raise ValueError("instances_withheld_for_unplaced is not each host's count of VMs")
@@ -218,20 +228,32 @@ class Summary:
         return cls(**data)
 
 
+#: The figures of Summary.unplaced_use, in all and for each host tag.
+_USE_FIGURES = ("cpu_cores", "mem_gb", "allocated_vcpus", "allocated_mem_gb")
+
+
 def _unplaced_use(use: dict) -> bool:
-    """Is ``use`` the shape Summary.unplaced_use has (empty, or totals and each host tag's)?"""
+    """Is ``use`` the shape Summary.unplaced_use has (empty, or totals and each host tag's)?
+    Keys beside them are a newer vmstats's, ignored (_unplaced_use_known)."""
     if not use:
         return True
     tags = use.get("by_host_tag")
-    figures = ("cpu_cores", "mem_gb", "allocated_vcpus", "allocated_mem_gb")
     return (
-        set(use) == {*figures, "by_host_tag"}
-        and all(_number(use[k], float) for k in figures)
+        all(_number(use.get(k), float) for k in _USE_FIGURES)
         and isinstance(tags, list)
-        and all(isinstance(t, dict) and set(t) == {"host_tag", "vms", *figures}
-                and isinstance(t["host_tag"], (str, type(None))) and _number(t["vms"], int)
-                and all(_number(t[k], float) for k in figures) for t in tags)
+        and all(isinstance(t, dict) and "host_tag" in t
+                and isinstance(t["host_tag"], (str, type(None))) and _number(t.get("vms"), int)
+                and all(_number(t.get(k), float) for k in _USE_FIGURES) for t in tags)
     )
+
+
+def _unplaced_use_known(use: dict) -> dict:
+    """``use`` (of _unplaced_use's shape) with only the keys this version reads and writes."""
+    if not use:
+        return {}
+    tag_keys = ("host_tag", "vms", *_USE_FIGURES)
+    return {**{k: use[k] for k in _USE_FIGURES},
+            "by_host_tag": [{k: t[k] for k in tag_keys} for t in use["by_host_tag"]]}
 
 
 def _number(value, kind) -> bool:
@@ -252,12 +274,15 @@ _CHECKS = {
 }
 
 
-def _check_fields(cls, data: dict, where: str) -> None:
-    """ValueError unless ``data`` holds exactly ``cls``'s required fields, each of its type."""
+def _check_fields(cls, data: dict, where: str) -> dict:
+    """``data``'s fields that ``cls`` has; ValueError unless it holds each required one, and each
+    it holds is of its type.
+
+    A field ``cls`` does not have is left out, not refused: a newer vmstats adds a field without
+    a new VERSION when a reader without it answers right (see VERSION), and a cluster being
+    upgraded one server at a time reads its summaries with the older one meanwhile.
+    """
     known = {f.name: f for f in fields(cls)}
-    for name in data:
-        if name not in known:
-            raise ValueError("unknown field %s%s" % (where, name))
     for name, f in known.items():
         if name not in data:
             if f.default is MISSING and f.default_factory is MISSING:
@@ -266,6 +291,7 @@ def _check_fields(cls, data: dict, where: str) -> None:
         value, kind = data[name], getattr(f.type, "__name__", str(f.type))
         if not _CHECKS.get(kind, lambda v: isinstance(v, list))(value):
             raise ValueError("%s%s has the wrong type: %s" % (where, name, json.dumps(value)[:40]))
+    return {name: value for name, value in data.items() if name in known}
 
 
 def summarise(fleet: FleetDemand, named: dict[str, list[dict]] | None = None) -> Summary:
