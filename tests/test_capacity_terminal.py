@@ -16,6 +16,8 @@ from test_capacity_edges import HOSTS, MINUTES, write
 
 #: Hosts (and reasons) the terminal lists a line each, and names a line gives: docs/CAPACITY.md.
 MOST_LINES, MOST_NAMES = 20, 5
+#: Names a sentence of the report page's capacity section gives of a list: docs/CAPACITY.md.
+PAGE_NAMES = 20
 HINT = "  (--json lists every VM: the host offered it, or why it was rejected)"
 
 
@@ -126,3 +128,35 @@ def test_a_fleet_of_many_hosts_lists_twenty_of_each_and_counts_the_rest(tmp_path
     assert room.returncode == 0, room.stderr
     assert ("stopped; counted as no room): e0, e1, e2, e3, e4, ... and 2 more (-o OUT/ lists every host in "
             "headroom.csv)") in room.stdout, room.stdout
+
+
+def test_the_report_page_names_twenty_unknown_hosts_and_counts_the_rest(tmp_path):
+    """The report page's capacity section joined every unknown host into one sentence: thousands
+    of them made a line no one reads.  It names the first 20 and counts the rest, saying where
+    report.json lists every one, as it does the VMs not heard from; so does the sentence of the
+    hosts giving room for the unplaced VMs' use."""
+    data = tmp_path / "data"
+    known = ["h%02d" % i for i in range(24)]
+    unknown = ["u%02d" % i for i in range(45)]
+    inventory = HOSTS.split("[[host]]")[0] + "".join(
+        '[[host]]\nname = "%s"\nvcpus = 16\nmem_gb = 64\n' % host for host in known + unknown)
+    (tmp_path / "hosts.toml").write_text(inventory)
+    for host in known:
+        write(data, "vm-" + host, host, 4, 16, 25.0, 25.0)
+    for host in unknown:  # below the coverage gate
+        write(data, "vm-" + host, host, 2, 4, 25.0, 25.0, seen=np.arange(MINUTES) % 2 == 0)
+    write(data, "stray", None, 2, 4, 50.0, 50.0)  # on no host: each known host gives room for it
+    out = tmp_path / "out"
+    done = vmstats("report", data, "-o", out, "--inventory", tmp_path / "hosts.toml", "--no-cache")
+    assert done.returncode == 0, done.stderr
+    fleet = json.loads((out / "report.json").read_text())["meta"]["capacity"]["fleet"]
+    assert fleet["hosts_unknown"] == unknown
+    withheld = fleet["withheld_for_unplaced"]
+    assert len(withheld) > PAGE_NAMES, withheld
+    page = " ".join((out / "report.html").read_text().split())
+    said = ", ".join(unknown[:PAGE_NAMES]) + ", and 25 more (report.json, meta.capacity.fleet.hosts_unknown)"
+    assert '(unknown: <span id="capacity-unknown">%s</span>)' % said in page
+    shares = ["%s %.1f cores, %.1f GB" % (h, w["cpu_cores"], w["mem_gb"]) for h, w in withheld.items()]
+    said = ": %s, and %d more (report.json, meta.capacity.fleet.withheld_for_unplaced)</span>" % (
+        ", ".join(shares[:PAGE_NAMES]), len(shares) - PAGE_NAMES)
+    assert "withheld from the known hosts' room" + said in page

@@ -41,6 +41,11 @@ SPARK_W, SPARK_H = 100, 28
 _SERIES = {"spark_cpu": 0, "spark_mem": 0, "hour_of_week_cpu": 1, "daily_cpu_p95": 1, "daily_mem_p95": 1}
 #: Row fields the page does not draw (report.json has them): a fifth of a large page.
 _NOT_ON_PAGE = ("hour_of_week_mem",)
+#: Names a sentence of the page gives of a list (the capacity section's unknown hosts, its VMs
+#: not heard from, the hosts giving room for the unplaced VMs) before it counts the rest and
+#: says where report.json has every one: a fleet of thousands of unknown hosts made one
+#: unreadable line of them.
+MOST_NAMED = 20
 
 
 def _series(values: list, digits: int) -> str:
@@ -287,5 +292,6 @@ def render(report: Report, path: str) -> None:
         heat_range=heat_range(report.fleet["hour_of_week_cpu"]),
         category_bar=category_bar(meta["categories"], meta["totals"]["vms"]),
         spark_size=(SPARK_W, SPARK_H),
+        most_named=MOST_NAMED,
     )
     write_text(path, text)
