@@ -89,7 +89,7 @@ def test_errors_are_one_clear_4xx_and_change_nothing(live):
          "profiles.quiet: profile '4x16@30%/0.5%': expected use of 0.5% is below 1%"),
         # Each shape is a pass over the hosts in the reactor: 1 MiB held it 3 s on 500 hosts.
         (post(server, {"vms": [{"profile": "1x%d" % (i + 1)} for i in range(MAX_SHAPES + 1)]}), 400,
-         "manifest: asks for VMs of more than %d shapes (sizes and expected use)" % MAX_SHAPES),
+         "manifest: asks for VMs of more than {:,} shapes (sizes and expected use)".format(MAX_SHAPES)),
     ]
     for (code, body), want_code, want in cases:
         assert code == want_code and list(body) == ["error"] and want in body["error"], body

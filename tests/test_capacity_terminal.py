@@ -21,9 +21,14 @@ PAGE_NAMES = 20
 HINT = "  (--json lists every VM: the host offered it, or why it was rejected)"
 
 
+def grouped(count: int) -> str:
+    """A count as every capacity output says it, its thousands grouped: 20,003."""
+    return "{:,}".format(count)
+
+
 def few(names):
     """The names as the terminal gives a list: the first five, then how many more."""
-    more = ", ... and %d more" % (len(names) - MOST_NAMES) if len(names) > MOST_NAMES else ""
+    more = ", ... and %s more" % grouped(len(names) - MOST_NAMES) if len(names) > MOST_NAMES else ""
     return ", ".join(names[:MOST_NAMES]) + more
 
 
@@ -61,14 +66,18 @@ def test_a_large_request_prints_its_rejected_vms_grouped_by_why_and_its_basis_la
 
     lines = text.stdout.splitlines()
     assert len(lines) <= 10 and len(text.stdout) < 4000, (len(lines), text.stdout[:2000])
-    assert lines[0] == "big: PARTIAL, %d of 20003 VMs placed (allocation at Nova's ratios would place %d)" % (
-        doc["placed"], doc["allocation_basis"]["placed"])
+    # Its counts with their thousands grouped: "20003 VMs" is misread by a power of ten.
+    assert doc["placed"] >= 1000
+    assert lines[0] == ("big: PARTIAL, %s of 20,003 VMs placed (allocation at Nova's ratios would place %d)"
+                        % (grouped(doc["placed"]), doc["allocation_basis"]["placed"]))
     # One line per reason, the most rejected first, each with its count and the first names.
     said = [line for line in lines if " rejected: " in line]
-    assert said == ["  %d rejected: %s (%s)" % (len(vms), why, few(vms)) for why, vms in groups], said
+    assert said == ["  %s rejected: %s (%s)" % (grouped(len(vms)), why, few(vms))
+                    for why, vms in groups], said
+    assert said[0].startswith("  18,") and ", ... and 18," in said[0]
     assert "  3 rejected: " in said[1] and said[1].endswith("(huge-1, huge-2, huge-3)")
     offered = sorted(doc["offer"], key=in_order)
-    assert "  kvm01            %d VMs: %s  (left: " % (len(offered), few(offered)) in text.stdout
+    assert "  kvm01            %s VMs: %s  (left: " % (grouped(len(offered)), few(offered)) in text.stdout
     assert HINT in lines
     # The ratios, the basis and the unplaced load after them, where they are seen.
     assert lines[-3].startswith("  kvm01: allocation past the inventory's ratios (")
@@ -160,3 +169,28 @@ def test_the_report_page_names_twenty_unknown_hosts_and_counts_the_rest(tmp_path
     said = ": %s, and %d more (report.json, meta.capacity.fleet.withheld_for_unplaced)</span>" % (
         ", ".join(shares[:PAGE_NAMES]), len(shares) - PAGE_NAMES)
     assert "withheld from the known hosts' room" + said in page
+
+
+def test_headroom_and_the_report_page_group_the_thousands_of_their_counts(tmp_path):
+    """1x1@1% fits on the capacity tests' fleet by the thousand: headroom's fleet line and table,
+    and the report page's capacity section, said "1090 more fit now"; they group the thousands,
+    as admit does."""
+    write_fleet(tmp_path / "data", tmp_path / "hosts.toml")
+    args = ("--inventory", tmp_path / "hosts.toml", "--profile", "1x1@1%")
+    room = vmstats("headroom", tmp_path / "data", *args, "--no-after", "-o", tmp_path / "room")
+    assert room.returncode == 0, room.stderr
+    fleet = json.loads((tmp_path / "room" / "headroom.json").read_text())["fleet"]
+    fit, nova = fleet["fit_now"], fleet["alloc_fit_now"]
+    assert fit >= 1000, fleet
+    assert "fleet: %s more fit now (allocation at Nova's ratios: %s); 1 of 2 hosts known" % (
+        grouped(fit), grouped(nova)) in room.stdout.splitlines()
+    rows = [line.split() for line in room.stdout.splitlines() if line.startswith("kvm01 ")]
+    assert [row[5] for row in rows] == [grouped(fit)], room.stdout
+    out = tmp_path / "out"
+    done = vmstats("report", tmp_path / "data", "-o", out, *args, "--no-cache")
+    assert done.returncode == 0, done.stderr
+    section = json.loads((out / "report.json").read_text())["meta"]["capacity"]["fleet"]
+    assert section["fit_now"] >= 1000
+    page = " ".join((out / "report.html").read_text().split())
+    assert "<b>%s</b> more fit now, <b>%s</b> after the advice (Nova: %s, %s after)" % tuple(
+        grouped(section[k]) for k in ("fit_now", "fit_after", "alloc_fit_now", "alloc_fit_after")) in page

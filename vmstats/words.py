@@ -12,11 +12,22 @@ def plural(count: int, noun: str, nouns: str = "") -> str:
     return noun if count == 1 else nouns or noun + "s"
 
 
-def counted(count: int, noun: str, nouns: str = "") -> str:
-    """``count`` and its noun in one: ``counted(1, "host")`` is "1 host", ``counted(2, "host")`` "2 hosts"."""
-    return "%d %s" % (count, plural(count, noun, nouns))
+def number(count: int) -> str:
+    """``count`` with its thousands grouped, "100,000": the capacity commands count VMs and hosts
+    by the hundred thousand, where "100000 VMs" is misread by a power of ten at a glance."""
+    return "{:,}".format(count)
 
 
-def part_of(part: int, whole: int, noun: str, nouns: str = "") -> str:
-    """"``part`` of ``whole``" with the noun read after the whole: "1 of 1 host", "2 of 3 hosts"."""
-    return "%d of %s" % (part, counted(whole, noun, nouns))
+def counted(count: int, noun: str, nouns: str = "", grouped: bool = False) -> str:
+    """``count`` and its noun in one: ``counted(1, "host")`` is "1 host", ``counted(2, "host")`` "2 hosts".
+
+    ``grouped``: the count as number() gives it, "100,000 VMs" (the capacity commands' lines);
+    the other commands' lines keep their plain digits, which scripts and logs match on.
+    """
+    return "%s %s" % (number(count) if grouped else "%d" % count, plural(count, noun, nouns))
+
+
+def part_of(part: int, whole: int, noun: str, nouns: str = "", grouped: bool = False) -> str:
+    """"``part`` of ``whole``" with the noun read after the whole: "1 of 1 host", "2 of 3 hosts"
+    (``grouped``: both as number() gives them, "1,090 of 100,000 VMs")."""
+    return "%s of %s" % (number(part) if grouped else "%d" % part, counted(whole, noun, nouns, grouped))

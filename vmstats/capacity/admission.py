@@ -30,7 +30,7 @@ from vmstats.capacity.errors import CapacityError
 from vmstats.capacity.placement import Ask, HostLoad, Offer, add_level, place
 from vmstats.capacity.profiles import Profile, parse_profile, shaped_like_profile
 from vmstats.capacity.summary import Summary
-from vmstats.words import counted, part_of, plural
+from vmstats.words import counted, number, part_of
 
 #: VMs one manifest may ask for: bounds the work one request can cause.
 MAX_VMS = 100_000
@@ -126,11 +126,11 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         names.add(entry.name)
         total += entry.count
         if total > MAX_VMS:
-            raise CapacityError("%s: asks for more than %s" % (where, counted(MAX_VMS, "VM")))
+            raise CapacityError("%s: asks for more than %s" % (where, counted(MAX_VMS, "VM", grouped=True)))
         entries.append(entry)
     if len({e.profile for e in entries}) > MAX_SHAPES:
         raise CapacityError("%s: asks for VMs of more than %s (sizes and expected use)"
-                            % (where, counted(MAX_SHAPES, "shape")))
+                            % (where, counted(MAX_SHAPES, "shape", grouped=True)))
     return Manifest(name, partial, tuple(entries), hold)
 
 
@@ -410,7 +410,7 @@ def few(names: list[str], most: int = MOST_NAMES) -> str:
     """The first ``most`` of ``names`` and a count of the rest: a line that named every one of
     100,000 VMs (or hosts) would scroll the answer away."""
     shown = ", ".join(names[:most])
-    return shown + (", ... and %d more" % (len(names) - most) if len(names) > most else "")
+    return shown + (", ... and %s more" % number(len(names) - most) if len(names) > most else "")
 
 
 def _in_order(name: str) -> tuple[str, int]:
@@ -426,12 +426,12 @@ def terminal(result: dict) -> str:
     first line and the basis after it stay on the screen whatever the manifest asked for: the
     answer's JSON (``--json``) keeps every VM."""
     lines = [
-        "%s: %s, %s placed (allocation at Nova's ratios would place %d)"
+        "%s: %s, %s placed (allocation at Nova's ratios would place %s)"
         % (
             result["request"] or "request",
             result["status"].upper(),
-            part_of(result["placed"], result["asked"], "VM"),
-            result["allocation_basis"]["placed"],
+            part_of(result["placed"], result["asked"], "VM", grouped=True),
+            number(result["allocation_basis"]["placed"]),
         )
     ]
     per_host: dict[str, list[str]] = {}
@@ -447,19 +447,19 @@ def terminal(result: dict) -> str:
         left, vms = result["headroom_left"][host], per_host[host]
         lines.append(
             "  %-16s %s%s  (left: %.1f cores, %.1f GB)"
-            % (host, counted(len(vms), "VM") + ": " if len(vms) > MOST_NAMES else "", few(vms),
+            % (host, counted(len(vms), "VM", grouped=True) + ": " if len(vms) > MOST_NAMES else "", few(vms),
                left["cpu_cores"], left["mem_gb"])
         )
     if len(hosts) > MOST_LINES:
         rest = len(hosts) - MOST_LINES
-        lines.append("  ... and %d more %s in the offer" % (rest, plural(rest, "host")))
+        lines.append("  ... and %s in the offer" % counted(rest, "more host", grouped=True))
     groups = sorted(why.items(), key=lambda item: (-len(item[1]), item[0]))  # the most first
     for reason, vms in groups[:MOST_LINES]:
-        lines.append("  %d rejected: %s (%s)" % (len(vms), reason, few(vms)))
+        lines.append("  %s rejected: %s (%s)" % (number(len(vms)), reason, few(vms)))
     if len(groups) > MOST_LINES:
         rest, reasons = sum(len(vms) for _reason, vms in groups[MOST_LINES:]), len(groups) - MOST_LINES
-        lines.append("  ... and %d more rejected for %d other %s"
-                     % (rest, reasons, plural(reasons, "reason")))
+        lines.append("  ... and %s more rejected for %s"
+                     % (number(rest), counted(reasons, "other reason", grouped=True)))
     folded = max(len(hosts), len(groups)) > MOST_LINES or any(
         len(vms) > MOST_NAMES for vms in (*per_host.values(), *why.values()))
     if folded:
@@ -472,8 +472,8 @@ def terminal(result: dict) -> str:
         )
     if len(past) > MOST_LINES:
         rest = len(past) - MOST_LINES
-        lines.append("  ... and %d more %s past the inventory's ratios (--json names every one)"
-                     % (rest, plural(rest, "host")))
+        lines.append("  ... and %s past the inventory's ratios (--json names every one)"
+                     % counted(rest, "more host", grouped=True))
     b = result["basis"]
     lines.append(
         "based on %s of %s over %s, %s known (gate %g%%)%s%s"
@@ -481,7 +481,7 @@ def terminal(result: dict) -> str:
             b["percentile"],
             b["peaks"],
             days_line(b["window"], b.get("days_asked")),
-            part_of(b["hosts_known"], b["hosts"], "host"),
+            part_of(b["hosts_known"], b["hosts"], "host", grouped=True),
             b["coverage_min"] * 100,
             "; unknown: " + few(b["hosts_unknown"]) if b["hosts_unknown"] else "",
             " (--json names every one)" if len(b["hosts_unknown"]) > MOST_NAMES else "",
@@ -512,6 +512,6 @@ def unheard_line(vms: list[dict], most: int = 5) -> str:
     """The VMs of known hosts' inventories not heard from in the window, for the terminal (each
     ``{"vm", "host", "last_seen"}``): headroom and admit alike."""
     named = ["%s on %s (last seen %s)" % (v["vm"], v["host"], v["last_seen"] or "never") for v in vms[:most]]
-    more = ", and %d more" % (len(vms) - most) if len(vms) > most else ""
+    more = ", and %s more" % number(len(vms) - most) if len(vms) > most else ""
     return "not heard from in the window, unknown (their room is not offered): %s%s" % (
         ", ".join(named), more)

@@ -67,7 +67,7 @@ from vmstats.capacity.inventory import Inventory
 from vmstats.capacity.placement import Ask, HostLoad, loads, place
 from vmstats.capacity.profiles import Profile
 from vmstats.report.settings import ReportError
-from vmstats.words import counted
+from vmstats.words import counted, number
 
 #: Nova's default allocation ratios since 2023 (the reference the targets name).
 NOVA_CPU_RATIO = 4.0
@@ -363,7 +363,7 @@ def backtest(inventory: Inventory, plan_uses: Sequence[VmUse], judge_uses: Seque
                 "every VM of the plan window is on a host (name the arrivals' VMs)" if pool is None
                 else "no VM of the plan window matches the arrivals' selectors, or none has a size"))
         arrivals = ("copies of %s of the history (their own use in each window), one of each a round "
-                    "until a round is not placed whole" % counted(len(templates), "VM"))
+                    "until a round is not placed whole" % counted(len(templates), "VM", grouped=True))
         rounds_of = 1
     residents_use, stray, seen, expected = _resident_sums(inventory, judge_uses, judge_window.minutes)
     use = fleet.unplaced_described() if fleet.unplaced else {}
@@ -473,8 +473,8 @@ def render(result: Backtest) -> str:
         "admission backtest: plan %s .. %s (%s), judged %s .. %s (%s)" % (
             doc["plan"]["start"][:16], doc["plan"]["end"][:16], _days(doc["plan"], result.days_asked),
             doc["judge"]["start"][:16], doc["judge"]["end"][:16], _days(doc["judge"], result.days_asked)),
-        "hosts: %d (%d unknown: never offered), residents %d, unplaced %d; judging window coverage %.1f%%" % (
-            result.hosts, len(result.unknown_hosts), result.residents, len(result.unplaced),
+        "hosts: %s (%s unknown: never offered), residents %s, unplaced %s; judging window coverage %.1f%%" % (
+            *map(number, (result.hosts, len(result.unknown_hosts), result.residents, len(result.unplaced))),
             100 * result.judge_coverage),
         "plan: %s" % doc["basis"],
         "arrivals: %s" % result.arrivals,
@@ -491,11 +491,13 @@ def render(result: Backtest) -> str:
     for name, outcome in list(result.outcomes.items()) + [("baseline", result.baseline)]:
         label = labels.get(name, "residents only, no arrivals")
         versus = "%.2fx" % (demand / outcome.admitted) if outcome.admitted and name != "demand" else ""
-        lines.append("%-34s %9d %10s %12d (%d/%d) %9.3f%% %8.0f%%" % (
-            label, outcome.admitted, versus, outcome.over_minutes, outcome.over_cpu_minutes,
-            outcome.over_mem_minutes, 100 * outcome.over_share, 100 * outcome.peak_cpu_share))
+        over = map(number, (outcome.over_minutes, outcome.over_cpu_minutes, outcome.over_mem_minutes))
+        lines.append("%-34s %9s %10s %12s (%s/%s) %9.3f%% %8.0f%%" % (
+            label, number(outcome.admitted), versus, *over, 100 * outcome.over_share,
+            100 * outcome.peak_cpu_share))
     lines.append("(host-minutes over: the hosts' summed use above vCPUs or memory less the reserve, "
-                 "out of %d)" % result.baseline.host_minutes)
+                 "out of %s)" % number(result.baseline.host_minutes))
     if result.issues:
-        lines.append("%s not read whole (see the JSON's issues)" % counted(len(result.issues), "log file"))
+        lines.append("%s not read whole (see the JSON's issues)"
+                     % counted(len(result.issues), "log file", grouped=True))
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from vmstats.capacity import unplaced
 from vmstats.capacity.admission import MOST_NAMES, days_line, days_named, few, unheard_line
 from vmstats.capacity.headroom import COLUMNS
 from vmstats.outputfile import Outputs, replacing
-from vmstats.words import counted, part_of, plural
+from vmstats.words import counted, number, part_of
 
 OUTPUTS = ("headroom.csv", "headroom.json")
 
@@ -28,7 +28,7 @@ def write(result: dict, out_dir: str, files: Outputs) -> None:
 
 
 def _count(value) -> str:
-    return "?" if value is None else str(value)
+    return "?" if value is None else number(value)
 
 
 def _pair(used, limit) -> str:
@@ -94,15 +94,15 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
         )
     if len(ordered) > top:
         rest = len(ordered) - top
-        lines.append("... %d more %s %s" % (rest, plural(rest, "host"), where))
+        lines.append("... %s %s" % (counted(rest, "more host", grouped=True), where))
     lines.append(
-        "fleet: %d more fit now%s (allocation at Nova's ratios: %d%s); %s known"
+        "fleet: %s more fit now%s (allocation at Nova's ratios: %s%s); %s known"
         % (
-            f["fit_now"],
-            ", %d after the report's reclaim and downsize advice" % f["fit_after"] if after else "",
-            f["alloc_fit_now"],
-            ", %d after" % f["alloc_fit_after"] if after else "",
-            part_of(f["hosts_known"], f["hosts"], "host"),
+            number(f["fit_now"]),
+            ", %s after the report's reclaim and downsize advice" % number(f["fit_after"]) if after else "",
+            number(f["alloc_fit_now"]),
+            ", %s after" % number(f["alloc_fit_after"]) if after else "",
+            part_of(f["hosts_known"], f["hosts"], "host", grouped=True),
         )
     )
     if f["hosts_unknown"]:
@@ -124,13 +124,13 @@ def terminal(result: dict, top: int = 20, written: bool = True) -> str:
     if after:
         a = result["after"]
         lines.append(
-            "after: the report's advice on %s (%s): reclaim %s%s, downsize %d%s"
+            "after: the report's advice on %s (%s): reclaim %s%s, downsize %s%s"
             % (
                 days_named(a["window"]),
                 a["source"],
-                counted(len(a["reclaimed"]), "VM"),
+                counted(len(a["reclaimed"]), "VM", grouped=True),
                 _some(a["reclaimed"]),
-                len(a["downsized"]),
+                number(len(a["downsized"])),
                 _some(a["downsized"]),
             )
         )

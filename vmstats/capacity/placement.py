@@ -150,7 +150,8 @@ def place(
         _place_run(table, [asks[k] for k in order[i:j]], used, placed, rejected)
         i = j
     if rejected and not partial:
-        reason = ("the VM does not fit" if len(asks) == 1 else "not all %s fit" % counted(len(asks), "VM")) \
+        reason = ("the VM does not fit" if len(asks) == 1
+                  else "not all %s fit" % counted(len(asks), "VM", grouped=True)) \
             + " and the manifest asks for all or none"
         return Offer(
             REJECT,
@@ -495,7 +496,7 @@ def _why(ask: Ask, blocked_by_group: bool, capped: Sequence[HostLoad] = (), most
     demand = "%.2f cores and %.2f GB of demand" % (_scalar(ask.cpu), _scalar(ask.mem))
     if capped:  # the cap binds: without it these hosts would take the VM
         named = [h.name if not h.instances_withheld else "%s (%s of it withheld for unplaced VMs)" % (
-            h.name, counted(int(h.instances_withheld), "instance")) for h in capped[:most]]
+            h.name, counted(int(h.instances_withheld), "instance", grouped=True)) for h in capped[:most]]
         return "every host with room for %s is at its instance cap (max_instances): %s%s" % (
             demand, ", ".join(named), ", ..." if len(capped) > most else "")
     return "no host has room for %s" % demand

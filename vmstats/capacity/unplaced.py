@@ -15,7 +15,7 @@ rule (:func:`instance_shares`), as Nova counts them on the host they run on.
 
 import math
 
-from vmstats.words import counted
+from vmstats.words import counted, number
 
 
 def parts(rooms: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -117,8 +117,9 @@ def line(vms: int, use: dict, withheld: dict[str, dict] | None = None, most: int
     tags = use.get("by_host_tag", [])
     parts = ["%s: %s, %.1f cores, %.1f GB" % (
         "host tag %s (not in the inventory)" % t["host_tag"] if t["host_tag"] is not None
-        else "no host tag nor selector", counted(t["vms"], "VM"), t["cpu_cores"], t["mem_gb"]) for t in tags]
-    said = "unplaced VMs (no host in the inventory claims them, so their use counts on none): %d" % vms
+        else "no host tag nor selector", counted(t["vms"], "VM", grouped=True), t["cpu_cores"], t["mem_gb"])
+        for t in tags]
+    said = "unplaced VMs (no host in the inventory claims them, so their use counts on none): " + number(vms)
     if use:
         said += ", %.1f cores and %.1f GB (allocated %g vCPUs, %.1f GB): %s" % (
             use["cpu_cores"], use["mem_gb"], *amounts(use, "allocation"), "; ".join(parts))
@@ -127,7 +128,7 @@ def line(vms: int, use: dict, withheld: dict[str, dict] | None = None, most: int
         given = ["%s %.1f cores, %.1f GB" % (h, w["cpu_cores"], w["mem_gb"]) for h, w in withheld.items()]
         said += " (%s%s)" % (", ".join(given[:most]), ", ..." if len(given) > most else "")
     if instances:
-        given = ["%s %d" % (h, n) for h, n in instances.items()]
+        given = ["%s %s" % (h, number(n)) for h, n in instances.items()]
         said += "; and from the capped hosts' max_instances (%s%s)" % (
             ", ".join(given[:most]), ", ..." if len(given) > most else "")
     return said

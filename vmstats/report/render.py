@@ -21,7 +21,7 @@ from vmstats.report.evidence import LABELS, evidence_lines
 from vmstats.report.money import Money
 from vmstats.report.outputs import to_json
 from vmstats.report.policy import CANDIDATES, CATEGORIES, rate
-from vmstats.words import plural
+from vmstats.words import number, plural
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 COLOURS = {
@@ -270,6 +270,7 @@ def render(report: Report, path: str) -> None:
     env.filters["when"] = lambda text: text[:16].replace("T", " ") + " UTC"  # to the minute
     env.filters["num"] = lambda v, fmt="%.1f": "" if v is None else fmt % v
     env.filters["plural"] = plural
+    env.filters["count"] = number  # thousands grouped, as the capacity commands' terminal says them
     meta = report.meta
     money = Money.of(meta["prices"])
     env.filters["money"] = money.figure
