@@ -636,6 +636,35 @@ def test_the_stopped_share_past_which_a_host_is_unknown_is_a_setting(tmp_path):
             assert done.stderr.startswith("Error: Invalid value for '--stopped-share-max'"), done.stderr
 
 
+def test_a_window_with_older_logs_starts_on_its_first_day_though_their_vms_have_stopped(tmp_path):
+    """old sent on the first day only; late starts at noon of the second.  Asked for the last two
+    days, the logs hold a day before them, so the window is those two days, as the report's is.
+    It started at late's first record, since no VM heard from in the window had older logs:
+    admit and headroom planned on 36 hours and said "1 day of the 2 asked", and the report's
+    capacity section rested on other minutes than the report beside it."""
+    data = tmp_path / "data"
+    write(data, "old", "small1", 4, 16, 50.0, 50.0, seen=MINUTE < 1440)
+    write(data, "late", "small2", 4, 16, 50.0, 50.0, seen=MINUTE >= 1440 + 720)
+    (tmp_path / "hosts.toml").write_text(HOSTS)
+    window = {"start": "2026-01-02T00:00:00Z", "end": "2026-01-03T23:59:00Z", "minutes": 2880,
+              "first_day": "2026-01-02", "last_day": "2026-01-03", "days": 2}
+    code, out, err = admit(tmp_path, '[[vms]]\nprofile = "1x4"\n', "--days", "2")
+    assert code == 0 and out["basis"]["window"] == window and out["basis"]["days_asked"] == 2, err
+    assert out["basis"]["vms_unknown"] == [{"vm": "old", "host": "small1", "last_seen": GONE_AT}]
+    room = vmstats("headroom", data, "--inventory", tmp_path / "hosts.toml", "--profile", "1x4", "--no-after",
+                   "--days", "2")  # fmt: skip
+    assert room.returncode == 0, room.stderr
+    said = "over 2026-01-02 .. 2026-01-03, 2 days (2026-01-02T00:00:00Z to 2026-01-03T23:59:00Z)"
+    assert room.stdout.splitlines()[0].endswith(said + ", coverage gate 80%"), room.stdout
+    out = tmp_path / "report"
+    done = vmstats("report", data, "-o", out, "--inventory", tmp_path / "hosts.toml", "--profile", "1x4",
+                   "--days", "2", "--no-cache")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert meta["window"]["start"] == window["start"] and not meta["window"]["clipped"]
+    assert meta["capacity"]["basis"]["window"] == window
+
+
 def test_the_report_and_its_summary_name_the_vms_not_heard_from(tmp_path):
     """The report's capacity section names the VMs silent since before its window on the page and
     in report.json; the summary it leaves carries them, so ``admit --summary`` names them too.  A

@@ -72,14 +72,21 @@ def find_logs(data_dirs: Sequence[str], days: int, until: str | None = None) -> 
     if not files:  # an --until past the logs' days: say which days they hold, so it can be moved
         raise ReportError("no logs between %s and %s (the logs hold %s to %s)" % tuple(
             map(logstore.day_name, (first_day, last_day) + held)))
-    window = _window(files, earlier, first_day, last_day)
+    window = _window(files, bool(earlier), first_day, last_day)
     unheard = {vm for vm in newest_before if vm not in files}
     return Logs(window, files, earlier & set(files), issues, first_day, last_day, newest_before, held,
                 unheard)
 
 
-def _window(files: dict[str, list[str]], earlier: set[str], first_day: int, last_day: int) -> Window:
+def _window(files: dict[str, list[str]], older: bool, first_day: int, last_day: int) -> Window:
     """From the window's first day (or the fleet's first record) to its last record's minute.
+
+    ``older``: some VM has logs before the window, so the history is not shorter than asked
+    and the window starts on its first day, as the report's does (report.build), whether that
+    VM is heard from in the window or not.  It started at the first record in the window when
+    the only VMs with older logs had stopped before it: a fleet with a week before the window
+    and a quiet first day was planned on fewer days than asked, and said so, and the report's
+    capacity section rested on other minutes than the report beside it.
 
     Only the newest day's files are read for the last record (their last rows),
     and only the oldest day's for the first, when no VM has older logs.
@@ -97,7 +104,7 @@ def _window(files: dict[str, list[str]], earlier: set[str], first_day: int, last
     if not last_ts:
         last_ts = (last_day + 1) * 86400 - MINUTE
     start = first_day * 86400
-    if not earlier & set(files):
+    if not older:
         first_ts = _first_stamp(by_day[min(by_day)])
         if first_ts is not None and first_ts > start:
             start = first_ts - first_ts % MINUTE
