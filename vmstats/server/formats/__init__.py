@@ -45,6 +45,9 @@ R_UNSIGNED = "unsigned"
 R_DECRYPT = "decrypt"
 R_TRUNCATED = "truncated"
 R_AUTH = "auth"
+#: A write to the HTTP API naming new VMs the server has no room for under ``--max-vms``:
+#: refused whole at its intake, counted once per write as ``auth`` is (vmroom.py).
+R_VM_CAP = "vm_cap"
 #: An HTTP request line on a line port: a TCP connection holding one, or a datagram (misdirected.py).
 R_HTTP = protocol.R_HTTP
 #: A sample naming one device more than its VM's minute holds of that kind (``MAX_DEVICES``).

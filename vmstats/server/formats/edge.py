@@ -14,6 +14,8 @@ as its samples go in, and a restart rebuilds the open minutes and counters.
 import bisect
 import logging
 from collections.abc import Callable
+from operator import attrgetter
+from typing import NamedTuple
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -39,6 +41,7 @@ from vmstats.server.formats.journaling import EdgeJournal
 from vmstats.server.formats.minutes import MinuteAssembler
 from vmstats.server.formats.pool import DecodePool
 from vmstats.server.formats.rates import CounterRates
+from vmstats.server.formats.vmroom import VmRoom
 from vmstats.server.idle import IdleWaiters
 from vmstats.server.metrics import Metrics, RateLimitedLog
 
@@ -50,6 +53,8 @@ TICK_SECONDS = 1.0
 #: lines the decoder refuses one by one costs it ~25 s, which must not be one stall of every
 #: port.  A piece of bad lines costs ~15 ms, and a request needs a few turns to be answered.
 BODY_PIECE = 16 << 10
+#: A sample's VM.
+_VM_OF = attrgetter("vm")
 
 
 class Edge:
@@ -79,6 +84,9 @@ class Edge:
         #: Bodies being fed a piece per reactor turn (``feed_body``), and who waits for them.
         self._feeding = 0
         self._fed = IdleWaiters()
+        #: The room ``--max-vms`` leaves for the write API's new VMs (None: not judged, as for
+        #: an Edge made directly).
+        self.vm_room: VmRoom | None = None
 
     def reads(self, name: str) -> bool:
         """Does format ``name`` take new input in this run?"""
@@ -101,8 +109,53 @@ class Edge:
         now = self.clock()
         lines: list = []
         samples = decoder.decode(data, now, tally, errors=errors, lines=lines, **options)
+        if samples and self.vm_room is not None:  # its VMs are known before its 204
+            self.vm_room.know(set(map(_VM_OF, samples)))
         return self.file(decoder.name, samples, tally, now, lines, data,
                          dict(options, errors=errors), errors)
+
+    def write_body(self, decoder: Decoder, data: bytes, errors: list,
+                   progress: Callable[[], None] = lambda: None, **options) -> defer.Deferred:
+        """``feed_body`` for the HTTP write API, judged for ``--max-vms`` first (vmroom.py):
+        fires with a ``NoRoom`` (nothing of the body taken) or as ``feed_body`` does."""
+        room = self.vm_room
+        if room is None:
+            return self.feed_body(decoder, data, errors, progress, **options)
+        lines = data.count(b"\n") + 1
+        if lines <= room.room():  # it cannot name more VMs than it has lines: fed at once
+            room.promised += lines
+
+            def kept(result):
+                room.promised -= lines
+                return result
+
+            return self.feed_body(decoder, data, errors, progress, **options).addBoth(kept)
+        named: set[str] = set()
+        now = self.clock()
+
+        def names():
+            for piece, _last in _pieces(data):
+                named.update(map(_VM_OF, decoder.decode(piece, now, Tally(), **options)))
+                progress()
+                yield None
+
+        def judged(_):
+            new = room.new(named)
+            left = room.room()
+            if len(new) > left:
+                return NoRoom(room.refusal(len(new), left))
+            room.know(new)  # before any other body's turn: the room is theirs
+            return self.feed_body(decoder, data, errors, progress, **options)
+
+        self._feeding += 1  # a stop waits for it as for a body being fed
+        judging = task.cooperate(names()).whenDone().addCallback(judged)
+        return judging.addBoth(self._judged)
+
+    def _judged(self, result):
+        self._feeding -= 1
+        if not self._feeding:
+            self._fed.fire()
+        return result
 
     def feed_body(self, decoder: Decoder, data: bytes, errors: list,
                   progress: Callable[[], None] = lambda: None, **options) -> defer.Deferred:
@@ -114,23 +167,16 @@ class Edge:
         latest: list = [None, False]  # the last journal write, and whether all is in
 
         def pieces():
-            start = lines_before = 0
-            while start < len(data):
-                end = len(data)
-                if end - start > BODY_PIECE:  # up to the last whole line that fits
-                    end = data.rfind(b"\n", start, start + BODY_PIECE) + 1
-                    if end <= start:  # one line longer than a piece: it goes whole
-                        end = data.find(b"\n", start + BODY_PIECE) + 1 or len(data)
-                piece = data[start:end]
+            lines_before = 0
+            for piece, last in _pieces(data):
                 found: list = []
                 since = self.feed_lines(decoder, piece, found, **options)
                 latest[0] = latest[0] if since is None else since
                 errors.extend((lines_before + number, text) for number, text in found)
                 del errors[10:]
                 lines_before += piece.count(b"\n")
-                start = end
                 progress()
-                if start >= len(data):
+                if last:
                     break
                 yield None
             latest[1] = True
@@ -230,6 +276,26 @@ class Edge:
             callback(True)
         else:
             self.journal.journal.when_durable(callback, since)
+
+
+def _pieces(data: bytes):
+    """``data`` in pieces of whole lines of up to ``BODY_PIECE`` bytes (a longer line whole),
+    each with whether it is the last."""
+    start = 0
+    while start < len(data):
+        end = len(data)
+        if end - start > BODY_PIECE:  # up to the last whole line that fits
+            end = data.rfind(b"\n", start, start + BODY_PIECE) + 1
+            if end <= start:  # one line longer than a piece: it goes whole
+                end = data.find(b"\n", start + BODY_PIECE) + 1 or len(data)
+        yield data[start:end], end >= len(data)
+        start = end
+
+
+class NoRoom(NamedTuple):
+    """A body refused at its intake: it names more new VMs than ``--max-vms`` leaves room for."""
+
+    reason: str
 
 
 def _refused_lines(tally: Tally, refused: list, lines: list, unit: str,
@@ -514,6 +580,7 @@ def build(reactor, config, ingest, metrics: Metrics, clock: Callable,
     reading = {*udp, *tcp, *(("influx",) if config.http_port >= 0 else ())}
     edge = Edge(ingest, metrics, assembler, clock, made, reading)
     edge.influx = made["influx"]
+    edge.vm_room = VmRoom(ingest.buffer)
     metrics.gauges["edge_counters"] = (
         "Cumulative counters of other agents tracked for rates (bounded).", lambda: len(rates))
     metrics.gauges["edge_open_minutes"] = (

@@ -14,7 +14,9 @@ the journal (written, and synced under ``--fsync batch``), as a TCP ``#!ack``
 does: a SIGKILL after a 204 loses none of it (journaling.py).  While journal
 writes fail the answer is 503 (clients retry) and nothing is taken; only a
 body whose own write fails was taken before the 503, so its retry can count
-some samples twice in a minute's means.
+some samples twice in a minute's means.  A body naming new VMs that
+``--max-vms`` has no room for is a 503 too, before any of it is taken
+(vmroom.py): answered 204, its minutes would be dropped as they complete.
 """
 
 import json
@@ -24,8 +26,10 @@ import zlib
 from twisted.internet import defer
 from twisted.web import resource, server
 
-from vmstats.server.formats import R_AUTH, Tally
+from vmstats.server.formats import R_AUTH, R_VM_CAP, Tally
+from vmstats.server.formats.edge import NoRoom
 from vmstats.server.formats.lineprotocol import PRECISIONS
+from vmstats.server.formats.vmroom import RETRY_AFTER
 from vmstats.server.http import count_refused, secret_matches
 
 log = logging.getLogger(__name__)
@@ -266,10 +270,13 @@ class WritePage(resource.Resource):
         gone: list = []
         request.notifyFinish().addErrback(gone.append)  # the client left: nothing to answer
 
-        def answer(journaled: bool) -> None:
+        def answer(journaled: "bool | NoRoom") -> None:
             if gone:
                 return
-            if not journaled:
+            if isinstance(journaled, NoRoom):  # refused whole at its intake: nothing taken
+                request.setHeader(b"retry-after", b"%d" % RETRY_AFTER)
+                body = self._error(request, 503, "unavailable", journaled.reason)
+            elif not journaled:
                 count_refused(request, "journal")
                 request.setHeader(b"retry-after", b"1")
                 body = self._error(request, 503, "unavailable",
@@ -290,16 +297,26 @@ class WritePage(resource.Resource):
 
         channel = getattr(request, "channel", None)
         table = getattr(channel, "table", None)  # the writer is not idle while its body is fed
-        fed = self.edge.feed_body(self.decoder, body, errors,
-                                  (lambda: table.touch(channel)) if table else (lambda: None),
-                                  divisor=PRECISIONS[precision])
+        fed = self.edge.write_body(self.decoder, body, errors,
+                                   (lambda: table.touch(channel)) if table else (lambda: None),
+                                   divisor=PRECISIONS[precision])
         done = defer.Deferred()  # fires once the body is fed: it need not be held after
 
         def fed_all(result):
             done.callback(None)
             return result
 
-        fed.addBoth(fed_all).addCallback(self.edge.when_durable, answer).addErrback(failed)
+        def durable(result) -> None:
+            if isinstance(result, NoRoom):  # counted whether or not the client waits for it
+                count_refused(request, R_VM_CAP)
+                tally = Tally()
+                tally.reject(R_VM_CAP, result.reason)
+                self.edge.count(self.decoder.name, tally)
+                answer(result)
+            else:
+                self.edge.when_durable(result, answer)
+
+        fed.addBoth(fed_all).addCallback(durable).addErrback(failed)
         return done
 
     def _refusal(self, request, args: dict) -> tuple[int, str, str] | None:

@@ -643,6 +643,12 @@ class EdgeJournal:
         judged by then (journals before these were journaled: this run's)."""
         if samples:
             assembler = self.edge.assembler
+            room = self.edge.vm_room
+            if options.get("errors") and room is not None:
+                # A write API body was acknowledged (204 or 400): its VMs are known again, past
+                # --max-vms if need be (a cap lowered since, or a version that judged VMs only
+                # as their minutes completed), so the minutes it went into are written.
+                room.know({sample.vm for sample in samples})
             limits = options.get("limits")
             # Past a name bound lowered since, the samples taken are counted (the others are
             # not: which of them this run's bounds would refuse depends on all that came before).
