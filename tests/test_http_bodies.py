@@ -5,7 +5,7 @@ import os
 import select
 import socket
 
-from serverproc import LOOPBACK, serve
+from serverproc import LOOPBACK, STATUS_TOKEN, serve
 
 from vmstats.server.formats.httpwrite import MAX_BODY
 
@@ -329,3 +329,37 @@ def test_a_post_labelled_as_a_form_is_read_by_its_page_not_parsed_as_one(tmp_pat
         metrics = server.metrics()
         assert metrics.get('vmstats_http_requests_refused_total{reason="bad_request"}', 0) == 0
         assert metrics['vmstats_edge_lines_total{format="influx",outcome="used"}'] == 3
+
+
+def test_a_body_of_a_method_that_carries_none_is_bounded_by_64k_whatever_its_path(tmp_path):
+    """/admission takes a manifest of up to 1 MiB by POST, and a GET's body (which means
+    nothing: the page never reads it) was held to the same 1 MiB and stored before the page
+    answered 401.  A GET, HEAD or DELETE body is bounded by 64 KiB: past it, declared, 413 at
+    the headers with none of it read; streamed, 413 once its bytes pass it.  A small one is
+    still answered by the page, and a POST keeps its path's limit."""
+    inventory = tmp_path / "hosts.toml"
+    inventory.write_text('[[host]]\nname = "h"\nvcpus = 8\nmem_gb = 32\n')
+    with serve(tmp_path, "--inventory", str(inventory)) as server:
+        port = server.http_port
+        for method in (b"GET", b"HEAD", b"GET"):  # the head alone: answered before any body
+            answer = stream(port, b"%s /admission HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Length: %d\r\n\r\n" % (method, 1 << 20), b"", 0)[1]
+            assert answer.startswith(b"HTTP/1.1 413 "), (method, answer)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert json.loads(body)["error"] == "body larger than 65536 bytes"
+        chunk = b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK)
+        answer = stream(port, b"GET /admission HTTP/1.1\r\nHost: x\r\n"  # 128 KiB, unended
+                        b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 2, b"", 0)[1]
+        assert status_and_json(answer)[0] == 413, answer
+        small = b"x" * 1024
+        answer = stream(port, b"GET /admission HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(small), small), b"", 0)[1]
+        assert status_and_json(answer)[0] == 401  # the page's own answer: no token
+        manifest = b" " * (512 << 10) + b"{"
+        answer = stream(port, b"POST /admission HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+                        % (STATUS_TOKEN.encode(), len(manifest), manifest), b"", 0)[1]
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]  # read, found not JSON: no 413
+        metrics = server.metrics()
+        assert metrics['vmstats_http_requests_refused_total{reason="too_large"}'] == 4
+        assert b"connection: close" in head.lower()

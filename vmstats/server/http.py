@@ -6,7 +6,8 @@ is one ``add`` call.  Responses carry no ``Server`` header, connections go throu
 ``ConnectionTable`` (caps, idle timeout, eviction, --http-allow), and /status gives the data
 directory and per-VM times only to a caller with the status token: the counts are on /metrics.
 
-Each route has a largest body (``max_body``, declared by its page); the channel refuses a body
+Each route has a largest body (``max_body``, declared by its page; at most ``DEFAULT_MAX_BODY``
+for a method whose body means nothing, ``BODILESS_METHODS``); the channel refuses a body
 past it -- declared (413 at the headers) or streamed (413 once the bytes pass it) -- before any
 of it is stored, a body to an unknown path (404) or by a method its path does not serve (405)
 before reading it, an HTTP/1.0 body without a Content-Length (411) that it cannot delimit, and
@@ -66,6 +67,11 @@ DEFAULT_MAX_BODY = 64 << 10
 LINGER_BYTES = 4 << 20
 #: Methods a browser's page may send across origins unrefused: they change nothing here.
 SAFE_METHODS = (b"GET", b"HEAD")
+#: Methods whose body means nothing (RFC 9110, 9.3: a GET's, HEAD's or DELETE's content has no
+#: defined semantics; no page here reads one).  Their body is bounded by DEFAULT_MAX_BODY
+#: whatever their path takes by POST: a GET to /admission was stored up to its manifests'
+#: 1 MiB before the page answered 401 without reading it.
+BODILESS_METHODS = (b"GET", b"HEAD", b"DELETE")
 #: Headers a request may carry once (RFC 9110, 5.3: not lists): two are refused, 400, not read
 #: last-wins as Twisted's ``getHeader`` reads them (Host: RFC 9112, 3.2 says so).  Two
 #: Content-Lengths, or one beside a Transfer-Encoding, are Twisted's 400 ``bad_request`` before.
@@ -336,6 +342,8 @@ class _Channel(http.HTTPChannel):
         request = self.requests[-1]
         path = self._path.split(b"?", 1)[0]
         limit = self.router.max_body(path)
+        if limit is not None and self._command in BODILESS_METHODS:
+            limit = min(limit, DEFAULT_MAX_BODY)
         headers = request.requestHeaders
         delimited = headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
         codings = headers.getRawHeaders(b"transfer-encoding")
