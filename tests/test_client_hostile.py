@@ -174,6 +174,7 @@ class BlackHole(object):
     def __init__(self, host, port):
         self.listener = socket.socket()
         self.listener.bind((host, port))
+        port = self.listener.getsockname()[1]  # the kernel's, when asked for 0
         self.listener.listen(0)
         self.fillers = []
         for _ in range(2):
@@ -196,29 +197,35 @@ def test_a_server_name_with_a_black_holed_address_delivers_without_waiting_for_i
     agent runs with an /etc/hosts of its own (a mount namespace); resolver, sockets and
     server are real."""
     hosts = tmp_path / "hosts"
-    with ServerProcess(tmp_path / "server", "--flush-interval", "0.5", "--bind", "127.0.0.2") as live:
-        # 127.0.0.1 first: the resolver sorts the address matching the source address first.
-        hosts.write_text("127.0.0.2 stats.multi.test\n127.0.0.1 stats.multi.test\n")
-        order = subprocess.run(namespaced({hosts: "/etc/hosts"}, [
-            sys.executable, "-c", "import socket, sys; from vmstats.client.transport import addresses; "
-            "print(addresses(sys.argv[1], 1, socket.SOCK_STREAM)[0][1][0])", "stats.multi.test"]),
-            env=ENV, capture_output=True, text=True, timeout=30)
-        # Were the live address first, the agent would never meet the black hole.
-        assert order.stdout.split() == ["127.0.0.1"], order.stdout + order.stderr
-        hole = BlackHole("127.0.0.1", live.tcp_port)
-        try:
+    # The black hole first, on a port the kernel gives: the live server then takes that port on
+    # 127.0.0.2.  The other way round, the server's port could be in use on 127.0.0.1 by another
+    # test's process ("Address already in use").
+    hole = BlackHole("127.0.0.1", 0)
+    port = hole.listener.getsockname()[1]
+    try:
+        with ServerProcess(tmp_path / "server", "--flush-interval", "0.5", "--bind", "127.0.0.2",
+                           "--tcp-port", str(port)) as live:
+            assert live.tcp_port == port
+            # 127.0.0.1 first: the resolver sorts the address matching the source address first.
+            hosts.write_text("127.0.0.2 stats.multi.test\n127.0.0.1 stats.multi.test\n")
+            order = subprocess.run(namespaced({hosts: "/etc/hosts"}, [
+                sys.executable, "-c", "import socket, sys; from vmstats.client.transport import addresses; "
+                "print(addresses(sys.argv[1], 1, socket.SOCK_STREAM)[0][1][0])", "stats.multi.test"]),
+                env=ENV, capture_output=True, text=True, timeout=30)
+            # Were the live address first, the agent would never meet the black hole.
+            assert order.stdout.split() == ["127.0.0.1"], order.stdout + order.stderr
             started = time.monotonic()
             result = subprocess.run(namespaced(
                 {hosts: "/etc/hosts"},
-                command("--server", "stats.multi.test:%d" % live.tcp_port, "--transport", "tcp",
+                command("--server", "stats.multi.test:%d" % port, "--transport", "tcp",
                         "--count", "2", "--vm-id", "multi-vm", "--timeout", "5",
                         "--spool-dir", str(tmp_path / "spool"), "--proc-root", str(FIXTURE))),
                 env=ENV, capture_output=True, text=True, timeout=60)
             spent = time.monotonic() - started
-        finally:
-            hole.close()
-        assert result.returncode == 0, result.stderr
-        assert sorted(int(r["seq"]) for r in wait_rows(live.data_dir, "multi-vm", 2)) == [0, 1]
+            assert result.returncode == 0, result.stderr
+            assert sorted(int(r["seq"]) for r in wait_rows(live.data_dir, "multi-vm", 2)) == [0, 1]
+    finally:
+        hole.close()
     assert "fell behind" not in result.stderr
     assert spent < 5, "%.1fs: the live address waited for the black hole's --timeout" % spent
 
