@@ -416,9 +416,11 @@ def test_a_scaling_decision_waits_for_the_last_one_to_be_delivered_at_any_backlo
     clock = task.Clock()
     action = _Held()
     dispatcher = Dispatcher(clock, _Log(), {"held": action}, retry_for=3600)
-    dispatcher.submit([{"kind": "transition", "key": "t%d" % i, "rule": "quiet", "at": 0.0,
-                        "actions": ["held"]} for i in range(50_000)])
-    scale = {"kind": "scale", "key": "s", "rule": "pool", "at": 0.0, "actions": ["held"]}
+    dispatcher.submit([{"kind": "transition", "key": "t%d" % i, "rule": "quiet",
+                        "scope": "10.0.%d.%d" % divmod(i, 256), "at": 0.0, "actions": ["held"]}
+                       for i in range(50_000)])
+    scale = {"kind": "scale", "key": "s", "rule": "pool", "scope": "pool", "at": 0.0,
+             "actions": ["held"]}
     dispatcher.submit([scale])
     started = time.process_time()
     for _ in range(1000):

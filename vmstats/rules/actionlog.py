@@ -82,6 +82,9 @@ class Pending:
     #: The monotonic reading (``reactor.seconds()``) at which this run counts the event's age
     #: as 0; set by the dispatcher, never logged.
     started: float | None = None
+    #: The monotonic reading since which it waits for its turn (an earlier event of its alert
+    #: to its action not done yet: ``turns.py``), or None; that wait spends none of its budget.
+    waiting_since: float | None = None
 
 
 @dataclass

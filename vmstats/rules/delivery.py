@@ -35,6 +35,12 @@ the backoff, with what the group then holds; each delivery keeps its own
 and the groups also take the alerts the log says still fire, so a group's
 next notification lists them as Alertmanager's would.
 
+The deliveries of one alert to one action are sent one after another, in the order
+the events were raised, each once the one before is done, its retries included
+(``turns.py``): an action's concurrency and the retries would otherwise let an
+alert's resolution reach a receiver (or a program's run end) before the firing
+it resolves.  Those of different alerts go side by side.
+
 A mute (``mutes.py``) is checked here, when an event is delivered: an event a
 mute covers is logged with a ``muted`` entry per action instead of attempts,
 and is not sent.  Each alert held back so is remembered with the state its
@@ -58,6 +64,7 @@ from vmstats.rules.config import Settings, retired_action
 from vmstats.rules.grouping import Group, Grouping, alert_labels, identity
 from vmstats.rules.grouping import firing as fires
 from vmstats.rules.notifiers import Notifier
+from vmstats.rules.turns import Turns
 from vmstats.server.metrics import RateLimitedLog
 from vmstats.words import counted
 
@@ -107,6 +114,8 @@ class Dispatcher:
         #: counted, not found by a pass over ``pending`` (1.6 ms a call at 20,000 pending, a
         #: fleet gone silent while the receiver is down).
         self._scaling: Counter[str] = Counter()
+        #: The lines of (action, alert) the deliveries wait in for their turn (``turns.py``).
+        self.turns = Turns()
         self.counts: Counter[tuple[str, str]] = Counter()
         self._timers: dict[str, object] = {}
         #: Sends under way (key -> Deferred): a dropped delivery's send is cancelled.
@@ -303,6 +312,7 @@ class Dispatcher:
 
     def _hold(self, pending: Pending) -> None:
         if pending.key not in self.pending:
+            self.turns.join((pending.action, identity(pending.event)), pending.key)
             if pending.event["kind"] == "scale":
                 self._scaling[pending.event["rule"]] += 1
             retired = self.retired.get(pending.action)
@@ -313,6 +323,10 @@ class Dispatcher:
     def _release(self, pending: Pending) -> None:
         if self.pending.pop(pending.key, None) is None:
             return
+        following = self.turns.leave(pending.key)
+        if following is not None:  # its turn now; not within this call (bound drops several)
+            self._timers[following] = self.reactor.callLater(0, self._turn,
+                                                             self.pending[following])
         if pending.event["kind"] == "scale":
             self._scaling[pending.event["rule"]] -= 1
         retired = self.retired.get(pending.action)
@@ -522,8 +536,21 @@ class Dispatcher:
             self._settings.pop(pending.action, None)
         self._later(pending)
 
+    def _turn(self, pending: Pending) -> None:
+        """The delivery before it in its line is done: this one is attempted now (logged, with
+        its age: a restart goes on from there).  Its wait spent none of its ``retry_for``: a
+        resolution raised a minute after a firing that was retried for a day and then delivered
+        would otherwise be given up unsent, and the receiver keep the alert firing for good."""
+        if pending.waiting_since is not None:
+            pending.started += self.reactor.seconds() - pending.waiting_since
+            pending.waiting_since = None
+        self._attempt(pending)
+
     def _send(self, pending: Pending) -> None:
         if self.stopped or self.pending.get(pending.key) is not pending:  # dropped meanwhile
+            return
+        if not self.turns.ready(pending.key):  # an earlier event of its alert is not done yet
+            pending.waiting_since = self.reactor.seconds()
             return
         notifier = self.notifier(pending.action)
         if notifier is None:
