@@ -2,7 +2,7 @@
 
 A real server on loopback, real programs (shell scripts appending what they were told, with the
 time, to a file): a firing run still going when its alert resolves, one that hangs past its
-timeout and is retried.  Before, the
+timeout and is retried, runs under way when the server stops or is SIGKILLed.  Before, the
 action ran up to 8 programs at once and each delivery was retried on its own, so the resolved
 run of an alert could start, and end, before its firing run: a script opening a ticket on firing
 and closing it on resolved closed it first and left it open for good.
@@ -10,11 +10,14 @@ and closing it on resolved closed it first and left it open for good.
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from rulesutil import line, log_entries, rules_file, serve, wait_until
+from serverproc import ROOT
 
 #: The runs a script recorded: "start|end SCOPE STATUS KEY PID TIME", one a line.
 RECORD = 'echo "%s $VMSTATS_SCOPE $VMSTATS_STATUS $VMSTATS_KEY $$ $(date +%%s.%%N)" >> "$RUNS"\n'
@@ -130,3 +133,108 @@ def test_a_hung_firing_run_is_killed_and_retried_until_given_up_then_its_resolut
     assert [e["reason"] for e in entries if e["type"] == "gave_up"] == ["undelivered after 2s"]
     assert {e["key"] for e in entries if e["type"] == "gave_up"} == {fired + ".run"}
     wait_until(lambda: not any(alive(pid) for pid in pids(children)), 5)
+
+
+def test_at_a_stop_runs_under_way_are_killed_and_queued_ones_not_started_then_all_run_in_order(
+        tmp_path):
+    """Nine alerts fire at once and their runs hang: eight run (the action's concurrency), the
+    ninth waits for a slot, and a resolution waits for its alert's firing run.  The stop ends
+    at once: the eight are killed with what they started, nothing queued is started, and every
+    delivery is pending in the log.  The next start runs them again under the same keys, the
+    resolution after its firing, which is slower (1 s) than the resolution's run."""
+    hang, children, slow = tmp_path / "hang", tmp_path / "children", tmp_path / "slow"
+    hang.touch()
+    script = program(tmp_path, 'if [ "$VMSTATS_STATUS" != firing ]; then :\n'
+                               'elif [ -e %s ]; then\n  sleep 300 &\n  echo $! >> %s\n  wait\n'
+                               'elif [ "$VMSTATS_SCOPE" = "$(cat %s)" ]; then\n  sleep 1\nfi\n'
+                     % (hang, children, slow))
+    path = rules(tmp_path, script)
+    vms = ["10.0.0.%d" % i for i in range(1, 10)]
+    with serve(tmp_path, path) as server:
+        now = int(time.time())
+        server.send_udp(*[line(vm, now, 95.0) for vm in vms])
+        wait_until(lambda: len(runs(tmp_path)) == 8)
+        server.send_udp(line(runs(tmp_path)[0][1], now + 1, 50.0))
+        server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 10)
+        programs = [int(run[4]) for run in runs(tmp_path)]
+        wait_until(lambda: len(pids(children)) == 8)
+        began = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - began < 10  # not the programs' 60 s timeout
+    wait_until(lambda: not any(alive(pid) for pid in programs + pids(children)), 5)
+    first = runs(tmp_path)
+    assert len(first) == 8 and {run[0] for run in first} == {"start"}  # the ninth never began
+    resolved = first[0][1]
+    slow.write_text(resolved)
+    hang.unlink()
+    with serve(tmp_path, path) as again:
+        again.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+    after = runs(tmp_path)[8:]
+    assert sorted(run[1] for run in after if run[0] == "end" and run[2] == "firing") == sorted(vms)
+    keys = {run[1]: run[3] for run in first}
+    assert all(run[3] == keys[run[1]] for run in after if run[2] == "firing" and run[1] in keys)
+    assert said(tmp_path, resolved)[1:] == ["start firing", "end firing", "start resolved",
+                                            "end resolved"]
+
+
+def test_a_sigkilled_server_leaves_no_action_program_behind(tmp_path):
+    """SIGKILL of the server (the OOM killer, ``kill -9``) while a command hangs: the program
+    and the process it started end with the server (its keeper's parent-death signal), rather
+    than hanging on for good and being run again beside itself by the next start."""
+    children = tmp_path / "children"
+    script = program(tmp_path, 'sleep 300 &\necho $! >> %s\nwait\n' % children)
+    with serve(tmp_path, rules(tmp_path, script)) as server:
+        server.send_udp(line("10.0.0.1", int(time.time()), 95.0))
+        wait_until(lambda: runs(tmp_path) and pids(children))
+        family = [int(runs(tmp_path)[0][4]), *pids(children)]
+        assert all(alive(pid) for pid in family)
+        left = server.killed_leaving(family)
+    assert left == []
+
+
+#: A reactor with one command action (its program: record its pid, then hang): one run more
+#: than the action's concurrency is sent, and the action halted (a stop) once the first eight
+#: run.  Prints how each run's Deferred ended.
+HALTED = '''
+import sys
+from twisted.internet import defer, reactor, task
+from vmstats.rules.notifiers.command import CONCURRENCY, Command
+
+pids = sys.argv[1]
+action = Command("run", ("/bin/sh", "-c", "echo $$ >> %s; exec sleep 300" % pids), 60.0)
+event = {"rule": "hot", "scope": "10.0.0.1", "kind": "transition", "from": "ok", "to": "alarm",
+         "at": 0.0, "value": 95.0}
+ends = []
+runs = [action.send(reactor, event, "k%d" % i).addErrback(lambda f: f.type.__name__)
+        for i in range(CONCURRENCY + 1)]
+for run in runs:
+    run.addCallback(ends.append)
+
+def running():
+    with open(pids) as started:
+        return len(started.read().split()) == CONCURRENCY
+
+def halt(_):
+    action.halt()
+    return defer.DeferredList(runs)
+
+watch = task.LoopingCall(lambda: running() and watch.stop())
+watch.start(0.02).addCallback(halt).addCallback(lambda _: print(ends)).addBoth(
+    lambda _: reactor.stop())
+reactor.callLater(20, reactor.stop)
+reactor.run()
+'''
+
+
+def test_a_halted_command_action_ends_its_runs_and_starts_none_of_those_waiting(tmp_path):
+    """A stop halts each command action: the runs under way are killed (their deliveries stay
+    pending for the next start) and the one waiting for a slot is not started when the killed
+    ones free theirs; none of their Deferreds is left waiting.  Before, a stop let the queue
+    go on starting programs while the reactor still ran."""
+    started = tmp_path / "pids"
+    started.touch()
+    done = subprocess.run([sys.executable, "-c", HALTED, str(started)], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert done.stdout.strip() == str(["CancelledError"] * 9), done.stderr
+    wait_until(lambda: not any(alive(pid) for pid in pids(started)), 5)
+    assert len(pids(started)) == 8  # the ninth never started

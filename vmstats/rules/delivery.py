@@ -805,6 +805,8 @@ class Dispatcher:
             for group in groups.values():
                 if group.timer is not None and group.timer.active():
                     group.timer.cancel()
-        closing = [defer.maybeDeferred(n.close) for n in self.actions.values()]
-        closing += [defer.maybeDeferred(retired[0].close) for retired in self.retired.values()]
+        notifiers = [*self.actions.values(), *(retired[0] for retired in self.retired.values())]
+        for notifier in notifiers:
+            notifier.halt()
+        closing = [defer.maybeDeferred(n.close) for n in notifiers]
         return defer.DeferredList(closing, consumeErrors=True)

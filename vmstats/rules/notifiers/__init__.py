@@ -50,8 +50,13 @@ class Notifier:
         raise NotImplementedError
 
     def close(self) -> defer.Deferred | None:
-        """Release connections at shutdown."""
+        """Release connections at shutdown (and when a reload replaces or lets go of it: what
+        it has under way is let finish)."""
         return None
+
+    def halt(self) -> None:
+        """The server stops: end what is under way that would otherwise outlive the server
+        (a command's programs).  Before ``close``, at a stop only."""
 
     def doubts(self) -> list[str]:
         """What may stop this action on this machine though the file is right (a program not

@@ -5,6 +5,13 @@ argv is given as a list and run without a shell, so nothing in an event can
 inject words.  Exit status 0 is delivered; anything else, or running past
 ``timeout`` (the process is killed), is a failure to retry.  The program gets
 ``VMSTATS_KEY`` and should act at most once per key.
+
+The runs of one alert never overlap, nor change order: the dispatcher sends its next event
+only once the one before is done (``turns.py``), and a run the dispatcher lets go (dropped
+past ``max_pending``) or a stop cuts short is killed, not left to go on beside the next.  A
+keeper process (``keeper.py``) runs the program and ends it, and all it started, when the
+server ends, even by SIGKILL: a program left running would be run again by the next start,
+beside itself.
 """
 
 import os
@@ -20,14 +27,8 @@ from vmstats.rules.notifiers import DeliveryError, Notifier, last_value_age, sum
 #: Programs of one action running at once; more events wait their turn.
 CONCURRENCY = 8
 
-#: Starts the action's program as the leader of a session of its own (then exec'd: the same
-#: process, exit status and output), so a timeout kills what it started as well: a script's
-#: hung cloud CLI lived on after its parent was killed, holding its pipes, one more at every
-#: retry.  127, with a line on stderr, when the program cannot be run.
-LEADER = ("import os, sys\nos.setsid()\ntry:\n    os.execvp(sys.argv[1], sys.argv[1:])\n"
-          "except OSError as exc:\n"
-          "    sys.stderr.write('cannot run %s: %s\\n' % (sys.argv[1], exc.strerror))\n"
-          "    sys.exit(127)\n")
+#: Runs the program in a session of its own, tied to the server's life (keeper.py).
+KEEPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keeper.py")
 
 #: Event field -> environment variable.
 ENVIRONMENT = {"rule": "VMSTATS_RULE", "scope": "VMSTATS_SCOPE", "to": "VMSTATS_STATE",
@@ -75,6 +76,9 @@ class Command(Notifier):
         self.argv = argv
         self.timeout = timeout
         self._slots = defer.DeferredSemaphore(CONCURRENCY)
+        #: The runs under way: their Deferreds, whose cancel kills the run's session.
+        self._running: set[defer.Deferred] = set()
+        self._halted = False
 
     @classmethod
     def from_config(cls, name: str, reader) -> "Command | None":
@@ -105,31 +109,57 @@ class Command(Notifier):
     def send(self, reactor, event: dict, key: str) -> defer.Deferred:
         return self._slots.run(self._run, reactor, event, key)
 
+    def halt(self) -> None:
+        """The server stops: runs waiting for a slot are not started, and those under way are
+        killed with what they started (as the keeper would once the server is gone).  Their
+        deliveries stay pending, run again at the next start under the same keys, in order;
+        one left running would run beside its own second run then."""
+        self._halted = True
+        for waiting in list(self._slots.waiting):
+            waiting.cancel()
+        for run in list(self._running):
+            run.cancel()
+
     def _run(self, reactor, event: dict, key: str) -> defer.Deferred:
-        done: defer.Deferred = defer.Deferred()
+        if self._halted:
+            return defer.fail(defer.CancelledError())
+        process = None
+
+        def kill(_done=None) -> None:
+            """The program and whatever it started: its session's process group."""
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):  # not a leader yet, or all gone
+                try:
+                    process.signalProcess("KILL")
+                except error.ProcessExitedAlready:
+                    pass
+
+        done: defer.Deferred = defer.Deferred(kill)  # cancelled (dropped, a stop): killed
         run = _Run(done)
         try:
-            process = reactor.spawnProcess(run, sys.executable,
-                                           [sys.executable, "-I", "-S", "-c", LEADER, *self.argv],
-                                           env=environment(event, key))
+            process = reactor.spawnProcess(
+                run, sys.executable,
+                [sys.executable, "-I", "-S", KEEPER, str(os.getpid()), *self.argv],
+                env=environment(event, key))
         except OSError as exc:
             return defer.fail(DeliveryError("cannot run %s: %s" % (self.argv[0], exc)))
-        session = process.pid
 
         def overdue():
             if not done.called:
                 done.errback(DeliveryError("still running after %gs: killed" % self.timeout))
-                try:  # the program and whatever it started (its session's process group)
-                    os.killpg(session, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):  # not a leader yet, or all gone
-                    try:
-                        process.signalProcess("KILL")
-                    except error.ProcessExitedAlready:
-                        pass
+                kill()
 
         timer = reactor.callLater(self.timeout, overdue)
-        done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
-        return done
+        self._running.add(done)
+
+        def over(result):
+            self._running.discard(done)
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return done.addBoth(over)
 
 
 NOTIFIER = Command
