@@ -148,8 +148,9 @@ def test_the_report_counts_turns_as_the_server_does():
     """The server's buffer (its clock the records' stamps) and the report's reading of the logs
     agree, record for record: two counters (a snapshot's, 3 apart; a clone's, far apart, the
     lower or the higher first), a restart with one straggler of the old process, two counters
-    that take turns too seldom (more than WATCH_FOR apart), and two that pause for longer
-    between their turns than the watch lasts (three turns before, three after)."""
+    that take turns too seldom (more than WATCH_FOR apart), two that pause for longer
+    between their turns than the watch lasts (three turns before, three after), and forged
+    records far above a counter (jumps too far to be loss)."""
     gap = int(seqturns.WATCH_FOR) + 60
     taking_turns = [10, 5000, 11, 5001, 12, 5002, 13, 5003]
     cases = {
@@ -161,6 +162,8 @@ def test_the_report_counts_turns_as_the_server_does():
                           for seq in pair], [30 * i for i in range(8)], True),
         "paused": (taking_turns[:7] + [5003, 14, 5004, 15, 5005, 16],
                    [60 * i for i in range(7)] + [gap + 60 * i for i in range(7, 13)], False),
+        "forged": ([10, 11, (1 << 63) - 2, 12, 13, (1 << 63) - 1, 14, 15],
+                   [60 * i for i in range(8)], False),
     }
     for name, (seqs, stamps, expected) in cases.items():
         clock = [0.0]
@@ -169,6 +172,7 @@ def test_the_report_counts_turns_as_the_server_does():
         for seq, ts in zip(seqs, stamps, strict=True):
             clock[0] = float(ts)
             assert buffer.put(name, ts, b"row", seq)
+            buffer.last_seen[name] = clock[0]  # as the ingest does after each payload
         assert (name in buffer.shared.found) == expected, name
         assert metrics.shared_ids == expected, name
         assert sharedseq.shared(np.array(seqs, float), np.array(stamps, float)) == expected, name

@@ -35,6 +35,14 @@ step from one counter up to another.  A next record inside the jump's hole but
 stamped after the record that jumped continues a counter below it (one
 counter's stamps rise with it: a record late into the hole is stamped before),
 and only what that counter skipped counts.
+
+A jump is loss only as far as one agent could have numbered the records in
+between: each takes a stamp second of its own (the agent stamps a record at
+least a second after the one before, however short its interval), so a counter
+gains at most one a second of the time between two of its records, beyond
+``GAP``.  A jump further up (a forged or damaged record, a second sender far
+ahead, a counter set anew) is counted as a jump, not as records lost: one
+datagram made the fleet's loss estimate 9.2e18.
 """
 
 from dataclasses import dataclass, field
@@ -59,12 +67,24 @@ MAX_SOURCES = 8
 WATCHED = -(1 << 64)
 #: A VM's last seq while its latest record's jump up waits for the next record to be counted.
 JUMPED = WATCHED - 2
+#: Records one agent numbers at most per second between two of its records: each takes a stamp
+#: second of its own.  A jump by more than GAP beyond this is no loss (``plausible``).
+PER_SECOND = 1.0
 
 
 def steps_back(last, seq):
     """Whether ``seq`` after ``last`` begins a watch: a step back or a repeat, not to 0.  Ints or
     numpy arrays alike (the report's first pass looks at every row with it)."""
     return (seq <= last) & (seq != 0)
+
+
+def plausible(skipped: int, elapsed: float | None) -> bool:
+    """Whether one agent can have numbered ``skipped`` records in ``elapsed`` seconds (the
+    caller's clock between the records around them; None: not known) that never arrived: GAP,
+    and one more a second.  An agent whose interval is under a second stamps ahead of its clock
+    (a second a record) and has its records refused past the server's --max-future (300 s, under
+    GAP), so its counter cannot run further ahead of the time either."""
+    return skipped <= GAP + PER_SECOND * max(0.0, elapsed or 0.0)
 
 
 def kept(last: int, seq: int) -> int:
@@ -140,8 +160,9 @@ class Watches:
     def __init__(self, max_watched: int):
         self.max_watched = max_watched
         self.watched: dict[str, Counters] = {}
-        #: vm -> (the last seq before its jump up, the seq jumped to, that record's stamp).
-        self.jumped: dict[str, tuple[int, int, int]] = {}
+        #: vm -> (the last seq before its jump up, the seq jumped to, that record's stamp, and the
+        #: caller's clock at the record before the jump (None: not known) and at the jump).
+        self.jumped: dict[str, tuple[int, int, int, float | None, float]] = {}
 
     def known(self, vm: str) -> bool:
         """Whether ``vm`` is watched from its first record (an id found shared before)."""
@@ -150,10 +171,24 @@ class Watches:
     def turned(self, vm: str, counters: Counters, now: float) -> None:
         """Called when ``vm``'s counters took a turn (``counters.shared`` once SWITCHES)."""
 
+    def too_far(self, vm: str, before: int, seq: int, elapsed: float | None) -> None:
+        """Called when ``vm``'s counter jumped from ``before`` up to ``seq`` further than one agent
+        numbers in ``elapsed`` seconds (``plausible``): counted as no records lost."""
+
+    def judged(self, vm: str, before: int, seq: int, elapsed: float | None) -> int:
+        """The records lost in a jump from ``before`` up to ``seq``: those skipped, or none (and
+        ``too_far`` told) when one agent could not have numbered them in ``elapsed``."""
+        skipped = seq - before - 1
+        if plausible(skipped, elapsed):
+            return skipped
+        self.too_far(vm, before, seq, elapsed)
+        return 0
+
     def step(self, vm: str, last: int | None, seq: int, ts: int, now: float,
-             source: str = "") -> tuple[int, int]:
+             source: str = "", since: float | None = None) -> tuple[int, int]:
         """Take ``vm``'s record ``seq`` (stamped ``ts``, at ``now``, from ``source`` where known)
-        after its last seq ``last``; returns its next last seq and the records it counts lost."""
+        after its last seq ``last``, whose record came at ``since`` (the caller's clock; None: not
+        known); returns its next last seq and the records it counts lost."""
         if last is None:  # a VM's first record
             if self.known(vm) and len(self.watched) < self.max_watched:
                 counters = self.watched[vm] = Counters(seq, now, [Head(seq, ts, 1)], records=1)
@@ -177,16 +212,18 @@ class Watches:
             jump = self.jumped.pop(vm, None)
             if jump is None:  # cannot be (both are kept and forgotten together); start over
                 return seq, 0
-            before, last, jumped_ts = jump
+            before, last, jumped_ts, before_at, since = jump
             # Inside the hole but stamped after the record that jumped: not one counter (whose
             # stamps rise with it; a record late into the hole is stamped before), but the next
             # of a counter below, whose step to the other was no loss; what that one skipped is.
-            inside = before < seq < last and ts > jumped_ts
-            lost = seq - before - 1 if inside else last - before - 1
+            if before < seq < last and ts > jumped_ts:
+                lost = self.judged(vm, before, seq, _between(before_at, now))
+            else:
+                lost = self.judged(vm, before, last, _between(before_at, since))
         if seq == last + 1:
             return seq, lost
         if seq > last:
-            self.jumped[vm] = (last, seq, ts)
+            self.jumped[vm] = (last, seq, ts, since, now)
             return JUMPED, lost
         if steps_back(last, seq) and len(self.watched) < self.max_watched:
             counters = self.watched[vm] = Counters(last, now, [Head(last, None, 0)])
@@ -197,3 +234,8 @@ class Watches:
         """Forget the watches and jumps of the VMs not in ``kept_vms`` (the caller forgot them)."""
         self.watched = {vm: c for vm, c in self.watched.items() if vm in kept_vms}
         self.jumped = {vm: j for vm, j in self.jumped.items() if vm in kept_vms}
+
+
+def _between(start: float | None, end: float) -> float | None:
+    """Seconds from ``start`` (None: not known) to ``end``."""
+    return None if start is None else end - start

@@ -13,8 +13,10 @@ Python of the standard library): each of the VM-day's records goes through
 ``Watches.step`` as the server's ``Buffer.sequence`` puts it there, the
 record's stamp standing for the server's clock, so a watch begins at a step
 back, is let go after ``WATCH_FOR`` without a turn, and ``SWITCHES`` turns
-while watched make the id shared.  The rows are read in time order, one
-record per stamp (aggregate.py), so a resend or a replayed spool (the same
+while watched make the id shared; a jump up is judged by the time since
+the record before it, the previous stamp standing for when the server last
+heard from the VM.  The rows are read in time order, one record per stamp
+(aggregate.py), so a resend or a replayed spool (the same
 records again) adds nothing, and an agent's restart leaves the old counter
 behind for good: neither takes a turn.
 
@@ -50,11 +52,12 @@ def shared(seqs: np.ndarray, stamps: np.ndarray) -> bool:
         return False  # one counter: one machine whose clock was set back, not two
     watches = Watches(max_watched=1)
     step, watched = watches.step, watches.watched
-    last = None
+    last = since = None
     for seq, ts in zip(seqs.tolist(), stamps.tolist(), strict=True):
         if seq != seq:  # unknown: no counter to follow (the server is given none)
             continue
-        last, _lost = step("", last, int(seq), int(ts), ts)
+        last, _lost = step("", last, int(seq), int(ts), ts, "", since)
+        since = ts
         if watched and watched[""].shared:
             return True
     return False

@@ -92,7 +92,9 @@ class Buffer:
         every record that is not its VM's next, nor the first of a VM not found shared before).
 
         A counter that goes backwards far is an agent restart (start over);
-        a repeat or a small step back is a resend or reordering (no loss).
+        a repeat or a small step back is a resend or reordering (no loss); a jump up further
+        than the time since the VM was last heard from (``last_seen``, which the caller moves
+        after this) allows is no loss either (seqturns.plausible).
         """
         last = self.last_seq.get(vm)
         if last is None:
@@ -102,7 +104,8 @@ class Buffer:
         elif seq == last + 1:  # its next (no seq follows WATCHED or JUMPED)
             self.last_seq[vm] = seq
             return
-        self.last_seq[vm], lost = self.shared.step(vm, last, seq, ts, self.clock(), source)
+        self.last_seq[vm], lost = self.shared.step(vm, last, seq, ts, self.clock(), source,
+                                                   self.last_seen.get(vm))
         if lost:
             self.metrics.seq_lost += lost
 

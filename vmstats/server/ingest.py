@@ -280,8 +280,8 @@ class Ingest:
                 added = sum(map(len, map(rows_of, vm_set))) - sum(sizes)
                 buffer.count += added
                 metrics.repeated += count - added  # resends of rows held: replaced, kept once
-                seen.update(zip(vm_set, repeat(now)))
                 self._sequence(vms, tss, seqs, len(vm_set) == count, source)
+                seen.update(zip(vm_set, repeat(now)))  # after: a jump is judged since the last
                 accepted = count
         metrics.records += accepted
         if accepted:

@@ -83,6 +83,9 @@ class Metrics:
         self.drops: Counter[str] = Counter({"per_vm_cap": 0, "global_cap": 0, "vm_cap": 0,
                                               "unwritable": 0})
         self.seq_lost = 0
+        #: Jumps up of an agent's seq further than one agent numbers in the time between its
+        #: records (seqturns.plausible): not in ``seq_lost``.
+        self.seq_too_far = 0
         #: VM ids found sent by more than one machine (two seq counters taking turns;
         #: sharedids.py), once each time one is found.
         self.shared_ids = 0
@@ -142,6 +145,7 @@ class Metrics:
             "dropped": dict(self.drops),
             "dropped_total": sum(self.drops.values()),
             "estimated_lost_records": self.seq_lost,
+            "seq_jumps_too_far": self.seq_too_far,
             "shared_vm_ids_found": self.shared_ids,
             "buffered_records": buffered,
             "in_flight_records": in_flight,
@@ -194,6 +198,10 @@ class Metrics:
                [((("cause", c),), n) for c, n in sorted(self.drops.items())])
         metric("estimated_lost_records_total", "counter",
                "Records missing from agents' seq counters (UDP loss).", [((), self.seq_lost)])
+        metric("seq_jumps_too_far_total", "counter",
+               "Jumps up of an agent's seq counter further than one agent numbers in the time "
+               "since its previous record (a forged or damaged record, another sender under its "
+               "id): not counted as lost records.", [((), self.seq_too_far)])
         metric("shared_vm_ids_found_total", "counter",
                "VM ids found sent by more than one machine: two seq counters taking turns under "
                "one id (their records are filed as one VM's; the ids are on /status and in the "

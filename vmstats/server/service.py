@@ -480,7 +480,10 @@ class Aggregator(service.MultiService):
         lines += ["    %-22s %d" % (k, v) for k, v in sorted(s["rejected"].items()) if v]
         lines.append("  dropped           %d" % s["dropped_total"])
         lines += ["    %-22s %d" % (k, v) for k, v in sorted(s["dropped"].items()) if v]
-        lines.append("  est. lost (seq)   %d" % s["estimated_lost_records"])
+        lines.append("  est. lost (seq)   %d%s" % (
+            s["estimated_lost_records"],
+            " (and %s too far to be loss, not counted)" % counted(s["seq_jumps_too_far"], "jump")
+            if s["seq_jumps_too_far"] else ""))
         if self.buffer.shared.found:
             before = sum(1 for found in self.buffer.shared.found.values() if found.before)
             lines.append("  shared VM ids     %d found (sent by more than one machine: /status, the "

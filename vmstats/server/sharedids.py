@@ -63,6 +63,8 @@ class SharedIds(Watches):
         #: Changes to ``found`` worth saving at once (an id found, found again, a sender), and
         #: any change (also a finding's ``last`` moved): sharedkept.py saves by them.
         self.news = self.changes = 0
+        #: When a jump too far up was last logged (``clock()``).
+        self.too_far_logged = float("-inf")
 
     def known(self, vm: str) -> bool:
         """An id found shared before (kept across a restart) is watched from its first record."""
@@ -96,6 +98,20 @@ class SharedIds(Watches):
                         "(%s so far); their records are filed as one VM's. Senders: %s. "
                         "docs/OPERATIONS.md, One VM id, two machines", vm,
                         counted(counters.turns, "turn"), known)
+
+    def too_far(self, vm: str, before: int, seq: int, elapsed: float | None) -> None:
+        """A jump up no agent numbers so fast: counted apart from the loss estimate, and said at
+        most once an hour (one forged datagram made that estimate 9.2e18 before)."""
+        self.metrics.seq_too_far += 1
+        now = self.clock()
+        if now - self.too_far_logged < LOG_EVERY:
+            return
+        self.too_far_logged = now
+        log.warning("VM %s's seq jumped from %d to %d%s: more than one agent numbers in that time, "
+                    "so not counted as lost records (vmstats_seq_jumps_too_far_total; a forged or "
+                    "damaged record, another sender under its id, a counter set anew). Said at "
+                    "most once an hour", vm, before, seq,
+                    "" if elapsed is None else " in %.0fs" % elapsed)
 
     def drop_older(self, horizon: float) -> int:
         """Forget the ids last found before ``horizon`` (a ``clock()`` reading): a finding is
