@@ -1,10 +1,10 @@
 """The loss estimate from agents' ``seq`` counters: a jump up further than one agent numbers in
 the time between its records is counted apart, not as records lost (one datagram made the
-estimate 9.2e18).
+estimate 9.2e18); a loss followed by one record and silence is counted, at a flush or the stop.
 
 Real datagrams in the agent's wire format to the real server on loopback, /metrics and /status
-read back, and the real report over the logs it wrote; a long outage through the server's
-ingest with a clock of the test's own.
+read back, and the real report over the logs it wrote; the clock-driven cases (a long outage, a
+jump waiting past WAIT_FOR) through the server's ingest with a clock of the test's own.
 """
 
 import json
@@ -16,7 +16,8 @@ from pathlib import Path
 from serverproc import LOOPBACK, serve
 from test_server_shared_ids import line, udp_from
 
-from vmstats.server.buffer import Buffer
+from vmstats import seqturns
+from vmstats.server.buffer import FORGET_AFTER, Buffer
 from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 
@@ -78,6 +79,20 @@ def test_a_jump_no_agent_numbers_so_fast_is_counted_apart_not_as_lost_records(tm
         assert by_vm[vm]["records"] == len(records)
 
 
+def test_a_loss_then_one_record_then_silence_is_counted_at_the_stop(tmp_path):
+    """Two records lost, the next one arrives, and the agent says no more: the jump waits for a
+    next record that never comes; the stop counts it (and /metrics said nothing meanwhile)."""
+    t0 = int(time.time()) - 3600
+    with serve(tmp_path, "--flush-interval", "0.5") as server:
+        for n, (seq, ts) in enumerate([(1, t0), (2, t0 + 60), (5, t0 + 240)], 1):
+            server.send_udp(line("quiet", seq, ts))
+            server.wait_received(n)
+        server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] == 3)
+        assert server.metrics()[LOST] == 0  # its next record may yet show a second counter
+    assert server.returncode == 0, server.output
+    assert "est. lost (seq)   2\n" in server.output
+
+
 def _ingest() -> tuple[Ingest, list[float]]:
     """The server's ingest and buffer, on a clock the test moves."""
     clock = [1000.0]
@@ -98,3 +113,27 @@ def test_a_long_outage_is_loss_and_the_same_jump_at_once_is_not():
         ingest.payload(line(vm, 1512, t0 + int(wait) + 1))
     assert ingest.metrics.seq_lost == 1500
     assert ingest.metrics.seq_too_far == 1
+
+
+def test_a_jump_waiting_past_wait_for_is_counted_at_a_flush_and_one_forgotten_at_once():
+    """A flush before WAIT_FOR leaves a jump waiting for its VM's next record; one after counts
+    it, and the VM's next record follows the counter it jumped to; a VM forgotten at the VM cap
+    with a jump waiting has it counted, not dropped."""
+    ingest, clock = _ingest()
+    buffer, metrics = ingest.buffer, ingest.metrics
+    t0 = int(time.time()) - 3600
+    for seq in (1, 2, 5):
+        ingest.payload(line("quiet", seq, t0 + 60 * seq))
+        clock[0] += 60
+    buffer.swap()
+    assert metrics.seq_lost == 0 and buffer.last_seq["quiet"] == seqturns.JUMPED
+    clock[0] += seqturns.WAIT_FOR
+    buffer.swap()
+    assert metrics.seq_lost == 2 and buffer.last_seq["quiet"] == 5
+    ingest.payload(line("quiet", 6, t0 + 3600))
+    assert metrics.seq_lost == 2 and not buffer.shared.jumped
+    for seq in (1, 9):
+        ingest.payload(line("gone", seq, t0 + 60 * seq))
+    clock[0] += FORGET_AFTER + 1
+    assert buffer.forget(clock[0] - FORGET_AFTER) == 2
+    assert metrics.seq_lost == 2 + 7 and not buffer.shared.jumped

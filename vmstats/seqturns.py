@@ -42,7 +42,9 @@ least a second after the one before, however short its interval), so a counter
 gains at most one a second of the time between two of its records, beyond
 ``GAP``.  A jump further up (a forged or damaged record, a second sender far
 ahead, a counter set anew) is counted as a jump, not as records lost: one
-datagram made the fleet's loss estimate 9.2e18.
+datagram made the fleet's loss estimate 9.2e18.  A jump whose VM sends nothing
+more is counted whole once the caller settles it (``Watches.settle``: the
+server at a flush ``WAIT_FOR`` later, or at its stop), not never.
 """
 
 from dataclasses import dataclass, field
@@ -70,6 +72,9 @@ JUMPED = WATCHED - 2
 #: Records one agent numbers at most per second between two of its records: each takes a stamp
 #: second of its own.  A jump by more than GAP beyond this is no loss (``plausible``).
 PER_SECOND = 1.0
+#: Seconds a jump up waits for its VM's next record before ``settle`` counts it whole: ten of the
+#: agent's default intervals, when a silent VM may be forgotten (server/buffer.py FORGET_AFTER).
+WAIT_FOR = 600.0
 
 
 def steps_back(last, seq):
@@ -229,6 +234,19 @@ class Watches:
             counters = self.watched[vm] = Counters(last, now, [Head(last, None, 0)])
             return WATCHED, lost + counters.see(seq, ts, now, source)[0]
         return kept(last, seq), lost
+
+    def settle(self, horizon: float) -> tuple[dict[str, int], int]:
+        """Count whole the jumps up whose record came at or before ``horizon`` (the caller's
+        clock), their VM silent since: the loss estimate of a VM that lost records, sent one
+        more and stopped was never counted.  Returns those VMs' next last seqs (the seqs they
+        jumped to) and the records counted lost."""
+        settled: dict[str, int] = {}
+        lost = 0
+        for vm in [vm for vm, jump in self.jumped.items() if jump[4] <= horizon]:
+            before, seq, _ts, before_at, at = self.jumped.pop(vm)
+            lost += self.judged(vm, before, seq, _between(before_at, at))
+            settled[vm] = seq
+        return settled, lost
 
     def forget(self, kept_vms) -> None:
         """Forget the watches and jumps of the VMs not in ``kept_vms`` (the caller forgot them)."""

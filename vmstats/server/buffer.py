@@ -21,6 +21,7 @@ time of day (``seen_at``).
 import time
 from collections.abc import Callable
 
+from vmstats.seqturns import WAIT_FOR
 from vmstats.server.metrics import Metrics
 from vmstats.server.sharedids import SharedIds
 
@@ -109,9 +110,18 @@ class Buffer:
         if lost:
             self.metrics.seq_lost += lost
 
+    def settle(self, horizon: float) -> None:
+        """Count the jumps up whose VM sent nothing since ``horizon`` (a ``clock()`` reading; the
+        stop's is infinite), as the VM's next record would have (seqturns.Watches.settle)."""
+        if self.shared.jumped:
+            settled, lost = self.shared.settle(horizon)
+            self.last_seq.update(settled)
+            self.metrics.seq_lost += lost
+
     def swap(self) -> Table:
         """Take everything held, leaving an empty table (the flusher owns the result)."""
         table, self.table, self.count = self.table, {}, 0
+        self.settle(self.clock() - WAIT_FOR)
         if len(self.last_seen) >= self.max_vms:
             self.forget(self.clock() - FORGET_AFTER)
         return {vm: rows for vm, rows in table.items() if rows}
@@ -123,6 +133,7 @@ class Buffer:
         server below it keeps every VM's bookkeeping for /status.  Returns
         how many were forgotten.
         """
+        self.settle(horizon)  # a VM forgotten with a jump waiting: counted, not dropped
         before = len(self.last_seen)
         self.last_seen = {vm: seen for vm, seen in self.last_seen.items() if seen >= horizon}
         self.last_seq = {vm: seq for vm, seq in self.last_seq.items() if vm in self.last_seen}

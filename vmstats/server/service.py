@@ -420,6 +420,7 @@ class Aggregator(service.MultiService):
             yield defer.maybeDeferred(self.admission.stopService)
         yield defer.maybeDeferred(self.edge_service.stopService)  # open minutes into ingest
         yield self.ingest.idle()
+        self.buffer.settle(float("inf"))  # every record filed: a jump waiting is counted now
         if self.rules is not None:
             yield defer.maybeDeferred(self.rules.stopService)
         yield defer.maybeDeferred(self.flusher.stopService)
