@@ -54,7 +54,10 @@ def test_two_machines_under_one_id_are_found_counted_listed_and_logged_once(tmp_
                         sock.sendto(line(vm, seq, ts), (LOOPBACK, server.udp_port))
                         sent[vm].append((ts, seq))
                         count += 1
-                server.wait_received(count)  # a minute at a time, in order
+                        # Each filed before the next is sent: two parser processes read the
+                        # port, and a minute's datagrams sent at once could be filed in either
+                        # order, a reordering (its own test below) that is not this test's.
+                        server.wait_received(count)
 
         minutes(0, 8)
         metrics = server.wait_metrics(lambda m: m[FOUND] == 2)
