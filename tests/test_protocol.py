@@ -181,6 +181,24 @@ def test_sync_replies_round_trip_and_noise_is_not_a_reply():
         assert protocol.parse_reply(noise) is None
 
 
+def test_an_ack_names_its_rejects_by_reason_only_when_asked_and_reads_either_way():
+    """Reasons travel in an ack's fourth field, for a sender that asked (REASONS_REQUEST): a
+    sender reading three fields took four for a broken reply.  An ack without them (an older
+    server) reads as before, with no reasons."""
+    reasons = {protocol.R_PAST: 2, protocol.R_FUTURE: 1, protocol.R_RANGE: 0}
+    plain = protocol.format_reply(b"a-1", 4, 3)
+    named = protocol.format_reply(b"a-1", 4, 3, reasons=reasons)
+    assert plain == b"#!ack a-1 4 3\n"
+    assert named == b"#!ack a-1 4 3 future_timestamp=1,past_timestamp=2\n"
+    assert protocol.format_reply(b"a-1", 4, 0, reasons={}) == b"#!ack a-1 4 0\n"
+    for line in (plain, named):
+        assert protocol.parse_reply(line.rstrip(b"\n")) == (b"a-1", 4, 3, None)
+    assert protocol.reply_reasons(named.rstrip(b"\n")) == {"past_timestamp": 2, "future_timestamp": 1}
+    assert protocol.reply_reasons(plain.rstrip(b"\n")) == {}
+    assert protocol.reply_reasons(b"#!ack a-1 4 3 bad_utf8=1,=2,X=3,too_long=x") == {"bad_utf8": 1}
+    assert protocol.reply_reasons(b"#!nak a-1 busy") == {}
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from(["0", "00", "1", "01", "9", "10", "99", "100", "199", "200",
                                  "249", "250", "255", "256", "260", "300", "999", "1000", ""]),

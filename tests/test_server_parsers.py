@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from vmstats import protocol
 from vmstats.server import ingest as ingest_module
 from vmstats.server.buffer import Buffer
 from vmstats.server.ingest import Ingest
@@ -59,7 +60,8 @@ def test_answers_out_of_order_are_filed_in_arrival_order():
     parsers.calls[1][1].callback(answers[1])
     assert done == [] and ingest.buffer.count == 0  # the first payload is still out
     parsers.calls[0][1].callback(answers[0])
-    assert done == [("first", (1, 0, 0)), ("second", (1, 1, 0)), "sync", ("third", (1, 0, 0))]
+    assert done == [("first", (1, 0, 0, [])), ("second", (1, 1, 0, [(protocol.R_SYNTAX, 1)])),
+                    "sync", ("third", (1, 0, 0, []))]   # each payload's rejects by reason too
     # The later record for the same (vm, ts) replaced the earlier one.
     [(ts, held)] = ingest.buffer.table["10.0.0.1"].items()
     assert ts == NOW - 60 and held.split(b",")[0] == b"2"  # cpu, ..., host
@@ -94,7 +96,7 @@ def test_a_dead_parsers_payloads_are_parsed_by_the_reactor():
     waiting = ingest.idle()
     assert not waiting.called
     parsers.calls[0][1].errback(Failure(ParserDied("parser 123 ended")))
-    assert done == [(1, 0, 0)] and waiting.called
+    assert done == [(1, 0, 0, [])] and waiting.called
     assert ingest.metrics.parsed_here == 1 and ingest.buffer.count == 1
 
 
@@ -130,7 +132,7 @@ def test_a_payload_a_parser_sits_on_is_parsed_here_once_too_many_wait_behind_it(
     assert done == [] and len(ingest.queue) == 5  # at the bound, still waiting
     data = rec(20, vm="10.0.2.1")
     ingest.parsed_elsewhere(data, parser.parse(data, NOW))
-    assert done == [("held", (1, 0, 0))] and not ingest.queue and ingest.buffer.count == 6
+    assert done == [("held", (1, 0, 0, []))] and not ingest.queue and ingest.buffer.count == 6
     assert (ingest.metrics.parsed_remote, ingest.metrics.parsed_here) == (5, 1)
     parsers.calls[0][1].callback(parser.parse(rec(1), NOW))  # the parser wakes up
     assert ingest.metrics.records == 6 and ingest.buffer.count == 6

@@ -619,30 +619,61 @@ ACK_PREFIX = b"#!ack "
 NAK_PREFIX = b"#!nak "
 NAK_BUSY = "busy"
 NAK_AUTH = "auth"
+#: A sender's request, once on a connection, that its acks name why records were rejected:
+#: ``#!ack <token> <accepted> <rejected> <reason>=<count>[,<reason>=<count>...]``.  Asked for,
+#: not sent to all: a sender written to the three-field ack (an older agent) took a fourth
+#: field for a broken reply, and a server older than it ignores the line, as it ignores every
+#: control line it does not know, and answers with three fields.
+REASONS_REQUEST = b"#!reasons"
+_REASON_RE = re.compile(br"[a-z][a-z0-9_]{0,31}\Z")
 
 
-def format_reply(token, accepted=0, rejected=0, refused=None):
-    """The server's answer to ``#!sync <token>``: an ack, or a nak when ``refused`` names why."""
+def format_reply(token, accepted=0, rejected=0, refused=None, reasons=None):
+    """The server's answer to ``#!sync <token>``: an ack, or a nak when ``refused`` names why.
+
+    ``reasons`` (``{reason: count}``), for a sender that asked (REASONS_REQUEST), is the
+    rejected records' count by reason: an ack with rejected records names them in its fourth
+    field.
+    """
     if refused:
         return NAK_PREFIX + token + b" " + refused.encode("ascii") + b"\n"
-    return ACK_PREFIX + token + (" %d %d\n" % (accepted, rejected)).encode("ascii")
+    tail = ""
+    if reasons and rejected:
+        tail = " " + ",".join("%s=%d" % pair for pair in sorted(reasons.items()) if pair[1])
+    return ACK_PREFIX + token + (" %d %d%s\n" % (accepted, rejected, tail)).encode("ascii")
 
 
 def parse_reply(line):
     """``(token, accepted, rejected, refused)`` from one reply line (no newline), else None.
 
-    An ack gives ``refused`` None; a nak gives the reason (``str``) and zero counts.
+    An ack gives ``refused`` None; a nak gives the reason (``str``) and zero counts.  An ack's
+    fourth field, the reasons (reply_reasons), is allowed and not read here.
     Anything else (noise, a truncated line) is None, never an exception.
     """
     if line.startswith(ACK_PREFIX):
         parts = line[len(ACK_PREFIX):].split(b" ")
-        if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
+        if len(parts) in (3, 4) and parts[0] and parts[1].isdigit() and parts[2].isdigit():
             return parts[0], int(parts[1]), int(parts[2]), None
     elif line.startswith(NAK_PREFIX):
         token, _sep, reason = line[len(NAK_PREFIX):].partition(b" ")
         if token:
             return token, 0, 0, reason.decode("ascii", "replace") or "unknown"
     return None
+
+
+def reply_reasons(line):
+    """``{reason: count}`` an ack names its rejected records by (format_reply), or ``{}``: an
+    ack without reasons (a server older than them, or nothing rejected), a nak, noise.  A
+    piece that is no ``reason=count`` is skipped."""
+    parts = line[len(ACK_PREFIX):].split(b" ") if line.startswith(ACK_PREFIX) else ()
+    reasons = {}
+    if len(parts) == 4:
+        for piece in parts[3].split(b","):
+            name, _sep, count = piece.partition(b"=")
+            if _REASON_RE.match(name) and count.isdigit():
+                key = name.decode("ascii")
+                reasons[key] = reasons.get(key, 0) + int(count)
+    return reasons
 #: A signed frame's timestamp may differ from the server clock by this much.
 DEFAULT_SIG_WINDOW = 300
 

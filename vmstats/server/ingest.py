@@ -39,7 +39,9 @@ TIME_REASONS = frozenset((protocol.R_FUTURE, protocol.R_PAST))
 #: or ``--max-future``/``--max-past`` at the restart.
 WINDOW_PREFIX = b"#!window "
 
-Done = Callable[[int, int, int], None] | None
+#: Told a filed payload's ``(accepted, rejected, dropped, rejects)``, ``rejects`` its rejected
+#: lines' ``(reason, count)`` pairs (a TCP ack names them to a sender that asks).
+Done = Callable[[int, int, int, list], None] | None
 
 #: Payloads that may wait behind the oldest one while a parser process has not answered for it.
 #: Beyond, the reactor parses that one itself: a stopped parser (found and killed after
@@ -52,7 +54,7 @@ class Ingest:
 
     ``payload`` parses and files at once and returns ``(accepted, rejected,
     dropped)``; ``submit`` may parse elsewhere and calls ``done`` with the same
-    triple when the payload's turn to be filed comes.
+    triple, and the rejects' reasons, when the payload's turn to be filed comes.
     """
 
     def __init__(self, buffer: Buffer, metrics: Metrics, max_future: int, max_past: int,
@@ -104,9 +106,10 @@ class Ingest:
         if parsers is None or not parsers.has_room() or not timed:
             self.metrics.parsed_here += 1
             if not self.queue:
-                result = self.file(data, self._parse_now(data, timed), source)
+                parsed = self._parse_now(data, timed)
+                result = self.file(data, parsed, source)
                 if done is not None:
-                    done(*result)
+                    done(*result, parsed[4])
                 return
             self.queue.append([data, self._parse_now(data, timed), done, None, source])
             return
@@ -204,11 +207,11 @@ class Ingest:
                 data, parsed = self._admitted(parsed, verdict)
                 if data is None:
                     if done is not None:
-                        done(0, 0, 0)
+                        done(0, 0, 0, [])
                     continue
             result = self.file(data, parsed, source)
             if done is not None:
-                done(*result)
+                done(*result, parsed[4])
         if not queue:
             self._idle.fire()
 

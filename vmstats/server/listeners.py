@@ -317,6 +317,10 @@ class TCPReceiver(tx_protocol.Protocol):
         self.discard_bytes = 0
         self.discard_lines = False
         self.accepted = self.rejected = 0
+        #: This batch's rejected records by reason, for a sender that asked for them.
+        self.reasons: dict[str, int] = {}
+        #: Whether the sender asked its acks to name the reasons (protocol.REASONS_REQUEST).
+        self.wants_reasons = False
         self.busy = self.auth_failed = False
         self.first_write: int | None = None  # the journal write holding this batch's first records
         self.table = factory.table
@@ -449,6 +453,8 @@ class TCPReceiver(tx_protocol.Protocol):
                 if line.startswith(protocol.SYNC_PREFIX) or line == _BARE_SYNC:
                     self._submit_signed(frames)
                     self._sync(line[len(protocol.SYNC_PREFIX):])  # a bare one: no token, counted
+                elif line == protocol.REASONS_REQUEST:
+                    self.wants_reasons = True
                 continue  # other control lines are for other readers
             # Plain lines up to the next control line (or the last complete line).
             cut = frame_start(buf)
@@ -505,13 +511,16 @@ class TCPReceiver(tx_protocol.Protocol):
         if refused:
             self.auth_failed = True
         if unbound:
-            self._filed(0, unbound, 0)
+            self._filed(0, unbound, 0, ((protocol.S_UNBOUND, unbound),))
 
-    def _filed(self, accepted: int, rejected: int, dropped: int) -> None:
+    def _filed(self, accepted: int, rejected: int, dropped: int, rejects=()) -> None:
+        """A payload of the batch filed: its counts, and its rejects' ``(reason, count)``."""
         if accepted and self.first_write is None and self.ingest.journal is not None:
             self.first_write = self.ingest.journal.next_write()  # where this batch starts
         self.accepted += accepted
         self.rejected += rejected
+        for reason, count in rejects:
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
         if dropped:
             self.busy = True
 
@@ -524,7 +533,7 @@ class TCPReceiver(tx_protocol.Protocol):
 
     def _rejected(self, count: int) -> None:
         """Count rejects the listener itself made, in arrival order with the payloads."""
-        self.ingest.after(lambda: self._filed(0, count, 0))
+        self.ingest.after(lambda: self._filed(0, count, 0, ((protocol.R_TOO_LONG, count),)))
 
     def _broken_frame(self, buf: bytes, length: int | None) -> bytes:
         """After a frame's header found broken (counted once, under its reason): the frame
@@ -589,9 +598,11 @@ class TCPReceiver(tx_protocol.Protocol):
 
     def _end_batch(self, token: bytes) -> None:
         """Everything before the sync is filed and nothing after it: the batch is complete."""
-        batch = (token, self.accepted, self.rejected, self.busy, self.auth_failed)
+        batch = (token, self.accepted, self.rejected, self.busy, self.auth_failed,
+                 self.reasons if self.wants_reasons else None)
         first_write, self.first_write = self.first_write, None
         self.accepted = self.rejected = 0
+        self.reasons = {}
         self.busy = self.auth_failed = False
         journal = self.ingest.journal
         if journal is None:
@@ -600,13 +611,13 @@ class TCPReceiver(tx_protocol.Protocol):
             journal.when_durable(lambda journaled: self._reply(batch, journaled), first_write)
 
     def _reply(self, batch: tuple, journaled: bool) -> None:
-        token, accepted, rejected, busy, auth_failed = batch
+        token, accepted, rejected, busy, auth_failed, reasons = batch
         if auth_failed or busy or not journaled:
             reason = protocol.NAK_AUTH if auth_failed else protocol.NAK_BUSY
             reply = protocol.format_reply(token, refused=reason)
             self.metrics.naks += 1
         else:
-            reply = protocol.format_reply(token, accepted, rejected)
+            reply = protocol.format_reply(token, accepted, rejected, reasons=reasons)
             self.metrics.acks += 1
         self.unanswered -= 1
         if self.transport is not None:  # writing to a closed connection is a no-op
