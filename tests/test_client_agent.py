@@ -51,9 +51,10 @@ def test_loop_sends_count_records_with_rising_seq_and_stamps():
 
 
 def test_stamps_follow_the_wall_clock_and_always_increase():
+    base = 1700000000                            # a clock that is set (agent.clock_set)
     mono, wall = [0.0], [0.0]
     runner = agent.Agent(settings("--interval", "60"), Collector(), "v", None, sleeper=object(),
-                         clock=lambda: mono[0], wall=lambda: wall[0])
+                         clock=lambda: mono[0], wall=lambda: base + wall[0])
     stamps = []
     for mono[0], wall[0] in ((0.0, 1000.4),
                              (60.0, 1060.6),
@@ -61,7 +62,7 @@ def test_stamps_follow_the_wall_clock_and_always_increase():
                              (61.0, 1059.0),     # a small step back: +1
                              (121.0, 5000.2),    # a jump forward: the new time
                              (181.0, 100.0)):    # a big step back: the new time
-        stamps.append(runner.stamp())
+        stamps.append(runner.stamp() - base)
     assert stamps == [1000, 1061, 1062, 1063, 5000, 100]
 
 

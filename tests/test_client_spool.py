@@ -175,7 +175,10 @@ def test_signed_tcp_batch_is_one_frame_then_the_sync(tmp_path):
     sender = transport.TcpSender("127.0.0.1", peer.port, store, signer=signer, timeout=5)
     sender.send(lines(2))
     peer.close()
-    parts = protocol.split_signed(peer.received)
+    # The connection opens asking for the reasons of rejections, a control line of its own.
+    request = protocol.REASONS_REQUEST + b"\n"
+    assert peer.received.startswith(request)
+    parts = protocol.split_signed(peer.received[len(request):])
     assert parts and parts[4] == b"\n".join(lines(2)) + b"\n"
     assert parts[5].startswith(protocol.SYNC_PREFIX)
     verifier = protocol.SignatureVerifier({"k1": "s3cret"})

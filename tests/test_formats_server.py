@@ -353,7 +353,7 @@ def test_a_first_sample_from_before_max_past_is_named_as_refused_for_the_window(
                                                                 mem=2.0)).encode()])
         sender.close()
         assert (sender.acked, sender.rejected) == (0, 1)
-        assert "spooled longer than its --max-past" in caplog.text, caplog.text
+        assert "older than its --max-past (spooled longer than that)" in caplog.text, caplog.text
         metrics = server.metrics()
         assert edge(metrics, "influx", "past_timestamp") == 19
         assert metrics['vmstats_rejected_total{reason="past_timestamp"}'] == 1

@@ -8,6 +8,9 @@ not move forward (rounding, a small step back) becomes the previous one plus
 one second, because the server keeps one record per (vm, ts).  The last stamp is kept on disk
 (laststamp.py): a clock behind it at the next start (a reboot without time sync) has records
 stamped on from it as time goes by instead, until it catches up (Agent.stamp).
+No record is made while the clock is not set (before protocol.FIRST_STAMP: every such stamp is
+refused), nor after a step back that the server took the stamps before, until the clock passes
+the last stamp sent: such intervals are counted (Agent.withheld) and spend no ``seq``.
 Before the first interval the agent waits a random part of ``--jitter``, so a
 fleet booted together does not send in the same second.
 
@@ -219,14 +222,31 @@ class Agent(object):
         #: Where the last stamp is kept (laststamp.LastStamp), or None.
         self.last = last
         #: The stamp a record must come after, while the clock is behind the one kept, and when
-        #: (on ``clock``) it was given (None for the one kept from before the start).
-        self._floor = last.load(wall()) if last is not None else None
+        #: (on ``clock``) it was given (None for the one kept from before the start).  A clock
+        #: not set yet (clock_set) judges no kept stamp: it is read once the clock is.
+        now = wall()
+        self._floor = last.load(now) if last is not None and clock_set(now) else None
+        self._floor_unread = last is not None and not clock_set(now)
         self._floor_at = None
+        #: Intervals whose record was not made: the clock not set, or stepped back behind the
+        #: stamps sent (Agent.stamp); and the wall-clock time the clock was first seen unset.
+        self.withheld = 0
+        self._unset_at = None
+        #: After a step back that the server took the stamps before (Agent.stamp): the last
+        #: stamp sent, which the clock must pass before records are made again; else None.
+        self._held_to = None
         #: The sender's count of records refused as stamped ahead, when last looked at.
         self._refused_ahead = 0
 
     def stamp(self):
-        """The wall-clock second of an interval's end, increasing record to record.
+        """The wall-clock second of an interval's end, increasing record to record; None when no
+        record is to be made for the interval (``withheld``).
+
+        A clock before protocol.FIRST_STAMP is not set (a VM booted without a hardware clock,
+        before time sync): the server refuses every record it stamps, and they were sent (and
+        spooled) for nothing.  No record is made, so no ``seq`` is spent on one (the server
+        would count the gap as records lost), it is said once, and records are made again
+        once the clock is set (clock_unset).
 
         The wall clock is compared with the monotonic one: falling behind it
         by more than CLOCK_STEP is a step back (NTP correcting a fast clock),
@@ -247,12 +267,41 @@ class Agent(object):
         time sync.
         """
         wall, mono = self.wall(), self.clock()
+        if self.clock_unset(wall):
+            return None
         ts = int(round(wall))
+        if self._held_to is not None:
+            if ts <= self._held_to:
+                self._last_clocks = (wall, mono)
+                self.withheld += 1
+                LOG.debug("no record for this interval: the clock is %ds behind the last stamp "
+                          "sent (%d not made)", self._held_to - ts, self.withheld)
+                return None
+            LOG.info("the clock is past the last stamp sent before it stepped back: records "
+                     "are made again")
+            self._held_to = None
         if self._last_clocks is not None:
             expected = self._last_clocks[0] + (mono - self._last_clocks[1])
             if wall < expected - CLOCK_STEP:
-                LOG.warning("wall clock stepped back by %ds; stamping records by the new time",
-                            expected - wall)
+                back = expected - wall
+                if self._floor is None and ts <= self.last_ts \
+                        and back <= protocol.DEFAULT_MAX_FUTURE:
+                    # The records stamped ahead were inside the server's window, and taken:
+                    # stamped by the new time, the next ones fell among them (out of order, two
+                    # in one interval's time), which no other record of the VM does.
+                    LOG.warning("wall clock stepped back by %ds, %ds behind the last stamp sent: "
+                                "the records stamped ahead before it were taken by the server "
+                                "(within its --max-future), so none is made until the clock "
+                                "passes that stamp, rather than stamped among them",
+                                back, self.last_ts - ts)
+                    self._held_to = self.last_ts
+                    self._last_clocks = (wall, mono)
+                    self.withheld += 1
+                    return None
+                LOG.warning("wall clock stepped back by %ds; stamping records by the new time%s",
+                            back, "" if back <= protocol.DEFAULT_MAX_FUTURE else
+                            " (the records stamped ahead before it were from the future to a "
+                            "server whose clock is right: refused, over UDP unheard)")
             elif ts <= self.last_ts:
                 ts = self.last_ts + 1
         if self._floor is not None:
@@ -274,6 +323,30 @@ class Agent(object):
         self._last_clocks = (wall, mono)
         return ts
 
+    def clock_unset(self, wall):
+        """Whether the clock, reading ``wall``, is not set yet (clock_set); said once as it
+        is found unset and once as it is set again (the kept stamp is read then)."""
+        if not clock_set(wall):
+            self.withheld += 1
+            LOG.debug("no record for this interval: the clock is not set (%d not made)",
+                      self.withheld)
+            if self._unset_at is None:
+                self._unset_at = wall
+                LOG.warning("the clock reads %d, before %d (2000-01-01): it is not set yet (no "
+                            "hardware clock, time sync not done); no record is made until it "
+                            "is, since the server refuses every stamp before then", wall,
+                            protocol.FIRST_STAMP)
+            return True
+        if self._unset_at is not None:
+            LOG.warning("the clock is set now (it reads %d): records are made again; %s not "
+                        "made while it was not", wall, counted(self.withheld, "record"))
+            self._unset_at = None
+            self._last_clocks = None
+        if self._floor_unread:
+            self._floor_unread = False
+            self._floor = self.last.load(wall)
+        return False
+
     def heed_refusals(self):
         """Stop stamping on from the last stamp kept once the server refuses records stamped
         ahead of this clock as from the future.
@@ -289,9 +362,9 @@ class Agent(object):
         if refused == self._refused_ahead:
             return
         self._refused_ahead = refused
-        if self._floor is None:
-            return
         now = int(round(self.wall()))
+        if self._floor is None or not clock_set(now):
+            return
         LOG.warning("the server refused records stamped on from the last stamp kept (%ds ahead "
                     "of this clock) as from the future: the clock was ahead before this start "
                     "and is right now; records are stamped by it again", self._floor - now)
@@ -371,13 +444,16 @@ class Agent(object):
             if not self.sleeper.until(end):
                 return self._stop(produced)
             k += 1
-            record = self.record(self.sampler.finish(), self.stamp())
-            self.sender.send([protocol.encode_record(record).encode("utf-8")])
-            if self.last is not None:
-                self.last.save(record.ts)
-            self.heed_refusals()
-            produced += 1
-            if self.config.count and produced >= self.config.count:
+            metrics = self.sampler.finish()
+            ts = self.stamp()
+            if ts is not None:
+                record = self.record(metrics, ts)
+                self.sender.send([protocol.encode_record(record).encode("utf-8")])
+                if self.last is not None:
+                    self.last.save(record.ts)
+                self.heed_refusals()
+                produced += 1
+            if self.config.count and produced + self.withheld >= self.config.count:
                 return self._stop(produced)
             if self.clock() > anchor + (k + 1) * interval:
                 # Suspended or starved for more than an interval: start afresh
@@ -407,6 +483,12 @@ class Agent(object):
                         counted(len(self.sender.spool), "record"),
                         ", %d lost (the disk refused to spool them)" % held if held else "")
         return produced
+
+
+def clock_set(wall):
+    """Whether a clock reading ``wall`` (s) has been set: not before protocol.FIRST_STAMP, the
+    least stamp the server takes (a clock counting from 1970 since boot has not been)."""
+    return wall >= protocol.FIRST_STAMP
 
 
 def last_stamp(config, environ=os.environ):
@@ -498,7 +580,7 @@ def main(config):
     try:
         produced = agent.run()
         if config.count:
-            return count_outcome(sender, produced)
+            return count_outcome(sender, produced, agent.withheld)
     except procfs.ProcError as exc:
         LOG.error("%s", exc)
         return 1
@@ -509,23 +591,35 @@ def main(config):
     return 0
 
 
-def count_outcome(sender, produced):
-    """``--count``'s last line and exit status: LEFT_IN_SPOOL when TCP records were not delivered.
+def count_outcome(sender, produced, withheld=0):
+    """``--count``'s last line and exit status: LEFT_IN_SPOOL when TCP records were not
+    delivered, 1 when records were not made (withheld: the clock not set, or stepped back).
 
     ``--count`` is a one-shot smoke check, so a server that was down or refused every batch must
     not pass as 0; the records stay spooled for the next start, as on any stop. A running agent
     (no ``--count``) still exits 0 on a stop, so systemd does not restart it for a backlog.
-    UDP has no acknowledgement to report.
+    UDP has no acknowledgement to report.  The figures are this run's records; records spooled
+    by an earlier run and delivered now are counted apart (they made "acknowledged" exceed
+    "made", and passed for this run's).
     """
+    unmade = (", %s not made (the clock not set, or stepped back behind the stamps sent)"
+              % counted(withheld, "record")) if withheld else ""
     if not isinstance(sender, transport.TcpSender):
-        return 0
+        if withheld:
+            LOG.warning("%s made%s", counted(produced, "record"), unmade)
+        return 1 if withheld else 0
     left = len(sender.spool)
     lost = len(sender.held) + sender.lost
     ahead = sender.refused_ahead
-    rejected = (", %d rejected by the server%s" % (sender.rejected, " (%d stamped ahead of this "
-                "VM's clock)" % ahead if ahead else "")) if sender.rejected else ""
-    (LOG.warning if left or lost else LOG.info)(
-        "%s made, %d acknowledged%s, %d left in the spool at %s%s", counted(produced, "record"),
-        sender.acked + sender.rejected, rejected, left,
+    by = ", ".join("%d %s" % (count, reason) for reason, count in sorted(sender.rejected_by.items()))
+    rejected = (", %d rejected by the server%s" % (sender.rejected, " (%s)" % "; ".join(
+        part for part in (by, "%d stamped ahead of this VM's clock" % ahead if ahead else "")
+        if part) if by or ahead else "")) if sender.rejected else ""
+    delivered = sender.acked + sender.rejected
+    earlier = (", and %s spooled before this run acknowledged now"
+               % counted(sender.earlier, "record")) if sender.earlier else ""
+    (LOG.warning if left or lost or withheld else LOG.info)(
+        "%s made%s, %d acknowledged%s%s, %d left in the spool at %s%s",
+        counted(produced, "record"), unmade, delivered - sender.earlier, earlier, rejected, left,
         sender.spool.path, ", %d lost (the disk refused to spool them)" % lost if lost else "")
-    return LEFT_IN_SPOOL if left or lost else 0
+    return LEFT_IN_SPOOL if left or lost else 1 if withheld else 0

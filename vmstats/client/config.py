@@ -116,8 +116,9 @@ OPTIONS = (
      "random delay before the first interval, so a fleet spreads its sends "
      "(default: up to one interval; 0 disables)"),
     ("count", _number(int, 0, True), None, "N",
-     "stop after N records (default: run until stopped); over TCP, exit 3 if any record is "
-     "left unacknowledged in the spool"),
+     "stop after N records (default: run until stopped; an interval whose record is not made, "
+     "the clock not set, counts); over TCP, exit 3 if any record is left unacknowledged in the "
+     "spool; exit 1 if a record was not made"),
     ("vm_id", _vm_id, None, "ID",
      "VM id (default: the local address used to reach the server)"),
     ("host", _text, None, "NAME",

@@ -72,6 +72,8 @@ class Spool(object):
         self._claim()
         self._names = self._scan()
         self._next = int(self._names[-1][:_NAME_DIGITS]) + 1 if self._names else 0
+        #: The number of the first record added by this start: those below were spooled before.
+        self.first_new = self._next
         if self._names:
             LOG.info("spool %s holds %s", path, counted(len(self._names), "unacknowledged record"))
         self._trim()
@@ -269,6 +271,11 @@ class Spool(object):
             else:
                 records.append(part)
         return b"\n".join(records), bad
+
+    def earlier(self, names):
+        """How many of ``names`` were spooled before this start (``--count``'s summary tells
+        them from this run's records)."""
+        return sum(1 for name in names if int(name[:_NAME_DIGITS]) < self.first_new)
 
     def remove(self, names):
         """Forget records the server acknowledged."""

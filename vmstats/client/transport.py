@@ -47,6 +47,16 @@ RESOLVE_EVERY = 300.0
 #: A record stamped further ahead of this VM's clock than this (s) was stamped by a clock that
 #: was ahead then: the agent stamps with the clock, a few seconds on at most after a step back.
 AHEAD_SLACK = 5.0
+#: What each reason a server gives for rejected records (protocol.reply_reasons) means for the
+#: agent's own records, which are well formed: what it refuses is most often a stamp.
+REASON_WORDS = {
+    protocol.R_PAST: "stamped before the server's time window: before 2000-01-01 (made while "
+                     "this VM's clock was not set) or older than its --max-past (spooled "
+                     "longer than that)",
+    protocol.R_FUTURE: "stamped further ahead of the server's clock than its --max-future: "
+                       "this VM's clock was ahead (run NTP)",
+    protocol.S_UNBOUND: "signed with a key the server does not bind to this VM id",
+}
 
 
 class TransportError(ValueError):
@@ -401,6 +411,13 @@ class TcpSender(object):
         self.failed_at = None
         self.acked = 0
         self.rejected = 0
+        #: Of ``acked`` and ``rejected``, records spooled before this start (Spool.earlier).
+        self.earlier = 0
+        #: Of ``rejected``, the count by the reason the server gave (servers since reasons).
+        self.rejected_by = {}
+        #: The reasons said in the log already: each once (a clock not set for an hour, or a
+        #: week of spool past --max-past, said the same line for every batch).
+        self._said_reasons = set()
         #: Of ``rejected``, records stamped ahead of this VM's clock (AHEAD_SLACK): the server
         #: refuses them as from the future, for good.  The agent stops stamping ahead on it.
         self.refused_ahead = 0
@@ -525,6 +542,8 @@ class TcpSender(object):
         self.sock = connect_first(addresses(self.host, self.port, socket.SOCK_STREAM),
                                   self.timeout, self.clock)
         self.sock.settimeout(self.timeout)
+        # Acks naming why records were rejected; a server older than that ignores the line.
+        self.sock.sendall(protocol.REASONS_REQUEST + b"\n")
         self.resolved_at = self.clock()
         self._pending = b""
         if self.backoff.failures:
@@ -546,11 +565,12 @@ class TcpSender(object):
         self._tokens += 1
         token = ("%s-%d" % (self._prefix, self._tokens)).encode("ascii")
         self.sock.sendall(payload + protocol.SYNC_PREFIX + token + b"\n")
-        accepted, rejected, refused = self._await_reply(token)
+        accepted, rejected, refused, reasons = self._await_reply(token)
         if refused is not None:
             raise Refused("server refused the batch: %s" % refused)
         spooled = [name for name, _line in batch if name is not None]
         if spooled:
+            self.earlier += self.spool.earlier(spooled)
             self.spool.remove(spooled)
         for _held in range(len(batch) - len(spooled)):
             self.held.popleft()
@@ -559,39 +579,58 @@ class TcpSender(object):
         self.acked += accepted
         self.rejected += rejected
         if rejected:
-            self._said_rejected(rejected, batch)
+            self._said_rejected(rejected, batch, reasons)
 
-    def _said_rejected(self, rejected, batch):
+    def _said_rejected(self, rejected, batch, reasons):
         """Count and say the records of ``batch`` the server rejected (final: not resent).
 
-        The agent's own records are well formed: what the server refuses is most often a stamp
-        outside its time window: records spooled longer than its --max-past takes (an outage of
-        the server or network), or a clock that is off.  Records stamped ahead of this VM's
-        clock now were stamped by a clock that was ahead and has been set right since (by hand
-        or by time sync, while the agent was stopped): the server refuses them as from the
-        future, and they are named so, not left under "invalid".
+        A server that names the reasons (``reasons``, ``{reason: count}``) has each said once,
+        in words (REASON_WORDS), and counted in ``rejected_by``; an older one's ack has none,
+        and the rejection is said as before, for each batch.  Records stamped ahead of this
+        VM's clock now were stamped by a clock that was ahead and has been set right since (by
+        hand or by time sync, while the agent was stopped): the server refuses them as from
+        the future, and they are named so.  A clock not set (before protocol.FIRST_STAMP)
+        judges no stamp ahead: every record made before it went back to 1970 would lead it.
         """
         now = self.wall()
         leads = [ts - now for ts in (stamp_of(line) for _name, line in batch)
-                 if ts is not None and ts > now + AHEAD_SLACK]
-        # Taken as refused for their stamps only when as many records were rejected at least:
-        # records spooled before a reboot with a clock behind lead that clock too, and a
-        # batch of them refused for age (--max-past) beside accepted ones is no such refusal.
-        ahead = len(leads) if rejected >= len(leads) else 0
+                 if ts is not None and ts > now + AHEAD_SLACK] if now >= protocol.FIRST_STAMP else []
+        if reasons:
+            ahead = min(len(leads), reasons.get(protocol.R_FUTURE, 0))
+        else:
+            # Taken as refused for their stamps only when as many records were rejected at
+            # least: records spooled before a reboot with a clock behind lead that clock too,
+            # and a batch of them refused for age (--max-past) beside accepted ones is no such
+            # refusal.
+            ahead = len(leads) if rejected >= len(leads) else 0
         self.refused_ahead += ahead
+        for reason, count in reasons.items():
+            self.rejected_by[reason] = self.rejected_by.get(reason, 0) + count
         if ahead:
             LOG.warning("server rejected %d of %s (not resent, not stamped again): %d stamped up "
                         "to %ds ahead of this VM's clock, from the future to the server: the "
                         "clock that stamped them was ahead, and has been set back since",
                         rejected, counted(len(batch), "record"), ahead, max(leads))
+            self._said_reasons.add(protocol.R_FUTURE)
+        if not reasons:
+            if not ahead:
+                LOG.warning("server rejected %d of %s (not resent): invalid, or stamped "
+                            "outside the server's time window (spooled longer than its "
+                            "--max-past, or this VM's clock off: run NTP)",
+                            rejected, counted(len(batch), "record"))
             return
-        LOG.warning("server rejected %d of %s (not resent): invalid, or stamped "
-                    "outside the server's time window (spooled longer than its "
-                    "--max-past, or this VM's clock off: run NTP)",
-                    rejected, counted(len(batch), "record"))
+        for reason in sorted(reasons):
+            if reason in self._said_reasons:
+                LOG.debug("server rejected %s as %s", counted(reasons[reason], "record"), reason)
+                continue
+            self._said_reasons.add(reason)
+            LOG.warning("server rejected %s as %s (not resent): %s; said once, later ones are "
+                        "counted", counted(reasons[reason], "record"), reason,
+                        REASON_WORDS.get(reason, "not taken by the server as a record"))
 
     def _await_reply(self, token):
-        """``(accepted, rejected, refused)`` for ``token``; ``refused`` is None for an ack.
+        """``(accepted, rejected, refused, reasons)`` for ``token``; ``refused`` is None for an
+        ack, ``reasons`` its rejected records by reason (``{}`` from an older server).
 
         Replies to older tokens (a batch given up on after a timeout) are skipped.  The first
         line that is no control line at all is named in the failure: the port of another
@@ -606,7 +645,7 @@ class TcpSender(object):
                 line, self._pending = self._pending[:end], self._pending[end + 1:]
                 reply = protocol.parse_reply(line)
                 if reply is not None and reply[0] == token:
-                    return reply[1:]
+                    return reply[1:] + (protocol.reply_reasons(line),)
                 if reply is None and token in line:
                     raise DeliveryError("unexpected reply %r" % line[:80])
                 if stray is None and reply is None and line.strip() and not line.startswith(b"#!"):
