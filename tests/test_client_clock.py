@@ -90,7 +90,7 @@ def test_a_clock_not_set_makes_no_record_until_it_is(server, tmp_path, transport
     assert all(set_at - 1 <= int(r["ts"]) <= time.time() + len(rows) for r in rows), rows
     assert rejected(server, PAST) == refused_before
     if transport_name == "tcp":
-        assert int((spool / laststamp.NAME).read_text()) >= protocol.FIRST_STAMP
+        assert int((spool / laststamp.NAME).read_text().split()[0]) >= protocol.FIRST_STAMP
 
 
 def test_records_spooled_before_the_clock_went_back_to_1970_are_delivered_and_kept(server, tmp_path):

@@ -23,6 +23,35 @@ from vmstats.client import agent as agent_module
 from vmstats.client import config, laststamp, transport
 from vmstats.client import spool as spool_module
 
+FUTURE = 'vmstats_rejected_total{reason="future_timestamp"}'
+
+
+#: What a reboot gives: another boot id than the one the first run kept beside its stamp.
+ANOTHER_BOOT = "00000000-0000-4000-8000-000000000000"
+
+
+def kept_stamp(spool):
+    """The stamp the agent kept in ``spool``, and the boot id beside it (None: none)."""
+    words = (spool / laststamp.NAME).read_text().split()
+    return int(words[0]), (words[1] if len(words) > 1 else None)
+
+
+def rebooted(spool):
+    """The kept stamp as a reboot leaves it: kept in another boot than this one."""
+    stamp, boot = kept_stamp(spool)
+    assert boot == laststamp.boot_id()
+    (spool / laststamp.NAME).write_text("%d %s\n" % (stamp, ANOTHER_BOOT))
+    return stamp
+
+
+def stepped(env, offset, synced="0"):
+    """``env`` with the agent's wall clock ``offset`` seconds off (tests/stepclock; none: the
+    oldest Python runs it), and time sync saying it has set the clock or not (``synced``),
+    whatever this machine's does."""
+    told = dict(env, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "stepclock")]),
+                VMSTATS_TEST_SYNCED=synced)
+    return dict(told, VMSTATS_TEST_STEP="1", VMSTATS_TEST_OFFSET=str(offset)) if offset else told
+
 
 def record(vm, seq):
     return b"vmstats,vm=%s cpu=1,mem=2,seq=%di %d" % (vm.encode(), seq, int(time.time()) - 60 + seq)
@@ -145,7 +174,8 @@ def test_a_clock_behind_at_the_next_start_stamps_after_what_was_sent(server, tmp
     records went an hour back, between records already sent (and onto their very seconds,
     which the server drops as resends).  The last stamp is kept in the agent's state folder;
     records go on from it until the clock catches up.  The second run's clock is
-    set back by tests/stepclock; the agents, their folder and the server are real."""
+    set back by tests/stepclock, and the boot id kept beside the stamp replaced as a reboot
+    does; the agents, their folder and the server are real."""
     vm = "reboot-%s-vm" % transport_name
     port = server.tcp_port if transport_name == "tcp" else server.udp_port
     state = tmp_path / "state"                    # as the unit's StateDirectory= gives it
@@ -155,44 +185,46 @@ def test_a_clock_behind_at_the_next_start_stamps_after_what_was_sent(server, tmp
     first = subprocess.run(agent_command(*args, "--count", "1"), env=env, capture_output=True,
                            text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    kept = int((state / "spool" / laststamp.NAME).read_text())
-    behind = dict(env, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "stepclock")]),
-                  VMSTATS_TEST_STEP="1", VMSTATS_TEST_OFFSET="-3600")
-    second = subprocess.run(agent_command(*args, "--count", "2"), env=behind, capture_output=True,
-                            text=True, timeout=60)
+    kept = rebooted(state / "spool")
+    second = subprocess.run(agent_command(*args, "--count", "2"), env=stepped(env, -3600),
+                            capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stderr
     stamps = sorted(int(r["ts"]) for r in wait_rows(server.data_dir, vm, 3))
     assert stamps == [kept, kept + 1, kept + 2], stamps   # a second apart at least
     assert "less than one interval after the last stamp sent before this start (%d)" % kept \
         in second.stderr
+    # Were it the clock before that was ahead, these would be refused: said, with what follows.
+    assert ("unheard over UDP: start time sync, and the clock is followed at the next start"
+            if transport_name == "udp" else "the server's acknowledgement will say so, and the "
+            "clock is followed then") in second.stderr
 
 
 def test_a_clock_set_back_while_stopped_is_followed_once_the_server_refuses_stamps_ahead(server, tmp_path):
     """A guest whose clock ran an hour ahead, set right while the agent was stopped: its spool
     and its last stamp were an hour ahead, and the agent stamped on from that stamp (as for a
     clock behind at boot), so the server refused every record as from the future for the hour,
-    and again after each restart.  The refusal is heard: the records stamped ahead are dropped,
-    counted and named, and the next records go by the clock.  The first run's clock is set
-    ahead by tests/stepclock; the agents, their folder and the server are real."""
+    and again after each restart.  After a reboot, with a clock that time sync has not set, the
+    agent cannot tell this from a clock behind at boot; the refusal is heard: the records
+    stamped ahead are dropped, counted and named, and the next records go by the clock.  The
+    first run's clock is set ahead by tests/stepclock, and the boot id kept beside the stamp
+    replaced as a reboot does; the agents, their folder and the server are real."""
     vm = "ahead-vm"
     state = tmp_path / "state"                    # as the unit's StateDirectory= gives it
     spool = state / "spool"
     args = ("--transport", "tcp", "--vm-id", vm, "--interval", "0.5", "--sub-interval", "0.25",
             "--backoff-max", "0.5", "--timeout", "2")
     env = dict(ENV, STATE_DIRECTORY=str(state))
-    ahead = dict(env, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "stepclock")]),
-                 VMSTATS_TEST_STEP="1", VMSTATS_TEST_OFFSET="3600")
     with socket.socket() as away:                 # bound, not listening: the records stay spooled
         away.bind(("127.0.0.1", 0))
         first = subprocess.run(agent_command("--server", "127.0.0.1:%d" % away.getsockname()[1],
                                              *args, "--count", "2"),
-                               env=ahead, capture_output=True, text=True, timeout=60)
+                               env=stepped(env, 3600), capture_output=True, text=True, timeout=60)
     assert first.returncode == agent_module.LEFT_IN_SPOOL, first.stderr
-    assert int((spool / laststamp.NAME).read_text()) > time.time() + 3000
+    assert rebooted(spool) > time.time() + 3000
     started = time.time()
     second = subprocess.run(agent_command("--server", "127.0.0.1:%d" % server.tcp_port, *args,
                                           "--count", "3", python=oldest_python() or sys.executable),
-                            env=env, capture_output=True, text=True, timeout=60)
+                            env=stepped(env, 0), capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stderr
     # The records after the first go by the clock, and land.
     stamps = [int(r["ts"]) for r in wait_rows(server.data_dir, vm, 2, timeout=5)]
@@ -207,7 +239,7 @@ def test_a_clock_set_back_while_stopped_is_followed_once_the_server_refuses_stam
         "3 records made, 3 acknowledged, and 2 records spooled before this run acknowledged now, "
         "3 rejected by the server (3 future_timestamp; 3 stamped ahead of this VM's clock), 0 left "
         "in the spool at %s" % spool)
-    assert int((spool / laststamp.NAME).read_text()) <= time.time() + 1
+    assert kept_stamp(spool)[0] <= time.time() + 1
     assert not [n for n in os.listdir(str(spool)) if n.endswith(spool_module.SUFFIX)]
 
 
@@ -248,3 +280,110 @@ def test_a_count_run_on_a_full_disk_with_the_server_away_fails(tmp_path):
     assert result.returncode == agent_module.LEFT_IN_SPOOL, result.stderr
     assert "3 records made, 0 acknowledged, 0 left in the spool at %s, 3 lost (the disk " \
         "refused to spool them)" % (tmp_path / "spool") in result.stderr
+
+
+
+@pytest.mark.parametrize("transport_name", ["udp", "tcp"])
+def test_a_clock_set_back_in_this_boot_while_stopped_is_followed_at_the_next_start(server, tmp_path,
+                                                                                   transport_name):
+    """A guest whose clock ran an hour ahead (every record refused as from the future), set
+    right while the agent was stopped: the agent stamped on from its kept stamp, an hour ahead,
+    so the server refused every record after the restart too; a UDP agent heard nothing and the
+    VM went silent until an operator deleted ``last-stamp`` (a TCP agent lost one record, then
+    heard the refusal).  The clock went back in the boot that kept the stamp, so it was set
+    back, not read behind at boot: it is followed from the first record, said once, as a
+    running agent follows such a step.  Time sync is said not to have set it: the boot id
+    alone tells.  The first run's clock is set ahead by tests/stepclock; the agents, their
+    folder and the server are real."""
+    vm = "set-back-%s-vm" % transport_name
+    state = tmp_path / "state"                    # as the unit's StateDirectory= gives it
+    port = server.udp_port if transport_name == "udp" else server.tcp_port
+    args = ("--server", "127.0.0.1:%d" % port, "--transport", transport_name, "--vm-id", vm,
+            "--interval", "0.5", "--sub-interval", "0.25")
+    env = dict(ENV, STATE_DIRECTORY=str(state))
+    refused = server.metrics().get(FUTURE, 0.0)
+    first = subprocess.run(agent_command(*args, "--count", "2"), env=stepped(env, 3600),
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    kept, boot = kept_stamp(state / "spool")
+    assert kept > time.time() + 3000 and boot == laststamp.boot_id()
+    server.wait_metrics(lambda m: m.get(FUTURE, 0.0) >= refused + 2)   # both from the future
+    started = time.time()
+    second = subprocess.run(agent_command(*args, "--count", "3", python=oldest_python() or sys.executable),
+                            env=stepped(env, 0), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    rows = wait_rows(server.data_dir, vm, 3, timeout=5)
+    assert [int(r["seq"]) for r in rows] == [0, 1, 2], (rows, second.stderr)
+    assert all(started - 1 <= int(r["ts"]) <= time.time() + 2 for r in rows), rows
+    assert server.metrics().get(FUTURE, 0.0) == refused + 2
+    said = second.stderr
+    assert said.count("the last stamp kept in %s (%d) is " % (state / "spool" / laststamp.NAME, kept)) == 1
+    assert "s ahead of the clock, which was set back in this boot while the agent was stopped: the " \
+        "clock that gave it was ahead, and the server refuses records stamped on from it as from " \
+        "the future (past its --max-future, 300s); records are stamped by the clock" in said
+    assert "catches up" not in said and "rejected" not in said
+    stamp, boot = kept_stamp(state / "spool")
+    assert stamp == int(rows[-1]["ts"]) and boot == laststamp.boot_id()
+
+
+def test_a_clock_set_by_time_sync_after_a_reboot_is_followed_over_a_stamp_kept_ahead(server, tmp_path):
+    """The same over a reboot, whose clock time sync has set: a clock behind at boot comes with
+    a reboot, so the boot id cannot tell; a clock that time sync has set is right, and a kept
+    stamp past the server's --max-future ahead of it came from a clock that was ahead.  What
+    time sync says is told the agent by tests/stepclock, and the boot id kept beside the stamp
+    replaced as a reboot does."""
+    vm = "synced-vm"
+    spool = tmp_path / "state" / "spool"
+    args = ("--server", "127.0.0.1:%d" % server.udp_port, "--transport", "udp", "--vm-id", vm,
+            "--interval", "0.5", "--sub-interval", "0.25")
+    env = dict(ENV, STATE_DIRECTORY=str(spool.parent))
+    first = subprocess.run(agent_command(*args, "--count", "1"), env=stepped(env, 3600),
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    kept = rebooted(spool)
+    started = time.time()
+    second = subprocess.run(agent_command(*args, "--count", "2", python=oldest_python() or sys.executable),
+                            env=stepped(env, 0, synced="1"), capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 0, second.stderr
+    rows = wait_rows(server.data_dir, vm, 2, timeout=5)
+    assert [int(r["seq"]) for r in rows] == [0, 1], (rows, second.stderr)
+    assert all(started - 1 <= int(r["ts"]) <= time.time() + 2 for r in rows), rows
+    assert "(%d) is " % kept in second.stderr
+    assert "s ahead of the clock, which has been set by time sync: the clock that gave it was " \
+        "ahead" in second.stderr
+    assert kept_stamp(spool) == (int(rows[-1]["ts"]), laststamp.boot_id())
+
+
+def test_a_clock_set_back_a_little_in_this_boot_makes_no_record_until_it_passes_the_kept_stamp(
+        server, tmp_path):
+    """A clock set back within the server's --max-future while the agent was stopped: the
+    records stamped ahead before were taken, and stamped on from the kept stamp the records
+    stayed ahead of the clock by as much for good, after every restart.  As a running agent
+    meets such a step, none is made until the clock passes the kept stamp (no ``seq`` spent on
+    those intervals, so the server counts no loss), then records go by the clock, none among
+    those sent."""
+    vm = "little-vm"
+    spool = tmp_path / "state" / "spool"
+    args = ("--server", "127.0.0.1:%d" % server.udp_port, "--transport", "udp", "--vm-id", vm,
+            "--interval", "0.5", "--sub-interval", "0.25")
+    env = dict(ENV, STATE_DIRECTORY=str(spool.parent))
+    first = subprocess.run(agent_command(*args, "--count", "2"), env=stepped(env, 4),
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    kept = kept_stamp(spool)[0]
+    before = wait_rows(server.data_dir, vm, 2, timeout=5)
+    assert [int(r["ts"]) for r in before][-1] == kept
+    second = subprocess.run(agent_command(*args, "--count", "14", python=oldest_python() or sys.executable),
+                            env=stepped(env, 0), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1, second.stderr                  # intervals not made: said
+    said = second.stderr
+    assert "behind the last stamp sent before this start (%d) in this boot: it was set back while " \
+        "the agent was stopped, and the server took the records stamped ahead before (within its " \
+        "--max-future), so none is made until the clock passes that stamp" % kept in said
+    assert said.count("records are made again") == 1, said
+    made = int(said.splitlines()[-1].split("WARNING: ")[1].split(" record")[0])
+    assert 0 < made < 14, said
+    rows = wait_rows(server.data_dir, vm, 2 + made, timeout=5)[2:]
+    assert [int(r["seq"]) for r in rows] == list(range(made)), rows
+    assert all(int(r["ts"]) > kept for r in rows), (kept, rows)

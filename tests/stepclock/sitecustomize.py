@@ -5,6 +5,10 @@ With ``VMSTATS_TEST_STEP`` set (seconds, negative: back), each SIGUSR2 moves ``t
 and the ``datetime.now()`` of the APScheduler modules that read it by that much;
 ``time.monotonic()`` is left alone, as a real step leaves it; ``VMSTATS_TEST_OFFSET`` starts
 it that many seconds off.  Without ``VMSTATS_TEST_STEP`` nothing is changed.
+
+``VMSTATS_TEST_SYNCED`` (``1`` or ``0``) is what the agent hears when it asks the kernel whether
+time sync has set the clock (vmstats/client/clocksync.py): the machine's own answer would make
+a test pass or fail by whether the machine runs time sync.
 """
 
 import datetime
@@ -36,3 +40,9 @@ if os.environ.get("VMSTATS_TEST_STEP"):
                     apscheduler.triggers.interval):
         _module.datetime = _SteppedDatetime
     signal.signal(signal.SIGUSR2, _step)
+
+if os.environ.get("VMSTATS_TEST_SYNCED"):
+    from vmstats.client import clocksync
+
+    _synced = os.environ["VMSTATS_TEST_SYNCED"] == "1"
+    clocksync.synchronized = lambda: _synced

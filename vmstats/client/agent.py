@@ -7,7 +7,9 @@ boot does not leave every later record off by the step; a stamp that would
 not move forward (rounding, a small step back) becomes the previous one plus
 one second, because the server keeps one record per (vm, ts).  The last stamp is kept on disk
 (laststamp.py): a clock behind it at the next start (a reboot without time sync) has records
-stamped on from it as time goes by instead, until it catches up (Agent.stamp).
+stamped on from it as time goes by instead, until it catches up (Agent.stamp); a clock set back
+while the agent was stopped (in the boot that kept the stamp, or by time sync) is met as a
+running agent meets a step back (Agent.kept_stamp).
 No record is made while the clock is not set (before protocol.FIRST_STAMP: every such stamp is
 refused), nor after a step back that the server took the stamps before, until the clock passes
 the last stamp sent: such intervals are counted (Agent.withheld) and spend no ``seq``.
@@ -35,7 +37,7 @@ import threading
 import time
 
 from vmstats import protocol
-from vmstats.client import cgroup, laststamp, procfs, sampler, spool, transport
+from vmstats.client import cgroup, clocksync, laststamp, procfs, sampler, spool, transport
 from vmstats.client.hostfile import DEFAULT_HOST_FILE, HostSource, host_tag
 from vmstats.words import counted
 
@@ -219,24 +221,25 @@ class Agent(object):
         self._last_clocks = None
         self._recent = collections.deque(
             maxlen=min(4096, max(16, int(RECENT_STAMPS / config.interval) + 1)))
+        #: Intervals whose record was not made: the clock not set, or stepped back behind the
+        #: stamps sent (Agent.stamp); and the wall-clock time the clock was first seen unset.
+        self.withheld = 0
+        self._unset_at = None
+        #: After a step back that the server took the stamps before (Agent.stamp, kept_stamp):
+        #: the last stamp sent, which the clock must pass before records are made again; else
+        #: None.
+        self._held_to = None
+        #: The sender's count of records refused as stamped ahead, when last looked at.
+        self._refused_ahead = 0
         #: Where the last stamp is kept (laststamp.LastStamp), or None.
         self.last = last
         #: The stamp a record must come after, while the clock is behind the one kept, and when
         #: (on ``clock``) it was given (None for the one kept from before the start).  A clock
         #: not set yet (clock_set) judges no kept stamp: it is read once the clock is.
         now = wall()
-        self._floor = last.load(now) if last is not None and clock_set(now) else None
+        self._floor = self.kept_stamp(now) if last is not None and clock_set(now) else None
         self._floor_unread = last is not None and not clock_set(now)
         self._floor_at = None
-        #: Intervals whose record was not made: the clock not set, or stepped back behind the
-        #: stamps sent (Agent.stamp); and the wall-clock time the clock was first seen unset.
-        self.withheld = 0
-        self._unset_at = None
-        #: After a step back that the server took the stamps before (Agent.stamp): the last
-        #: stamp sent, which the clock must pass before records are made again; else None.
-        self._held_to = None
-        #: The sender's count of records refused as stamped ahead, when last looked at.
-        self._refused_ahead = 0
 
     def stamp(self):
         """The wall-clock second of an interval's end, increasing record to record; None when no
@@ -264,7 +267,8 @@ class Agent(object):
         stamped records with seconds already sent, which the server dropped
         as resends, and between them, in time already measured; waiting for
         it would send nothing for as long as it is behind, for ever without
-        time sync.
+        time sync.  A clock known to have been set back since that stamp
+        (kept_stamp) is met as a step back instead.
         """
         wall, mono = self.wall(), self.clock()
         if self.clock_unset(wall):
@@ -310,7 +314,7 @@ class Agent(object):
                 if self.last_ts is None:
                     LOG.warning("the clock reads %d, less than one interval after the last stamp "
                                 "sent before this start (%d): records are stamped on from that "
-                                "one as time goes by, until the clock catches up", ts, self._floor)
+                                "one as time goes by%s", ts, self._floor, self._floor_kept(ts))
                 gone = step if self._floor_at is None else int(round(mono - self._floor_at))
                 ts = self._floor = self._floor + max(1, gone)
                 self._floor_at = mono
@@ -322,6 +326,63 @@ class Agent(object):
         self.last_ts = ts
         self._last_clocks = (wall, mono)
         return ts
+
+    def kept_stamp(self, now):
+        """The stamp kept from before this start that records are to be stamped after (the
+        floor, Agent.stamp), or None.
+
+        A clock behind the kept stamp at start is one read behind at boot (a hardware clock
+        kept in local time, no time sync), which stamping on from the kept stamp mends, or one
+        set right while the agent was stopped after it ran ahead.  Stamped on from the kept
+        stamp, the second ran as far ahead as the first had, and past the server's --max-future
+        (300 s) every record was refused as from the future, for as long as the clock had been
+        ahead and after each restart; a UDP agent, which hears no refusal, went silent until an
+        operator deleted ``last-stamp``.  Two things tell the second: the clock went back in
+        the boot that kept the stamp (one read behind from a hardware clock comes with a
+        reboot), or time sync has set it (clocksync.py).  A step back in this boot is then met
+        as a running agent meets it (Agent.stamp): past --max-future the server refused what
+        was stamped ahead, so the clock is followed at once (said once, and its stamp kept);
+        within it the server took those records, so none is made until the clock passes the
+        kept stamp, rather than stamped among them.  Without either, the kept stamp is stamped
+        on from; a TCP agent still hears a refusal (heed_refusals).
+        """
+        stamp = self.last.load(now)
+        if stamp is None or stamp <= now:
+            return stamp
+        ahead = int(round(stamp - now))
+        if self.last.this_boot and ahead <= protocol.DEFAULT_MAX_FUTURE:
+            LOG.warning("the clock reads %d, %ds behind the last stamp sent before this start "
+                        "(%d) in this boot: it was set back while the agent was stopped, and the "
+                        "server took the records stamped ahead before (within its --max-future), "
+                        "so none is made until the clock passes that stamp, rather than stamped "
+                        "among them", now, ahead, stamp)
+            self._held_to = self.last_ts = stamp
+            return None
+        if self.last.this_boot:
+            why = "was set back in this boot while the agent was stopped"
+        elif ahead > protocol.DEFAULT_MAX_FUTURE and clocksync.synchronized():
+            why = "has been set by time sync"
+        else:
+            return stamp
+        LOG.warning("the last stamp kept in %s (%d) is %ds ahead of the clock, which %s: the "
+                    "clock that gave it was ahead, and the server refuses records stamped on "
+                    "from it as from the future (past its --max-future, %ds); records are "
+                    "stamped by the clock", self.last.path, stamp, ahead, why,
+                    protocol.DEFAULT_MAX_FUTURE)
+        self.last.save(int(now))
+        return None
+
+    def _floor_kept(self, ts):
+        """The end of the warning that records are stamped on from the kept stamp: until the
+        clock catches up, for a clock behind; a clock right after one ahead never does."""
+        if self._floor - ts <= protocol.DEFAULT_MAX_FUTURE:
+            return ", until the clock catches up"
+        return (", until the clock catches up (time sync stepping it); if it was the clock "
+                "before this start that was ahead, they are refused as from the future%s"
+                % (": the server's acknowledgement will say so, and the clock is followed then"
+                   if isinstance(self.sender, transport.TcpSender) else
+                   ", unheard over UDP: start time sync, and the clock is followed at the next "
+                   "start"))
 
     def clock_unset(self, wall):
         """Whether the clock, reading ``wall``, is not set yet (clock_set); said once as it
@@ -344,7 +405,7 @@ class Agent(object):
             self._last_clocks = None
         if self._floor_unread:
             self._floor_unread = False
-            self._floor = self.last.load(wall)
+            self._floor = self.kept_stamp(wall)
         return False
 
     def heed_refusals(self):
@@ -354,9 +415,10 @@ class Agent(object):
         A clock behind that stamp at start is either one behind (a reboot without time sync),
         which the kept stamp mends, or one set right after it ran ahead while the agent was
         stopped, which the kept stamp keeps ahead: every record was refused, for as long as the
-        clock had been ahead, and again after each restart.  Only the server can tell the two
-        apart, and a TCP agent hears it: on a refusal the clock is taken as right from the next
-        record on, and its stamp replaces the one kept.  (A UDP agent hears nothing.)
+        clock had been ahead, and again after each restart.  Where the boot id or time sync
+        cannot tell the two apart at start (kept_stamp), only the server can, and a TCP agent
+        hears it: on a refusal the clock is taken as right from the next record on, and its
+        stamp replaces the one kept.  (A UDP agent hears nothing.)
         """
         refused = getattr(self.sender, "refused_ahead", 0)
         if refused == self._refused_ahead:
@@ -505,7 +567,7 @@ def last_stamp(config, environ=os.environ):
                         "may stamp records with seconds already sent", config.spool_dir,
                         exc.strerror or exc)
             return None
-    return laststamp.LastStamp(config.spool_dir)
+    return laststamp.LastStamp(config.spool_dir, laststamp.boot_id(config.proc_root))
 
 
 def sample_once(config, vm, host):

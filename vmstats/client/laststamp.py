@@ -7,6 +7,11 @@ measured.  A guest whose clock starts behind at boot (a hardware clock kept in l
 time sync) did both with the first records after a reboot: the agent's memory of the stamps it
 used (agent.RECENT_STAMPS) did not outlive the restart.
 
+The kernel's boot id is kept beside the stamp (``1796640523 d11e0d81-...``): a clock behind the
+kept stamp in the boot that kept it was stepped back while the agent was stopped, not read
+behind from a hardware clock at boot (Agent.kept_stamp).  A file of an older agent, the stamp
+alone, is read as from another boot.
+
 Standard library only, Python 3.6+.
 """
 
@@ -23,26 +28,43 @@ NAME = "last-stamp"
 #: by the server as from the future, after every restart.  A clock kept in local time is at most
 #: 14 hours behind.
 FURTHEST_AHEAD = 86400
+#: Where the kernel says which boot this is (under the proc root).
+BOOT_ID = os.path.join("sys", "kernel", "random", "boot_id")
+
+
+def boot_id(proc_root="/proc"):
+    """This boot's id (text, no spaces), or None where the kernel does not say."""
+    try:
+        with open(os.path.join(proc_root, BOOT_ID), "rb") as handle:
+            text = handle.read(64).strip().decode("ascii")
+    except (IOError, OSError, UnicodeDecodeError):
+        return None
+    return text if text and len(text.split()) == 1 else None
 
 
 class LastStamp(object):
     """The last stamp given, read at start and written after each record's send."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, boot=None):
         self.path = os.path.join(folder, NAME)
+        #: This boot's id (boot_id), kept with each stamp; None: none kept.
+        self.boot = boot
+        #: Whether the stamp load() read was kept in this boot.
+        self.this_boot = False
         self._error = None
 
     def load(self, now):
         """The stamp kept, or None (none kept, damaged, or implausibly far ahead of ``now``)."""
         try:
             with open(self.path, "rb") as handle:
-                text = handle.read(64).strip()
+                words = handle.read(64).split()
         except (IOError, OSError):
             return None
-        if not text.isdigit():
-            LOG.warning("%s is damaged (%r): ignored", self.path, text[:20])
+        if not words or not words[0].isdigit() or len(words) > 2:
+            LOG.warning("%s is damaged (%r): ignored", self.path, b" ".join(words)[:20])
             return None
-        stamp = int(text)
+        stamp = int(words[0])
+        self.this_boot = self.boot is not None and words[1:] == [self.boot.encode("ascii")]
         if stamp > now + FURTHEST_AHEAD:
             LOG.warning("the last stamp kept in %s is %ds ahead of the clock: ignored",
                         self.path, stamp - now)
@@ -53,7 +75,8 @@ class LastStamp(object):
         """Keep ``stamp`` (a whole file put in place by a rename, so a crash leaves the old one
         or the new one); a failure is said once a streak, and the agent goes on."""
         try:
-            put_whole(self.path, b"%d\n" % stamp)
+            put_whole(self.path, (("%d %s\n" % (stamp, self.boot)) if self.boot else
+                                  ("%d\n" % stamp)).encode("ascii"))
         except (IOError, OSError) as exc:
             error = exc.strerror or str(exc)
             if error != self._error:
