@@ -142,9 +142,11 @@ def test_replacing_puts_a_file_in_place_only_when_it_is_whole(tmp_path):
     assert link.is_symlink() and path.read_text() == "new"
 
 
-#: A report whose parsing processes each take a second per task, and say when one began.
+#: A report whose parsing processes say when a task began, then hold it until the test has
+#: pressed Ctrl-C (the file ``argv[4]``): the report is surely still parsing when it comes, on a
+#: host however loaded, and no task holds it longer than that.
 _SLOW_PARSE = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from vmstats import cli
     from vmstats.report import load
 
@@ -152,7 +154,9 @@ _SLOW_PARSE = textwrap.dedent("""
 
     def slow(task):
         open(sys.argv[1], "a").close()
-        time.sleep(5)  # a window a loaded host cannot miss: the report must still be parsing
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sys.argv[4]) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return real(task)
 
     load.aggregate_units, load.TASK_UNITS = slow, 1  # one task per VM-day: two tasks, a process idle
@@ -163,8 +167,9 @@ _SLOW_PARSE = textwrap.dedent("""
 def test_ctrl_c_while_logs_are_parsed_is_one_line_and_ends(tmp_path, data):
     """Ctrl-C at a terminal reaches every process of the group: each parsing process printed
     a traceback, and one stopped while it wrote its answer left the report hung for good."""
-    began, out = tmp_path / "began", tmp_path / "out"
-    child = subprocess.Popen([sys.executable, "-c", _SLOW_PARSE, str(began), str(data), str(out)],
+    began, out, pressed = tmp_path / "began", tmp_path / "out", tmp_path / "pressed"
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_PARSE, str(began), str(data), str(out),
+                              str(pressed)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True,
                              # As from a terminal: a test runner's worker may ignore SIGINT, and
@@ -176,6 +181,7 @@ def test_ctrl_c_while_logs_are_parsed_is_one_line_and_ends(tmp_path, data):
             time.sleep(0.02)
         assert began.exists(), child.communicate()
         os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        pressed.touch()  # the tasks under way may end now: the report waits for them, then stops
         _stdout, stderr = child.communicate(timeout=30)
     finally:
         if child.poll() is None:
