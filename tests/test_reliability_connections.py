@@ -109,7 +109,8 @@ def run_crowd(tmp_path, tcp_count: int, http_count: int, sources: int, **server_
             metrics, metrics_took = metrics_timed(server)
             assert metrics_took < METRICS_BOUND, "/metrics took %.2fs" % metrics_took
             # Past a flush the journal opens a new segment: it must still have a descriptor.
-            time.sleep(1.2)
+            server.wait_for(lambda s: s.metrics()["vmstats_flushed_records_total"] >= len(batch),
+                            timeout=30)
             batch2 = [Record(vm="10.60.0.%d" % i, ts=t + 60, cpu=1.0, mem=2.0) for i in range(20)]
             reply2, took2 = agent_batch(server.tcp_port, batch2, "a2")
             assert reply2 == b"#!ack a2 20 0\n"

@@ -65,6 +65,15 @@ class Agent(threading.Thread):
         return False
 
 
+def sending(agents, acked: list[int], timeout: float = 30) -> None:
+    """Wait until every agent has had records acknowledged past ``acked`` (its count before):
+    each has found the server and is sending to it."""
+    deadline = time.monotonic() + timeout
+    while any(agent.sender.acked <= before for agent, before in zip(agents, acked, strict=True)):
+        assert time.monotonic() < deadline, [agent.sender.acked for agent in agents]
+        time.sleep(0.02)
+
+
 def expected_rows(agents) -> Counter:
     return Counter((agent.vm, ts) for agent in agents for ts in agent.produced)
 
@@ -101,7 +110,9 @@ def test_sigkill_at_random_moments_under_tcp_load_loses_and_duplicates_nothing(t
             time.sleep(rng.uniform(0.0, 0.3))  # the agents find nobody listening
             server = serve(tmp_path / ("run%d" % (kill + 1)), "--flush-interval", "0.5",
                            "--tcp-port", str(port), data_dir=data).start()
-        time.sleep(1.0)
+        # The last server under the same load: every agent has found it and been acknowledged.
+        acked = [agent.sender.acked for agent in agents]
+        sending(agents, acked)
         delivered = [agent.finish(timeout=30) for agent in agents]
         final = server.status_json()
         code = server.stop()
@@ -138,7 +149,7 @@ def test_sigterm_under_load_drains_in_seconds_and_loses_nothing(tmp_path):
         agents = [Agent(i, port, tmp_path / ("spool%d" % i), 0.004, start) for i in range(3)]
         for agent in agents:
             agent.start()
-        time.sleep(1.0)
+        sending(agents, [0] * len(agents))  # still sending when SIGTERM arrives
         signalled = time.monotonic()
         code = server.stop(signal.SIGTERM)
         drain = time.monotonic() - signalled
@@ -179,6 +190,16 @@ def fill_up(folder) -> list:
     return [path]
 
 
+def failing_flushes(server, since: dict, count: int) -> None:
+    """Wait for ``count`` more flushes after the metrics ``since``, each failing every VM that
+    was failing then: the retries a fixed sleep hoped to see, counted instead of timed."""
+    vms = since["vmstats_write_failing_vms"]
+    assert vms >= 1, since
+    server.wait_metrics(lambda m: m["vmstats_flushes_total"] >= since["vmstats_flushes_total"] + count
+                        and m["vmstats_write_failures_total"]
+                        >= since["vmstats_write_failures_total"] + count * vms, timeout=20)
+
+
 def test_a_full_disk_keeps_receiving_reports_it_and_writes_everything_once_space_returns(
         tmp_path, small_disk):
     data = small_disk / "data"
@@ -208,7 +229,7 @@ def test_a_full_disk_keeps_receiving_reports_it_and_writes_everything_once_space
         full = server.wait_metrics(lambda m: m["vmstats_write_failing_vms"] >= 1
                                   and m["vmstats_journal_failing"] == 1, timeout=10)
         received = server.wait_received(1 + len(sent) + len(udp), timeout=20)
-        time.sleep(1.5)  # several failing flushes
+        failing_flushes(server, full, 3)
         rss_kib = int(open("/proc/%d/status" % server.pid).read().split("VmRSS:")[1].split()[0])
         for path in ballast:
             os.unlink(path)
@@ -275,7 +296,7 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_row(tmp_path, small_
         server.wait_received(len(vms) + len(sent), timeout=20)
         full = server.wait_metrics(lambda m: m["vmstats_write_failing_vms"] == len(vms),
                                    timeout=10)
-        time.sleep(1.0)  # several failing flushes
+        failing_flushes(server, full, 3)
         partial_while_full = partial_rows(data)
         grew = sum(path.stat().st_size != size for path, size in sizes.items())
         for path in ballast:
@@ -311,7 +332,7 @@ def test_an_unwritable_data_dir_is_reported_and_written_once_fixed(tmp_path):
             sock.sendall(b"\n".join(line(r) for r in sent) + b"\n#!sync u\n")
             assert sock.recv(100) == b"#!ack u 400 0\n"
         failing = server.wait_metrics(lambda m: m["vmstats_write_failing_vms"] == 20, timeout=10)
-        time.sleep(1.0)  # a few more failing flushes
+        failing_flushes(server, failing, 2)
         assert server.metrics()["vmstats_journal_segments"] >= 1
         blocker.unlink()
         server.wait_for(lambda s: s.metrics()["vmstats_write_failing_vms"] == 0
