@@ -261,6 +261,30 @@ def test_a_scheduler_lost_mid_report_is_one_error(tmp_path):
             next(pool.map(time.sleep, [120]))  # a task still running when the scheduler goes
 
 
+def test_a_scheduler_lost_as_the_report_looks_for_workers_is_one_error(tmp_path, monkeypatch):
+    """The scheduler dies just as the report, a task's answer late, asks how many workers the
+    cluster has (a moment a loaded host makes likely): the same ReportError as when it dies
+    during the wait.  Before, Dask's own error came through: CommClosedError ("Stream is
+    closed") or OSError ("Timed out trying to connect"), and the command printed that."""
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT", 2)
+    with _cluster(tmp_path) as (address, _client, (scheduler, _worker)), \
+            distributed.pool(address, [str(tmp_path)], workers=1) as pool:
+        asked = pool.client.nthreads
+
+        def scheduler_gone_first(*args, **kwargs):
+            if scheduler.poll() is None:
+                scheduler.send_signal(signal.SIGKILL)
+                scheduler.wait()
+            return asked(*args, **kwargs)
+
+        monkeypatch.setattr(pool.client, "nthreads", scheduler_gone_first)
+        with pytest.raises(ReportError, match=r"^lost the Dask scheduler at %s while parsing logs "
+                                              r"\(scheduler-connection-lost\); no report written: "
+                                              r"retry once it is back$" % re.escape(address)):
+            next(pool.map(time.sleep, [120]))
+    assert scheduler.returncode == -signal.SIGKILL  # it was asked, and the scheduler killed
+
+
 def test_a_cluster_left_without_workers_mid_report_is_one_error(tmp_path, monkeypatch):
     """The only worker dies (no nanny to start it again) while a task runs: a ReportError once
     no worker has come for CONNECT_TIMEOUT.  Before, the report waited for one for ever."""

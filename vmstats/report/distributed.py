@@ -79,10 +79,7 @@ class DaskPool:
                         "give the workers more memory or retry"
                     ) from None
                 except CancelledError as exc:  # the scheduler went away: every task is cancelled
-                    raise ReportError(
-                        "lost the Dask scheduler at %s while parsing logs (%s); no report written: "
-                        "retry once it is back" % (self.address, getattr(exc, "reason", None) or "cancelled")
-                    ) from None
+                    raise self._scheduler_lost(getattr(exc, "reason", None) or "cancelled") from None
                 _check_view(unread, worker)
                 _check_versions(tasks[index], listed[index], other, worker)
                 future.release()  # its answer is here now: the worker may drop its copy
@@ -98,7 +95,14 @@ class DaskPool:
             try:
                 return future.result(timeout=_WORKERS_CHECK)
             except TimeoutError:
-                if self.client.nthreads():
+                try:
+                    threads = self.client.nthreads()
+                except OSError:
+                    # The scheduler went away between the answer's wait and this question (Dask's
+                    # CommClosedError, "Stream is closed", or its connect timeout): the tasks are
+                    # lost as when it goes during the wait, and said in the same line.
+                    raise self._scheduler_lost("scheduler-connection-lost") from None
+                if threads:
                     alone_since = None
                     continue
                 now = time.monotonic()
@@ -107,6 +111,11 @@ class DaskPool:
                     raise ReportError("the Dask cluster at %s has had no workers for %d s while parsing "
                                       "logs; no report written: start workers and retry"
                                       % (self.address, CONNECT_TIMEOUT)) from None
+
+    def _scheduler_lost(self, reason: str) -> ReportError:
+        """One line for a scheduler gone mid-report, whatever the report was asking it then."""
+        return ReportError("lost the Dask scheduler at %s while parsing logs (%s); no report written: "
+                           "retry once it is back" % (self.address, reason))
 
 
 def _on_worker(task: list, listed: list[str] | None, function: Callable) -> tuple:
