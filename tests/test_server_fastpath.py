@@ -79,7 +79,7 @@ def test_a_payload_parses_to_the_decoders_records_in_order_whatever_the_path(bat
     expected, rejects = _decoded(payload)
     parser = Parser(max_future=300, max_past=0)
     for _ in range(2):  # the first pass meets the VM ids, the second takes the column path
-        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, reasons, _details, _refused = parser.parse(payload, NOW)
         assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
         assert sum(count for _reason, count in reasons) == rejects
 
@@ -256,7 +256,7 @@ def test_each_payload_runs_one_regex_pass_when_its_lines_share_a_shape():
                              for i in range(3))
         parser.parse(payload, NOW)  # meets the VM id
         del passes[:]
-        vms, _tss, rows, _seqs, _rejects, _details = parser.parse(payload, NOW)
+        vms, _tss, rows, _seqs, _rejects, _details, _refused = parser.parse(payload, NOW)
         assert vms == ["10.0.0.1"] * 3 and rows[0] == logstore.format_tail(record)
         assert passes == (["_compact_findall"] if shape == "every field" else ["_findall"])
 
@@ -273,7 +273,7 @@ def test_a_payload_that_mixes_shapes_takes_the_per_field_regex_not_the_decoder()
     for name in ("_findall", "_compact_findall", "_line_by_line"):
         run = getattr(parser, name)
         setattr(parser, name, lambda *a, run=run, name=name: passes.append(name) or run(*a))
-    vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+    vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
     assert passes == ["_compact_findall", "_findall"] and rejects == []
     assert rows == [logstore.format_tail(r) for r in records] and seqs == [7, 8, 7]
     assert tss == [NOW, NOW - 1, NOW - 2]
@@ -336,7 +336,7 @@ def test_every_spelling_of_a_record_takes_the_fast_path_to_the_decoders_rows(bat
     parser = Parser(max_future=300, max_past=0)
     calls = _counting_decoder(parser)
     for _ in range(2):  # the first pass meets the VM ids, the second takes the column path
-        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, reasons, _details, _refused = parser.parse(payload, NOW)
         assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
         assert sum(count for _reason, count in reasons) == rejects
     covered = [line for line, record in batch if record.ts <= NOW + 300 and record.vcpus < 1000
@@ -359,7 +359,7 @@ def test_the_agents_lines_with_tags_take_a_compact_regex_to_the_decoders_rows(ba
     parser = Parser(max_future=300, max_past=0)
     calls = _counting_decoder(parser)
     for _ in range(2):
-        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, reasons, _details, _refused = parser.parse(payload, NOW)
         assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
         assert sum(count for _reason, count in reasons) == rejects
     compact = [line for (record, _tags), line in zip(batch, lines, strict=False)
@@ -378,7 +378,7 @@ def test_a_payload_mixing_spellings_parses_to_the_decoders_records_in_order(batc
     expected, rejects = _decoded(payload)
     parser = Parser(max_future=300, max_past=0)
     for _ in range(2):
-        vms, tss, rows, seqs, reasons, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, reasons, _details, _refused = parser.parse(payload, NOW)
         assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
         assert sum(count for _reason, count in reasons) == rejects
 
@@ -399,12 +399,12 @@ def test_a_payload_mixing_senders_spellings_is_matched_by_each_spellings_regex()
     passes = []
     run = parser._line_by_line
     parser._line_by_line = lambda *a: passes.append("line by line") or run(*a)
-    vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+    vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
     assert passes == [] and calls == [] and rejects == []
     assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
     # One VM in both spellings: its lines keep their order, so the payload goes line by line.
     both = payload + b"\nvmstats,host=b,vm=10.0.1.1 cpu=1.5,mem=2,seq=9i %d000000000" % (NOW - 9)
-    vms, tss, rows, seqs, rejects, _details = parser.parse(both, NOW)
+    vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(both, NOW)
     assert passes == ["line by line"]
     assert list(zip(vms, tss, rows, seqs, strict=True)) == _decoded(both)[0]
 
@@ -460,7 +460,7 @@ def test_an_influxdb_client_line_takes_its_spellings_regex_once_per_payload():
     for name in ("_findall", "_compact_findall", "_line_by_line", "_checked"):
         run = getattr(parser, name)
         setattr(parser, name, lambda *a, run=run, name=name: passes.append(name) or run(*a))
-    vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+    vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
     assert passes == [] and calls == [] and rejects == []
     assert rows == [b"3.2,100,41,68469571,5120,812,300,2,4096,17,web1"] * 4
     assert tss == [NOW - i for i in range(4)] and seqs == [17] * 4 and vms == ["10.0.0.5"] * 4
@@ -548,7 +548,7 @@ def test_payloads_mixing_spellings_vms_and_bad_lines_parse_as_the_decoder_one_af
     for batch in payloads * 2:  # again: the VM ids known, the parser sieving
         payload = b"\n".join(batch)
         expected, reasons = _decoded_reasons(payload)
-        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
         assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
         assert dict(rejects) == reasons
 
@@ -598,7 +598,7 @@ def test_a_mixed_payload_is_sieved_one_pass_per_spelling_and_the_next_one_at_onc
     parser.parse(payload, NOW)  # meets the VM ids and the spellings, and finds them mixed
     del calls[:], passes[:], plain[:]
     for _ in range(2):
-        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
         assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
         assert dict(rejects) == reasons == {protocol.R_RANGE: 1, protocol.R_SYNTAX: 1}
         assert sorted(calls) == sorted(bad) and plain == []
@@ -616,7 +616,7 @@ def test_one_vm_in_two_spellings_keeps_its_records_in_order():
     expected, _reasons = _decoded_reasons(payload)
     parser = Parser(max_future=300, max_past=0)
     for _ in range(3):  # meeting the ids and spellings, then sieving
-        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
         assert list(zip(vms, tss, rows, seqs, strict=True)) == expected and rejects == []
         assert [row for ts, row in zip(tss, rows, strict=True) if ts == NOW][-1] == \
             b"2,,2,,,,,,,,"
@@ -638,7 +638,7 @@ def test_a_payload_of_more_spellings_than_sieved_leaves_the_rest_to_the_decoder(
     run = parser._line_by_line
     parser._line_by_line = lambda data, now: one_by_one.append(data) or run(data, now)
     del passes[:]
-    vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+    vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
     assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected) and rejects == []
     assert len(passes) == MAX_SPELLINGS and one_by_one == [b"\n".join(lines[MAX_SPELLINGS:])]
 
@@ -657,7 +657,7 @@ def test_bad_lines_among_the_agents_cost_the_decoder_them_alone_and_no_extra_pas
     parser.parse(payload, NOW)  # meets the VM ids
     for _ in range(2):
         del calls[:], passes[:], plain[:]
-        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
         assert list(zip(vms, tss, rows, seqs, strict=True)) == expected
         assert dict(rejects) == reasons and sum(reasons.values()) == 3
         assert sorted(calls) == sorted(bad) and len(passes) == 1 and plain == []
@@ -681,7 +681,7 @@ def test_a_sender_inventing_a_spelling_per_line_buys_no_regex_beyond_the_budget(
     for start in range(0, len(lines), 20):
         payload = b"\n".join(lines[start:start + 20])
         expected, reasons = _decoded_reasons(payload)
-        vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+        vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
         assert per_vm(zip(vms, tss, rows, seqs, strict=True)) == per_vm(expected)
         assert dict(rejects) == reasons
         assert parser.parse(honest, NOW)[2] == [b"1,,2,,,,,,,,,rack=r1"]

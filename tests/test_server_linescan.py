@@ -56,7 +56,7 @@ def agrees(payload: bytes, regexes: tuple[Parser, list] | None = None) -> bool:
     parser, decoded = regexes or regexes_counting()
     parser.parse(payload, NOW)
     del decoded[:]
-    vms, tss, rows, seqs, rejects, _details = parser.parse(payload, NOW)
+    vms, tss, rows, seqs, rejects, _details, _refused = parser.parse(payload, NOW)
     hi, lo = parser._window(NOW)
     scanned = native.scan(payload, SPEC, parser._vm_ids, lo, hi)
     whole = not rejects and not decoded
@@ -147,7 +147,7 @@ def test_a_bad_line_among_many_costs_the_regexes_that_line_alone():
            b"vmstats,vm=10.0.8.1 cpu=1,mem=2 %d" % (NOW + 86400), b"# hello"]
     payload = b"\n".join(good[:100] + bad[:2] + good[100:300] + bad[2:] + good[300:])
     regexes, decoded = regexes_counting()
-    vms, tss, rows, seqs, rejects, _details = regexes.parse(payload, NOW)
+    vms, tss, rows, seqs, rejects, _details, _refused = regexes.parse(payload, NOW)
     parser = Parser(max_future=300, max_past=0)
     parser.parse(b"\n".join(good), NOW)  # meets the VM ids
     parsed = []

@@ -68,15 +68,15 @@ class Buffer:
         if rows is None:
             if len(self.last_seen) >= self.max_vms and vm not in self.last_seen:
                 self.metrics.drop("vm_cap")
-                return False
+                return False  # a VM not known: no counter of it is followed
             rows = self.table[vm] = {}
         if ts not in rows:
             if len(rows) >= self.max_per_vm:
                 self.metrics.drop("per_vm_cap")
-                return False
+                return self._dropped(vm, seq, ts, source)
             if self.count >= self.max_buffered:
                 self.metrics.drop("global_cap")
-                return False
+                return self._dropped(vm, seq, ts, source)
             self.count += 1
             if self.count == self.max_buffered and self.on_full is not None:
                 self.on_full()
@@ -86,6 +86,21 @@ class Buffer:
         if seq is not None:
             self.sequence(vm, seq, ts, source)
         return True
+
+    def _dropped(self, vm: str, seq: int | None, ts: int, source: str) -> bool:
+        """A record dropped for a cap came all the same: its seq is stepped over; False."""
+        if seq is not None:
+            self.step_over(vm, seq, ts, source)
+        return False
+
+    def step_over(self, vm: str, seq: int, ts: int, source: str = "") -> None:
+        """A record of ``vm`` that came and was refused (its stamp) or dropped (a cap): counted
+        there, so no loss here.  Its seq moves the VM's counter as a record taken would, and
+        the next record taken is no gap; a VM not known (no seq followed yet) stays unknown
+        (only a record taken makes a VM known, and what the refused of unknown VMs would
+        leave here would be unbounded)."""
+        if vm in self.last_seq:
+            self.sequence(vm, seq, ts, source)
 
     def sequence(self, vm: str, seq: int, ts: int, source: str = "") -> None:
         """Estimate lost UDP records from gaps in an agent's counter; watch a counter that

@@ -187,7 +187,7 @@ class Ingest:
         if entry[1] is not None:  # parsed here already (_bound): the parser's answer came late
             return
         signed = entry[3] is not None
-        if isinstance(parsed, tuple) and len(parsed) == (4 if signed else 6):
+        if isinstance(parsed, tuple) and len(parsed) == (4 if signed else 7):
             self.metrics.parsed_remote += 1
             entry[1] = parsed
         else:  # the parser process died or failed (a Failure or None): parse it here
@@ -249,7 +249,7 @@ class Ingest:
     def file(self, data: bytes, parsed: Parsed, source: str = "") -> tuple[int, int, int]:
         """Put one payload's parsed records in the buffer and journal the payload if any held
         (``source``: the sender's address, where known)."""
-        vms, tss, rows, seqs, rejects, details = parsed
+        vms, tss, rows, seqs, rejects, details, refused = parsed
         metrics = self.metrics
         rejected = 0
         if rejects:
@@ -260,6 +260,7 @@ class Ingest:
                 self._bad_log.emit("%s", detail)
         count = len(vms)
         if not count:
+            self._step_over(refused, 0, len(refused), source)
             return 0, rejected, 0
         buffer = self.buffer
         now = buffer.clock()  # when the VMs were heard from: monotonic (buffer.py)
@@ -283,7 +284,10 @@ class Ingest:
                 added = sum(map(len, map(rows_of, vm_set))) - sum(sizes)
                 buffer.count += added
                 metrics.repeated += count - added  # resends of rows held: replaced, kept once
-                self._sequence(vms, tss, seqs, len(vm_set) == count, source)
+                if refused:
+                    self._sequence_around(vms, tss, seqs, refused, source)
+                else:
+                    self._sequence(vms, tss, seqs, len(vm_set) == count, source)
                 seen.update(zip(vm_set, repeat(now)))  # after: a jump is judged since the last
                 accepted = count
         metrics.records += accepted
@@ -323,11 +327,41 @@ class Ingest:
             if seq is not None:
                 sequence(vm, seq, ts, source)
 
+    def _sequence_around(self, vms: list, tss: list, seqs: list, refused: list,
+                         source: str) -> None:
+        """``_sequence`` for a payload some of whose records were refused for their stamp:
+        every seq in the payload's order, the refused ones stepped over (``Buffer.step_over``),
+        so that the record after one is no gap.  Rare: a loop."""
+        sequence = self.buffer.sequence
+        done = 0
+        for at, (index, _vm, _seq, _ts) in enumerate(refused):
+            for vm, ts, seq in zip(vms[done:index], tss[done:index], seqs[done:index], strict=True):
+                if seq is not None:
+                    sequence(vm, seq, ts, source)
+            done = index
+            self._step_over(refused, at, at + 1, source)
+        for vm, ts, seq in zip(vms[done:], tss[done:], seqs[done:], strict=True):
+            if seq is not None:
+                sequence(vm, seq, ts, source)
+
+    def _step_over(self, refused: list, start: int, end: int, source: str) -> None:
+        """Step over the seqs of ``refused[start:end]`` (Parsed's last column)."""
+        step_over = self.buffer.step_over
+        for _index, vm, seq, ts in refused[start:end]:
+            step_over(vm, seq, ts, source)
+
     def _file_each(self, parsed: Parsed, now: float, source: str) -> tuple[int, int]:
-        """One record at a time, for payloads that meet a cap: each drop is counted by cause."""
+        """One record at a time, for payloads that meet a cap: each drop is counted by cause,
+        and the records refused for their stamp are stepped over in their place."""
         put, seen = self.buffer.put, self.buffer.last_seen
-        accepted = dropped = 0
-        for vm, ts, row, seq in zip(*parsed[:4], strict=True):
+        refused = parsed[6]
+        accepted = dropped = over = 0
+        for index, (vm, ts, row, seq) in enumerate(zip(*parsed[:4], strict=True)):
+            if over < len(refused) and refused[over][0] == index:
+                start = over
+                while over < len(refused) and refused[over][0] == index:
+                    over += 1
+                self._step_over(refused, start, over, source)
             if put(vm, ts, row, seq, source):
                 accepted += 1
                 seen[vm] = now
@@ -335,6 +369,7 @@ class Ingest:
                 dropped += 1
                 if vm in seen:  # a known VM over a record cap: still heard from
                     seen[vm] = now
+        self._step_over(refused, over, len(refused), source)
         return accepted, dropped
 
 

@@ -58,8 +58,11 @@ LINESCAN_VERSION = 1
 #: it was not built (no C compiler).
 _native = native.load("_linescan", LINESCAN_VERSION)
 
-#: (vms, timestamps, held rows, seqs (None: none sent), [(reject reason, count)], [detail])
-Parsed = tuple[list, list, list, list, list, list]
+#: (vms, timestamps, held rows, seqs (None: none sent), [(reject reason, count)], [detail],
+#: [refused]): ``refused`` holds ``(index, vm, seq, ts)`` of each record refused for its stamp
+#: that had a seq, ``index`` being how many records taken came before it in the payload.  It
+#: came, so its seq is no loss: the receiver steps its VM's counter over it (ingest.py).
+Parsed = tuple[list, list, list, list, list, list, list]
 #: A time limit no stamp reaches: a parser with it as its future limit and no past one (0)
 #: refuses no record for its time (a replay's, the edge's minutes').
 NO_LIMIT = 1 << 40
@@ -550,7 +553,7 @@ class Parser:
             if not _all_lines_matched(data, len(matches)):
                 return self._mixed(data, now)
         if not matches:
-            return [], [], [], [], [], []
+            return [], [], [], [], [], [], []
         if compact:
             out = self._compact_columns(matches, now)
             return self._checked(self._findall(data), now, self._canonical) if out is None else out
@@ -565,7 +568,7 @@ class Parser:
             seqs = [int(s) if s else None for s in raw_seqs]
         else:
             seqs = list(map(int, raw_seqs))
-        return vms, tss, rows, seqs, [], []
+        return vms, tss, rows, seqs, [], [], []
 
     def _scanned(self, data: bytes, now: float) -> Parsed | None:
         """The payload read by the C reader (``_linescan``), if it was built: the records it
@@ -586,15 +589,16 @@ class Parser:
             return None
         vms, tss, rows, seqs, rest = found
         if not rest:
-            return vms, tss, rows, seqs, [], []
+            return vms, tss, rows, seqs, [], [], []
         left = self._matched(b"\n".join(rest), now)
-        if left[0] and not set(left[0]).isdisjoint(vms):
+        if (left[0] or left[6]) and not set(_named(left)).isdisjoint(vms):
             return None
+        taken = len(vms)
         vms += left[0]
         tss += left[1]
         rows += left[2]
         seqs += left[3]
-        return vms, tss, rows, seqs, left[4], left[5]
+        return vms, tss, rows, seqs, left[4], left[5], _after(left[6], taken)
 
     def _shaped(self, data: bytes, first: bytes, now: float) -> Parsed:
         """A payload whose first line is not the agent's spelling: its shape's regex, whole."""
@@ -672,14 +676,16 @@ class Parser:
         self._lead = lead
         if len(parts) == 1:
             return parts[0]
-        vm_lists = [part[0] for part in parts if part[0]]
+        vm_lists = [_named(part) for part in parts if part[0] or part[6]]
         if len(vm_lists) > 1 and \
                 sum(map(len, map(set, vm_lists))) != len(set(chain.from_iterable(vm_lists))):
             return self._line_by_line(data, now)
-        out: Parsed = ([], [], [], [], [], [])
+        out: Parsed = ([], [], [], [], [], [], [])
         for part in parts:
-            for mine, theirs in zip(out, part, strict=True):
+            refused = _after(part[6], len(out[0]))
+            for mine, theirs in zip(out[:6], part[:6], strict=True):
                 mine.extend(theirs)
+            out[6].extend(refused)
         if out[4]:
             counts: Counter = Counter()
             for reason, count in out[4]:
@@ -723,7 +729,7 @@ class Parser:
         values = map(bytes.translate, map(_SECTION_OF, matches), repeat(None),
                      repeat(FIELD_NAME_BYTES))
         rows = list(map(b",".join, zip(values, map(_HOST_OF, matches), strict=True)))
-        return vms, tss, rows, list(map(int, map(self._compact_seq_of, matches))), [], []
+        return vms, tss, rows, list(map(int, map(self._compact_seq_of, matches))), [], [], []
 
     def _columns(self, shape: Shape, matches: list, now: float) -> Parsed:
         """The columns of a shape's matches, every line of them valid but perhaps for the VM id
@@ -735,11 +741,11 @@ class Parser:
             return self._checked(matches, now, shape)
         rows = shape.rows(matches)
         if shape.seq_of is None:
-            return vms, tss, rows, [None] * len(rows), [], []
+            return vms, tss, rows, [None] * len(rows), [], [], []
         raw_seqs = list(map(shape.seq_of, matches))
         if b"" in raw_seqs:  # the agent's regex, whose seq is optional
-            return vms, tss, rows, [int(s) if s else None for s in raw_seqs], [], []
-        return vms, tss, rows, list(map(int, raw_seqs)), [], []
+            return vms, tss, rows, [int(s) if s else None for s in raw_seqs], [], [], []
+        return vms, tss, rows, list(map(int, raw_seqs)), [], [], []
 
     def _shape_of(self, line: bytes) -> Shape | None:
         key = shape_key(line)
@@ -798,7 +804,7 @@ class Parser:
 
     def _checked(self, matches: list, now: float, shape: Shape) -> Parsed:
         """Regex matches checked one by one (new VM ids, timestamps near the window's edges)."""
-        out: Parsed = ([], [], [], [], [], [])
+        out: Parsed = ([], [], [], [], [], [], [])
         add = self._adder(out, now)
         for groups in matches:
             add(groups, None, shape)
@@ -806,7 +812,7 @@ class Parser:
 
     def _line_by_line(self, data: bytes, now: float) -> Parsed:
         """A payload the regex did not cover whole: the decoder decides the lines it left."""
-        out: Parsed = ([], [], [], [], [], [])
+        out: Parsed = ([], [], [], [], [], [], [])
         add = self._adder(out, now)
         fullmatch, decode, canonical = self._fullmatch, self.decoder.decode_line, self._canonical
         for line in data.split(b"\n"):
@@ -829,12 +835,15 @@ class Parser:
 
     def _adder(self, out: Parsed, now: float) -> Callable:
         vms, tss, rows, seqs = out[:4]
+        refused = out[6]
         hi, lo = self._window(now)
 
         def add(groups: tuple | None, record: protocol.Record | None, shape: Shape | None) -> None:
             if record is not None:  # the decoder checked everything but the stamp
                 if record.ts > hi or record.ts < lo:
                     _reject(out, *self._refusal(record.vm, record.ts, now, record.ts > hi))
+                    if record.seq is not None:
+                        refused.append((len(vms), sys.intern(record.vm), record.seq, record.ts))
                     return
                 vms.append(sys.intern(record.vm))
                 tss.append(record.ts)
@@ -847,13 +856,15 @@ class Parser:
                 _reject(out, exc.reason, str(exc))
                 return
             ts = int(shape.ts_of(groups))
+            seq = None if shape.seq_of is None else shape.seq_of(groups)
             if ts > hi or ts < lo:
                 _reject(out, *self._refusal(vm, ts, now, ts > hi))
+                if seq:
+                    refused.append((len(vms), vm, int(seq), ts))
                 return
             vms.append(vm)
             tss.append(ts)
             rows.append(shape.row(groups))
-            seq = None if shape.seq_of is None else shape.seq_of(groups)
             seqs.append(int(seq) if seq else None)
 
         return add
@@ -942,6 +953,17 @@ def _reject(out: Parsed, reason: str, detail: str) -> None:
     out[4].append(reason)
     if len(out[5]) < MAX_DETAILS:
         out[5].append(detail)
+
+
+def _named(parsed: Parsed) -> list:
+    """The VMs of a part's records, those taken and those refused for their stamp alike: parts
+    may be put together only when no VM has records in two of them (its seqs' order)."""
+    return parsed[0] + [vm for _index, vm, _seq, _ts in parsed[6]]
+
+
+def _after(refused: list, taken: int) -> list:
+    """A part's refused records (Parsed's last column) once ``taken`` records come before it."""
+    return [(index + taken, vm, seq, ts) for index, vm, seq, ts in refused] if taken else refused
 
 
 def _counted(out: Parsed) -> Parsed:

@@ -203,7 +203,7 @@ class Worker:
         if not requests:
             return payload, parsed
         payload = b"\n".join(kept)
-        parsed = self.parser.parse(payload, time.time()) if kept else ([], [], [], [], [], [])
+        parsed = self.parser.parse(payload, time.time()) if kept else ([], [], [], [], [], [], [])
         parsed[4].append((protocol.R_HTTP, len(requests)))
         parsed[4].sort()
         room = max(MAX_DETAILS - len(parsed[5]), 0)
