@@ -109,8 +109,6 @@ class Edge:
         now = self.clock()
         lines: list = []
         samples = decoder.decode(data, now, tally, errors=errors, lines=lines, **options)
-        if samples and self.vm_room is not None:  # its VMs are known before its 204
-            self.vm_room.know(set(map(_VM_OF, samples)))
         return self.file(decoder.name, samples, tally, now, lines, data,
                          dict(options, errors=errors), errors)
 
@@ -144,8 +142,15 @@ class Edge:
             left = room.room()
             if len(new) > left:
                 return NoRoom(room.refusal(len(new), left))
-            room.know(new)  # before any other body's turn: the room is theirs
-            return self.feed_body(decoder, data, errors, progress, **options)
+            # Kept for them before any other body's turn; those whose samples are taken become
+            # known as they are (``file``), the others give it back.
+            room.promised += len(new)
+
+            def kept(result):
+                room.promised -= len(new)
+                return result
+
+            return self.feed_body(decoder, data, errors, progress, **options).addBoth(kept)
 
         self._feeding += 1  # a stop waits for it as for a body being fed
         judging = task.cooperate(names()).whenDone().addCallback(judged)
@@ -214,6 +219,8 @@ class Edge:
                 since = self.journal.payload(name, now, options, data, samples)
             refused: list = []
             self.assembler.add(samples, now, tally, refused)
+            if errors is not None and self.vm_room is not None:  # the write API's, before its answer
+                self.vm_room.know_taken(samples, refused)
             if refused:
                 unit = self.decoders[name].unit if name in self.decoders else "line"
                 _refused_lines(tally, refused, lines, unit, errors)

@@ -644,18 +644,19 @@ class EdgeJournal:
         if samples:
             assembler = self.edge.assembler
             room = self.edge.vm_room
-            if options.get("errors") and room is not None:
-                # A write API body was acknowledged (204 or 400): its VMs are known again, past
-                # --max-vms if need be (a cap lowered since, or a version that judged VMs only
-                # as their minutes completed), so the minutes it went into are written.
-                room.know({sample.vm for sample in samples})
             limits = options.get("limits")
-            # Past a name bound lowered since, the samples taken are counted (the others are
-            # not: which of them this run's bounds would refuse depends on all that came before).
-            refused: list | None = [] if bounds.name_bytes > current.name_bytes else None
+            refused: list = []
             assembler.add(samples, now, tally, refused,
                           limits=(int(limits[0]), int(limits[1])) if limits else None)
-            if refused is not None:
+            if options.get("errors") and room is not None:
+                # A write API body was acknowledged (204 or 400): the VMs it had samples of taken
+                # are known again, past --max-vms if need be (a cap lowered since, or a version
+                # that judged VMs only as their minutes completed), so the minutes it went into
+                # are written.  One all of whose samples were refused was not known then either.
+                room.know_taken(samples, refused)
+            # Past a name bound lowered since, the samples taken are counted (the others are
+            # not: which of them this run's bounds would refuse depends on all that came before).
+            if bounds.name_bytes > current.name_bytes:
                 self.kept_long += assembler.named_past(samples, current.name_bytes, refused)
 
     def _say_settings(self, current: Bounds) -> None:

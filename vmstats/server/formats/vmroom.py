@@ -7,7 +7,8 @@ more after its 204.  Judged there, a new host's acknowledged minutes were droppe
 is judged at its intake instead: its new VMs become known then (the buffer's ``last_seen``,
 which the native path counts as well), or, with no room for them all, the whole body is
 refused with a 503 and nothing of it is taken (a minute's means are sums, so a retry of a body
-taken in part would count its samples twice).
+taken in part would count its samples twice).  Only a VM one of whose samples the minutes took
+becomes known (``know_taken``): one all of whose samples were refused was not heard from.
 
 Cheap where it matters: a body cannot name more VMs than it has lines, so while the room left
 exceeds that (every body below the cap; the count of newlines is one ``memchr`` pass) it is fed
@@ -16,10 +17,13 @@ near the cap is a body decoded first for the VMs it names, then fed.
 """
 
 from collections.abc import Iterable
+from operator import attrgetter
 
 from vmstats.server.buffer import Buffer
 from vmstats.words import counted
 
+#: A sample's VM.
+_VM_OF = attrgetter("vm")
 #: Seconds a client is told to wait when a write finds no room: VMs silent for ten minutes are
 #: forgotten at a flush once the cap is reached (buffer.FORGET_AFTER), so room comes slowly.
 RETRY_AFTER = 60
@@ -54,6 +58,16 @@ class VmRoom:
                 if now is None:
                     now = buffer.clock()
                 seen[vm] = now
+
+    def know_taken(self, samples: list, refused: list) -> None:
+        """``know`` the VMs of ``samples`` that the minutes took one of (``refused``:
+        MinuteAssembler.add's list): a VM all of whose samples were refused (stamped past
+        --max-future, in a minute already written) was not heard from, and holds no place."""
+        if not refused:
+            self.know(set(map(_VM_OF, samples)))
+            return
+        out = {index for index, _reason, _detail in refused}
+        self.know({sample.vm for index, sample in enumerate(samples) if index not in out})
 
     def refusal(self, new: int, room: int) -> str:
         """The one-line reason a body naming ``new`` VMs is refused."""
