@@ -158,6 +158,7 @@ def test_a_parser_that_answers_nonsense_is_stopped_and_nothing_is_lost():
     class Pool:
         stderr = None
         auth_config = None
+        senders = False
         reactor = Clock()
 
     parser = _Parser(Pool())

@@ -64,8 +64,9 @@ def test_two_machines_under_one_id_are_found_counted_listed_and_logged_once(tmp_
         assert metrics["vmstats_shared_vm_ids"] == 2
         status = server.status_json()
         assert sorted(status["shared_vm_ids"]) == ["clone-1", "snap-1"]
-        assert all(entry["now"] and entry["times"] == 1 and entry["senders"] == []
-                   for entry in status["shared_vm_ids"].values())  # UDP: no address read
+        assert all(entry["now"] and entry["times"] == 1
+                   and sorted(entry["senders"]) == ["127.0.0.1", "127.0.0.2"]
+                   for entry in status["shared_vm_ids"].values()), status["shared_vm_ids"]
         assert status["shared_vm_ids_found"] == 2
         # The steps between two counters are no loss, not even the first one up, before the
         # step back that begins the watch: the counters here skip nothing.
@@ -80,7 +81,38 @@ def test_two_machines_under_one_id_are_found_counted_listed_and_logged_once(tmp_
     for vm in pairs:  # detection only: every record is logged as it came
         assert logged_seqs(tmp_path / "data", vm) == sorted(sent[vm])
         assert server.output.count("VM id %s %s" % (vm, LOGGED)) == 1, server.output
+    said_senders(server.output, pairs, ["127.0.0.1", "127.0.0.2"])
     assert "shared VM ids     2" in server.output
+
+
+def said_senders(output: str, vms, senders: list[str]) -> None:
+    """The log line and the stop summary of each of ``vms`` name ``senders``, in any order."""
+    for vm in vms:
+        said = [text for text in output.splitlines() if "VM id %s %s" % (vm, LOGGED) in text]
+        assert len(said) == 1 and sorted(said[0].split("Senders: ")[1].split(". ")[0].split(
+            ", ")) == senders, said
+        summary = [text.split() for text in output.splitlines() if text.startswith("    " + vm)]
+        assert len(summary) == 1 and sorted(" ".join(summary[0][2:]).split(", ")) == senders, \
+            summary
+
+
+def test_over_udp_read_by_the_reactor_the_senders_are_named(tmp_path):
+    """The same over UDP with no parser processes (--parsers 0: the reactor reads the port),
+    datagrams a burst at a time: /status, the log line and the stop summary name both senders,
+    and nothing is counted lost."""
+    t0 = int(time.time()) - 3600
+    first, second = udp_from("127.0.0.2"), udp_from("127.0.0.3")
+    with first, second, serve(tmp_path, "--flush-interval", "0.5", "--parsers", "0") as server:
+        for i in range(8):
+            for sock, seq, ts in ((first, 7 + i, t0 + 60 * i), (second, 5000 + i, t0 + 60 * i + 30)):
+                sock.sendto(line("baked-udp", seq, ts), (LOOPBACK, server.udp_port))
+                server.wait_received(2 * i + 1 + (sock is second))
+        metrics = server.wait_metrics(lambda m: m[FOUND] == 1)
+        entry = server.status_json()["shared_vm_ids"]["baked-udp"]
+    assert server.returncode == 0, server.output
+    assert sorted(entry["senders"]) == ["127.0.0.2", "127.0.0.3"] and entry["now"], entry
+    assert metrics["vmstats_estimated_lost_records_total"] == 0
+    said_senders(server.output, ["baked-udp"], ["127.0.0.2", "127.0.0.3"])
 
 
 def test_an_id_found_is_kept_across_a_restart_for_a_week(tmp_path):

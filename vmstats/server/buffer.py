@@ -21,8 +21,9 @@ time of day (``seen_at``).
 import time
 from collections.abc import Callable
 
-from vmstats.seqturns import WAIT_FOR
+from vmstats.seqturns import WAIT_FOR, WATCHED
 from vmstats.server.metrics import Metrics
+from vmstats.server.senders import Senders
 from vmstats.server.sharedids import SharedIds
 
 Table = dict[str, dict[int, bytes]]
@@ -56,8 +57,14 @@ class Buffer:
         #: VMs whose counter stepped back, watched for a second agent under their id, and the
         #: jumps up waiting for their VM's next record to be counted.
         self.shared = SharedIds(metrics, clock)
+        #: The watched VMs a record came to with no sender's address (over UDP): while there
+        #: are any, the UDP readers read each datagram's (senders.py), told by ``on_senders``.
+        self.unnamed: set[str] = set()
+        self.wants_senders = False
+        self.on_senders: Callable[[bool], None] | None = None
 
-    def put(self, vm: str, ts: int, row: bytes, seq: int | None = None, source: str = "") -> bool:
+    def put(self, vm: str, ts: int, row: bytes, seq: int | None = None,
+            source: str | Senders = "") -> bool:
         """Hold one record; False (and counted) when a cap leaves no room (``source``: the
         sender's address, where known).
 
@@ -87,13 +94,13 @@ class Buffer:
             self.sequence(vm, seq, ts, source)
         return True
 
-    def _dropped(self, vm: str, seq: int | None, ts: int, source: str) -> bool:
+    def _dropped(self, vm: str, seq: int | None, ts: int, source: str | Senders) -> bool:
         """A record dropped for a cap came all the same: its seq is stepped over; False."""
         if seq is not None:
             self.step_over(vm, seq, ts, source)
         return False
 
-    def step_over(self, vm: str, seq: int, ts: int, source: str = "") -> None:
+    def step_over(self, vm: str, seq: int, ts: int, source: str | Senders = "") -> None:
         """A record of ``vm`` that came and was refused (its stamp) or dropped (a cap): counted
         there, so no loss here.  Its seq moves the VM's counter as a record taken would, and
         the next record taken is no gap; a VM not known (no seq followed yet) stays unknown
@@ -102,7 +109,7 @@ class Buffer:
         if vm in self.last_seq:
             self.sequence(vm, seq, ts, source)
 
-    def sequence(self, vm: str, seq: int, ts: int, source: str = "") -> None:
+    def sequence(self, vm: str, seq: int, ts: int, source: str | Senders = "") -> None:
         """Estimate lost UDP records from gaps in an agent's counter; watch a counter that
         steps back for a second agent under the same id (seqturns.py, whose ``step`` takes
         every record that is not its VM's next, nor the first of a VM not found shared before).
@@ -120,10 +127,29 @@ class Buffer:
         elif seq == last + 1:  # its next (no seq follows WATCHED or JUMPED)
             self.last_seq[vm] = seq
             return
-        self.last_seq[vm], lost = self.shared.step(vm, last, seq, ts, self.clock(), source,
-                                                   self.last_seen.get(vm))
+        if source.__class__ is not str:  # a UDP payload's Senders: this record's, found now
+            source = source.of(vm, seq)
+        after, lost = self.shared.step(vm, last, seq, ts, self.clock(), source,
+                                       self.last_seen.get(vm))
+        self.last_seq[vm] = after
         if lost:
             self.metrics.seq_lost += lost
+        if after == WATCHED:
+            if not source and vm not in self.unnamed:
+                self.unnamed.add(vm)
+                self._senders()
+        elif vm in self.unnamed:
+            self.unnamed.discard(vm)
+            self._senders()
+
+    def _senders(self) -> None:
+        """Tell the UDP readers whether to read the senders' addresses: while a VM is watched
+        that records came to over UDP (``unnamed``)."""
+        wants = bool(self.unnamed)
+        if wants != self.wants_senders:
+            self.wants_senders = wants
+            if self.on_senders is not None:
+                self.on_senders(wants)
 
     def settle(self, horizon: float) -> None:
         """Count the jumps up whose VM sent nothing since ``horizon`` (a ``clock()`` reading; the
@@ -153,6 +179,9 @@ class Buffer:
         self.last_seen = {vm: seen for vm, seen in self.last_seen.items() if seen >= horizon}
         self.last_seq = {vm: seq for vm, seq in self.last_seq.items() if vm in self.last_seen}
         self.shared.forget(self.last_seen)
+        if self.unnamed:
+            self.unnamed.intersection_update(self.shared.watched)
+            self._senders()
         return before - len(self.last_seen)
 
     def seen_at(self, wall: float) -> dict[str, float]:

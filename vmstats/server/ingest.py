@@ -25,6 +25,7 @@ from vmstats.server.idle import IdleWaiters
 from vmstats.server.journal import rejected_line
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import NO_LIMIT, Parsed, Parser
+from vmstats.server.senders import Senders
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,14 @@ class Ingest:
         """
         return self.file(data, self._parse_now(data, timed))
 
-    def submit(self, data: bytes, done: Done = None, timed: bool = True, source: str = "") -> None:
+    def submit(self, data: bytes, done: Done = None, timed: bool = True,
+               source: str | Senders = "") -> None:
         """Parse ``data`` where there is room (a parser process, else here) and file it in turn.
 
         ``timed=False`` as for ``payload``: such a payload is parsed here, the parser processes
         knowing only the live window (it is one record a VM a minute, the edge's).  ``source``:
-        the sender's address where known (a TCP peer), named if its VM id proves shared.
+        the sender's address where known (a TCP peer; a UDP payload's ``Senders``), named if
+        its VM id proves shared.
         """
         parsers = self.parsers
         if parsers is None or not parsers.has_room() or not timed:
@@ -141,12 +144,14 @@ class Ingest:
         parsers.parse(frames, self.clock()).addBoth(self._parsed, entry)
         self._bound()
 
-    def parsed_elsewhere(self, data: bytes, parsed: Parsed | None) -> None:
+    def parsed_elsewhere(self, data: bytes, parsed: Parsed | None,
+                         senders: Senders | None = None) -> None:
         """File a payload a parser process read and parsed itself (UDP), after what is queued.
 
-        ``parsed`` is None when the parser failed on it: it is parsed here.
+        ``parsed`` is None when the parser failed on it: it is parsed here.  ``senders``: its
+        datagrams' addresses, where they were read (senders.py).
         """
-        entry = [data, None, None, None, ""]
+        entry = [data, None, None, None, senders or ""]
         self.queue.append(entry)
         self._parsed(parsed, entry)
         self._bound()
@@ -246,7 +251,8 @@ class Ingest:
         return data, parsed
 
     # -- filing ----------------------------------------------------------------------------------
-    def file(self, data: bytes, parsed: Parsed, source: str = "") -> tuple[int, int, int]:
+    def file(self, data: bytes, parsed: Parsed,
+             source: str | Senders = "") -> tuple[int, int, int]:
         """Put one payload's parsed records in the buffer and journal the payload if any held
         (``source``: the sender's address, where known)."""
         vms, tss, rows, seqs, rejects, details, refused = parsed
@@ -310,7 +316,8 @@ class Ingest:
         self.journal.append_records(data)
         self.journal.append(rejected_line(rejects))
 
-    def _sequence(self, vms: list, tss: list, seqs: list, distinct: bool, source: str) -> None:
+    def _sequence(self, vms: list, tss: list, seqs: list, distinct: bool,
+                  source: str | Senders) -> None:
         """Count seq gaps; when every VM's seq is its last one plus one, without a loop.
 
         A VM watched for a second agent under its id (sharedids.py) has
@@ -328,7 +335,7 @@ class Ingest:
                 sequence(vm, seq, ts, source)
 
     def _sequence_around(self, vms: list, tss: list, seqs: list, refused: list,
-                         source: str) -> None:
+                         source: str | Senders) -> None:
         """``_sequence`` for a payload some of whose records were refused for their stamp:
         every seq in the payload's order, the refused ones stepped over (``Buffer.step_over``),
         so that the record after one is no gap.  Rare: a loop."""
@@ -344,13 +351,13 @@ class Ingest:
             if seq is not None:
                 sequence(vm, seq, ts, source)
 
-    def _step_over(self, refused: list, start: int, end: int, source: str) -> None:
+    def _step_over(self, refused: list, start: int, end: int, source: str | Senders) -> None:
         """Step over the seqs of ``refused[start:end]`` (Parsed's last column)."""
         step_over = self.buffer.step_over
         for _index, vm, seq, ts in refused[start:end]:
             step_over(vm, seq, ts, source)
 
-    def _file_each(self, parsed: Parsed, now: float, source: str) -> tuple[int, int]:
+    def _file_each(self, parsed: Parsed, now: float, source: str | Senders) -> tuple[int, int]:
         """One record at a time, for payloads that meet a cap: each drop is counted by cause,
         and the records refused for their stamp are stepped over in their place."""
         put, seen = self.buffer.put, self.buffer.last_seen

@@ -28,6 +28,7 @@ from vmstats.server.ingest import Ingest
 from vmstats.server.metrics import Metrics
 from vmstats.server.parse import frame_start, has_frame
 from vmstats.server.parseworker import COALESCE_BYTES, COALESCE_SECONDS
+from vmstats.server.senders import Senders
 from vmstats.server.signing import unsigned_refused
 from vmstats.words import counted
 
@@ -62,18 +63,24 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._timer = None
+        #: The held datagrams' lengths and senders' addresses, while these are read
+        #: (senders.py); ``_named`` is False once a held datagram came without one.
+        self._lengths: list[int] = []
+        self._addresses: list[str] = []
+        self._named = True
 
     def datagramReceived(self, data: bytes, addr) -> None:
         self.datagramsReceived([data])
 
-    def datagramsReceived(self, batch: list[bytes]) -> None:
+    def datagramsReceived(self, batch: list[bytes], addresses: list[str] | None = None) -> None:
         """Ingest datagrams read in one go.
 
         Plain datagrams are joined with newlines and go through the parser as
         one payload: one regex pass and one call for many datagrams instead of
         one each, which is most of the per-datagram cost.  Lines never span
         datagrams, so the result is the same.  Frames (``#!``) and everything
-        under --auth-keys are handled one datagram at a time.
+        under --auth-keys are handled one datagram at a time.  ``addresses``: each datagram's
+        sender's, where read (senders.py).
         """
         metrics = self.metrics
         metrics.datagrams += len(batch)
@@ -87,9 +94,15 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
             if not batch:
                 return
             joined = b"\n".join(batch)
+            addresses = None
         if self._plain and not has_frame(joined):
             self._held.append(joined)
             self._held_bytes += len(joined)
+            if addresses is None:
+                self._named = False
+            elif self._named:
+                self._lengths += map(len, batch)
+                self._addresses += addresses
             if self._held_bytes >= COALESCE_BYTES or self.reactor is None:
                 self.release()
             elif self._timer is None:
@@ -99,14 +112,14 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         if self.auth.required:
             self._signed(batch)
             return
-        for data in batch:
+        for index, data in enumerate(batch):
             if data[:2] == b"#!":
                 data = self._unwrap(data)
                 if data is None:
                     continue
             elif not self.auth.unsigned(data):
                 continue
-            self._submit(data)
+            self._submit(data, source="" if addresses is None else addresses[index])
 
     def _without_requests(self, batch: list[bytes]) -> list[bytes]:
         """The datagrams of ``batch``, each up to the HTTP request it holds (curl, or a client
@@ -148,13 +161,13 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
             self.ingest.submit_signed(b"".join(frames))
 
     def parsed_elsewhere(self, parsed, payload: bytes, datagrams: int, size: int,
-                         frames: list[bytes], checked=None) -> None:
+                         frames: list[bytes], checked=None, senders=None) -> None:
         """Datagrams a parser process read from the socket itself (parsers.py).
 
         Plain ones come joined and parsed; under --auth-keys, checked and
         parsed (``checked``: ``signing.Checked``), to be admitted here; frames
         (``#!``) the parser left come as they are and are handled here like
-        any frame.
+        any frame.  ``senders``: the datagrams' lengths and addresses, where read (senders.py).
         """
         if datagrams:
             self.metrics.datagrams += datagrams
@@ -162,7 +175,8 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
             if checked is not None:
                 self.ingest.checked_elsewhere(checked)
             else:
-                self.ingest.parsed_elsewhere(payload, parsed)
+                self.ingest.parsed_elsewhere(payload, parsed,
+                                             Senders(payload, *senders) if senders else None)
         if frames:
             self.datagramsReceived(frames)
 
@@ -175,9 +189,11 @@ class UDPReceiver(tx_protocol.DatagramProtocol):
         if not self._held:
             return
         data = b"\n".join(self._held) if len(self._held) > 1 else self._held[0]
+        senders = Senders(data, self._lengths, self._addresses) if self._named else ""
         self._held = []
         self._held_bytes = 0
-        self._submit(data)
+        self._lengths, self._addresses, self._named = [], [], True
+        self._submit(data, source=senders or "")
 
     def _unwrap(self, data: bytes) -> bytes | None:
         try:
@@ -210,13 +226,16 @@ class BatchingUDPPort(udp.Port):
     batch_size = 512
     #: --allow: when set, each datagram's source is checked (recvfrom instead of recv).
     allow: SourceFilter | None = None
+    #: Whether each datagram's address is read and handed on (while a VM is watched over UDP:
+    #: senders.py); recvfrom instead of recv, as for --allow.
+    senders = False
 
     def doRead(self) -> None:
         self._read(self.maxThroughput)
 
     def _read(self, limit: int) -> None:
         """Read and deliver up to ``limit`` bytes of datagrams, or until the socket is empty."""
-        if self.allow is not None:
+        if self.allow is not None or self.senders:
             self._read_allowed(limit)
             return
         recv = self.socket.recv
@@ -239,9 +258,11 @@ class BatchingUDPPort(udp.Port):
                 self._deliver(batch)
 
     def _read_allowed(self, limit: int) -> None:
-        """``_read`` for --allow: datagrams from other sources are dropped and counted."""
+        """``_read`` for --allow (datagrams from other sources are dropped and counted) or while
+        the senders' addresses are read (``senders``: handed on with the datagrams)."""
         recvfrom = self.socket.recvfrom
-        allows = self.allow.allows
+        allows = self.allow.allows if self.allow is not None else None
+        named: list[str] | None = [] if self.senders else None
         size = self.maxPacketSize
         batch: list[bytes] = []
         refused = read = 0
@@ -249,11 +270,14 @@ class BatchingUDPPort(udp.Port):
             while read < limit:
                 data, addr = recvfrom(size)
                 read += len(data)
-                if allows(addr[0]):
+                if allows is None or allows(addr[0]):
                     batch.append(data)
+                    if named is not None:
+                        named.append(addr[0])
                     if len(batch) >= self.batch_size:
-                        self._deliver(batch)
+                        self._deliver(batch, named)
                         batch = []
+                        named = None if named is None else []
                 else:
                     refused += 1
         except OSError as exc:
@@ -263,7 +287,7 @@ class BatchingUDPPort(udp.Port):
             if refused:
                 self.protocol.metrics.datagrams_not_allowed += refused
             if batch:
-                self._deliver(batch)
+                self._deliver(batch, named)
 
     def stopListening(self):
         """Read what the socket already holds, then close it.
@@ -282,9 +306,12 @@ class BatchingUDPPort(udp.Port):
                 log.error("reading the UDP socket before closing it: %s", exc)
         return super().stopListening()
 
-    def _deliver(self, batch: list[bytes]) -> None:
+    def _deliver(self, batch: list[bytes], addresses: list[str] | None = None) -> None:
         try:
-            self.protocol.datagramsReceived(batch)
+            if addresses is None:
+                self.protocol.datagramsReceived(batch)
+            else:
+                self.protocol.datagramsReceived(batch, addresses)
         except BaseException:
             twisted_log.err()  # as Twisted does: a bug in one batch must not stop the port
 
@@ -713,6 +740,17 @@ class ListenerService(service.Service):
                 and hasattr(select, "EPOLLEXCLUSIVE")):
             parsers.share_udp(udp_port, self.udp.parsed_elsewhere)
             self.shared_with = parsers
+        buffer = self.udp.ingest.buffer
+        buffer.on_senders = self._read_senders
+        if buffer.wants_senders:  # a VM watched over UDP since the replay
+            self._read_senders(True)
+
+    def _read_senders(self, on: bool) -> None:
+        """Whoever reads the UDP port reads each datagram's address from now on, or no more."""
+        if self.udp_listening is not None:
+            self.udp_listening.senders = on
+        if self.shared_with is not None:
+            self.shared_with.read_senders(on)
 
     def _set_rcvbuf(self, sock: socket.socket) -> None:
         self.rcvbuf_granted = set_rcvbuf(sock, self.rcvbuf)

@@ -36,7 +36,7 @@ from twisted.internet import defer, error, main, protocol
 from vmstats.server.every import Every
 from vmstats.server.metrics import Metrics, RateLimitedLog
 from vmstats.server.parse import Parsed
-from vmstats.server.parseworker import READY, REPLY, REQUEST, STOP_UDP
+from vmstats.server.parseworker import READY, REPLY, REQUEST, SENDERS, STOP_UDP
 from vmstats.words import counted
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class _Parser(protocol.ProcessProtocol):
         if self.pool.auth_config is not None:  # before any request: the keys (--auth)
             self.transport.write(REQUEST.pack(0, 0.0, len(self.pool.auth_config)))
             self.transport.write(self.pool.auth_config)
+        if self.pool.senders:
+            self.read_senders(True)
 
     def pull(self, reader=None):
         """Read every answer waiting in the pipe; what ``FileDescriptor.doRead`` returns.
@@ -115,8 +117,13 @@ class _Parser(protocol.ProcessProtocol):
         """Ask the process to stop reading the UDP socket; fires after what it read is in."""
         return self.send(None, 0.0)
 
-    def send(self, data: bytes | None, now: float) -> defer.Deferred:
-        """A request: a payload to parse, or (None) the word to stop reading the UDP socket."""
+    def read_senders(self, on: bool) -> defer.Deferred:
+        """Ask the process to read each datagram's address (or no more): parseworker.SENDERS."""
+        return self.send(None, 1.0 if on else 0.0, SENDERS)
+
+    def send(self, data: bytes | None, now: float, word: int = STOP_UDP) -> defer.Deferred:
+        """A request: a payload to parse, or (None) a word with no payload, ``word``: to stop
+        reading the UDP socket, or ``SENDERS``."""
         seq = self.next_seq
         self.next_seq += 1
         waiting: defer.Deferred = defer.Deferred()
@@ -126,7 +133,7 @@ class _Parser(protocol.ProcessProtocol):
         self.waiting[seq] = (waiting, size)
         self.in_flight_bytes += size
         if data is None:
-            self.transport.write(REQUEST.pack(seq, now, STOP_UDP))
+            self.transport.write(REQUEST.pack(seq, now, word))
         else:
             self.transport.writeSequence([REQUEST.pack(seq, now, size), data])
         return waiting
@@ -170,12 +177,12 @@ class _Parser(protocol.ProcessProtocol):
             self.pool.reading_udp(self)
             return True
         try:
-            parsed, payload, datagrams, size, frames, checked = marshal.loads(body)
+            parsed, payload, datagrams, size, frames, checked, senders = marshal.loads(body)
         except (ValueError, EOFError, TypeError) as exc:
             self._broken("unreadable datagrams (%s)" % exc)
             return False
         try:
-            self.pool.deliver(parsed, payload, datagrams, size, frames, checked)
+            self.pool.deliver(parsed, payload, datagrams, size, frames, checked, senders)
         except Exception:  # a bug in filing: say so, and keep reading this parser's replies
             log.exception("filing datagrams from parser %s", self.pid)
         return True
@@ -225,13 +232,25 @@ class ParserService(service.Service):
         #: The UDP port the parsers read while it listens, what files their datagrams, and the
         #: parsers that said they read it.
         self.udp = None
-        self.deliver: Callable[[Parsed | None, bytes, int, int, list[bytes], tuple | None],
-                               None] | None = None
+        self.deliver: Callable[[Parsed | None, bytes, int, int, list[bytes], tuple | None,
+                                tuple | None], None] | None = None
         self.udp_readers: set[_Parser] = set()
+        #: Whether the parsers read each datagram's address (``read_senders``; senders.py).
+        self.senders = False
 
     def share_udp(self, port, deliver: Callable) -> None:
         """Let parsers started from now on read ``port``'s socket and ``deliver`` what they read."""
         self.udp, self.deliver = port, deliver
+
+    def read_senders(self, on: bool) -> None:
+        """Have every parser read each datagram's address from now on, or no more (those
+        started later are told at their start)."""
+        if on == self.senders:
+            return
+        self.senders = on
+        for parser in self.parsers:
+            if parser.transport is not None:
+                parser.read_senders(on).addErrback(lambda _failure: None)  # one that died: gone
 
     def reading_udp(self, parser: _Parser) -> None:
         if self.udp is None or parser not in self.parsers:

@@ -39,10 +39,15 @@ REPLY = struct.Struct("!QI")
 #: A request with this length carries no payload: stop reading the UDP socket (the listener
 #: is stopping).  Its reply comes once the datagrams already queued are sent.
 STOP_UDP = 0xFFFFFFFF
+#: A request with this length carries no payload either: read each datagram's address from now
+#: on (the reactor's time field 1.0) or no more (0.0); the reactor asks while a VM is watched
+#: over UDP (senders.py).  Its reply is empty.
+SENDERS = 0xFFFFFFFE
 #: Reply sequence numbers that answer no request.  UDP_BATCH: datagrams this process read,
-#: marshalled as ``(Parsed or None, payload, datagrams, bytes, frames, checked)``, where
-#: ``checked`` is None but under --auth-keys (``signing.Checked``); READY: it reads the UDP
-#: socket from now on, so the reactor need not.
+#: marshalled as ``(Parsed or None, payload, datagrams, bytes, frames, checked, senders)``, where
+#: ``checked`` is None but under --auth-keys (``signing.Checked``) and ``senders`` None but while
+#: the addresses are read (``SENDERS``): the payload's datagrams' lengths and addresses; READY:
+#: it reads the UDP socket from now on, so the reactor need not.
 UDP_BATCH = (1 << 64) - 1
 READY = (1 << 64) - 2
 #: A batch of UDP datagrams becomes one payload once this much has gathered, or this long
@@ -82,6 +87,8 @@ class Worker:
         self.udp = udp
         self.checker = checker
         self.out = sys.stdout.buffer
+        #: Whether each datagram's address is read (``SENDERS``).
+        self.senders = False
 
     def run(self) -> int:
         if self.udp is None:
@@ -107,6 +114,10 @@ class Worker:
         if header is None:
             return False
         seq, now, length = REQUEST.unpack(header)
+        if length == SENDERS:
+            self.senders = bool(now)
+            self.reply(seq, b"")
+            return True
         if length == STOP_UDP:
             if self.udp is not None:
                 # What the socket holds was received before the stop: send it, bounded by the
@@ -140,6 +151,9 @@ class Worker:
         One wait for the rest of the window when the socket runs dry, not one
         per datagram: a datagram that arrives meanwhile is the other parsers' to take.
         """
+        if self.senders:
+            self.datagrams_from(limit, window)
+            return
         recv = self.udp.recv
         batch: list[bytes] = []
         size = 0
@@ -162,14 +176,44 @@ class Worker:
         if batch:
             self.send_datagrams(batch)
 
-    def send_datagrams(self, batch: list[bytes]) -> None:
-        """Plain datagrams joined and parsed as one payload; frames (``#!``) as they are."""
+    def datagrams_from(self, limit: int, window: float) -> None:
+        """``datagrams``, reading each one's address too (``recvfrom``: while asked, SENDERS)."""
+        recvfrom = self.udp.recvfrom
+        batch: list[bytes] = []
+        addresses: list[str] = []
+        size = 0
+        waited = window <= 0
+        started = time.monotonic()
+        while size < limit:
+            try:
+                data, address = recvfrom(MAX_DATAGRAM_SIZE)
+            except (BlockingIOError, InterruptedError):
+                left = window - (time.monotonic() - started)
+                if waited or left <= 0:
+                    break
+                waited = True
+                time.sleep(left)
+                continue
+            except ConnectionRefusedError:
+                continue
+            size += len(data)
+            batch.append(data)
+            addresses.append(address[0])
+        if batch:
+            self.send_datagrams(batch, addresses)
+
+    def send_datagrams(self, batch: list[bytes], addresses: list[str] | None = None) -> None:
+        """Plain datagrams joined and parsed as one payload; frames (``#!``) as they are.
+        ``addresses``: each datagram's sender, where read (sent on as the payload's senders)."""
         if self.checker is not None:
             self.send_signed(batch)
             return
         payload = b"\n".join(batch)
         frames: list[bytes] = []
         if has_frame(payload):  # one scan, not a test per datagram
+            if addresses is not None:
+                addresses = [address for data, address in zip(batch, addresses, strict=True)
+                             if data[:2] != b"#!"]
             frames = [data for data in batch if data[:2] == b"#!"]
             batch = [data for data in batch if data[:2] != b"#!"]
             payload = b"\n".join(batch)
@@ -186,9 +230,14 @@ class Worker:
                 # them, at a datagram's start or after records (listeners.py), before it parses
                 # the rest.  Joined, they were parsed line by line, a request's headers refused
                 # as records (and journaled with them).
-                self.reply(UDP_BATCH, marshal.dumps((None, b"", 0, 0, batch + frames, None)))
+                self.reply(UDP_BATCH, marshal.dumps((None, b"", 0, 0, batch + frames, None,
+                                                     None)))
                 return
-        self.reply(UDP_BATCH, marshal.dumps((parsed, payload, datagrams, size, frames, None)))
+        senders = None
+        if addresses and len(payload) == size + datagrams - 1:  # (no HTTP request cut from it)
+            senders = (list(map(len, batch)), addresses)
+        self.reply(UDP_BATCH, marshal.dumps((parsed, payload, datagrams, size, frames, None,
+                                             senders)))
 
     def without_requests(self, batch: list[bytes], payload: bytes,
                          parsed: Parsed) -> tuple[bytes, Parsed]:
@@ -224,11 +273,11 @@ class Worker:
                                                               time.time())
         except Exception as exc:  # a bug: the reactor checks these datagrams itself
             print("signed datagrams: %r" % (exc,), file=sys.stderr, flush=True)
-            self.reply(UDP_BATCH, marshal.dumps((None, b"", 0, 0, batch, None)))
+            self.reply(UDP_BATCH, marshal.dumps((None, b"", 0, 0, batch, None, None)))
             return
         checked = (parsed, payloads, accepted, refused + failed)
         self.reply(UDP_BATCH, marshal.dumps((None, b"", len(batch), sum(map(len, batch)), [],
-                                             checked)))
+                                             checked, None)))
 
     def reply(self, seq: int, body: bytes) -> None:
         self.out.write(REPLY.pack(seq, len(body)))

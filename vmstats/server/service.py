@@ -54,6 +54,9 @@ from vmstats.words import counted
 
 log = logging.getLogger(__name__)
 
+#: Shared VM ids the stop summary names with their senders, the last found (/status lists all).
+SUMMARY_IDS = 10
+
 
 def _say_what_python_does(signed: bool) -> None:
     """A warning at start for each C part whose work is done in Python, slower: one that does
@@ -490,6 +493,8 @@ class Aggregator(service.MultiService):
             lines.append("  shared VM ids     %d found (sent by more than one machine: /status, the "
                          "log)%s" % (s["shared_vm_ids_found"], ", and %d before this start, not since"
                                      % before if before else ""))
+            lines += ["    %-22s senders %s" % (vm, ", ".join(found.sources) or "not known")
+                      for vm, found in list(self.buffer.shared.found.items())[-SUMMARY_IDS:]]
         if s["edge"]:
             lines.append("  other formats     %s" % ", ".join(
                 "%s %d" % (key, count) for key, count in s["edge"].items()))

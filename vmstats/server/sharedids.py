@@ -93,7 +93,7 @@ class SharedIds(Watches):
                 self.news += 1
         if now - found.logged >= LOG_EVERY:
             found.logged = now
-            known = ", ".join(found.sources) if found.sources else "not known (UDP)"
+            known = ", ".join(found.sources) if found.sources else "not known"
             log.warning("VM id %s is sent by more than one machine: two seq counters take turns "
                         "(%s so far); their records are filed as one VM's. Senders: %s. "
                         "docs/OPERATIONS.md, One VM id, two machines", vm,
