@@ -9,9 +9,11 @@ from serverproc import LOOPBACK, serve
 
 from vmstats import logstore, protocol
 from vmstats.protocol import Record
+from vmstats.seqturns import WATCH_FOR
 from vmstats.server import sharedids, sharedkept
 from vmstats.server.buffer import Buffer
 from vmstats.server.metrics import Metrics
+from vmstats.server.senders import Senders
 
 FOUND = "vmstats_shared_vm_ids_found_total"
 LOGGED = "is sent by more than one machine"
@@ -280,3 +282,41 @@ def test_a_jump_up_is_counted_at_the_next_record_as_what_the_counter_below_skipp
         assert metrics.seq_lost == lost, name
         if name == "a jump, then on":
             assert before_last == 0  # the jump waited for the next record
+
+
+def test_a_records_sender_is_the_address_of_the_datagram_that_held_it():
+    """Senders.of, as the careful path of the seq asks it: by the VM id as a whole tag and the
+    seq as a whole field, in the datagram that held them; unnamed when two senders' datagrams
+    hold the same record, or none does."""
+    datagrams = [line("web-1", 12, 1_800_000_000), line("web-12", 1, 1_800_000_000),
+                 line("web-1", 1, 1_800_000_060) + b"\n" + line("db-1", 7, 1_800_000_060),
+                 line("web-1", 12, 1_800_000_000)]
+    payload = b"\n".join(datagrams)
+    addresses = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    senders = Senders(payload, list(map(len, datagrams)), addresses)
+    assert senders.of("web-1", 1) == "192.0.2.3"  # not web-12's seq 1, nor web-1's seq 12
+    assert senders.of("web-12", 1) == "192.0.2.2"
+    assert senders.of("db-1", 7) == "192.0.2.3"  # the second line of a datagram
+    assert senders.of("web-1", 12) == ""  # two senders' datagrams hold it
+    assert senders.of("web-1", 2) == senders.of("other", 1) == ""
+    one = Senders(payload, list(map(len, datagrams)), ["192.0.2.9"] * 4)
+    assert one.of("other", 5) == "192.0.2.9"  # every datagram from one sender
+
+
+def test_the_senders_are_read_only_while_a_vm_is_watched_over_udp():
+    """The buffer asks the UDP readers for the senders' addresses when a VM whose records come
+    with none (UDP) begins to be watched, and stops asking when its watch is let go; a VM
+    watched over TCP (its peer known) asks nothing."""
+    clock = [1000.0]
+    buffer = Buffer(Metrics(), 10 ** 6, 10 ** 6, clock=lambda: clock[0])
+    told: list[bool] = []
+    buffer.on_senders = told.append
+    for seq, source in ((5, "192.0.2.1"), (6, "192.0.2.1"), (5, "192.0.2.1")):
+        buffer.sequence("over-tcp", seq, 1_800_000_000 + seq, source)
+    assert told == [] and "over-tcp" in buffer.shared.watched
+    for seq in (5, 6, 5):
+        buffer.sequence("over-udp", seq, 1_800_000_000 + seq)
+    assert told == [True]
+    clock[0] += WATCH_FOR + 1
+    buffer.sequence("over-udp", 7, 1_800_000_007)  # its watch let go
+    assert told == [True, False] and "over-udp" not in buffer.shared.watched

@@ -5,7 +5,7 @@ Two machines under one VM id are found from their ``seq`` counters
 addresses.  A TCP connection has one peer, but the UDP port's datagrams are
 joined into payloads of many senders (a parser process, or the reactor's
 port, reads them in batches), and reading each datagram's address costs
-``recvfrom`` over ``recv``, about a third more a datagram.  So the addresses
+``recvfrom`` over ``recv`` (what --allow costs: docs/OPERATIONS.md).  So the addresses
 are read only while a VM is watched over UDP (its records came with none):
 the buffer says so (``Buffer.wants_senders``), and the readers
 (parseworker.py, listeners.py) switch.  A payload read meanwhile carries a
