@@ -117,9 +117,11 @@ class _Parser(protocol.ProcessProtocol):
         """Ask the process to stop reading the UDP socket; fires after what it read is in."""
         return self.send(None, 0.0)
 
-    def read_senders(self, on: bool) -> defer.Deferred:
-        """Ask the process to read each datagram's address (or no more): parseworker.SENDERS."""
-        return self.send(None, 1.0 if on else 0.0, SENDERS)
+    def read_senders(self, on: bool) -> None:
+        """Ask the process to read each datagram's address (or no more): parseworker.SENDERS.
+        Nothing waits for its answer (a process that died before it is gone, and its
+        successor is told at its start)."""
+        self.send(None, 1.0 if on else 0.0, SENDERS).addErrback(lambda _failure: None)
 
     def send(self, data: bytes | None, now: float, word: int = STOP_UDP) -> defer.Deferred:
         """A request: a payload to parse, or (None) a word with no payload, ``word``: to stop
@@ -250,7 +252,7 @@ class ParserService(service.Service):
         self.senders = on
         for parser in self.parsers:
             if parser.transport is not None:
-                parser.read_senders(on).addErrback(lambda _failure: None)  # one that died: gone
+                parser.read_senders(on)
 
     def reading_udp(self, parser: _Parser) -> None:
         if self.udp is None or parser not in self.parsers:
