@@ -18,14 +18,15 @@ from pathlib import Path
 import pytest
 from rulesutil import line, log_entries, rules_file, serve, wait_until
 from serverproc import ROOT
+from test_reliability_faults import writers_of
 
-#: The runs a script recorded: "start|end SCOPE STATUS KEY PID TIME", one a line.
-RECORD = 'echo "%s $VMSTATS_SCOPE $VMSTATS_STATUS $VMSTATS_KEY $$ $(date +%%s.%%N)" >> "$RUNS"\n'
+#: The runs a script recorded: "start|end SCOPE STATUS KEY PID TIME SCRIPT", one a line.
+RECORD = 'echo "%s $VMSTATS_SCOPE $VMSTATS_STATUS $VMSTATS_KEY $$ $(date +%%s.%%N) $0" >> "$RUNS"\n'
 
 
-def program(folder: Path, middle: str) -> Path:
+def program(folder: Path, middle: str, name: str = "act.sh") -> Path:
     """A script recording its start, doing ``middle``, recording its end."""
-    script = folder / "act.sh"
+    script = folder / name
     script.write_text("#!/bin/sh\nRUNS=%s\n%s%s%s" % (folder / "runs", RECORD % "start", middle,
                                                       RECORD % "end"))
     script.chmod(0o755)
@@ -175,6 +176,88 @@ def test_at_a_stop_runs_under_way_are_killed_and_queued_ones_not_started_then_al
     assert all(run[3] == keys[run[1]] for run in after if run[2] == "firing" and run[1] in keys)
     assert said(tmp_path, resolved)[1:] == ["start firing", "end firing", "start resolved",
                                             "end resolved"]
+
+
+def gated(folder: Path, name: str) -> Path:
+    """A script that runs until the test makes the file ``gate`` (its start and end recorded)."""
+    return program(folder, "while [ ! -e %s ]; do sleep 0.02; done\n" % (folder / "gate"), name)
+
+
+def reloaded(server, folder: Path, script: Path) -> None:
+    """The rules file now runs ``script``; SIGHUP, and wait for the reload to be taken."""
+    reloads = server.metrics().get('vmstats_rule_reloads_total{result="ok"}', 0)
+    rules(folder, script)
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="ok"}') == reloads + 1)
+
+
+def test_a_reload_lets_the_replaced_actions_runs_end_and_runs_its_queued_ones_once(tmp_path):
+    """A reload replaces the command action while eight of its runs hang and a ninth waits for
+    a slot: the eight go on (they were sent to the old program), the ninth runs once a slot
+    frees, with the program it was sent to, and each delivery is done once, none given up;
+    an alert raised after the reload runs the new program beside them."""
+    old, new = gated(tmp_path, "old-act.sh"), gated(tmp_path, "new-act.sh")
+    vms = ["10.0.0.%d" % i for i in range(1, 11)]
+    with serve(tmp_path, rules(tmp_path, old)) as server:
+        now = int(time.time())
+        server.send_udp(*[line(vm, now, 95.0) for vm in vms[:9]])
+        wait_until(lambda: len(runs(tmp_path)) == 8)
+        reloaded(server, tmp_path, new)
+        server.send_udp(line(vms[9], now, 95.0))
+        wait_until(lambda: len(runs(tmp_path)) == 9)
+        (tmp_path / "gate").touch()
+        server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+        entries = log_entries(server)
+    ended = {run[1]: run[6] for run in runs(tmp_path) if run[0] == "end"}
+    assert len(runs(tmp_path)) == 20 and sorted(ended) == sorted(vms)  # each once
+    assert {vm: Path(script).name for vm, script in ended.items()} == dict(
+        {vm: "old-act.sh" for vm in vms[:9]}, **{vms[9]: "new-act.sh"})
+    results = [e for e in entries if e["type"] in ("result", "gave_up")]
+    assert len(results) == 10 and all(e.get("ok") for e in results)
+
+
+def test_at_a_stop_the_runs_of_an_action_a_reload_replaced_are_killed_and_run_again_once(
+        tmp_path):
+    """A reload replaces the command action while eight of its runs hang and a ninth waits for
+    a slot; a tenth alert then runs the new program.  The stop halts all of them, not only the
+    current action's: before, the replaced action's eight ran on past the stop (the writer
+    here held frozen keeps the server in its final flush, after the rules stopped), and once
+    they ended the ninth was started, with the action log closed: their results unlogged,
+    each ran again at the next start.  Now all ten are pending, and the next start runs each
+    once, with the program the file names."""
+    old, new = gated(tmp_path, "old-act.sh"), gated(tmp_path, "new-act.sh")
+    vms = ["10.0.0.%d" % i for i in range(1, 11)]
+    server = serve(tmp_path, rules(tmp_path, old), "--flush-interval", "1h").start()
+    frozen: list[int] = []
+    try:
+        now = int(time.time())
+        server.send_udp(*[line(vm, now, 95.0) for vm in vms[:9]])
+        wait_until(lambda: len(runs(tmp_path)) == 8)
+        reloaded(server, tmp_path, new)
+        server.send_udp(line(vms[9], now, 95.0))
+        wait_until(lambda: len(runs(tmp_path)) == 9)
+        programs = [int(run[4]) for run in runs(tmp_path)]
+        frozen = wait_until(lambda: writers_of(server.pid)[1])
+        for writer in frozen:
+            os.kill(writer, signal.SIGSTOP)
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: not any(alive(pid) for pid in programs), 10)
+        assert server.proc.poll() is None  # ended by the stop, not with the server's process
+        (tmp_path / "gate").touch()
+    finally:
+        for writer in frozen:
+            os.kill(writer, signal.SIGCONT)
+        server.stop()
+    first = runs(tmp_path)
+    assert len(first) == 9 and {run[0] for run in first} == {"start"}  # none ended, nor began
+    assert "10 pending (sent at the next start)" in server.output
+    with serve(tmp_path, rules(tmp_path, new)) as again:
+        again.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
+    after = runs(tmp_path)[9:]
+    assert sorted(run[1] for run in after if run[0] == "end") == sorted(vms)
+    assert {Path(run[6]).name for run in after} == {"new-act.sh"}
+    keys = {run[1]: run[3] for run in first}
+    assert all(run[3] == keys[run[1]] for run in after if run[1] in keys)
 
 
 def test_a_sigkilled_server_leaves_no_action_program_behind(tmp_path):

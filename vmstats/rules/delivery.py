@@ -118,8 +118,9 @@ class Dispatcher:
         self.turns = Turns()
         self.counts: Counter[tuple[str, str]] = Counter()
         self._timers: dict[str, object] = {}
-        #: Sends under way (key -> Deferred): a dropped delivery's send is cancelled.
-        self._sending: dict[str, defer.Deferred] = {}
+        #: Sends under way (key -> the notifier it went to, and its Deferred): a dropped
+        #: delivery's send is cancelled, and a stop halts every notifier holding one (``stop``).
+        self._sending: dict[str, tuple[Notifier, defer.Deferred]] = {}
         #: Events whose entry could not be logged (key -> event): the next attempt of one of
         #: their deliveries logs it first, so the log (a restart's states, ``vmstats alerts``)
         #: does not end up with attempts and results of an event it never heard of.
@@ -292,7 +293,7 @@ class Dispatcher:
                 timer.cancel()
             sending = self._sending.pop(pending.key, None)
             if sending is not None:
-                sending.cancel()
+                sending[1].cancel()
             if pending.action in self.groups:
                 self._ungather(pending)
             self.counts[(pending.action, "dropped")] += 1
@@ -559,7 +560,7 @@ class Dispatcher:
         self.counts[(pending.action, "attempts")] += 1
         d = defer.maybeDeferred(notifier.send, self.reactor, pending.event, pending.key)
         if not d.called:
-            self._sending[pending.key] = d
+            self._sending[pending.key] = (notifier, d)
         d.addCallbacks(self._delivered, self._failed, callbackArgs=(pending,),
                        errbackArgs=(pending,))
 
@@ -806,7 +807,14 @@ class Dispatcher:
                 if group.timer is not None and group.timer.active():
                     group.timer.cancel()
         notifiers = [*self.actions.values(), *(retired[0] for retired in self.retired.values())]
-        for notifier in notifiers:
+        # Halted too: a notifier a reload replaced or let go while its sends were under way (it
+        # was closed then, and let finish them).  Else a command's programs ran on past the
+        # stop, and those queued behind them were started, with the log closed: their results
+        # unlogged, each ran again at the next start (and, without Linux's parent-death signal
+        # to end them with the server, beside itself).
+        halting = {id(n): n for n in notifiers}
+        halting.update((id(n), n) for n, _d in self._sending.values())
+        for notifier in halting.values():
             notifier.halt()
         closing = [defer.maybeDeferred(n.close) for n in notifiers]
         return defer.DeferredList(closing, consumeErrors=True)

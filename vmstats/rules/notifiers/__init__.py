@@ -56,7 +56,9 @@ class Notifier:
 
     def halt(self) -> None:
         """The server stops: end what is under way that would otherwise outlive the server
-        (a command's programs).  Before ``close``, at a stop only."""
+        (a command's programs).  At a stop only: before ``close``, or after it for a notifier
+        a reload replaced while its sends were under way (the dispatcher halts every notifier
+        that holds one)."""
 
     def doubts(self) -> list[str]:
         """What may stop this action on this machine though the file is right (a program not
