@@ -640,6 +640,52 @@ def test_a_window_of_a_billion_periods_is_refused_at_check_start_and_reload(tmp_
         assert problem.replace(str(wide), rules) in server.output
 
 
+#: ``vmstats serve``, its start held for a second once the status file is in place, as a busy
+#: host's scheduler may hold it there: where a SIGHUP sent on seeing the file arrives then.
+HELD_AFTER_STATUS = """
+import sys
+import time
+
+from vmstats.server import service
+
+write = service.write_atomically
+
+
+def held(path, text):
+    write(path, text)
+    time.sleep(1.0)
+
+
+service.write_atomically = held
+from vmstats.cli import main
+
+main()
+"""
+
+
+class HeldServer(ServerProcess):
+    """The server run by ``HELD_AFTER_STATUS`` instead of ``python -m vmstats``."""
+
+    def command(self) -> list:
+        python, flag, module, *args = super().command()
+        assert (flag, module) == ("-m", "vmstats")
+        return [python, "-c", HELD_AFTER_STATUS, *args]
+
+
+def test_a_sighup_sent_once_the_server_says_it_started_reloads_the_rules(tmp_path):
+    """The status file (and the "listening" line before it) say the server started; a SIGHUP
+    sent on seeing them reloads the rules.  Before, the reload took SIGHUP over only once the
+    start was done, and a start still between the two (a loaded host; held there a second
+    here) took it as the terminal's hang-up and stopped: a reload right after a start ended
+    the server, and a test sending one once the server answered failed under load."""
+    rules = rules_file(tmp_path, "http://127.0.0.1:9/", HOT % "")
+    with HeldServer(tmp_path, "--rules", rules, "--parsers", "0", "--workers", "1") as server:
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_metrics(lambda m: m.get('vmstats_rule_reloads_total{result="ok"}') == 1)
+        assert server.proc.poll() is None
+    assert "received SIGHUP" not in server.output and server.returncode == 0
+
+
 def test_a_file_emptied_by_mistake_is_refused_and_rule_equals_empty_list_is_taken(tmp_path):
     """A rules file cut to nothing (an editor's save cut short, a template rendered empty)
     read as "no rules" resolved every alert at the next SIGHUP and watched nothing since, in

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
@@ -547,7 +548,7 @@ def write_atomically(path: str, text: str) -> None:
         raise
 
 
-def stop_on_signals(reactor) -> None:
+def stop_on_signals(reactor, reload: Callable[[], object] | None = None) -> None:
     """SIGTERM, SIGINT and SIGHUP stop the reactor (the drain), whatever was inherited.
 
     Twisted handles SIGINT only when Python's default handler is in place,
@@ -557,6 +558,11 @@ def stop_on_signals(reactor) -> None:
     the server with its buffer, except when it was ignored on purpose
     (``nohup``): that asks the server to outlive its terminal.  A second
     signal during the drain changes nothing.
+
+    With ``reload`` (a server with rules) SIGHUP calls it on the reactor instead, from here
+    on: before the start, which says the server started (its "listening" line, its status
+    file) before it ends.  Installed once the start was done, it left a moment when a SIGHUP
+    sent on seeing either stopped the server instead of reloading its rules.
     """
     stopping = []
 
@@ -571,7 +577,9 @@ def stop_on_signals(reactor) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+    if reload is not None:
+        signal.signal(signal.SIGHUP, lambda _n, _f: reactor.callFromThread(reload))
+    elif signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
         signal.signal(signal.SIGHUP, stop)
 
 
@@ -618,10 +626,6 @@ def run(config: ServerConfig) -> int:
             reactor.stop()
             return
         reactor.addSystemEventTrigger("before", "shutdown", aggregator.stopService)
-        if aggregator.rules is not None:
-            # SIGHUP reloads the rules file (instead of stopping) when the server has one.
-            signal.signal(signal.SIGHUP,
-                          lambda _n, _f: reactor.callFromThread(aggregator.rules.reload))
         if config.duration is not None:
             reactor.callLater(config.duration, reactor.stop)
 
@@ -630,7 +634,14 @@ def run(config: ServerConfig) -> int:
     stream = _stack_stream()
     if stream is not None:
         faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
-    reactor.callWhenRunning(stop_on_signals, reactor)
+    def reload() -> None:
+        """SIGHUP with rules: a reload.  One that came during the start is made once it is
+        done (not after a start that failed), none once the rules stopped (the drain)."""
+        if not failure and aggregator.rules.running:
+            aggregator.rules.reload()
+
+    reactor.callWhenRunning(stop_on_signals, reactor,
+                            reload if aggregator.rules is not None else None)
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=True)
     if failure:
