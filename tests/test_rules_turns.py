@@ -195,7 +195,8 @@ def test_a_reload_lets_the_replaced_actions_runs_end_and_runs_its_queued_ones_on
     """A reload replaces the command action while eight of its runs hang and a ninth waits for
     a slot: the eight go on (they were sent to the old program), the ninth runs once a slot
     frees, with the program it was sent to, and each delivery is done once, none given up;
-    an alert raised after the reload runs the new program beside them."""
+    an alert raised after the reload runs the new program, once a slot frees too (the
+    action's 8 hold across the reload: test_rules_reload_slots.py)."""
     old, new = gated(tmp_path, "old-act.sh"), gated(tmp_path, "new-act.sh")
     vms = ["10.0.0.%d" % i for i in range(1, 11)]
     with serve(tmp_path, rules(tmp_path, old)) as server:
@@ -204,7 +205,7 @@ def test_a_reload_lets_the_replaced_actions_runs_end_and_runs_its_queued_ones_on
         wait_until(lambda: len(runs(tmp_path)) == 8)
         reloaded(server, tmp_path, new)
         server.send_udp(line(vms[9], now, 95.0))
-        wait_until(lambda: len(runs(tmp_path)) == 9)
+        server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 10)
         (tmp_path / "gate").touch()
         server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
         entries = log_entries(server)
@@ -219,7 +220,7 @@ def test_a_reload_lets_the_replaced_actions_runs_end_and_runs_its_queued_ones_on
 def test_at_a_stop_the_runs_of_an_action_a_reload_replaced_are_killed_and_run_again_once(
         tmp_path):
     """A reload replaces the command action while eight of its runs hang and a ninth waits for
-    a slot; a tenth alert then runs the new program.  The stop halts all of them, not only the
+    a slot; a tenth alert then waits for a slot too.  The stop halts all of them, not only the
     current action's: before, the replaced action's eight ran on past the stop (the writer
     here held frozen keeps the server in its final flush, after the rules stopped), and once
     they ended the ninth was started, with the action log closed: their results unlogged,
@@ -235,7 +236,7 @@ def test_at_a_stop_the_runs_of_an_action_a_reload_replaced_are_killed_and_run_ag
         wait_until(lambda: len(runs(tmp_path)) == 8)
         reloaded(server, tmp_path, new)
         server.send_udp(line(vms[9], now, 95.0))
-        wait_until(lambda: len(runs(tmp_path)) == 9)
+        server.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 10)
         programs = [int(run[4]) for run in runs(tmp_path)]
         frozen = wait_until(lambda: writers_of(server.pid)[1])
         for writer in frozen:
@@ -249,11 +250,11 @@ def test_at_a_stop_the_runs_of_an_action_a_reload_replaced_are_killed_and_run_ag
             os.kill(writer, signal.SIGCONT)
         server.stop()
     first = runs(tmp_path)
-    assert len(first) == 9 and {run[0] for run in first} == {"start"}  # none ended, nor began
+    assert len(first) == 8 and {run[0] for run in first} == {"start"}  # none ended, nor began
     assert "10 pending (sent at the next start)" in server.output
     with serve(tmp_path, rules(tmp_path, new)) as again:
         again.wait_metrics(lambda m: m["vmstats_rule_deliveries_pending"] == 0)
-    after = runs(tmp_path)[9:]
+    after = runs(tmp_path)[8:]
     assert sorted(run[1] for run in after if run[0] == "end") == sorted(vms)
     assert {Path(run[6]).name for run in after} == {"new-act.sh"}
     keys = {run[1]: run[3] for run in first}

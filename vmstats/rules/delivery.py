@@ -357,12 +357,15 @@ class Dispatcher:
         entries = []
         for action, notifier in replaced.items():
             if action in self.actions:  # the rules' own notifier of that name replaces it
+                self.actions[action].take_over(notifier)
                 defer.maybeDeferred(notifier.close).addErrback(lambda _f: None)
             else:
                 self.retired[action] = [notifier, 0]
                 entries.append(self._retired_entry(action, notifier))
         for action in [action for action in self.retired if action in self.actions]:
-            defer.maybeDeferred(self.retired.pop(action)[0].close).addErrback(lambda _f: None)
+            retired = self.retired.pop(action)[0]
+            self.actions[action].take_over(retired)  # back in the rules: its runs count too
+            defer.maybeDeferred(retired.close).addErrback(lambda _f: None)
         # Settings of actions gone may be compacted away: logged again if a name comes back.
         self.log.named = frozenset(self.actions)
         self._settings = {action: known for action, known in self._settings.items()

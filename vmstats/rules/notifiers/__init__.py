@@ -26,6 +26,9 @@ class Notifier:
     kind = ""
     #: Can send a group of alerts as one message (``send_group``).
     groups = False
+    #: Its sends under way at once, at most its kind's concurrency (a command's, a webhook's);
+    #: shared with the notifier a reload replaced (``take_over``).
+    _slots: defer.DeferredSemaphore | None = None
 
     def __init__(self, name: str):
         self.name = name
@@ -48,6 +51,16 @@ class Notifier:
     def send_group(self, reactor, batch, key: str) -> defer.Deferred:
         """One attempt of a group's notification (``grouping.Batch``), as ``send``."""
         raise NotImplementedError
+
+    def take_over(self, replaced: "Notifier") -> None:
+        """A reload built this notifier for the action ``replaced`` served: its sends share the
+        replaced one's slots, so the action's limit of sends at once (a command's 8 programs)
+        holds across the reload.  Each reload builds every action anew, and the replaced one
+        finishes what it was given: with slots of its own, a command action ran 16 programs at
+        once, past the bound an operator relies on to spare what the program talks to.  Only
+        an action of the same kind: another kind has another limit, and another receiver."""
+        if type(replaced) is type(self) and replaced._slots is not None:
+            self._slots = replaced._slots
 
     def close(self) -> defer.Deferred | None:
         """Release connections at shutdown (and when a reload replaces or lets go of it: what

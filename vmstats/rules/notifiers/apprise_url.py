@@ -69,6 +69,12 @@ class AppriseURL(Notifier):
     def _services(self) -> str:
         return ", ".join(url.split("://")[0] + "://..." for url in self.urls)
 
+    def take_over(self, replaced: Notifier) -> None:
+        """Its threads are its slots: the replaced one's are taken (not closed with it), so
+        its sends still queued and this one's share the action's 4."""
+        if type(replaced) is type(self) and replaced._workers is not None:
+            self._workers, replaced._workers = replaced._workers, None
+
     def close(self) -> None:
         if self._workers is not None:
             self._workers.close()
