@@ -35,9 +35,13 @@ def _record(vm: str, seq: int, ts: int, cpu: float) -> bytes:
 
 
 def _start() -> int:
-    """A minute early enough today (UTC) for MINUTES of records before now."""
+    """The first of MINUTES minutes before now, all in one UTC day (the report finds a shared id
+    in a VM-day): today's if it has had that many, else the end of yesterday's.  (Today's
+    midnight was taken before 10:05 UTC, which put most records hours in the future.)"""
     now = int(time.time()) // 60 * 60
-    return max(now // 86400 * 86400, now - (MINUTES + 5) * 60)
+    today = now // 86400 * 86400
+    start = now - (MINUTES + 5) * 60
+    return start if start >= today else today - (MINUTES + 5) * 60
 
 
 def _shared(start: int) -> list[bytes]:
